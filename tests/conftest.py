@@ -1,0 +1,106 @@
+"""Shared fixtures: a byte-level BPE tokenizer with ChatML, and tiny Llama/Qwen2 models saved to disk."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(2)
+
+CORPUS = [
+    "今天天气怎么样？挺好的，大晴天☀️，要出去玩吗？",
+    "周末有什么安排？在家躺着😂 你呢？",
+    "推荐一部电影吧。《流浪地球》不错哦👍",
+    "怎么做番茄炒蛋？先炒蛋再炒番茄，最后一起翻炒，加点盐就好啦。",
+    "Hello world, this is a tiny tokenizer for tests. 1234567890",
+] * 20
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def build_tokenizer(chat_template: str | None = CHATML, eos: str = "<|im_end|>"):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=eos, pad_token="<|endoftext|>", additional_special_tokens=SPECIALS[1:]
+    )
+    if chat_template:
+        fast.chat_template = chat_template
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return build_tokenizer()
+
+
+def save_tiny_model(
+    path: Path, tokenizer, arch: str = "llama", hidden: int = 128, kv_heads: int = 4, seed: int = 0
+) -> Path:
+    """A random tiny causal LM + tokenizer saved as an HF dir (4-bit safe shapes by default)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    kw = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(LlamaConfig(**kw)) if arch == "llama" else Qwen2ForCausalLM(Qwen2Config(**kw))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "llama", tokenizer)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+CHAT_ROWS = [
+    {"instruction": "今天天气怎么样？", "input": "", "output": "挺好的，大晴天☀️"},
+    {"instruction": "周末有什么安排？", "output": "在家躺着😂 你呢？"},
+    {"instruction": "推荐一部电影吧", "output": "《流浪地球》不错哦👍", "system": "你是朋友"},
+    {
+        "instruction": "怎么做番茄炒蛋？",
+        "output": "先炒蛋再炒番茄，最后一起翻炒，加点盐就好啦。",
+        "history": [["你会做饭吗？", "会一点哈哈"]],
+    },
+]
+
+
+@pytest.fixture
+def chat_file(tmp_path) -> Path:
+    rows = [dict(r) for r in CHAT_ROWS for _ in range(6)]
+    for i, r in enumerate(rows):
+        r["instruction"] = r["instruction"] + f" #{i}"
+    return write_jsonl(tmp_path / "chat.jsonl", rows)

@@ -1,0 +1,3 @@
+from weitiao.cli import main
+
+main()

@@ -1,0 +1,138 @@
+"""Command line: each command maps to one recipe or tool function; nothing else lives here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from weitiao.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="weitiao (微调): fine-tune, align, evaluate.",
+)
+data_app = typer.Typer(no_args_is_help=True, help="Inspect and lint training data.")
+app.add_typer(data_app, name="data")
+console = Console()
+
+
+@app.command()
+def sft(
+    config: Path = typer.Argument(..., help="YAML config (see examples/)"),
+    overrides: list[str] = typer.Argument(None, help="key.path=value overrides, e.g. train.lr=1e-4"),
+) -> None:
+    """Supervised fine-tuning: LoRA, QLoRA (model.quant=4bit) or full."""
+    from weitiao.config import load_config
+    from weitiao.recipes import sft as recipe
+
+    cfg = load_config(recipe.SFTConfig, config, overrides or [])
+    summary = recipe.run(cfg)
+    console.print(summary)
+
+
+@app.command()
+def demo(
+    overrides: list[str] = typer.Argument(None, help="overrides for examples/demo_sft.yaml"),
+) -> None:
+    """QLoRA SFT of the shipped tiny Chinese model with before/after style and refusal metrics."""
+    from weitiao.recipes import demo as recipe
+
+    recipe.run(overrides=overrides or [])
+
+
+@data_app.command("check")
+def data_check(
+    files: list[Path] = typer.Argument(..., help="data files (jsonl/json/parquet)"),
+    model: str = typer.Option("demo", help="model dir or hub id whose tokenizer/template to use"),
+    template: str = typer.Option("auto", help="auto|tokenizer|chatml|qwen|llama3|plain"),
+    max_len: int = typer.Option(1024, help="training max length in tokens"),
+    fmt: str = typer.Option("auto", "--format", help="auto|alpaca|sharegpt|openai"),
+    skip_invalid: bool = typer.Option(False, help="write bad rows to FILE.rejects.jsonl instead of stopping"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """Lint a data set: format, token lengths, rows over max_len, duplicates, missing EOS."""
+    from weitiao.data.check import check_file
+    from weitiao.models.load import load_tokenizer
+
+    rep = check_file([str(f) for f in files], load_tokenizer(model), template, max_len, fmt, skip_invalid)
+    if as_json:
+        print(rep.to_json())
+        return
+    t = Table(title=f"data check · {', '.join(rep.files)}", show_header=False)
+    rows = [
+        ("format", rep.format),
+        ("template", f"{rep.template} (turn ends with {rep.eot!r})"),
+        ("rows read / kept / rejected", f"{rep.read} / {rep.kept} / {rep.rejected}"),
+        (
+            "tokens min / mean / p95 / max",
+            f"{rep.length_min} / {rep.length_mean} / {rep.length_p95} / {rep.length_max}",
+        ),
+        (f"rows over max_len {rep.max_len}", str(rep.over_max_len)),
+        ("duplicate rows / prompts", f"{rep.duplicate_rows} / {rep.duplicate_prompts}"),
+        ("rows missing EOS", str(rep.missing_eos)),
+        ("rows with no trained token", str(rep.no_trained_tokens)),
+    ]
+    for k, v in rows:
+        t.add_row(k, v)
+    console.print(t)
+    peak = max(rep.histogram.values(), default=1)
+    for bucket, n in rep.histogram.items():
+        console.print(f"  {bucket:>10} tokens │{'█' * max(1, round(30 * n / peak))} {n}")
+    for p in rep.problems:
+        console.print(f"[yellow]warning:[/] {p}")
+    if not rep.problems:
+        console.print("[green]no problems found[/]")
+
+
+@data_app.command("show")
+def data_show(
+    file: Path = typer.Argument(..., help="data file"),
+    model: str = typer.Option("demo", help="model dir or hub id whose tokenizer/template to use"),
+    index: int = typer.Option(0, help="which row (0-based)"),
+    template: str = typer.Option("auto", help="auto|tokenizer|chatml|qwen|llama3|plain"),
+    train_on_prompt: bool = typer.Option(False, help="label every token"),
+    last_turn_only: bool = typer.Option(False, help="train only the last assistant turn"),
+    max_len: int = typer.Option(1024, help="max length in tokens"),
+    plain: bool = typer.Option(False, help="mark trained text with ⟦ ⟧ instead of colour"),
+) -> None:
+    """Print one rendered example with trained tokens marked (green/⟦⟧) and masked ones dim."""
+    from weitiao.data.chat import EncodeOptions
+    from weitiao.data.check import show_example
+    from weitiao.data.formats import load_conversations
+    from weitiao.models.load import load_tokenizer
+
+    rows = load_conversations(str(file)).rows
+    if not 0 <= index < len(rows):
+        raise UserError(f"--index {index}: {file} has {len(rows)} rows (0..{len(rows) - 1})")
+    opts = EncodeOptions(max_len, train_on_prompt, "last" if last_turn_only else "all", "cut")
+    enc, segments = show_example(rows[index], load_tokenizer(model), template, opts)
+    text = Text()
+    for s, trained in segments:
+        if plain:
+            text.append(f"⟦{s}⟧" if trained else s)
+        else:
+            text.append(s, style="bold black on green" if trained else "dim")
+    console.print(
+        f"[bold]{rows[index].source}[/]  tokens {len(enc)} · trained {enc.n_trained} · masked "
+        f"{len(enc) - enc.n_trained}" + ("  [yellow](cut to max_len)[/]" if enc.truncated else "")
+    )
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as e:
+        Console(stderr=True, soft_wrap=True).print(Text("error: ", style="bold red") + Text(str(e)))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

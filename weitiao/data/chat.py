@@ -1,0 +1,148 @@
+"""Render a conversation through its chat template, tokenize once, and label the trained tokens.
+
+Masking is done by character spans on the exact rendered string (the string inference will see),
+mapped to tokens with the fast tokenizer's offsets. An assistant span runs from the end of the
+generation prompt to the end-of-turn token inclusive (chapter Q149: loss on replies only, unless
+`train_on_prompt`). Truncation is explicit: `drop`, `cut`, or `history` (drop the oldest
+exchanges), and every encode says what it did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from weitiao.data.formats import Conversation, Message
+from weitiao.data.templates import ChatTemplate
+from weitiao.errors import UserError
+
+IGNORE = -100
+Truncation = Literal["drop", "cut", "history"]
+
+
+@dataclass
+class Encoded:
+    """Token ids with labels aligned to them (IGNORE where no loss)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    source: str = ""
+    truncated: str = ""  # "", "cut", "history"
+    ends_with_eot: bool = True
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_trained(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+@dataclass
+class EncodeOptions:
+    max_len: int = 1024
+    train_on_prompt: bool = False
+    train_turns: Literal["all", "last"] = "all"
+    truncation: Truncation = "drop"
+
+
+@dataclass
+class EncodeStats:
+    """What encoding did to a data set; the counts add up to the rows given."""
+
+    rows: int = 0
+    kept: int = 0
+    dropped_too_long: int = 0
+    cut: int = 0
+    history_trimmed: int = 0
+    dropped_sources: list[str] = field(default_factory=list)
+
+
+def assistant_spans(template: ChatTemplate, tokenizer: Any, messages: list[Message]) -> tuple[str, list]:
+    """Rendered text and the [start, end) character span of every assistant reply + end-of-turn."""
+    text = template.render(tokenizer, messages)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        head = template.render(tokenizer, messages[:i], add_generation_prompt=True)
+        upto = template.render(tokenizer, messages[: i + 1])
+        if not (text.startswith(head) and text.startswith(upto)):
+            raise UserError(
+                f"template {template.name!r} renders earlier turns differently once later turns are "
+                "added, so replies cannot be located; use template: chatml/llama3/plain"
+            )
+        seg = text[len(head) : len(upto)]
+        k = seg.rfind(template.eot)
+        end = len(head) + (k + len(template.eot) if k >= 0 else len(seg))
+        spans.append((len(head), end))
+    return text, spans
+
+
+def encode(conv: Conversation, tokenizer: Any, template: ChatTemplate, opts: EncodeOptions) -> Encoded | None:
+    """Tokenize and label one conversation; None when the truncation policy drops it."""
+    messages = list(conv.messages)
+    trimmed = False
+    while True:
+        enc = _encode_messages(messages, tokenizer, template, opts)
+        enc.source = conv.source
+        if len(enc) <= opts.max_len:
+            enc.truncated = "history" if trimmed else ""
+            return enc
+        if opts.truncation == "history":
+            shorter = _drop_oldest_exchange(messages)
+            if shorter is not None:
+                messages, trimmed = shorter, True
+                continue
+            return None
+        if opts.truncation == "cut":
+            enc.input_ids, enc.labels = enc.input_ids[: opts.max_len], enc.labels[: opts.max_len]
+            enc.truncated, enc.ends_with_eot = "cut", False
+            return enc if enc.n_trained else None
+        return None
+
+
+def _drop_oldest_exchange(messages: list[Message]) -> list[Message] | None:
+    sys = messages[:1] if messages[0]["role"] == "system" else []
+    body = messages[len(sys) :]
+    return sys + body[2:] if len(body) > 2 else None
+
+
+def _encode_messages(messages: list[Message], tokenizer: Any, template: ChatTemplate, opts: EncodeOptions) -> Encoded:
+    text, spans = assistant_spans(template, tokenizer, messages)
+    out = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = out["input_ids"], out["offset_mapping"]
+    trained_spans = spans[-1:] if opts.train_turns == "last" else spans
+    labels = [IGNORE] * len(ids)
+    for s, e in trained_spans:
+        for t, (a, b) in enumerate(offsets):
+            if b > s and a < e:
+                labels[t] = ids[t]
+    eot_ids = tokenizer(template.eot, add_special_tokens=False)["input_ids"]
+    reply = [x for x in labels if x != IGNORE]
+    ends = bool(eot_ids) and reply[-len(eot_ids) :] == eot_ids
+    if opts.train_on_prompt:
+        labels = list(ids)
+    return Encoded(list(ids), labels, ends_with_eot=ends)
+
+
+def encode_all(
+    convs: list[Conversation], tokenizer: Any, template: ChatTemplate, opts: EncodeOptions
+) -> tuple[list[Encoded], EncodeStats]:
+    """Encode a data set and account for every row."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError("a fast tokenizer (tokenizer.json) is required for exact loss masking")
+    stats = EncodeStats(rows=len(convs))
+    encoded = []
+    for conv in convs:
+        enc = encode(conv, tokenizer, template, opts)
+        if enc is None:
+            stats.dropped_too_long += 1
+            stats.dropped_sources.append(conv.source)
+            continue
+        stats.cut += enc.truncated == "cut"
+        stats.history_trimmed += enc.truncated == "history"
+        encoded.append(enc)
+    stats.kept = len(encoded)
+    assert stats.kept + stats.dropped_too_long == stats.rows
+    return encoded, stats

@@ -1,0 +1,130 @@
+"""`weitiao data check` (linter + length report) and `weitiao data show` (masking dry run)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode, encode_all
+from weitiao.data.formats import Conversation, load_conversations
+from weitiao.data.templates import resolve_template
+
+BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+@dataclass
+class CheckReport:
+    files: list[str]
+    format: str
+    template: str
+    eot: str
+    template_closes_turns: bool
+    read: int
+    kept: int
+    rejected: int
+    max_len: int
+    over_max_len: int
+    length_min: int = 0
+    length_mean: float = 0.0
+    length_p95: int = 0
+    length_max: int = 0
+    histogram: dict[str, int] = field(default_factory=dict)
+    duplicate_rows: int = 0
+    duplicate_prompts: int = 0
+    missing_eos: int = 0
+    no_trained_tokens: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, indent=2)
+
+
+def _digest(messages: list[dict]) -> str:
+    text = "\x1f".join(f"{m['role']}\x1e{' '.join(m['content'].split())}" for m in messages)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def histogram(lengths: list[int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    lo = 0
+    for hi in BUCKETS:
+        out[f"{lo + 1}-{hi}"] = sum(1 for n in lengths if lo < n <= hi)
+        lo = hi
+    out[f">{BUCKETS[-1]}"] = sum(1 for n in lengths if n > BUCKETS[-1])
+    return {k: v for k, v in out.items() if v}
+
+
+def check_file(
+    files: list[str],
+    tokenizer: Any,
+    template_name: str = "auto",
+    max_len: int = 1024,
+    fmt: str = "auto",
+    skip_invalid: bool = False,
+) -> CheckReport:
+    """Lint a data set against a tokenizer: lengths, duplicates, EOS, trainable tokens."""
+    loaded = load_conversations(files, fmt, skip_invalid=skip_invalid)
+    template = resolve_template(tokenizer, template_name)
+    # Encode without a length limit to measure; count what max_len would drop separately.
+    encoded, _ = encode_all(loaded.rows, tokenizer, template, EncodeOptions(max_len=10**9))
+    lengths = sorted(len(e) for e in encoded)
+    rows = Counter(_digest(c.messages) for c in loaded.rows)
+    prompts = Counter(_digest(c.prompt_messages) for c in loaded.rows)
+    rep = CheckReport(
+        files=[str(f) for f in files],
+        format=loaded.format,
+        template=template.name,
+        eot=template.eot,
+        template_closes_turns=not template.appends_eos,
+        read=loaded.read,
+        kept=loaded.kept,
+        rejected=loaded.rejected,
+        max_len=max_len,
+        over_max_len=sum(1 for n in lengths if n > max_len),
+        histogram=histogram(lengths),
+        duplicate_rows=sum(v - 1 for v in rows.values()),
+        duplicate_prompts=sum(v - 1 for v in prompts.values()),
+        missing_eos=sum(1 for e in encoded if not e.ends_with_eot),
+        no_trained_tokens=sum(1 for e in encoded if e.n_trained == 0),
+    )
+    if lengths:
+        rep.length_min, rep.length_max = lengths[0], lengths[-1]
+        rep.length_mean = round(sum(lengths) / len(lengths), 1)
+        rep.length_p95 = lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))]
+    if template.appends_eos:
+        rep.problems.append(
+            f"template {template.name!r} does not close assistant turns; weitiao appends {template.eot!r} "
+            "to every reply (a model trained without it never learns to stop)"
+        )
+    if rep.over_max_len:
+        rep.problems.append(f"{rep.over_max_len} rows exceed max_len {max_len}: see data.truncation")
+    if rep.missing_eos:
+        rep.problems.append(f"{rep.missing_eos} rows do not end with {template.eot!r}")
+    if rep.duplicate_rows:
+        rep.problems.append(f"{rep.duplicate_rows} duplicate rows")
+    if loaded.rejected:
+        rep.problems.append(f"{loaded.rejected} invalid rows written to {loaded.rejects_path}")
+    return rep
+
+
+def token_segments(enc: Encoded, tokenizer: Any) -> list[tuple[str, bool]]:
+    """Consecutive runs of (decoded text, trained?) — decoded per run so multi-byte chars stay whole."""
+    runs: list[tuple[list[int], bool]] = []
+    for tok, lab in zip(enc.input_ids, enc.labels):
+        trained = lab != IGNORE
+        if runs and runs[-1][1] == trained:
+            runs[-1][0].append(tok)
+        else:
+            runs.append(([tok], trained))
+    return [(tokenizer.decode(ids), trained) for ids, trained in runs]
+
+
+def show_example(
+    conv: Conversation, tokenizer: Any, template_name: str = "auto", opts: EncodeOptions | None = None
+) -> tuple[Encoded | None, list[tuple[str, bool]]]:
+    template = resolve_template(tokenizer, template_name)
+    enc = encode(conv, tokenizer, template, opts or EncodeOptions())
+    return enc, (token_segments(enc, tokenizer) if enc else [])

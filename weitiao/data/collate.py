@@ -1,0 +1,121 @@
+"""Batching: padding-free packing (default) or padded batches grouped by length.
+
+Labels are shifted per conversation *before* packing (target[t] = label[t+1]), so no token ever
+learns to predict the first token of the next conversation in its row. Packed rows carry
+`position_ids` that restart at 0 for each conversation and no attention mask; transformers then
+builds a block-diagonal causal mask (sdpa/eager) or uses varlen kernels (flash-attention), so
+attention never crosses a conversation boundary.
+
+An epoch plan is a pure function of (lengths, seed, epoch): resuming at step k replays it exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from weitiao.data.chat import IGNORE, Encoded
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, L)
+    targets: torch.Tensor  # (B, L) next-token targets, IGNORE where no loss
+    position_ids: torch.Tensor  # (B, L)
+    attention_mask: torch.Tensor | None  # (B, L) for padded batches, None for packed rows
+
+    @property
+    def n_target_tokens(self) -> int:
+        return int((self.targets != IGNORE).sum())
+
+    def to(self, device: torch.device | str) -> Batch:
+        mask = None if self.attention_mask is None else self.attention_mask.to(device)
+        return Batch(self.input_ids.to(device), self.targets.to(device), self.position_ids.to(device), mask)
+
+
+def shifted_targets(labels: list[int]) -> list[int]:
+    """Targets for next-token prediction within one conversation."""
+    return labels[1:] + [IGNORE]
+
+
+def n_targets(ex: Encoded) -> int:
+    return sum(1 for x in ex.labels[1:] if x != IGNORE)
+
+
+def pack_first_fit(indices: list[int], lengths: list[int], capacity: int) -> list[list[int]]:
+    """Pack examples into rows of at most `capacity` tokens, each into the first row with room."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in indices:
+        n = lengths[i]
+        for r, free in enumerate(room):
+            if n <= free:
+                rows[r].append(i)
+                room[r] -= n
+                break
+        else:
+            rows.append([i])
+            room.append(capacity - n)
+    return rows
+
+
+def plan_epoch(
+    lengths: list[int],
+    *,
+    seed: int,
+    epoch: int,
+    micro_batch_size: int,
+    packing: bool,
+    capacity: int,
+) -> list[list[list[int]]]:
+    """Micro-batches for one epoch; each micro-batch is a list of rows, each row a list of examples.
+
+    Packing: shuffle, first-fit into rows of `capacity` tokens, `micro_batch_size` rows per batch.
+    Padding: shuffle, sort within mega-batches of 32 micro-batches by length (less padding),
+    then shuffle the micro-batches; one example per row.
+    """
+    rng = random.Random(seed * 100_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if packing:
+        rows = pack_first_fit(order, lengths, capacity)
+    else:
+        mega = micro_batch_size * 32
+        rows = []
+        for k in range(0, len(order), mega):
+            chunk = sorted(order[k : k + mega], key=lambda i: -lengths[i])
+            rows.extend([i] for i in chunk)
+    batches = [rows[k : k + micro_batch_size] for k in range(0, len(rows), micro_batch_size)]
+    if not packing:
+        rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: list[Encoded], batch_rows: list[list[int]], pad_id: int, packing: bool) -> Batch:
+    """Build tensors for one micro-batch (rows of example indices)."""
+    seqs, tgts, poss = [], [], []
+    for row in batch_rows:
+        ids, tgt, pos = [], [], []
+        for i in row:
+            ex = examples[i]
+            ids += ex.input_ids
+            tgt += shifted_targets(ex.labels)
+            pos += range(len(ex.input_ids))
+        seqs.append(ids)
+        tgts.append(tgt)
+        poss.append(pos)
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    targets = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
+    position_ids = torch.zeros((len(seqs), width), dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, (s, t, p) in enumerate(zip(seqs, tgts, poss)):
+        input_ids[r, : len(s)] = torch.tensor(s)
+        targets[r, : len(t)] = torch.tensor(t)
+        position_ids[r, : len(p)] = torch.tensor(p)
+        # Padding in a packed row becomes its own segment (positions from 0): it attends only to itself.
+        position_ids[r, len(p) :] = torch.arange(width - len(p))
+        mask[r, : len(s)] = 1
+    return Batch(input_ids, targets, position_ids, None if packing else mask)

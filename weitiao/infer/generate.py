@@ -1,0 +1,71 @@
+"""Batched, KV-cached generation through the chat template; stops on the end-of-turn token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from weitiao.data.formats import Message
+from weitiao.data.templates import ChatTemplate
+
+
+@dataclass
+class Generation:
+    text: str
+    n_tokens: int
+    stopped: bool  # ended with the end-of-turn token before max_new_tokens
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    tokenizer: Any,
+    template: ChatTemplate,
+    conversations: list[list[Message]],
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    repetition_penalty: float = 1.0,
+    batch_size: int = 16,
+    seed: int | None = None,
+) -> list[Generation]:
+    """Reply to each conversation (ending with a user turn); greedy when temperature == 0."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    eot_id = tokenizer.convert_tokens_to_ids(template.eot)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot_id
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: list[Generation] = []
+    for k in range(0, len(conversations), batch_size):
+        prompts = [template.render(tokenizer, c, add_generation_prompt=True) for c in conversations[k : k + batch_size]]
+        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for r, x in enumerate(ids):  # left padding keeps every prompt's end aligned
+            input_ids[r, width - len(x) :] = torch.tensor(x)
+            mask[r, width - len(x) :] = 1
+        kw: dict[str, Any] = {"do_sample": temperature > 0}
+        if temperature > 0:
+            kw.update(temperature=temperature, top_p=top_p, top_k=top_k or None)
+        gen = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eot_id,
+            pad_token_id=pad_id,
+            repetition_penalty=repetition_penalty,
+            use_cache=True,
+            **kw,
+        )
+        for row in gen[:, width:].tolist():
+            stopped = eot_id in row
+            toks = row[: row.index(eot_id)] if stopped else row
+            out.append(Generation(tokenizer.decode(toks, skip_special_tokens=True), len(toks), stopped))
+    model.train(was_training)
+    return out
