@@ -73,9 +73,11 @@ def assistant_spans(template: ChatTemplate, tokenizer: Any, messages: list[Messa
                 "added, so replies cannot be located; use template: chatml/llama3/plain"
             )
         seg = text[len(head) : len(upto)]
+        # The reply starts at its content (templates lacking a generation prompt put a header first).
+        start = max(0, seg.find(m["content"].strip()))
         k = seg.rfind(template.eot)
-        end = len(head) + (k + len(template.eot) if k >= 0 else len(seg))
-        spans.append((len(head), end))
+        end = k + len(template.eot) if k >= 0 else len(seg)
+        spans.append((len(head) + start, len(head) + end))
     return text, spans
 
 

@@ -142,6 +142,8 @@ def _text(value: Any, field: str, allow_empty: bool = False) -> str:
                 raise RowError(f"{field}[{i}]", "only text content parts are supported")
             parts.append(p["text"])
         value = "".join(parts)
+    if value is None:
+        raise RowError(field, "missing")
     if not isinstance(value, str):
         raise RowError(field, f"expected a string, got {type(value).__name__}")
     if not allow_empty and not value.strip():

@@ -1,0 +1,87 @@
+import pytest
+from conftest import build_tokenizer
+
+from weitiao.data.chat import IGNORE, EncodeOptions, encode
+from weitiao.data.check import token_segments
+from weitiao.data.formats import Conversation
+from weitiao.data.templates import resolve_template
+from weitiao.errors import UserError
+
+CONV = Conversation(
+    [
+        {"role": "system", "content": "你是朋友"},
+        {"role": "user", "content": "你好"},
+        {"role": "assistant", "content": "嗨😊"},
+        {"role": "user", "content": "在干嘛"},
+        {"role": "assistant", "content": "上班呢，你呢？"},
+    ]
+)
+
+
+def trained_text(enc, tok):
+    return [s for s, trained in token_segments(enc, tok) if trained]
+
+
+@pytest.mark.parametrize("name", ["auto", "chatml"])
+def test_only_replies_and_end_of_turn_are_trained(tokenizer, name):
+    t = resolve_template(tokenizer, name)
+    enc = encode(CONV, tokenizer, t, EncodeOptions())
+    assert trained_text(enc, tokenizer) == ["嗨😊<|im_end|>", "上班呢，你呢？<|im_end|>"]
+    assert enc.ends_with_eot
+
+
+def test_train_on_prompt_and_last_turn(tokenizer):
+    t = resolve_template(tokenizer)
+    enc = encode(CONV, tokenizer, t, EncodeOptions(train_on_prompt=True))
+    assert enc.labels == enc.input_ids
+    last = encode(CONV, tokenizer, t, EncodeOptions(train_turns="last"))
+    assert trained_text(last, tokenizer) == ["上班呢，你呢？<|im_end|>"]
+
+
+def test_mask_matches_transformers_generation_markers(tokenizer):
+    """Peer check: transformers' own assistant mask from a {% generation %} template."""
+    marked = (
+        "{% for m in messages %}{% if m['role'] == 'assistant' %}{{ '<|im_start|>assistant\\n' }}"
+        "{% generation %}{{ m['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
+        "{% else %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+    )
+    ref = tokenizer.apply_chat_template(
+        CONV.messages, chat_template=marked, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    enc = encode(CONV, tokenizer, resolve_template(tokenizer, "chatml"), EncodeOptions())
+    assert enc.input_ids == list(ref["input_ids"])
+    assert [int(x != IGNORE) for x in enc.labels] == list(ref["assistant_masks"])
+
+
+def test_plain_template_closes_turns_with_eos():
+    tok = build_tokenizer(chat_template=None, eos="<|endoftext|>")
+    t = resolve_template(tok, "auto")
+    assert t.name == "plain" and t.eot == "<|endoftext|>"
+    enc = encode(CONV, tok, t, EncodeOptions())
+    assert [s.strip() for s in trained_text(enc, tok)] == ["嗨😊<|endoftext|>", "上班呢，你呢？<|endoftext|>"]
+
+
+def test_template_without_end_of_turn_gets_eos_appended():
+    bare = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+    tok = build_tokenizer(chat_template=bare, eos="<|endoftext|>")
+    t = resolve_template(tok, "auto")
+    assert t.appends_eos and t.eot == "<|endoftext|>"
+    enc = encode(CONV, tok, t, EncodeOptions())
+    assert [s.strip() for s in trained_text(enc, tok)] == ["嗨😊<|endoftext|>", "上班呢，你呢？<|endoftext|>"]
+
+
+def test_llama3_template_needs_its_tokens(tokenizer):
+    with pytest.raises(UserError, match="<\\|eot_id\\|>"):
+        resolve_template(tokenizer, "llama3")
+
+
+def test_truncation_policies(tokenizer):
+    t = resolve_template(tokenizer)
+    full = encode(CONV, tokenizer, t, EncodeOptions())
+    n = len(full)
+    assert encode(CONV, tokenizer, t, EncodeOptions(max_len=n - 1, truncation="drop")) is None
+    cut = encode(CONV, tokenizer, t, EncodeOptions(max_len=n - 3, truncation="cut"))
+    assert len(cut) == n - 3 and cut.truncated == "cut" and not cut.ends_with_eot
+    hist = encode(CONV, tokenizer, t, EncodeOptions(max_len=n - 1, truncation="history"))
+    assert hist.truncated == "history" and trained_text(hist, tokenizer) == ["上班呢，你呢？<|im_end|>"]
+    assert tokenizer.decode(hist.input_ids).startswith("<|im_start|>system\n你是朋友")

@@ -1,0 +1,127 @@
+import json
+
+import pytest
+from conftest import write_jsonl
+
+from weitiao.data.formats import PreferencePair, detect_format, load_conversations, load_rows
+from weitiao.errors import UserError
+
+
+def test_three_formats_give_the_same_conversation(tmp_path):
+    alpaca = {
+        "instruction": "你好",
+        "input": "我是小王",
+        "output": "嗨😊",
+        "system": "简洁",
+        "history": [["在吗", "在"]],
+    }
+    sharegpt = {
+        "system": "简洁",
+        "conversations": [
+            {"from": "human", "value": "在吗"},
+            {"from": "gpt", "value": "在"},
+            {"from": "human", "value": "你好\n我是小王"},
+            {"from": "gpt", "value": "嗨😊"},
+        ],
+    }
+    openai = {
+        "messages": [
+            {"role": "system", "content": "简洁"},
+            {"role": "user", "content": "在吗"},
+            {"role": "assistant", "content": "在"},
+            {"role": "user", "content": [{"type": "text", "text": "你好\n我是小王"}]},
+            {"role": "assistant", "content": "嗨😊"},
+        ]
+    }
+    got = []
+    for name, row in [("a", alpaca), ("s", sharegpt), ("o", openai)]:
+        got.append(load_conversations(write_jsonl(tmp_path / f"{name}.jsonl", [row])).rows[0].messages)
+    assert got[0] == got[1] == got[2]
+    assert [m["role"] for m in got[0]] == ["system", "user", "assistant", "user", "assistant"]
+
+
+def test_json_and_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"instruction": f"问{i}", "input": "", "output": f"答{i}"} for i in range(3)]
+    (tmp_path / "d.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    a = load_conversations(tmp_path / "d.json")
+    b = load_conversations(tmp_path / "d.parquet")
+    assert a.format == b.format == "alpaca"
+    assert [c.messages for c in a.rows] == [c.messages for c in b.rows]
+    assert b.rows[2].source.endswith("d.parquet:3")
+
+
+@pytest.mark.parametrize(
+    "row, field",
+    [
+        ({"instruction": "问", "output": ""}, "output: is empty"),
+        ({"messages": [{"role": "user", "content": "问"}, {"role": "bot", "content": "答"}]}, "messages[1].role"),
+        ({"messages": [{"role": "user", "content": "问"}]}, "must end with a assistant turn"),
+        ({"conversations": [{"from": "gpt", "value": "答"}]}, "conversations[0].role: expected 'user'"),
+        ({"instruction": "问", "output": 3}, "output: expected a string"),
+        ({"output": "答"}, "instruction: missing"),
+        ({"foo": 1}, "row: unknown format"),
+    ],
+)
+def test_bad_row_is_one_line_with_file_line_field(tmp_path, row, field):
+    good = {
+        "messages": {"messages": [{"role": "user", "content": "问"}, {"role": "assistant", "content": "答"}]},
+        "conversations": {"conversations": [{"from": "human", "value": "问"}, {"from": "gpt", "value": "答"}]},
+    }.get(next(iter(row)), {"instruction": "问", "output": "答"})
+    path = write_jsonl(tmp_path / "bad.jsonl", [good, good, row] if "foo" not in row else [row])
+    with pytest.raises(UserError) as e:
+        load_conversations(path)
+    msg = str(e.value)
+    line = 3 if "foo" not in row else 1
+    assert msg.startswith(f"{path}:{line}: ") and field in msg and "\n" not in msg
+
+
+def test_invalid_json_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"instruction": "a", "output": "b"}\n{"instruction": \n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"d.jsonl:2: json: not valid JSON"):
+        load_conversations(path)
+
+
+def test_skip_invalid_accounts_for_every_row(tmp_path):
+    rows = [{"instruction": "问", "output": "答"}, {"instruction": "问", "output": ""}, {"instruction": "x"}]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    res = load_conversations(path, skip_invalid=True, rejects_path=tmp_path / "rej.jsonl")
+    assert (res.read, res.kept, res.rejected) == (3, 1, 2)
+    rejects = [json.loads(x) for x in (tmp_path / "rej.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["source"] for r in rejects] == [f"{path}:2", f"{path}:3"]
+    assert rejects[0]["row"] == rows[1] and "output" in rejects[0]["error"]
+
+
+def test_preference_rows(tmp_path):
+    rows = [
+        {"prompt": "讲个笑话", "chosen": "哈哈好呀😂", "rejected": "不想讲。"},
+        {
+            "messages": [
+                {"role": "user", "content": "在吗"},
+                {"role": "assistant", "content": "在"},
+                {"role": "user", "content": "吃了吗"},
+            ],
+            "chosen": [{"role": "assistant", "content": "吃啦🍜"}],
+            "rejected": "吃了吗吃了吗",
+        },
+    ]
+    res = load_rows(write_jsonl(tmp_path / "p.jsonl", rows))
+    assert res.format == "preference" and all(isinstance(r, PreferencePair) for r in res.rows)
+    conv = res.rows[1].conversation("chosen")
+    assert conv.messages[-1] == {"role": "assistant", "content": "吃啦🍜"} and len(conv.messages) == 4
+    with pytest.raises(UserError, match="preference row in SFT data"):
+        load_conversations(tmp_path / "p.jsonl")
+    bad = write_jsonl(tmp_path / "b.jsonl", [{"prompt": "问", "chosen": "同", "rejected": "同"}])
+    with pytest.raises(UserError, match=r"b.jsonl:1: rejected: is identical to chosen"):
+        load_rows(bad)
+
+
+def test_detect_format():
+    assert detect_format({"instruction": "a", "output": "b"}) == "alpaca"
+    assert detect_format({"conversations": []}) == "sharegpt"
+    assert detect_format({"messages": []}) == "openai"
+    assert detect_format({"prompt": "a", "chosen": "b", "rejected": "c"}) == "preference"
