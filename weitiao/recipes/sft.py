@@ -172,7 +172,7 @@ def run(cfg: SFTConfig) -> dict:
     from accelerate import Accelerator
 
     t = cfg.train
-    accel = Accelerator()
+    accel = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True enables gloo DDP on CPU
     main = accel.is_main_process
     torch.manual_seed(t.seed)
     out = Path(t.out)
