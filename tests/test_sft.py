@@ -56,6 +56,7 @@ def test_qlora_sft_learns_and_saves(tiny_model_dir, chat_file, tmp_path):
     assert len(read_metrics(tmp_path / "run", "eval")) == 3
     data = read_metrics(tmp_path / "run", "data")[0]
     assert data["rows"] == data["kept"] + data["dropped_too_long"]
+    assert data["read"] == data["kept"] + data["eval_rows"] + data["rejected"] + data["dropped_too_long"]
     assert summary["steps"] == 12
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert ckpts == ["step-000008", "step-000012"]  # keep_last 2
@@ -149,3 +150,16 @@ def test_ddp_two_processes_match_one(tiny_model_dir, chat_file, tmp_path):
     assert len(one) == len(two) == 5 and one[-1] < one[0]
     assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4
     assert read_metrics(tmp_path / "two", "data")[0]["world"] == 2
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [("model.quant=8bit",), ("lora.dora=true", "model.gradient_checkpointing=true"), ("lora.rslora=true",),
+     ("lora.targets=[q_proj,v_proj]", "data.packing=false")],
+    ids=["8bit", "dora+ckpt", "rslora", "qv-padded"],
+)
+def test_variants_train(tiny_model_dir, chat_file, tmp_path, extra):
+    cfg = config(tiny_model_dir, chat_file, tmp_path / "run", "train.max_steps=4", *extra)
+    sft.run(cfg)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "run", "train")]
+    assert len(losses) == 4 and losses[-1] < losses[0]

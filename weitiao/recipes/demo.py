@@ -45,7 +45,12 @@ def run(config: str | None = None, overrides: list[str] | None = None, max_new_t
     from weitiao.demo import DATA_DIR
 
     console = Console()
-    cfg = load_config(sft.SFTConfig, config or _default_config(), overrides)
+    # Data paths point at the installed package, so the demo runs from any directory.
+    paths = [
+        f"data.train=[{DATA_DIR / 'style.jsonl'},{DATA_DIR / 'safety.jsonl'}]",
+        f"data.eval=[{DATA_DIR / 'heldout_style.jsonl'}]",
+    ]
+    cfg = load_config(sft.SFTConfig, config or EXAMPLE, paths + list(overrides or []))
     tokenizer = load_tokenizer(cfg.model.path)
     sets = {
         "chat": load_conversations(DATA_DIR / "heldout_style.jsonl").rows,
@@ -72,10 +77,6 @@ def run(config: str | None = None, overrides: list[str] | None = None, max_new_t
         )
     console.print(f"report: {Path(cfg.train.out) / 'demo_report.json'}")
     return report
-
-
-def _default_config() -> str:
-    return str(EXAMPLE)
 
 
 def _table(before: dict, after: dict) -> Table:

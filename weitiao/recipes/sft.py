@@ -101,6 +101,8 @@ class SFTData:
     train: list[Encoded]
     eval: list[Encoded]
     stats: EncodeStats
+    eval_stats: EncodeStats
+    read: int
     rejected: int
 
 
@@ -108,12 +110,15 @@ def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
     """Load, validate, template and tokenize train/eval data; account for every row."""
     d = cfg.data
     template = resolve_template(tokenizer, d.template)
-    loaded = load_conversations(d.train, d.format, skip_invalid=d.skip_invalid)
+    rejects = Path(cfg.train.out) / "rejects.jsonl"
+    loaded = load_conversations(d.train, d.format, skip_invalid=d.skip_invalid, rejects_path=rejects)
     convs = loaded.rows
-    rejected = loaded.rejected
+    read, rejected = loaded.read, loaded.rejected
     if d.eval:
-        ev = load_conversations(d.eval, d.format, skip_invalid=d.skip_invalid)
-        eval_convs, rejected = ev.rows, rejected + ev.rejected
+        ev = load_conversations(
+            d.eval, d.format, skip_invalid=d.skip_invalid, rejects_path=rejects.with_name("eval_rejects.jsonl")
+        )
+        eval_convs, read, rejected = ev.rows, read + ev.read, rejected + ev.rejected
     elif d.eval_split > 0:
         g = torch.Generator().manual_seed(cfg.train.seed)
         perm = torch.randperm(len(convs), generator=g).tolist()
@@ -124,10 +129,10 @@ def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
         eval_convs = []
     opts = EncodeOptions(d.max_len, d.train_on_prompt, d.train_turns, d.truncation)
     train, stats = encode_all(convs, tokenizer, template, opts)
-    evals, _ = encode_all(eval_convs, tokenizer, template, opts)
+    evals, eval_stats = encode_all(eval_convs, tokenizer, template, opts)
     if not train:
         raise UserError(f"data.train: no rows left after truncation policy {d.truncation!r} (max_len {d.max_len})")
-    return SFTData(tokenizer, template, train, evals, stats, rejected)
+    return SFTData(tokenizer, template, train, evals, stats, eval_stats, read, rejected)
 
 
 def build_model(cfg: SFTConfig, device: torch.device):
@@ -223,11 +228,20 @@ def run(cfg: SFTConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", dump_config(cfg))
     log = MetricsLog(out, enabled=main, tensorboard=t.tensorboard)
-    if main and ckpt is None:
+    if main:
         s = data.stats
+        dropped = s.dropped_too_long + data.eval_stats.dropped_too_long
+        print(
+            f"data: {data.read} rows read = {s.kept} train + {len(data.eval)} eval + {data.rejected} rejected + "
+            f"{dropped} over max_len {cfg.data.max_len} (truncation {cfg.data.truncation}: {s.cut} cut, "
+            f"{s.history_trimmed} history-trimmed) · template {data.template.name} · "
+            f"{trainable:,} trainable / {total_params:,} params · {total_steps} steps"
+        )
+    if main and ckpt is None:
         log.log(
             "data",
             0,
+            read=data.read,
             rows=s.rows,
             kept=s.kept,
             dropped_too_long=s.dropped_too_long,
