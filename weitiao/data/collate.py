@@ -25,6 +25,7 @@ class Batch:
     targets: torch.Tensor  # (B, L) next-token targets, IGNORE where no loss
     position_ids: torch.Tensor  # (B, L)
     attention_mask: torch.Tensor | None  # (B, L) for padded batches, None for packed rows
+    seq_index: torch.Tensor | None = None  # (B, L) which example of the micro-batch (row-major), -1 = pad
 
     @property
     def n_target_tokens(self) -> int:
@@ -32,7 +33,8 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         mask = None if self.attention_mask is None else self.attention_mask.to(device)
-        return Batch(self.input_ids.to(device), self.targets.to(device), self.position_ids.to(device), mask)
+        seq = None if self.seq_index is None else self.seq_index.to(device)
+        return Batch(self.input_ids.to(device), self.targets.to(device), self.position_ids.to(device), mask, seq)
 
 
 def shifted_targets(labels: list[int]) -> list[int]:
@@ -95,27 +97,33 @@ def plan_epoch(
 
 def collate(examples: list[Encoded], batch_rows: list[list[int]], pad_id: int, packing: bool) -> Batch:
     """Build tensors for one micro-batch (rows of example indices)."""
-    seqs, tgts, poss = [], [], []
+    seqs, tgts, poss, segs = [], [], [], []
+    k = 0
     for row in batch_rows:
-        ids, tgt, pos = [], [], []
+        ids, tgt, pos, seg = [], [], [], []
         for i in row:
             ex = examples[i]
             ids += ex.input_ids
             tgt += shifted_targets(ex.labels)
             pos += range(len(ex.input_ids))
+            seg += [k] * len(ex.input_ids)
+            k += 1
         seqs.append(ids)
         tgts.append(tgt)
         poss.append(pos)
+        segs.append(seg)
     width = max(len(s) for s in seqs)
     input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     targets = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
     position_ids = torch.zeros((len(seqs), width), dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, (s, t, p) in enumerate(zip(seqs, tgts, poss)):
+    seq_index = torch.full((len(seqs), width), -1, dtype=torch.long)
+    for r, (s, t, p, g) in enumerate(zip(seqs, tgts, poss, segs)):
+        seq_index[r, : len(g)] = torch.tensor(g)
         input_ids[r, : len(s)] = torch.tensor(s)
         targets[r, : len(t)] = torch.tensor(t)
         position_ids[r, : len(p)] = torch.tensor(p)
         # Padding in a packed row becomes its own segment (positions from 0): it attends only to itself.
         position_ids[r, len(p) :] = torch.arange(width - len(p))
         mask[r, : len(s)] = 1
-    return Batch(input_ids, targets, position_ids, None if packing else mask)
+    return Batch(input_ids, targets, position_ids, None if packing else mask, seq_index)

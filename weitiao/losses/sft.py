@@ -22,6 +22,37 @@ def _chunk_nll(h: torch.Tensor, t: torch.Tensor, head: nn.Module, softcap: float
     return F.cross_entropy(logits, t, reduction="sum")
 
 
+def _chunk_logp(h: torch.Tensor, t: torch.Tensor, head: nn.Module, softcap: float | None, temp: float) -> torch.Tensor:
+    logits = head(h).float()
+    if softcap:
+        logits = softcap * torch.tanh(logits / softcap)
+    if temp != 1.0:
+        logits = logits / temp
+    return torch.log_softmax(logits, dim=-1).gather(-1, t.unsqueeze(-1)).squeeze(-1)
+
+
+def target_logps(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    head: nn.Module,
+    chunk_size: int = 4096,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """log p(target) for every position with a target, flattened row-major, chunked as in nll_sum."""
+    sel = targets != IGNORE
+    h, t = hidden[sel], targets[sel]
+    if t.numel() <= chunk_size:
+        return _chunk_logp(h, t, head, softcap, temperature)
+    parts = [
+        checkpoint(
+            _chunk_logp, h[k : k + chunk_size], t[k : k + chunk_size], head, softcap, temperature, use_reentrant=False
+        )
+        for k in range(0, t.numel(), chunk_size)
+    ]
+    return torch.cat(parts)
+
+
 def nll_sum(
     hidden: torch.Tensor,
     targets: torch.Tensor,
@@ -43,13 +74,6 @@ def nll_sum(
             _chunk_nll, h[k : k + chunk_size], t[k : k + chunk_size], head, softcap, use_reentrant=False
         )
     return total, n
-
-
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(target) per position (0 where the target is IGNORE)."""
-    safe = targets.clamp_min(0)
-    lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    return lp * (targets != IGNORE)
 
 
 class CausalLMLoss(nn.Module):
@@ -75,7 +99,9 @@ class CausalLMLoss(nn.Module):
         targets: torch.Tensor,
         position_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        per_token: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        """(nll_sum, n_targets), or with per_token=True the log-prob of each target (row-major)."""
         decoder, head = self._parts()
         out = decoder(
             input_ids=input_ids,
@@ -83,5 +109,7 @@ class CausalLMLoss(nn.Module):
             attention_mask=attention_mask,
             use_cache=False,
         )
+        if per_token:
+            return target_logps(out.last_hidden_state, targets, head, self.chunk_size, self.softcap)
         total, n = nll_sum(out.last_hidden_state, targets, head, self.chunk_size, self.softcap)
         return total, torch.tensor(n, device=total.device)

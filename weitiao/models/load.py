@@ -5,7 +5,6 @@ QLoRA is LoRA on a 4-bit NF4 base with double quantization: the same code on CPU
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -140,5 +139,13 @@ def count_params(model: Any) -> tuple[int, int]:
     return trainable, total
 
 
-def model_dir(path: str) -> Path:
-    return Path(resolve_path(path))
+def build_trainable(model: ModelSpec, lora: LoraSpec, device: torch.device) -> Any:
+    """Load the base and make it trainable: LoRA adapter on a frozen (maybe quantized) base, or full."""
+    base = load_model(model, device)
+    if lora.enabled:
+        return add_lora(base, lora, model.gradient_checkpointing)
+    if model.quant != "none":
+        raise UserError("model.quant: quantized weights cannot be fully fine-tuned; set lora.enabled: true")
+    if model.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return base

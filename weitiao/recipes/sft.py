@@ -32,7 +32,7 @@ from weitiao.data.templates import ChatTemplate, resolve_template
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text
 from weitiao.losses.sft import CausalLMLoss
-from weitiao.models.load import LoraSpec, ModelSpec, add_lora, count_params, load_model, load_tokenizer
+from weitiao.models.load import LoraSpec, ModelSpec, build_trainable, count_params, load_tokenizer
 from weitiao.train import checkpoint as ck
 from weitiao.train.log import MetricsLog, progress_bar
 from weitiao.train.schedule import lr_at
@@ -135,18 +135,6 @@ def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
     return SFTData(tokenizer, template, train, evals, stats, eval_stats, read, rejected)
 
 
-def build_model(cfg: SFTConfig, device: torch.device):
-    model = load_model(cfg.model, device)
-    if cfg.lora.enabled:
-        model = add_lora(model, cfg.lora, cfg.model.gradient_checkpointing)
-    else:
-        if cfg.model.quant != "none":
-            raise UserError("model.quant: quantized weights cannot be fully fine-tuned; set lora.enabled: true")
-        if cfg.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model
-
-
 @torch.no_grad()
 def evaluate(loss_mod, examples: list[Encoded], cfg: SFTConfig, pad_id: int, accel) -> float:
     """Token-weighted eval loss over the whole eval set (split across processes)."""
@@ -212,7 +200,7 @@ def run(cfg: SFTConfig) -> dict:
     lr = t.lr if t.lr is not None else (2e-4 if cfg.lora.enabled else 2e-5)
 
     # 2. Model, loss wrapper, optimizer.
-    model = build_model(cfg, accel.device)
+    model = build_trainable(cfg.model, cfg.lora, accel.device)
     loss_mod = CausalLMLoss(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=t.betas, weight_decay=t.weight_decay)
@@ -221,7 +209,7 @@ def run(cfg: SFTConfig) -> dict:
 
     # 3. Resume: weights, optimizer, RNG, data position, early-stopping state.
     state = {"step": 0, "best_eval": float("inf"), "best_step": None, "bad_evals": 0, "tokens": 0}
-    ckpt = _resume_point(out, t.resume)
+    ckpt = ck.resume_point(out, t.resume)
     if ckpt is not None:
         state.update(ck.load_checkpoint(ckpt, model, optimizer))
     if main:
@@ -342,15 +330,3 @@ def run(cfg: SFTConfig) -> dict:
     log.close()
     accel.wait_for_everyone()
     return summary
-
-
-def _resume_point(out: Path, resume: str) -> Path | None:
-    if resume == "none":
-        return None
-    if resume == "auto":
-        ckpts = ck.list_checkpoints(out)
-        return ckpts[-1] if ckpts else None
-    p = Path(resume)
-    if not (p / ck.STATE_FILE).exists():
-        raise UserError(f"train.resume: {p} is not a checkpoint dir (no {ck.STATE_FILE})")
-    return p

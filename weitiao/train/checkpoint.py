@@ -105,3 +105,18 @@ def load_checkpoint(ckpt: Path, model: Any, optimizer: torch.optim.Optimizer) ->
     optimizer.load_state_dict(state.pop("optimizer"))
     set_rng_state(state.pop("rng"))
     return state
+
+
+def resume_point(out: Path, resume: str) -> Path | None:
+    """`auto`: latest checkpoint under `out` (None if none); `none`; or an explicit checkpoint dir."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        ckpts = list_checkpoints(out)
+        return ckpts[-1] if ckpts else None
+    p = Path(resume)
+    if not (p / STATE_FILE).exists():
+        from weitiao.errors import UserError
+
+        raise UserError(f"train.resume: {p} is not a checkpoint dir (no {STATE_FILE})")
+    return p
