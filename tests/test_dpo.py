@@ -1,0 +1,134 @@
+"""DPO: losses vs hand formulas, packed pair log-probs vs separate forwards, end-to-end on a tiny model."""
+
+import math
+import random
+
+import pytest
+import torch
+from conftest import write_jsonl
+from transformers import AutoModelForCausalLM
+
+from weitiao.config import load_config
+from weitiao.data.chat import IGNORE
+from weitiao.data.collate import collate
+from weitiao.data.formats import PreferencePair
+from weitiao.data.preference import encode_pairs, pair_rows
+from weitiao.data.templates import resolve_template
+from weitiao.losses.preference import bradley_terry, dpo_terms, k3_kl
+from weitiao.losses.sft import CausalLMLoss
+from weitiao.recipes import dpo
+from weitiao.train.log import read_metrics
+
+
+def sig(x):
+    return 1 / (1 + math.exp(-x))
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_dpo_losses_match_formulas(loss_type, eps):
+    g = torch.Generator().manual_seed(0)
+    pc, pr, rc, rr = (torch.randn(6, generator=g, dtype=torch.float64) * 3 for _ in range(4))
+    beta = 0.3
+    loss, m = dpo_terms(pc, pr, rc, rr, beta, loss_type, eps if loss_type == "sigmoid" else 0.0)
+    for i in range(6):
+        h = (pc[i].item() - rc[i].item()) - (pr[i].item() - rr[i].item())
+        want = {
+            "sigmoid": -(1 - eps) * math.log(sig(beta * h)) - eps * math.log(sig(-beta * h)),
+            "ipo": (h - 1 / (2 * beta)) ** 2,
+            "hinge": max(0.0, 1 - beta * h),
+        }[loss_type]
+        assert abs(loss[i].item() - want) < 1e-9
+        assert abs(m["margins"][i].item() - beta * h) < 1e-9
+        assert m["accuracy"][i].item() == float(h > 0)
+
+
+def test_bradley_terry_and_k3():
+    assert abs(bradley_terry(torch.tensor(2.0), torch.tensor(0.5), 0.5).item() + math.log(sig(1.0))) < 1e-6
+    lp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -2.0])
+    r = ref - lp
+    assert torch.allclose(k3_kl(lp, ref), torch.exp(r) - 1 - r) and k3_kl(lp, ref)[1] == 0
+
+
+def make_pairs(n, seed=0):
+    rng = random.Random(seed)
+    topics = ["天气", "周末", "电影", "吃饭", "工作", "旅行", "猫", "音乐"]
+    out = []
+    for i in range(n):
+        t = rng.choice(topics)
+        out.append(
+            {"prompt": f"聊聊{t}吧 {i}", "chosen": f"好呀😊 {t}挺好的", "rejected": f"关于{t}，首先需要说明的是。"}
+        )
+    return out
+
+
+def test_packed_pair_logps_equal_separate_forwards(tiny_model_dir, tokenizer):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    pairs = [
+        PreferencePair([{"role": "user", "content": r["prompt"]}], r["chosen"], r["rejected"]) for r in make_pairs(5)
+    ]
+    exs, stats = encode_pairs(pairs, tokenizer, resolve_template(tokenizer), 256, "drop")
+    assert stats.kept == 5
+    c, r = exs[0], exs[1]
+    p = next(i for i, x in enumerate(c.labels) if x != IGNORE)
+    assert c.input_ids[:p] == r.input_ids[:p] and tokenizer.decode(c.input_ids[p:]).startswith("好呀")
+    rows = pair_rows([[0, 1, 2], [3, 4]])
+    b = collate(exs, rows, tokenizer.pad_token_id, packing=True)
+    with torch.no_grad():
+        _, sums, counts = dpo.sequence_logps(CausalLMLoss(model, chunk_size=8), b, 10)
+        for k, i in enumerate(i for row in rows for i in row):
+            ids = torch.tensor([exs[i].input_ids])
+            logits = model(input_ids=ids).logits[0, :-1]
+            tgt = torch.tensor(exs[i].labels[1:])
+            lp = torch.log_softmax(logits, -1).gather(-1, tgt.clamp_min(0)[:, None])[:, 0]
+            want = lp[tgt != IGNORE].sum().item()
+            assert abs(sums[k].item() - want) < 1e-4 and counts[k].item() == int((tgt != IGNORE).sum())
+
+
+def dpo_config(model_dir, data, out, *extra):
+    base = [
+        f"model.path={model_dir}",
+        f"data.train=[{data}]",
+        "data.eval_split=0.2",
+        f"train.out={out}",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "train.micro_batch_size=4",
+        "data.max_len=64",
+        "train.lr=5e-3",
+        "train.warmup_ratio=0",
+        "lora.dropout=0",
+    ]
+    return load_config(dpo.DPOConfig, None, base + list(extra))
+
+
+@pytest.mark.slow
+def test_dpo_learns_preferences_and_beta_bounds_kl(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(40))
+    kls = {}
+    for beta in (0.05, 1.0):
+        out = tmp_path / f"b{beta}"
+        summary = dpo.run(
+            dpo_config(tiny_model_dir, data, out, "train.max_steps=16", f"dpo.beta={beta}", "train.eval_every=8")
+        )
+        train = read_metrics(out, "train")
+        assert train[0]["accuracy"] <= 0.75 and abs(train[0]["loss"] - math.log(2)) < 1e-3  # π = π_ref at step 1
+        assert summary["eval_accuracy"] > 0.9
+        assert train[-1]["margins"] > train[0]["margins"] + 0.05
+        kls[beta] = summary["eval_kl"]
+    assert kls[1.0] < kls[0.05]
+
+
+@pytest.mark.slow
+def test_precomputed_reference_and_resume(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(24))
+    args = ("train.max_steps=4", "train.save_every=2")
+    dpo.run(dpo_config(tiny_model_dir, data, tmp_path / "live", *args))
+    dpo.run(
+        dpo_config(tiny_model_dir, data, tmp_path / "cached", *args, "dpo.precompute_ref=true", "train.stop_after=2")
+    )
+    assert (tmp_path / "cached" / "ref_logps.pt").exists()
+    dpo.run(dpo_config(tiny_model_dir, data, tmp_path / "cached", *args, "dpo.precompute_ref=true"))
+    live = [r["loss"] for r in read_metrics(tmp_path / "live", "train")]
+    cached = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "cached", "train")}
+    assert max(abs(a - cached[s + 1]) for s, a in enumerate(live)) < 1e-5

@@ -1,0 +1,400 @@
+"""Direct preference optimization (sigmoid/ipo/hinge, label smoothing, RPO), one run top to bottom.
+
+    weitiao dpo examples/demo_dpo.yaml dpo.beta=0.1
+    weitiao dpo examples/demo_dpo.yaml --sweep beta=0.01,0.1,0.5
+
+Steps: 1. pairs → tokens (shared prompt tokens, loss on replies only) → 2. policy (LoRA or full)
+and reference (the same base with the adapter disabled; a frozen copy for full tuning; or log-probs
+precomputed once and cached) → 3. resume → 4. loop: chosen and rejected of each pair packed into
+one forward, per-sequence log-probs by segment sums, loss, metrics, eval, checkpoint → 5. save.
+
+Pairs are packed padding-free like SFT rows: both sides of a pair sit in the same row, positions
+restart per sequence, so log-probs equal those of separate forwards (tested). The logged `kl` is the
+mean per-token k3 estimate of KL(π‖π_ref) on the data's reply tokens (not on samples from π).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from weitiao.config import dump_config
+from weitiao.data.chat import IGNORE, Encoded
+from weitiao.data.collate import Batch, collate, plan_epoch
+from weitiao.data.preference import PairStats, encode_pairs, load_pairs, pair_rows
+from weitiao.data.templates import ChatTemplate, resolve_template
+from weitiao.errors import UserError
+from weitiao.io import atomic_write_text
+from weitiao.losses.preference import LENGTH_AVERAGED, dpo_terms, k3_kl
+from weitiao.losses.sft import CausalLMLoss
+from weitiao.models.load import LoraSpec, ModelSpec, build_trainable, count_params, load_model, load_tokenizer
+from weitiao.recipes.sft import TrainSpec
+from weitiao.train import checkpoint as ck
+from weitiao.train.log import MetricsLog, progress_bar
+from weitiao.train.schedule import lr_at
+
+METRICS = ("loss", "rewards/chosen", "rewards/rejected", "margins", "accuracy", "logps/chosen", "logps/rejected")
+
+
+class PrefDataSpec(BaseModel):
+    """Preference data: prompt (or history) + chosen + rejected rows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    train: list[str]
+    eval: list[str] = Field(default_factory=list)
+    eval_split: float = Field(0.0, ge=0, lt=1)
+    format: Literal["auto", "preference"] = "auto"
+    template: Literal["auto", "tokenizer", "chatml", "qwen", "llama3", "plain"] = "auto"
+    max_len: int = Field(1024, gt=8, description="per sequence (prompt + one reply)")
+    truncation: Literal["drop", "cut_response"] = "drop"
+    packing: bool = True
+    skip_invalid: bool = False
+
+
+class DPOSpec(BaseModel):
+    """The DPO objective."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    beta: float = Field(0.1, gt=0, description="strength of the pull toward the reference")
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="conservative DPO ε (sigmoid only)")
+    rpo_alpha: float = Field(0.0, ge=0, description="weight of the NLL term on chosen replies (RPO)")
+    precompute_ref: bool = Field(False, description="reference log-probs in one pass, cached to disk")
+    reference: str | None = Field(None, description="reference model dir; default: base without adapter")
+    warn_falling_chosen: int = Field(20, description="warn after this many steps of falling chosen log-probs")
+
+
+class DPOTrainSpec(TrainSpec):
+    out: str = "runs/dpo"
+
+
+class DPOConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    data: PrefDataSpec
+    dpo: DPOSpec = Field(default_factory=DPOSpec)
+    train: DPOTrainSpec = Field(default_factory=DPOTrainSpec)
+
+
+@dataclass
+class PrefData:
+    template: ChatTemplate
+    train: list[Encoded]  # [chosen_0, rejected_0, chosen_1, ...]
+    eval: list[Encoded]
+    stats: PairStats
+    read: int
+    rejected: int
+
+
+def prepare_pairs(cfg: DPOConfig, tokenizer: Any) -> PrefData:
+    d = cfg.data
+    template = resolve_template(tokenizer, d.template)
+    rejects = Path(cfg.train.out) / "rejects.jsonl"
+    loaded = load_pairs(d.train, d.format, d.skip_invalid, rejects)
+    pairs, read, rejected = loaded.rows, loaded.read, loaded.rejected
+    if d.eval:
+        ev = load_pairs(d.eval, d.format, d.skip_invalid, rejects.with_name("eval_rejects.jsonl"))
+        eval_pairs, read, rejected = ev.rows, read + ev.read, rejected + ev.rejected
+    else:
+        g = torch.Generator().manual_seed(cfg.train.seed)
+        perm = torch.randperm(len(pairs), generator=g).tolist()
+        n_eval = int(len(pairs) * d.eval_split) if d.eval_split else 0
+        eval_pairs, pairs = [pairs[i] for i in perm[:n_eval]], [pairs[i] for i in perm[n_eval:]]
+    train, stats = encode_pairs(pairs, tokenizer, template, d.max_len, d.truncation)
+    evals, _ = encode_pairs(eval_pairs, tokenizer, template, d.max_len, d.truncation)
+    if not train:
+        raise UserError(f"data.train: no pairs left after truncation {d.truncation!r} (max_len {d.max_len})")
+    return PrefData(template, train, evals, stats, read, rejected)
+
+
+def sequence_logps(loss_mod: Any, b: Batch, n_seqs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-target log-probs (row-major), their sum per sequence, and target count per sequence."""
+    tok = loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask, per_token=True)
+    seq = b.seq_index[b.targets != IGNORE]
+    sums = torch.zeros(n_seqs, device=tok.device, dtype=tok.dtype).index_add(0, seq, tok)
+    counts = torch.zeros(n_seqs, device=tok.device, dtype=tok.dtype).index_add(0, seq, torch.ones_like(tok))
+    return tok, sums, counts
+
+
+class Reference:
+    """Reference log-probs: adapter disabled, a frozen model, or a precomputed per-example cache."""
+
+    def __init__(self, loss_mod: Any, policy: Any, ref_model: Any = None):
+        self.loss_mod, self.policy = loss_mod, policy
+        self.ref_loss = CausalLMLoss(ref_model) if ref_model is not None else None
+        self.cache: dict[int, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def token_logps(self, b: Batch, order: list[int]) -> torch.Tensor:
+        if self.cache is not None:
+            return torch.cat([self.cache[i] for i in order]).to(b.input_ids.device)
+        if self.ref_loss is not None:
+            return self.ref_loss(b.input_ids, b.targets, b.position_ids, b.attention_mask, per_token=True)
+        with self.policy.disable_adapter():
+            return self.loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask, per_token=True)
+
+    def precompute(self, examples: list[Encoded], cfg: DPOConfig, pad_id: int, device: Any, path: Path) -> None:
+        """One pass over the data; cached to `path` keyed by the token ids it was computed on."""
+        key = hash(tuple(tuple(e.input_ids) for e in examples))
+        if path.exists():
+            saved = torch.load(path, weights_only=False)
+            if saved["key"] == key:
+                self.cache = saved["logps"]
+                return
+        rows = [[i] for i in range(len(examples) // 2)]
+        cache: dict[int, torch.Tensor] = {}
+        for k in range(0, len(rows), cfg.train.micro_batch_size):
+            rr = pair_rows(rows[k : k + cfg.train.micro_batch_size])
+            b = collate(examples, rr, pad_id, cfg.data.packing).to(device)
+            order = [i for row in rr for i in row]
+            tok = self.token_logps(b, order)
+            seq = b.seq_index[b.targets != IGNORE]
+            for j, i in enumerate(order):
+                cache[i] = tok[seq == j].float().cpu()
+        torch.save({"key": key, "logps": cache}, path)
+        self.cache = cache
+
+
+def pair_step(loss_mod: Any, ref: Reference, b: Batch, order: list[int], cfg: DPOConfig) -> dict[str, torch.Tensor]:
+    """Loss sums and metric sums for one micro-batch of pairs (order alternates chosen, rejected)."""
+    d = cfg.dpo
+    n = len(order)
+    tok, sums, counts = sequence_logps(loss_mod, b, n)
+    ref_tok = ref.token_logps(b, order).to(tok.dtype)
+    seq = b.seq_index[b.targets != IGNORE]
+    ref_sums = torch.zeros_like(sums).index_add(0, seq, ref_tok)
+    pol, rfs = sums, ref_sums
+    if d.loss_type in LENGTH_AVERAGED:
+        pol, rfs = sums / counts.clamp_min(1), ref_sums / counts.clamp_min(1)
+    loss, m = dpo_terms(pol[0::2], pol[1::2], rfs[0::2], rfs[1::2], d.beta, d.loss_type, d.label_smoothing)
+    out = {"loss_sum": loss.sum(), **{f"{k}_sum": v.sum() for k, v in m.items()}}
+    out["logps/chosen_sum"] = sums[0::2].detach().sum()
+    out["logps/rejected_sum"] = sums[1::2].detach().sum()
+    out["kl_sum"] = k3_kl(tok.detach(), ref_tok).sum()
+    out["tokens"] = counts.sum()
+    out["nll_chosen_sum"] = -sums[0::2].sum()
+    out["chosen_tokens"] = counts[0::2].sum()
+    out["pairs"] = torch.tensor(float(n // 2), device=tok.device)
+    return out
+
+
+def _means(sums: dict[str, torch.Tensor], prefix: str = "") -> dict[str, float]:
+    pairs = max(1.0, float(sums["pairs"]))
+    out = {prefix + k[:-4]: float(v) / pairs for k, v in sums.items() if k.endswith("_sum") and k != "kl_sum"}
+    out.pop(prefix + "nll_chosen", None)
+    out[prefix + "kl"] = float(sums["kl_sum"]) / max(1.0, float(sums["tokens"]))
+    return out
+
+
+@torch.no_grad()
+def evaluate(loss_mod, ref: Reference, examples: list[Encoded], cfg: DPOConfig, pad_id: int, accel) -> dict:
+    if not examples:
+        return {}
+    loss_mod.eval()
+    n_pairs = len(examples) // 2
+    rows = [[i] for i in range(n_pairs)]
+    batches = [rows[k : k + cfg.train.micro_batch_size] for k in range(0, n_pairs, cfg.train.micro_batch_size)]
+    total: dict[str, torch.Tensor] = {}
+    for br in batches[accel.process_index :: accel.num_processes]:
+        rr = pair_rows(br)
+        b = collate(examples, rr, pad_id, cfg.data.packing).to(accel.device)
+        order = [i for row in rr for i in row]
+        for k, v in pair_step(loss_mod, ref, b, order, cfg).items():
+            total[k] = total.get(k, 0) + v.detach().double()
+    keys = sorted(total)
+    vec = accel.reduce(torch.stack([total[k] for k in keys]), reduction="sum")
+    loss_mod.train()
+    return _means(dict(zip(keys, vec)), "eval_")
+
+
+def run(cfg: DPOConfig) -> dict:
+    """Train with DPO; returns the summary with the last eval metrics."""
+    from accelerate import Accelerator
+
+    t, d = cfg.train, cfg.dpo
+    accel = Accelerator(cpu=not torch.cuda.is_available())
+    main = accel.is_main_process
+    torch.manual_seed(t.seed)
+    out = Path(t.out)
+
+    # 1. Pairs → tokens.
+    tokenizer = load_tokenizer(cfg.model.path)
+    data = prepare_pairs(cfg, tokenizer)
+    pad_id = tokenizer.pad_token_id
+    pair_len = [len(data.train[2 * i]) + len(data.train[2 * i + 1]) for i in range(len(data.train) // 2)]
+    world, micro_per_step = accel.num_processes, accel.num_processes * t.grad_accum
+
+    @lru_cache(maxsize=2)
+    def epoch_plan(epoch: int) -> list:
+        return plan_epoch(
+            pair_len,
+            seed=t.seed,
+            epoch=epoch,
+            micro_batch_size=t.micro_batch_size,
+            packing=cfg.data.packing,
+            capacity=2 * cfg.data.max_len,
+        )
+
+    steps_per_epoch = len(epoch_plan(0)) // micro_per_step
+    if steps_per_epoch == 0:
+        raise UserError(f"train: too few pairs for one step of {micro_per_step} micro-batches; lower micro_batch_size")
+    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    warmup = int(t.warmup_ratio * total_steps)
+    lr = t.lr if t.lr is not None else (5e-5 if cfg.lora.enabled else 5e-7)
+
+    # 2. Policy, reference, optimizer.
+    model = build_trainable(cfg.model, cfg.lora, accel.device)
+    loss_mod = CausalLMLoss(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=t.betas, weight_decay=t.weight_decay)
+    ref_model = None
+    if d.reference or not cfg.lora.enabled:
+        ref_model = load_model(cfg.model.model_copy(update={"path": d.reference or cfg.model.path}), accel.device)
+        ref_model.eval().requires_grad_(False)
+    loss_mod, optimizer = accel.prepare(loss_mod, optimizer)
+    ref = Reference(loss_mod, model, ref_model)
+    eval_ref = Reference(loss_mod, model, ref_model)  # eval pairs are never cached: always live
+    if d.precompute_ref:
+        out.mkdir(parents=True, exist_ok=True)
+        ref.precompute(data.train, cfg, pad_id, accel.device, out / "ref_logps.pt")
+    trainable, total_params = count_params(model)
+
+    # 3. Resume.
+    state: dict[str, Any] = {"step": 0, "best_eval": float("inf"), "best_step": None, "bad_evals": 0, "tokens": 0}
+    ckpt = ck.resume_point(out, t.resume)
+    if ckpt is not None:
+        state.update(ck.load_checkpoint(ckpt, model, optimizer))
+    log = MetricsLog(out, enabled=main, tensorboard=t.tensorboard)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", dump_config(cfg))
+        s = data.stats
+        print(
+            f"pairs: {data.read} read = {s.kept} train + {len(data.eval) // 2} eval + {data.rejected} rejected + "
+            f"{s.dropped_too_long} over max_len ({s.cut} cut) · β={d.beta} {d.loss_type} · "
+            f"reference: {'cache' if ref.cache else 'frozen model' if ref.ref_loss else 'adapter disabled'} · "
+            f"{trainable:,} trainable · {total_steps} steps"
+        )
+        if ckpt is None:
+            log.log(
+                "data",
+                0,
+                read=data.read,
+                pairs=s.pairs,
+                kept=s.kept,
+                dropped_too_long=s.dropped_too_long,
+                cut=s.cut,
+                rejected=data.rejected,
+                eval_pairs=len(data.eval) // 2,
+                steps=total_steps,
+            )
+
+    # 4. Loop.
+    step, last_eval, metrics, stopped_early = state["step"], {}, {}, False
+    falling, warned = deque(maxlen=max(2, d.warn_falling_chosen)), False
+    t0 = time.perf_counter()
+    with progress_bar(t.progress and main) as bar:
+        task = bar.add_task("dpo", total=total_steps, completed=step, info="")
+        while step < total_steps:
+            epoch, k = divmod(step, steps_per_epoch)
+            plan = [pair_rows(rows) for rows in epoch_plan(epoch)[k * micro_per_step : (k + 1) * micro_per_step]]
+            step_pairs = sum(len(row) for rows in plan for row in rows) // 2
+            step_chosen = sum(
+                sum(1 for x in data.train[i].labels[1:] if x != IGNORE)
+                for rows in plan
+                for row in rows
+                for i in row[0::2]
+            )
+            for g in optimizer.param_groups:
+                g["lr"] = lr_at(step, total_steps, lr, warmup, t.scheduler, t.min_lr_ratio)
+            mine = plan[accel.process_index :: world]
+            sums: dict[str, torch.Tensor] = {}
+            for j, rows in enumerate(mine):
+                b = collate(data.train, rows, pad_id, cfg.data.packing).to(accel.device)
+                order = [i for row in rows for i in row]
+                sync = j == len(mine) - 1
+                with accel.no_sync(loss_mod) if not sync else contextlib.nullcontext():
+                    o = pair_step(loss_mod, ref, b, order, cfg)
+                    objective = o["loss_sum"] * world / step_pairs
+                    if d.rpo_alpha:
+                        objective = objective + d.rpo_alpha * o["nll_chosen_sum"] * world / max(1, step_chosen)
+                    accel.backward(objective)
+                for key, v in o.items():
+                    sums[key] = sums.get(key, 0) + v.detach().double()
+            if t.max_grad_norm > 0:
+                accel.clip_grad_norm_(params, t.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            keys = sorted(sums)
+            red = dict(zip(keys, accel.reduce(torch.stack([sums[x] for x in keys]), reduction="sum")))
+            state["tokens"] += int(red["tokens"])
+            metrics = _means(red)
+            dt, t0 = time.perf_counter() - t0, time.perf_counter()
+            metrics["pairs_per_s"] = float(red["pairs"]) / dt if dt > 0 else 0.0
+            log.log("train", step, lr=optimizer.param_groups[0]["lr"], **metrics)
+            bar.update(
+                task,
+                completed=step,
+                info=f"loss {metrics['loss']:.4f} · acc {metrics['accuracy']:.2f} · margin {metrics['margins']:.3f}",
+            )
+            falling.append(metrics["logps/chosen"])
+            if not warned and len(falling) == falling.maxlen and all(a > b for a, b in zip(falling, list(falling)[1:])):
+                warned = True
+                msg = (
+                    f"chosen log-probs fell for {len(falling)} steps in a row ({falling[0]:.2f} → {falling[-1]:.2f}): "
+                    "both replies are being pushed down; consider dpo.rpo_alpha > 0 or a lower lr"
+                )
+                log.log("warning", step, message=msg)
+                if main:
+                    print(f"warning: {msg}")
+            last = step == total_steps
+            if data.eval and ((t.eval_every and step % t.eval_every == 0) or last):
+                last_eval = evaluate(loss_mod, eval_ref, data.eval, cfg, pad_id, accel)
+                ev = last_eval["eval_loss"]
+                if ev < state["best_eval"] - 1e-6:
+                    state.update(best_eval=ev, best_step=step, bad_evals=0)
+                else:
+                    state["bad_evals"] += 1
+                log.log("eval", step, **last_eval)
+                stopped_early = bool(t.early_stop_patience and state["bad_evals"] >= t.early_stop_patience)
+            if main and ((t.save_every and step % t.save_every == 0) or last or stopped_early):
+                protect = {state["best_step"]} if state["best_step"] else set()
+                ck.save_checkpoint(
+                    out, step, accel.unwrap_model(loss_mod).model, optimizer, state, t.keep_last, protect
+                )
+            accel.wait_for_everyone()
+            if stopped_early or (t.stop_after is not None and step >= t.stop_after):
+                break
+
+    # 5. Save.
+    summary = {
+        "out": str(out),
+        "steps": step,
+        "beta": d.beta,
+        "loss_type": d.loss_type,
+        **last_eval,
+        **{f"train_{k}": v for k, v in metrics.items()},
+    }
+    if main and (step >= total_steps or stopped_early):
+        final = out / "final"
+        ck.save_weights(accel.unwrap_model(loss_mod).model, final)
+        tokenizer.chat_template = data.template.jinja
+        tokenizer.save_pretrained(final / "tokenizer")
+        log.log("done", step, **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    log.close()
+    accel.wait_for_everyone()
+    return summary
