@@ -38,6 +38,30 @@ def sft(
 
 
 @app.command()
+def dpo(
+    config: Path = typer.Argument(..., help="YAML config (see examples/demo_dpo.yaml)"),
+    overrides: list[str] = typer.Argument(None, help="key.path=value overrides, e.g. dpo.beta=0.1"),
+    sweep: str = typer.Option(None, help="run once per value, e.g. beta=0.01,0.1,0.5; writes table + plot"),
+) -> None:
+    """Direct preference optimization (sigmoid, ipo, hinge; label smoothing; RPO)."""
+    from weitiao.config import load_config
+    from weitiao.recipes import dpo as recipe
+
+    if sweep:
+        from weitiao.recipes.sweep import sweep as run_sweep
+
+        rows = run_sweep(recipe.DPOConfig, recipe.run, config, overrides or [], sweep)
+        t = Table(title=f"sweep {sweep}")
+        for col in rows[0]:
+            t.add_column(col)
+        for r in rows:
+            t.add_row(*(f"{v:.4g}" for v in r.values()))
+        console.print(t)
+        return
+    console.print(recipe.run(load_config(recipe.DPOConfig, config, overrides or [])))
+
+
+@app.command()
 def demo(
     overrides: list[str] = typer.Argument(None, help="overrides for examples/demo_sft.yaml"),
 ) -> None:

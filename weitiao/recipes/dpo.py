@@ -15,12 +15,8 @@ mean per-token k3 estimate of KL(π‖π_ref) on the data's reply tokens (not on
 
 from __future__ import annotations
 
-import contextlib
-import math
-import time
 from collections import deque
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from weitiao.config import dump_config
 from weitiao.data.chat import IGNORE, Encoded
-from weitiao.data.collate import Batch, collate, plan_epoch
+from weitiao.data.collate import Batch, collate, n_targets
 from weitiao.data.preference import PairStats, encode_pairs, load_pairs, pair_rows
 from weitiao.data.templates import ChatTemplate, resolve_template
 from weitiao.errors import UserError
@@ -39,8 +35,8 @@ from weitiao.losses.sft import CausalLMLoss
 from weitiao.models.load import LoraSpec, ModelSpec, build_trainable, count_params, load_model, load_tokenizer
 from weitiao.recipes.sft import TrainSpec
 from weitiao.train import checkpoint as ck
-from weitiao.train.log import MetricsLog, progress_bar
-from weitiao.train.schedule import lr_at
+from weitiao.train import loop
+from weitiao.train.log import MetricsLog
 
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "margins", "accuracy", "logps/chosen", "logps/rejected")
 
@@ -235,24 +231,7 @@ def run(cfg: DPOConfig) -> dict:
     data = prepare_pairs(cfg, tokenizer)
     pad_id = tokenizer.pad_token_id
     pair_len = [len(data.train[2 * i]) + len(data.train[2 * i + 1]) for i in range(len(data.train) // 2)]
-    world, micro_per_step = accel.num_processes, accel.num_processes * t.grad_accum
-
-    @lru_cache(maxsize=2)
-    def epoch_plan(epoch: int) -> list:
-        return plan_epoch(
-            pair_len,
-            seed=t.seed,
-            epoch=epoch,
-            micro_batch_size=t.micro_batch_size,
-            packing=cfg.data.packing,
-            capacity=2 * cfg.data.max_len,
-        )
-
-    steps_per_epoch = len(epoch_plan(0)) // micro_per_step
-    if steps_per_epoch == 0:
-        raise UserError(f"train: too few pairs for one step of {micro_per_step} micro-batches; lower micro_batch_size")
-    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
-    warmup = int(t.warmup_ratio * total_steps)
+    world = accel.num_processes
     lr = t.lr if t.lr is not None else (5e-5 if cfg.lora.enabled else 5e-7)
 
     # 2. Policy, reference, optimizer.
@@ -273,7 +252,7 @@ def run(cfg: DPOConfig) -> dict:
     trainable, total_params = count_params(model)
 
     # 3. Resume.
-    state: dict[str, Any] = {"step": 0, "best_eval": float("inf"), "best_step": None, "bad_evals": 0, "tokens": 0}
+    state = loop.new_state()
     ckpt = ck.resume_point(out, t.resume)
     if ckpt is not None:
         state.update(ck.load_checkpoint(ckpt, model, optimizer))
@@ -286,7 +265,7 @@ def run(cfg: DPOConfig) -> dict:
             f"pairs: {data.read} read = {s.kept} train + {len(data.eval) // 2} eval + {data.rejected} rejected + "
             f"{s.dropped_too_long} over max_len ({s.cut} cut) · β={d.beta} {d.loss_type} · "
             f"reference: {'cache' if ref.cache else 'frozen model' if ref.ref_loss else 'adapter disabled'} · "
-            f"{trainable:,} trainable · {total_steps} steps"
+            f"{trainable:,} trainable params"
         )
         if ckpt is None:
             log.log(
@@ -299,102 +278,64 @@ def run(cfg: DPOConfig) -> dict:
                 cut=s.cut,
                 rejected=data.rejected,
                 eval_pairs=len(data.eval) // 2,
-                steps=total_steps,
             )
 
-    # 4. Loop.
-    step, last_eval, metrics, stopped_early = state["step"], {}, {}, False
-    falling, warned = deque(maxlen=max(2, d.warn_falling_chosen)), False
-    t0 = time.perf_counter()
-    with progress_bar(t.progress and main) as bar:
-        task = bar.add_task("dpo", total=total_steps, completed=step, info="")
-        while step < total_steps:
-            epoch, k = divmod(step, steps_per_epoch)
-            plan = [pair_rows(rows) for rows in epoch_plan(epoch)[k * micro_per_step : (k + 1) * micro_per_step]]
-            step_pairs = sum(len(row) for rows in plan for row in rows) // 2
-            step_chosen = sum(
-                sum(1 for x in data.train[i].labels[1:] if x != IGNORE)
-                for rows in plan
-                for row in rows
-                for i in row[0::2]
-            )
-            for g in optimizer.param_groups:
-                g["lr"] = lr_at(step, total_steps, lr, warmup, t.scheduler, t.min_lr_ratio)
-            mine = plan[accel.process_index :: world]
-            sums: dict[str, torch.Tensor] = {}
-            for j, rows in enumerate(mine):
-                b = collate(data.train, rows, pad_id, cfg.data.packing).to(accel.device)
-                order = [i for row in rows for i in row]
-                sync = j == len(mine) - 1
-                with accel.no_sync(loss_mod) if not sync else contextlib.nullcontext():
-                    o = pair_step(loss_mod, ref, b, order, cfg)
-                    objective = o["loss_sum"] * world / step_pairs
-                    if d.rpo_alpha:
-                        objective = objective + d.rpo_alpha * o["nll_chosen_sum"] * world / max(1, step_chosen)
-                    accel.backward(objective)
-                for key, v in o.items():
-                    sums[key] = sums.get(key, 0) + v.detach().double()
-            if t.max_grad_norm > 0:
-                accel.clip_grad_norm_(params, t.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            keys = sorted(sums)
-            red = dict(zip(keys, accel.reduce(torch.stack([sums[x] for x in keys]), reduction="sum")))
-            state["tokens"] += int(red["tokens"])
-            metrics = _means(red)
-            dt, t0 = time.perf_counter() - t0, time.perf_counter()
-            metrics["pairs_per_s"] = float(red["pairs"]) / dt if dt > 0 else 0.0
-            log.log("train", step, lr=optimizer.param_groups[0]["lr"], **metrics)
-            bar.update(
-                task,
-                completed=step,
-                info=f"loss {metrics['loss']:.4f} · acc {metrics['accuracy']:.2f} · margin {metrics['margins']:.3f}",
-            )
-            falling.append(metrics["logps/chosen"])
-            if not warned and len(falling) == falling.maxlen and all(a > b for a, b in zip(falling, list(falling)[1:])):
-                warned = True
-                msg = (
-                    f"chosen log-probs fell for {len(falling)} steps in a row ({falling[0]:.2f} → {falling[-1]:.2f}): "
-                    "both replies are being pushed down; consider dpo.rpo_alpha > 0 or a lower lr"
-                )
-                log.log("warning", step, message=msg)
-                if main:
-                    print(f"warning: {msg}")
-            last = step == total_steps
-            if data.eval and ((t.eval_every and step % t.eval_every == 0) or last):
-                last_eval = evaluate(loss_mod, eval_ref, data.eval, cfg, pad_id, accel)
-                ev = last_eval["eval_loss"]
-                if ev < state["best_eval"] - 1e-6:
-                    state.update(best_eval=ev, best_step=step, bad_evals=0)
-                else:
-                    state["bad_evals"] += 1
-                log.log("eval", step, **last_eval)
-                stopped_early = bool(t.early_stop_patience and state["bad_evals"] >= t.early_stop_patience)
-            if main and ((t.save_every and step % t.save_every == 0) or last or stopped_early):
-                protect = {state["best_step"]} if state["best_step"] else set()
-                ck.save_checkpoint(
-                    out, step, accel.unwrap_model(loss_mod).model, optimizer, state, t.keep_last, protect
-                )
-            accel.wait_for_everyone()
-            if stopped_early or (t.stop_after is not None and step >= t.stop_after):
-                break
+    # 4. Loop: each micro-batch packs whole pairs; the loss is normalized by the step's pair count.
+    def step_info(plan: list) -> dict:
+        chosen = [i for rows in plan for row in rows for i in row[0::2]]
+        return {"pairs": len(chosen), "chosen_tokens": sum(n_targets(data.train[i]) for i in chosen)}
+
+    def micro_step(rows: list, info: dict) -> dict:
+        b = collate(data.train, rows, pad_id, cfg.data.packing).to(accel.device)
+        o = pair_step(loss_mod, ref, b, [i for row in rows for i in row], cfg)
+        objective = o["loss_sum"] * world / info["pairs"]
+        if d.rpo_alpha:
+            objective = objective + d.rpo_alpha * o["nll_chosen_sum"] * world / max(1, info["chosen_tokens"])
+        accel.backward(objective)
+        return {k: v.detach() for k, v in o.items()}
+
+    def summarize(sums: dict, seconds: float) -> dict:
+        return {**_means(sums), "pairs_per_s": float(sums["pairs"]) / max(seconds, 1e-9)}
+
+    falling: deque = deque(maxlen=max(2, d.warn_falling_chosen))
+    warned: list[bool] = []
+
+    def after_step(step: int, m: dict) -> None:
+        falling.append(m["logps/chosen"])
+        if warned or len(falling) < falling.maxlen or not all(a > b for a, b in zip(falling, list(falling)[1:])):
+            return
+        warned.append(True)
+        msg = (
+            f"chosen log-probs fell for {len(falling)} steps in a row ({falling[0]:.2f} → {falling[-1]:.2f}): "
+            "both replies are being pushed down; consider dpo.rpo_alpha > 0 or a lower lr"
+        )
+        log.log("warning", step, message=msg)
+        if main:
+            print(f"warning: {msg}")
+
+    parts = loop.LoopParts(
+        name="dpo",
+        lengths=pair_len,
+        capacity=2 * cfg.data.max_len,
+        packing=cfg.data.packing,
+        to_rows=pair_rows,
+        micro_step=micro_step,
+        step_info=step_info,
+        summarize=summarize,
+        evaluate=(lambda: evaluate(loss_mod, eval_ref, data.eval, cfg, pad_id, accel)) if data.eval else None,
+        bar_info=lambda m: f"loss {m['loss']:.4f} · acc {m['accuracy']:.2f} · margin {m['margins']:.3f}",
+        after_step=after_step,
+    )
+    result = loop.fit(parts, t, accel, loss_mod, model, optimizer, params, lr, out, log, state)
 
     # 5. Save.
-    summary = {
-        "out": str(out),
-        "steps": step,
-        "beta": d.beta,
-        "loss_type": d.loss_type,
-        **last_eval,
-        **{f"train_{k}": v for k, v in metrics.items()},
-    }
-    if main and (step >= total_steps or stopped_early):
+    summary = {"out": str(out), "beta": d.beta, "loss_type": d.loss_type, **result}
+    if main and result["finished"]:
         final = out / "final"
         ck.save_weights(accel.unwrap_model(loss_mod).model, final)
         tokenizer.chat_template = data.template.jinja
         tokenizer.save_pretrained(final / "tokenizer")
-        log.log("done", step, **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        log.log("done", result["steps"], **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
     log.close()
     accel.wait_for_everyone()
     return summary

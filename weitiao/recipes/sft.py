@@ -13,11 +13,7 @@ gradient average equals the single-process gradient of the same global batch.
 
 from __future__ import annotations
 
-import math
-import time
-from contextlib import nullcontext
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -34,8 +30,8 @@ from weitiao.io import atomic_write_text
 from weitiao.losses.sft import CausalLMLoss
 from weitiao.models.load import LoraSpec, ModelSpec, build_trainable, count_params, load_tokenizer
 from weitiao.train import checkpoint as ck
-from weitiao.train.log import MetricsLog, progress_bar
-from weitiao.train.schedule import lr_at
+from weitiao.train import loop
+from weitiao.train.log import MetricsLog
 
 
 class DataSpec(BaseModel):
@@ -174,29 +170,7 @@ def run(cfg: SFTConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model.path)
     data = prepare_data(cfg, tokenizer)
     pad_id = tokenizer.pad_token_id
-    lengths = [len(e) for e in data.train]
-    world, accum = accel.num_processes, t.grad_accum
-    micro_per_step = world * accum
-
-    @lru_cache(maxsize=2)
-    def epoch_plan(epoch: int) -> list:
-        return plan_epoch(
-            lengths,
-            seed=t.seed,
-            epoch=epoch,
-            micro_batch_size=t.micro_batch_size,
-            packing=cfg.data.packing,
-            capacity=cfg.data.max_len,
-        )
-
-    steps_per_epoch = len(epoch_plan(0)) // micro_per_step
-    if steps_per_epoch == 0:
-        raise UserError(
-            f"train: {len(epoch_plan(0))} micro-batches cannot fill one step of "
-            f"{micro_per_step} (processes × grad_accum); lower micro_batch_size or grad_accum"
-        )
-    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
-    warmup = int(t.warmup_ratio * total_steps)
+    world = accel.num_processes
     lr = t.lr if t.lr is not None else (2e-4 if cfg.lora.enabled else 2e-5)
 
     # 2. Model, loss wrapper, optimizer.
@@ -208,125 +182,85 @@ def run(cfg: SFTConfig) -> dict:
     trainable, total_params = count_params(model)
 
     # 3. Resume: weights, optimizer, RNG, data position, early-stopping state.
-    state = {"step": 0, "best_eval": float("inf"), "best_step": None, "bad_evals": 0, "tokens": 0}
+    state = loop.new_state()
     ckpt = ck.resume_point(out, t.resume)
     if ckpt is not None:
         state.update(ck.load_checkpoint(ckpt, model, optimizer))
+    log = MetricsLog(out, enabled=main, tensorboard=t.tensorboard)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", dump_config(cfg))
-    log = MetricsLog(out, enabled=main, tensorboard=t.tensorboard)
-    if main:
         s = data.stats
         dropped = s.dropped_too_long + data.eval_stats.dropped_too_long
         print(
             f"data: {data.read} rows read = {s.kept} train + {len(data.eval)} eval + {data.rejected} rejected + "
             f"{dropped} over max_len {cfg.data.max_len} (truncation {cfg.data.truncation}: {s.cut} cut, "
             f"{s.history_trimmed} history-trimmed) · template {data.template.name} · "
-            f"{trainable:,} trainable / {total_params:,} params · {total_steps} steps"
+            f"{trainable:,} trainable / {total_params:,} params"
         )
-    if main and ckpt is None:
-        log.log(
-            "data",
-            0,
-            read=data.read,
-            rows=s.rows,
-            kept=s.kept,
-            dropped_too_long=s.dropped_too_long,
-            cut=s.cut,
-            history_trimmed=s.history_trimmed,
-            rejected=data.rejected,
-            eval_rows=len(data.eval),
-            template=data.template.name,
-            trainable_params=trainable,
-            total_params=total_params,
-            steps=total_steps,
-            world=world,
-        )
+        if ckpt is None:
+            log.log(
+                "data",
+                0,
+                read=data.read,
+                rows=s.rows,
+                kept=s.kept,
+                dropped_too_long=s.dropped_too_long,
+                cut=s.cut,
+                history_trimmed=s.history_trimmed,
+                rejected=data.rejected,
+                eval_rows=len(data.eval),
+                template=data.template.name,
+                trainable_params=trainable,
+                total_params=total_params,
+                world=world,
+            )
 
-    # 4. Train loop.
-    step = state["step"]
-    stopped_early = False
-    t0, tokens_window = time.perf_counter(), 0
-    with progress_bar(t.progress and main) as bar:
-        task = bar.add_task("sft", total=total_steps, completed=step, info="")
-        while step < total_steps:
-            epoch, k = divmod(step, steps_per_epoch)
-            plan = epoch_plan(epoch)[k * micro_per_step : (k + 1) * micro_per_step]
-            batches = [collate(data.train, rows, pad_id, cfg.data.packing) for rows in plan]
-            step_targets = sum(n_targets(data.train[i]) for rows in plan for row in rows for i in row)
-            mine = batches[accel.process_index :: world]
-            for g in optimizer.param_groups:
-                g["lr"] = lr_at(step, total_steps, lr, warmup, t.scheduler, t.min_lr_ratio)
-            loss_sum = torch.zeros((), device=accel.device, dtype=torch.float64)
-            for j, b in enumerate(mine):
-                b = b.to(accel.device)
-                sync = j == len(mine) - 1
-                with accel.no_sync(loss_mod) if not sync else nullcontext():
-                    s, _ = loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask)
-                    accel.backward(s * world / max(1, step_targets))
-                loss_sum += s.detach().double()
-            grad_norm = accel.clip_grad_norm_(params, t.max_grad_norm) if t.max_grad_norm > 0 else None
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            step_tokens = int(sum(int((b.input_ids != pad_id).sum()) for b in batches))
-            state["tokens"] += step_tokens
-            tokens_window += step_tokens
-            loss = float(accel.reduce(loss_sum, reduction="sum")) / max(1, step_targets)
-            if step % t.log_every == 0 or step == total_steps:
-                dt = time.perf_counter() - t0
-                tps = tokens_window / dt if dt > 0 else 0.0
-                log.log(
-                    "train",
-                    step,
-                    loss=loss,
-                    lr=optimizer.param_groups[0]["lr"],
-                    epoch=epoch,
-                    grad_norm=float(grad_norm) if grad_norm is not None else None,
-                    tokens=state["tokens"],
-                    tokens_per_s=tps,
-                )
-                bar.update(task, completed=step, info=f"loss {loss:.4f} · {tps:,.0f} tok/s")
-                t0, tokens_window = time.perf_counter(), 0
-            last = step == total_steps
-            if data.eval and ((t.eval_every and step % t.eval_every == 0) or last):
-                ev = evaluate(loss_mod, data.eval, cfg, pad_id, accel)
-                improved = ev < state["best_eval"] - 1e-6
-                if improved:
-                    state.update(best_eval=ev, best_step=step, bad_evals=0)
-                else:
-                    state["bad_evals"] += 1
-                log.log("eval", step, eval_loss=ev, best_eval=state["best_eval"], best_step=state["best_step"])
-                bar.update(task, info=f"loss {loss:.4f} · eval {ev:.4f}")
-                if t.early_stop_patience and state["bad_evals"] >= t.early_stop_patience:
-                    stopped_early = True
-            if main and ((t.save_every and step % t.save_every == 0) or last or stopped_early):
-                protect = {state["best_step"]} if state["best_step"] else set()
-                ck.save_checkpoint(
-                    out, step, accel.unwrap_model(loss_mod).model, optimizer, state, t.keep_last, protect
-                )
-            accel.wait_for_everyone()
-            if stopped_early or (t.stop_after is not None and step >= t.stop_after):
-                break
+    # 4. Loop: loss = Σ nll / (target tokens in the whole step, all processes and micro-batches).
+    def step_info(plan: list) -> dict:
+        return {"targets": sum(n_targets(data.train[i]) for rows in plan for row in rows for i in row)}
+
+    def micro_step(rows: list, info: dict) -> dict:
+        b = collate(data.train, rows, pad_id, cfg.data.packing).to(accel.device)
+        s, n = loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask)
+        accel.backward(s * world / max(1, info["targets"]))
+        return {"nll": s.detach(), "targets": n.detach(), "tokens": (b.input_ids != pad_id).sum()}
+
+    def summarize(sums: dict, seconds: float) -> dict:
+        return {
+            "loss": float(sums["nll"] / sums["targets"].clamp_min(1)),
+            "tokens_per_s": float(sums["tokens"]) / max(seconds, 1e-9),
+        }
+
+    parts = loop.LoopParts(
+        name="sft",
+        lengths=[len(e) for e in data.train],
+        capacity=cfg.data.max_len,
+        packing=cfg.data.packing,
+        to_rows=lambda rows: rows,
+        micro_step=micro_step,
+        step_info=step_info,
+        summarize=summarize,
+        evaluate=(lambda: {"eval_loss": evaluate(loss_mod, data.eval, cfg, pad_id, accel)}) if data.eval else None,
+        bar_info=lambda m: f"loss {m['loss']:.4f} · {m['tokens_per_s']:,.0f} tok/s",
+    )
+    result = loop.fit(parts, t, accel, loss_mod, model, optimizer, params, lr, out, log, state)
 
     # 5. Final weights with the chat template used in training written into the tokenizer.
     summary = {
         "out": str(out),
-        "steps": step,
-        "total_steps": total_steps,
-        "stopped_early": stopped_early,
         "best_eval": state["best_eval"],
         "best_step": state["best_step"],
         "tokens": state["tokens"],
+        **result,
     }
-    if main and (step >= total_steps or stopped_early):
+    if main and result["finished"]:
         final = out / "final"
         ck.save_weights(accel.unwrap_model(loss_mod).model, final)
         tokenizer.chat_template = data.template.jinja
         tokenizer.save_pretrained(final / "tokenizer")
         atomic_write_text(final / "chat_template.jinja", data.template.jinja)
-        log.log("done", step, **{k: v for k, v in summary.items() if k != "out"})
+        log.log("done", result["steps"], **{k: v for k, v in summary.items() if k != "out"})
     log.close()
     accel.wait_for_everyone()
     return summary

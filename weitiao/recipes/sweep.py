@@ -1,0 +1,79 @@
+"""Run a recipe once per value of one config key; write a table (JSON + Markdown) and a plot.
+
+weitiao dpo CONFIG.yaml --sweep beta=0.01,0.1,0.5     # the chapter's β trade-off, measured
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from weitiao.config import load_config
+from weitiao.errors import UserError
+from weitiao.io import atomic_write_text
+
+ALIASES = {"beta": "dpo.beta", "lr": "train.lr", "r": "lora.r"}
+COLUMNS = ("margins", "accuracy", "kl", "loss")
+
+
+def parse_sweep(spec: str) -> tuple[str, list[str]]:
+    """`beta=0.01,0.1` → ("dpo.beta", ["0.01", "0.1"])."""
+    if "=" not in spec:
+        raise UserError(f"--sweep {spec!r}: expected key=v1,v2,... e.g. beta=0.01,0.1,0.5")
+    key, values = spec.split("=", 1)
+    vals = [v.strip() for v in values.split(",") if v.strip()]
+    if len(vals) < 2:
+        raise UserError(f"--sweep {spec!r}: give at least two values")
+    return ALIASES.get(key.strip(), key.strip()), vals
+
+
+def sweep(
+    cls: type[BaseModel],
+    run: Callable[[Any], dict],
+    config: str | Path,
+    overrides: list[str],
+    spec: str,
+) -> list[dict]:
+    """One run per value under OUT/<key>-<value>; results table + plot in OUT."""
+    key, values = parse_sweep(spec)
+    base = load_config(cls, config, overrides)
+    root = Path(base.train.out)
+    rows = []
+    for v in values:
+        cfg = load_config(cls, config, [*overrides, f"{key}={v}", f"train.out={root / f'{key}-{v}'}"])
+        summary = run(cfg)
+        row = {key: float(v)}
+        for c in COLUMNS:  # held-out metrics when there is an eval set, else the last train step
+            row[c] = summary.get(f"eval_{c}", summary.get(f"train_{c}"))
+        rows.append(row)
+    atomic_write_text(root / "sweep.json", json.dumps(rows, indent=2))
+    header = f"| {key} | " + " | ".join(COLUMNS) + " |\n|" + "---|" * (len(COLUMNS) + 1) + "\n"
+    body = "".join(f"| {r[key]:g} | " + " | ".join(f"{r[c]:.4f}" for c in COLUMNS) + " |\n" for r in rows)
+    atomic_write_text(root / "sweep.md", header + body)
+    plot(rows, key, root / "sweep.png")
+    return rows
+
+
+def plot(rows: list[dict], key: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [r[key] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for ax, col in zip(axes, ("margins", "accuracy", "kl")):
+        ax.plot(xs, [r[col] for r in rows], marker="o")
+        ax.set_xscale("log" if min(xs) > 0 and max(xs) / min(xs) >= 10 else "linear")
+        ax.set_xlabel(key)
+        ax.set_title(col)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

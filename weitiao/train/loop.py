@@ -1,0 +1,140 @@
+"""The shared optimizer-step loop for recipes whose micro-step a recipe supplies (DPO, reward model).
+
+Owns what is identical across them: epoch plans, the split of each step's micro-batches across
+processes, gradient accumulation without DDP sync until the last micro-batch, LR schedule, clipping,
+metric reduction, logging, eval cadence, early stopping, atomic checkpoints and the stop-after hook.
+The recipe owns the math: `micro_step(rows, step_info)` runs forward + backward for its share and
+returns metric sums; `evaluate()` returns held-out metrics with an `eval_loss`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from weitiao.data.collate import plan_epoch
+from weitiao.errors import UserError
+from weitiao.train import checkpoint as ck
+from weitiao.train.log import MetricsLog, progress_bar
+from weitiao.train.schedule import lr_at
+
+Sums = dict[str, torch.Tensor]
+
+
+@dataclass
+class LoopParts:
+    """What a recipe hands the loop."""
+
+    name: str
+    lengths: list[int]  # one entry per packing unit (a conversation, a pair)
+    capacity: int  # tokens per packed row
+    packing: bool
+    to_rows: Callable[[list[list[int]]], list[list[int]]]  # unit rows → example rows
+    micro_step: Callable[[list[list[int]], dict], Sums]  # forward+backward, returns detached sums
+    step_info: Callable[[list[list[list[int]]]], dict]  # whole-step counts every process needs
+    summarize: Callable[[Sums, float], dict[str, float]]  # reduced sums, seconds → logged metrics
+    evaluate: Callable[[], dict[str, float]] | None
+    bar_info: Callable[[dict[str, float]], str]
+    after_step: Callable[[int, dict[str, float]], None] | None = None
+
+
+def fit(
+    parts: LoopParts,
+    t: Any,
+    accel: Any,
+    loss_mod: Any,
+    model: Any,
+    optimizer: Any,
+    params: list,
+    lr: float,
+    out: Path,
+    log: MetricsLog,
+    state: dict[str, Any],
+) -> dict[str, Any]:
+    """Run optimizer steps from state["step"] to the end; returns last train/eval metrics."""
+    world, micro_per_step = accel.num_processes, accel.num_processes * t.grad_accum
+
+    @lru_cache(maxsize=2)
+    def epoch_plan(epoch: int) -> list:
+        return plan_epoch(
+            parts.lengths,
+            seed=t.seed,
+            epoch=epoch,
+            micro_batch_size=t.micro_batch_size,
+            packing=parts.packing,
+            capacity=parts.capacity,
+        )
+
+    steps_per_epoch = len(epoch_plan(0)) // micro_per_step
+    if steps_per_epoch == 0:
+        raise UserError(
+            f"train: too little data for one step of {micro_per_step} micro-batches "
+            "(processes × grad_accum); lower train.micro_batch_size or train.grad_accum"
+        )
+    total = t.max_steps or max(1, int(t.epochs * steps_per_epoch + 0.999999))
+    warmup = int(t.warmup_ratio * total)
+    step, metrics, last_eval, stopped_early = state["step"], {}, {}, False
+    t0 = time.perf_counter()
+    with progress_bar(t.progress and accel.is_main_process) as bar:
+        task = bar.add_task(parts.name, total=total, completed=step, info="")
+        while step < total:
+            epoch, k = divmod(step, steps_per_epoch)
+            plan = [parts.to_rows(rows) for rows in epoch_plan(epoch)[k * micro_per_step : (k + 1) * micro_per_step]]
+            info = parts.step_info(plan)
+            for g in optimizer.param_groups:
+                g["lr"] = lr_at(step, total, lr, warmup, t.scheduler, t.min_lr_ratio)
+            mine = plan[accel.process_index :: world]
+            sums: Sums = {}
+            for j, rows in enumerate(mine):
+                sync = j == len(mine) - 1
+                with accel.no_sync(loss_mod) if not sync else contextlib.nullcontext():
+                    for key, v in parts.micro_step(rows, info).items():
+                        sums[key] = sums.get(key, 0) + v.detach().double()
+            norm = accel.clip_grad_norm_(params, t.max_grad_norm) if t.max_grad_norm > 0 else None
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            keys = sorted(sums)
+            reduced = dict(zip(keys, accel.reduce(torch.stack([sums[x] for x in keys]), reduction="sum")))
+            dt, t0 = time.perf_counter() - t0, time.perf_counter()
+            metrics = parts.summarize(reduced, dt)
+            state["tokens"] = state.get("tokens", 0) + int(reduced.get("tokens", 0))
+            extra = {"grad_norm": float(norm)} if norm is not None else {}
+            log.log("train", step, lr=optimizer.param_groups[0]["lr"], epoch=epoch, **extra, **metrics)
+            bar.update(task, completed=step, info=parts.bar_info(metrics))
+            if parts.after_step:
+                parts.after_step(step, metrics)
+            last = step == total
+            if parts.evaluate and ((t.eval_every and step % t.eval_every == 0) or last):
+                last_eval = parts.evaluate()
+                if last_eval["eval_loss"] < state["best_eval"] - 1e-6:
+                    state.update(best_eval=last_eval["eval_loss"], best_step=step, bad_evals=0)
+                else:
+                    state["bad_evals"] += 1
+                log.log("eval", step, **last_eval)
+                stopped_early = bool(t.early_stop_patience and state["bad_evals"] >= t.early_stop_patience)
+            if accel.is_main_process and ((t.save_every and step % t.save_every == 0) or last or stopped_early):
+                protect = {state["best_step"]} if state["best_step"] else set()
+                ck.save_checkpoint(out, step, model, optimizer, state, t.keep_last, protect)
+            accel.wait_for_everyone()
+            if stopped_early or (t.stop_after is not None and step >= t.stop_after):
+                break
+    return {
+        "steps": step,
+        "total_steps": total,
+        "stopped_early": stopped_early,
+        "finished": step >= total or stopped_early,
+        **last_eval,
+        **{f"train_{k}": v for k, v in metrics.items()},
+    }
+
+
+def new_state() -> dict[str, Any]:
+    return {"step": 0, "best_eval": float("inf"), "best_step": None, "bad_evals": 0, "tokens": 0}
