@@ -62,6 +62,30 @@ def dpo(
 
 
 @app.command()
+def rm(
+    config: Path = typer.Argument(..., help="YAML config (see examples/demo_rm.yaml)"),
+    overrides: list[str] = typer.Argument(None, help="key.path=value overrides"),
+) -> None:
+    """Reward model: Bradley–Terry on preference pairs (LoRA or full), for PPO and `score`."""
+    from weitiao.config import load_config
+    from weitiao.recipes import rm as recipe
+
+    console.print(recipe.run(load_config(recipe.RMConfig, config, overrides or [])))
+
+
+@app.command()
+def score(
+    file: Path = typer.Argument(..., help="rows to score: SFT formats (last reply) or preference pairs"),
+    rm: str = typer.Option(..., "--rm", help="reward model dir from `weitiao rm` (its out dir or final/)"),
+    out: Path = typer.Option(None, help="output JSONL (default FILE.scores.jsonl)"),
+) -> None:
+    """Score replies with a trained reward model; pairs also get accuracy and mean margin."""
+    from weitiao.recipes import score as tool
+
+    console.print(tool.run(rm, str(file), str(out) if out else None))
+
+
+@app.command()
 def demo(
     overrides: list[str] = typer.Argument(None, help="overrides for examples/demo_sft.yaml"),
 ) -> None:

@@ -75,9 +75,9 @@ def load_tokenizer(path: str) -> Any:
     return tok
 
 
-def load_model(spec: ModelSpec, device: torch.device | None = None) -> Any:
-    """The base causal LM, quantized if asked, frozen when LoRA will be attached."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+def load_model(spec: ModelSpec, device: torch.device | None = None, head: str = "lm") -> Any:
+    """The base model, quantized if asked: causal LM (head="lm") or one-score classifier (head="score")."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BitsAndBytesConfig
 
     device = device or torch.device("cpu")
     dtype = pick_dtype(spec.dtype, device)
@@ -95,8 +95,11 @@ def load_model(spec: ModelSpec, device: torch.device | None = None) -> Any:
     if spec.quant != "none" and device.type != "cpu":
         kwargs["device_map"] = {"": device}
     path = resolve_path(spec.path)
+    auto = AutoModelForCausalLM
+    if head == "score":
+        auto, kwargs["num_labels"] = AutoModelForSequenceClassification, 1
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=spec.trust_remote_code, **kwargs)
+        model = auto.from_pretrained(path, trust_remote_code=spec.trust_remote_code, **kwargs)
     except OSError as e:
         raise UserError(f"model {path!r}: cannot load (not a dir or not in the local HF cache): {e}") from None
     if spec.quant == "none":
@@ -105,7 +108,7 @@ def load_model(spec: ModelSpec, device: torch.device | None = None) -> Any:
     return model
 
 
-def add_lora(model: Any, spec: LoraSpec, gradient_checkpointing: bool = False) -> Any:
+def add_lora(model: Any, spec: LoraSpec, gradient_checkpointing: bool = False, task_type: str = "CAUSAL_LM") -> Any:
     """Freeze the base and attach a peft LoRA (or DoRA/rsLoRA) adapter."""
     from peft import LoraConfig, get_peft_model
 
@@ -121,7 +124,7 @@ def add_lora(model: Any, spec: LoraSpec, gradient_checkpointing: bool = False) -
         use_dora=spec.dora,
         use_rslora=spec.rslora,
         modules_to_save=spec.modules_to_save,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     try:
         return get_peft_model(model, config)
@@ -139,11 +142,14 @@ def count_params(model: Any) -> tuple[int, int]:
     return trainable, total
 
 
-def build_trainable(model: ModelSpec, lora: LoraSpec, device: torch.device) -> Any:
-    """Load the base and make it trainable: LoRA adapter on a frozen (maybe quantized) base, or full."""
-    base = load_model(model, device)
+def build_trainable(model: ModelSpec, lora: LoraSpec, device: torch.device, head: str = "lm") -> Any:
+    """Load the base and make it trainable: LoRA adapter on a frozen (maybe quantized) base, or full.
+
+    With head="score" the new score head is trained fully (peft modules_to_save) beside the adapter.
+    """
+    base = load_model(model, device, head)
     if lora.enabled:
-        return add_lora(base, lora, model.gradient_checkpointing)
+        return add_lora(base, lora, model.gradient_checkpointing, "SEQ_CLS" if head == "score" else "CAUSAL_LM")
     if model.quant != "none":
         raise UserError("model.quant: quantized weights cannot be fully fine-tuned; set lora.enabled: true")
     if model.gradient_checkpointing:

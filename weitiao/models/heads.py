@@ -1,0 +1,88 @@
+"""Sequence scores from a `*ForSequenceClassification` model (one label) on packed rows.
+
+The score is read at the last trained token of each sequence (the reply's end-of-turn token), not
+at "the last non-pad token of the row" as transformers' own pooling does, so packing works.
+Saved reward models are ordinary HF/peft artifacts: `adapter/` (LoRA + `score` in modules_to_save)
+or `model/`, plus `reward_model.json` naming the base, read by `load_reward_model`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from weitiao.data.chat import IGNORE
+from weitiao.errors import UserError
+from weitiao.io import atomic_write_text
+
+META_FILE = "reward_model.json"
+
+
+def last_target_positions(targets: torch.Tensor, seq_index: torch.Tensor, n_seqs: int) -> torch.Tensor:
+    """Flat index (row-major) of the last labelled token of each sequence.
+
+    targets[p] is the label of token p+1, so the last labelled token sits one after the last target.
+    """
+    flat = torch.arange(targets.numel(), device=targets.device)
+    has = (targets.reshape(-1) != IGNORE) & (seq_index.reshape(-1) >= 0)
+    last = torch.full((n_seqs,), -1, dtype=torch.long, device=targets.device)
+    last = last.scatter_reduce(0, seq_index.reshape(-1)[has], flat[has], reduce="amax")
+    return last + 1
+
+
+class SequenceScorer(nn.Module):
+    """forward(batch tensors, n_seqs) → one score per sequence."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def _parts(self) -> tuple[nn.Module, nn.Module]:
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return getattr(base, base.base_model_prefix), base.score
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        targets: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        seq_index: torch.Tensor,
+        n_seqs: int,
+    ) -> torch.Tensor:
+        decoder, score = self._parts()
+        hidden = decoder(
+            input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
+        idx = last_target_positions(targets, seq_index, n_seqs)
+        return score(hidden.reshape(-1, hidden.shape[-1])[idx]).squeeze(-1).float()
+
+
+def save_reward_meta(out: Path, base_path: str, template_jinja: str) -> None:
+    atomic_write_text(out / META_FILE, json.dumps({"base": base_path, "chat_template": template_jinja}, indent=2))
+
+
+def load_reward_model(path: str | Path, device: torch.device | None = None) -> tuple[Any, Any, str]:
+    """(scorer-ready model, tokenizer, chat template) from a `weitiao rm` output dir (its final/)."""
+    from weitiao.models.load import ModelSpec, load_model, load_tokenizer
+
+    root = Path(path)
+    if (root / "final" / META_FILE).exists():
+        root = root / "final"
+    meta_file = root / META_FILE
+    if not meta_file.exists():
+        raise UserError(f"--rm {path}: not a reward model dir (no {META_FILE}); train one with `weitiao rm`")
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    if (root / "adapter").exists():
+        from peft import PeftModel
+
+        base = load_model(ModelSpec(path=meta["base"]), device, head="score")
+        model = PeftModel.from_pretrained(base, root / "adapter")
+    else:
+        model = load_model(ModelSpec(path=str(root / "model")), device, head="score")
+    tokenizer = load_tokenizer(str(root / "tokenizer"))
+    return model.eval(), tokenizer, meta["chat_template"]

@@ -1,0 +1,181 @@
+"""Reward model: a one-score head on a causal LM trained on preference pairs (Bradley–Terry).
+
+    weitiao rm examples/demo_rm.yaml
+    weitiao score --rm runs/rm data.jsonl
+
+Steps: 1. pairs → tokens (as DPO) → 2. `*ForSequenceClassification` base + LoRA (score head fully
+trained) → 3. resume → 4. loop: chosen and rejected packed in one forward, score at each reply's
+end-of-turn token, loss −log σ(r_c − r_r − margin) [+ λ·(r_c + r_r)² to keep rewards centred] →
+5. save adapter/model + tokenizer + reward_model.json (what PPO and `weitiao score` load).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from weitiao.config import dump_config
+from weitiao.data.collate import collate
+from weitiao.data.preference import pair_rows
+from weitiao.io import atomic_write_text
+from weitiao.losses.preference import bradley_terry
+from weitiao.models.heads import SequenceScorer, save_reward_meta
+from weitiao.models.load import LoraSpec, ModelSpec, build_trainable, count_params, load_tokenizer
+from weitiao.recipes.dpo import PrefDataSpec, prepare_pairs
+from weitiao.recipes.sft import TrainSpec
+from weitiao.train import checkpoint as ck
+from weitiao.train import loop
+from weitiao.train.log import MetricsLog
+
+
+class RMSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    margin: float = Field(0.0, description="required reward gap m in −log σ(r_c − r_r − m)")
+    center_coef: float = Field(0.0, ge=0, description="λ of the (r_c + r_r)² centring term")
+
+
+class RMTrainSpec(TrainSpec):
+    out: str = "runs/rm"
+
+
+class RMConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    data: PrefDataSpec
+    rm: RMSpec = Field(default_factory=RMSpec)
+    train: RMTrainSpec = Field(default_factory=RMTrainSpec)
+
+
+def pair_rewards(scorer: Any, examples: list, rows: list[list[int]], pad_id: int, packing: bool, device: Any):
+    """Rewards of (chosen, rejected) for the pairs in `rows` (example rows, chosen first)."""
+    b = collate(examples, rows, pad_id, packing).to(device)
+    n = sum(len(r) for r in rows)
+    r = scorer(b.input_ids, b.targets, b.position_ids, b.attention_mask, b.seq_index, n)
+    return r[0::2], r[1::2]
+
+
+def _terms(rc: torch.Tensor, rr: torch.Tensor, spec: RMSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    loss = bradley_terry(rc, rr, spec.margin) + spec.center_coef * (rc + rr) ** 2
+    d = (rc - rr).detach()
+    sums = {
+        "loss_sum": loss.detach().sum(),
+        "accuracy_sum": (d > 0).float().sum(),
+        "margin_sum": d.sum(),
+        "reward_sum": (rc + rr).detach().sum(),
+        "reward_sq_sum": (rc**2 + rr**2).detach().sum(),
+        "pairs": torch.tensor(float(len(rc)), device=rc.device),
+    }
+    return loss, sums
+
+
+def _means(s: dict, prefix: str = "") -> dict[str, float]:
+    n = max(1.0, float(s["pairs"]))
+    mean = float(s["reward_sum"]) / (2 * n)
+    var = max(0.0, float(s["reward_sq_sum"]) / (2 * n) - mean**2)
+    return {
+        prefix + "loss": float(s["loss_sum"]) / n,
+        prefix + "accuracy": float(s["accuracy_sum"]) / n,
+        prefix + "margin": float(s["margin_sum"]) / n,
+        prefix + "reward_mean": mean,
+        prefix + "reward_std": var**0.5,
+    }
+
+
+@torch.no_grad()
+def evaluate(scorer: Any, examples: list, cfg: RMConfig, pad_id: int, accel: Any) -> dict[str, float]:
+    scorer.eval()
+    n_pairs = len(examples) // 2
+    mb = cfg.train.micro_batch_size
+    total: dict[str, torch.Tensor] = {}
+    for k in list(range(0, n_pairs, mb))[accel.process_index :: accel.num_processes]:
+        rows = pair_rows([[i] for i in range(k, min(k + mb, n_pairs))])
+        rc, rr = pair_rewards(scorer, examples, rows, pad_id, cfg.data.packing, accel.device)
+        for key, v in _terms(rc, rr, cfg.rm)[1].items():
+            total[key] = total.get(key, 0) + v.double()
+    keys = sorted(total)
+    red = dict(zip(keys, accel.reduce(torch.stack([total[x] for x in keys]), reduction="sum")))
+    scorer.train()
+    return _means(red, "eval_")
+
+
+def run(cfg: RMConfig) -> dict:
+    """Train the reward model; returns the summary with held-out accuracy/margin/reward stats."""
+    from accelerate import Accelerator
+
+    t = cfg.train
+    accel = Accelerator(cpu=not torch.cuda.is_available())
+    main = accel.is_main_process
+    torch.manual_seed(t.seed)
+    out = Path(t.out)
+
+    # 1. Pairs → tokens.
+    tokenizer = load_tokenizer(cfg.model.path)
+    data = prepare_pairs(cfg, tokenizer)  # type: ignore[arg-type]  (same data keys as DPO)
+    pad_id = tokenizer.pad_token_id
+    world = accel.num_processes
+    lr = t.lr if t.lr is not None else (1e-4 if cfg.lora.enabled else 1e-5)
+
+    # 2. Scorer (LoRA + fully trained score head), optimizer.
+    model = build_trainable(cfg.model, cfg.lora, accel.device, head="score")
+    model.config.pad_token_id = pad_id
+    scorer = SequenceScorer(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=t.betas, weight_decay=t.weight_decay)
+    scorer, optimizer = accel.prepare(scorer, optimizer)
+    trainable, _ = count_params(model)
+
+    # 3. Resume.
+    state = loop.new_state()
+    ckpt = ck.resume_point(out, t.resume)
+    if ckpt is not None:
+        state.update(ck.load_checkpoint(ckpt, model, optimizer))
+    log = MetricsLog(out, enabled=main, tensorboard=t.tensorboard)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", dump_config(cfg))
+        s = data.stats
+        print(
+            f"pairs: {data.read} read = {s.kept} train + {len(data.eval) // 2} eval + {data.rejected} rejected + "
+            f"{s.dropped_too_long} over max_len · {trainable:,} trainable params"
+        )
+
+    # 4. Loop.
+    def micro_step(rows: list, info: dict) -> dict:
+        rc, rr = pair_rewards(scorer, data.train, rows, pad_id, cfg.data.packing, accel.device)
+        loss, sums = _terms(rc, rr, cfg.rm)
+        accel.backward(loss.sum() * world / info["pairs"])
+        return sums
+
+    parts = loop.LoopParts(
+        name="rm",
+        lengths=[len(data.train[2 * i]) + len(data.train[2 * i + 1]) for i in range(len(data.train) // 2)],
+        capacity=2 * cfg.data.max_len,
+        packing=cfg.data.packing,
+        to_rows=pair_rows,
+        micro_step=micro_step,
+        step_info=lambda plan: {"pairs": sum(len(row) for rows in plan for row in rows) // 2},
+        summarize=lambda s, sec: {**_means(s), "pairs_per_s": float(s["pairs"]) / max(sec, 1e-9)},
+        evaluate=(lambda: evaluate(scorer, data.eval, cfg, pad_id, accel)) if data.eval else None,
+        bar_info=lambda m: f"loss {m['loss']:.4f} · acc {m['accuracy']:.2f} · margin {m['margin']:.3f}",
+    )
+    result = loop.fit(parts, t, accel, scorer, model, optimizer, params, lr, out, log, state)
+
+    # 5. Save what PPO and `weitiao score` load.
+    summary = {"out": str(out), **result}
+    if main and result["finished"]:
+        final = out / "final"
+        ck.save_weights(accel.unwrap_model(scorer).model, final)
+        tokenizer.chat_template = data.template.jinja
+        tokenizer.save_pretrained(final / "tokenizer")
+        base = Path(cfg.model.path)
+        save_reward_meta(final, str(base.resolve()) if base.exists() else cfg.model.path, data.template.jinja)
+        log.log("done", result["steps"], **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    log.close()
+    accel.wait_for_everyone()
+    return summary
