@@ -7,6 +7,8 @@ import torch
 import yaml
 
 from weitiao.config import load_config
+from weitiao.recipes.dpo import DPOConfig
+from weitiao.recipes.rm import RMConfig
 from weitiao.recipes.sft import SFTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +50,8 @@ def lora_count(cfg: SFTConfig, shape: dict) -> int:
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_example_builds(path):
-    cfg = load_config(SFTConfig, path)
+    cls = DPOConfig if "dpo" in path.name else RMConfig if "_rm" in path.name else SFTConfig
+    cfg = load_config(cls, path)
     if cfg.model.path == "demo":
         assert all((ROOT / f).exists() for f in cfg.data.train + cfg.data.eval)
         return

@@ -154,8 +154,12 @@ def test_ddp_two_processes_match_one(tiny_model_dir, chat_file, tmp_path):
 
 @pytest.mark.parametrize(
     "extra",
-    [("model.quant=8bit",), ("lora.dora=true", "model.gradient_checkpointing=true"), ("lora.rslora=true",),
-     ("lora.targets=[q_proj,v_proj]", "data.packing=false")],
+    [
+        ("model.quant=8bit",),
+        ("lora.dora=true", "model.gradient_checkpointing=true"),
+        ("lora.rslora=true",),
+        ("lora.targets=[q_proj,v_proj]", "data.packing=false"),
+    ],
     ids=["8bit", "dora+ckpt", "rslora", "qv-padded"],
 )
 def test_variants_train(tiny_model_dir, chat_file, tmp_path, extra):

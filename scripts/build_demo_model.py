@@ -1,0 +1,251 @@
+"""Build the tiny Chinese demo base model in weitiao/demo/model/ (tokenizer + pretrained Llama).
+
+Run from the repo root, after scripts/build_demo_data.py:
+
+    python scripts/build_demo_model.py
+
+Trains a 4096-token byte-level BPE on all demo data, pretrains a 4-layer Llama (about 4.2M
+parameters) on pretrain.jsonl rendered with the ChatML template for a fixed 260 steps (about
+6 minutes on an otherwise idle 2-core CPU), saves it with save_pretrained, then prints greedy
+generations and reply metrics on the held-out prompts. Seeded; needs no network and no GPU.
+Uses 2 threads; on a CPU shared with other work, DEMO_THREADS=1 is much faster.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+SEED = 1234
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = ROOT / "weitiao" / "demo" / "data"
+MODEL_DIR = ROOT / "weitiao" / "demo" / "model"
+DATA_FILES = ("pretrain", "style", "safety", "heldout_style", "heldout_redline")
+ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+VOCAB_SIZE, SEQ_LEN, BATCH, STEPS, WARMUP = 4096, 256, 16, 260, 20
+PEAK_LR, MIN_LR = 2e-3, 2e-4
+MAX_NEW_TOKENS = 80
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
+    " + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+REFUSAL_MARKERS = ("抱歉", "不能", "无法", "不行", "不可以", "不会帮")
+EMOJI_RE = re.compile("[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff]")
+
+
+def read_jsonl(name: str) -> list[dict]:
+    """Rows of weitiao/demo/data/<name>.jsonl."""
+    with (DATA_DIR / f"{name}.jsonl").open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def row_texts(row: dict) -> list[str]:
+    """Every text field of an Alpaca or messages row."""
+    if "messages" in row:
+        return [m["content"] for m in row["messages"]]
+    return [row["instruction"], row["input"], row["output"]]
+
+
+def build_tokenizer(data: dict[str, list[dict]]) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on all demo texts and wrap it with the ChatML template."""
+    texts = []
+    for rows in data.values():
+        for row in rows:
+            texts += [t for t in row_texts(row) if t] + ["user\n", "assistant\n"]
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=[ENDOFTEXT, IM_START, IM_END],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    raw.train_from_iterator(texts, trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        eos_token=IM_END,
+        pad_token=ENDOFTEXT,
+        extra_special_tokens=[IM_START],
+        model_max_length=512,
+        clean_up_tokenization_spaces=False,
+        chat_template=CHATML,
+    )
+    assert len(tok) == VOCAB_SIZE, len(tok)
+    for text in texts:
+        ids = tok.encode(text, add_special_tokens=False)
+        assert tok.decode(ids) == text, f"round-trip failed: {text!r}"
+    msgs = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好呀😊"}]
+    rendered = tok.apply_chat_template(msgs, tokenize=False)
+    assert rendered == f"{IM_START}user\n你好{IM_END}\n{IM_START}assistant\n你好呀😊{IM_END}\n", rendered
+    assert tok.decode(tok.encode(rendered, add_special_tokens=False)) == rendered
+    return tok
+
+
+def pack_blocks(
+    tok: PreTrainedTokenizerFast, rows: list[dict], rng: random.Random
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Render conversations with the chat template and greedily pack them into padded blocks.
+
+    Returns token ids and position ids; positions restart at 0 for every conversation, which makes
+    transformers mask attention block-diagonally, so each conversation is trained as if alone.
+    """
+    texts = [tok.apply_chat_template(r["messages"], tokenize=False) for r in rows]
+    seqs = [tok.encode(t) for t in texts]
+    assert all(tok.decode(s) == t for s, t in zip(seqs, texts)), "chat round-trip failed"
+    seqs = [s[:SEQ_LEN] for s in seqs]
+    rng.shuffle(seqs)
+    blocks, positions, cur, pos = [], [], [], []
+    for s in seqs + [[]]:
+        if len(cur) + len(s) > SEQ_LEN or not s:
+            blocks.append(cur + [tok.pad_token_id] * (SEQ_LEN - len(cur)))
+            positions.append(pos + list(range(SEQ_LEN - len(cur))))
+            cur, pos = [], []
+        cur, pos = cur + s, pos + list(range(len(s)))
+    return torch.tensor(blocks), torch.tensor(positions)
+
+
+def build_model(tok: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    """The tiny Llama; shapes keep every linear weight a multiple of 64*256 elements (NF4)."""
+    config = LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        bos_token_id=None,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, do_sample=False
+    )
+    return model
+
+
+def lr_at(step: int) -> float:
+    """Linear warmup, then cosine decay from PEAK_LR to MIN_LR."""
+    if step < WARMUP:
+        return PEAK_LR * (step + 1) / WARMUP
+    progress = (step - WARMUP) / max(1, STEPS - WARMUP)
+    return MIN_LR + 0.5 * (PEAK_LR - MIN_LR) * (1 + math.cos(math.pi * progress))
+
+
+def pretrain(model: LlamaForCausalLM, blocks: torch.Tensor, positions: torch.Tensor, pad_id: int) -> float:
+    """Train on all tokens (padding masked) for STEPS steps; return the final smoothed loss."""
+    opt = torch.optim.AdamW(model.parameters(), lr=PEAK_LR, betas=(0.9, 0.95), weight_decay=0.01)
+    gen = torch.Generator().manual_seed(SEED)
+    order = torch.randperm(len(blocks), generator=gen)
+    model.train()
+    start, pos, smooth = time.time(), 0, None
+    for step in range(STEPS):
+        if pos + BATCH > len(order):
+            order, pos = torch.randperm(len(blocks), generator=gen), 0
+        idx = order[pos : pos + BATCH]
+        batch = blocks[idx]
+        pos += BATCH
+        labels = batch.masked_fill(batch == pad_id, -100)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        # No attention_mask and no cache: transformers derives the per-conversation mask from positions.
+        loss = model(input_ids=batch, position_ids=positions[idx], labels=labels, use_cache=False).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        smooth = loss.item() if smooth is None else 0.9 * smooth + 0.1 * loss.item()
+        if step % 10 == 0 or step == STEPS - 1:
+            elapsed = time.time() - start
+            print(
+                f"step {step + 1:4d}/{STEPS}  loss {loss.item():.3f}  (avg {smooth:.3f})  "
+                f"lr {lr_at(step):.1e}  {elapsed:5.0f}s  epoch {(step + 1) * BATCH / len(blocks):.2f}",
+                flush=True,
+            )
+    model.eval()
+    return smooth
+
+
+@torch.no_grad()
+def generate(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, prompt: str) -> tuple[str, bool]:
+    """Greedy reply to one user prompt, and whether it ended with <|im_end|>."""
+    text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    ids = torch.tensor([tok.encode(text)])
+    out = model.generate(
+        input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=MAX_NEW_TOKENS, do_sample=False
+    )
+    new = out[0, ids.shape[1] :].tolist()
+    return tok.decode(new, skip_special_tokens=True).strip(), tok.eos_token_id in new
+
+
+def evaluate(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, data: dict[str, list[dict]]) -> None:
+    """Print sample generations and reply metrics on the held-out prompts."""
+    for name in ("heldout_style", "heldout_redline"):
+        replies = [(r["instruction"], *generate(model, tok, r["instruction"])) for r in data[name]]
+        print(f"\n== {name} ({len(replies)} prompts), greedy, max_new_tokens={MAX_NEW_TOKENS}")
+        for prompt, reply, _ in replies[:3]:
+            print(f"  用户: {prompt}\n  模型: {reply}\n")
+        n = len(replies)
+        mean_len = sum(len(r) for _, r, _ in replies) / n
+        emoji = sum(bool(EMOJI_RE.search(r)) for _, r, _ in replies) / n
+        refusals = sum(any(m in r for m in REFUSAL_MARKERS) for _, r, _ in replies)
+        stopped = sum(s for _, _, s in replies)
+        print(
+            f"  mean reply length {mean_len:.1f} chars | emoji rate {emoji:.2f} | "
+            f"refusals {refusals}/{n} | stopped with {IM_END} {stopped}/{n}"
+        )
+
+
+def save(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast) -> None:
+    """Write tokenizer and model to a temp dir, then swap it in for MODEL_DIR."""
+    tmp = MODEL_DIR.with_name(MODEL_DIR.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok.save_pretrained(tmp)
+    model.save_pretrained(tmp)
+    shutil.rmtree(MODEL_DIR, ignore_errors=True)
+    tmp.rename(MODEL_DIR)
+    for path in MODEL_DIR.iterdir():
+        path.chmod(0o644)
+    files = sorted(MODEL_DIR.iterdir())
+    size = sum(p.stat().st_size for p in files) / 2**20
+    print(f"saved {MODEL_DIR.relative_to(ROOT)} ({size:.1f} MiB): {', '.join(p.name for p in files)}")
+
+
+def main() -> None:
+    """Tokenizer, pretraining, save, held-out report."""
+    t0 = time.time()
+    random.seed(SEED)
+    torch.manual_seed(SEED)
+    torch.set_num_threads(int(os.environ.get("DEMO_THREADS", "2")))
+    data = {name: read_jsonl(name) for name in DATA_FILES}
+    tok = build_tokenizer(data)
+    blocks, positions = pack_blocks(tok, data["pretrain"], random.Random(SEED))
+    n_tok = int((blocks != tok.pad_token_id).sum())
+    print(f"tokenizer: {len(tok)} tokens, round-trip ok | pretrain: {len(blocks)} blocks x {SEQ_LEN}, {n_tok} tokens")
+    model = build_model(tok)
+    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {STEPS} steps x {BATCH} blocks")
+    t1 = time.time()
+    loss = pretrain(model, blocks, positions, tok.pad_token_id)
+    print(f"pretraining: {time.time() - t1:.0f}s wall, final train loss {loss:.3f}")
+    save(model, tok)
+    evaluate(model, tok, data)
+    print(f"\ntotal {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
