@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from weitiao.calc.commands import app as calc_app
 from weitiao.errors import UserError
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Inspect and lint training data.")
 app.add_typer(data_app, name="data")
+app.add_typer(calc_app, name="calc")
 console = Console()
 
 

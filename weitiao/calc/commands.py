@@ -1,0 +1,313 @@
+"""`weitiao calc lora|plan|quant`: planning tools as a typer sub-app; each prints rich tables or --json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from weitiao.errors import UserError
+
+app = typer.Typer(no_args_is_help=True, help="Planning tools: LoRA counts, GPU memory/hours, 4-bit quantization error.")
+console = Console()
+
+
+def _count(n: float) -> str:
+    """12,345,678 (12.3 M)."""
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            return f"{n:,.0f} ({n / div:.3g} {unit})"
+    return f"{n:,.0f}"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.3g}%"
+
+
+def _dump(obj: dict) -> None:
+    print(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
+
+
+@app.command()
+def lora(
+    model: str = typer.Option(
+        None, help="preset (llama-3-70b, qwen2.5-7b, chapter-96x12288, ...), HF dir or config.json"
+    ),
+    layers: int = typer.Option(None, help="instead of --model: number of transformer blocks"),
+    hidden: int = typer.Option(None, help="instead of --model: hidden size d"),
+    intermediate: int = typer.Option(None, help="MLP width (default 8/3·d gated, 4·d plain)"),
+    heads: int = typer.Option(None, help="attention heads (default d/128)"),
+    kv_heads: int = typer.Option(None, help="key/value heads for GQA (default = heads)"),
+    head_dim: int = typer.Option(None, help="default d/heads"),
+    vocab: int = typer.Option(0, help="vocabulary (0 = the blocks only, no embeddings or head)"),
+    mlp: str = typer.Option("gated", help="gated (gate/up/down, Llama) or plain (up/down, GPT)"),
+    r: int = typer.Option(16, "--r", "-r", help="LoRA rank"),
+    targets: str = typer.Option("all-linear", help="all-linear, or q,k,v,o,gate,up,down / attn / mlp / module names"),
+    dora: bool = typer.Option(False, help="DoRA: + one magnitude per output feature"),
+    seq_len: int = typer.Option(2048, help="tokens per sequence (attention FLOPs)"),
+    batch_size: int = typer.Option(1, help="sequences per step (FLOPs per step)"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """LoRA trainable parameters, full-fine-tuning counts, memory and FLOPs per token/step."""
+    from weitiao.calc.lora import load_shape, lora_report, shape_from_flags
+
+    if (model is None) == (layers is None or hidden is None):
+        raise UserError("give either --model, or --layers and --hidden (e.g. --layers 96 --hidden 12288)")
+    if mlp not in ("gated", "plain"):
+        raise UserError(f"--mlp {mlp}: expected gated or plain")
+    if model is not None:
+        shape = load_shape(model)
+    else:
+        shape = shape_from_flags(layers, hidden, intermediate, heads, kv_heads, head_dim, vocab, mlp)  # type: ignore[arg-type]
+    rep = lora_report(shape, r, targets, seq_len, batch_size, dora)
+    if as_json:
+        _dump(rep.to_dict())
+        return
+    t = Table(title=f"LoRA r={r} · {targets} · {rep.model} (LoRA 参数量)")
+    for c in ("module", "shape in→out", "count", "LoRA / module", "LoRA total", "full fine-tuning"):
+        t.add_column(c, justify="left" if c == "module" else "right")
+    for m in rep.modules:
+        t.add_row(
+            m["name"],
+            f"{m['in']}→{m['out']}",
+            str(m["count"]),
+            f"{m['lora_per_module']:,}",
+            f"{m['lora']:,}",
+            f"{m['full']:,}",
+        )
+    t.add_row("[bold]total", "", "", "", f"[bold]{rep.lora_params:,}", f"[bold]{rep.full_same_modules:,}")
+    console.print(t)
+
+    c = Table(title="trainable parameters vs full fine-tuning (相比全量微调)")
+    c.add_column("what")
+    c.add_column("parameters", justify="right")
+    c.add_column("LoRA / this", justify="right")
+    c.add_row("LoRA trainable", _count(rep.lora_params), "")
+    c.add_row(
+        "full fine-tuning, same modules", _count(rep.full_same_modules), _pct(rep.lora_params / rep.full_same_modules)
+    )
+    for name, n in rep.full_baselines.items():
+        c.add_row(f"full fine-tuning, {name}", _count(n), _pct(rep.lora_params / n))
+    console.print(c)
+
+    mt = Table(title="weights + gradients + optimizer states, GiB (no activations; see `calc plan`)")
+    for col in ("method", "weights", "grads", "Adam fp32", "total", "Adam 8-bit", "total 8-bit"):
+        mt.add_column(col, justify="left" if col == "method" else "right")
+    for row in rep.memory_gib:
+        mt.add_row(
+            row["method"],
+            *(
+                f"{row[k]:,.1f}"
+                for k in ("weights", "grads", "adam_fp32", "total_adam_fp32", "adam_8bit", "total_adam_8bit")
+            ),
+        )
+    console.print(mt)
+
+    ft = Table(title=f"FLOPs (seq {rep.seq_len}, step = {rep.batch_size} × {rep.seq_len} tokens) (每步计算量)")
+    for col in ("", "forward / token", "backward / token", "total / token", "total / step", "vs full"):
+        ft.add_column(col, justify="left" if not col else "right")
+    full = rep.flops_per_token["full"]["model"]
+    for name, f in rep.flops_per_token.items():
+        label = "full (6N)" if name == "full" else "LoRA (4N+6N_lora)"
+        ft.add_row(
+            label,
+            f"{f['forward']:.4g}",
+            f"{f['backward']:.4g}",
+            f"{f['model']:.4g}",
+            f"{rep.flops_per_step[name]:.4g}",
+            _pct(f["model"] / full),
+        )
+    console.print(ft)
+    console.print(
+        "LoRA cuts trainable parameters and optimizer memory by orders of magnitude, but compute per step only "
+        "by the weight-gradient third: the frozen weights still run forward and pass gradients back."
+    )
+
+
+@app.command()
+def plan(
+    model: str = typer.Option("llama-3-70b", help="preset, HF dir, config.json or cached hub id"),
+    method: str = typer.Option("qlora", help="full | lora | qlora"),
+    r: int = typer.Option(16, "--r", "-r", help="LoRA rank"),
+    targets: str = typer.Option("all-linear", help="LoRA target modules"),
+    lora_dropout: float = typer.Option(0.05, help="LoRA dropout (> 0 keeps more activations)"),
+    seq_len: int = typer.Option(512, help="tokens per sample (packed)"),
+    samples: int = typer.Option(20000, help="training samples per epoch"),
+    epochs: str = typer.Option("1-3", help="epochs, a number or a range like 1-3"),
+    gpu: str = typer.Option("a100-80g", help="a100-80g a100-40g a800-80g h100-80g h800-80g h200 h20 l40s rtx4090"),
+    gpus: int = typer.Option(8, help="number of GPUs"),
+    parallel: str = typer.Option("ddp", help="ddp | fsdp (ZeRO-3)"),
+    micro_batch: int = typer.Option(2, help="rows per GPU per forward"),
+    grad_accum: int = typer.Option(4, help="micro-batches per optimizer step"),
+    checkpointing: bool = typer.Option(True, help="activation checkpointing"),
+    optimizer: str = typer.Option("adamw", help="adamw | adamw8bit"),
+    mfu: float = typer.Option(None, help="model FLOPs utilization (default: 35% full, 30% lora, 25% qlora)"),
+    claim: str = typer.Option(None, help="hours someone estimated for this job, e.g. 8-24, to place in the range"),
+    calibrate: Path = typer.Option(None, help="a finished weitiao run dir: use its measured tokens/s → MFU"),
+    calibrate_tflops: float = typer.Option(None, help="peak TFLOP/s per device of the calibration run (default --gpu)"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """GPU memory per device and training hours; defaults are the chapter's 70B QLoRA scenario."""
+    from weitiao.calc.plan import GPUS, PlanInput, parse_range
+    from weitiao.calc.plan import calibrate as run_calibration
+    from weitiao.calc.plan import plan as make_plan
+
+    for name, value, allowed in (
+        ("--method", method, ("full", "lora", "qlora")),
+        ("--parallel", parallel, ("ddp", "fsdp")),
+        ("--optimizer", optimizer, ("adamw", "adamw8bit")),
+    ):
+        if value not in allowed:
+            raise UserError(f"{name} {value}: expected one of {', '.join(allowed)}")
+    if gpu not in GPUS:
+        raise UserError(f"--gpu {gpu}: unknown; choose one of {', '.join(GPUS)}")
+    p = PlanInput(
+        model=model,
+        method=method,  # type: ignore[arg-type]
+        r=r,
+        targets=targets,
+        lora_dropout=lora_dropout,
+        seq_len=seq_len,
+        samples=samples,
+        epochs=parse_range(epochs, "--epochs"),
+        gpu=gpu,
+        gpus=gpus,
+        parallel=parallel,  # type: ignore[arg-type]
+        micro_batch=micro_batch,
+        grad_accum=grad_accum,
+        checkpointing=checkpointing,
+        optimizer=optimizer,  # type: ignore[arg-type]
+        mfu=mfu,
+    )
+    cal = run_calibration(calibrate, calibrate_tflops or GPUS[gpu].tflops) if calibrate is not None else None
+    rep = make_plan(p, cal, parse_range(claim, "--claim") if claim else None)
+    if as_json:
+        _dump(rep.to_dict())
+        return
+    g = GPUS[gpu]
+    console.print(
+        f"[bold]{method}[/] · {rep.model} · {_count(rep.total_params)} params, "
+        f"{_count(rep.trainable_params)} trained · "
+        f"{gpus} × {g.name} · {parallel} · micro-batch {micro_batch} × accum {grad_accum} × {gpus} GPUs = "
+        f"{rep.global_batch} rows/step · {rep.steps_per_epoch} steps/epoch"
+    )
+    m = Table(title="memory per GPU, GiB (每卡显存)")
+    m.add_column("component")
+    m.add_column("GiB", justify="right")
+    for k, v in rep.memory_gib.items():
+        m.add_row(f"[bold]{k}" if k == "total" else k, f"[bold]{v:.1f}" if k == "total" else f"{v:.2f}")
+    fits = "[green]fits" if rep.fits else "[red]does not fit"
+    m.add_row(f"{g.name} ({g.mem_gib:g} GiB, 10% kept free)", fits)
+    m.add_row("largest micro-batch that fits", str(rep.max_micro_batch))
+    console.print(m)
+
+    f = rep.flops_per_token
+    t = Table(title=f"time at MFU {_pct(rep.mfu)} (训练时间)")
+    t.add_column("epochs", justify="right")
+    t.add_column("tokens", justify="right")
+    t.add_column("hours", justify="right")
+    for e, h in rep.hours.items():
+        t.add_row(e, f"{float(e) * rep.tokens_per_epoch:,.0f}", f"{h:.1f}")
+    console.print(t)
+    console.print(
+        f"FLOPs/token: model {f['model']:.3g} (forward {f['forward']:.3g} + backward {f['backward']:.3g}), "
+        f"hardware {f['hardware']:.3g} with recompute → HFU {_pct(rep.hfu)}"
+    )
+    s = Table(title="hours by MFU and epochs (MFU 敏感性)")
+    s.add_column("MFU", justify="right")
+    epochs_cols = list(next(iter(rep.sensitivity.values())))
+    for e in epochs_cols:
+        s.add_column(f"{e} epoch" + ("s" if e != "1" else ""), justify="right")
+    for u, row in rep.sensitivity.items():
+        s.add_row(u, *(f"{row[e]:.1f}" for e in epochs_cols))
+    console.print(s)
+    if rep.claim:
+        c = rep.claim
+        lo, hi = (_pct(u) for u in c["implied_mfu"])
+        implied = lo if lo == hi else f"{lo}-{hi}"
+        ours = f"{c['our_hours'][0]:.1f}-{c['our_hours'][1]:.1f} h"
+        console.print(
+            f"[bold]{c['source']}[/]: {c['hours'][0]:g}-{c['hours'][1]:g} h ⇔ MFU {implied}; "
+            f"at {_pct(rep.mfu)} we get {ours}, "
+            f"so the claim sits [bold]{c['position']}[/] our range (×{c['factor']:.2g})."
+        )
+    if rep.calibration:
+        cal = rep.calibration
+        console.print(
+            f"calibration {cal.run_dir}: {cal.method} {cal.model}, {cal.world} device(s), "
+            f"{cal.tokens_per_s:,.0f} tok/s × "
+            f"{cal.flops_per_token:.3g} FLOPs/token = {cal.achieved_tflops:.3g} TFLOP/s of {cal.peak_tflops:g} → "
+            f"MFU {_pct(cal.mfu)}"
+        )
+    console.print("[dim]assumptions:[/]")
+    for a in rep.assumptions:
+        console.print(f"[dim]  · {a}[/]")
+    for n in rep.notes:
+        console.print(f"[yellow]note:[/] {n}")
+
+
+@app.command()
+def quant(
+    model: str = typer.Option(None, help="HF model dir or .safetensors file (default: a synthetic tensor)"),
+    tensor: str = typer.Option(None, help="weight name in the model (default: first q_proj weight)"),
+    rows: int = typer.Option(2048, help="synthetic tensor rows"),
+    cols: int = typer.Option(2048, help="synthetic tensor columns"),
+    std: float = typer.Option(0.02, help="synthetic weight std"),
+    outlier_frac: float = typer.Option(1e-4, help="fraction of synthetic weights made outliers"),
+    outlier_scale: float = typer.Option(50.0, help="outlier magnitude in stds"),
+    seed: int = typer.Option(0, help="synthetic tensor seed"),
+    plot: Path = typer.Option(None, help="write a PNG histogram with the int4 and NF4 levels"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """Error and bits/param of per-tensor int4, blockwise int4, NF4 and NF4 + double quantization."""
+    from weitiao.calc import quant as q
+
+    if model is not None:
+        name, x = q.read_tensor(model, tensor)
+        rep = q.quant_report(x, f"{model}: {name}")
+    else:
+        if rows <= 0 or cols <= 0 or not 0 <= outlier_frac < 1:
+            raise UserError("--rows/--cols must be positive and --outlier-frac in [0, 1)")
+        x = q.synthetic_weight(rows, cols, std, outlier_frac, outlier_scale, seed)
+        clean = q.synthetic_weight(rows, cols, std, 0.0, outlier_scale, seed)
+        rep = q.quant_report(x, f"synthetic N(0, {std}²), {outlier_frac:g} outliers at ±{outlier_scale:g}σ", clean)
+    if plot is not None:
+        q.plot_histogram(x, plot, title=rep.source)
+    if as_json:
+        _dump(rep.to_dict())
+        return
+    t = Table(title=f"4-bit quantization · {rep.source} · {'×'.join(map(str, rep.shape))} (分块量化)")
+    for col in ("method", "bits/param", "MSE", "max |err|", "SNR dB", "zeroed %"):
+        t.add_column(col, justify="left" if col == "method" else "right")
+    groups = [("with outliers" if rep.clean_rows else "", rep.rows)]
+    if rep.clean_rows:
+        groups.append(("no outliers", rep.clean_rows))
+    for label, rows_ in groups:
+        if label:
+            t.add_row(f"[bold]{label}", "", "", "", "", "")
+        for r_ in rows_:
+            t.add_row(
+                r_.label,
+                f"{r_.bits_per_param:.3f}",
+                f"{r_.mse:.3g}",
+                f"{r_.max_abs_err:.3g}",
+                f"{r_.snr_db:.1f}",
+                f"{r_.zeroed_pct:.1f}",
+            )
+    console.print(t)
+    fx = rep.facts
+    console.print(
+        f"one absmax for the whole tensor: max|w| = {fx['max_over_std']:.0f}σ, so the int4 step is "
+        f"{fx['tensor_step_over_std']:.1f}σ and {fx['pct_within_half_step']:.2f}% of weights fall within half a step "
+        f"of 0; per block of 64 the median step is {fx['median_block_step'] / fx['std']:.2f}σ and "
+        f"{fx['pct_blocks_with_outlier']:.2f}% of blocks hold a weight beyond 6σ."
+    )
+    console.print(
+        f"double quantization: scales cost {32 / 64:.3f} → {8 / 64 + 32 / (64 * 256):.3f} bits/param, "
+        f"saving {32 / 64 - 8 / 64 - 32 / (64 * 256):.3f} bits/param (about 3 GB on a 65B model)."
+    )
+    if plot is not None:
+        console.print(f"histogram → {plot}")
