@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_jsonl
 from safetensors.torch import load_file
 
 from weitiao.config import load_config
@@ -167,3 +168,42 @@ def test_variants_train(tiny_model_dir, chat_file, tmp_path, extra):
     sft.run(cfg)
     losses = [r["loss"] for r in read_metrics(tmp_path / "run", "train")]
     assert len(losses) == 4 and losses[-1] < losses[0]
+
+
+def test_epochs_with_varying_packed_row_counts(tiny_model_dir, tokenizer, tmp_path):
+    """Packed epochs differ in micro-batch count; stepping across epoch boundaries must not run dry."""
+    import random
+
+    from weitiao.data.chat import EncodeOptions, encode
+    from weitiao.data.collate import plan_epoch
+    from weitiao.data.formats import Conversation, parse_alpaca
+    from weitiao.data.templates import resolve_template
+
+    template = resolve_template(tokenizer)
+    for seed in range(50):  # find data whose later epochs pack into fewer micro-batches than epoch 0
+        rng = random.Random(seed)
+        rows = [
+            {"instruction": "问" * rng.randint(1, 8) + str(i), "output": "答" * rng.randint(1, 8)} for i in range(40)
+        ]
+        lengths = [len(encode(Conversation(parse_alpaca(r)), tokenizer, template, EncodeOptions())) for r in rows]
+        counts = [
+            len(plan_epoch(lengths, seed=42, epoch=e, micro_batch_size=1, packing=True, capacity=128)) for e in range(4)
+        ]
+        if min(counts[1:]) < counts[0]:
+            break
+    else:
+        pytest.skip("no data set with varying packed counts found")
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    cfg = config(
+        tiny_model_dir,
+        data,
+        tmp_path / "run",
+        "train.epochs=4",
+        "data.eval_split=0",
+        "train.micro_batch_size=1",
+        "data.max_len=128",
+    )
+    summary = sft.run(cfg)
+    train = read_metrics(tmp_path / "run", "train")
+    assert summary["finished"] and len(train) == summary["total_steps"] == 4 * counts[0]
+    assert [sum(1 for r in train if r["epoch"] == e) for e in range(4)][:2] == counts[:2]

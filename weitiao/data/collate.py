@@ -46,20 +46,26 @@ def n_targets(ex: Encoded) -> int:
     return sum(1 for x in ex.labels[1:] if x != IGNORE)
 
 
-def pack_first_fit(indices: list[int], lengths: list[int], capacity: int) -> list[list[int]]:
-    """Pack examples into rows of at most `capacity` tokens, each into the first row with room."""
+def pack_first_fit(indices: list[int], lengths: list[int], capacity: int, window: int = 64) -> list[list[int]]:
+    """Pack examples into rows of at most `capacity` tokens, each into the first row with room.
+
+    Only the last `window` open rows are searched, so packing is O(n·window) on large data sets
+    (full first-fit is O(n·rows)); rows that fall out of the window are closed.
+    """
     rows: list[list[int]] = []
     room: list[int] = []
+    first_open = 0
     for i in indices:
         n = lengths[i]
-        for r, free in enumerate(room):
-            if n <= free:
+        for r in range(first_open, len(rows)):
+            if n <= room[r]:
                 rows[r].append(i)
                 room[r] -= n
                 break
         else:
             rows.append([i])
             room.append(capacity - n)
+            first_open = max(first_open, len(rows) - window)
     return rows
 
 

@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -72,20 +72,31 @@ def fit(
             capacity=parts.capacity,
         )
 
-    steps_per_epoch = len(epoch_plan(0)) // micro_per_step
-    if steps_per_epoch == 0:
+    # Packing makes the number of micro-batches vary a little from epoch to epoch: count per epoch.
+    @cache
+    def steps_in(epoch: int) -> int:
+        return len(epoch_plan(epoch)) // micro_per_step
+
+    def locate(step: int) -> tuple[int, int]:
+        epoch = 0
+        while step >= steps_in(epoch):
+            step -= steps_in(epoch)
+            epoch += 1
+        return epoch, step
+
+    if steps_in(0) == 0:
         raise UserError(
             f"train: too little data for one step of {micro_per_step} micro-batches "
             "(processes × grad_accum); lower train.micro_batch_size or train.grad_accum"
         )
-    total = t.max_steps or max(1, int(t.epochs * steps_per_epoch + 0.999999))
+    total = t.max_steps or max(1, int(t.epochs * steps_in(0) + 0.999999))
     warmup = int(t.warmup_ratio * total)
     step, metrics, last_eval, stopped_early = state["step"], {}, {}, False
     t0 = time.perf_counter()
     with progress_bar(t.progress and accel.is_main_process) as bar:
         task = bar.add_task(parts.name, total=total, completed=step, info="")
         while step < total:
-            epoch, k = divmod(step, steps_per_epoch)
+            epoch, k = locate(step)
             plan = [parts.to_rows(rows) for rows in epoch_plan(epoch)[k * micro_per_step : (k + 1) * micro_per_step]]
             info = parts.step_info(plan)
             for g in optimizer.param_groups:
