@@ -12,6 +12,7 @@ from rich.text import Text
 
 from weitiao.calc.commands import app as calc_app
 from weitiao.errors import UserError
+from weitiao.logs.commands import app as logs_app
 
 app = typer.Typer(
     add_completion=False,
@@ -22,6 +23,7 @@ app = typer.Typer(
 data_app = typer.Typer(no_args_is_help=True, help="Inspect and lint training data.")
 app.add_typer(data_app, name="data")
 app.add_typer(calc_app, name="calc")
+app.add_typer(logs_app, name="logs")
 console = Console()
 
 

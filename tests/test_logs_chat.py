@@ -1,0 +1,181 @@
+"""logs chat (Q162): the signal hierarchy on a hand-made log, precision on synthetic logs, caps and balance."""
+
+import json
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from weitiao.data.formats import load_rows
+from weitiao.logs import chat
+from weitiao.logs.config import load_profile
+from weitiao.logs.report import build_report, precision, write_outputs
+from weitiao.logs.synth import synth_chat
+
+RESPONSES = [  # response_id, session_id, turn, ts (s), prompt
+    ("r1", "s1", 1, 1, "怎么做番茄炒蛋？"),
+    ("r2", "s1", 1, 2, "怎么做番茄炒蛋？"),
+    ("r3", "s1", 1, 3, "怎么做番茄炒蛋？"),
+    ("r4", "s1", 2, 10, "能再详细一点吗？"),
+    ("r4b", "s1", 2, 11, "能再详细一点吗？"),
+    ("r5", "s2", 1, 1, "写一首关于秋天的诗"),
+    ("r6", "s2", 1, 2, "写一首关于秋天的诗"),
+    ("r7", "s3", 1, 1, "解释梯度下降"),
+    ("r8", "s3", 1, 2, "解释梯度下降"),
+    ("r9", "s4", 1, 1, "怎么做 番茄炒蛋 ?"),
+]
+EVENTS = [  # response_id, event, value
+    ("r1", "regenerate", None),
+    ("r2", "thumbs_down", None),
+    ("r2", "regenerate", None),
+    ("r3", "follow_up", None),
+    ("r3", "copy", None),
+    ("r4", "regenerate", None),
+    ("r4b", "dwell", 30.0),
+    ("r4b", "view", None),  # not a signal: ignored_event
+    ("r5", "thumbs_up", None),
+    ("r5", "dwell", 0.3),  # accidental: dwell_out_of_bounds
+    ("r6", "thumbs_down", None),
+    ("r7", "thumbs_up", None),
+    ("r7", "regenerate", None),  # liked, yet regenerated; r8 followed up: conflict
+    ("r8", "follow_up", None),
+    ("r9", "thumbs_down", None),
+    ("r99", "copy", None),  # unknown_response
+]
+
+
+def write_log(tmp_path, events=EVENTS):
+    t0 = 1_740_787_200
+    resp = {
+        "response_id": [r[0] for r in RESPONSES],
+        "session_id": [r[1] for r in RESPONSES],
+        "turn": [r[2] for r in RESPONSES],
+        "ts": pa.array([(t0 + r[3]) * 10**6 for r in RESPONSES], pa.timestamp("us")),
+        "prompt": [r[4] for r in RESPONSES],
+        "response": [f"回复{r[0]}" for r in RESPONSES],
+    }
+    ev = {
+        "response_id": [e[0] for e in events],
+        "event": [e[1] for e in events],
+        "ts": pa.array([(t0 + 100 + i) * 10**6 for i in range(len(events))], pa.timestamp("us")),
+        "value": pa.array([e[2] for e in events], pa.float64()),
+    }
+    pq.write_table(pa.table(resp), tmp_path / "responses.parquet")
+    pq.write_table(pa.table(ev), tmp_path / "events.parquet")
+    return tmp_path / "events.parquet", tmp_path / "responses.parquet"
+
+
+def pairs_of(r) -> set:
+    return set(r.con.execute("SELECT chosen_id, rejected_id, source, signal, scope FROM wt_pairs").fetchall())
+
+
+def test_signal_hierarchy_on_hand_made_log(tmp_path):
+    events, responses = write_log(tmp_path)
+    r = chat.run(events, responses, load_profile("chat", "chat"), progress=False)
+    assert pairs_of(r) == {
+        ("r3", "r1", "share_copy", "share_copy", "session"),  # copied vs regenerated
+        ("r3", "r2", "explicit", "none_vs_thumbs_down", "session"),
+        ("r5", "r6", "explicit", "thumbs_up_vs_down", "session"),
+        ("r4b", "r4", "regenerate", "regenerate", "session"),
+    }
+    led = build_report(r)["ledgers"]
+    assert {k: v for k, v in led["candidates"].items() if v} == {"chosen_negative": 1, "conflict": 1, "kept": 4}
+    assert {k: v for k, v in led["responses"].items() if v} == {"alone": 1, "unpaired": 2, "paired": 7}
+    assert {k: v for k, v in led["events"].items() if v} == {
+        "unknown_response": 1,
+        "ignored_event": 1,
+        "dwell_out_of_bounds": 1,
+        "alone": 1,
+        "unpaired": 3,
+        "paired": 9,
+    }
+    # the turn-2 pair carries turn 1 (with the reply the user kept, r3) as history
+    rows = {(row.chosen, row.rejected): row for row in load_rows(write_outputs(r, tmp_path / "p.jsonl", {
+        "kind": "chat", "profile": "chat", "inputs": {}, "events": 16, "pairs": 4, "contexts_with_pairs": 3,
+        "sources": {}, "ledgers": {}, "top_contexts": {}, "config": {}})["pairs"]).rows}  # fmt: skip
+    assert rows[("回复r4b", "回复r4")].prompt == [
+        {"role": "user", "content": "怎么做番茄炒蛋？"},
+        {"role": "assistant", "content": "回复r3"},
+        {"role": "user", "content": "能再详细一点吗？"},
+    ]
+
+
+def test_cross_session_pairs_need_same_prompt_and_polar_signals(tmp_path):
+    events, responses = write_log(tmp_path)
+    cfg = load_profile("chat", "chat", ["cross_session.enabled=true"])
+    r = chat.run(events, responses, cfg, progress=False)
+    cross = {p for p in pairs_of(r) if p[4] == "cross_session"}
+    assert cross == {("r3", "r9", "explicit", "none_vs_thumbs_down", "cross_session")}
+    conf = r.con.execute("SELECT confidence FROM wt_pairs WHERE scope = 'cross_session'").fetchone()[0]
+    assert conf == pytest.approx(0.8 * 0.9)
+    ngram = load_profile("chat", "chat", ["cross_session.enabled=true", "cross_session.match=ngram"])
+    assert pairs_of(chat.run(events, responses, ngram, progress=False)) == pairs_of(r)
+
+
+def test_event_names_map_warehouse_names(tmp_path):
+    renamed = [(rid, {"thumbs_up": "like", "thumbs_down": "dislike"}.get(e, e), v) for rid, e, v in EVENTS]
+    events, responses = write_log(tmp_path, renamed)
+    plain = chat.run(events, responses, load_profile("chat", "chat"), progress=False)
+    assert ("r5", "r6", "explicit", "thumbs_up_vs_down", "session") not in pairs_of(plain)
+    cfg = load_profile("chat", "chat", ["event_names={like: thumbs_up, dislike: thumbs_down}"])
+    mapped = chat.run(events, responses, cfg, progress=False)
+    assert ("r5", "r6", "explicit", "thumbs_up_vs_down", "session") in pairs_of(mapped)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return synth_chat(tmp_path_factory.mktemp("chat"), 25_000, seed=3, progress=False)
+
+
+def run_synth(files, *sets):
+    cfg = load_profile("chat", "chat", list(sets))
+    return chat.run(files["events"], files["responses"], cfg, progress=False)
+
+
+def test_strong_sources_are_precise_and_clean_chosen_matters(synth):
+    p = precision(run_synth(synth), synth["truth"])
+    for source in ("explicit", "share_copy"):
+        assert p[source]["pairs"] > 200 and p[source]["precision"] >= 0.9, (source, p[source])
+    loose = precision(run_synth(synth, "clean_chosen=false"), synth["truth"])
+    assert loose["explicit"]["precision"] < p["explicit"]["precision"] - 0.03
+    assert loose["all"]["precision"] < p["all"]["precision"] - 0.015
+    raw = precision(run_synth(synth, "clean_chosen=false", "dwell_normalize=none"), synth["truth"])["dwell"]
+    no_margin = run_synth(synth, "clean_chosen=false", "dwell_rel_margin=0", "dwell_abs_margin=0")
+    no_margin = precision(no_margin, synth["truth"])["dwell"]
+    assert raw["precision"] < loose["dwell"]["precision"] - 0.03  # long replies hold readers longer
+    assert no_margin["precision"] < loose["dwell"]["precision"] - 0.03
+    cross = precision(run_synth(synth, "cross_session.enabled=true"), synth["truth"])
+    assert cross["explicit"]["pairs"] > p["explicit"]["pairs"] and cross["explicit"]["precision"] >= 0.9
+
+
+def test_caps_and_balance(synth):
+    r = run_synth(synth, "clean_chosen=false", "balance={dwell: 0.02}", "max_pairs={share_copy: 50}")
+    rep = build_report(r)
+    src = {k: v["pairs"] for k, v in rep["sources"].items()}
+    assert src["share_copy"] == 50 and rep["ledgers"]["candidates"]["capped_source"] > 0
+    stronger = sum(n for s, n in src.items() if s not in ("dwell",))  # counted before balancing, after caps
+    before = r.con.execute("SELECT count(*) FROM wt_candidates WHERE source = 'dwell' AND rule IS NULL").fetchone()[0]
+    assert before == src["dwell"] and src["dwell"] <= 0.02 * stronger + 1
+    assert rep["ledgers"]["candidates"]["balanced"] > 0
+    per_prompt = r.con.execute("SELECT max(n) FROM (SELECT context, count(*) n FROM wt_pairs GROUP BY 1)").fetchone()
+    assert per_prompt[0] <= 6
+
+
+def test_printed_sql_runs_and_output_is_dpo_ready(synth, tmp_path):
+    cfg = load_profile("chat", "chat", ["cross_session.enabled=true"])
+    con = duckdb.connect()
+    for name in ("events", "responses"):
+        con.execute(f"CREATE TABLE {name} AS SELECT * FROM read_parquet('{synth[name]}')")
+    con.execute(chat.sql_script(cfg))
+    r = run_synth(synth, "cross_session.enabled=true")
+    query = "SELECT chosen_id, rejected_id, source, scope FROM wt_pairs ORDER BY ALL"
+    assert con.execute(query).fetchall() == r.con.execute(query).fetchall()
+    rep = build_report(r, synth["truth"])
+    paths = write_outputs(r, tmp_path / "pairs.jsonl", rep)
+    loaded = load_rows(paths["pairs"])
+    assert loaded.format == "preference" and loaded.kept == rep["pairs"] and loaded.rejected == 0
+    multi = [row for row in loaded.rows if len(row.prompt) > 1]
+    assert multi and all(row.prompt[-1]["role"] == "user" for row in multi)
+    first = json.loads(paths["pairs"].read_text(encoding="utf-8").splitlines()[0])
+    assert {"source", "signal", "confidence", "scope", "context"} <= set(first)

@@ -1,0 +1,151 @@
+"""logs dwell (Q161): rules on a hand-made log, precision on synthetic logs, ablations, SQL and pandas parity."""
+
+import sys
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from weitiao.data.formats import load_rows
+from weitiao.logs import dwell
+from weitiao.logs.config import load_profile
+from weitiao.logs.report import build_report, precision, write_outputs
+from weitiao.logs.synth import synth_dwell
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+@pytest.fixture(scope="module")
+def zhihu(tmp_path_factory):
+    return synth_dwell(tmp_path_factory.mktemp("zhihu"), 60_000, "zhihu", seed=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def xhs(tmp_path_factory):
+    return synth_dwell(tmp_path_factory.mktemp("xhs"), 80_000, "xhs", seed=2, progress=False)
+
+
+def run(files, profile, *sets):
+    return dwell.run(files["events"], load_profile("dwell", profile, list(sets)), files["content"], progress=False)
+
+
+def prec(files, profile, *sets) -> dict:
+    return precision(run(files, profile, *sets), files["truth"])
+
+
+def test_zhihu_precision_and_what_each_rule_buys(zhihu):
+    base = prec(zhihu, "zhihu")
+    assert base["dwell"]["pairs"] > 500 and base["dwell"]["precision"] >= 0.95
+    no_norm = prec(zhihu, "zhihu", "normalize=none")["dwell"]["precision"]
+    no_margin = prec(zhihu, "zhihu", "rel_margin=0", "abs_margin=0", "min_z=0")["dwell"]["precision"]
+    no_position = prec(zhihu, "zhihu", "position_correction=false")["dwell"]["precision"]
+    assert no_norm < base["dwell"]["precision"] - 0.1  # long answers win on raw seconds
+    assert no_margin < base["dwell"]["precision"] - 0.03
+    assert no_position < base["dwell"]["precision"] - 0.01  # top slots get dwell they did not earn
+
+
+def test_xhs_engagement_first_and_similar_items_only(xhs):
+    r = run(xhs, "xhs")
+    p = precision(r, xhs["truth"])
+    assert p["engagement"]["pairs"] > 100 and p["engagement"]["precision"] >= 0.95
+    bad = r.con.execute(
+        """SELECT count(*) FROM wt_pairs p JOIN content a ON a.content_id = p.chosen_id
+           JOIN content b ON b.content_id = p.rejected_id
+           WHERE abs(a.length_chars - b.length_chars) > 0.3 * greatest(a.length_chars, b.length_chars)
+              OR abs(a.images - b.images) > 1"""
+    ).fetchone()[0]
+    assert bad == 0
+    dwell_only = precision(run(xhs, "xhs", "engagement_first=false"), xhs["truth"])
+    assert set(dwell_only) == {"dwell", "all"}
+    assert dwell_only["dwell"]["precision"] >= 0.9
+
+
+@pytest.mark.parametrize(
+    "sets", [[], ["one_view_per_user=true"], ["max_pairs_per_context=2", "min_views=5"], ["idle_ratio=null"]]
+)
+def test_ledgers_add_up(zhihu, sets):
+    r = run(zhihu, "zhihu", *sets)
+    rep = build_report(r)  # asserts inside: every ledger total equals its input
+    assert rep["ledger_totals"]["events"] == {"total": 60_000, "expected": 60_000}
+    led = rep["ledgers"]
+    assert led["candidates"]["kept"] == rep["pairs"]
+    if "max_pairs_per_context=2" in sets:
+        assert led["candidates"]["capped"] > 0
+        assert max(rep["top_contexts"].values()) == 2
+    if "one_view_per_user=true" in sets:
+        assert led["events"]["repeat_view"] > 0
+
+
+def test_hand_made_log_counts_every_view(tmp_path):
+    """q1: A holds readers twice as long as B; C has too few views; D is alone in q2; one unknown id."""
+    content = pa.table(
+        {
+            "content_id": ["A", "B", "C", "D"],
+            "context": ["q1", "q1", "q1", "q2"],
+            "text": ["好回答", "一般回答", "冷门回答", "独苗"],
+            "length_chars": [800, 800, 800, 800],
+        }
+    )
+    rows = [("A", 60.0 + i % 3) for i in range(30)] + [("B", 30.0 + i % 3) for i in range(30)]
+    rows += [("C", 50.0)] * 3 + [("D", 40.0)] * 25 + [("Z", 10.0)]
+    rows += [("A", 0.5), ("B", 0.2), ("B", 5000.0)]  # two accidental clicks, one idle tab
+    events = pa.table({"content_id": [r[0] for r in rows], "dwell_s": [r[1] for r in rows]})
+    pq.write_table(content, tmp_path / "content.parquet")
+    pq.write_table(events, tmp_path / "events.parquet")
+    cfg = load_profile("dwell", "zhihu", ["position_correction=false"])
+    r = dwell.run(tmp_path / "events.parquet", cfg, tmp_path / "content.parquet", progress=False)
+    led = build_report(r)["ledgers"]
+    assert {k: v for k, v in led["events"].items() if v} == {
+        "unknown_content": 1,
+        "accidental": 2,
+        "idle": 1,
+        "min_views": 3,
+        "single_in_context": 25,
+        "paired": 60,
+    }
+    pairs = r.con.execute("SELECT chosen_id, rejected_id, source, prompt FROM wt_pairs").fetchall()
+    assert pairs == [("A", "B", "dwell", "q1")]
+    out = write_outputs(r, tmp_path / "out" / "pairs.jsonl", build_report(r))
+    loaded = load_rows(out["pairs"])
+    assert loaded.format == "preference" and loaded.rows[0].chosen == "好回答" and loaded.rows[0].rejected == "一般回答"
+
+
+def test_output_is_dpo_ready(zhihu, tmp_path):
+    r = run(zhihu, "zhihu")
+    rep = build_report(r, zhihu["truth"])
+    paths = write_outputs(r, tmp_path / "pairs.jsonl", rep)
+    loaded = load_rows(paths["pairs"])
+    assert loaded.format == "preference" and loaded.kept == rep["pairs"] and loaded.rejected == 0
+    assert "precision vs truth" in paths["report_html"].read_text(encoding="utf-8")
+    row = paths["pairs"].read_text(encoding="utf-8").splitlines()[0]
+    assert '"source": "dwell"' in row and '"confidence"' in row and '"context"' in row
+
+
+@pytest.mark.parametrize("profile", ["zhihu", "xhs"])
+def test_printed_sql_runs_on_plain_tables(zhihu, xhs, profile):
+    """What --print-sql prints runs as-is on a fresh DuckDB holding `events` and `content` tables."""
+    files = zhihu if profile == "zhihu" else xhs
+    cfg = load_profile("dwell", profile)
+    con = duckdb.connect()
+    for name in ("events", "content"):
+        con.execute(f"CREATE TABLE {name} AS SELECT * FROM read_parquet('{files[name]}')")
+    con.execute(dwell.sql_script(cfg))
+    got = con.execute("SELECT chosen_id, rejected_id, source FROM wt_pairs ORDER BY ALL").fetchall()
+    want = run(files, profile).con.execute("SELECT chosen_id, rejected_id, source FROM wt_pairs ORDER BY ALL")
+    assert got == want.fetchall() and len(got) > 100
+
+
+@pytest.mark.parametrize("profile,sets", [("zhihu", []), ("xhs", []), ("zhihu", ["one_view_per_user=true"])])
+def test_pandas_reference_gives_the_same_pairs(zhihu, xhs, profile, sets):
+    from logs_pairs import pandas_pairs
+
+    files = zhihu if profile == "zhihu" else xhs
+    cfg = load_profile("dwell", profile, sets)
+    r = dwell.run(files["events"], cfg, files["content"], progress=False)
+    want = set(r.con.execute("SELECT chosen_id, rejected_id, source FROM wt_pairs").fetchall())
+    pairs, ledger = pandas_pairs(files["events"], files["content"], cfg)
+    assert set(zip(pairs.chosen_id, pairs.rejected_id, pairs.source)) == want
+    duck = dict(r.con.execute("SELECT rule, n FROM wt_ledger WHERE ledger = 'events'").fetchall())
+    assert ledger == {k: v for k, v in duck.items() if v}

@@ -1,0 +1,111 @@
+"""Malformed logs and configs give one-line UserErrors naming the file and the column or key."""
+
+import pytest
+
+from weitiao.errors import UserError
+from weitiao.logs import chat, dwell
+from weitiao.logs.config import dump_config, load_profile
+
+CONTENT = "content_id,context,text,length_chars\nA,q1,好回答,800\nB,q1,一般回答,800\n"
+EVENTS = "content_id,dwell_s,position\nA,60,1\nB,30,2\n"
+RESPONSES = "response_id,session_id,turn,ts,prompt,response\nr1,s1,1,2025-03-01 10:00:00,你好,在的\n"
+CHAT_EVENTS = "response_id,event,ts,value\nr1,thumbs_up,2025-03-01 10:00:05,\n"
+
+
+def error(tmp_path, kind="dwell", events=EVENTS, content=CONTENT, sets=(), suffix=".csv") -> str:
+    ev, other = tmp_path / f"events{suffix}", tmp_path / f"other{suffix}"
+    ev.write_text(events, encoding="utf-8")
+    other.write_text(content, encoding="utf-8")
+    with pytest.raises(UserError) as e:
+        if kind == "dwell":
+            dwell.run(ev, load_profile("dwell", "zhihu", list(sets)), other, progress=False)
+        else:
+            chat.run(ev, other, load_profile("chat", "chat", list(sets)), progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "Traceback" not in msg
+    return msg
+
+
+def test_good_csv_runs(tmp_path):
+    (tmp_path / "e.csv").write_text(EVENTS)
+    (tmp_path / "c.csv").write_text(CONTENT)
+    cfg = load_profile("dwell", "zhihu", ["min_views=1", "min_z=0"])
+    r = dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False)
+    assert r.con.execute("SELECT chosen_id, rejected_id FROM wt_pairs").fetchall() == [("A", "B")]
+
+
+@pytest.mark.parametrize(
+    "events,content,expected",
+    [
+        ("content_id,position\nA,1\n", CONTENT, "events.csv: dwell_s: missing column (seconds on the item)"),
+        ("content_id,dwell_s\nA,60\n", CONTENT, "events.csv: position: missing column (feed position, 1 = top;"),
+        (EVENTS + "A,abc,1\n", CONTENT, "events.csv: dwell_s: expected a number, found 'abc' (1 rows)"),
+        (EVENTS + "A,-3,1\n", CONTENT, "events.csv: dwell_s: 1 values below 0, e.g. -3"),
+        (EVENTS + "A,5,0\n", CONTENT, "events.csv: position: 1 values below 1"),
+        (EVENTS + "A,5,1.5\n", CONTENT, "events.csv: position: expected an integer, found '1.5'"),
+        (EVENTS + ",5,1\n", CONTENT, "events.csv: content_id: 1 empty values"),
+        (EVENTS, CONTENT + "A,q2,重复,10\n", "other.csv: content_id: 1 repeated ids, e.g. 'A'"),
+        (EVENTS, "content_id,text\nA,x\n", "other.csv: context: missing column"),
+    ],
+)
+def test_malformed_dwell_logs(tmp_path, events, content, expected):
+    msg = error(tmp_path, events=events, content=content)
+    file, rest = expected.split(": ", 1)
+    assert msg.startswith(f"{tmp_path / file}: ") and rest in msg, msg
+
+
+def test_wrong_column_type_and_bad_timestamps(tmp_path):
+    msg = error(tmp_path, events="content_id,dwell_s,position\nA,true,1\n")
+    assert "dwell_s: expected a number, got column type BOOLEAN" in msg
+    msg = error(tmp_path, "chat", events=CHAT_EVENTS + "r1,copy,yesterday,\n", content=RESPONSES)
+    assert "events.csv: ts: expected a timestamp" in msg and "found 'yesterday'" in msg
+    msg = error(tmp_path, "chat", events=CHAT_EVENTS, content=RESPONSES.replace("2025-03-01 10:00:00", "soon"))
+    assert "other.csv: ts: expected a timestamp" in msg
+    msg = error(tmp_path, "chat", events=CHAT_EVENTS.replace("event,", "action,"), content=RESPONSES)
+    assert "events.csv: event: missing column" in msg and "columns found: response_id, action, ts, value" in msg
+    (tmp_path / "r.csv").write_text(RESPONSES, encoding="utf-8")
+    (tmp_path / "e.jsonl").write_text('{"response_id": "r1", "event": "copy", "ts": "x"}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"e.jsonl: ts: expected a timestamp .*, found 'x' \(1 rows\)$"):
+        chat.run(tmp_path / "e.jsonl", tmp_path / "r.csv", load_profile("chat", "chat"), progress=False)
+    with pytest.raises(UserError, match="nope.parquet: file not found"):
+        dwell.run(tmp_path / "nope.parquet", load_profile("dwell", "zhihu"), progress=False)
+    (tmp_path / "e.xlsx").write_text("x")
+    with pytest.raises(UserError, match="unsupported log file type"):
+        dwell.run(tmp_path / "e.xlsx", load_profile("dwell", "zhihu"), progress=False)
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(UserError, match=r"^profile zhihu with --set: rel_margn: Extra inputs are not permitted$"):
+        load_profile("dwell", "zhihu", ["rel_margn=0.2"])
+    with pytest.raises(UserError, match=r"rel_margin: Input should be greater than or equal to 0"):
+        load_profile("dwell", "xhs", ["rel_margin=-1"])
+    with pytest.raises(UserError, match=r"profile 'douyin': not a built-in dwell profile \(xhs, zhihu\)"):
+        load_profile("dwell", "douyin")
+    with pytest.raises(UserError, match=r"chat.yaml: kind: this is a chat profile, not dwell"):
+        load_profile("dwell", str(load_profile.__globals__["PROFILE_DIR"] / "chat.yaml"))
+    with pytest.raises(UserError, match=r"cross_session.match: Input should be 'exact' or 'ngram'"):
+        load_profile("chat", "chat", ["cross_session.match=fuzzy"])
+    with pytest.raises(UserError, match=r"balance: Value error, explicit is the strongest source"):
+        load_profile("chat", "chat", ["balance={explicit: 0.5}"])
+    with pytest.raises(UserError, match=r"confidence: Value error, unknown signal 'thumb'"):
+        load_profile("chat", "chat", ["confidence={thumb: 0.3}"])
+    with pytest.raises(UserError, match=r"event_names: Value error, maps to 'thumbsup'"):
+        load_profile("chat", "chat", ["event_names={like: thumbsup}"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rel_margin: [\n")
+    with pytest.raises(UserError, match=r"bad.yaml:2: not valid YAML"):
+        load_profile("dwell", str(bad))
+
+
+def test_custom_profile_inherits_and_round_trips(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("base: xhs\nrel_margin: 0.5\n", encoding="utf-8")
+    cfg = load_profile("dwell", str(mine))
+    assert cfg.profile == "mine" and cfg.rel_margin == 0.5 and cfg.similar_length == 0.3 and cfg.engagement_first
+    dumped = tmp_path / "dumped.yaml"
+    dumped.write_text(dump_config(cfg), encoding="utf-8")
+    assert load_profile("dwell", str(dumped)) == cfg
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("kind: chat\nbase: chat\ncross_session: {enabled: true}\n", encoding="utf-8")
+    c = load_profile("chat", str(nested))
+    assert c.cross_session.enabled and c.cross_session.discount == 0.9 and c.balance["dwell"] == 0.25

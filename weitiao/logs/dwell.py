@@ -1,0 +1,288 @@
+"""Content-site dwell time → preference pairs (chapter Q161), as DuckDB SQL.
+
+Inputs are two relations (files, or a team's own warehouse tables under these names):
+  events(content_id, user_id, ts, dwell_s, position, liked, collected)   one row per view
+  content(content_id, context, prompt, text, length_chars, images)      one row per item
+where `context` is what makes items comparable (a tag or topic for notes, the question for answers).
+Without a content file the content columns are read from the events file.
+
+Steps (each one SQL statement; `build_stages(cfg)` returns them, `--print-sql` prints them):
+  1. content: an integer key and the expected reading time (base_s + chars / read_cps + images × image_s)
+  2. cells: one pass over the events, joined to content, grouped by item × feed position × drop rule:
+     unknown content, accidental (< min_dwell_s), idle (> max_dwell_s or > idle_ratio × expected
+     time), optionally repeat views; kept views keep count, Σ dwell, Σ dwell², likes/collects
+  3. position factors: Σ (dwell / item mean dwell) / views per position; an item's own mean cancels
+     its quality, so what is left is how much attention the slot gets
+  4. items: score = mean of dwell × weight, weight = 1 (none), 1000 / chars (per_char) or
+     1 / expected time (completion), divided by the position factor; each score is linear in dwell,
+     so it and its variance come from the cell sums without a second pass over the events
+  5. candidate pairs: every two items of one context with ≥ min_views; each gets one outcome:
+     not_similar → engagement (decides) → engagement_tie → below_margin → not_significant → dwell
+     (decides); then the per-context cap
+  6. pairs: the kept candidates with prompt and texts
+  7. ledger: every event, item and candidate pair counted under exactly one rule
+The confidence of a pair is Φ(z) of the deciding signal, approximated by 1 / (1 + e^(−1.702 z)).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from weitiao.logs.config import DwellConfig
+from weitiao.logs.engine import Column, PairsRun, Stage, connect, open_table, run_stages, script
+from weitiao.logs.engine import sql_num as n
+
+EVENT_RULES = (
+    "unknown_content",
+    "accidental",
+    "idle",
+    "repeat_view",
+    "min_views",
+    "single_in_context",
+    "unpaired",
+    "paired",
+)
+CANDIDATE_RULES = ("not_similar", "engagement_tie", "below_margin", "not_significant", "capped", "kept")
+
+
+def event_columns(cfg: DwellConfig) -> list[Column]:
+    """Columns read from the events file (some only when a rule needs them)."""
+    need_user = cfg.one_view_per_user
+    return [
+        Column("content_id", "id", "the item viewed"),
+        Column("user_id", "id", "who viewed; needed by one_view_per_user", need_user, default="NULL"),
+        Column("ts", "time", "view time; needed by one_view_per_user", need_user, default="NULL"),
+        Column("dwell_s", "number", "seconds on the item", min=0),
+        Column(
+            "position",
+            "int",
+            "feed position, 1 = top; needed by position_correction",
+            cfg.position_correction,
+            min=1,
+            default="1",
+        ),
+        Column("liked", "flag", "liked in this view; needed by engagement_first", cfg.engagement_first, default="0"),
+        Column("collected", "flag", "collected (saved) in this view", False, default="0"),
+    ]
+
+
+def content_columns(own_file: bool = True) -> list[Column]:
+    """Columns read from the content file, or from the events file (ids repeat there) when there is none."""
+    return [
+        Column("content_id", "id", "item id", unique=own_file),
+        Column("context", "id", "what makes items comparable: tag, topic or question"),
+        Column("text", "text", "the item's text (becomes chosen/rejected)"),
+        Column("prompt", "text", "prompt for DPO; default: the context", False, nullable=True, default="NULL"),
+        Column("length_chars", "int", "length in characters", False, min=0, default='length("text")'),
+        Column("images", "int", "number of images", False, min=0, default="0"),
+    ]
+
+
+def build_stages(cfg: DwellConfig) -> list[Stage]:
+    """The pairing pipeline for `cfg` as SQL statements over `events` and `content`."""
+    stages = [
+        Stage(
+            "content: integer key and expected reading time per item",
+            f"""CREATE OR REPLACE TEMP TABLE wt_content AS
+SELECT CAST(row_number() OVER () AS INTEGER) AS idx, content_id, context, length_chars, images,
+  {n(cfg.base_s)} + length_chars / {n(cfg.read_cps)} + images * {n(cfg.image_s)} AS expected_s
+FROM content""",
+        )
+    ]
+    idle = f" OR e.dwell_s > {n(cfg.idle_ratio)} * c.expected_s" if cfg.idle_ratio else ""
+    who, repeat, src = "", "", "v"
+    if cfg.one_view_per_user:  # a window over user × item: exact, but the slowest step by far
+        who, src = "e.user_id, e.ts, ", "r"
+        repeat = """,
+r AS (
+  SELECT idx, pos, dwell_s, engaged, CASE WHEN drop_rule IS NULL AND row_number() OVER (
+    PARTITION BY user_id, idx, drop_rule IS NULL ORDER BY ts, dwell_s) > 1 THEN 'repeat_view' ELSE drop_rule END
+    AS drop_rule
+  FROM v)"""
+    stages.append(
+        Stage(
+            "cells: views per item × position, accidental/idle/unknown counted apart",
+            f"""CREATE OR REPLACE TEMP TABLE wt_cells AS
+WITH v AS (
+  SELECT c.idx, {who}least(e.position, {cfg.max_position}) AS pos, e.dwell_s,
+    CAST(e.liked AS INTEGER) + CAST(e.collected AS INTEGER) > 0 AS engaged,
+    CASE
+      WHEN c.idx IS NULL THEN 'unknown_content'
+      WHEN e.dwell_s < {n(cfg.min_dwell_s)} THEN 'accidental'
+      WHEN e.dwell_s > {n(cfg.max_dwell_s)}{idle} THEN 'idle'
+    END AS drop_rule
+  FROM events e LEFT JOIN wt_content c ON c.content_id = e.content_id){repeat}
+SELECT idx, pos, drop_rule, count(*) AS views, sum(dwell_s) AS dwell_sum, sum(dwell_s * dwell_s) AS dwell_sq,
+  count(*) FILTER (WHERE engaged) AS engaged
+FROM {src} GROUP BY ALL""",
+        )
+    )
+    weight = {"none": "1.0", "per_char": "1000.0 / greatest(c.length_chars, 1)", "completion": "1.0 / c.expected_s"}
+    weight = weight[cfg.normalize]
+    join_pos = ""
+    if cfg.position_correction:
+        stages.append(
+            Stage(
+                "position factors: attention per feed position",
+                """CREATE OR REPLACE TEMP TABLE wt_position AS
+WITH kept AS (SELECT idx, pos, views, dwell_sum FROM wt_cells WHERE drop_rule IS NULL),
+item AS (SELECT idx, sum(dwell_sum) / sum(views) AS mean_dwell FROM kept GROUP BY idx)
+SELECT pos, sum(dwell_sum / mean_dwell) / sum(views) AS factor, sum(views) AS views
+FROM kept JOIN item USING (idx) WHERE mean_dwell > 0 GROUP BY pos""",
+            )
+        )
+        weight = f"{weight} / coalesce(p.factor, 1.0)"
+        join_pos = "\n  LEFT JOIN wt_position p ON p.pos = x.pos"
+    stages.append(
+        Stage(
+            f"items: mean {cfg.normalize} score (dwell × weight), its variance, views, engagement",
+            f"""CREATE OR REPLACE TEMP TABLE wt_items AS
+WITH w AS (
+  SELECT x.idx, x.views, x.engaged, x.dwell_sum, x.dwell_sq, {weight} AS w
+  FROM wt_cells x JOIN wt_content c ON c.idx = x.idx{join_pos}
+  WHERE x.drop_rule IS NULL),
+a AS (
+  SELECT idx, sum(views) AS views, sum(dwell_sum * w) AS s1, sum(dwell_sq * w * w) AS s2, sum(engaged) AS engaged
+  FROM w GROUP BY idx)
+SELECT c.content_id, c.context, c.length_chars, c.images, a.views, a.s1 / a.views AS score,
+  CASE WHEN a.views > 1 THEN greatest(a.s2 - a.s1 * a.s1 / a.views, 0.0) / (a.views - 1) ELSE 0.0 END AS score_var,
+  CAST(a.engaged AS DOUBLE) / a.views AS engagement
+FROM a JOIN wt_content c ON c.idx = a.idx""",
+        )
+    )
+
+    rules = []
+    if cfg.similar_length is not None:
+        rules.append(f"WHEN abs(len_a - len_b) > {n(cfg.similar_length)} * greatest(len_a, len_b) THEN 'not_similar'")
+    if cfg.similar_images is not None:
+        rules.append(f"WHEN abs(img_a - img_b) > {cfg.similar_images} THEN 'not_similar'")
+    if cfg.engagement_first:
+        e_ok = (
+            f"e_hi > e_lo AND e_hi >= e_lo * {n(1 + cfg.engagement_rel_margin)}"
+            f" AND e_hi - e_lo >= {n(cfg.engagement_abs_margin)} AND z_eng >= {n(cfg.engagement_min_z)}"
+        )
+        rules.append(f"WHEN {e_ok} THEN 'engagement'")
+        rules.append(f"WHEN e_hi > {n(cfg.engagement_quiet)} THEN 'engagement_tie'")
+    rules.append(
+        f"WHEN s_hi <= s_lo OR s_hi < s_lo * {n(1 + cfg.rel_margin)} OR s_hi - s_lo < {n(cfg.abs_margin)}"
+        " THEN 'below_margin'"
+    )
+    rules.append(f"WHEN z_dwell < {n(cfg.min_z)} THEN 'not_significant'")
+    cap = ""
+    if cfg.max_pairs_per_context:
+        cap = f"""CASE WHEN rule IS NULL AND row_number() OVER (
+    PARTITION BY context, rule IS NULL ORDER BY confidence DESC, chosen_id, rejected_id) > {cfg.max_pairs_per_context}
+    THEN 'capped' ELSE rule END AS """
+    case = "\n      ".join(rules)
+    stages.append(
+        Stage(
+            "candidate pairs: same context, similar items, margins, significance, cap",
+            f"""CREATE OR REPLACE TEMP TABLE wt_candidates AS
+WITH q AS (SELECT * FROM wt_items WHERE views >= {cfg.min_views}),
+p AS (
+  SELECT a.context, a.content_id AS id_a, b.content_id AS id_b, a.score AS s_a, b.score AS s_b,
+    a.score_var AS v_a, b.score_var AS v_b, a.views AS n_a, b.views AS n_b, a.engagement AS e_a,
+    b.engagement AS e_b, a.length_chars AS len_a, b.length_chars AS len_b, a.images AS img_a, b.images AS img_b
+  FROM q a JOIN q b ON a.context = b.context AND a.content_id < b.content_id),
+z AS (
+  SELECT *, greatest(s_a, s_b) AS s_hi, least(s_a, s_b) AS s_lo, greatest(e_a, e_b) AS e_hi,
+    least(e_a, e_b) AS e_lo, abs(s_a - s_b) / sqrt(v_a / n_a + v_b / n_b + 1e-12) AS z_dwell,
+    abs(e_a - e_b) / sqrt((e_a * n_a + e_b * n_b) / (n_a + n_b) * (1 - (e_a * n_a + e_b * n_b) / (n_a + n_b))
+      * (1.0 / n_a + 1.0 / n_b) + 1e-12) AS z_eng
+  FROM p),
+d AS (
+  SELECT *, CASE
+      {case}
+      ELSE 'dwell'
+    END AS outcome
+  FROM z),
+o AS (
+  SELECT context, id_a, id_b,
+    CASE WHEN outcome IN ('engagement', 'dwell') THEN NULL ELSE outcome END AS rule,
+    CASE WHEN outcome IN ('engagement', 'dwell') THEN outcome END AS source,
+    CASE WHEN outcome = 'engagement' THEN (CASE WHEN e_a > e_b THEN id_a ELSE id_b END)
+         ELSE (CASE WHEN s_a > s_b THEN id_a ELSE id_b END) END AS chosen_id,
+    CASE WHEN outcome = 'engagement' THEN (CASE WHEN e_a > e_b THEN id_b ELSE id_a END)
+         ELSE (CASE WHEN s_a > s_b THEN id_b ELSE id_a END) END AS rejected_id,
+    CASE WHEN outcome = 'engagement' THEN (e_hi - e_lo) / greatest(e_lo, 1e-9)
+         ELSE (s_hi - s_lo) / greatest(s_lo, 1e-9) END AS margin,
+    1 / (1 + exp(-1.702 * least(CASE WHEN outcome = 'engagement' THEN z_eng ELSE z_dwell END, 20))) AS confidence
+  FROM d)
+SELECT context, id_a, id_b, {cap}rule, source, chosen_id, rejected_id, margin, confidence
+FROM o""",
+        )
+    )
+    stages.append(
+        Stage(
+            "pairs: prompt, chosen and rejected texts",
+            """CREATE OR REPLACE TEMP TABLE wt_pairs AS
+SELECT coalesce(cc.prompt, d.context) AS prompt, cc.text AS chosen, cr.text AS rejected, d.source,
+  round(d.confidence, 4) AS confidence, d.context, d.chosen_id, d.rejected_id, round(d.margin, 4) AS margin
+FROM wt_candidates d
+JOIN content cc ON cc.content_id = d.chosen_id
+JOIN content cr ON cr.content_id = d.rejected_id
+WHERE d.rule IS NULL""",
+        )
+    )
+    stages.append(
+        Stage(
+            "ledger: every event, item and candidate pair under one rule",
+            f"""CREATE OR REPLACE TEMP TABLE wt_ledger AS
+WITH status AS (
+  SELECT id AS content_id, bool_or(rule IS NULL) AS paired
+  FROM (SELECT id_a AS id, rule FROM wt_candidates UNION ALL SELECT id_b, rule FROM wt_candidates)
+  GROUP BY id),
+items AS (
+  SELECT i.views, CASE WHEN i.views < {cfg.min_views} THEN 'min_views' WHEN s.paired THEN 'paired'
+    WHEN s.paired IS NOT NULL THEN 'unpaired' ELSE 'single_in_context' END AS rule
+  FROM wt_items i LEFT JOIN status s USING (content_id))
+SELECT 'events' AS ledger, drop_rule AS rule, sum(views) AS n FROM wt_cells WHERE drop_rule IS NOT NULL GROUP BY 2
+UNION ALL SELECT 'events', rule, sum(views) FROM items GROUP BY 2
+UNION ALL SELECT 'items', rule, count(*) FROM items GROUP BY 2
+UNION ALL SELECT 'candidates', coalesce(rule, 'kept'), count(*) FROM wt_candidates GROUP BY 2""",
+        )
+    )
+    return stages
+
+
+def sql_script(cfg: DwellConfig) -> str:
+    """The whole pipeline as a runnable SQL script with a header naming its inputs."""
+    header = f"""-- weitiao logs dwell · profile {cfg.profile} · DuckDB SQL made from the config, thresholds inlined
+-- inputs:  events(content_id, user_id, ts, dwell_s, position, liked, collected)  one row per view
+--          content(content_id, context, prompt, text, length_chars, images)     one row per item
+-- outputs: wt_pairs (preference rows), wt_ledger (ledger, rule, n: every event, item and candidate counted once)"""
+    return script(build_stages(cfg), header)
+
+
+def load_inputs(
+    con: duckdb.DuckDBPyConnection, cfg: DwellConfig, events: str | Path, content: str | Path | None
+) -> int:
+    """Open and check the log files as views `events` and `content`; returns the event count."""
+    open_table(con, "events", events, event_columns(cfg))
+    if content is not None:
+        open_table(con, "content", content, content_columns())
+    else:  # content columns ride along on every event: one row per item
+        open_table(con, "wt_content_src", events, content_columns(own_file=False))
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE content AS SELECT content_id, any_value(context) AS context, "
+            "any_value(text) AS text, any_value(prompt) AS prompt, any_value(length_chars) AS length_chars, "
+            "any_value(images) AS images FROM wt_content_src GROUP BY content_id"
+        )
+    return con.execute("SELECT count(*) FROM events").fetchone()[0]
+
+
+def run(
+    events: str | Path,
+    cfg: DwellConfig,
+    content: str | Path | None = None,
+    progress: bool = True,
+    threads: int | None = None,
+) -> PairsRun:
+    """Check the logs, run the pipeline; the returned run's connection holds wt_pairs and wt_ledger."""
+    con = connect(threads)
+    n_events = load_inputs(con, cfg, events, content)
+    inputs = {"events": str(events)} | ({"content": str(content)} if content else {})
+    seconds = run_stages(con, build_stages(cfg), f"dwell pairs ({cfg.profile})", n_events, progress)
+    return PairsRun("dwell", con, cfg, inputs, n_events, seconds)
