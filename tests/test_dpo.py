@@ -132,3 +132,25 @@ def test_precomputed_reference_and_resume(tiny_model_dir, tmp_path):
     live = [r["loss"] for r in read_metrics(tmp_path / "live", "train")]
     cached = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "cached", "train")}
     assert max(abs(a - cached[s + 1]) for s, a in enumerate(live)) < 1e-5
+
+
+@pytest.mark.slow
+def test_beta_sweep_writes_table_and_plot(tiny_model_dir, tmp_path):
+    from weitiao.recipes.sweep import sweep
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(24))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {{path: {tiny_model_dir}}}\ndata: {{train: [{data}], eval_split: 0.25, max_len: 64}}\n")
+    over = [
+        f"train.out={tmp_path / 'sw'}",
+        "train.max_steps=3",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "train.lr=5e-3",
+        "lora.dropout=0",
+    ]
+    rows = sweep(dpo.DPOConfig, dpo.run, cfg, over, "beta=0.05,0.5")
+    assert [r["dpo.beta"] for r in rows] == [0.05, 0.5] and all(r["kl"] is not None for r in rows)
+    assert (tmp_path / "sw" / "sweep.png").stat().st_size > 1000
+    assert (tmp_path / "sw" / "sweep.md").read_text().count("\n") == 4
+    assert (tmp_path / "sw" / "dpo.beta-0.5" / "final" / "adapter").exists()
