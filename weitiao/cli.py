@@ -90,6 +90,23 @@ def score(
 
 
 @app.command()
+def export(
+    adapter: str = typer.Option(..., help="run dir (uses final/adapter) or a peft adapter dir"),
+    out: Path = typer.Option(..., help="output dir"),
+    merge: bool = typer.Option(False, help="fold the adapter into the (NF4 de-quantized) base weights"),
+    dtype: str = typer.Option("fp32", help="dtype of merged weights: fp32, bf16, fp16"),
+    check: Path = typer.Option(None, help="data file: confirm the exported template gives training's token ids"),
+) -> None:
+    """Export a clean peft adapter dir, or a merged plain HF model with the training chat template."""
+    from weitiao.infer import export as tool
+
+    dest = tool.export(adapter, str(out), merge, dtype)
+    console.print(f"exported → {dest}")
+    if check:
+        console.print(tool.check(str(dest), adapter, str(check)))
+
+
+@app.command()
 def demo(
     overrides: list[str] = typer.Argument(None, help="overrides for examples/demo_sft.yaml"),
 ) -> None:

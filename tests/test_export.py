@@ -1,0 +1,74 @@
+"""export: merged model (NF4 de-quantized first) reproduces adapter logits; template check."""
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from weitiao.config import load_config
+from weitiao.infer import export as ex
+from weitiao.models.load import ModelSpec, load_model
+from weitiao.recipes import sft
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("quant", ["4bit", "none"])
+def test_merged_logits_equal_adapter_logits(tiny_model_dir, chat_file, tmp_path, quant):
+    run = tmp_path / "run"
+    cfg = load_config(
+        sft.SFTConfig,
+        None,
+        [
+            f"model.path={tiny_model_dir}",
+            f"model.quant={quant}",
+            f"data.train=[{chat_file}]",
+            f"train.out={run}",
+            "train.max_steps=3",
+            "train.lr=2e-2",
+            "train.progress=false",
+            "train.tensorboard=false",
+            "lora.dropout=0",
+        ],
+    )
+    sft.run(cfg)
+    dest = ex.export(str(run), str(tmp_path / "merged"), merge=True)
+    merged = AutoModelForCausalLM.from_pretrained(dest, dtype=torch.float32).eval()  # plain transformers
+    adapted = PeftModel.from_pretrained(
+        load_model(ModelSpec(path=str(tiny_model_dir), quant=quant)), run / "final" / "adapter"
+    ).eval()
+    base = load_model(ModelSpec(path=str(tiny_model_dir), quant=quant)).eval()
+    ids = torch.tensor([AutoTokenizer.from_pretrained(dest)("今天天气怎么样？挺好的☀️")["input_ids"]])
+    # The same adapter on the de-quantized base, unmerged: the exact fp32 computation merging must keep.
+    deq = PeftModel.from_pretrained(ex.dequantized_base(cfg.model), run / "final" / "adapter").eval()
+    with torch.no_grad():
+        a, m, b = adapted(input_ids=ids).logits, merged(input_ids=ids).logits, base(input_ids=ids).logits
+        d = deq(input_ids=ids).logits
+    assert (d - m).abs().max().item() < 1e-4
+    # bitsandbytes' CPU kernel multiplies 4-bit weights in bf16, so the live 4-bit model is only ~1e-2 close.
+    assert (a - m).abs().max().item() < (3e-2 if quant == "4bit" else 1e-4)
+    assert (a - b).abs().max().item() > 1e-2  # the adapter really changed the model
+    assert "<|im_start|>" in AutoTokenizer.from_pretrained(dest).chat_template
+    assert ex.check(str(dest), str(run), str(chat_file))["identical"] == 24
+
+
+def test_unmerged_export_is_clean_adapter_dir(tiny_model_dir, chat_file, tmp_path):
+    run = tmp_path / "run"
+    sft.run(
+        load_config(
+            sft.SFTConfig,
+            None,
+            [
+                f"model.path={tiny_model_dir}",
+                f"data.train=[{chat_file}]",
+                f"train.out={run}",
+                "train.max_steps=1",
+                "train.progress=false",
+                "train.tensorboard=false",
+            ],
+        )
+    )
+    dest = ex.export(str(run), str(tmp_path / "adapter"))
+    names = {p.name for p in dest.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= names
+    assert not any(n.startswith("step-") or n == "trainer_state.pt" for n in names)
