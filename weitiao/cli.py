@@ -107,6 +107,24 @@ def export(
 
 
 @app.command()
+def chat(
+    model: str = typer.Option("demo", help="base model dir or hub id"),
+    adapter: str = typer.Option(None, help="run dir or peft adapter dir"),
+    prompt: str = typer.Option(None, help="answer this once and exit (for scripts)"),
+    system: str = typer.Option(None, help="system message"),
+    quant: str = typer.Option("none", help="load the base as none|4bit|8bit"),
+    max_new_tokens: int = typer.Option(256),
+    temperature: float = typer.Option(0.7, help="0 = greedy"),
+    top_p: float = typer.Option(0.9),
+    repetition_penalty: float = typer.Option(1.0),
+) -> None:
+    """Chat in the terminal (streaming, history, /reset, /system) or answer one --prompt."""
+    from weitiao.infer import chat as tool
+
+    tool.run(model, adapter, prompt, system, max_new_tokens, temperature, top_p, repetition_penalty, quant)
+
+
+@app.command()
 def demo(
     overrides: list[str] = typer.Argument(None, help="overrides for examples/demo_sft.yaml"),
 ) -> None:

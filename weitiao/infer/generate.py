@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,3 +70,42 @@ def generate(
             out.append(Generation(tokenizer.decode(toks, skip_special_tokens=True), len(toks), stopped))
     model.train(was_training)
     return out
+
+
+def stream_reply(
+    model: Any,
+    tokenizer: Any,
+    template: ChatTemplate,
+    messages: list[Message],
+    max_new_tokens: int = 256,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    repetition_penalty: float = 1.0,
+) -> Iterator[str]:
+    """Yield the reply to one conversation piece by piece as it is generated."""
+    from threading import Thread
+
+    from transformers import TextIteratorStreamer
+
+    eot_id = tokenizer.convert_tokens_to_ids(template.eot)
+    prompt = template.render(tokenizer, messages, add_generation_prompt=True)
+    ids = torch.tensor(
+        [tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=next(model.parameters()).device
+    )
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    kw: dict[str, Any] = {"do_sample": temperature > 0}
+    if temperature > 0:
+        kw.update(temperature=temperature, top_p=top_p)
+    args = dict(
+        input_ids=ids,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eot_id,
+        streamer=streamer,
+        pad_token_id=tokenizer.pad_token_id,
+        repetition_penalty=repetition_penalty,
+        **kw,
+    )
+    thread = Thread(target=lambda: torch.no_grad()(model.generate)(**args), daemon=True)
+    thread.start()
+    yield from streamer
+    thread.join()

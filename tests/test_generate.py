@@ -1,0 +1,67 @@
+"""Generation: batched (left-padded) greedy equals one-by-one; stops on end-of-turn; chat --prompt."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from weitiao.data.templates import resolve_template
+from weitiao.infer.generate import generate, stream_reply
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = [
+    [{"role": "user", "content": "你好"}],
+    [{"role": "user", "content": "今天天气怎么样？推荐一部电影吧"}],
+    [{"role": "system", "content": "简洁"}, {"role": "user", "content": "周末"}],
+]
+
+
+def test_batched_greedy_equals_one_by_one(tiny_model_dir, tokenizer):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    t = resolve_template(tokenizer)
+    batched = generate(model, tokenizer, t, PROMPTS, max_new_tokens=12, batch_size=3)
+    single = [generate(model, tokenizer, t, [p], max_new_tokens=12)[0] for p in PROMPTS]
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert all(g.n_tokens <= 12 for g in batched)
+    streamed = "".join(stream_reply(model, tokenizer, t, PROMPTS[1], max_new_tokens=12, temperature=0))
+    assert streamed == single[1].text
+
+
+def test_stops_on_end_of_turn(tiny_model_dir, tokenizer):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features)
+    with torch.no_grad():  # make <|im_end|> the most likely next token everywhere
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()
+        head.bias[eot] = 1e4
+    model.lm_head = head
+    g = generate(model, tokenizer, resolve_template(tokenizer), PROMPTS[:1], max_new_tokens=10)[0]
+    assert g.stopped and g.n_tokens == 0 and g.text == ""
+
+
+def test_chat_prompt_one_shot(tiny_model_dir):
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "weitiao",
+            "chat",
+            "--model",
+            str(tiny_model_dir),
+            "--prompt",
+            "你好",
+            "--max-new-tokens",
+            "5",
+            "--temperature",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.endswith("\n") and len(p.stdout.strip()) > 0
