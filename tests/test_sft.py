@@ -207,3 +207,10 @@ def test_epochs_with_varying_packed_row_counts(tiny_model_dir, tokenizer, tmp_pa
     train = read_metrics(tmp_path / "run", "train")
     assert summary["finished"] and len(train) == summary["total_steps"] == 4 * counts[0]
     assert [sum(1 for r in train if r["epoch"] == e) for e in range(4)][:2] == counts[:2]
+
+
+def test_fresh_run_in_used_dir_starts_clean(tiny_model_dir, chat_file, tmp_path):
+    sft.run(config(tiny_model_dir, chat_file, tmp_path / "run", "train.max_steps=4", "train.save_every=1"))
+    sft.run(config(tiny_model_dir, chat_file, tmp_path / "run", "train.max_steps=2", "train.resume=none"))
+    assert [r["step"] for r in read_metrics(tmp_path / "run", "train")] == [1, 2]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-000002"]

@@ -87,6 +87,7 @@ def _table(before: dict, after: dict) -> Table:
         ("chat", "mean_len"),
         ("chat", "emoji_rate"),
         ("chat", "stop_rate"),
+        ("chat", "refusal_rate"),
         ("redline", "refusal_rate"),
         ("redline", "stop_rate"),
     ]

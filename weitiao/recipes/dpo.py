@@ -256,6 +256,8 @@ def run(cfg: DPOConfig) -> dict:
     ckpt = ck.resume_point(out, t.resume)
     if ckpt is not None:
         state.update(ck.load_checkpoint(ckpt, model, optimizer))
+    if main and ckpt is None and (removed := ck.clear_previous_run(out)):
+        print(f"fresh run in {out}: removed the previous run's {', '.join(removed)}")
     log = MetricsLog(out, enabled=main, tensorboard=t.tensorboard)
     if main:
         out.mkdir(parents=True, exist_ok=True)

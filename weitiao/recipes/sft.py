@@ -186,6 +186,8 @@ def run(cfg: SFTConfig) -> dict:
     ckpt = ck.resume_point(out, t.resume)
     if ckpt is not None:
         state.update(ck.load_checkpoint(ckpt, model, optimizer))
+    if main and ckpt is None and (removed := ck.clear_previous_run(out)):
+        print(f"fresh run in {out}: removed the previous run's {', '.join(removed)}")
     log = MetricsLog(out, enabled=main, tensorboard=t.tensorboard)
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -224,7 +226,7 @@ def run(cfg: SFTConfig) -> dict:
         b = collate(data.train, rows, pad_id, cfg.data.packing).to(accel.device)
         s, n = loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask)
         accel.backward(s * world / max(1, info["targets"]))
-        return {"nll": s.detach(), "targets": n.detach(), "tokens": (b.input_ids != pad_id).sum()}
+        return {"nll": s.detach(), "targets": n.detach(), "tokens": (b.seq_index >= 0).sum()}
 
     def summarize(sums: dict, seconds: float) -> dict:
         return {

@@ -107,6 +107,25 @@ def load_checkpoint(ckpt: Path, model: Any, optimizer: torch.optim.Optimizer) ->
     return state
 
 
+def clear_previous_run(out: Path) -> list[str]:
+    """A fresh (not resumed) run in a used dir: remove the old run's logs, checkpoints and outputs.
+
+    Otherwise metrics would append to the old file and keep-last-K could keep the old run's
+    later checkpoints, which `resume: auto` would then pick up.
+    """
+    removed = []
+    for name in ("metrics.jsonl", "tb", "checkpoints", "final"):
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
 def resume_point(out: Path, resume: str) -> Path | None:
     """`auto`: latest checkpoint under `out` (None if none); `none`; or an explicit checkpoint dir."""
     if resume == "none":
