@@ -29,14 +29,11 @@ from weitiao.data.collate import Batch, collate, n_targets
 from weitiao.data.preference import PairStats, encode_pairs, load_pairs, pair_rows
 from weitiao.data.templates import ChatTemplate, resolve_template
 from weitiao.errors import UserError
-from weitiao.io import atomic_write_text
 from weitiao.losses.preference import LENGTH_AVERAGED, dpo_terms, k3_kl
 from weitiao.losses.sft import CausalLMLoss
 from weitiao.models.load import LoraSpec, ModelSpec, build_trainable, count_params, load_model, load_tokenizer
 from weitiao.recipes.sft import TrainSpec
-from weitiao.train import checkpoint as ck
 from weitiao.train import loop
-from weitiao.train.log import MetricsLog
 
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "margins", "accuracy", "logps/chosen", "logps/rejected")
 
@@ -252,16 +249,8 @@ def run(cfg: DPOConfig) -> dict:
     trainable, total_params = count_params(model)
 
     # 3. Resume.
-    state = loop.new_state()
-    ckpt = ck.resume_point(out, t.resume)
-    if ckpt is not None:
-        state.update(ck.load_checkpoint(ckpt, model, optimizer))
-    if main and ckpt is None and (removed := ck.clear_previous_run(out)):
-        print(f"fresh run in {out}: removed the previous run's {', '.join(removed)}")
-    log = MetricsLog(out, enabled=main, tensorboard=t.tensorboard)
+    state, ckpt, log = loop.start(out, t, dump_config(cfg), model, optimizer, main)
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", dump_config(cfg))
         s = data.stats
         print(
             f"pairs: {data.read} read = {s.kept} train + {len(data.eval) // 2} eval + {data.rejected} rejected + "
@@ -332,12 +321,5 @@ def run(cfg: DPOConfig) -> dict:
 
     # 5. Save.
     summary = {"out": str(out), "beta": d.beta, "loss_type": d.loss_type, **result}
-    if main and result["finished"]:
-        final = out / "final"
-        ck.save_weights(accel.unwrap_model(loss_mod).model, final)
-        tokenizer.chat_template = data.template.jinja
-        tokenizer.save_pretrained(final / "tokenizer")
-        log.log("done", result["steps"], **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
-    log.close()
-    accel.wait_for_everyone()
+    loop.finish(out, accel.unwrap_model(loss_mod).model, tokenizer, data.template.jinja, summary, log, accel)
     return summary

@@ -20,15 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from weitiao.config import dump_config
 from weitiao.data.collate import collate
 from weitiao.data.preference import pair_rows
-from weitiao.io import atomic_write_text
 from weitiao.losses.preference import bradley_terry
 from weitiao.models.heads import SequenceScorer, save_reward_meta
 from weitiao.models.load import LoraSpec, ModelSpec, build_trainable, count_params, load_tokenizer
 from weitiao.recipes.dpo import PrefDataSpec, prepare_pairs
 from weitiao.recipes.sft import TrainSpec
-from weitiao.train import checkpoint as ck
 from weitiao.train import loop
-from weitiao.train.log import MetricsLog
 
 
 class RMSpec(BaseModel):
@@ -131,16 +128,8 @@ def run(cfg: RMConfig) -> dict:
     trainable, _ = count_params(model)
 
     # 3. Resume.
-    state = loop.new_state()
-    ckpt = ck.resume_point(out, t.resume)
-    if ckpt is not None:
-        state.update(ck.load_checkpoint(ckpt, model, optimizer))
-    if main and ckpt is None and (removed := ck.clear_previous_run(out)):
-        print(f"fresh run in {out}: removed the previous run's {', '.join(removed)}")
-    log = MetricsLog(out, enabled=main, tensorboard=t.tensorboard)
+    state, ckpt, log = loop.start(out, t, dump_config(cfg), model, optimizer, main)
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", dump_config(cfg))
         s = data.stats
         print(
             f"pairs: {data.read} read = {s.kept} train + {len(data.eval) // 2} eval + {data.rejected} rejected + "
@@ -170,14 +159,8 @@ def run(cfg: RMConfig) -> dict:
 
     # 5. Save what PPO and `weitiao score` load.
     summary = {"out": str(out), **result}
-    if main and result["finished"]:
-        final = out / "final"
-        ck.save_weights(accel.unwrap_model(scorer).model, final)
-        tokenizer.chat_template = data.template.jinja
-        tokenizer.save_pretrained(final / "tokenizer")
+    final = loop.finish(out, accel.unwrap_model(scorer).model, tokenizer, data.template.jinja, summary, log, accel)
+    if final is not None:
         base = Path(cfg.model.path)
         save_reward_meta(final, str(base.resolve()) if base.exists() else cfg.model.path, data.template.jinja)
-        log.log("done", result["steps"], **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
-    log.close()
-    accel.wait_for_everyone()
     return summary

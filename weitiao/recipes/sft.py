@@ -29,9 +29,7 @@ from weitiao.errors import UserError
 from weitiao.io import atomic_write_text
 from weitiao.losses.sft import CausalLMLoss
 from weitiao.models.load import LoraSpec, ModelSpec, build_trainable, count_params, load_tokenizer
-from weitiao.train import checkpoint as ck
 from weitiao.train import loop
-from weitiao.train.log import MetricsLog
 
 
 class DataSpec(BaseModel):
@@ -182,16 +180,8 @@ def run(cfg: SFTConfig) -> dict:
     trainable, total_params = count_params(model)
 
     # 3. Resume: weights, optimizer, RNG, data position, early-stopping state.
-    state = loop.new_state()
-    ckpt = ck.resume_point(out, t.resume)
-    if ckpt is not None:
-        state.update(ck.load_checkpoint(ckpt, model, optimizer))
-    if main and ckpt is None and (removed := ck.clear_previous_run(out)):
-        print(f"fresh run in {out}: removed the previous run's {', '.join(removed)}")
-    log = MetricsLog(out, enabled=main, tensorboard=t.tensorboard)
+    state, ckpt, log = loop.start(out, t, dump_config(cfg), model, optimizer, main)
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", dump_config(cfg))
         s = data.stats
         dropped = s.dropped_too_long + data.eval_stats.dropped_too_long
         print(
@@ -256,13 +246,7 @@ def run(cfg: SFTConfig) -> dict:
         "tokens": state["tokens"],
         **result,
     }
-    if main and result["finished"]:
-        final = out / "final"
-        ck.save_weights(accel.unwrap_model(loss_mod).model, final)
-        tokenizer.chat_template = data.template.jinja
-        tokenizer.save_pretrained(final / "tokenizer")
+    final = loop.finish(out, accel.unwrap_model(loss_mod).model, tokenizer, data.template.jinja, summary, log, accel)
+    if final is not None:
         atomic_write_text(final / "chat_template.jinja", data.template.jinja)
-        log.log("done", result["steps"], **{k: v for k, v in summary.items() if k != "out"})
-    log.close()
-    accel.wait_for_everyone()
     return summary

@@ -21,6 +21,7 @@ import torch
 
 from weitiao.data.collate import plan_epoch
 from weitiao.errors import UserError
+from weitiao.io import atomic_write_text
 from weitiao.train import checkpoint as ck
 from weitiao.train.log import MetricsLog, progress_bar
 from weitiao.train.schedule import lr_at
@@ -149,3 +150,34 @@ def fit(
 
 def new_state() -> dict[str, Any]:
     return {"step": 0, "best_eval": float("inf"), "best_step": None, "bad_evals": 0, "tokens": 0}
+
+
+def start(out: Path, t: Any, config_yaml: str, model: Any, optimizer: Any, main: bool) -> tuple[dict, Any, MetricsLog]:
+    """Resume from the checkpoint `t.resume` names (weights, optimizer, RNG, data position, early-stop
+    state) or start fresh (clearing a previous run in `out`); write config.yaml; open the metrics log."""
+    state = new_state()
+    ckpt = ck.resume_point(out, t.resume)
+    if ckpt is not None:
+        state.update(ck.load_checkpoint(ckpt, model, optimizer))
+    elif main and (removed := ck.clear_previous_run(out)):
+        print(f"fresh run in {out}: removed the previous run's {', '.join(removed)}")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", config_yaml)
+    return state, ckpt, MetricsLog(out, enabled=main, tensorboard=t.tensorboard)
+
+
+def finish(
+    out: Path, model: Any, tokenizer: Any, template_jinja: str, summary: dict, log: MetricsLog, accel: Any
+) -> Path | None:
+    """Save final weights + the tokenizer carrying the training chat template; log `done`; close."""
+    final = None
+    if accel.is_main_process and summary["finished"]:
+        final = out / "final"
+        ck.save_weights(model, final)
+        tokenizer.chat_template = template_jinja
+        tokenizer.save_pretrained(final / "tokenizer")
+        log.log("done", summary["steps"], **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    log.close()
+    accel.wait_for_everyone()
+    return final
