@@ -72,8 +72,13 @@ def test_packed_pair_logps_equal_separate_forwards(tiny_model_dir, tokenizer):
     c, r = exs[0], exs[1]
     p = next(i for i, x in enumerate(c.labels) if x != IGNORE)
     assert c.input_ids[:p] == r.input_ids[:p] and tokenizer.decode(c.input_ids[p:]).startswith("好呀")
-    rows = pair_rows([[0, 1, 2], [3, 4]])
-    b = collate(exs, rows, tokenizer.pad_token_id, packing=True)
+    for packing in (True, False):
+        check_pair_logps(model, tokenizer, exs, packing)
+
+
+def check_pair_logps(model, tokenizer, exs, packing):
+    rows = pair_rows([[0, 1, 2], [3, 4]], packing)
+    b = collate(exs, rows, tokenizer.pad_token_id, packing=packing)
     with torch.no_grad():
         _, sums, counts = dpo.sequence_logps(CausalLMLoss(model, chunk_size=8), b, 10)
         for k, i in enumerate(i for row in rows for i in row):

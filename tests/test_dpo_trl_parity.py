@@ -9,6 +9,8 @@ the test checks that its tokens are exactly weitiao's.
 
 TRL 1.16 semantics checked here:
 - sigmoid, hinge, ipo: same formula, same length averaging for ipo (completion-token count) → equal.
+  Only the logged ipo rewards differ: weitiao's rewards/margins/accuracy use the length-averaged
+  log-probs the ipo loss sees, TRL's always use summed log-probs.
 - label smoothing: TRL's `sigmoid` ignores `label_smoothing` (it is only read by robust/exo_pair/aot).
   weitiao's conservative DPO is the label-flip mixture (1−ε)·L(c≻r) + ε·L(r≻c), i.e. TRL's sigmoid on
   the batch and on the batch with chosen/rejected swapped. TRL's `robust` is a different objective:

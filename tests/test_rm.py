@@ -22,7 +22,8 @@ def test_last_target_positions():
     assert last_target_positions(targets, seq, 2).tolist() == [3, 6]
 
 
-def test_packed_scores_equal_transformers_pooling(tiny_model_dir, tokenizer):
+@pytest.mark.parametrize("packing", [True, False])
+def test_packed_scores_equal_transformers_pooling(tiny_model_dir, tokenizer, packing):
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).eval()
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -30,10 +31,10 @@ def test_packed_scores_equal_transformers_pooling(tiny_model_dir, tokenizer):
         PreferencePair([{"role": "user", "content": r["prompt"]}], r["chosen"], r["rejected"]) for r in make_pairs(4)
     ]
     exs, _ = encode_pairs(pairs, tokenizer, resolve_template(tokenizer), 128, "drop")
-    rows = pair_rows([[0, 1], [2, 3]])
-    b = collate(exs, rows, tokenizer.pad_token_id, packing=True)
+    rows = pair_rows([[0, 1], [2, 3]], packing)
+    b = collate(exs, rows, tokenizer.pad_token_id, packing=packing)
     with torch.no_grad():
-        scores = SequenceScorer(model)(b.input_ids, b.targets, b.position_ids, None, b.seq_index, 8)
+        scores = SequenceScorer(model)(b.input_ids, b.targets, b.position_ids, b.attention_mask, b.seq_index, 8)
         for k, i in enumerate(i for row in rows for i in row):
             ids = exs[i].input_ids
             end = max(j for j, x in enumerate(exs[i].labels) if x != -100) + 1  # through <|im_end|>

@@ -72,9 +72,16 @@ def encode_pairs(
     return out, stats
 
 
-def pair_rows(rows: list[list[int]]) -> list[list[int]]:
-    """Map rows of pair indices to rows of example indices (pair i → examples 2i, 2i+1)."""
-    return [[k for i in row for k in (2 * i, 2 * i + 1)] for row in rows]
+def pair_rows(rows: list[list[int]], packing: bool = True) -> list[list[int]]:
+    """Map rows of pair indices to rows of example indices (pair i → examples 2i, 2i+1).
+
+    Packed: a pair's two sequences share a row (position_ids keep them apart). Padded: every
+    sequence gets its own row, since an attention mask cannot separate sequences within a row.
+    The row-major order chosen_i, rejected_i, ... is the same either way.
+    """
+    if packing:
+        return [[k for i in row for k in (2 * i, 2 * i + 1)] for row in rows]
+    return [[k] for row in rows for i in row for k in (2 * i, 2 * i + 1)]
 
 
 def load_pairs(paths: list[str], fmt: str, skip_invalid: bool, rejects_path: Any = None) -> LoadResult:

@@ -150,7 +150,7 @@ class Reference:
         rows = [[i] for i in range(len(examples) // 2)]
         cache: dict[int, torch.Tensor] = {}
         for k in range(0, len(rows), cfg.train.micro_batch_size):
-            rr = pair_rows(rows[k : k + cfg.train.micro_batch_size])
+            rr = pair_rows(rows[k : k + cfg.train.micro_batch_size], cfg.data.packing)
             b = collate(examples, rr, pad_id, cfg.data.packing).to(device)
             order = [i for row in rr for i in row]
             tok = self.token_logps(b, order)
@@ -202,7 +202,7 @@ def evaluate(loss_mod, ref: Reference, examples: list[Encoded], cfg: DPOConfig, 
     batches = [rows[k : k + cfg.train.micro_batch_size] for k in range(0, n_pairs, cfg.train.micro_batch_size)]
     total: dict[str, torch.Tensor] = {}
     for br in batches[accel.process_index :: accel.num_processes]:
-        rr = pair_rows(br)
+        rr = pair_rows(br, cfg.data.packing)
         b = collate(examples, rr, pad_id, cfg.data.packing).to(accel.device)
         order = [i for row in rr for i in row]
         for k, v in pair_step(loss_mod, ref, b, order, cfg).items():
@@ -309,7 +309,7 @@ def run(cfg: DPOConfig) -> dict:
         lengths=pair_len,
         capacity=2 * cfg.data.max_len,
         packing=cfg.data.packing,
-        to_rows=pair_rows,
+        to_rows=lambda rows: pair_rows(rows, cfg.data.packing),
         micro_step=micro_step,
         step_info=step_info,
         summarize=summarize,

@@ -91,7 +91,7 @@ def evaluate(scorer: Any, examples: list, cfg: RMConfig, pad_id: int, accel: Any
     mb = cfg.train.micro_batch_size
     total: dict[str, torch.Tensor] = {}
     for k in list(range(0, n_pairs, mb))[accel.process_index :: accel.num_processes]:
-        rows = pair_rows([[i] for i in range(k, min(k + mb, n_pairs))])
+        rows = pair_rows([[i] for i in range(k, min(k + mb, n_pairs))], cfg.data.packing)
         rc, rr = pair_rewards(scorer, examples, rows, pad_id, cfg.data.packing, accel.device)
         for key, v in _terms(rc, rr, cfg.rm)[1].items():
             total[key] = total.get(key, 0) + v.double()
@@ -148,7 +148,7 @@ def run(cfg: RMConfig) -> dict:
         lengths=[len(data.train[2 * i]) + len(data.train[2 * i + 1]) for i in range(len(data.train) // 2)],
         capacity=2 * cfg.data.max_len,
         packing=cfg.data.packing,
-        to_rows=pair_rows,
+        to_rows=lambda rows: pair_rows(rows, cfg.data.packing),
         micro_step=micro_step,
         step_info=lambda plan: {"pairs": sum(len(row) for rows in plan for row in rows) // 2},
         summarize=lambda s, sec: {**_means(s), "pairs_per_s": float(s["pairs"]) / max(sec, 1e-9)},
