@@ -85,3 +85,10 @@ def test_truncation_policies(tokenizer):
     hist = encode(CONV, tokenizer, t, EncodeOptions(max_len=n - 1, truncation="history"))
     assert hist.truncated == "history" and trained_text(hist, tokenizer) == ["上班呢，你呢？<|im_end|>"]
     assert tokenizer.decode(hist.input_ids).startswith("<|im_start|>system\n你是朋友")
+
+
+def test_train_eot_false_masks_only_the_end_of_turn(tokenizer):
+    t = resolve_template(tokenizer)
+    enc = encode(CONV, tokenizer, t, EncodeOptions(train_eot=False))
+    assert trained_text(enc, tokenizer) == ["嗨😊", "上班呢，你呢？"]
+    assert enc.ends_with_eot  # the data has it; the loss just ignores it

@@ -44,6 +44,7 @@ class EncodeOptions:
     train_on_prompt: bool = False
     train_turns: Literal["all", "last"] = "all"
     truncation: Truncation = "drop"
+    train_eot: bool = True  # False masks the end-of-turn token: the Q147 "no </s>" experiment only
 
 
 @dataclass
@@ -123,6 +124,8 @@ def _encode_messages(messages: list[Message], tokenizer: Any, template: ChatTemp
     eot_ids = tokenizer(template.eot, add_special_tokens=False)["input_ids"]
     reply = [x for x in labels if x != IGNORE]
     ends = bool(eot_ids) and reply[-len(eot_ids) :] == eot_ids
+    if not opts.train_eot and len(eot_ids) == 1:
+        labels = [IGNORE if x == eot_ids[0] else x for x in labels]
     if opts.train_on_prompt:
         labels = list(ids)
     return Encoded(list(ids), labels, ends_with_eot=ends)

@@ -46,6 +46,7 @@ class DataSpec(BaseModel):
     truncation: Literal["drop", "cut", "history"] = "drop"
     train_on_prompt: bool = False
     train_turns: Literal["all", "last"] = "all"
+    train_eot: bool = Field(True, description="false = never learn to stop (chapter Q147 experiment only)")
     packing: bool = True
     skip_invalid: bool = False
 
@@ -121,7 +122,7 @@ def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
         convs = [convs[i] for i in perm[n_eval:]]
     else:
         eval_convs = []
-    opts = EncodeOptions(d.max_len, d.train_on_prompt, d.train_turns, d.truncation)
+    opts = EncodeOptions(d.max_len, d.train_on_prompt, d.train_turns, d.truncation, d.train_eot)
     train, stats = encode_all(convs, tokenizer, template, opts)
     evals, eval_stats = encode_all(eval_convs, tokenizer, template, opts)
     if not train:
