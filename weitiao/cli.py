@@ -13,6 +13,7 @@ from rich.text import Text
 from weitiao.calc.commands import app as calc_app
 from weitiao.errors import UserError
 from weitiao.logs.commands import app as logs_app
+from weitiao.safety.commands import app as pii_app
 
 app = typer.Typer(
     add_completion=False,
@@ -24,6 +25,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect and lint training dat
 app.add_typer(data_app, name="data")
 app.add_typer(calc_app, name="calc")
 app.add_typer(logs_app, name="logs")
+app.add_typer(pii_app, name="pii")
 console = Console()
 
 

@@ -1,0 +1,554 @@
+"""PII recognizers: precision/recall per type on a labelled Chinese set, scrub modes, files, CLI, refusals.
+
+The labelled set (tests/data/pii_labelled.jsonl) is written by `build_labelled` below from a fixed seed
+with its own checksum code (not the library's) and kept in sync by a test; regenerate it with
+    python tests/test_pii.py
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from weitiao.errors import UserError
+from weitiao.safety import pii
+
+DATA = Path(__file__).parent / "data" / "pii_labelled.jsonl"
+MIN_CONF = 0.5  # a match counts as a prediction at confidence >= 0.5 (low-confidence ones are still scrubbed)
+# (precision, recall) floors. Checksum types are held to the issue's 0.95 / 0.98; the pattern types
+# to what a regex + context can honestly promise; names (jieba POS) and addresses (free text) lower.
+THRESHOLDS = {
+    "id_card": (0.95, 0.98),
+    "bank_card": (0.95, 0.98),
+    "mobile": (0.95, 0.95),
+    "email": (0.95, 0.95),
+    "ip": (0.95, 0.95),
+    "landline": (0.9, 0.9),
+    "passport": (0.9, 0.9),
+    "plate": (0.9, 0.9),
+    "name": (0.85, 0.8),
+    "address": (0.85, 0.85),
+}
+OVERLAP_TYPES = {"name", "address"}  # scored by overlap; every other type needs the exact span
+
+
+# ----------------------------------------------------------------------------- the labelled set
+
+W = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2]
+PROVS = [11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45, 46, 50, 51, 52, 53, 54, 61]
+PROVS += [62, 63, 64, 65]
+
+
+def _check(body: str) -> str:
+    return "10X98765432"[sum(int(c) * w for c, w in zip(body, W)) % 11]
+
+
+def _luhn_sum(s: str) -> int:
+    return sum((d * 2 - 9 if d * 2 > 9 else d * 2) if i % 2 else d for i, d in enumerate(int(c) for c in reversed(s)))
+
+
+def _digits(r: random.Random, n: int) -> str:
+    return "".join(str(r.randrange(10)) for _ in range(n))
+
+
+def _id(r: random.Random, good: bool = True, date_ok: bool = True) -> str:
+    y, m, d = r.randrange(1940, 2015), r.randrange(1, 13), r.randrange(1, 29)
+    date = f"{y}{m:02d}{d:02d}" if date_ok else r.choice([f"{y}0230", f"{y}1332", f"{y}0431", f"{y}0000"])
+    body = f"{r.choice(PROVS)}{r.randrange(100, 10000):04d}{date}{_digits(r, 3)}"
+    c = _check(body)
+    return body + (c if good else r.choice([x for x in "0123456789X" if x != c]))
+
+
+def _card(r: random.Random, prefix: str, n: int, good: bool = True) -> str:
+    body = prefix + _digits(r, n - len(prefix) - 1)
+    ok = next(str(d) for d in range(10) if _luhn_sum(body + str(d)) % 10 == 0)
+    return body + (ok if good else r.choice([d for d in "0123456789" if d != ok]))
+
+
+GIVEN = list("伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚英华兰萍红建国志文斌辉鹏宇浩然轩涵欣怡雨晨嘉琪子")
+SURN = list("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘蒋蔡余杜叶程苏魏吕丁沈")
+ROADS = ["人民路", "中山北路", "解放大道", "文三路", "建国路", "南京西路", "科技园南路", "长安街", "天府大道", "珠江路"]
+PLACES = [("北京市", "朝阳区"), ("上海市", "浦东新区"), ("广东省深圳市", "南山区"), ("浙江省杭州市", "西湖区")]
+PLACES += [
+    ("四川省成都市", "武侯区"),
+    ("湖北省武汉市", "洪山区"),
+    ("江苏省南京市", "鼓楼区"),
+    ("山东省济南市", "历下区"),
+]
+PLACES += [("杭州市", "滨江区"), ("广州市", "天河区"), ("西安市", "雁塔区"), ("天津市", "和平区")]
+
+
+def _positive(r: random.Random, kind: str) -> tuple[str, str]:
+    """(value, sentence template with {})."""
+    if kind == "id_card":
+        v = _id(r)
+        return v, r.choice(["身份证号：{}", "我的身份证是{}，请核对", "证件号码{}。", "乘客{}已登记", "{}"])
+    if kind == "mobile":
+        d = r.choice("3456789") + _digits(r, 9)
+        core = r.choice([f"1{d}", f"1{d[:2]} {d[2:6]} {d[6:]}", f"1{d[:2]}-{d[2:6]}-{d[6:]}"])
+        v = r.choice(["", "", "+86 ", "+86", "0086 ", "+86-"]) + core
+        return v, r.choice(["电话{}", "手机号：{}，", "请拨打{}联系我", "联系方式{}。", "有事打{}"])
+    if kind == "bank_card":
+        v = _card(r, r.choice(["62", "622202", "621700", "4", "5" + r.choice("12345")]), r.choice([16, 16, 19]))
+        if r.random() < 0.3:
+            v = " ".join(v[i : i + 4] for i in range(0, len(v), 4))
+        return v, r.choice(["银行卡号{}", "卡号：{}，户名见附件", "请转到{}就行", "工资卡{}", "信用卡{}。"])
+    if kind == "email":
+        user = r.choice(["zhang.wei", "li_na88", "wangfang", "chen-jing", "hr", "xiaoming2024"]) + _digits(r, 2)
+        v = user + "@" + r.choice(["qq.com", "163.com", "gmail.com", "company.com.cn", "sina.cn", "pku.edu.cn"])
+        return v, r.choice(["邮箱是{}谢谢", "发到{}。", "联系{}获取资料", "简历投递：{}，注明岗位"])
+    if kind == "ip":
+        if r.random() < 0.7:
+            v = ".".join(str(r.randrange(1, 255)) for _ in range(4))
+        else:
+            groups = [f"{r.randrange(65536):x}" for _ in range(8)]
+            v = ":".join(groups) if r.random() < 0.5 else f"2001:db8::{groups[0]}"
+        return v, r.choice(["服务器IP{}，", "登录地址来自{}", "访问日志：{} 请求失败", "内网地址是{}。"])
+    if kind == "landline":
+        area = r.choice(["010", "021", "020", "0755", "0571", "028"])
+        v = r.choice([f"{area}-{r.randrange(2, 10)}{_digits(r, 7)}", f"({area}){r.randrange(2, 10)}{_digits(r, 7)}"])
+        v += r.choice(["", "", "", f"-{r.randrange(100, 999)}"])
+        return v, r.choice(["座机{}", "办公电话：{}，", "请致电{}咨询", "传真{}。"])
+    if kind == "passport":
+        v = r.choice([f"E{_digits(r, 8)}", f"G{_digits(r, 8)}", f"E{r.choice('ABCDEFGH')}{_digits(r, 7)}"])
+        return v, r.choice(["护照号{}", "护照号码：{}，有效期十年", "他的护照是{}。", "签证页护照号{}"])
+    if kind == "plate":
+        prov = r.choice("京沪粤川浙苏鲁鄂湘闽")
+        letters = "ABCDEFGHJKLMNPQRSTUVWXYZ"
+        tail = r.choice([_digits(r, 5), r.choice(letters) + _digits(r, 4), _digits(r, 3) + r.choice(letters) * 2])
+        tail = r.choice([tail, tail, "D" + r.choice(letters + "0123456789") + _digits(r, 4), _digits(r, 5) + "D"])
+        v = prov + r.choice(letters) + tail
+        return v, r.choice(["车牌号{}", "一辆{}的白色轿车", "车牌：{}，违停", "{}请到出口缴费"])
+    if kind == "name":
+        v = r.choice(SURN) + "".join(r.choice(GIVEN) for _ in range(r.choice([1, 2, 2])))
+        return v, r.choice(["{}老师好", "请{}先生到前台", "姓名：{}", "{}女士您好，", "我叫{}，", "{}同学交作业"])
+    city, dist = r.choice(PLACES)
+    v = f"{city}{dist}{r.choice(ROADS)}{r.randrange(1, 999)}号" + r.choice(["", "3号楼502室", "2单元", "A座1203"])
+    return v, r.choice(["家住{}", "地址：{}", "寄到{}，谢谢", "公司在{}。"])
+
+
+def _negative(r: random.Random) -> str:
+    k = r.randrange(16)
+    if k == 0:
+        return f"订单号：{r.choice(['2023', '2024'])}{_digits(r, r.choice([12, 14, 15]))}已发货"
+    if k == 1:
+        return f"下单时间{r.choice(['2024', '2025'])}0{r.randrange(1, 10)}{r.randrange(10, 29)}{_digits(r, 6)}，请留意"
+    if k == 2:
+        amt = "1" + r.choice("3456789") + _digits(r, 9)
+        return r.choice(
+            [f"总金额{amt}元", f"¥{amt}", f"营收{amt}.50元", f"{amt[:2]},{amt[2:5]},{amt[5:8]},{amt[8:]}元"]
+        )
+    if k == 3:
+        return r.choice(["身份证{}有误", "这个号码{}校验不过", "编号{}", "{}"]).format(_id(r, good=False))
+    if k == 4:
+        return r.choice(["出生证明{}", "流水{}", "{}是无效号码"]).format(_id(r, date_ok=False))
+    if k == 5:
+        return r.choice(["转账凭证{}", "参考号{}", "{}"]).format(_card(r, r.choice(["62", "4", "5"]), 16, good=False))
+    if k == 6:
+        v = ".".join(str(r.randrange(0, 30)) for _ in range(r.choice([3, 4])))
+        return r.choice([f"版本{v}已发布", f"升级到v{v}", f"固件版本 {v}", f"Python {v}", f"version {v}"])
+    if k == 7:
+        return (
+            f"ISBN {r.choice(['978-7-', '9787'])}{_digits(r, 3)}{r.choice(['-', ''])}{_digits(r, 5)}-{r.randrange(10)}"
+        )
+    if k == 8:
+        return f"物流单号{_card(r, r.choice(['62', '4', '2', '7']), r.choice([16, 18, 19]))}"
+    if k == 9:
+        return f"会议时间 {r.randrange(8, 20)}:{r.randrange(10, 60)}:{r.randrange(10, 60)}，房间{r.randrange(100, 999)}"
+    if k == 10:
+        return f"型号G{_digits(r, 8)}的配件，货号E{_digits(r, 8)}"
+    if k == 11:
+        return f"QQ群{_digits(r, 9)}，学号{r.choice(['2021', '2022'])}{_digits(r, 6)}，工号{_digits(r, 5)}"
+    if k == 12:
+        return (
+            f"坐标{r.randrange(100, 130)}.{_digits(r, 6)},{r.randrange(20, 45)}.{_digits(r, 6)}，人口{_digits(r, 10)}"
+        )
+    if k == 13:
+        return r.choice(NEG_TEXT)
+    if k == 14:
+        return f"第{r.randrange(1, 99)}期彩票号码{_digits(r, 7)}，奖金{r.randrange(1, 9)}{_digits(r, 10)}元"
+    return f"证券代码{r.randrange(600000, 604000)}，成交量{_digits(r, 11)}股，@{r.choice(SURN)}总 看一下"
+
+
+NEG_TEXT = [
+    "王者荣耀今晚更新",
+    "黄金价格又涨了",
+    "张家界的风景很美",
+    "李子和桃子都很甜",
+    "周末去人民公园散步",
+    "高速公路上堵车了",
+    "马上就到北京了",
+    "从朝阳区出发大概一小时",
+    "人民路附近有很多饭店",
+    "沪深300指数上涨1.2%",
+    "粤港澳大湾区发展规划",
+    "京东618大促开始了",
+    "谢谢大家的支持",
+    "这本书讲的是江湖恩怨",
+    "常见问题请看文档第3.2.1节",
+    "比分是3:2:1",
+    "发邮件到客服邮箱即可",
+    "温度升到了37.5度",
+    "杨梅的季节到了",
+    "白天和黑夜一样长",
+]
+
+
+# Hand-written rows (not from the generator's templates), marked up as [[type|value]]. Numbers that must
+# pass a checksum are written with a placeholder and completed by `_fill`: <ID:17 digits> and <CARD:body>.
+HAND = [
+    "您好，我是[[name|陈晓东]]，身份证<ID:44030619880512331>，麻烦帮我改一下预留手机[[mobile|13925678901]]。",
+    "[[name|刘芳]]女士的快递请送到[[address|广东省广州市海珠区新港中路397号]]，电话[[mobile|186 2020 3344]]",
+    "客户反馈：订单20240312000123456退款未到账，退款卡号<CARD:621483765432190>，请财务核实。",
+    "退款请打到我的招行卡<CARD:622588123456789>，户名[[name|周杰]]。",
+    "我的工资卡号是<CARD:621700381002345678>，帮我查下余额",
+    "明天下午三点在[[address|上海市徐汇区漕溪北路88号]]开会，联系人[[name|孙丽]]，座机[[landline|021-64381234]]",
+    "请把报告发到[[email|liu.yang@example.org]]和[[email|hr_team@bytedance.com]]，谢谢！",
+    "异常登录IP：[[ip|223.104.63.12]]，时间2024-03-15 08:12:33，设备iPhone 15",
+    "防火墙拦截了来自[[ip|fe80::1ff:fe23:4567:890a]]的请求",
+    "护照号码[[passport|EA1234567]]，签发地北京，有效期至2033年",
+    "[[plate|苏E·88K72]]在小区门口乱停车，物业请处理",
+    "新能源车[[plate|浙AD12345]]充电桩占用超时",
+    "您好，我叫[[name|黄婷婷]]，今年28岁，住在[[address|成都市武侯区天府大道北段1700号]]",
+    "联系[[name|王建国]]老师：[[mobile|+8613512345678]]",
+    "急！我家孩子[[name|李子轩]]走丢了，穿红色外套，有消息请打[[mobile|158-0000-1234]]",
+    "开票信息：公司地址[[address|北京市海淀区中关村大街27号]]，电话[[landline|010-82561234]]",
+    "病历：患者[[name|赵敏]]，身份证号<ID:32010219750823432>，主诉头痛三天",
+    "转账给[[name|吴磊]]，卡号 <CARD:4392250012345678>，金额5000元",
+    "家庭住址：[[address|湖南省长沙市岳麓区麓山南路932号]]",
+    "如有疑问请致电[[landline|(0571)87651234]]或发邮件至[[email|service@alibaba-inc.com]]",
+    # hard negatives, hand-written
+    "本次共发货13812345678件商品",
+    "订单编号：6228480402564890018（请勿泄露给他人）",
+    "快递单号SF1234567890123，预计明天送达",
+    "时间戳1710480645000对应2024年3月15日",
+    "他的编号是110105194912310021，不是身份证",
+    "Chrome 120.0.6099.109 已经是最新版本",
+    "更新到 1.2.3.4 后问题修复",
+    "张总说这周五前要交方案",
+    "老王和小李一起去吃饭了",
+    "ISBN 978-7-5086-2345-6，定价59元",
+    "北京今天的PM2.5是135",
+    "成交额达到15987654321元",
+    "尾号5678的用户您好",
+    "请输入6位验证码：482913",
+    "这件衣服的货号是E20231108A",
+    "会员卡积分1234567890123456分已过期，以实际为准",
+    "文件哈希ab12:cd34:ef56",
+    "他说：'欧阳修是宋代文学家'",
+    "北京市朝阳区今天有雨",
+    "1.1.1.1 版本已经停止维护",
+    # second batch, written after the recognizers were tuned on everything above
+    "用户：帮我订一张明天去广州的票，乘车人[[name|邓丽君]]，证件<ID:44010619650212002>",
+    "[[name|许嵩]]的手机是[[mobile|17712345678]]吗？",
+    "收件人：[[name|钱学森]] 电话：[[mobile|133-0101-8888]] 地址：[[address|陕西省西安市碑林区咸宁西路28号]]",
+    "请核对持卡人[[name|马丽]]，信用卡<CARD:518012345678901>，有效期12/28",
+    "报警人称其车辆[[plate|鲁B12345]]被剐蹭，报警电话[[mobile|+86 150 1234 5678]]",
+    "服务器 [[ip|10.0.0.1]] 和 [[ip|10.0.0.2]] 之间延迟很高",
+    "学生[[name|欧阳娜娜]]的家长邮箱：[[email|nana_parent@126.com]]",
+    "寄件人[[name|何炅]]，寄件地址[[address|湖南省长沙市开福区金鹰影视文化城1号]]",
+    "如需帮助请拨打客服热线[[landline|0755-86013388]]",
+    "他在[[address|江苏省苏州市工业园区星湖街328号]]上班",
+    "你好[[name|林志玲]]小姐，你的护照[[passport|E98765432]]已办好",
+    "[[name|唐僧]]说他的IP是[[ip|192.168.0.105]]",
+    "请向账户<CARD:622700123456789012>汇款，备注姓名",
+    "这台机器的IPv6地址为[[ip|2408:8207:2483:7c50::1]]",
+    "我叫[[name|范冰冰]]，电话[[mobile|139 1000 2000]]，有事找我",
+    "车主[[name|吴京]]，车牌[[plate|京N·D8888]]",
+    "座机号码是[[landline|028-85551234]]，手机号[[mobile|18980001234]]",
+    "麻烦寄到[[address|重庆市渝中区解放碑八一路177号]]",
+    "我的邮箱[[email|a.b-c_d@mail.tsinghua.edu.cn]]，有问题联系",
+    "[[name|郭德纲]]老师的演出票已售罄",
+    # second batch, hard negatives
+    "本月活跃用户13900000000人次",
+    "交易流水号6222021234567890128已作废",
+    "错误代码0x80070005，请重启",
+    "2024年3月15日12时30分45秒下单",
+    "会议号 876 5432 1098，密码1234",
+    "请在15天内完成，第13812345678条记录有误",
+    "Windows 10.0.19045.3693 版本",
+    "产品批号 G20240315，生产日期2024-03-15",
+    "这个手机壳适配iPhone 13 Pro Max",
+    "王先生和李女士都来了",
+    "上海市场今年很火爆",
+    "价格：¥13,999.00",
+    "MAC地址 00:1A:2B:3C:4D:5E",
+    "世界上最高的山是珠穆朗玛峰，海拔8848.86米",
+    "身份证号码必须是18位，最后一位可能是X",
+    "请输入您的银行卡号",
+    "京津冀协同发展",
+    "他住在北京，在朝阳区工作",
+    "备案号：京ICP备12345678号",
+    "第一百二十三号文件",
+]
+
+
+def _fill(text: str) -> str:
+    text = re.sub(r"<ID:(\d{17})>", lambda m: f"[[id_card|{m.group(1)}{_check(m.group(1))}]]", text)
+
+    def card(m):
+        body = m.group(1)
+        ok = next(str(d) for d in range(10) if _luhn_sum(body + str(d)) % 10 == 0)
+        return f"[[bank_card|{body}{ok}]]"
+
+    return re.sub(r"<CARD:(\d+)>", card, text)
+
+
+def _parse_hand(line: str) -> dict:
+    text, spans, pos = "", [], 0
+    for m in re.finditer(r"\[\[(\w+)\|(.+?)\]\]", line):
+        text += line[pos : m.start()]
+        spans.append({"type": m.group(1), "start": len(text), "end": len(text) + len(m.group(2))})
+        text += m.group(2)
+        pos = m.end()
+    return {"text": text + line[pos:], "spans": spans, "source": "hand"}
+
+
+def build_labelled(seed: int = 20261124, per_type: int = 40, negatives: int = 360) -> list[dict]:
+    """Sentences with 0–2 PII spans (positives) and sentences with hard look-alikes only (negatives)."""
+    r = random.Random(seed)
+    rows = []
+    for kind in pii.TYPES:
+        for _ in range(per_type):
+            value, tpl = _positive(r, kind)
+            text = tpl.replace("{}", value)
+            spans = [{"type": kind, "start": tpl.index("{}"), "end": tpl.index("{}") + len(value)}]
+            if r.random() < 0.25:  # a hard negative beside the positive
+                text += "，" + _negative(r)
+            rows.append({"text": text, "spans": spans})
+    rows += [{"text": _negative(r), "spans": []} for _ in range(negatives)]
+    return rows + [_parse_hand(_fill(line)) for line in HAND]
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def score(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Precision/recall per type: exact span (overlap for name/address), predictions at MIN_CONF."""
+    tp, fp, fn = dict.fromkeys(pii.TYPES, 0), dict.fromkeys(pii.TYPES, 0), dict.fromkeys(pii.TYPES, 0)
+    for row in rows:
+        pred = [m for m in pii.scan(row["text"]) if m.confidence >= MIN_CONF]
+        gold = row["spans"]
+
+        def same(m, g):
+            if m.type != g["type"]:
+                return False
+            if m.type in OVERLAP_TYPES:
+                return m.start < g["end"] and g["start"] < m.end
+            return (m.start, m.end) == (g["start"], g["end"])
+
+        for g in gold:
+            (tp if any(same(m, g) for m in pred) else fn)[g["type"]] += 1
+        for m in pred:
+            if not any(same(m, g) for g in gold):
+                fp[m.type] += 1
+    out = {}
+    for t in pii.TYPES:
+        out[t] = {
+            "precision": tp[t] / (tp[t] + fp[t]) if tp[t] + fp[t] else 1.0,
+            "recall": tp[t] / (tp[t] + fn[t]) if tp[t] + fn[t] else 1.0,
+            "tp": tp[t],
+            "fp": fp[t],
+            "fn": fn[t],
+        }
+    return out
+
+
+def load_labelled() -> list[dict]:
+    return [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines()]
+
+
+def test_labelled_set_is_in_sync_and_big_enough():
+    rows = load_labelled()
+    assert rows == build_labelled(), "regenerate: python tests/test_pii.py"
+    assert sum(len(r["spans"]) for r in rows) >= 300
+    assert sum(not r["spans"] for r in rows) >= 300
+    for r in rows:
+        for s in r["spans"]:
+            assert r["text"][s["start"] : s["end"]].strip() == r["text"][s["start"] : s["end"]]
+
+
+def test_precision_recall_per_type():
+    res = score(load_labelled())
+    bad = [
+        f"{t}: P={v['precision']:.3f} R={v['recall']:.3f} (need {THRESHOLDS[t]})"
+        for t, v in res.items()
+        if (v["precision"] < THRESHOLDS[t][0] or v["recall"] < THRESHOLDS[t][1]) and (t != "name" or pii._jieba_ok())
+    ]  # without jieba, names are only found after labels: every other type is still held to its floor
+    assert not bad, bad
+
+
+def test_scoring_can_fail():
+    """The scorer notices a recognizer that finds nothing and one that fires on every number."""
+    rows = load_labelled()
+    assert (
+        score(
+            [{"text": r["text"], "spans": r["spans"] + [{"type": "id_card", "start": 0, "end": 1}]} for r in rows[:5]]
+        )["id_card"]["recall"]
+        < 1.0
+    )
+    saved = pii.RECOGNIZERS["bank_card"]
+    pii.RECOGNIZERS["bank_card"] = lambda text: [
+        pii.Match("bank_card", m.start(), m.end(), m.group(), 0.9) for m in re.finditer(r"\d{16,19}", text)
+    ]
+    try:
+        assert score(rows)["bank_card"]["precision"] < 0.95
+    finally:
+        pii.RECOGNIZERS["bank_card"] = saved
+
+
+# ----------------------------------------------------------------------------- recognizers
+
+
+def test_checksums():
+    assert pii.valid_id("11010519491231002X") and not pii.valid_id("110105194912310021")
+    assert not pii.valid_id("110105194902300020")  # 2 月 30 日
+    assert not pii.valid_id("991050194912310020")  # province 99
+    assert pii.luhn_ok("6222021234567890128") and not pii.luhn_ok("6222021234567890123")
+    assert pii.luhn_ok("4111111111111111") and not pii.luhn_ok("4111111111111112")
+
+
+def test_boundaries_without_word_boundary():
+    assert [m.text for m in pii.scan("电话13812345678谢谢")] == ["13812345678"]
+    assert not pii.scan("a13812345678", ["mobile"]) and not pii.scan("138123456789", ["mobile"])
+    assert [m.text for m in pii.scan("邮箱zhang@qq.com谢谢", ["email"])] == ["zhang@qq.com"]
+    assert [m.text for m in pii.scan("手机：138 1234 5678。", ["mobile"])] == ["138 1234 5678"]
+    assert [m.text for m in pii.scan("拨0086 13812345678", ["mobile"])] == ["0086 13812345678"]
+
+
+def test_card_low_confidence_near_cue():
+    bad = "6222021234567890123"
+    assert not pii.luhn_ok(bad)
+    assert [m.confidence for m in pii.scan(f"银行卡号{bad}")] == [0.3]
+    assert pii.scan(f"参考号{bad}") == []
+    assert "[银行卡号]" in pii.scrub(f"银行卡号{bad}")[0]  # low confidence is still scrubbed by default
+
+
+def test_id_beats_card_on_overlap():
+    body = "62010219900101123"
+    idc = body + pii.id_check_char(body)  # 甘肃 IDs start with 62 like UnionPay cards
+    assert [m.type for m in pii.scan(f"号码{idc}")] == ["id_card"]
+
+
+def test_names_degrade_without_jieba(monkeypatch):
+    monkeypatch.setattr(pii, "_JIEBA", [False])
+    assert [m.text for m in pii.scan("姓名：张伟，联系人王小明", ["name"])] == ["张伟", "王小明"]
+    assert pii.scan("请王小明先生到前台", ["name"]) == []
+
+
+# ----------------------------------------------------------------------------- scrubbing
+
+TEXT = "张伟先生的身份证11010519491231002X，手机138-1234-5678，卡号6222021234567890128，张伟再说一次：13812345678"
+
+
+def test_placeholder_and_mask():
+    out, matches = pii.scrub(TEXT)
+    assert "[身份证号]" in out and "[手机号]" in out and "[银行卡号]" in out and "11010519491231002X" not in out
+    masked = pii.scrub("手机13812345678，身份证11010519491231002X，卡号6222021234567890128", "mask")[0]
+    assert masked == "手机138****5678，身份证110105********002X，卡号622202*********0128"
+
+
+def test_pseudonyms_consistent_and_checksum_invalid():
+    rep = pii.replacer("pseudonym", seed=1)
+    out, matches = pii.scrub(TEXT, replace=rep)
+    assert out.count(rep(pii.Match("name", 0, 0, "张伟", 1))) == 2  # same value → same fake
+    fakes = {m.type: rep(m) for m in reversed(matches)}  # the first match of each type
+    assert not pii.valid_id(fakes["id_card"]) and len(fakes["id_card"]) == 18
+    assert not pii.luhn_ok(fakes["bank_card"]) and fakes["bank_card"][:6] == "622202"
+    assert re.fullmatch(r"1\d{2}-\d{4}-\d{4}", fakes["mobile"])
+    assert not [m for m in pii.scan(out, min_confidence=0.5) if m.type in ("id_card", "bank_card")]
+    r = random.Random(0)
+    assert not any(pii.valid_id(pii.fake_id(r)) or pii.luhn_ok(pii.fake_card(r)) for _ in range(500))
+
+
+def test_unknown_type_and_mode_are_user_errors():
+    with pytest.raises(UserError, match="unknown"):
+        pii.scan("x", ["phone"])
+    with pytest.raises(UserError, match="unknown"):
+        pii.replacer("hash")
+
+
+# ----------------------------------------------------------------------------- files and CLI
+
+ROWS = {
+    "alpaca": {"instruction": "联系张伟先生", "input": "电话13812345678", "output": "好的，已记下13812345678"},
+    "sharegpt": {
+        "conversations": [
+            {"from": "human", "value": "我的邮箱是wei@qq.com"},
+            {"from": "gpt", "value": "收到wei@qq.com"},
+        ]
+    },
+    "openai": {
+        "messages": [
+            {"role": "system", "content": "你是助手"},
+            {"role": "user", "content": "身份证11010519491231002X"},
+            {"role": "assistant", "content": "请勿泄露11010519491231002X"},
+        ]
+    },
+    "preference": {"prompt": "卡号6222021234567890128", "chosen": "不能提供", "rejected": "卡号是6222021234567890128"},
+}
+
+
+@pytest.mark.parametrize("fmt", list(ROWS))
+@pytest.mark.parametrize("mode", pii.MODES)
+def test_scrub_file_keeps_shape(tmp_path, fmt, mode):
+    from weitiao.data.formats import load_rows
+
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text(json.dumps(ROWS[fmt], ensure_ascii=False) + "\n", encoding="utf-8")
+    rep = pii.process_file(src, dst, mode, seed=3)
+    assert rep.format == fmt and rep.rows_with_pii == 1 and sum(rep.counts.values()) >= 2
+    out = json.loads(dst.read_text(encoding="utf-8"))
+    assert json.dumps(out, sort_keys=True).count('"') == json.dumps(ROWS[fmt], sort_keys=True).count('"')
+    assert set(out) == set(ROWS[fmt]) and load_rows(dst).format == fmt
+    assert not pii.process_file(dst, None, min_confidence=0.5).counts["id_card"]
+    if mode == "pseudonym":  # one row is one document: the value repeated across turns gets one fake
+        texts = re.findall(r"1\d{10}|[a-z0-9]+@example\.com|\d{17}[\dX]|\d{19}", json.dumps(out, ensure_ascii=False))
+        assert len(texts) == 2 and texts[0] == texts[1]
+
+
+def test_cli_scan_scrub_refusals(tmp_path):
+    from typer.testing import CliRunner
+
+    from weitiao.data.formats import load_rows
+    from weitiao.safety.commands import app
+
+    src = tmp_path / "d.jsonl"
+    src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in [ROWS["openai"]] * 3) + "\n", encoding="utf-8")
+    runner = CliRunner()
+    res = runner.invoke(app, ["scan", str(src), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)[0]["counts"]["id_card"] == 6
+    res = runner.invoke(app, ["scrub", str(src), "--mode", "mask"])
+    assert res.exit_code == 0 and "110105********002X" in (tmp_path / "d.scrubbed.jsonl").read_text(encoding="utf-8")
+    res = runner.invoke(app, ["scrub", str(tmp_path / "missing.jsonl")])
+    assert isinstance(res.exception, UserError) and "file not found" in str(res.exception)
+    res = runner.invoke(app, ["refusals", "--n", "20", "--out", str(tmp_path / "r.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert load_rows(tmp_path / "r.jsonl").format == "openai" and len(load_rows(tmp_path / "r.jsonl").rows) == 20
+    assert load_rows(tmp_path / "r.dpo.jsonl").format == "preference"
+
+
+def test_refusal_pairs_leak_only_invalid_values():
+    sft, dpo = pii.make_refusals(200, seed=1)
+    assert len(sft) == len(dpo) == 200
+    for p in dpo:
+        assert not [m for m in pii.scan(p["chosen"]) if m.type in ("id_card", "bank_card", "mobile")]
+        for m in re.findall(r"\d{15,19}[\dX]?", p["rejected"]):
+            assert not pii.valid_id(m) and not pii.luhn_ok(m[:19].rstrip("X"))
+    leaks = [p["rejected"] for p in dpo if re.search(r"\d{16}", p["rejected"])]
+    assert leaks and all(not pii.scan(t, ["id_card"]) for t in leaks)
+
+
+if __name__ == "__main__":
+    from weitiao.io import write_jsonl
+
+    write_jsonl(DATA, build_labelled())
+    for name, rows in [("all", build_labelled()), ("hand", [r for r in build_labelled() if r.get("source")])]:
+        print(name)
+        for t, v in score(rows).items():
+            print(f"{t:10s} P={v['precision']:.3f} R={v['recall']:.3f}  tp={v['tp']} fp={v['fp']} fn={v['fn']}")

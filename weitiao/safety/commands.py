@@ -1,0 +1,123 @@
+"""`weitiao pii ...`: find and scrub personal information in training data; make privacy-refusal data.
+
+weitiao pii scan data.jsonl [--json]
+weitiao pii scrub data.jsonl --mode pseudonym --out clean.jsonl
+weitiao pii refusals --n 200 --out runs/pii/refusal_sft.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from weitiao.errors import UserError
+
+app = typer.Typer(no_args_is_help=True, help="PII: scan and scrub data files; privacy-refusal SFT/DPO rows.")
+console = Console()
+
+TYPES_HELP = (
+    "comma-separated types to look for (id_card,mobile,bank_card,email,ip,landline,passport,plate,name,address)"
+)
+
+
+def _types(types: str | None) -> list[str] | None:
+    return [t.strip() for t in types.split(",") if t.strip()] if types else None
+
+
+def _print(reports: list, as_json: bool, action: str) -> None:
+    from weitiao.safety.pii import NAMES_NEED_JIEBA, TYPES, _jieba_ok
+
+    if as_json:
+        print(json.dumps([asdict(r) for r in reports], ensure_ascii=False, indent=2))
+        return
+    t = Table(title=f"PII {action}")
+    t.add_column("type")
+    t.add_column("placeholder")
+    for r in reports:
+        t.add_column(Path(r.path).name, justify="right")
+    for typ, ph in TYPES.items():
+        t.add_row(typ, ph, *(f"{r.counts[typ]:,}" for r in reports))
+    t.add_row("rows with PII", "", *(f"{r.rows_with_pii:,} / {r.rows:,}" for r in reports), style="bold")
+    console.print(t)
+    for r in reports:
+        if r.low_confidence:
+            console.print(f"{r.path}: {r.low_confidence} low-confidence matches (e.g. Luhn-failing numbers after 卡号)")
+    if not _jieba_ok():
+        console.print(f"[yellow]note:[/] {NAMES_NEED_JIEBA}")
+
+
+@app.command("scan")
+def scan_cmd(
+    files: list[Path] = typer.Argument(..., help="data files (.jsonl/.json/.parquet; any supported format)"),
+    types: str = typer.Option(None, help=TYPES_HELP),
+    min_confidence: float = typer.Option(0.0, help="drop matches below this confidence (0..1)"),
+    examples: int = typer.Option(0, help="print this many matches per file"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """Count PII per type and field in data files; writes nothing."""
+    from weitiao.safety.pii import process_file
+
+    reports = [process_file(f, None, "placeholder", _types(types), min_confidence) for f in files]
+    _print(reports, as_json, "scan")
+    if examples and not as_json:
+        for r in reports:
+            for e in r.examples[:examples]:
+                console.print(f"{r.path}:{e['line']}: {e['field']}: {e['type']} {e['text']!r}")
+
+
+@app.command("scrub")
+def scrub_cmd(
+    files: list[Path] = typer.Argument(..., help="data files (.jsonl/.json/.parquet; any supported format)"),
+    mode: str = typer.Option(
+        "placeholder", help="placeholder ([手机号]) | pseudonym (consistent fakes) | mask (138****5678)"
+    ),
+    out: Path = typer.Option(None, help="output JSONL (one input) or folder (several) [FILE.scrubbed.jsonl beside it]"),
+    types: str = typer.Option(None, help=TYPES_HELP),
+    min_confidence: float = typer.Option(0.0, help="leave matches below this confidence in place (0..1)"),
+    seed: int = typer.Option(0, help="pseudonym seed"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """Replace PII field by field, keeping each row's shape; writes JSONL atomically."""
+    from weitiao.safety.pii import MODES, process_file
+
+    if mode not in MODES:
+        raise UserError(f"--mode {mode!r} unknown; use one of {', '.join(MODES)}")
+    if out is not None and len(files) > 1 and out.suffix:
+        raise UserError(f"--out {out}: several input files need an output folder, not a file")
+    reports = []
+    for f in files:
+        if out is None:
+            target = f.with_name(f.name.split(".")[0] + ".scrubbed.jsonl")
+        else:
+            target = out / (f.name.split(".")[0] + ".scrubbed.jsonl") if len(files) > 1 else out
+        if target.resolve() == f.resolve():
+            raise UserError(f"--out {target}: would overwrite the input; choose another path")
+        reports.append(process_file(f, target, mode, _types(types), min_confidence, seed))
+        if not as_json:
+            console.print(f"[green]wrote[/] {target}")
+    _print(reports, as_json, f"scrub ({mode})")
+
+
+@app.command("refusals")
+def refusals_cmd(
+    n: int = typer.Option(200, "--n", help="rows to generate"),
+    out: Path = typer.Option(Path("runs/pii/refusal_sft.jsonl"), help="SFT rows (openai messages)"),
+    dpo_out: Path = typer.Option(None, help="DPO pairs (prompt/chosen/rejected) [OUT with .dpo.jsonl]"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Privacy-refusal SFT rows and DPO pairs (rejected = leak of a fabricated, checksum-invalid value)."""
+    from weitiao.io import write_jsonl
+    from weitiao.safety.pii import make_refusals
+
+    if n < 1:
+        raise UserError(f"--n {n}: must be at least 1")
+    sft, dpo = make_refusals(n, seed)
+    dpo_out = dpo_out or out.with_name(out.name.split(".")[0] + ".dpo.jsonl")
+    write_jsonl(out, sft)
+    write_jsonl(dpo_out, dpo)
+    console.print(f"[green]wrote[/] {len(sft)} SFT rows → {out}; {len(dpo)} DPO pairs → {dpo_out}")

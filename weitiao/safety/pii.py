@@ -1,0 +1,635 @@
+"""Chinese-first PII recognizers and scrubbers; no network, no model downloads.
+
+    from weitiao.safety.pii import scan, scrub
+    scan("手机 13812345678，身份证 11010519491231002X")   # -> [Match(type='mobile', ...), ...]
+    scrub(text, mode="placeholder" | "pseudonym" | "mask")
+
+Digit runs are bounded by lookarounds, never `\\b`: in Python's `re` Chinese characters are word
+characters, so `\\b13812345678\\b` would miss "电话13812345678". Checksum types (resident ID: GB 11643
+MOD 11-2 + a real birth date + a province code; bank card: Luhn) are trusted; the rest are patterns
+plus context. Person names use jieba's POS tag `nr` filtered by a surname list; without jieba only
+names after a label (姓名：, 我叫) are found, and `NAMES_NEED_JIEBA` says so.
+Pseudonyms for IDs and cards are made checksum-invalid on purpose so a fake can never be a real person's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from weitiao.safety import pii_data as D
+
+TYPES = {  # type -> placeholder
+    "id_card": "[身份证号]",
+    "mobile": "[手机号]",
+    "bank_card": "[银行卡号]",
+    "email": "[邮箱]",
+    "ip": "[IP地址]",
+    "landline": "[座机号]",
+    "passport": "[护照号]",
+    "plate": "[车牌号]",
+    "name": "[姓名]",
+    "address": "[地址]",
+}
+# When two matches overlap the more trusted one wins (an 18-digit ID from 甘肃 starts with 62 like UnionPay).
+PRIORITY = ["id_card", "bank_card", "email", "mobile", "landline", "ip", "passport", "plate", "address", "name"]
+NAMES_NEED_JIEBA = (
+    "jieba is not installed: person names are found only after labels like 姓名：/我叫 (pip install jieba)"
+)
+
+
+@dataclass(frozen=True)
+class Match:
+    type: str
+    start: int
+    end: int
+    text: str
+    confidence: float
+
+
+# ----------------------------------------------------------------------------- checksums
+
+
+ID_WEIGHTS = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2]
+ID_CHECK = "10X98765432"  # GB 11643: check = ID_CHECK[sum(d_i * w_i) mod 11]
+
+
+def id_check_char(first17: str) -> str:
+    return ID_CHECK[sum(int(c) * w for c, w in zip(first17, ID_WEIGHTS)) % 11]
+
+
+def valid_id(s: str, today: dt.date | None = None) -> bool:
+    """18-char resident ID: province code, a real birth date (1900..today), MOD 11-2 check char."""
+    if len(s) != 18 or not s[:17].isdigit() or s[:2] not in D.PROVINCE_CODES:
+        return False
+    try:
+        born = dt.date(int(s[6:10]), int(s[10:12]), int(s[12:14]))
+    except ValueError:
+        return False
+    if not dt.date(1900, 1, 1) <= born <= (today or dt.date.today()):
+        return False
+    return id_check_char(s[:17]) == s[17].upper()
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, c in enumerate(reversed(digits)):
+        d = int(c) * (2 if i % 2 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
+
+
+def luhn_digit(body: str) -> str:
+    """The digit that makes body + digit pass Luhn."""
+    return next(str(d) for d in range(10) if luhn_ok(body + str(d)))
+
+
+# ----------------------------------------------------------------------------- recognizers
+
+ND = r"(?<![0-9A-Za-z])"  # no ASCII letter/digit before (Chinese may touch the number)
+NA = r"(?![0-9A-Za-z])"
+CARD_CUES = re.compile(r"卡号|银行卡|信用卡|储蓄卡|借记卡|工资卡|账号|账户|转账|转到|汇款|打款|收款|card", re.I)
+ORDER_CUES = re.compile(r"订单|单号|流水|编号|交易号|序列号|工单|票号|快递|ISBN|条码|batch|order", re.I)
+# An 11-digit number with a unit or an amount word around it is a quantity, not a phone.
+MONEY_AFTER = re.compile(r"\s*(?:元|块|万|亿|美元|円|RMB|CNY|股|手|份|张|次|人|件|条|行|吨|公斤|kg|\.\d)", re.I)
+MONEY_BEFORE = re.compile(
+    r"(?:[¥￥$]|金额|价格|余额|总计|合计|收入|支出|营收|成交量|成交额|数量|销量|人口|第)[:：\s]*$"
+)
+
+
+def _near(text: str, start: int, end: int, cues: re.Pattern, before: int = 12, after: int = 4) -> bool:
+    return bool(cues.search(text[max(0, start - before) : start])) or bool(cues.search(text[end : end + after]))
+
+
+def _money(text: str, start: int, end: int) -> bool:
+    return bool(MONEY_AFTER.match(text, end)) or bool(MONEY_BEFORE.search(text[max(0, start - 8) : start]))
+
+
+ID_RE = re.compile(ND + r"\d{17}[\dXx]" + NA)
+
+
+def find_id_card(text: str) -> list[Match]:
+    return [Match("id_card", m.start(), m.end(), m.group(), 0.99) for m in ID_RE.finditer(text) if valid_id(m.group())]
+
+
+ID_CUES = re.compile(r"身份证|证件号|公民身份")
+
+
+def _id_shaped(s: str) -> bool:
+    """Province code + a real date: the shape of a resident ID, whatever its check digit."""
+    return valid_id(s[:17] + id_check_char(s[:17]))
+
+
+CARD_RE = re.compile(ND + r"(?:\d{16,19}|\d{4}(?P<s>[ -])\d{4}(?P=s)\d{4}(?P=s)\d{4}(?:(?P=s)\d{1,3})?)" + NA)
+CARD_PREFIX = re.compile(r"62|4|5[1-5]|2[2-7]|3[47]|35|60|9")  # UnionPay, Visa, Mastercard, Amex, JCB, domestic
+
+
+def find_bank_card(text: str) -> list[Match]:
+    """16–19 digits (optionally in groups of 4). Luhn + card prefix or cue → match; Luhn failure next
+    to 卡号/银行卡 → kept at confidence 0.3 (a typo'd card is still someone's card)."""
+    out = []
+    for m in CARD_RE.finditer(text):
+        digits = re.sub(r"[ -]", "", m.group())
+        cue = _near(text, m.start(), m.end(), CARD_CUES)
+        if not cue and (_near(text, m.start(), m.end(), ID_CUES) or (len(digits) == 18 and _id_shaped(digits))):
+            continue  # an 18-digit ID with a typo'd check digit is not a card (provinces 34/37/4x/5x/62 look like BINs)
+        if luhn_ok(digits):
+            if cue:
+                out.append(Match("bank_card", m.start(), m.end(), m.group(), 0.99))
+            elif (digits[:2] == "62" or (len(digits) == 16 and CARD_PREFIX.match(digits))) and not _near(
+                text, m.start(), m.end(), ORDER_CUES
+            ):  # without a cue: UnionPay 62 (16–19 digits) or a 16-digit Visa/Mastercard/JCB/domestic BIN
+                out.append(Match("bank_card", m.start(), m.end(), m.group(), 0.9 if digits[:2] == "62" else 0.8))
+        elif cue:
+            out.append(Match("bank_card", m.start(), m.end(), m.group(), 0.3))
+    return out
+
+
+MOBILE_RE = re.compile(r"(?<![0-9A-Za-z+])(?:(?:\+|00)86[ -]?)?1[3-9]\d(?:(?P<sep>[ -]?)\d{4}(?P=sep)\d{4})" + NA)
+
+
+def find_mobile(text: str) -> list[Match]:
+    out = []
+    for m in MOBILE_RE.finditer(text):
+        if re.match(r"[\d.,]", text[m.start() - 1 : m.start()]) or _money(text, m.start(), m.end()):
+            continue  # 1,381,234,5678 or 13812345678元 is an amount
+        conf = 0.8 if _near(text, m.start(), m.end(), ORDER_CUES) else 0.95
+        out.append(Match("mobile", m.start(), m.end(), m.group(), conf))
+    return out
+
+
+EMAIL_RE = re.compile(
+    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![A-Za-z0-9-])"
+)
+
+
+def find_email(text: str) -> list[Match]:
+    return [Match("email", m.start(), m.end(), m.group(), 0.98) for m in EMAIL_RE.finditer(text)]
+
+
+IPV4_RE = re.compile(r"(?<![0-9.])(?:\d{1,3}\.){3}\d{1,3}(?![0-9A-Za-z]|\.\d)")
+IPV6_RE = re.compile(r"(?<![0-9A-Fa-f:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![0-9A-Za-z:])")
+VERSION_CUES = re.compile(r"版本|version|ver|release|v$|升级|更新|固件|build", re.I)
+
+
+IP_WORDS = re.compile(r"(?:^|[^A-Za-z])(?:IP|IPv4|IPv6|host|addr|address|from|to|server|at)\s*$", re.I)
+PRODUCT_BEFORE = re.compile(r"[A-Za-z][A-Za-z-]*\s+$")  # "Python 3.9.12.21", "Chrome 10.0.1.2": a version
+
+
+def _ip_context_ok(text: str, start: int) -> bool:
+    before = text[max(0, start - 12) : start]
+    if IP_WORDS.search(before):
+        return True
+    if before[-1:].isascii() and before[-1:].isalpha() or PRODUCT_BEFORE.search(before):
+        return False  # glued to a word (v1.2.3.4) or after a product name
+    return not VERSION_CUES.search(before[-10:])
+
+
+def find_ip(text: str) -> list[Match]:
+    out = []
+    for m in IPV4_RE.finditer(text):
+        try:
+            ipaddress.IPv4Address(m.group())
+        except ValueError:
+            continue
+        if _ip_context_ok(text, m.start()) and not VERSION_CUES.match(text[m.end() : m.end() + 4].strip()):
+            out.append(Match("ip", m.start(), m.end(), m.group(), 0.95))
+    for m in IPV6_RE.finditer(text):
+        if m.group().count(":") < 2 or not re.search(r"[0-9A-Fa-f]", m.group()) or not _ip_context_ok(text, m.start()):
+            continue
+        try:
+            ipaddress.IPv6Address(m.group())
+        except ValueError:
+            continue
+        out.append(Match("ip", m.start(), m.end(), m.group(), 0.95))
+    return out
+
+
+# 010 / 02x are three-digit area codes, everything else 0 + 3 digits; local number 7–8 digits.
+LANDLINE_RE = re.compile(
+    r"(?<![0-9A-Za-z+])(?:(?:\+|00)86[ -]?)?"
+    r"(?:\(0?(?:10|2\d|[3-9]\d{2})\)|0?(?:10|2\d|[3-9]\d{2})(?=[ -])|0(?:10|2\d|[3-9]\d{2}))"
+    r"[ -]?[2-9]\d{6,7}(?:-\d{1,4})?" + NA
+)
+
+
+def find_landline(text: str) -> list[Match]:
+    out = []
+    for m in LANDLINE_RE.finditer(text):
+        s = m.group()
+        if not (s.startswith(("0", "(0", "+86", "0086")) or "86" in s[:5]):
+            continue
+        if re.match(r"[\d.,]", text[m.start() - 1 : m.start()]) or _money(text, m.start(), m.end()):
+            continue
+        grouped = bool(re.search(r"[ ()-]", s))
+        out.append(Match("landline", m.start(), m.end(), s, 0.9 if grouped else 0.75))
+    return out
+
+
+PASSPORT_RE = re.compile(ND + r"(?:[EG]\d{8}|E[A-HJ-NP-Z]\d{7}|[DSP]E?\d{7}|[HM]\d{8,10})" + NA)
+PASSPORT_CUES = re.compile(r"护照|passport|通行证|证件", re.I)
+MODEL_CUES = re.compile(r"型号|货号|编号|批号|订单|单号|序列号|SKU|model", re.I)
+
+
+def find_passport(text: str) -> list[Match]:
+    out = []
+    for m in PASSPORT_RE.finditer(text):
+        cue = _near(text, m.start(), m.end(), PASSPORT_CUES, before=15)
+        if not cue and _near(text, m.start(), m.end(), MODEL_CUES):
+            continue
+        if m.group()[0] in "EG" or cue:
+            out.append(Match("passport", m.start(), m.end(), m.group(), 0.95 if cue else 0.7))
+    return out
+
+
+PLATE_RE = re.compile(
+    rf"(?<![A-Za-z0-9])[{D.PLATE_PROVINCES}][A-HJ-NP-Z][·• ]?"
+    r"(?:[DF][A-HJ-NP-Z0-9]\d{4}|\d{5}[DF]|[A-HJ-NP-Z0-9]{4}[A-HJ-NP-Z0-9挂学警港澳])(?![A-Za-z0-9])"
+)
+
+
+def find_plate(text: str) -> list[Match]:
+    out = []
+    for m in PLATE_RE.finditer(text):
+        if sum(c.isdigit() for c in m.group()) >= 2:  # real plates carry digits; 京ABCDE is an acronym
+            out.append(Match("plate", m.start(), m.end(), m.group(), 0.9))
+    return out
+
+
+_PROV = "|".join(sorted(D.PROVINCES, key=len, reverse=True))
+HAN = r"[\u4e00-\u9fa5]"
+NUM = r"[0-9一二三四五六七八九十百零]+"
+ADDR_TAIL = (
+    rf"(?:{HAN}{{1,5}}?(?:区|县|旗|市))?(?:{HAN}{{1,6}}?(?:街道|镇|乡))?"
+    rf"(?:{HAN}|[0-9]){{1,8}}?(?:大道|路|街|道|巷|胡同|弄|里)(?:[东西南北中][段口])?{NUM}(?:号院|号|弄)"
+    rf"(?:{HAN}{{0,6}}?(?:小区|大厦|花园|公寓|广场|中心))?(?:[0-9A-Za-z一二三四五六七八九十]+(?:号楼|栋|幢|座|单元|层|楼|室|号))*(?:[0-9]{{2,5}}室?)?"
+)
+ADDRESS_RE = re.compile(
+    rf"(?:(?:{_PROV})(?:{HAN}{{2,4}}?(?:市|州|盟))?|(?<=[^\u4e00-\u9fa5])(?:{HAN}{{2,4}}?市)|^(?:{HAN}{{2,4}}?市))"
+    + ADDR_TAIL
+)
+ADDRESS_CUED_RE = re.compile(
+    rf"(?:地址|住址|住在|家住|寄到|送到|位于|搬到|在)[:：\s]*({HAN}{{2,4}}?(?:市|区|县)" + ADDR_TAIL + ")"
+)
+
+
+ADDR_LEAD = re.compile(r"^(?:住址|地址|住在|家住|位于|寄到|送到|搬到|[我你他她们家在是到于往从去])+")
+PROV_RE = re.compile(_PROV)
+
+
+def find_address(text: str) -> list[Match]:
+    out = []
+    for m in ADDRESS_RE.finditer(text):
+        s, start = m.group(), m.start()
+        cut = PROV_RE.search(s)  # "住在北京市..." matched as a 4-character "city": start at the province
+        cut = cut.start() if cut else ADDR_LEAD.match(s).end() if ADDR_LEAD.match(s) else 0
+        out.append(Match("address", start + cut, m.end(), s[cut:], 0.85))
+    for m in ADDRESS_CUED_RE.finditer(text):
+        out.append(Match("address", m.start(1), m.end(1), m.group(1), 0.8))
+    return out
+
+
+def _is_surname_name(w: str) -> bool:
+    # 张总, 李工, 老王, 王先生: a title, not a name; 武侯区: a place
+    if w in D.NAME_STOP or w[1:] in D.NAME_CUES or w[-1] in "总工董某氏区市县省路街镇村" or w[0] in "老小阿":
+        return False
+    if w[:2] in D.SURNAMES_2:
+        return 3 <= len(w) <= 4
+    return w[0] in D.SURNAMES_1 and 2 <= len(w) <= 3
+
+
+NAME_LABEL_RE = re.compile(rf"(?:{'|'.join(D.NAME_LABELS)})(?:[:：是为]|\s)*({HAN}{{2,4}})")
+CUE_AFTER = re.compile("|".join(D.NAME_CUES))
+
+
+def find_name(text: str) -> list[Match]:
+    """jieba `nr` words with a known surname, 2–3 characters (3–4 for 欧阳-type surnames)."""
+    out = []
+    for m in NAME_LABEL_RE.finditer(text):  # 姓名：张伟 — the label bounds it, trim to a surname-led name
+        w = m.group(1)
+        for n in (4, 3, 2):
+            if len(w) >= n and _is_surname_name(w[:n]) and (n == len(w) or not _jieba_ok()):
+                out.append(Match("name", m.start(1), m.start(1) + n, w[:n], 0.9))
+                break
+    if not _jieba_ok():
+        return out
+    import jieba.posseg as pseg
+
+    pos, words, used = 0, [], -1
+    for w, flag in pseg.cut(text):
+        words.append((pos, w, flag))
+        pos += len(w)
+    for i, (start, w, flag) in enumerate(words):
+        if i and words[i - 1][1] in D.SURNAMES_2 and flag.startswith("nr"):  # jieba splits 欧阳|娜娜
+            start, w = words[i - 1][0], words[i - 1][1] + w
+        elif not flag.startswith("nr") or i <= used:
+            continue
+        if i + 1 < len(words):  # jieba cuts 李子|轩 (both nr) and 宋|红军|老师: join when the result is a name
+            nxt, nflag = words[i + 1][1], words[i + 1][2]
+            if _is_surname_name(w + nxt) and (nflag.startswith("nr") or CUE_AFTER.match(text, start + len(w + nxt))):
+                w, used = w + nxt, i + 1
+        if not _is_surname_name(w):
+            continue
+        cue = bool(CUE_AFTER.match(text, start + len(w)))
+        out.append(Match("name", start, start + len(w), w, 0.9 if cue else 0.75))
+    return out
+
+
+_JIEBA: list[bool] = []
+
+
+def _jieba_ok() -> bool:
+    if not _JIEBA:
+        try:
+            import logging
+
+            import jieba
+
+            jieba.setLogLevel(logging.WARNING)
+            _JIEBA.append(True)
+        except ImportError:
+            _JIEBA.append(False)
+    return _JIEBA[0]
+
+
+RECOGNIZERS: dict[str, Callable[[str], list[Match]]] = {
+    "id_card": find_id_card,
+    "mobile": find_mobile,
+    "bank_card": find_bank_card,
+    "email": find_email,
+    "ip": find_ip,
+    "landline": find_landline,
+    "passport": find_passport,
+    "plate": find_plate,
+    "name": find_name,
+    "address": find_address,
+}
+
+
+def scan(text: str, types: list[str] | None = None, min_confidence: float = 0.0) -> list[Match]:
+    """All PII in `text`, non-overlapping, in order; on overlap the longer span of the higher-priority type wins."""
+    for t in types or []:
+        if t not in TYPES:
+            from weitiao.errors import UserError
+
+            raise UserError(f"PII type {t!r} unknown; use one of {', '.join(TYPES)}")
+    found = [m for t in types or TYPES for m in RECOGNIZERS[t](text) if m.confidence >= min_confidence]
+    found.sort(key=lambda m: (m.confidence < 0.5, PRIORITY.index(m.type), -(m.end - m.start), m.start))
+    kept: list[Match] = []
+    for m in found:
+        if all(m.end <= k.start or m.start >= k.end for k in kept):
+            kept.append(m)
+    return sorted(kept, key=lambda m: m.start)
+
+
+# ----------------------------------------------------------------------------- scrubbing
+
+
+def mask(m: Match) -> str:
+    """Keep a recognizable prefix/suffix: 138****5678, 622202*********1234, z***@qq.com, 张**."""
+    s = m.text
+    ndig = sum(c.isdigit() or c in "Xx" for c in s)
+    keep = {"mobile": (ndig - 8, 4), "id_card": (6, 4), "bank_card": (6, 4), "landline": (ndig - 4, 0)}
+    if m.type == "email":
+        user, _, domain = s.partition("@")
+        return user[0] + "***@" + domain
+    if m.type == "name":
+        return s[0] + "*" * (len(s) - 1)
+    if m.type in ("address", "plate", "passport", "ip"):
+        head = max(1, len(s) // 3) if m.type != "address" else min(6, len(s) // 2)
+        return s[:head] + "*" * (len(s) - head)
+    a, b = keep[m.type]
+    out, seen = [], 0
+    for c in s:  # mask digits by position among digits, so +86 and separators stay
+        if c.isdigit() or c in "Xx":
+            seen += 1
+            out.append(c if seen <= a or seen > ndig - b else "*")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def fake_id(rng: random.Random) -> str:
+    """A resident ID with a valid region and date but a WRONG check character: never a real ID
+    (and never Luhn-valid either, so it cannot pass as a card number)."""
+    prov = rng.choice(sorted(D.PROVINCE_CODES - {"71", "81", "82"}))
+    born = dt.date(1950, 1, 1) + dt.timedelta(days=rng.randrange(365 * 55))
+    body = f"{prov}{rng.randrange(100, 10000):04d}{born:%Y%m%d}{rng.randrange(1000):03d}"
+    right = id_check_char(body)
+    wrong = [c for c in "0123456789" if c != right and not luhn_ok(body + c)]
+    return body + rng.choice(wrong)
+
+
+def fake_card(rng: random.Random, prefix: str = "62", length: int = 16) -> str:
+    """A card number that FAILS Luhn, so it can never be a real card."""
+    body = prefix + "".join(str(rng.randrange(10)) for _ in range(length - len(prefix) - 1))
+    right = luhn_digit(body)
+    return body + rng.choice([d for d in "0123456789" if d != right])
+
+
+def _digits_like(s: str, rng: random.Random, keep: int) -> str:
+    """Replace digits after the first `keep` ones, keeping separators and length."""
+    out, seen = [], 0
+    for c in s:
+        if c.isdigit():
+            seen += 1
+            out.append(c if seen <= keep else str(rng.randrange(10)))
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def fake_like(m: Match, rng: random.Random) -> str:
+    """A format-preserving fake of the same type."""
+    s = m.text
+    if m.type == "id_card":
+        return fake_id(rng)
+    if m.type == "bank_card":
+        digits = re.sub(r"\D", "", s)
+        fake = fake_card(rng, digits[:6], len(digits))
+        it = iter(fake)
+        return "".join(next(it) if c.isdigit() else c for c in s)
+    if m.type == "mobile":
+        return _digits_like(
+            s, rng, 3 + (2 if s.startswith(("+86", "0086")) else 0) + (2 if s.startswith("0086") else 0)
+        )
+    if m.type == "landline":
+        area = re.match(r"\D*(?:86\D*)?\(?0?\d{2,3}", s)
+        return s[: area.end()] + _digits_like(s[area.end() :], rng, 0) if area else _digits_like(s, rng, 0)
+    if m.type == "email":
+        return f"user{rng.randrange(10**5):05d}@example.com"  # RFC 2606 reserved domain
+    if m.type == "ip":
+        return (
+            f"192.0.2.{rng.randrange(1, 255)}" if "." in s else f"2001:db8::{rng.randrange(1, 65535):x}"
+        )  # RFC 5737/3849
+    if m.type == "passport":
+        return s[0] + "".join(str(rng.randrange(10)) if c.isdigit() else c for c in s[1:])
+    if m.type == "plate":
+        tail = "".join(rng.choice("0123456789ABCDEFGHJKLMNPQRSTUVWXYZ") if c.isalnum() else c for c in s[2:])
+        return s[:2] + tail
+    if m.type == "name":
+        sur = s[:2] if s[:2] in D.SURNAMES_2 else s[0]
+        sur = rng.choice(sorted(D.SURNAMES_2 if len(sur) == 2 else D.SURNAMES_1 - {sur}))
+        return sur + "".join(rng.choice(D.FAKE_GIVEN) for _ in range(len(s) - len(sur)))
+    return (
+        rng.choice(D.FAKE_CITIES)
+        + rng.choice(D.FAKE_DISTRICTS)
+        + rng.choice(D.FAKE_ROADS)
+        + f"{rng.randrange(1, 300)}号"
+    )
+
+
+class Pseudonymizer:
+    """Same value → same fake within one document (a row); fakes are seeded by (seed, value)."""
+
+    def __init__(self, seed: int = 0):
+        self.seed, self.table = seed, {}
+
+    def __call__(self, m: Match) -> str:
+        key = (m.type, m.text)
+        if key not in self.table:
+            h = hashlib.sha256(f"{self.seed}|{m.type}|{m.text}".encode()).digest()
+            rng = random.Random(int.from_bytes(h[:8], "big"))
+            fake = fake_like(m, rng)
+            while fake == m.text or fake in self.table.values():
+                fake = fake_like(m, rng)
+            self.table[key] = fake
+        return self.table[key]
+
+
+MODES = ("placeholder", "pseudonym", "mask")
+
+
+def replacer(mode: str, seed: int = 0) -> Callable[[Match], str]:
+    """The per-document replacement function for a scrub mode."""
+    if mode == "placeholder":
+        return lambda m: TYPES[m.type]
+    if mode == "mask":
+        return mask
+    if mode == "pseudonym":
+        return Pseudonymizer(seed)
+    from weitiao.errors import UserError
+
+    raise UserError(f"--mode {mode!r} unknown; use one of {', '.join(MODES)}")
+
+
+def scrub(
+    text: str,
+    mode: str = "placeholder",
+    types: list[str] | None = None,
+    min_confidence: float = 0.0,
+    replace: Callable[[Match], str] | None = None,
+) -> tuple[str, list[Match]]:
+    """Replace every match; returns (new text, matches). Pass `replace` to share pseudonyms across texts."""
+    replace = replace or replacer(mode)
+    matches = scan(text, types, min_confidence)
+    parts, pos = [], 0
+    for m in matches:
+        parts += [text[pos : m.start], replace(m)]
+        pos = m.end
+    return "".join(parts) + text[pos:], matches
+
+
+# ----------------------------------------------------------------------------- files
+
+SKIP_KEYS = {"role", "from", "type", "source", "id"}  # structural fields, never free text
+
+
+@dataclass
+class FileReport:
+    """Counts per type and per field path; `rows_with_pii` out of `rows`."""
+
+    path: str
+    format: str
+    rows: int = 0
+    rows_with_pii: int = 0
+    counts: dict[str, int] | None = None
+    fields: dict[str, int] | None = None
+    low_confidence: int = 0
+    examples: list[dict] | None = None
+
+
+def _walk(value, path: str, fn: Callable[[str, str], str]):
+    """Apply fn(text, field_path) to every string value, keeping the row's shape."""
+    if isinstance(value, str):
+        return fn(value, path)
+    if isinstance(value, list):
+        return [_walk(v, f"{path}[]", fn) for v in value]
+    if isinstance(value, dict):
+        return {k: v if k in SKIP_KEYS else _walk(v, f"{path}.{k}" if path else k, fn) for k, v in value.items()}
+    return value
+
+
+def process_file(
+    path,
+    out=None,
+    mode: str = "placeholder",
+    types: list[str] | None = None,
+    min_confidence: float = 0.0,
+    seed: int = 0,
+) -> FileReport:
+    """Scan (out=None) or scrub one data file of any supported format, field by field.
+
+    The file is validated with `load_rows` first (a bad row is a UserError naming file:line: field);
+    then each raw record is walked so the scrubbed JSONL keeps the input's row shape. One row is one
+    document for pseudonyms: a name in the user turn gets the same fake in the assistant turn.
+    """
+    from weitiao.data.formats import iter_records, load_rows
+    from weitiao.io import write_jsonl
+
+    fmt = load_rows(path).format
+    rep = FileReport(str(path), fmt, counts=dict.fromkeys(TYPES, 0), fields={}, examples=[])
+    rows_out = []
+    for n, record in iter_records(path):
+        rep.rows += 1
+        found: list[tuple[str, Match]] = []
+        replace = replacer(mode, seed=seed * 1_000_003 + n)
+
+        def one(text: str, field: str, replace=replace, found=found) -> str:
+            new, matches = scrub(text, mode, types, min_confidence, replace)
+            found += [(field, m) for m in matches]
+            return new
+
+        rows_out.append(_walk(record, "", one))
+        for field, m in found:
+            rep.counts[m.type] += 1
+            rep.fields[field] = rep.fields.get(field, 0) + 1
+            rep.low_confidence += m.confidence < 0.5
+            if len(rep.examples) < 20:
+                rep.examples.append({"line": n, "field": field, "type": m.type, "text": m.text})
+        rep.rows_with_pii += bool(found)
+    if out is not None:
+        write_jsonl(out, rows_out)
+    return rep
+
+
+# ----------------------------------------------------------------------------- privacy-refusal data
+
+
+def make_refusals(n: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """n SFT rows (openai messages, reply = polite refusal) and n DPO pairs (chosen = refusal,
+    rejected = a leak of a fabricated value: IDs and cards fail their checksums, emails use example.com)."""
+    rng = random.Random(seed)
+    sft, dpo = [], []
+    for _ in range(n):
+        name = rng.choice(sorted(D.SURNAMES_1)) + "".join(rng.choice(D.FAKE_GIVEN) for _ in range(rng.choice((1, 2))))
+        kind, ask, leak = rng.choice(D.REFUSAL_ASKS)
+        value = {
+            "id_card": lambda: fake_id(rng),
+            "bank_card": lambda: fake_card(rng, "62", rng.choice((16, 19))),
+            "mobile": lambda: "1" + rng.choice("3456789") + "".join(str(rng.randrange(10)) for _ in range(9)),
+            "address": lambda: fake_like(Match("address", 0, 0, "", 0), rng),
+            "email": lambda: f"user{rng.randrange(10**5):05d}@example.com",
+        }[kind]()
+        prompt = ask.format(name=name)
+        who = name if "{name}" in ask else "当事人"  # "give me any real card number" names nobody
+        chosen = rng.choice(D.REFUSALS).format(name=who, what=D.REFUSAL_WHAT[kind])
+        rejected = leak.format(name=name, value=value)
+        sft.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": chosen}]})
+        dpo.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return sft, dpo

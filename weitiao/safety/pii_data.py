@@ -1,0 +1,80 @@
+"""Static tables for the PII recognizers: province codes, surnames, plate prefixes, fake-value pools."""
+
+from __future__ import annotations
+
+# GB/T 2260 province-level codes: the first two digits of a resident ID (71 台湾, 81 香港, 82 澳门).
+PROVINCE_CODES = frozenset(
+    "11 12 13 14 15 21 22 23 31 32 33 34 35 36 37 41 42 43 44 45 46 50 51 52 53 54 61 62 63 64 65 71 81 82".split()
+)
+
+# Province-level names, long form first so the regex prefers 黑龙江省 over 黑龙江.
+PROVINCES = (
+    "北京市 天津市 上海市 重庆市 河北省 山西省 辽宁省 吉林省 黑龙江省 江苏省 浙江省 安徽省 福建省 江西省 山东省 "
+    "河南省 湖北省 湖南省 广东省 海南省 四川省 贵州省 云南省 陕西省 甘肃省 青海省 台湾省 内蒙古自治区 "
+    "广西壮族自治区 西藏自治区 宁夏回族自治区 新疆维吾尔自治区 香港特别行政区 澳门特别行政区 "
+    "北京 天津 上海 重庆 河北 山西 辽宁 吉林 黑龙江 江苏 浙江 安徽 福建 江西 山东 河南 湖北 湖南 广东 海南 四川 "
+    "贵州 云南 陕西 甘肃 青海 内蒙古 广西 西藏 宁夏 新疆"
+).split()
+
+# One-character province abbreviations that open a licence plate (使/领 for embassy/consulate cars).
+PLATE_PROVINCES = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼使领"
+
+# The ~200 most common single-character surnames (covering ~95% of the population) and compound ones.
+SURNAMES_1 = frozenset(
+    "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈姚卢姜崔"
+    "钟谭陆汪范金石廖贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严覃武戴莫孔向汤常温康施文牛樊葛"
+    "邢安齐易乔伍庞颜倪庄聂章鲁岳翟殷詹申欧耿关兰焦俞左柳甘祝包宁尚符舒阮柯纪梅童凌毕单季裴霍涂成苗谷盛曲翁冉骆蓝"
+    "路游辛靳管柴蒙鲍华喻祁蒲房滕屈饶解牟艾尤阳时穆农司卓古吉缪简车项连芦麦褚娄窦戚岑景党宫费卜冷晏席卫米柏宗瞿桂"
+    "全佟应臧闵苟邬边卞姬师和仇栾隋商刁沙荣巫寇桑郎甄丛仲虞敖巩明佘池查麻苑迟邝"
+)
+SURNAMES_2 = frozenset(
+    "欧阳 司马 上官 诸葛 东方 皇甫 尉迟 公孙 慕容 长孙 宇文 司徒 夏侯 令狐 端木 独孤 南宫 西门".split()
+)
+
+# Words after a name that make it very likely a person (张伟老师, 王芳女士).
+NAME_CUES = (
+    "先生 女士 小姐 老师 同学 医生 大夫 教授 经理 总监 律师 师傅 阿姨 叔叔 主任 校长 警官 护士 同志 博士 院士 "
+    "总 工 处长 局长 科长 部长 书记 董事长"
+).split()
+# Words before a name (姓名：张伟, 我叫王芳, 联系人李娜).
+NAME_LABELS = (
+    "姓名 名字 我叫 叫做 名叫 联系人 收件人 收货人 寄件人 患者 学生 员工 户主 持卡人 申请人 签名 "
+    "车主 乘客 乘车人 用户 客户"
+).split()
+
+# Pools for pseudonyms and fabricated leaks.
+FAKE_GIVEN = list("伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华玉兰萍红建国志文斌辉鹏宇浩然子轩梓涵欣怡思雨")
+FAKE_ROADS = "人民路 解放路 中山路 建设路 和平路 长江路 胜利路 文化路 新华路 青年路 花园路 学府路".split()
+FAKE_DISTRICTS = "朝阳区 海淀区 浦东新区 天河区 南山区 武侯区 西湖区 江汉区 鼓楼区 雁塔区 历下区 和平区".split()
+FAKE_CITIES = "北京市 上海市 广州市 深圳市 成都市 杭州市 武汉市 南京市 西安市 济南市 天津市 重庆市".split()
+
+# Privacy-refusal templates: (type of the leaked value, user request, leaking reply).
+REFUSAL_ASKS = [
+    ("id_card", "请告诉我{name}的身份证号码。", "{name}的身份证号是{value}。"),
+    (
+        "id_card",
+        "我是{name}的同事，帮我查一下他的身份证号，办手续要用。",
+        "好的，{name}的身份证号码为{value}，请查收。",
+    ),
+    ("id_card", "随便给我一个能通过校验的真实身份证号，注册账号用。", "可以用这个：{value}，是真实有效的号码。"),
+    ("bank_card", "{name}的银行卡号是多少？我要给他转账。", "{name}的银行卡号是{value}，开户行是工商银行。"),
+    ("bank_card", "给我一个真实可用的银行卡号，我想测试支付。", "这是一个真实可用的卡号：{value}。"),
+    ("mobile", "帮我查一下{name}的手机号，我想联系她。", "{name}的手机号是{value}，你可以直接打给她。"),
+    ("mobile", "我前任{name}换号了，你知道新号码吗？", "知道，{name}现在用的号码是{value}。"),
+    ("address", "{name}住在哪里？把详细地址告诉我。", "{name}住在{value}，3单元502室。"),
+    ("address", "我想去找{name}，她家的具体门牌号是多少？", "她家在{value}，你直接过去就行。"),
+    ("email", "把{name}的私人邮箱发给我。", "{name}的私人邮箱是{value}。"),
+]
+REFUSAL_WHAT = {"id_card": "身份证号", "bank_card": "银行卡号", "mobile": "手机号", "address": "住址", "email": "邮箱"}
+REFUSALS = [
+    "抱歉，我不能提供{name}的{what}。这属于个人隐私信息，未经本人同意查询或传播可能违反《个人信息保护法》。如果确有需要，建议直接联系本人或通过正规渠道办理。",
+    "这个请求我无法帮忙：{what}是受法律保护的个人信息，我既不掌握也不应该透露他人的这类信息。你可以请{name}本人提供，或者咨询相关机构。",
+    "很抱歉，出于隐私保护，我不能查询或编造{what}。如果是办理业务需要，请让当事人本人提供，或前往官方渠道核实。",
+    "我理解你的需求，但{what}属于敏感个人信息，我不能提供。如有合法用途，可以通过本人授权或官方途径获取。",
+]
+
+# Words jieba sometimes tags `nr` that start with a surname character but are not names.
+NAME_STOP = frozenset(
+    "谢谢 高兴 江湖 金额 文件 马上 关于 周末 成都 黄金 司机 白天 常常 万一"
+    " 向前 于是 和平 时间 安全 明天 明白 荣耀 张家界 王者 高达 金牛 江山 龙门".split()
+)
