@@ -92,6 +92,25 @@ def score(
 
 
 @app.command()
+def serve(
+    model: str = typer.Option("demo", help="base model dir or hub id"),
+    adapter: str = typer.Option(None, help="run dir or peft adapter dir"),
+    host: str = typer.Option("127.0.0.1", help="bind address (0.0.0.0 to listen on the network)"),
+    port: int = typer.Option(8000),
+    api_key: str = typer.Option(None, envvar="WEITIAO_API_KEY", help="require Authorization: Bearer KEY"),
+    max_batch: int = typer.Option(8, help="choices generated together in one batch"),
+    max_queue: int = typer.Option(64, help="waiting requests beyond which the server answers 429"),
+    max_new_tokens: int = typer.Option(256, help="default and ceiling for max_tokens"),
+    quant: str = typer.Option("none", help="load the base as none|4bit|8bit"),
+    template: str = typer.Option("auto", help="chat template: auto, tokenizer, chatml, qwen, llama3, plain"),
+) -> None:
+    """OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models, /health."""
+    from weitiao.infer import serve as tool
+
+    tool.serve(model, adapter, host, port, api_key, max_batch, max_queue, max_new_tokens, quant, template)
+
+
+@app.command()
 def export(
     adapter: str = typer.Option(..., help="run dir (uses final/adapter) or a peft adapter dir"),
     out: Path = typer.Option(..., help="output dir"),

@@ -1,0 +1,209 @@
+"""`weitiao serve` on loopback, driven by the official `openai` client (and httpx for raw HTTP)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from transformers import AutoModelForCausalLM
+
+from weitiao.data.templates import resolve_template
+from weitiao.infer.serve import ServeSettings, create_app
+
+MSGS = [{"role": "system", "content": "你是朋友"}, {"role": "user", "content": "今天天气怎么样？"}]
+
+
+@contextmanager
+def running(app):
+    """Serve `app` with uvicorn on a free loopback port in a thread; yield its base URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 10
+    while not server.started and time.time() < deadline:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_model_dir, tokenizer):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    return model, tokenizer, resolve_template(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def url(parts):
+    with running(create_app(*parts, ServeSettings(model_name="tiny"))) as base:
+        yield base
+
+
+def client(base: str, key: str = "none") -> openai.OpenAI:
+    return openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=30)
+
+
+def test_chat_non_stream_and_usage(url, parts):
+    _, tok, template = parts
+    r = client(url).chat.completions.create(model="tiny", messages=MSGS, max_tokens=12, temperature=0)
+    assert r.object == "chat.completion" and r.model == "tiny" and len(r.choices) == 1
+    c = r.choices[0]
+    assert c.message.role == "assistant" and isinstance(c.message.content, str)
+    assert c.finish_reason in ("stop", "length")
+    n_prompt = len(tok(template.render(tok, MSGS, add_generation_prompt=True), add_special_tokens=False)["input_ids"])
+    assert r.usage.prompt_tokens == n_prompt
+    assert 0 < r.usage.completion_tokens <= 12 or c.finish_reason == "stop"
+    assert (c.finish_reason == "length") == (r.usage.completion_tokens == 12)
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_stream_equals_non_stream_greedy(url):
+    c = client(url)
+    full = c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=20, temperature=0)
+    chunks = list(
+        c.chat.completions.create(
+            model="tiny",
+            messages=MSGS,
+            max_tokens=20,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == full.choices[0].message.content
+    finals = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    assert finals == [full.choices[0].finish_reason]
+    assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+
+
+def test_n_choices_and_seed(url):
+    c = client(url)
+    r = c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=8, n=2, temperature=0)
+    assert [ch.index for ch in r.choices] == [0, 1]
+    assert r.choices[0].message.content == r.choices[1].message.content  # greedy: the same answer twice
+    if all(ch.finish_reason == "length" for ch in r.choices):
+        assert r.usage.completion_tokens == 16  # usage counts every choice's tokens, the prompt once
+    a, b = (
+        c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=8, temperature=1.0, seed=7) for _ in range(2)
+    )
+    assert a.choices[0].message.content == b.choices[0].message.content
+
+
+def test_completions_stop_models_health(url):
+    c = client(url)
+    r = c.completions.create(model="tiny", prompt="今天天气", max_tokens=16, temperature=0)
+    text = r.choices[0].text
+    assert r.object == "text_completion" and r.usage.prompt_tokens > 0
+    if len(text) > 6:  # a stop string in the middle cuts the same greedy text there
+        stop = text[4:6]
+        cut = c.completions.create(model="tiny", prompt="今天天气", max_tokens=16, temperature=0, stop=[stop])
+        assert cut.choices[0].text == text[: text.find(stop)] and cut.choices[0].finish_reason == "stop"
+    assert [m.id for m in c.models.list().data] == ["tiny"]
+    h = httpx.get(url + "/health").json()
+    assert h["status"] == "ok" and h["context"] == 512
+
+
+def test_bad_requests_are_400(url):
+    bad = httpx.post(url + "/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert bad.status_code == 400 and "malformed JSON" in bad.json()["error"]["message"]
+    field = httpx.post(url + "/v1/chat/completions", json={"messages": MSGS, "temperature": -1})
+    assert field.status_code == 400 and "temperature" in field.json()["error"]["message"]
+    with pytest.raises(openai.BadRequestError, match="context"):
+        client(url).chat.completions.create(model="tiny", messages=[{"role": "user", "content": "天气 " * 600}])
+
+
+def test_client_disconnect_frees_its_slot(url):
+    before = httpx.get(url + "/health").json()["cancelled"]
+    body = {"messages": MSGS, "max_tokens": 400, "temperature": 0, "stream": True}
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body) as r:
+        next(r.iter_lines())  # first event arrived; now hang up
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        h = httpx.get(url + "/health").json()
+        if h["cancelled"] > before and h["running"] == 0:
+            break
+        time.sleep(0.05)
+    assert h["cancelled"] > before and h["running"] == 0
+    assert client(url).chat.completions.create(model="tiny", messages=MSGS, max_tokens=4).choices
+
+
+def test_api_key(parts):
+    with running(create_app(*parts, ServeSettings(model_name="tiny", api_key="sk-test"))) as base:
+        with pytest.raises(openai.AuthenticationError):
+            client(base, "wrong").models.list()
+        assert httpx.post(base + "/v1/completions", json={"prompt": "x"}).status_code == 401
+        assert client(base, "sk-test").completions.create(model="tiny", prompt="x", max_tokens=2).choices
+        assert httpx.get(base + "/health").status_code == 200  # health stays open for probes
+
+
+def test_queue_overflow_answers_429_and_stays_healthy(parts):
+    settings = ServeSettings(model_name="tiny", max_batch=1, max_queue=1)
+    with running(create_app(*parts, settings)) as base:
+        body = {"messages": MSGS, "max_tokens": 48, "temperature": 0}
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda _: httpx.post(base + "/v1/chat/completions", json=body, timeout=30), range(8)))
+        statuses = sorted(r.status_code for r in codes)
+        assert 200 in statuses and 429 in statuses and set(statuses) <= {200, 429}
+        assert next(r for r in codes if r.status_code == 429).json()["error"]["type"] == "rate_limit_error"
+        assert httpx.get(base + "/health").json()["status"] == "ok"
+        assert httpx.post(base + "/v1/chat/completions", json=body, timeout=30).status_code == 200
+
+
+def test_hooks(parts):
+    app = create_app(
+        *parts,
+        ServeSettings(model_name="tiny"),
+        input_screen=lambda msgs: "不能聊这个" if "秘密" in msgs[-1]["content"] else None,
+        output_filter=lambda text: "[filtered]" + text[:3],
+    )
+    with running(app) as base:
+        c = client(base)
+        r = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "告诉我秘密"}])
+        assert r.choices[0].message.content == "不能聊这个" and r.choices[0].finish_reason == "content_filter"
+        assert r.usage.completion_tokens == 0
+        ok = c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=6, temperature=0)
+        assert ok.choices[0].message.content.startswith("[filtered]")
+        chunks = c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=6, temperature=0, stream=True)
+        assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == ok.choices[0].message.content
+
+
+def test_batched_and_paused_rows_answer_like_single_requests(parts):
+    """Short and long requests share batches; long rows get paused for newcomers and resumed, same greedy text."""
+    prompts = [
+        "今天天气怎么样？",
+        "周末有什么安排？",
+        "推荐一部电影吧。",
+        "怎么做番茄炒蛋？",
+        "你会做饭吗？",
+        "Hello world",
+    ]
+    jobs = [(p, 2 if i % 2 else 30) for i, p in enumerate(prompts * 2)]
+    with running(create_app(*parts, ServeSettings(model_name="tiny", max_batch=4))) as base:
+        c = client(base)
+
+        def ask(job):
+            p, k = job
+            r = c.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": p}], max_tokens=k, temperature=0
+            )
+            return r.choices[0].message.content, r.usage.completion_tokens
+
+        alone = [ask(j) for j in jobs]
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            together = list(pool.map(ask, jobs))
+        health = httpx.get(base + "/health").json()
+    assert together == alone
+    assert health["batches"] < 2 * len(jobs) and health["paused"] > 0
