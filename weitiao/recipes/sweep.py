@@ -69,6 +69,9 @@ def plot(rows: list[dict], key: str, path: Path) -> None:
     for ax, col in zip(axes, ("margins", "accuracy", "kl")):
         ax.plot(xs, [r[col] for r in rows], marker="o")
         ax.set_xscale("log" if min(xs) > 0 and max(xs) / min(xs) >= 10 else "linear")
+        ys = [r[col] for r in rows]
+        if min(ys) > 0 and max(ys) / min(ys) >= 100:  # KL spans orders of magnitude across β
+            ax.set_yscale("log")
         ax.set_xlabel(key)
         ax.set_title(col)
         ax.grid(alpha=0.3)
