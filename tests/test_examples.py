@@ -6,36 +6,17 @@ import pytest
 import torch
 import yaml
 
+from weitiao.calc.lora import PRESETS
 from weitiao.config import load_config
 from weitiao.recipes.dpo import DPOConfig
 from weitiao.recipes.rm import RMConfig
 from weitiao.recipes.sft import SFTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-# Shapes from the public config.json of each model (no download here).
+# Real shapes (from each model's public config.json) live in the LoRA calculator's presets.
 SHAPES = {
-    "Qwen/Qwen2.5-7B-Instruct": (
-        "qwen2",
-        dict(
-            hidden_size=3584,
-            intermediate_size=18944,
-            num_hidden_layers=28,
-            num_attention_heads=28,
-            num_key_value_heads=4,
-            vocab_size=152064,
-        ),
-    ),
-    "meta-llama/Meta-Llama-3-70B-Instruct": (
-        "llama",
-        dict(
-            hidden_size=8192,
-            intermediate_size=28672,
-            num_hidden_layers=80,
-            num_attention_heads=64,
-            num_key_value_heads=8,
-            vocab_size=128256,
-        ),
-    ),
+    "Qwen/Qwen2.5-7B-Instruct": PRESETS["qwen2.5-7b"],
+    "meta-llama/Meta-Llama-3-70B-Instruct": PRESETS["llama-3-70b"],
 }
 CONFIGS = sorted((ROOT / "examples").glob("*.yaml"))
 
