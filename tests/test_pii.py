@@ -552,3 +552,13 @@ if __name__ == "__main__":
         print(name)
         for t, v in score(rows).items():
             print(f"{t:10s} P={v['precision']:.3f} R={v['recall']:.3f}  tp={v['tp']} fp={v['fp']} fn={v['fn']}")
+
+
+def test_server_output_filter_redacts_or_blocks():
+    from weitiao.safety.pii import output_filter
+
+    reply = "好的，他的手机号是13812345678，邮箱 zhang@example.com"
+    red = output_filter("redact")(reply)
+    assert "13812345678" not in red and "[手机号]" in red and red.startswith("好的，")
+    assert output_filter("block")(reply).startswith("抱歉")
+    assert output_filter("block")("周末去爬山吧😊") == "周末去爬山吧😊"

@@ -103,11 +103,12 @@ def serve(
     max_new_tokens: int = typer.Option(256, help="default and ceiling for max_tokens"),
     quant: str = typer.Option("none", help="load the base as none|4bit|8bit"),
     template: str = typer.Option("auto", help="chat template: auto, tokenizer, chatml, qwen, llama3, plain"),
+    pii: str = typer.Option(None, help="filter replies: redact (placeholders) or block (refuse) PII"),
 ) -> None:
     """OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models, /health."""
     from weitiao.infer import serve as tool
 
-    tool.serve(model, adapter, host, port, api_key, max_batch, max_queue, max_new_tokens, quant, template)
+    tool.serve(model, adapter, host, port, api_key, max_batch, max_queue, max_new_tokens, quant, template, pii=pii)
 
 
 @app.command()

@@ -480,8 +480,9 @@ def serve(
     quant: str = "none",
     template: str = "auto",
     model_name: str | None = None,
+    pii: str | None = None,
 ) -> None:
-    """Load the model (+ adapter) and serve it until Ctrl-C."""
+    """Load the model (+ adapter) and serve it until Ctrl-C; `pii` = redact|block filters replies."""
     import uvicorn
 
     from weitiao.infer.chat import load_chat_model
@@ -490,5 +491,10 @@ def serve(
     m, tok = load_chat_model(resolve_path(model), adapter, quant)
     name = model_name or (adapter or model).rstrip("/").split("/")[-1]
     settings = ServeSettings(name, api_key, max_batch, max_queue, max_new_tokens)
-    app = create_app(m, tok, resolve_template(tok, template), settings)
+    hook = None
+    if pii:
+        from weitiao.safety.pii import output_filter
+
+        hook = output_filter(pii)
+    app = create_app(m, tok, resolve_template(tok, template), settings, output_filter=hook)
     uvicorn.run(app, host=host, port=port, log_level="warning")

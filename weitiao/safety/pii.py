@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from weitiao.errors import UserError
 from weitiao.safety import pii_data as D
 
 TYPES = {  # type -> placeholder
@@ -375,8 +376,6 @@ def scan(text: str, types: list[str] | None = None, min_confidence: float = 0.0)
     """All PII in `text`, non-overlapping, in order; on overlap the longer span of the higher-priority type wins."""
     for t in types or []:
         if t not in TYPES:
-            from weitiao.errors import UserError
-
             raise UserError(f"PII type {t!r} unknown; use one of {', '.join(TYPES)}")
     found = [m for t in types or TYPES for m in RECOGNIZERS[t](text) if m.confidence >= min_confidence]
     found.sort(key=lambda m: (m.confidence < 0.5, PRIORITY.index(m.type), -(m.end - m.start), m.start))
@@ -513,8 +512,6 @@ def replacer(mode: str, seed: int = 0) -> Callable[[Match], str]:
         return mask
     if mode == "pseudonym":
         return Pseudonymizer(seed)
-    from weitiao.errors import UserError
-
     raise UserError(f"--mode {mode!r} unknown; use one of {', '.join(MODES)}")
 
 
@@ -533,6 +530,16 @@ def scrub(
         parts += [text[pos : m.start], replace(m)]
         pos = m.end
     return "".join(parts) + text[pos:], matches
+
+
+def output_filter(action: str) -> Callable[[str], str]:
+    """A server output filter: `redact` masks PII in replies (typed placeholders); `block` replaces a
+    reply that contains PII with a refusal."""
+    if action == "redact":
+        return lambda text: scrub(text, "placeholder", min_confidence=0.5)[0]
+    if action == "block":
+        return lambda text: "抱歉，这个回答涉及个人信息，不能提供。" if scan(text, min_confidence=0.5) else text
+    raise UserError(f"--pii {action!r} unknown; use redact or block")
 
 
 # ----------------------------------------------------------------------------- files
