@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness import print_table, run_all, run_child, spawn
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL, PAIRS = REPO / "weitiao/demo/model", REPO / "weitiao/demo/data/prefs.jsonl"
@@ -201,18 +200,6 @@ def summarize(r: dict, warmup: int) -> dict:
     }
 
 
-def spawn(fw: str, a, root: Path) -> dict:
-    cmd = [sys.executable, __file__, *sys.argv[1:], "--child", fw, "--root", str(root), "--max-len", str(a.max_len)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_OFFLINE": "1"}
-    t0, load0 = time.perf_counter(), os.getloadavg()[0]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-    if p.returncode != 0:
-        sys.exit(f"{fw} child failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
-    line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    load = f"load avg 1 min {load0:.2f} before, {os.getloadavg()[0]:.2f} after"
-    return json.loads(line[7:]) | {"wall": time.perf_counter() - t0, "load": load}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=20, help="optimizer steps")
@@ -238,14 +225,7 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.child:
-        import torch
-
-        if a.threads:
-            torch.set_num_threads(a.threads)
-        res = (child_weitiao if a.child == "weitiao" else child_trl)(a, Path(a.root))
-        res["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print("RESULT " + json.dumps(res))
+    if run_child(a, {"weitiao": child_weitiao, "trl": child_trl}):
         return
     fws = [f.strip() for f in a.frameworks.split(",") if f.strip()]
     with tempfile.TemporaryDirectory(prefix="weitiao_dpo_bench_") as tmp:
@@ -253,22 +233,13 @@ def main() -> None:
         p = plan(a, root)
         a.max_len = p["max_len"]
         print(f"{p['pairs']} pairs; weitiao: --batches {a.batches}, data.max_len={a.max_len}, {a.rows} rows/step")
-        runs = {fw: [] for fw in fws}
-        for i in range(a.repeat):  # alternate frameworks so background load hits both alike
-            for fw in fws:
-                print(f"running {fw} ({i + 1}/{a.repeat}) ...", flush=True)
-                r = spawn(fw, a, root)
-                runs[fw].append(r | ({"data_targets": p["data_targets"]} if fw == "weitiao" else {}))
+        extra = ["--max-len", str(a.max_len)]
+        runs = run_all(fws, a.repeat, lambda fw: spawn(__file__, fw, root, extra))
+        runs["weitiao"] = [r | {"data_targets": p["data_targets"]} for r in runs.get("weitiao", [])]
     raw = {fw: min(rs, key=lambda r: summarize(r, a.warmup)["s/step (timed median)"]) for fw, rs in runs.items()}
     res = {fw: summarize(r, a.warmup) for fw, r in raw.items()}
     two = len(fws) == 2
-    print(f"\ntimed window: steps {a.warmup + 1}..{a.steps}; ratio = {fws[0]} / {fws[-1]}")
-    head = f"{'metric':<26} | " + " | ".join(f"{fw:>10}" for fw in fws) + (f" | {'ratio':>7}" if two else "")
-    print(head + "\n" + "-" * len(head))
-    for key in next(iter(res.values())):
-        vals = [res[fw][key] for fw in fws]
-        ratio = f" | {vals[0] / vals[1]:>7.3f}" if two and vals[1] else ""
-        print(f"{key:<26} | " + " | ".join(f"{v:>10.4g}" for v in vals) + ratio)
+    print_table(res, fws, f"timed window: steps {a.warmup + 1}..{a.steps}; ratio = {fws[0]} / {fws[-1]}")
     for fw in fws:
         print(f"{fw}: {raw[fw]['layout']}; {raw[fw]['load']}")
         if a.repeat > 1:

@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness import print_table, run_all, run_child, spawn
 
 CHATML = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
@@ -278,18 +276,6 @@ def summarize(r: dict, warmup: int) -> dict:
     }
 
 
-def spawn(fw: str, a, root: Path) -> dict:
-    cmd = [sys.executable, __file__, "--child", fw, "--root", str(root)] + sys.argv[1:]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_OFFLINE": "1"}
-    t0, load0 = time.perf_counter(), os.getloadavg()[0]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if p.returncode != 0:
-        sys.exit(f"{fw} child failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
-    line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    load = f"load avg 1 min {load0:.2f} before, {os.getloadavg()[0]:.2f} after (other processes skew timings)"
-    return json.loads(line[7:]) | {"wall": time.perf_counter() - t0, "load": load}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=30, help="optimizer steps")
@@ -318,35 +304,18 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.child:
-        if a.threads:
-            import torch
-
-            torch.set_num_threads(a.threads)
-        res = (child_weitiao if a.child == "weitiao" else child_trl)(a, Path(a.root))
-        res["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print("RESULT " + json.dumps(res))
+    if run_child(a, {"weitiao": child_weitiao, "trl": child_trl}):
         return
     fws = [f.strip() for f in a.frameworks.split(",") if f.strip()]
     with tempfile.TemporaryDirectory(prefix="weitiao_bench_") as tmp:
         root = Path(tmp)
         info = build(a, root)
         print(f"built: {info}  (steps={a.steps} batch={a.batch}×{a.max_len} quant={a.quant})", flush=True)
-        runs = {fw: [] for fw in fws}
-        for i in range(a.repeat):  # alternate frameworks so background load hits both alike
-            for fw in fws:
-                print(f"running {fw} ({i + 1}/{a.repeat}) ...", flush=True)
-                runs[fw].append(spawn(fw, a, root))
+        runs = run_all(fws, a.repeat, lambda fw: spawn(__file__, fw, root))
     key = "s/step (timed median)"
     raw = {fw: min(rs, key=lambda r: summarize(r, a.warmup)[key]) for fw, rs in runs.items()}
     res = {fw: summarize(r, a.warmup) for fw, r in raw.items()}
-    print(f"\ntimed window: steps {a.warmup + 1}..{a.steps}; ratio = weitiao / TRL")
-    head = f"{'metric':<26} | " + " | ".join(f"{fw:>10}" for fw in fws)
-    print(head + (f" | {'ratio':>7}" if len(fws) == 2 else "") + "\n" + "-" * (len(head) + 10))
-    for key in next(iter(res.values())):
-        vals = [res[fw][key] for fw in fws]
-        ratio = f" | {vals[0] / vals[1]:>7.3f}" if len(fws) == 2 and vals[1] else ""
-        print(f"{key:<26} | " + " | ".join(f"{v:>10.4g}" for v in vals) + ratio)
+    print_table(res, fws, f"timed window: steps {a.warmup + 1}..{a.steps}; ratio = weitiao / TRL")
     for fw in fws:
         print(f"{fw}: {raw[fw]['packing']}; {raw[fw]['load']}")
         if a.repeat > 1:
