@@ -37,6 +37,19 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def read_yaml_mapping(path: Path, expected: str = "a mapping") -> dict:
+    """Parse a YAML file that must hold a mapping; errors name the file (and line)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected {expected}")
+    return data
+
+
 def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | None = None) -> C:
     """Read YAML (if given), apply overrides, validate; errors name the file and the key."""
     data: dict = {}
@@ -45,14 +58,7 @@ def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | No
         p = Path(path)
         if not p.exists():
             raise UserError(f"{p}: config file not found")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark else ""
-            raise UserError(f"{p}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{p}: expected a mapping of sections at the top level")
+        data = read_yaml_mapping(p, "a mapping of sections at the top level")
     data = apply_overrides(data, overrides or [])
     try:
         return cls.model_validate(data)

@@ -13,7 +13,7 @@ from typing import Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from weitiao.config import apply_overrides
+from weitiao.config import apply_overrides, read_yaml_mapping
 from weitiao.errors import UserError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
@@ -190,15 +190,7 @@ def builtin_profiles(kind: str) -> list[str]:
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise UserError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of config keys")
-    return data
+    return read_yaml_mapping(path, "a mapping of config keys")
 
 
 def _merge(base: dict, top: dict) -> dict:
