@@ -214,3 +214,16 @@ def test_fresh_run_in_used_dir_starts_clean(tiny_model_dir, chat_file, tmp_path)
     sft.run(config(tiny_model_dir, chat_file, tmp_path / "run", "train.max_steps=2", "train.resume=none"))
     assert [r["step"] for r in read_metrics(tmp_path / "run", "train")] == [1, 2]
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-000002"]
+
+
+def test_init_from_continues_saved_adapter(tiny_model_dir, chat_file, tmp_path):
+    first = sft.run(config(tiny_model_dir, chat_file, tmp_path / "a", "train.max_steps=4", "lora.r=8"))
+    cont = config(tiny_model_dir, chat_file, tmp_path / "b", "train.max_steps=1", f"lora.init_from={tmp_path / 'a'}")
+    cont.train.lr = 1e-12  # one near-zero step: the result must equal the adapter it started from
+    sft.run(cont)
+    a, b = adapter(tmp_path / "a"), adapter(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert read_metrics(tmp_path / "b", "train")[0]["loss"] < read_metrics(tmp_path / "a", "train")[0]["loss"]
+    assert first["steps"] == 4
+    with pytest.raises(Exception, match="lora.init_from"):
+        sft.run(config(tiny_model_dir, chat_file, tmp_path / "c", "train.max_steps=1", "lora.init_from=/nope"))

@@ -42,6 +42,9 @@ class LoraSpec(BaseModel):
     dora: bool = False
     rslora: bool = False
     modules_to_save: list[str] | None = None
+    init_from: str | None = Field(
+        None, description="continue training this adapter (run dir or peft dir) instead of a fresh one"
+    )
 
 
 def resolve_path(path: str) -> str:
@@ -132,6 +135,23 @@ def add_lora(model: Any, spec: LoraSpec, gradient_checkpointing: bool = False, t
         raise UserError(f"lora.targets: {e}") from None
 
 
+def load_lora(model: Any, adapter: str, gradient_checkpointing: bool = False) -> Any:
+    """Freeze the base and attach a saved adapter, trainable (r, alpha, targets come from the adapter)."""
+    from peft import PeftModel
+
+    from weitiao.infer.export import locate
+
+    try:
+        adapter_dir, _, _ = locate(adapter)
+    except UserError as e:
+        raise UserError(f"lora.init_from: {e}".replace("--adapter ", "")) from None
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+
+
 def count_params(model: Any) -> tuple[int, int]:
     """(trainable, total) parameter counts; 4-bit weights count their real element number."""
     trainable = total = 0
@@ -148,6 +168,8 @@ def build_trainable(model: ModelSpec, lora: LoraSpec, device: torch.device, head
     With head="score" the new score head is trained fully (peft modules_to_save) beside the adapter.
     """
     base = load_model(model, device, head)
+    if lora.enabled and lora.init_from:
+        return load_lora(base, lora.init_from, model.gradient_checkpointing)
     if lora.enabled:
         return add_lora(base, lora, model.gradient_checkpointing, "SEQ_CLS" if head == "score" else "CAUSAL_LM")
     if model.quant != "none":
