@@ -19,8 +19,17 @@ class Generation:
     stopped: bool  # ended with the end-of-turn token before max_new_tokens
 
 
+@dataclass
+class Sampled:
+    """Token ids of one prompt and its reply; the reply ends with the end-of-turn id when `stopped`."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    stopped: bool
+
+
 @torch.no_grad()
-def generate(
+def generate_ids(
     model: Any,
     tokenizer: Any,
     template: ChatTemplate,
@@ -32,8 +41,12 @@ def generate(
     repetition_penalty: float = 1.0,
     batch_size: int = 16,
     seed: int | None = None,
-) -> list[Generation]:
-    """Reply to each conversation (ending with a user turn); greedy when temperature == 0."""
+) -> list[Sampled]:
+    """Reply to each conversation (ending with a user turn); greedy when temperature == 0.
+
+    Replies are cut after the first end-of-turn token (kept); tokens after it are padding, never
+    part of the reply, whatever the pad id is.
+    """
     if seed is not None:
         torch.manual_seed(seed)
     eot_id = tokenizer.convert_tokens_to_ids(template.eot)
@@ -41,7 +54,7 @@ def generate(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out: list[Generation] = []
+    out: list[Sampled] = []
     for k in range(0, len(conversations), batch_size):
         prompts = [template.render(tokenizer, c, add_generation_prompt=True) for c in conversations[k : k + batch_size]]
         ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -64,11 +77,44 @@ def generate(
             use_cache=True,
             **kw,
         )
-        for row in gen[:, width:].tolist():
+        for prompt, row in zip(ids, gen[:, width:].tolist()):
             stopped = eot_id in row
-            toks = row[: row.index(eot_id)] if stopped else row
-            out.append(Generation(tokenizer.decode(toks, skip_special_tokens=True), len(toks), stopped))
+            out.append(Sampled(prompt, row[: row.index(eot_id) + 1] if stopped else row, stopped))
     model.train(was_training)
+    return out
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    template: ChatTemplate,
+    conversations: list[list[Message]],
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    repetition_penalty: float = 1.0,
+    batch_size: int = 16,
+    seed: int | None = None,
+) -> list[Generation]:
+    """Reply texts to each conversation (ending with a user turn); greedy when temperature == 0."""
+    sampled = generate_ids(
+        model,
+        tokenizer,
+        template,
+        conversations,
+        max_new_tokens,
+        temperature,
+        top_p,
+        top_k,
+        repetition_penalty,
+        batch_size,
+        seed,
+    )
+    out = []
+    for s in sampled:
+        toks = s.response_ids[:-1] if s.stopped else s.response_ids
+        out.append(Generation(tokenizer.decode(toks, skip_special_tokens=True), len(toks), s.stopped))
     return out
 
 

@@ -1,0 +1,205 @@
+"""PPO end to end on tiny models: first-minibatch identity, roles, rewards, resume, learning."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_jsonl
+from safetensors.torch import load_file
+
+from weitiao.config import load_config
+from weitiao.errors import UserError
+from weitiao.infer.generate import Sampled
+from weitiao.recipes import ppo
+from weitiao.train.log import read_metrics
+
+RULE = "weitiao.models.rewards:short_emoji_reward"
+
+
+def config(model_dir, prompts, out, *extra):
+    base = [
+        f"model.path={model_dir}",
+        f"data.prompts=[{prompts}]",
+        "reward.kind=function",
+        f"reward.path={RULE}",
+        f"train.out={out}",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "train.resume=none",
+        "ppo.rollout_batch_size=8",
+        "ppo.generate_max_len=12",
+        "lora.r=8",
+        "lora.dropout=0",
+    ]
+    return load_config(ppo.PPOConfig, None, base + list(extra))
+
+
+@pytest.fixture
+def prompts(tmp_path):
+    return write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"今天天气怎么样？{i}"} for i in range(16)])
+
+
+def test_load_prompts_accepts_prompt_pair_and_sft_rows(tmp_path):
+    f = write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [
+            {"prompt": "你好"},
+            {"messages": [{"role": "system", "content": "友好"}, {"role": "user", "content": "在吗"}]},
+            {"prompt": "选哪个", "chosen": "A", "rejected": "B"},
+            {"instruction": "推荐电影", "output": "流浪地球"},
+        ],
+    )
+    got = ppo.load_prompts([str(f)])
+    assert [m[-1]["content"] for m in got] == ["你好", "在吗", "选哪个", "推荐电影"]
+    assert all(m[-1]["role"] == "user" for m in got) and got[1][0]["role"] == "system"
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"messages": [{"role": "assistant", "content": "hi"}]}])
+    with pytest.raises(UserError, match="bad.jsonl:1"):
+        ppo.load_prompts([str(bad)])
+
+
+def test_rollout_mask_keeps_eos_even_when_pad_equals_eos():
+    eos = 7
+    samples = [Sampled([1, 2, 3], [4, eos], True), Sampled([1], [5, 6, 8, 9], False)]
+    r = ppo.build_rollout(samples, pad_id=eos, device=torch.device("cpu"))
+    assert r.mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+    assert r.resp[0, :2].tolist() == [4, eos]
+    assert r.pos[0, :2].tolist() == [2, 3] and r.pos[1].tolist() == [0, 1, 2, 3]  # logits that predict each token
+    assert r.ids[0, :5].tolist() == [1, 2, 3, 4, eos] and r.attn.sum(1).tolist() == [5, 5]
+
+
+def test_hacking_warning():
+    calm = [{"score": s, "kl": 1.0, "response_length": 10} for s in range(10)]
+    assert ppo.hacking_warning(calm, 5, 20.0, 1.5) is None
+    kl_run = [{"score": s, "kl": 30.0 * (s > 4), "response_length": 10} for s in range(10)]
+    assert "KL" in ppo.hacking_warning(kl_run, 5, 20.0, 1.5)
+    long = [{"score": s, "kl": 1.0, "response_length": 10 + 10 * (s > 4)} for s in range(10)]
+    assert "length" in ppo.hacking_warning(long, 5, 20.0, 1.5)
+    falling = [{"score": -s, "kl": 99.0, "response_length": 10} for s in range(10)]
+    assert ppo.hacking_warning(falling, 5, 20.0, 1.5) is None
+
+
+@pytest.mark.slow
+def test_first_minibatch_is_identity_and_outputs_load(tiny_model_dir, prompts, tmp_path):
+    s = ppo.run(config(tiny_model_dir, prompts, tmp_path / "run", "train.max_steps=2", "ppo.max_epochs=2"))
+    train = read_metrics(tmp_path / "run", "train")
+    assert len(train) == 2
+    for m in train:  # old log-probs come from the same weights: ratio 1, no KL, nothing clipped
+        assert abs(m["first_ratio_mean"] - 1) < 1e-5 and abs(m["first_approx_kl"]) < 1e-6
+        assert m["first_clipfrac"] == 0
+    assert abs(train[0]["kl"]) < 1e-5  # a fresh adapter starts equal to the reference
+    assert train[0]["beta"] == 0.05 and 0 <= train[0]["eos_rate"] <= 1
+    for key in ("rlhf_reward", "entropy", "approx_kl", "clipfrac", "vf_clipfrac", "ratio_var", "explained_variance"):
+        assert key in train[0]
+    cost = s["cost"]
+    assert cost["rollout_s"] > 0 and cost["update_s"] > 0 and cost["samples"] == 16
+    final = tmp_path / "run" / "final"
+    from peft import PeftModel
+
+    from weitiao.models.load import ModelSpec, load_model
+
+    PeftModel.from_pretrained(load_model(ModelSpec(path=str(tiny_model_dir))), final / "adapter")  # chat/serve load it
+    assert json.loads((final / "adapter" / "adapter_config.json").read_text())["r"] == 8
+    assert (final / "value_head.safetensors").exists() and (final / "critic" / "critic").exists()
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(tiny_model_dir, prompts, tmp_path):
+    args = ("train.num_episodes=2", "train.max_steps=3", "train.save_every=1", "ppo.temperature=1.0")
+    full = ppo.run(config(tiny_model_dir, prompts, tmp_path / "a", *args))
+    ppo.run(config(tiny_model_dir, prompts, tmp_path / "b", *args, "train.stop_after=2"))
+    assert [p.name for p in sorted((tmp_path / "b" / "checkpoints").iterdir())][-1] == "step-000002"
+    resumed = ppo.run(config(tiny_model_dir, prompts, tmp_path / "b", *args[:-1], "train.resume=auto"))
+    assert resumed["steps"] == full["steps"] == 3
+    a = load_file(str(tmp_path / "a" / "final" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "final" / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    la, lb = read_metrics(tmp_path / "a", "train"), read_metrics(tmp_path / "b", "train")
+    assert [round(r["score"], 5) for r in la] == [round(r["score"], 5) for r in lb]
+
+
+@pytest.mark.slow
+def test_reference_is_the_sft_adapter_and_missing_eos_penalty(tiny_model_dir, prompts, chat_file, tmp_path):
+    from weitiao.recipes import sft
+
+    sft_cfg = load_config(
+        sft.SFTConfig,
+        None,
+        [f"model.path={tiny_model_dir}", f"data.train=[{chat_file}]", f"train.out={tmp_path / 'sft'}", "lora.r=8"]
+        + ["train.max_steps=3", "train.progress=false", "train.tensorboard=false", "train.lr=5e-3"],
+    )
+    sft.run(sft_cfg)
+    cfg = config(
+        tiny_model_dir,
+        prompts,
+        tmp_path / "run",
+        "train.max_steps=1",
+        f"lora.init_from={tmp_path / 'sft'}",
+        "ppo.missing_eos_penalty=5.0",
+        "ppo.generate_max_len=4",
+        "ppo.temperature=0.7",
+    )
+    s = ppo.run(cfg)
+    # The actor starts as the SFT adapter and the reference is a frozen copy of it: KL starts at 0.
+    assert abs(s["kl"]) < 1e-5
+    m = read_metrics(tmp_path / "run", "train")[0]
+    # 4 new tokens are too few to stop: every reply pays the penalty on top of the rule score.
+    assert m["eos_rate"] == 0 and math.isclose(m["score_shaped"], m["score"] - 5.0, rel_tol=1e-5)
+
+
+@pytest.mark.slow
+def test_reward_model_source_and_critic_init(tiny_model_dir, tmp_path):
+    """Critic initialized from a trained reward model: same LoRA weights and score head."""
+    from weitiao.recipes import rm
+
+    pairs = [{"prompt": f"问题{i}", "chosen": "好的😊", "rejected": "不知道。" * 3} for i in range(8)]
+    pf = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    rm_cfg = load_config(
+        rm.RMConfig,
+        None,
+        [f"model.path={tiny_model_dir}", f"data.train=[{pf}]", f"train.out={tmp_path / 'rm'}", "lora.r=8"]
+        + ["train.max_steps=2", "train.progress=false", "train.tensorboard=false"],
+    )
+    rm.run(rm_cfg)
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": p["prompt"]} for p in pairs])
+    cfg = config(tiny_model_dir, prompts, tmp_path / "run", "train.max_steps=1", "reward.kind=model")
+    cfg.reward.path = str(tmp_path / "rm")
+    cfg.ppo.critic_learning_rate = 1e-12  # keep the critic where it started
+    ppo.run(cfg)
+    head = load_file(str(tmp_path / "run" / "final" / "value_head.safetensors"))["weight"]
+    rm_ad = load_file(str(tmp_path / "rm" / "final" / "adapter" / "adapter_model.safetensors"))
+    score = next(v for k, v in rm_ad.items() if "score" in k)
+    assert torch.allclose(head, score.float(), atol=1e-6)
+    critic = load_file(str(tmp_path / "run" / "final" / "critic" / "critic" / "adapter_model.safetensors"))
+    k = next(k for k in critic if "layers.0.self_attn.q_proj.lora_B" in k)
+    rk = next(r for r in rm_ad if "layers.0.self_attn.q_proj.lora_B" in r)
+    assert torch.allclose(critic[k], rm_ad[rk], atol=1e-6)
+
+
+def test_http_and_function_reward_sources(tmp_path):
+    import sys
+
+    from fastapi import FastAPI
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_serve import running
+
+    from weitiao.models.rewards import RewardSpec, build_scorer, function_scorer
+
+    app = FastAPI()
+
+    @app.post("/score")
+    def score(body: dict) -> dict:
+        return {"scores": [len(r) for r in body["responses"]]}
+
+    with running(app) as url:
+        fn, rm_model = build_scorer(RewardSpec(kind="http", path=url + "/score", batch_size=2))
+        assert fn([[{"role": "user", "content": "q"}]] * 3, ["a", "bb", "ccc"]) == [1.0, 2.0, 3.0]
+        assert rm_model is None
+    (tmp_path / "myreward.py").write_text("def f(prompts, responses):\n    return [1] * (len(responses) - 1)\n")
+    bad = function_scorer(f"{tmp_path / 'myreward.py'}:f")
+    with pytest.raises(UserError, match="returned 1 scores for 2"):
+        bad([[]] * 2, ["a", "b"])
+    with pytest.raises(UserError, match="module:function"):
+        function_scorer("no_colon")

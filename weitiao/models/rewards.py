@@ -1,0 +1,118 @@
+"""Reward sources for PPO: a trained reward model, a Python function, or an HTTP endpoint.
+
+Every source is called as `score(conversations, responses) -> list[float]`, where each conversation
+is the prompt's messages (ending with a user turn) and each response the decoded reply text.
+
+    reward: {kind: model, path: runs/demo-rm}
+    reward: {kind: function, path: "mypkg.rewards:short_with_emoji"}   # f(prompts, responses)
+    reward: {kind: http, path: "http://127.0.0.1:9000/score"}          # POST {prompts, responses} → {scores}
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from weitiao.data.formats import Conversation, Message
+from weitiao.errors import UserError
+
+Scorer = Callable[[list[list[Message]], list[str]], list[float]]
+
+
+class RewardSpec(BaseModel):
+    """Where PPO's sequence scores come from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["model", "function", "http"] = "model"
+    path: str = Field(..., description="reward model dir | module:function | URL")
+    batch_size: int = Field(16, gt=0)
+    timeout: float = Field(60.0, gt=0, description="seconds per HTTP request")
+
+
+def _check(scores: Any, n: int, where: str) -> list[float]:
+    try:
+        out = [float(s) for s in scores]
+    except (TypeError, ValueError):
+        raise UserError(f"reward {where}: must return a list of numbers, got {type(scores).__name__}") from None
+    if len(out) != n:
+        raise UserError(f"reward {where}: returned {len(out)} scores for {n} responses")
+    return out
+
+
+def model_scorer(path: str, device: Any = None, batch_size: int = 16) -> tuple[Scorer, Any]:
+    """Scores from a `weitiao rm` output; also returns the model (for the cost report)."""
+    from weitiao.models.heads import load_reward_model
+    from weitiao.recipes.score import score_conversations
+
+    model, tokenizer, _ = load_reward_model(path, device)
+
+    def score(prompts: list[list[Message]], responses: list[str]) -> list[float]:
+        convs = [Conversation(list(p) + [{"role": "assistant", "content": r}]) for p, r in zip(prompts, responses)]
+        return score_conversations(model, tokenizer, convs, batch_size)
+
+    return score, model
+
+
+def function_scorer(spec: str) -> Scorer:
+    """`module:function` (module importable, or a .py path) called with (prompts, responses)."""
+    mod_name, _, fn_name = spec.partition(":")
+    if not fn_name:
+        raise UserError(f"reward.path {spec!r}: write module:function, e.g. mypkg.rewards:length_reward")
+    try:
+        if mod_name.endswith(".py"):
+            loader = importlib.util.spec_from_file_location("weitiao_user_reward", mod_name)
+            if loader is None or loader.loader is None:
+                raise ImportError(mod_name)
+            module = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(module)
+        else:
+            module = importlib.import_module(mod_name)
+        fn = getattr(module, fn_name)
+    except (ImportError, AttributeError, FileNotFoundError) as e:
+        raise UserError(f"reward.path {spec!r}: cannot import ({e})") from None
+
+    def score(prompts: list[list[Message]], responses: list[str]) -> list[float]:
+        return _check(fn(prompts, responses), len(responses), spec)
+
+    return score
+
+
+def http_scorer(url: str, timeout: float = 60.0, batch_size: int = 16) -> Scorer:
+    """POST {"prompts": [[messages]], "responses": [str]} → {"scores": [float]} per batch."""
+    import httpx
+
+    def score(prompts: list[list[Message]], responses: list[str]) -> list[float]:
+        out: list[float] = []
+        for k in range(0, len(responses), batch_size):
+            body = {"prompts": prompts[k : k + batch_size], "responses": responses[k : k + batch_size]}
+            try:
+                r = httpx.post(url, json=body, timeout=timeout)
+                r.raise_for_status()
+                scores = r.json()["scores"]
+            except (httpx.HTTPError, KeyError, ValueError) as e:
+                raise UserError(f"reward endpoint {url}: {type(e).__name__}: {e}") from None
+            out += _check(scores, len(body["responses"]), url)
+        return out
+
+    return score
+
+
+def build_scorer(spec: RewardSpec, device: Any = None) -> tuple[Scorer, Any]:
+    """(score function, reward model or None)."""
+    if spec.kind == "model":
+        return model_scorer(spec.path, device, spec.batch_size)
+    if spec.kind == "function":
+        return function_scorer(spec.path), None
+    return http_scorer(spec.path, spec.timeout, spec.batch_size), None
+
+
+def short_emoji_reward(prompts: list[list[Message]], responses: list[str]) -> list[float]:
+    """Demo rule reward: +1 for an emoji, +1 for ≤ 20 characters, −0.02 per character beyond 20."""
+    from weitiao.eval.style import has_emoji
+
+    return [float(has_emoji(r)) + (1.0 if len(r) <= 20 else -0.02 * (len(r) - 20)) for r in responses]
