@@ -9,6 +9,9 @@ $(STAMP): pyproject.toml
 	# CPU torch first (from local disk here); otherwise pip would pull a multi-GB CUDA build.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
+	# Debian Chromium + driver for the arena page test (headless); skipped with a reason if this fails.
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) \
+		|| echo "chromium not installed: tests/test_arena_page.py will be skipped"
 	touch $(STAMP)
 
 install: $(STAMP)

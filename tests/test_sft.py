@@ -227,3 +227,11 @@ def test_init_from_continues_saved_adapter(tiny_model_dir, chat_file, tmp_path):
     assert first["steps"] == 4
     with pytest.raises(Exception, match="lora.init_from"):
         sft.run(config(tiny_model_dir, chat_file, tmp_path / "c", "train.max_steps=1", "lora.init_from=/nope"))
+
+
+def test_golden_prompts_answered_at_each_save(tiny_model_dir, chat_file, tmp_path):
+    golden = write_jsonl(tmp_path / "golden.jsonl", [{"prompt": "今天天气怎么样？"}, {"prompt": "推荐一部电影吧"}])
+    extra = ("train.max_steps=4", "train.save_every=2", f"train.golden={golden}")
+    sft.run(config(tiny_model_dir, chat_file, tmp_path / "run", *extra))
+    rows = [json.loads(x) for x in (tmp_path / "run" / "golden.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert sorted({r["step"] for r in rows}) == [2, 4] and len(rows) == 4

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from weitiao.calc.commands import app as calc_app
 from weitiao.errors import UserError
+from weitiao.eval.commands import arena_app, eval_app
 from weitiao.logs.commands import app as logs_app
 from weitiao.safety.commands import app as pii_app
 
@@ -26,6 +27,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(calc_app, name="calc")
 app.add_typer(logs_app, name="logs")
 app.add_typer(pii_app, name="pii")
+app.add_typer(eval_app, name="eval")
+app.add_typer(arena_app, name="arena")
 console = Console()
 
 
@@ -77,6 +80,26 @@ def rm(
     from weitiao.recipes import rm as recipe
 
     console.print(recipe.run(load_config(recipe.RMConfig, config, overrides or [])))
+
+
+@app.command()
+def ppo(
+    config: Path = typer.Argument(..., help="YAML config (see examples/demo_ppo.yaml)"),
+    overrides: list[str] = typer.Argument(None, help="key.path=value overrides, e.g. ppo.init_kl_coef=0.1"),
+) -> None:
+    """PPO (RLHF): actor + reference + critic adapters on one base; reward model, function or HTTP."""
+    from weitiao.config import load_config
+    from weitiao.recipes import ppo as recipe
+
+    summary = recipe.run(load_config(recipe.PPOConfig, config, overrides or []))
+    cost = summary.pop("cost", {})
+    t = Table(title="PPO cost report")
+    for k in ("rollout_s", "scoring_s", "reference_s", "update_s", "total_s", "peak_memory_gib", "samples"):
+        if k in cost:
+            t.add_row(k, str(cost[k]))
+    t.add_row("models held", ", ".join(f"{k}: {v}" for k, v in cost.get("models_held", {}).items()))
+    console.print({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()})
+    console.print(t)
 
 
 @app.command()

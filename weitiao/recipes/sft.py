@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -78,6 +78,7 @@ class TrainSpec(BaseModel):
     stop_after: int | None = Field(None, description="end the process after this step (tests a kill)")
     tensorboard: bool = True
     progress: bool = True
+    golden: str | None = Field(None, description="golden prompts file: answer them at every save (golden.jsonl)")
 
 
 class SFTConfig(BaseModel):
@@ -153,6 +154,14 @@ def evaluate(loss_mod, examples: list[Encoded], cfg: SFTConfig, pad_id: int, acc
     total = accel.reduce(total, reduction="sum")
     loss_mod.train()
     return float(total[0] / total[1].clamp_min(1))
+
+
+def _golden_hook(t: TrainSpec, model: Any, tokenizer: Any, template: Any, out: Path) -> Any:
+    """Answer the golden prompts at each save (or eval) step, for `weitiao eval golden` (Q148)."""
+    from weitiao.eval.golden import golden_callback
+
+    every = t.save_every or t.eval_every
+    return golden_callback(t.golden, every, model=model, tokenizer=tokenizer, template=template, run_dir=out)
 
 
 def run(cfg: SFTConfig) -> dict:
@@ -236,6 +245,7 @@ def run(cfg: SFTConfig) -> dict:
         summarize=summarize,
         evaluate=(lambda: {"eval_loss": evaluate(loss_mod, data.eval, cfg, pad_id, accel)}) if data.eval else None,
         bar_info=lambda m: f"loss {m['loss']:.4f} · {m['tokens_per_s']:,.0f} tok/s",
+        after_step=_golden_hook(t, model, tokenizer, data.template, out) if t.golden and main else None,
     )
     result = loop.fit(parts, t, accel, loss_mod, model, optimizer, params, lr, out, log, state)
 

@@ -114,7 +114,7 @@ def clear_previous_run(out: Path) -> list[str]:
     later checkpoints, which `resume: auto` would then pick up.
     """
     removed = []
-    for name in ("metrics.jsonl", "tb", "checkpoints", "final"):
+    for name in ("metrics.jsonl", "tb", "checkpoints", "final", "golden.jsonl"):
         p = out / name
         if p.is_dir():
             shutil.rmtree(p)

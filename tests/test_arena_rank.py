@@ -1,0 +1,194 @@
+"""Arena ratings: recover known strengths, equal an independent logistic regression, bootstrap, Elo, files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from weitiao.errors import UserError
+from weitiao.eval.arena.rank import (
+    SCALE,
+    aggregate,
+    anchored,
+    battle_arrays,
+    ci_rank,
+    fit_bt,
+    online_elo,
+    rank,
+    rank_counts,
+)
+
+NAMES = ["m0", "m1", "m2", "m3", "m4", "m5"]
+TRUE = np.array([1200.0, 1100.0, 1050.0, 1000.0, 950.0, 800.0])
+
+
+def simulate(n: int, seed: int, tie_rate: float = 0.0, true: np.ndarray = TRUE) -> list[dict]:
+    """Battles between random pairs; the winner drawn from the Bradley–Terry probability of the true ratings."""
+    rng = np.random.default_rng(seed)
+    k = len(true)
+    a = rng.integers(0, k, n)
+    b = (a + rng.integers(1, k, n)) % k
+    p = 1 / (1 + 10 ** ((true[b] - true[a]) / 400))
+    u = rng.random(n)
+    tie = rng.random(n) < tie_rate
+    names = [f"m{i}" for i in range(k)]
+    out = []
+    for x, y, win, t, ts in zip(a, b, u < p, tie, range(n)):
+        w = ("tie" if ts % 2 else "tie (bothbad)") if t else ("model_a" if win else "model_b")
+        out.append({"model_a": names[x], "model_b": names[y], "winner": w, "tstamp": float(ts)})
+    return out
+
+
+def test_recovers_known_strengths():
+    res = rank(simulate(30000, seed=1), rounds=50, seed=0)
+    got = {r.model: r for r in res.ratings}
+    est = np.array([got[m].rating for m in NAMES])
+    true = TRUE - TRUE.mean() + 1000  # same anchoring: mean 1000
+    assert np.max(np.abs(est - true)) < 15
+    assert [r.model for r in res.ratings] == NAMES  # order recovered
+    inside = sum(got[m].lower <= t <= got[m].upper for m, t in zip(NAMES, true))
+    assert inside >= 5  # 95% intervals: at most one miss in six
+    assert got["m0"].rank == 1 and got["m5"].rank == 6
+
+
+def logistic_regression_ratings(rows: list[dict], models: list[str]) -> np.ndarray:
+    """Independent fit: one row per battle with +1 for model_a and −1 for model_b, y = model_a won, no penalty;
+    a tie becomes two rows (a won, b won) of weight 1/2. Column 0 is dropped (its strength fixed at 0)."""
+    from sklearn.linear_model import LogisticRegression
+
+    idx = {m: i for i, m in enumerate(models)}
+    X, y, w = [], [], []
+    for r in rows:
+        x = np.zeros(len(models))
+        x[idx[r["model_a"]]], x[idx[r["model_b"]]] = 1.0, -1.0
+        if r["winner"].startswith("tie"):
+            X += [x, x]
+            y += [1, 0]
+            w += [0.5, 0.5]
+        else:
+            X.append(x)
+            y.append(int(r["winner"] == "model_a"))
+            w.append(1.0)
+    lr = LogisticRegression(C=np.inf, fit_intercept=False, tol=1e-12, max_iter=10000)
+    lr.fit(np.array(X)[:, 1:], np.array(y), sample_weight=np.array(w))
+    s = np.concatenate([[0.0], lr.coef_[0]])
+    return anchored(s, models, None)
+
+
+def test_equals_independent_logistic_regression():
+    rows = simulate(4000, seed=2, tie_rate=0.2)
+    res = rank(rows, rounds=0)
+    models = sorted({r["model_a"] for r in rows} | {r["model_b"] for r in rows})
+    ref = logistic_regression_ratings(rows, models)
+    ours = {r.model: r.rating for r in res.ratings}
+    assert np.max(np.abs(np.array([ours[m] for m in models]) - ref)) < 1e-3
+    # and with a named anchor the same differences, shifted so that anchor = 1000
+    res2 = rank(rows, anchor="m3", rounds=0)
+    a2 = {r.model: r.rating for r in res2.ratings}
+    assert a2["m3"] == pytest.approx(1000) and a2["m0"] - a2["m5"] == pytest.approx(ours["m0"] - ours["m5"])
+
+
+def test_fit_bt_two_models_closed_form():
+    # 30 wins vs 10: σ(s1 − s0) = 3/4 → s1 − s0 = ln 3; ties add half to both sides
+    W = np.array([[0.0, 10 + 5], [30 + 5, 0.0]])
+    s = fit_bt(W)
+    assert s[1] - s[0] == pytest.approx(math.log(35 / 15), abs=1e-9)
+    assert anchored(s, ["a", "b"], "a")[1] == pytest.approx(1000 + SCALE * math.log(35 / 15))
+
+
+def test_aggregation_is_side_and_order_invariant():
+    rows = simulate(500, seed=3, tie_rate=0.1)
+    flipped = [
+        {"model_a": r["model_b"], "model_b": r["model_a"],
+         "winner": {"model_a": "model_b", "model_b": "model_a"}.get(r["winner"], r["winner"])}
+        for r in rows[::-1]
+    ]  # fmt: skip
+    c1, c2 = aggregate(*battle_arrays(rows)), aggregate(*battle_arrays(flipped))
+    assert np.array_equal(c1.counts, c2.counts) and c1.counts.sum() == 500
+    W = c1.wins()
+    assert W.sum() == pytest.approx(500)  # each battle is one win in total (ties split)
+
+
+def test_bootstrap_seeded_and_shrinks_with_data():
+    small = rank(simulate(2000, seed=4), rounds=60, seed=7)
+    again = rank(simulate(2000, seed=4), rounds=60, seed=7)
+    assert [(r.lower, r.upper) for r in small.ratings] == [(r.lower, r.upper) for r in again.ratings]
+    big = rank(simulate(32000, seed=4), rounds=60, seed=7)
+    w_small = np.mean([r.upper - r.lower for r in small.ratings])
+    w_big = np.mean([r.upper - r.lower for r in big.ratings])
+    assert 2.5 < w_small / w_big < 6  # 16x the data: about 4x narrower
+    assert all(r.lower <= r.rating <= r.upper for r in small.ratings)
+
+
+def test_bootstrap_matches_battle_resampling():
+    """Multinomial resampling of the pair-count table ≡ resampling battles with replacement (same law)."""
+    rows = simulate(3000, seed=5, tie_rate=0.1)
+    res = rank(rows, rounds=200, seed=1)
+    a, b, o, models = battle_arrays(rows)
+    rng = np.random.default_rng(9)
+    boots = []
+    for _ in range(200):
+        pick = rng.integers(0, len(rows), len(rows))
+        boots.append(anchored(fit_bt(aggregate(a[pick], b[pick], o[pick], models).wins()), models, None))
+    lo, hi = np.percentile(boots, [2.5, 97.5], axis=0)
+    ours = {r.model: r.upper - r.lower for r in res.ratings}
+    for m, width in zip(models, hi - lo):
+        assert ours[m] == pytest.approx(width, rel=0.25)
+
+
+def test_ci_rank_and_elo_hand_values():
+    lower, upper = np.array([10.0, 5.0, 0.0, -20.0]), np.array([20.0, 15.0, 8.0, -12.0])
+    # model 2's upper 8 is below model 0's lower 10 → rank 2; model 3 is below everyone's lower → rank 4
+    assert ci_rank(lower, upper).tolist() == [1, 1, 2, 4]
+    a, b, o = np.array([0, 0, 1]), np.array([1, 1, 0]), np.array([0, 0, 2])
+    r = online_elo(a, b, o, 2)
+    ea2 = 1 / (1 + 10 ** ((998 - 1002) / 400))
+    r0 = 1002 + 4 * (1 - ea2)
+    r1 = 998 - 4 * (1 - ea2)
+    e1 = 1 / (1 + 10 ** ((r0 - r1) / 400))  # third battle: model 1 (side a) ties model 0
+    assert r.tolist() == pytest.approx([r0 - 4 * (0.5 - e1), r1 + 4 * (0.5 - e1)])
+
+
+def test_no_finite_mle_is_a_user_error():
+    rows = [{"model_a": "x", "model_b": "y", "winner": "model_a"}] * 5 + [
+        {"model_a": "y", "model_b": "z", "winner": "tie"}
+    ]
+    with pytest.raises(UserError, match="never wins or never loses"):
+        rank(rows, rounds=0)
+    counts = aggregate(*battle_arrays(rows))
+    ok = rank_counts(counts, rounds=0, l2=0.1)  # a ridge makes it finite
+    assert ok.ratings[0].model == "x"
+
+
+def test_cli_rank_import_export(tmp_path):
+    from typer.testing import CliRunner
+
+    from weitiao.eval.commands import arena_app
+
+    rows = simulate(3000, seed=6, tie_rate=0.1)
+    src = tmp_path / "battles.json"
+    src.write_text(json.dumps(rows))
+    run = CliRunner()
+    db = tmp_path / "arena.sqlite"
+    assert run.invoke(arena_app, ["import", str(src), "--db", str(db)]).exit_code == 0
+    r = run.invoke(arena_app, ["export", str(tmp_path / "out.json"), "--db", str(db)])
+    assert r.exit_code == 0, r.output
+    back = json.loads((tmp_path / "out.json").read_text())
+    assert [(x["model_a"], x["model_b"], x["winner"]) for x in back] == [
+        (x["model_a"], x["model_b"], x["winner"]) for x in rows
+    ]
+    args = ["rank", "--rounds", "30", "--json", str(tmp_path / "r1.json"), "--plot", str(tmp_path / "r.png")]
+    r1 = run.invoke(arena_app, args + ["--battles", str(src)])
+    assert r1.exit_code == 0, r1.output
+    r2 = run.invoke(arena_app, ["rank", "--rounds", "30", "--db", str(db), "--json", str(tmp_path / "r2.json")])
+    assert r2.exit_code == 0, r2.output
+    j1, j2 = json.loads((tmp_path / "r1.json").read_text()), json.loads((tmp_path / "r2.json").read_text())
+    assert j1["ratings"] == j2["ratings"] and j1["n_battles"] == 3000
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"model_a": "a", "model_b": "b", "winner": "a"}]))
+    r3 = run.invoke(arena_app, ["rank", "--battles", str(bad)])
+    assert r3.exit_code != 0 and "winner" in str(r3.exception)

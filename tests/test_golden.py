@@ -1,0 +1,120 @@
+"""Golden-set report on a real tiny SFT run: answers per checkpoint, curves, recommendation, callback rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import write_jsonl
+
+from weitiao.eval.golden import GOLDEN_FILE, curve, golden_callback, golden_report, load_prompts, pick, prompts_key
+from weitiao.eval.metrics import rouge_l
+
+GOLDEN = [
+    {"instruction": "今天天气怎么样？", "output": "挺好的，大晴天☀️"},
+    {"instruction": "推荐一部电影吧", "output": "《流浪地球》不错哦👍"},
+    {"messages": [{"role": "user", "content": "你会做饭吗？"}, {"role": "assistant", "content": "会一点哈哈"},
+                  {"role": "user", "content": "怎么做番茄炒蛋？"}]},
+]  # fmt: skip
+
+
+def test_load_prompts_formats(tmp_path):
+    p = write_jsonl(tmp_path / "g.jsonl", GOLDEN + [{"prompt": "你好", "reference": "你好呀"}])
+    ps = load_prompts(p)
+    assert [x.reference for x in ps] == ["挺好的，大晴天☀️", "《流浪地球》不错哦👍", None, "你好呀"]
+    assert ps[2].messages[-1] == {"role": "user", "content": "怎么做番茄炒蛋？"} and ps[2].history[0] == "你会做饭吗？"
+    from weitiao.errors import UserError
+
+    with pytest.raises(UserError, match="g2.jsonl:2"):
+        load_prompts(write_jsonl(tmp_path / "g2.jsonl", [{"prompt": "x"}, {"foo": 1}]))
+
+
+def test_curve_keeps_last_value_per_step():
+    log = [{"kind": "train", "step": 2, "loss": 5.0}, {"kind": "train", "step": 1, "loss": 9.0},
+           {"kind": "eval", "step": 2, "eval_loss": 4.0}, {"kind": "train", "step": 2, "loss": 3.0}]  # fmt: skip
+    assert curve(log, "train", "loss") == [(1, 9.0), (2, 3.0)]
+
+
+def test_pick_direction_and_ties():
+    summary = {2: {"rougeL": 0.5, "eval_loss": 3.0}, 4: {"rougeL": 0.7, "eval_loss": 2.0}, 6: {"rougeL": 0.7}}
+    assert pick(summary, "rougeL") == 4  # tie between 4 and 6 -> earlier
+    assert pick(summary, "eval_loss") == 4
+    assert pick(summary, "judge") is None
+
+
+@pytest.mark.slow
+def test_golden_report_on_tiny_sft_run(tiny_model_dir, tokenizer, chat_file, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from weitiao.config import load_config
+    from weitiao.data.templates import resolve_template
+    from weitiao.infer.chat import load_chat_model
+    from weitiao.infer.generate import generate
+    from weitiao.recipes import sft
+    from weitiao.train.log import read_metrics
+
+    run = tmp_path / "run"
+    over = [f"model.path={tiny_model_dir}", f"data.train=[{chat_file}]", "data.eval_split=0.2", f"train.out={run}",
+            "train.progress=false", "train.tensorboard=false", "train.micro_batch_size=2", "data.max_len=128",
+            "train.lr=5e-3", "train.warmup_ratio=0", "train.max_steps=8", "train.eval_every=2",
+            "train.save_every=2", "train.keep_last=3"]  # fmt: skip
+    sft.run(load_config(sft.SFTConfig, None, over))
+    golden = write_jsonl(tmp_path / "golden.jsonl", GOLDEN)
+    prompts = load_prompts(golden)
+
+    # the training hook: at step 2 (whose checkpoint keep-last-3 deletes) it answers with the model in hand
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    template = resolve_template(tokenizer)
+    hook = golden_callback(
+        golden, 2, model=base, tokenizer=tokenizer, template=template, run_dir=run, max_new_tokens=16
+    )
+    hook(2, {})
+    hook(3, {})  # not a multiple of 2: nothing written
+    assert len((run / GOLDEN_FILE).read_text().splitlines()) == 3
+
+    path, res = golden_report(run, golden, select="rougeL", max_new_tokens=16)
+    ckpts = sorted(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("step-*"))
+    assert 2 not in ckpts and ckpts[-1] == 8
+    assert res.steps == sorted({2, *ckpts})  # final (= step 8) not repeated
+
+    # answers at step 4 and 8 equal a direct greedy generation with that checkpoint's adapter
+    rows = [json.loads(x) for x in (run / GOLDEN_FILE).read_text().splitlines()]
+    key = prompts_key(prompts)
+    by = {(r["step"], r["index"]): r["reply"] for r in rows if r["prompts"] == key}
+    convs = [p.messages for p in prompts]
+    m4 = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), run / "checkpoints" / f"step-{ckpts[0]:06d}" / "adapter"
+    )
+    assert [by[(ckpts[0], i)] for i in range(3)] == [
+        g.text for g in generate(m4.eval(), tokenizer, template, convs, 16)
+    ]
+    final, tok = load_chat_model(str(tiny_model_dir), str(run / "final"))
+    assert [by[(8, i)] for i in range(3)] == [g.text for g in generate(final, tok, resolve_template(tok), convs, 16)]
+    assert [by[(2, i)] for i in range(3)] == [g.text for g in generate(base, tokenizer, template, convs, 16)]
+    assert [by[(8, i)] for i in range(3)] != [by[(2, i)] for i in range(3)]  # training changed the answers
+
+    # recommendation: best mean ROUGE-L over the two prompts with references; lowest eval loss from metrics.jsonl
+    mean_rouge = {s: sum(rouge_l(by[(s, i)], prompts[i].reference) for i in (0, 1)) / 2 for s in res.steps}
+    best = max(mean_rouge.values())
+    assert res.recommended == min(s for s in res.steps if mean_rouge[s] == best)
+    evals = {m["step"]: m["eval_loss"] for m in read_metrics(run, "eval")}
+    assert res.lowest_eval == min((evals[s], s) for s in res.steps)[1]
+
+    page = path.read_text(encoding="utf-8")
+    assert page.startswith("<!doctype html>") and "<svg" in page and "<polyline" in page
+    assert "Recommended by rougeL" in page and "Lowest eval loss" in page and "怎么做番茄炒蛋？" in page
+    assert all(f"step-{s:06d}" in page for s in res.steps) and "src=" not in page  # self-contained
+
+    # a second report reuses golden.jsonl: no new rows
+    golden_report(run, golden, select="loop_rate", max_new_tokens=16)
+    assert len((run / GOLDEN_FILE).read_text().splitlines()) == len(rows)
+    # weights newer than their answers (a fresh run in the same dir): only that checkpoint is answered again
+    import os
+    import time
+
+    f = run / "checkpoints" / f"step-{ckpts[0]:06d}" / "adapter" / "adapter_model.safetensors"
+    os.utime(f, (time.time() + 1000, time.time() + 1000))
+    golden_report(run, golden, max_new_tokens=16)
+    new = [json.loads(x) for x in (run / GOLDEN_FILE).read_text().splitlines()][len(rows) :]
+    assert [(r["step"], r["index"]) for r in new] == [(ckpts[0], i) for i in range(3)]

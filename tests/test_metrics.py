@@ -1,0 +1,223 @@
+"""Reply metrics: repetition (hand-computed), ROUGE-L/BLEU/exact match, judge over real HTTP."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from weitiao.eval.repetition import Loop, copy_of_history_rate, distinct_n, loop_span, ngram_loop, units
+
+# --- repetition -------------------------------------------------------------------------------
+
+
+def test_units_split_cjk_words_and_punctuation():
+    assert units("我爱NLP! GPT-4 很好") == ["我", "爱", "NLP", "!", "GPT", "-", "4", "很", "好"]
+
+
+def test_distinct_n_hand_values():
+    # units 我 爱 你 | 我 爱 他: 6 unigrams, 4 distinct; bigrams 我爱 爱你 我爱 爱他: 4, 3 distinct
+    assert distinct_n(["我爱你", "我爱他"], 1) == pytest.approx(4 / 6)
+    assert distinct_n(["我爱你", "我爱他"], 2) == pytest.approx(3 / 4)
+    # n-grams never cross texts: "我" + "爱" gives no bigram
+    assert distinct_n(["我", "爱"], 2) == 0.0
+    assert distinct_n(["I love NLP 我爱NLP!"], 1) == pytest.approx(6 / 7)
+
+
+def test_copy_of_history_rate_hand_values():
+    # reply has 11 chars -> 8 char 4-grams; 今天天气 天天气很 天气很好 are in the history
+    assert copy_of_history_rate("今天天气很好我们去公园", ["今天天气很好", "别的"], n=4) == pytest.approx(3 / 8)
+    assert copy_of_history_rate("今天 天气很好我们去 公园", ["今天天气 很好"], n=4) == pytest.approx(3 / 8)
+    assert copy_of_history_rate("短", ["短"], n=4) == 0.0
+    assert copy_of_history_rate("完全不同的一句话", [], n=4) == 0.0
+    assert copy_of_history_rate("abcdefgh", ["xxabcdefghxx"], n=8) == 1.0
+
+
+def test_ngram_loop_periods_and_span():
+    assert loop_span("的的的的的的", n=4, min_repeats=3) == Loop(start=0, end=6, period=1, repeats=6)
+    assert not ngram_loop("的的的的的")  # only two 4-grams one apart: 5 units
+    assert not ngram_loop("哈哈哈")
+    assert loop_span("我是AI。我是AI。我是AI。") == Loop(start=0, end=15, period=4, repeats=3)
+    assert not ngram_loop("我是AI。我是AI。")  # two repeats only
+    assert loop_span("你好。的的的的的的结束") == Loop(start=3, end=9, period=1, repeats=6)
+    assert not ngram_loop("今天天气很好，我们去公园散步吧。")
+    assert ngram_loop("我是AI。我是AI。", min_repeats=2)
+
+
+# --- overlap metrics ----------------------------------------------------------------------------
+
+from weitiao.eval.metrics import (  # noqa: E402
+    Item,
+    MetricSettings,
+    bleu,
+    exact_match,
+    item_metrics,
+    judge_scores,
+    lcs_length,
+    parse_score,
+    reply_metrics,
+    rouge_l,
+    sentence_bleu,
+)
+
+
+def test_rouge_l_hand_values():
+    assert lcs_length(list("ABCBDAB"), list("BDCABA")) == 4  # the textbook (CLRS) example
+    # 我爱北京天安门 vs 我爱天安门广场: LCS 我爱天安门 = 5 of 7 and 7 -> P = R = F = 5/7
+    assert rouge_l("我爱北京天安门", "我爱天安门广场") == pytest.approx(5 / 7)
+    # 今天天气好 (5) vs 天气 (2): LCS 2, P = 2/5, R = 1, F = 2·0.4·1/1.4
+    assert rouge_l("今天天气好", "天气") == pytest.approx(2 * 0.4 / 1.4)
+    assert rouge_l("完全无关", "别的东西") == 0.0
+    assert rouge_l("", "参考") == 0.0
+
+
+class _Chars:
+    """Independent tokenizer for rouge-score: every non-space character is a token."""
+
+    def tokenize(self, text):
+        return [c for c in text if not c.isspace()]
+
+
+PAIRS = [
+    ("今天天气很好，我们去公园散步吧。", "今天天气不错，一起去公园走走吧！"),
+    ("先炒蛋再炒番茄，最后加盐。", "先把鸡蛋炒好，再炒番茄，最后加点盐就好啦。"),
+    ("推荐《流浪地球》这部电影", "《流浪地球》不错哦"),
+    ("我不知道", "抱歉，我无法回答这个问题。"),
+]
+
+
+def test_rouge_l_matches_rouge_score_package():
+    rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
+    zh = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Chars())
+    for cand, ref in PAIRS:
+        assert rouge_l(cand, ref) == pytest.approx(zh.score(ref, cand)["rougeL"].fmeasure, abs=1e-12)
+    en = rouge_scorer.RougeScorer(["rougeL"])  # its own lower-case word tokenizer on plain English
+    cand, ref = "the cat sat on the mat", "the cat is on the mat today"
+    assert rouge_l(cand, ref) == pytest.approx(en.score(ref, cand)["rougeL"].fmeasure, abs=1e-12)
+
+
+def test_bleu_matches_sacrebleu_zh():
+    sacrebleu = pytest.importorskip("sacrebleu")
+    cands, refs = [c for c, _ in PAIRS], [r for _, r in PAIRS]
+    assert bleu(cands, refs) == pytest.approx(sacrebleu.corpus_bleu(cands, [refs], tokenize="zh").score / 100)
+    for c, r in PAIRS + [("I like GPT models 很多", "I like GPT 很多 models")]:
+        ref = sacrebleu.sentence_bleu(c, [r], tokenize="zh").score / 100
+        assert sentence_bleu(c, r) == pytest.approx(ref, abs=1e-9), (c, r)
+
+
+def test_bleu_hand_value():
+    # cand 猫坐在垫子上 vs ref 猫坐在垫子上了: p1..p4 = 1, BP = exp(1 - 7/6)
+    assert bleu(["猫坐在垫子上"], ["猫坐在垫子上了"]) == pytest.approx(math.exp(1 - 7 / 6))
+    assert bleu(["一二三"], ["四五六"]) == 0.0
+    assert exact_match("  好的  明白 ", "好的 明白") and not exact_match("好的", "好的。")
+
+
+def test_reply_metrics_hand_values():
+    items = [
+        Item("好的😊", True, reference="好的", history=[]),
+        Item("抱歉，我不能帮你", False, reference="抱歉，我不能帮你"),
+        Item("的的的的的的", True, history=["的的的的的的的的"]),
+    ]
+    m = reply_metrics(items)
+    assert m["n"] == 3 and m["mean_len"] == pytest.approx((3 + 8 + 6) / 3)
+    assert m["emoji_rate"] == pytest.approx(1 / 3) and m["refusal_rate"] == pytest.approx(1 / 3)
+    assert m["stop_rate"] == pytest.approx(2 / 3) and m["loop_rate"] == pytest.approx(1 / 3)
+    assert m["exact_match"] == 0.5  # only items with a reference count
+    assert m["rougeL"] == pytest.approx((2 * (2 / 3) * 1 / (2 / 3 + 1) + 1.0) / 2)
+    # copy-of-history only on the item with history: 6 chars < 8 -> no 8-grams -> 0
+    assert m["copy_rate"] == 0.0 and "judge" not in m
+    assert item_metrics(items[2])["loop"] == 1.0
+    custom = reply_metrics(items, MetricSettings(refusal_pattern="好的"))
+    assert custom["refusal_rate"] == pytest.approx(1 / 3)
+
+
+def test_parse_score():
+    assert parse_score('```json\n{"score": 10, "reason": "好"}\n```') == 1.0
+    assert parse_score('分数如下 {"score": 4,}') == pytest.approx(3 / 9)
+    for bad in ('{"reason": "x"}', '{"score": 11}', "没有 JSON"):
+        with pytest.raises(ValueError):
+            parse_score(bad)
+
+
+# --- judge over real HTTP -------------------------------------------------------------------------
+
+
+def scripted_judge():
+    """A FastAPI judge: score = number of '好' in the reply under judgement (+1), capped at 10; 'BROKEN' → no JSON."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict) -> dict:
+        text = body["messages"][-1]["content"]
+        reply = text.split("助手的回答：\n", 1)[1].split("\n\n参考答案", 1)[0]
+        content = "我拒绝打分" if "BROKEN" in reply else f'```json\n{{"score": {min(10, 1 + reply.count("好"))}}}\n```'
+        return {
+            "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }  # fmt: skip
+
+    return app
+
+
+def test_judge_scores_over_loopback_http(tmp_path):
+    from test_serve import running
+
+    from weitiao.teacher import Teacher
+
+    with running(scripted_judge()) as base:
+        t = Teacher(base + "/v1", "judge", cache_dir=tmp_path / "cache", retries=0)
+        prompts = [[{"role": "user", "content": "你好"}]] * 3
+        scores, errors = judge_scores(t, prompts, ["好好", "BROKEN", "不"], references=["好", None, None])
+    assert scores == [pytest.approx(2 / 9), None, 0.0]
+    assert len(errors) == 1 and errors[0].startswith("reply 1:")
+
+
+# --- weitiao eval gen ------------------------------------------------------------------------------
+
+
+def test_eval_gen_cli_on_tiny_model(tiny_model_dir, tokenizer, tmp_path):
+    import json
+
+    from conftest import write_jsonl
+    from test_serve import running
+    from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
+
+    from weitiao.data.templates import resolve_template
+    from weitiao.eval.commands import eval_app
+    from weitiao.infer.generate import generate
+
+    prompts = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"instruction": "今天天气怎么样？", "output": "挺好的，大晴天"},
+            {"prompt": "推荐一部电影吧"},
+            {"messages": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好呀"},
+                          {"role": "user", "content": "周末有什么安排？"}]},
+        ],
+    )  # fmt: skip
+    out = tmp_path / "eval.json"
+    with running(scripted_judge()) as base:
+        args = ["gen", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--max-new-tokens", "12"]
+        args += ["--judge-url", base + "/v1", "--judge-model", "j", "--out", str(out)]
+        r = CliRunner().invoke(eval_app, args)
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out.read_text())
+    rows, m = rep["rows"], rep["metrics"]
+    # the replies are exactly what greedy generation gives for those conversations
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    convs = [[{"role": "user", "content": "今天天气怎么样？"}], [{"role": "user", "content": "推荐一部电影吧"}],
+             rows[2]["prompt"]]  # fmt: skip
+    gens = generate(model, tokenizer, resolve_template(tokenizer), convs, max_new_tokens=12)
+    assert [row["reply"] for row in rows] == [g.text for g in gens]
+    assert [row["reference"] for row in rows] == ["挺好的，大晴天", None, None]
+    assert m["n"] == 3 and m["stop_rate"] == pytest.approx(sum(g.stopped for g in gens) / 3)
+    assert m["mean_len"] == pytest.approx(sum(len(g.text) for g in gens) / 3)
+    assert m["rougeL"] == pytest.approx(rouge_l(gens[0].text, "挺好的，大晴天"))  # one reference
+    assert "copy_rate" in m  # one multi-turn prompt
+    # judge: the scripted judge scores 1 + count('好'), capped at 10, mapped to [0, 1]
+    assert m["judge"] == pytest.approx(sum(min(10, 1 + g.text.count("好")) - 1 for g in gens) / 9 / 3)
+    assert "judge" in r.output or "rougeL" in r.output

@@ -1,0 +1,1 @@
+"""Blind pairwise arena: SQLite store (`store`), vote page (`app`), Bradley–Terry/Elo ratings (`rank`)."""

@@ -1,0 +1,303 @@
+"""Arena ratings: Bradley–Terry MLE on aggregated pair counts, bootstrap CIs, CI-overlap rank, online Elo.
+
+    weitiao arena rank --db arena.sqlite --json ratings.json --plot ratings.png
+
+1. Aggregate battles into counts per (pair, outcome): a-wins, b-wins, ties ("tie (bothbad)" is a tie).
+   The fit never touches single battles again, so a million votes cost one pass of np.bincount.
+2. Bradley–Terry (Bradley & Terry 1952): P(i beats j) = σ(s_i − s_j); a tie counts half a win each way.
+   Maximize Σ_ij W_ij log σ(s_i − s_j) by Newton's method with s_0 = 0 fixed (the log-likelihood is
+   concave; the reduced Hessian is negative definite when every model has a win and a loss path to
+   every other — checked first). This is the same estimate as FastChat's per-battle logistic regression
+   without penalty; theirs adds a small L2 penalty, ours none.
+3. Scale to Elo points: rating = 400/ln 10 · s, then anchor (mean = 1000, or a named model = 1000).
+4. 95% CIs: resample the whole count table from Multinomial(N, counts/N) (identical in law to resampling
+   battles with replacement), refit, anchor, take the 2.5/97.5 percentiles. Seeded.
+5. Rank = 1 + number of models whose lower CI bound is above this model's upper bound (LMSYS style).
+6. Online Elo (K=4, base 10, scale 400, start 1000) over battles in time order, as a secondary column.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from weitiao.errors import UserError, where
+
+SCALE = 400 / math.log(10)
+WINNERS = {"model_a": 0, "model_b": 1, "tie": 2, "tie (bothbad)": 2}
+
+
+# ---------------------------------------------------------------------------------------------- 1. counts
+
+
+@dataclass
+class Counts:
+    """Battles aggregated by unordered pair: counts[p] = (i-wins, j-wins, ties) for pair (i[p], j[p]), i < j."""
+
+    models: list[str]
+    i: np.ndarray
+    j: np.ndarray
+    counts: np.ndarray  # (pairs, 3) float
+
+    def wins(self, counts: np.ndarray | None = None) -> np.ndarray:
+        """W[i, j] = wins of i over j, ties as half a win for each side."""
+        c = self.counts if counts is None else counts
+        k = len(self.models)
+        W = np.zeros((k, k))
+        np.add.at(W, (self.i, self.j), c[:, 0] + 0.5 * c[:, 2])
+        np.add.at(W, (self.j, self.i), c[:, 1] + 0.5 * c[:, 2])
+        return W
+
+
+def aggregate(a: np.ndarray, b: np.ndarray, outcome: np.ndarray, models: list[str]) -> Counts:
+    """Counts from index arrays: model a, model b, outcome 0 = a wins, 1 = b wins, 2 = tie."""
+    a, b, outcome = np.asarray(a), np.asarray(b), np.asarray(outcome)
+    if np.any(a == b):
+        raise UserError("a battle pits a model against itself; remove it")
+    swap = a > b  # canonical order i < j; a swapped win becomes a j-win
+    i, j = np.where(swap, b, a), np.where(swap, a, b)
+    o = np.where(swap & (outcome < 2), 1 - outcome, outcome)
+    k = len(models)
+    flat = np.bincount((i * k + j) * 3 + o, minlength=k * k * 3).reshape(k * k, 3)
+    pairs = np.flatnonzero(flat.sum(1))
+    return Counts(models, pairs // k, pairs % k, flat[pairs].astype(float))
+
+
+def battle_arrays(rows: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Index arrays (a, b, outcome) and the sorted model list from FastChat-style battle dicts."""
+    models = sorted({r["model_a"] for r in rows} | {r["model_b"] for r in rows})
+    idx = {m: n for n, m in enumerate(models)}
+    a = np.fromiter((idx[r["model_a"]] for r in rows), dtype=np.int64, count=len(rows))
+    b = np.fromiter((idx[r["model_b"]] for r in rows), dtype=np.int64, count=len(rows))
+    o = np.fromiter((WINNERS[r["winner"]] for r in rows), dtype=np.int64, count=len(rows))
+    return a, b, o, models
+
+
+# ---------------------------------------------------------------------------------------------- 2. fit
+
+
+def strongly_connected(W: np.ndarray) -> bool:
+    """True when every model reaches every other along "beat (or tied) someone" edges, both ways."""
+    k = len(W)
+
+    def reach(adj: np.ndarray) -> int:
+        seen, todo = {0}, [0]
+        while todo:
+            for n in np.flatnonzero(adj[todo.pop()] > 0):
+                if n not in seen:
+                    seen.add(int(n))
+                    todo.append(int(n))
+        return len(seen)
+
+    return k <= 1 or (reach(W) == k and reach(W.T) == k)
+
+
+def _loglik(W: np.ndarray, s: np.ndarray, l2: float) -> float:
+    d = s[:, None] - s[None, :]
+    return float(-(W * np.logaddexp(0, -d)).sum() - 0.5 * l2 * (s @ s))
+
+
+def fit_bt(W: np.ndarray, l2: float = 0.0, tol: float = 1e-10, max_iter: int = 100) -> np.ndarray:
+    """Bradley–Terry strengths s (natural log-odds units, s_0 = 0) maximizing Σ W_ij log σ(s_i − s_j) − l2/2·|s|².
+
+    Newton steps on s_1..s_{k−1} with step halving whenever the log-likelihood would drop.
+    """
+    k = len(W)
+    n = W + W.T
+    s = np.zeros(k)
+    ll = _loglik(W, s, l2)
+    for _ in range(max_iter):
+        p = 1 / (1 + np.exp(-(s[:, None] - s[None, :])))
+        g = (W - n * p).sum(1) - l2 * s
+        w = n * p * (1 - p)
+        H = w - np.diag(w.sum(1)) - l2 * np.eye(k)  # Hessian of the log-likelihood
+        step = np.zeros(k)
+        step[1:] = np.linalg.solve(-H[1:, 1:], g[1:])
+        t = 1.0
+        while t > 1e-6:
+            cand = s + t * step
+            new = _loglik(W, cand, l2)
+            if new >= ll - 1e-12 * abs(ll):
+                break
+            t /= 2
+        s, ll = cand, new
+        if np.max(np.abs(t * step)) < tol:
+            break
+    return s
+
+
+def anchored(s: np.ndarray, models: list[str], anchor: str | None) -> np.ndarray:
+    """Elo-scale ratings: 400/ln10 · s shifted so the anchor model (or the mean) is 1000."""
+    r = SCALE * s
+    ref = r[models.index(anchor)] if anchor else r.mean()
+    return r + 1000 - ref
+
+
+# ---------------------------------------------------------------------------------------------- 6. Elo
+
+
+def online_elo(a: np.ndarray, b: np.ndarray, outcome: np.ndarray, k_models: int, K: float = 4.0) -> np.ndarray:
+    """Sequential Elo over battles in the given order (FastChat's compute_online_elo)."""
+    r = [1000.0] * k_models
+    score = (1.0, 0.0, 0.5)
+    for x, y, o in zip(a.tolist(), b.tolist(), outcome.tolist()):
+        ea = 1 / (1 + 10 ** ((r[y] - r[x]) / 400))
+        sa = score[o]
+        r[x] += K * (sa - ea)
+        r[y] -= K * (sa - ea)
+    return np.array(r)
+
+
+# ---------------------------------------------------------------------------------------------- all steps
+
+
+@dataclass
+class Rating:
+    model: str
+    rating: float
+    lower: float
+    upper: float
+    rank: int
+    elo: float
+    battles: int
+    win_rate: float  # (wins + ties/2) / battles
+
+
+@dataclass
+class RankResult:
+    ratings: list[Rating]  # best first
+    n_battles: int
+    rounds: int
+    anchor: str | None
+    regularized_rounds: int  # bootstrap rounds that needed a ridge (a model with no win or no loss)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "n_battles": self.n_battles,
+            "rounds": self.rounds,
+            "anchor": self.anchor,
+            "regularized_rounds": self.regularized_rounds,
+            "ratings": [asdict(r) for r in self.ratings],
+        }
+
+
+def ci_rank(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """1 + the number of models whose lower bound exceeds this model's upper bound."""
+    return 1 + (lower[None, :] > upper[:, None]).sum(1)
+
+
+def rank_counts(
+    counts: Counts,
+    elo: np.ndarray | None = None,
+    anchor: str | None = None,
+    rounds: int = 100,
+    seed: int = 0,
+    l2: float = 0.0,
+) -> RankResult:
+    """Steps 2–5 on aggregated counts (`elo`: online Elo per model, computed by the caller from the order)."""
+    models = counts.models
+    if anchor is not None and anchor not in models:
+        raise UserError(f"--anchor {anchor}: no such model; models are {', '.join(models)}")
+    W = counts.wins()
+    if l2 == 0 and not strongly_connected(W):
+        lonely = [m for m, w, lo in zip(models, W.sum(1), W.sum(0)) if w == 0 or lo == 0]
+        raise UserError(
+            f"Bradley–Terry has no finite maximum: {', '.join(lonely) or 'some group'} never wins or never loses "
+            "against the rest; collect more votes"
+        )
+    point = anchored(fit_bt(W, l2), models, anchor)
+    # 4. bootstrap over the count table
+    rng = np.random.default_rng(seed)
+    total = int(counts.counts.sum())
+    flat = counts.counts.ravel()
+    boots = np.empty((rounds, len(models)))
+    ridged = 0
+    for r, draw in enumerate(rng.multinomial(total, flat / total, size=rounds)):
+        Wb = counts.wins(draw.reshape(-1, 3).astype(float))
+        ok = strongly_connected(Wb)
+        ridged += not ok
+        boots[r] = anchored(fit_bt(Wb, l2 if ok else max(l2, 1e-3)), models, anchor)
+    lower, upper = np.percentile(boots, [2.5, 97.5], axis=0) if rounds else (point, point)
+    ranks = ci_rank(lower, upper)
+    games = (W + W.T).sum(1)
+    elo = elo if elo is not None else np.full(len(models), np.nan)
+    ratings = [
+        Rating(m, float(point[n]), float(lower[n]), float(upper[n]), int(ranks[n]), float(elo[n]), int(games[n]),
+               float(W[n].sum() / games[n]) if games[n] else 0.0)
+        for n, m in enumerate(models)
+    ]  # fmt: skip
+    ratings.sort(key=lambda x: -x.rating)
+    return RankResult(ratings, total, rounds, anchor, ridged)
+
+
+def rank(rows: Sequence[dict], anchor: str | None = None, rounds: int = 100, seed: int = 0) -> RankResult:
+    """Ratings for FastChat-style battle dicts (Elo follows their `tstamp` order when present)."""
+    if not rows:
+        raise UserError(
+            "no battles to rank: no votes yet (vote on `weitiao arena serve` or `weitiao arena import` a battle file)"
+        )
+    rows = sorted(rows, key=lambda r: r.get("tstamp") or 0)
+    a, b, o, models = battle_arrays(rows)
+    counts = aggregate(a, b, o, models)
+    return rank_counts(counts, online_elo(a, b, o, len(models)), anchor, rounds, seed)
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def load_battles(path: Path) -> list[dict]:
+    """FastChat-style battles from a JSON list (or JSONL): model_a, model_b, winner (+ tstamp, ...)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        rows = (
+            json.loads(text)
+            if text.lstrip().startswith("[")
+            else [json.loads(x) for x in text.splitlines() if x.strip()]
+        )
+    except json.JSONDecodeError as e:
+        raise UserError(f"{where(path, e.lineno)}: not valid JSON ({e.msg})") from None
+    for n, r in enumerate(rows, 1):
+        for f in ("model_a", "model_b", "winner"):
+            if not isinstance(r, dict) or not isinstance(r.get(f), str):
+                raise UserError(f"{where(path, n, f)}: missing or not a string (battle {n})")
+        if r["winner"] not in WINNERS:
+            raise UserError(f"{where(path, n, 'winner')}: {r['winner']!r}; expected one of {', '.join(WINNERS)}")
+        if r["model_a"] == r["model_b"]:
+            raise UserError(f"{where(path, n, 'model_b')}: same model on both sides")
+    return rows
+
+
+def plot_ratings(res: RankResult, path: str | Path) -> None:
+    """PNG: one row per model, BT rating with its 95% CI bar, best at the top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rs = res.ratings[::-1]
+    y = np.arange(len(rs))
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rs) + 1.2))
+    x = np.array([r.rating for r in rs])
+    err = np.array([[r.rating - r.lower for r in rs], [r.upper - r.rating for r in rs]])
+    ax.errorbar(x, y, xerr=err, fmt="o", capsize=3)
+    ax.set_yticks(y, [f"{r.model} (#{r.rank})" for r in rs])
+    ax.set_xlabel("Bradley–Terry rating (95% bootstrap CI)")
+    ax.set_title(f"{res.n_battles:,} battles")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)  # written whole or not at all

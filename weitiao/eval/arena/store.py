@@ -1,0 +1,210 @@
+"""Arena storage in one SQLite file (WAL mode): answers to show, rounds handed out, one row per vote.
+
+    weitiao arena serve --answers answers.jsonl --db arena.sqlite     # fills it; `arena export` reads it
+
+A round is a prompt with two models' answers, sides drawn at random; the page sees only the round id
+and the two texts, so model names cannot leak before the vote. `votes.model_a` is the model shown on
+side A (left), `model_b` on side B; `swapped` = 1 when the draw put the alphabetically later model on A.
+Outcomes use FastChat's words: model_a, model_b, tie, tie (bothbad).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from weitiao.errors import UserError, where
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS answers (prompt TEXT NOT NULL, model TEXT NOT NULL, answer TEXT NOT NULL,
+                                    PRIMARY KEY (prompt, model));
+CREATE TABLE IF NOT EXISTS rounds (id TEXT PRIMARY KEY, prompt TEXT, model_a TEXT, model_b TEXT,
+                                   swapped INTEGER, created REAL);
+CREATE TABLE IF NOT EXISTS votes (id INTEGER PRIMARY KEY, round_id TEXT UNIQUE, prompt TEXT, model_a TEXT NOT NULL,
+                                  model_b TEXT NOT NULL, swapped INTEGER, outcome TEXT NOT NULL, voter TEXT,
+                                  tstamp REAL NOT NULL);
+"""
+CHOICES = {"a": "model_a", "b": "model_b", "tie": "tie", "bothbad": "tie (bothbad)"}
+
+
+class ArenaStore:
+    """All arena reads and writes; one short-lived connection per call, so server threads never share one."""
+
+    def __init__(self, path: str | Path, create: bool = True) -> None:
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise UserError(f"{self.path}: no arena database here (run `weitiao arena serve --db {self.path}` first)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.execute("PRAGMA journal_mode=WAL")  # readers never block the vote writer
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            with db:  # commit on success, roll back on error
+                yield db
+        finally:
+            db.close()
+
+    # answers ----------------------------------------------------------------------------------------
+    def add_answers(self, rows: Sequence[dict]) -> int:
+        with self._db() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO answers VALUES (?, ?, ?)",
+                [(r["prompt"], r["model"], r["answer"]) for r in rows],
+            )
+        return len(rows)
+
+    def count_answers(self) -> int:
+        with self._db() as db:
+            return db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+
+    def models(self) -> list[str]:
+        with self._db() as db:
+            return [r[0] for r in db.execute("SELECT DISTINCT model FROM answers ORDER BY model")]
+
+    # rounds and votes -------------------------------------------------------------------------------
+    def new_round(self, rng: random.Random) -> dict | None:
+        """A random prompt with two random models' answers on random sides; None when no prompt has two."""
+        with self._db() as db:
+            prompts = [r[0] for r in db.execute("SELECT prompt FROM answers GROUP BY prompt HAVING COUNT(*) >= 2")]
+            if not prompts:
+                return None
+            prompt = rng.choice(prompts)
+            rows = dict(db.execute("SELECT model, answer FROM answers WHERE prompt = ?", (prompt,)).fetchall())
+            pair = sorted(rng.sample(sorted(rows), 2))
+            swapped = rng.random() < 0.5
+            a, b = (pair[1], pair[0]) if swapped else (pair[0], pair[1])
+            rid = uuid.uuid4().hex
+            db.execute("INSERT INTO rounds VALUES (?, ?, ?, ?, ?, ?)", (rid, prompt, a, b, int(swapped), time.time()))
+        return {"round": rid, "prompt": prompt, "a": rows[a], "b": rows[b]}
+
+    def vote(self, round_id: str, choice: str, voter: str) -> dict:
+        """Store one vote; returns the revealed names. Raises KeyError (unknown round) or ValueError (bad choice,
+        round already voted)."""
+        if choice not in CHOICES:
+            raise ValueError(f"choice {choice!r}; expected one of {', '.join(CHOICES)}")
+        with self._db() as db:
+            row = db.execute(
+                "SELECT prompt, model_a, model_b, swapped FROM rounds WHERE id = ?", (round_id,)
+            ).fetchone()
+            if row is None:
+                raise KeyError(round_id)
+            try:
+                db.execute(
+                    "INSERT INTO votes (round_id, prompt, model_a, model_b, swapped, outcome, voter, tstamp) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (round_id, *row, CHOICES[choice], voter, time.time()),
+                )
+            except sqlite3.IntegrityError:
+                raise ValueError("this round already has a vote") from None
+        return {"model_a": row[1], "model_b": row[2], "outcome": CHOICES[choice]}
+
+    def votes(self) -> list[dict]:
+        with self._db() as db:
+            db.row_factory = sqlite3.Row
+            return [dict(r) for r in db.execute("SELECT * FROM votes ORDER BY tstamp, id")]
+
+    def battles(self) -> list[dict]:
+        """Votes as FastChat-style battles: model_a, model_b, winner, tstamp, judge (voter), prompt."""
+        return [
+            {"model_a": v["model_a"], "model_b": v["model_b"], "winner": v["outcome"], "tstamp": v["tstamp"],
+             "judge": v["voter"], "prompt": v["prompt"]}
+            for v in self.votes()
+        ]  # fmt: skip
+
+    def import_battles(self, rows: Sequence[dict]) -> int:
+        with self._db() as db:
+            db.executemany(
+                "INSERT INTO votes (prompt, model_a, model_b, swapped, outcome, voter, tstamp) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.get("prompt"), r["model_a"], r["model_b"], None, r["winner"], r.get("judge", "import"),
+                     float(r.get("tstamp") or 0.0))
+                    for r in rows
+                ],
+            )  # fmt: skip
+        return len(rows)
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def read_answers(path: str | Path) -> list[dict]:
+    """Rows {prompt, model, answer} from JSONL; a bad row raises UserError naming file:line and field."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where(path, n)}: not valid JSON ({e.msg})") from None
+        for f in ("prompt", "model", "answer"):
+            if not isinstance(r, dict) or not isinstance(r.get(f), str):
+                raise UserError(f"{where(path, n, f)}: missing or not a string; rows are {{prompt, model, answer}}")
+        rows.append({"prompt": r["prompt"], "model": r["model"], "answer": r["answer"]})
+    if len({r["model"] for r in rows}) < 2:
+        raise UserError(f"{path}: answers from at least two models needed")
+    return rows
+
+
+def parse_models(spec: str) -> dict[str, tuple[str, str | None]]:
+    """`a=MODEL[:ADAPTER],b=...` → {name: (model, adapter)}."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, eq, target = part.partition("=")
+        if not eq or not name or not target:
+            raise UserError(f"--models {part!r}: expected NAME=MODEL[:ADAPTER]")
+        model, _, adapter = target.partition(":")
+        out[name] = (model, adapter or None)
+    if len(out) < 2:
+        raise UserError("--models: name at least two models, e.g. base=demo,tuned=demo:runs/demo/final")
+    return out
+
+
+def pregenerate(spec: str, prompts: Path | None, max_new_tokens: int = 128, seed: int = 0) -> list[dict]:
+    """Answer every prompt with every model once (temperature 0.7, top-p 0.9, seeded) before serving."""
+    from rich.progress import Progress
+
+    from weitiao.eval.golden import load_prompts
+
+    if prompts is None:
+        raise UserError("--models needs --prompts FILE to answer")
+    ps = load_prompts(prompts)
+    models = parse_models(spec)
+    rows: list[dict] = []
+    with Progress() as bar:
+        task = bar.add_task(f"answering {len(ps)} prompts", total=len(models))
+        for name, (model, adapter) in models.items():
+            rows += _answer_all(name, model, adapter, ps, max_new_tokens, seed)
+            bar.advance(task)
+    return rows
+
+
+def _answer_all(name: str, model: str, adapter: str | None, ps: list, max_new_tokens: int, seed: int) -> list[dict]:
+    """One model's answers as arena rows; a multi-turn prompt is shown as `role: text` lines."""
+    from weitiao.data.templates import resolve_template
+    from weitiao.infer.chat import load_chat_model
+    from weitiao.infer.generate import generate
+
+    m, tok = load_chat_model(model, adapter)
+    convs = [p.messages for p in ps]
+    gens = generate(m, tok, resolve_template(tok, "auto"), convs, max_new_tokens, 0.7, 0.9, seed=seed)
+    rows = []
+    for p, g in zip(ps, gens):
+        multi = len(p.messages) > 1
+        text = "\n".join(f"{x['role']}: {x['content']}" for x in p.messages) if multi else p.messages[0]["content"]
+        rows.append({"prompt": text, "model": name, "answer": g.text})
+    return rows

@@ -1,0 +1,221 @@
+"""`weitiao eval gen|golden` and `weitiao arena serve|rank|import|export` as two typer sub-apps.
+
+weitiao eval gen --model demo --prompts heldout.jsonl --out eval.json
+weitiao eval golden --run runs/sft --prompts golden.jsonl --select rougeL
+weitiao arena serve --answers answers.jsonl --db arena.sqlite --port 8300
+weitiao arena rank --db arena.sqlite --plot ratings.png --json ratings.json
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from weitiao.errors import UserError
+
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate replies: metrics over a prompt file, golden-set reports.")
+arena_app = typer.Typer(no_args_is_help=True, help="Blind pairwise arena: vote page, Bradley–Terry/Elo ratings.")
+console = Console()
+
+
+def _judge(url: str | None, model: str | None, cache_dir: str | None):
+    if not url:
+        return None
+    from weitiao.teacher import Teacher
+
+    return Teacher(url, model or "judge", cache_dir=cache_dir, temperature=0.0, max_tokens=256)
+
+
+def _metric_table(title: str, metrics: dict[str, float]) -> Table:
+    t = Table(title=title)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in metrics.items():
+        t.add_row(k, f"{v:.4g}")
+    return t
+
+
+@eval_app.command("gen")
+def gen(
+    model: str = typer.Option(..., help="base model: HF dir, hub id in the local cache, or 'demo'"),
+    prompts: Path = typer.Option(..., help="prompt file (chat rows; a last assistant turn is the reference)"),
+    adapter: str = typer.Option(None, help="LoRA adapter dir or run dir"),
+    refs: Path = typer.Option(None, help="reference file, row-aligned with --prompts (last assistant turn)"),
+    max_new_tokens: int = typer.Option(128),
+    temperature: float = typer.Option(0.0, help="0 = greedy"),
+    top_p: float = typer.Option(1.0),
+    batch_size: int = typer.Option(8),
+    seed: int = typer.Option(0),
+    refusal_pattern: str = typer.Option(None, help="regex counted as a refusal (default: weitiao.eval.style)"),
+    judge_url: str = typer.Option(None, help="OpenAI-compatible base URL of a judge, e.g. http://127.0.0.1:8000/v1"),
+    judge_model: str = typer.Option(None, help="judge model name"),
+    rubric: Path = typer.Option(None, help='text file with the judge rubric (must ask for JSON {"score": 1-10})'),
+    cache_dir: str = typer.Option(None, help="judge reply cache"),
+    out: Path = typer.Option(None, help="write metrics + every reply as JSON here"),
+) -> None:
+    """Generate replies to every prompt and report all metrics (table, and JSON with --out)."""
+    from weitiao.data.templates import resolve_template
+    from weitiao.eval.golden import load_prompts
+    from weitiao.eval.metrics import RUBRIC, Item, MetricSettings, item_metrics, judge_scores, reply_metrics
+    from weitiao.infer.chat import load_chat_model
+    from weitiao.infer.generate import generate
+    from weitiao.io import atomic_write_text
+
+    ps = load_prompts(prompts)
+    if refs is not None:
+        rs = load_prompts(refs)
+        if len(rs) != len(ps):
+            raise UserError(f"--refs {refs}: {len(rs)} rows but --prompts has {len(ps)}; they must align")
+        for p, r in zip(ps, rs):
+            p.reference = r.reference
+    settings = MetricSettings(**({"refusal_pattern": refusal_pattern} if refusal_pattern else {}))
+    m, tok = load_chat_model(model, adapter)
+    template = resolve_template(tok, "auto")
+    with console.status(f"generating {len(ps)} replies"):
+        gens = generate(m, tok, template, [p.messages for p in ps], max_new_tokens, temperature, top_p,
+                        batch_size=batch_size, seed=seed)  # fmt: skip
+    scores: list = [None] * len(ps)
+    errors: list[str] = []
+    if (judge := _judge(judge_url, judge_model, cache_dir)) is not None:
+        text = rubric.read_text(encoding="utf-8") if rubric else RUBRIC
+        scores, errors = judge_scores(judge, [p.messages for p in ps], [g.text for g in gens], text,
+                                      [p.reference for p in ps])  # fmt: skip
+    items = [Item(g.text, g.stopped, p.reference, p.history, s) for p, g, s in zip(ps, gens, scores)]
+    result = reply_metrics(items, settings)
+    console.print(_metric_table(f"{len(ps)} prompts · {model}{' + ' + adapter if adapter else ''}", result))
+    if errors:
+        console.print(f"[yellow]judge failed on {len(errors)} replies[/] (first: {errors[0]})")
+    if out:
+        rows = [
+            {"source": p.source, "prompt": p.messages, "reference": p.reference, "reply": g.text, "stopped": g.stopped,
+             "n_tokens": g.n_tokens, "metrics": item_metrics(it, settings)}
+            for p, g, it in zip(ps, gens, items)
+        ]  # fmt: skip
+        report = {"metrics": result, "judge_errors": errors, "rows": rows}
+        atomic_write_text(out, json.dumps(report, ensure_ascii=False, indent=1))
+        console.print(f"wrote {out}")
+
+
+@eval_app.command("golden")
+def golden(
+    run: Path = typer.Option(..., help="run dir of `weitiao sft` (train.out)"),
+    prompts: Path = typer.Option(..., help="golden prompt file"),
+    select: str = typer.Option("rougeL", help="metric that picks the recommended checkpoint (see SELECT)"),
+    max_new_tokens: int = typer.Option(128),
+    judge_url: str = typer.Option(None, help="OpenAI-compatible judge base URL"),
+    judge_model: str = typer.Option(None),
+    cache_dir: str = typer.Option(None, help="judge reply cache"),
+    out: Path = typer.Option(None, help="report path (default RUN/golden_report.html)"),
+) -> None:
+    """Answer the golden prompts at every checkpoint; write one HTML report with curves and a recommendation."""
+    from weitiao.eval.golden import golden_report
+
+    path, res = golden_report(run, prompts, select, max_new_tokens, _judge(judge_url, judge_model, cache_dir), out=out)
+    t = Table(title=f"golden set · {len(res.steps)} checkpoints")
+    cols = ["rougeL", "bleu", "judge", "distinct_2", "loop_rate", "stop_rate", "eval_loss"]
+    cols = [c for c in cols if any(c in res.summary[s] for s in res.steps)]
+    t.add_column("step", no_wrap=True)
+    for c in cols:
+        t.add_column(c, justify="right")
+    for s in res.steps:
+        mark = (" final" if res.labels[s] == "final" else "") + (" ★" if s == res.recommended else "")
+        vals = [f"{res.summary[s][c]:.4g}" if c in res.summary[s] else "" for c in cols]
+        t.add_row(f"{s}{mark}", *vals)
+    console.print(t)
+    console.print(f"recommended by {select}: {res.labels.get(res.recommended, 'none')} · lowest eval loss: "
+                  f"{res.labels.get(res.lowest_eval, 'none')} · report {path}")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- arena
+
+
+@arena_app.command("serve")
+def arena_serve(
+    db: Path = typer.Option(Path("arena.sqlite"), help="SQLite file for answers and votes"),
+    answers: Path = typer.Option(None, help="pre-generated answers: rows {prompt, model, answer}"),
+    models: str = typer.Option(None, help="live models: a=MODEL[:ADAPTER],b=... (answers generated at start)"),
+    prompts: Path = typer.Option(None, help="with --models: the prompts to answer"),
+    max_new_tokens: int = typer.Option(128),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8300),
+) -> None:
+    """Serve the blind-vote page: a prompt, two anonymous answers, A/B/tie/both-bad, names revealed after."""
+    import uvicorn
+
+    from weitiao.eval.arena.app import create_app
+    from weitiao.eval.arena.store import ArenaStore, pregenerate, read_answers
+
+    if (answers is None) == (models is None):
+        raise UserError("give either --answers FILE or --models a=MODEL[:ADAPTER],b=... with --prompts")
+    store = ArenaStore(db)
+    rows = read_answers(answers) if answers else pregenerate(models or "", prompts, max_new_tokens)
+    store.add_answers(rows)
+    console.print(f"{store.count_answers()} answers · {len(store.models())} models · http://{host}:{port}/")
+    uvicorn.run(create_app(store), host=host, port=port, log_level="warning")
+
+
+@arena_app.command("rank")
+def arena_rank(
+    db: Path = typer.Option(None, help="arena SQLite file"),
+    battles: Path = typer.Option(None, help="FastChat-style battle JSON instead of --db"),
+    anchor: str = typer.Option(None, help="model pinned at 1000 (default: mean rating 1000)"),
+    rounds: int = typer.Option(100, help="bootstrap rounds"),
+    seed: int = typer.Option(0),
+    as_json: Path = typer.Option(None, "--json", help="write ratings JSON here"),
+    plot: Path = typer.Option(None, help="write a PNG of ratings with 95% CI bars here"),
+) -> None:
+    """Bradley–Terry MLE ratings with bootstrap 95% CIs, CI-overlap rank and online Elo."""
+    from weitiao.eval.arena.rank import load_battles, plot_ratings, rank
+    from weitiao.eval.arena.store import ArenaStore
+    from weitiao.io import atomic_write_text
+
+    if (db is None) == (battles is None):
+        raise UserError("give either --db arena.sqlite or --battles battles.json")
+    rows = ArenaStore(db, create=False).battles() if db else load_battles(battles)  # type: ignore[arg-type]
+    res = rank(rows, anchor=anchor, rounds=rounds, seed=seed)
+    t = Table(title=f"{res.n_battles:,} battles · {len(res.ratings)} models · {rounds} bootstrap rounds")
+    for c in ("rank", "model", "BT rating", "95% CI", "Elo (K=4)", "battles", "win rate"):
+        t.add_column(c, justify="left" if c == "model" else "right")
+    for r in res.ratings:
+        t.add_row(str(r.rank), r.model, f"{r.rating:.1f}", f"{r.lower:.1f} – {r.upper:.1f}", f"{r.elo:.1f}",
+                  f"{r.battles:,}", f"{r.win_rate:.3f}")  # fmt: skip
+    console.print(t)
+    if res.regularized_rounds:
+        console.print(f"[yellow]{res.regularized_rounds} bootstrap rounds had a model without wins or losses; "
+                      "fitted with a tiny ridge[/]")  # fmt: skip
+    if as_json:
+        atomic_write_text(as_json, json.dumps(res.to_json(), ensure_ascii=False, indent=1))
+    if plot:
+        plot_ratings(res, plot)
+        console.print(f"wrote {plot}")
+
+
+@arena_app.command("import")
+def arena_import(
+    battles: Path = typer.Argument(..., help="FastChat-style battle JSON (list of {model_a, model_b, winner, ...})"),
+    db: Path = typer.Option(Path("arena.sqlite")),
+) -> None:
+    """Add FastChat-style battles to the vote table."""
+    from weitiao.eval.arena.rank import load_battles
+    from weitiao.eval.arena.store import ArenaStore
+
+    n = ArenaStore(db).import_battles(load_battles(battles))
+    console.print(f"imported {n:,} battles into {db}")
+
+
+@arena_app.command("export")
+def arena_export(
+    out: Path = typer.Argument(..., help="battle JSON to write"),
+    db: Path = typer.Option(Path("arena.sqlite")),
+) -> None:
+    """Write every vote as FastChat-style battle JSON."""
+    from weitiao.eval.arena.store import ArenaStore
+    from weitiao.io import atomic_write_text
+
+    rows = ArenaStore(db, create=False).battles()
+    atomic_write_text(out, json.dumps(rows, ensure_ascii=False, indent=1))
+    console.print(f"wrote {len(rows):,} battles to {out}")

@@ -1,0 +1,444 @@
+"""Golden-set reports: answers of every checkpoint of a run to the same prompts, side by side, in one HTML file.
+
+    weitiao eval golden --run runs/sft --prompts golden.jsonl --select rougeL     # → runs/sft/golden_report.html
+
+Steps: 1. read the run (config.yaml, metrics.jsonl, checkpoints/step-N and final/) → 2. reuse answers already
+in `RUN/golden.jsonl` (written during training by `golden_callback`), generate the missing ones greedily
+with each checkpoint's adapter → 3. per-answer and per-checkpoint metrics (`weitiao.eval.metrics`), optional
+judge → 4. recommend a checkpoint by the chosen metric and, separately, by lowest eval loss → 5. write the report
+(loss curves as inline SVG, one table row per golden prompt, one column per checkpoint).
+
+Golden prompts: any chat file (alpaca/sharegpt/openai messages; a last assistant turn becomes the reference)
+or rows `{"prompt": "...", "reference": "..."}` (a DPO pair's `chosen` is its reference).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from weitiao.data.formats import Message, RowError, detect_format, iter_records, parse_row
+from weitiao.errors import UserError
+from weitiao.eval.metrics import Item, MetricSettings, item_metrics, reply_metrics
+from weitiao.io import append_jsonl, atomic_write_text
+
+GOLDEN_FILE = "golden.jsonl"
+REPORT_FILE = "golden_report.html"
+# metric → True when higher is better
+SELECT = {
+    "rougeL": True,
+    "bleu": True,
+    "exact_match": True,
+    "judge": True,
+    "distinct_2": True,
+    "stop_rate": True,
+    "loop_rate": False,
+    "copy_rate": False,
+    "eval_loss": False,
+}
+
+
+# ---------------------------------------------------------------------------------------------- prompts
+
+
+@dataclass
+class Prompt:
+    """A prompt (messages ending with a user turn) and its reference answer, if the file gave one."""
+
+    messages: list[Message]
+    reference: str | None
+    source: str
+
+    @property
+    def history(self) -> list[str]:
+        """Texts of the turns before the last user turn (for copy-of-history)."""
+        return [m["content"] for m in self.messages[:-1] if m["role"] != "system"]
+
+
+def load_prompts(path: str | Path) -> list[Prompt]:
+    """Read prompts from a chat file; a final assistant turn is the reference. Bad rows raise UserError."""
+    path = Path(path)
+    out = []
+    for n, rec in iter_records(path):
+        loc = f"{path}:{n}"
+        try:
+            if isinstance(rec, RowError):
+                raise rec
+            if isinstance(rec, dict) and isinstance(rec.get("prompt"), str):
+                ref = rec.get("reference", rec.get("answer", rec.get("chosen")))  # a DPO pair: chosen
+                out.append(Prompt([{"role": "user", "content": rec["prompt"]}], ref, loc))
+                continue
+            fmt = detect_format(rec)
+            rec = dict(rec)
+            has_ref = True
+            if fmt == "alpaca" and not rec.get("output"):
+                rec["output"], has_ref = "-", False
+            for key, role, text in (("messages", "role", "content"), ("conversations", "from", "value")):
+                turns = rec.get(key)
+                if fmt != "alpaca" and isinstance(turns, list) and turns and isinstance(turns[-1], dict):
+                    if turns[-1].get(role) not in ("assistant", "gpt"):
+                        rec[key] = turns + [{role: "assistant" if key == "messages" else "gpt", text: "-"}]
+                        has_ref = False
+            conv = parse_row(rec, fmt)
+            if not hasattr(conv, "prompt_messages"):
+                raise RowError("row", "preference rows are not prompts")
+            out.append(Prompt(conv.prompt_messages, conv.messages[-1]["content"] if has_ref else None, loc))
+        except RowError as e:
+            raise UserError(f"{loc}: {e}") from None
+    if not out:
+        raise UserError(f"{path}: no prompts")
+    return out
+
+
+def prompts_key(prompts: Sequence[Prompt]) -> str:
+    """Short hash of the prompt messages, so answers to a different golden set are never mixed in."""
+    blob = json.dumps([p.messages for p in prompts], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def answer(model: Any, tokenizer: Any, template: Any, prompts: Sequence[Prompt], max_new_tokens: int = 128) -> list:
+    """Greedy replies (`Generation`s) to every prompt."""
+    from weitiao.infer.generate import generate
+
+    convs = [p.messages for p in prompts]
+    return generate(model, tokenizer, template, convs, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=8)
+
+
+def golden_rows(step: int, label: str, prompts: Sequence[Prompt], gens: Sequence[Any]) -> list[dict]:
+    key, now = prompts_key(prompts), round(time.time(), 3)
+    return [
+        {"step": step, "label": label, "prompts": key, "index": i, "reply": g.text, "stopped": g.stopped,
+         "n_tokens": g.n_tokens, "time": now}
+        for i, g in enumerate(gens)
+    ]  # fmt: skip
+
+
+def golden_callback(
+    prompts_path: str | Path,
+    every_n_steps: int,
+    *,
+    model: Any,
+    tokenizer: Any,
+    template: Any,
+    run_dir: str | Path,
+    max_new_tokens: int = 128,
+) -> Callable[[int, dict], None]:
+    """An `after_step(step, metrics)` hook for the training loop: every `every_n_steps` steps, answer the
+    golden prompts greedily with the model being trained and append the rows to RUN/golden.jsonl."""
+    prompts = load_prompts(prompts_path)
+    path = Path(run_dir) / GOLDEN_FILE
+
+    def after_step(step: int, metrics: dict) -> None:
+        if every_n_steps <= 0 or step % every_n_steps:
+            return
+        for row in golden_rows(step, f"step-{step:06d}", prompts, answer(model, tokenizer, template, prompts,
+                                                                           max_new_tokens)):  # fmt: skip
+            append_jsonl(path, row)
+
+    return after_step
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Checkpoint:
+    label: str  # step-000004 or final
+    step: int
+    weights: Path | None  # adapter/ or model/ dir; None when deleted (answers only from golden.jsonl)
+
+
+def read_run(run_dir: Path) -> tuple[dict, list[Checkpoint], list[dict]]:
+    """The run's config, its checkpoints on disk (final last, unless it equals the last step), and metrics."""
+    import yaml
+
+    from weitiao.train.log import read_metrics
+
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.exists():
+        raise UserError(f"{run_dir}: no config.yaml; is this a `weitiao sft` run dir (train.out)?")
+    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+    ckpts = []
+    root = run_dir / "checkpoints"
+    for d in sorted(root.glob("step-*")) if root.exists() else []:
+        w = d / "adapter" if (d / "adapter").exists() else d / "model"
+        if w.exists():
+            ckpts.append(Checkpoint(d.name, int(d.name.split("-")[1]), w))
+    metrics = read_metrics(run_dir)
+    done = [m["step"] for m in metrics if m["kind"] == "done"]
+    final = run_dir / "final"
+    w = final / "adapter" if (final / "adapter").exists() else final / "model"
+    if w.exists() and not (done and any(c.step == done[-1] for c in ckpts)):
+        ckpts.append(Checkpoint("final", done[-1] if done else (ckpts[-1].step + 1 if ckpts else 0), w))
+    return cfg, ckpts, metrics
+
+
+def _load_base(cfg: dict, run_dir: Path) -> tuple[Any, Any, Any]:
+    from weitiao.data.templates import resolve_template
+    from weitiao.models.load import ModelSpec, load_model, load_tokenizer
+
+    mcfg = cfg.get("model", {}) or {}
+    base = mcfg.get("path", "demo")
+    tok_dir = run_dir / "final" / "tokenizer"
+    tok = load_tokenizer(str(tok_dir) if tok_dir.exists() else base)
+    template = resolve_template(
+        tok, "auto" if tok_dir.exists() else (cfg.get("data", {}) or {}).get("template", "auto")
+    )
+    model = load_model(ModelSpec(**{**mcfg, "gradient_checkpointing": False}))  # the base as trained (quant too)
+    return model.eval(), tok, template
+
+
+def generate_missing(run_dir: Path, cfg: dict, ckpts: list[Checkpoint], prompts: list[Prompt], max_new: int) -> None:
+    """Answer the golden prompts with every checkpoint that golden.jsonl lacks; append the rows."""
+    from peft import PeftModel
+    from rich.progress import Progress
+
+    path, key = run_dir / GOLDEN_FILE, prompts_key(prompts)
+    # answers older than the checkpoint's weights came from an earlier run in the same dir: answer again
+    have: dict[tuple[int, str], float] = {}
+    for r in read_golden(path):
+        have[(r["step"], r["prompts"])] = max(have.get((r["step"], r["prompts"]), 0.0), r.get("time", 0.0))
+    todo = [
+        c for c in ckpts
+        if c.weights is not None and have.get((c.step, key), -1.0) < _mtime(c.weights)
+    ]  # fmt: skip
+    if not todo:
+        return
+    base, tok, template = _load_base(cfg, run_dir)
+    peft_model = None
+    with Progress() as bar:
+        task = bar.add_task("golden answers", total=len(todo))
+        for c in todo:
+            if c.weights.name == "adapter":  # type: ignore[union-attr]
+                if peft_model is None:
+                    peft_model = PeftModel.from_pretrained(base, str(c.weights), adapter_name=c.label).eval()
+                else:
+                    peft_model.load_adapter(str(c.weights), adapter_name=c.label)
+                peft_model.set_adapter(c.label)
+                model = peft_model
+            else:
+                from weitiao.models.load import ModelSpec, load_model
+
+                model = load_model(ModelSpec(path=str(c.weights), quant="none")).eval()
+            for row in golden_rows(c.step, c.label, prompts, answer(model, tok, template, prompts, max_new)):
+                append_jsonl(path, row)
+            bar.advance(task)
+
+
+def _mtime(weights: Path) -> float:
+    return (
+        max((f.stat().st_mtime for f in weights.iterdir()), default=0.0) - 120.0
+    )  # slack: a save may end well after the hook wrote
+
+
+def read_golden(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------- selection
+
+
+@dataclass
+class GoldenResult:
+    steps: list[int]
+    labels: dict[int, str]
+    replies: dict[int, list[dict]]  # step → per prompt: {"reply", "stopped", "metrics"}
+    summary: dict[int, dict[str, float]]  # step → set metrics (+ eval_loss when logged at that step)
+    recommended: int | None  # by the chosen metric
+    lowest_eval: int | None
+    select: str
+    judge_errors: list[str]
+
+
+def pick(summary: dict[int, dict[str, float]], metric: str) -> int | None:
+    """The step with the best value of `metric` (ties → the earliest step); None if no step has it."""
+    have = [(s, m[metric]) for s, m in sorted(summary.items()) if metric in m and m[metric] == m[metric]]
+    if not have:
+        return None
+    sign = 1 if SELECT[metric] else -1
+    return max(have, key=lambda sv: (sign * sv[1], -sv[0]))[0]
+
+
+def evaluate_golden(
+    rows: list[dict],
+    prompts: list[Prompt],
+    metrics_log: list[dict],
+    select: str,
+    settings: MetricSettings | None = None,
+    judge: Any = None,
+) -> GoldenResult:
+    """Per-answer and per-checkpoint metrics for the golden rows of this prompt set; pick checkpoints."""
+    from weitiao.eval.metrics import judge_scores
+
+    if select not in SELECT:
+        raise UserError(f"--select {select}: choose one of {', '.join(SELECT)}")
+    key = prompts_key(prompts)
+    by_step: dict[int, dict[int, dict]] = {}
+    labels: dict[int, str] = {}
+    for r in rows:
+        if r["prompts"] == key:
+            by_step.setdefault(r["step"], {})[r["index"]] = r
+            labels[r["step"]] = r["label"]
+    steps = sorted(s for s, got in by_step.items() if len(got) == len(prompts))
+    judged: dict[tuple[int, int], float | None] = {}
+    errors: list[str] = []
+    if judge is not None:
+        pairs = [(s, i) for s in steps for i in range(len(prompts))]
+        scores, errors = judge_scores(
+            judge, [prompts[i].messages for _, i in pairs], [by_step[s][i]["reply"] for s, i in pairs],
+            references=[prompts[i].reference for _, i in pairs],
+        )  # fmt: skip
+        judged = dict(zip(pairs, scores))
+    evals = {m["step"]: m["eval_loss"] for m in metrics_log if m["kind"] == "eval" and "eval_loss" in m}
+    replies, summary = {}, {}
+    for s in steps:
+        items = [
+            Item(by_step[s][i]["reply"], by_step[s][i]["stopped"], p.reference, p.history, judged.get((s, i)))
+            for i, p in enumerate(prompts)
+        ]
+        replies[s] = [{**by_step[s][i], "metrics": item_metrics(it, settings)} for i, it in enumerate(items)]
+        summary[s] = reply_metrics(items, settings)
+        if s in evals:
+            summary[s]["eval_loss"] = evals[s]
+    return GoldenResult(steps, labels, replies, summary, pick(summary, select), pick(summary, "eval_loss"), select,
+                        errors)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- HTML
+
+
+def svg_lines(
+    series: dict[str, list[tuple[float, float]]], marks: Sequence[int] = (), w: int = 720, h: int = 260
+) -> str:
+    """A small inline SVG line chart: one polyline per series, dashed verticals at `marks`, axes with ticks."""
+    pts = [p for s in series.values() for p in s]
+    if not pts:
+        return "<p>(no loss logged)</p>"
+    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+    y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+    L, R, T, B = 50, 110, 10, 30
+
+    def X(x: float) -> float:
+        return L + (x - x0) / (x1 - x0) * (w - L - R)
+
+    def Y(y: float) -> float:
+        return T + (y1 - y) / (y1 - y0) * (h - T - B)
+
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-size="11">']
+    out.append(f'<rect x="{L}" y="{T}" width="{w - L - R}" height="{h - T - B}" fill="none" stroke="#999"/>')
+    for k in range(5):
+        yv = y0 + (y1 - y0) * k / 4
+        out.append(f'<text x="{L - 4}" y="{Y(yv) + 4:.1f}" text-anchor="end">{yv:.3g}</text>')
+    for k in range(5):
+        xv = x0 + (x1 - x0) * k / 4
+        out.append(f'<text x="{X(xv):.1f}" y="{h - B + 14}" text-anchor="middle">{xv:.0f}</text>')
+    out.append(f'<text x="{(w - R + L) / 2}" y="{h - 2}" text-anchor="middle">step</text>')
+    for m in marks:
+        if x0 <= m <= x1:
+            out.append(
+                f'<line x1="{X(m):.1f}" x2="{X(m):.1f}" y1="{T}" y2="{h - B}" stroke="#bbb" stroke-dasharray="3"/>'
+            )
+    for k, (name, s) in enumerate(series.items()):
+        c = colors[k % len(colors)]
+        poly = " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y in s)
+        out.append(f'<polyline points="{poly}" fill="none" stroke="{c}" stroke-width="1.5"/>')
+        out.extend(f'<circle cx="{X(x):.1f}" cy="{Y(y):.1f}" r="2.5" fill="{c}"/>' for x, y in s if len(s) < 40)
+        out.append(f'<text x="{w - R + 8}" y="{T + 14 + 16 * k}" fill="{c}">{html.escape(name)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0}
+td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:13px}th{background:#f3f3f3}
+.best{background:#e6f4ea}.low{background:#e8f0fe}.reply{white-space:pre-wrap;max-width:360px}
+.m{color:#666;font-size:11px}.tag{font-size:11px;padding:1px 4px;border-radius:3px;background:#ddd}"""
+SHOWN = ["rougeL", "bleu", "exact_match", "judge", "distinct_2", "loop_rate", "copy_rate", "stop_rate", "mean_len",
+         "emoji_rate", "refusal_rate", "eval_loss"]  # fmt: skip
+
+
+def curve(metrics_log: list[dict], kind: str, key: str) -> list[tuple[float, float]]:
+    """(step, value) sorted by step; a step logged twice (a resumed or re-run run appends) keeps its last value."""
+    last = {m["step"]: m[key] for m in metrics_log if m["kind"] == kind and key in m}
+    return sorted(last.items())
+
+
+def render_report(run_dir: Path, prompts: list[Prompt], res: GoldenResult, metrics_log: list[dict]) -> str:
+    """The self-contained HTML report (no external files or scripts)."""
+    e = html.escape
+    train = curve(metrics_log, "train", "loss")
+    evals = curve(metrics_log, "eval", "eval_loss")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>golden report · {e(str(run_dir))}</title>"]
+    parts.append(f"<style>{CSS}</style></head><body><h1>Golden-set report</h1><p>run <code>{e(str(run_dir))}</code> · ")
+    parts.append(f"{len(prompts)} prompts · {len(res.steps)} checkpoints · greedy decoding</p>")
+
+    def lab(s: int | None) -> str:
+        return "none" if s is None else f"{res.labels[s]} (step {s})"
+
+    parts.append(f"<p><b>Recommended by {e(res.select)}:</b> {e(lab(res.recommended))} &nbsp; ")
+    parts.append(f"<b>Lowest eval loss:</b> {e(lab(res.lowest_eval))}</p>")
+    if res.judge_errors:
+        parts.append(f"<p>judge failures: {len(res.judge_errors)} (first: {e(res.judge_errors[0])})</p>")
+    parts.append("<h2>Loss</h2>" + svg_lines({"train loss": train, "eval loss": evals}, res.steps))
+    cols = [k for k in SHOWN if any(k in res.summary[s] for s in res.steps)]
+    parts.append(
+        "<h2>Checkpoints</h2><table><tr><th>checkpoint</th>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
+    )
+    for s in res.steps:
+        cls = "best" if s == res.recommended else ("low" if s == res.lowest_eval else "")
+        tags = (" <span class='tag'>recommended</span>" if s == res.recommended else "") + (
+            " <span class='tag'>lowest eval loss</span>" if s == res.lowest_eval else ""
+        )
+        vals = "".join(f"<td>{res.summary[s][c]:.4g}</td>" if c in res.summary[s] else "<td></td>" for c in cols)
+        parts.append(f"<tr class='{cls}'><td>{e(lab(s))}{tags}</td>{vals}</tr>")
+    parts.append("</table><h2>Answers</h2><table><tr><th>prompt</th><th>reference</th>")
+    parts.append(
+        "".join(f"<th class='{'best' if s == res.recommended else ''}'>{e(res.labels[s])}</th>" for s in res.steps)
+    )
+    parts.append("</tr>")
+    for i, p in enumerate(prompts):
+        convo = "<br>".join(f"<b>{e(m['role'])}</b>: {e(m['content'])}" for m in p.messages)
+        parts.append(f"<tr><td class='reply'>{convo}</td><td class='reply'>{e(p.reference or '')}</td>")
+        for s in res.steps:
+            r = res.replies[s][i]
+            ms = " · ".join(f"{k} {v:.3g}" for k, v in r["metrics"].items() if k not in ("emoji", "refusal"))
+            cls = "reply best" if s == res.recommended else "reply"
+            parts.append(f"<td class='{cls}'>{e(r['reply'])}<div class='m'>{e(ms)}</div></td>")
+        parts.append("</tr>")
+    parts.append("</table></body></html>")
+    return "".join(parts)
+
+
+def golden_report(
+    run_dir: str | Path,
+    prompts_path: str | Path,
+    select: str = "rougeL",
+    max_new_tokens: int = 128,
+    judge: Any = None,
+    settings: MetricSettings | None = None,
+    out: str | Path | None = None,
+) -> tuple[Path, GoldenResult]:
+    """Steps 1–5 above; returns the report path and the numbers behind it."""
+    run_dir = Path(run_dir)
+    if select not in SELECT:
+        raise UserError(f"--select {select}: choose one of {', '.join(SELECT)}")
+    if select == "judge" and judge is None:
+        raise UserError("--select judge needs a judge: pass --judge-url and --judge-model")
+    prompts = load_prompts(prompts_path)
+    cfg, ckpts, metrics_log = read_run(run_dir)  # 1
+    if not ckpts and not (run_dir / GOLDEN_FILE).exists():
+        raise UserError(f"{run_dir}: no checkpoints (checkpoints/step-*/ or final/) and no {GOLDEN_FILE}")
+    generate_missing(run_dir, cfg, ckpts, prompts, max_new_tokens)  # 2
+    res = evaluate_golden(read_golden(run_dir / GOLDEN_FILE), prompts, metrics_log, select, settings, judge)  # 3, 4
+    path = Path(out) if out else run_dir / REPORT_FILE
+    atomic_write_text(path, render_report(run_dir, prompts, res, metrics_log))  # 5
+    return path, res

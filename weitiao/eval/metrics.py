@@ -1,0 +1,236 @@
+"""Reply metrics: style, repetition, reference overlap (ROUGE-L, BLEU, exact match) and LLM-judge scores.
+
+    weitiao eval gen --model demo --prompts heldout.jsonl [--adapter runs/demo/final] [--judge-url URL]
+
+All scores are in [0, 1] (BLEU too: sacrebleu's number / 100). Texts are split by
+`weitiao.eval.repetition.units`: each CJK character one unit, Latin words whole, so ROUGE-L is
+character-level for Chinese and BLEU matches sacrebleu's `tokenize="zh"` on ordinary text.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from weitiao.eval.repetition import copy_of_history_rate, distinct_n, ngram_loop, units
+from weitiao.eval.style import EMOJI, REFUSAL
+
+
+@dataclass
+class MetricSettings:
+    """Knobs for `reply_metrics`."""
+
+    refusal_pattern: str = REFUSAL.pattern  # regex; a reply matching it counts as a refusal
+    loop_n: int = 4  # n-gram size for loop detection
+    loop_repeats: int = 3  # back-to-back repeats that make a loop
+    copy_n: int = 8  # character n-gram size for copy-of-history
+
+
+# ---------------------------------------------------------------------------------------------- overlap
+
+
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence (O(len(a)·len(b)) dynamic programme, one row kept)."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l(candidate: str, reference: str) -> float:
+    """ROUGE-L F1 (Lin 2004, beta = 1) over units: 2PR / (P + R) with P = LCS/|cand|, R = LCS/|ref|."""
+    c, r = units(candidate), units(reference)
+    lcs = lcs_length(c, r)
+    if lcs == 0:
+        return 0.0
+    p, rec = lcs / len(c), lcs / len(r)
+    return 2 * p * rec / (p + rec)
+
+
+def _ngram_counts(toks: list[str], n: int) -> Counter:
+    return Counter(tuple(toks[i : i + n]) for i in range(len(toks) - n + 1))
+
+
+def bleu(candidates: Sequence[str], references: Sequence[str], max_n: int = 4, effective_order: bool = False) -> float:
+    """Corpus BLEU (Papineni 2002) in [0, 1], one reference per candidate, sacrebleu's `exp` smoothing.
+
+    1. clipped n-gram matches and candidate n-gram totals summed over the corpus, n = 1..max_n;
+    2. an order with no match gets precision 1 / (2^k · total), k counting such orders so far;
+       an order with no candidate n-grams ends the product (sentence level: `effective_order`
+       averages only the orders present, as sacrebleu's sentence_bleu does);
+    3. brevity penalty exp(1 - ref_len / cand_len) when the candidates are shorter.
+    """
+    if len(candidates) != len(references):
+        raise ValueError(f"{len(candidates)} candidates but {len(references)} references")
+    correct, total = [0] * max_n, [0] * max_n
+    sys_len = ref_len = 0
+    for cand, ref in zip(candidates, references):
+        c, r = units(cand), units(ref)
+        sys_len, ref_len = sys_len + len(c), ref_len + len(r)
+        for n in range(1, max_n + 1):
+            cc, rc = _ngram_counts(c, n), _ngram_counts(r, n)
+            correct[n - 1] += sum(min(k, rc[g]) for g, k in cc.items())
+            total[n - 1] += sum(cc.values())
+    if not any(correct):
+        return 0.0
+    bp = math.exp(1 - ref_len / sys_len) if sys_len < ref_len else 1.0
+    logs, smooth, order = [], 1.0, max_n
+    for n in range(max_n):
+        if total[n] == 0:
+            break
+        if effective_order:
+            order = n + 1
+        if correct[n] == 0:
+            smooth *= 2
+            logs.append(math.log(1 / (smooth * total[n])))
+        else:
+            logs.append(math.log(correct[n] / total[n]))
+    if len(logs) < order:  # a missing order has precision 0: BLEU is 0
+        return 0.0
+    return bp * math.exp(sum(logs[:order]) / order)
+
+
+def sentence_bleu(candidate: str, reference: str) -> float:
+    """BLEU of one reply against its reference (effective order, as sacrebleu.sentence_bleu)."""
+    return bleu([candidate], [reference], effective_order=True)
+
+
+_SPACES = re.compile(r"\s+")
+
+
+def exact_match(candidate: str, reference: str) -> bool:
+    """Equal after trimming the ends and collapsing runs of whitespace."""
+    return _SPACES.sub(" ", candidate.strip()) == _SPACES.sub(" ", reference.strip())
+
+
+# ---------------------------------------------------------------------------------------------- per reply
+
+
+@dataclass
+class Item:
+    """One generated reply with what its metrics need."""
+
+    reply: str
+    stopped: bool = True
+    reference: str | None = None
+    history: list[str] = field(default_factory=list)  # earlier turns' texts (multi-turn prompts)
+    judge: float | None = None  # judge score in [0, 1], when a judge ran
+
+
+def item_metrics(it: Item, s: MetricSettings | None = None) -> dict[str, float]:
+    """Per-reply numbers: length, emoji, refusal, stop, loop, copy (multi-turn), overlap (with a reference)."""
+    s = s or MetricSettings()
+    out = {
+        "len": float(len(it.reply)),
+        "emoji": float(bool(EMOJI.search(it.reply))),
+        "refusal": float(bool(re.search(s.refusal_pattern, it.reply))),
+        "stop": float(it.stopped),
+        "loop": float(ngram_loop(it.reply, s.loop_n, s.loop_repeats)),
+        "distinct_2": distinct_n([it.reply], 2),
+    }
+    if it.history:
+        out["copy"] = copy_of_history_rate(it.reply, it.history, s.copy_n)
+    if it.reference is not None:
+        out["rougeL"] = rouge_l(it.reply, it.reference)
+        out["bleu"] = sentence_bleu(it.reply, it.reference)
+        out["exact"] = float(exact_match(it.reply, it.reference))
+    if it.judge is not None:
+        out["judge"] = it.judge
+    return out
+
+
+def reply_metrics(items: Sequence[Item], s: MetricSettings | None = None) -> dict[str, float]:
+    """Set-level metrics: means of the per-reply numbers, corpus distinct-1/2 and corpus BLEU.
+
+    `copy_rate` averages over replies that have history; overlap metrics over replies with a
+    reference; `judge` over judged replies. A metric with no eligible reply is left out.
+    """
+    s = s or MetricSettings()
+    per = [item_metrics(it, s) for it in items]
+    n = max(1, len(items))
+    out = {
+        "n": float(len(items)),
+        "mean_len": sum(p["len"] for p in per) / n,
+        "emoji_rate": sum(p["emoji"] for p in per) / n,
+        "refusal_rate": sum(p["refusal"] for p in per) / n,
+        "stop_rate": sum(p["stop"] for p in per) / n,
+        "loop_rate": sum(p["loop"] for p in per) / n,
+        "distinct_1": distinct_n([it.reply for it in items], 1),
+        "distinct_2": distinct_n([it.reply for it in items], 2),
+    }
+
+    def mean(key: str) -> float | None:
+        vals = [p[key] for p in per if key in p]
+        return sum(vals) / len(vals) if vals else None
+
+    for key, name in (("copy", "copy_rate"), ("rougeL", "rougeL"), ("exact", "exact_match"), ("judge", "judge")):
+        if (v := mean(key)) is not None:
+            out[name] = v
+    refd = [it for it in items if it.reference is not None]
+    if refd:
+        out["bleu"] = bleu([it.reply for it in refd], [it.reference or "" for it in refd])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- judge
+
+RUBRIC = """你是严格的评审。根据下面的评分标准给助手的回答打分（1-10 的整数）。
+标准：1. 是否回答了用户的问题；2. 事实是否正确；3. 语气是否自然友好；4. 有无重复、跑题或不必要的拒绝。
+只输出 JSON：{"score": 整数, "reason": "一句话理由"}"""
+
+
+def judge_messages(prompt: Sequence[dict], reply: str, rubric: str = RUBRIC, reference: str | None = None) -> list:
+    """The judge request: rubric as system, then the conversation, the reply and (optionally) a reference."""
+    convo = "\n".join(f"[{m['role']}] {m['content']}" for m in prompt)
+    body = f"对话：\n{convo}\n\n助手的回答：\n{reply}"
+    if reference is not None:
+        body += f"\n\n参考答案：\n{reference}"
+    return [{"role": "system", "content": rubric}, {"role": "user", "content": body}]
+
+
+def parse_score(text: str, lo: float = 1, hi: float = 10) -> float:
+    """The judge's `score` mapped from [lo, hi] to [0, 1]; raises ValueError if missing or out of range."""
+    from weitiao.teacher import parse_json_reply
+
+    obj = parse_json_reply(text)
+    if isinstance(obj, list) and obj and isinstance(obj[0], dict):
+        obj = obj[0]
+    if not isinstance(obj, dict) or not isinstance(obj.get("score"), (int, float)) or isinstance(obj["score"], bool):
+        raise ValueError(f"no numeric 'score' in judge reply: {text[:80]!r}")
+    score = float(obj["score"])
+    if not lo <= score <= hi:
+        raise ValueError(f"judge score {score} outside [{lo}, {hi}]")
+    return (score - lo) / (hi - lo)
+
+
+def judge_scores(
+    teacher: object,
+    prompts: Sequence[Sequence[dict]],
+    replies: Sequence[str],
+    rubric: str = RUBRIC,
+    references: Sequence[str | None] | None = None,
+) -> tuple[list[float | None], list[str]]:
+    """Ask the judge (a `weitiao.teacher.Teacher`) to score each reply; returns scores (None = failed) and
+    one error line per failure, so nothing is dropped silently."""
+    refs = list(references) if references is not None else [None] * len(replies)
+    reqs = [judge_messages(p, r, rubric, ref) for p, r, ref in zip(prompts, replies, refs)]
+    answers = teacher.chat_many(reqs, desc="judge", temperature=0)  # type: ignore[attr-defined]
+    scores: list[float | None] = []
+    errors: list[str] = []
+    for i, a in enumerate(answers):
+        try:
+            if isinstance(a, Exception):
+                raise ValueError(str(a))
+            scores.append(parse_score(a))
+        except ValueError as e:
+            scores.append(None)
+            errors.append(f"reply {i}: {e}")
+    return scores, errors

@@ -1,0 +1,280 @@
+"""Teacher client: any OpenAI-compatible endpoint, with a disk cache, retries, concurrency and JSON repair.
+
+The default teacher is the local server (`weitiao serve --model demo` → http://127.0.0.1:8000/v1).
+Every reply is cached on disk, one JSON file per request, so a re-run after a crash or a dead teacher
+asks only what is still missing:
+
+    t = Teacher("http://127.0.0.1:8000/v1", "demo", cache_dir=".weitiao_cache/teacher")
+    replies = t.chat_many([[{"role": "user", "content": "你好"}]])   # str or TeacherError per request
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import openai
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from weitiao.io import atomic_write_text
+
+
+class TeacherError(Exception):
+    """A request the teacher could not answer (after retries), with the URL and the reason in one line."""
+
+
+# ---------------------------------------------------------------------------------------------- client
+
+
+class Teacher:
+    """OpenAI-compatible chat client with a disk cache, retries with backoff + jitter, and a thread pool."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 4,
+        retries: int = 3,
+        timeout: float = 60.0,
+        cache_dir: str | Path | None = None,
+        temperature: float = 0.7,
+        max_tokens: int = 512,
+        seed: int | None = 0,
+        backoff: float = 0.5,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.concurrency = max(1, concurrency)
+        self.retries = max(0, retries)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.defaults: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens, "seed": seed}
+        self.backoff = backoff  # first wait in seconds; doubles per retry, plus up to 50% jitter
+        self.http_calls = 0  # requests actually sent (cache hits send none)
+        self._lock = threading.Lock()
+        self._down: str | None = None  # in chat_many, set once the endpoint proved unreachable: the rest fail fast
+        self._in_batch = False
+        self.api_key_env = api_key_env
+        key = os.environ.get(api_key_env) or "none"  # local servers accept any key
+        self._client = openai.OpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=timeout)
+
+    # 1. cache ---------------------------------------------------------------------------------------
+    def request(self, messages: list[dict], **overrides: Any) -> dict[str, Any]:
+        """The request body (minus the URL): model, messages and sampling params, None values dropped."""
+        params = {**self.defaults, **overrides}
+        return {"model": self.model, "messages": messages, **{k: v for k, v in params.items() if v is not None}}
+
+    def cache_path(self, body: dict[str, Any]) -> Path | None:
+        """Where the reply to `body` is cached: sha256 of the canonical JSON (the base URL is not part of it)."""
+        if self.cache_dir is None:
+            return None
+        key = hashlib.sha256(json.dumps(body, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
+        return self.cache_dir / key[:2] / f"{key}.json"
+
+    def cached(self, messages: list[dict], **overrides: Any) -> str | None:
+        """The cached reply to this request, or None."""
+        path = self.cache_path(self.request(messages, **overrides))
+        if path is None or not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))["reply"]
+        except (ValueError, KeyError):  # a damaged entry is asked again, not trusted
+            return None
+
+    # 2. one request ---------------------------------------------------------------------------------
+    def chat(self, messages: list[dict], **overrides: Any) -> str:
+        """The assistant reply to `messages` (from cache if asked before); raises TeacherError after retries."""
+        hit = self.cached(messages, **overrides)
+        if hit is not None:
+            return hit
+        body = self.request(messages, **overrides)
+        reply = self._send(body)
+        path = self.cache_path(body)
+        if path is not None:
+            atomic_write_text(path, json.dumps({"request": body, "reply": reply}, ensure_ascii=False, indent=1))
+        return reply
+
+    def _send(self, body: dict[str, Any]) -> str:
+        """POST with our own retry loop: retry connection errors, timeouts, 429 and 5xx; fail at once on 4xx."""
+        where = f"teacher {self.base_url} (model {self.model!r})"
+        for attempt in range(self.retries + 1):
+            if self._down:
+                raise TeacherError(self._down)
+            try:
+                with self._lock:
+                    self.http_calls += 1
+                r = self._client.chat.completions.create(**body)
+                choices = getattr(r, "choices", None)  # a proxy's HTML page comes back as a plain str
+                if not isinstance(choices, list):
+                    raise TeacherError(f"{where}: not an OpenAI chat completion: {str(r)[:120]!r}")
+                text = choices[0].message.content if choices else None
+                if text is None:
+                    raise TeacherError(f"{where}: empty reply (no choices or no content)")
+                return text
+            except openai.APIConnectionError as e:  # also APITimeoutError
+                reason = "timed out" if isinstance(e, openai.APITimeoutError) else "cannot connect"
+                last = f"{where}: {reason}; is it running? (start one with `weitiao serve`, or set --teacher-url)"
+                transient, down = True, not isinstance(e, openai.APITimeoutError)
+            except openai.APIStatusError as e:
+                msg = _error_message(e)
+                hint = f" (set ${self.api_key_env})" if e.status_code in (401, 403) else ""
+                last = f"{where}: HTTP {e.status_code}: {msg}{hint}"
+                transient, down = e.status_code == 429 or e.status_code >= 500, False
+            except openai.OpenAIError as e:  # e.g. a reply that is not an OpenAI chat completion
+                raise TeacherError(f"{where}: bad response: {str(e).splitlines()[0][:200]}") from None
+            if not transient:
+                raise TeacherError(last)
+            if attempt < self.retries:
+                time.sleep(self.backoff * 2**attempt * (1 + 0.5 * random.random()))
+        if down and self._in_batch:  # unreachable after all retries: the other requests need not wait theirs out
+            self._down = last + f" (after {self.retries + 1} tries)"
+        raise TeacherError(last + f" (after {self.retries + 1} tries)")
+
+    # 3. many requests -------------------------------------------------------------------------------
+    def chat_many(
+        self, requests: list[list[dict]], desc: str = "teacher", progress: bool = True, **overrides: Any
+    ) -> list[str | TeacherError]:
+        """Replies in input order; a failed item is its TeacherError (the rest are kept and cached)."""
+        self._down, self._in_batch = None, True
+        out: list[str | TeacherError] = [TeacherError("not asked")] * len(requests)
+        bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            disable=not progress,
+        )
+        failed = []
+
+        def one(i: int) -> None:
+            try:
+                out[i] = self.chat(requests[i], **overrides)
+            except TeacherError as e:
+                out[i] = e
+                failed.append(i)  # list.append is atomic under the GIL
+            bar.update(task, advance=1, info=f"failed {len(failed)}" if failed else "")
+
+        with bar:
+            task = bar.add_task(desc, total=len(requests), info="")
+            try:
+                with ThreadPoolExecutor(self.concurrency) as pool:
+                    list(pool.map(one, range(len(requests))))
+            finally:
+                self._down, self._in_batch = None, False
+        return out
+
+
+def _error_message(e: openai.APIStatusError) -> str:
+    """The server's error message, one line."""
+    body = e.body if isinstance(e.body, dict) else {}
+    err = body.get("error", body) if isinstance(body, dict) else {}
+    msg = err.get("message") if isinstance(err, dict) else None
+    return str(msg or e.message or "").splitlines()[0][:200] if (msg or e.message) else "(no message)"
+
+
+# ---------------------------------------------------------------------------------------------- JSON repair
+
+_FENCE = re.compile(r"```[a-zA-Z]*\s*\n?(.*?)```", re.S)
+_OPEN = {"[": "]", "{": "}"}
+
+
+def _spans(text: str) -> tuple[list[tuple[int, int]], bool]:
+    """Top-level balanced [...] / {...} spans (brackets inside JSON strings skipped), and whether the text
+    ends inside an unclosed one (a reply cut off by max_tokens)."""
+    spans, stack, start, in_str, esc = [], [], 0, False, False
+    for i, ch in enumerate(text):
+        if in_str:
+            esc = not esc and ch == "\\"
+            if ch == '"' and not esc:
+                in_str = False
+            continue
+        if ch == '"' and stack:
+            in_str = True
+        elif ch in _OPEN:
+            if not stack:
+                start = i
+            stack.append(_OPEN[ch])
+        elif stack and ch == stack[-1]:
+            stack.pop()
+            if not stack:
+                spans.append((start, i + 1))
+    return spans, bool(stack)
+
+
+def _outside_strings(text: str, fix: Any) -> str:
+    """Apply `fix` to the parts of `text` that are not inside JSON string literals."""
+    parts, buf, in_str, esc = [], [], False, False
+    for ch in text:
+        if in_str:
+            buf.append(ch)
+            esc = not esc and ch == "\\"
+            if ch == '"' and not esc:
+                parts.append("".join(buf))
+                buf, in_str = [], False
+            continue
+        if ch == '"':
+            parts.append(fix("".join(buf)))
+            buf, in_str = [ch], True
+        else:
+            buf.append(ch)
+    parts.append("".join(buf) if in_str else fix("".join(buf)))
+    return "".join(parts)
+
+
+def _repairs(s: str) -> list[str]:
+    """Candidate repairs, each applied on top of the previous: trailing commas, full-width punctuation/quotes."""
+    # a. trailing commas before ] or }
+    a = _outside_strings(s, lambda t: re.sub(r",(\s*[\]}])", r"\1", t))
+    # b. full-width ：and ，between values (outside strings only, so Chinese text inside values is untouched)
+    b = _outside_strings(a, lambda t: t.replace("：", ":").replace("，", ",").replace("、", ","))
+    b = _outside_strings(b, lambda t: re.sub(r",(\s*[\]}])", r"\1", t))
+    # c. full-width quotes “” used as JSON quotes: only where they sit next to structure ({ [ , :)
+    c = re.sub(r"([{\[,:：，]\s*)[“”]", r'\1"', b)
+    c = re.sub(r"[“”](\s*[:：,，}\]])", r'"\1', c)
+    c = _outside_strings(c, lambda t: t.replace("：", ":").replace("，", ",").replace("、", ","))
+    c = _outside_strings(c, lambda t: re.sub(r",(\s*[\]}])", r"\1", t))
+    return [a, b, c]
+
+
+def _loads(s: str) -> Any:
+    return json.loads(s, strict=False)  # strict=False: raw newlines inside strings are common in LLM output
+
+
+def parse_json_reply(text: str) -> Any:
+    """The JSON array/object in an LLM reply: strips ``` fences and prose around it, repairs trailing commas
+    and full-width punctuation where safe, joins several top-level objects into a list; raises ValueError."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("empty reply")
+    fenced = _FENCE.findall(text)
+    body = max(fenced, key=len) if fenced else text
+    body = body.strip()
+    try:
+        value = _loads(body)
+        if isinstance(value, (list, dict)):
+            return value
+    except ValueError:
+        pass
+    spans, cut = _spans(body)
+    if not spans:
+        raise ValueError("JSON is cut off (brackets never closed); raise max_tokens" if cut else "no JSON in reply")
+    chunks = [body[a:b] for a, b in spans]
+    if len(chunks) > 1 and all(c.startswith("{") for c in chunks):
+        chunks = ["[" + ",".join(chunks) + "]"]  # several objects in a row (one per line): read them as a list
+    first = chunks[0]
+    last: ValueError | None = None
+    for cand in [first, *_repairs(first)]:
+        try:
+            return _loads(cand)
+        except ValueError as e:
+            last = e
+    msg = getattr(last, "msg", str(last))
+    raise ValueError(f"invalid JSON even after repair: {msg} (at char {getattr(last, 'pos', '?')})")
