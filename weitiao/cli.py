@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from weitiao.calc.commands import app as calc_app
+from weitiao.dataeng.commands import register as register_dataeng
 from weitiao.errors import UserError
 from weitiao.eval.commands import arena_app, eval_app
 from weitiao.logs.commands import app as logs_app
@@ -22,13 +23,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="weitiao (微调): fine-tune, align, evaluate.",
 )
-data_app = typer.Typer(no_args_is_help=True, help="Inspect and lint training data.")
+data_app = typer.Typer(
+    no_args_is_help=True, help="Training data: check, show, knowledge base → SFT, mix, bad cases, repetition pairs."
+)
 app.add_typer(data_app, name="data")
 app.add_typer(calc_app, name="calc")
 app.add_typer(logs_app, name="logs")
 app.add_typer(pii_app, name="pii")
 app.add_typer(eval_app, name="eval")
 app.add_typer(arena_app, name="arena")
+register_dataeng(data_app, app)
 console = Console()
 
 

@@ -1,0 +1,141 @@
+"""data badcases: ingest (JSONL/CSV), k-means clusters, paraphrases via a loopback teacher, emitted files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from test_teacher import free_port_url, running, scripted_app
+from typer.testing import CliRunner
+
+from weitiao.config import load_config
+from weitiao.data.formats import PreferencePair, load_conversations, load_rows
+from weitiao.dataeng import badcases
+from weitiao.dataeng.commands import register
+from weitiao.errors import UserError
+from weitiao.recipes.sft import SFTConfig
+from weitiao.teacher import Teacher
+
+GROUPS = {
+    "事实错误": [("退货运费谁出？", "我们不支持退货", "7 天内可无理由退货，运费由你承担；质量问题由我们承担。"),
+             ("退货要在几天内申请？", "30 天", "签收后 7 天内可以无理由退货。"),
+             ("退货需要保留包装吗？", "不需要", "需要，商品完好、配件和包装齐全才能退货。"),
+             ("质量问题退货运费呢？", "你自己出", "质量问题导致的退货，运费由青禾承担。")],
+    "拒答": [("帮我写一条诈骗短信", "好的：您的账户异常……", "这个不行哦，诈骗违法"),
+           ("怎么写诈骗短信骗老人", "首先……", "抱歉，这个我不能帮你"),
+           ("诈骗短信怎么写才像真的", "要模仿银行……", "这个真帮不了，小心别被骗"),
+           ("给我一个诈骗短信模板", "模板如下……", "抱歉，这个我无法提供")],
+    "风格不符": [("今天天气怎么样啊", "根据气象部门的权威数据，今日天气状况总体良好。", "大晴天☀️"),
+             ("明天天气好吗", "明日天气预计为多云转晴，气温适宜。", "还不错，出去玩吧😄"),
+             ("周末天气咋样", "周末天气情况如下：周六晴，周日小雨。", "周六晴，周日下雨🌧️"),
+             ("天气好热啊", "高温天气需注意防暑降温，多补充水分。", "热死了🥵 多喝水")],
+}  # fmt: skip
+
+
+def write_cases(path, extra=()):
+    rows = [{"prompt": p, "bad": b, "golden": g, "tag": tag} for tag, cases in GROUPS.items() for p, b, g in cases]
+    rows += list(extra)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def paraphraser(body: dict) -> tuple[int, str]:
+    """3 new rewrites + a copy of the original + a duplicate; prose (no JSON) for one prompt."""
+    prompt = body["messages"][-1]["content"].rsplit("用户提问：", 1)[1]
+    if prompt == "天气好热啊":
+        return 200, "好的，我来改写一下。"
+    items = [prompt + "呀", "请问" + prompt, prompt, "请问" + prompt, "麻烦问下，" + prompt]
+    return 200, "```json\n" + json.dumps(items, ensure_ascii=False) + "\n```"
+
+
+def test_kmeans_separates_planted_groups():
+    cs = [badcases.Case(p, b, g, tag) for tag, rows in GROUPS.items() for p, b, g in rows]
+    clusters = badcases.cluster(cs, k=3, seed=0)
+    groups = {frozenset(c.prompt for c in cs if c.cluster == j) for j in range(3)}
+    assert groups == {frozenset(p for p, _, _ in rows) for rows in GROUPS.values()}
+    assert sorted(cl["tag"] for cl in clusters) == sorted(GROUPS) and [cl["size"] for cl in clusters] == [4, 4, 4]
+    kw = {cl["tag"]: cl["keywords"] for cl in clusters}
+    assert "退货" in kw["事实错误"] and "诈骗" in kw["拒答"] and "天气" in kw["风格不符"]
+    # kmeans on hand-made unit vectors: two tight pairs
+    x = np.array([[1, 0], [0.99, 0.141], [0, 1], [0.141, 0.99]])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    lab = badcases.kmeans(x, 2, seed=3)
+    assert lab[0] == lab[1] and lab[2] == lab[3] and lab[0] != lab[2]
+
+
+def test_badcases_end_to_end(tmp_path):
+    same = {"prompt": "退货流程是什么？", "bad": "联系客服", "golden": "联系客服", "tag": "事实错误"}
+    cases = write_cases(tmp_path / "cases.jsonl", [same])
+    app = scripted_app(paraphraser)
+    with running(app) as url:
+        t = Teacher(url + "/v1", "t", cache_dir=tmp_path / "c")
+        s = badcases.run([cases], tmp_path / "o", t, n_aug=4, k=3, config=Path("examples/demo_sft.yaml"),
+                         resume_from="runs/demo", progress=False)  # fmt: skip
+    n = 13
+    # 12 prompts get 3 usable rewrites (copy and duplicate dropped), "天气好热啊" gets prose → unparseable
+    assert (s["cases"], s["clusters"], s["teacher_failed"], s["parse_failed"]) == (n, 3, 0, 1)
+    assert s["paraphrases"] == 3 * (n - 1) and s["short"] == n - 1
+    assert s["sft_rows"] == n + 3 * (n - 1) and s["golden_equals_bad"] == 1
+    assert s["dpo_pairs"] == s["sft_rows"] - 4  # the golden == bad case contributes no pair (nor its 3 rewrites)
+    sft = load_conversations(str(tmp_path / "o/sft_additions.jsonl")).rows
+    pairs = load_rows(str(tmp_path / "o/dpo_pairs.jsonl")).rows
+    reg = load_conversations(str(tmp_path / "o/regression_eval.jsonl")).rows
+    assert (len(sft), len(pairs), len(reg)) == (s["sft_rows"], s["dpo_pairs"], n)
+    assert all(isinstance(p, PreferencePair) for p in pairs)
+    golden = {p: g for rows in GROUPS.values() for p, _, g in rows}
+    assert all(c.messages[-1]["content"] == golden[c.messages[0]["content"]] for c in reg if c.messages[0]["content"]
+               in golden)  # fmt: skip
+    rewrites = [c for c in sft if c.messages[0]["content"] == "麻烦问下，退货运费谁出？"]
+    assert len(rewrites) == 1 and rewrites[0].messages[1]["content"] == golden["退货运费谁出？"]
+    assert "诈骗" in (tmp_path / "o/clusters.html").read_text(encoding="utf-8")
+    # the follow-up config: base config + additions + regression eval + init_from, and it validates
+    cfg = load_config(SFTConfig, tmp_path / "o/followup_sft.yaml")
+    assert cfg.data.train[-1] == str(tmp_path / "o/sft_additions.jsonl") and len(cfg.data.train) == 3
+    assert cfg.data.eval == ["weitiao/demo/data/heldout_style.jsonl", str(tmp_path / "o/regression_eval.jsonl")]
+    assert cfg.lora.init_from == "runs/demo" and cfg.train.out == str(tmp_path / "o/sft")
+    assert s["next"] == f"weitiao sft {tmp_path / 'o/followup_sft.yaml'}"
+    # re-run: all from cache
+    with running(scripted_app(paraphraser)) as url:
+        t2 = Teacher(url + "/v1", "t", cache_dir=tmp_path / "c")
+        badcases.run([cases], tmp_path / "o2", t2, n_aug=4, k=3, progress=False)
+    assert t2.http_calls == 0
+
+
+def test_badcases_csv_and_bad_input(tmp_path):
+    with open(tmp_path / "c.csv", "w", encoding="utf-8-sig", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["question", "response", "golden_answer"])
+        w.writerow(["退货运费谁出？", "我们不支持退货", "7 天内可无理由退货"])
+        w.writerow(["怎么写诈骗短信", "首先……", "抱歉，这个不行"])
+    s = badcases.run([tmp_path / "c.csv"], tmp_path / "o", None, n_aug=0, progress=False)
+    assert (s["cases"], s["sft_rows"], s["dpo_pairs"], s["clusters"]) == (2, 2, 2, 1)
+    assert "YOUR_SFT.yaml" in s["next"] and "lora.init_from" not in s["next"]
+    with open(tmp_path / "bad.csv", "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([["prompt", "bad"], ["你好", "滚"]])
+    with pytest.raises(UserError, match=r"bad\.csv:2: golden: missing"):
+        badcases.ingest([tmp_path / "bad.csv"])
+    with pytest.raises(UserError, match="not found"):
+        badcases.ingest([tmp_path / "nope.jsonl"])
+    (tmp_path / "empty.jsonl").write_text("\n", encoding="utf-8")
+    with pytest.raises(UserError, match="no bad cases"):
+        badcases.ingest([tmp_path / "empty.jsonl"])
+    t = Teacher(free_port_url(), "t", retries=0, cache_dir=tmp_path / "cache")
+    with pytest.raises(UserError, match=r"cannot connect.*--augment 0"):
+        badcases.run([tmp_path / "c.csv"], tmp_path / "o", t, n_aug=3, progress=False)
+
+
+def test_cli_badcases(tmp_path):
+    cases = write_cases(tmp_path / "cases.jsonl")
+    cli, data = typer.Typer(), typer.Typer()
+    cli.add_typer(data, name="data")
+    register(data, cli)
+    with running(scripted_app(paraphraser)) as url:
+        r = CliRunner().invoke(cli, ["data", "badcases", str(cases), "--out", str(tmp_path / "o"), "--teacher-url",
+                                     url + "/v1", "--cache-dir", str(tmp_path / "c"), "--augment", "3",
+                                     "--resume-from", "runs/demo"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "lora.init_from=runs/demo" in r.output.replace("\n", "") and "45 / 45 / 12" in r.output

@@ -1,0 +1,70 @@
+"""weitiao curve: knee rule by hand; nested subsets and a real 2-size run on the tiny model via the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from weitiao.dataeng import curve
+from weitiao.dataeng.commands import register
+from weitiao.errors import UserError
+
+
+def test_knee_rule_by_hand():
+    k = curve.knee([100, 200, 400, 800], [2.0, 1.6, 1.5, 1.49], higher_is_better=False, min_gain=0.05)
+    gains = [s["gain_per_doubling"] for s in k["steps"]]
+    assert gains == pytest.approx([0.2, 0.1 / 1.6, 0.01 / 1.5])
+    assert k["knee"] == 400
+    assert curve.knee([100, 200, 400, 800], [2.0, 1.6, 1.5, 1.49], False, 0.1)["knee"] == 200
+    # 4x the data in one step counts as two doublings; accuracy: higher is better
+    k = curve.knee([100, 400, 800], [0.5, 0.7, 0.72], higher_is_better=True, min_gain=0.05)
+    assert [s["gain_per_doubling"] for s in k["steps"]] == pytest.approx([0.2, 0.02 / 0.7])
+    assert k["knee"] == 400
+    assert curve.knee([1, 2], [1.0, 0.5], False, 0.05)["knee"] is None
+    assert curve.parse_sizes("500, 250,1000,250") == [250, 500, 1000]
+    with pytest.raises(UserError, match="integers"):
+        curve.parse_sizes("250,lots")
+
+
+@pytest.fixture
+def config(tmp_path, tiny_model_dir, chat_file):
+    cfg = {
+        "model": {"path": str(tiny_model_dir), "quant": "none"},
+        "lora": {"r": 4},
+        "data": {"train": [str(chat_file)], "eval_split": 0.25, "max_len": 256, "packing": False},
+        "train": {"out": str(tmp_path / "runs"), "epochs": 1, "micro_batch_size": 4, "lr": 1e-3,
+                  "tensorboard": False, "progress": False},
+    }  # fmt: skip
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_curve_cli_two_sizes(config, tmp_path):
+    cli, data = typer.Typer(), typer.Typer()
+    cli.add_typer(data, name="data")
+    register(data, cli)
+    r = CliRunner().invoke(cli, ["curve", str(config), "--sizes", "8,16", "train.seed=3"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "runs/curve"
+    res = json.loads((out / "curve.json").read_text())
+    assert [p["size"] for p in res["points"]] == [8, 16]
+    assert [p["steps"] for p in res["points"]] == [2, 4]  # one epoch of 8 and 16 rows at 4 per step
+    assert all(p["eval_loss"] > 0 for p in res["points"]) and (out / "curve.png").stat().st_size > 1000
+    # one eval set for all sizes (24 rows · 0.25 = 6), carved out before the subsets; subsets are nested
+    ev = [json.loads(line) for line in open(out / "eval.jsonl", encoding="utf-8")]
+    small, big = ([json.loads(line) for line in open(out / f"train_{n}.jsonl", encoding="utf-8")] for n in (8, 16))
+    assert len(ev) == 6 and big[:8] == small and not {json.dumps(r) for r in ev} & {json.dumps(r) for r in big}
+    assert "knee" in r.output and "curve.png" in r.output
+
+
+def test_curve_errors(config):
+    with pytest.raises(UserError, match="more than the 18 training rows"):
+        curve.run(config, [8, 100])
+    with pytest.raises(UserError, match="needs an eval set"):
+        curve.run(config, [8], ["data.eval_split=0"])

@@ -1,0 +1,207 @@
+"""kb2sft end to end: chunkers, a scripted teacher that answers from the chunk, real `weitiao serve`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import pytest
+import typer
+from test_teacher import free_port_url, running, scripted_app, serve_url  # noqa: F401 (fixture)
+from typer.testing import CliRunner
+
+from weitiao.data.formats import load_conversations
+from weitiao.dataeng import kb2sft
+from weitiao.dataeng.chunk import ChunkSpec, by_fixed, by_heading, by_semantic, chunk_docs, collect_docs, sentences
+from weitiao.dataeng.commands import register
+from weitiao.dataeng.similarity import grounding_score, near_duplicates, normalize, tfidf
+from weitiao.demo import DEMO_DIR
+from weitiao.errors import UserError
+from weitiao.teacher import Teacher
+
+KB = DEMO_DIR / "kb"
+FAKE = {"question": "公司的首席执行官是谁？", "answer": "张三丰担任首席执行官多年"}
+
+
+def chunk_of(body: dict) -> str:
+    return body["messages"][-1]["content"].split("【资料】\n", 1)[1]
+
+
+def first_sentences(chunk: str, k: int = 2) -> list[str]:
+    return [s for s in re.split(r"(?<=。)", chunk) if s.strip()][:k]
+
+
+def answer_from_chunk(body: dict) -> tuple[int, str]:
+    """Grounded QA from the chunk's first two sentences, one made-up pair, one repeated question;
+    fenced JSON with trailing commas. Membership chunks get prose (no JSON)."""
+    chunk = chunk_of(body)
+    if "积分" in chunk:
+        return 200, "抱歉，这段资料我暂时无法整理成问答。"
+    sents = first_sentences(chunk)
+    qas = [{"question": f"关于“{s.strip()}”能具体说说吗？", "answer": s.strip()} for s in sents]
+    qas += [FAKE, dict(qas[0])]
+    body_json = json.dumps(qas, ensure_ascii=False, indent=1).replace("}\n]", "},\n]")
+    return 200, f"好的，下面是问答：\n```json\n{body_json}\n```"
+
+
+def expected(chunks: list[dict]) -> dict:
+    """Hand accounting for `answer_from_chunk` on these chunks."""
+    normal = [c for c in chunks if "积分" not in c["text"]]
+    k = sum(len(first_sentences(c["text"])) for c in normal)
+    return {"parse_failed": len(chunks) - len(normal), "qa_parsed": k + 2 * len(normal),
+            "rejected_grounding": len(normal), "deduped": len(normal), "kept": k}  # fmt: skip
+
+
+def test_similarity_measures():
+    assert normalize("ＡＢＣ， 你 好！") == "abc你好"
+    assert grounding_score("整机保修3年", "净水器整机保修 3 年，滤芯不保修。") == 1.0
+    assert grounding_score("保修十年", "整机保修 3 年") == pytest.approx(1 / 3)  # 保修 of 保修/修十/十年
+    assert near_duplicates(["滤芯多久换一次？", "滤芯多久换一次呢？", "怎么安装？"], 0.6) == [None, 0, None]
+    x, vocab = tfidf(["净水器", "净水器", "会员积分"])
+    assert x.shape == (3, len(vocab)) and x[0] @ x[1] == pytest.approx(1.0) and x[0] @ x[2] == 0.0
+
+
+def test_chunkers_on_demo_kb():
+    text = (KB / "purifier_manual.md").read_text(encoding="utf-8")
+    heads = by_heading(text, ChunkSpec(max_chars=10_000))
+    assert [h for h, _ in heads] == [
+        "青禾 Q3 厨下净水器 使用手册 > 产品简介",
+        "青禾 Q3 厨下净水器 使用手册 > 安装 > 安装条件",
+        "青禾 Q3 厨下净水器 使用手册 > 安装 > 安装步骤",
+        "青禾 Q3 厨下净水器 使用手册 > 滤芯更换",
+        "青禾 Q3 厨下净水器 使用手册 > 故障排查",
+        "青禾 Q3 厨下净水器 使用手册 > 技术参数",
+    ]
+    assert all("#" not in body for _, body in heads)
+    fixed = [b for _, b in by_fixed("一二三四五六七八九十" * 3, ChunkSpec(max_chars=12, overlap=4))]
+    assert fixed == ["一二三四五六七八九十一二", "九十一二三四五六七八九十", "七八九十一二三四五六七八", "五六七八九十"]
+    # semantic: two topics, two sentences each; the break falls between the topics
+    two = "净水器滤芯需要定期更换。净水器滤芯更换很简单。会员积分可以兑换礼品。会员积分每年清零。"
+    assert sentences(two)[2] == "会员积分可以兑换礼品。"
+    sem = [b for _, b in by_semantic(two, ChunkSpec(max_chars=100, min_chars=5, percentile=40))]
+    assert sem == ["净水器滤芯需要定期更换。净水器滤芯更换很简单。", "会员积分可以兑换礼品。会员积分每年清零。"]
+
+
+def test_chunk_docs_errors_and_docx(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        collect_docs([tmp_path / "nope.md"])
+    (tmp_path / "a.csv").write_text("x")
+    with pytest.raises(UserError, match="unsupported"):
+        collect_docs([tmp_path / "a.csv"])
+    (tmp_path / "empty.md").write_text("\n\n", encoding="utf-8")
+    (tmp_path / "gbk.txt").write_bytes("售后热线每天早上8点到晚上10点。".encode("gb18030"))
+    chunks, empty = chunk_docs(collect_docs([tmp_path / "empty.md", tmp_path / "gbk.txt"]), ChunkSpec("paragraph"))
+    assert empty == [str(tmp_path / "empty.md")] and chunks[0].text.startswith("售后热线")
+    docx = pytest.importorskip("docx")
+    d = docx.Document()
+    d.add_heading("退货", level=1)
+    d.add_paragraph("签收后七天内可以无理由退货。")
+    d.save(tmp_path / "p.docx")
+    (c,), _ = chunk_docs([tmp_path / "p.docx"], ChunkSpec("heading"))
+    assert (c.heading, c.text) == ("退货", "签收后七天内可以无理由退货。")
+
+
+@pytest.fixture
+def kb_teacher(tmp_path):
+    app = scripted_app(answer_from_chunk)
+    with running(app) as url:
+        yield app, Teacher(url + "/v1", "t", cache_dir=tmp_path / "cache", backoff=0.01)
+
+
+def test_kb2sft_end_to_end_accounting_and_outputs(kb_teacher, tmp_path):
+    app, teacher = kb_teacher
+    cfg = kb2sft.KBConfig(ChunkSpec("heading", max_chars=300), eval_fraction=0.25)
+    s = kb2sft.run([KB], tmp_path / "out", teacher, cfg, progress=False)
+    chunks = [json.loads(line) for line in (tmp_path / "out/chunks.jsonl").open(encoding="utf-8")]
+    assert s["chunks"] == len(chunks) == len(app.state.log) and s["teacher_failed"] == 0
+    assert {k: s[k] for k in expected(chunks)} == expected(chunks)
+    assert s["kept"] == s["train"] + s["eval"] and s["eval"] > 0
+    # outputs load unchanged in the SFT loader; no chunk is in both splits
+    train = load_conversations(str(tmp_path / "out/train.jsonl")).rows
+    evals = load_conversations(str(tmp_path / "out/eval.jsonl")).rows
+    assert (len(train), len(evals)) == (s["train"], s["eval"])
+    rows = [json.loads(line) for f in ("train", "eval") for line in (tmp_path / f"out/{f}.jsonl").open()]
+    by_split = {f: {json.loads(line)["meta"]["chunk_id"] for line in (tmp_path / f"out/{f}.jsonl").open()}
+                for f in ("train", "eval")}  # fmt: skip
+    assert not by_split["train"] & by_split["eval"]
+    text = {c["chunk_id"]: c["text"] for c in chunks}
+    assert all(r["messages"][1]["content"] in text[r["meta"]["chunk_id"]] for r in rows)
+    assert all(r["meta"]["score"] == 1.0 for r in rows)
+    review = (tmp_path / "out/review.csv").read_text(encoding="utf-8")
+    assert review.startswith("\ufeff")
+    table = list(csv.DictReader(review[1:].splitlines()))
+    assert len(table) == s["kept"] and {t["split"] for t in table} == {"train", "eval"}
+    reasons = [json.loads(line)["reason"] for line in (tmp_path / "out/rejects.jsonl").open()]
+    assert reasons.count("grounding") == s["rejected_grounding"] and reasons.count("parse") == s["parse_failed"]
+    # re-run: every reply comes from the cache
+    s2 = kb2sft.run([KB], tmp_path / "out2", teacher, cfg, progress=False)
+    assert len(app.state.log) == s["chunks"] and s2 == {**s, "out": str(tmp_path / "out2")}
+
+
+def test_kb2sft_partial_failure_resumes(tmp_path):
+    def flaky(body: dict) -> tuple[int, str]:
+        return (400, "refused") if "售后" in chunk_of(body) else answer_from_chunk(body)
+
+    cfg = kb2sft.KBConfig(ChunkSpec("paragraph", max_chars=200))
+    app = scripted_app(flaky)
+    with running(app) as url:
+        s = kb2sft.run([KB], tmp_path / "o", Teacher(url + "/v1", "t", cache_dir=tmp_path / "c"), cfg, progress=False)
+    assert 0 < s["teacher_failed"] < s["chunks"] and s["answered"] == s["chunks"] - s["teacher_failed"]
+    app = scripted_app(answer_from_chunk)
+    with running(app) as url:
+        s2 = kb2sft.run([KB], tmp_path / "o", Teacher(url + "/v1", "t", cache_dir=tmp_path / "c"), cfg, progress=False)
+    assert len(app.state.log) == s["teacher_failed"] and s2["teacher_failed"] == 0
+    chunks = [json.loads(line) for line in (tmp_path / "o/chunks.jsonl").open(encoding="utf-8")]
+    assert {k: s2[k] for k in expected(chunks)} == expected(chunks)
+
+
+def test_kb2sft_bad_input(tmp_path):
+    t = Teacher(free_port_url(), "t", retries=1, backoff=0.01, cache_dir=tmp_path / "c")
+    with pytest.raises(UserError, match="not found"):
+        kb2sft.run([tmp_path / "missing.md"], tmp_path / "o", t, kb2sft.KBConfig(), progress=False)
+    (tmp_path / "empty.md").write_text("", encoding="utf-8")
+    with pytest.raises(UserError, match="empty"):
+        kb2sft.run([tmp_path / "empty.md"], tmp_path / "o", t, kb2sft.KBConfig(), progress=False)
+    with pytest.raises(UserError, match=r"127\.0\.0\.1.*cannot connect"):
+        kb2sft.run([KB], tmp_path / "o", t, kb2sft.KBConfig(), progress=False)
+    with pytest.raises(UserError, match=r"\{chunk\}"):
+        kb2sft.run([KB], tmp_path / "o", t, kb2sft.KBConfig(prompt="出{n}个问答"), progress=False)
+    with pytest.raises(UserError, match="--eval-fraction 1.0: out of range"):
+        kb2sft.run([KB], tmp_path / "o", t, kb2sft.KBConfig(eval_fraction=1.0), progress=False)
+
+
+def test_kb2sft_real_serve_malformed_json_is_counted(serve_url, tmp_path):  # noqa: F811
+    t = Teacher(serve_url + "/v1", "tiny", cache_dir=tmp_path / "c", max_tokens=12, temperature=0.0)
+    cfg = kb2sft.KBConfig(ChunkSpec("fixed", max_chars=30, overlap=0), prompt="{chunk}\n出{n}个问答，JSON：")
+    (tmp_path / "kb.md").write_text((KB / "faq.md").read_text(encoding="utf-8")[:100], encoding="utf-8")
+    s = kb2sft.run([tmp_path / "kb.md"], tmp_path / "o", t, cfg, progress=False)
+    assert s["chunks"] == s["answered"] == s["parse_failed"] == 4 and s["kept"] == 0
+    assert load_conversations(str(tmp_path / "o/train.jsonl")).rows == []
+
+
+def test_cli_kb2sft(kb_teacher, tmp_path):
+    app, teacher = kb_teacher
+    cli, data = typer.Typer(), typer.Typer()
+    cli.add_typer(data, name="data")
+    register(data, cli)
+    args = ["data", "kb2sft", str(KB / "faq.md"), "--out", str(tmp_path / "o"), "--teacher-url", teacher.base_url,
+            "--cache-dir", str(tmp_path / "c"), "--eval-fraction", "0", "--format", "alpaca",
+            "--system", "你是客服"]  # fmt: skip
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    chunks = [json.loads(line) for line in (tmp_path / "o/chunks.jsonl").open(encoding="utf-8")]
+    k = expected(chunks)["kept"]
+    assert k == 9 and f"{k} = {k} + 0" in r.output  # 5 FAQ answers: four of two sentences, one of one
+    rows = load_conversations(str(tmp_path / "o/train.jsonl"))
+    assert rows.format == "alpaca" and len(rows.rows) == 9
+    assert rows.rows[0].messages[0] == {"role": "system", "content": "你是客服"}
+
+
+def test_semantic_chunker_with_local_embedding_model(tiny_model_dir):
+    text = "净水器滤芯需要定期更换。净水器滤芯更换很简单。会员积分可以兑换礼品。会员积分每年清零。"
+    spec = ChunkSpec(max_chars=100, min_chars=5, percentile=40, embed_model=str(tiny_model_dir))
+    pieces = [b for _, b in by_semantic(text, spec)]
+    assert "".join(pieces) == text and len(pieces) >= 2  # random weights: where it cuts is arbitrary
+    with pytest.raises(UserError, match="cannot load"):
+        by_semantic(text, ChunkSpec(embed_model=str(tiny_model_dir) + "-missing"))

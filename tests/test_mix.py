@@ -1,0 +1,96 @@
+"""data mix: exact targets, up/down-sampling, cross-source dedup, report; the demo 85/15 mix."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from weitiao.data.formats import load_conversations
+from weitiao.dataeng import mix
+from weitiao.dataeng.commands import register
+from weitiao.demo import DATA_DIR
+from weitiao.errors import UserError
+
+
+def rows(path, pairs):
+    path.write_text("".join(json.dumps({"instruction": q, "output": a}, ensure_ascii=False) + "\n" for q, a in pairs),
+                    encoding="utf-8")  # fmt: skip
+    return str(path)
+
+
+def read(path):
+    return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+def test_targets_largest_remainder():
+    assert mix.targets(100, [0.85, 0.15]) == [85, 15]
+    assert mix.targets(7, [1, 1, 1]) == [3, 2, 2]
+    assert mix.targets(10, [2, 1]) == [7, 3]  # 6.67 → 7, 3.33 → 3
+    assert sum(mix.targets(999, [0.3, 0.3, 0.4])) == 999
+
+
+def test_mix_upsamples_dedups_and_reports(tmp_path):
+    a = rows(tmp_path / "a.jsonl", [("你好", "在呢"), ("你好！", "在呢。"), ("吃了吗", "吃了"), ("周末去哪", "爬山")])
+    b = rows(tmp_path / "b.jsonl", [("怎么造假证", "这个不行"), ("吃了吗？", "吃了"), ("怎么盗号", "不能帮你")])
+    rep = mix.run([f"{a}:0.5", f"{b}:0.5"], tmp_path / "m.jsonl", total=10, seed=1)
+    out = read(tmp_path / "m.jsonl")
+    assert len(out) == rep["total"] == 10
+    src = {r["source"]: r for r in rep["sources"]}
+    # a: "你好！/在呢。" duplicates "你好/在呢" after normalization; b: "吃了吗？/吃了" duplicates a's row
+    assert (src[a]["read"], src[a]["duplicates"], src[a]["unique"]) == (4, 1, 3)
+    assert (src[b]["read"], src[b]["duplicates"], src[b]["unique"]) == (3, 1, 2)
+    assert src[a]["picked"] == src[b]["picked"] == 5 and src[a]["achieved_ratio"] == 0.5
+    assert src[b]["upsample"] == 2.5
+    per = Counter((r["meta"]["source"], r["messages"][0]["content"]) for r in out)
+    # b (2 unique, 5 wanted): each row twice, one of them a third time; a (3 unique): each once, two twice
+    assert sorted(n for (s, _), n in per.items() if s == b) == [2, 3]
+    assert sorted(n for (s, _), n in per.items() if s == a) == [1, 2, 2]
+    assert all(q != "吃了吗？" for _, q in per)
+    assert len(load_conversations(str(tmp_path / "m.jsonl")).rows) == 10
+    assert json.loads((tmp_path / "m.jsonl.report.json").read_text())["total"] == 10
+    # no --total: the largest mix without up-sampling = min(3 / 0.5, 2 / 0.5) = 4
+    assert mix.run([f"{a}:1", f"{b}:1"], tmp_path / "n.jsonl")["total"] == 4
+    # the seed fixes the output
+    mix.run([f"{a}:0.5", f"{b}:0.5"], tmp_path / "m2.jsonl", total=10, seed=1)
+    assert read(tmp_path / "m2.jsonl") == out
+
+
+def test_mix_demo_85_15(tmp_path):
+    style, safety = str(DATA_DIR / "style.jsonl"), str(DATA_DIR / "safety.jsonl")
+    rep = mix.run([f"{style}:0.85", f"{safety}:0.15"], tmp_path / "m.jsonl", total=1000)
+    achieved = {r["source"]: r["achieved_ratio"] for r in rep["sources"]}
+    assert achieved == {style: 0.85, safety: 0.15}
+    out = read(tmp_path / "m.jsonl")
+    assert Counter(r["meta"]["source"] for r in out) == {style: 850, safety: 150}
+    keys = [mix.conv_key(c) for c in load_conversations(str(tmp_path / "m.jsonl")).rows]
+    uniq = {r["source"]: r["unique"] for r in rep["sources"]}
+    assert len(set(keys)) == min(850, uniq[style]) + min(150, uniq[safety])  # down-sampling never repeats
+
+
+def test_mix_bad_input(tmp_path):
+    a = rows(tmp_path / "a.jsonl", [("你好", "在呢")])
+    with pytest.raises(UserError, match="FILE:RATIO"):
+        mix.run([a], tmp_path / "m.jsonl")
+    with pytest.raises(UserError, match="FILE:RATIO"):
+        mix.run([f"{a}:-1"], tmp_path / "m.jsonl")
+    with pytest.raises(UserError, match="not found"):
+        mix.run([f"{tmp_path / 'x.jsonl'}:1"], tmp_path / "m.jsonl")
+    with pytest.raises(UserError, match="duplicates an earlier source"):
+        mix.run([f"{a}:1", f"{rows(tmp_path / 'b.jsonl', [('你好', '在呢')])}:1"], tmp_path / "m.jsonl")
+
+
+def test_cli_mix(tmp_path):
+    a = rows(tmp_path / "a.jsonl", [("你好", "在呢"), ("吃了吗", "吃了")])
+    b = rows(tmp_path / "b.jsonl", [("怎么盗号", "不能帮你")])
+    cli, data = typer.Typer(), typer.Typer()
+    cli.add_typer(data, name="data")
+    register(data, cli)
+    r = CliRunner().invoke(cli, ["data", "mix", f"{a}:0.75", f"{b}:0.25", "--total", "8", "--out",
+                                 str(tmp_path / "m.jsonl"), "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    assert [s["picked"] for s in rep["sources"]] == [6, 2] and [s["upsample"] for s in rep["sources"]] == [3.0, 2.0]

@@ -1,0 +1,108 @@
+"""data repeat-negatives: selection by length/novelty, pair construction, demo stitching, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from weitiao.data.formats import PreferencePair, load_conversations, load_rows
+from weitiao.dataeng import repeat
+from weitiao.dataeng.commands import register
+from weitiao.demo import DATA_DIR
+from weitiao.errors import UserError
+
+NOVEL = [
+    ("周末有什么好玩的地方推荐吗", "可以去植物园看看，最近郁金香开得正好"),
+    ("植物园门票贵不贵", "成人票二十块，学生半价"),
+    ("那里停车方便吗", "停车场不大，建议坐地铁四号线过去"),
+    ("附近有什么好吃的", "东门外有家老字号面馆，牛肉面很有名"),
+    ("面馆几点关门", "一般晚上九点打烊，周末会晚一点"),
+]
+REPEATER = [
+    ("周末有什么好玩的地方推荐吗", "可以去植物园看看，最近郁金香开得正好"),
+    ("植物园门票贵不贵", "可以去植物园看看，最近郁金香开得正好"),
+    ("那里停车方便吗", "那里停车方便吗？可以去植物园看看"),
+    ("附近有什么好吃的", "可以去植物园看看，最近郁金香开得正好"),
+]
+
+
+def convo(turns):
+    msgs = [{"role": "system", "content": "你是朋友"}]
+    for q, a in turns:
+        msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    return {"messages": msgs}
+
+
+def write(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_measure_by_hand():
+    c = load_conversations_row(convo(REPEATER))
+    m = repeat.measure(c, copy_n=4)
+    assert m["turns"] == 4
+    # turns 2 and 4 copy turn 1 whole (rate 1.0); turn 3 "那里停车方便吗？可以去植物园看看" has 13 char
+    # 4-grams: the 4 containing "？" are new, the other 9 come from the question and turn 1
+    assert m["copy"] == pytest.approx((1 + 9 / 13 + 1) / 3)
+    assert repeat.measure(load_conversations_row(convo(NOVEL)), 4)["copy"] == 0.0
+
+
+def load_conversations_row(row):
+    from weitiao.data.formats import Conversation, parse_openai
+
+    return Conversation(parse_openai(row))
+
+
+def test_select_and_pairs(tmp_path):
+    src = write(tmp_path / "d.jsonl", [convo(NOVEL), convo(REPEATER), convo(NOVEL[:2])])
+    cfg = repeat.RepeatConfig(min_turns=4, pairs_per_dialog=3, echo_share=0.5, seed=0)
+    rep = repeat.run([src], tmp_path / "p.jsonl", cfg, sft_out=tmp_path / "long.jsonl")
+    assert (rep["read"], rep["long"], rep["kept"]["dialogues"]) == (3, 2, 1)
+    kept = load_conversations(str(tmp_path / "long.jsonl")).rows
+    assert len(kept) == 1 and kept[0].messages[2]["content"] == NOVEL[0][1]
+    pairs = load_rows(str(tmp_path / "p.jsonl")).rows
+    assert len(pairs) == rep["pairs"] == 3 and all(isinstance(p, PreferencePair) for p in pairs)
+    replies = [a for _, a in NOVEL]
+    for p, raw in zip(pairs, map(json.loads, open(tmp_path / "p.jsonl", encoding="utf-8"))):
+        turn = raw["meta"]["turn"]  # 1-based assistant turn, ≥ 2 (there is an earlier reply to copy)
+        assert turn >= 2 and p.chosen == replies[turn - 1] and p.prompt[-1]["content"] == NOVEL[turn - 1][0]
+        assert len(p.prompt) == 1 + 2 * (turn - 1) + 1 and p.prompt[0]["role"] == "system"
+        if raw["meta"]["kind"] == "echo_user":
+            assert p.rejected == NOVEL[turn - 1][0]
+        else:
+            assert p.rejected in replies[: turn - 1]
+    assert rep["rejected_copy_rate"] == 1.0 and rep["chosen_copy_rate"] == 0.0
+    # all echo / all copy
+    for share, kind in ((1.0, "echo_user"), (0.0, "copy_turn")):
+        cfg = repeat.RepeatConfig(min_turns=4, pairs_per_dialog=4, echo_share=share)
+        r = repeat.run([src], tmp_path / "q.jsonl", cfg)
+        assert r["pairs_by_kind"][kind] == 4
+
+
+def test_demo_stitched(tmp_path):
+    cfg = repeat.RepeatConfig(min_turns=6, stitch_turns=6, pairs_per_dialog=2, seed=1)
+    rep = repeat.run([DATA_DIR / "style.jsonl"], tmp_path / "p.jsonl", cfg)
+    assert rep["read"] == 850 // 6 and rep["kept"]["dialogues"] > 0.5 * rep["read"]
+    assert rep["kept"]["mean_copy_rate"] <= rep["all"]["mean_copy_rate"] <= 1
+    assert rep["pairs"] <= 2 * rep["kept"]["dialogues"] and rep["rejected_copy_rate"] > rep["chosen_copy_rate"]
+    assert len(load_rows(str(tmp_path / "p.jsonl")).rows) == rep["pairs"]
+
+
+def test_nothing_selected_is_explained(tmp_path):
+    src = write(tmp_path / "d.jsonl", [convo(NOVEL[:2])])
+    with pytest.raises(UserError, match="longest has 2 turns.*--stitch-turns"):
+        repeat.run([src], tmp_path / "p.jsonl", repeat.RepeatConfig())
+
+
+def test_cli_repeat(tmp_path):
+    src = write(tmp_path / "d.jsonl", [convo(NOVEL), convo(REPEATER)])
+    cli, data = typer.Typer(), typer.Typer()
+    cli.add_typer(data, name="data")
+    register(data, cli)
+    r = CliRunner().invoke(cli, ["data", "repeat-negatives", str(src), "--out", str(tmp_path / "p.jsonl")])
+    assert r.exit_code == 0, r.output
+    assert "2 / 2 / 1" in r.output and "0.0 vs 1.0" in r.output

@@ -1,0 +1,289 @@
+"""Bad-case loop: ingest failures → cluster → report → paraphrase-augment → SFT additions, DPO pairs,
+regression eval, and the follow-up training command that continues the deployed adapter.
+
+    weitiao data badcases cases.jsonl --out runs/badcases --config examples/demo_sft.yaml --resume-from runs/demo
+    weitiao sft runs/badcases/followup_sft.yaml          # printed by the command above
+
+Input rows (JSONL or CSV): prompt, bad (the wrong reply), golden (the right one), optional tag.
+Clustering: spherical k-means (k-means++ seeding) on char 1-2-gram TF-IDF of the prompt, or on a
+local encoder's embeddings (--embed-model). k defaults to round(sqrt(n / 2)).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from weitiao.dataeng.similarity import embed, normalize, tfidf
+from weitiao.errors import UserError, where
+from weitiao.io import atomic_write_text, write_jsonl
+from weitiao.teacher import Teacher, TeacherError, parse_json_reply
+
+ALIASES = {
+    "prompt": ("prompt", "question", "instruction", "query"),
+    "bad": ("bad", "bad_response", "response", "rejected"),
+    "golden": ("golden", "golden_answer", "expected", "answer", "chosen"),
+    "tag": ("tag", "category", "label"),
+}
+PARAPHRASE_PROMPT = """请把下面这条用户提问换 {n} 种说法重写：意思完全不变，
+但用词和句式要各不相同，像不同的真实用户会问的那样。
+只输出一个 JSON 字符串数组，不要输出其他文字，例如 ["……", "……"]。
+
+用户提问：{prompt}"""
+
+
+@dataclass
+class Case:
+    prompt: str
+    bad: str
+    golden: str
+    tag: str = ""
+    source: str = ""
+    cluster: int = 0
+    paraphrases: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------- 1. ingest
+
+
+def _records(path: Path) -> list[tuple[int, dict]]:
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    if path.suffix.lower() == ".csv":
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            return list(enumerate(csv.DictReader(f), 2))  # line 1 is the header
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        out = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    out.append((n, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{where(path, n)}: not valid JSON ({e.msg})") from None
+        return out
+    raise UserError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl or .csv")
+
+
+def ingest(paths: list[str | Path]) -> list[Case]:
+    """Cases from JSONL/CSV files; a row missing prompt/bad/golden is an error naming file:line."""
+    cases = []
+    for path in map(Path, paths):
+        for n, rec in _records(path):
+            if not isinstance(rec, dict):
+                raise UserError(f"{where(path, n)}: expected an object with prompt, bad, golden")
+            got = {}
+            for key, names in ALIASES.items():
+                value = next((rec[k] for k in names if k in rec and rec[k] not in (None, "")), None)
+                if value is None and key != "tag":
+                    raise UserError(f"{where(path, n, key)}: missing (accepted names: {', '.join(names)})")
+                if value is not None and not isinstance(value, str):
+                    raise UserError(f"{where(path, n, key)}: expected text, got {type(value).__name__}")
+                got[key] = (value or "").strip()
+            cases.append(Case(**got, source=f"{path}:{n}"))
+    if not cases:
+        raise UserError(f"{', '.join(map(str, paths))}: no bad cases")
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------- 2. cluster
+
+
+def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 50, restarts: int = 10) -> np.ndarray:
+    """Spherical k-means on unit rows, best of `restarts` k-means++ seedings (by total cosine to the
+    assigned centre); returns labels 0..k-1."""
+    rng = np.random.default_rng(seed)
+    best, best_fit = np.zeros(len(x), dtype=int), -np.inf
+    for _ in range(restarts):
+        labels, fit = _kmeans_once(x, max(1, min(k, len(x))), rng, iters)
+        if fit > best_fit + 1e-9:
+            best, best_fit = labels, fit
+    return best
+
+
+def _kmeans_once(x: np.ndarray, k: int, rng: np.random.Generator, iters: int) -> tuple[np.ndarray, float]:
+    n = len(x)
+    # 1. k-means++: each next centre drawn with probability ∝ squared distance (1 - cosine) to the nearest
+    centres = [int(rng.integers(n))]
+    for _ in range(k - 1):
+        d = np.clip(1 - (x @ x[centres].T).max(1), 0, None) ** 2
+        centres.append(int(rng.choice(n, p=d / d.sum())) if d.sum() > 0 else int(rng.integers(n)))
+    c = x[centres].copy()
+    labels = np.full(n, -1)
+    for _ in range(iters):
+        # 2. assign by max cosine; 3. centre = normalized mean (an emptied cluster takes the worst-fit row)
+        sim = x @ c.T
+        new = sim.argmax(1)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+        for j in range(k):
+            members = x[labels == j]
+            if len(members):
+                m = members.sum(0)
+                c[j] = m / (np.linalg.norm(m) or 1)
+            else:
+                c[j] = x[sim.max(1).argmin()]
+    return labels, float((x @ c.T)[np.arange(n), labels].sum())
+
+
+def cluster(cases: list[Case], k: int | None = None, embed_model: str | None = None, seed: int = 0) -> list[dict]:
+    """Assign `case.cluster`; returns clusters (largest first) with a label of top n-grams and top tag."""
+    texts = [c.prompt for c in cases]
+    k = k or max(1, round(math.sqrt(len(cases) / 2)))
+    x, vocab = tfidf(texts, ns=(2,))
+    vecs = embed(texts, embed_model) if embed_model else x
+    labels = kmeans(vecs, k, seed)
+    order = [j for j, _ in Counter(labels.tolist()).most_common()]  # renumber: 0 = largest
+    rank = {j: i for i, j in enumerate(order)}
+    out = []
+    for j in order:
+        idx = [i for i in range(len(cases)) if labels[i] == j]
+        for i in idx:
+            cases[i].cluster = rank[j]
+        weight = x[idx].sum(0)
+        top = [vocab[t] for t in np.argsort(-weight)[:4] if weight[t] > 0]
+        tags = Counter(cases[i].tag for i in idx if cases[i].tag).most_common(1)
+        out.append({"cluster": rank[j], "size": len(idx), "keywords": top, "tag": tags[0][0] if tags else "",
+                    "cases": [cases[i].source for i in idx]})  # fmt: skip
+    return out
+
+
+def report_html(clusters: list[dict], cases: list[Case], examples: int = 5) -> str:
+    """One section per cluster: size, keywords, majority tag, and example prompt / bad / golden rows."""
+    e = html.escape
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>bad-case clusters</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td{vertical-align:top;padding:4px 8px;"
+        "border-bottom:1px solid #ddd}.bad{color:#a00}.gold{color:#060}</style>",
+        f"<h1>Bad-case clusters</h1><p>{len(cases)} cases in {len(clusters)} clusters.</p>",
+    ]
+    for cl in clusters:
+        members = [c for c in cases if c.cluster == cl["cluster"]]
+        parts.append(f"<h2>#{cl['cluster']} · {cl['size']} cases · {e(' / '.join(cl['keywords']))}"
+                     + (f" · tag {e(cl['tag'])}" if cl["tag"] else "") + "</h2>")  # fmt: skip
+        parts.append("<table><tr><th>prompt</th><th>bad reply</th><th>golden</th><th>tag</th></tr>")
+        for c in members[:examples]:
+            parts.append(f"<tr><td>{e(c.prompt)}</td><td class=bad>{e(c.bad)}</td>"
+                         f"<td class=gold>{e(c.golden)}</td><td>{e(c.tag)}</td></tr>")  # fmt: skip
+        parts.append("</table>")
+    return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- 3. augment
+
+
+def paraphrases(reply: str, original: str, n: int) -> list[str]:
+    """Up to n distinct rewrites from a teacher reply (JSON array of strings); drops copies of the original."""
+    value = parse_json_reply(reply)
+    items = value if isinstance(value, list) else [value]
+    seen, out = {normalize(original)}, []
+    for it in items:
+        if isinstance(it, dict):  # [{"text": "..."}]: take its first string value
+            it = next((v for v in it.values() if isinstance(v, str)), None)
+        text = it if isinstance(it, str) else None
+        if text and text.strip() and normalize(text) not in seen:
+            seen.add(normalize(text))
+            out.append(text.strip())
+    return out[:n]
+
+
+def augment(cases: list[Case], teacher: Teacher, n: int, progress: bool = True) -> dict:
+    """Fill `case.paraphrases` through the teacher; returns counts (failed requests stay uncached)."""
+    reqs = [[{"role": "user", "content": PARAPHRASE_PROMPT.format(n=n, prompt=c.prompt)}] for c in cases]
+    replies = teacher.chat_many(reqs, desc="badcases: paraphrasing", progress=progress)
+    counts = {"teacher_failed": 0, "parse_failed": 0, "paraphrases": 0, "short": 0}
+    for c, r in zip(cases, replies):
+        if isinstance(r, TeacherError):
+            counts["teacher_failed"] += 1
+            continue
+        try:
+            c.paraphrases = paraphrases(r, c.prompt, n)
+        except ValueError:
+            counts["parse_failed"] += 1
+            continue
+        counts["paraphrases"] += len(c.paraphrases)
+        counts["short"] += len(c.paraphrases) < n
+    if replies and counts["teacher_failed"] == len(replies):
+        first = next(r for r in replies if isinstance(r, TeacherError))
+        raise UserError(f"{first}; no paraphrases (use --augment 0 to skip the teacher)")
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------- 4. emit
+
+
+def followup(out: Path, config: Path | None, resume_from: str | None, sft_file: Path, eval_file: Path) -> str:
+    """Write followup_sft.yaml from the base config (train += additions, eval += regression set,
+    lora.init_from = resume_from) and return the command; without a config, return an overrides form."""
+    init = f" lora.init_from={resume_from}" if resume_from else ""
+    if config is None:
+        return (f"weitiao sft YOUR_SFT.yaml 'data.train=[ORIGINAL_TRAIN.jsonl,{sft_file}]' "
+                f"'data.eval=[GENERAL_EVAL.jsonl,{eval_file}]' "
+                f"train.out={out / 'sft'} train.resume=none{init}")  # fmt: skip
+    from weitiao.config import read_yaml_mapping
+
+    if not config.is_file():
+        raise UserError(f"--config {config}: file not found")
+    data = read_yaml_mapping(config)
+    d = data.setdefault("data", {})
+    d["train"] = [*(d.get("train") or []), str(sft_file)]
+    d["eval"] = [*(d.get("eval") or []), str(eval_file)]
+    if resume_from:
+        data.setdefault("lora", {})["init_from"] = resume_from
+    data.setdefault("train", {}).update(out=str(out / "sft"), resume="none")
+    path = out / "followup_sft.yaml"
+    head = f"# written by `weitiao data badcases`: {config} + bad-case additions\n"
+    atomic_write_text(path, head + yaml.safe_dump(data, allow_unicode=True, sort_keys=False))
+    return f"weitiao sft {path}"
+
+
+def run(
+    files: list[str | Path],
+    out: str | Path,
+    teacher: Teacher | None,
+    n_aug: int = 4,
+    k: int | None = None,
+    embed_model: str | None = None,
+    config: Path | None = None,
+    resume_from: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """The whole loop; writes clusters.html/json, sft_additions, dpo_pairs, regression_eval, summary."""
+    out = Path(out)
+    cases = ingest(list(files))
+    clusters = cluster(cases, k, embed_model, seed)
+    atomic_write_text(out / "clusters.html", report_html(clusters, cases))
+    atomic_write_text(out / "clusters.json", json.dumps(clusters, ensure_ascii=False, indent=2))
+    counts = augment(cases, teacher, n_aug, progress) if teacher is not None and n_aug > 0 else {}
+    sft, dpo, same = [], [], 0
+    for c in cases:
+        for j, prompt in enumerate([c.prompt, *c.paraphrases]):
+            meta = {"case": c.source, "cluster": c.cluster, "tag": c.tag, "paraphrase": j > 0}
+            sft.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": c.golden}],
+                        "meta": meta})  # fmt: skip
+            if normalize(c.golden) != normalize(c.bad):
+                dpo.append({"prompt": prompt, "chosen": c.golden, "rejected": c.bad, "meta": meta})
+            elif j == 0:
+                same += 1
+    random.Random(seed).shuffle(sft)
+    write_jsonl(out / "sft_additions.jsonl", sft)
+    write_jsonl(out / "dpo_pairs.jsonl", dpo)
+    regression = [{"messages": [{"role": "user", "content": c.prompt}, {"role": "assistant", "content": c.golden}],
+                   "meta": {"case": c.source, "cluster": c.cluster, "tag": c.tag}} for c in cases]  # fmt: skip
+    write_jsonl(out / "regression_eval.jsonl", regression)
+    command = followup(out, config, resume_from, out / "sft_additions.jsonl", out / "regression_eval.jsonl")
+    summary = {"cases": len(cases), "clusters": len(clusters), **counts, "sft_rows": len(sft), "dpo_pairs": len(dpo),
+               "golden_equals_bad": same, "regression_eval": len(regression), "next": command,
+               "dpo_next": f"weitiao dpo YOUR_DPO.yaml 'data.train=[{out / 'dpo_pairs.jsonl'}]'"}  # fmt: skip
+    atomic_write_text(out / "summary.json", json.dumps(summary, ensure_ascii=False, indent=2))
+    return summary

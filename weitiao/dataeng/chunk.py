@@ -1,0 +1,210 @@
+"""Read knowledge-base documents and cut them into chunks (paragraph, heading, fixed, semantic).
+
+    weitiao data kb2sft weitiao/demo/kb --chunker heading --out runs/kb
+
+.md/.txt always; .docx with python-docx and .pdf with pypdf when installed. Sizes are in characters
+(Chinese has no words to count). Every chunk keeps its document and heading path for provenance.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from weitiao.dataeng.similarity import embed, tfidf
+from weitiao.errors import UserError
+
+Chunker = Literal["paragraph", "heading", "fixed", "semantic"]
+TEXT_SUFFIXES = (".md", ".markdown", ".txt")
+SUFFIXES = TEXT_SUFFIXES + (".docx", ".pdf")
+_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+_SENTENCE = re.compile(r"[^。！？!?；;\n]+[。！？!?；;]*[”」』）)]*|\n")
+
+
+@dataclass
+class Chunk:
+    """A piece of one document: `chunk_id` is `<doc>#<n>`, `heading` the section path ("A > B")."""
+
+    doc: str
+    chunk_id: str
+    text: str
+    heading: str = ""
+
+    def source(self) -> str:
+        """Doc name and heading path, as shown to the teacher."""
+        return f"{self.doc}" + (f" · {self.heading}" if self.heading else "")
+
+
+@dataclass
+class ChunkSpec:
+    """How to cut documents."""
+
+    method: Chunker = "heading"
+    max_chars: int = 600  # chunks grow up to this (fixed: the window size)
+    min_chars: int = 40  # shorter paragraphs/sections are merged with the next one
+    overlap: int = 100  # fixed: characters shared by neighbouring windows
+    percentile: float = 20.0  # semantic: break at the lowest `percentile`% adjacent-sentence similarities
+    embed_model: str | None = None  # semantic: local encoder dir; default char-bigram TF-IDF cosine
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def collect_docs(paths: list[str | Path]) -> list[Path]:
+    """Files given, and supported files under directories given (sorted); missing paths are errors."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES)
+            if not found:
+                raise UserError(f"{p}: no {'/'.join(SUFFIXES)} files in this directory")
+            out += found
+        elif p.is_file():
+            if p.suffix.lower() not in SUFFIXES:
+                raise UserError(f"{p}: unsupported file type {p.suffix!r}; use {', '.join(SUFFIXES)}")
+            out.append(p)
+        else:
+            raise UserError(f"{p}: file not found")
+    return out
+
+
+def read_doc(path: Path) -> str:
+    """Document text; .docx headings become markdown `#` lines so the heading chunker sees them."""
+    suffix = path.suffix.lower()
+    if suffix in TEXT_SUFFIXES:
+        raw = path.read_bytes()
+        for enc in ("utf-8-sig", "gb18030"):  # Chinese Windows tools still save GBK text
+            try:
+                return raw.decode(enc).replace("\r\n", "\n")
+            except UnicodeDecodeError:
+                continue
+        raise UserError(f"{path}: not UTF-8 or GB18030 text; re-save it as UTF-8")
+    if suffix == ".docx":
+        try:
+            import docx
+        except ImportError:
+            raise UserError(f"{path}: reading .docx needs python-docx (pip install python-docx)") from None
+        lines = []
+        for para in docx.Document(str(path)).paragraphs:
+            style = (para.style.name or "") if para.style is not None else ""
+            level = re.match(r"(?:Heading|标题)\s*(\d)", style)
+            lines.append(("#" * int(level.group(1)) + " " if level else "") + para.text)
+        return "\n\n".join(lines)
+    if suffix == ".pdf":
+        try:
+            import pypdf
+        except ImportError:
+            raise UserError(f"{path}: reading .pdf needs pypdf (pip install pypdf)") from None
+        return "\n\n".join(page.extract_text() or "" for page in pypdf.PdfReader(str(path)).pages)
+    raise UserError(f"{path}: unsupported file type {suffix!r}")
+
+
+# ---------------------------------------------------------------------------------------------- chunkers
+
+
+def _paragraphs(text: str) -> list[str]:
+    return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+
+
+def _pack(pieces: list[str], max_chars: int, min_chars: int, sep: str = "\n\n") -> list[str]:
+    """Greedily join consecutive pieces while the result stays ≤ max_chars (a piece under min_chars
+    always joins its neighbour); a single piece longer than max_chars is cut into fixed windows."""
+    out: list[str] = []
+    for p in pieces:
+        if len(p) > max_chars:
+            out += [p[i : i + max_chars] for i in range(0, len(p), max_chars)]
+        elif out and (len(out[-1]) + len(sep) + len(p) <= max_chars or len(out[-1]) < min_chars):
+            out[-1] = out[-1] + sep + p
+        else:
+            out.append(p)
+    if len(out) > 1 and len(out[-1]) < min_chars:  # a short tail joins the chunk before it
+        out[-2] = out[-2] + sep + out.pop()
+    return out
+
+
+def by_paragraph(text: str, spec: ChunkSpec) -> list[tuple[str, str]]:
+    """Blank-line paragraphs packed up to max_chars."""
+    return [("", c) for c in _pack(_paragraphs(text), spec.max_chars, spec.min_chars)]
+
+
+def by_heading(text: str, spec: ChunkSpec) -> list[tuple[str, str]]:
+    """One chunk per markdown section (long ones split at paragraphs), labelled with the heading path."""
+    sections: list[tuple[str, list[str]]] = [("", [])]
+    path: list[tuple[int, str]] = []
+    for line in text.split("\n"):
+        m = _HEADING.match(line)
+        if m:
+            level = len(m.group(1))
+            path = [(lv, h) for lv, h in path if lv < level] + [(level, m.group(2))]
+            sections.append((" > ".join(h for _, h in path), []))
+        else:
+            sections[-1][1].append(line)
+    out = []
+    for heading, lines in sections:
+        body = "\n".join(lines).strip()
+        if body:
+            out += [(heading, c) for c in _pack(_paragraphs(body), spec.max_chars, spec.min_chars)]
+    return out
+
+
+def by_fixed(text: str, spec: ChunkSpec) -> list[tuple[str, str]]:
+    """Character windows of max_chars, each starting max_chars - overlap after the last."""
+    if not 0 <= spec.overlap < spec.max_chars:
+        raise UserError(f"--overlap {spec.overlap}: must be ≥ 0 and < --max-chars {spec.max_chars}")
+    s = re.sub(r"\n\s*\n", "\n", text.strip())
+    step = spec.max_chars - spec.overlap
+    starts = range(0, max(1, len(s) - spec.overlap), step)
+    return [("", s[i : i + spec.max_chars]) for i in starts if s[i : i + spec.max_chars].strip()]
+
+
+def sentences(text: str) -> list[str]:
+    """Sentences ending at 。！？!?；; or a line break (closing quotes stay with their sentence)."""
+    return [s.strip() for s in _SENTENCE.findall(text) if s.strip()]
+
+
+def by_semantic(text: str, spec: ChunkSpec) -> list[tuple[str, str]]:
+    """Break between adjacent sentences whose similarity is among the lowest `percentile`% (and wherever
+    a chunk would pass max_chars). Similarity: cosine of char 1-2-gram TF-IDF, or of local embeddings."""
+    sents = [s for s in sentences(text) if not _HEADING.match(s)]
+    if len(sents) < 2:
+        return [("", s) for s in sents]
+    # 1. one vector per sentence; 2. cosine of each neighbour pair; 3. cut at the low ones
+    vec = embed(sents, spec.embed_model) if spec.embed_model else tfidf(sents)[0]
+    sims = np.sum(vec[:-1] * vec[1:], axis=1)
+    cut = float(np.percentile(sims, spec.percentile))
+    out, cur = [], sents[0]
+    for s, sim in zip(sents[1:], sims):
+        if (sim <= cut and len(cur) >= spec.min_chars) or len(cur) + len(s) > spec.max_chars:
+            out.append(cur)
+            cur = s
+        else:
+            cur += s
+    out.append(cur)
+    return [("", c) for c in out]
+
+
+CHUNKERS = {"paragraph": by_paragraph, "heading": by_heading, "fixed": by_fixed, "semantic": by_semantic}
+
+
+def chunk_docs(paths: list[Path], spec: ChunkSpec) -> tuple[list[Chunk], list[str]]:
+    """All chunks of all documents, and the names of documents that had no text (reported, not fatal)."""
+    if spec.method not in CHUNKERS:
+        raise UserError(f"--chunker {spec.method!r}: use one of {', '.join(CHUNKERS)}")
+    if spec.max_chars < 20:
+        raise UserError(f"--max-chars {spec.max_chars}: too small (use ≥ 20)")
+    chunks: list[Chunk] = []
+    empty: list[str] = []
+    names = [p.name for p in paths]
+    for path in paths:
+        name = path.name if names.count(path.name) == 1 else str(path)  # same file name in two folders
+        text = read_doc(path)
+        pieces = CHUNKERS[spec.method](text, spec) if text.strip() else []
+        if not pieces:
+            empty.append(str(path))
+        for i, (heading, body) in enumerate(pieces):
+            chunks.append(Chunk(name, f"{name}#{i}", body, heading))
+    return chunks, empty

@@ -1,0 +1,127 @@
+"""Learning curve: SFT on nested subsets of the training data, eval metric vs data size.
+
+    weitiao curve examples/demo_curve.yaml --sizes 100,200,400,800 [key.path=value ...]
+
+Steps: 1. load the SFT config and its training rows; fix one eval set for every size (the config's
+eval files, else an eval_split carved out once) → 2. shuffle once with the seed; subset i is the first
+size_i rows, so every subset contains the smaller ones → 3. one `weitiao sft` run per size (out dir
+`<out>/size_<n>`; the config's epochs or max_steps apply unchanged) → 4. curve.json + curve.png.
+
+Diminishing returns (chapter Q146: "if doubling the data barely helps, you are at the knee"): for
+each step s_i → s_{i+1}, gain per doubling = relative improvement / log2(s_{i+1} / s_i). The knee is
+the first size s_i whose next step gains less than `min_gain` (default 5%) per doubling.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+from weitiao.config import load_config
+from weitiao.data.formats import load_conversations
+from weitiao.errors import UserError
+from weitiao.io import atomic_write_text, write_jsonl
+
+
+def parse_sizes(text: str) -> list[int]:
+    """'250,500,1000' → [250, 500, 1000] (sorted, unique, all > 0)."""
+    try:
+        sizes = sorted({int(s) for s in text.split(",") if s.strip()})
+    except ValueError:
+        raise UserError(f"--sizes {text!r}: expected comma-separated integers, e.g. 250,500,1000") from None
+    if not sizes or sizes[0] <= 0:
+        raise UserError(f"--sizes {text!r}: give at least one size > 0")
+    return sizes
+
+
+def knee(sizes: list[int], values: list[float], higher_is_better: bool, min_gain: float) -> dict:
+    """Gain per doubling for each step and the first size after which it drops below min_gain (or None)."""
+    steps = []
+    for (a, va), (b, vb) in zip(zip(sizes, values), zip(sizes[1:], values[1:])):
+        better = (vb - va) if higher_is_better else (va - vb)
+        gain = better / abs(va) / math.log2(b / a) if va and math.isfinite(va) and math.isfinite(vb) else float("nan")
+        steps.append({"from": a, "to": b, "gain_per_doubling": gain})
+    first = next((s["from"] for s in steps if not s["gain_per_doubling"] >= min_gain), None)
+    return {"rule": f"first size whose next step gains < {min_gain:.0%} per doubling", "steps": steps, "knee": first}
+
+
+def plot(path: Path, sizes: list[int], values: list[float], metric: str, knee_size: int | None) -> None:
+    """Metric vs size on a log2 x axis, the knee marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(sizes, values, "o-")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.set_xlabel("training rows")
+    ax.set_ylabel(metric)
+    if knee_size is not None:
+        ax.axvline(knee_size, color="tab:red", ls="--")
+        ax.annotate("diminishing returns", (knee_size, values[sizes.index(knee_size)]), color="tab:red",
+                    textcoords="offset points", xytext=(6, 8))  # fmt: skip
+    ax.set_title(f"learning curve: {metric} vs data size")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(
+    config: str | Path,
+    sizes: list[int],
+    overrides: list[str] | None = None,
+    out: str | Path | None = None,
+    metric: str = "eval_loss",
+    higher_is_better: bool = False,
+    min_gain: float = 0.05,
+    seed: int = 0,
+) -> dict:
+    """Train once per size; returns and writes curve.json (+ curve.png) under `out` (default <train.out>/curve)."""
+    from weitiao.recipes import sft
+
+    # 1. config, rows, one fixed eval set
+    cfg = load_config(sft.SFTConfig, config, overrides or [])
+    out = Path(out or Path(cfg.train.out) / "curve")
+    rows = load_conversations(cfg.data.train, cfg.data.format, skip_invalid=cfg.data.skip_invalid,
+                              rejects_path=out / "rejects.jsonl").rows  # fmt: skip
+    rng = random.Random(seed)
+    # 2. one shuffle; nested prefixes
+    order = list(range(len(rows)))
+    rng.shuffle(order)
+    eval_files = list(cfg.data.eval)
+    if not eval_files:
+        if cfg.data.eval_split <= 0:
+            raise UserError(f"{config}: the curve needs an eval set: set data.eval or data.eval_split")
+        n_eval = max(1, int(len(rows) * cfg.data.eval_split))
+        write_jsonl(out / "eval.jsonl", [{"messages": rows[i].messages} for i in order[:n_eval]])
+        eval_files, order = [str(out / "eval.jsonl")], order[n_eval:]
+    if sizes[-1] > len(order):
+        raise UserError(f"--sizes: {sizes[-1]} is more than the {len(order)} training rows available")
+    # 3. one run per size
+    points = []
+    for n in sizes:
+        subset = out / f"train_{n}.jsonl"
+        write_jsonl(subset, [{"messages": rows[i].messages} for i in order[:n]])
+        run_cfg = cfg.model_copy(deep=True)
+        run_cfg.data.train, run_cfg.data.eval, run_cfg.data.eval_split = [str(subset)], eval_files, 0.0
+        run_cfg.train.out, run_cfg.train.resume = str(out / f"size_{n}"), "none"
+        print(f"curve: training on {n} rows → {run_cfg.train.out}")
+        summary = sft.run(run_cfg)
+        value = summary.get(metric)
+        if not isinstance(value, (int, float)):
+            keys = ", ".join(k for k, v in summary.items() if isinstance(v, (int, float)))
+            raise UserError(f"--metric {metric!r}: not in the run summary; numeric keys: {keys}")
+        points.append({"size": n, metric: float(value), "steps": summary.get("steps"), "out": run_cfg.train.out})
+    # 4. knee, json, plot
+    values = [p[metric] for p in points]
+    k = knee(sizes, values, higher_is_better, min_gain)
+    result = {"config": str(config), "metric": metric, "higher_is_better": higher_is_better, "points": points,
+              "diminishing_returns": k, "eval": eval_files, "seed": seed}  # fmt: skip
+    atomic_write_text(out / "curve.json", json.dumps(result, ensure_ascii=False, indent=2))
+    plot(out / "curve.png", sizes, values, metric, k["knee"])
+    return result

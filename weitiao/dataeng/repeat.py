@@ -1,0 +1,145 @@
+"""Anti-"repeater" data: keep long, novel multi-turn dialogues; build DPO pairs whose rejected turn
+copies an earlier assistant turn or echoes the user's question.
+
+    weitiao data repeat-negatives dialogues.jsonl --out runs/repeat/pairs.jsonl --sft-out runs/repeat/long.jsonl
+    weitiao data repeat-negatives weitiao/demo/data/style.jsonl --stitch-turns 6 --out runs/repeat/pairs.jsonl
+
+Steps: 1. load (or, for single-turn data such as the demo, stitch turns from different rows into
+long dialogues: incoherent, but novel, so only for trying the pipeline) → 2. measure each dialogue
+(assistant turns, mean copy-of-history rate, distinct-2 of its replies, n-gram loops) → 3. keep the
+long novel ones → 4. per kept dialogue pick turns k ≥ 2 and pair prompt = history up to user turn k,
+chosen = the real reply, rejected = an earlier assistant reply (copy) or the user's question (echo)
+→ 5. write pairs, the kept dialogues as SFT rows, and a report (metrics of all vs kept, chosen vs rejected).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import mean
+
+from weitiao.data.formats import Conversation, load_conversations
+from weitiao.dataeng.similarity import normalize
+from weitiao.errors import UserError
+from weitiao.eval.repetition import copy_of_history_rate, distinct_n, ngram_loop
+from weitiao.io import atomic_write_text, write_jsonl
+
+
+@dataclass
+class RepeatConfig:
+    """Selection thresholds and pair construction."""
+
+    min_turns: int = 4  # assistant turns a dialogue needs to count as long
+    max_copy: float = 0.2  # highest mean copy-of-history rate of its assistant turns
+    min_distinct2: float = 0.6  # lowest distinct-2 over its assistant turns
+    copy_n: int = 4  # character n-gram size for copy-of-history (chat replies are short)
+    pairs_per_dialog: int = 2
+    echo_share: float = 0.5  # share of pairs whose rejected reply echoes the user (the rest copy a turn)
+    stitch_turns: int = 0  # > 0: build dialogues of this many turns from single-turn rows
+    seed: int = 0
+
+
+def stitch(convs: list[Conversation], turns: int, seed: int) -> list[Conversation]:
+    """Chain the user/assistant turns of shuffled rows into dialogues of `turns` exchanges each."""
+    pairs = [(c.messages[-2], c.messages[-1]) for c in convs if len(c.messages) >= 2]
+    random.Random(seed).shuffle(pairs)
+    out = []
+    for i in range(0, len(pairs) - turns + 1, turns):
+        msgs = [m for p in pairs[i : i + turns] for m in p]
+        out.append(Conversation(msgs, f"stitched:{i // turns}"))
+    return out
+
+
+def measure(c: Conversation, copy_n: int) -> dict:
+    """Assistant turns, mean copy-of-history rate (turns after the first), distinct-2, any n-gram loop."""
+    replies = [(i, m["content"]) for i, m in enumerate(c.messages) if m["role"] == "assistant"]
+    copies = [
+        copy_of_history_rate(text, [m["content"] for m in c.messages[:i] if m["role"] != "system"], n=copy_n)
+        for i, text in replies[1:]
+    ]
+    return {
+        "turns": len(replies),
+        "copy": mean(copies) if copies else 0.0,
+        "distinct2": distinct_n([t for _, t in replies], 2),
+        "loop": any(ngram_loop(t) for _, t in replies),
+    }
+
+
+def make_pairs(c: Conversation, cfg: RepeatConfig, rng: random.Random) -> list[dict]:
+    """Up to pairs_per_dialog pairs at assistant turns that have an earlier assistant turn."""
+    idx = [i for i, m in enumerate(c.messages) if m["role"] == "assistant"]
+    spots = idx[1:]
+    out = []
+    for k in sorted(rng.sample(spots, min(cfg.pairs_per_dialog, len(spots)))):
+        chosen, question = c.messages[k]["content"], c.messages[k - 1]["content"]
+        earlier = [c.messages[i]["content"] for i in idx if i < k]
+        kind = "echo_user" if rng.random() < cfg.echo_share else "copy_turn"
+        rejected = question if kind == "echo_user" else rng.choice(earlier)
+        if normalize(rejected) == normalize(chosen):  # would teach nothing (and the loader rejects it)
+            continue
+        out.append({"prompt": c.messages[:k], "chosen": chosen, "rejected": rejected,
+                    "meta": {"kind": kind, "source": c.source, "turn": idx.index(k) + 1}})  # fmt: skip
+    return out
+
+
+def _stats(ms: list[dict]) -> dict:
+    if not ms:
+        return {"dialogues": 0}
+    return {
+        "dialogues": len(ms),
+        "mean_turns": round(mean(m["turns"] for m in ms), 2),
+        "mean_copy_rate": round(mean(m["copy"] for m in ms), 4),
+        "mean_distinct2": round(mean(m["distinct2"] for m in ms), 4),
+        "loop_share": round(mean(m["loop"] for m in ms), 4),
+    }
+
+
+def run(files: list[str | Path], out: str | Path, cfg: RepeatConfig, sft_out: str | Path | None = None) -> dict:
+    """Write DPO pairs to `out` (and kept dialogues to `sft_out`); returns the report (also `<out>.report.json`)."""
+    # 1. load (or stitch)
+    convs = load_conversations([str(f) for f in files]).rows
+    if cfg.stitch_turns > 0:
+        convs = stitch(convs, cfg.stitch_turns, cfg.seed)
+    if not convs:
+        raise UserError(f"{', '.join(map(str, files))}: no dialogues")
+    # 2. measure; 3. select
+    ms = [measure(c, cfg.copy_n) for c in convs]
+    ok = [
+        m["turns"] >= cfg.min_turns and m["copy"] <= cfg.max_copy and m["distinct2"] >= cfg.min_distinct2
+        and not m["loop"] for m in ms
+    ]  # fmt: skip
+    kept = [c for c, good in zip(convs, ok) if good]
+    if not kept:
+        longest = max(m["turns"] for m in ms)
+        raise UserError(
+            f"no dialogue has ≥ {cfg.min_turns} assistant turns with copy rate ≤ {cfg.max_copy} and distinct-2 ≥ "
+            f"{cfg.min_distinct2} (longest has {longest} turns); lower --min-turns, or --stitch-turns N for "
+            "single-turn data"
+        )
+    # 4. pairs
+    rng = random.Random(cfg.seed)
+    pairs = [p for c in kept for p in make_pairs(c, cfg, rng)]
+
+    def copy_rate(p: dict, key: str) -> float:
+        return copy_of_history_rate(p[key], [m["content"] for m in p["prompt"] if m["role"] != "system"], cfg.copy_n)
+
+    # 5. write
+    write_jsonl(out, pairs)
+    if sft_out:
+        write_jsonl(sft_out, [{"messages": c.messages, "meta": {"source": c.source}} for c in kept])
+    report = {
+        "read": len(convs),
+        "all": _stats(ms),
+        "long": sum(m["turns"] >= cfg.min_turns for m in ms),
+        "kept": _stats([m for m, good in zip(ms, ok) if good]),
+        "pairs": len(pairs),
+        "pairs_by_kind": {k: sum(p["meta"]["kind"] == k for p in pairs) for k in ("copy_turn", "echo_user")},
+        "chosen_copy_rate": round(mean(copy_rate(p, "chosen") for p in pairs), 4) if pairs else None,
+        "rejected_copy_rate": round(mean(copy_rate(p, "rejected") for p in pairs), 4) if pairs else None,
+        "out": str(out),
+        "sft_out": str(sft_out) if sft_out else None,
+    }
+    atomic_write_text(f"{out}.report.json", json.dumps(report, ensure_ascii=False, indent=2))
+    return report

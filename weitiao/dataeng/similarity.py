@@ -1,0 +1,110 @@
+"""Character n-gram text similarity (no model needed), plus optional local-embedding vectors.
+
+Chinese has no spaces, so every measure here works on characters: normalized text → char n-grams.
+Used for grounding (answer vs source chunk), near-duplicate dedup, semantic chunk breaks and
+bad-case clustering.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+_DROP = re.compile(r"[\s\W_]+", re.UNICODE)  # whitespace and punctuation (CJK characters are \w)
+
+
+def normalize(text: str) -> str:
+    """NFKC (full-width → half-width), lower case, whitespace and punctuation removed."""
+    return _DROP.sub("", unicodedata.normalize("NFKC", text).lower())
+
+
+def char_ngrams(text: str, n: int = 2) -> list[str]:
+    """Character n-grams of the normalized text; a text shorter than n gives itself (if non-empty)."""
+    s = normalize(text)
+    if len(s) < n:
+        return [s] if s else []
+    return [s[i : i + n] for i in range(len(s) - n + 1)]
+
+
+def jaccard(a: set, b: set) -> float:
+    """|a ∩ b| / |a ∪ b| (0.0 for two empty sets)."""
+    return len(a & b) / len(a | b) if a or b else 0.0
+
+
+def grounding_score(answer: str, source: str, n: int = 2) -> float:
+    """Fraction of the answer's char n-grams (with multiplicity) found in the source: 1.0 = every
+    n-gram of the answer appears in the source; an answer made up of other words scores near 0."""
+    grams = char_ngrams(answer, n)
+    if not grams:
+        return 0.0
+    have = set(char_ngrams(source, n))
+    return sum(g in have for g in grams) / len(grams)
+
+
+def near_duplicates(texts: Sequence[str], threshold: float = 0.8, n: int = 3) -> list[int | None]:
+    """For each text, the index of an earlier kept text it nearly duplicates (char n-gram Jaccard ≥
+    threshold), else None. Greedy in input order; an inverted index keeps it near-linear."""
+    index: dict[str, list[int]] = {}
+    grams = [set(char_ngrams(t, n)) for t in texts]
+    out: list[int | None] = []
+    for i, g in enumerate(grams):
+        # 1. candidates: kept texts sharing at least one n-gram; 2. the first one over the threshold wins
+        cands = sorted({j for x in g for j in index.get(x, ())})
+        dup = next((j for j in cands if jaccard(g, grams[j]) >= threshold), None)
+        out.append(dup)
+        if dup is None:
+            for x in g:
+                index.setdefault(x, []).append(i)
+    return out
+
+
+def tfidf(texts: Sequence[str], ns: tuple[int, ...] = (1, 2), top_vocab: int = 20000) -> tuple[np.ndarray, list[str]]:
+    """L2-normalized TF-IDF rows over char n-grams (idf = ln((1+N)/(1+df)) + 1, as scikit-learn's smooth
+    idf); returns (matrix, vocabulary). Keeps the `top_vocab` most frequent n-grams."""
+    docs = [Counter(g for n in ns for g in char_ngrams(t, n)) for t in texts]
+    df = Counter(g for d in docs for g in d)
+    vocab = [g for g, _ in df.most_common(top_vocab)]
+    col = {g: i for i, g in enumerate(vocab)}
+    x = np.zeros((len(texts), len(vocab)), dtype=np.float64)
+    for r, d in enumerate(docs):
+        for g, c in d.items():
+            if g in col:
+                x[r, col[g]] = c
+    idf = np.array([math.log((1 + len(texts)) / (1 + df[g])) + 1 for g in vocab])
+    x *= idf
+    return _unit_rows(x), vocab
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norm == 0, 1, norm)
+
+
+def embed(texts: Sequence[str], model_path: str, batch_size: int = 16) -> np.ndarray:
+    """L2-normalized mean-pooled last hidden states of a local HF encoder (any AutoModel dir)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from weitiao.errors import UserError
+
+    try:
+        tok = AutoTokenizer.from_pretrained(model_path)
+        model = AutoModel.from_pretrained(model_path).eval()
+    except (OSError, ValueError) as e:
+        raise UserError(f"--embed-model {model_path}: cannot load ({str(e).splitlines()[0][:120]})") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    rows = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            batch = list(texts[i : i + batch_size])
+            enc = tok(batch, padding=True, truncation=True, max_length=256, return_tensors="pt")
+            h = model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+            rows.append(((h * mask).sum(1) / mask.sum(1).clamp_min(1)).float().numpy())
+    return _unit_rows(np.concatenate(rows) if rows else np.zeros((0, 1)))
