@@ -385,7 +385,7 @@ def run(cfg: PPOConfig) -> dict:
     p, t = cfg.ppo, cfg.train
     accel = Accelerator(cpu=not torch.cuda.is_available())
     main, world, rank = accel.is_main_process, accel.num_processes, accel.process_index
-    torch.manual_seed(t.seed + rank)
+    torch.manual_seed(t.seed)  # identical adapter init on every process
     random.seed(t.seed)
     out = Path(t.out)
     device = accel.device
@@ -404,6 +404,8 @@ def run(cfg: PPOConfig) -> dict:
         raise UserError(f"data.prompts: all {too_long} prompts are longer than ppo.prompt_max_len={p.prompt_max_len}")
     score_fn, reward_model = build_scorer(cfg.reward, device)
     roles = Roles(cfg, device, reward_model)
+    if world > 1:
+        torch.manual_seed(t.seed + rank)  # then each process samples its own replies
     if reward_model is not None and p.critic_init != "zeros":
         reward_model.eval()
     actor_opt = torch.optim.AdamW(roles.actor_params, lr=p.actor_learning_rate)
@@ -425,6 +427,8 @@ def run(cfg: PPOConfig) -> dict:
     ckpt = ck.resume_point(out, t.resume)
     if ckpt is not None:
         state = _load(ckpt, roles, actor_opt, critic_opt, kl_ctl, moments)
+        if world > 1:  # the checkpoint holds process 0's RNG; give the others their own streams again
+            torch.manual_seed(t.seed + rank + 1000 * state["step"])
     elif main and (removed := ck.clear_previous_run(out)):
         print(f"fresh run in {out}: removed the previous run's {', '.join(removed)}")
     if main:
@@ -593,6 +597,11 @@ def run(cfg: PPOConfig) -> dict:
                 return {"stopped_at": state["step"], "out": str(out)}
 
     # Final: the actor adapter (loadable by chat/serve/export), the critic, the cost report.
+    if world > 1:  # every process must hold the same weights after all-reduced updates
+        check = torch.stack([sum(p.double().sum() for p in ps) for ps in (roles.actor_params, roles.critic_params)])
+        gathered = accel.gather(check.to(device).unsqueeze(0))
+        if not torch.allclose(gathered, gathered[:1].expand_as(gathered), rtol=1e-9, atol=1e-9):
+            raise RuntimeError(f"ppo: processes hold different weights after training: {gathered.tolist()}")
     elapsed = time.time() - started
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else _rss_gib()
     report = {
