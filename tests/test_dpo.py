@@ -159,3 +159,16 @@ def test_beta_sweep_writes_table_and_plot(tiny_model_dir, tmp_path):
     assert (tmp_path / "sw" / "sweep.png").stat().st_size > 1000
     assert (tmp_path / "sw" / "sweep.md").read_text().count("\n") == 4
     assert (tmp_path / "sw" / "dpo.beta-0.5" / "final" / "adapter").exists()
+
+
+@pytest.mark.slow
+def test_init_from_sft_adapter_makes_it_the_reference(tiny_model_dir, tmp_path):
+    """Continuing a trained adapter: π = π_ref at step 1 (loss log 2), not π = SFT vs π_ref = bare base."""
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(16))
+    dpo.run(dpo_config(tiny_model_dir, data, tmp_path / "first", "train.max_steps=6"))
+    dpo.run(
+        dpo_config(tiny_model_dir, data, tmp_path / "next", "train.max_steps=1", f"lora.init_from={tmp_path / 'first'}")
+    )
+    first = read_metrics(tmp_path / "first", "train")
+    assert abs(first[-1]["loss"] - math.log(2)) > 1e-2  # the first run moved away from its reference
+    assert abs(read_metrics(tmp_path / "next", "train")[0]["loss"] - math.log(2)) < 1e-4

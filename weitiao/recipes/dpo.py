@@ -4,9 +4,10 @@
     weitiao dpo examples/demo_dpo.yaml --sweep beta=0.01,0.1,0.5
 
 Steps: 1. pairs → tokens (shared prompt tokens, loss on replies only) → 2. policy (LoRA or full)
-and reference (the same base with the adapter disabled; a frozen copy for full tuning; or log-probs
-precomputed once and cached) → 3. resume → 4. loop: chosen and rejected of each pair packed into
-one forward, per-sequence log-probs by segment sums, loss, metrics, eval, checkpoint → 5. save.
+and reference (the same base with the adapter disabled; the starting adapter, frozen, with
+lora.init_from; a frozen copy for full tuning; or log-probs precomputed once and cached) →
+3. resume → 4. loop: chosen and rejected of each pair packed into one forward, per-sequence
+log-probs by segment sums, loss, metrics, eval, checkpoint → 5. save.
 
 Pairs are packed padding-free like SFT rows: both sides of a pair sit in the same row, positions
 restart per sequence, so log-probs equal those of separate forwards (tested). The logged `kl` is the
@@ -31,7 +32,15 @@ from weitiao.data.templates import ChatTemplate, resolve_template
 from weitiao.errors import UserError
 from weitiao.losses.preference import LENGTH_AVERAGED, dpo_terms, k3_kl
 from weitiao.losses.sft import CausalLMLoss
-from weitiao.models.load import LoraSpec, ModelSpec, build_trainable, count_params, load_model, load_tokenizer
+from weitiao.models.load import (
+    LoraSpec,
+    ModelSpec,
+    build_trainable,
+    count_params,
+    load_lora,
+    load_model,
+    load_tokenizer,
+)
 from weitiao.recipes.sft import TrainSpec
 from weitiao.train import loop
 
@@ -239,6 +248,9 @@ def run(cfg: DPOConfig) -> dict:
     ref_model = None
     if d.reference or not cfg.lora.enabled:
         ref_model = load_model(cfg.model.model_copy(update={"path": d.reference or cfg.model.path}), accel.device)
+        ref_model.eval().requires_grad_(False)
+    elif cfg.lora.init_from:  # continuing an SFT adapter: the reference is that SFT model, not the bare base
+        ref_model = load_lora(load_model(cfg.model, accel.device), cfg.lora.init_from)
         ref_model.eval().requires_grad_(False)
     loss_mod, optimizer = accel.prepare(loss_mod, optimizer)
     ref = Reference(loss_mod, model, ref_model)
