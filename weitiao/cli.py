@@ -16,6 +16,7 @@ from weitiao.errors import UserError
 from weitiao.eval.commands import arena_app, eval_app
 from weitiao.logs.commands import app as logs_app
 from weitiao.safety.commands import app as pii_app
+from weitiao.safety.guard_commands import injection_app, rules_app
 
 app = typer.Typer(
     add_completion=False,
@@ -33,6 +34,10 @@ app.add_typer(pii_app, name="pii")
 app.add_typer(eval_app, name="eval")
 app.add_typer(arena_app, name="arena")
 register_dataeng(data_app, app)
+safety_app = typer.Typer(no_args_is_help=True, help="Safety data and evals: prompt injection (PII: `weitiao pii`).")
+safety_app.add_typer(injection_app, name="injection")
+app.add_typer(safety_app, name="safety")
+app.add_typer(rules_app, name="rules")
 console = Console()
 
 
@@ -131,11 +136,13 @@ def serve(
     quant: str = typer.Option("none", help="load the base as none|4bit|8bit"),
     template: str = typer.Option("auto", help="chat template: auto, tokenizer, chatml, qwen, llama3, plain"),
     pii: str = typer.Option(None, help="filter replies: redact (placeholders) or block (refuse) PII"),
+    screen: str = typer.Option(None, help="prompt-injection input screen: 'default' or a YAML config (off if unset)"),
 ) -> None:
     """OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models, /health."""
     from weitiao.infer import serve as tool
 
-    tool.serve(model, adapter, host, port, api_key, max_batch, max_queue, max_new_tokens, quant, template, pii=pii)
+    limits = (max_batch, max_queue, max_new_tokens)
+    tool.serve(model, adapter, host, port, api_key, *limits, quant, template, pii=pii, screen=screen)
 
 
 @app.command()

@@ -481,8 +481,10 @@ def serve(
     template: str = "auto",
     model_name: str | None = None,
     pii: str | None = None,
+    screen: str | None = None,
 ) -> None:
-    """Load the model (+ adapter) and serve it until Ctrl-C; `pii` = redact|block filters replies."""
+    """Load the model (+ adapter) and serve it until Ctrl-C; `pii` = redact|block filters replies;
+    `screen` = "default" or a YAML file turns on the prompt-injection input screen (weitiao.safety.screen)."""
     import uvicorn
 
     from weitiao.infer.chat import load_chat_model
@@ -496,5 +498,10 @@ def serve(
         from weitiao.safety.pii import output_filter
 
         hook = output_filter(pii)
-    app = create_app(m, tok, resolve_template(tok, template), settings, output_filter=hook)
+    guard = None
+    if screen:
+        from weitiao.safety.screen import Screen, load_screen_config
+
+        guard = Screen(load_screen_config(screen))
+    app = create_app(m, tok, resolve_template(tok, template), settings, input_screen=guard, output_filter=hook)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,276 @@
+"""Rule sets: validation errors, checks by hand, coverage, and sft/dpo/eval over real HTTP (scripted teacher,
+scripted judge, `weitiao serve` with a tiny model)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from test_injection import running, scripted
+from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
+
+from weitiao.data.formats import load_conversations, load_rows
+from weitiao.data.templates import resolve_template
+from weitiao.errors import UserError
+from weitiao.infer.serve import ServeSettings, create_app
+from weitiao.safety.guard_commands import rules_app
+from weitiao.safety.rules import Check, coverage, load_rules, read_rules, schema_errors
+
+REPO = Path(__file__).resolve().parents[1]
+RULES = """rules:
+  - {id: R1, category: format, text: 不超过20字, check: {max_length: 20}}
+  - {id: R2, category: fact, text: 提到会员时说明25元, when: "会员", check: {required: ["25元"]}}
+  - {id: R3, category: style, text: 语气友好}
+  - id: R4
+    category: format
+    text: JSON时输出含name的对象
+    when: "JSON"
+    check: {json_schema: {type: object, required: [name]}}
+"""
+
+
+@pytest.fixture
+def rules_file(tmp_path) -> Path:
+    p = tmp_path / "rules.yaml"
+    p.write_text(RULES, encoding="utf-8")
+    return p
+
+
+def run(*args: str):
+    r = CliRunner().invoke(rules_app, list(args))
+    return r
+
+
+# ----------------------------------------------------------------------------- file validation
+
+
+def test_example_rule_file_is_valid_and_big():
+    rules, errors = read_rules(REPO / "examples/rules_zh.yaml")
+    assert errors == []
+    assert len(rules) >= 100
+    assert {r.category for r in rules} == {"style", "format", "content", "fact"}
+    assert sum(r.check is not None for r in rules) >= 80
+    r = run("check", str(REPO / "examples/rules_zh.yaml"))
+    assert r.exit_code == 0 and "ok" in r.output
+
+
+def test_malformed_rule_file_errors_name_rule_and_field(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text(
+        "- {id: R001, category: style, text: ok}\n"
+        "- {id: R017, category: format, text: x, check: {regex: '(unclosed'}}\n"
+        "- {id: R001, category: style, text: dup}\n"
+        "- {id: R020, category: tone, text: x}\n"
+        "- {id: R021, category: fact, text: x, check: {regexp: 'a'}}\n"
+        "- {id: R022, category: fact, text: x, check: {max_length: -1}}\n"
+        "- {id: R023, category: fact, text: x, check: {json_schema: {type: object, pattern: 'a'}}}\n"
+        "- {id: R024, category: fact, text: x, check: {min_length: 9, max_length: 3}}\n"
+        "- {category: fact, text: no id}\n"
+        "- {id: R026, category: fact, text: '', colour: red}\n"
+        "- {id: R027, category: fact, text: x, when: '[a-'}\n",
+        encoding="utf-8",
+    )
+    rules, errors = read_rules(p)
+    assert [r.id for r in rules] == ["R001"]
+    want = [
+        r":2: rule R017: check\.regex: invalid pattern \(missing \), unterminated subpattern",
+        r":3: rule R001: id: duplicate of rule #1",
+        r":4: rule R020: category: 'tone' unknown",
+        r":5: rule R021: check\.regexp: unknown key",
+        r":6: rule R022: check\.max_length: expected a non-negative integer, got -1",
+        r":7: rule R023: check\.json_schema: unsupported keyword 'pattern'",
+        r":8: rule R024: check\.min_length: 9 > max_length 3",
+        r":9: rule #9: id: missing or empty",
+        r":10: rule R026: colour: unknown key",
+        r":10: rule R026: text: missing or empty",
+        r":11: rule R027: when: invalid pattern",
+    ]
+    assert len(errors) == len(want)
+    for w, e in zip(want, errors):
+        assert e.startswith(str(p)) and re.search(w, e), (w, e)
+    with pytest.raises(UserError, match=r"rule R017: check\.regex: invalid pattern .*\(and 10 more"):
+        load_rules(p)
+    r = run("check", str(p))
+    assert r.exit_code == 1 and "R022" in r.output
+    p.write_text("rules: [\n", encoding="utf-8")
+    assert "not valid YAML" in read_rules(p)[1][0]
+    p.write_text("{}", encoding="utf-8")
+    assert "non-empty list of rules" in read_rules(p)[1][0]
+
+
+# ----------------------------------------------------------------------------- checks by hand
+
+
+def test_each_check_field():
+    assert Check(regex=r"\d+元").failures("价格25元") == []
+    assert Check(regex=r"\d+元").failures("很便宜") == [r"check.regex: no match for '\\d+元'"]
+    assert Check(not_regex="[!！]{2,}").failures("好！！") == ["check.not_regex: matched '！！'"]
+    assert Check(max_length=3).failures("  一二三  ") == []  # stripped
+    assert Check(max_length=3).failures("一二三四") == ["check.max_length: 4 > 3"]
+    assert Check(min_length=5).failures("一二") == ["check.min_length: 2 < 5"]
+    assert Check(required=["A", "B"]).failures("A") == ["check.required: missing 'B'"]
+    assert Check(forbidden=["亲，"]).failures("亲，你好") == ["check.forbidden: contains '亲，'"]
+    assert Check(ends_with=["。", "！"]).failures("好的！") == []
+    assert Check(ends_with=["。"]).failures("好的") == ["check.ends_with: not one of ['。']"]
+    assert Check(starts_with=["是"]).failures("不是") == ["check.starts_with: not one of ['是']"]
+    schema = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "minLength": 1}}}
+    assert Check(json_schema=schema).failures('```json\n{"name": "小明"}\n```') == []
+    assert Check(json_schema=schema).failures('{"name": ""}') == ["check.json_schema: $.name: shorter than 1"]
+    assert Check(json_schema=schema).failures("不是JSON")[0].startswith("check.json_schema: not JSON")
+
+
+def test_schema_subset_by_hand():
+    s = {
+        "type": "object",
+        "required": ["a", "b"],
+        "additionalProperties": False,
+        "properties": {
+            "a": {"type": "integer", "minimum": 1, "maximum": 3},
+            "b": {"type": "array", "items": {"enum": ["x", "y"]}, "maxItems": 2},
+        },
+    }
+    assert schema_errors({"a": 2, "b": ["x"]}, s) == []
+    assert schema_errors({"a": 5, "b": ["x", "z", "y"], "c": 1}, s) == [
+        "$: unexpected 'c'",
+        "$.a: above 3",
+        "$.b: more than 2 items",
+        "$.b[1]: 'z' not one of ['x', 'y']",
+    ]
+    assert schema_errors({"a": True}, s)[:2] == ["$: missing 'b'", "$.a: expected integer, got bool"]
+    assert schema_errors([1], {"type": ["object", "null"]}) == ["$: expected object/null, got list"]
+
+
+def test_coverage_by_hand(rules_file, tmp_path):
+    rows = [
+        {"messages": [{"role": "user", "content": "会员多少钱？"}, {"role": "assistant", "content": "25元一个月"}]},
+        {"instruction": "JSON格式给我", "output": "不是json"},
+        {"prompt": "会员呢", "chosen": "会员25元", "rejected": "会员挺便宜的，你可以去官网看看呀，真的非常非常便宜"},
+        {
+            "messages": [{"role": "user", "content": "讲个笑话"}, {"role": "assistant", "content": "哈"}],
+            "rule_ids": ["R4"],
+        },
+    ]
+    rep = coverage(load_rules(rules_file), rows)
+    per = rep["per_rule"]
+    assert {k: per["R1"][k] for k in ("exercised", "pass", "fail", "contrast")} == {
+        "exercised": 4, "pass": 4, "fail": 0, "contrast": 1}  # fmt: skip
+    assert (per["R2"]["exercised"], per["R2"]["pass"], per["R2"]["contrast"]) == (2, 2, 1)
+    assert (per["R3"]["exercised"], per["R3"]["checked"]) == (4, False)
+    assert (per["R4"]["exercised"], per["R4"]["pass"], per["R4"]["fail"]) == (2, 0, 2)
+    assert (rep["conditional_rules"], rep["conditional_rules_exercised"], rep["uncovered"]) == (2, 2, [])
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:1]), encoding="utf-8")
+    out = tmp_path / "cov.json"
+    r = run("coverage", str(data), "--rules", str(rules_file), "--out", str(out))
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["uncovered"] == ["R4"]
+
+
+# ----------------------------------------------------------------------------- teacher flows over HTTP
+
+PROMPTS = ["会员多少钱？", "你好", "讲个笑话"]
+ANSWERS = {
+    "会员多少钱？": "会员每月25元。",  # passes R1, R2
+    "你好": "你好！有什么可以帮你？",  # passes R1
+    "讲个笑话": "从前有一只小猫，它每天都去河边钓鱼，可是一条鱼也没钓到，后来它学会了耐心。",  # fails R1
+    "会员怎么开通？": "在App里开通即可。",  # fails R2
+    "输出JSON格式的用户名": '{"name": "小明"}',  # passes R4
+    "用JSON给我一个例子": '{"id": 1}',  # fails R4
+}
+VIOLATIONS = {
+    "会员多少钱？": "会员的价格是每个月二十五元人民币，非常划算，欢迎开通。",  # breaks R1 (verified)
+    "你好": "你好呀",  # does not break R1 → dropped
+    "输出JSON格式的用户名": "这是一个非常非常长的而且完全不是JSON格式的回答，超过二十个字了",  # breaks R1
+}
+
+
+def teacher_reply(messages: list[dict]) -> str:
+    user = messages[-1]["content"]
+    if "每个提问都必须让回答者用到下面这条规则" in user:
+        if "25元" in user:
+            return '["会员怎么开通？", "今天天气", "会员能退吗？"]'
+        return '```json\n["输出JSON格式的用户名", "用JSON给我一个例子",]\n```'  # trailing comma: repaired
+    if "故意违反" in user:
+        return VIOLATIONS[user.split("用户的问题：")[1].split("\n")[0]]
+    assert messages[0]["role"] == "system" and "[R1] 不超过20字" in messages[0]["content"]
+    return ANSWERS[user]
+
+
+@pytest.fixture
+def prompts_file(tmp_path) -> Path:
+    p = tmp_path / "prompts.jsonl"
+    p.write_text("".join(json.dumps({"prompt": t}, ensure_ascii=False) + "\n" for t in PROMPTS), encoding="utf-8")
+    return p
+
+
+def test_rules_sft_and_dpo_with_a_scripted_teacher(rules_file, prompts_file, tmp_path):
+    with running(scripted(teacher_reply)) as base:
+        common = ["--rules", str(rules_file), "--prompts", str(prompts_file), "--teacher-url", base + "/v1"]
+        common += ["--min-prompts", "2", "--cache-dir", str(tmp_path / "cache")]
+        r = run("sft", *common, "--out", str(tmp_path / "sft.jsonl"))
+        assert r.exit_code == 0, r.output
+        r2 = run("dpo", *common, "--out", str(tmp_path / "dpo.jsonl"))
+        assert r2.exit_code == 0, r2.output
+    rep = json.loads((tmp_path / "sft.report.json").read_text())
+    assert (rep["prompts"], rep["kept"], rep["rejected"]) == (6, 3, 3)
+    per = rep["per_rule"]
+    assert per["R1"] == {"prompts_given": 3, "passed": 5, "failed": 1}
+    assert per["R2"] == {"prompts_given": 1, "prompts_generated": 1, "prompts_rejected": 1, "passed": 1, "failed": 1}
+    assert per["R3"] == {"prompts_given": 3}
+    assert per["R4"] == {"prompts_given": 0, "prompts_generated": 2, "prompts_rejected": 0, "passed": 1, "failed": 1}
+    sft = load_conversations(tmp_path / "sft.jsonl")
+    assert [c.messages[0]["content"] for c in sft.rows] == ["会员多少钱？", "你好", "输出JSON格式的用户名"]
+    rows = [json.loads(x) for x in (tmp_path / "sft.jsonl").read_text().splitlines()]
+    assert rows[2]["rule_ids"] == ["R4"]
+    rejects = [json.loads(x) for x in (tmp_path / "sft.rejects.jsonl").read_text().splitlines()]
+    assert {tuple(x["failed"]) for x in rejects} == {("R1",), ("R2",), ("R4",)}
+
+    drep = json.loads((tmp_path / "dpo.report.json").read_text())
+    assert (drep["compliant"], drep["pairs"]) == (3, 2)
+    assert {k: drep["per_rule"]["R1"].get(k) for k in ("violation_asked", "violation_verified", "not_violated")} == {
+        "violation_asked": 3, "violation_verified": 2, "not_violated": 1}  # fmt: skip
+    pairs = load_rows(tmp_path / "dpo.jsonl")
+    assert pairs.format == "preference" and pairs.kept == 2
+    assert pairs.rows[0].chosen == "会员每月25元。" and pairs.rows[0].rejected == VIOLATIONS["会员多少钱？"]
+
+
+def test_rules_eval_endpoint_with_judge_and_local_model(rules_file, prompts_file, tmp_path, tiny_model_dir, tokenizer):
+    """Replies from real `weitiao serve` (tiny model); judge scripted: pass, fail, unparseable."""
+    verdicts = iter(['{"R3": "pass"}', '[{"id": "R3", "verdict": "fail"}]', "我觉得还行"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    app = create_app(model, tokenizer, resolve_template(tokenizer), ServeSettings(model_name="tiny"))
+    out = tmp_path / "eval.json"
+    with running(app) as base, running(scripted(lambda m: next(verdicts))) as judge:
+        r = run("eval", "--rules", str(rules_file), "--prompts", str(prompts_file), "--endpoint", base + "/v1",
+                "--max-new-tokens", "12", "--judge-url", judge + "/v1", "--out", str(out))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out.read_text())
+    replies = [x["reply"] for x in rep["replies_text"]]
+    r1_pass = sum(len(t.strip()) <= 20 for t in replies)  # independent recomputation of R1
+    assert rep["per_rule"]["R1"].get("check_pass", 0) == r1_pass
+    assert rep["per_rule"]["R1"].get("check_fail", 0) == 3 - r1_pass
+    assert rep["per_rule"]["R2"]["exercised"] == 1 and rep["per_rule"]["R4"].get("exercised", 0) == 0
+    r3 = rep["per_rule"]["R3"]
+    assert (r3["judge_pass"], r3["judge_fail"], r3["judge_missing"], r3["compliance"]) == (1, 1, 1, 0.5)
+
+    out2 = tmp_path / "local.json"
+    r = run("eval", "--rules", str(rules_file), "--prompts", str(prompts_file), "--model", str(tiny_model_dir),
+            "--max-new-tokens", "12", "--out", str(out2))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    local = json.loads(out2.read_text())
+    assert local["replies"] == 3 and local["per_rule"]["R1"]["exercised"] == 3
+    assert [x["reply"] for x in local["replies_text"]] == replies  # greedy: local path = served path
+
+
+def test_eval_needs_a_model_or_endpoint(rules_file, prompts_file):
+    r = run("eval", "--rules", str(rules_file), "--prompts", str(prompts_file))
+    assert r.exit_code != 0 and isinstance(r.exception, UserError)
+
+
+def test_rule_subset_by_ids(rules_file):
+    assert [r.id for r in load_rules(rules_file, ["R4", "R1"]).rules] == ["R1", "R4"]
+    with pytest.raises(UserError, match="--ids: .* has no rule R9"):
+        load_rules(rules_file, ["R1", "R9"])

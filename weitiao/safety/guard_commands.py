@@ -1,0 +1,345 @@
+"""CLI: `weitiao safety injection ...` (injection_app) and `weitiao rules ...` (rules_app).
+
+    weitiao safety injection build --out runs/inj --heldout-families roleplay,indirect
+    weitiao safety injection eval runs/inj/heldout_attacks.jsonl --model demo --adapter runs/inj-dpo
+    weitiao safety injection eval runs/inj/heldout_attacks.jsonl --endpoint http://127.0.0.1:8000/v1
+    weitiao safety injection screen runs/inj/attacks.jsonl runs/inj/heldout_attacks.jsonl [--config s.yaml]
+    weitiao rules check examples/rules_zh.yaml
+    weitiao rules sft --rules R.yaml --prompts P.jsonl --teacher-url URL --teacher-model M --out sft.jsonl
+    weitiao rules dpo --rules R.yaml --prompts P.jsonl --teacher-url URL --teacher-model M --out dpo.jsonl
+    weitiao rules eval --rules R.yaml --prompts P.jsonl (--model demo [--adapter RUN] | --endpoint URL) [--judge-url]
+    weitiao rules coverage --rules R.yaml DATA.jsonl
+
+Mount (in weitiao/cli.py): `safety_app.add_typer(injection_app, name="injection")` under a `safety` group,
+and `app.add_typer(rules_app, name="rules")`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from weitiao.errors import UserError
+
+injection_app = typer.Typer(no_args_is_help=True, help="Prompt injection: attack data, ASR eval, input screen.")
+rules_app = typer.Typer(no_args_is_help=True, help="Rule sets (YAML): check, SFT/DPO data via a teacher, eval.")
+console = Console()
+
+
+def _csv(s: str | None) -> list[str]:
+    return [x.strip() for x in (s or "").split(",") if x.strip()]
+
+
+def _write_json(path: Path | None, data: Any) -> None:
+    if path:
+        from weitiao.io import atomic_write_text
+
+        atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2))
+        console.print(f"wrote {path}")
+
+
+# ----------------------------------------------------------------------------- injection
+
+
+@injection_app.command("build")
+def injection_build(
+    out: Path = typer.Option(..., help="output dir (attacks, sft, dpo; heldout_* for held-out families)"),
+    heldout_families: str = typer.Option("", help="comma-separated families kept out of training, e.g. roleplay"),
+    families: str = typer.Option("", help="only these families (default all)"),
+    per_family: int = typer.Option(None, help="sample this many attacks per family (default: every combination)"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Turn seed tasks into attacks of each family; write SFT rows and DPO pairs, held-out split by family."""
+    from weitiao.safety import injection as inj
+
+    attacks = inj.build_attacks(seed, per_family, _csv(families) or None)
+    s = inj.write_dataset(out, attacks, _csv(heldout_families))
+    t = Table(title=f"injection data → {out}")
+    for c in ("family", "attacks", "split"):
+        t.add_column(c)
+    for fam, n in s["per_family"].items():
+        t.add_row(fam, str(n), "held-out" if fam in s["heldout_families"] else "train")
+    console.print(t)
+    console.print(f"train {s['train']} · held-out {s['heldout']} · goals {s['goals']}")
+
+
+def _asr_table(rep: dict, title: str) -> Table:
+    t = Table(title=title)
+    for c in ("family", "n", "ASR", "marker", "leak"):
+        t.add_column(c, justify="right" if c != "family" else "left")
+    for fam, v in rep["families"].items():
+        t.add_row(fam, str(v["n"]), f"{v['asr']:.3f}", f"{v['marker_rate']:.3f}", f"{v['leak_rate']:.3f}",
+                  style="bold" if fam == "overall" else None)  # fmt: skip
+    return t
+
+
+@injection_app.command("eval")
+def injection_eval(
+    attacks: Path = typer.Argument(..., help="attacks file from `build` (attacks.jsonl or heldout_attacks.jsonl)"),
+    model: str = typer.Option(None, help="local base model ('demo', a dir or hub id)"),
+    adapter: str = typer.Option(None, help="run dir or peft adapter dir"),
+    endpoint: str = typer.Option(None, help="OpenAI-compatible base URL instead of a local model"),
+    endpoint_model: str = typer.Option("weitiao", help="model name sent to the endpoint"),
+    max_new_tokens: int = typer.Option(64),
+    leak_chars: int = typer.Option(16, help="this many consecutive system-prompt characters in a reply = leak"),
+    out: Path = typer.Option(None, help="write the report (per family + every reply) as JSON"),
+) -> None:
+    """Attack success rate per family: marker word in the reply, or the canary / system prompt leaked."""
+    from weitiao.safety import injection as inj
+
+    rows = inj.load_attacks(attacks)
+    if endpoint:
+        replies = inj.replies_endpoint(endpoint, endpoint_model, rows, max_new_tokens)
+    elif model:
+        replies = inj.replies_local(model, adapter, rows, max_new_tokens)
+    else:
+        raise UserError("give --model (with optional --adapter) or --endpoint URL")
+    rep = inj.asr_report(rows, replies, leak_chars)
+    console.print(_asr_table(rep, f"injection ASR · {adapter or model or endpoint}"))
+    _write_json(out, rep)
+
+
+@injection_app.command("screen")
+def injection_screen(
+    attacks: list[Path] = typer.Argument(None, help="attack files (default: all built-in attacks, seed 0)"),
+    config: str = typer.Option("default", help="'default' or a screen YAML (threshold, patterns, disable, ...)"),
+    text: str = typer.Option(None, help="score this one user message and exit"),
+    sweep: str = typer.Option(None, help="also report overall detection / FP at these thresholds, e.g. 0.5,1,1.5"),
+    out: Path = typer.Option(None, help="write the report as JSON"),
+) -> None:
+    """Detection rate of the serve input screen per family, and false-positive rate on benign prompts."""
+    from weitiao.safety import injection as inj
+    from weitiao.safety import injection_data as D
+    from weitiao.safety.screen import Screen, benign_sets, load_screen_config, measure
+
+    screen = Screen(load_screen_config(config))
+    if text is not None:
+        s = screen.score([{"role": "user", "content": text}])
+        console.print(
+            f"score {s.score} (threshold {screen.cfg.threshold}) → {'BLOCK' if s.blocked else 'pass'} {s.hits}"
+        )
+        return
+    rows = [a for p in attacks for a in inj.load_attacks(p)] if attacks else inj.build_attacks(0)
+
+    def user(t: str) -> list[dict]:
+        return [{"role": "user", "content": t}]
+
+    rep = measure(screen, rows, benign_sets() | {"benign_zh_2": [user(t) for t in D.BENIGN_2]})
+    for name, texts in (("fresh_1 (tuned on)", D.FRESH_ATTACKS), ("fresh_2 (untuned)", D.FRESH_ATTACKS_2)):
+        hits = [screen.score(user(t)).blocked for t in texts]
+        rep["detection"][name] = {"n": len(hits), "rate": sum(hits) / len(hits)}
+    t = Table(title=f"input screen (threshold {screen.cfg.threshold})")
+    for c in ("set", "n", "flagged"):
+        t.add_column(c)
+    for k, v in rep["detection"].items():
+        t.add_row(f"attacks: {k}", str(v["n"]), f"{v['rate']:.3f}")
+    for k, v in rep["false_positive"].items():
+        t.add_row(f"benign: {k}", str(v["n"]), f"{v['rate']:.3f}", style="dim")
+    console.print(t)
+    for th in [float(x) for x in _csv(sweep)]:
+        screen.cfg.threshold = th
+        r = measure(screen, rows, benign_sets() | {"benign_zh_2": [user(t) for t in D.BENIGN_2]})
+        fresh = sum(screen.score(user(t)).blocked for t in D.FRESH_ATTACKS_2) / len(D.FRESH_ATTACKS_2)
+        rep.setdefault("sweep", {})[th] = {"detection": r["detection"]["overall"]["rate"], "fresh_2": fresh,
+                                          "false_positive": r["false_positive"]["overall"]["rate"]}  # fmt: skip
+        console.print(f"threshold {th}: detection {r['detection']['overall']['rate']:.3f} · fresh_2 {fresh:.3f} · "
+                      f"false positives {r['false_positive']['overall']['rate']:.3f}")  # fmt: skip
+    for e in rep["false_positive_examples"][:5]:
+        console.print(f"[yellow]false positive[/] ({e['set']}): {e['text'][:60]} {e['hits']}")
+    _write_json(out, rep)
+
+
+# ----------------------------------------------------------------------------- rules
+
+
+@rules_app.command("check")
+def rules_check(file: Path = typer.Argument(..., help="rule file (YAML)")) -> None:
+    """Validate a rule file: ids, categories, keys, regexes, check fields; every problem names rule and field."""
+    from collections import Counter
+
+    from weitiao.safety.rules import read_rules
+
+    rules, errors = read_rules(file)
+    if errors:
+        for e in errors:
+            console.print(e, markup=False, highlight=False)
+        raise UserError(f"{file}: {len(errors)} problem(s); first: {errors[0]}")
+    cats = Counter(r.category for r in rules)
+    checked = sum(r.check is not None for r in rules)
+    conditional = sum(r.when is not None for r in rules)
+    console.print(f"[green]ok[/] {file}: {len(rules)} rules ({', '.join(f'{k} {v}' for k, v in cats.items())}); "
+                  f"{checked} with a programmatic check, {conditional} conditional (when)")  # fmt: skip
+
+
+def _teacher(url: str, model: str, cache_dir: str | None, concurrency: int, temperature: float, max_tokens: int) -> Any:
+    from weitiao.teacher import Teacher
+
+    return Teacher(
+        url, model, concurrency=concurrency, cache_dir=cache_dir, temperature=temperature, max_tokens=max_tokens
+    )
+
+
+def _report_errors(rejects: list[dict]) -> None:
+    errs = [r["error"] for r in rejects if "error" in r]
+    if errs:
+        console.print(f"[yellow]{len(errs)} teacher request(s) failed[/]; first: {errs[0]}", highlight=False)
+
+
+def _tally_table(title: str, table: dict[str, dict[str, int]], cols: list[str], limit: int = 0) -> Table:
+    t = Table(title=title)
+    t.add_column("rule")
+    for c in cols:
+        t.add_column(c, justify="right")
+    items = list(table.items())
+    for rid, c in items[:limit] if limit else items:
+        t.add_row(rid, *(str(c.get(k, 0)) for k in cols))
+    return t
+
+
+@rules_app.command("sft")
+def rules_sft(
+    rules: Path = typer.Option(..., help="rule file"),
+    ids: str = typer.Option(None, help="only these rule ids, comma-separated (e.g. for a small-context model)"),
+    prompts: Path = typer.Option(..., help="prompts JSONL (prompt / instruction / messages; optional rule_ids)"),
+    out: Path = typer.Option(..., help="SFT rows (OpenAI messages) to write"),
+    teacher_url: str = typer.Option("http://127.0.0.1:8000/v1", help="OpenAI-compatible teacher base URL"),
+    teacher_model: str = typer.Option("teacher", help="teacher model name"),
+    cache_dir: str = typer.Option(".weitiao_cache/teacher", help="teacher reply cache ('' = none)"),
+    min_prompts: int = typer.Option(3, help="ask the teacher for prompts until each conditional rule has this many"),
+    samples: int = typer.Option(1, help="answers asked per prompt"),
+    system_in_data: bool = typer.Option(False, help="keep the rules system prompt in the rows (default: drop it)"),
+    concurrency: int = typer.Option(4),
+    max_tokens: int = typer.Option(512, help="max tokens per teacher reply"),
+) -> None:
+    """Teacher answers with all rules in the system prompt; keep answers passing every applicable check."""
+    from weitiao.io import write_jsonl
+    from weitiao.safety import rules_build as rb
+    from weitiao.safety.rules import load_rules, read_prompts
+
+    rs = load_rules(rules, _csv(ids))
+    teacher = _teacher(teacher_url, teacher_model, cache_dir or None, concurrency, 0.7, max_tokens)
+    tally = rb.Tally()
+    ps = rb.extend_prompts(rs, read_prompts(prompts), teacher, min_prompts, tally)
+    kept, rejects = rb.compliant_answers(rs, ps, teacher, tally, samples)
+    n = write_jsonl(out, rb.sft_rows(rs, kept, system_in_data))
+    write_jsonl(out.with_suffix(".rejects.jsonl"), rejects)
+    report = {"prompts": len(ps), "answers": len(ps) * samples, "kept": n, "rejected": len(rejects),
+              "per_rule": tally.table(rs)}  # fmt: skip
+    _write_json(out.with_suffix(".report.json"), report)
+    cols = ["prompts_given", "prompts_generated", "prompts_rejected", "prompt_asks_failed", "passed", "failed"]
+    worst = dict(sorted(report["per_rule"].items(), key=lambda kv: -kv[1].get("failed", 0)))
+    console.print(_tally_table("rules sft · per rule (most rejected first)", worst, cols, 25))
+    _report_errors(rejects)
+    console.print(f"prompts {len(ps)} · kept {n} · rejected {len(rejects)} → {out}")
+
+
+@rules_app.command("dpo")
+def rules_dpo(
+    rules: Path = typer.Option(..., help="rule file"),
+    ids: str = typer.Option(None, help="only these rule ids, comma-separated (e.g. for a small-context model)"),
+    prompts: Path = typer.Option(..., help="prompts JSONL"),
+    out: Path = typer.Option(..., help="preference rows to write"),
+    teacher_url: str = typer.Option("http://127.0.0.1:8000/v1", help="OpenAI-compatible teacher base URL"),
+    teacher_model: str = typer.Option("teacher", help="teacher model name"),
+    cache_dir: str = typer.Option(".weitiao_cache/teacher", help="teacher reply cache ('' = none)"),
+    min_prompts: int = typer.Option(3, help="as in `rules sft`"),
+    violations: int = typer.Option(1, help="rules the rejected answer is asked to break"),
+    concurrency: int = typer.Option(4),
+    max_tokens: int = typer.Option(512, help="max tokens per teacher reply"),
+) -> None:
+    """Chosen = compliant teacher answer; rejected = the teacher breaking named rules (verified by their checks)."""
+    from weitiao.io import write_jsonl
+    from weitiao.safety import rules_build as rb
+    from weitiao.safety.rules import load_rules, read_prompts
+
+    rs = load_rules(rules, _csv(ids))
+    teacher = _teacher(teacher_url, teacher_model, cache_dir or None, concurrency, 0.7, max_tokens)
+    tally = rb.Tally()
+    ps = rb.extend_prompts(rs, read_prompts(prompts), teacher, min_prompts, tally)
+    kept, rejects = rb.compliant_answers(rs, ps, teacher, tally)
+    rows, bad = rb.violation_pairs(rs, kept, teacher, tally, violations)
+    n = write_jsonl(out, rows)
+    write_jsonl(out.with_suffix(".rejects.jsonl"), rejects + bad)
+    report = {"prompts": len(ps), "compliant": len(kept), "pairs": n, "dropped": len(rejects) + len(bad),
+              "per_rule": tally.table(rs)}  # fmt: skip
+    _write_json(out.with_suffix(".report.json"), report)
+    cols = ["violation_asked", "violation_verified", "violation_unverified", "not_violated"]
+    asked = {k: v for k, v in report["per_rule"].items() if v.get("violation_asked")}
+    console.print(_tally_table("rules dpo · per rule", asked, cols, 25))
+    _report_errors(rejects + bad)
+    console.print(f"compliant {len(kept)} · pairs {n} · dropped {report['dropped']} → {out}")
+
+
+@rules_app.command("eval")
+def rules_eval(
+    rules: Path = typer.Option(..., help="rule file"),
+    ids: str = typer.Option(None, help="only these rule ids, comma-separated (e.g. for a small-context model)"),
+    prompts: Path = typer.Option(..., help="test prompts JSONL"),
+    model: str = typer.Option(None, help="local base model"),
+    adapter: str = typer.Option(None, help="run dir or peft adapter dir"),
+    endpoint: str = typer.Option(None, help="OpenAI-compatible base URL instead of a local model"),
+    endpoint_model: str = typer.Option("weitiao", help="model name sent to the endpoint"),
+    rules_in_system: bool = typer.Option(False, help="put the rules in the system prompt (in-context baseline)"),
+    judge_url: str = typer.Option(None, help="judge endpoint for rules without a check (optional)"),
+    judge_model: str = typer.Option("judge", help="judge model name"),
+    judge_all: bool = typer.Option(False, help="also ask the judge about rules that have a check"),
+    max_new_tokens: int = typer.Option(256),
+    out: Path = typer.Option(None, help="write the report (+ replies) as JSON"),
+) -> None:
+    """Per-rule compliance of a model or endpoint: programmatic checks + optional judge verdicts."""
+    from weitiao.safety import rules_build as rb
+    from weitiao.safety.rules import load_rules, read_prompts
+
+    rs = load_rules(rules, _csv(ids))
+    ps = read_prompts(prompts)
+    system = rs.system_prompt() if rules_in_system else None
+    replies = rb.generate_replies(ps, system, model, adapter, endpoint, endpoint_model, max_new_tokens)
+    items = list(zip(ps, replies))
+    verdicts = None
+    if judge_url:
+        verdicts = rb.judge_replies(rs, items, _teacher(judge_url, judge_model, None, 4, 0.0, 512), judge_all)
+    rep = rb.compliance(rs, items, verdicts)
+    t = Table(title=f"rules eval · {adapter or model or endpoint} · fully compliant {rep['fully_compliant']:.3f}")
+    for c in ("rule", "category", "exercised", "check ✓/✗", "judge ✓/✗/?", "compliance"):
+        t.add_column(c)
+    for rid, c in rep["per_rule"].items():
+        if not c.get("exercised"):
+            continue
+        rate = "-" if c["compliance"] is None else f"{c['compliance']:.2f}"
+        judge = f"{c.get('judge_pass', 0)}/{c.get('judge_fail', 0)}/{c.get('judge_missing', 0)}"
+        t.add_row(rid, c["category"], str(c["exercised"]), f"{c.get('check_pass', 0)}/{c.get('check_fail', 0)}",
+                  judge, rate)  # fmt: skip
+    console.print(t)
+    rep["replies_text"] = [{"prompt": p.text, "reply": r} for p, r in items]
+    _write_json(out, rep)
+
+
+@rules_app.command("coverage")
+def rules_coverage(
+    data: list[Path] = typer.Argument(..., help="data files (SFT or preference JSONL)"),
+    rules: Path = typer.Option(..., help="rule file"),
+    ids: str = typer.Option(None, help="only these rule ids, comma-separated (e.g. for a small-context model)"),
+    out: Path = typer.Option(None, help="write the report as JSON"),
+) -> None:
+    """Per-rule coverage: rows exercising each rule, check pass/fail of their replies, contrasting pairs."""
+    from weitiao.safety.rules import coverage, load_rules, read_jsonl
+
+    rs = load_rules(rules, _csv(ids))
+    rows = [r for p in data for r in read_jsonl(p)]
+    rep = coverage(rs, rows)
+    t = Table(title=f"rule coverage · {rep['rows']} rows")
+    for c in ("rule", "category", "scope", "exercised", "pass", "fail", "contrast"):
+        t.add_column(c)
+    for rid, c in rep["per_rule"].items():
+        t.add_row(rid, c["category"], "global" if c["global"] else "when", str(c["exercised"]),
+                  *(str(c[k]) if c["checked"] else "-" for k in ("pass", "fail", "contrast")),
+                  style="red" if not c["exercised"] else None)  # fmt: skip
+    console.print(t)
+    console.print(f"conditional rules exercised: {rep['conditional_rules_exercised']}/{rep['conditional_rules']}"
+                  + (f"; uncovered: {', '.join(rep['uncovered'][:20])}" if rep["uncovered"] else ""))  # fmt: skip
+    _write_json(out, rep)

@@ -1,0 +1,412 @@
+"""Rule sets (Q165): a YAML file of rules, validation with errors naming rule and field, programmatic checks,
+and per-rule coverage of a data set.
+
+    weitiao rules check examples/rules_zh.yaml
+    weitiao rules coverage --rules examples/rules_zh.yaml runs/rules/sft.jsonl
+
+A rule file is a YAML list (or {rules: [...]}) of
+    {id, category: style|format|content|fact, text: the rule in words, when: optional regex on the user
+     prompt (the rule is conditional: it only matters for prompts it matches), check: optional
+     {regex, not_regex, max_length, min_length, required: [...], forbidden: [...], starts_with, ends_with,
+      json_schema}}
+Lengths count characters of the stripped reply; starts_with/ends_with take a string or a list (any one);
+json_schema is a subset of JSON Schema (type, properties, required, additionalProperties, items, enum,
+min/maxItems, min/maxLength, minimum/maximum), checked on the reply parsed as JSON (``` fences allowed).
+
+Coverage: a prompt *exercises* a rule when the rule is global (no `when`), when `when` matches the
+prompt, or when the row names the rule in `rule_ids` (rows made for that rule). A data set covers a
+rule with the rows that exercise it; for rules with a check we also count how many of those rows'
+replies pass it, and for preference pairs how many pairs contrast it (chosen passes, rejected fails).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from weitiao.errors import UserError
+
+CATEGORIES = ("style", "format", "content", "fact")
+RULE_KEYS = {"id", "category", "text", "when", "check", "note"}
+CHECK_KEYS = {"regex", "not_regex", "max_length", "min_length", "required", "forbidden", "starts_with", "ends_with",
+              "json_schema"}  # fmt: skip
+SCHEMA_KEYS = {"type", "properties", "required", "additionalProperties", "items", "enum", "minItems", "maxItems",
+               "minLength", "maxLength", "minimum", "maximum", "description", "title"}  # fmt: skip
+JSON_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?```$", re.S)
+
+
+# ----------------------------------------------------------------------------- JSON schema subset
+
+
+def _type_ok(value: Any, t: str) -> bool:
+    if t == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if t == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, JSON_TYPES[t])
+
+
+def schema_errors(value: Any, schema: dict, at: str = "$") -> list[str]:
+    """Where `value` breaks `schema` (the subset above); [] when it conforms."""
+    errs: list[str] = []
+    types = schema.get("type")
+    if types is not None:
+        types = [types] if isinstance(types, str) else types
+        if not any(_type_ok(value, t) for t in types):
+            return [f"{at}: expected {'/'.join(types)}, got {type(value).__name__}"]
+    if "enum" in schema and value not in schema["enum"]:
+        errs.append(f"{at}: {value!r} not one of {schema['enum']}")
+    if isinstance(value, str):
+        if len(value) < schema.get("minLength", 0):
+            errs.append(f"{at}: shorter than {schema['minLength']}")
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            errs.append(f"{at}: longer than {schema['maxLength']}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "minimum" in schema and value < schema["minimum"]:
+            errs.append(f"{at}: below {schema['minimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            errs.append(f"{at}: above {schema['maximum']}")
+    if isinstance(value, list):
+        if len(value) < schema.get("minItems", 0):
+            errs.append(f"{at}: fewer than {schema['minItems']} items")
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            errs.append(f"{at}: more than {schema['maxItems']} items")
+        if isinstance(schema.get("items"), dict):
+            for i, item in enumerate(value):
+                errs += schema_errors(item, schema["items"], f"{at}[{i}]")
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        errs += [f"{at}: missing {k!r}" for k in schema.get("required", []) if k not in value]
+        if schema.get("additionalProperties") is False:
+            errs += [f"{at}: unexpected {k!r}" for k in value if k not in props]
+        for k, sub in props.items():
+            if k in value:
+                errs += schema_errors(value[k], sub, f"{at}.{k}")
+    return errs
+
+
+def _schema_problem(schema: Any, at: str = "check.json_schema") -> str | None:
+    """A problem with the schema itself (unsupported keyword, bad type name), or None."""
+    if not isinstance(schema, dict):
+        return f"{at}: expected a mapping"
+    for k, v in schema.items():
+        if k not in SCHEMA_KEYS:
+            return f"{at}: unsupported keyword {k!r} (supported: {', '.join(sorted(SCHEMA_KEYS))})"
+        if k == "type":
+            bad = [t for t in ([v] if isinstance(v, str) else v) if t not in (*JSON_TYPES, "integer", "number")]
+            if bad:
+                return f"{at}.type: unknown type {bad[0]!r}"
+        if k == "properties":
+            for name, sub in (v or {}).items():
+                if p := _schema_problem(sub, f"{at}.properties.{name}"):
+                    return p
+        if k == "items" and (p := _schema_problem(v, f"{at}.items")):
+            return p
+    return None
+
+
+def parse_json_answer(text: str) -> Any:
+    """The reply as JSON, allowing one ``` fence around it; raises ValueError."""
+    body = text.strip()
+    m = _FENCE.match(body)
+    return json.loads(m.group(1) if m else body)
+
+
+# ----------------------------------------------------------------------------- rules and checks
+
+
+@dataclass
+class Check:
+    """Programmatic conditions on a reply; `failures` names each one it breaks."""
+
+    regex: str | None = None
+    not_regex: str | None = None
+    max_length: int | None = None
+    min_length: int | None = None
+    required: list[str] = field(default_factory=list)
+    forbidden: list[str] = field(default_factory=list)
+    starts_with: list[str] = field(default_factory=list)
+    ends_with: list[str] = field(default_factory=list)
+    json_schema: dict | None = None
+
+    def failures(self, reply: str) -> list[str]:
+        """['check.field: why', ...] for every condition the reply breaks; [] = passes."""
+        text, out = reply.strip(), []
+        if self.regex and not re.search(self.regex, text):
+            out.append(f"check.regex: no match for {self.regex!r}")
+        if self.not_regex and (m := re.search(self.not_regex, text)):
+            out.append(f"check.not_regex: matched {m.group()!r}")
+        if self.max_length is not None and len(text) > self.max_length:
+            out.append(f"check.max_length: {len(text)} > {self.max_length}")
+        if self.min_length is not None and len(text) < self.min_length:
+            out.append(f"check.min_length: {len(text)} < {self.min_length}")
+        out += [f"check.required: missing {p!r}" for p in self.required if p not in text]
+        out += [f"check.forbidden: contains {p!r}" for p in self.forbidden if p in text]
+        if self.starts_with and not any(text.startswith(s) for s in self.starts_with):
+            out.append(f"check.starts_with: not one of {self.starts_with}")
+        if self.ends_with and not any(text.endswith(s) for s in self.ends_with):
+            out.append(f"check.ends_with: not one of {self.ends_with}")
+        if self.json_schema is not None:
+            try:
+                errs = schema_errors(parse_json_answer(text), self.json_schema)
+            except ValueError as e:
+                errs = [f"not JSON ({e})"]
+            out += [f"check.json_schema: {e}" for e in errs[:3]]
+        return out
+
+
+@dataclass
+class Rule:
+    id: str
+    category: str
+    text: str
+    when: str | None = None  # regex on the user prompt; None = global rule
+    check: Check | None = None
+
+    def exercised_by(self, prompt: str, rule_ids: list[str] | tuple = ()) -> bool:
+        """Global, or `when` matches the prompt, or the prompt was made for this rule."""
+        return self.when is None or bool(re.search(self.when, prompt)) or self.id in rule_ids
+
+    def failures(self, reply: str) -> list[str]:
+        return self.check.failures(reply) if self.check else []
+
+
+@dataclass
+class RuleSet:
+    path: str
+    rules: list[Rule]
+
+    def by_id(self, rid: str) -> Rule:
+        for r in self.rules:
+            if r.id == rid:
+                return r
+        raise UserError(f"{self.path}: no rule {rid!r}")
+
+    def system_prompt(self) -> str:
+        """The rules in words, for a teacher's (or a baseline's) system prompt."""
+        lines = [f"[{r.id}] {r.text}" for r in self.rules]
+        return "你是一个AI助手。回答用户时必须严格遵守以下全部规则：\n" + "\n".join(lines)
+
+    def exercised(self, prompt: str, rule_ids: list[str] | tuple = ()) -> list[Rule]:
+        return [r for r in self.rules if r.exercised_by(prompt, rule_ids)]
+
+    def failures(self, prompt: str, reply: str, rule_ids: list[str] | tuple = ()) -> dict[str, list[str]]:
+        """rule id → failures, for the checked rules the prompt exercises (only failing rules listed)."""
+        out = {}
+        for r in self.exercised(prompt, rule_ids):
+            if f := r.failures(reply):
+                out[r.id] = f
+        return out
+
+
+def _str_list(v: Any) -> list[str] | None:
+    if isinstance(v, str):
+        return [v]
+    if isinstance(v, list) and v and all(isinstance(x, str) for x in v):
+        return v
+    return None
+
+
+def _parse_check(raw: Any) -> tuple[Check | None, str | None]:
+    """(Check, None) or (None, 'check.field: problem')."""
+    if not isinstance(raw, dict) or not raw:
+        return None, "check: expected a non-empty mapping"
+    unknown = sorted(set(raw) - CHECK_KEYS)
+    if unknown:
+        return None, f"check.{unknown[0]}: unknown key (allowed: {', '.join(sorted(CHECK_KEYS))})"
+    kw: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k in ("regex", "not_regex"):
+            if not isinstance(v, str):
+                return None, f"check.{k}: expected a string"
+            try:
+                re.compile(v)
+            except re.error as e:
+                return None, f"check.{k}: invalid pattern ({e})"
+        elif k in ("max_length", "min_length"):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                return None, f"check.{k}: expected a non-negative integer, got {v!r}"
+        elif k in ("required", "forbidden", "starts_with", "ends_with"):
+            v = _str_list(v)
+            if v is None:
+                return None, f"check.{k}: expected a string or a non-empty list of strings"
+        elif k == "json_schema" and (p := _schema_problem(v)):
+            return None, p
+        kw[k] = v
+    if kw.get("min_length") is not None and kw.get("max_length") is not None and kw["min_length"] > kw["max_length"]:
+        return None, f"check.min_length: {kw['min_length']} > max_length {kw['max_length']}"
+    return Check(**kw), None
+
+
+def validate(items: Any, path: str, lines: list[int] | None = None) -> tuple[list[Rule], list[str]]:
+    """Rules and every problem found, each as `path:line: rule ID: field: problem`."""
+    if isinstance(items, dict) and "rules" in items:
+        items = items["rules"]
+    if not isinstance(items, list) or not items:
+        return [], [f"{path}: expected a non-empty list of rules (or a mapping with a 'rules' list)"]
+    rules, errors, seen = [], [], {}
+    for i, raw in enumerate(items):
+        loc = f"{path}:{lines[i]}" if lines and i < len(lines) else path
+        name = f"rule #{i + 1}"
+        if not isinstance(raw, dict):
+            errors.append(f"{loc}: {name}: expected a mapping with id, category, text")
+            continue
+        rid = raw.get("id")
+        if isinstance(rid, (str, int)) and str(rid).strip():
+            name = f"rule {rid}"
+        else:
+            errors.append(f"{loc}: {name}: id: missing or empty")
+        problems = []
+        unknown = sorted(set(raw) - RULE_KEYS)
+        if unknown:
+            problems.append(f"{unknown[0]}: unknown key (allowed: {', '.join(sorted(RULE_KEYS))})")
+        if rid is not None and str(rid) in seen:
+            problems.append(f"id: duplicate of rule #{seen[str(rid)]}")
+        if raw.get("category") not in CATEGORIES:
+            problems.append(f"category: {raw.get('category')!r} unknown; use one of {', '.join(CATEGORIES)}")
+        if not isinstance(raw.get("text"), str) or not raw["text"].strip():
+            problems.append("text: missing or empty (the rule in words)")
+        when = raw.get("when")
+        if when is not None:
+            try:
+                re.compile(when)
+            except (re.error, TypeError) as e:
+                problems.append(f"when: invalid pattern ({e})")
+        check = None
+        if "check" in raw and raw["check"] is not None:
+            check, problem = _parse_check(raw["check"])
+            if problem:
+                problems.append(problem)
+        errors += [f"{loc}: {name}: {p}" for p in problems]
+        if rid is not None and str(rid) not in seen:
+            seen[str(rid)] = i + 1
+        if not problems and rid is not None:
+            rules.append(Rule(str(rid), raw["category"], raw["text"].strip(), when, check))
+    return rules, errors
+
+
+def read_rules(path: str | Path) -> tuple[list[Rule], list[str]]:
+    """Parse and validate a rule file; returns (rules, errors) with line numbers where YAML gives them."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: rule file not found")
+    text = p.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+        node = yaml.compose(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        return [], [f"{p}{f':{mark.line + 1}' if mark else ''}: not valid YAML ({getattr(e, 'problem', e)})"]
+    if isinstance(node, yaml.MappingNode):
+        node = next((v for k, v in node.value if k.value == "rules"), None)
+    lines = [n.start_mark.line + 1 for n in node.value] if isinstance(node, yaml.SequenceNode) else None
+    return validate(data, str(p), lines)
+
+
+def load_rules(path: str | Path, ids: list[str] | None = None) -> RuleSet:
+    """A valid RuleSet (only `ids` if given), or UserError with the first problem (all: `weitiao rules check`)."""
+    rules, errors = read_rules(path)
+    if errors:
+        more = f" (and {len(errors) - 1} more; run `weitiao rules check {path}`)" if len(errors) > 1 else ""
+        raise UserError(errors[0] + more)
+    if ids:
+        missing = sorted(set(ids) - {r.id for r in rules})
+        if missing:
+            raise UserError(f"--ids: {path} has no rule {', '.join(missing)}")
+        rules = [r for r in rules if r.id in ids]
+    return RuleSet(str(path), rules)
+
+
+# ----------------------------------------------------------------------------- prompts and coverage
+
+
+@dataclass
+class Prompt:
+    text: str
+    rule_ids: list[str] = field(default_factory=list)  # rules this prompt was made to exercise
+
+
+def _last_user(messages: Any) -> str | None:
+    if isinstance(messages, list):
+        users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") in ("user", "human")]
+        return users[-1] if users and isinstance(users[-1], str) else None
+    return messages if isinstance(messages, str) else None
+
+
+def row_prompt_reply(row: dict) -> tuple[str | None, str | None, str | None]:
+    """(prompt, reply, rejected) of a data row in any weitiao format; missing parts are None."""
+    if "chosen" in row:
+        prompt = _last_user(row.get("prompt") if "prompt" in row else row.get("messages"))
+        return prompt, row.get("chosen"), row.get("rejected")
+    if "messages" in row or "conversations" in row:
+        msgs = row.get("messages") or [
+            {"role": {"human": "user", "gpt": "assistant"}.get(m.get("from"), m.get("from")), "content": m.get("value")}
+            for m in row["conversations"]
+        ]
+        reply = msgs[-1].get("content") if msgs and msgs[-1].get("role") == "assistant" else None
+        return _last_user(msgs[:-1] if reply is not None else msgs), reply, None
+    prompt = row.get("prompt") or row.get("question") or row.get("instruction")
+    if row.get("instruction") and row.get("input"):
+        prompt = f"{row['instruction']}\n{row['input']}"
+    return prompt, row.get("output") or row.get("answer"), None
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: file not found")
+    rows = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{p}:{n}: json: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{p}:{n}: row: expected a JSON object")
+            rows.append(row)
+    return rows
+
+
+def read_prompts(path: str | Path) -> list[Prompt]:
+    """Prompts from JSONL rows with prompt / question / instruction(+input) / messages (last user turn)."""
+    out = []
+    for n, row in enumerate(read_jsonl(path), 1):
+        prompt, _, _ = row_prompt_reply(row)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UserError(f"{path}:{n}: prompt: missing; give prompt, question, instruction or messages")
+        out.append(Prompt(prompt, [str(x) for x in row.get("rule_ids") or []]))
+    return out
+
+
+def coverage(rs: RuleSet, rows: list[dict]) -> dict[str, Any]:
+    """Per rule: rows that exercise it, and of those with a reply, passes/fails of its check; contrasts for pairs."""
+    per = {r.id: {"category": r.category, "global": r.when is None, "checked": r.check is not None,
+                  "exercised": 0, "pass": 0, "fail": 0, "contrast": 0} for r in rs.rules}  # fmt: skip
+    for row in rows:
+        prompt, reply, rejected = row_prompt_reply(row)
+        if not isinstance(prompt, str):
+            continue
+        for r in rs.exercised(prompt, [str(x) for x in row.get("rule_ids") or []]):
+            c = per[r.id]
+            c["exercised"] += 1
+            if r.check and isinstance(reply, str):
+                ok = not r.failures(reply)
+                c["pass" if ok else "fail"] += 1
+                if ok and isinstance(rejected, str) and r.failures(rejected):
+                    c["contrast"] += 1
+    conditional = [k for k, v in per.items() if not v["global"]]
+    return {
+        "rows": len(rows),
+        "rules": len(per),
+        "conditional_rules_exercised": sum(per[k]["exercised"] > 0 for k in conditional),
+        "conditional_rules": len(conditional),
+        "uncovered": [k for k in conditional if per[k]["exercised"] == 0],
+        "per_rule": per,
+    }
