@@ -7,7 +7,7 @@ import sqlite3
 
 import httpx
 import pytest
-from test_serve import running
+from loopback import running
 
 from weitiao.eval.arena.app import COOKIE, create_app
 from weitiao.eval.arena.store import ArenaStore

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
-from test_teacher import free_port_url, running, scripted_app
+from loopback import running
+from test_teacher import free_port_url, scripted_app
 from typer.testing import CliRunner
 
 from weitiao.config import load_config

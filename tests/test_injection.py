@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import openai
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
+from loopback import running
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
@@ -25,25 +21,6 @@ from weitiao.safety import injection as inj
 from weitiao.safety import injection_data as D
 from weitiao.safety.guard_commands import injection_app
 from weitiao.safety.screen import Screen, ScreenConfig, benign_sets, load_screen_config, measure
-
-
-@contextmanager
-def running(app):
-    """Serve `app` with uvicorn on a free loopback port in a thread; yield its base URL (as tests/test_serve.py)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 10
-    while not server.started and time.time() < deadline:
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def scripted(reply_fn) -> FastAPI:

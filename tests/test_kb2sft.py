@@ -8,7 +8,8 @@ import re
 
 import pytest
 import typer
-from test_teacher import free_port_url, running, scripted_app, serve_url  # noqa: F401 (fixture)
+from loopback import running
+from test_teacher import free_port_url, scripted_app, serve_url  # noqa: F401 (fixture)
 from typer.testing import CliRunner
 
 from weitiao.data.formats import load_conversations

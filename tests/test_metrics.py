@@ -163,7 +163,7 @@ def scripted_judge():
 
 
 def test_judge_scores_over_loopback_http(tmp_path):
-    from test_serve import running
+    from loopback import running
 
     from weitiao.teacher import Teacher
 
@@ -182,7 +182,7 @@ def test_eval_gen_cli_on_tiny_model(tiny_model_dir, tokenizer, tmp_path):
     import json
 
     from conftest import write_jsonl
-    from test_serve import running
+    from loopback import running
     from transformers import AutoModelForCausalLM
     from typer.testing import CliRunner
 

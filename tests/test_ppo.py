@@ -183,7 +183,7 @@ def test_http_and_function_reward_sources(tmp_path):
     from fastapi import FastAPI
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_serve import running
+    from loopback import running
 
     from weitiao.models.rewards import RewardSpec, build_scorer, function_scorer
 

@@ -8,7 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
-from test_injection import running, scripted
+from loopback import running
+from test_injection import scripted
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 

@@ -2,41 +2,19 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import httpx
 import openai
 import pytest
-import uvicorn
+from loopback import running
 from transformers import AutoModelForCausalLM
 
 from weitiao.data.templates import resolve_template
 from weitiao.infer.serve import ServeSettings, create_app
 
 MSGS = [{"role": "system", "content": "你是朋友"}, {"role": "user", "content": "今天天气怎么样？"}]
-
-
-@contextmanager
-def running(app):
-    """Serve `app` with uvicorn on a free loopback port in a thread; yield its base URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 10
-    while not server.started and time.time() < deadline:
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from loopback import running
 from transformers import AutoModelForCausalLM
 
 from weitiao.data.templates import resolve_template
@@ -24,25 +22,6 @@ from weitiao.infer.serve import ServeSettings, create_app
 from weitiao.teacher import Teacher, TeacherError, parse_json_reply
 
 MSGS = [{"role": "user", "content": "今天天气怎么样？"}]
-
-
-@contextmanager
-def running(app):
-    """Serve `app` with uvicorn on a free loopback port in a thread; yield its base URL (no /v1)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 10
-    while not server.started and time.time() < deadline:
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def scripted_app(answer: Callable[[dict], tuple[int, str]], delay: float = 0.0) -> FastAPI:

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import openai
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from weitiao.io import atomic_write_text
+from weitiao.train.log import progress_bar
 
 
 class TeacherError(Exception):
@@ -145,14 +145,7 @@ class Teacher:
         """Replies in input order; a failed item is its TeacherError (the rest are kept and cached)."""
         self._down, self._in_batch = None, True
         out: list[str | TeacherError] = [TeacherError("not asked")] * len(requests)
-        bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            disable=not progress,
-        )
+        bar = progress_bar(progress)
         failed = []
 
         def one(i: int) -> None:

@@ -85,34 +85,11 @@ def generate_ids(
 
 
 def generate(
-    model: Any,
-    tokenizer: Any,
-    template: ChatTemplate,
-    conversations: list[list[Message]],
-    max_new_tokens: int = 64,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    repetition_penalty: float = 1.0,
-    batch_size: int = 16,
-    seed: int | None = None,
+    model: Any, tokenizer: Any, template: ChatTemplate, conversations: list[list[Message]], *args: Any, **kw: Any
 ) -> list[Generation]:
-    """Reply texts to each conversation (ending with a user turn); greedy when temperature == 0."""
-    sampled = generate_ids(
-        model,
-        tokenizer,
-        template,
-        conversations,
-        max_new_tokens,
-        temperature,
-        top_p,
-        top_k,
-        repetition_penalty,
-        batch_size,
-        seed,
-    )
+    """Reply texts to each conversation; further arguments as in `generate_ids` (greedy by default)."""
     out = []
-    for s in sampled:
+    for s in generate_ids(model, tokenizer, template, conversations, *args, **kw):
         toks = s.response_ids[:-1] if s.stopped else s.response_ids
         out.append(Generation(tokenizer.decode(toks, skip_special_tokens=True), len(toks), s.stopped))
     return out

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from weitiao.errors import UserError, where
+from weitiao.train.log import progress_bar
 
 NUMERIC = re.compile(r"^(U?(TINY|SMALL|BIG|HUGE)?INT(EGER)?|FLOAT|DOUBLE|REAL|DECIMAL.*)$")
 EXPECT = {
@@ -205,15 +205,7 @@ def run_stages(
 ) -> dict[str, float]:
     """Execute stages in order under a rich bar (step, rows/s, elapsed); returns seconds per stage title."""
     seconds: dict[str, float] = {}
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        disable=not progress,
-        transient=False,
-    )
+    bar = progress_bar(progress)
     t0 = time.perf_counter()
     with bar:
         task = bar.add_task(label, total=len(stages), info="")

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from weitiao.errors import UserError
+from weitiao.train.log import progress_bar
 
 TOPICS = (
     "春日穿搭 周末探店 露营装备 咖啡器具 健身餐 城市漫步 考研复习 装修避坑 猫咪日常 旅行攻略 护肤心得 读书笔记".split()
@@ -56,17 +56,6 @@ FOLLOW_UPS = ("能再详细一点吗？", "举个例子吧", "那有什么需要
 
 def _sigmoid(x: np.ndarray | float) -> np.ndarray | float:
     return 1.0 / (1.0 + np.exp(-x))
-
-
-def _bar(progress: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        disable=not progress,
-    )
 
 
 def write_table(table: pa.Table, path: Path) -> Path:
@@ -113,7 +102,7 @@ def synth_dwell(
     rng = np.random.default_rng(seed)
     zh = style == "zhihu"
     out_dir = Path(out_dir)
-    with _bar(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task(f"synth dwell ({style})", total=4, info="items")
         # 1. items: contexts of 3–10 answers (4–12 notes), hidden quality, length, feed slot, popularity
         n_items = max(8, n_events // (40 if zh else 60))
@@ -246,7 +235,7 @@ def synth_chat(
         for key, v in zip(ev, (rid, event, clock[0], value)):
             ev[key].append(v)
 
-    with _bar(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("synth chat", total=n_events, info="")
         s = 0
         while len(ev["event"]) < n_events:
