@@ -34,7 +34,7 @@ def child_rm(a, root: Path) -> dict:
     from weitiao.recipes import rm
 
     over = COMMON + [f"data.train=[{DATA / 'prefs.jsonl'}]", f"train.out={root / 'rm'}", "train.max_steps=40"]
-    over += ["train.micro_batch_size=8", "train.lr=1e-3", f"train.seed={a.seed}"]
+    over += ["train.micro_batch_size=8", "train.lr=1e-3", f"train.seed={a.seed}", "data.max_len=256"]
     t0 = time.perf_counter()
     rm.run(load_config(rm.RMConfig, None, over))
     return {"train_s": time.perf_counter() - t0}
@@ -47,6 +47,7 @@ def child_dpo(a, root: Path) -> dict:
     steps = a.samples // 8
     over = COMMON + [f"data.train=[{DATA / 'prefs.jsonl'}]", f"train.out={root / 'dpo'}", f"train.max_steps={steps}"]
     over += ["train.micro_batch_size=8", "train.lr=5e-4", "dpo.beta=0.1", f"train.seed={a.seed}"]
+    over += ["data.max_len=256", "data.packing=false"]  # exactly 8 pairs per step: the same sample budget
     t0 = time.perf_counter()
     dpo.run(load_config(dpo.DPOConfig, None, over))
     return {"train_s": time.perf_counter() - t0, "samples": steps * 8, "models_held": "1 base + 1 adapter"}
