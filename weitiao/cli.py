@@ -14,6 +14,7 @@ from weitiao.calc.commands import app as calc_app
 from weitiao.dataeng.commands import register as register_dataeng
 from weitiao.errors import UserError
 from weitiao.eval.commands import arena_app, eval_app
+from weitiao.eval.provenance_cli import provenance
 from weitiao.logs.commands import app as logs_app
 from weitiao.safety.commands import app as pii_app
 from weitiao.safety.guard_commands import injection_app, rules_app
@@ -38,6 +39,7 @@ safety_app = typer.Typer(no_args_is_help=True, help="Safety data and evals: prom
 safety_app.add_typer(injection_app, name="injection")
 app.add_typer(safety_app, name="safety")
 app.add_typer(rules_app, name="rules")
+app.command("provenance")(provenance)
 console = Console()
 
 

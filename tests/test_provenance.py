@@ -1,0 +1,297 @@
+"""`weitiao provenance`: log-probs, analytic E/Var under temperature + top-k + top-p, ranks, windows,
+z calibration, verdict AUROC on tiny models, and the CLI end to end."""
+
+from __future__ import annotations
+
+import html
+import importlib.util
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from weitiao.data.templates import resolve_template
+from weitiao.eval.provenance import (
+    Sampling,
+    common_prefix,
+    encode,
+    lcs_len,
+    rouge_l_chars,
+    sample,
+    score_tokens,
+    summarize,
+    tempered_support,
+    token_stats,
+)
+from weitiao.eval.provenance_cli import provenance
+from weitiao.eval.provenance_report import CheckConfig, check, render_html
+
+ROOT = Path(__file__).resolve().parents[1]
+MSGS = [{"role": "user", "content": "周末有什么安排？"}]
+
+
+def peaked_model(tokenizer, seed: int, sharpness: float = 10.0):
+    """Random 2-layer Llama whose output head is scaled up, so its next-token distributions are peaked."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    m = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        m.lm_head.weight.mul_(sharpness)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def model_a(tokenizer):
+    return peaked_model(tokenizer, 0)
+
+
+def load_experiment():
+    spec = importlib.util.spec_from_file_location("provenance_auroc", ROOT / "experiments" / "provenance_auroc.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# ---------------------------------------------------------------- math against independent computations
+
+
+def test_logprobs_equal_a_direct_forward(tokenizer, model_a):
+    tpl = resolve_template(tokenizer)
+    text = "挺好的，大晴天☀️，要出去玩吗？"
+    enc = encode(tokenizer, tpl, MSGS, text, with_eos=True)
+    assert enc.text_ids[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert enc.text_ids[:-1] == tokenizer(text, add_special_tokens=False)["input_ids"] and not enc.notes
+    st = score_tokens(model_a, enc.context_ids, enc.text_ids, Sampling())
+    ids = torch.tensor([enc.context_ids + enc.text_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model_a(input_ids=ids).logits[0].double(), -1)
+    c = len(enc.context_ids)
+    manual = torch.stack([logp[c + i - 1, t] for i, t in enumerate(enc.text_ids)])
+    torch.testing.assert_close(st["logp"], manual, atol=1e-4, rtol=0)
+    sm = summarize(st, Sampling(), len(text))
+    total = float(manual.sum())
+    assert sm["n_tokens"] == len(enc.text_ids)
+    assert sm["sum_logp"] == pytest.approx(total, abs=1e-3)
+    assert sm["perplexity"] == pytest.approx(math.exp(-total / len(manual)), rel=1e-4)
+    assert sm["log2_prob"] == pytest.approx(total / math.log(2), abs=1e-3)
+
+
+@pytest.mark.parametrize("temperature,top_p,top_k", [(1.0, 1.0, 0), (0.7, 0.9, 0), (0.5, 0.6, 0), (1.3, 0.8, 3)])
+def test_expectation_and_variance_equal_brute_force(temperature, top_p, top_k):
+    torch.manual_seed(1)
+    logits = torch.randn(5, 7) * 2
+    targets = torch.tensor([0, 3, 6, 2, 5])
+    st = token_stats(logits, targets, Sampling(temperature, top_p, top_k))
+    narrow = token_stats(logits, targets, Sampling(temperature, top_p, top_k), k0=2)  # forces the widening path
+    for k in st:
+        if k != "mass_above":
+            torch.testing.assert_close(narrow[k], st[k])
+    exact = (narrow["mass_above"] - st["mass_above"]).abs() < 1e-6
+    lower = (narrow["mass_above"] <= st["mass_above"]) & (narrow["mass_above"] >= top_p + 0.1)  # bound, far out
+    assert bool((exact | lower).all())
+    for r in range(5):
+        # brute force in plain Python: tempered probs, top-k, renormalize, nucleus by descending order
+        z = [math.exp(x / temperature) for x in logits[r].tolist()]
+        p = [v / sum(z) for v in z]
+        order = sorted(range(7), key=lambda v: -p[v])
+        kept = order[:top_k] if top_k else order
+        mass = sum(p[v] for v in kept)
+        support, above = [], 0.0
+        for v in kept:
+            if above < top_p:
+                support.append(v)
+            above += p[v] / mass
+        q = {v: p[v] for v in support}
+        norm = sum(q.values())
+        e = sum(q[v] / norm * math.log(p[v]) for v in support)
+        var = sum(q[v] / norm * (math.log(p[v]) - e) ** 2 for v in support)
+        x = int(targets[r])
+        assert float(st["mean_t"][r]) == pytest.approx(e, abs=1e-5)
+        assert float(st["var_t"][r]) == pytest.approx(var, abs=1e-5)
+        assert float(st["logp_t"][r]) == pytest.approx(math.log(p[x]), abs=1e-5)
+        assert bool(st["in_support"][r]) == (x in support)
+        above = sum(p[v] / mass for v in kept if p[v] > p[x]) if x in kept else 1.0  # the mass top-p compares
+        assert float(st["mass_above"][r]) == pytest.approx(above, abs=1e-6)
+
+
+def test_support_matches_transformers_warpers():
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    torch.manual_seed(2)
+    logits = torch.randn(32, 600) * torch.linspace(0.3, 6, 32)[:, None]  # flat rows (wide nucleus) to peaked
+    for s in (Sampling(0.7, 0.9, 0), Sampling(1.0, 0.5, 10), Sampling(1.2, 0.95, 0)):
+        warp = [TemperatureLogitsWarper(s.temperature)]
+        warp += [TopKLogitsWarper(s.top_k)] if s.top_k else []
+        warp += [TopPLogitsWarper(s.top_p)]
+        hf = torch.isfinite(LogitsProcessorList(warp)(None, logits.clone()))
+        assert torch.equal(tempered_support(logits, s)[1], hf)  # the mask `sample` draws from
+        # token_stats membership (it widens top-k from k0 = 16): 20 targets per row, half of them near the top
+        rows = torch.arange(32).repeat(20)
+        targets = torch.where(torch.rand(640) < 0.5, torch.randint(0, 600, (640,)), logits[rows].argsort(-1)[:, -30])
+        ours = token_stats(logits[rows], targets, s)["in_support"]
+        assert torch.equal(ours, hf[rows, targets])
+
+
+def test_rank_statistics_on_a_hand_built_case():
+    vocab, targets_rank = 1200, [1, 1, 5, 50, 500, 1100, 1]
+    logits = -torch.arange(vocab, dtype=torch.float).repeat(len(targets_rank), 1) / 100  # token v has rank v + 1
+    st = token_stats(logits, torch.tensor([r - 1 for r in targets_rank]), Sampling(1.0, 1.0))
+    assert st["rank"].tolist() == targets_rank
+    sm = summarize(st, Sampling(1.0, 1.0), 7)
+    assert sm["top1_rate"] == pytest.approx(3 / 7)
+    assert sm["rank_buckets"] == pytest.approx(
+        {"1": 3 / 7, "2-10": 1 / 7, "11-100": 1 / 7, "101-1000": 1 / 7, ">1000": 1 / 7}
+    )
+    assert sm["mean_log_rank"] == pytest.approx(sum(math.log(r) for r in targets_rank) / 7)
+    assert sm["greedy_prefix_tokens"] == 2
+
+
+def test_sliding_windows_score_each_token_once(tokenizer, model_a):
+    tpl = resolve_template(tokenizer)
+    text = "怎么做番茄炒蛋？先炒蛋再炒番茄，最后一起翻炒，加点盐就好啦。" * 3
+    enc = encode(tokenizer, tpl, MSGS, text)
+    n, c = len(enc.text_ids), len(enc.context_ids)
+    one = score_tokens(model_a, enc.context_ids, enc.text_ids, Sampling())
+    covering = score_tokens(model_a, enc.context_ids, enc.text_ids, Sampling(), window=c + n, stride=5)
+    for k in one:
+        assert torch.equal(one[k], covering[k])
+    small = score_tokens(model_a, enc.context_ids, enc.text_ids, Sampling(), window=c + 40, stride=10)
+    assert len(small["logp"]) == n
+    assert torch.equal(small["logp"][:40], one["logp"][:40])  # the first window is the same forward pass
+    diff = (small["logp"] - one["logp"]).abs()
+    assert float(diff.mean()) < 0.25 * float(one["logp"].abs().mean())
+
+
+def test_boundary_merge_is_detected():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|im_end|>"], initial_alphabet=alphabet)
+    raw.train_from_iterator(["ab==cd"] * 50, trainer)  # learns the merge "=" + "=" -> "=="
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|im_end|>")
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}={% endif %}"
+    )
+    tpl = resolve_template(tok)
+    msgs = [{"role": "user", "content": "ab"}]
+    enc = encode(tok, tpl, msgs, "=cd")
+    assert enc.context_ids == tok("ab=", add_special_tokens=False)["input_ids"]
+    assert enc.text_ids == tok("=cd", add_special_tokens=False)["input_ids"]
+    assert tok("ab==cd", add_special_tokens=False)["input_ids"] != enc.context_ids + enc.text_ids
+    assert any("boundary" in n for n in enc.notes)
+    assert not encode(tok, tpl, msgs, "cd").notes  # no merge, no note
+
+
+def test_lcs_rouge_prefix_by_hand():
+    assert lcs_len("ABCBDAB", "BDCABA") == 4
+    assert rouge_l_chars("今天天气好", "今天天气不错") == pytest.approx(2 * 4 / 11)
+    assert rouge_l_chars("你 好", "你好") == 1.0 and rouge_l_chars("abc", "xyz") == 0.0
+    assert common_prefix("今天天气好", "今天天气不错") == 4
+
+
+# ---------------------------------------------------------------- behaviour on model samples
+
+
+def test_z_is_standard_normal_on_own_samples_and_positive_on_greedy(tokenizer, model_a):
+    tpl = resolve_template(tokenizer)
+    s = Sampling(0.8, 0.95)
+    ctx = encode(tokenizer, tpl, MSGS, "x").context_ids
+    seqs = sample(model_a, ctx, 40, 24, s, stop_id=-1, seed=3)  # no stop: 40 replies of 24 tokens
+    zs = [summarize(score_tokens(model_a, ctx, ids, s), s, 1)["z"] for ids in seqs]
+    mean = sum(zs) / len(zs)
+    sd = math.sqrt(sum((z - mean) ** 2 for z in zs) / (len(zs) - 1))
+    assert abs(mean) < 0.45 and 0.6 < sd < 1.5
+    greedy = sample(model_a, ctx, 1, 24, Sampling(0.0), stop_id=-1)[0]
+    st = score_tokens(model_a, ctx, greedy, s)
+    assert summarize(st, s, 1)["z"] > 3  # greedy text is "too likely" for T=0.8 sampling
+    assert summarize(st, Sampling(0.0), 1)["outside_support"] == 0  # and exactly what greedy emits
+
+
+def test_verdict_auroc_well_above_chance_on_tiny_models(tokenizer, model_a):
+    exp = load_experiment()
+    tpl = resolve_template(tokenizer)
+    users = ("今天天气怎么样？", "推荐一部电影吧", "怎么做番茄炒蛋？", "你好")
+    prompts = [[{"role": "user", "content": u}] for u in users for _ in range(4)]
+    other = exp.perturb(model_a, 0.3, seed=1)  # a nearby model: same init, noise of 30% of each weight's std
+
+    def draw(model, seed):  # 4 replies of 24 tokens per prompt, one batch per prompt
+        ctxs = [encode(tokenizer, tpl, [{"role": "user", "content": u}], "x").context_ids for u in users]
+        return [ids for c in ctxs for ids in sample(model, c, 4, 24, exp.CLAIM, stop_id=-1, seed=seed)]
+
+    sp = exp.score_all(model_a, tokenizer, tpl, prompts, draw(model_a, 0))
+    sn = exp.score_all(model_a, tokenizer, tpl, prompts, draw(other, 100))
+    auc = exp.auroc([r["verdict score"] for r in sp], [r["verdict score"] for r in sn])
+    assert auc > 0.8
+    assert sum(r["label"] == "inconsistent with" for r in sp) <= 2  # true claims are rarely rejected
+    assert sum(r["label"] == "inconsistent with" for r in sn) >= 6
+    assert exp.auroc([1, 2, 3], [0, 2]) == pytest.approx((1 + 0 + 1 + 0.5 + 1 + 1) / 6)  # ties count half
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_cli_json_and_html(tmp_path, tiny_model_dir, tokenizer):
+    app = typer.Typer()
+    app.command("provenance")(provenance)
+    app.command("other")(lambda: None)
+    html_path = tmp_path / "prov.html"
+    text = "挺好的，大晴天☀️ <script>alert(1)</script>"
+    base = tmp_path / "base.jsonl"
+    base.write_text('{"text": "在家躺着😂 你呢？"}\n{"text": "《流浪地球》不错哦👍"}\n', encoding="utf-8")
+    args = ["provenance", "--model", str(tiny_model_dir), "--prompt", "今天天气怎么样？", "--text", text]
+    args += ["--samples", "6", "--baseline-model", str(tiny_model_dir), "--baseline-text", str(base)]
+    res = CliRunner().invoke(app, [*args, "--html", str(html_path), "--json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout[res.stdout.index("{") :])
+    assert rep["summary"]["n_tokens"] == len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert rep["samples"]["k"] == 6 and rep["samples"]["z"] is not None
+    assert rep["baseline_models"][0]["same_tokenization"] and rep["baseline_models"][0]["lr_bits"] == 0
+    assert rep["baseline_texts"]["n"] == 2 and 1 <= rep["baseline_texts"]["rank"] <= 3
+    assert rep["verdict"]["label"] in ("consistent with", "inconclusive", "inconsistent with")
+    assert "".join(p["text"] for p in rep["pieces"]) == text
+    page = html_path.read_text(encoding="utf-8")
+    assert "<script>" not in page
+    body = page[page.index('<div class="text">') + 18 : page.index("</div>")]
+    assert html.unescape(re.sub(r"<[^>]*>", "", body)) == text  # spans escape and together spell the text
+    assert page.count('title="') == len(rep["pieces"])
+    bad = CliRunner().invoke(app, ["provenance", "--model", str(tiny_model_dir), "--text", "x"])
+    assert bad.exit_code != 0 and "--prompt" in str(bad.exception)
+
+
+def test_check_greedy_claim_is_consistent_for_greedy_text(tokenizer, model_a):
+    tpl = resolve_template(tokenizer)
+    ctx = encode(tokenizer, tpl, MSGS, "x").context_ids
+    ids = sample(model_a, ctx, 1, 24, Sampling(0.0), stop_id=-1)[0]
+    text = tokenizer.decode(ids)  # random tiny models emit partial UTF-8: score the ids themselves
+    greedy_claim = CheckConfig(sampling=Sampling(0.0), samples=0)
+    rep = check(model_a, tokenizer, tpl, MSGS, text, greedy_claim, text_ids=ids)
+    assert rep["verdict"]["label"] == "consistent with" and rep["verdict"]["score"] == 0
+    assert rep["summary"]["greedy_prefix_tokens"] == 24 and rep["summary"]["top1_rate"] == 1.0
+    assert rep["greedy"]["rouge_l"] == 1.0 and rep["greedy"]["prefix_chars"] == len(text)
+    sampled = check(model_a, tokenizer, tpl, MSGS, text, CheckConfig(samples=0), text_ids=ids)
+    assert sampled["verdict"]["label"] != "consistent with"  # greedy output is atypical of T=0.7 sampling
+    assert sampled["summary"]["z"] > 2
+    assert "<span" in render_html(rep)
