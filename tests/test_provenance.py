@@ -16,11 +16,11 @@ import typer
 from typer.testing import CliRunner
 
 from weitiao.data.templates import resolve_template
+from weitiao.eval.metrics import lcs_length
 from weitiao.eval.provenance import (
     Sampling,
     common_prefix,
     encode,
-    lcs_len,
     rouge_l_chars,
     sample,
     score_tokens,
@@ -206,7 +206,7 @@ def test_boundary_merge_is_detected():
 
 
 def test_lcs_rouge_prefix_by_hand():
-    assert lcs_len("ABCBDAB", "BDCABA") == 4
+    assert lcs_length("ABCBDAB", "BDCABA") == 4
     assert rouge_l_chars("今天天气好", "今天天气不错") == pytest.approx(2 * 4 / 11)
     assert rouge_l_chars("你 好", "你好") == 1.0 and rouge_l_chars("abc", "xyz") == 0.0
     assert common_prefix("今天天气好", "今天天气不错") == 4

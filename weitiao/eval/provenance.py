@@ -29,6 +29,7 @@ import torch
 
 from weitiao.data.templates import ChatTemplate
 from weitiao.errors import UserError
+from weitiao.eval.metrics import lcs_length
 
 LN2 = math.log(2.0)
 CHUNK = 2**20  # logits per token_stats call (rows x vocab)
@@ -363,25 +364,12 @@ def sample(
 # ---------------------------------------------------------------- text overlap
 
 
-def lcs_len(a: str, b: str) -> int:
-    """Length of the longest common subsequence of two strings (O(len a · len b) dynamic programming)."""
-    if len(a) < len(b):
-        a, b = b, a
-    prev = [0] * (len(b) + 1)
-    for ca in a:
-        cur = [0]
-        for j, cb in enumerate(b):
-            cur.append(prev[j] + 1 if ca == cb else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
 def rouge_l_chars(candidate: str, reference: str) -> float:
     """Character-level ROUGE-L F1 (whitespace ignored), the usual choice for Chinese."""
     a, b = "".join(candidate.split()), "".join(reference.split())
     if not a or not b:
         return float(a == b)
-    m = lcs_len(a, b)
+    m = lcs_length(a, b)
     return 0.0 if m == 0 else 2 * m / (len(a) + len(b))
 
 
