@@ -82,7 +82,8 @@ def test_hacking_warning():
 
 @pytest.mark.slow
 def test_first_minibatch_is_identity_and_outputs_load(tiny_model_dir, prompts, tmp_path):
-    s = ppo.run(config(tiny_model_dir, prompts, tmp_path / "run", "train.max_steps=2", "ppo.max_epochs=2"))
+    extra = ("train.max_steps=2", "ppo.max_epochs=2", "ppo.n_samples_per_prompt=2", "ppo.rollout_batch_size=4")
+    s = ppo.run(config(tiny_model_dir, prompts, tmp_path / "run", *extra))
     train = read_metrics(tmp_path / "run", "train")
     assert len(train) == 2
     for m in train:  # old log-probs come from the same weights: ratio 1, no KL, nothing clipped
