@@ -184,6 +184,20 @@ def _teacher(url: str, model: str, cache_dir: str | None, concurrency: int, temp
     )
 
 
+def _rules_teacher_prompts(
+    rules: Path, ids: str | None, prompts: Path, url: str, model: str, cache_dir: str, concurrency: int,
+    max_tokens: int, min_prompts: int,
+) -> tuple[Any, Any, Any, list]:  # fmt: skip
+    """`rules sft` / `rules dpo` common start: rules, teacher, tally, and prompts extended to cover every rule."""
+    from weitiao.safety import rules_build as rb
+    from weitiao.safety.rules import load_rules, read_prompts
+
+    rs = load_rules(rules, _csv(ids))
+    teacher = _teacher(url, model, cache_dir or None, concurrency, 0.7, max_tokens)
+    tally = rb.Tally()
+    return rs, teacher, tally, rb.extend_prompts(rs, read_prompts(prompts), teacher, min_prompts, tally)
+
+
 def _report_errors(rejects: list[dict]) -> None:
     errs = [r["error"] for r in rejects if "error" in r]
     if errs:
@@ -219,12 +233,9 @@ def rules_sft(
     """Teacher answers with all rules in the system prompt; keep answers passing every applicable check."""
     from weitiao.io import write_jsonl
     from weitiao.safety import rules_build as rb
-    from weitiao.safety.rules import load_rules, read_prompts
 
-    rs = load_rules(rules, _csv(ids))
-    teacher = _teacher(teacher_url, teacher_model, cache_dir or None, concurrency, 0.7, max_tokens)
-    tally = rb.Tally()
-    ps = rb.extend_prompts(rs, read_prompts(prompts), teacher, min_prompts, tally)
+    rs, teacher, tally, ps = _rules_teacher_prompts(rules, ids, prompts, teacher_url, teacher_model, cache_dir,
+                                                    concurrency, max_tokens, min_prompts)  # fmt: skip
     kept, rejects = rb.compliant_answers(rs, ps, teacher, tally, samples)
     n = write_jsonl(out, rb.sft_rows(rs, kept, system_in_data))
     write_jsonl(out.with_suffix(".rejects.jsonl"), rejects)
@@ -255,12 +266,9 @@ def rules_dpo(
     """Chosen = compliant teacher answer; rejected = the teacher breaking named rules (verified by their checks)."""
     from weitiao.io import write_jsonl
     from weitiao.safety import rules_build as rb
-    from weitiao.safety.rules import load_rules, read_prompts
 
-    rs = load_rules(rules, _csv(ids))
-    teacher = _teacher(teacher_url, teacher_model, cache_dir or None, concurrency, 0.7, max_tokens)
-    tally = rb.Tally()
-    ps = rb.extend_prompts(rs, read_prompts(prompts), teacher, min_prompts, tally)
+    rs, teacher, tally, ps = _rules_teacher_prompts(rules, ids, prompts, teacher_url, teacher_model, cache_dir,
+                                                    concurrency, max_tokens, min_prompts)  # fmt: skip
     kept, rejects = rb.compliant_answers(rs, ps, teacher, tally)
     rows, bad = rb.violation_pairs(rs, kept, teacher, tally, violations)
     n = write_jsonl(out, rows)
