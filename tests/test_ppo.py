@@ -264,3 +264,20 @@ def test_two_process_ddp_runs_and_stays_in_sync(tiny_model_dir, prompts, tmp_pat
     cost = json.loads((tmp_path / "run" / "cost.jsonl").read_text().splitlines()[0])
     assert cost["samples"] == 2 * 4 * 2  # steps × rollout per process × processes
     assert len(read_metrics(tmp_path / "run", "train")) == 2
+
+
+@pytest.mark.slow
+def test_full_parameter_mode_keeps_reference_frozen(tiny_model_dir, prompts, tmp_path):
+    """lora.enabled=false: the actor trains in full; the reference copy stays at the starting weights."""
+    cfg = config(tiny_model_dir, prompts, tmp_path / "run", "train.max_steps=2", "lora.enabled=false")
+    cfg.ppo.actor_learning_rate = 1e-3
+    s = ppo.run(cfg)
+    assert s["cost"]["models_held"]["base copies"] == 3
+    train = read_metrics(tmp_path / "run", "train")
+    assert abs(train[0]["kl"]) < 1e-5 and abs(train[1]["kl"]) > 1e-4  # the actor moved away from the reference
+    from transformers import AutoModelForCausalLM
+
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final" / "model")
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    w = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.allclose(trained.state_dict()[w], start.state_dict()[w])
