@@ -149,6 +149,10 @@ def test_reference_is_the_sft_adapter_and_missing_eos_penalty(tiny_model_dir, pr
     assert m["eos_rate"] == 0 and math.isclose(m["score_shaped"], m["score"] - 5.0, rel_tol=1e-5)
 
 
+def rm_base_q(model_dir) -> torch.Tensor:
+    return load_file(str(Path(model_dir) / "model.safetensors"))["model.layers.0.self_attn.q_proj.weight"]
+
+
 @pytest.mark.slow
 def test_reward_model_source_and_critic_init(tiny_model_dir, tmp_path):
     """Critic initialized from a trained reward model: same LoRA weights and score head."""
@@ -168,6 +172,15 @@ def test_reward_model_source_and_critic_init(tiny_model_dir, tmp_path):
     cfg.reward.path = str(tmp_path / "rm")
     cfg.ppo.critic_learning_rate = 1e-12  # keep the critic where it started
     ppo.run(cfg)
+    full = config(tiny_model_dir, prompts, tmp_path / "full", "train.max_steps=1", "reward.kind=model")
+    full.reward.path, full.lora.enabled, full.ppo.critic_learning_rate = str(tmp_path / "rm"), False, 1e-12
+    assert ppo.run(full)["cost"]["models_held"]["base copies"] == 3
+    from weitiao.models.heads import load_reward_model
+
+    merged = load_reward_model(tmp_path / "rm")[0].merge_and_unload().state_dict()
+    body = load_file(str(tmp_path / "full" / "final" / "critic" / "model.safetensors"))
+    w = "model.layers.0.self_attn.q_proj.weight"  # critic body = the reward model with its LoRA folded in
+    assert torch.allclose(body[w], merged[w], atol=1e-6) and not torch.allclose(body[w], rm_base_q(tiny_model_dir))
     head = load_file(str(tmp_path / "run" / "final" / "value_head.safetensors"))["weight"]
     rm_ad = load_file(str(tmp_path / "rm" / "final" / "adapter" / "adapter_model.safetensors"))
     score = next(v for k, v in rm_ad.items() if "score" in k)

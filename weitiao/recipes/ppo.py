@@ -247,8 +247,9 @@ def _decoder(model: Any) -> nn.Module:
 
 
 def _plain_body(reward_model: Any) -> Any:
+    """The reward model with its LoRA folded in, as a copy (the original keeps scoring)."""
     if _peft_of(reward_model) is not None:
-        return reward_model.merge_and_unload() if hasattr(reward_model, "merge_and_unload") else reward_model
+        return copy.deepcopy(reward_model).merge_and_unload()
     return reward_model
 
 
