@@ -18,7 +18,6 @@ Config keys follow OpenRLHF's names where they exist (init_kl_coef, gamma, lambd
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
@@ -28,7 +27,6 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
 
 from weitiao.config import dump_config
 from weitiao.data.formats import Message, RowError, detect_format, iter_records, parse_preference, parse_row
@@ -37,8 +35,9 @@ from weitiao.errors import UserError
 from weitiao.infer.generate import generate_ids
 from weitiao.io import atomic_write_text, write_jsonl
 from weitiao.losses import ppo as F
-from weitiao.models.load import LoraSpec, ModelSpec, add_lora, load_model, load_tokenizer
+from weitiao.models.load import LoraSpec, ModelSpec, load_tokenizer
 from weitiao.models.rewards import RewardSpec, build_scorer
+from weitiao.models.roles import Roles
 from weitiao.train import checkpoint as ck
 from weitiao.train.log import MetricsLog, progress_bar
 
@@ -142,137 +141,6 @@ def load_prompts(paths: list[str]) -> list[list[Message]]:
 def _ends_with_user(rec: dict) -> bool:
     msgs = rec.get("messages")
     return isinstance(msgs, list) and bool(msgs) and isinstance(msgs[-1], dict) and msgs[-1].get("role") == "user"
-
-
-# ----------------------------------------------------------------------------- roles
-
-
-class Roles(nn.Module):
-    """Actor, reference and critic as LoRA adapters on one base (or full copies), plus the value head."""
-
-    def __init__(self, cfg: PPOConfig, device: torch.device, reward_model: Any = None):
-        super().__init__()
-        base = load_model(cfg.model, device)
-        self.lora = cfg.lora.enabled
-        critic_spec = cfg.ppo.critic_lora or cfg.lora.model_copy(update={"init_from": None})
-        init = cfg.ppo.critic_init
-        if init == "auto":
-            init = "reward" if reward_model is not None else "zeros"
-        if init == "reward" and reward_model is None:
-            raise UserError("ppo.critic_init: reward needs reward.kind: model (or use zeros)")
-        if self.lora:
-            from peft import LoraConfig, PeftModel
-
-            if cfg.lora.init_from:
-                from weitiao.infer.export import locate
-
-                adapter_dir = locate(cfg.lora.init_from)[0]
-                self.model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=True)
-                self.model.load_adapter(adapter_dir, adapter_name="reference", is_trainable=False)
-                self.has_ref_adapter = True
-            else:
-                self.model = add_lora(base, cfg.lora)
-                self.has_ref_adapter = False
-            rm_lora = _peft_of(reward_model) if init == "reward" else None
-            if rm_lora is not None:  # the critic copies the reward model's adapter shape, then its weights
-                rc = rm_lora.peft_config["default"]
-                cc = LoraConfig(r=rc.r, lora_alpha=rc.lora_alpha, target_modules=rc.target_modules, lora_dropout=0.0)
-            else:
-                a = critic_spec.alpha if critic_spec.alpha is not None else 2 * critic_spec.r
-                cc = LoraConfig(r=critic_spec.r, lora_alpha=a, target_modules=critic_spec.targets, lora_dropout=0.0)
-            self.model.add_adapter("critic", cc)
-            if rm_lora is not None:
-                _copy_lora(rm_lora, self.model)
-            self.model.base_model.set_adapter("default")
-            self.ref_model = self.critic_model = None
-        else:
-            if cfg.model.quant != "none":
-                raise UserError("model.quant: quantized weights cannot be fully fine-tuned; set lora.enabled: true")
-            self.model = base
-            self.ref_model = copy.deepcopy(base).requires_grad_(False)
-            src = _plain_body(reward_model) if init == "reward" else None
-            self.critic_model = copy.deepcopy(base)
-            if src is not None:
-                _decoder(self.critic_model).load_state_dict(_decoder(src).state_dict())
-        hidden = base.config.hidden_size
-        self.value_head = nn.Linear(hidden, 1, bias=False, device=device)
-        nn.init.zeros_(self.value_head.weight)
-        if init == "reward":
-            self.value_head.weight.data.copy_(_score_head(reward_model).weight.data.float())
-        self.lm_head = base.get_output_embeddings()
-        self.model.eval()  # dropout off everywhere; gradients still flow
-        self.actor_params = [p for n, p in self.model.named_parameters() if _is_actor(n, self.lora) and p.requires_grad]
-        critic = self.model if self.lora else self.critic_model
-        self.critic_params = [p for n, p in critic.named_parameters() if ".critic." in n or not self.lora]
-        self.critic_params += list(self.value_head.parameters())
-        for p in self.critic_params:
-            p.requires_grad_(True)
-
-    def use(self, role: str) -> nn.Module:
-        """The module that computes `role` (switches the active adapter in LoRA mode)."""
-        if not self.lora:
-            return {"actor": self.model, "reference": self.ref_model, "critic": self.critic_model}[role]
-        name = {"actor": "default", "reference": "reference", "critic": "critic"}[role]
-        self.model.base_model.set_adapter(name)
-        return self.model
-
-    def hidden(self, role: str, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        """Last hidden states [B, L, H] of `role` (reference without an adapter = adapter disabled)."""
-        if role == "reference" and self.lora and not self.has_ref_adapter:
-            self.use("actor")
-            with self.model.disable_adapter():
-                return _decoder(self.model)(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
-        m = self.use(role)
-        return _decoder(m)(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
-
-    def actor_module(self) -> nn.Module:
-        return self.use("actor")
-
-
-def _is_actor(name: str, lora: bool) -> bool:
-    return not lora or (".default." in name)
-
-
-def _peft_of(model: Any) -> Any:
-    return model if model is not None and hasattr(model, "peft_config") else None
-
-
-def _base(model: Any) -> Any:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _decoder(model: Any) -> nn.Module:
-    base = _base(model)
-    return getattr(base, base.base_model_prefix)
-
-
-def _plain_body(reward_model: Any) -> Any:
-    """The reward model with its LoRA folded in, as a copy (the original keeps scoring)."""
-    if _peft_of(reward_model) is not None:
-        return copy.deepcopy(reward_model).merge_and_unload()
-    return reward_model
-
-
-def _score_head(reward_model: Any) -> nn.Linear:
-    base = _base(reward_model)
-    head = base.score
-    saved = getattr(head, "modules_to_save", None)  # peft wraps heads it trains fully
-    return saved["default"] if saved is not None and "default" in saved else head
-
-
-def _copy_lora(rm: Any, policy: Any) -> None:
-    """Reward model LoRA weights (decoder part) → the policy model's `critic` adapter."""
-    src = {n.replace(".default.", ".critic."): p for n, p in rm.named_parameters() if "lora_" in n}
-    dst = dict(policy.named_parameters())
-    copied = 0
-    for n, p in src.items():
-        key = n.split(".model.", 1)[-1]  # drop the task-specific wrapper prefix
-        match = [d for d in dst if d.endswith(key) and ".critic." in d]
-        if len(match) == 1:
-            dst[match[0]].data.copy_(p.data)
-            copied += 1
-    if copied == 0:
-        raise UserError("ppo.critic_init: reward: no LoRA weight of the reward model matches the policy base")
 
 
 # ----------------------------------------------------------------------------- rollout tensors
@@ -404,7 +272,7 @@ def run(cfg: PPOConfig) -> dict:
     if not prompts:
         raise UserError(f"data.prompts: all {too_long} prompts are longer than ppo.prompt_max_len={p.prompt_max_len}")
     score_fn, reward_model = build_scorer(cfg.reward, device)
-    roles = Roles(cfg, device, reward_model)
+    roles = Roles(cfg.model, cfg.lora, device, reward_model, p.critic_init, p.critic_lora)
     if world > 1:
         torch.manual_seed(t.seed + rank)  # then each process samples its own replies
     if reward_model is not None and p.critic_init != "zeros":
