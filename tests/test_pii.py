@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from weitiao.errors import UserError
-from weitiao.safety import pii
+from weitiao.safety import pii, pii_files
 
 DATA = Path(__file__).parent / "data" / "pii_labelled.jsonl"
 MIN_CONF = 0.5  # a match counts as a prediction at confidence >= 0.5 (low-confidence ones are still scrubbed)
@@ -500,12 +500,12 @@ def test_scrub_file_keeps_shape(tmp_path, fmt, mode):
 
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text(json.dumps(ROWS[fmt], ensure_ascii=False) + "\n", encoding="utf-8")
-    rep = pii.process_file(src, dst, mode, seed=3)
+    rep = pii_files.process_file(src, dst, mode, seed=3)
     assert rep.format == fmt and rep.rows_with_pii == 1 and sum(rep.counts.values()) >= 2
     out = json.loads(dst.read_text(encoding="utf-8"))
     assert json.dumps(out, sort_keys=True).count('"') == json.dumps(ROWS[fmt], sort_keys=True).count('"')
     assert set(out) == set(ROWS[fmt]) and load_rows(dst).format == fmt
-    assert not pii.process_file(dst, None, min_confidence=0.5).counts["id_card"]
+    assert not pii_files.process_file(dst, None, min_confidence=0.5).counts["id_card"]
     if mode == "pseudonym":  # one row is one document: the value repeated across turns gets one fake
         texts = re.findall(r"1\d{10}|[a-z0-9]+@example\.com|\d{17}[\dX]|\d{19}", json.dumps(out, ensure_ascii=False))
         assert len(texts) == 2 and texts[0] == texts[1]
@@ -534,7 +534,7 @@ def test_cli_scan_scrub_refusals(tmp_path):
 
 
 def test_refusal_pairs_leak_only_invalid_values():
-    sft, dpo = pii.make_refusals(200, seed=1)
+    sft, dpo = pii_files.make_refusals(200, seed=1)
     assert len(sft) == len(dpo) == 200
     for p in dpo:
         assert not [m for m in pii.scan(p["chosen"]) if m.type in ("id_card", "bank_card", "mobile")]

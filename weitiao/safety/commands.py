@@ -60,7 +60,7 @@ def scan_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
     """Count PII per type and field in data files; writes nothing."""
-    from weitiao.safety.pii import process_file
+    from weitiao.safety.pii_files import process_file
 
     reports = [process_file(f, None, "placeholder", _types(types), min_confidence) for f in files]
     _print(reports, as_json, "scan")
@@ -83,7 +83,8 @@ def scrub_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
     """Replace PII field by field, keeping each row's shape; writes JSONL atomically."""
-    from weitiao.safety.pii import MODES, process_file
+    from weitiao.safety.pii import MODES
+    from weitiao.safety.pii_files import process_file
 
     if mode not in MODES:
         raise UserError(f"--mode {mode!r} unknown; use one of {', '.join(MODES)}")
@@ -112,7 +113,7 @@ def refusals_cmd(
 ) -> None:
     """Privacy-refusal SFT rows and DPO pairs (rejected = leak of a fabricated, checksum-invalid value)."""
     from weitiao.io import write_jsonl
-    from weitiao.safety.pii import make_refusals
+    from weitiao.safety.pii_files import make_refusals
 
     if n < 1:
         raise UserError(f"--n {n}: must be at least 1")
