@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from weitiao.errors import UserError
-from weitiao.models.load import LoraSpec, ModelSpec, add_lora, load_model
+from weitiao.models.load import LoraSpec, ModelSpec, add_lora, load_lora, load_model
 
 
 class Roles(nn.Module):
@@ -39,14 +39,13 @@ class Roles(nn.Module):
         if init == "reward" and reward_model is None:
             raise UserError("ppo.critic_init: reward needs reward.kind: model (or use zeros)")
         if self.lora:
-            from peft import LoraConfig, PeftModel
+            from peft import LoraConfig
 
             if lora.init_from:
                 from weitiao.infer.export import locate
 
-                adapter_dir = locate(lora.init_from)[0]
-                self.model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=True)
-                self.model.load_adapter(adapter_dir, adapter_name="reference", is_trainable=False)
+                self.model = load_lora(base, lora.init_from)  # checks the path, names lora.init_from on error
+                self.model.load_adapter(locate(lora.init_from)[0], adapter_name="reference", is_trainable=False)
                 self.has_ref_adapter = True
             else:
                 self.model = add_lora(base, lora)

@@ -515,32 +515,13 @@ def _save_weights(roles: Roles, dest: Path) -> None:
 
 
 def _save(out: Path, state: dict, roles: Roles, aopt, copt, kl_ctl, moments, keep_last: int) -> None:
-    import shutil
+    def fill(tmp: Path) -> None:
+        _save_weights(roles, tmp)
+        extra = {"beta": kl_ctl.beta, "moments": vars(moments), "rng": ck.rng_state()}
+        opts = {"actor_optimizer": aopt.state_dict(), "critic_optimizer": copt.state_dict()}
+        torch.save({**state, **opts, **extra}, tmp / ck.STATE_FILE)
 
-    root = out / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    step = state["step"]
-    tmp, final = root / f".tmp-step-{step:06d}", root / f"step-{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    _save_weights(roles, tmp)
-    torch.save(
-        {
-            **state,
-            "actor_optimizer": aopt.state_dict(),
-            "critic_optimizer": copt.state_dict(),
-            "beta": kl_ctl.beta,
-            "moments": vars(moments),
-            "rng": ck.rng_state(),
-            "py_rng": random.getstate(),
-        },
-        tmp / ck.STATE_FILE,
-    )
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    ckpts = ck.list_checkpoints(out)
-    for c in ckpts[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(c)
+    ck.write_checkpoint(out, state["step"], fill, keep_last)
 
 
 def _load(ckpt: Path, roles: Roles, aopt, copt, kl_ctl, moments) -> dict:
@@ -565,6 +546,5 @@ def _load(ckpt: Path, roles: Roles, aopt, copt, kl_ctl, moments) -> dict:
     copt.load_state_dict(state.pop("critic_optimizer"))
     kl_ctl.beta = state.pop("beta")
     vars(moments).update(state.pop("moments"))
-    ck.set_rng_state(state.pop("rng"))
-    random.setstate(state.pop("py_rng"))
+    ck.set_rng_state(state.pop("rng"))  # python and torch generators
     return state

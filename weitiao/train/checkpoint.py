@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +69,25 @@ def save_checkpoint(
     protect: set[int] | None = None,
 ) -> Path:
     """Write checkpoint `step` atomically, then drop the oldest beyond `keep_last` (never `protect`)."""
+
+    def fill(tmp: Path) -> None:
+        save_weights(model, tmp)
+        torch.save({**state, "step": step, "optimizer": optimizer.state_dict(), "rng": rng_state()}, tmp / STATE_FILE)
+
+    return write_checkpoint(run_dir, step, fill, keep_last, protect)
+
+
+def write_checkpoint(
+    run_dir: Path, step: int, fill: Callable[[Path], None], keep_last: int, protect: set[int] | None = None
+) -> Path:
+    """`fill(dir)` writes a checkpoint into a temp dir, renamed to `step-NNNNNN` when done; keep-last-K after."""
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_weights(model, tmp)
-    torch.save({**state, "step": step, "optimizer": optimizer.state_dict(), "rng": rng_state()}, tmp / STATE_FILE)
+    fill(tmp)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
