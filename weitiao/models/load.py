@@ -177,3 +177,17 @@ def build_trainable(model: ModelSpec, lora: LoraSpec, device: torch.device, head
     if model.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return base
+
+
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Set p=0 on every dropout layer (LoRA's included); returns how many were changed.
+
+    Preference and RL updates compare the policy with a reference that runs without dropout; with
+    dropout on, step 0 is not π = π_ref (TRL's `disable_dropout` does the same).
+    """
+    n = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0:
+            m.p = 0.0
+            n += 1
+    return n

@@ -1,0 +1,24 @@
+"""Stop a run at the first non-finite number instead of training on (and saving) NaN weights."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from weitiao.errors import UserError
+
+
+class DivergedError(UserError):
+    """Loss or gradient norm became NaN/inf; the last good checkpoint is kept."""
+
+
+def ensure_finite(step: int, **values: float | torch.Tensor) -> None:
+    """Raise DivergedError naming the step and the first non-finite value among `values`."""
+    for name, v in values.items():
+        x = float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v)
+        if not math.isfinite(x):
+            raise DivergedError(
+                f"step {step}: {name} is {x}; training diverged (lower train.lr, check the data, "
+                "or set train.max_grad_norm); nothing after the last good checkpoint was saved"
+            )
