@@ -36,7 +36,7 @@ class LoraSpec(BaseModel):
 
     enabled: bool = True
     r: int = Field(16, gt=0)
-    alpha: float | None = Field(None, description="default 2*r")
+    alpha: float | None = Field(None, gt=0, description="default 2*r")
     dropout: float = Field(0.05, ge=0, lt=1)
     targets: str | list[str] = Field("all-linear", description="'all-linear' or module names")
     dora: bool = False
@@ -111,10 +111,27 @@ def load_model(spec: ModelSpec, device: torch.device | None = None, head: str = 
     return model
 
 
+def keep_4bit_training_path(model: Any) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel; returns modules set.
+
+    On CPUs with AVX512-BF16, Linear4bit repacks its weight the first time it runs in eval mode
+    without grad (an eval pass) and from then on multiplies through a bf16 kernel with no autograd:
+    training after the first eval would differ from training before it, and a resumed run (fresh,
+    unpacked weights) from an uninterrupted one.
+    """
+    n = 0
+    for m in model.modules():
+        if hasattr(m, "support_avx512bf16_for_cpu"):
+            m.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
 def add_lora(model: Any, spec: LoraSpec, gradient_checkpointing: bool = False, task_type: str = "CAUSAL_LM") -> Any:
     """Freeze the base and attach a peft LoRA (or DoRA/rsLoRA) adapter."""
     from peft import LoraConfig, get_peft_model
 
+    keep_4bit_training_path(model)
     for p in model.parameters():
         p.requires_grad_(False)
     if gradient_checkpointing:
@@ -145,6 +162,7 @@ def load_lora(model: Any, adapter: str, gradient_checkpointing: bool = False) ->
         adapter_dir, _, _ = locate(adapter)
     except UserError as e:
         raise UserError(f"lora.init_from: {e}".replace("--adapter ", "")) from None
+    keep_4bit_training_path(model)
     for p in model.parameters():
         p.requires_grad_(False)
     if gradient_checkpointing:

@@ -293,16 +293,12 @@ def run(cfg: PPOConfig) -> dict:
     steps_per_episode = math.ceil(len(prompts) / (p.rollout_batch_size * world))
     total_steps = min(t.max_steps or 10**9, steps_per_episode * t.num_episodes)
     state: dict[str, Any] = {"step": 0}
-    ckpt = ck.resume_point(out, t.resume)
+    ckpt = ck.open_run(out, t.resume, dump_config(cfg), main)  # refuses a changed config unless forced
     if ckpt is not None:
         state = _load(ckpt, roles, actor_opt, critic_opt, kl_ctl, moments)
         if world > 1:  # the checkpoint holds process 0's RNG; give the others their own streams again
             torch.manual_seed(t.seed + rank + 1000 * state["step"])
-    elif main and (removed := ck.clear_previous_run(out)):
-        print(f"fresh run in {out}: removed the previous run's {', '.join(removed)}")
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", dump_config(cfg))
         print(
             f"ppo: {len(prompts)} prompts ({too_long} over prompt_max_len dropped) · {total_steps} steps · "
             f"reward {cfg.reward.kind} · critic init {p.critic_init} · β={kl_ctl.beta} · models {models_held}"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -57,25 +57,29 @@ class TrainSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     out: str = "runs/sft"
-    lr: float | None = Field(None, description="default 2e-4 with LoRA, 2e-5 full fine-tuning")
+    lr: float | None = Field(None, gt=0, description="default 2e-4 with LoRA, 2e-5 full fine-tuning")
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    min_lr_ratio: float = 0.0
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    max_grad_norm: float = 1.0
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    max_grad_norm: float = Field(1.0, ge=0, description="0 = no clipping")
     epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, description="overrides epochs when set")
+    max_steps: int | None = Field(None, gt=0, description="overrides epochs when set")
     micro_batch_size: int = Field(4, gt=0, description="rows per micro-batch per process")
     grad_accum: int = Field(1, gt=0)
     seed: int = 42
-    log_every: int = 1
+    log_every: int = Field(1, gt=0, description="write train metrics every N steps (and at the last)")
     eval_every: int = Field(0, ge=0, description="0 = only at the end")
     save_every: int = Field(0, ge=0, description="0 = only at the end")
-    keep_last: int = 3
+    keep_last: int = Field(3, gt=0, description="checkpoints kept (plus the best eval one)")
     early_stop_patience: int = Field(0, ge=0, description="evals without improvement before stopping; 0 = off")
-    resume: str = Field("auto", description="auto (latest checkpoint in out), none, or a checkpoint dir")
-    stop_after: int | None = Field(None, description="end the process after this step (tests a kill)")
+    resume: str = Field(
+        "auto",
+        description="auto (latest checkpoint in out), force (auto, accepting a changed config), none "
+        "(fresh; a previous run's files move to out/previous/), or a checkpoint dir",
+    )
+    stop_after: int | None = Field(None, gt=0, description="end the process after this step (tests a kill)")
     tensorboard: bool = True
     progress: bool = True
     golden: str | None = Field(None, description="golden prompts file: answer them at every save (golden.jsonl)")

@@ -2,21 +2,65 @@
 
 A checkpoint is `checkpoints/step-NNNNNN/` holding the weights users load (`adapter/` for LoRA,
 a peft adapter dir; `model/` for full fine-tuning) plus `trainer_state.pt` (optimizer, step,
-data position, RNG states, early-stopping state). It is written under a temp name and renamed,
-so a run killed mid-save leaves the previous checkpoints intact.
+data position, early-stopping state, number of processes), one `rng_state_{rank}.pt` per process
+and a copy of the run's `config.yaml`. It is written under a temp name and renamed, so a run
+killed mid-save leaves the previous checkpoints intact.
+
+Resuming checks that the config still trains the same thing (`check_config`); a fresh run in a used
+dir moves the previous run's files aside (`move_previous_run`), it never deletes them.
 """
 
 from __future__ import annotations
 
 import random
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+
+from weitiao.errors import UserError
+from weitiao.io import atomic_write_text
 
 STATE_FILE = "trainer_state.pt"
+CONFIG_FILE = "config.yaml"
+# What a run writes into its dir besides checkpoints/step-*; a fresh run moves these aside.
+RUN_FILES = ("metrics.jsonl", "tb", "final", "golden.jsonl", CONFIG_FILE)
+# Config keys that may change on resume: how long to run and how often to log, eval and save.
+# Every other key (model, lora, data, loss, optimizer, batch, seed) changes what a step computes.
+FREE_KEYS = {
+    *(
+        f"train.{k}"
+        for k in (
+            "max_steps",
+            "epochs",
+            "num_episodes",
+            "stop_after",
+            "log_every",
+            "eval_every",
+            "save_every",
+            "keep_last",
+            "early_stop_patience",
+            "out",
+            "resume",
+            "tensorboard",
+            "progress",
+            "golden",
+            "sample_every",
+            "hacking_window",
+            "hacking_kl",
+            "hacking_length_ratio",
+        )
+    ),
+    "dpo.warn_falling_chosen",
+}
+
+
+def rng_file(rank: int) -> str:
+    return f"rng_state_{rank}.pt"
 
 
 def rng_state() -> dict[str, Any]:
@@ -67,12 +111,19 @@ def save_checkpoint(
     state: dict[str, Any],
     keep_last: int,
     protect: set[int] | None = None,
+    rngs: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Write checkpoint `step` atomically, then drop the oldest beyond `keep_last` (never `protect`)."""
+    """Write checkpoint `step` atomically, then drop the oldest beyond `keep_last` (never `protect`).
+
+    `rngs`: every process's `rng_state()`, by rank (default: this process's only).
+    """
+    rngs = rngs or [rng_state()]
 
     def fill(tmp: Path) -> None:
         save_weights(model, tmp)
-        torch.save({**state, "step": step, "optimizer": optimizer.state_dict(), "rng": rng_state()}, tmp / STATE_FILE)
+        torch.save({**state, "step": step, "world": len(rngs), "optimizer": optimizer.state_dict()}, tmp / STATE_FILE)
+        for rank, rng in enumerate(rngs):
+            torch.save(rng, tmp / rng_file(rank))
 
     return write_checkpoint(run_dir, step, fill, keep_last, protect)
 
@@ -80,13 +131,18 @@ def save_checkpoint(
 def write_checkpoint(
     run_dir: Path, step: int, fill: Callable[[Path], None], keep_last: int, protect: set[int] | None = None
 ) -> Path:
-    """`fill(dir)` writes a checkpoint into a temp dir, renamed to `step-NNNNNN` when done; keep-last-K after."""
+    """`fill(dir)` writes a checkpoint into a temp dir, renamed to `step-NNNNNN` when done; keep-last-K after.
+
+    The run's config.yaml is copied in, so a resume compares against the config these weights saw.
+    """
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    if (run_dir / CONFIG_FILE).exists():
+        shutil.copyfile(run_dir / CONFIG_FILE, tmp / CONFIG_FILE)
     fill(tmp)
     if final.exists():
         shutil.rmtree(final)
@@ -110,44 +166,140 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted((p for p in root.iterdir() if p.name.startswith("step-") and (p / STATE_FILE).exists()), key=step_of)
 
 
-def load_checkpoint(ckpt: Path, model: Any, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore weights, optimizer and RNG; returns the saved trainer state."""
-    load_weights(model, ckpt)
+def load_checkpoint(
+    ckpt: Path, model: Any, optimizer: torch.optim.Optimizer, rank: int = 0, world: int = 1, force: bool = False
+) -> dict[str, Any]:
+    """Restore weights, optimizer and this process's RNG; returns the saved trainer state.
+
+    A checkpoint written by another number of processes is refused (each process's data share and
+    RNG stream depend on it) unless `force`; then processes without a saved RNG keep their own.
+    """
     state = torch.load(ckpt / STATE_FILE, weights_only=False)
+    saved_world = state.pop("world", 1)
+    if saved_world != world and not force:
+        raise UserError(
+            f"train.resume: {ckpt} was written by {saved_world} process(es), this run has {world}; "
+            f"resume with {saved_world} (the data split and RNG streams depend on it) or set train.resume=force"
+        )
+    load_weights(model, ckpt)
     optimizer.load_state_dict(state.pop("optimizer"))
-    set_rng_state(state.pop("rng"))
+    legacy = state.pop("rng", None)  # checkpoints before per-process RNG files: process 0's only
+    if (ckpt / rng_file(rank)).exists():
+        set_rng_state(torch.load(ckpt / rng_file(rank), weights_only=False))
+    elif legacy is not None and rank == 0:
+        set_rng_state(legacy)
+    elif rank == 0 or not force:
+        raise UserError(f"train.resume: {ckpt} has no {rng_file(rank)}; it is not a complete checkpoint")
     return state
 
 
-def clear_previous_run(out: Path) -> list[str]:
-    """A fresh (not resumed) run in a used dir: remove the old run's logs, checkpoints and outputs.
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix[:-1]: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
 
-    Otherwise metrics would append to the old file and keep-last-K could keep the old run's
-    later checkpoints, which `resume: auto` would then pick up.
+
+def config_changes(old_yaml: str, new_yaml: str) -> dict[str, tuple[Any, Any]]:
+    """Keys (dotted) whose value differs between two config.yaml texts: key → (old, new)."""
+    old, new = _flat(yaml.safe_load(old_yaml) or {}), _flat(yaml.safe_load(new_yaml) or {})
+    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
+
+
+def check_config(ckpt: Path, config_yaml: str, force: bool) -> dict[str, tuple[Any, Any]]:
+    """Refuse to resume `ckpt` under a config that trains something else; returns the changed keys.
+
+    Run length and cadence (FREE_KEYS) may change. Anything else changed (model, LoRA shape, data,
+    loss, optimizer, batch, seed) raises one line naming the keys, old → new, unless `force`.
     """
-    removed = []
-    for name in ("metrics.jsonl", "tb", "checkpoints", "final", "golden.jsonl"):
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-        else:
+    saved = next((p for p in (ckpt / CONFIG_FILE, ckpt.parent.parent / CONFIG_FILE) if p.exists()), None)
+    if saved is None:
+        if force:
+            return {}
+        raise UserError(
+            f"train.resume: {ckpt} has no {CONFIG_FILE} beside it, so an unchanged config cannot be checked; "
+            "set train.resume=force to resume anyway"
+        )
+    changes = config_changes(saved.read_text(encoding="utf-8"), config_yaml)
+    blocked = {k: v for k, v in changes.items() if k not in FREE_KEYS}
+    if blocked:
+        shown = ", ".join(f"{k} {old!r} → {new!r}" for k, (old, new) in list(blocked.items())[:6])
+        more = f" (and {len(blocked) - 6} more)" if len(blocked) > 6 else ""
+        if not force:
+            raise UserError(
+                f"train.resume: {ckpt} was trained with another config: {shown}{more}; revert them, "
+                "set train.resume=none (or another train.out) for a new run, or train.resume=force"
+            )
+        print(f"train.resume=force: resuming {ckpt} with changed {shown}{more}")
+    return changes
+
+
+def move_previous_run(out: Path) -> Path | None:
+    """A fresh run in a used dir: move the previous run's files to `out/previous/<time>/`.
+
+    Only what a run writes moves (RUN_FILES and checkpoints/step-*); anything else stays where it is.
+    Left in place, metrics would append to the old file and `resume: auto` could pick up the old
+    run's checkpoints. Returns the new home, or None when there was nothing to move.
+    """
+    names = [out / n for n in RUN_FILES if (out / n).exists()]
+    root = out / "checkpoints"
+    steps = sorted(p for p in root.iterdir() if p.name.startswith(("step-", ".tmp-step-"))) if root.is_dir() else []
+    if not names and not steps:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        dest = out / "previous" / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            dest.mkdir(parents=True)
+            break
+        except FileExistsError:
             continue
-        removed.append(name)
-    return removed
+    for p in names:
+        p.rename(dest / p.name)
+    if steps:
+        (dest / "checkpoints").mkdir()
+        for p in steps:
+            p.rename(dest / "checkpoints" / p.name)
+        if not any(root.iterdir()):
+            root.rmdir()
+    return dest
 
 
 def resume_point(out: Path, resume: str) -> Path | None:
-    """`auto`: latest checkpoint under `out` (None if none); `none`; or an explicit checkpoint dir."""
+    """`auto`/`force`: latest checkpoint under `out` (None if none); `none`; or an explicit checkpoint dir."""
     if resume == "none":
         return None
-    if resume == "auto":
+    if resume in ("auto", "force"):
         ckpts = list_checkpoints(out)
         return ckpts[-1] if ckpts else None
     p = Path(resume)
     if not (p / STATE_FILE).exists():
-        from weitiao.errors import UserError
-
         raise UserError(f"train.resume: {p} is not a checkpoint dir (no {STATE_FILE})")
     return p
+
+
+def _saved_step(ckpt: Path) -> int:
+    if ckpt.name.startswith("step-") and ckpt.name[5:].isdigit():
+        return step_of(ckpt)
+    return int(torch.load(ckpt / STATE_FILE, weights_only=False, mmap=True)["step"])
+
+
+def open_run(out: Path, resume: str, config_yaml: str, main: bool) -> Path | None:
+    """Start or resume the run in `out`; returns the checkpoint to load (None: fresh start).
+
+    Resume (`train.resume`: auto, force or a checkpoint dir) checks the config first (`check_config`);
+    a fresh start moves a previous run's files aside. The main process then writes config.yaml.
+    """
+    ckpt = resume_point(out, resume)
+    if ckpt is not None:
+        check_config(ckpt, config_yaml, force=resume == "force")
+        if main:
+            print(f"resumed from step {_saved_step(ckpt)} (checkpoint {ckpt})")
+    elif main and (moved := move_previous_run(out)) is not None:
+        print(f"fresh run in {out}: the previous run's files were moved to {moved}")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / CONFIG_FILE, config_yaml)
+    return ckpt

@@ -2,9 +2,10 @@
 
 Owns what is identical across them: epoch plans, the split of each step's micro-batches across
 processes, gradient accumulation without DDP sync until the last micro-batch, LR schedule, clipping,
-metric reduction, logging, eval cadence, early stopping, atomic checkpoints and the stop-after hook.
-The recipe owns the math: `micro_step(rows, step_info)` runs forward + backward for its share and
-returns metric sums; `evaluate()` returns held-out metrics with an `eval_loss`.
+metric reduction, logging, eval cadence, early stopping, atomic checkpoints, the stop-after hook
+and the stop at the first non-finite loss or gradient norm. The recipe owns the math:
+`micro_step(rows, step_info)` runs forward + backward for its share and returns metric sums;
+`evaluate()` returns held-out metrics with an `eval_loss`.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 
 from weitiao.data.collate import plan_epoch
 from weitiao.errors import UserError
-from weitiao.io import atomic_write_text
 from weitiao.train import checkpoint as ck
+from weitiao.train.guard import DivergedError, ensure_finite
 from weitiao.train.log import MetricsLog, progress_bar
 from weitiao.train.schedule import lr_at
 
@@ -90,10 +93,19 @@ def fit(
             f"train: too little data for one step of {micro_per_step} micro-batches "
             "(processes × grad_accum); lower train.micro_batch_size or train.grad_accum"
         )
-    total = t.max_steps or max(1, int(t.epochs * steps_in(0) + 0.999999))
+    total = t.max_steps if t.max_steps is not None else max(1, int(t.epochs * steps_in(0) + 0.999999))
+    if state["step"] >= total:
+        raise UserError(
+            f"train: the checkpoint is at step {state['step']} and the run has {total} steps, so nothing would "
+            "be trained; raise train.max_steps (or train.epochs) to continue, or set train.resume=none"
+        )
     warmup = int(t.warmup_ratio * total)
     step, metrics, last_eval, stopped_early = state["step"], {}, {}, False
-    t0 = time.perf_counter()
+    run_sums: Sums = {}  # summed over this process's steps: rates in the summary are wall-clock means
+    # from_pretrained returns eval mode: dropout and gradient checkpointing would stay off until the
+    # first eval, and a resumed run would differ from an uninterrupted one.
+    loss_mod.train()
+    t0 = run_t0 = time.perf_counter()
     with progress_bar(t.progress and accel.is_main_process) as bar:
         task = bar.add_task(parts.name, total=total, completed=step, info="")
         while step < total:
@@ -109,21 +121,32 @@ def fit(
                 with accel.no_sync(loss_mod) if not sync else contextlib.nullcontext():
                     for key, v in parts.micro_step(rows, info).items():
                         sums[key] = sums.get(key, 0) + v.detach().double()
-            norm = accel.clip_grad_norm_(params, t.max_grad_norm) if t.max_grad_norm > 0 else None
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
+            # max_norm=inf measures without clipping (grads × 1.0): a NaN gradient is caught either way.
+            norm = accel.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
             keys = sorted(sums)
             reduced = dict(zip(keys, accel.reduce(torch.stack([sums[x] for x in keys]), reduction="sum")))
             dt, t0 = time.perf_counter() - t0, time.perf_counter()
             metrics = parts.summarize(reduced, dt)
+            norms = {"grad_norm": float(norm)} if norm is not None else {}  # None: DeepSpeed clips inside
+            try:  # before optimizer.step: the weights stay those of the last good step
+                ensure_finite(step + 1, loss=metrics["loss"], **norms)
+            except DivergedError as e:
+                log.log("diverged", step + 1, message=str(e))
+                log.close()
+                raise
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            for key, v in reduced.items():
+                run_sums[key] = run_sums.get(key, 0) + v
             state["tokens"] = state.get("tokens", 0) + int(reduced.get("tokens", 0))
-            extra = {"grad_norm": float(norm)} if norm is not None else {}
-            log.log("train", step, lr=optimizer.param_groups[0]["lr"], epoch=epoch, **extra, **metrics)
+            last = step == total
+            if step % t.log_every == 0 or last:
+                lr_now = optimizer.param_groups[0]["lr"]
+                log.log("train", step, lr=lr_now, epoch=epoch, **norms, **metrics)
             bar.update(task, completed=step, info=parts.bar_info(metrics))
             if parts.after_step:
                 parts.after_step(step, metrics)
-            last = step == total
             if parts.evaluate and ((t.eval_every and step % t.eval_every == 0) or last):
                 last_eval = parts.evaluate()
                 if last_eval["eval_loss"] < state["best_eval"] - 1e-6:
@@ -132,12 +155,15 @@ def fit(
                     state["bad_evals"] += 1
                 log.log("eval", step, **last_eval)
                 stopped_early = bool(t.early_stop_patience and state["bad_evals"] >= t.early_stop_patience)
-            if accel.is_main_process and ((t.save_every and step % t.save_every == 0) or last or stopped_early):
-                protect = {state["best_step"]} if state["best_step"] else set()
-                ck.save_checkpoint(out, step, model, optimizer, state, t.keep_last, protect)
+            if (t.save_every and step % t.save_every == 0) or last or stopped_early:
+                rngs = gather_object([ck.rng_state()]) if world > 1 else None  # every process's own stream
+                if accel.is_main_process:
+                    protect = {state["best_step"]} if state["best_step"] else set()
+                    ck.save_checkpoint(out, step, model, optimizer, state, t.keep_last, protect, rngs)
             accel.wait_for_everyone()
             if stopped_early or (t.stop_after is not None and step >= t.stop_after):
                 break
+    wall = parts.summarize(run_sums, time.perf_counter() - run_t0)
     return {
         "steps": step,
         "total_steps": total,
@@ -145,6 +171,7 @@ def fit(
         "finished": step >= total or stopped_early,
         **last_eval,
         **{f"train_{k}": v for k, v in metrics.items()},
+        **{f"train_{k}": v for k, v in wall.items() if k.endswith("_per_s")},
     }
 
 
@@ -153,17 +180,15 @@ def new_state() -> dict[str, Any]:
 
 
 def start(out: Path, t: Any, config_yaml: str, model: Any, optimizer: Any, main: bool) -> tuple[dict, Any, MetricsLog]:
-    """Resume from the checkpoint `t.resume` names (weights, optimizer, RNG, data position, early-stop
-    state) or start fresh (clearing a previous run in `out`); write config.yaml; open the metrics log."""
+    """Resume from the checkpoint `t.resume` names (weights, optimizer, this process's RNG, data
+    position, early-stop state) if the config still trains the same thing, or start fresh (a previous
+    run in `out` is moved aside); write config.yaml; open the metrics log."""
     state = new_state()
-    ckpt = ck.resume_point(out, t.resume)
+    ckpt = ck.open_run(out, t.resume, config_yaml, main)
     if ckpt is not None:
-        state.update(ck.load_checkpoint(ckpt, model, optimizer))
-    elif main and (removed := ck.clear_previous_run(out)):
-        print(f"fresh run in {out}: removed the previous run's {', '.join(removed)}")
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", config_yaml)
+        proc = PartialState()  # the recipe's Accelerator's process group
+        force = t.resume == "force"
+        state.update(ck.load_checkpoint(ckpt, model, optimizer, proc.process_index, proc.num_processes, force))
     return state, ckpt, MetricsLog(out, enabled=main, tensorboard=t.tensorboard)
 
 

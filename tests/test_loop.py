@@ -1,0 +1,214 @@
+"""The shared optimizer-step loop on a toy model: train mode, non-finite stop, zero steps, rates, log cadence."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from weitiao.errors import UserError
+from weitiao.recipes.sft import TrainSpec
+from weitiao.train import checkpoint as ck
+from weitiao.train import loop
+from weitiao.train.guard import DivergedError
+from weitiao.train.log import MetricsLog, read_metrics
+
+
+class OneProcess:
+    """The parts of accelerate.Accelerator the loop uses, for one process."""
+
+    num_processes, process_index, is_main_process = 1, 0, True
+
+    def no_sync(self, _):
+        return contextlib.nullcontext()
+
+    def clip_grad_norm_(self, params, max_norm):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def reduce(self, x, reduction="sum"):
+        return x
+
+    def wait_for_everyone(self):
+        pass
+
+
+class Toy(torch.nn.Module):
+    """What `from_pretrained` hands back: a module in eval mode, with dropout."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(4, 1)
+        self.drop = torch.nn.Dropout(0.5)
+        self.eval()
+
+    def save_pretrained(self, path, safe_serialization=True):
+        Path(path).mkdir(parents=True)
+        torch.save(self.state_dict(), Path(path) / "w.pt")
+
+
+def run_loop(tmp_path, t: TrainSpec, *, loss_of=None, after_step=None, state=None, seen=None):
+    model = Toy()
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=t.lr)
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+
+    def micro_step(rows, info):
+        if seen is not None:
+            seen.append(model.training)
+        loss = model(x[rows[0]]).pow(2).mean() if loss_of is None else loss_of(model, x[rows[0]])
+        loss.backward()
+        return {"loss": loss.detach(), "n": torch.tensor(1.0), "tokens": torch.tensor(100.0)}
+
+    def forward(z):
+        return model.lin(model.drop(z))
+
+    model.forward = forward
+    parts = loop.LoopParts(
+        name="toy",
+        lengths=[1] * 8,
+        capacity=8,
+        packing=False,
+        to_rows=lambda rows: rows,
+        micro_step=micro_step,
+        step_info=lambda plan: {},
+        summarize=lambda s, sec: {"loss": float(s["loss"] / s["n"]), "tokens_per_s": float(s["tokens"]) / (sec or 1)},
+        evaluate=None,
+        bar_info=lambda m: "",
+        after_step=after_step,
+    )
+    log = MetricsLog(tmp_path, tensorboard=False)
+    st = state or loop.new_state()
+    out = loop.fit(parts, t, OneProcess(), model, model, opt, params, t.lr, tmp_path, log, st)
+    return out, model
+
+
+def spec(**kw) -> TrainSpec:
+    return TrainSpec(**{"lr": 1e-2, "micro_batch_size": 1, "progress": False, "tensorboard": False, **kw})
+
+
+def test_first_micro_step_runs_in_train_mode(tmp_path):
+    seen: list[bool] = []
+    run_loop(tmp_path, spec(max_steps=3), seen=seen)
+    assert seen == [True, True, True]  # was [False, False, False]: from_pretrained's eval mode
+
+
+def test_non_finite_loss_stops_before_the_step_and_keeps_last_checkpoint(tmp_path):
+    def loss_of(model, z):  # finite for two steps, then NaN
+        calls.append(1)
+        loss = model.lin(z).pow(2).mean()
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    calls: list[int] = []
+    with pytest.raises(DivergedError, match=r"step 3: loss is nan; training diverged \(lower train.lr"):
+        run_loop(tmp_path, spec(max_steps=5, save_every=1), loss_of=loss_of)
+    assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["step-000001", "step-000002"]
+    assert [r["step"] for r in read_metrics(tmp_path, "train")] == [1, 2]
+    assert read_metrics(tmp_path, "diverged")[0]["step"] == 3
+
+
+def test_non_finite_grad_norm_stops_even_without_clipping(tmp_path):
+    def loss_of(model, z):  # finite value (sqrt(0) = 0), NaN gradient (d sqrt at 0 × 0)
+        return model.lin(z).pow(2).mean() + torch.sqrt(model.lin.weight.abs() * 0).sum()
+
+    with pytest.raises(DivergedError, match="step 1: grad_norm is nan"):
+        run_loop(tmp_path, spec(max_steps=2, max_grad_norm=0), loss_of=loss_of)
+    assert ck.list_checkpoints(tmp_path) == []
+
+
+def test_zero_steps_is_an_error_not_a_finished_run(tmp_path):
+    state = {**loop.new_state(), "step": 4}  # a checkpoint already at the end
+    with pytest.raises(UserError, match="checkpoint is at step 4 and the run has 4 steps"):
+        run_loop(tmp_path, spec(max_steps=4), state=state)
+
+
+def test_summary_rate_is_the_wall_clock_mean_not_the_last_step(tmp_path, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock[0])
+
+    def after_step(step, metrics):  # step 1 takes 10 s, the others 1 s
+        clock[0] += 10.0 if step == 1 else 1.0
+
+    out, _ = run_loop(tmp_path, spec(max_steps=4), after_step=after_step)
+    # 4 steps × 100 tokens in 13 s; the last step alone ran at 100 tokens/s.
+    assert out["train_tokens_per_s"] == pytest.approx(400 / 13)
+    assert read_metrics(tmp_path, "train")[-1]["tokens_per_s"] == pytest.approx(100.0)
+
+
+def test_log_every_is_honoured(tmp_path):
+    run_loop(tmp_path, spec(max_steps=5, log_every=2))
+    assert [r["step"] for r in read_metrics(tmp_path, "train")] == [2, 4, 5]
+
+
+def test_rng_saved_and_restored_per_process(tmp_path, monkeypatch):
+    model = Toy()
+    opt = torch.optim.AdamW(model.parameters())
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        states.append(ck.rng_state())
+    ckpt = ck.save_checkpoint(tmp_path, 3, model, opt, loop.new_state(), 2, rngs=states)
+    assert sorted(p.name for p in ckpt.glob("rng_state_*.pt")) == ["rng_state_0.pt", "rng_state_1.pt"]
+    monkeypatch.setattr(ck, "load_weights", lambda m, c: None)  # the toy has no HF weights; RNG is under test
+    for rank, seed in enumerate((1, 2)):
+        torch.manual_seed(99)
+        ck.load_checkpoint(ckpt, model, opt, rank=rank, world=2)
+        torch.manual_seed(seed)
+        want = torch.rand(3)
+        ck.load_checkpoint(ckpt, model, opt, rank=rank, world=2)
+        assert torch.equal(torch.rand(3), want)
+    with pytest.raises(UserError, match=r"written by 2 process\(es\), this run has 1; resume with 2"):
+        ck.load_checkpoint(ckpt, model, opt, rank=0, world=1)
+
+
+def test_changed_config_lists_only_keys_that_change_training():
+    old = "model:\n  path: a\nlora:\n  r: 16\ntrain:\n  lr: 0.001\n  max_steps: 10\n  betas: [0.9, 0.999]\n"
+    new = "model:\n  path: a\nlora:\n  r: 8\ntrain:\n  lr: 0.001\n  max_steps: 20\n  betas: [0.9, 0.99]\n"
+    changes = ck.config_changes(old, new)
+    assert changes == {"lora.r": (16, 8), "train.betas": ([0.9, 0.999], [0.9, 0.99]), "train.max_steps": (10, 20)}
+    assert {k for k in changes if k not in ck.FREE_KEYS} == {"lora.r", "train.betas"}
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.max_steps=0", "train.max_steps"),
+        ("train.max_steps=-5", "train.max_steps"),
+        ("train.lr=0", "train.lr"),
+        ("train.lr=-1e-4", "train.lr"),
+        ("lora.alpha=-16", "lora.alpha"),
+        ("train.keep_last=0", "train.keep_last"),
+        ("train.log_every=0", "train.log_every"),
+        ("train.eval_every=-1", "train.eval_every"),
+        ("train.save_every=-1", "train.save_every"),
+        ("train.max_grad_norm=-1", "train.max_grad_norm"),
+        ("train.weight_decay=-0.1", "train.weight_decay"),
+        ("train.betas=[1.0,0.999]", "train.betas.0"),
+        ("train.betas=[0.9,-0.1]", "train.betas.1"),
+        ("train.warmup_ratio=-0.1", "train.warmup_ratio"),
+        ("train.min_lr_ratio=2", "train.min_lr_ratio"),
+        ("train.grad_accum=0", "train.grad_accum"),
+        ("train.micro_batch_size=0", "train.micro_batch_size"),
+        ("train.stop_after=0", "train.stop_after"),
+        ("lora.r=0", "lora.r"),
+    ],
+)
+def test_out_of_range_train_and_lora_keys_are_one_line_errors(override, key):
+    from weitiao.config import load_config
+    from weitiao.recipes.dpo import DPOConfig
+    from weitiao.recipes.sft import SFTConfig
+
+    for cls in (SFTConfig, DPOConfig):  # DPO and RM inherit the train spec
+        with pytest.raises(UserError, match=rf"^config: {key}: ") as e:
+            load_config(cls, None, ["data.train=[x.jsonl]", override])
+        assert "\n" not in str(e.value)
+
+
+def test_in_range_defaults_validate():
+    from weitiao.config import load_config
+    from weitiao.recipes.sft import SFTConfig
+
+    cfg = load_config(SFTConfig, None, ["data.train=[x.jsonl]", "train.max_grad_norm=0", "train.eval_every=0"])
+    assert cfg.train.max_steps is None and cfg.lora.alpha is None  # None: run by epochs; alpha = 2r
