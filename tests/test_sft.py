@@ -97,8 +97,7 @@ def test_early_stopping(tiny_model_dir, chat_file, tmp_path):
         "train.max_steps=40",
         "train.eval_every=1",
         "train.early_stop_patience=2",
-        "train.lr=3.0",
-        "train.max_grad_norm=0",
+        "train.lr=0.3",  # too high: eval loss turns up (lr 3.0 without clipping went to NaN at step 3)
     )
     summary = sft.run(cfg)
     assert summary["stopped_early"] and summary["steps"] < 40

@@ -1,0 +1,184 @@
+"""Resume end to end: train mode, config changes, moving a previous run aside, 4-bit, per-process RNG."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_sft import ROOT, adapter, config
+
+from weitiao.config import load_config
+from weitiao.errors import UserError
+from weitiao.losses.sft import CausalLMLoss
+from weitiao.recipes import sft
+from weitiao.train.guard import DivergedError
+from weitiao.train.log import read_metrics
+
+pytestmark = pytest.mark.slow
+
+
+def full_weights(out):
+    return load_file(str(Path(out) / "final" / "model" / "model.safetensors"))
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_full_finetune_trains_in_train_mode_from_the_first_step(tiny_model_dir, chat_file, tmp_path, monkeypatch):
+    seen = []
+    forward = CausalLMLoss.forward
+
+    def spy(self, *args, **kw):
+        if torch.is_grad_enabled():
+            seen.append(all(m.training for m in self.model.modules()))
+        return forward(self, *args, **kw)
+
+    monkeypatch.setattr(CausalLMLoss, "forward", spy)
+    sft.run(config(tiny_model_dir, chat_file, tmp_path / "run", "lora.enabled=false", "train.max_steps=1"))
+    assert seen and seen[0] is True  # was False: from_pretrained's eval mode until the first eval
+
+
+def test_full_finetune_with_dropout_resumes_exactly(tiny_model_dir, chat_file, tmp_path):
+    model_dir = tmp_path / "dropout-model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**cfg, "attention_dropout": 0.1}))
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(model_dir).train()  # control: dropout really acts in train mode
+    ids = torch.arange(20).unsqueeze(0)
+    assert not torch.equal(m(input_ids=ids).logits, m(input_ids=ids).logits)
+
+    args = ("lora.enabled=false", "train.max_steps=4", "train.save_every=2", "train.eval_every=2", "train.lr=1e-3")
+    sft.run(config(model_dir, chat_file, tmp_path / "straight", *args))
+    sft.run(config(model_dir, chat_file, tmp_path / "killed", *args, "train.stop_after=3"))
+    sft.run(config(model_dir, chat_file, tmp_path / "killed", *args))
+    assert same(full_weights(tmp_path / "straight"), full_weights(tmp_path / "killed"))
+
+
+def test_qlora_resume_is_exact_where_bitsandbytes_repacks_for_cpu(tiny_model_dir, chat_file, tmp_path, monkeypatch):
+    """On AVX512-BF16 CPUs an eval pass repacks Linear4bit weights for a bf16 kernel without autograd;
+    forced on here, so the test means the same on every CPU."""
+    import bitsandbytes.nn.modules as bnb_modules
+
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
+    args = ("model.quant=4bit", "train.max_steps=4", "train.save_every=2", "train.eval_every=1")
+    sft.run(config(tiny_model_dir, chat_file, tmp_path / "straight", *args))
+    sft.run(config(tiny_model_dir, chat_file, tmp_path / "killed", *args, "train.stop_after=3"))
+    sft.run(config(tiny_model_dir, chat_file, tmp_path / "killed", *args))
+    assert same(adapter(tmp_path / "straight"), adapter(tmp_path / "killed"))
+
+
+@pytest.mark.parametrize("keep", [True, False], ids=["fixed", "control"])
+def test_4bit_gradients_do_not_change_after_an_eval_pass(tiny_model_dir, monkeypatch, keep):
+    import bitsandbytes.nn.modules as bnb_modules
+
+    from weitiao.models import load
+
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
+    if not keep:
+        monkeypatch.setattr(load, "keep_4bit_training_path", lambda model: 0)
+    spec = load.ModelSpec(path=str(tiny_model_dir), quant="4bit")
+    model = load.build_trainable(spec, load.LoraSpec(dropout=0.0), torch.device("cpu")).train()
+    ids = torch.arange(3, 35).view(2, 16)
+
+    def grads():
+        model.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    before = grads()
+    with torch.no_grad():
+        model.eval()(input_ids=ids)
+    model.train()
+    assert same(before, grads()) is keep
+
+
+def test_resume_refuses_a_changed_training_config(tiny_model_dir, chat_file, tmp_path, capsys):
+    run = tmp_path / "run"
+    sft.run(config(tiny_model_dir, chat_file, run, "train.max_steps=3", "train.save_every=1", "train.stop_after=1"))
+    saved = (run / "config.yaml").read_text()
+    ckpt = run / "checkpoints" / "step-000001"
+    with pytest.raises(UserError, match=r"lora.r 16 → 8, train.lr 0.005 → 0.001; revert them") as e:
+        sft.run(config(tiny_model_dir, chat_file, run, "train.max_steps=3", "lora.r=8", "train.lr=1e-3"))
+    assert str(e.value).startswith(f"train.resume: {ckpt} was trained with another config: ")
+    assert (run / "config.yaml").read_text() == saved  # not rewritten with values never used
+    capsys.readouterr()
+    sft.run(config(tiny_model_dir, chat_file, run, "train.max_steps=2", "train.save_every=1"))  # length may change
+    assert f"resumed from step 1 (checkpoint {ckpt})" in capsys.readouterr().out
+    forced = config(tiny_model_dir, chat_file, run, "train.max_steps=3", "lora.dropout=0.2", "train.resume=force")
+    sft.run(forced)
+    assert "train.resume=force: resuming" in capsys.readouterr().out
+    assert "dropout: 0.2" in (run / "config.yaml").read_text()
+    assert [r["step"] for r in read_metrics(run, "train")] == [1, 2, 3]
+
+
+def test_fresh_run_moves_the_previous_run_aside(tiny_model_dir, chat_file, tmp_path, capsys):
+    run = tmp_path / "run"
+    sft.run(config(tiny_model_dir, chat_file, run, "train.max_steps=2", "train.save_every=1"))
+    old = adapter(run)
+    (run / "notes.txt").write_text("mine")
+    (run / "checkpoints" / "keep.txt").write_text("mine too")
+    sft.run(config(tiny_model_dir, chat_file, run, "train.max_steps=1", "train.resume=none"))
+    [prev] = list((run / "previous").iterdir())
+    assert f"fresh run in {run}: the previous run's files were moved to {prev}" in capsys.readouterr().out
+    assert (run / "notes.txt").read_text() == "mine" and (run / "checkpoints" / "keep.txt").exists()
+    assert sorted(p.name for p in (prev / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
+    assert same(adapter(prev), old)
+    assert [r["step"] for r in read_metrics(prev, "train")] == [1, 2]
+    assert [r["step"] for r in read_metrics(run, "train")] == [1]
+
+
+def test_diverging_run_stops_keeps_last_good_checkpoint_and_writes_no_final(tiny_model_dir, chat_file, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(DivergedError, match=r"^step 2: loss is (nan|inf); training diverged"):
+        sft.run(config(tiny_model_dir, chat_file, run, "train.max_steps=6", "train.save_every=1", "train.lr=1e30"))
+    assert not (run / "final").exists()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000001"]
+    assert [r["step"] for r in read_metrics(run, "train")] == [1]
+
+
+def test_two_process_resume_restores_each_process_rng(tiny_model_dir, chat_file, tmp_path):
+    """Each process samples its own LoRA dropout masks; a resume that gave every process
+    process 0's RNG state would not reproduce the uninterrupted run."""
+    common = [
+        f"model.path={tiny_model_dir}",
+        f"data.train=[{chat_file}]",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "train.micro_batch_size=1",
+        "data.max_len=64",
+        "data.packing=false",
+        "train.max_steps=3",
+        "train.save_every=1",
+        "lora.dropout=0.2",
+        "train.lr=5e-3",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    (tmp_path / "empty.yaml").write_text("{}\n")
+
+    def launch(out, *extra):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        ddp = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}"]
+        cmd = [sys.executable, *ddp, "-m", "weitiao", "sft", str(tmp_path / "empty.yaml"), *common, *extra]
+        p = subprocess.run([*cmd, f"train.out={tmp_path / out}"], env=env, cwd=ROOT, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr[-3000:]
+
+    launch("straight")
+    launch("killed", "train.stop_after=2")
+    ckpt = tmp_path / "killed" / "checkpoints" / "step-000002"
+    assert sorted(p.name for p in ckpt.glob("rng_state_*")) == ["rng_state_0.pt", "rng_state_1.pt"]
+    launch("killed")
+    assert same(adapter(tmp_path / "straight"), adapter(tmp_path / "killed"))
+    one = load_config(sft.SFTConfig, None, [*common, "train.max_steps=4", f"train.out={tmp_path / 'killed'}"])
+    with pytest.raises(UserError, match=r"written by 2 process\(es\), this run has 1; resume with 2"):
+        sft.run(one)
