@@ -167,6 +167,8 @@ def test_variants_train(tiny_model_dir, chat_file, tmp_path, extra):
     sft.run(cfg)
     losses = [r["loss"] for r in read_metrics(tmp_path / "run", "train")]
     assert len(losses) == 4 and losses[-1] < losses[0]
+    saved = json.loads((tmp_path / "run" / "final" / "adapter" / "adapter_config.json").read_text())
+    assert saved["use_dora"] is ("lora.dora=true" in extra) and saved["use_rslora"] is ("lora.rslora=true" in extra)
 
 
 def test_epochs_with_varying_packed_row_counts(tiny_model_dir, tokenizer, tmp_path):
