@@ -182,3 +182,15 @@ def test_two_process_resume_restores_each_process_rng(tiny_model_dir, chat_file,
     one = load_config(sft.SFTConfig, None, [*common, "train.max_steps=4", f"train.out={tmp_path / 'killed'}"])
     with pytest.raises(UserError, match=r"written by 2 process\(es\), this run has 1; resume with 2"):
         sft.run(one)
+
+
+def test_resume_refuses_changed_data_content(tiny_model_dir, chat_file, tmp_path):
+    run = tmp_path / "run"
+    args = ("train.max_steps=3", "train.save_every=1")
+    sft.run(config(tiny_model_dir, chat_file, run, *args, "train.stop_after=1"))
+    rows = chat_file.read_text(encoding="utf-8").splitlines()
+    chat_file.write_text("\n".join(rows[:-2]) + "\n", encoding="utf-8")  # same file name, fewer rows
+    with pytest.raises(UserError, match="^train.resume: the training data changed since the checkpoint"):
+        sft.run(config(tiny_model_dir, chat_file, run, *args))
+    sft.run(config(tiny_model_dir, chat_file, run, *args, "train.resume=force"))
+    assert [r["step"] for r in read_metrics(run, "train")] == [1, 2, 3]

@@ -11,6 +11,7 @@ and the stop at the first non-finite loss or gradient norm. The recipe owns the 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,6 +95,14 @@ def fit(
             "(processes × grad_accum); lower train.micro_batch_size or train.grad_accum"
         )
     total = t.max_steps if t.max_steps is not None else max(1, int(t.epochs * steps_in(0) + 0.999999))
+    # Same data file names (config.yaml) can hold other rows: a resumed plan would then skip or repeat.
+    data_key = hashlib.sha256(repr((parts.lengths, parts.capacity)).encode()).hexdigest()[:16]
+    if state.setdefault("data_key", data_key) != data_key and t.resume != "force":
+        raise UserError(
+            "train.resume: the training data changed since the checkpoint (other rows or lengths after "
+            "tokenization); restore it, set train.resume=none for a new run, or train.resume=force"
+        )
+    state["data_key"] = data_key
     if state["step"] >= total:
         raise UserError(
             f"train: the checkpoint is at step {state['step']} and the run has {total} steps, so nothing would "
