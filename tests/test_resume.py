@@ -115,7 +115,7 @@ def test_resume_refuses_a_changed_training_config(tiny_model_dir, chat_file, tmp
     assert f"resumed from step 1 (checkpoint {ckpt})" in capsys.readouterr().out
     forced = config(tiny_model_dir, chat_file, run, "train.max_steps=3", "lora.dropout=0.2", "train.resume=force")
     sft.run(forced)
-    assert "train.resume=force: resuming" in capsys.readouterr().out
+    assert "train.resume=force: training on with changed lora.dropout 0.05 → 0.2" in capsys.readouterr().out
     assert "dropout: 0.2" in (run / "config.yaml").read_text()
     assert [r["step"] for r in read_metrics(run, "train")] == [1, 2, 3]
 
@@ -175,10 +175,10 @@ def test_two_process_resume_restores_each_process_rng(tiny_model_dir, chat_file,
 
     launch("straight")
     launch("killed", "train.stop_after=2")
-    ckpt = tmp_path / "killed" / "checkpoints" / "step-000002"
-    assert sorted(p.name for p in ckpt.glob("rng_state_*")) == ["rng_state_0.pt", "rng_state_1.pt"]
     launch("killed")
     assert same(adapter(tmp_path / "straight"), adapter(tmp_path / "killed"))
+    ckpt = tmp_path / "killed" / "checkpoints" / "step-000002"
+    assert sorted(p.name for p in ckpt.glob("rng_state_*")) == ["rng_state_0.pt", "rng_state_1.pt"]
     one = load_config(sft.SFTConfig, None, [*common, "train.max_steps=4", f"train.out={tmp_path / 'killed'}"])
     with pytest.raises(UserError, match=r"written by 2 process\(es\), this run has 1; resume with 2"):
         sft.run(one)

@@ -181,6 +181,8 @@ def load_checkpoint(
             f"train.resume: {ckpt} was written by {saved_world} process(es), this run has {world}; "
             f"resume with {saved_world} (the data split and RNG streams depend on it) or set train.resume=force"
         )
+    if saved_world != world and rank == 0:
+        print(f"train.resume=force: {ckpt} was written by {saved_world} process(es), resuming with {world}")
     load_weights(model, ckpt)
     optimizer.load_state_dict(state.pop("optimizer"))
     legacy = state.pop("rng", None)  # checkpoints before per-process RNG files: process 0's only
@@ -208,8 +210,8 @@ def config_changes(old_yaml: str, new_yaml: str) -> dict[str, tuple[Any, Any]]:
     return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
 
 
-def check_config(ckpt: Path, config_yaml: str, force: bool) -> dict[str, tuple[Any, Any]]:
-    """Refuse to resume `ckpt` under a config that trains something else; returns the changed keys.
+def check_config(ckpt: Path, config_yaml: str, force: bool) -> str:
+    """Refuse to resume `ckpt` under a config that trains something else; returns the changes `force` let by.
 
     Run length and cadence (FREE_KEYS) may change. Anything else changed (model, LoRA shape, data,
     loss, optimizer, batch, seed) raises one line naming the keys, old → new, unless `force`.
@@ -217,23 +219,20 @@ def check_config(ckpt: Path, config_yaml: str, force: bool) -> dict[str, tuple[A
     saved = next((p for p in (ckpt / CONFIG_FILE, ckpt.parent.parent / CONFIG_FILE) if p.exists()), None)
     if saved is None:
         if force:
-            return {}
+            return ""
         raise UserError(
             f"train.resume: {ckpt} has no {CONFIG_FILE} beside it, so an unchanged config cannot be checked; "
             "set train.resume=force to resume anyway"
         )
     changes = config_changes(saved.read_text(encoding="utf-8"), config_yaml)
-    blocked = {k: v for k, v in changes.items() if k not in FREE_KEYS}
-    if blocked:
-        shown = ", ".join(f"{k} {old!r} → {new!r}" for k, (old, new) in list(blocked.items())[:6])
-        more = f" (and {len(blocked) - 6} more)" if len(blocked) > 6 else ""
-        if not force:
-            raise UserError(
-                f"train.resume: {ckpt} was trained with another config: {shown}{more}; revert them, "
-                "set train.resume=none (or another train.out) for a new run, or train.resume=force"
-            )
-        print(f"train.resume=force: resuming {ckpt} with changed {shown}{more}")
-    return changes
+    blocked = [f"{k} {old!r} → {new!r}" for k, (old, new) in changes.items() if k not in FREE_KEYS]
+    shown = ", ".join(blocked[:6]) + (f" (and {len(blocked) - 6} more)" if len(blocked) > 6 else "")
+    if blocked and not force:
+        raise UserError(
+            f"train.resume: {ckpt} was trained with another config: {shown}; revert them, "
+            "set train.resume=none (or another train.out) for a new run, or train.resume=force"
+        )
+    return shown
 
 
 def move_previous_run(out: Path) -> Path | None:
@@ -248,14 +247,14 @@ def move_previous_run(out: Path) -> Path | None:
     steps = sorted(p for p in root.iterdir() if p.name.startswith(("step-", ".tmp-step-"))) if root.is_dir() else []
     if not names and not steps:
         return None
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for n in range(1000):
+    stamp, n = time.strftime("%Y%m%d-%H%M%S"), 0
+    while True:
         dest = out / "previous" / (stamp if n == 0 else f"{stamp}-{n}")
         try:
             dest.mkdir(parents=True)
             break
         except FileExistsError:
-            continue
+            n += 1
     for p in names:
         p.rename(dest / p.name)
     if steps:
@@ -294,9 +293,11 @@ def open_run(out: Path, resume: str, config_yaml: str, main: bool) -> Path | Non
     """
     ckpt = resume_point(out, resume)
     if ckpt is not None:
-        check_config(ckpt, config_yaml, force=resume == "force")
+        forced = check_config(ckpt, config_yaml, force=resume == "force")
         if main:
             print(f"resumed from step {_saved_step(ckpt)} (checkpoint {ckpt})")
+            if forced:
+                print(f"train.resume=force: training on with changed {forced}")
     elif main and (moved := move_previous_run(out)) is not None:
         print(f"fresh run in {out}: the previous run's files were moved to {moved}")
     if main:
