@@ -169,6 +169,11 @@ def test_changed_config_lists_only_keys_that_change_training():
     changes = ck.config_changes(old, new)
     assert changes == {"lora.r": (16, 8), "train.betas": ([0.9, 0.999], [0.9, 0.99]), "train.max_steps": (10, 20)}
     assert {k for k in changes if k not in ck.FREE_KEYS} == {"lora.r", "train.betas"}
+    # A key an older version did not write is no change; a section that replaced a plain value is.
+    assert ck.config_changes("ppo:\n  critic_lora: null\n", "ppo:\n  critic_lora: null\n  new_key: 1\n") == {}
+    assert ck.config_changes("ppo:\n  critic_lora: null\n", "ppo:\n  critic_lora:\n    r: 8\n") == {
+        "ppo.critic_lora": (None, "{…}")
+    }
 
 
 @pytest.mark.parametrize(

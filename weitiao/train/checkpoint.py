@@ -205,9 +205,18 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(old_yaml: str, new_yaml: str) -> dict[str, tuple[Any, Any]]:
-    """Keys (dotted) whose value differs between two config.yaml texts: key → (old, new)."""
+    """Keys (dotted) whose value differs between two config.yaml texts: key → (old, new).
+
+    A key only one side has (a setting of an older or newer weitiao) is no change, unless the other
+    side has a plain value where this side has a section (`critic_lora: null` → `{r: 8}`).
+    """
     old, new = _flat(yaml.safe_load(old_yaml) or {}), _flat(yaml.safe_load(new_yaml) or {})
-    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
+    out = {k: (old[k], new[k]) for k in old.keys() & new.keys() if old[k] != new[k]}
+    for k in old.keys() ^ new.keys():
+        for parent in (k.rsplit(".", i)[0] for i in range(1, k.count(".") + 1)):
+            if parent in old or parent in new:
+                out[parent] = (old.get(parent, "{…}"), new.get(parent, "{…}"))
+    return dict(sorted(out.items()))
 
 
 def check_config(ckpt: Path, config_yaml: str, force: bool) -> str:
