@@ -11,8 +11,8 @@ from conftest import CHAT_ROWS, build_tokenizer, write_jsonl
 
 from weitiao.data.chat import IGNORE, EncodeOptions, encode, encode_all
 from weitiao.data.collate import collate
-from weitiao.data.formats import Conversation, load_conversations, parse_alpaca
-from weitiao.data.prep import conversation_key, count_overlap, split_eval
+from weitiao.data.formats import Conversation, PreferencePair, load_conversations, parse_alpaca
+from weitiao.data.prep import conversation_key, count_overlap, pair_key, split_eval
 from weitiao.data.templates import resolve_template
 from weitiao.dataeng import mix
 from weitiao.errors import UserError
@@ -67,6 +67,16 @@ def test_eval_split_without_copies_is_the_plain_row_split(tmp_path):
     assert split.eval == [rows[i] for i in perm[:4]] and split.train == [rows[i] for i in perm[4:]]
     with pytest.raises(UserError, match="1 unique rows"):
         split_eval(rows[:1] * 5, 0.5, 0, conversation_key)
+
+
+def test_pair_split_keeps_copies_together():
+    """The same helper for DPO/RM pairs: a pair is its prompt, chosen and rejected."""
+    pairs = [PreferencePair([{"role": "user", "content": f"问{i}"}], f"好{i}", "不") for i in range(6)] * 3
+    split = split_eval(pairs, 0.34, 0, pair_key)
+    assert len(split.eval) == 2 and split.eval_copies_dropped == 4 and len(split.train) == 12
+    assert count_overlap(split.train, split.eval, pair_key) == 0
+    other = PreferencePair(pairs[0].prompt, pairs[0].chosen, "另一个")  # control: a different rejected
+    assert count_overlap(pairs, [other], pair_key) == 0 and count_overlap(pairs, [pairs[0]], pair_key) == 1
 
 
 def test_separate_eval_file_overlap_is_warned(tmp_path, tokenizer, capsys):
@@ -183,6 +193,9 @@ def test_empty_train_or_eval_file_is_named(tmp_path, tokenizer):
     cfg.data.train.append(str(tmp_path / "empty.json"))
     with pytest.raises(UserError, match="empty.json: no rows"):
         sft.prepare_data(cfg, tokenizer)
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "问"}])  # every row invalid, set aside
+    with pytest.raises(UserError, match=r"bad.jsonl: no valid rows \(invalid rows are in .*rejects.jsonl\)"):
+        sft.prepare_data(sft_cfg(tmp_path, bad, skip_invalid=True), tokenizer)
 
 
 def test_data_check_on_empty_file_fails(tmp_path, tiny_model_dir):
