@@ -7,6 +7,7 @@ step moves these numbers; update them only for a change that is meant to move th
 """
 
 import pytest
+import torch
 from conftest import write_jsonl
 
 from weitiao.config import load_config
@@ -32,6 +33,7 @@ EXTRA = {"packed": [], "padded": ["data.packing=false"], "qlora": ["model.quant=
 
 
 def run_losses(tiny_model_dir, tmp_path, *extra):
+    """Train 5 steps on the CPU in fp32 (GPU kernels would round differently) → losses, epochs, summary."""
     rows = [{**ROWS[i % 4], "instruction": f"{ROWS[i % 4]['instruction']} #{i}"} for i in range(21)]
     data = write_jsonl(tmp_path / "d.jsonl", rows)
     cfg = load_config(
@@ -39,7 +41,7 @@ def run_losses(tiny_model_dir, tmp_path, *extra):
         None,
         [
             f"model.path={tiny_model_dir}",
-            "model.dtype=fp32",  # the same numbers on a GPU runner
+            "model.dtype=fp32",
             f"data.train=[{data}]",
             "data.eval_split=0.2",  # 4 held out, 17 trained: odd against 2 × 2
             "data.max_len=64",
@@ -56,6 +58,11 @@ def run_losses(tiny_model_dir, tmp_path, *extra):
     summary = sft.run(cfg)
     train = read_metrics(tmp_path / "run", "train")
     return [r["loss"] for r in train], [r["epoch"] for r in train], summary
+
+
+@pytest.fixture(autouse=True)
+def cpu_only(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # sft.run then trains on the CPU
 
 
 @pytest.mark.parametrize("variant", list(PINNED))
