@@ -181,7 +181,8 @@ def evaluate(loss_mod, examples: list[Encoded], cfg: SFTConfig, pad_id: int, acc
         logp = loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask, per_token=True).double()
         answer = collate(answers, rows, pad_id, cfg.data.packing).targets.to(accel.device)
         is_answer = (answer != IGNORE)[b.targets != IGNORE]
-        total += torch.stack([-logp.sum(), logp.new_tensor(logp.numel()), -logp[is_answer].sum(), is_answer.sum()])
+        counts = logp.new_tensor([logp.numel(), int(is_answer.sum())])
+        total += torch.stack([-logp.sum(), counts[0], -logp[is_answer].sum(), counts[1]])
     total = accel.reduce(total, reduction="sum")
     loss_mod.train()
     return {
