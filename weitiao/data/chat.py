@@ -3,8 +3,9 @@
 Masking is done by character spans on the exact rendered string (the string inference will see),
 mapped to tokens with the fast tokenizer's offsets. An assistant span runs from the end of the
 generation prompt to the end-of-turn token inclusive (chapter Q149: loss on replies only, unless
-`train_on_prompt`). Truncation is explicit: `drop`, `cut`, or `history` (drop the oldest
-exchanges), and every encode says what it did.
+`train_on_prompt`, which keeps the reply-only labels beside for the eval). Truncation is explicit:
+`drop`, `cut` (counting rows whose last end-of-turn token is cut away), or `history` (drop the
+oldest exchanges), and every encode says what it did.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ class Encoded:
     labels: list[int]
     source: str = ""
     truncated: str = ""  # "", "cut", "history"
-    ends_with_eot: bool = True
+    ends_with_eot: bool = True  # the last reply keeps its end-of-turn token (false once `cut` removes it)
+    answer_labels: list[int] | None = None  # reply-only labels when `labels` also cover the prompt
+    eot_end: int = -1  # index just past the last reply's end-of-turn token; -1 when it has none
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -56,6 +59,7 @@ class EncodeStats:
     dropped_too_long: int = 0
     cut: int = 0
     history_trimmed: int = 0
+    lost_eot: int = 0  # rows `cut` through (or before) their last end-of-turn token
     dropped_sources: list[str] = field(default_factory=list)
 
 
@@ -99,8 +103,12 @@ def encode(conv: Conversation, tokenizer: Any, template: ChatTemplate, opts: Enc
                 continue
             return None
         if opts.truncation == "cut":
-            enc.input_ids, enc.labels = enc.input_ids[: opts.max_len], enc.labels[: opts.max_len]
-            enc.truncated, enc.ends_with_eot = "cut", False
+            n = opts.max_len
+            enc.input_ids, enc.labels = enc.input_ids[:n], enc.labels[:n]
+            if enc.answer_labels is not None:
+                enc.answer_labels = enc.answer_labels[:n]
+            # Cutting only what follows the end-of-turn token (ChatML's trailing newline) keeps it.
+            enc.truncated, enc.ends_with_eot = "cut", 0 <= enc.eot_end <= n
             return enc if enc.n_trained else None
         return None
 
@@ -122,13 +130,14 @@ def _encode_messages(messages: list[Message], tokenizer: Any, template: ChatTemp
             if b > s and a < e:
                 labels[t] = ids[t]
     eot_ids = tokenizer(template.eot, add_special_tokens=False)["input_ids"]
-    reply = [x for x in labels if x != IGNORE]
-    ends = bool(eot_ids) and reply[-len(eot_ids) :] == eot_ids
+    reply = [t for t, x in enumerate(labels) if x != IGNORE]
+    ends = bool(eot_ids) and [ids[t] for t in reply[-len(eot_ids) :]] == eot_ids
     if not opts.train_eot and len(eot_ids) == 1:
         labels = [IGNORE if x == eot_ids[0] else x for x in labels]
+    answer = None
     if opts.train_on_prompt:
-        labels = list(ids)
-    return Encoded(list(ids), labels, ends_with_eot=ends)
+        answer, labels = labels, list(ids)
+    return Encoded(list(ids), labels, ends_with_eot=ends, answer_labels=answer, eot_end=reply[-1] + 1 if ends else -1)
 
 
 def encode_all(
@@ -146,6 +155,7 @@ def encode_all(
             stats.dropped_sources.append(conv.source)
             continue
         stats.cut += enc.truncated == "cut"
+        stats.lost_eot += enc.truncated == "cut" and not enc.ends_with_eot
         stats.history_trimmed += enc.truncated == "history"
         encoded.append(enc)
     stats.kept = len(encoded)

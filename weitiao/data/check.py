@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -10,6 +9,7 @@ from typing import Any
 
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode, encode_all
 from weitiao.data.formats import Conversation, load_conversations
+from weitiao.data.prep import messages_key, require_rows
 from weitiao.data.templates import resolve_template
 
 BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -42,11 +42,6 @@ class CheckReport:
         return json.dumps(asdict(self), ensure_ascii=False, indent=2)
 
 
-def _digest(messages: list[dict]) -> str:
-    text = "\x1f".join(f"{m['role']}\x1e{' '.join(m['content'].split())}" for m in messages)
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()
-
-
 def histogram(lengths: list[int]) -> dict[str, int]:
     out: dict[str, int] = {}
     lo = 0
@@ -67,12 +62,13 @@ def check_file(
 ) -> CheckReport:
     """Lint a data set against a tokenizer: lengths, duplicates, EOS, trainable tokens."""
     loaded = load_conversations(files, fmt, skip_invalid=skip_invalid)
+    require_rows(loaded)
     template = resolve_template(tokenizer, template_name)
     # Encode without a length limit to measure; count what max_len would drop separately.
     encoded, _ = encode_all(loaded.rows, tokenizer, template, EncodeOptions(max_len=10**9))
     lengths = sorted(len(e) for e in encoded)
-    rows = Counter(_digest(c.messages) for c in loaded.rows)
-    prompts = Counter(_digest(c.prompt_messages) for c in loaded.rows)
+    rows = Counter(messages_key(c.messages) for c in loaded.rows)
+    prompts = Counter(messages_key(c.prompt_messages) for c in loaded.rows)
     rep = CheckReport(
         files=[str(f) for f in files],
         format=loaded.format,

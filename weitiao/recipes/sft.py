@@ -13,7 +13,7 @@ gradient average equals the single-process gradient of the same global batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,9 +21,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from weitiao.config import dump_config
-from weitiao.data.chat import Encoded, EncodeOptions, EncodeStats, encode_all
+from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, EncodeStats, encode_all
 from weitiao.data.collate import collate, n_targets, plan_epoch
 from weitiao.data.formats import load_conversations
+from weitiao.data.prep import conversation_key, count_overlap, overlap_warning, require_rows, split_eval
 from weitiao.data.templates import ChatTemplate, resolve_template
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text
@@ -39,12 +40,18 @@ class DataSpec(BaseModel):
 
     train: list[str] = Field(..., description="data files (jsonl/json/parquet)")
     eval: list[str] = Field(default_factory=list, description="eval files; else eval_split of train")
-    eval_split: float = Field(0.0, ge=0, lt=1, description="fraction of train held out when no eval files")
+    eval_split: float = Field(
+        0.0, ge=0, lt=1, description="fraction of unique train conversations held out when no eval files"
+    )
     format: Literal["auto", "alpaca", "sharegpt", "openai"] = "auto"
     template: Literal["auto", "tokenizer", "chatml", "qwen", "llama3", "plain"] = "auto"
     max_len: int = Field(1024, gt=8)
-    truncation: Literal["drop", "cut", "history"] = "drop"
-    train_on_prompt: bool = False
+    truncation: Literal["drop", "cut", "history"] = Field(
+        "drop", description="over max_len: drop the row, cut its tail (counts rows losing end-of-turn), drop history"
+    )
+    train_on_prompt: bool = Field(
+        False, description="loss on prompt tokens too; eval_loss follows, eval_loss_answer stays reply-only"
+    )
     train_turns: Literal["all", "last"] = "all"
     train_eot: bool = Field(True, description="false = never learn to stop (chapter Q147 experiment only)")
     packing: bool = True
@@ -104,27 +111,32 @@ class SFTData:
     eval_stats: EncodeStats
     read: int
     rejected: int
+    eval_copies: int = 0  # copies of held-out rows kept out of both sides by eval_split
+    warnings: list[str] = field(default_factory=list)
 
 
 def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
-    """Load, validate, template and tokenize train/eval data; account for every row."""
+    """Load, validate, template and tokenize train/eval data; account for every row.
+
+    An eval split holds out unique conversations (copies stay on one side, one copy evaluated);
+    eval rows that also occur in train are counted and warned about, eval files given too.
+    """
     d = cfg.data
     template = resolve_template(tokenizer, d.template)
     rejects = Path(cfg.train.out) / "rejects.jsonl"
     loaded = load_conversations(d.train, d.format, skip_invalid=d.skip_invalid, rejects_path=rejects)
+    require_rows(loaded, "data.train")
     convs = loaded.rows
-    read, rejected = loaded.read, loaded.rejected
+    read, rejected, eval_copies = loaded.read, loaded.rejected, 0
     if d.eval:
         ev = load_conversations(
             d.eval, d.format, skip_invalid=d.skip_invalid, rejects_path=rejects.with_name("eval_rejects.jsonl")
         )
+        require_rows(ev, "data.eval")
         eval_convs, read, rejected = ev.rows, read + ev.read, rejected + ev.rejected
     elif d.eval_split > 0:
-        g = torch.Generator().manual_seed(cfg.train.seed)
-        perm = torch.randperm(len(convs), generator=g).tolist()
-        n_eval = max(1, int(len(convs) * d.eval_split))
-        eval_convs = [convs[i] for i in perm[:n_eval]]
-        convs = [convs[i] for i in perm[n_eval:]]
+        split = split_eval(convs, d.eval_split, cfg.train.seed, conversation_key)
+        convs, eval_convs, eval_copies = split.train, split.eval, split.eval_copies_dropped
     else:
         eval_convs = []
     opts = EncodeOptions(d.max_len, d.train_on_prompt, d.train_turns, d.truncation, d.train_eot)
@@ -132,14 +144,29 @@ def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
     evals, eval_stats = encode_all(eval_convs, tokenizer, template, opts)
     if not train:
         raise UserError(f"data.train: no rows left after truncation policy {d.truncation!r} (max_len {d.max_len})")
-    return SFTData(tokenizer, template, train, evals, stats, eval_stats, read, rejected)
+    warnings = []
+    if overlap := count_overlap(convs, eval_convs, conversation_key):
+        warnings.append(overlap_warning("data.eval", overlap, len(eval_convs)))
+    if lost := stats.lost_eot + eval_stats.lost_eot:
+        warnings.append(
+            f"data.truncation cut: {lost} rows lost their end-of-turn token {template.eot!r} "
+            "(the model learns to run on past max_len there); use drop or history, or raise data.max_len"
+        )
+    if not (torch.distributed.is_initialized() and torch.distributed.get_rank() > 0):  # once per run
+        for w in warnings:
+            print(f"warning: {w}")
+    return SFTData(tokenizer, template, train, evals, stats, eval_stats, read, rejected, eval_copies, warnings)
 
 
 @torch.no_grad()
-def evaluate(loss_mod, examples: list[Encoded], cfg: SFTConfig, pad_id: int, accel) -> float:
-    """Token-weighted eval loss over the whole eval set (split across processes)."""
+def evaluate(loss_mod, examples: list[Encoded], cfg: SFTConfig, pad_id: int, accel) -> dict[str, float]:
+    """Token-weighted eval losses over the whole eval set (split across processes).
+
+    `eval_loss` uses the training labels, so under train_on_prompt it includes prompt tokens;
+    `eval_loss_answer` counts reply tokens only and compares across train_on_prompt settings.
+    """
     if not examples:
-        return float("nan")
+        return {"eval_loss": float("nan"), "eval_loss_answer": float("nan")}
     loss_mod.eval()
     lengths = [len(e) for e in examples]
     batches = plan_epoch(
@@ -150,14 +177,22 @@ def evaluate(loss_mod, examples: list[Encoded], cfg: SFTConfig, pad_id: int, acc
         packing=cfg.data.packing,
         capacity=cfg.data.max_len,
     )
-    total = torch.zeros(2, device=accel.device, dtype=torch.float64)
+    answers = [replace(e, labels=e.answer_labels) if e.answer_labels is not None else e for e in examples]
+    total = torch.zeros(4, device=accel.device, dtype=torch.float64)
     for rows in batches[accel.process_index :: accel.num_processes]:
         b = collate(examples, rows, pad_id, cfg.data.packing).to(accel.device)
-        s, n = loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask)
-        total += torch.stack([s.double(), n.double()])
+        # One forward: reply targets are a subset of the training targets at the same positions.
+        logp = loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask, per_token=True).double()
+        answer = collate(answers, rows, pad_id, cfg.data.packing).targets.to(accel.device)
+        is_answer = (answer != IGNORE)[b.targets != IGNORE]
+        counts = logp.new_tensor([logp.numel(), int(is_answer.sum())])
+        total += torch.stack([-logp.sum(), counts[0], -logp[is_answer].sum(), counts[1]])
     total = accel.reduce(total, reduction="sum")
     loss_mod.train()
-    return float(total[0] / total[1].clamp_min(1))
+    return {
+        "eval_loss": float(total[0] / total[1].clamp_min(1)),
+        "eval_loss_answer": float(total[2] / total[3].clamp_min(1)),
+    }
 
 
 def _golden_hook(t: TrainSpec, model: Any, tokenizer: Any, template: Any, out: Path) -> Any:
@@ -199,8 +234,9 @@ def run(cfg: SFTConfig) -> dict:
         s = data.stats
         dropped = s.dropped_too_long + data.eval_stats.dropped_too_long
         print(
-            f"data: {data.read} rows read = {s.kept} train + {len(data.eval)} eval + {data.rejected} rejected + "
-            f"{dropped} over max_len {cfg.data.max_len} (truncation {cfg.data.truncation}: {s.cut} cut, "
+            f"data: {data.read} rows read = {s.kept} train + {len(data.eval)} eval + {data.eval_copies} eval copies "
+            f"+ {data.rejected} rejected + {dropped} over max_len {cfg.data.max_len} (truncation "
+            f"{cfg.data.truncation}: {s.cut} cut, {s.lost_eot + data.eval_stats.lost_eot} lost end-of-turn, "
             f"{s.history_trimmed} history-trimmed) · template {data.template.name} · "
             f"{trainable:,} trainable / {total_params:,} params"
         )
@@ -213,9 +249,11 @@ def run(cfg: SFTConfig) -> dict:
                 kept=s.kept,
                 dropped_too_long=s.dropped_too_long,
                 cut=s.cut,
+                lost_eot=s.lost_eot + data.eval_stats.lost_eot,
                 history_trimmed=s.history_trimmed,
                 rejected=data.rejected,
                 eval_rows=len(data.eval),
+                eval_copies=data.eval_copies,
                 template=data.template.name,
                 trainable_params=trainable,
                 total_params=total_params,
@@ -247,7 +285,7 @@ def run(cfg: SFTConfig) -> dict:
         micro_step=micro_step,
         step_info=step_info,
         summarize=summarize,
-        evaluate=(lambda: {"eval_loss": evaluate(loss_mod, data.eval, cfg, pad_id, accel)}) if data.eval else None,
+        evaluate=(lambda: evaluate(loss_mod, data.eval, cfg, pad_id, accel)) if data.eval else None,
         bar_info=lambda m: f"loss {m['loss']:.4f} · {m['tokens_per_s']:,.0f} tok/s",
         after_step=_golden_hook(t, model, tokenizer, data.template, out) if t.golden and main else None,
     )

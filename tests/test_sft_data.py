@@ -1,0 +1,211 @@
+"""SFT data hygiene: leak-free eval splits, answer-only eval loss, cut accounting, EOS ≠ end-of-turn,
+empty inputs (issues #14, #15)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CHAT_ROWS, build_tokenizer, write_jsonl
+
+from weitiao.data.chat import IGNORE, EncodeOptions, encode, encode_all
+from weitiao.data.collate import collate
+from weitiao.data.formats import Conversation, PreferencePair, load_conversations, parse_alpaca
+from weitiao.data.prep import conversation_key, count_overlap, pair_key, split_eval
+from weitiao.data.templates import resolve_template
+from weitiao.dataeng import mix
+from weitiao.errors import UserError
+from weitiao.recipes import sft
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sft_cfg(tmp_path, train, **data):
+    return sft.SFTConfig(
+        data=sft.DataSpec(train=[str(train)], max_len=128, **data), train=sft.TrainSpec(out=str(tmp_path / "run"))
+    )
+
+
+def unique_rows(n, tag=""):
+    return [
+        {"instruction": f"{CHAT_ROWS[i % 4]['instruction']}{tag} #{i}", "output": CHAT_ROWS[i % 4]["output"]}
+        for i in range(n)
+    ]
+
+
+# ----------------------------------------------------------------------------- 1. eval split / overlap
+
+
+def test_eval_split_after_upsampling_mix_does_not_leak(tmp_path, tokenizer):
+    src = write_jsonl(tmp_path / "src.jsonl", unique_rows(10))
+    mixed = tmp_path / "mixed.jsonl"
+    mix.run([f"{src}:1"], mixed, total=40, seed=0)  # every row written 4 times
+    rows = load_conversations(str(mixed)).rows
+    # Negative control: a per-row split of this file puts copies of eval rows in train.
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(42)).tolist()
+    naive_eval, naive_train = [rows[i] for i in perm[:10]], [rows[i] for i in perm[10:]]
+    assert count_overlap(naive_train, naive_eval, conversation_key) >= 8
+
+    data = sft.prepare_data(sft_cfg(tmp_path, mixed, eval_split=0.25), tokenizer)
+    assert len({conversation_key(c) for c in rows}) == 10
+    split = split_eval(rows, 0.25, 42, conversation_key)
+    eval_keys = [conversation_key(c) for c in split.eval]
+    assert len(eval_keys) == len(set(eval_keys)) == 2  # 25% of the 10 unique conversations, one copy each
+    assert not set(eval_keys) & {conversation_key(c) for c in split.train}
+    assert len(split.train) == 32 and split.eval_copies_dropped == 6
+    assert not {tuple(e.input_ids) for e in data.eval} & {tuple(e.input_ids) for e in data.train}
+    assert len(data.eval) == 2 and len(data.train) == 32 and data.eval_copies == 6
+    assert data.read == len(data.train) + len(data.eval) + data.eval_copies + data.rejected
+    assert not data.warnings
+
+
+def test_eval_split_without_copies_is_the_plain_row_split(tmp_path):
+    rows = [Conversation(parse_alpaca(r)) for r in unique_rows(20)]
+    split = split_eval(rows, 0.2, 7, conversation_key)
+    perm = torch.randperm(20, generator=torch.Generator().manual_seed(7)).tolist()
+    assert split.eval == [rows[i] for i in perm[:4]] and split.train == [rows[i] for i in perm[4:]]
+    with pytest.raises(UserError, match="1 unique rows"):
+        split_eval(rows[:1] * 5, 0.5, 0, conversation_key)
+
+
+def test_pair_split_keeps_copies_together():
+    """The same helper for DPO/RM pairs: a pair is its prompt, chosen and rejected."""
+    pairs = [PreferencePair([{"role": "user", "content": f"问{i}"}], f"好{i}", "不") for i in range(6)] * 3
+    split = split_eval(pairs, 0.34, 0, pair_key)
+    assert len(split.eval) == 2 and split.eval_copies_dropped == 4 and len(split.train) == 12
+    assert count_overlap(split.train, split.eval, pair_key) == 0
+    other = PreferencePair(pairs[0].prompt, pairs[0].chosen, "另一个")  # control: a different rejected
+    assert count_overlap(pairs, [other], pair_key) == 0 and count_overlap(pairs, [pairs[0]], pair_key) == 1
+
+
+def test_separate_eval_file_overlap_is_warned(tmp_path, tokenizer, capsys):
+    rows = unique_rows(12)
+    train = write_jsonl(tmp_path / "train.jsonl", rows[:10])
+    leaky = write_jsonl(tmp_path / "leaky.jsonl", rows[7:12])  # 3 of its 5 rows are in train
+    data = sft.prepare_data(sft_cfg(tmp_path, train, eval=[str(leaky)]), tokenizer)
+    msg = "data.eval: 3 of 5 eval rows also occur in train"
+    assert any(w.startswith(msg) for w in data.warnings) and msg in capsys.readouterr().out
+    # Control: a disjoint eval file is not warned about.
+    clean = write_jsonl(tmp_path / "clean.jsonl", rows[10:12])
+    assert not sft.prepare_data(sft_cfg(tmp_path, train, eval=[str(clean)]), tokenizer).warnings
+
+
+# ----------------------------------------------------------------------------- 2. answer-only eval loss
+
+
+class OneProcess:
+    device, process_index, num_processes = torch.device("cpu"), 0, 1
+
+    @staticmethod
+    def reduce(t, reduction):
+        return t
+
+
+@pytest.mark.parametrize("packing", [True, False], ids=["packed", "padded"])
+def test_eval_loss_answer_matches_answer_only_run(tmp_path, tokenizer, tiny_model_dir, packing):
+    from transformers import AutoModelForCausalLM
+
+    from weitiao.losses.sft import CausalLMLoss
+
+    f = write_jsonl(tmp_path / "d.jsonl", unique_rows(7))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    loss_mod = CausalLMLoss(model)
+    res = {}
+    for top in (True, False):
+        cfg = sft_cfg(tmp_path, f, eval=[str(f)], train_on_prompt=top, packing=packing)
+        cfg.train.micro_batch_size = 3
+        data = sft.prepare_data(cfg, tokenizer)
+        res[top] = sft.evaluate(loss_mod, data.eval, cfg, tokenizer.pad_token_id, OneProcess())
+    assert res[True]["eval_loss_answer"] == pytest.approx(res[False]["eval_loss"], rel=1e-6)
+    assert res[False]["eval_loss_answer"] == res[False]["eval_loss"]
+    # Control: the training-mask eval loss really differs (it includes the prompt tokens).
+    assert abs(res[True]["eval_loss"] - res[False]["eval_loss"]) > 0.01
+
+
+# ----------------------------------------------------------------------------- 3. truncation: cut
+
+
+@pytest.mark.parametrize("train_on_prompt", [False, True])
+def test_cut_counts_rows_that_lost_end_of_turn(tokenizer, train_on_prompt):
+    template = resolve_template(tokenizer)
+    rows = [{"instruction": "问", "output": "好"}, {"instruction": "问问问问", "output": "好"}, CHAT_ROWS[3]]
+    fits, edge, deep = convs = [Conversation(parse_alpaca(r), f"r{i}") for i, r in enumerate(rows)]
+    full = {c.source: len(encode(c, tokenizer, template, EncodeOptions(max_len=10**9))) for c in convs}
+    max_len = full[edge.source] - 1  # cuts only `edge`'s trailing newline after <|im_end|>
+    assert full[fits.source] <= max_len < full[deep.source] - 5
+    opts = EncodeOptions(max_len=max_len, truncation="cut", train_on_prompt=train_on_prompt)
+    encoded, stats = encode_all([fits, edge, deep], tokenizer, template, opts)
+    assert stats.cut == 2 and stats.lost_eot == 1
+    eot_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    e_fits, e_edge, e_deep = encoded
+    assert e_edge.ends_with_eot and e_edge.input_ids[-1] == eot_id and e_edge.labels[-1] == eot_id
+    assert not e_deep.ends_with_eot and eot_id not in e_deep.input_ids[-3:]
+    assert e_fits.ends_with_eot and not e_fits.truncated
+
+
+def test_cut_warns_in_prepare_data(tmp_path, tokenizer, capsys):
+    rows = unique_rows(4) + [{"instruction": "长", "output": "好" * 200}]
+    f = write_jsonl(tmp_path / "d.jsonl", rows)
+    data = sft.prepare_data(sft_cfg(tmp_path, f, truncation="cut"), tokenizer)
+    assert data.stats.cut == data.stats.lost_eot == 1
+    assert "data.truncation cut: 1 rows lost their end-of-turn token '<|im_end|>'" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- 4. EOS ≠ end-of-turn
+
+
+@pytest.mark.parametrize("packing", [True, False], ids=["packed", "padded"])
+def test_base_eos_differs_from_end_of_turn_trains_the_stop_token(packing):
+    """Qwen2.5-base-like: eos <|endoftext|> (also pad), ChatML turns end with <|im_end|>."""
+    tok = build_tokenizer(eos="<|endoftext|>")
+    template = resolve_template(tok)
+    stop_id = tok.convert_tokens_to_ids(template.eot)  # what infer/generate.py and serve stop on
+    eos_id = tok.eos_token_id
+    assert template.eot == "<|im_end|>" and stop_id != eos_id and tok.pad_token_id == eos_id
+    convs = [Conversation(parse_alpaca(r)) for r in CHAT_ROWS]  # the last one has two assistant turns
+    encoded, _ = encode_all(convs, tok, template, EncodeOptions(max_len=256))
+    rows = [[0, 1, 2, 3]] if packing else [[0], [1], [2], [3]]
+    b = collate(encoded, rows, tok.pad_token_id, packing)
+    targets = b.targets[b.targets != IGNORE].tolist()
+    assert targets.count(stop_id) == 5  # one per assistant turn: 1 + 1 + 1 + 2
+    assert eos_id not in targets
+    # Each <|im_end|> target is predicted from the reply's last content token, never from the prompt.
+    for r, row in enumerate(b.targets.tolist()):
+        for t, x in enumerate(row):
+            if x == stop_id:
+                assert b.input_ids[r, t + 1] == stop_id and b.input_ids[r, t] not in (stop_id, eos_id)
+
+
+# ----------------------------------------------------------------------------- 6. empty input (#15)
+
+
+def test_empty_train_or_eval_file_is_named(tmp_path, tokenizer):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    with pytest.raises(UserError, match=rf"^{empty}: no rows \(data.train\)$"):
+        sft.prepare_data(sft_cfg(tmp_path, empty), tokenizer)
+    good = write_jsonl(tmp_path / "good.jsonl", unique_rows(3))
+    with pytest.raises(UserError, match=rf"^{empty}: no rows \(data.eval\)$"):
+        sft.prepare_data(sft_cfg(tmp_path, good, eval=[str(empty)]), tokenizer)
+    (tmp_path / "empty.json").write_text("[]", encoding="utf-8")
+    cfg = sft_cfg(tmp_path, good)
+    cfg.data.train.append(str(tmp_path / "empty.json"))
+    with pytest.raises(UserError, match="empty.json: no rows"):
+        sft.prepare_data(cfg, tokenizer)
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "问"}])  # every row invalid, set aside
+    with pytest.raises(UserError, match=r"bad.jsonl: no valid rows \(invalid rows are in .*rejects.jsonl\)"):
+        sft.prepare_data(sft_cfg(tmp_path, bad, skip_invalid=True), tokenizer)
+
+
+def test_data_check_on_empty_file_fails(tmp_path, tiny_model_dir):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    p = subprocess.run(
+        [sys.executable, "-m", "weitiao", "data", "check", str(empty), "--model", str(tiny_model_dir)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert p.returncode == 1 and "no problems found" not in p.stdout
+    assert [x for x in p.stderr.splitlines() if x.strip()] == [f"error: {empty}: no rows"]

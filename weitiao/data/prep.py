@@ -1,0 +1,88 @@
+"""Data-prep checks shared by SFT, DPO and RM: no empty inputs, an eval split that cannot leak.
+
+A held-out split by row leaks when the data holds copies (an up-sampling `data mix` writes every row
+k times): copies land on both sides and the eval loss measures recall. `split_eval` therefore splits
+unique rows — identical rows go to the same side, and the eval side keeps one copy of each — and
+`count_overlap` says how many eval rows also occur in train, for eval files given separately too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import torch
+
+from weitiao.data.formats import Conversation, LoadResult, Message, PreferencePair
+from weitiao.errors import UserError
+
+T = TypeVar("T")
+
+
+def require_rows(loaded: LoadResult, key: str = "") -> None:
+    """UserError `FILE: no rows` for the first file that gave no rows; `key` names its config entry."""
+    for path, kept in loaded.per_file.items():
+        if kept == 0:
+            why = f"no valid rows (invalid rows are in {loaded.rejects_path})" if loaded.rejected else "no rows"
+            raise UserError(f"{path}: {why}" + (f" ({key})" if key else ""))
+
+
+def messages_key(messages: Sequence[Message]) -> str:
+    """Identity of a conversation: every role and text, whitespace runs collapsed."""
+    return "\x1f".join(f"{m['role']}\x1e{' '.join(m['content'].split())}" for m in messages)
+
+
+def conversation_key(conv: Conversation) -> str:
+    return messages_key(conv.messages)
+
+
+def pair_key(pair: PreferencePair) -> str:
+    """A preference row's identity: prompt, chosen and rejected."""
+    replies = [{"role": "chosen", "content": pair.chosen}, {"role": "rejected", "content": pair.rejected}]
+    return messages_key(pair.prompt + replies)
+
+
+@dataclass
+class Split(Generic[T]):
+    train: list[T]
+    eval: list[T]
+    eval_copies_dropped: int  # copies of eval rows left out of both sides
+
+
+def split_eval(rows: list[T], fraction: float, seed: int, key: Callable[[T], Any]) -> Split[T]:
+    """Hold out `fraction` of the unique rows; every copy of a row goes to the same side.
+
+    The eval side keeps one copy per unique row; `eval_copies_dropped` counts the others. Without
+    copies this is the plain seeded row split (same permutation as before copies were grouped).
+    """
+    groups: dict[Any, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(key(row), []).append(i)
+    members = list(groups.values())
+    n_eval = max(1, int(len(members) * fraction))
+    if n_eval >= len(members):
+        raise UserError(
+            f"data.eval_split {fraction}: the data has {len(members)} unique rows, too few to hold "
+            f"{n_eval} out and train on the rest; add rows or give data.eval"
+        )
+    perm = torch.randperm(len(members), generator=torch.Generator().manual_seed(seed)).tolist()
+    held, kept = [members[g] for g in perm[:n_eval]], [members[g] for g in perm[n_eval:]]
+    return Split(
+        train=[rows[i] for m in kept for i in m],
+        eval=[rows[m[0]] for m in held],
+        eval_copies_dropped=sum(len(m) - 1 for m in held),
+    )
+
+
+def count_overlap(train: list[T], eval: list[T], key: Callable[[T], Any]) -> int:
+    """How many eval rows also occur (same key) in train."""
+    seen = {key(r) for r in train}
+    return sum(1 for r in eval if key(r) in seen)
+
+
+def overlap_warning(where: str, overlap: int, n_eval: int) -> str:
+    return (
+        f"{where}: {overlap} of {n_eval} eval rows also occur in train (same prompt and reply); "
+        "their eval loss measures recall, not generalization — remove them from one side"
+    )
