@@ -86,6 +86,8 @@ def http_scorer(url: str, timeout: float = 60.0, batch_size: int = 16) -> Scorer
     """POST {"prompts": [[messages]], "responses": [str]} → {"scores": [float]} per batch."""
     import httpx
 
+    from weitiao.secrets import redact
+
     def score(prompts: list[list[Message]], responses: list[str]) -> list[float]:
         out: list[float] = []
         for k in range(0, len(responses), batch_size):
@@ -95,8 +97,8 @@ def http_scorer(url: str, timeout: float = 60.0, batch_size: int = 16) -> Scorer
                 r.raise_for_status()
                 scores = r.json()["scores"]
             except (httpx.HTTPError, KeyError, ValueError) as e:
-                raise UserError(f"reward endpoint {url}: {type(e).__name__}: {e}") from None
-            out += _check(scores, len(body["responses"]), url)
+                raise UserError(redact(f"reward endpoint {url}: {type(e).__name__}: {e}")) from None
+            out += _check(scores, len(body["responses"]), redact(url))
         return out
 
     return score
