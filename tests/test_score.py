@@ -45,3 +45,13 @@ def test_rows_are_bounded_by_the_context(rm_dir, tmp_path):
     assert out[2]["score"] is None and out[0]["score"] is not None
     # the cut row is scored as its last exchange alone: the same as the short row
     assert out[1]["score"] == pytest.approx(out[0]["score"], abs=1e-5)
+
+
+def test_ppo_reward_model_over_context_is_one_line(rm_dir):
+    from weitiao.models.rewards import model_scorer
+
+    score, _ = model_scorer(str(rm_dir))
+    prompt = [[{"role": "user", "content": "你好"}]]
+    assert score(prompt, ["嗨"])[0] is not None  # negative control
+    with pytest.raises(UserError, match=r"longer than its context \(64 tokens\)"):
+        score(prompt, ["挺好的，大晴天☀️" * 20])

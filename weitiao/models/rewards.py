@@ -53,7 +53,12 @@ def model_scorer(path: str, device: Any = None, batch_size: int = 16) -> tuple[S
 
     def score(prompts: list[list[Message]], responses: list[str]) -> list[float]:
         convs = [Conversation(list(p) + [{"role": "assistant", "content": r}]) for p, r in zip(prompts, responses)]
-        return score_conversations(model, tokenizer, convs, batch_size)
+        scores = score_conversations(model, tokenizer, convs, batch_size)
+        if None in scores:
+            n = model.config.max_position_embeddings
+            raise UserError(f"reward {path}: a prompt + response is longer than its context ({n} tokens); "
+                            "shorten prompts or the generation length")  # fmt: skip
+        return scores  # type: ignore[return-value]
 
     return score, model
 
