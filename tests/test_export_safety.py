@@ -126,3 +126,10 @@ def test_symlink_out_of_the_adapter_dir_is_refused(adapter, tmp_path):
     with pytest.raises(UserError, match="notes.md links to .* outside the adapter dir"):
         ex.export(str(src), str(tmp_path / "x"))
     assert not (tmp_path / "x").exists() and leftovers(tmp_path) == []
+
+
+def test_export_dir_gets_a_normal_mode(adapter, tmp_path):
+    ex.export(str(adapter), str(tmp_path / "x"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "x").stat().st_mode & 0o777 == 0o777 & ~umask

@@ -10,6 +10,7 @@ training rows through the exported tokenizer's own template and compares token i
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -140,6 +141,9 @@ def export(
     tokenizer = load_tokenizer(str(tok_dir) if tok_dir else spec.path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export gets a normal new dir's mode
     old = None
     try:
         if merge:
