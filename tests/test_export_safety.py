@@ -57,7 +57,7 @@ def test_user_folder_is_never_deleted(adapter, tmp_path):
     out = tmp_path / "x"
     ex.export(str(adapter), str(out))
     (out / "my_notes.md").write_text("mine")
-    with pytest.raises(UserError, match="holds my_notes.md .* that export did not write"):
+    with pytest.raises(UserError, match="holds my_notes.md that export did not write"):
         ex.export(str(adapter), str(out), force=True)
     assert (out / "my_notes.md").read_text() == "mine"
     # negative control: an empty dir is fine

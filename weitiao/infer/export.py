@@ -24,7 +24,7 @@ from weitiao.data.formats import load_conversations
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text
-from weitiao.models.load import ModelSpec, adapter_base, attach_adapter, load_model, load_tokenizer
+from weitiao.models.load import DTYPES, ModelSpec, adapter_base, attach_adapter, load_model, load_tokenizer
 
 MARKER = ".weitiao-export.json"  # written into every export: only such a dir may be replaced (--force)
 
@@ -109,8 +109,9 @@ def check_out(dest: Path, adapter_dir: Path, force: bool) -> bool:
         raise UserError(f"{where}: {MARKER} is damaged; remove the directory yourself") from None
     extra = sorted(_files(dest) - ours)
     if extra:
-        raise UserError(f"{where}: holds {extra[0]} (and {len(extra) - 1} more) that export did not write; "
-                        "move them out or choose a new directory")  # fmt: skip
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise UserError(f"{where}: holds {extra[0]}{more} that export did not write; move them out or choose a "
+                        "new directory")  # fmt: skip
     return True
 
 
@@ -134,6 +135,8 @@ def export(
     `out` must be new, empty, or (with `force`) a previous export (see check_out); a failure at any
     point leaves `out` as it was and no temp dir behind. `model` replaces the recorded base.
     """
+    if dtype not in ("fp32", "bf16", "fp16"):
+        raise UserError(f"--dtype {dtype}: choose fp32, bf16 or fp16")
     adapter_dir, tok_dir, spec = locate(adapter)
     spec = spec.model_copy(update={"path": model}) if model else spec
     dest = Path(out)
@@ -147,11 +150,10 @@ def export(
     old = None
     try:
         if merge:
-            base = dequantized_base(spec)
-            model = attach_adapter(base, adapter_dir, spec.path).merge_and_unload()
-            model = model.to({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
-            model.config.use_cache = True
-            model.save_pretrained(tmp, safe_serialization=True)
+            merged = attach_adapter(dequantized_base(spec), adapter_dir, spec.path).merge_and_unload()
+            merged = merged.to(DTYPES[dtype])
+            merged.config.use_cache = True
+            merged.save_pretrained(tmp, safe_serialization=True)
         else:
             copy_adapter(adapter_dir, tmp)
         tokenizer.save_pretrained(tmp)
