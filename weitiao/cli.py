@@ -118,16 +118,18 @@ def score(
     file: Path = typer.Argument(..., help="rows to score: SFT formats (last reply) or preference pairs"),
     rm: str = typer.Option(..., "--rm", help="reward model dir from `weitiao rm` (its out dir or final/)"),
     out: Path = typer.Option(None, help="output JSONL (default FILE.scores.jsonl)"),
+    model: str = typer.Option(None, help="base model for a LoRA reward model (default: the one it was trained on)"),
+    quant: str = typer.Option(None, help="load that base as none|4bit|8bit (default: as trained)"),
 ) -> None:
     """Score replies with a trained reward model; pairs also get accuracy and mean margin."""
     from weitiao.recipes import score as tool
 
-    console.print(tool.run(rm, str(file), str(out) if out else None))
+    console.print(tool.run(rm, str(file), str(out) if out else None, model, quant))
 
 
 @app.command()
 def serve(
-    model: str = typer.Option("demo", help="base model dir or hub id"),
+    model: str = typer.Option(None, help="base model dir or hub id (default: the adapter's base, else demo)"),
     adapter: str = typer.Option(None, help="run dir or peft adapter dir"),
     host: str = typer.Option("127.0.0.1", help="bind address (0.0.0.0 to listen on the network)"),
     port: int = typer.Option(8000),
@@ -135,7 +137,7 @@ def serve(
     max_batch: int = typer.Option(8, help="choices generated together in one batch"),
     max_queue: int = typer.Option(64, help="waiting requests beyond which the server answers 429"),
     max_new_tokens: int = typer.Option(256, help="default and ceiling for max_tokens"),
-    quant: str = typer.Option("none", help="load the base as none|4bit|8bit"),
+    quant: str = typer.Option(None, help="load the base as none|4bit|8bit (default: as the adapter was trained)"),
     template: str = typer.Option("auto", help="chat template: auto, tokenizer, chatml, qwen, llama3, plain"),
     pii: str = typer.Option(None, help="filter replies: redact (placeholders) or block (refuse) PII"),
     screen: str = typer.Option(None, help="prompt-injection input screen: 'default' or a YAML config (off if unset)"),
@@ -150,15 +152,17 @@ def serve(
 @app.command()
 def export(
     adapter: str = typer.Option(..., help="run dir (uses final/adapter) or a peft adapter dir"),
-    out: Path = typer.Option(..., help="output dir"),
+    out: Path = typer.Option(..., help="output dir: new, empty, or a previous export (with --force)"),
     merge: bool = typer.Option(False, help="fold the adapter into the (NF4 de-quantized) base weights"),
     dtype: str = typer.Option("fp32", help="dtype of merged weights: fp32, bf16, fp16"),
     check: Path = typer.Option(None, help="data file: confirm the exported template gives training's token ids"),
+    force: bool = typer.Option(False, help="replace a previous export in --out (never other files)"),
+    model: str = typer.Option(None, help="base model to merge into (default: the one the adapter was trained on)"),
 ) -> None:
     """Export a clean peft adapter dir, or a merged plain HF model with the training chat template."""
     from weitiao.infer import export as tool
 
-    dest = tool.export(adapter, str(out), merge, dtype)
+    dest = tool.export(adapter, str(out), merge, dtype, force, model)
     console.print(f"exported → {dest}")
     if check:
         console.print(tool.check(str(dest), adapter, str(check)))
@@ -166,11 +170,11 @@ def export(
 
 @app.command()
 def chat(
-    model: str = typer.Option("demo", help="base model dir or hub id"),
+    model: str = typer.Option(None, help="base model dir or hub id (default: the adapter's base, else demo)"),
     adapter: str = typer.Option(None, help="run dir or peft adapter dir"),
     prompt: str = typer.Option(None, help="answer this once and exit (for scripts)"),
     system: str = typer.Option(None, help="system message"),
-    quant: str = typer.Option("none", help="load the base as none|4bit|8bit"),
+    quant: str = typer.Option(None, help="load the base as none|4bit|8bit (default: as the adapter was trained)"),
     max_new_tokens: int = typer.Option(256),
     temperature: float = typer.Option(0.7, help="0 = greedy"),
     top_p: float = typer.Option(0.9),

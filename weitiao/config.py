@@ -70,4 +70,7 @@ def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | No
 
 
 def dump_config(cfg: BaseModel) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False)
+    """The config as YAML, with credentials in URLs redacted (config.yaml is shared with runs)."""
+    from weitiao.secrets import redact_data
+
+    return yaml.safe_dump(redact_data(cfg.model_dump(mode="json")), allow_unicode=True, sort_keys=False)

@@ -24,11 +24,18 @@ from typing import Any
 import openai
 
 from weitiao.io import atomic_write_text
+from weitiao.secrets import redact
 from weitiao.train.log import progress_bar
 
 
 class TeacherError(Exception):
-    """A request the teacher could not answer (after retries), with the URL and the reason in one line."""
+    """A request the teacher could not answer (after retries), with the URL and the reason in one line.
+
+    Credentials in the message (URL userinfo, api_key=/token= parameters) are redacted: these lines
+    end up in rejects files and on screen."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 # ---------------------------------------------------------------------------------------------- client
@@ -104,7 +111,7 @@ class Teacher:
 
     def _send(self, body: dict[str, Any]) -> str:
         """POST with our own retry loop: retry connection errors, timeouts, 429 and 5xx; fail at once on 4xx."""
-        where = f"teacher {self.base_url} (model {self.model!r})"
+        where = f"teacher {redact(self.base_url)} (model {self.model!r})"
         for attempt in range(self.retries + 1):
             if self._down:
                 raise TeacherError(self._down)

@@ -41,9 +41,10 @@ def _metric_table(title: str, metrics: dict[str, float]) -> Table:
 
 @eval_app.command("gen")
 def gen(
-    model: str = typer.Option(..., help="base model: HF dir, hub id in the local cache, or 'demo'"),
+    model: str = typer.Option(None, help="base model dir, hub id or 'demo' (default: the adapter's base, else demo)"),
     prompts: Path = typer.Option(..., help="prompt file (chat rows; a last assistant turn is the reference)"),
     adapter: str = typer.Option(None, help="LoRA adapter dir or run dir"),
+    quant: str = typer.Option(None, help="load the base as none|4bit|8bit (default: as the adapter was trained)"),
     refs: Path = typer.Option(None, help="reference file, row-aligned with --prompts (last assistant turn)"),
     max_new_tokens: int = typer.Option(128),
     temperature: float = typer.Option(0.0, help="0 = greedy"),
@@ -73,7 +74,7 @@ def gen(
         for p, r in zip(ps, rs):
             p.reference = r.reference
     settings = MetricSettings(**({"refusal_pattern": refusal_pattern} if refusal_pattern else {}))
-    m, tok = load_chat_model(model, adapter)
+    m, tok = load_chat_model(model, adapter, quant)
     template = resolve_template(tok, "auto")
     with console.status(f"generating {len(ps)} replies"):
         gens = generate(m, tok, template, [p.messages for p in ps], max_new_tokens, temperature, top_p,
@@ -86,7 +87,8 @@ def gen(
                                       [p.reference for p in ps])  # fmt: skip
     items = [Item(g.text, g.stopped, p.reference, p.history, s) for p, g, s in zip(ps, gens, scores)]
     result = reply_metrics(items, settings)
-    console.print(_metric_table(f"{len(ps)} prompts · {model}{' + ' + adapter if adapter else ''}", result))
+    name = f"{model or ('demo' if not adapter else 'base')}{' + ' + adapter if adapter else ''}"
+    console.print(_metric_table(f"{len(ps)} prompts · {name}", result))
     if errors:
         console.print(f"[yellow]judge failed on {len(errors)} replies[/] (first: {errors[0]})")
     if out:

@@ -10,31 +10,36 @@ import sys
 from typing import Any
 
 from weitiao.data.templates import resolve_template
+from weitiao.errors import UserError
 from weitiao.infer.generate import stream_reply
-from weitiao.models.load import ModelSpec, load_model, load_tokenizer
+from weitiao.models.load import ModelSpec, adapter_base, attach_adapter, load_model, load_tokenizer
 
 
-def load_chat_model(model: str, adapter: str | None, quant: str = "none") -> tuple[Any, Any]:
-    """Base model (+ peft adapter), and the tokenizer (the adapter run's, with its template, if any)."""
-    from pathlib import Path
+def load_chat_model(model: str | None, adapter: str | None, quant: str | None = None) -> tuple[Any, Any]:
+    """Base model (+ peft adapter), and the tokenizer (the adapter run's, with its template, if any).
 
-    tok_path = model
-    if adapter:
-        from weitiao.infer.export import locate
+    Without `model`/`quant` an adapter gets the base and quantization it was trained with.
+    """
+    if quant not in (None, "none", "4bit", "8bit"):
+        raise UserError(f"--quant {quant}: choose none, 4bit or 8bit")
+    if not adapter:
+        model = model or "demo"
+        return load_model(ModelSpec(path=model, quant=quant or "none")).eval(), load_tokenizer(model)
+    from weitiao.infer.export import locate
 
-        adapter_dir, tok_dir, _ = locate(adapter)
-        tok_path = str(tok_dir) if tok_dir else model
-    tokenizer = load_tokenizer(tok_path)
-    m = load_model(ModelSpec(path=model, quant=quant))
-    if adapter:
-        from peft import PeftModel
-
-        m = PeftModel.from_pretrained(m, Path(adapter_dir))
+    adapter_dir, tok_dir, _ = locate(adapter)
+    base, trained_quant = adapter_base(adapter_dir)
+    if quant is None and trained_quant != "none":
+        print(f"base {model or base} loaded in {trained_quant} as trained (model.quant); --quant none for full "
+              "precision", file=sys.stderr)  # fmt: skip
+    model, quant = model or base, quant or trained_quant
+    tokenizer = load_tokenizer(str(tok_dir) if tok_dir else model)
+    m = attach_adapter(load_model(ModelSpec(path=model, quant=quant)), adapter_dir, model)
     return m.eval(), tokenizer
 
 
 def run(
-    model: str,
+    model: str | None,
     adapter: str | None,
     prompt: str | None,
     system: str | None,
@@ -42,7 +47,7 @@ def run(
     temperature: float,
     top_p: float,
     repetition_penalty: float,
-    quant: str = "none",
+    quant: str | None = None,
 ) -> None:
     m, tok = load_chat_model(model, adapter, quant)
     template = resolve_template(tok, "auto")

@@ -10,7 +10,9 @@ training rows through the exported tokenizer's own template and compares token i
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,18 @@ from weitiao.data.chat import EncodeOptions, encode
 from weitiao.data.formats import load_conversations
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
-from weitiao.models.load import ModelSpec, load_model, load_tokenizer
+from weitiao.io import atomic_write_text
+from weitiao.models.load import DTYPES, ModelSpec, adapter_base, attach_adapter, load_model, load_tokenizer
+
+MARKER = ".weitiao-export.json"  # written into every export: only such a dir may be replaced (--force)
 
 
 def locate(adapter: str | Path) -> tuple[Path, Path | None, ModelSpec]:
-    """(adapter dir, training tokenizer dir or None, base model spec) from a run dir or adapter dir."""
+    """(adapter dir, training tokenizer dir or None, base model spec) from a run dir or adapter dir.
+
+    The base is the one recorded with the adapter (models.load.adapter_base), with the quantization
+    and loading settings of the run's config.yaml.
+    """
     p = Path(adapter)
     for cand in (p / "final" / "adapter", p / "adapter", p):
         if (cand / "adapter_config.json").exists():
@@ -34,11 +43,13 @@ def locate(adapter: str | Path) -> tuple[Path, Path | None, ModelSpec]:
     else:
         raise UserError(f"--adapter {adapter}: no adapter_config.json (give a run dir or a peft adapter dir)")
     tok_dir = adapter_dir.parent / "tokenizer"
-    run_cfg = next((d / "config.yaml" for d in adapter_dir.parents if (d / "config.yaml").exists()), None)
-    base = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-    spec = ModelSpec(path=base)
-    if run_cfg is not None:
-        spec = ModelSpec.model_validate(yaml.safe_load(run_cfg.read_text())["model"])
+    base, quant = adapter_base(adapter_dir)
+    spec = ModelSpec(path=base, quant=quant)  # type: ignore[arg-type]
+    run_cfg = next((d / "config.yaml" for d in adapter_dir.parents[:3] if (d / "config.yaml").is_file()), None)
+    recorded = yaml.safe_load(run_cfg.read_text(encoding="utf-8")) if run_cfg else None
+    recorded = recorded.get("model") if isinstance(recorded, dict) else None
+    if isinstance(recorded, dict):
+        spec = ModelSpec.model_validate({**recorded, "path": base, "quant": quant, "gradient_checkpointing": False})
     return adapter_dir, tok_dir if tok_dir.exists() else None, spec
 
 
@@ -64,26 +75,104 @@ def dequantized_base(spec: ModelSpec) -> Any:
     return plain
 
 
-def export(adapter: str, out: str, merge: bool = False, dtype: str = "fp32") -> Path:
-    """Write the export to `out` (atomically: built in a temp dir, then renamed)."""
-    from peft import PeftModel
+def _files(root: Path) -> set[str]:
+    return {str(f.relative_to(root)) for f in root.rglob("*") if f.is_file() or f.is_symlink()}
 
+
+def check_out(dest: Path, adapter_dir: Path, force: bool) -> bool:
+    """Refuse an --out that export must not replace; True when it holds a previous export to replace.
+
+    Only what export made may go: a dir with our marker whose files are all listed in it (--force),
+    or an empty dir. Never a symlink, a file, the current dir, the adapter dir or what contains it (its run).
+    """
+    where = f"--out {dest}"
+    if dest.is_symlink():
+        raise UserError(f"{where}: is a symlink; give the real directory path")
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"{where}: is a file, not a directory; choose a new directory")
+    real, run = dest.resolve(), adapter_dir.resolve()
+    for inside, what in ((Path.cwd(), "the current directory"), (run, f"the adapter dir {adapter_dir}")):
+        if inside == real or real in inside.parents:
+            raise UserError(f"{where}: is {what} or contains it; choose a new directory")
+    if run in real.parents:
+        raise UserError(f"{where}: is inside the adapter dir {adapter_dir}; choose a directory outside it")
+    if not dest.exists() or not any(dest.iterdir()):
+        return False
+    marker = dest / MARKER
+    if not marker.is_file():
+        raise UserError(f"{where}: not empty and not a weitiao export; choose a new or empty directory")
+    if not force:
+        raise UserError(f"{where}: holds a previous export; --force replaces it")
+    try:
+        ours = set(json.loads(marker.read_text(encoding="utf-8"))["files"]) | {MARKER}
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{where}: {MARKER} is damaged; remove the directory yourself") from None
+    extra = sorted(_files(dest) - ours)
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise UserError(f"{where}: holds {extra[0]}{more} that export did not write; move them out or choose a "
+                        "new directory")  # fmt: skip
+    return True
+
+
+def copy_adapter(adapter_dir: Path, dest: Path) -> None:
+    """Copy the adapter dir's files; a symlink leading outside the dir is refused (it would copy that file)."""
+    root = adapter_dir.resolve()
+    for f in sorted(adapter_dir.rglob("*")):
+        if f.is_symlink() and root not in f.resolve().parents:
+            raise UserError(
+                f"--adapter {adapter_dir}: {f.relative_to(adapter_dir)} links to {f.resolve()} outside the adapter "
+                "dir; export copies only files inside it (replace the link with the file)"
+            )
+    shutil.copytree(adapter_dir, dest, dirs_exist_ok=True)
+
+
+def export(
+    adapter: str, out: str, merge: bool = False, dtype: str = "fp32", force: bool = False, model: str | None = None
+) -> Path:
+    """Write the export to `out`: built in a fresh temp dir beside it, renamed into place when complete.
+
+    `out` must be new, empty, or (with `force`) a previous export (see check_out); a failure at any
+    point leaves `out` as it was and no temp dir behind. `model` replaces the recorded base.
+    """
+    if dtype not in ("fp32", "bf16", "fp16"):
+        raise UserError(f"--dtype {dtype}: choose fp32, bf16 or fp16")
     adapter_dir, tok_dir, spec = locate(adapter)
+    spec = spec.model_copy(update={"path": model}) if model else spec
     dest = Path(out)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    replace = check_out(dest, adapter_dir, force)
     tokenizer = load_tokenizer(str(tok_dir) if tok_dir else spec.path)
-    if merge:
-        model = PeftModel.from_pretrained(dequantized_base(spec), adapter_dir).merge_and_unload()
-        model = model.to({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
-        model.config.use_cache = True
-        model.save_pretrained(tmp, safe_serialization=True)
-    else:
-        shutil.copytree(adapter_dir, tmp)
-    tokenizer.save_pretrained(tmp)
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export gets a normal new dir's mode
+    old = None
+    try:
+        if merge:
+            merged = attach_adapter(dequantized_base(spec), adapter_dir, spec.path).merge_and_unload()
+            merged = merged.to(DTYPES[dtype])
+            merged.config.use_cache = True
+            merged.save_pretrained(tmp, safe_serialization=True)
+        else:
+            copy_adapter(adapter_dir, tmp)
+        tokenizer.save_pretrained(tmp)
+        info = {"adapter": str(adapter_dir.resolve()), "merged": merge, "dtype": dtype if merge else None}
+        atomic_write_text(tmp / MARKER, json.dumps({**info, "files": sorted(_files(tmp))}, indent=1))
+        if replace:
+            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".old"))
+            dest.rename(old / "export")
+        elif dest.exists():
+            dest.rmdir()  # empty (check_out): rmdir cannot remove anything else
+        tmp.rename(dest)
+    except BaseException:
+        if old is not None and not dest.exists() and (old / "export").exists():
+            (old / "export").rename(dest)
+            old.rmdir()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old)  # the previous export, moved aside once the new one was complete
     return dest
 
 

@@ -469,7 +469,7 @@ def create_app(
 
 
 def serve(
-    model: str = "demo",
+    model: str | None = None,
     adapter: str | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -477,7 +477,7 @@ def serve(
     max_batch: int = 8,
     max_queue: int = 64,
     max_new_tokens: int = 256,
-    quant: str = "none",
+    quant: str | None = None,
     template: str = "auto",
     model_name: str | None = None,
     pii: str | None = None,
@@ -490,8 +490,8 @@ def serve(
     from weitiao.infer.chat import load_chat_model
     from weitiao.models.load import resolve_path
 
-    m, tok = load_chat_model(resolve_path(model), adapter, quant)
-    name = model_name or (adapter or model).rstrip("/").split("/")[-1]
+    m, tok = load_chat_model(resolve_path(model) if model else None, adapter, quant)
+    name = model_name or (adapter or model or "demo").rstrip("/").split("/")[-1]
     settings = ServeSettings(name, api_key, max_batch, max_queue, max_new_tokens)
     hook = None
     if pii:

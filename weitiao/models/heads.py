@@ -9,6 +9,7 @@ or `model/`, plus `reward_model.json` naming the base, read by `load_reward_mode
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,14 @@ def save_reward_meta(out: Path, base_path: str, template_jinja: str) -> None:
     atomic_write_text(out / META_FILE, json.dumps({"base": base_path, "chat_template": template_jinja}, indent=2))
 
 
-def load_reward_model(path: str | Path, device: torch.device | None = None) -> tuple[Any, Any, str]:
-    """(scorer-ready model, tokenizer, chat template) from a `weitiao rm` output dir (its final/)."""
-    from weitiao.models.load import ModelSpec, load_model, load_tokenizer
+def load_reward_model(
+    path: str | Path, device: torch.device | None = None, base: str | None = None, quant: str | None = "none"
+) -> tuple[Any, Any, str]:
+    """(scorer-ready model, tokenizer, chat template) from a `weitiao rm` output dir (its final/).
+
+    A LoRA reward model goes on `base` (default: the recorded one) loaded as `quant` (None: as trained).
+    """
+    from weitiao.models.load import ModelSpec, adapter_base, attach_adapter, load_model, load_tokenizer
 
     root = Path(path)
     if (root / "final" / META_FILE).exists():
@@ -78,10 +84,13 @@ def load_reward_model(path: str | Path, device: torch.device | None = None) -> t
         raise UserError(f"--rm {path}: not a reward model dir (no {META_FILE}); train one with `weitiao rm`")
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
     if (root / "adapter").exists():
-        from peft import PeftModel
-
-        base = load_model(ModelSpec(path=meta["base"]), device, head="score")
-        model = PeftModel.from_pretrained(base, root / "adapter")
+        recorded, trained = adapter_base(root / "adapter")
+        base = base or (meta["base"] if Path(meta["base"]).is_dir() else recorded)
+        if quant is None and trained != "none":
+            print(f"reward model base {base} loaded in {trained} as trained (model.quant); --quant none for full "
+                  "precision", file=sys.stderr)  # fmt: skip
+        spec = ModelSpec(path=base, quant=quant or trained)  # type: ignore[arg-type]
+        model = attach_adapter(load_model(spec, device, head="score"), root / "adapter", base)
     else:
         model = load_model(ModelSpec(path=str(root / "model")), device, head="score")
     tokenizer = load_tokenizer(str(root / "tokenizer"))

@@ -209,3 +209,64 @@ def disable_dropout(model: torch.nn.Module) -> int:
             m.p = 0.0
             n += 1
     return n
+
+
+def _training_dir(run_dir: Any, out: Any) -> Any:
+    """The directory training ran in: the run dir with its recorded relative `train.out` taken off."""
+    import os
+    from pathlib import Path
+
+    if not isinstance(out, str) or not out or Path(out).is_absolute():
+        return None
+    parts = Path(os.path.normpath(out)).parts
+    run = Path(run_dir).resolve()
+    if ".." in parts or run.parts[-len(parts) :] != parts:
+        return None
+    return run.parents[len(parts) - 1]
+
+
+def adapter_base(adapter_dir: Any) -> tuple[str, str]:
+    """(base model path, training quant) recorded with a peft adapter dir.
+
+    The run's config.yaml (model.path, model.quant) wins over adapter_config.json's
+    base_model_name_or_path (quant "none"). A relative path is tried against the directory training
+    ran in (the run dir minus its relative train.out), then the current one; a path found nowhere
+    is returned as written (a hub id, or 'demo').
+    """
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    adapter_dir = Path(adapter_dir)
+    # adapter dirs sit at RUN/final/adapter or RUN/checkpoints/step-N/adapter
+    cfg_file = next((d / "config.yaml" for d in adapter_dir.parents[:3] if (d / "config.yaml").is_file()), None)
+    cfg = (yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}) if cfg_file else {}
+    model = cfg.get("model") if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict) else {}
+    train = cfg.get("train") if isinstance(cfg, dict) and isinstance(cfg.get("train"), dict) else {}
+    recorded = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    names = [str(x) for x in (model.get("path"), recorded.get("base_model_name_or_path")) if x]
+    if not names or names[0] == "demo":
+        return "demo", str(model.get("quant", "none"))
+    root = _training_dir(cfg_file.parent, train.get("out")) if cfg_file else None
+    candidates = [root / n for n in names if root] + [Path(n) for n in names]
+    found = next((c.resolve() for c in candidates if c.is_dir()), None)
+    return str(found) if found else names[0], str(model.get("quant", "none"))
+
+
+def attach_adapter(model: Any, adapter_dir: Any, base: str, **kwargs: Any) -> Any:
+    """PeftModel.from_pretrained; a base whose shapes or modules do not fit the adapter is one line."""
+    import re
+
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, adapter_dir, **kwargs)
+    except (RuntimeError, ValueError, KeyError) as e:
+        m = re.search(r"size mismatch for (\S+): copying a param with shape (.+?) from checkpoint, .* shape in "
+                      r"current model is (.+?)\.?$", str(e), re.M)  # fmt: skip
+        why = f"{m[1]}: adapter {m[2]}, base {m[3]}" if m else str(e).splitlines()[0][:200]
+        recorded = adapter_base(adapter_dir)[0]
+        raise UserError(
+            f"adapter {adapter_dir} does not fit base {base!r} ({why}); it was trained on {recorded!r}"
+        ) from None

@@ -53,7 +53,12 @@ def model_scorer(path: str, device: Any = None, batch_size: int = 16) -> tuple[S
 
     def score(prompts: list[list[Message]], responses: list[str]) -> list[float]:
         convs = [Conversation(list(p) + [{"role": "assistant", "content": r}]) for p, r in zip(prompts, responses)]
-        return score_conversations(model, tokenizer, convs, batch_size)
+        scores = score_conversations(model, tokenizer, convs, batch_size)
+        if None in scores:
+            n = model.config.max_position_embeddings
+            raise UserError(f"reward {path}: a prompt + response is longer than its context ({n} tokens); "
+                            "shorten prompts or the generation length")  # fmt: skip
+        return scores  # type: ignore[return-value]
 
     return score, model
 
@@ -86,6 +91,8 @@ def http_scorer(url: str, timeout: float = 60.0, batch_size: int = 16) -> Scorer
     """POST {"prompts": [[messages]], "responses": [str]} → {"scores": [float]} per batch."""
     import httpx
 
+    from weitiao.secrets import redact
+
     def score(prompts: list[list[Message]], responses: list[str]) -> list[float]:
         out: list[float] = []
         for k in range(0, len(responses), batch_size):
@@ -95,8 +102,8 @@ def http_scorer(url: str, timeout: float = 60.0, batch_size: int = 16) -> Scorer
                 r.raise_for_status()
                 scores = r.json()["scores"]
             except (httpx.HTTPError, KeyError, ValueError) as e:
-                raise UserError(f"reward endpoint {url}: {type(e).__name__}: {e}") from None
-            out += _check(scores, len(body["responses"]), url)
+                raise UserError(redact(f"reward endpoint {url}: {type(e).__name__}: {e}")) from None
+            out += _check(scores, len(body["responses"]), redact(url))
         return out
 
     return score

@@ -2,7 +2,8 @@
 
 SFT-format rows get one score (their last assistant reply); preference rows get a score for each
 side and the file's pairwise accuracy. Output: the rows with `score` (or `score_chosen`,
-`score_rejected`) added, as JSONL.
+`score_rejected`) added, as JSONL. Rows longer than the model's context lose their oldest turns;
+a row whose last exchange alone is too long gets no score (null) and is counted as refused.
 """
 
 from __future__ import annotations
@@ -17,48 +18,83 @@ from weitiao.data.chat import EncodeOptions, encode
 from weitiao.data.collate import collate
 from weitiao.data.formats import Conversation, PreferencePair, load_rows
 from weitiao.data.templates import resolve_template
+from weitiao.errors import UserError
 from weitiao.io import write_jsonl
 from weitiao.models.heads import SequenceScorer, load_reward_model
 
 
+def context_len(model: Any) -> int:
+    """The longest sequence the model takes (max_position_embeddings)."""
+    n = getattr(model.config, "max_position_embeddings", None)
+    if not isinstance(n, int) or n <= 0:
+        raise UserError(f"model config has no max_position_embeddings ({n!r}); cannot bound row length")
+    return n
+
+
 @torch.no_grad()
-def score_conversations(model: Any, tokenizer: Any, convs: list[Conversation], batch_size: int = 16) -> list[float]:
-    """Score the last assistant reply of each conversation (no length limit; batches are packed)."""
+def score_conversations(
+    model: Any, tokenizer: Any, convs: list[Conversation], batch_size: int = 16, stats: dict | None = None
+) -> list[float | None]:
+    """Score the last assistant reply of each conversation (None: too long for the model's context).
+
+    Rows over the context drop their oldest exchanges first; `stats` counts `cut` and `refused`.
+    """
     template = resolve_template(tokenizer, "auto")
-    opts = EncodeOptions(max_len=10**9, train_turns="last")
-    exs = [encode(c, tokenizer, template, opts) for c in convs]
+    opts = EncodeOptions(max_len=context_len(model), train_turns="last", truncation="history")
+    encoded = [encode(c, tokenizer, template, opts) for c in convs]
+    if stats is not None:
+        stats["cut"] = stats.get("cut", 0) + sum(e is not None and e.truncated == "history" for e in encoded)
+        stats["refused"] = stats.get("refused", 0) + sum(e is None for e in encoded)
+    keep = [i for i, e in enumerate(encoded) if e is not None]
+    exs = [encoded[i] for i in keep]
     scorer = SequenceScorer(model)
     device = next(model.parameters()).device
-    out: list[float] = []
+    got: list[float] = []
     for k in range(0, len(exs), batch_size):
         rows = [[i] for i in range(k, min(k + batch_size, len(exs)))]
         b = collate(exs, rows, tokenizer.pad_token_id, packing=False).to(device)
-        out += scorer(b.input_ids, b.targets, b.position_ids, b.attention_mask, b.seq_index, len(rows)).tolist()
+        got += scorer(b.input_ids, b.targets, b.position_ids, b.attention_mask, b.seq_index, len(rows)).tolist()
+    out: list[float | None] = [None] * len(convs)
+    for i, s in zip(keep, got):
+        out[i] = s
     return out
 
 
-def score_pairs(model: Any, tokenizer: Any, pairs: list[PreferencePair]) -> tuple[list[float], list[float]]:
+def score_pairs(
+    model: Any, tokenizer: Any, pairs: list[PreferencePair], stats: dict | None = None
+) -> tuple[list[float | None], list[float | None]]:
     convs = [p.conversation(side) for p in pairs for side in ("chosen", "rejected")]
-    s = score_conversations(model, tokenizer, convs)
+    s = score_conversations(model, tokenizer, convs, stats=stats)
     return s[0::2], s[1::2]
 
 
-def run(rm_path: str, file: str, out: str | None = None) -> dict:
-    """Score every row of `file`; write `<file>.scores.jsonl` (or `out`); return a summary."""
-    model, tokenizer, _ = load_reward_model(rm_path)
+def run(rm_path: str, file: str, out: str | None = None, model: str | None = None, quant: str | None = None) -> dict:
+    """Score every row of `file`; write `<file>.scores.jsonl` (or `out`); return a summary.
+
+    `model`/`quant` override the reward model's recorded base and training quantization.
+    """
     rows = load_rows(file).rows
+    if not rows:
+        raise UserError(f"{file}: no rows")
+    rm, tokenizer, _ = load_reward_model(rm_path, base=model, quant=quant)
     pairs = [r for r in rows if isinstance(r, PreferencePair)]
     convs = [r for r in rows if isinstance(r, Conversation)]
+    stats: dict[str, int] = {"cut": 0, "refused": 0}
     records, summary = [], {"rows": len(rows)}
     if pairs:
-        rc, rr = score_pairs(model, tokenizer, pairs)
+        rc, rr = score_pairs(rm, tokenizer, pairs, stats)
         records += [{"source": p.source, "score_chosen": c, "score_rejected": r} for p, c, r in zip(pairs, rc, rr)]
-        summary["pair_accuracy"] = sum(c > r for c, r in zip(rc, rr)) / len(pairs)
-        summary["mean_margin"] = sum(c - r for c, r in zip(rc, rr)) / len(pairs)
+        both = [(c, r) for c, r in zip(rc, rr) if c is not None and r is not None]
+        if both:
+            summary["pair_accuracy"] = sum(c > r for c, r in both) / len(both)
+            summary["mean_margin"] = sum(c - r for c, r in both) / len(both)
     if convs:
-        scores = score_conversations(model, tokenizer, convs)
+        scores = score_conversations(rm, tokenizer, convs, stats=stats)
         records += [{"source": c.source, "reply": c.messages[-1]["content"], "score": s} for c, s in zip(convs, scores)]
-        summary["mean_score"] = sum(scores) / len(scores)
+        scored = [s for s in scores if s is not None]
+        if scored:
+            summary["mean_score"] = sum(scored) / len(scored)
+    summary.update(context=context_len(rm), cut_to_context=stats["cut"], refused_over_context=stats["refused"])
     dest = Path(out or f"{file}.scores.jsonl")
     write_jsonl(dest, records)
     summary["out"] = str(dest)

@@ -1,0 +1,57 @@
+"""`weitiao score`: an empty file is an error; rows are bounded by the model's context (history dropped
+first, a too-long last exchange refused and counted), never tokenized and run at any length."""
+
+import json
+
+import pytest
+from conftest import CHATML, save_tiny_model, write_jsonl
+
+from weitiao.errors import UserError
+from weitiao.recipes import score
+
+
+@pytest.fixture(scope="module")
+def rm_dir(tmp_path_factory, tokenizer):
+    """A full-model reward model dir as `weitiao rm` writes it, on a tiny base with a 64-token context."""
+    from transformers import AutoModelForSequenceClassification
+
+    root = tmp_path_factory.mktemp("rm")
+    base = save_tiny_model(root / "base", tokenizer, hidden=64)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, max_position_embeddings=64)
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "tokenizer")
+    (root / "reward_model.json").write_text(json.dumps({"base": str(base), "chat_template": CHATML}))
+    return root
+
+
+def test_empty_file_is_an_error(rm_dir, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(UserError, match=f"^{empty}: no rows$"):
+        score.run(str(rm_dir), str(empty))
+    assert not (tmp_path / "empty.jsonl.scores.jsonl").exists()
+
+
+def test_rows_are_bounded_by_the_context(rm_dir, tmp_path):
+    short = {"instruction": "你好", "output": "嗨"}
+    history = [["今天天气怎么样？" * 8, "挺好的，大晴天☀️" * 8]] * 2  # each exchange alone overflows
+    long_history = {"instruction": "你好", "output": "嗨", "history": history}  # fits once history is dropped
+    long_reply = {"instruction": "你好", "output": "挺好的，大晴天☀️" * 20}  # the last exchange alone is too long
+    f = write_jsonl(tmp_path / "rows.jsonl", [short, long_history, long_reply])
+    summary = score.run(str(rm_dir), str(f))
+    assert summary["context"] == 64
+    assert summary["cut_to_context"] == 1 and summary["refused_over_context"] == 1
+    out = [json.loads(x) for x in (tmp_path / "rows.jsonl.scores.jsonl").read_text().splitlines()]
+    assert out[2]["score"] is None and out[0]["score"] is not None
+    # the cut row is scored as its last exchange alone: the same as the short row
+    assert out[1]["score"] == pytest.approx(out[0]["score"], abs=1e-5)
+
+
+def test_ppo_reward_model_over_context_is_one_line(rm_dir):
+    from weitiao.models.rewards import model_scorer
+
+    score, _ = model_scorer(str(rm_dir))
+    prompt = [[{"role": "user", "content": "你好"}]]
+    assert score(prompt, ["嗨"])[0] is not None  # negative control
+    with pytest.raises(UserError, match=r"longer than its context \(64 tokens\)"):
+        score(prompt, ["挺好的，大晴天☀️" * 20])
