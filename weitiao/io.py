@@ -11,7 +11,8 @@ import errno
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +136,12 @@ def read_jsonl(path: str | Path, max_bytes: int | None = None) -> Iterator[tuple
             raise UserError(f"{where(path, n, 'json')}: not valid JSON ({e})") from None
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` so readers see the old file or the whole new one, never a part."""
+@contextmanager
+def atomic_writer(path: str | Path) -> Iterator[Callable[[str], None]]:
+    """Yield write(text) into a temp file beside `path`; on success it replaces `path`, on error it is removed.
+
+    Writes go straight to os.write (no buffer), so a full disk surfaces at the write that hit it.
+    """
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a folder; expected a file to write")
@@ -145,11 +150,15 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
         raise write_error(path, e) from None
+
+    def write(text: str) -> None:
+        data = memoryview(text.encode("utf-8"))
+        while data:  # os.write may write less than asked
+            data = data[os.write(fd, data) :]
+
     try:
         try:
-            data = memoryview(text.encode("utf-8"))
-            while data:  # os.write may write less than asked
-                data = data[os.write(fd, data) :]
+            yield write
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -158,6 +167,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         if isinstance(e, OSError):
             raise write_error(path, e) from None
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` so readers see the old file or the whole new one, never a part."""
+    with atomic_writer(path) as write:
+        write(text)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
