@@ -391,3 +391,154 @@ def test_probe(probe: Probe, results: dict) -> None:
     assert r["new"] == [], f"left behind: {r['new']}"
     if probe.max_s is not None:
         assert r["seconds"] < probe.max_s, f"took {r['seconds']:.1f} s"
+
+
+# ---------------------------------------------------------------------------------------------- one huge row
+
+HUGE_DRIVER = r"""
+import json, resource, sys, time
+import weitiao.cli
+from weitiao.models.load import load_tokenizer
+from weitiao.safety.pii import scan
+
+load_tokenizer("demo"), scan("warm up 13812345678")
+out = {}
+for name, argv in json.loads(sys.argv[1]).items():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    sys.argv, t0 = ["weitiao", *argv], time.perf_counter()
+    try:
+        weitiao.cli.main()
+        rc = 0
+    except SystemExit as e:
+        rc = e.code
+    grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # MiB (ru_maxrss is KiB)
+    out[name] = {"rc": rc, "grew_mib": grew, "seconds": time.perf_counter() - t0}
+print("@@RESULTS@@" + json.dumps(out))
+"""
+
+
+def test_huge_row_bounded_memory(tmp_path):
+    """A 20 MB row: `data check` rejects it unread (file:line), `pii scan` scans it in windows; RSS grows < 1 GiB.
+
+    Before: data check tokenized the row (4.6 GB peak on 50 MB) and pii scan held several copies and
+    ran jieba over the whole text (8.6 GB on 50 MB).
+    """
+    filler = "x " * 2_000 + "电话 13812345678 "
+    big = {"instruction": "问", "output": filler * (20_000_000 // len(filler.encode()))}
+    (tmp_path / "big.jsonl").write_text(json.dumps(big, ensure_ascii=False) + "\n" + GOOD.decode() * 3)
+    runs = {
+        "check": ["data", "check", "big.jsonl", "--skip-invalid", "--json"],
+        "pii": ["pii", "scan", "big.jsonl", "--types", "mobile,email", "--json"],
+    }
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.environ.get("WEITIAO_PROBE_PATH", str(ROOT))}
+    proc = subprocess.run([sys.executable, "-c", HUGE_DRIVER, json.dumps(runs)], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)  # fmt: skip
+    marker = proc.stdout.rfind("@@RESULTS@@")
+    assert marker >= 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout[marker + len("@@RESULTS@@") :])
+    assert res["check"]["rc"] == 0 and res["pii"]["rc"] == 0, (res, proc.stderr[-2000:])
+    rejects = [json.loads(x) for x in (tmp_path / "big.jsonl.rejects.jsonl").read_text().splitlines()]
+    assert [r["source"] for r in rejects] == ["big.jsonl:1"] and "data.max_row_bytes" in rejects[0]["error"]
+    report = json.loads(proc.stdout[proc.stdout.rfind("\n[") : marker])  # pii scan --json: a list of reports
+    assert report[0]["counts"]["mobile"] == 20_000_000 // len(filler.encode())  # every phone in the row found
+    for name, r in res.items():
+        assert r["grew_mib"] < 1024, f"{name}: RSS grew {r['grew_mib']:.0f} MiB"
+
+
+# ---------------------------------------------------------------------------------------------- in-process units
+
+
+def test_pii_scan_windows_equal_whole_text(monkeypatch):
+    """Windowed scanning finds what one pass finds, also for entities cut by a window edge."""
+    from weitiao.safety import pii
+
+    text = "".join(
+        f"{'字' * (i % 37)}电话13812345{i % 10}78，邮箱 a{i}@example.com，身份证11010519491231002X。" for i in range(60)
+    )
+    whole = pii._scan_window(text, None, 0.0)
+    monkeypatch.setattr(pii, "CHUNK", 97)  # many cuts, each through some entity
+    assert [(m.type, m.start, m.end) for m in pii.scan(text)] == [(m.type, m.start, m.end) for m in whole]
+    monkeypatch.setattr(pii, "CONTEXT", 0)  # negative control: without context an entity cut in two is lost
+    assert [(m.type, m.start, m.end) for m in pii.scan(text)] != [(m.type, m.start, m.end) for m in whole]
+
+
+def test_max_row_bytes_rejects_with_line(tmp_path):
+    from weitiao.data.formats import load_rows
+    from weitiao.errors import UserError
+
+    f = tmp_path / "d.jsonl"
+    f.write_bytes(GOOD + b'{"instruction": "q", "output": "' + b"y" * 500 + b'"}\n' + GOOD)
+    res = load_rows(f, skip_invalid=True, max_row_bytes=200)
+    assert (res.read, res.kept, res.rejected) == (3, 2, 1)
+    rej = json.loads(res.rejects_path.read_text())
+    assert rej["source"] == f"{f}:2" and "534 bytes, over the 200-byte limit" in rej["error"] and rej["row"] is None
+    with pytest.raises(UserError, match=r"d.jsonl:2: row: 534 bytes"):
+        load_rows(f, max_row_bytes=200)
+    assert load_rows(f, max_row_bytes=None).kept == 3  # control: no limit, the row loads
+
+
+def test_max_row_bytes_config_key(tmp_path, tokenizer):
+    from weitiao.config import load_config
+    from weitiao.errors import UserError
+    from weitiao.recipes.dpo import DPOConfig, prepare_pairs
+    from weitiao.recipes.sft import SFTConfig, prepare_data
+
+    (tmp_path / "x.jsonl").write_bytes(GOOD + b'{"instruction": "q", "output": "' + b"y" * 300 + b'"}\n')
+    (tmp_path / "p.jsonl").write_bytes(PAIR + b'{"prompt": "p", "chosen": "' + b"a" * 300 + b'", "rejected": "b"}\n')
+    (tmp_path / "c.yaml").write_bytes(sft_cfg(str(tmp_path / "x.jsonl")))
+    (tmp_path / "d.yaml").write_bytes(sft_cfg(str(tmp_path / "p.jsonl")))
+    assert len(prepare_data(load_config(SFTConfig, tmp_path / "c.yaml"), tokenizer).train) == 2
+    with pytest.raises(UserError, match=r"x.jsonl:2: row: \d+ bytes, over the 100-byte limit"):
+        prepare_data(load_config(SFTConfig, tmp_path / "c.yaml", ["data.max_row_bytes=100"]), tokenizer)
+    with pytest.raises(UserError, match=r"p.jsonl:2: row: \d+ bytes, over the 100-byte limit"):
+        prepare_pairs(load_config(DPOConfig, tmp_path / "d.yaml", ["data.max_row_bytes=100"]), tokenizer)
+
+
+def test_disk_full_keeps_old_file(tmp_path, monkeypatch):
+    import errno
+
+    from weitiao.errors import UserError
+    from weitiao.io import atomic_write_text, write_jsonl
+
+    target = tmp_path / "out.jsonl"
+    target.write_text("old\n")
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(UserError, match=rf"{target}: disk full"):
+        write_jsonl(target, [{"a": 1}])
+    with pytest.raises(UserError, match=rf"{target}: disk full"):
+        atomic_write_text(target, "new")
+    monkeypatch.undo()
+    assert target.read_text() == "old\n" and sorted(tmp_path.iterdir()) == [target]  # no temp file left
+
+
+def test_hub_id_cache_then_offline(tmp_path, monkeypatch):
+    """A cached hub id resolves without the network; a missing one fails at once, offline or unreachable."""
+    import time
+
+    from huggingface_hub import constants
+
+    from weitiao.errors import UserError
+    from weitiao.models.load import resolve_path
+
+    snap = tmp_path / "models--org--tiny" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (tmp_path / "models--org--tiny" / "refs").mkdir()
+    (tmp_path / "models--org--tiny" / "refs" / "main").write_text("abc")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert resolve_path("org/tiny") == "org/tiny"
+    with pytest.raises(UserError, match=r"org/other: not a folder and not in the Hugging Face cache \(offline\)"):
+        resolve_path("org/other")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens: no network
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match=r"\(offline: cannot reach 127.0.0.1\); download it with `huggingface-cli"):
+        resolve_path("org/other")
+    assert time.perf_counter() - t0 < 2.5
+    with pytest.raises(UserError, match=r"no such model folder"):
+        resolve_path("./not/a/dir/../x")
