@@ -27,8 +27,14 @@ BOM = b"\xef\xbb\xbf"
 PAIR = b'{"prompt": "p", "chosen": "a", "rejected": "b"}\n'
 PAIR_BAD = b'{"prompt": "p\xff", "chosen": "a", "rejected": "b"}\n'
 BATTLE = b'{"model_a": "x", "model_b": "y", "winner": "model_a"}'
-CALC_CFG = {"model_type": "llama", "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "intermediate_size": 256, "vocab_size": 100}  # fmt: skip
+CALC_CFG = {
+    "model_type": "llama",
+    "hidden_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 256,
+    "vocab_size": 100,
+}
 RULES_OK = "rules:\n  - id: r1\n    category: format\n    text: 回答要简短\n"
 
 
@@ -62,11 +68,9 @@ PROBES = [
     Probe("utf8-sft-jsonl", ["data", "check", "x.jsonl"], {"x.jsonl": GOOD + BAD_UTF8}, "x.jsonl:2"),
     Probe(
         "utf8-sft-json", ["data", "check", "x.json"], {"x.json": b"[\n" + GOOD + b",\n" + BAD_UTF8 + b"]"}, "x.json:4"
-    ),  # fmt: skip
+    ),
     Probe("utf8-sft-config-data", ["sft", "c.yaml"], {"c.yaml": sft_cfg(), "x.jsonl": BAD_UTF8}, "x.jsonl:1"),
-    Probe(
-        "utf8-dpo-pairs", ["dpo", "c.yaml"], {"c.yaml": sft_cfg("p.jsonl"), "p.jsonl": PAIR + PAIR_BAD}, "p.jsonl:2"
-    ),  # fmt: skip
+    Probe("utf8-dpo-pairs", ["dpo", "c.yaml"], {"c.yaml": sft_cfg("p.jsonl"), "p.jsonl": PAIR + PAIR_BAD}, "p.jsonl:2"),
     Probe(
         "utf8-ppo-prompts",
         ["ppo", "c.yaml"],
@@ -80,63 +84,70 @@ PROBES = [
             "q.jsonl": b'{"prompt": "a"}\n{"prompt": "\xff"}\n',
         },
         "q.jsonl:2",
-    ),  # fmt: skip
+    ),
     Probe(
         "utf8-eval-prompts",
         ["eval", "gen", "--model", "demo", "--prompts", "q.jsonl"],
         {"q.jsonl": b'{"prompt": "a"}\n\n{"prompt": "\xff"}\n'},
         "q.jsonl:3",
-    ),  # fmt: skip
+    ),
     Probe(
         "utf8-config-yaml",
         ["sft", "c.yaml"],
         {"c.yaml": b"model:\n  path: demo\ndata:\n  train: [x\xff]\n"},
         "c.yaml:4",
-    ),  # fmt: skip
+    ),
     Probe("utf8-rules-yaml", ["rules", "check", "r.yaml"], {"r.yaml": RULES_OK.encode() + b"# \xff\n"}, "r.yaml:5"),
     Probe(
         "utf8-rules-data",
         ["rules", "coverage", "d.jsonl", "--rules", "r.yaml"],
         {"r.yaml": RULES_OK.encode(), "d.jsonl": GOOD + BAD_UTF8},
         "d.jsonl:2",
-    ),  # fmt: skip
+    ),
     Probe(
         "utf8-log-profile",
         ["logs", "dwell", "--profile", "p.yaml", "--print-sql"],
         {"p.yaml": b"# \xff\nbase: zhihu\n"},
         "p.yaml:1",
-    ),  # fmt: skip
+    ),
     Probe(
         "utf8-arena-battles",
         ["arena", "import", "b.json", "--db", "a.sqlite"],
         {"b.json": b"[\n" + BATTLE + b",\n" + BATTLE.replace(b'"y"', b'"\xff"') + b"\n]"},
         "b.json:3",
-    ),  # fmt: skip
+    ),
     Probe(
         "utf8-arena-battles-jsonl",
         ["arena", "rank", "--battles", "b.jsonl"],
         {"b.jsonl": BATTLE + b"\n" + BATTLE.replace(b'"y"', b'"\xff"') + b"\n"},
         "b.jsonl:2",
-    ),  # fmt: skip
+    ),
     Probe("utf8-pii-scan", ["pii", "scan", "x.jsonl"], {"x.jsonl": GOOD + GOOD + BAD_UTF8}, "x.jsonl:3"),
     Probe(
         "utf8-calc-config",
         ["calc", "lora", "--model", "c5/config.json"],
         {"c5/config.json": calc_cfg()[:-1] + b', "name": "\xff"}'},
         "c5/config.json:1",
-    ),  # fmt: skip
+    ),
+    Probe("utf8-kb-doc", ["data", "kb2sft", "doc.md", "--out", "o"], {"doc.md": b"# t\n\nabc \xff\xff\n"}, "doc.md"),
+    Probe(
+        "utf8-logs-events",
+        ["logs", "dwell", "ev.jsonl", "--out", "o/p.jsonl", "--no-progress"],
+        {"ev.jsonl": b'{"user_id": "u", "content_id": "c\xff"}\n'},
+        "ev.jsonl",
+    ),
     # a UTF-8 BOM (Windows editors) is accepted everywhere
     Probe("bom-jsonl", ["data", "check", "x.jsonl"], {"x.jsonl": BOM + GOOD + GOOD}),
     Probe("bom-json", ["data", "check", "x.json"], {"x.json": BOM + b"[" + GOOD + b"]"}),
     Probe("bom-rules-yaml", ["rules", "check", "r.yaml"], {"r.yaml": BOM + RULES_OK.encode()}),
     Probe(
         "bom-log-profile", ["logs", "dwell", "--profile", "p.yaml", "--print-sql"], {"p.yaml": BOM + b"base: zhihu\n"}
-    ),  # fmt: skip
+    ),
     Probe(
         "bom-arena-battles",
         ["arena", "rank", "--battles", "b.json"],
         {"b.json": BOM + b"[" + BATTLE + b"," + BATTLE.replace(b'winner": "model_a', b'winner": "model_b') + b"]"},
-    ),  # fmt: skip
+    ),
     Probe("bom-pii-scan", ["pii", "scan", "x.jsonl"], {"x.jsonl": BOM + GOOD}),
     Probe("bom-calc-config", ["calc", "lora", "--model", "c6/config.json"], {"c6/config.json": BOM + calc_cfg()}),
     # 2. folders named like files, deep nesting, corrupt binary files, outputs in the way, a full disk
@@ -148,113 +159,125 @@ PROBES = [
         ["data", "check", "x.json"],
         {"x.json": b"[" * 200_000 + b"]" * 200_000},
         "x.json: json: not valid JSON (nested too deeply)",
-    ),  # fmt: skip
+    ),
     Probe(
         "deep-jsonl",
         ["data", "check", "x.jsonl"],
         {"x.jsonl": b"[" * 200_000 + b"]" * 200_000 + b"\n"},
         "x.jsonl:1: json: not valid JSON (nested too deeply)",
-    ),  # fmt: skip
+    ),
     Probe(
         "deep-battles", ["arena", "rank", "--battles", "b.json"], {"b.json": b"[" * 200_000 + b"]" * 200_000}, "b.json"
-    ),  # fmt: skip
+    ),
     Probe("deep-yaml", ["sft", "c.yaml"], {"c.yaml": b"a: " + b"[" * 100_000 + b"]" * 100_000}, "c.yaml"),
     Probe(
         "corrupt-parquet",
         ["data", "check", "x.parquet"],
         {"x.parquet": b"PAR1 not really"},
         "x.parquet: not a readable Parquet file",
-    ),  # fmt: skip
+    ),
+    Probe(
+        "corrupt-logs-parquet",
+        ["logs", "dwell", "ev.parquet", "--out", "o/p.jsonl", "--no-progress"],
+        {"ev.parquet": b"PAR1 garbage"},
+        "ev.parquet: cannot read",
+    ),
+    Probe(
+        "dir-as-logs",
+        ["logs", "dwell", "ev.jsonl", "--out", "o/p.jsonl", "--no-progress"],
+        {"ev.jsonl": None},
+        "ev.jsonl: is a folder",
+    ),
     Probe(
         "corrupt-safetensors",
         ["chat", "--model", "m", "--prompt", "hi"],
         {"m": None},
         "model.safetensors: weights not readable",
-    ),  # fmt: skip
+    ),
     Probe(
         "corrupt-safetensors-quant",
         ["calc", "quant", "--model", "m"],
         {"m": None},
         "model.safetensors: not a readable safetensors file",
-    ),  # fmt: skip
+    ),
     Probe(
         "corrupt-sqlite-rank",
         ["arena", "rank", "--db", "a.sqlite"],
         {"a.sqlite": b"SQLite format 2\0garbage" * 100},
         "a.sqlite: not a readable arena database",
-    ),  # fmt: skip
+    ),
     Probe(
         "corrupt-sqlite-import",
         ["arena", "import", "b.json", "--db", "a.sqlite"],
         {"b.json": b"[" + BATTLE + b"]", "a.sqlite": b"not a database at all" * 100},
         "a.sqlite: not a readable arena database",
-    ),  # fmt: skip
+    ),
     Probe(
         "train-out-is-file", ["sft", "c.yaml"], {"c.yaml": sft_cfg(), "x.jsonl": GOOD * 4, "out": b"mine"}, "train.out"
-    ),  # fmt: skip
+    ),
     Probe(
         "disk-full",
         ["pii", "scrub", "x.jsonl", "--out", "o.jsonl"],
         {"x.jsonl": GOOD},
         "o.jsonl: disk full",
         enospc=True,
-    ),  # fmt: skip
+    ),
     Probe(
         "disk-full-refusals",
         ["pii", "refusals", "--n", "3", "--out", "r/o.jsonl"],
         {"r": None},
         "r/o.jsonl: disk full",
         enospc=True,
-    ),  # fmt: skip
+    ),
     # 4. calc: wrong types, zero/negative sizes, terabyte tensors, hidden not divisible by heads
     Probe(
         "calc-config-type",
         ["calc", "lora", "--model", "c0/config.json"],
         {"c0/config.json": calc_cfg(hidden_size="abc")},
         "c0/config.json: hidden_size: expected a positive integer",
-    ),  # fmt: skip
+    ),
     Probe(
         "calc-config-zero",
         ["calc", "lora", "--model", "c1/config.json"],
         {"c1/config.json": calc_cfg(hidden_size=0)},
         "c1/config.json: hidden_size: must be positive",
-    ),  # fmt: skip
+    ),
     Probe(
         "calc-config-negative",
         ["calc", "plan", "--model", "c2/config.json"],
         {"c2/config.json": calc_cfg(num_hidden_layers=-2)},
         "c2/config.json: num_hidden_layers: must be positive",
-    ),  # fmt: skip
+    ),
     Probe(
         "calc-config-indivisible",
         ["calc", "lora", "--model", "c3/config.json"],
         {"c3/config.json": calc_cfg(hidden_size=250, num_attention_heads=3)},
         "c3/config.json: hidden_size 250",
-    ),  # fmt: skip
+    ),
     Probe(
         "calc-config-not-object",
         ["calc", "lora", "--model", "c4/config.json"],
         {"c4/config.json": b"[1, 2]"},
         "c4/config.json: not an HF config.json",
-    ),  # fmt: skip
+    ),
     Probe(
         "calc-quant-terabytes",
         ["calc", "quant", "--rows", "1000000", "--cols", "1000000"],
         {},
         "--rows 1000000 --cols 1000000",
-    ),  # fmt: skip
+    ),
     Probe(
         "calc-lora-indivisible",
         ["calc", "lora", "--layers", "2", "--hidden", "250", "--heads", "3"],
         {},
         "--hidden 250 is not divisible by --heads 3",
-    ),  # fmt: skip
+    ),
     Probe(
         "calc-lora-negative-heads",
         ["calc", "lora", "--layers", "2", "--hidden", "128", "--heads", "-4"],
         {},
         "--heads -4",
-    ),  # fmt: skip
+    ),
     # 5. a hub id that is not on disk, offline: fast, one line
     Probe(
         "hub-id-offline-tokenizer",
@@ -262,39 +285,37 @@ PROBES = [
         {"x.jsonl": GOOD},
         "nobody/not-here: not a folder and not in the Hugging Face cache (offline)",
         max_s=2.0,
-    ),  # fmt: skip
+    ),
     Probe(
         "hub-id-offline-model",
         ["chat", "--model", "nobody/not-here", "--prompt", "hi"],
         {},
         "nobody/not-here: not a folder and not in the Hugging Face cache (offline)",
         max_s=2.0,
-    ),  # fmt: skip
+    ),
     Probe(
         "hub-id-offline-calc",
         ["calc", "lora", "--model", "nobody/not-here"],
         {},
         "nobody/not-here: not a folder and not in the Hugging Face cache (offline)",
         max_s=2.0,
-    ),  # fmt: skip
+    ),
     # 6. YAML configs: syntax, top level, types (line where the YAML gives one)
     Probe("yaml-syntax", ["sft", "c.yaml"], {"c.yaml": b"model:\n  path: demo\ndata: [\n  train: x\n"}, "c.yaml:5"),
-    Probe(
-        "yaml-top-list", ["sft", "c.yaml"], {"c.yaml": b"# runs\n- model\n- data\n"}, "c.yaml:2: expected a mapping"
-    ),  # fmt: skip
+    Probe("yaml-top-list", ["sft", "c.yaml"], {"c.yaml": b"# runs\n- model\n- data\n"}, "c.yaml:2: expected a mapping"),
     Probe("yaml-top-scalar", ["dpo", "c.yaml"], {"c.yaml": b"just words\n"}, "c.yaml:1: expected a mapping"),
     Probe(
         "yaml-wrong-type",
         ["sft", "c.yaml"],
         {"c.yaml": b"data:\n  train: [x.jsonl]\n  max_len: lots\n"},
         "c.yaml:3: data.max_len",
-    ),  # fmt: skip
+    ),
     Probe(
         "yaml-wrong-type-nested",
         ["sft", "c.yaml"],
         {"c.yaml": b"model:\n  path: demo\nlora:\n  r: 8\n  targets: {a: 1}\ndata:\n  train: [x.jsonl]\n"},
         "c.yaml:5: lora.targets",
-    ),  # fmt: skip
+    ),
     Probe("yaml-override-type", ["sft", "c.yaml", "data.max_len=lots"], {"c.yaml": sft_cfg()}, "c.yaml: data.max_len"),
     Probe("yaml-bom", ["sft", "c.yaml", "data.max_len=lots"], {"c.yaml": BOM + sft_cfg()}, "c.yaml: data.max_len"),
     Probe(
@@ -302,7 +323,7 @@ PROBES = [
         ["logs", "chat", "--profile", "p.yaml", "--print-sql"],
         {"p.yaml": b"base: chat\nweights: [1,\n"},
         "p.yaml:3",
-    ),  # fmt: skip
+    ),
 ]
 
 DRIVER = r"""
@@ -362,10 +383,22 @@ def run_driver(probes: list[Probe], root: Path, env: dict | None = None, timeout
     for p in probes:
         _make_files(root / p.id, p)
         spec.append({"id": p.id, "argv": p.argv, "dir": str(root / p.id), "enospc": p.enospc})
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.environ.get("WEITIAO_PROBE_PATH", str(ROOT)),
-           "COLUMNS": "200", **(env or {})}  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", DRIVER], input=json.dumps(spec), capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=root)  # fmt: skip
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.environ.get("WEITIAO_PROBE_PATH", str(ROOT)),
+        "COLUMNS": "200",
+        **(env or {}),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER],
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=root,
+    )
     marker = proc.stdout.rfind("@@RESULTS@@")
     assert marker >= 0, f"driver died (rc {proc.returncode}): {proc.stderr[-3000:]}"
     return json.loads(proc.stdout[marker + len("@@RESULTS@@") :])
@@ -431,8 +464,14 @@ def test_huge_row_bounded_memory(tmp_path):
         "pii": ["pii", "scan", "big.jsonl", "--types", "mobile,email", "--json"],
     }
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.environ.get("WEITIAO_PROBE_PATH", str(ROOT))}
-    proc = subprocess.run([sys.executable, "-c", HUGE_DRIVER, json.dumps(runs)], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", HUGE_DRIVER, json.dumps(runs)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     marker = proc.stdout.rfind("@@RESULTS@@")
     assert marker >= 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout[marker + len("@@RESULTS@@") :])
