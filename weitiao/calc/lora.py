@@ -297,7 +297,13 @@ def load_shape(model: str) -> ModelShape:
     if model in PRESETS:
         arch, kw = PRESETS[model]
         return shape_from_config(AutoConfig.for_model(arch, **kw), model)
-    path = Path(resolve_path(model))
+    try:
+        path = Path(resolve_path(model))
+    except UserError as e:
+        raise UserError(f"{e}; nor is it a preset ({', '.join(PRESETS)})") from None
+    name = model if path.is_dir() else str(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        path = path / "config.json"  # read and checked here: transformers raises bare TypeErrors on bad sizes
     if path.is_file():
         data = read_json(path)
         if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
@@ -309,7 +315,7 @@ def load_shape(model: str) -> ModelShape:
             config = AutoConfig.for_model(**data)
         except (ValueError, TypeError, KeyError) as e:
             raise UserError(f"{path}: not an HF config.json transformers can read ({e})") from None
-        return shape_from_config(config, str(path))
+        return shape_from_config(config, name)
     try:
         config = AutoConfig.from_pretrained(str(path))
     except (OSError, ValueError):
