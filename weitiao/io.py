@@ -24,7 +24,7 @@ SKIP_CHUNK = 1 << 20  # bytes read at a time while skipping an over-long line
 
 def write_error(path: str | Path, e: OSError) -> UserError:
     """A failed write as one line: disk full, read-only or no permission, naming the target."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
         return UserError(f"{path}: disk full while writing ({e.strerror}); free space or write elsewhere")
     return UserError(f"{path}: cannot write ({e.strerror or e})")
 
@@ -97,9 +97,10 @@ def iter_lines(path: str | Path, max_bytes: int | None = None) -> Iterator[tuple
                 yield n, None, size
                 continue
             try:
-                yield n, raw.decode("utf-8"), size
+                text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise _bad_utf8(path, raw, e, n) from None
+            yield n, text, size
 
 
 def loads(text: str) -> Any:
@@ -153,19 +154,23 @@ def atomic_writer(path: str | Path) -> Iterator[Callable[[str], None]]:
 
     def write(text: str) -> None:
         data = memoryview(text.encode("utf-8"))
-        while data:  # os.write may write less than asked
-            data = data[os.write(fd, data) :]
+        try:
+            while data:  # os.write may write less than asked
+                data = data[os.write(fd, data) :]
+        except OSError as e:
+            raise write_error(path, e) from None
 
     try:
         try:
             yield write
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
             raise write_error(path, e) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 
