@@ -150,7 +150,7 @@ def test_flops_equal_torch_counter_full_and_lora(tmp_path):
 def test_unknown_target_and_bad_input_are_user_errors():
     with pytest.raises(UserError, match="gate_proj not in"):
         resolve_targets(shape_from_flags(2, 256, mlp="plain"), "gate")
-    with pytest.raises(UserError, match="not a preset"):
+    with pytest.raises(UserError, match="nor is it a preset"):
         load_shape("no/such-model-anywhere")
     with pytest.raises(UserError, match="rank"):
         lora_report(shape_from_flags(2, 256), 0, "q")
@@ -166,3 +166,31 @@ def test_cli_table_and_json():
     assert data["lora_params"] == 16 * 28 * ((3584 + 3584) * 2 + (3584 + 512) * 2)
     res = runner.invoke(app, ["lora"])
     assert isinstance(res.exception, UserError)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"hidden_size": "abc"}, "hidden_size: expected a positive integer, got 'abc'"),
+        ({"num_attention_heads": 0}, "num_attention_heads: must be positive, got 0"),
+        ({"hidden_size": 250, "num_attention_heads": 3}, "hidden_size 250 is not divisible by num_attention_heads 3"),
+    ],
+)
+def test_bad_sizes_in_a_model_dir_are_user_errors(tmp_path, config, message):
+    """A model dir's config.json is checked before transformers sees it (it raised bare TypeErrors)."""
+    base = {"model_type": "llama", "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "intermediate_size": 256, "vocab_size": 100}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps({**base, **config}))
+    with pytest.raises(UserError, match=f"config.json: {message}"):
+        load_shape(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps(base))  # control: the same dir with good sizes
+    load_shape.cache_clear()
+    assert load_shape(str(tmp_path)).hidden == 128
+
+
+def test_flag_sizes_are_checked():
+    with pytest.raises(UserError, match="--hidden 250 is not divisible by --heads 3"):
+        shape_from_flags(2, 250, heads=3)
+    with pytest.raises(UserError, match="--kv-heads -1: must be positive"):
+        shape_from_flags(2, 256, heads=2, kv_heads=-1)
+    assert shape_from_flags(2, 250, heads=5).head_dim == 50  # control: divisible

@@ -27,7 +27,7 @@ def test_bad_config_key_is_one_line_error(tmp_path):
     cfg.write_text("data:\n  train: [x.jsonl]\ntrain:\n  lr: fast\n")
     p = weitiao("sft", cfg)
     assert p.returncode == 1 and "Traceback" not in p.stderr
-    assert f"{cfg}: train.lr: Input should be a valid number" in p.stderr
+    assert f"{cfg}:4: train.lr: Input should be a valid number" in p.stderr
     p = weitiao("sft", cfg, "train.lr=1e-4", "train.lrr=3")
     assert p.returncode == 1 and "train.lrr: Extra inputs are not permitted" in p.stderr
 

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from weitiao.errors import UserError
+from weitiao.io import read_text
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -37,36 +38,80 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def _yaml_error(path: Path, e: yaml.YAMLError) -> UserError:
+    mark = getattr(e, "problem_mark", None)
+    line = f":{mark.line + 1}" if mark else ""
+    return UserError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', None) or e})")
+
+
 def read_yaml_mapping(path: Path, expected: str = "a mapping") -> dict:
     """Parse a YAML file that must hold a mapping; errors name the file (and line)."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise UserError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected {expected}")
+    data, _ = _read_yaml(path, expected)
     return data
 
 
+def _read_yaml(path: Path, expected: str) -> tuple[dict, yaml.Node | None]:
+    """(mapping, node tree for line numbers); UTF-8 with or without BOM, errors as `file:line: problem`."""
+    text = read_text(path)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise _yaml_error(path, e) from None
+    except RecursionError:
+        raise UserError(f"{path}: not valid YAML (nested too deeply)") from None
+    if data is None:
+        return {}, None
+    if not isinstance(data, dict):
+        line = f":{node.start_mark.line + 1}" if node is not None else ""
+        raise UserError(f"{path}{line}: expected {expected}, got {type(data).__name__}")
+    return data, node
+
+
+def yaml_line(node: yaml.Node | None, keys: tuple) -> int | None:
+    """Line of the deepest node along `keys` (a pydantic error loc) in a composed YAML tree."""
+    line = None
+    for k in keys:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for kn, v in node.value if kn.value == str(k)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(k, int) and k < len(node.value):
+            node = node.value[k]
+        else:
+            break
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
 def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | None = None) -> C:
-    """Read YAML (if given), apply overrides, validate; errors name the file and the key."""
+    """Read YAML (if given), apply overrides, validate; errors name the file, line and key."""
     data: dict = {}
+    node = None
     where = str(path) if path else "config"
     if path:
         p = Path(path)
         if not p.exists():
             raise UserError(f"{p}: config file not found")
-        data = read_yaml_mapping(p, "a mapping of sections at the top level")
+        data, node = _read_yaml(p, "a mapping of sections at the top level")
     data = apply_overrides(data, overrides or [])
     try:
-        return cls.model_validate(data)
+        cfg = cls.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(x) for x in err["loc"])
         more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-        raise UserError(f"{where}: {key}: {err['msg']}{more}") from None
+        overridden = any(o.split("=", 1)[0].strip() == key for o in overrides or [])
+        line = None if overridden else yaml_line(node, tuple(err["loc"]))
+        loc = f"{where}:{line}" if line else where
+        raise UserError(f"{loc}: {key}: {err['msg']}{more}") from None
+    out = getattr(getattr(cfg, "train", None), "out", None)  # checked now, not after loading the model
+    if isinstance(out, str) and Path(out).exists() and not Path(out).is_dir():
+        line = yaml_line(node, ("train", "out"))
+        raise UserError(
+            f"{where}{f':{line}' if line else ''}: train.out: {out} is an existing file; give a folder for the run"
+        )
+    return cfg
 
 
 def dump_config(cfg: BaseModel) -> str:

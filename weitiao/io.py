@@ -1,27 +1,183 @@
-"""Atomic file writes: every output goes to a temp file beside the target, then os.replace."""
+"""File I/O shared by every command.
+
+Writes are atomic: a temp file beside the target, then os.replace; a full disk is one line naming the
+target. Reads decode UTF-8 strictly (a leading BOM is dropped: Windows editors write one) and report
+bad bytes, folders given as files and over-deep JSON as `file:line: problem`.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from weitiao.errors import UserError, where
+
+BOM = b"\xef\xbb\xbf"
+SKIP_CHUNK = 1 << 20  # bytes read at a time while skipping an over-long line
+
+
+def write_error(path: str | Path, e: OSError) -> UserError:
+    """A failed write as one line: disk full, read-only or no permission, naming the target."""
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return UserError(f"{path}: disk full while writing ({e.strerror}); free space or write elsewhere")
+    return UserError(f"{path}: cannot write ({e.strerror or e})")
+
+
+def read_error(path: str | Path, e: OSError) -> UserError:
+    """A failed open/read as one line naming the file."""
+    if isinstance(e, IsADirectoryError) or Path(path).is_dir():
+        return UserError(f"{path}: is a folder; expected a file")
+    if isinstance(e, FileNotFoundError):
+        return UserError(f"{path}: file not found")
+    return UserError(f"{path}: cannot read ({e.strerror or e})")
+
+
+def _bad_utf8(path: str | Path, raw: bytes, e: UnicodeDecodeError, line: int) -> UserError:
+    start = raw.rfind(b"\n", 0, e.start) + 1
+    line += raw.count(b"\n", 0, start)
+    col = len(raw[start : e.start].decode("utf-8", "replace")) + 1
+    return UserError(
+        f"{where(path, line)}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {col}); save the file as UTF-8"
+    )
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """The file's bytes; a missing file or a folder is a UserError naming it."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise read_error(path, e) from None
+
+
+def read_text(path: str | Path) -> str:
+    """A whole UTF-8 text file (leading BOM dropped); bad bytes raise UserError `file:line`."""
+    raw = read_bytes(path)
+    raw = raw[len(BOM) :] if raw.startswith(BOM) else raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _bad_utf8(path, raw, e, 1) from None
+
+
+def iter_lines(path: str | Path, max_bytes: int | None = None) -> Iterator[tuple[int, str | None, int]]:
+    """Stream (line number, text, byte size) over a UTF-8 text file, one line in memory at a time.
+
+    A line longer than `max_bytes` is skipped unread in chunks and yields text None with its size,
+    so one huge row costs no memory; the caller reports it. Bad bytes raise UserError `file:line`.
+    """
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below; binary so a huge line is never decoded
+    except OSError as e:
+        raise read_error(path, e) from None
+    with f:
+        n = 0
+        while True:
+            try:
+                raw = f.readline(max_bytes + 2) if max_bytes else f.readline()
+            except OSError as e:
+                raise read_error(path, e) from None
+            if not raw:
+                return
+            n += 1
+            if n == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM) :]
+            size = len(raw.rstrip(b"\r\n"))
+            if max_bytes and size > max_bytes:
+                while not raw.endswith(b"\n"):
+                    raw = f.readline(SKIP_CHUNK)
+                    if not raw:
+                        break
+                    size += len(raw.rstrip(b"\r\n"))
+                yield n, None, size
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _bad_utf8(path, raw, e, n) from None
+            yield n, text, size
+
+
+def loads(text: str) -> Any:
+    """json.loads that turns a nesting too deep for Python into a ValueError instead of a RecursionError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def read_json(path: str | Path) -> Any:
+    """A whole JSON file; bad UTF-8, bad JSON or over-deep nesting raise UserError `file:line`."""
+    text = read_text(path)
+    try:
+        return loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{where(path, e.lineno, 'json')}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except ValueError as e:
+        raise UserError(f"{where(path, None, 'json')}: not valid JSON ({e})") from None
+
+
+def read_jsonl(path: str | Path, max_bytes: int | None = None) -> Iterator[tuple[int, Any]]:
+    """Stream (line number, value) from a JSONL file; the first bad line raises UserError `file:line`."""
+    for n, line, size in iter_lines(path, max_bytes):
+        if line is None:
+            raise UserError(f"{where(path, n)}: line of {size:,} bytes is over the {max_bytes:,}-byte limit")
+        if not line.strip():
+            continue
+        try:
+            yield n, loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where(path, n, 'json')}: not valid JSON ({e.msg} at column {e.colno})") from None
+        except ValueError as e:
+            raise UserError(f"{where(path, n, 'json')}: not valid JSON ({e})") from None
+
+
+@contextmanager
+def atomic_writer(path: str | Path) -> Iterator[Callable[[str], None]]:
+    """Yield write(text) into a temp file beside `path`; on success it replaces `path`, on error it is removed.
+
+    Writes go straight to os.write (no buffer), so a full disk surfaces at the write that hit it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; expected a file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise write_error(path, e) from None
+
+    def write(text: str) -> None:
+        data = memoryview(text.encode("utf-8"))
+        try:
+            while data:  # os.write may write less than asked
+                data = data[os.write(fd, data) :]
+        except OSError as e:
+            raise write_error(path, e) from None
+
+    try:
+        try:
+            yield write
+        finally:
+            os.close(fd)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            raise write_error(path, e) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write `text` to `path` so readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as write:
+        write(text)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
@@ -33,5 +189,8 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
 
 def append_jsonl(path: str | Path, row: dict[str, Any]) -> None:
     """Append one row to a log file (logs grow line by line; each line is written whole)."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    except OSError as e:
+        raise write_error(path, e) from None

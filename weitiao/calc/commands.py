@@ -271,6 +271,7 @@ def quant(
     else:
         if rows <= 0 or cols <= 0 or not 0 <= outlier_frac < 1:
             raise UserError("--rows/--cols must be positive and --outlier-frac in [0, 1)")
+        q.check_size(rows * cols, f"--rows {rows} --cols {cols}")
         x = q.synthetic_weight(rows, cols, std, outlier_frac, outlier_scale, seed)
         clean = q.synthetic_weight(rows, cols, std, 0.0, outlier_scale, seed)
         rep = q.quant_report(x, f"synthetic N(0, {std}²), {outlier_frac:g} outliers at ±{outlier_scale:g}σ", clean)

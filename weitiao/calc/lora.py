@@ -17,13 +17,13 @@ we ignore: the first layer's frozen q/k/v need no input gradient (a 1/L share of
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 from weitiao.errors import UserError
+from weitiao.io import read_json
 
 # Public config.json shapes written down here (nothing is downloaded). "chapter-96x12288" is the
 # chapter's example: 96 blocks, every attention projection 12288×12288 (96 heads × 128, no GQA), a
@@ -188,8 +188,16 @@ def shape_from_flags(
     """
     if layers <= 0 or hidden <= 0:
         raise UserError(f"--layers {layers} --hidden {hidden}: both must be positive")
+    sizes = {"--heads": heads, "--kv-heads": kv_heads, "--head-dim": head_dim, "--intermediate": intermediate}
+    for flag, v in sizes.items():
+        if v is not None and v <= 0:
+            raise UserError(f"{flag} {v}: must be positive")
+    if vocab < 0:
+        raise UserError(f"--vocab {vocab}: must be 0 (no embeddings) or positive")
     heads = heads or max(1, hidden // 128)
     kv_heads = kv_heads or heads
+    if head_dim is None and hidden % heads:
+        raise UserError(f"--hidden {hidden} is not divisible by --heads {heads}; pass --head-dim or change --heads")
     head_dim = head_dim or hidden // heads
     if heads % kv_heads:
         raise UserError(f"--heads {heads} is not a multiple of --kv-heads {kv_heads}")
@@ -217,12 +225,33 @@ def shape_from_flags(
     return ModelShape(name, layers, hidden, heads, kv_heads, head_dim, intermediate, vocab, total, kinds)
 
 
+SIZE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+             "intermediate_size", "vocab_size")  # fmt: skip
+
+
+def check_sizes(config: Any, name: str) -> None:
+    """Every size a shape needs is a positive integer (a dict from config.json or a config object)."""
+    get = config.get if isinstance(config, dict) else lambda k: getattr(config, k, None)
+    for key in SIZE_KEYS:
+        v = get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise UserError(f"{name}: {key}: expected a positive integer, got {v!r}")
+        if v <= 0:
+            raise UserError(f"{name}: {key}: must be positive, got {v}")
+    hidden, heads = get("hidden_size"), get("num_attention_heads")
+    if get("head_dim") is None and isinstance(hidden, int) and isinstance(heads, int) and hidden % heads:
+        raise UserError(f"{name}: hidden_size {hidden} is not divisible by num_attention_heads {heads}")
+
+
 def shape_from_config(config: Any, name: str) -> ModelShape:
     """Build the model on the meta device (no memory, no weights) and group its Linear modules."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.pytorch_utils import Conv1D
 
+    check_sizes(config.get_text_config() if hasattr(config, "get_text_config") else config, name)
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
@@ -268,13 +297,25 @@ def load_shape(model: str) -> ModelShape:
     if model in PRESETS:
         arch, kw = PRESETS[model]
         return shape_from_config(AutoConfig.for_model(arch, **kw), model)
-    path = Path(resolve_path(model))
+    try:
+        path = Path(resolve_path(model))
+    except UserError as e:
+        raise UserError(f"{e}; nor is it a preset ({', '.join(PRESETS)})") from None
+    name = model if path.is_dir() else str(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        path = path / "config.json"  # read and checked here: transformers raises bare TypeErrors on bad sizes
     if path.is_file():
+        data = read_json(path)
+        if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
+            raise UserError(f"{path}: not an HF config.json (expected an object with a model_type)")
+        for part in (data, data.get("text_config")):
+            if isinstance(part, dict):
+                check_sizes(part, str(path))
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return shape_from_config(AutoConfig.for_model(**data), str(path))
-        except (json.JSONDecodeError, ValueError, TypeError) as e:
-            raise UserError(f"{path}: not an HF config.json with a model_type ({e})") from None
+            config = AutoConfig.for_model(**data)
+        except (ValueError, TypeError, KeyError) as e:
+            raise UserError(f"{path}: not an HF config.json transformers can read ({e})") from None
+        return shape_from_config(config, name)
     try:
         config = AutoConfig.from_pretrained(str(path))
     except (OSError, ValueError):

@@ -160,6 +160,16 @@ def analyze(x: torch.Tensor) -> list[QuantRow]:
     return [error_row(m, x, fn(x)) for m, (_, fn) in METHODS.items()]
 
 
+MAX_ELEMENTS = 1 << 27  # 134M weights = 0.5 GiB per fp32 copy; the analysis holds several copies
+
+
+def check_size(numel: int, what: str) -> None:
+    """Refuse tensors whose analysis would need tens of GiB (or terabytes) of memory."""
+    if numel > MAX_ELEMENTS:
+        gib = numel * 4 / 2**30
+        raise UserError(f"{what}: {numel:,} weights ({gib:,.0f} GiB per fp32 copy) is over the {MAX_ELEMENTS:,} limit")
+
+
 def synthetic_weight(
     rows: int = 2048,
     cols: int = 2048,
@@ -198,7 +208,7 @@ def outlier_facts(x: torch.Tensor, block: int = 64) -> dict[str, float]:
 
 def read_tensor(model: str, name: str | None) -> tuple[str, torch.Tensor]:
     """One weight from a safetensors model dir/file; default: the first q_proj weight, else the largest 2-D."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     from weitiao.models.load import resolve_path
 
@@ -208,9 +218,12 @@ def read_tensor(model: str, name: str | None) -> tuple[str, torch.Tensor]:
         raise UserError(f"--model {model}: no .safetensors weights found")
     shapes: dict[str, tuple[Path, list[int]]] = {}
     for f in files:
-        with safe_open(str(f), framework="pt") as fh:
-            for key in fh.keys():
-                shapes[key] = (f, fh.get_slice(key).get_shape())
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                for key in fh.keys():
+                    shapes[key] = (f, fh.get_slice(key).get_shape())
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"{f}: not a readable safetensors file (truncated or corrupt: {e})") from None
     if name is None:
         two_d = [k for k, (_, s) in shapes.items() if len(s) == 2]
         q = [k for k in two_d if "q_proj.weight" in k]
@@ -220,8 +233,12 @@ def read_tensor(model: str, name: str | None) -> tuple[str, torch.Tensor]:
     if name not in shapes:
         near = [k for k in shapes if name.split(".")[-2:][0] in k][:5] or list(shapes)[:5]
         raise UserError(f"--tensor {name}: not in {model} (e.g. {', '.join(near)})")
-    with safe_open(str(shapes[name][0]), framework="pt") as fh:
-        return name, fh.get_tensor(name).float()
+    check_size(math.prod(shapes[name][1]), f"--tensor {name}")
+    try:
+        with safe_open(str(shapes[name][0]), framework="pt") as fh:
+            return name, fh.get_tensor(name).float()
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{shapes[name][0]}: not a readable safetensors file (truncated or corrupt: {e})") from None
 
 
 @dataclass

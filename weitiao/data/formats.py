@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from weitiao.errors import UserError
-from weitiao.io import write_jsonl
+from weitiao.io import iter_lines, loads, read_json, write_jsonl
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
 Format = Literal["auto", "alpaca", "sharegpt", "openai", "preference"]
@@ -22,6 +22,7 @@ FORMATS = ("alpaca", "sharegpt", "openai", "preference")
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 SHAREGPT_ROLES |= {"system": "system"}
+MAX_ROW_BYTES = 1_000_000  # a longer JSONL row is rejected unread: ~300k tokens, far over any max_len
 
 
 class RowError(ValueError):
@@ -79,34 +80,47 @@ class LoadResult:
 # ----------------------------------------------------------------------------- reading files
 
 
-def iter_records(path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield (line or row number, record) from a .jsonl/.json/.parquet file."""
+def iter_records(path: Path, max_row_bytes: int | None = MAX_ROW_BYTES) -> Iterator[tuple[int, Any]]:
+    """Yield (line or row number, record) from a .jsonl/.json/.parquet file.
+
+    JSONL is streamed line by line; a line that is not JSON, or longer than `max_row_bytes` (never read
+    into memory), is yielded as a RowError so `load_rows` can reject it with its line number.
+    """
+    path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: file not found")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; expected a data file (.jsonl, .json or .parquet)")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
+        for n, line, size in iter_lines(path, max_row_bytes):
+            if line is None:
+                limit = f"{max_row_bytes:,}"
+                yield n, RowError("row", f"{size:,} bytes, over the {limit}-byte limit (data.max_row_bytes)")
+            elif line.strip():
                 try:
-                    yield n, json.loads(line)
+                    yield n, loads(line)
                 except json.JSONDecodeError as e:
                     yield n, RowError("json", f"not valid JSON ({e.msg} at column {e.colno})")
+                except ValueError as e:
+                    yield n, RowError("json", f"not valid JSON ({e})")
     elif suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{e.lineno}: json: not valid JSON ({e.msg})") from None
+        data = read_json(path)
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
             raise UserError(f"{path}: json: expected a list of rows (or {{'data': [...]}})")
         yield from enumerate(data, 1)
     elif suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        yield from enumerate(pq.read_table(path).to_pylist(), 1)
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(f"{path}: not a readable Parquet file ({msg})") from None
+        yield from enumerate(table.to_pylist(), 1)
     else:
         raise UserError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json or .parquet")
 
@@ -269,12 +283,14 @@ def load_rows(
     fmt: Format = "auto",
     skip_invalid: bool = False,
     rejects_path: str | Path | None = None,
+    max_row_bytes: int | None = MAX_ROW_BYTES,
 ) -> LoadResult:
     """Load and validate every row of every file.
 
     fmt="auto" detects the format from each file's first row and holds the file to it.
     A bad row raises UserError(`file:line: field: problem`) unless skip_invalid, in which case it
     is written with its error to `rejects_path` (default: `<first file>.rejects.jsonl`).
+    A JSONL row over `max_row_bytes` is such a bad row (None = no limit).
     """
     if fmt != "auto" and fmt not in FORMATS:
         raise UserError(f"format {fmt!r} unknown; use one of auto, {', '.join(FORMATS)}")
@@ -284,7 +300,7 @@ def load_rows(
     for path in paths:
         file_fmt = None if fmt == "auto" else fmt
         kept_before = len(result.rows)
-        for n, record in iter_records(path):
+        for n, record in iter_records(path, max_row_bytes):
             result.read += 1
             loc = f"{path}:{n}"
             try:

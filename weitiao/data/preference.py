@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode
-from weitiao.data.formats import LoadResult, PreferencePair, load_rows
+from weitiao.data.formats import MAX_ROW_BYTES, LoadResult, PreferencePair, load_rows
 from weitiao.data.templates import ChatTemplate
 from weitiao.errors import UserError
 
@@ -84,9 +84,11 @@ def pair_rows(rows: list[list[int]], packing: bool = True) -> list[list[int]]:
     return [[k] for row in rows for i in row for k in (2 * i, 2 * i + 1)]
 
 
-def load_pairs(paths: list[str], fmt: str, skip_invalid: bool, rejects_path: Any = None) -> LoadResult:
+def load_pairs(
+    paths: list[str], fmt: str, skip_invalid: bool, rejects_path: Any = None, max_row_bytes: int = MAX_ROW_BYTES
+) -> LoadResult:
     """Load preference rows; every row must be a pair."""
-    res = load_rows(paths, fmt, skip_invalid=skip_invalid, rejects_path=rejects_path)
+    res = load_rows(paths, fmt, skip_invalid=skip_invalid, rejects_path=rejects_path, max_row_bytes=max_row_bytes)
     for row in res.rows:
         if not isinstance(row, PreferencePair):
             raise UserError(f"{row.source}: chosen: expected a preference row (prompt/chosen/rejected)")

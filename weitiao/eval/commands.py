@@ -205,7 +205,8 @@ def arena_import(
     from weitiao.eval.arena.rank import load_battles
     from weitiao.eval.arena.store import ArenaStore
 
-    n = ArenaStore(db).import_battles(load_battles(battles))
+    rows = load_battles(battles)  # before opening the db: a bad file leaves no new db behind
+    n = ArenaStore(db).import_battles(rows)
     console.print(f"imported {n:,} battles into {db}")
 
 

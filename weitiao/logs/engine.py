@@ -139,6 +139,8 @@ def open_table(con: duckdb.DuckDBPyConnection, name: str, path: str | Path, colu
     values (bad numbers, bad timestamps), empty values in a required column, or values below `min`.
     """
     path = str(path)
+    if Path(path).is_dir():
+        raise UserError(f"{path}: is a folder; expected a log file (or a glob such as {Path(path) / '*.parquet'})")
     if not _exists(path):
         raise UserError(f"{path}: file not found")
     reader = _reader(path)

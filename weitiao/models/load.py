@@ -5,6 +5,7 @@ QLoRA is LoRA on a 4-bit NF4 base with double quantization: the same code on CPU
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -48,12 +49,76 @@ class LoraSpec(BaseModel):
 
 
 def resolve_path(path: str) -> str:
-    """'demo' → the shipped model; a directory stays; anything else is a hub id for the local cache."""
+    """'demo' → the shipped model; a file or folder stays; anything else is a hub id, checked at once.
+
+    A hub id that is not in the local HF cache fails here in at most ~2 s when offline (HF_HUB_OFFLINE
+    or the hub unreachable) instead of after transformers' retries; online it is left to download.
+    """
     if path == "demo":
         from weitiao.demo import MODEL_DIR
 
         return str(MODEL_DIR)
+    if not Path(path).expanduser().exists():
+        _check_hub_id(path)
     return path
+
+
+def _check_hub_id(name: str) -> None:
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        hits = [try_to_load_from_cache(name, f) for f in ("config.json", "tokenizer_config.json")]
+    except ValueError:  # HFValidationError: not shaped like owner/name
+        raise UserError(f"{name}: no such model folder (and not a Hugging Face hub id)") from None
+    if any(isinstance(h, str) for h in hits):
+        return
+    reason = "offline" if constants.HF_HUB_OFFLINE else _unreachable(constants.ENDPOINT)
+    if reason:
+        raise UserError(
+            f"{name}: not a folder and not in the Hugging Face cache ({reason}); "
+            f"download it with `huggingface-cli download {name}` or give a folder"
+        )
+
+
+def _unreachable(endpoint: str, timeout: float = 2.0) -> str | None:
+    """None when the hub endpoint answers HTTP within `timeout` seconds, else why not."""
+    import threading
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlparse
+
+    ok: list[bool] = []
+
+    def ask() -> None:  # in a thread: a stuck DNS lookup ignores socket timeouts
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+            ok.append(True)
+        except urllib.error.HTTPError:
+            ok.append(True)  # it answered
+        except (OSError, ValueError):
+            pass
+
+    t = threading.Thread(target=ask, daemon=True)
+    t.start()
+    t.join(timeout)
+    return None if ok else f"offline: cannot reach {urlparse(endpoint).hostname}"
+
+
+def _bad_weights(path: str) -> str:
+    """The first .safetensors file in `path` whose header does not parse (for the error line)."""
+    from safetensors import safe_open
+
+    for f in sorted(Path(path).glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except Exception:  # noqa: BLE001 - any failure names this file
+            return str(f)
+    return path
+
+
+def _first_line(e: BaseException) -> str:
+    return next((x.strip() for x in str(e).splitlines() if x.strip()), type(e).__name__)
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -70,9 +135,7 @@ def load_tokenizer(path: str) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except OSError as e:
-        raise UserError(
-            f"model {path!r}: cannot load tokenizer (not a dir or not in the local HF cache): {e}"
-        ) from None
+        raise UserError(f"model {path!r}: cannot load tokenizer: {_first_line(e)}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -101,10 +164,14 @@ def load_model(spec: ModelSpec, device: torch.device | None = None, head: str = 
     auto = AutoModelForCausalLM
     if head == "score":
         auto, kwargs["num_labels"] = AutoModelForSequenceClassification, 1
+    from safetensors import SafetensorError
+
     try:
         model = auto.from_pretrained(path, trust_remote_code=spec.trust_remote_code, **kwargs)
+    except SafetensorError as e:
+        raise UserError(f"{_bad_weights(path)}: weights not readable (truncated or corrupt: {e})") from None
     except OSError as e:
-        raise UserError(f"model {path!r}: cannot load (not a dir or not in the local HF cache): {e}") from None
+        raise UserError(f"model {path!r}: cannot load: {_first_line(e)}") from None
     if spec.quant == "none":
         model.to(device)
     model.config.use_cache = False

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from weitiao.config import dump_config
 from weitiao.data.chat import IGNORE, Encoded
 from weitiao.data.collate import Batch, collate, n_targets
+from weitiao.data.formats import MAX_ROW_BYTES
 from weitiao.data.preference import PairStats, encode_pairs, load_pairs, pair_rows
 from weitiao.data.templates import ChatTemplate, resolve_template
 from weitiao.errors import UserError
@@ -61,6 +62,7 @@ class PrefDataSpec(BaseModel):
     truncation: Literal["drop", "cut_response"] = "drop"
     packing: bool = True
     skip_invalid: bool = False
+    max_row_bytes: int = Field(MAX_ROW_BYTES, gt=0, description="a longer JSONL row is rejected unread (file:line)")
 
 
 class DPOSpec(BaseModel):
@@ -105,10 +107,10 @@ def prepare_pairs(cfg: DPOConfig, tokenizer: Any) -> PrefData:
     d = cfg.data
     template = resolve_template(tokenizer, d.template)
     rejects = Path(cfg.train.out) / "rejects.jsonl"
-    loaded = load_pairs(d.train, d.format, d.skip_invalid, rejects)
+    loaded = load_pairs(d.train, d.format, d.skip_invalid, rejects, d.max_row_bytes)
     pairs, read, rejected = loaded.rows, loaded.read, loaded.rejected
     if d.eval:
-        ev = load_pairs(d.eval, d.format, d.skip_invalid, rejects.with_name("eval_rejects.jsonl"))
+        ev = load_pairs(d.eval, d.format, d.skip_invalid, rejects.with_name("eval_rejects.jsonl"), d.max_row_bytes)
         eval_pairs, read, rejected = ev.rows, read + ev.read, rejected + ev.rejected
     else:
         g = torch.Generator().manual_seed(cfg.train.seed)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from weitiao.config import dump_config
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, EncodeStats, encode_all
 from weitiao.data.collate import collate, n_targets, plan_epoch
-from weitiao.data.formats import load_conversations
+from weitiao.data.formats import MAX_ROW_BYTES, load_conversations
 from weitiao.data.prep import conversation_key, count_overlap, overlap_warning, require_rows, split_eval
 from weitiao.data.templates import ChatTemplate, resolve_template
 from weitiao.errors import UserError
@@ -56,6 +56,7 @@ class DataSpec(BaseModel):
     train_eot: bool = Field(True, description="false = never learn to stop (chapter Q147 experiment only)")
     packing: bool = True
     skip_invalid: bool = False
+    max_row_bytes: int = Field(MAX_ROW_BYTES, gt=0, description="a longer JSONL row is rejected unread (file:line)")
 
 
 class TrainSpec(BaseModel):
@@ -124,14 +125,13 @@ def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
     d = cfg.data
     template = resolve_template(tokenizer, d.template)
     rejects = Path(cfg.train.out) / "rejects.jsonl"
-    loaded = load_conversations(d.train, d.format, skip_invalid=d.skip_invalid, rejects_path=rejects)
+    rows_kw = {"skip_invalid": d.skip_invalid, "max_row_bytes": d.max_row_bytes}
+    loaded = load_conversations(d.train, d.format, rejects_path=rejects, **rows_kw)
     require_rows(loaded, "data.train")
     convs = loaded.rows
     read, rejected, eval_copies = loaded.read, loaded.rejected, 0
     if d.eval:
-        ev = load_conversations(
-            d.eval, d.format, skip_invalid=d.skip_invalid, rejects_path=rejects.with_name("eval_rejects.jsonl")
-        )
+        ev = load_conversations(d.eval, d.format, rejects_path=rejects.with_name("eval_rejects.jsonl"), **rows_kw)
         require_rows(ev, "data.eval")
         eval_convs, read, rejected = ev.rows, read + ev.read, rejected + ev.rejected
     elif d.eval_split > 0:

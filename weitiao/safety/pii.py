@@ -372,11 +372,31 @@ RECOGNIZERS: dict[str, Callable[[str], list[Match]]] = {
 }
 
 
+CHUNK, CONTEXT = 1 << 16, 256  # chars scanned at once; context each side sees cues and entities cut at the edge
+
+
 def scan(text: str, types: list[str] | None = None, min_confidence: float = 0.0) -> list[Match]:
-    """All PII in `text`, non-overlapping, in order; on overlap the longer span of the higher-priority type wins."""
+    """All PII in `text`, non-overlapping, in order; on overlap the longer span of the higher-priority type wins.
+
+    Long text goes in CHUNK-sized windows (plus CONTEXT each side), so memory and the overlap
+    resolution stay bounded per window; a match belongs to the window it starts in.
+    """
     for t in types or []:
         if t not in TYPES:
             raise UserError(f"PII type {t!r} unknown; use one of {', '.join(TYPES)}")
+    if len(text) <= CHUNK + 2 * CONTEXT:
+        return _scan_window(text, types, min_confidence)
+    out: list[Match] = []
+    for i in range(0, len(text), CHUNK):
+        lo = max(0, i - CONTEXT)
+        for m in _scan_window(text[lo : i + CHUNK + CONTEXT], types, min_confidence):
+            start, end = m.start + lo, m.end + lo
+            if i <= start < i + CHUNK and (not out or start >= out[-1].end):
+                out.append(Match(m.type, start, end, m.text, m.confidence))
+    return out
+
+
+def _scan_window(text: str, types: list[str] | None, min_confidence: float) -> list[Match]:
     found = [m for t in types or TYPES for m in RECOGNIZERS[t](text) if m.confidence >= min_confidence]
     found.sort(key=lambda m: (m.confidence < 0.5, PRIORITY.index(m.type), -(m.end - m.start), m.start))
     kept: list[Match] = []

@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from weitiao.safety import pii_data as D
@@ -53,36 +55,47 @@ def process_file(
 ) -> FileReport:
     """Scan (out=None) or scrub one data file of any supported format, field by field.
 
-    The file is validated with `load_rows` first (a bad row is a UserError naming file:line: field);
-    then each raw record is walked so the scrubbed JSONL keeps the input's row shape. One row is one
-    document for pseudonyms: a name in the user turn gets the same fake in the assistant turn.
+    Rows stream through one at a time (a huge row is scanned in bounded windows, see `pii.scan`);
+    each is validated like `load_rows` (a bad row is a UserError naming file:line: field) and walked
+    so the scrubbed JSONL keeps the input's row shape; the output appears only when every row passed.
+    One row is one document for pseudonyms: a name in the user turn gets the same fake in the assistant turn.
     """
-    from weitiao.data.formats import iter_records, load_rows
-    from weitiao.io import write_jsonl
+    from weitiao.data.formats import RowError, detect_format, iter_records, parse_row
+    from weitiao.errors import UserError
+    from weitiao.io import atomic_writer
 
-    fmt = load_rows(path).format
-    rep = FileReport(str(path), fmt, counts=dict.fromkeys(TYPES, 0), fields={}, examples=[])
-    rows_out = []
-    for n, record in iter_records(path):
-        rep.rows += 1
-        found: list[tuple[str, Match]] = []
-        replace = replacer(mode, seed=seed * 1_000_003 + n)
+    rep = FileReport(str(path), "auto", counts=dict.fromkeys(TYPES, 0), fields={}, examples=[])
+    fmt = None
+    with atomic_writer(out) if out is not None else nullcontext() as write:
+        for n, record in iter_records(path, max_row_bytes=None):
+            try:
+                if isinstance(record, RowError):
+                    raise record
+                fmt = fmt or detect_format(record)
+                parse_row(record, fmt)
+            except RowError as e:
+                raise UserError(f"{path}:{n}: {e}") from None
+            rep.rows += 1
+            found: list[tuple[str, Match]] = []
+            replace = replacer(mode, seed=seed * 1_000_003 + n)
 
-        def one(text: str, field: str, replace=replace, found=found) -> str:
-            new, matches = scrub(text, mode, types, min_confidence, replace)
-            found += [(field, m) for m in matches]
-            return new
+            def one(text: str, field: str, replace=replace, found=found) -> str:
+                new, matches = scrub(text, mode, types, min_confidence, replace)
+                found += [(field, m) for m in matches]
+                return new
 
-        rows_out.append(_walk(record, "", one))
-        for field, m in found:
-            rep.counts[m.type] += 1
-            rep.fields[field] = rep.fields.get(field, 0) + 1
-            rep.low_confidence += m.confidence < 0.5
-            if len(rep.examples) < 20:
-                rep.examples.append({"line": n, "field": field, "type": m.type, "text": m.text})
-        rep.rows_with_pii += bool(found)
-    if out is not None:
-        write_jsonl(out, rows_out)
+            scrubbed = _walk(record, "", one)
+            if write is not None:
+                write(json.dumps(scrubbed, ensure_ascii=False) + "\n")
+            del record, scrubbed  # one huge row at a time
+            for field, m in found:
+                rep.counts[m.type] += 1
+                rep.fields[field] = rep.fields.get(field, 0) + 1
+                rep.low_confidence += m.confidence < 0.5
+                if len(rep.examples) < 20:
+                    rep.examples.append({"line": n, "field": field, "type": m.type, "text": m.text[:200]})
+            rep.rows_with_pii += bool(found)
+    rep.format = fmt or "auto"
     return rep
 
 

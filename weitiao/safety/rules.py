@@ -29,7 +29,9 @@ from typing import Any
 
 import yaml
 
+from weitiao import io
 from weitiao.errors import UserError
+from weitiao.io import read_text
 
 CATEGORIES = ("style", "format", "content", "fact")
 RULE_KEYS = {"id", "category", "text", "when", "check", "note"}
@@ -296,13 +298,15 @@ def read_rules(path: str | Path) -> tuple[list[Rule], list[str]]:
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p}: rule file not found")
-    text = p.read_text(encoding="utf-8")
+    text = read_text(p)
     try:
         data = yaml.safe_load(text)
         node = yaml.compose(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         return [], [f"{p}{f':{mark.line + 1}' if mark else ''}: not valid YAML ({getattr(e, 'problem', e)})"]
+    except RecursionError:
+        return [], [f"{p}: not valid YAML (nested too deeply)"]
     if isinstance(node, yaml.MappingNode):
         node = next((v for k, v in node.value if k.value == "rules"), None)
     lines = [n.start_mark.line + 1 for n in node.value] if isinstance(node, yaml.SequenceNode) else None
@@ -358,19 +362,15 @@ def row_prompt_reply(row: dict) -> tuple[str | None, str | None, str | None]:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    """JSON-object rows of a JSONL file; a bad line raises UserError `file:line`."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p}: file not found")
     rows = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{p}:{n}: json: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{p}:{n}: row: expected a JSON object")
-            rows.append(row)
+    for n, row in io.read_jsonl(p):
+        if not isinstance(row, dict):
+            raise UserError(f"{p}:{n}: row: expected a JSON object")
+        rows.append(row)
     return rows
 
 

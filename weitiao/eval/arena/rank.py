@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from weitiao.errors import UserError, where
+from weitiao.io import read_json, read_jsonl, read_text
 
 SCALE = 400 / math.log(10)
 WINNERS = {"model_a": 0, "model_b": 1, "tie": 2, "tie (bothbad)": 2}
@@ -257,15 +257,8 @@ def load_battles(path: Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8")
-    try:
-        rows = (
-            json.loads(text)
-            if text.lstrip().startswith("[")
-            else [json.loads(x) for x in text.splitlines() if x.strip()]
-        )
-    except json.JSONDecodeError as e:
-        raise UserError(f"{where(path, e.lineno)}: not valid JSON ({e.msg})") from None
+    text = read_text(path)
+    rows = read_json(path) if text.lstrip().startswith("[") else [r for _, r in read_jsonl(path)]
     for n, r in enumerate(rows, 1):
         for f in ("model_a", "model_b", "winner"):
             if not isinstance(r, dict) or not isinstance(r.get(f), str):

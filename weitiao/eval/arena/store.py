@@ -10,7 +10,6 @@ Outcomes use FastChat's words: model_a, model_b, tie, tie (bothbad).
 
 from __future__ import annotations
 
-import json
 import random
 import sqlite3
 import time
@@ -20,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from weitiao.errors import UserError, where
+from weitiao.io import read_jsonl
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (prompt TEXT NOT NULL, model TEXT NOT NULL, answer TEXT NOT NULL,
@@ -40,10 +40,16 @@ class ArenaStore:
         self.path = Path(path)
         if not create and not self.path.exists():
             raise UserError(f"{self.path}: no arena database here (run `weitiao arena serve --db {self.path}` first)")
+        if self.path.is_dir():
+            raise UserError(f"{self.path}: is a folder; expected an arena SQLite file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.execute("PRAGMA journal_mode=WAL")  # readers never block the vote writer
-            db.executescript(SCHEMA)
+        try:
+            with self._db() as db:
+                db.execute("PRAGMA journal_mode=WAL")  # readers never block the vote writer
+                db.executescript(SCHEMA)
+                db.execute("SELECT model_a, model_b, outcome, tstamp FROM votes LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as e:  # "file is not a database", a foreign schema, ...
+            raise UserError(f"{self.path}: not a readable arena database ({e})") from None
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -144,13 +150,7 @@ def read_answers(path: str | Path) -> list[dict]:
     if not path.exists():
         raise UserError(f"{path}: file not found")
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where(path, n)}: not valid JSON ({e.msg})") from None
+    for n, r in read_jsonl(path):
         for f in ("prompt", "model", "answer"):
             if not isinstance(r, dict) or not isinstance(r.get(f), str):
                 raise UserError(f"{where(path, n, f)}: missing or not a string; rows are {{prompt, model, answer}}")
