@@ -5,8 +5,12 @@
 Endpoints: /v1/chat/completions and /v1/completions (stream and not, `n`, usage), /v1/models, /health.
 
 How a request flows:
-1. The handler validates the body (400 on bad JSON or fields, or a prompt over the context), runs the
-   input screen, tokenizes, and appends a Job to the waiting list (429 when `max_queue` jobs wait).
+1. A guard in front of every route checks the API key (constant-time; /health stays open) and the body
+   size (413 over `max_body_mb`, decided from Content-Length or while reading, never buffering more).
+   The handler then validates the body (400 naming the field: bad JSON, unknown or unsupported fields,
+   values out of range, a prompt over the context), runs the input screen and tokenizes, all in a
+   thread so /health and streams keep answering, and appends a Job to the waiting list (429 when
+   `max_queue` jobs wait).
 2. One worker task owns the model. It takes the oldest waiting job plus later ones with the same
    sampling settings, up to `max_batch` rows (a job with `n` choices is `n` rows), and runs them as one
    left-padded, KV-cached `model.generate` in a thread, so the event loop keeps serving.
@@ -14,7 +18,7 @@ How a request flows:
    the jobs' asyncio queues. Streaming is real: batched rows stream token by token, and time-to-first-token
    is one prefill + one step, not the whole batch.
 4. The same criterion ends rows early: end-of-turn/EOS token, a stop string, the job's own `max_tokens`,
-   or a client that went away (a disconnected stream stops its rows, so it frees its slot).
+   or a client that went away (streaming or not, a hang-up stops its rows, so it frees its slot).
 5. Once half a batch's rows are done and compatible jobs wait, the batch stops; its live rows go back to
    the front of the queue and resume next to the newcomers from prompt + tokens so far (KV recomputed).
    This keeps batches full (a cheap stand-in for continuous batching); seeded requests are never paused.
@@ -28,10 +32,13 @@ the filter needs the whole text.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -48,35 +55,74 @@ from weitiao.data.templates import ChatTemplate, resolve_template
 @dataclass
 class ServeSettings:
     model_name: str = "weitiao"  # the id /v1/models reports and responses echo
-    api_key: str | None = None  # when set, /v1/* needs `Authorization: Bearer <key>`
+    api_key: str | None = None  # when set, every route but /health needs `Authorization: Bearer <key>`
     max_batch: int = 8  # rows (choices) generated together in one batch
     max_queue: int = 64  # waiting jobs beyond which new requests get 429
     max_new_tokens: int = 256  # default and ceiling for max_tokens
+    max_body_mb: float = 8.0  # request bodies above this get 413
 
 
-class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # clients send fields we do not use (user, logprobs=False...)
+class _Strict(BaseModel):
+    # unknown fields are refused by name (a typo like `max_tokns` must not be silently ignored); NaN and
+    # ±Infinity, which Python's JSON reader accepts, are refused too
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class _StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class _Sampling(_Strict):
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)  # extension
-    repetition_penalty: float = Field(1.0, gt=0)  # extension
+    # extension; HF divides logits by it, so tiny values overflow to inf and the sampler fails
+    repetition_penalty: float = Field(1.0, ge=0.01, le=100)
     n: int = Field(1, ge=1)
     stream: bool = False
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream_options: dict | None = None
+    stop: str | list[str] | None = Field(None, max_length=16)
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # torch.manual_seed's range
+    stream_options: _StreamOptions | None = None
 
 
-class _Message(BaseModel):
+# OpenAI fields this server does not implement, accepted only with a value that changes nothing
+# (None: any value; null is always fine). Anything else is refused by name instead of ignored.
+NO_OP_FIELDS: dict[str, tuple | None] = {
+    "user": None,
+    "store": None,
+    "metadata": None,
+    "service_tier": None,
+    "parallel_tool_calls": None,
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "frequency_penalty": (0,),
+    "presence_penalty": (0,),
+    "logit_bias": ({},),
+    "echo": (False,),
+    "best_of": (1,),
+    "suffix": ("",),
+    "tools": ([],),
+    "tool_choice": ("none",),
+    "response_format": ({"type": "text"},),
+}
+
+
+class _TextPart(_Strict):
+    type: Literal["text"]  # only text parts: images and audio are refused, not dropped
+    text: str
+
+
+class _Message(_Strict):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[dict] | None = None
+    content: str | list[_TextPart] | None = None
+    name: str | None = None  # accepted; chat templates have no place for it
 
     def text(self) -> str:
-        if isinstance(self.content, list):  # content parts: keep the text ones
-            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
         return self.content or ""
 
 
@@ -233,8 +279,143 @@ def run_batch(
 NO_KEY = "invalid or missing API key (Authorization: Bearer ...)"
 
 
-def _error(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "param": None, "code": code}}, status)
+def _error(
+    status: int, message: str, type_: str = "invalid_request_error", code: str | None = None, param: str | None = None
+) -> JSONResponse:
+    message = message.encode("utf-8", "backslashreplace").decode()  # a lone surrogate echoed from a body
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}}, status)
+
+
+class _BadRequest(Exception):
+    """A 400 naming the request field (`param`) at fault."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = "invalid_field") -> None:
+        super().__init__(message)
+        self.message, self.param, self.code = message, param, code
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # a lone surrogate such as "\ud800", which JSON escapes can carry
+        return False
+
+
+def _lone_surrogate(data: Any) -> str | None:
+    """Path of the first string or key that is not valid Unicode, or None. Iterative: bodies nest deep."""
+    todo: list[tuple[tuple, Any]] = [((), data)]
+    while todo:
+        path, x = todo.pop()
+        if isinstance(x, str) and not _encodable(x):
+            return ".".join(map(str, path)) or "body"
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if not _encodable(k):
+                    return ".".join(map(str, path)) or "body"
+                todo.append(((*path, k), v))
+        elif isinstance(x, list):
+            todo.extend(((*path, i), v) for i, v in enumerate(x))
+    return None
+
+
+def _field_path(loc: tuple, data: Any) -> str:
+    """`messages.0.content.0.text` from a pydantic error location, leaving out union-member tags
+    (`str`, `list[_TextPart]`), which are no place in the body."""
+    parts, cur = [], data
+    for n, x in enumerate(loc):
+        if isinstance(cur, list) and isinstance(x, int) and x < len(cur):
+            parts.append(str(x))
+            cur = cur[x]
+        elif isinstance(cur, dict) and x in cur:
+            parts.append(str(x))
+            cur = cur[x]
+        elif isinstance(cur, dict) and n == len(loc) - 1:  # a required field that is missing
+            parts.append(str(x))
+    return ".".join(parts)
+
+
+def read_body(body: bytes, schema: type[_Sampling]) -> Any:
+    """The validated request, or `_BadRequest` naming the field at fault."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _BadRequest(f"malformed JSON body: {e}", code=None) from None
+    if not isinstance(data, dict):
+        raise _BadRequest("body: expected a JSON object", "body")
+    bad = _lone_surrogate(data)
+    if bad is not None:
+        raise _BadRequest(f"{bad}: not valid Unicode (a lone UTF-16 surrogate \\ud800-\\udfff)", bad)
+    for name in sorted(NO_OP_FIELDS.keys() & data.keys()):
+        allowed, value = NO_OP_FIELDS[name], data.pop(name)
+        if value is not None and allowed is not None and value not in allowed:
+            msg = f"{name}: not supported by this server; leave it out or send {json.dumps(allowed[0])}"
+            raise _BadRequest(msg, name)
+    try:
+        return schema.model_validate(data)
+    except ValidationError as e:
+        err = max(e.errors(), key=lambda x: len(x["loc"]))  # the deepest is the most specific
+        where = _field_path(err["loc"], data) or "body"
+        msg = "unknown field (this server does not implement it)" if err["type"] == "extra_forbidden" else err["msg"]
+        raise _BadRequest(f"{where}: {msg}", where) from None
+
+
+class _Guard:
+    """ASGI middleware in front of every route: the API key (constant-time compare; /health stays open for
+    probes) and the body-size limit (413 from Content-Length, or as soon as a chunked body passes it). The
+    body is read here, at most `max_body` bytes, and replayed to the app."""
+
+    def __init__(self, app: Any, api_key: str | None, max_body: int) -> None:
+        self.app, self.max_body = app, max_body
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if self.expected is not None and scope["path"] != "/health":
+            if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+                await self._drain(receive, 0)
+                return await _error(401, NO_KEY, code="invalid_api_key")(scope, receive, send)
+        too_big = _error(413, f"request body over the server's limit of {self.max_body:,} bytes (--max-body-mb)")
+        declared = headers.get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self.max_body:
+            await self._drain(receive, 0)
+            return await too_big(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            chunks.append(msg.get("body", b""))
+            size += len(chunks[-1])
+            more = msg.get("more_body", False)
+            if size > self.max_body:
+                chunks.clear()
+                if more:
+                    await self._drain(receive, size)
+                return await too_big(scope, receive, send)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:  # then what the server says next: the client's hang-up
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _drain(self, receive: Callable, read: int) -> None:
+        """Read and drop the rest of a refused body (up to 16x the limit) so the client gets the answer
+        instead of a reset connection."""
+        more = True
+        while more and read <= 16 * self.max_body:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            read += len(msg.get("body", b""))
+            more = msg.get("more_body", False)
 
 
 def create_app(
@@ -252,6 +433,8 @@ def create_app(
     stop_ids = {tokenizer.convert_tokens_to_ids(template.eot), tokenizer.eos_token_id} - {None}
     pending: list[Job] = []
     stats = {"running": 0, "served": 0, "cancelled": 0, "rejected": 0, "batches": 0, "paused": 0, "busy_s": 0.0}
+    stats["generated_tokens"] = 0
+    prep = ThreadPoolExecutor(2, thread_name_prefix="weitiao-prep")  # JSON, template, tokenizer: off the loop
     wake = asyncio.Event()
 
     async def worker() -> None:
@@ -282,6 +465,7 @@ def create_app(
             def can_pause(key: tuple = batch[0].key) -> bool:  # in the generate thread; list() copies atomically
                 return any(j.key == key and not j.cancelled for j in list(pending))
 
+            before = sum(len(r.ids) for job in batch for r in job.rows)
             try:
                 paused = await loop.run_in_executor(
                     None, run_batch, model, tokenizer, batch, stop_ids, publish, can_pause
@@ -291,6 +475,7 @@ def create_app(
             except Exception as e:  # a failed batch answers its jobs with an error, the server lives on
                 for job in batch:
                     job.events.put_nowait(("error", f"generation failed: {e}"))
+            stats["generated_tokens"] += sum(len(r.ids) for job in batch for r in job.rows) - before
             stats["running"] = 0
             stats["busy_s"] += time.perf_counter() - t0
 
@@ -299,35 +484,59 @@ def create_app(
         task = asyncio.create_task(worker())
         yield
         task.cancel()
+        prep.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="weitiao", lifespan=lifespan)
+    app.add_middleware(_Guard, api_key=cfg.api_key, max_body=int(cfg.max_body_mb * 2**20))
 
-    def authorized(request: Request) -> bool:
-        return not cfg.api_key or request.headers.get("authorization") == f"Bearer {cfg.api_key}"
+    def tokenize(text: str, param: str) -> list[int]:
+        # a prompt far over the context is refused from its head alone: tokenizing megabytes takes seconds
+        head = 32 * context
+        if len(text) > head and len(tokenizer(text[:head], add_special_tokens=False)["input_ids"]) > context + 32:
+            raise _BadRequest(f"{param}: more than {context} tokens, the model's context", param, "context")
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    async def parse(request: Request, schema: type[_Sampling]) -> _Sampling | JSONResponse:
-        if not authorized(request):
-            return _error(401, NO_KEY, code="invalid_api_key")
+    def build_chat(body: bytes) -> tuple[ChatRequest, list[int], str | None]:
+        req = read_body(body, ChatRequest)
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+        refusal = input_screen(messages) if input_screen else None
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return _error(400, f"malformed JSON body: {e}")
-        try:
-            return schema.model_validate(body)
-        except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(x) for x in err["loc"]) or "body"
-            return _error(400, f"{where}: {err['msg']}", code="invalid_field")
+            prompt = template.render(tokenizer, messages, add_generation_prompt=True)
+        except Exception as e:  # e.g. a template that insists on alternating roles
+            raise _BadRequest(f"messages: the chat template refused them: {e}", "messages") from None
+        return req, tokenize(prompt, "messages"), refusal
 
-    def make_job(req: _Sampling, prompt_ids: list[int]) -> Job | JSONResponse:
+    def build_completion(body: bytes) -> tuple[CompletionRequest, list[int], str | None]:
+        req = read_body(body, CompletionRequest)
+        if isinstance(req.prompt, list) and len(req.prompt) != 1:
+            raise _BadRequest("prompt: give one string (lists of prompts are not supported)", "prompt")
+        prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
+        if not prompt:
+            raise _BadRequest("prompt: empty; give some text to continue", "prompt")
+        refusal = input_screen([{"role": "user", "content": prompt}]) if input_screen else None
+        return req, tokenize(prompt, "prompt"), refusal
+
+    async def prepared(request: Request, build: Callable[[bytes], tuple]) -> tuple | JSONResponse:
+        body = await request.body()  # already read (and size-checked) by _Guard
+        try:
+            return await asyncio.get_running_loop().run_in_executor(prep, build, body)
+        except _BadRequest as e:
+            return _error(400, e.message, code=e.code, param=e.param)
+
+    def make_job(req: _Sampling, prompt_ids: list[int], field: str) -> Job | JSONResponse:
+        if not prompt_ids:
+            return _error(400, f"{field}: no tokens; give some text", code="invalid_field", param=field)
         if len(prompt_ids) >= context:
-            return _error(400, f"prompt is {len(prompt_ids)} tokens; the model's context is {context}", code="context")
+            msg = f"{field}: the prompt is {len(prompt_ids)} tokens; the model's context is {context}"
+            return _error(400, msg, code="context", param=field)
         asked = req.max_completion_tokens or req.max_tokens
         if asked and len(prompt_ids) + asked > context:
-            msg = f"prompt ({len(prompt_ids)} tokens) + max_tokens ({asked}) exceeds the context of {context}"
-            return _error(400, msg, code="context")
+            name = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+            msg = f"{name}: prompt ({len(prompt_ids)} tokens) + {name} ({asked}) exceeds the context of {context}"
+            return _error(400, msg, code="context", param=name)
         if req.n > cfg.max_batch:
-            return _error(400, f"n must be at most {cfg.max_batch} (the server's max_batch)", code="invalid_field")
+            msg = f"n: at most {cfg.max_batch} (the server's max_batch)"
+            return _error(400, msg, code="invalid_field", param="n")
         if len(pending) >= cfg.max_queue:
             stats["rejected"] += 1
             return _error(429, f"server busy: {len(pending)} requests waiting; retry later", "rate_limit_error")
@@ -337,7 +546,7 @@ def create_app(
         max_tokens = min(asked or cfg.max_new_tokens, cfg.max_new_tokens, context - len(prompt_ids))
         return Job(prompt_ids, req.n, max_tokens, (*key, None if greedy else req.seed), stop)
 
-    async def answer(req: _Sampling, prompt_ids: list[int], chat: bool, refusal: str | None) -> Any:
+    async def answer(request: Request, req: _Sampling, prompt_ids: list[int], chat: bool, refusal: str | None) -> Any:
         created, rid = int(time.time()), ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         obj = "chat.completion" if chat else "text_completion"
         head = {"id": rid, "created": created, "model": req.model or cfg.model_name}
@@ -357,7 +566,7 @@ def create_app(
                 job.events.put_nowait(("delta", i, refusal))
                 job.events.put_nowait(("done", i, "content_filter", 0))
         else:
-            job = make_job(req, prompt_ids)
+            job = make_job(req, prompt_ids, "messages" if chat else "prompt")
             if isinstance(job, JSONResponse):
                 return job
             pending.append(job)
@@ -369,13 +578,23 @@ def create_app(
                 ev = await job.events.get()
                 left -= ev[0] == "done"
                 yield ev
-                if ev[0] == "error":
+                if ev[0] in ("error", "gone"):
                     return
 
         if not req.stream:
+
+            async def watch() -> None:  # the body is read, so the next message is the client's hang-up
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+                job.events.put_nowait(("gone",))
+
+            watcher = asyncio.create_task(watch())
             texts, reasons, used = [""] * job.n, [None] * job.n, 0
             try:
                 async for ev in events():
+                    if ev[0] == "gone":  # nobody reads the answer: stop its rows like a dropped stream
+                        stats["cancelled"] += 1
+                        return _error(499, "client closed the request")
                     if ev[0] == "error":
                         return _error(500, ev[1], "server_error")
                     if ev[0] == "delta":
@@ -383,7 +602,8 @@ def create_app(
                     else:
                         reasons[ev[1]], used = ev[2], used + ev[3]
             finally:
-                job.cancelled = True  # no-op when finished; frees the rows if the handler was cancelled
+                watcher.cancel()
+                job.cancelled = True  # no-op when finished; frees the rows of a hang-up or a cancelled handler
             stats["served"] += 1
             if output_filter and refusal is None:
                 texts = [output_filter(t) for t in texts]
@@ -391,7 +611,7 @@ def create_app(
             return JSONResponse({**head, "object": obj, "choices": choices, "usage": usage(used)})
 
         chunk_obj = "chat.completion.chunk" if chat else "text_completion"
-        with_usage = bool((req.stream_options or {}).get("include_usage"))
+        with_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         def sse(choices: list[dict], **extra: Any) -> str:
             return "data: " + json.dumps({**head, "object": chunk_obj, "choices": choices, **extra}) + "\n\n"
@@ -432,32 +652,16 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        req = await parse(request, ChatRequest)
-        if isinstance(req, JSONResponse):
-            return req
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
-        refusal = input_screen(messages) if input_screen else None
-        try:
-            prompt = template.render(tokenizer, messages, add_generation_prompt=True)
-        except Exception as e:  # e.g. a template that insists on alternating roles
-            return _error(400, f"messages: the chat template refused them: {e}", code="invalid_field")
-        return await answer(req, tokenizer(prompt, add_special_tokens=False)["input_ids"], True, refusal)
+        ready = await prepared(request, build_chat)
+        return ready if isinstance(ready, JSONResponse) else await answer(request, *ready[:2], True, ready[2])
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        req = await parse(request, CompletionRequest)
-        if isinstance(req, JSONResponse):
-            return req
-        if isinstance(req.prompt, list) and len(req.prompt) != 1:
-            return _error(400, "prompt: give one string (lists of prompts are not supported)", code="invalid_field")
-        prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
-        refusal = input_screen([{"role": "user", "content": prompt}]) if input_screen else None
-        return await answer(req, tokenizer(prompt, add_special_tokens=False)["input_ids"], False, refusal)
+        ready = await prepared(request, build_completion)
+        return ready if isinstance(ready, JSONResponse) else await answer(request, *ready[:2], False, ready[2])
 
     @app.get("/v1/models")
-    async def models(request: Request) -> Any:
-        if not authorized(request):
-            return _error(401, NO_KEY, code="invalid_api_key")
+    async def models() -> Any:
         model_card = {"id": cfg.model_name, "object": "model", "created": 0, "owned_by": "weitiao"}
         return {"object": "list", "data": [model_card]}
 
@@ -482,9 +686,11 @@ def serve(
     model_name: str | None = None,
     pii: str | None = None,
     screen: str | None = None,
+    max_body_mb: float = 8.0,
 ) -> None:
     """Load the model (+ adapter) and serve it until Ctrl-C; `pii` = redact|block filters replies;
-    `screen` = "default" or a YAML file turns on the prompt-injection input screen (weitiao.safety.screen)."""
+    `screen` = "default" or a YAML file turns on the prompt-injection input screen (weitiao.safety.screen).
+    `api_key` defaults to $WEITIAO_API_KEY (a key on the command line shows in `ps`)."""
     import uvicorn
 
     from weitiao.infer.chat import load_chat_model
@@ -492,7 +698,8 @@ def serve(
 
     m, tok = load_chat_model(resolve_path(model), adapter, quant)
     name = model_name or (adapter or model).rstrip("/").split("/")[-1]
-    settings = ServeSettings(name, api_key, max_batch, max_queue, max_new_tokens)
+    api_key = api_key or os.environ.get("WEITIAO_API_KEY") or None
+    settings = ServeSettings(name, api_key, max_batch, max_queue, max_new_tokens, max_body_mb)
     hook = None
     if pii:
         from weitiao.safety.pii import output_filter
