@@ -105,7 +105,7 @@ NO_OP_FIELDS: dict[str, tuple | None] = {
     "best_of": (1,),
     "suffix": ("",),
     "tools": ([],),
-    "tool_choice": ("none",),
+    "tool_choice": ("none", "auto"),  # with no tools, both mean plain text
     "response_format": ({"type": "text"},),
 }
 
@@ -499,12 +499,12 @@ def create_app(
     def build_chat(body: bytes) -> tuple[ChatRequest, list[int], str | None]:
         req = read_body(body, ChatRequest)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
-        refusal = input_screen(messages) if input_screen else None
         try:
             prompt = template.render(tokenizer, messages, add_generation_prompt=True)
         except Exception as e:  # e.g. a template that insists on alternating roles
             raise _BadRequest(f"messages: the chat template refused them: {e}", "messages") from None
-        return req, tokenize(prompt, "messages"), refusal
+        ids = tokenize(prompt, "messages")  # first: the screen's regexes hold the GIL, keep megabytes from them
+        return req, ids, input_screen(messages) if input_screen else None
 
     def build_completion(body: bytes) -> tuple[CompletionRequest, list[int], str | None]:
         req = read_body(body, CompletionRequest)
@@ -513,8 +513,8 @@ def create_app(
         prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
         if not prompt:
             raise _BadRequest("prompt: empty; give some text to continue", "prompt")
-        refusal = input_screen([{"role": "user", "content": prompt}]) if input_screen else None
-        return req, tokenize(prompt, "prompt"), refusal
+        ids = tokenize(prompt, "prompt")
+        return req, ids, input_screen([{"role": "user", "content": prompt}]) if input_screen else None
 
     async def prepared(request: Request, build: Callable[[bytes], tuple]) -> tuple | JSONResponse:
         body = await request.body()  # already read (and size-checked) by _Guard
