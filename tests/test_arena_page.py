@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import time
 
 import httpx
 import pytest
@@ -81,7 +82,7 @@ def test_page_vote_in_headless_chromium(store):
     opts.binary_location = shutil.which("chromium")
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
         opts.add_argument(flag)
-    with running(create_app(store, seed=1, limits=ArenaLimits(vote_interval_s=0))) as base:
+    with running(create_app(store, seed=1, limits=ArenaLimits(vote_interval_s=4))) as base:
         driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
         try:
             wait = WebDriverWait(driver, 20)
@@ -105,6 +106,11 @@ def test_page_vote_in_headless_chromium(store):
 
             driver.find_element(By.ID, "next").click()  # next round: names hidden again, then a tie vote
             wait.until(lambda d: not d.find_element(By.ID, "name-a").is_displayed())
+            wait.until(EC.element_to_be_clickable((By.ID, "vote-tie"))).click()
+            # within 4 s of the last vote: refused, nothing revealed, the buttons come back for a retry
+            wait.until(lambda d: "too fast" in d.find_element(By.ID, "status").text)
+            assert not driver.find_element(By.ID, "name-b").is_displayed() and len(store.votes()) == 1
+            time.sleep(4)
             wait.until(EC.element_to_be_clickable((By.ID, "vote-tie"))).click()
             wait.until(EC.visibility_of_element_located((By.ID, "name-b")))
             assert [x["outcome"] for x in store.votes()] == ["model_a", "tie"]

@@ -160,7 +160,13 @@ def arena_serve(
     rows = read_answers(answers) if answers else pregenerate(models or "", prompts, max_new_tokens)
     store.add_answers(rows)
     console.print(f"{store.count_answers()} answers · {len(store.models())} models · http://{host}:{port}/")
-    limits = ArenaLimits(vote_interval, votes_per_minute, address_votes_per_minute, pair_votes, new_voters_per_hour)
+    limits = ArenaLimits(
+        vote_interval_s=vote_interval,
+        voter_votes_per_minute=votes_per_minute,
+        address_votes_per_minute=address_votes_per_minute,
+        pair_votes=pair_votes,
+        new_voters_per_hour=new_voters_per_hour,
+    )
     uvicorn.run(create_app(store, limits=limits), host=host, port=port, log_level="warning")
 
 
