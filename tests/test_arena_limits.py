@@ -126,3 +126,11 @@ def test_votes_need_a_signed_voter_and_their_own_round(store):
             assert httpx.post(base + "/api/vote", json=vote).status_code == 403
             assert alice.post("/api/vote", json=vote).status_code == 200
     assert rows(store, "votes") == 1
+
+
+def test_vote_body_size_is_limited(store):
+    with running(create_app(store, seed=0, limits=ArenaLimits(**OFF))) as base, httpx.Client(base_url=base) as c:
+        r = c.get("/api/round").json()
+        big = c.post("/api/vote", json={"round": r["round"], "choice": "a", "pad": "x" * 100_000})
+        assert big.status_code == 413
+        assert c.post("/api/vote", json={"round": r["round"], "choice": "a"}).status_code == 200

@@ -5,8 +5,8 @@
 Endpoints: /v1/chat/completions and /v1/completions (stream and not, `n`, usage), /v1/models, /health.
 
 How a request flows:
-1. A guard in front of every route checks the API key (constant-time; /health stays open) and the body
-   size (413 over `max_body_mb`, decided from Content-Length or while reading, never buffering more).
+1. A guard in front of every route (weitiao.infer.api) checks the API key (constant-time; /health stays
+   open) and the body size (413 over `max_body_mb`, from Content-Length or while reading, never buffering more).
    The handler then validates the body (400 naming the field: bad JSON, unknown or unsupported fields,
    values out of range, a prompt over the context), runs the input screen and tokenizes, all in a
    thread so /health and streams keep answering, and appends a Job to the waiting list (429 when
@@ -32,7 +32,6 @@ the filter needs the whole text.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import os
 import time
@@ -41,15 +40,15 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from weitiao.data.templates import ChatTemplate, resolve_template
+from weitiao.infer.api import BadRequest, ChatRequest, CompletionRequest, Guard, Sampling, error, read_body
 
 
 @dataclass
@@ -60,78 +59,6 @@ class ServeSettings:
     max_queue: int = 64  # waiting jobs beyond which new requests get 429
     max_new_tokens: int = 256  # default and ceiling for max_tokens
     max_body_mb: float = 8.0  # request bodies above this get 413
-
-
-class _Strict(BaseModel):
-    # unknown fields are refused by name (a typo like `max_tokns` must not be silently ignored); NaN and
-    # ±Infinity, which Python's JSON reader accepts, are refused too
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class _StreamOptions(_Strict):
-    include_usage: bool = False
-
-
-class _Sampling(_Strict):
-    model: str | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)  # extension
-    # extension; HF divides logits by it, so tiny values overflow to inf and the sampler fails
-    repetition_penalty: float = Field(1.0, ge=0.01, le=100)
-    n: int = Field(1, ge=1)
-    stream: bool = False
-    stop: str | list[str] | None = Field(None, max_length=16)
-    seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # torch.manual_seed's range
-    stream_options: _StreamOptions | None = None
-
-
-# OpenAI fields this server does not implement, accepted only with a value that changes nothing
-# (None: any value; null is always fine). Anything else is refused by name instead of ignored.
-NO_OP_FIELDS: dict[str, tuple | None] = {
-    "user": None,
-    "store": None,
-    "metadata": None,
-    "service_tier": None,
-    "parallel_tool_calls": None,
-    "logprobs": (False,),
-    "top_logprobs": (0,),
-    "frequency_penalty": (0,),
-    "presence_penalty": (0,),
-    "logit_bias": ({},),
-    "echo": (False,),
-    "best_of": (1,),
-    "suffix": ("",),
-    "tools": ([],),
-    "tool_choice": ("none", "auto"),  # with no tools, both mean plain text
-    "response_format": ({"type": "text"},),
-}
-
-
-class _TextPart(_Strict):
-    type: Literal["text"]  # only text parts: images and audio are refused, not dropped
-    text: str
-
-
-class _Message(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[_TextPart] | None = None
-    name: str | None = None  # accepted; chat templates have no place for it
-
-    def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(p.text for p in self.content)
-        return self.content or ""
-
-
-class ChatRequest(_Sampling):
-    messages: list[_Message] = Field(min_length=1)
-
-
-class CompletionRequest(_Sampling):
-    prompt: str | list[str]
 
 
 @dataclass
@@ -276,148 +203,6 @@ def run_batch(
     return paused
 
 
-NO_KEY = "invalid or missing API key (Authorization: Bearer ...)"
-
-
-def _error(
-    status: int, message: str, type_: str = "invalid_request_error", code: str | None = None, param: str | None = None
-) -> JSONResponse:
-    message = message.encode("utf-8", "backslashreplace").decode()  # a lone surrogate echoed from a body
-    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}}, status)
-
-
-class _BadRequest(Exception):
-    """A 400 naming the request field (`param`) at fault."""
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = "invalid_field") -> None:
-        super().__init__(message)
-        self.message, self.param, self.code = message, param, code
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:  # a lone surrogate such as "\ud800", which JSON escapes can carry
-        return False
-
-
-def _lone_surrogate(data: Any) -> str | None:
-    """Path of the first string or key that is not valid Unicode, or None. Iterative: bodies nest deep."""
-    todo: list[tuple[tuple, Any]] = [((), data)]
-    while todo:
-        path, x = todo.pop()
-        if isinstance(x, str) and not _encodable(x):
-            return ".".join(map(str, path)) or "body"
-        if isinstance(x, dict):
-            for k, v in x.items():
-                if not _encodable(k):
-                    return ".".join(map(str, path)) or "body"
-                todo.append(((*path, k), v))
-        elif isinstance(x, list):
-            todo.extend(((*path, i), v) for i, v in enumerate(x))
-    return None
-
-
-def _field_path(loc: tuple, data: Any) -> str:
-    """`messages.0.content.0.text` from a pydantic error location, leaving out union-member tags
-    (`str`, `list[_TextPart]`), which are no place in the body."""
-    parts, cur = [], data
-    for n, x in enumerate(loc):
-        if isinstance(cur, list) and isinstance(x, int) and x < len(cur):
-            parts.append(str(x))
-            cur = cur[x]
-        elif isinstance(cur, dict) and x in cur:
-            parts.append(str(x))
-            cur = cur[x]
-        elif isinstance(cur, dict) and n == len(loc) - 1:  # a required field that is missing
-            parts.append(str(x))
-    return ".".join(parts)
-
-
-def read_body(body: bytes, schema: type[_Sampling]) -> Any:
-    """The validated request, or `_BadRequest` naming the field at fault."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise _BadRequest(f"malformed JSON body: {e}", code=None) from None
-    if not isinstance(data, dict):
-        raise _BadRequest("body: expected a JSON object", "body")
-    bad = _lone_surrogate(data)
-    if bad is not None:
-        raise _BadRequest(f"{bad}: not valid Unicode (a lone UTF-16 surrogate \\ud800-\\udfff)", bad)
-    for name in sorted(NO_OP_FIELDS.keys() & data.keys()):
-        allowed, value = NO_OP_FIELDS[name], data.pop(name)
-        if value is not None and allowed is not None and value not in allowed:
-            msg = f"{name}: not supported by this server; leave it out or send {json.dumps(allowed[0])}"
-            raise _BadRequest(msg, name)
-    try:
-        return schema.model_validate(data)
-    except ValidationError as e:
-        err = max(e.errors(), key=lambda x: len(x["loc"]))  # the deepest is the most specific
-        where = _field_path(err["loc"], data) or "body"
-        msg = "unknown field (this server does not implement it)" if err["type"] == "extra_forbidden" else err["msg"]
-        raise _BadRequest(f"{where}: {msg}", where) from None
-
-
-class _Guard:
-    """ASGI middleware in front of every route: the API key (constant-time compare; /health stays open for
-    probes) and the body-size limit (413 from Content-Length, or as soon as a chunked body passes it). The
-    body is read here, at most `max_body` bytes, and replayed to the app."""
-
-    def __init__(self, app: Any, api_key: str | None, max_body: int) -> None:
-        self.app, self.max_body = app, max_body
-        self.expected = f"Bearer {api_key}".encode() if api_key else None
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        if self.expected is not None and scope["path"] != "/health":
-            if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
-                await self._drain(receive, 0)
-                return await _error(401, NO_KEY, code="invalid_api_key")(scope, receive, send)
-        too_big = _error(413, f"request body over the server's limit of {self.max_body:,} bytes (--max-body-mb)")
-        declared = headers.get(b"content-length", b"0")
-        if declared.isdigit() and int(declared) > self.max_body:
-            await self._drain(receive, 0)
-            return await too_big(scope, receive, send)
-        chunks, size, more = [], 0, True
-        while more:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            chunks.append(msg.get("body", b""))
-            size += len(chunks[-1])
-            more = msg.get("more_body", False)
-            if size > self.max_body:
-                chunks.clear()
-                if more:
-                    await self._drain(receive, size)
-                return await too_big(scope, receive, send)
-        replayed = False
-
-        async def replay() -> dict:
-            nonlocal replayed
-            if replayed:  # then what the server says next: the client's hang-up
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-
-        await self.app(scope, replay, send)
-
-    async def _drain(self, receive: Callable, read: int) -> None:
-        """Read and drop the rest of a refused body (up to 16x the limit) so the client gets the answer
-        instead of a reset connection."""
-        more = True
-        while more and read <= 16 * self.max_body:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            read += len(msg.get("body", b""))
-            more = msg.get("more_body", False)
-
-
 def create_app(
     model: Any,
     tokenizer: Any,
@@ -487,13 +272,13 @@ def create_app(
         prep.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="weitiao", lifespan=lifespan)
-    app.add_middleware(_Guard, api_key=cfg.api_key, max_body=int(cfg.max_body_mb * 2**20))
+    app.add_middleware(Guard, api_key=cfg.api_key, max_body=int(cfg.max_body_mb * 2**20))
 
     def tokenize(text: str, param: str) -> list[int]:
         # a prompt far over the context is refused from its head alone: tokenizing megabytes takes seconds
         head = 32 * context
         if len(text) > head and len(tokenizer(text[:head], add_special_tokens=False)["input_ids"]) > context + 32:
-            raise _BadRequest(f"{param}: more than {context} tokens, the model's context", param, "context")
+            raise BadRequest(f"{param}: more than {context} tokens, the model's context", param, "context")
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def build_chat(body: bytes) -> tuple[ChatRequest, list[int], str | None]:
@@ -502,51 +287,51 @@ def create_app(
         try:
             prompt = template.render(tokenizer, messages, add_generation_prompt=True)
         except Exception as e:  # e.g. a template that insists on alternating roles
-            raise _BadRequest(f"messages: the chat template refused them: {e}", "messages") from None
+            raise BadRequest(f"messages: the chat template refused them: {e}", "messages") from None
         ids = tokenize(prompt, "messages")  # first: the screen's regexes hold the GIL, keep megabytes from them
         return req, ids, input_screen(messages) if input_screen else None
 
     def build_completion(body: bytes) -> tuple[CompletionRequest, list[int], str | None]:
         req = read_body(body, CompletionRequest)
         if isinstance(req.prompt, list) and len(req.prompt) != 1:
-            raise _BadRequest("prompt: give one string (lists of prompts are not supported)", "prompt")
+            raise BadRequest("prompt: give one string (lists of prompts are not supported)", "prompt")
         prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
         if not prompt:
-            raise _BadRequest("prompt: empty; give some text to continue", "prompt")
+            raise BadRequest("prompt: empty; give some text to continue", "prompt")
         ids = tokenize(prompt, "prompt")
         return req, ids, input_screen([{"role": "user", "content": prompt}]) if input_screen else None
 
     async def prepared(request: Request, build: Callable[[bytes], tuple]) -> tuple | JSONResponse:
-        body = await request.body()  # already read (and size-checked) by _Guard
+        body = await request.body()  # already read (and size-checked) by Guard
         try:
             return await asyncio.get_running_loop().run_in_executor(prep, build, body)
-        except _BadRequest as e:
-            return _error(400, e.message, code=e.code, param=e.param)
+        except BadRequest as e:
+            return error(400, e.message, code=e.code, param=e.param)
 
-    def make_job(req: _Sampling, prompt_ids: list[int], field: str) -> Job | JSONResponse:
+    def make_job(req: Sampling, prompt_ids: list[int], field: str) -> Job | JSONResponse:
         if not prompt_ids:
-            return _error(400, f"{field}: no tokens; give some text", code="invalid_field", param=field)
+            return error(400, f"{field}: no tokens; give some text", code="invalid_field", param=field)
         if len(prompt_ids) >= context:
             msg = f"{field}: the prompt is {len(prompt_ids)} tokens; the model's context is {context}"
-            return _error(400, msg, code="context", param=field)
+            return error(400, msg, code="context", param=field)
         asked = req.max_completion_tokens or req.max_tokens
         if asked and len(prompt_ids) + asked > context:
             name = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
             msg = f"{name}: prompt ({len(prompt_ids)} tokens) + {name} ({asked}) exceeds the context of {context}"
-            return _error(400, msg, code="context", param=name)
+            return error(400, msg, code="context", param=name)
         if req.n > cfg.max_batch:
             msg = f"n: at most {cfg.max_batch} (the server's max_batch)"
-            return _error(400, msg, code="invalid_field", param="n")
+            return error(400, msg, code="invalid_field", param="n")
         if len(pending) >= cfg.max_queue:
             stats["rejected"] += 1
-            return _error(429, f"server busy: {len(pending)} requests waiting; retry later", "rate_limit_error")
+            return error(429, f"server busy: {len(pending)} requests waiting; retry later", "rate_limit_error")
         stop = [req.stop] if isinstance(req.stop, str) else [s for s in req.stop or [] if s]
         greedy = req.temperature == 0
         key = (req.temperature, 1.0 if greedy else req.top_p, 0 if greedy else req.top_k, req.repetition_penalty)
         max_tokens = min(asked or cfg.max_new_tokens, cfg.max_new_tokens, context - len(prompt_ids))
         return Job(prompt_ids, req.n, max_tokens, (*key, None if greedy else req.seed), stop)
 
-    async def answer(request: Request, req: _Sampling, prompt_ids: list[int], chat: bool, refusal: str | None) -> Any:
+    async def answer(request: Request, req: Sampling, prompt_ids: list[int], chat: bool, refusal: str | None) -> Any:
         created, rid = int(time.time()), ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         obj = "chat.completion" if chat else "text_completion"
         head = {"id": rid, "created": created, "model": req.model or cfg.model_name}
@@ -594,9 +379,9 @@ def create_app(
                 async for ev in events():
                     if ev[0] == "gone":  # nobody reads the answer: stop its rows like a dropped stream
                         stats["cancelled"] += 1
-                        return _error(499, "client closed the request")
+                        return error(499, "client closed the request")
                     if ev[0] == "error":
-                        return _error(500, ev[1], "server_error")
+                        return error(500, ev[1], "server_error")
                     if ev[0] == "delta":
                         texts[ev[1]] += ev[2]
                     else:

@@ -38,9 +38,11 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 
 from weitiao.eval.arena.store import CHOICES, ArenaStore
+from weitiao.infer.api import Guard
 
 PAGE = Path(__file__).with_name("page.html")
 COOKIE = "arena_voter"
+MAX_BODY = 16 * 1024  # bytes; larger request bodies get 413 before they are read
 
 
 @dataclass
@@ -90,6 +92,7 @@ def _refused(status: int, message: str, retry_after: float | None = None) -> JSO
 def create_app(store: ArenaStore, seed: int | None = None, limits: ArenaLimits | None = None) -> FastAPI:
     """The arena app over `store`; `seed` makes the prompt/pair/side draws reproducible (tests)."""
     app = FastAPI(title="weitiao arena", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(Guard, api_key=None, max_body=MAX_BODY, flag="a vote is a few bytes")
     lim = limits or ArenaLimits()
     rng = random.Random(seed)
     page = PAGE.read_text(encoding="utf-8")
