@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import time
 
 import httpx
 import pytest
 from loopback import running
 
-from weitiao.eval.arena.app import COOKIE, create_app
+from weitiao.eval.arena.app import COOKIE, ArenaLimits, create_app
 from weitiao.eval.arena.store import ArenaStore
 
 ANSWERS = [
@@ -35,25 +36,34 @@ def test_api_round_vote_reveal(store):
     with running(create_app(store, seed=0)) as base, httpx.Client(base_url=base) as c:
         page = c.get("/")
         assert page.status_code == 200 and COOKIE in page.cookies
-        seen = set()
-        for _ in range(40):
-            r = c.get("/api/round").json()
-            assert set(r) == {"round", "prompt", "a", "b"}  # no names before the vote
-            seen.add(answer_model(r["a"]))
-        assert seen == {"alpha-模型", "beta-模型"}  # sides are drawn at random
-        r = c.get("/api/round").json()
+        first = c.get("/api/round").json()
+        assert set(first) == {"round", "prompt", "a", "b"}  # no names before the vote
+        assert all(c.get("/api/round").json() == first for _ in range(5))  # one open round per voter
+        r = first
         v = c.post("/api/vote", json={"round": r["round"], "choice": "b"})
         assert v.status_code == 200
         assert v.json() == {"model_a": answer_model(r["a"]), "model_b": answer_model(r["b"]), "outcome": "model_b"}
         assert c.post("/api/vote", json={"round": r["round"], "choice": "a"}).status_code == 409
         assert c.post("/api/vote", json={"round": "nope", "choice": "a"}).status_code == 404
         r2 = c.get("/api/round").json()
+        assert r2["round"] != r["round"]
         assert c.post("/api/vote", json={"round": r2["round"], "choice": "left"}).status_code == 400
     votes = store.votes()
-    assert len(votes) == 1 and votes[0]["voter"] == page.cookies[COOKIE] and votes[0]["prompt"] == r["prompt"]
+    assert len(votes) == 1 and votes[0]["voter"] == page.cookies[COOKIE].rpartition(".")[0]
+    assert votes[0]["prompt"] == r["prompt"]
     assert votes[0]["swapped"] == int(votes[0]["model_a"] > votes[0]["model_b"])
     with sqlite3.connect(store.path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_sides_and_pairs_are_drawn_at_random(store):
+    import random
+
+    draws = [store.draw_round(random.Random(s)) for s in range(40)]
+    assert {d["model_a"] for d in draws} == {"alpha-模型", "beta-模型"}
+    assert all(d["a"] == next(r["answer"] for r in ANSWERS if r["model"] == d["model_a"] and r["prompt"] == d["prompt"])
+               for d in draws)  # fmt: skip
+    assert store.draw_round(random.Random(0), {("alpha-模型", "beta-模型")}) is None
 
 
 @pytest.mark.slow
@@ -72,7 +82,7 @@ def test_page_vote_in_headless_chromium(store):
     opts.binary_location = shutil.which("chromium")
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
         opts.add_argument(flag)
-    with running(create_app(store, seed=1)) as base:
+    with running(create_app(store, seed=1, limits=ArenaLimits(vote_interval_s=4))) as base:
         driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
         try:
             wait = WebDriverWait(driver, 20)
@@ -92,10 +102,15 @@ def test_page_vote_in_headless_chromium(store):
             assert len(votes) == 1
             v = votes[0]
             assert (v["model_a"], v["model_b"], v["outcome"]) == (answer_model(text_a), answer_model(text_b), "model_a")
-            assert v["prompt"] == prompt and v["voter"] == driver.get_cookie(COOKIE)["value"]
+            assert v["prompt"] == prompt and v["voter"] == driver.get_cookie(COOKIE)["value"].rpartition(".")[0]
 
             driver.find_element(By.ID, "next").click()  # next round: names hidden again, then a tie vote
             wait.until(lambda d: not d.find_element(By.ID, "name-a").is_displayed())
+            wait.until(EC.element_to_be_clickable((By.ID, "vote-tie"))).click()
+            # within 4 s of the last vote: refused, nothing revealed, the buttons come back for a retry
+            wait.until(lambda d: "too fast" in d.find_element(By.ID, "status").text)
+            assert not driver.find_element(By.ID, "name-b").is_displayed() and len(store.votes()) == 1
+            time.sleep(4)
             wait.until(EC.element_to_be_clickable((By.ID, "vote-tie"))).click()
             wait.until(EC.visibility_of_element_located((By.ID, "name-b")))
             assert [x["outcome"] for x in store.votes()] == ["model_a", "tie"]

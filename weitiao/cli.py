@@ -133,7 +133,7 @@ def serve(
     adapter: str = typer.Option(None, help="run dir or peft adapter dir"),
     host: str = typer.Option("127.0.0.1", help="bind address (0.0.0.0 to listen on the network)"),
     port: int = typer.Option(8000),
-    api_key: str = typer.Option(None, envvar="WEITIAO_API_KEY", help="require Authorization: Bearer KEY"),
+    api_key: str = typer.Option(None, envvar="WEITIAO_API_KEY", help="require Bearer KEY; prefer $WEITIAO_API_KEY"),
     max_batch: int = typer.Option(8, help="choices generated together in one batch"),
     max_queue: int = typer.Option(64, help="waiting requests beyond which the server answers 429"),
     max_new_tokens: int = typer.Option(256, help="default and ceiling for max_tokens"),
@@ -141,12 +141,15 @@ def serve(
     template: str = typer.Option("auto", help="chat template: auto, tokenizer, chatml, qwen, llama3, plain"),
     pii: str = typer.Option(None, help="filter replies: redact (placeholders) or block (refuse) PII"),
     screen: str = typer.Option(None, help="prompt-injection input screen: 'default' or a YAML config (off if unset)"),
+    max_body_mb: float = typer.Option(8.0, help="request bodies above this many MiB get 413"),
 ) -> None:
     """OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models, /health."""
     from weitiao.infer import serve as tool
 
     limits = (max_batch, max_queue, max_new_tokens)
-    tool.serve(model, adapter, host, port, api_key, *limits, quant, template, pii=pii, screen=screen)
+    tool.serve(
+        model, adapter, host, port, api_key, *limits, quant, template, pii=pii, screen=screen, max_body_mb=max_body_mb
+    )
 
 
 @app.command()

@@ -144,11 +144,16 @@ def arena_serve(
     max_new_tokens: int = typer.Option(128),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8300),
+    vote_interval: float = typer.Option(2.0, help="least seconds between two votes of one voter (0: off)"),
+    votes_per_minute: int = typer.Option(10, help="votes one voter may cast a minute (0: off)"),
+    address_votes_per_minute: int = typer.Option(30, help="votes a minute from one client address (0: off)"),
+    pair_votes: int = typer.Option(50, help="votes one voter may cast on one pair of models (0: off)"),
+    new_voters_per_hour: int = typer.Option(30, help="voter ids issued to one client address an hour (0: off)"),
 ) -> None:
     """Serve the blind-vote page: a prompt, two anonymous answers, A/B/tie/both-bad, names revealed after."""
     import uvicorn
 
-    from weitiao.eval.arena.app import create_app
+    from weitiao.eval.arena.app import ArenaLimits, create_app
     from weitiao.eval.arena.store import ArenaStore, pregenerate, read_answers
 
     if (answers is None) == (models is None):
@@ -157,7 +162,14 @@ def arena_serve(
     rows = read_answers(answers) if answers else pregenerate(models or "", prompts, max_new_tokens)
     store.add_answers(rows)
     console.print(f"{store.count_answers()} answers · {len(store.models())} models · http://{host}:{port}/")
-    uvicorn.run(create_app(store), host=host, port=port, log_level="warning")
+    limits = ArenaLimits(
+        vote_interval_s=vote_interval,
+        voter_votes_per_minute=votes_per_minute,
+        address_votes_per_minute=address_votes_per_minute,
+        pair_votes=pair_votes,
+        new_voters_per_hour=new_voters_per_hour,
+    )
+    uvicorn.run(create_app(store, limits=limits), host=host, port=port, log_level="warning")
 
 
 @arena_app.command("rank")
@@ -169,17 +181,29 @@ def arena_rank(
     seed: int = typer.Option(0),
     as_json: Path = typer.Option(None, "--json", help="write ratings JSON here"),
     plot: Path = typer.Option(None, help="write a PNG of ratings with 95% CI bars here"),
+    bootstrap: str = typer.Option("voters", help="what the CIs resample: voters (all their votes) or battles"),
+    min_voter_votes: int = typer.Option(0, help="drop voters with fewer battles"),
+    max_voter_share: float = typer.Option(1.0, help="drop voters with more than this share of all battles"),
+    exclude_voter: list[str] = typer.Option([], help="drop this voter's battles (repeatable)"),
 ) -> None:
     """Bradley–Terry MLE ratings with bootstrap 95% CIs, CI-overlap rank and online Elo."""
-    from weitiao.eval.arena.rank import load_battles, plot_ratings, rank
+    from weitiao.eval.arena.rank import filter_voters, load_battles, plot_ratings, rank
     from weitiao.eval.arena.store import ArenaStore
     from weitiao.io import atomic_write_text
 
     if (db is None) == (battles is None):
         raise UserError("give either --db arena.sqlite or --battles battles.json")
     rows = ArenaStore(db, create=False).battles() if db else load_battles(battles)  # type: ignore[arg-type]
-    res = rank(rows, anchor=anchor, rounds=rounds, seed=seed)
-    t = Table(title=f"{res.n_battles:,} battles · {len(res.ratings)} models · {rounds} bootstrap rounds")
+    if bootstrap not in ("voters", "battles"):
+        raise UserError(f"--bootstrap {bootstrap}: expected voters or battles")
+    rows, dropped = filter_voters(rows, min_voter_votes, max_voter_share, exclude_voter)
+    for voter, why in dropped.items():
+        console.print(f"[yellow]dropped voter {voter}: {why}[/]")
+    if not rows:
+        raise UserError("the voter filters dropped every battle; loosen --min-voter-votes / --max-voter-share")
+    res = rank(rows, anchor=anchor, rounds=rounds, seed=seed, by_voter=bootstrap == "voters")
+    title = f"{res.n_battles:,} battles · {len(res.ratings)} models · {rounds} bootstrap rounds over {res.bootstrap}"
+    t = Table(title=title + (f" ({res.n_voters:,})" if res.n_voters else ""))
     for c in ("rank", "model", "BT rating", "95% CI", "Elo (K=4)", "battles", "win rate"):
         t.add_column(c, justify="left" if c == "model" else "right")
     for r in res.ratings:
@@ -190,7 +214,8 @@ def arena_rank(
         console.print(f"[yellow]{res.regularized_rounds} bootstrap rounds had a model without wins or losses; "
                       "fitted with a tiny ridge[/]")  # fmt: skip
     if as_json:
-        atomic_write_text(as_json, json.dumps(res.to_json(), ensure_ascii=False, indent=1))
+        out = {**res.to_json(), "dropped_voters": dropped}
+        atomic_write_text(as_json, json.dumps(out, ensure_ascii=False, indent=1))
     if plot:
         plot_ratings(res, plot)
         console.print(f"wrote {plot}")

@@ -5,8 +5,12 @@
 Endpoints: /v1/chat/completions and /v1/completions (stream and not, `n`, usage), /v1/models, /health.
 
 How a request flows:
-1. The handler validates the body (400 on bad JSON or fields, or a prompt over the context), runs the
-   input screen, tokenizes, and appends a Job to the waiting list (429 when `max_queue` jobs wait).
+1. A guard in front of every route (weitiao.infer.api) checks the API key (constant-time; /health stays
+   open) and the body size (413 over `max_body_mb`, from Content-Length or while reading, never buffering more).
+   The handler then validates the body (400 naming the field: bad JSON, unknown or unsupported fields,
+   values out of range, a prompt over the context), runs the input screen and tokenizes, all in a
+   thread so /health and streams keep answering, and appends a Job to the waiting list (429 when
+   `max_queue` jobs wait).
 2. One worker task owns the model. It takes the oldest waiting job plus later ones with the same
    sampling settings, up to `max_batch` rows (a job with `n` choices is `n` rows), and runs them as one
    left-padded, KV-cached `model.generate` in a thread, so the event loop keeps serving.
@@ -14,7 +18,7 @@ How a request flows:
    the jobs' asyncio queues. Streaming is real: batched rows stream token by token, and time-to-first-token
    is one prefill + one step, not the whole batch.
 4. The same criterion ends rows early: end-of-turn/EOS token, a stop string, the job's own `max_tokens`,
-   or a client that went away (a disconnected stream stops its rows, so it frees its slot).
+   or a client that went away (streaming or not, a hang-up stops its rows, so it frees its slot).
 5. Once half a batch's rows are done and compatible jobs wait, the batch stops; its live rows go back to
    the front of the queue and resume next to the newcomers from prompt + tokens so far (KV recomputed).
    This keeps batches full (a cheap stand-in for continuous batching); seeded requests are never paused.
@@ -29,63 +33,32 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from weitiao.data.templates import ChatTemplate, resolve_template
+from weitiao.infer.api import BadRequest, ChatRequest, CompletionRequest, Guard, Sampling, error, read_body
 
 
 @dataclass
 class ServeSettings:
     model_name: str = "weitiao"  # the id /v1/models reports and responses echo
-    api_key: str | None = None  # when set, /v1/* needs `Authorization: Bearer <key>`
+    api_key: str | None = None  # when set, every route but /health needs `Authorization: Bearer <key>`
     max_batch: int = 8  # rows (choices) generated together in one batch
     max_queue: int = 64  # waiting jobs beyond which new requests get 429
     max_new_tokens: int = 256  # default and ceiling for max_tokens
-
-
-class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # clients send fields we do not use (user, logprobs=False...)
-    model: str | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)  # extension
-    repetition_penalty: float = Field(1.0, gt=0)  # extension
-    n: int = Field(1, ge=1)
-    stream: bool = False
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream_options: dict | None = None
-
-
-class _Message(BaseModel):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[dict] | None = None
-
-    def text(self) -> str:
-        if isinstance(self.content, list):  # content parts: keep the text ones
-            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
-        return self.content or ""
-
-
-class ChatRequest(_Sampling):
-    messages: list[_Message] = Field(min_length=1)
-
-
-class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    max_body_mb: float = 8.0  # request bodies above this get 413
 
 
 @dataclass
@@ -230,13 +203,6 @@ def run_batch(
     return paused
 
 
-NO_KEY = "invalid or missing API key (Authorization: Bearer ...)"
-
-
-def _error(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "param": None, "code": code}}, status)
-
-
 def create_app(
     model: Any,
     tokenizer: Any,
@@ -252,6 +218,8 @@ def create_app(
     stop_ids = {tokenizer.convert_tokens_to_ids(template.eot), tokenizer.eos_token_id} - {None}
     pending: list[Job] = []
     stats = {"running": 0, "served": 0, "cancelled": 0, "rejected": 0, "batches": 0, "paused": 0, "busy_s": 0.0}
+    stats["generated_tokens"] = 0
+    prep = ThreadPoolExecutor(2, thread_name_prefix="weitiao-prep")  # JSON, template, tokenizer: off the loop
     wake = asyncio.Event()
 
     async def worker() -> None:
@@ -282,6 +250,7 @@ def create_app(
             def can_pause(key: tuple = batch[0].key) -> bool:  # in the generate thread; list() copies atomically
                 return any(j.key == key and not j.cancelled for j in list(pending))
 
+            before = sum(len(r.ids) for job in batch for r in job.rows)
             try:
                 paused = await loop.run_in_executor(
                     None, run_batch, model, tokenizer, batch, stop_ids, publish, can_pause
@@ -291,6 +260,7 @@ def create_app(
             except Exception as e:  # a failed batch answers its jobs with an error, the server lives on
                 for job in batch:
                     job.events.put_nowait(("error", f"generation failed: {e}"))
+            stats["generated_tokens"] += sum(len(r.ids) for job in batch for r in job.rows) - before
             stats["running"] = 0
             stats["busy_s"] += time.perf_counter() - t0
 
@@ -299,45 +269,69 @@ def create_app(
         task = asyncio.create_task(worker())
         yield
         task.cancel()
+        prep.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="weitiao", lifespan=lifespan)
+    app.add_middleware(Guard, api_key=cfg.api_key, max_body=int(cfg.max_body_mb * 2**20))
 
-    def authorized(request: Request) -> bool:
-        return not cfg.api_key or request.headers.get("authorization") == f"Bearer {cfg.api_key}"
+    def tokenize(text: str, param: str) -> list[int]:
+        # a prompt far over the context is refused from its head alone: tokenizing megabytes takes seconds
+        head = 32 * context
+        if len(text) > head and len(tokenizer(text[:head], add_special_tokens=False)["input_ids"]) > context + 32:
+            raise BadRequest(f"{param}: more than {context} tokens, the model's context", param, "context")
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    async def parse(request: Request, schema: type[_Sampling]) -> _Sampling | JSONResponse:
-        if not authorized(request):
-            return _error(401, NO_KEY, code="invalid_api_key")
+    def build_chat(body: bytes) -> tuple[ChatRequest, list[int], str | None]:
+        req = read_body(body, ChatRequest)
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return _error(400, f"malformed JSON body: {e}")
-        try:
-            return schema.model_validate(body)
-        except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(x) for x in err["loc"]) or "body"
-            return _error(400, f"{where}: {err['msg']}", code="invalid_field")
+            prompt = template.render(tokenizer, messages, add_generation_prompt=True)
+        except Exception as e:  # e.g. a template that insists on alternating roles
+            raise BadRequest(f"messages: the chat template refused them: {e}", "messages") from None
+        ids = tokenize(prompt, "messages")  # first: the screen's regexes hold the GIL, keep megabytes from them
+        return req, ids, input_screen(messages) if input_screen else None
 
-    def make_job(req: _Sampling, prompt_ids: list[int]) -> Job | JSONResponse:
+    def build_completion(body: bytes) -> tuple[CompletionRequest, list[int], str | None]:
+        req = read_body(body, CompletionRequest)
+        if isinstance(req.prompt, list) and len(req.prompt) != 1:
+            raise BadRequest("prompt: give one string (lists of prompts are not supported)", "prompt")
+        prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
+        if not prompt:
+            raise BadRequest("prompt: empty; give some text to continue", "prompt")
+        ids = tokenize(prompt, "prompt")
+        return req, ids, input_screen([{"role": "user", "content": prompt}]) if input_screen else None
+
+    async def prepared(request: Request, build: Callable[[bytes], tuple]) -> tuple | JSONResponse:
+        body = await request.body()  # already read (and size-checked) by Guard
+        try:
+            return await asyncio.get_running_loop().run_in_executor(prep, build, body)
+        except BadRequest as e:
+            return error(400, e.message, code=e.code, param=e.param)
+
+    def make_job(req: Sampling, prompt_ids: list[int], field: str) -> Job | JSONResponse:
+        if not prompt_ids:
+            return error(400, f"{field}: no tokens; give some text", code="invalid_field", param=field)
         if len(prompt_ids) >= context:
-            return _error(400, f"prompt is {len(prompt_ids)} tokens; the model's context is {context}", code="context")
+            msg = f"{field}: the prompt is {len(prompt_ids)} tokens; the model's context is {context}"
+            return error(400, msg, code="context", param=field)
         asked = req.max_completion_tokens or req.max_tokens
         if asked and len(prompt_ids) + asked > context:
-            msg = f"prompt ({len(prompt_ids)} tokens) + max_tokens ({asked}) exceeds the context of {context}"
-            return _error(400, msg, code="context")
+            name = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+            msg = f"{name}: prompt ({len(prompt_ids)} tokens) + {name} ({asked}) exceeds the context of {context}"
+            return error(400, msg, code="context", param=name)
         if req.n > cfg.max_batch:
-            return _error(400, f"n must be at most {cfg.max_batch} (the server's max_batch)", code="invalid_field")
+            msg = f"n: at most {cfg.max_batch} (the server's max_batch)"
+            return error(400, msg, code="invalid_field", param="n")
         if len(pending) >= cfg.max_queue:
             stats["rejected"] += 1
-            return _error(429, f"server busy: {len(pending)} requests waiting; retry later", "rate_limit_error")
+            return error(429, f"server busy: {len(pending)} requests waiting; retry later", "rate_limit_error")
         stop = [req.stop] if isinstance(req.stop, str) else [s for s in req.stop or [] if s]
         greedy = req.temperature == 0
         key = (req.temperature, 1.0 if greedy else req.top_p, 0 if greedy else req.top_k, req.repetition_penalty)
         max_tokens = min(asked or cfg.max_new_tokens, cfg.max_new_tokens, context - len(prompt_ids))
         return Job(prompt_ids, req.n, max_tokens, (*key, None if greedy else req.seed), stop)
 
-    async def answer(req: _Sampling, prompt_ids: list[int], chat: bool, refusal: str | None) -> Any:
+    async def answer(request: Request, req: Sampling, prompt_ids: list[int], chat: bool, refusal: str | None) -> Any:
         created, rid = int(time.time()), ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         obj = "chat.completion" if chat else "text_completion"
         head = {"id": rid, "created": created, "model": req.model or cfg.model_name}
@@ -357,7 +351,7 @@ def create_app(
                 job.events.put_nowait(("delta", i, refusal))
                 job.events.put_nowait(("done", i, "content_filter", 0))
         else:
-            job = make_job(req, prompt_ids)
+            job = make_job(req, prompt_ids, "messages" if chat else "prompt")
             if isinstance(job, JSONResponse):
                 return job
             pending.append(job)
@@ -369,21 +363,32 @@ def create_app(
                 ev = await job.events.get()
                 left -= ev[0] == "done"
                 yield ev
-                if ev[0] == "error":
+                if ev[0] in ("error", "gone"):
                     return
 
         if not req.stream:
+
+            async def watch() -> None:  # the body is read, so the next message is the client's hang-up
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+                job.events.put_nowait(("gone",))
+
+            watcher = asyncio.create_task(watch())
             texts, reasons, used = [""] * job.n, [None] * job.n, 0
             try:
                 async for ev in events():
+                    if ev[0] == "gone":  # nobody reads the answer: stop its rows like a dropped stream
+                        stats["cancelled"] += 1
+                        return error(499, "client closed the request")
                     if ev[0] == "error":
-                        return _error(500, ev[1], "server_error")
+                        return error(500, ev[1], "server_error")
                     if ev[0] == "delta":
                         texts[ev[1]] += ev[2]
                     else:
                         reasons[ev[1]], used = ev[2], used + ev[3]
             finally:
-                job.cancelled = True  # no-op when finished; frees the rows if the handler was cancelled
+                watcher.cancel()
+                job.cancelled = True  # no-op when finished; frees the rows of a hang-up or a cancelled handler
             stats["served"] += 1
             if output_filter and refusal is None:
                 texts = [output_filter(t) for t in texts]
@@ -391,7 +396,7 @@ def create_app(
             return JSONResponse({**head, "object": obj, "choices": choices, "usage": usage(used)})
 
         chunk_obj = "chat.completion.chunk" if chat else "text_completion"
-        with_usage = bool((req.stream_options or {}).get("include_usage"))
+        with_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         def sse(choices: list[dict], **extra: Any) -> str:
             return "data: " + json.dumps({**head, "object": chunk_obj, "choices": choices, **extra}) + "\n\n"
@@ -432,32 +437,16 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        req = await parse(request, ChatRequest)
-        if isinstance(req, JSONResponse):
-            return req
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
-        refusal = input_screen(messages) if input_screen else None
-        try:
-            prompt = template.render(tokenizer, messages, add_generation_prompt=True)
-        except Exception as e:  # e.g. a template that insists on alternating roles
-            return _error(400, f"messages: the chat template refused them: {e}", code="invalid_field")
-        return await answer(req, tokenizer(prompt, add_special_tokens=False)["input_ids"], True, refusal)
+        ready = await prepared(request, build_chat)
+        return ready if isinstance(ready, JSONResponse) else await answer(request, *ready[:2], True, ready[2])
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        req = await parse(request, CompletionRequest)
-        if isinstance(req, JSONResponse):
-            return req
-        if isinstance(req.prompt, list) and len(req.prompt) != 1:
-            return _error(400, "prompt: give one string (lists of prompts are not supported)", code="invalid_field")
-        prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
-        refusal = input_screen([{"role": "user", "content": prompt}]) if input_screen else None
-        return await answer(req, tokenizer(prompt, add_special_tokens=False)["input_ids"], False, refusal)
+        ready = await prepared(request, build_completion)
+        return ready if isinstance(ready, JSONResponse) else await answer(request, *ready[:2], False, ready[2])
 
     @app.get("/v1/models")
-    async def models(request: Request) -> Any:
-        if not authorized(request):
-            return _error(401, NO_KEY, code="invalid_api_key")
+    async def models() -> Any:
         model_card = {"id": cfg.model_name, "object": "model", "created": 0, "owned_by": "weitiao"}
         return {"object": "list", "data": [model_card]}
 
@@ -482,9 +471,11 @@ def serve(
     model_name: str | None = None,
     pii: str | None = None,
     screen: str | None = None,
+    max_body_mb: float = 8.0,
 ) -> None:
     """Load the model (+ adapter) and serve it until Ctrl-C; `pii` = redact|block filters replies;
-    `screen` = "default" or a YAML file turns on the prompt-injection input screen (weitiao.safety.screen)."""
+    `screen` = "default" or a YAML file turns on the prompt-injection input screen (weitiao.safety.screen).
+    `api_key` defaults to $WEITIAO_API_KEY (a key on the command line shows in `ps`)."""
     import uvicorn
 
     from weitiao.infer.chat import load_chat_model
@@ -492,7 +483,8 @@ def serve(
 
     m, tok = load_chat_model(resolve_path(model) if model else None, adapter, quant)
     name = model_name or (adapter or model or "demo").rstrip("/").split("/")[-1]
-    settings = ServeSettings(name, api_key, max_batch, max_queue, max_new_tokens)
+    api_key = api_key or os.environ.get("WEITIAO_API_KEY") or None
+    settings = ServeSettings(name, api_key, max_batch, max_queue, max_new_tokens, max_body_mb)
     hook = None
     if pii:
         from weitiao.safety.pii import output_filter

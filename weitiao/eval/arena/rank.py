@@ -10,8 +10,12 @@
    every other — checked first). This is the same estimate as FastChat's per-battle logistic regression
    without penalty; theirs adds a small L2 penalty, ours none.
 3. Scale to Elo points: rating = 400/ln 10 · s, then anchor (mean = 1000, or a named model = 1000).
-4. 95% CIs: resample the whole count table from Multinomial(N, counts/N) (identical in law to resampling
-   battles with replacement), refit, anchor, take the 2.5/97.5 percentiles. Seeded.
+4. 95% CIs: resample voters (a battle's `judge`) with replacement, each bringing all of their battles, refit,
+   anchor, take the 2.5/97.5 percentiles. Seeded. Votes of one voter are not independent: one voter who
+   casts hundreds of votes moves the estimate as one unit, and resampling votes would hide that behind
+   narrow CIs. A battle without a voter id counts as its own voter; when every voter has a single battle
+   this equals resampling battles, done as Multinomial(N, counts/N) on the count table (same law).
+   `filter_voters` drops voters first: too few votes, too large a share, or named.
 5. Rank = 1 + number of models whose lower CI bound is above this model's upper bound (LMSYS style).
 6. Online Elo (K=4, base 10, scale 400, start 1000) over battles in time order, as a secondary column.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,14 +61,18 @@ class Counts:
         return W
 
 
+def _canonical(a: np.ndarray, b: np.ndarray, outcome: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pair order i < j; a swapped win becomes a j-win."""
+    a, b, outcome = np.asarray(a), np.asarray(b), np.asarray(outcome)
+    swap = a > b
+    return np.where(swap, b, a), np.where(swap, a, b), np.where(swap & (outcome < 2), 1 - outcome, outcome)
+
+
 def aggregate(a: np.ndarray, b: np.ndarray, outcome: np.ndarray, models: list[str]) -> Counts:
     """Counts from index arrays: model a, model b, outcome 0 = a wins, 1 = b wins, 2 = tie."""
-    a, b, outcome = np.asarray(a), np.asarray(b), np.asarray(outcome)
-    if np.any(a == b):
+    if np.any(np.asarray(a) == np.asarray(b)):
         raise UserError("a battle pits a model against itself; remove it")
-    swap = a > b  # canonical order i < j; a swapped win becomes a j-win
-    i, j = np.where(swap, b, a), np.where(swap, a, b)
-    o = np.where(swap & (outcome < 2), 1 - outcome, outcome)
+    i, j, o = _canonical(a, b, outcome)
     k = len(models)
     flat = np.bincount((i * k + j) * 3 + o, minlength=k * k * 3).reshape(k * k, 3)
     pairs = np.flatnonzero(flat.sum(1))
@@ -78,6 +87,49 @@ def battle_arrays(rows: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, np.ndar
     b = np.fromiter((idx[r["model_b"]] for r in rows), dtype=np.int64, count=len(rows))
     o = np.fromiter((WINNERS[r["winner"]] for r in rows), dtype=np.int64, count=len(rows))
     return a, b, o, models
+
+
+@dataclass
+class Clusters:
+    """Battles per (voter, cell of `Counts.counts.ravel()`), to resample voters instead of battles."""
+
+    voter: np.ndarray
+    cell: np.ndarray
+    n: np.ndarray
+    n_voters: int
+
+
+def voter_clusters(voters: Sequence[str | None], a: np.ndarray, b: np.ndarray, o: np.ndarray, c: Counts) -> Clusters:
+    """Clusters for battles (a, b, o) cast by `voters` (None or "": unknown, then each battle its own voter)."""
+    ids = [v if v else f"\0battle {n}" for n, v in enumerate(voters)]
+    _, voter = np.unique(np.array(ids, dtype=object), return_inverse=True)
+    i, j, oo = _canonical(a, b, o)
+    k = len(c.models)
+    cell = np.searchsorted(c.i * k + c.j, i * k + j) * 3 + oo
+    cells = c.counts.size
+    keys, n = np.unique(voter * cells + cell, return_counts=True)
+    return Clusters(keys // cells, keys % cells, n.astype(float), int(voter.max()) + 1 if len(ids) else 0)
+
+
+def filter_voters(
+    rows: Sequence[dict], min_votes: int = 0, max_share: float = 1.0, exclude: Sequence[str] = ()
+) -> tuple[list[dict], dict[str, str]]:
+    """Battles kept, and {voter: why dropped}: fewer than `min_votes` battles, more than `max_share` of all
+    battles (one pass over the original counts), or named in `exclude`. The voter is a battle's `judge`;
+    battles without one are kept, since no filter can tell their voters apart."""
+    n = Counter(r.get("judge") for r in rows if r.get("judge"))
+    unknown = sorted(set(exclude) - n.keys())
+    if unknown:
+        raise UserError(f"--exclude-voter {unknown[0]}: no battle has this voter (judge)")
+    why = {}
+    for v, k in n.items():
+        if v in exclude:
+            why[v] = "excluded"
+        elif k < min_votes:
+            why[v] = f"{k} battles < --min-voter-votes {min_votes}"
+        elif k / len(rows) > max_share:
+            why[v] = f"{k} battles = {k / len(rows):.0%} of all > --max-voter-share {max_share:g}"
+    return [r for r in rows if r.get("judge") not in why], why
 
 
 # ---------------------------------------------------------------------------------------------- 2. fit
@@ -177,6 +229,8 @@ class RankResult:
     rounds: int
     anchor: str | None
     regularized_rounds: int  # bootstrap rounds that needed a ridge (a model with no win or no loss)
+    bootstrap: str = "battles"  # what the CIs resample: voters or battles
+    n_voters: int = 0  # voters resampled (battles without a voter id count one each); 0 for battles
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -184,6 +238,8 @@ class RankResult:
             "rounds": self.rounds,
             "anchor": self.anchor,
             "regularized_rounds": self.regularized_rounds,
+            "bootstrap": self.bootstrap,
+            "n_voters": self.n_voters,
             "ratings": [asdict(r) for r in self.ratings],
         }
 
@@ -200,8 +256,10 @@ def rank_counts(
     rounds: int = 100,
     seed: int = 0,
     l2: float = 0.0,
+    clusters: Clusters | None = None,
 ) -> RankResult:
-    """Steps 2–5 on aggregated counts (`elo`: online Elo per model, computed by the caller from the order)."""
+    """Steps 2–5 on aggregated counts (`elo`: online Elo per model, computed by the caller from the order).
+    With `clusters` the bootstrap resamples voters, else battles."""
     models = counts.models
     if anchor is not None and anchor not in models:
         raise UserError(f"--anchor {anchor}: no such model; models are {', '.join(models)}")
@@ -213,13 +271,24 @@ def rank_counts(
             "against the rest; collect more votes"
         )
     point = anchored(fit_bt(W, l2), models, anchor)
-    # 4. bootstrap over the count table
+    # 4. bootstrap: voters with all their battles, or (every voter a single battle) the count table
     rng = np.random.default_rng(seed)
     total = int(counts.counts.sum())
     flat = counts.counts.ravel()
     boots = np.empty((rounds, len(models)))
     ridged = 0
-    for r, draw in enumerate(rng.multinomial(total, flat / total, size=rounds)):
+    if clusters is not None and clusters.n_voters < total:
+        cl = clusters
+
+        def voters_draw() -> np.ndarray:
+            w = np.bincount(rng.integers(0, cl.n_voters, cl.n_voters), minlength=cl.n_voters)[cl.voter] * cl.n
+            return np.bincount(cl.cell, weights=w, minlength=flat.size)
+
+        draws: Any = (voters_draw() for _ in range(rounds))
+    else:
+        cl = None
+        draws = rng.multinomial(total, flat / total, size=rounds)
+    for r, draw in enumerate(draws):
         Wb = counts.wins(draw.reshape(-1, 3).astype(float))
         ok = strongly_connected(Wb)
         ridged += not ok
@@ -234,11 +303,15 @@ def rank_counts(
         for n, m in enumerate(models)
     ]  # fmt: skip
     ratings.sort(key=lambda x: -x.rating)
-    return RankResult(ratings, total, rounds, anchor, ridged)
+    how = ("voters", cl.n_voters) if cl else ("battles", 0)
+    return RankResult(ratings, total, rounds, anchor, ridged, *how)
 
 
-def rank(rows: Sequence[dict], anchor: str | None = None, rounds: int = 100, seed: int = 0) -> RankResult:
-    """Ratings for FastChat-style battle dicts (Elo follows their `tstamp` order when present)."""
+def rank(
+    rows: Sequence[dict], anchor: str | None = None, rounds: int = 100, seed: int = 0, by_voter: bool = True
+) -> RankResult:
+    """Ratings for FastChat-style battle dicts (Elo follows their `tstamp` order when present); the CIs
+    resample voters (`judge`) unless `by_voter` is False."""
     if not rows:
         raise UserError(
             "no battles to rank: no votes yet (vote on `weitiao arena serve` or `weitiao arena import` a battle file)"
@@ -246,7 +319,8 @@ def rank(rows: Sequence[dict], anchor: str | None = None, rounds: int = 100, see
     rows = sorted(rows, key=lambda r: r.get("tstamp") or 0)
     a, b, o, models = battle_arrays(rows)
     counts = aggregate(a, b, o, models)
-    return rank_counts(counts, online_elo(a, b, o, len(models)), anchor, rounds, seed)
+    clusters = voter_clusters([r.get("judge") for r in rows], a, b, o, counts) if by_voter else None
+    return rank_counts(counts, online_elo(a, b, o, len(models)), anchor, rounds, seed, clusters=clusters)
 
 
 # ---------------------------------------------------------------------------------------------- files

@@ -3,19 +3,22 @@
     weitiao arena serve --answers answers.jsonl --db arena.sqlite     # fills it; `arena export` reads it
 
 A round is a prompt with two models' answers, sides drawn at random; the page sees only the round id
-and the two texts, so model names cannot leak before the vote. `votes.model_a` is the model shown on
-side A (left), `model_b` on side B; `swapped` = 1 when the draw put the alphabetically later model on A.
-Outcomes use FastChat's words: model_a, model_b, tie, tie (bothbad).
+and the two texts, so model names cannot leak before the vote. Rounds handed out live in the server's
+memory (weitiao.eval.arena.app); one is written to `rounds` only together with its vote, so page loads
+add no rows. `votes.model_a` is the model shown on side A (left), `model_b` on side B; `swapped` = 1 when
+the draw put the alphabetically later model on A. Outcomes use FastChat's words: model_a, model_b, tie,
+tie (bothbad). `meta` holds the random secret that signs voter cookies.
 """
 
 from __future__ import annotations
 
 import random
+import secrets
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from itertools import combinations
 from pathlib import Path
 
 from weitiao.errors import UserError, where
@@ -29,6 +32,8 @@ CREATE TABLE IF NOT EXISTS rounds (id TEXT PRIMARY KEY, prompt TEXT, model_a TEX
 CREATE TABLE IF NOT EXISTS votes (id INTEGER PRIMARY KEY, round_id TEXT UNIQUE, prompt TEXT, model_a TEXT NOT NULL,
                                   model_b TEXT NOT NULL, swapped INTEGER, outcome TEXT NOT NULL, voter TEXT,
                                   tstamp REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS votes_voter ON votes (voter);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 CHOICES = {"a": "model_a", "b": "model_b", "tie": "tie", "bothbad": "tie (bothbad)"}
 
@@ -77,34 +82,41 @@ class ArenaStore:
         with self._db() as db:
             return [r[0] for r in db.execute("SELECT DISTINCT model FROM answers ORDER BY model")]
 
-    # rounds and votes -------------------------------------------------------------------------------
-    def new_round(self, rng: random.Random) -> dict | None:
-        """A random prompt with two random models' answers on random sides; None when no prompt has two."""
+    def secret(self) -> bytes:
+        """The key that signs voter cookies: random, made once per database, so cookies outlive restarts."""
         with self._db() as db:
-            prompts = [r[0] for r in db.execute("SELECT prompt FROM answers GROUP BY prompt HAVING COUNT(*) >= 2")]
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('secret', ?)", (secrets.token_hex(32),))
+            return bytes.fromhex(db.execute("SELECT value FROM meta WHERE key = 'secret'").fetchone()[0])
+
+    # rounds and votes -------------------------------------------------------------------------------
+    def draw_round(self, rng: random.Random, skip_pairs: set[tuple[str, str]] = frozenset()) -> dict | None:
+        """A random prompt, then two of its models (a sorted pair not in `skip_pairs`) on random sides, with
+        their answers; None when no prompt has an allowed pair. Stores nothing."""
+        with self._db() as db:
+            models_of: dict[str, list[str]] = {}
+            for prompt, model in db.execute("SELECT prompt, model FROM answers ORDER BY prompt, model"):
+                models_of.setdefault(prompt, []).append(model)
+            allowed = {p: [c for c in combinations(ms, 2) if c not in skip_pairs] for p, ms in models_of.items()}
+            prompts = [p for p, pairs in allowed.items() if pairs]
             if not prompts:
                 return None
             prompt = rng.choice(prompts)
-            rows = dict(db.execute("SELECT model, answer FROM answers WHERE prompt = ?", (prompt,)).fetchall())
-            pair = sorted(rng.sample(sorted(rows), 2))
+            pair = rng.choice(allowed[prompt])
             swapped = rng.random() < 0.5
-            a, b = (pair[1], pair[0]) if swapped else (pair[0], pair[1])
-            rid = uuid.uuid4().hex
-            db.execute("INSERT INTO rounds VALUES (?, ?, ?, ?, ?, ?)", (rid, prompt, a, b, int(swapped), time.time()))
-        return {"round": rid, "prompt": prompt, "a": rows[a], "b": rows[b]}
+            a, b = (pair[1], pair[0]) if swapped else pair
+            q = "SELECT answer FROM answers WHERE prompt = ? AND model = ?"
+            text_a, text_b = (db.execute(q, (prompt, m)).fetchone()[0] for m in (a, b))
+        return {"prompt": prompt, "model_a": a, "model_b": b, "swapped": int(swapped), "a": text_a, "b": text_b}
 
-    def vote(self, round_id: str, choice: str, voter: str) -> dict:
-        """Store one vote; returns the revealed names. Raises KeyError (unknown round) or ValueError (bad choice,
-        round already voted)."""
+    def record_vote(self, round_id: str, rnd: dict, choice: str, voter: str) -> dict:
+        """Store a round drawn by `draw_round` with its vote; returns the revealed names. Raises ValueError
+        (bad choice, round already voted)."""
         if choice not in CHOICES:
             raise ValueError(f"choice {choice!r}; expected one of {', '.join(CHOICES)}")
+        row = (rnd["prompt"], rnd["model_a"], rnd["model_b"], rnd["swapped"])
         with self._db() as db:
-            row = db.execute(
-                "SELECT prompt, model_a, model_b, swapped FROM rounds WHERE id = ?", (round_id,)
-            ).fetchone()
-            if row is None:
-                raise KeyError(round_id)
             try:
+                db.execute("INSERT INTO rounds VALUES (?, ?, ?, ?, ?, ?)", (round_id, *row, rnd.get("issued")))
                 db.execute(
                     "INSERT INTO votes (round_id, prompt, model_a, model_b, swapped, outcome, voter, tstamp) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -113,6 +125,20 @@ class ArenaStore:
             except sqlite3.IntegrityError:
                 raise ValueError("this round already has a vote") from None
         return {"model_a": row[1], "model_b": row[2], "outcome": CHOICES[choice]}
+
+    def has_vote(self, round_id: str) -> bool:
+        with self._db() as db:
+            return db.execute("SELECT 1 FROM votes WHERE round_id = ?", (round_id,)).fetchone() is not None
+
+    def pair_votes(self, voter: str) -> dict[tuple[str, str], int]:
+        """Votes `voter` has cast per (sorted) model pair."""
+        with self._db() as db:
+            rows = db.execute("SELECT model_a, model_b FROM votes WHERE voter = ?", (voter,)).fetchall()
+        out: dict[tuple[str, str], int] = {}
+        for a, b in rows:
+            key = (min(a, b), max(a, b))
+            out[key] = out.get(key, 0) + 1
+        return out
 
     def votes(self) -> list[dict]:
         with self._db() as db:
@@ -133,7 +159,7 @@ class ArenaStore:
                 "INSERT INTO votes (prompt, model_a, model_b, swapped, outcome, voter, tstamp) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (r.get("prompt"), r["model_a"], r["model_b"], None, r["winner"], r.get("judge", "import"),
+                    (r.get("prompt"), r["model_a"], r["model_b"], None, r["winner"], r.get("judge"),
                      float(r.get("tstamp") or 0.0))
                     for r in rows
                 ],

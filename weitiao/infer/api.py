@@ -1,0 +1,229 @@
+"""The OpenAI request schema and the checks in front of `weitiao serve`: strict fields (an unknown or
+unsupported one is a 400 naming it), valid Unicode, and an ASGI guard for the API key and body size.
+
+Every refusal is an OpenAI-style error body whose `param` names the field at fault.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable
+from typing import Any, Literal
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Strict(BaseModel):
+    # unknown fields are refused by name (a typo like `max_tokns` must not be silently ignored); NaN and
+    # ±Infinity, which Python's JSON reader accepts, are refused too
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class _StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class Sampling(_Strict):
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)  # extension
+    # extension; HF divides logits by it, so tiny values overflow to inf and the sampler fails
+    repetition_penalty: float = Field(1.0, ge=0.01, le=100)
+    n: int = Field(1, ge=1)
+    stream: bool = False
+    stop: str | list[str] | None = Field(None, max_length=16)
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # torch.manual_seed's range
+    stream_options: _StreamOptions | None = None
+
+
+# OpenAI fields this server does not implement, accepted only with a value that changes nothing
+# (None: any value; null is always fine). Anything else is refused by name instead of ignored.
+NO_OP_FIELDS: dict[str, tuple | None] = {
+    "user": None,
+    "store": None,
+    "metadata": None,
+    "service_tier": None,
+    "parallel_tool_calls": None,
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "frequency_penalty": (0,),
+    "presence_penalty": (0,),
+    "logit_bias": ({},),
+    "echo": (False,),
+    "best_of": (1,),
+    "suffix": ("",),
+    "tools": ([],),
+    "tool_choice": ("none", "auto"),  # with no tools, both mean plain text
+    "response_format": ({"type": "text"},),
+}
+
+
+class _TextPart(_Strict):
+    type: Literal["text"]  # only text parts: images and audio are refused, not dropped
+    text: str
+
+
+class _Message(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[_TextPart] | None = None
+    name: str | None = None  # accepted; chat templates have no place for it
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
+        return self.content or ""
+
+
+class ChatRequest(Sampling):
+    messages: list[_Message] = Field(min_length=1)
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str]
+
+
+NO_KEY = "invalid or missing API key (Authorization: Bearer ...)"
+
+
+def error(
+    status: int, message: str, type_: str = "invalid_request_error", code: str | None = None, param: str | None = None
+) -> JSONResponse:
+    message = message.encode("utf-8", "backslashreplace").decode()  # a lone surrogate echoed from a body
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}}, status)
+
+
+class BadRequest(Exception):
+    """A 400 naming the request field (`param`) at fault."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = "invalid_field") -> None:
+        super().__init__(message)
+        self.message, self.param, self.code = message, param, code
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # a lone surrogate such as "\ud800", which JSON escapes can carry
+        return False
+
+
+def _lone_surrogate(data: Any) -> str | None:
+    """Path of the first string or key that is not valid Unicode, or None. Iterative: bodies nest deep."""
+    todo: list[tuple[tuple, Any]] = [((), data)]
+    while todo:
+        path, x = todo.pop()
+        if isinstance(x, str) and not _encodable(x):
+            return ".".join(map(str, path)) or "body"
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if not _encodable(k):
+                    return ".".join(map(str, path)) or "body"
+                todo.append(((*path, k), v))
+        elif isinstance(x, list):
+            todo.extend(((*path, i), v) for i, v in enumerate(x))
+    return None
+
+
+def _field_path(loc: tuple, data: Any) -> str:
+    """`messages.0.content.0.text` from a pydantic error location, leaving out union-member tags
+    (`str`, `list[_TextPart]`), which are no place in the body."""
+    parts, cur = [], data
+    for n, x in enumerate(loc):
+        if isinstance(cur, list) and isinstance(x, int) and x < len(cur):
+            parts.append(str(x))
+            cur = cur[x]
+        elif isinstance(cur, dict) and x in cur:
+            parts.append(str(x))
+            cur = cur[x]
+        elif isinstance(cur, dict) and n == len(loc) - 1:  # a required field that is missing
+            parts.append(str(x))
+    return ".".join(parts)
+
+
+def read_body(body: bytes, schema: type[Sampling]) -> Any:
+    """The validated request, or `BadRequest` naming the field at fault."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise BadRequest(f"malformed JSON body: {e}", code=None) from None
+    if not isinstance(data, dict):
+        raise BadRequest("body: expected a JSON object", "body")
+    bad = _lone_surrogate(data)
+    if bad is not None:
+        raise BadRequest(f"{bad}: not valid Unicode (a lone UTF-16 surrogate \\ud800-\\udfff)", bad)
+    for name in sorted(NO_OP_FIELDS.keys() & data.keys()):
+        allowed, value = NO_OP_FIELDS[name], data.pop(name)
+        if value is not None and allowed is not None and value not in allowed:
+            msg = f"{name}: not supported by this server; leave it out or send {json.dumps(allowed[0])}"
+            raise BadRequest(msg, name)
+    try:
+        return schema.model_validate(data)
+    except ValidationError as e:
+        err = max(e.errors(), key=lambda x: len(x["loc"]))  # the deepest is the most specific
+        where = _field_path(err["loc"], data) or "body"
+        msg = "unknown field (this server does not implement it)" if err["type"] == "extra_forbidden" else err["msg"]
+        raise BadRequest(f"{where}: {msg}", where) from None
+
+
+class Guard:
+    """ASGI middleware in front of every route: the API key (constant-time compare; /health stays open for
+    probes) and the body-size limit (413 from Content-Length, or as soon as a chunked body passes it). The
+    body is read here, at most `max_body` bytes, and replayed to the app."""
+
+    def __init__(self, app: Any, api_key: str | None, max_body: int, flag: str = "--max-body-mb") -> None:
+        self.app, self.max_body, self.flag = app, max_body, flag
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if self.expected is not None and scope["path"] != "/health":
+            if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+                await self._drain(receive, 0)
+                return await error(401, NO_KEY, code="invalid_api_key")(scope, receive, send)
+        too_big = error(413, f"request body over the server's limit of {self.max_body:,} bytes ({self.flag})")
+        declared = headers.get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self.max_body:
+            await self._drain(receive, 0)
+            return await too_big(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            chunks.append(msg.get("body", b""))
+            size += len(chunks[-1])
+            more = msg.get("more_body", False)
+            if size > self.max_body:
+                chunks.clear()
+                if more:
+                    await self._drain(receive, size)
+                return await too_big(scope, receive, send)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:  # then what the server says next: the client's hang-up
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _drain(self, receive: Callable, read: int) -> None:
+        """Read and drop the rest of a refused body (up to 16x the limit) so the client gets the answer
+        instead of a reset connection."""
+        more = True
+        while more and read <= 16 * self.max_body:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            read += len(msg.get("body", b""))
+            more = msg.get("more_body", False)
