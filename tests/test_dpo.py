@@ -120,8 +120,8 @@ def test_dpo_learns_preferences_and_beta_bounds_kl(tiny_model_dir, tmp_path):
         assert train[0]["accuracy"] <= 0.75 and abs(train[0]["loss"] - math.log(2)) < 1e-3  # π = π_ref at step 1
         assert summary["eval_accuracy"] > 0.9
         assert train[-1]["margins"] > train[0]["margins"] + 0.05
-        kls[beta] = summary["eval_kl"]
-    assert kls[1.0] < kls[0.05]
+        kls[beta] = (summary["eval_kl_offpolicy_data"], summary["eval_kl_onpolicy_seq"])
+    assert kls[1.0][0] < kls[0.05][0] and kls[1.0][1] < kls[0.05][1]
 
 
 @pytest.mark.slow
@@ -155,7 +155,7 @@ def test_beta_sweep_writes_table_and_plot(tiny_model_dir, tmp_path):
         "lora.dropout=0",
     ]
     rows = sweep(dpo.DPOConfig, dpo.run, cfg, over, "beta=0.05,0.5")
-    assert [r["dpo.beta"] for r in rows] == [0.05, 0.5] and all(r["kl"] is not None for r in rows)
+    assert [r["dpo.beta"] for r in rows] == [0.05, 0.5] and all(r["kl_onpolicy_seq"] is not None for r in rows)
     assert (tmp_path / "sw" / "sweep.png").stat().st_size > 1000
     assert (tmp_path / "sw" / "sweep.md").read_text().count("\n") == 4
     assert (tmp_path / "sw" / "dpo.beta-0.5" / "final" / "adapter").exists()
