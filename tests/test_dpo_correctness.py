@@ -2,7 +2,6 @@
 π = π_ref at step 0, on-policy KL, the reference cache key, eval sharding, pinned losses."""
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -219,3 +218,32 @@ def test_cache_written_once_by_process_zero(tiny_model_dir, pairs_file, tmp_path
 
     ref.precompute(d.train, cfg, {"k": 1}, ids["pad"], False, Rank1(1, 2, []), path)
     assert barriers == [False, False] and ref.cache == {"from": "process 0"}
+
+
+PINNED_DPO = [0.693147, 0.242354, 0.137017, 0.101314, 0.075601]  # steps 1-5, from this code
+
+
+@pytest.mark.slow
+def test_pinned_losses_with_defaults(tiny_model_dir, tmp_path):
+    """Defaults (LoRA dropout 0.05, packing, seed 42), micro-batch 2: logged loss of steps 1-5."""
+    data = write_jsonl(tmp_path / "p.jsonl", make_pairs(24))
+    dpo.run(config(tiny_model_dir, data, tmp_path / "o", "train.micro_batch_size=2", "train.max_steps=5"))
+    got = [r["loss"] for r in read_metrics(tmp_path / "o", "train")]
+    assert got == pytest.approx(PINNED_DPO, rel=1e-3) and abs(got[-1] - math.log(2)) > 0.05
+
+
+@pytest.mark.slow
+def test_odd_pair_count_equals_one_micro_batch(tiny_model_dir, tmp_path):
+    """7 pairs in one step of 4 padded micro-batches of ≤2 pairs (the last holds 1) = one packed micro-batch."""
+    data = write_jsonl(tmp_path / "p.jsonl", make_pairs(7))
+    logs = {}
+    for name, extra in {
+        "odd": ("data.packing=false", "train.micro_batch_size=2", "train.grad_accum=4"),
+        "one": ("train.micro_batch_size=8",),
+    }.items():
+        dpo.run(config(tiny_model_dir, data, tmp_path / name, *extra, "train.max_steps=1", "train.max_grad_norm=1e9"))
+        logs[name] = read_metrics(tmp_path / name, "train")
+        assert read_metrics(tmp_path / name, "data")[0]["kept"] == 7
+    odd, one = logs["odd"][0], logs["one"][0]
+    assert odd["pairs_per_s"] > 0 and abs(odd["loss"] - one["loss"]) < 1e-6
+    assert abs(odd["grad_norm"] - one["grad_norm"]) < 1e-5 * one["grad_norm"]
