@@ -99,3 +99,27 @@ def test_flex_attention_packed_rows_forward_on_cpu(tiny_model_dir, tokenizer):
     assert check_isolation(model, torch.device("cpu"), one_row=False) < 1e-5
     with pytest.raises(UserError, match="model.attn: flex_attention cannot train on CPU"):
         refuse_untrainable(model, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("recipe", ["sft", "dpo", "rm"])
+def test_recipes_refuse_packing_when_attention_leaks(tiny_model_dir, tmp_path, monkeypatch, recipe):
+    """Negative control at run level: transformers stops reading packed position_ids (as flash-attention
+    does for batches of several rows) → each recipe refuses at start with one line, before training."""
+    import transformers.masking_utils as mu
+    from conftest import write_jsonl
+    from test_dpo import make_pairs
+
+    from weitiao.config import load_config
+    from weitiao.recipes import dpo, rm, sft
+
+    mod = {"sft": sft, "dpo": dpo, "rm": rm}[recipe]
+    cls = {"sft": sft.SFTConfig, "dpo": dpo.DPOConfig, "rm": rm.RMConfig}[recipe]
+    rows = make_pairs(8) if recipe != "sft" else [{"instruction": f"问{i}", "output": "好"} for i in range(8)]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    cfg = load_config(
+        cls, None, [f"model.path={tiny_model_dir}", f"data.train=[{data}]", f"train.out={tmp_path / 'o'}"]
+    )
+    monkeypatch.setattr(mu, "find_packed_sequence_indices", lambda position_ids: None)
+    with pytest.raises(UserError, match="model.attn: sdpa: packed documents attend to each other"):
+        mod.run(cfg)
+    assert not (tmp_path / "o" / "metrics.jsonl").exists()

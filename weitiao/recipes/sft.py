@@ -28,6 +28,7 @@ from weitiao.data.templates import ChatTemplate, resolve_template
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text
 from weitiao.losses.sft import CausalLMLoss
+from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
 from weitiao.models.load import LoraSpec, ModelSpec, build_trainable, count_params, load_tokenizer
 from weitiao.train import loop
 
@@ -132,7 +133,7 @@ def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
 
 
 @torch.no_grad()
-def evaluate(loss_mod, examples: list[Encoded], cfg: SFTConfig, pad_id: int, accel) -> float:
+def evaluate(loss_mod, examples: list[Encoded], cfg: SFTConfig, pad_id: int, accel, one_row: bool = False) -> float:
     """Token-weighted eval loss over the whole eval set (split across processes)."""
     if not examples:
         return float("nan")
@@ -148,7 +149,7 @@ def evaluate(loss_mod, examples: list[Encoded], cfg: SFTConfig, pad_id: int, acc
     )
     total = torch.zeros(2, device=accel.device, dtype=torch.float64)
     for rows in batches[accel.process_index :: accel.num_processes]:
-        b = collate(examples, rows, pad_id, cfg.data.packing).to(accel.device)
+        b = collate(examples, rows, pad_id, cfg.data.packing, one_row).to(accel.device)
         s, n = loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask)
         total += torch.stack([s.double(), n.double()])
     total = accel.reduce(total, reduction="sum")
@@ -183,6 +184,10 @@ def run(cfg: SFTConfig) -> dict:
 
     # 2. Model, loss wrapper, optimizer.
     model = build_trainable(cfg.model, cfg.lora, accel.device)
+    refuse_untrainable(model, accel.device)
+    one_row = cfg.data.packing and needs_one_row(model)  # varlen kernels split documents in one row only
+    if cfg.data.packing:
+        check_isolation(model, accel.device, one_row)
     loss_mod = CausalLMLoss(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=t.betas, weight_decay=t.weight_decay)
@@ -223,7 +228,7 @@ def run(cfg: SFTConfig) -> dict:
         return {"targets": sum(n_targets(data.train[i]) for rows in plan for row in rows for i in row)}
 
     def micro_step(rows: list, info: dict) -> dict:
-        b = collate(data.train, rows, pad_id, cfg.data.packing).to(accel.device)
+        b = collate(data.train, rows, pad_id, cfg.data.packing, one_row).to(accel.device)
         s, n = loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask)
         accel.backward(s * world / max(1, info["targets"]))
         return {"nll": s.detach(), "targets": n.detach(), "tokens": (b.seq_index >= 0).sum()}
@@ -243,7 +248,9 @@ def run(cfg: SFTConfig) -> dict:
         micro_step=micro_step,
         step_info=step_info,
         summarize=summarize,
-        evaluate=(lambda: {"eval_loss": evaluate(loss_mod, data.eval, cfg, pad_id, accel)}) if data.eval else None,
+        evaluate=(lambda: {"eval_loss": evaluate(loss_mod, data.eval, cfg, pad_id, accel, one_row)})
+        if data.eval
+        else None,
         bar_info=lambda m: f"loss {m['loss']:.4f} · {m['tokens_per_s']:,.0f} tok/s",
         after_step=_golden_hook(t, model, tokenizer, data.template, out) if t.golden and main else None,
     )
