@@ -115,16 +115,26 @@ def build(model_dir, data, out, *extra):
 
 @pytest.mark.parametrize("n_pairs", [3, 1])
 def test_eval_sharded_over_two_processes_equals_one(tiny_model_dir, tmp_path, n_pairs):
+    """3 pairs, micro-batch 2, 2 processes; and 1 pair, where process 1 has none: the same metrics
+    (on-policy KL included) as one process, and both processes run the same number of forwards."""
     data = write_jsonl(tmp_path / "p.jsonl", make_pairs(12))
-    cfg, d, model, loss_mod, ref, ids = build(tiny_model_dir, data, tmp_path / "o", "train.micro_batch_size=2")
+    cfg, d, model, loss_mod, ref, ids = build(
+        tiny_model_dir, data, tmp_path / "o", "train.micro_batch_size=2", "dpo.kl_max_new_tokens=4"
+    )
     torch.nn.init.normal_(model.base_model.model.model.layers[0].self_attn.q_proj.lora_B.default.weight)
     exs = d.train[: 2 * n_pairs]
-    cfg = cfg.model_copy(update={"dpo": cfg.dpo.model_copy(update={"kl_max_new_tokens": 0})})
-    one = dpo.evaluate(loss_mod, ref, exs, cfg, ids, FakeAccel(0, 1, []))
+    forwards: list[int] = []
+    loss_mod.register_forward_hook(lambda *_: forwards.append(1))
+    one = dpo.evaluate(loss_mod, ref, exs, cfg, ids, FakeAccel(0, 1, []), model)
     seen: list = []
-    dpo.evaluate(loss_mod, ref, exs, cfg, ids, FakeAccel(1, 2, seen))  # 1 pair → this rank has none
-    two = dpo.evaluate(loss_mod, ref, exs, cfg, ids, FakeAccel(0, 2, seen))
-    assert one.keys() == two.keys() and all(abs(one[k] - two[k]) < 1e-6 * max(1, abs(one[k])) for k in one)
+    counts = []
+    for rank in (1, 0):
+        forwards.clear()
+        two = dpo.evaluate(loss_mod, ref, exs, cfg, ids, FakeAccel(rank, 2, seen), model)
+        counts.append(len(forwards))
+    assert counts[0] == counts[1] > 0
+    assert {"eval_kl_onpolicy_seq", "eval_loss"} <= one.keys() == two.keys()
+    assert all(abs(one[k] - two[k]) < 1e-6 * max(1, abs(one[k])) for k in one)
 
 
 def independent_logps(model, ids, start):
@@ -153,10 +163,10 @@ def test_onpolicy_kl_zero_at_start_positive_after_and_independent(tiny_model_dir
     sums = dpo.onpolicy_kl_sums(loss_mod, ref, model, prompts, cfg, ids, FakeAccel(0, 1, []))
     assert float(sums["kl_onpolicy_sum"]) > 0
     # Independent: same seed, sampling by hand from softmax(logits) with multinomial, log-probs by HF forwards.
-    torch.manual_seed(cfg.train.seed)
     want, n_tok = 0.0, 0
     with torch.no_grad():
-        for p in prompts:
+        for i, p in enumerate(prompts):
+            torch.manual_seed(cfg.train.seed + i)
             seq = list(p)
             for _ in range(cfg.dpo.kl_max_new_tokens):
                 probs = torch.softmax(model(input_ids=torch.tensor([seq])).logits[0, -1].float(), -1)

@@ -127,12 +127,18 @@ def test_eval_sharded_over_two_processes_equals_one(tiny_model_dir, tmp_path):
     model = build_trainable(cfg.model, cfg.lora, torch.device("cpu"), head="score")
     model.config.pad_token_id = tok.pad_token_id
     scorer = SequenceScorer(model)
-    for n_pairs in (3, 1):
+    forwards: list[int] = []
+    scorer.register_forward_hook(lambda *_: forwards.append(1))
+    for n_pairs in (3, 1):  # with 1 pair, process 1 has none: it still runs the forwards (collective)
         exs = d.train[: 2 * n_pairs]
         one = rm.evaluate(scorer, exs, cfg, tok.pad_token_id, FakeAccel(0, 1, []))
         seen: list = []
-        rm.evaluate(scorer, exs, cfg, tok.pad_token_id, FakeAccel(1, 2, seen))
-        two = rm.evaluate(scorer, exs, cfg, tok.pad_token_id, FakeAccel(0, 2, seen))
+        counts = []
+        for rank in (1, 0):
+            forwards.clear()
+            two = rm.evaluate(scorer, exs, cfg, tok.pad_token_id, FakeAccel(rank, 2, seen))
+            counts.append(len(forwards))
+        assert counts[0] == counts[1] > 0
         assert all(abs(one[k] - two[k]) < 1e-6 * max(1, abs(one[k])) for k in one)
 
 

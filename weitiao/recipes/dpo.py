@@ -296,15 +296,23 @@ def prompt_ids(ex: Encoded) -> list[int]:
 
 @torch.no_grad()
 def sample_replies(
-    model: Any, prompts: list[list[int]], eot_id: int, pad_id: int, max_new_tokens: int, seed: int
+    model: Any,
+    prompts: list[list[int]],
+    eot_id: int,
+    pad_id: int,
+    max_new_tokens: int,
+    seeds: list[int],
+    synced: bool = False,
 ) -> list[list[int]]:
     """One reply per prompt sampled from the model's own distribution (temperature 1, no top-k/top-p),
-    cut after the end-of-turn token; the global RNG is left as it was."""
+    cut after the end-of-turn token; prompt i is sampled under torch seed seeds[i] (so samples do not
+    depend on how prompts are split across processes) and the global RNG is left as it was. `synced`:
+    every process keeps stepping until all are done (all call this with the same number of prompts)."""
     device = next(model.parameters()).device
     out: list[list[int]] = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for p in prompts:  # one at a time: no padding, so nothing but π decides the samples
+        for p, seed in zip(prompts, seeds):  # one at a time: no padding, so nothing but π decides the samples
+            torch.manual_seed(seed)
             gen = model.generate(
                 input_ids=torch.tensor([p], device=device),
                 attention_mask=torch.ones(1, len(p), dtype=torch.long, device=device),
@@ -318,6 +326,7 @@ def sample_replies(
                 eos_token_id=eot_id,
                 pad_token_id=pad_id,
                 use_cache=True,
+                synced_gpus=synced,
             )[0, len(p) :].tolist()
             out.append(gen[: gen.index(eot_id) + 1] if eot_id in gen else gen)
     return out
@@ -325,26 +334,39 @@ def sample_replies(
 
 @torch.no_grad()
 def onpolicy_kl_sums(
-    loss_mod: Any, ref: Reference, model: Any, prompts: list[list[int]], cfg: DPOConfig, ids: dict, accel: Any
+    loss_mod: Any,
+    ref: Reference,
+    model: Any,
+    prompts: list[list[int]],
+    cfg: DPOConfig,
+    ids: dict,
+    accel: Any,
+    n_real: int | None = None,
+    seeds: list[int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Σ over sampled reply tokens of log π − log π_ref (the k1 estimate of KL(π‖π_ref), unbiased for
-    samples from π), with the sequence and token counts."""
+    samples from π), with the sequence and token counts. Prompts after the first `n_real` are fillers
+    that keep processes in step and are not counted."""
     dev = accel.device
+    n_real = len(prompts) if n_real is None else n_real
     zero = torch.zeros((), dtype=torch.float64, device=dev)
     sums = {"kl_onpolicy_sum": zero, "kl_onpolicy_seqs": zero.clone(), "kl_onpolicy_tokens": zero.clone()}
     if not prompts:
         return sums
-    replies = sample_replies(model, prompts, ids["eot"], ids["pad"], cfg.dpo.kl_max_new_tokens, cfg.train.seed)
-    exs = [Encoded(p + r, [IGNORE] * len(p) + r) for p, r in zip(prompts, replies) if r]
+    synced = accel.num_processes > 1 and torch.distributed.is_initialized()
+    seeds = seeds or [cfg.train.seed + i for i in range(len(prompts))]
+    replies = sample_replies(model, prompts, ids["eot"], ids["pad"], cfg.dpo.kl_max_new_tokens, seeds, synced)
+    exs = [Encoded(p + r, [IGNORE] * len(p) + r) for p, r in zip(prompts, replies)]  # r has ≥ 1 token
     mb = cfg.train.micro_batch_size
     for k in range(0, len(exs), mb):
         rows = [[i] for i in range(k, min(k + mb, len(exs)))]
         b = collate(exs, rows, ids["pad"], cfg.data.packing, ids["one_row"]).to(dev)
         diff = loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask, per_token=True).double()
         diff = diff - ref.token_logps(b, [i for row in rows for i in row]).double()
-        sums["kl_onpolicy_sum"] += diff.sum()
-        sums["kl_onpolicy_tokens"] += diff.numel()
-    sums["kl_onpolicy_seqs"] += len(prompts)
+        real = (b.seq_index[b.targets != IGNORE] + k) < n_real
+        sums["kl_onpolicy_sum"] += diff[real].sum()
+        sums["kl_onpolicy_tokens"] += real.sum()
+    sums["kl_onpolicy_seqs"] += n_real
     return sums
 
 
@@ -352,24 +374,29 @@ def onpolicy_kl_sums(
 def evaluate(
     loss_mod, ref: Reference, examples: list[Encoded], cfg: DPOConfig, ids: dict, accel, model: Any = None
 ) -> dict:
-    """Held-out metrics; pairs are split across processes by index (a process may get none), and with
-    `model` and dpo.kl_max_new_tokens > 0 the on-policy KL on the eval prompts."""
+    """Held-out metrics; pairs are split across processes by index, and with `model` and
+    dpo.kl_max_new_tokens > 0 the on-policy KL on the eval prompts. Every process runs the same number
+    of forwards (DDP/FSDP forwards are collective): one with fewer pairs runs pair 0 as an uncounted filler."""
     if not examples:
         return {}
     loss_mod.eval()
-    mine = list(range(len(examples) // 2))[accel.process_index :: accel.num_processes]
+    n_pairs = len(examples) // 2
+    mine = list(range(n_pairs))[accel.process_index :: accel.num_processes]
+    per_process = -(-n_pairs // accel.num_processes)
     mb = cfg.train.micro_batch_size
     total = {k: torch.zeros((), dtype=torch.float64, device=accel.device) for k in SUM_KEYS}
-    for k in range(0, len(mine), mb):
-        rr = pair_rows([[i] for i in mine[k : k + mb]], cfg.data.packing)
+    for k in range(0, per_process, mb):
+        chunk = mine[k : k + mb]
+        rr = pair_rows([[i] for i in chunk or [0]], cfg.data.packing)
         b = collate(examples, rr, ids["pad"], cfg.data.packing, ids["one_row"]).to(accel.device)
-        order = [i for row in rr for i in row]
-        for key, v in pair_step(loss_mod, ref, b, order, cfg).items():
+        sums = pair_step(loss_mod, ref, b, [i for row in rr for i in row], cfg)
+        for key, v in sums.items() if chunk else ():
             total[key] = total[key] + v.detach().double()
     if model is not None and cfg.dpo.kl_max_new_tokens:
-        total.update(
-            onpolicy_kl_sums(loss_mod, ref, model, [prompt_ids(examples[2 * i]) for i in mine], cfg, ids, accel)
-        )
+        padded = mine + [0] * (per_process - len(mine))
+        prompts = [prompt_ids(examples[2 * i]) for i in padded]
+        seeds = [cfg.train.seed + i for i in padded]
+        total.update(onpolicy_kl_sums(loss_mod, ref, model, prompts, cfg, ids, accel, len(mine), seeds))
     keys = sorted(total)
     vec = accel.reduce(torch.stack([total[k] for k in keys]), reduction="sum")
     loss_mod.train()

@@ -136,15 +136,19 @@ def _means(s: dict, prefix: str = "") -> dict[str, float]:
 def evaluate(
     scorer: Any, examples: list, cfg: RMConfig, pad_id: int, accel: Any, one_row: bool = False
 ) -> dict[str, float]:
-    """Held-out metrics; pairs are split across processes by index (a process may get none)."""
+    """Held-out metrics; pairs are split across processes by index. Every process runs the same number
+    of forwards (DDP/FSDP forwards are collective): one with fewer pairs runs pair 0 as an uncounted filler."""
     scorer.eval()
-    mine = list(range(len(examples) // 2))[accel.process_index :: accel.num_processes]
+    n_pairs = len(examples) // 2
+    mine = list(range(n_pairs))[accel.process_index :: accel.num_processes]
+    per_process = -(-n_pairs // accel.num_processes)
     mb = cfg.train.micro_batch_size
     total = {k: torch.zeros((), dtype=torch.float64, device=accel.device) for k in SUM_KEYS}
-    for k in range(0, len(mine), mb):
-        rows = pair_rows([[i] for i in mine[k : k + mb]], cfg.data.packing)
+    for k in range(0, per_process, mb):
+        chunk = mine[k : k + mb]
+        rows = pair_rows([[i] for i in chunk or [0]], cfg.data.packing)
         rc, rr = pair_rewards(scorer, examples, rows, pad_id, cfg.data.packing, accel.device, one_row)
-        for key, v in _terms(rc, rr, cfg.rm)[1].items():
+        for key, v in _terms(rc, rr, cfg.rm)[1].items() if chunk else ():
             total[key] = total[key] + v.double()
     keys = sorted(total)
     red = dict(zip(keys, accel.reduce(torch.stack([total[x] for x in keys]), reduction="sum")))
