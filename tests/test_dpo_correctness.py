@@ -36,6 +36,7 @@ def pairs_file(tmp_path_factory):
     return write_jsonl(tmp_path_factory.mktemp("pairs") / "pairs.jsonl", make_pairs(8))
 
 
+@pytest.mark.slow
 def test_padded_pairs_give_the_packed_loss_and_gradient(tiny_model_dir, pairs_file, tmp_path):
     """One step over all 8 pairs: padded batches (one sequence per row) must not count pairs twice."""
     logs = {}
@@ -57,6 +58,7 @@ def test_padded_pairs_give_the_packed_loss_and_gradient(tiny_model_dir, pairs_fi
         assert abs(a["loss"] - b["loss"]) < 1e-5 and abs(a["grad_norm"] - b["grad_norm"]) < 1e-5 * a["grad_norm"]
 
 
+@pytest.mark.slow
 def test_init_from_starts_at_pi_equal_pi_ref_with_default_dropout(tiny_model_dir, pairs_file, tmp_path):
     first = tmp_path / "first"
     dpo.run(config(tiny_model_dir, pairs_file, first, "train.micro_batch_size=4", "train.max_steps=4"))
@@ -180,6 +182,7 @@ def test_onpolicy_kl_zero_at_start_positive_after_and_independent(tiny_model_dir
     assert abs(float(sums["kl_onpolicy_sum"]) - want) < 1e-4 * max(1.0, abs(want))
 
 
+@pytest.mark.slow
 def test_reference_cache_keyed_and_rebuilt(tiny_model_dir, tokenizer, pairs_file, tmp_path, capsys):
     """A cache made with another base model is rebuilt on resume, not reused (it was keyed on token ids only)."""
     other = save_tiny_model(tmp_path / "other", tokenizer, seed=1)

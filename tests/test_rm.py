@@ -83,6 +83,7 @@ def test_reward_model_learns_and_reloads(tiny_model_dir, tmp_path, quant):
     assert sum(c > r for c, r in zip(rc, rr)) >= 11
 
 
+@pytest.mark.slow
 def test_full_finetune_resume_equals_uninterrupted(tiny_model_dir, tmp_path):
     """lora.enabled=false: the checkpoint holds a classifier (`score`), not a causal LM (`lm_head`)."""
     data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(24))
@@ -95,6 +96,7 @@ def test_full_finetune_resume_equals_uninterrupted(tiny_model_dir, tmp_path):
     assert sorted(cut) == [1, 2, 3, 4] and all(abs(cut[s + 1] - a) < 1e-5 for s, a in enumerate(whole))
 
 
+@pytest.mark.slow
 def test_init_from_an_sft_adapter(tiny_model_dir, tmp_path):
     """An SFT (causal-LM) adapter starts the reward model: its LoRA weights load, the score head trains."""
     from safetensors.torch import load_file
