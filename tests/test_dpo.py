@@ -103,6 +103,7 @@ def dpo_config(model_dir, data, out, *extra):
         "train.lr=5e-3",
         "train.warmup_ratio=0",
         "lora.dropout=0",
+        "dpo.kl_max_new_tokens=8",
     ]
     return load_config(dpo.DPOConfig, None, base + list(extra))
 
@@ -120,7 +121,10 @@ def test_dpo_learns_preferences_and_beta_bounds_kl(tiny_model_dir, tmp_path):
         assert train[0]["accuracy"] <= 0.75 and abs(train[0]["loss"] - math.log(2)) < 1e-3  # π = π_ref at step 1
         assert summary["eval_accuracy"] > 0.9
         assert train[-1]["margins"] > train[0]["margins"] + 0.05
-        kls[beta] = summary["eval_kl"]
+        kls[beta] = summary["eval_kl_offpolicy_data"]
+        assert summary["eval_kl_onpolicy_seq"] > 0
+    # Only the off-policy k3 term on the data's replies falls with β here; the on-policy KL of this
+    # random tiny model after 16 steps does not order by β (measured 1.41 at β=0.05, 1.81 at β=1.0).
     assert kls[1.0] < kls[0.05]
 
 
@@ -155,7 +159,7 @@ def test_beta_sweep_writes_table_and_plot(tiny_model_dir, tmp_path):
         "lora.dropout=0",
     ]
     rows = sweep(dpo.DPOConfig, dpo.run, cfg, over, "beta=0.05,0.5")
-    assert [r["dpo.beta"] for r in rows] == [0.05, 0.5] and all(r["kl"] is not None for r in rows)
+    assert [r["dpo.beta"] for r in rows] == [0.05, 0.5] and all(r["kl_onpolicy_seq"] is not None for r in rows)
     assert (tmp_path / "sw" / "sweep.png").stat().st_size > 1000
     assert (tmp_path / "sw" / "sweep.md").read_text().count("\n") == 4
     assert (tmp_path / "sw" / "dpo.beta-0.5" / "final" / "adapter").exists()

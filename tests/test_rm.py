@@ -81,3 +81,78 @@ def test_reward_model_learns_and_reloads(tiny_model_dir, tmp_path, quant):
     ]
     rc, rr = score_pairs(model, tok, pairs)
     assert sum(c > r for c, r in zip(rc, rr)) >= 11
+
+
+@pytest.mark.slow
+def test_full_finetune_resume_equals_uninterrupted(tiny_model_dir, tmp_path):
+    """lora.enabled=false: the checkpoint holds a classifier (`score`), not a causal LM (`lm_head`)."""
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(24))
+    args = ("lora.enabled=false", "train.max_steps=4", "train.save_every=2", "data.eval_split=0", "train.lr=1e-4")
+    rm.run(rm_config(tiny_model_dir, data, tmp_path / "whole", *args))
+    rm.run(rm_config(tiny_model_dir, data, tmp_path / "cut", *args, "train.stop_after=2"))
+    rm.run(rm_config(tiny_model_dir, data, tmp_path / "cut", *args))
+    whole = [r["loss"] for r in read_metrics(tmp_path / "whole", "train")]
+    cut = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "cut", "train")}
+    assert sorted(cut) == [1, 2, 3, 4] and all(abs(cut[s + 1] - a) < 1e-5 for s, a in enumerate(whole))
+
+
+@pytest.mark.slow
+def test_init_from_an_sft_adapter(tiny_model_dir, tmp_path):
+    """An SFT (causal-LM) adapter starts the reward model: its LoRA weights load, the score head trains."""
+    from safetensors.torch import load_file
+
+    from weitiao.recipes import sft
+
+    chat = write_jsonl(tmp_path / "chat.jsonl", [{"instruction": f"问题{i}", "output": "好的😊"} for i in range(8)])
+    sft_cfg = [f"model.path={tiny_model_dir}", f"data.train=[{chat}]", f"train.out={tmp_path / 'sft'}"]
+    sft.run(load_config(sft.SFTConfig, None, [*sft_cfg, "train.max_steps=2", "train.progress=false", "train.lr=1e-2"]))
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(24))
+    out = tmp_path / "rm"
+    rm.run(rm_config(tiny_model_dir, data, out, "train.max_steps=2", f"lora.init_from={tmp_path / 'sft'}"))
+    saved = load_file(str(out / "final" / "adapter" / "adapter_model.safetensors"))
+    start = load_file(str(tmp_path / "sft" / "final" / "adapter" / "adapter_model.safetensors"))
+    assert any(k.endswith("score.weight") for k in saved)
+    assert set(start) <= set(saved)  # the same LoRA modules, trained further (lr 3e-3, 2 steps)
+    k = next(k for k in start if "lora_B" in k)
+    assert start[k].abs().sum() > 0 and (saved[k] - start[k]).abs().max() < 0.1 * start[k].abs().max() + 0.01
+
+
+def test_eval_sharded_over_two_processes_equals_one(tiny_model_dir, tmp_path):
+    from test_dpo_correctness import FakeAccel
+
+    from weitiao.models.load import build_trainable, load_tokenizer
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(12))
+    cfg = rm_config(tiny_model_dir, data, tmp_path / "o", "train.micro_batch_size=2")
+    tok = load_tokenizer(cfg.model.path)
+    d = rm.prepare_pairs(cfg, tok)
+    model = build_trainable(cfg.model, cfg.lora, torch.device("cpu"), head="score")
+    model.config.pad_token_id = tok.pad_token_id
+    scorer = SequenceScorer(model)
+    forwards: list[int] = []
+    scorer.register_forward_hook(lambda *_: forwards.append(1))
+    for n_pairs in (3, 1):  # with 1 pair, process 1 has none: it still runs the forwards (collective)
+        exs = d.train[: 2 * n_pairs]
+        one = rm.evaluate(scorer, exs, cfg, tok.pad_token_id, FakeAccel(0, 1, []))
+        seen: list = []
+        counts = []
+        for rank in (1, 0):
+            forwards.clear()
+            two = rm.evaluate(scorer, exs, cfg, tok.pad_token_id, FakeAccel(rank, 2, seen))
+            counts.append(len(forwards))
+        assert counts[0] == counts[1] > 0
+        assert all(abs(one[k] - two[k]) < 1e-6 * max(1, abs(one[k])) for k in one)
+
+
+PINNED_RM = [0.670958, 0.367473, 0.107933, 0.035683, 0.011939]  # steps 1-5, from this code
+
+
+@pytest.mark.slow
+def test_pinned_losses_with_defaults(tiny_model_dir, tmp_path):
+    """Defaults (LoRA dropout 0.05, packing, seed 42), micro-batch 2: logged loss of steps 1-5."""
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(24))
+    base = [f"model.path={tiny_model_dir}", f"data.train=[{data}]", f"train.out={tmp_path / 'o'}", "data.max_len=96"]
+    fast = ["train.progress=false", "train.tensorboard=false", "train.micro_batch_size=2", "train.max_steps=5"]
+    rm.run(load_config(rm.RMConfig, None, [*base, *fast, "train.lr=3e-3", "train.warmup_ratio=0"]))
+    got = [r["loss"] for r in read_metrics(tmp_path / "o", "train")]
+    assert got == pytest.approx(PINNED_RM, rel=1e-3)

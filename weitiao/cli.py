@@ -75,7 +75,7 @@ def dpo(
         for col in rows[0]:
             t.add_column(col)
         for r in rows:
-            t.add_row(*(f"{v:.4g}" for v in r.values()))
+            t.add_row(*("–" if v is None else f"{v:.4g}" for v in r.values()))
         console.print(t)
         return
     console.print(recipe.run(load_config(recipe.DPOConfig, config, overrides or [])))

@@ -3,8 +3,9 @@
 Labels are shifted per conversation *before* packing (target[t] = label[t+1]), so no token ever
 learns to predict the first token of the next conversation in its row. Packed rows carry
 `position_ids` that restart at 0 for each conversation and no attention mask; transformers then
-builds a block-diagonal causal mask (sdpa/eager) or uses varlen kernels (flash-attention), so
-attention never crosses a conversation boundary.
+builds a block-diagonal causal mask (sdpa/eager/flex, any number of rows) or, for flash-attention,
+runs varlen kernels — but only on a batch of one row, so `one_row=True` joins a packed micro-batch
+into a single row (`models/attention.py` decides when, and checks isolation at start).
 
 An epoch plan is a pure function of (lengths, seed, epoch): resuming at step k replays it exactly.
 """
@@ -101,8 +102,12 @@ def plan_epoch(
     return batches
 
 
-def collate(examples: list[Encoded], batch_rows: list[list[int]], pad_id: int, packing: bool) -> Batch:
-    """Build tensors for one micro-batch (rows of example indices)."""
+def collate(
+    examples: list[Encoded], batch_rows: list[list[int]], pad_id: int, packing: bool, one_row: bool = False
+) -> Batch:
+    """Build tensors for one micro-batch (rows of example indices); `one_row` joins packed rows into one."""
+    if packing and one_row:
+        batch_rows = [[i for row in batch_rows for i in row]]
     seqs, tgts, poss, segs = [], [], [], []
     k = 0
     for row in batch_rows:

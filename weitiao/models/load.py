@@ -25,7 +25,7 @@ class ModelSpec(BaseModel):
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
     quant: Literal["none", "4bit", "8bit"] = Field("none", description="4bit = NF4 + double quantization")
     quant_storage: Literal["uint8", "bf16"] = Field("uint8", description="bf16 lets FSDP shard 4-bit weights")
-    attn: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    attn: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = "sdpa"
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
 

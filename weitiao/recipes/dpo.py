@@ -10,19 +10,26 @@ lora.init_from; a frozen copy for full tuning; or log-probs precomputed once and
 log-probs by segment sums, loss, metrics, eval, checkpoint → 5. save.
 
 Pairs are packed padding-free like SFT rows: both sides of a pair sit in the same row, positions
-restart per sequence, so log-probs equal those of separate forwards (tested). The logged `kl` is the
-mean per-token k3 estimate of KL(π‖π_ref) on the data's reply tokens (not on samples from π).
+restart per sequence, so log-probs equal those of separate forwards (tested; checked at start).
+Metrics: `margins` are β-scaled; `logp_gap` is the unscaled (log π − log π_ref)(chosen) − (same)(rejected);
+`kl_offpolicy_data` is the per-token k3 term exp(r)−1−r, r = log π_ref − log π, on the *data's* reply
+tokens — not a KL of the policy (rejected replies the policy learned to avoid dominate it). Eval adds
+the on-policy KL(π‖π_ref): replies sampled from π (temperature 1, `dpo.kl_max_new_tokens` tokens),
+Σ(log π − log π_ref) over the sampled tokens, per sequence (`kl_onpolicy_seq`) and per token.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from weitiao.config import dump_config
 from weitiao.data.chat import IGNORE, Encoded
@@ -33,19 +40,38 @@ from weitiao.data.templates import ChatTemplate, resolve_template
 from weitiao.errors import UserError
 from weitiao.losses.preference import LENGTH_AVERAGED, dpo_terms, k3_kl
 from weitiao.losses.sft import CausalLMLoss
+from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
 from weitiao.models.load import (
     LoraSpec,
     ModelSpec,
     build_trainable,
     count_params,
+    disable_dropout,
     load_lora,
     load_model,
     load_tokenizer,
+    resolve_path,
 )
 from weitiao.recipes.sft import TrainSpec
 from weitiao.train import loop
 
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "margins", "accuracy", "logps/chosen", "logps/rejected")
+# Sums every micro-step returns (evaluate() starts from zeros for these, so a rank without pairs still reduces).
+SUM_KEYS = (
+    "loss_sum",
+    "rewards/chosen_sum",
+    "rewards/rejected_sum",
+    "margins_sum",
+    "accuracy_sum",
+    "logp_gap_sum",
+    "logps/chosen_sum",
+    "logps/rejected_sum",
+    "kl_offpolicy_data_sum",
+    "tokens",
+    "nll_chosen_sum",
+    "chosen_tokens",
+    "pairs",
+)
 
 
 class PrefDataSpec(BaseModel):
@@ -77,10 +103,23 @@ class DPOSpec(BaseModel):
     precompute_ref: bool = Field(False, description="reference log-probs in one pass, cached to disk")
     reference: str | None = Field(None, description="reference model dir; default: base without adapter")
     warn_falling_chosen: int = Field(20, description="warn after this many steps of falling chosen log-probs")
+    kl_max_new_tokens: int = Field(
+        32, ge=0, description="reply tokens sampled per eval prompt for the on-policy KL; 0 = off"
+    )
+
+    @model_validator(mode="after")
+    def _smoothing_needs_sigmoid(self) -> DPOSpec:
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise ValueError(
+                f"dpo.label_smoothing={self.label_smoothing} is only used by loss_type sigmoid, "
+                f"not {self.loss_type}; set it to 0"
+            )
+        return self
 
 
 class DPOTrainSpec(TrainSpec):
     out: str = "runs/dpo"
+    disable_dropout: bool = Field(True, description="dropout off in the policy, so step 0 has π = π_ref")
 
 
 class DPOConfig(BaseModel):
@@ -133,6 +172,38 @@ def sequence_logps(loss_mod: Any, b: Batch, n_seqs: int) -> tuple[torch.Tensor, 
     return tok, sums, counts
 
 
+def _files_identity(path: str | None) -> Any:
+    """What identifies weights on disk: (name, size, mtime) of each file; content hash for small files."""
+    if not path:
+        return None
+    root = Path(resolve_path(path))
+    if not root.is_dir():
+        return path  # a hub id: the name is all we know here
+    files = []
+    for f in sorted(x for x in root.rglob("*") if x.is_file() and "checkpoints" not in x.parts):
+        st = f.stat()
+        digest = hashlib.sha256(f.read_bytes()).hexdigest() if st.st_size < 64 << 20 else st.st_mtime_ns
+        files.append([str(f.relative_to(root)), st.st_size, digest])
+    return {"path": str(root.resolve()), "files": files}
+
+
+def cache_key(cfg: DPOConfig, template: ChatTemplate, examples: list[Encoded]) -> dict[str, Any]:
+    """Everything the reference log-probs depend on, one entry per part (named when a part changes)."""
+    d, m = cfg.dpo, cfg.model
+    kind = "model" if d.reference or not cfg.lora.enabled else "adapter" if cfg.lora.init_from else "no-adapter"
+    data = hashlib.sha256()
+    for e in examples:
+        data.update(json.dumps([e.input_ids, e.labels]).encode())
+    return {
+        "model": {"weights": _files_identity(m.path), "dtype": m.dtype, "quant": m.quant},
+        "reference": {"kind": kind, "weights": _files_identity(d.reference)},
+        "adapter": _files_identity(cfg.lora.init_from),
+        "template": template.jinja,
+        "max_len": [cfg.data.max_len, cfg.data.truncation],
+        "data": data.hexdigest(),
+    }
+
+
 class Reference:
     """Reference log-probs: adapter disabled, a frozen model, or a precomputed per-example cache."""
 
@@ -150,26 +221,37 @@ class Reference:
         with self.policy.disable_adapter():
             return self.loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask, per_token=True)
 
-    def precompute(self, examples: list[Encoded], cfg: DPOConfig, pad_id: int, device: Any, path: Path) -> None:
-        """One pass over the data; cached to `path` keyed by the token ids it was computed on."""
-        key = hash(tuple(tuple(e.input_ids) for e in examples))
-        if path.exists():
-            saved = torch.load(path, weights_only=False)
-            if saved["key"] == key:
-                self.cache = saved["logps"]
-                return
+    def precompute(
+        self, examples: list[Encoded], cfg: DPOConfig, key: dict, pad_id: int, one_row: bool, accel: Any, path: Path
+    ) -> None:
+        """Reference log-probs of every example, cached in `path` under `key`; a cache with another key is
+        rebuilt. Every process computes (the forwards stay in step under DDP); process 0 writes the file
+        atomically; all then read that one file."""
+        saved = torch.load(path, weights_only=False) if path.exists() else None
+        accel.wait_for_everyone()  # every process has read the old file before process 0 may replace it
+        if saved is not None and saved.get("key") == key:
+            self.cache = saved["logps"]
+            return
+        if saved is not None and accel.is_main_process:
+            old = saved.get("key") if isinstance(saved.get("key"), dict) else {}
+            changed = [k for k in key if old.get(k) != key[k]] or ["format"]
+            print(f"{path}: cached reference log-probs are for another {', '.join(changed)}; rebuilding")
         rows = [[i] for i in range(len(examples) // 2)]
         cache: dict[int, torch.Tensor] = {}
         for k in range(0, len(rows), cfg.train.micro_batch_size):
             rr = pair_rows(rows[k : k + cfg.train.micro_batch_size], cfg.data.packing)
-            b = collate(examples, rr, pad_id, cfg.data.packing).to(device)
+            b = collate(examples, rr, pad_id, cfg.data.packing, one_row).to(accel.device)
             order = [i for row in rr for i in row]
             tok = self.token_logps(b, order)
             seq = b.seq_index[b.targets != IGNORE]
             for j, i in enumerate(order):
                 cache[i] = tok[seq == j].float().cpu()
-        torch.save({"key": key, "logps": cache}, path)
-        self.cache = cache
+        if accel.is_main_process:
+            tmp = path.with_name(f".{path.name}.tmp")
+            torch.save({"key": key, "logps": cache}, tmp)
+            os.replace(tmp, path)
+        accel.wait_for_everyone()
+        self.cache = torch.load(path, weights_only=False)["logps"]
 
 
 def pair_step(loss_mod: Any, ref: Reference, b: Batch, order: list[int], cfg: DPOConfig) -> dict[str, torch.Tensor]:
@@ -185,9 +267,11 @@ def pair_step(loss_mod: Any, ref: Reference, b: Batch, order: list[int], cfg: DP
         pol, rfs = sums / counts.clamp_min(1), ref_sums / counts.clamp_min(1)
     loss, m = dpo_terms(pol[0::2], pol[1::2], rfs[0::2], rfs[1::2], d.beta, d.loss_type, d.label_smoothing)
     out = {"loss_sum": loss.sum(), **{f"{k}_sum": v.sum() for k, v in m.items()}}
+    gap = (sums - ref_sums).detach()
+    out["logp_gap_sum"] = (gap[0::2] - gap[1::2]).sum()
     out["logps/chosen_sum"] = sums[0::2].detach().sum()
     out["logps/rejected_sum"] = sums[1::2].detach().sum()
-    out["kl_sum"] = k3_kl(tok.detach(), ref_tok).sum()
+    out["kl_offpolicy_data_sum"] = k3_kl(tok.detach(), ref_tok).sum()
     out["tokens"] = counts.sum()
     out["nll_chosen_sum"] = -sums[0::2].sum()
     out["chosen_tokens"] = counts[0::2].sum()
@@ -197,27 +281,124 @@ def pair_step(loss_mod: Any, ref: Reference, b: Batch, order: list[int], cfg: DP
 
 def _means(sums: dict[str, torch.Tensor], prefix: str = "") -> dict[str, float]:
     pairs = max(1.0, float(sums["pairs"]))
-    out = {prefix + k[:-4]: float(v) / pairs for k, v in sums.items() if k.endswith("_sum") and k != "kl_sum"}
+    per_token = {"kl_offpolicy_data_sum", "kl_onpolicy_sum"}
+    out = {prefix + k[:-4]: float(v) / pairs for k, v in sums.items() if k.endswith("_sum") and k not in per_token}
     out.pop(prefix + "nll_chosen", None)
-    out[prefix + "kl"] = float(sums["kl_sum"]) / max(1.0, float(sums["tokens"]))
+    out[prefix + "kl_offpolicy_data"] = float(sums["kl_offpolicy_data_sum"]) / max(1.0, float(sums["tokens"]))
+    if "kl_onpolicy_sum" in sums:
+        out[prefix + "kl_onpolicy_seq"] = float(sums["kl_onpolicy_sum"]) / max(1.0, float(sums["kl_onpolicy_seqs"]))
+        out[prefix + "kl_onpolicy_tok"] = float(sums["kl_onpolicy_sum"]) / max(1.0, float(sums["kl_onpolicy_tokens"]))
+    return out
+
+
+def prompt_ids(ex: Encoded) -> list[int]:
+    """The prompt tokens of an encoded pair side (everything before the first labelled token)."""
+    return ex.input_ids[: next(i for i, x in enumerate(ex.labels) if x != IGNORE)]
+
+
+@torch.no_grad()
+def sample_replies(
+    model: Any,
+    prompts: list[list[int]],
+    eot_id: int,
+    pad_id: int,
+    max_new_tokens: int,
+    seeds: list[int],
+    synced: bool = False,
+) -> list[list[int]]:
+    """One reply per prompt sampled from the model's own distribution (temperature 1, no top-k/top-p),
+    cut after the end-of-turn token; prompt i is sampled under torch seed seeds[i] (so samples do not
+    depend on how prompts are split across processes) and the global RNG is left as it was. `synced`:
+    every process keeps stepping until all are done (all call this with the same number of prompts)."""
+    device = next(model.parameters()).device
+    out: list[list[int]] = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for p, seed in zip(prompts, seeds):  # one at a time: no padding, so nothing but π decides the samples
+            torch.manual_seed(seed)
+            gen = model.generate(
+                input_ids=torch.tensor([p], device=device),
+                attention_mask=torch.ones(1, len(p), dtype=torch.long, device=device),
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                min_p=None,
+                repetition_penalty=1.0,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eot_id,
+                pad_token_id=pad_id,
+                use_cache=True,
+                synced_gpus=synced,
+            )[0, len(p) :].tolist()
+            out.append(gen[: gen.index(eot_id) + 1] if eot_id in gen else gen)
     return out
 
 
 @torch.no_grad()
-def evaluate(loss_mod, ref: Reference, examples: list[Encoded], cfg: DPOConfig, pad_id: int, accel) -> dict:
+def onpolicy_kl_sums(
+    loss_mod: Any,
+    ref: Reference,
+    model: Any,
+    prompts: list[list[int]],
+    cfg: DPOConfig,
+    ids: dict,
+    accel: Any,
+    n_real: int | None = None,
+    seeds: list[int] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Σ over sampled reply tokens of log π − log π_ref (the k1 estimate of KL(π‖π_ref), unbiased for
+    samples from π), with the sequence and token counts. Prompts after the first `n_real` are fillers
+    that keep processes in step and are not counted."""
+    dev = accel.device
+    n_real = len(prompts) if n_real is None else n_real
+    zero = torch.zeros((), dtype=torch.float64, device=dev)
+    sums = {"kl_onpolicy_sum": zero, "kl_onpolicy_seqs": zero.clone(), "kl_onpolicy_tokens": zero.clone()}
+    if not prompts:
+        return sums
+    synced = accel.num_processes > 1 and torch.distributed.is_initialized()
+    seeds = seeds or [cfg.train.seed + i for i in range(len(prompts))]
+    replies = sample_replies(model, prompts, ids["eot"], ids["pad"], cfg.dpo.kl_max_new_tokens, seeds, synced)
+    exs = [Encoded(p + r, [IGNORE] * len(p) + r) for p, r in zip(prompts, replies)]  # r has ≥ 1 token
+    mb = cfg.train.micro_batch_size
+    for k in range(0, len(exs), mb):
+        rows = [[i] for i in range(k, min(k + mb, len(exs)))]
+        b = collate(exs, rows, ids["pad"], cfg.data.packing, ids["one_row"]).to(dev)
+        diff = loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask, per_token=True).double()
+        diff = diff - ref.token_logps(b, [i for row in rows for i in row]).double()
+        real = (b.seq_index[b.targets != IGNORE] + k) < n_real
+        sums["kl_onpolicy_sum"] += diff[real].sum()
+        sums["kl_onpolicy_tokens"] += real.sum()
+    sums["kl_onpolicy_seqs"] += n_real
+    return sums
+
+
+@torch.no_grad()
+def evaluate(
+    loss_mod, ref: Reference, examples: list[Encoded], cfg: DPOConfig, ids: dict, accel, model: Any = None
+) -> dict:
+    """Held-out metrics; pairs are split across processes by index, and with `model` and
+    dpo.kl_max_new_tokens > 0 the on-policy KL on the eval prompts. Every process runs the same number
+    of forwards (DDP/FSDP forwards are collective): one with fewer pairs runs pair 0 as an uncounted filler."""
     if not examples:
         return {}
     loss_mod.eval()
     n_pairs = len(examples) // 2
-    rows = [[i] for i in range(n_pairs)]
-    batches = [rows[k : k + cfg.train.micro_batch_size] for k in range(0, n_pairs, cfg.train.micro_batch_size)]
-    total: dict[str, torch.Tensor] = {}
-    for br in batches[accel.process_index :: accel.num_processes]:
-        rr = pair_rows(br, cfg.data.packing)
-        b = collate(examples, rr, pad_id, cfg.data.packing).to(accel.device)
-        order = [i for row in rr for i in row]
-        for k, v in pair_step(loss_mod, ref, b, order, cfg).items():
-            total[k] = total.get(k, 0) + v.detach().double()
+    mine = list(range(n_pairs))[accel.process_index :: accel.num_processes]
+    per_process = -(-n_pairs // accel.num_processes)
+    mb = cfg.train.micro_batch_size
+    total = {k: torch.zeros((), dtype=torch.float64, device=accel.device) for k in SUM_KEYS}
+    for k in range(0, per_process, mb):
+        chunk = mine[k : k + mb]
+        rr = pair_rows([[i] for i in chunk or [0]], cfg.data.packing)
+        b = collate(examples, rr, ids["pad"], cfg.data.packing, ids["one_row"]).to(accel.device)
+        sums = pair_step(loss_mod, ref, b, [i for row in rr for i in row], cfg)
+        for key, v in sums.items() if chunk else ():
+            total[key] = total[key] + v.detach().double()
+    if model is not None and cfg.dpo.kl_max_new_tokens:
+        padded = mine + [0] * (per_process - len(mine))
+        prompts = [prompt_ids(examples[2 * i]) for i in padded]
+        seeds = [cfg.train.seed + i for i in padded]
+        total.update(onpolicy_kl_sums(loss_mod, ref, model, prompts, cfg, ids, accel, len(mine), seeds))
     keys = sorted(total)
     vec = accel.reduce(torch.stack([total[k] for k in keys]), reduction="sum")
     loss_mod.train()
@@ -242,8 +423,15 @@ def run(cfg: DPOConfig) -> dict:
     world = accel.num_processes
     lr = t.lr if t.lr is not None else (5e-5 if cfg.lora.enabled else 5e-7)
 
-    # 2. Policy, reference, optimizer.
+    # 2. Policy, reference, optimizer. Packed rows must stay apart under the chosen attention: checked.
     model = build_trainable(cfg.model, cfg.lora, accel.device)
+    if t.disable_dropout:
+        disable_dropout(model)
+    refuse_untrainable(model, accel.device)
+    one_row = cfg.data.packing and needs_one_row(model)
+    if cfg.data.packing:
+        check_isolation(model, accel.device, one_row)
+    ids = {"pad": pad_id, "eot": tokenizer.convert_tokens_to_ids(data.template.eot), "one_row": one_row}
     loss_mod = CausalLMLoss(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=t.betas, weight_decay=t.weight_decay)
@@ -257,13 +445,17 @@ def run(cfg: DPOConfig) -> dict:
     loss_mod, optimizer = accel.prepare(loss_mod, optimizer)
     ref = Reference(loss_mod, model, ref_model)
     eval_ref = Reference(loss_mod, model, ref_model)  # eval pairs are never cached: always live
-    if d.precompute_ref:
-        out.mkdir(parents=True, exist_ok=True)
-        ref.precompute(data.train, cfg, pad_id, accel.device, out / "ref_logps.pt")
     trainable, total_params = count_params(model)
 
-    # 3. Resume.
+    # 3. Resume (a fresh run clears the previous run's files, its reference cache included).
     state, ckpt, log = loop.start(out, t, dump_config(cfg), model, optimizer, main)
+    cache_file = out / "ref_logps.pt"
+    if ckpt is None and main and cache_file.exists():
+        cache_file.unlink()
+        print(f"fresh run in {out}: removed the previous run's {cache_file.name}")
+    if d.precompute_ref:
+        key = cache_key(cfg, data.template, data.train)
+        ref.precompute(data.train, cfg, key, pad_id, one_row, accel, cache_file)
     if main:
         s = data.stats
         print(
@@ -287,11 +479,12 @@ def run(cfg: DPOConfig) -> dict:
 
     # 4. Loop: each micro-batch packs whole pairs; the loss is normalized by the step's pair count.
     def step_info(plan: list) -> dict:
-        chosen = [i for rows in plan for row in rows for i in row[0::2]]
+        # Example 2i is pair i's chosen side, whether a row holds whole pairs (packed) or one sequence.
+        chosen = [i for rows in plan for row in rows for i in row if i % 2 == 0]
         return {"pairs": len(chosen), "chosen_tokens": sum(n_targets(data.train[i]) for i in chosen)}
 
     def micro_step(rows: list, info: dict) -> dict:
-        b = collate(data.train, rows, pad_id, cfg.data.packing).to(accel.device)
+        b = collate(data.train, rows, pad_id, cfg.data.packing, one_row).to(accel.device)
         o = pair_step(loss_mod, ref, b, [i for row in rows for i in row], cfg)
         objective = o["loss_sum"] * world / info["pairs"]
         if d.rpo_alpha:
@@ -327,7 +520,7 @@ def run(cfg: DPOConfig) -> dict:
         micro_step=micro_step,
         step_info=step_info,
         summarize=summarize,
-        evaluate=(lambda: evaluate(loss_mod, eval_ref, data.eval, cfg, pad_id, accel)) if data.eval else None,
+        evaluate=(lambda: evaluate(loss_mod, eval_ref, data.eval, cfg, ids, accel, model)) if data.eval else None,
         bar_info=lambda m: f"loss {m['loss']:.4f} · acc {m['accuracy']:.2f} · margin {m['margins']:.3f}",
         after_step=after_step,
     )

@@ -7,6 +7,9 @@ Steps: 1. pairs → tokens (as DPO) → 2. `*ForSequenceClassification` base + L
 trained) → 3. resume → 4. loop: chosen and rejected packed in one forward, score at each reply's
 end-of-turn token, loss −log σ(r_c − r_r − margin) [+ λ·(r_c + r_r)² to keep rewards centred] →
 5. save adapter/model + tokenizer + reward_model.json (what PPO and `weitiao score` load).
+
+`lora.init_from` starts from a saved adapter (an SFT run's, or a reward model's to continue it): its
+LoRA weights are loaded onto the classifier base and the score head is trained beside them.
 """
 
 from __future__ import annotations
@@ -20,9 +23,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from weitiao.config import dump_config
 from weitiao.data.collate import collate
 from weitiao.data.preference import pair_rows
+from weitiao.errors import UserError
 from weitiao.losses.preference import bradley_terry
+from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
 from weitiao.models.heads import SequenceScorer, save_reward_meta
-from weitiao.models.load import LoraSpec, ModelSpec, build_trainable, count_params, load_tokenizer
+from weitiao.models.load import (
+    LoraSpec,
+    ModelSpec,
+    build_trainable,
+    count_params,
+    disable_dropout,
+    load_model,
+    load_tokenizer,
+)
 from weitiao.recipes.dpo import PrefDataSpec, prepare_pairs
 from weitiao.recipes.sft import TrainSpec
 from weitiao.train import loop
@@ -37,6 +50,7 @@ class RMSpec(BaseModel):
 
 class RMTrainSpec(TrainSpec):
     out: str = "runs/rm"
+    disable_dropout: bool = Field(True, description="dropout off, as for DPO (false keeps the model's dropout)")
 
 
 class RMConfig(BaseModel):
@@ -49,9 +63,43 @@ class RMConfig(BaseModel):
     train: RMTrainSpec = Field(default_factory=RMTrainSpec)
 
 
-def pair_rewards(scorer: Any, examples: list, rows: list[list[int]], pad_id: int, packing: bool, device: Any):
+SUM_KEYS = ("loss_sum", "accuracy_sum", "margin_sum", "reward_sum", "reward_sq_sum", "pairs")
+
+
+def load_scoring_adapter(base: Any, adapter: str, gradient_checkpointing: bool = False) -> Any:
+    """A saved adapter on a `*ForSequenceClassification` base, trainable, with the score head trained
+    beside it (loaded too when the adapter saved one, as a reward model's does)."""
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    from weitiao.infer.export import locate
+
+    try:
+        adapter_dir, _, _ = locate(adapter)
+    except UserError as e:
+        raise UserError(f"lora.init_from: {e}".replace("--adapter ", "")) from None
+    config = LoraConfig.from_pretrained(str(adapter_dir))
+    config.task_type = "SEQ_CLS"  # an SFT adapter says CAUSAL_LM: peft would then expect a generating model
+    config.modules_to_save = sorted(set(config.modules_to_save or []) | {"score"})
+    config.inference_mode = False  # saved adapters say True: get_peft_model would freeze everything
+    for p in base.parameters():
+        p.requires_grad_(False)
+    if gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = get_peft_model(base, config)
+    saved = load_peft_weights(str(adapter_dir))
+    # An SFT adapter has no score weights: those keep the fresh head (peft would refuse the missing key).
+    result = set_peft_model_state_dict(model, {**get_peft_model_state_dict(model), **saved})
+    if missing := [k for k in result.missing_keys if "lora_" in k]:
+        raise UserError(f"lora.init_from: {adapter_dir} does not fit this model (missing {missing[0]})")
+    return model
+
+
+def pair_rewards(
+    scorer: Any, examples: list, rows: list[list[int]], pad_id: int, packing: bool, device: Any, one_row: bool = False
+):
     """Rewards of (chosen, rejected) for the pairs in `rows` (example rows, chosen first)."""
-    b = collate(examples, rows, pad_id, packing).to(device)
+    b = collate(examples, rows, pad_id, packing, one_row).to(device)
     n = sum(len(r) for r in rows)
     r = scorer(b.input_ids, b.targets, b.position_ids, b.attention_mask, b.seq_index, n)
     return r[0::2], r[1::2]
@@ -85,16 +133,23 @@ def _means(s: dict, prefix: str = "") -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(scorer: Any, examples: list, cfg: RMConfig, pad_id: int, accel: Any) -> dict[str, float]:
+def evaluate(
+    scorer: Any, examples: list, cfg: RMConfig, pad_id: int, accel: Any, one_row: bool = False
+) -> dict[str, float]:
+    """Held-out metrics; pairs are split across processes by index. Every process runs the same number
+    of forwards (DDP/FSDP forwards are collective): one with fewer pairs runs pair 0 as an uncounted filler."""
     scorer.eval()
     n_pairs = len(examples) // 2
+    mine = list(range(n_pairs))[accel.process_index :: accel.num_processes]
+    per_process = -(-n_pairs // accel.num_processes)
     mb = cfg.train.micro_batch_size
-    total: dict[str, torch.Tensor] = {}
-    for k in list(range(0, n_pairs, mb))[accel.process_index :: accel.num_processes]:
-        rows = pair_rows([[i] for i in range(k, min(k + mb, n_pairs))], cfg.data.packing)
-        rc, rr = pair_rewards(scorer, examples, rows, pad_id, cfg.data.packing, accel.device)
-        for key, v in _terms(rc, rr, cfg.rm)[1].items():
-            total[key] = total.get(key, 0) + v.double()
+    total = {k: torch.zeros((), dtype=torch.float64, device=accel.device) for k in SUM_KEYS}
+    for k in range(0, per_process, mb):
+        chunk = mine[k : k + mb]
+        rows = pair_rows([[i] for i in chunk or [0]], cfg.data.packing)
+        rc, rr = pair_rewards(scorer, examples, rows, pad_id, cfg.data.packing, accel.device, one_row)
+        for key, v in _terms(rc, rr, cfg.rm)[1].items() if chunk else ():
+            total[key] = total[key] + v.double()
     keys = sorted(total)
     red = dict(zip(keys, accel.reduce(torch.stack([total[x] for x in keys]), reduction="sum")))
     scorer.train()
@@ -119,8 +174,18 @@ def run(cfg: RMConfig) -> dict:
     lr = t.lr if t.lr is not None else (1e-4 if cfg.lora.enabled else 1e-5)
 
     # 2. Scorer (LoRA + fully trained score head), optimizer.
-    model = build_trainable(cfg.model, cfg.lora, accel.device, head="score")
+    if cfg.lora.enabled and cfg.lora.init_from:
+        base = load_model(cfg.model, accel.device, head="score")
+        model = load_scoring_adapter(base, cfg.lora.init_from, cfg.model.gradient_checkpointing)
+    else:
+        model = build_trainable(cfg.model, cfg.lora, accel.device, head="score")
     model.config.pad_token_id = pad_id
+    if t.disable_dropout:
+        disable_dropout(model)
+    refuse_untrainable(model, accel.device)
+    one_row = cfg.data.packing and needs_one_row(model)
+    if cfg.data.packing:
+        check_isolation(model, accel.device, one_row)
     scorer = SequenceScorer(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=t.betas, weight_decay=t.weight_decay)
@@ -138,7 +203,7 @@ def run(cfg: RMConfig) -> dict:
 
     # 4. Loop.
     def micro_step(rows: list, info: dict) -> dict:
-        rc, rr = pair_rewards(scorer, data.train, rows, pad_id, cfg.data.packing, accel.device)
+        rc, rr = pair_rewards(scorer, data.train, rows, pad_id, cfg.data.packing, accel.device, one_row)
         loss, sums = _terms(rc, rr, cfg.rm)
         accel.backward(loss.sum() * world / info["pairs"])
         return sums
@@ -152,7 +217,7 @@ def run(cfg: RMConfig) -> dict:
         micro_step=micro_step,
         step_info=lambda plan: {"pairs": sum(len(row) for rows in plan for row in rows) // 2},
         summarize=lambda s, sec: {**_means(s), "pairs_per_s": float(s["pairs"]) / max(sec, 1e-9)},
-        evaluate=(lambda: evaluate(scorer, data.eval, cfg, pad_id, accel)) if data.eval else None,
+        evaluate=(lambda: evaluate(scorer, data.eval, cfg, pad_id, accel, one_row)) if data.eval else None,
         bar_info=lambda m: f"loss {m['loss']:.4f} · acc {m['accuracy']:.2f} · margin {m['margin']:.3f}",
     )
     result = loop.fit(parts, t, accel, scorer, model, optimizer, params, lr, out, log, state)

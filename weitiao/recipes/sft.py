@@ -29,6 +29,7 @@ from weitiao.data.templates import ChatTemplate, resolve_template
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text
 from weitiao.losses.sft import CausalLMLoss
+from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
 from weitiao.models.load import LoraSpec, ModelSpec, build_trainable, count_params, load_tokenizer
 from weitiao.train import loop
 
@@ -159,7 +160,9 @@ def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
 
 
 @torch.no_grad()
-def evaluate(loss_mod, examples: list[Encoded], cfg: SFTConfig, pad_id: int, accel) -> dict[str, float]:
+def evaluate(
+    loss_mod, examples: list[Encoded], cfg: SFTConfig, pad_id: int, accel, one_row: bool = False
+) -> dict[str, float]:
     """Token-weighted eval losses over the whole eval set (split across processes).
 
     `eval_loss` uses the training labels, so under train_on_prompt it includes prompt tokens;
@@ -180,10 +183,10 @@ def evaluate(loss_mod, examples: list[Encoded], cfg: SFTConfig, pad_id: int, acc
     answers = [replace(e, labels=e.answer_labels) if e.answer_labels is not None else e for e in examples]
     total = torch.zeros(4, device=accel.device, dtype=torch.float64)
     for rows in batches[accel.process_index :: accel.num_processes]:
-        b = collate(examples, rows, pad_id, cfg.data.packing).to(accel.device)
+        b = collate(examples, rows, pad_id, cfg.data.packing, one_row).to(accel.device)
         # One forward: reply targets are a subset of the training targets at the same positions.
         logp = loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask, per_token=True).double()
-        answer = collate(answers, rows, pad_id, cfg.data.packing).targets.to(accel.device)
+        answer = collate(answers, rows, pad_id, cfg.data.packing, one_row).targets.to(accel.device)
         is_answer = (answer != IGNORE)[b.targets != IGNORE]
         counts = logp.new_tensor([logp.numel(), int(is_answer.sum())])
         total += torch.stack([-logp.sum(), counts[0], -logp[is_answer].sum(), counts[1]])
@@ -222,6 +225,10 @@ def run(cfg: SFTConfig) -> dict:
 
     # 2. Model, loss wrapper, optimizer.
     model = build_trainable(cfg.model, cfg.lora, accel.device)
+    refuse_untrainable(model, accel.device)
+    one_row = cfg.data.packing and needs_one_row(model)  # varlen kernels split documents in one row only
+    if cfg.data.packing:
+        check_isolation(model, accel.device, one_row)
     loss_mod = CausalLMLoss(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=t.betas, weight_decay=t.weight_decay)
@@ -265,7 +272,7 @@ def run(cfg: SFTConfig) -> dict:
         return {"targets": sum(n_targets(data.train[i]) for rows in plan for row in rows for i in row)}
 
     def micro_step(rows: list, info: dict) -> dict:
-        b = collate(data.train, rows, pad_id, cfg.data.packing).to(accel.device)
+        b = collate(data.train, rows, pad_id, cfg.data.packing, one_row).to(accel.device)
         s, n = loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask)
         accel.backward(s * world / max(1, info["targets"]))
         return {"nll": s.detach(), "targets": n.detach(), "tokens": (b.seq_index >= 0).sum()}
@@ -285,7 +292,7 @@ def run(cfg: SFTConfig) -> dict:
         micro_step=micro_step,
         step_info=step_info,
         summarize=summarize,
-        evaluate=(lambda: evaluate(loss_mod, data.eval, cfg, pad_id, accel)) if data.eval else None,
+        evaluate=(lambda: evaluate(loss_mod, data.eval, cfg, pad_id, accel, one_row)) if data.eval else None,
         bar_info=lambda m: f"loss {m['loss']:.4f} · {m['tokens_per_s']:,.0f} tok/s",
         after_step=_golden_hook(t, model, tokenizer, data.template, out) if t.golden and main else None,
     )

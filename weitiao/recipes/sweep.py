@@ -17,7 +17,14 @@ from weitiao.errors import UserError
 from weitiao.io import atomic_write_text
 
 ALIASES = {"beta": "dpo.beta", "lr": "train.lr", "r": "lora.r"}
-COLUMNS = ("margins", "accuracy", "kl", "loss")
+# DPO's metrics: β-scaled margins, the unscaled log-ratio gap, the k3 term on the data's replies (not a
+# KL of the policy) and the on-policy KL from replies sampled on the eval prompts (eval only).
+COLUMNS = ("margins", "logp_gap", "accuracy", "kl_offpolicy_data", "kl_onpolicy_seq", "kl_onpolicy_tok", "loss")
+PLOTTED = ("margins", "accuracy", "kl_onpolicy_seq")
+
+
+def _cell(v: float | None) -> str:
+    return "–" if v is None else f"{v:.4g}"
 
 
 def parse_sweep(spec: str) -> tuple[str, list[str]]:
@@ -52,7 +59,7 @@ def sweep(
         rows.append(row)
     atomic_write_text(root / "sweep.json", json.dumps(rows, indent=2))
     header = f"| {key} | " + " | ".join(COLUMNS) + " |\n|" + "---|" * (len(COLUMNS) + 1) + "\n"
-    body = "".join(f"| {r[key]:g} | " + " | ".join(f"{r[c]:.4f}" for c in COLUMNS) + " |\n" for r in rows)
+    body = "".join(f"| {r[key]:g} | " + " | ".join(_cell(r[c]) for c in COLUMNS) + " |\n" for r in rows)
     atomic_write_text(root / "sweep.md", header + body)
     plot(rows, key, root / "sweep.png")
     return rows
@@ -66,11 +73,12 @@ def plot(rows: list[dict], key: str, path: Path) -> None:
 
     xs = [r[key] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    for ax, col in zip(axes, ("margins", "accuracy", "kl")):
-        ax.plot(xs, [r[col] for r in rows], marker="o")
+    for ax, col in zip(axes, PLOTTED):
+        pts = [(x, r[col]) for x, r in zip(xs, rows) if r[col] is not None]
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o")
         ax.set_xscale("log" if min(xs) > 0 and max(xs) / min(xs) >= 10 else "linear")
-        ys = [r[col] for r in rows]
-        if min(ys) > 0 and max(ys) / min(ys) >= 100:  # KL spans orders of magnitude across β
+        ys = [y for _, y in pts]
+        if ys and min(ys) > 0 and max(ys) / min(ys) >= 100:  # KL spans orders of magnitude across β
             ax.set_yscale("log")
         ax.set_xlabel(key)
         ax.set_title(col)

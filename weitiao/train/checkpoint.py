@@ -96,10 +96,8 @@ def load_weights(model: Any, ckpt: Path) -> None:
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, load_file(str(ckpt / "adapter" / "adapter_model.safetensors")))
-    else:
-        from transformers import AutoModelForCausalLM
-
-        src = AutoModelForCausalLM.from_pretrained(ckpt / "model", dtype=next(model.parameters()).dtype)
+    else:  # the model's own class: a reward model's `score` head is not a causal LM's `lm_head`
+        src = type(model).from_pretrained(ckpt / "model", dtype=next(model.parameters()).dtype)
         model.load_state_dict(src.state_dict())
 
 
