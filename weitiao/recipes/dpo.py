@@ -36,6 +36,7 @@ from weitiao.data.chat import IGNORE, Encoded
 from weitiao.data.collate import Batch, collate, n_targets
 from weitiao.data.formats import MAX_ROW_BYTES
 from weitiao.data.preference import PairStats, encode_pairs, load_pairs, pair_rows
+from weitiao.data.prep import count_overlap, overlap_warning, pair_key, require_rows, split_eval
 from weitiao.data.templates import ChatTemplate, resolve_template
 from weitiao.errors import UserError
 from weitiao.losses.preference import LENGTH_AVERAGED, dpo_terms, k3_kl
@@ -147,15 +148,19 @@ def prepare_pairs(cfg: DPOConfig, tokenizer: Any) -> PrefData:
     template = resolve_template(tokenizer, d.template)
     rejects = Path(cfg.train.out) / "rejects.jsonl"
     loaded = load_pairs(d.train, d.format, d.skip_invalid, rejects, d.max_row_bytes)
+    require_rows(loaded, "data.train")
     pairs, read, rejected = loaded.rows, loaded.read, loaded.rejected
     if d.eval:
         ev = load_pairs(d.eval, d.format, d.skip_invalid, rejects.with_name("eval_rejects.jsonl"), d.max_row_bytes)
+        require_rows(ev, "data.eval")
         eval_pairs, read, rejected = ev.rows, read + ev.read, rejected + ev.rejected
+    elif d.eval_split:
+        split = split_eval(pairs, d.eval_split, cfg.train.seed, pair_key)  # copies stay on one side
+        pairs, eval_pairs = split.train, split.eval
     else:
-        g = torch.Generator().manual_seed(cfg.train.seed)
-        perm = torch.randperm(len(pairs), generator=g).tolist()
-        n_eval = int(len(pairs) * d.eval_split) if d.eval_split else 0
-        eval_pairs, pairs = [pairs[i] for i in perm[:n_eval]], [pairs[i] for i in perm[n_eval:]]
+        eval_pairs = []
+    if overlap := count_overlap(pairs, eval_pairs, pair_key):
+        print("warning: " + overlap_warning("data.eval", overlap, len(eval_pairs)))
     train, stats = encode_pairs(pairs, tokenizer, template, d.max_len, d.truncation)
     evals, _ = encode_pairs(eval_pairs, tokenizer, template, d.max_len, d.truncation)
     if not train:
