@@ -290,8 +290,8 @@ def test_full_parameter_mode_keeps_reference_frozen(tiny_model_dir, prompts, tmp
     cfg = config(tiny_model_dir, prompts, tmp_path / "run", "train.max_steps=2", "lora.enabled=false")
     cfg.ppo.actor_learning_rate = 1e-3
     s = ppo.run(cfg)
-    ids = tokenizer("今天天气怎么样？挺好的", add_special_tokens=False)["input_ids"]
-    b = ppo.build_rollout([Sampled(ids[:4], ids[4:], False)], tokenizer.pad_token_id, torch.device("cpu"))
+    q, r = (tokenizer(x, add_special_tokens=False)["input_ids"] for x in ("今天天气怎么样？", "挺好的，大晴天"))
+    b = ppo.build_rollout([Sampled(q, r, False)], tokenizer.pad_token_id, torch.device("cpu"))
     fresh = Roles(ModelSpec(path=str(tiny_model_dir)), LoraSpec(enabled=False), torch.device("cpu"))
     with torch.no_grad():
         start = ppo.token_logps(fresh, "reference", b, 1.0)[0]
