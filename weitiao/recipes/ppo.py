@@ -14,6 +14,12 @@ Each step: 1. sample replies → 2. score them (missing-EOS penalty, normalizati
 last token) → 5. GAE and whitened advantages → 6. PPO epochs over minibatches (clipped policy and
 value losses, entropy bonus) → 7. adaptive β, metrics, samples, reward-hacking check, checkpoint.
 Config keys follow OpenRLHF's names where they exist (init_kl_coef, gamma, lambd, eps_clip, ...).
+
+Rollouts sample from exactly softmax(softcap(logits) / T) (no top-p/top-k, nothing from the model's
+generation_config.json), the distribution the shared log-prob function scores. With N processes a
+step's prompts are dealt round-robin and a process left short gets weight-0 padding samples, so all
+run the same collectives; losses are token means over every process's samples and whitening and
+reward normalization use statistics over all processes.
 """
 
 from __future__ import annotations
