@@ -280,11 +280,23 @@ def test_two_process_ddp_runs_and_stays_in_sync(tiny_model_dir, prompts, tmp_pat
 
 
 @pytest.mark.slow
-def test_full_parameter_mode_keeps_reference_frozen(tiny_model_dir, prompts, tmp_path):
-    """lora.enabled=false: the actor trains in full; the reference copy stays at the starting weights."""
+def test_full_parameter_mode_keeps_reference_frozen(tiny_model_dir, prompts, tmp_path, tokenizer, monkeypatch):
+    """lora.enabled=false: the actor trains in full; the reference copy (own weights, own head) stays as it started."""
+    from weitiao.models.load import LoraSpec, ModelSpec
+    from weitiao.models.roles import Roles
+
+    held = []
+    monkeypatch.setattr(ppo, "Roles", lambda *a, **kw: held.append(Roles(*a, **kw)) or held[-1])
     cfg = config(tiny_model_dir, prompts, tmp_path / "run", "train.max_steps=2", "lora.enabled=false")
     cfg.ppo.actor_learning_rate = 1e-3
     s = ppo.run(cfg)
+    q, r = (tokenizer(x, add_special_tokens=False)["input_ids"] for x in ("今天天气怎么样？", "挺好的，大晴天"))
+    b = ppo.build_rollout([Sampled(q, r, False)], tokenizer.pad_token_id, torch.device("cpu"))
+    fresh = Roles(ModelSpec(path=str(tiny_model_dir)), LoraSpec(enabled=False), torch.device("cpu"))
+    with torch.no_grad():
+        start = ppo.token_logps(fresh, "reference", b, 1.0)[0]
+        assert torch.equal(ppo.token_logps(held[0], "reference", b, 1.0)[0], start)  # bit-identical after training
+        assert not torch.equal(ppo.token_logps(held[0], "actor", b, 1.0)[0], start)
     assert s["cost"]["models_held"]["base copies"] == 3
     train = read_metrics(tmp_path / "run", "train")
     assert abs(train[0]["kl"]) < 1e-5 and abs(train[1]["kl"]) > 1e-4  # the actor moved away from the reference

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,11 +42,15 @@ def generate_ids(
     repetition_penalty: float = 1.0,
     batch_size: int = 16,
     seed: int | None = None,
+    model_defaults: bool = True,
 ) -> list[Sampled]:
     """Reply to each conversation (ending with a user turn); greedy when temperature == 0.
 
     Replies are cut after the first end-of-turn token (kept); tokens after it are padding, never
-    part of the reply, whatever the pad id is.
+    part of the reply, whatever the pad id is. top_k=0 and top_p=1 are off. With
+    model_defaults=False nothing comes from the model folder's generation_config.json (its min_p,
+    top_k, repetition_penalty, ...): with the defaults above, sampling draws from exactly
+    softmax(logits / temperature), the distribution PPO's log-probs score.
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -66,22 +71,40 @@ def generate_ids(
             mask[r, width - len(x) :] = 1
         kw: dict[str, Any] = {"do_sample": temperature > 0}
         if temperature > 0:
-            kw.update(temperature=temperature, top_p=top_p, top_k=top_k or None)
-        gen = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens,
-            eos_token_id=eot_id,
-            pad_token_id=pad_id,
-            repetition_penalty=repetition_penalty,
-            use_cache=True,
-            **kw,
-        )
+            kw.update(temperature=temperature, top_p=top_p, top_k=top_k)  # top_k=None would mean HF's 50
+        with _own_defaults(model, not model_defaults):
+            gen = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eot_id,
+                pad_token_id=pad_id,
+                repetition_penalty=repetition_penalty,
+                use_cache=True,
+                **kw,
+            )
         for prompt, row in zip(ids, gen[:, width:].tolist()):
             stopped = eot_id in row
             out.append(Sampled(prompt, row[: row.index(eot_id) + 1] if stopped else row, stopped))
     model.train(was_training)
     return out
+
+
+@contextmanager
+def _own_defaults(model: Any, active: bool) -> Iterator[None]:
+    """Replace the model's generation_config (which fills every sampling setting left unset) with HF's bare one."""
+    if not active:
+        yield
+        return
+    from transformers import GenerationConfig
+
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = hf.generation_config
+    hf.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        hf.generation_config = saved
 
 
 def generate(

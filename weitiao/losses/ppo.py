@@ -9,9 +9,13 @@ RLHF with PPO" (score at the last token, whitening, value clipping).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+# Sums a tensor over all processes (torch.distributed.all_reduce); None = one process.
+Reduce = Callable[[torch.Tensor], torch.Tensor] | None
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -27,10 +31,28 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var * n / (n - 1).clamp_min(1) if unbiased else var
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """(x − mean) / std over masked entries only; padding stays 0. shift_mean=False keeps the mean."""
-    mean = masked_mean(x, mask)
-    out = (x - mean) * torch.rsqrt(masked_var(x, mask) + eps)
+def masked_moments(
+    x: torch.Tensor, mask: torch.Tensor, reduce: Reduce = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean, biased variance, count) of the masked entries of x, over every process when `reduce` sums."""
+    r = reduce or (lambda t: t)
+    sums = r(torch.stack([(x * mask).sum(), mask.sum()]).double())
+    n = sums[1]
+    mean = sums[0] / n.clamp_min(1)
+    sq = r(((x.double() - mean) ** 2 * mask).sum())
+    return mean.to(x.dtype), (sq / n.clamp_min(1)).to(x.dtype), n
+
+
+def whiten(
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8, reduce: Reduce = None
+) -> torch.Tensor:
+    """(x − mean) / std over masked entries only (of all processes with `reduce`); padding stays 0.
+
+    shift_mean=False keeps the mean. std is the unbiased estimate, as in masked_var.
+    """
+    mean, var, n = masked_moments(x, mask, reduce)
+    var = var * (n / (n - 1).clamp_min(1)).to(x.dtype)
+    out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
     return out * mask
@@ -117,10 +139,11 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, reduce: Reduce = None) -> float:
     """1 − Var(R − V)/Var(R) on response tokens: 1 = perfect critic, 0 = no better than a constant."""
-    var_r = masked_var(returns, mask)
-    return float(1 - masked_var(returns - values, mask) / var_r) if var_r > 0 else float("nan")
+    var_r = masked_moments(returns, mask, reduce)[1]
+    var_e = masked_moments(returns - values, mask, reduce)[1]
+    return float(1 - var_e / var_r) if var_r > 0 else float("nan")
 
 
 @dataclass

@@ -16,19 +16,28 @@ from weitiao.data.chat import IGNORE
 
 
 def _chunk_nll(h: torch.Tensor, t: torch.Tensor, head: nn.Module, softcap: float | None) -> torch.Tensor:
-    logits = head(h).float()
-    if softcap:
-        logits = softcap * torch.tanh(logits / softcap)
-    return F.cross_entropy(logits, t, reduction="sum")
+    return F.cross_entropy(_logits(h, head, softcap, 1.0), t, reduction="sum")
 
 
-def _chunk_logp(h: torch.Tensor, t: torch.Tensor, head: nn.Module, softcap: float | None, temp: float) -> torch.Tensor:
+def _logits(h: torch.Tensor, head: nn.Module, softcap: float | None, temp: float) -> torch.Tensor:
+    """The sampling distribution's logits: fp32, Gemma-2 soft-capping (cap·tanh(x/cap)), then / temperature."""
     logits = head(h).float()
     if softcap:
         logits = softcap * torch.tanh(logits / softcap)
     if temp != 1.0:
         logits = logits / temp
-    return torch.log_softmax(logits, dim=-1).gather(-1, t.unsqueeze(-1)).squeeze(-1)
+    return logits
+
+
+def _chunk_logp(h: torch.Tensor, t: torch.Tensor, head: nn.Module, softcap: float | None, temp: float) -> torch.Tensor:
+    return torch.log_softmax(_logits(h, head, softcap, temp), dim=-1).gather(-1, t.unsqueeze(-1)).squeeze(-1)
+
+
+def _chunk_logp_entropy(
+    h: torch.Tensor, t: torch.Tensor, head: nn.Module, softcap: float | None, temp: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    logp_all = torch.log_softmax(_logits(h, head, softcap, temp), dim=-1)
+    return logp_all.gather(-1, t.unsqueeze(-1)).squeeze(-1), -(logp_all.exp() * logp_all).sum(-1)
 
 
 def target_logps(
@@ -38,18 +47,25 @@ def target_logps(
     chunk_size: int = 4096,
     softcap: float | None = None,
     temperature: float = 1.0,
-) -> torch.Tensor:
-    """log p(target) for every position with a target, flattened row-major, chunked as in nll_sum."""
+    entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """log p(target) for every position with a target, flattened row-major, chunked as in nll_sum.
+
+    p = softmax(softcap(logits) / temperature): the distribution generation samples from. SFT, DPO
+    and PPO all take their per-token log-probs from here. With entropy=True also returns the
+    entropy of p at each of those positions.
+    """
     sel = targets != IGNORE
     h, t = hidden[sel], targets[sel]
+    fn = _chunk_logp_entropy if entropy else _chunk_logp
     if t.numel() <= chunk_size:
-        return _chunk_logp(h, t, head, softcap, temperature)
+        return fn(h, t, head, softcap, temperature)
     parts = [
-        checkpoint(
-            _chunk_logp, h[k : k + chunk_size], t[k : k + chunk_size], head, softcap, temperature, use_reentrant=False
-        )
+        checkpoint(fn, h[k : k + chunk_size], t[k : k + chunk_size], head, softcap, temperature, use_reentrant=False)
         for k in range(0, t.numel(), chunk_size)
     ]
+    if entropy:
+        return torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
     return torch.cat(parts)
 
 
@@ -76,6 +92,12 @@ def nll_sum(
     return total, n
 
 
+def logit_softcap(model: nn.Module) -> float | None:
+    """`final_logit_softcapping` of a (peft-wrapped) causal LM's config, None when unset (Gemma-2 sets it)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base.config, "final_logit_softcapping", None)
+
+
 class CausalLMLoss(nn.Module):
     """Wraps a causal LM (peft or plain) so forward returns (nll_sum, n_targets).
 
@@ -86,8 +108,7 @@ class CausalLMLoss(nn.Module):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.softcap = getattr(base.config, "final_logit_softcapping", None)
+        self.softcap = logit_softcap(model)
 
     def _parts(self) -> tuple[nn.Module, nn.Module]:
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model

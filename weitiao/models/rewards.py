@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -41,6 +42,9 @@ def _check(scores: Any, n: int, where: str) -> list[float]:
         raise UserError(f"reward {where}: must return a list of numbers, got {type(scores).__name__}") from None
     if len(out) != n:
         raise UserError(f"reward {where}: returned {len(out)} scores for {n} responses")
+    bad = next((i for i, s in enumerate(out) if not math.isfinite(s)), None)
+    if bad is not None:
+        raise UserError(f"reward {where}: score {out[bad]} for response {bad}: scores must be finite numbers")
     return out
 
 

@@ -8,12 +8,15 @@ model's LoRA weights and its score head (`critic_init="reward"`).
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
 from weitiao.errors import UserError
+from weitiao.losses.sft import logit_softcap
 from weitiao.models.load import LoraSpec, ModelSpec, add_lora, load_lora, load_model
 
 
@@ -51,12 +54,19 @@ class Roles(nn.Module):
                 self.model = add_lora(base, lora)
                 self.has_ref_adapter = False
             rm_lora = _peft_of(reward_model) if init == "reward" else None
-            if rm_lora is not None:  # the critic copies the reward model's adapter shape, then its weights
+            if rm_lora is not None:  # the critic copies the reward model's adapter shape and scaling, then its weights
                 rc = rm_lora.peft_config["default"]
-                cc = LoraConfig(r=rc.r, lora_alpha=rc.lora_alpha, target_modules=rc.target_modules, lora_dropout=0.0)
+                cc = LoraConfig(
+                    r=rc.r, lora_alpha=rc.lora_alpha, target_modules=rc.target_modules, lora_dropout=0.0,
+                    use_rslora=rc.use_rslora, use_dora=rc.use_dora, rank_pattern=rc.rank_pattern,
+                    alpha_pattern=rc.alpha_pattern,
+                )  # fmt: skip
             else:
                 a = critic_spec.alpha if critic_spec.alpha is not None else 2 * critic_spec.r
-                cc = LoraConfig(r=critic_spec.r, lora_alpha=a, target_modules=critic_spec.targets, lora_dropout=0.0)
+                cc = LoraConfig(
+                    r=critic_spec.r, lora_alpha=a, target_modules=critic_spec.targets, lora_dropout=0.0,
+                    use_rslora=critic_spec.rslora, use_dora=critic_spec.dora,
+                )  # fmt: skip
             self.model.add_adapter("critic", cc)
             if rm_lora is not None:
                 _copy_lora(rm_lora, self.model)
@@ -76,8 +86,8 @@ class Roles(nn.Module):
         nn.init.zeros_(self.value_head.weight)
         if init == "reward":
             self.value_head.weight.data.copy_(_score_head(reward_model).weight.data.float())
-        self.lm_head = base.get_output_embeddings()
-        self.model.eval()  # dropout off everywhere; gradients still flow
+        self.softcap = logit_softcap(base)
+        self.eval()  # rollouts and scoring run without dropout; the recipe switches to train() for updates
         self.actor_params = [p for n, p in self.model.named_parameters() if _is_actor(n, self.lora) and p.requires_grad]
         critic = self.model if self.lora else self.critic_model
         self.critic_params = [p for n, p in critic.named_parameters() if ".critic." in n or not self.lora]
@@ -93,14 +103,32 @@ class Roles(nn.Module):
         self.model.base_model.set_adapter(name)
         return self.model
 
-    def hidden(self, role: str, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        """Last hidden states [B, L, H] of `role` (reference without an adapter = adapter disabled)."""
+    def train(self, mode: bool = True) -> Roles:
+        """Actor and critic in training mode (dropout where p > 0); the reference copy always runs in eval."""
+        super().train(mode)
+        if self.ref_model is not None:
+            self.ref_model.eval()
+        return self
+
+    @contextmanager
+    def parts(self, role: str) -> Iterator[tuple[nn.Module, nn.Module]]:
+        """(decoder, lm_head) of `role`, each role with its own weights and head.
+
+        Use both inside the `with`: the reference without its own adapter is the base with the
+        adapters disabled, which holds only there.
+        """
         if role == "reference" and self.lora and not self.has_ref_adapter:
             self.use("actor")
             with self.model.disable_adapter():
-                return _decoder(self.model)(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
+                yield _decoder(self.model), _base(self.model).get_output_embeddings()
+            return
         m = self.use(role)
-        return _decoder(m)(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
+        yield _decoder(m), _base(m).get_output_embeddings()
+
+    def hidden(self, role: str, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """Last hidden states [B, L, H] of `role`."""
+        with self.parts(role) as (decoder, _):
+            return decoder(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
 
     def actor_module(self) -> nn.Module:
         return self.use("actor")

@@ -14,6 +14,12 @@ Each step: 1. sample replies → 2. score them (missing-EOS penalty, normalizati
 last token) → 5. GAE and whitened advantages → 6. PPO epochs over minibatches (clipped policy and
 value losses, entropy bonus) → 7. adaptive β, metrics, samples, reward-hacking check, checkpoint.
 Config keys follow OpenRLHF's names where they exist (init_kl_coef, gamma, lambd, eps_clip, ...).
+
+Rollouts sample from exactly softmax(softcap(logits) / T) (no top-p/top-k, nothing from the model's
+generation_config.json), the distribution the shared log-prob function scores. With N processes a
+step's prompts are dealt round-robin and a process left short gets weight-0 padding samples, so all
+run the same collectives; losses are token means over every process's samples and whitening and
+reward normalization use statistics over all processes.
 """
 
 from __future__ import annotations
@@ -26,19 +32,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from weitiao.config import dump_config
+from weitiao.data.chat import IGNORE
 from weitiao.data.formats import Message, RowError, detect_format, iter_records, parse_preference, parse_row
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
 from weitiao.infer.generate import generate_ids
 from weitiao.io import atomic_write_text, write_jsonl
 from weitiao.losses import ppo as F
-from weitiao.models.load import LoraSpec, ModelSpec, load_tokenizer
+from weitiao.losses.sft import target_logps
+from weitiao.models.load import LoraSpec, ModelSpec, disable_dropout, load_tokenizer
 from weitiao.models.rewards import RewardSpec, build_scorer
 from weitiao.models.roles import Roles
 from weitiao.train import checkpoint as ck
+from weitiao.train.guard import ensure_finite
 from weitiao.train.log import MetricsLog, progress_bar
 
 
@@ -48,13 +57,13 @@ class PPOSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     init_kl_coef: float = Field(0.05, ge=0, description="β of the per-token KL penalty")
-    kl_target: float | None = Field(None, description="adaptive β: target KL per sequence (None = fixed β)")
+    kl_target: float | None = Field(None, gt=0, description="adaptive β: target KL per sequence (None = fixed β)")
     kl_horizon: int = Field(10000, gt=0, description="adaptive β: horizon in samples")
     kl_estimator: Literal["k1", "k3"] = "k1"
     gamma: float = Field(1.0, ge=0, le=1)
     lambd: float = Field(0.95, ge=0, le=1)
     eps_clip: float = Field(0.2, gt=0)
-    value_clip: float | None = Field(0.2, description="ε_v of the clipped value loss; None = unclipped")
+    value_clip: float | None = Field(0.2, gt=0, description="ε_v of the clipped value loss; None = unclipped")
     vf_coef: float = Field(0.5, ge=0, description="weight of the value loss (critic has its own optimizer)")
     entropy_loss_coef: float = Field(0.0, ge=0)
     rollout_batch_size: int = Field(16, gt=0, description="prompts per step (per process)")
@@ -63,19 +72,26 @@ class PPOSpec(BaseModel):
     micro_train_batch_size: int = Field(4, gt=0)
     micro_rollout_batch_size: int = Field(8, gt=0, description="samples per no-grad scoring forward")
     max_epochs: int = Field(2, gt=0, description="PPO epochs over each rollout batch")
-    actor_learning_rate: float = 1e-4
-    critic_learning_rate: float = 1e-4
+    actor_learning_rate: float = Field(1e-4, gt=0)
+    critic_learning_rate: float = Field(1e-4, gt=0)
     max_norm: float = Field(1.0, gt=0, description="gradient clipping, actor and critic separately")
     prompt_max_len: int = Field(256, gt=0)
     generate_max_len: int = Field(64, gt=0)
     temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    missing_eos_penalty: float | None = Field(1.0, description="subtracted from the score of replies with no EOS")
+    top_p: float = Field(1.0, description="only 1.0: log-probs score the full softmax(logits / temperature)")
+    missing_eos_penalty: float | None = Field(1.0, ge=0, description="subtracted from the score of replies with no EOS")
     normalize_reward: bool = Field(False, description="divide scores by their running std (and subtract mean)")
-    reward_clip_range: float | None = Field(None, description="clip scores to ±this after normalization")
+    reward_clip_range: float | None = Field(None, gt=0, description="clip scores to ±this after normalization")
     whiten_advantages: bool = True
     critic_init: Literal["auto", "reward", "zeros"] = Field("auto", description="auto: reward if reward.kind=model")
     critic_lora: LoraSpec | None = Field(None, description="critic adapter; default = the actor's settings")
+
+    @field_validator("top_p")
+    @classmethod
+    def _full_softmax(cls, v: float) -> float:
+        if v != 1.0:  # nucleus sampling would draw from a distribution the log-probs do not score (off-policy)
+            raise ValueError("only 1.0 is supported: PPO's log-probs score the full softmax(logits / temperature)")
+        return v
 
 
 class PromptSpec(BaseModel):
@@ -91,11 +107,12 @@ class PPOTrainSpec(BaseModel):
     out: str = "runs/ppo"
     seed: int = 42
     num_episodes: int = Field(1, gt=0, description="passes over the prompts")
-    max_steps: int | None = Field(None, description="stop after this many rollout steps")
+    max_steps: int | None = Field(None, gt=0, description="stop after this many rollout steps")
     save_every: int = Field(0, ge=0, description="0 = only at the end")
-    keep_last: int = 2
+    keep_last: int = Field(2, ge=0, description="checkpoints kept; 0 = all")
     resume: str = Field("auto", description="auto (latest checkpoint in out), none, or a checkpoint dir")
-    stop_after: int | None = Field(None, description="end the process after this step (tests a kill)")
+    stop_after: int | None = Field(None, gt=0, description="end the process after this step (tests a kill)")
+    disable_dropout: bool = Field(True, description="dropout p=0 everywhere (else updates run with dropout: π ≠ π_old)")
     sample_every: int = Field(5, ge=0, description="log a few generations every N steps; 0 = never")
     hacking_window: int = Field(5, gt=1, description="steps compared by the reward-hacking check")
     hacking_kl: float = Field(20.0, gt=0, description="warn when score rises while KL per sequence exceeds this")
@@ -148,24 +165,34 @@ def _ends_with_user(rec: dict) -> bool:
 
 @dataclass
 class Rollout:
-    """One step's samples, right-padded: sequences [B, L], response tokens and mask [B, R]."""
+    """One step's samples, right-padded: sequences [B, L], response tokens and mask [B, R].
+
+    `weight` [B] is 1 for real samples and 0 for the padding samples that give every process the
+    same number of forward/backward/all-reduce calls; `lmask` = mask·weight is what losses and
+    statistics count.
+    """
 
     ids: torch.Tensor
     attn: torch.Tensor
     pos: torch.Tensor  # [B, R] index of the position whose output predicts response token t
     resp: torch.Tensor
     mask: torch.Tensor
+    weight: torch.Tensor
+
+    @property
+    def lmask(self) -> torch.Tensor:
+        return self.mask * self.weight[:, None]
 
     def select(self, idx: list[int]) -> Rollout:
         keep = self.mask[idx].sum(1).max().long().item()
         width = int((self.attn[idx].sum(1)).max().item())
         return Rollout(
             self.ids[idx, :width], self.attn[idx, :width], self.pos[idx, :keep], self.resp[idx, :keep],
-            self.mask[idx, :keep],
+            self.mask[idx, :keep], self.weight[idx],
         )  # fmt: skip
 
 
-def build_rollout(samples: list, pad_id: int, device: torch.device) -> Rollout:
+def build_rollout(samples: list, pad_id: int, device: torch.device, weight: list[float] | None = None) -> Rollout:
     n = len(samples)
     width = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
     r_len = max(len(s.response_ids) for s in samples)
@@ -181,7 +208,8 @@ def build_rollout(samples: list, pad_id: int, device: torch.device) -> Rollout:
         pos[i, :r] = torch.arange(p - 1, p + r - 1)
         resp[i, :r] = torch.tensor(s.response_ids)
         mask[i, :r] = 1
-    return Rollout(ids.to(device), attn.to(device), pos.to(device), resp.to(device), mask.to(device))
+    w = torch.tensor(weight if weight is not None else [1.0] * n)
+    return Rollout(ids.to(device), attn.to(device), pos.to(device), resp.to(device), mask.to(device), w.to(device))
 
 
 def _gather(hidden: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -189,13 +217,21 @@ def _gather(hidden: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
 
 
 def token_logps(roles: Roles, role: str, b: Rollout, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of the response tokens under softmax(logits / T), and the entropy there."""
-    h = _gather(roles.hidden(role, b.ids, b.attn), b.pos)
-    logits = roles.lm_head(h).float() / temperature
-    logp_all = torch.log_softmax(logits, -1)
-    logp = logp_all.gather(-1, b.resp.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp * b.mask, entropy
+    """[B, R] log-probs of the response tokens under `role` (its own weights and head) and the entropy there.
+
+    The distribution is the one rollouts sample from: softmax(softcap(logits) / T), through the
+    log-prob function SFT and DPO use; 0 on padding.
+    """
+    targets = b.resp.masked_fill(b.mask == 0, IGNORE)
+    with roles.parts(role) as (decoder, head):
+        hidden = decoder(input_ids=b.ids, attention_mask=b.attn, use_cache=False).last_hidden_state
+        lp, ent = target_logps(
+            _gather(hidden, b.pos), targets, head, softcap=roles.softcap, temperature=temperature, entropy=True
+        )
+    sel = targets != IGNORE
+    logp, entropy = lp.new_zeros(b.mask.shape), ent.new_zeros(b.mask.shape)
+    logp[sel], entropy[sel] = lp, ent
+    return logp, entropy
 
 
 def token_values(roles: Roles, b: Rollout) -> torch.Tensor:
@@ -204,13 +240,15 @@ def token_values(roles: Roles, b: Rollout) -> torch.Tensor:
 
 
 class RunningMoments:
-    """Running mean/std of scores across steps (Chan et al. parallel update)."""
+    """Running mean/std of scores across steps and processes (Chan et al. parallel update)."""
 
     def __init__(self) -> None:
         self.mean, self.var, self.count = 0.0, 1.0, 1e-8
 
-    def update(self, x: torch.Tensor) -> None:
-        n, m, v = x.numel(), float(x.mean()), float(x.var(unbiased=False))
+    def update(self, x: torch.Tensor, weight: torch.Tensor | None = None, reduce: F.Reduce = None) -> None:
+        """Add the samples with weight 1 (of every process when `reduce` sums over them)."""
+        mean, var, count = F.masked_moments(x, torch.ones_like(x) if weight is None else weight, reduce)
+        n, m, v = float(count), float(mean), float(var)
         delta, total = m - self.mean, self.count + n
         self.mean += delta * n / total
         self.var = (self.var * self.count + v * n + delta**2 * self.count * n / total) / total
@@ -239,12 +277,44 @@ def hacking_warning(history: list[dict], window: int, kl_limit: float, length_ra
 # ----------------------------------------------------------------------------- the run
 
 
+def step_prompts(
+    prompts: list, order: list[int], k: int, per_process: int, world: int, rank: int, n_samples: int
+) -> tuple[list, list[float]]:
+    """This process's prompts of step k (each n_samples times) and their weights (1 real, 0 padding).
+
+    The step's span of `order` is dealt round-robin. A process left one prompt short (or with none,
+    at the end of an episode) gets a weight-0 copy of the span's first prompt, so every process
+    runs the same number of forward/backward/all-reduce calls.
+    """
+    span = order[k * per_process * world : (k + 1) * per_process * world]
+    mine = span[rank::world]
+    pad = -(-len(span) // world) - len(mine)
+    weights = [1.0] * len(mine) + [0.0] * pad
+    picked = [prompts[i] for i in mine + span[:1] * pad]
+    return [m for m in picked for _ in range(n_samples)], [w for w in weights for _ in range(n_samples)]
+
+
+def _allsum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over processes, in place (the `reduce` of losses.ppo)."""
+    torch.distributed.all_reduce(x)
+    return x
+
+
 def _allreduce_grads(params: list[torch.Tensor], world: int) -> None:
+    """Sum gradients over processes: each micro-batch loss is already divided by the global token count."""
     if world > 1:
         for p in params:
             if p.grad is not None:
                 torch.distributed.all_reduce(p.grad)
-                p.grad /= world
+
+
+def _rng_states(world: int) -> list[dict]:
+    """Every process's RNG state (process i's at index i), so a resumed run continues each stream."""
+    if world == 1:
+        return [ck.rng_state()]
+    states: list = [None] * world
+    torch.distributed.all_gather_object(states, ck.rng_state())
+    return states
 
 
 def run(cfg: PPOConfig) -> dict:
@@ -254,6 +324,7 @@ def run(cfg: PPOConfig) -> dict:
     p, t = cfg.ppo, cfg.train
     accel = Accelerator(cpu=not torch.cuda.is_available())
     main, world, rank = accel.is_main_process, accel.num_processes, accel.process_index
+    reduce = _allsum if world > 1 else None
     torch.manual_seed(t.seed)  # identical adapter init on every process
     random.seed(t.seed)
     out = Path(t.out)
@@ -273,6 +344,8 @@ def run(cfg: PPOConfig) -> dict:
         raise UserError(f"data.prompts: all {too_long} prompts are longer than ppo.prompt_max_len={p.prompt_max_len}")
     score_fn, reward_model = build_scorer(cfg.reward, device)
     roles = Roles(cfg.model, cfg.lora, device, reward_model, p.critic_init, p.critic_lora)
+    if t.disable_dropout:  # else updates run with dropout and the first minibatch is not π = π_old
+        disable_dropout(roles)
     if world > 1:
         torch.manual_seed(t.seed + rank)  # then each process samples its own replies
     if reward_model is not None and p.critic_init != "zeros":
@@ -291,13 +364,30 @@ def run(cfg: PPOConfig) -> dict:
 
     # Resume: actor + critic adapters, value head, both optimizers, β, reward moments, RNG, position.
     steps_per_episode = math.ceil(len(prompts) / (p.rollout_batch_size * world))
-    total_steps = min(t.max_steps or 10**9, steps_per_episode * t.num_episodes)
-    state: dict[str, Any] = {"step": 0}
+    data_steps = steps_per_episode * t.num_episodes
+    total_steps = min(t.max_steps or data_steps, data_steps)
+    if main and t.max_steps and t.max_steps > data_steps:
+        print(
+            f"ppo: train.max_steps={t.max_steps} capped at {data_steps} steps by the data: {len(prompts)} prompts / "
+            f"(ppo.rollout_batch_size={p.rollout_batch_size} × {world} processes) × train.num_episodes={t.num_episodes}"
+        )
+    state: dict[str, Any] = {"step": 0, "samples": 0}
     ckpt = ck.open_run(out, t.resume, dump_config(cfg), main)  # refuses a changed config unless forced
     if ckpt is not None:
-        state = _load(ckpt, roles, actor_opt, critic_opt, kl_ctl, moments)
-        if world > 1:  # the checkpoint holds process 0's RNG; give the others their own streams again
+        state = {"samples": 0, **_load(ckpt, roles, actor_opt, critic_opt, kl_ctl, moments)}
+        rngs = state.pop("rng")
+        rngs = [rngs] if isinstance(rngs, dict) else rngs  # older checkpoints hold process 0's only
+        if len(rngs) == world:
+            ck.set_rng_state(rngs[rank])  # each process continues its own sampling stream
+        else:
             torch.manual_seed(t.seed + rank + 1000 * state["step"])
+            if main:
+                print(f"resume: {ckpt} holds RNG states of {len(rngs)} processes, not {world}: sampling reseeded")
+        if state["step"] >= total_steps:
+            raise UserError(
+                f"train.resume: {ckpt} is already at step {state['step']} of {total_steps}: nothing to train "
+                "(raise train.max_steps or train.num_episodes, or set train.resume=none)"
+            )
     if main:
         print(
             f"ppo: {len(prompts)} prompts ({too_long} over prompt_max_len dropped) · {total_steps} steps · "
@@ -315,14 +405,18 @@ def run(cfg: PPOConfig) -> dict:
             episode, k = divmod(step, steps_per_episode)
             order = list(range(len(prompts)))  # a fresh seeded shuffle per episode, so resume lands on the same prompts
             random.Random(t.seed + episode).shuffle(order)
-            span = order[k * p.rollout_batch_size * world : (k + 1) * p.rollout_batch_size * world]
-            batch_prompts = [prompts[i] for i in span[rank::world] for _ in range(p.n_samples_per_prompt)]
+            batch_prompts, weights = step_prompts(
+                prompts, order, k, p.rollout_batch_size, world, rank, p.n_samples_per_prompt
+            )
+            sample_w = torch.tensor(weights, device=device)
 
-            # 1. Sample replies from the actor (KV cache, temperature); cut at the first EOS.
+            # 1. Sample replies from the actor from exactly softmax(logits / T) (nothing from the
+            #    model folder's generation_config.json), the distribution step 3 scores; cut at the first EOS.
             t0 = time.time()
+            roles.eval()
             samples = generate_ids(
                 roles.actor_module(), tokenizer, template, batch_prompts, p.generate_max_len, p.temperature,
-                p.top_p, batch_size=p.micro_rollout_batch_size,
+                top_p=1.0, top_k=0, batch_size=p.micro_rollout_batch_size, model_defaults=False,
             )  # fmt: skip
             cost["rollout_s"] += time.time() - t0
 
@@ -338,14 +432,15 @@ def run(cfg: PPOConfig) -> dict:
             if p.missing_eos_penalty is not None:
                 score[~stopped] -= p.missing_eos_penalty
             if p.normalize_reward:
-                moments.update(score)
+                moments.update(score, sample_w, reduce)
                 score = (score - moments.mean) / math.sqrt(moments.var + 1e-8)
             if p.reward_clip_range is not None:
                 score = score.clamp(-p.reward_clip_range, p.reward_clip_range)
             cost["scoring_s"] += time.time() - t0
 
             # 3. Old log-probs (actor), reference log-probs, values — all without gradients.
-            roll = build_rollout(samples, tokenizer.pad_token_id, device)
+            roll = build_rollout(samples, tokenizer.pad_token_id, device, weights)
+            lmask = roll.lmask  # padding samples count nowhere below
             old_logp, ref_logp, old_v = (torch.zeros_like(roll.mask) for _ in range(3))
             with torch.no_grad():
                 for c in range(0, len(samples), p.micro_rollout_batch_size):
@@ -364,13 +459,16 @@ def run(cfg: PPOConfig) -> dict:
             kl = F.kl_per_token(old_logp, ref_logp, p.kl_estimator) * roll.mask
             rewards = F.token_rewards(score, kl, roll.mask, kl_ctl.beta)
 
-            # 5. GAE; returns = A + V before whitening; masked advantage whitening.
-            adv, returns = F.gae(rewards, old_v, roll.mask, p.gamma, p.lambd)
+            # 5. GAE; returns = A + V before whitening; advantage whitening over every process's tokens.
+            adv, returns = F.gae(rewards, old_v, lmask, p.gamma, p.lambd)
             if p.whiten_advantages:
-                adv = F.whiten(adv, roll.mask)
+                adv = F.whiten(adv, lmask, reduce=reduce)
 
-            # 6. PPO epochs: shuffled minibatches; actor and critic step separately.
+            # 6. PPO epochs: shuffled minibatches; actor and critic step separately. Each micro-batch
+            #    loss is weighted by its share of the minibatch's tokens on all processes, and the
+            #    gradients are summed: the token mean of one process holding every sample.
             t0 = time.time()
+            roles.train()
             upd: dict[str, float] = {}
             first: dict[str, float] = {}
             n_mb = 0
@@ -378,26 +476,35 @@ def run(cfg: PPOConfig) -> dict:
                 perm = torch.randperm(len(samples)).tolist()
                 for m0 in range(0, len(perm), p.train_batch_size):
                     mb = perm[m0 : m0 + p.train_batch_size]
-                    mb_tokens = roll.mask[mb].sum()
+                    mb_tokens = lmask[mb].sum().double()
+                    mb_tokens = float((reduce(mb_tokens) if reduce else mb_tokens).clamp_min(1))
                     sums: dict[str, float] = {}
                     for u0 in range(0, len(mb), p.micro_train_batch_size):
                         idx = mb[u0 : u0 + p.micro_train_batch_size]
                         b = roll.select(idx)
-                        w = b.mask.shape[1]
-                        share = float(b.mask.sum() / mb_tokens)
+                        width, bm = b.mask.shape[1], b.lmask
+                        share = float(bm.sum()) / mb_tokens
                         logp, ent = token_logps(roles, "actor", b, p.temperature)
-                        pg, st = F.policy_loss(logp, old_logp[idx, :w], adv[idx, :w], b.mask, p.eps_clip)
-                        entropy = F.masked_mean(ent, b.mask)
+                        pg, st = F.policy_loss(logp, old_logp[idx, :width], adv[idx, :width], bm, p.eps_clip)
+                        entropy = F.masked_mean(ent, bm)
                         ((pg - p.entropy_loss_coef * entropy) * share).backward()
                         v = token_values(roles, b)
-                        vf, vst = F.value_loss(v, old_v[idx, :w], returns[idx, :w], b.mask, p.value_clip)
+                        vf, vst = F.value_loss(v, old_v[idx, :width], returns[idx, :width], bm, p.value_clip)
                         (p.vf_coef * vf * share).backward()
                         for key, val in {**st, **vst, "policy_loss": pg, "value_loss": vf, "entropy": entropy}.items():
                             sums[key] = sums.get(key, 0.0) + float(val.detach()) * share
                     _allreduce_grads(roles.actor_params, world)
                     _allreduce_grads(roles.critic_params, world)
+                    if reduce:
+                        keys = sorted(sums)
+                        sums = dict(zip(keys, reduce(torch.tensor([sums[k] for k in keys], device=device)).tolist()))
                     sums["actor_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(roles.actor_params, p.max_norm))
                     sums["critic_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(roles.critic_params, p.max_norm))
+                    # Identical on every process (all summed): all stop together, before a bad update.
+                    ensure_finite(
+                        step + 1,
+                        **{k: sums[k] for k in ("policy_loss", "value_loss", "actor_grad_norm", "critic_grad_norm")},
+                    )
                     actor_opt.step()
                     critic_opt.step()
                     actor_opt.zero_grad(set_to_none=True)
@@ -407,20 +514,22 @@ def run(cfg: PPOConfig) -> dict:
                     for key, val in sums.items():
                         upd[key] = upd.get(key, 0.0) + val
                     n_mb += 1
+            roles.eval()
             cost["update_s"] += time.time() - t0
 
-            # 7. Adaptive β, metrics, samples, reward-hacking check, checkpoint.
+            # 7. Adaptive β, metrics (means over all real samples), samples, reward-hacking check, checkpoint.
             seq_kl = kl.sum(1)
             lengths = roll.mask.sum(1)
             stats = torch.stack(
-                [raw.mean(), score.mean(), (score - kl_ctl.beta * seq_kl).mean(), seq_kl.mean(), lengths.mean(),
-                 stopped.float().mean()]
-            )  # fmt: skip
-            if world > 1:
-                torch.distributed.all_reduce(stats)
-                stats /= world
+                [raw, score, score - kl_ctl.beta * seq_kl, seq_kl, lengths, stopped.float(), torch.ones_like(raw)]
+            ) @ sample_w  # fmt: skip
+            if reduce:
+                reduce(stats)
+            n_real = int(stats[-1])
+            stats = stats[:-1] / n_real
+            state["samples"] += n_real
             beta_used = kl_ctl.beta
-            kl_ctl.update(float(stats[3]), len(samples) * world)
+            kl_ctl.update(float(stats[3]), n_real)
             metrics = {
                 "score": float(stats[0]),
                 "score_shaped": float(stats[1]),
@@ -431,9 +540,9 @@ def run(cfg: PPOConfig) -> dict:
                 "beta": beta_used,
                 **{k: v / max(1, n_mb) for k, v in upd.items()},
                 **first,
-                "explained_variance": F.explained_variance(old_v, returns, roll.mask),
-                "advantage_mean": float(F.masked_mean(adv, roll.mask)),
-                "return_mean": float(F.masked_mean(returns, roll.mask)),
+                "explained_variance": F.explained_variance(old_v, returns, lmask, reduce),
+                "advantage_mean": float(F.masked_moments(adv, lmask, reduce)[0]),
+                "return_mean": float(F.masked_moments(returns, lmask, reduce)[0]),
             }
             state["step"] = step + 1
             history.append(metrics)
@@ -441,7 +550,8 @@ def run(cfg: PPOConfig) -> dict:
             if main and t.sample_every and state["step"] % t.sample_every == 0:
                 shown = [
                     {"prompt": m[-1]["content"], "reply": x, "score": float(s)}
-                    for m, x, s in list(zip(batch_prompts, texts, raw))[:4]
+                    for m, x, s, keep in list(zip(batch_prompts, texts, raw, weights))[:4]
+                    if keep
                 ]
                 log.log("samples", state["step"], samples=shown)
             warning = hacking_warning(history, t.hacking_window, t.hacking_kl, t.hacking_length_ratio)
@@ -454,8 +564,10 @@ def run(cfg: PPOConfig) -> dict:
                 info=f"score {metrics['score']:.3f} · kl {metrics['kl']:.2f} · len {metrics['response_length']:.1f}",
             )
             last = state["step"] == total_steps
-            if main and (last or (t.save_every and state["step"] % t.save_every == 0)):
-                _save(out, state, roles, actor_opt, critic_opt, kl_ctl, moments, t.keep_last)
+            if last or (t.save_every and state["step"] % t.save_every == 0):
+                rngs = _rng_states(world)  # a collective: every process takes part
+                if main:
+                    _save(out, state, roles, actor_opt, critic_opt, kl_ctl, moments, rngs, t.keep_last)
             accel.wait_for_everyone()
             if t.stop_after is not None and state["step"] >= t.stop_after and not last:
                 log.close()
@@ -475,7 +587,7 @@ def run(cfg: PPOConfig) -> dict:
         "peak_memory_gib": round(peak, 3),
         "peak_memory_kind": "cuda allocated" if torch.cuda.is_available() else "process RSS",
         "models_held": models_held,
-        "samples": state["step"] * p.rollout_batch_size * p.n_samples_per_prompt * world,
+        "samples": state["samples"],
     }
     summary = {"out": str(out), "steps": state["step"], **metrics, "cost": report}
     if main:
@@ -510,10 +622,10 @@ def _save_weights(roles: Roles, dest: Path) -> None:
     save_file({"weight": roles.value_head.weight.detach().contiguous()}, str(dest / "value_head.safetensors"))
 
 
-def _save(out: Path, state: dict, roles: Roles, aopt, copt, kl_ctl, moments, keep_last: int) -> None:
+def _save(out: Path, state: dict, roles: Roles, aopt, copt, kl_ctl, moments, rngs: list, keep_last: int) -> None:
     def fill(tmp: Path) -> None:
         _save_weights(roles, tmp)
-        extra = {"beta": kl_ctl.beta, "moments": vars(moments), "rng": ck.rng_state()}
+        extra = {"beta": kl_ctl.beta, "moments": vars(moments), "rng": rngs}
         opts = {"actor_optimizer": aopt.state_dict(), "critic_optimizer": copt.state_dict()}
         torch.save({**state, **opts, **extra}, tmp / ck.STATE_FILE)
 
@@ -542,5 +654,4 @@ def _load(ckpt: Path, roles: Roles, aopt, copt, kl_ctl, moments) -> dict:
     copt.load_state_dict(state.pop("critic_optimizer"))
     kl_ctl.beta = state.pop("beta")
     vars(moments).update(state.pop("moments"))
-    ck.set_rng_state(state.pop("rng"))  # python and torch generators
-    return state
+    return state  # "rng": the RNG states of every process, restored by the caller
