@@ -190,7 +190,7 @@ def test_reference_cache_keyed_and_rebuilt(tiny_model_dir, tokenizer, pairs_file
     common = ("dpo.precompute_ref=true", "train.micro_batch_size=2", "train.max_steps=3", "train.save_every=1")
     dpo.run(config(tiny_model_dir, pairs_file, out, *common, "train.stop_after=1"))
     first = torch.load(out / "ref_logps.pt", weights_only=False)
-    dpo.run(config(other, pairs_file, out, *common, "train.stop_after=2"))
+    dpo.run(config(other, pairs_file, out, *common, "train.stop_after=2", "train.resume=force"))
     assert "cached reference log-probs are for another model; rebuilding" in capsys.readouterr().out
     cfg, d, model, loss_mod, ref, ids = build(other, pairs_file, tmp_path / "x")
     want = dpo.Reference(loss_mod, model)
@@ -233,7 +233,7 @@ def test_cache_written_once_by_process_zero(tiny_model_dir, pairs_file, tmp_path
     assert barriers == [False, False] and ref.cache == {"from": "process 0"}
 
 
-PINNED_DPO = [0.693147, 0.242354, 0.137017, 0.101314, 0.075601]  # steps 1-5, from this code
+PINNED_DPO = [0.693147, 0.245874, 0.141836, 0.097904, 0.079507]  # steps 1-5, from this code
 
 
 @pytest.mark.slow

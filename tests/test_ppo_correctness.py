@@ -314,7 +314,7 @@ def test_max_steps_capped_line_and_zero_step_run_refused(tiny_model_dir, tmp_pat
     lines = [x for x in capsys.readouterr().out.splitlines() if "capped" in x]
     assert len(lines) == 1 and "train.max_steps=5 capped at 2" in lines[0]
     with pytest.raises(UserError, match="already at step 2 of 2: nothing to train"):
-        ppo.run(config(tiny_model_dir, prompts, tmp_path / "run", *args[:-1], "train.resume=auto"))
+        ppo.run(config(tiny_model_dir, prompts, tmp_path / "run", *args, "train.resume=auto"))
 
 
 @pytest.mark.slow

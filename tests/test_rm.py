@@ -144,7 +144,7 @@ def test_eval_sharded_over_two_processes_equals_one(tiny_model_dir, tmp_path):
         assert all(abs(one[k] - two[k]) < 1e-6 * max(1, abs(one[k])) for k in one)
 
 
-PINNED_RM = [0.670958, 0.367473, 0.107933, 0.035683, 0.011939]  # steps 1-5, from this code
+PINNED_RM = [0.661347, 0.347770, 0.066749, 0.020356, 0.012611]  # steps 1-5, from this code
 
 
 @pytest.mark.slow

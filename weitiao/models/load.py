@@ -315,7 +315,10 @@ def adapter_base(adapter_dir: Any) -> tuple[str, str]:
     names = [str(x) for x in (model.get("path"), recorded.get("base_model_name_or_path")) if x]
     if not names or names[0] == "demo":
         return "demo", str(model.get("quant", "none"))
-    root = _training_dir(cfg_file.parent, train.get("out")) if cfg_file else None
+    run_dir = cfg_file.parent if cfg_file else None
+    if run_dir is not None and run_dir.parent.name == "checkpoints":  # a checkpoint's copy of config.yaml
+        run_dir = run_dir.parent.parent
+    root = _training_dir(run_dir, train.get("out")) if run_dir else None
     candidates = [root / n for n in names if root] + [Path(n) for n in names]
     found = next((c.resolve() for c in candidates if c.is_dir()), None)
     return str(found) if found else names[0], str(model.get("quant", "none"))
