@@ -209,3 +209,40 @@ def test_data_check_on_empty_file_fails(tmp_path, tiny_model_dir):
     )
     assert p.returncode == 1 and "no problems found" not in p.stdout
     assert [x for x in p.stderr.splitlines() if x.strip()] == [f"error: {empty}: no rows"]
+
+
+class Process:
+    """Process `rank` of `world`; reduce adds the vectors the ranks before it reduced (run ranks in turn)."""
+
+    def __init__(self, rank, world, seen):
+        self.process_index, self.num_processes, self.seen = rank, world, seen
+        self.device = torch.device("cpu")
+
+    def reduce(self, vec, reduction="sum"):
+        self.seen.append(vec.clone())
+        return sum(self.seen)
+
+
+def test_eval_sharding_gives_every_process_the_same_forwards(tmp_path, tokenizer, tiny_model_dir):
+    """3 eval batches on 2 processes: both run 2 forwards (FSDP forwards are collective); the
+    filler is not counted, so the 2-process loss equals the 1-process loss."""
+    from transformers import AutoModelForCausalLM
+
+    from weitiao.losses.sft import CausalLMLoss
+
+    f = write_jsonl(tmp_path / "d.jsonl", unique_rows(3))
+    cfg = sft_cfg(tmp_path, f, eval=[str(f)], packing=False)
+    cfg.train.micro_batch_size = 1
+    data = sft.prepare_data(cfg, tokenizer)
+    loss_mod = CausalLMLoss(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32))
+    calls = []
+    forward = loss_mod.forward
+    loss_mod.forward = lambda *a, **kw: calls.append(1) or forward(*a, **kw)
+    one = sft.evaluate(loss_mod, data.eval, cfg, tokenizer.pad_token_id, Process(0, 1, []))
+    seen, per_rank = [], []
+    for rank in range(2):
+        before = len(calls)
+        two = sft.evaluate(loss_mod, data.eval, cfg, tokenizer.pad_token_id, Process(rank, 2, seen))
+        per_rank.append(len(calls) - before)
+    assert per_rank == [2, 2]
+    assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-9)

@@ -182,14 +182,20 @@ def evaluate(
     )
     answers = [replace(e, labels=e.answer_labels) if e.answer_labels is not None else e for e in examples]
     total = torch.zeros(4, device=accel.device, dtype=torch.float64)
-    for rows in batches[accel.process_index :: accel.num_processes]:
+    # Every process runs the same number of forwards (FSDP forwards are collective): one left short
+    # repeats batch 0 as an uncounted filler.
+    mine = batches[accel.process_index :: accel.num_processes]
+    per_process = -(-len(batches) // accel.num_processes)
+    for k in range(per_process):
+        rows = mine[k] if k < len(mine) else batches[0]
         b = collate(examples, rows, pad_id, cfg.data.packing, one_row).to(accel.device)
         # One forward: reply targets are a subset of the training targets at the same positions.
         logp = loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask, per_token=True).double()
         answer = collate(answers, rows, pad_id, cfg.data.packing, one_row).targets.to(accel.device)
         is_answer = (answer != IGNORE)[b.targets != IGNORE]
         counts = logp.new_tensor([logp.numel(), int(is_answer.sum())])
-        total += torch.stack([-logp.sum(), counts[0], -logp[is_answer].sum(), counts[1]])
+        if k < len(mine):
+            total += torch.stack([-logp.sum(), counts[0], -logp[is_answer].sum(), counts[1]])
     total = accel.reduce(total, reduction="sum")
     loss_mod.train()
     return {
