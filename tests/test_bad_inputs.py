@@ -324,6 +324,15 @@ PROBES = [
         {"p.yaml": b"base: chat\nweights: [1,\n"},
         "p.yaml:3",
     ),
+    # Empty inputs and prompts beyond the context (exit 0 with empty output / a silent cut before).
+    Probe("empty-pii-scrub", ["pii", "scrub", "e.jsonl", "--out", "o.jsonl"], {"e.jsonl": b""}, "e.jsonl: no rows"),
+    Probe("empty-arena-import", ["arena", "import", "b.json", "--db", "a.sqlite"], {"b.json": b"[]"}, "no battles"),
+    Probe(
+        "eval-gen-over-context",
+        ["eval", "gen", "--model", str(DEMO_MODEL), "--prompts", "p.jsonl", "--max-new-tokens", "4"],
+        {"p.jsonl": json.dumps({"messages": [{"role": "user", "content": "很长的问题" * 400}]}).encode() + b"\n"},
+        "p.jsonl:1: prompt is",
+    ),
 ]
 
 DRIVER = r"""
@@ -417,7 +426,8 @@ def test_probe(probe: Probe, results: dict) -> None:
         assert r["rc"] == 0, r["stderr"][-2000:]
         assert not [f for f in r["new"] if f.endswith(".tmp")]
         return
-    lines = [x for x in r["stderr"].splitlines() if x.strip()]
+    # transformers' own weight-loading progress bar may precede the error (a model was loaded)
+    lines = [x for x in r["stderr"].splitlines() if x.strip() and not x.startswith("Loading weights")]
     assert r["rc"] == 1, (r["rc"], r["stderr"][-2000:], r["stdout"][-500:])
     assert len(lines) == 1, r["stderr"][-2000:]
     assert lines[0].startswith("error: ") and probe.expect in lines[0], lines[0]

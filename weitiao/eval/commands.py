@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -76,6 +77,7 @@ def gen(
     settings = MetricSettings(**({"refusal_pattern": refusal_pattern} if refusal_pattern else {}))
     m, tok = load_chat_model(model, adapter, quant)
     template = resolve_template(tok, "auto")
+    _check_context(m, tok, template, ps, max_new_tokens)
     with console.status(f"generating {len(ps)} replies"):
         gens = generate(m, tok, template, [p.messages for p in ps], max_new_tokens, temperature, top_p,
                         batch_size=batch_size, seed=seed)  # fmt: skip
@@ -231,8 +233,25 @@ def arena_import(
     from weitiao.eval.arena.store import ArenaStore
 
     rows = load_battles(battles)  # before opening the db: a bad file leaves no new db behind
+    if not rows:
+        raise UserError(f"{battles}: no battles")
     n = ArenaStore(db).import_battles(rows)
     console.print(f"imported {n:,} battles into {db}")
+
+
+def _check_context(model: Any, tok: Any, template: Any, prompts: list, max_new_tokens: int) -> None:
+    """A prompt that leaves no room for --max-new-tokens in the model's context is one line, not a silent cut."""
+    ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not ctx:
+        return
+    for p in prompts:
+        text = template.render(tok, p.messages, add_generation_prompt=True)
+        n = len(tok(text, add_special_tokens=False)["input_ids"])
+        if n + max_new_tokens > ctx:
+            raise UserError(
+                f"{p.source}: prompt is {n:,} tokens; with --max-new-tokens {max_new_tokens} it exceeds the "
+                f"model's context of {ctx:,}; shorten the prompt or lower --max-new-tokens"
+            )
 
 
 @arena_app.command("export")

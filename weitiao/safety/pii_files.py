@@ -95,6 +95,8 @@ def process_file(
                 if len(rep.examples) < 20:
                     rep.examples.append({"line": n, "field": field, "type": m.type, "text": m.text[:200]})
             rep.rows_with_pii += bool(found)
+        if rep.rows == 0:  # inside the writer: an empty input leaves no empty output behind
+            raise UserError(f"{path}: no rows")
     rep.format = fmt or "auto"
     return rep
 
