@@ -330,7 +330,8 @@ def test_nan_loss_stops_keeps_last_good_checkpoint_and_saves_nothing_after(tiny_
     monkeypatch.setattr(F, "policy_loss", poisoned)
     prompts = prompt_file(tmp_path / "p.jsonl", 16)
     args = ("train.max_steps=3", "train.save_every=1", "ppo.rollout_batch_size=4", "ppo.generate_max_len=4")
-    with pytest.raises(DivergedError, match="step 2: policy_loss is nan"):
+    diverged = r"step 2: policy_loss is nan; training diverged \(lower ppo.actor_learning_rate"
+    with pytest.raises(DivergedError, match=diverged):
         ppo.run(config(tiny_model_dir, prompts, tmp_path / "run", *args, "ppo.max_epochs=1"))
     ckpts = [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()]
     assert ckpts == ["step-000001"] and not (tmp_path / "run" / "final").exists()

@@ -503,6 +503,8 @@ def run(cfg: PPOConfig) -> dict:
                     # Identical on every process (all summed): all stop together, before a bad update.
                     ensure_finite(
                         step + 1,
+                        "lower ppo.actor_learning_rate / ppo.critic_learning_rate, check the rewards, "
+                        "or set ppo.max_norm",
                         **{k: sums[k] for k in ("policy_loss", "value_loss", "actor_grad_norm", "critic_grad_norm")},
                     )
                     actor_opt.step()

@@ -13,12 +13,15 @@ class DivergedError(UserError):
     """Loss or gradient norm became NaN/inf; the last good checkpoint is kept."""
 
 
-def ensure_finite(step: int, **values: float | torch.Tensor) -> None:
-    """Raise DivergedError naming the step and the first non-finite value among `values`."""
+TRAIN_HINT = "lower train.lr, check the data, or set train.max_grad_norm"
+
+
+def ensure_finite(step: int, hint: str = TRAIN_HINT, **values: float | torch.Tensor) -> None:
+    """Raise DivergedError naming the step and the first non-finite value among `values`; `hint` names the keys."""
     for name, v in values.items():
         x = float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v)
         if not math.isfinite(x):
             raise DivergedError(
-                f"step {step}: {name} is {x}; training diverged (lower train.lr, check the data, "
-                "or set train.max_grad_norm); nothing after the last good checkpoint was saved"
+                f"step {step}: {name} is {x}; training diverged ({hint}); "
+                "nothing after the last good checkpoint was saved"
             )
