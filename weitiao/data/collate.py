@@ -70,6 +70,15 @@ def pack_first_fit(indices: list[int], lengths: list[int], capacity: int, window
     return rows
 
 
+def process_share(n: int, rank: int, world: int) -> tuple[list[int], int]:
+    """Indices of n eval items this process takes (rank::world) and how many every process must run.
+
+    DDP/FSDP forwards are collective, so a process with fewer items runs uncounted fillers up to
+    ceil(n / world) and every process stays in step.
+    """
+    return list(range(n))[rank::world], -(-n // world)
+
+
 def plan_epoch(
     lengths: list[int],
     *,

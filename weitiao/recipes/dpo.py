@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from weitiao.config import dump_config
 from weitiao.data.chat import IGNORE, Encoded
-from weitiao.data.collate import Batch, collate, n_targets
+from weitiao.data.collate import Batch, collate, n_targets, process_share
 from weitiao.data.formats import MAX_ROW_BYTES
 from weitiao.data.preference import PairStats, encode_pairs, load_pairs, pair_rows
 from weitiao.data.prep import count_overlap, overlap_warning, pair_key, require_rows, split_eval
@@ -388,8 +388,7 @@ def evaluate(
         return {}
     loss_mod.eval()
     n_pairs = len(examples) // 2
-    mine = list(range(n_pairs))[accel.process_index :: accel.num_processes]
-    per_process = -(-n_pairs // accel.num_processes)
+    mine, per_process = process_share(n_pairs, accel.process_index, accel.num_processes)
     mb = cfg.train.micro_batch_size
     total = {k: torch.zeros((), dtype=torch.float64, device=accel.device) for k in SUM_KEYS}
     for k in range(0, per_process, mb):

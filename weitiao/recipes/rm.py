@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from weitiao.config import dump_config
-from weitiao.data.collate import collate
+from weitiao.data.collate import collate, process_share
 from weitiao.data.preference import pair_rows
 from weitiao.errors import UserError
 from weitiao.losses.preference import bradley_terry
@@ -140,8 +140,7 @@ def evaluate(
     of forwards (DDP/FSDP forwards are collective): one with fewer pairs runs pair 0 as an uncounted filler."""
     scorer.eval()
     n_pairs = len(examples) // 2
-    mine = list(range(n_pairs))[accel.process_index :: accel.num_processes]
-    per_process = -(-n_pairs // accel.num_processes)
+    mine, per_process = process_share(n_pairs, accel.process_index, accel.num_processes)
     mb = cfg.train.micro_batch_size
     total = {k: torch.zeros((), dtype=torch.float64, device=accel.device) for k in SUM_KEYS}
     for k in range(0, per_process, mb):

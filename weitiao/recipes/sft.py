@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from weitiao.config import dump_config
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, EncodeStats, encode_all
-from weitiao.data.collate import collate, n_targets, plan_epoch
+from weitiao.data.collate import collate, n_targets, plan_epoch, process_share
 from weitiao.data.formats import MAX_ROW_BYTES, load_conversations
 from weitiao.data.prep import conversation_key, count_overlap, overlap_warning, require_rows, split_eval
 from weitiao.data.templates import ChatTemplate, resolve_template
@@ -184,10 +184,9 @@ def evaluate(
     total = torch.zeros(4, device=accel.device, dtype=torch.float64)
     # Every process runs the same number of forwards (FSDP forwards are collective): one left short
     # repeats batch 0 as an uncounted filler.
-    mine = batches[accel.process_index :: accel.num_processes]
-    per_process = -(-len(batches) // accel.num_processes)
+    mine, per_process = process_share(len(batches), accel.process_index, accel.num_processes)
     for k in range(per_process):
-        rows = mine[k] if k < len(mine) else batches[0]
+        rows = batches[mine[k] if k < len(mine) else 0]
         b = collate(examples, rows, pad_id, cfg.data.packing, one_row).to(accel.device)
         # One forward: reply targets are a subset of the training targets at the same positions.
         logp = loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask, per_token=True).double()
