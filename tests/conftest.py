@@ -76,6 +76,17 @@ def save_tiny_model(
     return path
 
 
+@pytest.fixture(scope="module")
+def parts(tiny_model_dir, tokenizer):
+    """(model, tokenizer, template) of the tiny Llama for in-process servers."""
+    from transformers import AutoModelForCausalLM
+
+    from weitiao.data.templates import resolve_template
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    return model, tokenizer, resolve_template(tokenizer)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("tiny") / "llama", tokenizer)

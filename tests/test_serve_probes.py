@@ -13,19 +13,11 @@ import time
 import httpx
 import pytest
 from loopback import running
-from transformers import AutoModelForCausalLM
 
-from weitiao.data.templates import resolve_template
 from weitiao.infer.serve import ServeSettings, create_app
 
 MSGS = [{"role": "user", "content": "今天天气怎么样？"}]
 CHAT, COMP = "/v1/chat/completions", "/v1/completions"
-
-
-@pytest.fixture(scope="module")
-def parts(tiny_model_dir, tokenizer):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    return model, tokenizer, resolve_template(tokenizer)
 
 
 @pytest.fixture(scope="module")
