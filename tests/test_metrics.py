@@ -28,9 +28,19 @@ def test_copy_of_history_rate_hand_values():
     # reply has 11 chars -> 8 char 4-grams; 今天天气 天天气很 天气很好 are in the history
     assert copy_of_history_rate("今天天气很好我们去公园", ["今天天气很好", "别的"], n=4) == pytest.approx(3 / 8)
     assert copy_of_history_rate("今天 天气很好我们去 公园", ["今天天气 很好"], n=4) == pytest.approx(3 / 8)
-    assert copy_of_history_rate("短", ["短"], n=4) == 0.0
+    assert copy_of_history_rate("短", ["长一点的"], n=4) == 0.0
     assert copy_of_history_rate("完全不同的一句话", [], n=4) == 0.0
     assert copy_of_history_rate("abcdefgh", ["xxabcdefghxx"], n=8) == 1.0
+
+
+def test_copy_of_history_counts_short_exact_repeats():
+    # "在的" answered again and again: 2 characters, no 8-gram, but a whole-turn copy
+    history = ["在吗", "在的", "还在吗", "在的。"]
+    assert copy_of_history_rate("在的", history) == 1.0
+    assert copy_of_history_rate(" 在的！", history) == 1.0  # spacing and end punctuation aside
+    assert copy_of_history_rate("在呢", history) == 0.0  # a different short reply is no copy
+    assert copy_of_history_rate("在", history) == 0.0  # a substring of a turn is not a whole-turn repeat
+    assert copy_of_history_rate("。", ["。"]) == 0.0  # nothing left after stripping: not a copy
 
 
 def test_ngram_loop_periods_and_span():
@@ -221,3 +231,34 @@ def test_eval_gen_cli_on_tiny_model(tiny_model_dir, tokenizer, tmp_path):
     # judge: the scripted judge scores 1 + count('好'), capped at 10, mapped to [0, 1]
     assert m["judge"] == pytest.approx(sum(min(10, 1 + g.text.count("好")) - 1 for g in gens) / 9 / 3)
     assert "judge" in r.output or "rougeL" in r.output
+
+
+def test_eval_gen_repetition_controls(tiny_model_dir, tokenizer, tmp_path):
+    import json
+
+    from conftest import write_jsonl
+    from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
+
+    from weitiao.data.templates import resolve_template
+    from weitiao.eval.commands import eval_app
+    from weitiao.infer.generate import generate_ids
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "你好"}, {"prompt": "讲个故事"}])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    convs = [[{"role": "user", "content": "你好"}], [{"role": "user", "content": "讲个故事"}]]
+    template = resolve_template(tokenizer)
+    plain = generate_ids(model, tokenizer, template, convs, max_new_tokens=24)
+    # negative control: the random tiny model repeats tokens when nothing forbids it
+    assert any(len(set(s.response_ids)) < len(s.response_ids) for s in plain)
+    barred = generate_ids(model, tokenizer, template, convs, max_new_tokens=24, no_repeat_ngram_size=1)
+    for s in barred:  # with n=1 no token may occur twice in prompt + reply
+        assert not set(s.response_ids) & set(s.prompt_ids) and len(set(s.response_ids)) == len(s.response_ids)
+    out = tmp_path / "eval.json"
+    args = ["gen", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--max-new-tokens", "24"]
+    r = CliRunner().invoke(eval_app, [*args, "--no-repeat-ngram-size", "1", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    got = [row["n_tokens"] for row in json.loads(out.read_text())["rows"]]
+    assert got == [len(s.response_ids) - s.stopped for s in barred]
+    r = CliRunner().invoke(eval_app, [*args, "--repetition-penalty", "0"])
+    assert r.exit_code != 0 and "--repetition-penalty 0.0: must be > 0" in str(r.exception)

@@ -50,6 +50,8 @@ def gen(
     max_new_tokens: int = typer.Option(128),
     temperature: float = typer.Option(0.0, help="0 = greedy"),
     top_p: float = typer.Option(1.0),
+    repetition_penalty: float = typer.Option(1.0, help="CTRL penalty on tokens already in prompt or reply (1 = off)"),
+    no_repeat_ngram_size: int = typer.Option(0, help="forbid repeating any n-gram of this many tokens (0 = off)"),
     batch_size: int = typer.Option(8),
     seed: int = typer.Option(0),
     refusal_pattern: str = typer.Option(None, help="regex counted as a refusal (default: weitiao.eval.style)"),
@@ -67,6 +69,10 @@ def gen(
     from weitiao.infer.generate import generate
     from weitiao.io import atomic_write_text
 
+    if repetition_penalty <= 0:
+        raise UserError(f"--repetition-penalty {repetition_penalty}: must be > 0 (1 = off)")
+    if no_repeat_ngram_size < 0:
+        raise UserError(f"--no-repeat-ngram-size {no_repeat_ngram_size}: must be >= 0 (0 = off)")
     ps = load_prompts(prompts)
     if refs is not None:
         rs = load_prompts(refs)
@@ -80,6 +86,7 @@ def gen(
     _check_context(m, tok, template, ps, max_new_tokens)
     with console.status(f"generating {len(ps)} replies"):
         gens = generate(m, tok, template, [p.messages for p in ps], max_new_tokens, temperature, top_p,
+                        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
                         batch_size=batch_size, seed=seed)  # fmt: skip
     scores: list = [None] * len(ps)
     errors: list[str] = []

@@ -51,11 +51,25 @@ def _char_ngrams(text: str, n: int) -> list[str]:
     return [s[i : i + n] for i in range(len(s) - n + 1)]
 
 
-def copy_of_history_rate(reply: str, history: Sequence[str], n: int = 8) -> float:
-    """Fraction of the reply's character n-grams (whitespace removed) that occur in any earlier turn.
+_EDGE_PUNCT = "。．.！!？?，,、~～…；;：:"
 
-    A reply shorter than n characters has no n-grams and scores 0.0.
+
+def _whole_turn(text: str) -> str:
+    """A turn compared whole: whitespace removed, punctuation at either end stripped."""
+    return _SPACE.sub("", text).strip(_EDGE_PUNCT)
+
+
+def copy_of_history_rate(reply: str, history: Sequence[str], n: int = 8) -> float:
+    """Share of the reply copied from earlier turns.
+
+    1.0 when the reply repeats a whole earlier turn exactly (whitespace and end punctuation aside),
+    whatever its length: "在的" after "在的" is a copy. Otherwise the fraction of the reply's
+    character n-grams (whitespace removed) that occur in any earlier turn; a reply shorter than n
+    characters that repeats no whole turn scores 0.0.
     """
+    whole = _whole_turn(reply)
+    if whole and any(whole == _whole_turn(turn) for turn in history):
+        return 1.0
     grams = _char_ngrams(reply, n)
     if not grams:
         return 0.0

@@ -43,6 +43,7 @@ def generate_ids(
     batch_size: int = 16,
     seed: int | None = None,
     model_defaults: bool = True,
+    no_repeat_ngram_size: int = 0,
 ) -> list[Sampled]:
     """Reply to each conversation (ending with a user turn); greedy when temperature == 0.
 
@@ -72,6 +73,8 @@ def generate_ids(
         kw: dict[str, Any] = {"do_sample": temperature > 0}
         if temperature > 0:
             kw.update(temperature=temperature, top_p=top_p, top_k=top_k)  # top_k=None would mean HF's 50
+        if no_repeat_ngram_size:
+            kw["no_repeat_ngram_size"] = no_repeat_ngram_size
         with _own_defaults(model, not model_defaults):
             gen = model.generate(
                 input_ids=input_ids.to(device),
