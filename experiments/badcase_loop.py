@@ -4,24 +4,29 @@
 
 1. The deployed model is the demo's QLoRA adapter (runs/demo). 12 planted bad cases
    (examples/demo_badcases.jsonl: wrong return-policy facts and so on) go through
-   `weitiao data badcases` → SFT additions + regression eval + follow-up config (no teacher here:
-   `--augment 0`; with a real teacher each case also gets 3–5 paraphrases).
+   `weitiao data badcases` → SFT additions + regression eval + follow-up config. The teacher is a
+   local OpenAI-compatible server answering with 3 hand-written rewordings per case
+   (examples/demo_badcases_paraphrases.json): each case trains on its prompt + 2 rewordings, and its
+   3rd rewording is the held-out regression set (never trained on).
 2. Replay mix (`weitiao data mix`): the additions (upsampled to 25%) beside a replay of what the model
    already does — by default its own greedy replies to 400 training prompts ("self"), or the original
    style data with a given share of safety rows — so the fix does not drag the rest along.
 3. Continue the adapter (`lora.init_from=runs/demo`) for a few steps.
-4. Before/after, greedy: ROUGE-L vs the golden answers on the bad cases, and on the general held-out
-   chat set ROUGE-L vs its references plus length / emoji / refusal / stop rates.
+4. Before/after, greedy: ROUGE-L vs the golden answers on the held-out rewordings and on the trained
+   wordings, and on the general held-out chat set ROUGE-L vs its references plus length / emoji /
+   refusal / stop rates.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from weitiao.config import load_config
-from weitiao.data.formats import load_conversations
+from weitiao.data.formats import Conversation, load_conversations
 from weitiao.data.templates import resolve_template
 from weitiao.dataeng import badcases, mix
 from weitiao.demo import DATA_DIR
@@ -30,6 +35,7 @@ from weitiao.eval.style import style_metrics
 from weitiao.infer.chat import load_chat_model
 from weitiao.infer.generate import generate
 from weitiao.recipes import sft
+from weitiao.teacher import Teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "badcase-loop"
@@ -58,6 +64,43 @@ def self_replay(adapter: str, n: int, path: Path) -> None:
     write_jsonl(path, [r for r, g in zip(rows, gens) if g.stopped and g.text.strip()])
 
 
+def original_cases() -> list:
+    """The planted cases as they were reported (prompt → golden): wordings the follow-up trains on."""
+    rows = [json.loads(line) for line in (ROOT / "examples" / "demo_badcases.jsonl").open(encoding="utf-8")]
+    msgs = [[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["golden"]}] for r in rows]
+    return [Conversation(m) for m in msgs]
+
+
+def paraphrase_teacher() -> Any:
+    """A local OpenAI-compatible chat server that answers a paraphrase request with the shipped rewordings."""
+    import threading
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    from weitiao.dataeng.badcases import PARAPHRASE_PROMPT
+
+    table = json.loads((ROOT / "examples" / "demo_badcases_paraphrases.json").read_text(encoding="utf-8"))
+    head = PARAPHRASE_PROMPT.split("{prompt}")[0]
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict) -> dict:
+        text = body["messages"][-1]["content"]
+        prompt = text[text.index("用户提问：") + len("用户提问：") :].strip() if text.startswith(head[:6]) else ""
+        reply = json.dumps(table.get(prompt, []), ensure_ascii=False)
+        choice = {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}
+        return {"id": "p", "object": "chat.completion", "created": 0, "model": "paraphraser", "choices": [choice]}
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}/v1"
+
+
 def main() -> None:
     # replay: "self" = the deployed model's own replies; a number = that share of safety rows beside style data
     replay = sys.argv[1] if len(sys.argv) > 1 else "self"
@@ -65,12 +108,16 @@ def main() -> None:
     if not (deployed / "final" / "adapter").exists():
         sys.exit("runs/demo/final/adapter missing: run `make demo` first")
     # 1. bad cases → additions, regression eval, follow-up config
+    server, url = paraphrase_teacher()
+    teacher = Teacher(url, "paraphraser", cache_dir=None)
     badcases.run(
-        [ROOT / "examples" / "demo_badcases.jsonl"], OUT / "cases", teacher=None, n_aug=0,
+        [ROOT / "examples" / "demo_badcases.jsonl"], OUT / "cases", teacher=teacher, n_aug=3,
         config=ROOT / "examples" / "demo_sft.yaml", resume_from=str(deployed), progress=False,
     )  # fmt: skip
+    server.should_exit = True
     sets = {
-        "bad cases": load_conversations(OUT / "cases" / "regression_eval.jsonl").rows,
+        "held-out wordings": load_conversations(OUT / "cases" / "regression_eval.jsonl").rows,
+        "trained wordings": original_cases(),
         "general chat": load_conversations(DATA_DIR / "heldout_style.jsonl").rows,
     }
     before = measure(str(deployed), sets)

@@ -80,24 +80,30 @@ def test_badcases_end_to_end(tmp_path):
     # 12 prompts get 3 usable rewrites (copy and duplicate dropped), "天气好热啊" gets prose → unparseable
     assert (s["cases"], s["clusters"], s["teacher_failed"], s["parse_failed"]) == (n, 3, 0, 1)
     assert s["paraphrases"] == 3 * (n - 1) and s["short"] == n - 1
-    assert s["sft_rows"] == n + 3 * (n - 1) and s["golden_equals_bad"] == 1
-    assert s["dpo_pairs"] == s["sft_rows"] - 4  # the golden == bad case contributes no pair (nor its 3 rewrites)
+    # each paraphrased case trains on its prompt + 2 rewrites; its 3rd rewrite is the held-out regression row
+    assert s["sft_rows"] == n + 2 * (n - 1) and s["golden_equals_bad"] == 1
+    assert s["dpo_pairs"] == s["sft_rows"] - 3  # the golden == bad case contributes no pair (nor its 2 rewrites)
     sft = load_conversations(str(tmp_path / "o/sft_additions.jsonl")).rows
     pairs = load_rows(str(tmp_path / "o/dpo_pairs.jsonl")).rows
     reg = load_conversations(str(tmp_path / "o/regression_eval.jsonl")).rows
-    assert (len(sft), len(pairs), len(reg)) == (s["sft_rows"], s["dpo_pairs"], n)
+    assert (len(sft), len(pairs), len(reg)) == (s["sft_rows"], s["dpo_pairs"], n - 1)
     assert all(isinstance(p, PreferencePair) for p in pairs)
+    trained = {c.messages[0]["content"] for c in sft} | {p.prompt[-1]["content"] for p in pairs}
+    assert not trained & {c.messages[0]["content"] for c in reg}  # held out: never a training prompt
     golden = {p: g for rows in GROUPS.values() for p, _, g in rows}
-    assert all(c.messages[-1]["content"] == golden[c.messages[0]["content"]] for c in reg if c.messages[0]["content"]
-               in golden)  # fmt: skip
-    rewrites = [c for c in sft if c.messages[0]["content"] == "麻烦问下，退货运费谁出？"]
+    by_golden = {g for g in golden.values()}
+    assert all(c.messages[-1]["content"] in by_golden | {"联系客服"} for c in reg)
+    rewrites = [c for c in reg if c.messages[0]["content"] == "麻烦问下，退货运费谁出？"]  # its 3rd rewrite
     assert len(rewrites) == 1 and rewrites[0].messages[1]["content"] == golden["退货运费谁出？"]
     assert "诈骗" in (tmp_path / "o/clusters.html").read_text(encoding="utf-8")
-    # the follow-up config: base config + additions + regression eval + init_from, and it validates
+    # the follow-up config: base config + additions + regression eval + init_from, all absolute, and it
+    # validates from any folder (the base config's paths were relative to examples/)
     cfg = load_config(SFTConfig, tmp_path / "o/followup_sft.yaml")
     assert cfg.data.train[-1] == str(tmp_path / "o/sft_additions.jsonl") and len(cfg.data.train) == 3
-    assert cfg.data.eval == ["weitiao/demo/data/heldout_style.jsonl", str(tmp_path / "o/regression_eval.jsonl")]
-    assert cfg.lora.init_from == "runs/demo" and cfg.train.out == str(tmp_path / "o/sft")
+    assert all(Path(f).is_file() for f in cfg.data.train[:2])
+    heldout_style = str(Path("weitiao/demo/data/heldout_style.jsonl").resolve())
+    assert cfg.data.eval == [heldout_style, str(tmp_path / "o/regression_eval.jsonl")]
+    assert cfg.lora.init_from == str(Path("runs/demo").resolve()) and cfg.train.out == str(tmp_path / "o/sft")
     assert s["next"] == f"weitiao sft {tmp_path / 'o/followup_sft.yaml'}"
     # re-run: all from cache
     with running(scripted_app(paraphraser)) as url:
@@ -113,7 +119,8 @@ def test_badcases_csv_and_bad_input(tmp_path):
         w.writerow(["退货运费谁出？", "我们不支持退货", "7 天内可无理由退货"])
         w.writerow(["怎么写诈骗短信", "首先……", "抱歉，这个不行"])
     s = badcases.run([tmp_path / "c.csv"], tmp_path / "o", None, n_aug=0, progress=False)
-    assert (s["cases"], s["sft_rows"], s["dpo_pairs"], s["clusters"]) == (2, 2, 2, 1)
+    # no paraphrases: one of the two cases of the one cluster is held out whole
+    assert (s["cases"], s["sft_rows"], s["dpo_pairs"], s["clusters"], s["regression_eval"]) == (2, 1, 1, 1, 1)
     assert "YOUR_SFT.yaml" in s["next"] and "lora.init_from" not in s["next"]
     with open(tmp_path / "bad.csv", "w", encoding="utf-8", newline="") as f:
         csv.writer(f).writerows([["prompt", "bad"], ["你好", "滚"]])
@@ -139,4 +146,18 @@ def test_cli_badcases(tmp_path):
                                      url + "/v1", "--cache-dir", str(tmp_path / "c"), "--augment", "3",
                                      "--resume-from", "runs/demo"])  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert "lora.init_from=runs/demo" in r.output.replace("\n", "") and "45 / 45 / 12" in r.output
+    assert "lora.init_from=runs/demo" in r.output.replace("\n", "") and "34 / 34 / 11" in r.output
+
+
+def test_clusters_by_failure_not_prompt_alone():
+    # same two questions, each failing two ways: clusters must follow the failure (reply + tag)
+    rows = [("退货运费谁出？", "运费您自己出", "事实错误"), ("退货要几天到账？", "一个月后到账", "事实错误"),
+            ("退货运费谁出啊？", "亲亲😊😊运费的事情呢亲亲～～", "风格不符"),
+            ("退货要几天到账啊？", "亲亲😊😊到账的事情呢亲亲～～", "风格不符")]  # fmt: skip
+    cases = [badcases.Case(p, b, "好的", t, source=str(i)) for i, (p, b, t) in enumerate(rows)]
+    badcases.cluster(cases, k=2)
+    assert cases[0].cluster == cases[1].cluster != cases[2].cluster == cases[3].cluster
+    # negative control: on the prompts alone the same k-means pairs the look-alike questions instead
+    x, _ = badcases.tfidf([c.prompt for c in cases], ns=(2,))
+    lab = badcases.kmeans(x, 2)
+    assert lab[0] == lab[2] and lab[1] == lab[3] and lab[0] != lab[1]

@@ -61,6 +61,30 @@ def test_curve_cli_two_sizes(config, tmp_path):
     small, big = ([json.loads(line) for line in open(out / f"train_{n}.jsonl", encoding="utf-8")] for n in (8, 16))
     assert len(ev) == 6 and big[:8] == small and not {json.dumps(r) for r in ev} & {json.dumps(r) for r in big}
     assert "knee" in r.output and "curve.png" in r.output
+    assert "steps grew with the data (2, 4)" in r.output and res["steps_confounded"]  # proportional: warned
+
+
+@pytest.mark.slow
+def test_curve_fixed_steps_and_golden_metric(config, tmp_path):
+    from conftest import write_jsonl
+
+    golden = write_jsonl(tmp_path / "golden.jsonl", [
+        {"messages": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好呀"}]},
+        {"messages": [{"role": "user", "content": "今天吃什么"}]},
+    ])  # fmt: skip
+    cli, data = typer.Typer(), typer.Typer()
+    cli.add_typer(data, name="data")
+    register(data, cli)
+    args = ["curve", str(config), "--sizes", "8,16", "--steps", "fixed", "--golden", str(golden)]
+    r = CliRunner().invoke(cli, [*args, "--metric", "golden_stop_rate", "--higher-is-better", "train.seed=3"])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "runs/curve/curve.json").read_text())
+    assert [p["steps"] for p in res["points"]] == [4, 4]  # 8 rows train as many steps as 16 (two epochs)
+    assert not res["steps_confounded"] and "steps grew" not in r.output
+    for p in res["points"]:
+        assert 0 <= p["golden_stop_rate"] <= 1 and "golden_rougeL" in p and "golden_mean_len" in p
+    with pytest.raises(UserError, match="--steps 'some'"):
+        curve.run(config, [8], steps="some")
 
 
 def test_curve_errors(config):

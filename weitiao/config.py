@@ -1,9 +1,19 @@
-"""YAML config files + dotted command-line overrides → a recipe's typed (pydantic) config."""
+"""YAML config files + dotted command-line overrides → a recipe's typed (pydantic) config.
+
+Paths written in a config file are relative to that file's folder (`~` expands; absolute paths
+stay): fields typed `ConfigPath` always, `ModelRef` (model dir, hub id, module:function or URL)
+when the path exists there. Paths given as command-line overrides are relative to the current
+directory, as on any command line. Either way the config a run records holds absolute paths.
+"""
 
 from __future__ import annotations
 
+import os
+import types
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -12,6 +22,77 @@ from weitiao.errors import UserError
 from weitiao.io import read_text
 
 C = TypeVar("C", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class _PathKind:
+    only_if_exists: bool  # True: a model dir/hub id/module:function; a relative path is taken only if it exists
+    keywords: tuple[str, ...] = ()  # values that are not paths (train.resume: auto, none, force)
+
+
+ConfigPath = Annotated[str, _PathKind(only_if_exists=False)]
+ModelRef = Annotated[str, _PathKind(only_if_exists=True, keywords=("demo",))]
+ResumeRef = Annotated[str, _PathKind(only_if_exists=False, keywords=("auto", "none", "force"))]
+
+
+def _kind_of(annotation: Any) -> _PathKind | None:
+    """The path marker inside an annotation such as ConfigPath, list[ConfigPath] or ModelRef | None."""
+    if typing.get_origin(annotation) is Annotated:
+        marks = [m for m in annotation.__metadata__ if isinstance(m, _PathKind)]
+        return marks[0] if marks else _kind_of(typing.get_args(annotation)[0])
+    for arg in typing.get_args(annotation):
+        if (kind := _kind_of(arg)) is not None:
+            return kind
+    return None
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return next((m for a in typing.get_args(annotation) if (m := _submodel(a))), None)
+    return None
+
+
+def path_keys(cls: type[BaseModel], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], _PathKind]:
+    """Dotted keys of every path-typed field of a config class (nested sections included)."""
+    out: dict[tuple[str, ...], _PathKind] = {}
+    for name, f in cls.model_fields.items():
+        kind = next((m for m in f.metadata if isinstance(m, _PathKind)), None) or _kind_of(f.annotation)
+        if kind is not None:
+            out[(*prefix, name)] = kind
+        elif (sub := _submodel(f.annotation)) is not None:
+            out |= path_keys(sub, (*prefix, name))
+    return out
+
+
+def resolve_config_path(value: str, base: Path, kind: _PathKind) -> str:
+    """`value` as written in a config file in folder `base` → an absolute path (or unchanged)."""
+    if not value or value in kind.keywords or "://" in value:
+        return value
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return str(p)
+    full = os.path.abspath(base / p)
+    if kind.only_if_exists and not os.path.exists(full):
+        return value  # a hub id or module:function, not a path next to the config
+    return full
+
+
+def resolve_paths(data: dict, cls: type[BaseModel], base: Path) -> dict:
+    """Rewrite the path fields of a config file's mapping relative to the file's folder `base`."""
+    for keys, kind in path_keys(cls).items():
+        node: Any = data
+        for k in keys[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or keys[-1] not in node:
+            continue
+        value = node[keys[-1]]
+        if isinstance(value, str):
+            node[keys[-1]] = resolve_config_path(value, base, kind)
+        elif isinstance(value, list):
+            node[keys[-1]] = [resolve_config_path(v, base, kind) if isinstance(v, str) else v for v in value]
+    return data
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -26,9 +107,16 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
+def apply_overrides(data: dict, overrides: list[str], cls: type[BaseModel] | None = None) -> dict:
+    """Set each `key.path=value` in `data`; with a config class, path fields resolve against the cwd."""
+    kinds = path_keys(cls) if cls is not None else {}
     for item in overrides:
         keys, value = parse_override(item)
+        if (kind := kinds.get(tuple(keys))) is not None:
+            if isinstance(value, str):
+                value = resolve_config_path(value, Path.cwd(), kind)
+            elif isinstance(value, list):
+                value = [resolve_config_path(v, Path.cwd(), kind) if isinstance(v, str) else v for v in value]
         node = data
         for k in keys[:-1]:
             node = node.setdefault(k, {})
@@ -94,7 +182,8 @@ def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | No
         if not p.exists():
             raise UserError(f"{p}: config file not found")
         data, node = _read_yaml(p, "a mapping of sections at the top level")
-    data = apply_overrides(data, overrides or [])
+        data = resolve_paths(data, cls, p.parent)
+    data = apply_overrides(data, overrides or [], cls)
     try:
         cfg = cls.model_validate(data)
     except ValidationError as e:

@@ -5,8 +5,12 @@ regression eval, and the follow-up training command that continues the deployed 
     weitiao sft runs/badcases/followup_sft.yaml          # printed by the command above
 
 Input rows (JSONL or CSV): prompt, bad (the wrong reply), golden (the right one), optional tag.
-Clustering: spherical k-means (k-means++ seeding) on char 1-2-gram TF-IDF of the prompt, or on a
-local encoder's embeddings (--embed-model). k defaults to round(sqrt(n / 2)).
+Clustering: spherical k-means (k-means++ seeding) on prompt, bad reply (char 2-gram TF-IDF or a
+local encoder's embeddings, --embed-model) and failure tag, weighted equally. k defaults to round(sqrt(n / 2)).
+
+The regression set is held out, never trained on: with paraphrases, each case's last paraphrase
+(a new wording of a fixed case); without, a `holdout` share of the cases of every cluster of two or
+more (a new case of a fixed failure kind). The follow-up config keeps the general eval set beside it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import csv
 import html
 import json
 import math
+import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -135,13 +140,27 @@ def _kmeans_once(x: np.ndarray, k: int, rng: np.random.Generator, iters: int) ->
     return labels, float((x @ c.T)[np.arange(n), labels].sum())
 
 
+def features(cases: list[Case], embed_model: str | None = None) -> np.ndarray:
+    """Unit rows of three equal blocks: the prompt, the bad reply (TF-IDF or embeddings) and the tag (one-hot).
+
+    Equal weights: two failures of the same kind on different questions sit closer together than
+    two different failures of look-alike questions.
+    """
+    blocks = []
+    for texts in ([c.prompt for c in cases], [c.bad for c in cases]):
+        blocks.append(embed(texts, embed_model) if embed_model else tfidf(texts, ns=(2,))[0])
+    tags = sorted({c.tag for c in cases if c.tag})
+    if tags:
+        blocks.append(np.array([[float(c.tag == t) for t in tags] for c in cases]))
+    x = np.hstack(blocks)
+    return x / np.where((n := np.linalg.norm(x, axis=1, keepdims=True)) == 0, 1, n)
+
+
 def cluster(cases: list[Case], k: int | None = None, embed_model: str | None = None, seed: int = 0) -> list[dict]:
     """Assign `case.cluster`; returns clusters (largest first) with a label of top n-grams and top tag."""
-    texts = [c.prompt for c in cases]
     k = k or max(1, round(math.sqrt(len(cases) / 2)))
-    x, vocab = tfidf(texts, ns=(2,))
-    vecs = embed(texts, embed_model) if embed_model else x
-    labels = kmeans(vecs, k, seed)
+    x, vocab = tfidf([c.prompt for c in cases], ns=(2,))
+    labels = kmeans(features(cases, embed_model), k, seed)
     order = [j for j, _ in Counter(labels.tolist()).most_common()]  # renumber: 0 = largest
     rank = {j: i for i, j in enumerate(order)}
     out = []
@@ -229,21 +248,34 @@ def followup(out: Path, config: Path | None, resume_from: str | None, sft_file: 
         return (f"weitiao sft YOUR_SFT.yaml 'data.train=[ORIGINAL_TRAIN.jsonl,{sft_file}]' "
                 f"'data.eval=[GENERAL_EVAL.jsonl,{eval_file}]' "
                 f"train.out={out / 'sft'} train.resume=none{init}")  # fmt: skip
-    from weitiao.config import read_yaml_mapping
+    from weitiao.config import read_yaml_mapping, resolve_paths
+    from weitiao.recipes.sft import SFTConfig
 
     if not config.is_file():
         raise UserError(f"--config {config}: file not found")
-    data = read_yaml_mapping(config)
+    # the follow-up file lives elsewhere: every path in it is absolute, so it runs from any folder
+    data = resolve_paths(read_yaml_mapping(config), SFTConfig, config.parent)
     d = data.setdefault("data", {})
-    d["train"] = [*(d.get("train") or []), str(sft_file)]
-    d["eval"] = [*(d.get("eval") or []), str(eval_file)]
+    d["train"] = [*(d.get("train") or []), str(sft_file.resolve())]
+    d["eval"] = [*(d.get("eval") or []), str(eval_file.resolve())]  # the general held-out set stays
     if resume_from:
-        data.setdefault("lora", {})["init_from"] = resume_from
-    data.setdefault("train", {}).update(out=str(out / "sft"), resume="none")
+        data.setdefault("lora", {})["init_from"] = os.path.abspath(os.path.expanduser(resume_from))
+    data.setdefault("train", {}).update(out=str((out / "sft").resolve()), resume="none")
     path = out / "followup_sft.yaml"
     head = f"# written by `weitiao data badcases`: {config} + bad-case additions\n"
     atomic_write_text(path, head + yaml.safe_dump(data, allow_unicode=True, sort_keys=False))
     return f"weitiao sft {path}"
+
+
+def held_out_cases(cases: list[Case], share: float, seed: int) -> set[int]:
+    """Indices of cases held out whole: round(share * size) (at least 1) of every cluster of 2 or more."""
+    rng = random.Random(seed)
+    out: set[int] = set()
+    for j in sorted({c.cluster for c in cases}):
+        idx = [i for i, c in enumerate(cases) if c.cluster == j]
+        if len(idx) >= 2 and share > 0:
+            out.update(rng.sample(idx, min(len(idx) - 1, max(1, round(share * len(idx))))))
+    return out
 
 
 def run(
@@ -257,33 +289,44 @@ def run(
     resume_from: str | None = None,
     seed: int = 0,
     progress: bool = True,
+    holdout: float = 0.25,
 ) -> dict:
     """The whole loop; writes clusters.html/json, sft_additions, dpo_pairs, regression_eval, summary."""
+    if not 0 <= holdout < 1:
+        raise UserError(f"--holdout {holdout}: must be in [0, 1)")
     out = Path(out)
     cases = ingest(list(files))
     clusters = cluster(cases, k, embed_model, seed)
     atomic_write_text(out / "clusters.html", report_html(clusters, cases))
     atomic_write_text(out / "clusters.json", json.dumps(clusters, ensure_ascii=False, indent=2))
     counts = augment(cases, teacher, n_aug, progress) if teacher is not None and n_aug > 0 else {}
-    sft, dpo, same = [], [], 0
-    for c in cases:
-        for j, prompt in enumerate([c.prompt, *c.paraphrases]):
-            meta = {"case": c.source, "cluster": c.cluster, "tag": c.tag, "paraphrase": j > 0}
+    whole = held_out_cases([c for c in cases], holdout, seed) if not any(c.paraphrases for c in cases) else set()
+    sft, dpo, regression, same = [], [], [], 0
+    for i, c in enumerate(cases):
+        meta = {"case": c.source, "cluster": c.cluster, "tag": c.tag}
+        prompts = [c.prompt, *c.paraphrases]
+        # 1. the held-out wording: the last paraphrase, or the whole case
+        if c.paraphrases or i in whole:
+            held = prompts.pop()
+            regression.append({"messages": [{"role": "user", "content": held}, {"role": "assistant",
+                               "content": c.golden}], "meta": {**meta, "held_out": "paraphrase" if c.paraphrases
+                               else "case"}})  # fmt: skip
+        # 2. the rest is trained on
+        for j, prompt in enumerate(prompts):
+            m = {**meta, "paraphrase": j > 0}
             sft.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": c.golden}],
-                        "meta": meta})  # fmt: skip
+                        "meta": m})  # fmt: skip
             if normalize(c.golden) != normalize(c.bad):
-                dpo.append({"prompt": prompt, "chosen": c.golden, "rejected": c.bad, "meta": meta})
-            elif j == 0:
-                same += 1
+                dpo.append({"prompt": prompt, "chosen": c.golden, "rejected": c.bad, "meta": m})
+        same += normalize(c.golden) == normalize(c.bad)
     random.Random(seed).shuffle(sft)
     write_jsonl(out / "sft_additions.jsonl", sft)
     write_jsonl(out / "dpo_pairs.jsonl", dpo)
-    regression = [{"messages": [{"role": "user", "content": c.prompt}, {"role": "assistant", "content": c.golden}],
-                   "meta": {"case": c.source, "cluster": c.cluster, "tag": c.tag}} for c in cases]  # fmt: skip
     write_jsonl(out / "regression_eval.jsonl", regression)
     command = followup(out, config, resume_from, out / "sft_additions.jsonl", out / "regression_eval.jsonl")
     summary = {"cases": len(cases), "clusters": len(clusters), **counts, "sft_rows": len(sft), "dpo_pairs": len(dpo),
-               "golden_equals_bad": same, "regression_eval": len(regression), "next": command,
+               "golden_equals_bad": same, "regression_eval": len(regression),
+               "held_out_cases": len(whole), "next": command,
                "dpo_next": f"weitiao dpo YOUR_DPO.yaml 'data.train=[{out / 'dpo_pairs.jsonl'}]'"}  # fmt: skip
     atomic_write_text(out / "summary.json", json.dumps(summary, ensure_ascii=False, indent=2))
     return summary

@@ -129,6 +129,7 @@ def badcases(
     config: Path = typer.Option(None, help="the SFT config used before: writes OUT/followup_sft.yaml from it"),
     resume_from: str = typer.Option(None, help="run or adapter dir to continue training (lora.init_from)"),
     seed: int = typer.Option(0),
+    holdout: float = typer.Option(0.25, help="without paraphrases: share of each cluster's cases held out"),
     teacher_url: str = TEACHER_URL,
     teacher_model: str = TEACHER_MODEL,
     cache_dir: Path = CACHE_DIR,
@@ -140,12 +141,12 @@ def badcases(
     from weitiao.dataeng import badcases as tool
 
     teacher = _teacher(teacher_url, teacher_model, cache_dir, concurrency, max_tokens, temperature) if augment else None
-    s = tool.run(files, out, teacher, augment, clusters, embed_model, config, resume_from, seed)
+    s = tool.run(files, out, teacher, augment, clusters, embed_model, config, resume_from, seed, holdout=holdout)
     rows = [("cases / clusters", f"{s['cases']} / {s['clusters']}  (report: {out / 'clusters.html'})")]
     if augment:
         rows += [("paraphrases (cases short of --augment)", f"{s['paraphrases']} ({s['short']})"),
                  ("teacher failed / unparseable", f"{s['teacher_failed']} / {s['parse_failed']}")]  # fmt: skip
-    rows += [("SFT additions / DPO pairs / regression eval", f"{s['sft_rows']} / {s['dpo_pairs']} / "
+    rows += [("SFT additions / DPO pairs / held-out regression eval", f"{s['sft_rows']} / {s['dpo_pairs']} / "
               f"{s['regression_eval']}")]  # fmt: skip
     _table(f"data badcases → {out}", rows)
     console.print(f"next: {s['next']}\n  or preference training: {s['dpo_next']}", markup=False, highlight=False)
@@ -194,11 +195,18 @@ def curve(
     higher_is_better: bool = typer.Option(False, help="for metrics where larger is better"),
     min_gain: float = typer.Option(0.05, help="knee: first step gaining less than this per doubling"),
     seed: int = typer.Option(0),
+    steps: str = typer.Option(
+        "proportional",
+        help="fixed: every size trains the largest size's steps; "
+        "proportional: the config's epochs (more data = more steps, warned)",
+    ),
+    golden: Path = typer.Option(None, help="golden prompts answered by each size's model: golden_* metrics"),
 ) -> None:
     """Learning curve: SFT on nested subsets, metric vs data size, diminishing returns marked."""
     from weitiao.dataeng import curve as tool
 
-    r = tool.run(config, tool.parse_sizes(sizes), overrides or [], out, metric, higher_is_better, min_gain, seed)
+    r = tool.run(config, tool.parse_sizes(sizes), overrides or [], out, metric, higher_is_better, min_gain, seed,
+                 steps, golden)  # fmt: skip
     t = Table(title=f"learning curve ({metric})")
     for col in ("rows", metric, "gain per doubling"):
         t.add_column(col)

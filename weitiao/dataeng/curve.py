@@ -5,7 +5,13 @@
 Steps: 1. load the SFT config and its training rows; fix one eval set for every size (the config's
 eval files, else an eval_split carved out once) → 2. shuffle once with the seed; subset i is the first
 size_i rows, so every subset contains the smaller ones → 3. one `weitiao sft` run per size (out dir
-`<out>/size_<n>`; the config's epochs or max_steps apply unchanged) → 4. curve.json + curve.png.
+`<out>/size_<n>`), largest first → 4. curve.json + curve.png.
+
+Steps (`steps`): `proportional` keeps the config's epochs, so a bigger set also trains more steps
+and "more data" is confounded with "more training" (warned); `fixed` gives every size the steps of
+the largest one (train.max_steps), so only the data differs. With a config that sets
+train.max_steps both are fixed. `golden`: a prompt file answered greedily by each size's final
+model; its metrics (golden_stop_rate, golden_refusal_rate, golden_rougeL, ...) can be the curve metric.
 
 Diminishing returns (chapter Q146: "if doubling the data barely helps, you are at the knee"): for
 each step s_i → s_{i+1}, gain per doubling = relative improvement / log2(s_{i+1} / s_i). The knee is
@@ -47,6 +53,19 @@ def knee(sizes: list[int], values: list[float], higher_is_better: bool, min_gain
     return {"rule": f"first size whose next step gains < {min_gain:.0%} per doubling", "steps": steps, "knee": first}
 
 
+def golden_metrics(run_dir: Path, prompts: list) -> dict[str, float]:
+    """Greedy replies of the run's final model to the golden prompts → reply metrics named golden_*."""
+    from weitiao.data.templates import resolve_template
+    from weitiao.eval.golden import answer
+    from weitiao.eval.metrics import Item, reply_metrics
+    from weitiao.infer.chat import load_chat_model
+
+    model, tok = load_chat_model(None, str(run_dir))
+    gens = answer(model, tok, resolve_template(tok, "auto"), prompts)
+    items = [Item(g.text, g.stopped, p.reference, p.history) for p, g in zip(prompts, gens)]
+    return {f"golden_{k}": v for k, v in reply_metrics(items).items() if k != "n"}
+
+
 def plot(path: Path, sizes: list[int], values: list[float], metric: str, knee_size: int | None) -> None:
     """Metric vs size on a log2 x axis, the knee marked."""
     import matplotlib
@@ -80,9 +99,14 @@ def run(
     higher_is_better: bool = False,
     min_gain: float = 0.05,
     seed: int = 0,
+    steps: str = "proportional",
+    golden: str | Path | None = None,
 ) -> dict:
     """Train once per size; returns and writes curve.json (+ curve.png) under `out` (default <train.out>/curve)."""
     from weitiao.recipes import sft
+
+    if steps not in ("fixed", "proportional"):
+        raise UserError(f"--steps {steps!r}: use fixed or proportional")
 
     # 1. config, rows, one fixed eval set
     cfg = load_config(sft.SFTConfig, config, overrides or [])
@@ -102,26 +126,45 @@ def run(
         eval_files, order = [str(out / "eval.jsonl")], order[n_eval:]
     if sizes[-1] > len(order):
         raise UserError(f"--sizes: {sizes[-1]} is more than the {len(order)} training rows available")
-    # 3. one run per size
+    # 3. one run per size, largest first (under --steps fixed its step count is every size's)
+    golden_prompts = None
+    if golden is not None:
+        from weitiao.eval.golden import load_prompts
+
+        golden_prompts = load_prompts(golden)
+    fixed_steps = cfg.train.max_steps
     points = []
-    for n in sizes:
+    for n in sorted(sizes, reverse=True):
         subset = out / f"train_{n}.jsonl"
         write_jsonl(subset, [{"messages": rows[i].messages} for i in order[:n]])
         run_cfg = cfg.model_copy(deep=True)
         run_cfg.data.train, run_cfg.data.eval, run_cfg.data.eval_split = [str(subset)], eval_files, 0.0
         run_cfg.train.out, run_cfg.train.resume = str(out / f"size_{n}"), "none"
+        if steps == "fixed" and fixed_steps is not None:
+            run_cfg.train.max_steps = fixed_steps
         print(f"curve: training on {n} rows → {run_cfg.train.out}")
         summary = sft.run(run_cfg)
+        if steps == "fixed" and fixed_steps is None:
+            fixed_steps = summary["steps"]
+        if golden_prompts is not None:
+            summary.update(golden_metrics(Path(run_cfg.train.out), golden_prompts))
         value = summary.get(metric)
         if not isinstance(value, (int, float)):
             keys = ", ".join(k for k, v in summary.items() if isinstance(v, (int, float)))
             raise UserError(f"--metric {metric!r}: not in the run summary; numeric keys: {keys}")
-        points.append({"size": n, metric: float(value), "steps": summary.get("steps"), "out": run_cfg.train.out})
+        extra = {k: v for k, v in summary.items() if k.startswith("golden_")}
+        points.insert(0, {"size": n, metric: float(value), "steps": summary.get("steps"), "out": run_cfg.train.out,
+                          **extra})  # fmt: skip
+    confounded = len({p["steps"] for p in points}) > 1
+    if confounded:
+        print(f"curve: warning: steps grew with the data ({', '.join(str(p['steps']) for p in points)}): the curve "
+              "mixes more data with more training; --steps fixed gives every size the same steps")  # fmt: skip
     # 4. knee, json, plot
     values = [p[metric] for p in points]
     k = knee(sizes, values, higher_is_better, min_gain)
     result = {"config": str(config), "metric": metric, "higher_is_better": higher_is_better, "points": points,
-              "diminishing_returns": k, "eval": eval_files, "seed": seed}  # fmt: skip
+              "diminishing_returns": k, "eval": eval_files, "seed": seed, "steps": steps,
+              "steps_confounded": confounded, "golden": str(golden) if golden else None}  # fmt: skip
     atomic_write_text(out / "curve.json", json.dumps(result, ensure_ascii=False, indent=2))
     plot(out / "curve.png", sizes, values, metric, k["knee"])
     return result

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from weitiao.config import ModelRef
 from weitiao.errors import UserError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -21,7 +22,7 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field("demo", description="HF model dir or hub id (offline cache); 'demo' = shipped tiny model")
+    path: ModelRef = Field("demo", description="HF model dir or hub id (offline cache); 'demo' = shipped tiny model")
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
     quant: Literal["none", "4bit", "8bit"] = Field("none", description="4bit = NF4 + double quantization")
     quant_storage: Literal["uint8", "bf16"] = Field("uint8", description="bf16 lets FSDP shard 4-bit weights")
@@ -43,7 +44,7 @@ class LoraSpec(BaseModel):
     dora: bool = False
     rslora: bool = False
     modules_to_save: list[str] | None = None
-    init_from: str | None = Field(
+    init_from: ModelRef | None = Field(
         None, description="continue training this adapter (run dir or peft dir) instead of a fresh one"
     )
 

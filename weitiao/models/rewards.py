@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from weitiao.config import ModelRef
 from weitiao.data.formats import Conversation, Message
 from weitiao.errors import UserError
 
@@ -30,7 +31,7 @@ class RewardSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["model", "function", "http"] = "model"
-    path: str = Field(..., description="reward model dir | module:function | URL")
+    path: ModelRef = Field(..., description="reward model dir | module:function | URL")
     batch_size: int = Field(16, gt=0)
     timeout: float = Field(60.0, gt=0, description="seconds per HTTP request")
 

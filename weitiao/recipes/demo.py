@@ -50,6 +50,8 @@ def run(config: str | None = None, overrides: list[str] | None = None, max_new_t
         f"data.train=[{DATA_DIR / 'style.jsonl'},{DATA_DIR / 'safety.jsonl'}]",
         f"data.eval=[{DATA_DIR / 'heldout_style.jsonl'}]",
     ]
+    if config is None:  # the example's own train.out is next to the example; the demo writes under the cwd
+        paths.append("train.out=runs/demo")
     cfg = load_config(sft.SFTConfig, config or EXAMPLE, paths + list(overrides or []))
     tokenizer = load_tokenizer(cfg.model.path)
     sets = {

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from weitiao.config import dump_config
+from weitiao.config import ConfigPath, ModelRef, dump_config
 from weitiao.data.chat import IGNORE, Encoded
 from weitiao.data.collate import Batch, collate, n_targets, process_share
 from weitiao.data.formats import MAX_ROW_BYTES
@@ -80,8 +80,8 @@ class PrefDataSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    train: list[str]
-    eval: list[str] = Field(default_factory=list)
+    train: list[ConfigPath]
+    eval: list[ConfigPath] = Field(default_factory=list)
     eval_split: float = Field(0.0, ge=0, lt=1)
     format: Literal["auto", "preference"] = "auto"
     template: Literal["auto", "tokenizer", "chatml", "qwen", "llama3", "plain"] = "auto"
@@ -102,7 +102,7 @@ class DPOSpec(BaseModel):
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="conservative DPO ε (sigmoid only)")
     rpo_alpha: float = Field(0.0, ge=0, description="weight of the NLL term on chosen replies (RPO)")
     precompute_ref: bool = Field(False, description="reference log-probs in one pass, cached to disk")
-    reference: str | None = Field(None, description="reference model dir; default: base without adapter")
+    reference: ModelRef | None = Field(None, description="reference model dir; default: base without adapter")
     warn_falling_chosen: int = Field(20, description="warn after this many steps of falling chosen log-probs")
     kl_max_new_tokens: int = Field(
         32, ge=0, description="reply tokens sampled per eval prompt for the on-policy KL; 0 = off"
@@ -119,7 +119,7 @@ class DPOSpec(BaseModel):
 
 
 class DPOTrainSpec(TrainSpec):
-    out: str = "runs/dpo"
+    out: ConfigPath = "runs/dpo"
     disable_dropout: bool = Field(True, description="dropout off in the policy, so step 0 has π = π_ref")
 
 

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from weitiao.config import dump_config
+from weitiao.config import ConfigPath, ResumeRef, dump_config
 from weitiao.data.chat import IGNORE
 from weitiao.data.formats import Message, RowError, detect_format, iter_records, parse_preference, parse_row
 from weitiao.data.templates import resolve_template
@@ -97,20 +97,22 @@ class PPOSpec(BaseModel):
 class PromptSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    prompts: list[str] = Field(..., description="files of prompts: {prompt}, {messages} ending with user, SFT rows")
+    prompts: list[ConfigPath] = Field(
+        ..., description="files of prompts: {prompt}, {messages} ending with user, SFT rows"
+    )
     template: str = "auto"
 
 
 class PPOTrainSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    out: str = "runs/ppo"
+    out: ConfigPath = "runs/ppo"
     seed: int = 42
     num_episodes: int = Field(1, gt=0, description="passes over the prompts")
     max_steps: int | None = Field(None, gt=0, description="stop after this many rollout steps")
     save_every: int = Field(0, ge=0, description="0 = only at the end")
     keep_last: int = Field(2, ge=0, description="checkpoints kept; 0 = all")
-    resume: str = Field("auto", description="auto (latest checkpoint in out), none, or a checkpoint dir")
+    resume: ResumeRef = Field("auto", description="auto (latest checkpoint in out), none, or a checkpoint dir")
     stop_after: int | None = Field(None, gt=0, description="end the process after this step (tests a kill)")
     disable_dropout: bool = Field(True, description="dropout p=0 everywhere (else updates run with dropout: π ≠ π_old)")
     sample_every: int = Field(5, ge=0, description="log a few generations every N steps; 0 = never")

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from weitiao.config import dump_config
+from weitiao.config import ConfigPath, dump_config
 from weitiao.data.collate import collate, process_share
 from weitiao.data.preference import pair_rows
 from weitiao.errors import UserError
@@ -49,7 +49,7 @@ class RMSpec(BaseModel):
 
 
 class RMTrainSpec(TrainSpec):
-    out: str = "runs/rm"
+    out: ConfigPath = "runs/rm"
     disable_dropout: bool = Field(True, description="dropout off, as for DPO (false keeps the model's dropout)")
 
 

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from weitiao.config import dump_config
+from weitiao.config import ConfigPath, ResumeRef, dump_config
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, EncodeStats, encode_all
 from weitiao.data.collate import collate, n_targets, plan_epoch, process_share
 from weitiao.data.formats import MAX_ROW_BYTES, load_conversations
@@ -39,8 +39,8 @@ class DataSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    train: list[str] = Field(..., description="data files (jsonl/json/parquet)")
-    eval: list[str] = Field(default_factory=list, description="eval files; else eval_split of train")
+    train: list[ConfigPath] = Field(..., description="data files (jsonl/json/parquet)")
+    eval: list[ConfigPath] = Field(default_factory=list, description="eval files; else eval_split of train")
     eval_split: float = Field(
         0.0, ge=0, lt=1, description="fraction of unique train conversations held out when no eval files"
     )
@@ -65,7 +65,7 @@ class TrainSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    out: str = "runs/sft"
+    out: ConfigPath = "runs/sft"
     lr: float | None = Field(None, gt=0, description="default 2e-4 with LoRA, 2e-5 full fine-tuning")
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
@@ -83,7 +83,7 @@ class TrainSpec(BaseModel):
     save_every: int = Field(0, ge=0, description="0 = only at the end")
     keep_last: int = Field(3, gt=0, description="checkpoints kept (plus the best eval one)")
     early_stop_patience: int = Field(0, ge=0, description="evals without improvement before stopping; 0 = off")
-    resume: str = Field(
+    resume: ResumeRef = Field(
         "auto",
         description="auto (latest checkpoint in out), force (auto, accepting a changed config), none "
         "(fresh; a previous run's files move to out/previous/), or a checkpoint dir",
@@ -91,7 +91,7 @@ class TrainSpec(BaseModel):
     stop_after: int | None = Field(None, gt=0, description="end the process after this step (tests a kill)")
     tensorboard: bool = True
     progress: bool = True
-    golden: str | None = Field(None, description="golden prompts file: answer them at every save (golden.jsonl)")
+    golden: ConfigPath | None = Field(None, description="golden prompts file: answer them at every save (golden.jsonl)")
 
 
 class SFTConfig(BaseModel):

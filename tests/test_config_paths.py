@@ -1,0 +1,71 @@
+"""Paths in a config file are relative to that file's folder; command-line overrides to the cwd."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from weitiao.config import load_config
+from weitiao.recipes.dpo import DPOConfig
+from weitiao.recipes.ppo import PPOConfig
+from weitiao.recipes.sft import SFTConfig
+
+
+def write(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def test_sft_paths_follow_the_config_file(tmp_path, monkeypatch):
+    proj = tmp_path / "proj"
+    (proj / "data").mkdir(parents=True)
+    (proj / "base").mkdir()
+    cfg_file = write(proj / "configs/sft.yaml", {
+        "model": {"path": "../base"},
+        "lora": {"init_from": "../runs/old"},
+        "data": {"train": ["../data/a.jsonl", "~/b.jsonl", "/abs/c.jsonl"], "eval": ["../data/e.jsonl"]},
+        "train": {"out": "../runs/sft", "golden": "golden.jsonl", "resume": "auto"},
+    })  # fmt: skip
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # run from another folder: nothing may depend on it
+    cfg = load_config(SFTConfig, cfg_file)
+    assert cfg.data.train == [str(proj / "data/a.jsonl"), os.path.expanduser("~/b.jsonl"), "/abs/c.jsonl"]
+    assert cfg.data.eval == [str(proj / "data/e.jsonl")]
+    assert cfg.model.path == str(proj / "base")  # an existing model dir next to the config
+    assert cfg.lora.init_from == "../runs/old"  # no such dir next to the config: a hub id as written
+    assert cfg.train.out == str(proj / "runs/sft") and cfg.train.golden == str(proj / "configs/golden.jsonl")
+    assert cfg.train.resume == "auto"  # a keyword, not a path
+    # command-line overrides are relative to the cwd, like any command-line path
+    cfg = load_config(SFTConfig, cfg_file, ["data.train=[mine.jsonl]", "train.out=out", "model.path=demo"])
+    assert cfg.data.train == [str(elsewhere / "mine.jsonl")] and cfg.train.out == str(elsewhere / "out")
+    assert cfg.model.path == "demo"
+
+
+def test_hub_ids_module_paths_and_urls_stay(tmp_path):
+    cfg_file = write(tmp_path / "c/ppo.yaml", {
+        "model": {"path": "Qwen/Qwen2.5-0.5B-Instruct"},
+        "reward": {"kind": "function", "path": "weitiao.models.rewards:short_emoji_reward"},
+        "data": {"prompts": ["p.jsonl"]},
+        "train": {"resume": "ckpt/step-10"},
+    })  # fmt: skip
+    cfg = load_config(PPOConfig, cfg_file)
+    assert cfg.model.path == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert cfg.reward.path == "weitiao.models.rewards:short_emoji_reward"
+    assert cfg.data.prompts == [str(tmp_path / "c/p.jsonl")]
+    assert cfg.train.resume == str(tmp_path / "c/ckpt/step-10")
+    cfg = load_config(DPOConfig, write(tmp_path / "d/dpo.yaml", {"data": {"train": ["s3://bucket/x.jsonl"]}}))
+    assert cfg.data.train == ["s3://bucket/x.jsonl"]
+
+
+def test_shipped_example_runs_from_any_folder(tmp_path, monkeypatch):
+    example = Path(__file__).resolve().parents[1] / "examples" / "demo_sft.yaml"
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(SFTConfig, example)
+    assert all(Path(f).is_file() for f in [*cfg.data.train, *cfg.data.eval]), cfg.data
+    with pytest.raises(AssertionError):  # negative control: read from the cwd they would not exist
+        assert all(Path(f).is_file() for f in yaml.safe_load(example.read_text())["data"]["train"])
