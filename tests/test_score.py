@@ -55,3 +55,26 @@ def test_ppo_reward_model_over_context_is_one_line(rm_dir):
     assert score(prompt, ["嗨"])[0] is not None  # negative control
     with pytest.raises(UserError, match=r"longer than its context \(64 tokens\)"):
         score(prompt, ["挺好的，大晴天☀️" * 20])
+
+
+def test_score_head_loads_without_the_newly_initialized_report(tokenizer, tmp_path):
+    import logging
+
+    from transformers import AutoModelForSequenceClassification
+
+    from weitiao.models.load import ModelSpec, load_model
+
+    base = save_tiny_model(tmp_path / "base", tokenizer, hidden=64)
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        # negative control: transformers itself reports the fresh head of a causal LM checkpoint
+        AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+        assert any("score.weight" in m for m in seen)
+        seen.clear()
+        model = load_model(ModelSpec(path=str(base)), head="score")
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert not any("score.weight" in m or "LOAD REPORT" in m for m in seen) and model.score.out_features == 1

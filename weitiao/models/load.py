@@ -5,6 +5,8 @@ QLoRA is LoRA on a 4-bit NF4 base with double quantization: the same code on CPU
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -168,7 +170,10 @@ def load_model(spec: ModelSpec, device: torch.device | None = None, head: str = 
     from safetensors import SafetensorError
 
     try:
-        model = auto.from_pretrained(path, trust_remote_code=spec.trust_remote_code, **kwargs)
+        if head == "score":
+            model = _score_model(path, spec, kwargs)
+        else:
+            model = auto.from_pretrained(path, trust_remote_code=spec.trust_remote_code, **kwargs)
     except SafetensorError as e:
         raise UserError(f"{_bad_weights(path)}: weights not readable (truncated or corrupt: {e})") from None
     except OSError as e:
@@ -176,6 +181,37 @@ def load_model(spec: ModelSpec, device: torch.device | None = None, head: str = 
     if spec.quant == "none":
         model.to(device)
     model.config.use_cache = False
+    return model
+
+
+class _NoLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
+def _score_model(path: str, spec: ModelSpec, kwargs: dict) -> Any:
+    """A one-score classifier from a causal LM or reward model folder.
+
+    A causal LM folder has no `score` weights: the head starts fresh by design (trained by `weitiao
+    rm`, or replaced by the adapter's saved head), so transformers' "newly initialized" report is
+    dropped; any other missing or mismatched weight is still reported.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    log = logging.getLogger("transformers.modeling_utils")
+    quiet = _NoLoadReport()
+    log.addFilter(quiet)
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, trust_remote_code=spec.trust_remote_code, output_loading_info=True, **kwargs
+        )
+    finally:
+        log.removeFilter(quiet)
+    missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("score."))
+    mismatched = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())]
+    if missing or mismatched:
+        print(f"model {path}: weights not in the checkpoint, newly initialized: {', '.join(missing + mismatched)}",
+              file=sys.stderr)  # fmt: skip
     return model
 
 
