@@ -28,9 +28,11 @@ C = TypeVar("C", bound=BaseModel)
 class _PathKind:
     only_if_exists: bool  # True: a model dir/hub id/module:function; a relative path is taken only if it exists
     keywords: tuple[str, ...] = ()  # values that are not paths (train.resume: auto, none, force)
+    unless_set: str | None = None  # a sibling key that, when set, makes the values names (data.dataset_dir)
 
 
 ConfigPath = Annotated[str, _PathKind(only_if_exists=False)]
+DataPath = Annotated[str, _PathKind(only_if_exists=False, unless_set="dataset_dir")]
 ModelRef = Annotated[str, _PathKind(only_if_exists=True, keywords=("demo",))]
 ResumeRef = Annotated[str, _PathKind(only_if_exists=False, keywords=("auto", "none", "force"))]
 
@@ -79,19 +81,21 @@ def resolve_config_path(value: str, base: Path, kind: _PathKind) -> str:
     return full
 
 
-def resolve_paths(data: dict, cls: type[BaseModel], base: Path) -> dict:
-    """Rewrite the path fields of a config file's mapping relative to the file's folder `base`."""
+def resolve_paths(data: dict, cls: type[BaseModel], base: Path, overridden: set[tuple[str, ...]] = frozenset()) -> dict:
+    """Rewrite the path fields of a config mapping: against `base` (the config file's folder), or the
+    cwd for the keys in `overridden` (given on the command line)."""
     for keys, kind in path_keys(cls).items():
         node: Any = data
         for k in keys[:-1]:
             node = node.get(k) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or keys[-1] not in node:
+        if not isinstance(node, dict) or keys[-1] not in node or (kind.unless_set and node.get(kind.unless_set)):
             continue
+        root = Path.cwd() if any(keys[:i] in overridden for i in range(1, len(keys) + 1)) else base
         value = node[keys[-1]]
         if isinstance(value, str):
-            node[keys[-1]] = resolve_config_path(value, base, kind)
+            node[keys[-1]] = resolve_config_path(value, root, kind)
         elif isinstance(value, list):
-            node[keys[-1]] = [resolve_config_path(v, base, kind) if isinstance(v, str) else v for v in value]
+            node[keys[-1]] = [resolve_config_path(v, root, kind) if isinstance(v, str) else v for v in value]
     return data
 
 
@@ -107,16 +111,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def apply_overrides(data: dict, overrides: list[str], cls: type[BaseModel] | None = None) -> dict:
-    """Set each `key.path=value` in `data`; with a config class, path fields resolve against the cwd."""
-    kinds = path_keys(cls) if cls is not None else {}
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
     for item in overrides:
         keys, value = parse_override(item)
-        if (kind := kinds.get(tuple(keys))) is not None:
-            if isinstance(value, str):
-                value = resolve_config_path(value, Path.cwd(), kind)
-            elif isinstance(value, list):
-                value = [resolve_config_path(v, Path.cwd(), kind) if isinstance(v, str) else v for v in value]
         node = data
         for k in keys[:-1]:
             node = node.setdefault(k, {})
@@ -182,8 +179,9 @@ def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | No
         if not p.exists():
             raise UserError(f"{p}: config file not found")
         data, node = _read_yaml(p, "a mapping of sections at the top level")
-        data = resolve_paths(data, cls, p.parent)
-    data = apply_overrides(data, overrides or [], cls)
+    data = apply_overrides(data, overrides or [])
+    overridden = {tuple(parse_override(o)[0]) for o in overrides or []}
+    data = resolve_paths(data, cls, Path(path).parent if path else Path.cwd(), overridden)
     try:
         cfg = cls.model_validate(data)
     except ValidationError as e:

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from weitiao.config import ConfigPath, ModelRef, dump_config
+from weitiao.config import ConfigPath, DataPath, ModelRef, dump_config
 from weitiao.data.chat import IGNORE, Encoded
 from weitiao.data.collate import Batch, collate, n_targets, process_share
 from weitiao.data.formats import MAX_ROW_BYTES
@@ -80,8 +80,8 @@ class PrefDataSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    train: list[ConfigPath]
-    eval: list[ConfigPath] = Field(default_factory=list)
+    train: list[DataPath]
+    eval: list[DataPath] = Field(default_factory=list)
     eval_split: float = Field(0.0, ge=0, lt=1)
     format: Literal["auto", "preference"] = "auto"
     template: Literal["auto", "tokenizer", "chatml", "qwen", "llama3", "plain"] = "auto"

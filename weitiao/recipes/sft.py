@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from weitiao.config import ConfigPath, ResumeRef, dump_config
+from weitiao.config import ConfigPath, DataPath, ResumeRef, dump_config
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, EncodeStats, encode_all
 from weitiao.data.collate import collate, n_targets, plan_epoch, process_share
 from weitiao.data.formats import MAX_ROW_BYTES, load_conversations
@@ -39,8 +39,8 @@ class DataSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    train: list[ConfigPath] = Field(..., description="data files (jsonl/json/parquet)")
-    eval: list[ConfigPath] = Field(default_factory=list, description="eval files; else eval_split of train")
+    train: list[DataPath] = Field(..., description="data files (jsonl/json/parquet)")
+    eval: list[DataPath] = Field(default_factory=list, description="eval files; else eval_split of train")
     eval_split: float = Field(
         0.0, ge=0, lt=1, description="fraction of unique train conversations held out when no eval files"
     )
