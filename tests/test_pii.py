@@ -420,6 +420,46 @@ def test_boundaries_without_word_boundary():
     assert [m.text for m in pii.scan("拨0086 13812345678", ["mobile"])] == ["0086 13812345678"]
 
 
+def _found(text, types=None):
+    return [(m.type, m.text) for m in pii.scan(text, types)]
+
+
+def test_fullwidth_and_spoken_digits():
+    assert _found("手机１３８１２３４５６７８，谢谢") == [("mobile", "１３８１２３４５６７８")]
+    assert _found("电话一三八一二三四五六七八") == [("mobile", "一三八一二三四五六七八")]
+    assert _found("打幺三九 两四六八 洞五七九找我") == [("mobile", "幺三九 两四六八 洞五七九")]
+    assert _found("邮箱ｚｈａｎｇ＠ｑｑ．ｃｏｍ") == [("email", "ｚｈａｎｇ＠ｑｑ．ｃｏｍ")]
+    assert _found("座机（０１０）８２５６１２３４", ["landline"]) == [("landline", "（０１０）８２５６１２３４")]
+    # controls: counting in words, short numerals, and a full-width colon before an IPv6 address
+    assert _found("一二三四五六七八九十，第一二三名，三五个人") == []
+    v6 = "67c:c56c:93b8:83e9:3d59:6af0:a70f:5752"
+    assert _found(f"访问日志：{v6} 请求失败", ["ip"]) == [("ip", v6)]
+
+
+def test_numbers_in_any_grouping():
+    assert _found("138 123 456 78") == [("mobile", "138 123 456 78")]
+    assert _found("电话1381-234-5678") == [("mobile", "1381-234-5678")]
+    assert _found("身份证 110105 19491231 002X") == [("id_card", "110105 19491231 002X")]
+    assert _found("卡号 6222 0212 3456 7890 128") == [("bank_card", "6222 0212 3456 7890 128")]
+    two = _found("+86 138 1234 5678 139 8765 4321")  # a list of phones in one run: each whole
+    assert two == [("mobile", "+86 138 1234 5678"), ("mobile", "139 8765 4321")]
+    # controls: a stray number beside a phone stays out of its span; dates, amounts, other countries
+    assert _found("数量3 13812345678") == [("mobile", "13812345678")]
+    assert _found("2024-03-15 12:30，共 138 1234 5678 元，+1 3812345678", ["mobile"]) == []
+
+
+def test_person_shaped_words_in_context():
+    for text in ["一直向东走就到了", "我买了一双李宁的跑鞋", "李宁专卖店在二楼", "周大福的金饰", "王老吉凉茶"]:
+        assert _found(text, ["name"]) == [], text
+    for text in ["石家庄今天下雪", "方正县城", "文昌发射场", "江西人爱吃辣", "华为和小米", "杨国福麻辣烫"]:
+        assert _found(text, ["name"]) == [], text
+    # controls: the same words with a person cue or label, and names before verbs that look like places
+    assert _found("李宁先生是体操运动员", ["name"]) == [("name", "李宁")]
+    assert _found("姓名：李宁", ["name"]) == [("name", "李宁")]
+    assert _found("向东老师好", ["name"]) == [("name", "向东")]
+    assert _found("王芳路过这里", ["name"]) == [("name", "王芳")]
+
+
 def test_card_low_confidence_near_cue():
     bad = "6222021234567890123"
     assert not pii.luhn_ok(bad)
