@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from weitiao.errors import UserError
-from weitiao.safety import pii, pii_files
+from weitiao.safety import pii, pii_data, pii_fake, pii_files
 
 DATA = Path(__file__).parent / "data" / "pii_labelled.jsonl"
 MIN_CONF = 0.5  # a match counts as a prediction at confidence >= 0.5 (low-confidence ones are still scrubbed)
@@ -499,10 +499,79 @@ def test_pseudonyms_consistent_and_checksum_invalid():
     fakes = {m.type: rep(m) for m in reversed(matches)}  # the first match of each type
     assert not pii.valid_id(fakes["id_card"]) and len(fakes["id_card"]) == 18
     assert not pii.luhn_ok(fakes["bank_card"]) and fakes["bank_card"][:6] == "622202"
-    assert re.fullmatch(r"1\d{2}-\d{4}-\d{4}", fakes["mobile"])
+    assert re.fullmatch(r"154-\d{4}-\d{4}", fakes["mobile"])
     assert not [m for m in pii.scan(out, min_confidence=0.5) if m.type in ("id_card", "bank_card")]
     r = random.Random(0)
-    assert not any(pii.valid_id(pii.fake_id(r)) or pii.luhn_ok(pii.fake_card(r)) for _ in range(500))
+    assert not any(pii.valid_id(pii_fake.fake_id(r)) or pii.luhn_ok(pii_fake.fake_card(r)) for _ in range(500))
+
+
+def _fakes(kind: str, text: str, n: int = 200) -> list[str]:
+    return [pii_fake.Pseudonymizer(seed)(pii.Match(kind, 0, len(text), text, 1.0)) for seed in range(n)]
+
+
+def test_fake_numbers_keep_grouping_and_reach_nobody():
+    """Fake mobiles sit in the unallocated 154 range, written in the original's grouping and prefix."""
+    for original, shape in [
+        ("138 1234 5678", r"154 \d{4} \d{4}"),
+        ("+86 13812345678", r"\+86 154\d{8}"),
+        ("一三八一二三四五六七八", r"154\d{8}"),
+        ("１３８１２３４５６７８", r"154\d{8}"),
+    ]:
+        for fake in _fakes("mobile", original, 20):
+            assert re.fullmatch(shape, fake), (original, fake)
+            assert [m.type for m in pii.scan(fake)] == ["mobile"]  # still reads as a phone
+    for fake in _fakes("id_card", "110105 19491231 002X", 20):
+        assert re.fullmatch(r"\d{6} \d{8} \d{4}", fake) and not pii.valid_id(fake.replace(" ", ""))
+    for fake in _fakes("landline", "010-82561234", 20):  # local numbers start 2-9: 1 reaches no line
+        assert re.fullmatch(r"010-1\d{7}", fake), fake
+    sft, dpo = pii_files.make_refusals(300, seed=2)
+    leaked = [re.search(r"(?<!\d)1\d{10}(?!\d)", p["rejected"]) for p in dpo]
+    assert leaked and all(m.group().startswith("154") for m in leaked if m)
+
+
+def test_fake_addresses_pair_real_cities_and_districts():
+    pairs = {(c, d) for _, c, d in pii_data.REAL_PLACES}
+    cities = sorted({c for _, c, _ in pii_data.REAL_PLACES}, key=len, reverse=True)
+    for original, city0, district0 in [
+        ("山东省济南市历下区泉城路180号", "济南", "历下区"),
+        ("北京市海淀区中关村大街27号3号楼502室", "北京", "海淀区"),
+    ]:
+        for fake in _fakes("address", original):
+            city = next(c for c in cities if c in fake)
+            district = re.match(r"(?:\w+?省)?\w+?市(\w+?区)", fake).group(1)
+            assert (city, district) in pairs, fake
+            assert city0 not in fake and district0 not in fake  # nothing of the real place stays
+            assert ("省" in fake) <= ("省" in original)  # a province only where the original named one
+            assert ("室" in fake) == ("室" in original)
+            assert [m.type for m in pii.scan(f"地址：{fake}")] == ["address"], fake
+
+
+PLATE_SHAPES = {  # original -> the shape every fake must have (≤ 2 letters in an ordinary 5-character tail)
+    "京A12345": r"京A(?=(?:\d*[A-HJ-NP-Z]){0,2}\d*$)[0-9A-HJ-NP-Z]{5}",
+    "苏E·88K72": r"苏E·(?=(?:\d*[A-HJ-NP-Z]){0,2}\d*$)[0-9A-HJ-NP-Z]{5}",
+    "浙AD12345": r"浙AD[0-9A-HJ-NP-Z]\d{4}",
+    "粤B12345F": r"粤B\d{5}F",
+    "湘A1234学": r"湘A(?=(?:\d*[A-HJ-NP-Z]){0,2}\d*学)[0-9A-HJ-NP-Z]{4}学",
+}
+
+
+@pytest.mark.parametrize("original", list(PLATE_SHAPES))
+def test_fake_plates_follow_the_plate_format(original):
+    for fake in _fakes("plate", original):
+        assert re.fullmatch(PLATE_SHAPES[original], fake), fake
+        assert [m.text for m in pii.scan(f"车牌{fake}，")] == [fake]
+
+
+def test_pseudonyms_hold_across_rows_of_a_file(tmp_path):
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    rows = [{"text": "张伟的手机13812345678"}, {"text": "再打138 1234 5678找张伟"}, {"text": "王芳 13912345678"}]
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    pii_files.process_file(src, dst, "pseudonym", seed=7)
+    out = [json.loads(line)["text"] for line in dst.read_text(encoding="utf-8").splitlines()]
+    phones = [re.sub(r"\D", "", m) for t in out for m in re.findall(r"1\d{2} ?\d{4} ?\d{4}", t)]
+    assert phones[0] == phones[1] != phones[2]  # same number in any grouping → one fake; another → another
+    names = [re.match(r"\w{2,3}?(?=的)", out[0]).group(), re.search(r"找(\w+)$", out[1]).group(1)]
+    assert names[0] == names[1] != "张伟"
 
 
 def test_unknown_type_and_mode_are_user_errors():
@@ -546,7 +615,7 @@ def test_scrub_file_keeps_shape(tmp_path, fmt, mode):
     assert json.dumps(out, sort_keys=True).count('"') == json.dumps(ROWS[fmt], sort_keys=True).count('"')
     assert set(out) == set(ROWS[fmt]) and load_rows(dst).format == fmt
     assert not pii_files.process_file(dst, None, min_confidence=0.5).counts["id_card"]
-    if mode == "pseudonym":  # one row is one document: the value repeated across turns gets one fake
+    if mode == "pseudonym":  # the value repeated across turns gets one fake
         texts = re.findall(r"1\d{10}|[a-z0-9]+@example\.com|\d{17}[\dX]|\d{19}", json.dumps(out, ensure_ascii=False))
         assert len(texts) == 2 and texts[0] == texts[1]
 
@@ -602,3 +671,31 @@ def test_server_output_filter_redacts_or_blocks():
     assert "13812345678" not in red and "[手机号]" in red and red.startswith("好的，")
     assert output_filter("block")(reply).startswith("抱歉")
     assert output_filter("block")("周末去爬山吧😊") == "周末去爬山吧😊"
+
+
+def test_scan_scrub_any_jsonl_with_fields(tmp_path):
+    """A {"text": ...} corpus and arbitrary nested JSON rows, not only training formats; --fields limits."""
+    from typer.testing import CliRunner
+
+    from weitiao.safety.commands import app
+
+    src = tmp_path / "logs.jsonl"
+    rows = [
+        {"text": "请联系13812345678", "meta": {"notes": ["邮箱 a@qq.com"], "id": "13912345678"}, "n": 3},
+        {"text": "无", "meta": {"notes": [], "id": "x"}, "n": 4},
+    ]
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    rep = pii_files.process_file(src)
+    assert rep.format == "json" and rep.counts["mobile"] == 2 and rep.counts["email"] == 1  # id too: all strings
+    assert rep.fields == {"text": 1, "meta.notes[]": 1, "meta.id": 1}
+    only = pii_files.process_file(src, fields=["meta"])
+    assert only.fields == {"meta.notes[]": 1, "meta.id": 1}
+    runner = CliRunner()
+    res = runner.invoke(app, ["scrub", str(src), "--fields", "text", "--out", str(tmp_path / "o.jsonl")])
+    assert res.exit_code == 0, res.output
+    out = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert out[0]["text"] == "请联系[手机号]" and out[0]["meta"] == rows[0]["meta"] and out[1] == rows[1]
+    # a field that matches nothing is a one-line error, and leaves no output behind
+    res = runner.invoke(app, ["scrub", str(src), "--fields", "body", "--out", str(tmp_path / "p.jsonl")])
+    assert isinstance(res.exception, UserError) and "--fields body matched no string" in str(res.exception)
+    assert "meta.notes[]" in str(res.exception) and not (tmp_path / "p.jsonl").exists()

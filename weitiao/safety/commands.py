@@ -1,6 +1,7 @@
 """`weitiao pii ...`: find and scrub personal information in training data; make privacy-refusal data.
 
 weitiao pii scan data.jsonl [--json]
+weitiao pii scan corpus.jsonl --fields text,meta.notes      # any JSON rows, not only training formats
 weitiao pii scrub data.jsonl --mode pseudonym --out clean.jsonl
 weitiao pii refusals --n 200 --out runs/pii/refusal_sft.jsonl
 """
@@ -22,6 +23,12 @@ console = Console()
 
 TYPES_HELP = (
     "comma-separated types to look for (id_card,mobile,bank_card,email,ip,landline,passport,plate,name,address)"
+)
+
+
+FIELDS_HELP = (
+    "comma-separated field paths to scan, as the report names them (text, meta.notes, messages[].content); "
+    "a path covers what is nested under it [every string field]"
 )
 
 
@@ -53,8 +60,11 @@ def _print(reports: list, as_json: bool, action: str) -> None:
 
 @app.command("scan")
 def scan_cmd(
-    files: list[Path] = typer.Argument(..., help="data files (.jsonl/.json/.parquet; any supported format)"),
+    files: list[Path] = typer.Argument(
+        ..., help="data files (.jsonl/.json/.parquet): training formats or any JSON rows"
+    ),
     types: str = typer.Option(None, help=TYPES_HELP),
+    fields: str = typer.Option(None, help=FIELDS_HELP),
     min_confidence: float = typer.Option(0.0, help="drop matches below this confidence (0..1)"),
     examples: int = typer.Option(0, help="print this many matches per file"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
@@ -62,7 +72,9 @@ def scan_cmd(
     """Count PII per type and field in data files; writes nothing."""
     from weitiao.safety.pii_files import process_file
 
-    reports = [process_file(f, None, "placeholder", _types(types), min_confidence) for f in files]
+    reports = [
+        process_file(f, None, "placeholder", _types(types), min_confidence, fields=_types(fields)) for f in files
+    ]
     _print(reports, as_json, "scan")
     if examples and not as_json:
         for r in reports:
@@ -72,12 +84,15 @@ def scan_cmd(
 
 @app.command("scrub")
 def scrub_cmd(
-    files: list[Path] = typer.Argument(..., help="data files (.jsonl/.json/.parquet; any supported format)"),
+    files: list[Path] = typer.Argument(
+        ..., help="data files (.jsonl/.json/.parquet): training formats or any JSON rows"
+    ),
     mode: str = typer.Option(
         "placeholder", help="placeholder ([手机号]) | pseudonym (consistent fakes) | mask (138****5678)"
     ),
     out: Path = typer.Option(None, help="output JSONL (one input) or folder (several) [FILE.scrubbed.jsonl beside it]"),
     types: str = typer.Option(None, help=TYPES_HELP),
+    fields: str = typer.Option(None, help=FIELDS_HELP),
     min_confidence: float = typer.Option(0.0, help="leave matches below this confidence in place (0..1)"),
     seed: int = typer.Option(0, help="pseudonym seed"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
@@ -98,7 +113,7 @@ def scrub_cmd(
             target = out / (f.name.split(".")[0] + ".scrubbed.jsonl") if len(files) > 1 else out
         if target.resolve() == f.resolve():
             raise UserError(f"--out {target}: would overwrite the input; choose another path")
-        reports.append(process_file(f, target, mode, _types(types), min_confidence, seed))
+        reports.append(process_file(f, target, mode, _types(types), min_confidence, seed, _types(fields)))
         if not as_json:
             console.print(f"[green]wrote[/] {target}")
     _print(reports, as_json, f"scrub ({mode})")

@@ -9,15 +9,13 @@ characters, so `\\b13812345678\\b` would miss "电话13812345678". Checksum type
 MOD 11-2 + a real birth date + a province code; bank card: Luhn) are trusted; the rest are patterns
 plus context. Person names use jieba's POS tag `nr` filtered by a surname list; without jieba only
 names after a label (姓名：, 我叫) are found, and `NAMES_NEED_JIEBA` says so.
-Pseudonyms for IDs and cards are made checksum-invalid on purpose so a fake can never be a real person's.
+Pseudonyms (`pii_fake`) are built so a fake can never be a real person's: see that module.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import ipaddress
-import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -508,7 +506,7 @@ def _scan_window(text: str, types: list[str] | None, min_confidence: float) -> l
 
 def mask(m: Match) -> str:
     """Keep a recognizable prefix/suffix: 138****5678, 622202*********1234, z***@qq.com, 张**."""
-    s = m.text
+    s = normalize(m.text)[1] if m.type in DIGIT_TYPES else m.text  # 一三八… masks like 138…
     ndig = sum(c.isdigit() or c in "Xx" for c in s)
     keep = {"mobile": (ndig - 8, 4), "id_card": (6, 4), "bank_card": (6, 4), "landline": (ndig - 4, 0)}
     if m.type == "email":
@@ -530,94 +528,6 @@ def mask(m: Match) -> str:
     return "".join(out)
 
 
-def fake_id(rng: random.Random) -> str:
-    """A resident ID with a valid region and date but a WRONG check character: never a real ID
-    (and never Luhn-valid either, so it cannot pass as a card number)."""
-    prov = rng.choice(sorted(D.PROVINCE_CODES - {"71", "81", "82"}))
-    born = dt.date(1950, 1, 1) + dt.timedelta(days=rng.randrange(365 * 55))
-    body = f"{prov}{rng.randrange(100, 10000):04d}{born:%Y%m%d}{rng.randrange(1000):03d}"
-    right = id_check_char(body)
-    wrong = [c for c in "0123456789" if c != right and not luhn_ok(body + c)]
-    return body + rng.choice(wrong)
-
-
-def fake_card(rng: random.Random, prefix: str = "62", length: int = 16) -> str:
-    """A card number that FAILS Luhn, so it can never be a real card."""
-    body = prefix + "".join(str(rng.randrange(10)) for _ in range(length - len(prefix) - 1))
-    right = luhn_digit(body)
-    return body + rng.choice([d for d in "0123456789" if d != right])
-
-
-def _digits_like(s: str, rng: random.Random, keep: int) -> str:
-    """Replace digits after the first `keep` ones, keeping separators and length."""
-    out, seen = [], 0
-    for c in s:
-        if c.isdigit():
-            seen += 1
-            out.append(c if seen <= keep else str(rng.randrange(10)))
-        else:
-            out.append(c)
-    return "".join(out)
-
-
-def fake_like(m: Match, rng: random.Random) -> str:
-    """A format-preserving fake of the same type."""
-    s = m.text
-    if m.type == "id_card":
-        return fake_id(rng)
-    if m.type == "bank_card":
-        digits = re.sub(r"\D", "", s)
-        fake = fake_card(rng, digits[:6], len(digits))
-        it = iter(fake)
-        return "".join(next(it) if c.isdigit() else c for c in s)
-    if m.type == "mobile":
-        return _digits_like(
-            s, rng, 3 + (2 if s.startswith(("+86", "0086")) else 0) + (2 if s.startswith("0086") else 0)
-        )
-    if m.type == "landline":
-        area = re.match(r"\D*(?:86\D*)?\(?0?\d{2,3}", s)
-        return s[: area.end()] + _digits_like(s[area.end() :], rng, 0) if area else _digits_like(s, rng, 0)
-    if m.type == "email":
-        return f"user{rng.randrange(10**5):05d}@example.com"  # RFC 2606 reserved domain
-    if m.type == "ip":
-        return (
-            f"192.0.2.{rng.randrange(1, 255)}" if "." in s else f"2001:db8::{rng.randrange(1, 65535):x}"
-        )  # RFC 5737/3849
-    if m.type == "passport":
-        return s[0] + "".join(str(rng.randrange(10)) if c.isdigit() else c for c in s[1:])
-    if m.type == "plate":
-        tail = "".join(rng.choice("0123456789ABCDEFGHJKLMNPQRSTUVWXYZ") if c.isalnum() else c for c in s[2:])
-        return s[:2] + tail
-    if m.type == "name":
-        sur = s[:2] if s[:2] in D.SURNAMES_2 else s[0]
-        sur = rng.choice(sorted(D.SURNAMES_2 if len(sur) == 2 else D.SURNAMES_1 - {sur}))
-        return sur + "".join(rng.choice(D.FAKE_GIVEN) for _ in range(len(s) - len(sur)))
-    return (
-        rng.choice(D.FAKE_CITIES)
-        + rng.choice(D.FAKE_DISTRICTS)
-        + rng.choice(D.FAKE_ROADS)
-        + f"{rng.randrange(1, 300)}号"
-    )
-
-
-class Pseudonymizer:
-    """Same value → same fake within one document (a row); fakes are seeded by (seed, value)."""
-
-    def __init__(self, seed: int = 0):
-        self.seed, self.table = seed, {}
-
-    def __call__(self, m: Match) -> str:
-        key = (m.type, m.text)
-        if key not in self.table:
-            h = hashlib.sha256(f"{self.seed}|{m.type}|{m.text}".encode()).digest()
-            rng = random.Random(int.from_bytes(h[:8], "big"))
-            fake = fake_like(m, rng)
-            while fake == m.text or fake in self.table.values():
-                fake = fake_like(m, rng)
-            self.table[key] = fake
-        return self.table[key]
-
-
 MODES = ("placeholder", "pseudonym", "mask")
 
 
@@ -628,6 +538,8 @@ def replacer(mode: str, seed: int = 0) -> Callable[[Match], str]:
     if mode == "mask":
         return mask
     if mode == "pseudonym":
+        from weitiao.safety.pii_fake import Pseudonymizer
+
         return Pseudonymizer(seed)
     raise UserError(f"--mode {mode!r} unknown; use one of {', '.join(MODES)}")
 

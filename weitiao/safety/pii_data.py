@@ -45,8 +45,23 @@ NAME_LABELS = (
 # Pools for pseudonyms and fabricated leaks.
 FAKE_GIVEN = list("伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华玉兰萍红建国志文斌辉鹏宇浩然子轩梓涵欣怡思雨")
 FAKE_ROADS = "人民路 解放路 中山路 建设路 和平路 长江路 胜利路 文化路 新华路 青年路 花园路 学府路".split()
-FAKE_DISTRICTS = "朝阳区 海淀区 浦东新区 天河区 南山区 武侯区 西湖区 江汉区 鼓楼区 雁塔区 历下区 和平区".split()
-FAKE_CITIES = "北京市 上海市 广州市 深圳市 成都市 杭州市 武汉市 南京市 西安市 济南市 天津市 重庆市".split()
+# Real (province, city, district) triples for fake addresses, so a fake never pairs 济南市 with 海淀区;
+# the four municipalities have no province.
+REAL_PLACES = [
+    tuple(t.split("/"))
+    for t in (
+        "/北京市/朝阳区 /北京市/海淀区 /上海市/浦东新区 /上海市/徐汇区 /天津市/和平区 /重庆市/渝中区 "
+        "广东省/广州市/天河区 广东省/深圳市/南山区 广东省/深圳市/福田区 四川省/成都市/武侯区 四川省/成都市/锦江区 "
+        "浙江省/杭州市/西湖区 浙江省/杭州市/滨江区 湖北省/武汉市/江汉区 湖北省/武汉市/洪山区 江苏省/南京市/鼓楼区 "
+        "江苏省/苏州市/姑苏区 陕西省/西安市/雁塔区 山东省/济南市/历下区 山东省/青岛市/市南区 湖南省/长沙市/岳麓区 "
+        "河南省/郑州市/金水区 福建省/福州市/鼓楼区 福建省/厦门市/思明区 辽宁省/沈阳市/和平区 安徽省/合肥市/蜀山区 "
+        "云南省/昆明市/五华区 河北省/石家庄市/长安区 黑龙江省/哈尔滨市/南岗区 江西省/南昌市/东湖区"
+    ).split()
+]
+# Fake mobiles start with 154, a prefix the MIIT numbering plan has not given to any carrier (China Mobile,
+# Unicom, Telecom, Broadnet or the virtual operators, as of 2024): 11 digits that look like a phone and
+# reach nobody. Change it here if 154 is ever allocated.
+FAKE_MOBILE_PREFIX = "154"
 
 # Privacy-refusal templates: (type of the leaked value, user request, leaking reply).
 REFUSAL_ASKS = [
