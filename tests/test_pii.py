@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from weitiao.errors import UserError
-from weitiao.safety import pii, pii_data, pii_fake, pii_files
+from weitiao.safety import pii, pii_data, pii_eval, pii_fake, pii_files
 
 DATA = Path(__file__).parent / "data" / "pii_labelled.jsonl"
 MIN_CONF = 0.5  # a match counts as a prediction at confidence >= 0.5 (low-confidence ones are still scrubbed)
@@ -33,7 +33,6 @@ THRESHOLDS = {
     "name": (0.85, 0.8),
     "address": (0.85, 0.85),
 }
-OVERLAP_TYPES = {"name", "address"}  # scored by overlap; every other type needs the exact span
 
 
 # ----------------------------------------------------------------------------- the labelled set
@@ -302,7 +301,7 @@ def _parse_hand(line: str) -> dict:
     text, spans, pos = "", [], 0
     for m in re.finditer(r"\[\[(\w+)\|(.+?)\]\]", line):
         text += line[pos : m.start()]
-        spans.append({"type": m.group(1), "start": len(text), "end": len(text) + len(m.group(2))})
+        spans.append([len(text), len(text) + len(m.group(2)), m.group(1)])
         text += m.group(2)
         pos = m.end()
     return {"text": text + line[pos:], "spans": spans, "source": "hand"}
@@ -316,7 +315,7 @@ def build_labelled(seed: int = 20261124, per_type: int = 40, negatives: int = 36
         for _ in range(per_type):
             value, tpl = _positive(r, kind)
             text = tpl.replace("{}", value)
-            spans = [{"type": kind, "start": tpl.index("{}"), "end": tpl.index("{}") + len(value)}]
+            spans = [[tpl.index("{}"), tpl.index("{}") + len(value), kind]]
             if r.random() < 0.25:  # a hard negative beside the positive
                 text += "，" + _negative(r)
             rows.append({"text": text, "spans": spans})
@@ -328,38 +327,15 @@ def build_labelled(seed: int = 20261124, per_type: int = 40, negatives: int = 36
 
 
 def score(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """Precision/recall per type: exact span (overlap for name/address), predictions at MIN_CONF."""
-    tp, fp, fn = dict.fromkeys(pii.TYPES, 0), dict.fromkeys(pii.TYPES, 0), dict.fromkeys(pii.TYPES, 0)
-    for row in rows:
-        pred = [m for m in pii.scan(row["text"]) if m.confidence >= MIN_CONF]
-        gold = row["spans"]
-
-        def same(m, g):
-            if m.type != g["type"]:
-                return False
-            if m.type in OVERLAP_TYPES:
-                return m.start < g["end"] and g["start"] < m.end
-            return (m.start, m.end) == (g["start"], g["end"])
-
-        for g in gold:
-            (tp if any(same(m, g) for m in pred) else fn)[g["type"]] += 1
-        for m in pred:
-            if not any(same(m, g) for g in gold):
-                fp[m.type] += 1
-    out = {}
-    for t in pii.TYPES:
-        out[t] = {
-            "precision": tp[t] / (tp[t] + fp[t]) if tp[t] + fp[t] else 1.0,
-            "recall": tp[t] / (tp[t] + fn[t]) if tp[t] + fn[t] else 1.0,
-            "tp": tp[t],
-            "fp": fp[t],
-            "fn": fn[t],
-        }
-    return out
+    """Precision/recall per type with the library's scorer (`pii_eval`), predictions at MIN_CONF."""
+    res = pii_eval.score(rows, MIN_CONF)
+    return {
+        t: {"precision": v.precision, "recall": v.recall, "tp": v.tp, "fp": v.fp, "fn": v.fn} for t, v in res.items()
+    }
 
 
 def load_labelled() -> list[dict]:
-    return [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines()]
+    return pii_eval.load_labelled(DATA)
 
 
 def test_labelled_set_is_in_sync_and_big_enough():
@@ -368,8 +344,8 @@ def test_labelled_set_is_in_sync_and_big_enough():
     assert sum(len(r["spans"]) for r in rows) >= 300
     assert sum(not r["spans"] for r in rows) >= 300
     for r in rows:
-        for s in r["spans"]:
-            assert r["text"][s["start"] : s["end"]].strip() == r["text"][s["start"] : s["end"]]
+        for a, b, _ in r["spans"]:
+            assert r["text"][a:b].strip() == r["text"][a:b]
 
 
 def test_precision_recall_per_type():
@@ -386,9 +362,7 @@ def test_scoring_can_fail():
     """The scorer notices a recognizer that finds nothing and one that fires on every number."""
     rows = load_labelled()
     assert (
-        score(
-            [{"text": r["text"], "spans": r["spans"] + [{"type": "id_card", "start": 0, "end": 1}]} for r in rows[:5]]
-        )["id_card"]["recall"]
+        score([{"text": r["text"], "spans": r["spans"] + [[0, 1, "id_card"]]} for r in rows[:5]])["id_card"]["recall"]
         < 1.0
     )
     saved = pii.RECOGNIZERS["bank_card"]
@@ -399,6 +373,57 @@ def test_scoring_can_fail():
         assert score(rows)["bank_card"]["precision"] < 0.95
     finally:
         pii.RECOGNIZERS["bank_card"] = saved
+
+
+# ----------------------------------------------------------------------------- the held-out set
+# Reported in the README; not tuned on (see weitiao/safety/eval/make_pii_zh.py). These tests pin it.
+
+HELD_OUT_FLOORS = {t: (0.97, 0.98) for t in pii.TYPES} | {"name": (0.90, 0.90), "address": (0.90, 0.90)}
+
+
+def test_held_out_set_in_sync_with_valid_labels():
+    from weitiao.safety.eval import make_pii_zh as M
+
+    rows = pii_eval.load_labelled(pii_eval.HELD_OUT)
+    assert rows == M.build(), "regenerate: python -m weitiao.safety.eval.make_pii_zh"
+    assert len(rows) >= 1000 and sum(not r["spans"] for r in rows) >= 400
+    assert pii_eval.HELD_OUT.stat().st_size < 100_000
+    for r in rows:  # with the generator's own checksum code, not the library's
+        for a, b, t in r["spans"]:
+            digits = re.sub(r"[^0-9Xx]", "", r["text"][a:b].translate(pii.FULLWIDTH)).upper()
+            if t == "id_card":
+                assert M._check(digits[:17]) == digits[17], r
+            if t == "bank_card":
+                assert M._luhn(digits[:-1]) == digits[-1], r
+
+
+def test_held_out_precision_recall_meets_the_targets():
+    res = pii_eval.score(pii_eval.load_labelled(pii_eval.HELD_OUT))
+    bad = [
+        f"{t}: P={v.precision:.3f} R={v.recall:.3f} (need {HELD_OUT_FLOORS[t]})"
+        for t, v in res.items()
+        if (v.precision < HELD_OUT_FLOORS[t][0] or v.recall < HELD_OUT_FLOORS[t][1])
+        and (t != "name" or pii._jieba_ok())
+    ]
+    assert not bad, bad
+
+
+def test_eval_cli_prints_per_type_and_rejects_bad_labels(tmp_path):
+    from typer.testing import CliRunner
+
+    from weitiao.safety.commands import app
+
+    good = tmp_path / "l.jsonl"
+    good.write_text('{"text": "电话13812345678", "spans": [[2, 13, "mobile"]]}\n{"text": "无", "spans": []}\n')
+    res = CliRunner().invoke(app, ["eval", str(good), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["mobile"] == {"precision": 1.0, "recall": 1.0, "tp": 1, "fp": 0, "fn": 0}
+    res = CliRunner().invoke(app, ["eval"])
+    assert res.exit_code == 0 and "bank_card" in res.output and "1,100 rows" in res.output
+    bad = tmp_path / "b.jsonl"
+    bad.write_text('{"text": "x", "spans": []}\n{"text": "电话", "spans": [[0, 9, "phone"]]}\n')
+    res = CliRunner().invoke(app, ["eval", str(bad)])
+    assert isinstance(res.exception, UserError) and f"{bad}:2: spans[0]" in str(res.exception)
 
 
 # ----------------------------------------------------------------------------- recognizers

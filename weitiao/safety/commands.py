@@ -3,6 +3,7 @@
 weitiao pii scan data.jsonl [--json]
 weitiao pii scan corpus.jsonl --fields text,meta.notes      # any JSON rows, not only training formats
 weitiao pii scrub data.jsonl --mode pseudonym --out clean.jsonl
+weitiao pii eval                                            # precision/recall per type, held-out set
 weitiao pii refusals --n 200 --out runs/pii/refusal_sft.jsonl
 """
 
@@ -137,3 +138,32 @@ def refusals_cmd(
     write_jsonl(out, sft)
     write_jsonl(dpo_out, dpo)
     console.print(f"[green]wrote[/] {len(sft)} SFT rows → {out}; {len(dpo)} DPO pairs → {dpo_out}")
+
+
+@app.command("eval")
+def eval_cmd(
+    file: Path = typer.Argument(None, help="labelled JSONL (schema in weitiao/safety/pii_eval.py) [the held-out set]"),
+    min_confidence: float = typer.Option(0.5, help="a match counts as a prediction at this confidence or above"),
+    show: int = typer.Option(0, help="print this many missed or spurious spans"),
+    as_json: bool = typer.Option(False, "--json", help="print the scores as JSON"),
+) -> None:
+    """Precision and recall per PII type on a labelled set (default: the shipped held-out Chinese set)."""
+    from weitiao.safety.pii import NAMES_NEED_JIEBA, _jieba_ok
+    from weitiao.safety.pii_eval import HELD_OUT, load_labelled, misses, score
+
+    path = file or HELD_OUT
+    rows = load_labelled(path)
+    res = score(rows, min_confidence)
+    if as_json:
+        print(json.dumps({t: {"precision": v.precision, "recall": v.recall, **asdict(v)} for t, v in res.items()}))
+        return
+    t = Table(title=f"PII eval: {path} ({len(rows):,} rows, {sum(not r['spans'] for r in rows):,} without PII)")
+    for col in ("type", "precision", "recall", "labelled", "found", "missed", "spurious"):
+        t.add_column(col, justify="left" if col == "type" else "right")
+    for typ, v in res.items():
+        t.add_row(typ, f"{v.precision:.3f}", f"{v.recall:.3f}", str(v.tp + v.fn), str(v.tp), str(v.fn), str(v.fp))
+    console.print(t)
+    for line in misses(rows, min_confidence, show) if show else []:
+        console.print(line, markup=False)
+    if not _jieba_ok():
+        console.print(f"[yellow]note:[/] {NAMES_NEED_JIEBA}")
