@@ -466,11 +466,16 @@ def test_numbers_in_any_grouping():
     assert _found("电话1381-234-5678") == [("mobile", "1381-234-5678")]
     assert _found("身份证 110105 19491231 002X") == [("id_card", "110105 19491231 002X")]
     assert _found("卡号 6222 0212 3456 7890 128") == [("bank_card", "6222 0212 3456 7890 128")]
+    assert _found("座机010 8256 1234，传真0755-8601-3388") == [
+        ("landline", "010 8256 1234"),
+        ("landline", "0755-8601-3388"),
+    ]
     two = _found("+86 138 1234 5678 139 8765 4321")  # a list of phones in one run: each whole
     assert two == [("mobile", "+86 138 1234 5678"), ("mobile", "139 8765 4321")]
     # controls: a stray number beside a phone stays out of its span; dates, amounts, other countries
     assert _found("数量3 13812345678") == [("mobile", "13812345678")]
     assert _found("2024-03-15 12:30，共 138 1234 5678 元，+1 3812345678", ["mobile"]) == []
+    assert _found("日期2024-0312-1234，编号0123 4567 8901") == []
 
 
 def test_person_shaped_words_in_context():
@@ -515,6 +520,10 @@ def test_placeholder_and_mask():
     assert "[身份证号]" in out and "[手机号]" in out and "[银行卡号]" in out and "11010519491231002X" not in out
     masked = pii.scrub("手机13812345678，身份证11010519491231002X，卡号6222021234567890128", "mask")[0]
     assert masked == "手机138****5678，身份证110105********002X，卡号622202*********0128"
+    # spoken and full-width digits mask like ASCII ones: no digit of the middle survives
+    assert (
+        pii.scrub("电话一三八一二三四五六七八，或１３９１２３４５６７８", "mask")[0] == "电话138****5678，或139****5678"
+    )
 
 
 def test_pseudonyms_consistent_and_checksum_invalid():

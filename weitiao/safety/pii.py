@@ -15,6 +15,7 @@ Pseudonyms (`pii_fake`) are built so a fake can never be a real person's: see th
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import re
 from collections.abc import Callable
@@ -143,7 +144,8 @@ def _partition(groups: list[str]) -> list[tuple[int, int]] | None:
     return best.get(n)
 
 
-def digit_spans(text: str) -> list[tuple[int, int, str]]:
+@functools.lru_cache(maxsize=4)  # id_card, bank_card and mobile read the same window's runs
+def digit_spans(text: str) -> tuple[tuple[int, int, str], ...]:
     """(start, end, digits) of every candidate number in `text`, longest reading first per run."""
     out = []
     for run in RUN_RE.finditer(text):
@@ -160,7 +162,7 @@ def digit_spans(text: str) -> list[tuple[int, int, str]]:
         for i, j in dict.fromkeys(pieces):
             start, end = base + groups[i].start(), base + groups[j - 1].end()
             out.append((start, end, "".join(g.group() for g in groups[i:j])))
-    return out
+    return tuple(out)
 
 
 def find_id_card(text: str) -> list[Match]:
@@ -270,7 +272,7 @@ def find_ip(text: str) -> list[Match]:
 LANDLINE_RE = re.compile(
     r"(?<![0-9A-Za-z+])(?:(?:\+|00)86[ -]?)?"
     r"(?:\(0?(?:10|2\d|[3-9]\d{2})\)|0?(?:10|2\d|[3-9]\d{2})(?=[ -])|0(?:10|2\d|[3-9]\d{2}))"
-    r"[ -]?[2-9]\d{6,7}(?:-\d{1,4})?" + NA
+    r"[ -]?[2-9](?:\d{6,7}|\d{2,3}[ -]\d{4})(?:-\d{1,4})?" + NA  # 82561234, 8256 1234, 8256-1234
 )
 
 
