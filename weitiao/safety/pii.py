@@ -5,10 +5,12 @@
     scrub(text, mode="placeholder" | "pseudonym" | "mask")
 
 Digit runs are bounded by lookarounds, never `\\b`: in Python's `re` Chinese characters are word
-characters, so `\\b13812345678\\b` would miss "电话13812345678". Checksum types (resident ID: GB 11643
-MOD 11-2 + a real birth date + a province code; bank card: Luhn) are trusted; the rest are patterns
-plus context. Person names use jieba's POS tag `nr` filtered by a surname list; without jieba only
-names after a label (姓名：, 我叫) are found, and `NAMES_NEED_JIEBA` says so.
+characters, so `\\b13812345678\\b` would miss "电话13812345678". Numbers are read in any grouping
+(138 1234 5678, 1381-234-5678), in full-width digits (１３８…) and spoken (一三八…, 幺 = 1); spans
+always index the original text. Checksum types (resident ID: GB 11643 MOD 11-2 + a real birth date +
+a province code; bank card: Luhn) are trusted; the rest are patterns plus context. Person names use
+jieba's POS tag `nr` filtered by a surname list and by context (李宁的跑鞋, 方正县, 向东走 are not
+people); without jieba only names after a label (姓名：, 我叫) are found, and `NAMES_NEED_JIEBA` says so.
 Pseudonyms (`pii_fake`) are built so a fake can never be a real person's: see that module.
 """
 
