@@ -733,3 +733,15 @@ def test_scan_scrub_any_jsonl_with_fields(tmp_path):
     res = runner.invoke(app, ["scrub", str(src), "--fields", "body", "--out", str(tmp_path / "p.jsonl")])
     assert isinstance(res.exception, UserError) and "--fields body matched no string" in str(res.exception)
     assert "meta.notes[]" in str(res.exception) and not (tmp_path / "p.jsonl").exists()
+
+
+def test_pseudonyms_for_many_values_terminate_in_documentation_ranges():
+    """A file with more distinct IPs than the fake pool still finishes; every fake stays a documentation address."""
+    import ipaddress
+
+    rep = pii_fake.Pseudonymizer(0)
+    fakes = {rep(pii.Match("ip", 0, 0, f"10.{i // 256}.{i % 256}.7", 1.0)) for i in range(1000)}
+    assert len(fakes) > 700
+    nets = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
+    assert all(any(ipaddress.ip_address(f) in n for n in nets) for f in fakes)
+    assert ipaddress.ip_address(rep(pii.Match("ip", 0, 0, "fe80::1", 1.0))) in ipaddress.ip_network("2001:db8::/32")

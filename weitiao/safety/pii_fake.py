@@ -5,7 +5,7 @@ What makes each fake impossible, by type (pinned by tests/test_pii.py):
 - id_card: a real province code and birth date with a deliberately WRONG GB 11643 check character.
 - bank_card: the original's 6-digit BIN with a deliberately wrong Luhn digit.
 - landline: the original area code with a local number starting 1 (local numbers start 2-9).
-- email: user#####@example.com (RFC 2606); ip: 192.0.2.x / 2001:db8:: (RFC 5737 / 3849 documentation ranges).
+- email: user#####@example.com (RFC 2606); ip: the RFC 5737 / 3849 documentation ranges (192.0.2.x, 2001:db8::).
 - plate, passport, name: format-valid look-alikes; no checksum exists, so these may coincide with a real one.
 - address: a real province–city–district triple (never the original's city or district), a common road,
   a house number and, if the original had them, a building and room.
@@ -112,7 +112,9 @@ def fake_like(m: Match, rng: random.Random) -> str:
     if m.type == "email":
         return f"user{rng.randrange(10**5):05d}@example.com"
     if m.type == "ip":
-        return f"192.0.2.{rng.randrange(1, 255)}" if "." in s else f"2001:db8::{rng.randrange(1, 65535):x}"
+        if "." in s:
+            return f"{rng.choice(['192.0.2', '198.51.100', '203.0.113'])}.{rng.randrange(256)}"
+        return f"2001:db8::{rng.randrange(1, 65535):x}:{rng.randrange(1, 65535):x}"
     if m.type == "passport":
         return s[0] + "".join(str(rng.randrange(10)) if c.isdigit() else c for c in s[1:])
     if m.type == "plate":
@@ -140,7 +142,9 @@ class Pseudonymizer:
             h = hashlib.sha256(f"{self.seed}|{key[0]}|{key[1]}".encode()).digest()
             rng = random.Random(int.from_bytes(h[:8], "big"))
             fake = self._canon(m.type, fake_like(m, rng))
-            while fake == key[1] or fake in self.used:
+            for _ in range(64):  # distinct fakes while the pool lasts (768 IPv4 fakes); then share one
+                if fake != key[1] and fake not in self.used:
+                    break
                 fake = self._canon(m.type, fake_like(m, rng))
             self.used.add(fake)
             self.table[key] = fake
