@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from weitiao.errors import UserError
-from weitiao.safety import pii, pii_files
+from weitiao.safety import pii, pii_data, pii_eval, pii_fake, pii_files
 
 DATA = Path(__file__).parent / "data" / "pii_labelled.jsonl"
 MIN_CONF = 0.5  # a match counts as a prediction at confidence >= 0.5 (low-confidence ones are still scrubbed)
@@ -33,7 +33,6 @@ THRESHOLDS = {
     "name": (0.85, 0.8),
     "address": (0.85, 0.85),
 }
-OVERLAP_TYPES = {"name", "address"}  # scored by overlap; every other type needs the exact span
 
 
 # ----------------------------------------------------------------------------- the labelled set
@@ -302,7 +301,7 @@ def _parse_hand(line: str) -> dict:
     text, spans, pos = "", [], 0
     for m in re.finditer(r"\[\[(\w+)\|(.+?)\]\]", line):
         text += line[pos : m.start()]
-        spans.append({"type": m.group(1), "start": len(text), "end": len(text) + len(m.group(2))})
+        spans.append([len(text), len(text) + len(m.group(2)), m.group(1)])
         text += m.group(2)
         pos = m.end()
     return {"text": text + line[pos:], "spans": spans, "source": "hand"}
@@ -316,7 +315,7 @@ def build_labelled(seed: int = 20261124, per_type: int = 40, negatives: int = 36
         for _ in range(per_type):
             value, tpl = _positive(r, kind)
             text = tpl.replace("{}", value)
-            spans = [{"type": kind, "start": tpl.index("{}"), "end": tpl.index("{}") + len(value)}]
+            spans = [[tpl.index("{}"), tpl.index("{}") + len(value), kind]]
             if r.random() < 0.25:  # a hard negative beside the positive
                 text += "，" + _negative(r)
             rows.append({"text": text, "spans": spans})
@@ -328,38 +327,15 @@ def build_labelled(seed: int = 20261124, per_type: int = 40, negatives: int = 36
 
 
 def score(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """Precision/recall per type: exact span (overlap for name/address), predictions at MIN_CONF."""
-    tp, fp, fn = dict.fromkeys(pii.TYPES, 0), dict.fromkeys(pii.TYPES, 0), dict.fromkeys(pii.TYPES, 0)
-    for row in rows:
-        pred = [m for m in pii.scan(row["text"]) if m.confidence >= MIN_CONF]
-        gold = row["spans"]
-
-        def same(m, g):
-            if m.type != g["type"]:
-                return False
-            if m.type in OVERLAP_TYPES:
-                return m.start < g["end"] and g["start"] < m.end
-            return (m.start, m.end) == (g["start"], g["end"])
-
-        for g in gold:
-            (tp if any(same(m, g) for m in pred) else fn)[g["type"]] += 1
-        for m in pred:
-            if not any(same(m, g) for g in gold):
-                fp[m.type] += 1
-    out = {}
-    for t in pii.TYPES:
-        out[t] = {
-            "precision": tp[t] / (tp[t] + fp[t]) if tp[t] + fp[t] else 1.0,
-            "recall": tp[t] / (tp[t] + fn[t]) if tp[t] + fn[t] else 1.0,
-            "tp": tp[t],
-            "fp": fp[t],
-            "fn": fn[t],
-        }
-    return out
+    """Precision/recall per type with the library's scorer (`pii_eval`), predictions at MIN_CONF."""
+    res = pii_eval.score(rows, MIN_CONF)
+    return {
+        t: {"precision": v.precision, "recall": v.recall, "tp": v.tp, "fp": v.fp, "fn": v.fn} for t, v in res.items()
+    }
 
 
 def load_labelled() -> list[dict]:
-    return [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines()]
+    return pii_eval.load_labelled(DATA)
 
 
 def test_labelled_set_is_in_sync_and_big_enough():
@@ -368,8 +344,8 @@ def test_labelled_set_is_in_sync_and_big_enough():
     assert sum(len(r["spans"]) for r in rows) >= 300
     assert sum(not r["spans"] for r in rows) >= 300
     for r in rows:
-        for s in r["spans"]:
-            assert r["text"][s["start"] : s["end"]].strip() == r["text"][s["start"] : s["end"]]
+        for a, b, _ in r["spans"]:
+            assert r["text"][a:b].strip() == r["text"][a:b]
 
 
 def test_precision_recall_per_type():
@@ -386,9 +362,7 @@ def test_scoring_can_fail():
     """The scorer notices a recognizer that finds nothing and one that fires on every number."""
     rows = load_labelled()
     assert (
-        score(
-            [{"text": r["text"], "spans": r["spans"] + [{"type": "id_card", "start": 0, "end": 1}]} for r in rows[:5]]
-        )["id_card"]["recall"]
+        score([{"text": r["text"], "spans": r["spans"] + [[0, 1, "id_card"]]} for r in rows[:5]])["id_card"]["recall"]
         < 1.0
     )
     saved = pii.RECOGNIZERS["bank_card"]
@@ -399,6 +373,57 @@ def test_scoring_can_fail():
         assert score(rows)["bank_card"]["precision"] < 0.95
     finally:
         pii.RECOGNIZERS["bank_card"] = saved
+
+
+# ----------------------------------------------------------------------------- the held-out set
+# Reported in the README; not tuned on (see weitiao/safety/eval/make_pii_zh.py). These tests pin it.
+
+HELD_OUT_FLOORS = {t: (0.97, 0.98) for t in pii.TYPES} | {"name": (0.90, 0.90), "address": (0.90, 0.90)}
+
+
+def test_held_out_set_in_sync_with_valid_labels():
+    from weitiao.safety.eval import make_pii_zh as M
+
+    rows = pii_eval.load_labelled(pii_eval.HELD_OUT)
+    assert rows == M.build(), "regenerate: python -m weitiao.safety.eval.make_pii_zh"
+    assert len(rows) >= 1000 and sum(not r["spans"] for r in rows) >= 400
+    assert pii_eval.HELD_OUT.stat().st_size < 100_000
+    for r in rows:  # with the generator's own checksum code, not the library's
+        for a, b, t in r["spans"]:
+            digits = re.sub(r"[^0-9Xx]", "", r["text"][a:b].translate(pii.FULLWIDTH)).upper()
+            if t == "id_card":
+                assert M._check(digits[:17]) == digits[17], r
+            if t == "bank_card":
+                assert M._luhn(digits[:-1]) == digits[-1], r
+
+
+def test_held_out_precision_recall_meets_the_targets():
+    res = pii_eval.score(pii_eval.load_labelled(pii_eval.HELD_OUT))
+    bad = [
+        f"{t}: P={v.precision:.3f} R={v.recall:.3f} (need {HELD_OUT_FLOORS[t]})"
+        for t, v in res.items()
+        if (v.precision < HELD_OUT_FLOORS[t][0] or v.recall < HELD_OUT_FLOORS[t][1])
+        and (t != "name" or pii._jieba_ok())
+    ]
+    assert not bad, bad
+
+
+def test_eval_cli_prints_per_type_and_rejects_bad_labels(tmp_path):
+    from typer.testing import CliRunner
+
+    from weitiao.safety.commands import app
+
+    good = tmp_path / "l.jsonl"
+    good.write_text('{"text": "电话13812345678", "spans": [[2, 13, "mobile"]]}\n{"text": "无", "spans": []}\n')
+    res = CliRunner().invoke(app, ["eval", str(good), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["mobile"] == {"precision": 1.0, "recall": 1.0, "tp": 1, "fp": 0, "fn": 0}
+    res = CliRunner().invoke(app, ["eval"])
+    assert res.exit_code == 0 and "bank_card" in res.output and "1,100 rows" in res.output
+    bad = tmp_path / "b.jsonl"
+    bad.write_text('{"text": "x", "spans": []}\n{"text": "电话", "spans": [[0, 9, "phone"]]}\n')
+    res = CliRunner().invoke(app, ["eval", str(bad)])
+    assert isinstance(res.exception, UserError) and f"{bad}:2: spans[0]" in str(res.exception)
 
 
 # ----------------------------------------------------------------------------- recognizers
@@ -418,6 +443,51 @@ def test_boundaries_without_word_boundary():
     assert [m.text for m in pii.scan("邮箱zhang@qq.com谢谢", ["email"])] == ["zhang@qq.com"]
     assert [m.text for m in pii.scan("手机：138 1234 5678。", ["mobile"])] == ["138 1234 5678"]
     assert [m.text for m in pii.scan("拨0086 13812345678", ["mobile"])] == ["0086 13812345678"]
+
+
+def _found(text, types=None):
+    return [(m.type, m.text) for m in pii.scan(text, types)]
+
+
+def test_fullwidth_and_spoken_digits():
+    assert _found("手机１３８１２３４５６７８，谢谢") == [("mobile", "１３８１２３４５６７８")]
+    assert _found("电话一三八一二三四五六七八") == [("mobile", "一三八一二三四五六七八")]
+    assert _found("打幺三九 两四六八 洞五七九找我") == [("mobile", "幺三九 两四六八 洞五七九")]
+    assert _found("邮箱ｚｈａｎｇ＠ｑｑ．ｃｏｍ") == [("email", "ｚｈａｎｇ＠ｑｑ．ｃｏｍ")]
+    assert _found("座机（０１０）８２５６１２３４", ["landline"]) == [("landline", "（０１０）８２５６１２３４")]
+    # controls: counting in words, short numerals, and a full-width colon before an IPv6 address
+    assert _found("一二三四五六七八九十，第一二三名，三五个人") == []
+    v6 = "67c:c56c:93b8:83e9:3d59:6af0:a70f:5752"
+    assert _found(f"访问日志：{v6} 请求失败", ["ip"]) == [("ip", v6)]
+
+
+def test_numbers_in_any_grouping():
+    assert _found("138 123 456 78") == [("mobile", "138 123 456 78")]
+    assert _found("电话1381-234-5678") == [("mobile", "1381-234-5678")]
+    assert _found("身份证 110105 19491231 002X") == [("id_card", "110105 19491231 002X")]
+    assert _found("卡号 6222 0212 3456 7890 128") == [("bank_card", "6222 0212 3456 7890 128")]
+    assert _found("座机010 8256 1234，传真0755-8601-3388") == [
+        ("landline", "010 8256 1234"),
+        ("landline", "0755-8601-3388"),
+    ]
+    two = _found("+86 138 1234 5678 139 8765 4321")  # a list of phones in one run: each whole
+    assert two == [("mobile", "+86 138 1234 5678"), ("mobile", "139 8765 4321")]
+    # controls: a stray number beside a phone stays out of its span; dates, amounts, other countries
+    assert _found("数量3 13812345678") == [("mobile", "13812345678")]
+    assert _found("2024-03-15 12:30，共 138 1234 5678 元，+1 3812345678", ["mobile"]) == []
+    assert _found("日期2024-0312-1234，编号0123 4567 8901") == []
+
+
+def test_person_shaped_words_in_context():
+    for text in ["一直向东走就到了", "我买了一双李宁的跑鞋", "李宁专卖店在二楼", "周大福的金饰", "王老吉凉茶"]:
+        assert _found(text, ["name"]) == [], text
+    for text in ["石家庄今天下雪", "方正县城", "文昌发射场", "江西人爱吃辣", "华为和小米", "杨国福麻辣烫"]:
+        assert _found(text, ["name"]) == [], text
+    # controls: the same words with a person cue or label, and names before verbs that look like places
+    assert _found("李宁先生是体操运动员", ["name"]) == [("name", "李宁")]
+    assert _found("姓名：李宁", ["name"]) == [("name", "李宁")]
+    assert _found("向东老师好", ["name"]) == [("name", "向东")]
+    assert _found("王芳路过这里", ["name"]) == [("name", "王芳")]
 
 
 def test_card_low_confidence_near_cue():
@@ -450,6 +520,10 @@ def test_placeholder_and_mask():
     assert "[身份证号]" in out and "[手机号]" in out and "[银行卡号]" in out and "11010519491231002X" not in out
     masked = pii.scrub("手机13812345678，身份证11010519491231002X，卡号6222021234567890128", "mask")[0]
     assert masked == "手机138****5678，身份证110105********002X，卡号622202*********0128"
+    # spoken and full-width digits mask like ASCII ones: no digit of the middle survives
+    assert (
+        pii.scrub("电话一三八一二三四五六七八，或１３９１２３４５６７８", "mask")[0] == "电话138****5678，或139****5678"
+    )
 
 
 def test_pseudonyms_consistent_and_checksum_invalid():
@@ -459,10 +533,79 @@ def test_pseudonyms_consistent_and_checksum_invalid():
     fakes = {m.type: rep(m) for m in reversed(matches)}  # the first match of each type
     assert not pii.valid_id(fakes["id_card"]) and len(fakes["id_card"]) == 18
     assert not pii.luhn_ok(fakes["bank_card"]) and fakes["bank_card"][:6] == "622202"
-    assert re.fullmatch(r"1\d{2}-\d{4}-\d{4}", fakes["mobile"])
+    assert re.fullmatch(r"154-\d{4}-\d{4}", fakes["mobile"])
     assert not [m for m in pii.scan(out, min_confidence=0.5) if m.type in ("id_card", "bank_card")]
     r = random.Random(0)
-    assert not any(pii.valid_id(pii.fake_id(r)) or pii.luhn_ok(pii.fake_card(r)) for _ in range(500))
+    assert not any(pii.valid_id(pii_fake.fake_id(r)) or pii.luhn_ok(pii_fake.fake_card(r)) for _ in range(500))
+
+
+def _fakes(kind: str, text: str, n: int = 200) -> list[str]:
+    return [pii_fake.Pseudonymizer(seed)(pii.Match(kind, 0, len(text), text, 1.0)) for seed in range(n)]
+
+
+def test_fake_numbers_keep_grouping_and_reach_nobody():
+    """Fake mobiles sit in the unallocated 154 range, written in the original's grouping and prefix."""
+    for original, shape in [
+        ("138 1234 5678", r"154 \d{4} \d{4}"),
+        ("+86 13812345678", r"\+86 154\d{8}"),
+        ("一三八一二三四五六七八", r"154\d{8}"),
+        ("１３８１２３４５６７８", r"154\d{8}"),
+    ]:
+        for fake in _fakes("mobile", original, 20):
+            assert re.fullmatch(shape, fake), (original, fake)
+            assert [m.type for m in pii.scan(fake)] == ["mobile"]  # still reads as a phone
+    for fake in _fakes("id_card", "110105 19491231 002X", 20):
+        assert re.fullmatch(r"\d{6} \d{8} \d{4}", fake) and not pii.valid_id(fake.replace(" ", ""))
+    for fake in _fakes("landline", "010-82561234", 20):  # local numbers start 2-9: 1 reaches no line
+        assert re.fullmatch(r"010-1\d{7}", fake), fake
+    sft, dpo = pii_files.make_refusals(300, seed=2)
+    leaked = [re.search(r"(?<!\d)1\d{10}(?!\d)", p["rejected"]) for p in dpo]
+    assert leaked and all(m.group().startswith("154") for m in leaked if m)
+
+
+def test_fake_addresses_pair_real_cities_and_districts():
+    pairs = {(c, d) for _, c, d in pii_data.REAL_PLACES}
+    cities = sorted({c for _, c, _ in pii_data.REAL_PLACES}, key=len, reverse=True)
+    for original, city0, district0 in [
+        ("山东省济南市历下区泉城路180号", "济南", "历下区"),
+        ("北京市海淀区中关村大街27号3号楼502室", "北京", "海淀区"),
+    ]:
+        for fake in _fakes("address", original):
+            city = next(c for c in cities if c in fake)
+            district = re.match(r"(?:\w+?省)?\w+?市(\w+?区)", fake).group(1)
+            assert (city, district) in pairs, fake
+            assert city0 not in fake and district0 not in fake  # nothing of the real place stays
+            assert ("省" in fake) <= ("省" in original)  # a province only where the original named one
+            assert ("室" in fake) == ("室" in original)
+            assert [m.type for m in pii.scan(f"地址：{fake}")] == ["address"], fake
+
+
+PLATE_SHAPES = {  # original -> the shape every fake must have (≤ 2 letters in an ordinary 5-character tail)
+    "京A12345": r"京A(?=(?:\d*[A-HJ-NP-Z]){0,2}\d*$)[0-9A-HJ-NP-Z]{5}",
+    "苏E·88K72": r"苏E·(?=(?:\d*[A-HJ-NP-Z]){0,2}\d*$)[0-9A-HJ-NP-Z]{5}",
+    "浙AD12345": r"浙AD[0-9A-HJ-NP-Z]\d{4}",
+    "粤B12345F": r"粤B\d{5}F",
+    "湘A1234学": r"湘A(?=(?:\d*[A-HJ-NP-Z]){0,2}\d*学)[0-9A-HJ-NP-Z]{4}学",
+}
+
+
+@pytest.mark.parametrize("original", list(PLATE_SHAPES))
+def test_fake_plates_follow_the_plate_format(original):
+    for fake in _fakes("plate", original):
+        assert re.fullmatch(PLATE_SHAPES[original], fake), fake
+        assert [m.text for m in pii.scan(f"车牌{fake}，")] == [fake]
+
+
+def test_pseudonyms_hold_across_rows_of_a_file(tmp_path):
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    rows = [{"text": "张伟的手机13812345678"}, {"text": "再打138 1234 5678找张伟"}, {"text": "王芳 13912345678"}]
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    pii_files.process_file(src, dst, "pseudonym", seed=7)
+    out = [json.loads(line)["text"] for line in dst.read_text(encoding="utf-8").splitlines()]
+    phones = [re.sub(r"\D", "", m) for t in out for m in re.findall(r"1\d{2} ?\d{4} ?\d{4}", t)]
+    assert phones[0] == phones[1] != phones[2]  # same number in any grouping → one fake; another → another
+    names = [re.match(r"\w{2,3}?(?=的)", out[0]).group(), re.search(r"找(\w+)$", out[1]).group(1)]
+    assert names[0] == names[1] != "张伟"
 
 
 def test_unknown_type_and_mode_are_user_errors():
@@ -506,7 +649,7 @@ def test_scrub_file_keeps_shape(tmp_path, fmt, mode):
     assert json.dumps(out, sort_keys=True).count('"') == json.dumps(ROWS[fmt], sort_keys=True).count('"')
     assert set(out) == set(ROWS[fmt]) and load_rows(dst).format == fmt
     assert not pii_files.process_file(dst, None, min_confidence=0.5).counts["id_card"]
-    if mode == "pseudonym":  # one row is one document: the value repeated across turns gets one fake
+    if mode == "pseudonym":  # the value repeated across turns gets one fake
         texts = re.findall(r"1\d{10}|[a-z0-9]+@example\.com|\d{17}[\dX]|\d{19}", json.dumps(out, ensure_ascii=False))
         assert len(texts) == 2 and texts[0] == texts[1]
 
@@ -562,3 +705,43 @@ def test_server_output_filter_redacts_or_blocks():
     assert "13812345678" not in red and "[手机号]" in red and red.startswith("好的，")
     assert output_filter("block")(reply).startswith("抱歉")
     assert output_filter("block")("周末去爬山吧😊") == "周末去爬山吧😊"
+
+
+def test_scan_scrub_any_jsonl_with_fields(tmp_path):
+    """A {"text": ...} corpus and arbitrary nested JSON rows, not only training formats; --fields limits."""
+    from typer.testing import CliRunner
+
+    from weitiao.safety.commands import app
+
+    src = tmp_path / "logs.jsonl"
+    rows = [
+        {"text": "请联系13812345678", "meta": {"notes": ["邮箱 a@qq.com"], "id": "13912345678"}, "n": 3},
+        {"text": "无", "meta": {"notes": [], "id": "x"}, "n": 4},
+    ]
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    rep = pii_files.process_file(src)
+    assert rep.format == "json" and rep.counts["mobile"] == 2 and rep.counts["email"] == 1  # id too: all strings
+    assert rep.fields == {"text": 1, "meta.notes[]": 1, "meta.id": 1}
+    only = pii_files.process_file(src, fields=["meta"])
+    assert only.fields == {"meta.notes[]": 1, "meta.id": 1}
+    runner = CliRunner()
+    res = runner.invoke(app, ["scrub", str(src), "--fields", "text", "--out", str(tmp_path / "o.jsonl")])
+    assert res.exit_code == 0, res.output
+    out = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert out[0]["text"] == "请联系[手机号]" and out[0]["meta"] == rows[0]["meta"] and out[1] == rows[1]
+    # a field that matches nothing is a one-line error, and leaves no output behind
+    res = runner.invoke(app, ["scrub", str(src), "--fields", "body", "--out", str(tmp_path / "p.jsonl")])
+    assert isinstance(res.exception, UserError) and "--fields body matched no string" in str(res.exception)
+    assert "meta.notes[]" in str(res.exception) and not (tmp_path / "p.jsonl").exists()
+
+
+def test_pseudonyms_for_many_values_terminate_in_documentation_ranges():
+    """A file with more distinct IPs than the fake pool still finishes; every fake stays a documentation address."""
+    import ipaddress
+
+    rep = pii_fake.Pseudonymizer(0)
+    fakes = {rep(pii.Match("ip", 0, 0, f"10.{i // 256}.{i % 256}.7", 1.0)) for i in range(1000)}
+    assert len(fakes) > 700
+    nets = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
+    assert all(any(ipaddress.ip_address(f) in n for n in nets) for f in fakes)
+    assert ipaddress.ip_address(rep(pii.Match("ip", 0, 0, "fe80::1", 1.0))) in ipaddress.ip_network("2001:db8::/32")

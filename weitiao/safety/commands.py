@@ -1,7 +1,9 @@
 """`weitiao pii ...`: find and scrub personal information in training data; make privacy-refusal data.
 
 weitiao pii scan data.jsonl [--json]
+weitiao pii scan corpus.jsonl --fields text,meta.notes      # any JSON rows, not only training formats
 weitiao pii scrub data.jsonl --mode pseudonym --out clean.jsonl
+weitiao pii eval                                            # precision/recall per type, held-out set
 weitiao pii refusals --n 200 --out runs/pii/refusal_sft.jsonl
 """
 
@@ -22,6 +24,12 @@ console = Console()
 
 TYPES_HELP = (
     "comma-separated types to look for (id_card,mobile,bank_card,email,ip,landline,passport,plate,name,address)"
+)
+
+
+FIELDS_HELP = (
+    "comma-separated field paths to scan, as the report names them (text, meta.notes, messages[].content); "
+    "a path covers what is nested under it [every string field]"
 )
 
 
@@ -53,8 +61,11 @@ def _print(reports: list, as_json: bool, action: str) -> None:
 
 @app.command("scan")
 def scan_cmd(
-    files: list[Path] = typer.Argument(..., help="data files (.jsonl/.json/.parquet; any supported format)"),
+    files: list[Path] = typer.Argument(
+        ..., help="data files (.jsonl/.json/.parquet): training formats or any JSON rows"
+    ),
     types: str = typer.Option(None, help=TYPES_HELP),
+    fields: str = typer.Option(None, help=FIELDS_HELP),
     min_confidence: float = typer.Option(0.0, help="drop matches below this confidence (0..1)"),
     examples: int = typer.Option(0, help="print this many matches per file"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
@@ -62,7 +73,9 @@ def scan_cmd(
     """Count PII per type and field in data files; writes nothing."""
     from weitiao.safety.pii_files import process_file
 
-    reports = [process_file(f, None, "placeholder", _types(types), min_confidence) for f in files]
+    reports = [
+        process_file(f, None, "placeholder", _types(types), min_confidence, fields=_types(fields)) for f in files
+    ]
     _print(reports, as_json, "scan")
     if examples and not as_json:
         for r in reports:
@@ -72,12 +85,15 @@ def scan_cmd(
 
 @app.command("scrub")
 def scrub_cmd(
-    files: list[Path] = typer.Argument(..., help="data files (.jsonl/.json/.parquet; any supported format)"),
+    files: list[Path] = typer.Argument(
+        ..., help="data files (.jsonl/.json/.parquet): training formats or any JSON rows"
+    ),
     mode: str = typer.Option(
         "placeholder", help="placeholder ([手机号]) | pseudonym (consistent fakes) | mask (138****5678)"
     ),
     out: Path = typer.Option(None, help="output JSONL (one input) or folder (several) [FILE.scrubbed.jsonl beside it]"),
     types: str = typer.Option(None, help=TYPES_HELP),
+    fields: str = typer.Option(None, help=FIELDS_HELP),
     min_confidence: float = typer.Option(0.0, help="leave matches below this confidence in place (0..1)"),
     seed: int = typer.Option(0, help="pseudonym seed"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
@@ -98,7 +114,7 @@ def scrub_cmd(
             target = out / (f.name.split(".")[0] + ".scrubbed.jsonl") if len(files) > 1 else out
         if target.resolve() == f.resolve():
             raise UserError(f"--out {target}: would overwrite the input; choose another path")
-        reports.append(process_file(f, target, mode, _types(types), min_confidence, seed))
+        reports.append(process_file(f, target, mode, _types(types), min_confidence, seed, _types(fields)))
         if not as_json:
             console.print(f"[green]wrote[/] {target}")
     _print(reports, as_json, f"scrub ({mode})")
@@ -122,3 +138,32 @@ def refusals_cmd(
     write_jsonl(out, sft)
     write_jsonl(dpo_out, dpo)
     console.print(f"[green]wrote[/] {len(sft)} SFT rows → {out}; {len(dpo)} DPO pairs → {dpo_out}")
+
+
+@app.command("eval")
+def eval_cmd(
+    file: Path = typer.Argument(None, help="labelled JSONL (schema in weitiao/safety/pii_eval.py) [the held-out set]"),
+    min_confidence: float = typer.Option(0.5, help="a match counts as a prediction at this confidence or above"),
+    show: int = typer.Option(0, help="print this many missed or spurious spans"),
+    as_json: bool = typer.Option(False, "--json", help="print the scores as JSON"),
+) -> None:
+    """Precision and recall per PII type on a labelled set (default: the shipped held-out Chinese set)."""
+    from weitiao.safety.pii import NAMES_NEED_JIEBA, _jieba_ok
+    from weitiao.safety.pii_eval import HELD_OUT, load_labelled, misses, score
+
+    path = file or HELD_OUT
+    rows = load_labelled(path)
+    res = score(rows, min_confidence)
+    if as_json:
+        print(json.dumps({t: {"precision": v.precision, "recall": v.recall, **asdict(v)} for t, v in res.items()}))
+        return
+    t = Table(title=f"PII eval: {path} ({len(rows):,} rows, {sum(not r['spans'] for r in rows):,} without PII)")
+    for col in ("type", "precision", "recall", "labelled", "found", "missed", "spurious"):
+        t.add_column(col, justify="left" if col == "type" else "right")
+    for typ, v in res.items():
+        t.add_row(typ, f"{v.precision:.3f}", f"{v.recall:.3f}", str(v.tp + v.fn), str(v.tp), str(v.fn), str(v.fp))
+    console.print(t)
+    for line in misses(rows, min_confidence, show) if show else []:
+        console.print(line, markup=False)
+    if not _jieba_ok():
+        console.print(f"[yellow]note:[/] {NAMES_NEED_JIEBA}")

@@ -1,6 +1,7 @@
 """CLI: `weitiao safety injection ...` (injection_app) and `weitiao rules ...` (rules_app).
 
     weitiao safety injection build --out runs/inj --heldout-families roleplay,indirect
+    weitiao safety injection build --out runs/inj --tasks my_tasks.jsonl --templates my_attacks.jsonl
     weitiao safety injection eval runs/inj/heldout_attacks.jsonl --model demo --adapter runs/inj-dpo
     weitiao safety injection eval runs/inj/heldout_attacks.jsonl --endpoint http://127.0.0.1:8000/v1
     weitiao safety injection screen runs/inj/attacks.jsonl runs/inj/heldout_attacks.jsonl [--config s.yaml]
@@ -53,11 +54,30 @@ def injection_build(
     families: str = typer.Option("", help="only these families (default all)"),
     per_family: int = typer.Option(None, help="sample this many attacks per family (default: every combination)"),
     seed: int = typer.Option(0),
+    tasks: Path = typer.Option(None, help="your system prompts + tasks, JSONL {id, system, task, answer[, topic]}"),
+    rag_tasks: Path = typer.Option(
+        None, help="your documents for the indirect family, JSONL {id, document, question, answer}"
+    ),
+    templates: Path = typer.Option(
+        None, help="your attack templates, JSONL {id, family, goal, text} (added to the built-ins)"
+    ),
+    builtin_templates: bool = typer.Option(True, help="keep the built-in templates next to --templates"),
 ) -> None:
-    """Turn seed tasks into attacks of each family; write SFT rows and DPO pairs, held-out split by family."""
+    """Turn seed tasks into attacks of each family; write SFT rows and DPO pairs, held-out split by family.
+
+    File schemas, with examples: weitiao/safety/injection.py, section "your own inputs"."""
     from weitiao.safety import injection as inj
 
-    attacks = inj.build_attacks(seed, per_family, _csv(families) or None)
+    if not builtin_templates and templates is None:
+        raise UserError("--no-builtin-templates needs --templates FILE (otherwise there is nothing to build)")
+    attacks = inj.build_attacks(
+        seed,
+        per_family,
+        _csv(families) or None,
+        tasks=inj.load_tasks(tasks) if tasks else None,
+        rag_tasks=inj.load_rag_tasks(rag_tasks) if rag_tasks else None,
+        templates=inj.load_templates(templates, builtin_templates) if templates else None,
+    )
     s = inj.write_dataset(out, attacks, _csv(heldout_families))
     t = Table(title=f"injection data → {out}")
     for c in ("family", "attacks", "split"):

@@ -5,19 +5,20 @@
     scrub(text, mode="placeholder" | "pseudonym" | "mask")
 
 Digit runs are bounded by lookarounds, never `\\b`: in Python's `re` Chinese characters are word
-characters, so `\\b13812345678\\b` would miss "电话13812345678". Checksum types (resident ID: GB 11643
-MOD 11-2 + a real birth date + a province code; bank card: Luhn) are trusted; the rest are patterns
-plus context. Person names use jieba's POS tag `nr` filtered by a surname list; without jieba only
-names after a label (姓名：, 我叫) are found, and `NAMES_NEED_JIEBA` says so.
-Pseudonyms for IDs and cards are made checksum-invalid on purpose so a fake can never be a real person's.
+characters, so `\\b13812345678\\b` would miss "电话13812345678". Numbers are read in any grouping
+(138 1234 5678, 1381-234-5678), in full-width digits (１３８…) and spoken (一三八…, 幺 = 1); spans
+always index the original text. Checksum types (resident ID: GB 11643 MOD 11-2 + a real birth date +
+a province code; bank card: Luhn) are trusted; the rest are patterns plus context. Person names use
+jieba's POS tag `nr` filtered by a surname list and by context (李宁的跑鞋, 方正县, 向东走 are not
+people); without jieba only names after a label (姓名：, 我叫) are found, and `NAMES_NEED_JIEBA` says so.
+Pseudonyms (`pii_fake`) are built so a fake can never be a real person's: see that module.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
+import functools
 import ipaddress
-import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,11 +112,63 @@ def _money(text: str, start: int, end: int) -> bool:
     return bool(MONEY_AFTER.match(text, end)) or bool(MONEY_BEFORE.search(text[max(0, start - 8) : start]))
 
 
-ID_RE = re.compile(ND + r"\d{17}[\dXx]" + NA)
+# Digit runs: digits joined by single spaces or dashes in any grouping (138 1234 5678, 1381-234-5678,
+# 110105 19491231 002X). A run is read whole, without a leading country code, group by group, or as a
+# sequence of whole PII numbers ("138 1234 5678 139 8765 4321"), so one stray number beside a phone
+# neither hides it nor joins it.
+RUN_RE = re.compile(r"(?<![0-9A-Za-z])\d(?:(?: ?- ?| )?\d)*[Xx]?(?![0-9A-Za-z])")
+GROUP_RE = re.compile(r"\d+[Xx]?")
+
+
+def _plain(digits: str) -> str | None:
+    """The PII kind a bare digit string is on its own (mobile, id_card, bank_card), else None."""
+    if re.fullmatch(r"1[3-9]\d{9}", digits):
+        return "mobile"
+    if len(digits) == 18 and valid_id(digits):
+        return "id_card"
+    if 16 <= len(digits) <= 19 and digits.isdigit() and luhn_ok(digits):
+        return "bank_card"
+    return None
+
+
+def _partition(groups: list[str]) -> list[tuple[int, int]] | None:
+    """Cut a run's groups into consecutive pieces that are each a whole PII number, if possible."""
+    n, best = len(groups), {0: []}
+    for i in range(n):
+        if i not in best:
+            continue
+        for j in range(i + 1, n + 1):
+            piece = "".join(groups[i:j])
+            if len(piece) > 19:  # no PII number is longer: keeps a long run of small groups linear
+                break
+            if _plain(piece) and j not in best:
+                best[j] = best[i] + [(i, j)]
+    return best.get(n)
+
+
+@functools.lru_cache(maxsize=4)  # id_card, bank_card and mobile read the same window's runs
+def digit_spans(text: str) -> tuple[tuple[int, int, str], ...]:
+    """(start, end, digits) of every candidate number in `text`, longest reading first per run."""
+    out = []
+    for run in RUN_RE.finditer(text):
+        groups = list(GROUP_RE.finditer(run.group()))
+        base = run.start()
+        pieces = [(0, len(groups))]
+        if len(groups) > 1:
+            lead = int(groups[0].group() in ("86", "0086"))  # +86 138 1234 5678: mobile reads it with the prefix
+            cut = _partition([g.group() for g in groups[lead:]]) or []
+            pieces += [(i + lead, j + lead) for i, j in cut]
+            if lead and cut:
+                pieces.append((0, cut[0][1] + 1))
+            pieces += [(i, i + 1) for i in range(len(groups))]
+        for i, j in dict.fromkeys(pieces):
+            start, end = base + groups[i].start(), base + groups[j - 1].end()
+            out.append((start, end, "".join(g.group() for g in groups[i:j])))
+    return tuple(out)
 
 
 def find_id_card(text: str) -> list[Match]:
-    return [Match("id_card", m.start(), m.end(), m.group(), 0.99) for m in ID_RE.finditer(text) if valid_id(m.group())]
+    return [Match("id_card", a, b, text[a:b], 0.99) for a, b, d in digit_spans(text) if valid_id(d.upper())]
 
 
 ID_CUES = re.compile(r"身份证|证件号|公民身份")
@@ -126,41 +179,47 @@ def _id_shaped(s: str) -> bool:
     return valid_id(s[:17] + id_check_char(s[:17]))
 
 
-CARD_RE = re.compile(ND + r"(?:\d{16,19}|\d{4}(?P<s>[ -])\d{4}(?P=s)\d{4}(?P=s)\d{4}(?:(?P=s)\d{1,3})?)" + NA)
 CARD_PREFIX = re.compile(r"62|4|5[1-5]|2[2-7]|3[47]|35|60|9")  # UnionPay, Visa, Mastercard, Amex, JCB, domestic
 
 
 def find_bank_card(text: str) -> list[Match]:
-    """16–19 digits (optionally in groups of 4). Luhn + card prefix or cue → match; Luhn failure next
+    """16–19 digits (in any grouping). Luhn + card prefix or cue → match; Luhn failure next
     to 卡号/银行卡 → kept at confidence 0.3 (a typo'd card is still someone's card)."""
     out = []
-    for m in CARD_RE.finditer(text):
-        digits = re.sub(r"[ -]", "", m.group())
-        cue = _near(text, m.start(), m.end(), CARD_CUES)
-        if not cue and (_near(text, m.start(), m.end(), ID_CUES) or (len(digits) == 18 and _id_shaped(digits))):
+    for a, b, digits in digit_spans(text):
+        if not (16 <= len(digits) <= 19 and digits.isdigit()):
+            continue
+        cue = _near(text, a, b, CARD_CUES)
+        if not cue and (_near(text, a, b, ID_CUES) or (len(digits) == 18 and _id_shaped(digits))):
             continue  # an 18-digit ID with a typo'd check digit is not a card (provinces 34/37/4x/5x/62 look like BINs)
         if luhn_ok(digits):
             if cue:
-                out.append(Match("bank_card", m.start(), m.end(), m.group(), 0.99))
+                out.append(Match("bank_card", a, b, text[a:b], 0.99))
             elif (digits[:2] == "62" or (len(digits) == 16 and CARD_PREFIX.match(digits))) and not _near(
-                text, m.start(), m.end(), ORDER_CUES
+                text, a, b, ORDER_CUES
             ):  # without a cue: UnionPay 62 (16–19 digits) or a 16-digit Visa/Mastercard/JCB/domestic BIN
-                out.append(Match("bank_card", m.start(), m.end(), m.group(), 0.9 if digits[:2] == "62" else 0.8))
+                out.append(Match("bank_card", a, b, text[a:b], 0.9 if digits[:2] == "62" else 0.8))
         elif cue:
-            out.append(Match("bank_card", m.start(), m.end(), m.group(), 0.3))
+            out.append(Match("bank_card", a, b, text[a:b], 0.3))
     return out
 
 
-MOBILE_RE = re.compile(r"(?<![0-9A-Za-z+])(?:(?:\+|00)86[ -]?)?1[3-9]\d(?:(?P<sep>[ -]?)\d{4}(?P=sep)\d{4})" + NA)
-
-
 def find_mobile(text: str) -> list[Match]:
+    """11 digits 1[3-9]x in any grouping, optionally after +86 / 0086."""
     out = []
-    for m in MOBILE_RE.finditer(text):
-        if re.match(r"[\d.,]", text[m.start() - 1 : m.start()]) or _money(text, m.start(), m.end()):
+    for start, end, digits in digit_spans(text):
+        if len(digits) == 13 and digits.startswith("86") and text[start - 1 : start] == "+":
+            digits, start = digits[2:], start - 1  # +86 138 1234 5678
+        elif len(digits) == 15 and digits.startswith("0086"):
+            digits = digits[4:]
+        elif text[start - 1 : start] == "+":
+            continue  # +1 3812345678: another country's number
+        if not re.fullmatch(r"1[3-9]\d{9}", digits):
+            continue
+        if re.match(r"[\d.,]", text[start - 1 : start]) or _money(text, start, end):
             continue  # 1,381,234,5678 or 13812345678元 is an amount
-        conf = 0.8 if _near(text, m.start(), m.end(), ORDER_CUES) else 0.95
-        out.append(Match("mobile", m.start(), m.end(), m.group(), conf))
+        conf = 0.8 if _near(text, start, end, ORDER_CUES) else 0.95
+        out.append(Match("mobile", start, end, text[start:end], conf))
     return out
 
 
@@ -215,7 +274,7 @@ def find_ip(text: str) -> list[Match]:
 LANDLINE_RE = re.compile(
     r"(?<![0-9A-Za-z+])(?:(?:\+|00)86[ -]?)?"
     r"(?:\(0?(?:10|2\d|[3-9]\d{2})\)|0?(?:10|2\d|[3-9]\d{2})(?=[ -])|0(?:10|2\d|[3-9]\d{2}))"
-    r"[ -]?[2-9]\d{6,7}(?:-\d{1,4})?" + NA
+    r"[ -]?[2-9](?:\d{6,7}|\d{2,3}[ -]\d{4})(?:-\d{1,4})?" + NA  # 82561234, 8256 1234, 8256-1234
 )
 
 
@@ -297,7 +356,7 @@ def find_address(text: str) -> list[Match]:
 
 def _is_surname_name(w: str) -> bool:
     # 张总, 李工, 老王, 王先生: a title, not a name; 武侯区: a place
-    if w in D.NAME_STOP or w[1:] in D.NAME_CUES or w[-1] in "总工董某氏区市县省路街镇村" or w[0] in "老小阿":
+    if w in D.NAME_STOP or w[1:] in D.NAME_CUES or w[-1] in "总工董某氏区市县省路街镇村人" or w[0] in "老小阿":
         return False
     if w[:2] in D.SURNAMES_2:
         return 3 <= len(w) <= 4
@@ -306,6 +365,15 @@ def _is_surname_name(w: str) -> bool:
 
 NAME_LABEL_RE = re.compile(rf"(?:{'|'.join(D.NAME_LABELS)})(?:[:：是为]|\s)*({HAN}{{2,4}})")
 CUE_AFTER = re.compile("|".join(D.NAME_CUES))
+NOT_AFTER = re.compile("|".join(D.NAME_NOT_AFTER))
+
+
+def _context_says_not_a_name(text: str, start: int, w: str) -> bool:
+    """李宁的跑鞋 (a brand), 方正县 (a place), 向东走 (a direction): person-shaped words that are not people."""
+    end = start + len(w)
+    if CUE_AFTER.match(text, end):
+        return False
+    return w in D.NAME_BRANDS or bool(NOT_AFTER.match(text, end)) or (w[0] == "向" and w[1] in "东西南北前后左右上下")
 
 
 def find_name(text: str) -> list[Match]:
@@ -334,7 +402,7 @@ def find_name(text: str) -> list[Match]:
             nxt, nflag = words[i + 1][1], words[i + 1][2]
             if _is_surname_name(w + nxt) and (nflag.startswith("nr") or CUE_AFTER.match(text, start + len(w + nxt))):
                 w, used = w + nxt, i + 1
-        if not _is_surname_name(w):
+        if not _is_surname_name(w) or _context_says_not_a_name(text, start, w):
             continue
         cue = bool(CUE_AFTER.match(text, start + len(w)))
         out.append(Match("name", start, start + len(w), w, 0.9 if cue else 0.75))
@@ -396,8 +464,39 @@ def scan(text: str, types: list[str] | None = None, min_confidence: float = 0.0)
     return out
 
 
+# Full-width letters, digits and the signs inside numbers and emails (１３８, ＠, －, （）, the ideographic
+# space) read as ASCII; one character for one, so spans hold. Full-width ：，。 stay: they end a number.
+_WIDE = "０１２３４５６７８９＠．－＋（）＿" + "".join(map(chr, [*range(0xFF21, 0xFF3B), *range(0xFF41, 0xFF5B)]))
+FULLWIDTH = {ord(c): ord(c) - 0xFEE0 for c in _WIDE}
+FULLWIDTH |= {0x3000: ord(" "), 0x2013: ord("-"), 0x2014: ord("-"), 0x2212: ord("-")}
+# Digits spoken in Chinese (一三八…, 幺 = 1, 两 = 2, 洞 = 0 in radio speech) count as digits inside a run of
+# at least 7 digit characters with one Chinese numeral: "一二三" in prose stays prose.
+CN_DIGITS = str.maketrans("零〇○洞一幺二两三四五六七拐八九勾", "00001122345677899")
+_CN = "零〇○洞一幺二两三四五六七拐八九勾"
+CN_RUN = re.compile(rf"[0-9{_CN}](?:(?: ?- ?| )?[0-9{_CN}]){{6,}}")
+DIGIT_TYPES = {"id_card", "mobile", "bank_card", "landline"}
+
+
+def normalize(text: str) -> tuple[str, str]:
+    """(full-width folded to ASCII, that with Chinese-numeral digit runs as ASCII digits); same length as text."""
+    wide = text.translate(FULLWIDTH)
+    if not re.search(f"[{_CN}]", wide):
+        return wide, wide
+
+    def spell(m: re.Match) -> str:
+        return m.group().translate(CN_DIGITS) if re.search(f"[{_CN}]", m.group()) else m.group()
+
+    return wide, CN_RUN.sub(spell, wide)
+
+
 def _scan_window(text: str, types: list[str] | None, min_confidence: float) -> list[Match]:
-    found = [m for t in types or TYPES for m in RECOGNIZERS[t](text) if m.confidence >= min_confidence]
+    wide, spoken = normalize(text)
+    found = [
+        Match(m.type, m.start, m.end, text[m.start : m.end], m.confidence)
+        for t in types or TYPES
+        for m in RECOGNIZERS[t](spoken if t in DIGIT_TYPES else wide)
+        if m.confidence >= min_confidence
+    ]
     found.sort(key=lambda m: (m.confidence < 0.5, PRIORITY.index(m.type), -(m.end - m.start), m.start))
     kept: list[Match] = []
     for m in found:
@@ -411,7 +510,7 @@ def _scan_window(text: str, types: list[str] | None, min_confidence: float) -> l
 
 def mask(m: Match) -> str:
     """Keep a recognizable prefix/suffix: 138****5678, 622202*********1234, z***@qq.com, 张**."""
-    s = m.text
+    s = normalize(m.text)[1] if m.type in DIGIT_TYPES else m.text  # 一三八… masks like 138…
     ndig = sum(c.isdigit() or c in "Xx" for c in s)
     keep = {"mobile": (ndig - 8, 4), "id_card": (6, 4), "bank_card": (6, 4), "landline": (ndig - 4, 0)}
     if m.type == "email":
@@ -433,94 +532,6 @@ def mask(m: Match) -> str:
     return "".join(out)
 
 
-def fake_id(rng: random.Random) -> str:
-    """A resident ID with a valid region and date but a WRONG check character: never a real ID
-    (and never Luhn-valid either, so it cannot pass as a card number)."""
-    prov = rng.choice(sorted(D.PROVINCE_CODES - {"71", "81", "82"}))
-    born = dt.date(1950, 1, 1) + dt.timedelta(days=rng.randrange(365 * 55))
-    body = f"{prov}{rng.randrange(100, 10000):04d}{born:%Y%m%d}{rng.randrange(1000):03d}"
-    right = id_check_char(body)
-    wrong = [c for c in "0123456789" if c != right and not luhn_ok(body + c)]
-    return body + rng.choice(wrong)
-
-
-def fake_card(rng: random.Random, prefix: str = "62", length: int = 16) -> str:
-    """A card number that FAILS Luhn, so it can never be a real card."""
-    body = prefix + "".join(str(rng.randrange(10)) for _ in range(length - len(prefix) - 1))
-    right = luhn_digit(body)
-    return body + rng.choice([d for d in "0123456789" if d != right])
-
-
-def _digits_like(s: str, rng: random.Random, keep: int) -> str:
-    """Replace digits after the first `keep` ones, keeping separators and length."""
-    out, seen = [], 0
-    for c in s:
-        if c.isdigit():
-            seen += 1
-            out.append(c if seen <= keep else str(rng.randrange(10)))
-        else:
-            out.append(c)
-    return "".join(out)
-
-
-def fake_like(m: Match, rng: random.Random) -> str:
-    """A format-preserving fake of the same type."""
-    s = m.text
-    if m.type == "id_card":
-        return fake_id(rng)
-    if m.type == "bank_card":
-        digits = re.sub(r"\D", "", s)
-        fake = fake_card(rng, digits[:6], len(digits))
-        it = iter(fake)
-        return "".join(next(it) if c.isdigit() else c for c in s)
-    if m.type == "mobile":
-        return _digits_like(
-            s, rng, 3 + (2 if s.startswith(("+86", "0086")) else 0) + (2 if s.startswith("0086") else 0)
-        )
-    if m.type == "landline":
-        area = re.match(r"\D*(?:86\D*)?\(?0?\d{2,3}", s)
-        return s[: area.end()] + _digits_like(s[area.end() :], rng, 0) if area else _digits_like(s, rng, 0)
-    if m.type == "email":
-        return f"user{rng.randrange(10**5):05d}@example.com"  # RFC 2606 reserved domain
-    if m.type == "ip":
-        return (
-            f"192.0.2.{rng.randrange(1, 255)}" if "." in s else f"2001:db8::{rng.randrange(1, 65535):x}"
-        )  # RFC 5737/3849
-    if m.type == "passport":
-        return s[0] + "".join(str(rng.randrange(10)) if c.isdigit() else c for c in s[1:])
-    if m.type == "plate":
-        tail = "".join(rng.choice("0123456789ABCDEFGHJKLMNPQRSTUVWXYZ") if c.isalnum() else c for c in s[2:])
-        return s[:2] + tail
-    if m.type == "name":
-        sur = s[:2] if s[:2] in D.SURNAMES_2 else s[0]
-        sur = rng.choice(sorted(D.SURNAMES_2 if len(sur) == 2 else D.SURNAMES_1 - {sur}))
-        return sur + "".join(rng.choice(D.FAKE_GIVEN) for _ in range(len(s) - len(sur)))
-    return (
-        rng.choice(D.FAKE_CITIES)
-        + rng.choice(D.FAKE_DISTRICTS)
-        + rng.choice(D.FAKE_ROADS)
-        + f"{rng.randrange(1, 300)}号"
-    )
-
-
-class Pseudonymizer:
-    """Same value → same fake within one document (a row); fakes are seeded by (seed, value)."""
-
-    def __init__(self, seed: int = 0):
-        self.seed, self.table = seed, {}
-
-    def __call__(self, m: Match) -> str:
-        key = (m.type, m.text)
-        if key not in self.table:
-            h = hashlib.sha256(f"{self.seed}|{m.type}|{m.text}".encode()).digest()
-            rng = random.Random(int.from_bytes(h[:8], "big"))
-            fake = fake_like(m, rng)
-            while fake == m.text or fake in self.table.values():
-                fake = fake_like(m, rng)
-            self.table[key] = fake
-        return self.table[key]
-
-
 MODES = ("placeholder", "pseudonym", "mask")
 
 
@@ -531,6 +542,8 @@ def replacer(mode: str, seed: int = 0) -> Callable[[Match], str]:
     if mode == "mask":
         return mask
     if mode == "pseudonym":
+        from weitiao.safety.pii_fake import Pseudonymizer
+
         return Pseudonymizer(seed)
     raise UserError(f"--mode {mode!r} unknown; use one of {', '.join(MODES)}")
 

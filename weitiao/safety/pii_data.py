@@ -45,8 +45,23 @@ NAME_LABELS = (
 # Pools for pseudonyms and fabricated leaks.
 FAKE_GIVEN = list("伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华玉兰萍红建国志文斌辉鹏宇浩然子轩梓涵欣怡思雨")
 FAKE_ROADS = "人民路 解放路 中山路 建设路 和平路 长江路 胜利路 文化路 新华路 青年路 花园路 学府路".split()
-FAKE_DISTRICTS = "朝阳区 海淀区 浦东新区 天河区 南山区 武侯区 西湖区 江汉区 鼓楼区 雁塔区 历下区 和平区".split()
-FAKE_CITIES = "北京市 上海市 广州市 深圳市 成都市 杭州市 武汉市 南京市 西安市 济南市 天津市 重庆市".split()
+# Real (province, city, district) triples for fake addresses, so a fake never pairs 济南市 with 海淀区;
+# the four municipalities have no province.
+REAL_PLACES = [
+    tuple(t.split("/"))
+    for t in (
+        "/北京市/朝阳区 /北京市/海淀区 /上海市/浦东新区 /上海市/徐汇区 /天津市/和平区 /重庆市/渝中区 "
+        "广东省/广州市/天河区 广东省/深圳市/南山区 广东省/深圳市/福田区 四川省/成都市/武侯区 四川省/成都市/锦江区 "
+        "浙江省/杭州市/西湖区 浙江省/杭州市/滨江区 湖北省/武汉市/江汉区 湖北省/武汉市/洪山区 江苏省/南京市/鼓楼区 "
+        "江苏省/苏州市/姑苏区 陕西省/西安市/雁塔区 山东省/济南市/历下区 山东省/青岛市/市南区 湖南省/长沙市/岳麓区 "
+        "河南省/郑州市/金水区 福建省/福州市/鼓楼区 福建省/厦门市/思明区 辽宁省/沈阳市/和平区 安徽省/合肥市/蜀山区 "
+        "云南省/昆明市/五华区 河北省/石家庄市/长安区 黑龙江省/哈尔滨市/南岗区 江西省/南昌市/东湖区"
+    ).split()
+]
+# Fake mobiles start with 154, a prefix the MIIT numbering plan has not given to any carrier (China Mobile,
+# Unicom, Telecom, Broadnet or the virtual operators, as of 2024): 11 digits that look like a phone and
+# reach nobody. Change it here if 154 is ever allocated.
+FAKE_MOBILE_PREFIX = "154"
 
 # Privacy-refusal templates: (type of the leaked value, user request, leaking reply).
 REFUSAL_ASKS = [
@@ -76,5 +91,17 @@ REFUSALS = [
 # Words jieba sometimes tags `nr` that start with a surname character but are not names.
 NAME_STOP = frozenset(
     "谢谢 高兴 江湖 金额 文件 马上 关于 周末 成都 黄金 司机 白天 常常 万一"
-    " 向前 于是 和平 时间 安全 明天 明白 荣耀 张家界 王者 高达 金牛 江山 龙门".split()
+    " 向前 于是 和平 时间 安全 明天 明白 荣耀 张家界 王者 高达 金牛 江山 龙门"
+    " 石家庄 白云山 陈皮 华为 方太 韩束 黄山 宁夏 常熟 景德镇 温泉 金山 华山 柳州 石林 蓝天 白云 万家".split()
 )
+# Brands and shops named like people: a person only with a cue after (李宁先生) or a label before (姓名：).
+NAME_BRANDS = frozenset(
+    "李宁 周大福 周生生 王老吉 马应龙 张小泉 杨国福 李锦记 谭木匠 周黑鸭 钱大妈 康师傅 王守义 陈李济 雷允上"
+    " 张裕 汤臣倍健 曹操出行 郑明明 戴森 鲁花 金龙鱼 巴奴 张亮 杨铭宇 贾国龙 华莱士 莫小仙 王小卤 钟薛高".split()
+)
+# What follows a person-shaped word that makes it a brand or a place: 李宁专卖店, 方正县, 文昌发射场.
+NAME_NOT_AFTER = (
+    "牌 品牌 专卖 旗舰店 门店 官网 官方 集团 股份 有限 公司 商标 系列 产品 麻辣烫 凉茶 "
+    "县 市(?!长) 区(?!长) 镇(?!长) 乡(?!长) 村(?!长|民) 路(?![过上边]) 大街 街道 大道 "
+    "港 湾 岛 机场 发射场 火车站 景区 风景区"
+).split()

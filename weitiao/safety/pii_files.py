@@ -1,6 +1,6 @@
 """PII over data files and privacy-refusal data, on top of the recognizers in `weitiao.safety.pii`.
 
-`process_file` scans or scrubs any supported data format field by field, keeping each row's shape;
+`process_file` scans or scrubs any JSONL (training formats or plain JSON rows) field by field, keeping each row's shape;
 `make_refusals` writes privacy-refusal SFT rows and DPO pairs whose rejected side leaks a fake value.
 """
 
@@ -13,7 +13,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 from weitiao.safety import pii_data as D
-from weitiao.safety.pii import TYPES, Match, fake_card, fake_id, fake_like, replacer, scrub
+from weitiao.safety.pii import TYPES, Match, replacer, scrub
+from weitiao.safety.pii_fake import fake_card, fake_id, fake_like, fake_mobile
 
 # ----------------------------------------------------------------------------- files
 
@@ -34,15 +35,21 @@ class FileReport:
     examples: list[dict] | None = None
 
 
-def _walk(value, path: str, fn: Callable[[str, str], str]):
-    """Apply fn(text, field_path) to every string value, keeping the row's shape."""
+def _walk(value, path: str, fn: Callable[[str, str], str], skip=frozenset()):
+    """Apply fn(text, field_path) to every string value, keeping the row's shape; paths read
+    `messages[].content`, `meta.notes`, `text`."""
     if isinstance(value, str):
         return fn(value, path)
     if isinstance(value, list):
-        return [_walk(v, f"{path}[]", fn) for v in value]
+        return [_walk(v, f"{path}[]", fn, skip) for v in value]
     if isinstance(value, dict):
-        return {k: v if k in SKIP_KEYS else _walk(v, f"{path}.{k}" if path else k, fn) for k, v in value.items()}
+        return {k: v if k in skip else _walk(v, f"{path}.{k}" if path else k, fn, skip) for k, v in value.items()}
     return value
+
+
+def _selected(path: str, fields: list[str] | None) -> bool:
+    """`--fields meta` covers meta.notes and meta[].x; no --fields covers every string."""
+    return fields is None or any(path == f or path.startswith((f + ".", f + "[]")) for f in fields)
 
 
 def process_file(
@@ -52,13 +59,18 @@ def process_file(
     types: list[str] | None = None,
     min_confidence: float = 0.0,
     seed: int = 0,
+    fields: list[str] | None = None,
 ) -> FileReport:
-    """Scan (out=None) or scrub one data file of any supported format, field by field.
+    """Scan (out=None) or scrub one JSONL/JSON/Parquet file, string field by string field.
 
-    Rows stream through one at a time (a huge row is scanned in bounded windows, see `pii.scan`);
-    each is validated like `load_rows` (a bad row is a UserError naming file:line: field) and walked
-    so the scrubbed JSONL keeps the input's row shape; the output appears only when every row passed.
-    One row is one document for pseudonyms: a name in the user turn gets the same fake in the assistant turn.
+    A file whose first row is a training format (alpaca, sharegpt, openai, preference) is held to it
+    like `load_rows` (a bad row is a UserError naming file:line: field) and its structural keys (role,
+    from, id...) are left alone; any other file is read as plain JSON rows ({"text": ...} corpora, logs)
+    and every string in it, however nested, is scanned. `fields` limits both to those paths (as the
+    report prints them: `text`, `meta.notes`, `messages[].content`); a path that matches nothing in
+    the whole file is a UserError. Rows stream one at a time (a huge row is scanned in bounded windows,
+    see `pii.scan`); the scrubbed JSONL keeps each row's shape and appears only when every row passed.
+    Pseudonyms hold for the whole file: a value gets the same fake in every field of every row.
     """
     from weitiao.data.formats import RowError, detect_format, iter_records, parse_row
     from weitiao.errors import UserError
@@ -66,25 +78,34 @@ def process_file(
 
     rep = FileReport(str(path), "auto", counts=dict.fromkeys(TYPES, 0), fields={}, examples=[])
     fmt = None
+    seen: set[str] = set()
+    replace = replacer(mode, seed=seed)  # one per file: the same value maps to the same fake in every row
     with atomic_writer(out) if out is not None else nullcontext() as write:
         for n, record in iter_records(path, max_row_bytes=None):
             try:
                 if isinstance(record, RowError):
                     raise record
-                fmt = fmt or detect_format(record)
-                parse_row(record, fmt)
+                if fmt is None:
+                    try:
+                        fmt = detect_format(record)
+                    except RowError:
+                        fmt = "json"
+                if fmt != "json":
+                    parse_row(record, fmt)
             except RowError as e:
                 raise UserError(f"{path}:{n}: {e}") from None
             rep.rows += 1
             found: list[tuple[str, Match]] = []
-            replace = replacer(mode, seed=seed * 1_000_003 + n)
 
             def one(text: str, field: str, replace=replace, found=found) -> str:
+                seen.add(field)
+                if not _selected(field, fields):
+                    return text
                 new, matches = scrub(text, mode, types, min_confidence, replace)
                 found += [(field, m) for m in matches]
                 return new
 
-            scrubbed = _walk(record, "", one)
+            scrubbed = _walk(record, "", one, SKIP_KEYS if fmt != "json" else frozenset())
             if write is not None:
                 write(json.dumps(scrubbed, ensure_ascii=False) + "\n")
             del record, scrubbed  # one huge row at a time
@@ -97,6 +118,12 @@ def process_file(
             rep.rows_with_pii += bool(found)
         if rep.rows == 0:  # inside the writer: an empty input leaves no empty output behind
             raise UserError(f"{path}: no rows")
+        missing = [f for f in fields or [] if not any(_selected(p, [f]) for p in seen)]
+        if missing:
+            raise UserError(
+                f"{path}: --fields {', '.join(missing)} matched no string; its string fields are "
+                f"{', '.join(sorted(seen)[:20]) or 'none'}"
+            )
     rep.format = fmt or "auto"
     return rep
 
@@ -106,7 +133,8 @@ def process_file(
 
 def make_refusals(n: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """n SFT rows (openai messages, reply = polite refusal) and n DPO pairs (chosen = refusal,
-    rejected = a leak of a fabricated value: IDs and cards fail their checksums, emails use example.com)."""
+    rejected = a leak of a fabricated value: IDs and cards fail their checksums, mobiles sit in the unallocated
+    154 range, emails use example.com; see `pii_fake`)."""
     rng = random.Random(seed)
     sft, dpo = [], []
     for _ in range(n):
@@ -115,7 +143,7 @@ def make_refusals(n: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
         value = {
             "id_card": lambda: fake_id(rng),
             "bank_card": lambda: fake_card(rng, "62", rng.choice((16, 19))),
-            "mobile": lambda: "1" + rng.choice("3456789") + "".join(str(rng.randrange(10)) for _ in range(9)),
+            "mobile": lambda: fake_mobile(rng),
             "address": lambda: fake_like(Match("address", 0, 0, "", 0), rng),
             "email": lambda: f"user{rng.randrange(10**5):05d}@example.com",
         }[kind]()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 
 from weitiao.errors import UserError
 
+log = logging.getLogger(__name__)
 CJK = "\u4e00-\u9fff"
 _VERBS = "输出|告诉|透露|复述|重复|打印|显示|发我|发给我|念|给我看|翻译|附上|说出|说了出来|总结"
 _SECRETS = (
@@ -86,7 +88,9 @@ class ScreenConfig:
     decode: bool = True  # also scan base64 / \\u escapes / reversed / split-character variants
     roles: tuple[str, ...] = ("user",)  # message roles that are scanned
     encoded_weight: float = 0.6  # added when a payload decodes to printable text
-    refusal: str = "抱歉，这条消息疑似包含提示词注入（{hits}），我无法处理。请去掉其中给我的额外指令后再试。"
+    # The same words for every blocked request: naming the matched patterns would tell an attacker what
+    # to rephrase. The patterns go to the server log ("weitiao.safety.screen") for the operator.
+    refusal: str = "抱歉，这条消息疑似包含提示词注入，我无法处理。请去掉其中给我的额外指令后再试。"
 
 
 @dataclass
@@ -152,7 +156,10 @@ class Screen:
 
     def __call__(self, messages: list[dict]) -> str | None:
         s = self.score(messages)
-        return self.cfg.refusal.format(hits="、".join(sorted(s.hits))) if s.blocked else None
+        if not s.blocked:
+            return None
+        log.warning("input screen blocked a request: score %.2f, patterns %s", s.score, ", ".join(sorted(s.hits)))
+        return self.cfg.refusal
 
 
 def load_screen_config(path: str | Path | None) -> ScreenConfig:
@@ -170,6 +177,11 @@ def load_screen_config(path: str | Path | None) -> ScreenConfig:
     extra = sorted(set(data) - known)
     if extra:
         raise UserError(f"{p}: unknown keys {extra}; allowed: {sorted(known)}")
+    if "{" in str(data.get("refusal", "")):
+        raise UserError(
+            f"{p}: refusal: placeholders such as {{hits}} are not filled; the refusal must not tell the "
+            "sender which patterns matched (the server log names them). Write plain text."
+        )
     cfg = ScreenConfig()
     for k in ("threshold", "decode", "refusal", "encoded_weight"):
         if k in data:
