@@ -88,7 +88,7 @@ def test_eval_gen_with_only_adapter(project, tmp_path):
     assert len(json.loads((tmp_path / "e.json").read_text())["rows"]) == 1
 
 
-def test_serve_with_only_adapter(project, monkeypatch):
+def test_serve_with_only_adapter(project, monkeypatch, capsys):
     import uvicorn
 
     from weitiao.infer import serve
@@ -97,6 +97,7 @@ def test_serve_with_only_adapter(project, monkeypatch):
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(app))
     serve.serve(adapter=str(project / "runs/sft"))
     assert len(served) == 1
+    assert "loaded in 4-bit NF4 as in training (--quant none to override)" in capsys.readouterr().err
 
 
 def test_export_merge_with_only_adapter(project, tmp_path):

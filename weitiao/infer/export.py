@@ -206,8 +206,8 @@ def _generation_config(adapter_dir: Path, base: str) -> Any:
     return None
 
 
-# vllm/config/lora.py: `--max-lora-rank` takes one of these; the default is 16
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# vllm/config/lora.py: `--max-lora-rank` takes one of these, default 16
+VLLM_LORA_RANKS, VLLM_DEFAULT_RANK = (1, 8, 16, 32, 64, 128, 256, 320, 512), 16
 
 
 def serve_notes(dest: Path) -> list[str]:
@@ -235,10 +235,10 @@ def serve_notes(dest: Path) -> list[str]:
         f"--generation-config {q(str(dest))} --chat-template {q(str(dest / 'chat_template.jinja'))}"
     )
     lines = []
-    if rank > VLLM_LORA_RANKS[2]:
+    if rank > VLLM_DEFAULT_RANK:
         need = next(r for r in VLLM_LORA_RANKS if r >= rank)
-        lines.append(f"warning: LoRA rank {rank} is above vLLM's default --max-lora-rank 16; serve it with "
-                     f"--max-lora-rank {need}")  # fmt: skip
+        lines.append(f"warning: LoRA rank {rank} is above vLLM's default --max-lora-rank {VLLM_DEFAULT_RANK}; "
+                     f"serve it with --max-lora-rank {need}")  # fmt: skip
         cmd += f" --max-lora-rank {need}"
     return [*lines, f"serve with vLLM: {cmd}"]
 

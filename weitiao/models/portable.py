@@ -5,8 +5,8 @@ Plain transformers, vLLM and llama.cpp's converter (which pins transformers 4.57
   that ends turns with another token (Qwen2.5 base + ChatML: `<|im_end|>` vs `<|endoftext|>`)
   never stops there. We list the template's end-of-turn id first, then the base's EOS ids.
 - the chat template: transformers 5 keeps it in chat_template.jinja only, older readers look in
-  tokenizer_config.json, so it goes in both. A template that needs
-  weitiao to append EOS to replies is written as one that does so itself (ChatTemplate.standalone).
+  tokenizer_config.json, so it goes in both. A template that needs weitiao to append EOS to
+  replies is written as one that does so itself (ChatTemplate.standalone).
 - names transformers 5 writes that 4.x does not know: tokenizer_class "TokenizersBackend" and a
   list under `extra_special_tokens` (4.x wants a dict: the list is its `additional_special_tokens`),
   and config.json with `rope_theta` only inside `rope_parameters` (4.x reads 10000 instead).
