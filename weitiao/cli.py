@@ -167,6 +167,8 @@ def export(
 
     dest = tool.export(adapter, str(out), merge, dtype, force, model)
     console.print(f"exported → {dest}")
+    for line in tool.serve_notes(dest):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     if check:
         console.print(tool.check(str(dest), adapter, str(check)))
 

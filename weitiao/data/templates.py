@@ -7,6 +7,7 @@ every assistant message before rendering, so the model always learns to stop (ch
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,23 @@ class ChatTemplate:
             chat_template=self.jinja,
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
+        )
+
+    def standalone(self) -> str:
+        """The Jinja that renders like `render` through a plain `apply_chat_template` (no weitiao).
+
+        With `appends_eos` it appends the end-of-turn to assistant content itself. The prefix ends
+        with a block tag and a newline, which trim_blocks removes, so the template proper starts a
+        line exactly as before (lstrip_blocks and a leading newline behave the same).
+        """
+        if not self.appends_eos:
+            return self.jinja
+        eot = json.dumps(self.eot)  # a JSON string is a valid Jinja string literal
+        return (
+            "{% set ns = namespace(msgs=[]) %}{% for m in messages %}{% if m['role'] == 'assistant' %}"
+            f"{{% set ns.msgs = ns.msgs + [dict(m, content=m['content'] + {eot})] %}}"
+            "{% else %}{% set ns.msgs = ns.msgs + [m] %}{% endif %}{% endfor %}{% set messages = ns.msgs %}\n"
+            + self.jinja
         )
 
 

@@ -532,5 +532,5 @@ def run(cfg: DPOConfig) -> dict:
 
     # 5. Save.
     summary = {"out": str(out), "beta": d.beta, "loss_type": d.loss_type, **result}
-    loop.finish(out, accel.unwrap_model(loss_mod).model, tokenizer, data.template.jinja, summary, log, accel)
+    loop.finish(out, accel.unwrap_model(loss_mod).model, tokenizer, data.template, summary, log, accel)
     return summary

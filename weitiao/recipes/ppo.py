@@ -44,6 +44,7 @@ from weitiao.io import atomic_write_text, write_jsonl
 from weitiao.losses import ppo as F
 from weitiao.losses.sft import target_logps
 from weitiao.models.load import LoraSpec, ModelSpec, disable_dropout, load_tokenizer
+from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
 from weitiao.models.rewards import RewardSpec, build_scorer
 from weitiao.models.roles import Roles
 from weitiao.train import checkpoint as ck
@@ -597,9 +598,13 @@ def run(cfg: PPOConfig) -> dict:
     if main:
         final = out / "final"
         _save_weights(roles, final)
-        tokenizer.chat_template = template.jinja
-        tokenizer.save_pretrained(final / "tokenizer")
-        atomic_write_text(final / "chat_template.jinja", template.jinja)
+        gen = roles.model.generation_config
+        actor = final / ("adapter" if roles.lora else "model")
+        write_generation_config(actor, gen, stop_ids(tokenizer, template, gen.eos_token_id))
+        if not roles.lora:
+            legacy_config_keys(actor)
+        save_tokenizer(tokenizer, template, final / "tokenizer")
+        atomic_write_text(final / "chat_template.jinja", template.standalone())
         write_jsonl(out / "cost.jsonl", [report])
         log.log("done", state["step"], **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
     log.close()

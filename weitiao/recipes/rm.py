@@ -223,7 +223,7 @@ def run(cfg: RMConfig) -> dict:
 
     # 5. Save what PPO and `weitiao score` load.
     summary = {"out": str(out), **result}
-    final = loop.finish(out, accel.unwrap_model(scorer).model, tokenizer, data.template.jinja, summary, log, accel)
+    final = loop.finish(out, accel.unwrap_model(scorer).model, tokenizer, data.template, summary, log, accel)
     if final is not None:
         base = Path(cfg.model.path)
         save_reward_meta(final, str(base.resolve()) if base.exists() else cfg.model.path, data.template.jinja)

@@ -311,7 +311,7 @@ def run(cfg: SFTConfig) -> dict:
         "tokens": state["tokens"],
         **result,
     }
-    final = loop.finish(out, accel.unwrap_model(loss_mod).model, tokenizer, data.template.jinja, summary, log, accel)
+    final = loop.finish(out, accel.unwrap_model(loss_mod).model, tokenizer, data.template, summary, log, accel)
     if final is not None:
-        atomic_write_text(final / "chat_template.jinja", data.template.jinja)
+        atomic_write_text(final / "chat_template.jinja", data.template.standalone())
     return summary

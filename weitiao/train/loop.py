@@ -24,7 +24,9 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 
 from weitiao.data.collate import plan_epoch
+from weitiao.data.templates import ChatTemplate
 from weitiao.errors import UserError
+from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
 from weitiao.train import checkpoint as ck
 from weitiao.train.guard import DivergedError, ensure_finite
 from weitiao.train.log import MetricsLog, progress_bar
@@ -202,15 +204,22 @@ def start(out: Path, t: Any, config_yaml: str, model: Any, optimizer: Any, main:
 
 
 def finish(
-    out: Path, model: Any, tokenizer: Any, template_jinja: str, summary: dict, log: MetricsLog, accel: Any
+    out: Path, model: Any, tokenizer: Any, template: ChatTemplate, summary: dict, log: MetricsLog, accel: Any
 ) -> Path | None:
-    """Save final weights + the tokenizer carrying the training chat template; log `done`; close."""
+    """Save final weights + the tokenizer carrying the training chat template; log `done`; close.
+
+    A causal LM's weights get a generation_config.json that stops at the template's end-of-turn.
+    """
     final = None
     if accel.is_main_process and summary["finished"]:
         final = out / "final"
-        ck.save_weights(model, final)
-        tokenizer.chat_template = template_jinja
-        tokenizer.save_pretrained(final / "tokenizer")
+        weights = ck.save_weights(model, final)
+        gen = getattr(model, "generation_config", None)  # None for a reward model's classifier
+        if gen is not None:
+            write_generation_config(weights, gen, stop_ids(tokenizer, template, gen.eos_token_id))
+        if (weights / "config.json").is_file():
+            legacy_config_keys(weights)
+        save_tokenizer(tokenizer, template, final / "tokenizer")
         log.log("done", summary["steps"], **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
     log.close()
     accel.wait_for_everyone()
