@@ -175,13 +175,14 @@ def test_gguf_logits_match_merged_model(exported):
     assert (logits(gguf_model(broken, exported["export"]), ids) - want).abs().max() > 10 * TOL["f16"]
 
 
-def test_qwen2_converts_and_matches(tmp_path, tokenizer):
+def test_qwen2_converts_and_matches(tmp_path, tokenizer, capsys):
     """Qwen2 (q/k/v bias, no Q/K permute in llama.cpp), the family most Chinese fine-tunes start from."""
     from conftest import save_tiny_model
 
     model_dir = save_tiny_model(tmp_path / "qwen2", tokenizer, arch="qwen2", kv_heads=2)
     out = to_gguf.convert(model_dir, tmp_path / "q.gguf", "f16")
     assert _field(gguf.GGUFReader(out), "general.architecture") == "qwen2"
+    assert "names llama.cpp's 'gpt-2' one" in capsys.readouterr().err  # the mapping is said, not silent
     ids = tokenizer.encode(TEXTS[0], add_special_tokens=False)
     want = logits(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval(), ids)
     assert (logits(gguf_model(out, model_dir), ids) - want).abs().max() < TOL["f16"]

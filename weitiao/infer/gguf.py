@@ -46,8 +46,7 @@ if pre:
         try:
             return by_hash(self, tokenizer)
         except NotImplementedError:
-            print(f"weitiao: unknown pre-tokenizer hash; tokenizer.json splits as GPT-2: writing {pre!r}",
-                  file=sys.stderr)
+            print(f"weitiao-pre: {pre}", file=sys.stderr)
             return pre
     text_model.get_vocab_base_pre = get_vocab_base_pre
 sys.argv = ["convert_hf_to_gguf.py", *sys.argv[3:]]
@@ -105,6 +104,9 @@ def convert(model_dir: str | Path, outfile: str | Path, outtype: str, name: str 
     done = subprocess.run([sys.executable, "-c", _BOOT, checkout, pre, *args], capture_output=True, text=True, env=env)
     if done.returncode != 0 or not outfile.is_file():
         raise UserError(f"--gguf: llama.cpp's converter failed on {model_dir}: {_reason(done.stderr, checkout)}")
+    if f"weitiao-pre: {pre}" in done.stderr:
+        print(f"note: {outfile.name}: llama.cpp does not know this tokenizer's pre-tokenizer hash; its tokenizer.json "
+              f"splits as GPT-2 does, so the GGUF names llama.cpp's {pre!r} one", file=sys.stderr)  # fmt: skip
     return outfile
 
 
