@@ -209,20 +209,20 @@ def test_llama_cpp_runtime(exported):
     llm = llama_cpp.Llama(str(exported["f16"]), n_ctx=256, n_threads=2, logits_all=True, verbose=False)
     for text in [*TEXTS, CHAT]:
         assert llm.tokenize(text.encode(), add_bos=False, special=True) == hf.encode(text, add_special_tokens=False)
-    prompt = hf.apply_chat_template([{"role": "user", "content": "周末有什么安排？"}], add_generation_prompt=True)
-    prompt = prompt["input_ids"] if isinstance(prompt, dict) else prompt
+    prompt = hf.encode(CHAT[: CHAT.index("在家")], add_special_tokens=False)  # user turn + generation prompt
     llm.eval(prompt)
     got = torch.from_numpy(np.array(llm.scores[: len(prompt)], dtype=np.float32))
-    assert (got - logits(ref, prompt)).abs().max() < TOL["f16"] * 5  # llama.cpp computes in f16/f32 mixed
+    assert (got - logits(ref, prompt)).abs().max() < 5 * TOL["f16"]  # llama.cpp also rounds activations
     with torch.no_grad():
         want = ref.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False)[0, len(prompt) :].tolist()
+    want = want[: want.index(hf.eos_token_id)] if hf.eos_token_id in want else want
     llm.reset()
     greedy = []
-    for token in llm.generate(prompt, temp=0.0, top_k=1):
-        if len(greedy) == len(want) or token == hf.eos_token_id:
+    for token in llm.generate(prompt, temp=0.0):
+        if token == hf.eos_token_id or len(greedy) == len(want):
             break
         greedy.append(token)
-    assert greedy == want[: len(greedy)] and len(greedy) >= min(len(want), 8)
+    assert greedy == want
 
 
 def test_gguf_refusals_before_any_work(tmp_path, monkeypatch):
