@@ -26,6 +26,7 @@ from weitiao.data.chat import EncodeOptions, encode
 from weitiao.data.formats import load_conversations
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
+from weitiao.infer import gguf as to_gguf
 from weitiao.io import atomic_write_text
 from weitiao.models.load import (
     DTYPES,
@@ -140,7 +141,13 @@ def copy_adapter(adapter_dir: Path, dest: Path) -> None:
 
 
 def export(
-    adapter: str, out: str, merge: bool = False, dtype: str = "fp32", force: bool = False, model: str | None = None
+    adapter: str,
+    out: str,
+    merge: bool = False,
+    dtype: str = "fp32",
+    force: bool = False,
+    model: str | None = None,
+    gguf: str | None = None,
 ) -> Path:
     """Write the export to `out`: built in a fresh temp dir beside it, renamed into place when complete.
 
@@ -149,6 +156,8 @@ def export(
     """
     if dtype not in ("fp32", "bf16", "fp16"):
         raise UserError(f"--dtype {dtype}: choose fp32, bf16 or fp16")
+    if gguf is not None:
+        to_gguf.check_request(gguf, merge)
     adapter_dir, tok_dir, spec = locate(adapter)
     spec = spec.model_copy(update={"path": model}) if model else spec
     dest = Path(out)
@@ -174,6 +183,8 @@ def export(
             gen = _generation_config(adapter_dir, spec.path)
         write_generation_config(tmp, gen, stop_ids(tokenizer, template, gen.eos_token_id if gen else None))
         save_tokenizer(tokenizer, template, tmp)
+        if gguf is not None:
+            to_gguf.convert(tmp, tmp / f"model-{gguf}.gguf", gguf, name=dest.name)
         info = {"adapter": str(adapter_dir.resolve()), "base": spec.path, "merged": merge}
         info["dtype"] = dtype if merge else None
         atomic_write_text(tmp / MARKER, json.dumps({**info, "files": sorted(_files(tmp))}, indent=1))
