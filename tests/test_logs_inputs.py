@@ -109,3 +109,17 @@ def test_custom_profile_inherits_and_round_trips(tmp_path):
     nested.write_text("kind: chat\nbase: chat\ncross_session: {enabled: true}\n", encoding="utf-8")
     c = load_profile("chat", str(nested))
     assert c.cross_session.enabled and c.cross_session.discount == 0.9 and c.balance["dwell"] == 0.25
+
+
+def test_csv_true_false_flags_decide_like_counts(tmp_path):
+    """DuckDB types true/false CSV columns BOOLEAN; `logs dwell` crashed on them (the synth CSV has them)."""
+    (tmp_path / "c.csv").write_text(CONTENT)
+    rows = [("A", 60, i % 2 == 0) for i in range(20)] + [("B", 60, False) for _ in range(20)]
+    pairs = {}
+    for style, flag in (("bool", lambda x: str(x).lower()), ("int", lambda x: str(int(x)))):
+        body = "".join(f"{cid},{d},1,{flag(liked)},false\n" for cid, d, liked in rows)
+        (tmp_path / f"{style}.csv").write_text("content_id,dwell_s,position,liked,collected\n" + body)
+        cfg = load_profile("dwell", "zhihu", ["min_views=1", "engagement_first=true"])
+        r = dwell.run(tmp_path / f"{style}.csv", cfg, tmp_path / "c.csv", progress=False)
+        pairs[style] = r.con.execute("SELECT chosen_id, rejected_id, source FROM wt_pairs").fetchall()
+    assert pairs["bool"] == pairs["int"] == [("A", "B", "engagement")]  # equal dwell: the likes decide

@@ -109,8 +109,8 @@ def _cast(col: str, kind: str, dtype: str) -> tuple[str | None, str | None]:
             return f"TRY_CAST({c} AS {sql_t})", f"{c} IS NOT NULL AND TRY_CAST({c} AS {sql_t}) IS NULL"
         return None, None
     if kind == "flag":
-        if dtype == "BOOLEAN":
-            return f"CAST({c} AS INTEGER)", "false"
+        if dtype == "BOOLEAN":  # not CAST: DuckDB pushes it into read_csv, which then parses "false" as an int
+            return f"CASE WHEN {c} THEN 1 WHEN NOT {c} THEN 0 END", "false"
         if numeric:
             return f"CAST({c} > 0 AS INTEGER)", "false"
         if text:
