@@ -203,7 +203,10 @@ def start(out: Path, t: Any, config_yaml: str, model: Any, optimizer: Any, main:
         proc = PartialState()  # the recipe's Accelerator's process group
         force = t.resume == "force"
         state.update(ck.load_checkpoint(ckpt, model, optimizer, proc.process_index, proc.num_processes, force))
-    return state, ckpt, MetricsLog(out, main, t.tensorboard, t.report_to, config_yaml)
+    log = MetricsLog(out, main, t.tensorboard, t.report_to, config_yaml)
+    proc = PartialState()
+    log.log("run", state["step"], device=proc.device.type, world=proc.num_processes)  # read by calc plan
+    return state, ckpt, log
 
 
 def finish(
