@@ -21,7 +21,9 @@ Steps (each one SQL statement; `build_stages(cfg)` returns them, `--print-sql` p
      (decides); then the per-context cap
   6. pairs: the kept candidates with prompt and texts
   7. ledger: every event, item and candidate pair counted under exactly one rule
-The confidence of a pair is Φ(z) of the deciding signal, approximated by 1 / (1 + e^(−1.702 z)).
+The confidence of a pair is Φ(z) of the deciding signal, approximated by 1 / (1 + e^(−1.702 z)); its
+margin is the relative difference of that signal, (hi − lo) / lo, where an engagement rate of 0 counts
+as 1 / views (no like in n views only says the rate is below about 1/n).
 """
 
 from __future__ import annotations
@@ -206,7 +208,8 @@ o AS (
          ELSE (CASE WHEN s_a > s_b THEN id_a ELSE id_b END) END AS chosen_id,
     CASE WHEN outcome = 'engagement' THEN (CASE WHEN e_a > e_b THEN id_b ELSE id_a END)
          ELSE (CASE WHEN s_a > s_b THEN id_b ELSE id_a END) END AS rejected_id,
-    CASE WHEN outcome = 'engagement' THEN (e_hi - e_lo) / greatest(e_lo, 1e-9)
+    CASE WHEN outcome = 'engagement'
+         THEN (e_hi - e_lo) / greatest(e_lo, 1.0 / (CASE WHEN e_a > e_b THEN n_b ELSE n_a END))
          ELSE (s_hi - s_lo) / greatest(s_lo, 1e-9) END AS margin,
     1 / (1 + exp(-1.702 * least(CASE WHEN outcome = 'engagement' THEN z_eng ELSE z_dwell END, 20))) AS confidence
   FROM d)
