@@ -33,7 +33,7 @@ from pathlib import Path
 import duckdb
 
 from weitiao.logs.config import DwellConfig
-from weitiao.logs.engine import Column, PairsRun, Stage, connect, open_table, run_stages, script
+from weitiao.logs.engine import Column, PairsRun, Stage, check_mapping, connect, open_table, run_stages, script
 from weitiao.logs.engine import sql_num as n
 
 EVENT_RULES = (
@@ -263,11 +263,13 @@ def load_inputs(
     con: duckdb.DuckDBPyConnection, cfg: DwellConfig, events: str | Path, content: str | Path | None
 ) -> int:
     """Open and check the log files as views `events` and `content`; returns the event count."""
-    open_table(con, "events", events, event_columns(cfg))
+    known = [c.name for c in event_columns(cfg)] + [c.name for c in content_columns()[1:]]
+    check_mapping(cfg.columns, known, "dwell")
+    open_table(con, "events", events, event_columns(cfg), cfg.columns)
     if content is not None:
-        open_table(con, "content", content, content_columns())
+        open_table(con, "content", content, content_columns(), cfg.columns)
     else:  # content columns ride along on every event: one row per item
-        open_table(con, "wt_content_src", events, content_columns(own_file=False))
+        open_table(con, "wt_content_src", events, content_columns(own_file=False), cfg.columns)
         con.execute(
             "CREATE OR REPLACE TEMP TABLE content AS SELECT content_id, any_value(context) AS context, "
             "any_value(text) AS text, any_value(prompt) AS prompt, any_value(length_chars) AS length_chars, "
