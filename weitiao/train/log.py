@@ -1,16 +1,18 @@
 """Metrics to JSONL (always) and to the trackers in `train.report_to`, plus progress display.
 
 Trackers get the same numeric values as `metrics.jsonl`, named `{kind}/{key}` at the same step, and
-the resolved config as hyper-parameters. Where each writes (no network needed for any):
+the resolved config as hyper-parameters. Where each writes (each can run without a network):
 tensorboard → `out/tb`; wandb → `out/wandb` (WANDB_MODE=offline keeps it local; `wandb sync` later);
 swanlab → `out/swanlog` (SWANLAB_MODE=offline likewise; `swanlab sync`); mlflow → MLFLOW_TRACKING_URI,
-else the SQLite store `out/mlflow.db` (mlflow 3 refuses plain `./mlruns` folders).
+else the SQLite store `out/mlflow.db` (mlflow 3 refuses plain `./mlruns` folders). Project / experiment:
+WANDB_PROJECT, SWANLAB_PROJECT, MLFLOW_EXPERIMENT_NAME (default weitiao); the run is named after `out`.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -79,7 +81,8 @@ class _Wandb:
         import wandb
 
         try:
-            self.run = wandb.init(dir=str(run_dir), project="weitiao", name=run_dir.name, config=config)
+            project = os.environ.get("WANDB_PROJECT", "weitiao")
+            self.run = wandb.init(dir=str(run_dir), project=project, name=run_dir.name, config=config)
         except Exception as e:  # no login and no WANDB_MODE: its own message says which
             msg = f"train.report_to: wandb did not start ({e}); run `wandb login` or set WANDB_MODE=offline"
             raise UserError(msg) from None
@@ -96,9 +99,8 @@ class _Swanlab:
         import swanlab
 
         try:
-            self.run = swanlab.init(
-                log_dir=str(run_dir / "swanlog"), project="weitiao", name=run_dir.name, config=config
-            )
+            project = os.environ.get("SWANLAB_PROJECT", "weitiao")
+            self.run = swanlab.init(log_dir=str(run_dir / "swanlog"), project=project, name=run_dir.name, config=config)
         except Exception as e:
             msg = f"train.report_to: swanlab did not start ({e}); run `swanlab login` or set SWANLAB_MODE=offline"
             raise UserError(msg) from None
@@ -112,8 +114,6 @@ class _Swanlab:
 
 class _Mlflow:
     def __init__(self, run_dir: Path, config: dict | None):
-        import os
-
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
