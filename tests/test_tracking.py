@@ -65,7 +65,9 @@ def wandb_records(run: Path) -> list:
     Python reader any more), records parsed with wandb's own protobuf."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    (path,) = run.glob("wandb/offline-run-*/run-*.wandb")
+    found = list(run.glob("wandb/*run-*/run-*.wandb"))
+    assert len(found) == 1, sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    path = found[0]
     data, i, buf, out = path.read_bytes(), 7, b"", []
     assert data[:4] == b":W&B"
     while i + 7 <= len(data):
