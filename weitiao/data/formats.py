@@ -54,6 +54,7 @@ class PreferencePair:
     chosen: str
     rejected: str
     source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # the row's other fields (confidence, weight...)
 
     def conversation(self, which: Literal["chosen", "rejected"]) -> Conversation:
         """The prompt closed by the chosen or rejected reply."""
@@ -256,7 +257,8 @@ def parse_preference(record: dict) -> PreferencePair:
     chosen, rejected = _reply(record.get("chosen"), "chosen"), _reply(record.get("rejected"), "rejected")
     if chosen == rejected:
         raise RowError("rejected", "is identical to chosen")
-    return PreferencePair(prompt, chosen, rejected)
+    known = ("prompt", "messages", "system", "chosen", "rejected")
+    return PreferencePair(prompt, chosen, rejected, extra={k: v for k, v in record.items() if k not in known})
 
 
 PARSERS = {"alpaca": parse_alpaca, "sharegpt": parse_sharegpt, "openai": parse_openai}

@@ -117,11 +117,13 @@ def fit(
     # first eval, and a resumed run would differ from an uninterrupted one.
     loss_mod.train()
     t0 = run_t0 = time.perf_counter()
-    with progress_bar(t.progress and accel.is_main_process) as bar:
+    with progress_bar(t.progress and accel.is_main_process, t.progress_every_s) as bar:
         task = bar.add_task(parts.name, total=total, completed=step, info="")
         while step < total:
             epoch, k = locate(step)
-            plan = [parts.to_rows(rows) for rows in epoch_plan(epoch)[k * micro_per_step : (k + 1) * micro_per_step]]
+            units = epoch_plan(epoch)[k * micro_per_step : (k + 1) * micro_per_step]
+            step_tokens = sum(parts.lengths[u] for rows in units for row in rows for u in row)
+            plan = [parts.to_rows(rows) for rows in units]
             info = parts.step_info(plan)
             for g in optimizer.param_groups:
                 g["lr"] = lr_at(step, total, lr, warmup, t.scheduler, t.min_lr_ratio)
@@ -155,7 +157,10 @@ def fit(
             if step % t.log_every == 0 or last:
                 lr_now = optimizer.param_groups[0]["lr"]
                 log.log("train", step, lr=lr_now, epoch=epoch, **norms, **metrics)
-            bar.update(task, completed=step, info=parts.bar_info(metrics))
+            shown = parts.bar_info(metrics)
+            if "tokens_per_s" not in metrics:  # every process's unpadded tokens in this step
+                shown += f" · {step_tokens / max(dt, 1e-9):,.0f} tok/s"
+            bar.update(task, completed=step, info=shown)
             if parts.after_step:
                 parts.after_step(step, metrics)
             if parts.evaluate and ((t.eval_every and step % t.eval_every == 0) or last):
@@ -200,7 +205,10 @@ def start(out: Path, t: Any, config_yaml: str, model: Any, optimizer: Any, main:
         proc = PartialState()  # the recipe's Accelerator's process group
         force = t.resume == "force"
         state.update(ck.load_checkpoint(ckpt, model, optimizer, proc.process_index, proc.num_processes, force))
-    return state, ckpt, MetricsLog(out, enabled=main, tensorboard=t.tensorboard)
+    log = MetricsLog(out, main, t.tensorboard, t.report_to, config_yaml)
+    proc = PartialState()
+    log.log("run", state["step"], device=proc.device.type, world=proc.num_processes)  # read by calc plan
+    return state, ckpt, log
 
 
 def finish(
