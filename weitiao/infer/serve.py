@@ -39,16 +39,16 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from transformers import StoppingCriteria, StoppingCriteriaList
 
 from weitiao.data.templates import ChatTemplate, resolve_template
 from weitiao.infer.api import BadRequest, ChatRequest, CompletionRequest, Guard, Sampling, error, read_body
+from weitiao.infer.generate import KVBatch, RowSampling, Sampler
 
 
 @dataclass
@@ -59,6 +59,24 @@ class ServeSettings:
     max_queue: int = 64  # waiting jobs beyond which new requests get 429
     max_new_tokens: int = 256  # default and ceiling for max_tokens
     max_body_mb: float = 8.0  # request bodies above this get 413
+    adapters: tuple[str, ...] = ()  # peft adapters loaded in the model, each served under its own name next
+    # to the base (model_name), as vLLM's multi-LoRA; empty: the model as it is, under model_name
+
+
+def _bytes_to_unicode() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet, inverted: the printable character standing for each byte."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+_BYTE_DECODER = _bytes_to_unicode()
 
 
 @dataclass
@@ -66,10 +84,18 @@ class Job:
     prompt_ids: list[int]
     n: int
     max_tokens: int
-    key: tuple  # sampling settings; only jobs with equal keys share a batch
     stop: list[str]
+    sampling: RowSampling = field(default_factory=RowSampling)
+    seed: int | None = None  # choice i draws from its own generator seeded seed + i (as vLLM's n > 1)
+    logprobs: int | None = None  # log-probs of each reply token with this many alternatives; None: off
+    prompt_logprobs: int | None = None  # the same for the prompt's tokens (completions' echo)
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    stop_token_ids: frozenset[int] = frozenset()
+    adapter: str = "__base__"  # the peft adapter of its rows (served model name), when several are served
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
+    prompt_scored: bool = False
     rows: list[_Row] = field(default_factory=list)  # its choices, kept across batches when paused
 
     def width(self) -> int:
@@ -78,27 +104,38 @@ class Job:
 
 
 class _Row:
-    """One choice being generated: decodes its tokens and emits text deltas, holding back a possible stop."""
+    """One choice being generated: decodes its tokens and emits text deltas (with the log-probs of the tokens
+    behind them), holding back a possible stop string."""
 
-    def __init__(self, job: Job, index: int, tokenizer: Any, stop_ids: set[int]) -> None:
-        self.job, self.index, self.tok, self.stop_ids = job, index, tokenizer, stop_ids
+    def __init__(self, job: Job, index: int, tokenizer: Any, eos_ids: set[int], device: Any) -> None:
+        self.job, self.index, self.tok = job, index, tokenizer
+        self.stops = set(job.stop_token_ids) | (set() if job.ignore_eos else eos_ids)
+        generator = None
+        if job.seed is not None and job.sampling.temperature > 0:
+            generator = torch.Generator(device).manual_seed((job.seed + index) % 2**64)
+        self.sampling = replace(job.sampling, generator=generator)  # kept across pauses: the stream goes on
         self.outbox: list = []  # the running batch's, set by run_batch
         self.ids: list[int] = []
+        self.lps: list = []  # log-prob entries not yet sent
         self.sent = 0  # characters already emitted
         self.hold = max((len(s) for s in job.stop), default=1) - 1
         self.done = False
 
-    def feed(self, token: int) -> None:
+    def feed(self, token: int, logprob: tuple | None = None) -> None:
         if self.done:
             return
         if self.job.cancelled:
             self.done = True
             return
-        if token in self.stop_ids:
-            return self.finish(self.tok.decode(self.ids, skip_special_tokens=True), "stop")
+        if logprob is not None:
+            self.lps.append(logprob)
+        if token in self.stops:  # counted in usage (as OpenAI and vLLM do), never shown
+            return self.finish(self.tok.decode(self.ids, skip_special_tokens=True), "stop", 1)
         self.ids.append(token)
         text = self.tok.decode(self.ids, skip_special_tokens=True)
         cuts = [i for i in (text.find(s) for s in self.job.stop) if i >= 0]
+        if len(self.ids) < self.job.min_tokens:
+            cuts = []
         if cuts:
             return self.finish(text[: min(cuts)], "stop")
         if len(self.ids) >= self.job.max_tokens:
@@ -107,38 +144,22 @@ class _Row:
             return
         safe = len(text) - self.hold
         if safe > self.sent:
-            self.outbox.append((self.job, ("delta", self.index, text[self.sent : safe])))
-            self.sent = safe
+            self.outbox.append((self.job, ("delta", self.index, text[self.sent : safe], self.lps)))
+            self.sent, self.lps = safe, []
 
-    def finish(self, text: str, reason: str) -> None:
-        if len(text) > self.sent:
-            self.outbox.append((self.job, ("delta", self.index, text[self.sent :])))
-        self.outbox.append((self.job, ("done", self.index, reason, len(self.ids))))
+    def finish(self, text: str, reason: str, stop_token: int = 0) -> None:
+        if len(text) > self.sent or self.lps:
+            self.outbox.append((self.job, ("delta", self.index, text[self.sent :], self.lps)))
+            self.lps = []
+        self.outbox.append((self.job, ("done", self.index, reason, len(self.ids) + stop_token)))
         self.done = True
 
 
-class _FeedRows(StoppingCriteria):
-    """Called by `model.generate` after every step: feeds each row its new token, publishes the step's
-    events in one hand-off to the event loop (one wake-up per step, not per row), returns which rows are done.
-    When half the rows or more are done and `can_pause()` says compatible jobs wait, it stops the whole batch
-    (`paused`) so the live rows can continue next to the newcomers instead of leaving slots idle."""
-
-    def __init__(self, rows: list[_Row], outbox: list, publish: Callable, can_pause: Callable[[], bool]) -> None:
-        self.rows, self.outbox, self.publish, self.can_pause = rows, outbox, publish, can_pause
-        self.paused = False
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        for row, tok in zip(self.rows, input_ids[:, -1].tolist()):
-            row.feed(tok)
-        if self.outbox:
-            self.publish(self.outbox[:])
-            self.outbox.clear()
-        done = [r.done for r in self.rows]
-        live = len(done) - sum(done)
-        if live and 2 * live <= len(done) and self.can_pause():
-            self.paused = True
-            done = [True] * len(done)
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+def _logprob_entries(raw: torch.Tensor, tokens: torch.Tensor, k: int) -> list[tuple]:
+    """(token, its log-prob, [(alternative, log-prob)] * k) per row of `raw` log-probs [rows, vocab]."""
+    chosen = raw.gather(-1, tokens[:, None])[:, 0].tolist()
+    top_v, top_i = raw.topk(k, -1) if k else (raw[:, :0], tokens[:, None][:, :0])
+    return [(t, c, list(zip(i, v))) for t, c, i, v in zip(tokens.tolist(), chosen, top_i.tolist(), top_v.tolist())]
 
 
 @torch.no_grad()
@@ -149,57 +170,71 @@ def run_batch(
     stop_ids: set[int],
     publish: Callable[[list], None],
     can_pause: Callable[[], bool] = lambda: False,
+    adapters: bool = False,
 ) -> list[Job]:
     """Generate the unfinished choices of `jobs` in one left-padded batch (blocking; runs in a worker thread).
 
-    `publish([(job, event), ...])` receives each step's events: ("delta", index, text) and ("done", index,
-    finish_reason, n_tokens). Returns the jobs paused with rows unfinished: a paused row resumes in a later
-    batch from its prompt + the tokens it has so far (the KV cache is recomputed, as vLLM does on preemption).
+    `publish([(job, event), ...])` receives each step's events: ("delta", index, text, logprob entries),
+    ("done", index, finish_reason, n_tokens) and, once per echoing job, ("prompt", entries). Each row samples
+    with its own settings (`weitiao.infer.generate.Sampler`); log-probs are of the raw model distribution
+    (log_softmax of the logits before bans, penalties, temperature, top-k/top-p), as vLLM's default. Finished
+    rows leave the batch at once. When half the rows or more are done and `can_pause()` says jobs wait, the
+    batch stops and returns the jobs with live rows: they resume in a later batch from prompt + tokens so far
+    (the KV cache is recomputed, as vLLM does on preemption). With `adapters`, each row runs its job's adapter.
     """
+    device = next(model.parameters()).device
     outbox: list = []
     for job in jobs:
-        job.rows = job.rows or [_Row(job, i, tokenizer, stop_ids) for i in range(job.n)]
+        job.rows = job.rows or [_Row(job, i, tokenizer, stop_ids, device) for i in range(job.n)]
     rows = [r for job in jobs for r in job.rows if not r.done]
     for row in rows:
         row.outbox = outbox
-    prompts = [row.job.prompt_ids + row.ids for row in rows]
+    history = [row.job.prompt_ids + row.ids for row in rows]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(input_ids)
-    for r, p in enumerate(prompts):  # left padding keeps every prompt's end aligned
-        input_ids[r, width - len(p) :] = torch.tensor(p)
-        mask[r, width - len(p) :] = 1
-    temperature, top_p, top_k, repetition_penalty, seed = jobs[0].key
-    kw: dict[str, Any] = {"do_sample": temperature > 0}
-    if temperature > 0:
-        kw.update(temperature=temperature, top_p=top_p, top_k=top_k or None)
-        if seed is not None:  # reproducible only when never paused
-            torch.manual_seed(seed)
-            can_pause = lambda: False  # noqa: E731
-    device = next(model.parameters()).device
-    feed = _FeedRows(rows, outbox, publish, can_pause)
-    model.generate(
-        input_ids=input_ids.to(device),
-        attention_mask=mask.to(device),
-        max_new_tokens=max(row.job.max_tokens - len(row.ids) for row in rows),
-        eos_token_id=sorted(stop_ids),
-        pad_token_id=pad_id,
-        repetition_penalty=repetition_penalty,
-        stopping_criteria=StoppingCriteriaList([feed]),
-        use_cache=True,
-        **kw,
-    )
+    batch = KVBatch(model, history, pad_id, [r.job.adapter for r in rows] if adapters else None)
+    scoring = {r.job: i for i, r in enumerate(rows) if r.job.prompt_logprobs is not None and not r.job.prompt_scored}
+    logits = batch.prefill(all_logits=bool(scoring))
+    for job, i in scoring.items():  # position p's logits predict token p + 1; the first token has none
+        p = job.prompt_ids
+        raw = logits[i, logits.shape[1] - len(p) : -1].float().log_softmax(-1)
+        entries = _logprob_entries(raw, torch.tensor(p[1:], device=raw.device), job.prompt_logprobs)
+        outbox.append((job, ("prompt", [(p[0], None, None), *entries])))
+        job.prompt_scored = True
+    logits = logits[:, -1]
+    vocab, width = logits.shape[-1], len(rows)
+    sampler = Sampler([r.sampling for r in rows], history, [len(r.job.prompt_ids) for r in rows], vocab, device)
+    while True:
+        ban = None
+        early = [(i, r.stops) for i, r in enumerate(rows) if len(r.ids) < r.job.min_tokens and r.stops]
+        if early:  # min_tokens: no stop token before then
+            ban = torch.zeros(len(rows), vocab, dtype=torch.bool, device=device)
+            for i, stops in early:
+                ban[i, list(stops)] = True
+        k = max((r.job.logprobs for r in rows if r.job.logprobs is not None), default=None)
+        raw = logits.float().log_softmax(-1) if k is not None else None
+        tokens = sampler(logits, ban)
+        entries = _logprob_entries(raw, tokens, k) if raw is not None else [None] * len(rows)
+        for row, (tok, e) in zip(rows, zip(tokens.tolist(), entries)):
+            lp = None if e is None or row.job.logprobs is None else (e[0], e[1], e[2][: row.job.logprobs])
+            row.feed(tok, lp)
+        if outbox:  # one hand-off to the event loop per step, not per row
+            publish(outbox[:])
+            outbox.clear()
+        live = [i for i, r in enumerate(rows) if not r.done]
+        if not live:
+            return []
+        if 2 * len(live) <= width and can_pause():
+            break
+        if len(live) < len(rows):
+            idx = torch.tensor(live, device=device)
+            batch.keep(idx)
+            sampler.keep(idx)
+            rows, tokens = [rows[i] for i in live], tokens[idx]
+        logits = batch.step(tokens)
     paused = []
     for row in rows:
-        if row.done or row.job.cancelled:
-            continue
-        if feed.paused:
-            paused += [row.job] if row.job not in paused else []
-        else:  # ran to the batch's max_new_tokens without stopping (its own limit would have caught it)
-            row.finish(tokenizer.decode(row.ids, skip_special_tokens=True), "length")
-    if outbox:
-        publish(outbox)
+        if not row.done and row.job not in paused:
+            paused.append(row.job)
     return paused
 
 
@@ -216,6 +251,10 @@ def create_app(
     cfg = settings or ServeSettings()
     context = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
     stop_ids = {tokenizer.convert_tokens_to_ids(template.eot), tokenizer.eos_token_id} - {None}
+    vocab = model.config.vocab_size
+    served = [cfg.model_name, *cfg.adapters]
+    special_ids, token_cache = set(tokenizer.all_special_ids), {}
+    byte_level = type(getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)).__name__ == "ByteLevel"
     pending: list[Job] = []
     stats = {"running": 0, "served": 0, "cancelled": 0, "rejected": 0, "batches": 0, "paused": 0, "busy_s": 0.0}
     stats["generated_tokens"] = 0
@@ -232,12 +271,13 @@ def create_app(
             while not pending:
                 wake.clear()
                 await wake.wait()
-            # 1. the oldest job, then later ones with the same sampling settings, up to max_batch rows
+            # 1. the oldest job, then later ones (any settings, any adapter: rows sample on their own), up to
+            # max_batch rows
             batch, rows = [], 0
             for job in list(pending):
                 if job.cancelled:
                     pending.remove(job)
-                elif not batch or (job.key == batch[0].key and rows + job.width() <= cfg.max_batch):
+                elif rows + job.width() <= cfg.max_batch:
                     pending.remove(job)
                     batch.append(job)
                     rows += job.width()
@@ -247,13 +287,13 @@ def create_app(
             stats["running"], t0 = rows, time.perf_counter()
             stats["batches"] += 1
 
-            def can_pause(key: tuple = batch[0].key) -> bool:  # in the generate thread; list() copies atomically
-                return any(j.key == key and not j.cancelled for j in list(pending))
+            def can_pause() -> bool:  # in the generate thread; list() copies atomically
+                return any(not j.cancelled for j in list(pending))
 
             before = sum(len(r.ids) for job in batch for r in job.rows)
             try:
                 paused = await loop.run_in_executor(
-                    None, run_batch, model, tokenizer, batch, stop_ids, publish, can_pause
+                    None, run_batch, model, tokenizer, batch, stop_ids, publish, can_pause, bool(cfg.adapters)
                 )
                 pending[:0] = paused
                 stats["paused"] += len(paused)
@@ -283,6 +323,10 @@ def create_app(
 
     def build_chat(body: bytes) -> tuple[ChatRequest, list[int], str | None]:
         req = read_body(body, ChatRequest)
+        if req.echo:
+            raise BadRequest("echo: not supported on chat completions; use /v1/completions with echo", "echo")
+        if req.top_logprobs and not req.logprobs:
+            raise BadRequest("top_logprobs: needs logprobs: true", "top_logprobs")
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
         try:
             prompt = template.render(tokenizer, messages, add_generation_prompt=True)
@@ -308,52 +352,115 @@ def create_app(
         except BadRequest as e:
             return error(400, e.message, code=e.code, param=e.param)
 
-    def make_job(req: Sampling, prompt_ids: list[int], field: str) -> Job | JSONResponse:
+    def make_job(req: Sampling, prompt_ids: list[int], field: str, top: int | None, echo: bool) -> Job:
+        """The job for a valid request, or `BadRequest`; `top`: log-prob alternatives per token, None: off."""
         if not prompt_ids:
-            return error(400, f"{field}: no tokens; give some text", code="invalid_field", param=field)
+            raise BadRequest(f"{field}: no tokens; give some text", field)
         if len(prompt_ids) >= context:
             msg = f"{field}: the prompt is {len(prompt_ids)} tokens; the model's context is {context}"
-            return error(400, msg, code="context", param=field)
+            raise BadRequest(msg, field, "context")
         asked = req.max_completion_tokens or req.max_tokens
+        name = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+        if asked and asked > cfg.max_new_tokens:
+            msg = f"{name}: {asked} is over this server's limit of {cfg.max_new_tokens} (serve --max-new-tokens)"
+            raise BadRequest(msg, name)
         if asked and len(prompt_ids) + asked > context:
-            name = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
             msg = f"{name}: prompt ({len(prompt_ids)} tokens) + {name} ({asked}) exceeds the context of {context}"
-            return error(400, msg, code="context", param=name)
+            raise BadRequest(msg, name, "context")
+        max_tokens = asked or min(cfg.max_new_tokens, context - len(prompt_ids))
+        if (req.min_tokens or 0) > max_tokens:
+            raise BadRequest(f"min_tokens: {req.min_tokens} is over max_tokens ({max_tokens})", "min_tokens")
+        if any(t >= vocab for t in req.stop_token_ids or []):
+            raise BadRequest(f"stop_token_ids: ids must be below the vocabulary size {vocab}", "stop_token_ids")
         if req.n > cfg.max_batch:
-            msg = f"n: at most {cfg.max_batch} (the server's max_batch)"
-            return error(400, msg, code="invalid_field", param="n")
-        if len(pending) >= cfg.max_queue:
-            stats["rejected"] += 1
-            return error(429, f"server busy: {len(pending)} requests waiting; retry later", "rate_limit_error")
+            raise BadRequest(f"n: at most {cfg.max_batch} (the server's max_batch)", "n")
+        if top is not None and output_filter is not None:  # token log-probs would show what the filter hides
+            raise BadRequest("logprobs: not available while the server filters replies (--pii)", "logprobs")
         stop = [req.stop] if isinstance(req.stop, str) else [s for s in req.stop or [] if s]
         greedy = req.temperature == 0
-        key = (req.temperature, 1.0 if greedy else req.top_p, 0 if greedy else req.top_k, req.repetition_penalty)
-        max_tokens = min(asked or cfg.max_new_tokens, cfg.max_new_tokens, context - len(prompt_ids))
-        return Job(prompt_ids, req.n, max_tokens, (*key, None if greedy else req.seed), stop)
+        sampling = RowSampling(
+            req.temperature, 1.0 if greedy else req.top_p, 0 if greedy else req.top_k, req.repetition_penalty,
+            req.presence_penalty or 0.0, req.frequency_penalty or 0.0,
+        )  # fmt: skip
+        adapter = req.model if req.model in cfg.adapters else "__base__"
+        return Job(
+            prompt_ids, req.n, max_tokens, stop, sampling, req.seed, top, top if echo else None,
+            req.min_tokens or 0, bool(req.ignore_eos), frozenset(req.stop_token_ids or ()), adapter,
+        )  # fmt: skip
+
+    def token_info(tid: int) -> tuple[str, list[int]]:
+        """A token's text and its exact bytes (a piece of a multi-byte character shows as U+FFFD, as in vLLM)."""
+        if tid not in token_cache:
+            piece = tokenizer.convert_ids_to_tokens(tid)
+            if tid in special_ids or not isinstance(piece, str):
+                raw = tokenizer.decode([tid]).encode()
+            elif byte_level and all(c in _BYTE_DECODER for c in piece):
+                raw = bytes(_BYTE_DECODER[c] for c in piece)
+            elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):  # sentencepiece byte fallback
+                raw = bytes([int(piece[3:5], 16)])
+            else:
+                raw = tokenizer.decode([tid]).encode()
+            token_cache[tid] = (raw.decode("utf-8", "replace"), list(raw))
+        return token_cache[tid]
+
+    def chat_logprobs(entries: list[tuple]) -> dict:
+        def one(tid: int, lp: float) -> dict:
+            text, raw = token_info(tid)
+            return {"token": text, "logprob": max(lp, -9999.0), "bytes": raw}  # -inf is no JSON; vLLM clamps too
+
+        return {"content": [{**one(t, lp), "top_logprobs": [one(*x) for x in tops]} for t, lp, tops in entries]}
+
+    def legacy_logprobs(entries: list[tuple], offset: int) -> tuple[dict, int]:
+        """The completions form, offsets counted from `offset`; returns it and the offset after it."""
+        out: dict = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for t, lp, tops in entries:
+            text = token_info(t)[0]
+            out["tokens"].append(text)
+            out["token_logprobs"].append(None if lp is None else max(lp, -9999.0))
+            top = None if tops is None else {token_info(a)[0]: max(v, -9999.0) for a, v in tops}
+            if top is not None:  # the sampled token is always there, so up to logprobs + 1 entries (as OpenAI)
+                top.setdefault(text, max(lp, -9999.0))
+            out["top_logprobs"].append(top)
+            out["text_offset"].append(offset)
+            offset += len(text)
+        return out, offset
 
     async def answer(request: Request, req: Sampling, prompt_ids: list[int], chat: bool, refusal: str | None) -> Any:
+        if req.model is not None and req.model not in served:
+            msg = f"The model `{req.model}` does not exist. Served: {', '.join(served)} (GET /v1/models)"
+            return error(404, msg, code="model_not_found", param="model")
         created, rid = int(time.time()), ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         obj = "chat.completion" if chat else "text_completion"
         head = {"id": rid, "created": created, "model": req.model or cfg.model_name}
+        if chat:
+            top = (req.top_logprobs or 0) if req.logprobs else None
+            echo = ""
+        else:
+            top = req.logprobs
+            echo = (req.prompt if isinstance(req.prompt, str) else req.prompt[0]) if req.echo else ""
 
-        def choice(i: int, text: str | None, reason: str | None, stream: bool) -> dict:
+        def choice(i: int, text: str | None, reason: str | None, stream: bool, lps: Any = None) -> dict:
             if not chat:
-                return {"index": i, "text": text or "", "logprobs": None, "finish_reason": reason}
+                return {"index": i, "text": text or "", "logprobs": lps, "finish_reason": reason}
             body = {"role": "assistant", "content": text} if not stream else ({"content": text} if text else {})
-            return {"index": i, ("delta" if stream else "message"): body, "logprobs": None, "finish_reason": reason}
+            return {"index": i, ("delta" if stream else "message"): body, "logprobs": lps, "finish_reason": reason}
 
         def usage(done: int, n: int = len(prompt_ids)) -> dict:
             return {"prompt_tokens": n, "completion_tokens": done, "total_tokens": n + done}
 
         if refusal is not None:
-            job = Job(prompt_ids, req.n, 0, (), [])
+            job, top = Job(prompt_ids, req.n, 0, []), None
             for i in range(req.n):
-                job.events.put_nowait(("delta", i, refusal))
+                job.events.put_nowait(("delta", i, refusal, []))
                 job.events.put_nowait(("done", i, "content_filter", 0))
         else:
-            job = make_job(req, prompt_ids, "messages" if chat else "prompt")
-            if isinstance(job, JSONResponse):
-                return job
+            try:
+                job = make_job(req, prompt_ids, "messages" if chat else "prompt", top, bool(echo))
+            except BadRequest as e:
+                return error(400, e.message, code=e.code, param=e.param)
+            if len(pending) >= cfg.max_queue:
+                stats["rejected"] += 1
+                return error(429, f"server busy: {len(pending)} requests waiting; retry later", "rate_limit_error")
             pending.append(job)
             wake.set()
 
@@ -375,6 +482,8 @@ def create_app(
 
             watcher = asyncio.create_task(watch())
             texts, reasons, used = [""] * job.n, [None] * job.n, 0
+            lps: list[list] = [[] for _ in range(job.n)]
+            prompt_lps: list = []
             try:
                 async for ev in events():
                     if ev[0] == "gone":  # nobody reads the answer: stop its rows like a dropped stream
@@ -382,8 +491,11 @@ def create_app(
                         return error(499, "client closed the request")
                     if ev[0] == "error":
                         return error(500, ev[1], "server_error")
-                    if ev[0] == "delta":
+                    if ev[0] == "prompt":
+                        prompt_lps = ev[1]
+                    elif ev[0] == "delta":
                         texts[ev[1]] += ev[2]
+                        lps[ev[1]] += ev[3]
                     else:
                         reasons[ev[1]], used = ev[2], used + ev[3]
             finally:
@@ -392,7 +504,13 @@ def create_app(
             stats["served"] += 1
             if output_filter and refusal is None:
                 texts = [output_filter(t) for t in texts]
-            choices = [choice(i, t, r, False) for i, (t, r) in enumerate(zip(texts, reasons))]
+            if top is None:
+                shown: list = [None] * job.n
+            elif chat:
+                shown = [{**chat_logprobs(x), "refusal": None} for x in lps]
+            else:
+                shown = [legacy_logprobs(prompt_lps + x, 0)[0] for x in lps]
+            choices = [choice(i, echo + t, r, False, x) for i, (t, r, x) in enumerate(zip(texts, reasons, shown))]
             return JSONResponse({**head, "object": obj, "choices": choices, "usage": usage(used)})
 
         chunk_obj = "chat.completion.chunk" if chat else "text_completion"
@@ -403,18 +521,32 @@ def create_app(
 
         async def stream() -> AsyncIterator[str]:
             buffered, used, finished, out = [""] * job.n, 0, False, []
+            offsets = [0] * job.n  # text_offset of the legacy log-probs, per choice
             filtering = output_filter is not None and refusal is None
+
+            def delta(i: int, text: str, entries: list) -> str:
+                if top is None:
+                    return sse([choice(i, text, None, True)])
+                if chat:
+                    return sse([choice(i, text, None, True, chat_logprobs(entries))])
+                shown, offsets[i] = legacy_logprobs(entries, offsets[i])
+                return sse([choice(i, text, None, True, shown)])
+
             if chat:
                 out = [sse([{**choice(i, None, None, True), "delta": {"role": "assistant"}}]) for i in range(job.n)]
+            elif echo and (top is None or refusal is not None):
+                out = [sse([choice(i, echo, None, True)]) for i in range(job.n)]
             try:
                 async for ev in events():
                     if ev[0] == "error":
                         out.append(f"data: {json.dumps({'error': {'message': ev[1], 'type': 'server_error'}})}\n\n")
                         break
-                    if ev[0] == "delta" and filtering:
+                    if ev[0] == "prompt":  # echo with log-probs: the prompt and its tokens' log-probs first
+                        out += [delta(i, echo, ev[1]) for i in range(job.n)]
+                    elif ev[0] == "delta" and filtering:
                         buffered[ev[1]] += ev[2]
                     elif ev[0] == "delta":
-                        out.append(sse([choice(ev[1], ev[2], None, True)]))
+                        out.append(delta(*ev[1:]))
                     else:
                         used += ev[3]
                         if filtering and buffered[ev[1]]:
@@ -447,8 +579,9 @@ def create_app(
 
     @app.get("/v1/models")
     async def models() -> Any:
-        model_card = {"id": cfg.model_name, "object": "model", "created": 0, "owned_by": "weitiao"}
-        return {"object": "list", "data": [model_card]}
+        cards = [{"id": cfg.model_name, "object": "model", "created": 0, "owned_by": "weitiao"}]
+        cards += [{**cards[0], "id": a, "parent": cfg.model_name} for a in cfg.adapters]
+        return {"object": "list", "data": cards}
 
     @app.get("/health")
     async def health() -> dict:
