@@ -47,8 +47,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from weitiao.data.templates import ChatTemplate, resolve_template
+from weitiao.errors import UserError
 from weitiao.infer.api import BadRequest, ChatRequest, CompletionRequest, Guard, Sampling, error, read_body
 from weitiao.infer.generate import KVBatch, RowSampling, Sampler
+from weitiao.infer.logprobs import LogprobFormat
 
 
 @dataclass
@@ -61,22 +63,6 @@ class ServeSettings:
     max_body_mb: float = 8.0  # request bodies above this get 413
     adapters: tuple[str, ...] = ()  # peft adapters loaded in the model, each served under its own name next
     # to the base (model_name), as vLLM's multi-LoRA; empty: the model as it is, under model_name
-
-
-def _bytes_to_unicode() -> dict[str, int]:
-    """GPT-2's byte-level BPE alphabet, inverted: the printable character standing for each byte."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[chr(b)] = b
-        else:
-            chars[chr(256 + extra)] = b
-            extra += 1
-    return chars
-
-
-_BYTE_DECODER = _bytes_to_unicode()
 
 
 @dataclass
@@ -192,9 +178,10 @@ def run_batch(
     history = [row.job.prompt_ids + row.ids for row in rows]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
     batch = KVBatch(model, history, pad_id, [r.job.adapter for r in rows] if adapters else None)
-    scoring = {r.job: i for i, r in enumerate(rows) if r.job.prompt_logprobs is not None and not r.job.prompt_scored}
+    scoring = [(r.job, i) for i, r in enumerate(rows) if r.index == 0 and r.job.prompt_logprobs is not None]
+    scoring = [(job, i) for job, i in scoring if not job.prompt_scored]
     logits = batch.prefill(all_logits=bool(scoring))
-    for job, i in scoring.items():  # position p's logits predict token p + 1; the first token has none
+    for job, i in scoring:  # position p's logits predict token p + 1; the first token has none
         p = job.prompt_ids
         raw = logits[i, logits.shape[1] - len(p) : -1].float().log_softmax(-1)
         entries = _logprob_entries(raw, torch.tensor(p[1:], device=raw.device), job.prompt_logprobs)
@@ -253,8 +240,7 @@ def create_app(
     stop_ids = {tokenizer.convert_tokens_to_ids(template.eot), tokenizer.eos_token_id} - {None}
     vocab = model.config.vocab_size
     served = [cfg.model_name, *cfg.adapters]
-    special_ids, token_cache = set(tokenizer.all_special_ids), {}
-    byte_level = type(getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)).__name__ == "ByteLevel"
+    fmt = LogprobFormat(tokenizer)
     pending: list[Job] = []
     stats = {"running": 0, "served": 0, "cancelled": 0, "rejected": 0, "batches": 0, "paused": 0, "busy_s": 0.0}
     stats["generated_tokens"] = 0
@@ -388,43 +374,6 @@ def create_app(
             req.min_tokens or 0, bool(req.ignore_eos), frozenset(req.stop_token_ids or ()), adapter,
         )  # fmt: skip
 
-    def token_info(tid: int) -> tuple[str, list[int]]:
-        """A token's text and its exact bytes (a piece of a multi-byte character shows as U+FFFD, as in vLLM)."""
-        if tid not in token_cache:
-            piece = tokenizer.convert_ids_to_tokens(tid)
-            if tid in special_ids or not isinstance(piece, str):
-                raw = tokenizer.decode([tid]).encode()
-            elif byte_level and all(c in _BYTE_DECODER for c in piece):
-                raw = bytes(_BYTE_DECODER[c] for c in piece)
-            elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):  # sentencepiece byte fallback
-                raw = bytes([int(piece[3:5], 16)])
-            else:
-                raw = tokenizer.decode([tid]).encode()
-            token_cache[tid] = (raw.decode("utf-8", "replace"), list(raw))
-        return token_cache[tid]
-
-    def chat_logprobs(entries: list[tuple]) -> dict:
-        def one(tid: int, lp: float) -> dict:
-            text, raw = token_info(tid)
-            return {"token": text, "logprob": max(lp, -9999.0), "bytes": raw}  # -inf is no JSON; vLLM clamps too
-
-        return {"content": [{**one(t, lp), "top_logprobs": [one(*x) for x in tops]} for t, lp, tops in entries]}
-
-    def legacy_logprobs(entries: list[tuple], offset: int) -> tuple[dict, int]:
-        """The completions form, offsets counted from `offset`; returns it and the offset after it."""
-        out: dict = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-        for t, lp, tops in entries:
-            text = token_info(t)[0]
-            out["tokens"].append(text)
-            out["token_logprobs"].append(None if lp is None else max(lp, -9999.0))
-            top = None if tops is None else {token_info(a)[0]: max(v, -9999.0) for a, v in tops}
-            if top is not None:  # the sampled token is always there, so up to logprobs + 1 entries (as OpenAI)
-                top.setdefault(text, max(lp, -9999.0))
-            out["top_logprobs"].append(top)
-            out["text_offset"].append(offset)
-            offset += len(text)
-        return out, offset
-
     async def answer(request: Request, req: Sampling, prompt_ids: list[int], chat: bool, refusal: str | None) -> Any:
         if req.model is not None and req.model not in served:
             msg = f"The model `{req.model}` does not exist. Served: {', '.join(served)} (GET /v1/models)"
@@ -507,9 +456,9 @@ def create_app(
             if top is None:
                 shown: list = [None] * job.n
             elif chat:
-                shown = [{**chat_logprobs(x), "refusal": None} for x in lps]
+                shown = [{**fmt.chat(x), "refusal": None} for x in lps]
             else:
-                shown = [legacy_logprobs(prompt_lps + x, 0)[0] for x in lps]
+                shown = [fmt.legacy(prompt_lps + x, 0)[0] for x in lps]
             choices = [choice(i, echo + t, r, False, x) for i, (t, r, x) in enumerate(zip(texts, reasons, shown))]
             return JSONResponse({**head, "object": obj, "choices": choices, "usage": usage(used)})
 
@@ -528,8 +477,8 @@ def create_app(
                 if top is None:
                     return sse([choice(i, text, None, True)])
                 if chat:
-                    return sse([choice(i, text, None, True, chat_logprobs(entries))])
-                shown, offsets[i] = legacy_logprobs(entries, offsets[i])
+                    return sse([choice(i, text, None, True, fmt.chat(entries))])
+                shown, offsets[i] = fmt.legacy(entries, offsets[i])
                 return sse([choice(i, text, None, True, shown)])
 
             if chat:
@@ -592,7 +541,7 @@ def create_app(
 
 def serve(
     model: str | None = None,
-    adapter: str | None = None,
+    adapter: str | list[str] | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
     api_key: str | None = None,
@@ -608,16 +557,26 @@ def serve(
 ) -> None:
     """Load the model (+ adapter) and serve it until Ctrl-C; `pii` = redact|block filters replies;
     `screen` = "default" or a YAML file turns on the prompt-injection input screen (weitiao.safety.screen).
-    `api_key` defaults to $WEITIAO_API_KEY (a key on the command line shows in `ps`)."""
+    `adapter`: one run (served as the model), or several `NAME=RUN` served next to the base, picked by the
+    request's `model`. `api_key` defaults to $WEITIAO_API_KEY (a key on the command line shows in `ps`)."""
     import uvicorn
 
-    from weitiao.infer.chat import load_chat_model
+    from weitiao.infer.chat import load_adapters, load_chat_model, parse_adapters
     from weitiao.models.load import resolve_path
 
-    m, tok = load_chat_model(resolve_path(model) if model else None, adapter, quant)
-    name = model_name or (adapter or model or "demo").rstrip("/").split("/")[-1]
+    specs = [adapter] if isinstance(adapter, str) else list(adapter or [])
+    named = parse_adapters(specs) if specs else None
+    if named:
+        m, tok, base = load_adapters(resolve_path(model) if model else None, named, quant)
+        name = model_name or base.rstrip("/").split("/")[-1]
+        if name in named:
+            raise UserError(f"--adapter {name}=...: the base is served as {name!r}; give the adapter another name")
+    else:
+        one = specs[0] if specs else None
+        m, tok = load_chat_model(resolve_path(model) if model else None, one, quant)
+        name = model_name or (one or model or "demo").rstrip("/").split("/")[-1]
     api_key = api_key or os.environ.get("WEITIAO_API_KEY") or None
-    settings = ServeSettings(name, api_key, max_batch, max_queue, max_new_tokens, max_body_mb)
+    settings = ServeSettings(name, api_key, max_batch, max_queue, max_new_tokens, max_body_mb, tuple(named or ()))
     hook = None
     if pii:
         from weitiao.safety.pii import output_filter
