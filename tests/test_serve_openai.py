@@ -388,3 +388,13 @@ def test_cli_adapter_flags(two_adapters, monkeypatch):
     serve.serve(adapter=[f"{k}={v}" for k, v in two_adapters.items()], model_name="tiny")
     ids = [m["id"] for m in TestClient(apps[0]).get("/v1/models").json()["data"]]
     assert ids == ["tiny", "sft-a", "sft-b"]
+
+
+def test_null_means_default_and_logprobs_refused_under_an_output_filter(url, parts):
+    nulls = {"logprobs": None, "top_logprobs": None, "echo": None, "presence_penalty": None, "min_tokens": None}
+    r = httpx.post(url + "/v1/chat/completions", json={"messages": MSGS, "max_tokens": 2, **nulls}, timeout=30)
+    assert r.status_code == 200 and r.json()["choices"][0]["logprobs"] is None
+    with running(create_app(*parts, ServeSettings(model_name="tiny"), output_filter=lambda t: t)) as base:
+        with pytest.raises(openai.BadRequestError, match="--pii") as e:
+            client(base).chat.completions.create(model="tiny", messages=MSGS, max_tokens=2, logprobs=True)
+        assert e.value.body["param"] == "logprobs"

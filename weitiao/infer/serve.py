@@ -1,32 +1,38 @@
 """`weitiao serve`: an OpenAI-compatible HTTP server (FastAPI + uvicorn) with a batching queue.
 
     weitiao serve --model demo --port 8000          # then: OpenAI(base_url="http://127.0.0.1:8000/v1")
+    weitiao serve --adapter a=runs/a --adapter b=runs/b   # base + two LoRA adapters, picked by `model`
 
-Endpoints: /v1/chat/completions and /v1/completions (stream and not, `n`, usage), /v1/models, /health.
+Endpoints: /v1/chat/completions and /v1/completions (stream and not, `n`, usage, log-probs), /v1/models,
+/health. A `model` that is not served is a 404 (model_not_found); a field this server does not implement
+is a 400 naming it, never ignored.
 
 How a request flows:
 1. A guard in front of every route (weitiao.infer.api) checks the API key (constant-time; /health stays
    open) and the body size (413 over `max_body_mb`, from Content-Length or while reading, never buffering more).
    The handler then validates the body (400 naming the field: bad JSON, unknown or unsupported fields,
-   values out of range, a prompt over the context), runs the input screen and tokenizes, all in a
-   thread so /health and streams keep answering, and appends a Job to the waiting list (429 when
-   `max_queue` jobs wait).
-2. One worker task owns the model. It takes the oldest waiting job plus later ones with the same
-   sampling settings, up to `max_batch` rows (a job with `n` choices is `n` rows), and runs them as one
-   left-padded, KV-cached `model.generate` in a thread, so the event loop keeps serving.
-3. Every step a stopping criterion reads each row's new token, decodes it, and hands the text deltas to
-   the jobs' asyncio queues. Streaming is real: batched rows stream token by token, and time-to-first-token
-   is one prefill + one step, not the whole batch.
-4. The same criterion ends rows early: end-of-turn/EOS token, a stop string, the job's own `max_tokens`,
-   or a client that went away (streaming or not, a hang-up stops its rows, so it frees its slot).
-5. Once half a batch's rows are done and compatible jobs wait, the batch stops; its live rows go back to
-   the front of the queue and resume next to the newcomers from prompt + tokens so far (KV recomputed).
-   This keeps batches full (a cheap stand-in for continuous batching); seeded requests are never paused.
+   values out of range, a prompt over the context, max_tokens over `max_new_tokens`), runs the input
+   screen and tokenizes, all in a thread so /health and streams keep answering, and appends a Job to the
+   waiting list (429 when `max_queue` jobs wait).
+2. One worker task owns the model. It takes the oldest waiting job plus later ones, up to `max_batch` rows
+   (a job with `n` choices is `n` rows), whatever their sampling settings or adapter, and runs them as one
+   left-padded, KV-cached batch in a thread (`run_batch`), so the event loop keeps serving.
+3. Every step each row's logits go through its own settings (`weitiao.infer.generate.Sampler`: penalties,
+   temperature, top-k/top-p, its own generator when seeded), then the new token is decoded and the text
+   deltas (with their log-probs) go to the jobs' asyncio queues. Streaming is real: batched rows stream
+   token by token, and time-to-first-token is one prefill + one step, not the whole batch.
+4. A row ends on an end-of-turn/EOS token or one of its stop_token_ids (counted in usage, as OpenAI and
+   vLLM do), a stop string, its own `max_tokens`, or a client that went away (streaming or not, a hang-up
+   stops its rows, so it frees its slot); a finished row leaves the batch at once.
+5. Once half a batch's rows are done and jobs wait, the batch stops; its live rows go back to the front of
+   the queue and resume next to the newcomers from prompt + tokens so far (KV recomputed; a seeded row keeps
+   its generator). This keeps batches full (a cheap stand-in for continuous batching).
 
-Departures from `weitiao.infer.generate.generate`: it has no hook for per-step streaming, per-row limits,
-cancellation or pausing, so `run_batch` calls `model.generate` itself with the same padding and sampling
-rules. With an output filter set, a streamed choice arrives as one filtered delta at its end, because
-the filter needs the whole text.
+Departures from `weitiao.infer.generate.generate`: HF `model.generate` samples one way for the whole batch
+and has no hook for per-step streaming, per-row limits, cancellation or pausing, so `run_batch` runs its own
+decode loop (`KVBatch`, `Sampler`) with the same left padding and position ids. With an output filter set,
+a streamed choice arrives as one filtered delta at its end, because the filter needs the whole text, and
+log-probs are refused (they would show what the filter hides).
 """
 
 from __future__ import annotations
