@@ -193,6 +193,11 @@ class Sampler:
             self.seen = torch.zeros(b, vocab, dtype=torch.bool, device=device)
             for i, h in enumerate(history):
                 self.seen[i, torch.tensor(h, dtype=torch.long, device=device)] = True
+        self._flags()
+
+    def _flags(self) -> None:  # decided once per batch (and per drop), not with a device sync every step
+        self.all_greedy = all(r.temperature == 0 for r in self.rows)
+        self.filtering = any(r.temperature > 0 and (r.top_k > 0 or r.top_p < 1) for r in self.rows)
 
     def keep(self, idx: torch.Tensor) -> None:
         """Drop the rows not in `idx` (finished ones)."""
@@ -200,6 +205,7 @@ class Sampler:
         for name in ("temp", "top_p", "rep", "top_k", "pres", "freq", "counts", "seen"):
             if getattr(self, name) is not None:
                 setattr(self, name, getattr(self, name)[idx])
+        self._flags()
 
     def __call__(self, logits: torch.Tensor, ban: torch.Tensor | None = None) -> torch.Tensor:
         """Next token of each row from its raw logits [rows, vocab]; `ban` [rows, vocab] True = never."""
@@ -214,10 +220,10 @@ class Sampler:
             logits = logits - self.freq[:, None] * self.counts - self.pres[:, None] * (self.counts > 0)
         greedy = self.temp == 0
         tokens = logits.argmax(-1)
-        if bool(greedy.all()):
+        if self.all_greedy:
             return self._record(tokens)
         logits = logits / torch.where(greedy, 1.0, self.temp)[:, None]
-        if bool((self.top_k > 0).any() or (self.top_p < 1).any()):
+        if self.filtering:
             logits = self._top_k_top_p(logits)
         probs = logits.softmax(-1)
         # exponential race: argmax(p / q), q ~ Exp(1), is a draw from p; each seeded row draws its own q

@@ -184,16 +184,18 @@ def run_batch(
     history = [row.job.prompt_ids + row.ids for row in rows]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
     batch = KVBatch(model, history, pad_id, [r.job.adapter for r in rows] if adapters else None)
-    scoring = [(r.job, i) for i, r in enumerate(rows) if r.index == 0 and r.job.prompt_logprobs is not None]
-    scoring = [(job, i) for job, i in scoring if not job.prompt_scored]
-    logits = batch.prefill(all_logits=bool(scoring))
-    for job, i in scoring:  # position p's logits predict token p + 1; the first token has none
+    echoes = {id(r.job): r.job for r in rows if r.job.prompt_logprobs is not None and not r.job.prompt_scored}
+    for job in echoes.values():
+        # echo's prompt log-probs: a prefill of its own, so only this prompt's logits [len, vocab] are kept
         p = job.prompt_ids
-        raw = logits[i, logits.shape[1] - len(p) : -1].float().log_softmax(-1)
-        entries = _logprob_entries(raw, torch.tensor(p[1:], device=raw.device), job.prompt_logprobs)
-        outbox.append((job, ("prompt", [(p[0], None, None), *entries])))
+        logits = KVBatch(model, [p], pad_id, [job.adapter] if adapters else None).prefill(all_logits=True)[0, :-1]
+        entries = [(p[0], None, None)]
+        for a in range(0, len(p) - 1, 256):  # position a's logits predict token a + 1; in slices, to bound memory
+            raw = logits[a : a + 256].float().log_softmax(-1)
+            entries += _logprob_entries(raw, torch.tensor(p[a + 1 : a + 257], device=device), job.prompt_logprobs)
+        outbox.append((job, ("prompt", entries)))
         job.prompt_scored = True
-    logits = logits[:, -1]
+    logits = batch.prefill()[:, -1]
     vocab, width = logits.shape[-1], len(rows)
     sampler = Sampler([r.sampling for r in rows], history, [len(r.job.prompt_ids) for r in rows], vocab, device)
     while True:
