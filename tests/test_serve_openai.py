@@ -373,7 +373,9 @@ def test_several_adapters_on_one_base_batch_together(two_adapters, parts):
 def test_cli_adapter_flags(two_adapters, monkeypatch):
     import uvicorn
     from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
 
+    from weitiao.cli import app
     from weitiao.errors import UserError
     from weitiao.infer import serve
     from weitiao.infer.chat import parse_adapters
@@ -385,9 +387,13 @@ def test_cli_adapter_flags(two_adapters, monkeypatch):
             parse_adapters(bad)
     apps = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
-    serve.serve(adapter=[f"{k}={v}" for k, v in two_adapters.items()], model_name="tiny")
+    flags = [x for k, v in two_adapters.items() for x in ("--adapter", f"{k}={v}")]
+    r = CliRunner().invoke(app, ["serve", *flags])
+    assert r.exit_code == 0, r.output
     ids = [m["id"] for m in TestClient(apps[0]).get("/v1/models").json()["data"]]
-    assert ids == ["tiny", "sft-a", "sft-b"]
+    assert ids == ["llama", "sft-a", "sft-b"]  # the base under its folder's name, then the adapters
+    with pytest.raises(UserError, match="taken"):
+        serve.serve(adapter=[f"llama={two_adapters['sft-a']}"])
 
 
 def test_null_means_default_and_logprobs_refused_under_an_output_filter(url, parts):

@@ -578,7 +578,7 @@ def serve(
         m, tok, base = load_adapters(resolve_path(model) if model else None, named, quant)
         name = model_name or base.rstrip("/").split("/")[-1]
         if name in named:
-            raise UserError(f"--adapter {name}=...: the base is served as {name!r}; give the adapter another name")
+            raise UserError(f"--adapter {name}=...: the name {name!r} is taken by the base; give the adapter another")
     else:
         one = specs[0] if specs else None
         m, tok = load_chat_model(resolve_path(model) if model else None, one, quant)
