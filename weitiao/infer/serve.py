@@ -71,7 +71,7 @@ class ServeSettings:
     # to the base (model_name), as vLLM's multi-LoRA; empty: the model as it is, under model_name
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: compared and hashed by identity
 class Job:
     prompt_ids: list[int]
     n: int
@@ -184,8 +184,8 @@ def run_batch(
     history = [row.job.prompt_ids + row.ids for row in rows]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
     batch = KVBatch(model, history, pad_id, [r.job.adapter for r in rows] if adapters else None)
-    echoes = {id(r.job): r.job for r in rows if r.job.prompt_logprobs is not None and not r.job.prompt_scored}
-    for job in echoes.values():
+    echoes = {r.job: None for r in rows if r.job.prompt_logprobs is not None and not r.job.prompt_scored}
+    for job in echoes:
         # echo's prompt log-probs: a prefill of its own, so only this prompt's logits [len, vocab] are kept
         p = job.prompt_ids
         logits = KVBatch(model, [p], pad_id, [job.adapter] if adapters else None).prefill(all_logits=True)[0, :-1]
