@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -39,6 +39,11 @@ class Sampling(_Strict):
     stop: str | list[str] | None = Field(None, max_length=16)
     seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # torch.manual_seed's range
     stream_options: _StreamOptions | None = None
+    presence_penalty: float | None = Field(0.0, ge=-2, le=2)  # OpenAI's definition, over the reply's tokens
+    frequency_penalty: float | None = Field(0.0, ge=-2, le=2)
+    min_tokens: int | None = Field(0, ge=0)  # vLLM extension: no stop token or stop string before this many
+    ignore_eos: bool | None = False  # vLLM extension: end-of-turn/EOS tokens do not stop (stop_token_ids still do)
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(None, max_length=64)  # vLLM extension
 
 
 # OpenAI fields this server does not implement, accepted only with a value that changes nothing
@@ -49,12 +54,7 @@ NO_OP_FIELDS: dict[str, tuple | None] = {
     "metadata": None,
     "service_tier": None,
     "parallel_tool_calls": None,
-    "logprobs": (False,),
-    "top_logprobs": (0,),
-    "frequency_penalty": (0,),
-    "presence_penalty": (0,),
     "logit_bias": ({},),
-    "echo": (False,),
     "best_of": (1,),
     "suffix": ("",),
     "tools": ([],),
@@ -81,10 +81,15 @@ class _Message(_Strict):
 
 class ChatRequest(Sampling):
     messages: list[_Message] = Field(min_length=1)
+    logprobs: bool | None = False  # null, as clients send for "unset", means the default
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    echo: bool | None = False  # vLLM's chat echo is not implemented: true is refused
 
 
 class CompletionRequest(Sampling):
     prompt: str | list[str]
+    logprobs: int | None = Field(None, ge=0, le=20)  # the legacy form: alternatives per token
+    echo: bool | None = False  # the prompt leads the text (and its tokens the log-probs, the first one null)
 
 
 NO_KEY = "invalid or missing API key (Authorization: Bearer ...)"
