@@ -45,10 +45,12 @@ from typing import Any
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from weitiao.data.templates import ChatTemplate, resolve_template
+from weitiao.infer import tools as tooling
 from weitiao.infer.api import BadRequest, ChatRequest, CompletionRequest, Guard, Sampling, error, read_body
+from weitiao.infer.constrain import Constrain, MaskCache, TokenBytes
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Job:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
     rows: list[_Row] = field(default_factory=list)  # its choices, kept across batches when paused
+    constraint: Any = None  # a weitiao.infer.constrain.Pattern every choice must follow
 
     def width(self) -> int:
         """Rows it still needs in a batch."""
@@ -149,6 +152,7 @@ def run_batch(
     stop_ids: set[int],
     publish: Callable[[list], None],
     can_pause: Callable[[], bool] = lambda: False,
+    masks: MaskCache | None = None,
 ) -> list[Job]:
     """Generate the unfinished choices of `jobs` in one left-padded batch (blocking; runs in a worker thread).
 
@@ -179,6 +183,8 @@ def run_batch(
             can_pause = lambda: False  # noqa: E731
     device = next(model.parameters()).device
     feed = _FeedRows(rows, outbox, publish, can_pause)
+    if masks is not None and any(row.job.constraint for row in rows):
+        kw["logits_processor"] = LogitsProcessorList([Constrain(rows, masks)])
     model.generate(
         input_ids=input_ids.to(device),
         attention_mask=mask.to(device),
@@ -216,6 +222,8 @@ def create_app(
     cfg = settings or ServeSettings()
     context = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
     stop_ids = {tokenizer.convert_tokens_to_ids(template.eot), tokenizer.eos_token_id} - {None}
+    token_bytes = TokenBytes.of(tokenizer, stop_ids)
+    masks = MaskCache(token_bytes) if token_bytes else None  # constrained decoding (tool_choice, json_object)
     pending: list[Job] = []
     stats = {"running": 0, "served": 0, "cancelled": 0, "rejected": 0, "batches": 0, "paused": 0, "busy_s": 0.0}
     stats["generated_tokens"] = 0
@@ -253,7 +261,7 @@ def create_app(
             before = sum(len(r.ids) for job in batch for r in job.rows)
             try:
                 paused = await loop.run_in_executor(
-                    None, run_batch, model, tokenizer, batch, stop_ids, publish, can_pause
+                    None, run_batch, model, tokenizer, batch, stop_ids, publish, can_pause, masks
                 )
                 pending[:0] = paused
                 stats["paused"] += len(paused)
@@ -281,15 +289,19 @@ def create_app(
             raise BadRequest(f"{param}: more than {context} tokens, the model's context", param, "context")
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def build_chat(body: bytes) -> tuple[ChatRequest, list[int], str | None]:
+    def build_chat(body: bytes) -> tuple[ChatRequest, list[int], str | None, tooling.ChatPlan]:
         req = read_body(body, ChatRequest)
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+        plan = tooling.plan_chat(req, template)
+        messages = plan.messages
+        if plan.constraint is not None and masks is None:
+            field = "tool_choice" if plan.tools else "response_format"
+            raise BadRequest(f"{field}: constrained decoding needs a byte-level or SentencePiece tokenizer", field)
         try:
-            prompt = template.render(tokenizer, messages, add_generation_prompt=True)
+            prompt = template.render(tokenizer, messages, add_generation_prompt=True, tools=plan.tools)
         except Exception as e:  # e.g. a template that insists on alternating roles
             raise BadRequest(f"messages: the chat template refused them: {e}", "messages") from None
         ids = tokenize(prompt, "messages")  # first: the screen's regexes hold the GIL, keep megabytes from them
-        return req, ids, input_screen(messages) if input_screen else None
+        return req, ids, input_screen(messages) if input_screen else None, plan
 
     def build_completion(body: bytes) -> tuple[CompletionRequest, list[int], str | None]:
         req = read_body(body, CompletionRequest)
@@ -331,7 +343,14 @@ def create_app(
         max_tokens = min(asked or cfg.max_new_tokens, cfg.max_new_tokens, context - len(prompt_ids))
         return Job(prompt_ids, req.n, max_tokens, (*key, None if greedy else req.seed), stop)
 
-    async def answer(request: Request, req: Sampling, prompt_ids: list[int], chat: bool, refusal: str | None) -> Any:
+    async def answer(
+        request: Request,
+        req: Sampling,
+        prompt_ids: list[int],
+        chat: bool,
+        refusal: str | None,
+        plan: tooling.ChatPlan | None = None,
+    ) -> Any:
         created, rid = int(time.time()), ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         obj = "chat.completion" if chat else "text_completion"
         head = {"id": rid, "created": created, "model": req.model or cfg.model_name}
@@ -354,6 +373,7 @@ def create_app(
             job = make_job(req, prompt_ids, "messages" if chat else "prompt")
             if isinstance(job, JSONResponse):
                 return job
+            job.constraint = plan.constraint if plan else None
             pending.append(job)
             wake.set()
 
@@ -393,6 +413,9 @@ def create_app(
             if output_filter and refusal is None:
                 texts = [output_filter(t) for t in texts]
             choices = [choice(i, t, r, False) for i, (t, r) in enumerate(zip(texts, reasons))]
+            if plan and plan.tool_format and refusal is None:  # calls parsed out of each reply
+                for c, t, r in zip(choices, texts, reasons):
+                    c["message"], c["finish_reason"] = tooling.reply_with_calls(t, r, plan.tool_format)
             return JSONResponse({**head, "object": obj, "choices": choices, "usage": usage(used)})
 
         chunk_obj = "chat.completion.chunk" if chat else "text_completion"
@@ -404,6 +427,8 @@ def create_app(
         async def stream() -> AsyncIterator[str]:
             buffered, used, finished, out = [""] * job.n, 0, False, []
             filtering = output_filter is not None and refusal is None
+            calls = [tooling.ToolStream(plan.tool_format) for _ in range(job.n)] if plan and plan.tool_format else None
+            tail: list[str] = []
             if chat:
                 out = [sse([{**choice(i, None, None, True), "delta": {"role": "assistant"}}]) for i in range(job.n)]
             try:
@@ -411,14 +436,30 @@ def create_app(
                     if ev[0] == "error":
                         out.append(f"data: {json.dumps({'error': {'message': ev[1], 'type': 'server_error'}})}\n\n")
                         break
+                    if ev[0] == "delta" and calls and refusal is None:  # text that may be a call is held back
+                        ev = ("delta", ev[1], calls[ev[1]].feed(ev[2]))
+                    elif ev[0] == "done" and calls and refusal is None:
+                        rest, made = calls[ev[1]].finish()
+                        if filtering:
+                            buffered[ev[1]] += rest
+                        elif rest:
+                            out.append(sse([choice(ev[1], rest, None, True)]))
+                        head_ = choice(ev[1], None, None, True)
+                        tail = [
+                            sse([{**head_, "delta": {"tool_calls": [{"index": k, **c}]}}]) for k, c in enumerate(made)
+                        ]
+                        ev = (*ev[:2], "tool_calls" if made else ev[2], *ev[3:])
                     if ev[0] == "delta" and filtering:
                         buffered[ev[1]] += ev[2]
                     elif ev[0] == "delta":
-                        out.append(sse([choice(ev[1], ev[2], None, True)]))
+                        if ev[2]:
+                            out.append(sse([choice(ev[1], ev[2], None, True)]))
                     else:
                         used += ev[3]
                         if filtering and buffered[ev[1]]:
                             out.append(sse([choice(ev[1], output_filter(buffered[ev[1]]), None, True)]))
+                        out += tail  # the choice's tool_calls deltas, after its content
+                        tail = []
                         out.append(sse([choice(ev[1], None, ev[2], True)]))
                     if job.events.empty():  # send what has piled up in one write
                         yield "".join(out)
@@ -438,7 +479,7 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         ready = await prepared(request, build_chat)
-        return ready if isinstance(ready, JSONResponse) else await answer(request, *ready[:2], True, ready[2])
+        return ready if isinstance(ready, JSONResponse) else await answer(request, *ready[:2], True, *ready[2:])
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
