@@ -257,7 +257,11 @@ def test_template_without_tools_is_400(parts):
         assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
         assert "--template qwen or llama3" in r.json()["error"]["message"]
         r = httpx.post(base + "/v1/chat/completions", json={"messages": msgs}, timeout=30)
-        assert r.status_code == 400 and r.json()["error"]["param"] == "messages.1"
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages.1.tool_calls"
+        r = httpx.post(
+            base + "/v1/chat/completions", json={"messages": [*ASK, {"role": "tool", "content": "x"}]}, timeout=30
+        )
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages.1.role"
         r = httpx.post(base + "/v1/chat/completions", json={"messages": ASK, "tools": []}, timeout=30)
         assert r.status_code == 200  # no tools: nothing to render
 

@@ -247,3 +247,21 @@ def test_tool_rows_keep_their_calls_in_dedup_and_history_truncation(tokenizer):
 def test_chatml_template_type_unchanged():
     t = ChatTemplate("x", CHATML, "<|im_end|>", False)  # old positional construction still works
     assert (t.supports_tools, t.tool_format) == (False, None)
+
+
+def test_written_rows_keep_tools_and_calls(tmp_path):
+    """`to_record` (used by mix, repeat, curve) writes a tool row that reads back the same; mix end to end."""
+    from weitiao.data.tools import to_record
+    from weitiao.dataeng import mix
+
+    conv = load_rows_one(SHAREGPT_ROW)
+    back = load_rows_one(to_record(conv))
+    assert (back.messages, back.tools) == (conv.messages, conv.tools)
+    src = write_jsonl(tmp_path / "t.jsonl", [OPENAI_ROW])
+    mix.run([f"{src}:1"], tmp_path / "m.jsonl")
+    (row,) = load_conversations(tmp_path / "m.jsonl").rows
+    assert (row.messages, row.tools) == (load_rows_one(OPENAI_ROW).messages, load_rows_one(OPENAI_ROW).tools)
+    assert (
+        json.loads(open(tmp_path / "m.jsonl").readline())["messages"][2]["tool_calls"][0]["function"]["arguments"]
+        == '{"city": "北京"}'
+    )

@@ -177,3 +177,24 @@ def parse_openai_tools(record: dict) -> Conversation:
 def uses_tools(conv: Conversation) -> bool:
     """Whether rendering this conversation needs a template with tool support."""
     return bool(conv.tools) or any(m["role"] == "tool" or m.get("tool_calls") for m in conv.messages)
+
+
+def to_record(conv: Conversation) -> dict:
+    """The conversation as an OpenAI-messages row that reads back the same: calls' arguments as JSON strings,
+    `tools` kept (data tools that write conversations out use it, so tool rows survive them)."""
+    msgs = []
+    for m in conv.messages:
+        if m.get("tool_calls"):
+            calls = [
+                {
+                    **c,
+                    "function": {
+                        **c["function"],
+                        "arguments": json.dumps(c["function"]["arguments"], ensure_ascii=False),
+                    },
+                }
+                for c in m["tool_calls"]
+            ]
+            m = {**m, "content": m["content"] or None, "tool_calls": calls}
+        msgs.append(m)
+    return {"messages": msgs, **({"tools": conv.tools} if conv.tools else {})}

@@ -45,14 +45,15 @@ def plan_chat(req: Any, template: ChatTemplate) -> ChatPlan:
             raise BadRequest(f"messages.{i}.tool_calls: only assistant messages make calls", f"messages.{i}.tool_calls")
         if m.tool_calls or m.role == "tool":
             if not template.supports_tools:
-                raise BadRequest(f"messages.{i}: tool messages need a chat template with tools; {how}", f"messages.{i}")
+                where = f"messages.{i}." + ("role" if m.role == "tool" else "tool_calls")
+                raise BadRequest(f"{where}: tool turns need a chat template with tools; {how}", where)
             msg["tool_calls"] = [_call(c, f"messages.{i}.tool_calls.{j}") for j, c in enumerate(m.tool_calls or [])]
             if m.tool_call_id is not None:
                 msg["tool_call_id"] = m.tool_call_id
         messages.append(msg)
     tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
-    choice = req.tool_choice or ("auto" if tools else "none")
-    if choice != "none" and not tools:
+    choice = req.tool_choice or "auto"
+    if choice not in ("none", "auto") and not tools:
         raise BadRequest(f"tool_choice: {_show(choice)} needs `tools`", "tool_choice")
     names = [t["function"]["name"] for t in tools]
     if not isinstance(choice, str) and choice.function.name not in names:
@@ -61,7 +62,7 @@ def plan_chat(req: Any, template: ChatTemplate) -> ChatPlan:
     if fmt == "json_schema":
         msg = "response_format: json_schema is not enforced by this server; use {'type': 'json_object'}"
         raise BadRequest(msg, "response_format")
-    if choice == "none":
+    if choice == "none" or not tools:  # "auto" without tools is plain text too
         return ChatPlan(messages, None, None, json_object() if fmt == "json_object" else None)
     if not template.supports_tools:
         raise BadRequest(f"tools: the model's chat template cannot render tools; {how}", "tools")
