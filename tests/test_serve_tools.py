@@ -342,3 +342,29 @@ def test_constrain_makes_random_scores_valid_json(tokenizer):
             except ValueError:
                 pass
         assert valid == (30 if masked else 0)
+
+
+def test_mask_shortcuts_equal_the_plain_byte_walk(tokenizer):
+    """The first-byte and plain-string shortcuts give exactly the mask of walking every token's bytes."""
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    toks = TokenBytes.of(tokenizer, {stop})
+    cache = MaskCache(toks)
+    text = '{"城市": "北京☀️ \\"q\\" \\u00e9", "n": [-1.5e3, true, {"k": null}]}'
+    for pattern, prefix in (
+        (json_object(), text),
+        (tool_call_pattern("hermes", ["f", "g"]), '<tool_call>\n{"name": "g", "arguments": ' + text),
+    ):
+        state, raw = pattern.start, prefix.encode()
+        for k in range(len(raw) + 1):
+            want = torch.zeros(len(tokenizer), dtype=torch.bool)
+            for i, seq in enumerate(toks.table):
+                s = state
+                for b in seq or b"":
+                    s = pattern.step(s, b)
+                want[i] = seq is not None and s is not None
+            if pattern.done(state):
+                want[:] = False
+                want[stop] = True
+            assert torch.equal(cache.get(pattern, state, len(tokenizer)), want), (prefix[:k], state)
+            if k < len(raw):
+                state = pattern.step(state, raw[k])

@@ -199,11 +199,40 @@ def _byte_level_alphabet() -> dict[str, int]:
     return {chr(b): b for b in keep} | {chr(256 + n): b for n, b in enumerate(shifted)}
 
 
+def _plain_run(seq: bytes | None, cont: int) -> int:
+    """UTF-8 continuation bytes due after `seq` inside a JSON string with `cont` due before; -1 when `seq` holds
+    a quote, backslash, control byte or breaks UTF-8 (then the slow walk decides)."""
+    if not seq:
+        return -1
+    for b in seq:
+        if cont:
+            if not 0x80 <= b <= 0xBF:
+                return -1
+            cont -= 1
+        elif b < 0x20 or b in (0x22, 0x5C, 0x7F):
+            return -1
+        elif b >= 0x80:
+            if 0xC2 <= b < 0xE0:
+                cont = 1
+            elif 0xE0 <= b < 0xF0:
+                cont = 2
+            elif 0xF0 <= b < 0xF5:
+                cont = 3
+            else:
+                return -1
+    return cont
+
+
 class TokenBytes:
     """The bytes each token id stands for (None: never allowed, e.g. special tokens), per tokenizer."""
 
     def __init__(self, table: list[bytes | None], stop_ids: set[int]) -> None:
         self.table, self.stop_ids = table, stop_ids
+        # Two shortcuts that keep a mask from walking every token's bytes in Python (a 150k vocabulary):
+        # a token's first byte (-1: never allowed), and inside a JSON string, the UTF-8 continuation bytes
+        # still due after a token made of plain string bytes, starting from 0-3 due (-1: not plain there).
+        self.first = torch.tensor([seq[0] if seq else -1 for seq in table])
+        self.plain = torch.tensor([[_plain_run(seq, c) for c in range(4)] for seq in table])
 
     @staticmethod
     def of(tokenizer: Any, stop_ids: set[int]) -> TokenBytes | None:
@@ -249,14 +278,21 @@ class MaskCache:
             if pattern.done(state) or state is None:  # complete (or lost): only a stop token may follow
                 mask[[i for i in toks.stop_ids if i < width]] = True
             else:
-                for i, seq in enumerate(toks.table[:width]):
-                    if seq:
-                        s = state
-                        for b in seq:
-                            s = pattern.step(s, b)
-                            if s is None:
-                                break
-                        mask[i] = s is not None
+                n = min(width, len(toks.table))
+                ok = torch.tensor([pattern.step(state, b) is not None for b in range(256)] + [False])
+                walk = ok[toks.first[:n]]  # -1 indexes the trailing False
+                sub = state[1] if isinstance(state[1], tuple) and len(state[1]) == 3 else None
+                if sub is not None and sub[0] == "str" and sub[2][2] == 0:  # plain bytes keep a string open
+                    plain = toks.plain[:n, sub[2][1]] >= 0
+                    mask[:n] |= plain
+                    walk &= ~plain
+                for i in walk.nonzero().flatten().tolist():
+                    s = state
+                    for b in toks.table[i]:
+                        s = pattern.step(s, b)
+                        if s is None:
+                            break
+                    mask[i] = s is not None
             self.masks[key] = mask
             if len(self.masks) > self.size:
                 self.masks.popitem(last=False)

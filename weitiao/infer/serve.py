@@ -3,6 +3,7 @@
     weitiao serve --model demo --port 8000          # then: OpenAI(base_url="http://127.0.0.1:8000/v1")
 
 Endpoints: /v1/chat/completions and /v1/completions (stream and not, `n`, usage), /v1/models, /health.
+Tools (`tools`, `tool_choice`, `tool` turns) and `response_format`: weitiao.infer.tools.
 
 How a request flows:
 1. A guard in front of every route (weitiao.infer.api) checks the API key (constant-time; /health stays
