@@ -173,8 +173,22 @@ def test_tool_rows_need_a_tool_template(tmp_path, tokenizer):
     chatml = resolve_template(tokenizer, "auto")  # the test tokenizer's own template: ChatML, no tools
     with pytest.raises(UserError, match=r"tools\.jsonl:1: .*template 'tokenizer'.*template: qwen or llama3"):
         encode_all(convs, tokenizer, chatml, EncodeOptions())
+    with pytest.raises(UserError, match=r"tools\.jsonl:2: "):  # `data show` and export checks encode one row
+        encode(convs[1], tokenizer, chatml, EncodeOptions())
     encoded, _ = encode_all(convs, tokenizer, resolve_template(tokenizer, "qwen"), EncodeOptions())
     assert len(encoded) == 2
+
+
+def test_prompt_readers_refuse_tool_rows(tmp_path):
+    """PPO prompts and golden eval prompts render no tools: a tool row there is one line, not a silent drop."""
+    from weitiao.eval import golden
+    from weitiao.recipes import ppo
+
+    path = write_jsonl(tmp_path / "p.jsonl", [OPENAI_ROW])
+    with pytest.raises(UserError, match=r"p\.jsonl:1: tools: tool rows train with `weitiao sft` only"):
+        ppo.load_prompts([str(path)])
+    with pytest.raises(UserError, match=r"p\.jsonl:1: tools: tool rows are not eval prompts"):
+        golden.load_prompts(path)
 
 
 @pytest.mark.parametrize(

@@ -92,6 +92,12 @@ def assistant_spans(
 
 def encode(conv: Conversation, tokenizer: Any, template: ChatTemplate, opts: EncodeOptions) -> Encoded | None:
     """Tokenize and label one conversation; None when the truncation policy drops it."""
+    if not template.supports_tools and uses_tools(conv):
+        raise UserError(
+            f"{conv.source}: this row has tools or tool calls, which template {template.name!r} cannot render; "
+            "set template: qwen or llama3 (data.template, or --template), or use a tokenizer whose "
+            "chat_template uses `tools`"
+        )
     messages = list(conv.messages)
     trimmed = False
     while True:
@@ -157,12 +163,6 @@ def encode_all(
     stats = EncodeStats(rows=len(convs))
     encoded = []
     for conv in convs:
-        if not template.supports_tools and uses_tools(conv):
-            raise UserError(
-                f"{conv.source}: this row has tools or tool calls, which template {template.name!r} cannot render; "
-                "set template: qwen or llama3 (data.template, or --template), or use a tokenizer whose "
-                "chat_template uses `tools`"
-            )
         enc = encode(conv, tokenizer, template, opts)
         if enc is None:
             stats.dropped_too_long += 1
