@@ -20,7 +20,7 @@ from loopback import running
 
 from weitiao.data.chat import EncodeOptions, encode
 from weitiao.data.formats import Conversation
-from weitiao.data.templates import resolve_template
+from weitiao.data.templates import QWEN, ChatTemplate, resolve_template
 from weitiao.infer.constrain import Constrain, MaskCache, Pattern, TokenBytes, json_object, tool_call_pattern
 from weitiao.infer.serve import ServeSettings, create_app
 from weitiao.infer.tools import ToolStream, reply_with_calls
@@ -264,6 +264,17 @@ def test_template_without_tools_is_400(parts):
         assert r.status_code == 400 and r.json()["error"]["param"] == "messages.1.role"
         r = httpx.post(base + "/v1/chat/completions", json={"messages": ASK, "tools": []}, timeout=30)
         assert r.status_code == 200  # no tools: nothing to render
+
+
+def test_template_whose_calls_cannot_be_read_is_400(parts):
+    """Tools render, but calls come out in no known format: tools with tool_choice auto are refused, none is fine."""
+    model, tokenizer, _ = parts
+    odd = ChatTemplate("odd", QWEN.replace("<tool_call>", "<call>"), "<|im_end|>", False, True, None)
+    with running(create_app(model, tokenizer, odd, ServeSettings(model_name="tiny"))) as base:
+        r = httpx.post(base + "/v1/chat/completions", json={"messages": ASK, "tools": [WEATHER]}, timeout=30)
+        assert r.status_code == 400 and "cannot be parsed back" in r.json()["error"]["message"]
+        body = {"messages": ASK, "tools": [WEATHER], "tool_choice": "none", "max_tokens": 2}
+        assert httpx.post(base + "/v1/chat/completions", json=body, timeout=30).status_code == 200
 
 
 # ----------------------------------------------------------------------------- constrained decoding, no server

@@ -141,8 +141,16 @@ def test_tokenizer_template_tools_detected_by_probe():
     assert (t.supports_tools, t.tool_format) == (True, "llama3_json")
     t = resolve_template(build_tokenizer(CHATML), "tokenizer")
     assert (t.supports_tools, t.tool_format) == (False, None)
-    odd = CHATML.replace("{% endfor %}", "{% endfor %}{% if tools %}{{ 'TOOLS' }}{% endif %}")
-    t = resolve_template(build_tokenizer(odd), "tokenizer")  # renders tools, but calls in no known format
+    mentions = CHATML.replace("{% endfor %}", "{% endfor %}{% if tools %}{{ 'TOOLS' }}{% endif %}")
+    t = resolve_template(build_tokenizer(mentions), "tokenizer")  # reads `tools` but shows neither tool nor call
+    assert (t.supports_tools, t.tool_format) == (False, None)
+    odd = (
+        "{% for t in tools or [] %}{{ t['function']['name'] + '\\n' }}{% endfor %}{% for m in messages %}"
+        "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] }}{% for c in m['tool_calls'] or [] %}"
+        "{{ 'CALL ' + c['function']['name'] }}{% endfor %}{{ '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+    t = resolve_template(build_tokenizer(odd), "tokenizer")  # renders tools and calls, in no known format
     assert (t.supports_tools, t.tool_format) == (True, None)
 
 

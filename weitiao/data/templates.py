@@ -226,8 +226,7 @@ def resolve_template(tokenizer: Any, name: str = "auto") -> ChatTemplate:
         return ChatTemplate(name, jinja, eot, False, name in TOOL_FORMATS, TOOL_FORMATS.get(name))
     eot = find_eot(tokenizer, jinja)
     if eot is not None:
-        tools = _uses_tools(jinja)
-        fmt = _probe_tool_format(tokenizer, jinja, eot) if tools else None
+        tools, fmt = _probe_tools(tokenizer, jinja, eot) if _uses_tools(jinja) else (False, None)
         return ChatTemplate(name, jinja, eot, False, tools, fmt)
     if tokenizer.eos_token is None:
         raise UserError("tokenizer has no eos_token and its template closes no turn; set eos_token")
@@ -239,21 +238,22 @@ def _uses_tools(jinja: str) -> bool:
     return re.search(r"\btools\b", jinja) is not None
 
 
-def _probe_tool_format(tokenizer: Any, jinja: str, eot: str) -> ToolFormat | None:
-    """Render one known call and see which format it comes out in; None when neither (or rendering fails)."""
+def _probe_tools(tokenizer: Any, jinja: str, eot: str) -> tuple[bool, ToolFormat | None]:
+    """Render a probe tool and call: (tools and calls both show up, the format calls come out in or None)."""
     msgs = [{"role": "user", "content": _PROBE_USER}, {"role": "assistant", "content": "", "tool_calls": [_PROBE_CALL]}]
     try:
         head = tokenizer.apply_chat_template(
             msgs[:1], chat_template=jinja, tokenize=False, add_generation_prompt=True, tools=[_PROBE_TOOL]
         )
         full = tokenizer.apply_chat_template(msgs, chat_template=jinja, tokenize=False, tools=[_PROBE_TOOL])
-    except Exception:  # a template that refuses the probe (e.g. raise_exception) cannot be served with tools
-        return None
-    if not full.startswith(head):
-        return None
+    except Exception:  # a template that refuses the probe (e.g. raise_exception) cannot be used with tools
+        return False, None
+    name = _PROBE_TOOL["function"]["name"]
+    if not (full.startswith(head) and name in head and name in full[len(head) :]):
+        return False, None  # it reads `tools` but shows neither the tool nor the call (e.g. mentions the word)
     reply = full[len(head) :].split(eot)[0]
     for fmt in ("hermes", "llama3_json"):
         _, calls = parse_tool_calls(reply, fmt)
-        if [(c["name"], json.loads(c["arguments"])) for c in calls] == [("probe_fn_zqx", {"q": 7})]:
-            return fmt
-    return None
+        if [(c["name"], json.loads(c["arguments"])) for c in calls] == [(name, {"q": 7})]:
+            return True, fmt
+    return True, None
