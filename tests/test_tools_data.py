@@ -287,3 +287,30 @@ def test_written_rows_keep_tools_and_calls(tmp_path):
         json.loads(open(tmp_path / "m.jsonl").readline())["messages"][2]["tool_calls"][0]["function"]["arguments"]
         == '{"city": "北京"}'
     )
+
+
+@pytest.mark.slow
+def test_sft_on_tool_rows_saves_a_template_serve_reads_tools_from(tmp_path, monkeypatch):
+    """`weitiao sft` with data.template=qwen on both tool layouts (packed, the default); the saved chat template
+    is the qwen one, so `template: auto` on the result supports tools and reads hermes calls."""
+    import torch
+    from conftest import save_tiny_model
+    from test_serve_tools import tool_tokenizer  # tool prompts fit the tiny model's 512 positions with it
+
+    from weitiao.config import load_config
+    from weitiao.models.load import load_tokenizer
+    from weitiao.recipes import sft
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    share = write_jsonl(tmp_path / "share.jsonl", [SHAREGPT_ROW] * 3)
+    oai = write_jsonl(tmp_path / "oai.jsonl", [OPENAI_ROW] * 3)
+    tiny_model_dir = save_tiny_model(tmp_path / "m", tool_tokenizer())
+    overrides = [f"model.path={tiny_model_dir}", "model.dtype=fp32", f"data.train=[{share},{oai}]"]
+    overrides += ["data.template=qwen", "data.max_len=512", f"train.out={tmp_path / 'run'}", "train.progress=false"]
+    overrides += ["train.tensorboard=false", "train.max_steps=2", "train.micro_batch_size=2"]
+    summary = sft.run(load_config(sft.SFTConfig, None, overrides))
+    assert summary["steps"] == 2
+    final = tmp_path / "run" / "final"
+    assert (final / "chat_template.jinja").read_text() == QWEN
+    t = resolve_template(load_tokenizer(str(final / "tokenizer")), "auto")
+    assert (t.name, t.supports_tools, t.tool_format) == ("tokenizer", True, "hermes")
