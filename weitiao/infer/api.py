@@ -57,9 +57,6 @@ NO_OP_FIELDS: dict[str, tuple | None] = {
     "logit_bias": ({},),
     "best_of": (1,),
     "suffix": ("",),
-    "tools": ([],),
-    "tool_choice": ("none", "auto"),  # with no tools, both mean plain text
-    "response_format": ({"type": "text"},),
 }
 
 
@@ -68,10 +65,49 @@ class _TextPart(_Strict):
     text: str
 
 
+class _Function(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema, shown to the model as given
+    strict: bool | None = None  # accepted; arguments follow the schema only as far as the model does
+
+
+class _Tool(_Strict):
+    type: Literal["function"]
+    function: _Function
+
+
+class _CalledFunction(_Strict):
+    name: str = Field(min_length=1)
+    arguments: str  # a JSON object, as OpenAI sends it
+
+
+class _ToolCall(_Strict):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: _CalledFunction
+
+
+class _FunctionName(_Strict):
+    name: str
+
+
+class _NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: _FunctionName
+
+
+class _ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
 class _Message(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[_TextPart] | None = None
     name: str | None = None  # accepted; chat templates have no place for it
+    tool_calls: list[_ToolCall] | None = None  # an assistant turn's calls
+    tool_call_id: str | None = None  # the call a `tool` turn answers
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -84,6 +120,9 @@ class ChatRequest(Sampling):
     logprobs: bool | None = False  # null, as clients send for "unset", means the default
     top_logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool | None = False  # vLLM's chat echo is not implemented: true is refused
+    tools: list[_Tool] | None = None  # rendered through the chat template; see weitiao.infer.tools
+    tool_choice: Literal["none", "auto", "required"] | _NamedToolChoice | None = None
+    response_format: _ResponseFormat | None = None
 
 
 class CompletionRequest(Sampling):

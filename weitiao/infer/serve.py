@@ -5,7 +5,8 @@
 
 Endpoints: /v1/chat/completions and /v1/completions (stream and not, `n`, usage, log-probs), /v1/models,
 /health. A `model` that is not served is a 404 (model_not_found); a field this server does not implement
-is a 400 naming it, never ignored.
+is a 400 naming it, never ignored. Tools (`tools`, `tool_choice`, `tool` turns) and `response_format`:
+weitiao.infer.tools.
 
 How a request flows:
 1. A guard in front of every route (weitiao.infer.api) checks the API key (constant-time; /health stays
@@ -54,7 +55,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from weitiao.data.templates import ChatTemplate, resolve_template
 from weitiao.errors import UserError
+from weitiao.infer import tools as tooling
 from weitiao.infer.api import BadRequest, ChatRequest, CompletionRequest, Guard, Sampling, error, read_body
+from weitiao.infer.constrain import Constrain, MaskCache, TokenBytes
 from weitiao.infer.generate import KVBatch, RowSampling, Sampler
 from weitiao.infer.logprobs import LogprobFormat
 
@@ -89,6 +92,7 @@ class Job:
     cancelled: bool = False
     prompt_scored: bool = False
     rows: list[_Row] = field(default_factory=list)  # its choices, kept across batches when paused
+    constraint: Any = None  # a weitiao.infer.constrain.Pattern every choice must follow
 
     def width(self) -> int:
         """Rows it still needs in a batch."""
@@ -163,13 +167,16 @@ def run_batch(
     publish: Callable[[list], None],
     can_pause: Callable[[], bool] = lambda: False,
     adapters: bool = False,
+    masks: MaskCache | None = None,
 ) -> list[Job]:
     """Generate the unfinished choices of `jobs` in one left-padded batch (blocking; runs in a worker thread).
 
     `publish([(job, event), ...])` receives each step's events: ("delta", index, text, logprob entries),
     ("done", index, finish_reason, n_tokens) and, once per echoing job, ("prompt", entries). Each row samples
     with its own settings (`weitiao.infer.generate.Sampler`); log-probs are of the raw model distribution
-    (log_softmax of the logits before bans, penalties, temperature, top-k/top-p), as vLLM's default. Finished
+    (log_softmax of the logits before bans, penalties, temperature, top-k/top-p), as vLLM's default. A job's
+    `constraint` (with `masks`) bans, per row and before sampling, every token its pattern does not allow,
+    together with min_tokens' ban on stop tokens; log-probs stay those of the raw distribution. Finished
     rows leave the batch at once. When half the rows or more are done and `can_pause()` says jobs wait, the
     batch stops and returns the jobs with live rows: they resume in a later batch from prompt + tokens so far
     (the KV cache is recomputed, as vLLM does on preemption). With `adapters`, each row runs its job's adapter.
@@ -198,13 +205,17 @@ def run_batch(
     logits = batch.prefill()[:, -1]
     vocab, width = logits.shape[-1], len(rows)
     sampler = Sampler([r.sampling for r in rows], history, [len(r.job.prompt_ids) for r in rows], vocab, device)
+    # tool_choice required/named, response_format json_object: each constrained row's pattern masks its logits
+    constrain = Constrain(rows, masks) if masks is not None and any(r.job.constraint for r in rows) else None
     while True:
-        ban = None
-        early = [(i, r.stops) for i, r in enumerate(rows) if len(r.ids) < r.job.min_tokens and r.stops]
+        ban = constrain.ban(vocab, device) if constrain else None
+        early = [i for i, r in enumerate(rows) if len(r.ids) < r.job.min_tokens and r.stops]
+        if constrain:  # a complete constrained reply may only stop: there min_tokens yields to the constraint
+            early = [i for i in early if not constrain.complete(i)]
         if early:  # min_tokens: no stop token before then
-            ban = torch.zeros(len(rows), vocab, dtype=torch.bool, device=device)
-            for i, stops in early:
-                ban[i, list(stops)] = True
+            ban = torch.zeros(len(rows), vocab, dtype=torch.bool, device=device) if ban is None else ban
+            for i in early:
+                ban[i, list(rows[i].stops)] = True
         k = max((r.job.logprobs for r in rows if r.job.logprobs is not None), default=None)
         raw = logits.float().log_softmax(-1) if k is not None else None
         tokens = sampler(logits, ban)
@@ -224,6 +235,8 @@ def run_batch(
             idx = torch.tensor(live, device=device)
             batch.keep(idx)
             sampler.keep(idx)
+            if constrain:
+                constrain.keep(live)
             rows, tokens = [rows[i] for i in live], tokens[idx]
         logits = batch.step(tokens)
     paused = []
@@ -249,6 +262,8 @@ def create_app(
     vocab = model.config.vocab_size
     served = [cfg.model_name, *cfg.adapters]
     fmt = LogprobFormat(tokenizer)
+    token_bytes = TokenBytes.of(tokenizer, stop_ids)
+    masks = MaskCache(token_bytes) if token_bytes else None  # constrained decoding (tool_choice, json_object)
     pending: list[Job] = []
     stats = {"running": 0, "served": 0, "cancelled": 0, "rejected": 0, "batches": 0, "paused": 0, "busy_s": 0.0}
     stats["generated_tokens"] = 0
@@ -287,7 +302,7 @@ def create_app(
             before = sum(len(r.ids) for job in batch for r in job.rows)
             try:
                 paused = await loop.run_in_executor(
-                    None, run_batch, model, tokenizer, batch, stop_ids, publish, can_pause, bool(cfg.adapters)
+                    None, run_batch, model, tokenizer, batch, stop_ids, publish, can_pause, bool(cfg.adapters), masks
                 )
                 pending[:0] = paused
                 stats["paused"] += len(paused)
@@ -315,19 +330,23 @@ def create_app(
             raise BadRequest(f"{param}: more than {context} tokens, the model's context", param, "context")
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def build_chat(body: bytes) -> tuple[ChatRequest, list[int], str | None]:
+    def build_chat(body: bytes) -> tuple[ChatRequest, list[int], str | None, tooling.ChatPlan]:
         req = read_body(body, ChatRequest)
         if req.echo:
             raise BadRequest("echo: not supported on chat completions; use /v1/completions with echo", "echo")
         if req.top_logprobs and not req.logprobs:
             raise BadRequest("top_logprobs: needs logprobs: true", "top_logprobs")
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+        plan = tooling.plan_chat(req, template)
+        messages = plan.messages
+        if plan.constraint is not None and masks is None:
+            field = "tool_choice" if plan.tools else "response_format"
+            raise BadRequest(f"{field}: constrained decoding needs a byte-level or SentencePiece tokenizer", field)
         try:
-            prompt = template.render(tokenizer, messages, add_generation_prompt=True)
+            prompt = template.render(tokenizer, messages, add_generation_prompt=True, tools=plan.tools)
         except Exception as e:  # e.g. a template that insists on alternating roles
             raise BadRequest(f"messages: the chat template refused them: {e}", "messages") from None
         ids = tokenize(prompt, "messages")  # first: the screen's regexes hold the GIL, keep megabytes from them
-        return req, ids, input_screen(messages) if input_screen else None
+        return req, ids, input_screen(messages) if input_screen else None, plan
 
     def build_completion(body: bytes) -> tuple[CompletionRequest, list[int], str | None]:
         req = read_body(body, CompletionRequest)
@@ -382,7 +401,14 @@ def create_app(
             req.min_tokens or 0, bool(req.ignore_eos), frozenset(req.stop_token_ids or ()), adapter,
         )  # fmt: skip
 
-    async def answer(request: Request, req: Sampling, prompt_ids: list[int], chat: bool, refusal: str | None) -> Any:
+    async def answer(
+        request: Request,
+        req: Sampling,
+        prompt_ids: list[int],
+        chat: bool,
+        refusal: str | None,
+        plan: tooling.ChatPlan | None = None,
+    ) -> Any:
         if req.model is not None and req.model not in served:
             msg = f"The model `{req.model}` does not exist. Served: {', '.join(served)} (GET /v1/models)"
             return error(404, msg, code="model_not_found", param="model")
@@ -413,6 +439,11 @@ def create_app(
         else:
             try:
                 job = make_job(req, prompt_ids, "messages" if chat else "prompt", top, bool(echo))
+                job.constraint = plan.constraint if plan else None
+                if job.constraint is not None and job.ignore_eos and not job.stop_token_ids:
+                    field = "tool_choice" if plan.tools else "response_format"  # type: ignore[union-attr]
+                    msg = f"ignore_eos: a reply constrained by {field} must end; drop ignore_eos or give stop_token_ids"
+                    raise BadRequest(msg, "ignore_eos")
             except BadRequest as e:
                 return error(400, e.message, code=e.code, param=e.param)
             if len(pending) >= cfg.max_queue:
@@ -468,6 +499,9 @@ def create_app(
             else:
                 shown = [fmt.legacy(prompt_lps + x, 0)[0] for x in lps]
             choices = [choice(i, echo + t, r, False, x) for i, (t, r, x) in enumerate(zip(texts, reasons, shown))]
+            if plan and plan.tool_format and refusal is None:  # calls parsed out of each reply
+                for c, t, r in zip(choices, texts, reasons):
+                    c["message"], c["finish_reason"] = tooling.reply_with_calls(t, r, plan.tool_format)
             return JSONResponse({**head, "object": obj, "choices": choices, "usage": usage(used)})
 
         chunk_obj = "chat.completion.chunk" if chat else "text_completion"
@@ -489,6 +523,9 @@ def create_app(
                 shown, offsets[i] = fmt.legacy(entries, offsets[i])
                 return sse([choice(i, text, None, True, shown)])
 
+            calls = [tooling.ToolStream(plan.tool_format) for _ in range(job.n)] if plan and plan.tool_format else None
+            held: list[list] = [[] for _ in range(job.n)]  # log-probs of text a ToolStream holds back
+            tail: list[str] = []
             if chat:
                 out = [sse([{**choice(i, None, None, True), "delta": {"role": "assistant"}}]) for i in range(job.n)]
             elif echo and (top is None or refusal is not None):
@@ -498,16 +535,34 @@ def create_app(
                     if ev[0] == "error":
                         out.append(f"data: {json.dumps({'error': {'message': ev[1], 'type': 'server_error'}})}\n\n")
                         break
+                    if ev[0] == "delta" and calls and refusal is None:  # text that may be a call is held back
+                        i, text = ev[1], calls[ev[1]].feed(ev[2])
+                        held[i] += ev[3]
+                        ev, held[i] = ("delta", i, text, held[i] if text else []), [] if text else held[i]
+                    elif ev[0] == "done" and calls and refusal is None:
+                        rest, made = calls[ev[1]].finish()
+                        if filtering:
+                            buffered[ev[1]] += rest
+                        elif rest or (held[ev[1]] and top is not None):  # the call's tokens' log-probs too
+                            out.append(delta(ev[1], rest, held[ev[1]]))
+                        head_ = choice(ev[1], None, None, True)
+                        tail = [
+                            sse([{**head_, "delta": {"tool_calls": [{"index": k, **c}]}}]) for k, c in enumerate(made)
+                        ]
+                        ev = (*ev[:2], "tool_calls" if made else ev[2], *ev[3:])
                     if ev[0] == "prompt":  # echo with log-probs: the prompt and its tokens' log-probs first
                         out += [delta(i, echo, ev[1]) for i in range(job.n)]
                     elif ev[0] == "delta" and filtering:
                         buffered[ev[1]] += ev[2]
                     elif ev[0] == "delta":
-                        out.append(delta(*ev[1:]))
+                        if ev[2] or (ev[3] and top is not None):
+                            out.append(delta(*ev[1:]))
                     else:
                         used += ev[3]
                         if filtering and buffered[ev[1]]:
                             out.append(sse([choice(ev[1], output_filter(buffered[ev[1]]), None, True)]))
+                        out += tail  # the choice's tool_calls deltas, after its content
+                        tail = []
                         out.append(sse([choice(ev[1], None, ev[2], True)]))
                     if job.events.empty():  # send what has piled up in one write
                         yield "".join(out)
@@ -527,7 +582,7 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         ready = await prepared(request, build_chat)
-        return ready if isinstance(ready, JSONResponse) else await answer(request, *ready[:2], True, ready[2])
+        return ready if isinstance(ready, JSONResponse) else await answer(request, *ready[:2], True, *ready[2:])
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
