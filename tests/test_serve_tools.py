@@ -9,7 +9,10 @@ decoding is checked against Python's own JSON reader on a random model.
 from __future__ import annotations
 
 import json
+import math
 import random
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -20,8 +23,9 @@ from loopback import running
 
 from weitiao.data.chat import EncodeOptions, encode
 from weitiao.data.formats import Conversation
-from weitiao.data.templates import QWEN, ChatTemplate, resolve_template
+from weitiao.data.templates import QWEN, ChatTemplate, parse_tool_calls, resolve_template
 from weitiao.infer.constrain import Constrain, MaskCache, Pattern, TokenBytes, json_object, tool_call_pattern
+from weitiao.infer.logprobs import _BYTE_DECODER
 from weitiao.infer.serve import ServeSettings, create_app
 from weitiao.infer.tools import ToolStream, reply_with_calls
 
@@ -379,3 +383,79 @@ def test_mask_shortcuts_equal_the_plain_byte_walk(tokenizer):
             assert torch.equal(cache.get(pattern, state, len(tokenizer)), want), (prefix[:k], state)
             if k < len(raw):
                 state = pattern.step(state, raw[k])
+
+
+def test_constrained_rows_with_logprobs_seed_and_n_share_a_batch_with_plain_rows(tool_model, url):
+    """Sampled tool_choice=required with logprobs, a seed and n=2 (streamed and not), a named tool_choice and a
+    plain request, all in one batch: each is answered as when alone. The log-probs are the raw model's at the
+    constrained tokens (the named call's tokens are not all the model's top pick: the mask chose them)."""
+    model, tok, template = tool_model
+    encoder = {b: ch for ch, b in _BYTE_DECODER.items()}
+    c = client(url)
+    lp = dict(logprobs=True, top_logprobs=2)
+    required = dict(tools=[WEATHER, OTHER], tool_choice="required", temperature=0.9, seed=11, n=2, **lp)
+    named = dict(tools=[WEATHER, OTHER], tool_choice={"type": "function", "function": {"name": "get_time"}})
+    asks = {
+        "required": lambda: c.chat.completions.create(model="tiny", messages=ASK, **required),
+        "stream": lambda: list(c.chat.completions.create(model="tiny", messages=ASK, stream=True, **required)),
+        "named": lambda: c.chat.completions.create(model="tiny", messages=ASK, temperature=0, **named, **lp),
+        "plain": lambda: c.chat.completions.create(model="tiny", messages=ASK, temperature=0, max_tokens=20),
+    }
+    alone = {k: f() for k, f in asks.items()}
+    blocker = {"messages": ASK, "max_tokens": 60, "temperature": 0, "ignore_eos": True}
+    before = httpx.get(url + "/health").json()["batches"]
+    with ThreadPoolExecutor(len(asks) + 1) as pool:
+        busy = pool.submit(httpx.post, url + "/v1/chat/completions", json=blocker, timeout=60)
+        while httpx.get(url + "/health").json()["running"] == 0:
+            time.sleep(0.005)
+        futures = {k: pool.submit(f) for k, f in asks.items()}
+        batched = {k: f.result() for k, f in futures.items()}
+        assert busy.result().status_code == 200
+    assert httpx.get(url + "/health").json()["batches"] - before == 2  # the blocker, then all four together
+
+    def check_call(choice, names):
+        (call,) = choice.message.tool_calls
+        assert choice.finish_reason == "tool_calls" and call.function.name in names
+        assert isinstance(json.loads(call.function.arguments), dict)
+        content = choice.logprobs.content
+        assert content[-1].token == "<|im_end|>"  # the end of turn is a reply token, with its log-prob
+        reply = [tok.convert_tokens_to_ids("".join(encoder[b] for b in x.bytes)) for x in content]
+        text = tok.decode(reply[:-1])
+        assert [c["name"] for c in parse_tool_calls(text, "hermes")[1]] == [call.function.name]
+        ids = tok(
+            template.render(tok, ASK, add_generation_prompt=True, tools=[WEATHER, OTHER]), add_special_tokens=False
+        )
+        want = torch.log_softmax(model(torch.tensor([ids["input_ids"] + reply])).logits[0].float(), -1)
+        n = len(ids["input_ids"])
+        for i, x in enumerate(content):  # raw log-probs at each constrained token, before the mask
+            assert math.isclose(x.logprob, want[n - 1 + i, reply[i]].item(), abs_tol=1e-3)
+        return [x.token for x in content]
+
+    for got in (alone, batched):
+        r = got["required"]
+        assert len(r.choices) == 2
+        tokens = [check_call(ch, {"get_weather", "get_time"}) for ch in r.choices]
+        assert r.usage.completion_tokens == sum(len(t) for t in tokens)
+        streamed = [[], []]
+        calls = [[], []]
+        for ch in got["stream"]:
+            for x in ch.choices:
+                streamed[x.index] += [e.token for e in (x.logprobs.content if x.logprobs else [])]
+                calls[x.index] += [(t.function.name, t.function.arguments) for t in x.delta.tool_calls or []]
+        assert streamed == tokens  # the same seeded draws; the call's log-probs are not lost while held back
+        assert calls == [[(t.function.name, t.function.arguments)] for ch in r.choices for t in ch.message.tool_calls]
+        named_tokens = check_call(got["named"].choices[0], {"get_time"})
+        top1 = [x.top_logprobs[0].token for x in got["named"].choices[0].logprobs.content]
+        assert named_tokens != top1  # greedy, yet not the model's argmax everywhere: the mask decided
+        assert got["plain"].choices[0].message.tool_calls is None
+
+    def seen(r):  # what a client reads of a reply (call ids are random)
+        out = []
+        for ch in r.choices:
+            calls = [(t.function.name, t.function.arguments) for t in ch.message.tool_calls or []]
+            lps = [(x.token, round(x.logprob, 3)) for x in ch.logprobs.content] if ch.logprobs else None
+            out.append((ch.finish_reason, ch.message.content, calls, lps))
+        return out
+
+    for k in ("required", "named", "plain"):  # batched as alone
+        assert seen(batched[k]) == seen(alone[k]), k
