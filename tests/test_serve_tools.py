@@ -385,6 +385,21 @@ def test_mask_shortcuts_equal_the_plain_byte_walk(tokenizer):
                 state = pattern.step(state, raw[k])
 
 
+def together(url: str, asks: dict) -> dict:
+    """The answers of each call in `asks`, all queued behind a busy worker so that they share one batch."""
+    blocker = {"messages": ASK, "max_tokens": 60, "temperature": 0, "ignore_eos": True}
+    before = httpx.get(url + "/health").json()["batches"]
+    with ThreadPoolExecutor(len(asks) + 1) as pool:
+        busy = pool.submit(httpx.post, url + "/v1/chat/completions", json=blocker, timeout=60)
+        while httpx.get(url + "/health").json()["running"] == 0:
+            time.sleep(0.005)
+        futures = {k: pool.submit(f) for k, f in asks.items()}
+        out = {k: f.result() for k, f in futures.items()}
+        assert busy.result().status_code == 200
+    assert httpx.get(url + "/health").json()["batches"] - before == 2  # the blocker, then all of them together
+    return out
+
+
 def test_constrained_rows_with_logprobs_seed_and_n_share_a_batch_with_plain_rows(tool_model, url):
     """Sampled tool_choice=required with logprobs, a seed and n=2 (streamed and not), a named tool_choice and a
     plain request, all in one batch: each is answered as when alone. The log-probs are the raw model's at the
@@ -402,16 +417,7 @@ def test_constrained_rows_with_logprobs_seed_and_n_share_a_batch_with_plain_rows
         "plain": lambda: c.chat.completions.create(model="tiny", messages=ASK, temperature=0, max_tokens=20),
     }
     alone = {k: f() for k, f in asks.items()}
-    blocker = {"messages": ASK, "max_tokens": 60, "temperature": 0, "ignore_eos": True}
-    before = httpx.get(url + "/health").json()["batches"]
-    with ThreadPoolExecutor(len(asks) + 1) as pool:
-        busy = pool.submit(httpx.post, url + "/v1/chat/completions", json=blocker, timeout=60)
-        while httpx.get(url + "/health").json()["running"] == 0:
-            time.sleep(0.005)
-        futures = {k: pool.submit(f) for k, f in asks.items()}
-        batched = {k: f.result() for k, f in futures.items()}
-        assert busy.result().status_code == 200
-    assert httpx.get(url + "/health").json()["batches"] - before == 2  # the blocker, then all four together
+    batched = together(url, asks)
 
     def check_call(choice, names):
         (call,) = choice.message.tool_calls
@@ -459,3 +465,53 @@ def test_constrained_rows_with_logprobs_seed_and_n_share_a_batch_with_plain_rows
 
     for k in ("required", "named", "plain"):  # batched as alone
         assert seen(batched[k]) == seen(alone[k]), k
+
+
+def test_tool_requests_on_adapters_and_their_limits(tool_model):
+    """Tools on a multi-adapter server: a required call on a random adapter batched with auto tool requests on
+    the base and on an identity adapter (which answer as the base alone); unknown model 404 and max_tokens 400
+    for tool requests; min_tokens yields to a complete call; ignore_eos without stop_token_ids is a 400."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    model, tok, template = tool_model
+    cfg = dict(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "down_proj"])
+    peft = get_peft_model(copy.deepcopy(model), LoraConfig(**cfg), adapter_name="same")  # B = 0: the base
+    torch.manual_seed(1)
+    peft.add_adapter("noisy", LoraConfig(**cfg, init_lora_weights=False))
+    settings = ServeSettings(model_name="tiny", max_new_tokens=64, adapters=("same", "noisy"))
+    tools = [WEATHER, OTHER]
+    with running(create_app(peft.eval(), tok, template, settings)) as url:
+        c = client(url)
+
+        def ask(name: str, **kw):
+            return lambda: c.chat.completions.create(model=name, messages=ASK, tools=tools, temperature=0, **kw)
+
+        got = together(url, {"noisy": ask("noisy", tool_choice="required"), "same": ask("same"), "tiny": ask("tiny")})
+        for name in ("same", "tiny"):
+            (call,) = got[name].choices[0].message.tool_calls
+            assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "北京"})
+        plain_noisy = ask("noisy")().choices[0]
+        assert plain_noisy.message.tool_calls is None  # negative control: unforced, the random adapter calls nothing
+        (call,) = got["noisy"].choices[0].message.tool_calls
+        assert got["noisy"].choices[0].finish_reason == "tool_calls" and call.function.name in (
+            "get_weather",
+            "get_time",
+        )
+        assert isinstance(json.loads(call.function.arguments), dict)
+
+        with pytest.raises(openai.NotFoundError):
+            ask("tools-typo", tool_choice="required")()
+        with pytest.raises(openai.BadRequestError) as e:
+            ask("noisy", tool_choice="required", max_tokens=65)()
+        assert e.value.body["param"] == "max_tokens"
+        with pytest.raises(openai.BadRequestError) as e:
+            ask("tiny", tool_choice="required", extra_body={"ignore_eos": True})()
+        assert e.value.body["param"] == "ignore_eos"
+        eot = tok.convert_tokens_to_ids("<|im_end|>")
+        r = ask("tiny", tool_choice="required", extra_body={"ignore_eos": True, "stop_token_ids": [eot]})()
+        assert r.choices[0].finish_reason == "tool_calls"
+        r = ask("tiny", tool_choice="required", extra_body={"min_tokens": 60})()  # longer than the call
+        assert r.choices[0].finish_reason == "tool_calls" and r.usage.completion_tokens < 60
+        assert r.choices[0].message.tool_calls[0].function.name == "get_weather"
