@@ -6,8 +6,12 @@ import json
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# Before torch loads OpenMP: idle threads sleep instead of spinning, so a test's threads do not
+# burn the cores other processes (servers, ranks, parallel jobs) need.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)

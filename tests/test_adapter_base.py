@@ -68,7 +68,7 @@ def test_chat_with_only_adapter_gets_trained_base_in_4bit(project):
     run = str(project / "runs/sft")
     r = CliRunner().invoke(app, ["chat", "--adapter", run, "--prompt", "你好", "--max-new-tokens", "3"])
     assert r.exit_code == 0, r.output
-    assert "loaded in 4bit as trained" in r.stderr
+    assert "loaded in 4-bit NF4 as in training (--quant none to override)" in r.stderr
     m, _ = load_chat_model(None, run)
     assert is_4bit(m) and m.config.hidden_size == 64
     assert not is_4bit(load_chat_model(None, run, "none")[0])  # --quant overrides
@@ -84,10 +84,11 @@ def test_eval_gen_with_only_adapter(project, tmp_path):
     args = ["eval", "gen", "--prompts", prompts, "--adapter", project / "runs/sft", "--max-new-tokens", "2"]
     r = CliRunner().invoke(app, [str(a) for a in [*args, "--out", tmp_path / "e.json"]])
     assert r.exit_code == 0, r.output
+    assert "loaded in 4-bit NF4 as in training" in r.stderr
     assert len(json.loads((tmp_path / "e.json").read_text())["rows"]) == 1
 
 
-def test_serve_with_only_adapter(project, monkeypatch):
+def test_serve_with_only_adapter(project, monkeypatch, capsys):
     import uvicorn
 
     from weitiao.infer import serve
@@ -96,6 +97,7 @@ def test_serve_with_only_adapter(project, monkeypatch):
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(app))
     serve.serve(adapter=str(project / "runs/sft"))
     assert len(served) == 1
+    assert "loaded in 4-bit NF4 as in training (--quant none to override)" in capsys.readouterr().err
 
 
 def test_export_merge_with_only_adapter(project, tmp_path):
@@ -114,7 +116,7 @@ def test_score_reward_model_on_trained_base_and_quant(project, tmp_path):
     rows = write_jsonl(tmp_path / "r.jsonl", make_pairs(2))
     r = CliRunner().invoke(app, ["score", str(rows), "--rm", str(project / "runs/rm")])
     assert r.exit_code == 0, r.output
-    assert "loaded in 4bit as trained" in r.stderr
+    assert "loaded in 4-bit NF4 as in training" in r.stderr
     assert is_4bit(load_reward_model(project / "runs/rm", quant=None)[0])
     assert not is_4bit(load_reward_model(project / "runs/rm")[0])  # PPO's critic merge keeps the full base
     with pytest.raises(UserError, match="does not fit base 'demo'"):

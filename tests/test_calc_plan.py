@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -197,3 +198,30 @@ def test_cli_plan_table_json_and_errors():
     for bad in (["--gpu", "tpu"], ["--epochs", "3-1"], ["--method", "dpo"], ["--mfu", "1.5"]):
         assert isinstance(runner.invoke(app, ["plan", *bad]).exception, UserError), bad
     assert "h100-80g" in GPUS
+
+
+def test_calibrate_from_a_cpu_run_warns_and_plans(tmp_path, tiny_model_dir):
+    """A CPU run gives an MFU of ~1e-8 against a GPU peak: the sensitivity table divided by
+    round(mfu, 4) = 0; and its MFU must not pass silently into a 70B GPU plan."""
+    from weitiao.config import dump_config
+    from weitiao.recipes.sft import SFTConfig
+    from weitiao.train.log import MetricsLog
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = SFTConfig.model_validate({"model": {"path": str(tiny_model_dir)}, "data": {"train": ["x.jsonl"]}})
+    (run / "config.yaml").write_text(dump_config(cfg))
+    log = MetricsLog(run, tensorboard=False)
+    log.log("run", 0, device="cpu", world=1)
+    for step in (1, 2, 3):
+        log.log("train", step, loss=1.0, tokens_per_s=900.0)
+    log.close()
+    cal = calibrate(run, peak_tflops=GPUS["a100-80g"].tflops)
+    assert cal.device == "cpu" and 0 < cal.mfu < 1e-4
+    rep = plan(PlanInput(), calibration=cal)  # the chapter's 70B QLoRA on 8 × A100
+    assert rep.mfu == cal.mfu and all(math.isfinite(h) for h in rep.hours.values())
+    warned = [n for n in rep.notes if "calibration run" in n]
+    assert any("ran on cpu" in n for n in warned) and any("× fewer parameters" in n for n in warned), rep.notes
+    # Negative control: the same run on a GPU of a similar model size gets no such notes.
+    same = plan(PlanInput(model=str(tiny_model_dir), method="lora"), calibration=replace(cal, device="cuda"))
+    assert not [n for n in same.notes if "calibration run" in n], same.notes

@@ -149,3 +149,30 @@ def test_pandas_reference_gives_the_same_pairs(zhihu, xhs, profile, sets):
     assert set(zip(pairs.chosen_id, pairs.rejected_id, pairs.source)) == want
     duck = dict(r.con.execute("SELECT rule, n FROM wt_ledger WHERE ledger = 'events'").fetchall())
     assert ledger == {k: v for k, v in duck.items() if v}
+
+
+def test_engagement_margin_is_finite(tmp_path):
+    """A liked in 8 of 20 views, B in none: the margin was 0.4 / 1e-9 = 4e8; B's rate counts as 1/20."""
+    content = pa.table(
+        {"content_id": ["A", "B"], "context": ["q1", "q1"], "text": ["甲", "乙"], "length_chars": [800, 800]}
+    )
+    rows = [("A", 60.0, i < 8) for i in range(20)] + [("B", 60.0, False) for _ in range(20)]
+    rows += [("C", 60.0, i < 10) for i in range(20)] + [("D", 60.0, i < 1) for i in range(20)]
+    content = pa.concat_tables(
+        [
+            content,
+            pa.table(
+                {"content_id": ["C", "D"], "context": ["q2", "q2"], "text": ["丙", "丁"], "length_chars": [800, 800]}
+            ),
+        ]
+    )
+    events = pa.table(
+        {"content_id": [r[0] for r in rows], "dwell_s": [r[1] for r in rows], "liked": [r[2] for r in rows]}
+    )
+    pq.write_table(content, tmp_path / "content.parquet")
+    pq.write_table(events, tmp_path / "events.parquet")
+    cfg = load_profile("dwell", "zhihu", ["position_correction=false", "min_views=1", "engagement_first=true"])
+    r = dwell.run(tmp_path / "events.parquet", cfg, tmp_path / "content.parquet", progress=False)
+    got = r.con.execute("SELECT chosen_id, rejected_id, source, margin FROM wt_pairs ORDER BY context").fetchall()
+    # Control: D has one like in 20 views, so its rate 0.05 is used as is: (0.5 − 0.05) / 0.05 = 9.
+    assert got == [("A", "B", "engagement", 8.0), ("C", "D", "engagement", 9.0)]

@@ -109,3 +109,47 @@ def test_custom_profile_inherits_and_round_trips(tmp_path):
     nested.write_text("kind: chat\nbase: chat\ncross_session: {enabled: true}\n", encoding="utf-8")
     c = load_profile("chat", str(nested))
     assert c.cross_session.enabled and c.cross_session.discount == 0.9 and c.balance["dwell"] == 0.25
+
+
+def test_csv_true_false_flags_decide_like_counts(tmp_path):
+    """DuckDB types true/false CSV columns BOOLEAN; `logs dwell` crashed on them (the synth CSV has them)."""
+    (tmp_path / "c.csv").write_text(CONTENT)
+    rows = [("A", 60, i % 2 == 0) for i in range(20)] + [("B", 60, False) for _ in range(20)]
+    pairs = {}
+    for style, flag in (("bool", lambda x: str(x).lower()), ("int", lambda x: str(int(x)))):
+        body = "".join(f"{cid},{d},1,{flag(liked)},false\n" for cid, d, liked in rows)
+        (tmp_path / f"{style}.csv").write_text("content_id,dwell_s,position,liked,collected\n" + body)
+        cfg = load_profile("dwell", "zhihu", ["min_views=1", "engagement_first=true"])
+        r = dwell.run(tmp_path / f"{style}.csv", cfg, tmp_path / "c.csv", progress=False)
+        pairs[style] = r.con.execute("SELECT chosen_id, rejected_id, source FROM wt_pairs").fetchall()
+    assert pairs["bool"] == pairs["int"] == [("A", "B", "engagement")]  # equal dwell: the likes decide
+
+
+def test_profile_column_mapping(tmp_path):
+    """A warehouse's own names (item_id, secs, body) mapped in the profile give the same pairs."""
+    (tmp_path / "e.csv").write_text(EVENTS)
+    (tmp_path / "c.csv").write_text(CONTENT)
+    cfg = load_profile("dwell", "zhihu", ["min_views=1", "min_z=0"])
+    want = dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False)
+    want = want.con.execute("SELECT * FROM wt_pairs").fetchall()
+    (tmp_path / "e2.csv").write_text(EVENTS.replace("content_id,dwell_s", "item_id,secs"))
+    (tmp_path / "c2.csv").write_text("item_id,context,body,length_chars\nA,q1,好回答,800\nB,q1,一般回答,800\n")
+    (tmp_path / "p.yaml").write_text(
+        "kind: dwell\nbase: zhihu\nmin_views: 1\nmin_z: 0\ncolumns: {item_id: content_id, secs: dwell_s, body: text}\n"
+    )
+    mapped = load_profile("dwell", str(tmp_path / "p.yaml"))
+    got = dwell.run(tmp_path / "e2.csv", mapped, tmp_path / "c2.csv", progress=False)
+    assert len(want) == 1 and want[0][:3] == ("q1", "好回答", "一般回答")
+    assert got.con.execute("SELECT * FROM wt_pairs").fetchall() == want
+    # Without length_chars its default length("text") reads the mapped body: 3 chars, so 60 s is idle.
+    (tmp_path / "c3.csv").write_text("item_id,context,body\nA,q1,好回答\nB,q1,一般回答\n")
+    short = dwell.run(tmp_path / "e2.csv", mapped, tmp_path / "c3.csv", progress=False)
+    assert short.con.execute("SELECT n FROM wt_ledger WHERE rule = 'idle'").fetchall() == [(2,)]
+    # Errors name the file's own column; negative control: without the mapping the column is missing.
+    (tmp_path / "e3.csv").write_text("item_id,secs,position\nA,abc,1\n")
+    with pytest.raises(UserError, match=r"e3\.csv: secs: expected a number, found 'abc'"):
+        dwell.run(tmp_path / "e3.csv", mapped, tmp_path / "c2.csv", progress=False)
+    assert "content_id: missing column" in error(tmp_path, events=EVENTS.replace("content_id", "item_id"))
+    bad = load_profile("dwell", "zhihu", ["columns={item_id: contentid}"])
+    with pytest.raises(UserError, match=r"columns: item_id → contentid: contentid is not a dwell log column"):
+        dwell.run(tmp_path / "e2.csv", bad, tmp_path / "c2.csv", progress=False)

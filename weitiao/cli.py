@@ -161,12 +161,15 @@ def export(
     check: Path = typer.Option(None, help="data file: confirm the exported template gives training's token ids"),
     force: bool = typer.Option(False, help="replace a previous export in --out (never other files)"),
     model: str = typer.Option(None, help="base model to merge into (default: the one the adapter was trained on)"),
+    gguf: str = typer.Option(None, help="with --merge, also write model-<type>.gguf (f16 or q8_0) by llama.cpp"),
 ) -> None:
     """Export a clean peft adapter dir, or a merged plain HF model with the training chat template."""
     from weitiao.infer import export as tool
 
-    dest = tool.export(adapter, str(out), merge, dtype, force, model)
+    dest = tool.export(adapter, str(out), merge, dtype, force, model, gguf)
     console.print(f"exported → {dest}")
+    for line in tool.serve_notes(dest):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     if check:
         console.print(tool.check(str(dest), adapter, str(check)))
 

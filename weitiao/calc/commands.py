@@ -260,23 +260,26 @@ def quant(
     outlier_scale: float = typer.Option(50.0, help="outlier magnitude in stds"),
     seed: int = typer.Option(0, help="synthetic tensor seed"),
     plot: Path = typer.Option(None, help="write a PNG histogram with the int4 and NF4 levels"),
+    block_size: int = typer.Option(64, help="weights per block (one absmax each): 64 | 128 | 256"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
     """Error and bits/param of per-tensor int4, blockwise int4, NF4 and NF4 + double quantization."""
     from weitiao.calc import quant as q
 
+    q.check_block_size(block_size)
     if model is not None:
         name, x = q.read_tensor(model, tensor)
-        rep = q.quant_report(x, f"{model}: {name}")
+        rep = q.quant_report(x, f"{model}: {name}", block=block_size)
     else:
         if rows <= 0 or cols <= 0 or not 0 <= outlier_frac < 1:
             raise UserError("--rows/--cols must be positive and --outlier-frac in [0, 1)")
         q.check_size(rows * cols, f"--rows {rows} --cols {cols}")
         x = q.synthetic_weight(rows, cols, std, outlier_frac, outlier_scale, seed)
         clean = q.synthetic_weight(rows, cols, std, 0.0, outlier_scale, seed)
-        rep = q.quant_report(x, f"synthetic N(0, {std}²), {outlier_frac:g} outliers at ±{outlier_scale:g}σ", clean)
+        source = f"synthetic N(0, {std}²), {outlier_frac:g} outliers at ±{outlier_scale:g}σ"
+        rep = q.quant_report(x, source, clean, block_size)
     if plot is not None:
-        q.plot_histogram(x, plot, title=rep.source)
+        q.plot_histogram(x, plot, block_size, title=rep.source)
     if as_json:
         _dump(rep.to_dict())
         return
@@ -303,12 +306,14 @@ def quant(
     console.print(
         f"one absmax for the whole tensor: max|w| = {fx['max_over_std']:.0f}σ, so the int4 step is "
         f"{fx['tensor_step_over_std']:.1f}σ and {fx['pct_within_half_step']:.2f}% of weights fall within half a step "
-        f"of 0; per block of 64 the median step is {fx['median_block_step'] / fx['std']:.2f}σ and "
+        f"of 0; per block of {block_size} the median step is {fx['median_block_step'] / fx['std']:.2f}σ and "
         f"{fx['pct_blocks_with_outlier']:.2f}% of blocks hold a weight beyond 6σ."
     )
+    b = block_size
+    saved = 32 / b - 8 / b - 32 / (b * 256)
     console.print(
-        f"double quantization: scales cost {32 / 64:.3f} → {8 / 64 + 32 / (64 * 256):.3f} bits/param, "
-        f"saving {32 / 64 - 8 / 64 - 32 / (64 * 256):.3f} bits/param (about 3 GB on a 65B model)."
+        f"double quantization: scales cost {32 / b:.3f} → {8 / b + 32 / (b * 256):.3f} bits/param, "
+        f"saving {saved:.3f} bits/param (about {saved * 65e9 / 8 / 1e9:.1f} GB on a 65B model)."
     )
     if plot is not None:
         console.print(f"histogram → {plot}")

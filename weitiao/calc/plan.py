@@ -115,6 +115,8 @@ class Calibration:
     achieved_tflops: float
     peak_tflops: float
     mfu: float
+    params: int = 0  # the run's model size
+    device: str | None = None  # cpu | cuda | ...; None for runs that did not record it
 
 
 @dataclass
@@ -236,6 +238,7 @@ def calibrate(run_dir: str | Path, peak_tflops: float) -> Calibration:
         rows = rows[1:]  # the first step includes warm-up
     tps = statistics.median(r["tokens_per_s"] for r in rows)
     world = next((int(r.get("world", 1)) for r in read_metrics(run, "data")), 1)
+    device = next((r.get("device") for r in reversed(read_metrics(run, "run"))), None)
     shape = load_shape(str(model_cfg.get("path", "demo")))
     seq_len = int(data_cfg.get("max_len", 1024))
     lora_on = bool(lora_cfg.get("enabled", True))
@@ -257,6 +260,8 @@ def calibrate(run_dir: str | Path, peak_tflops: float) -> Calibration:
         achieved_tflops=achieved,
         peak_tflops=peak_tflops * world,
         mfu=achieved / (peak_tflops * world),
+        params=shape.total_params,
+        device=device,
     )
 
 
@@ -303,7 +308,7 @@ def plan(p: PlanInput, calibration: Calibration | None = None, claim: tuple[floa
 
     lo, hi = p.epochs
     epoch_list = sorted({lo, hi, *[float(e) for e in range(math.ceil(lo), math.floor(hi) + 1)]})
-    sens_mfu = sorted({0.05, 0.1, 0.2, 0.3, 0.4, round(mfu, 4)})
+    sens_mfu = sorted({0.05, 0.1, 0.2, 0.3, 0.4, float(f"{mfu:.4g}")})  # 4 digits: a CPU's 1e-8 stays > 0
     sensitivity = {f"{100 * u:g}%": {f"{e:g}": hours(e, u) for e in epoch_list} for u in sens_mfu}
     chapter_like = all(getattr(p, k) == v for k, v in CHAPTER.items())
     if claim is None and chapter_like:
@@ -330,6 +335,17 @@ def plan(p: PlanInput, calibration: Calibration | None = None, claim: tuple[floa
         notes.append(f"does not fit: {mem['total']:.1f} GiB > {_usable(gpu):.1f} GiB usable per GPU")
     if calibration is not None and calibration.model != shape.name:
         notes.append(f"calibration run used {calibration.model}: its MFU transfers only to similar sizes and hardware")
+    if calibration is not None and calibration.device not in (None, "cuda"):
+        notes.append(
+            f"calibration run ran on {calibration.device}: its MFU {calibration.mfu:.2g} is that device's speed "
+            "against a GPU peak and says nothing about GPUs; calibrate on the target GPU or pass --mfu"
+        )
+    if calibration is not None and calibration.params and shape.total_params > 10 * calibration.params:
+        notes.append(
+            f"calibration run trained {shape.total_params / calibration.params:,.0f}× fewer parameters "
+            f"({calibration.params:,} vs {shape.total_params:,}); MFU grows with model size, so these hours "
+            "are an upper bound"
+        )
     if p.method == "qlora" and p.parallel == "fsdp":
         notes.append("FSDP with 4-bit weights needs model.quant_storage: bf16 so the packed weights can be sharded")
     return PlanReport(

@@ -119,11 +119,12 @@ def nf4(x: torch.Tensor, block: int = 64, double_quant: bool = False, block2: in
     return deq.reshape(-1)[: x.numel()].view(x.shape)
 
 
-METHODS = {
-    "int4-tensor": ("absmax int4, per tensor", lambda x: absmax_int4(x)),
-    "int4-block": ("absmax int4, block 64", lambda x: absmax_int4(x, 64)),
-    "nf4": ("NF4, block 64", lambda x: nf4(x)),
-    "nf4-dq": ("NF4 + double quant", lambda x: nf4(x, double_quant=True)),
+BLOCK_SIZES = (64, 128, 256)  # bitsandbytes' NF4 block sizes worth comparing (64 is QLoRA's)
+METHODS = {  # label and dequantized tensor, given the block size
+    "int4-tensor": ("absmax int4, per tensor", lambda x, b: absmax_int4(x)),
+    "int4-block": ("absmax int4, block {b}", lambda x, b: absmax_int4(x, b)),
+    "nf4": ("NF4, block {b}", lambda x, b: nf4(x, b)),
+    "nf4-dq": ("NF4 + double quant, block {b}", lambda x, b: nf4(x, b, double_quant=True)),
 }
 
 
@@ -138,7 +139,7 @@ class QuantRow:
     zeroed_pct: float  # nonzero weights that come back as exactly 0
 
 
-def error_row(method: str, x: torch.Tensor, deq: torch.Tensor) -> QuantRow:
+def error_row(method: str, x: torch.Tensor, deq: torch.Tensor, block: int = 64) -> QuantRow:
     x, deq = x.float(), deq.float()
     err = x - deq
     noise = float(err.pow(2).sum(dtype=torch.float64))
@@ -147,8 +148,8 @@ def error_row(method: str, x: torch.Tensor, deq: torch.Tensor) -> QuantRow:
     zeroed = int(((deq == 0) & (x != 0)).sum())
     return QuantRow(
         method=method,
-        label=METHODS[method][0],
-        bits_per_param=bits_per_param(method, numel=x.numel()),
+        label=METHODS[method][0].format(b=block),
+        bits_per_param=bits_per_param(method, block, numel=x.numel()),
         mse=noise / x.numel(),
         max_abs_err=float(err.abs().max()),
         snr_db=10 * math.log10(signal / noise) if noise > 0 else math.inf,
@@ -156,8 +157,8 @@ def error_row(method: str, x: torch.Tensor, deq: torch.Tensor) -> QuantRow:
     )
 
 
-def analyze(x: torch.Tensor) -> list[QuantRow]:
-    return [error_row(m, x, fn(x)) for m, (_, fn) in METHODS.items()]
+def analyze(x: torch.Tensor, block: int = 64) -> list[QuantRow]:
+    return [error_row(m, x, fn(x, block), block) for m, (_, fn) in METHODS.items()]
 
 
 MAX_ELEMENTS = 1 << 27  # 134M weights = 0.5 GiB per fp32 copy; the analysis holds several copies
@@ -190,7 +191,7 @@ def synthetic_weight(
 
 
 def outlier_facts(x: torch.Tensor, block: int = 64) -> dict[str, float]:
-    """The chapter's argument in numbers: one absmax for all vs one per block of 64."""
+    """The chapter's argument in numbers: one absmax for all vs one per block."""
     flat = x.reshape(-1).float()
     std = float(flat.std())
     step_tensor = float(flat.abs().max()) / 7
@@ -248,6 +249,7 @@ class QuantReport:
     rows: list[QuantRow]
     facts: dict[str, float]
     clean_rows: list[QuantRow] | None = None  # synthetic only: the same tensor without outliers
+    block: int = 64
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -295,11 +297,18 @@ def plot_histogram(x: torch.Tensor, path: str | Path, block: int = 64, title: st
     return path
 
 
-def quant_report(x: torch.Tensor, source: str, clean: torch.Tensor | None = None) -> QuantReport:
+def check_block_size(block: int) -> None:
+    if block not in BLOCK_SIZES:
+        raise UserError(f"--block-size {block}: choose one of {', '.join(map(str, BLOCK_SIZES))}")
+
+
+def quant_report(x: torch.Tensor, source: str, clean: torch.Tensor | None = None, block: int = 64) -> QuantReport:
+    check_block_size(block)
     return QuantReport(
         source=source,
         shape=list(x.shape),
-        rows=analyze(x),
-        facts=outlier_facts(x),
-        clean_rows=analyze(clean) if clean is not None else None,
+        rows=analyze(x, block),
+        facts=outlier_facts(x, block),
+        clean_rows=analyze(clean, block) if clean is not None else None,
+        block=block,
     )

@@ -55,6 +55,7 @@ class PreferencePair:
     chosen: str
     rejected: str
     source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # the row's other fields (confidence, weight...)
 
     def conversation(self, which: Literal["chosen", "rejected"]) -> Conversation:
         """The prompt closed by the chosen or rejected reply."""
@@ -257,7 +258,8 @@ def parse_preference(record: dict) -> PreferencePair:
     chosen, rejected = _reply(record.get("chosen"), "chosen"), _reply(record.get("rejected"), "rejected")
     if chosen == rejected:
         raise RowError("rejected", "is identical to chosen")
-    return PreferencePair(prompt, chosen, rejected)
+    known = ("prompt", "messages", "system", "chosen", "rejected")
+    return PreferencePair(prompt, chosen, rejected, extra={k: v for k, v in record.items() if k not in known})
 
 
 PARSERS = {"alpaca": parse_alpaca, "sharegpt": parse_sharegpt, "openai": parse_openai}

@@ -128,6 +128,23 @@ class ChatTemplate:
         Text with no call, or with a call that is not valid JSON, comes back whole as content (no calls)."""
         return parse_tool_calls(text, self.tool_format)
 
+    def standalone(self) -> str:
+        """The Jinja that renders like `render` through a plain `apply_chat_template` (no weitiao).
+
+        With `appends_eos` it appends the end-of-turn to assistant content itself. The prefix ends
+        with a block tag and a newline, which trim_blocks removes, so the template proper starts a
+        line exactly as before (lstrip_blocks and a leading newline behave the same).
+        """
+        if not self.appends_eos:
+            return self.jinja
+        eot = json.dumps(self.eot)  # a JSON string is a valid Jinja string literal
+        return (
+            "{% set ns = namespace(msgs=[]) %}{% for m in messages %}{% if m['role'] == 'assistant' %}"
+            f"{{% set ns.msgs = ns.msgs + [dict(m, content=m['content'] + {eot})] %}}"
+            "{% else %}{% set ns.msgs = ns.msgs + [m] %}{% endif %}{% endfor %}{% set messages = ns.msgs %}\n"
+            + self.jinja
+        )
+
 
 def _call(obj: Any, args_key: str) -> dict | None:
     if not (isinstance(obj, dict) and isinstance(obj.get("name"), str) and obj["name"]):

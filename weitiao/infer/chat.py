@@ -13,7 +13,14 @@ from typing import Any
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
 from weitiao.infer.generate import stream_reply
-from weitiao.models.load import ModelSpec, adapter_base, attach_adapter, load_model, load_tokenizer
+from weitiao.models.load import (
+    ModelSpec,
+    adapter_base,
+    attach_adapter,
+    load_model,
+    load_tokenizer,
+    trained_quant_note,
+)
 
 
 def load_chat_model(model: str | None, adapter: str | None, quant: str | None = None) -> tuple[Any, Any]:
@@ -31,8 +38,7 @@ def load_chat_model(model: str | None, adapter: str | None, quant: str | None = 
     adapter_dir, tok_dir, _ = locate(adapter)
     base, trained_quant = adapter_base(adapter_dir)
     if quant is None and trained_quant != "none":
-        print(f"base {model or base} loaded in {trained_quant} as trained (model.quant); --quant none for full "
-              "precision", file=sys.stderr)  # fmt: skip
+        print(trained_quant_note(f"base {model or base}", trained_quant), file=sys.stderr)
     model, quant = model or base, quant or trained_quant
     tokenizer = load_tokenizer(str(tok_dir) if tok_dir else model)
     m = attach_adapter(load_model(ModelSpec(path=model, quant=quant)), adapter_dir, model)

@@ -3,14 +3,17 @@
 Merging folds W + (alpha/r)·B·A (peft's merge, so DoRA/rsLoRA scaling is right) into weights
 that are first de-quantized from NF4 when the base was trained in 4 bit: the adapter learned to
 correct the de-quantized weights, so merging into the original full-precision weights would give a
-different model. The tokenizer gets the chat template used in training. `--check FILE` re-encodes
-training rows through the exported tokenizer's own template and compares token ids.
+different model. Either export carries what other tools need to behave as training did
+(models.portable): the training chat template in the tokenizer, generation_config.json stopping at
+the template's end-of-turn, files transformers 4.x reads. `--check FILE` tokenizes training rows
+with plain transformers on the export and compares them with training's token ids.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,8 +26,18 @@ from weitiao.data.chat import EncodeOptions, encode
 from weitiao.data.formats import load_conversations
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
+from weitiao.infer import gguf as to_gguf
 from weitiao.io import atomic_write_text
-from weitiao.models.load import DTYPES, ModelSpec, adapter_base, attach_adapter, load_model, load_tokenizer
+from weitiao.models.load import (
+    DTYPES,
+    ModelSpec,
+    adapter_base,
+    attach_adapter,
+    load_model,
+    load_tokenizer,
+    resolve_path,
+)
+from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
 
 MARKER = ".weitiao-export.json"  # written into every export: only such a dir may be replaced (--force)
 
@@ -128,7 +141,13 @@ def copy_adapter(adapter_dir: Path, dest: Path) -> None:
 
 
 def export(
-    adapter: str, out: str, merge: bool = False, dtype: str = "fp32", force: bool = False, model: str | None = None
+    adapter: str,
+    out: str,
+    merge: bool = False,
+    dtype: str = "fp32",
+    force: bool = False,
+    model: str | None = None,
+    gguf: str | None = None,
 ) -> Path:
     """Write the export to `out`: built in a fresh temp dir beside it, renamed into place when complete.
 
@@ -137,11 +156,14 @@ def export(
     """
     if dtype not in ("fp32", "bf16", "fp16"):
         raise UserError(f"--dtype {dtype}: choose fp32, bf16 or fp16")
+    if gguf is not None:
+        to_gguf.check_request(gguf, merge)
     adapter_dir, tok_dir, spec = locate(adapter)
     spec = spec.model_copy(update={"path": model}) if model else spec
     dest = Path(out)
     replace = check_out(dest, adapter_dir, force)
     tokenizer = load_tokenizer(str(tok_dir) if tok_dir else spec.path)
+    template = resolve_template(tokenizer, "auto")  # a run's tokenizer carries the training template
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
     umask = os.umask(0)
@@ -154,10 +176,17 @@ def export(
             merged = merged.to(DTYPES[dtype])
             merged.config.use_cache = True
             merged.save_pretrained(tmp, safe_serialization=True)
+            gen = merged.generation_config
+            legacy_config_keys(tmp)
         else:
             copy_adapter(adapter_dir, tmp)
-        tokenizer.save_pretrained(tmp)
-        info = {"adapter": str(adapter_dir.resolve()), "merged": merge, "dtype": dtype if merge else None}
+            gen = _generation_config(adapter_dir, spec.path)
+        write_generation_config(tmp, gen, stop_ids(tokenizer, template, gen.eos_token_id if gen else None))
+        save_tokenizer(tokenizer, template, tmp)
+        if gguf is not None:
+            to_gguf.convert(tmp, tmp / f"model-{gguf}.gguf", gguf, name=dest.name)
+        info = {"adapter": str(adapter_dir.resolve()), "base": spec.path, "merged": merge}
+        info["dtype"] = dtype if merge else None
         atomic_write_text(tmp / MARKER, json.dumps({**info, "files": sorted(_files(tmp))}, indent=1))
         if replace:
             old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".old"))
@@ -176,20 +205,86 @@ def export(
     return dest
 
 
-def check(export_dir: str, adapter: str, data: str, max_rows: int = 200) -> dict[str, int]:
-    """Token ids of training rows: training tokenizer+template vs the exported tokenizer's own template."""
+def _generation_config(adapter_dir: Path, base: str) -> Any:
+    """The generation config to extend for an adapter: the run's (beside its adapter), else the base's, else None."""
+    from transformers import GenerationConfig
+
+    for where in (adapter_dir, base):
+        try:
+            return GenerationConfig.from_pretrained(resolve_path(str(where)))
+        except (OSError, UserError):  # none there, or a hub base not in the cache: the ids still get written
+            continue
+    return None
+
+
+# vllm/config/lora.py: `--max-lora-rank` takes one of these, default 16
+VLLM_LORA_RANKS, VLLM_DEFAULT_RANK = (1, 8, 16, 32, 64, 128, 256, 320, 512), 16
+
+
+def serve_notes(dest: Path) -> list[str]:
+    """Lines for the user after an export: what vLLM cannot load (then: merge), else the `vllm serve` command."""
+    info = json.loads((dest / MARKER).read_text(encoding="utf-8"))
+    q = shlex.quote
+    if info["merged"]:
+        return [f"serve with vLLM: vllm serve {q(str(dest))}"]
+    cfg = json.loads((dest / "adapter_config.json").read_text(encoding="utf-8"))
+    rank = max([int(cfg.get("r") or 0), *(int(v) for v in (cfg.get("rank_pattern") or {}).values())])
+    cannot = [
+        *(["DoRA (use_dora)"] if cfg.get("use_dora") else []),
+        *([f"modules_to_save {cfg['modules_to_save']}"] if cfg.get("modules_to_save") else []),
+        *(["LoRA bias (lora_bias)"] if cfg.get("lora_bias") else []),
+        *([f"rank {rank} above {VLLM_LORA_RANKS[-1]}"] if rank > VLLM_LORA_RANKS[-1] else []),
+    ]
+    if cannot:
+        return [
+            f"warning: vLLM cannot load this adapter ({', '.join(cannot)}); export a merged model with --merge "
+            "and serve that (vllm serve DIR)"
+        ]
+    base = resolve_path("demo") if info["base"] == "demo" else info["base"]
+    cmd = (
+        f"vllm serve {q(base)} --enable-lora --lora-modules {q(dest.name + '=' + str(dest))} "
+        f"--generation-config {q(str(dest))} --chat-template {q(str(dest / 'chat_template.jinja'))}"
+    )
+    lines = []
+    if rank > VLLM_DEFAULT_RANK:
+        need = next(r for r in VLLM_LORA_RANKS if r >= rank)
+        lines.append(f"warning: LoRA rank {rank} is above vLLM's default --max-lora-rank {VLLM_DEFAULT_RANK}; "
+                     f"serve it with --max-lora-rank {need}")  # fmt: skip
+        cmd += f" --max-lora-rank {need}"
+    return [*lines, f"serve with vLLM: {cmd}"]
+
+
+def check(export_dir: str, adapter: str, data: str, max_rows: int = 200) -> dict[str, Any]:
+    """Training rows through plain transformers on the export vs the token ids training used.
+
+    The export's tokenizer is loaded fresh with AutoTokenizer and renders with its own
+    apply_chat_template; its generation_config must stop at the token training put after each reply.
+    """
+    from transformers import AutoTokenizer, GenerationConfig
+
     adapter_dir, tok_dir, spec = locate(adapter)
     train_tok = load_tokenizer(str(tok_dir) if tok_dir else spec.path)
-    train_tpl = resolve_template(train_tok, "tokenizer" if train_tok.chat_template else "auto")
-    exp_tok = load_tokenizer(export_dir)
-    exp_tpl = resolve_template(exp_tok, "tokenizer")
+    train_tpl = resolve_template(train_tok, "auto")
+    plain = AutoTokenizer.from_pretrained(export_dir)
     rows = load_conversations(data).rows[:max_rows]
     opts = EncodeOptions(max_len=10**9)
     bad = [
         c.source
         for c in rows
-        if encode(c, train_tok, train_tpl, opts).input_ids != encode(c, exp_tok, exp_tpl, opts).input_ids
+        if encode(c, train_tok, train_tpl, opts).input_ids
+        != list(plain.apply_chat_template(list(c.messages), tokenize=True, return_dict=True)["input_ids"])
     ]
     if bad:
-        raise UserError(f"export check: {len(bad)}/{len(rows)} rows tokenize differently, first {bad[0]}")
-    return {"rows": len(rows), "identical": len(rows)}
+        raise UserError(
+            f"export check: {len(bad)}/{len(rows)} rows tokenize differently with transformers' apply_chat_template "
+            f"on {export_dir}, first {bad[0]}"
+        )
+    eot = train_tok.convert_tokens_to_ids(train_tpl.eot)
+    stops = GenerationConfig.from_pretrained(export_dir).eos_token_id
+    stops = [stops] if isinstance(stops, int) else list(stops or [])
+    if eot not in stops:
+        raise UserError(
+            f"export check: {export_dir}/generation_config.json eos_token_id {stops} lacks {train_tpl.eot!r} "
+            f"(id {eot}), the token that ends every trained reply: generation would not stop"
+        )
+    return {"rows": len(rows), "identical": len(rows), "stops_at": train_tpl.eot}

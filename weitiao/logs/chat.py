@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from weitiao.logs.config import CHAT_EVENTS, CHAT_SOURCES, ChatConfig
-from weitiao.logs.engine import Column, PairsRun, Stage, connect, open_table, run_stages, script
+from weitiao.logs.engine import Column, PairsRun, Stage, check_mapping, connect, open_table, run_stages, script
 from weitiao.logs.engine import sql_num as n
 from weitiao.logs.engine import sql_str as q
 
@@ -298,8 +298,9 @@ def run(
 ) -> PairsRun:
     """Check the logs, run the pipeline; the returned run's connection holds wt_pairs and wt_ledger."""
     con = connect(threads)
-    open_table(con, "responses", responses, response_columns())
-    open_table(con, "events", events, event_columns())
+    check_mapping(cfg.columns, list(dict.fromkeys(c.name for c in response_columns() + event_columns())), "chat")
+    open_table(con, "responses", responses, response_columns(), cfg.columns)
+    open_table(con, "events", events, event_columns(), cfg.columns)
     n_events = con.execute("SELECT count(*) FROM events").fetchone()[0]
     seconds = run_stages(con, build_stages(cfg), f"chat pairs ({cfg.profile})", n_events, progress)
     return PairsRun("chat", con, cfg, {"events": str(events), "responses": str(responses)}, n_events, seconds)

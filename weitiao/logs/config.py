@@ -40,6 +40,9 @@ class DwellConfig(_Config):
 
     profile: str = Field("custom", pattern=r"^[^\r\n]*$")
     """Name shown in reports."""
+    columns: dict[str, str] = {}
+    """Your log's column names → ours, e.g. {item_id: content_id}; a file that has the column is read
+    under our name (errors still name yours)."""
     min_dwell_s: float = Field(2.0, ge=0)
     """Views shorter than this are accidental clicks (`accidental`)."""
     max_dwell_s: float = Field(900.0, gt=0)
@@ -117,6 +120,9 @@ class ChatConfig(_Config):
 
     profile: str = Field("custom", pattern=r"^[^\r\n]*$")
     """Name shown in reports."""
+    columns: dict[str, str] = {}
+    """Your log's column names → ours, e.g. {msg_id: response_id}; a file that has the column is read
+    under our name (errors still name yours)."""
     sources: list[Source] = list(CHAT_SOURCES)
     """Sources that may decide a pair (order is fixed: explicit > share_copy > regenerate > follow_up > dwell)."""
     event_names: dict[str, str] = {}

@@ -21,7 +21,9 @@ Steps (each one SQL statement; `build_stages(cfg)` returns them, `--print-sql` p
      (decides); then the per-context cap
   6. pairs: the kept candidates with prompt and texts
   7. ledger: every event, item and candidate pair counted under exactly one rule
-The confidence of a pair is Φ(z) of the deciding signal, approximated by 1 / (1 + e^(−1.702 z)).
+The confidence of a pair is Φ(z) of the deciding signal, approximated by 1 / (1 + e^(−1.702 z)); its
+margin is the relative difference of that signal, (hi − lo) / lo, where an engagement rate of 0 counts
+as 1 / views (no like in n views only says the rate is below about 1/n).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 import duckdb
 
 from weitiao.logs.config import DwellConfig
-from weitiao.logs.engine import Column, PairsRun, Stage, connect, open_table, run_stages, script
+from weitiao.logs.engine import Column, PairsRun, Stage, check_mapping, connect, open_table, run_stages, script
 from weitiao.logs.engine import sql_num as n
 
 EVENT_RULES = (
@@ -206,7 +208,8 @@ o AS (
          ELSE (CASE WHEN s_a > s_b THEN id_a ELSE id_b END) END AS chosen_id,
     CASE WHEN outcome = 'engagement' THEN (CASE WHEN e_a > e_b THEN id_b ELSE id_a END)
          ELSE (CASE WHEN s_a > s_b THEN id_b ELSE id_a END) END AS rejected_id,
-    CASE WHEN outcome = 'engagement' THEN (e_hi - e_lo) / greatest(e_lo, 1e-9)
+    CASE WHEN outcome = 'engagement'
+         THEN (e_hi - e_lo) / greatest(e_lo, 1.0 / (CASE WHEN e_a > e_b THEN n_b ELSE n_a END))
          ELSE (s_hi - s_lo) / greatest(s_lo, 1e-9) END AS margin,
     1 / (1 + exp(-1.702 * least(CASE WHEN outcome = 'engagement' THEN z_eng ELSE z_dwell END, 20))) AS confidence
   FROM d)
@@ -260,11 +263,13 @@ def load_inputs(
     con: duckdb.DuckDBPyConnection, cfg: DwellConfig, events: str | Path, content: str | Path | None
 ) -> int:
     """Open and check the log files as views `events` and `content`; returns the event count."""
-    open_table(con, "events", events, event_columns(cfg))
+    known = [c.name for c in event_columns(cfg)] + [c.name for c in content_columns()[1:]]
+    check_mapping(cfg.columns, known, "dwell")
+    open_table(con, "events", events, event_columns(cfg), cfg.columns)
     if content is not None:
-        open_table(con, "content", content, content_columns())
+        open_table(con, "content", content, content_columns(), cfg.columns)
     else:  # content columns ride along on every event: one row per item
-        open_table(con, "wt_content_src", events, content_columns(own_file=False))
+        open_table(con, "wt_content_src", events, content_columns(own_file=False), cfg.columns)
         con.execute(
             "CREATE OR REPLACE TEMP TABLE content AS SELECT content_id, any_value(context) AS context, "
             "any_value(text) AS text, any_value(prompt) AS prompt, any_value(length_chars) AS length_chars, "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +109,8 @@ def _cast(col: str, kind: str, dtype: str) -> tuple[str | None, str | None]:
             return f"TRY_CAST({c} AS {sql_t})", f"{c} IS NOT NULL AND TRY_CAST({c} AS {sql_t}) IS NULL"
         return None, None
     if kind == "flag":
-        if dtype == "BOOLEAN":
-            return f"CAST({c} AS INTEGER)", "false"
+        if dtype == "BOOLEAN":  # not CAST: DuckDB pushes it into read_csv, which then parses "false" as an int
+            return f"CASE WHEN {c} THEN 1 WHEN NOT {c} THEN 0 END", "false"
         if numeric:
             return f"CAST({c} > 0 AS INTEGER)", "false"
         if text:
@@ -132,11 +132,29 @@ def _exists(path: str) -> bool:
     return bool(glob.glob(path)) if any(ch in path for ch in "*?[") else Path(path).is_file()
 
 
-def open_table(con: duckdb.DuckDBPyConnection, name: str, path: str | Path, columns: list[Column]) -> dict[str, str]:
+def check_mapping(mapping: dict[str, str], known: list[str], kind: str) -> None:
+    """The profile's `columns` ({their name: ours}) may only name our columns, each once."""
+    for theirs, ours in mapping.items():
+        if ours not in known:
+            raise UserError(f"columns: {theirs} → {ours}: {ours} is not a {kind} log column ({', '.join(known)})")
+    twice = sorted({v for v in mapping.values() if list(mapping.values()).count(v) > 1})
+    if twice:
+        raise UserError(f"columns: {twice[0]} is the target of more than one column; map one column to it")
+
+
+def open_table(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    path: str | Path,
+    columns: list[Column],
+    mapping: dict[str, str] | None = None,
+) -> dict[str, str]:
     """Create temp view `name` with the typed `columns` of a log file; returns {column: source type}.
 
-    Raises UserError(`file: column: problem`) for a missing file or column, a wrong type, unparseable
-    values (bad numbers, bad timestamps), empty values in a required column, or values below `min`.
+    `mapping` ({file column: our column}, the profile's `columns`) renames where the file has the
+    column. Raises UserError(`file: column: problem`) for a missing file or column, a wrong type,
+    unparseable values (bad numbers, bad timestamps), empty values in a required column, or values
+    below `min`; errors name the file's own column.
     """
     path = str(path)
     if Path(path).is_dir():
@@ -150,28 +168,31 @@ def open_table(con: duckdb.DuckDBPyConnection, name: str, path: str | Path, colu
         raise UserError(f"{path}: cannot read: {str(e).splitlines()[0]}") from None
     types = {row[0]: row[1] for row in described}
     select, checks = [], []
+    source = {ours: theirs for theirs, ours in (mapping or {}).items() if theirs in types}
     for col in columns:
-        if col.name not in types:
+        src = source.get(col.name, col.name)
+        if src not in types:
             if col.required:
                 found = ", ".join(types) or "none"
                 raise UserError(f"{where(path, field=col.name)}: missing column ({col.help}); columns found: {found}")
-            select.append(f"{col.default} AS {col.name}")
+            default = str(col.default)
+            for ours, theirs in source.items():  # a default may read another column (length("text"))
+                default = default.replace(f'"{ours}"', f'"{theirs}"')
+            select.append(f"{default} AS {col.name}")
             continue
-        typed, bad = _cast(col.name, col.kind, types[col.name])
+        typed, bad = _cast(src, col.kind, types[src])
         if typed is None:
-            raise UserError(
-                f"{where(path, field=col.name)}: expected {EXPECT[col.kind]}, got column type {types[col.name]}"
-            )
-        select.append(f"{typed} AS {col.name}")
-        raw = f'"{col.name}"'
+            raise UserError(f"{where(path, field=src)}: expected {EXPECT[col.kind]}, got column type {types[src]}")
+        select.append(f'{typed} AS "{col.name}"')
+        raw, named = f'"{src}"', replace(col, name=src)  # checks report the file's column name
         if bad != "false":
-            checks.append((col, "bad", f"count(*) FILTER (WHERE {bad})", bad))
+            checks.append((named, "bad", f"count(*) FILTER (WHERE {bad})", bad))
         if not col.nullable:
-            checks.append((col, "null", f"count(*) - count({raw})", f"{raw} IS NULL"))
+            checks.append((named, "null", f"count(*) - count({raw})", f"{raw} IS NULL"))
         if col.unique:
-            checks.append((col, "dup", f"count({raw}) - count(DISTINCT {raw})", None))
+            checks.append((named, "dup", f"count({raw}) - count(DISTINCT {raw})", None))
         if col.min is not None:  # min() comes from Parquet statistics when it can: no scan
-            checks.append((col, "low", f"coalesce(min({typed}) < {col.min}, false)::INTEGER", f"{typed} < {col.min}"))
+            checks.append((named, "low", f"coalesce(min({typed}) < {col.min}, false)::INTEGER", f"{typed} < {col.min}"))
     _check(con, path, reader, checks)
     con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {', '.join(select)} FROM {reader}")
     return types

@@ -74,7 +74,14 @@ def load_reward_model(
 
     A LoRA reward model goes on `base` (default: the recorded one) loaded as `quant` (None: as trained).
     """
-    from weitiao.models.load import ModelSpec, adapter_base, attach_adapter, load_model, load_tokenizer
+    from weitiao.models.load import (
+        ModelSpec,
+        adapter_base,
+        attach_adapter,
+        load_model,
+        load_tokenizer,
+        trained_quant_note,
+    )
 
     root = Path(path)
     if (root / "final" / META_FILE).exists():
@@ -87,8 +94,7 @@ def load_reward_model(
         recorded, trained = adapter_base(root / "adapter")
         base = base or (meta["base"] if Path(meta["base"]).is_dir() else recorded)
         if quant is None and trained != "none":
-            print(f"reward model base {base} loaded in {trained} as trained (model.quant); --quant none for full "
-                  "precision", file=sys.stderr)  # fmt: skip
+            print(trained_quant_note(f"reward model base {base}", trained), file=sys.stderr)
         spec = ModelSpec(path=base, quant=quant or trained)  # type: ignore[arg-type]
         model = attach_adapter(load_model(spec, device, head="score"), root / "adapter", base)
     else:

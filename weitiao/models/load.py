@@ -361,6 +361,13 @@ def adapter_base(adapter_dir: Any) -> tuple[str, str]:
     return str(found) if found else names[0], str(model.get("quant", "none"))
 
 
+def trained_quant_note(what: str, quant: str) -> str:
+    """The one line saying a base was loaded quantized because training used it (a QLoRA adapter served
+    on a full-precision base is not the model that was trained)."""
+    kind = {"4bit": "4-bit NF4", "8bit": "8-bit"}.get(quant, quant)
+    return f"{what} loaded in {kind} as in training (--quant none to override)"
+
+
 def attach_adapter(model: Any, adapter_dir: Any, base: str, **kwargs: Any) -> Any:
     """PeftModel.from_pretrained; a base whose shapes or modules do not fit the adapter is one line."""
     import re

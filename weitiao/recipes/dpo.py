@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections import deque
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from weitiao.config import ConfigPath, DataPath, ModelRef, dump_config
 from weitiao.data.chat import IGNORE, Encoded
 from weitiao.data.collate import Batch, collate, n_targets, process_share
-from weitiao.data.formats import MAX_ROW_BYTES
+from weitiao.data.formats import MAX_ROW_BYTES, PreferencePair
 from weitiao.data.preference import PairStats, encode_pairs, load_pairs, pair_rows
 from weitiao.data.prep import count_overlap, overlap_warning, pair_key, require_rows, split_eval
 from weitiao.data.templates import ChatTemplate, resolve_template
@@ -72,6 +73,7 @@ SUM_KEYS = (
     "nll_chosen_sum",
     "chosen_tokens",
     "pairs",
+    "weight_sum",
 )
 
 
@@ -90,6 +92,12 @@ class PrefDataSpec(BaseModel):
     packing: bool = True
     skip_invalid: bool = False
     max_row_bytes: int = Field(MAX_ROW_BYTES, gt=0, description="a longer JSONL row is rejected unread (file:line)")
+    weight_field: str | None = Field(
+        None, description="row field with a per-pair loss weight ≥ 0, e.g. confidence (DPO: Σ w·loss / Σ w)"
+    )
+    min_confidence: float | None = Field(
+        None, ge=0, le=1, description="drop train and eval pairs whose `confidence` field is below this"
+    )
 
 
 class DPOSpec(BaseModel):
@@ -141,6 +149,22 @@ class PrefData:
     stats: PairStats
     read: int
     rejected: int
+    weights: list[float] | None = None  # per train pair, from data.weight_field
+    low_confidence: int = 0  # pairs dropped by data.min_confidence
+
+
+def _row_number(pair: PreferencePair, name: str, key: str) -> float:
+    v = pair.extra.get(name)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        got = "missing" if v is None else f"{v!r} is not a number ≥ 0"
+        raise UserError(f"{pair.source}: {name}: {got} ({key} reads it)")
+    return float(v)
+
+
+def _confident(pairs: list[PreferencePair], least: float | None) -> list[PreferencePair]:
+    if least is None:
+        return pairs
+    return [p for p in pairs if _row_number(p, "confidence", "data.min_confidence") >= least]
 
 
 def prepare_pairs(cfg: DPOConfig, tokenizer: Any) -> PrefData:
@@ -161,11 +185,22 @@ def prepare_pairs(cfg: DPOConfig, tokenizer: Any) -> PrefData:
         eval_pairs = []
     if overlap := count_overlap(pairs, eval_pairs, pair_key):
         print("warning: " + overlap_warning("data.eval", overlap, len(eval_pairs)))
+    n_read = len(pairs) + len(eval_pairs)
+    pairs, eval_pairs = _confident(pairs, d.min_confidence), _confident(eval_pairs, d.min_confidence)
+    if not pairs:
+        raise UserError(f"data.min_confidence: no train pair has confidence ≥ {d.min_confidence}")
     train, stats = encode_pairs(pairs, tokenizer, template, d.max_len, d.truncation)
     evals, _ = encode_pairs(eval_pairs, tokenizer, template, d.max_len, d.truncation)
     if not train:
         raise UserError(f"data.train: no pairs left after truncation {d.truncation!r} (max_len {d.max_len})")
-    return PrefData(template, train, evals, stats, read, rejected)
+    weights = None
+    if d.weight_field:  # by source (file:line): encoding may drop pairs
+        by_source = {p.source: _row_number(p, d.weight_field, "data.weight_field") for p in pairs}
+        weights = [by_source[e.source] for e in train[0::2]]
+        if not sum(weights) > 0:
+            raise UserError(f"data.weight_field: every train pair has {d.weight_field} 0")
+    low = n_read - len(pairs) - len(eval_pairs)
+    return PrefData(template, train, evals, stats, read, rejected, weights, low)
 
 
 def sequence_logps(loss_mod: Any, b: Batch, n_seqs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -259,8 +294,11 @@ class Reference:
         self.cache = torch.load(path, weights_only=False)["logps"]
 
 
-def pair_step(loss_mod: Any, ref: Reference, b: Batch, order: list[int], cfg: DPOConfig) -> dict[str, torch.Tensor]:
-    """Loss sums and metric sums for one micro-batch of pairs (order alternates chosen, rejected)."""
+def pair_step(
+    loss_mod: Any, ref: Reference, b: Batch, order: list[int], cfg: DPOConfig, weights: list[float] | None = None
+) -> dict[str, torch.Tensor]:
+    """Loss sums and metric sums for one micro-batch of pairs (order alternates chosen, rejected);
+    `weights` (per pair of the data) scale each pair's loss, and `weight_sum` is what to divide by."""
     d = cfg.dpo
     n = len(order)
     tok, sums, counts = sequence_logps(loss_mod, b, n)
@@ -271,7 +309,8 @@ def pair_step(loss_mod: Any, ref: Reference, b: Batch, order: list[int], cfg: DP
     if d.loss_type in LENGTH_AVERAGED:
         pol, rfs = sums / counts.clamp_min(1), ref_sums / counts.clamp_min(1)
     loss, m = dpo_terms(pol[0::2], pol[1::2], rfs[0::2], rfs[1::2], d.beta, d.loss_type, d.label_smoothing)
-    out = {"loss_sum": loss.sum(), **{f"{k}_sum": v.sum() for k, v in m.items()}}
+    w = torch.ones_like(loss) if weights is None else loss.new_tensor([weights[i // 2] for i in order[0::2]])
+    out = {"loss_sum": (w * loss).sum(), "weight_sum": w.sum(), **{f"{k}_sum": v.sum() for k, v in m.items()}}
     gap = (sums - ref_sums).detach()
     out["logp_gap_sum"] = (gap[0::2] - gap[1::2]).sum()
     out["logps/chosen_sum"] = sums[0::2].detach().sum()
@@ -289,6 +328,7 @@ def _means(sums: dict[str, torch.Tensor], prefix: str = "") -> dict[str, float]:
     per_token = {"kl_offpolicy_data_sum", "kl_onpolicy_sum"}
     out = {prefix + k[:-4]: float(v) / pairs for k, v in sums.items() if k.endswith("_sum") and k not in per_token}
     out.pop(prefix + "nll_chosen", None)
+    out[prefix + "loss"] = float(sums["loss_sum"]) / max(1e-12, float(sums["weight_sum"]))  # weighted mean
     out[prefix + "kl_offpolicy_data"] = float(sums["kl_offpolicy_data_sum"]) / max(1.0, float(sums["tokens"]))
     if "kl_onpolicy_sum" in sums:
         out[prefix + "kl_onpolicy_seq"] = float(sums["kl_onpolicy_sum"]) / max(1.0, float(sums["kl_onpolicy_seqs"]))
@@ -464,6 +504,7 @@ def run(cfg: DPOConfig) -> dict:
         s = data.stats
         print(
             f"pairs: {data.read} read = {s.kept} train + {len(data.eval) // 2} eval + {data.rejected} rejected + "
+            f"{data.low_confidence} below min_confidence + "
             f"{s.dropped_too_long} over max_len ({s.cut} cut) · β={d.beta} {d.loss_type} · "
             f"reference: {'cache' if ref.cache else 'frozen model' if ref.ref_loss else 'adapter disabled'} · "
             f"{trainable:,} trainable params"
@@ -479,18 +520,20 @@ def run(cfg: DPOConfig) -> dict:
                 cut=s.cut,
                 rejected=data.rejected,
                 eval_pairs=len(data.eval) // 2,
+                low_confidence=data.low_confidence,
             )
 
     # 4. Loop: each micro-batch packs whole pairs; the loss is normalized by the step's pair count.
     def step_info(plan: list) -> dict:
         # Example 2i is pair i's chosen side, whether a row holds whole pairs (packed) or one sequence.
         chosen = [i for rows in plan for row in rows for i in row if i % 2 == 0]
-        return {"pairs": len(chosen), "chosen_tokens": sum(n_targets(data.train[i]) for i in chosen)}
+        weight = sum(data.weights[i // 2] for i in chosen) if data.weights else len(chosen)
+        return {"pairs": len(chosen), "weight": weight, "chosen_tokens": sum(n_targets(data.train[i]) for i in chosen)}
 
     def micro_step(rows: list, info: dict) -> dict:
         b = collate(data.train, rows, pad_id, cfg.data.packing, one_row).to(accel.device)
-        o = pair_step(loss_mod, ref, b, [i for row in rows for i in row], cfg)
-        objective = o["loss_sum"] * world / info["pairs"]
+        o = pair_step(loss_mod, ref, b, [i for row in rows for i in row], cfg, data.weights)
+        objective = o["loss_sum"] * world / max(info["weight"], 1e-12)  # a step of weight-0 pairs learns nothing
         if d.rpo_alpha:
             objective = objective + d.rpo_alpha * o["nll_chosen_sum"] * world / max(1, info["chosen_tokens"])
         accel.backward(objective)
@@ -532,5 +575,5 @@ def run(cfg: DPOConfig) -> dict:
 
     # 5. Save.
     summary = {"out": str(out), "beta": d.beta, "loss_type": d.loss_type, **result}
-    loop.finish(out, accel.unwrap_model(loss_mod).model, tokenizer, data.template.jinja, summary, log, accel)
+    loop.finish(out, accel.unwrap_model(loss_mod).model, tokenizer, data.template, summary, log, accel)
     return summary

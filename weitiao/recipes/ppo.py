@@ -45,11 +45,12 @@ from weitiao.io import atomic_write_text, write_jsonl
 from weitiao.losses import ppo as F
 from weitiao.losses.sft import target_logps
 from weitiao.models.load import LoraSpec, ModelSpec, disable_dropout, load_tokenizer
+from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
 from weitiao.models.rewards import RewardSpec, build_scorer
 from weitiao.models.roles import Roles
 from weitiao.train import checkpoint as ck
 from weitiao.train.guard import ensure_finite
-from weitiao.train.log import MetricsLog, progress_bar
+from weitiao.train.log import REPORT_TO_HELP, MetricsLog, ReportTo, progress_bar
 
 
 class PPOSpec(BaseModel):
@@ -120,8 +121,10 @@ class PPOTrainSpec(BaseModel):
     hacking_window: int = Field(5, gt=1, description="steps compared by the reward-hacking check")
     hacking_kl: float = Field(20.0, gt=0, description="warn when score rises while KL per sequence exceeds this")
     hacking_length_ratio: float = Field(1.5, gt=1, description="... or mean length grows by this factor")
-    tensorboard: bool = True
+    tensorboard: bool = Field(True, description="false = leave tensorboard out of report_to")
+    report_to: ReportTo = Field(["tensorboard"], description=REPORT_TO_HELP)
     progress: bool = True
+    progress_every_s: float = Field(30.0, gt=0, description="off a terminal (nohup, Slurm): a progress line this often")
 
 
 class PPOConfig(BaseModel):
@@ -377,7 +380,8 @@ def run(cfg: PPOConfig) -> dict:
             f"(ppo.rollout_batch_size={p.rollout_batch_size} × {world} processes) × train.num_episodes={t.num_episodes}"
         )
     state: dict[str, Any] = {"step": 0, "samples": 0}
-    ckpt = ck.open_run(out, t.resume, dump_config(cfg), main)  # refuses a changed config unless forced
+    config_yaml = dump_config(cfg)
+    ckpt = ck.open_run(out, t.resume, config_yaml, main)  # refuses a changed config unless forced
     if ckpt is not None:
         state = {"samples": 0, **_load(ckpt, roles, actor_opt, critic_opt, kl_ctl, moments)}
         rngs = state.pop("rng")
@@ -398,9 +402,9 @@ def run(cfg: PPOConfig) -> dict:
             f"ppo: {len(prompts)} prompts ({too_long} over prompt_max_len dropped) · {total_steps} steps · "
             f"reward {cfg.reward.kind} · critic init {p.critic_init} · β={kl_ctl.beta} · models {models_held}"
         )
-    log = MetricsLog(out, enabled=main, tensorboard=t.tensorboard)
+    log = MetricsLog(out, main, t.tensorboard, t.report_to, config_yaml)
     history: list[dict] = []
-    bar = progress_bar(t.progress and main)
+    bar = progress_bar(t.progress and main, t.progress_every_s)
     task = bar.add_task("ppo", total=total_steps, completed=state["step"], info="")
     started = time.time()
     metrics: dict[str, float] = {}
@@ -600,9 +604,13 @@ def run(cfg: PPOConfig) -> dict:
     if main:
         final = out / "final"
         _save_weights(roles, final)
-        tokenizer.chat_template = template.jinja
-        tokenizer.save_pretrained(final / "tokenizer")
-        atomic_write_text(final / "chat_template.jinja", template.jinja)
+        gen = roles.model.generation_config
+        actor = final / ("adapter" if roles.lora else "model")
+        write_generation_config(actor, gen, stop_ids(tokenizer, template, gen.eos_token_id))
+        if not roles.lora:
+            legacy_config_keys(actor)
+        save_tokenizer(tokenizer, template, final / "tokenizer")
+        atomic_write_text(final / "chat_template.jinja", template.standalone())
         write_jsonl(out / "cost.jsonl", [report])
         log.log("done", state["step"], **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
     log.close()

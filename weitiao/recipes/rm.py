@@ -167,6 +167,8 @@ def run(cfg: RMConfig) -> dict:
 
     # 1. Pairs → tokens.
     tokenizer = load_tokenizer(cfg.model.path)
+    if cfg.data.weight_field:
+        raise UserError("data.weight_field: per-pair weights are used by DPO only; remove it for the reward model")
     data = prepare_pairs(cfg, tokenizer)  # type: ignore[arg-type]  (same data keys as DPO)
     pad_id = tokenizer.pad_token_id
     world = accel.num_processes
@@ -197,7 +199,8 @@ def run(cfg: RMConfig) -> dict:
         s = data.stats
         print(
             f"pairs: {data.read} read = {s.kept} train + {len(data.eval) // 2} eval + {data.rejected} rejected + "
-            f"{s.dropped_too_long} over max_len · {trainable:,} trainable params"
+            f"{data.low_confidence} below min_confidence + {s.dropped_too_long} over max_len · "
+            f"{trainable:,} trainable params"
         )
 
     # 4. Loop.
@@ -223,7 +226,7 @@ def run(cfg: RMConfig) -> dict:
 
     # 5. Save what PPO and `weitiao score` load.
     summary = {"out": str(out), **result}
-    final = loop.finish(out, accel.unwrap_model(scorer).model, tokenizer, data.template.jinja, summary, log, accel)
+    final = loop.finish(out, accel.unwrap_model(scorer).model, tokenizer, data.template, summary, log, accel)
     if final is not None:
         base = Path(cfg.model.path)
         save_reward_meta(final, str(base.resolve()) if base.exists() else cfg.model.path, data.template.jinja)

@@ -32,6 +32,7 @@ from weitiao.losses.sft import CausalLMLoss
 from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
 from weitiao.models.load import LoraSpec, ModelSpec, build_trainable, count_params, load_tokenizer
 from weitiao.train import loop
+from weitiao.train.log import REPORT_TO_HELP, ReportTo
 
 
 class DataSpec(BaseModel):
@@ -89,8 +90,10 @@ class TrainSpec(BaseModel):
         "(fresh; a previous run's files move to out/previous/), or a checkpoint dir",
     )
     stop_after: int | None = Field(None, gt=0, description="end the process after this step (tests a kill)")
-    tensorboard: bool = True
+    tensorboard: bool = Field(True, description="false = leave tensorboard out of report_to")
+    report_to: ReportTo = Field(["tensorboard"], description=REPORT_TO_HELP)
     progress: bool = True
+    progress_every_s: float = Field(30.0, gt=0, description="off a terminal (nohup, Slurm): a progress line this often")
     golden: ConfigPath | None = Field(None, description="golden prompts file: answer them at every save (golden.jsonl)")
 
 
@@ -311,7 +314,7 @@ def run(cfg: SFTConfig) -> dict:
         "tokens": state["tokens"],
         **result,
     }
-    final = loop.finish(out, accel.unwrap_model(loss_mod).model, tokenizer, data.template.jinja, summary, log, accel)
+    final = loop.finish(out, accel.unwrap_model(loss_mod).model, tokenizer, data.template, summary, log, accel)
     if final is not None:
-        atomic_write_text(final / "chat_template.jinja", data.template.jinja)
+        atomic_write_text(final / "chat_template.jinja", data.template.standalone())
     return summary

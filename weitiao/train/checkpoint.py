@@ -28,7 +28,7 @@ from weitiao.io import atomic_write_text
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "config.yaml"
 # What a run writes into its dir besides checkpoints/step-*; a fresh run moves these aside.
-RUN_FILES = ("metrics.jsonl", "tb", "final", "golden.jsonl", CONFIG_FILE)
+RUN_FILES = ("metrics.jsonl", "tb", "wandb", "swanlog", "mlflow.db", "final", "golden.jsonl", CONFIG_FILE)
 # Config keys that may change on resume: how long to run and how often to log, eval and save.
 # Every other key (model, lora, data, loss, optimizer, batch, seed) changes what a step computes.
 FREE_KEYS = {
@@ -47,7 +47,9 @@ FREE_KEYS = {
             "out",
             "resume",
             "tensorboard",
+            "report_to",
             "progress",
+            "progress_every_s",
             "golden",
             "sample_every",
             "hacking_window",

@@ -1,48 +1,183 @@
-"""Metrics to JSONL (always) and TensorBoard (when installed), plus the rich progress bar."""
+"""Metrics to JSONL (always) and to the trackers in `train.report_to`, plus progress display.
+
+Trackers get the same numeric values as `metrics.jsonl`, named `{kind}/{key}` at the same step, and
+the resolved config as hyper-parameters. Where each writes (each can run without a network):
+tensorboard → `out/tb`; wandb → `out/wandb` (WANDB_MODE=offline keeps it local; `wandb sync` later);
+swanlab → `out/swanlog` (SWANLAB_MODE=offline likewise; `swanlab sync`); mlflow → MLFLOW_TRACKING_URI,
+else the SQLite store `out/mlflow.db` (mlflow 3 refuses plain `./mlruns` folders). Project / experiment:
+WANDB_PROJECT, SWANLAB_PROJECT, MLFLOW_EXPERIMENT_NAME (default weitiao); the run is named after `out`.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import yaml
+from pydantic import AfterValidator
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from weitiao.errors import UserError
 from weitiao.io import append_jsonl
+
+TRACKERS = ("tensorboard", "wandb", "swanlab", "mlflow")
+
+
+def check_report_to(names: list[str]) -> list[str]:
+    """Validator for `train.report_to`: known names whose package is installed, each once."""
+    for name in names:
+        if name not in TRACKERS:
+            raise ValueError(f"unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
+        if importlib.util.find_spec(name) is None:
+            raise ValueError(f"{name} is not installed: pip install {name} (or drop it from train.report_to)")
+    return list(dict.fromkeys(names))
+
+
+ReportTo = Annotated[list[str], AfterValidator(check_report_to)]
+REPORT_TO_HELP = "trackers: tensorboard, wandb, swanlab, mlflow (all but tensorboard are a pip install)"
+
+
+def flat_config(node: Any, prefix: str = "") -> dict[str, str | int | float | bool]:
+    """Nested config → {"train.lr": 2e-4, ...}; lists and null as JSON text (trackers take scalars)."""
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(flat_config(v, f"{prefix}{k}."))
+        return out
+    key = prefix[:-1]
+    return {key: node if isinstance(node, (str, int, float, bool)) else json.dumps(node, ensure_ascii=False)}
+
+
+def _scalars(kind: str, values: dict[str, Any]) -> dict[str, float]:
+    return {f"{kind}/{k}": float(v) for k, v in values.items() if isinstance(v, (int, float))}
+
+
+class _TensorBoard:
+    def __init__(self, run_dir: Path, config: dict | None):
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams
+
+        self.w = SummaryWriter(str(run_dir / "tb"))
+        if config is not None:  # in this run's own event file (add_hparams would start a sub-run)
+            for summary in hparams(flat_config(config), {}):
+                self.w._get_file_writer().add_summary(summary)
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        for k, v in scalars.items():
+            self.w.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self.w.close()
+
+
+class _Wandb:
+    def __init__(self, run_dir: Path, config: dict | None):
+        import wandb
+
+        try:
+            project = os.environ.get("WANDB_PROJECT", "weitiao")
+            self.run = wandb.init(dir=str(run_dir), project=project, name=run_dir.name, config=config)
+        except Exception as e:  # no login and no WANDB_MODE: its own message says which
+            msg = f"train.report_to: wandb did not start ({e}); run `wandb login` or set WANDB_MODE=offline"
+            raise UserError(msg) from None
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        self.run.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class _Swanlab:
+    def __init__(self, run_dir: Path, config: dict | None):
+        import swanlab
+
+        try:
+            project = os.environ.get("SWANLAB_PROJECT", "weitiao")
+            self.run = swanlab.init(log_dir=str(run_dir / "swanlog"), project=project, name=run_dir.name, config=config)
+        except Exception as e:
+            msg = f"train.report_to: swanlab did not start ({e}); run `swanlab login` or set SWANLAB_MODE=offline"
+            raise UserError(msg) from None
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        self.run.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class _Mlflow:
+    def __init__(self, run_dir: Path, config: dict | None):
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        # A client of our own, not mlflow's process-global active run.
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+        self.client = MlflowClient(tracking_uri=uri)
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "weitiao")
+        exp = self.client.get_experiment_by_name(name)
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(name)
+        self.run_id = self.client.create_run(exp_id, run_name=run_dir.name).info.run_id
+        params = [Param(k, str(v)) for k, v in flat_config(config or {}).items()]
+        for i in range(0, len(params), 100):  # mlflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        ms = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, ms, step) for k, v in scalars.items()])
+
+    def close(self) -> None:
+        self.client.set_terminated(self.run_id)
+
+
+OPEN = {"tensorboard": _TensorBoard, "wandb": _Wandb, "swanlab": _Swanlab, "mlflow": _Mlflow}
 
 
 class MetricsLog:
-    """Append one JSON object per event to `metrics.jsonl`; mirror scalars to TensorBoard."""
+    """Append one JSON object per event to `metrics.jsonl`; send its numbers to each tracker.
 
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True):
+    `config_yaml`: the resolved config (config.yaml's text), logged as hyper-parameters. Only the
+    main process passes `enabled=True`, so only rank 0 writes or reports.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        report_to: list[str] | None = None,
+        config_yaml: str | None = None,
+    ):
+        config = yaml.safe_load(config_yaml) if config_yaml else None
         self.path = run_dir / "metrics.jsonl"
         self.enabled = enabled
-        self.tb = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tb"))
-            except ImportError:
-                self.tb = None
+        names = [n for n in (["tensorboard"] if report_to is None else report_to) if tensorboard or n != "tensorboard"]
+        self.trackers = [OPEN[n](run_dir, config) for n in check_report_to(names)] if enabled else []
 
     def log(self, kind: str, step: int, **values: Any) -> None:
         if not self.enabled:
             return
         append_jsonl(self.path, {"kind": kind, "step": step, "time": round(time.time(), 3), **values})
-        if self.tb is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"{kind}/{k}", v, step)
+        scalars = _scalars(kind, values)
+        if scalars:
+            for tracker in self.trackers:
+                tracker.log(step, scalars)
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
 
 def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict]:
-    import json
-
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
@@ -50,8 +185,66 @@ def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict]:
     return [r for r in rows if kind is None or r["kind"] == kind]
 
 
-def progress_bar(enabled: bool = True) -> Progress:
-    """Progress with step count, loss/tokens-per-second text, elapsed time and ETA."""
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class PlainProgress:
+    """For logs that are not a terminal (nohup, Slurm): one plain line every `every_s` seconds and
+    at the end — `sft: step 12/100 · loss 1.2345 · 1,234 tok/s · elapsed 0:00:31 · ETA 0:03:47`.
+    Speaks the part of rich's Progress API that our callers use."""
+
+    def __init__(self, every_s: float):
+        self.every_s = every_s
+        self.console = Console()  # for callers' console.print (markup stripped off a non-terminal)
+        self.tasks: dict[int, dict] = {}
+
+    def __enter__(self) -> PlainProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for task_id, task in self.tasks.items():
+            if task["printed"] != task["completed"]:
+                self._print(task_id, time.monotonic())
+
+    def add_task(self, description: str, total: float | None = None, completed: float = 0, **fields: Any) -> int:
+        now = time.monotonic()
+        task = {"description": description, "total": total, "completed": completed, "fields": fields}
+        task.update(start=now, start_completed=completed, last=now, printed=completed)
+        self.tasks[len(self.tasks)] = task
+        return len(self.tasks) - 1
+
+    def update(self, task_id: int, completed: float | None = None, advance: float = 0, **fields: Any) -> None:
+        task = self.tasks[task_id]
+        task["completed"] = (task["completed"] if completed is None else completed) + advance
+        task["fields"].update(fields)
+        now = time.monotonic()
+        if now - task["last"] >= self.every_s:
+            self._print(task_id, now)
+
+    def advance(self, task_id: int, advance: float = 1) -> None:
+        self.update(task_id, advance=advance)
+
+    def _print(self, task_id: int, now: float) -> None:
+        task = self.tasks[task_id]
+        done, total, elapsed = task["completed"], task["total"], now - task["start"]
+        parts = [f"{task['description']}: step {done:g}" + (f"/{total:g}" if total else "")]
+        if task["fields"].get("info"):
+            parts.append(str(task["fields"]["info"]))
+        parts.append(f"elapsed {_clock(elapsed)}")
+        rate = (done - task["start_completed"]) / elapsed if elapsed > 0 else 0
+        if total and rate > 0:
+            parts.append(f"ETA {_clock((total - done) / rate)}")
+        print(" · ".join(parts), file=sys.stdout, flush=True)  # flush: nohup files are block-buffered
+        task.update(last=now, printed=done)
+
+
+def progress_bar(enabled: bool = True, every_s: float = 30.0) -> Progress | PlainProgress:
+    """A rich bar (step count, loss/tokens-per-second text, elapsed, ETA) on a terminal; elsewhere
+    (a log file) a plain line every `every_s` seconds, since rich draws nothing until the end there."""
+    if enabled and not Console().is_terminal:
+        return PlainProgress(every_s)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

@@ -24,7 +24,9 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 
 from weitiao.data.collate import plan_epoch
+from weitiao.data.templates import ChatTemplate
 from weitiao.errors import UserError
+from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
 from weitiao.train import checkpoint as ck
 from weitiao.train.guard import DivergedError, ensure_finite
 from weitiao.train.log import MetricsLog, progress_bar
@@ -115,11 +117,13 @@ def fit(
     # first eval, and a resumed run would differ from an uninterrupted one.
     loss_mod.train()
     t0 = run_t0 = time.perf_counter()
-    with progress_bar(t.progress and accel.is_main_process) as bar:
+    with progress_bar(t.progress and accel.is_main_process, t.progress_every_s) as bar:
         task = bar.add_task(parts.name, total=total, completed=step, info="")
         while step < total:
             epoch, k = locate(step)
-            plan = [parts.to_rows(rows) for rows in epoch_plan(epoch)[k * micro_per_step : (k + 1) * micro_per_step]]
+            units = epoch_plan(epoch)[k * micro_per_step : (k + 1) * micro_per_step]
+            step_tokens = sum(parts.lengths[u] for rows in units for row in rows for u in row)
+            plan = [parts.to_rows(rows) for rows in units]
             info = parts.step_info(plan)
             for g in optimizer.param_groups:
                 g["lr"] = lr_at(step, total, lr, warmup, t.scheduler, t.min_lr_ratio)
@@ -153,7 +157,10 @@ def fit(
             if step % t.log_every == 0 or last:
                 lr_now = optimizer.param_groups[0]["lr"]
                 log.log("train", step, lr=lr_now, epoch=epoch, **norms, **metrics)
-            bar.update(task, completed=step, info=parts.bar_info(metrics))
+            shown = parts.bar_info(metrics)
+            if "tokens_per_s" not in metrics:  # every process's unpadded tokens in this step
+                shown += f" · {step_tokens / max(dt, 1e-9):,.0f} tok/s"
+            bar.update(task, completed=step, info=shown)
             if parts.after_step:
                 parts.after_step(step, metrics)
             if parts.evaluate and ((t.eval_every and step % t.eval_every == 0) or last):
@@ -198,19 +205,29 @@ def start(out: Path, t: Any, config_yaml: str, model: Any, optimizer: Any, main:
         proc = PartialState()  # the recipe's Accelerator's process group
         force = t.resume == "force"
         state.update(ck.load_checkpoint(ckpt, model, optimizer, proc.process_index, proc.num_processes, force))
-    return state, ckpt, MetricsLog(out, enabled=main, tensorboard=t.tensorboard)
+    log = MetricsLog(out, main, t.tensorboard, t.report_to, config_yaml)
+    proc = PartialState()
+    log.log("run", state["step"], device=proc.device.type, world=proc.num_processes)  # read by calc plan
+    return state, ckpt, log
 
 
 def finish(
-    out: Path, model: Any, tokenizer: Any, template_jinja: str, summary: dict, log: MetricsLog, accel: Any
+    out: Path, model: Any, tokenizer: Any, template: ChatTemplate, summary: dict, log: MetricsLog, accel: Any
 ) -> Path | None:
-    """Save final weights + the tokenizer carrying the training chat template; log `done`; close."""
+    """Save final weights + the tokenizer carrying the training chat template; log `done`; close.
+
+    A causal LM's weights get a generation_config.json that stops at the template's end-of-turn.
+    """
     final = None
     if accel.is_main_process and summary["finished"]:
         final = out / "final"
-        ck.save_weights(model, final)
-        tokenizer.chat_template = template_jinja
-        tokenizer.save_pretrained(final / "tokenizer")
+        weights = ck.save_weights(model, final)
+        gen = getattr(model, "generation_config", None)  # None for a reward model's classifier
+        if gen is not None:
+            write_generation_config(weights, gen, stop_ids(tokenizer, template, gen.eos_token_id))
+        if (weights / "config.json").is_file():
+            legacy_config_keys(weights)
+        save_tokenizer(tokenizer, template, final / "tokenizer")
         log.log("done", summary["steps"], **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
     log.close()
     accel.wait_for_everyone()

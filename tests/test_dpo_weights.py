@@ -1,0 +1,99 @@
+"""data.weight_field: a per-pair weight in the DPO loss (Σ w·ℓ / Σ w), checked against plain forwards;
+data.min_confidence: pairs below it are dropped and counted."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import save_tiny_model, write_jsonl
+from test_dpo import make_pairs
+from transformers import AutoModelForCausalLM
+
+from weitiao.config import load_config
+from weitiao.data.chat import IGNORE
+from weitiao.data.collate import collate
+from weitiao.data.formats import load_rows
+from weitiao.data.preference import encode_pairs, pair_rows
+from weitiao.data.templates import resolve_template
+from weitiao.errors import UserError
+from weitiao.losses.sft import CausalLMLoss
+from weitiao.recipes import dpo
+from weitiao.train.log import read_metrics
+
+
+def seq_logp(model, ex) -> float:
+    """Σ log p(reply tokens) of one sequence from its own unpadded forward."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ex.input_ids])).logits[0, :-1]
+    tgt = torch.tensor(ex.labels[1:])
+    lp = torch.log_softmax(logits.double(), -1).gather(-1, tgt.clamp_min(0)[:, None])[:, 0]
+    return lp[tgt != IGNORE].sum().item()
+
+
+def test_weighted_pair_loss_equals_plain_forwards(tiny_model_dir, tokenizer, tmp_path):
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    other = save_tiny_model(tmp_path / "ref", tokenizer, seed=1)  # π ≠ π_ref, so the losses differ per pair
+    ref_model = AutoModelForCausalLM.from_pretrained(other, dtype=torch.float32).eval()
+    rows = [dict(r, confidence=c) for r, c in zip(make_pairs(5), [0.9, 0.5, 1.0, 0.0, 0.7])]
+    pairs = load_rows([str(write_jsonl(tmp_path / "p.jsonl", rows))], "auto").rows
+    exs, _ = encode_pairs(pairs, tokenizer, resolve_template(tokenizer), 256, "drop")
+    cfg = load_config(dpo.DPOConfig, None, ["data.train=[x.jsonl]", "dpo.beta=0.5"])
+    loss_mod = CausalLMLoss(policy)
+    ref = dpo.Reference(loss_mod, policy, ref_model)
+    weights = [p.extra["confidence"] for p in pairs]
+    losses = []
+    for i in range(5):
+        h = seq_logp(policy, exs[2 * i]) - seq_logp(ref_model, exs[2 * i])
+        h -= seq_logp(policy, exs[2 * i + 1]) - seq_logp(ref_model, exs[2 * i + 1])
+        losses.append(math.log1p(math.exp(-0.5 * h)))  # −log σ(β h)
+    assert max(losses) - min(losses) > 0.01  # the weights matter
+    want = sum(w * x for w, x in zip(weights, losses))
+    for packing in (True, False):  # packed rows and padded rows
+        batch = pair_rows([[0, 1, 2], [3, 4]], packing)
+        b = collate(exs, batch, tokenizer.pad_token_id, packing=packing)
+        order = [i for row in batch for i in row]
+        with torch.no_grad():
+            got = dpo.pair_step(loss_mod, ref, b, order, cfg, weights)
+            plain = dpo.pair_step(loss_mod, ref, b, order, cfg)
+        check(got, plain, losses, want)
+
+
+def check(got, plain, losses, want):
+    assert got["loss_sum"].item() == pytest.approx(want, abs=1e-4)
+    assert got["weight_sum"].item() == pytest.approx(3.1)
+    means = dpo._means({k: v.double() for k, v in got.items()})
+    assert means["loss"] == pytest.approx(want / 3.1, abs=1e-4) and means["weight"] == pytest.approx(3.1 / 5)
+    # Negative control: without weights every pair counts once.
+    assert plain["loss_sum"].item() == pytest.approx(sum(losses), abs=1e-4) and plain["weight_sum"].item() == 5
+    assert abs(plain["loss_sum"].item() / 5 - want / 3.1) > 1e-3
+
+
+@pytest.mark.slow
+def test_min_confidence_and_weight_field_in_a_run(tiny_model_dir, tmp_path):
+    rows = [dict(r, confidence=c) for r, c in zip(make_pairs(8), [0.9, 0.5, 1.0, 0.2, 0.7, 0.95, 0.6, 0.8])]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    base = [
+        f"model.path={tiny_model_dir}",
+        f"data.train=[{data}]",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "data.max_len=128",
+        "train.max_steps=1",
+        "train.micro_batch_size=8",
+        "dpo.kl_max_new_tokens=0",
+    ]
+    out = tmp_path / "run"
+    extra = [f"train.out={out}", "data.min_confidence=0.6", "data.weight_field=confidence"]
+    dpo.run(load_config(dpo.DPOConfig, None, base + extra))
+    assert read_metrics(out, "data")[0]["low_confidence"] == 2 and read_metrics(out, "data")[0]["kept"] == 6
+    step = read_metrics(out, "train")[0]
+    assert step["weight"] == pytest.approx((0.9 + 1.0 + 0.7 + 0.95 + 0.6 + 0.8) / 6)
+    assert step["loss"] == pytest.approx(math.log(2), abs=1e-6)  # π = π_ref at step 0: every pair log 2
+    # A row without the field is named by file:line.
+    (tmp_path / "bad.jsonl").write_text(
+        (data.read_text() + json.dumps(make_pairs(9)[8], ensure_ascii=False) + "\n"), encoding="utf-8"
+    )
+    bad = [f"data.train=[{tmp_path / 'bad.jsonl'}]", f"train.out={tmp_path / 'bad'}", "data.weight_field=confidence"]
+    with pytest.raises(UserError, match=r"bad\.jsonl:9: confidence: missing \(data\.weight_field reads it\)"):
+        dpo.run(load_config(dpo.DPOConfig, None, base + bad))

@@ -1,0 +1,225 @@
+"""Exports other tools read as training left them: a base-style tokenizer (EOS <|endoftext|>, turns end
+with <|im_end|>) whose merged model stops under plain transformers generate(); the training template in
+chat_template.jinja and tokenizer_config.json, rendering training's tokens (also one weitiao had to append
+EOS for); files transformers 4.x reads (tokenizer_class, rope_theta); --check through plain transformers;
+the vLLM notes; the run's own final/ folder."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import CHAT_ROWS, CHATML, build_tokenizer, save_tiny_model, write_jsonl
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from weitiao.data.chat import EncodeOptions, encode
+from weitiao.data.formats import load_conversations
+from weitiao.data.templates import resolve_template
+from weitiao.errors import UserError
+from weitiao.infer import export as ex
+
+# a tokenizer template that closes no turn: training appends EOS to every reply itself
+NO_EOT = (
+    "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+)
+K = 5  # the residual-stream dimension held constant in the base (see make_run)
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def make_run(root: Path, template: str) -> tuple[Path, Path]:
+    """(run dir, base dir): a tiny Qwen2 base (rope_theta 1e6) with a base-style tokenizer, and an adapter
+    that makes <|im_end|> the greedy next token everywhere, saved as a run from before this fix
+    (final/adapter + final/tokenizer from a plain save_pretrained).
+
+    The base keeps residual dimension K at 1 (embeddings 1, nothing writes to it), so the adapter's LoRA on
+    lm_head can add a large logit to <|im_end|> whatever the input; the base's own row there is 0.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    tok = build_tokenizer(template, eos="<|endoftext|>")
+    base = save_tiny_model(root / "base", tok, arch="qwen2", hidden=64)
+    cfg = read(base / "config.json")
+    cfg["rope_parameters"]["rope_theta"] = 1e6
+    (base / "config.json").write_text(json.dumps(cfg))
+    model = AutoModelForCausalLM.from_pretrained(base)
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, K] = 1.0
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight[K] = 0.0
+            layer.mlp.down_proj.weight[K] = 0.0
+        model.lm_head.weight[eot, K] = 0.0
+    model.save_pretrained(base)
+    peft = get_peft_model(model, LoraConfig(r=1, lora_alpha=1, target_modules=["lm_head"], lora_dropout=0.0))
+    with torch.no_grad():
+        peft.base_model.model.lm_head.lora_A["default"].weight.zero_()[0, K] = 1.0
+        peft.base_model.model.lm_head.lora_B["default"].weight.zero_()[eot, 0] = 50.0
+    peft.save_pretrained(root / "run" / "final" / "adapter")
+    tok.save_pretrained(root / "run" / "final" / "tokenizer")
+    return root / "run", base
+
+
+@pytest.fixture(scope="module")
+def chatml_run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("chatml"), CHATML)
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("rows") / "chat.jsonl", [dict(r) for r in CHAT_ROWS])
+
+
+def reply_ids(model, tok, gen=None):
+    """Plain transformers: chat template → greedy generate() (the model's own generation_config unless `gen`)."""
+    msgs = [{"role": "user", "content": "今天天气怎么样？"}]
+    enc = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**enc, generation_config=gen, max_new_tokens=8, do_sample=False)
+    return out[0, enc["input_ids"].shape[1] :].tolist()
+
+
+def test_standalone_template_appends_eos_itself():
+    tok = build_tokenizer(NO_EOT, eos="<|endoftext|>")
+    tpl = resolve_template(tok)
+    assert tpl.appends_eos and tpl.eot == "<|endoftext|>"
+    msgs = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "问"},
+        {"role": "assistant", "content": "答"},
+        {"role": "user", "content": "再"},
+        {"role": "assistant", "content": "好"},
+    ]
+    trained = tpl.render(tok, msgs)
+    assert trained.count("<|endoftext|>") == 2
+    assert tok.apply_chat_template(msgs, chat_template=tpl.standalone(), tokenize=False) == trained
+    # negative control: the template as the tokenizer had it drops the EOS training put after each reply
+    assert tok.apply_chat_template(msgs, chat_template=tpl.jinja, tokenize=False) != trained
+    # read back from a saved tokenizer it is a template that ends turns itself, rendering the same
+    again = resolve_template(build_tokenizer(tpl.standalone(), eos="<|endoftext|>"))
+    assert not again.appends_eos and again.render(tok, msgs) == trained
+    assert resolve_template(build_tokenizer()).standalone() == CHATML  # nothing to add
+
+
+def test_merged_base_model_stops_at_end_of_turn_in_plain_transformers(chatml_run, tmp_path):
+    run, base = chatml_run
+    dest = ex.export(str(run), str(tmp_path / "merged"), merge=True)
+    tok = AutoTokenizer.from_pretrained(dest)
+    eot, eos = tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id
+    assert tok.eos_token == "<|endoftext|>" and eot != eos
+    # field by field: what plain transformers, vLLM and llama.cpp's converter read
+    assert read(dest / "generation_config.json")["eos_token_id"] == [eot, eos]
+    tcfg = read(dest / "tokenizer_config.json")
+    assert tcfg["chat_template"] == (dest / "chat_template.jinja").read_text() == CHATML
+    assert tcfg["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert tcfg["additional_special_tokens"] == ["<|im_start|>", "<|im_end|>"]
+    assert "extra_special_tokens" not in tcfg
+    cfg = read(dest / "config.json")
+    assert cfg["rope_theta"] == 1e6 and cfg["rope_parameters"]["rope_theta"] == 1e6
+    # negative control: the base as transformers 5 saved it has none of these for 4.x readers
+    assert read(base / "tokenizer_config.json")["tokenizer_class"] == "TokenizersBackend"
+    assert "rope_theta" not in read(base / "config.json")
+    assert "chat_template" not in read(base / "tokenizer_config.json")
+
+    model = AutoModelForCausalLM.from_pretrained(dest).eval()
+    assert reply_ids(model, tok) == [eot]  # stops at the end-of-turn
+    # negative control: the base's generation_config (what export wrote before) never stops
+    model.generation_config = GenerationConfig.from_pretrained(base)
+    assert model.generation_config.eos_token_id == eos
+    assert reply_ids(model, tok) == [eot] * 8
+
+
+def test_check_compares_with_plain_transformers(tmp_path, rows):
+    run, _ = make_run(tmp_path, NO_EOT)
+    dest = ex.export(str(run), str(tmp_path / "adapter"))
+    assert ex.check(str(dest), str(run), str(rows)) == {"rows": 4, "identical": 4, "stops_at": "<|endoftext|>"}
+    # training's token ids come out of plain apply_chat_template, EOS after every reply included
+    tok, plain = build_tokenizer(NO_EOT, eos="<|endoftext|>"), AutoTokenizer.from_pretrained(dest)
+    conv = load_conversations(str(rows)).rows[3]
+    want = encode(conv, tok, resolve_template(tok), EncodeOptions()).input_ids
+    got = plain.apply_chat_template(list(conv.messages), tokenize=True, return_dict=True)["input_ids"]
+    assert got == want and want.count(tok.eos_token_id) == 2
+    # negative control: the template as exported before (without the EOS) fails the check
+    old = tok.chat_template
+    (dest / "chat_template.jinja").write_text(old)
+    tcfg = read(dest / "tokenizer_config.json")
+    (dest / "tokenizer_config.json").write_text(json.dumps({**tcfg, "chat_template": old}))
+    with pytest.raises(UserError, match=r"4/4 rows tokenize differently with transformers' apply_chat_template"):
+        ex.check(str(dest), str(run), str(rows))
+
+
+def test_check_fails_when_generation_would_not_stop(chatml_run, tmp_path, rows):
+    run, base = chatml_run
+    dest = ex.export(str(run), str(tmp_path / "adapter"))
+    assert ex.check(str(dest), str(run), str(rows))["stops_at"] == "<|im_end|>"
+    shutil.copy(base / "generation_config.json", dest / "generation_config.json")  # the base's: EOS only
+    with pytest.raises(UserError, match=r"eos_token_id \[0\] lacks '<\|im_end\|>' \(id 2\)"):
+        ex.check(str(dest), str(run), str(rows))
+
+
+def test_adapter_export_carries_stop_ids_and_vllm_notes(chatml_run, tmp_path):
+    run, base = chatml_run
+    dest = ex.export(str(run), str(tmp_path / "lora"))
+    assert read(dest / "generation_config.json")["eos_token_id"] == [2, 0]
+    assert read(dest / "tokenizer_config.json")["chat_template"] == CHATML
+    cmd = (
+        f"serve with vLLM: vllm serve {base} --enable-lora --lora-modules lora={dest} --generation-config {dest} "
+        f"--chat-template {dest}/chat_template.jinja"
+    )
+    assert ex.serve_notes(dest) == [cmd]  # rank 1: no warning (negative control)
+    cfg = read(dest / "adapter_config.json")
+
+    def notes(**change):
+        (dest / "adapter_config.json").write_text(json.dumps({**cfg, **change}))
+        return ex.serve_notes(dest)
+
+    assert notes(r=16) == [cmd]
+    assert notes(r=20) == [
+        "warning: LoRA rank 20 is above vLLM's default --max-lora-rank 16; serve it with --max-lora-rank 32",
+        cmd + " --max-lora-rank 32",
+    ]
+    assert notes(r=8, rank_pattern={"q_proj": 64})[1].endswith(" --max-lora-rank 64")
+    for change, what in (
+        ({"use_dora": True}, r"DoRA \(use_dora\)"),
+        ({"modules_to_save": ["lm_head"]}, r"modules_to_save \['lm_head'\]"),
+        ({"r": 1024}, "rank 1024 above 512"),
+    ):
+        [line] = notes(**change)
+        assert line.startswith("warning: vLLM cannot load this adapter (") and "--merge" in line
+        assert re.search(what, line)
+    merged = ex.export(str(run), str(tmp_path / "merged"), merge=True)
+    assert ex.serve_notes(merged) == [f"serve with vLLM: vllm serve {merged}"]
+
+
+def test_run_final_folder_stops_and_carries_template(chatml_run, tmp_path):
+    """train.loop.finish: final/adapter gets a generation_config stopping at <|im_end|>, final/tokenizer the
+    standalone template in both places, readable by 4.x; a plain peft + transformers user stops."""
+    from peft import PeftModel
+
+    from weitiao.train import loop
+
+    run, base = chatml_run
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), run / "final" / "adapter")
+    tok = build_tokenizer(NO_EOT, eos="<|endoftext|>")
+    logged = []
+    log = SimpleNamespace(log=lambda *a, **k: logged.append(a), close=lambda: None)
+    accel = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
+    final = loop.finish(tmp_path, peft, tok, resolve_template(tok), {"finished": True, "steps": 1}, log, accel)
+    assert read(final / "adapter" / "generation_config.json")["eos_token_id"] == [0]  # NO_EOT: EOS ends turns
+    tcfg = read(final / "tokenizer" / "tokenizer_config.json")
+    assert tcfg["chat_template"] == resolve_template(tok).standalone() != NO_EOT
+    assert tcfg["tokenizer_class"] == "PreTrainedTokenizerFast"
+
+    chat = build_tokenizer(CHATML, eos="<|endoftext|>")
+    final = loop.finish(tmp_path, peft, chat, resolve_template(chat), {"finished": True, "steps": 1}, log, accel)
+    assert read(final / "adapter" / "generation_config.json")["eos_token_id"] == [2, 0]
+    # a user with plain peft + transformers: generation_config from the adapter folder stops
+    user = AutoTokenizer.from_pretrained(final / "tokenizer")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), final / "adapter").eval()
+    assert reply_ids(model, user, GenerationConfig.from_pretrained(final / "adapter")) == [2]
+    assert reply_ids(model, user) == [2] * 8  # negative control: the base's generation_config

