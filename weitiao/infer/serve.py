@@ -18,7 +18,8 @@ How a request flows:
 2. One worker task owns the model. It takes the oldest waiting job plus later ones, up to `max_batch` rows
    (a job with `n` choices is `n` rows), whatever their sampling settings or adapter, and runs them as one
    left-padded, KV-cached batch in a thread (`run_batch`), so the event loop keeps serving.
-3. Every step each row's logits go through its own settings (`weitiao.infer.generate.Sampler`: penalties,
+3. Every step each row's logits go through its own settings (`weitiao.infer.generate.Sampler`: bans from
+   min_tokens and from a tool_choice/json_object constraint (`weitiao.infer.constrain.Constrain`), penalties,
    temperature, top-k/top-p, its own generator when seeded), then the new token is decoded and the text
    deltas (with their log-probs) go to the jobs' asyncio queues. Streaming is real: batched rows stream
    token by token, and time-to-first-token is one prefill + one step, not the whole batch.
