@@ -246,7 +246,8 @@ def test_rules_eval_endpoint_with_judge_and_local_model(rules_file, prompts_file
     out = tmp_path / "eval.json"
     with running(app) as base, running(scripted(lambda m: next(verdicts))) as judge:
         r = run("eval", "--rules", str(rules_file), "--prompts", str(prompts_file), "--endpoint", base + "/v1",
-                "--max-new-tokens", "12", "--judge-url", judge + "/v1", "--out", str(out))  # fmt: skip
+                "--endpoint-model", "tiny", "--max-new-tokens", "12", "--judge-url", judge + "/v1",
+                "--out", str(out))  # fmt: skip
     assert r.exit_code == 0, r.output
     rep = json.loads(out.read_text())
     replies = [x["reply"] for x in rep["replies_text"]]

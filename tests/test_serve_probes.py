@@ -59,8 +59,16 @@ BAD = [
     (CHAT, chat(top_p=1.5), "top_p"),
     (CHAT, chat(n=10**6), "n"),
     (CHAT, chat(max_tokns=3), "max_tokns"),
-    (CHAT, chat(logprobs=True), "logprobs"),
-    (CHAT, chat(frequency_penalty=0.5), "frequency_penalty"),
+    (CHAT, chat(top_logprobs=3), "top_logprobs"),  # without logprobs: true
+    (CHAT, chat(logprobs=True, top_logprobs=21), "top_logprobs"),
+    (CHAT, chat(frequency_penalty=2.5), "frequency_penalty"),
+    (CHAT, chat(echo=True), "echo"),
+    (COMP, {"prompt": "x", "logprobs": 21}, "logprobs"),
+    (CHAT, chat(max_tokens=481), "max_tokens"),  # over the server's --max-new-tokens 480
+    (CHAT, {"messages": MSGS, "max_completion_tokens": 481}, "max_completion_tokens"),
+    (CHAT, chat(min_tokens=3), "min_tokens"),  # over max_tokens 2
+    (CHAT, chat(stop_token_ids=[10**6]), "stop_token_ids"),
+    (CHAT, chat(stop_token_ids=[-1]), "stop_token_ids.0"),
     (CHAT, chat(stop=[5]), "stop.0"),
     (CHAT, chat(stream_options={"include_usage": True, "extra": 1}), "stream_options.extra"),
     (CHAT, {"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),

@@ -130,7 +130,7 @@ def score(
 @app.command()
 def serve(
     model: str = typer.Option(None, help="base model dir or hub id (default: the adapter's base, else demo)"),
-    adapter: str = typer.Option(None, help="run dir or peft adapter dir"),
+    adapter: list[str] = typer.Option(None, help="run or peft adapter dir; several: NAME=RUN each, picked by `model`"),
     host: str = typer.Option("127.0.0.1", help="bind address (0.0.0.0 to listen on the network)"),
     port: int = typer.Option(8000),
     api_key: str = typer.Option(None, envvar="WEITIAO_API_KEY", help="require Bearer KEY; prefer $WEITIAO_API_KEY"),

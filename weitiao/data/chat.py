@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from weitiao.data.formats import Conversation, Message
 from weitiao.data.templates import ChatTemplate
+from weitiao.data.tools import uses_tools
 from weitiao.errors import UserError
 
 IGNORE = -100
@@ -63,15 +64,18 @@ class EncodeStats:
     dropped_sources: list[str] = field(default_factory=list)
 
 
-def assistant_spans(template: ChatTemplate, tokenizer: Any, messages: list[Message]) -> tuple[str, list]:
-    """Rendered text and the [start, end) character span of every assistant reply + end-of-turn."""
-    text = template.render(tokenizer, messages)
+def assistant_spans(
+    template: ChatTemplate, tokenizer: Any, messages: list[Message], tools: list | None = None
+) -> tuple[str, list]:
+    """Rendered text and the [start, end) character span of every assistant reply (or tool call) + end-of-turn;
+    tool results and everything else stay out."""
+    text = template.render(tokenizer, messages, tools=tools)
     spans = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        head = template.render(tokenizer, messages[:i], add_generation_prompt=True)
-        upto = template.render(tokenizer, messages[: i + 1])
+        head = template.render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools)
+        upto = template.render(tokenizer, messages[: i + 1], tools=tools)
         if not (text.startswith(head) and text.startswith(upto)):
             raise UserError(
                 f"template {template.name!r} renders earlier turns differently once later turns are "
@@ -88,10 +92,16 @@ def assistant_spans(template: ChatTemplate, tokenizer: Any, messages: list[Messa
 
 def encode(conv: Conversation, tokenizer: Any, template: ChatTemplate, opts: EncodeOptions) -> Encoded | None:
     """Tokenize and label one conversation; None when the truncation policy drops it."""
+    if not template.supports_tools and uses_tools(conv):
+        raise UserError(
+            f"{conv.source}: this row has tools or tool calls, which template {template.name!r} cannot render; "
+            "set template: qwen or llama3 (data.template, or --template), or use a tokenizer whose "
+            "chat_template uses `tools`"
+        )
     messages = list(conv.messages)
     trimmed = False
     while True:
-        enc = _encode_messages(messages, tokenizer, template, opts)
+        enc = _encode_messages(messages, tokenizer, template, opts, conv.tools)
         enc.source = conv.source
         if len(enc) <= opts.max_len:
             enc.truncated = "history" if trimmed else ""
@@ -114,13 +124,17 @@ def encode(conv: Conversation, tokenizer: Any, template: ChatTemplate, opts: Enc
 
 
 def _drop_oldest_exchange(messages: list[Message]) -> list[Message] | None:
+    """Drop everything before the second user turn (an exchange may hold tool calls and results)."""
     sys = messages[:1] if messages[0]["role"] == "system" else []
     body = messages[len(sys) :]
-    return sys + body[2:] if len(body) > 2 else None
+    nxt = next((k for k in range(1, len(body)) if body[k]["role"] == "user"), None)
+    return sys + body[nxt:] if nxt is not None else None
 
 
-def _encode_messages(messages: list[Message], tokenizer: Any, template: ChatTemplate, opts: EncodeOptions) -> Encoded:
-    text, spans = assistant_spans(template, tokenizer, messages)
+def _encode_messages(
+    messages: list[Message], tokenizer: Any, template: ChatTemplate, opts: EncodeOptions, tools: list | None = None
+) -> Encoded:
+    text, spans = assistant_spans(template, tokenizer, messages, tools)
     out = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = out["input_ids"], out["offset_mapping"]
     trained_spans = spans[-1:] if opts.train_turns == "last" else spans

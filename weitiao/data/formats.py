@@ -16,7 +16,7 @@ from typing import Any, Literal
 from weitiao.errors import UserError
 from weitiao.io import iter_lines, loads, read_json, write_jsonl
 
-Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
+Message = dict[str, Any]  # {"role": "system"|"user"|"assistant", "content": str}; tool rows: weitiao.data.tools
 Format = Literal["auto", "alpaca", "sharegpt", "openai", "preference"]
 FORMATS = ("alpaca", "sharegpt", "openai", "preference")
 ROLES = ("system", "user", "assistant")
@@ -39,6 +39,7 @@ class Conversation:
 
     messages: list[Message]
     source: str = ""  # file:line it came from
+    tools: list[dict] | None = None  # function specs (OpenAI shape) the assistant may call
 
     @property
     def prompt_messages(self) -> list[Message]:
@@ -272,6 +273,10 @@ def parse_row(record: Any, fmt: str) -> Conversation | PreferencePair:
         raise RowError("row", f"expected a JSON object, got {type(record).__name__}")
     if fmt == "preference":
         return parse_preference(record)
+    from weitiao.data import tools  # it builds on this module's row helpers
+
+    if fmt in ("sharegpt", "openai") and tools.is_tool_row(record, fmt):
+        return tools.parse_sharegpt_tools(record) if fmt == "sharegpt" else tools.parse_openai_tools(record)
     messages = PARSERS[fmt](record)
     field = {"sharegpt": "conversations", "openai": "messages"}.get(fmt, "row")
     return Conversation(_check_turns(messages, field))

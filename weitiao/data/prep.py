@@ -8,6 +8,7 @@ unique rows — identical rows go to the same side, and the eval side keeps one 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -30,11 +31,16 @@ def require_rows(loaded: LoadResult, key: str = "") -> None:
 
 def messages_key(messages: Sequence[Message]) -> str:
     """Identity of a conversation: every role and text, whitespace runs collapsed."""
-    return "\x1f".join(f"{m['role']}\x1e{' '.join(m['content'].split())}" for m in messages)
+    return "\x1f".join(f"{m['role']}\x1e{' '.join(m['content'].split())}{_calls(m)}" for m in messages)
+
+
+def _calls(m: Message) -> str:
+    return "\x1e" + json.dumps(m["tool_calls"], ensure_ascii=False, sort_keys=True) if m.get("tool_calls") else ""
 
 
 def conversation_key(conv: Conversation) -> str:
-    return messages_key(conv.messages)
+    tools = "\x1d" + json.dumps(conv.tools, ensure_ascii=False, sort_keys=True) if conv.tools else ""
+    return messages_key(conv.messages) + tools
 
 
 def pair_key(pair: PreferencePair) -> str:

@@ -3,13 +3,21 @@
 Each resolved template knows its end-of-turn string (`eot`): the token that closes an assistant
 turn. When a template does not close assistant turns itself, the tokenizer's EOS is appended to
 every assistant message before rendering, so the model always learns to stop (chapter Q147).
+
+Tools: `qwen` renders Qwen2.5's format (tool specs in the system turn inside <tools></tools>, calls
+as <tool_call> JSON blocks, results as user-side <tool_response> blocks) and `llama3` Llama-3.1's
+(tools in the first user turn, a call as a bare JSON object, results in `ipython` turns). Without
+tools both render exactly as plain ChatML / Llama-3. A tokenizer's own template supports tools when
+its Jinja uses `tools`; its call format (hermes <tool_call> or Llama JSON) is found by rendering a probe
+call. Messages carry calls as OpenAI `tool_calls` with `arguments` a dict (what HF templates expect).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from weitiao.errors import UserError
 
@@ -28,29 +36,97 @@ PLAIN = (
     "{% else %}{{ '### 助手:\\n' + m['content'] + eos_token + '\\n\\n' }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '### 助手:\\n' }}{% endif %}"
 )
-SHIPPED = {"chatml": (CHATML, "<|im_end|>"), "qwen": (CHATML, "<|im_end|>"), "llama3": (LLAMA3, "<|eot_id|>")}
+# Qwen2.5's tool format (its tokenizer_config chat_template) on top of CHATML; departure: no default
+# "You are Qwen..." system text, as our tool-less rendering has none either.
+QWEN = (
+    "{% set sys = messages and messages[0]['role'] == 'system' %}"
+    "{% if tools %}{{ '<|im_start|>system\\n' }}{% if sys %}{{ messages[0]['content'] + '\\n\\n' }}{% endif %}"
+    "{{ '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n'"
+    " + 'You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}"
+    "{% for t in tools %}{{ '\\n' + (t | tojson) }}{% endfor %}"
+    "{{ '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within '"
+    ' + \'<tool_call></tool_call> XML tags:\\n<tool_call>\\n{"name": <function-name>, "arguments": \''
+    " + '<args-json-object>}\\n</tool_call><|im_end|>\\n' }}{% endif %}"
+    "{% for m in messages %}{% if tools and sys and loop.first %}"
+    "{% elif m['role'] == 'assistant' and m['tool_calls'] %}{{ '<|im_start|>assistant' }}"
+    "{% if m['content'] %}{{ '\\n' + m['content'] }}{% endif %}"
+    "{% for c in m['tool_calls'] %}{% set f = c['function'] if c['function'] is defined else c %}"
+    "{{ '\\n<tool_call>\\n{\"name\": \"' + f['name'] + '\", \"arguments\": ' + (f['arguments'] | tojson) }}"
+    "{{ '}\\n</tool_call>' }}"
+    "{% endfor %}{{ '<|im_end|>\\n' }}"
+    "{% elif m['role'] == 'tool' %}{% if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}"
+    "{{ '<|im_start|>user' }}{% endif %}{{ '\\n<tool_response>\\n' + m['content'] + '\\n</tool_response>' }}"
+    "{% if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}{{ '<|im_end|>\\n' }}{% endif %}"
+    "{% else %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# Llama-3.1's JSON tool format (tools_in_user_message, its default) on top of LLAMA3; departures: no
+# "Cutting Knowledge/Today Date" lines, and several calls in one turn are joined by "; " (vLLM's llama3_json
+# parser reads that) where Meta's template refuses them.
+_L3_HEAD = "'<|start_header_id|>' + {role} + '<|end_header_id|>\\n\\n'"
+LLAMA3_TOOLS = (
+    "{{ bos_token }}{% set ns = namespace(first_user=true) %}"
+    "{% if tools and not (messages and messages[0]['role'] == 'system') %}"
+    "{{ " + _L3_HEAD.format(role="'system'") + " + 'Environment: ipython<|eot_id|>' }}{% endif %}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' and tools %}"
+    "{{ " + _L3_HEAD.format(role="'system'") + " + 'Environment: ipython\\n\\n' + m['content'] + '<|eot_id|>' }}"
+    "{% elif m['role'] == 'user' and tools and ns.first_user %}{% set ns.first_user = false %}"
+    "{{ " + _L3_HEAD.format(role="'user'") + " + 'Given the following functions, please respond with a JSON for a '"
+    " + 'function call with its proper arguments that best answers the given prompt.\\n\\n'"
+    ' + \'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.\''
+    " + 'Do not use variables.\\n\\n' }}{% for t in tools %}{{ (t | tojson(indent=4)) + '\\n\\n' }}{% endfor %}"
+    "{{ m['content'] + '<|eot_id|>' }}"
+    "{% elif m['role'] == 'assistant' and m['tool_calls'] %}{{ " + _L3_HEAD.format(role="'assistant'") + " }}"
+    "{% for c in m['tool_calls'] %}{% set f = c['function'] if c['function'] is defined else c %}"
+    "{% if not loop.first %}{{ '; ' }}{% endif %}"
+    "{{ '{\"name\": \"' + f['name'] + '\", \"parameters\": ' + (f['arguments'] | tojson) + '}' }}"
+    "{% endfor %}{{ '<|eot_id|>' }}"
+    "{% elif m['role'] == 'tool' %}{{ " + _L3_HEAD.format(role="'ipython'") + " + m['content'] + '<|eot_id|>' }}"
+    "{% else %}{{ " + _L3_HEAD.format(role="m['role']") + " + m['content'] + '<|eot_id|>' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
 TEMPLATE_NAMES = ("auto", "tokenizer", "chatml", "qwen", "llama3", "plain")
+SHIPPED = {"chatml": (CHATML, "<|im_end|>"), "qwen": (QWEN, "<|im_end|>"), "llama3": (LLAMA3_TOOLS, "<|eot_id|>")}
+TOOL_FORMATS = {"qwen": "hermes", "llama3": "llama3_json"}
 _PROBE_USER, _PROBE_REPLY = "问", "答ZQX"
+_PROBE_TOOL = {"type": "function", "function": {"name": "probe_fn_zqx", "description": "", "parameters": {}}}
+_PROBE_CALL = {"type": "function", "function": {"name": "probe_fn_zqx", "arguments": {"q": 7}}}
+_HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
+ToolFormat = Literal["hermes", "llama3_json"]
 
 
 @dataclass(frozen=True)
 class ChatTemplate:
-    """A Jinja chat template plus how its assistant turns end."""
+    """A Jinja chat template plus how its assistant turns end and whether (and how) it renders tool calls."""
 
     name: str
     jinja: str
     eot: str  # string that closes each assistant turn
     appends_eos: bool  # True when the template lacks an end-of-turn and EOS is added to content
+    supports_tools: bool = False  # renders `tools`, assistant `tool_calls` and `tool` results
+    tool_format: ToolFormat | None = None  # how calls appear in generated text; None: cannot parse them back
 
-    def render(self, tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    def render(
+        self, tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None
+    ) -> str:
         if self.appends_eos:
             messages = [{**m, "content": m["content"] + self.eot} if m["role"] == "assistant" else m for m in messages]
+        kw = {"tools": tools} if tools else {}  # tool-less renders stay byte-identical to before
         return tokenizer.apply_chat_template(
             messages,
             chat_template=self.jinja,
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
+            **kw,
         )
+
+    def parse_tool_calls(self, text: str) -> tuple[str, list[dict]]:
+        """Split generated text into (content, calls), each call {"name", "arguments": JSON string}.
+
+        Text with no call, or with a call that is not valid JSON, comes back whole as content (no calls)."""
+        return parse_tool_calls(text, self.tool_format)
 
     def standalone(self) -> str:
         """The Jinja that renders like `render` through a plain `apply_chat_template` (no weitiao).
@@ -68,6 +144,59 @@ class ChatTemplate:
             "{% else %}{% set ns.msgs = ns.msgs + [m] %}{% endif %}{% endfor %}{% set messages = ns.msgs %}\n"
             + self.jinja
         )
+
+
+def _call(obj: Any, args_key: str) -> dict | None:
+    if not (isinstance(obj, dict) and isinstance(obj.get("name"), str) and obj["name"]):
+        return None
+    args = obj.get(args_key, obj.get("arguments", {}))
+    if isinstance(args, str):  # a model may write the arguments as a JSON string, as OpenAI sends them
+        try:
+            args = json.loads(args)
+        except ValueError:
+            return None
+    if not isinstance(args, dict):
+        return None
+    return {"name": obj["name"], "arguments": json.dumps(args, ensure_ascii=False)}
+
+
+def parse_tool_calls(text: str, fmt: ToolFormat | None) -> tuple[str, list[dict]]:
+    """(content, calls) from generated text in `fmt`: hermes `<tool_call>{json}</tool_call>` blocks after optional
+    content, or llama3_json: the whole reply is one JSON call, or several joined by "; "."""
+    if fmt == "hermes":
+        k = text.find("<tool_call>")
+        if k < 0:
+            return text, []
+        calls = []
+        for body in _HERMES.findall(text[k:]):
+            try:
+                call = _call(json.loads(body), "arguments")
+            except ValueError:
+                call = None
+            if call is None:
+                return text, []
+            calls.append(call)
+        return text[:k].strip(), calls
+    if fmt == "llama3_json":
+        body = text.strip()
+        if not body.startswith("{"):
+            return text, []
+        calls, dec, i = [], json.JSONDecoder(), 0
+        while i < len(body):
+            try:
+                obj, i = dec.raw_decode(body, i)
+            except ValueError:
+                return text, []
+            call = _call(obj, "parameters")
+            if call is None:
+                return text, []
+            calls.append(call)
+            rest = body[i:].lstrip()
+            if rest and not rest.startswith(";"):
+                return text, []
+            i = len(body) - len(rest[1:].lstrip()) if rest else len(body)  # past "; "
+        return "", calls
+    return text, []
 
 
 def _special_tokens(tokenizer: Any) -> list[str]:
@@ -111,10 +240,37 @@ def resolve_template(tokenizer: Any, name: str = "auto") -> ChatTemplate:
                 f"template {name!r} needs the token {eot!r}, which the tokenizer lacks; "
                 "use template: auto or plain, or add the token to the tokenizer"
             )
-        return ChatTemplate(name, jinja, eot, appends_eos=False)
+        return ChatTemplate(name, jinja, eot, False, name in TOOL_FORMATS, TOOL_FORMATS.get(name))
     eot = find_eot(tokenizer, jinja)
     if eot is not None:
-        return ChatTemplate(name, jinja, eot, appends_eos=False)
+        tools, fmt = _probe_tools(tokenizer, jinja, eot) if _uses_tools(jinja) else (False, None)
+        return ChatTemplate(name, jinja, eot, False, tools, fmt)
     if tokenizer.eos_token is None:
         raise UserError("tokenizer has no eos_token and its template closes no turn; set eos_token")
     return ChatTemplate(name, jinja, tokenizer.eos_token, appends_eos=True)
+
+
+def _uses_tools(jinja: str) -> bool:
+    """A template renders tools when its Jinja reads the `tools` variable (transformers passes it)."""
+    return re.search(r"\btools\b", jinja) is not None
+
+
+def _probe_tools(tokenizer: Any, jinja: str, eot: str) -> tuple[bool, ToolFormat | None]:
+    """Render a probe tool and call: (tools and calls both show up, the format calls come out in or None)."""
+    msgs = [{"role": "user", "content": _PROBE_USER}, {"role": "assistant", "content": "", "tool_calls": [_PROBE_CALL]}]
+    try:
+        head = tokenizer.apply_chat_template(
+            msgs[:1], chat_template=jinja, tokenize=False, add_generation_prompt=True, tools=[_PROBE_TOOL]
+        )
+        full = tokenizer.apply_chat_template(msgs, chat_template=jinja, tokenize=False, tools=[_PROBE_TOOL])
+    except Exception:  # a template that refuses the probe (e.g. raise_exception) cannot be used with tools
+        return False, None
+    name = _PROBE_TOOL["function"]["name"]
+    if not (full.startswith(head) and name in head and name in full[len(head) :]):
+        return False, None  # it reads `tools` but shows neither the tool nor the call (e.g. mentions the word)
+    reply = full[len(head) :].split(eot)[0]
+    for fmt in ("hermes", "llama3_json"):
+        _, calls = parse_tool_calls(reply, fmt)
+        if [(c["name"], json.loads(c["arguments"])) for c in calls] == [(name, {"q": 7})]:
+            return True, fmt
+    return True, None

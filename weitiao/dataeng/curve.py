@@ -27,6 +27,7 @@ from pathlib import Path
 
 from weitiao.config import load_config
 from weitiao.data.formats import load_conversations
+from weitiao.data.tools import to_record
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text, write_jsonl
 
@@ -122,7 +123,7 @@ def run(
         if cfg.data.eval_split <= 0:
             raise UserError(f"{config}: the curve needs an eval set: set data.eval or data.eval_split")
         n_eval = max(1, int(len(rows) * cfg.data.eval_split))
-        write_jsonl(out / "eval.jsonl", [{"messages": rows[i].messages} for i in order[:n_eval]])
+        write_jsonl(out / "eval.jsonl", [to_record(rows[i]) for i in order[:n_eval]])
         eval_files, order = [str(out / "eval.jsonl")], order[n_eval:]
     if sizes[-1] > len(order):
         raise UserError(f"--sizes: {sizes[-1]} is more than the {len(order)} training rows available")
@@ -136,7 +137,7 @@ def run(
     points = []
     for n in sorted(sizes, reverse=True):
         subset = out / f"train_{n}.jsonl"
-        write_jsonl(subset, [{"messages": rows[i].messages} for i in order[:n]])
+        write_jsonl(subset, [to_record(rows[i]) for i in order[:n]])
         run_cfg = cfg.model_copy(deep=True)
         run_cfg.data.train, run_cfg.data.eval, run_cfg.data.eval_split = [str(subset)], eval_files, 0.0
         run_cfg.train.out, run_cfg.train.resume = str(out / f"size_{n}"), "none"

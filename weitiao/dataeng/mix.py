@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from weitiao.data.formats import Conversation, load_conversations
+from weitiao.data.tools import to_record
 from weitiao.dataeng.similarity import normalize
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text, write_jsonl
@@ -109,7 +110,7 @@ def run(specs: list[str], out: str | Path, total: int | None = None, seed: int =
         row.update(target_ratio=round(r, 4), picked=n, upsample=round(n / len(pool), 3),
                    unique_picked=len({id(c) for c in picked}))  # fmt: skip
     rng.shuffle(mixed)
-    write_jsonl(out, [{"messages": c.messages, "meta": {"source": s}} for s, c in mixed])
+    write_jsonl(out, [{**to_record(c), "meta": {"source": s}} for s, c in mixed])
     for row in report:
         row["achieved_ratio"] = round(row["picked"] / total, 4)
     summary = {"out": str(out), "total": total, "seed": seed, "sources": report}

@@ -21,6 +21,7 @@ from pathlib import Path
 from statistics import mean
 
 from weitiao.data.formats import Conversation, load_conversations
+from weitiao.data.tools import to_record
 from weitiao.dataeng.similarity import normalize
 from weitiao.errors import UserError
 from weitiao.eval.repetition import copy_of_history_rate, distinct_n, ngram_loop
@@ -128,7 +129,7 @@ def run(files: list[str | Path], out: str | Path, cfg: RepeatConfig, sft_out: st
     # 5. write
     write_jsonl(out, pairs)
     if sft_out:
-        write_jsonl(sft_out, [{"messages": c.messages, "meta": {"source": c.source}} for c in kept])
+        write_jsonl(sft_out, [{**to_record(c), "meta": {"source": c.source}} for c in kept])
     report = {
         "read": len(convs),
         "all": _stats(ms),

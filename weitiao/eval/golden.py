@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from weitiao.data.formats import Message, RowError, detect_format, iter_records, parse_row
+from weitiao.data.tools import uses_tools
 from weitiao.errors import UserError
 from weitiao.eval.metrics import Item, MetricSettings, item_metrics, reply_metrics
 from weitiao.io import append_jsonl, atomic_write_text
@@ -88,6 +89,8 @@ def load_prompts(path: str | Path) -> list[Prompt]:
             conv = parse_row(rec, fmt)
             if not hasattr(conv, "prompt_messages"):
                 raise RowError("row", "preference rows are not prompts")
+            if uses_tools(conv):
+                raise RowError("tools", "tool rows are not eval prompts here (generation renders no tools)")
             out.append(Prompt(conv.prompt_messages, conv.messages[-1]["content"] if has_ref else None, loc))
         except RowError as e:
             raise UserError(f"{loc}: {e}") from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -39,6 +39,11 @@ class Sampling(_Strict):
     stop: str | list[str] | None = Field(None, max_length=16)
     seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # torch.manual_seed's range
     stream_options: _StreamOptions | None = None
+    presence_penalty: float | None = Field(0.0, ge=-2, le=2)  # OpenAI's definition, over the reply's tokens
+    frequency_penalty: float | None = Field(0.0, ge=-2, le=2)
+    min_tokens: int | None = Field(0, ge=0)  # vLLM extension: no stop token or stop string before this many
+    ignore_eos: bool | None = False  # vLLM extension: end-of-turn/EOS tokens do not stop (stop_token_ids still do)
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(None, max_length=64)  # vLLM extension
 
 
 # OpenAI fields this server does not implement, accepted only with a value that changes nothing
@@ -49,17 +54,9 @@ NO_OP_FIELDS: dict[str, tuple | None] = {
     "metadata": None,
     "service_tier": None,
     "parallel_tool_calls": None,
-    "logprobs": (False,),
-    "top_logprobs": (0,),
-    "frequency_penalty": (0,),
-    "presence_penalty": (0,),
     "logit_bias": ({},),
-    "echo": (False,),
     "best_of": (1,),
     "suffix": ("",),
-    "tools": ([],),
-    "tool_choice": ("none", "auto"),  # with no tools, both mean plain text
-    "response_format": ({"type": "text"},),
 }
 
 
@@ -68,10 +65,49 @@ class _TextPart(_Strict):
     text: str
 
 
+class _Function(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema, shown to the model as given
+    strict: bool | None = None  # accepted; arguments follow the schema only as far as the model does
+
+
+class _Tool(_Strict):
+    type: Literal["function"]
+    function: _Function
+
+
+class _CalledFunction(_Strict):
+    name: str = Field(min_length=1)
+    arguments: str  # a JSON object, as OpenAI sends it
+
+
+class _ToolCall(_Strict):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: _CalledFunction
+
+
+class _FunctionName(_Strict):
+    name: str
+
+
+class _NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: _FunctionName
+
+
+class _ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
 class _Message(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[_TextPart] | None = None
     name: str | None = None  # accepted; chat templates have no place for it
+    tool_calls: list[_ToolCall] | None = None  # an assistant turn's calls
+    tool_call_id: str | None = None  # the call a `tool` turn answers
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -81,10 +117,18 @@ class _Message(_Strict):
 
 class ChatRequest(Sampling):
     messages: list[_Message] = Field(min_length=1)
+    logprobs: bool | None = False  # null, as clients send for "unset", means the default
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    echo: bool | None = False  # vLLM's chat echo is not implemented: true is refused
+    tools: list[_Tool] | None = None  # rendered through the chat template; see weitiao.infer.tools
+    tool_choice: Literal["none", "auto", "required"] | _NamedToolChoice | None = None
+    response_format: _ResponseFormat | None = None
 
 
 class CompletionRequest(Sampling):
     prompt: str | list[str]
+    logprobs: int | None = Field(None, ge=0, le=20)  # the legacy form: alternatives per token
+    echo: bool | None = False  # the prompt leads the text (and its tokens the log-probs, the first one null)
 
 
 NO_KEY = "invalid or missing API key (Authorization: Bearer ...)"

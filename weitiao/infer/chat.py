@@ -6,6 +6,7 @@ Commands inside the chat: /reset clears the history, /system TEXT sets the syste
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -42,6 +43,54 @@ def load_chat_model(model: str | None, adapter: str | None, quant: str | None = 
     tokenizer = load_tokenizer(str(tok_dir) if tok_dir else model)
     m = attach_adapter(load_model(ModelSpec(path=model, quant=quant)), adapter_dir, model)
     return m.eval(), tokenizer
+
+
+def parse_adapters(specs: list[str]) -> dict[str, str] | None:
+    """{name: run} from `--adapter NAME=RUN` flags; None for one plain `--adapter RUN` (served as the model)."""
+    if len(specs) == 1 and not _NAMED.fullmatch(specs[0]):
+        return None
+    named: dict[str, str] = {}
+    for spec in specs:
+        m = _NAMED.fullmatch(spec)
+        if not m:
+            raise UserError(f"--adapter {spec}: give NAME=RUN (NAME of letters, digits, _ or -) to serve several")
+        if m[1] in named or m[1] == "__base__":
+            raise UserError(f"--adapter {spec}: the name {m[1]!r} is taken; give each adapter its own")
+        named[m[1]] = m[2]
+    return named
+
+
+_NAMED = re.compile(r"([A-Za-z0-9_-]+)=(.+)")
+
+
+def load_adapters(model: str | None, named: dict[str, str], quant: str | None) -> tuple[Any, Any, str]:
+    """One base with several LoRA adapters, each under its own peft adapter name (= its served name); the
+    tokenizer (a run's, with its template) and the base's path. The adapters must share the base they were
+    trained on (unless `model` names one) and their chat template."""
+    from weitiao.infer.export import locate
+
+    if quant not in (None, "none", "4bit", "8bit"):
+        raise UserError(f"--quant {quant}: choose none, 4bit or 8bit")
+    located = {name: locate(run) for name, run in named.items()}
+    first, (_, _, spec) = next(iter(located.items()))
+    for name, (_, _, other) in located.items():
+        if model is None and other.path != spec.path:
+            raise UserError(
+                f"--adapter {name}={named[name]}: trained on {other.path!r}, but {first} on {spec.path!r}; "
+                "serve adapters of one base (or give --model)"
+            )
+    base = model or spec.path
+    toks = [load_tokenizer(str(tok_dir)) for _, tok_dir, _ in located.values() if tok_dir]
+    if len({t.chat_template for t in toks}) > 1:
+        raise UserError("--adapter: the runs' chat templates differ; serve adapters trained with one template")
+    m = load_model(ModelSpec(path=base, quant=quant or spec.quant))
+    m = attach_adapter(m, located[first][0], base, adapter_name=first)
+    for name, (adapter_dir, _, _) in list(located.items())[1:]:
+        try:
+            m.load_adapter(adapter_dir, adapter_name=name)
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UserError(f"--adapter {name}={named[name]}: does not fit base {base!r} ({str(e)[:200]})") from None
+    return m.eval(), toks[0] if toks else load_tokenizer(base), base
 
 
 def run(

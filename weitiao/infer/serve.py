@@ -1,32 +1,40 @@
 """`weitiao serve`: an OpenAI-compatible HTTP server (FastAPI + uvicorn) with a batching queue.
 
     weitiao serve --model demo --port 8000          # then: OpenAI(base_url="http://127.0.0.1:8000/v1")
+    weitiao serve --adapter a=runs/a --adapter b=runs/b   # base + two LoRA adapters, picked by `model`
 
-Endpoints: /v1/chat/completions and /v1/completions (stream and not, `n`, usage), /v1/models, /health.
+Endpoints: /v1/chat/completions and /v1/completions (stream and not, `n`, usage, log-probs), /v1/models,
+/health. A `model` that is not served is a 404 (model_not_found); a field this server does not implement
+is a 400 naming it, never ignored. Tools (`tools`, `tool_choice`, `tool` turns) and `response_format`:
+weitiao.infer.tools.
 
 How a request flows:
 1. A guard in front of every route (weitiao.infer.api) checks the API key (constant-time; /health stays
    open) and the body size (413 over `max_body_mb`, from Content-Length or while reading, never buffering more).
    The handler then validates the body (400 naming the field: bad JSON, unknown or unsupported fields,
-   values out of range, a prompt over the context), runs the input screen and tokenizes, all in a
-   thread so /health and streams keep answering, and appends a Job to the waiting list (429 when
-   `max_queue` jobs wait).
-2. One worker task owns the model. It takes the oldest waiting job plus later ones with the same
-   sampling settings, up to `max_batch` rows (a job with `n` choices is `n` rows), and runs them as one
-   left-padded, KV-cached `model.generate` in a thread, so the event loop keeps serving.
-3. Every step a stopping criterion reads each row's new token, decodes it, and hands the text deltas to
-   the jobs' asyncio queues. Streaming is real: batched rows stream token by token, and time-to-first-token
-   is one prefill + one step, not the whole batch.
-4. The same criterion ends rows early: end-of-turn/EOS token, a stop string, the job's own `max_tokens`,
-   or a client that went away (streaming or not, a hang-up stops its rows, so it frees its slot).
-5. Once half a batch's rows are done and compatible jobs wait, the batch stops; its live rows go back to
-   the front of the queue and resume next to the newcomers from prompt + tokens so far (KV recomputed).
-   This keeps batches full (a cheap stand-in for continuous batching); seeded requests are never paused.
+   values out of range, a prompt over the context, max_tokens over `max_new_tokens`), runs the input
+   screen and tokenizes, all in a thread so /health and streams keep answering, and appends a Job to the
+   waiting list (429 when `max_queue` jobs wait).
+2. One worker task owns the model. It takes the oldest waiting job plus later ones, up to `max_batch` rows
+   (a job with `n` choices is `n` rows), whatever their sampling settings or adapter, and runs them as one
+   left-padded, KV-cached batch in a thread (`run_batch`), so the event loop keeps serving.
+3. Every step each row's logits go through its own settings (`weitiao.infer.generate.Sampler`: bans from
+   min_tokens and from a tool_choice/json_object constraint (`weitiao.infer.constrain.Constrain`), penalties,
+   temperature, top-k/top-p, its own generator when seeded), then the new token is decoded and the text
+   deltas (with their log-probs) go to the jobs' asyncio queues. Streaming is real: batched rows stream
+   token by token, and time-to-first-token is one prefill + one step, not the whole batch.
+4. A row ends on an end-of-turn/EOS token or one of its stop_token_ids (counted in usage, as OpenAI and
+   vLLM do), a stop string, its own `max_tokens`, or a client that went away (streaming or not, a hang-up
+   stops its rows, so it frees its slot); a finished row leaves the batch at once.
+5. Once half a batch's rows are done and jobs wait, the batch stops; its live rows go back to the front of
+   the queue and resume next to the newcomers from prompt + tokens so far (KV recomputed; a seeded row keeps
+   its generator). This keeps batches full (a cheap stand-in for continuous batching).
 
-Departures from `weitiao.infer.generate.generate`: it has no hook for per-step streaming, per-row limits,
-cancellation or pausing, so `run_batch` calls `model.generate` itself with the same padding and sampling
-rules. With an output filter set, a streamed choice arrives as one filtered delta at its end, because
-the filter needs the whole text.
+Departures from `weitiao.infer.generate.generate`: HF `model.generate` samples one way for the whole batch
+and has no hook for per-step streaming, per-row limits, cancellation or pausing, so `run_batch` runs its own
+decode loop (`KVBatch`, `Sampler`) with the same left padding and position ids. With an output filter set,
+a streamed choice arrives as one filtered delta at its end, because the filter needs the whole text, and
+log-probs are refused (they would show what the filter hides).
 """
 
 from __future__ import annotations
@@ -39,16 +47,20 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from transformers import StoppingCriteria, StoppingCriteriaList
 
 from weitiao.data.templates import ChatTemplate, resolve_template
+from weitiao.errors import UserError
+from weitiao.infer import tools as tooling
 from weitiao.infer.api import BadRequest, ChatRequest, CompletionRequest, Guard, Sampling, error, read_body
+from weitiao.infer.constrain import Constrain, MaskCache, TokenBytes
+from weitiao.infer.generate import KVBatch, RowSampling, Sampler
+from weitiao.infer.logprobs import LogprobFormat
 
 
 @dataclass
@@ -59,18 +71,29 @@ class ServeSettings:
     max_queue: int = 64  # waiting jobs beyond which new requests get 429
     max_new_tokens: int = 256  # default and ceiling for max_tokens
     max_body_mb: float = 8.0  # request bodies above this get 413
+    adapters: tuple[str, ...] = ()  # peft adapters loaded in the model, each served under its own name next
+    # to the base (model_name), as vLLM's multi-LoRA; empty: the model as it is, under model_name
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: compared and hashed by identity
 class Job:
     prompt_ids: list[int]
     n: int
     max_tokens: int
-    key: tuple  # sampling settings; only jobs with equal keys share a batch
     stop: list[str]
+    sampling: RowSampling = field(default_factory=RowSampling)
+    seed: int | None = None  # choice i draws from its own generator seeded seed + i (as vLLM's n > 1)
+    logprobs: int | None = None  # log-probs of each reply token with this many alternatives; None: off
+    prompt_logprobs: int | None = None  # the same for the prompt's tokens (completions' echo)
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    stop_token_ids: frozenset[int] = frozenset()
+    adapter: str = "__base__"  # the peft adapter of its rows (served model name), when several are served
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
+    prompt_scored: bool = False
     rows: list[_Row] = field(default_factory=list)  # its choices, kept across batches when paused
+    constraint: Any = None  # a weitiao.infer.constrain.Pattern every choice must follow
 
     def width(self) -> int:
         """Rows it still needs in a batch."""
@@ -78,27 +101,38 @@ class Job:
 
 
 class _Row:
-    """One choice being generated: decodes its tokens and emits text deltas, holding back a possible stop."""
+    """One choice being generated: decodes its tokens and emits text deltas (with the log-probs of the tokens
+    behind them), holding back a possible stop string."""
 
-    def __init__(self, job: Job, index: int, tokenizer: Any, stop_ids: set[int]) -> None:
-        self.job, self.index, self.tok, self.stop_ids = job, index, tokenizer, stop_ids
+    def __init__(self, job: Job, index: int, tokenizer: Any, eos_ids: set[int], device: Any) -> None:
+        self.job, self.index, self.tok = job, index, tokenizer
+        self.stops = set(job.stop_token_ids) | (set() if job.ignore_eos else eos_ids)
+        generator = None
+        if job.seed is not None and job.sampling.temperature > 0:
+            generator = torch.Generator(device).manual_seed((job.seed + index) % 2**64)
+        self.sampling = replace(job.sampling, generator=generator)  # kept across pauses: the stream goes on
         self.outbox: list = []  # the running batch's, set by run_batch
         self.ids: list[int] = []
+        self.lps: list = []  # log-prob entries not yet sent
         self.sent = 0  # characters already emitted
         self.hold = max((len(s) for s in job.stop), default=1) - 1
         self.done = False
 
-    def feed(self, token: int) -> None:
+    def feed(self, token: int, logprob: tuple | None = None) -> None:
         if self.done:
             return
         if self.job.cancelled:
             self.done = True
             return
-        if token in self.stop_ids:
-            return self.finish(self.tok.decode(self.ids, skip_special_tokens=True), "stop")
+        if logprob is not None:
+            self.lps.append(logprob)
+        if token in self.stops:  # counted in usage (as OpenAI and vLLM do), never shown
+            return self.finish(self.tok.decode(self.ids, skip_special_tokens=True), "stop", 1)
         self.ids.append(token)
         text = self.tok.decode(self.ids, skip_special_tokens=True)
         cuts = [i for i in (text.find(s) for s in self.job.stop) if i >= 0]
+        if len(self.ids) < self.job.min_tokens:
+            cuts = []
         if cuts:
             return self.finish(text[: min(cuts)], "stop")
         if len(self.ids) >= self.job.max_tokens:
@@ -107,38 +141,22 @@ class _Row:
             return
         safe = len(text) - self.hold
         if safe > self.sent:
-            self.outbox.append((self.job, ("delta", self.index, text[self.sent : safe])))
-            self.sent = safe
+            self.outbox.append((self.job, ("delta", self.index, text[self.sent : safe], self.lps)))
+            self.sent, self.lps = safe, []
 
-    def finish(self, text: str, reason: str) -> None:
-        if len(text) > self.sent:
-            self.outbox.append((self.job, ("delta", self.index, text[self.sent :])))
-        self.outbox.append((self.job, ("done", self.index, reason, len(self.ids))))
+    def finish(self, text: str, reason: str, stop_token: int = 0) -> None:
+        if len(text) > self.sent or self.lps:
+            self.outbox.append((self.job, ("delta", self.index, text[self.sent :], self.lps)))
+            self.lps = []
+        self.outbox.append((self.job, ("done", self.index, reason, len(self.ids) + stop_token)))
         self.done = True
 
 
-class _FeedRows(StoppingCriteria):
-    """Called by `model.generate` after every step: feeds each row its new token, publishes the step's
-    events in one hand-off to the event loop (one wake-up per step, not per row), returns which rows are done.
-    When half the rows or more are done and `can_pause()` says compatible jobs wait, it stops the whole batch
-    (`paused`) so the live rows can continue next to the newcomers instead of leaving slots idle."""
-
-    def __init__(self, rows: list[_Row], outbox: list, publish: Callable, can_pause: Callable[[], bool]) -> None:
-        self.rows, self.outbox, self.publish, self.can_pause = rows, outbox, publish, can_pause
-        self.paused = False
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        for row, tok in zip(self.rows, input_ids[:, -1].tolist()):
-            row.feed(tok)
-        if self.outbox:
-            self.publish(self.outbox[:])
-            self.outbox.clear()
-        done = [r.done for r in self.rows]
-        live = len(done) - sum(done)
-        if live and 2 * live <= len(done) and self.can_pause():
-            self.paused = True
-            done = [True] * len(done)
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+def _logprob_entries(raw: torch.Tensor, tokens: torch.Tensor, k: int) -> list[tuple]:
+    """(token, its log-prob, [(alternative, log-prob)] * k) per row of `raw` log-probs [rows, vocab]."""
+    chosen = raw.gather(-1, tokens[:, None])[:, 0].tolist()
+    top_v, top_i = raw.topk(k, -1) if k else (raw[:, :0], tokens[:, None][:, :0])
+    return [(t, c, list(zip(i, v))) for t, c, i, v in zip(tokens.tolist(), chosen, top_i.tolist(), top_v.tolist())]
 
 
 @torch.no_grad()
@@ -149,57 +167,83 @@ def run_batch(
     stop_ids: set[int],
     publish: Callable[[list], None],
     can_pause: Callable[[], bool] = lambda: False,
+    adapters: bool = False,
+    masks: MaskCache | None = None,
 ) -> list[Job]:
     """Generate the unfinished choices of `jobs` in one left-padded batch (blocking; runs in a worker thread).
 
-    `publish([(job, event), ...])` receives each step's events: ("delta", index, text) and ("done", index,
-    finish_reason, n_tokens). Returns the jobs paused with rows unfinished: a paused row resumes in a later
-    batch from its prompt + the tokens it has so far (the KV cache is recomputed, as vLLM does on preemption).
+    `publish([(job, event), ...])` receives each step's events: ("delta", index, text, logprob entries),
+    ("done", index, finish_reason, n_tokens) and, once per echoing job, ("prompt", entries). Each row samples
+    with its own settings (`weitiao.infer.generate.Sampler`); log-probs are of the raw model distribution
+    (log_softmax of the logits before bans, penalties, temperature, top-k/top-p), as vLLM's default. A job's
+    `constraint` (with `masks`) bans, per row and before sampling, every token its pattern does not allow,
+    together with min_tokens' ban on stop tokens; log-probs stay those of the raw distribution. Finished
+    rows leave the batch at once. When half the rows or more are done and `can_pause()` says jobs wait, the
+    batch stops and returns the jobs with live rows: they resume in a later batch from prompt + tokens so far
+    (the KV cache is recomputed, as vLLM does on preemption). With `adapters`, each row runs its job's adapter.
     """
+    device = next(model.parameters()).device
     outbox: list = []
     for job in jobs:
-        job.rows = job.rows or [_Row(job, i, tokenizer, stop_ids) for i in range(job.n)]
+        job.rows = job.rows or [_Row(job, i, tokenizer, stop_ids, device) for i in range(job.n)]
     rows = [r for job in jobs for r in job.rows if not r.done]
     for row in rows:
         row.outbox = outbox
-    prompts = [row.job.prompt_ids + row.ids for row in rows]
+    history = [row.job.prompt_ids + row.ids for row in rows]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(input_ids)
-    for r, p in enumerate(prompts):  # left padding keeps every prompt's end aligned
-        input_ids[r, width - len(p) :] = torch.tensor(p)
-        mask[r, width - len(p) :] = 1
-    temperature, top_p, top_k, repetition_penalty, seed = jobs[0].key
-    kw: dict[str, Any] = {"do_sample": temperature > 0}
-    if temperature > 0:
-        kw.update(temperature=temperature, top_p=top_p, top_k=top_k or None)
-        if seed is not None:  # reproducible only when never paused
-            torch.manual_seed(seed)
-            can_pause = lambda: False  # noqa: E731
-    device = next(model.parameters()).device
-    feed = _FeedRows(rows, outbox, publish, can_pause)
-    model.generate(
-        input_ids=input_ids.to(device),
-        attention_mask=mask.to(device),
-        max_new_tokens=max(row.job.max_tokens - len(row.ids) for row in rows),
-        eos_token_id=sorted(stop_ids),
-        pad_token_id=pad_id,
-        repetition_penalty=repetition_penalty,
-        stopping_criteria=StoppingCriteriaList([feed]),
-        use_cache=True,
-        **kw,
-    )
+    batch = KVBatch(model, history, pad_id, [r.job.adapter for r in rows] if adapters else None)
+    echoes = {r.job: None for r in rows if r.job.prompt_logprobs is not None and not r.job.prompt_scored}
+    for job in echoes:
+        # echo's prompt log-probs: a prefill of its own, so only this prompt's logits [len, vocab] are kept
+        p = job.prompt_ids
+        logits = KVBatch(model, [p], pad_id, [job.adapter] if adapters else None).prefill(all_logits=True)[0, :-1]
+        entries = [(p[0], None, None)]
+        for a in range(0, len(p) - 1, 256):  # position a's logits predict token a + 1; in slices, to bound memory
+            raw = logits[a : a + 256].float().log_softmax(-1)
+            entries += _logprob_entries(raw, torch.tensor(p[a + 1 : a + 257], device=device), job.prompt_logprobs)
+        outbox.append((job, ("prompt", entries)))
+        job.prompt_scored = True
+    logits = batch.prefill()[:, -1]
+    vocab, width = logits.shape[-1], len(rows)
+    sampler = Sampler([r.sampling for r in rows], history, [len(r.job.prompt_ids) for r in rows], vocab, device)
+    # tool_choice required/named, response_format json_object: each constrained row's pattern masks its logits
+    constrain = Constrain(rows, masks) if masks is not None and any(r.job.constraint for r in rows) else None
+    while True:
+        ban = constrain.ban(vocab, device) if constrain else None
+        early = [i for i, r in enumerate(rows) if len(r.ids) < r.job.min_tokens and r.stops]
+        if constrain:  # a complete constrained reply may only stop: there min_tokens yields to the constraint
+            early = [i for i in early if not constrain.complete(i)]
+        if early:  # min_tokens: no stop token before then
+            ban = torch.zeros(len(rows), vocab, dtype=torch.bool, device=device) if ban is None else ban
+            for i in early:
+                ban[i, list(rows[i].stops)] = True
+        k = max((r.job.logprobs for r in rows if r.job.logprobs is not None), default=None)
+        raw = logits.float().log_softmax(-1) if k is not None else None
+        tokens = sampler(logits, ban)
+        entries = _logprob_entries(raw, tokens, k) if raw is not None else [None] * len(rows)
+        for row, (tok, e) in zip(rows, zip(tokens.tolist(), entries)):
+            lp = None if e is None or row.job.logprobs is None else (e[0], e[1], e[2][: row.job.logprobs])
+            row.feed(tok, lp)
+        if outbox:  # one hand-off to the event loop per step, not per row
+            publish(outbox[:])
+            outbox.clear()
+        live = [i for i, r in enumerate(rows) if not r.done]
+        if not live:
+            return []
+        if 2 * len(live) <= width and can_pause():
+            break
+        if len(live) < len(rows):
+            idx = torch.tensor(live, device=device)
+            batch.keep(idx)
+            sampler.keep(idx)
+            if constrain:
+                constrain.keep(live)
+            rows, tokens = [rows[i] for i in live], tokens[idx]
+        logits = batch.step(tokens)
     paused = []
     for row in rows:
-        if row.done or row.job.cancelled:
-            continue
-        if feed.paused:
-            paused += [row.job] if row.job not in paused else []
-        else:  # ran to the batch's max_new_tokens without stopping (its own limit would have caught it)
-            row.finish(tokenizer.decode(row.ids, skip_special_tokens=True), "length")
-    if outbox:
-        publish(outbox)
+        if not row.done and row.job not in paused:
+            paused.append(row.job)
     return paused
 
 
@@ -216,6 +260,11 @@ def create_app(
     cfg = settings or ServeSettings()
     context = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
     stop_ids = {tokenizer.convert_tokens_to_ids(template.eot), tokenizer.eos_token_id} - {None}
+    vocab = model.config.vocab_size
+    served = [cfg.model_name, *cfg.adapters]
+    fmt = LogprobFormat(tokenizer)
+    token_bytes = TokenBytes.of(tokenizer, stop_ids)
+    masks = MaskCache(token_bytes) if token_bytes else None  # constrained decoding (tool_choice, json_object)
     pending: list[Job] = []
     stats = {"running": 0, "served": 0, "cancelled": 0, "rejected": 0, "batches": 0, "paused": 0, "busy_s": 0.0}
     stats["generated_tokens"] = 0
@@ -232,12 +281,13 @@ def create_app(
             while not pending:
                 wake.clear()
                 await wake.wait()
-            # 1. the oldest job, then later ones with the same sampling settings, up to max_batch rows
+            # 1. the oldest job, then later ones (any settings, any adapter: rows sample on their own), up to
+            # max_batch rows
             batch, rows = [], 0
             for job in list(pending):
                 if job.cancelled:
                     pending.remove(job)
-                elif not batch or (job.key == batch[0].key and rows + job.width() <= cfg.max_batch):
+                elif rows + job.width() <= cfg.max_batch:
                     pending.remove(job)
                     batch.append(job)
                     rows += job.width()
@@ -247,13 +297,13 @@ def create_app(
             stats["running"], t0 = rows, time.perf_counter()
             stats["batches"] += 1
 
-            def can_pause(key: tuple = batch[0].key) -> bool:  # in the generate thread; list() copies atomically
-                return any(j.key == key and not j.cancelled for j in list(pending))
+            def can_pause() -> bool:  # in the generate thread; list() copies atomically
+                return any(not j.cancelled for j in list(pending))
 
             before = sum(len(r.ids) for job in batch for r in job.rows)
             try:
                 paused = await loop.run_in_executor(
-                    None, run_batch, model, tokenizer, batch, stop_ids, publish, can_pause
+                    None, run_batch, model, tokenizer, batch, stop_ids, publish, can_pause, bool(cfg.adapters), masks
                 )
                 pending[:0] = paused
                 stats["paused"] += len(paused)
@@ -281,15 +331,23 @@ def create_app(
             raise BadRequest(f"{param}: more than {context} tokens, the model's context", param, "context")
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def build_chat(body: bytes) -> tuple[ChatRequest, list[int], str | None]:
+    def build_chat(body: bytes) -> tuple[ChatRequest, list[int], str | None, tooling.ChatPlan]:
         req = read_body(body, ChatRequest)
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+        if req.echo:
+            raise BadRequest("echo: not supported on chat completions; use /v1/completions with echo", "echo")
+        if req.top_logprobs and not req.logprobs:
+            raise BadRequest("top_logprobs: needs logprobs: true", "top_logprobs")
+        plan = tooling.plan_chat(req, template)
+        messages = plan.messages
+        if plan.constraint is not None and masks is None:
+            field = "tool_choice" if plan.tools else "response_format"
+            raise BadRequest(f"{field}: constrained decoding needs a byte-level or SentencePiece tokenizer", field)
         try:
-            prompt = template.render(tokenizer, messages, add_generation_prompt=True)
+            prompt = template.render(tokenizer, messages, add_generation_prompt=True, tools=plan.tools)
         except Exception as e:  # e.g. a template that insists on alternating roles
             raise BadRequest(f"messages: the chat template refused them: {e}", "messages") from None
         ids = tokenize(prompt, "messages")  # first: the screen's regexes hold the GIL, keep megabytes from them
-        return req, ids, input_screen(messages) if input_screen else None
+        return req, ids, input_screen(messages) if input_screen else None, plan
 
     def build_completion(body: bytes) -> tuple[CompletionRequest, list[int], str | None]:
         req = read_body(body, CompletionRequest)
@@ -308,52 +366,90 @@ def create_app(
         except BadRequest as e:
             return error(400, e.message, code=e.code, param=e.param)
 
-    def make_job(req: Sampling, prompt_ids: list[int], field: str) -> Job | JSONResponse:
+    def make_job(req: Sampling, prompt_ids: list[int], field: str, top: int | None, echo: bool) -> Job:
+        """The job for a valid request, or `BadRequest`; `top`: log-prob alternatives per token, None: off."""
         if not prompt_ids:
-            return error(400, f"{field}: no tokens; give some text", code="invalid_field", param=field)
+            raise BadRequest(f"{field}: no tokens; give some text", field)
         if len(prompt_ids) >= context:
             msg = f"{field}: the prompt is {len(prompt_ids)} tokens; the model's context is {context}"
-            return error(400, msg, code="context", param=field)
+            raise BadRequest(msg, field, "context")
         asked = req.max_completion_tokens or req.max_tokens
+        name = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+        if asked and asked > cfg.max_new_tokens:
+            msg = f"{name}: {asked} is over this server's limit of {cfg.max_new_tokens} (serve --max-new-tokens)"
+            raise BadRequest(msg, name)
         if asked and len(prompt_ids) + asked > context:
-            name = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
             msg = f"{name}: prompt ({len(prompt_ids)} tokens) + {name} ({asked}) exceeds the context of {context}"
-            return error(400, msg, code="context", param=name)
+            raise BadRequest(msg, name, "context")
+        max_tokens = asked or min(cfg.max_new_tokens, context - len(prompt_ids))
+        if (req.min_tokens or 0) > max_tokens:
+            raise BadRequest(f"min_tokens: {req.min_tokens} is over max_tokens ({max_tokens})", "min_tokens")
+        if any(t >= vocab for t in req.stop_token_ids or []):
+            raise BadRequest(f"stop_token_ids: ids must be below the vocabulary size {vocab}", "stop_token_ids")
         if req.n > cfg.max_batch:
-            msg = f"n: at most {cfg.max_batch} (the server's max_batch)"
-            return error(400, msg, code="invalid_field", param="n")
-        if len(pending) >= cfg.max_queue:
-            stats["rejected"] += 1
-            return error(429, f"server busy: {len(pending)} requests waiting; retry later", "rate_limit_error")
+            raise BadRequest(f"n: at most {cfg.max_batch} (the server's max_batch)", "n")
+        if top is not None and output_filter is not None:  # token log-probs would show what the filter hides
+            raise BadRequest("logprobs: not available while the server filters replies (--pii)", "logprobs")
         stop = [req.stop] if isinstance(req.stop, str) else [s for s in req.stop or [] if s]
         greedy = req.temperature == 0
-        key = (req.temperature, 1.0 if greedy else req.top_p, 0 if greedy else req.top_k, req.repetition_penalty)
-        max_tokens = min(asked or cfg.max_new_tokens, cfg.max_new_tokens, context - len(prompt_ids))
-        return Job(prompt_ids, req.n, max_tokens, (*key, None if greedy else req.seed), stop)
+        sampling = RowSampling(
+            req.temperature, 1.0 if greedy else req.top_p, 0 if greedy else req.top_k, req.repetition_penalty,
+            req.presence_penalty or 0.0, req.frequency_penalty or 0.0,
+        )  # fmt: skip
+        adapter = req.model if req.model in cfg.adapters else "__base__"
+        return Job(
+            prompt_ids, req.n, max_tokens, stop, sampling, req.seed, top, top if echo else None,
+            req.min_tokens or 0, bool(req.ignore_eos), frozenset(req.stop_token_ids or ()), adapter,
+        )  # fmt: skip
 
-    async def answer(request: Request, req: Sampling, prompt_ids: list[int], chat: bool, refusal: str | None) -> Any:
+    async def answer(
+        request: Request,
+        req: Sampling,
+        prompt_ids: list[int],
+        chat: bool,
+        refusal: str | None,
+        plan: tooling.ChatPlan | None = None,
+    ) -> Any:
+        if req.model is not None and req.model not in served:
+            msg = f"The model `{req.model}` does not exist. Served: {', '.join(served)} (GET /v1/models)"
+            return error(404, msg, code="model_not_found", param="model")
         created, rid = int(time.time()), ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         obj = "chat.completion" if chat else "text_completion"
         head = {"id": rid, "created": created, "model": req.model or cfg.model_name}
+        if chat:
+            top = (req.top_logprobs or 0) if req.logprobs else None
+            echo = ""
+        else:
+            top = req.logprobs
+            echo = (req.prompt if isinstance(req.prompt, str) else req.prompt[0]) if req.echo else ""
 
-        def choice(i: int, text: str | None, reason: str | None, stream: bool) -> dict:
+        def choice(i: int, text: str | None, reason: str | None, stream: bool, lps: Any = None) -> dict:
             if not chat:
-                return {"index": i, "text": text or "", "logprobs": None, "finish_reason": reason}
+                return {"index": i, "text": text or "", "logprobs": lps, "finish_reason": reason}
             body = {"role": "assistant", "content": text} if not stream else ({"content": text} if text else {})
-            return {"index": i, ("delta" if stream else "message"): body, "logprobs": None, "finish_reason": reason}
+            return {"index": i, ("delta" if stream else "message"): body, "logprobs": lps, "finish_reason": reason}
 
         def usage(done: int, n: int = len(prompt_ids)) -> dict:
             return {"prompt_tokens": n, "completion_tokens": done, "total_tokens": n + done}
 
         if refusal is not None:
-            job = Job(prompt_ids, req.n, 0, (), [])
+            job, top = Job(prompt_ids, req.n, 0, []), None
             for i in range(req.n):
-                job.events.put_nowait(("delta", i, refusal))
+                job.events.put_nowait(("delta", i, refusal, []))
                 job.events.put_nowait(("done", i, "content_filter", 0))
         else:
-            job = make_job(req, prompt_ids, "messages" if chat else "prompt")
-            if isinstance(job, JSONResponse):
-                return job
+            try:
+                job = make_job(req, prompt_ids, "messages" if chat else "prompt", top, bool(echo))
+                job.constraint = plan.constraint if plan else None
+                if job.constraint is not None and job.ignore_eos and not job.stop_token_ids:
+                    field = "tool_choice" if plan.tools else "response_format"  # type: ignore[union-attr]
+                    msg = f"ignore_eos: a reply constrained by {field} must end; drop ignore_eos or give stop_token_ids"
+                    raise BadRequest(msg, "ignore_eos")
+            except BadRequest as e:
+                return error(400, e.message, code=e.code, param=e.param)
+            if len(pending) >= cfg.max_queue:
+                stats["rejected"] += 1
+                return error(429, f"server busy: {len(pending)} requests waiting; retry later", "rate_limit_error")
             pending.append(job)
             wake.set()
 
@@ -375,6 +471,8 @@ def create_app(
 
             watcher = asyncio.create_task(watch())
             texts, reasons, used = [""] * job.n, [None] * job.n, 0
+            lps: list[list] = [[] for _ in range(job.n)]
+            prompt_lps: list = []
             try:
                 async for ev in events():
                     if ev[0] == "gone":  # nobody reads the answer: stop its rows like a dropped stream
@@ -382,8 +480,11 @@ def create_app(
                         return error(499, "client closed the request")
                     if ev[0] == "error":
                         return error(500, ev[1], "server_error")
-                    if ev[0] == "delta":
+                    if ev[0] == "prompt":
+                        prompt_lps = ev[1]
+                    elif ev[0] == "delta":
                         texts[ev[1]] += ev[2]
+                        lps[ev[1]] += ev[3]
                     else:
                         reasons[ev[1]], used = ev[2], used + ev[3]
             finally:
@@ -392,7 +493,16 @@ def create_app(
             stats["served"] += 1
             if output_filter and refusal is None:
                 texts = [output_filter(t) for t in texts]
-            choices = [choice(i, t, r, False) for i, (t, r) in enumerate(zip(texts, reasons))]
+            if top is None:
+                shown: list = [None] * job.n
+            elif chat:
+                shown = [{**fmt.chat(x), "refusal": None} for x in lps]
+            else:
+                shown = [fmt.legacy(prompt_lps + x, 0)[0] for x in lps]
+            choices = [choice(i, echo + t, r, False, x) for i, (t, r, x) in enumerate(zip(texts, reasons, shown))]
+            if plan and plan.tool_format and refusal is None:  # calls parsed out of each reply
+                for c, t, r in zip(choices, texts, reasons):
+                    c["message"], c["finish_reason"] = tooling.reply_with_calls(t, r, plan.tool_format)
             return JSONResponse({**head, "object": obj, "choices": choices, "usage": usage(used)})
 
         chunk_obj = "chat.completion.chunk" if chat else "text_completion"
@@ -403,22 +513,57 @@ def create_app(
 
         async def stream() -> AsyncIterator[str]:
             buffered, used, finished, out = [""] * job.n, 0, False, []
+            offsets = [0] * job.n  # text_offset of the legacy log-probs, per choice
             filtering = output_filter is not None and refusal is None
+
+            def delta(i: int, text: str, entries: list) -> str:
+                if top is None:
+                    return sse([choice(i, text, None, True)])
+                if chat:
+                    return sse([choice(i, text, None, True, fmt.chat(entries))])
+                shown, offsets[i] = fmt.legacy(entries, offsets[i])
+                return sse([choice(i, text, None, True, shown)])
+
+            calls = [tooling.ToolStream(plan.tool_format) for _ in range(job.n)] if plan and plan.tool_format else None
+            held: list[list] = [[] for _ in range(job.n)]  # log-probs of text a ToolStream holds back
+            tail: list[str] = []
             if chat:
                 out = [sse([{**choice(i, None, None, True), "delta": {"role": "assistant"}}]) for i in range(job.n)]
+            elif echo and (top is None or refusal is not None):
+                out = [sse([choice(i, echo, None, True)]) for i in range(job.n)]
             try:
                 async for ev in events():
                     if ev[0] == "error":
                         out.append(f"data: {json.dumps({'error': {'message': ev[1], 'type': 'server_error'}})}\n\n")
                         break
-                    if ev[0] == "delta" and filtering:
+                    if ev[0] == "delta" and calls and refusal is None:  # text that may be a call is held back
+                        i, text = ev[1], calls[ev[1]].feed(ev[2])
+                        held[i] += ev[3]
+                        ev, held[i] = ("delta", i, text, held[i] if text else []), [] if text else held[i]
+                    elif ev[0] == "done" and calls and refusal is None:
+                        rest, made = calls[ev[1]].finish()
+                        if filtering:
+                            buffered[ev[1]] += rest
+                        elif rest or (held[ev[1]] and top is not None):  # the call's tokens' log-probs too
+                            out.append(delta(ev[1], rest, held[ev[1]]))
+                        head_ = choice(ev[1], None, None, True)
+                        tail = [
+                            sse([{**head_, "delta": {"tool_calls": [{"index": k, **c}]}}]) for k, c in enumerate(made)
+                        ]
+                        ev = (*ev[:2], "tool_calls" if made else ev[2], *ev[3:])
+                    if ev[0] == "prompt":  # echo with log-probs: the prompt and its tokens' log-probs first
+                        out += [delta(i, echo, ev[1]) for i in range(job.n)]
+                    elif ev[0] == "delta" and filtering:
                         buffered[ev[1]] += ev[2]
                     elif ev[0] == "delta":
-                        out.append(sse([choice(ev[1], ev[2], None, True)]))
+                        if ev[2] or (ev[3] and top is not None):
+                            out.append(delta(*ev[1:]))
                     else:
                         used += ev[3]
                         if filtering and buffered[ev[1]]:
                             out.append(sse([choice(ev[1], output_filter(buffered[ev[1]]), None, True)]))
+                        out += tail  # the choice's tool_calls deltas, after its content
+                        tail = []
                         out.append(sse([choice(ev[1], None, ev[2], True)]))
                     if job.events.empty():  # send what has piled up in one write
                         yield "".join(out)
@@ -438,7 +583,7 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         ready = await prepared(request, build_chat)
-        return ready if isinstance(ready, JSONResponse) else await answer(request, *ready[:2], True, ready[2])
+        return ready if isinstance(ready, JSONResponse) else await answer(request, *ready[:2], True, *ready[2:])
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
@@ -447,8 +592,9 @@ def create_app(
 
     @app.get("/v1/models")
     async def models() -> Any:
-        model_card = {"id": cfg.model_name, "object": "model", "created": 0, "owned_by": "weitiao"}
-        return {"object": "list", "data": [model_card]}
+        cards = [{"id": cfg.model_name, "object": "model", "created": 0, "owned_by": "weitiao"}]
+        cards += [{**cards[0], "id": a, "parent": cfg.model_name} for a in cfg.adapters]
+        return {"object": "list", "data": cards}
 
     @app.get("/health")
     async def health() -> dict:
@@ -459,7 +605,7 @@ def create_app(
 
 def serve(
     model: str | None = None,
-    adapter: str | None = None,
+    adapter: str | list[str] | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
     api_key: str | None = None,
@@ -475,16 +621,26 @@ def serve(
 ) -> None:
     """Load the model (+ adapter) and serve it until Ctrl-C; `pii` = redact|block filters replies;
     `screen` = "default" or a YAML file turns on the prompt-injection input screen (weitiao.safety.screen).
-    `api_key` defaults to $WEITIAO_API_KEY (a key on the command line shows in `ps`)."""
+    `adapter`: one run (served as the model), or several `NAME=RUN` served next to the base, picked by the
+    request's `model`. `api_key` defaults to $WEITIAO_API_KEY (a key on the command line shows in `ps`)."""
     import uvicorn
 
-    from weitiao.infer.chat import load_chat_model
+    from weitiao.infer.chat import load_adapters, load_chat_model, parse_adapters
     from weitiao.models.load import resolve_path
 
-    m, tok = load_chat_model(resolve_path(model) if model else None, adapter, quant)
-    name = model_name or (adapter or model or "demo").rstrip("/").split("/")[-1]
+    specs = [adapter] if isinstance(adapter, str) else list(adapter or [])
+    named = parse_adapters(specs) if specs else None
+    if named:
+        m, tok, base = load_adapters(resolve_path(model) if model else None, named, quant)
+        name = model_name or base.rstrip("/").split("/")[-1]
+        if name in named:
+            raise UserError(f"--adapter {name}=...: the name {name!r} is taken by the base; give the adapter another")
+    else:
+        one = specs[0] if specs else None
+        m, tok = load_chat_model(resolve_path(model) if model else None, one, quant)
+        name = model_name or (one or model or "demo").rstrip("/").split("/")[-1]
     api_key = api_key or os.environ.get("WEITIAO_API_KEY") or None
-    settings = ServeSettings(name, api_key, max_batch, max_queue, max_new_tokens, max_body_mb)
+    settings = ServeSettings(name, api_key, max_batch, max_queue, max_new_tokens, max_body_mb, tuple(named or ()))
     hook = None
     if pii:
         from weitiao.safety.pii import output_filter

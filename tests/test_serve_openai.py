@@ -1,0 +1,406 @@
+"""`weitiao serve` against OpenAI/vLLM semantics with the official `openai` client: model names (404), the
+max_tokens limit (400), log-probs (chat and legacy shapes, stream and not, checked against a direct forward
+pass), echo, penalties, min_tokens/ignore_eos/stop_token_ids, per-request seeds and several LoRA adapters."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+import torch
+from loopback import running
+
+from weitiao.infer.generate import RowSampling, Sampler
+from weitiao.infer.logprobs import _BYTE_DECODER
+from weitiao.infer.serve import Job, ServeSettings, create_app, run_batch
+
+MSGS = [{"role": "user", "content": "今天天气怎么样？"}]
+BYTE_ENCODER = {b: c for c, b in _BYTE_DECODER.items()}  # bytes → the byte-level BPE token's characters
+
+
+@pytest.fixture(scope="module")
+def url(parts):
+    with running(create_app(*parts, ServeSettings(model_name="tiny", max_new_tokens=64))) as base:
+        yield base
+
+
+def client(base: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=60)
+
+
+def prompt_ids(parts, messages=MSGS) -> list[int]:
+    _, tok, template = parts
+    return tok(template.render(tok, messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+
+
+@torch.no_grad()
+def reference(model, ids, n, eot, freq=0.0, pres=0.0, rep=1.0) -> list[int]:
+    """Greedy tokens by full forward passes and the penalties written out: OpenAI's frequency/presence
+    (reply tokens) and HF's repetition penalty (prompt + reply tokens)."""
+    out: list[int] = []
+    for _ in range(n):
+        logits = model(torch.tensor([ids + out])).logits[0, -1].float()
+        if rep != 1:
+            seen = torch.tensor(sorted(set(ids + out)))
+            logits[seen] = torch.where(logits[seen] > 0, logits[seen] / rep, logits[seen] * rep)
+        counts = torch.bincount(torch.tensor(out, dtype=torch.long), minlength=len(logits)).float()
+        logits -= freq * counts + pres * (counts > 0).float()
+        out.append(int(logits.argmax()))
+        if out[-1] == eot:
+            break
+    return out
+
+
+@torch.no_grad()
+def raw_logprobs(model, ids: list[int]) -> torch.Tensor:
+    """log_softmax of the model's logits at every position of `ids` (the raw distribution)."""
+    return model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+
+
+def test_unknown_model_is_404_and_known_names_answer(url):
+    c = client(url)
+    with pytest.raises(openai.NotFoundError) as e:
+        c.chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=2)
+    err = e.value.body
+    assert err["code"] == "model_not_found" and err["param"] == "model" and "gpt-4o" in err["message"]
+    with pytest.raises(openai.NotFoundError):
+        c.completions.create(model="tiny-typo", prompt="今天", max_tokens=2)
+    assert c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=2).model == "tiny"
+    r = httpx.post(url + "/v1/chat/completions", json={"messages": MSGS, "max_tokens": 2})  # no model: the base
+    assert r.status_code == 200 and r.json()["model"] == "tiny"
+
+
+def test_max_tokens_over_the_server_limit_is_400(url):
+    c = client(url)
+    for field in ("max_tokens", "max_completion_tokens"):
+        with pytest.raises(openai.BadRequestError, match=f"{field}: 65 is over this server's limit of 64") as e:
+            c.chat.completions.create(model="tiny", messages=MSGS, **{field: 65})
+        assert e.value.body["param"] == field
+    r = c.chat.completions.create(
+        model="tiny", messages=MSGS, max_tokens=64, temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert r.usage.completion_tokens == 64  # the limit itself is fine
+
+
+@pytest.fixture(scope="module")
+def eot_url(parts):
+    """A model that always wants to end its turn: its lm_head gets a +100 bias on the end-of-turn token."""
+    model, tok, template = parts
+    eager = copy.deepcopy(model)
+    head = eager.lm_head
+    eager.lm_head = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    eager.lm_head.weight.data.copy_(head.weight.data)
+    eager.lm_head.bias.data.zero_()
+    eager.lm_head.bias.data[tok.convert_tokens_to_ids(template.eot)] = 100.0
+    with running(create_app(eager, tok, template, ServeSettings(model_name="tiny", max_new_tokens=64))) as base:
+        yield base
+
+
+def test_usage_counts_the_end_of_turn_token_min_tokens_and_ignore_eos(eot_url):
+    c = client(eot_url)
+    r = c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=8, temperature=0, logprobs=True)
+    assert r.choices[0].message.content == "" and r.choices[0].finish_reason == "stop"
+    assert r.usage.completion_tokens == 1  # the end-of-turn token, as OpenAI and vLLM count it (was 0)
+    assert [x.token for x in r.choices[0].logprobs.content] == ["<|im_end|>"]
+    # min_tokens holds the end of turn back for 3 tokens; the 4th is it
+    r = c.chat.completions.create(
+        model="tiny", messages=MSGS, max_tokens=8, temperature=0, extra_body={"min_tokens": 3}, logprobs=True
+    )
+    assert r.choices[0].finish_reason == "stop" and r.usage.completion_tokens == 4
+    assert len(r.choices[0].logprobs.content) == 4 and r.choices[0].logprobs.content[-1].token == "<|im_end|>"
+    assert r.choices[0].logprobs.content[0].logprob < -50  # raw log-probs: the bias is there, the ban is not
+    streamed = c.chat.completions.create(
+        model="tiny", messages=MSGS, max_tokens=8, temperature=0, extra_body={"min_tokens": 3}, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(streamed)
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == r.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == 4
+    # ignore_eos: generation runs to max_tokens; the end-of-turn tokens are generated but never shown
+    r = c.completions.create(model="tiny", prompt="今天", max_tokens=5, temperature=0, extra_body={"ignore_eos": True})
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 5 and r.choices[0].text == ""
+
+
+def test_stop_token_ids(url, parts):
+    model, tok, template = parts
+    c = client(url)
+    eot = tok.convert_tokens_to_ids(template.eot)
+    ids = reference(model, prompt_ids(parts), 12, eot)
+    k = next(i for i in range(1, len(ids)) if ids[i] not in ids[:i] and ids[i] != eot)
+    r = c.chat.completions.create(
+        model="tiny", messages=MSGS, max_tokens=12, temperature=0, extra_body={"stop_token_ids": [ids[k]]}
+    )
+    assert r.choices[0].finish_reason == "stop" and r.usage.completion_tokens == k + 1  # the stop token counts
+    assert r.choices[0].message.content == tok.decode(ids[:k], skip_special_tokens=True)
+
+
+def test_chat_logprobs_are_the_raw_model_distribution(url, parts):
+    model, tok, template = parts
+    c = client(url)
+    ids = prompt_ids(parts)
+    kw = dict(model="tiny", messages=MSGS, max_tokens=10, logprobs=True, top_logprobs=3)
+    for temperature in (0, 0.7):  # sampled with temperature 0.7, log-probs stay those of the raw logits
+        r = c.chat.completions.create(temperature=temperature, seed=3, **kw)
+        content = r.choices[0].logprobs.content
+        assert len(content) == r.usage.completion_tokens
+        raw = bytes(b for x in content for b in x.bytes).decode("utf-8", "replace")
+        if r.choices[0].finish_reason == "length":
+            assert raw == r.choices[0].message.content  # the bytes rebuild the text, split characters included
+        reply = [tok.convert_tokens_to_ids("".join(BYTE_ENCODER[b] for b in x.bytes)) for x in content]
+        want = raw_logprobs(model, ids + reply)[len(ids) - 1 :]
+        for i, x in enumerate(content):
+            assert math.isclose(x.logprob, want[i, reply[i]].item(), abs_tol=1e-4)
+            top = want[i].topk(3)
+            assert [t.logprob for t in x.top_logprobs] == pytest.approx(top.values.tolist(), abs=1e-4)
+        if temperature == 0:
+            assert all(x.top_logprobs[0].token == x.token for x in content)
+    # streamed: the same entries, spread over the chunks
+    greedy = c.chat.completions.create(temperature=0, **kw)
+    chunks = list(c.chat.completions.create(temperature=0, stream=True, **kw))
+    streamed = [x for ch in chunks if ch.choices and ch.choices[0].logprobs for x in ch.choices[0].logprobs.content]
+    assert [(x.token, x.bytes) for x in streamed] == [(x.token, x.bytes) for x in greedy.choices[0].logprobs.content]
+    assert [x.logprob for x in streamed] == pytest.approx([x.logprob for x in greedy.choices[0].logprobs.content])
+    plain = c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=3, temperature=0)
+    assert plain.choices[0].logprobs is None
+
+
+def test_completions_logprobs_and_echo(url, parts):
+    model, tok, template = parts
+    c = client(url)
+    prompt = "今天天气怎么样？"
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    r = c.completions.create(model="tiny", prompt=prompt, max_tokens=6, temperature=0, logprobs=2, echo=True)
+    ch = r.choices[0]
+    assert ch.text.startswith(prompt)
+    lp = ch.logprobs
+    n = len(p_ids) + r.usage.completion_tokens
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == n
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None  # the first prompt token has no context
+    gen = reference(model, p_ids, 6, tok.convert_tokens_to_ids(template.eot))
+    assert ch.text[len(prompt) :] == tok.decode(gen, skip_special_tokens=True)
+    want = raw_logprobs(model, p_ids + gen)
+    for i in range(1, len(p_ids) + len(gen)):
+        assert math.isclose(lp.token_logprobs[i], want[i - 1, (p_ids + gen)[i]].item(), abs_tol=1e-4)
+        assert 2 <= len(lp.top_logprobs[i]) <= 3 and lp.tokens[i] in lp.top_logprobs[i]
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+    streamed = list(
+        c.completions.create(
+            model="tiny", prompt=prompt, max_tokens=6, temperature=0, logprobs=2, echo=True, stream=True
+        )
+    )
+    assert "".join(s.choices[0].text for s in streamed) == ch.text
+    assert [t for s in streamed if s.choices[0].logprobs for t in s.choices[0].logprobs.tokens] == lp.tokens
+    offsets = [t for s in streamed if s.choices[0].logprobs for t in s.choices[0].logprobs.text_offset]
+    assert offsets == lp.text_offset
+    no_lp = c.completions.create(model="tiny", prompt=prompt, max_tokens=6, temperature=0, echo=True)
+    assert no_lp.choices[0].text == ch.text and no_lp.choices[0].logprobs is None
+    plain = c.completions.create(model="tiny", prompt=prompt, max_tokens=6, temperature=0, logprobs=0)
+    assert plain.choices[0].text == ch.text[len(prompt) :]
+    assert plain.choices[0].logprobs.token_logprobs == lp.token_logprobs[len(p_ids) :]
+
+
+@pytest.mark.parametrize(
+    "penalty", [{"frequency_penalty": 1.5}, {"presence_penalty": 2.0}, {"repetition_penalty": 3.0}], ids=str
+)
+def test_penalties_follow_their_definitions_alone_and_batched(url, parts, penalty):
+    model, tok, template = parts
+    c = client(url)
+    eot = tok.convert_tokens_to_ids(template.eot)
+    ids = prompt_ids(parts)
+    names = {"frequency_penalty": "freq", "presence_penalty": "pres", "repetition_penalty": "rep"}
+    want = reference(model, ids, 24, eot, **{names[k]: v for k, v in penalty.items()})
+    assert want != reference(model, ids, 24, eot)  # negative control: the penalty changes this reply
+
+    def ask(extra: dict) -> tuple[str, int]:
+        body = {k: v for k, v in extra.items() if k != "repetition_penalty"}
+        rep = {k: v for k, v in extra.items() if k == "repetition_penalty"}
+        r = c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=24, temperature=0, extra_body=rep, **body)
+        return r.choices[0].message.content, r.usage.completion_tokens
+
+    expected = (tok.decode(want, skip_special_tokens=True), len(want))
+    assert ask(penalty) == expected
+    with ThreadPoolExecutor(4) as pool:  # next to unpenalized rows in one batch
+        together = list(pool.map(ask, [penalty, {}, penalty, {"frequency_penalty": -1.0}]))
+    assert together[0] == together[2] == expected
+
+
+def test_seeded_request_same_alone_and_in_batches(parts):
+    """The same seeded request gives the same text alone and in each of 4 batches of 4 different requests."""
+    seeded = dict(messages=MSGS, max_tokens=16, temperature=1.0, seed=1234)
+    others = [
+        dict(messages=[{"role": "user", "content": "周末有什么安排？"}], max_tokens=12, temperature=0.9, seed=5),
+        dict(messages=[{"role": "user", "content": "推荐一部电影吧"}], max_tokens=20, temperature=1.0),
+        dict(messages=[{"role": "user", "content": "Hello world"}], max_tokens=16, temperature=0),
+    ]
+    with running(create_app(*parts, ServeSettings(model_name="tiny", max_batch=4))) as base:
+        c = client(base)
+
+        def ask(kw: dict) -> str:
+            return c.chat.completions.create(model="tiny", **kw).choices[0].message.content
+
+        alone = ask(seeded)
+        blocker = {"messages": MSGS, "max_tokens": 60, "temperature": 0, "ignore_eos": True}
+        batched = []
+        for pos in range(4):  # the seeded request at each position of the batch
+            reqs = others[:pos] + [seeded] + others[pos:]
+            before = httpx.get(base + "/health").json()["batches"]
+            with ThreadPoolExecutor(5) as pool:
+                busy = pool.submit(lambda: httpx.post(base + "/v1/chat/completions", json=blocker, timeout=60))
+                while httpx.get(base + "/health").json()["running"] == 0:  # the worker is busy: the 4 queue up
+                    time.sleep(0.005)
+                texts = list(pool.map(ask, reqs))
+                assert busy.result().status_code == 200
+            batched.append(texts[pos])
+            assert httpx.get(base + "/health").json()["batches"] - before == 2  # the blocker, then the 4 together
+        two = c.chat.completions.create(model="tiny", n=2, **seeded)
+    assert batched == [alone] * 4
+    assert two.choices[0].message.content == alone  # choice i draws from seed + i (as vLLM's n > 1)
+    assert two.choices[1].message.content != alone
+
+
+def test_without_its_own_generator_a_seeded_row_depends_on_its_batch(parts):
+    """Negative control at the batch level: seeding the global RNG once per batch (the old way) gives the
+    row other draws once other rows share the batch; the row's own generator does not."""
+    model, tok, template = parts
+    stop = {tok.convert_tokens_to_ids(template.eot)}
+    ids = [
+        prompt_ids(parts, [{"role": "user", "content": p}]) for p in ("今天天气怎么样？", "周末有什么安排？", "Hello")
+    ]
+
+    def text(seed_in_job: bool, batchmates: int) -> str:
+        jobs = [Job(p, 1, 12, [], RowSampling(temperature=1.0)) for p in ids[1 : 1 + batchmates]]
+        jobs.insert(batchmates // 2, Job(ids[0], 1, 12, [], RowSampling(temperature=1.0), 99 if seed_in_job else None))
+        torch.manual_seed(99)
+        got: list = []
+        run_batch(model, tok, jobs, stop, got.extend)
+        mine = jobs[batchmates // 2]
+        return "".join(ev[2] for j, ev in got if j is mine and ev[0] == "delta")
+
+    assert text(True, 0) == text(True, 1) == text(True, 2)
+    assert text(False, 0) != text(False, 2)
+
+
+def test_sampler_top_k_top_p_match_hf():
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50) * 3
+    rows = [RowSampling(1.0, 0.9, 0), RowSampling(1.0, 1.0, 5), RowSampling(1.0, 0.5, 10), RowSampling(1.0, 1.0, 0)]
+    mine = Sampler(rows, [[1]] * 4, [1] * 4, 50, "cpu")._top_k_top_p(logits.clone())
+    for i, r in enumerate(rows):
+        want = logits[i : i + 1].clone()
+        if r.top_k:
+            want = TopKLogitsWarper(r.top_k)(None, want)
+        if r.top_p < 1:
+            want = TopPLogitsWarper(r.top_p)(None, want)
+        assert torch.equal(torch.isinf(mine[i]), torch.isinf(want[0])), i
+
+
+def batched_once(base: str, asks: list, call) -> list:
+    """Answers of `call(x)` for each of `asks`, all queued behind a busy worker so that they share one batch."""
+    blocker = {"messages": MSGS, "max_tokens": 60, "temperature": 0, "ignore_eos": True}
+    before = httpx.get(base + "/health").json()["batches"]
+    with ThreadPoolExecutor(len(asks) + 1) as pool:
+        busy = pool.submit(httpx.post, base + "/v1/chat/completions", json=blocker, timeout=60)
+        while httpx.get(base + "/health").json()["running"] == 0:
+            time.sleep(0.005)
+        out = list(pool.map(call, asks))
+        assert busy.result().status_code == 200
+    assert httpx.get(base + "/health").json()["batches"] - before == 2  # the blocker, then all of them together
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_adapters(tmp_path_factory, tiny_model_dir):
+    """Two different tiny LoRA adapter dirs on the tiny Llama (random B, so each changes the replies)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    dirs = {}
+    for name, seed in (("sft-a", 1), ("sft-b", 2)):
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        cfg = LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+        dirs[name] = tmp_path_factory.mktemp(name) / "adapter"
+        get_peft_model(base, cfg).save_pretrained(dirs[name])
+    return dirs
+
+
+def test_several_adapters_on_one_base_batch_together(two_adapters, parts):
+    from weitiao.data.templates import resolve_template
+    from weitiao.infer.chat import load_adapters
+
+    model, tok, base = load_adapters(None, {k: str(v) for k, v in two_adapters.items()}, None)
+    template = resolve_template(tok)
+    eot = tok.convert_tokens_to_ids(template.eot)
+    names = ["tiny", "sft-a", "sft-b"]
+    prompts = ["今天天气怎么样？", "周末有什么安排？"]
+    expected = {}
+    for name in names:  # each adapter alone, the plain peft way (one active adapter, full forwards)
+        for p in prompts:
+            ids = prompt_ids((model, tok, template), [{"role": "user", "content": p}])
+            if name == "tiny":
+                with model.disable_adapter():
+                    want = reference(model, ids, 10, eot)
+            else:
+                model.set_adapter(name)
+                want = reference(model, ids, 10, eot)
+            expected[name, p] = tok.decode(want, skip_special_tokens=True)
+    assert len({expected[n, prompts[0]] for n in names}) == 3  # the adapters do change the reply
+    settings = ServeSettings(model_name="tiny", max_batch=8, adapters=("sft-a", "sft-b"))
+    with running(create_app(model, tok, template, settings)) as url:
+        c = client(url)
+        assert [m.id for m in c.models.list().data] == names
+
+        def ask(job: tuple) -> str:
+            r = c.chat.completions.create(
+                model=job[0], messages=[{"role": "user", "content": job[1]}], max_tokens=10, temperature=0
+            )
+            return r.choices[0].message.content
+
+        jobs = [(n, p) for p in prompts for n in names]
+        assert [ask(j) for j in jobs] == [expected[j] for j in jobs]  # alone
+        assert batched_once(url, jobs, ask) == [expected[j] for j in jobs]  # six rows, three adapters, one batch
+        with pytest.raises(openai.NotFoundError):
+            c.chat.completions.create(model="sft-c", messages=MSGS, max_tokens=2)
+
+
+def test_cli_adapter_flags(two_adapters, monkeypatch):
+    import uvicorn
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from weitiao.cli import app
+    from weitiao.errors import UserError
+    from weitiao.infer import serve
+    from weitiao.infer.chat import parse_adapters
+
+    assert parse_adapters(["runs/sft"]) is None  # one plain run: served as the model, as before
+    assert parse_adapters(["a=runs/x", "b=/abs/y"]) == {"a": "runs/x", "b": "/abs/y"}
+    for bad in (["a=x", "runs/y"], ["a=x", "a=y"], ["a.b=x", "c=y"], ["__base__=x"]):
+        with pytest.raises(UserError, match="--adapter"):
+            parse_adapters(bad)
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
+    flags = [x for k, v in two_adapters.items() for x in ("--adapter", f"{k}={v}")]
+    r = CliRunner().invoke(app, ["serve", *flags])
+    assert r.exit_code == 0, r.output
+    ids = [m["id"] for m in TestClient(apps[0]).get("/v1/models").json()["data"]]
+    assert ids == ["llama", "sft-a", "sft-b"]  # the base under its folder's name, then the adapters
+    with pytest.raises(UserError, match="taken"):
+        serve.serve(adapter=[f"llama={two_adapters['sft-a']}"])
+
+
+def test_null_means_default_and_logprobs_refused_under_an_output_filter(url, parts):
+    nulls = {"logprobs": None, "top_logprobs": None, "echo": None, "presence_penalty": None, "min_tokens": None}
+    r = httpx.post(url + "/v1/chat/completions", json={"messages": MSGS, "max_tokens": 2, **nulls}, timeout=30)
+    assert r.status_code == 200 and r.json()["choices"][0]["logprobs"] is None
+    with running(create_app(*parts, ServeSettings(model_name="tiny"), output_filter=lambda t: t)) as base:
+        with pytest.raises(openai.BadRequestError, match="--pii") as e:
+            client(base).chat.completions.create(model="tiny", messages=MSGS, max_tokens=2, logprobs=True)
+        assert e.value.body["param"] == "logprobs"

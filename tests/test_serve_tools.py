@@ -1,0 +1,517 @@
+"""Tools and response_format on `weitiao serve`, driven by the official `openai` client.
+
+A random tiny model never calls a tool, so one fixture trains the tiny Llama a few dozen steps (on its
+assistant labels, through the qwen template's tool format) to call get_weather for one question and to
+answer after the tool's result: the server then parses real generated text, no stub anywhere. Constrained
+decoding is checked against Python's own JSON reader on a random model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+import torch
+from conftest import CORPUS, SPECIALS, build_tokenizer, save_tiny_model
+from loopback import running
+
+from weitiao.data.chat import EncodeOptions, encode
+from weitiao.data.formats import Conversation
+from weitiao.data.templates import QWEN, ChatTemplate, parse_tool_calls, resolve_template
+from weitiao.infer.constrain import Constrain, MaskCache, Pattern, TokenBytes, json_object, tool_call_pattern
+from weitiao.infer.logprobs import _BYTE_DECODER
+from weitiao.infer.serve import ServeSettings, create_app
+from weitiao.infer.tools import ToolStream, reply_with_calls
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "查天气",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+OTHER = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+ASK = [{"role": "user", "content": "北京天气怎么样？"}]
+CALL = {
+    "role": "assistant",
+    "content": "",
+    "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "北京"}}}],
+}
+RESULT = {"role": "tool", "content": "晴"}
+FINAL = "北京今天是大晴天☀️"
+CONVS = [
+    Conversation([*ASK, CALL], tools=[WEATHER, OTHER]),
+    Conversation([*ASK, CALL, RESULT, {"role": "assistant", "content": FINAL}], tools=[WEATHER, OTHER]),
+]
+
+
+def client(base: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=60)
+
+
+def tool_tokenizer():
+    """The test tokenizer's recipe with the tool prompt in its corpus, so a tool conversation is ~150 tokens
+    (the 512-token test vocabulary spells Qwen's English tool instructions out letter by letter)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    template = resolve_template(build_tokenizer(), "qwen")
+    texts = [template.render(build_tokenizer(), c.messages, tools=c.tools) for c in CONVS]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1200,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        max_token_length=64,
+    )
+    tok.train_from_iterator((CORPUS + texts) * 10, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", additional_special_tokens=SPECIALS[1:]
+    )
+    fast.add_tokens(["<tool_call>", "</tool_call>"])  # as Qwen2.5 has them: added, not special
+    return fast
+
+
+@pytest.fixture(scope="module")
+def tool_model(tmp_path_factory):
+    """A tiny Llama trained to call get_weather for ASK and to answer FINAL after the tool's result."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = tool_tokenizer()
+    model = AutoModelForCausalLM.from_pretrained(save_tiny_model(tmp_path_factory.mktemp("tools") / "m", tokenizer))
+    template = resolve_template(tokenizer, "qwen")
+    batch = [encode(c, tokenizer, template, EncodeOptions(max_len=512)) for c in CONVS]
+    assert max(len(e) for e in batch) < 300  # well inside the 512 context, even with max_tokens
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(80):
+        for e in batch:
+            model(input_ids=torch.tensor([e.input_ids]), labels=torch.tensor([e.labels])).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval(), tokenizer, template
+
+
+@pytest.fixture(scope="module")
+def url(tool_model):
+    with running(create_app(*tool_model, ServeSettings(model_name="tiny", max_new_tokens=64))) as base:
+        yield base
+
+
+def test_tool_call_round_trip(url):
+    c = client(url)
+    r = c.chat.completions.create(model="tiny", messages=ASK, tools=[WEATHER, OTHER], temperature=0)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None, choice.message
+    (call,) = choice.message.tool_calls
+    assert call.id.startswith("call_") and call.type == "function" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "北京"}
+    # the client sends the call back with the tool's result; the model answers in text
+    history = [
+        *ASK,
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "晴"},
+    ]
+    r2 = c.chat.completions.create(model="tiny", messages=history, tools=[WEATHER, OTHER], temperature=0)
+    assert r2.choices[0].message.content == FINAL and r2.choices[0].finish_reason == "stop"
+    assert r2.choices[0].message.tool_calls is None
+
+
+def test_tool_call_streamed_as_tool_calls_deltas(url):
+    c = client(url)
+    full = c.chat.completions.create(model="tiny", messages=ASK, tools=[WEATHER, OTHER], temperature=0)
+    chunks = list(
+        c.chat.completions.create(model="tiny", messages=ASK, tools=[WEATHER, OTHER], temperature=0, stream=True)
+    )
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    deltas = [tc for ch in chunks if ch.choices for tc in ch.choices[0].delta.tool_calls or []]
+    assert text == "" and len(deltas) == 1  # nothing of <tool_call> leaks into content
+    assert deltas[0].index == 0 and deltas[0].id.startswith("call_") and deltas[0].type == "function"
+    want = full.choices[0].message.tool_calls[0].function
+    assert (deltas[0].function.name, deltas[0].function.arguments) == (want.name, want.arguments)
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason] == [
+        "tool_calls"
+    ]
+
+
+def test_tool_choice_none_reads_no_calls(url):
+    """Negative control: with tool_choice none the tools leave the prompt and the reply is never parsed."""
+    r = client(url).chat.completions.create(
+        model="tiny", messages=ASK, tools=[WEATHER], tool_choice="none", temperature=0, max_tokens=30
+    )
+    assert r.choices[0].message.tool_calls is None and r.choices[0].finish_reason in ("stop", "length")
+    assert isinstance(r.choices[0].message.content, str)
+
+
+def test_named_tool_choice_forces_the_call(url):
+    """The model was taught get_weather; tool_choice names get_time, and constrained decoding makes it so."""
+    r = client(url).chat.completions.create(
+        model="tiny",
+        messages=ASK,
+        tools=[WEATHER, OTHER],
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+        temperature=0,
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls", choice.message.content
+    assert choice.message.tool_calls[0].function.name == "get_time"
+    assert isinstance(json.loads(choice.message.tool_calls[0].function.arguments), dict)
+
+
+def test_required_tool_choice(url):
+    r = client(url).chat.completions.create(
+        model="tiny", messages=ASK, tools=[OTHER, WEATHER], tool_choice="required", temperature=0
+    )
+    assert r.choices[0].finish_reason == "tool_calls"
+    assert [c.function.name for c in r.choices[0].message.tool_calls] == ["get_weather"]
+
+
+def test_json_object_is_enforced(url):
+    c = client(url)
+    r = c.chat.completions.create(model="tiny", messages=ASK, response_format={"type": "json_object"}, temperature=0)
+    text = r.choices[0].message.content
+    assert r.choices[0].finish_reason == "stop", text
+    assert isinstance(json.loads(text), dict)
+    plain = c.chat.completions.create(model="tiny", messages=ASK, temperature=0).choices[0].message.content
+    with pytest.raises(ValueError):  # negative control: unconstrained, the same model writes no JSON object
+        assert isinstance(json.loads(plain), dict)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "reply", "content", "names"),
+    [
+        ("hermes", 'Sure.\n<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n</tool_call>', "Sure.", ["f"]),
+        ("hermes", "  a < b <tool_ is not a call\n", "a < b <tool_ is not a call", []),
+        ("hermes", '<tool_call>\n{"name": "f", "arguments": {bad}}\n</tool_call>', None, []),
+        ("llama3_json", '{"name": "f", "parameters": {}}', "", ["f"]),
+        ("llama3_json", '{"x": 1} is JSON, not a call', None, []),
+        ("llama3_json", "plain {text}", "plain {text}", []),
+    ],
+)
+def test_tool_stream_sends_a_prefix_of_the_final_content(fmt, reply, content, names):
+    """Fed character by character, the stream sends only text that stays content, then the rest and the calls,
+    and adds up to what the non-streamed reply says."""
+    stream, sent = ToolStream(fmt), ""
+    want = reply.strip() if content is None else content
+    for ch in reply:
+        sent += stream.feed(ch)
+        assert want.startswith(sent)  # never a character that a call later takes back
+    rest, calls = stream.finish()
+    message, reason = reply_with_calls(reply, "stop", fmt)
+    assert sent + rest == want == (message["content"] or "")
+    assert (
+        [c["function"]["name"] for c in calls]
+        == names
+        == [c["function"]["name"] for c in message.get("tool_calls", [])]
+    )
+    assert reason == ("tool_calls" if names else "stop")
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, "response_format"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format"),
+        (
+            {
+                "messages": [
+                    *ASK,
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{bad"}}
+                        ],
+                    },
+                ]
+            },
+            "messages.1.tool_calls.0.function.arguments",
+        ),
+        ({"tools": [{"type": "function", "function": {"name": "has space"}}]}, "tools.0.function.name"),
+    ],
+)
+def test_bad_tool_requests_are_400(url, body, param):
+    r = httpx.post(url + "/v1/chat/completions", json={"model": "tiny", "messages": ASK, **body}, timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+
+
+def test_template_without_tools_is_400(parts):
+    """The test tokenizer's own template is plain ChatML: tools, tool turns and calls are refused by field."""
+    msgs = [
+        *ASK,
+        {
+            "role": "assistant",
+            "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+        },
+    ]
+    with running(create_app(*parts, ServeSettings(model_name="tiny"))) as base:
+        r = httpx.post(base + "/v1/chat/completions", json={"messages": ASK, "tools": [WEATHER]}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
+        assert "--template qwen or llama3" in r.json()["error"]["message"]
+        r = httpx.post(base + "/v1/chat/completions", json={"messages": msgs}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages.1.tool_calls"
+        r = httpx.post(
+            base + "/v1/chat/completions", json={"messages": [*ASK, {"role": "tool", "content": "x"}]}, timeout=30
+        )
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages.1.role"
+        r = httpx.post(base + "/v1/chat/completions", json={"messages": ASK, "tools": []}, timeout=30)
+        assert r.status_code == 200  # no tools: nothing to render
+
+
+def test_template_whose_calls_cannot_be_read_is_400(parts):
+    """Tools render, but calls come out in no known format: tools with tool_choice auto are refused, none is fine."""
+    model, tokenizer, _ = parts
+    odd = ChatTemplate("odd", QWEN.replace("<tool_call>", "<call>"), "<|im_end|>", False, True, None)
+    with running(create_app(model, tokenizer, odd, ServeSettings(model_name="tiny"))) as base:
+        r = httpx.post(base + "/v1/chat/completions", json={"messages": ASK, "tools": [WEATHER]}, timeout=30)
+        assert r.status_code == 400 and "cannot be parsed back" in r.json()["error"]["message"]
+        body = {"messages": ASK, "tools": [WEATHER], "tool_choice": "none", "max_tokens": 2}
+        assert httpx.post(base + "/v1/chat/completions", json=body, timeout=30).status_code == 200
+
+
+# ----------------------------------------------------------------------------- constrained decoding, no server
+
+
+def accepts(pattern: Pattern, text: str) -> bool:
+    state = pattern.start
+    for b in text.encode():
+        state = pattern.step(state, b)
+    return pattern.done(state)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{}",
+        '{"a": 1}',
+        '{"a":[1,-2.5e-3,true,false,null,"x\\u00e9\\n\\"",[]],"b":{"c":-0}}',
+        '{"城市": "北京☀️"}',
+        '{"a": 01}',
+        "{ }",
+        "[1]",
+        '{"a":1,}',
+        '{"a":tru}',
+        '{"a":1}x',
+        '{"a":"\x01"}',
+        '{"a": 1.}',
+        '{"a":-}',
+        '"s"',
+        '{"a"  :1}',
+    ],
+)
+def test_json_automaton_agrees_with_json_loads(text):
+    try:
+        want = isinstance(json.loads(text), dict) and " :" not in text and "{ " not in text
+    except ValueError:
+        want = False
+    assert accepts(json_object(), text) == want
+
+
+def test_tool_call_pattern_syntax():
+    p = tool_call_pattern("hermes", ["get", "get_weather"])
+    assert accepts(p, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "北京"}}\n</tool_call>')
+    assert not accepts(p, '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>')
+    assert accepts(tool_call_pattern("llama3_json", ["f"]), '{"name": "f", "parameters": {}}')
+
+
+def test_constrain_makes_random_scores_valid_json(tokenizer):
+    """Decode 30 times from random scores (biased to close things): with the mask every reply is a JSON object
+    that json.loads reads; without it (negative control) none is."""
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    cache = MaskCache(TokenBytes.of(tokenizer, {stop}))
+    closing = torch.tensor([any(c in tokenizer.decode([i]) for c in '"}]') for i in range(len(tokenizer))])
+
+    class Row:  # what Constrain reads of a serve row
+        def __init__(self):
+            self.ids, self.done, self.job = [], False, type("J", (), {"constraint": json_object()})()
+
+    rng = random.Random(0)
+    for masked in (True, False):
+        valid = 0
+        for _ in range(30):
+            row = Row()
+            proc = Constrain([row], cache)
+            for _ in range(80):
+                g = torch.Generator().manual_seed(rng.randrange(2**31))
+                scores = torch.rand(1, len(tokenizer), generator=g) * 4 + 3 * closing
+                if masked:
+                    scores = proc(torch.zeros(1, 1, dtype=torch.long), scores)
+                tok = int(scores.argmax())
+                if tok == stop:
+                    break
+                row.ids.append(tok)
+            try:
+                valid += isinstance(json.loads(tokenizer.decode(row.ids)), dict)
+            except ValueError:
+                pass
+        assert valid == (30 if masked else 0)
+
+
+def test_mask_shortcuts_equal_the_plain_byte_walk(tokenizer):
+    """The first-byte and plain-string shortcuts give exactly the mask of walking every token's bytes."""
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    toks = TokenBytes.of(tokenizer, {stop})
+    cache = MaskCache(toks)
+    text = '{"城市": "北京☀️ \\"q\\" \\u00e9", "n": [-1.5e3, true, {"k": null}]}'
+    for pattern, prefix in (
+        (json_object(), text),
+        (tool_call_pattern("hermes", ["f", "g"]), '<tool_call>\n{"name": "g", "arguments": ' + text),
+    ):
+        state, raw = pattern.start, prefix.encode()
+        for k in range(len(raw) + 1):
+            want = torch.zeros(len(tokenizer), dtype=torch.bool)
+            for i, seq in enumerate(toks.table):
+                s = state
+                for b in seq or b"":
+                    s = pattern.step(s, b)
+                want[i] = seq is not None and s is not None
+            if pattern.done(state):
+                want[:] = False
+                want[stop] = True
+            assert torch.equal(cache.get(pattern, state, len(tokenizer)), want), (prefix[:k], state)
+            if k < len(raw):
+                state = pattern.step(state, raw[k])
+
+
+def together(url: str, asks: dict) -> dict:
+    """The answers of each call in `asks`, all queued behind a busy worker so that they share one batch."""
+    blocker = {"messages": ASK, "max_tokens": 60, "temperature": 0, "ignore_eos": True}
+    before = httpx.get(url + "/health").json()["batches"]
+    with ThreadPoolExecutor(len(asks) + 1) as pool:
+        busy = pool.submit(httpx.post, url + "/v1/chat/completions", json=blocker, timeout=60)
+        while httpx.get(url + "/health").json()["running"] == 0:
+            time.sleep(0.005)
+        futures = {k: pool.submit(f) for k, f in asks.items()}
+        out = {k: f.result() for k, f in futures.items()}
+        assert busy.result().status_code == 200
+    assert httpx.get(url + "/health").json()["batches"] - before == 2  # the blocker, then all of them together
+    return out
+
+
+def test_constrained_rows_with_logprobs_seed_and_n_share_a_batch_with_plain_rows(tool_model, url):
+    """Sampled tool_choice=required with logprobs, a seed and n=2 (streamed and not), a named tool_choice and a
+    plain request, all in one batch: each is answered as when alone. The log-probs are the raw model's at the
+    constrained tokens (the named call's tokens are not all the model's top pick: the mask chose them)."""
+    model, tok, template = tool_model
+    encoder = {b: ch for ch, b in _BYTE_DECODER.items()}
+    c = client(url)
+    lp = dict(logprobs=True, top_logprobs=2)
+    required = dict(tools=[WEATHER, OTHER], tool_choice="required", temperature=0.9, seed=11, n=2, **lp)
+    named = dict(tools=[WEATHER, OTHER], tool_choice={"type": "function", "function": {"name": "get_time"}})
+    asks = {
+        "required": lambda: c.chat.completions.create(model="tiny", messages=ASK, **required),
+        "stream": lambda: list(c.chat.completions.create(model="tiny", messages=ASK, stream=True, **required)),
+        "named": lambda: c.chat.completions.create(model="tiny", messages=ASK, temperature=0, **named, **lp),
+        "plain": lambda: c.chat.completions.create(model="tiny", messages=ASK, temperature=0, max_tokens=20),
+    }
+    alone = {k: f() for k, f in asks.items()}
+    batched = together(url, asks)
+
+    def check_call(choice, names):
+        (call,) = choice.message.tool_calls
+        assert choice.finish_reason == "tool_calls" and call.function.name in names
+        assert isinstance(json.loads(call.function.arguments), dict)
+        content = choice.logprobs.content
+        assert content[-1].token == "<|im_end|>"  # the end of turn is a reply token, with its log-prob
+        reply = [tok.convert_tokens_to_ids("".join(encoder[b] for b in x.bytes)) for x in content]
+        text = tok.decode(reply[:-1])
+        assert [c["name"] for c in parse_tool_calls(text, "hermes")[1]] == [call.function.name]
+        ids = tok(
+            template.render(tok, ASK, add_generation_prompt=True, tools=[WEATHER, OTHER]), add_special_tokens=False
+        )
+        want = torch.log_softmax(model(torch.tensor([ids["input_ids"] + reply])).logits[0].float(), -1)
+        n = len(ids["input_ids"])
+        for i, x in enumerate(content):  # raw log-probs at each constrained token, before the mask
+            assert math.isclose(x.logprob, want[n - 1 + i, reply[i]].item(), abs_tol=1e-3)
+        return [x.token for x in content]
+
+    for got in (alone, batched):
+        r = got["required"]
+        assert len(r.choices) == 2
+        tokens = [check_call(ch, {"get_weather", "get_time"}) for ch in r.choices]
+        assert r.usage.completion_tokens == sum(len(t) for t in tokens)
+        streamed = [[], []]
+        calls = [[], []]
+        for ch in got["stream"]:
+            for x in ch.choices:
+                streamed[x.index] += [e.token for e in (x.logprobs.content if x.logprobs else [])]
+                calls[x.index] += [(t.function.name, t.function.arguments) for t in x.delta.tool_calls or []]
+        assert streamed == tokens  # the same seeded draws; the call's log-probs are not lost while held back
+        assert calls == [[(t.function.name, t.function.arguments)] for ch in r.choices for t in ch.message.tool_calls]
+        named_tokens = check_call(got["named"].choices[0], {"get_time"})
+        top1 = [x.top_logprobs[0].token for x in got["named"].choices[0].logprobs.content]
+        assert named_tokens != top1  # greedy, yet not the model's argmax everywhere: the mask decided
+        assert got["plain"].choices[0].message.tool_calls is None
+
+    def seen(r):  # what a client reads of a reply (call ids are random)
+        out = []
+        for ch in r.choices:
+            calls = [(t.function.name, t.function.arguments) for t in ch.message.tool_calls or []]
+            lps = [(x.token, round(x.logprob, 3)) for x in ch.logprobs.content] if ch.logprobs else None
+            out.append((ch.finish_reason, ch.message.content, calls, lps))
+        return out
+
+    for k in ("required", "named", "plain"):  # batched as alone
+        assert seen(batched[k]) == seen(alone[k]), k
+
+
+def test_tool_requests_on_adapters_and_their_limits(tool_model):
+    """Tools on a multi-adapter server: a required call on a random adapter batched with auto tool requests on
+    the base and on an identity adapter (which answer as the base alone); unknown model 404 and max_tokens 400
+    for tool requests; min_tokens yields to a complete call; ignore_eos without stop_token_ids is a 400."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    model, tok, template = tool_model
+    cfg = dict(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "down_proj"])
+    peft = get_peft_model(copy.deepcopy(model), LoraConfig(**cfg), adapter_name="same")  # B = 0: the base
+    torch.manual_seed(1)
+    peft.add_adapter("noisy", LoraConfig(**cfg, init_lora_weights=False))
+    settings = ServeSettings(model_name="tiny", max_new_tokens=64, adapters=("same", "noisy"))
+    tools = [WEATHER, OTHER]
+    with running(create_app(peft.eval(), tok, template, settings)) as url:
+        c = client(url)
+
+        def ask(name: str, **kw):
+            return lambda: c.chat.completions.create(model=name, messages=ASK, tools=tools, temperature=0, **kw)
+
+        got = together(url, {"noisy": ask("noisy", tool_choice="required"), "same": ask("same"), "tiny": ask("tiny")})
+        for name in ("same", "tiny"):
+            (call,) = got[name].choices[0].message.tool_calls
+            assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "北京"})
+        plain_noisy = ask("noisy")().choices[0]
+        assert plain_noisy.message.tool_calls is None  # negative control: unforced, the random adapter calls nothing
+        (call,) = got["noisy"].choices[0].message.tool_calls
+        assert got["noisy"].choices[0].finish_reason == "tool_calls" and call.function.name in (
+            "get_weather",
+            "get_time",
+        )
+        assert isinstance(json.loads(call.function.arguments), dict)
+
+        with pytest.raises(openai.NotFoundError):
+            ask("tools-typo", tool_choice="required")()
+        with pytest.raises(openai.BadRequestError) as e:
+            ask("noisy", tool_choice="required", max_tokens=65)()
+        assert e.value.body["param"] == "max_tokens"
+        with pytest.raises(openai.BadRequestError) as e:
+            ask("tiny", tool_choice="required", extra_body={"ignore_eos": True})()
+        assert e.value.body["param"] == "ignore_eos"
+        eot = tok.convert_tokens_to_ids("<|im_end|>")
+        r = ask("tiny", tool_choice="required", extra_body={"ignore_eos": True, "stop_token_ids": [eot]})()
+        assert r.choices[0].finish_reason == "tool_calls"
+        r = ask("tiny", tool_choice="required", extra_body={"min_tokens": 60})()  # longer than the call
+        assert r.choices[0].finish_reason == "tool_calls" and r.usage.completion_tokens < 60
+        assert r.choices[0].message.tool_calls[0].function.name == "get_weather"

@@ -1,0 +1,200 @@
+"""Tool-calling rows: LLaMA-Factory's ShareGPT layout and OpenAI fine-tuning messages, into one Conversation.
+
+ShareGPT (LLaMA-Factory): `conversations` with roles human/gpt plus `function_call` (the value is a JSON call
+`{"name", "arguments"}` or a list of them) and `observation` (the tool's result), and `tools`, the function
+specs as a JSON string (or a list). OpenAI: assistant messages with `tool_calls`
+(`{"id", "type": "function", "function": {"name", "arguments": JSON string}}`), `role: "tool"` messages
+(`tool_call_id`, `content`) and a `tools` list.
+
+Both become messages in the form HF chat templates read: an assistant turn with `tool_calls` whose
+`arguments` is a dict, `tool` turns with the result, and `Conversation.tools` in OpenAI's
+`{"type": "function", "function": {...}}` shape. Loss goes on assistant turns (calls and replies) only.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from weitiao.data.formats import SHAREGPT_ROLES, Conversation, Message, RowError, _text, _with_system
+
+SHAREGPT_TOOL_ROLES = {"function_call", "observation"}
+
+
+def is_tool_row(record: dict, fmt: str) -> bool:
+    """Whether a sharegpt/openai row uses tools (a `tools` field, tool roles or tool calls)."""
+    if record.get("tools") not in (None, "", []) or "functions" in record:
+        return True
+    key, role = ("conversations", "from") if fmt == "sharegpt" else ("messages", "role")
+    msgs = record.get(key)
+    if not isinstance(msgs, list):
+        return False
+    tool_roles = SHAREGPT_TOOL_ROLES if fmt == "sharegpt" else {"tool", "function"}
+    return any(isinstance(m, dict) and (m.get(role) in tool_roles or m.get("tool_calls")) for m in msgs)
+
+
+def parse_tools(value: Any, field: str = "tools") -> list[dict]:
+    """Function specs (a JSON string or a list; bare `{"name", ...}` or OpenAI `{"type": "function", ...}`)
+    in OpenAI's shape."""
+    if value in (None, "", []):
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise RowError(field, f"not valid JSON ({e})") from None
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise RowError(field, "expected a list of function specs")
+    tools = []
+    for i, t in enumerate(value):
+        spec = t.get("function") if isinstance(t, dict) and t.get("type") == "function" else t
+        if not (isinstance(spec, dict) and isinstance(spec.get("name"), str) and spec["name"]):
+            raise RowError(f"{field}[{i}]", 'expected {"name": ..., "parameters": {...}} (or OpenAI\'s type/function)')
+        if not isinstance(spec.get("parameters", {}), dict):
+            raise RowError(f"{field}[{i}].parameters", "expected a JSON-schema object")
+        tools.append({"type": "function", "function": spec})
+    return tools
+
+
+def _arguments(value: Any, field: str) -> dict:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except ValueError as e:
+            raise RowError(field, f"not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise RowError(field, "expected a JSON object of arguments")
+    return value
+
+
+def _call(obj: Any, field: str, call_id: str | None = None) -> dict:
+    if not (isinstance(obj, dict) and isinstance(obj.get("name"), str) and obj["name"]):
+        raise RowError(field, 'expected a call {"name": ..., "arguments": {...}}')
+    call = {"type": "function", "function": {"name": obj["name"], "arguments": _arguments(obj.get("arguments"), field)}}
+    return {"id": call_id, **call} if call_id else call
+
+
+def check_tool_turns(messages: list[Message], field: str) -> list[Message]:
+    """Order: optional system, a user turn first; a call is answered by tool turns; a reply by a user turn;
+    the conversation ends with an assistant turn (a call or a reply)."""
+    body = messages[1:] if messages and messages[0]["role"] == "system" else messages
+    off = len(messages) - len(body)
+    if not body or body[0]["role"] != "user":
+        raise RowError(f"{field}[{off}].role", "expected 'user' first")
+    for i, (prev, m) in enumerate(zip(body, body[1:]), off + 1):
+        if prev["role"] == "assistant":
+            want = ("tool",) if prev.get("tool_calls") else ("user",)
+        elif prev["role"] == "tool":
+            want = ("tool", "assistant")
+        else:
+            want = ("assistant",)
+        if m["role"] not in want:
+            shown = " or ".join(repr(w) for w in want)
+            raise RowError(f"{field}[{i}].role", f"expected {shown} after {prev['role']!r}, got {m['role']!r}")
+    if body[-1]["role"] != "assistant":
+        raise RowError(field, f"must end with an assistant turn, ends with {body[-1]['role']!r}")
+    return messages
+
+
+def parse_sharegpt_tools(record: dict) -> Conversation:
+    """A LLaMA-Factory ShareGPT row with function_call/observation turns and/or `tools`."""
+    value = record.get("conversations")
+    if not isinstance(value, list) or not value:
+        raise RowError("conversations", "expected a non-empty list of messages")
+    roles = sorted({*SHAREGPT_ROLES, *SHAREGPT_TOOL_ROLES})
+    msgs: list[Message] = []
+    for i, m in enumerate(value):
+        f = f"conversations[{i}]"
+        if not isinstance(m, dict):
+            raise RowError(f, "expected an object")
+        role = m.get("from")
+        if role == "function_call":
+            raw = _text(m.get("value"), f"{f}.value")
+            try:
+                calls = json.loads(raw)
+            except ValueError as e:
+                raise RowError(f"{f}.value", f"not valid JSON ({e})") from None
+            calls = calls if isinstance(calls, list) else [calls]
+            if not calls:
+                raise RowError(f"{f}.value", "no call in the list")
+            tool_calls = [_call(c, f"{f}.value") for c in calls]
+            msgs.append({"role": "assistant", "content": "", "tool_calls": tool_calls})
+        elif role == "observation":
+            msgs.append({"role": "tool", "content": _text(m.get("value"), f"{f}.value")})
+        elif role in SHAREGPT_ROLES:
+            msgs.append({"role": SHAREGPT_ROLES[role], "content": _text(m.get("value"), f"{f}.value")})
+        else:
+            raise RowError(f"{f}.from", f"unknown role {role!r}; expected {roles}")
+    msgs = check_tool_turns(_with_system(record, msgs), "conversations")
+    return Conversation(msgs, tools=parse_tools(record.get("tools")))
+
+
+def parse_openai_tools(record: dict) -> Conversation:
+    """An OpenAI fine-tuning row with assistant `tool_calls`, `tool` messages and/or `tools`."""
+    if "functions" in record:
+        raise RowError("functions", "the legacy functions/function_call layout is not supported; use tools/tool_calls")
+    value = record.get("messages")
+    if not isinstance(value, list) or not value:
+        raise RowError("messages", "expected a non-empty list of messages")
+    msgs: list[Message] = []
+    open_ids: set[str] = set()  # ids of the last assistant turn's calls, which tool turns answer
+    for i, m in enumerate(value):
+        f = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise RowError(f, "expected an object")
+        role = m.get("role")
+        if role not in ("system", "user", "assistant", "tool"):
+            raise RowError(f"{f}.role", f"unknown role {role!r}; expected assistant, system, tool or user")
+        if role == "assistant" and m.get("tool_calls"):
+            calls = m["tool_calls"]
+            if not isinstance(calls, list):
+                raise RowError(f"{f}.tool_calls", "expected a list of calls")
+            tool_calls = []
+            for j, c in enumerate(calls):
+                cf = f"{f}.tool_calls[{j}]"
+                if not (isinstance(c, dict) and c.get("type", "function") == "function" and "function" in c):
+                    raise RowError(cf, 'expected {"id", "type": "function", "function": {"name", "arguments"}}')
+                tool_calls.append(_call(c["function"], f"{cf}.function", c.get("id")))
+            content = m.get("content")
+            text = _text(content, f"{f}.content") if content not in (None, "") else ""
+            msgs.append({"role": "assistant", "content": text, "tool_calls": tool_calls})
+            open_ids = {c["id"] for c in tool_calls if c.get("id")}
+            continue
+        msg = {"role": role, "content": _text(m.get("content"), f"{f}.content")}
+        if role == "tool":
+            call_id = m.get("tool_call_id")
+            if call_id is not None:
+                if open_ids and call_id not in open_ids:
+                    raise RowError(f"{f}.tool_call_id", f"{call_id!r} answers no call of the assistant turn before it")
+                msg["tool_call_id"] = call_id
+        msgs.append(msg)
+    msgs = check_tool_turns(_with_system(record, msgs), "messages")
+    return Conversation(msgs, tools=parse_tools(record.get("tools")))
+
+
+def uses_tools(conv: Conversation) -> bool:
+    """Whether rendering this conversation needs a template with tool support."""
+    return bool(conv.tools) or any(m["role"] == "tool" or m.get("tool_calls") for m in conv.messages)
+
+
+def to_record(conv: Conversation) -> dict:
+    """The conversation as an OpenAI-messages row that reads back the same: calls' arguments as JSON strings,
+    `tools` kept (data tools that write conversations out use it, so tool rows survive them)."""
+    msgs = []
+    for m in conv.messages:
+        if m.get("tool_calls"):
+            calls = [
+                {
+                    **c,
+                    "function": {
+                        **c["function"],
+                        "arguments": json.dumps(c["function"]["arguments"], ensure_ascii=False),
+                    },
+                }
+                for c in m["tool_calls"]
+            ]
+            m = {**m, "content": m["content"] or None, "tool_calls": calls}
+        msgs.append(m)
+    return {"messages": msgs, **({"tools": conv.tools} if conv.tools else {})}

@@ -1,0 +1,143 @@
+"""Tool calling and `response_format` for `weitiao serve`, as OpenAI's chat API (and vLLM) answer them.
+
+1. `plan_chat` turns request messages into what the chat template reads (assistant `tool_calls` with their
+   `arguments` parsed into a dict, `tool` turns) and checks `tools`/`tool_choice`/`response_format` against
+   the template: a template that cannot render tools, or whose calls cannot be parsed back, is a 400.
+   tool_choice "none" leaves the tools out of the prompt and reads no calls.
+2. Replies are split by the template's `parse_tool_calls`: calls go to `message.tool_calls` (ids
+   `call_...`, arguments a JSON string) with finish_reason "tool_calls"; the text around them, stripped,
+   is the content. `ToolStream` does the same for a stream: it sends text up to the first `<tool_call>`
+   (Llama's format: unless the reply opens with `{`) and the calls as `tool_calls` deltas at the end.
+3. tool_choice "required" or a named function, and response_format json_object, are enforced by
+   constrained decoding (weitiao.infer.constrain): one call in the template's syntax with a JSON-object
+   `arguments`, or one JSON object. json_schema is refused with a 400 (not enforced).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from weitiao.data.templates import ChatTemplate, parse_tool_calls
+from weitiao.infer.api import BadRequest
+from weitiao.infer.constrain import Pattern, json_object, tool_call_pattern
+
+_MARK = "<tool_call>"
+
+
+@dataclass
+class ChatPlan:
+    messages: list[dict]  # for the template
+    tools: list[dict] | None  # for the template; None when tool_choice is "none"
+    tool_format: str | None  # read calls out of replies in this format; None: plain text
+    constraint: Pattern | None  # the reply must match it (constrained decoding)
+
+
+def plan_chat(req: Any, template: ChatTemplate) -> ChatPlan:
+    """The messages/tools to render and how replies are read, or `BadRequest` naming the field."""
+    how = f"serve with --template qwen or llama3, or a model whose chat_template uses `tools` (now: {template.name})"
+    messages = []
+    for i, m in enumerate(req.messages):
+        msg: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        if m.tool_calls and m.role != "assistant":
+            raise BadRequest(f"messages.{i}.tool_calls: only assistant messages make calls", f"messages.{i}.tool_calls")
+        if m.tool_calls or m.role == "tool":
+            if not template.supports_tools:
+                where = f"messages.{i}." + ("role" if m.role == "tool" else "tool_calls")
+                raise BadRequest(f"{where}: tool turns need a chat template with tools; {how}", where)
+            msg["tool_calls"] = [_call(c, f"messages.{i}.tool_calls.{j}") for j, c in enumerate(m.tool_calls or [])]
+            if m.tool_call_id is not None:
+                msg["tool_call_id"] = m.tool_call_id
+        messages.append(msg)
+    tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
+    choice = req.tool_choice or "auto"
+    if choice not in ("none", "auto") and not tools:
+        raise BadRequest(f"tool_choice: {_show(choice)} needs `tools`", "tool_choice")
+    names = [t["function"]["name"] for t in tools]
+    if not isinstance(choice, str) and choice.function.name not in names:
+        raise BadRequest(f"tool_choice: function {choice.function.name!r} is not in tools ({names})", "tool_choice")
+    fmt = req.response_format.type if req.response_format else "text"
+    if fmt == "json_schema":
+        msg = "response_format: json_schema is not enforced by this server; use {'type': 'json_object'}"
+        raise BadRequest(msg, "response_format")
+    if choice == "none" or not tools:  # "auto" without tools is plain text too
+        return ChatPlan(messages, None, None, json_object() if fmt == "json_object" else None)
+    if not template.supports_tools:
+        raise BadRequest(f"tools: the model's chat template cannot render tools; {how}", "tools")
+    if template.tool_format is None:
+        msg = f"tools: calls in this chat template's output cannot be parsed back; {how}"
+        raise BadRequest(msg, "tools")
+    if fmt == "json_object":
+        raise BadRequest("response_format: json_object together with tools; send one or the other", "response_format")
+    constraint = None
+    if choice == "required" or not isinstance(choice, str):
+        constraint = tool_call_pattern(template.tool_format, names if choice == "required" else [choice.function.name])
+    return ChatPlan(messages, tools, template.tool_format, constraint)
+
+
+def _show(choice: Any) -> str:
+    return repr(choice) if isinstance(choice, str) else f"function {choice.function.name!r}"
+
+
+def _call(c: Any, field: str) -> dict:
+    try:
+        args = json.loads(c.function.arguments) if c.function.arguments.strip() else {}
+    except ValueError as e:
+        raise BadRequest(f"{field}.function.arguments: not valid JSON ({e})", f"{field}.function.arguments") from None
+    if not isinstance(args, dict):
+        raise BadRequest(f"{field}.function.arguments: expected a JSON object", f"{field}.function.arguments")
+    call = {"type": "function", "function": {"name": c.function.name, "arguments": args}}
+    return {"id": c.id, **call} if c.id else call
+
+
+def call_objects(calls: list[dict]) -> list[dict]:
+    """OpenAI `tool_calls` entries for parsed calls."""
+    return [
+        {
+            "id": "call_" + uuid.uuid4().hex[:24],
+            "type": "function",
+            "function": {"name": c["name"], "arguments": c["arguments"]},
+        }
+        for c in calls
+    ]
+
+
+def reply_with_calls(text: str, reason: str | None, tool_format: str) -> tuple[dict, str | None]:
+    """The assistant message for a whole reply and its finish_reason ("tool_calls" when it called)."""
+    content, calls = parse_tool_calls(text, tool_format)  # type: ignore[arg-type]
+    content = content.strip()
+    if not calls:
+        return {"role": "assistant", "content": content}, reason
+    return {"role": "assistant", "content": content or None, "tool_calls": call_objects(calls)}, "tool_calls"
+
+
+class ToolStream:
+    """One streamed choice: `feed(delta)` → content safe to send now; `finish()` → (rest of the content,
+    tool_calls entries). What is sent is always a prefix of the final (stripped) content."""
+
+    def __init__(self, tool_format: str) -> None:
+        self.fmt, self.text, self.sent = tool_format, "", 0
+
+    def _visible(self) -> str:
+        t = self.text.lstrip()
+        if self.fmt == "hermes":
+            k = t.find(_MARK)
+            if k >= 0:
+                t = t[:k]
+            else:  # hold back a tail that may be the start of <tool_call>
+                t = t[: len(t) - max((n for n in range(1, len(_MARK)) if t.endswith(_MARK[:n])), default=0)]
+        elif t.startswith("{"):  # llama3_json: a reply that opens with { may be a call as a whole
+            return ""
+        return t.rstrip()
+
+    def feed(self, delta: str) -> str:
+        self.text += delta
+        view = self._visible()
+        out, self.sent = view[self.sent :], max(self.sent, len(view))
+        return out
+
+    def finish(self) -> tuple[str, list[dict]]:
+        content, calls = parse_tool_calls(self.text, self.fmt)  # type: ignore[arg-type]
+        return content.strip()[self.sent :], call_objects(calls)
