@@ -5,7 +5,10 @@ mapped to tokens with the fast tokenizer's offsets. An assistant span runs from 
 generation prompt to the end-of-turn token inclusive (chapter Q149: loss on replies only, unless
 `train_on_prompt`, which keeps the reply-only labels beside for the eval). Truncation is explicit:
 `drop`, `cut` (counting rows whose last end-of-turn token is cut away), or `history` (drop the
-oldest exchanges), and every encode says what it did.
+oldest exchanges), and every encode says what it did. An assistant turn with `weight` 0 (OpenAI
+fine-tuning files, the prompt side of TRL prompt/completion rows) is context, never trained.
+A `Document` (continued pre-training) is tokenized without a template, closed with EOS and trained
+on every token; one longer than max_len is split into max_len pieces whatever the truncation policy.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from weitiao.data.formats import Conversation, Message
+from weitiao.data.formats import Conversation, Document, Message
 from weitiao.data.templates import ChatTemplate
 from weitiao.errors import UserError
 
@@ -60,6 +63,7 @@ class EncodeStats:
     cut: int = 0
     history_trimmed: int = 0
     lost_eot: int = 0  # rows `cut` through (or before) their last end-of-turn token
+    doc_pieces: int = 0  # examples added by splitting text documents longer than max_len
     dropped_sources: list[str] = field(default_factory=list)
 
 
@@ -123,7 +127,8 @@ def _encode_messages(messages: list[Message], tokenizer: Any, template: ChatTemp
     text, spans = assistant_spans(template, tokenizer, messages)
     out = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = out["input_ids"], out["offset_mapping"]
-    trained_spans = spans[-1:] if opts.train_turns == "last" else spans
+    turns = list(zip(spans, [m.get("weight", 1) for m in messages if m["role"] == "assistant"]))
+    trained_spans = [span for span, weight in (turns[-1:] if opts.train_turns == "last" else turns) if weight]
     labels = [IGNORE] * len(ids)
     for s, e in trained_spans:
         for t, (a, b) in enumerate(offsets):
@@ -140,8 +145,16 @@ def _encode_messages(messages: list[Message], tokenizer: Any, template: ChatTemp
     return Encoded(list(ids), labels, ends_with_eot=ends, answer_labels=answer, eot_end=reply[-1] + 1 if ends else -1)
 
 
+def encode_document(doc: Document, tokenizer: Any, max_len: int) -> list[Encoded]:
+    """Text + EOS, no template, every token trained; split into pieces of at most max_len tokens."""
+    if tokenizer.eos_token_id is None:
+        raise UserError("text rows need the tokenizer's EOS token between documents; this tokenizer has none")
+    ids = tokenizer(doc.text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return [Encoded(ids[i : i + max_len], ids[i : i + max_len], doc.source) for i in range(0, len(ids), max_len)]
+
+
 def encode_all(
-    convs: list[Conversation], tokenizer: Any, template: ChatTemplate, opts: EncodeOptions
+    convs: list[Conversation | Document], tokenizer: Any, template: ChatTemplate, opts: EncodeOptions
 ) -> tuple[list[Encoded], EncodeStats]:
     """Encode a data set and account for every row."""
     if not getattr(tokenizer, "is_fast", False):
@@ -149,6 +162,11 @@ def encode_all(
     stats = EncodeStats(rows=len(convs))
     encoded = []
     for conv in convs:
+        if isinstance(conv, Document):
+            pieces = encode_document(conv, tokenizer, opts.max_len)
+            stats.doc_pieces += len(pieces) - 1
+            encoded += pieces
+            continue
         enc = encode(conv, tokenizer, template, opts)
         if enc is None:
             stats.dropped_too_long += 1
@@ -158,6 +176,6 @@ def encode_all(
         stats.lost_eot += enc.truncated == "cut" and not enc.ends_with_eot
         stats.history_trimmed += enc.truncated == "history"
         encoded.append(enc)
-    stats.kept = len(encoded)
+    stats.kept = len(encoded) - stats.doc_pieces
     assert stats.kept + stats.dropped_too_long == stats.rows
     return encoded, stats

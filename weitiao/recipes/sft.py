@@ -39,12 +39,17 @@ class DataSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    train: list[str] = Field(..., description="data files (jsonl/json/parquet)")
+    train: list[str] = Field(
+        ..., description="data files, globs or folders (jsonl[.gz|.zst]/json/parquet/arrow/csv); names with dataset_dir"
+    )
+    dataset_dir: str | None = Field(
+        None, description="LLaMA-Factory data folder: train/eval are names in its dataset_info.json (CWD-relative)"
+    )
     eval: list[str] = Field(default_factory=list, description="eval files; else eval_split of train")
     eval_split: float = Field(
         0.0, ge=0, lt=1, description="fraction of unique train conversations held out when no eval files"
     )
-    format: Literal["auto", "alpaca", "sharegpt", "openai"] = "auto"
+    format: Literal["auto", "alpaca", "sharegpt", "openai", "prompt_completion", "text"] = "auto"
     template: Literal["auto", "tokenizer", "chatml", "qwen", "llama3", "plain"] = "auto"
     max_len: int = Field(1024, gt=8)
     truncation: Literal["drop", "cut", "history"] = Field(
@@ -126,7 +131,8 @@ def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
     d = cfg.data
     template = resolve_template(tokenizer, d.template)
     rejects = Path(cfg.train.out) / "rejects.jsonl"
-    rows_kw = {"skip_invalid": d.skip_invalid, "max_row_bytes": d.max_row_bytes}
+    rows_kw = {"skip_invalid": d.skip_invalid, "max_row_bytes": d.max_row_bytes, "dataset_dir": d.dataset_dir}
+    rows_kw |= {"allow_text": True}
     loaded = load_conversations(d.train, d.format, rejects_path=rejects, **rows_kw)
     require_rows(loaded, "data.train")
     convs = loaded.rows
@@ -145,7 +151,7 @@ def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
     evals, eval_stats = encode_all(eval_convs, tokenizer, template, opts)
     if not train:
         raise UserError(f"data.train: no rows left after truncation policy {d.truncation!r} (max_len {d.max_len})")
-    warnings = []
+    warnings = list(loaded.notes)
     if overlap := count_overlap(convs, eval_convs, conversation_key):
         warnings.append(overlap_warning("data.eval", overlap, len(eval_convs)))
     if lost := stats.lost_eot + eval_stats.lost_eot:
