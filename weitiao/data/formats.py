@@ -432,7 +432,7 @@ def load_rows(
                 result.rows[start:] = picked
                 resampled += len(picked) - len(got)
                 result.notes.append(
-                    f"{lf.name}: num_samples {lf.num_samples} of {len(got)} rows (first rows, repeated)"
+                    f"{lf.name}: num_samples {lf.num_samples} of {len(got)} rows (the first rows, repeated as needed)"
                 )
     result.rejected = len(rejects)
     if rejects:
