@@ -183,3 +183,19 @@ def test_data_check_counts_every_layout(tmp_path, tokenizer):
     assert any("chosen == rejected" in p for p in rep.problems) and any("empty chosen" in p for p in rep.problems)
     with pytest.raises(UserError, match="is identical to chosen"):  # training still refuses them
         load_pairs([str(path)], "auto", False)
+
+
+@pytest.mark.slow
+def test_sft_trains_on_text_rows(tmp_path, tiny_model_dir):
+    from weitiao.config import load_config
+    from weitiao.train.log import read_metrics
+
+    path = by_datasets(tmp_path / "t.jsonl", [{"text": f"文档{i}:" + "天空是蓝色的。" * (i + 2)} for i in range(12)])
+    over = [f"model.path={tiny_model_dir}", f"data.train=[{path}]", "data.format=text", f"train.out={tmp_path / 'r'}",
+            "train.progress=false", "train.tensorboard=false", "train.micro_batch_size=2", "data.max_len=48",
+            "train.max_steps=4", "train.lr=5e-3", "train.warmup_ratio=0"]  # fmt: skip
+    sft.run(load_config(sft.SFTConfig, None, over))
+    losses = [r["loss"] for r in read_metrics(tmp_path / "r", "train")]
+    data = read_metrics(tmp_path / "r", "data")[0]
+    assert len(losses) == 4 and losses[-1] < losses[0] - 0.3
+    assert data["read"] == data["kept"] == 12 and data["doc_pieces"] > 0

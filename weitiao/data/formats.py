@@ -325,6 +325,12 @@ def parse_preference(record: dict, strict: bool = True) -> PreferencePair:
     return PreferencePair(prompt, chosen, rejected)
 
 
+KTO_REFUSED = (
+    "label: unpaired feedback (KTO: a reply with label true/false); weitiao has no KTO loss, and "
+    "training these rows as SFT would learn the bad replies too; pair them into prompt/chosen/rejected for "
+    "`weitiao dpo`, or keep only the good replies without `label` for SFT"
+)
+
 PARSERS = {
     "alpaca": parse_alpaca,
     "sharegpt": parse_sharegpt,
@@ -343,16 +349,11 @@ def parse_row(record: Any, fmt: str, strict: bool = True) -> Conversation | Pref
         return parse_preference(record, strict)
     if fmt == "text":
         return parse_text(record)
+    if fmt == "kto":
+        raise RowError("label", KTO_REFUSED.removeprefix("label: "))
     messages = PARSERS[fmt](record)
     field = {"sharegpt": "conversations", "openai": "messages", "prompt_completion": "completion"}.get(fmt, "row")
     return Conversation(_check_turns(messages, field))
-
-
-KTO_REFUSED = (
-    "label: unpaired feedback (KTO: a reply with label true/false); weitiao has no KTO loss, and "
-    "training these rows as SFT would learn the bad replies too; pair them into prompt/chosen/rejected for "
-    "`weitiao dpo`, or keep only the good replies without `label` for SFT"
-)
 
 
 # ----------------------------------------------------------------------------- loading

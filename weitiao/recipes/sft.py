@@ -251,12 +251,14 @@ def run(cfg: SFTConfig) -> dict:
     if main:
         s = data.stats
         dropped = s.dropped_too_long + data.eval_stats.dropped_too_long
+        pieces, n_eval = s.doc_pieces + data.eval_stats.doc_pieces, data.eval_stats.kept  # rows, not pieces
         print(
-            f"data: {data.read} rows read = {s.kept} train + {len(data.eval)} eval + {data.eval_copies} eval copies "
+            f"data: {data.read} rows read = {s.kept} train + {n_eval} eval + {data.eval_copies} eval copies "
             f"+ {data.rejected} rejected + {dropped} over max_len {cfg.data.max_len} (truncation "
             f"{cfg.data.truncation}: {s.cut} cut, {s.lost_eot + data.eval_stats.lost_eot} lost end-of-turn, "
             f"{s.history_trimmed} history-trimmed) · template {data.template.name} · "
             f"{trainable:,} trainable / {total_params:,} params"
+            + (f" · text documents over max_len split into {pieces} more pieces" if pieces else "")
         )
         if ckpt is None:
             log.log(
@@ -270,7 +272,8 @@ def run(cfg: SFTConfig) -> dict:
                 lost_eot=s.lost_eot + data.eval_stats.lost_eot,
                 history_trimmed=s.history_trimmed,
                 rejected=data.rejected,
-                eval_rows=len(data.eval),
+                eval_rows=n_eval,
+                doc_pieces=pieces,
                 eval_copies=data.eval_copies,
                 template=data.template.name,
                 trainable_params=trainable,
