@@ -26,6 +26,7 @@ COMPRESSED = (".gz", ".zst")
 SUFFIXES = (*JSONL, ".json", ".parquet", ".arrow", ".csv")
 GLOB_CHARS = set("*?[")
 BATCH_ROWS = 1024  # Parquet/Arrow rows decoded at a time
+MAX_ROW_BYTES = 1_000_000  # a longer JSONL row is rejected unread: ~300k tokens, far over any max_len
 
 
 class RowError(ValueError):
@@ -187,7 +188,7 @@ def _batches(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
         raise UserError(f"{path}: not a readable {name} file ({msg})") from None
 
 
-def iter_records(path: Path, max_row_bytes: int | None = None) -> Iterator[tuple[int, Any]]:
+def iter_records(path: Path, max_row_bytes: int | None = MAX_ROW_BYTES) -> Iterator[tuple[int, Any]]:
     """Yield (line or row number, record) from one data file; unreadable rows come as RowError."""
     path = Path(path)
     if not path.exists():

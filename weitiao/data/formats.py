@@ -14,18 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from weitiao.data.files import RowError, expand_paths, iter_records
+from weitiao.data.files import MAX_ROW_BYTES, RowError, expand_paths, iter_records
 from weitiao.errors import UserError
 from weitiao.io import write_jsonl
 
-Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
+Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}; "weight": 0 = not trained
 Format = Literal["auto", "alpaca", "sharegpt", "openai", "prompt_completion", "text", "preference"]
 FORMATS = ("alpaca", "sharegpt", "openai", "prompt_completion", "text", "preference")
 ROLES = ("system", "user", "assistant")
 ROLE_MAP = {r: r for r in ROLES}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 SHAREGPT_ROLES |= {"system": "system"}
-MAX_ROW_BYTES = 1_000_000  # a longer JSONL row is rejected unread: ~300k tokens, far over any max_len
 
 
 @dataclass
