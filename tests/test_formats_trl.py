@@ -7,7 +7,7 @@ split is checked against trl.data_utils.extract_prompt.
 import pytest
 from conftest import write_jsonl
 from datasets import Dataset
-from trl.data_utils import extract_prompt
+from trl.data_utils import _tokenize, common_prefix_length, extract_prompt
 
 from weitiao.data.chat import IGNORE, EncodeOptions, encode, encode_all
 from weitiao.data.check import check_file
@@ -76,10 +76,17 @@ def test_trl_prompt_completion_trains_only_the_completion(tmp_path, tokenizer):
     conv = {"prompt": [SKY_USER, BLUE, {"role": "user", "content": "And at night?"}],
             "completion": [{"role": "assistant", "content": "Black."}]}  # fmt: skip
     template = resolve_template(tokenizer, "chatml")
-    a = load_conversations(by_datasets(tmp_path / "s.jsonl", [std]))
+    a = load_conversations(by_datasets(tmp_path / "s.jsonl", [std]), allow_text=True)
     b = load_conversations(by_datasets(tmp_path / "c.jsonl", [conv]))
     assert a.format == b.format == "prompt_completion"
-    assert a.rows[0].messages == [{"role": "user", "content": "The sky is"}, {"role": "assistant", "content": " blue."}]
+    # Standard rows are raw text, as TRL's SFTTrainer tokenizes them: no template, EOS appended, loss from
+    # where the prompt's tokens and the prompt+completion tokens diverge.
+    assert a.rows[0] == Document(" blue.", a.rows[0].source, prompt="The sky is")
+    (enc,), _ = encode_all(a.rows, tokenizer, template, EncodeOptions())
+    p = _tokenize(tokenizer, "The sky is")["input_ids"]
+    pc = _tokenize(tokenizer, "The sky is blue." + tokenizer.eos_token)["input_ids"]
+    k = common_prefix_length(p, pc)
+    assert enc.input_ids == pc and enc.labels == [IGNORE] * k + pc[k:] and k > 0
     enc = encode(b.rows[0], tokenizer, template, EncodeOptions())
     # The assistant turn inside the prompt is context (TRL's completion-only loss); negative control: the same
     # conversation as plain messages trains both replies.
@@ -127,13 +134,14 @@ def test_text_rows_are_documents_with_eos_and_full_loss(tmp_path, tokenizer):
     path = by_datasets(tmp_path / "t.jsonl", docs)
     loaded = load_conversations(path, allow_text=True)
     assert loaded.format == "text" and all(isinstance(d, Document) for d in loaded.rows)
-    with pytest.raises(UserError, match=r"t.jsonl:1: text: a plain-text row"):
+    with pytest.raises(UserError, match=r"t.jsonl:1: a raw-text row"):
         load_conversations(path)  # commands that need conversations say so
     template = resolve_template(tokenizer, "chatml")
     enc, stats = encode_all(loaded.rows, tokenizer, template, EncodeOptions(max_len=64))
-    ids0 = tokenizer(docs[0]["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    assert enc[0].input_ids == enc[0].labels == ids0  # no template, EOS closes it, every token trained
-    long_ids = tokenizer(docs[1]["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    # TRL's language-modeling path: text + EOS, tokenized without a template; every token trained.
+    ids0 = _tokenize(tokenizer, docs[0]["text"] + tokenizer.eos_token)["input_ids"]
+    assert enc[0].input_ids == enc[0].labels == ids0 and ids0[-1] == tokenizer.eos_token_id
+    long_ids = _tokenize(tokenizer, docs[1]["text"] + tokenizer.eos_token)["input_ids"]
     pieces = enc[1:]
     assert [t for e in pieces for t in e.input_ids] == long_ids and all(len(e) <= 64 for e in pieces)
     assert stats.rows == stats.kept == 2 and stats.doc_pieces == len(pieces) - 1 > 0

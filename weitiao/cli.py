@@ -241,7 +241,7 @@ def data_check(
             ("empty chosen/rejected replies", str(rep.empty_replies)),
         ]
     if rep.documents:
-        rows.append(("text documents (no template, EOS-closed)", str(rep.documents)))
+        rows.append(("raw-text rows (no template, EOS-closed)", str(rep.documents)))
     for k, v in rows:
         t.add_row(k, v)
     console.print(t)

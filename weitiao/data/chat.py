@@ -7,8 +7,9 @@ generation prompt to the end-of-turn token inclusive (chapter Q149: loss on repl
 `drop`, `cut` (counting rows whose last end-of-turn token is cut away), or `history` (drop the
 oldest exchanges), and every encode says what it did. An assistant turn with `weight` 0 (OpenAI
 fine-tuning files, the prompt side of TRL prompt/completion rows) is context, never trained.
-A `Document` (continued pre-training) is tokenized without a template, closed with EOS and trained
-on every token; one longer than max_len is split into max_len pieces whatever the truncation policy.
+A `Document` (continued pre-training, or a TRL standard prompt/completion row) is tokenized without a
+template and closed with EOS; a pre-training document is trained on every token and one longer than
+max_len is split into max_len pieces whatever the truncation policy.
 """
 
 from __future__ import annotations
@@ -145,12 +146,40 @@ def _encode_messages(messages: list[Message], tokenizer: Any, template: ChatTemp
     return Encoded(list(ids), labels, ends_with_eot=ends, answer_labels=answer, eot_end=reply[-1] + 1 if ends else -1)
 
 
-def encode_document(doc: Document, tokenizer: Any, max_len: int) -> list[Encoded]:
-    """Text + EOS, no template, every token trained; split into pieces of at most max_len tokens."""
+def _raw_ids(tokenizer: Any, text: str) -> list[int]:
+    """Text tokenized as TRL does for non-chat rows (the tokenizer's own special tokens), closed with EOS."""
+    ids = list(tokenizer(text)["input_ids"])
+    return ids if ids and ids[-1] == tokenizer.eos_token_id else ids + [tokenizer.eos_token_id]
+
+
+def encode_document(doc: Document, tokenizer: Any, opts: EncodeOptions) -> list[Encoded]:
+    """A raw-text row: no template, closed with EOS (see Document).
+
+    A pre-training document is trained on every token and split into pieces of at most max_len.
+    A prompt/completion row is trained from where the tokens of prompt and prompt + completion diverge
+    (trl's common_prefix_length); over max_len it follows the truncation policy (history = drop).
+    """
     if tokenizer.eos_token_id is None:
-        raise UserError("text rows need the tokenizer's EOS token between documents; this tokenizer has none")
-    ids = tokenizer(doc.text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return [Encoded(ids[i : i + max_len], ids[i : i + max_len], doc.source) for i in range(0, len(ids), max_len)]
+        raise UserError("raw-text rows need the tokenizer's EOS token to close each one; this tokenizer has none")
+    n = opts.max_len
+    if doc.prompt is None:
+        ids = _raw_ids(tokenizer, doc.text)
+        return [Encoded(ids[i : i + n], ids[i : i + n], doc.source) for i in range(0, len(ids), n)]
+    prompt = tokenizer(doc.prompt)["input_ids"]
+    ids = _raw_ids(tokenizer, doc.prompt + doc.text)
+    start = next((i for i, (a, b) in enumerate(zip(prompt, ids)) if a != b), min(len(prompt), len(ids)))
+    labels = [IGNORE] * start + ids[start:]
+    enc = Encoded(ids, labels, doc.source, eot_end=len(ids))
+    if opts.train_on_prompt:
+        enc.answer_labels, enc.labels = labels, list(ids)
+    if len(ids) <= n:
+        return [enc]
+    if opts.truncation != "cut" or start >= n:
+        return []
+    enc.input_ids, enc.labels, enc.truncated, enc.ends_with_eot = ids[:n], enc.labels[:n], "cut", False
+    if enc.answer_labels is not None:
+        enc.answer_labels = enc.answer_labels[:n]
+    return [enc]
 
 
 def encode_all(
@@ -162,12 +191,15 @@ def encode_all(
     stats = EncodeStats(rows=len(convs))
     encoded = []
     for conv in convs:
-        if isinstance(conv, Document):
-            pieces = encode_document(conv, tokenizer, opts.max_len)
+        if isinstance(conv, Document) and conv.prompt is None:
+            pieces = encode_document(conv, tokenizer, opts)
             stats.doc_pieces += len(pieces) - 1
             encoded += pieces
             continue
-        enc = encode(conv, tokenizer, template, opts)
+        if isinstance(conv, Document):
+            enc = next(iter(encode_document(conv, tokenizer, opts)), None)
+        else:
+            enc = encode(conv, tokenizer, template, opts)
         if enc is None:
             stats.dropped_too_long += 1
             stats.dropped_sources.append(conv.source)

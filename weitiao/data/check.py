@@ -43,7 +43,7 @@ class CheckReport:
     pairs: int = 0  # preference rows among `kept`; their sides count once each in the length figures
     identical_pairs: int = 0
     empty_replies: int = 0  # chosen or rejected sides with no text
-    documents: int = 0  # plain-text rows (continued pre-training) among `kept`
+    documents: int = 0  # raw-text rows (pre-training text, string prompt/completion) among `kept`
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 

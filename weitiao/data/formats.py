@@ -42,10 +42,12 @@ class Conversation:
 
 @dataclass
 class Document:
-    """A plain-text document for continued pre-training: no template, loss on every token."""
+    """Raw text, no chat template: a pre-training document (loss on every token) or, with `prompt`, a TRL
+    standard prompt/completion row (loss on the completion only)."""
 
     text: str
     source: str = ""
+    prompt: str | None = None
 
 
 @dataclass
@@ -215,23 +217,20 @@ def parse_openai(record: dict) -> list[Message]:
     return _with_system(record, msgs)
 
 
-def parse_prompt_completion(record: dict) -> list[Message]:
+def parse_prompt_completion(record: dict) -> list[Message] | Document:
     """TRL prompt/completion: the completion is trained, the prompt (and any reply inside it) is not.
 
-    Standard rows (strings) become one user and one assistant turn, rendered through the chat template.
+    Conversational rows (message lists) go through the chat template; standard rows (strings) are raw
+    text, as TRL trains them: prompt + completion + EOS, no template.
     """
     prompt, completion = record.get("prompt"), record.get("completion")
-    if isinstance(prompt, list):
-        msgs = _messages(prompt, "prompt", "role", "content", ROLE_MAP)
-        msgs = [{**m, "weight": 0} if m["role"] == "assistant" else m for m in msgs]
-        if not isinstance(completion, list):
-            raise RowError("completion", "expected a list of messages, as the prompt is one")
-        msgs += _messages(completion, "completion", "role", "content", ROLE_MAP)
-    else:
-        msgs = [
-            {"role": "user", "content": _text(prompt, "prompt")},
-            {"role": "assistant", "content": _text(completion, "completion")},
-        ]
+    if not isinstance(prompt, list):
+        return Document(_text(completion, "completion"), prompt=_text(prompt, "prompt"))
+    msgs = _messages(prompt, "prompt", "role", "content", ROLE_MAP)
+    msgs = [{**m, "weight": 0} if m["role"] == "assistant" else m for m in msgs]
+    if not isinstance(completion, list):
+        raise RowError("completion", "expected a list of messages, as the prompt is one")
+    msgs += _messages(completion, "completion", "role", "content", ROLE_MAP)
     return _with_system(record, msgs)
 
 
@@ -351,6 +350,8 @@ def parse_row(record: Any, fmt: str, strict: bool = True) -> Conversation | Pref
     if fmt == "kto":
         raise RowError("label", KTO_REFUSED.removeprefix("label: "))
     messages = PARSERS[fmt](record)
+    if isinstance(messages, Document):
+        return messages
     field = {"sharegpt": "conversations", "openai": "messages", "prompt_completion": "completion"}.get(fmt, "row")
     return Conversation(_check_turns(messages, field))
 
@@ -452,5 +453,7 @@ def load_conversations(
         if isinstance(row, PreferencePair):
             raise UserError(f"{row.source}: chosen: preference row in SFT data; use `weitiao dpo`")
         if isinstance(row, Document) and not allow_text:
-            raise UserError(f"{row.source}: text: a plain-text row; this command takes conversations")
+            raise UserError(
+                f"{row.source}: a raw-text row (text, or string prompt/completion); this command takes chats"
+            )
     return result

@@ -35,7 +35,7 @@ def messages_key(messages: Sequence[Message]) -> str:
 
 def conversation_key(conv: Conversation | Document) -> str:
     if isinstance(conv, Document):
-        return messages_key([{"role": "text", "content": conv.text}])
+        return messages_key([{"role": "prompt", "content": conv.prompt or ""}, {"role": "text", "content": conv.text}])
     return messages_key(conv.messages)
 
 
