@@ -130,3 +130,11 @@ def test_data_check_counts(lf_dir, tokenizer, tiny_model_dir):
     rep = json.loads(r.stdout)
     assert (rep["read"], rep["kept"], rep["pairs"], rep["duplicate_rows"]) == (5, 5, 4, 3)
     assert rep["notes"] == ["mllm_demo: columns.images (images) ignored: weitiao trains on text only"]
+
+
+def test_entry_without_required_column_is_one_line(lf_dir):
+    info = json.loads((lf_dir / "dataset_info.json").read_text())
+    info["bad"] = {"file_name": "pairs.jsonl", "ranking": True, "columns": {"prompt": "q", "chosen": "good"}}
+    (lf_dir / "dataset_info.json").write_text(json.dumps(info))
+    with pytest.raises(UserError, match=r"dataset_info.json: bad.columns.rejected: not set"):
+        load_rows(["bad"], dataset_dir=lf_dir)

@@ -170,6 +170,9 @@ def test_preference_rows_keep_their_types(tmp_path):
 
 
 def test_data_check_counts_every_layout(tmp_path, tokenizer):
+    import gzip
+    import json
+
     import zstandard
 
     pref = [TRL_PREFERENCE["conversational_implicit"], TRL_PREFERENCE["standard_implicit"],
@@ -179,7 +182,15 @@ def test_data_check_counts_every_layout(tmp_path, tokenizer):
     pc = by_datasets(tmp_path / "pc.jsonl", [{"prompt": "The sky is", "completion": " blue."}] * 2)
     (tmp_path / "pc.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(pc.read_bytes()))
     (tmp_path / "a.csv").write_text("instruction,input,output\n问,,答\n问2,补充,答2\n", encoding="utf-8")
+    ds = Dataset.from_list([{"messages": [SKY_USER, {**BLUE, "weight": 0}, SKY_USER, GREEN]}] * 2)
+    for i in range(2):
+        ds.shard(2, i).to_parquet(str(tmp_path / f"w-{i}.parquet"))
+    with gzip.open(tmp_path / "uf.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"prompt": SKY_USER["content"], "messages": [SKY_USER, BLUE],
+                            "chosen": [SKY_USER, BLUE], "rejected": [SKY_USER, GREEN]}) + "\n")  # fmt: skip
     cases = [
+        (str(tmp_path / "w-*.parquet"), dict(read=2, kept=2, format="openai", duplicate_rows=1)),
+        (tmp_path / "uf.jsonl.gz", dict(read=1, kept=1, pairs=1, format="preference")),
         (tmp_path / "text_saved", dict(read=3, kept=3, documents=3, duplicate_rows=2, missing_eos=0)),
         (tmp_path / "pc.jsonl.zst", dict(read=2, kept=2, duplicate_rows=1, format="prompt_completion")),
         (tmp_path / "a.csv", dict(read=2, kept=2, format="alpaca")),

@@ -66,9 +66,7 @@ class LFDataset:
 
     def column(self, record: dict, key: str, required: bool = False) -> Any:
         col = self.columns.get(key)
-        if col is None:
-            if required:
-                raise RowError(f"columns.{key}", f"not set in {INFO} entry {self.name!r}")
+        if col is None:  # `resolve` checked the required columns are named
             return None
         if col not in record:
             if required:
@@ -171,10 +169,15 @@ def resolve(dataset_dir: str | Path, name: str) -> LFDataset:
         tags = {k: entry["tags"].get(k) for k in TAGS}
         tags["role_tag"] = tags["role_tag"] or "from"
         tags["content_tag"] = tags["content_tag"] or "value"
+    ranking = bool(entry.get("ranking"))
+    need = ["chosen", "rejected"] if ranking else []
+    need += ["messages"] if formatting == "sharegpt" else [] if ranking else ["response"]
+    if missing := [k for k in need if not columns.get(k)]:
+        raise UserError(f"{where}.columns.{missing[0]}: not set; name the column that holds it")
     path = d / entry["file_name"]
     if not path.exists():
         raise UserError(f"{where}.file_name: {path} not found")
     notes = [
         f"{name}: columns.{m} ({columns[m]}) ignored: weitiao trains on text only" for m in MEDIA if columns.get(m)
     ]
-    return LFDataset(name, expand_paths([path]), formatting, bool(entry.get("ranking")), columns, tags, n, notes)
+    return LFDataset(name, expand_paths([path]), formatting, ranking, columns, tags, n, notes)
