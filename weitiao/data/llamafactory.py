@@ -90,11 +90,12 @@ class LFDataset:
             if not self.ranking:
                 out["output"] = self.column(record, "response", required=True)
         else:
-            out["conversations"] = [self._message(m, i) for i, m in enumerate(self._list(record))]
+            col = self.columns["messages"]
+            out["conversations"] = [self._message(m, f"{col}[{i}]") for i, m in enumerate(self._list(record))]
         if self.ranking:
             for k in ("chosen", "rejected"):
                 v = self.column(record, k, required=True)
-                out[k] = self._message(v, k) if self.formatting == "sharegpt" and isinstance(v, dict) else v
+                out[k] = self._message(v, self.columns[k]) if self.formatting == "sharegpt" else v
         for k in ("system", "tools"):
             if self.column(record, k) not in (None, ""):
                 out[k] = self.column(record, k)
@@ -116,10 +117,10 @@ class LFDataset:
             raise RowError(self.columns["messages"], "expected a non-empty list of messages")
         return msgs
 
-    def _message(self, m: Any, where: Any) -> dict:
+    def _message(self, m: Any, where: str) -> dict:
         """A message with LLaMA-Factory's tags → weitiao's ShareGPT keys (`from`, `value`)."""
         if not isinstance(m, dict):
-            raise RowError(f"{self.columns['messages']}[{where}]", "expected an object")
+            raise RowError(where, "expected an object")
         role = m.get(self.tags["role_tag"])
         ours = {self.tags[t]: r for t, r in OUR_ROLE.items() if self.tags.get(t)}
         return {"from": ours.get(role, role), "value": m.get(self.tags["content_tag"])}
