@@ -212,7 +212,7 @@ def data_check(
     skip_invalid: bool = typer.Option(False, help="write bad rows to FILE.rejects.jsonl instead of stopping"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
-    """Lint a data set: format, token lengths, rows over max_len, duplicates, missing EOS."""
+    """Lint SFT, preference or text data: format, token lengths, over max_len, duplicates, EOS, chosen == rejected."""
     from weitiao.data.check import check_file
     from weitiao.models.load import load_tokenizer
 
