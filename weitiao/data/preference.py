@@ -85,10 +85,18 @@ def pair_rows(rows: list[list[int]], packing: bool = True) -> list[list[int]]:
 
 
 def load_pairs(
-    paths: list[str], fmt: str, skip_invalid: bool, rejects_path: Any = None, max_row_bytes: int = MAX_ROW_BYTES
+    paths: list[str],
+    fmt: str,
+    skip_invalid: bool,
+    rejects_path: Any = None,
+    max_row_bytes: int = MAX_ROW_BYTES,
+    dataset_dir: str | None = None,
 ) -> LoadResult:
     """Load preference rows; every row must be a pair."""
-    res = load_rows(paths, fmt, skip_invalid=skip_invalid, rejects_path=rejects_path, max_row_bytes=max_row_bytes)
+    kw = {"rejects_path": rejects_path, "max_row_bytes": max_row_bytes, "dataset_dir": dataset_dir}
+    res = load_rows(paths, fmt, skip_invalid=skip_invalid, **kw)
+    for note in res.notes:
+        print(f"note: {note}")
     for row in res.rows:
         if not isinstance(row, PreferencePair):
             raise UserError(f"{row.source}: chosen: expected a preference row (prompt/chosen/rejected)")

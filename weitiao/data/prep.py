@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
-from weitiao.data.formats import Conversation, LoadResult, Message, PreferencePair
+from weitiao.data.formats import Conversation, Document, LoadResult, Message, PreferencePair
 from weitiao.errors import UserError
 
 T = TypeVar("T")
@@ -33,7 +33,9 @@ def messages_key(messages: Sequence[Message]) -> str:
     return "\x1f".join(f"{m['role']}\x1e{' '.join(m['content'].split())}" for m in messages)
 
 
-def conversation_key(conv: Conversation) -> str:
+def conversation_key(conv: Conversation | Document) -> str:
+    if isinstance(conv, Document):
+        return messages_key([{"role": "prompt", "content": conv.prompt or ""}, {"role": "text", "content": conv.text}])
     return messages_key(conv.messages)
 
 

@@ -39,12 +39,17 @@ class DataSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    train: list[DataPath] = Field(..., description="data files (jsonl/json/parquet)")
+    train: list[DataPath] = Field(
+        ..., description="data files, globs or folders (jsonl[.gz|.zst]/json/parquet/arrow/csv); names with dataset_dir"
+    )
+    dataset_dir: ConfigPath | None = Field(
+        None, description="LLaMA-Factory data folder: train/eval are names in its dataset_info.json"
+    )
     eval: list[DataPath] = Field(default_factory=list, description="eval files; else eval_split of train")
     eval_split: float = Field(
         0.0, ge=0, lt=1, description="fraction of unique train conversations held out when no eval files"
     )
-    format: Literal["auto", "alpaca", "sharegpt", "openai"] = "auto"
+    format: Literal["auto", "alpaca", "sharegpt", "openai", "prompt_completion", "text"] = "auto"
     template: Literal["auto", "tokenizer", "chatml", "qwen", "llama3", "plain"] = "auto"
     max_len: int = Field(1024, gt=8)
     truncation: Literal["drop", "cut", "history"] = Field(
@@ -126,7 +131,8 @@ def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
     d = cfg.data
     template = resolve_template(tokenizer, d.template)
     rejects = Path(cfg.train.out) / "rejects.jsonl"
-    rows_kw = {"skip_invalid": d.skip_invalid, "max_row_bytes": d.max_row_bytes}
+    rows_kw = {"skip_invalid": d.skip_invalid, "max_row_bytes": d.max_row_bytes, "dataset_dir": d.dataset_dir}
+    rows_kw |= {"allow_text": True}
     loaded = load_conversations(d.train, d.format, rejects_path=rejects, **rows_kw)
     require_rows(loaded, "data.train")
     convs = loaded.rows
@@ -145,7 +151,7 @@ def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
     evals, eval_stats = encode_all(eval_convs, tokenizer, template, opts)
     if not train:
         raise UserError(f"data.train: no rows left after truncation policy {d.truncation!r} (max_len {d.max_len})")
-    warnings = []
+    warnings = list(loaded.notes)
     if overlap := count_overlap(convs, eval_convs, conversation_key):
         warnings.append(overlap_warning("data.eval", overlap, len(eval_convs)))
     if lost := stats.lost_eot + eval_stats.lost_eot:
@@ -245,12 +251,14 @@ def run(cfg: SFTConfig) -> dict:
     if main:
         s = data.stats
         dropped = s.dropped_too_long + data.eval_stats.dropped_too_long
+        pieces, n_eval = s.doc_pieces + data.eval_stats.doc_pieces, data.eval_stats.kept  # rows, not pieces
         print(
-            f"data: {data.read} rows read = {s.kept} train + {len(data.eval)} eval + {data.eval_copies} eval copies "
+            f"data: {data.read} rows read = {s.kept} train + {n_eval} eval + {data.eval_copies} eval copies "
             f"+ {data.rejected} rejected + {dropped} over max_len {cfg.data.max_len} (truncation "
             f"{cfg.data.truncation}: {s.cut} cut, {s.lost_eot + data.eval_stats.lost_eot} lost end-of-turn, "
             f"{s.history_trimmed} history-trimmed) · template {data.template.name} · "
             f"{trainable:,} trainable / {total_params:,} params"
+            + (f" · text documents over max_len split into {pieces} more pieces" if pieces else "")
         )
         if ckpt is None:
             log.log(
@@ -264,7 +272,8 @@ def run(cfg: SFTConfig) -> dict:
                 lost_eot=s.lost_eot + data.eval_stats.lost_eot,
                 history_trimmed=s.history_trimmed,
                 rejected=data.rejected,
-                eval_rows=len(data.eval),
+                eval_rows=n_eval,
+                doc_pieces=pieces,
                 eval_copies=data.eval_copies,
                 template=data.template.name,
                 trainable_params=trainable,
