@@ -284,8 +284,9 @@ def load_rows(
     skip_invalid: bool = False,
     rejects_path: str | Path | None = None,
     max_row_bytes: int | None = MAX_ROW_BYTES,
+    sink: Any = None,
 ) -> LoadResult:
-    """Load and validate every row of every file.
+    """Load and validate every row of every file (into `sink`, a list stand-in with append/len, if given).
 
     fmt="auto" detects the format from each file's first row and holds the file to it.
     A bad row raises UserError(`file:line: field: problem`) unless skip_invalid, in which case it
@@ -295,7 +296,7 @@ def load_rows(
     if fmt != "auto" and fmt not in FORMATS:
         raise UserError(f"format {fmt!r} unknown; use one of auto, {', '.join(FORMATS)}")
     paths = [Path(p) for p in (paths if isinstance(paths, list) else [paths])]
-    result = LoadResult(rows=[], format=fmt)
+    result = LoadResult(rows=[] if sink is None else sink, format=fmt)
     rejects: list[dict] = []
     for path in paths:
         file_fmt = None if fmt == "auto" else fmt
