@@ -126,7 +126,7 @@ def _list_array(lists: list[list[int]]) -> Any:
 
     offsets = np.zeros(len(lists) + 1, dtype=np.int64)
     np.cumsum([len(x) for x in lists], out=offsets[1:])
-    values = np.fromiter((t for x in lists for t in x), dtype=np.int32, count=int(offsets[-1]))
+    values = np.concatenate([np.asarray(x, dtype=np.int32) for x in lists]) if lists else np.zeros(0, np.int32)
     return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
