@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
 import json
 import os
 import random
@@ -33,6 +32,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "weitiao" / "demo"
@@ -54,15 +55,19 @@ def synthetic_rows(n: int, path: Path, seed: int = 0) -> int:
         }
     )
     rng.shuffle(words)
-    cum = list(itertools.accumulate(1 / (r + 1) for r in range(len(words))))  # Zipf-like word frequencies
+    cum = np.cumsum(1 / np.arange(1, len(words) + 1))  # Zipf-like word frequencies
+    draw = np.random.default_rng(seed)
+    punct = "，，，。。！？；"
 
     def passage(chars: int) -> str:
-        out: list[str] = []
-        size = 0
-        while size < chars:
-            clause = "".join(rng.choices(words, cum_weights=cum, k=rng.randint(2, 6)))
-            out.append(clause + rng.choice("，，，。。！？；"))
-            size += len(out[-1])
+        # ~3.5 characters a word: draw enough words and clause sizes at once, then cut at `chars`
+        ids = np.searchsorted(cum, draw.random(chars // 2 + 8) * cum[-1])
+        sizes, marks = draw.integers(2, 7, size=len(ids)), draw.integers(0, len(punct), size=len(ids))
+        out, size, k, c = [], 0, 0, 0
+        while size < chars and k < len(ids):
+            clause = "".join(words[i] for i in ids[k : k + sizes[c]]) + punct[marks[c]]
+            out.append(clause)
+            size, k, c = size + len(clause), k + sizes[c], c + 1
         return "".join(out)
 
     total = 0
