@@ -8,6 +8,7 @@ from conftest import CHAT_ROWS, build_tokenizer
 
 from weitiao.data.chat import IGNORE, EncodeOptions, encode, encode_all
 from weitiao.data.formats import Conversation, load_conversations, parse_alpaca
+from weitiao.data.preference import encode_pair, encode_pairs, load_pairs
 from weitiao.data.templates import resolve_template
 from weitiao.data.tokenize import encode_batch
 from weitiao.models.load import load_tokenizer
@@ -97,3 +98,18 @@ def test_naive_reply_search_would_mislabel(tokenizer):
     ]
     exact = encode_batch([ECHO], tokenizer, t, EncodeOptions())[0]
     assert exact.input_ids == out["input_ids"] and labels != exact.labels
+
+
+@pytest.mark.parametrize("max_len,truncation", [(10**6, "drop"), (96, "drop"), (96, "cut_response")])
+def test_batch_pairs_equal_encode_pair(max_len, truncation):
+    """DPO/RM pairs: `encode_pairs` (batched) gives `encode_pair`'s sequences and accounting on the demo prefs."""
+    tok = load_tokenizer(str(DEMO / "model"))
+    t = resolve_template(tok)
+    pairs = load_pairs([str(DEMO / "data" / "prefs_heldout.jsonl")], "auto", False).rows
+    want = [encode_pair(p, tok, t, max_len, truncation) for p in pairs]
+    got, stats = encode_pairs(pairs, tok, t, max_len, truncation)
+    assert as_dicts(got) == as_dicts([e for pair in want if pair for e in pair])
+    assert stats.dropped_too_long == sum(w is None for w in want)
+    assert stats.cut == sum(bool(w and any(e.truncated for e in w)) for w in want)
+    if max_len == 96:
+        assert stats.dropped_too_long + stats.cut > 0  # the limit bites
