@@ -129,6 +129,22 @@ def test_foreign_folder_is_left_alone(chat_file, tokenizer, tmp_path):
     assert (foreign / "notes.txt").read_text() == "mine"
 
 
+def test_killed_build_is_cleaned_up_by_the_next(chat_file, tokenizer, tmp_path):
+    """A build killed mid-way leaves `.tmp-KEY-PID`; the next build of that key removes it once PID is gone."""
+    import subprocess
+    import sys
+
+    key, _ = cache.cache_key([str(chat_file)], READ, tokenizer, resolve_template(tokenizer), EncodeOptions(max_len=128))
+    pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = pid.stdout.strip()
+    dead, live = tmp_path / "cache" / f".tmp-{key}-{gone}", tmp_path / "cache" / f".tmp-{key}-1"
+    other = tmp_path / "cache" / f".tmp-{'0' * 32}-{gone}"  # another key's: not under this lock
+    for d in (dead, live, other):
+        d.mkdir(parents=True)
+    assert not build(chat_file, tokenizer, tmp_path).meta["hit"]
+    assert not dead.exists() and live.exists() and other.exists()  # pid 1 runs: left alone (control)
+
+
 def test_failed_build_leaves_nothing(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "你好", "output": "嗨"}, {"instruction": "坏"}])
     with pytest.raises(UserError, match="d.jsonl:2"):

@@ -12,7 +12,8 @@ Building streams: `formats.load_rows` parses rows one at a time into a sink, chu
 `CHUNK_ROWS` are encoded (`tokenize.encode_batch`) by `num_proc` worker processes, and each chunk
 is written as one shard, so memory stays flat in the data size. An entry is built in a temp folder
 beside it and renamed into place under a file lock: concurrent runs and ranks build it once, the
-others wait and read it. Nothing is deleted but our own temp folder.
+others wait and read it. Nothing is deleted but our own temp folders (a failed build's, and under
+the lock a killed build's `.tmp-KEY-PID` whose process is gone).
 """
 
 from __future__ import annotations
@@ -462,6 +463,9 @@ def _build_entry(entry: Path, parts: dict, args: tuple, build: dict) -> EncodedS
         raise UserError(
             f"{entry}: a cache entry without meta.json (not ours to remove); delete it or set data.cache_dir"
         )
+    for stale in entry.parent.glob(f".tmp-{entry.name}-*"):  # a killed build of this key; we hold its lock
+        if not _alive(stale.name.rsplit("-", 1)[1]):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = entry.with_name(f".tmp-{entry.name}-{os.getpid()}")
     tmp.mkdir()
     try:
@@ -472,6 +476,17 @@ def _build_entry(entry: Path, parts: dict, args: tuple, build: dict) -> EncodedS
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return _open(entry, meta, hit=False)
+
+
+def _alive(pid: str) -> bool:
+    """Whether process `pid` runs on this machine (unknown counts as alive: nothing is removed then)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, OSError):
+        return True
+    return True
 
 
 def _open(folder: Path, meta: dict, hit: bool, mmap: bool = True) -> EncodedSet:
