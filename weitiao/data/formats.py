@@ -368,6 +368,16 @@ def _sources(entries: list[str | Path], dataset_dir: str | Path | None) -> list[
     return [(lf.files, lf) for lf in (resolve(dataset_dir, str(name)) for name in entries)]
 
 
+def data_files(entries: list[str | Path], dataset_dir: str | Path | None = None) -> list[Path]:
+    """Every file `load_rows` reads for `entries`; with `dataset_dir`, its dataset_info.json first (the mapping)."""
+    files = [f for fs, _ in _sources(entries, dataset_dir) for f in fs]
+    if dataset_dir is None:
+        return files
+    from weitiao.data.llamafactory import INFO
+
+    return [Path(dataset_dir) / INFO, *files]
+
+
 def load_rows(
     paths: str | Path | list[str | Path],
     fmt: Format = "auto",
@@ -376,8 +386,9 @@ def load_rows(
     max_row_bytes: int | None = MAX_ROW_BYTES,
     strict: bool = True,
     dataset_dir: str | Path | None = None,
+    sink: Any = None,
 ) -> LoadResult:
-    """Load and validate every row of every file.
+    """Load and validate every row of every file (into `sink`, a list stand-in with append/len, if given).
 
     `paths` are files, globs or folders (see weitiao.data.files), or with `dataset_dir` dataset names
     in its LLaMA-Factory `dataset_info.json` (whose mapping then sets the format).
@@ -390,14 +401,15 @@ def load_rows(
     if fmt != "auto" and fmt not in FORMATS:
         raise UserError(f"format {fmt!r} unknown; use one of auto, {', '.join(FORMATS)}")
     entries = paths if isinstance(paths, list) else [paths]
-    result = LoadResult(rows=[], format=fmt)
+    result = LoadResult(rows=[] if sink is None else sink, format=fmt)
     rejects: list[dict] = []
     resampled = 0  # rows added (+) or left out (-) by LLaMA-Factory num_samples
     for files, lf in _sources(entries, dataset_dir):
-        start = len(result.rows)
+        # A dataset with num_samples is held until its rows are picked; all others stream into result.rows.
+        rows = [] if lf and lf.num_samples is not None else result.rows
         for path in files:
             file_fmt = lf.fmt if lf else None if fmt == "auto" else fmt
-            kept_before = len(result.rows)
+            kept_before = len(rows)
             for n, record in iter_records(path, max_row_bytes):
                 result.read += 1
                 loc = f"{path}:{n}"
@@ -419,21 +431,21 @@ def load_rows(
                     rejects.append({"source": loc, "error": str(e), "row": raw})
                     continue
                 row.source = loc
-                result.rows.append(row)
-            result.per_file[str(path)] = len(result.rows) - kept_before
+                rows.append(row)
+            result.per_file[str(path)] = len(rows) - kept_before
             if result.format == "auto" and file_fmt:
                 result.format = file_fmt
             elif file_fmt and file_fmt != result.format:
                 result.format = "mixed"
         if lf:
             result.notes += lf.notes
-            if lf.num_samples is not None and result.rows[start:]:
-                got = result.rows[start:]
-                picked = [got[i % len(got)] for i in range(lf.num_samples)]
-                result.rows[start:] = picked
-                resampled += len(picked) - len(got)
+            if lf.num_samples is not None and rows:
+                picked = [rows[i % len(rows)] for i in range(lf.num_samples)]
+                for row in picked:
+                    result.rows.append(row)
+                resampled += len(picked) - len(rows)
                 result.notes.append(
-                    f"{lf.name}: num_samples {lf.num_samples} of {len(got)} rows (the first rows, repeated as needed)"
+                    f"{lf.name}: num_samples {lf.num_samples} of {len(rows)} rows (the first rows, repeated as needed)"
                 )
     result.rejected = len(rejects)
     if rejects:

@@ -12,8 +12,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-import torch
-
 from weitiao.data.formats import Conversation, Document, LoadResult, Message, PreferencePair
 from weitiao.errors import UserError
 
@@ -58,6 +56,8 @@ def split_eval(rows: list[T], fraction: float, seed: int, key: Callable[[T], Any
     The eval side keeps one copy per unique row; `eval_copies_dropped` counts the others. Without
     copies this is the plain seeded row split (same permutation as before copies were grouped).
     """
+    import torch  # here: tokenizer worker processes import this module and need no torch
+
     groups: dict[Any, list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault(key(row), []).append(i)
