@@ -1,6 +1,6 @@
 """Tokenization speed and memory: the per-row path (before the cache) vs the cached batch path (issues #17, #24).
 
-    .venv/bin/python benchmarks/tokenize_speed.py                          # 100k rows: old, cold, warm (~3 min)
+    .venv/bin/python benchmarks/tokenize_speed.py                          # 100k rows: old, cold, warm (~3 min quiet)
     .venv/bin/python benchmarks/tokenize_speed.py --rows 1000000 --modes cold,warm --json 1m.json   # the RSS claim
 
 Writes `--rows` synthetic alpaca rows (seeded; Chinese clauses of words drawn Zipf-like from the
