@@ -49,6 +49,12 @@ def build_tokenizer(chat_template: str | None = CHATML, eos: str = "<|im_end|>")
     return fast
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _tokenized_cache(tmp_path_factory):
+    """The tokenized-data cache (data.cache) of every test lives in a session temp dir, not ~/.cache."""
+    os.environ["WEITIAO_CACHE"] = str(tmp_path_factory.mktemp("weitiao-cache"))
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return build_tokenizer()

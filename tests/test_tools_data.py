@@ -314,3 +314,30 @@ def test_sft_on_tool_rows_saves_a_template_serve_reads_tools_from(tmp_path, monk
     assert (final / "chat_template.jinja").read_text() == QWEN
     t = resolve_template(load_tokenizer(str(final / "tokenizer")), "auto")
     assert (t.name, t.supports_tools, t.tool_format) == ("tokenizer", True, "hermes")
+
+
+def test_tool_rows_batch_encode_like_the_row_encoder(tokenizer):
+    """The batch encoder (and so the tokenized-data cache) sends tool rows through chat.encode, exactly."""
+    from weitiao.data.chat import EncodeOptions, encode
+    from weitiao.data.formats import parse_row
+    from weitiao.data.templates import resolve_template
+    from weitiao.data.tokenize import encode_batch
+
+    template = resolve_template(tokenizer, "qwen")
+    rows = [
+        parse_row({"messages": [{"role": "user", "content": "北京天气？"},
+                                {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {
+                                    "name": "get_weather", "arguments": "{\"city\": \"北京\"}"}}]},
+                                {"role": "tool", "tool_call_id": "c1", "content": "晴"},
+                                {"role": "assistant", "content": "北京今天晴"}],
+                   "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {
+                       "type": "object", "properties": {"city": {"type": "string"}}}}}]}, "openai"),
+        parse_row({"messages": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好呀"}]},
+                  "openai"),
+    ]  # fmt: skip
+    opts = EncodeOptions(max_len=8192)  # the Qwen2.5 tool instructions are long in the tiny byte-level vocab
+    got = encode_batch(rows, tokenizer, template, opts)
+    for row, enc in zip(rows, got):
+        want = encode(row, tokenizer, template, opts)
+        assert (enc.input_ids, enc.labels) == (want.input_ids, want.labels)
+    assert any(t != -100 for t in got[0].labels) and "get_weather" in tokenizer.decode(got[0].input_ids)

@@ -204,19 +204,22 @@ def demo(
 
 @data_app.command("check")
 def data_check(
-    files: list[Path] = typer.Argument(..., help="data files (jsonl/json/parquet)"),
+    files: list[str] = typer.Argument(
+        ..., help="data files, globs or folders (jsonl[.gz|.zst]/json/parquet/arrow/csv); names with --dataset-dir"
+    ),
     model: str = typer.Option("demo", help="model dir or hub id whose tokenizer/template to use"),
     template: str = typer.Option("auto", help="auto|tokenizer|chatml|qwen|llama3|plain"),
     max_len: int = typer.Option(1024, help="training max length in tokens"),
-    fmt: str = typer.Option("auto", "--format", help="auto|alpaca|sharegpt|openai"),
+    fmt: str = typer.Option("auto", "--format", help="auto|alpaca|sharegpt|openai|prompt_completion|text|preference"),
+    dataset_dir: str = typer.Option(None, help="LLaMA-Factory data folder: FILES are names in its dataset_info.json"),
     skip_invalid: bool = typer.Option(False, help="write bad rows to FILE.rejects.jsonl instead of stopping"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
-    """Lint a data set: format, token lengths, rows over max_len, duplicates, missing EOS."""
+    """Lint SFT, preference or text data: format, token lengths, over max_len, duplicates, EOS, chosen == rejected."""
     from weitiao.data.check import check_file
     from weitiao.models.load import load_tokenizer
 
-    rep = check_file([str(f) for f in files], load_tokenizer(model), template, max_len, fmt, skip_invalid)
+    rep = check_file(files, load_tokenizer(model), template, max_len, fmt, skip_invalid, dataset_dir)
     if as_json:
         print(rep.to_json())
         return
@@ -234,12 +237,22 @@ def data_check(
         ("rows missing EOS", str(rep.missing_eos)),
         ("rows with no trained token", str(rep.no_trained_tokens)),
     ]
+    if rep.pairs:
+        rows += [
+            ("preference pairs (tokens: each side)", str(rep.pairs)),
+            ("pairs chosen == rejected", str(rep.identical_pairs)),
+            ("empty chosen/rejected replies", str(rep.empty_replies)),
+        ]
+    if rep.documents:
+        rows.append(("raw-text rows (no template, EOS-closed)", str(rep.documents)))
     for k, v in rows:
         t.add_row(k, v)
     console.print(t)
     peak = max(rep.histogram.values(), default=1)
     for bucket, n in rep.histogram.items():
         console.print(f"  {bucket:>10} tokens │{'█' * max(1, round(30 * n / peak))} {n}")
+    for n in rep.notes:
+        console.print(f"note: {n}", markup=False)
     for p in rep.problems:
         console.print(f"[yellow]warning:[/] {p}")
     if not rep.problems:

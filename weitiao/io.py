@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from weitiao.errors import UserError, where
 
@@ -65,14 +65,17 @@ def read_text(path: str | Path) -> str:
         raise _bad_utf8(path, raw, e, 1) from None
 
 
-def iter_lines(path: str | Path, max_bytes: int | None = None) -> Iterator[tuple[int, str | None, int]]:
+def iter_lines(
+    path: str | Path, max_bytes: int | None = None, opener: Callable[[], BinaryIO] | None = None
+) -> Iterator[tuple[int, str | None, int]]:
     """Stream (line number, text, byte size) over a UTF-8 text file, one line in memory at a time.
 
     A line longer than `max_bytes` is skipped unread in chunks and yields text None with its size,
     so one huge row costs no memory; the caller reports it. Bad bytes raise UserError `file:line`.
+    `opener` returns a binary stream to read instead of the file (a decompressor over it).
     """
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below; binary so a huge line is never decoded
+        f = opener() if opener else open(path, "rb")  # noqa: SIM115 - closed below; binary: a huge line is never decoded
     except OSError as e:
         raise read_error(path, e) from None
     with f:

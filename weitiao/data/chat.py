@@ -5,7 +5,11 @@ mapped to tokens with the fast tokenizer's offsets. An assistant span runs from 
 generation prompt to the end-of-turn token inclusive (chapter Q149: loss on replies only, unless
 `train_on_prompt`, which keeps the reply-only labels beside for the eval). Truncation is explicit:
 `drop`, `cut` (counting rows whose last end-of-turn token is cut away), or `history` (drop the
-oldest exchanges), and every encode says what it did.
+oldest exchanges), and every encode says what it did. An assistant turn with `weight` 0 (OpenAI
+fine-tuning files, the prompt side of TRL prompt/completion rows) is context, never trained.
+A `Document` (continued pre-training, or a TRL standard prompt/completion row) is tokenized without a
+template and closed with EOS; a pre-training document is trained on every token and one longer than
+max_len is split into max_len pieces whatever the truncation policy.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from weitiao.data.formats import Conversation, Message
+from weitiao.data.formats import Conversation, Document, Message
 from weitiao.data.templates import ChatTemplate
 from weitiao.data.tools import uses_tools
 from weitiao.errors import UserError
@@ -61,6 +65,7 @@ class EncodeStats:
     cut: int = 0
     history_trimmed: int = 0
     lost_eot: int = 0  # rows `cut` through (or before) their last end-of-turn token
+    doc_pieces: int = 0  # examples added by splitting text documents longer than max_len
     dropped_sources: list[str] = field(default_factory=list)
 
 
@@ -137,7 +142,8 @@ def _encode_messages(
     text, spans = assistant_spans(template, tokenizer, messages, tools)
     out = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = out["input_ids"], out["offset_mapping"]
-    trained_spans = spans[-1:] if opts.train_turns == "last" else spans
+    turns = list(zip(spans, [m.get("weight", 1) for m in messages if m["role"] == "assistant"]))
+    trained_spans = [span for span, weight in (turns[-1:] if opts.train_turns == "last" else turns) if weight]
     labels = [IGNORE] * len(ids)
     for s, e in trained_spans:
         for t, (a, b) in enumerate(offsets):
@@ -154,24 +160,67 @@ def _encode_messages(
     return Encoded(list(ids), labels, ends_with_eot=ends, answer_labels=answer, eot_end=reply[-1] + 1 if ends else -1)
 
 
+def _raw_ids(tokenizer: Any, text: str) -> list[int]:
+    """Text tokenized as TRL does for non-chat rows (the tokenizer's own special tokens), closed with EOS."""
+    ids = list(tokenizer(text)["input_ids"])
+    return ids if ids and ids[-1] == tokenizer.eos_token_id else ids + [tokenizer.eos_token_id]
+
+
+def encode_document(doc: Document, tokenizer: Any, opts: EncodeOptions) -> list[Encoded]:
+    """A raw-text row: no template, closed with EOS (see Document).
+
+    A pre-training document is trained on every token and split into pieces of at most max_len.
+    A prompt/completion row is trained from where the tokens of prompt and prompt + completion diverge
+    (trl's common_prefix_length); over max_len it follows the truncation policy (history = drop).
+    """
+    if tokenizer.eos_token_id is None:
+        raise UserError("raw-text rows need the tokenizer's EOS token to close each one; this tokenizer has none")
+    n = opts.max_len
+    if doc.prompt is None:
+        ids = _raw_ids(tokenizer, doc.text)
+        return [Encoded(ids[i : i + n], ids[i : i + n], doc.source) for i in range(0, len(ids), n)]
+    prompt = tokenizer(doc.prompt)["input_ids"]
+    ids = _raw_ids(tokenizer, doc.prompt + doc.text)
+    start = next((i for i, (a, b) in enumerate(zip(prompt, ids)) if a != b), min(len(prompt), len(ids)))
+    labels = [IGNORE] * start + ids[start:]
+    enc = Encoded(ids, labels, doc.source, eot_end=len(ids))
+    if opts.train_on_prompt:
+        enc.answer_labels, enc.labels = labels, list(ids)
+    if len(ids) <= n:
+        return [enc]
+    if opts.truncation != "cut" or start >= n:
+        return []
+    enc.input_ids, enc.labels, enc.truncated, enc.ends_with_eot = ids[:n], enc.labels[:n], "cut", False
+    if enc.answer_labels is not None:
+        enc.answer_labels = enc.answer_labels[:n]
+    return [enc]
+
+
 def encode_all(
-    convs: list[Conversation], tokenizer: Any, template: ChatTemplate, opts: EncodeOptions
+    convs: list[Conversation | Document], tokenizer: Any, template: ChatTemplate, opts: EncodeOptions
 ) -> tuple[list[Encoded], EncodeStats]:
-    """Encode a data set and account for every row."""
+    """Encode a data set and account for every row (in batches: `tokenize.encode_batch`, same result)."""
+    from weitiao.data.tokenize import encode_batch, examples  # it builds on this module
+
     if not getattr(tokenizer, "is_fast", False):
         raise UserError("a fast tokenizer (tokenizer.json) is required for exact loss masking")
     stats = EncodeStats(rows=len(convs))
     encoded = []
-    for conv in convs:
-        enc = encode(conv, tokenizer, template, opts)
-        if enc is None:
+    batched = (
+        e for k in range(0, len(convs), 1024) for e in encode_batch(convs[k : k + 1024], tokenizer, template, opts)
+    )
+    for conv, out in zip(convs, batched):
+        pieces = examples(out)
+        if not pieces:
             stats.dropped_too_long += 1
             stats.dropped_sources.append(conv.source)
             continue
+        stats.doc_pieces += len(pieces) - 1
+        enc = pieces[0]  # a text document's pieces are never truncated
         stats.cut += enc.truncated == "cut"
         stats.lost_eot += enc.truncated == "cut" and not enc.ends_with_eot
         stats.history_trimmed += enc.truncated == "history"
-        encoded.append(enc)
-    stats.kept = len(encoded)
+        encoded += pieces
+    stats.kept = len(encoded) - stats.doc_pieces
     assert stats.kept + stats.dropped_too_long == stats.rows
     return encoded, stats

@@ -1,4 +1,8 @@
-"""`weitiao data check` (linter + length report) and `weitiao data show` (masking dry run)."""
+"""`weitiao data check` (linter + length report) and `weitiao data show` (masking dry run).
+
+Preference rows are linted too: each side (prompt + chosen, prompt + rejected) is one sequence for the
+length figures; pairs with identical or empty replies are counted, not refused.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode, encode_all
-from weitiao.data.formats import Conversation, load_conversations
-from weitiao.data.prep import messages_key, require_rows
+from weitiao.data.formats import Conversation, Document, PreferencePair, load_rows
+from weitiao.data.prep import conversation_key, messages_key, pair_key, require_rows
 from weitiao.data.templates import resolve_template
 
 BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -36,7 +40,12 @@ class CheckReport:
     duplicate_prompts: int = 0
     missing_eos: int = 0
     no_trained_tokens: int = 0
+    pairs: int = 0  # preference rows among `kept`; their sides count once each in the length figures
+    identical_pairs: int = 0
+    empty_replies: int = 0  # chosen or rejected sides with no text
+    documents: int = 0  # raw-text rows (pre-training text, string prompt/completion) among `kept`
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=2)
@@ -59,16 +68,31 @@ def check_file(
     max_len: int = 1024,
     fmt: str = "auto",
     skip_invalid: bool = False,
+    dataset_dir: str | None = None,
 ) -> CheckReport:
-    """Lint a data set against a tokenizer: lengths, duplicates, EOS, trainable tokens."""
-    loaded = load_conversations(files, fmt, skip_invalid=skip_invalid)
+    """Lint a data set against a tokenizer: lengths, duplicates, EOS, trainable tokens, pair sanity."""
+    loaded = load_rows(files, fmt, skip_invalid=skip_invalid, strict=False, dataset_dir=dataset_dir)
     require_rows(loaded)
     template = resolve_template(tokenizer, template_name)
+    pairs = [r for r in loaded.rows if isinstance(r, PreferencePair)]
+    convs = [r for r in loaded.rows if not isinstance(r, PreferencePair)]
     # Encode without a length limit to measure; count what max_len would drop separately.
-    encoded, _ = encode_all(loaded.rows, tokenizer, template, EncodeOptions(max_len=10**9))
-    lengths = sorted(len(e) for e in encoded)
-    rows = Counter(messages_key(c.messages) for c in loaded.rows)
-    prompts = Counter(messages_key(c.prompt_messages) for c in loaded.rows)
+    encoded, _ = encode_all(convs, tokenizer, template, EncodeOptions(max_len=10**9))
+    last = EncodeOptions(max_len=10**9, train_turns="last")
+    sides = [
+        (
+            encode(p.conversation("chosen"), tokenizer, template, last),
+            encode(p.conversation("rejected"), tokenizer, template, last),
+        )
+        for p in pairs
+    ]
+    seqs = encoded + [e for side in sides for e in side]
+    lengths = sorted(len(e) for e in seqs)
+    rows = Counter([conversation_key(c) for c in convs] + [pair_key(p) for p in pairs])
+    prompts = Counter(
+        [messages_key(c.prompt_messages) for c in convs if isinstance(c, Conversation)]
+        + [messages_key(p.prompt) for p in pairs]
+    )
     rep = CheckReport(
         files=[str(f) for f in files],
         format=loaded.format,
@@ -79,12 +103,18 @@ def check_file(
         kept=loaded.kept,
         rejected=loaded.rejected,
         max_len=max_len,
-        over_max_len=sum(1 for n in lengths if n > max_len),
+        over_max_len=sum(1 for e in encoded if len(e) > max_len)
+        + sum(1 for c, r in sides if max(len(c), len(r)) > max_len),
         histogram=histogram(lengths),
         duplicate_rows=sum(v - 1 for v in rows.values()),
         duplicate_prompts=sum(v - 1 for v in prompts.values()),
-        missing_eos=sum(1 for e in encoded if not e.ends_with_eot),
-        no_trained_tokens=sum(1 for e in encoded if e.n_trained == 0),
+        missing_eos=sum(1 for e in seqs if not e.ends_with_eot),
+        no_trained_tokens=sum(1 for e in seqs if e.n_trained == 0),
+        pairs=len(pairs),
+        identical_pairs=sum(1 for p in pairs if p.chosen == p.rejected),
+        empty_replies=sum((not p.chosen.strip()) + (not p.rejected.strip()) for p in pairs),
+        documents=sum(1 for c in convs if isinstance(c, Document)),
+        notes=list(loaded.notes),
     )
     if lengths:
         rep.length_min, rep.length_max = lengths[0], lengths[-1]
@@ -96,11 +126,16 @@ def check_file(
             "to every reply (a model trained without it never learns to stop)"
         )
     if rep.over_max_len:
-        rep.problems.append(f"{rep.over_max_len} rows exceed max_len {max_len}: see data.truncation")
+        what = "rows (pairs: their longer side)" if pairs else "rows"
+        rep.problems.append(f"{rep.over_max_len} {what} exceed max_len {max_len}: see data.truncation")
     if rep.missing_eos:
-        rep.problems.append(f"{rep.missing_eos} rows do not end with {template.eot!r}")
+        rep.problems.append(f"{rep.missing_eos} sequences do not end with {template.eot!r}")
     if rep.duplicate_rows:
         rep.problems.append(f"{rep.duplicate_rows} duplicate rows")
+    if rep.identical_pairs:
+        rep.problems.append(f"{rep.identical_pairs} pairs with chosen == rejected (training refuses them)")
+    if rep.empty_replies:
+        rep.problems.append(f"{rep.empty_replies} empty chosen/rejected replies (training refuses them)")
     if loaded.rejected:
         rep.problems.append(f"{loaded.rejected} invalid rows written to {loaded.rejects_path}")
     return rep

@@ -13,6 +13,7 @@ An epoch plan is a pure function of (lengths, seed, epoch): resuming at step k r
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,12 @@ class Batch:
 def shifted_targets(labels: list[int]) -> list[int]:
     """Targets for next-token prediction within one conversation."""
     return labels[1:] + [IGNORE]
+
+
+def example_lengths(examples: Sequence[Encoded]) -> list[int]:
+    """Token count of each example; memory-mapped rows (`cache.EncodedRows`) read them without decoding rows."""
+    fast = getattr(examples, "lengths", None)
+    return fast() if fast is not None else [len(e) for e in examples]
 
 
 def n_targets(ex: Encoded) -> int:

@@ -1,36 +1,30 @@
-"""Read Alpaca, ShareGPT and OpenAI-messages rows (JSONL, JSON, Parquet) into one conversation type.
+"""Read Alpaca, ShareGPT, OpenAI-messages, TRL and plain-text rows into one conversation type.
 
 Every row is validated; a bad row is reported as `file:line: field: problem`. With
 `skip_invalid=True` bad rows go to a rejects file instead and `read == kept + rejected`.
-Preference rows (prompt/chosen/rejected, or messages + chosen/rejected) load into `PreferencePair`.
+Preference rows load into `PreferencePair`: an explicit prompt (prompt, messages, conversations or
+instruction) or, as TRL's `extract_prompt` does, the prefix chosen and rejected share.
+`{"text": ...}` rows load into `Document` (continued pre-training). Rows with a boolean `label`
+(KTO, unpaired feedback) are refused: there is no KTO loss to train them with.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from weitiao.data.files import MAX_ROW_BYTES, RowError, expand_paths, iter_records
 from weitiao.errors import UserError
-from weitiao.io import iter_lines, loads, read_json, write_jsonl
+from weitiao.io import write_jsonl
 
-Message = dict[str, Any]  # {"role": "system"|"user"|"assistant", "content": str}; tool rows: weitiao.data.tools
-Format = Literal["auto", "alpaca", "sharegpt", "openai", "preference"]
-FORMATS = ("alpaca", "sharegpt", "openai", "preference")
+Message = dict[str, Any]  # {"role", "content"}; "weight": 0 = not trained; tool rows: weitiao.data.tools
+Format = Literal["auto", "alpaca", "sharegpt", "openai", "prompt_completion", "text", "preference"]
+FORMATS = ("alpaca", "sharegpt", "openai", "prompt_completion", "text", "preference")
 ROLES = ("system", "user", "assistant")
+ROLE_MAP = {r: r for r in ROLES}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 SHAREGPT_ROLES |= {"system": "system"}
-MAX_ROW_BYTES = 1_000_000  # a longer JSONL row is rejected unread: ~300k tokens, far over any max_len
-
-
-class RowError(ValueError):
-    """A problem in one row: `field` names the offending key path."""
-
-    def __init__(self, field: str, problem: str):
-        super().__init__(f"{field}: {problem}")
-        self.field, self.problem = field, problem
 
 
 @dataclass
@@ -45,6 +39,16 @@ class Conversation:
     def prompt_messages(self) -> list[Message]:
         """Everything before the last assistant turn."""
         return self.messages[:-1]
+
+
+@dataclass
+class Document:
+    """Raw text, no chat template: a pre-training document (loss on every token) or, with `prompt`, a TRL
+    standard prompt/completion row (loss on the completion only)."""
+
+    text: str
+    source: str = ""
+    prompt: str | None = None
 
 
 @dataclass
@@ -73,65 +77,20 @@ class LoadResult:
     rejected: int = 0
     rejects_path: Path | None = None
     per_file: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # columns read but not used (e.g. images)
 
     @property
     def kept(self) -> int:
         return len(self.rows)
 
 
-# ----------------------------------------------------------------------------- reading files
-
-
-def iter_records(path: Path, max_row_bytes: int | None = MAX_ROW_BYTES) -> Iterator[tuple[int, Any]]:
-    """Yield (line or row number, record) from a .jsonl/.json/.parquet file.
-
-    JSONL is streamed line by line; a line that is not JSON, or longer than `max_row_bytes` (never read
-    into memory), is yielded as a RowError so `load_rows` can reject it with its line number.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: file not found")
-    if path.is_dir():
-        raise UserError(f"{path}: is a folder; expected a data file (.jsonl, .json or .parquet)")
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        for n, line, size in iter_lines(path, max_row_bytes):
-            if line is None:
-                limit = f"{max_row_bytes:,}"
-                yield n, RowError("row", f"{size:,} bytes, over the {limit}-byte limit (data.max_row_bytes)")
-            elif line.strip():
-                try:
-                    yield n, loads(line)
-                except json.JSONDecodeError as e:
-                    yield n, RowError("json", f"not valid JSON ({e.msg} at column {e.colno})")
-                except ValueError as e:
-                    yield n, RowError("json", f"not valid JSON ({e})")
-    elif suffix == ".json":
-        data = read_json(path)
-        if isinstance(data, dict) and isinstance(data.get("data"), list):
-            data = data["data"]
-        if not isinstance(data, list):
-            raise UserError(f"{path}: json: expected a list of rows (or {{'data': [...]}})")
-        yield from enumerate(data, 1)
-    elif suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowException, OSError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise UserError(f"{path}: not a readable Parquet file ({msg})") from None
-        yield from enumerate(table.to_pylist(), 1)
-    else:
-        raise UserError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json or .parquet")
-
-
 def detect_format(record: Any) -> str:
-    """Guess the format of one row from its keys."""
+    """Guess the format of one row from its keys ("kto" for unpaired feedback, which is refused)."""
     if not isinstance(record, dict):
         raise RowError("row", f"expected a JSON object, got {type(record).__name__}")
     keys = set(record)
+    if isinstance(record.get("label"), bool):
+        return "kto"
     if {"chosen", "rejected"} <= keys:
         return "preference"
     if "messages" in keys:
@@ -140,10 +99,14 @@ def detect_format(record: Any) -> str:
         return "sharegpt"
     if "instruction" in keys or "output" in keys:
         return "alpaca"
+    if {"prompt", "completion"} <= keys:
+        return "prompt_completion"
+    if "text" in keys:
+        return "text"
     raise RowError(
         "row",
-        f"unknown format (keys {sorted(keys)}); expected instruction/output (alpaca), "
-        "conversations (sharegpt), messages (openai) or prompt/chosen/rejected (preference)",
+        f"unknown format (keys {sorted(keys)}); expected instruction/output (alpaca), conversations (sharegpt), "
+        "messages (openai), prompt/completion (TRL), text (pre-training) or chosen/rejected (preference)",
     )
 
 
@@ -182,7 +145,19 @@ def _check_turns(messages: list[Message], field: str, last: str = "assistant") -
     return messages
 
 
-def _messages(value: Any, field: str, role_key: str, text_key: str, roles: dict) -> list[Message]:
+def _weight(m: dict, field: str, role: str) -> bool:
+    """OpenAI fine-tuning's per-message `weight`: 1 (default) trains the turn, 0 masks it."""
+    w = m["weight"]
+    if role != "assistant":
+        raise RowError(f"{field}.weight", "only assistant messages take a weight")
+    if isinstance(w, bool) or w not in (0, 1):
+        raise RowError(f"{field}.weight", f"expected 0 or 1, got {w!r}")
+    return w == 1
+
+
+def _messages(
+    value: Any, field: str, role_key: str, text_key: str, roles: dict, allow_empty: bool = False
+) -> list[Message]:
     if not isinstance(value, list) or not value:
         raise RowError(field, "expected a non-empty list of messages")
     out = []
@@ -192,7 +167,10 @@ def _messages(value: Any, field: str, role_key: str, text_key: str, roles: dict)
         role = m.get(role_key)
         if role not in roles:
             raise RowError(f"{field}[{i}].{role_key}", f"unknown role {role!r}; expected {sorted(roles)}")
-        out.append({"role": roles[role], "content": _text(m.get(text_key), f"{field}[{i}].{text_key}")})
+        msg = {"role": roles[role], "content": _text(m.get(text_key), f"{field}[{i}].{text_key}", allow_empty)}
+        if m.get("weight") is not None and not _weight(m, f"{field}[{i}]", roles[role]):
+            msg["weight"] = 0
+        out.append(msg)
     return out
 
 
@@ -200,12 +178,13 @@ def _with_system(record: dict, messages: list[Message]) -> list[Message]:
     system = record.get("system")
     if system in (None, ""):
         return messages
-    if messages[0]["role"] == "system":
+    if messages and messages[0]["role"] == "system":
         raise RowError("system", "given both as a key and as the first message")
     return [{"role": "system", "content": _text(system, "system")}] + messages
 
 
-def parse_alpaca(record: dict) -> list[Message]:
+def _alpaca_prompt(record: dict) -> list[Message]:
+    """History pairs, then instruction + "\n" + input as the last user turn."""
     instruction = _text(record.get("instruction"), "instruction")
     extra = record.get("input") or ""
     user = instruction + ("\n" + _text(extra, "input") if extra else "")
@@ -218,7 +197,11 @@ def parse_alpaca(record: dict) -> list[Message]:
             raise RowError(f"history[{i}]", "expected a [question, answer] pair")
         messages.append({"role": "user", "content": _text(pair[0], f"history[{i}][0]")})
         messages.append({"role": "assistant", "content": _text(pair[1], f"history[{i}][1]")})
-    messages.append({"role": "user", "content": user})
+    return messages + [{"role": "user", "content": user}]
+
+
+def parse_alpaca(record: dict) -> list[Message]:
+    messages = _alpaca_prompt(record)
     messages.append({"role": "assistant", "content": _text(record.get("output"), "output")})
     return _with_system(record, messages)
 
@@ -229,60 +212,177 @@ def parse_sharegpt(record: dict) -> list[Message]:
 
 
 def parse_openai(record: dict) -> list[Message]:
-    msgs = _messages(record.get("messages"), "messages", "role", "content", {r: r for r in ROLES})
+    msgs = _messages(record.get("messages"), "messages", "role", "content", ROLE_MAP)
+    weights = [m.get("weight", 1) for m in msgs if m["role"] == "assistant"]
+    if weights and not any(weights):
+        raise RowError("messages", "every assistant message has weight 0; nothing to train")
     return _with_system(record, msgs)
 
 
-def _reply(value: Any, field: str) -> str:
-    """A chosen/rejected reply: a string, or a message list whose last item is the assistant turn."""
+def parse_prompt_completion(record: dict) -> list[Message] | Document:
+    """TRL prompt/completion: the completion is trained, the prompt (and any reply inside it) is not.
+
+    Conversational rows (message lists) go through the chat template; standard rows (strings) are raw
+    text, as TRL trains them: prompt + completion + EOS, no template.
+    """
+    prompt, completion = record.get("prompt"), record.get("completion")
+    if not isinstance(prompt, list):
+        return Document(_text(completion, "completion"), prompt=_text(prompt, "prompt"))
+    msgs = _messages(prompt, "prompt", "role", "content", ROLE_MAP)
+    msgs = [{**m, "weight": 0} if m["role"] == "assistant" else m for m in msgs]
+    if not isinstance(completion, list):
+        raise RowError("completion", "expected a list of messages, as the prompt is one")
+    msgs += _messages(completion, "completion", "role", "content", ROLE_MAP)
+    return _with_system(record, msgs)
+
+
+def parse_text(record: dict) -> Document:
+    return Document(_text(record.get("text"), "text"))
+
+
+def _reply(value: Any, field: str, allow_empty: bool = False) -> str:
+    """A chosen/rejected reply: a string, a ShareGPT/OpenAI message, or a one-assistant-message list."""
+    if isinstance(value, dict):
+        value = [value]
     if isinstance(value, list):
-        msgs = _messages(value, field, "role", "content", {r: r for r in ROLES})
+        sharegpt = bool(value) and isinstance(value[0], dict) and "from" in value[0]
+        keys = ("from", "value", SHAREGPT_ROLES) if sharegpt else ("role", "content", ROLE_MAP)
+        msgs = _messages(value, field, *keys, allow_empty=allow_empty)
         if len(msgs) != 1 or msgs[0]["role"] != "assistant":
             raise RowError(field, "expected one assistant message (the prompt goes in 'prompt')")
         return msgs[0]["content"]
-    return _text(value, field)
+    return _text(value, field, allow_empty)
 
 
-def parse_preference(record: dict) -> PreferencePair:
-    if "messages" in record:
-        prompt = parse_openai({"messages": record["messages"], "system": record.get("system")})
-    else:
+def _is_conversation(value: Any) -> bool:
+    """A chosen/rejected list holding more than the reply (TRL implicit prompt, ultrafeedback_binarized)."""
+    if not (isinstance(value, list) and value):
+        return False
+    return len(value) > 1 or (isinstance(value[0], dict) and value[0].get("role") != "assistant")
+
+
+def split_shared_prefix(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
+    """(prompt, chosen, rejected) split at the longest shared prefix, as trl.data_utils.extract_prompt.
+
+    Strings split by character (a space before the split stays with the replies); message lists by
+    whole messages. Identical sides split before their last message, so the pair reads as identical.
+    """
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        n = min(len(chosen), len(rejected))
+        idx = next((i for i in range(n) if chosen[i] != rejected[i]), n)
+        if idx and chosen[idx - 1] == " ":
+            idx -= 1
+        return chosen[:idx], chosen[idx:], rejected[idx:]
+    if chosen == rejected:
+        return chosen[:-1], chosen[-1:], rejected[-1:]
+    n = min(len(chosen), len(rejected))
+    idx = next((i for i in range(n) if chosen[i] != rejected[i]), n)
+    return chosen[:idx], chosen[idx:], rejected[idx:]
+
+
+def parse_preference(record: dict, strict: bool = True) -> PreferencePair:
+    """A pair from any supported layout; strict=False lets `data check` count empty or identical sides."""
+    chosen, rejected = record.get("chosen"), record.get("rejected")
+    implicit = _is_conversation(chosen) and _is_conversation(rejected)
+    if implicit:  # TRL implicit prompt and ultrafeedback_binarized: whole conversations
+        for k in ("chosen", "rejected"):
+            _messages(record[k], k, "role", "content", ROLE_MAP, allow_empty=not strict)
+        prompt, chosen, rejected = split_shared_prefix(chosen, rejected)
+        if not prompt:
+            raise RowError("rejected", "shares no prompt with chosen (its first message differs)")
+        field = "chosen"
+        prompt = _messages(prompt, field, "role", "content", ROLE_MAP)
         p = record.get("prompt")
+        if isinstance(p, str) and p.strip() != prompt[-1]["content"].strip():
+            raise RowError("prompt", "differs from the last user turn that chosen and rejected share")
+    elif "instruction" in record:  # LLaMA-Factory alpaca ranking
+        prompt, field = _alpaca_prompt(record), "instruction"
+    elif "conversations" in record:  # LLaMA-Factory sharegpt ranking
+        prompt, field = (
+            _messages(record["conversations"], "conversations", "from", "value", SHAREGPT_ROLES),
+            "conversations",
+        )
+    elif "messages" in record:
+        prompt, field = _messages(record["messages"], "messages", "role", "content", ROLE_MAP), "messages"
+    elif "prompt" in record:
+        p, field = record["prompt"], "prompt"
         if isinstance(p, list):
-            prompt = _messages(p, "prompt", "role", "content", {r: r for r in ROLES})
+            prompt = _messages(p, "prompt", "role", "content", ROLE_MAP)
         else:
             prompt = [{"role": "user", "content": _text(p, "prompt")}]
-        prompt = _with_system(record, prompt)
-    field = "messages" if "messages" in record else "prompt"
+    elif isinstance(chosen, str) and isinstance(rejected, str):  # TRL standard implicit prompt
+        p, chosen, rejected = split_shared_prefix(chosen, rejected)
+        prompt, field = [{"role": "user", "content": _text(p, "chosen", allow_empty=not strict)}], "chosen"
+        if not p:
+            raise RowError("rejected", "shares no prompt with chosen (they differ from the first character)")
+    else:
+        raise RowError("prompt", "missing (and chosen/rejected are not whole conversations sharing one)")
+    prompt = _with_system(record, prompt)
     _check_turns(prompt, field, last="user")
-    chosen, rejected = _reply(record.get("chosen"), "chosen"), _reply(record.get("rejected"), "rejected")
-    if chosen == rejected:
+    chosen, rejected = _reply(chosen, "chosen", not strict), _reply(rejected, "rejected", not strict)
+    if strict and chosen == rejected:
         raise RowError("rejected", "is identical to chosen")
     known = ("prompt", "messages", "system", "chosen", "rejected")
     return PreferencePair(prompt, chosen, rejected, extra={k: v for k, v in record.items() if k not in known})
 
 
-PARSERS = {"alpaca": parse_alpaca, "sharegpt": parse_sharegpt, "openai": parse_openai}
+KTO_REFUSED = (
+    "label: unpaired feedback (KTO: a reply with label true/false); weitiao has no KTO loss, and "
+    "training these rows as SFT would learn the bad replies too; pair them into prompt/chosen/rejected for "
+    "`weitiao dpo`, or keep only the good replies without `label` for SFT"
+)
+
+PARSERS = {
+    "alpaca": parse_alpaca,
+    "sharegpt": parse_sharegpt,
+    "openai": parse_openai,
+    "prompt_completion": parse_prompt_completion,
+}
 
 
-def parse_row(record: Any, fmt: str) -> Conversation | PreferencePair:
+def parse_row(record: Any, fmt: str, strict: bool = True) -> Conversation | PreferencePair | Document:
     """Parse one record of a known format; raises RowError."""
     if isinstance(record, RowError):
         raise record
     if not isinstance(record, dict):
         raise RowError("row", f"expected a JSON object, got {type(record).__name__}")
     if fmt == "preference":
-        return parse_preference(record)
+        return parse_preference(record, strict)
+    if fmt == "text":
+        return parse_text(record)
+    if fmt == "kto":
+        raise RowError("label", KTO_REFUSED.removeprefix("label: "))
     from weitiao.data import tools  # it builds on this module's row helpers
 
     if fmt in ("sharegpt", "openai") and tools.is_tool_row(record, fmt):
         return tools.parse_sharegpt_tools(record) if fmt == "sharegpt" else tools.parse_openai_tools(record)
     messages = PARSERS[fmt](record)
-    field = {"sharegpt": "conversations", "openai": "messages"}.get(fmt, "row")
+    if isinstance(messages, Document):
+        return messages
+    field = {"sharegpt": "conversations", "openai": "messages", "prompt_completion": "completion"}.get(fmt, "row")
     return Conversation(_check_turns(messages, field))
 
 
 # ----------------------------------------------------------------------------- loading
+
+
+def _sources(entries: list[str | Path], dataset_dir: str | Path | None) -> list[tuple[list[Path], Any]]:
+    """(files, LLaMA-Factory dataset or None) per entry: paths, or names in DIR/dataset_info.json."""
+    if dataset_dir is None:
+        return [([p], None) for p in expand_paths(entries)]
+    from weitiao.data.llamafactory import resolve
+
+    return [(lf.files, lf) for lf in (resolve(dataset_dir, str(name)) for name in entries)]
+
+
+def data_files(entries: list[str | Path], dataset_dir: str | Path | None = None) -> list[Path]:
+    """Every file `load_rows` reads for `entries`; with `dataset_dir`, its dataset_info.json first (the mapping)."""
+    files = [f for fs, _ in _sources(entries, dataset_dir) for f in fs]
+    if dataset_dir is None:
+        return files
+    from weitiao.data.llamafactory import INFO
+
+    return [Path(dataset_dir) / INFO, *files]
 
 
 def load_rows(
@@ -291,56 +391,88 @@ def load_rows(
     skip_invalid: bool = False,
     rejects_path: str | Path | None = None,
     max_row_bytes: int | None = MAX_ROW_BYTES,
+    strict: bool = True,
+    dataset_dir: str | Path | None = None,
+    sink: Any = None,
 ) -> LoadResult:
-    """Load and validate every row of every file.
+    """Load and validate every row of every file (into `sink`, a list stand-in with append/len, if given).
 
+    `paths` are files, globs or folders (see weitiao.data.files), or with `dataset_dir` dataset names
+    in its LLaMA-Factory `dataset_info.json` (whose mapping then sets the format).
     fmt="auto" detects the format from each file's first row and holds the file to it.
     A bad row raises UserError(`file:line: field: problem`) unless skip_invalid, in which case it
     is written with its error to `rejects_path` (default: `<first file>.rejects.jsonl`).
-    A JSONL row over `max_row_bytes` is such a bad row (None = no limit).
+    A JSONL row over `max_row_bytes` is such a bad row (None = no limit). strict=False lets
+    preference rows with empty or identical replies through, for `data check` to count.
     """
     if fmt != "auto" and fmt not in FORMATS:
         raise UserError(f"format {fmt!r} unknown; use one of auto, {', '.join(FORMATS)}")
-    paths = [Path(p) for p in (paths if isinstance(paths, list) else [paths])]
-    result = LoadResult(rows=[], format=fmt)
+    entries = paths if isinstance(paths, list) else [paths]
+    result = LoadResult(rows=[] if sink is None else sink, format=fmt)
     rejects: list[dict] = []
-    for path in paths:
-        file_fmt = None if fmt == "auto" else fmt
-        kept_before = len(result.rows)
-        for n, record in iter_records(path, max_row_bytes):
-            result.read += 1
-            loc = f"{path}:{n}"
-            try:
-                if file_fmt is None:
-                    if isinstance(record, RowError):
-                        raise record
-                    file_fmt = detect_format(record)
-                row = parse_row(record, file_fmt)
-            except RowError as e:
-                if not skip_invalid:
-                    raise UserError(f"{loc}: {e} (or pass --skip-invalid to set bad rows aside)") from None
-                raw = record if not isinstance(record, RowError) else None
-                rejects.append({"source": loc, "error": str(e), "row": raw})
-                continue
-            row.source = loc
-            result.rows.append(row)
-        result.per_file[str(path)] = len(result.rows) - kept_before
-        if result.format == "auto" and file_fmt:
-            result.format = file_fmt
-        elif file_fmt and file_fmt != result.format:
-            result.format = "mixed"
+    resampled = 0  # rows added (+) or left out (-) by LLaMA-Factory num_samples
+    for files, lf in _sources(entries, dataset_dir):
+        # A dataset with num_samples is held until its rows are picked; all others stream into result.rows.
+        rows = [] if lf and lf.num_samples is not None else result.rows
+        for path in files:
+            file_fmt = lf.fmt if lf else None if fmt == "auto" else fmt
+            kept_before = len(rows)
+            for n, record in iter_records(path, max_row_bytes):
+                result.read += 1
+                loc = f"{path}:{n}"
+                try:
+                    if lf and not isinstance(record, RowError):
+                        record = lf.convert(record)
+                    if isinstance(record, dict) and isinstance(record.get("label"), bool):
+                        raise UserError(f"{loc}: {KTO_REFUSED}")
+                    if file_fmt is None:
+                        if isinstance(record, RowError):
+                            raise record
+                        file_fmt = detect_format(record)
+                    row = parse_row(record, file_fmt, strict)
+                except RowError as e:
+                    e = lf.rename(e) if lf else e
+                    if not skip_invalid:
+                        raise UserError(f"{loc}: {e} (or pass --skip-invalid to set bad rows aside)") from None
+                    raw = record if not isinstance(record, RowError) else None
+                    rejects.append({"source": loc, "error": str(e), "row": raw})
+                    continue
+                row.source = loc
+                rows.append(row)
+            result.per_file[str(path)] = len(rows) - kept_before
+            if result.format == "auto" and file_fmt:
+                result.format = file_fmt
+            elif file_fmt and file_fmt != result.format:
+                result.format = "mixed"
+        if lf:
+            result.notes += lf.notes
+            if lf.num_samples is not None and rows:
+                picked = [rows[i % len(rows)] for i in range(lf.num_samples)]
+                for row in picked:
+                    result.rows.append(row)
+                resampled += len(picked) - len(rows)
+                result.notes.append(
+                    f"{lf.name}: num_samples {lf.num_samples} of {len(rows)} rows (the first rows, repeated as needed)"
+                )
     result.rejected = len(rejects)
     if rejects:
-        result.rejects_path = Path(rejects_path or f"{paths[0]}.rejects.jsonl")
+        first = next(iter(result.per_file), None) or entries[0]
+        result.rejects_path = Path(rejects_path or f"{first}.rejects.jsonl")
         write_jsonl(result.rejects_path, rejects)
-    assert result.read == result.kept + result.rejected
+    assert result.read + resampled == result.kept + result.rejected
     return result
 
 
-def load_conversations(paths: str | Path | list[str | Path], fmt: Format = "auto", **kw: Any) -> LoadResult:
-    """Like load_rows but every row must be an SFT conversation (not a preference pair)."""
+def load_conversations(
+    paths: str | Path | list[str | Path], fmt: Format = "auto", allow_text: bool = False, **kw: Any
+) -> LoadResult:
+    """Like load_rows but every row must be an SFT conversation (or, with allow_text, a text document)."""
     result = load_rows(paths, fmt, **kw)
     for row in result.rows:
         if isinstance(row, PreferencePair):
             raise UserError(f"{row.source}: chosen: preference row in SFT data; use `weitiao dpo`")
+        if isinstance(row, Document) and not allow_text:
+            raise UserError(
+                f"{row.source}: a raw-text row (text, or string prompt/completion); this command takes chats"
+            )
     return result

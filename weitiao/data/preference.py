@@ -14,9 +14,11 @@ from typing import Any, Literal
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode
 from weitiao.data.formats import MAX_ROW_BYTES, LoadResult, PreferencePair, load_rows
 from weitiao.data.templates import ChatTemplate
+from weitiao.data.tokenize import encode_batch
 from weitiao.errors import UserError
 
 PairTruncation = Literal["drop", "cut_response"]
+PAIR_SIDE = EncodeOptions(max_len=10**9, train_turns="last", truncation="drop")  # each side whole; cut per pair
 
 
 @dataclass
@@ -36,9 +38,14 @@ def encode_pair(
     pair: PreferencePair, tokenizer: Any, template: ChatTemplate, max_len: int, truncation: PairTruncation = "drop"
 ) -> tuple[Encoded, Encoded] | None:
     """(chosen, rejected) encodings with identical prompt tokens; None when dropped."""
-    opts = EncodeOptions(max_len=10**9, train_turns="last", truncation="drop")
-    c = encode(pair.conversation("chosen"), tokenizer, template, opts)
-    r = encode(pair.conversation("rejected"), tokenizer, template, opts)
+    c = encode(pair.conversation("chosen"), tokenizer, template, PAIR_SIDE)
+    r = encode(pair.conversation("rejected"), tokenizer, template, PAIR_SIDE)
+    return _fit_pair(pair, c, r, max_len, truncation)
+
+
+def _fit_pair(
+    pair: PreferencePair, c: Encoded, r: Encoded, max_len: int, truncation: PairTruncation
+) -> tuple[Encoded, Encoded] | None:
     p = _prompt_len(c)
     if _prompt_len(r) != p or c.input_ids[:p] != r.input_ids[:p]:
         raise UserError(f"{pair.source}: prompt tokens differ between chosen and rejected; check the template")
@@ -57,17 +64,24 @@ def encode_pair(
 def encode_pairs(
     pairs: list[PreferencePair], tokenizer: Any, template: ChatTemplate, max_len: int, truncation: PairTruncation
 ) -> tuple[list[Encoded], PairStats]:
-    """Flat list [chosen_0, rejected_0, chosen_1, ...] plus accounting (pairs = kept + dropped)."""
+    """Flat list [chosen_0, rejected_0, chosen_1, ...] plus accounting (pairs = kept + dropped).
+
+    Each side is encoded in batches (`tokenize.encode_batch`: the same tokens as `encode_pair`).
+    """
     stats = PairStats(pairs=len(pairs))
     out: list[Encoded] = []
-    for pair in pairs:
-        enc = encode_pair(pair, tokenizer, template, max_len, truncation)
-        if enc is None:
-            stats.dropped_too_long += 1
-            stats.dropped_sources.append(pair.source)
-            continue
-        stats.cut += any(e.truncated for e in enc)
-        out.extend(enc)
+    for k in range(0, len(pairs), 1024):
+        chunk = pairs[k : k + 1024]
+        sides = [[p.conversation(which) for p in chunk] for which in ("chosen", "rejected")]
+        chosen, rejected = (encode_batch(convs, tokenizer, template, PAIR_SIDE) for convs in sides)
+        for pair, c, r in zip(chunk, chosen, rejected):
+            enc = _fit_pair(pair, c, r, max_len, truncation)
+            if enc is None:
+                stats.dropped_too_long += 1
+                stats.dropped_sources.append(pair.source)
+                continue
+            stats.cut += any(e.truncated for e in enc)
+            out.extend(enc)
     stats.kept = len(out) // 2
     return out, stats
 
@@ -85,10 +99,18 @@ def pair_rows(rows: list[list[int]], packing: bool = True) -> list[list[int]]:
 
 
 def load_pairs(
-    paths: list[str], fmt: str, skip_invalid: bool, rejects_path: Any = None, max_row_bytes: int = MAX_ROW_BYTES
+    paths: list[str],
+    fmt: str,
+    skip_invalid: bool,
+    rejects_path: Any = None,
+    max_row_bytes: int = MAX_ROW_BYTES,
+    dataset_dir: str | None = None,
 ) -> LoadResult:
     """Load preference rows; every row must be a pair."""
-    res = load_rows(paths, fmt, skip_invalid=skip_invalid, rejects_path=rejects_path, max_row_bytes=max_row_bytes)
+    kw = {"rejects_path": rejects_path, "max_row_bytes": max_row_bytes, "dataset_dir": dataset_dir}
+    res = load_rows(paths, fmt, skip_invalid=skip_invalid, **kw)
+    for note in res.notes:
+        print(f"note: {note}")
     for row in res.rows:
         if not isinstance(row, PreferencePair):
             raise UserError(f"{row.source}: chosen: expected a preference row (prompt/chosen/rejected)")

@@ -13,9 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-import torch
-
-from weitiao.data.formats import Conversation, LoadResult, Message, PreferencePair
+from weitiao.data.formats import Conversation, Document, LoadResult, Message, PreferencePair
 from weitiao.errors import UserError
 
 T = TypeVar("T")
@@ -38,7 +36,9 @@ def _calls(m: Message) -> str:
     return "\x1e" + json.dumps(m["tool_calls"], ensure_ascii=False, sort_keys=True) if m.get("tool_calls") else ""
 
 
-def conversation_key(conv: Conversation) -> str:
+def conversation_key(conv: Conversation | Document) -> str:
+    if isinstance(conv, Document):
+        return messages_key([{"role": "prompt", "content": conv.prompt or ""}, {"role": "text", "content": conv.text}])
     tools = "\x1d" + json.dumps(conv.tools, ensure_ascii=False, sort_keys=True) if conv.tools else ""
     return messages_key(conv.messages) + tools
 
@@ -62,6 +62,8 @@ def split_eval(rows: list[T], fraction: float, seed: int, key: Callable[[T], Any
     The eval side keeps one copy per unique row; `eval_copies_dropped` counts the others. Without
     copies this is the plain seeded row split (same permutation as before copies were grouped).
     """
+    import torch  # here: tokenizer worker processes import this module and need no torch
+
     groups: dict[Any, list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault(key(row), []).append(i)

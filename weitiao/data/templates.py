@@ -122,6 +122,19 @@ class ChatTemplate:
             **kw,
         )
 
+    def render_many(self, tokenizer: Any, conversations: list[list[dict]], add_generation_prompt: bool = False) -> list:
+        """`render` of each conversation, in one batched `apply_chat_template` call."""
+        if not conversations:
+            return []
+        if self.appends_eos:
+            conversations = [
+                [{**m, "content": m["content"] + self.eot} if m["role"] == "assistant" else m for m in ms]
+                for ms in conversations
+            ]
+        return tokenizer.apply_chat_template(
+            conversations, chat_template=self.jinja, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
     def parse_tool_calls(self, text: str) -> tuple[str, list[dict]]:
         """Split generated text into (content, calls), each call {"name", "arguments": JSON string}.
 

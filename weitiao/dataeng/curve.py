@@ -113,7 +113,7 @@ def run(
     cfg = load_config(sft.SFTConfig, config, overrides or [])
     out = Path(out or Path(cfg.train.out) / "curve")
     rows = load_conversations(cfg.data.train, cfg.data.format, skip_invalid=cfg.data.skip_invalid,
-                              rejects_path=out / "rejects.jsonl").rows  # fmt: skip
+                              rejects_path=out / "rejects.jsonl", dataset_dir=cfg.data.dataset_dir).rows  # fmt: skip
     rng = random.Random(seed)
     # 2. one shuffle; nested prefixes
     order = list(range(len(rows)))

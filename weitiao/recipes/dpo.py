@@ -84,6 +84,9 @@ class PrefDataSpec(BaseModel):
 
     train: list[DataPath]
     eval: list[DataPath] = Field(default_factory=list)
+    dataset_dir: ConfigPath | None = Field(
+        None, description="LLaMA-Factory data folder: train/eval are names in its dataset_info.json"
+    )
     eval_split: float = Field(0.0, ge=0, lt=1)
     format: Literal["auto", "preference"] = "auto"
     template: Literal["auto", "tokenizer", "chatml", "qwen", "llama3", "plain"] = "auto"
@@ -171,11 +174,12 @@ def prepare_pairs(cfg: DPOConfig, tokenizer: Any) -> PrefData:
     d = cfg.data
     template = resolve_template(tokenizer, d.template)
     rejects = Path(cfg.train.out) / "rejects.jsonl"
-    loaded = load_pairs(d.train, d.format, d.skip_invalid, rejects, d.max_row_bytes)
+    loaded = load_pairs(d.train, d.format, d.skip_invalid, rejects, d.max_row_bytes, d.dataset_dir)
     require_rows(loaded, "data.train")
     pairs, read, rejected = loaded.rows, loaded.read, loaded.rejected
     if d.eval:
-        ev = load_pairs(d.eval, d.format, d.skip_invalid, rejects.with_name("eval_rejects.jsonl"), d.max_row_bytes)
+        ev_rejects = rejects.with_name("eval_rejects.jsonl")
+        ev = load_pairs(d.eval, d.format, d.skip_invalid, ev_rejects, d.max_row_bytes, d.dataset_dir)
         require_rows(ev, "data.eval")
         eval_pairs, read, rejected = ev.rows, read + ev.read, rejected + ev.rejected
     elif d.eval_split:

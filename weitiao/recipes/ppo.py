@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from weitiao.config import ConfigPath, ResumeRef, dump_config
 from weitiao.data.chat import IGNORE
-from weitiao.data.formats import Message, RowError, detect_format, iter_records, parse_preference, parse_row
+from weitiao.data.formats import Document, Message, RowError, detect_format, iter_records, parse_preference, parse_row
 from weitiao.data.templates import resolve_template
 from weitiao.data.tools import uses_tools
 from weitiao.errors import UserError
@@ -153,6 +153,8 @@ def load_prompts(paths: list[str]) -> list[list[Message]]:
                     out.append(parse_preference({**rec, "chosen": "-", "rejected": "+"}).prompt)
                     continue
                 row = parse_row(rec, detect_format(rec))
+                if isinstance(row, Document):
+                    raise RowError("text", "a plain-text row is not a prompt")
                 if not hasattr(row, "prompt") and uses_tools(row):
                     raise RowError("tools", "tool rows train with `weitiao sft` only; PPO prompts carry no tools")
                 out.append(row.prompt if hasattr(row, "prompt") else row.prompt_messages)

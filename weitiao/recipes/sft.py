@@ -13,18 +13,21 @@ gradient average equals the single-process gradient of the same global batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from weitiao.config import ConfigPath, DataPath, ResumeRef, dump_config
-from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, EncodeStats, encode_all
-from weitiao.data.collate import collate, n_targets, plan_epoch, process_share
-from weitiao.data.formats import MAX_ROW_BYTES, load_conversations
-from weitiao.data.prep import conversation_key, count_overlap, overlap_warning, require_rows, split_eval
+from weitiao.data.cache import EncodedSet, encoded_files
+from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, EncodeStats
+from weitiao.data.collate import collate, example_lengths, n_targets, plan_epoch, process_share
+from weitiao.data.formats import MAX_ROW_BYTES
+from weitiao.data.prep import count_overlap, overlap_warning, require_rows, split_eval
 from weitiao.data.templates import ChatTemplate, resolve_template
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text
@@ -40,12 +43,17 @@ class DataSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    train: list[DataPath] = Field(..., description="data files (jsonl/json/parquet)")
+    train: list[DataPath] = Field(
+        ..., description="data files, globs or folders (jsonl[.gz|.zst]/json/parquet/arrow/csv); names with dataset_dir"
+    )
+    dataset_dir: ConfigPath | None = Field(
+        None, description="LLaMA-Factory data folder: train/eval are names in its dataset_info.json"
+    )
     eval: list[DataPath] = Field(default_factory=list, description="eval files; else eval_split of train")
     eval_split: float = Field(
         0.0, ge=0, lt=1, description="fraction of unique train conversations held out when no eval files"
     )
-    format: Literal["auto", "alpaca", "sharegpt", "openai"] = "auto"
+    format: Literal["auto", "alpaca", "sharegpt", "openai", "prompt_completion", "text"] = "auto"
     template: Literal["auto", "tokenizer", "chatml", "qwen", "llama3", "plain"] = "auto"
     max_len: int = Field(1024, gt=8)
     truncation: Literal["drop", "cut", "history"] = Field(
@@ -59,6 +67,13 @@ class DataSpec(BaseModel):
     packing: bool = True
     skip_invalid: bool = False
     max_row_bytes: int = Field(MAX_ROW_BYTES, gt=0, description="a longer JSONL row is rejected unread (file:line)")
+    cache: bool = Field(
+        True, description="keep tokenized rows on disk (Arrow, memory-mapped); a rerun skips tokenizing"
+    )
+    cache_dir: ConfigPath | None = Field(
+        None, description="default $WEITIAO_CACHE/tokenized, else ~/.cache/weitiao/tokenized"
+    )
+    num_proc: int = Field(0, ge=0, description="tokenizing processes; 0 = CPU cores (at most 8)")
 
 
 class TrainSpec(BaseModel):
@@ -110,18 +125,19 @@ class SFTConfig(BaseModel):
 class SFTData:
     tokenizer: object
     template: ChatTemplate
-    train: list[Encoded]
-    eval: list[Encoded]
+    train: Sequence[Encoded]  # memory-mapped rows (`cache.EncodedRows`)
+    eval: Sequence[Encoded]
     stats: EncodeStats
     eval_stats: EncodeStats
     read: int
     rejected: int
     eval_copies: int = 0  # copies of held-out rows kept out of both sides by eval_split
     warnings: list[str] = field(default_factory=list)
+    cache_line: str = ""  # where the tokenized rows came from
 
 
 def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
-    """Load, validate, template and tokenize train/eval data; account for every row.
+    """Load, validate, template and tokenize train/eval data (or read them from the cache); account for every row.
 
     An eval split holds out unique conversations (copies stay on one side, one copy evaluated);
     eval rows that also occur in train are counted and warned about, eval files given too.
@@ -129,37 +145,68 @@ def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
     d = cfg.data
     template = resolve_template(tokenizer, d.template)
     rejects = Path(cfg.train.out) / "rejects.jsonl"
-    rows_kw = {"skip_invalid": d.skip_invalid, "max_row_bytes": d.max_row_bytes}
-    loaded = load_conversations(d.train, d.format, rejects_path=rejects, **rows_kw)
-    require_rows(loaded, "data.train")
-    convs = loaded.rows
-    read, rejected, eval_copies = loaded.read, loaded.rejected, 0
-    if d.eval:
-        ev = load_conversations(d.eval, d.format, rejects_path=rejects.with_name("eval_rejects.jsonl"), **rows_kw)
-        require_rows(ev, "data.eval")
-        eval_convs, read, rejected = ev.rows, read + ev.read, rejected + ev.rejected
-    elif d.eval_split > 0:
-        split = split_eval(convs, d.eval_split, cfg.train.seed, conversation_key)
-        convs, eval_convs, eval_copies = split.train, split.eval, split.eval_copies_dropped
-    else:
-        eval_convs = []
     opts = EncodeOptions(d.max_len, d.train_on_prompt, d.train_turns, d.truncation, d.train_eot)
-    train, stats = encode_all(convs, tokenizer, template, opts)
-    evals, eval_stats = encode_all(eval_convs, tokenizer, template, opts)
+    first = not (torch.distributed.is_initialized() and torch.distributed.get_rank() > 0)
+    kw = {
+        "read": {
+            "fmt": d.format,
+            "skip_invalid": d.skip_invalid,
+            "max_row_bytes": d.max_row_bytes,
+            "dataset_dir": d.dataset_dir,
+        },
+        "tokenizer": tokenizer,
+        "template": template,
+        "opts": opts,
+        "cache_dir": d.cache_dir,
+        "use_cache": d.cache,
+        "num_proc": d.num_proc,
+        "progress": cfg.train.progress and first,
+    }
+    tr = encoded_files(d.train, rejects_path=rejects, **kw)
+    require_rows(tr.load_result(rejects), "data.train")
+    rows = np.arange(len(tr))
+    read, rejected, eval_copies, ev, eval_rows = tr.meta["read"], tr.meta["rejected"], 0, tr, rows[:0]
+    if d.eval:
+        ev = encoded_files(d.eval, rejects_path=rejects.with_name("eval_rejects.jsonl"), **kw)
+        require_rows(ev.load_result(rejects.with_name("eval_rejects.jsonl")), "data.eval")
+        eval_rows, read, rejected = np.arange(len(ev)), read + ev.meta["read"], rejected + ev.meta["rejected"]
+    elif d.eval_split > 0:  # rows grouped by their conversation's 64-bit key, as split_eval groups conversations
+        split = split_eval(tr.firsts(rows).tolist(), d.eval_split, cfg.train.seed, tr.keys.tolist().__getitem__)
+        rows, eval_rows = tr.with_pieces(np.array(split.train)), tr.with_pieces(np.array(split.eval))
+        eval_copies = split.eval_copies_dropped
+    train, stats, evals, eval_stats = tr.view(rows), tr.stats(rows), ev.view(eval_rows), ev.stats(eval_rows)
     if not train:
         raise UserError(f"data.train: no rows left after truncation policy {d.truncation!r} (max_len {d.max_len})")
-    warnings = []
-    if overlap := count_overlap(convs, eval_convs, conversation_key):
-        warnings.append(overlap_warning("data.eval", overlap, len(eval_convs)))
+    warnings = list(dict.fromkeys(tr.meta["notes"] + ev.meta["notes"]))
+    if overlap := count_overlap(tr.keys[tr.firsts(rows)].tolist(), ev.keys[ev.firsts(eval_rows)].tolist(), int):
+        warnings.append(overlap_warning("data.eval", overlap, eval_stats.rows))
     if lost := stats.lost_eot + eval_stats.lost_eot:
         warnings.append(
             f"data.truncation cut: {lost} rows lost their end-of-turn token {template.eot!r} "
             "(the model learns to run on past max_len there); use drop or history, or raise data.max_len"
         )
-    if not (torch.distributed.is_initialized() and torch.distributed.get_rank() > 0):  # once per run
+    if first:  # once per run
         for w in warnings:
             print(f"warning: {w}")
-    return SFTData(tokenizer, template, train, evals, stats, eval_stats, read, rejected, eval_copies, warnings)
+    return SFTData(
+        tokenizer, template, train, evals, stats, eval_stats, read, rejected, eval_copies, warnings, cache_line(tr, ev)
+    )
+
+
+def cache_line(*sets: EncodedSet) -> str:
+    """`tokenized: …` for the data summary: cache hits, or rows/s of the build and where it went."""
+    parts = []
+    for s in dict.fromkeys(sets):  # train, and eval when it is another set
+        m = s.meta
+        if m["hit"]:
+            parts.append(f"{m['rows']:,} rows from cache {s.folder}")
+        else:
+            rate = m["rows"] / max(m["seconds"], 1e-9)
+            where = f" → {s.folder}" if s.folder.exists() else " (data.cache false)"
+            parts.append(
+                f"{m['rows']:,} rows in {m['seconds']:.1f} s ({rate:,.0f} rows/s, {m['num_proc']} proc){where}"
+            )
+    return "tokenized: " + "; ".join(parts)
 
 
 @torch.no_grad()
@@ -248,13 +295,16 @@ def run(cfg: SFTConfig) -> dict:
     if main:
         s = data.stats
         dropped = s.dropped_too_long + data.eval_stats.dropped_too_long
+        pieces, n_eval = s.doc_pieces + data.eval_stats.doc_pieces, data.eval_stats.kept  # rows, not pieces
         print(
-            f"data: {data.read} rows read = {s.kept} train + {len(data.eval)} eval + {data.eval_copies} eval copies "
+            f"data: {data.read} rows read = {s.kept} train + {n_eval} eval + {data.eval_copies} eval copies "
             f"+ {data.rejected} rejected + {dropped} over max_len {cfg.data.max_len} (truncation "
             f"{cfg.data.truncation}: {s.cut} cut, {s.lost_eot + data.eval_stats.lost_eot} lost end-of-turn, "
             f"{s.history_trimmed} history-trimmed) · template {data.template.name} · "
             f"{trainable:,} trainable / {total_params:,} params"
+            + (f" · text documents over max_len split into {pieces} more pieces" if pieces else "")
         )
+        print(data.cache_line)
         if ckpt is None:
             log.log(
                 "data",
@@ -267,7 +317,8 @@ def run(cfg: SFTConfig) -> dict:
                 lost_eot=s.lost_eot + data.eval_stats.lost_eot,
                 history_trimmed=s.history_trimmed,
                 rejected=data.rejected,
-                eval_rows=len(data.eval),
+                eval_rows=n_eval,
+                doc_pieces=pieces,
                 eval_copies=data.eval_copies,
                 template=data.template.name,
                 trainable_params=trainable,
@@ -293,7 +344,7 @@ def run(cfg: SFTConfig) -> dict:
 
     parts = loop.LoopParts(
         name="sft",
-        lengths=[len(e) for e in data.train],
+        lengths=example_lengths(data.train),
         capacity=cfg.data.max_len,
         packing=cfg.data.packing,
         to_rows=lambda rows: rows,

@@ -1,0 +1,97 @@
+"""Data files as other tools write them: `datasets` save_to_disk/.arrow/parquet/json/csv, shard folders,
+globs, .jsonl.gz/.jsonl.zst (issue #17, "Files")."""
+
+import gzip
+import json
+
+import pytest
+from conftest import write_jsonl
+from datasets import Dataset, DatasetDict
+
+from weitiao.data import files
+from weitiao.data.formats import load_conversations, load_rows
+from weitiao.errors import UserError
+
+ROWS = [{"instruction": f"问题{i}", "input": "补充" if i % 2 else "", "output": f"回答{i},\n第二行"} for i in range(7)]
+
+
+def messages(result):
+    return [c.messages for c in result.rows]
+
+
+@pytest.fixture(scope="module")
+def expected(tmp_path_factory):
+    return messages(load_conversations(write_jsonl(tmp_path_factory.mktemp("ref") / "ref.jsonl", ROWS)))
+
+
+def test_datasets_library_files_read_unchanged(tmp_path, expected):
+    ds = Dataset.from_list(ROWS)
+    ds.save_to_disk(str(tmp_path / "saved"))
+    ds.to_parquet(str(tmp_path / "d.parquet"))
+    ds.to_json(str(tmp_path / "d.jsonl"), force_ascii=False)
+    ds.to_csv(str(tmp_path / "d.csv"), index=False)
+    arrow = next((tmp_path / "saved").glob("*.arrow"))
+    for entry in [tmp_path / "saved", arrow, tmp_path / "d.parquet", tmp_path / "d.jsonl", tmp_path / "d.csv"]:
+        got = load_conversations(entry)
+        assert (got.read, got.kept, got.format) == (7, 7, "alpaca"), entry
+        assert messages(got) == expected, entry
+    # CSV rows are numbered by the line they start on: row 2 holds a quoted newline, so row 3 starts at line 4.
+    assert [c.source.rsplit(":", 1)[1] for c in load_conversations(tmp_path / "d.csv").rows[:3]] == ["2", "4", "6"]
+
+
+def test_dataset_dict_folder_names_its_splits(tmp_path):
+    DatasetDict({"train": Dataset.from_list(ROWS), "test": Dataset.from_list(ROWS[:2])}).save_to_disk(str(tmp_path))
+    with pytest.raises(UserError, match=r"a DatasetDict with splits \['train', 'test'\]; give one split's folder"):
+        load_conversations(tmp_path)
+    assert load_conversations(tmp_path / "test").kept == 2
+
+
+def test_shard_folder_glob_and_batches(tmp_path, expected, monkeypatch):
+    ds = Dataset.from_list(ROWS)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for i in range(3):
+        ds.shard(3, i, contiguous=True).to_parquet(str(shards / f"train-{i:05d}-of-00003.parquet"))
+    write_jsonl(shards / "train-00000-of-00003.parquet.rejects.jsonl", [{"error": "ours"}])  # never read back
+    monkeypatch.setattr(files, "BATCH_ROWS", 2)  # several record batches per file
+    for entry in [shards, str(shards / "*.parquet"), str(tmp_path / "**" / "train-*.parquet")]:
+        got = load_conversations(entry)
+        assert messages(got) == expected and got.read == 7 and len(got.per_file) == 3, entry
+    with pytest.raises(UserError, match=r"no data files match"):
+        load_conversations(str(tmp_path / "*.jsonl"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"empty: is a folder with no data files"):
+        load_conversations(tmp_path / "empty")
+
+
+def test_compressed_jsonl_is_streamed_line_by_line(tmp_path, expected):
+    import zstandard
+
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ROWS)
+    with gzip.open(tmp_path / "d.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(text)
+    (tmp_path / "d.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(text.encode()))
+    for name in ["d.jsonl.gz", "d.jsonl.zst"]:
+        got = load_conversations(tmp_path / name)
+        assert messages(got) == expected and got.rows[-1].source.endswith(f"{name}:7")
+    # A huge line inside the compressed stream is skipped unread and reported with its line number.
+    big = text.splitlines(keepends=True)
+    big.insert(2, json.dumps({"instruction": "x" * 5000, "output": "y"}) + "\n")
+    (tmp_path / "big.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress("".join(big).encode()))
+    with pytest.raises(UserError, match=r"big.jsonl.zst:3: row: 5,\d+ bytes, over the 1,000-byte limit"):
+        load_rows(tmp_path / "big.jsonl.zst", max_row_bytes=1000)
+    # Negative controls: a cut-off or mislabelled file is one line naming it, not a traceback.
+    (tmp_path / "cut.jsonl.gz").write_bytes((tmp_path / "d.jsonl.gz").read_bytes()[:40])
+    (tmp_path / "plain.jsonl.zst").write_text(text, encoding="utf-8")
+    for name in ["cut.jsonl.gz", "plain.jsonl.zst"]:
+        with pytest.raises(UserError, match=rf"{name}: not a readable"):
+            load_conversations(tmp_path / name)
+
+
+def test_csv_bad_rows_name_their_line(tmp_path):
+    (tmp_path / "d.csv").write_text("instruction,output\n问,答\n只有一列\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"d.csv:3: row: 1 columns, the header has 2"):
+        load_conversations(tmp_path / "d.csv")
+    (tmp_path / "dup.csv").write_text("output,output\n问,答\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"dup.csv:1: header: expected unique"):
+        load_conversations(tmp_path / "dup.csv")

@@ -1,0 +1,140 @@
+"""LLaMA-Factory `dataset_info.json` folders: column and tag mapping, ranking, kto_tag, images, remote
+entries, num_samples; `data.dataset_dir` in configs and `data check NAME --dataset-dir` (issue #17)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import write_jsonl
+
+from weitiao.data.check import check_file
+from weitiao.data.formats import Conversation, PreferencePair, load_rows
+from weitiao.errors import UserError
+from weitiao.recipes import dpo, sft
+
+ROLE_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
+INFO = {
+    # Entries as in LLaMA-Factory's data/dataset_info.json
+    "alpaca_zh_demo": {"file_name": "alpaca_zh_demo.json"},
+    "dpo_zh_demo": {"file_name": "dpo_zh_demo.json", "ranking": True, "formatting": "sharegpt",
+                    "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}},
+    "kto_en_demo": {"file_name": "kto_en_demo.json", "formatting": "sharegpt",
+                    "columns": {"messages": "messages", "kto_tag": "label"}, "tags": ROLE_TAGS},
+    "mllm_demo": {"file_name": "mllm_demo.json", "formatting": "sharegpt",
+                  "columns": {"messages": "messages", "images": "images"}, "tags": ROLE_TAGS},
+    "alpaca_en": {"hf_hub_url": "llamafactory/alpaca_en"},
+    # Custom mappings
+    "custom": {"file_name": "custom.jsonl", "columns": {"prompt": "q", "query": "ctx", "response": "a",
+                                                        "history": "hist", "system": "sys"}},
+    "pairs": {"file_name": "pairs.jsonl", "ranking": True, "columns": {"prompt": "q", "chosen": "good",
+                                                                      "rejected": "bad", "system": "sys"}},
+    "shards": {"file_name": "shards", "num_samples": 5},
+}  # fmt: skip
+
+
+@pytest.fixture
+def lf_dir(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "dataset_info.json").write_text(json.dumps(INFO), encoding="utf-8")
+
+    def dump(name, rows):
+        (d / name).write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+
+    dump("alpaca_zh_demo.json", [{"instruction": "识别并解释给定列表中的两个科学理论", "input": "细胞理论和日心说",
+                                  "output": "细胞理论是……", "system": "unused unless mapped"}] * 3)  # fmt: skip
+    dump("dpo_zh_demo.json", [{"conversations": [{"from": "human", "value": "天空什么颜色"}],
+                               "chosen": {"from": "gpt", "value": "蓝色"},
+                               "rejected": {"from": "gpt", "value": "绿色"}}] * 2)  # fmt: skip
+    dump("kto_en_demo.json", [{"messages": [{"role": "user", "content": "Hi"},
+                                            {"role": "assistant", "content": "Go away"}], "label": False}])  # fmt: skip
+    dump("mllm_demo.json", [{"messages": [{"role": "user", "content": "<image>Who are they?"},
+                                          {"role": "assistant", "content": "Footballers."}],
+                             "images": ["mllm_demo_data/1.jpg"]}])  # fmt: skip
+    write_jsonl(
+        d / "custom.jsonl", [{"q": "翻译", "ctx": "hello", "a": "你好", "hist": [["在吗", "在"]], "sys": "简洁"}]
+    )
+    write_jsonl(d / "pairs.jsonl", [{"q": "1+1", "good": "2", "bad": "3", "sys": "算术"}] * 4)
+    (d / "shards").mkdir()
+    write_jsonl(d / "shards" / "a.jsonl", [{"instruction": "甲", "output": "一"}])
+    write_jsonl(d / "shards" / "b.jsonl", [{"instruction": "乙", "output": "二"}])
+    return d
+
+
+def test_mapping_follows_llamafactory(lf_dir):
+    got = load_rows(["alpaca_zh_demo"], dataset_dir=lf_dir)
+    assert (got.format, got.read, got.kept) == ("alpaca", 3, 3)
+    assert got.rows[0].messages == [
+        {"role": "user", "content": "识别并解释给定列表中的两个科学理论\n细胞理论和日心说"},
+        {"role": "assistant", "content": "细胞理论是……"},
+    ]  # unmapped `system` column unused, as in LLaMA-Factory
+    custom = load_rows(["custom"], dataset_dir=lf_dir).rows[0]
+    assert custom.messages == [
+        {"role": "system", "content": "简洁"},
+        {"role": "user", "content": "在吗"},
+        {"role": "assistant", "content": "在"},
+        {"role": "user", "content": "翻译\nhello"},
+        {"role": "assistant", "content": "你好"},
+    ]
+    pairs = load_rows(["dpo_zh_demo", "pairs"], dataset_dir=lf_dir)
+    assert pairs.format == "preference" and pairs.kept == 6 and all(isinstance(p, PreferencePair) for p in pairs.rows)
+    assert (pairs.rows[0].prompt, pairs.rows[0].chosen) == ([{"role": "user", "content": "天空什么颜色"}], "蓝色")
+    assert pairs.rows[-1].prompt == [{"role": "system", "content": "算术"}, {"role": "user", "content": "1+1"}]
+
+
+def test_images_noted_kto_and_remote_refused(lf_dir):
+    mllm = load_rows(["mllm_demo"], dataset_dir=lf_dir)
+    assert isinstance(mllm.rows[0], Conversation) and mllm.rows[0].messages[0]["role"] == "user"
+    assert mllm.notes == ["mllm_demo: columns.images (images) ignored: weitiao trains on text only"]
+    with pytest.raises(UserError, match=r"kto_en_demo.json:1: label: unpaired feedback \(KTO"):
+        load_rows(["kto_en_demo"], dataset_dir=lf_dir, skip_invalid=True)
+    with pytest.raises(
+        UserError, match=r"dataset_info.json: alpaca_en.hf_hub_url: 'llamafactory/alpaca_en' is not local"
+    ):
+        load_rows(["alpaca_en"], dataset_dir=lf_dir)
+    with pytest.raises(UserError, match=r"dataset_info.json: no dataset 'nope' \(known: alpaca_en, alpaca_zh_demo"):
+        load_rows(["nope"], dataset_dir=lf_dir)
+
+
+def test_num_samples_folder_and_bad_row_names_the_column(lf_dir):
+    got = load_rows(["shards"], dataset_dir=lf_dir)
+    assert [c.messages[0]["content"] for c in got.rows] == ["甲", "乙", "甲", "乙", "甲"]
+    assert got.read == 2 and got.notes == ["shards: num_samples 5 of 2 rows (the first rows, repeated as needed)"]
+    write_jsonl(lf_dir / "custom.jsonl", [{"q": "翻译", "a": ""}])
+    with pytest.raises(UserError, match=r"custom.jsonl:1: a: is empty"):
+        load_rows(["custom"], dataset_dir=lf_dir)
+    (lf_dir / "kto_en_demo.json").write_text(json.dumps([{"messages": [{"role": "bot", "content": "x"}]}]))
+    with pytest.raises(UserError, match=r"kto_en_demo.json:1: messages\[0\].role: unknown role 'bot'"):
+        load_rows(["kto_en_demo"], dataset_dir=lf_dir)
+
+
+def test_configs_take_dataset_dir_and_names(lf_dir, tokenizer, monkeypatch):
+    monkeypatch.chdir(lf_dir.parent)  # dataset_dir is CWD-relative, like data.train paths
+    out = str(lf_dir.parent / "run")
+    cfg = sft.SFTConfig(data=sft.DataSpec(train=["alpaca_zh_demo", "custom"], dataset_dir="data", max_len=256),
+                        train=sft.TrainSpec(out=out))  # fmt: skip
+    assert sft.prepare_data(cfg, tokenizer).read == 4
+    cfg = dpo.DPOConfig(data=dpo.PrefDataSpec(train=["dpo_zh_demo"], dataset_dir="data"),
+                        train=dpo.DPOTrainSpec(out=out))  # fmt: skip
+    assert dpo.prepare_pairs(cfg, tokenizer).stats.kept == 2
+
+
+def test_data_check_counts(lf_dir, tokenizer, tiny_model_dir):
+    rep = check_file(["alpaca_zh_demo", "custom", "dpo_zh_demo", "pairs"], tokenizer, dataset_dir=str(lf_dir))
+    assert (rep.read, rep.kept, rep.pairs, rep.duplicate_rows) == (10, 10, 6, 2 + 1 + 3)
+    # The CLI: names with --dataset-dir, one JSON report.
+    cmd = [sys.executable, "-m", "weitiao", "data", "check", "pairs", "mllm_demo", "--dataset-dir", str(lf_dir)]
+    r = subprocess.run([*cmd, "--model", str(tiny_model_dir), "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(r.stdout)
+    assert (rep["read"], rep["kept"], rep["pairs"], rep["duplicate_rows"]) == (5, 5, 4, 3)
+    assert rep["notes"] == ["mllm_demo: columns.images (images) ignored: weitiao trains on text only"]
+
+
+def test_entry_without_required_column_is_one_line(lf_dir):
+    info = json.loads((lf_dir / "dataset_info.json").read_text())
+    info["bad"] = {"file_name": "pairs.jsonl", "ranking": True, "columns": {"prompt": "q", "chosen": "good"}}
+    (lf_dir / "dataset_info.json").write_text(json.dumps(info))
+    with pytest.raises(UserError, match=r"dataset_info.json: bad.columns.rejected: not set"):
+        load_rows(["bad"], dataset_dir=lf_dir)

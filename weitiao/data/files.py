@@ -1,0 +1,217 @@
+"""Data files → records: which files a `data.train` entry names, and each file's rows, streamed.
+
+An entry is a file, a glob (`data/*.parquet`), a folder of shards, or a Hugging Face `datasets`
+`save_to_disk` folder. Files: .jsonl/.ndjson (also .jsonl.gz/.jsonl.zst, decompressed as a stream),
+.json, .parquet and .arrow (read a record batch at a time), .csv with a header row. A row that
+cannot be read (bad JSON, over-long line) is yielded as a RowError so the caller can report it
+as `file:line`.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import gzip
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from weitiao.errors import UserError
+from weitiao.io import iter_lines, loads, read_json
+
+JSONL = (".jsonl", ".ndjson")
+COMPRESSED = (".gz", ".zst")
+SUFFIXES = (*JSONL, ".json", ".parquet", ".arrow", ".csv")
+GLOB_CHARS = set("*?[")
+BATCH_ROWS = 1024  # Parquet/Arrow rows decoded at a time
+MAX_ROW_BYTES = 1_000_000  # a longer JSONL row is rejected unread: ~300k tokens, far over any max_len
+
+
+class RowError(ValueError):
+    """A problem in one row: `field` names the offending key path."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field, self.problem = field, problem
+
+
+def data_suffix(path: Path) -> str:
+    """`.jsonl` for `x.jsonl.gz`, else the lower-case suffix."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if len(suffixes) >= 2 and suffixes[-1] in COMPRESSED:
+        return suffixes[-2]
+    return path.suffix.lower()
+
+
+def _is_data_file(path: Path) -> bool:
+    compressed = path.suffix.lower() in COMPRESSED
+    name = path.name
+    # `.rejects.jsonl` is what load_rows writes beside the data: never read it back as data.
+    return (
+        not name.startswith(".")
+        and not name.endswith(".rejects.jsonl")
+        and data_suffix(path) in (JSONL if compressed else SUFFIXES)
+    )
+
+
+def _hf_saved(folder: Path) -> list[Path] | None:
+    """The .arrow shards of a `Dataset.save_to_disk` folder, None when `folder` is not one."""
+    if (folder / "dataset_dict.json").is_file():
+        splits = read_json(folder / "dataset_dict.json").get("splits", [])
+        raise UserError(
+            f"{folder}: a DatasetDict with splits {splits}; give one split's folder, e.g. {folder / 'train'}"
+        )
+    state = folder / "state.json"
+    if not (state.is_file() and (folder / "dataset_info.json").is_file()):
+        return None
+    files = read_json(state).get("_data_files")
+    if not isinstance(files, list) or not all(isinstance(f, dict) and "filename" in f for f in files):
+        raise UserError(f"{state}: _data_files: expected the list `datasets` save_to_disk writes")
+    return [folder / f["filename"] for f in files]
+
+
+def expand_paths(entries: list[str | Path]) -> list[Path]:
+    """Files named by each entry (file, glob, folder of shards, save_to_disk folder), in a stable order."""
+    out: list[Path] = []
+    for entry in entries:
+        p = Path(entry)
+        if not p.exists() and GLOB_CHARS & set(str(entry)):
+            hits = sorted(Path(h) for h in glob.glob(str(entry), recursive=True))
+            hits = [h for h in hits if h.is_file() and _is_data_file(h)]
+            if not hits:
+                raise UserError(f"{entry}: no data files match (.jsonl[.gz|.zst], .json, .parquet, .arrow, .csv)")
+            out += hits
+        elif p.is_dir():
+            shards = _hf_saved(p)
+            if shards is None:
+                shards = sorted(f for f in p.rglob("*") if f.is_file() and _is_data_file(f))
+                shards = [f for f in shards if not any(part.startswith(".") for part in f.relative_to(p).parts)]
+            if not shards:
+                raise UserError(
+                    f"{p}: is a folder with no data files (.jsonl[.gz|.zst], .json, .parquet, .arrow, .csv)"
+                )
+            out += shards
+        else:
+            out.append(p)  # iter_records reports a missing file or a bad suffix
+    return out
+
+
+def _open_stream(path: Path) -> BinaryIO:
+    """A binary stream of the file's (decompressed) bytes; never the whole file in memory."""
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    f = open(path, "rb")  # noqa: SIM115 - the caller closes it
+    if suffix == ".zst":
+        try:
+            import zstandard
+        except ImportError:
+            f.close()
+            raise UserError(f"{path}: reading .zst needs the zstandard package: pip install zstandard") from None
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(f, closefd=True))
+    return f
+
+
+def _jsonl(path: Path, max_row_bytes: int | None) -> Iterator[tuple[int, Any]]:
+    opener = (lambda: _open_stream(path)) if path.suffix.lower() in COMPRESSED else None
+    try:
+        for n, line, size in iter_lines(path, max_row_bytes, opener=opener):
+            if line is None:
+                limit = f"{max_row_bytes:,}"
+                yield n, RowError("row", f"{size:,} bytes, over the {limit}-byte limit (data.max_row_bytes)")
+            elif line.strip():
+                try:
+                    yield n, loads(line)
+                except json.JSONDecodeError as e:
+                    yield n, RowError("json", f"not valid JSON ({e.msg} at column {e.colno})")
+                except ValueError as e:
+                    yield n, RowError("json", f"not valid JSON ({e})")
+    except (OSError, EOFError) as e:  # gzip/zstd: truncated or not compressed at all
+        if isinstance(e, UserError):
+            raise
+        raise UserError(f"{path}: not a readable {path.suffix} file ({e})") from None
+    except Exception as e:  # zstandard.ZstdError is not an OSError
+        if type(e).__name__ != "ZstdError":
+            raise
+        raise UserError(f"{path}: not a readable .zst file ({e})") from None
+
+
+def _csv(path: Path) -> Iterator[tuple[int, Any]]:
+    """Rows of a CSV with a header line, numbered by the file line where each row starts."""
+    line_no = [0]
+
+    def lines() -> Iterator[str]:
+        for n, text, _ in iter_lines(path):
+            line_no[0] = n
+            yield text
+
+    reader = csv.reader(lines())
+    header = next(reader, None)
+    if header is None:
+        return
+    if len(set(header)) != len(header) or not all(h.strip() for h in header):
+        raise UserError(f"{path}:1: header: expected unique, non-empty column names, got {header}")
+    start = line_no[0] + 1
+    for values in reader:
+        if values:
+            if len(values) != len(header):
+                yield start, RowError("row", f"{len(values)} columns, the header has {len(header)}")
+            else:
+                yield start, dict(zip(header, values))
+        start = line_no[0] + 1
+
+
+def _batches(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
+    """Rows of a Parquet or Arrow file, one record batch decoded at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if kind == "parquet":
+            batches = pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS)
+        else:  # `datasets` writes the Arrow IPC stream format; other tools the file format
+            try:
+                batches = iter(pa.ipc.open_stream(pa.memory_map(str(path))))
+            except pa.ArrowInvalid:
+                reader = pa.ipc.open_file(pa.memory_map(str(path)))
+                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        n = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                n += 1
+                yield n, row
+    except (pa.ArrowException, OSError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        name = "Parquet" if kind == "parquet" else "Arrow"
+        raise UserError(f"{path}: not a readable {name} file ({msg})") from None
+
+
+def iter_records(path: Path, max_row_bytes: int | None = MAX_ROW_BYTES) -> Iterator[tuple[int, Any]]:
+    """Yield (line or row number, record) from one data file; unreadable rows come as RowError."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; expected a data file (.jsonl, .json, .parquet, .arrow or .csv)")
+    suffix = data_suffix(path)
+    if path.suffix.lower() in COMPRESSED and suffix not in JSONL:
+        raise UserError(f"{path}: only JSONL is read compressed (.jsonl.gz, .jsonl.zst); decompress it first")
+    if suffix in JSONL:
+        yield from _jsonl(path, max_row_bytes)
+    elif suffix == ".json":
+        data = read_json(path)
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list):
+            raise UserError(f"{path}: json: expected a list of rows (or {{'data': [...]}})")
+        yield from enumerate(data, 1)
+    elif suffix in (".parquet", ".arrow"):
+        yield from _batches(path, suffix[1:])
+    elif suffix == ".csv":
+        yield from _csv(path)
+    else:
+        raise UserError(
+            f"{path}: unsupported file type {suffix!r}; use .jsonl (.gz/.zst), .json, .parquet, .arrow or .csv"
+        )

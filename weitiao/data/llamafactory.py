@@ -1,0 +1,184 @@
+"""LLaMA-Factory datasets: a name in `DIR/dataset_info.json` → its files and a row mapper.
+
+Follows LLaMA-Factory's `data/parser.py` and `data/converter.py`: `formatting` alpaca|sharegpt,
+`ranking` (preference pairs), `columns` (when given, a column not named there is unused, as in
+LLaMA-Factory: alpaca `history`/`system` are read only when mapped) and sharegpt `tags`. Rows are
+renamed into weitiao's own alpaca/sharegpt/preference keys and parsed by `formats`. Departures:
+hub/script/cloud datasets are refused (weitiao never downloads), `kto_tag` rows are refused (no KTO
+loss), image/video/audio columns are ignored with a note, and `num_samples` takes the first N rows
+(repeating the data when N is larger) where LLaMA-Factory samples at random.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from weitiao.data.files import RowError, expand_paths
+from weitiao.errors import UserError
+from weitiao.io import read_json
+
+INFO = "dataset_info.json"
+REMOTE = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
+ALPACA = {"prompt": "instruction", "query": "input", "response": "output", "history": None, "system": None}
+SHAREGPT = {"messages": "conversations", "system": None}
+COMMON = {"tools": None, "images": None, "videos": None, "audios": None, "chosen": None, "rejected": None}
+COMMON |= {"kto_tag": None}
+TAGS = {
+    "role_tag": "from",
+    "content_tag": "value",
+    "user_tag": "human",
+    "assistant_tag": "gpt",
+    "observation_tag": "observation",
+    "function_tag": "function_call",
+    "system_tag": "system",
+}
+# Our ShareGPT role names for LLaMA-Factory's tags (function/observation: tool-calling rows).
+OUR_ROLE = {
+    "user_tag": "human",
+    "assistant_tag": "gpt",
+    "observation_tag": "observation",
+    "function_tag": "function_call",
+    "system_tag": "system",
+}
+MEDIA = ("images", "videos", "audios")
+
+
+@dataclass
+class LFDataset:
+    """One dataset_info.json entry, resolved to local files."""
+
+    name: str
+    files: list[Path]
+    formatting: str
+    ranking: bool
+    columns: dict[str, str | None]
+    tags: dict[str, str]
+    num_samples: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fmt(self) -> str:
+        """The weitiao format the renamed rows are in."""
+        return "preference" if self.ranking else self.formatting
+
+    def column(self, record: dict, key: str, required: bool = False) -> Any:
+        col = self.columns.get(key)
+        if col is None:  # `resolve` checked the required columns are named
+            return None
+        if col not in record:
+            if required:
+                raise RowError(col, "missing")
+            return None
+        return record[col]
+
+    def convert(self, record: Any) -> dict:
+        """The row in weitiao's keys; raises RowError naming the dataset's own column."""
+        if not isinstance(record, dict):
+            raise RowError("row", f"expected a JSON object, got {type(record).__name__}")
+        out: dict[str, Any] = {}
+        if self.columns.get("kto_tag") and isinstance(record.get(self.columns["kto_tag"]), bool):
+            out["label"] = record[self.columns["kto_tag"]]  # load_rows refuses KTO rows
+        if self.formatting == "alpaca":
+            # LLaMA-Factory: user turn = "\n".join of the non-empty prompt and query columns.
+            parts = [self.column(record, "prompt"), self.column(record, "query")]
+            out["instruction"] = "\n".join(p for p in parts if p)
+            if self.column(record, "history") is not None:
+                out["history"] = self.column(record, "history")
+            if not self.ranking:
+                out["output"] = self.column(record, "response", required=True)
+        else:
+            col = self.columns["messages"]
+            out["conversations"] = [self._message(m, f"{col}[{i}]") for i, m in enumerate(self._list(record))]
+        if self.ranking:
+            for k in ("chosen", "rejected"):
+                v = self.column(record, k, required=True)
+                out[k] = self._message(v, self.columns[k]) if self.formatting == "sharegpt" else v
+        for k in ("system", "tools"):
+            if self.column(record, k) not in (None, ""):
+                out[k] = self.column(record, k)
+        return out
+
+    def rename(self, err: RowError) -> RowError:
+        """An error on a weitiao key, renamed to the dataset's column and tags (output → its response column)."""
+        ours = {"instruction": "prompt", "input": "query", "output": "response", "conversations": "messages"}
+        key = re.match(r"\w*", err.field).group(0)
+        col = self.columns.get(ours.get(key, key)) or key
+        rest = err.field[len(key) :]
+        if self.formatting == "sharegpt":
+            rest = rest.replace(".from", f".{self.tags['role_tag']}").replace(".value", f".{self.tags['content_tag']}")
+        return RowError(col + rest, err.problem)
+
+    def _list(self, record: dict) -> list:
+        msgs = self.column(record, "messages", required=True)
+        if not isinstance(msgs, list) or not msgs:
+            raise RowError(self.columns["messages"], "expected a non-empty list of messages")
+        return msgs
+
+    def _message(self, m: Any, where: str) -> dict:
+        """A message with LLaMA-Factory's tags → weitiao's ShareGPT keys (`from`, `value`)."""
+        if not isinstance(m, dict):
+            raise RowError(where, "expected an object")
+        role = m.get(self.tags["role_tag"])
+        ours = {self.tags[t]: r for t, r in OUR_ROLE.items() if self.tags.get(t)}
+        return {"from": ours.get(role, role), "value": m.get(self.tags["content_tag"])}
+
+
+def resolve(dataset_dir: str | Path, name: str) -> LFDataset:
+    """The dataset `name` of `DIR/dataset_info.json`, its files found under DIR."""
+    d = Path(dataset_dir)
+    info_path = d / INFO
+    if not info_path.is_file():
+        raise UserError(f"{info_path}: file not found (data.dataset_dir names a LLaMA-Factory data folder)")
+    info = read_json(info_path)
+    if not isinstance(info, dict):
+        raise UserError(f"{info_path}: expected a mapping of dataset names")
+    if name not in info:
+        known = ", ".join(sorted(info)[:8]) + (", ..." if len(info) > 8 else "")
+        raise UserError(f"{info_path}: no dataset {name!r} (known: {known})")
+    entry = info[name]
+    where = f"{info_path}: {name}"
+    if not isinstance(entry, dict):
+        raise UserError(f"{where}: expected an object")
+    if remote := [k for k in REMOTE if k in entry]:
+        raise UserError(
+            f"{where}.{remote[0]}: {entry[remote[0]]!r} is not local; weitiao never downloads; save the data "
+            "under data.dataset_dir and give file_name instead"
+        )
+    if "file_name" not in entry:
+        raise UserError(f"{where}: file_name missing")
+    formatting = entry.get("formatting", "alpaca")
+    if formatting not in ("alpaca", "sharegpt"):
+        raise UserError(f"{where}.formatting: {formatting!r} unsupported; use alpaca or sharegpt")
+    if entry.get("split", "train") != "train":
+        raise UserError(f"{where}.split: {entry['split']!r}: a local file has one split, train")
+    n = entry.get("num_samples")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n <= 0):
+        raise UserError(f"{where}.num_samples: expected a positive integer, got {n!r}")
+    base = dict(ALPACA if formatting == "alpaca" else SHAREGPT) | COMMON
+    if "columns" in entry:  # as LLaMA-Factory: given columns replace the defaults, unnamed ones are unused
+        cols = entry["columns"]
+        if not isinstance(cols, dict):
+            raise UserError(f"{where}.columns: expected an object")
+        columns = {k: cols.get(k) for k in base}
+    else:
+        columns = base
+    tags = dict(TAGS)
+    if formatting == "sharegpt" and isinstance(entry.get("tags"), dict):
+        tags = {k: entry["tags"].get(k) for k in TAGS}
+        tags["role_tag"] = tags["role_tag"] or "from"
+        tags["content_tag"] = tags["content_tag"] or "value"
+    ranking = bool(entry.get("ranking"))
+    need = ["chosen", "rejected"] if ranking else []
+    need += ["messages"] if formatting == "sharegpt" else [] if ranking else ["response"]
+    if missing := [k for k in need if not columns.get(k)]:
+        raise UserError(f"{where}.columns.{missing[0]}: not set; name the column that holds it")
+    path = d / entry["file_name"]
+    if not path.exists():
+        raise UserError(f"{where}.file_name: {path} not found")
+    notes = [
+        f"{name}: columns.{m} ({columns[m]}) ignored: weitiao trains on text only" for m in MEDIA if columns.get(m)
+    ]
+    return LFDataset(name, expand_paths([path]), formatting, ranking, columns, tags, n, notes)
