@@ -298,13 +298,10 @@ def _fill(text: str) -> str:
 
 
 def _parse_hand(line: str) -> dict:
-    text, spans, pos = "", [], 0
-    for m in re.finditer(r"\[\[(\w+)\|(.+?)\]\]", line):
-        text += line[pos : m.start()]
-        spans.append([len(text), len(text) + len(m.group(2)), m.group(1)])
-        text += m.group(2)
-        pos = m.end()
-    return {"text": text + line[pos:], "spans": spans, "source": "hand"}
+    """A hand-written `[[type|value]]` line → text + spans (the held-out generator's own reader)."""
+    from weitiao.safety.eval.make_pii_zh import _fill_hand
+
+    return {**_fill_hand(line), "source": "hand"}
 
 
 def build_labelled(seed: int = 20261124, per_type: int = 40, negatives: int = 360) -> list[dict]:

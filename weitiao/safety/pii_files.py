@@ -90,6 +90,8 @@ def process_file(
                         fmt = detect_format(record)
                     except RowError:
                         fmt = "json"
+                    if fmt == "text":  # a {"text": ...} corpus row may carry any other fields: scan them all
+                        fmt = "json"
                 if fmt != "json":
                     parse_row(record, fmt)
             except RowError as e:
