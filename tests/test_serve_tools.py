@@ -170,7 +170,12 @@ def test_named_tool_choice_forces_the_call(url):
 
 def test_required_tool_choice(url):
     r = client(url).chat.completions.create(
-        model="tiny", messages=ASK, tools=[OTHER, WEATHER], tool_choice="required", temperature=0
+        model="tiny",
+        messages=ASK,
+        tools=[OTHER, WEATHER],
+        tool_choice="required",
+        temperature=0,
+        parallel_tool_calls=False,  # honoured: required forces exactly one call
     )
     assert r.choices[0].finish_reason == "tool_calls"
     assert [c.function.name for c in r.choices[0].message.tool_calls] == ["get_weather"]
@@ -239,6 +244,7 @@ def test_tool_stream_sends_a_prefix_of_the_final_content(fmt, reply, content, na
             "messages.1.tool_calls.0.function.arguments",
         ),
         ({"tools": [{"type": "function", "function": {"name": "has space"}}]}, "tools.0.function.name"),
+        ({"tools": [WEATHER], "parallel_tool_calls": False}, "parallel_tool_calls"),  # auto may call several
     ],
 )
 def test_bad_tool_requests_are_400(url, body, param):

@@ -53,7 +53,6 @@ NO_OP_FIELDS: dict[str, tuple | None] = {
     "store": None,
     "metadata": None,
     "service_tier": None,
-    "parallel_tool_calls": None,
     "logit_bias": ({},),
     "best_of": (1,),
     "suffix": ("",),
@@ -123,6 +122,7 @@ class ChatRequest(Sampling):
     tools: list[_Tool] | None = None  # rendered through the chat template; see weitiao.infer.tools
     tool_choice: Literal["none", "auto", "required"] | _NamedToolChoice | None = None
     response_format: _ResponseFormat | None = None
+    parallel_tool_calls: bool | None = None  # false: honoured when tool_choice forces one call, else 400
 
 
 class CompletionRequest(Sampling):

@@ -62,6 +62,10 @@ def plan_chat(req: Any, template: ChatTemplate) -> ChatPlan:
     if fmt == "json_schema":
         msg = "response_format: json_schema is not enforced by this server; use {'type': 'json_object'}"
         raise BadRequest(msg, "response_format")
+    if req.parallel_tool_calls is False and choice == "auto" and tools:
+        msg = ("parallel_tool_calls: false is honoured only with tool_choice 'required' or a named function "
+               "(each forces exactly one call); with 'auto' the model may call several")  # fmt: skip
+        raise BadRequest(msg, "parallel_tool_calls")
     if choice == "none" or not tools:  # "auto" without tools is plain text too
         return ChatPlan(messages, None, None, json_object() if fmt == "json_object" else None)
     if not template.supports_tools:
