@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from weitiao.dataeng.similarity import embed, normalize, tfidf
+from weitiao.dataeng.similarity import embed, normalize, tfidf, unit_rows
 from weitiao.errors import UserError, where
 from weitiao.io import atomic_write_text, write_jsonl
 from weitiao.teacher import Teacher, TeacherError, parse_json_reply
@@ -152,8 +152,7 @@ def features(cases: list[Case], embed_model: str | None = None) -> np.ndarray:
     tags = sorted({c.tag for c in cases if c.tag})
     if tags:
         blocks.append(np.array([[float(c.tag == t) for t in tags] for c in cases]))
-    x = np.hstack(blocks)
-    return x / np.where((n := np.linalg.norm(x, axis=1, keepdims=True)) == 0, 1, n)
+    return unit_rows(np.hstack(blocks))
 
 
 def cluster(cases: list[Case], k: int | None = None, embed_model: str | None = None, seed: int = 0) -> list[dict]:
@@ -300,7 +299,7 @@ def run(
     atomic_write_text(out / "clusters.html", report_html(clusters, cases))
     atomic_write_text(out / "clusters.json", json.dumps(clusters, ensure_ascii=False, indent=2))
     counts = augment(cases, teacher, n_aug, progress) if teacher is not None and n_aug > 0 else {}
-    whole = held_out_cases([c for c in cases], holdout, seed) if not any(c.paraphrases for c in cases) else set()
+    whole = held_out_cases(cases, holdout, seed) if not any(c.paraphrases for c in cases) else set()
     sft, dpo, regression, same = [], [], [], 0
     for i, c in enumerate(cases):
         meta = {"case": c.source, "cluster": c.cluster, "tag": c.tag}

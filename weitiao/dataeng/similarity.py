@@ -77,10 +77,11 @@ def tfidf(texts: Sequence[str], ns: tuple[int, ...] = (1, 2), top_vocab: int = 2
                 x[r, col[g]] = c
     idf = np.array([math.log((1 + len(texts)) / (1 + df[g])) + 1 for g in vocab])
     x *= idf
-    return _unit_rows(x), vocab
+    return unit_rows(x), vocab
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row divided by its L2 norm (all-zero rows stay zero)."""
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norm == 0, 1, norm)
 
@@ -107,4 +108,4 @@ def embed(texts: Sequence[str], model_path: str, batch_size: int = 16) -> np.nda
             h = model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
             rows.append(((h * mask).sum(1) / mask.sum(1).clamp_min(1)).float().numpy())
-    return _unit_rows(np.concatenate(rows) if rows else np.zeros((0, 1)))
+    return unit_rows(np.concatenate(rows) if rows else np.zeros((0, 1)))

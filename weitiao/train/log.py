@@ -76,7 +76,19 @@ class _TensorBoard:
         self.w.close()
 
 
-class _Wandb:
+class _RunTracker:
+    """wandb and swanlab share a run object with `log(scalars, step=)` and `finish()`."""
+
+    run: Any
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        self.run.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class _Wandb(_RunTracker):
     def __init__(self, run_dir: Path, config: dict | None):
         import wandb
 
@@ -87,14 +99,8 @@ class _Wandb:
             msg = f"train.report_to: wandb did not start ({e}); run `wandb login` or set WANDB_MODE=offline"
             raise UserError(msg) from None
 
-    def log(self, step: int, scalars: dict[str, float]) -> None:
-        self.run.log(scalars, step=step)
 
-    def close(self) -> None:
-        self.run.finish()
-
-
-class _Swanlab:
+class _Swanlab(_RunTracker):
     def __init__(self, run_dir: Path, config: dict | None):
         import swanlab
 
@@ -104,12 +110,6 @@ class _Swanlab:
         except Exception as e:
             msg = f"train.report_to: swanlab did not start ({e}); run `swanlab login` or set SWANLAB_MODE=offline"
             raise UserError(msg) from None
-
-    def log(self, step: int, scalars: dict[str, float]) -> None:
-        self.run.log(scalars, step=step)
-
-    def close(self) -> None:
-        self.run.finish()
 
 
 class _Mlflow:
