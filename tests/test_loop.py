@@ -7,19 +7,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate.utils import DistributedType
 
 from weitiao.errors import UserError
-from weitiao.recipes.sft import TrainSpec
 from weitiao.train import checkpoint as ck
 from weitiao.train import loop
 from weitiao.train.guard import DivergedError
 from weitiao.train.log import MetricsLog, read_metrics
+from weitiao.train.spec import TrainSpec
 
 
 class OneProcess:
-    """The parts of accelerate.Accelerator the loop uses, for one process."""
+    """The parts of accelerate.Accelerator the loop helpers use, for one process."""
 
     num_processes, process_index, is_main_process = 1, 0, True
+    distributed_type = DistributedType.NO
+    device = torch.device("cpu")
 
     def no_sync(self, _):
         return contextlib.nullcontext()
@@ -29,6 +32,9 @@ class OneProcess:
 
     def reduce(self, x, reduction="sum"):
         return x
+
+    def unwrap_model(self, module):
+        return module
 
     def wait_for_everyone(self):
         pass
@@ -44,45 +50,62 @@ class Toy(torch.nn.Module):
         self.drop = torch.nn.Dropout(0.5)
         self.eval()
 
-    def save_pretrained(self, path, safe_serialization=True):
+    def forward(self, z):
+        return self.lin(self.drop(z))
+
+    def save_pretrained(self, path, safe_serialization=True, state_dict=None):
         Path(path).mkdir(parents=True)
-        torch.save(self.state_dict(), Path(path) / "w.pt")
+        torch.save(state_dict or self.state_dict(), Path(path) / "w.pt")
+
+
+class Wrapper(torch.nn.Module):
+    """A recipe's loss wrapper: the model is `.model`."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
 
 
 def run_loop(tmp_path, t: TrainSpec, *, loss_of=None, after_step=None, state=None, seen=None):
+    """A recipe loop, written as the recipes write theirs, around a toy model."""
+    t = t.model_copy(update={"out": str(tmp_path)})
     model = Toy()
+    module, accel = Wrapper(model), OneProcess()
     params = list(model.parameters())
-    opt = torch.optim.AdamW(params, lr=t.lr)
+    optimizer = torch.optim.AdamW(params, lr=t.lr)
     x = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
-
-    def micro_step(rows, info):
-        if seen is not None:
-            seen.append(model.training)
-        loss = model(x[rows[0]]).pow(2).mean() if loss_of is None else loss_of(model, x[rows[0]])
-        loss.backward()
-        return {"loss": loss.detach(), "n": torch.tensor(1.0), "tokens": torch.tensor(100.0)}
-
-    def forward(z):
-        return model.lin(model.drop(z))
-
-    model.forward = forward
-    parts = loop.LoopParts(
-        name="toy",
-        lengths=[1] * 8,
-        capacity=8,
-        packing=False,
-        to_rows=lambda rows: rows,
-        micro_step=micro_step,
-        step_info=lambda plan: {},
-        summarize=lambda s, sec: {"loss": float(s["loss"] / s["n"]), "tokens_per_s": float(s["tokens"]) / (sec or 1)},
-        evaluate=None,
-        bar_info=lambda m: "",
-        after_step=after_step,
-    )
     log = MetricsLog(tmp_path, tensorboard=False)
-    st = state or loop.new_state()
-    out = loop.fit(parts, t, OneProcess(), model, model, opt, params, t.lr, tmp_path, log, st)
-    return out, model
+    state = state or loop.new_state()
+    plan = loop.EpochPlan([1] * 8, 8, False, t, accel.num_processes)
+    total = plan.total_steps(state)
+
+    def summarize(s, sec):
+        return {"loss": float(s["loss"] / s["n"]), "tokens_per_s": float(s["tokens"]) / (sec or 1)}
+
+    with loop.Tracker("toy", t, accel, log, state, total, module, optimizer) as run:
+        for step in range(state["step"], total):
+            epoch, units = plan.step(step)
+            loop.set_lr(optimizer, t, t.lr, step, total)
+            sums: loop.Sums = {}
+            for rows in loop.micro_batches(accel, module, units):
+                if seen is not None:
+                    seen.append(model.training)
+                z = x[rows[0]]
+                loss = model(z).pow(2).mean() if loss_of is None else loss_of(model, z)
+                loss.backward()
+                loop.add(sums, loss=loss, n=torch.tensor(1.0), tokens=torch.tensor(100.0))
+            norm = loop.clip_grad(accel, params, t.max_grad_norm)
+            sums = loop.reduce_sums(accel, sums)
+            m = summarize(sums, run.lap())
+            run.check_finite(step + 1, loss=m["loss"], grad_norm=norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            run.record(step + 1, epoch, sums, m, norm, "", plan.tokens(units))
+            if after_step:
+                after_step(step + 1, m)
+            if run.eval_save_stop(step + 1, None):
+                break
+    return run.summary(summarize), model
 
 
 def spec(**kw) -> TrainSpec:

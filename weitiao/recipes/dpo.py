@@ -22,24 +22,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from weitiao.config import ConfigPath, DataPath, ModelRef, dump_config
+from weitiao.config import ConfigPath, ModelRef, dump_config
 from weitiao.data.chat import IGNORE, Encoded
 from weitiao.data.collate import Batch, collate, n_targets, process_share
-from weitiao.data.formats import MAX_ROW_BYTES, PreferencePair
-from weitiao.data.preference import PairStats, encode_pairs, load_pairs, pair_rows
-from weitiao.data.prep import count_overlap, overlap_warning, pair_key, require_rows, split_eval
-from weitiao.data.templates import ChatTemplate, resolve_template
-from weitiao.errors import UserError
+from weitiao.data.preference import pair_rows
+from weitiao.data.templates import ChatTemplate
 from weitiao.losses.preference import LENGTH_AVERAGED, dpo_terms, k3_kl
 from weitiao.losses.sft import CausalLMLoss
 from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
@@ -54,8 +49,9 @@ from weitiao.models.load import (
     load_tokenizer,
     resolve_path,
 )
-from weitiao.recipes.sft import TrainSpec
-from weitiao.train import loop
+from weitiao.train import dist, loop
+from weitiao.train.pairs import PrefData, prepare_pairs
+from weitiao.train.spec import PairTrainSpec, PrefDataSpec
 
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "margins", "accuracy", "logps/chosen", "logps/rejected")
 # Sums every micro-step returns (evaluate() starts from zeros for these, so a rank without pairs still reduces).
@@ -75,32 +71,6 @@ SUM_KEYS = (
     "pairs",
     "weight_sum",
 )
-
-
-class PrefDataSpec(BaseModel):
-    """Preference data: prompt (or history) + chosen + rejected rows."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    train: list[DataPath]
-    eval: list[DataPath] = Field(default_factory=list)
-    dataset_dir: ConfigPath | None = Field(
-        None, description="LLaMA-Factory data folder: train/eval are names in its dataset_info.json"
-    )
-    eval_split: float = Field(0.0, ge=0, lt=1)
-    format: Literal["auto", "preference"] = "auto"
-    template: Literal["auto", "tokenizer", "chatml", "qwen", "llama3", "plain"] = "auto"
-    max_len: int = Field(1024, gt=8, description="per sequence (prompt + one reply)")
-    truncation: Literal["drop", "cut_response"] = "drop"
-    packing: bool = True
-    skip_invalid: bool = False
-    max_row_bytes: int = Field(MAX_ROW_BYTES, gt=0, description="a longer JSONL row is rejected unread (file:line)")
-    weight_field: str | None = Field(
-        None, description="row field with a per-pair loss weight ≥ 0, e.g. confidence (DPO: Σ w·loss / Σ w)"
-    )
-    min_confidence: float | None = Field(
-        None, ge=0, le=1, description="drop train and eval pairs whose `confidence` field is below this"
-    )
 
 
 class DPOSpec(BaseModel):
@@ -129,9 +99,8 @@ class DPOSpec(BaseModel):
         return self
 
 
-class DPOTrainSpec(TrainSpec):
+class DPOTrainSpec(PairTrainSpec):
     out: ConfigPath = "runs/dpo"
-    disable_dropout: bool = Field(True, description="dropout off in the policy, so step 0 has π = π_ref")
 
 
 class DPOConfig(BaseModel):
@@ -142,69 +111,6 @@ class DPOConfig(BaseModel):
     data: PrefDataSpec
     dpo: DPOSpec = Field(default_factory=DPOSpec)
     train: DPOTrainSpec = Field(default_factory=DPOTrainSpec)
-
-
-@dataclass
-class PrefData:
-    template: ChatTemplate
-    train: list[Encoded]  # [chosen_0, rejected_0, chosen_1, ...]
-    eval: list[Encoded]
-    stats: PairStats
-    read: int
-    rejected: int
-    weights: list[float] | None = None  # per train pair, from data.weight_field
-    low_confidence: int = 0  # pairs dropped by data.min_confidence
-
-
-def _row_number(pair: PreferencePair, name: str, key: str) -> float:
-    v = pair.extra.get(name)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        got = "missing" if v is None else f"{v!r} is not a number ≥ 0"
-        raise UserError(f"{pair.source}: {name}: {got} ({key} reads it)")
-    return float(v)
-
-
-def _confident(pairs: list[PreferencePair], least: float | None) -> list[PreferencePair]:
-    if least is None:
-        return pairs
-    return [p for p in pairs if _row_number(p, "confidence", "data.min_confidence") >= least]
-
-
-def prepare_pairs(cfg: DPOConfig, tokenizer: Any) -> PrefData:
-    d = cfg.data
-    template = resolve_template(tokenizer, d.template)
-    rejects = Path(cfg.train.out) / "rejects.jsonl"
-    loaded = load_pairs(d.train, d.format, d.skip_invalid, rejects, d.max_row_bytes, d.dataset_dir)
-    require_rows(loaded, "data.train")
-    pairs, read, rejected = loaded.rows, loaded.read, loaded.rejected
-    if d.eval:
-        ev_rejects = rejects.with_name("eval_rejects.jsonl")
-        ev = load_pairs(d.eval, d.format, d.skip_invalid, ev_rejects, d.max_row_bytes, d.dataset_dir)
-        require_rows(ev, "data.eval")
-        eval_pairs, read, rejected = ev.rows, read + ev.read, rejected + ev.rejected
-    elif d.eval_split:
-        split = split_eval(pairs, d.eval_split, cfg.train.seed, pair_key)  # copies stay on one side
-        pairs, eval_pairs = split.train, split.eval
-    else:
-        eval_pairs = []
-    if overlap := count_overlap(pairs, eval_pairs, pair_key):
-        print("warning: " + overlap_warning("data.eval", overlap, len(eval_pairs)))
-    n_read = len(pairs) + len(eval_pairs)
-    pairs, eval_pairs = _confident(pairs, d.min_confidence), _confident(eval_pairs, d.min_confidence)
-    if not pairs:
-        raise UserError(f"data.min_confidence: no train pair has confidence ≥ {d.min_confidence}")
-    train, stats = encode_pairs(pairs, tokenizer, template, d.max_len, d.truncation)
-    evals, _ = encode_pairs(eval_pairs, tokenizer, template, d.max_len, d.truncation)
-    if not train:
-        raise UserError(f"data.train: no pairs left after truncation {d.truncation!r} (max_len {d.max_len})")
-    weights = None
-    if d.weight_field:  # by source (file:line): encoding may drop pairs
-        by_source = {p.source: _row_number(p, d.weight_field, "data.weight_field") for p in pairs}
-        weights = [by_source[e.source] for e in train[0::2]]
-        if not sum(weights) > 0:
-            raise UserError(f"data.weight_field: every train pair has {d.weight_field} 0")
-    low = n_read - len(pairs) - len(eval_pairs)
-    return PrefData(template, train, evals, stats, read, rejected, weights, low)
 
 
 def sequence_logps(loss_mod: Any, b: Batch, n_seqs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -453,12 +359,30 @@ def evaluate(
     return _means(dict(zip(keys, vec)), "eval_")
 
 
+class FallingChosen:
+    """Notices when the chosen replies' log-probs fell `n` steps in a row (DPO pushing both replies down)."""
+
+    def __init__(self, n: int):
+        self.seen: deque = deque(maxlen=max(2, n))
+        self.warned = False
+
+    def update(self, logp_chosen: float) -> str | None:
+        """The warning, once, at the step that completes such a run; else None."""
+        self.seen.append(logp_chosen)
+        s = list(self.seen)
+        if self.warned or len(s) < self.seen.maxlen or not all(a > b for a, b in zip(s, s[1:])):
+            return None
+        self.warned = True
+        return (
+            f"chosen log-probs fell for {len(s)} steps in a row ({s[0]:.2f} → {s[-1]:.2f}): "
+            "both replies are being pushed down; consider dpo.rpo_alpha > 0 or a lower lr"
+        )
+
+
 def run(cfg: DPOConfig) -> dict:
     """Train with DPO; returns the summary with the last eval metrics."""
-    from accelerate import Accelerator
-
     t, d = cfg.train, cfg.dpo
-    accel = Accelerator(cpu=not torch.cuda.is_available())
+    accel = dist.accelerator()
     main = accel.is_main_process
     torch.manual_seed(t.seed)
     out = Path(t.out)
@@ -467,7 +391,6 @@ def run(cfg: DPOConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model.path)
     data = prepare_pairs(cfg, tokenizer)
     pad_id = tokenizer.pad_token_id
-    pair_len = [len(data.train[2 * i]) + len(data.train[2 * i + 1]) for i in range(len(data.train) // 2)]
     world = accel.num_processes
     lr = t.lr if t.lr is not None else (5e-5 if cfg.lora.enabled else 5e-7)
 
@@ -490,13 +413,14 @@ def run(cfg: DPOConfig) -> dict:
     elif cfg.lora.init_from:  # continuing an SFT adapter: the reference is that SFT model, not the bare base
         ref_model = load_lora(load_model(cfg.model, accel.device), cfg.lora.init_from)
         ref_model.eval().requires_grad_(False)
+    trainable, _ = count_params(model)
     loss_mod, optimizer = accel.prepare(loss_mod, optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]  # again: FSDP swaps in sharded ones
     ref = Reference(loss_mod, model, ref_model)
     eval_ref = Reference(loss_mod, model, ref_model)  # eval pairs are never cached: always live
-    trainable, total_params = count_params(model)
 
     # 3. Resume (a fresh run clears the previous run's files, its reference cache included).
-    state, ckpt, log = loop.start(out, t, dump_config(cfg), model, optimizer, main)
+    state, ckpt, log = loop.start(out, t, dump_config(cfg), accel, loss_mod, optimizer)
     cache_file = out / "ref_logps.pt"
     if ckpt is None and main and cache_file.exists():
         cache_file.unlink()
@@ -505,79 +429,74 @@ def run(cfg: DPOConfig) -> dict:
         key = cache_key(cfg, data.template, data.train)
         ref.precompute(data.train, cfg, key, pad_id, one_row, accel, cache_file)
     if main:
-        s = data.stats
-        print(
-            f"pairs: {data.read} read = {s.kept} train + {len(data.eval) // 2} eval + {data.rejected} rejected + "
-            f"{data.low_confidence} below min_confidence + "
-            f"{s.dropped_too_long} over max_len ({s.cut} cut) · β={d.beta} {d.loss_type} · "
-            f"reference: {'cache' if ref.cache else 'frozen model' if ref.ref_loss else 'adapter disabled'} · "
-            f"{trainable:,} trainable params"
-        )
-        if ckpt is None:
-            log.log(
-                "data",
-                0,
-                read=data.read,
-                pairs=s.pairs,
-                kept=s.kept,
-                dropped_too_long=s.dropped_too_long,
-                cut=s.cut,
-                rejected=data.rejected,
-                eval_pairs=len(data.eval) // 2,
-                low_confidence=data.low_confidence,
-            )
+        print_pairs_summary(data, cfg, ref, trainable, log if ckpt is None else None)
+    plan = loop.EpochPlan(data.pair_lengths(), 2 * cfg.data.max_len, cfg.data.packing, t, world)
+    total = plan.total_steps(state)
+    falling = FallingChosen(d.warn_falling_chosen)
 
-    # 4. Loop: each micro-batch packs whole pairs; the loss is normalized by the step's pair count.
-    def step_info(plan: list) -> dict:
-        # Example 2i is pair i's chosen side, whether a row holds whole pairs (packed) or one sequence.
-        chosen = [i for rows in plan for row in rows for i in row if i % 2 == 0]
-        weight = sum(data.weights[i // 2] for i in chosen) if data.weights else len(chosen)
-        return {"pairs": len(chosen), "weight": weight, "chosen_tokens": sum(n_targets(data.train[i]) for i in chosen)}
+    def evaluate_now() -> dict[str, float]:
+        return evaluate(loss_mod, eval_ref, data.eval, cfg, ids, accel, model)
 
-    def micro_step(rows: list, info: dict) -> dict:
-        b = collate(data.train, rows, pad_id, cfg.data.packing, one_row).to(accel.device)
-        o = pair_step(loss_mod, ref, b, [i for row in rows for i in row], cfg, data.weights)
-        objective = o["loss_sum"] * world / max(info["weight"], 1e-12)  # a step of weight-0 pairs learns nothing
-        if d.rpo_alpha:
-            objective = objective + d.rpo_alpha * o["nll_chosen_sum"] * world / max(1, info["chosen_tokens"])
-        accel.backward(objective)
-        return {k: v.detach() for k, v in o.items()}
-
-    def summarize(sums: dict, seconds: float) -> dict:
+    def summarize(sums: loop.Sums, seconds: float) -> dict[str, float]:
         return {**_means(sums), "pairs_per_s": float(sums["pairs"]) / max(seconds, 1e-9)}
 
-    falling: deque = deque(maxlen=max(2, d.warn_falling_chosen))
-    warned: list[bool] = []
-
-    def after_step(step: int, m: dict) -> None:
-        falling.append(m["logps/chosen"])
-        if warned or len(falling) < falling.maxlen or not all(a > b for a, b in zip(falling, list(falling)[1:])):
-            return
-        warned.append(True)
-        msg = (
-            f"chosen log-probs fell for {len(falling)} steps in a row ({falling[0]:.2f} → {falling[-1]:.2f}): "
-            "both replies are being pushed down; consider dpo.rpo_alpha > 0 or a lower lr"
-        )
-        log.log("warning", step, message=msg)
-        if main:
-            print(f"warning: {msg}")
-
-    parts = loop.LoopParts(
-        name="dpo",
-        lengths=pair_len,
-        capacity=2 * cfg.data.max_len,
-        packing=cfg.data.packing,
-        to_rows=lambda rows: pair_rows(rows, cfg.data.packing),
-        micro_step=micro_step,
-        step_info=step_info,
-        summarize=summarize,
-        evaluate=(lambda: evaluate(loss_mod, eval_ref, data.eval, cfg, ids, accel, model)) if data.eval else None,
-        bar_info=lambda m: f"loss {m['loss']:.4f} · acc {m['accuracy']:.2f} · margin {m['margins']:.3f}",
-        after_step=after_step,
-    )
-    result = loop.fit(parts, t, accel, loss_mod, model, optimizer, params, lr, out, log, state)
+    # 4. Loop: each micro-batch packs whole pairs; the loss is normalized by the step's pair weight.
+    with loop.Tracker("dpo", t, accel, log, state, total, loss_mod, optimizer) as run:
+        for step in range(state["step"], total):
+            epoch, units = plan.step(step)
+            chosen = [2 * u for pairs in units for row in pairs for u in row]  # example 2u: pair u's chosen
+            weight = sum(data.weights[i // 2] for i in chosen) if data.weights else len(chosen)
+            chosen_tokens = sum(n_targets(data.train[i]) for i in chosen)
+            loop.set_lr(optimizer, t, lr, step, total)
+            sums: loop.Sums = {}
+            for pairs in loop.micro_batches(accel, loss_mod, units):
+                rows = pair_rows(pairs, cfg.data.packing)
+                b = collate(data.train, rows, pad_id, cfg.data.packing, one_row).to(accel.device)
+                o = pair_step(loss_mod, ref, b, [i for row in rows for i in row], cfg, data.weights)
+                objective = o["loss_sum"] * world / max(weight, 1e-12)  # a step of weight-0 pairs learns nothing
+                if d.rpo_alpha:
+                    objective = objective + d.rpo_alpha * o["nll_chosen_sum"] * world / max(1, chosen_tokens)
+                accel.backward(objective)
+                loop.add(sums, **o)
+            norm = loop.clip_grad(accel, params, t.max_grad_norm)
+            sums = loop.reduce_sums(accel, sums)
+            m = summarize(sums, run.lap())
+            run.check_finite(step + 1, loss=m["loss"], grad_norm=norm)  # the weights stay the last good ones
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            bar = f"loss {m['loss']:.4f} · acc {m['accuracy']:.2f} · margin {m['margins']:.3f}"
+            run.record(step + 1, epoch, sums, m, norm, bar, plan.tokens(units))
+            if msg := falling.update(m["logps/chosen"]):
+                run.warn(step + 1, msg)
+            if run.eval_save_stop(step + 1, evaluate_now if data.eval else None):
+                break
 
     # 5. Save.
-    summary = {"out": str(out), "beta": d.beta, "loss_type": d.loss_type, **result}
-    loop.finish(out, accel.unwrap_model(loss_mod).model, tokenizer, data.template, summary, log, accel)
+    summary = {"out": str(out), "beta": d.beta, "loss_type": d.loss_type, **run.summary(summarize)}
+    loop.finish(out, model, tokenizer, data.template, summary, log, accel, dist.full_weights(accel, loss_mod))
     return summary
+
+
+def print_pairs_summary(data: PrefData, cfg: DPOConfig, ref: Reference, trainable: int, log: Any = None) -> None:
+    """The pairs line (every row accounted for); `log`: also a `data` record."""
+    s, d = data.stats, cfg.dpo
+    print(
+        f"pairs: {data.read} read = {s.kept} train + {len(data.eval) // 2} eval + {data.rejected} rejected + "
+        f"{data.low_confidence} below min_confidence + "
+        f"{s.dropped_too_long} over max_len ({s.cut} cut) · β={d.beta} {d.loss_type} · "
+        f"reference: {'cache' if ref.cache else 'frozen model' if ref.ref_loss else 'adapter disabled'} · "
+        f"{trainable:,} trainable params"
+    )
+    if log is not None:
+        log.log(
+            "data",
+            0,
+            read=data.read,
+            pairs=s.pairs,
+            kept=s.kept,
+            dropped_too_long=s.dropped_too_long,
+            cut=s.cut,
+            rejected=data.rejected,
+            eval_pairs=len(data.eval) // 2,
+            low_confidence=data.low_confidence,
+        )

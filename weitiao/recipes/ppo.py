@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from weitiao.config import ConfigPath, ResumeRef, dump_config
+from weitiao.config import ConfigPath, dump_config
 from weitiao.data.chat import IGNORE
 from weitiao.data.formats import Document, Message, RowError, detect_format, iter_records, parse_preference, parse_row
 from weitiao.data.templates import resolve_template
@@ -50,7 +50,8 @@ from weitiao.models.rewards import RewardSpec, build_scorer
 from weitiao.models.roles import Roles
 from weitiao.train import checkpoint as ck
 from weitiao.train.guard import ensure_finite
-from weitiao.train.log import REPORT_TO_HELP, MetricsLog, ReportTo, progress_bar
+from weitiao.train.log import MetricsLog, progress_bar
+from weitiao.train.spec import RunSpec, TemplateName
 
 
 class PPOSpec(BaseModel):
@@ -102,29 +103,19 @@ class PromptSpec(BaseModel):
     prompts: list[ConfigPath] = Field(
         ..., description="files of prompts: {prompt}, {messages} ending with user, SFT rows"
     )
-    template: str = "auto"
+    template: TemplateName = "auto"
 
 
-class PPOTrainSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PPOTrainSpec(RunSpec):
     out: ConfigPath = "runs/ppo"
-    seed: int = 42
-    num_episodes: int = Field(1, gt=0, description="passes over the prompts")
     max_steps: int | None = Field(None, gt=0, description="stop after this many rollout steps")
-    save_every: int = Field(0, ge=0, description="0 = only at the end")
-    keep_last: int = Field(2, ge=0, description="checkpoints kept; 0 = all")
-    resume: ResumeRef = Field("auto", description="auto (latest checkpoint in out), none, or a checkpoint dir")
-    stop_after: int | None = Field(None, gt=0, description="end the process after this step (tests a kill)")
+    keep_last: int = Field(2, gt=0, description="checkpoints kept; at least 1")
+    num_episodes: int = Field(1, gt=0, description="passes over the prompts")
     disable_dropout: bool = Field(True, description="dropout p=0 everywhere (else updates run with dropout: π ≠ π_old)")
     sample_every: int = Field(5, ge=0, description="log a few generations every N steps; 0 = never")
     hacking_window: int = Field(5, gt=1, description="steps compared by the reward-hacking check")
     hacking_kl: float = Field(20.0, gt=0, description="warn when score rises while KL per sequence exceeds this")
     hacking_length_ratio: float = Field(1.5, gt=1, description="... or mean length grows by this factor")
-    tensorboard: bool = Field(True, description="false = leave tensorboard out of report_to")
-    report_to: ReportTo = Field(["tensorboard"], description=REPORT_TO_HELP)
-    progress: bool = True
-    progress_every_s: float = Field(30.0, gt=0, description="off a terminal (nohup, Slurm): a progress line this often")
 
 
 class PPOConfig(BaseModel):

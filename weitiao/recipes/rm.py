@@ -36,9 +36,9 @@ from weitiao.models.load import (
     load_model,
     load_tokenizer,
 )
-from weitiao.recipes.dpo import PrefDataSpec, prepare_pairs
-from weitiao.recipes.sft import TrainSpec
-from weitiao.train import loop
+from weitiao.train import dist, loop
+from weitiao.train.pairs import prepare_pairs
+from weitiao.train.spec import PairTrainSpec, PrefDataSpec
 
 
 class RMSpec(BaseModel):
@@ -48,9 +48,8 @@ class RMSpec(BaseModel):
     center_coef: float = Field(0.0, ge=0, description="λ of the (r_c + r_r)² centring term")
 
 
-class RMTrainSpec(TrainSpec):
+class RMTrainSpec(PairTrainSpec):
     out: ConfigPath = "runs/rm"
-    disable_dropout: bool = Field(True, description="dropout off, as for DPO (false keeps the model's dropout)")
 
 
 class RMConfig(BaseModel):
@@ -157,10 +156,8 @@ def evaluate(
 
 def run(cfg: RMConfig) -> dict:
     """Train the reward model; returns the summary with held-out accuracy/margin/reward stats."""
-    from accelerate import Accelerator
-
     t = cfg.train
-    accel = Accelerator(cpu=not torch.cuda.is_available())
+    accel = dist.accelerator()
     main = accel.is_main_process
     torch.manual_seed(t.seed)
     out = Path(t.out)
@@ -169,7 +166,7 @@ def run(cfg: RMConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model.path)
     if cfg.data.weight_field:
         raise UserError("data.weight_field: per-pair weights are used by DPO only; remove it for the reward model")
-    data = prepare_pairs(cfg, tokenizer)  # type: ignore[arg-type]  (same data keys as DPO)
+    data = prepare_pairs(cfg, tokenizer)
     pad_id = tokenizer.pad_token_id
     world = accel.num_processes
     lr = t.lr if t.lr is not None else (1e-4 if cfg.lora.enabled else 1e-5)
@@ -190,11 +187,12 @@ def run(cfg: RMConfig) -> dict:
     scorer = SequenceScorer(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=t.betas, weight_decay=t.weight_decay)
-    scorer, optimizer = accel.prepare(scorer, optimizer)
     trainable, _ = count_params(model)
+    scorer, optimizer = accel.prepare(scorer, optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]  # again: FSDP swaps in sharded ones
 
     # 3. Resume.
-    state, ckpt, log = loop.start(out, t, dump_config(cfg), model, optimizer, main)
+    state, ckpt, log = loop.start(out, t, dump_config(cfg), accel, scorer, optimizer)
     if main:
         s = data.stats
         print(
@@ -202,31 +200,43 @@ def run(cfg: RMConfig) -> dict:
             f"{data.low_confidence} below min_confidence + {s.dropped_too_long} over max_len · "
             f"{trainable:,} trainable params"
         )
+    plan = loop.EpochPlan(data.pair_lengths(), 2 * cfg.data.max_len, cfg.data.packing, t, world)
+    total = plan.total_steps(state)
 
-    # 4. Loop.
-    def micro_step(rows: list, info: dict) -> dict:
-        rc, rr = pair_rewards(scorer, data.train, rows, pad_id, cfg.data.packing, accel.device, one_row)
-        loss, sums = _terms(rc, rr, cfg.rm)
-        accel.backward(loss.sum() * world / info["pairs"])
-        return sums
+    def evaluate_now() -> dict[str, float]:
+        return evaluate(scorer, data.eval, cfg, pad_id, accel, one_row)
 
-    parts = loop.LoopParts(
-        name="rm",
-        lengths=[len(data.train[2 * i]) + len(data.train[2 * i + 1]) for i in range(len(data.train) // 2)],
-        capacity=2 * cfg.data.max_len,
-        packing=cfg.data.packing,
-        to_rows=lambda rows: pair_rows(rows, cfg.data.packing),
-        micro_step=micro_step,
-        step_info=lambda plan: {"pairs": sum(len(row) for rows in plan for row in rows) // 2},
-        summarize=lambda s, sec: {**_means(s), "pairs_per_s": float(s["pairs"]) / max(sec, 1e-9)},
-        evaluate=(lambda: evaluate(scorer, data.eval, cfg, pad_id, accel, one_row)) if data.eval else None,
-        bar_info=lambda m: f"loss {m['loss']:.4f} · acc {m['accuracy']:.2f} · margin {m['margin']:.3f}",
-    )
-    result = loop.fit(parts, t, accel, scorer, model, optimizer, params, lr, out, log, state)
+    def summarize(sums: loop.Sums, seconds: float) -> dict[str, float]:
+        return {**_means(sums), "pairs_per_s": float(sums["pairs"]) / max(seconds, 1e-9)}
+
+    # 4. Loop: the loss is the mean over the step's pairs (all processes, all micro-batches).
+    with loop.Tracker("rm", t, accel, log, state, total, scorer, optimizer) as run:
+        for step in range(state["step"], total):
+            epoch, units = plan.step(step)
+            n_pairs = sum(len(row) for pairs in units for row in pairs)
+            loop.set_lr(optimizer, t, lr, step, total)
+            sums: loop.Sums = {}
+            for pairs in loop.micro_batches(accel, scorer, units):
+                rows = pair_rows(pairs, cfg.data.packing)
+                rc, rr = pair_rewards(scorer, data.train, rows, pad_id, cfg.data.packing, accel.device, one_row)
+                loss, terms = _terms(rc, rr, cfg.rm)
+                accel.backward(loss.sum() * world / n_pairs)
+                loop.add(sums, **terms)
+            norm = loop.clip_grad(accel, params, t.max_grad_norm)
+            sums = loop.reduce_sums(accel, sums)
+            m = summarize(sums, run.lap())
+            run.check_finite(step + 1, loss=m["loss"], grad_norm=norm)  # the weights stay the last good ones
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            bar = f"loss {m['loss']:.4f} · acc {m['accuracy']:.2f} · margin {m['margin']:.3f}"
+            run.record(step + 1, epoch, sums, m, norm, bar, plan.tokens(units))
+            if run.eval_save_stop(step + 1, evaluate_now if data.eval else None):
+                break
 
     # 5. Save what PPO and `weitiao score` load.
-    summary = {"out": str(out), **result}
-    final = loop.finish(out, accel.unwrap_model(scorer).model, tokenizer, data.template, summary, log, accel)
+    summary = {"out": str(out), **run.summary(summarize)}
+    weights = dist.full_weights(accel, scorer)  # every process: FSDP gathers the shards
+    final = loop.finish(out, model, tokenizer, data.template, summary, log, accel, weights)
     if final is not None:
         base = Path(cfg.model.path)
         save_reward_meta(final, str(base.resolve()) if base.exists() else cfg.model.path, data.template.jinja)

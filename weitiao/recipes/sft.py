@@ -16,13 +16,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from weitiao.config import ConfigPath, DataPath, ResumeRef, dump_config
+from weitiao.config import ConfigPath, DataPath, dump_config
 from weitiao.data.cache import EncodedSet, encoded_files
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, EncodeStats
 from weitiao.data.collate import collate, example_lengths, n_targets, plan_epoch, process_share
@@ -34,8 +34,8 @@ from weitiao.io import atomic_write_text
 from weitiao.losses.sft import CausalLMLoss
 from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
 from weitiao.models.load import LoraSpec, ModelSpec, build_trainable, count_params, load_tokenizer
-from weitiao.train import loop
-from weitiao.train.log import REPORT_TO_HELP, ReportTo
+from weitiao.train import dist, loop
+from weitiao.train.spec import TemplateName, TrainSpec
 
 
 class DataSpec(BaseModel):
@@ -54,7 +54,7 @@ class DataSpec(BaseModel):
         0.0, ge=0, lt=1, description="fraction of unique train conversations held out when no eval files"
     )
     format: Literal["auto", "alpaca", "sharegpt", "openai", "prompt_completion", "text"] = "auto"
-    template: Literal["auto", "tokenizer", "chatml", "qwen", "llama3", "plain"] = "auto"
+    template: TemplateName = "auto"
     max_len: int = Field(1024, gt=8)
     truncation: Literal["drop", "cut", "history"] = Field(
         "drop", description="over max_len: drop the row, cut its tail (counts rows losing end-of-turn), drop history"
@@ -74,42 +74,6 @@ class DataSpec(BaseModel):
         None, description="default $WEITIAO_CACHE/tokenized, else ~/.cache/weitiao/tokenized"
     )
     num_proc: int = Field(0, ge=0, description="tokenizing processes; 0 = CPU cores (at most 8)")
-
-
-class TrainSpec(BaseModel):
-    """Optimizer, schedule, batching, evaluation and checkpoint cadence."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    out: ConfigPath = "runs/sft"
-    lr: float | None = Field(None, gt=0, description="default 2e-4 with LoRA, 2e-5 full fine-tuning")
-    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
-    max_grad_norm: float = Field(1.0, ge=0, description="0 = no clipping")
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, gt=0, description="overrides epochs when set")
-    micro_batch_size: int = Field(4, gt=0, description="rows per micro-batch per process")
-    grad_accum: int = Field(1, gt=0)
-    seed: int = 42
-    log_every: int = Field(1, gt=0, description="write train metrics every N steps (and at the last)")
-    eval_every: int = Field(0, ge=0, description="0 = only at the end")
-    save_every: int = Field(0, ge=0, description="0 = only at the end")
-    keep_last: int = Field(3, gt=0, description="checkpoints kept (plus the best eval one)")
-    early_stop_patience: int = Field(0, ge=0, description="evals without improvement before stopping; 0 = off")
-    resume: ResumeRef = Field(
-        "auto",
-        description="auto (latest checkpoint in out), force (auto, accepting a changed config), none "
-        "(fresh; a previous run's files move to out/previous/), or a checkpoint dir",
-    )
-    stop_after: int | None = Field(None, gt=0, description="end the process after this step (tests a kill)")
-    tensorboard: bool = Field(True, description="false = leave tensorboard out of report_to")
-    report_to: ReportTo = Field(["tensorboard"], description=REPORT_TO_HELP)
-    progress: bool = True
-    progress_every_s: float = Field(30.0, gt=0, description="off a terminal (nohup, Slurm): a progress line this often")
-    golden: ConfigPath | None = Field(None, description="golden prompts file: answer them at every save (golden.jsonl)")
 
 
 class SFTConfig(BaseModel):
@@ -263,10 +227,8 @@ def _golden_hook(t: TrainSpec, model: Any, tokenizer: Any, template: Any, out: P
 
 def run(cfg: SFTConfig) -> dict:
     """Train; returns a summary (final/best eval loss, steps, tokens/s, output dir)."""
-    from accelerate import Accelerator
-
     t = cfg.train
-    accel = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True enables gloo DDP on CPU
+    accel = dist.accelerator()
     main = accel.is_main_process
     torch.manual_seed(t.seed)
     out = Path(t.out)
@@ -287,75 +249,51 @@ def run(cfg: SFTConfig) -> dict:
     loss_mod = CausalLMLoss(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=t.betas, weight_decay=t.weight_decay)
-    loss_mod, optimizer = accel.prepare(loss_mod, optimizer)
     trainable, total_params = count_params(model)
+    loss_mod, optimizer = accel.prepare(loss_mod, optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]  # again: FSDP swaps in sharded ones
 
     # 3. Resume: weights, optimizer, RNG, data position, early-stopping state.
-    state, ckpt, log = loop.start(out, t, dump_config(cfg), model, optimizer, main)
+    state, ckpt, log = loop.start(out, t, dump_config(cfg), accel, loss_mod, optimizer)
     if main:
-        s = data.stats
-        dropped = s.dropped_too_long + data.eval_stats.dropped_too_long
-        pieces, n_eval = s.doc_pieces + data.eval_stats.doc_pieces, data.eval_stats.kept  # rows, not pieces
-        print(
-            f"data: {data.read} rows read = {s.kept} train + {n_eval} eval + {data.eval_copies} eval copies "
-            f"+ {data.rejected} rejected + {dropped} over max_len {cfg.data.max_len} (truncation "
-            f"{cfg.data.truncation}: {s.cut} cut, {s.lost_eot + data.eval_stats.lost_eot} lost end-of-turn, "
-            f"{s.history_trimmed} history-trimmed) · template {data.template.name} · "
-            f"{trainable:,} trainable / {total_params:,} params"
-            + (f" · text documents over max_len split into {pieces} more pieces" if pieces else "")
-        )
-        print(data.cache_line)
-        if ckpt is None:
-            log.log(
-                "data",
-                0,
-                read=data.read,
-                rows=s.rows,
-                kept=s.kept,
-                dropped_too_long=s.dropped_too_long,
-                cut=s.cut,
-                lost_eot=s.lost_eot + data.eval_stats.lost_eot,
-                history_trimmed=s.history_trimmed,
-                rejected=data.rejected,
-                eval_rows=n_eval,
-                doc_pieces=pieces,
-                eval_copies=data.eval_copies,
-                template=data.template.name,
-                trainable_params=trainable,
-                total_params=total_params,
-                world=world,
-            )
+        print_data_summary(data, cfg, trainable, total_params, world, log if ckpt is None else None)
+    plan = loop.EpochPlan(example_lengths(data.train), cfg.data.max_len, cfg.data.packing, t, world)
+    total = plan.total_steps(state)
+    golden = _golden_hook(t, model, tokenizer, data.template, out) if t.golden and main else None
 
-    # 4. Loop: loss = Σ nll / (target tokens in the whole step, all processes and micro-batches).
-    def step_info(plan: list) -> dict:
-        return {"targets": sum(n_targets(data.train[i]) for rows in plan for row in rows for i in row)}
+    def evaluate_now() -> dict[str, float]:
+        return evaluate(loss_mod, data.eval, cfg, pad_id, accel, one_row)
 
-    def micro_step(rows: list, info: dict) -> dict:
-        b = collate(data.train, rows, pad_id, cfg.data.packing, one_row).to(accel.device)
-        s, n = loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask)
-        accel.backward(s * world / max(1, info["targets"]))
-        return {"nll": s.detach(), "targets": n.detach(), "tokens": (b.seq_index >= 0).sum()}
-
-    def summarize(sums: dict, seconds: float) -> dict:
+    def summarize(sums: loop.Sums, seconds: float) -> dict[str, float]:
         return {
             "loss": float(sums["nll"] / sums["targets"].clamp_min(1)),
             "tokens_per_s": float(sums["tokens"]) / max(seconds, 1e-9),
         }
 
-    parts = loop.LoopParts(
-        name="sft",
-        lengths=example_lengths(data.train),
-        capacity=cfg.data.max_len,
-        packing=cfg.data.packing,
-        to_rows=lambda rows: rows,
-        micro_step=micro_step,
-        step_info=step_info,
-        summarize=summarize,
-        evaluate=(lambda: evaluate(loss_mod, data.eval, cfg, pad_id, accel, one_row)) if data.eval else None,
-        bar_info=lambda m: f"loss {m['loss']:.4f} · {m['tokens_per_s']:,.0f} tok/s",
-        after_step=_golden_hook(t, model, tokenizer, data.template, out) if t.golden and main else None,
-    )
-    result = loop.fit(parts, t, accel, loss_mod, model, optimizer, params, lr, out, log, state)
+    # 4. Loop: loss = Σ nll / (target tokens in the whole step, all processes and micro-batches).
+    with loop.Tracker("sft", t, accel, log, state, total, loss_mod, optimizer) as run:
+        for step in range(state["step"], total):
+            epoch, units = plan.step(step)
+            targets = sum(n_targets(data.train[i]) for rows in units for row in rows for i in row)
+            loop.set_lr(optimizer, t, lr, step, total)
+            sums: loop.Sums = {}
+            for rows in loop.micro_batches(accel, loss_mod, units):
+                b = collate(data.train, rows, pad_id, cfg.data.packing, one_row).to(accel.device)
+                nll, n = loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask)
+                accel.backward(nll * world / max(1, targets))
+                loop.add(sums, nll=nll, targets=n, tokens=(b.seq_index >= 0).sum())
+            norm = loop.clip_grad(accel, params, t.max_grad_norm)
+            sums = loop.reduce_sums(accel, sums)
+            m = summarize(sums, run.lap())
+            run.check_finite(step + 1, loss=m["loss"], grad_norm=norm)  # the weights stay the last good ones
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            bar = f"loss {m['loss']:.4f} · {m['tokens_per_s']:,.0f} tok/s"
+            run.record(step + 1, epoch, sums, m, norm, bar, plan.tokens(units))
+            if golden:
+                golden(step + 1, m)
+            if run.eval_save_stop(step + 1, evaluate_now if data.eval else None):
+                break
 
     # 5. Final weights with the chat template used in training written into the tokenizer.
     summary = {
@@ -363,9 +301,48 @@ def run(cfg: SFTConfig) -> dict:
         "best_eval": state["best_eval"],
         "best_step": state["best_step"],
         "tokens": state["tokens"],
-        **result,
+        **run.summary(summarize),
     }
-    final = loop.finish(out, accel.unwrap_model(loss_mod).model, tokenizer, data.template, summary, log, accel)
+    weights = dist.full_weights(accel, loss_mod)  # every process: FSDP gathers the shards
+    final = loop.finish(out, model, tokenizer, data.template, summary, log, accel, weights)
     if final is not None:
         atomic_write_text(final / "chat_template.jinja", data.template.standalone())
     return summary
+
+
+def print_data_summary(
+    data: SFTData, cfg: SFTConfig, trainable: int, total_params: int, world: int, log: Any = None
+) -> None:
+    """The data line (every row accounted for) and where tokens came from; `log`: also a `data` record."""
+    s = data.stats
+    dropped = s.dropped_too_long + data.eval_stats.dropped_too_long
+    pieces, n_eval = s.doc_pieces + data.eval_stats.doc_pieces, data.eval_stats.kept  # rows, not pieces
+    print(
+        f"data: {data.read} rows read = {s.kept} train + {n_eval} eval + {data.eval_copies} eval copies "
+        f"+ {data.rejected} rejected + {dropped} over max_len {cfg.data.max_len} (truncation "
+        f"{cfg.data.truncation}: {s.cut} cut, {s.lost_eot + data.eval_stats.lost_eot} lost end-of-turn, "
+        f"{s.history_trimmed} history-trimmed) · template {data.template.name} · "
+        f"{trainable:,} trainable / {total_params:,} params"
+        + (f" · text documents over max_len split into {pieces} more pieces" if pieces else "")
+    )
+    print(data.cache_line)
+    if log is not None:
+        log.log(
+            "data",
+            0,
+            read=data.read,
+            rows=s.rows,
+            kept=s.kept,
+            dropped_too_long=s.dropped_too_long,
+            cut=s.cut,
+            lost_eot=s.lost_eot + data.eval_stats.lost_eot,
+            history_trimmed=s.history_trimmed,
+            rejected=data.rejected,
+            eval_rows=n_eval,
+            doc_pieces=pieces,
+            eval_copies=data.eval_copies,
+            template=data.template.name,
+            trainable_params=trainable,
+            total_params=total_params,
+            world=world,
+        )

@@ -83,10 +83,14 @@ def is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config")
 
 
-def save_weights(model: Any, out: Path) -> Path:
-    """Save the user-facing weights: adapter dir for peft models, full HF dir otherwise."""
+def save_weights(model: Any, out: Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Save the user-facing weights: adapter dir for peft models, full HF dir otherwise.
+
+    `state_dict`: the model's full state dict when its own tensors are shards (FSDP, see `dist`).
+    """
     target = out / ("adapter" if is_peft(model) else "model")
-    model.save_pretrained(target, safe_serialization=True)
+    kw = {} if state_dict is None else {"state_dict": state_dict}
+    model.save_pretrained(target, safe_serialization=True, **kw)
     return target
 
 
@@ -107,21 +111,24 @@ def save_checkpoint(
     run_dir: Path,
     step: int,
     model: Any,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | dict,
     state: dict[str, Any],
     keep_last: int,
     protect: set[int] | None = None,
     rngs: list[dict[str, Any]] | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write checkpoint `step` atomically, then drop the oldest beyond `keep_last` (never `protect`).
 
-    `rngs`: every process's `rng_state()`, by rank (default: this process's only).
+    `optimizer`: the optimizer or its (gathered) state dict; `rngs`: every process's `rng_state()`, by
+    rank (default: this process's only); `weights`: the model's gathered full state dict (`save_weights`).
     """
     rngs = rngs or [rng_state()]
+    opt = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
 
     def fill(tmp: Path) -> None:
-        save_weights(model, tmp)
-        torch.save({**state, "step": step, "world": len(rngs), "optimizer": optimizer.state_dict()}, tmp / STATE_FILE)
+        save_weights(model, tmp, weights)
+        torch.save({**state, "step": step, "world": len(rngs), "optimizer": opt}, tmp / STATE_FILE)
         for rank, rng in enumerate(rngs):
             torch.save(rng, tmp / rng_file(rank))
 
@@ -131,10 +138,13 @@ def save_checkpoint(
 def write_checkpoint(
     run_dir: Path, step: int, fill: Callable[[Path], None], keep_last: int, protect: set[int] | None = None
 ) -> Path:
-    """`fill(dir)` writes a checkpoint into a temp dir, renamed to `step-NNNNNN` when done; keep-last-K after.
+    """`fill(dir)` writes a checkpoint into a temp dir, renamed to `step-NNNNNN` when done; then only the
+    newest `keep_last` (≥ 1) and `protect` are kept.
 
     The run's config.yaml is copied in, so a resume compares against the config these weights saw.
     """
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be ≥ 1, got {keep_last}")  # the config validates it
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
@@ -148,7 +158,7 @@ def write_checkpoint(
         shutil.rmtree(final)
     tmp.rename(final)
     ckpts = list_checkpoints(run_dir)
-    keep = set(ckpts[-keep_last:]) if keep_last > 0 else set(ckpts)
+    keep = set(ckpts[-keep_last:])
     for c in ckpts:
         if c not in keep and step_of(c) not in (protect or set()):
             shutil.rmtree(c)

@@ -1,11 +1,17 @@
-"""The shared optimizer-step loop for recipes whose micro-step a recipe supplies (DPO, reward model).
+"""Bookkeeping shared by the SFT, DPO and RM training loops; each recipe writes its own loop.
 
-Owns what is identical across them: epoch plans, the split of each step's micro-batches across
-processes, gradient accumulation without DDP sync until the last micro-batch, LR schedule, clipping,
-metric reduction, logging, eval cadence, early stopping, atomic checkpoints, the stop-after hook
-and the stop at the first non-finite loss or gradient norm. The recipe owns the math:
-`micro_step(rows, step_info)` runs forward + backward for its share and returns metric sums;
-`evaluate()` returns held-out metrics with an `eval_loss`.
+A recipe's step, with these helpers (the math and `optimizer.step()` stay in the recipe):
+
+    epoch, units = plan.step(step)                      # this step's micro-batches, all processes
+    set_lr(optimizer, t, lr, step, total)
+    for rows in micro_batches(accel, module, units):    # this process's share; DDP syncs on the last
+        ... forward; accel.backward(loss)
+    sums = reduce_sums(accel, sums)                     # over processes
+    norm = clip_grad(accel, params, t.max_grad_norm)
+    run.check_finite(step + 1, loss=..., grad_norm=norm)  # stops before a NaN update
+    optimizer.step(); optimizer.zero_grad(set_to_none=True)
+    run.record(...)                                     # log, progress bar
+    if run.eval_save_stop(step + 1, evaluate): break    # eval, early stop, checkpoint, stop_after
 """
 
 from __future__ import annotations
@@ -13,220 +19,276 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import PartialState
-from accelerate.utils import gather_object
 
 from weitiao.data.collate import plan_epoch
 from weitiao.data.templates import ChatTemplate
 from weitiao.errors import UserError
 from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
 from weitiao.train import checkpoint as ck
+from weitiao.train import dist
 from weitiao.train.guard import DivergedError, ensure_finite
 from weitiao.train.log import MetricsLog, progress_bar
 from weitiao.train.schedule import lr_at
+from weitiao.train.spec import TrainSpec
 
 Sums = dict[str, torch.Tensor]
+Units = list[list[list[int]]]  # micro-batches → rows → packing units (a conversation, a pair)
 
 
-@dataclass
-class LoopParts:
-    """What a recipe hands the loop."""
+class EpochPlan:
+    """Micro-batches of every epoch (reshuffled per epoch) and where optimizer step k reads from.
 
-    name: str
-    lengths: list[int]  # one entry per packing unit (a conversation, a pair)
-    capacity: int  # tokens per packed row
-    packing: bool
-    to_rows: Callable[[list[list[int]]], list[list[int]]]  # unit rows → example rows
-    micro_step: Callable[[list[list[int]], dict], Sums]  # forward+backward, returns detached sums
-    step_info: Callable[[list[list[list[int]]]], dict]  # whole-step counts every process needs
-    summarize: Callable[[Sums, float], dict[str, float]]  # reduced sums, seconds → logged metrics
-    evaluate: Callable[[], dict[str, float]] | None
-    bar_info: Callable[[dict[str, float]], str]
-    after_step: Callable[[int, dict[str, float]], None] | None = None
+    One step takes `processes × grad_accum` consecutive micro-batches of its epoch, so a run resumed
+    at step k reads exactly what the uninterrupted run read there.
+    """
 
+    def __init__(self, lengths: list[int], capacity: int, packing: bool, t: TrainSpec, world: int):
+        self.lengths, self.capacity, self.packing, self.t = lengths, capacity, packing, t
+        self.per_step = world * t.grad_accum
+        self.epoch = lru_cache(maxsize=2)(self._epoch)
 
-def fit(
-    parts: LoopParts,
-    t: Any,
-    accel: Any,
-    loss_mod: Any,
-    model: Any,
-    optimizer: Any,
-    params: list,
-    lr: float,
-    out: Path,
-    log: MetricsLog,
-    state: dict[str, Any],
-) -> dict[str, Any]:
-    """Run optimizer steps from state["step"] to the end; returns last train/eval metrics."""
-    world, micro_per_step = accel.num_processes, accel.num_processes * t.grad_accum
-
-    @lru_cache(maxsize=2)
-    def epoch_plan(epoch: int) -> list:
+    def _epoch(self, epoch: int) -> Units:
+        t = self.t
         return plan_epoch(
-            parts.lengths,
+            self.lengths,
             seed=t.seed,
             epoch=epoch,
             micro_batch_size=t.micro_batch_size,
-            packing=parts.packing,
-            capacity=parts.capacity,
+            packing=self.packing,
+            capacity=self.capacity,
         )
 
-    # Packing makes the number of micro-batches vary a little from epoch to epoch: count per epoch.
-    @cache
-    def steps_in(epoch: int) -> int:
-        return len(epoch_plan(epoch)) // micro_per_step
+    @cache  # noqa: B019  (one plan per run)
+    def steps_in(self, epoch: int) -> int:
+        # Packing makes the number of micro-batches vary a little from epoch to epoch: count per epoch.
+        return len(self.epoch(epoch)) // self.per_step
 
-    def locate(step: int) -> tuple[int, int]:
+    def total_steps(self, state: dict[str, Any]) -> int:
+        """Steps of the run; refuses a run with no step to take, and resuming on other data."""
+        t = self.t
+        if self.steps_in(0) == 0:
+            raise UserError(
+                f"train: too little data for one step of {self.per_step} micro-batches "
+                "(processes × grad_accum); lower train.micro_batch_size or train.grad_accum"
+            )
+        total = t.max_steps if t.max_steps is not None else max(1, int(t.epochs * self.steps_in(0) + 0.999999))
+        # Same data file names (config.yaml) can hold other rows: a resumed plan would then skip or repeat.
+        key = hashlib.sha256(repr((self.lengths, self.capacity)).encode()).hexdigest()[:16]
+        if state.setdefault("data_key", key) != key and t.resume != "force":
+            raise UserError(
+                "train.resume: the training data changed since the checkpoint (other rows or lengths after "
+                "tokenization); restore it, set train.resume=none for a new run, or train.resume=force"
+            )
+        state["data_key"] = key
+        if state["step"] >= total:
+            raise UserError(
+                f"train: the checkpoint is at step {state['step']} and the run has {total} steps, so nothing "
+                "would be trained; raise train.max_steps (or train.epochs) to continue, or set train.resume=none"
+            )
+        return total
+
+    def step(self, k: int) -> tuple[int, Units]:
+        """(epoch, micro-batches of every process) of optimizer step k (0-based)."""
         epoch = 0
-        while step >= steps_in(epoch):
-            step -= steps_in(epoch)
+        while k >= self.steps_in(epoch):
+            k -= self.steps_in(epoch)
             epoch += 1
-        return epoch, step
+        return epoch, self.epoch(epoch)[k * self.per_step : (k + 1) * self.per_step]
 
-    if steps_in(0) == 0:
-        raise UserError(
-            f"train: too little data for one step of {micro_per_step} micro-batches "
-            "(processes × grad_accum); lower train.micro_batch_size or train.grad_accum"
-        )
-    total = t.max_steps if t.max_steps is not None else max(1, int(t.epochs * steps_in(0) + 0.999999))
-    # Same data file names (config.yaml) can hold other rows: a resumed plan would then skip or repeat.
-    data_key = hashlib.sha256(repr((parts.lengths, parts.capacity)).encode()).hexdigest()[:16]
-    if state.setdefault("data_key", data_key) != data_key and t.resume != "force":
-        raise UserError(
-            "train.resume: the training data changed since the checkpoint (other rows or lengths after "
-            "tokenization); restore it, set train.resume=none for a new run, or train.resume=force"
-        )
-    state["data_key"] = data_key
-    if state["step"] >= total:
-        raise UserError(
-            f"train: the checkpoint is at step {state['step']} and the run has {total} steps, so nothing would "
-            "be trained; raise train.max_steps (or train.epochs) to continue, or set train.resume=none"
-        )
-    warmup = int(t.warmup_ratio * total)
-    step, metrics, last_eval, stopped_early = state["step"], {}, {}, False
-    run_sums: Sums = {}  # summed over this process's steps: rates in the summary are wall-clock means
-    # from_pretrained returns eval mode: dropout and gradient checkpointing would stay off until the
-    # first eval, and a resumed run would differ from an uninterrupted one.
-    loss_mod.train()
-    t0 = run_t0 = time.perf_counter()
-    with progress_bar(t.progress and accel.is_main_process, t.progress_every_s) as bar:
-        task = bar.add_task(parts.name, total=total, completed=step, info="")
-        while step < total:
-            epoch, k = locate(step)
-            units = epoch_plan(epoch)[k * micro_per_step : (k + 1) * micro_per_step]
-            step_tokens = sum(parts.lengths[u] for rows in units for row in rows for u in row)
-            plan = [parts.to_rows(rows) for rows in units]
-            info = parts.step_info(plan)
-            for g in optimizer.param_groups:
-                g["lr"] = lr_at(step, total, lr, warmup, t.scheduler, t.min_lr_ratio)
-            mine = plan[accel.process_index :: world]
-            sums: Sums = {}
-            for j, rows in enumerate(mine):
-                sync = j == len(mine) - 1
-                with accel.no_sync(loss_mod) if not sync else contextlib.nullcontext():
-                    for key, v in parts.micro_step(rows, info).items():
-                        sums[key] = sums.get(key, 0) + v.detach().double()
-            # max_norm=inf measures without clipping (grads × 1.0): a NaN gradient is caught either way.
-            norm = accel.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
-            keys = sorted(sums)
-            reduced = dict(zip(keys, accel.reduce(torch.stack([sums[x] for x in keys]), reduction="sum")))
-            dt, t0 = time.perf_counter() - t0, time.perf_counter()
-            metrics = parts.summarize(reduced, dt)
-            norms = {"grad_norm": float(norm)} if norm is not None else {}  # None: DeepSpeed clips inside
-            try:  # before optimizer.step: the weights stay those of the last good step
-                ensure_finite(step + 1, loss=metrics["loss"], **norms)
-            except DivergedError as e:
-                log.log("diverged", step + 1, message=str(e))
-                log.close()
-                raise
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            for key, v in reduced.items():
-                run_sums[key] = run_sums.get(key, 0) + v
-            state["tokens"] = state.get("tokens", 0) + int(reduced.get("tokens", 0))
-            last = step == total
-            if step % t.log_every == 0 or last:
-                lr_now = optimizer.param_groups[0]["lr"]
-                log.log("train", step, lr=lr_now, epoch=epoch, **norms, **metrics)
-            shown = parts.bar_info(metrics)
-            if "tokens_per_s" not in metrics:  # every process's unpadded tokens in this step
-                shown += f" · {step_tokens / max(dt, 1e-9):,.0f} tok/s"
-            bar.update(task, completed=step, info=shown)
-            if parts.after_step:
-                parts.after_step(step, metrics)
-            if parts.evaluate and ((t.eval_every and step % t.eval_every == 0) or last):
-                last_eval = parts.evaluate()
-                if last_eval["eval_loss"] < state["best_eval"] - 1e-6:
-                    state.update(best_eval=last_eval["eval_loss"], best_step=step, bad_evals=0)
-                else:
-                    state["bad_evals"] += 1
-                log.log("eval", step, **last_eval)
-                stopped_early = bool(t.early_stop_patience and state["bad_evals"] >= t.early_stop_patience)
-            if (t.save_every and step % t.save_every == 0) or last or stopped_early:
-                rngs = gather_object([ck.rng_state()]) if world > 1 else None  # every process's own stream
-                if accel.is_main_process:
-                    protect = {state["best_step"]} if state["best_step"] else set()
-                    ck.save_checkpoint(out, step, model, optimizer, state, t.keep_last, protect, rngs)
-            accel.wait_for_everyone()
-            if stopped_early or (t.stop_after is not None and step >= t.stop_after):
-                break
-    wall = parts.summarize(run_sums, time.perf_counter() - run_t0)
-    return {
-        "steps": step,
-        "total_steps": total,
-        "stopped_early": stopped_early,
-        "finished": step >= total or stopped_early,
-        **last_eval,
-        **{f"train_{k}": v for k, v in metrics.items()},
-        **{f"train_{k}": v for k, v in wall.items() if k.endswith("_per_s")},
-    }
+    def tokens(self, units: Units) -> int:
+        """Unpadded tokens of a step's micro-batches."""
+        return sum(self.lengths[u] for rows in units for row in rows for u in row)
+
+
+def set_lr(optimizer: Any, t: TrainSpec, lr: float, step: int, total: int) -> None:
+    """The schedule's LR for step `step` (a pure function of the step: resume needs no scheduler state)."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr_at(step, total, lr, int(t.warmup_ratio * total), t.scheduler, t.min_lr_ratio)
+
+
+def micro_batches(accel: Any, module: Any, units: Units) -> Iterator[list[list[int]]]:
+    """This process's micro-batches of a step (every `world`-th); gradients are synced across processes
+    only during the last one, so accumulation costs one all-reduce per step."""
+    mine = units[accel.process_index :: accel.num_processes]
+    for j, rows in enumerate(mine):
+        with accel.no_sync(module) if j < len(mine) - 1 else contextlib.nullcontext():
+            yield rows
+
+
+def add(sums: Sums, **values: torch.Tensor) -> None:
+    """Accumulate detached float64 metric sums."""
+    for key, v in values.items():
+        sums[key] = sums.get(key, 0) + v.detach().double()
+
+
+def reduce_sums(accel: Any, sums: Sums) -> Sums:
+    """Every process's sums added up (one all-reduce)."""
+    keys = sorted(sums)
+    return dict(zip(keys, accel.reduce(torch.stack([sums[k] for k in keys]), reduction="sum")))
+
+
+def clip_grad(accel: Any, params: list, max_norm: float) -> float | None:
+    """Clip to `max_norm` (0 = no clipping) and return the total gradient norm before clipping;
+    None where DeepSpeed clips inside its own step."""
+    # max_norm=inf measures without clipping (grads × 1.0): a NaN gradient is caught either way.
+    norm = accel.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    if norm is None:
+        return None
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP2 returns a DTensor
+
+
+class Tracker:
+    """Per-run bookkeeping around a recipe's loop: timing, logging, progress bar, eval and early
+    stopping, checkpoints (saved collectively, see `dist`), stop_after and the summary."""
+
+    def __init__(
+        self, name: str, t: TrainSpec, accel: Any, log: MetricsLog, state: dict, total: int, module: Any, optimizer: Any
+    ):
+        self.name, self.t, self.accel, self.log, self.state, self.total = name, t, accel, log, state, total
+        self.module, self.optimizer = module, optimizer
+        self.metrics: dict[str, float] = {}
+        self.last_eval: dict[str, float] = {}
+        self.stopped_early = False
+        self.run_sums: Sums = {}  # summed over this run's steps: rates in the summary are wall-clock means
+        self.steps = state["step"]
+        self.dt = 0.0
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Tracker:
+        # from_pretrained returns eval mode: dropout and gradient checkpointing would stay off until the
+        # first eval, and a resumed run would differ from an uninterrupted one.
+        self.module.train()
+        bar = progress_bar(self.t.progress and self.accel.is_main_process, self.t.progress_every_s)
+        self.bar = self._stack.enter_context(bar)
+        self.task = self.bar.add_task(self.name, total=self.total, completed=self.steps, info="")
+        self.t0 = self.run_t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def lap(self) -> float:
+        """Seconds since the previous lap (the run's start for the first)."""
+        now = time.perf_counter()
+        self.dt, self.t0 = now - self.t0, now
+        return self.dt
+
+    def check_finite(self, step: int, **values: float | None) -> None:
+        """Stop the run (logged as `diverged`) at a NaN/inf loss or gradient norm, before the update."""
+        try:
+            ensure_finite(step, **{k: v for k, v in values.items() if v is not None})
+        except DivergedError as e:
+            self.log.log("diverged", step, message=str(e))
+            self.log.close()
+            raise
+
+    def record(
+        self, step: int, epoch: int, sums: Sums, metrics: dict[str, float], norm: float | None, bar: str, tokens: int
+    ) -> None:
+        """Log step `step`'s metrics (every train.log_every and at the last) and update the progress bar;
+        `tokens` (unpadded, all processes) give the bar's tok/s where the metrics have no tokens_per_s."""
+        self.steps, self.metrics = step, metrics
+        for key, v in sums.items():
+            self.run_sums[key] = self.run_sums.get(key, 0) + v
+        self.state["tokens"] = self.state.get("tokens", 0) + int(sums.get("tokens", 0))
+        norms = {"grad_norm": norm} if norm is not None else {}
+        if step % self.t.log_every == 0 or step == self.total:
+            self.log.log("train", step, lr=self.optimizer.param_groups[0]["lr"], epoch=epoch, **norms, **metrics)
+        if "tokens_per_s" not in metrics:
+            bar += f" · {tokens / max(self.dt, 1e-9):,.0f} tok/s"
+        self.bar.update(self.task, completed=step, info=bar)
+
+    def warn(self, step: int, message: str) -> None:
+        """A `warning` record in the metrics log, printed once (main process)."""
+        self.log.log("warning", step, message=message)
+        if self.accel.is_main_process:
+            print(f"warning: {message}")
+
+    def eval_save_stop(self, step: int, evaluate: Callable[[], dict[str, float]] | None) -> bool:
+        """Evaluate (every train.eval_every and at the last step), checkpoint (every train.save_every, at
+        the last step and at an early stop); True when the loop should end here."""
+        t, state, last = self.t, self.state, step == self.total
+        if evaluate is not None and ((t.eval_every and step % t.eval_every == 0) or last):
+            self.last_eval = evaluate()
+            if self.last_eval["eval_loss"] < state["best_eval"] - 1e-6:
+                state.update(best_eval=self.last_eval["eval_loss"], best_step=step, bad_evals=0)
+            else:
+                state["bad_evals"] += 1
+            self.log.log("eval", step, **self.last_eval)
+            self.stopped_early = bool(t.early_stop_patience and state["bad_evals"] >= t.early_stop_patience)
+        if (t.save_every and step % t.save_every == 0) or last or self.stopped_early:
+            protect = {state["best_step"]} if state["best_step"] else set()
+            out = Path(t.out)
+            dist.save_checkpoint(self.accel, out, step, self.module, self.optimizer, state, t.keep_last, protect)
+        self.accel.wait_for_everyone()
+        return self.stopped_early or (t.stop_after is not None and step >= t.stop_after)
+
+    def summary(self, summarize: Callable[[Sums, float], dict[str, float]]) -> dict[str, Any]:
+        """Steps taken, whether the run finished, the last eval and train metrics, wall-clock rates."""
+        wall = summarize(self.run_sums, time.perf_counter() - self.run_t0) if self.run_sums else {}
+        return {
+            "steps": self.steps,
+            "total_steps": self.total,
+            "stopped_early": self.stopped_early,
+            "finished": self.steps >= self.total or self.stopped_early,
+            **self.last_eval,
+            **{f"train_{k}": v for k, v in self.metrics.items()},
+            **{f"train_{k}": v for k, v in wall.items() if k.endswith("_per_s")},
+        }
 
 
 def new_state() -> dict[str, Any]:
     return {"step": 0, "best_eval": float("inf"), "best_step": None, "bad_evals": 0, "tokens": 0}
 
 
-def start(out: Path, t: Any, config_yaml: str, model: Any, optimizer: Any, main: bool) -> tuple[dict, Any, MetricsLog]:
+def start(
+    out: Path, t: TrainSpec, config_yaml: str, accel: Any, module: Any, optimizer: Any
+) -> tuple[dict, Path | None, MetricsLog]:
     """Resume from the checkpoint `t.resume` names (weights, optimizer, this process's RNG, data
     position, early-stop state) if the config still trains the same thing, or start fresh (a previous
-    run in `out` is moved aside); write config.yaml; open the metrics log."""
+    run in `out` is moved aside); write config.yaml; open the metrics log. `module` is what the recipe
+    passed to accelerator.prepare."""
     state = new_state()
-    ckpt = ck.open_run(out, t.resume, config_yaml, main)
+    ckpt = ck.open_run(out, t.resume, config_yaml, accel.is_main_process)
+    rank, world = accel.process_index, accel.num_processes
     if ckpt is not None:
-        proc = PartialState()  # the recipe's Accelerator's process group
-        force = t.resume == "force"
-        state.update(ck.load_checkpoint(ckpt, model, optimizer, proc.process_index, proc.num_processes, force))
-    log = MetricsLog(out, main, t.tensorboard, t.report_to, config_yaml)
-    proc = PartialState()
-    log.log("run", state["step"], device=proc.device.type, world=proc.num_processes)  # read by calc plan
+        state.update(dist.load_checkpoint(ckpt, accel, module, optimizer, rank, world, t.resume == "force"))
+    log = MetricsLog(out, accel.is_main_process, t.tensorboard, t.report_to, config_yaml)
+    log.log("run", state["step"], device=accel.device.type, world=world)  # read by calc plan
     return state, ckpt, log
 
 
 def finish(
-    out: Path, model: Any, tokenizer: Any, template: ChatTemplate, summary: dict, log: MetricsLog, accel: Any
+    out: Path,
+    model: Any,
+    tokenizer: Any,
+    template: ChatTemplate,
+    summary: dict,
+    log: MetricsLog,
+    accel: Any,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path | None:
     """Save final weights + the tokenizer carrying the training chat template; log `done`; close.
 
-    A causal LM's weights get a generation_config.json that stops at the template's end-of-turn.
+    `weights`: the gathered full state dict where the model holds shards (`dist.full_weights`, which
+    every process calls). A causal LM's weights get a generation_config.json that stops at the
+    template's end-of-turn.
     """
     final = None
     if accel.is_main_process and summary["finished"]:
         final = out / "final"
-        weights = ck.save_weights(model, final)
+        saved = ck.save_weights(model, final, weights)
         gen = getattr(model, "generation_config", None)  # None for a reward model's classifier
         if gen is not None:
-            write_generation_config(weights, gen, stop_ids(tokenizer, template, gen.eos_token_id))
-        if (weights / "config.json").is_file():
-            legacy_config_keys(weights)
+            write_generation_config(saved, gen, stop_ids(tokenizer, template, gen.eos_token_id))
+        if (saved / "config.json").is_file():
+            legacy_config_keys(saved)
         save_tokenizer(tokenizer, template, final / "tokenizer")
         log.log("done", summary["steps"], **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
     log.close()

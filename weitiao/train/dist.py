@@ -1,0 +1,120 @@
+"""The recipes' Accelerator, and saving that works when weights are sharded across processes.
+
+Under DDP (and one process) every process holds all weights: the main process saves them as before.
+Under FSDP2 each process holds a shard, so a save is collective: every process calls
+`save_weights`/`save_checkpoint`, the full state dict (weights, then optimizer) is gathered with
+torch.distributed.checkpoint's full-state-dict API, and the main process writes the same adapter/model
+folder a single-process run writes. Setups whose state we cannot save whole are refused at start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import DistributedType, gather_object
+
+from weitiao.errors import UserError
+from weitiao.train import checkpoint as ck
+
+# Keys of what peft saves in an adapter folder (LoRA/DoRA weights, modules_to_save such as a score head).
+PEFT_SAVED = ("lora_", "modules_to_save", "trainable_tokens")
+FSDP_HINT = "use FSDP2 (fsdp_version: 2, examples/accelerate/fsdp.yaml) or DDP (examples/accelerate/ddp.yaml)"
+
+
+def accelerator() -> Any:
+    """The recipes' Accelerator (cpu=True on a machine without CUDA: gloo DDP), after `refuse_unsavable`."""
+    from accelerate import Accelerator
+
+    accel = Accelerator(cpu=not torch.cuda.is_available())
+    refuse_unsavable(accel)
+    return accel
+
+
+def refuse_unsavable(accel: Any) -> None:
+    """One line, before any model loads, for a distributed setup whose checkpoints would not be whole."""
+    kind = accel.distributed_type
+    if kind == DistributedType.DEEPSPEED:
+        raise UserError(
+            "accelerate config: DeepSpeed is not supported (its optimizer state is partitioned across processes "
+            f"and weitiao's checkpoints would hold one process's part); {FSDP_HINT}"
+        )
+    if kind == DistributedType.FSDP and not accel.is_fsdp2:
+        raise UserError(f"accelerate config: fsdp_version 1 is not supported (untested save/resume); {FSDP_HINT}")
+
+
+def sharded(module: Any) -> bool:
+    """Whether the module's parameters are FSDP2 shards (DTensors) rather than whole tensors."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in module.parameters())
+
+
+def inner_model(accel: Any, module: Any) -> Any:
+    """The HF/peft model inside the module a recipe prepared (its loss wrapper's `.model`)."""
+    return accel.unwrap_model(module).model
+
+
+def full_weights(accel: Any, module: Any) -> dict[str, torch.Tensor] | None:
+    """Collective under FSDP: the inner model's full state dict on every process (of a peft model its
+    adapter, score-head and other saved entries only); None when the model's own tensors are whole
+    (save_pretrained then reads them, as in a one-process run)."""
+    model = inner_model(accel, module)
+    if not sharded(model):
+        return None
+    peft = ck.is_peft(model)
+    out = {}
+    for k, v in model.state_dict().items():  # the same order on every process: the gathers pair up
+        if peft and not any(s in k for s in PEFT_SAVED):
+            continue  # frozen base weights: peft does not save them, no need to gather them
+        out[k] = whole(v).cpu().clone()  # own storage: safetensors refuses views of gathered buffers
+    return out
+
+
+def whole(x: Any) -> Any:
+    """A DTensor (an FSDP2 shard) gathered into a full tensor (collective); anything else unchanged."""
+    from torch.distributed.tensor import DTensor
+
+    return x.full_tensor().detach() if isinstance(x, DTensor) else x
+
+
+def optimizer_state(accel: Any, module: Any, optimizer: Any) -> dict:
+    """Collective under FSDP: the optimizer's state dict with every shard gathered, as a one-process
+    run would save it (so DDP or one process can resume it)."""
+    sd = optimizer.state_dict()
+    if not sharded(module):
+        return sd
+    state = {i: {k: whole(v).cpu() for k, v in s.items()} for i, s in sorted(sd["state"].items())}
+    return {**sd, "state": state}
+
+
+def save_checkpoint(
+    accel: Any,
+    run_dir: Path,
+    step: int,
+    module: Any,
+    optimizer: Any,
+    state: dict[str, Any],
+    keep_last: int,
+    protect: set[int] | None = None,
+) -> None:
+    """Every process calls this: weights, optimizer state and each process's RNG are gathered; the
+    main process writes checkpoint `step` (see checkpoint.save_checkpoint)."""
+    rngs = gather_object([ck.rng_state()]) if accel.num_processes > 1 else None  # every process's own stream
+    sd, opt = full_weights(accel, module), optimizer_state(accel, module, optimizer)
+    if accel.is_main_process:
+        model = inner_model(accel, module)
+        ck.save_checkpoint(run_dir, step, model, opt, state, keep_last, protect, rngs, weights=sd)
+
+
+def load_checkpoint(
+    ckpt: Path, accel: Any, module: Any, optimizer: Any, rank: int, world: int, force: bool
+) -> dict[str, Any]:
+    """Restore a checkpoint into a prepared module and optimizer (see checkpoint.load_checkpoint)."""
+    if sharded(module):
+        raise UserError(
+            f"train.resume: {ckpt}: resuming under FSDP is not supported yet (its checkpoints hold the full "
+            "weights, in out/checkpoints/*/adapter or model, for lora.init_from or model.path); set train.resume=none"
+        )
+    return ck.load_checkpoint(ckpt, inner_model(accel, module), optimizer, rank, world, force)

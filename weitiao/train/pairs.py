@@ -1,0 +1,90 @@
+"""Preference pairs for DPO and the reward model: read, split off eval, filter, tokenize."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from weitiao.data.chat import Encoded
+from weitiao.data.formats import PreferencePair
+from weitiao.data.preference import PairStats, encode_pairs, load_pairs
+from weitiao.data.prep import count_overlap, overlap_warning, pair_key, require_rows, split_eval
+from weitiao.data.templates import ChatTemplate, resolve_template
+from weitiao.errors import UserError
+from weitiao.train.spec import PrefDataSpec, TrainSpec
+
+
+class PairConfig(Protocol):
+    """What pair preparation reads of a recipe config (DPOConfig, RMConfig)."""
+
+    data: PrefDataSpec
+    train: TrainSpec
+
+
+@dataclass
+class PrefData:
+    template: ChatTemplate
+    train: list[Encoded]  # [chosen_0, rejected_0, chosen_1, ...]
+    eval: list[Encoded]
+    stats: PairStats
+    read: int
+    rejected: int
+    weights: list[float] | None = None  # per train pair, from data.weight_field
+    low_confidence: int = 0  # pairs dropped by data.min_confidence
+
+    def pair_lengths(self) -> list[int]:
+        """Tokens of each train pair (both sides): the packing unit."""
+        return [len(self.train[2 * i]) + len(self.train[2 * i + 1]) for i in range(len(self.train) // 2)]
+
+
+def _row_number(pair: PreferencePair, name: str, key: str) -> float:
+    v = pair.extra.get(name)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        got = "missing" if v is None else f"{v!r} is not a number ≥ 0"
+        raise UserError(f"{pair.source}: {name}: {got} ({key} reads it)")
+    return float(v)
+
+
+def _confident(pairs: list[PreferencePair], least: float | None) -> list[PreferencePair]:
+    if least is None:
+        return pairs
+    return [p for p in pairs if _row_number(p, "confidence", "data.min_confidence") >= least]
+
+
+def prepare_pairs(cfg: PairConfig, tokenizer: Any) -> PrefData:
+    d = cfg.data
+    template = resolve_template(tokenizer, d.template)
+    rejects = Path(cfg.train.out) / "rejects.jsonl"
+    loaded = load_pairs(d.train, d.format, d.skip_invalid, rejects, d.max_row_bytes, d.dataset_dir)
+    require_rows(loaded, "data.train")
+    pairs, read, rejected = loaded.rows, loaded.read, loaded.rejected
+    if d.eval:
+        ev_rejects = rejects.with_name("eval_rejects.jsonl")
+        ev = load_pairs(d.eval, d.format, d.skip_invalid, ev_rejects, d.max_row_bytes, d.dataset_dir)
+        require_rows(ev, "data.eval")
+        eval_pairs, read, rejected = ev.rows, read + ev.read, rejected + ev.rejected
+    elif d.eval_split:
+        split = split_eval(pairs, d.eval_split, cfg.train.seed, pair_key)  # copies stay on one side
+        pairs, eval_pairs = split.train, split.eval
+    else:
+        eval_pairs = []
+    if overlap := count_overlap(pairs, eval_pairs, pair_key):
+        print("warning: " + overlap_warning("data.eval", overlap, len(eval_pairs)))
+    n_read = len(pairs) + len(eval_pairs)
+    pairs, eval_pairs = _confident(pairs, d.min_confidence), _confident(eval_pairs, d.min_confidence)
+    if not pairs:
+        raise UserError(f"data.min_confidence: no train pair has confidence ≥ {d.min_confidence}")
+    train, stats = encode_pairs(pairs, tokenizer, template, d.max_len, d.truncation)
+    evals, _ = encode_pairs(eval_pairs, tokenizer, template, d.max_len, d.truncation)
+    if not train:
+        raise UserError(f"data.train: no pairs left after truncation {d.truncation!r} (max_len {d.max_len})")
+    weights = None
+    if d.weight_field:  # by source (file:line): encoding may drop pairs
+        by_source = {p.source: _row_number(p, d.weight_field, "data.weight_field") for p in pairs}
+        weights = [by_source[e.source] for e in train[0::2]]
+        if not sum(weights) > 0:
+            raise UserError(f"data.weight_field: every train pair has {d.weight_field} 0")
+    low = n_read - len(pairs) - len(eval_pairs)
+    return PrefData(template, train, evals, stats, read, rejected, weights, low)

@@ -1,0 +1,93 @@
+"""The config sections recipes share: the run (out, seed, length, saving, logging), the optimizer
+and batching of SFT/DPO/RM, preference data (DPO and RM) and the chat-template name.
+
+Each recipe composes these into its own config class; no recipe imports another recipe's config.
+`ModelSpec` and `LoraSpec` live in `weitiao.models.load` (the loaders take them) and are composed
+the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from weitiao.config import ConfigPath, DataPath, ResumeRef
+from weitiao.data.formats import MAX_ROW_BYTES
+from weitiao.train.log import REPORT_TO_HELP, ReportTo
+
+# Must equal weitiao.data.templates.TEMPLATE_NAMES (tested): a typo fails at config load, not after loading the model.
+TemplateName = Literal["auto", "tokenizer", "chatml", "qwen", "llama3", "plain"]
+
+
+class RunSpec(BaseModel):
+    """Where a run writes, how long it runs, how often it saves and what it logs to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    out: ConfigPath = "runs/sft"
+    seed: int = 42
+    max_steps: int | None = Field(None, gt=0, description="overrides epochs when set")
+    save_every: int = Field(0, ge=0, description="0 = only at the end")
+    keep_last: int = Field(3, gt=0, description="checkpoints kept (plus the best eval one); at least 1")
+    resume: ResumeRef = Field(
+        "auto",
+        description="auto (latest checkpoint in out), force (auto, accepting a changed config), none "
+        "(fresh; a previous run's files move to out/previous/), or a checkpoint dir",
+    )
+    stop_after: int | None = Field(None, gt=0, description="end the process after this step (tests a kill)")
+    tensorboard: bool = Field(True, description="false = leave tensorboard out of report_to")
+    report_to: ReportTo = Field(["tensorboard"], description=REPORT_TO_HELP)
+    progress: bool = True
+    progress_every_s: float = Field(30.0, gt=0, description="off a terminal (nohup, Slurm): a progress line this often")
+
+
+class TrainSpec(RunSpec):
+    """Optimizer, schedule, batching, evaluation and checkpoint cadence (SFT, DPO, RM)."""
+
+    lr: float | None = Field(None, gt=0, description="default 2e-4 with LoRA, 2e-5 full fine-tuning")
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    max_grad_norm: float = Field(1.0, ge=0, description="0 = no clipping")
+    epochs: float = Field(1.0, gt=0)
+    micro_batch_size: int = Field(4, gt=0, description="rows per micro-batch per process")
+    grad_accum: int = Field(1, gt=0)
+    log_every: int = Field(1, gt=0, description="write train metrics every N steps (and at the last)")
+    eval_every: int = Field(0, ge=0, description="0 = only at the end")
+    early_stop_patience: int = Field(0, ge=0, description="evals without improvement before stopping; 0 = off")
+    golden: ConfigPath | None = Field(None, description="golden prompts file: answer them at every save (golden.jsonl)")
+
+
+class PairTrainSpec(TrainSpec):
+    """TrainSpec of the preference recipes (DPO, RM)."""
+
+    disable_dropout: bool = Field(True, description="dropout off in the policy, so step 0 has π = π_ref")
+
+
+class PrefDataSpec(BaseModel):
+    """Preference data: prompt (or history) + chosen + rejected rows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    train: list[DataPath]
+    eval: list[DataPath] = Field(default_factory=list)
+    dataset_dir: ConfigPath | None = Field(
+        None, description="LLaMA-Factory data folder: train/eval are names in its dataset_info.json"
+    )
+    eval_split: float = Field(0.0, ge=0, lt=1)
+    format: Literal["auto", "preference"] = "auto"
+    template: TemplateName = "auto"
+    max_len: int = Field(1024, gt=8, description="per sequence (prompt + one reply)")
+    truncation: Literal["drop", "cut_response"] = "drop"
+    packing: bool = True
+    skip_invalid: bool = False
+    max_row_bytes: int = Field(MAX_ROW_BYTES, gt=0, description="a longer JSONL row is rejected unread (file:line)")
+    weight_field: str | None = Field(
+        None, description="row field with a per-pair loss weight ≥ 0, e.g. confidence (DPO: Σ w·loss / Σ w)"
+    )
+    min_confidence: float | None = Field(
+        None, ge=0, le=1, description="drop train and eval pairs whose `confidence` field is below this"
+    )
