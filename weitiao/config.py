@@ -1,4 +1,5 @@
-"""YAML config files + dotted command-line overrides → a recipe's typed (pydantic) config.
+"""YAML config files + dotted `key.path=value` overrides → a typed (pydantic) config: recipes
+(`load_config`) and log profiles (weitiao.logs.config) read theirs through the same functions.
 
 Paths written in a config file are relative to that file's folder (`~` expands; absolute paths
 stay): fields typed `ConfigPath` always, `ModelRef` (model dir, hub id, module:function or URL)
@@ -182,8 +183,23 @@ def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | No
     data = apply_overrides(data, overrides or [])
     overridden = {tuple(parse_override(o)[0]) for o in overrides or []}
     data = resolve_paths(data, cls, Path(path).parent if path else Path.cwd(), overridden)
+    cfg = validate(cls, data, where, node, overrides)
+    out = getattr(getattr(cfg, "train", None), "out", None)  # checked now, not after loading the model
+    if isinstance(out, str) and Path(out).exists() and not Path(out).is_dir():
+        line = yaml_line(node, ("train", "out"))
+        raise UserError(
+            f"{where}{f':{line}' if line else ''}: train.out: {out} is an existing file; give a folder for the run"
+        )
+    return cfg
+
+
+def validate(
+    cls: type[C], data: dict, where: str, node: yaml.Node | None = None, overrides: list[str] | None = None
+) -> C:
+    """`cls` from a mapping, or one line `where[:line]: key.path: problem` (the line from `node`, the
+    composed YAML, unless the key came from an `overrides` item)."""
     try:
-        cfg = cls.model_validate(data)
+        return cls.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(x) for x in err["loc"])
@@ -192,13 +208,6 @@ def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | No
         line = None if overridden else yaml_line(node, tuple(err["loc"]))
         loc = f"{where}:{line}" if line else where
         raise UserError(f"{loc}: {key}: {err['msg']}{more}") from None
-    out = getattr(getattr(cfg, "train", None), "out", None)  # checked now, not after loading the model
-    if isinstance(out, str) and Path(out).exists() and not Path(out).is_dir():
-        line = yaml_line(node, ("train", "out"))
-        raise UserError(
-            f"{where}{f':{line}' if line else ''}: train.out: {out} is an existing file; give a folder for the run"
-        )
-    return cfg
 
 
 def dump_config(cfg: BaseModel) -> str:

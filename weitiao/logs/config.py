@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from weitiao.config import apply_overrides, read_yaml_mapping
+from weitiao.config import apply_overrides, read_yaml_mapping, validate
 from weitiao.errors import UserError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
@@ -237,13 +237,7 @@ def load_profile(kind: str, profile: str, overrides: list[str] | None = None) ->
     data, where = _profile_data(kind, profile)
     data = apply_overrides(data, overrides or [])
     where += " with --set" if overrides else ""
-    try:
-        return KINDS[kind].model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(x) for x in err["loc"])
-        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-        raise UserError(f"{where}: {key}: {err['msg']}{more}") from None
+    return validate(KINDS[kind], data, where)
 
 
 def dump_config(cfg: _Config) -> str:

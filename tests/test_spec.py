@@ -1,0 +1,79 @@
+"""The config pieces recipes share: one run spec, one template-name type, one keep_last meaning,
+one loader and override syntax for recipes and log profiles, and recipes that never import each other."""
+
+from __future__ import annotations
+
+import ast
+import typing
+from pathlib import Path
+
+import pytest
+
+from weitiao.config import load_config
+from weitiao.data.templates import TEMPLATE_NAMES
+from weitiao.errors import UserError
+from weitiao.recipes import dpo, ppo, rm, sft
+from weitiao.train.spec import RunSpec, TemplateName
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED = {
+    sft.SFTConfig: ["data.train=[x.jsonl]"],
+    dpo.DPOConfig: ["data.train=[x.jsonl]"],
+    rm.RMConfig: ["data.train=[x.jsonl]"],
+    ppo.PPOConfig: ["data.prompts=[p.jsonl]", "reward.kind=function", "reward.path=m:f"],
+}
+
+
+def test_template_name_type_is_the_template_list():
+    assert typing.get_args(TemplateName) == TEMPLATE_NAMES
+
+
+@pytest.mark.parametrize("cls", list(REQUIRED))
+def test_every_recipe_checks_the_template_name_at_load(cls):
+    with pytest.raises(UserError, match=r"^config: data.template: Input should be 'auto'"):
+        load_config(cls, None, [*REQUIRED[cls], "data.template=chatlm"])
+    assert load_config(cls, None, [*REQUIRED[cls], "data.template=chatml"]).data.template == "chatml"
+
+
+@pytest.mark.parametrize("cls", list(REQUIRED))
+def test_every_recipe_composes_the_run_spec_and_keep_last_means_the_same(cls):
+    cfg = load_config(cls, None, REQUIRED[cls])
+    assert isinstance(cfg.train, RunSpec)
+    with pytest.raises(UserError, match=r"^config: train.keep_last: Input should be greater than 0"):
+        load_config(cls, None, [*REQUIRED[cls], "train.keep_last=0"])  # PPO took 0 as "keep all"
+    assert load_config(cls, None, [*REQUIRED[cls], "train.keep_last=1"]).train.keep_last == 1
+
+
+def test_defaults_stay_per_recipe():
+    outs = {cls: load_config(cls, None, REQUIRED[cls]).train for cls in REQUIRED}
+    assert [Path(t.out).name for t in outs.values()] == ["sft", "dpo", "rm", "ppo"]
+    assert outs[ppo.PPOConfig].keep_last == 2 and outs[sft.SFTConfig].keep_last == 3
+
+
+def test_recipes_never_import_each_other():
+    recipes = {p.stem for p in (ROOT / "weitiao" / "recipes").glob("*.py")} - {"__init__"}
+    found = []
+    for name in ("sft", "dpo", "rm", "ppo"):
+        tree = ast.parse((ROOT / "weitiao" / "recipes" / f"{name}.py").read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                mods = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            else:
+                continue
+            found += [(name, m) for m in mods if m.startswith("weitiao.recipes.") and m.split(".")[2] in recipes]
+    assert found == []
+
+
+def test_log_profiles_use_the_recipe_override_syntax_and_error_line(tmp_path):
+    from weitiao.logs.config import load_profile
+
+    assert load_profile("chat", "chat", ["cross_session.enabled=true"]).cross_session.enabled is True
+    with pytest.raises(UserError, match=r"^profile chat with --set: cross_session.enabled: Input should be") as e:
+        load_profile("chat", "chat", ["cross_session.enabled=maybe"])
+    with pytest.raises(UserError, match=r"^config: train.seed: Input should be") as r:
+        load_config(sft.SFTConfig, None, [*REQUIRED[sft.SFTConfig], "train.seed=maybe"])
+    assert "\n" not in str(e.value) + str(r.value)
+    with pytest.raises(UserError, match=r"expected key.path=value"):
+        load_profile("chat", "chat", ["cross_session.enabled"])
