@@ -125,3 +125,29 @@ def chat_file(tmp_path) -> Path:
     for i, r in enumerate(rows):
         r["instruction"] = r["instruction"] + f" #{i}"
     return write_jsonl(tmp_path / "chat.jsonl", rows)
+
+
+RECIPES = {"sft": "SFTConfig", "dpo": "DPOConfig", "rm": "RMConfig", "ppo": "PPOConfig"}
+
+
+def recipe_config(recipe: str, model_dir, data, out, *extra: str):
+    """A recipe's config for a test: model dir, data file (PPO: prompts file), out dir, no progress bar
+    or tensorboard, then `extra` overrides (`key.path=value`, as on the command line)."""
+    import importlib
+
+    from weitiao.config import load_config
+
+    cls = getattr(importlib.import_module(f"weitiao.recipes.{recipe}"), RECIPES[recipe])
+    key = "data.prompts" if recipe == "ppo" else "data.train"
+    base = [f"model.path={model_dir}", f"{key}=[{data}]", f"train.out={out}"]
+    return load_config(cls, None, [*base, "train.progress=false", "train.tensorboard=false", *extra])
+
+
+@pytest.fixture
+def make_config(tiny_model_dir, tmp_path):
+    """`recipe_config` with the tiny Llama and tmp_path/run unless given: make_config("sft", data, *overrides)."""
+
+    def make(recipe: str, data, *extra: str, out=None, model_dir=None):
+        return recipe_config(recipe, model_dir or tiny_model_dir, data, out or tmp_path / "run", *extra)
+
+    return make

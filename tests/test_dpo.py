@@ -5,10 +5,9 @@ import random
 
 import pytest
 import torch
-from conftest import write_jsonl
+from conftest import recipe_config, write_jsonl
 from transformers import AutoModelForCausalLM
 
-from weitiao.config import load_config
 from weitiao.data.chat import IGNORE
 from weitiao.data.collate import collate
 from weitiao.data.formats import PreferencePair
@@ -91,21 +90,20 @@ def check_pair_logps(model, tokenizer, exs, packing):
 
 
 def dpo_config(model_dir, data, out, *extra):
-    base = [
-        f"model.path={model_dir}",
-        f"data.train=[{data}]",
+    return recipe_config(
+        "dpo",
+        model_dir,
+        data,
+        out,
         "data.eval_split=0.2",
-        f"train.out={out}",
-        "train.progress=false",
-        "train.tensorboard=false",
         "train.micro_batch_size=4",
         "data.max_len=64",
         "train.lr=5e-3",
         "train.warmup_ratio=0",
         "lora.dropout=0",
         "dpo.kl_max_new_tokens=8",
-    ]
-    return load_config(dpo.DPOConfig, None, base + list(extra))
+        *extra,
+    )
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import save_tiny_model, write_jsonl
+from conftest import recipe_config, save_tiny_model, write_jsonl
 from test_dpo import make_pairs
 
 from weitiao.config import load_config
@@ -18,17 +18,9 @@ from weitiao.train.log import read_metrics
 
 def config(model_dir, data, out, *extra):
     """Defaults except what a fast test needs; LoRA dropout stays at its default 0.05."""
-    base = [
-        f"model.path={model_dir}",
-        f"data.train=[{data}]",
-        f"train.out={out}",
-        "train.progress=false",
-        "train.tensorboard=false",
-        "data.max_len=96",
-        "train.lr=5e-3",
-        "train.warmup_ratio=0",
-    ]
-    return load_config(dpo.DPOConfig, None, base + list(extra))
+    return recipe_config(
+        "dpo", model_dir, data, out, "data.max_len=96", "train.lr=5e-3", "train.warmup_ratio=0", *extra
+    )
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_jsonl
+from conftest import recipe_config, write_jsonl
 from safetensors.torch import load_file
 
 from weitiao.config import load_config
@@ -19,21 +19,20 @@ RULE = "weitiao.models.rewards:short_emoji_reward"
 
 
 def config(model_dir, prompts, out, *extra):
-    base = [
-        f"model.path={model_dir}",
-        f"data.prompts=[{prompts}]",
+    return recipe_config(
+        "ppo",
+        model_dir,
+        prompts,
+        out,
         "reward.kind=function",
         f"reward.path={RULE}",
-        f"train.out={out}",
-        "train.progress=false",
-        "train.tensorboard=false",
         "train.resume=none",
         "ppo.rollout_batch_size=8",
         "ppo.generate_max_len=12",
         "lora.r=8",
         "lora.dropout=0",
-    ]
-    return load_config(ppo.PPOConfig, None, base + list(extra))
+        *extra,
+    )
 
 
 @pytest.fixture

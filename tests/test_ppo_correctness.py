@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_jsonl
+from conftest import recipe_config, write_jsonl
 from safetensors.torch import load_file
 
-from weitiao.config import load_config
 from weitiao.errors import UserError
 from weitiao.infer.generate import Sampled, generate_ids
 from weitiao.losses import ppo as F
@@ -28,17 +27,9 @@ CPU = torch.device("cpu")
 
 
 def config(model_dir, prompts, out, *extra):
-    base = [
-        f"model.path={model_dir}",
-        f"data.prompts=[{prompts}]",
-        "reward.kind=function",
-        f"reward.path={RULE}",
-        f"train.out={out}",
-        "train.progress=false",
-        "train.tensorboard=false",
-        "train.resume=none",
-    ]
-    return load_config(ppo.PPOConfig, None, base + list(extra))
+    return recipe_config(
+        "ppo", model_dir, prompts, out, "reward.kind=function", f"reward.path={RULE}", "train.resume=none", *extra
+    )
 
 
 def prompt_file(path: Path, n: int) -> Path:

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import write_jsonl
+from conftest import recipe_config, write_jsonl
 from test_dpo import make_pairs
 from transformers import AutoModelForSequenceClassification
 
@@ -43,20 +43,19 @@ def test_packed_scores_equal_transformers_pooling(tiny_model_dir, tokenizer, pac
 
 
 def rm_config(model_dir, data, out, *extra):
-    base = [
-        f"model.path={model_dir}",
-        f"data.train=[{data}]",
+    return recipe_config(
+        "rm",
+        model_dir,
+        data,
+        out,
         "data.eval_split=0.25",
-        f"train.out={out}",
-        "train.progress=false",
-        "train.tensorboard=false",
         "train.micro_batch_size=4",
         "data.max_len=64",
         "train.lr=3e-3",
         "train.warmup_ratio=0",
         "lora.dropout=0",
-    ]
-    return load_config(rm.RMConfig, None, base + list(extra))
+        *extra,
+    )
 
 
 @pytest.mark.slow

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_jsonl
+from conftest import recipe_config, write_jsonl
 from safetensors.torch import load_file
 
-from weitiao.config import load_config
 from weitiao.recipes import sft
 from weitiao.train.log import read_metrics
 
@@ -21,19 +20,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def config(model_dir, data, out, *extra):
-    base = [
-        f"model.path={model_dir}",
-        f"data.train=[{data}]",
+    return recipe_config(
+        "sft",
+        model_dir,
+        data,
+        out,
         "data.eval_split=0.2",
-        f"train.out={out}",
-        "train.progress=false",
-        "train.tensorboard=false",
         "train.micro_batch_size=2",
         "data.max_len=128",
         "train.lr=5e-3",
         "train.warmup_ratio=0",
-    ]
-    return load_config(sft.SFTConfig, None, base + list(extra))
+        *extra,
+    )
 
 
 def adapter(out):
