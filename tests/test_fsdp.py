@@ -28,10 +28,11 @@ def adapter(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_fsdp2_lora_sft_saves_what_one_process_trains(tiny_model_dir, chat_file, tmp_path):
-    """2 processes × 1 micro-batch under FSDP2 = 1 process × grad_accum 2: the same global batch, so
-    the same adapter. LoRA dropout is 0 here: each process draws its own dropout masks, which one
-    process cannot reproduce. Before the collective save, process 0 called save_pretrained on its
-    shards (DTensors) and the run died at the first save."""
+    """2 processes × 1 micro-batch under FSDP2, stopped after step 1 and resumed, = 1 process × grad_accum
+    2 straight: the same global batches, so the same adapter and optimizer state. LoRA dropout is 0
+    here: each process draws its own dropout masks, which one process cannot reproduce. Before the
+    collective save, process 0 called save_pretrained on its shards (DTensors) and the run died at
+    the first save."""
     common = [
         f"model.path={tiny_model_dir}",
         f"data.train=[{chat_file}]",
@@ -44,14 +45,20 @@ def test_fsdp2_lora_sft_saves_what_one_process_trains(tiny_model_dir, chat_file,
         "lora.dropout=0",
         "train.lr=5e-3",
     ]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    run = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}"]
-    cmd = [sys.executable, *run, "tests/fsdp_driver.py", *common, f"train.out={tmp_path / 'fsdp'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
-    p = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr[-3000:]
+
+    def fsdp(*extra: str) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        run = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}"]
+        cmd = [sys.executable, *run, "tests/fsdp_driver.py", *common, f"train.out={tmp_path / 'fsdp'}", *extra]
+        p = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr[-3000:]
+
+    fsdp("train.stop_after=1")  # killed after step 1's checkpoint ...
+    assert not (tmp_path / "fsdp" / "final").exists()
+    fsdp()  # ... and resumed under FSDP: weights and optimizer state scattered back into shards
     sft.run(load_config(sft.SFTConfig, None, [*common, "train.grad_accum=2", f"train.out={tmp_path / 'one'}"]))
 
     for sub in ("final", "checkpoints/step-000001", "checkpoints/step-000002"):
@@ -59,13 +66,8 @@ def test_fsdp2_lora_sft_saves_what_one_process_trains(tiny_model_dir, chat_file,
         assert a.keys() == b.keys() and len(a) == 28  # 2 layers × 7 projections × (A, B)
         for k in a:
             torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
-    moved = [
-        k
-        for k in a
-        if not torch.equal(
-            a[k], load_file(str(tmp_path / "one/checkpoints/step-000001/adapter/adapter_model.safetensors"))[k]
-        )
-    ]
+    step1 = adapter(tmp_path / "one" / "checkpoints" / "step-000001")
+    moved = [k for k in a if not torch.equal(a[k], step1[k])]
     assert moved  # negative control: step 2 trained something
     # Optimizer state saved whole (every shard gathered), as one process saves it.
     opt_f = torch.load(tmp_path / "fsdp/checkpoints/step-000002/trainer_state.pt", weights_only=False)["optimizer"]

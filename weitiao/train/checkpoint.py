@@ -102,9 +102,14 @@ def load_weights(model: Any, ckpt: Path) -> None:
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, load_file(str(ckpt / "adapter" / "adapter_model.safetensors")))
-    else:  # the model's own class: a reward model's `score` head is not a causal LM's `lm_head`
-        src = type(model).from_pretrained(ckpt / "model", dtype=next(model.parameters()).dtype)
-        model.load_state_dict(src.state_dict())
+    else:
+        model.load_state_dict(saved_full_model(model, ckpt).state_dict())
+
+
+def saved_full_model(model: Any, ckpt: Path) -> Any:
+    """The `model/` folder of a checkpoint, loaded with the model's own class (a reward model's
+    `score` head is not a causal LM's `lm_head`) and dtype."""
+    return type(model).from_pretrained(ckpt / "model", dtype=next(model.parameters()).dtype)
 
 
 def save_checkpoint(
@@ -177,12 +182,20 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def load_checkpoint(
-    ckpt: Path, model: Any, optimizer: torch.optim.Optimizer, rank: int = 0, world: int = 1, force: bool = False
+    ckpt: Path,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    rank: int = 0,
+    world: int = 1,
+    force: bool = False,
+    restore: Callable[[Any, Path, Any, dict], None] | None = None,
 ) -> dict[str, Any]:
     """Restore weights, optimizer and this process's RNG; returns the saved trainer state.
 
     A checkpoint written by another number of processes is refused (each process's data share and
     RNG stream depend on it) unless `force`; then processes without a saved RNG keep their own.
+    `restore(model, ckpt, optimizer, optimizer_state)` replaces the weight and optimizer loading
+    (for sharded models, see `dist`).
     """
     state = torch.load(ckpt / STATE_FILE, weights_only=False)
     saved_world = state.pop("world", 1)
@@ -193,8 +206,11 @@ def load_checkpoint(
         )
     if saved_world != world and rank == 0:
         print(f"train.resume=force: {ckpt} was written by {saved_world} process(es), resuming with {world}")
-    load_weights(model, ckpt)
-    optimizer.load_state_dict(state.pop("optimizer"))
+    if restore is not None:
+        restore(model, ckpt, optimizer, state.pop("optimizer"))
+    else:
+        load_weights(model, ckpt)
+        optimizer.load_state_dict(state.pop("optimizer"))
     legacy = state.pop("rng", None)  # checkpoints before per-process RNG files: process 0's only
     if (ckpt / rng_file(rank)).exists():
         set_rng_state(torch.load(ckpt / rng_file(rank), weights_only=False))

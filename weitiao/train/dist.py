@@ -2,9 +2,10 @@
 
 Under DDP (and one process) every process holds all weights: the main process saves them as before.
 Under FSDP2 each process holds a shard, so a save is collective: every process calls
-`save_weights`/`save_checkpoint`, the full state dict (weights, then optimizer) is gathered with
-torch.distributed.checkpoint's full-state-dict API, and the main process writes the same adapter/model
-folder a single-process run writes. Setups whose state we cannot save whole are refused at start.
+`full_weights`/`save_checkpoint`, the full state dict (weights, then optimizer) is gathered with
+`DTensor.full_tensor`, and the main process writes the same adapter/model folder and optimizer state a
+one-process run writes; a resume scatters them back into shards. Setups whose state we cannot save
+whole (DeepSpeed, FSDP1) are refused at start.
 """
 
 from __future__ import annotations
@@ -111,10 +112,50 @@ def save_checkpoint(
 def load_checkpoint(
     ckpt: Path, accel: Any, module: Any, optimizer: Any, rank: int, world: int, force: bool
 ) -> dict[str, Any]:
-    """Restore a checkpoint into a prepared module and optimizer (see checkpoint.load_checkpoint)."""
-    if sharded(module):
-        raise UserError(
-            f"train.resume: {ckpt}: resuming under FSDP is not supported yet (its checkpoints hold the full "
-            "weights, in out/checkpoints/*/adapter or model, for lora.init_from or model.path); set train.resume=none"
-        )
-    return ck.load_checkpoint(ckpt, inner_model(accel, module), optimizer, rank, world, force)
+    """Restore a checkpoint into a prepared module and optimizer (see checkpoint.load_checkpoint);
+    under FSDP every process reads the whole saved tensors and keeps its shard of each."""
+    model = inner_model(accel, module)
+    restore = restore_shards if sharded(model) else None
+    return ck.load_checkpoint(ckpt, model, optimizer, rank, world, force, restore)
+
+
+def restore_shards(model: Any, ckpt: Path, optimizer: Any, opt_state: dict) -> None:
+    """Saved full weights and optimizer state → this process's shards of them (collective)."""
+    from safetensors.torch import load_file
+
+    live = model.state_dict()  # detached views of the parameters: copying into them sets the weights
+    if ck.is_peft(model):
+        from peft import get_peft_model_state_dict
+
+        # peft's file keys (adapter name removed) → the model's keys: peft returns the same tensor objects.
+        key_of = {id(v): k for k, v in live.items()}
+        names = {f: key_of[id(v)] for f, v in get_peft_model_state_dict(model, state_dict=live).items()}
+        saved = {names[f]: v for f, v in load_file(str(ckpt / "adapter" / "adapter_model.safetensors")).items()}
+    else:
+        saved = ck.saved_full_model(model, ckpt).state_dict()
+    if missing := sorted(set(saved) - set(live)):
+        raise UserError(f"train.resume: {ckpt} holds {missing[0]}, which this model does not have")
+    for k in sorted(saved):  # the same order on every process: the scatters pair up
+        shard_into(live[k], saved[k])
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for i, s in opt_state["state"].items():
+        p = params[int(i)]
+        s.update({k: as_shard(v, p) for k, v in s.items() if torch.is_tensor(v) and v.shape == p.shape})
+    optimizer.load_state_dict(opt_state)
+
+
+def as_shard(full: torch.Tensor, like: Any) -> Any:
+    """`full` split as the DTensor `like` is (collective); a plain tensor stays as it is."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(like, DTensor):
+        return full
+    return distribute_tensor(full.to(like.device), like.device_mesh, like.placements)
+
+
+def shard_into(target: Any, full: torch.Tensor) -> None:
+    """Copy `full` into `target` (a DTensor view of a parameter: only this process's shard)."""
+    shard = as_shard(full.to(target.dtype), target)
+    (target.to_local() if hasattr(target, "to_local") else target).copy_(
+        shard.to_local() if hasattr(shard, "to_local") else shard
+    )
