@@ -112,6 +112,43 @@ def spec(**kw) -> TrainSpec:
     return TrainSpec(**{"lr": 1e-2, "micro_batch_size": 1, "progress": False, "tensorboard": False, **kw})
 
 
+def test_epoch_plan_steps_cross_epochs_where_an_uninterrupted_run_does():
+    t = spec(grad_accum=3, epochs=2)
+    plan = loop.EpochPlan([1] * 8, 8, False, t, world=1)
+    assert plan.steps_in(0) == 2 and plan.total_steps(loop.new_state()) == 4  # 8 // 3 per epoch, 2 left over
+    epoch0 = plan.epoch(0)
+    assert plan.step(1) == (0, epoch0[3:6])
+    assert plan.step(2) == (1, plan.epoch(1)[0:3]) and plan.epoch(1) != epoch0  # reshuffled per epoch
+    two = loop.EpochPlan([1] * 8, 8, False, spec(grad_accum=1, epochs=2), world=3)  # 3 processes × 1
+    assert two.step(1) == plan.step(1)  # a step is processes × grad_accum micro-batches either way
+
+
+def test_micro_batches_sync_gradients_on_the_last_only():
+    entered = []
+
+    class Rank1(OneProcess):
+        num_processes, process_index = 2, 1
+
+        def no_sync(self, module):
+            entered.append(module)
+            return contextlib.nullcontext()
+
+    units = [[[i]] for i in range(6)]
+    seen = []
+    for rows in loop.micro_batches(Rank1(), "m", units):
+        seen.append((rows, len(entered)))
+    assert seen == [([[1]], 1), ([[3]], 2), ([[5]], 2)]  # this process's share; no_sync around all but the last
+
+
+def test_resume_on_other_data_is_refused():
+    state = loop.new_state()
+    loop.EpochPlan([1] * 8, 8, False, spec(max_steps=4), world=1).total_steps(state)
+    state["step"] = 2
+    with pytest.raises(UserError, match="the training data changed since the checkpoint"):
+        loop.EpochPlan([2] * 8, 8, False, spec(max_steps=4), world=1).total_steps(state)
+    assert loop.EpochPlan([2] * 8, 8, False, spec(max_steps=4, resume="force"), world=1).total_steps(state) == 4
+
+
 def test_first_micro_step_runs_in_train_mode(tmp_path):
     seen: list[bool] = []
     run_loop(tmp_path, spec(max_steps=3), seen=seen)

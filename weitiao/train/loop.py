@@ -6,8 +6,8 @@ A recipe's step, with these helpers (the math and `optimizer.step()` stay in the
     set_lr(optimizer, t, lr, step, total)
     for rows in micro_batches(accel, module, units):    # this process's share; DDP syncs on the last
         ... forward; accel.backward(loss)
+    norm = clip_grad(accel, params, t.max_grad_norm)    # the norm before clipping
     sums = reduce_sums(accel, sums)                     # over processes
-    norm = clip_grad(accel, params, t.max_grad_norm)
     run.check_finite(step + 1, loss=..., grad_norm=norm)  # stops before a NaN update
     optimizer.step(); optimizer.zero_grad(set_to_none=True)
     run.record(...)                                     # log, progress bar
@@ -20,7 +20,7 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Iterator
-from functools import cache, lru_cache
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class EpochPlan:
         self.lengths, self.capacity, self.packing, self.t = lengths, capacity, packing, t
         self.per_step = world * t.grad_accum
         self.epoch = lru_cache(maxsize=2)(self._epoch)
+        self._steps: dict[int, int] = {}
 
     def _epoch(self, epoch: int) -> Units:
         t = self.t
@@ -64,10 +65,11 @@ class EpochPlan:
             capacity=self.capacity,
         )
 
-    @cache  # noqa: B019  (one plan per run)
     def steps_in(self, epoch: int) -> int:
         # Packing makes the number of micro-batches vary a little from epoch to epoch: count per epoch.
-        return len(self.epoch(epoch)) // self.per_step
+        if epoch not in self._steps:
+            self._steps[epoch] = len(self.epoch(epoch)) // self.per_step
+        return self._steps[epoch]
 
     def total_steps(self, state: dict[str, Any]) -> int:
         """Steps of the run; refuses a run with no step to take, and resuming on other data."""
