@@ -23,7 +23,7 @@ from weitiao.recipes import ppo
 from weitiao.train.guard import DivergedError
 from weitiao.train.log import read_metrics
 
-RULE = "weitiao.models.rewards:short_emoji_reward"
+RULE = "weitiao.recipes.rewards:short_emoji_reward"
 CPU = torch.device("cpu")
 
 

@@ -24,8 +24,8 @@ from typing import Any
 import openai
 
 from weitiao.io import atomic_write_text
+from weitiao.progress import progress_bar
 from weitiao.secrets import redact
-from weitiao.train.log import progress_bar
 
 
 class TeacherError(Exception):

@@ -239,21 +239,31 @@ def augment(cases: list[Case], teacher: Teacher, n: int, progress: bool = True) 
 # ---------------------------------------------------------------------------------------------- 4. emit
 
 
-def followup(out: Path, config: Path | None, resume_from: str | None, sft_file: Path, eval_file: Path) -> str:
+def followup(
+    out: Path,
+    config: Path | None,
+    resume_from: str | None,
+    sft_file: Path,
+    eval_file: Path,
+    sft_config: type | None = None,
+) -> str:
     """Write followup_sft.yaml from the base config (train += additions, eval += regression set,
-    lora.init_from = resume_from) and return the command; without a config, return an overrides form."""
+    lora.init_from = resume_from) and return the command; without a config, return an overrides form.
+    `sft_config` is the SFT config class (recipes.sft.SFTConfig, passed down: dataeng sits below recipes);
+    it says which keys are paths to make absolute."""
     init = f" lora.init_from={resume_from}" if resume_from else ""
     if config is None:
         return (f"weitiao sft YOUR_SFT.yaml 'data.train=[ORIGINAL_TRAIN.jsonl,{sft_file}]' "
                 f"'data.eval=[GENERAL_EVAL.jsonl,{eval_file}]' "
                 f"train.out={out / 'sft'} train.resume=none{init}")  # fmt: skip
     from weitiao.config import read_yaml_mapping, resolve_paths
-    from weitiao.recipes.sft import SFTConfig
 
+    if sft_config is None:
+        raise TypeError("followup: a config needs sft_config, the SFT config class")
     if not config.is_file():
         raise UserError(f"--config {config}: file not found")
     # the follow-up file lives elsewhere: every path in it is absolute, so it runs from any folder
-    data = resolve_paths(read_yaml_mapping(config), SFTConfig, config.parent)
+    data = resolve_paths(read_yaml_mapping(config), sft_config, config.parent)
     d = data.setdefault("data", {})
     d["train"] = [*(d.get("train") or []), str(sft_file.resolve())]
     d["eval"] = [*(d.get("eval") or []), str(eval_file.resolve())]  # the general held-out set stays
@@ -289,6 +299,7 @@ def run(
     seed: int = 0,
     progress: bool = True,
     holdout: float = 0.25,
+    sft_config: type | None = None,
 ) -> dict:
     """The whole loop; writes clusters.html/json, sft_additions, dpo_pairs, regression_eval, summary."""
     if not 0 <= holdout < 1:
@@ -322,7 +333,7 @@ def run(
     write_jsonl(out / "sft_additions.jsonl", sft)
     write_jsonl(out / "dpo_pairs.jsonl", dpo)
     write_jsonl(out / "regression_eval.jsonl", regression)
-    command = followup(out, config, resume_from, out / "sft_additions.jsonl", out / "regression_eval.jsonl")
+    command = followup(out, config, resume_from, out / "sft_additions.jsonl", out / "regression_eval.jsonl", sft_config)
     summary = {"cases": len(cases), "clusters": len(clusters), **counts, "sft_rows": len(sft), "dpo_pairs": len(dpo),
                "golden_equals_bad": same, "regression_eval": len(regression),
                "held_out_cases": len(whole), "next": command,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from weitiao.config import ModelRef
@@ -260,8 +261,6 @@ def load_lora(model: Any, adapter: str, gradient_checkpointing: bool = False) ->
     """Freeze the base and attach a saved adapter, trainable (r, alpha, targets come from the adapter)."""
     from peft import PeftModel
 
-    from weitiao.infer.export import locate
-
     try:
         adapter_dir, _, _ = locate(adapter)
     except UserError as e:
@@ -359,6 +358,30 @@ def adapter_base(adapter_dir: Any) -> tuple[str, str]:
     candidates = [root / n for n in names if root] + [Path(n) for n in names]
     found = next((c.resolve() for c in candidates if c.is_dir()), None)
     return str(found) if found else names[0], str(model.get("quant", "none"))
+
+
+def locate(adapter: str | Path) -> tuple[Path, Path | None, ModelSpec]:
+    """(adapter dir, training tokenizer dir or None, base model spec) from a run dir or adapter dir.
+
+    The base is the one recorded with the adapter (models.load.adapter_base), with the quantization
+    and loading settings of the run's config.yaml.
+    """
+    p = Path(adapter)
+    for cand in (p / "final" / "adapter", p / "adapter", p):
+        if (cand / "adapter_config.json").exists():
+            adapter_dir = cand
+            break
+    else:
+        raise UserError(f"--adapter {adapter}: no adapter_config.json (give a run dir or a peft adapter dir)")
+    tok_dir = adapter_dir.parent / "tokenizer"
+    base, quant = adapter_base(adapter_dir)
+    spec = ModelSpec(path=base, quant=quant)  # type: ignore[arg-type]
+    run_cfg = next((d / "config.yaml" for d in adapter_dir.parents[:3] if (d / "config.yaml").is_file()), None)
+    recorded = yaml.safe_load(run_cfg.read_text(encoding="utf-8")) if run_cfg else None
+    recorded = recorded.get("model") if isinstance(recorded, dict) else None
+    if isinstance(recorded, dict):
+        spec = ModelSpec.model_validate({**recorded, "path": base, "quant": quant, "gradient_checkpointing": False})
+    return adapter_dir, tok_dir if tok_dir.exists() else None, spec
 
 
 def trained_quant_note(what: str, quant: str) -> str:

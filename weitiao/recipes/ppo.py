@@ -46,8 +46,8 @@ from weitiao.losses import ppo as F
 from weitiao.losses.sft import target_logps
 from weitiao.models.load import LoraSpec, ModelSpec, disable_dropout, load_tokenizer
 from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
-from weitiao.models.rewards import RewardSpec, build_scorer
 from weitiao.models.roles import Roles
+from weitiao.recipes.rewards import RewardSpec, build_scorer
 from weitiao.train import checkpoint as ck
 from weitiao.train.guard import ensure_finite
 from weitiao.train.log import REPORT_TO_HELP, MetricsLog, ReportTo, progress_bar
