@@ -30,8 +30,10 @@ import yaml
 
 from weitiao.dataeng.similarity import embed, normalize, tfidf, unit_rows
 from weitiao.errors import UserError, where
-from weitiao.io import atomic_write_text, write_jsonl
-from weitiao.teacher import Teacher, TeacherError, parse_json_reply
+from weitiao.io import atomic_write_text, read_jsonl, write_jsonl
+from weitiao.json_reply import parse_json_reply
+from weitiao.reports import page
+from weitiao.teacher import Teacher, TeacherError
 
 ALIASES = {
     "prompt": ("prompt", "question", "instruction", "query"),
@@ -67,14 +69,7 @@ def _records(path: Path) -> list[tuple[int, dict]]:
         with open(path, encoding="utf-8-sig", newline="") as f:
             return list(enumerate(csv.DictReader(f), 2))  # line 1 is the header
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        out = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    out.append((n, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{where(path, n)}: not valid JSON ({e.msg})") from None
-        return out
+        return list(read_jsonl(path))
     raise UserError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl or .csv")
 
 
@@ -178,12 +173,7 @@ def cluster(cases: list[Case], k: int | None = None, embed_model: str | None = N
 def report_html(clusters: list[dict], cases: list[Case], examples: int = 5) -> str:
     """One section per cluster: size, keywords, majority tag, and example prompt / bad / golden rows."""
     e = html.escape
-    parts = [
-        "<!doctype html><meta charset='utf-8'><title>bad-case clusters</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td{vertical-align:top;padding:4px 8px;"
-        "border-bottom:1px solid #ddd}.bad{color:#a00}.gold{color:#060}</style>",
-        f"<h1>Bad-case clusters</h1><p>{len(cases)} cases in {len(clusters)} clusters.</p>",
-    ]
+    parts = [f"<h1>Bad-case clusters</h1><p>{len(cases)} cases in {len(clusters)} clusters.</p>"]
     for cl in clusters:
         members = [c for c in cases if c.cluster == cl["cluster"]]
         parts.append(f"<h2>#{cl['cluster']} · {cl['size']} cases · {e(' / '.join(cl['keywords']))}"
@@ -193,7 +183,9 @@ def report_html(clusters: list[dict], cases: list[Case], examples: int = 5) -> s
             parts.append(f"<tr><td>{e(c.prompt)}</td><td class=bad>{e(c.bad)}</td>"
                          f"<td class=gold>{e(c.golden)}</td><td>{e(c.tag)}</td></tr>")  # fmt: skip
         parts.append("</table>")
-    return "\n".join(parts) + "\n"
+    return page(
+        "bad-case clusters", "\n".join(parts), "td{border-bottom:1px solid #ddd}.bad{color:#a00}.gold{color:#060}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- 3. augment

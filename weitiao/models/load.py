@@ -29,9 +29,11 @@ class ModelSpec(BaseModel):
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
     quant: Literal["none", "4bit", "8bit"] = Field("none", description="4bit = NF4 + double quantization")
     quant_storage: Literal["uint8", "bf16"] = Field("uint8", description="bf16 lets FSDP shard 4-bit weights")
-    attn: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = "sdpa"
-    gradient_checkpointing: bool = False
-    trust_remote_code: bool = False
+    attn: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = Field(
+        "sdpa", description="attention kernel"
+    )
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, slower")
+    trust_remote_code: bool = Field(False, description="run the model repo's own Python code (repos you trust only)")
 
 
 class LoraSpec(BaseModel):
@@ -39,14 +41,14 @@ class LoraSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = True
-    r: int = Field(16, gt=0)
+    enabled: bool = Field(True, description="false = full fine-tuning (every weight trains)")
+    r: int = Field(16, gt=0, description="adapter rank")
     alpha: float | None = Field(None, gt=0, description="default 2*r")
-    dropout: float = Field(0.05, ge=0, lt=1)
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter's input")
     targets: str | list[str] = Field("all-linear", description="'all-linear' or module names")
-    dora: bool = False
-    rslora: bool = False
-    modules_to_save: list[str] | None = None
+    dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (magnitude + direction)")
+    rslora: bool = Field(False, description="rsLoRA scaling alpha/sqrt(r) instead of alpha/r")
+    modules_to_save: list[str] | None = Field(None, description="modules trained in full and saved with the adapter")
     init_from: ModelRef | None = Field(
         None, description="continue training this adapter (run dir or peft dir) instead of a fresh one"
     )

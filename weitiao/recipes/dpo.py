@@ -82,18 +82,20 @@ class PrefDataSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    train: list[DataPath]
-    eval: list[DataPath] = Field(default_factory=list)
+    train: list[DataPath] = Field(..., description="preference files (prompt + chosen + rejected), globs or folders")
+    eval: list[DataPath] = Field(default_factory=list, description="eval pair files; else eval_split of train")
     dataset_dir: ConfigPath | None = Field(
         None, description="LLaMA-Factory data folder: train/eval are names in its dataset_info.json"
     )
-    eval_split: float = Field(0.0, ge=0, lt=1)
-    format: Literal["auto", "preference"] = "auto"
-    template: Literal["auto", "tokenizer", "chatml", "qwen", "llama3", "plain"] = "auto"
+    eval_split: float = Field(0.0, ge=0, lt=1, description="fraction of train pairs held out when no eval files")
+    format: Literal["auto", "preference"] = Field("auto", description="row format")
+    template: Literal["auto", "tokenizer", "chatml", "qwen", "llama3", "plain"] = Field(
+        "auto", description="chat template; auto = the tokenizer's own, else plain"
+    )
     max_len: int = Field(1024, gt=8, description="per sequence (prompt + one reply)")
-    truncation: Literal["drop", "cut_response"] = "drop"
-    packing: bool = True
-    skip_invalid: bool = False
+    truncation: Literal["drop", "cut_response"] = Field("drop", description="over max_len: drop or shorten replies")
+    packing: bool = Field(True, description="several sequences per micro-batch row; attention kept apart")
+    skip_invalid: bool = Field(False, description="write bad rows to FILE.rejects.jsonl instead of stopping")
     max_row_bytes: int = Field(MAX_ROW_BYTES, gt=0, description="a longer JSONL row is rejected unread (file:line)")
     weight_field: str | None = Field(
         None, description="row field with a per-pair loss weight ≥ 0, e.g. confidence (DPO: Σ w·loss / Σ w)"
@@ -109,7 +111,7 @@ class DPOSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     beta: float = Field(0.1, gt=0, description="strength of the pull toward the reference")
-    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="sigmoid (DPO), ipo or hinge")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="conservative DPO ε (sigmoid only)")
     rpo_alpha: float = Field(0.0, ge=0, description="weight of the NLL term on chosen replies (RPO)")
     precompute_ref: bool = Field(False, description="reference log-probs in one pass, cached to disk")
@@ -130,7 +132,7 @@ class DPOSpec(BaseModel):
 
 
 class DPOTrainSpec(TrainSpec):
-    out: ConfigPath = "runs/dpo"
+    out: ConfigPath = Field("runs/dpo", description="run folder: checkpoints, final/, metrics.jsonl")
     disable_dropout: bool = Field(True, description="dropout off in the policy, so step 0 has π = π_ref")
 
 

@@ -49,7 +49,7 @@ class RMSpec(BaseModel):
 
 
 class RMTrainSpec(TrainSpec):
-    out: ConfigPath = "runs/rm"
+    out: ConfigPath = Field("runs/rm", description="run folder: checkpoints, final/, metrics.jsonl")
     disable_dropout: bool = Field(True, description="dropout off, as for DPO (false keeps the model's dropout)")
 
 

@@ -53,19 +53,23 @@ class DataSpec(BaseModel):
     eval_split: float = Field(
         0.0, ge=0, lt=1, description="fraction of unique train conversations held out when no eval files"
     )
-    format: Literal["auto", "alpaca", "sharegpt", "openai", "prompt_completion", "text"] = "auto"
-    template: Literal["auto", "tokenizer", "chatml", "qwen", "llama3", "plain"] = "auto"
-    max_len: int = Field(1024, gt=8)
+    format: Literal["auto", "alpaca", "sharegpt", "openai", "prompt_completion", "text"] = Field(
+        "auto", description="row format; auto detects it per file"
+    )
+    template: Literal["auto", "tokenizer", "chatml", "qwen", "llama3", "plain"] = Field(
+        "auto", description="chat template; auto = the tokenizer's own, else plain"
+    )
+    max_len: int = Field(1024, gt=8, description="tokens per row")
     truncation: Literal["drop", "cut", "history"] = Field(
         "drop", description="over max_len: drop the row, cut its tail (counts rows losing end-of-turn), drop history"
     )
     train_on_prompt: bool = Field(
         False, description="loss on prompt tokens too; eval_loss follows, eval_loss_answer stays reply-only"
     )
-    train_turns: Literal["all", "last"] = "all"
+    train_turns: Literal["all", "last"] = Field("all", description="assistant turns trained: all or the last")
     train_eot: bool = Field(True, description="false = never learn to stop (chapter Q147 experiment only)")
-    packing: bool = True
-    skip_invalid: bool = False
+    packing: bool = Field(True, description="several rows per micro-batch row (first-fit); attention kept apart")
+    skip_invalid: bool = Field(False, description="write bad rows to FILE.rejects.jsonl instead of stopping")
     max_row_bytes: int = Field(MAX_ROW_BYTES, gt=0, description="a longer JSONL row is rejected unread (file:line)")
     cache: bool = Field(
         True, description="keep tokenized rows on disk (Arrow, memory-mapped); a rerun skips tokenizing"
@@ -81,19 +85,21 @@ class TrainSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    out: ConfigPath = "runs/sft"
+    out: ConfigPath = Field("runs/sft", description="run folder: checkpoints, final/, metrics.jsonl")
     lr: float | None = Field(None, gt=0, description="default 2e-4 with LoRA, 2e-5 full fine-tuning")
-    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="learning rate after warmup")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of steps warming the learning rate up")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final learning rate as a share of lr")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.999), description="AdamW betas"
+    )
     max_grad_norm: float = Field(1.0, ge=0, description="0 = no clipping")
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0, description="passes over the training data (fractions allowed)")
     max_steps: int | None = Field(None, gt=0, description="overrides epochs when set")
     micro_batch_size: int = Field(4, gt=0, description="rows per micro-batch per process")
-    grad_accum: int = Field(1, gt=0)
-    seed: int = 42
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    seed: int = Field(42, description="seed for shuffling, splits and initialization")
     log_every: int = Field(1, gt=0, description="write train metrics every N steps (and at the last)")
     eval_every: int = Field(0, ge=0, description="0 = only at the end")
     save_every: int = Field(0, ge=0, description="0 = only at the end")
@@ -107,7 +113,7 @@ class TrainSpec(BaseModel):
     stop_after: int | None = Field(None, gt=0, description="end the process after this step (tests a kill)")
     tensorboard: bool = Field(True, description="false = leave tensorboard out of report_to")
     report_to: ReportTo = Field(["tensorboard"], description=REPORT_TO_HELP)
-    progress: bool = True
+    progress: bool = Field(True, description="progress bar (timed lines off a terminal)")
     progress_every_s: float = Field(30.0, gt=0, description="off a terminal (nohup, Slurm): a progress line this often")
     golden: ConfigPath | None = Field(None, description="golden prompts file: answer them at every save (golden.jsonl)")
 
