@@ -77,7 +77,7 @@ def child_eval(a, root: Path) -> dict:
     from weitiao.data.templates import resolve_template
     from weitiao.infer.generate import generate
     from weitiao.models.load import ModelSpec, load_model, load_tokenizer
-    from weitiao.models.rewards import model_scorer
+    from weitiao.recipes.rewards import model_scorer
 
     score, _ = model_scorer(str(root / "rm"))
     tok = load_tokenizer("demo")

@@ -112,7 +112,7 @@ def main() -> None:
     teacher = Teacher(url, "paraphraser", cache_dir=None)
     badcases.run(
         [ROOT / "examples" / "demo_badcases.jsonl"], OUT / "cases", teacher=teacher, n_aug=3,
-        config=ROOT / "examples" / "demo_sft.yaml", resume_from=str(deployed), progress=False,
+        config=ROOT / "examples" / "demo_sft.yaml", resume_from=str(deployed), progress=False, sft_config=sft.SFTConfig,
     )  # fmt: skip
     server.should_exit = True
     sets = {

@@ -79,7 +79,7 @@ PROBES = [
                 model={"path": "demo"},
                 data={"prompts": ["q.jsonl"]},
                 train={"out": "out"},
-                reward={"kind": "function", "path": "weitiao.models.rewards:short_emoji_reward"},
+                reward={"kind": "function", "path": "weitiao.recipes.rewards:short_emoji_reward"},
             ),
             "q.jsonl": b'{"prompt": "a"}\n{"prompt": "\xff"}\n',
         },

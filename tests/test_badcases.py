@@ -75,7 +75,7 @@ def test_badcases_end_to_end(tmp_path):
     with running(app) as url:
         t = Teacher(url + "/v1", "t", cache_dir=tmp_path / "c")
         s = badcases.run([cases], tmp_path / "o", t, n_aug=4, k=3, config=Path("examples/demo_sft.yaml"),
-                         resume_from="runs/demo", progress=False)  # fmt: skip
+                         resume_from="runs/demo", progress=False, sft_config=SFTConfig)  # fmt: skip
     n = 13
     # 12 prompts get 3 usable rewrites (copy and duplicate dropped), "天气好热啊" gets prose → unparseable
     assert (s["cases"], s["clusters"], s["teacher_failed"], s["parse_failed"]) == (n, 3, 0, 1)

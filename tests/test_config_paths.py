@@ -49,13 +49,13 @@ def test_sft_paths_follow_the_config_file(tmp_path, monkeypatch):
 def test_hub_ids_module_paths_and_urls_stay(tmp_path):
     cfg_file = write(tmp_path / "c/ppo.yaml", {
         "model": {"path": "Qwen/Qwen2.5-0.5B-Instruct"},
-        "reward": {"kind": "function", "path": "weitiao.models.rewards:short_emoji_reward"},
+        "reward": {"kind": "function", "path": "weitiao.recipes.rewards:short_emoji_reward"},
         "data": {"prompts": ["p.jsonl"]},
         "train": {"resume": "ckpt/step-10"},
     })  # fmt: skip
     cfg = load_config(PPOConfig, cfg_file)
     assert cfg.model.path == "Qwen/Qwen2.5-0.5B-Instruct"
-    assert cfg.reward.path == "weitiao.models.rewards:short_emoji_reward"
+    assert cfg.reward.path == "weitiao.recipes.rewards:short_emoji_reward"
     assert cfg.data.prompts == [str(tmp_path / "c/p.jsonl")]
     assert cfg.train.resume == str(tmp_path / "c/ckpt/step-10")
     cfg = load_config(DPOConfig, write(tmp_path / "d/dpo.yaml", {"data": {"train": ["s3://bucket/x.jsonl"]}}))

@@ -9,9 +9,9 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from weitiao.dataeng import curve
 from weitiao.dataeng.commands import register
 from weitiao.errors import UserError
+from weitiao.recipes import curve
 
 
 def test_knee_rule_by_hand():

@@ -15,7 +15,7 @@ from weitiao.infer.generate import Sampled
 from weitiao.recipes import ppo
 from weitiao.train.log import read_metrics
 
-RULE = "weitiao.models.rewards:short_emoji_reward"
+RULE = "weitiao.recipes.rewards:short_emoji_reward"
 
 
 def config(model_dir, prompts, out, *extra):
@@ -198,7 +198,7 @@ def test_http_and_function_reward_sources(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
     from loopback import running
 
-    from weitiao.models.rewards import RewardSpec, build_scorer, function_scorer
+    from weitiao.recipes.rewards import RewardSpec, build_scorer, function_scorer
 
     app = FastAPI()
 

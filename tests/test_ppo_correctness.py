@@ -15,14 +15,14 @@ from safetensors.torch import load_file
 
 from weitiao.errors import UserError
 from weitiao.infer.generate import Sampled, generate_ids
-from weitiao.losses import ppo as F
+from weitiao.losses import ppo as ppo_losses
 from weitiao.models.load import LoraSpec, ModelSpec, add_lora, load_model
 from weitiao.models.roles import Roles
 from weitiao.recipes import ppo
 from weitiao.train.guard import DivergedError
 from weitiao.train.log import read_metrics
 
-RULE = "weitiao.models.rewards:short_emoji_reward"
+RULE = "weitiao.recipes.rewards:short_emoji_reward"
 CPU = torch.device("cpu")
 
 
@@ -192,8 +192,8 @@ def _whiten_worker(rank: int, port: int, out: str) -> None:
     m.update(x[rows, 0], mask[rows, 0], allsum)
     result = {
         "rows": rows,
-        "white": F.whiten(x[rows], mask[rows], reduce=allsum).tolist(),
-        "ev": F.explained_variance(v[rows], x[rows], mask[rows], allsum),
+        "white": ppo_losses.whiten(x[rows], mask[rows], reduce=allsum).tolist(),
+        "ev": ppo_losses.explained_variance(v[rows], x[rows], mask[rows], allsum),
         "moments": [m.mean, m.var],
     }
     Path(out, f"{rank}.json").write_text(json.dumps(result))
@@ -212,15 +212,16 @@ def test_whitening_and_moments_over_two_processes_equal_one_process(tmp_path):
 
     mp.spawn(_whiten_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     x, mask, v = whiten_inputs()
-    white = F.whiten(x, mask)
+    white = ppo_losses.whiten(x, mask)
     one = ppo.RunningMoments()
     one.update(x[:, 0], mask[:, 0])
     for rank in (0, 1):
         r = json.loads((tmp_path / f"{rank}.json").read_text())
         assert torch.allclose(torch.tensor(r["white"]), white[r["rows"]], atol=1e-6)
-        assert abs(r["ev"] - F.explained_variance(v, x, mask)) < 1e-6
+        assert abs(r["ev"] - ppo_losses.explained_variance(v, x, mask)) < 1e-6
         assert r["moments"] == pytest.approx([one.mean, one.var], rel=1e-6)
-    assert not torch.allclose(F.whiten(x[0::2], mask[0::2]), white[0::2], atol=1e-3)  # per process would differ
+    # per process would differ
+    assert not torch.allclose(ppo_losses.whiten(x[0::2], mask[0::2]), white[0::2], atol=1e-3)
 
 
 def free_port() -> int:
@@ -311,14 +312,14 @@ def test_max_steps_capped_line_and_zero_step_run_refused(tiny_model_dir, tmp_pat
 @pytest.mark.slow
 def test_nan_loss_stops_keeps_last_good_checkpoint_and_saves_nothing_after(tiny_model_dir, tmp_path, monkeypatch):
     calls = []
-    real = F.policy_loss
+    real = ppo_losses.policy_loss
 
     def poisoned(*a, **kw):  # one micro-batch per step here: the 2nd call is step 2
         calls.append(1)
         loss, st = real(*a, **kw)
         return (loss * float("nan") if len(calls) == 2 else loss), st
 
-    monkeypatch.setattr(F, "policy_loss", poisoned)
+    monkeypatch.setattr(ppo_losses, "policy_loss", poisoned)
     prompts = prompt_file(tmp_path / "p.jsonl", 16)
     args = ("train.max_steps=3", "train.save_every=1", "ppo.rollout_batch_size=4", "ppo.generate_max_len=4")
     diverged = r"step 2: policy_loss is nan; training diverged \(lower ppo.actor_learning_rate"

@@ -17,7 +17,7 @@ from weitiao.data.formats import load_conversations, load_rows
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
 from weitiao.infer.serve import ServeSettings, create_app
-from weitiao.safety.guard_commands import rules_app
+from weitiao.safety.injection_rules_commands import rules_app
 from weitiao.safety.rules import Check, coverage, load_rules, read_rules, schema_errors
 
 REPO = Path(__file__).resolve().parents[1]

@@ -48,7 +48,7 @@ def test_rows_are_bounded_by_the_context(rm_dir, tmp_path):
 
 
 def test_ppo_reward_model_over_context_is_one_line(rm_dir):
-    from weitiao.models.rewards import model_scorer
+    from weitiao.recipes.rewards import model_scorer
 
     score, _ = model_scorer(str(rm_dir))
     prompt = [[{"role": "user", "content": "你好"}]]

@@ -76,7 +76,7 @@ def test_config_yaml_is_redacted():
 def test_http_reward_errors_are_redacted():
     from fastapi import FastAPI
 
-    from weitiao.models.rewards import http_scorer
+    from weitiao.recipes.rewards import http_scorer
 
     for_prompts = ([[{"role": "user", "content": "你好"}]], ["嗨"])
     with pytest.raises(UserError) as e:

@@ -19,7 +19,8 @@ from transformers import AutoModelForCausalLM
 
 from weitiao.data.templates import resolve_template
 from weitiao.infer.serve import ServeSettings, create_app
-from weitiao.teacher import Teacher, TeacherError, parse_json_reply
+from weitiao.json_reply import parse_json_reply
+from weitiao.teacher import Teacher, TeacherError
 
 MSGS = [{"role": "user", "content": "今天天气怎么样？"}]
 

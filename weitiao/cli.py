@@ -17,7 +17,7 @@ from weitiao.eval.commands import arena_app, eval_app
 from weitiao.eval.provenance_cli import provenance
 from weitiao.logs.commands import app as logs_app
 from weitiao.safety.commands import app as pii_app
-from weitiao.safety.guard_commands import injection_app, rules_app
+from weitiao.safety.injection_rules_commands import injection_app, rules_app
 
 app = typer.Typer(
     add_completion=False,
@@ -40,13 +40,61 @@ safety_app.add_typer(injection_app, name="injection")
 app.add_typer(safety_app, name="safety")
 app.add_typer(rules_app, name="rules")
 app.command("provenance")(provenance)
+config_app = typer.Typer(no_args_is_help=True, help="Config files: every key with type, default and description.")
+app.add_typer(config_app, name="config")
 console = Console()
+
+
+def _config_classes(name: str) -> list[tuple[str, type]]:
+    """(title, pydantic class) of a command's config file; imported on demand to keep startup fast."""
+    if name == "sft":
+        from weitiao.recipes.sft import SFTConfig as cls
+    elif name == "dpo":
+        from weitiao.recipes.dpo import DPOConfig as cls
+    elif name == "rm":
+        from weitiao.recipes.rm import RMConfig as cls
+    elif name == "ppo":
+        from weitiao.recipes.ppo import PPOConfig as cls
+    elif name == "logs":
+        from weitiao.logs.config import ChatConfig, DwellConfig
+
+        how = "--profile NAME | --set key=value"
+        return [(f"weitiao logs dwell {how}", DwellConfig), (f"weitiao logs chat {how}", ChatConfig)]
+    else:
+        raise UserError(f"config show {name!r}: unknown; use one of sft, dpo, rm, ppo, logs")
+    return [(f"weitiao {name} CONFIG.yaml [key.path=value ...]", cls)]
+
+
+def _print_config_help(name: str) -> None:
+    from weitiao.config_doc import render
+
+    print("\n".join(render(cls, title) for title, cls in _config_classes(name)), end="")
+
+
+def _help_config(ctx: typer.Context, value: bool) -> None:
+    """--help-config: print the command's config keys and exit before its arguments are checked."""
+    if value and not ctx.resilient_parsing:
+        _print_config_help(ctx.info_name or "")
+        raise typer.Exit()
+
+
+HELP_CONFIG = typer.Option(
+    False, "--help-config", callback=_help_config, is_eager=True, expose_value=False,
+    help="print every config key (type, default, description) and exit",
+)  # fmt: skip
+
+
+@config_app.command("show")
+def config_show(name: str = typer.Argument(..., help="sft, dpo, rm, ppo or logs")) -> None:
+    """Every key of a command's config (nested sections as dotted keys) with type, default and description."""
+    _print_config_help(name)
 
 
 @app.command()
 def sft(
     config: Path = typer.Argument(..., help="YAML config (see examples/)"),
     overrides: list[str] = typer.Argument(None, help="key.path=value overrides, e.g. train.lr=1e-4"),
+    help_config: bool = HELP_CONFIG,
 ) -> None:
     """Supervised fine-tuning: LoRA, QLoRA (model.quant=4bit) or full."""
     from weitiao.config import load_config
@@ -62,6 +110,7 @@ def dpo(
     config: Path = typer.Argument(..., help="YAML config (see examples/demo_dpo.yaml)"),
     overrides: list[str] = typer.Argument(None, help="key.path=value overrides, e.g. dpo.beta=0.1"),
     sweep: str = typer.Option(None, help="run once per value, e.g. beta=0.01,0.1,0.5; writes table + plot"),
+    help_config: bool = HELP_CONFIG,
 ) -> None:
     """Direct preference optimization (sigmoid, ipo, hinge; label smoothing; RPO)."""
     from weitiao.config import load_config
@@ -85,6 +134,7 @@ def dpo(
 def rm(
     config: Path = typer.Argument(..., help="YAML config (see examples/demo_rm.yaml)"),
     overrides: list[str] = typer.Argument(None, help="key.path=value overrides"),
+    help_config: bool = HELP_CONFIG,
 ) -> None:
     """Reward model: Bradley–Terry on preference pairs (LoRA or full), for PPO and `score`."""
     from weitiao.config import load_config
@@ -97,6 +147,7 @@ def rm(
 def ppo(
     config: Path = typer.Argument(..., help="YAML config (see examples/demo_ppo.yaml)"),
     overrides: list[str] = typer.Argument(None, help="key.path=value overrides, e.g. ppo.init_kl_coef=0.1"),
+    help_config: bool = HELP_CONFIG,
 ) -> None:
     """PPO (RLHF): actor + reference + critic adapters on one base; reward model, function or HTTP."""
     from weitiao.config import load_config

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from weitiao.calc.plan import PlanInput, parse_range
+from weitiao.cli_options import Flag, options_from
 from weitiao.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, help="Planning tools: LoRA counts, GPU memory/hours, 4-bit quantization error.")
@@ -128,70 +130,31 @@ def lora(
 
 
 @app.command()
+@options_from(
+    PlanInput, {"r": Flag(("--r", "-r")), "epochs": Flag(parse=lambda s: parse_range(s, "--epochs"), shown="1-3")}
+)
 def plan(
-    model: str = typer.Option("llama-3-70b", help="preset, HF dir, config.json or cached hub id"),
-    method: str = typer.Option("qlora", help="full | lora | qlora"),
-    r: int = typer.Option(16, "--r", "-r", help="LoRA rank"),
-    targets: str = typer.Option("all-linear", help="LoRA target modules"),
-    lora_dropout: float = typer.Option(0.05, help="LoRA dropout (> 0 keeps more activations)"),
-    seq_len: int = typer.Option(512, help="tokens per sample (packed)"),
-    samples: int = typer.Option(20000, help="training samples per epoch"),
-    epochs: str = typer.Option("1-3", help="epochs, a number or a range like 1-3"),
-    gpu: str = typer.Option("a100-80g", help="a100-80g a100-40g a800-80g h100-80g h800-80g h200 h20 l40s rtx4090"),
-    gpus: int = typer.Option(8, help="number of GPUs"),
-    parallel: str = typer.Option("ddp", help="ddp | fsdp (ZeRO-3)"),
-    micro_batch: int = typer.Option(2, help="rows per GPU per forward"),
-    grad_accum: int = typer.Option(4, help="micro-batches per optimizer step"),
-    checkpointing: bool = typer.Option(True, help="activation checkpointing"),
-    optimizer: str = typer.Option("adamw", help="adamw | adamw8bit"),
-    mfu: float = typer.Option(None, help="model FLOPs utilization (default: 35% full, 30% lora, 25% qlora)"),
+    p: PlanInput,
     claim: str = typer.Option(None, help="hours someone estimated for this job, e.g. 8-24, to place in the range"),
     calibrate: Path = typer.Option(None, help="a finished weitiao run dir: use its measured tokens/s → MFU"),
     calibrate_tflops: float = typer.Option(None, help="peak TFLOP/s per device of the calibration run (default --gpu)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
     """GPU memory per device and training hours; defaults are the chapter's 70B QLoRA scenario."""
-    from weitiao.calc.plan import GPUS, PlanInput, parse_range
+    from weitiao.calc.plan import GPUS
     from weitiao.calc.plan import calibrate as run_calibration
     from weitiao.calc.plan import plan as make_plan
 
-    for name, value, allowed in (
-        ("--method", method, ("full", "lora", "qlora")),
-        ("--parallel", parallel, ("ddp", "fsdp")),
-        ("--optimizer", optimizer, ("adamw", "adamw8bit")),
-    ):
-        if value not in allowed:
-            raise UserError(f"{name} {value}: expected one of {', '.join(allowed)}")
-    if gpu not in GPUS:
-        raise UserError(f"--gpu {gpu}: unknown; choose one of {', '.join(GPUS)}")
-    p = PlanInput(
-        model=model,
-        method=method,  # type: ignore[arg-type]
-        r=r,
-        targets=targets,
-        lora_dropout=lora_dropout,
-        seq_len=seq_len,
-        samples=samples,
-        epochs=parse_range(epochs, "--epochs"),
-        gpu=gpu,
-        gpus=gpus,
-        parallel=parallel,  # type: ignore[arg-type]
-        micro_batch=micro_batch,
-        grad_accum=grad_accum,
-        checkpointing=checkpointing,
-        optimizer=optimizer,  # type: ignore[arg-type]
-        mfu=mfu,
-    )
-    cal = run_calibration(calibrate, calibrate_tflops or GPUS[gpu].tflops) if calibrate is not None else None
+    cal = run_calibration(calibrate, calibrate_tflops or GPUS[p.gpu].tflops) if calibrate is not None else None
     rep = make_plan(p, cal, parse_range(claim, "--claim") if claim else None)
     if as_json:
         _dump(rep.to_dict())
         return
-    g = GPUS[gpu]
+    g = GPUS[p.gpu]
     console.print(
-        f"[bold]{method}[/] · {rep.model} · {_count(rep.total_params)} params, "
+        f"[bold]{p.method}[/] · {rep.model} · {_count(rep.total_params)} params, "
         f"{_count(rep.trainable_params)} trained · "
-        f"{gpus} × {g.name} · {parallel} · micro-batch {micro_batch} × accum {grad_accum} × {gpus} GPUs = "
+        f"{p.gpus} × {g.name} · {p.parallel} · micro-batch {p.micro_batch} × accum {p.grad_accum} × {p.gpus} GPUs = "
         f"{rep.global_batch} rows/step · {rep.steps_per_epoch} steps/epoch"
     )
     m = Table(title="memory per GPU, GiB (每卡显存)")

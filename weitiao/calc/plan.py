@@ -84,9 +84,9 @@ class PlanInput:
     samples: int = 20000
     """Training samples per epoch."""
     epochs: tuple[float, float] = (1.0, 3.0)
-    """Range of epochs to time."""
+    """Epochs to time: a number or a range like 1-3."""
     gpu: str = "a100-80g"
-    """Key of GPUS."""
+    """a100-80g a100-40g a800-80g h100-80g h800-80g h200 h20 l40s rtx4090 (GPUS)."""
     gpus: int = 8
     """Number of GPUs (data parallel)."""
     parallel: Literal["ddp", "fsdp"] = "ddp"
@@ -101,6 +101,17 @@ class PlanInput:
     """Optimizer states: fp32 Adam (8 B/param) or bitsandbytes 8-bit Adam (~2 B/param)."""
     mfu: float | None = None
     """Model FLOPs utilization; None = DEFAULT_MFU of the method (or the calibrated one)."""
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("--method", self.method, ("full", "lora", "qlora")),
+            ("--parallel", self.parallel, ("ddp", "fsdp")),
+            ("--optimizer", self.optimizer, ("adamw", "adamw8bit")),
+        ):
+            if value not in allowed:
+                raise UserError(f"{name} {value}: expected one of {', '.join(allowed)}")
+        if self.gpu not in GPUS:
+            raise UserError(f"--gpu {self.gpu}: unknown; choose one of {', '.join(GPUS)}")
 
 
 @dataclass
@@ -267,8 +278,6 @@ def calibrate(run_dir: str | Path, peak_tflops: float) -> Calibration:
 
 def plan(p: PlanInput, calibration: Calibration | None = None, claim: tuple[float, float] | None = None) -> PlanReport:
     """Memory per GPU, time per epoch range, MFU sensitivity, and where a claimed duration sits."""
-    if p.gpu not in GPUS:
-        raise UserError(f"--gpu {p.gpu}: unknown; choose one of {', '.join(GPUS)}")
     for name, v in (
         ("--gpus", p.gpus),
         ("--micro-batch", p.micro_batch),

@@ -184,7 +184,7 @@ class _Ticker:
     def __init__(self, enabled: bool):
         self.enabled, self.done, self.t0, self.last, self.bar = enabled, 0, time.time(), time.time(), None
         if enabled and sys.stderr.isatty():
-            from weitiao.train.log import progress_bar
+            from weitiao.progress import progress_bar
 
             self.bar = progress_bar()
             self.task = self.bar.add_task("tokenize", total=None, info="")

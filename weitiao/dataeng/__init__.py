@@ -6,8 +6,7 @@
     mix.py         mix sources to target ratios (up/down-sampling, cross-source dedup)
     badcases.py    bad cases → clusters report → paraphrases → SFT additions, DPO pairs, regression eval
     repeat.py      long novel dialogues + DPO pairs against copying earlier turns / echoing the user
-    curve.py       learning curve over nested subsets, diminishing returns marked
-    commands.py    `weitiao data kb2sft|mix|badcases|repeat-negatives`, `weitiao curve`
+    commands.py    `weitiao data kb2sft|mix|badcases|repeat-negatives`, `weitiao curve` (its recipe: recipes/curve.py)
 
 The teacher model for kb2sft and badcases is `weitiao.teacher.Teacher` (any OpenAI-compatible server).
 """

@@ -30,8 +30,10 @@ import yaml
 
 from weitiao.dataeng.similarity import embed, normalize, tfidf, unit_rows
 from weitiao.errors import UserError, where
-from weitiao.io import atomic_write_text, write_jsonl
-from weitiao.teacher import Teacher, TeacherError, parse_json_reply
+from weitiao.io import atomic_write_text, read_jsonl, write_jsonl
+from weitiao.json_reply import parse_json_reply
+from weitiao.reports import page
+from weitiao.teacher import Teacher, TeacherError
 
 ALIASES = {
     "prompt": ("prompt", "question", "instruction", "query"),
@@ -67,14 +69,7 @@ def _records(path: Path) -> list[tuple[int, dict]]:
         with open(path, encoding="utf-8-sig", newline="") as f:
             return list(enumerate(csv.DictReader(f), 2))  # line 1 is the header
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        out = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    out.append((n, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{where(path, n)}: not valid JSON ({e.msg})") from None
-        return out
+        return list(read_jsonl(path))
     raise UserError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl or .csv")
 
 
@@ -178,12 +173,7 @@ def cluster(cases: list[Case], k: int | None = None, embed_model: str | None = N
 def report_html(clusters: list[dict], cases: list[Case], examples: int = 5) -> str:
     """One section per cluster: size, keywords, majority tag, and example prompt / bad / golden rows."""
     e = html.escape
-    parts = [
-        "<!doctype html><meta charset='utf-8'><title>bad-case clusters</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td{vertical-align:top;padding:4px 8px;"
-        "border-bottom:1px solid #ddd}.bad{color:#a00}.gold{color:#060}</style>",
-        f"<h1>Bad-case clusters</h1><p>{len(cases)} cases in {len(clusters)} clusters.</p>",
-    ]
+    parts = [f"<h1>Bad-case clusters</h1><p>{len(cases)} cases in {len(clusters)} clusters.</p>"]
     for cl in clusters:
         members = [c for c in cases if c.cluster == cl["cluster"]]
         parts.append(f"<h2>#{cl['cluster']} · {cl['size']} cases · {e(' / '.join(cl['keywords']))}"
@@ -193,7 +183,9 @@ def report_html(clusters: list[dict], cases: list[Case], examples: int = 5) -> s
             parts.append(f"<tr><td>{e(c.prompt)}</td><td class=bad>{e(c.bad)}</td>"
                          f"<td class=gold>{e(c.golden)}</td><td>{e(c.tag)}</td></tr>")  # fmt: skip
         parts.append("</table>")
-    return "\n".join(parts) + "\n"
+    return page(
+        "bad-case clusters", "\n".join(parts), "td{border-bottom:1px solid #ddd}.bad{color:#a00}.gold{color:#060}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- 3. augment
@@ -239,21 +231,31 @@ def augment(cases: list[Case], teacher: Teacher, n: int, progress: bool = True) 
 # ---------------------------------------------------------------------------------------------- 4. emit
 
 
-def followup(out: Path, config: Path | None, resume_from: str | None, sft_file: Path, eval_file: Path) -> str:
+def followup(
+    out: Path,
+    config: Path | None,
+    resume_from: str | None,
+    sft_file: Path,
+    eval_file: Path,
+    sft_config: type | None = None,
+) -> str:
     """Write followup_sft.yaml from the base config (train += additions, eval += regression set,
-    lora.init_from = resume_from) and return the command; without a config, return an overrides form."""
+    lora.init_from = resume_from) and return the command; without a config, return an overrides form.
+    `sft_config` is the SFT config class (recipes.sft.SFTConfig, passed down: dataeng sits below recipes);
+    it says which keys are paths to make absolute."""
     init = f" lora.init_from={resume_from}" if resume_from else ""
     if config is None:
         return (f"weitiao sft YOUR_SFT.yaml 'data.train=[ORIGINAL_TRAIN.jsonl,{sft_file}]' "
                 f"'data.eval=[GENERAL_EVAL.jsonl,{eval_file}]' "
                 f"train.out={out / 'sft'} train.resume=none{init}")  # fmt: skip
     from weitiao.config import read_yaml_mapping, resolve_paths
-    from weitiao.recipes.sft import SFTConfig
 
+    if sft_config is None:
+        raise TypeError("followup: a config needs sft_config, the SFT config class")
     if not config.is_file():
         raise UserError(f"--config {config}: file not found")
     # the follow-up file lives elsewhere: every path in it is absolute, so it runs from any folder
-    data = resolve_paths(read_yaml_mapping(config), SFTConfig, config.parent)
+    data = resolve_paths(read_yaml_mapping(config), sft_config, config.parent)
     d = data.setdefault("data", {})
     d["train"] = [*(d.get("train") or []), str(sft_file.resolve())]
     d["eval"] = [*(d.get("eval") or []), str(eval_file.resolve())]  # the general held-out set stays
@@ -289,6 +291,7 @@ def run(
     seed: int = 0,
     progress: bool = True,
     holdout: float = 0.25,
+    sft_config: type | None = None,
 ) -> dict:
     """The whole loop; writes clusters.html/json, sft_additions, dpo_pairs, regression_eval, summary."""
     if not 0 <= holdout < 1:
@@ -322,7 +325,7 @@ def run(
     write_jsonl(out / "sft_additions.jsonl", sft)
     write_jsonl(out / "dpo_pairs.jsonl", dpo)
     write_jsonl(out / "regression_eval.jsonl", regression)
-    command = followup(out, config, resume_from, out / "sft_additions.jsonl", out / "regression_eval.jsonl")
+    command = followup(out, config, resume_from, out / "sft_additions.jsonl", out / "regression_eval.jsonl", sft_config)
     summary = {"cases": len(cases), "clusters": len(clusters), **counts, "sft_rows": len(sft), "dpo_pairs": len(dpo),
                "golden_equals_bad": same, "regression_eval": len(regression),
                "held_out_cases": len(whole), "next": command,

@@ -139,9 +139,22 @@ def badcases(
 ) -> None:
     """Bad-case loop: cluster report, paraphrases, SFT additions, DPO pairs, regression eval, next command."""
     from weitiao.dataeng import badcases as tool
+    from weitiao.recipes.sft import SFTConfig
 
     teacher = _teacher(teacher_url, teacher_model, cache_dir, concurrency, max_tokens, temperature) if augment else None
-    s = tool.run(files, out, teacher, augment, clusters, embed_model, config, resume_from, seed, holdout=holdout)
+    s = tool.run(
+        files,
+        out,
+        teacher,
+        augment,
+        clusters,
+        embed_model,
+        config,
+        resume_from,
+        seed,
+        holdout=holdout,
+        sft_config=SFTConfig,
+    )
     rows = [("cases / clusters", f"{s['cases']} / {s['clusters']}  (report: {out / 'clusters.html'})")]
     if augment:
         rows += [("paraphrases (cases short of --augment)", f"{s['paraphrases']} ({s['short']})"),
@@ -203,7 +216,7 @@ def curve(
     golden: Path = typer.Option(None, help="golden prompts answered by each size's model: golden_* metrics"),
 ) -> None:
     """Learning curve: SFT on nested subsets, metric vs data size, diminishing returns marked."""
-    from weitiao.dataeng import curve as tool
+    from weitiao.recipes import curve as tool
 
     r = tool.run(config, tool.parse_sizes(sizes), overrides or [], out, metric, higher_is_better, min_gain, seed,
                  steps, golden)  # fmt: skip

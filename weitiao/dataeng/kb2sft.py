@@ -25,7 +25,8 @@ from weitiao.dataeng.chunk import Chunk, ChunkSpec, chunk_docs, collect_docs
 from weitiao.dataeng.similarity import grounding_score, near_duplicates
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text, write_jsonl
-from weitiao.teacher import Teacher, TeacherError, parse_json_reply
+from weitiao.json_reply import parse_json_reply
+from weitiao.teacher import Teacher, TeacherError
 
 DEFAULT_PROMPT = """你在为企业知识库整理问答训练数据。请通读下面的【资料】，围绕其中的事实写出 {n} 组问答。
 

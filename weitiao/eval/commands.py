@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from weitiao.cli_options import options_from
 from weitiao.errors import UserError
+from weitiao.eval.gen import GenSettings
 
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate replies: metrics over a prompt file, golden-set reports.")
 arena_app = typer.Typer(no_args_is_help=True, help="Blind pairwise arena: vote page, Bradley–Terry/Elo ratings.")
@@ -41,19 +42,14 @@ def _metric_table(title: str, metrics: dict[str, float]) -> Table:
 
 
 @eval_app.command("gen")
+@options_from(GenSettings)
 def gen(
+    settings: GenSettings,
     model: str = typer.Option(None, help="base model dir, hub id or 'demo' (default: the adapter's base, else demo)"),
     prompts: Path = typer.Option(..., help="prompt file (chat rows; a last assistant turn is the reference)"),
     adapter: str = typer.Option(None, help="LoRA adapter dir or run dir"),
     quant: str = typer.Option(None, help="load the base as none|4bit|8bit (default: as the adapter was trained)"),
     refs: Path = typer.Option(None, help="reference file, row-aligned with --prompts (last assistant turn)"),
-    max_new_tokens: int = typer.Option(128),
-    temperature: float = typer.Option(0.0, help="0 = greedy"),
-    top_p: float = typer.Option(1.0),
-    repetition_penalty: float = typer.Option(1.0, help="CTRL penalty on tokens already in prompt or reply (1 = off)"),
-    no_repeat_ngram_size: int = typer.Option(0, help="forbid repeating any n-gram of this many tokens (0 = off)"),
-    batch_size: int = typer.Option(8),
-    seed: int = typer.Option(0),
     refusal_pattern: str = typer.Option(None, help="regex counted as a refusal (default: weitiao.eval.style)"),
     judge_url: str = typer.Option(None, help="OpenAI-compatible base URL of a judge, e.g. http://127.0.0.1:8000/v1"),
     judge_model: str = typer.Option(None, help="judge model name"),
@@ -62,52 +58,22 @@ def gen(
     out: Path = typer.Option(None, help="write metrics + every reply as JSON here"),
 ) -> None:
     """Generate replies to every prompt and report all metrics (table, and JSON with --out)."""
-    from weitiao.data.templates import resolve_template
-    from weitiao.eval.golden import load_prompts
-    from weitiao.eval.metrics import RUBRIC, Item, MetricSettings, item_metrics, judge_scores, reply_metrics
-    from weitiao.infer.chat import load_chat_model
-    from weitiao.infer.generate import generate
+    from weitiao.eval import gen as tool
+    from weitiao.eval.metrics import RUBRIC, MetricSettings
     from weitiao.io import atomic_write_text
 
-    if repetition_penalty <= 0:
-        raise UserError(f"--repetition-penalty {repetition_penalty}: must be > 0 (1 = off)")
-    if no_repeat_ngram_size < 0:
-        raise UserError(f"--no-repeat-ngram-size {no_repeat_ngram_size}: must be >= 0 (0 = off)")
-    ps = load_prompts(prompts)
-    if refs is not None:
-        rs = load_prompts(refs)
-        if len(rs) != len(ps):
-            raise UserError(f"--refs {refs}: {len(rs)} rows but --prompts has {len(ps)}; they must align")
-        for p, r in zip(ps, rs):
-            p.reference = r.reference
-    settings = MetricSettings(**({"refusal_pattern": refusal_pattern} if refusal_pattern else {}))
-    m, tok = load_chat_model(model, adapter, quant)
-    template = resolve_template(tok, "auto")
-    _check_context(m, tok, template, ps, max_new_tokens)
+    ps = tool.read_prompts(prompts, refs)
+    metric_settings = MetricSettings(**({"refusal_pattern": refusal_pattern} if refusal_pattern else {}))
+    text = rubric.read_text(encoding="utf-8") if rubric else RUBRIC
     with console.status(f"generating {len(ps)} replies"):
-        gens = generate(m, tok, template, [p.messages for p in ps], max_new_tokens, temperature, top_p,
-                        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-                        batch_size=batch_size, seed=seed)  # fmt: skip
-    scores: list = [None] * len(ps)
-    errors: list[str] = []
-    if (judge := _judge(judge_url, judge_model, cache_dir)) is not None:
-        text = rubric.read_text(encoding="utf-8") if rubric else RUBRIC
-        scores, errors = judge_scores(judge, [p.messages for p in ps], [g.text for g in gens], text,
-                                      [p.reference for p in ps])  # fmt: skip
-    items = [Item(g.text, g.stopped, p.reference, p.history, s) for p, g, s in zip(ps, gens, scores)]
-    result = reply_metrics(items, settings)
+        rep = tool.run(ps, model, adapter, quant, settings, metric_settings, _judge(judge_url, judge_model, cache_dir),
+                       text)  # fmt: skip
     name = f"{model or ('demo' if not adapter else 'base')}{' + ' + adapter if adapter else ''}"
-    console.print(_metric_table(f"{len(ps)} prompts · {name}", result))
-    if errors:
-        console.print(f"[yellow]judge failed on {len(errors)} replies[/] (first: {errors[0]})")
+    console.print(_metric_table(f"{len(ps)} prompts · {name}", rep.metrics))
+    if rep.judge_errors:
+        console.print(f"[yellow]judge failed on {len(rep.judge_errors)} replies[/] (first: {rep.judge_errors[0]})")
     if out:
-        rows = [
-            {"source": p.source, "prompt": p.messages, "reference": p.reference, "reply": g.text, "stopped": g.stopped,
-             "n_tokens": g.n_tokens, "metrics": item_metrics(it, settings)}
-            for p, g, it in zip(ps, gens, items)
-        ]  # fmt: skip
-        report = {"metrics": result, "judge_errors": errors, "rows": rows}
-        atomic_write_text(out, json.dumps(report, ensure_ascii=False, indent=1))
+        atomic_write_text(out, json.dumps(rep.to_dict(), ensure_ascii=False, indent=1))
         console.print(f"wrote {out}")
 
 
@@ -244,21 +210,6 @@ def arena_import(
         raise UserError(f"{battles}: no battles")
     n = ArenaStore(db).import_battles(rows)
     console.print(f"imported {n:,} battles into {db}")
-
-
-def _check_context(model: Any, tok: Any, template: Any, prompts: list, max_new_tokens: int) -> None:
-    """A prompt that leaves no room for --max-new-tokens in the model's context is one line, not a silent cut."""
-    ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if not ctx:
-        return
-    for p in prompts:
-        text = template.render(tok, p.messages, add_generation_prompt=True)
-        n = len(tok(text, add_special_tokens=False)["input_ids"])
-        if n + max_new_tokens > ctx:
-            raise UserError(
-                f"{p.source}: prompt is {n:,} tokens; with --max-new-tokens {max_new_tokens} it exceeds the "
-                f"model's context of {ctx:,}; shorten the prompt or lower --max-new-tokens"
-            )
 
 
 @arena_app.command("export")

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from weitiao.data.formats import Message, RowError, detect_format, iter_records, parse_row
-from weitiao.data.tools import uses_tools
+from weitiao.data.prompts import Prompt, read_prompts
 from weitiao.errors import UserError
 from weitiao.eval.metrics import Item, MetricSettings, item_metrics, reply_metrics
-from weitiao.io import append_jsonl, atomic_write_text
+from weitiao.io import append_jsonl, atomic_write_text, read_jsonl
+from weitiao.progress import progress_bar
+from weitiao.reports import page
 
 GOLDEN_FILE = "golden.jsonl"
 REPORT_FILE = "golden_report.html"
@@ -48,55 +49,9 @@ SELECT = {
 # ---------------------------------------------------------------------------------------------- prompts
 
 
-@dataclass
-class Prompt:
-    """A prompt (messages ending with a user turn) and its reference answer, if the file gave one."""
-
-    messages: list[Message]
-    reference: str | None
-    source: str
-
-    @property
-    def history(self) -> list[str]:
-        """Texts of the turns before the last user turn (for copy-of-history)."""
-        return [m["content"] for m in self.messages[:-1] if m["role"] != "system"]
-
-
 def load_prompts(path: str | Path) -> list[Prompt]:
-    """Read prompts from a chat file; a final assistant turn is the reference. Bad rows raise UserError."""
-    path = Path(path)
-    out = []
-    for n, rec in iter_records(path):
-        loc = f"{path}:{n}"
-        try:
-            if isinstance(rec, RowError):
-                raise rec
-            if isinstance(rec, dict) and isinstance(rec.get("prompt"), str):
-                ref = rec.get("reference", rec.get("answer", rec.get("chosen")))  # a DPO pair: chosen
-                out.append(Prompt([{"role": "user", "content": rec["prompt"]}], ref, loc))
-                continue
-            fmt = detect_format(rec)
-            rec = dict(rec)
-            has_ref = True
-            if fmt == "alpaca" and not rec.get("output"):
-                rec["output"], has_ref = "-", False
-            for key, role, text in (("messages", "role", "content"), ("conversations", "from", "value")):
-                turns = rec.get(key)
-                if fmt != "alpaca" and isinstance(turns, list) and turns and isinstance(turns[-1], dict):
-                    if turns[-1].get(role) not in ("assistant", "gpt"):
-                        rec[key] = turns + [{role: "assistant" if key == "messages" else "gpt", text: "-"}]
-                        has_ref = False
-            conv = parse_row(rec, fmt)
-            if not hasattr(conv, "prompt_messages"):
-                raise RowError("row", "preference rows are not prompts")
-            if uses_tools(conv):
-                raise RowError("tools", "tool rows are not eval prompts here (generation renders no tools)")
-            out.append(Prompt(conv.prompt_messages, conv.messages[-1]["content"] if has_ref else None, loc))
-        except RowError as e:
-            raise UserError(f"{loc}: {e}") from None
-    if not out:
-        raise UserError(f"{path}: no prompts")
-    return out
+    """Read prompts from a chat file (data.prompts rows); a final assistant turn is the reference."""
+    return read_prompts(path, tools="tool rows are not eval prompts here (generation renders no tools)")
 
 
 def prompts_key(prompts: Sequence[Prompt]) -> str:
@@ -200,7 +155,6 @@ def _load_base(cfg: dict, run_dir: Path) -> tuple[Any, Any, Any]:
 def generate_missing(run_dir: Path, cfg: dict, ckpts: list[Checkpoint], prompts: list[Prompt], max_new: int) -> None:
     """Answer the golden prompts with every checkpoint that golden.jsonl lacks; append the rows."""
     from peft import PeftModel
-    from rich.progress import Progress
 
     path, key = run_dir / GOLDEN_FILE, prompts_key(prompts)
     # answers older than the checkpoint's weights came from an earlier run in the same dir: answer again
@@ -215,8 +169,8 @@ def generate_missing(run_dir: Path, cfg: dict, ckpts: list[Checkpoint], prompts:
         return
     base, tok, template = _load_base(cfg, run_dir)
     peft_model = None
-    with Progress() as bar:
-        task = bar.add_task("golden answers", total=len(todo))
+    with progress_bar() as bar:
+        task = bar.add_task("golden answers", total=len(todo), info="")
         for c in todo:
             if c.weights.name == "adapter":  # type: ignore[union-attr]
                 if peft_model is None:
@@ -243,7 +197,7 @@ def _mtime(weights: Path) -> float:
 def read_golden(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [row for _, row in read_jsonl(path)]
 
 
 # ---------------------------------------------------------------------------------------------- selection
@@ -361,8 +315,7 @@ def svg_lines(
     return "".join(out)
 
 
-CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0}
-td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:13px}th{background:#f3f3f3}
+CSS = """td,th{border:1px solid #ccc;font-size:13px}
 .best{background:#e6f4ea}.low{background:#e8f0fe}.reply{white-space:pre-wrap;max-width:360px}
 .m{color:#666;font-size:11px}.tag{font-size:11px;padding:1px 4px;border-radius:3px;background:#ddd}"""
 SHOWN = ["rougeL", "bleu", "exact_match", "judge", "distinct_2", "loop_rate", "copy_rate", "stop_rate", "mean_len",
@@ -380,8 +333,7 @@ def render_report(run_dir: Path, prompts: list[Prompt], res: GoldenResult, metri
     e = html.escape
     train = curve(metrics_log, "train", "loss")
     evals = curve(metrics_log, "eval", "eval_loss")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>golden report · {e(str(run_dir))}</title>"]
-    parts.append(f"<style>{CSS}</style></head><body><h1>Golden-set report</h1><p>run <code>{e(str(run_dir))}</code> · ")
+    parts = [f"<h1>Golden-set report</h1><p>run <code>{e(str(run_dir))}</code> · "]
     parts.append(f"{len(prompts)} prompts · {len(res.steps)} checkpoints · greedy decoding</p>")
 
     def lab(s: int | None) -> str:
@@ -417,8 +369,8 @@ def render_report(run_dir: Path, prompts: list[Prompt], res: GoldenResult, metri
             cls = "reply best" if s == res.recommended else "reply"
             parts.append(f"<td class='{cls}'>{e(r['reply'])}<div class='m'>{e(ms)}</div></td>")
         parts.append("</tr>")
-    parts.append("</table></body></html>")
-    return "".join(parts)
+    parts.append("</table>")
+    return page(f"golden report · {run_dir}", "".join(parts), CSS)
 
 
 def golden_report(

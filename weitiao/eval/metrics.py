@@ -198,7 +198,7 @@ def judge_messages(prompt: Sequence[dict], reply: str, rubric: str = RUBRIC, ref
 
 def parse_score(text: str, lo: float = 1, hi: float = 10) -> float:
     """The judge's `score` mapped from [lo, hi] to [0, 1]; raises ValueError if missing or out of range."""
-    from weitiao.teacher import parse_json_reply
+    from weitiao.json_reply import parse_json_reply
 
     obj = parse_json_reply(text)
     if isinstance(obj, list) and obj and isinstance(obj[0], dict):

@@ -27,9 +27,9 @@ def read_texts(path: Path) -> list[str]:
         raise UserError(f"{path}: baseline text file not found")
     if path.suffix != ".jsonl":
         return [path.read_text(encoding="utf-8").rstrip("\n")]
-    import json
+    from weitiao.io import read_jsonl
 
-    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    rows = [row for _, row in read_jsonl(path)]
     if rows and all("text" in r for r in rows):
         return [str(r["text"]) for r in rows]
     from weitiao.data.formats import load_conversations

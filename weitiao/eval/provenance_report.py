@@ -31,6 +31,7 @@ from weitiao.eval.provenance import (
     score_tokens,
     summarize,
 )
+from weitiao.reports import page
 
 
 @dataclass(frozen=True)
@@ -318,19 +319,14 @@ def render_html(rep: dict[str, Any]) -> str:
     v = rep["verdict"]
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in v["reasons"])
     summary = html.escape(render_text({**rep, "verdict": {**v, "reasons": []}}))
-    return f"""<!doctype html>
-<html lang="zh"><head><meta charset="utf-8"><title>weitiao provenance</title>
-<style>
-body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;line-height:1.6}}
-.text{{white-space:pre-wrap;font-size:1.1rem;border:1px solid #ccc;padding:1rem}}
-.text span{{border-radius:2px}} .out{{outline:2px solid #c00}}
-pre{{background:#f6f6f6;padding:.6rem;white-space:pre-wrap}}
-</style></head><body>
-<h1>{html.escape(headline(v["label"]))}</h1>
+    css = """body{max-width:60rem;line-height:1.6}
+.text{white-space:pre-wrap;font-size:1.1rem;border:1px solid #ccc;padding:1rem}
+.text span{border-radius:2px} .out{outline:2px solid #c00}"""
+    body = f"""<h1>{html.escape(headline(v["label"]))}</h1>
 <ul>{reasons}</ul>
 <pre>{summary}</pre>
 <p>Colour: log-prob of each token under the model (green ≈ 0, red ≤ −8); red outline: outside the
 claimed top-p/top-k support. Hover a token for its log-prob and rank.</p>
 <div class="text">{"".join(spans)}</div>
-</body></html>
 """
+    return page("weitiao provenance", body, css)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from weitiao.data.chat import EncodeOptions, encode
 from weitiao.data.formats import load_conversations
@@ -31,39 +30,15 @@ from weitiao.io import atomic_write_text
 from weitiao.models.load import (
     DTYPES,
     ModelSpec,
-    adapter_base,
     attach_adapter,
     load_model,
     load_tokenizer,
+    locate,
     resolve_path,
 )
 from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
 
 MARKER = ".weitiao-export.json"  # written into every export: only such a dir may be replaced (--force)
-
-
-def locate(adapter: str | Path) -> tuple[Path, Path | None, ModelSpec]:
-    """(adapter dir, training tokenizer dir or None, base model spec) from a run dir or adapter dir.
-
-    The base is the one recorded with the adapter (models.load.adapter_base), with the quantization
-    and loading settings of the run's config.yaml.
-    """
-    p = Path(adapter)
-    for cand in (p / "final" / "adapter", p / "adapter", p):
-        if (cand / "adapter_config.json").exists():
-            adapter_dir = cand
-            break
-    else:
-        raise UserError(f"--adapter {adapter}: no adapter_config.json (give a run dir or a peft adapter dir)")
-    tok_dir = adapter_dir.parent / "tokenizer"
-    base, quant = adapter_base(adapter_dir)
-    spec = ModelSpec(path=base, quant=quant)  # type: ignore[arg-type]
-    run_cfg = next((d / "config.yaml" for d in adapter_dir.parents[:3] if (d / "config.yaml").is_file()), None)
-    recorded = yaml.safe_load(run_cfg.read_text(encoding="utf-8")) if run_cfg else None
-    recorded = recorded.get("model") if isinstance(recorded, dict) else None
-    if isinstance(recorded, dict):
-        spec = ModelSpec.model_validate({**recorded, "path": base, "quant": quant, "gradient_checkpointing": False})
-    return adapter_dir, tok_dir if tok_dir.exists() else None, spec
 
 
 def dequantized_base(spec: ModelSpec) -> Any:

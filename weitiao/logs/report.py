@@ -20,6 +20,7 @@ from weitiao.errors import UserError
 from weitiao.io import atomic_write_text, write_jsonl
 from weitiao.logs import chat, dwell
 from weitiao.logs.engine import Column, PairsRun, open_table
+from weitiao.reports import page
 
 RULE_ORDER = {"dwell": (dwell.EVENT_RULES, dwell.CANDIDATE_RULES), "chat": (chat.EVENT_RULES, chat.CANDIDATE_RULES)}
 
@@ -169,11 +170,8 @@ def render_html(rep: dict[str, Any], samples: list[dict[str, Any]]) -> str:
     )
     heads = "".join(f"<th>{html.escape(k)}</th>" for k in (samples[0] if samples else {}))
     cfg = html.escape(json.dumps(rep["config"], ensure_ascii=False, indent=1))
-    title = f"weitiao logs {rep['kind']} · profile {html.escape(rep['profile'])}"
-    return f"""<!doctype html><meta charset=utf-8><title>{title}</title>
-<style>body{{font:14px system-ui,sans-serif;margin:2em;max-width:1100px}}td,th{{padding:2px 8px;text-align:left}}
-.n{{text-align:right}}.bar{{background:#4a7;height:10px}}pre{{background:#f4f4f4;padding:8px}}</style>
-<h1>{title}</h1>
+    title = f"weitiao logs {rep['kind']} · profile {rep['profile']}"
+    body = f"""<h1>{html.escape(title)}</h1>
 <p>{rep["events"]:,} events → <b>{rep["pairs"]:,} pairs</b> in {rep["contexts_with_pairs"]:,} contexts.
 Inputs: {html.escape(", ".join(rep["inputs"].values()))}</p>
 <h2>Pairs per source</h2>
@@ -184,6 +182,7 @@ Inputs: {html.escape(", ".join(rep["inputs"].values()))}</p>
 <h2>Highest-confidence pairs</h2><table><tr>{heads}</tr>{sample_html}</table>
 <h2>Config</h2><pre>{cfg}</pre>
 """
+    return page(title, body, "body{font-size:14px}td,th{padding:2px 8px}.bar{background:#4a7;height:10px}")
 
 
 def print_report(rep: dict[str, Any], console: Console) -> None:

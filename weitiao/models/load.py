@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from weitiao.config import ModelRef
@@ -28,9 +29,11 @@ class ModelSpec(BaseModel):
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
     quant: Literal["none", "4bit", "8bit"] = Field("none", description="4bit = NF4 + double quantization")
     quant_storage: Literal["uint8", "bf16"] = Field("uint8", description="bf16 lets FSDP shard 4-bit weights")
-    attn: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = "sdpa"
-    gradient_checkpointing: bool = False
-    trust_remote_code: bool = False
+    attn: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = Field(
+        "sdpa", description="attention kernel"
+    )
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, slower")
+    trust_remote_code: bool = Field(False, description="run the model repo's own Python code (repos you trust only)")
 
 
 class LoraSpec(BaseModel):
@@ -38,14 +41,14 @@ class LoraSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = True
-    r: int = Field(16, gt=0)
+    enabled: bool = Field(True, description="false = full fine-tuning (every weight trains)")
+    r: int = Field(16, gt=0, description="adapter rank")
     alpha: float | None = Field(None, gt=0, description="default 2*r")
-    dropout: float = Field(0.05, ge=0, lt=1)
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter's input")
     targets: str | list[str] = Field("all-linear", description="'all-linear' or module names")
-    dora: bool = False
-    rslora: bool = False
-    modules_to_save: list[str] | None = None
+    dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (magnitude + direction)")
+    rslora: bool = Field(False, description="rsLoRA scaling alpha/sqrt(r) instead of alpha/r")
+    modules_to_save: list[str] | None = Field(None, description="modules trained in full and saved with the adapter")
     init_from: ModelRef | None = Field(
         None, description="continue training this adapter (run dir or peft dir) instead of a fresh one"
     )
@@ -260,8 +263,6 @@ def load_lora(model: Any, adapter: str, gradient_checkpointing: bool = False) ->
     """Freeze the base and attach a saved adapter, trainable (r, alpha, targets come from the adapter)."""
     from peft import PeftModel
 
-    from weitiao.infer.export import locate
-
     try:
         adapter_dir, _, _ = locate(adapter)
     except UserError as e:
@@ -359,6 +360,30 @@ def adapter_base(adapter_dir: Any) -> tuple[str, str]:
     candidates = [root / n for n in names if root] + [Path(n) for n in names]
     found = next((c.resolve() for c in candidates if c.is_dir()), None)
     return str(found) if found else names[0], str(model.get("quant", "none"))
+
+
+def locate(adapter: str | Path) -> tuple[Path, Path | None, ModelSpec]:
+    """(adapter dir, training tokenizer dir or None, base model spec) from a run dir or adapter dir.
+
+    The base is the one recorded with the adapter (models.load.adapter_base), with the quantization
+    and loading settings of the run's config.yaml.
+    """
+    p = Path(adapter)
+    for cand in (p / "final" / "adapter", p / "adapter", p):
+        if (cand / "adapter_config.json").exists():
+            adapter_dir = cand
+            break
+    else:
+        raise UserError(f"--adapter {adapter}: no adapter_config.json (give a run dir or a peft adapter dir)")
+    tok_dir = adapter_dir.parent / "tokenizer"
+    base, quant = adapter_base(adapter_dir)
+    spec = ModelSpec(path=base, quant=quant)  # type: ignore[arg-type]
+    run_cfg = next((d / "config.yaml" for d in adapter_dir.parents[:3] if (d / "config.yaml").is_file()), None)
+    recorded = yaml.safe_load(run_cfg.read_text(encoding="utf-8")) if run_cfg else None
+    recorded = recorded.get("model") if isinstance(recorded, dict) else None
+    if isinstance(recorded, dict):
+        spec = ModelSpec.model_validate({**recorded, "path": base, "quant": quant, "gradient_checkpointing": False})
+    return adapter_dir, tok_dir if tok_dir.exists() else None, spec
 
 
 def trained_quant_note(what: str, quant: str) -> str:

@@ -17,7 +17,7 @@ from torch import nn
 
 from weitiao.errors import UserError
 from weitiao.losses.sft import logit_softcap
-from weitiao.models.load import LoraSpec, ModelSpec, add_lora, load_lora, load_model
+from weitiao.models.load import LoraSpec, ModelSpec, add_lora, load_lora, load_model, locate
 
 
 class Roles(nn.Module):
@@ -45,8 +45,6 @@ class Roles(nn.Module):
             from peft import LoraConfig
 
             if lora.init_from:
-                from weitiao.infer.export import locate
-
                 self.model = load_lora(base, lora.init_from)  # checks the path, names lora.init_from on error
                 self.model.load_adapter(locate(lora.init_from)[0], adapter_name="reference", is_trainable=False)
                 self.has_ref_adapter = True

@@ -24,7 +24,7 @@ from weitiao.io import atomic_write_text
 from weitiao.models.load import ModelSpec, load_model, load_tokenizer
 from weitiao.recipes import sft
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "demo_sft.yaml"
+EXAMPLE = Path(__file__).resolve().parents[1] / "demo" / "sft.yaml"  # in the wheel; twin of examples/demo_sft.yaml
 
 
 def measure(model: Any, tokenizer: Any, sets: dict[str, list], max_new_tokens: int) -> dict[str, dict]:

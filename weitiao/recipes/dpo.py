@@ -79,7 +79,7 @@ class DPOSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     beta: float = Field(0.1, gt=0, description="strength of the pull toward the reference")
-    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="sigmoid (DPO), ipo or hinge")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="conservative DPO ε (sigmoid only)")
     rpo_alpha: float = Field(0.0, ge=0, description="weight of the NLL term on chosen replies (RPO)")
     precompute_ref: bool = Field(False, description="reference log-probs in one pass, cached to disk")
@@ -100,7 +100,7 @@ class DPOSpec(BaseModel):
 
 
 class DPOTrainSpec(PairTrainSpec):
-    out: ConfigPath = "runs/dpo"
+    out: ConfigPath = Field("runs/dpo", description="run folder: checkpoints, final/, metrics.jsonl")
 
 
 class DPOConfig(BaseModel):

@@ -36,18 +36,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from weitiao.config import ConfigPath, dump_config
 from weitiao.data.chat import IGNORE
-from weitiao.data.formats import Document, Message, RowError, detect_format, iter_records, parse_preference, parse_row
+from weitiao.data.formats import Message
+from weitiao.data.prompts import read_prompts
 from weitiao.data.templates import resolve_template
-from weitiao.data.tools import uses_tools
 from weitiao.errors import UserError
 from weitiao.infer.generate import generate_ids
 from weitiao.io import atomic_write_text, write_jsonl
-from weitiao.losses import ppo as F
+from weitiao.losses import ppo as ppo_losses
 from weitiao.losses.sft import target_logps
 from weitiao.models.load import LoraSpec, ModelSpec, disable_dropout, load_tokenizer
 from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
-from weitiao.models.rewards import RewardSpec, build_scorer
 from weitiao.models.roles import Roles
+from weitiao.recipes.rewards import RewardSpec, build_scorer
 from weitiao.train import checkpoint as ck
 from weitiao.train.guard import ensure_finite
 from weitiao.train.log import MetricsLog, progress_bar
@@ -62,30 +62,30 @@ class PPOSpec(BaseModel):
     init_kl_coef: float = Field(0.05, ge=0, description="β of the per-token KL penalty")
     kl_target: float | None = Field(None, gt=0, description="adaptive β: target KL per sequence (None = fixed β)")
     kl_horizon: int = Field(10000, gt=0, description="adaptive β: horizon in samples")
-    kl_estimator: Literal["k1", "k3"] = "k1"
-    gamma: float = Field(1.0, ge=0, le=1)
-    lambd: float = Field(0.95, ge=0, le=1)
-    eps_clip: float = Field(0.2, gt=0)
+    kl_estimator: Literal["k1", "k3"] = Field("k1", description="k1 = log π − log π_ref; k3 = r − 1 − log r")
+    gamma: float = Field(1.0, ge=0, le=1, description="GAE discount γ")
+    lambd: float = Field(0.95, ge=0, le=1, description="GAE λ")
+    eps_clip: float = Field(0.2, gt=0, description="ε of the clipped policy ratio")
     value_clip: float | None = Field(0.2, gt=0, description="ε_v of the clipped value loss; None = unclipped")
     vf_coef: float = Field(0.5, ge=0, description="weight of the value loss (critic has its own optimizer)")
-    entropy_loss_coef: float = Field(0.0, ge=0)
+    entropy_loss_coef: float = Field(0.0, ge=0, description="weight of the entropy bonus")
     rollout_batch_size: int = Field(16, gt=0, description="prompts per step (per process)")
-    n_samples_per_prompt: int = Field(1, gt=0)
+    n_samples_per_prompt: int = Field(1, gt=0, description="replies sampled per prompt")
     train_batch_size: int = Field(8, gt=0, description="samples per PPO minibatch (one optimizer step)")
-    micro_train_batch_size: int = Field(4, gt=0)
+    micro_train_batch_size: int = Field(4, gt=0, description="samples per forward/backward in an update")
     micro_rollout_batch_size: int = Field(8, gt=0, description="samples per no-grad scoring forward")
     max_epochs: int = Field(2, gt=0, description="PPO epochs over each rollout batch")
-    actor_learning_rate: float = Field(1e-4, gt=0)
-    critic_learning_rate: float = Field(1e-4, gt=0)
+    actor_learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate of the actor")
+    critic_learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate of the critic")
     max_norm: float = Field(1.0, gt=0, description="gradient clipping, actor and critic separately")
-    prompt_max_len: int = Field(256, gt=0)
-    generate_max_len: int = Field(64, gt=0)
-    temperature: float = Field(1.0, gt=0)
+    prompt_max_len: int = Field(256, gt=0, description="longer prompts (in tokens) are dropped")
+    generate_max_len: int = Field(64, gt=0, description="reply tokens sampled at most")
+    temperature: float = Field(1.0, gt=0, description="rollout sampling temperature (log-probs use the same)")
     top_p: float = Field(1.0, description="only 1.0: log-probs score the full softmax(logits / temperature)")
     missing_eos_penalty: float | None = Field(1.0, ge=0, description="subtracted from the score of replies with no EOS")
     normalize_reward: bool = Field(False, description="divide scores by their running std (and subtract mean)")
     reward_clip_range: float | None = Field(None, gt=0, description="clip scores to ±this after normalization")
-    whiten_advantages: bool = True
+    whiten_advantages: bool = Field(True, description="advantages to mean 0, std 1 per batch")
     critic_init: Literal["auto", "reward", "zeros"] = Field("auto", description="auto: reward if reward.kind=model")
     critic_lora: LoraSpec | None = Field(None, description="critic adapter; default = the actor's settings")
 
@@ -103,11 +103,11 @@ class PromptSpec(BaseModel):
     prompts: list[ConfigPath] = Field(
         ..., description="files of prompts: {prompt}, {messages} ending with user, SFT rows"
     )
-    template: TemplateName = "auto"
+    template: TemplateName = Field("auto", description="chat template; auto = the tokenizer's own, else plain")
 
 
 class PPOTrainSpec(RunSpec):
-    out: ConfigPath = "runs/ppo"
+    out: ConfigPath = Field("runs/ppo", description="run folder: checkpoints, final/, metrics.jsonl")
     max_steps: int | None = Field(None, gt=0, description="stop after this many rollout steps")
     keep_last: int = Field(2, gt=0, description="checkpoints kept; at least 1")
     num_episodes: int = Field(1, gt=0, description="passes over the prompts")
@@ -134,31 +134,8 @@ class PPOConfig(BaseModel):
 
 def load_prompts(paths: list[str]) -> list[list[Message]]:
     """Prompts as message lists ending with a user turn, from prompt rows, pair rows or SFT rows."""
-    out = []
-    for path in paths:
-        for n, rec in iter_records(Path(path)):
-            try:
-                if isinstance(rec, RowError):
-                    raise rec
-                if isinstance(rec, dict) and "chosen" not in rec and ("prompt" in rec or _ends_with_user(rec)):
-                    out.append(parse_preference({**rec, "chosen": "-", "rejected": "+"}).prompt)
-                    continue
-                row = parse_row(rec, detect_format(rec))
-                if isinstance(row, Document):
-                    raise RowError("text", "a plain-text row is not a prompt")
-                if not hasattr(row, "prompt") and uses_tools(row):
-                    raise RowError("tools", "tool rows train with `weitiao sft` only; PPO prompts carry no tools")
-                out.append(row.prompt if hasattr(row, "prompt") else row.prompt_messages)
-            except RowError as e:
-                raise UserError(f"{path}:{n}: {e}") from None
-    if not out:
-        raise UserError(f"data.prompts {paths}: no prompts found")
-    return out
-
-
-def _ends_with_user(rec: dict) -> bool:
-    msgs = rec.get("messages")
-    return isinstance(msgs, list) and bool(msgs) and isinstance(msgs[-1], dict) and msgs[-1].get("role") == "user"
+    tools = "tool rows train with `weitiao sft` only; PPO prompts carry no tools"
+    return [p.messages for p in read_prompts(paths, tools=tools, what="data.prompts")]
 
 
 # ----------------------------------------------------------------------------- rollout tensors
@@ -246,9 +223,9 @@ class RunningMoments:
     def __init__(self) -> None:
         self.mean, self.var, self.count = 0.0, 1.0, 1e-8
 
-    def update(self, x: torch.Tensor, weight: torch.Tensor | None = None, reduce: F.Reduce = None) -> None:
+    def update(self, x: torch.Tensor, weight: torch.Tensor | None = None, reduce: ppo_losses.Reduce = None) -> None:
         """Add the samples with weight 1 (of every process when `reduce` sums over them)."""
-        mean, var, count = F.masked_moments(x, torch.ones_like(x) if weight is None else weight, reduce)
+        mean, var, count = ppo_losses.masked_moments(x, torch.ones_like(x) if weight is None else weight, reduce)
         n, m, v = float(count), float(mean), float(var)
         delta, total = m - self.mean, self.count + n
         self.mean += delta * n / total
@@ -353,7 +330,7 @@ def run(cfg: PPOConfig) -> dict:
         reward_model.eval()
     actor_opt = torch.optim.AdamW(roles.actor_params, lr=p.actor_learning_rate)
     critic_opt = torch.optim.AdamW(roles.critic_params, lr=p.critic_learning_rate)
-    kl_ctl = F.AdaptiveKL(p.init_kl_coef, p.kl_target, p.kl_horizon)
+    kl_ctl = ppo_losses.AdaptiveKL(p.init_kl_coef, p.kl_target, p.kl_horizon)
     moments = RunningMoments()
     models_held = {
         "base copies": 1 if roles.lora else 3,
@@ -458,13 +435,13 @@ def run(cfg: PPOConfig) -> dict:
                     cost["scoring_s"] += t1 - t0
 
             # 4. Per-token rewards: −β·KL everywhere, the score at the last response token.
-            kl = F.kl_per_token(old_logp, ref_logp, p.kl_estimator) * roll.mask
-            rewards = F.token_rewards(score, kl, roll.mask, kl_ctl.beta)
+            kl = ppo_losses.kl_per_token(old_logp, ref_logp, p.kl_estimator) * roll.mask
+            rewards = ppo_losses.token_rewards(score, kl, roll.mask, kl_ctl.beta)
 
             # 5. GAE; returns = A + V before whitening; advantage whitening over every process's tokens.
-            adv, returns = F.gae(rewards, old_v, lmask, p.gamma, p.lambd)
+            adv, returns = ppo_losses.gae(rewards, old_v, lmask, p.gamma, p.lambd)
             if p.whiten_advantages:
-                adv = F.whiten(adv, lmask, reduce=reduce)
+                adv = ppo_losses.whiten(adv, lmask, reduce=reduce)
 
             # 6. PPO epochs: shuffled minibatches; actor and critic step separately. Each micro-batch
             #    loss is weighted by its share of the minibatch's tokens on all processes, and the
@@ -487,11 +464,11 @@ def run(cfg: PPOConfig) -> dict:
                         width, bm = b.mask.shape[1], b.lmask
                         share = float(bm.sum()) / mb_tokens
                         logp, ent = token_logps(roles, "actor", b, p.temperature)
-                        pg, st = F.policy_loss(logp, old_logp[idx, :width], adv[idx, :width], bm, p.eps_clip)
-                        entropy = F.masked_mean(ent, bm)
+                        pg, st = ppo_losses.policy_loss(logp, old_logp[idx, :width], adv[idx, :width], bm, p.eps_clip)
+                        entropy = ppo_losses.masked_mean(ent, bm)
                         ((pg - p.entropy_loss_coef * entropy) * share).backward()
                         v = token_values(roles, b)
-                        vf, vst = F.value_loss(v, old_v[idx, :width], returns[idx, :width], bm, p.value_clip)
+                        vf, vst = ppo_losses.value_loss(v, old_v[idx, :width], returns[idx, :width], bm, p.value_clip)
                         (p.vf_coef * vf * share).backward()
                         for key, val in {**st, **vst, "policy_loss": pg, "value_loss": vf, "entropy": entropy}.items():
                             sums[key] = sums.get(key, 0.0) + float(val.detach()) * share
@@ -544,9 +521,9 @@ def run(cfg: PPOConfig) -> dict:
                 "beta": beta_used,
                 **{k: v / max(1, n_mb) for k, v in upd.items()},
                 **first,
-                "explained_variance": F.explained_variance(old_v, returns, lmask, reduce),
-                "advantage_mean": float(F.masked_moments(adv, lmask, reduce)[0]),
-                "return_mean": float(F.masked_moments(returns, lmask, reduce)[0]),
+                "explained_variance": ppo_losses.explained_variance(old_v, returns, lmask, reduce),
+                "advantage_mean": float(ppo_losses.masked_moments(adv, lmask, reduce)[0]),
+                "return_mean": float(ppo_losses.masked_moments(returns, lmask, reduce)[0]),
             }
             state["step"] = step + 1
             history.append(metrics)

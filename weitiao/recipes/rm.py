@@ -49,7 +49,7 @@ class RMSpec(BaseModel):
 
 
 class RMTrainSpec(PairTrainSpec):
-    out: ConfigPath = "runs/rm"
+    out: ConfigPath = Field("runs/rm", description="run folder: checkpoints, final/, metrics.jsonl")
 
 
 class RMConfig(BaseModel):

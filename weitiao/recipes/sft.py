@@ -53,19 +53,21 @@ class DataSpec(BaseModel):
     eval_split: float = Field(
         0.0, ge=0, lt=1, description="fraction of unique train conversations held out when no eval files"
     )
-    format: Literal["auto", "alpaca", "sharegpt", "openai", "prompt_completion", "text"] = "auto"
-    template: TemplateName = "auto"
-    max_len: int = Field(1024, gt=8)
+    format: Literal["auto", "alpaca", "sharegpt", "openai", "prompt_completion", "text"] = Field(
+        "auto", description="row format; auto detects it per file"
+    )
+    template: TemplateName = Field("auto", description="chat template; auto = the tokenizer's own, else plain")
+    max_len: int = Field(1024, gt=8, description="tokens per row")
     truncation: Literal["drop", "cut", "history"] = Field(
         "drop", description="over max_len: drop the row, cut its tail (counts rows losing end-of-turn), drop history"
     )
     train_on_prompt: bool = Field(
         False, description="loss on prompt tokens too; eval_loss follows, eval_loss_answer stays reply-only"
     )
-    train_turns: Literal["all", "last"] = "all"
+    train_turns: Literal["all", "last"] = Field("all", description="assistant turns trained: all or the last")
     train_eot: bool = Field(True, description="false = never learn to stop (chapter Q147 experiment only)")
-    packing: bool = True
-    skip_invalid: bool = False
+    packing: bool = Field(True, description="several rows per micro-batch row (first-fit); attention kept apart")
+    skip_invalid: bool = Field(False, description="write bad rows to FILE.rejects.jsonl instead of stopping")
     max_row_bytes: int = Field(MAX_ROW_BYTES, gt=0, description="a longer JSONL row is rejected unread (file:line)")
     cache: bool = Field(
         True, description="keep tokenized rows on disk (Arrow, memory-mapped); a rerun skips tokenizing"

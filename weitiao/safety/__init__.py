@@ -1,7 +1,17 @@
-"""Safety tools.
+"""Safety tools: personal information, prompt injection, rule sets.
 
-pii.py       Chinese-first PII recognizers (ID, mobile, card, email, IP, landline, passport, plate, name,
-             address), scrub modes, file scan/scrub, privacy-refusal SFT/DPO rows
-pii_data.py  surname lists, province codes, plate prefixes, refusal templates
-commands.py  the `weitiao pii` CLI (scan, scrub, refusals)
+pii.py                      Chinese-first PII recognizers (ID, mobile, card, email, IP, landline, passport,
+                            plate, name, address) and scrub modes
+pii_data.py                 surname lists, province codes, plate prefixes, refusal templates, fake-value pools
+pii_fake.py                 pseudonyms for `pii scrub --mode pseudonym` that can never be a real person's
+pii_files.py                PII over data files (scan/scrub), privacy-refusal SFT/DPO rows
+pii_eval.py                 precision/recall of the recognizers per type on a labelled set
+eval/                       the held-out Chinese PII set (pii_zh.jsonl) and the script that writes it
+injection.py                prompt injection: attacks from seed tasks, SFT/DPO data, judging, ASR report
+injection_data.py           seed tasks, attack families and templates
+screen.py                   `weitiao serve`'s input screen for prompt-injection signs (off by default)
+rules.py                    rule-set YAML files, validation, programmatic checks, coverage of data
+rules_build.py              rule-following SFT/DPO data and evaluation through a teacher
+commands.py                 the `weitiao pii` CLI (scan, scrub, eval, refusals)
+injection_rules_commands.py the `weitiao safety injection` and `weitiao rules` CLIs
 """

@@ -297,12 +297,10 @@ def load_attacks(path: str | Path) -> list[Attack]:
     if not path.exists():
         raise UserError(f"{path}: file not found (write one with `weitiao safety injection build`)")
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, row in read_jsonl(path):
         try:
-            out.append(Attack(**json.loads(line)))
-        except (json.JSONDecodeError, TypeError) as e:
+            out.append(Attack(**row))
+        except TypeError as e:
             raise UserError(f"{path}:{n}: not an attack row from `injection build` ({e})") from None
     return out
 

@@ -21,7 +21,6 @@ replies pass it, and for preference pairs how many pairs contrast it (chosen pas
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +29,10 @@ from typing import Any
 import yaml
 
 from weitiao import io
+from weitiao.data.prompts import read_prompts as read_prompt_rows
 from weitiao.errors import UserError
 from weitiao.io import read_text
+from weitiao.json_reply import parse_json_reply
 
 CATEGORIES = ("style", "format", "content", "fact")
 RULE_KEYS = {"id", "category", "text", "when", "check", "note"}
@@ -40,7 +41,6 @@ CHECK_KEYS = {"regex", "not_regex", "max_length", "min_length", "required", "for
 SCHEMA_KEYS = {"type", "properties", "required", "additionalProperties", "items", "enum", "minItems", "maxItems",
                "minLength", "maxLength", "minimum", "maximum", "description", "title"}  # fmt: skip
 JSON_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
-_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?```$", re.S)
 
 
 # ----------------------------------------------------------------------------- JSON schema subset
@@ -113,13 +113,6 @@ def _schema_problem(schema: Any, at: str = "check.json_schema") -> str | None:
     return None
 
 
-def parse_json_answer(text: str) -> Any:
-    """The reply as JSON, allowing one ``` fence around it; raises ValueError."""
-    body = text.strip()
-    m = _FENCE.match(body)
-    return json.loads(m.group(1) if m else body)
-
-
 # ----------------------------------------------------------------------------- rules and checks
 
 
@@ -156,7 +149,7 @@ class Check:
             out.append(f"check.ends_with: not one of {self.ends_with}")
         if self.json_schema is not None:
             try:
-                errs = schema_errors(parse_json_answer(text), self.json_schema)
+                errs = schema_errors(parse_json_reply(text, repair=False), self.json_schema)
             except ValueError as e:
                 errs = [f"not JSON ({e})"]
             out += [f"check.json_schema: {e}" for e in errs[:3]]
@@ -376,13 +369,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def read_prompts(path: str | Path) -> list[Prompt]:
     """Prompts from JSONL rows with prompt / question / instruction(+input) / messages (last user turn)."""
-    out = []
-    for n, row in enumerate(read_jsonl(path), 1):
-        prompt, _, _ = row_prompt_reply(row)
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise UserError(f"{path}:{n}: prompt: missing; give prompt, question, instruction or messages")
-        out.append(Prompt(prompt, [str(x) for x in row.get("rule_ids") or []]))
-    return out
+    return [Prompt(p.text, [str(x) for x in p.row.get("rule_ids") or []]) for p in read_prompt_rows(path)]
 
 
 def coverage(rs: RuleSet, rows: list[dict]) -> dict[str, Any]:

@@ -61,7 +61,8 @@ def _user(text: str, system: str | None = None) -> list[dict]:
 
 def extend_prompts(rs: RuleSet, prompts: list[Prompt], teacher: Any, min_prompts: int, tally: Tally) -> list[Prompt]:
     """Ask the teacher for prompts for each conditional rule exercised by fewer than `min_prompts` prompts."""
-    from weitiao.teacher import TeacherError, parse_json_reply
+    from weitiao.json_reply import parse_json_reply
+    from weitiao.teacher import TeacherError
 
     need = []
     for r in rs.rules:
@@ -191,7 +192,8 @@ def violation_pairs(
 
 def judge_replies(rs: RuleSet, items: list[tuple[Prompt, str]], judge: Any, judge_all: bool) -> list[dict[str, str]]:
     """Per reply: rule id → "pass"/"fail" from the judge, for exercised rules without a check (or all)."""
-    from weitiao.teacher import TeacherError, parse_json_reply
+    from weitiao.json_reply import parse_json_reply
+    from weitiao.teacher import TeacherError
 
     asks, index = [], []
     for i, (p, reply) in enumerate(items):

@@ -229,17 +229,15 @@ def measure(screen: Screen, attacks: list[Any], benign: dict[str, list[list[dict
 def benign_sets() -> dict[str, list[list[dict]]]:
     """Benign prompts: the shipped benign list, demo held-out chit-chat and red-line prompts (harmful but not
     injections: the screen should leave them to other filters), and the clean seed tasks with their systems."""
-    import json
-
     from weitiao.demo import DATA_DIR
+    from weitiao.io import read_jsonl
     from weitiao.safety import injection_data as D
 
     def user(text: str) -> list[dict]:
         return [{"role": "user", "content": text}]
 
     def demo(name: str) -> list[list[dict]]:
-        lines = (Path(DATA_DIR) / name).read_text(encoding="utf-8").splitlines()
-        return [user(json.loads(x)["instruction"]) for x in lines if x.strip()]
+        return [user(row["instruction"]) for _, row in read_jsonl(Path(DATA_DIR) / name)]
 
     seeds = [[{"role": "system", "content": role}, *user(task)] for _, role, task, _, _ in D.SEED_TASKS]
     seeds += [[{"role": "system", "content": D.RAG_ROLE}, *user(f.format(doc=doc, question=q))]

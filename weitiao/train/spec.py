@@ -25,8 +25,8 @@ class RunSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    out: ConfigPath = "runs/sft"
-    seed: int = 42
+    out: ConfigPath = Field("runs/sft", description="run folder: checkpoints, final/, metrics.jsonl")
+    seed: int = Field(42, description="seed for shuffling, splits, sampling and initialization")
     max_steps: int | None = Field(None, gt=0, description="overrides epochs when set")
     save_every: int = Field(0, ge=0, description="0 = only at the end")
     keep_last: int = Field(3, gt=0, description="checkpoints kept (plus the best eval one); at least 1")
@@ -38,7 +38,7 @@ class RunSpec(BaseModel):
     stop_after: int | None = Field(None, gt=0, description="end the process after this step (tests a kill)")
     tensorboard: bool = Field(True, description="false = leave tensorboard out of report_to")
     report_to: ReportTo = Field(["tensorboard"], description=REPORT_TO_HELP)
-    progress: bool = True
+    progress: bool = Field(True, description="progress bar (timed lines off a terminal)")
     progress_every_s: float = Field(30.0, gt=0, description="off a terminal (nohup, Slurm): a progress line this often")
 
 
@@ -46,15 +46,17 @@ class TrainSpec(RunSpec):
     """Optimizer, schedule, batching, evaluation and checkpoint cadence (SFT, DPO, RM)."""
 
     lr: float | None = Field(None, gt=0, description="default 2e-4 with LoRA, 2e-5 full fine-tuning")
-    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="learning rate after warmup")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of steps warming the learning rate up")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final learning rate as a share of lr")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.999), description="AdamW betas"
+    )
     max_grad_norm: float = Field(1.0, ge=0, description="0 = no clipping")
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0, description="passes over the training data (fractions allowed)")
     micro_batch_size: int = Field(4, gt=0, description="rows per micro-batch per process")
-    grad_accum: int = Field(1, gt=0)
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     log_every: int = Field(1, gt=0, description="write train metrics every N steps (and at the last)")
     eval_every: int = Field(0, ge=0, description="0 = only at the end")
     early_stop_patience: int = Field(0, ge=0, description="evals without improvement before stopping; 0 = off")
@@ -72,18 +74,18 @@ class PrefDataSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    train: list[DataPath]
-    eval: list[DataPath] = Field(default_factory=list)
+    train: list[DataPath] = Field(..., description="preference files (prompt + chosen + rejected), globs or folders")
+    eval: list[DataPath] = Field(default_factory=list, description="eval pair files; else eval_split of train")
     dataset_dir: ConfigPath | None = Field(
         None, description="LLaMA-Factory data folder: train/eval are names in its dataset_info.json"
     )
-    eval_split: float = Field(0.0, ge=0, lt=1)
-    format: Literal["auto", "preference"] = "auto"
-    template: TemplateName = "auto"
+    eval_split: float = Field(0.0, ge=0, lt=1, description="fraction of train pairs held out when no eval files")
+    format: Literal["auto", "preference"] = Field("auto", description="row format")
+    template: TemplateName = Field("auto", description="chat template; auto = the tokenizer's own, else plain")
     max_len: int = Field(1024, gt=8, description="per sequence (prompt + one reply)")
-    truncation: Literal["drop", "cut_response"] = "drop"
-    packing: bool = True
-    skip_invalid: bool = False
+    truncation: Literal["drop", "cut_response"] = Field("drop", description="over max_len: drop or shorten replies")
+    packing: bool = Field(True, description="several sequences per micro-batch row; attention kept apart")
+    skip_invalid: bool = Field(False, description="write bad rows to FILE.rejects.jsonl instead of stopping")
     max_row_bytes: int = Field(MAX_ROW_BYTES, gt=0, description="a longer JSONL row is rejected unread (file:line)")
     weight_field: str | None = Field(
         None, description="row field with a per-pair loss weight ≥ 0, e.g. confidence (DPO: Σ w·loss / Σ w)"

@@ -39,6 +39,7 @@ from pydantic import BaseModel
 
 from weitiao.eval.arena.store import CHOICES, ArenaStore
 from weitiao.infer.api import Guard
+from weitiao.reports import render
 
 PAGE = Path(__file__).with_name("page.html")
 COOKIE = "arena_voter"
@@ -95,7 +96,7 @@ def create_app(store: ArenaStore, seed: int | None = None, limits: ArenaLimits |
     app.add_middleware(Guard, api_key=None, max_body=MAX_BODY, flag="a vote is a few bytes")
     lim = limits or ArenaLimits()
     rng = random.Random(seed)
-    page = PAGE.read_text(encoding="utf-8")
+    page = render(PAGE, title="weitiao arena · 盲评")  # a child of the shared base.html
     key = store.secret()
     lock = threading.Lock()  # handlers run in a thread pool: checks and their bookkeeping happen as one
     open_rounds: OrderedDict[str, dict] = OrderedDict()

@@ -202,17 +202,16 @@ def parse_models(spec: str) -> dict[str, tuple[str, str | None]]:
 
 def pregenerate(spec: str, prompts: Path | None, max_new_tokens: int = 128, seed: int = 0) -> list[dict]:
     """Answer every prompt with every model once (temperature 0.7, top-p 0.9, seeded) before serving."""
-    from rich.progress import Progress
-
     from weitiao.eval.golden import load_prompts
+    from weitiao.progress import progress_bar
 
     if prompts is None:
         raise UserError("--models needs --prompts FILE to answer")
     ps = load_prompts(prompts)
     models = parse_models(spec)
     rows: list[dict] = []
-    with Progress() as bar:
-        task = bar.add_task(f"answering {len(ps)} prompts", total=len(models))
+    with progress_bar() as bar:
+        task = bar.add_task(f"answering {len(ps)} prompts", total=len(models), info="")
         for name, (model, adapter) in models.items():
             rows += _answer_all(name, model, adapter, ps, max_new_tokens, seed)
             bar.advance(task)

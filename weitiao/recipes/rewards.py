@@ -30,9 +30,11 @@ class RewardSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["model", "function", "http"] = "model"
+    kind: Literal["model", "function", "http"] = Field(
+        "model", description="model: a `weitiao rm` run; function: module:function; http: a URL"
+    )
     path: ModelRef = Field(..., description="reward model dir | module:function | URL")
-    batch_size: int = Field(16, gt=0)
+    batch_size: int = Field(16, gt=0, description="responses per scoring call")
     timeout: float = Field(60.0, gt=0, description="seconds per HTTP request")
 
 

@@ -1,0 +1,62 @@
+"""One prompt-file reader: golden eval, PPO and rule sets read the same rows the same way."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from weitiao.data.prompts import read_prompts
+from weitiao.errors import UserError
+
+ROWS = [
+    {"prompt": "你好", "reference": "你好呀"},
+    {"question": "退货运费谁出？", "rule_ids": ["R1"]},
+    {"prompt": [{"role": "user", "content": "在吗"}], "system": "友好"},
+    {"prompt": "选哪个", "chosen": "A", "rejected": "B"},
+    {"chosen": [{"role": "user", "content": "几点了"}, {"role": "assistant", "content": "三点"}],
+     "rejected": [{"role": "user", "content": "几点了"}, {"role": "assistant", "content": "不知道"}]},
+    {"instruction": "推荐电影", "input": "科幻", "output": "流浪地球"},
+    {"instruction": "讲个笑话"},
+    {"conversations": [{"from": "human", "value": "早"}, {"from": "gpt", "value": "早上好"}]},
+    {"messages": [{"role": "user", "content": "会做饭吗"}, {"role": "assistant", "content": "会"},
+                  {"role": "user", "content": "番茄炒蛋呢"}]},
+]  # fmt: skip
+TEXTS = ["你好", "退货运费谁出？", "在吗", "选哪个", "几点了", "推荐电影\n科幻", "讲个笑话", "早", "番茄炒蛋呢"]
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_every_layout_reads_to_prompt_and_reference(tmp_path):
+    ps = read_prompts(_write(tmp_path / "p.jsonl", ROWS))
+    assert [p.text for p in ps] == TEXTS
+    assert [p.reference for p in ps] == ["你好呀", None, None, "A", "三点", "流浪地球", None, "早上好", None]
+    assert ps[2].messages[0] == {"role": "system", "content": "友好"} and ps[8].history == ["会做饭吗", "会"]
+    assert ps[1].row["rule_ids"] == ["R1"] and ps[4].source.endswith("p.jsonl:5")
+
+
+def test_golden_ppo_and_rules_share_the_reader(tmp_path):
+    """The three commands that read prompt files agree row for row (before: three readers, three answers)."""
+    from weitiao.eval import golden
+    from weitiao.recipes import ppo
+    from weitiao.safety import rules
+
+    path = _write(tmp_path / "p.jsonl", ROWS)
+    assert [p.text for p in golden.load_prompts(path)] == TEXTS
+    assert [m[-1]["content"] for m in ppo.load_prompts([str(path)])] == TEXTS
+    got = rules.read_prompts(path)
+    assert [p.text for p in got] == TEXTS and got[1].rule_ids == ["R1"]
+
+
+def test_bad_rows_are_one_line_with_file_and_line(tmp_path):
+    with pytest.raises(UserError, match=r"b\.jsonl:2: messages\[0\]\.role: expected 'user', got 'assistant'"):
+        read_prompts(
+            _write(tmp_path / "b.jsonl", [{"prompt": "x"}, {"messages": [{"role": "assistant", "content": "hi"}]}])
+        )
+    with pytest.raises(UserError, match=r"c\.jsonl:1: row: a text row is not a prompt"):
+        read_prompts(_write(tmp_path / "c.jsonl", [{"text": "一段文字"}]))
+    with pytest.raises(UserError, match=r"data\.prompts .*e\.jsonl: no prompts found"):
+        read_prompts([_write(tmp_path / "e.jsonl", [])], what="data.prompts")

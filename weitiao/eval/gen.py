@@ -1,0 +1,115 @@
+"""`weitiao eval gen`: answer every prompt of a file with one model, then score the replies.
+
+1. prompts (+ a row-aligned reference file) → 2. model + chat template, every prompt checked against the
+context → 3. generate → 4. judge scores when a judge is given → 5. reply metrics, per reply and overall.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from weitiao.data.prompts import Prompt
+from weitiao.errors import UserError
+from weitiao.eval.golden import load_prompts
+from weitiao.eval.metrics import RUBRIC, Item, MetricSettings, item_metrics, judge_scores, reply_metrics
+
+
+@dataclass
+class GenSettings:
+    """How replies are generated."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    """0 = greedy."""
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    """CTRL penalty on tokens already in prompt or reply (1 = off)."""
+    no_repeat_ngram_size: int = 0
+    """Forbid repeating any n-gram of this many tokens (0 = off)."""
+    batch_size: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.repetition_penalty <= 0:
+            raise UserError(f"--repetition-penalty {self.repetition_penalty}: must be > 0 (1 = off)")
+        if self.no_repeat_ngram_size < 0:
+            raise UserError(f"--no-repeat-ngram-size {self.no_repeat_ngram_size}: must be >= 0 (0 = off)")
+
+
+@dataclass
+class GenReport:
+    metrics: dict[str, float]
+    rows: list[dict] = field(default_factory=list)  # per prompt: source, prompt, reference, reply, metrics
+    judge_errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metrics": self.metrics, "judge_errors": self.judge_errors, "rows": self.rows}
+
+
+def read_prompts(prompts: str | Path, refs: str | Path | None = None) -> list[Prompt]:
+    """The prompt file; with `refs`, each prompt's reference is the same row's of that file."""
+    ps = load_prompts(prompts)
+    if refs is not None:
+        rs = load_prompts(refs)
+        if len(rs) != len(ps):
+            raise UserError(f"--refs {refs}: {len(rs)} rows but --prompts has {len(ps)}; they must align")
+        for p, r in zip(ps, rs):
+            p.reference = r.reference
+    return ps
+
+
+def check_context(model: Any, tok: Any, template: Any, prompts: list[Prompt], max_new_tokens: int) -> None:
+    """A prompt that leaves no room for --max-new-tokens in the model's context is one line, not a silent cut."""
+    ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not ctx:
+        return
+    for p in prompts:
+        text = template.render(tok, p.messages, add_generation_prompt=True)
+        n = len(tok(text, add_special_tokens=False)["input_ids"])
+        if n + max_new_tokens > ctx:
+            raise UserError(
+                f"{p.source}: prompt is {n:,} tokens; with --max-new-tokens {max_new_tokens} it exceeds the "
+                f"model's context of {ctx:,}; shorten the prompt or lower --max-new-tokens"
+            )
+
+
+def run(
+    prompts: list[Prompt],
+    model: str | None = None,
+    adapter: str | None = None,
+    quant: str | None = None,
+    gen: GenSettings | None = None,
+    settings: MetricSettings | None = None,
+    judge: Any = None,
+    rubric: str = RUBRIC,
+) -> GenReport:
+    """Steps 2–5 above; `judge` is a `weitiao.teacher.Teacher` (or None)."""
+    from weitiao.data.templates import resolve_template
+    from weitiao.infer.chat import load_chat_model
+    from weitiao.infer.generate import generate
+
+    gen, settings = gen or GenSettings(), settings or MetricSettings()
+    # 2. model, template, context check
+    m, tok = load_chat_model(model, adapter, quant)
+    template = resolve_template(tok, "auto")
+    check_context(m, tok, template, prompts, gen.max_new_tokens)
+    # 3. generate
+    gens = generate(m, tok, template, [p.messages for p in prompts], gen.max_new_tokens, gen.temperature, gen.top_p,
+                    repetition_penalty=gen.repetition_penalty, no_repeat_ngram_size=gen.no_repeat_ngram_size,
+                    batch_size=gen.batch_size, seed=gen.seed)  # fmt: skip
+    # 4. judge
+    scores: list = [None] * len(prompts)
+    errors: list[str] = []
+    if judge is not None:
+        scores, errors = judge_scores(judge, [p.messages for p in prompts], [g.text for g in gens], rubric,
+                                      [p.reference for p in prompts])  # fmt: skip
+    # 5. metrics
+    items = [Item(g.text, g.stopped, p.reference, p.history, s) for p, g, s in zip(prompts, gens, scores)]
+    rows = [
+        {"source": p.source, "prompt": p.messages, "reference": p.reference, "reply": g.text, "stopped": g.stopped,
+         "n_tokens": g.n_tokens, "metrics": item_metrics(it, settings)}
+        for p, g, it in zip(prompts, gens, items)
+    ]  # fmt: skip
+    return GenReport(reply_metrics(items, settings), rows, errors)
