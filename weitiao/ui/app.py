@@ -231,16 +231,20 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
     return app
 
 
-def serve(host: str, port: int, roots: list[Path], runs_dir: Path | None, token: str | None) -> None:
-    """Run the console; off loopback a token is required (generated and printed when not given)."""
+def needed_token(host: str, token: str | None) -> str | None:
+    """The token to require: the one given; on any address but loopback a new random one if none was."""
     import secrets
 
+    return token or (None if host in LOOPBACK else secrets.token_urlsafe(18))
+
+
+def serve(host: str, port: int, roots: list[Path], runs_dir: Path | None, token: str | None) -> None:
+    """Run the console; off loopback a token is required (generated and printed when not given)."""
     import uvicorn
 
     allowed = Roots(roots)
     store = RunStore(runs_dir.resolve() if runs_dir else allowed.roots[0] / "runs")
-    if host not in LOOPBACK and not token:
-        token = secrets.token_urlsafe(18)
+    token = needed_token(host, token)
     shown = f"[{host}]" if ":" in host else host
     print(f"weitiao ui: http://{shown}:{port}/" + (f"?token={token}" if token else ""), flush=True)
     print(f"  files from: {', '.join(map(str, allowed.roots))} · runs in: {store.root}", flush=True)

@@ -81,8 +81,10 @@ def form(cls: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[dict]:
         sub = _section(f.annotation)
         if sub is not None:
             doc = (sub.__doc__ or "").strip().splitlines()
+            # a section that defaults to None (ppo.critic_lora) is sent only when the user switches it on
+            off = not f.is_required() and f.get_default(call_default_factory=True) is None
             out.append({"key": ".".join(key), "name": name, "widget": "section", "help": f.description or
-                        (doc[0] if doc else ""), "fields": form(sub, key)})  # fmt: skip
+                        (doc[0] if doc else ""), "optional": off, "fields": form(sub, key)})  # fmt: skip
             continue
         default = None if f.is_required() else f.get_default(call_default_factory=True)
         item: dict[str, Any] = {
@@ -143,15 +145,15 @@ def _check_paths(cls: type[BaseModel], data: dict, roots: Roots) -> None:
 
 
 def build(kind: str, values: dict[str, Any], roots: Roots, out: Path) -> BaseModel:
-    """Form values {dotted key: text or bool} → the validated config, `train.out` set to `out`."""
+    """Form values {dotted key: text, bool or null} → the validated config, `train.out` set to `out`."""
     cls = config_class(kind)
     data: dict = {}
     for key, text in values.items():
         if not isinstance(key, str) or not key:
             raise UserError(f"form key {key!r}: not a config key")
+        if isinstance(text, str) and not text.strip():
+            continue  # left empty: the class default (the page sends null to clear an optional key)
         value = parse_value(text)
-        if value is None:
-            continue  # left empty: the class default
         node = data
         parts = key.split(".")
         for k in parts[:-1]:

@@ -103,8 +103,9 @@ class RunStore:
         state = self.state(name)
         if state["status"] not in ("starting", "running") or not _alive(state.get("pid")):
             raise UserError(f"run {name}: not running ({state['status']})")
+        state = update(d / "ui", status="stopping")  # first: the keeper's final write must come after this one
         os.kill(state["pid"], signal.SIGTERM)  # the keeper passes it on and records `stopped`
-        return update(d / "ui", status="stopping")
+        return state
 
     def state(self, name: str) -> dict:
         d = self.existing(name)

@@ -33,13 +33,14 @@ def main(ui_dir: Path) -> int:
         nonlocal stopping
         stopping = True
         if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
+            os.killpg(child.pid, signal.SIGTERM)  # the trainer and its helpers (tokenizing workers)
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(ui_dir / "log.txt", "ab") as log:
         log.write(f"$ {' '.join(state['command'])}\n".encode())
         log.flush()
-        child = subprocess.Popen(state["command"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=state["cwd"])
+        child = subprocess.Popen(state["command"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=state["cwd"],
+                                 start_new_session=True)  # fmt: skip
         signal.signal(signal.SIGTERM, on_term)
         update(ui_dir, status="running", pid=os.getpid(), child_pid=child.pid, started=time.time())
         rc = child.wait()

@@ -102,8 +102,17 @@ async function loadForm() {
 }
 function renderField(f) {
   if (f.widget === "section") {
-    return el("fieldset", { "data-section": f.key }, el("legend", { text: f.key, title: f.help }),
-      el("p", { class: "help", text: f.help }), ...f.fields.map(renderField));
+    const legend = el("legend", { title: f.help });
+    const box = el("fieldset", { "data-section": f.key }, legend, el("p", { class: "help", text: f.help }), ...f.fields.map(renderField));
+    if (f.optional) { // off: the key stays null; on: its fields are sent
+      const on = el("input", { type: "checkbox", "data-section-on": f.key });
+      const sync = () => { for (const i of box.querySelectorAll("[data-key]")) i.disabled = !on.checked; };
+      on.addEventListener("change", sync);
+      legend.append(on, " ");
+      sync();
+    }
+    legend.append(f.key);
+    return box;
   }
   let input;
   if (f.widget === "bool") {
@@ -120,6 +129,7 @@ function renderField(f) {
     if (f.required) input.placeholder = t("required");
   }
   input.dataset.key = f.key;
+  if (f.optional) input.dataset.optional = "1";
   input.addEventListener("change", refreshEstimate);
   const label = el("label", { class: "field" }, el("span", { class: "key", text: f.name, title: f.key }), input);
   if (f.path) label.append(el("button", { type: "button", text: "…", class: "pick", onclick: () => openPicker(input, f) }));
@@ -128,7 +138,10 @@ function renderField(f) {
 }
 function formValues() {
   const values = {};
-  for (const i of document.querySelectorAll("#config-form [data-key]")) values[i.dataset.key] = i.type === "checkbox" ? i.checked : i.value;
+  for (const i of document.querySelectorAll("#config-form [data-key]")) {
+    if (i.disabled) continue; // inside an optional section left off
+    values[i.dataset.key] = i.type === "checkbox" ? i.checked : i.value === "" && i.dataset.optional ? null : i.value;
+  }
   return values;
 }
 function formBody() { return { kind: $("recipe").value, name: $("run-name").value.trim(), values: formValues() }; }
