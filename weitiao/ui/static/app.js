@@ -13,7 +13,7 @@ const T = {
     row: "第几行", tokenizer: "分词器", show: "显示", trained: "训练的 token", masked: "不计损失",
     pick: "选择…", required: "必填", method: "方式", trainable: "可训练参数", memory: "显存估计",
     fits: "放得下", not_fits: "放不下", export_adapter: "导出 adapter", export_merged: "导出合并模型",
-    exported: "已导出到", none: "（无）", lang: "English", chat_with: "对话",
+    exported: "已导出到", none: "（无）", lang: "English", chat_with: "对话", you: "我", model: "模型",
     s_created: "已创建", s_starting: "启动中", s_running: "训练中", s_stopping: "停止中", s_stopped: "已停止",
     s_done: "已完成", s_failed: "失败", s_lost: "已丢失",
     w_diverged: "训练发散", w_warning: "警告", w_stopped_early: "提前停止（验证损失不再下降）",
@@ -30,7 +30,7 @@ const T = {
     row: "Row", tokenizer: "Tokenizer", show: "Show", trained: "trained tokens", masked: "masked",
     pick: "Pick…", required: "required", method: "Method", trainable: "Trainable parameters", memory: "Memory estimate",
     fits: "fits", not_fits: "does not fit", export_adapter: "Export adapter", export_merged: "Export merged",
-    exported: "Exported to", none: "(none)", lang: "中文", chat_with: "Chat",
+    exported: "Exported to", none: "(none)", lang: "中文", chat_with: "Chat", you: "You", model: "Model",
     s_created: "created", s_starting: "starting", s_running: "running", s_stopping: "stopping", s_stopped: "stopped",
     s_done: "done", s_failed: "failed", s_lost: "lost",
     w_diverged: "Training diverged", w_warning: "Warning", w_stopped_early: "Stopped early (eval loss stopped improving)",
@@ -39,6 +39,8 @@ const T = {
   },
 };
 const CHARTS = ["loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"];
+const STEP_INCRS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 500000];
+const num = (v) => (v !== 0 && Math.abs(v) < 0.01 ? v.toExponential(1) : String(+v.toPrecision(4)));
 const $ = (id) => document.getElementById(id);
 const ui = { lang: "zh", form: [], runs: [], watch: null, offset: 0, series: {}, charts: {}, history: { a: [], b: [] } };
 window.weitiaoUI = ui; // for tests and curious users
@@ -280,6 +282,7 @@ function chart(key) {
   ui.charts[key] = new uPlot({
     width: 360, height: 200, legend: { show: false },
     scales: { x: { time: false } },
+    axes: [{ incrs: STEP_INCRS }, { values: (u, vals) => vals.map(num), size: 60 }],
     series: [{}, { stroke: key === "eval_loss" ? "#d94" : "#27a", width: 2, points: { show: true, size: 4 } }],
   }, [[], []], box);
   return ui.charts[key];
@@ -297,7 +300,7 @@ async function pollWatch() {
       const s = ui.series[k] || (ui.series[k] = [[], []]);
       s[0].push(r.step); s[1].push(r[k]);
     }
-    for (const [k, s] of Object.entries(ui.series)) chart(k).setData(s);
+    for (const k of CHARTS) if (ui.series[k]) chart(k).setData(ui.series[k]);
     ui.watchData = d;
     renderWatch(d);
   } catch (e) { $("watch-status").textContent = e.message; }
@@ -344,7 +347,7 @@ async function runAction(action) {
 
 // ---- chat ----
 function bubble(side, role, text) {
-  const b = el("div", { class: "msg " + role }, el("span", { class: "who", text: role === "user" ? "🙂" : "🤖" }), el("span", { class: "text", text }));
+  const b = el("div", { class: "msg " + role }, el("span", { class: "who", "data-i18n": role === "user" ? "you" : "model", text: t(role === "user" ? "you" : "model") }), el("span", { class: "text", text }));
   $("chat-log-" + side).append(b);
   return b.querySelector(".text");
 }
