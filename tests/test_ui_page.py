@@ -43,6 +43,13 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
     rows = DEMO_DATA.read_text(encoding="utf-8").splitlines()[:40]
     (root / "data" / "style.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
     (root / "data" / f"{XSS}.jsonl").write_text(rows[0] + "\n", encoding="utf-8")
+    bad = root / "runs" / "bad"  # a run that diverged, with markup in what it wrote
+    (bad / "ui").mkdir(parents=True)
+    (bad / "ui" / "run.json").write_text(json.dumps({"name": "bad", "kind": "sft", "status": "failed", "created": 1}))
+    (bad / "ui" / "log.txt").write_text(f"error: {XSS}\n")
+    events = [{"kind": "train", "step": 1, "loss": 2.0}, {"kind": "diverged", "step": 2, "message": f"loss nan {XSS}"}]
+    (bad / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    stores = (Roots([root]), RunStore(root / "runs"))
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium")
@@ -50,7 +57,7 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
                  "--window-size=1400,1000"):  # fmt: skip
         opts.add_argument(flag)
     opts.add_experimental_option("prefs", {"intl.accept_languages": "zh-CN,zh"})
-    with running(create_app(Roots([root]), RunStore(root / "runs"))) as base:
+    with running(create_app(*stores)) as base, running(create_app(*stores, token="tok-123")) as remote:
         driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
         wait = WebDriverWait(driver, 30)
         by_id = lambda i: driver.find_element(By.ID, i)  # noqa: E731
@@ -72,8 +79,9 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             # 1. the form: generated fields, the data file from the picker (file names shown as text)
             by_id("run-name").clear()
             by_id("run-name").send_keys("demo1")
-            for key, value in {"train.max_steps": "4", "train.save_every": "2", "train.eval_every": "2",
-                               "train.micro_batch_size": "2", "data.max_len": "64", "data.eval_split": "0.1", "train.lr": "3e-3"}.items():  # fmt: skip
+            settings = {"train.max_steps": "4", "train.save_every": "2", "train.eval_every": "2", "train.lr": "3e-3",
+                        "train.micro_batch_size": "2", "data.max_len": "64", "data.eval_split": "0.1"}  # fmt: skip
+            for key, value in settings.items():
                 field(key).clear()
                 field(key).send_keys(value)
             field("data.train").find_element(By.XPATH, "following-sibling::button").click()
@@ -151,6 +159,7 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             by_id("data-show").click()
             wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#data-view span.trained"))
             assert "<|im_start|>assistant" in by_id("data-view").text
+            assert "rows read / kept / rejected\n40 / 40 / 0" in by_id("data-check").text
             shot("data")
 
             # 7. English, kept across a reload; the run list still has the run (state on disk)
@@ -167,6 +176,25 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             by_id("preview-btn").click()
             wait.until(lambda d: "max_steps" in by_id("yaml").text)
             shot("runs")
-            assert driver.execute_script("return window.__xss") is None
+
+            # 8. the banner for a diverged, failed run; its message and log shown as text
+            tab("watch")
+            Select(by_id("watch-run")).select_by_value("bad")
+            wait.until(lambda d: by_id("banner").is_displayed())
+            banner = by_id("banner").text
+            assert f"Training diverged (step 2) loss nan {XSS}" in banner and f"Run failed error: {XSS}" in banner
+            assert by_id("log").text == f"error: {XSS}"
+            assert (
+                not driver.find_elements(By.CSS_SELECTOR, "main img")
+                and driver.execute_script("return window.__xss") is None
+            )
+
+            # 9. a console started with a token: refused without it; ?token= logs the browser in (cookie)
+            driver.get(remote + "/")
+            assert "token required" in driver.find_element(By.TAG_NAME, "body").text
+            driver.get(remote + "/?token=tok-123")
+            wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+            assert driver.current_url == remote + "/"
+            wait.until(lambda d: "demo1" in by_id("run-list").text)
         finally:
             driver.quit()

@@ -216,17 +216,21 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
     @app.get("/api/data")
     def data_preview(path: str, index: int = 0, model: str = "demo", template: str = "auto", max_len: int = 1024,
                      train_on_prompt: bool = False) -> dict:  # fmt: skip
+        from dataclasses import asdict
+
         from weitiao.data.chat import EncodeOptions
-        from weitiao.data.check import show_example
+        from weitiao.data.check import check_file, show_example
         from weitiao.data.formats import load_conversations
 
-        rows = load_conversations(str(roots.resolve(path, "data file"))).rows
+        file = str(roots.resolve(path, "data file"))
+        tok = tokenizer(model_ref(model))
+        rows = load_conversations(file).rows
         if not 0 <= index < len(rows):
             raise UserError(f"index {index}: {path} has {len(rows)} rows (0..{len(rows) - 1})")
-        enc, segments = show_example(rows[index], tokenizer(model_ref(model)), template,
-                                     EncodeOptions(max_len, train_on_prompt, "all", "cut"))  # fmt: skip
+        enc, segments = show_example(rows[index], tok, template, EncodeOptions(max_len, train_on_prompt, "all", "cut"))
         return {"rows": len(rows), "source": rows[index].source, "segments": segments,
-                "tokens": len(enc) if enc else 0, "trained": enc.n_trained if enc else 0}  # fmt: skip
+                "tokens": len(enc) if enc else 0, "trained": enc.n_trained if enc else 0,
+                "check": asdict(check_file([file], tok, template, max_len))}  # fmt: skip
 
     return app
 

@@ -13,7 +13,7 @@ const T = {
     row: "第几行", tokenizer: "分词器", show: "显示", trained: "训练的 token", masked: "不计损失",
     pick: "选择…", required: "必填", method: "方式", trainable: "可训练参数", memory: "显存估计",
     fits: "放得下", not_fits: "放不下", export_adapter: "导出 adapter", export_merged: "导出合并模型",
-    exported: "已导出到", none: "（无）", lang: "English", chat_with: "对话", you: "我", model: "模型",
+    exported: "已导出到", none: "（无）", lang: "English", chat_with: "对话", you: "我", model: "模型", data_check: "数据检查（data check）",
     s_created: "已创建", s_starting: "启动中", s_running: "训练中", s_stopping: "停止中", s_stopped: "已停止",
     s_done: "已完成", s_failed: "失败", s_lost: "已丢失",
     w_diverged: "训练发散", w_warning: "警告", w_stopped_early: "提前停止（验证损失不再下降）",
@@ -30,7 +30,7 @@ const T = {
     row: "Row", tokenizer: "Tokenizer", show: "Show", trained: "trained tokens", masked: "masked",
     pick: "Pick…", required: "required", method: "Method", trainable: "Trainable parameters", memory: "Memory estimate",
     fits: "fits", not_fits: "does not fit", export_adapter: "Export adapter", export_merged: "Export merged",
-    exported: "Exported to", none: "(none)", lang: "中文", chat_with: "Chat", you: "You", model: "Model",
+    exported: "Exported to", none: "(none)", lang: "中文", chat_with: "Chat", you: "You", model: "Model", data_check: "Data check",
     s_created: "created", s_starting: "starting", s_running: "running", s_stopping: "stopping", s_stopped: "stopped",
     s_done: "done", s_failed: "failed", s_lost: "lost",
     w_diverged: "Training diverged", w_warning: "Warning", w_stopped_early: "Stopped early (eval loss stopped improving)",
@@ -402,7 +402,17 @@ async function showData() {
     const d = await api("/api/data?" + q);
     $("data-info").textContent = `${d.source} · ${d.rows} rows · tokens ${d.tokens} · trained ${d.trained}`;
     $("data-view").replaceChildren(...d.segments.map(([text, trained]) => el("span", { class: trained ? "trained" : "masked", text })));
-  } catch (e) { $("data-info").textContent = e.message; $("data-view").replaceChildren(); }
+    const c = d.check;
+    const rows = [
+      ["format / template", `${c.format} / ${c.template}`],
+      ["rows read / kept / rejected", `${c.read} / ${c.kept} / ${c.rejected}`],
+      ["tokens min / mean / p95 / max", `${c.length_min} / ${c.length_mean} / ${c.length_p95} / ${c.length_max}`],
+      [`rows over max_len ${c.max_len}`, c.over_max_len], ["duplicate rows / prompts", `${c.duplicate_rows} / ${c.duplicate_prompts}`],
+      ["rows missing EOS", c.missing_eos], ["rows with no trained token", c.no_trained_tokens],
+    ];
+    $("data-check").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })]),
+      ...c.problems.map((p) => el("dd", { class: "error", text: p })), ...c.notes.map((n) => el("dd", { class: "help", text: n })));
+  } catch (e) { $("data-info").textContent = e.message; $("data-view").replaceChildren(); $("data-check").replaceChildren(); }
 }
 
 // ---- start ----
