@@ -284,3 +284,27 @@ def test_warnings_and_metrics_from_what_the_run_writes(tmp_path):
     for bad in ("../r", ".tmp-step-000004", "/etc"):
         with pytest.raises(UserError, match="no checkpoint"):
             store.weights("r", bad)
+
+
+def test_cli_binds_loopback_and_off_loopback_prints_a_token(root, monkeypatch):
+    import re
+
+    import uvicorn
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from weitiao.cli import app as cli
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: served.append((app, host, port)))
+    out = CliRunner().invoke(cli, ["ui", "--root", str(root)])
+    assert out.exit_code == 0 and served[-1][1:] == ("127.0.0.1", 7860)
+    assert "http://127.0.0.1:7860/\n" in out.output and "token" not in out.output
+    assert f"runs in: {root.resolve()}/runs" in out.output
+    out = CliRunner().invoke(cli, ["ui", "--host", "0.0.0.0", "--port", "9000", "--root", str(root)])
+    token = re.search(r"http://0\.0\.0\.0:9000/\?token=(\S+)", out.output)[1]
+    with TestClient(served[-1][0], base_url="http://192.168.1.5:9000") as c:
+        assert c.get("/api/info").status_code == 401
+        assert c.get("/api/info", headers={"X-Weitiao-Token": token}).status_code == 200
+    out = CliRunner().invoke(cli, ["ui", "--root", str(root / "nope")])
+    assert out.exit_code == 1 and "not a folder" in str(out.exception)

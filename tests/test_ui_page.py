@@ -184,10 +184,12 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             banner = by_id("banner").text
             assert f"Training diverged (step 2) loss nan {XSS}" in banner and f"Run failed error: {XSS}" in banner
             assert by_id("log").text == f"error: {XSS}"
-            assert (
-                not driver.find_elements(By.CSS_SELECTOR, "main img")
-                and driver.execute_script("return window.__xss") is None
-            )
+            assert not driver.find_elements(By.CSS_SELECTOR, "main img")
+            assert driver.execute_script("return window.__xss") is None
+            # negative control: the same text put in as HTML does run, so the probe would have caught it
+            html = "document.body.append(Object.assign(document.createElement('div'), {innerHTML: arguments[0]}))"
+            driver.execute_script(html, XSS)
+            wait.until(lambda d: d.execute_script("return window.__xss") == 1)
 
             # 9. a console started with a token: refused without it; ?token= logs the browser in (cookie)
             driver.get(remote + "/")
