@@ -308,3 +308,33 @@ def test_cli_binds_loopback_and_off_loopback_prints_a_token(root, monkeypatch):
         assert c.get("/api/info", headers={"X-Weitiao-Token": token}).status_code == 200
     out = CliRunner().invoke(cli, ["ui", "--root", str(root / "nope")])
     assert out.exit_code == 1 and "not a folder" in str(out.exception)
+
+
+def test_chat_streams_from_a_full_fine_tuning_checkpoint_and_the_base(root, tiny_model_dir, tokenizer):
+    from conftest import save_tiny_model
+
+    from weitiao.data.templates import resolve_template
+    from weitiao.infer.generate import stream_reply
+    from weitiao.models.load import ModelSpec, load_model
+
+    run = root / "runs" / "full"
+    (run / "ui").mkdir(parents=True)
+    (run / "ui" / "run.json").write_text(json.dumps({"name": "full", "kind": "sft", "status": "done", "created": 1}))
+    (run / "ui" / "config.yaml").write_text(f"model:\n  path: {tiny_model_dir}\n")
+    save_tiny_model(run / "final" / "model", tokenizer, seed=1)  # other weights than the base
+    tokenizer.save_pretrained(run / "final" / "tokenizer")
+    msgs = [{"role": "user", "content": "今天天气怎么样？"}]
+
+    def direct(path):
+        m = load_model(ModelSpec(path=str(path))).eval()
+        return "".join(stream_reply(m, tokenizer, resolve_template(tokenizer), msgs, max_new_tokens=6, temperature=0))
+
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        body = {"run": "full", "messages": msgs, "max_new_tokens": 6, "temperature": 0}
+        final = c.post("/api/chat", json=body | {"ckpt": "final"})
+        assert final.status_code == 200 and final.headers["content-type"].startswith("text/plain")
+        assert final.text == direct(run / "final" / "model") != direct(tiny_model_dir)
+        assert c.post("/api/chat", json=body | {"ckpt": "base"}).text == direct(tiny_model_dir)
+        assert c.post("/api/chat", json=body | {"ckpt": "../../x"}).status_code == 400
+        r = c.post("/api/chat", json=body | {"ckpt": "final", "messages": [{"role": "hacker", "content": "x"}]})
+        assert r.status_code == 400 and "messages" in r.json()["error"]

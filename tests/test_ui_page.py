@@ -121,6 +121,9 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             driver.find_element(By.CSS_SELECTOR, '#checkpoints li[data-ckpt="final"] button:nth-of-type(2)').click()
             wait.until(lambda d: "exports/final-adapter" in by_id("export-result").text)
             assert (root / "runs/demo1/exports/final-adapter/adapter_config.json").is_file()
+            driver.find_element(By.CSS_SELECTOR, '#checkpoints li[data-ckpt="step-000002"] [data-gguf="f16"]').click()
+            WebDriverWait(driver, 120).until(lambda d: "exports/step-000002-gguf-f16" in by_id("export-result").text)
+            assert (root / "runs/demo1/exports/step-000002-gguf-f16/model-f16.gguf").stat().st_size > 1e6
 
             # 4. chat with the result, and step 2 beside it on the same prompt (streamed replies)
             wait.until(lambda d: "demo1/final" in [o.get_attribute("value") for o in Select(by_id("chat-a")).options])
@@ -172,6 +175,16 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
             assert driver.find_element(By.CSS_SELECTOR, '.tab[data-tab="runs"]').text == "Runs"
             wait.until(lambda d: "done" in by_id("run-list").text and "demo1" in by_id("run-list").text)
+            # the PPO form: its own sections from its class; an optional section is off until switched on
+            Select(by_id("recipe")).select_by_value("ppo")
+            toggle = '[data-section-on="ppo.critic_lora"]'
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, toggle))
+            assert field("reward.path").get_attribute("placeholder") == "required"
+            assert field("ppo.critic_lora.r").get_attribute("disabled")
+            driver.find_element(By.CSS_SELECTOR, toggle).click()
+            assert not field("ppo.critic_lora.r").get_attribute("disabled")
+            Select(by_id("recipe")).select_by_value("sft")
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#config-form [data-key="data.train"]'))
             field("data.train").send_keys('["data/style.jsonl"]')
             by_id("preview-btn").click()
             wait.until(lambda d: "max_steps" in by_id("yaml").text)

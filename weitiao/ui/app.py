@@ -49,7 +49,24 @@ def _error(status: int, msg: str) -> JSONResponse:
     return JSONResponse({"error": msg}, status_code=status)
 
 
+def warm_imports() -> None:
+    """Import what the endpoints import, once and in one thread: requests run in parallel threads, and
+    transformers' lazy module can fail a `from transformers import X` racing another (seen: AutoConfig)."""
+    import transformers
+
+    for kind in forms.RECIPES:
+        forms.config_class(kind)
+    for name in ("AutoConfig", "AutoModelForCausalLM", "AutoModelForSequenceClassification", "AutoTokenizer",
+                 "GenerationConfig", "PreTrainedTokenizerFast", "TextIteratorStreamer"):  # fmt: skip
+        getattr(transformers, name)
+    import weitiao.calc.lora
+    import weitiao.calc.plan
+    import weitiao.data.check
+    import weitiao.infer.export  # noqa: F401
+
+
 def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: ChatModels | None = None) -> FastAPI:
+    warm_imports()
     app = FastAPI(title="weitiao ui", docs_url=None, redoc_url=None, openapi_url=None)
     models = chat or ChatModels()
 
@@ -199,12 +216,14 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
     def export(body: dict) -> dict:
         from weitiao.infer import export as tool
 
-        name, ckpt, merge = str(body.get("run")), str(body.get("ckpt")), bool(body.get("merge"))
+        name, ckpt, gguf = str(body.get("run")), str(body.get("ckpt")), body.get("gguf")
+        merge = bool(body.get("merge")) or gguf is not None  # a GGUF is made from the merged model
         weights = runs.weights(name, ckpt)
         if weights is None:
             raise UserError("export: choose a trained checkpoint, not the base model")
-        out = runs.existing(name) / "exports" / f"{ckpt}-{'merged' if merge else 'adapter'}"
-        dest = tool.export(str(weights), str(out), merge, "fp32", True)
+        kind = f"gguf-{gguf}" if gguf else "merged" if merge else "adapter"
+        out = runs.existing(name) / "exports" / f"{ckpt}-{kind}"
+        dest = tool.export(str(weights), str(out), merge, "fp32", True, gguf=None if gguf is None else str(gguf))
         return {"out": str(dest), "notes": tool.serve_notes(dest)}
 
     @functools.lru_cache(maxsize=4)
@@ -249,7 +268,8 @@ def serve(host: str, port: int, roots: list[Path], runs_dir: Path | None, token:
     allowed = Roots(roots)
     store = RunStore(runs_dir.resolve() if runs_dir else allowed.roots[0] / "runs")
     token = needed_token(host, token)
+    app = create_app(allowed, store, token)
     shown = f"[{host}]" if ":" in host else host
     print(f"weitiao ui: http://{shown}:{port}/" + (f"?token={token}" if token else ""), flush=True)
     print(f"  files from: {', '.join(map(str, allowed.roots))} · runs in: {store.root}", flush=True)
-    uvicorn.run(create_app(allowed, store, token), host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -13,6 +13,20 @@ from weitiao.infer import generate
 from weitiao.infer.chat import load_chat_model
 
 
+def load_weights(base: str, weights: Path | None) -> tuple[Any, Any]:
+    """(model, tokenizer) of a checkpoint folder: its adapter on the base, its full model (full
+    fine-tuning), or the base itself (None); the run's tokenizer, carrying its chat template, if saved."""
+    if weights is None:
+        return load_chat_model(base, None)
+    if (weights / "model" / "config.json").is_file():
+        from weitiao.models.load import ModelSpec, load_model, load_tokenizer
+
+        tok = weights / "tokenizer"
+        model = load_model(ModelSpec(path=str(weights / "model"))).eval()
+        return model, load_tokenizer(str(tok) if tok.is_dir() else base)
+    return load_chat_model(None, str(weights))
+
+
 class Loaded:
     def __init__(self, model: Any, tokenizer: Any):
         self.model, self.tokenizer = model, tokenizer
@@ -28,14 +42,13 @@ class ChatModels:
         self.models: OrderedDict[tuple, Loaded] = OrderedDict()
         self.lock = threading.Lock()
 
-    def get(self, base: str, adapter: Path | None) -> Loaded:
-        key = (base, str(adapter) if adapter else None)
+    def get(self, base: str, weights: Path | None) -> Loaded:
+        key = (base, str(weights) if weights else None)
         with self.lock:
             if key in self.models:
                 self.models.move_to_end(key)
                 return self.models[key]
-            m, tok = load_chat_model(None, str(adapter)) if adapter else load_chat_model(base, None)
-            self.models[key] = Loaded(m, tok)
+            self.models[key] = Loaded(*load_weights(base, weights))
             while len(self.models) > self.keep:
                 self.models.popitem(last=False)
             return self.models[key]

@@ -258,7 +258,7 @@ function fillRunSelects() {
     if ([...sel.options].some((o) => o.value === v)) sel.value = v;
   };
   keep($("watch-run"), ui.runs.map((r) => el("option", { value: r.name, text: r.name })));
-  const ck = ui.runs.flatMap((r) => r.checkpoints.map((c) => el("option", { value: r.name + "/" + c, text: r.name + " / " + c })));
+  const ck = ui.runs.filter((r) => r.kind !== "rm").flatMap((r) => r.checkpoints.map((c) => el("option", { value: r.name + "/" + c, text: r.name + " / " + c })));
   keep($("chat-a"), ck.map((o) => o.cloneNode(true)));
   keep($("chat-b"), [el("option", { value: "", text: t("none") }), ...ck.map((o) => o.cloneNode(true))]);
   $("chat-log-b").hidden = !$("chat-b").value;
@@ -323,19 +323,22 @@ function renderWatch(d) {
   log.textContent = d.log;
   if (atEnd) log.scrollTop = log.scrollHeight;
   $("checkpoints").replaceChildren(...d.checkpoints.map((c) => {
-    const li = el("li", { "data-ckpt": c }, el("span", { text: c }), " ",
-      el("button", { text: t("chat_with"), onclick: () => { $("chat-a").value = d.state.name + "/" + c; showTab("chat"); } }));
+    const li = el("li", { "data-ckpt": c }, el("span", { text: c }));
+    if (d.state.kind !== "rm") { // a reward model scores, it does not chat
+      li.append(" ", el("button", { text: t("chat_with"), onclick: () => { $("chat-a").value = d.state.name + "/" + c; showTab("chat"); } }));
+    }
     if (c !== "base") {
       li.append(" ", el("button", { text: t("export_adapter"), onclick: () => exportCkpt(d.state.name, c, false) }),
-        " ", el("button", { text: t("export_merged"), onclick: () => exportCkpt(d.state.name, c, true) }));
+        " ", el("button", { text: t("export_merged"), onclick: () => exportCkpt(d.state.name, c, true) }),
+        " ", el("button", { text: "GGUF f16", "data-gguf": "f16", onclick: () => exportCkpt(d.state.name, c, true, "f16") }));
     }
     return li;
   }));
 }
-async function exportCkpt(run, ckpt, merge) {
+async function exportCkpt(run, ckpt, merge, gguf) {
   $("export-result").textContent = "…";
   try {
-    const r = await api("/api/export", { run, ckpt, merge });
+    const r = await api("/api/export", gguf ? { run, ckpt, merge, gguf } : { run, ckpt, merge });
     $("export-result").textContent = `${t("exported")} ${r.out}\n${r.notes.join("\n")}`;
   } catch (e) { $("export-result").textContent = e.message; }
 }
