@@ -338,3 +338,16 @@ def test_chat_streams_from_a_full_fine_tuning_checkpoint_and_the_base(root, tiny
         assert c.post("/api/chat", json=body | {"ckpt": "../../x"}).status_code == 400
         r = c.post("/api/chat", json=body | {"ckpt": "final", "messages": [{"role": "hacker", "content": "x"}]})
         assert r.status_code == 400 and "messages" in r.json()["error"]
+
+
+def test_run_list_reads_the_tail_of_a_long_metrics_file(tmp_path):
+    store = RunStore(tmp_path / "runs")
+    d = tmp_path / "runs" / "long"
+    (d / "ui").mkdir(parents=True)
+    (d / "ui" / "run.json").write_text(json.dumps({"name": "long", "kind": "sft", "status": "done", "created": 1}))
+    rows = [{"kind": "train", "step": i, "loss": 1 / i, "note": "x" * 100} for i in range(1, 3000)]
+    rows.append({"kind": "eval", "step": 2999, "eval_loss": 0.5})
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert (d / "metrics.jsonl").stat().st_size > 200_000  # well past the 64 KiB tail read
+    got = store.list()
+    assert [(r["name"], r["step"], r["loss"], r["status"]) for r in got] == [("long", 2999, 1 / 2999, "done")]

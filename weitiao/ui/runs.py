@@ -87,15 +87,19 @@ class RunStore:
         if resume:
             cmd.append("train.resume=auto")
         update(d / "ui", status="starting", command=cmd, returncode=None, child_pid=None)
-        keeper = subprocess.Popen(
-            [self.python, "-m", "weitiao.ui.supervise", str(d / "ui")],
-            start_new_session=True,  # survives the console: its own session, not our process group
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(d / "ui" / "keeper.txt", "ab"),  # noqa: SIM115 - the child owns it now
-            cwd=str(d),
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
-        )
+        # the keeper and the trainer import the same weitiao as this console (a checkout or an install)
+        here = str(Path(__file__).resolve().parents[2])
+        path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+        with open(d / "ui" / "keeper.txt", "ab") as err:
+            keeper = subprocess.Popen(
+                [self.python, "-m", "weitiao.ui.supervise", str(d / "ui")],
+                start_new_session=True,  # survives the console: its own session, not our process group
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                cwd=str(d),
+                env={**os.environ, "PYTHONPATH": path},
+            )
         return update(d / "ui", pid=keeper.pid)
 
     def stop(self, name: str) -> dict:
@@ -126,7 +130,10 @@ class RunStore:
 
     def summary(self, name: str) -> dict:
         s = self.state(name)
-        last = next((r for r in reversed(self.metrics(name)[0]) if r.get("kind") == "train"), {})
+        path = self.existing(name) / "metrics.jsonl"
+        size = path.stat().st_size if path.is_file() else 0
+        tail = self.metrics(name, max(0, size - 65536))[0]  # the last train row is near the end
+        last = next((r for r in reversed(tail) if r.get("kind") == "train"), {})
         return {k: s.get(k) for k in ("name", "kind", "status", "created", "returncode")} | {
             "step": last.get("step"),
             "loss": last.get("loss"),
@@ -147,9 +154,11 @@ class RunStore:
         rows = []
         for line in data[:end].splitlines():
             try:
-                rows.append(_finite(json.loads(line)))
+                row = json.loads(line)
             except ValueError:
-                continue
+                continue  # the cut first line of a tail read
+            if isinstance(row, dict):
+                rows.append(_finite(row))
         return rows, offset + end
 
     def warnings(self, name: str) -> list[dict]:
