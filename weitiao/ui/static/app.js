@@ -18,7 +18,8 @@ const T = {
     s_done: "已完成", s_failed: "失败", s_lost: "已丢失",
     w_diverged: "训练发散", w_warning: "警告", w_stopped_early: "提前停止（验证损失不再下降）",
     w_failed: "运行失败", w_lost: "进程已不在（机器重启？）可以续训", step: "步",
-    c_loss: "训练损失", c_eval_loss: "验证损失", c_lr: "学习率", c_grad_norm: "梯度范数", c_tokens_per_s: "token/秒",
+    c_loss: "训练损失", c_eval_loss: "验证损失", c_lr: "学习率", c_grad_norm: "梯度范数", c_tokens_per_s: "token/秒", c_accuracy: "偏好准确率", c_eval_accuracy: "验证准确率", c_margins: "奖励差", c_margin: "奖励差",
+    c_score: "奖励分", c_kl: "KL", c_response_length: "回复长度", c_eos_rate: "EOS 比例",
   },
   en: {
     title: "weitiao console", tab_runs: "Runs", tab_watch: "Watch", tab_chat: "Chat", tab_data: "Data",
@@ -35,10 +36,13 @@ const T = {
     s_done: "done", s_failed: "failed", s_lost: "lost",
     w_diverged: "Training diverged", w_warning: "Warning", w_stopped_early: "Stopped early (eval loss stopped improving)",
     w_failed: "Run failed", w_lost: "Process gone (machine restarted?); you can resume", step: "step",
-    c_loss: "train loss", c_eval_loss: "eval loss", c_lr: "learning rate", c_grad_norm: "grad norm", c_tokens_per_s: "tokens/s",
+    c_loss: "train loss", c_eval_loss: "eval loss", c_lr: "learning rate", c_grad_norm: "grad norm", c_tokens_per_s: "tokens/s", c_accuracy: "preference accuracy", c_eval_accuracy: "eval accuracy", c_margins: "reward margin",
+    c_margin: "reward margin", c_score: "score", c_kl: "KL", c_response_length: "reply length", c_eos_rate: "EOS rate",
   },
 };
-const CHARTS = ["loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"];
+// charts drawn when a run logs the key: every recipe's loss/lr/...; DPO/RM accuracy and margins; PPO score, KL, length
+const CHARTS = ["loss", "eval_loss", "lr", "grad_norm", "tokens_per_s", "accuracy", "eval_accuracy", "margins", "margin",
+  "score", "kl", "response_length", "eos_rate"];
 const STEP_INCRS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 500000];
 const num = (v) => (v !== 0 && Math.abs(v) < 0.01 ? v.toExponential(1) : String(+v.toPrecision(4)));
 const $ = (id) => document.getElementById(id);
