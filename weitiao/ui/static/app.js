@@ -136,6 +136,11 @@ function renderField(f) {
   }
   input.dataset.key = f.key;
   if (f.optional) input.dataset.optional = "1";
+  if (f.key === "train.out") { // the console puts each run in its own folder: RUNS/<run name>
+    input.disabled = true;
+    input.value = `${ui.info.runs}/<${t("run_name")}>`;
+    input.classList.add("fixed");
+  }
   input.addEventListener("change", refreshEstimate);
   const label = el("label", { class: "field" }, el("span", { class: "key", text: f.name, title: f.key }), input);
   if (f.path) label.append(el("button", { type: "button", text: "…", class: "pick", onclick: () => openPicker(input, f) }));
@@ -145,7 +150,7 @@ function renderField(f) {
 function formValues() {
   const values = {};
   for (const i of document.querySelectorAll("#config-form [data-key]")) {
-    if (i.disabled) continue; // inside an optional section left off
+    if (i.disabled) continue; // inside an optional section left off, or train.out (set by the server)
     values[i.dataset.key] = i.type === "checkbox" ? i.checked : i.value === "" && i.dataset.optional ? null : i.value;
   }
   return values;
@@ -441,7 +446,7 @@ async function init() {
   $("data-pick").addEventListener("click", () => openPicker($("data-path"), null));
   $("picker-close").addEventListener("click", () => { $("picker").hidden = true; });
   setLang(initialLang());
-  const info = await api("/api/info");
+  const info = ui.info = await api("/api/info");
   for (const k of info.recipes) $("recipe").append(el("option", { value: k, text: k }));
   showTab("runs");
   await loadForm();
