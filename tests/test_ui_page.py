@@ -68,7 +68,7 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
 
         def shot(name: str) -> None:
             if shots:
-                lang = driver.execute_script("return window.weitiaoUI.lang")
+                lang = driver.execute_script("window.scrollTo(0, 0); return window.weitiaoUI.lang")
                 driver.save_screenshot(str(Path(shots) / f"{name}-{lang}.png"))
 
         try:
