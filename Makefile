@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
 	# Debian Chromium + driver for the arena page test (headless); skipped with a reason if this fails.
-	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) \
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver fonts-wqy-microhei) \
 		|| echo "chromium not installed: tests/test_arena_page.py will be skipped"
 	touch $(STAMP)
 

@@ -345,6 +345,20 @@ def data_show(
     console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
+@app.command()
+def ui(
+    host: str = typer.Option("127.0.0.1", help="bind address; any other than loopback requires a token"),
+    port: int = typer.Option(7860),
+    root: list[Path] = typer.Option(None, help="folders the page may pick models/data in (default: cwd); repeatable"),
+    runs: Path = typer.Option(None, help="where runs started from the page go (default: ROOT/runs)"),
+    token: str = typer.Option(None, envvar="WEITIAO_UI_TOKEN", help="require this token (generated off loopback)"),
+) -> None:
+    """Web console (zh/en): configure, start and watch runs, chat with and compare checkpoints."""
+    from weitiao.ui.app import serve
+
+    serve(host, port, root or [Path.cwd()], runs, token)
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,353 @@
+"""`weitiao ui` without a browser: token and Host checks, allowed roots, forms from the config classes,
+runs as kept child processes (stop, failure, console restart, lost keeper), warnings from metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from loopback import running
+
+from weitiao.errors import UserError
+from weitiao.ui import forms
+from weitiao.ui.app import COOKIE, create_app, needed_token, page_lang
+from weitiao.ui.paths import Roots
+from weitiao.ui.runs import RunStore
+
+
+@pytest.fixture
+def root(tmp_path):
+    r = tmp_path / "root"
+    (r / "data").mkdir(parents=True)
+    (r / "data" / "a.jsonl").write_text('{"instruction": "你好", "output": "你好呀"}\n', encoding="utf-8")
+    (tmp_path / "secret.jsonl").write_text('{"instruction": "x", "output": "y"}\n', encoding="utf-8")
+    (r / "data" / "escape").symlink_to(tmp_path)  # a link out of the root
+    (r / "data" / "leak.jsonl").symlink_to(tmp_path / "secret.jsonl")
+    return r
+
+
+def app_for(root: Path, token: str | None = None):
+    return create_app(Roots([root]), RunStore(root / "runs"), token)
+
+
+def test_token_is_required_on_every_request_off_loopback(root):
+    assert needed_token("127.0.0.1", None) is None and needed_token("localhost", None) is None
+    made = needed_token("0.0.0.0", None)
+    assert made and len(made) >= 20 and needed_token("0.0.0.0", None) != made  # random, not a fixed default
+    assert needed_token("0.0.0.0", "given") == "given"
+    with running(app_for(root, "s3cret")) as base:
+        with httpx.Client(base_url=base) as c:
+            for path in ("/", "/api/info", "/api/files", "/static/app.js"):
+                assert c.get(path).status_code == 401, path
+            assert c.get("/api/info", headers={"X-Weitiao-Token": "wrong"}).status_code == 401
+            assert c.get("/?token=wrong").status_code == 401
+            assert c.get("/api/info", headers={"X-Weitiao-Token": "s3cret"}).status_code == 200
+            assert c.get("/api/info", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        with httpx.Client(base_url=base) as c:  # browser login: ?token= sets the cookie, then plain requests pass
+            login = c.get("/?token=s3cret")
+            assert login.status_code == 303 and login.headers["location"] == "/"
+            assert c.cookies[COOKIE] == "s3cret" and "httponly" in login.headers["set-cookie"].lower()
+            assert c.get("/").status_code == 200 and c.get("/api/runs").json() == []
+
+
+def test_loopback_console_refuses_other_host_names_and_form_posts(root):
+    with running(app_for(root)) as base, httpx.Client(base_url=base) as c:
+        assert c.get("/api/info").status_code == 200  # Host: 127.0.0.1:PORT
+        # DNS rebinding: a page on evil.example whose name now points at 127.0.0.1
+        assert c.get("/api/info", headers={"Host": "evil.example:7860"}).status_code == 403
+        assert c.get("/api/info", headers={"Host": "localhost:7860"}).status_code == 200
+        # a cross-site <form> can only send form encodings; JSON needs a CORS preflight we never grant
+        body = {"kind": "sft", "name": "x", "values": {}}
+        assert c.post("/api/preview", data={"kind": "sft"}).status_code == 415
+        assert c.post("/api/preview", json=body).status_code == 400  # past the check: data.train is missing
+
+
+def test_paths_outside_the_roots_are_refused(root, tmp_path):
+    roots = Roots([root])
+    assert roots.resolve("data/a.jsonl") == (root / "data" / "a.jsonl").resolve()
+    for bad in ("../secret.jsonl", str(tmp_path / "secret.jsonl"), "data/escape/secret.jsonl", "data/leak.jsonl",
+                "data/../../secret.jsonl", "/etc/passwd", "a\0b"):  # fmt: skip
+        with pytest.raises(UserError, match="outside the allowed folders|invalid path"):
+            roots.resolve(bad)
+    with running(app_for(root)) as base, httpx.Client(base_url=base) as c:
+        listing = c.get("/api/files", params={"path": str(root / "data")}).json()
+        assert [e["name"] for e in listing["entries"]] == ["a.jsonl"]  # the links out are not offered
+        assert c.get("/api/files").json()["entries"][0]["path"] == str(root.resolve())
+        assert c.get("/api/files", params={"path": str(root)}).json()["parent"] is None  # cannot climb out
+        for bad in ("..", str(tmp_path), "data/escape"):
+            r = c.get("/api/files", params={"path": bad})
+            assert r.status_code == 400 and "outside the allowed folders" in r.json()["error"]
+        assert c.get("/api/data", params={"path": "data/leak.jsonl"}).status_code == 400
+        for train in ('["../secret.jsonl"]', f'["{tmp_path}/secret.jsonl"]', '["data/leak.jsonl"]'):
+            body = {"kind": "sft", "name": "r", "values": {"data.train": train}}
+            r = c.post("/api/preview", json=body)
+            assert r.status_code == 400 and "data.train" in r.json()["error"], train
+        body["values"] = {"data.train": '["data/a.jsonl"]', "model.path": "../"}
+        assert "model.path" in c.post("/api/preview", json=body).json()["error"]
+        body["values"] = {"data.train": '["data/a.jsonl"]'}
+        text = c.post("/api/preview", json=body).json()["yaml"]
+        assert f"- {root.resolve()}/data/a.jsonl" in text and f"out: {root}/runs/r" in text
+        body["name"] = "../r"
+        assert "run name" in c.post("/api/preview", json=body).json()["error"]
+
+
+def _keys(cls, prefix=""):
+    out = set()
+    for name, f in cls.model_fields.items():
+        sub = forms._section(f.annotation)
+        out |= _keys(sub, f"{prefix}{name}.") if sub else {prefix + name}
+    return out
+
+
+def _flat(items):
+    return [x for f in items for x in (_flat(f["fields"]) if f["widget"] == "section" else [f])]
+
+
+@pytest.mark.parametrize("kind", forms.RECIPES)
+def test_form_has_every_key_and_its_defaults_round_trip(kind, root):
+    """Each config key of the recipe is in the form; submitting the defaults as shown gives the class defaults."""
+    cls = forms.config_class(kind)
+    fields = _flat(forms.form(cls))
+    assert {f["key"] for f in fields} == _keys(cls)
+
+    def optional_sections(items):
+        for x in items:
+            if x["widget"] == "section":
+                yield from [x["key"] + "."] if x["optional"] else optional_sections(x["fields"])
+
+    off = set(optional_sections(forms.form(cls)))
+    assert kind != "ppo" or off == {"ppo.critic_lora."}
+    values = {f["key"]: f["default"] for f in fields if not f["required"] and not f["key"].startswith(tuple(off))}
+    given = {"data.train": '["data/a.jsonl"]', "data.prompts": '["data/a.jsonl"]',
+             "reward.path": "weitiao.models.rewards:short_emoji_reward"}  # fmt: skip
+    required = {f["key"] for f in fields if f["required"]}
+    assert required and required <= set(given)
+    values |= {k: given[k] for k in required}
+    cfg = forms.build(kind, values, Roots([root]), root / "runs" / "x")
+    minimal: dict = {"train": {"out": str(root / "runs/x")}}
+    for k in required:
+        section, name = k.split(".")
+        minimal.setdefault(section, {})[name] = forms.parse_value(given[k])
+    for k in ("train", "prompts"):
+        if k in minimal["data"]:
+            minimal["data"][k] = [str(root.resolve() / "data/a.jsonl")]
+    assert cfg.model_dump() == cls.model_validate(minimal).model_dump()
+    if kind == "ppo":  # clearing an optional key with a non-null default is sent as null and honoured
+        values |= {"ppo.value_clip": None, "ppo.init_kl_coef": ""}
+        cfg = forms.build(kind, values, Roots([root]), root / "runs" / "x")
+        assert cfg.ppo.value_clip is None and cfg.ppo.init_kl_coef == 0.05
+
+
+def test_form_widgets_from_annotations():
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    from weitiao.config import DataPath, ModelRef
+
+    class Inner(BaseModel):
+        """Inner section."""
+
+        files: list[DataPath] = Field(default_factory=list, description="files")
+        model: ModelRef = "demo"
+
+    class Outer(BaseModel):
+        mode: Literal["a", "b"] = "b"
+        maybe: Literal["x", "y"] | None = None
+        flag: bool = True
+        betas: tuple[float, float] = (0.9, 0.999)
+        lr: float | None = Field(None, description="learning rate")
+        inner: Inner = Field(default_factory=Inner)
+
+    f = {x["key"]: x for x in _flat(forms.form(Outer))}
+    assert f["mode"]["widget"] == "select" and f["mode"]["choices"] == ["a", "b"] and f["mode"]["default"] == "b"
+    assert f["maybe"]["optional"] and f["maybe"]["default"] == ""
+    assert f["flag"]["widget"] == "bool" and f["flag"]["default"] is True
+    assert f["betas"]["default"] == "[0.9, 0.999]" and f["lr"]["help"] == "learning rate"
+    assert f["inner.files"]["path"] == "file" and f["inner.files"]["list"] and f["inner.files"]["default"] == "[]"
+    assert f["inner.model"]["path"] == "model" and not f["inner.model"]["list"]
+    assert forms.form(Outer)[-1]["help"] == "Inner section." and not forms.form(Outer)[-1]["optional"]
+    assert forms.parse_value("[0.8, 0.99]") == [0.8, 0.99] and forms.parse_value("") is None
+    assert forms.parse_value('"a: b.jsonl"') == "a: b.jsonl"  # the picker quotes paths
+
+
+def test_page_language_from_accept_language():
+    assert page_lang("en-US,en;q=0.9,zh-CN;q=0.8") == "en"
+    assert page_lang("zh-CN,zh;q=0.9,en;q=0.8") == "zh"
+    assert page_lang("fr-FR,fr;q=0.9,en;q=0.5") == "en"
+    assert page_lang(None) == "zh" and page_lang("de") == "zh"
+
+
+FAKE = """#!/bin/sh
+# Stands in for python: the keeper runs for real, the "trainer" prints and sleeps or fails.
+if [ "$2" = "weitiao.ui.supervise" ]; then exec {python} "$@"; fi
+echo "trainer $*"
+if [ "$FAKE_TRAINER" = "fail" ]; then echo "error: data.train: <b>bad</b> row"; exit 3; fi
+sleep 60
+"""
+
+
+@pytest.fixture
+def fake_python(tmp_path):
+    p = tmp_path / "fakepython"
+    p.write_text(FAKE.format(python=sys.executable))
+    p.chmod(p.stat().st_mode | stat.S_IEXEC)
+    return str(p)
+
+
+def wait_for(fn, timeout=20.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if (v := fn()) is not None and v is not False:
+            return v
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_run_keeper_stop_fail_restart_and_lost(tmp_path, fake_python, monkeypatch):
+    store = RunStore(tmp_path / "runs", python=fake_python)
+    s = store.create("r1", "sft", "train: {}\n")
+    assert s["status"] == "starting" and s["command"] == [
+        fake_python,
+        "-m",
+        "weitiao",
+        "sft",
+        str(tmp_path / "runs/r1/ui/config.yaml"),
+    ]
+    wait_for(lambda: store.state("r1")["status"] == "running")
+    again = RunStore(tmp_path / "runs", python=fake_python)  # a console restart reads the same state from disk
+    assert again.state("r1")["status"] == "running" and again.list()[0]["name"] == "r1"
+    with pytest.raises(UserError, match="running already"):
+        again.start("r1")
+    trainer = again.state("r1")["child_pid"]
+    assert again.stop("r1")["status"] == "stopping"
+    wait_for(lambda: again.state("r1")["status"] == "stopped")
+    with pytest.raises(OSError):
+        os.kill(trainer, 0)  # the trainer itself got the signal, not just the keeper
+    assert "trainer -m weitiao sft" in again.log_tail("r1")
+
+    monkeypatch.setenv("FAKE_TRAINER", "fail")
+    again.start("r1", resume=True)
+    state = wait_for(lambda: (s := again.state("r1"))["status"] in ("failed", "done") and s)
+    assert state["status"] == "failed" and state["returncode"] == 3
+    assert state["command"][-1] == "train.resume=auto"
+    w = again.warnings("r1")
+    assert w == [{"kind": "failed", "step": None, "message": "error: data.train: <b>bad</b> row"}]
+
+    ui = tmp_path / "runs/r1/ui/run.json"
+    data = json.loads(ui.read_text())
+    ui.write_text(json.dumps(data | {"status": "running", "pid": 2**22 + 7}))  # keeper gone (reboot)
+    assert again.state("r1")["status"] == "lost"
+    assert [x["kind"] for x in again.warnings("r1")] == ["lost"]
+    with pytest.raises(UserError, match="exists already"):
+        again.create("r1", "sft", "")
+    with pytest.raises(UserError, match="run name"):
+        again.create("../x", "sft", "")
+
+
+def test_warnings_and_metrics_from_what_the_run_writes(tmp_path):
+    store = RunStore(tmp_path / "runs")
+    d = tmp_path / "runs" / "r"
+    (d / "ui").mkdir(parents=True)
+    (d / "ui" / "run.json").write_text(json.dumps({"name": "r", "kind": "dpo", "status": "done", "created": 1}))
+    rows = [
+        {"kind": "train", "step": 1, "loss": 1.5, "lr": 1e-4, "grad_norm": 2.0, "tokens_per_s": 10.0},
+        {"kind": "warning", "step": 2, "message": "chosen log-prob falls"},
+        {"kind": "eval", "step": 2, "eval_loss": 1.2},
+        {"kind": "diverged", "step": 3, "message": "step 3: loss is nan; training diverged"},
+        {"kind": "done", "step": 3, "stopped_early": True, "best_eval": float("inf")},
+    ]
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    (d / "metrics.jsonl").write_text(text[:-5])  # the last line is still being written
+    got, offset = store.metrics("r")
+    assert [r["kind"] for r in got] == ["train", "warning", "eval", "diverged"]
+    (d / "metrics.jsonl").write_text(text)
+    more, end = store.metrics("r", offset)
+    assert more == [{"kind": "done", "step": 3, "stopped_early": True, "best_eval": None}]  # JSON.parse-safe
+    assert end == len(text.encode()) and store.metrics("r", end) == ([], end)
+    assert [(w["kind"], w["step"]) for w in store.warnings("r")] == [("warning", 2), ("diverged", 3),
+                                                                       ("stopped_early", 3)]  # fmt: skip
+    (d / "metrics.jsonl").write_text(text[:10])  # a fresh run moved the old file aside: start over
+    assert store.metrics("r", end) == ([], 0)
+    assert store.checkpoints("r") == ["base"]
+    (d / "checkpoints" / "step-000002").mkdir(parents=True)
+    (d / "checkpoints" / ".tmp-step-000004").mkdir()
+    (d / "final").mkdir()
+    assert store.checkpoints("r") == ["base", "step-000002", "final"]
+    assert store.weights("r", "step-000002") == d / "checkpoints" / "step-000002" and store.weights("r", "base") is None
+    for bad in ("../r", ".tmp-step-000004", "/etc"):
+        with pytest.raises(UserError, match="no checkpoint"):
+            store.weights("r", bad)
+
+
+def test_cli_binds_loopback_and_off_loopback_prints_a_token(root, monkeypatch):
+    import re
+
+    import uvicorn
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from weitiao.cli import app as cli
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: served.append((app, host, port)))
+    out = CliRunner().invoke(cli, ["ui", "--root", str(root)])
+    assert out.exit_code == 0 and served[-1][1:] == ("127.0.0.1", 7860)
+    assert "http://127.0.0.1:7860/\n" in out.output and "token" not in out.output
+    assert f"runs in: {root.resolve()}/runs" in out.output
+    out = CliRunner().invoke(cli, ["ui", "--host", "0.0.0.0", "--port", "9000", "--root", str(root)])
+    token = re.search(r"http://0\.0\.0\.0:9000/\?token=(\S+)", out.output)[1]
+    with TestClient(served[-1][0], base_url="http://192.168.1.5:9000") as c:
+        assert c.get("/api/info").status_code == 401
+        assert c.get("/api/info", headers={"X-Weitiao-Token": token}).status_code == 200
+    out = CliRunner().invoke(cli, ["ui", "--root", str(root / "nope")])
+    assert out.exit_code == 1 and "not a folder" in str(out.exception)
+
+
+def test_chat_streams_from_a_full_fine_tuning_checkpoint_and_the_base(root, tiny_model_dir, tokenizer):
+    from conftest import save_tiny_model
+
+    from weitiao.data.templates import resolve_template
+    from weitiao.infer.generate import stream_reply
+    from weitiao.models.load import ModelSpec, load_model
+
+    run = root / "runs" / "full"
+    (run / "ui").mkdir(parents=True)
+    (run / "ui" / "run.json").write_text(json.dumps({"name": "full", "kind": "sft", "status": "done", "created": 1}))
+    (run / "ui" / "config.yaml").write_text(f"model:\n  path: {tiny_model_dir}\n")
+    save_tiny_model(run / "final" / "model", tokenizer, seed=1)  # other weights than the base
+    tokenizer.save_pretrained(run / "final" / "tokenizer")
+    msgs = [{"role": "user", "content": "今天天气怎么样？"}]
+
+    def direct(path):
+        m = load_model(ModelSpec(path=str(path))).eval()
+        return "".join(stream_reply(m, tokenizer, resolve_template(tokenizer), msgs, max_new_tokens=6, temperature=0))
+
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        body = {"run": "full", "messages": msgs, "max_new_tokens": 6, "temperature": 0}
+        final = c.post("/api/chat", json=body | {"ckpt": "final"})
+        assert final.status_code == 200 and final.headers["content-type"].startswith("text/plain")
+        assert final.text == direct(run / "final" / "model") != direct(tiny_model_dir)
+        assert c.post("/api/chat", json=body | {"ckpt": "base"}).text == direct(tiny_model_dir)
+        assert c.post("/api/chat", json=body | {"ckpt": "../../x"}).status_code == 400
+        r = c.post("/api/chat", json=body | {"ckpt": "final", "messages": [{"role": "hacker", "content": "x"}]})
+        assert r.status_code == 400 and "messages" in r.json()["error"]
+
+
+def test_run_list_reads_the_tail_of_a_long_metrics_file(tmp_path):
+    store = RunStore(tmp_path / "runs")
+    d = tmp_path / "runs" / "long"
+    (d / "ui").mkdir(parents=True)
+    (d / "ui" / "run.json").write_text(json.dumps({"name": "long", "kind": "sft", "status": "done", "created": 1}))
+    rows = [{"kind": "train", "step": i, "loss": 1 / i, "note": "x" * 100} for i in range(1, 3000)]
+    rows.append({"kind": "eval", "step": 2999, "eval_loss": 0.5})
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert (d / "metrics.jsonl").stat().st_size > 200_000  # well past the 64 KiB tail read
+    got = store.list()
+    assert [(r["name"], r["step"], r["loss"], r["status"]) for r in got] == [("long", 2999, 1 / 2999, "done")]

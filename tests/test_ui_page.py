@@ -1,0 +1,215 @@
+"""`weitiao ui` in real headless Chromium (Selenium), end to end on the shipped demo model: an SFT run made
+from the form, its live chart, chat with the result, two checkpoints side by side, export, data preview,
+the language switch, and markup in file names and model replies shown as text.
+
+With WEITIAO_UI_SHOTS=DIR it also saves a PNG of each tab in both languages (scripts/ui_screenshots.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from loopback import running
+
+from weitiao.ui.app import create_app
+from weitiao.ui.paths import Roots
+from weitiao.ui.runs import RunStore
+
+DEMO_DATA = Path(__file__).parents[1] / "weitiao" / "demo" / "data" / "style.jsonl"
+XSS = "<img src=x onerror=window.__xss=1>"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (shutil.which("chromium") and shutil.which("chromedriver")),
+        reason="needs Debian's chromium + chromium-driver (apt-get install -y chromium chromium-driver)",
+    ),
+]
+
+
+def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    shots = os.environ.get("WEITIAO_UI_SHOTS")
+    root = tmp_path / "work"
+    (root / "data").mkdir(parents=True)
+    rows = DEMO_DATA.read_text(encoding="utf-8").splitlines()[:40]
+    (root / "data" / "style.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (root / "data" / f"{XSS}.jsonl").write_text(rows[0] + "\n", encoding="utf-8")
+    bad = root / "runs" / "bad"  # a run that diverged, with markup in what it wrote
+    (bad / "ui").mkdir(parents=True)
+    (bad / "ui" / "run.json").write_text(json.dumps({"name": "bad", "kind": "sft", "status": "failed", "created": 1}))
+    (bad / "ui" / "log.txt").write_text(f"error: {XSS}\n")
+    events = [{"kind": "train", "step": 1, "loss": 2.0}, {"kind": "diverged", "step": 2, "message": f"loss nan {XSS}"}]
+    (bad / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    stores = (Roots([root]), RunStore(root / "runs"))
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--lang=zh-CN",
+                 "--window-size=1400,1000"):  # fmt: skip
+        opts.add_argument(flag)
+    opts.add_experimental_option("prefs", {"intl.accept_languages": "zh-CN,zh"})
+    with running(create_app(*stores)) as base, running(create_app(*stores, token="tok-123")) as remote:
+        driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+        wait = WebDriverWait(driver, 30)
+        by_id = lambda i: driver.find_element(By.ID, i)  # noqa: E731
+        field = lambda k: driver.find_element(By.CSS_SELECTOR, f'#config-form [data-key="{k}"]')  # noqa: E731
+
+        def tab(name: str) -> None:
+            driver.find_element(By.CSS_SELECTOR, f'.tab[data-tab="{name}"]').click()
+
+        def shot(name: str) -> None:
+            if shots:
+                lang = driver.execute_script("window.scrollTo(0, 0); return window.weitiaoUI.lang")
+                driver.save_screenshot(str(Path(shots) / f"{name}-{lang}.png"))
+
+        try:
+            driver.get(base + "/")
+            wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+            assert driver.find_element(By.CSS_SELECTOR, '.tab[data-tab="chat"]').text == "对话"  # from the browser
+
+            # 1. the form: generated fields, the data file from the picker (file names shown as text)
+            by_id("run-name").clear()
+            by_id("run-name").send_keys("demo1")
+            settings = {"train.max_steps": "4", "train.save_every": "2", "train.eval_every": "2", "train.lr": "3e-3",
+                        "train.micro_batch_size": "2", "data.max_len": "64", "data.eval_split": "0.1"}  # fmt: skip
+            for key, value in settings.items():
+                field(key).clear()
+                field(key).send_keys(value)
+            field("data.train").find_element(By.XPATH, "following-sibling::button").click()
+            wait.until(lambda d: by_id("picker").is_displayed())
+            driver.find_element(By.CSS_SELECTOR, "#picker-list a").click()  # the root
+            wait.until(lambda d: "data/" in by_id("picker-list").text)
+            driver.find_element(By.LINK_TEXT, "data/").click()
+            wait.until(lambda d: "style.jsonl" in by_id("picker-list").text)
+            assert f"{XSS}.jsonl" in by_id("picker-list").text
+            driver.find_element(By.LINK_TEXT, "style.jsonl").click()
+            assert json.loads(field("data.train").get_attribute("value")) == [str(root / "data" / "style.jsonl")]
+            by_id("preview-btn").click()
+            wait.until(lambda d: "max_steps: 4" in by_id("yaml").text)
+            assert by_id("yaml-download").is_displayed() and f"out: {root}/runs/demo1" in by_id("yaml").text
+            wait.until(lambda d: "qlora" in by_id("estimate").text or "lora" in by_id("estimate").text)
+            field("model.quant").send_keys("4bit")
+            wait.until(lambda d: "qlora" in by_id("estimate").text)
+            Select(field("model.quant")).select_by_value("none")
+            wait.until(lambda d: d.execute_script("return window.weitiaoUI.estimate.method") == "lora")
+            shot("runs")
+
+            # 2. start; the chart fills from metrics.jsonl while it runs; the run ends done with checkpoints
+            by_id("start-btn").click()
+            wait.until(lambda d: by_id("tab-watch").is_displayed())
+            series = "return (window.weitiaoUI.series.loss || [[]])[0].length"
+            WebDriverWait(driver, 240).until(lambda d: d.execute_script(series) >= 1)
+            WebDriverWait(driver, 240).until(lambda d: by_id("watch-status").text == "已完成")
+            wait.until(lambda d: d.execute_script(series) == 4)
+            assert driver.execute_script("return window.weitiaoUI.series.eval_loss[0]") == [2, 4]
+            assert len(driver.find_elements(By.CSS_SELECTOR, "#charts canvas")) == 5
+            ckpts = [e.get_attribute("data-ckpt") for e in driver.find_elements(By.CSS_SELECTOR, "#checkpoints li")]
+            assert ckpts == ["base", "step-000002", "step-000004", "final"]
+            assert "step 4/4" in by_id("log").text and not by_id("banner").is_displayed()
+            shot("watch")
+
+            # 3. export the final adapter with one click
+            driver.find_element(By.CSS_SELECTOR, '#checkpoints li[data-ckpt="final"] button:nth-of-type(2)').click()
+            wait.until(lambda d: "exports/final-adapter" in by_id("export-result").text)
+            assert (root / "runs/demo1/exports/final-adapter/adapter_config.json").is_file()
+            driver.find_element(By.CSS_SELECTOR, '#checkpoints li[data-ckpt="step-000002"] [data-gguf="f16"]').click()
+            WebDriverWait(driver, 120).until(lambda d: "exports/step-000002-gguf-f16" in by_id("export-result").text)
+            assert (root / "runs/demo1/exports/step-000002-gguf-f16/model-f16.gguf").stat().st_size > 1e6
+
+            # 4. chat with the result, and step 2 beside it on the same prompt (streamed replies)
+            wait.until(lambda d: "demo1/final" in [o.get_attribute("value") for o in Select(by_id("chat-a")).options])
+            driver.find_element(By.CSS_SELECTOR, '#checkpoints li[data-ckpt="final"] button').click()
+            assert by_id("tab-chat").is_displayed() and by_id("chat-a").get_attribute("value") == "demo1/final"
+            Select(by_id("chat-b")).select_by_value("demo1/step-000002")
+            by_id("chat-input").send_keys("周末有什么安排？")
+            by_id("chat-send").click()
+            replies = "#chat-log-{} .msg.assistant.done .text"
+            wait.until(lambda d: all(d.find_elements(By.CSS_SELECTOR, replies.format(s)) for s in "ab"))
+            for side in "ab":
+                assert driver.find_element(By.CSS_SELECTOR, replies.format(side)).text.strip()
+            shot("chat")
+
+            # 5. markup in a reply is shown as text, never run
+            def fake_stream(*args, **kwargs):
+                yield from (XSS[:5], XSS[5:])
+
+            monkeypatch.setattr("weitiao.infer.generate.stream_reply", fake_stream)
+            by_id("chat-input").send_keys("hi")
+            by_id("chat-send").click()
+            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, replies.format("a"))) == 2)
+            assert driver.find_elements(By.CSS_SELECTOR, replies.format("a"))[1].text == XSS
+            assert driver.find_elements(By.CSS_SELECTOR, replies.format("b"))[1].text == XSS
+            assert not driver.find_elements(By.CSS_SELECTOR, "#tab-chat img, #picker img")
+            assert driver.execute_script("return window.__xss") is None
+            monkeypatch.undo()
+            by_id("chat-reset").click()
+            by_id("chat-input").send_keys("你好")
+            by_id("chat-send").click()
+            wait.until(lambda d: all(d.find_elements(By.CSS_SELECTOR, replies.format(s)) for s in "ab"))
+
+            # 6. data preview: the rendered template, trained tokens highlighted
+            tab("data")
+            by_id("data-path").send_keys("data/style.jsonl")
+            by_id("data-show").click()
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#data-view span.trained"))
+            assert "<|im_start|>assistant" in by_id("data-view").text
+            assert "rows read / kept / rejected\n40 / 40 / 0" in by_id("data-check").text
+            shot("data")
+
+            # 7. English, kept across a reload; the run list still has the run (state on disk)
+            by_id("lang").click()
+            assert driver.find_element(By.CSS_SELECTOR, '.tab[data-tab="chat"]').text == "Chat"
+            for name in ("data", "chat", "watch"):
+                tab(name)
+                shot(name)
+            driver.refresh()
+            wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+            assert driver.find_element(By.CSS_SELECTOR, '.tab[data-tab="runs"]').text == "Runs"
+            wait.until(lambda d: "done" in by_id("run-list").text and "demo1" in by_id("run-list").text)
+            # the PPO form: its own sections from its class; an optional section is off until switched on
+            Select(by_id("recipe")).select_by_value("ppo")
+            toggle = '[data-section-on="ppo.critic_lora"]'
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, toggle))
+            assert field("reward.path").get_attribute("placeholder") == "required"
+            assert field("ppo.critic_lora.r").get_attribute("disabled")
+            driver.find_element(By.CSS_SELECTOR, toggle).click()
+            assert not field("ppo.critic_lora.r").get_attribute("disabled")
+            Select(by_id("recipe")).select_by_value("sft")
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#config-form [data-key="data.train"]'))
+            field("data.train").send_keys('["data/style.jsonl"]')
+            by_id("preview-btn").click()
+            wait.until(lambda d: "max_steps" in by_id("yaml").text)
+            shot("runs")
+
+            # 8. the banner for a diverged, failed run; its message and log shown as text
+            tab("watch")
+            Select(by_id("watch-run")).select_by_value("bad")
+            wait.until(lambda d: by_id("banner").is_displayed())
+            banner = by_id("banner").text
+            assert f"Training diverged (step 2) loss nan {XSS}" in banner and f"Run failed error: {XSS}" in banner
+            assert by_id("log").text == f"error: {XSS}"
+            assert not driver.find_elements(By.CSS_SELECTOR, "main img")
+            assert driver.execute_script("return window.__xss") is None
+            # negative control: the same text put in as HTML does run, so the probe would have caught it
+            html = "document.body.append(Object.assign(document.createElement('div'), {innerHTML: arguments[0]}))"
+            driver.execute_script(html, XSS)
+            wait.until(lambda d: d.execute_script("return window.__xss") == 1)
+
+            # 9. a console started with a token: refused without it; ?token= logs the browser in (cookie)
+            driver.get(remote + "/")
+            assert "token required" in driver.find_element(By.TAG_NAME, "body").text
+            driver.get(remote + "/?token=tok-123")
+            wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+            assert driver.current_url == remote + "/"
+            wait.until(lambda d: "demo1" in by_id("run-list").text)
+        finally:
+            driver.quit()

@@ -1,0 +1,1 @@
+"""`weitiao ui`: a local web console to configure, launch, watch, compare and chat (zh/en)."""

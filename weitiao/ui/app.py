@@ -1,0 +1,275 @@
+"""The console's FastAPI app: the page (static/), and a JSON API over runs, files, chat, data and export.
+
+Security: with no token the app answers only requests addressed to a loopback name (Host header; stops
+DNS rebinding); with a token every request must carry it (X-Weitiao-Token / Bearer header, or the
+cookie set by opening `/?token=...`). POSTs must be JSON, which a cross-site form cannot send. Paths
+from the browser resolve inside the allowed roots (paths.Roots); checkpoints are named, never paths.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from weitiao.config import dump_config
+from weitiao.errors import UserError
+from weitiao.ui import forms
+from weitiao.ui.chat import ChatModels
+from weitiao.ui.paths import Roots
+from weitiao.ui.runs import RunStore
+
+STATIC = Path(__file__).with_name("static")
+COOKIE = "weitiao_ui_token"
+LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
+MAX_CHAT_CHARS = 20_000
+
+
+def page_lang(accept_language: str | None) -> str:
+    """zh or en: the first of the two that the browser's Accept-Language names (zh when neither)."""
+    for part in (accept_language or "").split(","):
+        tag = part.split(";")[0].strip().lower()
+        if tag.startswith(("zh", "en")):
+            return tag[:2]
+    return "zh"
+
+
+def _host(header: str) -> str:
+    return header if header.startswith("[") and header.endswith("]") else re.sub(r":\d+$", "", header)
+
+
+def _error(status: int, msg: str) -> JSONResponse:
+    return JSONResponse({"error": msg}, status_code=status)
+
+
+def warm_imports() -> None:
+    """Import what the endpoints import, once and in one thread: requests run in parallel threads, and
+    transformers' lazy module can fail a `from transformers import X` racing another (seen: AutoConfig)."""
+    import transformers
+
+    for kind in forms.RECIPES:
+        forms.config_class(kind)
+    for name in ("AutoConfig", "AutoModelForCausalLM", "AutoModelForSequenceClassification", "AutoTokenizer",
+                 "GenerationConfig", "PreTrainedTokenizerFast", "TextIteratorStreamer"):  # fmt: skip
+        getattr(transformers, name)
+    import weitiao.calc.lora
+    import weitiao.calc.plan
+    import weitiao.data.check
+    import weitiao.infer.export  # noqa: F401
+
+
+def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: ChatModels | None = None) -> FastAPI:
+    warm_imports()
+    app = FastAPI(title="weitiao ui", docs_url=None, redoc_url=None, openapi_url=None)
+    models = chat or ChatModels()
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Any:
+        if token is None:
+            if _host(request.headers.get("host", "")) not in LOOPBACK:
+                return _error(403, "this console answers only on 127.0.0.1/localhost; serve others with --token")
+        else:
+            query = request.query_params.get("token")
+            if query is not None and request.method == "GET":
+                if not hmac.compare_digest(query.encode(), token.encode()):
+                    return _error(401, "wrong token")
+                resp = RedirectResponse(request.url.path, status_code=303)  # the token leaves the address bar
+                resp.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+                return resp
+            auth = request.headers.get("authorization", "")
+            given = (request.headers.get("x-weitiao-token") or auth.removeprefix("Bearer ").strip()
+                     or request.cookies.get(COOKIE) or "")  # fmt: skip
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                return _error(401, "token required: open the address `weitiao ui` printed (…/?token=…)")
+        if request.method == "POST" and request.headers.get("content-type", "").split(";")[0] != "application/json":
+            return _error(415, "POST bodies must be application/json")
+        return await call_next(request)
+
+    @app.exception_handler(UserError)
+    async def user_error(request: Request, e: UserError) -> JSONResponse:
+        return _error(400, str(e))
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", response_class=HTMLResponse)
+    def index(request: Request) -> HTMLResponse:
+        html = (STATIC / "index.html").read_text(encoding="utf-8")
+        return HTMLResponse(html.replace('lang="zh"', f'lang="{page_lang(request.headers.get("accept-language"))}"', 1))
+
+    @app.get("/api/info")
+    def info() -> dict:
+        return {"recipes": list(forms.RECIPES), "roots": [str(r) for r in roots.roots], "runs": str(runs.root)}
+
+    @app.get("/api/form/{kind}")
+    def form(kind: str) -> list[dict]:
+        return forms.form(forms.config_class(kind))
+
+    def build(body: dict) -> tuple[str, str, str]:
+        kind, name, values = body.get("kind"), body.get("name"), body.get("values") or {}
+        if not isinstance(values, dict):
+            raise UserError("values: expected an object {config key: value}")
+        cfg = forms.build(str(kind), values, roots, runs.run_dir(str(name)))
+        return str(kind), str(name), dump_config(cfg)
+
+    @app.post("/api/preview")
+    def preview(body: dict) -> dict:
+        return {"yaml": build(body)[2]}
+
+    @app.post("/api/runs")
+    def create(body: dict) -> dict:
+        kind, name, text = build(body)
+        return runs.create(name, kind, text)
+
+    @app.get("/api/runs")
+    def run_list() -> list[dict]:
+        return runs.list()
+
+    @app.get("/api/runs/{name}")
+    def run_view(name: str, offset: int = 0) -> dict:
+        rows, new_offset = runs.metrics(name, max(0, offset))
+        state = runs.state(name)
+        return {
+            "state": {k: state.get(k) for k in ("name", "kind", "status", "returncode", "created", "command")},
+            "metrics": [r for r in rows if r.get("kind") in ("train", "eval")],
+            "offset": new_offset,
+            "warnings": runs.warnings(name),
+            "log": runs.log_tail(name),
+            "checkpoints": runs.checkpoints(name),
+        }
+
+    @app.post("/api/runs/{name}/stop")
+    def stop(name: str) -> dict:
+        return runs.stop(name)
+
+    @app.post("/api/runs/{name}/resume")
+    def resume(name: str) -> dict:
+        return runs.start(name, resume=True)
+
+    @app.get("/api/runs/{name}/config.yaml")
+    def config_file(name: str) -> PlainTextResponse:
+        text = (runs.existing(name) / "ui" / "config.yaml").read_text(encoding="utf-8")
+        disposition = f'attachment; filename="{name}.yaml"'
+        return PlainTextResponse(text, media_type="application/x-yaml", headers={"Content-Disposition": disposition})
+
+    @app.get("/api/files")
+    def files(path: str | None = None) -> dict:
+        return roots.listing(path)
+
+    def model_ref(ref: str) -> str:
+        """'demo', a hub id, or a model folder inside the roots."""
+        if ref == "demo" or (not Path(ref).is_absolute() and not (roots.roots[0] / ref).exists()
+                             and re.fullmatch(r"[\w.-]+/[\w.-]+", ref)):  # fmt: skip
+            return ref
+        return str(roots.resolve(ref, "model"))
+
+    @app.post("/api/estimate")
+    def estimate(body: dict) -> dict:
+        from weitiao.calc.lora import load_shape, lora_report
+        from weitiao.calc.plan import GPUS, PlanInput, plan
+
+        model = model_ref(str(body.get("model") or "demo"))
+        lora = body.get("lora", True) is not False
+        quant = body.get("quant") or "none"
+        method = "full" if not lora else "qlora" if quant == "4bit" else "lora"
+        r, targets = int(body.get("r") or 16), str(body.get("targets") or "all-linear")
+        seq_len, micro = int(body.get("seq_len") or 1024), int(body.get("micro_batch") or 1)
+        gpu = body.get("gpu") if body.get("gpu") in GPUS else "rtx4090"
+        rep = lora_report(load_shape(model), r, targets, seq_len, micro)
+        p = plan(PlanInput(model=model, method=method, r=r, targets=targets, seq_len=seq_len, samples=1000,
+                           epochs=(1.0, 1.0), gpu=gpu, gpus=1, micro_batch=micro, grad_accum=1,
+                           checkpointing=bool(body.get("checkpointing"))))  # fmt: skip
+        return {"method": method, "total_params": rep.total_params, "trainable_params": p.trainable_params,
+                "memory_gib": p.memory_gib, "gpu": gpu, "gpu_mem_gib": p.gpu_mem_gib, "fits": p.fits,
+                "gpus": list(GPUS)}  # fmt: skip
+
+    @app.post("/api/chat")
+    def chat_reply(body: dict) -> StreamingResponse:
+        name, ckpt, messages = body.get("run"), body.get("ckpt"), body.get("messages")
+        roles = ("system", "user", "assistant")
+        ok = (
+            isinstance(messages, list)
+            and messages
+            and all(
+                isinstance(m, dict) and m.get("role") in roles and isinstance(m.get("content"), str) for m in messages
+            )
+        )
+        if not ok or sum(len(m["content"]) for m in messages) > MAX_CHAT_CHARS:
+            raise UserError(f"messages: a list of {{role, content}} of at most {MAX_CHAT_CHARS} characters")
+        weights = runs.weights(str(name), str(ckpt))
+        base = yaml.safe_load((runs.existing(str(name)) / "ui" / "config.yaml").read_text(encoding="utf-8"))
+        loaded = models.get(str(base["model"]["path"]), weights)
+        sampling = {
+            "max_new_tokens": min(int(body.get("max_new_tokens") or 128), 1024),
+            "temperature": max(0.0, float(body.get("temperature") or 0.0)),
+        }
+        chunks = models.stream(loaded, [{"role": m["role"], "content": m["content"]} for m in messages], **sampling)
+        return StreamingResponse(chunks, media_type="text/plain; charset=utf-8")
+
+    @app.post("/api/export")
+    def export(body: dict) -> dict:
+        from weitiao.infer import export as tool
+
+        name, ckpt, gguf = str(body.get("run")), str(body.get("ckpt")), body.get("gguf")
+        merge = bool(body.get("merge")) or gguf is not None  # a GGUF is made from the merged model
+        weights = runs.weights(name, ckpt)
+        if weights is None:
+            raise UserError("export: choose a trained checkpoint, not the base model")
+        kind = f"gguf-{gguf}" if gguf else "merged" if merge else "adapter"
+        out = runs.existing(name) / "exports" / f"{ckpt}-{kind}"
+        dest = tool.export(str(weights), str(out), merge, "fp32", True, gguf=None if gguf is None else str(gguf))
+        return {"out": str(dest), "notes": tool.serve_notes(dest)}
+
+    @functools.lru_cache(maxsize=4)
+    def tokenizer(model: str) -> Any:
+        from weitiao.models.load import load_tokenizer
+
+        return load_tokenizer(model)
+
+    @app.get("/api/data")
+    def data_preview(path: str, index: int = 0, model: str = "demo", template: str = "auto", max_len: int = 1024,
+                     train_on_prompt: bool = False) -> dict:  # fmt: skip
+        from dataclasses import asdict
+
+        from weitiao.data.chat import EncodeOptions
+        from weitiao.data.check import check_file, show_example
+        from weitiao.data.formats import load_conversations
+
+        file = str(roots.resolve(path, "data file"))
+        tok = tokenizer(model_ref(model))
+        rows = load_conversations(file).rows
+        if not 0 <= index < len(rows):
+            raise UserError(f"index {index}: {path} has {len(rows)} rows (0..{len(rows) - 1})")
+        enc, segments = show_example(rows[index], tok, template, EncodeOptions(max_len, train_on_prompt, "all", "cut"))
+        return {"rows": len(rows), "source": rows[index].source, "segments": segments,
+                "tokens": len(enc) if enc else 0, "trained": enc.n_trained if enc else 0,
+                "check": asdict(check_file([file], tok, template, max_len))}  # fmt: skip
+
+    return app
+
+
+def needed_token(host: str, token: str | None) -> str | None:
+    """The token to require: the one given; on any address but loopback a new random one if none was."""
+    import secrets
+
+    return token or (None if host in LOOPBACK else secrets.token_urlsafe(18))
+
+
+def serve(host: str, port: int, roots: list[Path], runs_dir: Path | None, token: str | None) -> None:
+    """Run the console; off loopback a token is required (generated and printed when not given)."""
+    import uvicorn
+
+    allowed = Roots(roots)
+    store = RunStore(runs_dir.resolve() if runs_dir else allowed.roots[0] / "runs")
+    token = needed_token(host, token)
+    app = create_app(allowed, store, token)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"weitiao ui: http://{shown}:{port}/" + (f"?token={token}" if token else ""), flush=True)
+    print(f"  files from: {', '.join(map(str, allowed.roots))} · runs in: {store.root}", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,58 @@
+"""Checkpoints loaded for chat (the last few kept), streaming replies through weitiao.infer."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from weitiao.data.templates import resolve_template
+from weitiao.infer import generate
+from weitiao.infer.chat import load_chat_model
+
+
+def load_weights(base: str, weights: Path | None) -> tuple[Any, Any]:
+    """(model, tokenizer) of a checkpoint folder: its adapter on the base, its full model (full
+    fine-tuning), or the base itself (None); the run's tokenizer, carrying its chat template, if saved."""
+    if weights is None:
+        return load_chat_model(base, None)
+    if (weights / "model" / "config.json").is_file():
+        from weitiao.models.load import ModelSpec, load_model, load_tokenizer
+
+        tok = weights / "tokenizer"
+        model = load_model(ModelSpec(path=str(weights / "model"))).eval()
+        return model, load_tokenizer(str(tok) if tok.is_dir() else base)
+    return load_chat_model(None, str(weights))
+
+
+class Loaded:
+    def __init__(self, model: Any, tokenizer: Any):
+        self.model, self.tokenizer = model, tokenizer
+        self.template = resolve_template(tokenizer, "auto")
+        self.lock = threading.Lock()  # one generation at a time per model
+
+
+class ChatModels:
+    """At most `keep` models in memory (two: side-by-side comparison), the least recently used dropped."""
+
+    def __init__(self, keep: int = 2):
+        self.keep = keep
+        self.models: OrderedDict[tuple, Loaded] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, base: str, weights: Path | None) -> Loaded:
+        key = (base, str(weights) if weights else None)
+        with self.lock:
+            if key in self.models:
+                self.models.move_to_end(key)
+                return self.models[key]
+            self.models[key] = Loaded(*load_weights(base, weights))
+            while len(self.models) > self.keep:
+                self.models.popitem(last=False)
+            return self.models[key]
+
+    def stream(self, loaded: Loaded, messages: list[dict], **sampling: Any) -> Iterator[str]:
+        with loaded.lock:
+            yield from generate.stream_reply(loaded.model, loaded.tokenizer, loaded.template, messages, **sampling)

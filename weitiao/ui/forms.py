@@ -1,0 +1,171 @@
+"""Run forms generated from the recipes' pydantic config classes, and form values → a validated config.
+
+The form is walked from `model_fields` (nested sections, defaults, descriptions, Literal choices), so a
+renamed or new config key shows up without touching the console. Values come back as text parsed like
+`key=value` command-line overrides (YAML scalars and lists); paths must lie inside the allowed roots.
+"""
+
+from __future__ import annotations
+
+import importlib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from weitiao.config import path_keys
+from weitiao.errors import UserError
+from weitiao.ui.paths import Roots
+
+RECIPES = ("sft", "dpo", "rm", "ppo")
+
+
+def config_class(kind: str) -> type[BaseModel]:
+    """The config class of recipe `kind` (weitiao.recipes.<kind>.<KIND>Config)."""
+    if kind not in RECIPES:
+        raise UserError(f"recipe {kind!r}: choose one of {', '.join(RECIPES)}")
+    mod = importlib.import_module(f"weitiao.recipes.{kind}")
+    for name, obj in vars(mod).items():
+        if name.lower() == f"{kind}config" and isinstance(obj, type) and issubclass(obj, BaseModel):
+            return obj
+    raise LookupError(f"weitiao.recipes.{kind} has no {kind.upper()}Config class")
+
+
+def _args(annotation: Any) -> tuple[Any, ...]:
+    """The members of a Union / Optional, else the annotation itself."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def _strip(annotation: Any) -> Any:
+    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is typing.Annotated else annotation
+
+
+def _section(annotation: Any) -> type[BaseModel] | None:
+    for a in _args(_strip(annotation)):
+        a = _strip(a)
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+    return None
+
+
+def _choices(annotation: Any) -> list | None:
+    members = [_strip(a) for a in _args(_strip(annotation)) if a is not type(None)]
+    if len(members) == 1 and typing.get_origin(members[0]) is Literal:
+        return list(typing.get_args(members[0]))
+    return None
+
+
+def as_text(value: Any) -> str:
+    """A default as the text box shows it: plain scalars, YAML flow lists, '' for null."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple, dict)):
+        return yaml.safe_dump(list(value) if isinstance(value, tuple) else value, default_flow_style=True,
+                              allow_unicode=True, width=10_000).strip()  # fmt: skip
+    return yaml.safe_dump(value).removesuffix("\n...\n").strip()
+
+
+def form(cls: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[dict]:
+    """Every key of `cls`: {key, name, widget, default, help, required, choices?, path?} or a section with fields."""
+    paths = path_keys(cls)
+    out: list[dict] = []
+    for name, f in cls.model_fields.items():
+        key = (*prefix, name)
+        sub = _section(f.annotation)
+        if sub is not None:
+            doc = (sub.__doc__ or "").strip().splitlines()
+            # a section that defaults to None (ppo.critic_lora) is sent only when the user switches it on
+            off = not f.is_required() and f.get_default(call_default_factory=True) is None
+            out.append({"key": ".".join(key), "name": name, "widget": "section", "help": f.description or
+                        (doc[0] if doc else ""), "optional": off, "fields": form(sub, key)})  # fmt: skip
+            continue
+        default = None if f.is_required() else f.get_default(call_default_factory=True)
+        item: dict[str, Any] = {
+            "key": ".".join(key),
+            "name": name,
+            "help": f.description or "",
+            "required": f.is_required(),
+            "optional": type(None) in _args(_strip(f.annotation)),
+        }
+        choices = _choices(f.annotation)
+        if default is not None and isinstance(default, bool) and _strip(f.annotation) is bool:
+            item.update(widget="bool", default=default)
+        elif choices is not None:
+            item.update(widget="select", choices=[str(c) for c in choices], default=as_text(default))
+        else:
+            item.update(widget="text", default=as_text(default))
+        if (kind := paths.get((name,))) is not None:
+            item["path"] = "model" if kind.only_if_exists else "file"
+            item["list"] = any(typing.get_origin(_strip(a)) is list for a in _args(_strip(f.annotation)))
+        out.append(item)
+    return out
+
+
+def parse_value(text: Any) -> Any:
+    """Form text → value, as a `key=value` override is parsed (YAML scalar or list); '' → null."""
+    if not isinstance(text, str):
+        return text
+    if text.strip() == "":
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _check_paths(cls: type[BaseModel], data: dict, roots: Roots) -> None:
+    """Every path-typed value must resolve inside the roots; model refs that are not paths (hub ids) pass."""
+    for keys, kind in path_keys(cls).items():
+        node: Any = data
+        for k in keys[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or node.get(keys[-1]) is None or (kind.unless_set and node.get(kind.unless_set)):
+            continue
+        value, what = node[keys[-1]], ".".join(keys)
+        items = value if isinstance(value, list) else [value]
+        fixed = []
+        for v in items:
+            if not isinstance(v, str) or v in kind.keywords or "://" in v:
+                fixed.append(v)
+                continue
+            p = Path(v).expanduser()
+            local = p if p.is_absolute() else roots.roots[0] / p
+            if kind.only_if_exists and not local.exists() and not p.is_absolute() and not v.startswith((".", "~")):
+                fixed.append(v)  # a hub id or module:function
+                continue
+            fixed.append(str(roots.resolve(v, what)))
+        node[keys[-1]] = fixed if isinstance(value, list) else fixed[0]
+
+
+def build(kind: str, values: dict[str, Any], roots: Roots, out: Path) -> BaseModel:
+    """Form values {dotted key: text, bool or null} → the validated config, `train.out` set to `out`."""
+    cls = config_class(kind)
+    data: dict = {}
+    for key, text in values.items():
+        if not isinstance(key, str) or not key:
+            raise UserError(f"form key {key!r}: not a config key")
+        if isinstance(text, str) and not text.strip():
+            continue  # left empty: the class default (the page sends null to clear an optional key)
+        value = parse_value(text)
+        node = data
+        parts = key.split(".")
+        for k in parts[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise UserError(f"{key}: {k} is not a section")
+        node[parts[-1]] = value
+    data.setdefault("train", {})["out"] = str(out)
+    _check_paths(cls, data, roots)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+        raise UserError(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}{more}") from None
