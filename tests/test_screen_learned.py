@@ -8,10 +8,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from weitiao.cli import app
 from weitiao.errors import UserError
 from weitiao.safety import injection as inj
 from weitiao.safety import screen_learned as SL
+from weitiao.safety.guard_commands import injection_app
 from weitiao.safety.screen import Screen, ScreenConfig, load_screen_config
 
 
@@ -69,8 +69,8 @@ def test_youden_threshold():
 def test_train_screen_end_to_end(built, tiny_model_dir, tmp_path):
     out = tmp_path / "screen"
     r = CliRunner().invoke(
-        app,
-        ["safety", "injection", "train-screen", str(built), "--model", str(tiny_model_dir), "--out", str(out),
+        injection_app,
+        ["train-screen", str(built), "--model", str(tiny_model_dir), "--out", str(out),
          "--steps", "3", "train.progress=false", "train.tensorboard=false", "data.max_len=256",
          "train.micro_batch_size=8", "lora.dropout=0.05"],
     )  # fmt: skip

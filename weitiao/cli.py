@@ -16,7 +16,6 @@ from weitiao.errors import UserError
 from weitiao.eval.commands import arena_app, eval_app
 from weitiao.eval.provenance_cli import provenance
 from weitiao.logs.commands import app as logs_app
-from weitiao.recipes.screen import train_screen
 from weitiao.safety.commands import app as pii_app
 from weitiao.safety.guard_commands import injection_app, rules_app
 
@@ -38,7 +37,6 @@ app.add_typer(arena_app, name="arena")
 register_dataeng(data_app, app)
 safety_app = typer.Typer(no_args_is_help=True, help="Safety data and evals: prompt injection (PII: `weitiao pii`).")
 safety_app.add_typer(injection_app, name="injection")
-injection_app.command("train-screen")(train_screen)
 app.add_typer(safety_app, name="safety")
 app.add_typer(rules_app, name="rules")
 app.command("provenance")(provenance)

@@ -16,14 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import typer
-from rich.console import Console
-from rich.table import Table
-
 from weitiao.io import atomic_write_text, write_jsonl
 from weitiao.safety import screen_learned as SL
-
-console = Console()
 
 
 def run(
@@ -72,35 +66,3 @@ def run(
     report = SL.evaluate(split, Screen(), clf)
     atomic_write_text(out / "screen_report.json", json.dumps(report, ensure_ascii=False, indent=2))
     return report
-
-
-def report_table(rep: dict[str, Any]) -> Table:
-    """One row per held-out family / benign set; detection or false-positive rate per screen."""
-    t = Table(title=f"injection screen on held-out data (classifier threshold {rep['threshold']:.3f})")
-    for c in ("set", "n", "rules", "classifier", "both"):
-        t.add_column(c, justify="left" if c == "set" else "right")
-    for kind, label in (("detection", "attacks"), ("false_positive", "benign")):
-        for name, v in rep["rules"][kind].items():
-            cells = [f"{rep[s][kind][name]['rate']:.3f}" for s in ("rules", "classifier", "both")]
-            t.add_row(f"{label}: {name}", str(v["n"]), *cells, style="bold" if name == "overall" else None)
-    return t
-
-
-def train_screen(
-    data: Path = typer.Argument(..., help="the --out folder of `weitiao safety injection build`"),
-    model: str = typer.Option("demo", help="base model for the classifier (HF dir, hub id or 'demo')"),
-    out: Path = typer.Option(Path("runs/inj-screen"), help="output folder: rm/ (the classifier), screen.json, report"),
-    heldout_families: str = typer.Option(
-        None, help="families never trained on, e.g. roleplay,indirect [the build's heldout_attacks.jsonl]"
-    ),
-    steps: int = typer.Option(60, min=1, help="reward-model optimizer steps"),
-    lr: float = typer.Option(1e-3, help="learning rate"),
-    seed: int = typer.Option(0),
-    overrides: list[str] = typer.Argument(None, help="reward-model config overrides, e.g. lora.r=8 data.max_len=512"),
-) -> None:
-    """Train a classifier screen with the reward-model recipe; compare it with the rules on held-out families."""
-    fams = [x.strip() for x in (heldout_families or "").split(",") if x.strip()] or None
-    rep = run(data, model, out, fams, steps, lr, overrides or [], seed)
-    console.print(report_table(rep))
-    console.print(f"train families {', '.join(rep['train_families'])} · held-out {', '.join(rep['heldout_families'])}")
-    console.print(f"wrote {out / 'screen_report.json'}; serve it with a screen YAML `classifier: {out}`")
