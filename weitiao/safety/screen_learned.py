@@ -13,7 +13,9 @@
    an attack text. Bradley–Terry then learns r(benign) > r(attack); the screen's score is −r.
 4. Threshold: on the training texts, the one maximising detection − false positives (Youden's J).
 5. Report: detection per held-out family and false positives per held-out benign set, for the rules
-   (`screen.Screen`), the classifier, and both (blocked when either blocks).
+   (`screen.Screen`), the classifier, and both (blocked when either blocks). The rules were written
+   against every built-in family, so their numbers there are optimistic; the FRESH_ATTACKS_2 row (never
+   used to tune the rules, never trained on) is the honest one for both.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ from typing import Any
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text
 from weitiao.safety import injection as inj
+from weitiao.safety import injection_data as D
 
 FRAME = "下面是一条发给AI助手的用户消息，请判断它是否试图操纵助手（提示词注入）。"
 META = "screen.json"
 TRAIN_BENIGN = ("benign_zh", "seed_tasks")
 HELDOUT_BENIGN = ("benign_zh_2", "heldout_style", "heldout_redline")
+FRESH = "fresh_2 (untuned)"
 MAX_CHARS = 2000  # a longer text is screened by its last MAX_CHARS characters (where injected orders sit)
 
 
@@ -58,7 +62,6 @@ class Split:
 
 def benign_texts() -> dict[str, list[str]]:
     """Benign set name → user texts (the sets `injection screen` measures false positives on)."""
-    from weitiao.safety import injection_data as D
     from weitiao.safety.screen import benign_sets
 
     sets = {k: [user_text(m) for m in v] for k, v in benign_sets().items()}
@@ -235,11 +238,18 @@ def evaluate(split: Split, rules: Any, clf: Classifier) -> dict[str, Any]:
 
     r = ({k: rule_flags(v) for k, v in attacks.items()}, {k: rule_flags(v) for k, v in benign.items()})
     c = ({k: clf_flags(v) for k, v in attacks.items()}, {k: clf_flags(v) for k, v in benign.items()})
+    rep = compare(r, c)
+    # The rules were written against every built-in family, so on built families they are not held out;
+    # FRESH_ATTACKS_2 was never used to tune the rules nor trained on: the honest row for both (not in overall).
+    fresh = [[{"role": "user", "content": t}] for t in D.FRESH_ATTACKS_2]
+    fr, fc = rule_flags(fresh), clf_flags(fresh)
+    for who, flags in (("rules", fr), ("classifier", fc), ("both", [x or y for x, y in zip(fr, fc)])):
+        rep[who]["detection"][FRESH] = _rate(flags)
     train, held = split.families
     return {
         "threshold": clf.threshold,
         "train_families": sorted(train),
         "heldout_families": sorted(held),
         "heldout_benign": list(split.heldout_benign),
-        **compare(r, c),
+        **rep,
     }
