@@ -291,3 +291,18 @@ def test_rule_subset_by_ids(rules_file):
     assert [r.id for r in load_rules(rules_file, ["R4", "R1"]).rules] == ["R1", "R4"]
     with pytest.raises(UserError, match="--ids: .* has no rule R9"):
         load_rules(rules_file, ["R1", "R9"])
+
+
+def test_untargeted_rules_get_one_warning_line_each(rules_file):
+    from weitiao.safety.rules_build import Tally, untargeted
+
+    rs = load_rules(rules_file)
+    t = Tally()
+    t.add("R2", "prompts_given", 0)  # no prompt matches 会员, the teacher's were rejected
+    t.add("R4", "prompts_given", 2)
+    t.add("R4", "failed", 2)  # both answers failed the JSON check
+    warn = untargeted(rs, t, {"R1", "R3"}, "sft")
+    assert len(warn) == 2
+    assert warn[0].startswith("warning: rule R2 (conditional, when '会员') is targeted by no generated row: no prompt")
+    assert warn[1].startswith("warning: rule R4 (conditional, when 'JSON')") and "every answer to its 2" in warn[1]
+    assert untargeted(rs, t, {"R1", "R2", "R3", "R4"}, "sft") == []  # negative control: all targeted
