@@ -13,6 +13,9 @@ threshold is refused: the server answers with a normal chat reply whose finish_r
 
 A screen built from the attack families it is measured on is optimistic on those families; the
 held-out numbers of the model (not the screen) are the honest ones. See the detection/FP report.
+A learned classifier (`weitiao safety injection train-screen`, weitiao.safety.screen_learned) is added
+with the config key `classifier: FOLDER`: a request is then blocked when the patterns or it flag it,
+with the same refusal.
 """
 
 from __future__ import annotations
