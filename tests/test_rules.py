@@ -67,7 +67,7 @@ def test_malformed_rule_file_errors_name_rule_and_field(tmp_path):
         "- {id: R020, category: tone, text: x}\n"
         "- {id: R021, category: fact, text: x, check: {regexp: 'a'}}\n"
         "- {id: R022, category: fact, text: x, check: {max_length: -1}}\n"
-        "- {id: R023, category: fact, text: x, check: {json_schema: {type: object, pattern: 'a'}}}\n"
+        "- {id: R023, category: fact, text: x, check: {json_schema: {properties: {a: {minLength: -1}}}}}\n"
         "- {id: R024, category: fact, text: x, check: {min_length: 9, max_length: 3}}\n"
         "- {category: fact, text: no id}\n"
         "- {id: R026, category: fact, text: '', colour: red}\n"
@@ -82,7 +82,7 @@ def test_malformed_rule_file_errors_name_rule_and_field(tmp_path):
         r":4: rule R020: category: 'tone' unknown",
         r":5: rule R021: check\.regexp: unknown key",
         r":6: rule R022: check\.max_length: expected a non-negative integer, got -1",
-        r":7: rule R023: check\.json_schema: unsupported keyword 'pattern'",
+        r":7: rule R023: check\.json_schema\.properties\.a\.minLength: -1 is less than the minimum of 0",
         r":8: rule R024: check\.min_length: 9 > max_length 3",
         r":9: rule #9: id: missing or empty",
         r":10: rule R026: colour: unknown key",
@@ -119,11 +119,11 @@ def test_each_check_field():
     assert Check(starts_with=["是"]).failures("不是") == ["check.starts_with: not one of ['是']"]
     schema = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "minLength": 1}}}
     assert Check(json_schema=schema).failures('```json\n{"name": "小明"}\n```') == []
-    assert Check(json_schema=schema).failures('{"name": ""}') == ["check.json_schema: $.name: shorter than 1"]
+    assert Check(json_schema=schema).failures('{"name": ""}') == ["check.json_schema: $.name: '' should be non-empty"]
     assert Check(json_schema=schema).failures("不是JSON")[0].startswith("check.json_schema: not JSON")
 
 
-def test_schema_subset_by_hand():
+def test_json_schema_by_the_library():
     s = {
         "type": "object",
         "required": ["a", "b"],
@@ -131,17 +131,21 @@ def test_schema_subset_by_hand():
         "properties": {
             "a": {"type": "integer", "minimum": 1, "maximum": 3},
             "b": {"type": "array", "items": {"enum": ["x", "y"]}, "maxItems": 2},
+            "c": {"type": "string", "pattern": "^[0-9]+$"},  # beyond the old hand-written subset
         },
     }
-    assert schema_errors({"a": 2, "b": ["x"]}, s) == []
-    assert schema_errors({"a": 5, "b": ["x", "z", "y"], "c": 1}, s) == [
-        "$: unexpected 'c'",
-        "$.a: above 3",
-        "$.b: more than 2 items",
-        "$.b[1]: 'z' not one of ['x', 'y']",
+    assert schema_errors({"a": 2, "b": ["x"], "c": "12"}, s) == []
+    assert schema_errors({"a": 5, "b": ["x", "z", "y"], "d": 1}, s) == [
+        "$: Additional properties are not allowed ('d' was unexpected)",
+        "$.a: 5 is greater than the maximum of 3",
+        "$.b: ['x', 'z', 'y'] is too long",
+        "$.b[1]: 'z' is not one of ['x', 'y']",
     ]
-    assert schema_errors({"a": True}, s)[:2] == ["$: missing 'b'", "$.a: expected integer, got bool"]
-    assert schema_errors([1], {"type": ["object", "null"]}) == ["$: expected object/null, got list"]
+    assert schema_errors({"a": True, "b": [], "c": "x1"}, s) == [
+        "$.a: True is not of type 'integer'",
+        "$.c: 'x1' does not match '^[0-9]+$'",
+    ]
+    assert schema_errors([1], {"type": ["object", "null"]}) == ["$: [1] is not of type 'object', 'null'"]
 
 
 def test_coverage_by_hand(rules_file, tmp_path):
@@ -231,11 +235,22 @@ def test_rules_sft_and_dpo_with_a_scripted_teacher(rules_file, prompts_file, tmp
 
     drep = json.loads((tmp_path / "dpo.report.json").read_text())
     assert (drep["compliant"], drep["pairs"]) == (3, 2)
-    assert {k: drep["per_rule"]["R1"].get(k) for k in ("violation_asked", "violation_verified", "not_violated")} == {
-        "violation_asked": 3, "violation_verified": 2, "not_violated": 1}  # fmt: skip
+    # least-asked first: the conditional rules R2 and R4 get verified pairs (a rotation asked R1 three times)
+    got = {
+        rid: {k: v for k, v in c.items() if k.startswith(("violation", "not_"))} for rid, c in drep["per_rule"].items()
+    }
+    verified = {"violation_asked": 1, "violation_verified": 1}
+    assert got == {"R1": {"violation_asked": 1, "not_violated": 1}, "R2": verified, "R3": {}, "R4": verified}
+    # one warning line per rule no generated row targets, with the reason
+    assert rep["untargeted"] == []
+    heads = [w.split(":")[1].strip() for w in drep["untargeted"]]
+    assert heads == [f"rule {r} (global) is targeted by no generated row" for r in ("R1", "R3")]
+    lines = [x for x in r2.output.splitlines() if x.startswith("warning: rule")]
+    assert lines == drep["untargeted"] and "never broke it" in lines[0] and "has no check" in lines[1]
     pairs = load_rows(tmp_path / "dpo.jsonl")
     assert pairs.format == "preference" and pairs.kept == 2
     assert pairs.rows[0].chosen == "会员每月25元。" and pairs.rows[0].rejected == VIOLATIONS["会员多少钱？"]
+    assert [json.loads(x)["violated"] for x in (tmp_path / "dpo.jsonl").read_text().splitlines()] == [["R2"], ["R4"]]
 
 
 def test_rules_eval_endpoint_with_judge_and_local_model(rules_file, prompts_file, tmp_path, tiny_model_dir, tokenizer):
@@ -276,3 +291,18 @@ def test_rule_subset_by_ids(rules_file):
     assert [r.id for r in load_rules(rules_file, ["R4", "R1"]).rules] == ["R1", "R4"]
     with pytest.raises(UserError, match="--ids: .* has no rule R9"):
         load_rules(rules_file, ["R1", "R9"])
+
+
+def test_untargeted_rules_get_one_warning_line_each(rules_file):
+    from weitiao.safety.rules_build import Tally, untargeted
+
+    rs = load_rules(rules_file)
+    t = Tally()
+    t.add("R2", "prompts_given", 0)  # no prompt matches 会员, the teacher's were rejected
+    t.add("R4", "prompts_given", 2)
+    t.add("R4", "failed", 2)  # both answers failed the JSON check
+    warn = untargeted(rs, t, {"R1", "R3"}, "sft")
+    assert len(warn) == 2
+    assert warn[0].startswith("warning: rule R2 (conditional, when '会员') is targeted by no generated row: no prompt")
+    assert warn[1].startswith("warning: rule R4 (conditional, when 'JSON')") and "every answer to its 2" in warn[1]
+    assert untargeted(rs, t, {"R1", "R2", "R3", "R4"}, "sft") == []  # negative control: all targeted

@@ -2,6 +2,7 @@
 first, a too-long last exchange refused and counted), never tokenized and run at any length."""
 
 import json
+import re
 
 import pytest
 from conftest import CHATML, save_tiny_model, write_jsonl
@@ -78,3 +79,41 @@ def test_score_head_loads_without_the_newly_initialized_report(tokenizer, tmp_pa
     finally:
         logging.getLogger("transformers").removeHandler(handler)
     assert not any("score.weight" in m or "LOAD REPORT" in m for m in seen) and model.score.out_features == 1
+
+
+def _score_options() -> set[str]:
+    """The --options `weitiao score` really has."""
+    from typer.main import get_command
+
+    from weitiao.cli import app
+
+    cmd = get_command(app).commands["score"]
+    return {o for p in cmd.params for o in p.opts if o.startswith("--")}
+
+
+def test_every_option_a_hint_names_exists(rm_dir, tmp_path):
+    """Each error `weitiao score` can give names only options it has (or reward-model config keys)."""
+    from weitiao.config import load_config
+    from weitiao.recipes.rm import RMConfig
+
+    opts = _score_options()
+    bad_rows = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "你好", "output": "嗨"}, {"instruction": 5}])
+    tools_row = {"messages": [{"role": "user", "content": "几点了"}, {"role": "assistant", "content": "",
+                 "tool_calls": [{"type": "function", "function": {"name": "now", "arguments": "{}"}}]},
+                 {"role": "tool", "content": "10点"}, {"role": "assistant", "content": "10点"}]}  # fmt: skip
+    tools = write_jsonl(tmp_path / "tools.jsonl", [tools_row])
+    good = write_jsonl(tmp_path / "good.jsonl", [{"instruction": "你好", "output": "嗨"}])
+    hints = []
+    for rm, f in ((str(tmp_path), good), (str(rm_dir), bad_rows), (str(rm_dir), tools)):
+        with pytest.raises(UserError) as e:
+            score.run(rm, str(f))
+        hints.append(str(e.value))
+    assert "--rm" in hints[0] and "--skip-invalid" in hints[1] and "data.template" in hints[2]
+    for h in hints:
+        for opt in re.findall(r"(?<![\w-])--[a-z][a-z-]*", h):
+            assert opt in opts, (opt, h)
+        for key in re.findall(r"\b(?:data|model|lora|train|rm)\.[a-z_]+\b", h):
+            load_config(RMConfig, None, ["data.train=[x.jsonl]", f"{key}=qwen"])  # a real config key
+    # the option the hint names works: the bad row is set aside, the good one scored
+    summary = score.run(str(rm_dir), str(bad_rows), skip_invalid=True)
+    assert summary["rows"] == 1 and (tmp_path / "bad.jsonl.rejects.jsonl").exists()

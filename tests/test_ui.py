@@ -125,7 +125,7 @@ def test_form_has_every_key_and_its_defaults_round_trip(kind, root):
     assert kind != "ppo" or off == {"ppo.critic_lora."}
     values = {f["key"]: f["default"] for f in fields if not f["required"] and not f["key"].startswith(tuple(off))}
     given = {"data.train": '["data/a.jsonl"]', "data.prompts": '["data/a.jsonl"]',
-             "reward.path": "weitiao.models.rewards:short_emoji_reward"}  # fmt: skip
+             "reward.path": "weitiao.recipes.rewards:short_emoji_reward"}  # fmt: skip
     required = {f["key"] for f in fields if f["required"]}
     assert required and required <= set(given)
     values |= {k: given[k] for k in required}

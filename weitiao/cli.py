@@ -171,11 +171,12 @@ def score(
     out: Path = typer.Option(None, help="output JSONL (default FILE.scores.jsonl)"),
     model: str = typer.Option(None, help="base model for a LoRA reward model (default: the one it was trained on)"),
     quant: str = typer.Option(None, help="load that base as none|4bit|8bit (default: as trained)"),
+    skip_invalid: bool = typer.Option(False, help="write bad rows to FILE.rejects.jsonl instead of stopping"),
 ) -> None:
     """Score replies with a trained reward model; pairs also get accuracy and mean margin."""
     from weitiao.recipes import score as tool
 
-    console.print(tool.run(rm, str(file), str(out) if out else None, model, quant))
+    console.print(tool.run(rm, str(file), str(out) if out else None, model, quant, skip_invalid))
 
 
 @app.command()

@@ -332,9 +332,11 @@ def score_tokens(
 
 @torch.no_grad()
 def sample(
-    model: Any, context_ids: list[int], k: int, max_new: int, s: Sampling, stop_id: int, seed: int = 0
+    model: Any, context_ids: list[int], k: int, max_new: int, s: Sampling, stop_id: int | list[int], seed: int = 0
 ) -> list[list[int]]:
-    """K replies from q (KV cache, one batch); each stops after `stop_id`, which it keeps."""
+    """K replies from q (KV cache, one batch); each stops after `stop_id` (a token, or a token sequence such
+    as a multi-token `</think>`), which it keeps."""
+    stop = [stop_id] if isinstance(stop_id, int) else list(stop_id)
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     ids = torch.tensor([context_ids] * k, device=device)
@@ -352,7 +354,7 @@ def sample(
         for i, t in enumerate(nxt.tolist()):
             if not done[i]:
                 seqs[i].append(t)
-        done |= nxt == stop_id
+                done[i] = seqs[i][-len(stop) :] == stop
         if bool(done.all()):
             break
         # transformers ≥ 5.2x names the KV cache `cache` (was `past_key_values`)

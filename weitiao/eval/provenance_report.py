@@ -31,6 +31,7 @@ from weitiao.eval.provenance import (
     score_tokens,
     summarize,
 )
+from weitiao.eval.provenance_reasoning import ReasoningConfig
 from weitiao.reports import page
 
 
@@ -59,6 +60,7 @@ class CheckConfig:
     stride: int | None = None  # new text tokens per later window (default: half the room)
     seed: int = 0
     thresholds: Thresholds = field(default_factory=Thresholds)
+    reasoning: ReasoningConfig | None = None  # a reasoning model: estimate p(text | prompt) over hidden traces
 
 
 @dataclass
@@ -184,6 +186,12 @@ def check(
             "perplexities": ppls,
             "rank": 1 + sum(p < summary["perplexity"] for p in ppls),  # 1 = lowest perplexity of all
         }
+    # 7. reasoning model: p(text | prompt) marginalised over sampled hidden reasoning traces
+    if cfg.reasoning is not None:
+        from weitiao.eval.provenance_reasoning import estimate
+
+        step(f"{cfg.reasoning.samples} reasoning traces")
+        rep["reasoning"] = estimate(model, tokenizer, template, messages, text, cfg.reasoning, cfg.with_eos)
     rep["verdict"] = verdict(rep, s, th)
     return rep
 
@@ -252,6 +260,10 @@ def verdict(rep: dict[str, Any], s: Sampling, th: Thresholds) -> dict[str, Any]:
     if "baseline_texts" in rep:
         bt = rep["baseline_texts"]
         info.append(f"perplexity ranks {bt['rank']} of {bt['n'] + 1} among the baseline texts (1 = lowest)")
+    if "reasoning" in rep:  # the checks above score the text right after the prompt, skipping the reasoning
+        r = rep["reasoning"]
+        (info if r["conclusive"] else weak).append(r["note"])
+        info.append("reasoning model: the per-token checks score the text without its hidden reasoning")
     undecided = weak or (z is None and s.temperature > 0)
     label = "inconsistent with" if bad else ("inconclusive" if undecided else "consistent with")
     return {"label": label, "score": score, "reasons": bad + weak + good + info}
@@ -279,6 +291,11 @@ def render_text(rep: dict[str, Any]) -> str:
     if "samples" in rep:
         e = rep["samples"]
         lines.append(f"samples K={e['k']}: mean log-prob {_f(e['mean_logp'])} ± {_f(e['sd_logp'])} · z {_f(e['z'])}")
+    if "reasoning" in rep:
+        r = rep["reasoning"]
+        lines.append(f"reasoning K={r['k']}: log p(text | prompt) {r['log_p']:.2f} ± {r['se']:.2f} nats · "
+                     f"ESS {r['ess']:.1f} · unclosed traces {r['unclosed']}"
+                     + ("" if r["conclusive"] else " · inconclusive"))  # fmt: skip
     for n in rep["notes"]:
         lines.append(f"note: {n}")
     return "\n".join(lines)

@@ -6,6 +6,7 @@ is the prompt's messages (ending with a user turn) and each response the decoded
     reward: {kind: model, path: runs/demo-rm}
     reward: {kind: function, path: "mypkg.rewards:short_with_emoji"}   # f(prompts, responses)
     reward: {kind: http, path: "http://127.0.0.1:9000/score"}          # POST {prompts, responses} → {scores}
+    reward: {kind: rules, path: rules.yaml, weights: {F001: 2}}        # weitiao.safety.rules_reward
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ class RewardSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["model", "function", "http"] = Field(
-        "model", description="model: a `weitiao rm` run; function: module:function; http: a URL"
+    kind: Literal["model", "function", "http", "rules"] = Field(
+        "model", description="model: a `weitiao rm` run; function: module:function; http: a URL; rules: a rule file"
     )
-    path: ModelRef = Field(..., description="reward model dir | module:function | URL")
+    path: ModelRef = Field(..., description="reward model dir | module:function | URL | rule file")
+    weights: dict[str, float] | None = Field(None, description="kind rules: rule id → weight (default 1 each)")
     batch_size: int = Field(16, gt=0, description="responses per scoring call")
     timeout: float = Field(60.0, gt=0, description="seconds per HTTP request")
 
@@ -118,10 +120,16 @@ def http_scorer(url: str, timeout: float = 60.0, batch_size: int = 16) -> Scorer
 
 def build_scorer(spec: RewardSpec, device: Any = None) -> tuple[Scorer, Any]:
     """(score function, reward model or None)."""
+    if spec.weights is not None and spec.kind != "rules":
+        raise UserError(f"reward.weights: only used by kind: rules (this reward is kind: {spec.kind}); remove it")
     if spec.kind == "model":
         return model_scorer(spec.path, device, spec.batch_size)
     if spec.kind == "function":
         return function_scorer(spec.path), None
+    if spec.kind == "rules":  # (this module sits in recipes/ once moved; safety is below recipes)
+        from weitiao.safety.rules_reward import rules_scorer
+
+        return rules_scorer(spec.path, spec.weights), None
     return http_scorer(spec.path, spec.timeout, spec.batch_size), None
 
 

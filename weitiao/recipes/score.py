@@ -18,6 +18,7 @@ from weitiao.data.chat import EncodeOptions, encode
 from weitiao.data.collate import collate
 from weitiao.data.formats import Conversation, PreferencePair, load_rows
 from weitiao.data.templates import resolve_template
+from weitiao.data.tools import uses_tools
 from weitiao.errors import UserError
 from weitiao.io import write_jsonl
 from weitiao.models.heads import SequenceScorer, load_reward_model
@@ -40,6 +41,13 @@ def score_conversations(
     Rows over the context drop their oldest exchanges first; `stats` counts `cut` and `refused`.
     """
     template = resolve_template(tokenizer, "auto")
+    with_tools = next((c for c in convs if uses_tools(c)), None)
+    if with_tools is not None and not template.supports_tools:  # encode's own hint names training options
+        raise UserError(
+            f"{with_tools.source}: this row has tools or tool calls, which the reward model's template "
+            f"{template.name!r} cannot render; score rows without tools, or train the reward model with "
+            "data.template: qwen or llama3"
+        )
     opts = EncodeOptions(max_len=context_len(model), train_turns="last", truncation="history")
     encoded = [encode(c, tokenizer, template, opts) for c in convs]
     if stats is not None:
@@ -68,12 +76,20 @@ def score_pairs(
     return s[0::2], s[1::2]
 
 
-def run(rm_path: str, file: str, out: str | None = None, model: str | None = None, quant: str | None = None) -> dict:
+def run(
+    rm_path: str,
+    file: str,
+    out: str | None = None,
+    model: str | None = None,
+    quant: str | None = None,
+    skip_invalid: bool = False,
+) -> dict:
     """Score every row of `file`; write `<file>.scores.jsonl` (or `out`); return a summary.
 
-    `model`/`quant` override the reward model's recorded base and training quantization.
+    `model`/`quant` override the reward model's recorded base and training quantization; `skip_invalid`
+    writes bad rows to `<file>.rejects.jsonl` instead of stopping at the first.
     """
-    rows = load_rows(file).rows
+    rows = load_rows(file, skip_invalid=skip_invalid).rows
     if not rows:
         raise UserError(f"{file}: no rows")
     rm, tokenizer, _ = load_reward_model(rm_path, base=model, quant=quant)

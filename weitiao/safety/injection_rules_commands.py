@@ -5,6 +5,7 @@
     weitiao safety injection eval runs/inj/heldout_attacks.jsonl --model demo --adapter runs/inj-dpo
     weitiao safety injection eval runs/inj/heldout_attacks.jsonl --endpoint http://127.0.0.1:8000/v1
     weitiao safety injection screen runs/inj/attacks.jsonl runs/inj/heldout_attacks.jsonl [--config s.yaml]
+    weitiao safety injection train-screen runs/inj --model demo --out runs/inj-screen   # learned screen
     weitiao rules check examples/rules_zh.yaml
     weitiao rules sft --rules R.yaml --prompts P.jsonl --teacher-url URL --teacher-model M --out sft.jsonl
     weitiao rules dpo --rules R.yaml --prompts P.jsonl --teacher-url URL --teacher-model M --out dpo.jsonl
@@ -174,6 +175,40 @@ def injection_screen(
     _write_json(out, rep)
 
 
+def _screen_table(rep: dict) -> Table:
+    """One row per held-out family / benign set; detection or false-positive rate per screen."""
+    t = Table(title=f"injection screen on held-out data (classifier threshold {rep['threshold']:.3f})")
+    for c in ("set", "n", "rules", "classifier", "both"):
+        t.add_column(c, justify="left" if c == "set" else "right")
+    for kind, label in (("detection", "attacks"), ("false_positive", "benign")):
+        for name, v in rep["rules"][kind].items():
+            cells = [f"{rep[s][kind][name]['rate']:.3f}" for s in ("rules", "classifier", "both")]
+            t.add_row(f"{label}: {name}", str(v["n"]), *cells, style="bold" if name == "overall" else None)
+    return t
+
+
+@injection_app.command("train-screen")
+def injection_train_screen(
+    data: Path = typer.Argument(..., help="the --out folder of `weitiao safety injection build`"),
+    model: str = typer.Option("demo", help="base model for the classifier (HF dir, hub id or 'demo')"),
+    out: Path = typer.Option(Path("runs/inj-screen"), help="output folder: rm/ (the classifier), screen.json, report"),
+    heldout_families: str = typer.Option(
+        None, help="families never trained on, e.g. roleplay,indirect [the build's heldout_attacks.jsonl]"
+    ),
+    steps: int = typer.Option(60, min=1, help="reward-model optimizer steps"),
+    lr: float = typer.Option(1e-3, help="learning rate"),
+    seed: int = typer.Option(0),
+    overrides: list[str] = typer.Argument(None, help="reward-model config overrides, e.g. lora.r=8 data.max_len=512"),
+) -> None:
+    """Train a classifier screen with the reward-model recipe; compare it with the rules on held-out families."""
+    from weitiao.recipes import screen
+
+    rep = screen.run(data, model, out, _csv(heldout_families) or None, steps, lr, overrides or [], seed)
+    console.print(_screen_table(rep))
+    console.print(f"train families {', '.join(rep['train_families'])} · held-out {', '.join(rep['heldout_families'])}")
+    console.print(f"wrote {out / 'screen_report.json'}; serve it with a screen YAML `classifier: {out}`")
+
+
 # ----------------------------------------------------------------------------- rules
 
 
@@ -259,13 +294,16 @@ def rules_sft(
     kept, rejects = rb.compliant_answers(rs, ps, teacher, tally, samples)
     n = write_jsonl(out, rb.sft_rows(rs, kept, system_in_data))
     write_jsonl(out.with_suffix(".rejects.jsonl"), rejects)
+    warn = rb.untargeted(rs, tally, {r.id for p, _ in kept for r in rs.exercised(p.text, p.rule_ids)}, "sft")
     report = {"prompts": len(ps), "answers": len(ps) * samples, "kept": n, "rejected": len(rejects),
-              "per_rule": tally.table(rs)}  # fmt: skip
+              "per_rule": tally.table(rs), "untargeted": warn}  # fmt: skip
     _write_json(out.with_suffix(".report.json"), report)
     cols = ["prompts_given", "prompts_generated", "prompts_rejected", "prompt_asks_failed", "passed", "failed"]
     worst = dict(sorted(report["per_rule"].items(), key=lambda kv: -kv[1].get("failed", 0)))
     console.print(_tally_table("rules sft · per rule (most rejected first)", worst, cols, 25))
     _report_errors(rejects)
+    for w in warn:
+        console.print(w, style="yellow", markup=False, highlight=False, soft_wrap=True)
     console.print(f"prompts {len(ps)} · kept {n} · rejected {len(rejects)} → {out}")
 
 
@@ -293,13 +331,16 @@ def rules_dpo(
     rows, bad = rb.violation_pairs(rs, kept, teacher, tally, violations)
     n = write_jsonl(out, rows)
     write_jsonl(out.with_suffix(".rejects.jsonl"), rejects + bad)
+    warn = rb.untargeted(rs, tally, {rid for row in rows for rid in row["violated"]}, "dpo")
     report = {"prompts": len(ps), "compliant": len(kept), "pairs": n, "dropped": len(rejects) + len(bad),
-              "per_rule": tally.table(rs)}  # fmt: skip
+              "per_rule": tally.table(rs), "untargeted": warn}  # fmt: skip
     _write_json(out.with_suffix(".report.json"), report)
     cols = ["violation_asked", "violation_verified", "violation_unverified", "not_violated"]
     asked = {k: v for k, v in report["per_rule"].items() if v.get("violation_asked")}
     console.print(_tally_table("rules dpo · per rule", asked, cols, 25))
     _report_errors(rejects + bad)
+    for w in warn:
+        console.print(w, style="yellow", markup=False, highlight=False, soft_wrap=True)
     console.print(f"compliant {len(kept)} · pairs {n} · dropped {report['dropped']} → {out}")
 
 

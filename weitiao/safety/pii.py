@@ -326,19 +326,21 @@ HAN = r"[\u4e00-\u9fa5]"
 NUM = r"[0-9一二三四五六七八九十百零]+"
 ADDR_TAIL = (
     rf"(?:{HAN}{{1,5}}?(?:区|县|旗|市))?(?:{HAN}{{1,6}}?(?:街道|镇|乡))?"
-    rf"(?:{HAN}|[0-9]){{1,8}}?(?:大道|路|街|道|巷|胡同|弄|里)(?:[东西南北中][段口])?{NUM}(?:号院|号|弄)"
+    rf"(?:{HAN}|[0-9]){{1,8}}?(?:大道|路|街|道|巷|胡同|弄|里)(?:[东西南北中一二三四五六七八九十]段|[东西南北中]口)?{NUM}(?:号院|号|弄)"
     rf"(?:{HAN}{{0,6}}?(?:小区|大厦|花园|公寓|广场|中心))?(?:[0-9A-Za-z一二三四五六七八九十]+(?:号楼|栋|幢|座|单元|层|楼|室|号))*(?:[0-9]{{2,5}}室?)?"
 )
 ADDRESS_RE = re.compile(
     rf"(?:(?:{_PROV})(?:{HAN}{{2,4}}?(?:市|州|盟))?|(?<=[^\u4e00-\u9fa5])(?:{HAN}{{2,4}}?市)|^(?:{HAN}{{2,4}}?市))"
     + ADDR_TAIL
 )
+# Verbs after which an address follows (寄往成都市…, 送到宁波市…): a city there is preceded by Chinese text.
+SHIP_VERBS = "寄往|寄到|寄至|邮寄到|邮寄至|送往|送到|送至|发往|发到|发至|运往|运到|快递到|搬到"
 ADDRESS_CUED_RE = re.compile(
-    rf"(?:地址|住址|住在|家住|寄到|送到|位于|搬到|在)[:：\s]*({HAN}{{2,4}}?(?:市|区|县)" + ADDR_TAIL + ")"
+    rf"(?:地址|住址|住在|家住|位于|{SHIP_VERBS}|在)[:：\s]*({HAN}{{2,4}}?(?:市|区|县)" + ADDR_TAIL + ")"
 )
 
 
-ADDR_LEAD = re.compile(r"^(?:住址|地址|住在|家住|位于|寄到|送到|搬到|[我你他她们家在是到于往从去])+")
+ADDR_LEAD = re.compile(rf"^(?:住址|地址|住在|家住|位于|{SHIP_VERBS}|[我你他她们家在是到于往从去])+")
 PROV_RE = re.compile(_PROV)
 
 
@@ -376,6 +378,27 @@ def _context_says_not_a_name(text: str, start: int, w: str) -> bool:
     return w in D.NAME_BRANDS or bool(NOT_AFTER.match(text, end)) or (w[0] == "向" and w[1] in "东西南北前后左右上下")
 
 
+_NOT_GIVEN_FLAGS = ("t", "m", "p", "c", "r", "d", "v", "f", "q", "u", "y", "x")
+
+
+def _given_after(text: str, at: int, starts: dict[int, tuple[str, str]]) -> str:
+    """The 1–2 character given name after a compound surname ending at `at`, read by characters: jieba
+    cuts it badly (司马|睿的, 夏侯|雪会|来, 欧阳|一凡 tagged a). '' when a common word follows (欧阳|明天)."""
+    first = starts.get(at)
+    if first is None or (len(first[0]) >= 2 and first[1].startswith(_NOT_GIVEN_FLAGS)):
+        return ""
+    given = ""
+    for k in (0, 1):
+        c = text[at + k] if at + k < len(text) else ""
+        if not re.fullmatch(HAN, c) or c in D.GIVEN_STOP:
+            break
+        nxt = starts.get(at + k)
+        if k and nxt and len(nxt[0]) >= 2 and not nxt[1].startswith("nr"):  # 夏侯明|负责: a word starts here
+            break
+        given += c
+    return given
+
+
 def find_name(text: str) -> list[Match]:
     """jieba `nr` words with a known surname, 2–3 characters (3–4 for 欧阳-type surnames)."""
     out = []
@@ -393,10 +416,17 @@ def find_name(text: str) -> list[Match]:
     for w, flag in pseg.cut(text):
         words.append((pos, w, flag))
         pos += len(w)
+    starts = {p: (w, f) for p, w, f in words}
     for i, (start, w, flag) in enumerate(words):
-        if i and words[i - 1][1] in D.SURNAMES_2 and flag.startswith("nr"):  # jieba splits 欧阳|娜娜
-            start, w = words[i - 1][0], words[i - 1][1] + w
-        elif not flag.startswith("nr") or i <= used:
+        if i <= used:
+            continue
+        if w in D.SURNAMES_2:
+            name = w + _given_after(text, start + len(w), starts)
+            if len(name) > len(w) and not _context_says_not_a_name(text, start, name):
+                out.append(Match("name", start, start + len(name), name, 0.85))
+                used = max(k for k, x in enumerate(words) if x[0] < start + len(name))
+            continue
+        if not flag.startswith("nr") and not (w[:2] in D.SURNAMES_2 and flag.startswith("n")):  # 欧阳峰 is "ns"
             continue
         if i + 1 < len(words):  # jieba cuts 李子|轩 (both nr) and 宋|红军|老师: join when the result is a name
             nxt, nflag = words[i + 1][1], words[i + 1][2]

@@ -90,11 +90,15 @@ REFUSALS = [
 
 # Words jieba sometimes tags `nr` that start with a surname character but are not names.
 NAME_STOP = frozenset(
-    "谢谢 高兴 江湖 金额 文件 马上 关于 周末 成都 黄金 司机 白天 常常 万一"
+    "谢谢 高兴 江湖 金额 文件 马上 关于 周末 成都 黄金 司机 白天 常常 万一 东方明珠 东方红"
     " 向前 于是 和平 时间 安全 明天 明白 荣耀 张家界 王者 高达 金牛 江山 龙门"
     " 石家庄 白云山 陈皮 华为 方太 韩束 黄山 宁夏 常熟 景德镇 温泉 金山 华山 柳州 石林 蓝天 白云 万家".split()
 )
 # Brands and shops named like people: a person only with a cue after (李宁先生) or a label before (姓名：).
+# Characters that end a given name after a compound surname (欧阳|子涵|的, 南宫|月|说): function words and
+# common verbs that jieba leaves as single characters.
+GIVEN_STOP = frozenset("的了着过是在和与跟及或会要能去来到给把被让对向从为也都就还又很太更最不没别吗呢吧啊呀哦说问叫请")
+
 NAME_BRANDS = frozenset(
     "李宁 周大福 周生生 王老吉 马应龙 张小泉 杨国福 李锦记 谭木匠 周黑鸭 钱大妈 康师傅 王守义 陈李济 雷允上"
     " 张裕 汤臣倍健 曹操出行 郑明明 戴森 鲁花 金龙鱼 巴奴 张亮 杨铭宇 贾国龙 华莱士 莫小仙 王小卤 钟薛高".split()

@@ -10,8 +10,8 @@ A rule file is a YAML list (or {rules: [...]}) of
      {regex, not_regex, max_length, min_length, required: [...], forbidden: [...], starts_with, ends_with,
       json_schema}}
 Lengths count characters of the stripped reply; starts_with/ends_with take a string or a list (any one);
-json_schema is a subset of JSON Schema (type, properties, required, additionalProperties, items, enum,
-min/maxItems, min/maxLength, minimum/maximum), checked on the reply parsed as JSON (``` fences allowed).
+json_schema is a JSON Schema (draft 2020-12, checked by the `jsonschema` library), applied to the reply
+parsed as JSON (``` fences allowed).
 
 Coverage: a prompt *exercises* a rule when the rule is global (no `when`), when `when` matches the
 prompt, or when the row names the rule in `rule_ids` (rows made for that rule). A data set covers a
@@ -38,78 +38,35 @@ CATEGORIES = ("style", "format", "content", "fact")
 RULE_KEYS = {"id", "category", "text", "when", "check", "note"}
 CHECK_KEYS = {"regex", "not_regex", "max_length", "min_length", "required", "forbidden", "starts_with", "ends_with",
               "json_schema"}  # fmt: skip
-SCHEMA_KEYS = {"type", "properties", "required", "additionalProperties", "items", "enum", "minItems", "maxItems",
-               "minLength", "maxLength", "minimum", "maximum", "description", "title"}  # fmt: skip
-JSON_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
 
 
-# ----------------------------------------------------------------------------- JSON schema subset
+# ----------------------------------------------------------------------------- JSON Schema (jsonschema library)
 
 
-def _type_ok(value: Any, t: str) -> bool:
-    if t == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if t == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, JSON_TYPES[t])
+def _at(path: Any) -> str:
+    """A JSON location as `$.a.b[1]`."""
+    return "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
 
 
-def schema_errors(value: Any, schema: dict, at: str = "$") -> list[str]:
-    """Where `value` breaks `schema` (the subset above); [] when it conforms."""
-    errs: list[str] = []
-    types = schema.get("type")
-    if types is not None:
-        types = [types] if isinstance(types, str) else types
-        if not any(_type_ok(value, t) for t in types):
-            return [f"{at}: expected {'/'.join(types)}, got {type(value).__name__}"]
-    if "enum" in schema and value not in schema["enum"]:
-        errs.append(f"{at}: {value!r} not one of {schema['enum']}")
-    if isinstance(value, str):
-        if len(value) < schema.get("minLength", 0):
-            errs.append(f"{at}: shorter than {schema['minLength']}")
-        if "maxLength" in schema and len(value) > schema["maxLength"]:
-            errs.append(f"{at}: longer than {schema['maxLength']}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if "minimum" in schema and value < schema["minimum"]:
-            errs.append(f"{at}: below {schema['minimum']}")
-        if "maximum" in schema and value > schema["maximum"]:
-            errs.append(f"{at}: above {schema['maximum']}")
-    if isinstance(value, list):
-        if len(value) < schema.get("minItems", 0):
-            errs.append(f"{at}: fewer than {schema['minItems']} items")
-        if "maxItems" in schema and len(value) > schema["maxItems"]:
-            errs.append(f"{at}: more than {schema['maxItems']} items")
-        if isinstance(schema.get("items"), dict):
-            for i, item in enumerate(value):
-                errs += schema_errors(item, schema["items"], f"{at}[{i}]")
-    if isinstance(value, dict):
-        props = schema.get("properties", {})
-        errs += [f"{at}: missing {k!r}" for k in schema.get("required", []) if k not in value]
-        if schema.get("additionalProperties") is False:
-            errs += [f"{at}: unexpected {k!r}" for k in value if k not in props]
-        for k, sub in props.items():
-            if k in value:
-                errs += schema_errors(value[k], sub, f"{at}.{k}")
-    return errs
+def schema_errors(value: Any, schema: dict) -> list[str]:
+    """Where `value` breaks `schema` (JSON Schema 2020-12, by `jsonschema`), as `$.path: message`; [] = conforms."""
+    from jsonschema import Draft202012Validator
+
+    errs = sorted(Draft202012Validator(schema).iter_errors(value), key=lambda e: [str(p) for p in e.absolute_path])
+    return [f"{_at(e.absolute_path)}: {e.message}" for e in errs]
 
 
 def _schema_problem(schema: Any, at: str = "check.json_schema") -> str | None:
-    """A problem with the schema itself (unsupported keyword, bad type name), or None."""
+    """A problem with the schema itself (checked against the 2020-12 meta-schema), or None."""
+    from jsonschema import Draft202012Validator, SchemaError
+
     if not isinstance(schema, dict):
         return f"{at}: expected a mapping"
-    for k, v in schema.items():
-        if k not in SCHEMA_KEYS:
-            return f"{at}: unsupported keyword {k!r} (supported: {', '.join(sorted(SCHEMA_KEYS))})"
-        if k == "type":
-            bad = [t for t in ([v] if isinstance(v, str) else v) if t not in (*JSON_TYPES, "integer", "number")]
-            if bad:
-                return f"{at}.type: unknown type {bad[0]!r}"
-        if k == "properties":
-            for name, sub in (v or {}).items():
-                if p := _schema_problem(sub, f"{at}.properties.{name}"):
-                    return p
-        if k == "items" and (p := _schema_problem(v, f"{at}.items")):
-            return p
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as e:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path)
+        return f"{at}{where}: {e.message}"
     return None
 
 

@@ -9,8 +9,9 @@ sft: 1. prompts = the given ones + teacher-written prompts for every conditional
 each with all rules in the system prompt → 3. an answer is kept only if it passes every programmatic
 check of the rules its prompt exercises; per rule we count answers that passed and that were rejected.
 dpo: chosen = a compliant answer as above; rejected = the teacher asked to break `violations` named rules
-(checked rules the prompt exercises, in rotation) while keeping the others; a violation of a checked
+(checked rules the prompt exercises, least-asked first) while keeping the others; a violation of a checked
 rule is verified (the rejected answer must fail that check), otherwise the pair is dropped.
+Both end with one warning line per rule that no generated row targets (`untargeted`).
 eval: replies of a local model or an endpoint → per-rule compliance from programmatic checks, plus an
 optional judge (any OpenAI-compatible model) that gets the rule texts and returns a JSON verdict per rule.
 """
@@ -142,12 +143,15 @@ def violation_pairs(
     """For each compliant answer, ask for one that breaks `violations` rules; keep verified pairs."""
     from weitiao.teacher import TeacherError
 
-    system, jobs, turn = rs.system_prompt(), [], 0
+    system, jobs, asked = rs.system_prompt(), [], Counter()
     for p, chosen in kept:
         checked = [r for r in rs.exercised(p.text, p.rule_ids) if r.check]
         pool = checked or rs.exercised(p.text, p.rule_ids)
-        targets = [pool[(turn + i) % len(pool)] for i in range(min(violations, len(pool)))]
-        turn += 1
+        # least-asked first, conditional before global on ties: a rotation over the pool would spend most
+        # asks on the global rules every prompt exercises and leave conditional rules without pairs
+        order = sorted(range(len(pool)), key=lambda i: (asked[pool[i].id], pool[i].when is None, i))
+        targets = [pool[i] for i in order[:violations]]
+        asked.update(r.id for r in targets)
         if targets:
             jobs.append((p, chosen, targets))
     asks = [
@@ -185,6 +189,30 @@ def violation_pairs(
             }  # fmt: skip
         )
     return rows, rejects
+
+
+# ----------------------------------------------------------------------------- rules left out
+
+
+def untargeted(rs: RuleSet, tally: Tally, targeted: set[str], kind: str) -> list[str]:
+    """One warning line per rule that no generated row targets (sft: exercises; dpo: a kept pair breaks)."""
+    out = []
+    for r in rs.rules:
+        if r.id in targeted:
+            continue
+        c = tally.counts.get(r.id, Counter())
+        scope = f"conditional, when {r.when!r}" if r.when is not None else "global"
+        if kind == "sft" and c["prompts_given"] + c["prompts_generated"] == 0:
+            why = "no prompt exercises it (given prompts do not match `when`, teacher prompts were rejected)"
+        elif kind == "sft":
+            why = f"every answer to its {c['passed'] + c['failed']} prompt(s) failed some check"
+        elif not c["violation_asked"]:
+            why = ("no compliant answer's prompt exercises it" if r.check or not c else
+                   "it has no check, and every prompt exercising it exercises a checked rule too")  # fmt: skip
+        else:
+            why = f"asked {c['violation_asked']}x, the teacher's answers never broke it"
+        out.append(f"warning: rule {r.id} ({scope}) is targeted by no generated row: {why}")
+    return out
 
 
 # ----------------------------------------------------------------------------- eval

@@ -13,6 +13,9 @@ threshold is refused: the server answers with a normal chat reply whose finish_r
 
 A screen built from the attack families it is measured on is optimistic on those families; the
 held-out numbers of the model (not the screen) are the honest ones. See the detection/FP report.
+A learned classifier (`weitiao safety injection train-screen`, weitiao.safety.screen_learned) is added
+with the config key `classifier: FOLDER`: a request is then blocked when the patterns or it flag it,
+with the same refusal.
 """
 
 from __future__ import annotations
@@ -88,6 +91,8 @@ class ScreenConfig:
     decode: bool = True  # also scan base64 / \\u escapes / reversed / split-character variants
     roles: tuple[str, ...] = ("user",)  # message roles that are scanned
     encoded_weight: float = 0.6  # added when a payload decodes to printable text
+    classifier: str | None = None  # a `train-screen` output folder: also block what the learned screen flags
+    classifier_threshold: float | None = None  # None = the threshold chosen in training (screen.json)
     # The same words for every blocked request: naming the matched patterns would tell an attacker what
     # to rephrase. The patterns go to the server log ("weitiao.safety.screen") for the operator.
     refusal: str = "抱歉，这条消息疑似包含提示词注入，我无法处理。请去掉其中给我的额外指令后再试。"
@@ -98,6 +103,7 @@ class Screening:
     score: float
     hits: dict[str, float]  # pattern name → weight (decoded variants are named e.g. "base64:override")
     blocked: bool
+    classifier: float | None = None  # the learned screen's score, when one is configured
 
 
 def _decoded(text: str) -> list[tuple[str, str]]:
@@ -129,6 +135,11 @@ class Screen:
             self.compiled = [(name, re.compile(rx), w) for name, rx, w in self.cfg.patterns]
         except re.error as e:
             raise UserError(f"screen pattern: invalid regex ({e})") from None
+        self.classifier = None
+        if self.cfg.classifier:
+            from weitiao.safety.screen_learned import Classifier
+
+            self.classifier = Classifier(self.cfg.classifier, self.cfg.classifier_threshold)
 
     def _scan(self, text: str, prefix: str, hits: dict[str, float], only: tuple[str, ...] = ()) -> None:
         for name, rx, w in self.compiled:
@@ -152,19 +163,25 @@ class Screen:
                 if kind in ("base64", "uesc") and len(variant.strip()) >= 6:
                     hits.setdefault("encoded", self.cfg.encoded_weight)
         score = round(sum(hits.values()), 6)
-        return Screening(score, hits, score >= self.cfg.threshold)
+        if self.classifier is None:
+            return Screening(score, hits, score >= self.cfg.threshold)
+        text = "\n".join(str(m.get("content") or "") for m in messages if m.get("role") in self.cfg.roles)
+        c = self.classifier.scores([text])[0] if text else float("-inf")
+        return Screening(score, hits, score >= self.cfg.threshold or c >= self.classifier.threshold, c)
 
     def __call__(self, messages: list[dict]) -> str | None:
         s = self.score(messages)
         if not s.blocked:
             return None
-        log.warning("input screen blocked a request: score %.2f, patterns %s", s.score, ", ".join(sorted(s.hits)))
+        log.warning("input screen blocked a request: score %.2f, patterns %s, classifier %s", s.score,
+                    ", ".join(sorted(s.hits)), "-" if s.classifier is None else f"{s.classifier:.3f}")  # fmt: skip
         return self.cfg.refusal
 
 
 def load_screen_config(path: str | Path | None) -> ScreenConfig:
     """None or "default" → defaults; else a YAML file: threshold, decode, roles, disable: [names],
-    patterns: [{name, regex, weight}] (a name already present replaces it), refusal."""
+    patterns: [{name, regex, weight}] (a name already present replaces it), refusal, classifier (a
+    `train-screen` folder, relative to the YAML's folder) and classifier_threshold."""
     if path in (None, "default"):
         return ScreenConfig()
     from weitiao.config import read_yaml_mapping
@@ -173,7 +190,8 @@ def load_screen_config(path: str | Path | None) -> ScreenConfig:
     if not p.exists():
         raise UserError(f"{p}: screen config not found (or pass --screen default)")
     data: dict[str, Any] = read_yaml_mapping(p)
-    known = {"threshold", "decode", "roles", "disable", "patterns", "refusal", "encoded_weight"}
+    known = {"threshold", "decode", "roles", "disable", "patterns", "refusal", "encoded_weight", "classifier",
+             "classifier_threshold"}  # fmt: skip
     extra = sorted(set(data) - known)
     if extra:
         raise UserError(f"{p}: unknown keys {extra}; allowed: {sorted(known)}")
@@ -183,9 +201,16 @@ def load_screen_config(path: str | Path | None) -> ScreenConfig:
             "sender which patterns matched (the server log names them). Write plain text."
         )
     cfg = ScreenConfig()
-    for k in ("threshold", "decode", "refusal", "encoded_weight"):
+    for k in ("threshold", "decode", "refusal", "encoded_weight", "classifier_threshold"):
         if k in data:
             setattr(cfg, k, data[k])
+    if data.get("classifier"):
+        c = Path(str(data["classifier"])).expanduser()
+        c = c if c.is_absolute() else p.parent / c
+        if not (c / "screen.json").exists():
+            raise UserError(f"{p}: classifier: {c} has no screen.json; train one with `weitiao safety injection "
+                            "train-screen` and give its --out folder")  # fmt: skip
+        cfg.classifier = str(c)
     if "roles" in data:
         cfg.roles = tuple(data["roles"])
     drop = set(data.get("disable") or [])

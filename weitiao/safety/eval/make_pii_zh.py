@@ -323,6 +323,61 @@ HAND = [  # written separately for this set; [[type|value]] marks a span
 ]
 
 
+# Review misses (Q163), added later as rows of their own (own seed, frames, given names and roads) and
+# appended, so the rows above stay as they were: addresses after shipping verbs (寄往/寄到/送到/发往…)
+# and names with compound surnames, plus hard negatives that use the same verbs and surnames.
+REVIEW_SEED = 77004
+REVIEW_SURNAMES = ["诸葛", "欧阳", "司马", "上官", "慕容", "令狐", "夏侯", "皇甫"]
+REVIEW_GIVEN = list("明轩若曦天佑静怡一鸣嘉欣书瑶景行冰清雨桐")
+REVIEW_ROADS = ["人民南路四段", "解放大道二段", "中山北路", "朝阳街", "环城东路", "府前街"]
+REVIEW_TEMPLATES = {
+    "address": [
+        "包裹寄往{}，麻烦尽快",
+        "请把样品寄到{}",
+        "鲜花送到{}就行",
+        "这批货发往{}",
+        "合同原件寄至{}",
+        "快递送往{}了吗",
+        "麻烦把发票邮寄到{}",
+    ],
+    "name": [
+        "这件事请{}负责",
+        "下午{}会来开会",
+        "把材料交给{}",
+        "{}的报告写得很好",
+        "我刚和{}通了电话",
+        "麻烦转告{}一声",
+    ],
+}
+REVIEW_NEGATIVES = [  # the verbs and surname characters without an address or a person
+    "寄往国外的包裹要报关",
+    "送到楼下就行，谢谢",
+    "这批货发往全国各地",
+    "样品寄到了吗？",
+    "发往上海的航班延误了",
+    "把东西送到公司前台",
+    "请上官方网站查询",
+    "东方明珠塔晚上很好看",
+]
+
+
+def review_rows(seed: int = REVIEW_SEED, per_type: int = 40) -> list[dict]:
+    r = random.Random(seed)
+    rows = []
+    for kind in ("address", "name"):
+        for _ in range(per_type):
+            if kind == "address":
+                prov, city, dist = r.choice(PLACES)
+                head = r.choice([prov + city + dist, city + dist]) if prov else city + dist
+                value = f"{head}{r.choice(REVIEW_ROADS)}{r.randrange(1, 300)}号"
+            else:
+                value = r.choice(REVIEW_SURNAMES) + "".join(r.choice(REVIEW_GIVEN) for _ in range(r.choice([1, 2])))
+            tpl = r.choice(REVIEW_TEMPLATES[kind])
+            at = tpl.index("{}")
+            rows.append({"text": tpl.replace("{}", value), "spans": [[at, at + len(value), kind]]})
+    return rows + [{"text": t, "spans": []} for t in REVIEW_NEGATIVES]
+
+
 def _fill_hand(line: str) -> dict:
     text, spans, pos = "", [], 0
     for m in re.finditer(r"\[\[(\w+)\|(.+?)\]\]", line):
@@ -345,7 +400,7 @@ def build(seed: int = SEED, per_type: int = 60, negatives: int = 480) -> list[di
                 text += "；" + negative(r)
             rows.append({"text": text, "spans": spans})
     rows += [{"text": negative(r), "spans": []} for _ in range(negatives)]
-    return rows + [_fill_hand(line) for line in HAND]
+    return rows + [_fill_hand(line) for line in HAND] + review_rows()
 
 
 if __name__ == "__main__":
