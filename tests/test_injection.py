@@ -19,8 +19,9 @@ from weitiao.errors import UserError
 from weitiao.infer.serve import ServeSettings, create_app
 from weitiao.safety import injection as inj
 from weitiao.safety import injection_data as D
+from weitiao.safety.injection_data import benign_sets
 from weitiao.safety.injection_rules_commands import injection_app
-from weitiao.safety.screen import Screen, ScreenConfig, benign_sets, load_screen_config, measure
+from weitiao.safety.screen import Screen, ScreenConfig, load_screen_config, measure
 
 
 def scripted(reply_fn) -> FastAPI:

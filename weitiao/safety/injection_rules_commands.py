@@ -136,7 +136,8 @@ def injection_screen(
     """Detection rate of the serve input screen per family, and false-positive rate on benign prompts."""
     from weitiao.safety import injection as inj
     from weitiao.safety import injection_data as D
-    from weitiao.safety.screen import Screen, benign_sets, load_screen_config, measure
+    from weitiao.safety.injection_data import benign_sets
+    from weitiao.safety.screen import Screen, load_screen_config, measure
 
     screen = Screen(load_screen_config(config))
     if text is not None:

@@ -249,27 +249,3 @@ def measure(screen: Screen, attacks: list[Any], benign: dict[str, list[list[dict
         report["false_positive"][name] = {"n": len(flags), "rate": sum(flags) / max(1, len(flags))}
     report["false_positive"]["overall"] = {"n": len(flagged_all), "rate": sum(flagged_all) / max(1, len(flagged_all))}
     return report
-
-
-def benign_sets() -> dict[str, list[list[dict]]]:
-    """Benign prompts: the shipped benign list, demo held-out chit-chat and red-line prompts (harmful but not
-    injections: the screen should leave them to other filters), and the clean seed tasks with their systems."""
-    from weitiao.demo import DATA_DIR
-    from weitiao.io import read_jsonl
-    from weitiao.safety import injection_data as D
-
-    def user(text: str) -> list[dict]:
-        return [{"role": "user", "content": text}]
-
-    def demo(name: str) -> list[list[dict]]:
-        return [user(row["instruction"]) for _, row in read_jsonl(Path(DATA_DIR) / name)]
-
-    seeds = [[{"role": "system", "content": role}, *user(task)] for _, role, task, _, _ in D.SEED_TASKS]
-    seeds += [[{"role": "system", "content": D.RAG_ROLE}, *user(f.format(doc=doc, question=q))]
-              for _, doc, q, _ in D.RAG_TASKS for f in D.RAG_FORMATS]  # fmt: skip
-    return {
-        "benign_zh": [user(t) for t in D.BENIGN],
-        "heldout_style": demo("heldout_style.jsonl"),
-        "heldout_redline": demo("heldout_redline.jsonl"),
-        "seed_tasks": seeds,
-    }

@@ -62,9 +62,7 @@ class Split:
 
 def benign_texts() -> dict[str, list[str]]:
     """Benign set name → user texts (the sets `injection screen` measures false positives on)."""
-    from weitiao.safety.screen import benign_sets
-
-    sets = {k: [user_text(m) for m in v] for k, v in benign_sets().items()}
+    sets = {k: [user_text(m) for m in v] for k, v in D.benign_sets().items()}
     return sets | {"benign_zh_2": list(D.BENIGN_2)}
 
 
