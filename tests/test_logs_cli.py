@@ -80,6 +80,7 @@ def test_print_sql_and_show_config_need_no_logs(tmp_path):
         (["chat", "e.parquet"], "--responses: missing"),
         (["synth", "--kind", "clicks"], "--kind 'clicks': use dwell or chat"),
         (["dwell", "nope.parquet"], "nope.parquet: file not found"),
+        (["dwell", "s3a://bucket/ev.parquet"], "s3a://bucket/ev.parquet: the DuckDB engine reads local files"),
         (["dwell", "--print-sql", "--engine", "flink"], "--engine 'flink': use duckdb or spark"),
         (["dwell", "x.parquet", "--engine", "spark", "--threads", "2"], "--threads: DuckDB only"),
         (["chat", "e.parquet", "--responses", "r.parquet", "--spark-master", "local[2]"], "--spark-master: only"),

@@ -70,8 +70,8 @@ def _config(kind: str, profile: str, sets: list[str] | None, show_config: bool, 
 
 @app.command("dwell")
 def dwell_cmd(
-    events: Path = typer.Argument(None, help="view events: .parquet/.csv/.jsonl (globs allowed)"),
-    content: Path = typer.Option(None, help="content table (content_id, context, text, ...); default: in EVENTS"),
+    events: str = typer.Argument(None, help="view events: .parquet/.csv/.jsonl (globs; Spark: any URI it reads)"),
+    content: str = typer.Option(None, help="content table (content_id, context, text, ...); default: in EVENTS"),
     profile: str = typer.Option("zhihu", help="xhs (short image notes) | zhihu (long answers) | my.yaml"),
     sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
     out: Path = typer.Option(None, help="pairs JSONL (report.json/.html beside it) [runs/logs/dwell-PROFILE/]"),
@@ -99,8 +99,8 @@ def dwell_cmd(
 
 @app.command("chat")
 def chat_cmd(
-    events: Path = typer.Argument(None, help="user events (response_id, event, ts, value)"),
-    responses: Path = typer.Option(None, help="responses (response_id, session_id, turn, ts, prompt, response)"),
+    events: str = typer.Argument(None, help="user events (response_id, event, ts, value)"),
+    responses: str = typer.Option(None, help="responses (response_id, session_id, turn, ts, prompt, response)"),
     profile: str = typer.Option("chat", help="chat | my.yaml"),
     sets: list[str] = typer.Option(None, "--set", help=SET_HELP + "; cross_session.enabled=true pairs across sessions"),
     out: Path = typer.Option(None, help="pairs JSONL (report.json/.html beside it) [runs/logs/chat-PROFILE/]"),

@@ -153,6 +153,8 @@ class DuckEngine:
         self.con = con or connect(threads)
 
     def source(self, name: str, path: str) -> tuple[str, dict[str, str]]:
+        if "://" in path:
+            raise UserError(f"{path}: the DuckDB engine reads local files; for remote paths use --engine spark")
         if Path(path).is_dir():
             raise UserError(f"{path}: is a folder; expected a log file (or a glob such as {Path(path) / '*.parquet'})")
         if not path_exists(path):

@@ -121,8 +121,10 @@ class SparkEngine:
         self.spark.sql(portable(sql, "spark")).createOrReplaceTempView(name)
 
     def table(self, name: str, sql: str) -> int:
-        df = self.spark.sql(portable(sql, "spark")).persist()
-        n = df.count()  # computes and caches every partition now, so the stage's time is its own
+        # computed now (the stage's time is its own) and cut from its lineage: later stages plan
+        # against the stored rows, not against every earlier query again
+        df = self.spark.sql(portable(sql, "spark")).localCheckpoint(eager=True)
+        n = df.count()
         df.createOrReplaceTempView(name)
         old = self.cached.pop(name, None)
         if old is not None:
