@@ -125,7 +125,7 @@ def test_same_errors_on_bad_logs(spark, tmp_path):
 
     pq.write_table(pa.table({"content_id": ["a"], "dwell": [3.0]}), tmp_path / "ev.parquet")
     pq.write_table(pa.table({"content_id": ["a", "b"], "dwell_s": ["3", "x"]}), tmp_path / "bad.parquet")
-    cfg = load_profile("dwell", "zhihu")
+    cfg = load_profile("dwell", "zhihu", ["position_correction=false"])
     for name, message in (("ev.parquet", "dwell_s: missing column"), ("bad.parquet", "dwell_s: expected a number")):
         errors = []
         for engine in (None, spark):
