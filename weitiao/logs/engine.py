@@ -3,7 +3,11 @@
 The pipelines are written once, as DuckDB SQL. `portable()` is the one dialect layer: it writes every
 fractional literal as a DOUBLE (0.1 → 0.1e0: both engines parse 0.1 as DECIMAL, and Spark then keeps
 decimal arithmetic, 1.0 / 3 = 0.333333, where DuckDB switches to DOUBLE) and lets SQLGlot write the
-statement in the engine's dialect. `DuckEngine` (default) runs it in process; `weitiao.logs.spark.SparkEngine` runs it
+statement in the engine's dialect. The pipeline SQL keeps to what means the same on both: tie-breaks
+by md5() (each engine's hash() differs), windows with an ORDER BY, ordered lists as list_sort() of
+structs led by the key (SQLGlot drops list(… ORDER BY …) for Spark), no SELECT * EXCLUDE, regex
+whitespace spelled out character by character (RE2's and Java's shorthand classes differ).
+`DuckEngine` (default) runs it in process; `weitiao.logs.spark.SparkEngine` runs it
 on Spark SQL. Both read .parquet, .csv/.tsv, .jsonl/.ndjson/.json (globs allowed) into typed views;
 every column is checked in one scan before any pairing runs, so a malformed log is a one-line
 UserError naming the file and the column (missing, wrong type, bad timestamp, empty or out-of-range).
