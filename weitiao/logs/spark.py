@@ -97,7 +97,8 @@ class SparkEngine:
         return file_format(path)
 
     def source(self, name: str, path: str) -> tuple[str, dict[str, str]]:
-        if "://" not in path and not Path(path).is_dir() and not path_exists(path):
+        local = self.spark.sparkContext.master.startswith("local")  # elsewhere /x may mean the cluster's own FS
+        if local and "://" not in path and not Path(path).is_dir() and not path_exists(path):
             raise UserError(f"{path}: file not found")
         fmt, read = self._format(path), self.spark.read
         try:
