@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# Debian Chromium + driver for the arena page test (headless); skipped with a reason if this fails.
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver fonts-wqy-microhei) \
 		|| echo "chromium not installed: tests/test_arena_page.py will be skipped"
+	# Debian Java for `weitiao logs --engine spark` (PySpark local mode in tests/test_logs_spark.py).
+	command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless) \
+		|| echo "java not installed: tests/test_logs_spark.py will be skipped"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -59,7 +59,11 @@ def test_print_sql_and_show_config_need_no_logs(tmp_path):
     con.execute(sql)
     assert con.execute("SELECT count(*) FROM wt_pairs").fetchone() == (0,)
     r = logs("chat", "--print-sql", "--set", "cross_session.enabled=true", "--set", "cross_session.match=ngram")
-    assert r.exit_code == 0 and "list_transform" in r.output and "'cross_session'" in r.output
+    assert r.exit_code == 0 and "list_transform" in r.output.lower() and "'cross_session'" in r.output
+    r = logs("chat", "--print-sql", "--engine", "spark", "--set", "cross_session.enabled=true", "--set",
+             "cross_session.match=ngram")  # fmt: skip
+    assert r.exit_code == 0 and "spark SQL" in r.output and "CACHE TABLE wt_decided;" in r.output
+    assert "TRANSFORM(" in r.output and "list_transform" not in r.output.lower()
     r = logs("dwell", "--show-config", "--profile", "zhihu")
     cfg = yaml.safe_load(r.output)
     assert cfg["kind"] == "dwell" and cfg["normalize"] == "completion" and cfg["position_correction"] is True
@@ -76,6 +80,10 @@ def test_print_sql_and_show_config_need_no_logs(tmp_path):
         (["chat", "e.parquet"], "--responses: missing"),
         (["synth", "--kind", "clicks"], "--kind 'clicks': use dwell or chat"),
         (["dwell", "nope.parquet"], "nope.parquet: file not found"),
+        (["dwell", "s3a://bucket/ev.parquet"], "s3a://bucket/ev.parquet: the DuckDB engine reads local files"),
+        (["dwell", "--print-sql", "--engine", "flink"], "--engine 'flink': use duckdb or spark"),
+        (["dwell", "x.parquet", "--engine", "spark", "--threads", "2"], "--threads: DuckDB only"),
+        (["chat", "e.parquet", "--responses", "r.parquet", "--spark-master", "local[2]"], "--spark-master: only"),
     ],
 )
 def test_errors_are_user_errors(args, message):

@@ -1,4 +1,4 @@
-"""Chat-site behavior → preference pairs (chapter Q162), as DuckDB SQL.
+"""Chat-site behavior → preference pairs (chapter Q162), as SQL run by DuckDB or Spark (engine.py).
 
 Inputs (files, or a team's warehouse tables under these names):
   responses(response_id, session_id, turn, ts, prompt, response)   one row per generated response;
@@ -28,7 +28,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from weitiao.logs.config import CHAT_EVENTS, CHAT_SOURCES, ChatConfig
-from weitiao.logs.engine import Column, PairsRun, Stage, check_mapping, connect, open_table, run_stages, script
+from weitiao.logs.engine import (
+    Column,
+    DuckEngine,
+    Engine,
+    PairsRun,
+    Stage,
+    check_mapping,
+    open_table,
+    run_stages,
+    script,
+)
 from weitiao.logs.engine import sql_num as n
 from weitiao.logs.engine import sql_str as q
 
@@ -84,7 +94,7 @@ def _candidates_sql(cfg: ChatConfig) -> str:
     if x.enabled:
         pool = """pool AS (
   SELECT response_id, session_id, prompt_key, row_number() OVER (
-    PARTITION BY prompt_key ORDER BY (pos OR neg) DESC, hash(response_id)) AS k
+    PARTITION BY prompt_key ORDER BY (pos OR neg) DESC, md5(response_id)) AS k
   FROM wt_responses WHERE turn = 1),
 """
         if x.match == "exact":
@@ -126,8 +136,7 @@ near AS (
     tier3 = ", ".join(q(s) for s in ("regenerate", "follow_up") if s in on) or "NULL"
     conf = " ".join(f"WHEN {q(k)} THEN {n(v)}" for k, v in cfg.confidence.items())
     allowed = ", ".join(q(s) for s in x.sources) or "NULL"
-    return f"""CREATE OR REPLACE TEMP TABLE wt_decided AS
-WITH {pool}groups AS (
+    return f"""WITH {pool}groups AS (
 {groups}),
 t AS (
   SELECT g.grp, g.scope, g.id_a, g.id_b, a.session_id, a.turn,
@@ -176,8 +185,8 @@ def build_stages(cfg: ChatConfig) -> list[Stage]:
     stages = [
         Stage(
             "events: canonical names; unknown responses, other events, out-of-bounds dwell set apart",
-            f"""CREATE OR REPLACE TEMP TABLE wt_events AS
-WITH e AS (SELECT e.response_id, {event} AS event, e.ts, e.value FROM events e)
+            "wt_events",
+            f"""WITH e AS (SELECT e.response_id, {event} AS event, e.ts, e.value FROM events e)
 SELECT e.response_id, e.event, e.ts, e.value,
   CASE
     WHEN r.response_id IS NULL THEN 'unknown_response'
@@ -189,8 +198,8 @@ FROM e LEFT JOIN responses r ON r.response_id = e.response_id""",
         ),
         Stage(
             "responses: one value per signal tier",
-            f"""CREATE OR REPLACE TEMP TABLE wt_responses AS
-WITH s AS (
+            "wt_responses",
+            f"""WITH s AS (
   SELECT response_id, count(*) AS events,
     arg_max(CASE event WHEN 'thumbs_up' THEN 1 ELSE -1 END, ts) FILTER (WHERE event IN ('thumbs_up', 'thumbs_down'))
       AS explicit,
@@ -201,15 +210,20 @@ t AS (
   SELECT r.response_id, r.session_id, r.turn, coalesce(s.events, 0) AS events, coalesce(s.explicit, 0) AS t_explicit,
     CASE WHEN s.shared THEN 1 ELSE 0 END AS t_share,
     CASE WHEN s.regenerated THEN -1 WHEN s.followed THEN 1 ELSE 0 END AS t_context, {dwell} AS t_dwell,
-    regexp_replace(lower(r.prompt), '[\\s\\p{{P}}\\p{{S}}]', '', 'g') AS prompt_key,
+    regexp_replace(lower(r.prompt), '[ \\t\\n\\f\\r\\p{{P}}\\p{{S}}]', '', 'g') AS prompt_key,
     r.ts = max(r.ts) OVER (PARTITION BY r.session_id) AS last_in_session
   FROM responses r LEFT JOIN s USING (response_id))
-SELECT * EXCLUDE (last_in_session), t_explicit > 0 OR t_share > 0 OR t_context > 0 AS pos,
+SELECT response_id, session_id, turn, events, t_explicit, t_share, t_context, t_dwell, prompt_key,
+  t_explicit > 0 OR t_share > 0 OR t_context > 0 AS pos,
   t_explicit < 0 OR t_context < 0 AS neg,
   last_in_session AND t_explicit = 0 AND t_share = 0 AND t_context = 0 AS abandoned
 FROM t""",
         ),
-        Stage("candidate pairs: strongest separating signal, conflicts, cross-session rules", _candidates_sql(cfg)),
+        Stage(
+            "candidate pairs: strongest separating signal, conflicts, cross-session rules",
+            "wt_decided",
+            _candidates_sql(cfg),
+        ),
     ]
     caps = " ".join(f"WHEN {q(k)} THEN {int(v)}" for k, v in cfg.max_pairs.items())
     cap = f"CASE source {caps} END" if caps else "NULL"
@@ -218,15 +232,15 @@ FROM t""",
     stages.append(
         Stage(
             "caps: per prompt group, per source, balance against stronger sources",
-            f"""CREATE OR REPLACE TEMP TABLE wt_candidates AS
-WITH c1 AS (
+            "wt_candidates",
+            f"""WITH c1 AS (
   SELECT *, CASE WHEN rule IS NULL AND row_number() OVER (PARTITION BY grp, rule IS NULL
-    ORDER BY confidence DESC, hash(chosen_id || '>' || rejected_id)) > coalesce({per_prompt}, 1e18)
+    ORDER BY confidence DESC, md5(chosen_id || '>' || rejected_id)) > coalesce({per_prompt}, 1e18)
     THEN 'capped_prompt' ELSE rule END AS r1
   FROM wt_decided),
 c2 AS (
   SELECT *, CASE WHEN r1 IS NULL AND row_number() OVER (PARTITION BY source, r1 IS NULL
-    ORDER BY confidence DESC, hash(chosen_id || '>' || rejected_id)) > coalesce({cap}, 1e18)
+    ORDER BY confidence DESC, md5(chosen_id || '>' || rejected_id)) > coalesce({cap}, 1e18)
     THEN 'capped_source' ELSE r1 END AS r2
   FROM c1),
 counts AS (SELECT source, count(*) AS n, {_strength("source")} AS strength FROM c2 WHERE r2 IS NULL GROUP BY source),
@@ -236,7 +250,7 @@ allowed AS (
   FROM counts),
 c3 AS (
   SELECT c2.*, CASE WHEN r2 IS NULL AND row_number() OVER (PARTITION BY c2.source, r2 IS NULL
-    ORDER BY confidence DESC, hash(chosen_id || '>' || rejected_id)) > coalesce(allowed.allowed, 1e18)
+    ORDER BY confidence DESC, md5(chosen_id || '>' || rejected_id)) > coalesce(allowed.allowed, 1e18)
     THEN 'balanced' ELSE r2 END AS r3
   FROM c2 LEFT JOIN allowed ON allowed.source = c2.source)
 SELECT grp, scope, session_id, turn, chosen_id, rejected_id, source, signal, confidence, r3 AS rule FROM c3""",
@@ -245,13 +259,14 @@ SELECT grp, scope, session_id, turn, chosen_id, rejected_id, source, signal, con
     stages.append(
         Stage(
             "pairs: prompt with earlier turns as history, chosen and rejected texts",
-            """CREATE OR REPLACE TEMP TABLE wt_pairs AS
-WITH k AS (SELECT * FROM wt_candidates WHERE rule IS NULL),
+            "wt_pairs",
+            """WITH k AS (SELECT * FROM wt_candidates WHERE rule IS NULL),
 final AS (  -- the reply each earlier turn continued from: its latest response
   SELECT session_id, turn, any_value(prompt) AS prompt, arg_max(response, ts) AS response
   FROM responses WHERE session_id IN (SELECT session_id FROM k WHERE turn > 1) GROUP BY ALL),
 hist AS (
-  SELECT k.chosen_id, k.rejected_id, list({'user': f.prompt, 'assistant': f.response} ORDER BY f.turn) AS history
+  SELECT k.chosen_id, k.rejected_id,
+    list_sort(list({'turn': f.turn, 'user': f.prompt, 'assistant': f.response})) AS history  -- by turn
   FROM k JOIN final f ON f.session_id = k.session_id AND f.turn < k.turn GROUP BY ALL)
 SELECT rc.prompt, coalesce(h.history, []) AS history, rc.response AS chosen, rr.response AS rejected,
   k.source, k.signal,
@@ -263,8 +278,8 @@ LEFT JOIN hist h ON h.chosen_id = k.chosen_id AND h.rejected_id = k.rejected_id"
     stages.append(
         Stage(
             "ledger: every event, response and candidate pair under one rule",
-            """CREATE OR REPLACE TEMP TABLE wt_ledger AS
-WITH status AS (
+            "wt_ledger",
+            """WITH status AS (
   SELECT id, bool_or(rule IS NULL) AS paired
   FROM (SELECT chosen_id AS id, rule FROM wt_candidates UNION ALL SELECT rejected_id, rule FROM wt_candidates)
   GROUP BY id),
@@ -280,13 +295,13 @@ UNION ALL SELECT 'candidates', coalesce(rule, 'kept'), count(*) FROM wt_candidat
     return stages
 
 
-def sql_script(cfg: ChatConfig) -> str:
-    """The whole pipeline as a runnable SQL script with a header naming its inputs."""
-    header = f"""-- weitiao logs chat · profile {cfg.profile} · DuckDB SQL made from the config, thresholds inlined
+def sql_script(cfg: ChatConfig, dialect: str = "duckdb") -> str:
+    """The whole pipeline as a runnable SQL script (DuckDB or Spark SQL) with a header naming its inputs."""
+    header = f"""-- weitiao logs chat · profile {cfg.profile} · {dialect} SQL made from the config, thresholds inlined
 -- inputs:  responses(response_id, session_id, turn, ts, prompt, response)  one row per generated response
 --          events(response_id, event, ts, value)                           one row per user action
 -- outputs: wt_pairs (preference rows), wt_ledger (ledger, rule, n: every event, response and candidate counted once)"""
-    return script(build_stages(cfg), header)
+    return script(build_stages(cfg), header, dialect)
 
 
 def run(
@@ -295,12 +310,15 @@ def run(
     cfg: ChatConfig,
     progress: bool = True,
     threads: int | None = None,
+    engine: Engine | None = None,
 ) -> PairsRun:
-    """Check the logs, run the pipeline; the returned run's connection holds wt_pairs and wt_ledger."""
-    con = connect(threads)
+    """Check the logs, run the pipeline on `engine` (default: DuckDB); the run's `con` holds wt_pairs, wt_ledger."""
+    engine = engine or DuckEngine(threads)
     check_mapping(cfg.columns, list(dict.fromkeys(c.name for c in response_columns() + event_columns())), "chat")
-    open_table(con, "responses", responses, response_columns(), cfg.columns)
-    open_table(con, "events", events, event_columns(), cfg.columns)
-    n_events = con.execute("SELECT count(*) FROM events").fetchone()[0]
-    seconds = run_stages(con, build_stages(cfg), f"chat pairs ({cfg.profile})", n_events, progress)
-    return PairsRun("chat", con, cfg, {"events": str(events), "responses": str(responses)}, n_events, seconds)
+    open_table(engine, "responses", responses, response_columns(), cfg.columns)
+    open_table(engine, "events", events, event_columns(), cfg.columns)
+    n_events = engine.rows("SELECT count(*) FROM events")[0][0]
+    seconds, sizes = run_stages(engine, build_stages(cfg), f"chat pairs ({cfg.profile})", n_events, progress)
+    con = engine.results(["wt_pairs", "wt_ledger"])
+    inputs = {"events": str(events), "responses": str(responses)}
+    return PairsRun("chat", con, cfg, inputs, n_events, seconds, sizes, engine.name)

@@ -1,4 +1,4 @@
-"""Content-site dwell time → preference pairs (chapter Q161), as DuckDB SQL.
+"""Content-site dwell time → preference pairs (chapter Q161), as SQL run by DuckDB or Spark (engine.py).
 
 Inputs are two relations (files, or a team's own warehouse tables under these names):
   events(content_id, user_id, ts, dwell_s, position, liked, collected)   one row per view
@@ -30,10 +30,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
-
 from weitiao.logs.config import DwellConfig
-from weitiao.logs.engine import Column, PairsRun, Stage, check_mapping, connect, open_table, run_stages, script
+from weitiao.logs.engine import (
+    Column,
+    DuckEngine,
+    Engine,
+    PairsRun,
+    Stage,
+    check_mapping,
+    open_table,
+    run_stages,
+    script,
+)
 from weitiao.logs.engine import sql_num as n
 
 EVENT_RULES = (
@@ -87,9 +95,9 @@ def build_stages(cfg: DwellConfig) -> list[Stage]:
     stages = [
         Stage(
             "content: integer key and expected reading time per item",
-            f"""CREATE OR REPLACE TEMP TABLE wt_content AS
-SELECT CAST(row_number() OVER () AS INTEGER) AS idx, content_id, context, length_chars, images,
-  {n(cfg.base_s)} + length_chars / {n(cfg.read_cps)} + images * {n(cfg.image_s)} AS expected_s
+            "wt_content",
+            f"""SELECT CAST(row_number() OVER (ORDER BY content_id) AS INTEGER) AS idx, content_id, context,
+  length_chars, images, {n(cfg.base_s)} + length_chars / {n(cfg.read_cps)} + images * {n(cfg.image_s)} AS expected_s
 FROM content""",
         )
     ]
@@ -106,8 +114,8 @@ r AS (
     stages.append(
         Stage(
             "cells: views per item × position, accidental/idle/unknown counted apart",
-            f"""CREATE OR REPLACE TEMP TABLE wt_cells AS
-WITH v AS (
+            "wt_cells",
+            f"""WITH v AS (
   SELECT c.idx, {who}least(e.position, {cfg.max_position}) AS pos, e.dwell_s,
     CAST(e.liked AS INTEGER) + CAST(e.collected AS INTEGER) > 0 AS engaged,
     CASE
@@ -128,8 +136,8 @@ FROM {src} GROUP BY ALL""",
         stages.append(
             Stage(
                 "position factors: attention per feed position",
-                """CREATE OR REPLACE TEMP TABLE wt_position AS
-WITH kept AS (SELECT idx, pos, views, dwell_sum FROM wt_cells WHERE drop_rule IS NULL),
+                "wt_position",
+                """WITH kept AS (SELECT idx, pos, views, dwell_sum FROM wt_cells WHERE drop_rule IS NULL),
 item AS (SELECT idx, sum(dwell_sum) / sum(views) AS mean_dwell FROM kept GROUP BY idx)
 SELECT pos, sum(dwell_sum / mean_dwell) / sum(views) AS factor, sum(views) AS views
 FROM kept JOIN item USING (idx) WHERE mean_dwell > 0 GROUP BY pos""",
@@ -140,8 +148,8 @@ FROM kept JOIN item USING (idx) WHERE mean_dwell > 0 GROUP BY pos""",
     stages.append(
         Stage(
             f"items: mean {cfg.normalize} score (dwell × weight), its variance, views, engagement",
-            f"""CREATE OR REPLACE TEMP TABLE wt_items AS
-WITH w AS (
+            "wt_items",
+            f"""WITH w AS (
   SELECT x.idx, x.views, x.engaged, x.dwell_sum, x.dwell_sq, {weight} AS w
   FROM wt_cells x JOIN wt_content c ON c.idx = x.idx{join_pos}
   WHERE x.drop_rule IS NULL),
@@ -181,8 +189,8 @@ FROM a JOIN wt_content c ON c.idx = a.idx""",
     stages.append(
         Stage(
             "candidate pairs: same context, similar items, margins, significance, cap",
-            f"""CREATE OR REPLACE TEMP TABLE wt_candidates AS
-WITH q AS (SELECT * FROM wt_items WHERE views >= {cfg.min_views}),
+            "wt_candidates",
+            f"""WITH q AS (SELECT * FROM wt_items WHERE views >= {cfg.min_views}),
 p AS (
   SELECT a.context, a.content_id AS id_a, b.content_id AS id_b, a.score AS s_a, b.score AS s_b,
     a.score_var AS v_a, b.score_var AS v_b, a.views AS n_a, b.views AS n_b, a.engagement AS e_a,
@@ -220,8 +228,8 @@ FROM o""",
     stages.append(
         Stage(
             "pairs: prompt, chosen and rejected texts",
-            """CREATE OR REPLACE TEMP TABLE wt_pairs AS
-SELECT coalesce(cc.prompt, d.context) AS prompt, cc.text AS chosen, cr.text AS rejected, d.source,
+            "wt_pairs",
+            """SELECT coalesce(cc.prompt, d.context) AS prompt, cc.text AS chosen, cr.text AS rejected, d.source,
   round(d.confidence, 4) AS confidence, d.context, d.chosen_id, d.rejected_id, round(d.margin, 4) AS margin
 FROM wt_candidates d
 JOIN content cc ON cc.content_id = d.chosen_id
@@ -232,8 +240,8 @@ WHERE d.rule IS NULL""",
     stages.append(
         Stage(
             "ledger: every event, item and candidate pair under one rule",
-            f"""CREATE OR REPLACE TEMP TABLE wt_ledger AS
-WITH status AS (
+            "wt_ledger",
+            f"""WITH status AS (
   SELECT id AS content_id, bool_or(rule IS NULL) AS paired
   FROM (SELECT id_a AS id, rule FROM wt_candidates UNION ALL SELECT id_b, rule FROM wt_candidates)
   GROUP BY id),
@@ -250,32 +258,31 @@ UNION ALL SELECT 'candidates', coalesce(rule, 'kept'), count(*) FROM wt_candidat
     return stages
 
 
-def sql_script(cfg: DwellConfig) -> str:
-    """The whole pipeline as a runnable SQL script with a header naming its inputs."""
-    header = f"""-- weitiao logs dwell · profile {cfg.profile} · DuckDB SQL made from the config, thresholds inlined
+def sql_script(cfg: DwellConfig, dialect: str = "duckdb") -> str:
+    """The whole pipeline as a runnable SQL script (DuckDB or Spark SQL) with a header naming its inputs."""
+    header = f"""-- weitiao logs dwell · profile {cfg.profile} · {dialect} SQL made from the config, thresholds inlined
 -- inputs:  events(content_id, user_id, ts, dwell_s, position, liked, collected)  one row per view
 --          content(content_id, context, prompt, text, length_chars, images)     one row per item
 -- outputs: wt_pairs (preference rows), wt_ledger (ledger, rule, n: every event, item and candidate counted once)"""
-    return script(build_stages(cfg), header)
+    return script(build_stages(cfg), header, dialect)
 
 
-def load_inputs(
-    con: duckdb.DuckDBPyConnection, cfg: DwellConfig, events: str | Path, content: str | Path | None
-) -> int:
+def load_inputs(engine: Engine, cfg: DwellConfig, events: str | Path, content: str | Path | None) -> int:
     """Open and check the log files as views `events` and `content`; returns the event count."""
     known = [c.name for c in event_columns(cfg)] + [c.name for c in content_columns()[1:]]
     check_mapping(cfg.columns, known, "dwell")
-    open_table(con, "events", events, event_columns(cfg), cfg.columns)
+    open_table(engine, "events", events, event_columns(cfg), cfg.columns)
     if content is not None:
-        open_table(con, "content", content, content_columns(), cfg.columns)
+        open_table(engine, "content", content, content_columns(), cfg.columns)
     else:  # content columns ride along on every event: one row per item
-        open_table(con, "wt_content_src", events, content_columns(own_file=False), cfg.columns)
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE content AS SELECT content_id, any_value(context) AS context, "
-            "any_value(text) AS text, any_value(prompt) AS prompt, any_value(length_chars) AS length_chars, "
-            "any_value(images) AS images FROM wt_content_src GROUP BY content_id"
+        open_table(engine, "wt_content_src", events, content_columns(own_file=False), cfg.columns)
+        engine.table(
+            "content",
+            "SELECT content_id, any_value(context) AS context, any_value(text) AS text, any_value(prompt) AS prompt, "
+            "any_value(length_chars) AS length_chars, any_value(images) AS images "
+            "FROM wt_content_src GROUP BY content_id",
         )
-    return con.execute("SELECT count(*) FROM events").fetchone()[0]
+    return engine.rows("SELECT count(*) FROM events")[0][0]
 
 
 def run(
@@ -284,10 +291,12 @@ def run(
     content: str | Path | None = None,
     progress: bool = True,
     threads: int | None = None,
+    engine: Engine | None = None,
 ) -> PairsRun:
-    """Check the logs, run the pipeline; the returned run's connection holds wt_pairs and wt_ledger."""
-    con = connect(threads)
-    n_events = load_inputs(con, cfg, events, content)
+    """Check the logs, run the pipeline on `engine` (default: DuckDB); the run's `con` holds wt_pairs, wt_ledger."""
+    engine = engine or DuckEngine(threads)
+    n_events = load_inputs(engine, cfg, events, content)
     inputs = {"events": str(events)} | ({"content": str(content)} if content else {})
-    seconds = run_stages(con, build_stages(cfg), f"dwell pairs ({cfg.profile})", n_events, progress)
-    return PairsRun("dwell", con, cfg, inputs, n_events, seconds)
+    seconds, sizes = run_stages(engine, build_stages(cfg), f"dwell pairs ({cfg.profile})", n_events, progress)
+    con = engine.results(["wt_pairs", "wt_ledger"])
+    return PairsRun("dwell", con, cfg, inputs, n_events, seconds, sizes, engine.name)

@@ -1,8 +1,16 @@
-"""DuckDB plumbing shared by `logs dwell` and `logs chat`: open and check log files, run SQL stages.
+"""The engines `logs dwell` and `logs chat` run on, and the checks every log file passes first.
 
-Log files (.parquet, .csv/.tsv, .jsonl/.ndjson/.json, globs allowed) become typed temp views. Every
-column is checked in one scan before any pairing runs, so a malformed log is a one-line UserError
-naming the file and the column (missing, wrong type, bad timestamp, empty or out-of-range values).
+The pipelines are written once, as DuckDB SQL. `portable()` is the one dialect layer: it writes every
+fractional literal as a DOUBLE (0.1 → 0.1e0: both engines parse 0.1 as DECIMAL, and Spark then keeps
+decimal arithmetic, 1.0 / 3 = 0.333333, where DuckDB switches to DOUBLE) and lets SQLGlot write the
+statement in the engine's dialect. The pipeline SQL keeps to what means the same on both: tie-breaks
+by md5() (each engine's hash() differs), windows with an ORDER BY, ordered lists as list_sort() of
+structs led by the key (SQLGlot drops list(… ORDER BY …) for Spark), no SELECT * EXCLUDE, regex
+whitespace spelled out character by character (RE2's and Java's shorthand classes differ).
+`DuckEngine` (default) runs it in process; `weitiao.logs.spark.SparkEngine` runs it
+on Spark SQL. Both read .parquet, .csv/.tsv, .jsonl/.ndjson/.json (globs allowed) into typed views;
+every column is checked in one scan before any pairing runs, so a malformed log is a one-line
+UserError naming the file and the column (missing, wrong type, bad timestamp, empty or out-of-range).
 """
 
 from __future__ import annotations
@@ -11,10 +19,13 @@ import glob
 import re
 import time
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
+import sqlglot
+from sqlglot import exp
 
 from weitiao.errors import UserError, where
 from weitiao.train.log import progress_bar
@@ -28,6 +39,7 @@ EXPECT = {
     "flag": "a flag (true/false or a count)",
     "time": "a timestamp (ISO text, TIMESTAMP or epoch seconds)",
 }
+ENGINES = ("duckdb", "spark")
 
 
 @dataclass(frozen=True)
@@ -46,7 +58,10 @@ class Column:
 
 @dataclass
 class PairsRun:
-    """A finished pairing run: `con` holds wt_pairs (preference rows) and wt_ledger (ledger, rule, n)."""
+    """A finished pairing run: `con` (DuckDB, whatever the engine) holds wt_pairs and wt_ledger.
+
+    `sizes` holds the row count of every table the pipeline made (the ledgers are checked against them).
+    """
 
     kind: str
     con: duckdb.DuckDBPyConnection
@@ -54,14 +69,52 @@ class PairsRun:
     inputs: dict[str, str]
     events: int
     seconds: dict[str, float] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+    engine: str = "duckdb"
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One SQL statement of a pipeline with the step title printed above it."""
+    """One step of a pipeline: the title printed above it, the table it makes and its SELECT (DuckDB SQL)."""
 
     title: str
-    sql: str
+    table: str
+    select: str
+
+
+@lru_cache(maxsize=256)
+def portable(sql: str, dialect: str) -> str:
+    """DuckDB SQL as `dialect` (duckdb | spark) runs it: fractional literals typed DOUBLE, then SQLGlot."""
+
+    def double(node: exp.Expression) -> exp.Expression:  # 0.1 → 0.1e0, a DOUBLE literal in both
+        if isinstance(node, exp.Literal) and not node.is_string and re.fullmatch(r"\d+\.\d*", node.this):
+            return exp.Literal.number(node.this + "e0")
+        return node
+
+    tree = sqlglot.parse_one(sql, read="duckdb").transform(double)
+    return tree.sql(dialect=dialect, pretty=True)
+
+
+class Engine(Protocol):
+    """What the pipelines need from an engine; every SQL string passed in is DuckDB SQL."""
+
+    name: str
+    errors: tuple[type[BaseException], ...]
+
+    def source(self, name: str, path: str) -> tuple[str, dict[str, str]]:
+        """Open a log file: (what to put after FROM, {column: DuckDB type name}); UserError if unreadable."""
+
+    def rows(self, sql: str) -> list[tuple]:
+        """Run a query and fetch its rows."""
+
+    def view(self, name: str, sql: str) -> None:
+        """Name a query (computed again where used)."""
+
+    def table(self, name: str, sql: str) -> int:
+        """Compute a query once and keep it under `name`; returns its row count."""
+
+    def results(self, tables: list[str]) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection holding these tables (for reports and JSONL on this machine)."""
 
 
 def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
@@ -79,21 +132,67 @@ def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _reader(path: str) -> str:
-    p, q = path.lower(), path.replace("'", "''")
-    if p.endswith(".parquet"):
-        return f"read_parquet('{q}')"
-    if p.endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz")):
-        return f"read_csv('{q}', header = true)"
-    if p.endswith((".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz")):
-        return f"read_json('{q}')"
+def path_exists(path: str) -> bool:
+    return bool(glob.glob(path)) if any(ch in path for ch in "*?[") else Path(path).is_file()
+
+
+def file_format(path: str) -> str:
+    """parquet | csv | tsv | json from a file name (compressed .gz too); UserError for anything else."""
+    p = path.lower().removesuffix(".gz").rstrip("/")
+    for fmt, ends in (("parquet", (".parquet",)), ("csv", (".csv",)), ("tsv", (".tsv",))):
+        if p.endswith(ends):
+            return fmt
+    if p.endswith((".jsonl", ".ndjson", ".json")):
+        return "json"
     raise UserError(f"{path}: unsupported log file type; use .parquet, .csv, .tsv or .jsonl")
+
+
+class DuckEngine:
+    """The default engine: DuckDB in this process (`threads`: DuckDB threads, default all cores)."""
+
+    name = "duckdb"
+    errors: tuple[type[BaseException], ...] = (duckdb.Error,)
+
+    def __init__(self, threads: int | None = None, con: duckdb.DuckDBPyConnection | None = None):
+        self.con = con or connect(threads)
+
+    def source(self, name: str, path: str) -> tuple[str, dict[str, str]]:
+        if "://" in path:
+            raise UserError(f"{path}: the DuckDB engine reads local files; for remote paths use --engine spark")
+        if Path(path).is_dir():
+            raise UserError(f"{path}: is a folder; expected a log file (or a glob such as {Path(path) / '*.parquet'})")
+        if not path_exists(path):
+            raise UserError(f"{path}: file not found")
+        fmt, q = file_format(path), path.replace("'", "''")
+        reader = {
+            "parquet": f"read_parquet('{q}')",
+            "csv": f"read_csv('{q}', header = true)",
+            "tsv": f"read_csv('{q}', header = true)",
+            "json": f"read_json('{q}')",
+        }[fmt]
+        try:
+            described = self.con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()
+        except duckdb.Error as e:
+            raise UserError(f"{path}: cannot read: {str(e).splitlines()[0]}") from None
+        return reader, {row[0]: row[1] for row in described}
+
+    def rows(self, sql: str) -> list[tuple]:
+        return self.con.execute(portable(sql, "duckdb")).fetchall()
+
+    def view(self, name: str, sql: str) -> None:
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {portable(sql, 'duckdb')}")
+
+    def table(self, name: str, sql: str) -> int:
+        return self.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {portable(sql, 'duckdb')}").fetchone()[0]
+
+    def results(self, tables: list[str]) -> duckdb.DuckDBPyConnection:
+        return self.con
 
 
 def _cast(col: str, kind: str, dtype: str) -> tuple[str | None, str | None]:
     """(typed SQL expression, SQL predicate for an unparseable value) or (None, None) for a wrong type."""
     c = f'"{col}"'
-    if dtype == "JSON":  # mixed-type JSON fields arrive as JSON; read them as text
+    if dtype == "JSON":  # mixed-type JSON fields arrive as JSON in DuckDB; read them as text
         c, dtype = f"({c} ->> '$')", "VARCHAR"
     numeric, text = bool(NUMERIC.match(dtype)), dtype == "VARCHAR"
     if kind == "id":
@@ -119,17 +218,13 @@ def _cast(col: str, kind: str, dtype: str) -> tuple[str | None, str | None]:
     if kind == "time":
         if dtype.startswith("TIMESTAMP") or dtype == "DATE":
             return f"CAST({c} AS TIMESTAMP)", "false"
-        if numeric:
-            return f"make_timestamp(CAST({c} * 1000000 AS BIGINT))", f"NOT isfinite(CAST({c} AS DOUBLE))"
+        if numeric:  # |epoch seconds| < 1e11 (year 5138) also catches NaN, ±inf and epoch milliseconds
+            return f"make_timestamp(CAST({c} * 1000000 AS BIGINT))", f"NOT abs(CAST({c} AS DOUBLE)) < 1e11"
         if text:  # via TIMESTAMPTZ so that offsets (+08:00) are honoured; the session is UTC
             parsed = f"TRY_CAST({c} AS TIMESTAMPTZ)"
             return f"CAST({parsed} AS TIMESTAMP)", f"{c} IS NOT NULL AND {parsed} IS NULL"
         return None, None
     raise ValueError(kind)
-
-
-def _exists(path: str) -> bool:
-    return bool(glob.glob(path)) if any(ch in path for ch in "*?[") else Path(path).is_file()
 
 
 def check_mapping(mapping: dict[str, str], known: list[str], kind: str) -> None:
@@ -143,13 +238,13 @@ def check_mapping(mapping: dict[str, str], known: list[str], kind: str) -> None:
 
 
 def open_table(
-    con: duckdb.DuckDBPyConnection,
+    engine: Engine,
     name: str,
     path: str | Path,
     columns: list[Column],
     mapping: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """Create temp view `name` with the typed `columns` of a log file; returns {column: source type}.
+    """Create view `name` with the typed `columns` of a log file; returns {column: source type}.
 
     `mapping` ({file column: our column}, the profile's `columns`) renames where the file has the
     column. Raises UserError(`file: column: problem`) for a missing file or column, a wrong type,
@@ -157,16 +252,7 @@ def open_table(
     below `min`; errors name the file's own column.
     """
     path = str(path)
-    if Path(path).is_dir():
-        raise UserError(f"{path}: is a folder; expected a log file (or a glob such as {Path(path) / '*.parquet'})")
-    if not _exists(path):
-        raise UserError(f"{path}: file not found")
-    reader = _reader(path)
-    try:
-        described = con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()
-    except duckdb.Error as e:
-        raise UserError(f"{path}: cannot read: {str(e).splitlines()[0]}") from None
-    types = {row[0]: row[1] for row in described}
+    reader, types = engine.source(name, path)
     select, checks = [], []
     source = {ours: theirs for theirs, ours in (mapping or {}).items() if theirs in types}
     for col in columns:
@@ -193,41 +279,45 @@ def open_table(
             checks.append((named, "dup", f"count({raw}) - count(DISTINCT {raw})", None))
         if col.min is not None:  # min() comes from Parquet statistics when it can: no scan
             checks.append((named, "low", f"coalesce(min({typed}) < {col.min}, false)::INTEGER", f"{typed} < {col.min}"))
-    _check(con, path, reader, checks)
-    con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {', '.join(select)} FROM {reader}")
+    _check(engine, path, reader, checks)
+    engine.view(name, f"SELECT {', '.join(select)} FROM {reader}")
     return types
 
 
-def _check(con: duckdb.DuckDBPyConnection, path: str, reader: str, checks: list) -> None:
+def _check(engine: Engine, path: str, reader: str, checks: list) -> None:
     """One aggregate scan for all checks; only a failing check pays for a second query (count, example)."""
     if not checks:
         return
     try:
-        found = con.execute(f"SELECT {', '.join(agg for _, _, agg, _ in checks)} FROM {reader}").fetchone()
+        found = engine.rows(f"SELECT {', '.join(agg for _, _, agg, _ in checks)} FROM {reader}")[0]
         for (col, what, _, pred), hit in zip(checks, found):
             if not hit:
                 continue
             raw, loc = f'"{col.name}"', where(path, field=col.name)
             if what == "dup":
-                example = con.execute(f"SELECT {raw} FROM {reader} GROUP BY 1 HAVING count(*) > 1 LIMIT 1").fetchone()
+                example = engine.rows(f"SELECT {raw} FROM {reader} GROUP BY 1 HAVING count(*) > 1 LIMIT 1")[0]
                 raise UserError(f"{loc}: {hit} repeated ids, e.g. {example[0]!r} ({col.help}; must be unique)")
-            count, example = con.execute(
-                f"SELECT count(*), first(CAST({raw} AS VARCHAR)) FROM {reader} WHERE {pred}"
-            ).fetchone()
+            count, example = engine.rows(f"SELECT count(*), first(CAST({raw} AS VARCHAR)) FROM {reader} WHERE {pred}")[
+                0
+            ]
             if what == "bad":
                 raise UserError(f"{loc}: expected {EXPECT[col.kind]}, found {example!r} ({count} rows)")
             if what == "null":
                 raise UserError(f"{loc}: {count} empty values ({col.help})")
             raise UserError(f"{loc}: {count} values below {col.min:g}, e.g. {example} ({col.help})")
-    except duckdb.Error as e:
-        raise UserError(f"{path}: cannot read: {str(e).splitlines()[0]}") from None
+    except engine.errors as e:
+        raise UserError(f"{path}: cannot read: {str(e).strip().splitlines()[0]}") from None
 
 
 def run_stages(
-    con: duckdb.DuckDBPyConnection, stages: list[Stage], label: str, rows: int | None = None, progress: bool = True
-) -> dict[str, float]:
-    """Execute stages in order under a rich bar (step, rows/s, elapsed); returns seconds per stage title."""
+    engine: Engine, stages: list[Stage], label: str, rows: int | None = None, progress: bool = True
+) -> tuple[dict[str, float], dict[str, int]]:
+    """Make each stage's table in order under a rich bar (step, rows/s, elapsed).
+
+    Returns (seconds per stage title, rows per table).
+    """
     seconds: dict[str, float] = {}
+    sizes: dict[str, int] = {}
     bar = progress_bar(progress)
     t0 = time.perf_counter()
     with bar:
@@ -236,22 +326,27 @@ def run_stages(
             bar.update(task, info=st.title)
             t = time.perf_counter()
             try:
-                con.execute(st.sql)
-            except duckdb.Error as e:  # a bad config value can still reach SQL (e.g. a cast); keep it one line
-                raise UserError(f"{label}: step {st.title!r} failed: {str(e).splitlines()[0]}") from None
+                sizes[st.table] = engine.table(st.table, st.select)
+            except engine.errors as e:  # a bad config value can still reach SQL (e.g. a cast); keep it one line
+                raise UserError(f"{label}: step {st.title!r} failed: {str(e).strip().splitlines()[0]}") from None
             seconds[st.title] = time.perf_counter() - t
             bar.advance(task)
         total = time.perf_counter() - t0
         rate = f"{rows / total:,.0f} events/s" if rows and total > 0 else ""
         bar.update(task, info=f"done {rate}")
-    return seconds
+    return seconds, sizes
 
 
-def script(stages: list[Stage], header: str) -> str:
-    """The stages as one SQL script with numbered step comments (what `--print-sql` prints)."""
+def script(stages: list[Stage], header: str, dialect: str = "duckdb") -> str:
+    """The stages as one SQL script in `dialect`, with numbered step comments (what `--print-sql` prints)."""
     parts = [header.rstrip()]
     for i, st in enumerate(stages, 1):
-        parts.append(f"-- {i}. {st.title}\n{st.sql.strip()};")
+        sql = portable(st.select, dialect)
+        if dialect == "spark":  # CACHE TABLE computes the view once, as the engine does
+            made = f"CREATE OR REPLACE TEMPORARY VIEW {st.table} AS\n{sql};\nCACHE TABLE {st.table};"
+        else:
+            made = f"CREATE OR REPLACE TEMP TABLE {st.table} AS\n{sql};"
+        parts.append(f"-- {i}. {st.title}\n{made}")
     return "\n\n".join(parts) + "\n"
 
 

@@ -19,7 +19,7 @@ from rich.table import Table
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text, write_jsonl
 from weitiao.logs import chat, dwell
-from weitiao.logs.engine import Column, PairsRun, open_table
+from weitiao.logs.engine import Column, DuckEngine, PairsRun, open_table
 from weitiao.reports import page
 
 RULE_ORDER = {"dwell": (dwell.EVENT_RULES, dwell.CANDIDATE_RULES), "chat": (chat.EVENT_RULES, chat.CANDIDATE_RULES)}
@@ -43,11 +43,7 @@ def ledgers(run: PairsRun) -> dict[str, dict[str, int]]:
 def check_ledgers(run: PairsRun, led: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
     """Totals per ledger next to what they must equal; raises AssertionError when one does not add up."""
     unit, table = ("items", "wt_items") if run.kind == "dwell" else ("responses", "wt_responses")
-    expect = {
-        "events": run.events,
-        unit: run.con.execute(f"SELECT count(*) FROM {table}").fetchone()[0],
-        "candidates": run.con.execute("SELECT count(*) FROM wt_candidates").fetchone()[0],
-    }
+    expect = {"events": run.events, unit: run.sizes[table], "candidates": run.sizes["wt_candidates"]}
     totals = {k: {"total": sum(led[k].values()), "expected": int(v)} for k, v in expect.items()}
     for k, t in totals.items():
         if t["total"] != t["expected"]:  # a pipeline bug, never the user's input
@@ -58,7 +54,8 @@ def check_ledgers(run: PairsRun, led: dict[str, dict[str, int]]) -> dict[str, di
 def precision(run: PairsRun, truth: str | Path) -> dict[str, dict[str, float]]:
     """Per source (and per chat signal): pairs, correct (chosen truly better), precision."""
     cols = [Column("id", "id", "item or response id", unique=True), Column("quality", "number", "hidden true quality")]
-    open_table(run.con, "truth", truth, cols)
+    # read here, next to the pairs, whatever engine made them
+    open_table(DuckEngine(con=run.con), "truth", truth, cols)
     keys = ["source"] + (["signal"] if run.kind == "chat" else [])
     out: dict[str, dict[str, float]] = {}
     for key in keys + ["'all'"]:
