@@ -95,7 +95,6 @@ class Sampler:
             self.counts = self._counts(history, n_prompt)
         if bool((self.rep != 1).any()):
             self.seen = self._seen(history)
-        self.history, self.n_prompt = history, n_prompt  # only read again when a join needs the state
         self._flags()
 
     def _counts(self, history: list[list[int]], n_prompt: list[int]) -> torch.Tensor:
