@@ -1,7 +1,7 @@
 """Load test for `weitiao serve`: N concurrent streaming clients on loopback, batched vs one at a time.
 
     .venv/bin/python benchmarks/serve_load.py                       # 16 clients, 20 s per setting, demo model
-    .venv/bin/python benchmarks/serve_load.py --clients 32 --seconds 10 --max-tokens 64 --batches 8,4,1
+    .venv/bin/python benchmarks/serve_load.py --clients 32 --seconds 10 --max-tokens 64 --batches 16,4,1
 
 What it does, in one invocation:
 1. For each `--batches` value, starts `weitiao.infer.serve.serve(max_batch=B)` in its own subprocess on a free
@@ -12,7 +12,10 @@ What it does, in one invocation:
    request time and the completion tokens from the final usage chunk. No client starts a request after
    `--seconds`; requests in flight then finish and count.
 3. Prints per setting: requests, requests/s, completion tokens/s, p50/p95 time-to-first-token, errors
-   (non-200 or broken streams); then the throughput ratio of the first setting to the last.
+   (non-200 or broken streams), rows that joined a decoding batch (continuous batching); then the
+   throughput ratio of the first setting to the last, the first's p95 TTFT against the last's p50, and the
+   machine's load average (`os.getloadavg`) before and after: on a shared machine only the ratios of one
+   run compare.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -131,6 +135,7 @@ async def load(url: str, clients: int, seconds: float, max_tokens: int) -> dict:
         "ttft_p50_s": statistics.median(ttfts) if ttfts else float("nan"),
         "ttft_p95_s": pct(0.95),
         "rows_per_batch": len(results) / max(1, h1["batches"] - h0["batches"]),
+        "joined": h1.get("joined", 0) - h0.get("joined", 0),
         "busy": (h1["busy_s"] - h0["busy_s"]) / elapsed,  # share of the time the model was generating
         "errors": len(errors),
         "first_error": errors[0] if errors else None,
@@ -143,11 +148,12 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=20.0, help="per setting")
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--batches", default="8,1", help="max_batch values to compare; ratio = first / last")
+    ap.add_argument("--batches", default="16,1", help="max_batch values to compare; ratio = first / last")
     ap.add_argument("--threads", type=int, default=1, help="server torch threads (0 = torch default)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     rows = {}
+    load0 = os.getloadavg()
     for b in (int(x) for x in args.batches.split(",")):
         port = free_port()
         proc = start_server(args.model, b, max(64, 2 * args.clients), port, args.threads)
@@ -160,7 +166,8 @@ def main() -> None:
         print(
             f"max_batch={b:<3} {r['requests']:>5} req in {r['elapsed_s']:.1f}s  {r['req_per_s']:7.2f} req/s  "
             f"{r['tok_per_s']:8.1f} tok/s  TTFT p50 {r['ttft_p50_s'] * 1000:7.1f} ms  "
-            f"p95 {r['ttft_p95_s'] * 1000:7.1f} ms  {r['rows_per_batch']:.1f} req/batch  busy {r['busy']:.0%}  "
+            f"p95 {r['ttft_p95_s'] * 1000:7.1f} ms  {r['rows_per_batch']:.1f} req/batch  {r['joined']} joined  "
+            f"busy {r['busy']:.0%}  "
             f"errors {r['errors']}" + (f" ({r['first_error']})" if r["errors"] else ""),
             flush=True,
         )
@@ -168,9 +175,13 @@ def main() -> None:
     if first != last:
         ratio = rows[first]["req_per_s"] / rows[last]["req_per_s"]
         print(f"throughput max_batch={first} / max_batch={last}: {ratio:.2f}x  ({args.clients} clients)")
+        p95, p50 = rows[first]["ttft_p95_s"], rows[last]["ttft_p50_s"]
+        print(f"TTFT p95 max_batch={first} {p95 * 1000:.0f} ms vs p50 max_batch={last} {p50 * 1000:.0f} ms")
+    loadavg = {"before": load0, "after": os.getloadavg()}
+    print(f"load average (1, 5, 15 min) before {load0}, after {loadavg['after']} on {os.cpu_count()} cores")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": rows}, f, indent=2)
+            json.dump({"args": vars(args), "results": rows, "load": loadavg}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -244,12 +244,14 @@ def test_serve_with_screen_refuses_attacks_and_answers_benign(tiny_parts):
         assert ok.choices[0].finish_reason in ("stop", "length")
 
 
-def test_serve_function_takes_a_screen_option():
+def test_serve_takes_an_input_screen_built_by_the_cli_screen_option():
     import inspect
 
+    from weitiao.cli import serve as cli_serve
     from weitiao.infer.serve import serve
 
-    assert inspect.signature(serve).parameters["screen"].default is None
+    assert inspect.signature(serve).parameters["input_screen"].default is None  # infer/ does not import safety/
+    assert inspect.signature(cli_serve).parameters["screen"].default.default is None
 
 
 # ----------------------------------------------------------------------------- CLI

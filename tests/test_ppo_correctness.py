@@ -339,8 +339,8 @@ PINNED = {
     2: [-0.00256401, 0.0910265, 0.72, 0],
     3: [-0.00156221, 0.138868, 0.5725, 0.0108418],
     4: [-0.00141731, 0.14869, 0.5425, 0.0290807],
-    5: [-0.00104124, 0.235529, 0.6, 0.0377409],
-}
+    5: [-0.00104219, 0.156888, 0.5925, 0.0310749],
+}  # step 5 re-pinned with the shared generation loop: finished rows leave the batch, so later draws differ
 
 
 def pinned_run(tiny_model_dir, tmp_path, name, *extra):

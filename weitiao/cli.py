@@ -194,14 +194,26 @@ def serve(
     pii: str = typer.Option(None, help="filter replies: redact (placeholders) or block (refuse) PII"),
     screen: str = typer.Option(None, help="prompt-injection input screen: 'default' or a YAML config (off if unset)"),
     max_body_mb: float = typer.Option(8.0, help="request bodies above this many MiB get 413"),
+    prefill_chunk: int = typer.Option(512, help="prompt tokens prefilled per step, so long prompts do not stall"),
 ) -> None:
     """OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models, /health."""
     from weitiao.infer import serve as tool
 
+    output_filter = input_screen = None
+    if pii:
+        from weitiao.safety.pii import output_filter as pii_filter
+
+        output_filter = pii_filter(pii)
+    if screen:
+        from weitiao.safety.screen import Screen, load_screen_config
+
+        input_screen = Screen(load_screen_config(screen))
     limits = (max_batch, max_queue, max_new_tokens)
+    hooks = {"input_screen": input_screen, "output_filter": output_filter}
     tool.serve(
-        model, adapter, host, port, api_key, *limits, quant, template, pii=pii, screen=screen, max_body_mb=max_body_mb
-    )
+        model, adapter, host, port, api_key, *limits, quant, template, **hooks, max_body_mb=max_body_mb,
+        prefill_chunk=prefill_chunk,
+    )  # fmt: skip
 
 
 @app.command()

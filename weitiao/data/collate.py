@@ -154,3 +154,17 @@ def collate(
         position_ids[r, len(p) :] = torch.arange(width - len(p))
         mask[r, : len(s)] = 1
     return Batch(input_ids, targets, position_ids, None if packing else mask, seq_index)
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, attention mask, position ids) [rows, longest], each row right-aligned: generation appends to every
+    row at the same column. Positions count only a row's real tokens (as HF generate does with left padding),
+    so its logits do not depend on how much padding the batch needs."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, s in enumerate(seqs):
+        if s:
+            ids[r, width - len(s) :] = torch.tensor(list(s))
+            mask[r, width - len(s) :] = 1
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)

@@ -1,16 +1,36 @@
-"""Batched, KV-cached generation through the chat template; stops on the end-of-turn token."""
+"""The one generation loop: a KV-cached decoder with continuous batching (`Engine`), behind `weitiao serve`,
+`generate`/`generate_ids` (eval, demo, arena, safety probes), PPO's rollouts and `weitiao chat`.
+
+How `Engine.tick` runs:
+1. Rows wait in arrival order. The next group of them (several short prompts, or one long one) is prefilled
+   left-padded, at most `prefill_chunk` tokens (rows × columns) per tick, so a long prompt does not stall the
+   rows already decoding: they take a step between its chunks.
+2. When a group's prefill is done, its rows sample their first token and join the decoding batch: the two
+   KV caches are left-padded to one width and concatenated (`KVBatch.join`; caches other than plain
+   full-attention ones are recomputed instead).
+3. Every tick the decoding batch takes one step: each row's logits go through its own settings and bans
+   (`Sampler`), the token goes to `row.feed`, and rows that are done leave at once (their cache rows are
+   dropped and columns that became padding in every row trimmed).
+
+Departures from HF `model.generate`: one sampling setting per row, not per call; a batch without seeded rows
+draws with `torch.multinomial` as HF does, but finished rows leave the batch, so sampled (not greedy) replies
+differ from HF's for the same seed. `generate_ids` honours only these keys of a model folder's
+generation_config.json: min_p, no_repeat_ngram_size, suppress_tokens, begin_suppress_tokens, bad_words_ids;
+others that change the distribution are refused (`UserError`), never ignored.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import torch
 
+from weitiao.data.collate import left_pad
 from weitiao.data.formats import Message
 from weitiao.data.templates import ChatTemplate
+from weitiao.errors import UserError
 
 
 @dataclass
@@ -29,7 +49,452 @@ class Sampled:
     stopped: bool
 
 
-@torch.no_grad()
+@dataclass
+class RowSampling:
+    """One row's sampling settings, as the OpenAI/vLLM request fields name them; greedy when temperature == 0."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    repetition_penalty: float = 1.0  # HF/vLLM: over prompt + reply tokens, logit / p if > 0 else * p
+    presence_penalty: float = 0.0  # OpenAI: logit -= frequency * count + presence * (count > 0), reply tokens only
+    frequency_penalty: float = 0.0
+    generator: torch.Generator | None = None  # the row's own random stream (a seeded request), else the global one
+    min_p: float = 0.0  # HF/vLLM: drop tokens below min_p × the top token's probability; 0: off
+
+
+class Row(Protocol):
+    """What the engine needs of a row: its tokens, settings, and `feed` for each sampled token."""
+
+    prompt_ids: list[int]
+    ids: list[int]  # tokens fed so far (a stop token that ended the row may be left out)
+    sampling: RowSampling
+    adapter: str  # peft adapter name, "__base__" for none
+    logprobs: int | None  # alternatives per token in the log-prob entries `feed` gets; None: no entries
+
+    @property
+    def done(self) -> bool: ...
+
+    def feed(self, token: int, logprob: tuple | None) -> None: ...
+
+
+class Sampler:
+    """Per-row logits processing and sampling for a batch, in vLLM's order: banned tokens, penalties,
+    then greedy argmax, or temperature, top-k, top-p, min-p and a draw. Vectorized over rows and vocabulary;
+    the only Python loop is over seeded rows, each drawing from its own generator, so a seeded row's
+    tokens do not depend on which rows share its batch."""
+
+    def __init__(self, rows: list[RowSampling], history: list[list[int]], n_prompt: list[int], vocab: int, device: Any):
+        f = lambda name: torch.tensor([getattr(r, name) for r in rows], dtype=torch.float32, device=device)  # noqa: E731
+        self.rows, self.vocab, self.device = rows, vocab, device
+        self.temp, self.top_p, self.rep, self.min_p = f("temperature"), f("top_p"), f("repetition_penalty"), f("min_p")
+        self.top_k = torch.tensor([r.top_k for r in rows], device=device)
+        self.pres, self.freq = f("presence_penalty"), f("frequency_penalty")
+        self.counts = self.seen = None  # [rows, vocab]: reply-token counts; tokens of prompt + reply
+        if bool((self.pres != 0).any() or (self.freq != 0).any()):
+            self.counts = self._counts(history, n_prompt)
+        if bool((self.rep != 1).any()):
+            self.seen = self._seen(history)
+        self._flags()
+
+    def _counts(self, history: list[list[int]], n_prompt: list[int]) -> torch.Tensor:
+        counts = torch.zeros(len(history), self.vocab, device=self.device)
+        for i, (h, n) in enumerate(zip(history, n_prompt)):  # a row's reply so far
+            reply = torch.tensor(h[n:], dtype=torch.long, device=self.device)
+            counts[i].index_add_(0, reply, torch.ones(len(reply), device=self.device))
+        return counts
+
+    def _seen(self, history: list[list[int]]) -> torch.Tensor:
+        seen = torch.zeros(len(history), self.vocab, dtype=torch.bool, device=self.device)
+        for i, h in enumerate(history):
+            seen[i, torch.tensor(h, dtype=torch.long, device=self.device)] = True
+        return seen
+
+    def _flags(self) -> None:  # decided once per batch (and per drop or join), not with a device sync every step
+        self.all_greedy = all(r.temperature == 0 for r in self.rows)
+        self.filtering = any(r.temperature > 0 and (r.top_k > 0 or r.top_p < 1 or r.min_p > 0) for r in self.rows)
+        self.seeded = any(r.generator is not None and r.temperature > 0 for r in self.rows)
+
+    def keep(self, idx: torch.Tensor) -> None:
+        """Drop the rows not in `idx` (finished ones)."""
+        self.rows = [self.rows[i] for i in idx.tolist()]
+        for name in ("temp", "top_p", "rep", "min_p", "top_k", "pres", "freq", "counts", "seen"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name)[idx])
+        self._flags()
+
+    def join(self, other: Sampler, history: list[list[int]], n_prompt: list[int]) -> None:
+        """Append `other`'s rows; `history`/`n_prompt` are this sampler's rows' tokens so far (prompt + reply)."""
+        for name in ("temp", "top_p", "rep", "min_p", "top_k", "pres", "freq"):
+            setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
+        for name, build, args in (("counts", "_counts", (n_prompt,)), ("seen", "_seen", ())):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine is None and theirs is None:
+                continue
+            if mine is None:  # the newcomers penalize: rebuild this side's state from its rows' tokens
+                mine = getattr(self, build)(history, *args)
+            if theirs is None:
+                theirs = torch.zeros(len(other.rows), self.vocab, dtype=mine.dtype, device=self.device)
+            setattr(self, name, torch.cat([mine, theirs]))
+        self.rows = self.rows + other.rows
+        self._flags()
+
+    def __call__(self, logits: torch.Tensor, ban: torch.Tensor | None = None) -> torch.Tensor:
+        """Next token of each row from its raw logits [rows, vocab]; `ban` [rows, vocab] True = never."""
+        logits = logits.float()
+        if ban is not None:
+            logits = logits.masked_fill(ban, float("-inf"))
+        if self.seen is not None:
+            rep = self.rep[:, None].expand_as(logits)
+            penalized = torch.where(logits > 0, logits / rep, logits * rep)
+            logits = torch.where(self.seen, penalized, logits)
+        if self.counts is not None:
+            logits = logits - self.freq[:, None] * self.counts - self.pres[:, None] * (self.counts > 0)
+        greedy = self.temp == 0
+        tokens = logits.argmax(-1)
+        if self.all_greedy:
+            return self._record(tokens)
+        logits = logits / torch.where(greedy, 1.0, self.temp)[:, None]
+        if self.filtering:
+            logits = self._top_k_top_p(logits)
+        probs = logits.softmax(-1)
+        if not self.seeded:  # HF generate's draw, from the global generator
+            drawn = torch.multinomial(probs, 1)[:, 0]
+        else:  # exponential race: argmax(p / q), q ~ Exp(1), is a draw from p; each seeded row draws its own q
+            q = torch.empty_like(probs).exponential_()
+            for i, r in enumerate(self.rows):
+                if r.generator is not None and r.temperature > 0:
+                    q[i].exponential_(generator=r.generator)
+            drawn = (probs / q).argmax(-1)
+        return self._record(torch.where(greedy, tokens, drawn))
+
+    def _top_k_top_p(self, logits: torch.Tensor) -> torch.Tensor:
+        """HF/vLLM semantics: keep the k most likely, then the smallest set with mass >= top_p (at least one),
+        then those with at least min_p × the top probability."""
+        srt, idx = logits.sort(-1)  # ascending
+        k = torch.where(self.top_k > 0, self.top_k, self.vocab).clamp(max=self.vocab)
+        kth = srt.gather(-1, (self.vocab - k)[:, None])
+        srt = srt.masked_fill(srt < kth, float("-inf"))
+        probs = srt.softmax(-1)
+        drop = probs.cumsum(-1) <= (1 - self.top_p)[:, None]
+        drop |= probs < self.min_p[:, None] * probs[:, -1:]
+        drop[:, -1] = False
+        srt = srt.masked_fill(drop, float("-inf"))
+        return torch.empty_like(logits).scatter_(-1, idx, srt)
+
+    def _record(self, tokens: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(len(tokens), device=tokens.device)
+        if self.counts is not None:
+            self.counts[rows, tokens] += 1
+        if self.seen is not None:
+            self.seen[rows, tokens] = True
+        return tokens
+
+
+class KVBatch:
+    """Left-padded rows decoded one token per step through a KV cache; rows can leave (`keep`) and join (`join`).
+
+    Position ids count only each row's real tokens (`weitiao.data.collate.left_pad`), so a row's logits do
+    not depend on how much padding its batch needs. `adapter_names` (one per row, "__base__" for none) picks
+    each row's LoRA adapter in a peft model serving several (peft's mixed batches).
+    """
+
+    def __init__(self, model: Any, prompts: list[list[int]], pad_id: int, adapter_names: list[str] | None = None):
+        from transformers import DynamicCache
+
+        self.model, self.pad_id, self.adapter_names = model, pad_id, adapter_names
+        self.device = next(model.parameters()).device
+        ids, mask, pos = left_pad(prompts, pad_id)
+        self.ids, self.mask, self.pos = ids.to(self.device), mask.to(self.device), pos.to(self.device)
+        self.n_real = self.mask.sum(-1)
+        self.filled = 0  # prompt columns already through the model
+        self.cache = DynamicCache(config=getattr(model, "config", None))
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, **kw: Any) -> torch.Tensor:
+        if self.adapter_names is not None:
+            kw["adapter_names"] = self.adapter_names
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, cache=self.cache, use_cache=True, **kw
+        )
+        return out.logits
+
+    def prefill(self, all_logits: bool = False) -> torch.Tensor:
+        """Logits [rows, width, vocab] of every prompt position when `all_logits`, else of the last [rows, 1, vocab]."""
+        self.filled = self.ids.shape[1]
+        return self._forward(self.ids, self.pos, self.mask, logits_to_keep=0 if all_logits else 1)
+
+    def prefill_part(self, budget: int) -> torch.Tensor | None:
+        """Feed the next prompt columns, at most `budget` tokens (rows × columns; one column at least);
+        the last position's logits [rows, vocab] once every column is in, else None."""
+        rows, width = self.ids.shape
+        start, end = self.filled, min(width, self.filled + max(1, budget // rows))
+        logits = self._forward(self.ids[:, start:end], self.pos[:, start:end], self.mask[:, :end], logits_to_keep=1)
+        self.filled = end
+        return logits[:, -1] if end == width else None
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row; the next logits [rows, vocab]."""
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=-1)
+        positions = self.n_real[:, None].clone()
+        self.n_real = self.n_real + 1
+        return self._forward(tokens[:, None], positions, self.mask)[:, -1]
+
+    def keep(self, idx: torch.Tensor) -> None:
+        """Keep only the rows `idx` (their cache, mask and positions); drop columns left padding in every row."""
+        self.cache.batch_select_indices(idx)
+        self.mask, self.n_real = self.mask[idx], self.n_real[idx]
+        if self.adapter_names is not None:
+            self.adapter_names = [self.adapter_names[i] for i in idx.tolist()]
+        lead = int((self.mask.sum(0) == 0).cumprod(0).sum())
+        if lead and self.joinable():
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[..., lead:, :], layer.values[..., lead:, :]
+            self.mask = self.mask[:, lead:]
+
+    def joinable(self) -> bool:
+        """Whether the cache is plain full attention, whose rows can be left-padded and concatenated."""
+        from transformers.cache_utils import DynamicLayer
+
+        return all(type(layer) is DynamicLayer and layer.is_initialized for layer in self.cache.layers)
+
+    def join(self, other: KVBatch) -> None:
+        """Append `other`'s rows (prefilled): both caches and masks left-padded to the wider one."""
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys = torch.cat([_lpad(mine.keys, width), _lpad(theirs.keys, width)])
+            mine.values = torch.cat([_lpad(mine.values, width), _lpad(theirs.values, width)])
+        masks = [_lpad(m[:, :, None], width)[:, :, 0] for m in (self.mask, other.mask)]
+        self.mask = torch.cat(masks)
+        self.n_real = torch.cat([self.n_real, other.n_real])
+        if self.adapter_names is not None:
+            self.adapter_names = self.adapter_names + (other.adapter_names or [])
+
+
+def _lpad(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Zeros on the left of dim -2 up to `width` (a cache's sequence axis, or a mask given as [..., 1])."""
+    short = width - x.shape[-2]
+    return x if not short else torch.cat([x.new_zeros(*x.shape[:-2], short, x.shape[-1]), x], dim=-2)
+
+
+def logprob_entries(raw: torch.Tensor, tokens: torch.Tensor, k: int) -> list[tuple]:
+    """(token, its log-prob, [(alternative, log-prob)] * k) per row of `raw` log-probs [rows, vocab]."""
+    chosen = raw.gather(-1, tokens[:, None])[:, 0].tolist()
+    top_v, top_i = raw.topk(k, -1) if k else (raw[:, :0], tokens[:, None][:, :0])
+    return [(t, c, list(zip(i, v))) for t, c, i, v in zip(tokens.tolist(), chosen, top_i.tolist(), top_v.tolist())]
+
+
+@dataclass
+class _Part:
+    """Rows sharing one KV batch: a group being prefilled, or the decoding batch."""
+
+    rows: list
+    batch: KVBatch
+    sampler: Sampler | None = None
+    tokens: torch.Tensor | None = None  # each row's last sampled token, not yet through the model
+
+
+class Engine:
+    """The decode loop with continuous batching (steps in the module docstring). Add rows with `add`, call
+    `tick` while `live()`; each row's `feed` gets its tokens. `ban(rows, vocab)` gives [rows, vocab] True =
+    banned (or None) before each sampling. `stats` counts prefills (groups), joined (rows that joined a
+    batch already decoding), steps (decode steps) and tokens (sampled)."""
+
+    def __init__(
+        self,
+        model: Any,
+        pad_id: int,
+        max_rows: int = 16,
+        prefill_chunk: int = 512,
+        adapters: bool = False,
+        ban: Callable[[list, int], torch.Tensor | None] | None = None,
+    ) -> None:
+        self.model, self.pad_id, self.max_rows, self.chunk = model, pad_id, max_rows, prefill_chunk
+        self.adapters, self.ban = adapters, ban
+        self.device = next(model.parameters()).device
+        self.waiting: list = []
+        self.filling: _Part | None = None
+        self.running: _Part | None = None
+        self.stats = {"prefills": 0, "joined": 0, "steps": 0, "tokens": 0}
+
+    def add(self, rows: list) -> None:
+        """Queue rows for prefill (in order)."""
+        self.waiting += rows
+
+    def live(self) -> int:
+        """Rows not done: waiting, being prefilled or decoding."""
+        parts = [p.rows for p in (self.filling, self.running) if p is not None]
+        return sum(not r.done for rows in [self.waiting, *parts] for r in rows)
+
+    def clear(self) -> list:
+        """Drop every row (after a failed forward); returns them."""
+        rows = self.waiting + [r for p in (self.filling, self.running) if p is not None for r in p.rows]
+        self.waiting, self.filling, self.running = [], None, None
+        return rows
+
+    @torch.no_grad()
+    def tick(self) -> None:
+        """At most `prefill_chunk` tokens of prefill, then one decode step of the running batch."""
+        # 1. the next group of waiting rows: as many as fit the chunk budget and the free rows (one at least)
+        self.waiting = [r for r in self.waiting if not r.done]
+        if self.filling is not None and all(r.done for r in self.filling.rows):
+            self.filling = None  # all cancelled: the rest of their prompts is not worth computing
+        if self.filling is None and self.waiting:
+            self._group()
+        if self.filling is not None:
+            self._prefill()
+        # 3. one token for every decoding row
+        if self.running is not None:
+            part = self.running
+            part.tokens = self._sample(part, part.batch.step(part.tokens))
+            self.stats["steps"] += 1
+            self._drop(part)
+            if not part.rows:
+                self.running = None
+
+    def _history(self, row: Row) -> list[int]:
+        return row.prompt_ids + row.ids
+
+    def _group(self) -> None:
+        free = self.max_rows - (sum(not r.done for r in self.running.rows) if self.running else 0)
+        rows, width = [], 0
+        for row in self.waiting[: max(0, free)]:
+            w = max(width, len(self._history(row)))
+            if rows and w * (len(rows) + 1) > self.chunk:
+                break
+            rows.append(row)
+            width = w
+        if not rows:
+            return
+        self.waiting = self.waiting[len(rows) :]
+        names = [r.adapter for r in rows] if self.adapters else None
+        self.filling = _Part(rows, KVBatch(self.model, [self._history(r) for r in rows], self.pad_id, names))
+
+    def _prefill(self) -> None:
+        part = self.filling
+        logits = part.batch.prefill_part(self.chunk)
+        if logits is None:
+            return
+        # 2. the group's first tokens, then it joins the decoding batch
+        self.filling = None
+        self.stats["prefills"] += 1
+        history = [self._history(r) for r in part.rows]
+        n_prompt = [len(r.prompt_ids) for r in part.rows]
+        part.sampler = Sampler([r.sampling for r in part.rows], history, n_prompt, logits.shape[-1], self.device)
+        part.tokens = self._sample(part, logits)
+        self._drop(part)
+        if not part.rows:
+            return
+        if self.running is None:
+            self.running = part
+            return
+        run = self.running
+        self.stats["joined"] += len(part.rows)
+        if run.batch.joinable() and part.batch.joinable():
+            run.batch.join(part.batch)
+        else:  # e.g. sliding-window layers: recompute every row's cache, all but the token not yet fed
+            rows = run.rows + part.rows
+            names = [r.adapter for r in rows] if self.adapters else None
+            run.batch = KVBatch(self.model, [self._history(r)[:-1] for r in rows], self.pad_id, names)
+            run.batch.prefill()
+        # the running rows' tokens so far (all sampled ones, as the sampler has recorded them)
+        hist = [self._history(r) for r in run.rows]
+        run.sampler.join(part.sampler, hist, [len(r.prompt_ids) for r in run.rows])
+        run.tokens = torch.cat([run.tokens, part.tokens])
+        run.rows = run.rows + part.rows
+
+    def _sample(self, part: _Part, logits: torch.Tensor) -> torch.Tensor:
+        rows = part.rows
+        ban = self.ban(rows, logits.shape[-1]) if self.ban else None
+        k = max((r.logprobs for r in rows if r.logprobs is not None), default=None)
+        raw = logits.float().log_softmax(-1) if k is not None else None  # of the raw model distribution (vLLM's)
+        tokens = part.sampler(logits, ban)
+        entries = logprob_entries(raw, tokens, k) if raw is not None else [None] * len(rows)
+        for row, tok, e in zip(rows, tokens.tolist(), entries):
+            row.feed(tok, None if e is None or row.logprobs is None else (e[0], e[1], e[2][: row.logprobs]))
+        self.stats["tokens"] += len(rows)
+        return tokens
+
+    def _drop(self, part: _Part) -> None:
+        live = [i for i, r in enumerate(part.rows) if not r.done]
+        if len(live) == len(part.rows):
+            return
+        part.rows = [part.rows[i] for i in live]
+        if live:
+            idx = torch.tensor(live, device=self.device)
+            part.batch.keep(idx)
+            part.sampler.keep(idx)
+            part.tokens = part.tokens[idx]
+
+
+class _Reply:
+    """A row of `generate_ids`: ends after the end-of-turn token (kept) or `max_new` tokens."""
+
+    adapter, logprobs = "__base__", None
+
+    def __init__(self, prompt_ids: list[int], sampling: RowSampling, eot_id: int, max_new: int) -> None:
+        self.prompt_ids, self.sampling, self.eot_id, self.max_new = prompt_ids, sampling, eot_id, max_new
+        self.ids: list[int] = []
+        self.stopped = False
+        self.done = max_new <= 0
+
+    def feed(self, token: int, logprob: tuple | None = None) -> None:
+        self.ids.append(token)
+        self.stopped = token == self.eot_id
+        self.done = self.stopped or len(self.ids) >= self.max_new
+
+
+# generation_config.json keys that change what is drawn and that the loop does not implement
+_REFUSED = (
+    "typical_p", "epsilon_cutoff", "eta_cutoff", "encoder_repetition_penalty", "encoder_no_repeat_ngram_size",
+    "exponential_decay_length_penalty", "sequence_bias", "min_length", "min_new_tokens", "forced_bos_token_id",
+    "forced_eos_token_id", "num_beams", "penalty_alpha", "guidance_scale", "watermarking_config",
+)  # fmt: skip
+
+
+def _settings(
+    model: Any, sampling: RowSampling, no_repeat_ngram_size: int, model_defaults: bool
+) -> tuple[RowSampling, Callable[[list, int], torch.Tensor | None] | None]:
+    """The rows' settings and bans: the arguments, plus (with `model_defaults`) what the model folder's
+    generation_config.json sets and the arguments leave open, as HF generate would apply it."""
+    ngram, suppress, begin, bad = no_repeat_ngram_size, [], [], []
+    if model_defaults:
+        hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+        gc = getattr(hf, "generation_config", None)
+        defaults = gc._get_default_generation_params() if gc is not None else {}
+        for key in _REFUSED if gc is not None else ():
+            value = getattr(gc, key, None)
+            if value is not None and value != defaults.get(key):
+                where = f"{getattr(hf.config, '_name_or_path', '') or 'the model'}/generation_config.json"
+                raise UserError(f"{where}: {key}={value!r} is not supported by weitiao's generation loop; remove it")
+        if gc is not None:
+            if sampling.temperature > 0 and gc.min_p:
+                sampling = replace(sampling, min_p=float(gc.min_p))
+            ngram = ngram or (gc.no_repeat_ngram_size or 0)
+            suppress, begin = list(gc.suppress_tokens or []), list(gc.begin_suppress_tokens or [])
+            bad = [list(b) for b in gc.bad_words_ids or []]
+    if not (ngram or suppress or begin or bad):
+        return sampling, None
+
+    def ban(rows: list, vocab: int) -> torch.Tensor:
+        out = torch.zeros(len(rows), vocab, dtype=torch.bool)
+        for i, row in enumerate(rows):
+            h = row.prompt_ids + row.ids
+            banned = list(suppress) + (begin if not row.ids else [])
+            banned += [b[-1] for b in bad if len(b) == 1 or h[len(h) - len(b) + 1 :] == b[:-1]]
+            if ngram and len(h) >= ngram - 1:  # no n-gram twice (HF's no_repeat_ngram_size): its last token is barred
+                head = h[len(h) - ngram + 1 :] if ngram > 1 else []
+                banned += [h[j + ngram - 1] for j in range(len(h) - ngram + 1) if h[j : j + ngram - 1] == head]
+            out[i, [t for t in banned if t < vocab]] = True
+        return out.to(next(model.parameters()).device)
+
+    return sampling, ban
+
+
+def _eot_pad(tokenizer: Any, template: ChatTemplate) -> tuple[int, int]:
+    eot_id = tokenizer.convert_tokens_to_ids(template.eot)
+    return eot_id, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot_id
+
+
 def generate_ids(
     model: Any,
     tokenizer: Any,
@@ -47,67 +512,35 @@ def generate_ids(
 ) -> list[Sampled]:
     """Reply to each conversation (ending with a user turn); greedy when temperature == 0.
 
-    Replies are cut after the first end-of-turn token (kept); tokens after it are padding, never
-    part of the reply, whatever the pad id is. top_k=0 and top_p=1 are off. With
+    Up to `batch_size` rows decode together; a finished row's place goes to the next conversation at once.
+    Replies are cut after the first end-of-turn token (kept). top_k=0 and top_p=1 are off. With
     model_defaults=False nothing comes from the model folder's generation_config.json (its min_p,
-    top_k, repetition_penalty, ...): with the defaults above, sampling draws from exactly
+    no_repeat_ngram_size, ...): with the defaults above, sampling draws from exactly
     softmax(logits / temperature), the distribution PPO's log-probs score.
     """
     if seed is not None:
         torch.manual_seed(seed)
-    eot_id = tokenizer.convert_tokens_to_ids(template.eot)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot_id
-    device = next(model.parameters()).device
+    eot_id, pad_id = _eot_pad(tokenizer, template)
+    greedy = temperature == 0
+    sampling = RowSampling(temperature, 1.0 if greedy else top_p, 0 if greedy else top_k, repetition_penalty)
+    sampling, ban = _settings(model, sampling, no_repeat_ngram_size, model_defaults)
+    prompts = [
+        tokenizer(template.render(tokenizer, c, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+        for c in conversations
+    ]
+    rows = [_Reply(p, sampling, eot_id, max_new_tokens) for p in prompts]
+    # all of a batch's prompts in one prefill: offline, nobody waits on the first token
+    chunk = batch_size * max((len(p) for p in prompts), default=1)
+    engine = Engine(model, pad_id, max_rows=batch_size, prefill_chunk=chunk, ban=ban)
+    engine.add(rows)
     was_training = model.training
     model.eval()
-    out: list[Sampled] = []
-    for k in range(0, len(conversations), batch_size):
-        prompts = [template.render(tokenizer, c, add_generation_prompt=True) for c in conversations[k : k + batch_size]]
-        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        width = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for r, x in enumerate(ids):  # left padding keeps every prompt's end aligned
-            input_ids[r, width - len(x) :] = torch.tensor(x)
-            mask[r, width - len(x) :] = 1
-        kw: dict[str, Any] = {"do_sample": temperature > 0}
-        if temperature > 0:
-            kw.update(temperature=temperature, top_p=top_p, top_k=top_k)  # top_k=None would mean HF's 50
-        if no_repeat_ngram_size:
-            kw["no_repeat_ngram_size"] = no_repeat_ngram_size
-        with _own_defaults(model, not model_defaults):
-            gen = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=mask.to(device),
-                max_new_tokens=max_new_tokens,
-                eos_token_id=eot_id,
-                pad_token_id=pad_id,
-                repetition_penalty=repetition_penalty,
-                use_cache=True,
-                **kw,
-            )
-        for prompt, row in zip(ids, gen[:, width:].tolist()):
-            stopped = eot_id in row
-            out.append(Sampled(prompt, row[: row.index(eot_id) + 1] if stopped else row, stopped))
-    model.train(was_training)
-    return out
-
-
-@contextmanager
-def _own_defaults(model: Any, active: bool) -> Iterator[None]:
-    """Replace the model's generation_config (which fills every sampling setting left unset) with HF's bare one."""
-    if not active:
-        yield
-        return
-    from transformers import GenerationConfig
-
-    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
-    saved = hf.generation_config
-    hf.generation_config = GenerationConfig()
     try:
-        yield
+        while engine.live():
+            engine.tick()
     finally:
-        hf.generation_config = saved
+        model.train(was_training)
+    return [Sampled(r.prompt_ids, r.ids, r.stopped) for r in rows]
 
 
 def generate(
@@ -131,180 +564,24 @@ def stream_reply(
     top_p: float = 0.9,
     repetition_penalty: float = 1.0,
 ) -> Iterator[str]:
-    """Yield the reply to one conversation piece by piece as it is generated."""
-    from threading import Thread
+    """Yield the reply to one conversation piece by piece as it is generated (whole characters only).
 
-    from transformers import TextIteratorStreamer
-
-    eot_id = tokenizer.convert_tokens_to_ids(template.eot)
-    prompt = template.render(tokenizer, messages, add_generation_prompt=True)
-    ids = torch.tensor(
-        [tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=next(model.parameters()).device
-    )
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kw: dict[str, Any] = {"do_sample": temperature > 0}
-    if temperature > 0:
-        kw.update(temperature=temperature, top_p=top_p)
-    args = dict(
-        input_ids=ids,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=eot_id,
-        streamer=streamer,
-        pad_token_id=tokenizer.pad_token_id,
-        repetition_penalty=repetition_penalty,
-        **kw,
-    )
-    thread = Thread(target=lambda: torch.no_grad()(model.generate)(**args), daemon=True)
-    thread.start()
-    yield from streamer
-    thread.join()
-
-
-@dataclass
-class RowSampling:
-    """One row's sampling settings, as the OpenAI/vLLM request fields name them; greedy when temperature == 0."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0: off
-    repetition_penalty: float = 1.0  # HF/vLLM: over prompt + reply tokens, logit / p if > 0 else * p
-    presence_penalty: float = 0.0  # OpenAI: logit -= frequency * count + presence * (count > 0), reply tokens only
-    frequency_penalty: float = 0.0
-    generator: torch.Generator | None = None  # the row's own random stream (a seeded request), else the global one
-
-
-class Sampler:
-    """Per-row logits processing and sampling for a batch, in vLLM's order: banned tokens, penalties,
-    then greedy argmax, or temperature, top-k, top-p and a draw. Vectorized over rows and vocabulary;
-    the only Python loop is over seeded rows, each drawing from its own generator, so a seeded row's
-    tokens do not depend on which rows share its batch."""
-
-    def __init__(self, rows: list[RowSampling], history: list[list[int]], n_prompt: list[int], vocab: int, device: Any):
-        f = lambda name: torch.tensor([getattr(r, name) for r in rows], dtype=torch.float32, device=device)  # noqa: E731
-        self.rows, self.vocab, self.device = rows, vocab, device
-        self.temp, self.top_p, self.rep = f("temperature"), f("top_p"), f("repetition_penalty")
-        self.top_k = torch.tensor([r.top_k for r in rows], device=device)
-        self.pres, self.freq = f("presence_penalty"), f("frequency_penalty")
-        b = len(rows)
-        self.counts = self.seen = None  # [rows, vocab]: reply-token counts; tokens of prompt + reply
-        if bool((self.pres != 0).any() or (self.freq != 0).any()):
-            self.counts = torch.zeros(b, vocab, device=device)
-            for i, (h, n) in enumerate(zip(history, n_prompt)):  # a resumed row's reply so far
-                reply = torch.tensor(h[n:], dtype=torch.long, device=device)
-                self.counts[i].index_add_(0, reply, torch.ones(len(reply), device=device))
-        if bool((self.rep != 1).any()):
-            self.seen = torch.zeros(b, vocab, dtype=torch.bool, device=device)
-            for i, h in enumerate(history):
-                self.seen[i, torch.tensor(h, dtype=torch.long, device=device)] = True
-        self._flags()
-
-    def _flags(self) -> None:  # decided once per batch (and per drop), not with a device sync every step
-        self.all_greedy = all(r.temperature == 0 for r in self.rows)
-        self.filtering = any(r.temperature > 0 and (r.top_k > 0 or r.top_p < 1) for r in self.rows)
-
-    def keep(self, idx: torch.Tensor) -> None:
-        """Drop the rows not in `idx` (finished ones)."""
-        self.rows = [self.rows[i] for i in idx.tolist()]
-        for name in ("temp", "top_p", "rep", "top_k", "pres", "freq", "counts", "seen"):
-            if getattr(self, name) is not None:
-                setattr(self, name, getattr(self, name)[idx])
-        self._flags()
-
-    def __call__(self, logits: torch.Tensor, ban: torch.Tensor | None = None) -> torch.Tensor:
-        """Next token of each row from its raw logits [rows, vocab]; `ban` [rows, vocab] True = never."""
-        logits = logits.float()
-        if ban is not None:
-            logits = logits.masked_fill(ban, float("-inf"))
-        if self.seen is not None:
-            rep = self.rep[:, None].expand_as(logits)
-            penalized = torch.where(logits > 0, logits / rep, logits * rep)
-            logits = torch.where(self.seen, penalized, logits)
-        if self.counts is not None:
-            logits = logits - self.freq[:, None] * self.counts - self.pres[:, None] * (self.counts > 0)
-        greedy = self.temp == 0
-        tokens = logits.argmax(-1)
-        if self.all_greedy:
-            return self._record(tokens)
-        logits = logits / torch.where(greedy, 1.0, self.temp)[:, None]
-        if self.filtering:
-            logits = self._top_k_top_p(logits)
-        probs = logits.softmax(-1)
-        # exponential race: argmax(p / q), q ~ Exp(1), is a draw from p; each seeded row draws its own q
-        q = torch.empty_like(probs).exponential_()
-        for i, r in enumerate(self.rows):
-            if r.generator is not None and r.temperature > 0:
-                q[i].exponential_(generator=r.generator)
-        drawn = (probs / q).argmax(-1)
-        return self._record(torch.where(greedy, tokens, drawn))
-
-    def _top_k_top_p(self, logits: torch.Tensor) -> torch.Tensor:
-        """HF/vLLM semantics: keep the k most likely, then the smallest set with mass >= top_p (at least one)."""
-        srt, idx = logits.sort(-1)  # ascending
-        k = torch.where(self.top_k > 0, self.top_k, self.vocab).clamp(max=self.vocab)
-        kth = srt.gather(-1, (self.vocab - k)[:, None])
-        srt = srt.masked_fill(srt < kth, float("-inf"))
-        cum = srt.softmax(-1).cumsum(-1)
-        drop = cum <= (1 - self.top_p)[:, None]
-        drop[:, -1] = False
-        srt = srt.masked_fill(drop, float("-inf"))
-        return torch.empty_like(logits).scatter_(-1, idx, srt)
-
-    def _record(self, tokens: torch.Tensor) -> torch.Tensor:
-        rows = torch.arange(len(tokens), device=tokens.device)
-        if self.counts is not None:
-            self.counts[rows, tokens] += 1
-        if self.seen is not None:
-            self.seen[rows, tokens] = True
-        return tokens
-
-
-class KVBatch:
-    """Left-padded rows decoded one token per step through a KV cache; finished rows can be dropped.
-
-    Position ids count only each row's real tokens (as HF generate does with left padding), so a row's
-    logits do not depend on how much padding its batch needs. `adapter_names` (one per row, "__base__"
-    for none) picks each row's LoRA adapter in a peft model serving several (peft's mixed batches).
+    top_k and the rest come from the model's generation_config.json, as `generate_ids` with model_defaults.
     """
-
-    def __init__(self, model: Any, prompts: list[list[int]], pad_id: int, adapter_names: list[str] | None = None):
-        from transformers import DynamicCache
-
-        self.model, self.adapter_names = model, adapter_names
-        self.device = next(model.parameters()).device
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, p in enumerate(prompts):
-            ids[r, width - len(p) :] = torch.tensor(p)
-            mask[r, width - len(p) :] = 1
-        self.ids, self.mask = ids.to(self.device), mask.to(self.device)
-        self.n_real = self.mask.sum(-1)
-        self.cache = DynamicCache(config=getattr(model, "config", None))
-
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, **kw: Any) -> torch.Tensor:
-        if self.adapter_names is not None:
-            kw["adapter_names"] = self.adapter_names
-        out = self.model(
-            input_ids=ids, attention_mask=self.mask, position_ids=positions, cache=self.cache,
-            use_cache=True, **kw,
-        )  # fmt: skip
-        return out.logits
-
-    def prefill(self, all_logits: bool = False) -> torch.Tensor:
-        """Logits [rows, width, vocab] of every prompt position when `all_logits`, else of the last [rows, 1, vocab]."""
-        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
-        return self._forward(self.ids, positions, logits_to_keep=0 if all_logits else 1)
-
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed one token per row; the next logits [rows, vocab]."""
-        self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=-1)
-        positions = self.n_real[:, None].clone()
-        self.n_real = self.n_real + 1
-        return self._forward(tokens[:, None], positions)[:, -1]
-
-    def keep(self, idx: torch.Tensor) -> None:
-        """Keep only the rows `idx` (their cache, mask and positions)."""
-        self.cache.batch_select_indices(idx)
-        self.mask, self.n_real = self.mask[idx], self.n_real[idx]
-        if self.adapter_names is not None:
-            self.adapter_names = [self.adapter_names[i] for i in idx.tolist()]
+    eot_id, pad_id = _eot_pad(tokenizer, template)
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    top_k = getattr(getattr(hf, "generation_config", None), "top_k", None)
+    greedy = temperature == 0
+    sampling = RowSampling(temperature, 1.0 if greedy else top_p, 0 if greedy else 50 if top_k is None else top_k)
+    sampling, ban = _settings(model, replace(sampling, repetition_penalty=repetition_penalty), 0, True)
+    prompt = template.render(tokenizer, messages, add_generation_prompt=True)
+    row = _Reply(tokenizer(prompt, add_special_tokens=False)["input_ids"], sampling, eot_id, max_new_tokens)
+    engine = Engine(model, pad_id, max_rows=1, prefill_chunk=len(row.prompt_ids), ban=ban)
+    engine.add([row])
+    sent = 0
+    while engine.live():
+        engine.tick()
+        text = tokenizer.decode(row.ids[:-1] if row.stopped else row.ids, skip_special_tokens=True)
+        if len(text) > sent and (row.done or not text.endswith("\ufffd")):  # half a character: wait for the rest
+            yield text[sent:]
+            sent = len(text)

@@ -15,26 +15,24 @@ How a request flows:
    values out of range, a prompt over the context, max_tokens over `max_new_tokens`), runs the input
    screen and tokenizes, all in a thread so /health and streams keep answering, and appends a Job to the
    waiting list (429 when `max_queue` jobs wait).
-2. One worker task owns the model. It takes the oldest waiting job plus later ones, up to `max_batch` rows
-   (a job with `n` choices is `n` rows), whatever their sampling settings or adapter, and runs them as one
-   left-padded, KV-cached batch in a thread (`run_batch`), so the event loop keeps serving.
+2. One engine thread owns the model (`weitiao.infer.generate.Engine`, continuous batching). Between two
+   tokens it admits the oldest waiting jobs whose rows (a job with `n` choices is `n` rows) fit next to
+   those generating, up to `max_batch` rows, whatever their sampling settings or adapter. Their prompts are
+   prefilled at most `prefill_chunk` tokens per tick, between the decode steps of the running rows, and
+   then join the running batch; the event loop keeps serving meanwhile.
 3. Every step each row's logits go through its own settings (`weitiao.infer.generate.Sampler`: bans from
    min_tokens and from a tool_choice/json_object constraint (`weitiao.infer.constrain.Constrain`), penalties,
    temperature, top-k/top-p, its own generator when seeded), then the new token is decoded and the text
-   deltas (with their log-probs) go to the jobs' asyncio queues. Streaming is real: batched rows stream
-   token by token, and time-to-first-token is one prefill + one step, not the whole batch.
+   deltas (with their log-probs) go to the jobs' asyncio queues. Streaming is real: rows stream token by
+   token, and time-to-first-token is the newcomer's prefill plus one step, not the running rows' replies.
 4. A row ends on an end-of-turn/EOS token or one of its stop_token_ids (counted in usage, as OpenAI and
    vLLM do), a stop string, its own `max_tokens`, or a client that went away (streaming or not, a hang-up
-   stops its rows, so it frees its slot); a finished row leaves the batch at once.
-5. Once half a batch's rows are done and jobs wait, the batch stops; its live rows go back to the front of
-   the queue and resume next to the newcomers from prompt + tokens so far (KV recomputed; a seeded row keeps
-   its generator). This keeps batches full (a cheap stand-in for continuous batching).
+   stops its rows, so it frees its slot); a finished row leaves the batch at once and its slot goes to the
+   next waiting job. /health counts `batches` (prompt groups prefilled), `joined` (rows that joined a batch
+   already decoding) and `steps`.
 
-Departures from `weitiao.infer.generate.generate`: HF `model.generate` samples one way for the whole batch
-and has no hook for per-step streaming, per-row limits, cancellation or pausing, so `run_batch` runs its own
-decode loop (`KVBatch`, `Sampler`) with the same left padding and position ids. With an output filter set,
-a streamed choice arrives as one filtered delta at its end, because the filter needs the whole text, and
-log-probs are refused (they would show what the filter hides).
+With an output filter set, a streamed choice arrives as one filtered delta at its end, because the filter
+needs the whole text, and log-probs are refused (they would show what the filter hides).
 """
 
 from __future__ import annotations
@@ -59,7 +57,7 @@ from weitiao.errors import UserError
 from weitiao.infer import tools as tooling
 from weitiao.infer.api import BadRequest, ChatRequest, CompletionRequest, Guard, Sampling, error, read_body
 from weitiao.infer.constrain import Constrain, MaskCache, TokenBytes
-from weitiao.infer.generate import KVBatch, RowSampling, Sampler
+from weitiao.infer.generate import Engine, KVBatch, RowSampling, logprob_entries
 from weitiao.infer.logprobs import LogprobFormat
 
 
@@ -73,6 +71,7 @@ class ServeSettings:
     max_body_mb: float = 8.0  # request bodies above this get 413
     adapters: tuple[str, ...] = ()  # peft adapters loaded in the model, each served under its own name next
     # to the base (model_name), as vLLM's multi-LoRA; empty: the model as it is, under model_name
+    prefill_chunk: int = 512  # prompt tokens prefilled per engine tick, so a long prompt does not stall streams
 
 
 @dataclass(eq=False)  # a job is itself: compared and hashed by identity
@@ -92,37 +91,38 @@ class Job:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
     prompt_scored: bool = False
-    rows: list[_Row] = field(default_factory=list)  # its choices, kept across batches when paused
+    rows: list[_Row] = field(default_factory=list)  # its choices, made when the engine takes the job
     constraint: Any = None  # a weitiao.infer.constrain.Pattern every choice must follow
-
-    def width(self) -> int:
-        """Rows it still needs in a batch."""
-        return sum(not r.done for r in self.rows) if self.rows else self.n
 
 
 class _Row:
-    """One choice being generated: decodes its tokens and emits text deltas (with the log-probs of the tokens
-    behind them), holding back a possible stop string."""
+    """One choice being generated (a `weitiao.infer.generate.Row`): decodes its tokens and emits text deltas
+    (with the log-probs of the tokens behind them), holding back a possible stop string."""
 
-    def __init__(self, job: Job, index: int, tokenizer: Any, eos_ids: set[int], device: Any) -> None:
-        self.job, self.index, self.tok = job, index, tokenizer
+    def __init__(self, job: Job, index: int, tokenizer: Any, eos_ids: set[int], device: Any, masks: Any) -> None:
+        self.job, self.index, self.tok, self.device = job, index, tokenizer, device
+        self.prompt_ids, self.adapter, self.logprobs = job.prompt_ids, job.adapter, job.logprobs
         self.stops = set(job.stop_token_ids) | (set() if job.ignore_eos else eos_ids)
         generator = None
         if job.seed is not None and job.sampling.temperature > 0:
             generator = torch.Generator(device).manual_seed((job.seed + index) % 2**64)
-        self.sampling = replace(job.sampling, generator=generator)  # kept across pauses: the stream goes on
-        self.outbox: list = []  # the running batch's, set by run_batch
+        self.sampling = replace(job.sampling, generator=generator)
+        # tool_choice required/named, response_format json_object: the pattern masks this row's logits
+        self.constrain = Constrain([self], masks) if job.constraint is not None and masks is not None else None
+        self.outbox: list = []  # the worker's, set at admission
         self.ids: list[int] = []
         self.lps: list = []  # log-prob entries not yet sent
         self.sent = 0  # characters already emitted
         self.hold = max((len(s) for s in job.stop), default=1) - 1
-        self.done = False
+        self.finished = False
+
+    @property
+    def done(self) -> bool:
+        """Finished, or its client went away (the engine then drops the row without feeding it)."""
+        return self.finished or self.job.cancelled
 
     def feed(self, token: int, logprob: tuple | None = None) -> None:
         if self.done:
-            return
-        if self.job.cancelled:
-            self.done = True
             return
         if logprob is not None:
             self.lps.append(logprob)
@@ -149,102 +149,75 @@ class _Row:
             self.outbox.append((self.job, ("delta", self.index, text[self.sent :], self.lps)))
             self.lps = []
         self.outbox.append((self.job, ("done", self.index, reason, len(self.ids) + stop_token)))
-        self.done = True
+        self.finished = True
 
 
-def _logprob_entries(raw: torch.Tensor, tokens: torch.Tensor, k: int) -> list[tuple]:
-    """(token, its log-prob, [(alternative, log-prob)] * k) per row of `raw` log-probs [rows, vocab]."""
-    chosen = raw.gather(-1, tokens[:, None])[:, 0].tolist()
-    top_v, top_i = raw.topk(k, -1) if k else (raw[:, :0], tokens[:, None][:, :0])
-    return [(t, c, list(zip(i, v))) for t, c, i, v in zip(tokens.tolist(), chosen, top_i.tolist(), top_v.tolist())]
+def bans(rows: list[_Row], vocab: int) -> torch.Tensor | None:
+    """[rows, vocab] True where a row may not go: its constraint's pattern (tool_choice, json_object), and its
+    stop tokens before min_tokens, except where a complete constrained reply may only stop."""
+    early = [len(r.ids) < r.job.min_tokens and bool(r.stops) for r in rows]
+    if not any(early) and not any(r.constrain for r in rows):
+        return None
+    out = torch.zeros(len(rows), vocab, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        if row.constrain is not None:
+            out[i] = row.constrain.ban(vocab)[0]
+            early[i] = early[i] and not row.constrain.complete(0)
+        if early[i]:
+            out[i, list(row.stops)] = True
+    return out.to(rows[0].device)
 
 
-@torch.no_grad()
+def _pad_id(tokenizer: Any, stop_ids: set[int]) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
+
+
+def admit(model: Any, tokenizer: Any, job: Job, stop_ids: set[int], outbox: list, adapters: bool, masks: Any) -> list:
+    """The rows of `job` for the engine; an echoing job's prompt log-probs go to `outbox` first (a prefill of
+    its own, so only this prompt's logits [len, vocab] are kept)."""
+    device = next(model.parameters()).device
+    job.rows = [_Row(job, i, tokenizer, stop_ids, device, masks) for i in range(job.n)]
+    for row in job.rows:
+        row.outbox = outbox
+    if job.prompt_logprobs is not None and not job.prompt_scored:
+        p, pad_id = job.prompt_ids, _pad_id(tokenizer, stop_ids)
+        with torch.no_grad():
+            batch = KVBatch(model, [p], pad_id, [job.adapter] if adapters else None)
+            logits = batch.prefill(all_logits=True)[0, :-1]
+        entries = [(p[0], None, None)]
+        for a in range(0, len(p) - 1, 256):  # position a's logits predict token a + 1; in slices, to bound memory
+            raw = logits[a : a + 256].float().log_softmax(-1)
+            entries += logprob_entries(raw, torch.tensor(p[a + 1 : a + 257], device=device), job.prompt_logprobs)
+        outbox.append((job, ("prompt", entries)))
+        job.prompt_scored = True
+    return job.rows
+
+
 def run_batch(
     model: Any,
     tokenizer: Any,
     jobs: list[Job],
     stop_ids: set[int],
     publish: Callable[[list], None],
-    can_pause: Callable[[], bool] = lambda: False,
     adapters: bool = False,
     masks: MaskCache | None = None,
-) -> list[Job]:
-    """Generate the unfinished choices of `jobs` in one left-padded batch (blocking; runs in a worker thread).
-
-    `publish([(job, event), ...])` receives each step's events: ("delta", index, text, logprob entries),
-    ("done", index, finish_reason, n_tokens) and, once per echoing job, ("prompt", entries). Each row samples
-    with its own settings (`weitiao.infer.generate.Sampler`); log-probs are of the raw model distribution
-    (log_softmax of the logits before bans, penalties, temperature, top-k/top-p), as vLLM's default. A job's
-    `constraint` (with `masks`) bans, per row and before sampling, every token its pattern does not allow,
-    together with min_tokens' ban on stop tokens; log-probs stay those of the raw distribution. Finished
-    rows leave the batch at once. When half the rows or more are done and `can_pause()` says jobs wait, the
-    batch stops and returns the jobs with live rows: they resume in a later batch from prompt + tokens so far
-    (the KV cache is recomputed, as vLLM does on preemption). With `adapters`, each row runs its job's adapter.
-    """
-    device = next(model.parameters()).device
+    prefill_chunk: int = 512,
+) -> None:
+    """Generate every choice of `jobs` to its end through one `Engine` (blocking), as the server's worker does
+    but without newcomers. `publish([(job, event), ...])` receives each tick's events: ("delta", index, text,
+    logprob entries), ("done", index, finish_reason, n_tokens) and, once per echoing job, ("prompt", entries).
+    Log-probs are of the raw model distribution (log_softmax of the logits before bans, penalties,
+    temperature, top-k/top-p), as vLLM's default. With `adapters`, each row runs its job's adapter."""
     outbox: list = []
+    rows = sum(j.n for j in jobs)
+    engine = Engine(model, _pad_id(tokenizer, stop_ids), rows, prefill_chunk, adapters, bans)
     for job in jobs:
-        job.rows = job.rows or [_Row(job, i, tokenizer, stop_ids, device) for i in range(job.n)]
-    rows = [r for job in jobs for r in job.rows if not r.done]
-    for row in rows:
-        row.outbox = outbox
-    history = [row.job.prompt_ids + row.ids for row in rows]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
-    batch = KVBatch(model, history, pad_id, [r.job.adapter for r in rows] if adapters else None)
-    echoes = {r.job: None for r in rows if r.job.prompt_logprobs is not None and not r.job.prompt_scored}
-    for job in echoes:
-        # echo's prompt log-probs: a prefill of its own, so only this prompt's logits [len, vocab] are kept
-        p = job.prompt_ids
-        logits = KVBatch(model, [p], pad_id, [job.adapter] if adapters else None).prefill(all_logits=True)[0, :-1]
-        entries = [(p[0], None, None)]
-        for a in range(0, len(p) - 1, 256):  # position a's logits predict token a + 1; in slices, to bound memory
-            raw = logits[a : a + 256].float().log_softmax(-1)
-            entries += _logprob_entries(raw, torch.tensor(p[a + 1 : a + 257], device=device), job.prompt_logprobs)
-        outbox.append((job, ("prompt", entries)))
-        job.prompt_scored = True
-    logits = batch.prefill()[:, -1]
-    vocab, width = logits.shape[-1], len(rows)
-    sampler = Sampler([r.sampling for r in rows], history, [len(r.job.prompt_ids) for r in rows], vocab, device)
-    # tool_choice required/named, response_format json_object: each constrained row's pattern masks its logits
-    constrain = Constrain(rows, masks) if masks is not None and any(r.job.constraint for r in rows) else None
-    while True:
-        ban = constrain.ban(vocab, device) if constrain else None
-        early = [i for i, r in enumerate(rows) if len(r.ids) < r.job.min_tokens and r.stops]
-        if constrain:  # a complete constrained reply may only stop: there min_tokens yields to the constraint
-            early = [i for i in early if not constrain.complete(i)]
-        if early:  # min_tokens: no stop token before then
-            ban = torch.zeros(len(rows), vocab, dtype=torch.bool, device=device) if ban is None else ban
-            for i in early:
-                ban[i, list(rows[i].stops)] = True
-        k = max((r.job.logprobs for r in rows if r.job.logprobs is not None), default=None)
-        raw = logits.float().log_softmax(-1) if k is not None else None
-        tokens = sampler(logits, ban)
-        entries = _logprob_entries(raw, tokens, k) if raw is not None else [None] * len(rows)
-        for row, (tok, e) in zip(rows, zip(tokens.tolist(), entries)):
-            lp = None if e is None or row.job.logprobs is None else (e[0], e[1], e[2][: row.job.logprobs])
-            row.feed(tok, lp)
-        if outbox:  # one hand-off to the event loop per step, not per row
+        engine.add(admit(model, tokenizer, job, stop_ids, outbox, adapters, masks))
+    while engine.live():
+        engine.tick()
+        if outbox:
             publish(outbox[:])
             outbox.clear()
-        live = [i for i, r in enumerate(rows) if not r.done]
-        if not live:
-            return []
-        if 2 * len(live) <= width and can_pause():
-            break
-        if len(live) < len(rows):
-            idx = torch.tensor(live, device=device)
-            batch.keep(idx)
-            sampler.keep(idx)
-            if constrain:
-                constrain.keep(live)
-            rows, tokens = [rows[i] for i in live], tokens[idx]
-        logits = batch.step(tokens)
-    paused = []
-    for row in rows:
-        if not row.done and row.job not in paused:
-            paused.append(row.job)
-    return paused
 
 
 def create_app(
@@ -265,52 +238,66 @@ def create_app(
     fmt = LogprobFormat(tokenizer)
     token_bytes = TokenBytes.of(tokenizer, stop_ids)
     masks = MaskCache(token_bytes) if token_bytes else None  # constrained decoding (tool_choice, json_object)
-    pending: list[Job] = []
-    stats = {"running": 0, "served": 0, "cancelled": 0, "rejected": 0, "batches": 0, "paused": 0, "busy_s": 0.0}
-    stats["generated_tokens"] = 0
+    pending: list[Job] = []  # waiting for rows in the engine; appended here, taken by the engine thread
+    engine = Engine(model, _pad_id(tokenizer, stop_ids), cfg.max_batch, cfg.prefill_chunk, bool(cfg.adapters), bans)
+    stats = {"running": 0, "served": 0, "cancelled": 0, "rejected": 0, "busy_s": 0.0, "generated_tokens": 0}
+    stats |= {"batches": 0, "joined": 0, "steps": 0}  # prefilled groups, rows joining a decoding batch, steps
     prep = ThreadPoolExecutor(2, thread_name_prefix="weitiao-prep")  # JSON, template, tokenizer: off the loop
     wake = asyncio.Event()
 
     async def worker() -> None:
         loop = asyncio.get_running_loop()
+        outbox: list = []
+        active: list[Job] = []
 
-        def publish(events: list) -> None:  # called from the generate thread, once per step
+        def publish(events: list) -> None:  # called from the engine thread, once per tick
             loop.call_soon_threadsafe(lambda: [job.events.put_nowait(ev) for job, ev in events])
+
+        def drive() -> None:
+            """In a thread: admit waiting jobs, tick the engine, hand the events over; until nothing is left."""
+            while True:
+                # 1. the oldest jobs first (any settings, any adapter: rows sample on their own) while their
+                #    rows fit next to those in the engine; they join at the next token boundary
+                free = cfg.max_batch - engine.live()
+                for job in list(pending):
+                    if job.cancelled:
+                        pending.remove(job)
+                    elif job.n <= free:
+                        pending.remove(job)
+                        free -= job.n
+                        active.append(job)
+                        engine.add(admit(model, tokenizer, job, stop_ids, outbox, bool(cfg.adapters), masks))
+                active[:] = [j for j in active if any(not r.done for r in j.rows)]
+                stats["running"] = engine.live()
+                if not stats["running"]:
+                    if outbox:
+                        publish(outbox[:])
+                        outbox.clear()
+                    return
+                # 2. one tick: a prefill chunk of the next group, one decode step of the running batch
+                try:
+                    engine.tick()
+                except Exception as e:  # a failed step answers its jobs with an error, the server lives on
+                    engine.clear()
+                    outbox.clear()
+                    publish([(job, ("error", f"generation failed: {e}")) for job in active])
+                    for job in active:
+                        job.cancelled = True
+                    active.clear()
+                stats.update(
+                    batches=engine.stats["prefills"], joined=engine.stats["joined"], steps=engine.stats["steps"],
+                    generated_tokens=engine.stats["tokens"],
+                )  # fmt: skip
+                if outbox:  # one hand-off to the event loop per tick, not per row
+                    publish(outbox[:])
+                    outbox.clear()
 
         while True:
             while not pending:
                 wake.clear()
                 await wake.wait()
-            # 1. the oldest job, then later ones (any settings, any adapter: rows sample on their own), up to
-            # max_batch rows
-            batch, rows = [], 0
-            for job in list(pending):
-                if job.cancelled:
-                    pending.remove(job)
-                elif rows + job.width() <= cfg.max_batch:
-                    pending.remove(job)
-                    batch.append(job)
-                    rows += job.width()
-            if not batch:
-                continue
-            # 2. one blocking batched generate, off the event loop; paused jobs go back to the front
-            stats["running"], t0 = rows, time.perf_counter()
-            stats["batches"] += 1
-
-            def can_pause() -> bool:  # in the generate thread; list() copies atomically
-                return any(not j.cancelled for j in list(pending))
-
-            before = sum(len(r.ids) for job in batch for r in job.rows)
-            try:
-                paused = await loop.run_in_executor(
-                    None, run_batch, model, tokenizer, batch, stop_ids, publish, can_pause, bool(cfg.adapters), masks
-                )
-                pending[:0] = paused
-                stats["paused"] += len(paused)
-            except Exception as e:  # a failed batch answers its jobs with an error, the server lives on
-                for job in batch:
-                    job.events.put_nowait(("error", f"generation failed: {e}"))
-            stats["generated_tokens"] += sum(len(r.ids) for job in batch for r in job.rows) - before
+            t0 = time.perf_counter()
+            await loop.run_in_executor(None, drive)
             stats["running"] = 0
             stats["busy_s"] += time.perf_counter() - t0
 
@@ -615,14 +602,15 @@ def serve(
     quant: str | None = None,
     template: str = "auto",
     model_name: str | None = None,
-    pii: str | None = None,
-    screen: str | None = None,
+    input_screen: Callable[[list[dict]], str | None] | None = None,
+    output_filter: Callable[[str], str] | None = None,
     max_body_mb: float = 8.0,
+    prefill_chunk: int = 512,
 ) -> None:
-    """Load the model (+ adapter) and serve it until Ctrl-C; `pii` = redact|block filters replies;
-    `screen` = "default" or a YAML file turns on the prompt-injection input screen (weitiao.safety.screen).
-    `adapter`: one run (served as the model), or several `NAME=RUN` served next to the base, picked by the
-    request's `model`. `api_key` defaults to $WEITIAO_API_KEY (a key on the command line shows in `ps`)."""
+    """Load the model (+ adapter) and serve it until Ctrl-C; `input_screen`/`output_filter` as in `create_app`
+    (the CLI builds them from --screen and --pii). `adapter`: one run (served as the model), or several
+    `NAME=RUN` served next to the base, picked by the request's `model`. `api_key` defaults to
+    $WEITIAO_API_KEY (a key on the command line shows in `ps`)."""
     import uvicorn
 
     from weitiao.infer.chat import load_adapters, load_chat_model, parse_adapters
@@ -640,16 +628,9 @@ def serve(
         m, tok = load_chat_model(resolve_path(model) if model else None, one, quant)
         name = model_name or (one or model or "demo").rstrip("/").split("/")[-1]
     api_key = api_key or os.environ.get("WEITIAO_API_KEY") or None
-    settings = ServeSettings(name, api_key, max_batch, max_queue, max_new_tokens, max_body_mb, tuple(named or ()))
-    hook = None
-    if pii:
-        from weitiao.safety.pii import output_filter
-
-        hook = output_filter(pii)
-    guard = None
-    if screen:
-        from weitiao.safety.screen import Screen, load_screen_config
-
-        guard = Screen(load_screen_config(screen))
-    app = create_app(m, tok, resolve_template(tok, template), settings, input_screen=guard, output_filter=hook)
+    if prefill_chunk < 1:
+        raise UserError(f"--prefill-chunk {prefill_chunk}: must be at least 1 (prompt tokens per engine tick)")
+    limits = (max_batch, max_queue, max_new_tokens, max_body_mb, tuple(named or ()), prefill_chunk)
+    settings = ServeSettings(name, api_key, *limits)
+    app = create_app(m, tok, resolve_template(tok, template), settings, input_screen, output_filter)
     uvicorn.run(app, host=host, port=port, log_level="warning")
