@@ -88,7 +88,9 @@ class PrefDataSpec(BaseModel):
         None, description="LLaMA-Factory data folder: train/eval are names in its dataset_info.json"
     )
     eval_split: float = Field(0.0, ge=0, lt=1)
-    format: Literal["auto", "preference"] = "auto"
+    format: Literal["auto", "preference", "preference_raw"] = Field(
+        "auto", description="preference_raw: prompt/chosen/rejected strings as raw text, no template (as TRL)"
+    )
     template: Literal["auto", "tokenizer", "chatml", "qwen", "llama3", "plain"] = "auto"
     max_len: int = Field(1024, gt=8, description="per sequence (prompt + one reply)")
     truncation: Literal["drop", "cut_response"] = "drop"
@@ -101,6 +103,13 @@ class PrefDataSpec(BaseModel):
     min_confidence: float | None = Field(
         None, ge=0, le=1, description="drop train and eval pairs whose `confidence` field is below this"
     )
+    cache: bool = Field(
+        True, description="keep tokenized pairs on disk (Arrow, memory-mapped); a rerun skips tokenizing"
+    )
+    cache_dir: ConfigPath | None = Field(
+        None, description="default $WEITIAO_CACHE/tokenized, else ~/.cache/weitiao/tokenized"
+    )
+    num_proc: int = Field(0, ge=0, description="tokenizing processes; 0 = CPU cores (at most 8)")
 
 
 class DPOSpec(BaseModel):
@@ -193,8 +202,9 @@ def prepare_pairs(cfg: DPOConfig, tokenizer: Any) -> PrefData:
     pairs, eval_pairs = _confident(pairs, d.min_confidence), _confident(eval_pairs, d.min_confidence)
     if not pairs:
         raise UserError(f"data.min_confidence: no train pair has confidence ≥ {d.min_confidence}")
-    train, stats = encode_pairs(pairs, tokenizer, template, d.max_len, d.truncation)
-    evals, _ = encode_pairs(eval_pairs, tokenizer, template, d.max_len, d.truncation)
+    enc = {"cache_dir": d.cache_dir, "use_cache": d.cache, "num_proc": d.num_proc, "progress": cfg.train.progress}
+    train, stats = encode_pairs(pairs, tokenizer, template, d.max_len, d.truncation, **enc)
+    evals, _ = encode_pairs(eval_pairs, tokenizer, template, d.max_len, d.truncation, **enc)
     if not train:
         raise UserError(f"data.train: no pairs left after truncation {d.truncation!r} (max_len {d.max_len})")
     weights = None
