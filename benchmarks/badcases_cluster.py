@@ -5,7 +5,8 @@
 Writes nothing: builds `--cases` cases (seeded; prompt, bad reply and one of 8 tags, Chinese clauses of
 words drawn from the demo pretraining text, ~40 + ~80 characters), then times
 `badcases.cluster(cases)` (TF-IDF of prompts and replies, k-means with k = round(sqrt(n / 2)))
-and reports wall seconds and the process's peak RSS (`getrusage` ru_maxrss), after the imports and
+(or with `--part tfidf` only the prompts' TF-IDF, 1-2-grams, top 20k) and reports wall seconds and the
+process's peak RSS (`getrusage` ru_maxrss), after the imports and
 the generated cases (the baseline line). Run it with PYTHONPATH at an older checkout to compare.
 """
 
@@ -44,20 +45,31 @@ def cases(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=10_000)
+    ap.add_argument("--part", choices=("cluster", "tfidf"), default="cluster", help="tfidf: the prompts' TF-IDF only")
     a = ap.parse_args()
-    from weitiao.dataeng import badcases
+    from weitiao.dataeng import badcases, similarity
+
+    try:  # imported before the clock starts (an older checkout may not use it)
+        import sklearn.cluster  # noqa: F401
+        import sklearn.feature_extraction.text  # noqa: F401
+    except ImportError:
+        pass
 
     rows = [badcases.Case(p, b, "好的", t, source=str(i)) for i, (p, b, t) in enumerate(cases(a.cases))]
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
-    clusters = badcases.cluster(rows)
+    if a.part == "tfidf":
+        clusters = similarity.tfidf([c.prompt for c in rows])[1]  # (the vocabulary, for its length)
+    else:
+        clusters = badcases.cluster(rows)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         json.dumps(
             {
                 "cases": a.cases,
-                "clusters": len(clusters),
+                "part": a.part,
+                "clusters" if a.part == "cluster" else "vocab": len(clusters),
                 "seconds": round(seconds, 1),
                 "peak_rss_mb": round(peak),
                 "baseline_rss_mb": round(base),

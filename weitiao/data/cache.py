@@ -9,7 +9,8 @@ reader expands them (path + content hash under 8 MB, else path + size + mtime_ns
 `dataset_dir` also its dataset_info.json), the tokenizer (serialized backend, special tokens), the
 template (jinja, end-of-turn), the EncodeOptions, the reading options (format, dataset_dir, ...),
 the transformers/tokenizers versions and `VERSION`. A second run with the same key reads no data
-file and makes no tokenizer call.
+file and makes no tokenizer call. Preference pairs (`preference.encode_pairs`) use the same entries,
+keyed by the pairs' content instead of the files (they are split and filtered after loading).
 
 Building streams: `formats.load_rows` parses rows one at a time into a sink, chunks of
 `CHUNK_ROWS` are encoded (`tokenize.encode_batch`) by `num_proc` worker processes, and each chunk
