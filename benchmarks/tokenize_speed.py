@@ -13,9 +13,9 @@ template (max_len 1024, truncation drop):
         Arrow shards written) + the epoch's packing plan from the lengths
   warm  the same call again (a cache hit: memory-maps the shards) + the packing plan
 Each reports wall seconds, rows/s, the peak RSS of its process and of its largest worker
-(`getrusage` ru_maxrss) and of it plus its workers (summed, sampled every 50 ms with psutil), and a SHA-256 of every row's input_ids and
-labels, so old and new are shown to give the same tokens. The load average before and after each
-mode is printed: the machine may be shared.
+(`getrusage` ru_maxrss) and of it plus its workers (summed, sampled every 50 ms with psutil), and a
+SHA-256 of every row's input_ids and labels, so old and new are shown to give the same tokens. The
+load average before and after each mode is printed: the machine may be shared.
 """
 
 from __future__ import annotations
