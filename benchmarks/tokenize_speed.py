@@ -12,10 +12,10 @@ template (max_len 1024, truncation drop):
   cold  `cache.encoded_files` into an empty cache dir (rows streamed, `--num-proc` worker processes,
         Arrow shards written) + the epoch's packing plan from the lengths
   warm  the same call again (a cache hit: memory-maps the shards) + the packing plan
-Each reports wall seconds, rows/s, the peak RSS of its process (`getrusage`) and of it plus its
-workers (summed, sampled every 50 ms with psutil), and a SHA-256 of every row's input_ids and
-labels, so old and new are shown to give the same tokens. The load average before and after each
-mode is printed: the machine may be shared.
+Each reports wall seconds, rows/s, the peak RSS of its process and of its largest worker
+(`getrusage` ru_maxrss) and of it plus its workers (summed, sampled every 50 ms with psutil), and a
+SHA-256 of every row's input_ids and labels, so old and new are shown to give the same tokens. The
+load average before and after each mode is printed: the machine may be shared.
 """
 
 from __future__ import annotations
@@ -169,6 +169,7 @@ def run_mode(mode: str, data: Path, cache_dir: Path, num_proc: int) -> dict:
         "rows_per_s": round(rows / encoded),
         "micro_batches": len(plan),
         "peak_rss_mb": round(me.ru_maxrss / 1024),
+        "peak_worker_rss_mb": round(kids.ru_maxrss / 1024),  # ru_maxrss of the largest worker
         "peak_tree_rss_mb": round(tree_peak / 2**20),
         "cpu_s": round(me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime, 1),
         "tokens": digest(examples),

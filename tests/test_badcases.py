@@ -161,3 +161,14 @@ def test_clusters_by_failure_not_prompt_alone():
     x, _ = badcases.tfidf([c.prompt for c in cases], ns=(2,))
     lab = badcases.kmeans(x, 2)
     assert lab[0] == lab[2] and lab[1] == lab[3] and lab[0] != lab[1]
+
+
+def test_features_are_sparse():
+    # 10k texts took 1.6 GB per dense TF-IDF block; sparse rows hold only the n-grams a text has
+    from scipy.sparse import issparse
+
+    cs = [badcases.Case(p + str(i), b, g, tag) for i in range(50) for tag, rows in GROUPS.items() for p, b, g in rows]
+    x = badcases.features(cs)
+    assert issparse(x) and x.shape[0] == len(cs)
+    assert np.allclose(np.sqrt(x.multiply(x).sum(axis=1)), 1.0)  # unit rows
+    assert issparse(badcases.tfidf([c.prompt for c in cs])[0])

@@ -115,6 +115,22 @@ def test_bleu_matches_sacrebleu_zh():
         assert sentence_bleu(c, r) == pytest.approx(ref, abs=1e-9), (c, r)
 
 
+def test_bleu_mixed_script_matches_sacrebleu():
+    # digits, Latin words, full- and half-width punctuation: sacrebleu's zh tokenizer, called directly
+    sacrebleu = pytest.importorskip("sacrebleu")
+    pairs = [
+        ("价格是3.5元，对吗？", "价格是3.5元,对吧?"),
+        ("Hello, world! 你好。", "Hello world 你好"),
+        ("用户ID: abc-123，已更新。", "用户 ID：abc-123 已更新"),
+        ("温度为-5°C（摄氏度）", "温度为 -5 °C (摄氏度)"),
+    ]
+    for c, r in pairs:
+        assert sentence_bleu(c, r) == pytest.approx(sacrebleu.sentence_bleu(c, [r], tokenize="zh").score / 100)
+    cands, refs = [c for c, _ in pairs], [r for _, r in pairs]
+    assert bleu(cands, refs) == pytest.approx(sacrebleu.corpus_bleu(cands, [refs], tokenize="zh").score / 100)
+    assert bleu([], []) == 0.0
+
+
 def test_bleu_hand_value():
     # cand 猫坐在垫子上 vs ref 猫坐在垫子上了: p1..p4 = 1, BP = exp(1 - 7/6)
     assert bleu(["猫坐在垫子上"], ["猫坐在垫子上了"]) == pytest.approx(math.exp(1 - 7 / 6))

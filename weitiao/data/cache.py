@@ -9,7 +9,8 @@ reader expands them (path + content hash under 8 MB, else path + size + mtime_ns
 `dataset_dir` also its dataset_info.json), the tokenizer (serialized backend, special tokens), the
 template (jinja, end-of-turn), the EncodeOptions, the reading options (format, dataset_dir, ...),
 the transformers/tokenizers versions and `VERSION`. A second run with the same key reads no data
-file and makes no tokenizer call.
+file and makes no tokenizer call. Preference pairs (`preference.encode_pairs`) use the same entries,
+keyed by the pairs' content instead of the files (they are split and filtered after loading).
 
 Building streams: `formats.load_rows` parses rows one at a time into a sink, chunks of
 `CHUNK_ROWS` are encoded (`tokenize.encode_batch`) by `num_proc` worker processes, and each chunk
@@ -28,7 +29,7 @@ import shutil
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -86,17 +87,25 @@ def cache_key(
     paths: list[str], read: dict, tokenizer: Any, template: ChatTemplate, opts: EncodeOptions
 ) -> tuple[str, dict]:
     """(entry name, the parts it hashes): every input the encoded rows depend on."""
+    parts = {
+        "files": [_file_identity(f) for f in data_files(paths, read.get("dataset_dir"))],
+        "paths": list(paths),
+        "read": read,
+        "options": asdict(opts),
+    }
+    return keyed(parts, tokenizer, template)
+
+
+def keyed(parts: dict, tokenizer: Any, template: ChatTemplate) -> tuple[str, dict]:
+    """(entry name, parts): `parts` plus the tokenizer, template, library versions and VERSION, hashed."""
     import tokenizers
     import transformers
 
     parts = {
         "version": VERSION,
-        "files": [_file_identity(f) for f in data_files(paths, read.get("dataset_dir"))],
-        "paths": list(paths),
-        "read": read,
+        **parts,
         "tokenizer": _tokenizer_identity(tokenizer),
         "template": [template.name, template.jinja, template.eot, template.appends_eos],
-        "options": asdict(opts),
         "libs": [transformers.__version__, tokenizers.__version__],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32], parts
@@ -124,14 +133,19 @@ def write_shard(path: Path, rows: list[Conversation | Document], results: list) 
 
     `results` are `tokenize.encode_batch`'s for `rows`; a document's pieces share its key and source.
     """
-    import pyarrow as pa
-
     from weitiao.data.tokenize import examples
 
     flat: list[tuple[str, int, int, Encoded | None]] = []  # (source, key, piece, example or None = dropped)
     for row, res in zip(rows, results):
         key = row_key(row)
         flat += [(row.source, key, k, e) for k, e in enumerate(examples(res) or [None])]
+    write_examples(path, flat)
+
+
+def write_examples(path: Path, flat: list[tuple[str, int, int, Encoded | None]]) -> None:
+    """One Arrow IPC file of (source, key, piece, example or None = a dropped row) entries."""
+    import pyarrow as pa
+
     encs = [e for _, _, _, e in flat]
     cols = {
         "input_ids": _list_array([e.input_ids if e else [] for e in encs]),
@@ -152,10 +166,15 @@ def write_shard(path: Path, rows: list[Conversation | Document], results: list) 
 
 
 class _Encoder:
-    """Encodes a chunk of rows and writes it as a shard; one per process."""
+    """Encodes a chunk of rows and writes it as a shard; one per process (`Sink` takes any object with
+    `check(row)` and `__call__(path, rows) -> rows written` that pickles)."""
 
     def __init__(self, tokenizer: Any, template: ChatTemplate, opts: EncodeOptions):
         self.tokenizer, self.template, self.opts = tokenizer, template, opts
+
+    def check(self, row: Any) -> None:
+        if isinstance(row, PreferencePair):
+            raise UserError(f"{row.source}: chosen: preference row in SFT data; use `weitiao dpo`")
 
     def __call__(self, path: Path, rows: list[Conversation | Document]) -> int:
         from weitiao.data.tokenize import encode_batch
@@ -164,13 +183,13 @@ class _Encoder:
         return len(rows)
 
 
-_WORKER: _Encoder | None = None
+_WORKER: Any = None
 
 
-def _worker_init(tokenizer: Any, template: ChatTemplate, opts: EncodeOptions) -> None:
+def _worker_init(encoder: Any) -> None:
     global _WORKER
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per process: the processes are the parallelism
-    _WORKER = _Encoder(tokenizer, template, opts)
+    _WORKER = encoder
 
 
 def _worker_encode(path: Path, rows: list) -> int:
@@ -178,7 +197,7 @@ def _worker_encode(path: Path, rows: list) -> int:
     return _WORKER(path, rows)
 
 
-class _Ticker:
+class Ticker:
     """Rows encoded so far: a rich bar on a terminal, a plain line every 15 s otherwise."""
 
     def __init__(self, enabled: bool):
@@ -204,10 +223,10 @@ class _Ticker:
             self.bar.stop()
 
 
-class _Sink:
+class Sink:
     """The list `load_rows` appends to: rows go to the encoders in chunks instead of piling up."""
 
-    def __init__(self, folder: Path, encoder: _Encoder, num_proc: int, ticker: _Ticker):
+    def __init__(self, folder: Path, encoder: Any, num_proc: int, ticker: Ticker):
         self.folder, self.encoder, self.num_proc, self.ticker = folder, encoder, num_proc, ticker
         self.n, self.buf, self.shards = 0, [], []
         self.pool: ProcessPoolExecutor | None = None
@@ -217,8 +236,7 @@ class _Sink:
         return self.n
 
     def append(self, row: Any) -> None:
-        if isinstance(row, PreferencePair):
-            raise UserError(f"{row.source}: chosen: preference row in SFT data; use `weitiao dpo`")
+        self.encoder.check(row)
         self.buf.append(row)
         self.n += 1
         if len(self.buf) >= CHUNK_ROWS:
@@ -231,9 +249,9 @@ class _Sink:
         self.shards.append(path.name)
         rows, self.buf = self.buf, []
         if self.num_proc > 1 and self.pool is None and len(self.shards) > 1:  # more than one chunk: worth a pool
-            args = (self.encoder.tokenizer, self.encoder.template, self.encoder.opts)
             ctx = get_context("spawn")  # no fork: torch and the tokenizer's own threads may be running
-            self.pool = ProcessPoolExecutor(self.num_proc, mp_context=ctx, initializer=_worker_init, initargs=args)
+            init = (self.encoder,)
+            self.pool = ProcessPoolExecutor(self.num_proc, mp_context=ctx, initializer=_worker_init, initargs=init)
         if self.pool is None:
             self.ticker.add(self.encoder(path, rows))
             return
@@ -258,8 +276,8 @@ def _build(
 ) -> dict:
     """Load and encode every row into shards under `folder`; returns the entry's meta."""
     t0 = time.time()
-    ticker = _Ticker(kw["progress"])
-    sink = _Sink(folder, _Encoder(tokenizer, template, opts), kw["num_proc"], ticker)
+    ticker = Ticker(kw["progress"])
+    sink = Sink(folder, _Encoder(tokenizer, template, opts), kw["num_proc"], ticker)
     try:
         loaded = load_rows(paths, sink=sink, rejects_path=kw["rejects_path"], **read)
         sink.finish()
@@ -443,16 +461,28 @@ def encoded_files(
         raise UserError("a fast tokenizer (tokenizer.json) is required for exact loss masking")
     build = {"rejects_path": rejects_path, "num_proc": num_proc or default_num_proc(), "progress": progress}
     args = (paths, read, tokenizer, template, opts)
+    key, parts = cache_key(*args) if use_cache else ("", {})
+    data = cached(key, parts, lambda folder: _build(folder, *args, **build), cache_dir, use_cache)
+    if data.meta["hit"] and data.meta["rejected"]:
+        rejects_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(data.folder / "rejects.jsonl", rejects_path)
+    return data
+
+
+def cached(
+    key: str, parts: dict, build: Callable[[Path], dict], cache_dir: str | Path | None, use_cache: bool = True
+) -> EncodedSet:
+    """The entry `key` of the cache: opened when it exists, else built by `build(folder) -> meta` (and kept if
+    use_cache; else built in a temp folder, read into memory, and the folder removed)."""
     if not use_cache:
         import tempfile
 
         folder = Path(tempfile.mkdtemp(prefix="weitiao-tokenized-"))
         try:
-            return _open(folder, _build(folder, *args, **build), hit=False, mmap=False)  # in memory: the folder goes
+            return _open(folder, build(folder), hit=False, mmap=False)  # in memory: the folder goes
         finally:
             shutil.rmtree(folder)
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    key, parts = cache_key(*args)
     entry = root / key
     if not (entry / "meta.json").exists():
         try:
@@ -463,15 +493,11 @@ def encoded_files(
             ) from None
         with _lock(root / f"{key}.lock"):
             if not (entry / "meta.json").exists():  # another run may have built it while we waited
-                return _build_entry(entry, parts, args, build)
-    data = _open(entry, read_json(entry / "meta.json"), hit=True)
-    if data.meta["rejected"]:
-        rejects_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(entry / "rejects.jsonl", rejects_path)
-    return data
+                return _build_entry(entry, parts, build)
+    return _open(entry, read_json(entry / "meta.json"), hit=True)
 
 
-def _build_entry(entry: Path, parts: dict, args: tuple, build: dict) -> EncodedSet:
+def _build_entry(entry: Path, parts: dict, build: Callable[[Path], dict]) -> EncodedSet:
     """Build into `.tmp-KEY-PID` beside the entry, then rename it into place."""
     if entry.exists():
         raise UserError(
@@ -483,7 +509,7 @@ def _build_entry(entry: Path, parts: dict, args: tuple, build: dict) -> EncodedS
     tmp = entry.with_name(f".tmp-{entry.name}-{os.getpid()}")
     tmp.mkdir()
     try:
-        meta = _build(tmp, *args, **build)
+        meta = build(tmp)
         atomic_write_text(tmp / "meta.json", json.dumps({**meta, "key": parts}, ensure_ascii=False, indent=1))
         os.rename(tmp, entry)
     except BaseException:

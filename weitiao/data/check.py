@@ -13,6 +13,7 @@ from typing import Any
 
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode, encode_all
 from weitiao.data.formats import Conversation, Document, PreferencePair, load_rows
+from weitiao.data.preference import encode_side, side_rows, string_pairs_note
 from weitiao.data.prep import conversation_key, messages_key, pair_key, require_rows
 from weitiao.data.templates import resolve_template
 
@@ -78,14 +79,7 @@ def check_file(
     convs = [r for r in loaded.rows if not isinstance(r, PreferencePair)]
     # Encode without a length limit to measure; count what max_len would drop separately.
     encoded, _ = encode_all(convs, tokenizer, template, EncodeOptions(max_len=10**9))
-    last = EncodeOptions(max_len=10**9, train_turns="last")
-    sides = [
-        (
-            encode(p.conversation("chosen"), tokenizer, template, last),
-            encode(p.conversation("rejected"), tokenizer, template, last),
-        )
-        for p in pairs
-    ]
+    sides = [tuple(encode_side(row, tokenizer, template) for row in side_rows(p)) for p in pairs]
     seqs = encoded + [e for side in sides for e in side]
     lengths = sorted(len(e) for e in seqs)
     rows = Counter([conversation_key(c) for c in convs] + [pair_key(p) for p in pairs])
@@ -114,7 +108,7 @@ def check_file(
         identical_pairs=sum(1 for p in pairs if p.chosen == p.rejected),
         empty_replies=sum((not p.chosen.strip()) + (not p.rejected.strip()) for p in pairs),
         documents=sum(1 for c in convs if isinstance(c, Document)),
-        notes=list(loaded.notes),
+        notes=list(loaded.notes) + [n for n in [string_pairs_note(pairs, template)] if n],
     )
     if lengths:
         rep.length_min, rep.length_max = lengths[0], lengths[-1]

@@ -3,7 +3,9 @@
 Every row is validated; a bad row is reported as `file:line: field: problem`. With
 `skip_invalid=True` bad rows go to a rejects file instead and `read == kept + rejected`.
 Preference rows load into `PreferencePair`: an explicit prompt (prompt, messages, conversations or
-instruction) or, as TRL's `extract_prompt` does, the prefix chosen and rejected share.
+instruction) or, as TRL's `extract_prompt` does, the prefix chosen and rejected share. TRL's standard
+rows (prompt/chosen/rejected strings) are rendered as a one-turn chat through the template; with
+format `preference_raw` they are raw text as TRL trains them (prompt + reply + EOS, no template).
 `{"text": ...}` rows load into `Document` (continued pre-training). Rows with a boolean `label`
 (KTO, unpaired feedback) are refused: there is no KTO loss to train them with.
 """
@@ -19,8 +21,8 @@ from weitiao.errors import UserError
 from weitiao.io import write_jsonl
 
 Message = dict[str, Any]  # {"role", "content"}; "weight": 0 = not trained; tool rows: weitiao.data.tools
-Format = Literal["auto", "alpaca", "sharegpt", "openai", "prompt_completion", "text", "preference"]
-FORMATS = ("alpaca", "sharegpt", "openai", "prompt_completion", "text", "preference")
+Format = Literal["auto", "alpaca", "sharegpt", "openai", "prompt_completion", "text", "preference", "preference_raw"]
+FORMATS = ("alpaca", "sharegpt", "openai", "prompt_completion", "text", "preference", "preference_raw")
 ROLES = ("system", "user", "assistant")
 ROLE_MAP = {r: r for r in ROLES}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -60,6 +62,9 @@ class PreferencePair:
     rejected: str
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # the row's other fields (confidence, weight...)
+    # "chat": messages given; "string": TRL standard strings, rendered as a one-user-turn chat through the
+    # template; "raw": those strings trained as raw text, no template (format preference_raw, as TRL does)
+    form: Literal["chat", "string", "raw"] = "chat"
 
     def conversation(self, which: Literal["chosen", "rejected"]) -> Conversation:
         """The prompt closed by the chosen or rejected reply."""
@@ -323,7 +328,27 @@ def parse_preference(record: dict, strict: bool = True) -> PreferencePair:
     if strict and chosen == rejected:
         raise RowError("rejected", "is identical to chosen")
     known = ("prompt", "messages", "system", "chosen", "rejected")
-    return PreferencePair(prompt, chosen, rejected, extra={k: v for k, v in record.items() if k not in known})
+    given = record.get("prompt") if field == "prompt" else ""  # field "chosen": implicit, from the strings
+    strings = len(prompt) == 1 and all(isinstance(record.get(k), str) for k in ("chosen", "rejected"))
+    strings = strings and field in ("prompt", "chosen") and isinstance(given, str)
+    form = "string" if strings else "chat"
+    return PreferencePair(
+        prompt, chosen, rejected, extra={k: v for k, v in record.items() if k not in known}, form=form
+    )
+
+
+def parse_raw_preference(record: dict, strict: bool = True) -> PreferencePair:
+    """TRL's standard preference row (prompt, chosen, rejected strings, or chosen/rejected sharing a prefix),
+    to be trained as raw text."""
+    pair = parse_preference(record, strict)
+    if pair.form != "string":
+        raise RowError(
+            "chosen",
+            "format preference_raw takes prompt/chosen/rejected strings (TRL's standard form); this row is a "
+            "chat (messages or a system prompt): use format preference",
+        )
+    pair.form = "raw"
+    return pair
 
 
 KTO_REFUSED = (
@@ -348,6 +373,8 @@ def parse_row(record: Any, fmt: str, strict: bool = True) -> Conversation | Pref
         raise RowError("row", f"expected a JSON object, got {type(record).__name__}")
     if fmt == "preference":
         return parse_preference(record, strict)
+    if fmt == "preference_raw":
+        return parse_raw_preference(record, strict)
     if fmt == "text":
         return parse_text(record)
     if fmt == "kto":

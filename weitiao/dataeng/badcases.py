@@ -5,7 +5,7 @@ regression eval, and the follow-up training command that continues the deployed 
     weitiao sft runs/badcases/followup_sft.yaml          # printed by the command above
 
 Input rows (JSONL or CSV): prompt, bad (the wrong reply), golden (the right one), optional tag.
-Clustering: spherical k-means (k-means++ seeding) on prompt, bad reply (char 2-gram TF-IDF or a
+Clustering: scikit-learn k-means (k-means++ seeding, sparse rows) on prompt, bad reply (char 2-gram TF-IDF or a
 local encoder's embeddings, --embed-model) and failure tag, weighted equally. k defaults to round(sqrt(n / 2)).
 
 The regression set is held out, never trained on: with paraphrases, each case's last paraphrase
@@ -21,12 +21,16 @@ import json
 import math
 import os
 import random
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
+from scipy.sparse import csr_array
+from scipy.sparse import hstack as sparse_hstack
 
 from weitiao.dataeng.similarity import embed, normalize, tfidf, unit_rows
 from weitiao.errors import UserError, where
@@ -97,57 +101,37 @@ def ingest(paths: list[str | Path]) -> list[Case]:
 # ---------------------------------------------------------------------------------------------- 2. cluster
 
 
-def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 50, restarts: int = 10) -> np.ndarray:
-    """Spherical k-means on unit rows, best of `restarts` k-means++ seedings (by total cosine to the
-    assigned centre); returns labels 0..k-1."""
-    rng = np.random.default_rng(seed)
-    best, best_fit = np.zeros(len(x), dtype=int), -np.inf
-    for _ in range(restarts):
-        labels, fit = _kmeans_once(x, max(1, min(k, len(x))), rng, iters)
-        if fit > best_fit + 1e-9:
-            best, best_fit = labels, fit
-    return best
+def kmeans(x: Any, k: int, seed: int = 0, iters: int = 50, restarts: int = 10) -> np.ndarray:
+    """scikit-learn k-means (Lloyd, k-means++ seeding, best of `restarts`) on unit rows, dense or sparse:
+    on unit rows the nearest centre by distance is close to the one by cosine. Returns labels 0..k-1."""
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
+    k = max(1, min(k, x.shape[0]))
+    with warnings.catch_warnings():  # fewer distinct rows than k: some clusters stay empty, which is fine
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        km = KMeans(n_clusters=k, n_init=restarts, max_iter=iters, random_state=seed).fit(x)
+    return km.labels_
 
 
-def _kmeans_once(x: np.ndarray, k: int, rng: np.random.Generator, iters: int) -> tuple[np.ndarray, float]:
-    n = len(x)
-    # 1. k-means++: each next centre drawn with probability ∝ squared distance (1 - cosine) to the nearest
-    centres = [int(rng.integers(n))]
-    for _ in range(k - 1):
-        d = np.clip(1 - (x @ x[centres].T).max(1), 0, None) ** 2
-        centres.append(int(rng.choice(n, p=d / d.sum())) if d.sum() > 0 else int(rng.integers(n)))
-    c = x[centres].copy()
-    labels = np.full(n, -1)
-    for _ in range(iters):
-        # 2. assign by max cosine; 3. centre = normalized mean (an emptied cluster takes the worst-fit row)
-        sim = x @ c.T
-        new = sim.argmax(1)
-        if np.array_equal(new, labels):
-            break
-        labels = new
-        for j in range(k):
-            members = x[labels == j]
-            if len(members):
-                m = members.sum(0)
-                c[j] = m / (np.linalg.norm(m) or 1)
-            else:
-                c[j] = x[sim.max(1).argmin()]
-    return labels, float((x @ c.T)[np.arange(n), labels].sum())
-
-
-def features(cases: list[Case], embed_model: str | None = None) -> np.ndarray:
-    """Unit rows of three equal blocks: the prompt, the bad reply (TF-IDF or embeddings) and the tag (one-hot).
+def features(cases: list[Case], embed_model: str | None = None) -> Any:
+    """Unit rows (sparse) of three equal blocks: the prompt, the bad reply (TF-IDF or embeddings) and the tag
+    (one-hot).
 
     Equal weights: two failures of the same kind on different questions sit closer together than
     two different failures of look-alike questions.
     """
     blocks = []
     for texts in ([c.prompt for c in cases], [c.bad for c in cases]):
-        blocks.append(embed(texts, embed_model) if embed_model else tfidf(texts, ns=(2,))[0])
+        blocks.append(csr_array(embed(texts, embed_model)) if embed_model else tfidf(texts, ns=(2,))[0])
     tags = sorted({c.tag for c in cases if c.tag})
     if tags:
-        blocks.append(np.array([[float(c.tag == t) for t in tags] for c in cases]))
-    return unit_rows(np.hstack(blocks))
+        col = {t: j for j, t in enumerate(tags)}
+        rows = [i for i, c in enumerate(cases) if c.tag]
+        cols = np.array([col[cases[i].tag] for i in rows], dtype=np.int32)  # sklearn takes 32-bit indices only
+        one_hot = (np.ones(len(rows)), (np.array(rows, dtype=np.int32), cols))
+        blocks.append(csr_array(one_hot, shape=(len(cases), len(tags))))
+    return unit_rows(csr_array(sparse_hstack(blocks, format="csr")))
 
 
 def cluster(cases: list[Case], k: int | None = None, embed_model: str | None = None, seed: int = 0) -> list[dict]:

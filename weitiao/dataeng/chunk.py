@@ -173,8 +173,12 @@ def by_semantic(text: str, spec: ChunkSpec) -> list[tuple[str, str]]:
     if len(sents) < 2:
         return [("", s) for s in sents]
     # 1. one vector per sentence; 2. cosine of each neighbour pair; 3. cut at the low ones
-    vec = embed(sents, spec.embed_model) if spec.embed_model else tfidf(sents)[0]
-    sims = np.sum(vec[:-1] * vec[1:], axis=1)
+    if spec.embed_model:
+        vec = embed(sents, spec.embed_model)
+        sims = np.sum(vec[:-1] * vec[1:], axis=1)
+    else:
+        vec = tfidf(sents)[0]  # sparse
+        sims = vec[:-1].multiply(vec[1:]).sum(axis=1)
     cut = float(np.percentile(sims, spec.percentile))
     out, cur = [], sents[0]
     for s, sim in zip(sents[1:], sims):

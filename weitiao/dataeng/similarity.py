@@ -2,16 +2,16 @@
 
 Chinese has no spaces, so every measure here works on characters: normalized text → char n-grams.
 Used for grounding (answer vs source chunk), near-duplicate dedup, semantic chunk breaks and
-bad-case clustering.
+bad-case clustering. TF-IDF is scikit-learn's, sparse: 10k texts take megabytes, not gigabytes.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import unicodedata
-from collections import Counter
 from collections.abc import Sequence
+from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -63,27 +63,29 @@ def near_duplicates(texts: Sequence[str], threshold: float = 0.8, n: int = 3) ->
     return out
 
 
-def tfidf(texts: Sequence[str], ns: tuple[int, ...] = (1, 2), top_vocab: int = 20000) -> tuple[np.ndarray, list[str]]:
-    """L2-normalized TF-IDF rows over char n-grams (idf = ln((1+N)/(1+df)) + 1, as scikit-learn's smooth
-    idf); returns (matrix, vocabulary). Keeps the `top_vocab` most frequent n-grams."""
-    docs = [Counter(g for n in ns for g in char_ngrams(t, n)) for t in texts]
-    df = Counter(g for d in docs for g in d)
-    vocab = [g for g, _ in df.most_common(top_vocab)]
-    col = {g: i for i, g in enumerate(vocab)}
-    x = np.zeros((len(texts), len(vocab)), dtype=np.float64)
-    for r, d in enumerate(docs):
-        for g, c in d.items():
-            if g in col:
-                x[r, col[g]] = c
-    idf = np.array([math.log((1 + len(texts)) / (1 + df[g])) + 1 for g in vocab])
-    x *= idf
-    return unit_rows(x), vocab
+def _grams(text: str, ns: tuple[int, ...]) -> list[str]:
+    return [g for n in ns for g in char_ngrams(text, n)]
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Each row divided by its L2 norm (all-zero rows stay zero)."""
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norm == 0, 1, norm)
+def tfidf(texts: Sequence[str], ns: tuple[int, ...] = (1, 2), top_vocab: int = 20000) -> tuple[Any, list[str]]:
+    """L2-normalized TF-IDF rows over char n-grams (scikit-learn's smooth idf, ln((1+N)/(1+df)) + 1), as a
+    sparse `csr_array` (`x[i] @ x[j]` is the cosine); returns (matrix, vocabulary). Keeps the `top_vocab`
+    most frequent n-grams."""
+    from scipy.sparse import csr_array
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vec = TfidfVectorizer(analyzer=partial(_grams, ns=ns), max_features=top_vocab, dtype=np.float64)
+    if not any(_grams(t, ns) for t in texts):  # sklearn refuses an empty vocabulary
+        return csr_array((len(texts), 0)), []
+    x = vec.fit_transform(texts)
+    return csr_array(x), vec.get_feature_names_out().tolist()
+
+
+def unit_rows(x: Any) -> Any:
+    """Each row divided by its L2 norm (all-zero rows stay zero); sparse stays sparse."""
+    from sklearn.preprocessing import normalize as l2_rows
+
+    return l2_rows(x) if x.shape[0] else x  # sklearn refuses zero rows
 
 
 def embed(texts: Sequence[str], model_path: str, batch_size: int = 16) -> np.ndarray:

@@ -2,18 +2,18 @@
 
     weitiao eval gen --model demo --prompts heldout.jsonl [--adapter runs/demo/final] [--judge-url URL]
 
-All scores are in [0, 1] (BLEU too: sacrebleu's number / 100). Texts are split by
-`weitiao.eval.repetition.units`: each CJK character one unit, Latin words whole, so ROUGE-L is
-character-level for Chinese and BLEU matches sacrebleu's `tokenize="zh"` on ordinary text.
+All scores are in [0, 1] (BLEU too: sacrebleu's number / 100). BLEU is sacrebleu's with
+`tokenize="zh"`. ROUGE-L splits texts by `weitiao.eval.repetition.units` (each CJK character one
+unit, Latin words whole), so it is character-level for Chinese (tested against rouge-score).
 """
 
 from __future__ import annotations
 
-import math
 import re
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
 
 from weitiao.eval.repetition import copy_of_history_rate, distinct_n, ngram_loop, units
 from weitiao.eval.style import EMOJI, REFUSAL
@@ -55,47 +55,22 @@ def rouge_l(candidate: str, reference: str) -> float:
     return 2 * p * rec / (p + rec)
 
 
-def _ngram_counts(toks: list[str], n: int) -> Counter:
-    return Counter(tuple(toks[i : i + n]) for i in range(len(toks) - n + 1))
+@lru_cache(maxsize=8)
+def _bleu_scorer(max_n: int, effective_order: bool) -> Any:
+    from sacrebleu.metrics import BLEU
+
+    return BLEU(tokenize="zh", max_ngram_order=max_n, effective_order=effective_order)
 
 
 def bleu(candidates: Sequence[str], references: Sequence[str], max_n: int = 4, effective_order: bool = False) -> float:
-    """Corpus BLEU (Papineni 2002) in [0, 1], one reference per candidate, sacrebleu's `exp` smoothing.
-
-    1. clipped n-gram matches and candidate n-gram totals summed over the corpus, n = 1..max_n;
-    2. an order with no match gets precision 1 / (2^k · total), k counting such orders so far;
-       an order with no candidate n-grams ends the product (sentence level: `effective_order`
-       averages only the orders present, as sacrebleu's sentence_bleu does);
-    3. brevity penalty exp(1 - ref_len / cand_len) when the candidates are shorter.
-    """
+    """Corpus BLEU in [0, 1]: sacrebleu's score / 100 with its Chinese tokenizer (`tokenize="zh"`: each CJK
+    character a token), one reference per candidate, `exp` smoothing; `effective_order` averages only the
+    n-gram orders present (sacrebleu's sentence-level default)."""
     if len(candidates) != len(references):
         raise ValueError(f"{len(candidates)} candidates but {len(references)} references")
-    correct, total = [0] * max_n, [0] * max_n
-    sys_len = ref_len = 0
-    for cand, ref in zip(candidates, references):
-        c, r = units(cand), units(ref)
-        sys_len, ref_len = sys_len + len(c), ref_len + len(r)
-        for n in range(1, max_n + 1):
-            cc, rc = _ngram_counts(c, n), _ngram_counts(r, n)
-            correct[n - 1] += sum(min(k, rc[g]) for g, k in cc.items())
-            total[n - 1] += sum(cc.values())
-    if not any(correct):
+    if not candidates:
         return 0.0
-    bp = math.exp(1 - ref_len / sys_len) if sys_len < ref_len else 1.0
-    logs, smooth, order = [], 1.0, max_n
-    for n in range(max_n):
-        if total[n] == 0:
-            break
-        if effective_order:
-            order = n + 1
-        if correct[n] == 0:
-            smooth *= 2
-            logs.append(math.log(1 / (smooth * total[n])))
-        else:
-            logs.append(math.log(correct[n] / total[n]))
-    if len(logs) < order:  # a missing order has precision 0: BLEU is 0
-        return 0.0
-    return bp * math.exp(sum(logs[:order]) / order)
+    return _bleu_scorer(max_n, effective_order).corpus_score(list(candidates), [list(references)]).score / 100
 
 
 def sentence_bleu(candidate: str, reference: str) -> float:

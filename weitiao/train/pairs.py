@@ -76,8 +76,9 @@ def prepare_pairs(cfg: PairConfig, tokenizer: Any) -> PrefData:
     pairs, eval_pairs = _confident(pairs, d.min_confidence), _confident(eval_pairs, d.min_confidence)
     if not pairs:
         raise UserError(f"data.min_confidence: no train pair has confidence ≥ {d.min_confidence}")
-    train, stats = encode_pairs(pairs, tokenizer, template, d.max_len, d.truncation)
-    evals, _ = encode_pairs(eval_pairs, tokenizer, template, d.max_len, d.truncation)
+    enc = {"cache_dir": d.cache_dir, "use_cache": d.cache, "num_proc": d.num_proc, "progress": cfg.train.progress}
+    train, stats = encode_pairs(pairs, tokenizer, template, d.max_len, d.truncation, **enc)
+    evals, _ = encode_pairs(eval_pairs, tokenizer, template, d.max_len, d.truncation, **enc)
     if not train:
         raise UserError(f"data.train: no pairs left after truncation {d.truncation!r} (max_len {d.max_len})")
     weights = None

@@ -80,7 +80,9 @@ class PrefDataSpec(BaseModel):
         None, description="LLaMA-Factory data folder: train/eval are names in its dataset_info.json"
     )
     eval_split: float = Field(0.0, ge=0, lt=1, description="fraction of train pairs held out when no eval files")
-    format: Literal["auto", "preference"] = Field("auto", description="row format")
+    format: Literal["auto", "preference", "preference_raw"] = Field(
+        "auto", description="preference_raw: prompt/chosen/rejected strings as raw text, no template (as TRL)"
+    )
     template: TemplateName = Field("auto", description="chat template; auto = the tokenizer's own, else plain")
     max_len: int = Field(1024, gt=8, description="per sequence (prompt + one reply)")
     truncation: Literal["drop", "cut_response"] = Field("drop", description="over max_len: drop or shorten replies")
@@ -93,3 +95,10 @@ class PrefDataSpec(BaseModel):
     min_confidence: float | None = Field(
         None, ge=0, le=1, description="drop train and eval pairs whose `confidence` field is below this"
     )
+    cache: bool = Field(
+        True, description="keep tokenized pairs on disk (Arrow, memory-mapped); a rerun skips tokenizing"
+    )
+    cache_dir: ConfigPath | None = Field(
+        None, description="default $WEITIAO_CACHE/tokenized, else ~/.cache/weitiao/tokenized"
+    )
+    num_proc: int = Field(0, ge=0, description="tokenizing processes; 0 = CPU cores (at most 8)")
