@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from weitiao.data.decode import TextPieces, decode_whole
 from weitiao.data.formats import Message
 from weitiao.data.templates import ChatTemplate
 
@@ -117,7 +118,7 @@ def generate(
     out = []
     for s in generate_ids(model, tokenizer, template, conversations, *args, **kw):
         toks = s.response_ids[:-1] if s.stopped else s.response_ids
-        out.append(Generation(tokenizer.decode(toks, skip_special_tokens=True), len(toks), s.stopped))
+        out.append(Generation(decode_whole(tokenizer, toks), len(toks), s.stopped))
     return out
 
 
@@ -134,14 +135,12 @@ def stream_reply(
     """Yield the reply to one conversation piece by piece as it is generated."""
     from threading import Thread
 
-    from transformers import TextIteratorStreamer
-
     eot_id = tokenizer.convert_tokens_to_ids(template.eot)
     prompt = template.render(tokenizer, messages, add_generation_prompt=True)
     ids = torch.tensor(
         [tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=next(model.parameters()).device
     )
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer = TextPieces(tokenizer)  # whole characters only, never a broken byte
     kw: dict[str, Any] = {"do_sample": temperature > 0}
     if temperature > 0:
         kw.update(temperature=temperature, top_p=top_p)
