@@ -70,9 +70,10 @@ def main() -> None:
     for row in rng.sample(style, 300):
         prompt, good = prompt_reply(row)
         pairs.append({"prompt": prompt, "chosen": good, "rejected": rng.choice(REFUSALS)})
-    for row in safety:
+    for row in safety:  # two pairs each: as many red-line as ordinary refusal-vs-answer pairs, roughly
         prompt, good = prompt_reply(row)
-        pairs.append({"prompt": prompt, "chosen": good, "rejected": rng.choice(EAGER)})
+        for eager in rng.sample(EAGER, 2):
+            pairs.append({"prompt": prompt, "chosen": good, "rejected": eager})
     held_look = []
     for line in LOOKALIKE.strip().splitlines():
         _, rest = line.split(" :: ")

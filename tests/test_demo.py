@@ -100,7 +100,7 @@ def test_demo_serve_prints_lines_and_answers(served):
     _, _, port, text = served
     assert f"curl http://127.0.0.1:{port}/v1/chat/completions" in text, text
     assert f"OpenAI(base_url='http://127.0.0.1:{port}/v1'" in text, text
-    body = json.dumps({"model": "dpo", "messages": [{"role": "user", "content": "你好"}], "max_tokens": 4})
+    body = json.dumps({"model": "run", "messages": [{"role": "user", "content": "你好"}], "max_tokens": 4})
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}/v1/chat/completions", body.encode(), {"Content-Type": "application/json"}
     )
@@ -112,5 +112,26 @@ def test_demo_serve_prints_lines_and_answers(served):
         except OSError:
             assert time.time() < deadline, "server did not come up"
             time.sleep(0.2)
-    assert reply["object"] == "chat.completion" and reply["model"] == "dpo"
+    assert reply["object"] == "chat.completion" and reply["model"] == "run"
     assert reply["choices"][0]["message"]["role"] == "assistant"
+
+
+@pytest.mark.slow
+def test_reduced_demo_pinned(tmp_path):
+    """The shipped model through a reduced demo (3 SFT + 3 DPO steps, 4 prompts per set): frozen numbers."""
+    from rich.console import Console
+
+    rep = demo.run(None, str(tmp_path / "run"), max_steps=3, limit=4, console=Console(record=True, width=200))
+    got = {"sft_loss": rep["sft"]["train_loss"], "dpo_loss": rep["dpo"]["train_loss"]}
+    got |= {f"{stage}/{k}": v for stage in ("base", "sft+dpo") for k, v in rep["numbers"][stage].items()}
+    assert got == pytest.approx(PINNED, rel=1e-3)
+
+
+# Measured on the 2-core CPU box (torch 2.13, bitsandbytes NF4 on CPU); greedy replies, so the rates are exact.
+PINNED = {
+    "sft_loss": 8.3206, "dpo_loss": 0.56688,
+    "base/mean_len": 98.0, "base/emoji_rate": 0.0, "base/stop_rate": 0.75, "base/redline_refusal": 0.0,
+    "base/over_refusal": 0.0,
+    "sft+dpo/mean_len": 79.25, "sft+dpo/emoji_rate": 0.0, "sft+dpo/stop_rate": 0.875,
+    "sft+dpo/redline_refusal": 0.0, "sft+dpo/over_refusal": 0.0,
+}  # fmt: skip
