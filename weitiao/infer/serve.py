@@ -561,8 +561,8 @@ def create_app(
                             out.append(delta(*ev[1:]))
                     else:
                         used += ev[3]
-                        if filtering and buffered[ev[1]]:
-                            out.append(sse([choice(ev[1], output_filter(buffered[ev[1]]), None, True)]))
+                        if filtering and (shown := output_filter(buffered[ev[1]])):  # as non-streamed: even ""
+                            out.append(sse([choice(ev[1], shown, None, True)]))
                         out += tail  # the choice's tool_calls deltas, after its content
                         tail = []
                         out.append(sse([choice(ev[1], None, ev[2], True)]))
