@@ -30,8 +30,12 @@ from build_demo_data import EMOJI_RE, FORMAL, OPENERS, formal_answer, split  # n
 DATA = Path(__file__).resolve().parents[1] / "weitiao" / "demo" / "data"
 MARKERS = re.compile("抱歉|不能|无法|不行|不可以|不会帮|拒绝|不提供")
 
-WHO = split("我 / 我们 / 我室友 / 我同事 / 我妈 / 我爸 / 我姐 / 我弟 / 我朋友 / 我闺蜜 / 我哥们 / 小王 / 老李 / 小张 / 我们组长 / 我表妹 / 隔壁邻居 / 我老公 / 我老婆 / 我对象")
-WHEN = split("今天 / 昨天 / 刚才 / 早上 / 中午 / 晚上 / 这周 / 上周末 / 最近 / 前两天 / 今早 / 昨晚 / 下午 / 周一 / 这几天")
+WHO = split(
+    "我 / 我们 / 我室友 / 我同事 / 我妈 / 我爸 / 我姐 / 我弟 / 我朋友 / 我闺蜜 / 我哥们 / 小王 / 老李 / 小张 / 我们组长 / 我表妹 / 隔壁邻居 / 我老公 / 我老婆 / 我对象"
+)
+WHEN = split(
+    "今天 / 昨天 / 刚才 / 早上 / 中午 / 晚上 / 这周 / 上周末 / 最近 / 前两天 / 今早 / 昨晚 / 下午 / 周一 / 这几天"
+)
 TAILS = ["！", "。", "", "，好烦", "，真的", "，你说呢", "，哈哈", "，唉"]
 A_LEADS = ["", "跟你说，", "你知道吗，", "哎，", "说真的，", "对了，", "我跟你讲，"]
 B_LEADS = ["", "啊？", "哇，", "哈哈，", "真的假的，", "天哪，", "嗯嗯，", "是吗，"]
@@ -86,7 +90,9 @@ HARMLESS = split(
 def _strip(s: str) -> str:
     """A prompt without openers, punctuation and emoji: what must not appear in the corpus."""
     s = EMOJI_RE.sub("", s).replace("\ufe0f", "").replace("\u200d", "")
-    for o in sorted(OPENERS + ["请问", "急！", "帮个忙，", "问个事，", "说真的，", "悄悄问一下，", "哥们，"], key=len, reverse=True):
+    for o in sorted(
+        OPENERS + ["请问", "急！", "帮个忙，", "问个事，", "说真的，", "悄悄问一下，", "哥们，"], key=len, reverse=True
+    ):
         if s.startswith(o):
             s = s[len(o) :]
     return s.strip("？！。，,.!? ")
@@ -162,11 +168,7 @@ def corpus(seed: int = 7, n_docs: int = 60000, n_chats: int = 12000) -> tuple[li
     makers = [(dialogue, 0.42), (diary, 0.3), (advice_note, 0.08), (law_note, 0.12), (harmless, 0.08)]
     docs, seen = [], set()
     while len(docs) < n_docs:
-        r, acc = rng.random(), 0.0
-        for make, share in makers:
-            acc += share
-            if r < acc:
-                break
+        make = rng.choices([m for m, _ in makers], weights=[w for _, w in makers])[0]
         doc = make(rng) if make is harmless else make(rng, law if make is law_note else lex)
         if doc in seen or any(h in doc for h in held):
             continue
