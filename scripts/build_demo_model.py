@@ -4,11 +4,17 @@ Run from the repo root, after scripts/build_demo_data.py:
 
     python scripts/build_demo_model.py
 
-Trains a 4096-token byte-level BPE on all demo data, pretrains a 4-layer Llama (about 4.2M
-parameters) on pretrain.jsonl rendered with the ChatML template for a fixed 260 steps (about
-6 minutes on an otherwise idle 2-core CPU), saves it with save_pretrained, then prints greedy
-generations and reply metrics on the held-out prompts. Seeded; needs no network and no GPU.
-Uses 2 threads; on a CPU shared with other work, DEMO_THREADS=1 is much faster.
+Trains a 4096-token byte-level BPE on all demo data and the generated corpus
+(scripts/build_demo_corpus.py), pretrains a 4-layer Llama (about 4.2M parameters) on pretrain.jsonl
+and the corpus's chat rows (ChatML) plus its plain documents (each ending with <|endoftext|>),
+saves it with save_pretrained, then prints greedy generations and reply metrics on the held-out
+prompts. Seeded; needs no network and no GPU.
+
+The run is bounded by steps and by wall time (DEMO_MINUTES, default 60): the cosine schedule follows
+whichever of the two is further along, so a run cut by time still ends at the low learning rate.
+A checkpoint is saved every DEMO_SAVE_MINUTES (default 10) to DEMO_OUT (default weitiao/demo/model).
+Uses 2 threads; on a CPU shared with other work, DEMO_THREADS=1 is much faster. Run it under
+`nice -n 10` on a shared machine.
 """
 
 from __future__ import annotations
@@ -29,10 +35,12 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 SEED = 1234
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "weitiao" / "demo" / "data"
-MODEL_DIR = ROOT / "weitiao" / "demo" / "model"
+MODEL_DIR = Path(os.environ.get("DEMO_OUT", ROOT / "weitiao" / "demo" / "model"))
 DATA_FILES = ("pretrain", "style", "safety", "heldout_style", "heldout_redline")
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
-VOCAB_SIZE, SEQ_LEN, BATCH, STEPS, WARMUP = 4096, 256, 16, 260, 20
+VOCAB_SIZE, SEQ_LEN, BATCH, STEPS, WARMUP = 4096, 256, 16, int(os.environ.get("DEMO_STEPS", "6000")), 40
+MINUTES = float(os.environ.get("DEMO_MINUTES", "60"))
+SAVE_MINUTES = float(os.environ.get("DEMO_SAVE_MINUTES", "10"))
 PEAK_LR, MIN_LR = 2e-3, 2e-4
 MAX_NEW_TOKENS = 80
 CHATML = (
@@ -57,9 +65,9 @@ def row_texts(row: dict) -> list[str]:
     return [row["instruction"], row["input"], row["output"]]
 
 
-def build_tokenizer(data: dict[str, list[dict]]) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE on all demo texts and wrap it with the ChatML template."""
-    texts = []
+def build_tokenizer(data: dict[str, list[dict]], docs: list[str]) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on all demo texts and documents and wrap it with the ChatML template."""
+    texts = list(docs)
     for rows in data.values():
         for row in rows:
             texts += [t for t in row_texts(row) if t] + ["user\n", "assistant\n"]
@@ -83,8 +91,7 @@ def build_tokenizer(data: dict[str, list[dict]]) -> PreTrainedTokenizerFast:
         chat_template=CHATML,
     )
     assert len(tok) == VOCAB_SIZE, len(tok)
-    for text in texts:
-        ids = tok.encode(text, add_special_tokens=False)
+    for text, ids in zip(texts, tok(texts, add_special_tokens=False)["input_ids"]):
         assert tok.decode(ids) == text, f"round-trip failed: {text!r}"
     msgs = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好呀😊"}]
     rendered = tok.apply_chat_template(msgs, tokenize=False)
@@ -94,16 +101,17 @@ def build_tokenizer(data: dict[str, list[dict]]) -> PreTrainedTokenizerFast:
 
 
 def pack_blocks(
-    tok: PreTrainedTokenizerFast, rows: list[dict], rng: random.Random
+    tok: PreTrainedTokenizerFast, rows: list[dict], docs: list[str], rng: random.Random
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Render conversations with the chat template and greedily pack them into padded blocks.
+    """Render conversations with the chat template, end documents with <|endoftext|>, and greedily pack
+    both into padded blocks.
 
-    Returns token ids and position ids; positions restart at 0 for every conversation, which makes
-    transformers mask attention block-diagonally, so each conversation is trained as if alone.
+    Returns token ids and position ids; positions restart at 0 for every sequence, which makes
+    transformers mask attention block-diagonally, so each sequence is trained as if alone.
     """
-    texts = [tok.apply_chat_template(r["messages"], tokenize=False) for r in rows]
-    seqs = [tok.encode(t) for t in texts]
-    assert all(tok.decode(s) == t for s, t in zip(seqs, texts)), "chat round-trip failed"
+    texts = [tok.apply_chat_template(r["messages"], tokenize=False) for r in rows] + [d + ENDOFTEXT for d in docs]
+    seqs = tok(texts, add_special_tokens=False)["input_ids"]
+    assert all(tok.decode(s) == t for s, t in zip(seqs, texts)), "round-trip failed"
     seqs = [s[:SEQ_LEN] for s in seqs]
     rng.shuffle(seqs)
     blocks, positions, cur, pos = [], [], [], []
@@ -139,44 +147,58 @@ def build_model(tok: PreTrainedTokenizerFast) -> LlamaForCausalLM:
     return model
 
 
-def lr_at(step: int) -> float:
-    """Linear warmup, then cosine decay from PEAK_LR to MIN_LR."""
+def lr_at(step: int, elapsed: float) -> float:
+    """Linear warmup, then cosine decay from PEAK_LR to MIN_LR over steps or wall time, whichever is further."""
     if step < WARMUP:
         return PEAK_LR * (step + 1) / WARMUP
-    progress = (step - WARMUP) / max(1, STEPS - WARMUP)
+    progress = min(1.0, max((step - WARMUP) / max(1, STEPS - WARMUP), elapsed / (60 * MINUTES)))
     return MIN_LR + 0.5 * (PEAK_LR - MIN_LR) * (1 + math.cos(math.pi * progress))
 
 
-def pretrain(model: LlamaForCausalLM, blocks: torch.Tensor, positions: torch.Tensor, pad_id: int) -> float:
-    """Train on all tokens (padding masked) for STEPS steps; return the final smoothed loss."""
+def pretrain(
+    model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, blocks: torch.Tensor, positions: torch.Tensor
+) -> float:
+    """Train on all tokens (padding masked) until STEPS or MINUTES; return the final smoothed loss.
+
+    Saves a checkpoint (model + tokenizer) every SAVE_MINUTES, so a killed build keeps its progress.
+    """
     opt = torch.optim.AdamW(model.parameters(), lr=PEAK_LR, betas=(0.9, 0.95), weight_decay=0.01)
     gen = torch.Generator().manual_seed(SEED)
     order = torch.randperm(len(blocks), generator=gen)
     model.train()
-    start, pos, smooth = time.time(), 0, None
+    start, pos, smooth, saved = time.time(), 0, None, time.time()
     for step in range(STEPS):
+        elapsed = time.time() - start
+        if elapsed > 60 * MINUTES:
+            print(f"time cap of {MINUTES:.0f} min reached after {step} steps", flush=True)
+            break
         if pos + BATCH > len(order):
             order, pos = torch.randperm(len(blocks), generator=gen), 0
         idx = order[pos : pos + BATCH]
         batch = blocks[idx]
         pos += BATCH
-        labels = batch.masked_fill(batch == pad_id, -100)
+        labels = batch.masked_fill(batch == tok.pad_token_id, -100)
+        lr = lr_at(step, elapsed)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        # No attention_mask and no cache: transformers derives the per-conversation mask from positions.
+            group["lr"] = lr
+        # No attention_mask and no cache: transformers derives the per-sequence mask from positions.
         loss = model(input_ids=batch, position_ids=positions[idx], labels=labels, use_cache=False).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        smooth = loss.item() if smooth is None else 0.9 * smooth + 0.1 * loss.item()
-        if step % 10 == 0 or step == STEPS - 1:
-            elapsed = time.time() - start
+        smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
+        if step % 20 == 0:
             print(
-                f"step {step + 1:4d}/{STEPS}  loss {loss.item():.3f}  (avg {smooth:.3f})  "
-                f"lr {lr_at(step):.1e}  {elapsed:5.0f}s  epoch {(step + 1) * BATCH / len(blocks):.2f}",
+                f"step {step + 1:5d}/{STEPS}  loss {loss.item():.3f}  (avg {smooth:.3f})  "
+                f"lr {lr:.1e}  {elapsed:5.0f}s  epoch {(step + 1) * BATCH / len(blocks):.2f}",
                 flush=True,
             )
+        if time.time() - saved > 60 * SAVE_MINUTES:
+            model.eval()
+            save(model, tok)
+            model.train()
+            saved = time.time()
     model.eval()
     return smooth
 
@@ -223,24 +245,33 @@ def save(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast) -> None:
         path.chmod(0o644)
     files = sorted(MODEL_DIR.iterdir())
     size = sum(p.stat().st_size for p in files) / 2**20
-    print(f"saved {MODEL_DIR.relative_to(ROOT)} ({size:.1f} MiB): {', '.join(p.name for p in files)}")
+    print(f"saved {MODEL_DIR} ({size:.1f} MiB): {', '.join(p.name for p in files)}")
 
 
 def main() -> None:
     """Tokenizer, pretraining, save, held-out report."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from build_demo_corpus import corpus
+
     t0 = time.time()
     random.seed(SEED)
     torch.manual_seed(SEED)
     torch.set_num_threads(int(os.environ.get("DEMO_THREADS", "2")))
     data = {name: read_jsonl(name) for name in DATA_FILES}
-    tok = build_tokenizer(data)
-    blocks, positions = pack_blocks(tok, data["pretrain"], random.Random(SEED))
+    docs, chats = corpus()
+    tok = build_tokenizer(data, docs)
+    blocks, positions = pack_blocks(tok, data["pretrain"] + chats, docs, random.Random(SEED))
     n_tok = int((blocks != tok.pad_token_id).sum())
     print(f"tokenizer: {len(tok)} tokens, round-trip ok | pretrain: {len(blocks)} blocks x {SEQ_LEN}, {n_tok} tokens")
     model = build_model(tok)
-    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {STEPS} steps x {BATCH} blocks")
+    print(
+        f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
+        f"up to {STEPS} steps x {BATCH} blocks or {MINUTES:.0f} min"
+    )
     t1 = time.time()
-    loss = pretrain(model, blocks, positions, tok.pad_token_id)
+    loss = pretrain(model, tok, blocks, positions)
     print(f"pretraining: {time.time() - t1:.0f}s wall, final train loss {loss:.3f}")
     save(model, tok)
     evaluate(model, tok, data)

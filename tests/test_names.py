@@ -39,13 +39,18 @@ def test_demo_config_ships_in_the_package_and_matches_the_example():
 
     from weitiao.config import load_config
     from weitiao.recipes import demo
+    from weitiao.recipes.dpo import DPOConfig
     from weitiao.recipes.sft import SFTConfig
 
-    shipped = demo.EXAMPLE.resolve()
-    assert shipped.is_file() and PKG in shipped.parents, shipped
     tomllib = pytest.importorskip("tomllib")
     globs = tomllib.loads((PKG.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["weitiao"]
-    assert any(fnmatch.fnmatch(shipped.relative_to(PKG).as_posix(), g) for g in globs)
-    a = load_config(SFTConfig, shipped, ["train.out=runs/x"]).model_dump()
-    b = load_config(SFTConfig, PKG.parent / "examples" / "demo_sft.yaml", ["train.out=runs/x"]).model_dump()
-    assert a == b
+    for shipped, cls, twin in (
+        (demo.EXAMPLE, SFTConfig, "demo_sft.yaml"),
+        (demo.DPO_EXAMPLE, DPOConfig, "demo_dpo.yaml"),
+    ):
+        shipped = shipped.resolve()
+        assert shipped.is_file() and PKG in shipped.parents, shipped
+        assert any(fnmatch.fnmatch(shipped.relative_to(PKG).as_posix(), g) for g in globs)
+        a = load_config(cls, shipped, ["train.out=runs/x"]).model_dump()
+        b = load_config(cls, PKG.parent / "examples" / twin, ["train.out=runs/x"]).model_dump()
+        assert a == b

@@ -258,12 +258,18 @@ def chat(
 
 @app.command()
 def demo(
-    overrides: list[str] = typer.Argument(None, help="overrides for examples/demo_sft.yaml"),
+    overrides: list[str] = typer.Argument(None, help="SFT overrides for examples/demo_sft.yaml (e.g. lora.r=8)"),
+    model: str = typer.Option(None, help="your own Hugging Face model folder (default: the shipped tiny model)"),
+    out: str = typer.Option("runs/demo", help="run folder: sft/, dpo/, demo_report.json, golden_report.html"),
+    serve: bool = typer.Option(False, help="end by serving the tuned model (OpenAI-compatible API)"),
+    port: int = typer.Option(8000, help="port for --serve"),
+    max_steps: int = typer.Option(None, help="cap SFT and DPO steps (a quick look; the targets need the full run)"),
+    limit: int = typer.Option(None, help="measure only the first N ordinary and N red-line held-out prompts"),
 ) -> None:
-    """QLoRA SFT of the shipped tiny Chinese model with before/after style and refusal metrics."""
+    """QLoRA SFT → DPO of a model on Chinese chat + safety data; base/SFT/SFT+DPO table on held-out prompts."""
     from weitiao.recipes import demo as recipe
 
-    recipe.run(overrides=overrides or [])
+    recipe.run(model, out, serve, port, max_steps, overrides or [], limit)
 
 
 @data_app.command("check")

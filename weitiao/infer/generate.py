@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import torch
 
 from weitiao.data.collate import left_pad
+from weitiao.data.decode import decode_whole
 from weitiao.data.formats import Message
 from weitiao.data.templates import ChatTemplate
 from weitiao.errors import UserError
@@ -550,7 +551,7 @@ def generate(
     out = []
     for s in generate_ids(model, tokenizer, template, conversations, *args, **kw):
         toks = s.response_ids[:-1] if s.stopped else s.response_ids
-        out.append(Generation(tokenizer.decode(toks, skip_special_tokens=True), len(toks), s.stopped))
+        out.append(Generation(decode_whole(tokenizer, toks), len(toks), s.stopped))
     return out
 
 
@@ -581,7 +582,7 @@ def stream_reply(
     sent = 0
     while engine.live():
         engine.tick()
-        text = tokenizer.decode(row.ids[:-1] if row.stopped else row.ids, skip_special_tokens=True)
-        if len(text) > sent and (row.done or not text.endswith("\ufffd")):  # half a character: wait for the rest
+        text = decode_whole(tokenizer, row.ids[:-1] if row.stopped else row.ids)  # half a character waits
+        if len(text) > sent:
             yield text[sent:]
             sent = len(text)

@@ -52,6 +52,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from weitiao.data.decode import decode_whole
 from weitiao.data.templates import ChatTemplate, resolve_template
 from weitiao.errors import UserError
 from weitiao.infer import tools as tooling
@@ -127,9 +128,9 @@ class _Row:
         if logprob is not None:
             self.lps.append(logprob)
         if token in self.stops:  # counted in usage (as OpenAI and vLLM do), never shown
-            return self.finish(self.tok.decode(self.ids, skip_special_tokens=True), "stop", 1)
+            return self.finish(decode_whole(self.tok, self.ids), "stop", 1)
         self.ids.append(token)
-        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        text = decode_whole(self.tok, self.ids)
         cuts = [i for i in (text.find(s) for s in self.job.stop) if i >= 0]
         if len(self.ids) < self.job.min_tokens:
             cuts = []
@@ -547,8 +548,8 @@ def create_app(
                             out.append(delta(*ev[1:]))
                     else:
                         used += ev[3]
-                        if filtering and buffered[ev[1]]:
-                            out.append(sse([choice(ev[1], output_filter(buffered[ev[1]]), None, True)]))
+                        if filtering and (shown := output_filter(buffered[ev[1]])):  # as non-streamed: even ""
+                            out.append(sse([choice(ev[1], shown, None, True)]))
                         out += tail  # the choice's tool_calls deltas, after its content
                         tail = []
                         out.append(sse([choice(ev[1], None, ev[2], True)]))

@@ -1,0 +1,110 @@
+"""Decoding on whole characters: a Chinese character split over two byte-level tokens never shows as U+FFFD."""
+
+from __future__ import annotations
+
+import torch
+
+from weitiao.data.decode import IncrementalDecoder, TextPieces, decode_whole
+
+
+def split_char_tokenizer():
+    """Byte-level BPE with the bytes alphabet plus one merge: the first two bytes of 好 (E5 A5), so 好 = 2 tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    b2u = {b: c for b, c in zip(range(256), _bytes_to_unicode())}
+    first = b2u[0xE5] + b2u[0xA5]
+    vocab = {c: i for i, c in enumerate(alphabet)} | {first: len(alphabet), "<|im_end|>": len(alphabet) + 1}
+    raw = Tokenizer(models.BPE(vocab=vocab, merges=[(b2u[0xE5], b2u[0xA5])]))
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<|im_end|>")
+
+
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2's byte → printable character table, in byte order."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for _, c in sorted(zip(bs, cs))]
+
+
+def test_char_over_two_tokens_streams_whole():
+    tok = split_char_tokenizer()
+    ids = tok.encode("你好呀", add_special_tokens=False)
+    hao = tok.encode("好", add_special_tokens=False)
+    assert len(hao) == 2 and tok.decode(hao[:1]) == "\ufffd"  # the split this test is about
+    # negative control: per-token decoding (what a naive streamer prints) shows broken bytes
+    assert "\ufffd" in "".join(tok.decode([i]) for i in ids)
+    dec = IncrementalDecoder(tok)
+    pieces = [dec.push([i]) for i in ids] + [dec.finish()]
+    assert "".join(pieces) == "你好呀" and not any("\ufffd" in p for p in pieces)
+    assert "" in pieces  # a piece was held back while 好 was incomplete
+
+
+def test_broken_sequences_are_dropped():
+    tok = split_char_tokenizer()
+    lead = tok.encode("好", add_special_tokens=False)[:1]  # a lead byte pair that never completes
+    xia = tok.encode("下吧", add_special_tokens=False)
+    ids = tok.encode("这个不行，", add_special_tokens=False) + lead + xia + lead
+    assert tok.decode(ids) == "这个不行，\ufffd下吧\ufffd"  # negative control: the issue's broken reply
+    assert decode_whole(tok, ids) == "这个不行，下吧"
+    dec = IncrementalDecoder(tok)
+    streamed = "".join(dec.push([i]) for i in ids)
+    assert streamed == "这个不行，下吧" and dec.finish() == ""  # the unfinished tail is dropped
+
+
+def test_text_pieces_as_hf_streamer(tokenizer):
+    """TextPieces skips the prompt put and yields whole characters; spacing of an English tokenizer survives."""
+    tok = split_char_tokenizer()
+    s = TextPieces(tok)
+    s.put(torch.tensor([[1, 2, 3]]))  # the prompt
+    for i in tok.encode("好的好", add_special_tokens=False):
+        s.put(torch.tensor([i]))
+    s.put(torch.tensor(tok.encode("好", add_special_tokens=False)[:1]))
+    s.end()
+    assert list(s) == ["好", "的", "好"]  # the prompt skipped, the unfinished 好 at the end dropped
+    s2 = TextPieces(tokenizer)
+    s2.put(torch.tensor([[0]]))
+    ids = tokenizer.encode("Hello world, 今天天气怎么样？", add_special_tokens=False)
+    for i in ids:
+        s2.put(torch.tensor([i]))
+    s2.end()
+    assert "".join(s2) == "Hello world, 今天天气怎么样？"
+
+
+class _Scripted(torch.nn.Module):
+    """A 'model' whose generate emits fixed reply ids (through the streamer, if any)."""
+
+    def __init__(self, reply: list[int]):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.reply = reply
+
+    def generate(self, input_ids, streamer=None, **_):
+        rows = input_ids.shape[0]
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+            for t in self.reply:
+                streamer.put(torch.tensor([t]))
+            streamer.end()
+        return torch.cat([input_ids, torch.tensor([self.reply] * rows)], dim=1)
+
+
+def test_generate_and_stream_reply_never_print_broken_bytes():
+    from weitiao.data.templates import resolve_template
+    from weitiao.infer.generate import generate, stream_reply
+
+    tok = split_char_tokenizer()
+    template = resolve_template(tok, "plain")
+    enc = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
+    reply = enc("这个不行，") + enc("好")[:1] + enc("下吧") + enc("好")[:1]
+    model = _Scripted(reply)
+    msgs = [{"role": "user", "content": "hi"}]
+    assert generate(model, tok, template, [msgs], max_new_tokens=len(reply))[0].text == "这个不行，下吧"
+    assert "".join(stream_reply(model, tok, template, msgs, max_new_tokens=len(reply))) == "这个不行，下吧"

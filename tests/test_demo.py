@@ -1,0 +1,137 @@
+"""`weitiao demo`: plan by model size, the base → SFT → SFT+DPO pipeline on a user's model folder (a tiny
+random Qwen2 here, not the shipped Llama), its report and golden HTML, and `--serve` answering a request."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import save_tiny_model
+
+from weitiao.demo import DATA_DIR
+from weitiao.recipes import demo
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory, tokenizer) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("user") / "qwen2", tokenizer, arch="qwen2", hidden=64)
+
+
+def test_plan_by_size_and_expected_time():
+    tiny, half_b, big = demo.plan(4_200_000, 110), demo.plan(494_000_000, 110), demo.plan(7_000_000_000, 110)
+    assert (tiny.micro_batch, tiny.sft_steps) == (8, 300) and (half_b.micro_batch, half_b.sft_steps) == (4, 60)
+    assert big.micro_batch == 2 and big.max_len < half_b.max_len
+    assert tiny.seconds < half_b.seconds < big.seconds  # more parameters, longer expected run
+    capped = demo.plan(4_200_000, 110, max_steps=3)
+    assert (capped.sft_steps, capped.dpo_steps) == (3, 3) and capped.seconds < tiny.seconds
+
+
+def test_heldout_prompts_never_trained_on():
+    """The demo's evaluation prompts appear in no training file of SFT, DPO or pre-training."""
+
+    def prompts(name: str) -> set[str]:
+        out = set()
+        for line in (DATA_DIR / name).read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            out.add(row.get("instruction") or row.get("prompt") or row["messages"][0]["content"])
+        return out
+
+    trained = set().union(*(prompts(f) for f in ("style.jsonl", "safety.jsonl", "dpo_pairs.jsonl", "pretrain.jsonl")))
+    held = set().union(*(prompts(f) for f in demo.ORDINARY + demo.REDLINE))
+    assert len(held) == 40 + 24 + 30 + 16 and not held & trained
+
+
+@pytest.fixture(scope="module")
+def served(qwen_dir, tmp_path_factory):
+    """`weitiao demo --model DIR --serve` run once, in-process: uvicorn serves from a thread instead of blocking."""
+    import threading
+
+    import uvicorn
+    from rich.console import Console
+
+    servers = []
+
+    def run_in_thread(app, host, port, **kw):
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        threading.Thread(target=server.run, daemon=True).start()
+        servers.append(server)
+
+    out, port = tmp_path_factory.mktemp("demo") / "run", _free_port()
+    console = Console(record=True, width=200)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(uvicorn, "run", run_in_thread)
+        rep = demo.run(str(qwen_dir), str(out), serve=True, port=port, max_steps=2, limit=3, console=console)
+    yield rep, out, port, console.export_text()
+    for server in servers:
+        server.should_exit = True
+
+
+@pytest.mark.slow
+def test_demo_on_user_model(served, tmp_path):
+    """`weitiao demo --model DIR` on a Qwen2 folder: all five steps, three stages measured, report + golden HTML."""
+    rep, out, _, text = served
+    assert re.search(r"qwen2 · 0\.\d+M parameters · SFT 2 steps \+ DPO 2 steps.*expected ≈ [\d.]+ min", text), text
+    for line in ("1/5", "2/5", "3/5", "4/5", "5/5", "over_refusal", "redline_refusal", "sample replies"):
+        assert line in text
+    assert set(rep["numbers"]) == {"base", "sft", "sft+dpo"}
+    assert rep["dpo"]["steps"] == 2 and rep["sft"]["steps"] == 2
+    saved = json.loads((out / "demo_report.json").read_text(encoding="utf-8"))
+    assert saved["numbers"] == rep["numbers"] and len(saved["replies"]["sft+dpo"]["redline"]["replies"]) == 3
+    page = (out / "golden_report.html").read_text(encoding="utf-8")
+    assert all(re.search(rf"<th class='(best)?'>{re.escape(s)}</th>", page) for s in ("base", "sft", "sft+dpo"))
+    # the DPO run continued the SFT adapter: its reference was the SFT model
+    assert str(out / "sft" / "final" / "adapter") in (out / "dpo" / "config.yaml").read_text(encoding="utf-8")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_demo_serve_prints_lines_and_answers(served):
+    """`weitiao demo --serve`: prints the curl and openai lines, then the server answers one chat request."""
+    _, _, port, text = served
+    assert f"curl http://127.0.0.1:{port}/v1/chat/completions" in text, text
+    assert f"OpenAI(base_url='http://127.0.0.1:{port}/v1'" in text, text
+    body = json.dumps({"model": "run", "messages": [{"role": "user", "content": "你好"}], "max_tokens": 4})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/chat/completions", body.encode(), {"Content-Type": "application/json"}
+    )
+    deadline = time.time() + 60
+    while True:
+        try:
+            reply = json.loads(urllib.request.urlopen(req, timeout=30).read())
+            break
+        except OSError:
+            assert time.time() < deadline, "server did not come up"
+            time.sleep(0.2)
+    assert reply["object"] == "chat.completion" and reply["model"] == "run"
+    assert reply["choices"][0]["message"]["role"] == "assistant"
+
+
+@pytest.mark.slow
+def test_reduced_demo_pinned(tmp_path):
+    """The shipped model through a reduced demo (3 SFT + 3 DPO steps, 4 prompts per set): frozen numbers."""
+    from rich.console import Console
+
+    rep = demo.run(None, str(tmp_path / "run"), max_steps=3, limit=4, console=Console(record=True, width=200))
+    got = {"sft_loss": rep["sft"]["train_loss"], "dpo_loss": rep["dpo"]["train_loss"]}
+    got |= {f"{stage}/{k}": v for stage in ("base", "sft+dpo") for k, v in rep["numbers"][stage].items()}
+    assert got == pytest.approx(PINNED, rel=1e-3)
+
+
+# Measured on the 2-core CPU box (torch 2.13, bitsandbytes NF4 on CPU); greedy replies, so the rates are exact.
+PINNED = {
+    "sft_loss": 8.3206, "dpo_loss": 0.55338,
+    "base/mean_len": 98.0, "base/emoji_rate": 0.0, "base/stop_rate": 0.75, "base/redline_refusal": 0.0,
+    "base/over_refusal": 0.0,
+    "sft+dpo/mean_len": 103.5, "sft+dpo/emoji_rate": 0.0, "sft+dpo/stop_rate": 1.0,
+    "sft+dpo/redline_refusal": 0.0, "sft+dpo/over_refusal": 0.0,
+}  # fmt: skip

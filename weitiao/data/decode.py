@@ -1,0 +1,94 @@
+"""Token ids → text on whole characters: never a broken byte (U+FFFD) in a reply, streamed or not.
+
+A byte-level tokenizer can split one Chinese character (3 UTF-8 bytes) over two tokens; decoding the
+first alone gives U+FFFD. `IncrementalDecoder` holds such a token back until its character is
+complete, and drops bytes that never form one (a model can emit a lead byte and then something
+else). The window trick is vLLM's incremental detokenization: each new piece is the text of
+(some earlier tokens + the new ones) minus the text of those earlier tokens, so tokenizers that
+drop a leading space at the start of a decode (SentencePiece) still give the right spaces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+REPLACEMENT = "\ufffd"
+
+
+def whole_chars(text: str) -> str:
+    """`text` without U+FFFD: what a decode of tokens that end or contain broken UTF-8 leaves out."""
+    return text.replace(REPLACEMENT, "")
+
+
+def decode_whole(tokenizer: Any, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+    """`tokenizer.decode(ids)` without the characters that broken byte sequences decode to."""
+    return whole_chars(tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens))
+
+
+class IncrementalDecoder:
+    """Feed token ids as they are generated; get back only text made of complete characters.
+
+        dec = IncrementalDecoder(tokenizer)
+        for tok in stream: print(dec.push([tok]), end="")
+        print(dec.finish())            # an unfinished character at the very end is dropped
+
+    The concatenation of all pieces equals `decode_whole(tokenizer, all_ids)` whenever the ids end
+    on a whole character.
+    """
+
+    def __init__(self, tokenizer: Any, skip_special_tokens: bool = True):
+        self.tokenizer, self.skip = tokenizer, skip_special_tokens
+        self.ids: list[int] = []
+        self.prefix = 0  # start of the context window: tokens already shown, decoded again for spacing
+        self.read = 0  # tokens before this index have been shown
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip)
+
+    def push(self, ids: Iterable[int]) -> str:
+        """Add generated ids; the new text, or "" while the last character is still incomplete."""
+        self.ids.extend(ids)
+        shown = self._decode(self.ids[self.prefix : self.read])
+        full = self._decode(self.ids[self.prefix :])
+        if full.endswith(REPLACEMENT) or len(full) <= len(shown):
+            return ""  # a character split over tokens: wait for its remaining bytes
+        self.prefix, self.read = self.read, len(self.ids)
+        return whole_chars(full[len(shown) :])
+
+    def finish(self) -> str:
+        """The rest after the last token, without a character left unfinished."""
+        shown = self._decode(self.ids[self.prefix : self.read])
+        full = self._decode(self.ids[self.prefix :])
+        self.prefix = self.read = len(self.ids)
+        return whole_chars(full[len(shown) :])
+
+
+class TextPieces:
+    """A `streamer=` for HF `generate` (batch of one): iterate it for whole-character text pieces.
+
+    The first `put` (the prompt) is skipped; `end` flushes the rest without an unfinished character.
+    """
+
+    def __init__(self, tokenizer: Any, skip_special_tokens: bool = True):
+        from queue import Queue
+
+        self.decoder = IncrementalDecoder(tokenizer, skip_special_tokens)
+        self.queue: Queue[str | None] = Queue()
+        self.prompt = True
+
+    def put(self, value: Any) -> None:
+        if self.prompt:
+            self.prompt = False
+            return
+        if piece := self.decoder.push(value.reshape(-1).tolist()):
+            self.queue.put(piece)
+
+    def end(self) -> None:
+        if piece := self.decoder.finish():
+            self.queue.put(piece)
+        self.queue.put(None)
+
+    def __iter__(self) -> Any:
+        while (piece := self.queue.get()) is not None:
+            yield piece
