@@ -39,8 +39,6 @@ from weitiao.losses.preference import LENGTH_AVERAGED, dpo_terms, k3_kl
 from weitiao.losses.sft import CausalLMLoss
 from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
 from weitiao.models.load import (
-    LoraSpec,
-    ModelSpec,
     build_trainable,
     count_params,
     disable_dropout,
@@ -51,7 +49,7 @@ from weitiao.models.load import (
 )
 from weitiao.train import dist, loop
 from weitiao.train.pairs import PrefData, prepare_pairs
-from weitiao.train.spec import PairTrainSpec, PrefDataSpec
+from weitiao.train.spec import PairRecipeConfig, PairTrainSpec
 
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "margins", "accuracy", "logps/chosen", "logps/rejected")
 # Sums every micro-step returns (evaluate() starts from zeros for these, so a rank without pairs still reduces).
@@ -103,12 +101,7 @@ class DPOTrainSpec(PairTrainSpec):
     out: ConfigPath = Field("runs/dpo", description="run folder: checkpoints, final/, metrics.jsonl")
 
 
-class DPOConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    lora: LoraSpec = Field(default_factory=LoraSpec)
-    data: PrefDataSpec
+class DPOConfig(PairRecipeConfig):
     dpo: DPOSpec = Field(default_factory=DPOSpec)
     train: DPOTrainSpec = Field(default_factory=DPOTrainSpec)
 
@@ -404,8 +397,6 @@ def run(cfg: DPOConfig) -> dict:
         check_isolation(model, accel.device, one_row)
     ids = {"pad": pad_id, "eot": tokenizer.convert_tokens_to_ids(data.template.eot), "one_row": one_row}
     loss_mod = CausalLMLoss(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=t.betas, weight_decay=t.weight_decay)
     ref_model = None
     if d.reference or not cfg.lora.enabled:
         ref_model = load_model(cfg.model.model_copy(update={"path": d.reference or cfg.model.path}), accel.device)
@@ -414,8 +405,7 @@ def run(cfg: DPOConfig) -> dict:
         ref_model = load_lora(load_model(cfg.model, accel.device), cfg.lora.init_from)
         ref_model.eval().requires_grad_(False)
     trainable, _ = count_params(model)
-    loss_mod, optimizer = accel.prepare(loss_mod, optimizer)
-    params = [p for p in model.parameters() if p.requires_grad]  # again: FSDP swaps in sharded ones
+    loss_mod, optimizer, params = loop.adamw(accel, loss_mod, model, t, lr)
     ref = Reference(loss_mod, model, ref_model)
     eval_ref = Reference(loss_mod, model, ref_model)  # eval pairs are never cached: always live
 

@@ -28,8 +28,6 @@ from weitiao.losses.preference import bradley_terry
 from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
 from weitiao.models.heads import SequenceScorer, save_reward_meta
 from weitiao.models.load import (
-    LoraSpec,
-    ModelSpec,
     build_trainable,
     count_params,
     disable_dropout,
@@ -38,7 +36,7 @@ from weitiao.models.load import (
 )
 from weitiao.train import dist, loop
 from weitiao.train.pairs import prepare_pairs
-from weitiao.train.spec import PairTrainSpec, PrefDataSpec
+from weitiao.train.spec import PairRecipeConfig, PairTrainSpec
 
 
 class RMSpec(BaseModel):
@@ -52,12 +50,7 @@ class RMTrainSpec(PairTrainSpec):
     out: ConfigPath = Field("runs/rm", description="run folder: checkpoints, final/, metrics.jsonl")
 
 
-class RMConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    lora: LoraSpec = Field(default_factory=LoraSpec)
-    data: PrefDataSpec
+class RMConfig(PairRecipeConfig):
     rm: RMSpec = Field(default_factory=RMSpec)
     train: RMTrainSpec = Field(default_factory=RMTrainSpec)
 
@@ -185,11 +178,8 @@ def run(cfg: RMConfig) -> dict:
     if cfg.data.packing:
         check_isolation(model, accel.device, one_row)
     scorer = SequenceScorer(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=t.betas, weight_decay=t.weight_decay)
     trainable, _ = count_params(model)
-    scorer, optimizer = accel.prepare(scorer, optimizer)
-    params = [p for p in model.parameters() if p.requires_grad]  # again: FSDP swaps in sharded ones
+    scorer, optimizer, params = loop.adamw(accel, scorer, model, t, lr)
 
     # 3. Resume.
     state, ckpt, log = loop.start(out, t, dump_config(cfg), accel, scorer, optimizer)

@@ -249,11 +249,8 @@ def run(cfg: SFTConfig) -> dict:
     if cfg.data.packing:
         check_isolation(model, accel.device, one_row)
     loss_mod = CausalLMLoss(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=t.betas, weight_decay=t.weight_decay)
     trainable, total_params = count_params(model)
-    loss_mod, optimizer = accel.prepare(loss_mod, optimizer)
-    params = [p for p in model.parameters() if p.requires_grad]  # again: FSDP swaps in sharded ones
+    loss_mod, optimizer, params = loop.adamw(accel, loss_mod, model, t, lr)
 
     # 3. Resume: weights, optimizer, RNG, data position, early-stopping state.
     state, ckpt, log = loop.start(out, t, dump_config(cfg), accel, loss_mod, optimizer)

@@ -123,6 +123,15 @@ def micro_batches(accel: Any, module: Any, units: Units) -> Iterator[list[list[i
             yield rows
 
 
+def adamw(accel: Any, module: Any, model: Any, t: TrainSpec, lr: float) -> tuple[Any, Any, list]:
+    """AdamW over `model`'s trainable parameters, prepared with `module` by accelerate: (module, optimizer,
+    params). The parameters are read again after prepare: FSDP swaps in sharded ones."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=t.betas, weight_decay=t.weight_decay)
+    module, optimizer = accel.prepare(module, optimizer)
+    return module, optimizer, [p for p in model.parameters() if p.requires_grad]
+
+
 def add(sums: Sums, **values: torch.Tensor) -> None:
     """Accumulate detached float64 metric sums."""
     for key, v in values.items():

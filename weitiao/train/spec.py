@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from weitiao.config import ConfigPath, DataPath, ResumeRef
 from weitiao.data.formats import MAX_ROW_BYTES
+from weitiao.models.load import LoraSpec, ModelSpec
 from weitiao.train.log import REPORT_TO_HELP, ReportTo
 
 # Must equal weitiao.data.templates.TEMPLATE_NAMES (tested): a typo fails at config load, not after loading the model.
@@ -102,3 +103,13 @@ class PrefDataSpec(BaseModel):
         None, description="default $WEITIAO_CACHE/tokenized, else ~/.cache/weitiao/tokenized"
     )
     num_proc: int = Field(0, ge=0, description="tokenizing processes; 0 = CPU cores (at most 8)")
+
+
+class PairRecipeConfig(BaseModel):
+    """What the DPO and RM configs share: the model, its LoRA and the preference data."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    data: PrefDataSpec
