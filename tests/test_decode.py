@@ -79,21 +79,23 @@ def test_text_pieces_as_hf_streamer(tokenizer):
 
 
 class _Scripted(torch.nn.Module):
-    """A 'model' whose generate emits fixed reply ids (through the streamer, if any)."""
+    """A 'model' that emits fixed reply ids: its logits put all the mass on the next scripted token
+    (then on `end`), whatever the KV-cached loop feeds it."""
 
-    def __init__(self, reply: list[int]):
+    def __init__(self, reply: list[int], vocab: int, end: int):
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(1))
-        self.reply = reply
+        self.script, self.vocab, self.end, self.at = reply, vocab, end, 0
 
-    def generate(self, input_ids, streamer=None, **_):
-        rows = input_ids.shape[0]
-        if streamer is not None:
-            streamer.put(input_ids.cpu())
-            for t in self.reply:
-                streamer.put(torch.tensor([t]))
-            streamer.end()
-        return torch.cat([input_ids, torch.tensor([self.reply] * rows)], dim=1)
+    def forward(self, input_ids, logits_to_keep=0, **_):
+        from types import SimpleNamespace
+
+        rows, width = input_ids.shape
+        nxt = self.script[self.at] if self.at < len(self.script) else self.end
+        self.at += 1
+        logits = torch.full((rows, 1 if logits_to_keep else width, self.vocab), -1e4)
+        logits[..., nxt] = 1e4
+        return SimpleNamespace(logits=logits)
 
 
 def test_generate_and_stream_reply_never_print_broken_bytes():
@@ -104,7 +106,9 @@ def test_generate_and_stream_reply_never_print_broken_bytes():
     template = resolve_template(tok, "plain")
     enc = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
     reply = enc("这个不行，") + enc("好")[:1] + enc("下吧") + enc("好")[:1]
-    model = _Scripted(reply)
+    end = tok.convert_tokens_to_ids(template.eot)
     msgs = [{"role": "user", "content": "hi"}]
-    assert generate(model, tok, template, [msgs], max_new_tokens=len(reply))[0].text == "这个不行，下吧"
-    assert "".join(stream_reply(model, tok, template, msgs, max_new_tokens=len(reply))) == "这个不行，下吧"
+    text = generate(_Scripted(reply, len(tok), end), tok, template, [msgs], max_new_tokens=len(reply))[0].text
+    assert text == "这个不行，下吧"
+    pieces = list(stream_reply(_Scripted(reply, len(tok), end), tok, template, msgs, max_new_tokens=len(reply)))
+    assert "".join(pieces) == "这个不行，下吧"
