@@ -223,3 +223,26 @@ def test_run_final_folder_stops_and_carries_template(chatml_run, tmp_path):
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), final / "adapter").eval()
     assert reply_ids(model, user, GenerationConfig.from_pretrained(final / "adapter")) == [2]
     assert reply_ids(model, user) == [2] * 8  # negative control: the base's generation_config
+
+
+def test_stop_ids_when_end_of_turn_is_also_the_unknown_token():
+    """transformers 5's Qwen2Tokenizer names <|endoftext|> unk, EOS and (plain template) end-of-turn:
+    stop_ids must take it, not refuse it as 'not one token' (a base-model DPO run crashed at its final save)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    from weitiao.data.templates import resolve_template
+    from weitiao.models.portable import stop_ids
+
+    vocab = {"<|endoftext|>": 0, "你好": 1, "再见": 2}
+    raw = Tokenizer(WordLevel(vocab, unk_token="<|endoftext|>"))
+    raw.pre_tokenizer = Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<|endoftext|>", eos_token="<|endoftext|>")
+    assert tok.unk_token_id == tok.eos_token_id == 0
+    template = resolve_template(tok, "plain")
+    assert template.eot == "<|endoftext|>"
+    assert stop_ids(tok, template) == [0]
+    with pytest.raises(AssertionError, match="not one token"):  # control: a name the vocabulary lacks
+        stop_ids(tok, template.__class__(**{**template.__dict__, "eot": "<|im_end|>"}))

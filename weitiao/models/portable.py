@@ -28,7 +28,9 @@ PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 def stop_ids(tokenizer: Any, template: ChatTemplate, base_eos: int | list[int] | None = None) -> list[int]:
     """Token ids generation stops at: the template's end-of-turn, the tokenizer's EOS, the base's EOS ids."""
     eot = tokenizer.convert_tokens_to_ids(template.eot)
-    assert isinstance(eot, int) and eot != tokenizer.unk_token_id, f"end-of-turn {template.eot!r} is not one token"
+    # a round trip, not `!= unk_token_id`: Qwen2 tokenizers name <|endoftext|> as unk, EOS and end-of-turn at once
+    one_token = isinstance(eot, int) and tokenizer.convert_ids_to_tokens(eot) == template.eot
+    assert one_token, f"end-of-turn {template.eot!r} is not one token"
     more = [base_eos] if isinstance(base_eos, int) else list(base_eos or [])
     return list(dict.fromkeys(i for i in (eot, tokenizer.eos_token_id, *more) if i is not None))
 
