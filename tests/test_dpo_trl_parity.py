@@ -37,6 +37,7 @@ from weitiao.data.preference import encode_pairs, pair_rows  # noqa: E402
 from weitiao.data.templates import resolve_template  # noqa: E402
 from weitiao.losses.sft import CausalLMLoss  # noqa: E402
 from weitiao.recipes import dpo  # noqa: E402
+from weitiao.train.spec import PrefDataSpec  # noqa: E402
 
 N = 5
 TOL = 1e-4
@@ -98,7 +99,7 @@ def trl_loss(tr, loss_type: str, beta: float, eps: float = 0.0, swap: bool = Fal
 
 def weitiao_loss(tr, exs, tokenizer, loss_type: str, beta: float, eps: float = 0.0) -> tuple[torch.Tensor, dict]:
     cfg = dpo.DPOConfig(
-        data=dpo.PrefDataSpec(train=["unused.jsonl"]),
+        data=PrefDataSpec(train=["unused.jsonl"]),
         dpo=dpo.DPOSpec(beta=beta, loss_type=loss_type, label_smoothing=eps),
     )
     loss_mod = CausalLMLoss(tr.model)

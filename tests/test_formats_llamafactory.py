@@ -12,6 +12,7 @@ from weitiao.data.check import check_file
 from weitiao.data.formats import Conversation, PreferencePair, load_rows
 from weitiao.errors import UserError
 from weitiao.recipes import dpo, sft
+from weitiao.train.spec import PrefDataSpec
 
 ROLE_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
 INFO = {
@@ -115,7 +116,7 @@ def test_configs_take_dataset_dir_and_names(lf_dir, tokenizer, monkeypatch):
     cfg = sft.SFTConfig(data=sft.DataSpec(train=["alpaca_zh_demo", "custom"], dataset_dir="data", max_len=256),
                         train=sft.TrainSpec(out=out))  # fmt: skip
     assert sft.prepare_data(cfg, tokenizer).read == 4
-    cfg = dpo.DPOConfig(data=dpo.PrefDataSpec(train=["dpo_zh_demo"], dataset_dir="data"),
+    cfg = dpo.DPOConfig(data=PrefDataSpec(train=["dpo_zh_demo"], dataset_dir="data"),
                         train=dpo.DPOTrainSpec(out=out))  # fmt: skip
     assert dpo.prepare_pairs(cfg, tokenizer).stats.kept == 2
 
