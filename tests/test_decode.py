@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from weitiao.data.decode import IncrementalDecoder, TextPieces, decode_whole
+from weitiao.data.decode import IncrementalDecoder, decode_whole
 
 
 def split_char_tokenizer():
@@ -59,23 +59,16 @@ def test_broken_sequences_are_dropped():
     assert streamed == "这个不行，下吧" and dec.finish() == ""  # the unfinished tail is dropped
 
 
-def test_text_pieces_as_hf_streamer(tokenizer):
-    """TextPieces skips the prompt put and yields whole characters; spacing of an English tokenizer survives."""
+def test_incremental_decoder_pieces_and_spacing(tokenizer):
+    """Pieces come on whole characters (the unfinished 好 at the end dropped); an English tokenizer keeps its spaces."""
     tok = split_char_tokenizer()
-    s = TextPieces(tok)
-    s.put(torch.tensor([[1, 2, 3]]))  # the prompt
-    for i in tok.encode("好的好", add_special_tokens=False):
-        s.put(torch.tensor([i]))
-    s.put(torch.tensor(tok.encode("好", add_special_tokens=False)[:1]))
-    s.end()
-    assert list(s) == ["好", "的", "好"]  # the prompt skipped, the unfinished 好 at the end dropped
-    s2 = TextPieces(tokenizer)
-    s2.put(torch.tensor([[0]]))
+    dec = IncrementalDecoder(tok)
+    ids = tok.encode("好的好", add_special_tokens=False) + tok.encode("好", add_special_tokens=False)[:1]
+    pieces = [p for p in [*(dec.push([i]) for i in ids), dec.finish()] if p]
+    assert pieces == ["好", "的", "好"]
+    dec2 = IncrementalDecoder(tokenizer)
     ids = tokenizer.encode("Hello world, 今天天气怎么样？", add_special_tokens=False)
-    for i in ids:
-        s2.put(torch.tensor([i]))
-    s2.end()
-    assert "".join(s2) == "Hello world, 今天天气怎么样？"
+    assert "".join([*(dec2.push([i]) for i in ids), dec2.finish()]) == "Hello world, 今天天气怎么样？"
 
 
 class _Scripted(torch.nn.Module):

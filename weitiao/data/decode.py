@@ -62,33 +62,3 @@ class IncrementalDecoder:
         full = self._decode(self.ids[self.prefix :])
         self.prefix = self.read = len(self.ids)
         return whole_chars(full[len(shown) :])
-
-
-class TextPieces:
-    """A `streamer=` for HF `generate` (batch of one): iterate it for whole-character text pieces.
-
-    The first `put` (the prompt) is skipped; `end` flushes the rest without an unfinished character.
-    """
-
-    def __init__(self, tokenizer: Any, skip_special_tokens: bool = True):
-        from queue import Queue
-
-        self.decoder = IncrementalDecoder(tokenizer, skip_special_tokens)
-        self.queue: Queue[str | None] = Queue()
-        self.prompt = True
-
-    def put(self, value: Any) -> None:
-        if self.prompt:
-            self.prompt = False
-            return
-        if piece := self.decoder.push(value.reshape(-1).tolist()):
-            self.queue.put(piece)
-
-    def end(self) -> None:
-        if piece := self.decoder.finish():
-            self.queue.put(piece)
-        self.queue.put(None)
-
-    def __iter__(self) -> Any:
-        while (piece := self.queue.get()) is not None:
-            yield piece

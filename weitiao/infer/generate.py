@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import torch
 
 from weitiao.data.collate import left_pad
-from weitiao.data.decode import decode_whole
+from weitiao.data.decode import IncrementalDecoder, decode_whole
 from weitiao.data.formats import Message
 from weitiao.data.templates import ChatTemplate
 from weitiao.errors import UserError
@@ -579,10 +579,11 @@ def stream_reply(
     row = _Reply(tokenizer(prompt, add_special_tokens=False)["input_ids"], sampling, eot_id, max_new_tokens)
     engine = Engine(model, pad_id, max_rows=1, prefill_chunk=len(row.prompt_ids), ban=ban)
     engine.add([row])
-    sent = 0
+    decoder, fed = IncrementalDecoder(tokenizer), 0  # new tokens only, not the whole reply every step
     while engine.live():
         engine.tick()
-        text = decode_whole(tokenizer, row.ids[:-1] if row.stopped else row.ids)  # half a character waits
-        if len(text) > sent:
-            yield text[sent:]
-            sent = len(text)
+        new, fed = row.ids[fed:], len(row.ids)
+        if piece := decoder.push(new[:-1] if row.stopped else new):  # half a character waits
+            yield piece
+    if piece := decoder.finish():
+        yield piece
