@@ -29,65 +29,20 @@ from weitiao.io import read_json
 # chapter's example: 96 blocks, every attention projection 12288×12288 (96 heads × 128, no GQA), a
 # gated MLP of width 32768 (= 8/3·d, so 8d² MLP weights per block like GPT-3's 4d MLP) and GPT-3's
 # tied 50257-token vocabulary: 174.6 B parameters.
+# fmt: off
+_SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+          "vocab_size", "tie_word_embeddings")
+_PRESET_ROWS = [
+    # name              model_type hidden intermediate layers heads kv_heads vocab   tied embeddings
+    ("llama-3-8b",       "llama",   4096,  14336,       32,    32,   8,       128256, False),
+    ("llama-3-70b",      "llama",   8192,  28672,       80,    64,   8,       128256, False),
+    ("qwen2.5-7b",       "qwen2",   3584,  18944,       28,    28,   4,       152064, False),
+    ("qwen2.5-72b",      "qwen2",   8192,  29568,       80,    64,   8,       152064, False),
+    ("chapter-96x12288", "llama",   12288, 32768,       96,    96,   96,      50257,  True),
+]
+# fmt: on
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "llama-3-8b": (
-        "llama",
-        dict(
-            hidden_size=4096,
-            intermediate_size=14336,
-            num_hidden_layers=32,
-            num_attention_heads=32,
-            num_key_value_heads=8,
-            vocab_size=128256,
-        ),
-    ),
-    "llama-3-70b": (
-        "llama",
-        dict(
-            hidden_size=8192,
-            intermediate_size=28672,
-            num_hidden_layers=80,
-            num_attention_heads=64,
-            num_key_value_heads=8,
-            vocab_size=128256,
-        ),
-    ),
-    "qwen2.5-7b": (
-        "qwen2",
-        dict(
-            hidden_size=3584,
-            intermediate_size=18944,
-            num_hidden_layers=28,
-            num_attention_heads=28,
-            num_key_value_heads=4,
-            vocab_size=152064,
-            tie_word_embeddings=False,
-        ),
-    ),
-    "qwen2.5-72b": (
-        "qwen2",
-        dict(
-            hidden_size=8192,
-            intermediate_size=29568,
-            num_hidden_layers=80,
-            num_attention_heads=64,
-            num_key_value_heads=8,
-            vocab_size=152064,
-            tie_word_embeddings=False,
-        ),
-    ),
-    "chapter-96x12288": (
-        "llama",
-        dict(
-            hidden_size=12288,
-            intermediate_size=32768,
-            num_hidden_layers=96,
-            num_attention_heads=96,
-            num_key_value_heads=96,
-            vocab_size=50257,
-            tie_word_embeddings=True,
-        ),
-    ),
+    name: (arch, dict(zip(_SIZES, sizes))) for name, arch, *sizes in _PRESET_ROWS
 }
 
 ALIASES = {
