@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
+from weitiao.cli_options import Flag, options_from
 from weitiao.errors import UserError
 
 if TYPE_CHECKING:
@@ -16,116 +19,149 @@ if TYPE_CHECKING:
 app = typer.Typer(no_args_is_help=True, help="Behavior logs → DPO preference pairs (SQL on DuckDB or Spark).")
 console = Console()
 
-SET_HELP = "override one config key, e.g. --set rel_margin=0.2 (repeatable)"
-ENGINE_HELP = "duckdb (in process) | spark (Spark SQL: local[*] or --spark-master)"
-MASTER_HELP = "Spark master URL for --engine spark: local[*], local[N], spark://host:7077, yarn, k8s://…"
+
+@dataclass
+class PairsFlags:
+    """The options `logs dwell` and `logs chat` share: config overrides, outputs, engine."""
+
+    sets: list[str] | None = None
+    """Override one config key, e.g. --set rel_margin=0.2 (repeatable)."""
+    out: Path | None = None
+    """Pairs JSONL, report.json/.html beside it (default: runs/logs/KIND-PROFILE/pairs.jsonl)."""
+    truth: Path | None = None
+    """Hidden quality (id, quality) to measure pair precision."""
+    print_sql: bool = False
+    """Print the pairing SQL (runs nothing without EVENTS)."""
+    show_config: bool = False
+    """Print the effective config as YAML."""
+    as_json: bool = False
+    """Print the report as JSON."""
+    engine: str = "duckdb"
+    """duckdb (in process) | spark (Spark SQL: local[*] or --spark-master)."""
+    spark_master: str | None = None
+    """Spark master URL for --engine spark: local[*], local[N], spark://host:7077, yarn, k8s://…"""
+    threads: int | None = None
+    """DuckDB threads (default: all cores)."""
+    progress: bool = True
+    """Show the progress bar."""
 
 
-def _engine(engine: str, master: str | None, threads: int | None) -> Any:
+PAIRS_FLAGS = {
+    "sets": Flag(("--set",)),
+    "as_json": Flag(("--json",)),
+    "print_sql": Flag(("--print-sql",)),
+    "show_config": Flag(("--show-config",)),
+}
+
+
+def _engine(f: PairsFlags) -> Any:
     """The engine object for the flags; a flag the chosen engine does not use is refused, not ignored."""
     from weitiao.logs.engine import DuckEngine
 
-    if engine == "duckdb":
-        if master is not None:
+    if f.engine == "duckdb":
+        if f.spark_master is not None:
             raise UserError("--spark-master: only used with --engine spark")
-        return DuckEngine(threads)
-    if threads is not None:
+        return DuckEngine(f.threads)
+    if f.threads is not None:
         raise UserError("--threads: DuckDB only; for Spark give the cores in the master URL, e.g. local[4]")
     from weitiao.logs.spark import SparkEngine
 
-    return SparkEngine.start(master or "local[*]")
+    return SparkEngine.start(f.spark_master or "local[*]")
 
 
-def _finish(run: PairsRun, out: Path, truth: Path | None, as_json: bool) -> None:
-    """Report, write pairs + report files, print the summary (or the report as JSON)."""
-    import json
+def _config(kind: str, profile: str, f: PairsFlags, events: str | None, what: str) -> Any:
+    """The effective config; prints it and/or the SQL (in the engine's dialect) when asked.
 
-    from weitiao.logs.report import build_report, print_report, write_outputs
-
-    rep = build_report(run, truth)
-    paths = write_outputs(run, out, rep)
-    if as_json:
-        print(json.dumps(rep, ensure_ascii=False, indent=2))
-        return
-    print_report(rep, console)
-    console.print(f"[green]wrote[/] {rep['pairs']:,} preference pairs → {paths['pairs']} (prompt/chosen/rejected)")
-    console.print(f"[green]wrote[/] report → {paths['report_html']}, {paths['report_json']}")
-
-
-def _config(kind: str, profile: str, sets: list[str] | None, show_config: bool, print_sql: bool, engine: str) -> Any:
-    """The effective config; prints it and/or the SQL (in the engine's dialect) when asked."""
+    None when there is nothing more to do: no EVENTS, and only printing was asked for."""
     from weitiao.logs import chat, dwell
     from weitiao.logs.config import dump_config, load_profile
     from weitiao.logs.engine import ENGINES
 
-    if engine not in ENGINES:
-        raise UserError(f"--engine {engine!r}: use {' or '.join(ENGINES)}")
-    cfg = load_profile(kind, profile, sets or [])
-    if show_config:
+    if f.engine not in ENGINES:
+        raise UserError(f"--engine {f.engine!r}: use {' or '.join(ENGINES)}")
+    cfg = load_profile(kind, profile, f.sets or [])
+    if f.show_config:
         print(dump_config(cfg), end="")
-    if print_sql:
-        print((dwell if kind == "dwell" else chat).sql_script(cfg, engine), end="")
+    if f.print_sql:
+        print((dwell if kind == "dwell" else chat).sql_script(cfg, f.engine), end="")
+    if events is None:
+        if f.print_sql or f.show_config:
+            return None
+        raise UserError(f"EVENTS: missing; give {what} (or --print-sql / --show-config alone)")
     return cfg
 
 
+def _finish(run: PairsRun, f: PairsFlags) -> None:
+    """Report, write pairs + report files, print the summary (or the report as JSON)."""
+    import json
+
+    from weitiao.logs.report import build_report, write_outputs
+
+    rep = build_report(run, f.truth)
+    paths = write_outputs(run, f.out or Path(f"runs/logs/{run.kind}-{run.cfg.profile}/pairs.jsonl"), rep)
+    if f.as_json:
+        print(json.dumps(rep, ensure_ascii=False, indent=2))
+        return
+    print_report(rep)
+    console.print(f"[green]wrote[/] {rep['pairs']:,} preference pairs → {paths['pairs']} (prompt/chosen/rejected)")
+    console.print(f"[green]wrote[/] report → {paths['report_html']}, {paths['report_json']}")
+
+
+def print_report(rep: dict[str, Any]) -> None:
+    """Console summary: one line per ledger (total = its parts), then pairs per source with precision."""
+    for name, counts in rep["ledgers"].items():
+        parts = " + ".join(f"{rule} {n:,}" for rule, n in counts.items() if n)
+        console.print(f"[bold]{name}[/] {rep['ledger_totals'][name]['total']:,} = {parts or '0'}", highlight=False)
+    prec = rep.get("precision", {})
+    t = Table(title=f"{rep['pairs']:,} pairs in {rep['contexts_with_pairs']:,} contexts", title_justify="left")
+    for col in ("source", "pairs", "mean confidence") + (("precision vs truth",) if prec else ()):
+        t.add_column(col, justify="left" if col == "source" else "right")
+    for s, v in rep["sources"].items():
+        extra = (f"{prec[s]['precision']:.3f}",) if prec else ()
+        t.add_row(s, f"{v['pairs']:,}", f"{v['mean_confidence']:.3f}", *extra)
+    for k, v in prec.items():
+        if k.startswith("signal:") and k[7:] not in rep["sources"]:  # the explicit sub-signals
+            t.add_row(f"  {k[7:]}", f"{v['pairs']:,}", "", f"{v['precision']:.3f}")
+    if prec:
+        t.add_row("[bold]all[/]", f"{rep['pairs']:,}", "", f"[bold]{prec['all']['precision']:.3f}[/]")
+    console.print(t)
+
+
 @app.command("dwell")
+@options_from(PairsFlags, PAIRS_FLAGS)
 def dwell_cmd(
+    f: PairsFlags,
     events: str = typer.Argument(None, help="view events: .parquet/.csv/.jsonl (globs; Spark: any URI it reads)"),
     content: str = typer.Option(None, help="content table (content_id, context, text, ...); default: in EVENTS"),
     profile: str = typer.Option("zhihu", help="xhs (short image notes) | zhihu (long answers) | my.yaml"),
-    sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
-    out: Path = typer.Option(None, help="pairs JSONL (report.json/.html beside it) [runs/logs/dwell-PROFILE/]"),
-    truth: Path = typer.Option(None, help="hidden quality (id, quality) to measure pair precision"),
-    print_sql: bool = typer.Option(False, "--print-sql", help="print the pairing SQL (runs nothing without EVENTS)"),
-    show_config: bool = typer.Option(False, "--show-config", help="print the effective config as YAML"),
-    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
-    engine: str = typer.Option("duckdb", help=ENGINE_HELP),
-    spark_master: str = typer.Option(None, "--spark-master", help=MASTER_HELP),
-    threads: int = typer.Option(None, help="DuckDB threads [all cores]"),
-    progress: bool = typer.Option(True, help="show the progress bar"),
 ) -> None:
     """Content-site dwell time → pairs: filter, normalize, compare items of one context past a margin."""
     from weitiao.logs import dwell
 
-    cfg = _config("dwell", profile, sets, show_config, print_sql, engine)
-    if events is None:
-        if print_sql or show_config:
-            return
-        raise UserError("EVENTS: missing; give a view-events file (or --print-sql / --show-config alone)")
-    eng = _engine(engine, spark_master, threads)
-    run = dwell.run(events, cfg, content, progress=progress and not as_json, engine=eng)
-    _finish(run, out or Path(f"runs/logs/dwell-{cfg.profile}/pairs.jsonl"), truth, as_json)
+    cfg = _config("dwell", profile, f, events, "a view-events file")
+    if cfg is not None:
+        _finish(dwell.run(events, cfg, content, progress=f.progress and not f.as_json, engine=_engine(f)), f)
 
 
 @app.command("chat")
+@options_from(PairsFlags, PAIRS_FLAGS)
 def chat_cmd(
+    f: PairsFlags,
     events: str = typer.Argument(None, help="user events (response_id, event, ts, value)"),
     responses: str = typer.Option(None, help="responses (response_id, session_id, turn, ts, prompt, response)"),
     profile: str = typer.Option("chat", help="chat | my.yaml"),
-    sets: list[str] = typer.Option(None, "--set", help=SET_HELP + "; cross_session.enabled=true pairs across sessions"),
-    out: Path = typer.Option(None, help="pairs JSONL (report.json/.html beside it) [runs/logs/chat-PROFILE/]"),
-    truth: Path = typer.Option(None, help="hidden quality (id, quality) to measure pair precision"),
-    print_sql: bool = typer.Option(False, "--print-sql", help="print the pairing SQL (runs nothing without EVENTS)"),
-    show_config: bool = typer.Option(False, "--show-config", help="print the effective config as YAML"),
-    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
-    engine: str = typer.Option("duckdb", help=ENGINE_HELP),
-    spark_master: str = typer.Option(None, "--spark-master", help=MASTER_HELP),
-    threads: int = typer.Option(None, help="DuckDB threads [all cores]"),
-    progress: bool = typer.Option(True, help="show the progress bar"),
 ) -> None:
-    """Chat-site thumbs, share/copy, regenerate, follow-up, dwell → pairs by signal strength."""
+    """Chat-site thumbs, share/copy, regenerate, follow-up, dwell → pairs by signal strength.
+
+    --set cross_session.enabled=true also pairs replies across sessions."""
     from weitiao.logs import chat
 
-    cfg = _config("chat", profile, sets, show_config, print_sql, engine)
-    if events is None:
-        if print_sql or show_config:
-            return
-        raise UserError("EVENTS: missing; give a user-events file (or --print-sql / --show-config alone)")
+    cfg = _config("chat", profile, f, events, "a user-events file")
+    if cfg is None:
+        return
     if responses is None:
         raise UserError("--responses: missing; the responses file holds prompts and replies")
-    eng = _engine(engine, spark_master, threads)
-    run = chat.run(events, responses, cfg, progress=progress and not as_json, engine=eng)
-    _finish(run, out or Path(f"runs/logs/chat-{cfg.profile}/pairs.jsonl"), truth, as_json)
+    _finish(chat.run(events, responses, cfg, progress=f.progress and not f.as_json, engine=_engine(f)), f)
 
 
 @app.command("synth")

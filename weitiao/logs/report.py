@@ -1,4 +1,4 @@
-"""What a pairing run produced: preference JSONL, a report (JSON + HTML), a console summary.
+"""What a pairing run produced: preference JSONL, a report (JSON + HTML); `weitiao logs` prints its summary.
 
 The report holds the ledgers (every event / item or response / candidate pair under one rule, with a
 check that they add up), pairs per source and per context, the effective config, and, given a truth
@@ -12,9 +12,6 @@ import html
 import json
 from pathlib import Path
 from typing import Any
-
-from rich.console import Console
-from rich.table import Table
 
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text, write_jsonl
@@ -180,23 +177,3 @@ Inputs: {html.escape(", ".join(rep["inputs"].values()))}</p>
 <h2>Config</h2><pre>{cfg}</pre>
 """
     return page(title, body, "body{font-size:14px}td,th{padding:2px 8px}.bar{background:#4a7;height:10px}")
-
-
-def print_report(rep: dict[str, Any], console: Console) -> None:
-    """Console summary: one line per ledger (total = its parts), then pairs per source with precision."""
-    for name, counts in rep["ledgers"].items():
-        parts = " + ".join(f"{rule} {n:,}" for rule, n in counts.items() if n)
-        console.print(f"[bold]{name}[/] {rep['ledger_totals'][name]['total']:,} = {parts or '0'}", highlight=False)
-    prec = rep.get("precision", {})
-    t = Table(title=f"{rep['pairs']:,} pairs in {rep['contexts_with_pairs']:,} contexts", title_justify="left")
-    for col in ("source", "pairs", "mean confidence") + (("precision vs truth",) if prec else ()):
-        t.add_column(col, justify="left" if col == "source" else "right")
-    for s, v in rep["sources"].items():
-        extra = (f"{prec[s]['precision']:.3f}",) if prec else ()
-        t.add_row(s, f"{v['pairs']:,}", f"{v['mean_confidence']:.3f}", *extra)
-    for k, v in prec.items():
-        if k.startswith("signal:") and k[7:] not in rep["sources"]:  # the explicit sub-signals
-            t.add_row(f"  {k[7:]}", f"{v['pairs']:,}", "", f"{v['precision']:.3f}")
-    if prec:
-        t.add_row("[bold]all[/]", f"{rep['pairs']:,}", "", f"[bold]{prec['all']['precision']:.3f}[/]")
-    console.print(t)
