@@ -69,3 +69,16 @@ def test_rich_and_typer_stay_in_the_cli():
             names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             bad += [f"{rel}:{node.lineno}: {n}" for n in names if n.split(".")[0] in ("rich", "typer")]
     assert not bad, "\n".join(bad)
+
+
+def test_rules_sft_and_dpo_share_one_settings_class():
+    """`rules sft` and `rules dpo` take TeacherRows' fields as flags; a field without a default is required."""
+    from weitiao.safety.injection_rules_commands import TeacherRows, rules_app
+
+    runner = CliRunner()
+    for cmd in ("sft", "dpo"):
+        shown = runner.invoke(rules_app, [cmd, "--help"], env={"COLUMNS": "200"}).output
+        for f in dataclasses.fields(TeacherRows):
+            assert f"--{f.name.replace('_', '-')}" in shown, (cmd, f.name)
+        r = runner.invoke(rules_app, [cmd, "--prompts", "p.jsonl", "--out", "o.jsonl"])
+        assert r.exit_code == 2 and "Missing option '--rules'" in r.output

@@ -64,7 +64,7 @@ def options_from(cls: type, flags: dict[str, Flag] | None = None) -> Callable[[C
         for f in fields:
             flag = flags.get(f.name, Flag())
             kind = str if flag.parse else _cli_type(hints[f.name])
-            default = flag.shown if flag.parse else f.default
+            default = flag.shown if flag.parse else ... if f.default is dataclasses.MISSING else f.default
             flag_name = f.name.replace("_", "-")
             names = flag.names or ((f"--{flag_name}/--no-{flag_name}",) if kind is bool else (f"--{flag_name}",))
             option = typer.Option(default, *names, help=docs.get(f.name))

@@ -19,6 +19,7 @@ and `app.add_typer(rules_app, name="rules")`.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from weitiao.cli_options import options_from
 from weitiao.errors import UserError
 
 injection_app = typer.Typer(no_args_is_help=True, help="Prompt injection: attack data, ASR eval, input screen.")
@@ -240,18 +242,41 @@ def _teacher(url: str, model: str, cache_dir: str | None, concurrency: int, temp
     )
 
 
-def _rules_teacher_prompts(
-    rules: Path, ids: str | None, prompts: Path, url: str, model: str, cache_dir: str, concurrency: int,
-    max_tokens: int, min_prompts: int,
-) -> tuple[Any, Any, Any, list]:  # fmt: skip
+@dataclass
+class TeacherRows:
+    """What `rules sft` and `rules dpo` share: the rules, the prompts, the teacher and where the rows go."""
+
+    rules: Path
+    """Rule file."""
+    prompts: Path
+    """Prompts JSONL (prompt / instruction / messages; optional rule_ids)."""
+    out: Path
+    """Rows to write: SFT rows (OpenAI messages) for `rules sft`, preference rows for `rules dpo`."""
+    ids: str | None = None
+    """Only these rule ids, comma-separated (e.g. for a small-context model)."""
+    teacher_url: str = "http://127.0.0.1:8000/v1"
+    """OpenAI-compatible teacher base URL."""
+    teacher_model: str = "teacher"
+    """Teacher model name."""
+    cache_dir: str = ".weitiao_cache/teacher"
+    """Teacher reply cache ('' = none)."""
+    min_prompts: int = 3
+    """Ask the teacher for prompts until each conditional rule has this many."""
+    concurrency: int = 4
+    """Teacher requests in flight."""
+    max_tokens: int = 512
+    """Max tokens per teacher reply."""
+
+
+def _rules_teacher_prompts(s: TeacherRows) -> tuple[Any, Any, Any, list]:
     """`rules sft` / `rules dpo` common start: rules, teacher, tally, and prompts extended to cover every rule."""
     from weitiao.safety import rules_build as rb
     from weitiao.safety.rules import load_rules, read_prompts
 
-    rs = load_rules(rules, _csv(ids))
-    teacher = _teacher(url, model, cache_dir or None, concurrency, 0.7, max_tokens)
+    rs = load_rules(s.rules, _csv(s.ids))
+    teacher = _teacher(s.teacher_url, s.teacher_model, s.cache_dir or None, s.concurrency, 0.7, s.max_tokens)
     tally = rb.Tally()
-    return rs, teacher, tally, rb.extend_prompts(rs, read_prompts(prompts), teacher, min_prompts, tally)
+    return rs, teacher, tally, rb.extend_prompts(rs, read_prompts(s.prompts), teacher, s.min_prompts, tally)
 
 
 def _report_errors(rejects: list[dict]) -> None:
@@ -271,78 +296,62 @@ def _tally_table(title: str, table: dict[str, dict[str, int]], cols: list[str], 
     return t
 
 
+def _finish_rows(s: TeacherRows, rows: list[dict], rejects: list[dict], report: dict, table: Table) -> int:
+    """Write the rows, the rejects and the report beside them; print the per-rule table, failed teacher
+    requests and untargeted-rule warnings. Returns the rows written."""
+    from weitiao.io import write_jsonl
+
+    n = write_jsonl(s.out, rows)
+    write_jsonl(s.out.with_suffix(".rejects.jsonl"), rejects)
+    _write_json(s.out.with_suffix(".report.json"), report)
+    console.print(table)
+    _report_errors(rejects)
+    for w in report["untargeted"]:
+        console.print(w, style="yellow", markup=False, highlight=False, soft_wrap=True)
+    return n
+
+
 @rules_app.command("sft")
+@options_from(TeacherRows)
 def rules_sft(
-    rules: Path = typer.Option(..., help="rule file"),
-    ids: str = typer.Option(None, help="only these rule ids, comma-separated (e.g. for a small-context model)"),
-    prompts: Path = typer.Option(..., help="prompts JSONL (prompt / instruction / messages; optional rule_ids)"),
-    out: Path = typer.Option(..., help="SFT rows (OpenAI messages) to write"),
-    teacher_url: str = typer.Option("http://127.0.0.1:8000/v1", help="OpenAI-compatible teacher base URL"),
-    teacher_model: str = typer.Option("teacher", help="teacher model name"),
-    cache_dir: str = typer.Option(".weitiao_cache/teacher", help="teacher reply cache ('' = none)"),
-    min_prompts: int = typer.Option(3, help="ask the teacher for prompts until each conditional rule has this many"),
+    s: TeacherRows,
     samples: int = typer.Option(1, help="answers asked per prompt"),
     system_in_data: bool = typer.Option(False, help="keep the rules system prompt in the rows (default: drop it)"),
-    concurrency: int = typer.Option(4),
-    max_tokens: int = typer.Option(512, help="max tokens per teacher reply"),
 ) -> None:
     """Teacher answers with all rules in the system prompt; keep answers passing every applicable check."""
-    from weitiao.io import write_jsonl
     from weitiao.safety import rules_build as rb
 
-    rs, teacher, tally, ps = _rules_teacher_prompts(rules, ids, prompts, teacher_url, teacher_model, cache_dir,
-                                                    concurrency, max_tokens, min_prompts)  # fmt: skip
+    rs, teacher, tally, ps = _rules_teacher_prompts(s)
     kept, rejects = rb.compliant_answers(rs, ps, teacher, tally, samples)
-    n = write_jsonl(out, rb.sft_rows(rs, kept, system_in_data))
-    write_jsonl(out.with_suffix(".rejects.jsonl"), rejects)
     warn = rb.untargeted(rs, tally, {r.id for p, _ in kept for r in rs.exercised(p.text, p.rule_ids)}, "sft")
-    report = {"prompts": len(ps), "answers": len(ps) * samples, "kept": n, "rejected": len(rejects),
+    report = {"prompts": len(ps), "answers": len(ps) * samples, "kept": len(kept), "rejected": len(rejects),
               "per_rule": tally.table(rs), "untargeted": warn}  # fmt: skip
-    _write_json(out.with_suffix(".report.json"), report)
     cols = ["prompts_given", "prompts_generated", "prompts_rejected", "prompt_asks_failed", "passed", "failed"]
     worst = dict(sorted(report["per_rule"].items(), key=lambda kv: -kv[1].get("failed", 0)))
-    console.print(_tally_table("rules sft · per rule (most rejected first)", worst, cols, 25))
-    _report_errors(rejects)
-    for w in warn:
-        console.print(w, style="yellow", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"prompts {len(ps)} · kept {n} · rejected {len(rejects)} → {out}")
+    table = _tally_table("rules sft · per rule (most rejected first)", worst, cols, 25)
+    n = _finish_rows(s, rb.sft_rows(rs, kept, system_in_data), rejects, report, table)
+    console.print(f"prompts {len(ps)} · kept {n} · rejected {len(rejects)} → {s.out}")
 
 
 @rules_app.command("dpo")
+@options_from(TeacherRows)
 def rules_dpo(
-    rules: Path = typer.Option(..., help="rule file"),
-    ids: str = typer.Option(None, help="only these rule ids, comma-separated (e.g. for a small-context model)"),
-    prompts: Path = typer.Option(..., help="prompts JSONL"),
-    out: Path = typer.Option(..., help="preference rows to write"),
-    teacher_url: str = typer.Option("http://127.0.0.1:8000/v1", help="OpenAI-compatible teacher base URL"),
-    teacher_model: str = typer.Option("teacher", help="teacher model name"),
-    cache_dir: str = typer.Option(".weitiao_cache/teacher", help="teacher reply cache ('' = none)"),
-    min_prompts: int = typer.Option(3, help="as in `rules sft`"),
+    s: TeacherRows,
     violations: int = typer.Option(1, help="rules the rejected answer is asked to break"),
-    concurrency: int = typer.Option(4),
-    max_tokens: int = typer.Option(512, help="max tokens per teacher reply"),
 ) -> None:
     """Chosen = compliant teacher answer; rejected = the teacher breaking named rules (verified by their checks)."""
-    from weitiao.io import write_jsonl
     from weitiao.safety import rules_build as rb
 
-    rs, teacher, tally, ps = _rules_teacher_prompts(rules, ids, prompts, teacher_url, teacher_model, cache_dir,
-                                                    concurrency, max_tokens, min_prompts)  # fmt: skip
+    rs, teacher, tally, ps = _rules_teacher_prompts(s)
     kept, rejects = rb.compliant_answers(rs, ps, teacher, tally)
     rows, bad = rb.violation_pairs(rs, kept, teacher, tally, violations)
-    n = write_jsonl(out, rows)
-    write_jsonl(out.with_suffix(".rejects.jsonl"), rejects + bad)
     warn = rb.untargeted(rs, tally, {rid for row in rows for rid in row["violated"]}, "dpo")
-    report = {"prompts": len(ps), "compliant": len(kept), "pairs": n, "dropped": len(rejects) + len(bad),
+    report = {"prompts": len(ps), "compliant": len(kept), "pairs": len(rows), "dropped": len(rejects) + len(bad),
               "per_rule": tally.table(rs), "untargeted": warn}  # fmt: skip
-    _write_json(out.with_suffix(".report.json"), report)
     cols = ["violation_asked", "violation_verified", "violation_unverified", "not_violated"]
     asked = {k: v for k, v in report["per_rule"].items() if v.get("violation_asked")}
-    console.print(_tally_table("rules dpo · per rule", asked, cols, 25))
-    _report_errors(rejects + bad)
-    for w in warn:
-        console.print(w, style="yellow", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"compliant {len(kept)} · pairs {n} · dropped {report['dropped']} → {out}")
+    n = _finish_rows(s, rows, rejects + bad, report, _tally_table("rules dpo · per rule", asked, cols, 25))
+    console.print(f"compliant {len(kept)} · pairs {n} · dropped {report['dropped']} → {s.out}")
 
 
 @rules_app.command("eval")
