@@ -80,3 +80,14 @@ def test_log_profiles_use_the_recipe_override_syntax_and_error_line(tmp_path):
     assert "\n" not in str(e.value) + str(r.value)
     with pytest.raises(UserError, match=r"expected key.path=value"):
         load_profile("chat", "chat", ["cross_session.enabled"])
+
+
+def test_sft_and_preference_data_declare_the_file_keys_once():
+    """Before: files/template/cache keys were declared twice, in recipes/sft.py DataSpec and train/spec.py."""
+    from weitiao.train.spec import DataFilesSpec, PrefDataSpec
+
+    shared = set(DataFilesSpec.model_fields)
+    assert {"train", "template", "cache", "cache_dir", "num_proc"} <= shared
+    for cls in (sft.DataSpec, PrefDataSpec):
+        assert issubclass(cls, DataFilesSpec) and not set(cls.__annotations__) & shared, cls.__name__
+        assert list(cls.model_fields)[: len(shared)] == list(DataFilesSpec.model_fields)  # files first in `config show`

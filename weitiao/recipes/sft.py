@@ -22,11 +22,10 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from weitiao.config import ConfigPath, DataPath, dump_config
+from weitiao.config import dump_config
 from weitiao.data.cache import EncodedSet, encoded_files
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, EncodeStats
 from weitiao.data.collate import collate, example_lengths, n_targets, plan_epoch, process_share
-from weitiao.data.formats import MAX_ROW_BYTES
 from weitiao.data.prep import count_overlap, overlap_warning, require_rows, split_eval
 from weitiao.data.templates import ChatTemplate, resolve_template
 from weitiao.errors import UserError
@@ -35,28 +34,15 @@ from weitiao.losses.sft import CausalLMLoss
 from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
 from weitiao.models.load import LoraSpec, ModelSpec, build_trainable, count_params, load_tokenizer
 from weitiao.train import dist, loop
-from weitiao.train.spec import TemplateName, TrainSpec
+from weitiao.train.spec import DataFilesSpec, TrainSpec
 
 
-class DataSpec(BaseModel):
+class DataSpec(DataFilesSpec):
     """Training data and how it becomes tokens."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    train: list[DataPath] = Field(
-        ..., description="data files, globs or folders (jsonl[.gz|.zst]/json/parquet/arrow/csv); names with dataset_dir"
-    )
-    dataset_dir: ConfigPath | None = Field(
-        None, description="LLaMA-Factory data folder: train/eval are names in its dataset_info.json"
-    )
-    eval: list[DataPath] = Field(default_factory=list, description="eval files; else eval_split of train")
-    eval_split: float = Field(
-        0.0, ge=0, lt=1, description="fraction of unique train conversations held out when no eval files"
-    )
     format: Literal["auto", "alpaca", "sharegpt", "openai", "prompt_completion", "text"] = Field(
         "auto", description="row format; auto detects it per file"
     )
-    template: TemplateName = Field("auto", description="chat template; auto = the tokenizer's own, else plain")
     max_len: int = Field(1024, gt=8, description="tokens per row")
     truncation: Literal["drop", "cut", "history"] = Field(
         "drop", description="over max_len: drop the row, cut its tail (counts rows losing end-of-turn), drop history"
@@ -67,15 +53,6 @@ class DataSpec(BaseModel):
     train_turns: Literal["all", "last"] = Field("all", description="assistant turns trained: all or the last")
     train_eot: bool = Field(True, description="false = never learn to stop (chapter Q147 experiment only)")
     packing: bool = Field(True, description="several rows per micro-batch row (first-fit); attention kept apart")
-    skip_invalid: bool = Field(False, description="write bad rows to FILE.rejects.jsonl instead of stopping")
-    max_row_bytes: int = Field(MAX_ROW_BYTES, gt=0, description="a longer JSONL row is rejected unread (file:line)")
-    cache: bool = Field(
-        True, description="keep tokenized rows on disk (Arrow, memory-mapped); a rerun skips tokenizing"
-    )
-    cache_dir: ConfigPath | None = Field(
-        None, description="default $WEITIAO_CACHE/tokenized, else ~/.cache/weitiao/tokenized"
-    )
-    num_proc: int = Field(0, ge=0, description="tokenizing processes; 0 = CPU cores (at most 8)")
 
 
 class SFTConfig(BaseModel):

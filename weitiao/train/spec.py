@@ -1,5 +1,6 @@
 """The config sections recipes share: the run (out, seed, length, saving, logging), the optimizer
-and batching of SFT/DPO/RM, preference data (DPO and RM) and the chat-template name.
+and batching of SFT/DPO/RM, data files (SFT and preference data), preference data (DPO and RM) and the
+chat-template name.
 
 Each recipe composes these into its own config class; no recipe imports another recipe's config.
 `ModelSpec` and `LoraSpec` live in `weitiao.models.load` (the loaders take them) and are composed
@@ -70,39 +71,48 @@ class PairTrainSpec(TrainSpec):
     disable_dropout: bool = Field(True, description="dropout off in the policy, so step 0 has π = π_ref")
 
 
-class PrefDataSpec(BaseModel):
-    """Preference data: prompt (or history) + chosen + rejected rows."""
+class DataFilesSpec(BaseModel):
+    """Where the data files are and how they are read, templated and cached (SFT and preference data)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    train: list[DataPath] = Field(..., description="preference files (prompt + chosen + rejected), globs or folders")
-    eval: list[DataPath] = Field(default_factory=list, description="eval pair files; else eval_split of train")
+    train: list[DataPath] = Field(
+        ..., description="data files, globs or folders (jsonl[.gz|.zst]/json/parquet/arrow/csv); names with dataset_dir"
+    )
     dataset_dir: ConfigPath | None = Field(
         None, description="LLaMA-Factory data folder: train/eval are names in its dataset_info.json"
     )
-    eval_split: float = Field(0.0, ge=0, lt=1, description="fraction of train pairs held out when no eval files")
+    eval: list[DataPath] = Field(default_factory=list, description="eval files; else eval_split of train")
+    eval_split: float = Field(
+        0.0, ge=0, lt=1, description="fraction of train held out when no eval files (unique conversations, or pairs)"
+    )
+    template: TemplateName = Field("auto", description="chat template; auto = the tokenizer's own, else plain")
+    skip_invalid: bool = Field(False, description="write bad rows to FILE.rejects.jsonl instead of stopping")
+    max_row_bytes: int = Field(MAX_ROW_BYTES, gt=0, description="a longer JSONL row is rejected unread (file:line)")
+    cache: bool = Field(
+        True, description="keep tokenized rows on disk (Arrow, memory-mapped); a rerun skips tokenizing"
+    )
+    cache_dir: ConfigPath | None = Field(
+        None, description="default $WEITIAO_CACHE/tokenized, else ~/.cache/weitiao/tokenized"
+    )
+    num_proc: int = Field(0, ge=0, description="tokenizing processes; 0 = CPU cores (at most 8)")
+
+
+class PrefDataSpec(DataFilesSpec):
+    """Preference data: prompt (or history) + chosen + rejected rows."""
+
     format: Literal["auto", "preference", "preference_raw"] = Field(
         "auto", description="preference_raw: prompt/chosen/rejected strings as raw text, no template (as TRL)"
     )
-    template: TemplateName = Field("auto", description="chat template; auto = the tokenizer's own, else plain")
     max_len: int = Field(1024, gt=8, description="per sequence (prompt + one reply)")
     truncation: Literal["drop", "cut_response"] = Field("drop", description="over max_len: drop or shorten replies")
     packing: bool = Field(True, description="several sequences per micro-batch row; attention kept apart")
-    skip_invalid: bool = Field(False, description="write bad rows to FILE.rejects.jsonl instead of stopping")
-    max_row_bytes: int = Field(MAX_ROW_BYTES, gt=0, description="a longer JSONL row is rejected unread (file:line)")
     weight_field: str | None = Field(
         None, description="row field with a per-pair loss weight ≥ 0, e.g. confidence (DPO: Σ w·loss / Σ w)"
     )
     min_confidence: float | None = Field(
         None, ge=0, le=1, description="drop train and eval pairs whose `confidence` field is below this"
     )
-    cache: bool = Field(
-        True, description="keep tokenized pairs on disk (Arrow, memory-mapped); a rerun skips tokenizing"
-    )
-    cache_dir: ConfigPath | None = Field(
-        None, description="default $WEITIAO_CACHE/tokenized, else ~/.cache/weitiao/tokenized"
-    )
-    num_proc: int = Field(0, ge=0, description="tokenizing processes; 0 = CPU cores (at most 8)")
 
 
 class PairRecipeConfig(BaseModel):
