@@ -35,6 +35,7 @@ from weitiao.logs.engine import (
     PairsRun,
     Stage,
     check_mapping,
+    ledger_tail,
     open_table,
     run_stages,
     script,
@@ -42,6 +43,10 @@ from weitiao.logs.engine import (
 from weitiao.logs.engine import sql_num as n
 from weitiao.logs.engine import sql_str as q
 
+INPUTS = [  # the tables `sql_script` reads, for its header
+    "responses(response_id, session_id, turn, ts, prompt, response)  one row per generated response",
+    "events(response_id, event, ts, value)                           one row per user action",
+]
 EVENT_RULES = ("unknown_response", "ignored_event", "dwell_out_of_bounds", "alone", "unpaired", "paired")
 CANDIDATE_RULES = (
     "no_signal",
@@ -279,7 +284,7 @@ LEFT JOIN hist h ON h.chosen_id = k.chosen_id AND h.rejected_id = k.rejected_id"
         Stage(
             "ledger: every event, response and candidate pair under one rule",
             "wt_ledger",
-            """WITH status AS (
+            f"""WITH status AS (
   SELECT id, bool_or(rule IS NULL) AS paired
   FROM (SELECT chosen_id AS id, rule FROM wt_candidates UNION ALL SELECT rejected_id, rule FROM wt_candidates)
   GROUP BY id),
@@ -287,9 +292,7 @@ fate AS (
   SELECT r.events, CASE WHEN s.paired THEN 'paired' WHEN s.paired IS NOT NULL THEN 'unpaired' ELSE 'alone' END AS rule
   FROM wt_responses r LEFT JOIN status s ON s.id = r.response_id)
 SELECT 'events' AS ledger, drop_rule AS rule, count(*) AS n FROM wt_events WHERE drop_rule IS NOT NULL GROUP BY 2
-UNION ALL SELECT 'events', rule, sum(events) FROM fate GROUP BY 2
-UNION ALL SELECT 'responses', rule, count(*) FROM fate GROUP BY 2
-UNION ALL SELECT 'candidates', coalesce(rule, 'kept'), count(*) FROM wt_candidates GROUP BY 2""",
+{ledger_tail("response", "fate", "events")}""",
         )
     )
     return stages
@@ -297,11 +300,7 @@ UNION ALL SELECT 'candidates', coalesce(rule, 'kept'), count(*) FROM wt_candidat
 
 def sql_script(cfg: ChatConfig, dialect: str = "duckdb") -> str:
     """The whole pipeline as a runnable SQL script (DuckDB or Spark SQL) with a header naming its inputs."""
-    header = f"""-- weitiao logs chat · profile {cfg.profile} · {dialect} SQL made from the config, thresholds inlined
--- inputs:  responses(response_id, session_id, turn, ts, prompt, response)  one row per generated response
---          events(response_id, event, ts, value)                           one row per user action
--- outputs: wt_pairs (preference rows), wt_ledger (ledger, rule, n: every event, response and candidate counted once)"""
-    return script(build_stages(cfg), header, dialect)
+    return script(build_stages(cfg), "chat", cfg.profile, INPUTS, "response", dialect)
 
 
 def run(

@@ -38,12 +38,17 @@ from weitiao.logs.engine import (
     PairsRun,
     Stage,
     check_mapping,
+    ledger_tail,
     open_table,
     run_stages,
     script,
 )
 from weitiao.logs.engine import sql_num as n
 
+INPUTS = [  # the tables `sql_script` reads, for its header
+    "events(content_id, user_id, ts, dwell_s, position, liked, collected)  one row per view",
+    "content(content_id, context, prompt, text, length_chars, images)     one row per item",
+]
 EVENT_RULES = (
     "unknown_content",
     "accidental",
@@ -250,9 +255,7 @@ items AS (
     WHEN s.paired IS NOT NULL THEN 'unpaired' ELSE 'single_in_context' END AS rule
   FROM wt_items i LEFT JOIN status s USING (content_id))
 SELECT 'events' AS ledger, drop_rule AS rule, sum(views) AS n FROM wt_cells WHERE drop_rule IS NOT NULL GROUP BY 2
-UNION ALL SELECT 'events', rule, sum(views) FROM items GROUP BY 2
-UNION ALL SELECT 'items', rule, count(*) FROM items GROUP BY 2
-UNION ALL SELECT 'candidates', coalesce(rule, 'kept'), count(*) FROM wt_candidates GROUP BY 2""",
+{ledger_tail("item", "items", "views")}""",
         )
     )
     return stages
@@ -260,11 +263,7 @@ UNION ALL SELECT 'candidates', coalesce(rule, 'kept'), count(*) FROM wt_candidat
 
 def sql_script(cfg: DwellConfig, dialect: str = "duckdb") -> str:
     """The whole pipeline as a runnable SQL script (DuckDB or Spark SQL) with a header naming its inputs."""
-    header = f"""-- weitiao logs dwell · profile {cfg.profile} · {dialect} SQL made from the config, thresholds inlined
--- inputs:  events(content_id, user_id, ts, dwell_s, position, liked, collected)  one row per view
---          content(content_id, context, prompt, text, length_chars, images)     one row per item
--- outputs: wt_pairs (preference rows), wt_ledger (ledger, rule, n: every event, item and candidate counted once)"""
-    return script(build_stages(cfg), header, dialect)
+    return script(build_stages(cfg), "dwell", cfg.profile, INPUTS, "item", dialect)
 
 
 def load_inputs(engine: Engine, cfg: DwellConfig, events: str | Path, content: str | Path | None) -> int:

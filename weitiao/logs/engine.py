@@ -337,9 +337,27 @@ def run_stages(
     return seconds, sizes
 
 
-def script(stages: list[Stage], header: str, dialect: str = "duckdb") -> str:
-    """The stages as one SQL script in `dialect`, with numbered step comments (what `--print-sql` prints)."""
-    parts = [header.rstrip()]
+def ledger_tail(unit: str, fate: str, events: str) -> str:
+    """The `wt_ledger` rows after the events a filter dropped: every kept event and every `unit` under its
+    fate (`fate`: one row per unit with its `rule` and its event count in column `events`), then every
+    candidate pair under its rule ('kept' when none). Each ledger adds up to its input (report.check_ledgers)."""
+    return (
+        f"UNION ALL SELECT 'events', rule, sum({events}) FROM {fate} GROUP BY 2\n"
+        f"UNION ALL SELECT '{unit}s', rule, count(*) FROM {fate} GROUP BY 2\n"
+        "UNION ALL SELECT 'candidates', coalesce(rule, 'kept'), count(*) FROM wt_candidates GROUP BY 2"
+    )
+
+
+def script(stages: list[Stage], kind: str, profile: str, inputs: list[str], unit: str, dialect: str = "duckdb") -> str:
+    """The stages as one SQL script in `dialect`, with numbered step comments (what `--print-sql` prints),
+    under a header naming the profile, the `inputs` (one table a line) and the outputs."""
+    header = [
+        f"-- weitiao logs {kind} · profile {profile} · {dialect} SQL made from the config, thresholds inlined",
+        *(f"-- {'inputs: ' if i == 0 else '':9}{x}" for i, x in enumerate(inputs)),
+        f"-- outputs: wt_pairs (preference rows), wt_ledger (ledger, rule, n: every event, {unit} and candidate "
+        "counted once)",
+    ]
+    parts = ["\n".join(header)]
     for i, st in enumerate(stages, 1):
         sql = portable(st.select, dialect)
         if dialect == "spark":  # CACHE TABLE computes the view once, as the engine does
