@@ -13,14 +13,7 @@ from typing import Any
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
 from weitiao.infer.generate import stream_reply
-from weitiao.models.load import (
-    ModelSpec,
-    adapter_base,
-    attach_adapter,
-    load_model,
-    load_tokenizer,
-    trained_quant_note,
-)
+from weitiao.models.load import ModelSpec, adapter_base, attach_adapter, load_adapted, load_model, load_tokenizer
 
 
 def load_chat_model(model: str | None, adapter: str | None, quant: str | None = None) -> tuple[Any, Any]:
@@ -36,13 +29,8 @@ def load_chat_model(model: str | None, adapter: str | None, quant: str | None = 
     from weitiao.infer.export import locate
 
     adapter_dir, tok_dir, _ = locate(adapter)
-    base, trained_quant = adapter_base(adapter_dir)
-    if quant is None and trained_quant != "none":
-        print(trained_quant_note(f"base {model or base}", trained_quant), file=sys.stderr)
-    model, quant = model or base, quant or trained_quant
-    tokenizer = load_tokenizer(str(tok_dir) if tok_dir else model)
-    m = attach_adapter(load_model(ModelSpec(path=model, quant=quant)), adapter_dir, model)
-    return m.eval(), tokenizer
+    tokenizer = load_tokenizer(str(tok_dir) if tok_dir else model or adapter_base(adapter_dir)[0])
+    return load_adapted(adapter_dir, model, quant, "base", None).eval(), tokenizer
 
 
 def parse_adapters(specs: list[str]) -> dict[str, str] | None:

@@ -9,7 +9,6 @@ or `model/`, plus `reward_model.json` naming the base, read by `load_reward_mode
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -74,14 +73,7 @@ def load_reward_model(
 
     A LoRA reward model goes on `base` (default: the recorded one) loaded as `quant` (None: as trained).
     """
-    from weitiao.models.load import (
-        ModelSpec,
-        adapter_base,
-        attach_adapter,
-        load_model,
-        load_tokenizer,
-        trained_quant_note,
-    )
+    from weitiao.models.load import ModelSpec, load_adapted, load_model, load_tokenizer
 
     root = Path(path)
     if (root / "final" / META_FILE).exists():
@@ -91,12 +83,8 @@ def load_reward_model(
         raise UserError(f"--rm {path}: not a reward model dir (no {META_FILE}); train one with `weitiao rm`")
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
     if (root / "adapter").exists():
-        recorded, trained = adapter_base(root / "adapter")
-        base = base or (meta["base"] if Path(meta["base"]).is_dir() else recorded)
-        if quant is None and trained != "none":
-            print(trained_quant_note(f"reward model base {base}", trained), file=sys.stderr)
-        spec = ModelSpec(path=base, quant=quant or trained)  # type: ignore[arg-type]
-        model = attach_adapter(load_model(spec, device, head="score"), root / "adapter", base)
+        base = base or (meta["base"] if Path(meta["base"]).is_dir() else None)
+        model = load_adapted(root / "adapter", base, quant, "reward model base", device, head="score")
     else:
         model = load_model(ModelSpec(path=str(root / "model")), device, head="score")
     tokenizer = load_tokenizer(str(root / "tokenizer"))

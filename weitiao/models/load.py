@@ -409,3 +409,16 @@ def attach_adapter(model: Any, adapter_dir: Any, base: str, **kwargs: Any) -> An
         raise UserError(
             f"adapter {adapter_dir} does not fit base {base!r} ({why}); it was trained on {recorded!r}"
         ) from None
+
+
+def load_adapted(
+    adapter_dir: Any, base: str | None, quant: str | None, what: str, device: torch.device | None = None, head="lm"
+) -> Any:
+    """`base` (default: the base the adapter was trained on) with the peft adapter attached, loaded as `quant`;
+    None loads it as training did, and a quantized training base is then said on stderr (`what`: whose base)."""
+    recorded, trained = adapter_base(adapter_dir)
+    base = base or recorded
+    if quant is None and trained != "none":
+        print(trained_quant_note(f"{what} {base}", trained), file=sys.stderr)
+    model = load_model(ModelSpec(path=base, quant=quant or trained), device, head=head)  # type: ignore[arg-type]
+    return attach_adapter(model, adapter_dir, base)
