@@ -8,10 +8,10 @@ Every key has a docstring; `weitiao logs dwell --show-config` prints the effecti
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from weitiao.config import apply_overrides, read_yaml_mapping, validate
 from weitiao.errors import UserError
@@ -115,6 +115,13 @@ class CrossSession(_Config):
     """Confidence multiplier for cross-session pairs."""
 
 
+# ChatConfig field → (the names in it, the names allowed, what a wrong one is told): a typo fails at load
+_KNOWN_NAMES = {
+    "confidence": (dict.keys, CHAT_SIGNALS, "unknown signal {!r}; signals: {}"),
+    "event_names": (dict.values, CHAT_EVENTS, "maps to {!r}; map to one of {}"),
+}
+
+
 class ChatConfig(_Config):
     """Chat-site signals → pairs (Q162), decided by the strongest signal that separates two responses."""
 
@@ -162,20 +169,13 @@ class ChatConfig(_Config):
     """Source ≤ ratio × pairs of all stronger sources (counted before balancing)."""
     cross_session: CrossSession = CrossSession()
 
-    @field_validator("confidence")
+    @field_validator(*_KNOWN_NAMES)
     @classmethod
-    def _known_signals(cls, v: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(v) - set(CHAT_SIGNALS))
-        if unknown:
-            raise ValueError(f"unknown signal {unknown[0]!r}; signals: {', '.join(CHAT_SIGNALS)}")
-        return v
-
-    @field_validator("event_names")
-    @classmethod
-    def _canonical_events(cls, v: dict[str, str]) -> dict[str, str]:
-        bad = sorted(x for x in v.values() if x not in CHAT_EVENTS)
+    def _known_names(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        names, allowed, say = _KNOWN_NAMES[info.field_name]
+        bad = sorted(x for x in names(v) if x not in allowed)
         if bad:
-            raise ValueError(f"maps to {bad[0]!r}; map to one of {', '.join(CHAT_EVENTS)}")
+            raise ValueError(say.format(bad[0], ", ".join(allowed)))
         return v
 
     @field_validator("balance")
