@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from weitiao.calc.commands import app as calc_app
+from weitiao.calc.lora import LoraInput
 from weitiao.calc.plan import PlanInput
 from weitiao.errors import UserError
 from weitiao.eval.gen import GenSettings
@@ -28,7 +29,12 @@ def _params(path: Path, func: str) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "path, func, cls", [("calc/commands.py", "plan", PlanInput), ("eval/commands.py", "gen", GenSettings)]
+    "path, func, cls",
+    [
+        ("calc/commands.py", "plan", PlanInput),
+        ("calc/commands.py", "lora", LoraInput),
+        ("eval/commands.py", "gen", GenSettings),
+    ],
 )
 def test_commands_do_not_redeclare_their_settings(path, func, cls):
     """Before: `calc plan` re-declared PlanInput's 19 fields as typer options (and `eval gen` its 7)."""

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from weitiao.calc.lora import LoraInput
 from weitiao.calc.plan import PlanInput, parse_range
 from weitiao.cli_options import Flag, options_from
 from weitiao.errors import UserError
@@ -33,60 +34,31 @@ def _dump(obj: dict) -> None:
     print(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
 
 
-@app.command()
-def lora(
-    model: str = typer.Option(
-        None, help="preset (llama-3-70b, qwen2.5-7b, chapter-96x12288, ...), HF dir or config.json"
-    ),
-    layers: int = typer.Option(None, help="instead of --model: number of transformer blocks"),
-    hidden: int = typer.Option(None, help="instead of --model: hidden size d"),
-    intermediate: int = typer.Option(None, help="MLP width (default 8/3·d gated, 4·d plain)"),
-    heads: int = typer.Option(None, help="attention heads (default d/128)"),
-    kv_heads: int = typer.Option(None, help="key/value heads for GQA (default = heads)"),
-    head_dim: int = typer.Option(None, help="default d/heads"),
-    vocab: int = typer.Option(0, help="vocabulary (0 = the blocks only, no embeddings or head)"),
-    mlp: str = typer.Option("gated", help="gated (gate/up/down, Llama) or plain (up/down, GPT)"),
-    r: int = typer.Option(16, "--r", "-r", help="LoRA rank"),
-    targets: str = typer.Option("all-linear", help="all-linear, or q,k,v,o,gate,up,down / attn / mlp / module names"),
-    dora: bool = typer.Option(False, help="DoRA: + one magnitude per output feature"),
-    seq_len: int = typer.Option(2048, help="tokens per sequence (attention FLOPs)"),
-    batch_size: int = typer.Option(1, help="sequences per step (FLOPs per step)"),
-    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
-) -> None:
-    """LoRA trainable parameters, full-fine-tuning counts, memory and FLOPs per token/step."""
-    from weitiao.calc.lora import load_shape, lora_report, shape_from_flags
+def _table(title: str, *cols: str) -> Table:
+    """A table whose first column names the row (left) and the others hold numbers (right)."""
+    t = Table(title=title)
+    for i, c in enumerate(cols):
+        t.add_column(c, justify="right" if i else "left")
+    return t
 
-    if (model is None) == (layers is None or hidden is None):
-        raise UserError("give either --model, or --layers and --hidden (e.g. --layers 96 --hidden 12288)")
-    if mlp not in ("gated", "plain"):
-        raise UserError(f"--mlp {mlp}: expected gated or plain")
-    if model is not None:
-        shape = load_shape(model)
-    else:
-        shape = shape_from_flags(layers, hidden, intermediate, heads, kv_heads, head_dim, vocab, mlp)  # type: ignore[arg-type]
-    rep = lora_report(shape, r, targets, seq_len, batch_size, dora)
+
+@app.command()
+@options_from(LoraInput, {"r": Flag(("--r", "-r"))})
+def lora(p: LoraInput, as_json: bool = typer.Option(False, "--json", help="print the report as JSON")) -> None:
+    """LoRA trainable parameters, full-fine-tuning counts, memory and FLOPs per token/step."""
+    rep = p.report()
     if as_json:
         _dump(rep.to_dict())
         return
-    t = Table(title=f"LoRA r={r} · {targets} · {rep.model} (LoRA 参数量)")
-    for c in ("module", "shape in→out", "count", "LoRA / module", "LoRA total", "full fine-tuning"):
-        t.add_column(c, justify="left" if c == "module" else "right")
+    cols = ("module", "shape in→out", "count", "LoRA / module", "LoRA total", "full fine-tuning")
+    t = _table(f"LoRA r={p.r} · {p.targets} · {rep.model} (LoRA 参数量)", *cols)
     for m in rep.modules:
-        t.add_row(
-            m["name"],
-            f"{m['in']}→{m['out']}",
-            str(m["count"]),
-            f"{m['lora_per_module']:,}",
-            f"{m['lora']:,}",
-            f"{m['full']:,}",
-        )
+        counts = (f"{m[k]:,}" for k in ("lora_per_module", "lora", "full"))
+        t.add_row(m["name"], f"{m['in']}→{m['out']}", str(m["count"]), *counts)
     t.add_row("[bold]total", "", "", "", f"[bold]{rep.lora_params:,}", f"[bold]{rep.full_same_modules:,}")
     console.print(t)
 
-    c = Table(title="trainable parameters vs full fine-tuning (相比全量微调)")
-    c.add_column("what")
-    c.add_column("parameters", justify="right")
-    c.add_column("LoRA / this", justify="right")
+    c = _table("trainable parameters vs full fine-tuning (相比全量微调)", "what", "parameters", "LoRA / this")
     c.add_row("LoRA trainable", _count(rep.lora_params), "")
     c.add_row(
         "full fine-tuning, same modules", _count(rep.full_same_modules), _pct(rep.lora_params / rep.full_same_modules)
@@ -95,9 +67,8 @@ def lora(
         c.add_row(f"full fine-tuning, {name}", _count(n), _pct(rep.lora_params / n))
     console.print(c)
 
-    mt = Table(title="weights + gradients + optimizer states, GiB (no activations; see `calc plan`)")
-    for col in ("method", "weights", "grads", "Adam fp32", "total", "Adam 8-bit", "total 8-bit"):
-        mt.add_column(col, justify="left" if col == "method" else "right")
+    cols = ("method", "weights", "grads", "Adam fp32", "total", "Adam 8-bit", "total 8-bit")
+    mt = _table("weights + gradients + optimizer states, GiB (no activations; see `calc plan`)", *cols)
     for row in rep.memory_gib:
         mt.add_row(
             row["method"],
@@ -108,9 +79,8 @@ def lora(
         )
     console.print(mt)
 
-    ft = Table(title=f"FLOPs (seq {rep.seq_len}, step = {rep.batch_size} × {rep.seq_len} tokens) (每步计算量)")
-    for col in ("", "forward / token", "backward / token", "total / token", "total / step", "vs full"):
-        ft.add_column(col, justify="left" if not col else "right")
+    cols = ("", "forward / token", "backward / token", "total / token", "total / step", "vs full")
+    ft = _table(f"FLOPs (seq {rep.seq_len}, step = {rep.batch_size} × {rep.seq_len} tokens) (每步计算量)", *cols)
     full = rep.flops_per_token["full"]["model"]
     for name, f in rep.flops_per_token.items():
         label = "full (6N)" if name == "full" else "LoRA (4N+6N_lora)"
@@ -157,9 +127,7 @@ def plan(
         f"{p.gpus} × {g.name} · {p.parallel} · micro-batch {p.micro_batch} × accum {p.grad_accum} × {p.gpus} GPUs = "
         f"{rep.global_batch} rows/step · {rep.steps_per_epoch} steps/epoch"
     )
-    m = Table(title="memory per GPU, GiB (每卡显存)")
-    m.add_column("component")
-    m.add_column("GiB", justify="right")
+    m = _table("memory per GPU, GiB (每卡显存)", "component", "GiB")
     for k, v in rep.memory_gib.items():
         m.add_row(f"[bold]{k}" if k == "total" else k, f"[bold]{v:.1f}" if k == "total" else f"{v:.2f}")
     fits = "[green]fits" if rep.fits else "[red]does not fit"
@@ -246,9 +214,8 @@ def quant(
     if as_json:
         _dump(rep.to_dict())
         return
-    t = Table(title=f"4-bit quantization · {rep.source} · {'×'.join(map(str, rep.shape))} (分块量化)")
-    for col in ("method", "bits/param", "MSE", "max |err|", "SNR dB", "zeroed %"):
-        t.add_column(col, justify="left" if col == "method" else "right")
+    cols = ("method", "bits/param", "MSE", "max |err|", "SNR dB", "zeroed %")
+    t = _table(f"4-bit quantization · {rep.source} · {'×'.join(map(str, rep.shape))} (分块量化)", *cols)
     groups = [("with outliers" if rep.clean_rows else "", rep.rows)]
     if rep.clean_rows:
         groups.append(("no outliers", rep.clean_rows))

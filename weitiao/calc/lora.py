@@ -281,6 +281,56 @@ def load_shape(model: str) -> ModelShape:
     return shape_from_config(config, model)
 
 
+@dataclass
+class LoraInput:
+    """The LoRA to count and the model it goes on (a preset, HF dir or config.json; or a Llama-style decoder
+    from sizes)."""
+
+    r: int = 16
+    """LoRA rank."""
+    targets: str = "all-linear"
+    """all-linear, or q,k,v,o,gate,up,down / attn / mlp / module names."""
+    dora: bool = False
+    """DoRA: + one magnitude per output feature."""
+    model: str | None = None
+    """Preset (llama-3-70b, qwen2.5-7b, chapter-96x12288, ...), HF dir or config.json."""
+    layers: int | None = None
+    """Instead of --model: number of transformer blocks."""
+    hidden: int | None = None
+    """Instead of --model: hidden size d."""
+    intermediate: int | None = None
+    """MLP width (default 8/3·d gated, 4·d plain)."""
+    heads: int | None = None
+    """Attention heads (default d/128)."""
+    kv_heads: int | None = None
+    """Key/value heads for GQA (default = heads)."""
+    head_dim: int | None = None
+    """Default d/heads."""
+    vocab: int = 0
+    """Vocabulary (0 = the blocks only, no embeddings or head)."""
+    mlp: Literal["gated", "plain"] = "gated"
+    """gated (gate/up/down, Llama) or plain (up/down, GPT)."""
+    seq_len: int = 2048
+    """Tokens per sequence (attention FLOPs)."""
+    batch_size: int = 1
+    """Sequences per step (FLOPs per step)."""
+
+    def __post_init__(self) -> None:
+        if (self.model is None) == (self.layers is None or self.hidden is None):
+            raise UserError("give either --model, or --layers and --hidden (e.g. --layers 96 --hidden 12288)")
+        if self.mlp not in ("gated", "plain"):
+            raise UserError(f"--mlp {self.mlp}: expected gated or plain")
+
+    def report(self) -> LoraReport:
+        """Everything `weitiao calc lora` prints, as numbers."""
+        if self.model is not None:
+            shape = load_shape(self.model)
+        else:
+            shape = shape_from_flags(self.layers, self.hidden, self.intermediate, self.heads, self.kv_heads,  # type: ignore[arg-type]
+                                     self.head_dim, self.vocab, self.mlp)  # fmt: skip
+        return lora_report(shape, self.r, self.targets, self.seq_len, self.batch_size, self.dora)
+
+
 def resolve_targets(shape: ModelShape, targets: str | list[str]) -> list[LinearKind]:
     """Linear kinds a peft target list reaches: 'all-linear', aliases (q,k,v,o,gate,up,down,attn,mlp), names."""
     items = targets.split(",") if isinstance(targets, str) else list(targets)
