@@ -82,6 +82,8 @@ HELP_CONFIG = typer.Option(
     False, "--help-config", callback=_help_config, is_eager=True, expose_value=False,
     help="print every config key (type, default, description) and exit",
 )  # fmt: skip
+CONFIG = typer.Argument(..., help="YAML config (examples/demo_<command>.yaml; every key: --help-config)")
+OVERRIDES = typer.Argument(None, help="key.path=value overrides, e.g. train.lr=1e-4")
 
 
 @config_app.command("show")
@@ -91,24 +93,18 @@ def config_show(name: str = typer.Argument(..., help="sft, dpo, rm, ppo or logs"
 
 
 @app.command()
-def sft(
-    config: Path = typer.Argument(..., help="YAML config (see examples/)"),
-    overrides: list[str] = typer.Argument(None, help="key.path=value overrides, e.g. train.lr=1e-4"),
-    help_config: bool = HELP_CONFIG,
-) -> None:
+def sft(config: Path = CONFIG, overrides: list[str] = OVERRIDES, help_config: bool = HELP_CONFIG) -> None:
     """Supervised fine-tuning: LoRA, QLoRA (model.quant=4bit) or full."""
     from weitiao.config import load_config
     from weitiao.recipes import sft as recipe
 
-    cfg = load_config(recipe.SFTConfig, config, overrides or [])
-    summary = recipe.run(cfg)
-    console.print(summary)
+    console.print(recipe.run(load_config(recipe.SFTConfig, config, overrides or [])))
 
 
 @app.command()
 def dpo(
-    config: Path = typer.Argument(..., help="YAML config (see examples/demo_dpo.yaml)"),
-    overrides: list[str] = typer.Argument(None, help="key.path=value overrides, e.g. dpo.beta=0.1"),
+    config: Path = CONFIG,
+    overrides: list[str] = OVERRIDES,
     sweep: str = typer.Option(None, help="run once per value, e.g. beta=0.01,0.1,0.5; writes table + plot"),
     help_config: bool = HELP_CONFIG,
 ) -> None:
@@ -131,11 +127,7 @@ def dpo(
 
 
 @app.command()
-def rm(
-    config: Path = typer.Argument(..., help="YAML config (see examples/demo_rm.yaml)"),
-    overrides: list[str] = typer.Argument(None, help="key.path=value overrides"),
-    help_config: bool = HELP_CONFIG,
-) -> None:
+def rm(config: Path = CONFIG, overrides: list[str] = OVERRIDES, help_config: bool = HELP_CONFIG) -> None:
     """Reward model: Bradley–Terry on preference pairs (LoRA or full), for PPO and `score`."""
     from weitiao.config import load_config
     from weitiao.recipes import rm as recipe
@@ -144,11 +136,7 @@ def rm(
 
 
 @app.command()
-def ppo(
-    config: Path = typer.Argument(..., help="YAML config (see examples/demo_ppo.yaml)"),
-    overrides: list[str] = typer.Argument(None, help="key.path=value overrides, e.g. ppo.init_kl_coef=0.1"),
-    help_config: bool = HELP_CONFIG,
-) -> None:
+def ppo(config: Path = CONFIG, overrides: list[str] = OVERRIDES, help_config: bool = HELP_CONFIG) -> None:
     """PPO (RLHF): actor + reference + critic adapters on one base; reward model, function or HTTP."""
     from weitiao.config import load_config
     from weitiao.recipes import ppo as recipe

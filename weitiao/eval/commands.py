@@ -22,6 +22,7 @@ from weitiao.eval.gen import GenSettings
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate replies: metrics over a prompt file, golden-set reports.")
 arena_app = typer.Typer(no_args_is_help=True, help="Blind pairwise arena: vote page, Bradley–Terry/Elo ratings.")
 console = Console()
+DB = typer.Option(Path("arena.sqlite"), help="SQLite file for answers and votes")
 
 
 def _judge(url: str | None, model: str | None, cache_dir: str | None):
@@ -112,7 +113,7 @@ def golden(
 
 @arena_app.command("serve")
 def arena_serve(
-    db: Path = typer.Option(Path("arena.sqlite"), help="SQLite file for answers and votes"),
+    db: Path = DB,
     answers: Path = typer.Option(None, help="pre-generated answers: rows {prompt, model, answer}"),
     models: str = typer.Option(None, help="live models: a=MODEL[:ADAPTER],b=... (answers generated at start)"),
     prompts: Path = typer.Option(None, help="with --models: the prompts to answer"),
@@ -199,7 +200,7 @@ def arena_rank(
 @arena_app.command("import")
 def arena_import(
     battles: Path = typer.Argument(..., help="FastChat-style battle JSON (list of {model_a, model_b, winner, ...})"),
-    db: Path = typer.Option(Path("arena.sqlite")),
+    db: Path = DB,
 ) -> None:
     """Add FastChat-style battles to the vote table."""
     from weitiao.eval.arena.rank import load_battles
@@ -213,10 +214,7 @@ def arena_import(
 
 
 @arena_app.command("export")
-def arena_export(
-    out: Path = typer.Argument(..., help="battle JSON to write"),
-    db: Path = typer.Option(Path("arena.sqlite")),
-) -> None:
+def arena_export(out: Path = typer.Argument(..., help="battle JSON to write"), db: Path = DB) -> None:
     """Write every vote as FastChat-style battle JSON."""
     from weitiao.eval.arena.store import ArenaStore
     from weitiao.io import atomic_write_text
