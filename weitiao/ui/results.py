@@ -94,8 +94,9 @@ class Arenas:
         arena_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         folder = self.root / arena_id
         folder.mkdir(parents=True)
-        ArenaStore(folder / "arena.sqlite").add_answers(rows)
-        return {"id": arena_id, "url": f"/arena/{arena_id}/", "models": [c[0] for c in chosen], "votes": 0}
+        store = ArenaStore(folder / "arena.sqlite")
+        store.add_answers(rows)
+        return {"id": arena_id, "url": f"/arena/{arena_id}/", "models": store.models(), "votes": 0}
 
     def app_for(self, arena_id: str):  # -> FastAPI
         from weitiao.eval.arena.app import create_app

@@ -368,6 +368,9 @@ function renderWatch(d) {
   const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
   log.textContent = d.log;
   if (atEnd) log.scrollTop = log.scrollHeight;
+  const key = JSON.stringify([d.state.name, d.state.kind, d.checkpoints, ui.lang]);
+  if (key === ui.ckptKey) return; // unchanged: keep the list (a click on it is not lost to a redraw)
+  ui.ckptKey = key;
   $("checkpoints").replaceChildren(...d.checkpoints.map((c) => {
     const li = el("li", { "data-ckpt": c });
     if (d.state.kind !== "rm") { // chosen for the golden report (trained checkpoints) and the arena
