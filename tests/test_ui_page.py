@@ -153,6 +153,7 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             by_id("arena-btn").click()
             WebDriverWait(driver, 120).until(lambda d: d.find_elements(By.ID, "arena-link"))
             arena_url = by_id("arena-link").get_attribute("href")
+            assert by_id("golden-link").is_displayed()  # both results stay linked
             wait.until(lambda d: "demo1/base · demo1/final · demo1/step-000002 · 0" in by_id("arena-list").text)
             shot("watch")
 
@@ -205,7 +206,7 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             by_id("data-show").click()
             wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#data-view span.trained"))
             assert "<|im_start|>assistant" in by_id("data-view").text
-            assert "rows read / kept / rejected\n40 / 40 / 0" in by_id("data-check").text
+            assert "读入 / 保留 / 拒绝的行\n40 / 40 / 0" in by_id("data-check").text
             assert not by_id("mix-report").is_displayed()
             by_id("mix-pick").click()
             wait.until(lambda d: by_id("picker").is_displayed())
@@ -229,6 +230,7 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             # 8. English, kept across a reload; the run list still has the run (state on disk)
             by_id("lang").click()
             assert driver.find_element(By.CSS_SELECTOR, '.tab[data-tab="chat"]').text == "Chat"
+            assert "rows read / kept / rejected\n50 / 50 / 0" in by_id("data-check").text  # the mixed file's
             tab("runs")
             assert help_of("train.lr") == "default 2e-4 with LoRA, 2e-5 full fine-tuning"
             for name in ("data", "chat", "watch"):

@@ -23,10 +23,13 @@ const T = {
     demo_preset: "填入演示配置（demo 模型 + 自带数据）", results: "评估：黄金集报告与竞技场", eval_prompts: "提示文件",
     golden: "黄金集报告", arena: "开竞技场（盲评投票）", checkpoint: "检查点", choose: "选中",
     results_help: "勾选上面的检查点：黄金集报告逐个检查点回答同一组提示并打分；竞技场让选中的检查点（至少两个）匿名两两对比投票。",
-    open_report: "打开黄金集报告", open_arena: "打开竞技场", votes: "票", working: "运行中…",
+    open_report: "打开黄金集报告", open_arena: "打开竞技场", arena_item: "竞技场", votes: "票", working: "运行中…",
     mix_ratios: "数据配比（data mix）", mix_help: "每行一个 文件:比例；按比例上/下采样并跨来源去重，写出新文件和配比报告。",
     mix_total: "总行数（可空）", mix_out: "输出文件", mix_run: "混合", mix_source: "来源", mix_read: "读入",
     mix_dups: "重复", mix_picked: "选取", mix_upsample: "采样倍数", mix_target: "目标比例", mix_achieved: "实际比例",
+    di_rows: "行", di_tokens: "token 数", di_trained: "训练的 token", dc_format: "格式 / 模板", dc_rows: "读入 / 保留 / 拒绝的行",
+    dc_tokens: "token 数 最小 / 平均 / p95 / 最大", dc_over: "超过 max_len 的行：max_len =", dc_dups: "重复的行 / 提示",
+    dc_eos: "缺少 EOS 的行", dc_untrained: "没有训练 token 的行",
   },
   en: {
     title: "weitiao console", tab_runs: "Runs", tab_watch: "Watch", tab_chat: "Chat", tab_data: "Data",
@@ -48,10 +51,13 @@ const T = {
     demo_preset: "Fill in the demo (demo model + shipped data)", results: "Evaluate: golden-set report and arena", eval_prompts: "Prompt file",
     golden: "Golden-set report", arena: "Open an arena (blind votes)", checkpoint: "Checkpoint", choose: "choose",
     results_help: "Tick checkpoints above: the golden-set report has each answer the same prompts, scored; the arena lets people vote blind between the chosen ones (two or more).",
-    open_report: "Open the golden-set report", open_arena: "Open the arena", votes: "votes", working: "working…",
+    open_report: "Open the golden-set report", open_arena: "Open the arena", arena_item: "Arena", votes: "votes", working: "working…",
     mix_ratios: "Mix ratios (data mix)", mix_help: "One FILE:RATIO per line; up/down-sampled to the ratios and deduplicated across sources, written to a new file with a report.",
     mix_total: "Total rows (optional)", mix_out: "Output file", mix_run: "Mix", mix_source: "Source", mix_read: "read",
     mix_dups: "duplicates", mix_picked: "picked", mix_upsample: "upsample", mix_target: "target", mix_achieved: "achieved",
+    di_rows: "rows", di_tokens: "tokens", di_trained: "trained", dc_format: "format / template", dc_rows: "rows read / kept / rejected",
+    dc_tokens: "tokens min / mean / p95 / max", dc_over: "rows over max_len", dc_dups: "duplicate rows / prompts",
+    dc_eos: "rows missing EOS", dc_untrained: "rows with no trained token",
   },
 };
 // charts drawn when a run logs the key: every recipe's loss/lr/...; DPO/RM accuracy and margins; PPO score, KL, length
@@ -313,7 +319,7 @@ function fillRunSelects() {
 function watchRun(name) {
   if (ui.watch !== name) {
     ui.watch = name; ui.offset = 0; ui.series = {}; ui.watchData = null; ui.chosen = new Set();
-    $("results-out").replaceChildren(); $("golden-table").hidden = true;
+    $("golden-out").replaceChildren(); $("arena-out").replaceChildren(); $("golden-table").hidden = true;
     for (const c of Object.values(ui.charts)) c.destroy();
     ui.charts = {};
     $("charts").replaceChildren();
@@ -395,16 +401,16 @@ async function exportCkpt(run, ckpt, merge, gguf) {
   $("export-result").textContent = "…";
   try {
     const r = await api("/api/export", gguf ? { run, ckpt, merge, gguf } : { run, ckpt, merge });
-    $("export-result").textContent = `${t("exported")} ${r.out}\n${r.notes.join("\n")}`;
+    $("export-result").replaceChildren(el("span", { "data-i18n": "exported", text: t("exported") }), ` ${r.out}\n${r.notes.join("\n")}`);
   } catch (e) { $("export-result").textContent = e.message; }
 }
 // ---- golden-set report and arena over the chosen checkpoints ----
 async function goldenReport() {
-  const out = $("results-out");
+  const out = $("golden-out");
   out.textContent = t("working");
   try {
     const r = await api("/api/golden", { run: ui.watch, ckpts: [...ui.chosen].filter((c) => c !== "base"), prompts: $("eval-prompts").value });
-    out.replaceChildren(el("a", { id: "golden-link", href: r.report, target: "_blank", rel: "noopener", text: t("open_report") }));
+    out.replaceChildren(el("a", { id: "golden-link", href: r.report, target: "_blank", rel: "noopener", "data-i18n": "open_report", text: t("open_report") }));
     const cell = (v) => el("td", { text: v == null ? "" : num(v) });
     $("golden-table").tBodies[0].replaceChildren(...r.rows.map((x) => el("tr", {},
       el("td", { text: x.label + (x.recommended ? " ★" : "") }), cell(x.rougeL), cell(x.stop_rate), cell(x.loop_rate), cell(x.eval_loss))));
@@ -412,12 +418,12 @@ async function goldenReport() {
   } catch (e) { out.textContent = e.message; }
 }
 async function openArena() {
-  const out = $("results-out");
+  const out = $("arena-out");
   out.textContent = t("working");
   try {
     const ckpts = [...ui.chosen].map((c) => ui.watch + "/" + c);
     const r = await api("/api/arenas", { ckpts, prompts: $("eval-prompts").value });
-    out.replaceChildren(el("a", { id: "arena-link", href: r.url, target: "_blank", rel: "noopener", text: t("open_arena") }));
+    out.replaceChildren(el("a", { id: "arena-link", href: r.url, target: "_blank", rel: "noopener", "data-i18n": "open_arena", text: t("open_arena") }));
     refreshArenas();
   } catch (e) { out.textContent = e.message; }
 }
@@ -425,8 +431,8 @@ async function refreshArenas() {
   let list = [];
   try { list = await api("/api/arenas"); } catch (e) { return; }
   $("arena-list").replaceChildren(...list.map((a) => el("li", { "data-arena": a.id },
-    el("a", { href: a.url, target: "_blank", rel: "noopener", text: t("arena") + " " + a.id }),
-    ` ${a.models.join(" · ")} · ${a.votes} ${t("votes")}`)));
+    el("a", { href: a.url, target: "_blank", rel: "noopener" }, el("span", { "data-i18n": "arena_item", text: t("arena_item") }), " " + a.id),
+    ` ${a.models.join(" · ")} · ${a.votes} `, el("span", { "data-i18n": "votes", text: t("votes") }))));
 }
 async function runAction(action) {
   try { await api(`/api/runs/${encodeURIComponent(ui.watch)}/${action}`, {}); } catch (e) { $("watch-status").textContent = e.message; }
@@ -489,17 +495,19 @@ async function showData() {
   const q = new URLSearchParams({ path: $("data-path").value, index: $("data-index").value, model: $("data-model").value });
   try {
     const d = await api("/api/data?" + q);
-    $("data-info").textContent = `${d.source} · ${d.rows} rows · tokens ${d.tokens} · trained ${d.trained}`;
+    const word = (k) => el("span", { "data-i18n": k, text: t(k) }); // re-labelled by setLang
+    $("data-info").replaceChildren(`${d.source} · ${d.rows} `, word("di_rows"), " · ", word("di_tokens"), ` ${d.tokens} · `,
+      word("di_trained"), ` ${d.trained}`);
     $("data-view").replaceChildren(...d.segments.map(([text, trained]) => el("span", { class: trained ? "trained" : "masked", text })));
     const c = d.check;
     const rows = [
-      ["format / template", `${c.format} / ${c.template}`],
-      ["rows read / kept / rejected", `${c.read} / ${c.kept} / ${c.rejected}`],
-      ["tokens min / mean / p95 / max", `${c.length_min} / ${c.length_mean} / ${c.length_p95} / ${c.length_max}`],
-      [`rows over max_len ${c.max_len}`, c.over_max_len], ["duplicate rows / prompts", `${c.duplicate_rows} / ${c.duplicate_prompts}`],
-      ["rows missing EOS", c.missing_eos], ["rows with no trained token", c.no_trained_tokens],
+      ["dc_format", "", `${c.format} / ${c.template}`],
+      ["dc_rows", "", `${c.read} / ${c.kept} / ${c.rejected}`],
+      ["dc_tokens", "", `${c.length_min} / ${c.length_mean} / ${c.length_p95} / ${c.length_max}`],
+      ["dc_over", ` ${c.max_len}`, c.over_max_len], ["dc_dups", "", `${c.duplicate_rows} / ${c.duplicate_prompts}`],
+      ["dc_eos", "", c.missing_eos], ["dc_untrained", "", c.no_trained_tokens],
     ];
-    $("data-check").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })]),
+    $("data-check").replaceChildren(...rows.flatMap(([k, more, v]) => [el("dt", {}, word(k), more), el("dd", { text: String(v) })]),
       ...c.problems.map((p) => el("dd", { class: "error", text: p })), ...c.notes.map((n) => el("dd", { class: "help", text: n })));
     if (d.mix) renderMix(d.mix); else $("mix-report").hidden = true;
   } catch (e) { $("data-info").textContent = e.message; $("data-view").replaceChildren(); $("data-check").replaceChildren(); }
