@@ -304,6 +304,8 @@ function renderRuns() {
 }
 function fillRunSelects() {
   const keep = (sel, opts) => {
+    const same = opts.length === sel.options.length && opts.every((o, i) => o.value === sel.options[i].value && o.text === sel.options[i].text);
+    if (same) return; // unchanged: an open dropdown or a pick in progress is left alone
     const v = sel.value;
     sel.replaceChildren(...opts);
     if ([...sel.options].some((o) => o.value === v)) sel.value = v;
