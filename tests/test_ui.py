@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import sys
 import time
@@ -351,3 +352,136 @@ def test_run_list_reads_the_tail_of_a_long_metrics_file(tmp_path):
     assert (d / "metrics.jsonl").stat().st_size > 200_000  # well past the 64 KiB tail read
     got = store.list()
     assert [(r["name"], r["step"], r["loss"], r["status"]) for r in got] == [("long", 2999, 1 / 2999, "done")]
+
+
+def _all_help(items):
+    for f in items:
+        yield f
+        if f["widget"] == "section":
+            yield from _all_help(f["fields"])
+
+
+@pytest.mark.parametrize("kind", forms.RECIPES)
+def test_every_config_key_has_its_help_in_english_and_chinese(kind):
+    """The form shows each key's help in the page's language: every key of every recipe config has both."""
+    for f in _all_help(forms.form(forms.config_class(kind))):
+        if f["widget"] != "section":
+            assert f["help"], f"{kind}: {f['key']} has no description"
+        if f["help"]:  # a section without a docstring (DPO's train) has neither
+            assert re.search(r"[\u4e00-\u9fff]", f["help_zh"]), f"{kind}: {f['key']} has no Chinese help"
+
+
+def test_chinese_help_table_has_no_stale_entries():
+    from weitiao.ui.help_zh import ZH
+
+    used = {f["help"] for kind in forms.RECIPES for f in _all_help(forms.form(forms.config_class(kind)))}
+    assert set(ZH) - used == set()  # an entry whose English description changed or went away
+    assert forms.form(forms.config_class("sft"))[0]["help_zh"] == ZH["Which model to load and how."]
+
+
+def test_mix_from_the_page_writes_a_new_file_and_shows_its_ratios(root, tmp_path):
+    from weitiao.demo import DATA_DIR
+
+    rows = [json.dumps({"instruction": f"问题{i}", "output": f"回答{i}"}, ensure_ascii=False) for i in range(30)]
+    (root / "data" / "b.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    app = create_app(Roots([root], read_only=[DATA_DIR]), RunStore(root / "runs"))
+    with running(app) as base, httpx.Client(base_url=base, timeout=60) as c:
+        body = {"sources": [{"path": "data/b.jsonl", "ratio": 0.75}, {"path": "data/a.jsonl", "ratio": 0.25}],
+                "out": "data/mixed.jsonl", "total": 8}  # fmt: skip
+        rep = c.post("/api/mix", json=body).json()
+        assert [(r["picked"], r["target_ratio"], r["achieved_ratio"]) for r in rep["sources"]] == [
+            (6, 0.75, 0.75), (2, 0.25, 0.25)]  # fmt: skip
+        assert len((root / "data" / "mixed.jsonl").read_text().splitlines()) == 8
+        shown = c.get("/api/data", params={"path": "data/mixed.jsonl"}).json()
+        assert shown["mix"]["sources"] == rep["sources"] and shown["rows"] == 8
+        assert c.get("/api/data", params={"path": "data/b.jsonl"}).json()["mix"] is None  # not a mixed file
+        before = (root / "data" / "mixed.jsonl").read_bytes()
+        r = c.post("/api/mix", json=body)
+        assert r.status_code == 400 and "exists already" in r.json()["error"]
+        assert (root / "data" / "mixed.jsonl").read_bytes() == before  # never overwritten
+        r = c.post("/api/mix", json=body | {"out": str(DATA_DIR / "mixed.jsonl")})
+        assert r.status_code == 400 and "read-only" in r.json()["error"] and not (DATA_DIR / "mixed.jsonl").exists()
+        for bad in ({"out": "../mixed.jsonl"}, {"sources": [{"path": "../secret.jsonl", "ratio": 1}] * 2}):
+            r = c.post("/api/mix", json=body | bad)
+            assert r.status_code == 400 and "outside the allowed folders" in r.json()["error"], bad
+        r = c.post("/api/mix", json=body | {"out": "data/m2.jsonl", "sources": [{"path": "data/a.jsonl", "ratio": 0}]})
+        assert r.status_code == 400 and "RATIO > 0" in r.json()["error"]
+
+
+def test_demo_preset_fills_the_form_from_the_shipped_data(root):
+    from weitiao.demo import DATA_DIR
+
+    with running(app_for(root)) as base, httpx.Client(base_url=base) as c:  # without the demo root: no preset
+        assert c.get("/api/info").json()["demo_data"] is None
+        assert c.get("/api/preset/sft").status_code == 400
+    app = create_app(Roots([root], read_only=[DATA_DIR]), RunStore(root / "runs"))
+    with running(app) as base, httpx.Client(base_url=base) as c:
+        assert c.get("/api/info").json()["demo_data"] == str(DATA_DIR)
+        assert str(DATA_DIR.resolve()) in [e["path"] for e in c.get("/api/files").json()["entries"]]
+        values = c.get("/api/preset/sft").json()
+        assert json.loads(values["data.train"]) == [str(DATA_DIR / "style.jsonl"), str(DATA_DIR / "safety.jsonl")]
+        assert values["model.path"] == "demo" and "train.out" not in values
+        text = c.post("/api/preview", json={"kind": "sft", "name": "d", "values": values}).json()["yaml"]
+        assert f"- {DATA_DIR.resolve()}/safety.jsonl" in text and "lr: 0.003" in text and f"out: {root}/runs/d" in text
+
+
+@pytest.fixture
+def full_run(root, tiny_model_dir, tokenizer):
+    """A finished console run of full fine-tuning on the tiny model: base and final (other weights)."""
+    from conftest import save_tiny_model
+
+    run = root / "runs" / "full"
+    (run / "ui").mkdir(parents=True)
+    (run / "ui" / "run.json").write_text(json.dumps({"name": "full", "kind": "sft", "status": "done", "created": 1}))
+    for cfg in (run / "ui" / "config.yaml", run / "config.yaml"):
+        cfg.write_text(f"model:\n  path: {tiny_model_dir}\n")
+    (run / "metrics.jsonl").write_text('{"kind": "done", "step": 3}\n')
+    save_tiny_model(run / "final" / "model", tokenizer, seed=1)
+    tokenizer.save_pretrained(run / "final" / "tokenizer")
+    prompts = [{"instruction": "你好", "output": "你好呀"}, {"instruction": "今天天气怎么样？", "output": "晴"}]
+    (root / "data" / "golden.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts))
+    return run
+
+
+def test_golden_report_over_chosen_checkpoints_is_served_without_scripts(root, full_run, tokenizer):
+    from conftest import save_tiny_model
+
+    save_tiny_model(full_run / "checkpoints" / "step-000001" / "model", tokenizer, seed=2)
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=120) as c:
+        assert c.get("/api/runs/full/golden_report.html").status_code == 400  # none yet
+        body = {"run": "full", "ckpts": ["final"], "prompts": "data/golden.jsonl", "max_new_tokens": 4}
+        r = c.post("/api/golden", json=body).json()
+        assert r["report"] == "/api/runs/full/golden_report.html" and [x["label"] for x in r["rows"]] == ["final"]
+        answered = lambda: [json.loads(x)["step"] for x in (full_run / "golden.jsonl").read_text().splitlines()]  # noqa: E731
+        assert answered() == [3, 3]  # step 1 was not chosen
+        page = c.get(r["report"])
+        assert page.status_code == 200 and "今天天气怎么样？" in page.text
+        assert page.headers["content-security-policy"].startswith("default-src 'none'")
+        r = c.post("/api/golden", json=body | {"ckpts": ["step-000001", "final"]}).json()
+        assert [x["label"] for x in r["rows"]] == ["step-000001", "final"] and answered() == [3, 3, 1, 1]
+        refused = [({"ckpts": ["base"]}, "base model"), ({"ckpts": ["../x"]}, "no checkpoint"),
+                   ({"ckpts": []}, "at least one"), ({"prompts": "../secret.jsonl"}, "outside the")]  # fmt: skip
+        for bad, why in refused:
+            r = c.post("/api/golden", json=body | bad)
+            assert r.status_code == 400 and why in r.json()["error"], bad
+
+
+def test_arena_on_chosen_checkpoints_is_mounted_behind_the_token_and_kept(root, full_run):
+    with running(app_for(root, "tok")) as base, httpx.Client(base_url=base, timeout=120) as c:
+        c.headers["X-Weitiao-Token"] = "tok"
+        body = {"ckpts": ["full/base", "full/final"], "prompts": "data/golden.jsonl", "max_new_tokens": 4}
+        refused = [({"ckpts": ["full/final"]}, "at least two"), ({"ckpts": ["full/base", "full/x"]}, "no checkpoint"),
+                   ({"prompts": "../secret.jsonl"}, "outside the allowed")]  # fmt: skip
+        for bad, why in refused:
+            r = c.post("/api/arenas", json=body | bad)
+            assert r.status_code == 400 and why in r.json()["error"], bad
+        made = c.post("/api/arenas", json=body).json()
+        assert made["url"] == f"/arena/{made['id']}/" and made["models"] == ["full/base", "full/final"]
+        assert "<html" in c.get(made["url"]).text.lower()
+        rnd = c.get(made["url"] + "api/round").json()
+        assert rnd["prompt"] in ("你好", "今天天气怎么样？") and {"a", "b"} <= set(rnd)
+        assert httpx.get(base + made["url"]).status_code == 401  # the console's token guards the arena too
+    with running(app_for(root, "tok")) as base, httpx.Client(base_url=base, headers={"X-Weitiao-Token": "tok"}) as c:
+        listed = c.get("/api/arenas").json()  # a restarted console finds and serves it again
+        assert [(a["id"], a["models"], a["votes"]) for a in listed] == [(made["id"], made["models"], 0)]
+        assert c.get(made["url"]).status_code == 200

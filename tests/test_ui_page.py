@@ -1,6 +1,8 @@
-"""`weitiao ui` in real headless Chromium (Selenium), end to end on the shipped demo model: an SFT run made
-from the form, its live chart, chat with the result, two checkpoints side by side, export, data preview,
-the language switch, and markup in file names and model replies shown as text.
+"""`weitiao ui` in real headless Chromium (Selenium), end to end on the shipped demo model, the way a newcomer
+goes: the demo preset fills the form (the shipped data is a read-only root), an SFT run starts from it, its
+live chart, export, the golden-set report and a blind-vote arena over chosen checkpoints, chat with the result,
+two checkpoints side by side, data preview and mix ratios, the language switch (field help too), and markup in
+file names, logs and model replies shown as text.
 
 With WEITIAO_UI_SHOTS=DIR it also saves a PNG of each tab in both languages (scripts/ui_screenshots.py).
 """
@@ -12,9 +14,11 @@ import os
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 from loopback import running
 
+from weitiao.demo import DATA_DIR
 from weitiao.ui.app import create_app
 from weitiao.ui.paths import Roots
 from weitiao.ui.runs import RunStore
@@ -43,13 +47,16 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
     rows = DEMO_DATA.read_text(encoding="utf-8").splitlines()[:40]
     (root / "data" / "style.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
     (root / "data" / f"{XSS}.jsonl").write_text(rows[0] + "\n", encoding="utf-8")
+    (tmp_path / "secret.jsonl").write_text(rows[1] + "\n", encoding="utf-8")  # outside the root
+    golden = DATA_DIR.joinpath("heldout_style.jsonl").read_text(encoding="utf-8").splitlines()[:3]
+    (root / "data" / "golden.jsonl").write_text("\n".join(golden) + "\n", encoding="utf-8")
     bad = root / "runs" / "bad"  # a run that diverged, with markup in what it wrote
     (bad / "ui").mkdir(parents=True)
     (bad / "ui" / "run.json").write_text(json.dumps({"name": "bad", "kind": "sft", "status": "failed", "created": 1}))
     (bad / "ui" / "log.txt").write_text(f"error: {XSS}\n")
     events = [{"kind": "train", "step": 1, "loss": 2.0}, {"kind": "diverged", "step": 2, "message": f"loss nan {XSS}"}]
     (bad / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
-    stores = (Roots([root]), RunStore(root / "runs"))
+    stores = (Roots([root], read_only=[DATA_DIR]), RunStore(root / "runs"))  # as `weitiao ui` serves
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium")
@@ -69,18 +76,30 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
         def shot(name: str) -> None:
             if shots:
                 lang = driver.execute_script("window.scrollTo(0, 0); return window.weitiaoUI.lang")
+                if name == "watch":  # the whole tab: charts, checkpoints, golden report and arena, log
+                    height = driver.execute_script("return document.documentElement.scrollHeight")
+                    driver.set_window_size(1400, min(height + 100, 1700))
                 driver.save_screenshot(str(Path(shots) / f"{name}-{lang}.png"))
+                driver.set_window_size(1400, 1000)
 
         try:
             driver.get(base + "/")
             wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
             assert driver.find_element(By.CSS_SELECTOR, '.tab[data-tab="chat"]').text == "对话"  # from the browser
 
-            # 1. the form: generated fields, the data file from the picker (file names shown as text)
+            # 1. the form: the demo preset (shipped model and data), Chinese field help, a data file from the
+            # picker (file names shown as text), a few keys made small for the test
+            help_of = lambda k: field(k).find_element(By.XPATH, "following-sibling::span[@class='help']").text  # noqa: E731
+            assert help_of("train.lr") == "默认 LoRA 2e-4，全参数微调 2e-5"
+            by_id("preset-btn").click()
+            value = lambda k: field(k).get_attribute("value")  # noqa: E731
+            wait.until(lambda d: value("data.eval") == json.dumps([str(DATA_DIR / "heldout_style.jsonl")]))
+            assert json.loads(value("data.train"))[1] == str(DATA_DIR / "safety.jsonl")
+            assert value("model.path") == "demo" and value("train.lr") == "0.003" and value("model.quant") == "4bit"
             by_id("run-name").clear()
             by_id("run-name").send_keys("demo1")
             settings = {"train.max_steps": "4", "train.save_every": "2", "train.eval_every": "2", "train.lr": "3e-3",
-                        "train.micro_batch_size": "2", "data.max_len": "64", "data.eval_split": "0.1"}  # fmt: skip
+                        "train.micro_batch_size": "2", "data.max_len": "64", "data.train": ""}  # fmt: skip
             for key, value in settings.items():
                 field(key).clear()
                 field(key).send_keys(value)
@@ -101,6 +120,8 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             wait.until(lambda d: "qlora" in by_id("estimate").text)
             Select(field("model.quant")).select_by_value("none")
             wait.until(lambda d: d.execute_script("return window.weitiaoUI.estimate.method") == "lora")
+            by_id("preview-btn").click()
+            wait.until(lambda d: "quant: none" in by_id("yaml").text)
             shot("runs")
 
             # 2. start; the chart fills from metrics.jsonl while it runs; the run ends done with checkpoints
@@ -117,7 +138,26 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             assert "step 4/4" in by_id("log").text and not by_id("banner").is_displayed()
             shot("watch")
 
-            # 3. export the final adapter with one click
+            # 3. the golden-set report and an arena over the chosen checkpoints (prompts: the demo's by default)
+            assert by_id("eval-prompts").get_attribute("value") == str(DATA_DIR / "heldout_style.jsonl")
+            by_id("eval-prompts").clear()
+            by_id("eval-prompts").send_keys("data/golden.jsonl")
+            for c in ("base", "step-000002", "final"):
+                driver.find_element(By.CSS_SELECTOR, f'#checkpoints input[data-choose="{c}"]').click()
+            by_id("golden-btn").click()
+            WebDriverWait(driver, 120).until(lambda d: d.find_elements(By.ID, "golden-link"))
+            labels = [r.text.split()[0] for r in driver.find_elements(By.CSS_SELECTOR, "#golden-table tbody tr")]
+            assert labels == ["step-000002", "step-000004"]  # final is step 4's weights; base has no answers
+            report = httpx.get(by_id("golden-link").get_attribute("href"))
+            assert report.status_code == 200 and json.loads(golden[0])["instruction"] in report.text
+            by_id("arena-btn").click()
+            WebDriverWait(driver, 120).until(lambda d: d.find_elements(By.ID, "arena-link"))
+            arena_url = by_id("arena-link").get_attribute("href")
+            assert by_id("golden-link").is_displayed()  # both results stay linked
+            wait.until(lambda d: "demo1/base · demo1/final · demo1/step-000002 · 0" in by_id("arena-list").text)
+            shot("watch")
+
+            # 4. export the final adapter with one click
             driver.find_element(By.CSS_SELECTOR, '#checkpoints li[data-ckpt="final"] button:nth-of-type(2)').click()
             wait.until(lambda d: "exports/final-adapter" in by_id("export-result").text)
             assert (root / "runs/demo1/exports/final-adapter/adapter_config.json").is_file()
@@ -125,7 +165,7 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             WebDriverWait(driver, 120).until(lambda d: "exports/step-000002-gguf-f16" in by_id("export-result").text)
             assert (root / "runs/demo1/exports/step-000002-gguf-f16/model-f16.gguf").stat().st_size > 1e6
 
-            # 4. chat with the result, and step 2 beside it on the same prompt (streamed replies)
+            # 5. chat with the result, and step 2 beside it on the same prompt (streamed replies)
             wait.until(lambda d: "demo1/final" in [o.get_attribute("value") for o in Select(by_id("chat-a")).options])
             driver.find_element(By.CSS_SELECTOR, '#checkpoints li[data-ckpt="final"] button').click()
             assert by_id("tab-chat").is_displayed() and by_id("chat-a").get_attribute("value") == "demo1/final"
@@ -138,7 +178,7 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
                 assert driver.find_element(By.CSS_SELECTOR, replies.format(side)).text.strip()
             shot("chat")
 
-            # 5. markup in a reply is shown as text, never run
+            # 6. markup in a reply is shown as text, never run
             def fake_stream(*args, **kwargs):
                 yield from (XSS[:5], XSS[5:])
 
@@ -156,18 +196,43 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             by_id("chat-send").click()
             wait.until(lambda d: all(d.find_elements(By.CSS_SELECTOR, replies.format(s)) for s in "ab"))
 
-            # 6. data preview: the rendered template, trained tokens highlighted
+            # 7. data preview: the rendered template, trained tokens highlighted; a mix and its ratios
             tab("data")
+            by_id("data-path").send_keys("data/../../secret.jsonl")  # path traversal to a real file: refused
+            by_id("data-show").click()
+            wait.until(lambda d: "outside the allowed folders" in by_id("data-info").text)
+            by_id("data-path").clear()
             by_id("data-path").send_keys("data/style.jsonl")
             by_id("data-show").click()
             wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#data-view span.trained"))
             assert "<|im_start|>assistant" in by_id("data-view").text
-            assert "rows read / kept / rejected\n40 / 40 / 0" in by_id("data-check").text
+            assert "读入 / 保留 / 拒绝的行\n40 / 40 / 0" in by_id("data-check").text
+            assert not by_id("mix-report").is_displayed()
+            by_id("mix-pick").click()
+            wait.until(lambda d: by_id("picker").is_displayed())
+            driver.find_element(By.CSS_SELECTOR, "#picker-list a").click()
+            wait.until(lambda d: "data/" in by_id("picker-list").text)
+            driver.find_element(By.LINK_TEXT, "data/").click()
+            wait.until(lambda d: "style.jsonl" in by_id("picker-list").text)
+            driver.find_element(By.LINK_TEXT, "style.jsonl").click()
+            assert by_id("mix-sources").get_attribute("value") == f"{root}/data/style.jsonl:1"
+            by_id("mix-sources").send_keys(f"\n{DATA_DIR}/safety.jsonl:0.25")
+            by_id("mix-total").send_keys("50")
+            by_id("mix-out").send_keys("data/mixed.jsonl")
+            by_id("mix-run").click()
+            mix_rows = "return [...document.querySelectorAll('#mix-report tbody tr')].map((r) => r.innerText)"
+            want = ["style.jsonl\t40\t0\t40\t1.00x\t80.0%\t80.0%", "safety.jsonl\t150\t0\t10\t0.07x\t20.0%\t20.0%"]
+            wait.until(lambda d: d.execute_script(mix_rows) == want)
+            by_id("data-show").click()  # the mixed file: its preview shows the ratios it was made with
+            wait.until(lambda d: "mixed.jsonl" in by_id("data-info").text and d.execute_script(mix_rows) == want)
             shot("data")
 
-            # 7. English, kept across a reload; the run list still has the run (state on disk)
+            # 8. English, kept across a reload; the run list still has the run (state on disk)
             by_id("lang").click()
             assert driver.find_element(By.CSS_SELECTOR, '.tab[data-tab="chat"]').text == "Chat"
+            assert "rows read / kept / rejected\n50 / 50 / 0" in by_id("data-check").text  # the mixed file's
+            tab("runs")
+            assert help_of("train.lr") == "default 2e-4 with LoRA, 2e-5 full fine-tuning"
             for name in ("data", "chat", "watch"):
                 tab(name)
                 shot(name)
@@ -190,7 +255,7 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             wait.until(lambda d: "max_steps" in by_id("yaml").text)
             shot("runs")
 
-            # 8. the banner for a diverged, failed run; its message and log shown as text
+            # 9. the banner for a diverged, failed run; its message and log shown as text
             tab("watch")
             Select(by_id("watch-run")).select_by_value("bad")
             wait.until(lambda d: by_id("banner").is_displayed())
@@ -204,7 +269,14 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             driver.execute_script(html, XSS)
             wait.until(lambda d: d.execute_script("return window.__xss") == 1)
 
-            # 9. a console started with a token: refused without it; ?token= logs the browser in (cookie)
+            # 10. the arena made in step 3: a blind round between two of the chosen checkpoints, names after the vote
+            driver.get(arena_url)
+            wait.until(lambda d: d.find_element(By.ID, "answer-a").text.strip() != "")
+            assert not by_id("name-a").is_displayed()
+            by_id("vote-a").click()
+            wait.until(lambda d: by_id("name-a").text.startswith("A = demo1/"))
+
+            # 11. a console started with a token: refused without it; ?token= logs the browser in (cookie)
             driver.get(remote + "/")
             assert "token required" in driver.find_element(By.TAG_NAME, "body").text
             driver.get(remote + "/?token=tok-123")

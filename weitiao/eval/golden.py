@@ -18,7 +18,7 @@ import hashlib
 import html
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -381,8 +381,9 @@ def golden_report(
     judge: Any = None,
     settings: MetricSettings | None = None,
     out: str | Path | None = None,
+    steps: Collection[int] | None = None,
 ) -> tuple[Path, GoldenResult]:
-    """Steps 1–5 above; returns the report path and the numbers behind it."""
+    """Steps 1–5 above, over the checkpoints at `steps` (default all); returns the report path and the numbers."""
     run_dir = Path(run_dir)
     if select not in SELECT:
         raise UserError(f"--select {select}: choose one of {', '.join(SELECT)}")
@@ -390,10 +391,13 @@ def golden_report(
         raise UserError("--select judge needs a judge: pass --judge-url and --judge-model")
     prompts = load_prompts(prompts_path)
     cfg, ckpts, metrics_log = read_run(run_dir)  # 1
+    if steps is not None:
+        ckpts = [c for c in ckpts if c.step in steps]
     if not ckpts and not (run_dir / GOLDEN_FILE).exists():
         raise UserError(f"{run_dir}: no checkpoints (checkpoints/step-*/ or final/) and no {GOLDEN_FILE}")
     generate_missing(run_dir, cfg, ckpts, prompts, max_new_tokens)  # 2
-    res = evaluate_golden(read_golden(run_dir / GOLDEN_FILE), prompts, metrics_log, select, settings, judge)  # 3, 4
+    rows = [r for r in read_golden(run_dir / GOLDEN_FILE) if steps is None or r["step"] in steps]
+    res = evaluate_golden(rows, prompts, metrics_log, select, settings, judge)  # 3, 4
     path = Path(out) if out else run_dir / REPORT_FILE
     atomic_write_text(path, render_report(run_dir, prompts, res, metrics_log))  # 5
     return path, res

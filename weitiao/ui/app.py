@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import hmac
+import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -20,16 +22,21 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Red
 from fastapi.staticfiles import StaticFiles
 
 from weitiao.config import dump_config
+from weitiao.demo import DATA_DIR, DEMO_DIR
 from weitiao.errors import UserError
 from weitiao.ui import forms
 from weitiao.ui.chat import ChatModels
 from weitiao.ui.paths import Roots
+from weitiao.ui.results import Arenas
+from weitiao.ui.results import golden as golden_report
 from weitiao.ui.runs import RunStore
 
 STATIC = Path(__file__).with_name("static")
 COOKIE = "weitiao_ui_token"
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 MAX_CHAT_CHARS = 20_000
+# our own HTML reports, opened from the page: no scripts, no requests out; their inline styles and SVG still show
+REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 
 def page_lang(accept_language: str | None) -> str:
@@ -62,6 +69,9 @@ def warm_imports() -> None:
     import weitiao.calc.lora
     import weitiao.calc.plan
     import weitiao.data.check
+    import weitiao.dataeng.mix
+    import weitiao.eval.arena.app
+    import weitiao.eval.golden
     import weitiao.infer.export  # noqa: F401
 
 
@@ -97,6 +107,9 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
         return _error(400, str(e))
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    arenas = Arenas(runs)
+    for arena_id in arenas.ids():  # arenas made before a console restart keep their address
+        app.mount(f"/arena/{arena_id}", arenas.app_for(arena_id))
 
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request) -> HTMLResponse:
@@ -105,7 +118,16 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
 
     @app.get("/api/info")
     def info() -> dict:
-        return {"recipes": list(forms.RECIPES), "roots": [str(r) for r in roots.roots], "runs": str(runs.root)}
+        demo = str(DATA_DIR) if roots.inside(Path(os.path.realpath(DATA_DIR))) else None
+        return {"recipes": list(forms.RECIPES), "roots": [str(r) for r in roots.roots], "runs": str(runs.root),
+                "demo_data": demo}  # fmt: skip
+
+    @app.get("/api/preset/sft")
+    def preset() -> dict:
+        """`weitiao demo`'s SFT config as form values (its data paths made absolute; train.out is the console's)."""
+        if not roots.inside(Path(os.path.realpath(DATA_DIR))):
+            raise UserError("the demo preset needs the shipped demo data among the roots (`weitiao ui` adds it)")
+        return forms.preset(DEMO_DIR / "sft.yaml")
 
     @app.get("/api/form/{kind}")
     def form(kind: str) -> list[dict]:
@@ -157,6 +179,53 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
         text = (runs.existing(name) / "ui" / "config.yaml").read_text(encoding="utf-8")
         disposition = f'attachment; filename="{name}.yaml"'
         return PlainTextResponse(text, media_type="application/x-yaml", headers={"Content-Disposition": disposition})
+
+    @app.get("/api/runs/{name}/golden_report.html")
+    def golden_file(name: str) -> HTMLResponse:
+        path = runs.existing(name) / "golden_report.html"
+        if not path.is_file():
+            raise UserError(f"run {name}: no golden report yet; make one from the checkpoints list")
+        return HTMLResponse(path.read_text(encoding="utf-8"), headers={"Content-Security-Policy": REPORT_CSP})
+
+    @app.post("/api/golden")
+    def golden(body: dict) -> dict:
+        ckpts = body.get("ckpts")
+        if not isinstance(ckpts, list) or not all(isinstance(c, str) for c in ckpts):
+            raise UserError("ckpts: a list of checkpoint names")
+        prompts = roots.resolve(str(body.get("prompts") or ""), "golden prompts")
+        max_new = min(int(body.get("max_new_tokens") or 64), 512)
+        return golden_report(runs, str(body.get("run")), ckpts, prompts, max_new)
+
+    @app.get("/api/arenas")
+    def arena_list() -> list[dict]:
+        return arenas.list()
+
+    @app.post("/api/arenas")
+    def arena_create(body: dict) -> dict:
+        entries = body.get("ckpts")
+        if not isinstance(entries, list):
+            raise UserError("ckpts: a list of run/checkpoint names")
+        prompts = roots.resolve(str(body.get("prompts") or ""), "arena prompts")
+        made = arenas.create(entries, prompts, min(int(body.get("max_new_tokens") or 64), 512))
+        app.mount(f"/arena/{made['id']}", arenas.app_for(made["id"]))
+        return made
+
+    @app.post("/api/mix")
+    def mix(body: dict) -> dict:
+        """`weitiao data mix` from the page: sources [{path, ratio}], a new output file inside the roots."""
+        from weitiao.dataeng.mix import run as mix_run
+
+        sources = body.get("sources")
+        if not isinstance(sources, list) or not all(isinstance(x, dict) for x in sources):
+            raise UserError("sources: a list of {path, ratio}")
+        specs = [f"{roots.resolve(str(x.get('path') or ''), 'mix source')}:{x.get('ratio')}" for x in sources]
+        out = roots.resolve(str(body.get("out") or ""), "mix output", write=True)
+        if out.exists():
+            raise UserError(f"mix output {out}: exists already; choose a new file name")
+        if not out.parent.is_dir():
+            raise UserError(f"mix output {out}: no folder {out.parent}")
+        total = body.get("total")
+        return mix_run(specs, out, int(total) if total not in (None, "") else None, int(body.get("seed") or 0))
 
     @app.get("/api/files")
     def files(path: str | None = None) -> dict:
@@ -247,9 +316,13 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
         if not 0 <= index < len(rows):
             raise UserError(f"index {index}: {path} has {len(rows)} rows (0..{len(rows) - 1})")
         enc, segments = show_example(rows[index], tok, template, EncodeOptions(max_len, train_on_prompt, "all", "cut"))
+        report = Path(f"{file}.report.json")  # written next to a file by `weitiao data mix`
+        mixed = None
+        if report.is_file():
+            mixed = json.loads(roots.resolve(str(report), "mix report").read_text(encoding="utf-8"))
         return {"rows": len(rows), "source": rows[index].source, "segments": segments,
                 "tokens": len(enc) if enc else 0, "trained": enc.n_trained if enc else 0,
-                "check": asdict(check_file([file], tok, template, max_len))}  # fmt: skip
+                "check": asdict(check_file([file], tok, template, max_len)), "mix": mixed}  # fmt: skip
 
     return app
 
@@ -265,7 +338,7 @@ def serve(host: str, port: int, roots: list[Path], runs_dir: Path | None, token:
     """Run the console; off loopback a token is required (generated and printed when not given)."""
     import uvicorn
 
-    allowed = Roots(roots)
+    allowed = Roots(roots, read_only=[DATA_DIR])  # the demo data: a newcomer's first run needs no files of their own
     store = RunStore(runs_dir.resolve() if runs_dir else allowed.roots[0] / "runs")
     token = needed_token(host, token)
     app = create_app(allowed, store, token)

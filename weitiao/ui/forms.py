@@ -8,6 +8,7 @@ renamed or new config key shows up without touching the console. Values come bac
 from __future__ import annotations
 
 import importlib
+import json
 import types
 import typing
 from pathlib import Path
@@ -16,8 +17,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from weitiao.config import path_keys
+from weitiao.config import path_keys, read_yaml_mapping, resolve_paths
 from weitiao.errors import UserError
+from weitiao.ui.help_zh import zh
 from weitiao.ui.paths import Roots
 
 RECIPES = ("sft", "dpo", "rm", "ppo")
@@ -73,7 +75,8 @@ def as_text(value: Any) -> str:
 
 
 def form(cls: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[dict]:
-    """Every key of `cls`: {key, name, widget, default, help, required, choices?, path?} or a section with fields."""
+    """Every key of `cls`: {key, name, widget, default, help, help_zh, required, choices?, path?} or a section
+    with fields (help_zh: the Chinese help, weitiao.ui.help_zh)."""
     paths = path_keys(cls)
     out: list[dict] = []
     for name, f in cls.model_fields.items():
@@ -83,14 +86,16 @@ def form(cls: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[dict]:
             doc = (sub.__doc__ or "").strip().splitlines()
             # a section that defaults to None (ppo.critic_lora) is sent only when the user switches it on
             off = not f.is_required() and f.get_default(call_default_factory=True) is None
-            out.append({"key": ".".join(key), "name": name, "widget": "section", "help": f.description or
-                        (doc[0] if doc else ""), "optional": off, "fields": form(sub, key)})  # fmt: skip
+            text = f.description or (doc[0] if doc else "")
+            out.append({"key": ".".join(key), "name": name, "widget": "section", "help": text, "help_zh": zh(text),
+                        "optional": off, "fields": form(sub, key)})  # fmt: skip
             continue
         default = None if f.is_required() else f.get_default(call_default_factory=True)
         item: dict[str, Any] = {
             "key": ".".join(key),
             "name": name,
             "help": f.description or "",
+            "help_zh": zh(f.description or ""),
             "required": f.is_required(),
             "optional": type(None) in _args(_strip(f.annotation)),
         }
@@ -169,3 +174,21 @@ def build(kind: str, values: dict[str, Any], roots: Roots, out: Path) -> BaseMod
         err = e.errors()[0]
         more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
         raise UserError(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}{more}") from None
+
+
+def preset(path: Path, kind: str = "sft") -> dict[str, Any]:
+    """A config file as form values {dotted key: text or bool}, its paths made absolute; train.out left out
+    (each console run has its own folder)."""
+    data = resolve_paths(read_yaml_mapping(path), config_class(kind), path.parent)
+    out: dict[str, Any] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif f"{prefix}{k}" != "train.out":
+                # lists as JSON, which the page's file picker appends to
+                out[f"{prefix}{k}"] = v if isinstance(v, bool) else json.dumps(v) if isinstance(v, list) else as_text(v)
+
+    walk(data, "")
+    return out

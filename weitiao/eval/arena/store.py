@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 from weitiao.errors import UserError, where
 from weitiao.io import read_jsonl
@@ -219,12 +220,18 @@ def pregenerate(spec: str, prompts: Path | None, max_new_tokens: int = 128, seed
 
 
 def _answer_all(name: str, model: str, adapter: str | None, ps: list, max_new_tokens: int, seed: int) -> list[dict]:
-    """One model's answers as arena rows; a multi-turn prompt is shown as `role: text` lines."""
-    from weitiao.data.templates import resolve_template
     from weitiao.infer.chat import load_chat_model
-    from weitiao.infer.generate import generate
 
     m, tok = load_chat_model(model, adapter)
+    return answer_rows(name, m, tok, ps, max_new_tokens, seed)
+
+
+def answer_rows(name: str, m: Any, tok: Any, ps: list, max_new_tokens: int = 128, seed: int = 0) -> list[dict]:
+    """A loaded model's answers as arena rows (temperature 0.7, top-p 0.9, seeded); a multi-turn prompt is
+    shown as `role: text` lines."""
+    from weitiao.data.templates import resolve_template
+    from weitiao.infer.generate import generate
+
     convs = [p.messages for p in ps]
     gens = generate(m, tok, resolve_template(tok, "auto"), convs, max_new_tokens, 0.7, 0.9, seed=seed)
     rows = []

@@ -20,6 +20,16 @@ const T = {
     w_failed: "运行失败", w_lost: "进程已不在（机器重启？）可以续训", step: "步",
     c_loss: "训练损失", c_eval_loss: "验证损失", c_lr: "学习率", c_grad_norm: "梯度范数", c_tokens_per_s: "token/秒", c_accuracy: "偏好准确率", c_eval_accuracy: "验证准确率", c_margins: "奖励差", c_margin: "奖励差",
     c_score: "奖励分", c_kl: "KL", c_response_length: "回复长度", c_eos_rate: "EOS 比例",
+    demo_preset: "填入演示配置（demo 模型 + 自带数据）", results: "评估：黄金集报告与竞技场", eval_prompts: "提示文件",
+    golden: "黄金集报告", arena: "开竞技场（盲评投票）", checkpoint: "检查点", choose: "选中",
+    results_help: "勾选上面的检查点：黄金集报告逐个检查点回答同一组提示并打分；竞技场让选中的检查点（至少两个）匿名两两对比投票。",
+    open_report: "打开黄金集报告", open_arena: "打开竞技场", arena_item: "竞技场", votes: "票", working: "运行中…",
+    mix_ratios: "数据配比（data mix）", mix_help: "每行一个 文件:比例；按比例上/下采样并跨来源去重，写出新文件和配比报告。",
+    mix_total: "总行数（可空）", mix_out: "输出文件", mix_run: "混合", mix_source: "来源", mix_read: "读入",
+    mix_dups: "重复", mix_picked: "选取", mix_upsample: "采样倍数", mix_target: "目标比例", mix_achieved: "实际比例",
+    di_rows: "行", di_tokens: "token 数", di_trained: "训练的 token", dc_format: "格式 / 模板", dc_rows: "读入 / 保留 / 拒绝的行",
+    dc_tokens: "token 数 最小 / 平均 / p95 / 最大", dc_over: "超过 max_len 的行：max_len =", dc_dups: "重复的行 / 提示",
+    dc_eos: "缺少 EOS 的行", dc_untrained: "没有训练 token 的行",
   },
   en: {
     title: "weitiao console", tab_runs: "Runs", tab_watch: "Watch", tab_chat: "Chat", tab_data: "Data",
@@ -38,6 +48,16 @@ const T = {
     w_failed: "Run failed", w_lost: "Process gone (machine restarted?); you can resume", step: "step",
     c_loss: "train loss", c_eval_loss: "eval loss", c_lr: "learning rate", c_grad_norm: "grad norm", c_tokens_per_s: "tokens/s", c_accuracy: "preference accuracy", c_eval_accuracy: "eval accuracy", c_margins: "reward margin",
     c_margin: "reward margin", c_score: "score", c_kl: "KL", c_response_length: "reply length", c_eos_rate: "EOS rate",
+    demo_preset: "Fill in the demo (demo model + shipped data)", results: "Evaluate: golden-set report and arena", eval_prompts: "Prompt file",
+    golden: "Golden-set report", arena: "Open an arena (blind votes)", checkpoint: "Checkpoint", choose: "choose",
+    results_help: "Tick checkpoints above: the golden-set report has each answer the same prompts, scored; the arena lets people vote blind between the chosen ones (two or more).",
+    open_report: "Open the golden-set report", open_arena: "Open the arena", arena_item: "Arena", votes: "votes", working: "working…",
+    mix_ratios: "Mix ratios (data mix)", mix_help: "One FILE:RATIO per line; up/down-sampled to the ratios and deduplicated across sources, written to a new file with a report.",
+    mix_total: "Total rows (optional)", mix_out: "Output file", mix_run: "Mix", mix_source: "Source", mix_read: "read",
+    mix_dups: "duplicates", mix_picked: "picked", mix_upsample: "upsample", mix_target: "target", mix_achieved: "achieved",
+    di_rows: "rows", di_tokens: "tokens", di_trained: "trained", dc_format: "format / template", dc_rows: "rows read / kept / rejected",
+    dc_tokens: "tokens min / mean / p95 / max", dc_over: "rows over max_len", dc_dups: "duplicate rows / prompts",
+    dc_eos: "rows missing EOS", dc_untrained: "rows with no trained token",
   },
 };
 // charts drawn when a run logs the key: every recipe's loss/lr/...; DPO/RM accuracy and margins; PPO score, KL, length
@@ -46,7 +66,7 @@ const CHARTS = ["loss", "eval_loss", "lr", "grad_norm", "tokens_per_s", "accurac
 const STEP_INCRS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 500000];
 const num = (v) => (v !== 0 && Math.abs(v) < 0.01 ? v.toExponential(1) : String(+v.toPrecision(4)));
 const $ = (id) => document.getElementById(id);
-const ui = { lang: "zh", form: [], runs: [], watch: null, offset: 0, series: {}, charts: {}, history: { a: [], b: [] } };
+const ui = { lang: "zh", form: [], runs: [], watch: null, chosen: new Set(), offset: 0, series: {}, charts: {}, history: { a: [], b: [] } };
 window.weitiaoUI = ui; // for tests and curious users
 
 function t(key) { return (T[ui.lang] && T[ui.lang][key]) || T.en[key] || key; }
@@ -74,6 +94,7 @@ function setLang(lang) {
   document.documentElement.lang = ui.lang;
   try { localStorage.setItem("weitiao-lang", ui.lang); } catch (e) { /* private mode */ }
   for (const e of document.querySelectorAll("[data-i18n]")) e.textContent = t(e.dataset.i18n);
+  for (const e of document.querySelectorAll("[data-help-en]")) e.textContent = e.dataset["help" + (ui.lang === "zh" ? "Zh" : "En")];
   $("lang").textContent = t("lang");
   renderRuns();
   renderEstimate(ui.estimate);
@@ -104,12 +125,25 @@ async function loadForm() {
   const form = $("config-form");
   form.replaceChildren(...ui.form.map((f) => renderField(f)));
   $("run-name").value = kind + "-" + new Date().toISOString().slice(0, 19).replace(/[-:T]/g, "");
+  $("preset-btn").hidden = !(ui.info.demo_data && kind === "sft");
   refreshEstimate();
+}
+async function applyPreset() { // `weitiao demo`'s config: the shipped model and data, nothing to find first
+  $("form-error").textContent = "";
+  try {
+    const values = await api("/api/preset/sft");
+    for (const [k, v] of Object.entries(values)) {
+      const i = document.querySelector(`#config-form [data-key="${CSS.escape(k)}"]`);
+      if (!i || i.disabled) continue;
+      if (i.type === "checkbox") i.checked = !!v; else i.value = v;
+    }
+    refreshEstimate();
+  } catch (e) { $("form-error").textContent = e.message; }
 }
 function renderField(f) {
   if (f.widget === "section") {
-    const legend = el("legend", { title: f.help });
-    const box = el("fieldset", { "data-section": f.key }, legend, el("p", { class: "help", text: f.help }), ...f.fields.map(renderField));
+    const legend = el("legend");
+    const box = el("fieldset", { "data-section": f.key }, legend, helpText("p", f, ""), ...f.fields.map(renderField));
     if (f.optional) { // off: the key stays null; on: its fields are sent
       const on = el("input", { type: "checkbox", "data-section-on": f.key });
       const sync = () => { for (const i of box.querySelectorAll("[data-key]")) i.disabled = !on.checked; };
@@ -144,8 +178,14 @@ function renderField(f) {
   input.addEventListener("change", refreshEstimate);
   const label = el("label", { class: "field" }, el("span", { class: "key", text: f.name, title: f.key }), input);
   if (f.path) label.append(el("button", { type: "button", text: "…", class: "pick", onclick: () => openPicker(input, f) }));
-  label.append(el("span", { class: "help", text: f.help + (f.default !== undefined && f.widget === "text" && f.default !== "" ? ` [${f.default}]` : "") }));
+  label.append(helpText("span", f, f.default !== undefined && f.widget === "text" && f.default !== "" ? ` [${f.default}]` : ""));
   return label;
+}
+// a key's help in both languages (tests/test_ui.py checks every key has its Chinese help); setLang swaps them
+function helpText(tag, f, suffix) {
+  const e = el(tag, { class: "help", "data-help-en": f.help + suffix, "data-help-zh": (f.help_zh || f.help) + suffix });
+  e.textContent = e.dataset["help" + (ui.lang === "zh" ? "Zh" : "En")];
+  return e;
 }
 function formValues() {
   const values = {};
@@ -234,7 +274,9 @@ async function pickerGo(path) {
 }
 function pick(path) {
   const { input, f } = ui.pickTarget;
-  if (f && f.list) {
+  if (f && f.lines) { // the mix sources: one FILE:RATIO per line
+    input.value = (input.value.trim() ? input.value.trim() + "\n" : "") + path + ":1";
+  } else if (f && f.list) {
     let items = [];
     try { items = JSON.parse(input.value || "[]"); } catch (e) { items = []; }
     if (!Array.isArray(items)) items = [];
@@ -262,6 +304,8 @@ function renderRuns() {
 }
 function fillRunSelects() {
   const keep = (sel, opts) => {
+    const same = opts.length === sel.options.length && opts.every((o, i) => o.value === sel.options[i].value && o.text === sel.options[i].text);
+    if (same) return; // unchanged: an open dropdown or a pick in progress is left alone
     const v = sel.value;
     sel.replaceChildren(...opts);
     if ([...sel.options].some((o) => o.value === v)) sel.value = v;
@@ -276,7 +320,8 @@ function fillRunSelects() {
 // ---- watch ----
 function watchRun(name) {
   if (ui.watch !== name) {
-    ui.watch = name; ui.offset = 0; ui.series = {}; ui.watchData = null;
+    ui.watch = name; ui.offset = 0; ui.series = {}; ui.watchData = null; ui.chosen = new Set();
+    $("golden-out").replaceChildren(); $("arena-out").replaceChildren(); $("golden-table").hidden = true;
     for (const c of Object.values(ui.charts)) c.destroy();
     ui.charts = {};
     $("charts").replaceChildren();
@@ -331,8 +376,18 @@ function renderWatch(d) {
   const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
   log.textContent = d.log;
   if (atEnd) log.scrollTop = log.scrollHeight;
+  const key = JSON.stringify([d.state.name, d.state.kind, d.checkpoints, ui.lang]);
+  if (key === ui.ckptKey) return; // unchanged: keep the list (a click on it is not lost to a redraw)
+  ui.ckptKey = key;
   $("checkpoints").replaceChildren(...d.checkpoints.map((c) => {
-    const li = el("li", { "data-ckpt": c }, el("span", { text: c }));
+    const li = el("li", { "data-ckpt": c });
+    if (d.state.kind !== "rm") { // chosen for the golden report (trained checkpoints) and the arena
+      const box = el("input", { type: "checkbox", "data-choose": c, title: t("choose") });
+      box.checked = ui.chosen.has(c);
+      box.addEventListener("change", () => { if (box.checked) ui.chosen.add(c); else ui.chosen.delete(c); });
+      li.append(box, " ");
+    }
+    li.append(el("span", { text: c }));
     if (d.state.kind !== "rm") { // a reward model scores, it does not chat
       li.append(" ", el("button", { text: t("chat_with"), onclick: () => { $("chat-a").value = d.state.name + "/" + c; showTab("chat"); } }));
     }
@@ -348,8 +403,38 @@ async function exportCkpt(run, ckpt, merge, gguf) {
   $("export-result").textContent = "…";
   try {
     const r = await api("/api/export", gguf ? { run, ckpt, merge, gguf } : { run, ckpt, merge });
-    $("export-result").textContent = `${t("exported")} ${r.out}\n${r.notes.join("\n")}`;
+    $("export-result").replaceChildren(el("span", { "data-i18n": "exported", text: t("exported") }), ` ${r.out}\n${r.notes.join("\n")}`);
   } catch (e) { $("export-result").textContent = e.message; }
+}
+// ---- golden-set report and arena over the chosen checkpoints ----
+async function goldenReport() {
+  const out = $("golden-out");
+  out.textContent = t("working");
+  try {
+    const r = await api("/api/golden", { run: ui.watch, ckpts: [...ui.chosen].filter((c) => c !== "base"), prompts: $("eval-prompts").value });
+    out.replaceChildren(el("a", { id: "golden-link", href: r.report, target: "_blank", rel: "noopener", "data-i18n": "open_report", text: t("open_report") }));
+    const cell = (v) => el("td", { text: v == null ? "" : num(v) });
+    $("golden-table").tBodies[0].replaceChildren(...r.rows.map((x) => el("tr", {},
+      el("td", { text: x.label + (x.recommended ? " ★" : "") }), cell(x.rougeL), cell(x.stop_rate), cell(x.loop_rate), cell(x.eval_loss))));
+    $("golden-table").hidden = false;
+  } catch (e) { out.textContent = e.message; }
+}
+async function openArena() {
+  const out = $("arena-out");
+  out.textContent = t("working");
+  try {
+    const ckpts = [...ui.chosen].map((c) => ui.watch + "/" + c);
+    const r = await api("/api/arenas", { ckpts, prompts: $("eval-prompts").value });
+    out.replaceChildren(el("a", { id: "arena-link", href: r.url, target: "_blank", rel: "noopener", "data-i18n": "open_arena", text: t("open_arena") }));
+    refreshArenas();
+  } catch (e) { out.textContent = e.message; }
+}
+async function refreshArenas() {
+  let list = [];
+  try { list = await api("/api/arenas"); } catch (e) { return; }
+  $("arena-list").replaceChildren(...list.map((a) => el("li", { "data-arena": a.id },
+    el("a", { href: a.url, target: "_blank", rel: "noopener" }, el("span", { "data-i18n": "arena_item", text: t("arena_item") }), " " + a.id),
+    ` ${a.models.join(" · ")} · ${a.votes} `, el("span", { "data-i18n": "votes", text: t("votes") }))));
 }
 async function runAction(action) {
   try { await api(`/api/runs/${encodeURIComponent(ui.watch)}/${action}`, {}); } catch (e) { $("watch-status").textContent = e.message; }
@@ -412,19 +497,44 @@ async function showData() {
   const q = new URLSearchParams({ path: $("data-path").value, index: $("data-index").value, model: $("data-model").value });
   try {
     const d = await api("/api/data?" + q);
-    $("data-info").textContent = `${d.source} · ${d.rows} rows · tokens ${d.tokens} · trained ${d.trained}`;
+    const word = (k) => el("span", { "data-i18n": k, text: t(k) }); // re-labelled by setLang
+    $("data-info").replaceChildren(`${d.source} · ${d.rows} `, word("di_rows"), " · ", word("di_tokens"), ` ${d.tokens} · `,
+      word("di_trained"), ` ${d.trained}`);
     $("data-view").replaceChildren(...d.segments.map(([text, trained]) => el("span", { class: trained ? "trained" : "masked", text })));
     const c = d.check;
     const rows = [
-      ["format / template", `${c.format} / ${c.template}`],
-      ["rows read / kept / rejected", `${c.read} / ${c.kept} / ${c.rejected}`],
-      ["tokens min / mean / p95 / max", `${c.length_min} / ${c.length_mean} / ${c.length_p95} / ${c.length_max}`],
-      [`rows over max_len ${c.max_len}`, c.over_max_len], ["duplicate rows / prompts", `${c.duplicate_rows} / ${c.duplicate_prompts}`],
-      ["rows missing EOS", c.missing_eos], ["rows with no trained token", c.no_trained_tokens],
+      ["dc_format", "", `${c.format} / ${c.template}`],
+      ["dc_rows", "", `${c.read} / ${c.kept} / ${c.rejected}`],
+      ["dc_tokens", "", `${c.length_min} / ${c.length_mean} / ${c.length_p95} / ${c.length_max}`],
+      ["dc_over", ` ${c.max_len}`, c.over_max_len], ["dc_dups", "", `${c.duplicate_rows} / ${c.duplicate_prompts}`],
+      ["dc_eos", "", c.missing_eos], ["dc_untrained", "", c.no_trained_tokens],
     ];
-    $("data-check").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })]),
+    $("data-check").replaceChildren(...rows.flatMap(([k, more, v]) => [el("dt", {}, word(k), more), el("dd", { text: String(v) })]),
       ...c.problems.map((p) => el("dd", { class: "error", text: p })), ...c.notes.map((n) => el("dd", { class: "help", text: n })));
+    if (d.mix) renderMix(d.mix); else $("mix-report").hidden = true;
   } catch (e) { $("data-info").textContent = e.message; $("data-view").replaceChildren(); $("data-check").replaceChildren(); }
+}
+
+// ---- data mix ----
+function renderMix(rep) {
+  const pct = (v) => (100 * v).toFixed(1) + "%";
+  $("mix-report").tBodies[0].replaceChildren(...rep.sources.map((r) => el("tr", {},
+    el("td", { text: r.source.split("/").pop(), title: r.source }), el("td", { text: r.read }), el("td", { text: r.duplicates }),
+    el("td", { text: r.picked }), el("td", { text: r.upsample.toFixed(2) + "x" }), el("td", { text: pct(r.target_ratio) }),
+    el("td", { text: pct(r.achieved_ratio) }))));
+  $("mix-report").hidden = false;
+}
+async function runMix() {
+  $("mix-error").textContent = "";
+  const sources = $("mix-sources").value.split("\n").map((l) => l.trim()).filter(Boolean).map((l) => {
+    const i = l.lastIndexOf(":");
+    return i < 0 ? { path: l, ratio: null } : { path: l.slice(0, i), ratio: l.slice(i + 1) };
+  });
+  try {
+    const rep = await api("/api/mix", { sources, total: $("mix-total").value || null, out: $("mix-out").value });
+    renderMix(rep);
+    $("data-path").value = rep.out; // preview the mixed file next
+  } catch (e) { $("mix-error").textContent = e.message; }
 }
 
 // ---- start ----
@@ -445,12 +555,20 @@ async function init() {
   $("data-show").addEventListener("click", showData);
   $("data-pick").addEventListener("click", () => openPicker($("data-path"), null));
   $("picker-close").addEventListener("click", () => { $("picker").hidden = true; });
+  $("preset-btn").addEventListener("click", applyPreset);
+  $("golden-btn").addEventListener("click", goldenReport);
+  $("arena-btn").addEventListener("click", openArena);
+  $("eval-pick").addEventListener("click", () => openPicker($("eval-prompts"), null));
+  $("mix-pick").addEventListener("click", () => openPicker($("mix-sources"), { lines: true }));
+  $("mix-run").addEventListener("click", runMix);
   setLang(initialLang());
   const info = ui.info = await api("/api/info");
   for (const k of info.recipes) $("recipe").append(el("option", { value: k, text: k }));
+  if (info.demo_data) $("eval-prompts").value = info.demo_data + "/heldout_style.jsonl";
   showTab("runs");
   await loadForm();
   await refreshRuns();
+  refreshArenas();
   setInterval(refreshRuns, 3000);
   document.body.dataset.ready = "1";
 }
