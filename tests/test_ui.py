@@ -202,7 +202,7 @@ def fake_python(tmp_path):
     return str(p)
 
 
-def wait_for(fn, timeout=20.0):
+def wait_for(fn, timeout=60.0):
     end = time.time() + timeout
     while time.time() < end:
         if (v := fn()) is not None and v is not False:
