@@ -1,4 +1,4 @@
-"""One SFT, DPO or RM run under accelerate's DeepSpeed ZeRO on CPU (gloo); launched by tests under torch.distributed.run.
+"""One SFT, DPO or RM run under accelerate's DeepSpeed ZeRO on CPU (gloo), launched under torch.distributed.run.
 
 DS_ACCELERATOR=cpu python -m torch.distributed.run --nproc_per_node=2 tests/zero_driver.py STAGE RECIPE override ...
 

@@ -136,15 +136,21 @@ class ZeroOptimizer:
         """DeepSpeed zeroes the gradients in its own step."""
 
     def base(self) -> Any:
-        """The torch AdamW inside DeepSpeed: its parameters are this process's flat fp32 partitions."""
+        """The torch AdamW inside DeepSpeed; it steps this process's flat fp32 partitions (`flat`)."""
         return self.steps.engine.optimizer.optimizer
+
+    def flat(self) -> list[torch.Tensor]:
+        """This process's flat fp32 partitions, the keys of AdamW's state (ZeRO-3 hands them to AdamW's
+        param groups only while it steps)."""
+        zero = self.steps.engine.optimizer
+        return list(getattr(zero, "fp32_partitioned_groups_flat", None) or zero.single_partition_of_fp32_groups)
 
     def state_dict(self) -> dict:
         """Collective: Adam's moments of every parameter gathered, as a one-process AdamW state dict."""
         from deepspeed.utils import safe_get_full_optimizer_state
 
         base = self.base()
-        first = base.state.get(base.param_groups[0]["params"][0], {})  # empty before the first step
+        first = base.state.get(self.flat()[0], {})  # empty before the first step
         keys = sorted(k for k, v in first.items() if torch.is_tensor(v) and v.dim() > 0)
         state = {}
         for i, p in enumerate(self.params) if first else ():
@@ -160,12 +166,11 @@ class ZeroOptimizer:
         base = self.base()
         if sd["state"]:
             step = next(iter(sd["state"].values()))["step"]
-            for g in base.param_groups:  # AdamW creates its state at the first step: create it now
-                for flat in g["params"]:
-                    s = base.state[flat]
-                    s["step"] = torch.as_tensor(step, dtype=torch.float32).clone()
-                    for k in ("exp_avg", "exp_avg_sq"):
-                        s.setdefault(k, torch.zeros_like(flat))
+            for flat in self.flat():  # AdamW creates its state at the first step: create it now
+                s = base.state[flat]
+                s["step"] = torch.as_tensor(step, dtype=torch.float32).clone()
+                for k in ("exp_avg", "exp_avg_sq"):
+                    s.setdefault(k, torch.zeros_like(flat))
             link = getattr(self.steps.engine.optimizer, "_lazy_init_hp_params_optimizer_state", None)
             if link is not None:  # ZeRO-1/2 link each parameter to its slice of that state
                 link()
