@@ -14,11 +14,13 @@ import pytest
 import torch
 import yaml
 from accelerate.utils import DistributedType
+from conftest import write_jsonl
 from safetensors.torch import load_file
+from test_dpo import make_pairs
 
 from weitiao.config import load_config
 from weitiao.errors import UserError
-from weitiao.recipes import sft
+from weitiao.recipes import dpo, rm, sft
 from weitiao.train import zero
 from weitiao.train.spec import TrainSpec
 
@@ -52,16 +54,18 @@ def launch(stage: int, recipe: str, args: list[str]) -> None:
 
 @needs_deepspeed
 @pytest.mark.slow
-@pytest.mark.parametrize("first, then", [(2, 3), (3, 2)])
-def test_zero_lora_sft_saves_what_one_process_trains(tiny_model_dir, chat_file, tmp_path, first, then):
+@pytest.mark.parametrize("recipe, first, then", [("sft", 2, 3), ("dpo", 3, 2), ("rm", 2, 3)])
+def test_zero_lora_run_saves_what_one_process_trains(tiny_model_dir, chat_file, tmp_path, recipe, first, then):
     """2 processes × 1 micro-batch under ZeRO-`first`, stopped after step 1, resumed under ZeRO-`then`
-    = 1 process × grad_accum 2 straight: the same adapters and optimizer state. So each stage's save
-    (partitions gathered) and restore (scattered back, fp32 master copy included) is checked, and a
-    checkpoint moves between stages. Before, DeepSpeed was refused; accelerate's own DeepSpeed path
-    steps inside backward on every micro-batch and saves one process's partition."""
+    = 1 process × grad_accum 2 straight: the same adapters (a reward model's with its score head) and
+    optimizer state. Each stage's save (partitions gathered) and restore (scattered back, the fp32
+    master copy included) is checked by some case, and a checkpoint moves between stages. Before,
+    DeepSpeed was refused; accelerate's own DeepSpeed path steps inside backward on every
+    micro-batch, and a plain save holds one process's partition."""
+    data = chat_file if recipe == "sft" else write_jsonl(tmp_path / "pairs.jsonl", make_pairs(24))
     common = [
         f"model.path={tiny_model_dir}",
-        f"data.train=[{chat_file}]",
+        f"data.train=[{data}]",
         "train.progress=false",
         "train.tensorboard=false",
         "train.micro_batch_size=1",
@@ -69,16 +73,18 @@ def test_zero_lora_sft_saves_what_one_process_trains(tiny_model_dir, chat_file, 
         "train.max_steps=2",
         "train.save_every=1",
         "lora.dropout=0",  # each process draws its own dropout masks, which one process cannot reproduce
-        "train.lr=5e-3",
+        "train.lr=2e-3",  # Adam's step is ~lr wherever a gradient is ~0: reduction-order noise scales with it
     ]
-    launch(first, "sft", [*common, f"train.out={tmp_path / 'zero'}", "train.stop_after=1"])
+    launch(first, recipe, [*common, f"train.out={tmp_path / 'zero'}", "train.stop_after=1"])
     assert not (tmp_path / "zero" / "final").exists()
-    launch(then, "sft", [*common, f"train.out={tmp_path / 'zero'}"])
-    sft.run(load_config(sft.SFTConfig, None, [*common, "train.grad_accum=2", f"train.out={tmp_path / 'one'}"]))
+    launch(then, recipe, [*common, f"train.out={tmp_path / 'zero'}"])
+    module, config = {"sft": (sft, sft.SFTConfig), "dpo": (dpo, dpo.DPOConfig), "rm": (rm, rm.RMConfig)}[recipe]
+    module.run(load_config(config, None, [*common, "train.grad_accum=2", f"train.out={tmp_path / 'one'}"]))
 
+    n = 29 if recipe == "rm" else 28  # 2 layers × 7 projections × (A, B), and the reward model's score head
     for sub in ("final", "checkpoints/step-000001", "checkpoints/step-000002"):
         a, b = adapter(tmp_path / "zero" / sub), adapter(tmp_path / "one" / sub)
-        assert a.keys() == b.keys() and len(a) == 28  # 2 layers × 7 projections × (A, B)
+        assert a.keys() == b.keys() and len(a) == n
         for k in a:
             torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
     step1 = adapter(tmp_path / "one" / "checkpoints" / "step-000001")
@@ -86,7 +92,7 @@ def test_zero_lora_sft_saves_what_one_process_trains(tiny_model_dir, chat_file, 
     for step in ("step-000001", "step-000002"):
         opt_z = torch.load(tmp_path / f"zero/checkpoints/{step}/trainer_state.pt", weights_only=False)["optimizer"]
         opt_1 = torch.load(tmp_path / f"one/checkpoints/{step}/trainer_state.pt", weights_only=False)["optimizer"]
-        assert opt_z["state"].keys() == opt_1["state"].keys() and len(opt_1["state"]) == 28
+        assert opt_z["state"].keys() == opt_1["state"].keys() and len(opt_1["state"]) == n
         for i, s in opt_1["state"].items():
             assert torch.equal(opt_z["state"][i]["step"], s["step"])
             for key in ("exp_avg", "exp_avg_sq"):

@@ -8,9 +8,9 @@ this driver sets the state accelerate would set on GPUs; everything after (prepa
 the engine, its ZeRO optimizer) is accelerate's and DeepSpeed's.
 """
 
+import importlib
 import sys
 
-import deepspeed.comm.torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DeepSpeedPlugin, DistributedType
 
@@ -20,7 +20,7 @@ from weitiao.train import dist
 
 # DeepSpeed builds a C++ shared-memory all-reduce for inference on first use (g++, seconds); training
 # never calls it, so the test needs no compiler.
-deepspeed.comm.torch.build_shm_op = lambda: None
+importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # the module, not torch
 
 
 def zero_on_cpu(stage: int) -> Accelerator:

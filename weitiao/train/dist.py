@@ -4,8 +4,8 @@ Under DDP (and one process) every process holds all weights: the main process sa
 Under FSDP2 each process holds a shard, so a save is collective: every process calls
 `full_weights`/`save_checkpoint`, the full state dict (weights, then optimizer) is gathered with
 `DTensor.full_tensor`, and the main process writes the same adapter/model folder and optimizer state a
-one-process run writes; a resume scatters them back into shards. Setups whose state we cannot save
-whole (DeepSpeed, FSDP1) are refused at start.
+one-process run writes; a resume scatters them back into shards. DeepSpeed ZeRO-2/3: see `zero`.
+Setups whose state we cannot save whole (FSDP1, other DeepSpeed setups) are refused at start.
 """
 
 from __future__ import annotations
