@@ -125,6 +125,7 @@ def test_zero_setups_we_cannot_step_or_save_are_refused_at_start(accel, match):
     assert "\n" not in str(e.value)
 
 
+@needs_deepspeed
 def test_shipped_zero_configs_pass_the_start_checks():
     """examples/accelerate/zero{2,3}.yaml → accelerate's DeepSpeedPlugin (as `accelerate launch` builds
     it) → accepted; negative control: the same with bf16 is refused."""
