@@ -59,4 +59,6 @@ def test_example_builds(path):
 def test_accelerate_configs_parse():
     for p in (ROOT / "examples" / "accelerate").glob("*.yaml"):
         data = yaml.safe_load(p.read_text())
-        assert data["distributed_type"] in {"MULTI_GPU", "FSDP", "MULTI_CPU"} and data["num_processes"] >= 1
+        assert (
+            data["distributed_type"] in {"MULTI_GPU", "FSDP", "MULTI_CPU", "DEEPSPEED"} and data["num_processes"] >= 1
+        )

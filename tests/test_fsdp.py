@@ -82,7 +82,6 @@ def test_fsdp2_lora_sft_saves_what_one_process_trains(tiny_model_dir, chat_file,
 @pytest.mark.parametrize(
     "kind, fsdp2, match",
     [
-        (DistributedType.DEEPSPEED, False, "DeepSpeed is not supported"),
         (DistributedType.FSDP, False, "fsdp_version 1 is not supported"),
     ],
 )

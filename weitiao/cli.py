@@ -214,10 +214,18 @@ def export(
     force: bool = typer.Option(False, help="replace a previous export in --out (never other files)"),
     model: str = typer.Option(None, help="base model to merge into (default: the one the adapter was trained on)"),
     gguf: str = typer.Option(None, help="with --merge, also write model-<type>.gguf (f16 or q8_0) by llama.cpp"),
+    for_: str = typer.Option(None, "--for", help="openrlhf or verl: the merged policy or reward model they load"),
 ) -> None:
     """Export a clean peft adapter dir, or a merged plain HF model with the training chat template."""
     from weitiao.infer import export as tool
 
+    if for_:
+        from weitiao.infer.rl_export import export_for
+
+        if merge or model or gguf or check:
+            raise UserError("--for writes a merged model itself; drop --merge, --model, --gguf and --check")
+        console.print(f"exported for {for_} → {export_for(for_, adapter, str(out), dtype, force)}")
+        return
     dest = tool.export(adapter, str(out), merge, dtype, force, model, gguf)
     console.print(f"exported → {dest}")
     for line in tool.serve_notes(dest):

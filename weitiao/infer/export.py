@@ -139,13 +139,8 @@ def export(
     replace = check_out(dest, adapter_dir, force)
     tokenizer = load_tokenizer(str(tok_dir) if tok_dir else spec.path)
     template = resolve_template(tokenizer, "auto")  # a run's tokenizer carries the training template
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export gets a normal new dir's mode
-    old = None
-    try:
+
+    def fill(tmp: Path) -> dict[str, Any]:
         if merge:
             merged = attach_adapter(dequantized_base(spec), adapter_dir, spec.path).merge_and_unload()
             merged = merged.to(DTYPES[dtype])
@@ -161,7 +156,23 @@ def export(
         if gguf is not None:
             to_gguf.convert(tmp, tmp / f"model-{gguf}.gguf", gguf, name=dest.name)
         info = {"adapter": str(adapter_dir.resolve()), "base": spec.path, "merged": merge}
-        info["dtype"] = dtype if merge else None
+        return {**info, "dtype": dtype if merge else None}
+
+    return publish(dest, replace, fill)
+
+
+def publish(dest: Path, replace: bool, fill: Any) -> Path:
+    """`fill(tmp)` writes an export into a fresh temp dir beside `dest` and returns what the marker
+    records; the dir is renamed into place when complete (a previous export, `replace`, moved aside
+    until then). A failure at any point leaves `dest` as it was and no temp dir behind."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export gets a normal new dir's mode
+    old = None
+    try:
+        info = fill(tmp)
         atomic_write_text(tmp / MARKER, json.dumps({**info, "files": sorted(_files(tmp))}, indent=1))
         if replace:
             old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".old"))

@@ -4,8 +4,8 @@ Under DDP (and one process) every process holds all weights: the main process sa
 Under FSDP2 each process holds a shard, so a save is collective: every process calls
 `full_weights`/`save_checkpoint`, the full state dict (weights, then optimizer) is gathered with
 `DTensor.full_tensor`, and the main process writes the same adapter/model folder and optimizer state a
-one-process run writes; a resume scatters them back into shards. Setups whose state we cannot save
-whole (DeepSpeed, FSDP1) are refused at start.
+one-process run writes; a resume scatters them back into shards. DeepSpeed ZeRO-2/3: see `zero`.
+Setups whose state we cannot save whole (FSDP1, other DeepSpeed setups) are refused at start.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from accelerate.utils import DistributedType, gather_object
 
 from weitiao.errors import UserError
 from weitiao.train import checkpoint as ck
+from weitiao.train import zero
 
 # Keys of what peft saves in an adapter folder (LoRA/DoRA weights, modules_to_save such as a score head).
 PEFT_SAVED = ("lora_", "modules_to_save", "trainable_tokens")
@@ -37,10 +38,7 @@ def refuse_unsavable(accel: Any) -> None:
     """One line, before any model loads, for a distributed setup whose checkpoints would not be whole."""
     kind = accel.distributed_type
     if kind == DistributedType.DEEPSPEED:
-        raise UserError(
-            "accelerate config: DeepSpeed is not supported (its optimizer state is partitioned across processes "
-            f"and weitiao's checkpoints would hold one process's part); {FSDP_HINT}"
-        )
+        zero.refuse_unsavable(accel)  # ZeRO-2/3 only, as weitiao steps and saves them
     if kind == DistributedType.FSDP and not accel.is_fsdp2:
         raise UserError(f"accelerate config: fsdp_version 1 is not supported (untested save/resume); {FSDP_HINT}")
 
@@ -62,6 +60,8 @@ def full_weights(accel: Any, module: Any) -> dict[str, torch.Tensor] | None:
     adapter, score-head and other saved entries only); None when the model's own tensors are whole
     (save_pretrained then reads them, as in a one-process run)."""
     model = inner_model(accel, module)
+    if zero.active(accel):
+        return zero.full_weights(model, PEFT_SAVED)
     if not sharded(model):
         return None
     peft = ck.is_peft(model)
@@ -115,7 +115,7 @@ def load_checkpoint(
     """Restore a checkpoint into a prepared module and optimizer (see checkpoint.load_checkpoint);
     under FSDP every process reads the whole saved tensors and keeps its shard of each."""
     model = inner_model(accel, module)
-    restore = restore_shards if sharded(model) else None
+    restore = zero.restore if zero.active(accel) else restore_shards if sharded(model) else None
     return ck.load_checkpoint(ckpt, model, optimizer, rank, world, force, restore)
 
 

@@ -31,7 +31,7 @@ from weitiao.data.templates import ChatTemplate
 from weitiao.errors import UserError
 from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
 from weitiao.train import checkpoint as ck
-from weitiao.train import dist
+from weitiao.train import dist, zero
 from weitiao.train.guard import DivergedError, ensure_finite
 from weitiao.train.log import MetricsLog, progress_bar
 from weitiao.train.schedule import lr_at
@@ -128,7 +128,7 @@ def adamw(accel: Any, module: Any, model: Any, t: TrainSpec, lr: float) -> tuple
     params). The parameters are read again after prepare: FSDP swaps in sharded ones."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=t.betas, weight_decay=t.weight_decay)
-    module, optimizer = accel.prepare(module, optimizer)
+    module, optimizer = zero.prepare(accel, t, module, optimizer)  # accel.prepare (DeepSpeed: set up to step as we do)
     return module, optimizer, [p for p in model.parameters() if p.requires_grad]
 
 
