@@ -127,7 +127,9 @@ def adamw(accel: Any, module: Any, model: Any, t: TrainSpec, lr: float) -> tuple
     """AdamW over `model`'s trainable parameters, prepared with `module` by accelerate: (module, optimizer,
     params). The parameters are read again after prepare: FSDP swaps in sharded ones."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=t.betas, weight_decay=t.weight_decay)
+    # Fused: one kernel over all parameters (on the CPU the default is a Python loop per tensor; no foreach).
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=t.betas, weight_decay=t.weight_decay, fused=fused)
     module, optimizer = accel.prepare(module, optimizer)
     return module, optimizer, [p for p in model.parameters() if p.requires_grad]
 
