@@ -79,9 +79,8 @@ def test_packed_path_runs_and_isolates(gqa_dir, tokenizer, monkeypatch):
     good, _ = loss_and_grads(model, b, count)
     assert calls and all(k["is_causal"] and k.get("attn_mask") is None for k in calls)
     assert len(calls) == 2 * sum(map(len, segment_lengths(b.position_ids)))  # per layer: one call a segment
-    import weitiao.losses.sft as sft_loss
-
-    monkeypatch.setattr(sft_loss, "segment_lengths", lambda pos: [[pos.shape[1]]] * pos.shape[0])
+    monkeypatch.setattr(packed_attention, "segment_lengths", lambda pos: [[pos.shape[1]]] * pos.shape[0])
+    monkeypatch.setattr(packed_attention, "_last", None)
     leaky, _ = loss_and_grads(model, b, count)
     assert abs(leaky - good) > 1e-3
 
@@ -101,3 +100,11 @@ def test_enable_leaves_other_attention_alone(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="eager")
     assert not packed_attention.enable(model)
     assert model.config._attn_implementation == "eager"
+
+
+def test_segments_are_read_again_when_position_ids_change():
+    pos = torch.tensor([[0, 1, 2, 3]])
+    assert packed_attention.segments(pos) == [[4]]
+    assert packed_attention.segments(pos) is packed_attention.segments(pos)  # once per forward, not per layer
+    pos[0, 2] = 0  # in place: a new version of the same tensor
+    assert packed_attention.segments(pos) == [[2, 2]]

@@ -14,8 +14,8 @@ from torch.utils.checkpoint import checkpoint
 
 from weitiao.data.chat import IGNORE
 
-# models.packed_attention registers this attention implementation: packed rows (segments passed) then get
-# sdpa per conversation instead of one block-diagonal mask.
+# models.packed_attention registers this attention implementation: packed rows (packed_rows=True passed) then
+# get sdpa per conversation instead of one block-diagonal mask.
 PACKED_SDPA = "sdpa_packed"
 Segments = list[list[int]]  # per row: lengths of its runs of consecutive positions, summing to the row width
 
@@ -148,7 +148,7 @@ class CausalLMLoss(nn.Module):
             position_ids=position_ids,
             attention_mask=attention_mask,
             use_cache=False,
-            **({"segments": segment_lengths(position_ids)} if packed else {}),
+            **({"packed_rows": True} if packed else {}),
         )
         if per_token:
             return target_logps(out.last_hidden_state, targets, head, self.chunk_size, self.softcap)

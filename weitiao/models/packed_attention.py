@@ -8,9 +8,11 @@ zeroes and the upper triangle. Here each conversation of a row goes to sdpa alon
 same math as the masked path (tests: equal losses and gradients within float rounding).
 
 `enable(model)` switches an sdpa model to the registered implementation `sdpa_packed`. Calls that
-pass `segments` (CausalLMLoss does for packed rows) take the per-conversation path; every other call
-(padded batches, generation with a KV cache, sliding windows, position biases) is plain transformers
-sdpa with the mask transformers builds for it, as before.
+pass `packed_rows=True` (CausalLMLoss does when no attention mask is given) take the per-conversation
+path, segments read from position_ids; every other call (padded batches, generation with a KV cache,
+sliding windows, position biases) is plain transformers sdpa with the mask transformers builds for it.
+Under torch.compile the per-conversation part runs eagerly (a graph break): its Python loop over
+segments would otherwise recompile for every new packing.
 """
 
 from __future__ import annotations
@@ -24,9 +26,20 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from weitiao.losses.sft import PACKED_SDPA as NAME
-from weitiao.losses.sft import Segments
+from weitiao.losses.sft import Segments, segment_lengths
+
+_last: tuple[torch.Tensor, int, Segments] | None = None  # every layer of a forward gets the same position_ids
 
 
+def segments(position_ids: torch.Tensor) -> Segments:
+    """`segment_lengths` of position_ids, computed once per forward (one host sync, not one per layer)."""
+    global _last
+    if _last is None or _last[0] is not position_ids or _last[1] != position_ids._version:
+        _last = (position_ids, position_ids._version, segment_lengths(position_ids))
+    return _last[2]
+
+
+@torch.compiler.disable
 def packed_sdpa(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -36,17 +49,19 @@ def packed_sdpa(
     dropout: float = 0.0,
     scaling: float | None = None,
     is_causal: bool | None = None,
-    segments: Segments | None = None,
+    packed_rows: bool = False,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers attention function: (B, H, L, D) query → (B, L, H, D) output, as sdpa_attention_forward."""
     q_len = query.shape[2]
+    pos = kwargs.get("position_ids")
+    segs = segments(pos) if packed_rows and pos is not None and pos.shape[-1] == q_len else None
     plain = (
-        segments is None
+        segs is None
         or key.shape[2] != q_len  # a KV cache
         or kwargs.get("position_bias") is not None
         or not (is_causal if is_causal is not None else getattr(module, "is_causal", True))
-        or (kwargs.get("sliding_window") or q_len) < max(max(row) for row in segments)
+        or (kwargs.get("sliding_window") or q_len) < max(max(row) for row in segs)
     )
     if plain:
         return sdpa_attention_forward(
@@ -54,7 +69,7 @@ def packed_sdpa(
         )
     gqa = query.shape[1] != key.shape[1]
     rows = []
-    for b, row in enumerate(segments):
+    for b, row in enumerate(segs):
         parts, start = [], 0
         for n in row:
             s = slice(start, start + n)
