@@ -107,4 +107,4 @@ def test_segments_are_read_again_when_position_ids_change():
     assert packed_attention.segments(pos) == [[4]]
     assert packed_attention.segments(pos) is packed_attention.segments(pos)  # once per forward, not per layer
     pos[0, 2] = 0  # in place: a new version of the same tensor
-    assert packed_attention.segments(pos) == [[2, 2]]
+    assert packed_attention.segments(pos) == [[2, 1, 1]]
