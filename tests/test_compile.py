@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import recipe_config, write_jsonl
+from conftest import recipe_config
 from safetensors.torch import load_file
 
 from weitiao.errors import UserError
