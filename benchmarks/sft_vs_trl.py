@@ -16,6 +16,7 @@ both run 1 packed row per micro-batch, --batch micro-batches per step (equal att
 Throughput is timed the same way for both: wall clock from the end of step --warmup to the end of
 the last step, over the tokens of those steps (end-of-step timestamps: weitiao's metrics.jsonl,
 a TRL on_step_end callback). The machine's other load skews timings: --repeat alternates runs.
+`--frameworks weitiao@REV,weitiao,trl` adds weitiao as of git revision REV (before/after, same run).
 """
 
 from __future__ import annotations
