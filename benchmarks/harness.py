@@ -32,11 +32,11 @@ def run_child(a: Any, children: dict[str, Callable[[Any, Path], dict]]) -> bool:
     return True
 
 
-def spawn(script: str, fw: str, root: Path, extra: list[str] | None = None) -> dict:
-    """Run `script` again as the child for `fw`; its RESULT plus wall time and machine load."""
+def spawn(script: str, fw: str, root: Path, extra: list[str] | None = None, env: dict | None = None) -> dict:
+    """Run `script` again as the child for `fw` (with `env` added); its RESULT plus wall time and machine load."""
     cmd = [sys.executable, script, *sys.argv[1:], "--child", fw, "--root", str(root), *(extra or [])]
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
-    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **ENV}, cwd=REPO)
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **ENV, **(env or {})}, cwd=REPO)
     if p.returncode != 0:
         sys.exit(f"{fw} child failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
     line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")][-1]

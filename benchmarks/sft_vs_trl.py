@@ -16,6 +16,7 @@ both run 1 packed row per micro-batch, --batch micro-batches per step (equal att
 Throughput is timed the same way for both: wall clock from the end of step --warmup to the end of
 the last step, over the tokens of those steps (end-of-step timestamps: weitiao's metrics.jsonl,
 a TRL on_step_end callback). The machine's other load skews timings: --repeat alternates runs.
+`--frameworks weitiao@REV,weitiao,trl` adds weitiao as of git revision REV (before/after, same run).
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from harness import print_table, run_all, run_child, spawn
+from harness import REPO, print_table, run_all, run_child, spawn
 
 CHATML = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
@@ -252,6 +255,15 @@ def child_trl(a, root: Path) -> dict:
     return rec
 
 
+def checkout(rev: str, root: Path) -> str:
+    """`git archive` of this repository at `rev`, unpacked under root: a `weitiao@rev` framework imports it."""
+    dest = root / f"src_{rev.replace('/', '_')}"
+    dest.mkdir()
+    tar = subprocess.run(["git", "-C", str(REPO), "archive", rev], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=tar, check=True)
+    return str(dest)
+
+
 def summarize(r: dict, warmup: int) -> dict:
     n, w = len(r["times"]), min(warmup, len(r["times"]) - 1)
     dt = r["times"][-1] - r["times"][w - 1] if w > 0 else r["times"][-1] - r["start"]
@@ -289,7 +301,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--warmup", type=int, default=2, help="steps left out of the timed window")
     ap.add_argument("--quant", choices=["none", "4bit"], default="none")
-    ap.add_argument("--frameworks", default="weitiao,trl")
+    ap.add_argument(
+        "--frameworks",
+        default="weitiao,trl",
+        help="comma list; weitiao@REV runs weitiao from a git archive of this repository at REV (before/after)",
+    )
     ap.add_argument(
         "--layout",
         choices=["accum", "batch"],
@@ -304,14 +320,15 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if run_child(a, {"weitiao": child_weitiao, "trl": child_trl}):
-        return
     fws = [f.strip() for f in a.frameworks.split(",") if f.strip()]
+    if run_child(a, {"weitiao": child_weitiao, "trl": child_trl} | {fw: child_weitiao for fw in fws if "@" in fw}):
+        return
     with tempfile.TemporaryDirectory(prefix="weitiao_bench_") as tmp:
         root = Path(tmp)
         info = build(a, root)
         print(f"built: {info}  (steps={a.steps} batch={a.batch}×{a.max_len} quant={a.quant})", flush=True)
-        runs = run_all(fws, a.repeat, lambda fw: spawn(__file__, fw, root))
+        envs = {fw: {"PYTHONPATH": checkout(fw.split("@", 1)[1], root)} for fw in fws if "@" in fw}
+        runs = run_all(fws, a.repeat, lambda fw: spawn(__file__, fw, root, env=envs.get(fw)))
     key = "s/step (timed median)"
     raw = {fw: min(rs, key=lambda r: summarize(r, a.warmup)[key]) for fw, rs in runs.items()}
     res = {fw: summarize(r, a.warmup) for fw, r in raw.items()}
@@ -321,6 +338,12 @@ def main() -> None:
         if a.repeat > 1:
             tps = ", ".join(f"{summarize(r, a.warmup)['target tok/s']:.0f}" for r in runs[fw])
             print(f"  target tok/s of each run: {tps} (table: the run with the lowest median step time)")
+    if "trl" in fws and a.repeat > 1:  # the issue's measure: median over the alternating repeats
+        med = {fw: statistics.median(summarize(r, a.warmup)["target tok/s"] for r in runs[fw]) for fw in fws}
+        rss = {fw: max(r["rss_mb"] for r in runs[fw]) for fw in fws}
+        print(f"\nmedian target tok/s of {a.repeat} repeats (ratio to TRL), highest peak RSS MB:")
+        for fw in fws:
+            print(f"  {fw:<22} {med[fw]:>8.0f} ({med[fw] / med['trl']:.2f}×)  {rss[fw]:>6.0f} MB")
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "data": info, "summary": res, "runs": runs}, indent=1))
 

@@ -15,6 +15,7 @@ from transformers.modeling_flash_attention_utils import _is_packed_sequence
 from weitiao.data.collate import collate, n_targets
 from weitiao.errors import UserError
 from weitiao.losses.sft import CausalLMLoss
+from weitiao.models import packed_attention
 from weitiao.models.attention import check_isolation, needs_one_row, probe_error, refuse_untrainable
 
 
@@ -120,6 +121,9 @@ def test_recipes_refuse_packing_when_attention_leaks(tiny_model_dir, tmp_path, m
         cls, None, [f"model.path={tiny_model_dir}", f"data.train=[{data}]", f"train.out={tmp_path / 'o'}"]
     )
     monkeypatch.setattr(mu, "find_packed_sequence_indices", lambda position_ids: None)
-    with pytest.raises(UserError, match="model.attn: sdpa: packed documents attend to each other"):
+    # SFT attends per conversation (models/packed_attention.py): break its segments too, one per row.
+    monkeypatch.setattr(packed_attention, "segment_lengths", lambda pos: [[pos.shape[1]]] * pos.shape[0])
+    monkeypatch.setattr(packed_attention, "_last", None)
+    with pytest.raises(UserError, match="model.attn: sdpa(_packed)?: packed documents attend to each other"):
         mod.run(cfg)
     assert not (tmp_path / "o" / "metrics.jsonl").exists()

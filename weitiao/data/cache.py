@@ -22,6 +22,7 @@ the lock a killed build's `.tmp-KEY-PID` whose process is gone).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -190,6 +191,9 @@ def _worker_init(encoder: Any) -> None:
     global _WORKER
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per process: the processes are the parallelism
     _WORKER = encoder
+    # The imports (torch, transformers) leave ~10^6 objects that every full collection would scan again
+    # while chunks allocate millions of small ones: keep them out of the collector.
+    gc.freeze()
 
 
 def _worker_encode(path: Path, rows: list) -> int:
@@ -231,6 +235,7 @@ class Sink:
         self.n, self.buf, self.shards = 0, [], []
         self.pool: ProcessPoolExecutor | None = None
         self.pending: deque[Future] = deque()
+        self.held: list[tuple[Path, list]] = []  # chunks not yet sent (the first, until a second comes)
 
     def __len__(self) -> int:
         return self.n
@@ -242,25 +247,31 @@ class Sink:
         if len(self.buf) >= CHUNK_ROWS:
             self.flush()
 
-    def flush(self) -> None:
-        if not self.buf:
-            return
-        path = self.folder / f"rows-{len(self.shards):06d}.arrow"
-        self.shards.append(path.name)
-        rows, self.buf = self.buf, []
-        if self.num_proc > 1 and self.pool is None and len(self.shards) > 1:  # more than one chunk: worth a pool
+    def flush(self, last: bool = False) -> None:
+        """Send the buffered rows as one chunk (shard). With num_proc > 1 the first chunk waits for a second:
+        only then is a worker pool worth starting, and both chunks go to it (none is encoded here alone)."""
+        if self.buf:
+            path = self.folder / f"rows-{len(self.shards):06d}.arrow"
+            self.shards.append(path.name)
+            self.held.append((path, self.buf))
+            self.buf = []
+        if self.num_proc > 1 and self.pool is None and len(self.shards) > 1:
             ctx = get_context("spawn")  # no fork: torch and the tokenizer's own threads may be running
             init = (self.encoder,)
             self.pool = ProcessPoolExecutor(self.num_proc, mp_context=ctx, initializer=_worker_init, initargs=init)
-        if self.pool is None:
-            self.ticker.add(self.encoder(path, rows))
+        if self.pool is None and not (self.num_proc <= 1 or last):
             return
-        self.pending.append(self.pool.submit(_worker_encode, path, rows))
+        held, self.held = self.held, []
+        for path, rows in held:
+            if self.pool is None:
+                self.ticker.add(self.encoder(path, rows))
+            else:
+                self.pending.append(self.pool.submit(_worker_encode, path, rows))
         while len(self.pending) > 2 * self.num_proc:  # bounded: rows in flight stay a few chunks
             self.ticker.add(self.pending.popleft().result())
 
     def finish(self) -> None:
-        self.flush()
+        self.flush(last=True)
         while self.pending:
             self.ticker.add(self.pending.popleft().result())
         self.close()

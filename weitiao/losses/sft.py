@@ -14,6 +14,11 @@ from torch.utils.checkpoint import checkpoint
 
 from weitiao.data.chat import IGNORE
 
+# models.packed_attention registers this attention implementation: packed rows (packed_rows=True passed) then
+# get sdpa per conversation instead of one block-diagonal mask.
+PACKED_SDPA = "sdpa_packed"
+Segments = list[list[int]]  # per row: lengths of its runs of consecutive positions, summing to the row width
+
 
 def _chunk_nll(h: torch.Tensor, t: torch.Tensor, head: nn.Module, softcap: float | None) -> torch.Tensor:
     return F.cross_entropy(_logits(h, head, softcap, 1.0), t, reduction="sum")
@@ -98,6 +103,19 @@ def logit_softcap(model: nn.Module) -> float | None:
     return getattr(base.config, "final_logit_softcapping", None)
 
 
+def segment_lengths(position_ids: torch.Tensor) -> Segments:
+    """Per row, the lengths of the runs of consecutive positions (one host sync): a run starts where
+    transformers' packed-sequence mask starts a block (`masking_utils.find_packed_sequence_indices`)."""
+    pos = position_ids.detach().cpu()
+    new = torch.ones_like(pos, dtype=torch.bool)
+    new[:, 1:] = pos[:, 1:] != pos[:, :-1] + 1
+    out = []
+    for row in new:
+        starts = row.nonzero().flatten().tolist() + [pos.shape[1]]
+        out.append([b - a for a, b in zip(starts, starts[1:])])
+    return out
+
+
 class CausalLMLoss(nn.Module):
     """Wraps a causal LM (peft or plain) so forward returns (nll_sum, n_targets).
 
@@ -124,11 +142,13 @@ class CausalLMLoss(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
         """(nll_sum, n_targets), or with per_token=True the log-prob of each target (row-major)."""
         decoder, head = self._parts()
+        packed = attention_mask is None and decoder.config._attn_implementation == PACKED_SDPA
         out = decoder(
             input_ids=input_ids,
             position_ids=position_ids,
             attention_mask=attention_mask,
             use_cache=False,
+            **({"packed_rows": True} if packed else {}),
         )
         if per_token:
             return target_logps(out.last_hidden_state, targets, head, self.chunk_size, self.softcap)

@@ -18,9 +18,11 @@ import torch
 from weitiao.data.chat import Encoded
 from weitiao.data.collate import collate
 from weitiao.errors import UserError
+from weitiao.losses.sft import PACKED_SDPA
 
-# Implementations whose mask transformers builds from restarting position_ids at any batch size.
-MASKED_ROWS = {"sdpa", "eager", "flex_attention"}
+# Implementations whose mask transformers builds from restarting position_ids at any batch size (sdpa_packed:
+# `models.packed_attention`, per conversation when called with packed_rows, else sdpa's mask).
+MASKED_ROWS = {"sdpa", "eager", "flex_attention", PACKED_SDPA}
 
 
 def implementation(model: Any) -> str:
@@ -57,7 +59,8 @@ def probe_error(model: Any, device: torch.device, one_row: bool, seed: int = 0) 
         packed = collate(exs, [[0, 1], [2]], 0, packing=True, one_row=one_row).to(device)
         alone = collate(exs, [[1]], 0, packing=True).to(device)
         run = _decoder(model)
-        h = run(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False).last_hidden_state
+        kw = {"packed_rows": True} if implementation(model) == PACKED_SDPA else {}
+        h = run(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False, **kw).last_hidden_state
         h_b = h.reshape(-1, h.shape[-1])[(packed.seq_index.reshape(-1) == 1)]
         want = run(input_ids=alone.input_ids, position_ids=alone.position_ids, use_cache=False).last_hidden_state[0]
     finally:

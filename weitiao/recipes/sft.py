@@ -31,6 +31,7 @@ from weitiao.data.templates import ChatTemplate, resolve_template
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text
 from weitiao.losses.sft import CausalLMLoss
+from weitiao.models import packed_attention
 from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
 from weitiao.models.load import LoraSpec, ModelSpec, build_trainable, count_params, load_tokenizer
 from weitiao.train import dist, loop
@@ -222,6 +223,8 @@ def run(cfg: SFTConfig) -> dict:
     # 2. Model, loss wrapper, optimizer.
     model = build_trainable(cfg.model, cfg.lora, accel.device)
     refuse_untrainable(model, accel.device)
+    if cfg.data.packing:  # sdpa per conversation of a packed row instead of a block-diagonal mask
+        packed_attention.enable(model)
     one_row = cfg.data.packing and needs_one_row(model)  # varlen kernels split documents in one row only
     if cfg.data.packing:
         check_isolation(model, accel.device, one_row)

@@ -123,11 +123,30 @@ def micro_batches(accel: Any, module: Any, units: Units) -> Iterator[list[list[i
             yield rows
 
 
+def compile_layers(model: Any) -> int:
+    """torch.compile each decoder layer in place (regional: one compiled graph serves every layer, so
+    compiling takes seconds, not minutes); returns how many. Random ops (LoRA dropout) draw from the
+    eager RNG (inductor `fallback_random`), so a compiled run trains like the eager one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kinds = set(getattr(base, "_no_split_modules", None) or [])
+    layers = [m for m in base.modules() if type(m).__name__ in kinds]
+    if not layers:
+        raise UserError(f"train.compile: no decoder layers found in {type(base).__name__}; set train.compile false")
+    for layer in layers:
+        layer.compile(options={"fallback_random": True})
+    return len(layers)
+
+
 def adamw(accel: Any, module: Any, model: Any, t: TrainSpec, lr: float) -> tuple[Any, Any, list]:
     """AdamW over `model`'s trainable parameters, prepared with `module` by accelerate: (module, optimizer,
-    params). The parameters are read again after prepare: FSDP swaps in sharded ones."""
+    params). The parameters are read again after prepare: FSDP swaps in sharded ones. With train.compile
+    the decoder layers are compiled first (`compile_layers`)."""
+    if t.compile:
+        compile_layers(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=t.betas, weight_decay=t.weight_decay)
+    # Fused: one kernel over all parameters (on the CPU the default is a Python loop per tensor; no foreach).
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=t.betas, weight_decay=t.weight_decay, fused=fused)
     module, optimizer = zero.prepare(accel, t, module, optimizer)  # accel.prepare (DeepSpeed: set up to step as we do)
     return module, optimizer, [p for p in model.parameters() if p.requires_grad]
 

@@ -63,6 +63,9 @@ class TrainSpec(RunSpec):
     eval_every: int = Field(0, ge=0, description="0 = only at the end")
     early_stop_patience: int = Field(0, ge=0, description="evals without improvement before stopping; 0 = off")
     golden: ConfigPath | None = Field(None, description="golden prompts file: answer them at every save (golden.jsonl)")
+    compile: bool = Field(
+        False, description="torch.compile each decoder layer (first steps slower while compiling; same losses)"
+    )
 
 
 class PairTrainSpec(TrainSpec):
