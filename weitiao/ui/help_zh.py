@@ -47,6 +47,7 @@ ZH: dict[str, str] = {
     "default $WEITIAO_CACHE/tokenized, else ~/.cache/weitiao/tokenized": "默认 $WEITIAO_CACHE/tokenized，否则 ~/.cache/weitiao/tokenized",
     "tokenizing processes; 0 = CPU cores (at most 8)": "分词进程数；0 = CPU 核数（最多 8）",
     # train (TrainSpec and the DPO/RM/PPO variants)
+    "torch.compile each decoder layer (first steps slower while compiling; same losses)": "对每个解码层做 torch.compile（编译期间前几步更慢；loss 不变）",
     "Optimizer, schedule, batching, evaluation and checkpoint cadence (SFT, DPO, RM).": "优化器、学习率调度、批大小、验证与保存频率（SFT、DPO、RM）。",
     "run folder: checkpoints, final/, metrics.jsonl": "运行目录：检查点、final/、metrics.jsonl",
     "seed for shuffling, splits, sampling and initialization": "打乱、切分、采样和初始化用的随机种子",
