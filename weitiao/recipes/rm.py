@@ -206,7 +206,7 @@ def run(cfg: RMConfig) -> dict:
             n_pairs = sum(len(row) for pairs in units for row in pairs)
             loop.set_lr(optimizer, t, lr, step, total)
             sums: loop.Sums = {}
-            for pairs in loop.micro_batches(accel, scorer, units):
+            for pairs in loop.micro_batches(accel, scorer, units, (t.seed, step)):
                 rows = pair_rows(pairs, cfg.data.packing)
                 rc, rr = pair_rewards(scorer, data.train, rows, pad_id, cfg.data.packing, accel.device, one_row)
                 loss, terms = _terms(rc, rr, cfg.rm)

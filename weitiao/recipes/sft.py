@@ -276,7 +276,7 @@ def run(cfg: SFTConfig) -> dict:
             targets = sum(n_targets(data.train[i]) for rows in units for row in rows for i in row)
             loop.set_lr(optimizer, t, lr, step, total)
             sums: loop.Sums = {}
-            for rows in loop.micro_batches(accel, loss_mod, units):
+            for rows in loop.micro_batches(accel, loss_mod, units, (t.seed, step)):
                 b = collate(data.train, rows, pad_id, cfg.data.packing, one_row).to(accel.device)
                 nll, n = loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask)
                 accel.backward(nll * world / max(1, targets))

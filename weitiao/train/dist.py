@@ -45,6 +45,19 @@ def refuse_unsavable(accel: Any) -> None:
         raise UserError(f"accelerate config: fsdp_version 1 is not supported (untested save/resume); {FSDP_HINT}")
 
 
+def refuse_sharding(accel: Any, recipe: str) -> None:
+    """One line at start for a recipe that keeps whole weights on every process and all-reduces its
+    own gradients (PPO): under FSDP or DeepSpeed it would silently not shard anything."""
+    kind = accel.distributed_type
+    if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        engine = "FSDP" if kind == DistributedType.FSDP else "DeepSpeed"
+        raise UserError(
+            f"accelerate config: {recipe} does not run under {engine} (every process holds the whole policy, "
+            "critic and reference and all-reduces gradients itself); use DDP (examples/accelerate/ddp.yaml), "
+            "or for models that need sharding hand PPO to OpenRLHF/verl"
+        )
+
+
 def sharded(module: Any) -> bool:
     """Whether the module's parameters are FSDP2 shards (DTensors) rather than whole tensors."""
     from torch.distributed.tensor import DTensor
@@ -64,6 +77,7 @@ def full_weights(accel: Any, module: Any) -> dict[str, torch.Tensor] | None:
     model = inner_model(accel, module)
     if not sharded(model):
         return None
+    reshard(module)
     peft = ck.is_peft(model)
     out = {}
     for k, v in model.state_dict().items():  # the same order on every process: the gathers pair up
@@ -71,6 +85,17 @@ def full_weights(accel: Any, module: Any) -> dict[str, torch.Tensor] | None:
             continue  # frozen base weights: peft does not save them, no need to gather them
         out[k] = whole(v).cpu().clone()  # own storage: safetensors refuses views of gathered buffers
     return out
+
+
+def reshard(module: Any) -> None:
+    """Put FSDP2 modules back into shards. The root keeps its weights gathered after a forward (its
+    reshard_after_forward is off), so after a no-grad forward (an eval) its parameters are whole
+    tensors in a buffer FSDP frees later: a save must not read them there."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in module.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
 
 
 def whole(x: Any) -> Any:
