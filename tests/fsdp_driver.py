@@ -7,12 +7,14 @@ accelerate only turns FSDP on for accelerator devices: on CPU it silently keeps 
 ignores the plugin. torch's FSDP2 (fully_shard) does run on CPU with gloo, so this driver sets the
 state accelerate would set on GPUs (and the environment `accelerate launch` exports for a
 config's fsdp_cpu_ram_efficient_loading); everything after (prepare, clipping, state dicts) is
-accelerate's. After each prepare it prints `sharding: {...}`: how many 4-bit weights FSDP sharded.
+accelerate's. After each prepare every process appends to TRAIN_OUT.sharding.jsonl how many 4-bit
+weights FSDP sharded.
 """
 
 import json
 import os
 import sys
+from pathlib import Path
 
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
@@ -25,11 +27,12 @@ RECIPES = {"sft": (sft, sft.SFTConfig), "dpo": (dpo, dpo.DPOConfig), "rm": (rm, 
 
 
 def fsdp2_on_cpu(plugin_kw: dict):
-    def make(*args, **kw) -> Accelerator:
+    def make(model=None) -> Accelerator:
         plugin = FullyShardedDataParallelPlugin(fsdp_version=2, state_dict_type="FULL_STATE_DICT", **plugin_kw)
         accel = Accelerator(cpu=True, fsdp_plugin=plugin)
         accel.state.distributed_type, accel.state.fsdp_plugin = DistributedType.FSDP, plugin
         dist.refuse_unsavable(accel)
+        dist.refuse_unshardable(accel, model)
         return accel
 
     return make
@@ -42,9 +45,12 @@ def reporting(adamw):
 
         out = adamw(accel, module, model, t, lr)
         w4 = [m.weight for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-        stats = {"4bit": len(w4), "sharded": sum(isinstance(w, DTensor) for w in w4)}
+        stats = {"rank": accel.process_index, "4bit": len(w4), "sharded": sum(isinstance(w, DTensor) for w in w4)}
         stats["dtypes"] = sorted({str(w.dtype) for w in w4})
-        print("sharding:", json.dumps(stats), flush=True)
+        report = Path(f"{t.out}.sharding.jsonl")  # beside the run folder, one line per process and run
+        report.parent.mkdir(parents=True, exist_ok=True)
+        with report.open("a") as f:
+            f.write(json.dumps(stats) + "\n")
         return out
 
     return wrapped

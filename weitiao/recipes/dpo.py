@@ -375,7 +375,7 @@ class FallingChosen:
 def run(cfg: DPOConfig) -> dict:
     """Train with DPO; returns the summary with the last eval metrics."""
     t, d = cfg.train, cfg.dpo
-    accel = dist.accelerator()
+    accel = dist.accelerator(cfg.model)
     main = accel.is_main_process
     torch.manual_seed(t.seed)
     out = Path(t.out)

@@ -150,7 +150,7 @@ def evaluate(
 def run(cfg: RMConfig) -> dict:
     """Train the reward model; returns the summary with held-out accuracy/margin/reward stats."""
     t = cfg.train
-    accel = dist.accelerator()
+    accel = dist.accelerator(cfg.model)
     main = accel.is_main_process
     torch.manual_seed(t.seed)
     out = Path(t.out)

@@ -230,7 +230,7 @@ def _golden_hook(t: TrainSpec, model: Any, tokenizer: Any, template: Any, out: P
 def run(cfg: SFTConfig) -> dict:
     """Train; returns a summary (final/best eval loss, steps, tokens/s, output dir)."""
     t = cfg.train
-    accel = dist.accelerator()
+    accel = dist.accelerator(cfg.model)
     main = accel.is_main_process
     torch.manual_seed(t.seed)
     out = Path(t.out)

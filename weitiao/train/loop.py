@@ -247,6 +247,7 @@ class Tracker:
         t, state, last = self.t, self.state, step == self.total
         if evaluate is not None and ((t.eval_every and step % t.eval_every == 0) or last):
             self.last_eval = evaluate()
+            dist.reshard(self.module)  # FSDP: no-grad forwards leave the root's weights gathered
             if self.last_eval["eval_loss"] < state["best_eval"] - 1e-6:
                 state.update(best_eval=self.last_eval["eval_loss"], best_step=step, bad_evals=0)
             else:
