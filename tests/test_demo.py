@@ -132,6 +132,6 @@ PINNED = {
     "sft_loss": 8.3206, "dpo_loss": 0.55338,
     "base/mean_len": 98.0, "base/emoji_rate": 0.0, "base/stop_rate": 0.75, "base/redline_refusal": 0.0,
     "base/over_refusal": 0.0,
-    "sft+dpo/mean_len": 103.5, "sft+dpo/emoji_rate": 0.0, "sft+dpo/stop_rate": 1.0,
+    "sft+dpo/mean_len": 96.25, "sft+dpo/emoji_rate": 0.0, "sft+dpo/stop_rate": 0.875,
     "sft+dpo/redline_refusal": 0.0, "sft+dpo/over_refusal": 0.0,
 }  # fmt: skip

@@ -375,7 +375,7 @@ class FallingChosen:
 def run(cfg: DPOConfig) -> dict:
     """Train with DPO; returns the summary with the last eval metrics."""
     t, d = cfg.train, cfg.dpo
-    accel = dist.accelerator()
+    accel = dist.accelerator(cfg.model)
     main = accel.is_main_process
     torch.manual_seed(t.seed)
     out = Path(t.out)
@@ -439,7 +439,7 @@ def run(cfg: DPOConfig) -> dict:
             chosen_tokens = sum(n_targets(data.train[i]) for i in chosen)
             loop.set_lr(optimizer, t, lr, step, total)
             sums: loop.Sums = {}
-            for pairs in loop.micro_batches(accel, loss_mod, units):
+            for pairs in loop.micro_batches(accel, loss_mod, units, (t.seed, step)):
                 rows = pair_rows(pairs, cfg.data.packing)
                 b = collate(data.train, rows, pad_id, cfg.data.packing, one_row).to(accel.device)
                 o = pair_step(loss_mod, ref, b, [i for row in rows for i in row], cfg, data.weights)

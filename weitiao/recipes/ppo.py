@@ -49,6 +49,7 @@ from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids
 from weitiao.models.roles import Roles
 from weitiao.recipes.rewards import RewardSpec, build_scorer
 from weitiao.train import checkpoint as ck
+from weitiao.train import dist
 from weitiao.train.guard import ensure_finite
 from weitiao.train.log import MetricsLog, progress_bar
 from weitiao.train.spec import RunSpec, TemplateName
@@ -301,6 +302,7 @@ def run(cfg: PPOConfig) -> dict:
 
     p, t = cfg.ppo, cfg.train
     accel = Accelerator(cpu=not torch.cuda.is_available())
+    dist.refuse_sharding(accel, "ppo")
     main, world, rank = accel.is_main_process, accel.num_processes, accel.process_index
     reduce = _allsum if world > 1 else None
     torch.manual_seed(t.seed)  # identical adapter init on every process

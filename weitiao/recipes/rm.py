@@ -150,7 +150,7 @@ def evaluate(
 def run(cfg: RMConfig) -> dict:
     """Train the reward model; returns the summary with held-out accuracy/margin/reward stats."""
     t = cfg.train
-    accel = dist.accelerator()
+    accel = dist.accelerator(cfg.model)
     main = accel.is_main_process
     torch.manual_seed(t.seed)
     out = Path(t.out)
@@ -206,7 +206,7 @@ def run(cfg: RMConfig) -> dict:
             n_pairs = sum(len(row) for pairs in units for row in pairs)
             loop.set_lr(optimizer, t, lr, step, total)
             sums: loop.Sums = {}
-            for pairs in loop.micro_batches(accel, scorer, units):
+            for pairs in loop.micro_batches(accel, scorer, units, (t.seed, step)):
                 rows = pair_rows(pairs, cfg.data.packing)
                 rc, rr = pair_rewards(scorer, data.train, rows, pad_id, cfg.data.packing, accel.device, one_row)
                 loss, terms = _terms(rc, rr, cfg.rm)

@@ -208,7 +208,7 @@ def _golden_hook(t: TrainSpec, model: Any, tokenizer: Any, template: Any, out: P
 def run(cfg: SFTConfig) -> dict:
     """Train; returns a summary (final/best eval loss, steps, tokens/s, output dir)."""
     t = cfg.train
-    accel = dist.accelerator()
+    accel = dist.accelerator(cfg.model)
     main = accel.is_main_process
     torch.manual_seed(t.seed)
     out = Path(t.out)
@@ -256,7 +256,7 @@ def run(cfg: SFTConfig) -> dict:
             targets = sum(n_targets(data.train[i]) for rows in units for row in rows for i in row)
             loop.set_lr(optimizer, t, lr, step, total)
             sums: loop.Sums = {}
-            for rows in loop.micro_batches(accel, loss_mod, units):
+            for rows in loop.micro_batches(accel, loss_mod, units, (t.seed, step)):
                 b = collate(data.train, rows, pad_id, cfg.data.packing, one_row).to(accel.device)
                 nll, n = loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask)
                 accel.backward(nll * world / max(1, targets))

@@ -25,13 +25,33 @@ PEFT_SAVED = ("lora_", "modules_to_save", "trainable_tokens")
 FSDP_HINT = "use FSDP2 (fsdp_version: 2, examples/accelerate/fsdp.yaml) or DDP (examples/accelerate/ddp.yaml)"
 
 
-def accelerator() -> Any:
-    """The recipes' Accelerator (cpu=True on a machine without CUDA: gloo DDP), after `refuse_unsavable`."""
+def accelerator(model: Any = None) -> Any:
+    """The recipes' Accelerator (cpu=True on a machine without CUDA: gloo DDP), after `refuse_unsavable`
+    and, given the run's `model` spec, `refuse_unshardable`."""
     from accelerate import Accelerator
 
     accel = Accelerator(cpu=not torch.cuda.is_available())
     refuse_unsavable(accel)
+    if model is not None:
+        refuse_unshardable(accel, model)
     return accel
+
+
+def refuse_unshardable(accel: Any, model: Any) -> None:
+    """One line at start for quantized weights FSDP would not shard: 4-bit weights stored as uint8
+    (accelerate leaves them whole on every process, with a warning) and 8-bit (untested)."""
+    if accel.distributed_type != DistributedType.FSDP or model.quant == "none":
+        return
+    if model.quant == "8bit":
+        raise UserError(
+            "model.quant: 8bit is not supported under FSDP (untested); use model.quant=4bit with "
+            "model.quant_storage=bf16 (examples/accelerate/fsdp_qlora.yaml), or DDP"
+        )
+    if model.quant_storage != "bf16":
+        raise UserError(
+            f"model.quant_storage: {model.quant_storage} 4-bit weights are not sharded by FSDP (every process "
+            "would hold the whole base); set model.quant_storage=bf16 (examples/accelerate/fsdp_qlora.yaml)"
+        )
 
 
 def refuse_unsavable(accel: Any) -> None:
@@ -43,11 +63,27 @@ def refuse_unsavable(accel: Any) -> None:
         raise UserError(f"accelerate config: fsdp_version 1 is not supported (untested save/resume); {FSDP_HINT}")
 
 
+def refuse_sharding(accel: Any, recipe: str) -> None:
+    """One line at start for a recipe that keeps whole weights on every process and all-reduces its
+    own gradients (PPO): under FSDP or DeepSpeed it would silently not shard anything."""
+    kind = accel.distributed_type
+    if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        engine = "FSDP" if kind == DistributedType.FSDP else "DeepSpeed"
+        raise UserError(
+            f"accelerate config: {recipe} does not run under {engine} (every process holds the whole policy, "
+            "critic and reference and all-reduces gradients itself); use DDP (examples/accelerate/ddp.yaml), "
+            "or for models that need sharding hand PPO to OpenRLHF/verl"
+        )
+
+
 def sharded(module: Any) -> bool:
-    """Whether the module's parameters are FSDP2 shards (DTensors) rather than whole tensors."""
+    """Whether FSDP2 shards the module's parameters (DTensors, or gathered for now by a module of it)."""
+    from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
 
-    return any(isinstance(p, DTensor) for p in module.parameters())
+    return any(isinstance(m, FSDPModule) for m in module.modules()) or any(
+        isinstance(p, DTensor) for p in module.parameters()
+    )
 
 
 def inner_model(accel: Any, module: Any) -> Any:
@@ -64,6 +100,7 @@ def full_weights(accel: Any, module: Any) -> dict[str, torch.Tensor] | None:
         return zero.full_weights(model, PEFT_SAVED)
     if not sharded(model):
         return None
+    reshard(module)
     peft = ck.is_peft(model)
     out = {}
     for k, v in model.state_dict().items():  # the same order on every process: the gathers pair up
@@ -71,6 +108,17 @@ def full_weights(accel: Any, module: Any) -> dict[str, torch.Tensor] | None:
             continue  # frozen base weights: peft does not save them, no need to gather them
         out[k] = whole(v).cpu().clone()  # own storage: safetensors refuses views of gathered buffers
     return out
+
+
+def reshard(module: Any) -> None:
+    """Put FSDP2 modules back into shards. After a no-grad forward (an eval, DPO's sampled replies)
+    parameters can stay gathered, as whole tensors in buffers FSDP frees later: a save must not read
+    them there."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in module.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
 
 
 def whole(x: Any) -> Any:

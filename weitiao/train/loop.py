@@ -4,7 +4,7 @@ A recipe's step, with these helpers (the math and `optimizer.step()` stay in the
 
     epoch, units = plan.step(step)                      # this step's micro-batches, all processes
     set_lr(optimizer, t, lr, step, total)
-    for rows in micro_batches(accel, module, units):    # this process's share; DDP syncs on the last
+    for rows in micro_batches(accel, module, units, (t.seed, step)):  # this process's share; synced on the last
         ... forward; accel.backward(loss)
     norm = clip_grad(accel, params, t.max_grad_norm)    # the norm before clipping
     sums = reduce_sums(accel, sums)                     # over processes
@@ -114,13 +114,33 @@ def set_lr(optimizer: Any, t: TrainSpec, lr: float, step: int, total: int) -> No
         g["lr"] = lr_at(step, total, lr, int(t.warmup_ratio * total), t.scheduler, t.min_lr_ratio)
 
 
-def micro_batches(accel: Any, module: Any, units: Units) -> Iterator[list[list[int]]]:
+def micro_batches(
+    accel: Any, module: Any, units: Units, seed: tuple[int, int] | None = None
+) -> Iterator[list[list[int]]]:
     """This process's micro-batches of a step (every `world`-th); gradients are synced across processes
-    only during the last one, so accumulation costs one all-reduce per step."""
-    mine = units[accel.process_index :: accel.num_processes]
+    only during the last one, so accumulation costs one all-reduce per step.
+
+    `seed` (train.seed, step): the random draws (dropout masks) of micro-batch g of the step come from
+    a generator seeded by (seed, step, g), so N processes draw what one process with N × grad_accum
+    draws, and no two processes draw the same masks."""
+    rank, world = accel.process_index, accel.num_processes
+    mine = units[rank::world]
     for j, rows in enumerate(mine):
-        with accel.no_sync(module) if j < len(mine) - 1 else contextlib.nullcontext():
+        with contextlib.ExitStack() as stack:
+            if j < len(mine) - 1:
+                stack.enter_context(accel.no_sync(module))
+            if seed is not None:
+                stack.enter_context(seeded(*seed, rank + j * world))
             yield rows
+
+
+@contextlib.contextmanager
+def seeded(seed: int, step: int, index: int) -> Iterator[None]:
+    """torch's generators seeded by (seed, step, index) inside; the run's own streams are left as they were."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(((seed * 1_000_003 + step) * 1_000_003 + index) % 2**63)
+        yield
 
 
 def compile_layers(model: Any) -> int:
@@ -246,6 +266,7 @@ class Tracker:
         t, state, last = self.t, self.state, step == self.total
         if evaluate is not None and ((t.eval_every and step % t.eval_every == 0) or last):
             self.last_eval = evaluate()
+            dist.reshard(self.module)  # FSDP: no-grad forwards leave the root's weights gathered
             if self.last_eval["eval_loss"] < state["best_eval"] - 1e-6:
                 state.update(best_eval=self.last_eval["eval_loss"], best_step=step, bad_evals=0)
             else:
