@@ -66,7 +66,8 @@ def open_stream(port: int, max_tokens: int, rcvbuf: int = 0, **extra) -> socket.
     if rcvbuf:  # a small window, so the server's writes really back up while we do not read
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     s.connect(("127.0.0.1", port))
-    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    head = "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+    head += f"Content-Length: {len(data)}\r\n\r\n"
     s.sendall(head.encode() + data)
     s.settimeout(60)
     assert s.recv(64).startswith(b"HTTP/1.1 200")
