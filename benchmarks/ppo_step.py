@@ -10,9 +10,11 @@ change it between runs), `--steps` steps, no saves but the final one, `--threads
 times the recipe's own functions, so old and new code are cut the same way: rollout (`generate_ids`),
 reward (the score function), old log-probs (actor `token_logps` without gradients), values (`token_values`
 without gradients), reference (reference `token_logps`), advantages (`gae` + `whiten`), update (the
-recipe's `update_s`); `other` is the rest of the steps' time (decoding texts, KL, metrics, the final save).
-Checkouts alternate over repeats; the table shows each checkout's median step. The load average is printed
-with each run: on a shared machine compare only runs made back to back.
+end of the advantages to the β update); `other` is the rest of the steps' wall time (decoding texts, metrics,
+the final save). Each phase is timed in wall seconds and in process CPU seconds: with 1 torch thread the CPU
+seconds are the work done, which a loaded machine inflates far less than wall time (the CPU table's step is
+the sum of the phases). Checkouts alternate over repeats; the tables show each checkout's median. The load
+average is printed with each run: on a shared machine compare only runs made back to back.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PHASES = ("rollout", "reward", "old_logp", "values", "reference", "advantages", "update", "other")
+PHASES = ("rollout", "reward", "old_logp", "values", "reference", "advantages", "update")
 
 
 def child(a: argparse.Namespace) -> None:
@@ -39,22 +41,29 @@ def child(a: argparse.Namespace) -> None:
     from weitiao.losses import ppo as ppo_losses
     from weitiao.recipes import ppo
 
-    spent = dict.fromkeys(PHASES, 0.0)
+    def now() -> tuple[float, float]:
+        return time.perf_counter(), time.process_time()
+
+    wall, cpu = dict.fromkeys(PHASES, 0.0), dict.fromkeys(PHASES, 0.0)
+    mark: dict[str, tuple[float, float]] = {}
+
+    def add(name: str, t0: tuple[float, float]) -> None:
+        t1 = now()
+        wall[name] += t1[0] - t0[0]
+        cpu[name] += t1[1] - t0[1]
+        mark["last"] = t1
 
     def timed(fn, phase):  # phase: a name, or a function of the call's arguments giving one (None: not timed)
         def wrapper(*args, **kw):
             name = phase(*args, **kw) if callable(phase) else phase
-            t0 = time.perf_counter()
+            t0 = now()
             try:
                 return fn(*args, **kw)
             finally:
                 if name:
-                    spent[name] += time.perf_counter() - t0
+                    add(name, t0)
 
         return wrapper
-
-    def no_grad_phase(name):
-        return lambda *args, **kw: None if torch.is_grad_enabled() else name
 
     def scorer(build):
         def wrapper(*args, **kw):
@@ -62,6 +71,12 @@ def child(a: argparse.Namespace) -> None:
             return timed(fn, "reward"), model
 
         return wrapper
+
+    kl_update = ppo_losses.AdaptiveKL.update
+
+    def after_update(self, *args, **kw):  # the first call after the update epochs (step 7)
+        add("update", mark["last"])
+        return kl_update(self, *args, **kw)
 
     ppo.generate_ids = timed(ppo.generate_ids, "rollout")
     ppo.build_scorer = scorer(ppo.build_scorer)
@@ -71,18 +86,19 @@ def child(a: argparse.Namespace) -> None:
             None if torch.is_grad_enabled() else {"actor": "old_logp", "reference": "reference"}[role]
         ),
     )
-    ppo.token_values = timed(ppo.token_values, no_grad_phase("values"))
+    ppo.token_values = timed(ppo.token_values, lambda *r, **k: None if torch.is_grad_enabled() else "values")
     ppo_losses.gae = timed(ppo_losses.gae, "advantages")
-    ppo_losses.whiten = timed(ppo_losses.whiten, "advantages")
+    ppo_losses.whiten = timed(ppo_losses.whiten, "advantages")  # the last call before the update epochs
+    ppo_losses.AdaptiveKL.update = after_update
     over = [f"model.path={a.model}", f"train.max_steps={a.steps}", "train.save_every=0", f"train.out={a.out}"]
     over += ["train.resume=none", "train.progress=false", "train.sample_every=0", "train.tensorboard=false"]
     cfg = load_config(ppo.PPOConfig, str(Path(a.checkout) / "examples/demo_ppo.yaml"), over)
     summary = ppo.run(cfg)
-    cost = summary["cost"]
-    spent["update"] = cost["update_s"]
-    spent["other"] = cost["total_s"] - sum(v for k, v in spent.items() if k != "other")
-    steps = summary["steps"]
-    res = {k: v / steps for k, v in spent.items()} | {"step": cost["total_s"] / steps, "recipe_cost": cost}
+    steps, cost = summary["steps"], summary["cost"]
+    res = {k: v / steps for k, v in wall.items()} | {f"cpu_{k}": v / steps for k, v in cpu.items()}
+    res["step"] = cost["total_s"] / steps
+    res["other"] = res["step"] - sum(res[k] for k in PHASES)
+    res["recipe_cost"] = cost
     res["metrics"] = {k: summary[k] for k in ("score", "kl", "policy_loss", "value_loss") if k in summary}
     print("RESULT " + json.dumps(res))
 
@@ -116,15 +132,20 @@ def main() -> None:
                 res = json.loads([x for x in p.stdout.splitlines() if x.startswith("RESULT ")][-1][7:])
                 res["load"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
                 runs[c].append(res)
-                row = " ".join(f"{k} {res[k]:.3f}" for k in PHASES)
-                print(f"{c} run {i + 1}: step {res['step']:.3f} s = {row}  load {res['load']}", flush=True)
+                row = " ".join(f"{k} {res[k]:.3f}/{res['cpu_' + k]:.3f}" for k in PHASES)
+                print(f"{c} run {i + 1}: step {res['step']:.3f} s; wall/CPU s: {row}  load {res['load']}", flush=True)
+    cols = (*PHASES, "other")
     print(f"\nseconds per step (median of {a.repeats}), {a.steps} steps, {a.threads} torch thread(s):")
-    print("| checkout | step s | " + " | ".join(PHASES) + " | load 1 min |")
-    print("|---" * (len(PHASES) + 3) + "|")
-    for c, rs in runs.items():
-        med = {k: statistics.median(r[k] for r in rs) for k in ("step", *PHASES)}
-        loads = f"{min(r['load'][0] for r in rs)}–{max(r['load'][1] for r in rs)}"
-        print(f"| {c} | {med['step']:.2f} | " + " | ".join(f"{med[k]:.2f}" for k in PHASES) + f" | {loads} |")
+    for kind, pre in (("wall", ""), ("process CPU", "cpu_")):
+        print(f"\n{kind}:\n| checkout | step | " + " | ".join(cols) + " | load 1 min |")
+        print("|---" * (len(cols) + 3) + "|")
+        for c, rs in runs.items():
+            for r in rs:
+                r["cpu_step"] = sum(r["cpu_" + k] for k in PHASES)
+                r["cpu_other"] = float("nan")  # not measured in CPU time
+            med = {k: statistics.median(r[pre + k] for r in rs) for k in ("step", *cols)}
+            loads = f"{min(r['load'][0] for r in rs)}–{max(r['load'][1] for r in rs)}"
+            print(f"| {c} | {med['step']:.2f} | " + " | ".join(f"{med[k]:.2f}" for k in cols) + f" | {loads} |")
     if a.json:
         Path(a.json).write_text(json.dumps(runs, indent=1))
 
