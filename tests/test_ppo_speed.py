@@ -117,11 +117,11 @@ def test_ppo_run_with_and_without_the_merged_rollout_gives_the_same_metrics(tiny
 
     keys = ("score", "kl", "policy_loss", "value_loss", "response_length", "entropy", "approx_kl")
     plain = run("plain", "ppo.merge_rollout=false")
-    merged = run("merged")
+    merged = run("merged", "ppo.merge_rollout=true")
     for a, c in zip(plain, merged, strict=True):
         assert [a[k] for k in keys] == pytest.approx([c[k] for k in keys], rel=1e-5, abs=1e-6)
     assert merged[-1]["kl"] != 0  # the actor moved, so steps 2–3 sampled from a changed (merged) adapter
-    other = run("seed", "train.seed=7")  # negative control: the comparison sees a different run
+    other = run("seed", "ppo.merge_rollout=true", "train.seed=7")  # negative control: it tells runs apart
     assert [other[-1][k] for k in keys] != pytest.approx([merged[-1][k] for k in keys], rel=1e-5, abs=1e-6)
 
 

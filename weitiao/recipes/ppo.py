@@ -16,8 +16,8 @@ value losses, entropy bonus) → 7. adaptive β, metrics, samples, reward-hackin
 Config keys follow OpenRLHF's names where they exist (init_kl_coef, gamma, lambd, eps_clip, ...).
 
 Rollouts sample from exactly softmax(softcap(logits) / T) (no top-p/top-k, nothing from the model's
-generation_config.json), the distribution the shared log-prob function scores; the actor's LoRA is merged
-into the base meanwhile (`ppo.merge_rollout`), and the base restored bit for bit after. The cost report
+generation_config.json), the distribution the shared log-prob function scores; with `ppo.merge_rollout` the
+actor's LoRA is merged into the base meanwhile, and the base restored bit for bit after. The cost report
 times each phase of the step (`PHASES`). With N processes a
 step's prompts are dealt round-robin and a process left short gets weight-0 padding samples, so all
 run the same collectives; losses are token means over every process's samples and whitening and
@@ -93,9 +93,10 @@ class PPOSpec(BaseModel):
     critic_init: Literal["auto", "reward", "zeros"] = Field("auto", description="auto: reward if reward.kind=model")
     critic_lora: LoraSpec | None = Field(None, description="critic adapter; default = the actor's settings")
     merge_rollout: bool = Field(
-        True,
-        description="sample with the actor's LoRA folded into the base weights (faster decoding; the base is "
-        "restored exactly after; holds a copy of the adapted weights meanwhile; unquantized bases only)",
+        False,
+        description="sample with the actor's LoRA folded into the base weights: faster decoding, same samples, "
+        "the base restored bit for bit after, but a copy of the adapted base weights is held meanwhile; "
+        "unquantized bases only (4/8-bit ones sample unmerged)",
     )
 
     @field_validator("top_p")
