@@ -18,10 +18,9 @@ Config keys follow OpenRLHF's names where they exist (init_kl_coef, gamma, lambd
 Rollouts sample from exactly softmax(softcap(logits) / T) (no top-p/top-k, nothing from the model's
 generation_config.json), the distribution the shared log-prob function scores; with `ppo.merge_rollout` the
 actor's LoRA is merged into the base meanwhile, and the base restored bit for bit after. The cost report
-times each phase of the step (`PHASES`). With N processes a
-step's prompts are dealt round-robin and a process left short gets weight-0 padding samples, so all
-run the same collectives; losses are token means over every process's samples and whitening and
-reward normalization use statistics over all processes.
+times each phase of the step (`PHASES`). With N processes a step's prompts are dealt round-robin and a
+process left short gets weight-0 padding samples, so all run the same collectives; losses are token means
+over every process's samples and whitening and reward normalization use statistics over all processes.
 """
 
 from __future__ import annotations
