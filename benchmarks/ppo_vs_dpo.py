@@ -66,7 +66,8 @@ def child_ppo(a, root: Path) -> dict:
     s = ppo.run(load_config(ppo.PPOConfig, None, over))
     c = s["cost"]
     held = ", ".join(f"{k}: {v}" for k, v in c["models_held"].items())
-    phases = {k: c[k] for k in ("rollout_s", "scoring_s", "reference_s", "update_s")}
+    phases = {k: c[k] for k in ("rollout_s", "reference_s", "update_s")}
+    phases["scoring_s"] = c["reward_s"] + c["logprobs_s"] + c["values_s"]
     return {"train_s": time.perf_counter() - t0, **phases, "samples": c["samples"], "models_held": held}
 
 

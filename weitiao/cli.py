@@ -144,7 +144,7 @@ def ppo(config: Path = CONFIG, overrides: list[str] = OVERRIDES, help_config: bo
     summary = recipe.run(load_config(recipe.PPOConfig, config, overrides or []))
     cost = summary.pop("cost", {})
     t = Table(title="PPO cost report", show_header=False)
-    for k in ("rollout_s", "scoring_s", "reference_s", "update_s", "total_s", "peak_memory_gib", "samples"):
+    for k in (*recipe.PHASES, "total_s", "peak_memory_gib", "samples"):
         if k in cost:
             t.add_row(k, str(cost[k]))
     t.add_row("models held", ", ".join(f"{k}: {v}" for k, v in cost.get("models_held", {}).items()))

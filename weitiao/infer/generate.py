@@ -326,6 +326,11 @@ class Engine:
         parts = [p.rows for p in (self.filling, self.running) if p is not None]
         return sum(not r.done for rows in [self.waiting, *parts] for r in rows)
 
+    def cached(self) -> int:
+        """Rows whose KV cache the engine holds (being prefilled or decoding), done or not: a row that
+        finished or was cancelled leaves it at the next tick."""
+        return sum(len(p.rows) for p in (self.filling, self.running) if p is not None)
+
     def clear(self) -> list:
         """Drop every row (after a failed forward); returns them."""
         rows = self.waiting + [r for p in (self.filling, self.running) if p is not None for r in p.rows]

@@ -28,8 +28,10 @@ How a request flows:
 4. A row ends on an end-of-turn/EOS token or one of its stop_token_ids (counted in usage, as OpenAI and
    vLLM do), a stop string, its own `max_tokens`, or a client that went away (streaming or not, a hang-up
    stops its rows, so it frees its slot); a finished row leaves the batch at once and its slot goes to the
-   next waiting job. /health counts `batches` (prompt groups prefilled), `joined` (rows that joined a batch
-   already decoding) and `steps`.
+   next waiting job. A client that is connected but reads slowly is no hang-up: TCP back-pressure only
+   holds its deltas in its queue, and its row keeps generating. /health counts `batches` (prompt groups
+   prefilled), `joined` (rows that joined a batch already decoding), `steps` and `kv_rows` (rows holding a
+   KV cache now).
 
 With an output filter set, a streamed choice arrives as one filtered delta at its end, because the filter
 needs the whole text, and log-probs are refused (they would show what the filter hides).
@@ -243,6 +245,7 @@ def create_app(
     engine = Engine(model, _pad_id(tokenizer, stop_ids), cfg.max_batch, cfg.prefill_chunk, bool(cfg.adapters), bans)
     stats = {"running": 0, "served": 0, "cancelled": 0, "rejected": 0, "busy_s": 0.0, "generated_tokens": 0}
     stats |= {"batches": 0, "joined": 0, "steps": 0}  # prefilled groups, rows joining a decoding batch, steps
+    stats["kv_rows"] = 0  # rows holding a KV cache in the engine (a hung-up row's goes at the next token)
     prep = ThreadPoolExecutor(2, thread_name_prefix="weitiao-prep")  # JSON, template, tokenizer: off the loop
     wake = asyncio.Event()
 
@@ -287,7 +290,7 @@ def create_app(
                     active.clear()
                 stats.update(
                     batches=engine.stats["prefills"], joined=engine.stats["joined"], steps=engine.stats["steps"],
-                    generated_tokens=engine.stats["tokens"],
+                    generated_tokens=engine.stats["tokens"], kv_rows=engine.cached(),
                 )  # fmt: skip
                 if outbox:  # one hand-off to the event loop per tick, not per row
                     publish(outbox[:])
@@ -299,7 +302,7 @@ def create_app(
                 await wake.wait()
             t0 = time.perf_counter()
             await loop.run_in_executor(None, drive)
-            stats["running"] = 0
+            stats["running"] = stats["kv_rows"] = 0
             stats["busy_s"] += time.perf_counter() - t0
 
     @asynccontextmanager

@@ -16,10 +16,11 @@ value losses, entropy bonus) → 7. adaptive β, metrics, samples, reward-hackin
 Config keys follow OpenRLHF's names where they exist (init_kl_coef, gamma, lambd, eps_clip, ...).
 
 Rollouts sample from exactly softmax(softcap(logits) / T) (no top-p/top-k, nothing from the model's
-generation_config.json), the distribution the shared log-prob function scores. With N processes a
-step's prompts are dealt round-robin and a process left short gets weight-0 padding samples, so all
-run the same collectives; losses are token means over every process's samples and whitening and
-reward normalization use statistics over all processes.
+generation_config.json), the distribution the shared log-prob function scores; with `ppo.merge_rollout` the
+actor's LoRA is merged into the base meanwhile, and the base restored bit for bit after. The cost report
+times each phase of the step (`PHASES`). With N processes a step's prompts are dealt round-robin and a
+process left short gets weight-0 padding samples, so all run the same collectives; losses are token means
+over every process's samples and whitening and reward normalization use statistics over all processes.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -89,6 +92,12 @@ class PPOSpec(BaseModel):
     whiten_advantages: bool = Field(True, description="advantages to mean 0, std 1 per batch")
     critic_init: Literal["auto", "reward", "zeros"] = Field("auto", description="auto: reward if reward.kind=model")
     critic_lora: LoraSpec | None = Field(None, description="critic adapter; default = the actor's settings")
+    merge_rollout: bool = Field(
+        False,
+        description="sample with the actor's LoRA folded into the base weights: faster decoding, same samples, "
+        "the base restored bit for bit after, but a copy of the adapted base weights is held meanwhile; "
+        "unquantized bases only (4/8-bit ones sample unmerged)",
+    )
 
     @field_validator("top_p")
     @classmethod
@@ -191,12 +200,20 @@ def build_rollout(samples: list, pad_id: int, device: torch.device, weight: list
     return Rollout(ids.to(device), attn.to(device), pos.to(device), resp.to(device), mask.to(device), w.to(device))
 
 
+# The cost report's phases of a step (seconds summed over steps): 1. rollout, 2. reward, 3. old log-probs,
+# values, reference log-probs, 4–5. KL rewards + GAE + whitening, 6. update.
+PHASES = ("rollout_s", "reward_s", "logprobs_s", "values_s", "reference_s", "advantages_s", "update_s")
+
+
 def _gather(hidden: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return hidden.gather(1, pos.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
 
 
-def token_logps(roles: Roles, role: str, b: Rollout, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, R] log-probs of the response tokens under `role` (its own weights and head) and the entropy there.
+def token_logps(
+    roles: Roles, role: str, b: Rollout, temperature: float, entropy: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[B, R] log-probs of the response tokens under `role` (its own weights and head) and the entropy there
+    (None without `entropy`: the same log-probs, bit for bit, without the softmax-wide entropy work).
 
     The distribution is the one rollouts sample from: softmax(softcap(logits) / T), through the
     log-prob function SFT and DPO use; 0 on padding.
@@ -204,13 +221,45 @@ def token_logps(roles: Roles, role: str, b: Rollout, temperature: float) -> tupl
     targets = b.resp.masked_fill(b.mask == 0, IGNORE)
     with roles.parts(role) as (decoder, head):
         hidden = decoder(input_ids=b.ids, attention_mask=b.attn, use_cache=False).last_hidden_state
-        lp, ent = target_logps(
-            _gather(hidden, b.pos), targets, head, softcap=roles.softcap, temperature=temperature, entropy=True
+        got = target_logps(
+            _gather(hidden, b.pos), targets, head, softcap=roles.softcap, temperature=temperature, entropy=entropy
         )
+    lp, ent = got if entropy else (got, None)
     sel = targets != IGNORE
-    logp, entropy = lp.new_zeros(b.mask.shape), ent.new_zeros(b.mask.shape)
-    logp[sel], entropy[sel] = lp, ent
-    return logp, entropy
+    logp = lp.new_zeros(b.mask.shape)
+    logp[sel] = lp
+    if ent is None:
+        return logp, None
+    ent_full = ent.new_zeros(b.mask.shape)
+    ent_full[sel] = ent
+    return logp, ent_full
+
+
+@contextmanager
+def rollout_actor(roles: Roles, merge: bool) -> Iterator[Any]:
+    """The actor to sample from. With `merge` (LoRA only), its adapter is folded into the base weights
+    meanwhile: decoding a small batch is bound by per-layer overhead, and a merged layer is one matmul where
+    the adapter takes three. The base weights are copied back bit for bit afterwards (unmerging by
+    subtraction leaves rounding drift every step). A merged layer's logits differ by float rounding (~1e-7),
+    so a draw can differ from the unmerged actor's only where that moves it across a boundary.
+    """
+    model = roles.actor_module()
+    if not (merge and roles.lora):
+        yield model
+        return
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and "default" in m.lora_A]
+    saved = [[q.detach().clone() for q in m.get_base_layer().parameters()] for m in layers]
+    model.merge_adapter(["default"])
+    try:
+        yield model
+    finally:
+        model.unmerge_adapter()
+        with torch.no_grad():
+            for m, params in zip(layers, saved):
+                for q, kept in zip(m.get_base_layer().parameters(), params):
+                    q.copy_(kept)
 
 
 def token_values(roles: Roles, b: Rollout) -> torch.Tensor:
@@ -309,7 +358,7 @@ def run(cfg: PPOConfig) -> dict:
     random.seed(t.seed)
     out = Path(t.out)
     device = accel.device
-    cost = {"rollout_s": 0.0, "scoring_s": 0.0, "reference_s": 0.0, "update_s": 0.0}
+    cost = dict.fromkeys(PHASES, 0.0)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
 
@@ -395,10 +444,11 @@ def run(cfg: PPOConfig) -> dict:
             #    model folder's generation_config.json), the distribution step 3 scores; cut at the first EOS.
             t0 = time.time()
             roles.eval()
-            samples = generate_ids(
-                roles.actor_module(), tokenizer, template, batch_prompts, p.generate_max_len, p.temperature,
-                top_p=1.0, top_k=0, batch_size=p.micro_rollout_batch_size, model_defaults=False,
-            )  # fmt: skip
+            with rollout_actor(roles, p.merge_rollout and cfg.model.quant == "none") as actor:
+                samples = generate_ids(
+                    actor, tokenizer, template, batch_prompts, p.generate_max_len, p.temperature,
+                    top_p=1.0, top_k=0, batch_size=p.micro_rollout_batch_size, model_defaults=False,
+                )  # fmt: skip
             cost["rollout_s"] += time.time() - t0
 
             # 2. Scores: reward source, missing-EOS penalty, optional normalization and clipping.
@@ -417,7 +467,7 @@ def run(cfg: PPOConfig) -> dict:
                 score = (score - moments.mean) / math.sqrt(moments.var + 1e-8)
             if p.reward_clip_range is not None:
                 score = score.clamp(-p.reward_clip_range, p.reward_clip_range)
-            cost["scoring_s"] += time.time() - t0
+            cost["reward_s"] += time.time() - t0
 
             # 3. Old log-probs (actor), reference log-probs, values — all without gradients.
             roll = build_rollout(samples, tokenizer.pad_token_id, device, weights)
@@ -429,14 +479,17 @@ def run(cfg: PPOConfig) -> dict:
                     b = roll.select(idx)
                     w = b.mask.shape[1]
                     t0 = time.time()
-                    old_logp[idx, :w] = token_logps(roles, "actor", b, p.temperature)[0]
-                    old_v[idx, :w] = token_values(roles, b)
+                    old_logp[idx, :w] = token_logps(roles, "actor", b, p.temperature, entropy=False)[0]
                     t1 = time.time()
-                    ref_logp[idx, :w] = token_logps(roles, "reference", b, p.temperature)[0]
-                    cost["reference_s"] += time.time() - t1
-                    cost["scoring_s"] += t1 - t0
+                    old_v[idx, :w] = token_values(roles, b)
+                    t2 = time.time()
+                    ref_logp[idx, :w] = token_logps(roles, "reference", b, p.temperature, entropy=False)[0]
+                    cost["reference_s"] += time.time() - t2
+                    cost["logprobs_s"] += t1 - t0
+                    cost["values_s"] += t2 - t1
 
             # 4. Per-token rewards: −β·KL everywhere, the score at the last response token.
+            t0 = time.time()
             kl = ppo_losses.kl_per_token(old_logp, ref_logp, p.kl_estimator) * roll.mask
             rewards = ppo_losses.token_rewards(score, kl, roll.mask, kl_ctl.beta)
 
@@ -444,6 +497,7 @@ def run(cfg: PPOConfig) -> dict:
             adv, returns = ppo_losses.gae(rewards, old_v, lmask, p.gamma, p.lambd)
             if p.whiten_advantages:
                 adv = ppo_losses.whiten(adv, lmask, reduce=reduce)
+            cost["advantages_s"] += time.time() - t0
 
             # 6. PPO epochs: shuffled minibatches; actor and critic step separately. Each micro-batch
             #    loss is weighted by its share of the minibatch's tokens on all processes, and the
@@ -468,7 +522,9 @@ def run(cfg: PPOConfig) -> dict:
                         logp, ent = token_logps(roles, "actor", b, p.temperature)
                         pg, st = ppo_losses.policy_loss(logp, old_logp[idx, :width], adv[idx, :width], bm, p.eps_clip)
                         entropy = ppo_losses.masked_mean(ent, bm)
-                        ((pg - p.entropy_loss_coef * entropy) * share).backward()
+                        # without a bonus the entropy is only a metric: no backward through it (same gradients)
+                        bonus = p.entropy_loss_coef * entropy if p.entropy_loss_coef else 0.0
+                        ((pg - bonus) * share).backward()
                         v = token_values(roles, b)
                         vf, vst = ppo_losses.value_loss(v, old_v[idx, :width], returns[idx, :width], bm, p.value_clip)
                         (p.vf_coef * vf * share).backward()
