@@ -18,7 +18,7 @@ from weitiao.eval.gen import GenSettings
 PKG = Path(__file__).resolve().parents[1] / "weitiao"
 # modules that may talk to the terminal with rich/typer: the CLI layer and the shared progress display
 TERMINAL = {"cli.py", "cli_options.py", "progress.py"}
-KNOWN_TERMINAL = {"logs/report.py", "recipes/demo.py"}  # console summaries still printed from these two
+KNOWN_TERMINAL = {"logs/report.py"}  # console summaries still printed from this one
 
 
 def _params(path: Path, func: str) -> set[str]:
