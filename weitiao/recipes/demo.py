@@ -6,7 +6,7 @@
 
 1. plan: batch size, lengths and steps from the model's size; the expected time, printed first
 2. the base model on held-out prompts: ordinary chat (incl. harmless look-alikes such as 杀鱼) and red lines
-3. QLoRA SFT (NF4 + double quantization, LoRA r=16 alpha=32) on WeChat-style + safety data
+3. QLoRA SFT (NF4 + double quantization, LoRA r=16 alpha=32) on WeChat-style + helpful how-to + safety data
 4. DPO continuing the SFT adapter (the SFT model is the reference) on pairs that prefer short helpful
    replies over refusals for ordinary prompts and refusals over eager compliance for red-line prompts
 5. SFT and SFT+DPO on the same prompts → table, replies side by side, golden-set HTML report
