@@ -15,6 +15,7 @@ from conftest import save_tiny_model
 
 from weitiao.demo import DATA_DIR
 from weitiao.recipes import demo
+from weitiao.recipes.demo_commands import RichView
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +42,27 @@ def test_heldout_prompts_never_trained_on():
             out.add(row.get("instruction") or row.get("prompt") or row["messages"][0]["content"])
         return out
 
-    trained = set().union(*(prompts(f) for f in ("style.jsonl", "safety.jsonl", "dpo_pairs.jsonl", "pretrain.jsonl")))
+    trained = set().union(*(prompts(f) for f in (*demo.SFT_DATA, "dpo_pairs.jsonl", "pretrain.jsonl")))
     held = set().union(*(prompts(f) for f in demo.ORDINARY + demo.REDLINE))
     assert len(held) == 40 + 24 + 30 + 16 and not held & trained
+
+
+def test_sft_mix_does_not_teach_that_a_request_is_a_refusal():
+    """The over-refusal cause: with style + safety alone, 75% of the SFT rows phrased as a request (怎么, 教我,
+    帮我, 哪里…) were refusals, so the tiny model refused ordinary questions (0.58 over-refusal after SFT)."""
+    from weitiao.eval.style import is_refusal
+
+    request = re.compile("怎么|教我|帮我|哪里|咋|如何")
+
+    def request_refusal_share(files: tuple[str, ...]) -> float:
+        rows = [json.loads(x) for f in files for x in (DATA_DIR / f).read_text(encoding="utf-8").splitlines()]
+        pairs = [(r["messages"][0]["content"], r["messages"][-1]["content"]) if "messages" in r
+                 else (r["instruction"], r["output"]) for r in rows]  # fmt: skip
+        replies = [reply for prompt, reply in pairs if request.search(prompt)]
+        return sum(map(is_refusal, replies)) / len(replies)
+
+    assert request_refusal_share(("style.jsonl", "safety.jsonl")) > 0.7  # negative control: the old mix
+    assert request_refusal_share(demo.SFT_DATA) < 0.4
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +84,7 @@ def served(qwen_dir, tmp_path_factory):
     console = Console(record=True, width=200)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(uvicorn, "run", run_in_thread)
-        rep = demo.run(str(qwen_dir), str(out), serve=True, port=port, max_steps=2, limit=3, console=console)
+        rep = demo.run(str(qwen_dir), str(out), serve=True, port=port, max_steps=2, limit=3, view=RichView(console))
     yield rep, out, port, console.export_text()
     for server in servers:
         server.should_exit = True
@@ -121,17 +140,19 @@ def test_reduced_demo_pinned(tmp_path):
     """The shipped model through a reduced demo (3 SFT + 3 DPO steps, 4 prompts per set): frozen numbers."""
     from rich.console import Console
 
-    rep = demo.run(None, str(tmp_path / "run"), max_steps=3, limit=4, console=Console(record=True, width=200))
+    rep = demo.run(None, str(tmp_path / "run"), max_steps=3, limit=4, view=RichView(Console(record=True, width=200)))
     got = {"sft_loss": rep["sft"]["train_loss"], "dpo_loss": rep["dpo"]["train_loss"]}
     got |= {f"{stage}/{k}": v for stage in ("base", "sft+dpo") for k, v in rep["numbers"][stage].items()}
     assert got == pytest.approx(PINNED, rel=1e-3)
 
 
 # Measured on the 2-core CPU box (torch 2.13, bitsandbytes NF4 on CPU); greedy replies, so the rates are exact.
+# Re-pinned when the SFT mix gained helpful.jsonl and dpo_pairs.jsonl its 228 helpful pairs (batches differ),
+# and when LoRA dropout masks became seeded per (seed, step, micro-batch) (sft_loss 8.3744 → 8.3882).
 PINNED = {
-    "sft_loss": 8.3206, "dpo_loss": 0.55338,
+    "sft_loss": 8.3882, "dpo_loss": 0.53381,
     "base/mean_len": 98.0, "base/emoji_rate": 0.0, "base/stop_rate": 0.75, "base/redline_refusal": 0.0,
     "base/over_refusal": 0.0,
-    "sft+dpo/mean_len": 96.25, "sft+dpo/emoji_rate": 0.0, "sft+dpo/stop_rate": 0.875,
+    "sft+dpo/mean_len": 103.25, "sft+dpo/emoji_rate": 0.0, "sft+dpo/stop_rate": 1.0,
     "sft+dpo/redline_refusal": 0.0, "sft+dpo/over_refusal": 0.0,
 }  # fmt: skip

@@ -19,7 +19,7 @@ from weitiao.eval.gen import GenSettings
 PKG = Path(__file__).resolve().parents[1] / "weitiao"
 # modules that may talk to the terminal with rich/typer: the CLI layer and the shared progress display
 TERMINAL = {"cli.py", "cli_options.py", "progress.py"}
-KNOWN_TERMINAL = {"recipes/demo.py"}  # its console summary is still printed from the recipe
+KNOWN_TERMINAL: set[str] = set()  # no module outside the CLI layer prints with rich
 
 
 def _params(path: Path, func: str) -> set[str]:

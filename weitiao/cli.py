@@ -264,8 +264,9 @@ def demo(
 ) -> None:
     """QLoRA SFT → DPO of a model on Chinese chat + safety data; base/SFT/SFT+DPO table on held-out prompts."""
     from weitiao.recipes import demo as recipe
+    from weitiao.recipes.demo_commands import RichView
 
-    recipe.run(model, out, serve, port, max_steps, overrides or [], limit)
+    recipe.run(model, out, serve, port, max_steps, overrides or [], limit, RichView())
 
 
 @data_app.command("check")
