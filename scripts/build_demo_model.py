@@ -233,6 +233,22 @@ def evaluate(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, data: dict[s
         )
 
 
+# What save() writes: a DEMO_OUT holding anything else is somebody's folder, never replaced.
+MODEL_FILES = {
+    "chat_template.jinja", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+    "tokenizer_config.json",
+}  # fmt: skip
+
+
+def check_out_dir() -> None:
+    """Exit with one line when DEMO_OUT holds files this script does not write (save() replaces the folder)."""
+    for d in (MODEL_DIR, MODEL_DIR.with_name(MODEL_DIR.name + ".tmp")):
+        other = sorted(p.name for p in d.iterdir() if p.name not in MODEL_FILES) if d.is_dir() else []
+        if other or (d.exists() and not d.is_dir()):
+            raise SystemExit(f"DEMO_OUT: {d} holds files this script did not write ({', '.join(other[:3]) or d.name}); "
+                             "point DEMO_OUT at a new or model-only folder")  # fmt: skip
+
+
 def save(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast) -> None:
     """Write tokenizer and model to a temp dir, then swap it in for MODEL_DIR."""
     tmp = MODEL_DIR.with_name(MODEL_DIR.name + ".tmp")
@@ -255,6 +271,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from build_demo_corpus import corpus
 
+    check_out_dir()
     t0 = time.time()
     random.seed(SEED)
     torch.manual_seed(SEED)

@@ -156,3 +156,21 @@ PINNED = {
     "sft+dpo/mean_len": 103.25, "sft+dpo/emoji_rate": 0.0, "sft+dpo/stop_rate": 1.0,
     "sft+dpo/redline_refusal": 0.0, "sft+dpo/over_refusal": 0.0,
 }  # fmt: skip
+
+
+def test_model_build_refuses_an_out_folder_it_did_not_write(tmp_path, monkeypatch):
+    """scripts/build_demo_model.py replaces DEMO_OUT on every save: a folder with other files is refused."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "build_demo_model.py"
+    spec = importlib.util.spec_from_file_location("build_demo_model", script)
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    monkeypatch.setattr(build, "MODEL_DIR", tmp_path / "out")
+    build.check_out_dir()  # absent: fine
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "config.json").write_text("{}")
+    build.check_out_dir()  # a previous build's files: fine
+    (tmp_path / "out" / "build.log").write_text("mine")
+    with pytest.raises(SystemExit, match="build.log"):
+        build.check_out_dir()
