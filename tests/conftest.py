@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 # Before torch loads OpenMP: idle threads sleep instead of spinning, so a test's threads do not
@@ -151,3 +156,29 @@ def make_config(tiny_model_dir, tmp_path):
         return recipe_config(recipe, model_dir or tiny_model_dir, data, out or tmp_path / "run", *extra)
 
     return make
+
+
+@contextlib.contextmanager
+def serve_process(model_dir, *args: str, env: dict | None = None):
+    """A real `weitiao serve` process on a free loopback port, up and answering /health: yields (process, base URL)."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "weitiao", "serve", "--model", str(model_dir), "--port", str(port), *args]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(base + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                time.sleep(0.2)
+        yield proc, base
+    finally:
+        proc.terminate()
+        proc.wait(30)

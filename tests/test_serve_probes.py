@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import pytest
+from conftest import serve_process
 from loopback import running
 
 from weitiao.infer.serve import ServeSettings, create_app
@@ -197,27 +196,10 @@ def test_api_key_guards_every_route_but_health(parts):
 @pytest.mark.slow
 def test_cli_reads_the_key_from_the_environment(tiny_model_dir):
     """`weitiao serve` with WEITIAO_API_KEY set and no --api-key flag (which `ps` would show) requires the key."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {**os.environ, "WEITIAO_API_KEY": "sk-env"}
-    cmd = [sys.executable, "-m", "weitiao", "serve", "--model", str(tiny_model_dir), "--port", str(port)]
-    proc = subprocess.Popen(cmd + ["--max-body-mb", "0.5"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(base + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert proc.poll() is None, proc.stdout.read().decode()
-                time.sleep(0.2)
+    with serve_process(tiny_model_dir, "--max-body-mb", "0.5", env=env) as (_, base):
         key = {"Authorization": "Bearer sk-env"}
         assert httpx.get(base + "/v1/models").status_code == 401
         assert httpx.get(base + "/v1/models", headers=key).status_code == 200
         r = httpx.post(base + COMP, content=b"x" * 600_000, headers=key)
         assert r.status_code == 413
-    finally:
-        proc.terminate()
-        proc.wait(30)

@@ -9,39 +9,20 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest import serve_process
 
 MSGS = [{"role": "user", "content": "今天天气怎么样？"}]
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "weitiao", "serve", "--model", str(tiny_model_dir), "--port", str(port)]
-    cmd += ["--max-batch", "4", "--max-new-tokens", "480"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(base + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert proc.poll() is None, proc.stdout.read().decode()
-                time.sleep(0.2)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with serve_process(tiny_model_dir, "--max-batch", "4", "--max-new-tokens", "480") as (_, base):
+        yield int(base.rsplit(":", 1)[1])
 
 
 def health(port: int) -> dict:
