@@ -180,3 +180,18 @@ def test_prepare_fills_deepspeed_from_train_spec_and_takes_the_step():
     bad.num_processes = 1
     with pytest.raises(UserError, match="gradient_clipping 1.0 differs from train.max_grad_norm 0.5"):
         zero.prepare(bad, t, object(), opt)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")
+@pytest.mark.parametrize("var", ["ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"])
+def test_sharded_launch_on_a_machine_without_gpu_is_refused_not_run_as_ddp(monkeypatch, var):
+    """`accelerate launch --config_file examples/accelerate/zero2.yaml` (or fsdp.yaml) on CPU: accelerate would
+    run plain DDP and say nothing; the recipes stop with one line instead."""
+    from weitiao.train import dist
+
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert dist.accelerator().distributed_type == DistributedType.NO  # negative control: a plain run starts
+    monkeypatch.setenv(var, "true")
+    with pytest.raises(UserError, match="needs a GPU .*silently run plain DDP"):
+        dist.accelerator()

@@ -10,6 +10,7 @@ Setups whose state we cannot save whole (FSDP1, other DeepSpeed setups) are refu
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,24 @@ def accelerator(model: Any = None) -> Any:
     and, given the run's `model` spec, `refuse_unshardable`."""
     from accelerate import Accelerator
 
+    if not torch.cuda.is_available():
+        refuse_dropped_sharding()
     accel = Accelerator(cpu=not torch.cuda.is_available())
     refuse_unsavable(accel)
     if model is not None:
         refuse_unshardable(accel, model)
     return accel
+
+
+def refuse_dropped_sharding() -> None:
+    """One line when `accelerate launch` asked for DeepSpeed or FSDP on a machine without a GPU: accelerate
+    would silently run plain gloo DDP there (it turns both on for accelerator devices only)."""
+    for var, kind in (("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "FSDP")):
+        if os.environ.get(var, "false").lower() == "true":
+            raise UserError(
+                f"accelerate config: distributed_type {kind} needs a GPU (on CPU accelerate would silently run "
+                "plain DDP instead); launch with examples/accelerate/ddp.yaml here, or on a GPU machine"
+            )
 
 
 def refuse_unshardable(accel: Any, model: Any) -> None:
