@@ -350,6 +350,8 @@ def run(cfg: PPOConfig) -> dict:
     from accelerate import Accelerator
 
     p, t = cfg.ppo, cfg.train
+    if not torch.cuda.is_available():
+        dist.refuse_dropped_sharding()
     accel = Accelerator(cpu=not torch.cuda.is_available())
     dist.refuse_sharding(accel, "ppo")
     main, world, rank = accel.is_main_process, accel.num_processes, accel.process_index
