@@ -35,6 +35,6 @@ def zero_on_cpu(stage: int) -> Accelerator:
 
 if __name__ == "__main__":
     stage, recipe, overrides = int(sys.argv[1]), {"sft": sft, "dpo": dpo, "rm": rm}[sys.argv[2]], sys.argv[3:]
-    dist.accelerator = lambda: zero_on_cpu(stage)
+    dist.accelerator = lambda model=None: zero_on_cpu(stage)
     config = {"sft": sft.SFTConfig, "dpo": dpo.DPOConfig, "rm": rm.RMConfig}[sys.argv[2]]
     print(recipe.run(load_config(config, None, overrides)))
