@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from weitiao.config import ModelRef
 from weitiao.errors import UserError
+
+# peft 0.21 reads the alias transformers 5 deprecated on every PeftModel: one FutureWarning per adapter in users'
+# output that is not about their code (tests/test_load.py::test_peft_wrap_prints_no_future_warning).
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
