@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Red
 from fastapi.staticfiles import StaticFiles
 
 from weitiao.config import dump_config
+from weitiao.data.formats import FORMATS
 from weitiao.demo import DATA_DIR, DEMO_DIR
 from weitiao.errors import UserError
 from weitiao.ui import forms
@@ -120,7 +121,7 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
     def info() -> dict:
         demo = str(DATA_DIR) if roots.inside(Path(os.path.realpath(DATA_DIR))) else None
         return {"recipes": list(forms.RECIPES), "roots": [str(r) for r in roots.roots], "runs": str(runs.root),
-                "demo_data": demo}  # fmt: skip
+                "demo_data": demo, "formats": ["auto", *FORMATS]}  # fmt: skip
 
     @app.get("/api/preset/sft")
     def preset() -> dict:
@@ -303,26 +304,24 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
 
     @app.get("/api/data")
     def data_preview(path: str, index: int = 0, model: str = "demo", template: str = "auto", max_len: int = 1024,
-                     train_on_prompt: bool = False) -> dict:  # fmt: skip
+                     train_on_prompt: bool = False, format: str = "auto") -> dict:  # fmt: skip
+        """Row `index` encoded as the trainer that takes the file would (SFT, or a DPO/RM pair), the file's
+        `data check` report, and the ratios it was mixed with (SFT files made by `data mix`)."""
         from dataclasses import asdict
 
-        from weitiao.data.chat import EncodeOptions
-        from weitiao.data.check import check_file, show_example
-        from weitiao.data.formats import load_conversations
+        from weitiao.data.check import check_file
+        from weitiao.ui.dataview import row_view
 
+        if max_len < 1:
+            raise UserError(f"max_len {max_len}: must be ≥ 1")
         file = str(roots.resolve(path, "data file"))
         tok = tokenizer(model_ref(model))
-        rows = load_conversations(file).rows
-        if not 0 <= index < len(rows):
-            raise UserError(f"index {index}: {path} has {len(rows)} rows (0..{len(rows) - 1})")
-        enc, segments = show_example(rows[index], tok, template, EncodeOptions(max_len, train_on_prompt, "all", "cut"))
+        view = row_view(file, index, tok, template, max_len, train_on_prompt, format)
         report = Path(f"{file}.report.json")  # written next to a file by `weitiao data mix`
         mixed = None
         if report.is_file():
             mixed = json.loads(roots.resolve(str(report), "mix report").read_text(encoding="utf-8"))
-        return {"rows": len(rows), "source": rows[index].source, "segments": segments,
-                "tokens": len(enc) if enc else 0, "trained": enc.n_trained if enc else 0,
-                "check": asdict(check_file([file], tok, template, max_len)), "mix": mixed}  # fmt: skip
+        return {**view, "check": asdict(check_file([file], tok, template, max_len, format)), "mix": mixed}
 
     return app
 
