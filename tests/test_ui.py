@@ -406,6 +406,11 @@ def test_mix_from_the_page_writes_a_new_file_and_shows_its_ratios(root, tmp_path
             assert r.status_code == 400 and "outside the allowed folders" in r.json()["error"], bad
         r = c.post("/api/mix", json=body | {"out": "data/m2.jsonl", "sources": [{"path": "data/a.jsonl", "ratio": 0}]})
         assert r.status_code == 400 and "RATIO > 0" in r.json()["error"]
+        pairs = _pairs_file(root / "data" / "pairs.jsonl", PAIRS)
+        body["sources"] = [{"path": "data/a.jsonl", "ratio": 1}, {"path": "data/pairs.jsonl", "ratio": 1}]
+        r = c.post("/api/mix", json=body | {"out": "data/m3.jsonl"})
+        assert r.json()["error"] == f"mix source {pairs}: preference pairs; `data mix` mixes SFT rows only"
+        assert not (root / "data" / "m3.jsonl").exists()
 
 
 def test_demo_preset_fills_the_form_from_the_shipped_data(root):
