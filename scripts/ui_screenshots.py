@@ -1,10 +1,10 @@
 """PNG screenshots of each `weitiao ui` tab in Chinese and English, taken by the headless-Chromium test.
 
-    python scripts/ui_screenshots.py            # → docs/ui/{runs,watch,chat,data}-{zh,en}.png
+    python scripts/ui_screenshots.py            # → docs/ui/{runs,watch,chat,data,pairs}-{zh,en}.png
     python scripts/ui_screenshots.py OUT_DIR
 
-Runs tests/test_ui_page.py (an SFT run of the demo model made from the form, then chat, compare, data)
-with WEITIAO_UI_SHOTS=OUT_DIR. Needs chromium + chromium-driver and a CJK font, on Debian:
+Runs tests/test_ui_page.py (an SFT run of the demo model made from the form, then chat, compare, data, a
+DPO/RM pair file) with WEITIAO_UI_SHOTS=OUT_DIR. Needs chromium + chromium-driver and a CJK font, on Debian:
 apt-get install -y chromium chromium-driver fonts-wqy-microhei
 """
 
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = [f"{tab}-{lang}.png" for tab in ("runs", "watch", "chat", "data") for lang in ("zh", "en")]
+NAMES = [f"{tab}-{lang}.png" for tab in ("runs", "watch", "chat", "data", "pairs") for lang in ("zh", "en")]
 
 
 def main() -> int:

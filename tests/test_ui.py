@@ -406,6 +406,11 @@ def test_mix_from_the_page_writes_a_new_file_and_shows_its_ratios(root, tmp_path
             assert r.status_code == 400 and "outside the allowed folders" in r.json()["error"], bad
         r = c.post("/api/mix", json=body | {"out": "data/m2.jsonl", "sources": [{"path": "data/a.jsonl", "ratio": 0}]})
         assert r.status_code == 400 and "RATIO > 0" in r.json()["error"]
+        pairs = _pairs_file(root / "data" / "pairs.jsonl", PAIRS)
+        body["sources"] = [{"path": "data/a.jsonl", "ratio": 1}, {"path": "data/pairs.jsonl", "ratio": 1}]
+        r = c.post("/api/mix", json=body | {"out": "data/m3.jsonl"})
+        assert r.json()["error"] == f"mix source {pairs}: preference pairs; `data mix` mixes SFT rows only"
+        assert not (root / "data" / "m3.jsonl").exists()
 
 
 def test_demo_preset_fills_the_form_from_the_shipped_data(root):
@@ -485,3 +490,130 @@ def test_arena_on_chosen_checkpoints_is_mounted_behind_the_token_and_kept(root, 
         listed = c.get("/api/arenas").json()  # a restarted console finds and serves it again
         assert [(a["id"], a["models"], a["votes"]) for a in listed] == [(made["id"], made["models"], 0)]
         assert c.get(made["url"]).status_code == 200
+
+
+PAIRS = [  # every row shape of a preference file: TRL strings, messages with a system prompt and history,
+    # TRL's implicit prompt (whole conversations), LLaMA-Factory alpaca ranking; markup in the texts
+    {"prompt": "你好<b>吗</b>", "chosen": "好的<script>alert(1)</script>", "rejected": "不行"},
+    {"system": "你是助手", "messages": [{"role": "user", "content": "第一问"},
+     {"role": "assistant", "content": "第一答"}, {"role": "user", "content": "第二问"}],
+     "chosen": [{"role": "assistant", "content": "对的回答"}],
+     "rejected": {"role": "assistant", "content": "错的回答，" + "很长" * 14}},
+    {"chosen": [{"role": "user", "content": "问"}, {"role": "assistant", "content": "甲"}],
+     "rejected": [{"role": "user", "content": "问"}, {"role": "assistant", "content": "乙乙"}]},
+    {"instruction": "翻译", "input": "cat", "chosen": "猫", "rejected": "狗"},
+]  # fmt: skip
+
+
+def _pairs_file(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path.resolve()
+
+
+def test_data_preview_of_a_preference_file_is_what_dpo_and_rm_encode(root):
+    """Each pair shape is shown as `encode_pair` encodes it: the shared prompt unscored, each reply's scored
+    tokens (and the last one, where RM reads its score), the cut where max_len cuts; the `data check` report."""
+    from weitiao.data.chat import IGNORE
+    from weitiao.data.formats import load_rows
+    from weitiao.data.preference import encode_pair
+    from weitiao.data.templates import resolve_template
+    from weitiao.models.load import load_tokenizer
+
+    file = _pairs_file(root / "data" / "pairs.jsonl", PAIRS)
+    tok = load_tokenizer("demo")
+    tpl = resolve_template(tok)
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
+
+        def shown(i: int, max_len: int, fmt: str = "auto") -> dict:
+            r = c.get("/api/data", params={"path": "data/pairs.jsonl", "index": i, "max_len": max_len, "format": fmt})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        def same_as_encode_pair(d: dict, pair, max_len: int) -> None:
+            fitted = encode_pair(pair, tok, tpl, max_len, "cut_response")
+            whole = encode_pair(pair, tok, tpl, 10**9)
+            assert d["dropped"] == (fitted is None) and d["over"] == (max(map(len, whole)) > max_len)
+            p = d["prompt"]["tokens"]
+            for side, enc, full in zip(("chosen", "rejected"), fitted or whole, whole):
+                s = d[side]
+                assert enc.labels[:p] == [IGNORE] * p and enc.labels[p] != IGNORE  # the reply starts at p
+                assert d["prompt"]["text"] == tok.decode(enc.input_ids[:p])
+                assert "".join(text for text, _ in s["segments"]) == tok.decode(enc.input_ids[p:])
+                scored = [x for x in enc.labels if x != IGNORE]
+                assert "".join(text for text, on in s["segments"] if on) == tok.decode(scored)
+                assert s["segments"][s["score_at"]] == [tok.decode(scored[-1:]), True]  # RM's score token
+                assert (s["tokens"], s["scored"], s["whole"]) == (len(enc), enc.n_trained, len(full))
+                assert s["cut"] == (enc.truncated == "cut")
+
+        pairs = load_rows(str(file)).rows
+        for i, pair in enumerate(pairs):
+            d = shown(i, 1024)
+            assert (d["kind"], d["rows"], d["source"]) == ("preference", 4, f"{file}:{i + 1}")
+            same_as_encode_pair(d, pair, 1024)
+            assert not d["over"] and not d["chosen"]["cut"]
+            assert pair.chosen in d["chosen"]["segments"][0][0] and pair.chosen not in d["prompt"]["text"]
+            assert pair.rejected in d["rejected"]["segments"][0][0]
+        d = shown(0, 1024)
+        assert d["form"] == "string" and "<|im_start|>user\n你好<b>吗</b>" in d["prompt"]["text"]
+        assert d["chosen"]["segments"][0] == ["好的<script>alert(1)</script>", True]  # text; the page escapes it
+        d = shown(1, 1024)  # system and history: in the prompt, not scored
+        assert d["form"] == "chat" and all(x in d["prompt"]["text"] for x in ("你是助手", "第一答", "第二问"))
+        assert d["check"]["pairs"] == 4 and d["check"]["format"] == "preference" and d["mix"] is None
+        # max_len cuts the longer reply (cut_response), the shorter side stays whole
+        p, n = d["prompt"]["tokens"], d["chosen"]["whole"]
+        d = shown(1, n)
+        same_as_encode_pair(d, pairs[1], n)
+        assert d["over"] and not d["dropped"] and d["rejected"]["cut"] and d["rejected"]["tokens"] == n
+        assert d["rejected"]["whole"] > n and not d["chosen"]["cut"] and d["chosen"]["tokens"] == n
+        d = shown(1, p)  # the prompt alone fills max_len: dropped either way, shown whole
+        same_as_encode_pair(d, pairs[1], p)
+        assert d["dropped"] and d["rejected"]["tokens"] == d["rejected"]["whole"]
+        # format preference_raw: TRL's raw text, no template; it takes string rows only, as `weitiao dpo` does
+        r = c.get("/api/data", params={"path": "data/pairs.jsonl", "format": "preference_raw"})
+        assert r.status_code == 400 and f"{file}:2: chosen: format preference_raw takes" in r.json()["error"]
+        raw = _pairs_file(root / "data" / "raw.jsonl", PAIRS[:1])
+        d = c.get("/api/data", params={"path": "data/raw.jsonl", "format": "preference_raw"}).json()
+        assert d["form"] == "raw" and d["prompt"]["text"] == "你好<b>吗</b>"
+        same_as_encode_pair(d, load_rows(str(raw), "preference_raw").rows[0], 1024)
+        r = c.get("/api/data", params={"path": "data/pairs.jsonl", "index": 4})
+        assert r.json()["error"] == f"index 4: {file} has 4 rows (0..3)"
+
+
+def test_data_preview_refuses_mixed_and_refused_rows_as_the_trainers_do(root):
+    """A file mixing pairs and SFT rows, or holding KTO rows, fails with the trainer's own file:line line;
+    an SFT file (chat or raw text) still previews as `weitiao sft` encodes it."""
+    from weitiao.data.chat import EncodeOptions
+    from weitiao.data.check import show_example
+    from weitiao.data.formats import load_conversations
+    from weitiao.data.preference import load_pairs
+    from weitiao.models.load import load_tokenizer
+
+    sft = {"messages": [{"role": "user", "content": "问"}, {"role": "assistant", "content": "答"}]}
+    kto = {"prompt": "问", "completion": "答", "label": False}
+    files = {
+        "pairs_then_sft.jsonl": ([PAIRS[0], sft], lambda f: load_pairs([f], "auto", False), ":2: messages"),
+        "sft_then_pair.jsonl": ([sft, PAIRS[1]], lambda f: load_conversations(f, allow_text=True), ":2: messages"),
+        "kto.jsonl": ([kto], lambda f: load_conversations(f, allow_text=True), ":1: label: unpaired feedback"),
+        "pairs_then_kto.jsonl": ([PAIRS[0], kto], lambda f: load_pairs([f], "auto", False), ":2: label"),
+    }
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        for name, (rows, trainer_load, where) in files.items():
+            file = str(_pairs_file(root / "data" / name, rows))
+            with pytest.raises(UserError) as trainer:
+                trainer_load(file)
+            r = c.get("/api/data", params={"path": f"data/{name}"})
+            assert r.status_code == 400 and r.json()["error"] == str(trainer.value), name
+            assert f"{file}{where}" in str(trainer.value), (name, str(trainer.value))
+        # negative control: SFT files preview as before, a chat with its trained reply, raw text whole
+        d = c.get("/api/data", params={"path": "data/a.jsonl"}).json()
+        tok = load_tokenizer("demo")
+        row = load_conversations(str(root / "data" / "a.jsonl")).rows[0]
+        enc, segments = show_example(row, tok, "auto", EncodeOptions(1024, False, "all", "cut"))
+        assert (d["kind"], d["tokens"], d["trained"], d["pieces"]) == ("sft", len(enc), enc.n_trained, 1)
+        assert [tuple(s) for s in d["segments"]] == segments and segments[-2] == ("你好呀<|im_end|>", True)
+        assert "chosen" not in d and d["check"]["pairs"] == 0
+        _pairs_file(root / "data" / "text.jsonl", [{"text": "一二三四五六七八九十" * 20}])
+        d = c.get("/api/data", params={"path": "data/text.jsonl", "max_len": 16}).json()
+        assert d["kind"] == "sft" and d["pieces"] > 1 and d["tokens"] == d["trained"] > 16
+        assert "".join(text for text, _ in d["segments"]).startswith("一二三四五六七八九十")
+        assert d["check"]["documents"] == 1

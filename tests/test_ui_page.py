@@ -1,7 +1,8 @@
 """`weitiao ui` in real headless Chromium (Selenium), end to end on the shipped demo model, the way a newcomer
 goes: the demo preset fills the form (the shipped data is a read-only root), an SFT run starts from it, its
 live chart, export, the golden-set report and a blind-vote arena over chosen checkpoints, chat with the result,
-two checkpoints side by side, data preview and mix ratios, the language switch (field help too), and markup in
+two checkpoints side by side, data preview (an SFT file, and a DPO/RM pair file: prompt, chosen and rejected
+with their scored tokens) and mix ratios, the language switch (field help too), and markup in
 file names, logs and model replies shown as text.
 
 With WEITIAO_UI_SHOTS=DIR it also saves a PNG of each tab in both languages (scripts/ui_screenshots.py).
@@ -25,6 +26,9 @@ from weitiao.ui.runs import RunStore
 
 DEMO_DATA = Path(__file__).parents[1] / "weitiao" / "demo" / "data" / "style.jsonl"
 XSS = "<img src=x onerror=window.__xss=1>"
+PAIR = {"prompt": "怎么挑西瓜？", "chosen": f"拍一拍，声音清脆的熟了{XSS}",
+        "rejected": f"西瓜是葫芦科植物，原产于非洲，{XSS}后来传入中国，" + "种植历史悠久，品种很多，" * 6}  # fmt: skip
+PAIR_SIDES = ("chosen", "rejected")
 
 pytestmark = [
     pytest.mark.slow,
@@ -47,6 +51,8 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
     rows = DEMO_DATA.read_text(encoding="utf-8").splitlines()[:40]
     (root / "data" / "style.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
     (root / "data" / f"{XSS}.jsonl").write_text(rows[0] + "\n", encoding="utf-8")
+    pairs = [PAIR, {"prompt": "你好", "chosen": "你好呀", "rejected": "嗯"}]
+    (root / "data" / f"{XSS}-pairs.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
     (tmp_path / "secret.jsonl").write_text(rows[1] + "\n", encoding="utf-8")  # outside the root
     golden = DATA_DIR.joinpath("heldout_style.jsonl").read_text(encoding="utf-8").splitlines()[:3]
     (root / "data" / "golden.jsonl").write_text("\n".join(golden) + "\n", encoding="utf-8")
@@ -106,7 +112,7 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             field("data.train").find_element(By.XPATH, "following-sibling::button").click()
             wait.until(lambda d: by_id("picker").is_displayed())
             driver.find_element(By.CSS_SELECTOR, "#picker-list a").click()  # the root
-            wait.until(lambda d: "data/" in by_id("picker-list").text)
+            wait.until(lambda d: d.find_elements(By.LINK_TEXT, "data/"))  # the root's listing, not the roots'
             driver.find_element(By.LINK_TEXT, "data/").click()
             wait.until(lambda d: "style.jsonl" in by_id("picker-list").text)
             assert f"{XSS}.jsonl" in by_id("picker-list").text
@@ -211,7 +217,7 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             by_id("mix-pick").click()
             wait.until(lambda d: by_id("picker").is_displayed())
             driver.find_element(By.CSS_SELECTOR, "#picker-list a").click()
-            wait.until(lambda d: "data/" in by_id("picker-list").text)
+            wait.until(lambda d: d.find_elements(By.LINK_TEXT, "data/"))  # the root's listing, not the roots'
             driver.find_element(By.LINK_TEXT, "data/").click()
             wait.until(lambda d: "style.jsonl" in by_id("picker-list").text)
             driver.find_element(By.LINK_TEXT, "style.jsonl").click()
@@ -226,6 +232,44 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             by_id("data-show").click()  # the mixed file: its preview shows the ratios it was made with
             wait.until(lambda d: "mixed.jsonl" in by_id("data-info").text and d.execute_script(mix_rows) == want)
             shot("data")
+
+            # 7b. a DPO/RM pair file (markup in its name and replies): the shared prompt, then chosen and rejected
+            # with their scored tokens and RM's score token; max_len cuts the long reply; in both languages
+            by_id("data-path").clear()
+            by_id("data-path").send_keys(f"data/{XSS}-pairs.jsonl")
+            by_id("data-max-len").clear()
+            by_id("data-max-len").send_keys("64")
+            by_id("data-show").click()
+            wait.until(lambda d: by_id("data-pair").is_displayed())
+            assert not by_id("data-view").is_displayed() and by_id("mix-note").is_displayed()
+            assert by_id("pair-prompt").text.startswith("<|im_start|>user\n怎么挑西瓜？")
+            scored = {k: driver.find_elements(By.CSS_SELECTOR, f"#pair-{k} span.trained") for k in PAIR_SIDES}
+            assert [e.text for e in scored["chosen"]] == [PAIR["chosen"], "<|im_end|>"]  # the reply, then its EOT
+            cut = "".join(e.text for e in scored["rejected"])  # cut at max_len: no EOT
+            assert len(cut) > 20 and PAIR["rejected"].startswith(cut)
+            for k, spans in scored.items():  # where RM reads its score: the last scored token
+                assert spans[-1].get_attribute("class") == "trained score" and spans[-1].get_attribute("title"), k
+            info = lambda k: by_id(f"pair-{k}-info").text  # noqa: E731
+            assert "已截到 max_len" in info("rejected") and "已截到" not in info("chosen")
+            assert f"{XSS}-pairs.jsonl:1" in by_id("data-info").text and "较长的一边超过" in by_id("data-info").text
+            assert "偏好对 / 两边相同 / 空回复\n2 / 0 / 0" in by_id("data-check").text
+            assert "选中的回复" in by_id("data-pair").text and "计分的 token" in by_id("legend-trained").text
+            assert not driver.find_elements(By.CSS_SELECTOR, "main img")
+            assert driver.execute_script("return window.__xss") is None
+            shot("pairs")
+            by_id("lang").click()
+            assert "Chosen reply" in by_id("data-pair").text and "cut to max_len, whole" in info("rejected")
+            title = scored["chosen"][-1].get_attribute("title")
+            assert title == "the reward model (RM) reads its score here"
+            assert "scored tokens" in by_id("legend-trained").text
+            assert "refuses preference pairs" in by_id("mix-note").text
+            shot("pairs")
+            by_id("lang").click()
+            by_id("data-path").clear()
+            by_id("data-path").send_keys("data/mixed.jsonl")
+            by_id("data-show").click()
+            wait.until(lambda d: "mixed.jsonl" in by_id("data-info").text and by_id("data-view").is_displayed())
+            assert not by_id("data-pair").is_displayed() and not by_id("mix-note").is_displayed()
 
             # 8. English, kept across a reload; the run list still has the run (state on disk)
             by_id("lang").click()

@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Red
 from fastapi.staticfiles import StaticFiles
 
 from weitiao.config import dump_config
+from weitiao.data.formats import FORMATS
 from weitiao.demo import DATA_DIR, DEMO_DIR
 from weitiao.errors import UserError
 from weitiao.ui import forms
@@ -120,7 +121,7 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
     def info() -> dict:
         demo = str(DATA_DIR) if roots.inside(Path(os.path.realpath(DATA_DIR))) else None
         return {"recipes": list(forms.RECIPES), "roots": [str(r) for r in roots.roots], "runs": str(runs.root),
-                "demo_data": demo}  # fmt: skip
+                "demo_data": demo, "formats": ["auto", *FORMATS]}  # fmt: skip
 
     @app.get("/api/preset/sft")
     def preset() -> dict:
@@ -214,11 +215,16 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
     def mix(body: dict) -> dict:
         """`weitiao data mix` from the page: sources [{path, ratio}], a new output file inside the roots."""
         from weitiao.dataeng.mix import run as mix_run
+        from weitiao.ui.dataview import file_kind
 
         sources = body.get("sources")
         if not isinstance(sources, list) or not all(isinstance(x, dict) for x in sources):
             raise UserError("sources: a list of {path, ratio}")
-        specs = [f"{roots.resolve(str(x.get('path') or ''), 'mix source')}:{x.get('ratio')}" for x in sources]
+        paths = [roots.resolve(str(x.get("path") or ""), "mix source") for x in sources]
+        for path in paths:  # `data mix` would call a pair a "preference row in SFT data"; say what it is here
+            if path.is_file() and file_kind(path) == "preference":
+                raise UserError(f"mix source {path}: preference pairs; `data mix` mixes SFT rows only")
+        specs = [f"{path}:{x.get('ratio')}" for path, x in zip(paths, sources)]
         out = roots.resolve(str(body.get("out") or ""), "mix output", write=True)
         if out.exists():
             raise UserError(f"mix output {out}: exists already; choose a new file name")
@@ -303,26 +309,24 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
 
     @app.get("/api/data")
     def data_preview(path: str, index: int = 0, model: str = "demo", template: str = "auto", max_len: int = 1024,
-                     train_on_prompt: bool = False) -> dict:  # fmt: skip
+                     train_on_prompt: bool = False, format: str = "auto") -> dict:  # fmt: skip
+        """Row `index` encoded as the trainer that takes the file would (SFT, or a DPO/RM pair), the file's
+        `data check` report, and the ratios it was mixed with (SFT files made by `data mix`)."""
         from dataclasses import asdict
 
-        from weitiao.data.chat import EncodeOptions
-        from weitiao.data.check import check_file, show_example
-        from weitiao.data.formats import load_conversations
+        from weitiao.data.check import check_file
+        from weitiao.ui.dataview import row_view
 
+        if max_len < 1:
+            raise UserError(f"max_len {max_len}: must be ≥ 1")
         file = str(roots.resolve(path, "data file"))
         tok = tokenizer(model_ref(model))
-        rows = load_conversations(file).rows
-        if not 0 <= index < len(rows):
-            raise UserError(f"index {index}: {path} has {len(rows)} rows (0..{len(rows) - 1})")
-        enc, segments = show_example(rows[index], tok, template, EncodeOptions(max_len, train_on_prompt, "all", "cut"))
+        view = row_view(file, index, tok, template, max_len, train_on_prompt, format)
         report = Path(f"{file}.report.json")  # written next to a file by `weitiao data mix`
         mixed = None
         if report.is_file():
             mixed = json.loads(roots.resolve(str(report), "mix report").read_text(encoding="utf-8"))
-        return {"rows": len(rows), "source": rows[index].source, "segments": segments,
-                "tokens": len(enc) if enc else 0, "trained": enc.n_trained if enc else 0,
-                "check": asdict(check_file([file], tok, template, max_len)), "mix": mixed}  # fmt: skip
+        return {**view, "check": asdict(check_file([file], tok, template, max_len, format)), "mix": mixed}
 
     return app
 

@@ -30,6 +30,14 @@ const T = {
     di_rows: "行", di_tokens: "token 数", di_trained: "训练的 token", dc_format: "格式 / 模板", dc_rows: "读入 / 保留 / 拒绝的行",
     dc_tokens: "token 数 最小 / 平均 / p95 / 最大", dc_over: "超过 max_len 的行：max_len =", dc_dups: "重复的行 / 提示",
     dc_eos: "缺少 EOS 的行", dc_untrained: "没有训练 token 的行",
+    data_format: "格式", scored: "计分的 token（DPO 对其对数概率求和）", score_token: "奖励模型（RM）在此读分",
+    pair_prompt: "提示（两边共享，不计分）", chosen: "选中的回复（chosen）", rejected: "被拒的回复（rejected）",
+    di_seq: "token（提示 + 回复）", di_scored: "计分", di_cut: "已截到 max_len，原长", di_cut_sft: "已截到 max_len",
+    di_pieces: "段（超过 max_len 的纯文本按 max_len 切段）", di_dropped: "max_len 内没有可训练的 token：训练时丢弃这一行",
+    pair_over: "较长的一边超过 max_len：data.truncation 为 drop（默认）时训练丢弃这一对，为 cut_response 时按下面所示截断回复。",
+    pair_dropped: "提示本身已占满 max_len：两种截断方式都丢弃这一对（下面显示完整内容）。",
+    dc_pairs: "偏好对 / 两边相同 / 空回复", dc_docs: "纯文本行",
+    mix_pairs: "data mix 只混合 SFT 数据，不接受偏好对（chosen/rejected），所以这个文件没有配比。",
   },
   en: {
     title: "weitiao console", tab_runs: "Runs", tab_watch: "Watch", tab_chat: "Chat", tab_data: "Data",
@@ -58,6 +66,14 @@ const T = {
     di_rows: "rows", di_tokens: "tokens", di_trained: "trained", dc_format: "format / template", dc_rows: "rows read / kept / rejected",
     dc_tokens: "tokens min / mean / p95 / max", dc_over: "rows over max_len", dc_dups: "duplicate rows / prompts",
     dc_eos: "rows missing EOS", dc_untrained: "rows with no trained token",
+    data_format: "Format", scored: "scored tokens (DPO sums their log-probs)", score_token: "the reward model (RM) reads its score here",
+    pair_prompt: "Prompt (shared by both sides, not scored)", chosen: "Chosen reply", rejected: "Rejected reply",
+    di_seq: "tokens (prompt + reply)", di_scored: "scored", di_cut: "cut to max_len, whole", di_cut_sft: "cut to max_len",
+    di_pieces: "pieces (raw text over max_len is split into max_len pieces)", di_dropped: "nothing to train within max_len: training leaves this row out",
+    pair_over: "The longer side is over max_len: with data.truncation drop (the default) training leaves this pair out; with cut_response the replies are cut as shown.",
+    pair_dropped: "The prompt alone fills max_len: either truncation leaves this pair out (shown whole).",
+    dc_pairs: "pairs / identical / empty replies", dc_docs: "raw-text rows",
+    mix_pairs: "data mix mixes SFT rows only and refuses preference pairs (chosen/rejected), so this file has no mix ratios.",
   },
 };
 // charts drawn when a run logs the key: every recipe's loss/lr/...; DPO/RM accuracy and margins; PPO score, KL, length
@@ -94,6 +110,7 @@ function setLang(lang) {
   document.documentElement.lang = ui.lang;
   try { localStorage.setItem("weitiao-lang", ui.lang); } catch (e) { /* private mode */ }
   for (const e of document.querySelectorAll("[data-i18n]")) e.textContent = t(e.dataset.i18n);
+  for (const e of document.querySelectorAll("[data-i18n-title]")) e.title = t(e.dataset.i18nTitle);
   for (const e of document.querySelectorAll("[data-help-en]")) e.textContent = e.dataset["help" + (ui.lang === "zh" ? "Zh" : "En")];
   $("lang").textContent = t("lang");
   renderRuns();
@@ -492,27 +509,65 @@ function resetChat() {
   $("chat-log-b").replaceChildren();
 }
 
-// ---- data preview ----
+// ---- data preview: an SFT row, or a DPO/RM pair (prompt, chosen, rejected), as the trainer encodes it ----
+const word = (k) => el("span", { "data-i18n": k, text: t(k) }); // re-labelled by setLang
+function tokenSpans(segments, scoreAt) {
+  return segments.map(([text, trained], i) => el("span", i === scoreAt
+    ? { class: "trained score", "data-i18n-title": "score_token", title: t("score_token"), text } : { class: trained ? "trained" : "masked", text }));
+}
+function showPair(d) {
+  $("pair-prompt-info").replaceChildren(`${d.prompt.tokens} `, word("di_tokens"));
+  $("pair-prompt").textContent = d.prompt.text;
+  for (const side of ["chosen", "rejected"]) {
+    const s = d[side];
+    const info = [`${s.tokens} `, word("di_seq"), ` · ${s.scored} `, word("di_scored")];
+    if (s.cut) info.push(" · ", word("di_cut"), ` ${s.whole}`);
+    $(`pair-${side}-info`).replaceChildren(...info);
+    $(`pair-${side}`).replaceChildren(...tokenSpans(s.segments, s.score_at));
+  }
+}
 async function showData() {
-  const q = new URLSearchParams({ path: $("data-path").value, index: $("data-index").value, model: $("data-model").value });
+  const q = new URLSearchParams({ path: $("data-path").value, index: $("data-index").value, model: $("data-model").value,
+    format: $("data-format").value, max_len: $("data-max-len").value });
   try {
     const d = await api("/api/data?" + q);
-    const word = (k) => el("span", { "data-i18n": k, text: t(k) }); // re-labelled by setLang
-    $("data-info").replaceChildren(`${d.source} · ${d.rows} `, word("di_rows"), " · ", word("di_tokens"), ` ${d.tokens} · `,
-      word("di_trained"), ` ${d.trained}`);
-    $("data-view").replaceChildren(...d.segments.map(([text, trained]) => el("span", { class: trained ? "trained" : "masked", text })));
+    const pair = d.kind === "preference";
+    const info = [`${d.source} · ${d.rows} `, word("di_rows")];
+    if (pair) {
+      info.push(` · ${d.form}`);
+      if (d.dropped || d.over) info.push(" · ", el("span", { class: "error", "data-i18n": d.dropped ? "pair_dropped" : "pair_over", text: t(d.dropped ? "pair_dropped" : "pair_over") }));
+      showPair(d);
+    } else {
+      info.push(" · ", word("di_tokens"), ` ${d.tokens} · `, word("di_trained"), ` ${d.trained}`);
+      if (d.pieces > 1) info.push(` · ${d.pieces} `, word("di_pieces"));
+      if (d.cut) info.push(" · ", word("di_cut_sft"));
+      if (!d.pieces) info.push(" · ", el("span", { class: "error", "data-i18n": "di_dropped", text: t("di_dropped") }));
+    }
+    $("data-info").replaceChildren(...info);
+    $("data-view").replaceChildren(...(pair ? [] : tokenSpans(d.segments, -1)));
+    $("data-view").hidden = pair;
+    $("data-pair").hidden = !pair;
+    $("legend-trained").dataset.i18n = pair ? "scored" : "trained";
+    $("legend-trained").textContent = t($("legend-trained").dataset.i18n);
+    $("legend-score").hidden = !pair;
     const c = d.check;
     const rows = [
       ["dc_format", "", `${c.format} / ${c.template}`],
       ["dc_rows", "", `${c.read} / ${c.kept} / ${c.rejected}`],
+      ...(c.pairs ? [["dc_pairs", "", `${c.pairs} / ${c.identical_pairs} / ${c.empty_replies}`]] : []),
+      ...(c.documents ? [["dc_docs", "", c.documents]] : []),
       ["dc_tokens", "", `${c.length_min} / ${c.length_mean} / ${c.length_p95} / ${c.length_max}`],
       ["dc_over", ` ${c.max_len}`, c.over_max_len], ["dc_dups", "", `${c.duplicate_rows} / ${c.duplicate_prompts}`],
       ["dc_eos", "", c.missing_eos], ["dc_untrained", "", c.no_trained_tokens],
     ];
     $("data-check").replaceChildren(...rows.flatMap(([k, more, v]) => [el("dt", {}, word(k), more), el("dd", { text: String(v) })]),
       ...c.problems.map((p) => el("dd", { class: "error", text: p })), ...c.notes.map((n) => el("dd", { class: "help", text: n })));
+    $("mix-note").hidden = !pair;
     if (d.mix) renderMix(d.mix); else $("mix-report").hidden = true;
-  } catch (e) { $("data-info").textContent = e.message; $("data-view").replaceChildren(); $("data-check").replaceChildren(); }
+  } catch (e) {
+    $("data-info").textContent = e.message;
+    $("data-view").replaceChildren(); $("data-check").replaceChildren(); $("data-pair").hidden = true;
+  }
 }
 
 // ---- data mix ----
@@ -564,6 +619,7 @@ async function init() {
   setLang(initialLang());
   const info = ui.info = await api("/api/info");
   for (const k of info.recipes) $("recipe").append(el("option", { value: k, text: k }));
+  $("data-format").replaceChildren(...info.formats.map((f) => el("option", { value: f, text: f })));
   if (info.demo_data) $("eval-prompts").value = info.demo_data + "/heldout_style.jsonl";
   showTab("runs");
   await loadForm();

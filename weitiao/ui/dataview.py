@@ -1,0 +1,115 @@
+"""The Data tab's view of one row of a data file, encoded as the trainer that takes the file encodes it.
+
+The file's kind comes from its first row (or from `fmt`): a preference row (chosen/rejected) makes it a
+preference file, loaded as `weitiao dpo`/`weitiao rm` load it (`load_pairs`); anything else makes it an
+SFT file, loaded as `weitiao sft` loads it (chats and raw-text rows). A row of the other kind, or one the
+toolkit refuses (KTO labels), fails with that loader's own `file:line` error. A pair is shown as
+`encode_pair` encodes it: the shared prompt, then each reply with its scored tokens (DPO sums their
+log-probs; RM reads its score at the last one), cut by `cut_response` where max_len cuts it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode_document
+from weitiao.data.check import show_example, token_segments
+from weitiao.data.files import iter_records
+from weitiao.data.formats import Document, PreferencePair, RowError, detect_format, load_conversations
+from weitiao.data.preference import encode_pair, load_pairs
+from weitiao.data.templates import resolve_template
+from weitiao.errors import UserError
+
+Kind = Literal["sft", "preference"]
+
+
+def file_kind(path: str | Path, fmt: str = "auto") -> Kind:
+    """preference when `fmt` says so or, with auto, when the first row is a chosen/rejected pair."""
+    if fmt != "auto":
+        return "preference" if fmt in ("preference", "preference_raw") else "sft"
+    records = iter_records(Path(path))
+    try:
+        _, first = next(records, (0, None))
+    finally:
+        records.close()
+    try:
+        return "preference" if detect_format(first) == "preference" else "sft"
+    except RowError:  # not a row of any format: the SFT loader says where and why
+        return "sft"
+
+
+def load(path: str | Path, fmt: str = "auto") -> tuple[Kind, list[Any]]:
+    """(kind, rows) through the loader of the trainer that takes this kind of file."""
+    kind = file_kind(path, fmt)
+    if kind == "preference":
+        return kind, load_pairs([str(path)], fmt, skip_invalid=False).rows
+    return kind, load_conversations(str(path), fmt, allow_text=True).rows
+
+
+def sft_view(row: Any, tokenizer: Any, template: str, max_len: int, train_on_prompt: bool) -> dict:
+    """A chat or raw-text row as `weitiao sft` encodes it (truncation `cut`, so a cut is shown, not hidden)."""
+    opts = EncodeOptions(max_len, train_on_prompt, "all", "cut")
+    if isinstance(row, Document):  # a long pre-training text is several examples: shown one after another
+        pieces = encode_document(row, tokenizer, opts)
+        segments = [s for e in pieces for s in token_segments(e, tokenizer)]
+    else:
+        enc, segments = show_example(row, tokenizer, template, opts)
+        pieces = [enc] if enc else []
+    return {
+        "kind": "sft",
+        "segments": segments,
+        "tokens": sum(len(e) for e in pieces),
+        "trained": sum(e.n_trained for e in pieces),
+        "pieces": len(pieces),
+        "cut": any(e.truncated == "cut" for e in pieces),
+    }
+
+
+def _side(enc: Encoded, whole: Encoded, p: int, tokenizer: Any) -> dict:
+    """One reply after the prompt's `p` tokens: segments [text, scored], the RM score token's segment."""
+    ids, labels = enc.input_ids, enc.labels
+    last = max(i for i, x in enumerate(labels) if x != IGNORE)
+    segments = token_segments(Encoded(ids[p:last], labels[p:last]), tokenizer)
+    score_at = len(segments)
+    segments.append((tokenizer.decode(ids[last : last + 1]), True))
+    segments += token_segments(Encoded(ids[last + 1 :], labels[last + 1 :]), tokenizer)
+    return {"segments": segments, "score_at": score_at, "tokens": len(enc), "scored": enc.n_trained,
+            "whole": len(whole), "cut": enc.truncated == "cut"}  # fmt: skip
+
+
+def pair_view(pair: PreferencePair, tokenizer: Any, template: str, max_len: int) -> dict:
+    """A pair as `weitiao dpo`/`weitiao rm` encode it (`encode_pair`): the prompt tokens both sides share,
+    then each reply. Over max_len the pair is shown as `cut_response` cuts it; `dropped` when even that
+    leaves it out (the prompt alone fills max_len), and then it is shown whole."""
+    tpl = resolve_template(tokenizer, template)
+    whole = encode_pair(pair, tokenizer, tpl, 10**9)
+    assert whole is not None  # nothing is over a limit of 10**9 tokens
+    fitted = encode_pair(pair, tokenizer, tpl, max_len, "cut_response")
+    chosen, rejected = fitted or whole
+    p = next(i for i, x in enumerate(chosen.labels) if x != IGNORE)  # both sides share these prompt tokens
+    return {
+        "kind": "preference",
+        "form": pair.form,
+        "prompt": {"text": tokenizer.decode(chosen.input_ids[:p]), "tokens": p},
+        "chosen": _side(chosen, whole[0], p, tokenizer),
+        "rejected": _side(rejected, whole[1], p, tokenizer),
+        "max_len": max_len,
+        "over": max(len(e) for e in whole) > max_len,
+        "dropped": fitted is None,
+    }
+
+
+def row_view(path: str | Path, index: int, tokenizer: Any, template: str, max_len: int, train_on_prompt: bool,
+             fmt: str = "auto") -> dict:  # fmt: skip
+    """Row `index` of the file, with the file's kind and row count."""
+    kind, rows = load(path, fmt)
+    if not 0 <= index < len(rows):
+        raise UserError(f"index {index}: {path} has {len(rows)} rows (0..{len(rows) - 1})")
+    row = rows[index]
+    view = (
+        pair_view(row, tokenizer, template, max_len)
+        if kind == "preference"
+        else sft_view(row, tokenizer, template, max_len, train_on_prompt)
+    )
+    return {"rows": len(rows), "source": row.source, **view}
