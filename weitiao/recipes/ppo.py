@@ -373,13 +373,8 @@ def _rng_states(world: int) -> list[dict]:
 
 def run(cfg: PPOConfig) -> dict:
     """Train with PPO; returns the summary (last metrics, cost report, output dir)."""
-    from accelerate import Accelerator
-
     p, t = cfg.ppo, cfg.train
-    if not torch.cuda.is_available():
-        dist.refuse_dropped_sharding()
-    accel = Accelerator(cpu=not torch.cuda.is_available())
-    dist.refuse_sharding(accel, "ppo")
+    accel = dist.accelerator(whole="ppo")
     main, world, rank = accel.is_main_process, accel.num_processes, accel.process_index
     reduce = _allsum if world > 1 else None
     torch.manual_seed(t.seed)  # identical adapter init on every process
