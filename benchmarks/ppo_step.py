@@ -8,7 +8,8 @@ Each run is a child process with the checkout first on PYTHONPATH, running that 
 examples/demo_ppo.yaml (`--model` replaces model.path: pass a copy of the demo model so a rebuild does not
 change it between runs), `--steps` steps, no saves but the final one, `--threads` torch threads. The child
 times the recipe's own functions, so old and new code are cut the same way: rollout (`generate_ids`),
-reward (the score function), old log-probs (actor `token_logps` without gradients), values (`token_values`
+reward (the score function), old log-probs (actor `token_logps` without gradients; 0 with the demo's
+`ppo.old_logprobs: rollout`, where the sampler's own come inside the rollout), values (`token_values`
 without gradients), reference (reference `token_logps`), advantages (`gae` + `whiten`), update (the
 end of the advantages to the β update); `other` is the rest of the steps' wall time (decoding texts, metrics,
 the final save). Each phase is timed in wall seconds and in process CPU seconds: with 1 torch thread the CPU

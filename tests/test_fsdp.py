@@ -284,15 +284,21 @@ def test_dropout_draws_follow_the_micro_batch_not_the_process():
     assert torch.equal(old[0][0], old[1][0])
 
 
-@pytest.mark.parametrize("kind", [DistributedType.FSDP, DistributedType.DEEPSPEED])
-def test_ppo_under_sharding_is_refused_at_start(kind, make_config, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "kind, fsdp2", [(DistributedType.FSDP, True), (DistributedType.FSDP, False), (DistributedType.DEEPSPEED, False)]
+)
+def test_ppo_under_sharding_is_refused_at_start(kind, fsdp2, make_config, tmp_path, monkeypatch):
     """PPO keeps whole weights on every process and all-reduces its own gradients: under FSDP/DeepSpeed
-    it would run unsharded without a word. Refused before any model loads."""
+    it would run unsharded without a word. Refused before any model loads, through the recipes' one
+    `dist.accelerator`, with PPO's line even for setups the other recipes refuse otherwise (FSDP1; a
+    DeepSpeed config `refuse_unsavable` would read first: this one has none)."""
     import accelerate
 
     from weitiao.recipes import ppo
 
     class Fake:
+        is_fsdp2, state = fsdp2, SimpleNamespace(deepspeed_plugin=None)
+
         def __init__(self, cpu: bool):
             self.distributed_type = kind
 
@@ -304,6 +310,9 @@ def test_ppo_under_sharding_is_refused_at_start(kind, make_config, tmp_path, mon
     assert "\n" not in str(e.value)
     for ok in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):  # negative control
         dist.refuse_sharding(SimpleNamespace(distributed_type=ok), "ppo")
+    if kind == DistributedType.FSDP and not fsdp2:  # negative control: without `whole`, the other recipes' line
+        with pytest.raises(UserError, match="fsdp_version 1 is not supported"):
+            dist.accelerator()
 
 
 @pytest.mark.slow

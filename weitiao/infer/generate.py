@@ -48,6 +48,7 @@ class Sampled:
     prompt_ids: list[int]
     response_ids: list[int]
     stopped: bool
+    logps: list[float] | None = None  # with `generate_ids(logps=True)`: each reply token's log-prob where drawn
 
 
 @dataclass
@@ -140,8 +141,10 @@ class Sampler:
         self.rows = self.rows + other.rows
         self._flags()
 
-    def __call__(self, logits: torch.Tensor, ban: torch.Tensor | None = None) -> torch.Tensor:
-        """Next token of each row from its raw logits [rows, vocab]; `ban` [rows, vocab] True = never."""
+    def __call__(self, logits: torch.Tensor, ban: torch.Tensor | None = None, logps: bool = False) -> torch.Tensor:
+        """Next token of each row from its raw logits [rows, vocab]; `ban` [rows, vocab] True = never. With
+        `logps`, `self.logps` [rows] is then each token's log-prob under the distribution it was drawn from
+        (after bans, penalties, temperature and filtering; 0 for greedy rows)."""
         logits = logits.float()
         if ban is not None:
             logits = logits.masked_fill(ban, float("-inf"))
@@ -154,6 +157,7 @@ class Sampler:
         greedy = self.temp == 0
         tokens = logits.argmax(-1)
         if self.all_greedy:
+            self.logps = torch.zeros(len(tokens), device=logits.device) if logps else None
             return self._record(tokens)
         logits = logits / torch.where(greedy, 1.0, self.temp)[:, None]
         if self.filtering:
@@ -167,7 +171,11 @@ class Sampler:
                 if r.generator is not None and r.temperature > 0:
                     q[i].exponential_(generator=r.generator)
             drawn = (probs / q).argmax(-1)
-        return self._record(torch.where(greedy, tokens, drawn))
+        tokens = torch.where(greedy, tokens, drawn)
+        self.logps = None
+        if logps:  # log_softmax, not log(probs): exact for tokens of tiny probability too
+            self.logps = logits.log_softmax(-1).gather(-1, tokens[:, None])[:, 0].masked_fill(greedy, 0.0)
+        return self._record(tokens)
 
     def _top_k_top_p(self, logits: torch.Tensor) -> torch.Tensor:
         """HF/vLLM semantics: keep the k most likely, then the smallest set with mass >= top_p (at least one),
@@ -308,9 +316,11 @@ class Engine:
         prefill_chunk: int = 512,
         adapters: bool = False,
         ban: Callable[[list, int], torch.Tensor | None] | None = None,
+        sampled_logps: bool = False,
     ) -> None:
         self.model, self.pad_id, self.max_rows, self.chunk = model, pad_id, max_rows, prefill_chunk
         self.adapters, self.ban = adapters, ban
+        self.sampled_logps = sampled_logps  # each row's `sampled` list gets its tokens' log-probs where drawn
         self.device = next(model.parameters()).device
         self.waiting: list = []
         self.filling: _Part | None = None
@@ -413,7 +423,10 @@ class Engine:
         ban = self.ban(rows, logits.shape[-1]) if self.ban else None
         k = max((r.logprobs for r in rows if r.logprobs is not None), default=None)
         raw = logits.float().log_softmax(-1) if k is not None else None  # of the raw model distribution (vLLM's)
-        tokens = part.sampler(logits, ban)
+        tokens = part.sampler(logits, ban, logps=self.sampled_logps)
+        if self.sampled_logps:
+            for row, lp in zip(rows, part.sampler.logps.tolist()):
+                row.sampled.append(lp)
         entries = logprob_entries(raw, tokens, k) if raw is not None else [None] * len(rows)
         for row, tok, e in zip(rows, tokens.tolist(), entries):
             row.feed(tok, None if e is None or row.logprobs is None else (e[0], e[1], e[2][: row.logprobs]))
@@ -440,6 +453,7 @@ class _Reply:
     def __init__(self, prompt_ids: list[int], sampling: RowSampling, eot_id: int, max_new: int) -> None:
         self.prompt_ids, self.sampling, self.eot_id, self.max_new = prompt_ids, sampling, eot_id, max_new
         self.ids: list[int] = []
+        self.sampled: list[float] = []  # log-probs where drawn, when the engine keeps them
         self.stopped = False
         self.done = max_new <= 0
 
@@ -515,6 +529,7 @@ def generate_ids(
     seed: int | None = None,
     model_defaults: bool = True,
     no_repeat_ngram_size: int = 0,
+    logps: bool = False,
 ) -> list[Sampled]:
     """Reply to each conversation (ending with a user turn); greedy when temperature == 0.
 
@@ -522,7 +537,8 @@ def generate_ids(
     Replies are cut after the first end-of-turn token (kept). top_k=0 and top_p=1 are off. With
     model_defaults=False nothing comes from the model folder's generation_config.json (its min_p,
     no_repeat_ngram_size, ...): with the defaults above, sampling draws from exactly
-    softmax(logits / temperature), the distribution PPO's log-probs score.
+    softmax(logits / temperature), the distribution PPO's log-probs score. With `logps` each reply token's
+    log-prob under the distribution it was drawn from comes back too (`Sampled.logps`).
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -537,7 +553,7 @@ def generate_ids(
     rows = [_Reply(p, sampling, eot_id, max_new_tokens) for p in prompts]
     # all of a batch's prompts in one prefill: offline, nobody waits on the first token
     chunk = batch_size * max((len(p) for p in prompts), default=1)
-    engine = Engine(model, pad_id, max_rows=batch_size, prefill_chunk=chunk, ban=ban)
+    engine = Engine(model, pad_id, max_rows=batch_size, prefill_chunk=chunk, ban=ban, sampled_logps=logps)
     engine.add(rows)
     was_training = model.training
     model.eval()
@@ -546,7 +562,7 @@ def generate_ids(
             engine.tick()
     finally:
         model.train(was_training)
-    return [Sampled(r.prompt_ids, r.ids, r.stopped) for r in rows]
+    return [Sampled(r.prompt_ids, r.ids, r.stopped, r.sampled if logps else None) for r in rows]
 
 
 def generate(

@@ -46,7 +46,8 @@ from weitiao.errors import UserError
 from weitiao.infer.generate import generate_ids
 from weitiao.io import atomic_write_text, write_jsonl
 from weitiao.losses import ppo as ppo_losses
-from weitiao.losses.sft import target_logps
+from weitiao.losses.sft import PACKED_SDPA, target_logps
+from weitiao.models import attention, packed_attention
 from weitiao.models.load import LoraSpec, ModelSpec, disable_dropout, load_tokenizer
 from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
 from weitiao.models.roles import Roles
@@ -92,6 +93,12 @@ class PPOSpec(BaseModel):
     whiten_advantages: bool = Field(True, description="advantages to mean 0, std 1 per batch")
     critic_init: Literal["auto", "reward", "zeros"] = Field("auto", description="auto: reward if reward.kind=model")
     critic_lora: LoraSpec | None = Field(None, description="critic adapter; default = the actor's settings")
+    old_logprobs: Literal["recompute", "rollout"] = Field(
+        "recompute",
+        description="π_old's log-probs: recompute = a no-grad forward after sampling; rollout = the sampler's own "
+        "(no extra forward; a KV-cached decode rounds differently, ~1e-6 in float32, so float32 models only; "
+        "the KL to the reference then carries that rounding, not exactly 0 at step 1)",
+    )
     merge_rollout: bool = Field(
         False,
         description="sample with the actor's LoRA folded into the base weights: faster decoding, same samples, "
@@ -157,27 +164,35 @@ class Rollout:
 
     `weight` [B] is 1 for real samples and 0 for the padding samples that give every process the
     same number of forward/backward/all-reduce calls; `lmask` = mask·weight is what losses and
-    statistics count.
+    statistics count. A packed one (`select(..., packed=True)`) holds its samples end to end in one
+    row, ids [1, T] with `position_ids` restarting at each sample and no attention mask; `pos` then
+    indexes that row.
     """
 
     ids: torch.Tensor
-    attn: torch.Tensor
+    attn: torch.Tensor | None
     pos: torch.Tensor  # [B, R] index of the position whose output predicts response token t
     resp: torch.Tensor
     mask: torch.Tensor
     weight: torch.Tensor
+    position_ids: torch.Tensor | None = None  # packed: [1, T]
 
     @property
     def lmask(self) -> torch.Tensor:
         return self.mask * self.weight[:, None]
 
-    def select(self, idx: list[int]) -> Rollout:
-        keep = self.mask[idx].sum(1).max().long().item()
-        width = int((self.attn[idx].sum(1)).max().item())
-        return Rollout(
-            self.ids[idx, :width], self.attn[idx, :width], self.pos[idx, :keep], self.resp[idx, :keep],
-            self.mask[idx, :keep], self.weight[idx],
-        )  # fmt: skip
+    def select(self, idx: list[int], packed: bool = False) -> Rollout:
+        """Rows `idx`, cut to their longest reply and sequence, or packed into one row without padding."""
+        lens = self.attn[idx].sum(1)
+        keep = int(self.mask[idx].sum(1).max())
+        pos, resp, mask, weight = self.pos[idx, :keep], self.resp[idx, :keep], self.mask[idx, :keep], self.weight[idx]
+        if not packed:
+            width = int(lens.max())
+            return Rollout(self.ids[idx, :width], self.attn[idx, :width], pos, resp, mask, weight)
+        real = self.attn[idx].bool()  # right-padded: each row's tokens come first, so this is their concatenation
+        start = lens.cumsum(0) - lens
+        position_ids = torch.arange(real.shape[1], device=real.device).expand_as(real)[real]
+        return Rollout(self.ids[idx][real][None], None, pos + start[:, None], resp, mask, weight, position_ids[None])
 
 
 def build_rollout(samples: list, pad_id: int, device: torch.device, weight: list[float] | None = None) -> Rollout:
@@ -209,6 +224,17 @@ def _gather(hidden: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return hidden.gather(1, pos.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
 
 
+def _hidden_at(decoder: torch.nn.Module, b: Rollout) -> torch.Tensor:
+    """Last hidden states [B, R, H] at `b.pos`: a padded batch, or a packed row (attended one sample at a time
+    by `models.packed_attention`, which `run` enables: the same math without the padding's work)."""
+    if b.position_ids is None:
+        hidden = decoder(input_ids=b.ids, attention_mask=b.attn, use_cache=False).last_hidden_state
+        return _gather(hidden, b.pos)
+    kw = {"packed_rows": True} if attention.implementation(decoder) == PACKED_SDPA else {}
+    hidden = decoder(input_ids=b.ids, position_ids=b.position_ids, use_cache=False, **kw).last_hidden_state
+    return hidden[0][b.pos]
+
+
 def token_logps(
     roles: Roles, role: str, b: Rollout, temperature: float, entropy: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -220,9 +246,8 @@ def token_logps(
     """
     targets = b.resp.masked_fill(b.mask == 0, IGNORE)
     with roles.parts(role) as (decoder, head):
-        hidden = decoder(input_ids=b.ids, attention_mask=b.attn, use_cache=False).last_hidden_state
         got = target_logps(
-            _gather(hidden, b.pos), targets, head, softcap=roles.softcap, temperature=temperature, entropy=entropy
+            _hidden_at(decoder, b), targets, head, softcap=roles.softcap, temperature=temperature, entropy=entropy
         )
     lp, ent = got if entropy else (got, None)
     sel = targets != IGNORE
@@ -263,7 +288,8 @@ def rollout_actor(roles: Roles, merge: bool) -> Iterator[Any]:
 
 
 def token_values(roles: Roles, b: Rollout) -> torch.Tensor:
-    h = _gather(roles.hidden("critic", b.ids, b.attn), b.pos)
+    with roles.parts("critic") as (decoder, _):
+        h = _hidden_at(decoder, b)
     return roles.value_head(h.float()).squeeze(-1) * b.mask
 
 
@@ -347,13 +373,8 @@ def _rng_states(world: int) -> list[dict]:
 
 def run(cfg: PPOConfig) -> dict:
     """Train with PPO; returns the summary (last metrics, cost report, output dir)."""
-    from accelerate import Accelerator
-
     p, t = cfg.ppo, cfg.train
-    if not torch.cuda.is_available():
-        dist.refuse_dropped_sharding()
-    accel = Accelerator(cpu=not torch.cuda.is_available())
-    dist.refuse_sharding(accel, "ppo")
+    accel = dist.accelerator(whole="ppo")
     main, world, rank = accel.is_main_process, accel.num_processes, accel.process_index
     reduce = _allsum if world > 1 else None
     torch.manual_seed(t.seed)  # identical adapter init on every process
@@ -377,6 +398,15 @@ def run(cfg: PPOConfig) -> dict:
     roles = Roles(cfg.model, cfg.lora, device, reward_model, p.critic_init, p.critic_lora)
     if t.disable_dropout:  # else updates run with dropout and the first minibatch is not π = π_old
         disable_dropout(roles)
+    # Scoring and update forwards take each micro-batch packed into one row, no padding, where the attention keeps
+    # the samples apart at no extra cost: sdpa → sdpa_packed (causal per sample). Generation is plain sdpa still.
+    models = [m for m in (roles.model, roles.ref_model, roles.critic_model) if m is not None]
+    pack = all(packed_attention.enable(m) or packed_attention.active(m) for m in models)
+    if p.old_logprobs == "rollout" and (dtype := roles.model.get_input_embeddings().weight.dtype) != torch.float32:
+        raise UserError(
+            f"ppo.old_logprobs: rollout needs a float32 model, this one computes in {dtype} (a KV-cached decode then "
+            "differs from a full forward by far more than rounding, which biases the ratio); use recompute"
+        )
     if world > 1:
         torch.manual_seed(t.seed + rank)  # then each process samples its own replies
     if reward_model is not None and p.critic_init != "zeros":
@@ -450,6 +480,7 @@ def run(cfg: PPOConfig) -> dict:
                 samples = generate_ids(
                     actor, tokenizer, template, batch_prompts, p.generate_max_len, p.temperature,
                     top_p=1.0, top_k=0, batch_size=p.micro_rollout_batch_size, model_defaults=False,
+                    logps=p.old_logprobs == "rollout",
                 )  # fmt: skip
             cost["rollout_s"] += time.time() - t0
 
@@ -471,17 +502,21 @@ def run(cfg: PPOConfig) -> dict:
                 score = score.clamp(-p.reward_clip_range, p.reward_clip_range)
             cost["reward_s"] += time.time() - t0
 
-            # 3. Old log-probs (actor), reference log-probs, values — all without gradients.
+            # 3. Old log-probs (actor; or the sampler's own), reference log-probs, values — all without gradients.
             roll = build_rollout(samples, tokenizer.pad_token_id, device, weights)
             lmask = roll.lmask  # padding samples count nowhere below
             old_logp, ref_logp, old_v = (torch.zeros_like(roll.mask) for _ in range(3))
+            if p.old_logprobs == "rollout":  # π_old as sampled (tests: within 2e-5 of the recomputed ones)
+                got = [torch.tensor(s.logps) for s in samples]
+                old_logp = torch.nn.utils.rnn.pad_sequence(got, batch_first=True).to(device)
             with torch.no_grad():
                 for c in range(0, len(samples), p.micro_rollout_batch_size):
                     idx = list(range(c, min(c + p.micro_rollout_batch_size, len(samples))))
-                    b = roll.select(idx)
+                    b = roll.select(idx, pack)
                     w = b.mask.shape[1]
                     t0 = time.time()
-                    old_logp[idx, :w] = token_logps(roles, "actor", b, p.temperature, entropy=False)[0]
+                    if p.old_logprobs == "recompute":
+                        old_logp[idx, :w] = token_logps(roles, "actor", b, p.temperature, entropy=False)[0]
                     t1 = time.time()
                     old_v[idx, :w] = token_values(roles, b)
                     t2 = time.time()
@@ -518,7 +553,7 @@ def run(cfg: PPOConfig) -> dict:
                     sums: dict[str, float] = {}
                     for u0 in range(0, len(mb), p.micro_train_batch_size):
                         idx = mb[u0 : u0 + p.micro_train_batch_size]
-                        b = roll.select(idx)
+                        b = roll.select(idx, pack)
                         width, bm = b.mask.shape[1], b.lmask
                         share = float(bm.sum()) / mb_tokens
                         logp, ent = token_logps(roles, "actor", b, p.temperature)

@@ -26,14 +26,17 @@ PEFT_SAVED = ("lora_", "modules_to_save", "trainable_tokens")
 FSDP_HINT = "use FSDP2 (fsdp_version: 2, examples/accelerate/fsdp.yaml) or DDP (examples/accelerate/ddp.yaml)"
 
 
-def accelerator(model: Any = None) -> Any:
+def accelerator(model: Any = None, whole: str | None = None) -> Any:
     """The recipes' Accelerator (cpu=True on a machine without CUDA: gloo DDP), after `refuse_unsavable`
-    and, given the run's `model` spec, `refuse_unshardable`."""
+    and, given the run's `model` spec, `refuse_unshardable`. `whole` names a recipe that keeps whole weights
+    on every process (PPO): `refuse_sharding` comes first, so any FSDP/DeepSpeed setup gets its line."""
     from accelerate import Accelerator
 
     if not torch.cuda.is_available():
         refuse_dropped_sharding()
     accel = Accelerator(cpu=not torch.cuda.is_available())
+    if whole:
+        refuse_sharding(accel, whole)
     refuse_unsavable(accel)
     if model is not None:
         refuse_unshardable(accel, model)
