@@ -109,16 +109,19 @@ def test_no_entropy_bonus_gives_the_same_gradients_without_its_backward(tiny_mod
     assert not all(torch.equal(a, c) for a, c in zip(old, bonus))
 
 
+def _rule_ppo_metrics(model_dir, tmp_path, name: str, steps: int, *extra: str) -> list[dict]:
+    """Train metrics of a short rule-reward PPO run on 12 prompts of mixed lengths (rollout batch 4)."""
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"今天天气怎么样？{'好' * (i % 5)}"} for i in range(12)])
+    args = ("reward.kind=function", "reward.path=weitiao.recipes.rewards:short_emoji_reward", "train.resume=none")
+    args += (f"train.max_steps={steps}", "ppo.rollout_batch_size=4", "ppo.generate_max_len=10")
+    ppo.run(recipe_config("ppo", model_dir, prompts, tmp_path / name, *args, "ppo.actor_learning_rate=5e-3", *extra))
+    return read_metrics(tmp_path / name, "train")
+
+
 @pytest.mark.slow
 def test_ppo_run_with_and_without_the_merged_rollout_gives_the_same_metrics(tiny_model_dir, tmp_path):
-    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"今天天气怎么样？{'好' * (i % 5)}"} for i in range(12)])
-    rule = "weitiao.recipes.rewards:short_emoji_reward"
-
     def run(name: str, *extra: str) -> list[dict]:
-        args = ("reward.kind=function", f"reward.path={rule}", "train.resume=none", "train.max_steps=3")
-        args += ("ppo.rollout_batch_size=4", "ppo.generate_max_len=10", "ppo.actor_learning_rate=5e-3", *extra)
-        ppo.run(recipe_config("ppo", tiny_model_dir, prompts, tmp_path / name, *args))
-        return read_metrics(tmp_path / name, "train")
+        return _rule_ppo_metrics(tiny_model_dir, tmp_path, name, 3, *extra)
 
     keys = ("score", "kl", "policy_loss", "value_loss", "response_length", "entropy", "approx_kl")
     plain = run("plain", "ppo.merge_rollout=false")
@@ -213,14 +216,8 @@ def test_packed_micro_batches_give_the_padded_logps_values_and_gradients(tiny_mo
 
 @pytest.mark.slow
 def test_ppo_run_with_rollout_old_logprobs_gives_the_same_metrics(tiny_model_dir, tmp_path):
-    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"今天天气怎么样？{'好' * (i % 5)}"} for i in range(12)])
-    rule = "weitiao.recipes.rewards:short_emoji_reward"
-
     def run(name: str, *extra: str) -> list[dict]:
-        args = ("reward.kind=function", f"reward.path={rule}", "train.resume=none", "train.max_steps=2")
-        args += ("ppo.rollout_batch_size=4", "ppo.generate_max_len=10", "ppo.actor_learning_rate=5e-3", *extra)
-        ppo.run(recipe_config("ppo", tiny_model_dir, prompts, tmp_path / name, *args))
-        return read_metrics(tmp_path / name, "train")
+        return _rule_ppo_metrics(tiny_model_dir, tmp_path, name, 2, *extra)
 
     keys = ("score", "kl", "policy_loss", "value_loss", "response_length", "entropy", "approx_kl", "ratio_mean")
     # Not the default penalty 1: the tiny model's replies (10 tokens, no EOS) would all score exactly 0, so step 1's
