@@ -81,6 +81,11 @@ def test_mix_bad_input(tmp_path):
         mix.run([f"{tmp_path / 'x.jsonl'}:1"], tmp_path / "m.jsonl")
     with pytest.raises(UserError, match="duplicates an earlier source"):
         mix.run([f"{a}:1", f"{rows(tmp_path / 'b.jsonl', [('你好', '在呢')])}:1"], tmp_path / "m.jsonl")
+    pairs = tmp_path / "p.jsonl"  # a DPO/RM file is named as such, not "preference row in SFT data"
+    pairs.write_text(json.dumps({"prompt": "你好", "chosen": "在呢", "rejected": "不行"}) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"^mix source .*p\.jsonl: preference pairs; `data mix` mixes SFT rows only$"):
+        mix.run([f"{a}:1", f"{pairs}:1"], tmp_path / "m.jsonl")
+    assert not (tmp_path / "m.jsonl").exists()
 
 
 def test_cli_mix(tmp_path):

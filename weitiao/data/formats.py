@@ -503,3 +503,19 @@ def load_conversations(
                 f"{row.source}: a raw-text row (text, or string prompt/completion); this command takes chats"
             )
     return result
+
+
+def file_kind(path: str | Path, fmt: str = "auto") -> Literal["sft", "preference"]:
+    """The trainer kind of a data file: preference when `fmt` says so or, with auto, when its first row is a
+    chosen/rejected pair; sft otherwise."""
+    if fmt != "auto":
+        return "preference" if fmt in ("preference", "preference_raw") else "sft"
+    records = iter_records(Path(path))
+    try:
+        _, first = next(records, (0, None))
+    finally:
+        records.close()
+    try:
+        return "preference" if detect_format(first) == "preference" else "sft"
+    except RowError:  # not a row of any format: the SFT loader says where and why
+        return "sft"

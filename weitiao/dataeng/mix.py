@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from weitiao.data.formats import Conversation, load_conversations
+from weitiao.data.formats import Conversation, file_kind, load_conversations
 from weitiao.data.tools import to_record
 from weitiao.dataeng.similarity import normalize
 from weitiao.errors import UserError
@@ -81,6 +81,8 @@ def run(specs: list[str], out: str | Path, total: int | None = None, seed: int =
     pools: list[list[Conversation]] = []
     report: list[dict] = []
     for src in sources:
+        if Path(src.path).is_file() and file_kind(src.path) == "preference":  # not "preference row in SFT data"
+            raise UserError(f"mix source {src.path}: preference pairs; `data mix` mixes SFT rows only")
         loaded = load_conversations(src.path).rows
         if not loaded:
             raise UserError(f"{src.path}: no rows")

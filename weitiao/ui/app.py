@@ -215,16 +215,11 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
     def mix(body: dict) -> dict:
         """`weitiao data mix` from the page: sources [{path, ratio}], a new output file inside the roots."""
         from weitiao.dataeng.mix import run as mix_run
-        from weitiao.ui.dataview import file_kind
 
         sources = body.get("sources")
         if not isinstance(sources, list) or not all(isinstance(x, dict) for x in sources):
             raise UserError("sources: a list of {path, ratio}")
-        paths = [roots.resolve(str(x.get("path") or ""), "mix source") for x in sources]
-        for path in paths:  # `data mix` would call a pair a "preference row in SFT data"; say what it is here
-            if path.is_file() and file_kind(path) == "preference":
-                raise UserError(f"mix source {path}: preference pairs; `data mix` mixes SFT rows only")
-        specs = [f"{path}:{x.get('ratio')}" for path, x in zip(paths, sources)]
+        specs = [f"{roots.resolve(str(x.get('path') or ''), 'mix source')}:{x.get('ratio')}" for x in sources]
         out = roots.resolve(str(body.get("out") or ""), "mix output", write=True)
         if out.exists():
             raise UserError(f"mix output {out}: exists already; choose a new file name")

@@ -11,35 +11,17 @@ log-probs; RM reads its score at the last one), cut by `cut_response` where max_
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode_document
 from weitiao.data.check import show_example, token_segments
-from weitiao.data.files import iter_records
-from weitiao.data.formats import Document, PreferencePair, RowError, detect_format, load_conversations
+from weitiao.data.formats import Document, PreferencePair, file_kind, load_conversations
 from weitiao.data.preference import encode_pair, load_pairs
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
 
-Kind = Literal["sft", "preference"]
 
-
-def file_kind(path: str | Path, fmt: str = "auto") -> Kind:
-    """preference when `fmt` says so or, with auto, when the first row is a chosen/rejected pair."""
-    if fmt != "auto":
-        return "preference" if fmt in ("preference", "preference_raw") else "sft"
-    records = iter_records(Path(path))
-    try:
-        _, first = next(records, (0, None))
-    finally:
-        records.close()
-    try:
-        return "preference" if detect_format(first) == "preference" else "sft"
-    except RowError:  # not a row of any format: the SFT loader says where and why
-        return "sft"
-
-
-def load(path: str | Path, fmt: str = "auto") -> tuple[Kind, list[Any]]:
+def load(path: str | Path, fmt: str = "auto") -> tuple[str, list[Any]]:
     """(kind, rows) through the loader of the trainer that takes this kind of file."""
     kind = file_kind(path, fmt)
     if kind == "preference":
