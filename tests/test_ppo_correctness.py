@@ -160,8 +160,9 @@ def test_critic_from_reward_model_keeps_its_lora_scaling(tiny_model_dir, tokeniz
     roles = Roles(spec, LoraSpec(r=8), CPU, reward_model=rm, critic_init="reward")
     b = fixed_rollout(tokenizer)
     ids, attn = b.ids[:1], b.attn[:1]  # one unpadded row: the RM scores its last token
-    with torch.no_grad():
-        value = roles.value_head(roles.hidden("critic", ids, attn)[:, -1].float()).squeeze()
+    with torch.no_grad(), roles.parts("critic") as (decoder, _):
+        hidden = decoder(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
+        value = roles.value_head(hidden[:, -1].float()).squeeze()
         score = rm(input_ids=ids, attention_mask=attn).logits.squeeze()
     assert torch.allclose(value, score, atol=1e-5), (float(value), float(score))
 

@@ -123,11 +123,6 @@ class Roles(nn.Module):
         m = self.use(role)
         yield _decoder(m), _base(m).get_output_embeddings()
 
-    def hidden(self, role: str, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        """Last hidden states [B, L, H] of `role`."""
-        with self.parts(role) as (decoder, _):
-            return decoder(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
-
     def actor_module(self) -> nn.Module:
         return self.use("actor")
 
