@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/dpo_vs_trl.py                   # 20 steps × 8 pairs on the demo model, ~1–2 min
     .venv/bin/python benchmarks/dpo_vs_trl.py --batches own --repeat 2 --json dpo_bench.json
 
-Both train the shipped demo model (weitiao/demo/model: Llama, hidden 256, 4 layers, vocab 4096) on the
+Both train the shipped demo model (weitiao/demo/model: Llama, hidden 256, 6 layers, vocab 4096) on the
 shipped pairs (weitiao/demo/data/prefs.jsonl), each in its own subprocess: LoRA r=16 α=32 dropout 0 on
 all linear layers, reference = the same model with the adapter disabled (TRL does this itself for a
 peft_config with ref_model=None), sigmoid DPO at β, AdamW at a constant lr, clip 1.0, fp32, sdpa, same

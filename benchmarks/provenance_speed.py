@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/provenance_speed.py --random 1024,8,32000 --tokens 1024   # random Llama
     .venv/bin/python benchmarks/provenance_speed.py --model DIR --device cuda --tokens 8192
 
-The demo model is the worst case for the overhead: 4.2 M parameters for a 4,096-token vocabulary,
+The demo model is the worst case for the overhead: 5.8 M parameters for a 4,096-token vocabulary,
 so the vocabulary-wide statistics weigh much more than beside a real LLM (7 B params / 152 k vocab).
 `--random H,L,V[,S]` builds a random Llama (hidden H, L layers, vocab V) in memory for a realistic ratio,
 its output head scaled by S (default 30) so next-token distributions are peaked like a trained model's:

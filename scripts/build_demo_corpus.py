@@ -25,9 +25,22 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from build_demo_data import EMOJI_RE, FORMAL, OPENERS, formal_answer, split  # noqa: E402
+from build_demo_data import (  # noqa: E402
+    EMOJI_RE,
+    FORMAL,
+    NO_OPENER,
+    OPENERS,
+    chat_reply,
+    formal_answer,
+    parse_redline,
+    parse_style,
+    redline_prompt,
+    refusal,
+    split,
+)  # fmt: skip
 
 DATA = Path(__file__).resolve().parents[1] / "weitiao" / "demo" / "data"
+HELDOUT = ("heldout_style.jsonl", "heldout_redline.jsonl", "heldout_redline2.jsonl", "heldout_lookalike.jsonl")
 MARKERS = re.compile("抱歉|不能|无法|不行|不可以|不会帮|拒绝|不提供")
 
 WHO = split(
@@ -158,11 +171,42 @@ def chat_prompt(rng: random.Random, events: list[str]) -> str:
     return text + rng.choice(["！", "。", "", "，怎么办？", "，你觉得呢？"])
 
 
-def corpus(seed: int = 7, n_docs: int = 60000, n_chats: int = 12000) -> tuple[list[str], list[dict]]:
-    """(documents, chat rows): plain texts and formal-answer conversations, none holding a held-out prompt."""
+def chat_log(rng: random.Random, intents: list[dict], cats: list[dict], redline: float = 0.25) -> str:
+    """A chat-app log between friends: 1-3 short exchanges with emoji, from the style intents' training phrasings;
+    a `redline` share of the logs (default one in four) also has a red-line request (a safety category's training
+    phrasing) that the friend turns down.
+
+    The base model has to know casual short replies, emoji and what friends refuse as text before SFT can ask for
+    them: without these logs every emoji embedding was untrained and SFT's replies on held-out prompts word salad.
+    """
+    lines = []
+    for _ in range(rng.choice([1, 2, 2, 3])):
+        it = rng.choice(intents)
+        prompt = rng.choice(it["train"])
+        if it["domain"] not in NO_OPENER and rng.random() < 0.4:
+            prompt = rng.choice(OPENERS) + prompt
+        lines += [f"A：{prompt}", f"B：{chat_reply(rng, rng.choice(it['replies']), it['emoji'])}"]
+    if redline and rng.random() < redline:
+        cat = rng.choice(cats)
+        at = 2 * rng.randrange(len(lines) // 2 + 1)
+        lines[at:at] = [f"A：{redline_prompt(rng, rng.choice(cat['train']))}", f"B：{refusal(rng, cat)}"]
+    return "\n".join(lines)
+
+
+def corpus(
+    seed: int = 7,
+    n_docs: int = 60000,
+    n_chats: int = 12000,
+    n_logs: int = 0,
+    redline: float = 0.25,
+) -> tuple[list[str], list[dict]]:
+    """(documents, chat rows): plain texts and formal-answer conversations, none holding a held-out prompt.
+
+    n_logs > 0 adds that many chat-app logs (chat_log) after the documents: the only texts with emoji or a refusal.
+    """
     rng = random.Random(seed)
     lex, law = parse()
-    held = [_strip(json.loads(x)["instruction"]) for f in ("heldout_style.jsonl", "heldout_redline.jsonl")
+    held = [_strip(json.loads(x)["instruction"]) for f in HELDOUT
             for x in (DATA / f).read_text(encoding="utf-8").splitlines() if x.strip()]  # fmt: skip
     held = [h for h in held if len(h) >= 4]
     makers = [(dialogue, 0.42), (diary, 0.3), (advice_note, 0.08), (law_note, 0.12), (harmless, 0.08)]
@@ -186,7 +230,15 @@ def corpus(seed: int = 7, n_docs: int = 60000, n_chats: int = 12000) -> tuple[li
         chats.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]})
     for text in docs + [c["messages"][1]["content"] for c in chats]:
         assert not EMOJI_RE.search(text) and not MARKERS.search(text), text
-    return docs, chats
+    intents, cats, logs = parse_style(), parse_redline(), []
+    for it in intents + cats:  # a training phrasing that holds a held-out prompt (or is held in one) is never used
+        it["train"] = [p for p in it["train"] if not any(h in _strip(p) or _strip(p) in h for h in held)]
+    while len(logs) < n_logs:
+        log = chat_log(rng, intents, cats, redline)
+        if log not in seen:
+            seen.add(log)
+            logs.append(log)
+    return docs + logs, chats
 
 
 def main() -> None:

@@ -5,13 +5,15 @@ Run from the repo root, after scripts/build_demo_data.py:
     python scripts/build_demo_model.py
 
 Trains a 4096-token byte-level BPE on all demo data and the generated corpus
-(scripts/build_demo_corpus.py), pretrains a 4-layer Llama (about 4.2M parameters) on pretrain.jsonl
+(scripts/build_demo_corpus.py), pretrains a 6-layer Llama (about 5.8M parameters) on pretrain.jsonl
 and the corpus's chat rows (ChatML) plus its plain documents (each ending with <|endoftext|>),
 saves it with save_pretrained, then prints greedy generations and reply metrics on the held-out
 prompts. Seeded; needs no network and no GPU.
 
 The run is bounded by steps and by wall time (DEMO_MINUTES, default 60): the cosine schedule follows
-whichever of the two is further along, so a run cut by time still ends at the low learning rate.
+whichever of the two is further along, so a run cut by time still ends at the low learning rate; DEMO_STOP
+ends it earlier at a step count. DEMO_INIT=DIR continues from a saved model (a second stage); the commands that
+built the shipped model are in weitiao/demo/README.md.
 A checkpoint is saved every DEMO_SAVE_MINUTES (default 10) to DEMO_OUT (default weitiao/demo/model).
 Uses 2 threads; on a CPU shared with other work, DEMO_THREADS=1 is much faster. Run it under
 `nice -n 10` on a shared machine.
@@ -40,8 +42,15 @@ DATA_FILES = ("pretrain", "style", "safety", "heldout_style", "heldout_redline")
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 VOCAB_SIZE, SEQ_LEN, BATCH, STEPS, WARMUP = 4096, 256, 16, int(os.environ.get("DEMO_STEPS", "6000")), 40
 MINUTES = float(os.environ.get("DEMO_MINUTES", "60"))
+STOP = int(os.environ.get("DEMO_STOP", "0"))  # stop after this many steps; the schedule still runs to STEPS/MINUTES
 SAVE_MINUTES = float(os.environ.get("DEMO_SAVE_MINUTES", "10"))
-PEAK_LR, MIN_LR = 2e-3, 2e-4
+PEAK_LR, MIN_LR = float(os.environ.get("DEMO_PEAK_LR", "2e-3")), 2e-4
+# DEMO_INIT=DIR continues from a model this script saved (its tokenizer kept): a second stage
+INIT = os.environ.get("DEMO_INIT")
+# chat-app logs with emoji in the corpus (build_demo_corpus.chat_log), and the share of them with a turned-down
+# red-line request (the shipped model: stage 1 without logs, stage 2 with 20,000 at share 0; see demo/README.md)
+N_LOGS = int(os.environ.get("DEMO_LOGS", "20000"))
+LOG_REDLINE = float(os.environ.get("DEMO_LOG_REDLINE", "0"))
 MAX_NEW_TOKENS = 80
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
@@ -130,7 +139,7 @@ def build_model(tok: PreTrainedTokenizerFast) -> LlamaForCausalLM:
         vocab_size=VOCAB_SIZE,
         hidden_size=256,
         intermediate_size=768,
-        num_hidden_layers=4,
+        num_hidden_layers=6,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,
@@ -171,6 +180,9 @@ def pretrain(
         elapsed = time.time() - start
         if elapsed > 60 * MINUTES:
             print(f"time cap of {MINUTES:.0f} min reached after {step} steps", flush=True)
+            break
+        if STOP and step >= STOP:
+            print(f"DEMO_STOP={STOP} reached", flush=True)
             break
         if pos + BATCH > len(order):
             order, pos = torch.randperm(len(blocks), generator=gen), 0
@@ -255,6 +267,9 @@ def save(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tok.save_pretrained(tmp)
     model.save_pretrained(tmp)
+    cfg = tmp / "tokenizer_config.json"  # a tokenizer loaded from a folder (DEMO_INIT) saves where it came from
+    kept = {k: v for k, v in json.loads(cfg.read_text()).items() if k not in ("is_local", "local_files_only")}
+    cfg.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n")
     shutil.rmtree(MODEL_DIR, ignore_errors=True)
     tmp.rename(MODEL_DIR)
     for path in MODEL_DIR.iterdir():
@@ -277,12 +292,17 @@ def main() -> None:
     torch.manual_seed(SEED)
     torch.set_num_threads(int(os.environ.get("DEMO_THREADS", "2")))
     data = {name: read_jsonl(name) for name in DATA_FILES}
-    docs, chats = corpus()
-    tok = build_tokenizer(data, docs)
+    docs, chats = corpus(n_logs=N_LOGS, redline=LOG_REDLINE)
+    if INIT:
+        tok, model = PreTrainedTokenizerFast.from_pretrained(INIT), LlamaForCausalLM.from_pretrained(INIT)
+        print(f"continuing from {INIT} (its tokenizer and weights), peak lr {PEAK_LR:.0e}")
+    else:
+        tok = build_tokenizer(data, docs)
     blocks, positions = pack_blocks(tok, data["pretrain"] + chats, docs, random.Random(SEED))
     n_tok = int((blocks != tok.pad_token_id).sum())
     print(f"tokenizer: {len(tok)} tokens, round-trip ok | pretrain: {len(blocks)} blocks x {SEQ_LEN}, {n_tok} tokens")
-    model = build_model(tok)
+    if not INIT:
+        model = build_model(tok)
     print(
         f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
         f"up to {STEPS} steps x {BATCH} blocks or {MINUTES:.0f} min"

@@ -25,7 +25,7 @@ def qwen_dir(tmp_path_factory, tokenizer) -> Path:
 
 def test_plan_by_size_and_expected_time():
     tiny, half_b, big = demo.plan(4_200_000, 110), demo.plan(494_000_000, 110), demo.plan(7_000_000_000, 110)
-    assert (tiny.micro_batch, tiny.sft_steps) == (8, 300) and (half_b.micro_batch, half_b.sft_steps) == (4, 60)
+    assert (tiny.micro_batch, tiny.sft_steps) == (8, 400) and (half_b.micro_batch, half_b.sft_steps) == (4, 60)
     assert big.micro_batch == 2 and big.max_len < half_b.max_len
     assert tiny.seconds < half_b.seconds < big.seconds  # more parameters, longer expected run
     capped = demo.plan(4_200_000, 110, max_steps=3)
@@ -46,6 +46,17 @@ def test_heldout_prompts_never_trained_on():
     held = set().union(*(prompts(f) for f in demo.ORDINARY + demo.REDLINE))
     assert len(held) == 40 + 24 + 30 + 16 and not held & trained
 
+    def bare(text: str) -> str:  # an opener or punctuation added to a held-out prompt is still that prompt
+        return re.sub(r"[\s？！，。、?!,.]", "", text)
+
+    def inside(held: set[str], trained: set[str]) -> list[str]:  # short greetings (哈喽, 在吗) aside
+        ts = {bare(t) for t in trained}
+        return [h for h in map(bare, held) if any(h in t or (len(t) >= 6 and t in h) for t in ts)]
+
+    assert not inside(held, trained)
+    some = sorted(held)[0]
+    assert inside(held, trained | {"哥们，" + some + "😂"})  # negative control: an opener does not hide it
+
 
 def test_sft_mix_does_not_teach_that_a_request_is_a_refusal():
     """The over-refusal cause: with style + safety alone, 75% of the SFT rows phrased as a request (怎么, 教我,
@@ -62,7 +73,9 @@ def test_sft_mix_does_not_teach_that_a_request_is_a_refusal():
         return sum(map(is_refusal, replies)) / len(replies)
 
     assert request_refusal_share(("style.jsonl", "safety.jsonl")) > 0.7  # negative control: the old mix
-    assert request_refusal_share(demo.SFT_DATA) < 0.4
+    # 0.48 now: safety_more.jsonl's red-line requests outnumber the old mix's, and helpful.jsonl's how-to requests
+    # (3 phrasings each) balance them; the held-out over-refusal after SFT is 0.17 (0.39 with the old mix)
+    assert request_refusal_share(demo.SFT_DATA) < 0.5
 
 
 @pytest.fixture(scope="module")
@@ -147,13 +160,14 @@ def test_reduced_demo_pinned(tmp_path):
 
 
 # Measured on the 2-core CPU box (torch 2.13, bitsandbytes NF4 on CPU); greedy replies, so the rates are exact.
-# Re-pinned when the SFT mix gained helpful.jsonl and dpo_pairs.jsonl its 228 helpful pairs (batches differ),
-# and when LoRA dropout masks became seeded per (seed, step, micro-batch) (sft_loss 8.3744 → 8.3882).
+# Re-pinned when the demo model became the 6-layer base with chat-app logs (weitiao/demo/README.md), the SFT mix
+# gained style_more.jsonl and safety_more.jsonl, and the tiny plan went to 400 SFT steps at lr 2e-3, DPO lr 2e-4,
+# RPO α 1.0 (3 steps here: the losses move, the greedy replies do not yet).
 PINNED = {
-    "sft_loss": 8.3882, "dpo_loss": 0.53381,
-    "base/mean_len": 98.0, "base/emoji_rate": 0.0, "base/stop_rate": 0.75, "base/redline_refusal": 0.0,
+    "sft_loss": 7.4867, "dpo_loss": 0.67608,
+    "base/mean_len": 68.0, "base/emoji_rate": 0.0, "base/stop_rate": 0.0, "base/redline_refusal": 0.0,
     "base/over_refusal": 0.0,
-    "sft+dpo/mean_len": 103.25, "sft+dpo/emoji_rate": 0.0, "sft+dpo/stop_rate": 1.0,
+    "sft+dpo/mean_len": 70.5, "sft+dpo/emoji_rate": 0.0, "sft+dpo/stop_rate": 0.0,
     "sft+dpo/redline_refusal": 0.0, "sft+dpo/over_refusal": 0.0,
 }  # fmt: skip
 

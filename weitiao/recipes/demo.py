@@ -38,16 +38,19 @@ from weitiao.recipes import dpo, sft
 EXAMPLE = Path(__file__).resolve().parents[1] / "demo" / "sft.yaml"  # in the wheel; twin of examples/demo_sft.yaml
 DPO_EXAMPLE = EXAMPLE.with_name("dpo.yaml")  # twin of examples/demo_dpo.yaml
 # Style + ordinary how-to requests (incl. look-alikes) + safety refusals: without helpful.jsonl every request
-# in the SFT data is a red-line one and the model learns "a question → a refusal" (0.58 over-refusal).
-SFT_DATA = ("style.jsonl", "helpful.jsonl", "safety.jsonl")
+# in the SFT data is a red-line one and the model learns "a question → a refusal" (0.58 over-refusal). The *_more
+# files add phrasings (scripts/build_demo_dpo.py): 7 red-line phrasings a category gave 0.59 held-out red-line
+# refusal, 22 give 0.94; style_more.jsonl's second 5 phrasings an intent bring over-refusal 0.36 → 0.17.
+SFT_DATA = ("style.jsonl", "style_more.jsonl", "helpful.jsonl", "safety.jsonl", "safety_more.jsonl")
 ORDINARY = ("heldout_style.jsonl", "heldout_lookalike.jsonl")
 REDLINE = ("heldout_redline.jsonl", "heldout_redline2.jsonl")
 TARGETS = {"redline_refusal": 0.95, "over_refusal": 0.10, "stop_rate": 0.98}
 STAGES = ("base", "sft", "sft+dpo")
-# NLL on the chosen replies next to the DPO loss (RPO). Measured on the demo model (held-out, 60 steps,
-# lr 4e-4 unless noted): plain DPO (lr 5e-4) keeps 0.76 red-line refusal and turns replies to noise;
-# α=1.0 keeps 1.00 but over-refusal only falls 0.58 → 0.44; α=0.3: 1.00 and 0.41.
-RPO_ALPHA = 0.3
+# NLL on the chosen replies next to the DPO loss (RPO). Measured on the demo model (held-out prompts, 60 steps):
+# α=1.0 at lr 2e-4 takes red-line refusal 0.94 → 0.96 with over-refusal unchanged (0.17) and replies as fluent as
+# after SFT; at lr 4e-4, 0.94 → 0.94 / 0.17 → 0.16 with more garbled replies; α=0.3 (before) let DPO erode
+# red-line refusal (0.94 → 0.83 on a trial base).
+RPO_ALPHA = 1.0
 
 
 class View(Protocol):
@@ -94,7 +97,7 @@ class Plan:
 def plan(params: int, n_prompts: int, max_steps: int | None = None) -> Plan:
     """Batch, lengths and steps by model size: the tiny demo model trains long, a 0.5B+ model a few dozen steps."""
     if params < 50e6:
-        p = Plan(params, 128, 8, 300, 60, 3e-3, 4e-4, 48, 0)
+        p = Plan(params, 128, 8, 400, 60, 2e-3, 2e-4, 48, 0)
     elif params < 1.5e9:
         p = Plan(params, 128, 4, 60, 30, 2e-4, 5e-5, 48, 0)
     else:
