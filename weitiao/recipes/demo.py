@@ -1,6 +1,6 @@
 """`weitiao demo`: chapter Q142's pipeline in minutes — QLoRA SFT, then DPO against over-refusal, measured.
 
-    weitiao demo                  # the shipped tiny Chinese model (make demo); about 6 min on 2 CPU cores
+    weitiao demo                  # the shipped tiny Chinese model (make demo); about 4 min on 2 CPU cores
     weitiao demo --model DIR      # the same on your own Hugging Face model folder (e.g. Qwen2.5-0.5B-Instruct)
     weitiao demo --serve          # ...and end by serving the tuned model (OpenAI-compatible API)
 
@@ -39,8 +39,8 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "demo" / "sft.yaml"  # in the wh
 DPO_EXAMPLE = EXAMPLE.with_name("dpo.yaml")  # twin of examples/demo_dpo.yaml
 # Style + ordinary how-to requests (incl. look-alikes) + safety refusals: without helpful.jsonl every request
 # in the SFT data is a red-line one and the model learns "a question → a refusal" (0.58 over-refusal). The *_more
-# files add phrasings (scripts/build_demo_dpo.py): 7 red-line phrasings a category gave 0.59 held-out red-line
-# refusal, 22 give 0.94; style_more.jsonl's second 5 phrasings an intent bring over-refusal 0.36 → 0.17.
+# files add phrasings (scripts/build_demo_dpo.py); on one trial base, SFT's held-out red-line refusal went
+# 0.59 → 0.93 with safety_more.jsonl and its over-refusal 0.36 → 0.27 with style_more.jsonl.
 SFT_DATA = ("style.jsonl", "style_more.jsonl", "helpful.jsonl", "safety.jsonl", "safety_more.jsonl")
 ORDINARY = ("heldout_style.jsonl", "heldout_lookalike.jsonl")
 REDLINE = ("heldout_redline.jsonl", "heldout_redline2.jsonl")
@@ -132,13 +132,14 @@ def _flops_per_second() -> float:
 
 def _expected_seconds(p: Plan, n_prompts: int) -> float:
     """Training ≈ 6·N·tokens FLOPs (DPO: chosen + rejected, plus a reference pass), generation ≈ 2·N per token;
-    the factor 3 covers NF4 de-quantization and small-matrix inefficiency (calibrated on the demo model)."""
+    the factor 2.1 covers NF4 de-quantization and small-matrix inefficiency (calibrated on the demo model: 4.2 min
+    measured on a quiet 2-core box, where 3 predicted 5.9)."""
     if torch.cuda.is_available():
         return 60.0 + 1e-9 * p.params * (p.sft_steps + 2 * p.dpo_steps)  # GPU: dominated by fixed costs
     tokens = p.micro_batch * p.max_len
     train = 6 * p.params * tokens * (p.sft_steps + 2.5 * p.dpo_steps)
     gen = 3 * 2 * p.params * n_prompts * p.max_new_tokens
-    return 20.0 + 3 * (train + gen) / _flops_per_second()
+    return 20.0 + 2.1 * (train + gen) / _flops_per_second()
 
 
 def _measure(model: Any, tokenizer: Any, sets: dict[str, list[Prompt]], max_new_tokens: int) -> dict:
