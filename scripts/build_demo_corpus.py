@@ -37,7 +37,7 @@ from build_demo_data import (  # noqa: E402
     redline_prompt,
     refusal,
     split,
-)  # fmt: skip
+)
 
 DATA = Path(__file__).resolve().parents[1] / "weitiao" / "demo" / "data"
 HELDOUT = ("heldout_style.jsonl", "heldout_redline.jsonl", "heldout_redline2.jsonl", "heldout_lookalike.jsonl")

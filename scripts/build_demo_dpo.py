@@ -21,7 +21,17 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from build_demo_data import NO_OPENER, REDLINE_OPENERS, chat_prompt, chat_reply, parse_redline, parse_style, refusal  # noqa: E402
+from build_demo_data import (  # noqa: E402
+    NO_OPENER,
+    REDLINE_OPENERS,
+    alpaca,
+    chat,
+    chat_prompt,
+    chat_reply,
+    parse_redline,
+    parse_style,
+    refusal,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "weitiao" / "demo" / "data"
 SEED = 142
@@ -222,8 +232,7 @@ def safety_more_rows(rng: random.Random) -> list[dict]:
         name, rest = line.split(" :: ")
         for prompt in rest.split(" / "):
             for text in (prompt, rng.choice(REDLINE_OPENERS) + prompt):
-                rows.append({"messages": [{"role": "user", "content": text},
-                                          {"role": "assistant", "content": refusal(rng, cats[name])}]})  # fmt: skip
+                rows.append(chat(text, refusal(rng, cats[name])))
     rng.shuffle(rows)
     return rows
 
@@ -241,18 +250,13 @@ def style_more_rows(rng: random.Random) -> list[dict]:
                 text = chat_prompt(rng, phrase, it["domain"] not in NO_OPENER)
                 if text not in seen:
                     seen.add(text)
-                    rows.append(
-                        {
-                            "instruction": text,
-                            "input": "",
-                            "output": chat_reply(rng, rng.choice(it["replies"]), it["emoji"]),
-                        }
-                    )
+                    rows.append(alpaca(text, chat_reply(rng, rng.choice(it["replies"]), it["emoji"])))
     rng.shuffle(rows)
     return rows
 
 
 def _bare(text: str) -> str:
+    """A prompt without whitespace and punctuation, so an added mark or opener does not hide a held-out prompt."""
     return re.sub(r"[\s？！，。、?!,.]", "", text)
 
 
@@ -294,9 +298,9 @@ def main() -> None:
         pairs.append({"prompt": prompt, "chosen": good, "rejected": rng_chatty.choice(chatty if i % 2 else EAGER)})
     pairs += [{"prompt": r["instruction"], "chosen": r["output"], "rejected": rng.choice(REFUSALS)} for r in helpful]
     rng.shuffle(pairs)
-    trained = {p["prompt"] for p in pairs} | {prompt_reply(r)[0] for r in style + safety + read("pretrain.jsonl")}
+    sft_rows = style + safety + read("pretrain.jsonl") + helpful + more + style_more
+    trained = {_bare(p) for p in {p["prompt"] for p in pairs} | {prompt_reply(r)[0] for r in sft_rows}}
     evals = held_look + held_red + read("heldout_style.jsonl") + read("heldout_redline.jsonl")
-    trained = {_bare(p) for p in trained | {prompt_reply(r)[0] for r in helpful + more + style_more}}
     leaked = [h for h in (_bare(r["instruction"]) for r in evals)  # one inside the other (short greetings aside)
               if any(h in t or (len(t) >= 6 and t in h) for t in trained)]  # fmt: skip
     assert not leaked, f"held-out prompts in (or holding) training prompts: {leaked}"
