@@ -156,7 +156,13 @@ def test_reduced_demo_pinned(tmp_path):
     rep = demo.run(None, str(tmp_path / "run"), max_steps=3, limit=4, view=RichView(Console(record=True, width=200)))
     got = {"sft_loss": rep["sft"]["train_loss"], "dpo_loss": rep["dpo"]["train_loss"]}
     got |= {f"{stage}/{k}": v for stage in ("base", "sft+dpo") for k, v in rep["numbers"][stage].items()}
-    assert got == pytest.approx(PINNED, rel=1e-3)
+    lengths = {k for k in PINNED if k.endswith("mean_len")}
+    assert {k: v for k, v in got.items() if k not in lengths} == pytest.approx(
+        {k: v for k, v in PINNED.items() if k not in lengths}, rel=1e-3
+    )
+    # greedy decoding is knife-edge: CPUs with other SIMD (AVX-512 vs AMX) flip one token of one reply
+    # (seen: 68.0 vs 68.25 for the untrained base), so a length may move by 2 tokens over the 4 prompts
+    assert {k: got[k] for k in lengths} == pytest.approx({k: PINNED[k] for k in lengths}, abs=0.5)
 
 
 # Measured on the 2-core CPU box (torch 2.13, bitsandbytes NF4 on CPU); greedy replies, so the rates are exact.

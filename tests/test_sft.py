@@ -12,6 +12,7 @@ import torch
 from conftest import recipe_config, write_jsonl
 from safetensors.torch import load_file
 
+from weitiao.errors import UserError
 from weitiao.recipes import sft
 from weitiao.train.log import read_metrics
 
@@ -226,6 +227,24 @@ def test_init_from_continues_saved_adapter(tiny_model_dir, chat_file, tmp_path):
     assert first["steps"] == 4
     with pytest.raises(Exception, match="lora.init_from"):
         sft.run(config(tiny_model_dir, chat_file, tmp_path / "c", "train.max_steps=1", "lora.init_from=/nope"))
+
+
+def test_init_from_refuses_a_different_shape_and_applies_dropout(tiny_model_dir, chat_file, tmp_path):
+    from peft.tuners.lora import LoraLayer
+
+    from weitiao.models.load import build_trainable
+
+    sft.run(config(tiny_model_dir, chat_file, tmp_path / "a", "train.max_steps=1", "lora.r=8"))  # dropout 0.05
+    init = f"lora.init_from={tmp_path / 'a'}"
+    for key, msg in [("lora.r=16", "lora.r=16 but the adapter"), ("lora.alpha=8", "lora.alpha=8.0 but the adapter")]:
+        with pytest.raises(UserError, match=msg):
+            sft.run(config(tiny_model_dir, chat_file, tmp_path / "b", "train.max_steps=1", init, key))
+    # unset keys are the adapter's; a set dropout is applied (negative control: unset keeps the adapter's 0.05)
+    for extra, want in [(["lora.dropout=0.0"], torch.nn.Identity), ([], torch.nn.Dropout)]:
+        cfg = config(tiny_model_dir, chat_file, tmp_path / "b", init, *extra)
+        model = build_trainable(cfg.model, cfg.lora, torch.device("cpu"))
+        drops = [m.lora_dropout["default"] for m in model.modules() if isinstance(m, LoraLayer)]
+        assert drops and all(type(d) is want for d in drops)
 
 
 def test_golden_prompts_answered_at_each_save(tiny_model_dir, chat_file, tmp_path):

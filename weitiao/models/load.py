@@ -264,8 +264,12 @@ def add_lora(model: Any, spec: LoraSpec, gradient_checkpointing: bool = False, t
         raise UserError(f"lora.targets: {e}") from None
 
 
-def load_lora(model: Any, adapter: str, gradient_checkpointing: bool = False) -> Any:
-    """Freeze the base and attach a saved adapter, trainable (r, alpha, targets come from the adapter)."""
+def load_lora(model: Any, adapter: str, gradient_checkpointing: bool = False, spec: LoraSpec | None = None) -> Any:
+    """Freeze the base and attach a saved adapter, trainable (r, alpha, targets come from the adapter).
+
+    Keys of `spec` set in the config are checked against the adapter: a different r, alpha, dora, rslora or
+    target list is refused (a continued adapter keeps its shape), a different dropout is applied.
+    """
     from peft import PeftModel
 
     try:
@@ -277,7 +281,37 @@ def load_lora(model: Any, adapter: str, gradient_checkpointing: bool = False) ->
         p.requires_grad_(False)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+    peft_model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+    if spec is not None:
+        _match_adapter(peft_model, spec, adapter)
+    return peft_model
+
+
+def _match_adapter(peft_model: Any, spec: LoraSpec, adapter: str) -> None:
+    """Refuse lora.* keys the config sets that the saved adapter contradicts; apply lora.dropout."""
+    from peft.tuners.lora import LoraLayer
+
+    saved = peft_model.peft_config["default"]
+    given = spec.model_fields_set
+    checks = {
+        "r": (spec.r, saved.r),
+        "alpha": (spec.alpha, saved.lora_alpha),
+        "dora": (spec.dora, bool(saved.use_dora)),
+        "rslora": (spec.rslora, bool(saved.use_rslora)),
+    }
+    if isinstance(spec.targets, list):
+        checks["targets"] = (sorted(spec.targets), sorted(saved.target_modules or []))
+    for key, (want, have) in checks.items():
+        if key in given and want != have:
+            raise UserError(
+                f"lora.{key}={want} but the adapter at lora.init_from ({adapter}) has {have}: a continued adapter "
+                f"keeps its shape; drop lora.{key} or set it to {have}"
+            )
+    if "dropout" in given and spec.dropout != saved.lora_dropout:
+        for m in peft_model.modules():
+            if isinstance(m, LoraLayer) and "default" in m.lora_dropout:
+                m.lora_dropout["default"] = torch.nn.Dropout(spec.dropout) if spec.dropout else torch.nn.Identity()
+        saved.lora_dropout = spec.dropout  # the saved adapter_config.json says what was trained
 
 
 def count_params(model: Any) -> tuple[int, int]:
@@ -297,7 +331,7 @@ def build_trainable(model: ModelSpec, lora: LoraSpec, device: torch.device, head
     """
     base = load_model(model, device, head)
     if lora.enabled and lora.init_from:
-        return load_lora(base, lora.init_from, model.gradient_checkpointing)
+        return load_lora(base, lora.init_from, model.gradient_checkpointing, lora)
     if lora.enabled:
         return add_lora(base, lora, model.gradient_checkpointing, "SEQ_CLS" if head == "score" else "CAUSAL_LM")
     if model.quant != "none":

@@ -45,7 +45,7 @@ class Roles(nn.Module):
             from peft import LoraConfig
 
             if lora.init_from:
-                self.model = load_lora(base, lora.init_from)  # checks the path, names lora.init_from on error
+                self.model = load_lora(base, lora.init_from, spec=lora)  # checks path and shape, names lora.init_from
                 self.model.load_adapter(locate(lora.init_from)[0], adapter_name="reference", is_trainable=False)
                 self.has_ref_adapter = True
             else:
