@@ -16,7 +16,10 @@ ends it earlier at a step count. DEMO_INIT=DIR continues from a saved model (a s
 built the shipped model are in weitiao/demo/README.md.
 A checkpoint is saved every DEMO_SAVE_MINUTES (default 10) to DEMO_OUT (default weitiao/demo/model).
 Uses 2 threads; on a CPU shared with other work, DEMO_THREADS=1 is much faster. Run it under
-`nice -n 10` on a shared machine.
+`nice -n 10` on a shared machine. DEMO_AUTOCAST=bf16 runs forward and backward under bf16 autocast (fp32
+weights and optimizer): 1.5x the steps per second on a 2-core CPU with AMX (0.80 vs 1.23 s a step, smoothed loss
+5.906 vs 5.903 after 61 steps from scratch); the default
+(auto) takes it where /proc/cpuinfo lists amx_bf16 or avx512_bf16 and says so, none elsewhere (slower there).
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ INIT = os.environ.get("DEMO_INIT")
 N_LOGS = int(os.environ.get("DEMO_LOGS", "20000"))
 LOG_REDLINE = float(os.environ.get("DEMO_LOG_REDLINE", "0"))
 MAX_NEW_TOKENS = 80
+AUTOCAST = os.environ.get("DEMO_AUTOCAST", "auto")
+if AUTOCAST not in ("auto", "bf16", "none"):
+    raise SystemExit(f"DEMO_AUTOCAST={AUTOCAST!r}: use auto, bf16 or none")
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
     " + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}"
@@ -156,6 +162,17 @@ def build_model(tok: PreTrainedTokenizerFast) -> LlamaForCausalLM:
     return model
 
 
+def use_bf16() -> bool:
+    """DEMO_AUTOCAST: bf16, none, or auto (bf16 where the CPU multiplies bf16 natively: AMX or AVX-512 BF16)."""
+    if AUTOCAST != "auto":
+        return AUTOCAST == "bf16"
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        flags = set()
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
 def lr_at(step: int, elapsed: float) -> float:
     """Linear warmup, then cosine decay from PEAK_LR to MIN_LR over steps or wall time, whichever is further."""
     if step < WARMUP:
@@ -175,6 +192,8 @@ def pretrain(
     gen = torch.Generator().manual_seed(SEED)
     order = torch.randperm(len(blocks), generator=gen)
     model.train()
+    bf16 = use_bf16()
+    print(f"autocast: {'bf16' if bf16 else 'none'} (DEMO_AUTOCAST={AUTOCAST})", flush=True)
     start, pos, smooth, saved = time.time(), 0, None, time.time()
     for step in range(STEPS):
         elapsed = time.time() - start
@@ -194,7 +213,8 @@ def pretrain(
         for group in opt.param_groups:
             group["lr"] = lr
         # No attention_mask and no cache: transformers derives the per-sequence mask from positions.
-        loss = model(input_ids=batch, position_ids=positions[idx], labels=labels, use_cache=False).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=batch, position_ids=positions[idx], labels=labels, use_cache=False).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
