@@ -28,6 +28,27 @@ def pairs_file(tmp_path_factory):
     return write_jsonl(tmp_path_factory.mktemp("pairs") / "pairs.jsonl", make_pairs(8))
 
 
+def test_a_set_lora_dropout_that_disable_dropout_would_switch_off_is_refused(tiny_model_dir, pairs_file, tmp_path):
+    """DPO, RM and PPO turn dropout off by default: a lora.dropout the config sets is refused, not ignored."""
+    from weitiao.recipes import ppo, rm
+
+    out = tmp_path / "never"
+    with pytest.raises(UserError, match=r"lora.dropout=0.1 would be switched off: train.disable_dropout"):
+        dpo.run(config(tiny_model_dir, pairs_file, out, "lora.dropout=0.1"))
+    with pytest.raises(UserError, match=r"lora.dropout=0.1 would be switched off"):
+        rm.run(recipe_config("rm", tiny_model_dir, pairs_file, out, "lora.dropout=0.1"))
+    ppo_cfg = load_config(ppo.PPOConfig, None, [f"model.path={tiny_model_dir}", f"data.prompts=[{pairs_file}]",
+                                                 f"train.out={out}", "lora.dropout=0.05", "reward.kind=function",
+                                                 "reward.path=weitiao.recipes.rewards:short_emoji_reward"])  # fmt: skip
+    with pytest.raises(UserError, match=r"lora.dropout=0.05 would be switched off"):
+        ppo.run(ppo_cfg)
+    assert not out.exists()  # refused before anything was written
+    # negative controls: the default (unset) 0.05, an explicit 0, and dropout kept on are all accepted
+    for extra in ([], ["lora.dropout=0"], ["lora.dropout=0.1", "train.disable_dropout=false"]):
+        cfg = config(tiny_model_dir, pairs_file, out, *extra)
+        dpo.refuse_ignored_dropout(cfg.lora, cfg.train.disable_dropout)
+
+
 @pytest.mark.slow
 def test_padded_pairs_give_the_packed_loss_and_gradient(tiny_model_dir, pairs_file, tmp_path):
     """One step over all 8 pairs: padded batches (one sequence per row) must not count pairs twice."""

@@ -72,7 +72,7 @@ def test_train_screen_end_to_end(built, tiny_model_dir, tmp_path):
         injection_app,
         ["train-screen", str(built), "--model", str(tiny_model_dir), "--out", str(out),
          "--steps", "3", "train.progress=false", "train.tensorboard=false", "data.max_len=256",
-         "train.micro_batch_size=8", "lora.dropout=0.05"],
+         "train.micro_batch_size=8"],
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "held-out" in r.output and "classifier" in r.output

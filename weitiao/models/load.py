@@ -341,6 +341,17 @@ def build_trainable(model: ModelSpec, lora: LoraSpec, device: torch.device, head
     return base
 
 
+def refuse_ignored_dropout(lora: LoraSpec, disable: bool) -> None:
+    """A lora.dropout the config sets, that train.disable_dropout (on by default in DPO, RM and PPO) would switch
+    off, is refused with one line instead of being ignored."""
+    if disable and lora.enabled and "dropout" in lora.model_fields_set and lora.dropout > 0:
+        raise UserError(
+            f"lora.dropout={lora.dropout} would be switched off: train.disable_dropout is true (the default here, so "
+            "the first update compares π with its reference without dropout); set train.disable_dropout=false to "
+            "train with it, or drop lora.dropout"
+        )
+
+
 def disable_dropout(model: torch.nn.Module) -> int:
     """Set p=0 on every dropout layer (LoRA's included); returns how many were changed.
 

@@ -33,6 +33,7 @@ from weitiao.models.load import (
     disable_dropout,
     load_model,
     load_tokenizer,
+    refuse_ignored_dropout,
 )
 from weitiao.train import dist, loop
 from weitiao.train.pairs import prepare_pairs
@@ -150,6 +151,7 @@ def evaluate(
 def run(cfg: RMConfig) -> dict:
     """Train the reward model; returns the summary with held-out accuracy/margin/reward stats."""
     t = cfg.train
+    refuse_ignored_dropout(cfg.lora, t.disable_dropout)
     accel = dist.accelerator(cfg.model)
     main = accel.is_main_process
     torch.manual_seed(t.seed)
