@@ -11,7 +11,9 @@ from weitiao.data.collate import collate
 from weitiao.data.formats import PreferencePair
 from weitiao.data.preference import encode_pairs, pair_rows
 from weitiao.data.templates import resolve_template
+from weitiao.errors import UserError
 from weitiao.models.heads import SequenceScorer, last_target_positions, load_reward_model
+from weitiao.models.load import LoraSpec
 from weitiao.recipes import rm
 from weitiao.train.log import read_metrics
 
@@ -107,7 +109,12 @@ def test_init_from_an_sft_adapter(tiny_model_dir, tmp_path):
     sft.run(load_config(sft.SFTConfig, None, [*sft_cfg, "train.max_steps=2", "train.progress=false", "train.lr=1e-2"]))
     data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(24))
     out = tmp_path / "rm"
-    rm.run(rm_config(tiny_model_dir, data, out, "train.max_steps=2", f"lora.init_from={tmp_path / 'sft'}"))
+    init = f"lora.init_from={tmp_path / 'sft'}"
+    for key in ("lora.r=4", "lora.alpha=3"):  # a set key that contradicts the adapter is refused, nothing written
+        with pytest.raises(UserError, match=f"{key.split('=')[0]}=.* but the adapter at lora.init_from"):
+            rm.run(rm_config(tiny_model_dir, data, out, "train.max_steps=2", init, key))
+        assert not out.exists()
+    rm.run(rm_config(tiny_model_dir, data, out, "train.max_steps=2", init, f"lora.r={LoraSpec().r}"))  # agrees
     saved = load_file(str(out / "final" / "adapter" / "adapter_model.safetensors"))
     start = load_file(str(tmp_path / "sft" / "final" / "adapter" / "adapter_model.safetensors"))
     assert any(k.endswith("score.weight") for k in saved)

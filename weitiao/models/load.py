@@ -283,11 +283,11 @@ def load_lora(model: Any, adapter: str, gradient_checkpointing: bool = False, sp
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     peft_model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
     if spec is not None:
-        _match_adapter(peft_model, spec, adapter)
+        match_adapter(peft_model, spec, adapter)
     return peft_model
 
 
-def _match_adapter(peft_model: Any, spec: LoraSpec, adapter: str) -> None:
+def match_adapter(peft_model: Any, spec: LoraSpec, adapter: str) -> None:
     """Refuse lora.* keys the config sets that the saved adapter contradicts; apply lora.dropout."""
     from peft.tuners.lora import LoraLayer
 

@@ -28,11 +28,13 @@ from weitiao.losses.preference import bradley_terry
 from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
 from weitiao.models.heads import SequenceScorer, save_reward_meta
 from weitiao.models.load import (
+    LoraSpec,
     build_trainable,
     count_params,
     disable_dropout,
     load_model,
     load_tokenizer,
+    match_adapter,
     refuse_ignored_dropout,
 )
 from weitiao.train import dist, loop
@@ -59,14 +61,16 @@ class RMConfig(PairRecipeConfig):
 SUM_KEYS = ("loss_sum", "accuracy_sum", "margin_sum", "reward_sum", "reward_sq_sum", "pairs")
 
 
-def load_scoring_adapter(base: Any, adapter: str, gradient_checkpointing: bool = False) -> Any:
-    """A saved adapter on a `*ForSequenceClassification` base, trainable, with the score head trained
-    beside it (loaded too when the adapter saved one, as a reward model's does)."""
+def load_scoring_adapter(base: Any, spec: LoraSpec, gradient_checkpointing: bool = False) -> Any:
+    """The adapter at `spec.init_from` on a `*ForSequenceClassification` base, trainable, with the score head
+    trained beside it (loaded too when the adapter saved one, as a reward model's does); lora.* keys the config
+    sets are checked against it."""
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
     from peft.utils import load_peft_weights
 
     from weitiao.infer.export import locate
 
+    adapter = spec.init_from
     try:
         adapter_dir, _, _ = locate(adapter)
     except UserError as e:
@@ -85,6 +89,7 @@ def load_scoring_adapter(base: Any, adapter: str, gradient_checkpointing: bool =
     result = set_peft_model_state_dict(model, {**get_peft_model_state_dict(model), **saved})
     if missing := [k for k in result.missing_keys if "lora_" in k]:
         raise UserError(f"lora.init_from: {adapter_dir} does not fit this model (missing {missing[0]})")
+    match_adapter(model, spec, adapter)
     return model
 
 
@@ -169,7 +174,7 @@ def run(cfg: RMConfig) -> dict:
     # 2. Scorer (LoRA + fully trained score head), optimizer.
     if cfg.lora.enabled and cfg.lora.init_from:
         base = load_model(cfg.model, accel.device, head="score")
-        model = load_scoring_adapter(base, cfg.lora.init_from, cfg.model.gradient_checkpointing)
+        model = load_scoring_adapter(base, cfg.lora, cfg.model.gradient_checkpointing)
     else:
         model = build_trainable(cfg.model, cfg.lora, accel.device, head="score")
     model.config.pad_token_id = pad_id
