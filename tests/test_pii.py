@@ -677,6 +677,18 @@ def test_scrub_file_keeps_shape(tmp_path, fmt, mode):
         assert len(texts) == 2 and texts[0] == texts[1]
 
 
+def test_pii_in_id_source_and_type_fields_is_found(tmp_path):
+    """Only a message's role and a content part's type are structural: PII in `id`, `source`, `type` is scanned."""
+    row = {"instruction": "总结", "input": "客户来电", "output": "已处理", "source": "客服张伟 13812345678",
+           "id": "13912345678", "type": "投诉 邮箱 a@b.com"}  # fmt: skip
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    rep = pii_files.process_file(src, dst, "placeholder")
+    assert rep.counts["mobile"] == 2 and rep.counts["email"] == 1 and set(rep.fields) == {"source", "id", "type"}
+    out = json.loads(dst.read_text(encoding="utf-8"))
+    assert "138" not in out["source"] and "139" not in out["id"] and "a@b.com" not in out["type"]
+
+
 def test_cli_scan_scrub_refusals(tmp_path):
     from typer.testing import CliRunner
 

@@ -18,7 +18,13 @@ from weitiao.safety.pii_fake import fake_card, fake_id, fake_like, fake_mobile
 
 # ----------------------------------------------------------------------------- files
 
-SKIP_KEYS = {"role", "from", "type", "source", "id"}  # structural fields, never free text
+# Structural values left alone: a message's role and a content part's type. Only these exact values: any other
+# string under these keys, and every `id`, `source`, ... field, is scanned like free text.
+STRUCTURAL = {
+    "role": {"system", "user", "assistant", "tool", "function", "developer", "observation"},
+    "from": {"system", "human", "user", "gpt", "assistant", "tool", "function", "function_call", "observation"},
+    "type": {"text", "image", "image_url", "input_text", "input_image", "audio", "function", "tool_call"},
+}
 
 
 @dataclass
@@ -35,15 +41,20 @@ class FileReport:
     examples: list[dict] | None = None
 
 
-def _walk(value, path: str, fn: Callable[[str, str], str], skip=frozenset()):
-    """Apply fn(text, field_path) to every string value, keeping the row's shape; paths read
+def _walk(value, path: str, fn: Callable[[str, str], str], structural: bool = True):
+    """Apply fn(text, field_path) to every string value but STRUCTURAL ones, keeping the row's shape; paths read
     `messages[].content`, `meta.notes`, `text`."""
     if isinstance(value, str):
         return fn(value, path)
     if isinstance(value, list):
-        return [_walk(v, f"{path}[]", fn, skip) for v in value]
+        return [_walk(v, f"{path}[]", fn, structural) for v in value]
     if isinstance(value, dict):
-        return {k: v if k in skip else _walk(v, f"{path}.{k}" if path else k, fn, skip) for k, v in value.items()}
+        return {
+            k: v
+            if structural and isinstance(v, str) and v in STRUCTURAL.get(k, ())
+            else _walk(v, f"{path}.{k}" if path else k, fn, structural)
+            for k, v in value.items()
+        }
     return value
 
 
@@ -64,8 +75,8 @@ def process_file(
     """Scan (out=None) or scrub one JSONL/JSON/Parquet file, string field by string field.
 
     A file whose first row is a training format (alpaca, sharegpt, openai, preference) is held to it
-    like `load_rows` (a bad row is a UserError naming file:line: field) and its structural keys (role,
-    from, id...) are left alone; any other file is read as plain JSON rows ({"text": ...} corpora, logs)
+    like `load_rows` (a bad row is a UserError naming file:line: field) and its structural values (a
+    message's role, a content part's type: STRUCTURAL) are left alone; any other file is read as plain JSON rows ({"text": ...} corpora, logs)
     and every string in it, however nested, is scanned. `fields` limits both to those paths (as the
     report prints them: `text`, `meta.notes`, `messages[].content`); a path that matches nothing in
     the whole file is a UserError. Rows stream one at a time (a huge row is scanned in bounded windows,
@@ -107,7 +118,7 @@ def process_file(
                 found += [(field, m) for m in matches]
                 return new
 
-            scrubbed = _walk(record, "", one, SKIP_KEYS if fmt != "json" else frozenset())
+            scrubbed = _walk(record, "", one, fmt != "json")
             if write is not None:
                 write(json.dumps(scrubbed, ensure_ascii=False) + "\n")
             del record, scrubbed  # one huge row at a time
