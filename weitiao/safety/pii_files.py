@@ -74,13 +74,13 @@ def process_file(
 ) -> FileReport:
     """Scan (out=None) or scrub one JSONL/JSON/Parquet file, string field by string field.
 
-    A file whose first row is a training format (alpaca, sharegpt, openai, preference) is held to it
-    like `load_rows` (a bad row is a UserError naming file:line: field) and its structural values (a
-    message's role, a content part's type: STRUCTURAL) are left alone; any other file is read as plain JSON rows ({"text": ...} corpora, logs)
-    and every string in it, however nested, is scanned. `fields` limits both to those paths (as the
-    report prints them: `text`, `meta.notes`, `messages[].content`); a path that matches nothing in
-    the whole file is a UserError. Rows stream one at a time (a huge row is scanned in bounded windows,
-    see `pii.scan`); the scrubbed JSONL keeps each row's shape and appears only when every row passed.
+    A file whose first row is a training format (alpaca, sharegpt, openai, preference) is held to it like
+    `load_rows` (a bad row is a UserError naming file:line: field) and its structural values (a message's role, a
+    content part's type: STRUCTURAL) are left alone; any other file is read as plain JSON rows ({"text": ...}
+    corpora, logs) and every string in it, however nested, is scanned. `fields` limits both to those paths (as the
+    report prints them: `text`, `meta.notes`, `messages[].content`); a path that matches nothing in the whole file
+    is a UserError. Rows stream one at a time (a huge row is scanned in bounded windows, see `pii.scan`); the
+    scrubbed JSONL keeps each row's shape and appears only when every row passed.
     Pseudonyms hold for the whole file: a value gets the same fake in every field of every row.
     """
     from weitiao.data.formats import RowError, detect_format, iter_records, parse_row
