@@ -8,6 +8,7 @@ bad bytes, folders given as files and over-deep JSON as `file:line: problem`.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -175,6 +176,84 @@ def atomic_writer(path: str | Path) -> Iterator[Callable[[str], None]]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    remember(path)
+
+
+# ----------------------------------------------------------------------------- what we wrote
+# A ledger of the files weitiao wrote (size, mtime, inode at the time), so a command can tell its own earlier
+# output, which it may replace, from a user's file or one edited since, which it never replaces.
+
+
+def cache_home() -> Path:
+    """$WEITIAO_CACHE, else $XDG_CACHE_HOME (or ~/.cache)/weitiao."""
+    if base := os.environ.get("WEITIAO_CACHE"):
+        return Path(base)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "weitiao"
+
+
+def _ledger(path: Path) -> Path:
+    return cache_home() / "written" / hashlib.sha1(str(path.resolve()).encode()).hexdigest()
+
+
+def _stamp(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size} {st.st_mtime_ns} {st.st_ino}"
+
+
+def remember(path: str | Path) -> None:
+    """Record `path` as written by weitiao, as it is now (best effort: an unwritable cache only costs the record)."""
+    path = Path(path)
+    try:
+        entry = _ledger(path)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        entry.write_text(_stamp(path), encoding="utf-8")
+    except OSError:
+        pass
+
+
+def written_by_us(path: str | Path) -> bool:
+    """True when `path` is a file weitiao wrote and nobody changed since."""
+    path = Path(path)
+    try:
+        return _ledger(path).read_text(encoding="utf-8") == _stamp(path)
+    except OSError:
+        return False
+
+
+def claim_outputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path] = (), flag: str = "--out") -> None:
+    """Refuse, before any work, to write an output that is one of the inputs or an existing file that weitiao
+    did not write (or that was changed since): nothing we did not create is overwritten."""
+    ins = {Path(i).resolve() for i in inputs}
+    for out in map(Path, outputs):
+        if out.resolve() in ins or (out.exists() and any(i.exists() and out.samefile(i) for i in ins)):
+            raise UserError(f"{flag} {out}: is also an input; writing it would destroy the input; choose another path")
+        if out.is_file() and not written_by_us(out):
+            raise UserError(
+                f"{out}: exists and was not written by weitiao (or was changed since); move it away or choose "
+                f"another {flag}"
+            )
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as PNG atomically (temp file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+        os.close(fd)
+    except OSError as e:
+        plt.close(fig)
+        raise write_error(path, e) from None
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    remember(path)
+    return path
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

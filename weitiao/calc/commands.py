@@ -196,8 +196,10 @@ def quant(
 ) -> None:
     """Error and bits/param of per-tensor int4, blockwise int4, NF4 and NF4 + double quantization."""
     from weitiao.calc import quant as q
+    from weitiao.io import claim_outputs
 
     q.check_block_size(block_size)
+    claim_outputs([plot] if plot else [], [], "--plot")
     if model is not None:
         name, x = q.read_tensor(model, tensor)
         rep = q.quant_report(x, f"{model}: {name}", block=block_size)

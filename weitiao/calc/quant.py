@@ -264,8 +264,7 @@ def plot_histogram(x: torch.Tensor, path: str | Path, block: int = 64, title: st
         import matplotlib.pyplot as plt
     except ImportError:
         raise UserError("--plot needs matplotlib: pip install matplotlib") from None
-    import os
-    import tempfile
+    from weitiao.io import save_figure
 
     path = Path(path)
     flat = x.reshape(-1).float()
@@ -285,16 +284,7 @@ def plot_histogram(x: torch.Tensor, path: str | Path, block: int = 64, title: st
     a2.set_title(f"w / block absmax (block {block}) · red: NF4 levels")
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def check_block_size(block: int) -> None:

@@ -45,7 +45,7 @@ from weitiao.data.formats import Conversation, Document, LoadResult, PreferenceP
 from weitiao.data.prep import conversation_key
 from weitiao.data.templates import ChatTemplate
 from weitiao.errors import UserError
-from weitiao.io import atomic_write_text, read_json
+from weitiao.io import atomic_write_text, cache_home, read_json
 
 VERSION = 2  # 2: raw-text rows, `piece` column, notes
 CHUNK_ROWS = 4096  # rows per worker task and per shard
@@ -55,9 +55,7 @@ TRUNCATED = ("", "cut", "history")
 
 def default_cache_dir() -> Path:
     """$WEITIAO_CACHE/tokenized, else $XDG_CACHE_HOME (or ~/.cache)/weitiao/tokenized."""
-    if base := os.environ.get("WEITIAO_CACHE"):
-        return Path(base) / "tokenized"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "weitiao" / "tokenized"
+    return cache_home() / "tokenized"
 
 
 def default_num_proc() -> int:

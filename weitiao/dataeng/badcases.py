@@ -34,7 +34,7 @@ from scipy.sparse import hstack as sparse_hstack
 
 from weitiao.dataeng.similarity import embed, normalize, tfidf, unit_rows
 from weitiao.errors import UserError, where
-from weitiao.io import atomic_write_text, read_jsonl, write_jsonl
+from weitiao.io import atomic_write_text, claim_outputs, read_jsonl, write_jsonl
 from weitiao.json_reply import parse_json_reply
 from weitiao.reports import page
 from weitiao.teacher import Teacher, TeacherError
@@ -263,6 +263,10 @@ def held_out_cases(cases: list[Case], share: float, seed: int) -> set[int]:
     return out
 
 
+OUTPUTS = ("clusters.html", "clusters.json", "sft_additions.jsonl", "dpo_pairs.jsonl", "regression_eval.jsonl",
+           "summary.json", "followup_sft.yaml")  # fmt: skip
+
+
 def run(
     files: list[str | Path],
     out: str | Path,
@@ -281,6 +285,7 @@ def run(
     if not 0 <= holdout < 1:
         raise UserError(f"--holdout {holdout}: must be in [0, 1)")
     out = Path(out)
+    claim_outputs([out / n for n in OUTPUTS], [*files, *([config] if config else [])])
     cases = ingest(list(files))
     clusters = cluster(cases, k, embed_model, seed)
     atomic_write_text(out / "clusters.html", report_html(clusters, cases))

@@ -24,7 +24,7 @@ from pathlib import Path
 from weitiao.dataeng.chunk import Chunk, ChunkSpec, chunk_docs, collect_docs
 from weitiao.dataeng.similarity import grounding_score, near_duplicates
 from weitiao.errors import UserError
-from weitiao.io import atomic_write_text, write_jsonl
+from weitiao.io import atomic_write_text, claim_outputs, write_jsonl
 from weitiao.json_reply import parse_json_reply
 from weitiao.teacher import Teacher, TeacherError
 
@@ -133,6 +133,9 @@ def review_csv(train: list[QA], evals: list[QA]) -> str:
     return "\ufeff" + buf.getvalue()
 
 
+OUTPUTS = ("chunks.jsonl", "train.jsonl", "eval.jsonl", "review.csv", "rejects.jsonl", "summary.json")
+
+
 def run(docs: list[str | Path], out: str | Path, teacher: Teacher, cfg: KBConfig, progress: bool = True) -> dict:
     """Build train/eval/review files under `out`; returns the summary (also written as summary.json)."""
     out = Path(out)
@@ -148,6 +151,7 @@ def run(docs: list[str | Path], out: str | Path, teacher: Teacher, cfg: KBConfig
 
     # 1. Read and chunk.
     paths = collect_docs(list(docs))
+    claim_outputs([out / n for n in OUTPUTS], paths)
     chunks, empty = chunk_docs(paths, cfg.chunk)
     if not chunks:
         raise UserError(f"{', '.join(map(str, docs))}: every document is empty; nothing to ask")

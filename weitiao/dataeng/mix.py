@@ -18,11 +18,11 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from weitiao.data.formats import Conversation, file_kind, load_conversations
+from weitiao.data.formats import Conversation, data_files, file_kind, load_conversations
 from weitiao.data.tools import to_record
 from weitiao.dataeng.similarity import normalize
 from weitiao.errors import UserError
-from weitiao.io import atomic_write_text, write_jsonl
+from weitiao.io import atomic_write_text, claim_outputs, write_jsonl
 
 
 @dataclass
@@ -75,6 +75,7 @@ def sample(rows: list, n: int, rng: random.Random) -> list:
 def run(specs: list[str], out: str | Path, total: int | None = None, seed: int = 0) -> dict:
     """Write the mixed JSONL to `out` and `<out>.report.json`; returns the report."""
     sources = parse_sources(specs)
+    claim_outputs([out, f"{out}.report.json"], data_files([s.path for s in sources]))
     rng = random.Random(seed)
     # 1. load; 2. dedup (within a source and across sources: the first source listed keeps the row)
     seen: set[str] = set()

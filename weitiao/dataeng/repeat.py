@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
-from weitiao.data.formats import Conversation, load_conversations
+from weitiao.data.formats import Conversation, data_files, load_conversations
 from weitiao.data.tools import to_record
 from weitiao.dataeng.similarity import normalize
 from weitiao.errors import UserError
 from weitiao.eval.repetition import copy_of_history_rate, distinct_n, ngram_loop
-from weitiao.io import atomic_write_text, write_jsonl
+from weitiao.io import atomic_write_text, claim_outputs, write_jsonl
 
 
 @dataclass
@@ -99,6 +99,8 @@ def _stats(ms: list[dict]) -> dict:
 
 def run(files: list[str | Path], out: str | Path, cfg: RepeatConfig, sft_out: str | Path | None = None) -> dict:
     """Write DPO pairs to `out` (and kept dialogues to `sft_out`); returns the report (also `<out>.report.json`)."""
+    outs = [out, f"{out}.report.json"] + ([sft_out] if sft_out else [])
+    claim_outputs(outs, data_files([str(f) for f in files]))
     # 1. load (or stitch)
     convs = load_conversations([str(f) for f in files]).rows
     if cfg.stitch_turns > 0:

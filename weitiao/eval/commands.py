@@ -61,8 +61,9 @@ def gen(
     """Generate replies to every prompt and report all metrics (table, and JSON with --out)."""
     from weitiao.eval import gen as tool
     from weitiao.eval.metrics import RUBRIC, MetricSettings
-    from weitiao.io import atomic_write_text
+    from weitiao.io import atomic_write_text, claim_outputs
 
+    claim_outputs([out] if out else [], [p for p in (prompts, refs) if p])
     ps = tool.read_prompts(prompts, refs)
     metric_settings = MetricSettings(**({"refusal_pattern": refusal_pattern} if refusal_pattern else {}))
     text = rubric.read_text(encoding="utf-8") if rubric else RUBRIC
@@ -165,10 +166,11 @@ def arena_rank(
     """Bradley–Terry MLE ratings with bootstrap 95% CIs, CI-overlap rank and online Elo."""
     from weitiao.eval.arena.rank import filter_voters, load_battles, plot_ratings, rank
     from weitiao.eval.arena.store import ArenaStore
-    from weitiao.io import atomic_write_text
+    from weitiao.io import atomic_write_text, claim_outputs
 
     if (db is None) == (battles is None):
         raise UserError("give either --db arena.sqlite or --battles battles.json")
+    claim_outputs([p for p in (as_json, plot) if p], [db or battles], "--json/--plot")
     rows = ArenaStore(db, create=False).battles() if db else load_battles(battles)  # type: ignore[arg-type]
     if bootstrap not in ("voters", "battles"):
         raise UserError(f"--bootstrap {bootstrap}: expected voters or battles")
@@ -217,8 +219,9 @@ def arena_import(
 def arena_export(out: Path = typer.Argument(..., help="battle JSON to write"), db: Path = DB) -> None:
     """Write every vote as FastChat-style battle JSON."""
     from weitiao.eval.arena.store import ArenaStore
-    from weitiao.io import atomic_write_text
+    from weitiao.io import atomic_write_text, claim_outputs
 
+    claim_outputs([out], [db], "OUT")
     rows = ArenaStore(db, create=False).battles()
     atomic_write_text(out, json.dumps(rows, ensure_ascii=False, indent=1))
     console.print(f"wrote {len(rows):,} battles to {out}")

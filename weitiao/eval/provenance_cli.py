@@ -19,7 +19,7 @@ from weitiao.eval.provenance import Sampling
 from weitiao.eval.provenance_reasoning import ReasoningConfig
 from weitiao.eval.provenance_report import Baseline, CheckConfig, check, render_html, render_text, to_json
 from weitiao.infer.chat import load_chat_model
-from weitiao.io import atomic_write_text
+from weitiao.io import atomic_write_text, claim_outputs
 
 
 def read_texts(path: Path) -> list[str]:
@@ -87,6 +87,7 @@ def provenance(
     for p in (prompt_file, text_file):
         if p is not None and not p.is_file():
             raise UserError(f"{p}: file not found")
+    claim_outputs([html] if html else [], [p for p in (prompt_file, text_file, *(baseline_text or [])) if p], "--html")
     prompt = prompt if prompt is not None else prompt_file.read_text(encoding="utf-8").rstrip("\n")
     text = text if text is not None else text_file.read_text(encoding="utf-8").rstrip("\n")
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]

@@ -91,6 +91,21 @@ def _config(kind: str, profile: str, f: PairsFlags, events: str | None, what: st
     return cfg
 
 
+def _out(f: PairsFlags, kind: str, profile: str) -> Path:
+    return f.out or Path(f"runs/logs/{kind}-{profile}/pairs.jsonl")
+
+
+def _claim(f: PairsFlags, kind: str, profile: str, inputs: list) -> None:
+    """Before any work: the pairs and report files may replace only our own earlier ones, never an input."""
+    from glob import glob
+
+    from weitiao.io import claim_outputs
+    from weitiao.logs.report import output_paths
+
+    files = [p for i in inputs if i is not None for p in (glob(str(i)) or [i])]
+    claim_outputs(output_paths(_out(f, kind, profile)).values(), files)
+
+
 def _finish(run: PairsRun, f: PairsFlags) -> None:
     """Report, write pairs + report files, print the summary (or the report as JSON)."""
     import json
@@ -98,7 +113,7 @@ def _finish(run: PairsRun, f: PairsFlags) -> None:
     from weitiao.logs.report import build_report, write_outputs
 
     rep = build_report(run, f.truth)
-    paths = write_outputs(run, f.out or Path(f"runs/logs/{run.kind}-{run.cfg.profile}/pairs.jsonl"), rep)
+    paths = write_outputs(run, _out(f, run.kind, run.cfg.profile), rep)
     if f.as_json:
         print(json.dumps(rep, ensure_ascii=False, indent=2))
         return
@@ -140,6 +155,7 @@ def dwell_cmd(
 
     cfg = _config("dwell", profile, f, events, "a view-events file")
     if cfg is not None:
+        _claim(f, "dwell", cfg.profile, [events, content, f.truth])
         _finish(dwell.run(events, cfg, content, progress=f.progress and not f.as_json, engine=_engine(f)), f)
 
 
@@ -161,6 +177,7 @@ def chat_cmd(
         return
     if responses is None:
         raise UserError("--responses: missing; the responses file holds prompts and replies")
+    _claim(f, "chat", cfg.profile, [events, responses, f.truth])
     _finish(chat.run(events, responses, cfg, progress=f.progress and not f.as_json, engine=_engine(f)), f)
 
 

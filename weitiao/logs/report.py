@@ -124,10 +124,15 @@ def pair_rows(run: PairsRun) -> list[dict[str, Any]]:
     return out
 
 
+def output_paths(out: str | Path) -> dict[str, Path]:
+    """The pairs JSONL at `out`, report.json and report.html beside it."""
+    out = Path(out)
+    return {"pairs": out, "report_json": out.with_name("report.json"), "report_html": out.with_name("report.html")}
+
+
 def write_outputs(run: PairsRun, out: str | Path, report: dict[str, Any]) -> dict[str, Path]:
     """Pairs JSONL at `out`, report.json and report.html beside it; every file written atomically."""
-    out = Path(out)
-    paths = {"pairs": out, "report_json": out.with_name("report.json"), "report_html": out.with_name("report.html")}
+    paths = output_paths(out)
     write_jsonl(paths["pairs"], pair_rows(run))
     atomic_write_text(paths["report_json"], json.dumps(report, ensure_ascii=False, indent=2) + "\n")
     samples = run.con.execute("SELECT * EXCLUDE (prompt) FROM wt_pairs ORDER BY confidence DESC LIMIT 5").fetchall()

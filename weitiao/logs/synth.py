@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from weitiao.errors import UserError
+from weitiao.io import claim_outputs, remember
 from weitiao.train.log import progress_bar
 
 TOPICS = (
@@ -59,7 +60,8 @@ def _sigmoid(x: np.ndarray | float) -> np.ndarray | float:
 
 
 def write_table(table: pa.Table, path: Path) -> Path:
-    """Atomically write an Arrow table as .parquet, .csv or .jsonl (by suffix)."""
+    """Atomically write an Arrow table as .parquet, .csv or .jsonl (by suffix); never over a file we did not write."""
+    claim_outputs([path])
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -78,6 +80,7 @@ def write_table(table: pa.Table, path: Path) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    remember(path)
     return path
 
 

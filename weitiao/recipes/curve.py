@@ -29,7 +29,7 @@ from weitiao.config import load_config
 from weitiao.data.formats import load_conversations
 from weitiao.data.tools import to_record
 from weitiao.errors import UserError
-from weitiao.io import atomic_write_text, write_jsonl
+from weitiao.io import atomic_write_text, save_figure, write_jsonl
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -87,8 +87,7 @@ def plot(path: Path, sizes: list[int], values: list[float], metric: str, knee_si
     ax.set_title(f"learning curve: {metric} vs data size")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def run(

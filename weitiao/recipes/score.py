@@ -20,7 +20,7 @@ from weitiao.data.formats import Conversation, PreferencePair, load_rows
 from weitiao.data.templates import resolve_template
 from weitiao.data.tools import uses_tools
 from weitiao.errors import UserError
-from weitiao.io import write_jsonl
+from weitiao.io import claim_outputs, write_jsonl
 from weitiao.models.heads import SequenceScorer, load_reward_model
 
 
@@ -89,6 +89,8 @@ def run(
     `model`/`quant` override the reward model's recorded base and training quantization; `skip_invalid`
     writes bad rows to `<file>.rejects.jsonl` instead of stopping at the first.
     """
+    dest = Path(out or f"{file}.scores.jsonl")
+    claim_outputs([dest], [file])
     rows = load_rows(file, skip_invalid=skip_invalid).rows
     if not rows:
         raise UserError(f"{file}: no rows")
@@ -111,7 +113,6 @@ def run(
         if scored:
             summary["mean_score"] = sum(scored) / len(scored)
     summary.update(context=context_len(rm), cut_to_context=stats["cut"], refused_over_context=stats["refused"])
-    dest = Path(out or f"{file}.scores.jsonl")
     write_jsonl(dest, records)
     summary["out"] = str(dest)
     return json.loads(json.dumps(summary))

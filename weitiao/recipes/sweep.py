@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from weitiao.config import load_config
 from weitiao.errors import UserError
-from weitiao.io import atomic_write_text
+from weitiao.io import atomic_write_text, save_figure
 
 ALIASES = {"beta": "dpo.beta", "lr": "train.lr", "r": "lora.r"}
 # DPO's metrics: β-scaled margins, the unscaled log-ratio gap, the k3 term on the data's replies (not a
@@ -84,7 +84,4 @@ def plot(rows: list[dict], key: str, path: Path) -> None:
         ax.set_title(col)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)

@@ -99,6 +99,7 @@ def scrub_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
     """Replace PII field by field, keeping each row's shape; writes JSONL atomically."""
+    from weitiao.io import claim_outputs
     from weitiao.safety.pii import MODES
     from weitiao.safety.pii_files import process_file
 
@@ -106,14 +107,19 @@ def scrub_cmd(
         raise UserError(f"--mode {mode!r} unknown; use one of {', '.join(MODES)}")
     if out is not None and len(files) > 1 and out.suffix:
         raise UserError(f"--out {out}: several input files need an output folder, not a file")
+    targets = [
+        f.with_name(f.name.split(".")[0] + ".scrubbed.jsonl")
+        if out is None
+        else out / (f.name.split(".")[0] + ".scrubbed.jsonl")
+        if len(files) > 1
+        else out
+        for f in files
+    ]
+    if len({t.resolve() for t in targets}) < len(targets):
+        raise UserError(f"{', '.join(map(str, files))}: two inputs would be scrubbed into one file; rename one")
+    claim_outputs(targets, files)
     reports = []
-    for f in files:
-        if out is None:
-            target = f.with_name(f.name.split(".")[0] + ".scrubbed.jsonl")
-        else:
-            target = out / (f.name.split(".")[0] + ".scrubbed.jsonl") if len(files) > 1 else out
-        if target.resolve() == f.resolve():
-            raise UserError(f"--out {target}: would overwrite the input; choose another path")
+    for f, target in zip(files, targets):
         reports.append(process_file(f, target, mode, _types(types), min_confidence, seed, _types(fields)))
         if not as_json:
             console.print(f"[green]wrote[/] {target}")
@@ -128,13 +134,16 @@ def refusals_cmd(
     seed: int = typer.Option(0),
 ) -> None:
     """Privacy-refusal SFT rows and DPO pairs (rejected = leak of a fabricated, checksum-invalid value)."""
-    from weitiao.io import write_jsonl
+    from weitiao.io import claim_outputs, write_jsonl
     from weitiao.safety.pii_files import make_refusals
 
     if n < 1:
         raise UserError(f"--n {n}: must be at least 1")
-    sft, dpo = make_refusals(n, seed)
     dpo_out = dpo_out or out.with_name(out.name.split(".")[0] + ".dpo.jsonl")
+    if dpo_out.resolve() == out.resolve():
+        raise UserError(f"--dpo-out {dpo_out}: the same file as --out; choose another path")
+    claim_outputs([out, dpo_out])
+    sft, dpo = make_refusals(n, seed)
     write_jsonl(out, sft)
     write_jsonl(dpo_out, dpo)
     console.print(f"[green]wrote[/] {len(sft)} SFT rows → {out}; {len(dpo)} DPO pairs → {dpo_out}")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from weitiao.errors import UserError
-from weitiao.io import atomic_write_text, read_jsonl, write_jsonl
+from weitiao.io import atomic_write_text, claim_outputs, read_jsonl, write_jsonl
 from weitiao.safety import injection_data as D
 
 Message = dict[str, str]
@@ -268,6 +268,8 @@ def write_dataset(out: str | Path, attacks: list[Attack], heldout: list[str]) ->
     """Write train/held-out attacks, SFT rows and DPO pairs under `out`; returns the counts."""
     out = Path(out)
     train, held = split_by_family(attacks, heldout)
+    names = ("attacks", "sft", "dpo", "heldout_attacks", "heldout_sft", "heldout_dpo")
+    claim_outputs([*(out / f"{n}.jsonl" for n in names), out / "summary.json"])
     files = {
         "attacks.jsonl": [asdict(a) for a in train],
         "sft.jsonl": sft_rows(train),
@@ -279,6 +281,8 @@ def write_dataset(out: str | Path, attacks: list[Attack], heldout: list[str]) ->
     for name, rows in files.items():
         if rows:
             write_jsonl(out / name, rows)
+        elif (out / name).exists():  # an earlier build's held-out files would pass for this one's
+            (out / name).unlink()
     summary = {
         "out": str(out),
         "train": len(train),

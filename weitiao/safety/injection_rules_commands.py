@@ -41,8 +41,9 @@ def _csv(s: str | None) -> list[str]:
 
 def _write_json(path: Path | None, data: Any) -> None:
     if path:
-        from weitiao.io import atomic_write_text
+        from weitiao.io import atomic_write_text, claim_outputs
 
+        claim_outputs([path])
         atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2))
         console.print(f"wrote {path}")
 
@@ -299,8 +300,9 @@ def _tally_table(title: str, table: dict[str, dict[str, int]], cols: list[str], 
 def _finish_rows(s: TeacherRows, rows: list[dict], rejects: list[dict], report: dict, table: Table) -> int:
     """Write the rows, the rejects and the report beside them; print the per-rule table, failed teacher
     requests and untargeted-rule warnings. Returns the rows written."""
-    from weitiao.io import write_jsonl
+    from weitiao.io import claim_outputs, write_jsonl
 
+    claim_outputs([s.out, s.out.with_suffix(".rejects.jsonl"), s.out.with_suffix(".report.json")])
     n = write_jsonl(s.out, rows)
     write_jsonl(s.out.with_suffix(".rejects.jsonl"), rejects)
     _write_json(s.out.with_suffix(".report.json"), report)

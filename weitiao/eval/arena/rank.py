@@ -23,7 +23,6 @@
 from __future__ import annotations
 
 import math
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -33,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from weitiao.errors import UserError, where
-from weitiao.io import read_json, read_jsonl, read_text
+from weitiao.io import read_json, read_jsonl, read_text, save_figure
 
 SCALE = 400 / math.log(10)
 WINNERS = {"model_a": 0, "model_b": 1, "tie": 2, "tie (bothbad)": 2}
@@ -362,9 +361,4 @@ def plot_ratings(res: RankResult, path: str | Path) -> None:
     ax.set_title(f"{res.n_battles:,} battles")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)  # written whole or not at all
+    save_figure(fig, path, dpi=120)

@@ -1,0 +1,86 @@
+"""Nothing we did not create is overwritten: an --out that is an input, or an existing file weitiao did not write
+(or that was edited since), is refused before any work; weitiao's own earlier output may be replaced."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from weitiao.dataeng import mix
+from weitiao.errors import UserError
+from weitiao.io import atomic_write_text, claim_outputs, written_by_us
+from weitiao.logs.commands import app as logs_app
+from weitiao.safety.commands import app as pii_app
+
+
+def rows(path, n=4):
+    rows = (json.dumps({"instruction": f"{path.stem}问{i}", "output": f"答{i}"}, ensure_ascii=False) for i in range(n))
+    path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_claim_tells_our_files_from_users_and_edited_ones(tmp_path):
+    mine, theirs = tmp_path / "mine.json", tmp_path / "theirs.json"
+    theirs.write_text("{}")
+    atomic_write_text(mine, "{}")
+    claim_outputs([mine, tmp_path / "new.json"])  # ours, and a file that does not exist yet: fine
+    with pytest.raises(UserError, match="theirs.json: exists and was not written by weitiao"):
+        claim_outputs([theirs])
+    with pytest.raises(UserError, match="--out .*mine.json: is also an input"):
+        claim_outputs([mine], [tmp_path / "." / "mine.json"])
+    mine.write_text('{"edited": 1}')  # the user changed our output: it is theirs now
+    assert not written_by_us(mine)
+    with pytest.raises(UserError, match="was changed since"):
+        claim_outputs([mine])
+
+
+def test_data_mix_never_overwrites_its_input_or_a_users_file(tmp_path):
+    a, b = rows(tmp_path / "a.jsonl"), rows(tmp_path / "b.jsonl", 3)
+    before = a.read_bytes()
+    with pytest.raises(UserError, match="is also an input"):
+        mix.run([f"{a}:0.5", f"{b}:0.5"], a, total=6)
+    assert a.read_bytes() == before
+    report = tmp_path / "m.jsonl.report.json"  # a user's file where the report would go
+    report.write_text("mine")
+    with pytest.raises(UserError, match="m.jsonl.report.json: exists and was not written by weitiao"):
+        mix.run([f"{a}:0.5", f"{b}:0.5"], tmp_path / "m.jsonl", total=6)
+    assert report.read_text() == "mine" and not (tmp_path / "m.jsonl").exists()  # refused before any work
+    os.remove(report)
+    for _ in range(2):  # negative control: our own earlier output is replaced
+        mix.run([f"{a}:0.5", f"{b}:0.5"], tmp_path / "m.jsonl", total=6)
+    assert len((tmp_path / "m.jsonl").read_text().splitlines()) == 6
+
+
+def test_logs_report_beside_the_pairs_is_not_a_users_file(tmp_path):
+    r = CliRunner().invoke(logs_app, ["synth", "--kind", "chat", "--n", "2000", "--out", str(tmp_path / "s"),
+                                      "--no-progress"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "mine" / "pairs.jsonl"
+    out.parent.mkdir()
+    (out.parent / "report.html").write_text("<p>my notes</p>")
+    args = ["chat", str(tmp_path / "s" / "events.parquet"), "--responses", str(tmp_path / "s" / "responses.parquet"),
+            "--out", str(out), "--no-progress"]  # fmt: skip
+    r = CliRunner().invoke(logs_app, args)
+    assert isinstance(r.exception, UserError) and "report.html: exists and was not written" in str(r.exception)
+    assert (out.parent / "report.html").read_text() == "<p>my notes</p>" and not out.exists()
+    r = CliRunner().invoke(logs_app, [*args[:-3], "--out", str(tmp_path / "s" / "events.parquet"), "--no-progress"])
+    assert isinstance(r.exception, UserError) and "is also an input" in str(r.exception)
+    synth_again = CliRunner().invoke(logs_app, ["synth", "--kind", "chat", "--n", "2000", "--out",
+                                                str(tmp_path / "s"), "--no-progress"])  # fmt: skip
+    assert synth_again.exit_code == 0, synth_again.output  # its own files: replaced
+
+
+def test_pii_scrub_two_inputs_into_one_file_and_refusals_over_a_users_file(tmp_path):
+    (tmp_path / "in").mkdir()
+    a, b, c = rows(tmp_path / "in" / "u.jsonl"), rows(tmp_path / "u.jsonl"), rows(tmp_path / "v.jsonl")
+    r = CliRunner().invoke(pii_app, ["scrub", str(a), str(b), "--out", str(tmp_path / "o")])
+    assert isinstance(r.exception, UserError) and "two inputs would be scrubbed into one file" in str(r.exception)
+    r = CliRunner().invoke(pii_app, ["scrub", str(a), str(c), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output  # negative control: different names
+    theirs = tmp_path / "r.jsonl"
+    theirs.write_text("keep")
+    r = CliRunner().invoke(pii_app, ["refusals", "--n", "3", "--out", str(theirs)])
+    assert isinstance(r.exception, UserError) and theirs.read_text() == "keep"
