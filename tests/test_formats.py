@@ -125,3 +125,38 @@ def test_detect_format():
     assert detect_format({"conversations": []}) == "sharegpt"
     assert detect_format({"messages": []}) == "openai"
     assert detect_format({"prompt": "a", "chosen": "b", "rejected": "c"}) == "preference"
+
+
+MSGS = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "在呢"}]
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"instruction": "a", "output": "b", "histroy": [["早", "好"]]}, "2: histroy: unknown key; did you mean"),
+        ({"instruction": "a", "output": "b", "sytem": "你是猫"}, "2: sytem: unknown key; did you mean 'system'"),
+        ({"instruction": "a", "ouput": "b"}, "2: ouput: unknown key; did you mean 'output'"),
+        ({"messages": MSGS, "instruction": "a", "output": "b"}, "2: output: the row also has 'messages'"),
+        ({"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}], "messages": MSGS},
+         "two chat formats in one row"),
+    ],
+)  # fmt: skip
+def test_misspelled_keys_and_two_formats_in_a_row_are_refused(tmp_path, row, message):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "q", "output": "a"} if "instruction" in row else
+                                              {"messages": MSGS}, row])  # fmt: skip
+    with pytest.raises(UserError, match=message):
+        load_rows(path)
+
+
+def test_the_users_own_extra_columns_stay_unread(tmp_path):
+    """Negative control: ids, sources, a formatted `text` (tatsu-lab/alpaca), ultrachat's prompt/prompt_id."""
+    rows = [
+        {"instruction": "a", "input": "", "output": "b", "text": "### a b", "id": 1, "source": "x", "category": "c"},
+        {"instruction": "c", "output": "d", "history": [["早", "好"]], "system": "猫", "meta": {"k": 1}},
+    ]
+    assert len(load_rows(write_jsonl(tmp_path / "a.jsonl", rows)).rows) == 2
+    chat = [{"prompt": "你好", "prompt_id": "9f", "messages": MSGS, "inputs": None}]
+    with pytest.raises(UserError, match="inputs: unknown key; did you mean 'input'"):
+        load_rows(write_jsonl(tmp_path / "b.jsonl", chat))
+    chat[0].pop("inputs")
+    assert load_rows(write_jsonl(tmp_path / "b.jsonl", chat)).rows[0].messages[-1]["content"] == "在呢"

@@ -12,6 +12,8 @@ format `preference_raw` they are raw text as TRL trains them (prompt + reply + E
 
 from __future__ import annotations
 
+import difflib
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -365,12 +367,41 @@ PARSERS = {
 }
 
 
+# Keys some format reads. A row key one or two typos away from one of these that the row lacks (histroy, sytem,
+# ouput) is refused, not ignored; other extra keys (id, source, meta, ...) are the user's and stay unread.
+READ_KEYS = ("instruction", "input", "output", "history", "system", "messages", "conversations", "prompt",
+             "completion", "text", "chosen", "rejected", "tools", "functions")  # fmt: skip
+CHAT_KEYS = {"messages": "openai", "conversations": "sharegpt", "instruction": "alpaca", "output": "alpaca"}
+
+
+@functools.lru_cache(maxsize=4096)
+def _misspelled(key: str) -> str | None:
+    if key in READ_KEYS:
+        return None
+    close = difflib.get_close_matches(key, READ_KEYS, n=1, cutoff=0.85)
+    return close[0] if close else None
+
+
+def check_keys(record: dict, fmt: str) -> None:
+    """Refuse a near-miss of a key we read, and a chat row holding two chat formats (one would be dropped)."""
+    for key in record:
+        if (want := _misspelled(key)) and want not in record:
+            raise RowError(key, f"unknown key; did you mean {want!r}? (rename it, or drop the column)")
+    if fmt in ("alpaca", "openai", "sharegpt"):
+        found = {f: k for k, f in CHAT_KEYS.items() if k in record}
+        if len(found) > 1:
+            a, b = sorted(found.values())
+            raise RowError(b, f"the row also has {a!r}: two chat formats in one row ({', '.join(sorted(found))}); "
+                              "keep one, the other would be dropped")  # fmt: skip
+
+
 def parse_row(record: Any, fmt: str, strict: bool = True) -> Conversation | PreferencePair | Document:
     """Parse one record of a known format; raises RowError."""
     if isinstance(record, RowError):
         raise record
     if not isinstance(record, dict):
         raise RowError("row", f"expected a JSON object, got {type(record).__name__}")
+    check_keys(record, fmt)
     if fmt == "preference":
         return parse_preference(record, strict)
     if fmt == "preference_raw":
