@@ -58,6 +58,11 @@ BAD = [
     (CHAT, chat(top_p=1.5), "top_p"),
     (CHAT, chat(n=10**6), "n"),
     (CHAT, chat(max_tokns=3), "max_tokns"),
+    (CHAT, chat(temperature="0.5"), "temperature"),  # no coercion: OpenAI answers a string number with a 400
+    (CHAT, chat(n=True), "n"),
+    (CHAT, chat(stream=1), "stream"),
+    (CHAT, chat(stop=""), "stop"),  # an empty stop string would end every reply at once
+    (CHAT, chat(stop=["好", ""]), "stop.1"),
     (CHAT, chat(top_logprobs=3), "top_logprobs"),  # without logprobs: true
     (CHAT, chat(logprobs=True, top_logprobs=21), "top_logprobs"),
     (CHAT, chat(frequency_penalty=2.5), "frequency_penalty"),

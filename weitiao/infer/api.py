@@ -17,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 class _Strict(BaseModel):
     # unknown fields are refused by name (a typo like `max_tokns` must not be silently ignored); NaN and
-    # ±Infinity, which Python's JSON reader accepts, are refused too
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # ±Infinity, which Python's JSON reader accepts, are refused too; no type coercion ("0.5" is not a number,
+    # true is not 1), as OpenAI's API answers such a field with a 400
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class _StreamOptions(_Strict):
@@ -36,7 +37,9 @@ class Sampling(_Strict):
     repetition_penalty: float = Field(1.0, ge=0.01, le=100)
     n: int = Field(1, ge=1)
     stream: bool = False
-    stop: str | list[str] | None = Field(None, max_length=16)
+    stop: Annotated[str, Field(min_length=1)] | list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, max_length=16
+    )  # an empty stop string would end every reply at once
     seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # torch.manual_seed's range
     stream_options: _StreamOptions | None = None
     presence_penalty: float | None = Field(0.0, ge=-2, le=2)  # OpenAI's definition, over the reply's tokens
