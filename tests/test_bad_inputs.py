@@ -97,6 +97,18 @@ PROBES = [
         {"c.yaml": b"model:\n  path: demo\ndata:\n  train: [x\xff]\n"},
         "c.yaml:4",
     ),
+    Probe(
+        "duplicate-key-config-yaml",  # YAML keeps the last `train:`: lr would silently be the default
+        ["sft", "c.yaml"],
+        {"c.yaml": b"model:\n  path: demo\ntrain:\n  lr: 0.001\ndata:\n  train: [x.jsonl]\ntrain:\n  max_steps: 2\n"},
+        "c.yaml:7: duplicate key 'train' (first at line 3)",
+    ),
+    Probe(
+        "duplicate-key-log-profile",
+        ["logs", "dwell", "--profile", "p.yaml", "--print-sql"],
+        {"p.yaml": b"base: zhihu\nfilter:\n  min_views: 3\n  min_views: 5\n"},
+        "p.yaml:4: duplicate key 'min_views'",
+    ),
     Probe("utf8-rules-yaml", ["rules", "check", "r.yaml"], {"r.yaml": RULES_OK.encode() + b"# \xff\n"}, "r.yaml:5"),
     Probe(
         "utf8-rules-data",

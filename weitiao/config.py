@@ -151,7 +151,29 @@ def _read_yaml(path: Path, expected: str) -> tuple[dict, yaml.Node | None]:
     if not isinstance(data, dict):
         line = f":{node.start_mark.line + 1}" if node is not None else ""
         raise UserError(f"{path}{line}: expected {expected}, got {type(data).__name__}")
+    if dup := _duplicate_key(node):
+        key, line, first = dup
+        raise UserError(f"{path}:{line}: duplicate key {key!r} (first at line {first}): YAML keeps only the last; "
+                        "merge the two")  # fmt: skip
     return data, node
+
+
+def _duplicate_key(node: yaml.Node | None) -> tuple[str, int, int] | None:
+    """(key, line, first line) of the first key repeated within one mapping, anywhere in the tree."""
+    stack = [node] if node is not None else []
+    while stack:
+        n = stack.pop()
+        if isinstance(n, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for k, v in n.value:
+                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                    if k.value in seen:
+                        return k.value, k.start_mark.line + 1, seen[k.value]
+                    seen[k.value] = k.start_mark.line + 1
+                stack.append(v)
+        elif isinstance(n, yaml.SequenceNode):
+            stack.extend(n.value)
+    return None
 
 
 def yaml_line(node: yaml.Node | None, keys: tuple) -> int | None:
