@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import save_tiny_model
 from safetensors.torch import load_file
 from test_sft import ROOT, adapter, config
 
@@ -143,6 +144,19 @@ def test_diverging_run_stops_keeps_last_good_checkpoint_and_writes_no_final(tiny
     assert not (run / "final").exists()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000001"]
     assert [r["step"] for r in read_metrics(run, "train")] == [1]
+
+
+def test_a_run_driven_into_saturation_stops_instead_of_reporting_success(tokenizer, chat_file, tmp_path):
+    """lr 1e6 on a hidden-64 Qwen2 leaves all-zero logits (loss ln(vocab)) and a gradient norm of exactly 0, with no
+    NaN anywhere: it used to finish, write final/ and exit 0."""
+    model = save_tiny_model(tmp_path / "qwen2", tokenizer, arch="qwen2", hidden=64, kv_heads=2)
+    run = tmp_path / "run"
+    with pytest.raises(DivergedError, match=r"step 4: grad_norm is exactly 0 for 3 steps in a row; the model no"):
+        sft.run(config(model, chat_file, run, "train.max_steps=8", "train.save_every=1", "train.lr=1e6"))
+    assert not (run / "final").exists()
+    assert [r["grad_norm"] for r in read_metrics(run, "train")][1:] == [0.0, 0.0]  # the third stopped the run
+    sft.run(config(model, chat_file, tmp_path / "ok", "train.max_steps=4", "train.lr=1e-3"))  # negative control
+    assert (tmp_path / "ok" / "final").exists()
 
 
 def test_two_process_resume_restores_each_process_rng(tiny_model_dir, chat_file, tmp_path):

@@ -32,10 +32,12 @@ from weitiao.errors import UserError
 from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
 from weitiao.train import checkpoint as ck
 from weitiao.train import dist, zero
-from weitiao.train.guard import DivergedError, ensure_finite
+from weitiao.train.guard import TRAIN_HINT, DivergedError, ensure_finite
 from weitiao.train.log import MetricsLog, progress_bar
 from weitiao.train.schedule import lr_at
 from weitiao.train.spec import TrainSpec
+
+ZERO_GRAD_STEPS = 3  # steps in a row with a gradient norm of exactly 0 that stop a run
 
 Sums = dict[str, torch.Tensor]
 Units = list[list[list[int]]]  # micro-batches → rows → packing units (a conversation, a pair)
@@ -207,6 +209,7 @@ class Tracker:
         self.stopped_early = False
         self.run_sums: Sums = {}  # summed over this run's steps: rates in the summary are wall-clock means
         self.steps = state["step"]
+        self.zero_norms = 0  # steps in a row with a gradient norm of exactly 0
         self.dt = 0.0
         self._stack = contextlib.ExitStack()
 
@@ -230,9 +233,18 @@ class Tracker:
         return self.dt
 
     def check_finite(self, step: int, **values: float | None) -> None:
-        """Stop the run (logged as `diverged`) at a NaN/inf loss or gradient norm, before the update."""
+        """Stop the run (logged as `diverged`) at a NaN/inf loss or gradient norm, before the update, and after
+        ZERO_GRAD_STEPS steps in a row whose gradient norm is exactly 0: a run driven into saturation (lr 1e6 leaves
+        all-zero logits, loss ln(vocab)) stops learning without any NaN."""
+        norm = values.get("grad_norm")
+        self.zero_norms = self.zero_norms + 1 if norm is not None and float(norm) == 0.0 else 0
         try:
             ensure_finite(step, **{k: v for k, v in values.items() if v is not None})
+            if self.zero_norms >= ZERO_GRAD_STEPS:
+                raise DivergedError(
+                    f"step {step}: grad_norm is exactly 0 for {self.zero_norms} steps in a row; the model no longer "
+                    f"learns (diverged into saturation: {TRAIN_HINT}); nothing after the last good checkpoint was saved"
+                )
         except DivergedError as e:
             self.log.log("diverged", step, message=str(e))
             self.log.close()
