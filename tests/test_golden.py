@@ -7,7 +7,18 @@ import json
 import pytest
 from conftest import write_jsonl
 
-from weitiao.eval.golden import GOLDEN_FILE, curve, golden_callback, golden_report, load_prompts, pick, prompts_key
+from weitiao.eval.golden import (
+    GOLDEN_FILE,
+    answered,
+    curve,
+    evaluate_golden,
+    golden_callback,
+    golden_report,
+    golden_rows,
+    load_prompts,
+    pick,
+    prompts_key,
+)
 from weitiao.eval.metrics import rouge_l
 
 GOLDEN = [
@@ -40,6 +51,34 @@ def test_pick_direction_and_ties():
     assert pick(summary, "rougeL") == 4  # tie between 4 and 6 -> earlier
     assert pick(summary, "eval_loss") == 4
     assert pick(summary, "judge") is None
+
+
+def test_saved_answers_count_only_for_the_settings_they_were_made_with(tmp_path):
+    from weitiao.infer.generate import Generation
+
+    prompts = load_prompts(write_jsonl(tmp_path / "g.jsonl", GOLDEN))
+    g16 = {"max_new_tokens": 16, "temperature": 0.0, "template": "0123456789ab"}
+    g128 = {**g16, "max_new_tokens": 128}
+
+    def saved(step: int, ends: list[tuple[int, bool]], gen: dict | None = None) -> list[dict]:
+        return golden_rows(step, f"step-{step:06d}", prompts, [Generation("好" * n, n, s) for n, s in ends], gen)
+
+    rows = saved(4, [(128, False)] * 3, g128)  # written by training with 128 new tokens
+    # rows saved without their settings: their lengths prove the budget, or do not
+    rows += saved(2, [(5, True), (15, True), (16, False)])  # stopped within 16, or cut at exactly 16
+    rows += saved(6, [(5, True), (128, False), (3, True)])  # cut at 128
+    rows += saved(8, [(5, True), (20, False), (3, True)])  # cut at 20: matches neither
+    assert "gen" not in rows[3] and rows[0]["gen"] == g128
+    assert sorted(answered(rows, prompts, g16)) == [2]
+    assert sorted(answered(rows, prompts, g128)) == [4, 6]
+    assert sorted(answered(rows, prompts, {**g128, "template": "ba9876543210"})) == [6]
+    res = evaluate_golden(rows, prompts, [], "rougeL", gen=g16)
+    assert res.steps == [2] and all(r["n_tokens"] <= 16 for r in res.replies[2])
+    assert res.notes == [
+        "1 of 3 prompts have no reference: ROUGE-L/BLEU/exact match over the others",
+        "left out step-000004, step-000006, step-000008: no saved answer to every prompt with these generation "
+        "settings, and no weights to answer again with",
+    ]
 
 
 @pytest.mark.slow
@@ -118,3 +157,17 @@ def test_golden_report_on_tiny_sft_run(tiny_model_dir, tokenizer, chat_file, tmp
     golden_report(run, golden, max_new_tokens=16)
     new = [json.loads(x) for x in (run / GOLDEN_FILE).read_text().splitlines()][len(rows) :]
     assert [(r["step"], r["index"]) for r in new] == [(ckpts[0], i) for i in range(3)]
+
+    # other settings: every checkpoint with weights answers again (before: the 16-token answers were reused); the
+    # hook's step-2 answers stay in the file but are left out, with a note, as its weights are gone
+    os.utime(f, (time.time(), time.time()))  # the weights no longer newer than their answers
+    before = [json.loads(x) for x in (run / GOLDEN_FILE).read_text().splitlines()]
+    path, res4 = golden_report(run, golden, max_new_tokens=4)
+    new = [json.loads(x) for x in (run / GOLDEN_FILE).read_text().splitlines()][len(before) :]
+    assert sorted({r["step"] for r in new}) == ckpts and all(r["gen"]["max_new_tokens"] == 4 for r in new)
+    assert res4.steps == ckpts and all(r["n_tokens"] <= 4 for s in ckpts for r in res4.replies[s])
+    assert any(n.startswith("left out step-000002:") for n in res4.notes) and "left out step-000002" in path.read_text()
+    # back to 16 tokens: the 16-token answers were kept, nothing is generated
+    n_rows = len((run / GOLDEN_FILE).read_text().splitlines())
+    _, res16 = golden_report(run, golden, max_new_tokens=16)
+    assert res16.steps == res.steps and len((run / GOLDEN_FILE).read_text().splitlines()) == n_rows

@@ -247,6 +247,8 @@ def test_eval_gen_cli_on_tiny_model(tiny_model_dir, tokenizer, tmp_path):
     # judge: the scripted judge scores 1 + count('好'), capped at 10, mapped to [0, 1]
     assert m["judge"] == pytest.approx(sum(min(10, 1 + g.text.count("好")) - 1 for g in gens) / 9 / 3)
     assert "judge" in r.output or "rougeL" in r.output
+    note = "note: 2 of 3 prompts have no reference: ROUGE-L/BLEU/exact match over the others"
+    assert note in " ".join(r.output.split())  # before: the missing references went unmentioned
 
 
 def test_eval_gen_repetition_controls(tiny_model_dir, tokenizer, tmp_path):

@@ -60,3 +60,31 @@ def test_bad_rows_are_one_line_with_file_and_line(tmp_path):
         read_prompts(_write(tmp_path / "c.jsonl", [{"text": "一段文字"}]))
     with pytest.raises(UserError, match=r"data\.prompts .*e\.jsonl: no prompts found"):
         read_prompts([_write(tmp_path / "e.jsonl", [])], what="data.prompts")
+
+
+def _turn(role: str, text: str) -> dict:
+    return {"role": role, "content": text}
+
+
+def test_reply_keys_give_the_reference(tmp_path):
+    """output / response / answer / a TRL conversational completion / an ultrafeedback pair (before: None)."""
+    ask = _turn("user", "几点了")
+    rows = [
+        {"prompt": "你好", "output": "你好呀"},
+        {"prompt": "在吗", "response": "在的"},
+        {"question": "退货运费谁出？", "answer": "商家出"},
+        {"prompt": [_turn("user", "早")], "completion": [_turn("assistant", "早上好")]},
+        {"prompt": "几点了", "messages": [ask], "chosen": [ask, _turn("assistant", "三点")],
+         "rejected": [ask, _turn("assistant", "不知道")]},
+        {"prompt": "讲个笑话", "reference": "", "answer": "从前有座山"},  # an empty key is no reference
+    ]  # fmt: skip
+    ps = read_prompts(_write(tmp_path / "p.jsonl", rows))
+    assert [p.reference for p in ps] == ["你好呀", "在的", "商家出", "早上好", "三点", "从前有座山"]
+    assert [p.text for p in ps] == ["你好", "在吗", "退货运费谁出？", "早", "几点了", "讲个笑话"]
+
+
+@pytest.mark.parametrize("value", [["商家出"], 42])
+def test_a_reference_that_is_not_a_string_is_an_error(tmp_path, value):
+    rows = [{"prompt": "x", "reference": "y"}, {"question": "退货运费谁出？", "answer": value}]
+    with pytest.raises(UserError, match=r"b\.jsonl:2: answer: expected a string \(the reference answer\), got "):
+        read_prompts(_write(tmp_path / "b.jsonl", rows))

@@ -18,7 +18,7 @@ from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
 from weitiao.infer.serve import ServeSettings, create_app
 from weitiao.safety.injection_rules_commands import rules_app
-from weitiao.safety.rules import Check, coverage, load_rules, read_rules, schema_errors
+from weitiao.safety.rules import Check, coverage, load_rules, read_rules, schema_errors, to_sample
 
 REPO = Path(__file__).resolve().parents[1]
 RULES = """rules:
@@ -158,7 +158,7 @@ def test_coverage_by_hand(rules_file, tmp_path):
             "rule_ids": ["R4"],
         },
     ]
-    rep = coverage(load_rules(rules_file), rows)
+    rep = coverage(load_rules(rules_file), [to_sample(r, f"row {i}") for i, r in enumerate(rows, 1)])
     per = rep["per_rule"]
     assert {k: per["R1"][k] for k in ("exercised", "pass", "fail", "contrast")} == {
         "exercised": 4, "pass": 4, "fail": 0, "contrast": 1}  # fmt: skip
@@ -172,6 +172,56 @@ def test_coverage_by_hand(rules_file, tmp_path):
     r = run("coverage", str(data), "--rules", str(rules_file), "--out", str(out))
     assert r.exit_code == 0, r.output
     assert json.loads(out.read_text())["uncovered"] == ["R4"]
+
+
+COVERAGE_RULES = """rules:
+  - {id: R1, category: format, text: 至少5字, check: {min_length: 5}}
+  - {id: R2, category: content, text: 病症建议就医, when: "发烧|咳嗽", check: {regex: "医生|医院"}}
+  - {id: R3, category: style, text: 不说呵呵, check: {forbidden: [呵呵]}}
+"""
+
+
+def _turn(role: str, text: str) -> dict:
+    return {"role": role, "content": text}
+
+
+def test_coverage_reads_every_training_shape(tmp_path):
+    """TRL prompt/completion (string and conversational), an empty alpaca output, a TRL implicit-prompt pair and
+    openai messages: every row counts, pass + fail = rows for a global checked rule (before: 1 of 5 rows)."""
+    ask = _turn("user", "我发烧了怎么办")
+    rows = [
+        {"prompt": "我发烧了怎么办", "completion": "呵呵"},
+        {"prompt": [_turn("user", "我咳嗽好几天了")], "completion": [_turn("assistant", "呵呵")]},
+        {"instruction": "我发烧了", "output": ""},
+        {"chosen": [ask, _turn("assistant", "去医院看医生吧")], "rejected": [ask, _turn("assistant", "呵呵")]},
+        {"messages": [_turn("user", "我嗓子疼"), _turn("assistant", "多喝热水呵呵")]},
+    ]
+    (tmp_path / "r.yaml").write_text(COVERAGE_RULES, encoding="utf-8")
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    r = run("coverage", str(data), "--rules", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "cov.json"))
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "cov.json").read_text(encoding="utf-8"))
+    got = {k: [v[c] for c in ("exercised", "pass", "fail", "contrast")] for k, v in rep["per_rule"].items()}
+    # R1: fails 呵呵, 呵呵 and the empty output; R2: rows 1-4 ask about 发烧/咳嗽; R3: the empty output passes
+    assert (rep["rows"], got) == (5, {"R1": [5, 2, 3, 1], "R2": [4, 1, 3, 1], "R3": [5, 2, 3, 1]})
+
+
+@pytest.mark.parametrize(
+    ("row", "error"),
+    [
+        ({"text": "一段文字"}, "d.jsonl:2: text: a pre-training document has no prompt and reply"),
+        ({"instruction": "讲个笑话"}, "d.jsonl:2: output: missing"),
+        ({"prompt": "hi", "completion": "ok", "rule_ids": {"R1": 1}}, "d.jsonl:2: rule_ids: expected a list"),
+    ],
+)
+def test_coverage_unreadable_row_names_file_and_line(tmp_path, row, error):
+    data = tmp_path / "d.jsonl"
+    good = {"messages": [_turn("user", "你好"), _turn("assistant", "你好呀")]}
+    data.write_text(json.dumps(good) + "\n" + json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    (tmp_path / "r.yaml").write_text(COVERAGE_RULES, encoding="utf-8")
+    r = run("coverage", str(data), "--rules", str(tmp_path / "r.yaml"))
+    assert r.exit_code != 0 and isinstance(r.exception, UserError) and error in str(r.exception)
 
 
 # ----------------------------------------------------------------------------- teacher flows over HTTP

@@ -1,7 +1,9 @@
 """Prompt files: the one reader for every command that asks a model (golden eval, PPO, rule sets, curve).
 
 A row is a prompt (the messages, ending with a user turn) and an optional reference answer:
-  {"prompt": "..." | [messages], "reference"|"answer"|"chosen"|"completion": "..."}   ("question" = "prompt")
+  {"prompt": "..." | [messages], "reference"|"answer"|"chosen"|"completion"|"output"|"response": "..."}
+  ("question" = "prompt"; the first of those keys given, not empty, is the reference: a string or an assistant
+  message, anything else is an error)
   a preference pair (any layout `weitiao dpo` reads): its prompt; chosen is the reference
   a chat row (alpaca, sharegpt, openai messages): a final assistant turn is the reference, else the
   whole conversation is the prompt
@@ -24,6 +26,7 @@ from weitiao.data.formats import (
     _alpaca_prompt,
     _check_turns,
     _messages,
+    _reply,
     _text,
     _with_system,
     detect_format,
@@ -32,7 +35,7 @@ from weitiao.data.formats import (
 from weitiao.data.tools import is_tool_row
 from weitiao.errors import UserError
 
-REFERENCE_KEYS = ("reference", "answer", "chosen", "completion")
+REFERENCE_KEYS = ("reference", "answer", "chosen", "completion", "output", "response")
 NO_TOOLS = "tool rows are not prompts here (generation renders no tools)"
 
 
@@ -56,13 +59,25 @@ class Prompt:
         return [m["content"] for m in self.messages[:-1] if m["role"] != "system"]
 
 
+def _reference(rec: dict) -> str | None:
+    """The first reference key given (not "" or null): a string or an assistant message; RowError otherwise."""
+    key = next((k for k in REFERENCE_KEYS if rec.get(k) not in (None, "")), None)
+    value = rec.get(key) if key else None
+    if isinstance(value, dict) or (isinstance(value, list) and value and isinstance(value[0], dict)):
+        return _reply(value, key)  # TRL conversational: [{"role": "assistant", "content": ...}]
+    if value is not None and not isinstance(value, str):
+        raise RowError(key, f"expected a string (the reference answer), got {type(value).__name__} {value!r:.40}")
+    return value
+
+
 def parse_prompt(rec: Any, source: str = "", tools: str = NO_TOOLS) -> Prompt:
     """One row → Prompt; RowError(field, problem) when it is not a prompt. `tools`: the refusal for tool rows."""
     if isinstance(rec, RowError):
         raise rec
     if not isinstance(rec, dict):
         raise RowError("row", f"expected a JSON object, got {type(rec).__name__}")
-    key = next((k for k in ("prompt", "question") if k in rec), None)
+    pair = "chosen" in rec and "rejected" in rec and "question" not in rec  # ultrafeedback: prompt + conversations
+    key = None if pair else next((k for k in ("prompt", "question") if k in rec), None)
     if key is not None:
         p = rec[key]
         msgs = (
@@ -71,18 +86,16 @@ def parse_prompt(rec: Any, source: str = "", tools: str = NO_TOOLS) -> Prompt:
             else [{"role": "user", "content": _text(p, key)}]
         )
         msgs = _check_turns(_with_system(rec, msgs), key, last="user")
-        ref = next((rec[k] for k in REFERENCE_KEYS if isinstance(rec.get(k), str) and rec[k]), None)
-        return Prompt(msgs, ref, source, rec)
+        return Prompt(msgs, _reference(rec), source, rec)
     if "chosen" in rec or "rejected" in rec:
-        pair = parse_preference(rec)
-        return Prompt(pair.prompt, pair.chosen, source, rec)
+        pp = parse_preference(rec, strict=False)  # a prompt file needs no usable rejected reply
+        return Prompt(pp.prompt, pp.chosen or None, source, rec)
     fmt = detect_format(rec)
     if fmt in ("sharegpt", "openai") and is_tool_row(rec, fmt):
         raise RowError("tools", tools)
     if fmt == "alpaca":
-        msgs, ref, where = _with_system(rec, _alpaca_prompt(rec)), rec.get("output") or None, "instruction"
-        if ref is not None:
-            ref = _text(ref, "output")
+        msgs, ref, where = _with_system(rec, _alpaca_prompt(rec)), rec.get("output"), "instruction"
+        ref = None if ref in (None, "") else _text(ref, "output")
     elif fmt in ("sharegpt", "openai"):
         msgs, ref, where = PARSERS[fmt](rec), None, "conversations" if fmt == "sharegpt" else "messages"
         if any(m["role"] == "user" for m in msgs) and msgs[-1]["role"] == "assistant":

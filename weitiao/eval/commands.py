@@ -60,6 +60,7 @@ def gen(
 ) -> None:
     """Generate replies to every prompt and report all metrics (table, and JSON with --out)."""
     from weitiao.eval import gen as tool
+    from weitiao.eval.golden import reference_note
     from weitiao.eval.metrics import RUBRIC, MetricSettings
     from weitiao.io import atomic_write_text, claim_outputs
 
@@ -72,6 +73,8 @@ def gen(
                        text)  # fmt: skip
     name = f"{model or ('demo' if not adapter else 'base')}{' + ' + adapter if adapter else ''}"
     console.print(_metric_table(f"{len(ps)} prompts · {name}", rep.metrics))
+    if note := reference_note(ps):
+        console.print(f"[yellow]note:[/] {note}")
     if rep.judge_errors:
         console.print(f"[yellow]judge failed on {len(rep.judge_errors)} replies[/] (first: {rep.judge_errors[0]})")
     if out:
@@ -105,6 +108,8 @@ def golden(
         vals = [f"{res.summary[s][c]:.4g}" if c in res.summary[s] else "" for c in cols]
         t.add_row(f"{s}{mark}", *vals)
     console.print(t)
+    for note in res.notes:
+        console.print(f"[yellow]note:[/] {note}")
     console.print(f"recommended by {select}: {res.labels.get(res.recommended, 'none')} · lowest eval loss: "
                   f"{res.labels.get(res.lowest_eval, 'none')} · report {path}")  # fmt: skip
 

@@ -3,8 +3,9 @@
     weitiao eval golden --run runs/sft --prompts golden.jsonl --select rougeL     # → runs/sft/golden_report.html
 
 Steps: 1. read the run (config.yaml, metrics.jsonl, checkpoints/step-N and final/) → 2. reuse answers already
-in `RUN/golden.jsonl` (written during training by `golden_callback`), generate the missing ones greedily
-with each checkpoint's adapter → 3. per-answer and per-checkpoint metrics (`weitiao.eval.metrics`), optional
+in `RUN/golden.jsonl` (written during training by `golden_callback`) that were generated with the same settings
+(`decoding`: max_new_tokens, greedy, the prompts as the run's template renders them), generate the missing ones
+greedily with each checkpoint's adapter → 3. per-answer and per-checkpoint metrics (`weitiao.eval.metrics`), optional
 judge → 4. recommend a checkpoint by the chosen metric and, separately, by lowest eval loss → 5. write the report
 (loss curves as inline SVG, one table row per golden prompt, one column per checkpoint).
 
@@ -19,7 +20,7 @@ import html
 import json
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,15 @@ def load_prompts(path: str | Path) -> list[Prompt]:
     return read_prompts(path, tools="tool rows are not eval prompts here (generation renders no tools)")
 
 
+def reference_note(prompts: Sequence[Prompt]) -> str | None:
+    """How many prompts lack a reference (no ROUGE-L/BLEU/exact match for their replies); None when none do."""
+    missing = sum(p.reference is None for p in prompts)
+    if not missing:
+        return None
+    rest = "none of those metrics" if missing == len(prompts) else "ROUGE-L/BLEU/exact match over the others"
+    return f"{missing} of {len(prompts)} prompts have no reference: {rest}"
+
+
 def prompts_key(prompts: Sequence[Prompt]) -> str:
     """Short hash of the prompt messages, so answers to a different golden set are never mixed in."""
     blob = json.dumps([p.messages for p in prompts], ensure_ascii=False, sort_keys=True)
@@ -68,11 +78,48 @@ def answer(model: Any, tokenizer: Any, template: Any, prompts: Sequence[Prompt],
     return generate(model, tokenizer, template, convs, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=8)
 
 
-def golden_rows(step: int, label: str, prompts: Sequence[Prompt], gens: Sequence[Any]) -> list[dict]:
-    key, now = prompts_key(prompts), round(time.time(), 3)
+def decoding(tokenizer: Any, template: Any, prompts: Sequence[Prompt], max_new_tokens: int) -> dict:
+    """What decides the answers besides the weights, saved with each row: the token budget, greedy decoding,
+    and a hash of the prompts as the template renders them, with its end-of-turn token."""
+    rendered = [template.render(tokenizer, p.messages, add_generation_prompt=True) for p in prompts]
+    blob = json.dumps([template.eot, rendered], ensure_ascii=False)
+    return {
+        "max_new_tokens": max_new_tokens,
+        "temperature": 0.0,
+        "template": hashlib.sha256(blob.encode()).hexdigest()[:12],
+    }
+
+
+def same_decoding(row: dict, gen: dict) -> bool:
+    """Whether a saved answer was generated with `gen`. A row saved without its settings (always greedy, with the
+    run's template) counts only when its length proves the budget: it stopped within it, or was cut exactly at it."""
+    if "gen" in row:
+        return row["gen"] == gen
+    n, budget = row.get("n_tokens"), gen["max_new_tokens"]
+    if not isinstance(n, int):
+        return False
+    return n + 1 <= budget if row.get("stopped") else n == budget
+
+
+def answered(rows: list[dict], prompts: Sequence[Prompt], gen: dict | None) -> dict[int, dict[int, dict]]:
+    """step → prompt index → the last saved answer to these prompts generated with `gen` (None: any settings),
+    for the steps that have an answer to every prompt."""
+    key = prompts_key(prompts)
+    by: dict[int, dict[int, dict]] = {}
+    for r in rows:
+        if r["prompts"] == key and (gen is None or same_decoding(r, gen)):
+            by.setdefault(r["step"], {})[r["index"]] = r
+    return {s: got for s, got in by.items() if len(got) == len(prompts)}
+
+
+def golden_rows(
+    step: int, label: str, prompts: Sequence[Prompt], gens: Sequence[Any], gen: dict | None = None
+) -> list[dict]:
+    """The rows golden.jsonl keeps for one checkpoint's answers; `gen` (from `decoding`) says how they were made."""
+    key, now, made = prompts_key(prompts), round(time.time(), 3), {"gen": gen} if gen is not None else {}
     return [
         {"step": step, "label": label, "prompts": key, "index": i, "reply": g.text, "stopped": g.stopped,
-         "n_tokens": g.n_tokens, "time": now}
+         "n_tokens": g.n_tokens, "time": now, **made}
         for i, g in enumerate(gens)
     ]  # fmt: skip
 
@@ -91,12 +138,13 @@ def golden_callback(
     golden prompts greedily with the model being trained and append the rows to RUN/golden.jsonl."""
     prompts = load_prompts(prompts_path)
     path = Path(run_dir) / GOLDEN_FILE
+    gen = decoding(tokenizer, template, prompts, max_new_tokens)
 
     def after_step(step: int, metrics: dict) -> None:
         if every_n_steps <= 0 or step % every_n_steps:
             return
-        for row in golden_rows(step, f"step-{step:06d}", prompts, answer(model, tokenizer, template, prompts,
-                                                                           max_new_tokens)):  # fmt: skip
+        gens = answer(model, tokenizer, template, prompts, max_new_tokens)
+        for row in golden_rows(step, f"step-{step:06d}", prompts, gens, gen):
             append_jsonl(path, row)
 
     return after_step
@@ -137,37 +185,40 @@ def read_run(run_dir: Path) -> tuple[dict, list[Checkpoint], list[dict]]:
     return cfg, ckpts, metrics
 
 
-def _load_base(cfg: dict, run_dir: Path) -> tuple[Any, Any, Any]:
+def _load_chat(cfg: dict, run_dir: Path) -> tuple[Any, Any]:
+    """The tokenizer and chat template the run trained with (final/tokenizer carries the template)."""
     from weitiao.data.templates import resolve_template
-    from weitiao.models.load import ModelSpec, load_model, load_tokenizer
+    from weitiao.models.load import load_tokenizer
+
+    tok_dir = run_dir / "final" / "tokenizer"
+    tok = load_tokenizer(str(tok_dir) if tok_dir.exists() else (cfg.get("model", {}) or {}).get("path", "demo"))
+    name = "auto" if tok_dir.exists() else (cfg.get("data", {}) or {}).get("template", "auto")
+    return tok, resolve_template(tok, name)
+
+
+def _load_base(cfg: dict) -> Any:
+    from weitiao.models.load import ModelSpec, load_model
 
     mcfg = cfg.get("model", {}) or {}
-    base = mcfg.get("path", "demo")
-    tok_dir = run_dir / "final" / "tokenizer"
-    tok = load_tokenizer(str(tok_dir) if tok_dir.exists() else base)
-    template = resolve_template(
-        tok, "auto" if tok_dir.exists() else (cfg.get("data", {}) or {}).get("template", "auto")
-    )
-    model = load_model(ModelSpec(**{**mcfg, "gradient_checkpointing": False}))  # the base as trained (quant too)
-    return model.eval(), tok, template
+    return load_model(ModelSpec(**{**mcfg, "gradient_checkpointing": False})).eval()  # the base as trained
 
 
-def generate_missing(run_dir: Path, cfg: dict, ckpts: list[Checkpoint], prompts: list[Prompt], max_new: int) -> None:
-    """Answer the golden prompts with every checkpoint that golden.jsonl lacks; append the rows."""
+def generate_missing(
+    run_dir: Path, cfg: dict, ckpts: list[Checkpoint], prompts: list[Prompt], gen: dict, chat: tuple[Any, Any]
+) -> None:
+    """Answer the golden prompts with every checkpoint that golden.jsonl lacks answers from `gen` for; append
+    the rows. `chat`: the run's tokenizer and template."""
     from peft import PeftModel
 
-    path, key = run_dir / GOLDEN_FILE, prompts_key(prompts)
+    path = run_dir / GOLDEN_FILE
     # answers older than the checkpoint's weights came from an earlier run in the same dir: answer again
-    have: dict[tuple[int, str], float] = {}
-    for r in read_golden(path):
-        have[(r["step"], r["prompts"])] = max(have.get((r["step"], r["prompts"]), 0.0), r.get("time", 0.0))
-    todo = [
-        c for c in ckpts
-        if c.weights is not None and have.get((c.step, key), -1.0) < _mtime(c.weights)
-    ]  # fmt: skip
+    have = {
+        s: min(r.get("time", 0.0) for r in got.values()) for s, got in answered(read_golden(path), prompts, gen).items()
+    }
+    todo = [c for c in ckpts if c.weights is not None and have.get(c.step, -1.0) < _mtime(c.weights)]
     if not todo:
         return
-    base, tok, template = _load_base(cfg, run_dir)
+    (tok, template), base = chat, _load_base(cfg)
     peft_model = None
     with progress_bar() as bar:
         task = bar.add_task("golden answers", total=len(todo), info="")
@@ -183,7 +234,8 @@ def generate_missing(run_dir: Path, cfg: dict, ckpts: list[Checkpoint], prompts:
                 from weitiao.models.load import ModelSpec, load_model
 
                 model = load_model(ModelSpec(path=str(c.weights), quant="none")).eval()
-            for row in golden_rows(c.step, c.label, prompts, answer(model, tok, template, prompts, max_new)):
+            gens = answer(model, tok, template, prompts, gen["max_new_tokens"])
+            for row in golden_rows(c.step, c.label, prompts, gens, gen):
                 append_jsonl(path, row)
             bar.advance(task)
 
@@ -213,6 +265,8 @@ class GoldenResult:
     lowest_eval: int | None
     select: str
     judge_errors: list[str]
+    notes: list[str] = field(default_factory=list)  # prompts without a reference, checkpoints left out
+    gen: dict | None = None  # the `decoding` the answers came from
 
 
 def pick(summary: dict[int, dict[str, float]], metric: str) -> int | None:
@@ -231,20 +285,20 @@ def evaluate_golden(
     select: str,
     settings: MetricSettings | None = None,
     judge: Any = None,
+    gen: dict | None = None,
 ) -> GoldenResult:
-    """Per-answer and per-checkpoint metrics for the golden rows of this prompt set; pick checkpoints."""
+    """Per-answer and per-checkpoint metrics for the golden rows of this prompt set generated with `gen` (None:
+    any settings); pick checkpoints."""
     from weitiao.eval.metrics import judge_scores
 
     if select not in SELECT:
         raise UserError(f"--select {select}: choose one of {', '.join(SELECT)}")
     key = prompts_key(prompts)
-    by_step: dict[int, dict[int, dict]] = {}
-    labels: dict[int, str] = {}
-    for r in rows:
-        if r["prompts"] == key:
-            by_step.setdefault(r["step"], {})[r["index"]] = r
-            labels[r["step"]] = r["label"]
-    steps = sorted(s for s, got in by_step.items() if len(got) == len(prompts))
+    labels = {r["step"]: r["label"] for r in rows if r["prompts"] == key}
+    by_step = answered(rows, prompts, gen)
+    steps = sorted(by_step)
+    gone = [labels[s] for s in sorted(set(labels) - set(steps))]  # answers only from other settings, or partial
+    notes = [n for n in (reference_note(prompts), _left_out(gone)) if n]
     judged: dict[tuple[int, int], float | None] = {}
     errors: list[str] = []
     if judge is not None:
@@ -266,7 +320,14 @@ def evaluate_golden(
         if s in evals:
             summary[s]["eval_loss"] = evals[s]
     return GoldenResult(steps, labels, replies, summary, pick(summary, select), pick(summary, "eval_loss"), select,
-                        errors)  # fmt: skip
+                        errors, notes, gen)  # fmt: skip
+
+
+def _left_out(labels: list[str]) -> str | None:
+    if not labels:
+        return None
+    return (f"left out {', '.join(labels)}: no saved answer to every prompt with these generation settings, and no "
+            "weights to answer again with")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- HTML
@@ -334,7 +395,9 @@ def render_report(run_dir: Path, prompts: list[Prompt], res: GoldenResult, metri
     train = curve(metrics_log, "train", "loss")
     evals = curve(metrics_log, "eval", "eval_loss")
     parts = [f"<h1>Golden-set report</h1><p>run <code>{e(str(run_dir))}</code> · "]
-    parts.append(f"{len(prompts)} prompts · {len(res.steps)} checkpoints · greedy decoding</p>")
+    budget = f", at most {res.gen['max_new_tokens']} new tokens" if res.gen else ""
+    parts.append(f"{len(prompts)} prompts · {len(res.steps)} checkpoints · greedy decoding{budget}</p>")
+    parts += [f"<p>note: {e(n)}</p>" for n in res.notes]
 
     def lab(s: int | None) -> str:
         return "none" if s is None else f"{res.labels[s]} (step {s})"
@@ -395,9 +458,11 @@ def golden_report(
         ckpts = [c for c in ckpts if c.step in steps]
     if not ckpts and not (run_dir / GOLDEN_FILE).exists():
         raise UserError(f"{run_dir}: no checkpoints (checkpoints/step-*/ or final/) and no {GOLDEN_FILE}")
-    generate_missing(run_dir, cfg, ckpts, prompts, max_new_tokens)  # 2
+    chat = _load_chat(cfg, run_dir)
+    gen = decoding(*chat, prompts, max_new_tokens)
+    generate_missing(run_dir, cfg, ckpts, prompts, gen, chat)  # 2
     rows = [r for r in read_golden(run_dir / GOLDEN_FILE) if steps is None or r["step"] in steps]
-    res = evaluate_golden(rows, prompts, metrics_log, select, settings, judge)  # 3, 4
+    res = evaluate_golden(rows, prompts, metrics_log, select, settings, judge, gen)  # 3, 4
     path = Path(out) if out else run_dir / REPORT_FILE
     atomic_write_text(path, render_report(run_dir, prompts, res, metrics_log))  # 5
     return path, res

@@ -13,10 +13,13 @@ Lengths count characters of the stripped reply; starts_with/ends_with take a str
 json_schema is a JSON Schema (draft 2020-12, checked by the `jsonschema` library), applied to the reply
 parsed as JSON (``` fences allowed).
 
-Coverage: a prompt *exercises* a rule when the rule is global (no `when`), when `when` matches the
-prompt, or when the row names the rule in `rule_ids` (rows made for that rule). A data set covers a
-rule with the rows that exercise it; for rules with a check we also count how many of those rows'
-replies pass it, and for preference pairs how many pairs contrast it (chosen passes, rejected fails).
+Coverage reads data rows as training does (`weitiao.data.formats`, the format detected per row): an SFT row
+gives its last user turn and reply, a preference pair its chosen and rejected replies; an empty reply is a
+reply of length 0; a row training could not read is an error naming file:line. A prompt *exercises* a rule
+when the rule is global (no `when`), when `when` matches the prompt, or when the row names the rule in
+`rule_ids` (rows made for that rule). A data set covers a rule with the rows that exercise it; for rules with
+a check we also count how many of those rows' replies pass it (a pair's chosen reply), and for preference
+pairs how many pairs contrast it (chosen passes, rejected fails).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from typing import Any
 
 import yaml
 
-from weitiao import io
+from weitiao.data.files import RowError, iter_records
+from weitiao.data.formats import Document, detect_format, parse_preference, parse_row
 from weitiao.data.prompts import read_prompts as read_prompt_rows
 from weitiao.errors import UserError
 from weitiao.io import read_text
@@ -286,42 +290,77 @@ class Prompt:
     rule_ids: list[str] = field(default_factory=list)  # rules this prompt was made to exercise
 
 
-def _last_user(messages: Any) -> str | None:
-    if isinstance(messages, list):
-        users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") in ("user", "human")]
-        return users[-1] if users and isinstance(users[-1], str) else None
-    return messages if isinstance(messages, str) else None
+@dataclass
+class Sample:
+    """A data row as coverage reads it: the last user turn, the reply (a pair's chosen), a pair's rejected reply,
+    the rules the row names in `rule_ids`, and where it came from."""
+
+    prompt: str
+    reply: str
+    rejected: str | None = None
+    rule_ids: list[str] = field(default_factory=list)
+    source: str = ""
 
 
-def row_prompt_reply(row: dict) -> tuple[str | None, str | None, str | None]:
-    """(prompt, reply, rejected) of a data row in any weitiao format; missing parts are None."""
-    if "chosen" in row:
-        prompt = _last_user(row.get("prompt") if "prompt" in row else row.get("messages"))
-        return prompt, row.get("chosen"), row.get("rejected")
-    if "messages" in row or "conversations" in row:
-        msgs = row.get("messages") or [
-            {"role": {"human": "user", "gpt": "assistant"}.get(m.get("from"), m.get("from")), "content": m.get("value")}
-            for m in row["conversations"]
-        ]
-        reply = msgs[-1].get("content") if msgs and msgs[-1].get("role") == "assistant" else None
-        return _last_user(msgs[:-1] if reply is not None else msgs), reply, None
-    prompt = row.get("prompt") or row.get("question") or row.get("instruction")
-    if row.get("instruction") and row.get("input"):
-        prompt = f"{row['instruction']}\n{row['input']}"
-    return prompt, row.get("output") or row.get("answer"), None
+_EMPTY = "\x00"  # stands in for an empty reply while the training parser reads the row
+_REPLY_AT = {"alpaca": ("output", "content"), "prompt_completion": ("completion", "content"),
+             "openai": ("messages", "content"), "sharegpt": ("conversations", "value")}  # fmt: skip
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """JSON-object rows of a JSONL file; a bad line raises UserError `file:line`."""
+def _fill_empty_reply(record: dict, fmt: str) -> dict:
+    """The record with an empty final reply read as _EMPTY: training refuses such a row, coverage checks it."""
+    key, text = _REPLY_AT[fmt]
+    value = record.get(key)
+    if isinstance(value, str) and not value.strip():
+        return {**record, key: _EMPTY}
+    last = value[-1] if isinstance(value, list) and value else None
+    if isinstance(last, dict) and isinstance(last.get(text), str) and not last[text].strip():
+        return {**record, key: [*value[:-1], {**last, text: _EMPTY}]}  # type: ignore[misc]
+    return record
+
+
+def row_prompt_reply(record: Any) -> tuple[str, str, str | None]:
+    """(last user turn, reply, rejected or None) of a row of any training format, parsed as training parses it
+    (format detected per row); an empty reply is "". Raises RowError."""
+    if isinstance(record, RowError):
+        raise record
+    fmt = detect_format(record)
+    if fmt == "preference":
+        pair = parse_preference(record, strict=False)
+        return pair.prompt[-1]["content"], pair.chosen, pair.rejected
+    if fmt == "text":
+        raise RowError("text", "a pre-training document has no prompt and reply; give SFT or preference rows")
+    row = parse_row(_fill_empty_reply(record, fmt) if fmt in _REPLY_AT else record, fmt)
+    if isinstance(row, Document):
+        prompt, reply = row.prompt or "", row.text
+    else:
+        prompt = next((m["content"] for m in reversed(row.messages[:-1]) if m["role"] == "user"), "")
+        reply = row.messages[-1].get("content") or ""
+    return prompt, "" if reply == _EMPTY else reply, None
+
+
+def _rule_ids(record: dict) -> list[str]:
+    ids = record.get("rule_ids")
+    if ids is None:
+        return []
+    ids = [ids] if isinstance(ids, str) else ids
+    if not isinstance(ids, list) or not all(isinstance(x, (str, int)) for x in ids):
+        raise RowError("rule_ids", f"expected a list of rule ids, got {ids!r}")
+    return [str(x) for x in ids]
+
+
+def to_sample(record: Any, source: str) -> Sample:
+    """One data row as a Sample; a row training could not read either is UserError `source: field: problem`."""
+    try:
+        return Sample(*row_prompt_reply(record), _rule_ids(record), source)
+    except RowError as e:
+        raise UserError(f"{source}: {e}") from None
+
+
+def read_jsonl(path: str | Path) -> list[Sample]:
+    """Every row of a data file (JSONL or any file type training reads) as a Sample; a bad row raises UserError."""
     p = Path(path)
-    if not p.exists():
-        raise UserError(f"{p}: file not found")
-    rows = []
-    for n, row in io.read_jsonl(p):
-        if not isinstance(row, dict):
-            raise UserError(f"{p}:{n}: row: expected a JSON object")
-        rows.append(row)
-    return rows
+    return [to_sample(rec, f"{p}:{n}") for n, rec in iter_records(p)]
 
 
 def read_prompts(path: str | Path) -> list[Prompt]:
@@ -329,21 +368,19 @@ def read_prompts(path: str | Path) -> list[Prompt]:
     return [Prompt(p.text, [str(x) for x in p.row.get("rule_ids") or []]) for p in read_prompt_rows(path)]
 
 
-def coverage(rs: RuleSet, rows: list[dict]) -> dict[str, Any]:
-    """Per rule: rows that exercise it, and of those with a reply, passes/fails of its check; contrasts for pairs."""
+def coverage(rs: RuleSet, rows: list[Sample]) -> dict[str, Any]:
+    """Per rule: rows that exercise it, passes/fails of its check (a pair's chosen reply), and pairs that
+    contrast it (chosen passes, rejected fails)."""
     per = {r.id: {"category": r.category, "global": r.when is None, "checked": r.check is not None,
                   "exercised": 0, "pass": 0, "fail": 0, "contrast": 0} for r in rs.rules}  # fmt: skip
     for row in rows:
-        prompt, reply, rejected = row_prompt_reply(row)
-        if not isinstance(prompt, str):
-            continue
-        for r in rs.exercised(prompt, [str(x) for x in row.get("rule_ids") or []]):
+        for r in rs.exercised(row.prompt, row.rule_ids):
             c = per[r.id]
             c["exercised"] += 1
-            if r.check and isinstance(reply, str):
-                ok = not r.failures(reply)
+            if r.check:
+                ok = not r.failures(row.reply)
                 c["pass" if ok else "fail"] += 1
-                if ok and isinstance(rejected, str) and r.failures(rejected):
+                if ok and row.rejected is not None and r.failures(row.rejected):
                     c["contrast"] += 1
     conditional = [k for k, v in per.items() if not v["global"]]
     return {
