@@ -97,3 +97,9 @@ def test_min_confidence_and_weight_field_in_a_run(tiny_model_dir, tmp_path):
     bad = [f"data.train=[{tmp_path / 'bad.jsonl'}]", f"train.out={tmp_path / 'bad'}", "data.weight_field=confidence"]
     with pytest.raises(UserError, match=r"bad\.jsonl:9: confidence: missing \(data\.weight_field reads it\)"):
         dpo.run(load_config(dpo.DPOConfig, None, base + bad))
+    # A `weight` column without data.weight_field is refused, not ignored (negative control: `confidence` is fine).
+    (tmp_path / "w.jsonl").write_text("".join(json.dumps(dict(r, weight=0), ensure_ascii=False) + "\n" for r in rows))
+    unread = [f"data.train=[{tmp_path / 'w.jsonl'}]", f"train.out={tmp_path / 'w'}"]
+    with pytest.raises(UserError, match=r"w\.jsonl:1: weight: not read unless data.weight_field=weight is set"):
+        dpo.run(load_config(dpo.DPOConfig, None, base + unread))
+    assert not (tmp_path / "w").exists()

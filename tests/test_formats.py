@@ -139,6 +139,12 @@ MSGS = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": 
         ({"messages": MSGS, "instruction": "a", "output": "b"}, "2: output: the row also has 'messages'"),
         ({"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}], "messages": MSGS},
          "two chat formats in one row"),
+        ({"instruction": "a", "output": "坏回复", "kto_tag": False}, "2: kto_tag: unpaired feedback"),
+        ({"instruction": "a", "output": "坏回复", "label": "false"}, "2: label: unpaired feedback"),
+        ({"messages": MSGS, "label": 1}, "2: label: unpaired feedback"),
+        ({"instruction": "a", "output": "b", "weight": 0}, "2: weight: a row-level weight is not read"),
+        ({"messages": [MSGS[0], {**MSGS[1], "reasoning_content": "想一想"}]},
+         r"2: messages\[1\].reasoning_content: reasoning traces are not trained"),
     ],
 )  # fmt: skip
 def test_misspelled_keys_and_two_formats_in_a_row_are_refused(tmp_path, row, message):
@@ -151,7 +157,7 @@ def test_misspelled_keys_and_two_formats_in_a_row_are_refused(tmp_path, row, mes
 def test_the_users_own_extra_columns_stay_unread(tmp_path):
     """Negative control: ids, sources, a formatted `text` (tatsu-lab/alpaca), ultrachat's prompt/prompt_id."""
     rows = [
-        {"instruction": "a", "input": "", "output": "b", "text": "### a b", "id": 1, "source": "x", "category": "c"},
+        {"instruction": "a", "input": "", "output": "b", "text": "### a b", "id": 1, "label": "positive", "tag": "c"},
         {"instruction": "c", "output": "d", "history": [["早", "好"]], "system": "猫", "meta": {"k": 1}},
     ]
     assert len(load_rows(write_jsonl(tmp_path / "a.jsonl", rows)).rows) == 2

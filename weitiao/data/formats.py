@@ -162,6 +162,9 @@ def _weight(m: dict, field: str, role: str) -> bool:
     return w == 1
 
 
+REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")  # a message's trace beside its content
+
+
 def _messages(
     value: Any, field: str, role_key: str, text_key: str, roles: dict, allow_empty: bool = False
 ) -> list[Message]:
@@ -172,6 +175,9 @@ def _messages(
         if not isinstance(m, dict):
             raise RowError(f"{field}[{i}]", "expected an object")
         role = m.get(role_key)
+        if reasoning := next((k for k in REASONING_KEYS if m.get(k) not in (None, "")), None):
+            raise RowError(f"{field}[{i}].{reasoning}", "reasoning traces are not trained separately (the key would "
+                                                       "be dropped); put them in content, or drop the key")  # fmt: skip
         if role not in roles:
             raise RowError(f"{field}[{i}].{role_key}", f"unknown role {role!r}; expected {sorted(roles)}")
         msg = {"role": roles[role], "content": _text(m.get(text_key), f"{field}[{i}].{text_key}", allow_empty)}
@@ -382,8 +388,20 @@ def _misspelled(key: str) -> str | None:
     return close[0] if close else None
 
 
+SFT_FORMATS = ("alpaca", "openai", "sharegpt", "prompt_completion", "text")
+KTO_LABELS = (0, 1, "true", "false", "True", "False")
+
+
 def check_keys(record: dict, fmt: str) -> None:
-    """Refuse a near-miss of a key we read, and a chat row holding two chat formats (one would be dropped)."""
+    """Refuse a near-miss of a key we read, a chat row holding two chat formats (one would be dropped), and keys
+    whose meaning we do not implement: KTO labels (kto_tag, a label of 0/1/"true"/"false") and a row-level
+    weight in SFT rows."""
+    if "kto_tag" in record or (record.get("label") in KTO_LABELS and not isinstance(record.get("label"), float)):
+        key = "kto_tag" if "kto_tag" in record else "label"
+        raise RowError(key, KTO_REFUSED.removeprefix("label: "))
+    if fmt in SFT_FORMATS and "weight" in record:
+        raise RowError("weight", "a row-level weight is not read; OpenAI's per-message weight is (0 makes an "
+                                 "assistant turn context only); drop the key or move it onto the messages")  # fmt: skip
     for key in record:
         if (want := _misspelled(key)) and want not in record:
             raise RowError(key, f"unknown key; did you mean {want!r}? (rename it, or drop the column)")

@@ -82,6 +82,9 @@ def prepare_pairs(cfg: PairConfig, tokenizer: Any) -> PrefData:
     if not train:
         raise UserError(f"data.train: no pairs left after truncation {d.truncation!r} (max_len {d.max_len})")
     weights = None
+    if not d.weight_field and (p := next((p for p in pairs if "weight" in p.extra), None)):
+        raise UserError(f"{p.source}: weight: not read unless data.weight_field=weight is set (it scales each "
+                        "pair's loss; 0 drops the pair); set it, or drop the column")  # fmt: skip
     if d.weight_field:  # by source (file:line): encoding may drop pairs
         by_source = {p.source: _row_number(p, d.weight_field, "data.weight_field") for p in pairs}
         weights = [by_source[e.source] for e in train[0::2]]
