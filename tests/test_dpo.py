@@ -2,6 +2,7 @@
 
 import math
 import random
+import shutil
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from weitiao.data.collate import collate
 from weitiao.data.formats import PreferencePair
 from weitiao.data.preference import encode_pairs, pair_rows
 from weitiao.data.templates import resolve_template
+from weitiao.errors import UserError
 from weitiao.losses.preference import bradley_terry, dpo_terms, k3_kl
 from weitiao.losses.sft import CausalLMLoss
 from weitiao.recipes import dpo
@@ -174,3 +176,21 @@ def test_init_from_sft_adapter_makes_it_the_reference(tiny_model_dir, tmp_path):
     first = read_metrics(tmp_path / "first", "train")
     assert abs(first[-1]["loss"] - math.log(2)) > 1e-2  # the first run moved away from its reference
     assert abs(read_metrics(tmp_path / "next", "train")[0]["loss"] - math.log(2)) < 1e-4
+
+
+@pytest.mark.slow
+def test_resume_refuses_an_init_from_adapter_retrained_at_the_same_path(tiny_model_dir, tmp_path):
+    """The adapter at lora.init_from is DPO's reference: a retrained one at the same path changes what every later
+    step computes, so resuming over it is refused like a changed config (negative control: unchanged resumes)."""
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(16))
+    init, run = tmp_path / "init", tmp_path / "run"
+    dpo.run(dpo_config(tiny_model_dir, data, init, "train.max_steps=2"))
+    resume = ["train.max_steps=4", "train.save_every=2", f"lora.init_from={init}"]
+    dpo.run(dpo_config(tiny_model_dir, data, run, *resume, "train.stop_after=2"))
+    dpo.run(dpo_config(tiny_model_dir, data, init, "train.max_steps=2", "train.seed=7", "train.resume=none"))
+    with pytest.raises(UserError, match=r"train.resume: lora.init_from holds other weights than when .* started"):
+        dpo.run(dpo_config(tiny_model_dir, data, run, *resume))
+    shutil.rmtree(init / "final")
+    shutil.copytree(init / "previous" / next((init / "previous").iterdir()).name / "final", init / "final")
+    dpo.run(dpo_config(tiny_model_dir, data, run, *resume))  # the original adapter back: resumes
+    assert [r["step"] for r in read_metrics(run, "train")] == [1, 2, 3, 4]

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from weitiao.config import ConfigPath, ModelRef, dump_config
+from weitiao.config import ConfigPath, ModelRef
 from weitiao.data.chat import IGNORE, Encoded
 from weitiao.data.collate import Batch, collate, n_targets, process_share
 from weitiao.data.preference import pair_rows
@@ -412,7 +412,7 @@ def run(cfg: DPOConfig) -> dict:
     eval_ref = Reference(loss_mod, model, ref_model)  # eval pairs are never cached: always live
 
     # 3. Resume (a fresh run clears the previous run's files, its reference cache included).
-    state, ckpt, log = loop.start(out, t, dump_config(cfg), accel, loss_mod, optimizer)
+    state, ckpt, log = loop.start(out, t, cfg, accel, loss_mod, optimizer)
     cache_file = out / "ref_logps.pt"
     if ckpt is None and main and cache_file.exists():
         cache_file.unlink()

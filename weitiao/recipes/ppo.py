@@ -435,7 +435,7 @@ def run(cfg: PPOConfig) -> dict:
         )
     state: dict[str, Any] = {"step": 0, "samples": 0}
     config_yaml = dump_config(cfg)
-    ckpt = ck.open_run(out, t.resume, config_yaml, main)  # refuses a changed config unless forced
+    ckpt = ck.open_run(out, t.resume, config_yaml, main, ck.input_fingerprints(cfg))  # changed config/models: refused
     if ckpt is not None:
         state = {"samples": 0, **_load(ckpt, roles, actor_opt, critic_opt, kl_ctl, moments)}
         rngs = state.pop("rng")

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from weitiao.config import ConfigPath, dump_config
+from weitiao.config import ConfigPath
 from weitiao.data.collate import collate, process_share
 from weitiao.data.preference import pair_rows
 from weitiao.errors import UserError
@@ -189,7 +189,7 @@ def run(cfg: RMConfig) -> dict:
     scorer, optimizer, params = loop.adamw(accel, scorer, model, t, lr)
 
     # 3. Resume.
-    state, ckpt, log = loop.start(out, t, dump_config(cfg), accel, scorer, optimizer)
+    state, ckpt, log = loop.start(out, t, cfg, accel, scorer, optimizer)
     if main:
         s = data.stats
         print(

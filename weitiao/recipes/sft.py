@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from weitiao.config import dump_config
 from weitiao.data.cache import EncodedSet, encoded_files
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, EncodeStats
 from weitiao.data.collate import collate, example_lengths, n_targets, plan_epoch, process_share
@@ -233,7 +232,7 @@ def run(cfg: SFTConfig) -> dict:
     loss_mod, optimizer, params = loop.adamw(accel, loss_mod, model, t, lr)
 
     # 3. Resume: weights, optimizer, RNG, data position, early-stopping state.
-    state, ckpt, log = loop.start(out, t, dump_config(cfg), accel, loss_mod, optimizer)
+    state, ckpt, log = loop.start(out, t, cfg, accel, loss_mod, optimizer)
     if main:
         print_data_summary(data, cfg, trainable, total_params, world, log if ckpt is None else None)
     plan = loop.EpochPlan(example_lengths(data.train), cfg.data.max_len, cfg.data.packing, t, world)

@@ -6,12 +6,16 @@ data position, early-stopping state, number of processes), one `rng_state_{rank}
 and a copy of the run's `config.yaml`. It is written under a temp name and renamed, so a run
 killed mid-save leaves the previous checkpoints intact.
 
-Resuming checks that the config still trains the same thing (`check_config`); a fresh run in a used
-dir moves the previous run's files aside (`move_previous_run`), it never deletes them.
+Resuming checks that the config still trains the same thing (`check_config`) and that the models and adapters
+it names still hold the same weights (`inputs.json`: a retrained `lora.init_from` at the same path would otherwise
+become DPO's reference unnoticed); a fresh run in a used dir moves the previous run's files aside
+(`move_previous_run`), it never deletes them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import shutil
 import time
@@ -27,8 +31,10 @@ from weitiao.io import atomic_write_text
 
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "config.yaml"
+INPUTS_FILE = "inputs.json"  # fingerprints of the models/adapters the config names (ModelRef keys)
 # What a run writes into its dir besides checkpoints/step-*; a fresh run moves these aside.
-RUN_FILES = ("metrics.jsonl", "tb", "wandb", "swanlog", "mlflow.db", "final", "golden.jsonl", CONFIG_FILE)
+RUN_FILES = ("metrics.jsonl", "tb", "wandb", "swanlog", "mlflow.db", "final", "golden.jsonl", CONFIG_FILE, INPUTS_FILE)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 # Config keys that may change on resume: how long to run and how often to log, eval and save.
 # Every other key (model, lora, data, loss, optimizer, batch, seed) changes what a step computes.
 FREE_KEYS = {
@@ -270,6 +276,73 @@ def check_config(ckpt: Path, config_yaml: str, force: bool) -> str:
     return shown
 
 
+def _weights_dir(path: Path) -> Path:
+    """Where a model/adapter reference keeps its weights: a run dir's final/adapter or final/, else the dir."""
+    for d in (path / "final" / "adapter", path / "final", path / "adapter", path):
+        if d.is_dir() and any(f.suffix in WEIGHT_SUFFIXES for f in d.iterdir()):
+            return d
+    return path
+
+
+def fingerprint(path: Path, chunk: int = 1 << 20) -> str:
+    """Size plus the hash of each weight/config file's first and last MiB (a retrained model differs in both):
+    cheap on a 70B checkpoint, and the same on any machine."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(f for f in _weights_dir(path).iterdir() if f.is_file()
+                                                 and (f.suffix in WEIGHT_SUFFIXES or f.suffix == ".json"))  # fmt: skip
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.name} {size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(chunk))
+            if size > 2 * chunk:
+                fh.seek(size - chunk)
+                h.update(fh.read(chunk))
+    return h.hexdigest()[:16]
+
+
+def input_fingerprints(cfg: Any) -> dict[str, str]:
+    """Dotted ModelRef key (model.path, lora.init_from, dpo.reference, reward.path) → fingerprint of the local file
+    or folder it names now; hub ids through the local cache, URLs and module:function left out."""
+    from weitiao.config import path_keys
+    from weitiao.models.load import resolve_path
+
+    out = {}
+    for keys, kind in path_keys(type(cfg)).items():
+        value: Any = cfg
+        for k in keys:
+            value = getattr(value, k, None)
+        if not kind.only_if_exists or not isinstance(value, str) or not value or "://" in value:
+            continue
+        local = Path(resolve_path(value) if value == "demo" else value).expanduser()
+        if not local.exists():
+            try:
+                from huggingface_hub import snapshot_download
+
+                local = Path(snapshot_download(value, local_files_only=True))
+            except Exception:  # module:function, a name the hub cache does not hold: nothing on disk to check
+                continue
+        out[".".join(keys)] = fingerprint(local)
+    return out
+
+
+def check_inputs(ckpt: Path, inputs: dict[str, str], force: bool) -> str:
+    """Refuse to resume when a model or adapter the config names holds other weights than when `ckpt`'s run
+    started; returns the changes `force` let by."""
+    saved_file = next((p for p in (ckpt / INPUTS_FILE, ckpt.parent.parent / INPUTS_FILE) if p.exists()), None)
+    if saved_file is None:  # a run from before inputs.json
+        return ""
+    saved = json.loads(saved_file.read_text(encoding="utf-8"))
+    changed = [k for k in inputs.keys() & saved.keys() if inputs[k] != saved[k]]
+    if changed and not force:
+        raise UserError(
+            f"train.resume: {', '.join(sorted(changed))} holds other weights than when {ckpt.parent.parent} started "
+            "(retrained or replaced at the same path): the run would continue against another model; restore it, "
+            "set train.resume=none (or another train.out) for a new run, or train.resume=force"
+        )
+    return ", ".join(sorted(changed))
+
+
 def move_previous_run(out: Path) -> Path | None:
     """A fresh run in a used dir: move the previous run's files to `out/previous/<time>/`.
 
@@ -320,22 +393,26 @@ def _saved_step(ckpt: Path) -> int:
     return int(torch.load(ckpt / STATE_FILE, weights_only=False, mmap=True)["step"])
 
 
-def open_run(out: Path, resume: str, config_yaml: str, main: bool) -> Path | None:
+def open_run(out: Path, resume: str, config_yaml: str, main: bool, inputs: dict[str, str] | None = None) -> Path | None:
     """Start or resume the run in `out`; returns the checkpoint to load (None: fresh start).
 
-    Resume (`train.resume`: auto, force or a checkpoint dir) checks the config first (`check_config`);
-    a fresh start moves a previous run's files aside. The main process then writes config.yaml.
+    Resume (`train.resume`: auto, force or a checkpoint dir) checks the config (`check_config`) and the
+    weights behind its model/adapter paths (`inputs`, from `input_fingerprints`: `check_inputs`) first; a
+    fresh start moves a previous run's files aside. The main process then writes config.yaml and inputs.json.
     """
     ckpt = resume_point(out, resume)
     if ckpt is not None:
         forced = check_config(ckpt, config_yaml, force=resume == "force")
+        forced_inputs = check_inputs(ckpt, inputs or {}, force=resume == "force")
         if main:
             print(f"resumed from step {_saved_step(ckpt)} (checkpoint {ckpt})")
-            if forced:
-                print(f"train.resume=force: training on with changed {forced}")
+            if changed := ", ".join(filter(None, [forced, forced_inputs])):
+                print(f"train.resume=force: training on with changed {changed}")
     elif main and (moved := move_previous_run(out)) is not None:
         print(f"fresh run in {out}: the previous run's files were moved to {moved}")
     if main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / CONFIG_FILE, config_yaml)
+        if inputs is not None and (ckpt is None or not (out / INPUTS_FILE).exists() or resume == "force"):
+            atomic_write_text(out / INPUTS_FILE, json.dumps(inputs, indent=1))
     return ckpt

@@ -311,14 +311,17 @@ def new_state() -> dict[str, Any]:
 
 
 def start(
-    out: Path, t: TrainSpec, config_yaml: str, accel: Any, module: Any, optimizer: Any
+    out: Path, t: TrainSpec, cfg: Any, accel: Any, module: Any, optimizer: Any
 ) -> tuple[dict, Path | None, MetricsLog]:
     """Resume from the checkpoint `t.resume` names (weights, optimizer, this process's RNG, data
-    position, early-stop state) if the config still trains the same thing, or start fresh (a previous
-    run in `out` is moved aside); write config.yaml; open the metrics log. `module` is what the recipe
-    passed to accelerator.prepare."""
+    position, early-stop state) if the config `cfg` still trains the same thing on the same models, or start
+    fresh (a previous run in `out` is moved aside); write config.yaml; open the metrics log. `module` is what
+    the recipe passed to accelerator.prepare."""
+    from weitiao.config import dump_config
+
+    config_yaml, inputs = dump_config(cfg), ck.input_fingerprints(cfg)
     state = new_state()
-    ckpt = ck.open_run(out, t.resume, config_yaml, accel.is_main_process)
+    ckpt = ck.open_run(out, t.resume, config_yaml, accel.is_main_process, inputs)
     rank, world = accel.process_index, accel.num_processes
     if ckpt is not None:
         state.update(dist.load_checkpoint(ckpt, accel, module, optimizer, rank, world, t.resume == "force"))
