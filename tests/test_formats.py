@@ -96,6 +96,21 @@ def test_skip_invalid_accounts_for_every_row(tmp_path):
     assert rejects[0]["row"] == rows[1] and "output" in rejects[0]["error"]
 
 
+def test_rejects_keep_a_broken_lines_text_and_never_replace_a_users_file(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"instruction": "问", "output": "答"}\n{"instruction": "问", "output": "答"\n', encoding="utf-8")
+    mine = tmp_path / "d.jsonl.rejects.jsonl"
+    mine.write_text("my notes\n")
+    with pytest.raises(UserError, match="d.jsonl.rejects.jsonl: exists and was not written by weitiao"):
+        load_rows(path, skip_invalid=True)
+    assert mine.read_text() == "my notes\n"
+    mine.unlink()
+    for _ in range(2):  # negative control: our own rejects file is replaced
+        assert load_rows(path, skip_invalid=True).rejected == 1
+    reject = json.loads(mine.read_text(encoding="utf-8"))
+    assert reject["row"] is None and reject["text"] == '{"instruction": "问", "output": "答"'
+
+
 def test_preference_rows(tmp_path):
     rows = [
         {"prompt": "讲个笑话", "chosen": "哈哈好呀😂", "rejected": "不想讲。"},

@@ -32,9 +32,9 @@ MAX_ROW_BYTES = 1_000_000  # a longer JSONL row is rejected unread: ~300k tokens
 class RowError(ValueError):
     """A problem in one row: `field` names the offending key path."""
 
-    def __init__(self, field: str, problem: str):
+    def __init__(self, field: str, problem: str, raw: str | None = None):
         super().__init__(f"{field}: {problem}")
-        self.field, self.problem = field, problem
+        self.field, self.problem, self.raw = field, problem, raw  # raw: the line's text when it is no JSON
 
 
 def data_suffix(path: Path) -> str:
@@ -125,9 +125,9 @@ def _jsonl(path: Path, max_row_bytes: int | None) -> Iterator[tuple[int, Any]]:
                 try:
                     yield n, loads(line)
                 except json.JSONDecodeError as e:
-                    yield n, RowError("json", f"not valid JSON ({e.msg} at column {e.colno})")
+                    yield n, RowError("json", f"not valid JSON ({e.msg} at column {e.colno})", line.rstrip("\r\n"))
                 except ValueError as e:
-                    yield n, RowError("json", f"not valid JSON ({e})")
+                    yield n, RowError("json", f"not valid JSON ({e})", line.rstrip("\r\n"))
     except (OSError, EOFError) as e:  # gzip/zstd: truncated or not compressed at all
         if isinstance(e, UserError):
             raise

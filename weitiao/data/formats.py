@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from weitiao.data.files import MAX_ROW_BYTES, RowError, expand_paths, iter_records
 from weitiao.errors import UserError
-from weitiao.io import write_jsonl
+from weitiao.io import claim_outputs, write_jsonl
 
 Message = dict[str, Any]  # {"role", "content"}; "weight": 0 = not trained; tool rows: weitiao.data.tools
 Format = Literal["auto", "alpaca", "sharegpt", "openai", "prompt_completion", "text", "preference", "preference_raw"]
@@ -510,8 +510,10 @@ def load_rows(
                     e = lf.rename(e) if lf else e
                     if not skip_invalid:
                         raise UserError(f"{loc}: {e} (or pass --skip-invalid to set bad rows aside)") from None
-                    raw = record if not isinstance(record, RowError) else None
-                    rejects.append({"source": loc, "error": str(e), "row": raw})
+                    if isinstance(record, RowError):  # no JSON: the line's text, so it can be fixed and fed again
+                        rejects.append({"source": loc, "error": str(e), "row": None, "text": record.raw})
+                    else:
+                        rejects.append({"source": loc, "error": str(e), "row": record})
                     continue
                 row.source = loc
                 rows.append(row)
@@ -534,6 +536,8 @@ def load_rows(
     if rejects:
         first = next(iter(result.per_file), None) or entries[0]
         result.rejects_path = Path(rejects_path or f"{first}.rejects.jsonl")
+        if rejects_path is None:  # beside the user's data: never over a file of theirs
+            claim_outputs([result.rejects_path], list(map(Path, result.per_file)), "rejects file")
         write_jsonl(result.rejects_path, rejects)
     assert result.read + resampled == result.kept + result.rejected
     return result
