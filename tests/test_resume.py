@@ -113,10 +113,14 @@ def test_resume_refuses_a_changed_training_config(tiny_model_dir, chat_file, tmp
     assert (run / "config.yaml").read_text() == saved  # not rewritten with values never used
     capsys.readouterr()
     sft.run(config(tiny_model_dir, chat_file, run, "train.max_steps=2", "train.save_every=1"))  # length may change
-    assert f"resumed from step 1 (checkpoint {ckpt})" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"resumed from step 1 (checkpoint {ckpt})" in out
+    assert "note: train.max_steps 3 → 2: the learning-rate schedule (warm-up, decay) is recomputed" in out
     forced = config(tiny_model_dir, chat_file, run, "train.max_steps=3", "lora.dropout=0.2", "train.resume=force")
     sft.run(forced)
-    assert "train.resume=force: training on with changed lora.dropout 0.05 → 0.2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "train.resume=force: training on with changed lora.dropout 0.05 → 0.2" in out
+    assert "note: train.max_steps 2 → 3" in out
     assert "dropout: 0.2" in (run / "config.yaml").read_text()
     assert [r["step"] for r in read_metrics(run, "train")] == [1, 2, 3]
 

@@ -251,6 +251,20 @@ def config_changes(old_yaml: str, new_yaml: str) -> dict[str, tuple[Any, Any]]:
     return dict(sorted(out.items()))
 
 
+SCHEDULE_KEYS = ("train.max_steps", "train.epochs", "train.num_episodes")  # free, but they stretch the lr schedule
+
+
+def schedule_note(ckpt: Path, config_yaml: str) -> str:
+    """A line when a resume changes the run's length: the learning-rate schedule is recomputed for the new one."""
+    saved = next((p for p in (ckpt / CONFIG_FILE, ckpt.parent.parent / CONFIG_FILE) if p.exists()), None)
+    changes = config_changes(saved.read_text(encoding="utf-8"), config_yaml) if saved else {}
+    moved = [f"{k} {old} → {new}" for k, (old, new) in changes.items() if k in SCHEDULE_KEYS]
+    if not moved:
+        return ""
+    return (f"note: {', '.join(moved)}: the learning-rate schedule (warm-up, decay) is recomputed for the new length, "
+            "so the next steps follow the new curve, not the old one")  # fmt: skip
+
+
 def check_config(ckpt: Path, config_yaml: str, force: bool) -> str:
     """Refuse to resume `ckpt` under a config that trains something else; returns the changes `force` let by.
 
@@ -406,6 +420,8 @@ def open_run(out: Path, resume: str, config_yaml: str, main: bool, inputs: dict[
         forced_inputs = check_inputs(ckpt, inputs or {}, force=resume == "force")
         if main:
             print(f"resumed from step {_saved_step(ckpt)} (checkpoint {ckpt})")
+            if note := schedule_note(ckpt, config_yaml):
+                print(note)
             if changed := ", ".join(filter(None, [forced, forced_inputs])):
                 print(f"train.resume=force: training on with changed {changed}")
     elif main and (moved := move_previous_run(out)) is not None:
