@@ -174,6 +174,9 @@ def test_cli_rank_import_export(tmp_path):
     run = CliRunner()
     db = tmp_path / "arena.sqlite"
     assert run.invoke(arena_app, ["import", str(src), "--db", str(db)]).exit_code == 0
+    again = run.invoke(arena_app, ["import", str(src), "--db", str(db)])  # the same file twice: counted once
+    said = " ".join(again.output.split())
+    assert again.exit_code == 0 and "imported 0 battles" in said and "(3,000 already there, skipped)" in said
     r = run.invoke(arena_app, ["export", str(tmp_path / "out.json"), "--db", str(db)])
     assert r.exit_code == 0, r.output
     back = json.loads((tmp_path / "out.json").read_text())
@@ -192,3 +195,20 @@ def test_cli_rank_import_export(tmp_path):
     bad.write_text(json.dumps([{"model_a": "a", "model_b": "b", "winner": "a"}]))
     r3 = run.invoke(arena_app, ["rank", "--battles", str(bad)])
     assert r3.exit_code != 0 and "winner" in str(r3.exception)
+
+
+def test_answers_under_votes_never_change(tmp_path):
+    from weitiao.errors import UserError
+    from weitiao.eval.arena.store import ArenaStore
+
+    store = ArenaStore(tmp_path / "a.sqlite")
+    rows = [{"prompt": "你好", "model": m, "answer": f"{m}: 你好呀"} for m in ("a", "b")]
+    with pytest.raises(UserError, match="model 'a' has two different answers"):
+        store.add_answers([*rows, {**rows[0], "answer": "别的"}])
+    store.add_answers(rows)
+    store.add_answers([{**rows[0], "answer": "换一个"}])  # no votes on it yet: replaced
+    store.add_answers(rows)
+    store.import_battles([{"prompt": "你好", "model_a": "a", "model_b": "b", "winner": "model_a"}])
+    with pytest.raises(UserError, match="already has another answer to prompt '你好', and votes were cast on it"):
+        store.add_answers([{**rows[0], "answer": "换一个"}])
+    assert store.add_answers(rows) == 2  # the same answers again: fine

@@ -216,8 +216,9 @@ def arena_import(
     rows = load_battles(battles)  # before opening the db: a bad file leaves no new db behind
     if not rows:
         raise UserError(f"{battles}: no battles")
-    n = ArenaStore(db).import_battles(rows)
-    console.print(f"imported {n:,} battles into {db}")
+    added, skipped = ArenaStore(db).import_battles(rows)
+    note = f" ({skipped:,} already there, skipped)" if skipped else ""
+    console.print(f"imported {added:,} battles into {db}{note}")
 
 
 @arena_app.command("export")

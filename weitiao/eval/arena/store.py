@@ -12,6 +12,8 @@ tie (bothbad). `meta` holds the random secret that signs voter cookies.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import secrets
 import sqlite3
@@ -68,12 +70,33 @@ class ArenaStore:
 
     # answers ----------------------------------------------------------------------------------------
     def add_answers(self, rows: Sequence[dict]) -> int:
+        """Store the answers; one model's answer to a prompt never changes under votes already cast on it (a
+        different answer there is refused: serve new answers with a new --db), and two different answers to one
+        prompt from one model are refused."""
+        given: dict[tuple[str, str], str] = {}
+        for r in rows:
+            key = (r["prompt"], r["model"])
+            if given.setdefault(key, r["answer"]) != r["answer"]:
+                raise UserError(f"answers: model {key[1]!r} has two different answers to prompt {key[0][:60]!r}; "
+                                "keep one")  # fmt: skip
         with self._db() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO answers VALUES (?, ?, ?)",
-                [(r["prompt"], r["model"], r["answer"]) for r in rows],
-            )
-        return len(rows)
+            for (prompt, model), answer in given.items():
+                old = db.execute("SELECT answer FROM answers WHERE prompt = ? AND model = ?", (prompt, model))
+                if (
+                    (row := old.fetchone())
+                    and row[0] != answer
+                    and db.execute(
+                        "SELECT 1 FROM votes WHERE prompt = ? AND (model_a = ? OR model_b = ?) LIMIT 1",
+                        (prompt, model, model),
+                    ).fetchone()
+                ):
+                    raise UserError(
+                        f"{self.path}: model {model!r} already has another answer to prompt {prompt[:60]!r}, and "
+                        "votes were cast on it; serve new answers with a new --db"
+                    )
+            db.executemany("INSERT OR REPLACE INTO answers VALUES (?, ?, ?)",
+                           [(p, m, a) for (p, m), a in given.items()])  # fmt: skip
+        return len(given)
 
     def count_answers(self) -> int:
         with self._db() as db:
@@ -154,18 +177,28 @@ class ArenaStore:
             for v in self.votes()
         ]  # fmt: skip
 
-    def import_battles(self, rows: Sequence[dict]) -> int:
+    def import_battles(self, rows: Sequence[dict]) -> tuple[int, int]:
+        """Add battles as votes; (added, skipped). A battle already imported (the same fields, the k-th copy of
+        them) is skipped, so importing a file twice does not count its votes twice. A FastChat `question_id`
+        stands for the prompt when there is none."""
+        seen: dict[str, int] = {}
+        values = []
+        for r in rows:
+            prompt = r.get("prompt") if r.get("prompt") is not None else r.get("question_id")
+            prompt = None if prompt is None else str(prompt)
+            fields = (prompt, r["model_a"], r["model_b"], r["winner"], r.get("judge"), float(r.get("tstamp") or 0.0))
+            digest = hashlib.sha1(json.dumps(fields).encode()).hexdigest()[:20]
+            seen[digest] = seen.get(digest, -1) + 1
+            values.append((f"import:{digest}:{seen[digest]}", *fields[:3], None, *fields[3:]))
         with self._db() as db:
+            before = db.total_changes
             db.executemany(
-                "INSERT INTO votes (prompt, model_a, model_b, swapped, outcome, voter, tstamp) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (r.get("prompt"), r["model_a"], r["model_b"], None, r["winner"], r.get("judge"),
-                     float(r.get("tstamp") or 0.0))
-                    for r in rows
-                ],
-            )  # fmt: skip
-        return len(rows)
+                "INSERT OR IGNORE INTO votes (round_id, prompt, model_a, model_b, swapped, outcome, voter, tstamp) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
+            added = db.total_changes - before
+        return added, len(rows) - added
 
 
 # ---------------------------------------------------------------------------------------------- inputs
