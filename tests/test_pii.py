@@ -446,6 +446,22 @@ def _found(text, types=None):
     return [(m.type, m.text) for m in pii.scan(text, types)]
 
 
+def test_ip_after_an_english_word_and_versions_after_a_product():
+    """A lowercase word before an address is prose ("server is", "and"); a capitalized one is a product with its
+    version; "ver" inside "server" is no version cue."""
+    ips = _found("my server is 10.0.0.5 and backup is 8.8.4.4, gateway and 2001:db8::1", ["ip"])
+    assert [t for _, t in ips] == ["10.0.0.5", "8.8.4.4", "2001:db8::1"]
+    for version in (
+        "Chrome 10.0.1.2",
+        "Python 3.9.12.21",
+        "iOS 17.0.1.1",
+        "version 1.2.3.4",
+        "ver 1.2.3.4",
+        "v1.2.3.4",
+    ):
+        assert not _found(version, ["ip"]), version
+
+
 def test_fullwidth_and_spoken_digits():
     assert _found("手机１３８１２３４５６７８，谢谢") == [("mobile", "１３８１２３４５６７８")]
     assert _found("电话一三八一二三四五六七八") == [("mobile", "一三八一二三四五六七八")]

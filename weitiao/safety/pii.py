@@ -234,11 +234,13 @@ def find_email(text: str) -> list[Match]:
 
 IPV4_RE = re.compile(r"(?<![0-9.])(?:\d{1,3}\.){3}\d{1,3}(?![0-9A-Za-z]|\.\d)")
 IPV6_RE = re.compile(r"(?<![0-9A-Fa-f:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![0-9A-Za-z:])")
-VERSION_CUES = re.compile(r"版本|version|ver|release|v$|升级|更新|固件|build", re.I)
+VERSION_CUES = re.compile(r"版本|升级|更新|固件|\b(?:version|ver|release|build)\b|(?:^|[^A-Za-z])v$", re.I)
 
 
 IP_WORDS = re.compile(r"(?:^|[^A-Za-z])(?:IP|IPv4|IPv6|host|addr|address|from|to|server|at)\s*$", re.I)
-PRODUCT_BEFORE = re.compile(r"[A-Za-z][A-Za-z-]*\s+$")  # "Python 3.9.12.21", "Chrome 10.0.1.2": a version
+# "Python 3.9.12.21", "Chrome 10.0.1.2", "iOS 17.0.1.1": a capitalized name is a product and the number its version;
+# a lowercase word ("server is 10.0.0.5", "and 8.8.4.4") is ordinary prose before an address
+PRODUCT_BEFORE = re.compile(r"(?:[A-Z][A-Za-z-]*|[a-z]+[A-Z][A-Za-z-]*)\s+$")
 
 
 def _ip_context_ok(text: str, start: int) -> bool:
