@@ -164,3 +164,19 @@ def test_epoch_milliseconds_are_not_taken_for_seconds(tmp_path):
     (tmp_path / "e.csv").write_text(CHAT_EVENTS, encoding="utf-8")  # control: epoch seconds read fine
     r = chat.run(tmp_path / "e.csv", tmp_path / "r.csv", load_profile("chat", "chat"), progress=False)
     assert r.events == 1
+
+
+def test_an_all_null_optional_column_reads_as_empty(tmp_path):
+    """JSONL events whose `value` is null on every row (no dwell events) come typed NULL from DuckDB: they are
+    empty values, not a wrong type; a required column of nulls is still refused."""
+    import json
+
+    ev, resp = tmp_path / "events.jsonl", tmp_path / "responses.csv"
+    rows = [{"response_id": "r1", "event": "thumbs_up", "ts": "2025-03-01 10:00:05", "value": None}]
+    ev.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    resp.write_text(RESPONSES, encoding="utf-8")
+    run = chat.run(ev, resp, load_profile("chat", "chat", []), progress=False)
+    assert run.con.execute("SELECT count(*) FROM wt_events").fetchone()[0] == 1
+    ev.write_text(json.dumps({**rows[0], "response_id": None}) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match="response_id: 1 empty values"):
+        chat.run(ev, resp, load_profile("chat", "chat", []), progress=False)

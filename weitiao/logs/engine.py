@@ -192,6 +192,9 @@ class DuckEngine:
 def _cast(col: str, kind: str, dtype: str) -> tuple[str | None, str | None]:
     """(typed SQL expression, SQL predicate for an unparseable value) or (None, None) for a wrong type."""
     c = f'"{col}"'
+    if dtype.strip('"') == "NULL":  # every value empty (JSON leaves it untyped): typed NULLs; required columns fail
+        sql_t = {"id": "VARCHAR", "text": "VARCHAR", "number": "DOUBLE", "int": "BIGINT", "flag": "INTEGER"}
+        return f"CAST(NULL AS {sql_t.get(kind, 'TIMESTAMP')})", "false"
     if dtype == "JSON":  # mixed-type JSON fields arrive as JSON in DuckDB; read them as text
         c, dtype = f"({c} ->> '$')", "VARCHAR"
     numeric, text = bool(NUMERIC.match(dtype)), dtype == "VARCHAR"
