@@ -99,3 +99,11 @@ def test_cli_mix(tmp_path):
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output)
     assert [s["picked"] for s in rep["sources"]] == [6, 2] and [s["upsample"] for s in rep["sources"]] == [3.0, 2.0]
+
+
+def test_ratios_not_adding_up_to_one_are_rescaled_with_a_note(tmp_path):
+    a = rows(tmp_path / "a.jsonl", [(f"问{i}", "答") for i in range(10)])
+    b = rows(tmp_path / "b.jsonl", [(f"题{i}", "答") for i in range(10)])
+    rep = mix.run([f"{a}:0.5", f"{b}:0.2"], tmp_path / "m.jsonl", total=7)
+    assert [r["picked"] for r in rep["sources"]] == [5, 2] and "add up to 0.7, not 1" in rep["note"]
+    assert "note" not in mix.run([f"{a}:0.7", f"{b}:0.3"], tmp_path / "n.jsonl", total=10)  # negative control

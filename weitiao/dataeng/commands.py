@@ -118,6 +118,8 @@ def mix(
         ratios = [f"{r['upsample']:.2f}x", f"{r['target_ratio']:.1%}", f"{r['achieved_ratio']:.1%}"]
         t.add_row(name if unique_names else r["source"], *counts, *ratios)
     console.print(t)
+    if "note" in rep:
+        console.print(f"note: {rep['note']}")
 
 
 def badcases(

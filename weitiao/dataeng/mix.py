@@ -117,5 +117,8 @@ def run(specs: list[str], out: str | Path, total: int | None = None, seed: int =
     for row in report:
         row["achieved_ratio"] = round(row["picked"] / total, 4)
     summary = {"out": str(out), "total": total, "seed": seed, "sources": report}
+    given = sum(x.ratio for x in sources)
+    if abs(given - 1) > 1e-6:
+        summary["note"] = f"the ratios add up to {given:g}, not 1: each was divided by {given:g} (the target column)"
     atomic_write_text(f"{out}.report.json", json.dumps(summary, ensure_ascii=False, indent=2))
     return summary
