@@ -705,6 +705,21 @@ def test_pii_in_id_source_and_type_fields_is_found(tmp_path):
     assert "138" not in out["source"] and "139" not in out["id"] and "a@b.com" not in out["type"]
 
 
+def test_any_row_shape_is_scanned_kto_and_mixed_files_too(tmp_path):
+    """pii scan is no validator: a KTO row (refused by training), a file mixing messages and text rows, a malformed
+    training row: every string is scanned."""
+    rows = [
+        {"messages": [{"role": "user", "content": "电话13812345678"}]},
+        {"text": "邮箱 a@b.com"},
+        {"prompt": "卡", "completion": "13912345678", "label": True},
+        {"instruction": "身份证", "output": ""},
+    ]
+    src = tmp_path / "mixed.jsonl"
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    rep = pii_files.process_file(src)
+    assert rep.rows == 4 and rep.counts["mobile"] == 2 and rep.counts["email"] == 1 and rep.rows_with_pii == 3
+
+
 def test_cli_scan_scrub_refusals(tmp_path):
     from typer.testing import CliRunner
 

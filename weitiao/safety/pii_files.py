@@ -74,16 +74,16 @@ def process_file(
 ) -> FileReport:
     """Scan (out=None) or scrub one JSONL/JSON/Parquet file, string field by string field.
 
-    A file whose first row is a training format (alpaca, sharegpt, openai, preference) is held to it like
-    `load_rows` (a bad row is a UserError naming file:line: field) and its structural values (a message's role, a
-    content part's type: STRUCTURAL) are left alone; any other file is read as plain JSON rows ({"text": ...}
-    corpora, logs) and every string in it, however nested, is scanned. `fields` limits both to those paths (as the
-    report prints them: `text`, `meta.notes`, `messages[].content`); a path that matches nothing in the whole file
-    is a UserError. Rows stream one at a time (a huge row is scanned in bounded windows, see `pii.scan`); the
-    scrubbed JSONL keeps each row's shape and appears only when every row passed.
+    Every row is scanned whatever its shape: training rows of any format (KTO, mixed files and malformed ones
+    included: this is no validator), {"text": ...} corpora, logs; every string, however nested, except structural
+    values (a message's role, a content part's type: STRUCTURAL). The report names the first row's format. `fields`
+    limits the scan to those paths (as the report prints them: `text`, `meta.notes`, `messages[].content`); a path
+    that matches nothing in the whole file is a UserError. Rows stream one at a time (a huge row is scanned in
+    bounded windows, see `pii.scan`); the scrubbed JSONL keeps each row's shape and appears only when every row
+    passed.
     Pseudonyms hold for the whole file: a value gets the same fake in every field of every row.
     """
-    from weitiao.data.formats import RowError, detect_format, iter_records, parse_row
+    from weitiao.data.formats import RowError, detect_format, iter_records
     from weitiao.errors import UserError
     from weitiao.io import atomic_writer
 
@@ -93,20 +93,13 @@ def process_file(
     replace = replacer(mode, seed=seed)  # one per file: the same value maps to the same fake in every row
     with atomic_writer(out) if out is not None else nullcontext() as write:
         for n, record in iter_records(path, max_row_bytes=None):
-            try:
-                if isinstance(record, RowError):
-                    raise record
-                if fmt is None:
-                    try:
-                        fmt = detect_format(record)
-                    except RowError:
-                        fmt = "json"
-                    if fmt == "text":  # a {"text": ...} corpus row may carry any other fields: scan them all
-                        fmt = "json"
-                if fmt != "json":
-                    parse_row(record, fmt)
-            except RowError as e:
-                raise UserError(f"{path}:{n}: {e}") from None
+            if isinstance(record, RowError):  # no JSON at all: nothing to scan field by field
+                raise UserError(f"{path}:{n}: {record}")
+            try:  # the report names the first row's format; every row is scanned whatever its shape
+                fmt = fmt or detect_format(record)
+            except RowError:
+                fmt = "json"
+            fmt = "json" if fmt == "text" else fmt  # a {"text": ...} corpus: plain JSON rows
             rep.rows += 1
             found: list[tuple[str, Match]] = []
 
@@ -118,7 +111,7 @@ def process_file(
                 found += [(field, m) for m in matches]
                 return new
 
-            scrubbed = _walk(record, "", one, fmt != "json")
+            scrubbed = _walk(record, "", one)
             if write is not None:
                 write(json.dumps(scrubbed, ensure_ascii=False) + "\n")
             del record, scrubbed  # one huge row at a time
