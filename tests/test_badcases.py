@@ -172,3 +172,30 @@ def test_features_are_sparse():
     assert issparse(x) and x.shape[0] == len(cs)
     assert np.allclose(np.sqrt(x.multiply(x).sum(axis=1)), 1.0)  # unit rows
     assert issparse(badcases.tfidf([c.prompt for c in cs])[0])
+
+
+def test_a_case_logged_twice_is_held_out_whole_and_never_trained(tmp_path):
+    """Real failure logs repeat a case: every copy of a held-out prompt is held out, none trained on."""
+    dup = {"prompt": "怎么申请退款？", "bad": "不知道", "golden": "订单页点申请退款就行。", "tag": "事实错误"}
+    cases = write_cases(tmp_path / "c.jsonl", [dup, dup, dup])
+    for seed in range(4):
+        badcases.run([cases], tmp_path / f"o{seed}", None, n_aug=0, k=3, seed=seed, progress=False)
+        rows = {n: [json.loads(x) for x in (tmp_path / f"o{seed}" / n).read_text().splitlines()]
+                for n in ("regression_eval.jsonl", "sft_additions.jsonl")}  # fmt: skip
+        held = [r["messages"][0]["content"] for r in rows["regression_eval.jsonl"]]
+        trained = {r["messages"][0]["content"] for r in rows["sft_additions.jsonl"]}
+        assert held and len(held) == len(set(held)) and not trained & set(held), (seed, held)
+
+
+def test_a_base_config_the_follow_up_cannot_extend_is_refused_before_any_work(tmp_path):
+    cases = write_cases(tmp_path / "c.jsonl")
+    for data, msg in [("train: [a.jsonl]\n  eval_split: 0.2", "data.eval_split holds the general eval set"),
+                      ("dataset_dir: lf\n  train: [mine]", "data.dataset_dir names datasets")]:  # fmt: skip
+        (tmp_path / "base.yaml").write_text(f"data:\n  {data}\n", encoding="utf-8")
+        with pytest.raises(UserError, match=msg):
+            badcases.run([cases], tmp_path / "o", None, n_aug=0, config=tmp_path / "base.yaml", sft_config=SFTConfig)
+        assert not (tmp_path / "o").exists()
+    (tmp_path / "base.yaml").write_text("data:\n  train: [a.jsonl]\n  eval: [e.jsonl]\n", encoding="utf-8")
+    badcases.run([cases], tmp_path / "o", None, n_aug=0, config=tmp_path / "base.yaml", sft_config=SFTConfig,
+                 progress=False)  # fmt: skip
+    assert len(load_config(SFTConfig, tmp_path / "o" / "followup_sft.yaml").data.eval) == 2  # general + regression

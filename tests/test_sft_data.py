@@ -246,3 +246,19 @@ def test_eval_sharding_gives_every_process_the_same_forwards(tmp_path, tokenizer
         per_rank.append(len(calls) - before)
     assert per_rank == [2, 2]
     assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-9)
+
+
+@pytest.mark.parametrize("recipe", ["sft", "dpo", "rm"])
+def test_eval_files_and_eval_split_together_are_refused(recipe):
+    """With data.eval files the split was silently off and its rows trained on (negative control: each alone)."""
+    import importlib
+
+    from weitiao.config import load_config
+
+    cls = {"sft": "SFTConfig", "dpo": "DPOConfig", "rm": "RMConfig"}[recipe]
+    config = getattr(importlib.import_module(f"weitiao.recipes.{recipe}"), cls)
+    base = ["data.train=[a.jsonl]"]
+    with pytest.raises(UserError, match="eval_split 0.2 is not used when data.eval files are given"):
+        load_config(config, None, [*base, "data.eval=[b.jsonl]", "data.eval_split=0.2"])
+    load_config(config, None, [*base, "data.eval=[b.jsonl]"])
+    load_config(config, None, [*base, "data.eval_split=0.2"])

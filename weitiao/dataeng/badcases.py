@@ -241,6 +241,7 @@ def followup(
     # the follow-up file lives elsewhere: every path in it is absolute, so it runs from any folder
     data = resolve_paths(read_yaml_mapping(config), sft_config, config.parent)
     d = data.setdefault("data", {})
+    check_base(config, d)
     d["train"] = [*(d.get("train") or []), str(sft_file.resolve())]
     d["eval"] = [*(d.get("eval") or []), str(eval_file.resolve())]  # the general held-out set stays
     if resume_from:
@@ -252,14 +253,33 @@ def followup(
     return f"weitiao sft {path}"
 
 
+def check_base(config: Path, data: dict) -> None:
+    """The follow-up adds files to the base config's data.train and data.eval: refuse a base it cannot extend
+    that way (LLaMA-Factory dataset names; an eval_split, which data.eval files would turn off)."""
+    if data.get("dataset_dir"):
+        raise UserError(f"--config {config}: data.dataset_dir names datasets, and the follow-up adds files; give a "
+                        "config with data.train as file paths (or register sft_additions.jsonl in dataset_info.json "
+                        "and add its name yourself)")  # fmt: skip
+    if (data.get("eval_split") or 0) > 0:
+        raise UserError(f"--config {config}: data.eval_split holds the general eval set out of data.train; the "
+                        "follow-up adds the regression set as data.eval files, which turn the split off (its rows "
+                        "would be trained on); write the held-out rows to a file, set data.eval")  # fmt: skip
+
+
 def held_out_cases(cases: list[Case], share: float, seed: int) -> set[int]:
-    """Indices of cases held out whole: round(share * size) (at least 1) of every cluster of 2 or more."""
+    """Indices of cases held out whole: round(share * size) (at least 1) of the distinct prompts of every cluster
+    with 2 or more; every copy of a held-out prompt (the same case logged twice) is held out with it."""
     rng = random.Random(seed)
     out: set[int] = set()
     for j in sorted({c.cluster for c in cases}):
-        idx = [i for i, c in enumerate(cases) if c.cluster == j]
-        if len(idx) >= 2 and share > 0:
-            out.update(rng.sample(idx, min(len(idx) - 1, max(1, round(share * len(idx))))))
+        groups: dict[str, list[int]] = {}
+        for i, c in enumerate(cases):
+            if c.cluster == j:
+                groups.setdefault(normalize(c.prompt), []).append(i)
+        keys = list(groups)
+        if len(keys) >= 2 and share > 0:
+            for k in rng.sample(keys, min(len(keys) - 1, max(1, round(share * len(keys))))):
+                out.update(groups[k])
     return out
 
 
@@ -286,6 +306,10 @@ def run(
         raise UserError(f"--holdout {holdout}: must be in [0, 1)")
     out = Path(out)
     claim_outputs([out / n for n in OUTPUTS], [*files, *([config] if config else [])])
+    if config is not None and config.is_file():  # before the work: a base the follow-up cannot extend
+        from weitiao.config import read_yaml_mapping
+
+        check_base(config, read_yaml_mapping(config).get("data") or {})
     cases = ingest(list(files))
     clusters = cluster(cases, k, embed_model, seed)
     atomic_write_text(out / "clusters.html", report_html(clusters, cases))
@@ -310,6 +334,12 @@ def run(
             if normalize(c.golden) != normalize(c.bad):
                 dpo.append({"prompt": prompt, "chosen": c.golden, "rejected": c.bad, "meta": m})
         same += normalize(c.golden) == normalize(c.bad)
+    # held out means never trained on: a wording held out for one case (a copy of it, or a paraphrase that another
+    # case has too) leaves the training rows, and the regression set keeps each wording once
+    held = {normalize(r["messages"][0]["content"]): r for r in reversed(regression)}
+    regression = [r for r in regression if held.get(normalize(r["messages"][0]["content"])) is r]
+    sft = [r for r in sft if normalize(r["messages"][0]["content"]) not in held]
+    dpo = [r for r in dpo if normalize(r["prompt"]) not in held]
     random.Random(seed).shuffle(sft)
     write_jsonl(out / "sft_additions.jsonl", sft)
     write_jsonl(out / "dpo_pairs.jsonl", dpo)

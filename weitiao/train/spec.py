@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from weitiao.config import ConfigPath, DataPath, ResumeRef
 from weitiao.data.formats import MAX_ROW_BYTES
@@ -99,6 +99,15 @@ class DataFilesSpec(BaseModel):
         None, description="default $WEITIAO_CACHE/tokenized, else ~/.cache/weitiao/tokenized"
     )
     num_proc: int = Field(0, ge=0, description="tokenizing processes; 0 = CPU cores (at most 8)")
+
+    @model_validator(mode="after")
+    def _one_eval_source(self) -> DataFilesSpec:
+        if self.eval and self.eval_split > 0:  # the split would silently train on rows meant to be held out
+            raise ValueError(
+                f"eval_split {self.eval_split} is not used when data.eval files are given (they are the eval set, "
+                "and the split rows would be trained on); drop one of them"
+            )
+        return self
 
 
 class PrefDataSpec(DataFilesSpec):
