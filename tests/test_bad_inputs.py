@@ -104,6 +104,12 @@ PROBES = [
         "c.yaml:7: duplicate key 'train' (first at line 3)",
     ),
     Probe(
+        "duplicate-key-rules-yaml",  # a rule's second `when:` silently replaced the first
+        ["rules", "check", "r.yaml"],
+        {"r.yaml": RULES_OK.encode() + "    when: 退款\n    when: 退货\n".encode()},
+        "r.yaml:6: duplicate key 'when' (first at line 5)",
+    ),
+    Probe(
         "duplicate-key-log-profile",
         ["logs", "dwell", "--profile", "p.yaml", "--print-sql"],
         {"p.yaml": b"base: zhihu\nfilter:\n  min_views: 3\n  min_views: 5\n"},

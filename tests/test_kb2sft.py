@@ -137,7 +137,8 @@ def test_kb2sft_end_to_end_accounting_and_outputs(kb_teacher, tmp_path):
     assert reasons.count("grounding") == s["rejected_grounding"] and reasons.count("parse") == s["parse_failed"]
     # re-run: every reply comes from the cache
     s2 = kb2sft.run([KB], tmp_path / "out2", teacher, cfg, progress=False)
-    assert len(app.state.log) == s["chunks"] and s2 == {**s, "out": str(tmp_path / "out2")}
+    assert s["from_cache"] == 0 and s2["from_cache"] == s["chunks"]
+    assert len(app.state.log) == s["chunks"] and s2 == {**s, "out": str(tmp_path / "out2"), "from_cache": s["chunks"]}
 
 
 def test_kb2sft_partial_failure_resumes(tmp_path):

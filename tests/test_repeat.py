@@ -106,3 +106,20 @@ def test_cli_repeat(tmp_path):
     r = CliRunner().invoke(cli, ["data", "repeat-negatives", str(src), "--out", str(tmp_path / "p.jsonl")])
     assert r.exit_code == 0, r.output
     assert "2 / 2 / 1" in r.output and "0.0 vs 1.0" in r.output
+
+
+def test_a_weight_0_turn_is_never_the_chosen_reply():
+    """A turn marked weight 0 is context the user chose not to train: DPO must not push the model toward it."""
+    import random
+
+    from weitiao.data.formats import Conversation
+
+    turns = [("第一个问题", "第一个回答"), ("第二个问题", "我也不太确定，也许吧"), ("第三个问题", "第三个回答"),
+             ("第四个问题", "第四个回答")]  # fmt: skip
+    msgs = [m for q, a in turns for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+    msgs[3]["weight"] = 0
+    cfg = repeat.RepeatConfig(pairs_per_dialog=10)
+    for seed in range(5):
+        pairs = repeat.make_pairs(Conversation(msgs), cfg, random.Random(seed))
+        assert pairs and all(p["chosen"] != "我也不太确定，也许吧" for p in pairs)
+        assert {p["chosen"] for p in pairs} == {"第三个回答", "第四个回答"}  # negative control: the others are used

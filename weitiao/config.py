@@ -151,14 +151,14 @@ def _read_yaml(path: Path, expected: str) -> tuple[dict, yaml.Node | None]:
     if not isinstance(data, dict):
         line = f":{node.start_mark.line + 1}" if node is not None else ""
         raise UserError(f"{path}{line}: expected {expected}, got {type(data).__name__}")
-    if dup := _duplicate_key(node):
+    if dup := duplicate_key(node):
         key, line, first = dup
         raise UserError(f"{path}:{line}: duplicate key {key!r} (first at line {first}): YAML keeps only the last; "
                         "merge the two")  # fmt: skip
     return data, node
 
 
-def _duplicate_key(node: yaml.Node | None) -> tuple[str, int, int] | None:
+def duplicate_key(node: yaml.Node | None) -> tuple[str, int, int] | None:
     """(key, line, first line) of the first key repeated within one mapping, anywhere in the tree."""
     stack = [node] if node is not None else []
     while stack:

@@ -67,6 +67,7 @@ class Teacher:
         self.defaults: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens, "seed": seed}
         self.backoff = backoff  # first wait in seconds; doubles per retry, plus up to 50% jitter
         self.http_calls = 0  # requests actually sent (cache hits send none)
+        self.cache_hits = 0  # replies read from the cache (keyed on model and request, not on the URL)
         self._lock = threading.Lock()
         self._down: str | None = None  # in chat_many, set once the endpoint proved unreachable: the rest fail fast
         self._in_batch = False
@@ -102,6 +103,8 @@ class Teacher:
         """The assistant reply to `messages` (from cache if asked before); raises TeacherError after retries."""
         hit = self.cached(messages, **overrides)
         if hit is not None:
+            with self._lock:
+                self.cache_hits += 1
             return hit
         body = self.request(messages, **overrides)
         reply = self._send(body)

@@ -83,6 +83,7 @@ def kb2sft(
         [
             ("documents (empty)", f"{s['docs']} ({len(s['empty_docs'])})"),
             ("chunks asked / answered / teacher failed", f"{s['asked']} / {s['answered']} / {s['teacher_failed']}"),
+            ("answers from the cache (same model name + request)", f"{s['from_cache']} ({cache_dir})"),
             ("replies not parseable as JSON", s["parse_failed"]),
             ("QA parsed (malformed items)", f"{s['qa_parsed']} ({s['items_malformed']})"),
             (f"rejected: grounding < {s['min_grounding']}", s["rejected_grounding"]),

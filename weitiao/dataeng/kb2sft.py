@@ -158,6 +158,7 @@ def run(docs: list[str | Path], out: str | Path, teacher: Teacher, cfg: KBConfig
     write_jsonl(out / "chunks.jsonl", [asdict(c) for c in chunks])
 
     # 2. Ask: one request per chunk; failures stay failures, successes are cached for the re-run.
+    hits_before = teacher.cache_hits
     requests = [
         [{"role": "user", "content": prompt.format(n=cfg.n_qa, chunk=c.text, source=c.source())}] for c in chunks
     ]
@@ -214,6 +215,7 @@ def run(docs: list[str | Path], out: str | Path, teacher: Teacher, cfg: KBConfig
         "asked": len(requests),
         "teacher_failed": len(failed),
         "answered": len(replies) - len(failed),
+        "from_cache": teacher.cache_hits - hits_before,
         **counts,
         "grounded": len(candidates),
         "kept": len(kept),

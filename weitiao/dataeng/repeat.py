@@ -69,9 +69,10 @@ def measure(c: Conversation, copy_n: int) -> dict:
 
 
 def make_pairs(c: Conversation, cfg: RepeatConfig, rng: random.Random) -> list[dict]:
-    """Up to pairs_per_dialog pairs at assistant turns that have an earlier assistant turn."""
+    """Up to pairs_per_dialog pairs at assistant turns that have an earlier assistant turn; a turn marked
+    `weight: 0` (context, not to be trained) is never the chosen reply."""
     idx = [i for i, m in enumerate(c.messages) if m["role"] == "assistant"]
-    spots = idx[1:]
+    spots = [i for i in idx[1:] if c.messages[i].get("weight", 1) != 0]
     out = []
     for k in sorted(rng.sample(spots, min(cfg.pairs_per_dialog, len(spots)))):
         chosen, question = c.messages[k]["content"], c.messages[k - 1]["content"]

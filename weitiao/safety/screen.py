@@ -106,6 +106,13 @@ class Screening:
     classifier: float | None = None  # the learned screen's score, when one is configured
 
 
+def _text(content: object) -> str:
+    """A message's text: a string, or the text parts of an OpenAI content-part list joined."""
+    if isinstance(content, list):
+        return "".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return content if isinstance(content, str) else ""
+
+
 def _decoded(text: str) -> list[tuple[str, str]]:
     """(variant name, text) pairs: decoded base64 runs and \\u escapes, the text reversed, split chars joined."""
     out = []
@@ -153,7 +160,7 @@ class Screen:
         for m in messages:
             if m.get("role") not in self.cfg.roles:
                 continue
-            text = m.get("content") or ""
+            text = _text(m.get("content"))
             self._scan(text, "", hits)
             if not self.cfg.decode:
                 continue
@@ -165,7 +172,7 @@ class Screen:
         score = round(sum(hits.values()), 6)
         if self.classifier is None:
             return Screening(score, hits, score >= self.cfg.threshold)
-        text = "\n".join(str(m.get("content") or "") for m in messages if m.get("role") in self.cfg.roles)
+        text = "\n".join(_text(m.get("content")) for m in messages if m.get("role") in self.cfg.roles)
         c = self.classifier.scores([text])[0] if text else float("-inf")
         return Screening(score, hits, score >= self.cfg.threshold or c >= self.classifier.threshold, c)
 
