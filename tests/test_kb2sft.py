@@ -84,6 +84,19 @@ def test_chunkers_on_demo_kb():
     assert sem == ["净水器滤芯需要定期更换。净水器滤芯更换很简单。", "会员积分可以兑换礼品。会员积分每年清零。"]
 
 
+def test_a_comment_in_a_code_block_is_no_heading_and_skipped_files_are_listed(tmp_path):
+    from weitiao.dataeng.chunk import skipped_docs
+
+    text = "# 安装\n先装依赖：\n\n```bash\n# 这不是标题，是 shell 注释\npip install x\n```\n\n# 使用\n运行即可。"
+    heads = [h for h, _ in by_heading(text, ChunkSpec(max_chars=10_000, min_chars=1))]
+    assert heads == ["安装", "使用"]  # negative control: the real headings still split
+    (tmp_path / "kb").mkdir()
+    for name in ("a.md", "access.html", "parking.json", ".DS_Store"):
+        (tmp_path / "kb" / name).write_text("x", encoding="utf-8")
+    assert [f.name for f in skipped_docs([tmp_path / "kb"])] == ["access.html", "parking.json"]
+    assert [f.name for f in collect_docs([tmp_path / "kb"])] == ["a.md"]
+
+
 def test_chunk_docs_errors_and_docx(tmp_path):
     with pytest.raises(UserError, match="not found"):
         collect_docs([tmp_path / "nope.md"])

@@ -54,6 +54,12 @@ class ChunkSpec:
 # ---------------------------------------------------------------------------------------------- reading
 
 
+def skipped_docs(paths: list[str | Path]) -> list[Path]:
+    """Files under the directories given that `collect_docs` leaves out (unsupported types; hidden files aside)."""
+    return sorted(f for p in map(Path, paths) if p.is_dir() for f in p.rglob("*")
+                  if f.is_file() and f.suffix.lower() not in SUFFIXES and not f.name.startswith("."))  # fmt: skip
+
+
 def collect_docs(paths: list[str | Path]) -> list[Path]:
     """Files given, and supported files under directories given (sorted); missing paths are errors."""
     out: list[Path] = []
@@ -135,8 +141,11 @@ def by_heading(text: str, spec: ChunkSpec) -> list[tuple[str, str]]:
     """One chunk per markdown section (long ones split at paragraphs), labelled with the heading path."""
     sections: list[tuple[str, list[str]]] = [("", [])]
     path: list[tuple[int, str]] = []
+    fenced = False  # inside a ``` code block a `# comment` is code, not a heading
     for line in text.split("\n"):
-        m = _HEADING.match(line)
+        if line.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced
+        m = None if fenced else _HEADING.match(line)
         if m:
             level = len(m.group(1))
             path = [(lv, h) for lv, h in path if lv < level] + [(level, m.group(2))]

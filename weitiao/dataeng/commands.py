@@ -81,7 +81,7 @@ def kb2sft(
     _table(
         f"kb2sft → {out}",
         [
-            ("documents (empty)", f"{s['docs']} ({len(s['empty_docs'])})"),
+            ("documents (empty) · files skipped", f"{s['docs']} ({len(s['empty_docs'])}) · {len(s['skipped_files'])}"),
             ("chunks asked / answered / teacher failed", f"{s['asked']} / {s['answered']} / {s['teacher_failed']}"),
             ("answers from the cache (same model name + request)", f"{s['from_cache']} ({cache_dir})"),
             ("replies not parseable as JSON", s["parse_failed"]),
@@ -91,6 +91,9 @@ def kb2sft(
             ("kept = train + eval", f"{s['kept']} = {s['train']} + {s['eval']} ({s['eval_chunks']} eval chunks)"),
         ],
     )
+    if s["skipped_files"]:
+        shown = ", ".join(s["skipped_files"][:5]) + (" …" if len(s["skipped_files"]) > 5 else "")
+        console.print(f"[yellow]skipped {len(s['skipped_files'])} files of unsupported types[/]: {shown}")
     if s["teacher_failed"]:
         console.print(f"[yellow]{s['teacher_failed']} chunks got no reply; answered ones are cached — re-run to resume")
 

@@ -21,7 +21,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from weitiao.dataeng.chunk import Chunk, ChunkSpec, chunk_docs, collect_docs
+from weitiao.dataeng.chunk import Chunk, ChunkSpec, chunk_docs, collect_docs, skipped_docs
 from weitiao.dataeng.similarity import grounding_score, near_duplicates
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text, claim_outputs, write_jsonl
@@ -210,6 +210,7 @@ def run(docs: list[str | Path], out: str | Path, teacher: Teacher, cfg: KBConfig
     write_jsonl(out / "rejects.jsonl", rejects)
     summary = {
         "docs": len(paths),
+        "skipped_files": [str(f) for f in skipped_docs(list(docs))],
         "empty_docs": empty,
         "chunks": len(chunks),
         "asked": len(requests),
