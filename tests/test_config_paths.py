@@ -62,6 +62,24 @@ def test_hub_ids_module_paths_and_urls_stay(tmp_path):
     assert cfg.data.train == ["s3://bucket/x.jsonl"]
 
 
+def test_a_reward_function_file_is_found_beside_the_config(tmp_path, monkeypatch):
+    """`rew/my.py:f` next to the config, run from another folder that has its own rew/my.py: the config's wins
+    (it used to be imported from the cwd, the wrong reward silently)."""
+    for where, value in [(tmp_path / "cfg", 1.0), (tmp_path / "run", 5.0)]:
+        (where / "rew").mkdir(parents=True)
+        (where / "rew" / "my.py").write_text(f"def f(prompts, responses):\n    return [{value}] * len(responses)\n")
+    cfg_file = write(tmp_path / "cfg/ppo.yaml", {"reward": {"kind": "function", "path": "rew/my.py:f"},
+                                                 "data": {"prompts": ["p.jsonl"]}})  # fmt: skip
+    monkeypatch.chdir(tmp_path / "run")
+    cfg = load_config(PPOConfig, cfg_file)
+    assert cfg.reward.path == f"{tmp_path / 'cfg/rew/my.py'}:f"
+    from weitiao.recipes.rewards import build_scorer
+
+    assert build_scorer(cfg.reward)[0]([[]], ["x"]) == [1.0]
+    cli = load_config(PPOConfig, None, ["reward.kind=function", "reward.path=rew/my.py:f", "data.prompts=[p.jsonl]"])
+    assert cli.reward.path == f"{tmp_path / 'run/rew/my.py'}:f"  # on the command line: the cwd's, made absolute
+
+
 def test_shipped_example_runs_from_any_folder(tmp_path, monkeypatch):
     example = Path(__file__).resolve().parents[1] / "examples" / "demo_sft.yaml"
     monkeypatch.chdir(tmp_path)

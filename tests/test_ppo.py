@@ -216,6 +216,15 @@ def test_http_and_function_reward_sources(tmp_path):
         bad([[]] * 2, ["a", "b"])
     with pytest.raises(UserError, match="module:function"):
         function_scorer("no_colon")
+    # reward.batch_size is honoured by a function reward (was: one call with everything), refused where unused
+    log = tmp_path / "calls.txt"
+    body = f"    open({str(log)!r}, 'a').write(f'{{len(responses)}} ')\n    return [len(r) for r in responses]\n"
+    (tmp_path / "sizes.py").write_text("def f(prompts, responses):\n" + body)
+    fn, _ = build_scorer(RewardSpec(kind="function", path=f"{tmp_path / 'sizes.py'}:f", batch_size=3))
+    assert fn([[]] * 7, ["a"] * 7) == [1.0] * 7 and log.read_text().split() == ["3", "3", "1"]
+    for kind, path, key in [("rules", "r.yaml", "batch_size"), ("function", "m:f", "timeout")]:
+        with pytest.raises(UserError, match=f"reward.{key}: not used by kind: {kind}"):
+            build_scorer(RewardSpec(kind=kind, path=path, **{key: 3}))
 
 
 @pytest.mark.slow

@@ -78,6 +78,9 @@ def resolve_config_path(value: str, base: Path, kind: _PathKind) -> str:
         return str(p)
     full = os.path.abspath(base / p)
     if kind.only_if_exists and not os.path.exists(full):
+        file, colon, fn = value.rpartition(":")
+        if colon and file.endswith(".py") and os.path.isfile(base / file):  # rewards/my.py:score beside the config
+            return f"{os.path.abspath(base / file)}:{fn}"
         return value  # a hub id or module:function, not a path next to the config
     return full
 

@@ -72,8 +72,9 @@ def model_scorer(path: str, device: Any = None, batch_size: int = 16) -> tuple[S
     return score, model
 
 
-def function_scorer(spec: str) -> Scorer:
-    """`module:function` (module importable, or a .py path) called with (prompts, responses)."""
+def function_scorer(spec: str, batch_size: int | None = None) -> Scorer:
+    """`module:function` (module importable, or a .py path) called with (prompts, responses), `batch_size`
+    responses at a time (None: all at once)."""
     mod_name, _, fn_name = spec.partition(":")
     if not fn_name:
         raise UserError(f"reward.path {spec!r}: write module:function, e.g. mypkg.rewards:length_reward")
@@ -91,7 +92,11 @@ def function_scorer(spec: str) -> Scorer:
         raise UserError(f"reward.path {spec!r}: cannot import ({e})") from None
 
     def score(prompts: list[list[Message]], responses: list[str]) -> list[float]:
-        return _check(fn(prompts, responses), len(responses), spec)
+        step, out = batch_size or max(1, len(responses)), []
+        for k in range(0, len(responses), step):
+            part = responses[k : k + step]
+            out += _check(fn(prompts[k : k + step], part), len(part), spec)
+        return out
 
     return score
 
@@ -122,10 +127,13 @@ def build_scorer(spec: RewardSpec, device: Any = None) -> tuple[Scorer, Any]:
     """(score function, reward model or None)."""
     if spec.weights is not None and spec.kind != "rules":
         raise UserError(f"reward.weights: only used by kind: rules (this reward is kind: {spec.kind}); remove it")
+    for key, kinds in (("timeout", ("http",)), ("batch_size", ("model", "function", "http"))):
+        if key in spec.model_fields_set and spec.kind not in kinds:
+            raise UserError(f"reward.{key}: not used by kind: {spec.kind} (only {', '.join(kinds)}); remove it")
     if spec.kind == "model":
         return model_scorer(spec.path, device, spec.batch_size)
     if spec.kind == "function":
-        return function_scorer(spec.path), None
+        return function_scorer(spec.path, spec.batch_size), None
     if spec.kind == "rules":  # (this module sits in recipes/ once moved; safety is below recipes)
         from weitiao.safety.rules_reward import rules_scorer
 

@@ -329,6 +329,8 @@ def input_fingerprints(cfg: Any) -> dict[str, str]:
         if not kind.only_if_exists or not isinstance(value, str) or not value or "://" in value:
             continue
         local = Path(resolve_path(value) if value == "demo" else value).expanduser()
+        if not local.exists() and value.rpartition(":")[0].endswith(".py"):  # a reward function file.py:name
+            local = Path(value.rpartition(":")[0]).expanduser()
         if not local.exists():
             try:
                 from huggingface_hub import snapshot_download
