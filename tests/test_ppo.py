@@ -110,6 +110,11 @@ def test_resume_continues_exactly(tiny_model_dir, prompts, tmp_path):
     full = ppo.run(config(tiny_model_dir, prompts, tmp_path / "a", *args))
     ppo.run(config(tiny_model_dir, prompts, tmp_path / "b", *args, "train.stop_after=2"))
     assert [p.name for p in sorted((tmp_path / "b" / "checkpoints").iterdir())][-1] == "step-000002"
+    original = Path(prompts).read_text(encoding="utf-8")
+    Path(prompts).write_text(original.replace('"prompt": "', '"prompt": "改了 '), encoding="utf-8")
+    with pytest.raises(UserError, match=r"train.resume: data.prompts changed since .* started"):
+        ppo.run(config(tiny_model_dir, prompts, tmp_path / "b", *args[:-1], "train.resume=auto"))
+    Path(prompts).write_text(original, encoding="utf-8")  # negative control: the same prompts resume
     resumed = ppo.run(config(tiny_model_dir, prompts, tmp_path / "b", *args[:-1], "train.resume=auto"))
     assert resumed["steps"] == full["steps"] == 3
     a = load_file(str(tmp_path / "a" / "final" / "adapter" / "adapter_model.safetensors"))

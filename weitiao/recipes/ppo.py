@@ -25,6 +25,8 @@ over every process's samples and whitening and reward normalization use statisti
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
 import time
@@ -435,7 +437,10 @@ def run(cfg: PPOConfig) -> dict:
         )
     state: dict[str, Any] = {"step": 0, "samples": 0}
     config_yaml = dump_config(cfg)
-    ckpt = ck.open_run(out, t.resume, config_yaml, main, ck.input_fingerprints(cfg))  # changed config/models: refused
+    # the prompts' content too: edited prompt files at the same paths would change every later step
+    digest = hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode()).hexdigest()[:16]
+    inputs = {**ck.input_fingerprints(cfg), "data.prompts": digest}
+    ckpt = ck.open_run(out, t.resume, config_yaml, main, inputs)  # a changed config, model or prompts: refused
     if ckpt is not None:
         state = {"samples": 0, **_load(ckpt, roles, actor_opt, critic_opt, kl_ctl, moments)}
         rngs = state.pop("rng")

@@ -352,8 +352,8 @@ def check_inputs(ckpt: Path, inputs: dict[str, str], force: bool) -> str:
     changed = [k for k in inputs.keys() & saved.keys() if inputs[k] != saved[k]]
     if changed and not force:
         raise UserError(
-            f"train.resume: {', '.join(sorted(changed))} holds other weights than when {ckpt.parent.parent} started "
-            "(retrained or replaced at the same path): the run would continue against another model; restore it, "
+            f"train.resume: {', '.join(sorted(changed))} changed since {ckpt.parent.parent} started (retrained, "
+            "replaced or edited at the same path): the run would continue on other inputs; restore them, "
             "set train.resume=none (or another train.out) for a new run, or train.resume=force"
         )
     return ", ".join(sorted(changed))
