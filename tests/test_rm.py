@@ -162,3 +162,21 @@ def test_pinned_losses_with_defaults(tiny_model_dir, tmp_path):
     rm.run(load_config(rm.RMConfig, None, [*base, *fast, "train.lr=3e-3", "train.warmup_ratio=0"]))
     got = [r["loss"] for r in read_metrics(tmp_path / "o", "train")]
     assert got == pytest.approx(PINNED_RM, rel=1e-3)
+
+
+def test_a_reward_model_is_not_chatted_with_or_merged_into_a_causal_lm(tiny_model_dir, tmp_path):
+    """Its LoRA on a causal LM writes from a stray adapter and loses the trained score head (was: silent)."""
+    from weitiao.infer.chat import load_chat_model
+    from weitiao.infer.export import export
+
+    out = tmp_path / "rm"
+    rm.run(rm_config(tiny_model_dir, write_jsonl(tmp_path / "p.jsonl", make_pairs(8)), out, "train.max_steps=1"))
+    for call in (
+        lambda: export(str(out), str(tmp_path / "merged"), merge=True),
+        lambda: load_chat_model(None, str(out)),
+    ):
+        with pytest.raises(
+            UserError, match="a reward model \\(LoRA \\+ score head\\), not a model that writes replies"
+        ):
+            call()
+    assert not (tmp_path / "merged").exists()

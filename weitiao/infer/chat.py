@@ -13,7 +13,15 @@ from typing import Any
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
 from weitiao.infer.generate import stream_reply
-from weitiao.models.load import ModelSpec, adapter_base, attach_adapter, load_adapted, load_model, load_tokenizer
+from weitiao.models.load import (
+    ModelSpec,
+    adapter_base,
+    attach_adapter,
+    load_adapted,
+    load_model,
+    load_tokenizer,
+    refuse_reward_adapter,
+)
 
 
 def load_chat_model(model: str | None, adapter: str | None, quant: str | None = None) -> tuple[Any, Any]:
@@ -60,6 +68,8 @@ def load_adapters(model: str | None, named: dict[str, str], quant: str | None) -
     if quant not in (None, "none", "4bit", "8bit"):
         raise UserError(f"--quant {quant}: choose none, 4bit or 8bit")
     located = {name: locate(run) for name, run in named.items()}
+    for name, (adapter_dir, _, _) in located.items():
+        refuse_reward_adapter(adapter_dir, f"--adapter {name}=")
     first, (_, _, spec) = next(iter(located.items()))
     for name, (_, _, other) in located.items():
         if model is None and other.path != spec.path:

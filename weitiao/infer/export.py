@@ -34,6 +34,7 @@ from weitiao.models.load import (
     load_model,
     load_tokenizer,
     locate,
+    refuse_reward_adapter,
     resolve_path,
 )
 from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
@@ -134,6 +135,7 @@ def export(
     if gguf is not None:
         to_gguf.check_request(gguf, merge)
     adapter_dir, tok_dir, spec = locate(adapter)
+    refuse_reward_adapter(adapter_dir)  # merged into a causal LM, the trained score head would be dropped
     spec = spec.model_copy(update={"path": model}) if model else spec
     dest = Path(out)
     replace = check_out(dest, adapter_dir, force)

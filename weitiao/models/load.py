@@ -461,11 +461,27 @@ def attach_adapter(model: Any, adapter_dir: Any, base: str, **kwargs: Any) -> An
         ) from None
 
 
+def refuse_reward_adapter(adapter_dir: Any, flag: str = "--adapter") -> None:
+    """A reward model's adapter (LoRA + score head, `weitiao rm`) on a causal LM generates from a stray adapter and
+    drops the trained head: one line pointing to what reads it instead."""
+    import json
+
+    adapter_dir = Path(adapter_dir)
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    if cfg.get("task_type") == "SEQ_CLS" or (adapter_dir.parent / "reward_model.json").exists():
+        raise UserError(
+            f"{flag} {adapter_dir}: a reward model (LoRA + score head), not a model that writes replies; score with "
+            "`weitiao score --rm RUN`, or export it with `weitiao export --for openrlhf|verl`"
+        )
+
+
 def load_adapted(
     adapter_dir: Any, base: str | None, quant: str | None, what: str, device: torch.device | None = None, head="lm"
 ) -> Any:
     """`base` (default: the base the adapter was trained on) with the peft adapter attached, loaded as `quant`;
     None loads it as training did, and a quantized training base is then said on stderr (`what`: whose base)."""
+    if head == "lm":
+        refuse_reward_adapter(adapter_dir)
     recorded, trained = adapter_base(adapter_dir)
     base = base or recorded
     if quant is None and trained != "none":
