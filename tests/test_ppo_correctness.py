@@ -165,6 +165,10 @@ def test_critic_from_reward_model_keeps_its_lora_scaling(tiny_model_dir, tokeniz
         value = roles.value_head(hidden[:, -1].float()).squeeze()
         score = rm(input_ids=ids, attention_mask=attn).logits.squeeze()
     assert torch.allclose(value, score, atol=1e-5), (float(value), float(score))
+    # a critic_lora shape the config sets is not silently replaced by the reward model's (r 4 here)
+    with pytest.raises(UserError, match="ppo.critic_lora.r=16 but the critic starts from the reward model's adapter"):
+        Roles(spec, LoraSpec(r=8), CPU, reward_model=rm, critic_init="reward", critic_lora=LoraSpec(r=16))
+    Roles(spec, LoraSpec(r=8), CPU, reward_model=rm, critic_init="reward", critic_lora=LoraSpec(r=4))  # agrees
 
 
 # ----------------------------------------------------------------------------- 2/5/6. processes

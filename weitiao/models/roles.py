@@ -54,6 +54,7 @@ class Roles(nn.Module):
             rm_lora = _peft_of(reward_model) if init == "reward" else None
             if rm_lora is not None:  # the critic copies the reward model's adapter shape and scaling, then its weights
                 rc = rm_lora.peft_config["default"]
+                _refuse_critic_shape(critic_lora, rc)
                 cc = LoraConfig(
                     r=rc.r, lora_alpha=rc.lora_alpha, target_modules=rc.target_modules, lora_dropout=0.0,
                     use_rslora=rc.use_rslora, use_dora=rc.use_dora, rank_pattern=rc.rank_pattern,
@@ -129,6 +130,24 @@ class Roles(nn.Module):
 
 def _is_actor(name: str, lora: bool) -> bool:
     return not lora or (".default." in name)
+
+
+def _refuse_critic_shape(critic_lora: Any, rc: Any) -> None:
+    """ppo.critic_lora keys set in the config that the reward model's adapter (the critic's start) contradicts."""
+    if critic_lora is None:
+        return
+    checks = {
+        "r": (critic_lora.r, rc.r),
+        "alpha": (critic_lora.alpha, rc.lora_alpha),
+        "dora": (critic_lora.dora, bool(rc.use_dora)),
+        "rslora": (critic_lora.rslora, bool(rc.use_rslora)),
+    }
+    for key, (want, have) in checks.items():
+        if key in critic_lora.model_fields_set and want != have:
+            raise UserError(
+                f"ppo.critic_lora.{key}={want} but the critic starts from the reward model's adapter, which has "
+                f"{have}; drop ppo.critic_lora.{key}, or set ppo.critic_init=zeros to train a critic of your shape"
+            )
 
 
 def _peft_of(model: Any) -> Any:
