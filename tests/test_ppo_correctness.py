@@ -171,6 +171,18 @@ def test_critic_from_reward_model_keeps_its_lora_scaling(tiny_model_dir, tokeniz
     Roles(spec, LoraSpec(r=8), CPU, reward_model=rm, critic_init="reward", critic_lora=LoraSpec(r=4))  # agrees
 
 
+def test_a_reward_model_of_another_base_does_not_start_the_critic(tiny_model_dir, tokenizer, tmp_path, capsys):
+    """Its LoRA copied by parameter name into another architecture's critic is noise (was: silent)."""
+    from conftest import save_tiny_model
+
+    rm = add_lora(load_model(ModelSpec(path=str(tiny_model_dir)), head="score"), LoraSpec(r=4), task_type="SEQ_CLS")
+    other = ModelSpec(path=str(save_tiny_model(tmp_path / "q", tokenizer, arch="qwen2", hidden=64, kv_heads=2)))
+    with pytest.raises(UserError, match="the reward model was trained on another base \\(model_type llama vs qwen2"):
+        Roles(other, LoraSpec(r=4), CPU, reward_model=rm, critic_init="reward")
+    roles = Roles(other, LoraSpec(r=4), CPU, reward_model=rm, critic_init="auto")
+    assert "ppo.critic_init auto: zeros" in capsys.readouterr().out and not roles.value_head.weight.any()
+
+
 # ----------------------------------------------------------------------------- 2/5/6. processes
 
 

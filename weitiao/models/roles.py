@@ -37,10 +37,16 @@ class Roles(nn.Module):
         self.lora = lora.enabled
         critic_spec = critic_lora or lora.model_copy(update={"init_from": None})
         init = critic_init
+        other = _other_base(reward_model, base) if reward_model is not None else None
         if init == "auto":
-            init = "reward" if reward_model is not None else "zeros"
+            init = "reward" if reward_model is not None and not other else "zeros"
+            if other:
+                print(f"ppo.critic_init auto: zeros, the reward model's base is another model ({other})")
         if init == "reward" and reward_model is None:
             raise UserError("ppo.critic_init: reward needs reward.kind: model (or use zeros)")
+        if init == "reward" and other:
+            raise UserError(f"ppo.critic_init: reward: the reward model was trained on another base ({other}), so its "
+                            "weights cannot start the critic; set ppo.critic_init=zeros")  # fmt: skip
         if self.lora:
             from peft import LoraConfig
 
@@ -175,6 +181,18 @@ def _score_head(reward_model: Any) -> nn.Linear:
     head = base.score
     saved = getattr(head, "modules_to_save", None)  # peft wraps heads it trains fully
     return saved["default"] if saved is not None and "default" in saved else head
+
+
+def _other_base(reward_model: Any, base: Any) -> str | None:
+    """How the reward model's base differs from the policy's (architecture or shape), or None."""
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")
+    rc, pc = reward_model.config, base.config
+    diff = [
+        f"{k} {getattr(rc, k, None)} vs {getattr(pc, k, None)}"
+        for k in keys
+        if getattr(rc, k, None) != getattr(pc, k, None)
+    ]
+    return ", ".join(diff) or None
 
 
 def _copy_lora(rm: Any, policy: Any) -> None:
