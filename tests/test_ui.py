@@ -617,3 +617,15 @@ def test_data_preview_refuses_mixed_and_refused_rows_as_the_trainers_do(root):
         assert d["kind"] == "sft" and d["pieces"] > 1 and d["tokens"] == d["trained"] > 16
         assert "".join(text for text, _ in d["segments"]).startswith("一二三四五六七八九十")
         assert d["check"]["documents"] == 1
+
+
+def test_estimate_refuses_what_it_cannot_size_instead_of_guessing(root):
+    """8-bit was sized as a bf16 LoRA, r 0 became 16, an unknown GPU the RTX 4090 (negative control: the form's
+    own text values are sized)."""
+    with running(app_for(root)) as base, httpx.Client(base_url=base) as c:
+        ok = c.post("/api/estimate", json={"quant": "4bit", "r": "8", "seq_len": "512", "gpu": ""})
+        assert ok.status_code == 200 and ok.json()["method"] == "qlora" and ok.json()["gpu"] == "rtx4090"
+        for body, field in [({"quant": "8bit"}, "quant"), ({"r": 0}, "r"), ({"r": "x"}, "r"),
+                            ({"gpu": "tpu-v9"}, "gpu"), ({"rank": 8}, "unknown field 'rank'")]:  # fmt: skip
+            r = c.post("/api/estimate", json=body)
+            assert r.status_code == 400 and field in r.text, (body, r.text)

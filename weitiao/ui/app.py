@@ -76,6 +76,20 @@ def warm_imports() -> None:
     import weitiao.infer.export  # noqa: F401
 
 
+def _whole(body: dict, key: str, default: int) -> int:
+    """A form field as a whole number ≥ 1 (the page sends text); empty is the default."""
+    v = body.get(key)
+    if v is None or v == "":
+        return default
+    try:
+        n = int(v) if not isinstance(v, bool) else 0
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1 or (isinstance(v, float) and v != n):
+        raise UserError(f"{key}: {v!r} is not a whole number ≥ 1")
+    return n
+
+
 def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: ChatModels | None = None) -> FastAPI:
     warm_imports()
     app = FastAPI(title="weitiao ui", docs_url=None, redoc_url=None, openapi_url=None)
@@ -244,13 +258,20 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
         from weitiao.calc.lora import load_shape, lora_report
         from weitiao.calc.plan import GPUS, PlanInput, plan
 
+        known = {"model", "lora", "quant", "r", "targets", "seq_len", "micro_batch", "gpu", "checkpointing"}
+        if unknown := sorted(set(body) - known):
+            raise UserError(f"estimate: unknown field {unknown[0]!r}; fields are {', '.join(sorted(known))}")
         model = model_ref(str(body.get("model") or "demo"))
         lora = body.get("lora", True) is not False
         quant = body.get("quant") or "none"
+        if quant not in ("none", "4bit"):  # calc plan sizes full, LoRA and QLoRA (NF4) runs; not 8-bit ones
+            raise UserError(f"quant: {quant!r} has no memory estimate (none or 4bit)")
         method = "full" if not lora else "qlora" if quant == "4bit" else "lora"
-        r, targets = int(body.get("r") or 16), str(body.get("targets") or "all-linear")
-        seq_len, micro = int(body.get("seq_len") or 1024), int(body.get("micro_batch") or 1)
-        gpu = body.get("gpu") if body.get("gpu") in GPUS else "rtx4090"
+        r, seq_len, micro = (_whole(body, k, d) for k, d in (("r", 16), ("seq_len", 1024), ("micro_batch", 1)))
+        targets = str(body.get("targets") or "all-linear")
+        gpu = body.get("gpu") or "rtx4090"  # the page asks before it has listed the GPUs
+        if gpu not in GPUS:
+            raise UserError(f"gpu: {gpu!r} unknown; one of {', '.join(GPUS)}")
         rep = lora_report(load_shape(model), r, targets, seq_len, micro)
         p = plan(PlanInput(model=model, method=method, r=r, targets=targets, seq_len=seq_len, samples=1000,
                            epochs=(1.0, 1.0), gpu=gpu, gpus=1, micro_batch=micro, grad_accum=1,
