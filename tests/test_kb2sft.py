@@ -34,14 +34,14 @@ def first_sentences(chunk: str, k: int = 2) -> list[str]:
 
 
 def answer_from_chunk(body: dict) -> tuple[int, str]:
-    """Grounded QA from the chunk's first two sentences, one made-up pair, one repeated question;
+    """Grounded QA from the chunk's first two sentences, one made-up pair, one repeated question, one malformed item;
     fenced JSON with trailing commas. Membership chunks get prose (no JSON)."""
     chunk = chunk_of(body)
     if "积分" in chunk:
         return 200, "抱歉，这段资料我暂时无法整理成问答。"
     sents = first_sentences(chunk)
     qas = [{"question": f"关于“{s.strip()}”能具体说说吗？", "answer": s.strip()} for s in sents]
-    qas += [FAKE, dict(qas[0])]
+    qas += [FAKE, dict(qas[0]), {"question": "只有问题没有答案？"}]  # the last one is malformed
     body_json = json.dumps(qas, ensure_ascii=False, indent=1).replace("}\n]", "},\n]")
     return 200, f"好的，下面是问答：\n```json\n{body_json}\n```"
 
@@ -148,6 +148,7 @@ def test_kb2sft_end_to_end_accounting_and_outputs(kb_teacher, tmp_path):
     assert len(table) == s["kept"] and {t["split"] for t in table} == {"train", "eval"}
     reasons = [json.loads(line)["reason"] for line in (tmp_path / "out/rejects.jsonl").open()]
     assert reasons.count("grounding") == s["rejected_grounding"] and reasons.count("parse") == s["parse_failed"]
+    assert reasons.count("malformed") == s["items_malformed"] == len(chunks) - s["parse_failed"] > 0  # kept, not lost
     # re-run: every reply comes from the cache
     s2 = kb2sft.run([KB], tmp_path / "out2", teacher, cfg, progress=False)
     assert s["from_cache"] == 0 and s2["from_cache"] == s["chunks"]

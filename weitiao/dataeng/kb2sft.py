@@ -68,21 +68,21 @@ class QA:
     score: float = 0.0
 
 
-def qa_items(value: object) -> tuple[list[tuple[str, str]], int]:
-    """(question, answer) pairs in a parsed reply, and the number of malformed items skipped."""
+def qa_items(value: object) -> tuple[list[tuple[str, str]], list]:
+    """(question, answer) pairs in a parsed reply, and the malformed items skipped."""
     if isinstance(value, dict):  # {"qa": [...]} or a single pair
         lists = [v for v in value.values() if isinstance(v, list)]
         value = lists[0] if len(lists) == 1 else [value]
     if not isinstance(value, list):
-        return [], 1
-    pairs, bad = [], 0
+        return [], [value]
+    pairs, bad = [], []
     for item in value:
         q = next((item[k] for k in _Q_KEYS if isinstance(item, dict) and k in item), None)
         a = next((item[k] for k in _A_KEYS if isinstance(item, dict) and k in item), None)
         if isinstance(q, str) and isinstance(a, str) and q.strip() and a.strip():
             pairs.append((q.strip(), a.strip()))
         else:
-            bad += 1
+            bad.append(item)
     return pairs, bad
 
 
@@ -181,7 +181,8 @@ def run(docs: list[str | Path], out: str | Path, teacher: Teacher, cfg: KBConfig
             counts["parse_failed"] += 1
             rejects.append({"chunk_id": c.chunk_id, "reason": "parse", "error": str(e), "reply": reply[:2000]})
             continue
-        counts["items_malformed"] += bad
+        counts["items_malformed"] += len(bad)
+        rejects += [{"chunk_id": c.chunk_id, "reason": "malformed", "item": item} for item in bad]
         counts["qa_parsed"] += len(pairs)
         for q, a in pairs:
             qa = QA(q, a, c, round(grounding_score(a, c.text), 4))
