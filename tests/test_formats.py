@@ -158,13 +158,16 @@ MSGS = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": 
         ({"instruction": "a", "output": "坏回复", "label": "false"}, "2: label: unpaired feedback"),
         ({"messages": MSGS, "label": 1}, "2: label: unpaired feedback"),
         ({"instruction": "a", "output": "b", "weight": 0}, "2: weight: a row-level weight is not read"),
+        ({"messages": MSGS[:1], "prompt": "别的问题", "chosen": "好", "rejected": "坏"},
+         "2: prompt: a second prompt beside 'messages'"),
         ({"messages": [MSGS[0], {**MSGS[1], "reasoning_content": "想一想"}]},
          r"2: messages\[1\].reasoning_content: reasoning traces are not trained"),
     ],
 )  # fmt: skip
 def test_misspelled_keys_and_two_formats_in_a_row_are_refused(tmp_path, row, message):
-    path = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "q", "output": "a"} if "instruction" in row else
-                                              {"messages": MSGS}, row])  # fmt: skip
+    first = {"prompt": "q", "chosen": "好", "rejected": "坏"} if "chosen" in row else \
+        {"instruction": "q", "output": "a"} if "instruction" in row else {"messages": MSGS}  # fmt: skip
+    path = write_jsonl(tmp_path / "d.jsonl", [first, row])
     with pytest.raises(UserError, match=message):
         load_rows(path)
 
@@ -179,5 +182,7 @@ def test_the_users_own_extra_columns_stay_unread(tmp_path):
     chat = [{"prompt": "你好", "prompt_id": "9f", "messages": MSGS, "inputs": None}]
     with pytest.raises(UserError, match="inputs: unknown key; did you mean 'input'"):
         load_rows(write_jsonl(tmp_path / "b.jsonl", chat))
+    pair = {"messages": MSGS[:1], "prompt": "你好", "chosen": "好", "rejected": "坏"}  # the same prompt twice: fine
+    assert load_rows(write_jsonl(tmp_path / "p.jsonl", [pair])).rows[0].prompt[-1]["content"] == "你好"
     chat[0].pop("inputs")
     assert load_rows(write_jsonl(tmp_path / "b.jsonl", chat)).rows[0].messages[-1]["content"] == "在呢"

@@ -330,6 +330,16 @@ def parse_preference(record: dict, strict: bool = True) -> PreferencePair:
             raise RowError("rejected", "shares no prompt with chosen (they differ from the first character)")
     else:
         raise RowError("prompt", "missing (and chosen/rejected are not whole conversations sharing one)")
+    if not implicit and field != "chosen":  # one prompt source: another that says something else would be dropped
+        for other in ("instruction", "conversations", "messages", "prompt"):
+            said = record.get(other)
+            if (
+                other == field
+                or other not in record
+                or (isinstance(said, str) and said.strip() == prompt[-1]["content"].strip())
+            ):
+                continue
+            raise RowError(other, f"a second prompt beside {field!r}; keep one (the pair is read with {field!r})")
     prompt = _with_system(record, prompt)
     _check_turns(prompt, field, last="user")
     chosen, rejected = _reply(chosen, "chosen", not strict), _reply(rejected, "rejected", not strict)
