@@ -154,15 +154,14 @@ def _read_yaml(path: Path, expected: str) -> tuple[dict, yaml.Node | None]:
     if not isinstance(data, dict):
         line = f":{node.start_mark.line + 1}" if node is not None else ""
         raise UserError(f"{path}{line}: expected {expected}, got {type(data).__name__}")
-    if dup := duplicate_key(node):
-        key, line, first = dup
-        raise UserError(f"{path}:{line}: duplicate key {key!r} (first at line {first}): YAML keeps only the last; "
-                        "merge the two")  # fmt: skip
+    if dup := duplicate_key(path, node):
+        raise UserError(dup)
     return data, node
 
 
-def duplicate_key(node: yaml.Node | None) -> tuple[str, int, int] | None:
-    """(key, line, first line) of the first key repeated within one mapping, anywhere in the tree."""
+def duplicate_key(path: str | Path, node: yaml.Node | None) -> str | None:
+    """`file:line: duplicate key …` for the first key repeated within one mapping, anywhere in the tree (YAML
+    would silently keep the last), or None."""
     stack = [node] if node is not None else []
     while stack:
         n = stack.pop()
@@ -171,7 +170,8 @@ def duplicate_key(node: yaml.Node | None) -> tuple[str, int, int] | None:
             for k, v in n.value:
                 if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
                     if k.value in seen:
-                        return k.value, k.start_mark.line + 1, seen[k.value]
+                        return (f"{path}:{k.start_mark.line + 1}: duplicate key {k.value!r} (first at line "
+                                f"{seen[k.value]}): YAML keeps only the last; merge the two")  # fmt: skip
                     seen[k.value] = k.start_mark.line + 1
                 stack.append(v)
         elif isinstance(n, yaml.SequenceNode):

@@ -240,8 +240,7 @@ def followup(
         raise UserError(f"--config {config}: file not found")
     # the follow-up file lives elsewhere: every path in it is absolute, so it runs from any folder
     data = resolve_paths(read_yaml_mapping(config), sft_config, config.parent)
-    d = data.setdefault("data", {})
-    check_base(config, d)
+    d = data.setdefault("data", {})  # run() checked it with check_base before any work
     d["train"] = [*(d.get("train") or []), str(sft_file.resolve())]
     d["eval"] = [*(d.get("eval") or []), str(eval_file.resolve())]  # the general held-out set stays
     if resume_from:

@@ -262,9 +262,8 @@ def read_rules(path: str | Path) -> tuple[list[Rule], list[str]]:
         return [], [f"{p}{f':{mark.line + 1}' if mark else ''}: not valid YAML ({getattr(e, 'problem', e)})"]
     except RecursionError:
         return [], [f"{p}: not valid YAML (nested too deeply)"]
-    if dup := duplicate_key(node):  # YAML would keep the last `check:` or `when:` of a rule, silently
-        key, line, first = dup
-        return [], [f"{p}:{line}: duplicate key {key!r} (first at line {first}): YAML keeps only the last; merge them"]
+    if dup := duplicate_key(p, node):  # YAML would keep the last `check:` or `when:` of a rule, silently
+        return [], [dup]
     if isinstance(node, yaml.MappingNode):
         node = next((v for k, v in node.value if k.value == "rules"), None)
     lines = [n.start_mark.line + 1 for n in node.value] if isinstance(node, yaml.SequenceNode) else None

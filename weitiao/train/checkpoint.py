@@ -254,10 +254,13 @@ def config_changes(old_yaml: str, new_yaml: str) -> dict[str, tuple[Any, Any]]:
 SCHEDULE_KEYS = ("train.max_steps", "train.epochs", "train.num_episodes")  # free, but they stretch the lr schedule
 
 
-def schedule_note(ckpt: Path, config_yaml: str) -> str:
+def _saved(ckpt: Path, name: str) -> Path | None:
+    """A run file (config.yaml, inputs.json) saved with checkpoint `ckpt`, else the run's own, else None."""
+    return next((p for p in (ckpt / name, ckpt.parent.parent / name) if p.exists()), None)
+
+
+def schedule_note(changes: dict[str, tuple[Any, Any]]) -> str:
     """A line when a resume changes the run's length: the learning-rate schedule is recomputed for the new one."""
-    saved = next((p for p in (ckpt / CONFIG_FILE, ckpt.parent.parent / CONFIG_FILE) if p.exists()), None)
-    changes = config_changes(saved.read_text(encoding="utf-8"), config_yaml) if saved else {}
     moved = [f"{k} {old} → {new}" for k, (old, new) in changes.items() if k in SCHEDULE_KEYS]
     if not moved:
         return ""
@@ -265,16 +268,17 @@ def schedule_note(ckpt: Path, config_yaml: str) -> str:
             "so the next steps follow the new curve, not the old one")  # fmt: skip
 
 
-def check_config(ckpt: Path, config_yaml: str, force: bool) -> str:
-    """Refuse to resume `ckpt` under a config that trains something else; returns the changes `force` let by.
+def check_config(ckpt: Path, config_yaml: str, force: bool) -> tuple[str, dict[str, tuple[Any, Any]]]:
+    """Refuse to resume `ckpt` under a config that trains something else; returns the changes `force` let by
+    (as one line) and every change (key → (old, new)).
 
     Run length and cadence (FREE_KEYS) may change. Anything else changed (model, LoRA shape, data,
     loss, optimizer, batch, seed) raises one line naming the keys, old → new, unless `force`.
     """
-    saved = next((p for p in (ckpt / CONFIG_FILE, ckpt.parent.parent / CONFIG_FILE) if p.exists()), None)
+    saved = _saved(ckpt, CONFIG_FILE)
     if saved is None:
         if force:
-            return ""
+            return "", {}
         raise UserError(
             f"train.resume: {ckpt} has no {CONFIG_FILE} beside it, so an unchanged config cannot be checked; "
             "set train.resume=force to resume anyway"
@@ -287,7 +291,7 @@ def check_config(ckpt: Path, config_yaml: str, force: bool) -> str:
             f"train.resume: {ckpt} was trained with another config: {shown}; revert them, "
             "set train.resume=none (or another train.out) for a new run, or train.resume=force"
         )
-    return shown
+    return shown, changes
 
 
 def _weights_dir(path: Path) -> Path:
@@ -345,7 +349,7 @@ def input_fingerprints(cfg: Any) -> dict[str, str]:
 def check_inputs(ckpt: Path, inputs: dict[str, str], force: bool) -> str:
     """Refuse to resume when a model or adapter the config names holds other weights than when `ckpt`'s run
     started; returns the changes `force` let by."""
-    saved_file = next((p for p in (ckpt / INPUTS_FILE, ckpt.parent.parent / INPUTS_FILE) if p.exists()), None)
+    saved_file = _saved(ckpt, INPUTS_FILE)
     if saved_file is None:  # a run from before inputs.json
         return ""
     saved = json.loads(saved_file.read_text(encoding="utf-8"))
@@ -418,11 +422,11 @@ def open_run(out: Path, resume: str, config_yaml: str, main: bool, inputs: dict[
     """
     ckpt = resume_point(out, resume)
     if ckpt is not None:
-        forced = check_config(ckpt, config_yaml, force=resume == "force")
+        forced, changes = check_config(ckpt, config_yaml, force=resume == "force")
         forced_inputs = check_inputs(ckpt, inputs or {}, force=resume == "force")
         if main:
             print(f"resumed from step {_saved_step(ckpt)} (checkpoint {ckpt})")
-            if note := schedule_note(ckpt, config_yaml):
+            if note := schedule_note(changes):
                 print(note)
             if changed := ", ".join(filter(None, [forced, forced_inputs])):
                 print(f"train.resume=force: training on with changed {changed}")
