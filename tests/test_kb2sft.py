@@ -58,6 +58,14 @@ def test_similarity_measures():
     assert normalize("ＡＢＣ， 你 好！") == "abc你好"
     assert grounding_score("整机保修3年", "净水器整机保修 3 年，滤芯不保修。") == 1.0
     assert grounding_score("保修十年", "整机保修 3 年") == pytest.approx(1 / 3)  # 保修 of 保修/修十/十年
+    assert grounding_score("保修2025年", "保修 2024 年") == pytest.approx(1 / 3)  # a number is one unit: 保修 only
+    src = "The Q3 purifier has a three-year warranty on the unit. Filters are not covered and must be replaced."
+    assert grounding_score("The unit has a three-year warranty.", src) == pytest.approx(5 / 6)
+    # English answered against the chunk: word bigrams, not character bigrams (which any English text shares)
+    wrong = "Filters are covered for ten years and never need replacing."
+    assert grounding_score(wrong, src) == pytest.approx(1 / 9)
+    old_char_bigrams = [normalize(wrong)[i : i + 2] for i in range(len(normalize(wrong)) - 1)]
+    assert sum(g in normalize(src) for g in old_char_bigrams) / len(old_char_bigrams) > 0.5  # what it used to pass
     assert near_duplicates(["滤芯多久换一次？", "滤芯多久换一次呢？", "怎么安装？"], 0.6) == [None, 0, None]
     x, vocab = tfidf(["净水器", "净水器", "会员积分"])
     assert x.shape == (3, len(vocab)) and x[0] @ x[1] == pytest.approx(1.0) and x[0] @ x[2] == 0.0

@@ -54,7 +54,7 @@ def kb2sft(
     embed_model: str = typer.Option(None, help="semantic chunker: local encoder dir (default char TF-IDF)"),
     n_qa: int = typer.Option(3, help="QA pairs asked per chunk"),
     prompt: Path = typer.Option(None, help="prompt template file with {n} {chunk} {source} (default: built-in)"),
-    min_grounding: float = typer.Option(0.5, help="min fraction of the answer's char bigrams found in the chunk"),
+    min_grounding: float = typer.Option(0.5, help="min share of answer bigrams (chars; English words) in the chunk"),
     dedup: float = typer.Option(0.8, help="question near-duplicate threshold (char-trigram Jaccard)"),
     eval_fraction: float = typer.Option(0.1, help="share of chunks held out as eval"),
     system: str = typer.Option(None, help="system message for every row"),

@@ -4,7 +4,7 @@
     weitiao data kb2sft weitiao/demo/kb --out runs/kb --chunker heading --n-qa 3
 
 Steps: 1. read + chunk → 2. ask the teacher for N QA pairs per chunk (JSON) → 3. parse (with repair)
-→ 4. grounding: keep answers whose char bigrams come from the chunk → 5. near-duplicate questions
+→ 4. grounding: keep answers whose bigrams (characters; English words) come from the chunk → 5. near-duplicate questions
 dropped across the whole set → 6. train/eval split by chunk (no chunk in both) → 7. write train/eval
 JSONL (messages rows + meta provenance), a review CSV (Excel-friendly), rejects and a summary.
 
@@ -52,7 +52,7 @@ class KBConfig:
     chunk: ChunkSpec = field(default_factory=ChunkSpec)
     n_qa: int = 3  # QA pairs asked per chunk
     prompt: str = DEFAULT_PROMPT  # placeholders {n} {chunk} {source}
-    min_grounding: float = 0.5  # keep answers with at least this fraction of char bigrams in the chunk
+    min_grounding: float = 0.5  # keep answers with at least this fraction of bigrams in the chunk (similarity.units)
     dedup_threshold: float = 0.8  # char-trigram Jaccard of normalized questions at or above = duplicate
     eval_fraction: float = 0.1  # share of chunks (with kept QA) held out for eval
     system: str | None = None  # optional system message on every row

@@ -1,8 +1,9 @@
 """Character n-gram text similarity (no model needed), plus optional local-embedding vectors.
 
-Chinese has no spaces, so every measure here works on characters: normalized text → char n-grams.
-Used for grounding (answer vs source chunk), near-duplicate dedup, semantic chunk breaks and
-bad-case clustering. TF-IDF is scikit-learn's, sparse: 10k texts take megabytes, not gigabytes.
+Chinese has no spaces, so the measures work on characters: normalized text → char n-grams, for
+near-duplicate dedup, semantic chunk breaks and bad-case clustering. Grounding (answer vs source chunk)
+counts n-grams of units instead: a Chinese character, or a whole English word or number. TF-IDF is
+scikit-learn's, sparse: 10k texts take megabytes, not gigabytes.
 """
 
 from __future__ import annotations
@@ -36,13 +37,28 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a or b else 0.0
 
 
+_UNIT = re.compile(r"[^\W_]+", re.UNICODE)
+_CJK = re.compile(r"([\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0002fa1f])")
+
+
+def units(text: str) -> list[str]:
+    """Words of the normalized text: a run of letters/digits in a spaced script (English, 2024) is one unit,
+    each CJK character (Chinese, Japanese kana, Korean) is one; whitespace and punctuation are dropped."""
+    s = unicodedata.normalize("NFKC", text).lower()
+    return [u for word in _UNIT.findall(s) for u in _CJK.split(word) if u]
+
+
 def grounding_score(answer: str, source: str, n: int = 2) -> float:
-    """Fraction of the answer's char n-grams (with multiplicity) found in the source: 1.0 = every
-    n-gram of the answer appears in the source; an answer made up of other words scores near 0."""
-    grams = char_ngrams(answer, n)
-    if not grams:
+    """Fraction of the answer's unit n-grams (with multiplicity; units as in `units`: characters of Chinese,
+    words of English) found in the source: 1.0 = every n-gram of the answer appears in the source; an answer
+    made up of other words scores near 0. Word units keep English honest: its character bigrams are so common
+    that a contradicting English answer shared most of them with any chunk."""
+    u = units(answer)
+    if not u:
         return 0.0
-    have = set(char_ngrams(source, n))
+    grams = [tuple(u[i : i + n]) for i in range(max(1, len(u) - n + 1))]
+    src = units(source)
+    have = {tuple(src[i : i + len(grams[0])]) for i in range(max(1, len(src) - len(grams[0]) + 1))}
     return sum(g in have for g in grams) / len(grams)
 
 
