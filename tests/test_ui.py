@@ -124,7 +124,9 @@ def test_form_has_every_key_and_its_defaults_round_trip(kind, root):
 
     off = set(optional_sections(forms.form(cls)))
     assert kind != "ppo" or off == {"ppo.critic_lora."}
+    # every default the page sends (train.out is disabled there: the server sets it)
     values = {f["key"]: f["default"] for f in fields if not f["required"] and not f["key"].startswith(tuple(off))}
+    values.pop("train.out")
     given = {"data.train": '["data/a.jsonl"]', "data.prompts": '["data/a.jsonl"]',
              "reward.path": "weitiao.recipes.rewards:short_emoji_reward"}  # fmt: skip
     required = {f["key"] for f in fields if f["required"]}
@@ -139,6 +141,10 @@ def test_form_has_every_key_and_its_defaults_round_trip(kind, root):
         if k in minimal["data"]:
             minimal["data"][k] = [str(root.resolve() / "data/a.jsonl")]
     assert cfg.model_dump() == cls.model_validate(minimal).model_dump()
+    # an API client's own train.out is refused, not silently replaced by the run's folder (the same one is fine)
+    with pytest.raises(UserError, match="train.out elsewhere: the console writes every run to its own folder"):
+        forms.build(kind, {**values, "train.out": "elsewhere"}, Roots([root]), root / "runs" / "x")
+    assert forms.build(kind, {**values, "train.out": str(root / "runs/x")}, Roots([root]), root / "runs" / "x")
     if kind == "ppo":  # clearing an optional key with a non-null default is sent as null and honoured
         values |= {"ppo.value_clip": None, "ppo.init_kl_coef": ""}
         cfg = forms.build(kind, values, Roots([root]), root / "runs" / "x")

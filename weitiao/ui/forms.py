@@ -166,6 +166,9 @@ def build(kind: str, values: dict[str, Any], roots: Roots, out: Path) -> BaseMod
             if not isinstance(node, dict):
                 raise UserError(f"{key}: {k} is not a section")
         node[parts[-1]] = value
+    given = data.get("train", {}).get("out") if isinstance(data.get("train"), dict) else None
+    if given is not None and Path(str(given)).expanduser().resolve() != out.resolve():
+        raise UserError(f"train.out {given}: the console writes every run to its own folder ({out}); leave it empty")
     data.setdefault("train", {})["out"] = str(out)
     _check_paths(cls, data, roots)
     try:
