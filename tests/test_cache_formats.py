@@ -154,7 +154,7 @@ def test_text_file_and_dataset_dir_train_through_the_cache(tmp_path, tokenizer, 
     assert "rows in" in changed.cache_line and changed.stats.rows == 6
     write_jsonl(lf_dir / "qa.jsonl", [{"q": "三加三", "a": "六"}, {"q": "二加二", "a": "四"}])
     changed = prepare(names, tmp_path, tokenizer, dataset_dir=str(lf_dir), train_turns="last")
-    assert "rows in" in changed.cache_line and "三加三" in tokenizer.decode(changed.train[3].input_ids)
+    assert "rows in" in changed.cache_line and any("三加三" in tokenizer.decode(e.input_ids) for e in changed.train)
 
 
 def test_kto_rows_refused_through_the_cache(tmp_path, tokenizer):

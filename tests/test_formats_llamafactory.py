@@ -100,14 +100,33 @@ def test_images_noted_kto_and_remote_refused(lf_dir):
 
 def test_num_samples_folder_and_bad_row_names_the_column(lf_dir):
     got = load_rows(["shards"], dataset_dir=lf_dir)
-    assert [c.messages[0]["content"] for c in got.rows] == ["甲", "乙", "甲", "乙", "甲"]
-    assert got.read == 2 and got.notes == ["shards: num_samples 5 of 2 rows (the first rows, repeated as needed)"]
+    firsts = [c.messages[0]["content"] for c in got.rows]
+    assert len(firsts) == 5 and sorted(firsts[:2]) == ["乙", "甲"]  # both rows once, then 3 draws with replacement
+    assert got.read == 2 and got.notes == [
+        "shards: num_samples 5 of 2 rows (a seeded random sample, as LLaMA-Factory, drawn with replacement past them)"
+    ]
+    assert [c.messages[0]["content"] for c in load_rows(["shards"], dataset_dir=lf_dir).rows] == firsts  # seeded
     write_jsonl(lf_dir / "custom.jsonl", [{"q": "翻译", "a": ""}])
     with pytest.raises(UserError, match=r"custom.jsonl:1: a: is empty"):
         load_rows(["custom"], dataset_dir=lf_dir)
     (lf_dir / "kto_en_demo.json").write_text(json.dumps([{"messages": [{"role": "bot", "content": "x"}]}]))
     with pytest.raises(UserError, match=r"kto_en_demo.json:1: messages\[0\].role: unknown role 'bot'"):
         load_rows(["kto_en_demo"], dataset_dir=lf_dir)
+
+
+def test_num_samples_samples_at_random_like_llamafactory(tmp_path):
+    """A sorted file: the first N rows would all be one topic (the old rule); LLaMA-Factory's random sample is not."""
+    rows = [{"instruction": f"{'数学' if i < 50 else '语文'}题{i}", "output": "好"} for i in range(100)]
+    write_jsonl(tmp_path / "sorted.jsonl", rows)
+    info = {
+        "sorted": {"file_name": "sorted.jsonl", "num_samples": 20},
+        "more": {"file_name": "sorted.jsonl", "num_samples": 130},
+    }
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
+    got = [c.messages[0]["content"] for c in load_rows(["sorted"], dataset_dir=tmp_path).rows]
+    assert len(got) == len(set(got)) == 20 and 4 <= sum(t.startswith("语文") for t in got) <= 16
+    more = [c.messages[0]["content"] for c in load_rows(["more"], dataset_dir=tmp_path).rows]
+    assert len(more) == 130 and len(set(more[:100])) == 100  # every row once, then 30 drawn again
 
 
 def test_configs_take_dataset_dir_and_names(lf_dir, tokenizer, monkeypatch):

@@ -535,12 +535,14 @@ def load_rows(
         if lf:
             result.notes += lf.notes
             if lf.num_samples is not None and rows:
-                picked = [rows[i % len(rows)] for i in range(lf.num_samples)]
+                picked = lf.sample(rows)
                 for row in picked:
                     result.rows.append(row)
                 resampled += len(picked) - len(rows)
                 result.notes.append(
-                    f"{lf.name}: num_samples {lf.num_samples} of {len(rows)} rows (the first rows, repeated as needed)"
+                    f"{lf.name}: num_samples {lf.num_samples} of {len(rows)} rows "
+                    "(a seeded random sample, as LLaMA-Factory"
+                    + (", drawn with replacement past them)" if lf.num_samples > len(rows) else ")")
                 )
     result.rejected = len(rejects)
     if rejects:

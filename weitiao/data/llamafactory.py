@@ -5,16 +5,20 @@ Follows LLaMA-Factory's `data/parser.py` and `data/converter.py`: `formatting` a
 LLaMA-Factory: alpaca `history`/`system` are read only when mapped) and sharegpt `tags`. Rows are
 renamed into weitiao's own alpaca/sharegpt/preference keys and parsed by `formats`. Departures:
 hub/script/cloud datasets are refused (weitiao never downloads), `kto_tag` rows are refused (no KTO
-loss), image/video/audio columns are ignored with a note, and `num_samples` takes the first N rows
-(repeating the data when N is larger) where LLaMA-Factory samples at random.
+loss), and image/video/audio columns are ignored with a note. `num_samples` picks rows as LLaMA-Factory
+does (a random permutation's first N, then draws with replacement past the data's size), seeded by the
+dataset's name instead of the run's seed, so a dataset's sample (and its tokenized cache) never changes.
 """
 
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from weitiao.data.files import RowError, expand_paths
 from weitiao.errors import UserError
@@ -63,6 +67,16 @@ class LFDataset:
     def fmt(self) -> str:
         """The weitiao format the renamed rows are in."""
         return "preference" if self.ranking else self.formatting
+
+    def sample(self, rows: list) -> list:
+        """`num_samples` of `rows` as LLaMA-Factory picks them: a random permutation's first N, then draws with
+        replacement past len(rows); seeded by the dataset's name."""
+        assert self.num_samples is not None and rows
+        rng = np.random.default_rng(zlib.crc32(self.name.encode("utf-8")))
+        idx = rng.permutation(len(rows))[: self.num_samples]
+        if self.num_samples > len(rows):
+            idx = np.concatenate([idx, rng.choice(len(rows), self.num_samples - len(rows))])
+        return [rows[i] for i in idx]
 
     def column(self, record: dict, key: str, required: bool = False) -> Any:
         col = self.columns.get(key)
