@@ -47,7 +47,8 @@ from weitiao.data.templates import ChatTemplate
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text, cache_home, read_json
 
-VERSION = 3  # 2: raw-text rows, `piece` column, notes; 3: rows re-checked (misspelled and unimplemented keys)
+VERSION = 4  # 2: raw-text rows, `piece` column, notes; 3: rows re-checked (misspelled and unimplemented keys);
+# 4: LLaMA-Factory num_samples drawn at random
 CHUNK_ROWS = 4096  # rows per worker task and per shard
 SMALL_FILE = 8 << 20  # data files under this size are keyed by content, larger ones by size + mtime
 TRUNCATED = ("", "cut", "history")
