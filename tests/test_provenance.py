@@ -15,6 +15,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from weitiao.data.decode import decode_whole
 from weitiao.data.templates import resolve_template
 from weitiao.eval.metrics import lcs_length
 from weitiao.eval.provenance import (
@@ -285,7 +286,9 @@ def test_check_greedy_claim_is_consistent_for_greedy_text(tokenizer, model_a):
     tpl = resolve_template(tokenizer)
     ctx = encode(tokenizer, tpl, MSGS, "x").context_ids
     ids = sample(model_a, ctx, 1, 24, Sampling(0.0), stop_id=-1)[0]
-    text = tokenizer.decode(ids)  # random tiny models emit partial UTF-8: score the ids themselves
+    # random tiny models emit partial UTF-8: score the ids themselves; the text is the reply as chat and serve
+    # show it (whole characters), as the greedy reply is decoded for the comparison
+    text = decode_whole(tokenizer, ids)
     greedy_claim = CheckConfig(sampling=Sampling(0.0), samples=0)
     rep = check(model_a, tokenizer, tpl, MSGS, text, greedy_claim, text_ids=ids)
     assert rep["verdict"]["label"] == "consistent with" and rep["verdict"]["score"] == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -204,6 +205,17 @@ def serve(
     )  # fmt: skip
 
 
+def _read_check_rows(path: Path) -> None:
+    """UserError `--check FILE...` for a missing, empty, non-chat or malformed --check file."""
+    from weitiao.data.formats import load_conversations
+    from weitiao.data.prep import require_rows
+
+    try:
+        require_rows(load_conversations(str(path)))
+    except UserError as e:  # export has no --skip-invalid: drop the loader's hint to pass it
+        raise UserError(f"--check {re.sub(r' [(]or pass --skip-invalid[^)]*[)]', '', str(e))}") from None
+
+
 @app.command()
 def export(
     adapter: str = typer.Option(..., help="run dir (uses final/adapter) or a peft adapter dir"),
@@ -226,6 +238,8 @@ def export(
             raise UserError("--for writes a merged model itself; drop --merge, --model, --gguf and --check")
         console.print(f"exported for {for_} → {export_for(for_, adapter, str(out), dtype, force)}")
         return
+    if check:
+        _read_check_rows(check)  # before anything is written: a bad FILE must not leave an export behind
     dest = tool.export(adapter, str(out), merge, dtype, force, model, gguf)
     console.print(f"exported → {dest}")
     for line in tool.serve_notes(dest):
@@ -247,8 +261,10 @@ def chat(
     repetition_penalty: float = typer.Option(1.0),
 ) -> None:
     """Chat in the terminal (streaming, history, /reset, /system) or answer one --prompt."""
+    from weitiao.eval.gen import check_decoding
     from weitiao.infer import chat as tool
 
+    check_decoding(max_new_tokens, temperature, top_p, repetition_penalty)
     tool.run(model, adapter, prompt, system, max_new_tokens, temperature, top_p, repetition_penalty, quant)
 
 

@@ -16,6 +16,18 @@ from weitiao.eval.golden import load_prompts
 from weitiao.eval.metrics import RUBRIC, Item, MetricSettings, item_metrics, judge_scores, reply_metrics
 
 
+def check_decoding(max_new_tokens: int, temperature: float, top_p: float, repetition_penalty: float) -> None:
+    """One UserError naming the flag for a decoding value that generation cannot use (`eval gen`, `chat`)."""
+    if max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {max_new_tokens}: must be >= 1")
+    if not temperature >= 0:  # also NaN
+        raise UserError(f"--temperature {temperature}: must be >= 0 (0 = greedy)")
+    if not 0 < top_p <= 1:
+        raise UserError(f"--top-p {top_p}: must be in (0, 1] (1 = off)")
+    if not repetition_penalty > 0:
+        raise UserError(f"--repetition-penalty {repetition_penalty}: must be > 0 (1 = off)")
+
+
 @dataclass
 class GenSettings:
     """How replies are generated."""
@@ -24,16 +36,19 @@ class GenSettings:
     temperature: float = 0.0
     """0 = greedy."""
     top_p: float = 1.0
+    """Nucleus mass kept, in (0, 1] (1 = off)."""
     repetition_penalty: float = 1.0
     """CTRL penalty on tokens already in prompt or reply (1 = off)."""
     no_repeat_ngram_size: int = 0
     """Forbid repeating any n-gram of this many tokens (0 = off)."""
     batch_size: int = 8
+    """Replies generated together (>= 1)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.repetition_penalty <= 0:
-            raise UserError(f"--repetition-penalty {self.repetition_penalty}: must be > 0 (1 = off)")
+        check_decoding(self.max_new_tokens, self.temperature, self.top_p, self.repetition_penalty)
+        if self.batch_size < 1:  # 0 admitted no row: generation waited forever
+            raise UserError(f"--batch-size {self.batch_size}: must be >= 1")
         if self.no_repeat_ngram_size < 0:
             raise UserError(f"--no-repeat-ngram-size {self.no_repeat_ngram_size}: must be >= 0 (0 = off)")
 

@@ -448,6 +448,8 @@ def golden_report(
 ) -> tuple[Path, GoldenResult]:
     """Steps 1–5 above, over the checkpoints at `steps` (default all); returns the report path and the numbers."""
     run_dir = Path(run_dir)
+    if max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {max_new_tokens}: must be >= 1")
     if select not in SELECT:
         raise UserError(f"--select {select}: choose one of {', '.join(SELECT)}")
     if select == "judge" and judge is None:

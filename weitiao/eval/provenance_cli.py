@@ -27,15 +27,21 @@ def read_texts(path: Path) -> list[str]:
     if not path.is_file():
         raise UserError(f"{path}: baseline text file not found")
     if path.suffix != ".jsonl":
-        return [path.read_text(encoding="utf-8").rstrip("\n")]
-    from weitiao.io import read_jsonl
+        texts = [(str(path), path.read_text(encoding="utf-8").rstrip("\n"))]
+    else:
+        from weitiao.io import read_jsonl
 
-    rows = [row for _, row in read_jsonl(path)]
-    if rows and all("text" in r for r in rows):
-        return [str(r["text"]) for r in rows]
-    from weitiao.data.formats import load_conversations
+        rows = list(read_jsonl(path))
+        if rows and all(isinstance(r, dict) and "text" in r for _, r in rows):
+            texts = [(f"{path}:{n}", str(r["text"])) for n, r in rows]
+        else:
+            from weitiao.data.formats import load_conversations
 
-    return [c.messages[-1]["content"] for c in load_conversations([path]).rows]
+            texts = [(c.source, c.messages[-1]["content"]) for c in load_conversations([path]).rows]
+    for where, t in texts:
+        if not t:
+            raise UserError(f"{where}: the baseline text is empty; give it some content or drop it (--baseline-text)")
+    return [t for _, t in texts]
 
 
 def is_adapter(path: str) -> bool:

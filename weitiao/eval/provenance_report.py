@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from weitiao.data.decode import decode_whole
 from weitiao.data.templates import ChatTemplate
 from weitiao.eval.provenance import (
     LN2,
@@ -130,13 +131,13 @@ def check(
             emp.update(mean_logp=mu, sd_logp=sd)
             if sd > 0 and len(means) >= th.min_samples:
                 emp["z"] = (summary["mean_logp"] - mu) / sd
-        emp["examples"] = [tokenizer.decode(x, skip_special_tokens=True) for x in seqs[:3]]
+        emp["examples"] = [decode_whole(tokenizer, x) for x in seqs[:3]]  # never a split character's U+FFFD
         rep["samples"] = emp
     # 3. greedy decode: ROUGE-L (characters) and exact shared prefix
     if cfg.greedy:
         step("greedy decoding")
         ids = sample(model, enc.context_ids, 1, max(1, n_text), Sampling(temperature=0.0), eot_id)[0]
-        g = tokenizer.decode(ids, skip_special_tokens=True)
+        g = decode_whole(tokenizer, ids)  # as chat and serve would show the reply
         rep["greedy"] = {
             "text": g,
             "rouge_l": rouge_l_chars(g, text),

@@ -1,0 +1,223 @@
+"""Values generation cannot use stop with one line naming the flag, before any model loads or file is written:
+`eval gen`, `eval golden`, `chat`; `export --check FILE` is read before the export; provenance names an empty
+baseline text's file and line, and shows sampled replies on whole characters."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+
+import pytest
+from conftest import save_tiny_model, write_jsonl
+
+import weitiao.cli
+from weitiao.errors import UserError
+from weitiao.eval.gen import GenSettings
+
+
+def cli(capsys, monkeypatch, *args) -> tuple[int, list[str]]:
+    """Run `weitiao ARGS` in-process as the console script does; (exit code, non-empty stderr lines)."""
+    monkeypatch.setattr(sys, "argv", ["weitiao", *map(str, args)])
+    try:
+        weitiao.cli.main()
+        rc = 0
+    except SystemExit as e:
+        rc = e.code if isinstance(e.code, int) else 1
+    cli.out, err = capsys.readouterr()
+    return rc, [x for x in err.splitlines() if x.strip() and not x.startswith("Loading weights")]
+
+
+def refuse_to_start(monkeypatch, target: str, attr: str) -> None:
+    """Reaching `target.attr` (generation, a chat) is the bug: fail instead of running (or hanging)."""
+
+    def reached(*a, **k):
+        raise AssertionError(f"{attr} was called with values it cannot use")
+
+    monkeypatch.setattr(f"{target}.{attr}", reached)
+
+
+BAD_DECODING = [
+    ({"batch_size": 0}, "--batch-size 0: must be >= 1"),
+    ({"batch_size": -2}, "--batch-size -2: must be >= 1"),
+    ({"max_new_tokens": 0}, "--max-new-tokens 0: must be >= 1"),
+    ({"max_new_tokens": -5}, "--max-new-tokens -5: must be >= 1"),
+    ({"temperature": -0.5}, "--temperature -0.5: must be >= 0"),
+    ({"temperature": math.nan}, "--temperature nan: must be >= 0"),
+    ({"top_p": 0.0}, "--top-p 0.0: must be in (0, 1]"),
+    ({"top_p": -0.1}, "--top-p -0.1: must be in (0, 1]"),
+    ({"top_p": 1.5}, "--top-p 1.5: must be in (0, 1]"),
+    ({"repetition_penalty": -1.0}, "--repetition-penalty -1.0: must be > 0"),
+]
+
+
+@pytest.mark.parametrize("kw, msg", BAD_DECODING, ids=[m.split(":")[0] for _, m in BAD_DECODING])
+def test_gen_settings_refuse_values_generation_cannot_use(kw, msg):
+    """Before: batch_size 0 hung forever (no row admitted), max_new_tokens 0 gave all-zero metrics, a negative
+    temperature or a top-p outside (0, 1] sampled from a garbled distribution."""
+    with pytest.raises(UserError) as e:
+        GenSettings(**kw)
+    assert str(e.value).startswith(msg)
+
+
+def test_gen_settings_accept_the_edges():
+    GenSettings(max_new_tokens=1, temperature=0.0, top_p=1.0, batch_size=1, repetition_penalty=0.01)
+    GenSettings(temperature=2.5, top_p=1e-6)
+
+
+@pytest.mark.parametrize(
+    "flags, msg",
+    [
+        (["--batch-size", "0"], "--batch-size 0: must be >= 1"),
+        (["--max-new-tokens", "0"], "--max-new-tokens 0: must be >= 1"),
+        (["--temperature", "-1"], "--temperature -1.0: must be >= 0"),
+        (["--top-p", "1.2"], "--top-p 1.2: must be in (0, 1]"),
+    ],
+)
+def test_eval_gen_cli_refuses_before_generating(flags, msg, tmp_path, monkeypatch, capsys):
+    refuse_to_start(monkeypatch, "weitiao.eval.gen", "run")
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "你好"}])
+    out = tmp_path / "eval.json"
+    rc, lines = cli(capsys, monkeypatch, "eval", "gen", "--model", "demo", "--prompts", prompts, "--out", out, *flags)
+    assert rc == 1 and len(lines) == 1 and lines[0].startswith(f"error: {msg}"), (rc, lines)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "flags, msg",
+    [
+        (["--max-new-tokens", "0"], "--max-new-tokens 0: must be >= 1"),
+        (["--max-new-tokens", "-3"], "--max-new-tokens -3: must be >= 1"),
+        (["--temperature", "-0.7"], "--temperature -0.7: must be >= 0"),
+        (["--top-p", "0"], "--top-p 0.0: must be in (0, 1]"),
+        (["--top-p", "2"], "--top-p 2.0: must be in (0, 1]"),
+        (["--repetition-penalty", "0"], "--repetition-penalty 0.0: must be > 0"),
+    ],
+)
+def test_chat_refuses_before_loading(flags, msg, monkeypatch, capsys):
+    """Before: `chat --temperature -0.7` or `--top-p 2` loaded the model and sampled anyway."""
+    refuse_to_start(monkeypatch, "weitiao.infer.chat", "run")
+    rc, lines = cli(capsys, monkeypatch, "chat", "--model", "demo", "--prompt", "你好", *flags)
+    assert rc == 1 and len(lines) == 1 and lines[0].startswith(f"error: {msg}"), (rc, lines)
+
+
+def test_chat_defaults_pass_the_check(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr("weitiao.infer.chat.run", lambda *a, **k: calls.append(a))
+    rc, lines = cli(capsys, monkeypatch, "chat", "--model", "demo", "--prompt", "你好")
+    assert rc == 0 and lines == [] and calls[0][4:8] == (256, 0.7, 0.9, 1.0)
+
+
+@pytest.fixture
+def golden_run(tmp_path, tiny_model_dir):
+    """A run dir with one full-weights checkpoint and a golden prompt file."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model_dir, run / "checkpoints" / "step-000002" / "model")
+    (run / "config.yaml").write_text(f"model:\n  path: {tiny_model_dir}\n", encoding="utf-8")
+    golden = write_jsonl(tmp_path / "golden.jsonl", [{"prompt": "今天天气怎么样？", "reference": "挺好的"}])
+    return run, golden
+
+
+def test_eval_golden_refuses_zero_new_tokens(golden_run, monkeypatch, capsys):
+    """Before: all-zero metrics, empty answers appended to RUN/golden.jsonl, a checkpoint recommended, exit 0."""
+    run, golden = golden_run
+    for n in ("0", "-1"):
+        rc, lines = cli(capsys, monkeypatch, "eval", "golden", "--run", run, "--prompts", golden, "--max-new-tokens", n)
+        assert rc == 1 and lines == [f"error: --max-new-tokens {n}: must be >= 1"], (rc, lines)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]  # nothing written
+    # the same run answers with a budget of 2 (so the refusal above is the check, not a broken run)
+    rc, lines = cli(capsys, monkeypatch, "eval", "golden", "--run", run, "--prompts", golden, "--max-new-tokens", "2")
+    assert rc == 0, lines
+    rows = [json.loads(x) for x in (run / "golden.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 1 and 1 <= rows[0]["n_tokens"] <= 2
+
+
+# ---------------------------------------------------------------------------------------------- export --check
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory, tokenizer):
+    """A run-shaped dir (RUN/final/adapter) holding a peft adapter made directly on a tiny base."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("exp")
+    base = save_tiny_model(root / "base", tokenizer, hidden=64)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=2, target_modules=["q_proj"]))
+    model.save_pretrained(root / "run" / "final" / "adapter")
+    return root / "run"
+
+
+@pytest.mark.parametrize(
+    "name, data, expect",
+    [
+        ("empty.jsonl", "", "--check {f}: no rows"),
+        ("blank.jsonl", "\n\n", "--check {f}: no rows"),
+        ("missing.jsonl", None, "--check {f}: file not found"),
+        ("notjson.jsonl", "not json\n", "--check {f}:1: json: not valid JSON"),
+        ("text.jsonl", '{"text": "abc"}\n', "--check {f}:1: a raw-text row"),
+    ],
+)
+def test_export_check_file_is_read_before_the_export(name, data, expect, adapter, tmp_path, monkeypatch, capsys):
+    """Before: an empty FILE passed ({'rows': 0}, exit 0); a missing or bad FILE failed only after the export
+    was written (a rerun then needed --force), and the non-JSON error suggested --skip-invalid, which export
+    does not have."""
+    f = tmp_path / name
+    if data is not None:
+        f.write_text(data, encoding="utf-8")
+    out = tmp_path / "export"
+    rc, lines = cli(capsys, monkeypatch, "export", "--adapter", adapter, "--out", out, "--check", f)
+    assert rc == 1 and len(lines) == 1 and lines[0].startswith("error: " + expect.format(f=f)), (rc, lines)
+    assert "--skip-invalid" not in lines[0]
+    assert not out.exists()
+
+
+def test_export_check_passes_on_chat_rows(adapter, chat_file, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "export"
+    rc, lines = cli(capsys, monkeypatch, "export", "--adapter", adapter, "--out", out, "--check", chat_file)
+    assert rc == 0, lines
+    assert (out / "adapter_config.json").is_file() and "'identical': 24" in cli.out
+
+
+# ---------------------------------------------------------------------------------------------- provenance
+
+
+@pytest.mark.parametrize(
+    "name, data, where",
+    [
+        ("b.jsonl", '{"text": "在家躺着"}\n{"text": ""}\n', "b.jsonl:2"),
+        ("c.jsonl", '{"text": "在家躺着"}\n\n{"text": "在家"}\n{"text": ""}\n', "c.jsonl:4"),
+        ("d.txt", "\n", "d.txt"),
+    ],
+)
+def test_provenance_names_an_empty_baseline_text(name, data, where, tmp_path, monkeypatch, capsys):
+    """Before: "the text is empty; pass --text or --text-file", blaming the --text that was fine."""
+    base = tmp_path / name
+    base.write_text(data, encoding="utf-8")
+    refuse_to_start(monkeypatch, "weitiao.eval.provenance_cli", "load_chat_model")
+    args = ["provenance", "--model", "demo", "--prompt", "周末？", "--text", "在家", "--baseline-text", base]
+    rc, lines = cli(capsys, monkeypatch, *args)
+    assert rc == 1 and len(lines) == 1, (rc, lines)
+    assert lines[0].startswith(f"error: {tmp_path / where}: the baseline text is empty")
+    assert "--text-file" not in lines[0]
+
+
+def test_provenance_samples_are_shown_on_whole_characters(tokenizer, tiny_model_dir, monkeypatch):
+    """Before: a sampled reply cut inside a character printed `�` in the examples (and the greedy reply)."""
+    from transformers import AutoModelForCausalLM
+
+    from weitiao.data.templates import resolve_template
+    from weitiao.eval import provenance_report
+    from weitiao.eval.provenance import Sampling
+    from weitiao.eval.provenance_report import CheckConfig, check
+
+    ids = tokenizer("挺好的", add_special_tokens=False)["input_ids"]
+    half = next(i for i in range(len(tokenizer)) if "\ufffd" in tokenizer.decode([i]))  # a lone UTF-8 byte
+    assert "\ufffd" in tokenizer.decode(ids + [half])  # what the report showed before
+    monkeypatch.setattr(provenance_report, "sample", lambda model, ctx, k, *a, **kw: [ids + [half]] * k)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    cfg = CheckConfig(sampling=Sampling(0.7, 0.9), samples=3, prompt_dependence=False)
+    rep = check(model, tokenizer, resolve_template(tokenizer), [{"role": "user", "content": "好吗"}], "挺好的", cfg)
+    assert rep["samples"]["examples"] == ["挺好的"] * 3
+    assert rep["greedy"]["text"] == "挺好的" and rep["greedy"]["rouge_l"] == 1.0
