@@ -117,10 +117,31 @@ def test_epoch_plan_steps_cross_epochs_where_an_uninterrupted_run_does():
     plan = loop.EpochPlan([1] * 8, 8, False, t, world=1)
     assert plan.steps_in(0) == 2 and plan.total_steps(loop.new_state()) == 4  # 8 // 3 per epoch, 2 left over
     epoch0 = plan.epoch(0)
-    assert plan.step(1) == (0, epoch0[3:6])
+    assert plan.step(1) == (0, epoch0[3:8])  # the epoch's last step takes the 2 left over too
     assert plan.step(2) == (1, plan.epoch(1)[0:3]) and plan.epoch(1) != epoch0  # reshuffled per epoch
     two = loop.EpochPlan([1] * 8, 8, False, spec(grad_accum=1, epochs=2), world=3)  # 3 processes × 1
     assert two.step(1) == plan.step(1)  # a step is processes × grad_accum micro-batches either way
+
+
+@pytest.mark.parametrize(("n", "world", "accum"), [(37, 2, 1), (23, 2, 4), (10, 3, 2), (5, 4, 1), (7, 1, 8)])
+def test_every_micro_batch_is_trained_once_per_epoch(n, world, accum):
+    """Counts that are not multiples of processes × grad_accum: nothing is left out at an epoch's end (it used to
+    be: 37 rows on 2 processes × micro-batch 3 trained 27), and every process gets a micro-batch of every step."""
+    plan = loop.EpochPlan([1] * n, 8, False, spec(grad_accum=accum, epochs=2), world=world)
+    total = plan.total_steps(loop.new_state())
+    seen: dict[int, list] = {0: [], 1: []}
+    for k in range(total):
+        epoch, units = plan.step(k)
+        assert all(units[rank::world] for rank in range(world))
+        seen[epoch] += [u for rows in units for row in rows for u in row]
+    assert sorted(seen[0]) == sorted(seen[1]) == list(range(n))
+    assert total == 2 * max(n // (world * accum), 1)
+
+
+def test_too_few_micro_batches_for_the_processes_is_refused():
+    with pytest.raises(UserError, match="train: 3 micro-batches for 4 processes, so some process would train"):
+        loop.EpochPlan([1] * 3, 8, False, spec(), world=4).total_steps(loop.new_state())
+    assert loop.EpochPlan([1] * 3, 8, False, spec(grad_accum=4), world=2).total_steps(loop.new_state()) == 1
 
 
 def test_micro_batches_sync_gradients_on_the_last_only():

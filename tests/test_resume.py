@@ -212,3 +212,40 @@ def test_resume_refuses_changed_data_content(tiny_model_dir, chat_file, tmp_path
         sft.run(config(tiny_model_dir, chat_file, run, *args))
     sft.run(config(tiny_model_dir, chat_file, run, *args, "train.resume=force"))
     assert [r["step"] for r in read_metrics(run, "train")] == [1, 2, 3]
+
+
+def _checkpoint(run: Path, step: int, **state) -> Path:
+    from weitiao.train import checkpoint as ck
+
+    path = run / "checkpoints" / f"step-{step:06d}"
+    path.mkdir(parents=True)
+    torch.save({"step": step, **state}, path / ck.STATE_FILE)
+    (path / ck.CONFIG_FILE).write_text("{}\n")
+    return path
+
+
+def test_processes_that_find_different_checkpoints_are_refused(tmp_path):
+    """A train.out folder per node: process 0 found step 2, process 1 nothing. Both used to go on (one resumed,
+    one fresh), train on mismatched replicas and hang; now every process stops with the same line."""
+    from weitiao.train import checkpoint as ck
+
+    node_a, node_b = tmp_path / "a", tmp_path / "b"
+    mine = _checkpoint(node_a, 2, world=2)
+    seen = [f"{mine.resolve()} (step 2)", None]
+    with pytest.raises(UserError, match=r"different checkpoints \(process 0: .*step-000002 \(step 2\); process 1: no"):
+        ck.open_run(node_a, "auto", "{}\n", True, world=2, gather=lambda value: seen)
+    assert not (node_b / "config.yaml").exists()
+    # negative control: every process found the same checkpoint
+    assert ck.open_run(node_a, "auto", "{}\n", True, world=2, gather=lambda value: [value, value]) == mine
+
+
+def test_ppo_checkpoint_of_another_world_size_is_refused(tmp_path):
+    """PPO keeps one RNG state per process instead of `world`: a resume on 1 process of a 2-process run used to
+    reseed and train the prompts of step 2 again."""
+    from weitiao.train import checkpoint as ck
+
+    _checkpoint(tmp_path, 2, rng=[{}, {}])
+    with pytest.raises(UserError, match=r"written by 2 process\(es\), this run has 1; resume with 2"):
+        ck.open_run(tmp_path, "auto", "{}\n", True, world=1)
+    assert ck.open_run(tmp_path, "force", "{}\n", True, world=1) is not None
+    assert ck.saved_world({"rng": {}}) == 1 and ck.saved_world({"world": 3, "rng": [{}]}) == 3

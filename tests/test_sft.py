@@ -205,8 +205,9 @@ def test_epochs_with_varying_packed_row_counts(tiny_model_dir, tokenizer, tmp_pa
     )
     summary = sft.run(cfg)
     train = read_metrics(tmp_path / "run", "train")
-    assert summary["finished"] and len(train) == summary["total_steps"] == 4 * counts[0]
-    assert [sum(1 for r in train if r["epoch"] == e) for e in range(4)][:2] == counts[:2]
+    # 4 epochs of their own sizes (it used to be 4 × the first epoch's, so the run spilled into a fifth)
+    assert summary["finished"] and len(train) == summary["total_steps"] == sum(counts)
+    assert [sum(1 for r in train if r["epoch"] == e) for e in range(5)] == [*counts, 0]
 
 
 def test_fresh_run_in_used_dir_starts_clean(tiny_model_dir, chat_file, tmp_path):

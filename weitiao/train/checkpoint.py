@@ -205,11 +205,7 @@ def load_checkpoint(
     """
     state = torch.load(ckpt / STATE_FILE, weights_only=False)
     saved_world = state.pop("world", 1)
-    if saved_world != world and not force:
-        raise UserError(
-            f"train.resume: {ckpt} was written by {saved_world} process(es), this run has {world}; "
-            f"resume with {saved_world} (the data split and RNG streams depend on it) or set train.resume=force"
-        )
+    check_world(ckpt, saved_world, world, force)
     if saved_world != world and rank == 0:
         print(f"train.resume=force: {ckpt} was written by {saved_world} process(es), resuming with {world}")
     if restore is not None:
@@ -407,21 +403,68 @@ def resume_point(out: Path, resume: str) -> Path | None:
     return p
 
 
+def _saved_state(ckpt: Path) -> dict[str, Any]:
+    """A checkpoint's trainer state, memory-mapped (its optimizer tensors are not read)."""
+    return torch.load(ckpt / STATE_FILE, weights_only=False, mmap=True)
+
+
 def _saved_step(ckpt: Path) -> int:
     if ckpt.name.startswith("step-") and ckpt.name[5:].isdigit():
         return step_of(ckpt)
-    return int(torch.load(ckpt / STATE_FILE, weights_only=False, mmap=True)["step"])
+    return int(_saved_state(ckpt)["step"])
 
 
-def open_run(out: Path, resume: str, config_yaml: str, main: bool, inputs: dict[str, str] | None = None) -> Path | None:
+def saved_world(state: dict[str, Any]) -> int:
+    """Processes that wrote a checkpoint's state: `world` (SFT/DPO/RM) or one RNG state each (PPO)."""
+    if "world" in state:
+        return int(state["world"])
+    rng = state.get("rng")
+    return len(rng) if isinstance(rng, list) else 1
+
+
+def check_world(ckpt: Path, was: int, world: int, force: bool) -> None:
+    """Refuse resuming a checkpoint `was` processes wrote with `world` of them, unless `force`."""
+    if was != world and not force:
+        raise UserError(
+            f"train.resume: {ckpt} was written by {was} process(es), this run has {world}; resume with {was} "
+            "(the data split and RNG streams depend on it) or set train.resume=force"
+        )
+
+
+def same_checkpoint_everywhere(ckpt: Path | None, gather: Callable[[Any], list]) -> None:
+    """Refuse a resume where the processes found different checkpoints (a train.out folder per node): each would
+    load other weights, or none, and the run would train on mismatched replicas until a collective hangs."""
+    found = gather(None if ckpt is None else f"{ckpt.resolve()} (step {_saved_step(ckpt)})")
+    if len(set(found)) > 1:
+        seen = "; ".join(f"process {rank}: {f or 'no checkpoint'}" for rank, f in enumerate(found))
+        raise UserError(
+            f"train.resume: the processes found different checkpoints ({seen}); put train.out on storage every "
+            "node shares (or copy the run folder to each node), or set train.resume=none"
+        )
+
+
+def open_run(
+    out: Path,
+    resume: str,
+    config_yaml: str,
+    main: bool,
+    inputs: dict[str, str] | None = None,
+    world: int = 1,
+    gather: Callable[[Any], list] | None = None,
+) -> Path | None:
     """Start or resume the run in `out`; returns the checkpoint to load (None: fresh start).
 
-    Resume (`train.resume`: auto, force or a checkpoint dir) checks the config (`check_config`) and the
-    weights behind its model/adapter paths (`inputs`, from `input_fingerprints`: `check_inputs`) first; a
-    fresh start moves a previous run's files aside. The main process then writes config.yaml and inputs.json.
+    Resume (`train.resume`: auto, force or a checkpoint dir) checks that every process found the same
+    checkpoint (`gather`: one value per process, for a run of several) and that `world` processes wrote it,
+    then the config (`check_config`) and the weights behind its model/adapter paths (`inputs`, from
+    `input_fingerprints`: `check_inputs`); a fresh start moves a previous run's files aside. The main
+    process then writes config.yaml and inputs.json.
     """
     ckpt = resume_point(out, resume)
+    if gather is not None and world > 1:
+        same_checkpoint_everywhere(ckpt, gather)
     if ckpt is not None:
+        check_world(ckpt, saved_world(_saved_state(ckpt)), world, resume == "force")
         forced, changes = check_config(ckpt, config_yaml, force=resume == "force")
         forced_inputs = check_inputs(ckpt, inputs or {}, force=resume == "force")
         if main:

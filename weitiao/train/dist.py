@@ -26,6 +26,11 @@ PEFT_SAVED = ("lora_", "modules_to_save", "trainable_tokens")
 FSDP_HINT = "use FSDP2 (fsdp_version: 2, examples/accelerate/fsdp.yaml) or DDP (examples/accelerate/ddp.yaml)"
 
 
+def gather_objects(value: Any) -> list:
+    """`value` of every process, in rank order (picklable objects; every process must call it)."""
+    return gather_object([value])
+
+
 def accelerator(model: Any = None, whole: str | None = None) -> Any:
     """The recipes' Accelerator (cpu=True on a machine without CUDA: gloo DDP), after `refuse_unsavable`
     and, given the run's `model` spec, `refuse_unshardable`. `whole` names a recipe that keeps whole weights

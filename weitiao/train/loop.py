@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import time
 from collections.abc import Callable, Iterator
 from functools import lru_cache
@@ -47,12 +48,13 @@ class EpochPlan:
     """Micro-batches of every epoch (reshuffled per epoch) and where optimizer step k reads from.
 
     One step takes `processes × grad_accum` consecutive micro-batches of its epoch, so a run resumed
-    at step k reads exactly what the uninterrupted run read there.
+    at step k reads exactly what the uninterrupted run read there. An epoch's last step also takes the
+    micro-batches left over (fewer than one step's worth), so every row is trained once per epoch.
     """
 
     def __init__(self, lengths: list[int], capacity: int, packing: bool, t: TrainSpec, world: int):
         self.lengths, self.capacity, self.packing, self.t = lengths, capacity, packing, t
-        self.per_step = world * t.grad_accum
+        self.world, self.per_step = world, world * t.grad_accum
         self.epoch = lru_cache(maxsize=2)(self._epoch)
         self._steps: dict[int, int] = {}
 
@@ -68,9 +70,12 @@ class EpochPlan:
         )
 
     def steps_in(self, epoch: int) -> int:
+        """Optimizer steps of an epoch: one per `per_step` micro-batches, the remainder in the last; 0 when
+        some process would get no micro-batch at all."""
         # Packing makes the number of micro-batches vary a little from epoch to epoch: count per epoch.
         if epoch not in self._steps:
-            self._steps[epoch] = len(self.epoch(epoch)) // self.per_step
+            n = len(self.epoch(epoch))
+            self._steps[epoch] = max(n // self.per_step, 1) if n >= self.world else 0
         return self._steps[epoch]
 
     def total_steps(self, state: dict[str, Any]) -> int:
@@ -78,10 +83,15 @@ class EpochPlan:
         t = self.t
         if self.steps_in(0) == 0:
             raise UserError(
-                f"train: too little data for one step of {self.per_step} micro-batches "
-                "(processes × grad_accum); lower train.micro_batch_size or train.grad_accum"
+                f"train: {len(self.epoch(0))} micro-batches for {self.world} processes, so some process would "
+                "train on nothing; lower train.micro_batch_size or use fewer processes"
             )
-        total = t.max_steps if t.max_steps is not None else max(1, int(t.epochs * self.steps_in(0) + 0.999999))
+        if t.max_steps is not None:
+            total = t.max_steps
+        else:  # whole epochs (each its own size when packed), then the fraction of the next one
+            whole, part = int(t.epochs), t.epochs - int(t.epochs)
+            total = sum(self.steps_in(e) for e in range(whole)) + math.ceil(part * self.steps_in(whole) - 1e-9)
+            total = max(1, total)
         # Same data file names (config.yaml) can hold other rows: a resumed plan would then skip or repeat.
         key = hashlib.sha256(repr((self.lengths, self.capacity)).encode()).hexdigest()[:16]
         if state.setdefault("data_key", key) != key and t.resume != "force":
@@ -103,7 +113,8 @@ class EpochPlan:
         while k >= self.steps_in(epoch):
             k -= self.steps_in(epoch)
             epoch += 1
-        return epoch, self.epoch(epoch)[k * self.per_step : (k + 1) * self.per_step]
+        last = k == self.steps_in(epoch) - 1
+        return epoch, self.epoch(epoch)[k * self.per_step : None if last else (k + 1) * self.per_step]
 
     def tokens(self, units: Units) -> int:
         """Unpadded tokens of a step's micro-batches."""
@@ -321,8 +332,8 @@ def start(
 
     config_yaml, inputs = dump_config(cfg), ck.input_fingerprints(cfg)
     state = new_state()
-    ckpt = ck.open_run(out, t.resume, config_yaml, accel.is_main_process, inputs)
     rank, world = accel.process_index, accel.num_processes
+    ckpt = ck.open_run(out, t.resume, config_yaml, accel.is_main_process, inputs, world, dist.gather_objects)
     if ckpt is not None:
         state.update(dist.load_checkpoint(ckpt, accel, module, optimizer, rank, world, t.resume == "force"))
     log = MetricsLog(out, accel.is_main_process, t.tensorboard, t.report_to, config_yaml)
