@@ -133,3 +133,19 @@ def test_export_dir_gets_a_normal_mode(adapter, tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "x").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_export_files_are_readable_by_others_under_umask_022(adapter, tmp_path):
+    """mkstemp (weitiao.io) and safetensors write 0600; the export's files get a plain open()'s mode."""
+    src = adapter / "final" / "adapter" / "adapter_model.safetensors"
+    src.chmod(0o600)  # as training's safetensors writer leaves it
+    old = os.umask(0o022)
+    try:
+        for merge in (False, True):
+            dest = ex.export(str(adapter), str(tmp_path / f"merge-{merge}"), merge=merge)
+            modes = {p.name: oct(p.stat().st_mode & 0o777) for p in dest.iterdir()}
+            assert set(modes.values()) == {"0o644"}, modes
+            assert ("model.safetensors" if merge else "adapter_model.safetensors") in modes
+    finally:
+        os.umask(old)
+        src.chmod(0o644)

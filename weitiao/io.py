@@ -1,7 +1,9 @@
 """File I/O shared by every command.
 
 Writes are atomic: a temp file beside the target, then os.replace; a full disk is one line naming the
-target. Reads decode UTF-8 strictly (a leading BOM is dropped: Windows editors write one) and report
+target. The new file gets the mode a plain open() would give (0o666 less the umask), or keeps the mode
+of the file it replaces: mkstemp's private 0600 would hide an export from a server running as another
+user. Reads decode UTF-8 strictly (a leading BOM is dropped: Windows editors write one) and report
 bad bytes, folders given as files and over-deep JSON as `file:line: problem`.
 """
 
@@ -11,7 +13,9 @@ import errno
 import hashlib
 import json
 import os
+import stat
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -141,6 +145,32 @@ def read_jsonl(path: str | Path, max_bytes: int | None = None) -> Iterator[tuple
             raise UserError(f"{where(path, n, 'json')}: not valid JSON ({e})") from None
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def umask() -> int:
+    """The process umask, read without changing it where Linux shows it (/proc), else set back at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)  # a file created by another thread in between is private, never too open
+        os.umask(mask)
+    return mask
+
+
+def file_mode(path: str | Path) -> int:
+    """The mode for a file written at `path`: that of the file it replaces, else what open() would give."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~umask()
+
+
 @contextmanager
 def atomic_writer(path: str | Path) -> Iterator[Callable[[str], None]]:
     """Yield write(text) into a temp file beside `path`; on success it replaces `path`, on error it is removed.
@@ -154,6 +184,12 @@ def atomic_writer(path: str | Path) -> Iterator[Callable[[str], None]]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
+        raise write_error(path, e) from None
+    try:
+        os.fchmod(fd, file_mode(path))
+    except OSError as e:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
         raise write_error(path, e) from None
 
     def write(text: str) -> None:
@@ -242,11 +278,14 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-        os.close(fd)
     except OSError as e:
         plt.close(fig)
         raise write_error(path, e) from None
     try:
+        try:
+            os.fchmod(fd, file_mode(path))
+        finally:
+            os.close(fd)
         fig.savefig(tmp, dpi=dpi, format="png")
         os.replace(tmp, path)
     finally:

@@ -3,16 +3,17 @@
 Merging folds W + (alpha/r)·B·A (peft's merge, so DoRA/rsLoRA scaling is right) into weights
 that are first de-quantized from NF4 when the base was trained in 4 bit: the adapter learned to
 correct the de-quantized weights, so merging into the original full-precision weights would give a
-different model. Either export carries what other tools need to behave as training did
-(models.portable): the training chat template in the tokenizer, generation_config.json stopping at
-the template's end-of-turn, files transformers 4.x reads. `--check FILE` tokenizes training rows
+different model. On a base with tied embeddings an adapter on embed_tokens is merged after lm_head
+gets its own copy of the original weight, as in training (untie_adapted_embedding). Either export
+carries what other tools need to behave as training did (models.portable): the training chat
+template in the tokenizer, generation_config.json stopping at the template's end-of-turn, files
+transformers 4.x reads. `--check FILE` tokenizes training rows
 with plain transformers on the export and compares them with training's token ids.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 import tempfile
@@ -26,7 +27,7 @@ from weitiao.data.formats import load_conversations
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
 from weitiao.infer import gguf as to_gguf
-from weitiao.io import atomic_write_text
+from weitiao.io import atomic_write_text, umask
 from weitiao.models.load import (
     DTYPES,
     ModelSpec,
@@ -62,6 +63,31 @@ def dequantized_base(spec: ModelSpec) -> Any:
             w = bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state)
             modules[name].weight.copy_(w.reshape(modules[name].weight.shape).float())
     return plain
+
+
+def untie_adapted_embedding(model: Any) -> Any:
+    """Give lm_head its own copy of a tied input embedding weight that the adapter changes.
+
+    Training left lm_head's weight as it was (or adapted it on its own, peft's ensure_weight_tying);
+    merging into the shared weight would change the output head too (or fold the delta in twice).
+    """
+    base = model.get_base_model()
+    emb, head = base.get_input_embeddings(), base.get_output_embeddings()
+    if head is None or isinstance(emb, torch.nn.Embedding):
+        return model  # the adapter does not touch the input embedding
+
+    def inner(m: Any) -> Any:  # the module peft wrapped: a LoRA layer's base, modules_to_save's original
+        return m.get_base_layer() if hasattr(m, "get_base_layer") else getattr(m, "original_module", m)
+
+    head = inner(head)
+    if head.weight is not inner(emb).weight:
+        return model
+    head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+    base.config.get_text_config().tie_word_embeddings = False
+    base.config.tie_word_embeddings = False
+    if hasattr(base, "all_tied_weights_keys"):  # transformers 5 keeps the tied pairs it found at load time
+        base.all_tied_weights_keys = {}
+    return model
 
 
 def _files(root: Path) -> set[str]:
@@ -144,7 +170,8 @@ def export(
 
     def fill(tmp: Path) -> dict[str, Any]:
         if merge:
-            merged = attach_adapter(dequantized_base(spec), adapter_dir, spec.path).merge_and_unload()
+            adapted = untie_adapted_embedding(attach_adapter(dequantized_base(spec), adapter_dir, spec.path))
+            merged = adapted.merge_and_unload()
             merged = merged.to(DTYPES[dtype])
             merged.config.use_cache = True
             merged.save_pretrained(tmp, safe_serialization=True)
@@ -157,7 +184,7 @@ def export(
         save_tokenizer(tokenizer, template, tmp)
         if gguf is not None:
             to_gguf.convert(tmp, tmp / f"model-{gguf}.gguf", gguf, name=dest.name)
-        info = {"adapter": str(adapter_dir.resolve()), "base": spec.path, "merged": merge}
+        info = {"adapter": str(adapter_dir.resolve()), "base": spec.path, "quant": spec.quant, "merged": merge}
         return {**info, "dtype": dtype if merge else None}
 
     return publish(dest, replace, fill)
@@ -169,12 +196,14 @@ def publish(dest: Path, replace: bool, fill: Any) -> Path:
     until then). A failure at any point leaves `dest` as it was and no temp dir behind."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export gets a normal new dir's mode
+    mask = umask()
+    tmp.chmod(0o777 & ~mask)  # mkdtemp makes it private; the export gets a normal new dir's mode
     old = None
     try:
         info = fill(tmp)
+        for f in tmp.rglob("*"):  # safetensors writes 0600; a server running as another user must read the export
+            if f.is_file() and not f.is_symlink():
+                f.chmod(0o666 & ~mask)
         atomic_write_text(tmp / MARKER, json.dumps({**info, "files": sorted(_files(tmp))}, indent=1))
         if replace:
             old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".old"))
@@ -210,7 +239,8 @@ VLLM_LORA_RANKS, VLLM_DEFAULT_RANK = (1, 8, 16, 32, 64, 128, 256, 320, 512), 16
 
 
 def serve_notes(dest: Path) -> list[str]:
-    """Lines for the user after an export: what vLLM cannot load (then: merge), else the `vllm serve` command."""
+    """Lines for the user after an export: what vLLM cannot load (then: merge), else the `vllm serve` command
+    after notes on a rank above vLLM's default and on a quantized training base."""
     info = json.loads((dest / MARKER).read_text(encoding="utf-8"))
     q = shlex.quote
     if info["merged"]:
@@ -234,6 +264,11 @@ def serve_notes(dest: Path) -> list[str]:
         f"--generation-config {q(str(dest))} --chat-template {q(str(dest / 'chat_template.jinja'))}"
     )
     lines = []
+    if (quant := info.get("quant", "none")) != "none":  # exports made before the key was recorded: none
+        kind = {"4bit": "4-bit NF4", "8bit": "8-bit"}.get(quant, quant)
+        merge = "; --merge writes the model that was trained (de-quantized base + adapter)" if quant == "4bit" else ""
+        lines.append(f"note: the adapter was trained against the {kind} base; on the full-precision base vLLM "
+                     f"loads it is not exactly the model that was trained{merge}")  # fmt: skip
     if rank > VLLM_DEFAULT_RANK:
         need = next(r for r in VLLM_LORA_RANKS if r >= rank)
         lines.append(f"warning: LoRA rank {rank} is above vLLM's default --max-lora-rank {VLLM_DEFAULT_RANK}; "
