@@ -144,6 +144,7 @@ def test_ddp_two_processes_match_one(tiny_model_dir, chat_file, tmp_path):
             text=True,
         )
         assert p.returncode == 0, p.stderr[-3000:]
+        assert p.stdout.count("'finished': True") == 1, p.stdout  # the summary once, not once per process
     one = [r["loss"] for r in read_metrics(tmp_path / "one", "train")]
     two = [r["loss"] for r in read_metrics(tmp_path / "two", "train")]
     assert len(one) == len(two) == 5 and one[-1] < one[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -93,13 +94,19 @@ def config_show(name: str = typer.Argument(..., help="sft, dpo, rm, ppo or logs"
     _print_config_help(name)
 
 
+def _summary(summary: dict) -> None:
+    """A training run's summary, printed once: by process 0 of a distributed run (torchrun/accelerate set RANK)."""
+    if os.environ.get("RANK", "0") == "0":
+        console.print(summary)
+
+
 @app.command()
 def sft(config: Path = CONFIG, overrides: list[str] = OVERRIDES, help_config: bool = HELP_CONFIG) -> None:
     """Supervised fine-tuning: LoRA, QLoRA (model.quant=4bit) or full."""
     from weitiao.config import load_config
     from weitiao.recipes import sft as recipe
 
-    console.print(recipe.run(load_config(recipe.SFTConfig, config, overrides or [])))
+    _summary(recipe.run(load_config(recipe.SFTConfig, config, overrides or [])))
 
 
 @app.command()
@@ -124,7 +131,7 @@ def dpo(
             t.add_row(*("–" if v is None else f"{v:.4g}" for v in r.values()))
         console.print(t)
         return
-    console.print(recipe.run(load_config(recipe.DPOConfig, config, overrides or [])))
+    _summary(recipe.run(load_config(recipe.DPOConfig, config, overrides or [])))
 
 
 @app.command()
@@ -133,7 +140,7 @@ def rm(config: Path = CONFIG, overrides: list[str] = OVERRIDES, help_config: boo
     from weitiao.config import load_config
     from weitiao.recipes import rm as recipe
 
-    console.print(recipe.run(load_config(recipe.RMConfig, config, overrides or [])))
+    _summary(recipe.run(load_config(recipe.RMConfig, config, overrides or [])))
 
 
 @app.command()
@@ -149,8 +156,9 @@ def ppo(config: Path = CONFIG, overrides: list[str] = OVERRIDES, help_config: bo
         if k in cost:
             t.add_row(k, str(cost[k]))
     t.add_row("models held", ", ".join(f"{k}: {v}" for k, v in cost.get("models_held", {}).items()))
-    console.print({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()})
-    console.print(t)
+    if os.environ.get("RANK", "0") == "0":
+        console.print({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()})
+        console.print(t)
 
 
 @app.command()
