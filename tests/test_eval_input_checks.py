@@ -221,3 +221,16 @@ def test_provenance_samples_are_shown_on_whole_characters(tokenizer, tiny_model_
     rep = check(model, tokenizer, resolve_template(tokenizer), [{"role": "user", "content": "好吗"}], "挺好的", cfg)
     assert rep["samples"]["examples"] == ["挺好的"] * 3
     assert rep["greedy"]["text"] == "挺好的" and rep["greedy"]["rouge_l"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--max-new-tokens", "0"), ("--pair-votes", "-1"), ("--vote-interval", "-2"), ("--new-voters-per-hour", "-5")],
+)
+def test_arena_serve_refuses_values_out_of_range(capsys, monkeypatch, tmp_path, flag, value):
+    """Before: --max-new-tokens 0 generated empty answers to vote on; a negative limit read as a limit."""
+    refuse_to_start(monkeypatch, "weitiao.eval.arena.store", "pregenerate")
+    args = ["arena", "serve", "--db", tmp_path / "a.sqlite", "--models", "a=demo", "--prompts", tmp_path / "p.jsonl"]
+    rc, lines = cli(capsys, monkeypatch, *args, flag, value)
+    assert rc == 2 and any(flag in x for x in lines), lines
+    assert not (tmp_path / "a.sqlite").exists()

@@ -123,14 +123,14 @@ def arena_serve(
     answers: Path = typer.Option(None, help="pre-generated answers: rows {prompt, model, answer}"),
     models: str = typer.Option(None, help="live models: a=MODEL[:ADAPTER],b=... (answers generated at start)"),
     prompts: Path = typer.Option(None, help="with --models: the prompts to answer"),
-    max_new_tokens: int = typer.Option(128),
+    max_new_tokens: int = typer.Option(128, min=1),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8300),
-    vote_interval: float = typer.Option(2.0, help="least seconds between two votes of one voter (0: off)"),
-    votes_per_minute: int = typer.Option(10, help="votes one voter may cast a minute (0: off)"),
-    address_votes_per_minute: int = typer.Option(30, help="votes a minute from one client address (0: off)"),
-    pair_votes: int = typer.Option(50, help="votes one voter may cast on one pair of models (0: off)"),
-    new_voters_per_hour: int = typer.Option(30, help="voter ids issued to one client address an hour (0: off)"),
+    vote_interval: float = typer.Option(2.0, min=0, help="least seconds between two votes of one voter (0: off)"),
+    votes_per_minute: int = typer.Option(10, min=0, help="votes one voter may cast a minute (0: off)"),
+    address_votes_per_minute: int = typer.Option(30, min=0, help="votes a minute from one client address (0: off)"),
+    pair_votes: int = typer.Option(50, min=0, help="votes one voter may cast on one pair of models (0: off)"),
+    new_voters_per_hour: int = typer.Option(30, min=0, help="voter ids issued to one client address an hour (0: off)"),
 ) -> None:
     """Serve the blind-vote page: a prompt, two anonymous answers, A/B/tie/both-bad, names revealed after."""
     import uvicorn
