@@ -53,3 +53,22 @@ def test_figure_gets_open_mode(umask_022, tmp_path):
 
     io.save_figure(plt.figure(), tmp_path / "curve.png")
     assert mode(tmp_path / "curve.png") == 0o644
+
+
+def test_saved_weights_and_synth_tables_get_open_mode(umask_022, tmp_path, tiny_model_dir):
+    """safetensors writes through a private temp file (0600): a run's final/adapter and `logs synth` tables
+    used to be unreadable to a server running as another user."""
+    import pyarrow as pa
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from weitiao.logs.synth import write_table
+    from weitiao.train.checkpoint import save_weights
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(target_modules=["q_proj"]))
+    target = save_weights(model, tmp_path / "final")
+    files = [f for f in target.rglob("*") if f.is_file()]
+    assert any(f.suffix == ".safetensors" for f in files) and {mode(f) for f in files} == {0o644}
+    for suffix in (".parquet", ".csv", ".jsonl"):
+        path = write_table(pa.table({"a": [1, 2]}), tmp_path / f"events{suffix}")
+        assert mode(path) == 0o644, suffix

@@ -171,6 +171,16 @@ def file_mode(path: str | Path) -> int:
         return 0o666 & ~umask()
 
 
+def open_modes(folder: str | Path) -> None:
+    """Give every regular file under `folder` (one weitiao just wrote) the mode open() would: libraries that
+    write through a private temp file (safetensors) leave 0600, which a server running as another user cannot
+    read."""
+    mode = 0o666 & ~umask()
+    for f in Path(folder).rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            f.chmod(mode)
+
+
 @contextmanager
 def atomic_writer(path: str | Path) -> Iterator[Callable[[str], None]]:
     """Yield write(text) into a temp file beside `path`; on success it replaces `path`, on error it is removed.

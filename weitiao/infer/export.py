@@ -27,7 +27,7 @@ from weitiao.data.formats import load_conversations
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
 from weitiao.infer import gguf as to_gguf
-from weitiao.io import atomic_write_text, umask
+from weitiao.io import atomic_write_text, open_modes, umask
 from weitiao.models.load import (
     DTYPES,
     ModelSpec,
@@ -201,9 +201,7 @@ def publish(dest: Path, replace: bool, fill: Any) -> Path:
     old = None
     try:
         info = fill(tmp)
-        for f in tmp.rglob("*"):  # safetensors writes 0600; a server running as another user must read the export
-            if f.is_file() and not f.is_symlink():
-                f.chmod(0o666 & ~mask)
+        open_modes(tmp)  # safetensors writes 0600; a server running as another user must read the export
         atomic_write_text(tmp / MARKER, json.dumps({**info, "files": sorted(_files(tmp))}, indent=1))
         if replace:
             old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".old"))

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from weitiao.errors import UserError
-from weitiao.io import claim_outputs, remember
+from weitiao.io import claim_outputs, file_mode, remember
 from weitiao.train.log import progress_bar
 
 TOPICS = (
@@ -76,6 +76,7 @@ def write_table(table: pa.Table, path: Path) -> Path:
             fmt = "csv, HEADER true" if path.suffix == ".csv" else "json"
             con.execute(f"COPY (SELECT * FROM t) TO '{tmp}' (FORMAT {fmt})")
             con.close()
+        os.chmod(tmp, file_mode(path))  # not mkstemp's private 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from weitiao.errors import UserError
-from weitiao.io import atomic_write_text
+from weitiao.io import atomic_write_text, open_modes
 
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "config.yaml"
@@ -97,6 +97,7 @@ def save_weights(model: Any, out: Path, state_dict: dict[str, torch.Tensor] | No
     target = out / ("adapter" if is_peft(model) else "model")
     kw = {} if state_dict is None else {"state_dict": state_dict}
     model.save_pretrained(target, safe_serialization=True, **kw)
+    open_modes(target)  # safetensors leaves 0600: `final/` is what a server (maybe another user) loads
     return target
 
 
