@@ -127,3 +127,15 @@ def test_recipes_refuse_packing_when_attention_leaks(tiny_model_dir, tmp_path, m
     with pytest.raises(UserError, match="model.attn: sdpa(_packed)?: packed documents attend to each other"):
         mod.run(cfg)
     assert not (tmp_path / "o" / "metrics.jsonl").exists()
+
+
+def test_packed_run_with_lora_on_the_embedding_trains(tiny_model_dir, chat_file, tmp_path):
+    """LoRA on embed_tokens wraps the embedding: the isolation probe read `num_embeddings` off the wrapper and
+    refused every packed run ('use sdpa', already the setting)."""
+    from conftest import recipe_config
+
+    from weitiao.recipes import sft
+
+    cfg = recipe_config("sft", tiny_model_dir, chat_file, tmp_path / "o", "lora.targets=[embed_tokens,q_proj]",
+                        "train.max_steps=1")  # fmt: skip
+    assert cfg.data.packing and sft.run(cfg)["finished"]

@@ -50,7 +50,9 @@ def _decoder(model: Any) -> Any:
 def probe_error(model: Any, device: torch.device, one_row: bool, seed: int = 0) -> float:
     """Max relative difference of doc B's hidden states packed as [A, B] beside a row [C] vs B alone."""
     g = torch.Generator().manual_seed(seed)
-    vocab = _decoder(model).get_input_embeddings().num_embeddings
+    emb = _decoder(model).get_input_embeddings()
+    emb = emb.get_base_layer() if hasattr(emb, "get_base_layer") else emb  # LoRA on embed_tokens wraps it
+    vocab = emb.weight.shape[0]
     docs = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in (7, 5, 12)]
     exs = [Encoded(d, list(d)) for d in docs]
     was_training = model.training
@@ -75,8 +77,9 @@ def check_isolation(model: Any, device: torch.device, one_row: bool) -> float:
     tol = 1e-3 if dtype == torch.float32 else 3e-2  # half precision: rounding, not leakage
     try:
         err = probe_error(model, device, one_row)
-    except Exception as e:  # a kernel that cannot run the probe cannot be verified
-        raise UserError(f"model.attn: {impl}: cannot verify packed-sequence isolation ({e}); use sdpa") from None
+    except (RuntimeError, NotImplementedError, ValueError) as e:  # a kernel that cannot run the probe
+        hint = "data.packing: false" if impl in (PACKED_SDPA, "sdpa") else "model.attn: sdpa"
+        raise UserError(f"model.attn: {impl}: cannot verify packed-sequence isolation ({e}); use {hint}") from None
     if not err <= tol:
         raise UserError(
             f"model.attn: {impl}: packed documents attend to each other (probe differs by {err:.2g} > {tol:g}); "
