@@ -28,6 +28,12 @@ def test_qlora_adapter_export_notes_the_quantized_base(tiny_model_dir, chat_file
         (dest / ex.MARKER).write_text(json.dumps({**info, "quant": "8bit"}))  # --merge refuses an 8-bit base
         [note] = [n for n in ex.serve_notes(dest) if n.startswith("note:")]
         assert "8-bit base" in note and "--merge" not in note
+        cfg = json.loads((dest / "adapter_config.json").read_text())
+        (dest / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True}))  # vLLM cannot load DoRA
+        [warning] = ex.serve_notes(dest)
+        assert "8-bit base cannot be merged" in warning and "with --merge" not in warning
+        (dest / ex.MARKER).write_text(json.dumps(info))  # 4 bit: merging is the way out
+        assert "export a merged model with --merge" in ex.serve_notes(dest)[0]
     else:  # negative control
         assert not any(n.startswith("note:") for n in notes)
     merged = ex.export(str(run), str(tmp_path / "merged"), merge=True)

@@ -251,6 +251,9 @@ def serve_notes(dest: Path) -> list[str]:
         *(["LoRA bias (lora_bias)"] if cfg.get("lora_bias") else []),
         *([f"rank {rank} above {VLLM_LORA_RANKS[-1]}"] if rank > VLLM_LORA_RANKS[-1] else []),
     ]
+    if cannot and info.get("quant") == "8bit":  # --merge refuses an 8-bit base
+        return [f"warning: vLLM cannot load this adapter ({', '.join(cannot)}), and an 8-bit base cannot be merged; "
+                "retrain without them (or on a 4bit/unquantized base) to serve it with vLLM"]  # fmt: skip
     if cannot:
         return [
             f"warning: vLLM cannot load this adapter ({', '.join(cannot)}); export a merged model with --merge "
