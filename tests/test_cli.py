@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +21,26 @@ def test_malformed_data_is_one_line_error(tmp_path, tiny_model_dir):
     assert p.returncode == 1
     lines = [x for x in p.stderr.splitlines() if x.strip()]
     assert lines == [f"error: {bad}:2: output: missing (or pass --skip-invalid to set bad rows aside)"]
+
+
+def test_a_bad_row_names_the_way_to_skip_it_that_the_command_has(tmp_path, tiny_model_dir):
+    """The loader's hint used to say --skip-invalid everywhere: training has data.skip_invalid, mix has neither."""
+    from conftest import recipe_config
+
+    from weitiao.data.formats import load_conversations
+    from weitiao.errors import UserError
+    from weitiao.recipes import dpo, sft
+
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "问", "output": "答"}, {"instruction": "问"}])
+    with pytest.raises(UserError, match=r"bad.jsonl:2: output: missing \(or set data.skip_invalid: true to set"):
+        sft.run(recipe_config("sft", tiny_model_dir, bad, tmp_path / "o"))
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "问", "chosen": "好"}])
+    with pytest.raises(UserError, match=r"pairs.jsonl:1: .*\(or set data.skip_invalid: true to set"):
+        dpo.run(recipe_config("dpo", tiny_model_dir, pairs, tmp_path / "o"))
+    with pytest.raises(UserError, match=r"bad.jsonl:2: output: missing$"):
+        load_conversations(str(bad), skip_hint=None)
+    p = weitiao("data", "mix", f"{bad}:1", "--out", tmp_path / "mixed.jsonl")
+    assert p.returncode == 1 and "skip" not in p.stderr, p.stderr
 
 
 def test_bad_config_key_is_one_line_error(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -219,9 +218,9 @@ def _read_check_rows(path: Path) -> None:
     from weitiao.data.prep import require_rows
 
     try:
-        require_rows(load_conversations(str(path)))
-    except UserError as e:  # export has no --skip-invalid: drop the loader's hint to pass it
-        raise UserError(f"--check {re.sub(r' [(]or pass --skip-invalid[^)]*[)]', '', str(e))}") from None
+        require_rows(load_conversations(str(path), skip_hint=None))  # export cannot set bad rows aside
+    except UserError as e:
+        raise UserError(f"--check {e}") from None
 
 
 @app.command()
@@ -369,7 +368,7 @@ def data_show(
     from weitiao.data.formats import load_conversations
     from weitiao.models.load import load_tokenizer
 
-    rows = load_conversations(str(file)).rows
+    rows = load_conversations(str(file), skip_hint=None).rows
     if not 0 <= index < len(rows):
         raise UserError(f"--index {index}: {file} has {len(rows)} rows (0..{len(rows) - 1})")
     opts = EncodeOptions(max_len, train_on_prompt, "last" if last_turn_only else "all", "cut")

@@ -41,7 +41,15 @@ from typing import Any
 import numpy as np
 
 from weitiao.data.chat import Encoded, EncodeOptions, EncodeStats
-from weitiao.data.formats import Conversation, Document, LoadResult, PreferencePair, data_files, load_rows
+from weitiao.data.formats import (
+    CONFIG_SKIP_HINT,
+    Conversation,
+    Document,
+    LoadResult,
+    PreferencePair,
+    data_files,
+    load_rows,
+)
 from weitiao.data.prep import conversation_key
 from weitiao.data.templates import ChatTemplate
 from weitiao.errors import UserError
@@ -289,7 +297,7 @@ def _build(
     ticker = Ticker(kw["progress"])
     sink = Sink(folder, _Encoder(tokenizer, template, opts), kw["num_proc"], ticker)
     try:
-        loaded = load_rows(paths, sink=sink, rejects_path=kw["rejects_path"], **read)
+        loaded = load_rows(paths, sink=sink, rejects_path=kw["rejects_path"], skip_hint=CONFIG_SKIP_HINT, **read)
         sink.finish()
     finally:
         sink.close()

@@ -471,6 +471,10 @@ def data_files(entries: list[str | Path], dataset_dir: str | Path | None = None)
     return [Path(dataset_dir) / INFO, *files]
 
 
+SKIP_HINT = "pass --skip-invalid"  # a command's flag; training configs say CONFIG_SKIP_HINT
+CONFIG_SKIP_HINT = "set data.skip_invalid: true"
+
+
 def load_rows(
     paths: str | Path | list[str | Path],
     fmt: Format = "auto",
@@ -480,6 +484,7 @@ def load_rows(
     strict: bool = True,
     dataset_dir: str | Path | None = None,
     sink: Any = None,
+    skip_hint: str | None = SKIP_HINT,
 ) -> LoadResult:
     """Load and validate every row of every file (into `sink`, a list stand-in with append/len, if given).
 
@@ -489,7 +494,8 @@ def load_rows(
     A bad row raises UserError(`file:line: field: problem`) unless skip_invalid, in which case it
     is written with its error to `rejects_path` (default: `<first file>.rejects.jsonl`).
     A JSONL row over `max_row_bytes` is such a bad row (None = no limit). strict=False lets
-    preference rows with empty or identical replies through, for `data check` to count.
+    preference rows with empty or identical replies through, for `data check` to count. `skip_hint`: how
+    the caller's user sets bad rows aside, said after a bad row's error (None: a command that cannot).
     """
     if fmt != "auto" and fmt not in FORMATS:
         raise UserError(f"format {fmt!r} unknown; use one of auto, {', '.join(FORMATS)}")
@@ -519,7 +525,8 @@ def load_rows(
                 except RowError as e:
                     e = lf.rename(e) if lf else e
                     if not skip_invalid:
-                        raise UserError(f"{loc}: {e} (or pass --skip-invalid to set bad rows aside)") from None
+                        hint = f" (or {skip_hint} to set bad rows aside)" if skip_hint else ""
+                        raise UserError(f"{loc}: {e}{hint}") from None
                     if isinstance(record, RowError):  # no JSON: the line's text, so it can be fixed and fed again
                         rejects.append({"source": loc, "error": str(e), "row": None, "text": record.raw})
                     else:

@@ -27,7 +27,15 @@ import numpy as np
 
 from weitiao.data import cache
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode, encode_document
-from weitiao.data.formats import MAX_ROW_BYTES, Conversation, Document, LoadResult, PreferencePair, load_rows
+from weitiao.data.formats import (
+    MAX_ROW_BYTES,
+    SKIP_HINT,
+    Conversation,
+    Document,
+    LoadResult,
+    PreferencePair,
+    load_rows,
+)
 from weitiao.data.templates import ChatTemplate
 from weitiao.data.tokenize import encode_batch, examples
 from weitiao.errors import UserError
@@ -243,9 +251,15 @@ def load_pairs(
     rejects_path: Any = None,
     max_row_bytes: int = MAX_ROW_BYTES,
     dataset_dir: str | None = None,
+    skip_hint: str | None = SKIP_HINT,
 ) -> LoadResult:
     """Load preference rows; every row must be a pair."""
-    kw = {"rejects_path": rejects_path, "max_row_bytes": max_row_bytes, "dataset_dir": dataset_dir}
+    kw = {
+        "rejects_path": rejects_path,
+        "max_row_bytes": max_row_bytes,
+        "dataset_dir": dataset_dir,
+        "skip_hint": skip_hint,
+    }
     res = load_rows(paths, fmt, skip_invalid=skip_invalid, **kw)
     for note in res.notes:
         print(f"note: {note}")

@@ -84,7 +84,7 @@ def run(specs: list[str], out: str | Path, total: int | None = None, seed: int =
     for src in sources:
         if Path(src.path).is_file() and file_kind(src.path) == "preference":  # not "preference row in SFT data"
             raise UserError(f"mix source {src.path}: preference pairs; `data mix` mixes SFT rows only")
-        loaded = load_conversations(src.path).rows
+        loaded = load_conversations(src.path, skip_hint=None).rows
         if not loaded:
             raise UserError(f"{src.path}: no rows")
         pool = []

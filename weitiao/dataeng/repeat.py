@@ -103,7 +103,7 @@ def run(files: list[str | Path], out: str | Path, cfg: RepeatConfig, sft_out: st
     outs = [out, f"{out}.report.json"] + ([sft_out] if sft_out else [])
     claim_outputs(outs, data_files([str(f) for f in files]))
     # 1. load (or stitch)
-    convs = load_conversations([str(f) for f in files]).rows
+    convs = load_conversations([str(f) for f in files], skip_hint=None).rows
     if cfg.stitch_turns > 0:
         convs = stitch(convs, cfg.stitch_turns, cfg.seed)
     if not convs:

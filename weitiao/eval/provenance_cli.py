@@ -37,7 +37,7 @@ def read_texts(path: Path) -> list[str]:
         else:
             from weitiao.data.formats import load_conversations
 
-            texts = [(c.source, c.messages[-1]["content"]) for c in load_conversations([path]).rows]
+            texts = [(c.source, c.messages[-1]["content"]) for c in load_conversations([path], skip_hint=None).rows]
     for where, t in texts:
         if not t:
             raise UserError(f"{where}: the baseline text is empty; give it some content or drop it (--baseline-text)")

@@ -290,7 +290,7 @@ def check(export_dir: str, adapter: str, data: str, max_rows: int = 200) -> dict
     train_tok = load_tokenizer(str(tok_dir) if tok_dir else spec.path)
     train_tpl = resolve_template(train_tok, "auto")
     plain = AutoTokenizer.from_pretrained(export_dir)
-    rows = load_conversations(data).rows[:max_rows]
+    rows = load_conversations(data, skip_hint=None).rows[:max_rows]
     opts = EncodeOptions(max_len=10**9)
     bad = [
         c.source

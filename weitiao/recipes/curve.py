@@ -26,7 +26,7 @@ import random
 from pathlib import Path
 
 from weitiao.config import load_config
-from weitiao.data.formats import load_conversations
+from weitiao.data.formats import CONFIG_SKIP_HINT, load_conversations
 from weitiao.data.tools import to_record
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text, save_figure, write_jsonl
@@ -112,7 +112,8 @@ def run(
     cfg = load_config(sft.SFTConfig, config, overrides or [])
     out = Path(out or Path(cfg.train.out) / "curve")
     rows = load_conversations(cfg.data.train, cfg.data.format, skip_invalid=cfg.data.skip_invalid,
-                              rejects_path=out / "rejects.jsonl", dataset_dir=cfg.data.dataset_dir).rows  # fmt: skip
+                              rejects_path=out / "rejects.jsonl", dataset_dir=cfg.data.dataset_dir,
+                              skip_hint=CONFIG_SKIP_HINT).rows  # fmt: skip
     rng = random.Random(seed)
     # 2. one shuffle; nested prefixes
     order = list(range(len(rows)))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from weitiao.data.chat import Encoded
-from weitiao.data.formats import PreferencePair
+from weitiao.data.formats import CONFIG_SKIP_HINT, PreferencePair
 from weitiao.data.preference import PairStats, encode_pairs, load_pairs
 from weitiao.data.prep import count_overlap, overlap_warning, pair_key, require_rows, split_eval
 from weitiao.data.templates import ChatTemplate, resolve_template
@@ -57,12 +57,12 @@ def prepare_pairs(cfg: PairConfig, tokenizer: Any) -> PrefData:
     d = cfg.data
     template = resolve_template(tokenizer, d.template)
     rejects = Path(cfg.train.out) / "rejects.jsonl"
-    loaded = load_pairs(d.train, d.format, d.skip_invalid, rejects, d.max_row_bytes, d.dataset_dir)
+    loaded = load_pairs(d.train, d.format, d.skip_invalid, rejects, d.max_row_bytes, d.dataset_dir, CONFIG_SKIP_HINT)
     require_rows(loaded, "data.train")
     pairs, read, rejected = loaded.rows, loaded.read, loaded.rejected
     if d.eval:
         ev_rejects = rejects.with_name("eval_rejects.jsonl")
-        ev = load_pairs(d.eval, d.format, d.skip_invalid, ev_rejects, d.max_row_bytes, d.dataset_dir)
+        ev = load_pairs(d.eval, d.format, d.skip_invalid, ev_rejects, d.max_row_bytes, d.dataset_dir, CONFIG_SKIP_HINT)
         require_rows(ev, "data.eval")
         eval_pairs, read, rejected = ev.rows, read + ev.read, rejected + ev.rejected
     elif d.eval_split:

@@ -25,8 +25,8 @@ def load(path: str | Path, fmt: str = "auto") -> tuple[str, list[Any]]:
     """(kind, rows) through the loader of the trainer that takes this kind of file."""
     kind = file_kind(path, fmt)
     if kind == "preference":
-        return kind, load_pairs([str(path)], fmt, skip_invalid=False).rows
-    return kind, load_conversations(str(path), fmt, allow_text=True).rows
+        return kind, load_pairs([str(path)], fmt, skip_invalid=False, skip_hint=None).rows
+    return kind, load_conversations(str(path), fmt, allow_text=True, skip_hint=None).rows
 
 
 def sft_view(row: Any, tokenizer: Any, template: str, max_len: int, train_on_prompt: bool) -> dict:
