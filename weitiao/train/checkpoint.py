@@ -208,7 +208,9 @@ def load_checkpoint(
     saved_world = state.pop("world", 1)
     check_world(ckpt, saved_world, world, force)
     if saved_world != world and rank == 0:
-        print(f"train.resume=force: {ckpt} was written by {saved_world} process(es), resuming with {world}")
+        print(f"train.resume=force: {ckpt} was written by {saved_world} process(es), resuming with {world}: a step now "
+              "reads other micro-batches, so the rest of this epoch may train some rows twice and others not at all, "
+              "and the step count follows the new batch")  # fmt: skip
     if restore is not None:
         restore(model, ckpt, optimizer, state.pop("optimizer"))
     else:
