@@ -273,3 +273,22 @@ def test_odd_pair_count_equals_one_micro_batch(tiny_model_dir, tmp_path):
     odd, one = logs["odd"][0], logs["one"][0]
     assert odd["pairs_per_s"] > 0 and abs(odd["loss"] - one["loss"]) < 1e-6
     assert abs(odd["grad_norm"] - one["grad_norm"]) < 1e-5 * one["grad_norm"]
+
+
+def test_rpo_logged_loss_is_the_objective_trained_on(tiny_model_dir, tmp_path):
+    """With dpo.rpo_alpha the loss logged (train and eval) is DPO + α × the chosen replies' per-token NLL, the
+    objective whose gradient is taken; it used to be the DPO term alone, with no NLL metric."""
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(8))
+    runs = {}
+    for alpha in (0.0, 0.5):
+        out = tmp_path / f"a{alpha}"
+        dpo.run(config(tiny_model_dir, data, out, "train.max_steps=1", f"dpo.rpo_alpha={alpha}",
+                       f"data.eval=[{data}]", "train.eval_every=1"))  # fmt: skip
+        runs[alpha] = (read_metrics(out, "train")[0], read_metrics(out, "eval")[0])
+    (train0, eval0), (train, ev) = runs[0.0], runs[0.5]
+    assert "eval_nll_chosen" not in eval0
+    assert "nll_chosen" not in train0 and "loss_dpo" not in train0  # negative control: no RPO, loss = DPO term
+    for m, p in ((train, ""), (ev, "eval_")):
+        assert m[p + "nll_chosen"] > 1 and m[p + "loss_dpo"] > 0
+        assert m[p + "loss"] == pytest.approx(m[p + "loss_dpo"] + 0.5 * m[p + "nll_chosen"], rel=1e-9)
+    assert train["loss_dpo"] == pytest.approx(math.log(2), abs=1e-5) == train0["loss"]  # step 1: π = π_ref

@@ -9,8 +9,8 @@ the test checks that its tokens are exactly weitiao's.
 
 TRL 1.16 semantics checked here:
 - sigmoid, hinge, ipo: same formula, same length averaging for ipo (completion-token count) → equal.
-  Only the logged ipo rewards differ: weitiao's rewards/margins/accuracy use the length-averaged
-  log-probs the ipo loss sees, TRL's always use summed log-probs.
+  Both log rewards/margins/accuracy on summed log-probs, ipo too (weitiao logged ipo's on the
+  length-averaged ones until a user saw margins and logp_gap of opposite signs).
 - label smoothing: TRL's `sigmoid` ignores `label_smoothing` (it is only read by robust/exo_pair/aot).
   weitiao's conservative DPO is the label-flip mixture (1−ε)·L(c≻r) + ε·L(r≻c), i.e. TRL's sigmoid on
   the batch and on the batch with chosen/rejected swapped. TRL's `robust` is a different objective:
@@ -145,10 +145,9 @@ def test_loss_equals_trl(setup, loss_type, beta):
         got, wm = weitiao_loss(tr, exs, tokenizer, loss_type, beta)
     assert abs(m["rewards/margins"]) > 0.01  # policy ≠ reference
     assert abs(got.item() - want.item()) < TOL, (got.item(), want.item())
-    if loss_type != "ipo":  # weitiao logs ipo's rewards on length-averaged log-probs, TRL on summed ones
-        assert abs(wm["margins"] - m["rewards/margins"]) < TOL
-        assert abs(wm["rewards/chosen"] - m["rewards/chosen"]) < TOL
-        assert abs(wm["accuracy"] - m["rewards/accuracies"]) < 1e-6
+    assert abs(wm["margins"] - m["rewards/margins"]) < TOL  # ipo too: rewards on summed log-probs, as TRL
+    assert abs(wm["rewards/chosen"] - m["rewards/chosen"]) < TOL
+    assert abs(wm["accuracy"] - m["rewards/accuracies"]) < 1e-6
     assert abs(wm["logps/chosen"] - m["logps/chosen"]) < 1e-3  # sums over ~10 tokens of ~-6
     assert abs(wm["logps/rejected"] - m["logps/rejected"]) < 1e-3
     if loss_type == "hinge" and beta > 0.5:  # both branches of max(0, 1 − β·h) occur: mean relu > relu of mean > 0

@@ -209,10 +209,10 @@ def pair_step(
     ref_tok = ref.token_logps(b, order).to(tok.dtype)
     seq = b.seq_index[b.targets != IGNORE]
     ref_sums = torch.zeros_like(sums).index_add(0, seq, ref_tok)
-    pol, rfs = sums, ref_sums
-    if d.loss_type in LENGTH_AVERAGED:
+    loss, m = dpo_terms(sums[0::2], sums[1::2], ref_sums[0::2], ref_sums[1::2], d.beta, d.loss_type, d.label_smoothing)
+    if d.loss_type in LENGTH_AVERAGED:  # the loss on per-token means; rewards, margins, accuracy stay on sums (TRL)
         pol, rfs = sums / counts.clamp_min(1), ref_sums / counts.clamp_min(1)
-    loss, m = dpo_terms(pol[0::2], pol[1::2], rfs[0::2], rfs[1::2], d.beta, d.loss_type, d.label_smoothing)
+        loss, _ = dpo_terms(pol[0::2], pol[1::2], rfs[0::2], rfs[1::2], d.beta, d.loss_type, d.label_smoothing)
     w = torch.ones_like(loss) if weights is None else loss.new_tensor([weights[i // 2] for i in order[0::2]])
     out = {"loss_sum": (w * loss).sum(), "weight_sum": w.sum(), **{f"{k}_sum": v.sum() for k, v in m.items()}}
     gap = (sums - ref_sums).detach()
@@ -227,12 +227,17 @@ def pair_step(
     return out
 
 
-def _means(sums: dict[str, torch.Tensor], prefix: str = "") -> dict[str, float]:
+def _means(sums: dict[str, torch.Tensor], prefix: str = "", rpo_alpha: float = 0.0) -> dict[str, float]:
+    """Per-pair means of the summed metrics; `loss` is the objective trained on: with RPO the DPO term (`loss_dpo`)
+    plus α × the chosen replies' per-token NLL (`nll_chosen`)."""
     pairs = max(1.0, float(sums["pairs"]))
-    per_token = {"kl_offpolicy_data_sum", "kl_onpolicy_sum"}
+    per_token = {"kl_offpolicy_data_sum", "kl_onpolicy_sum", "nll_chosen_sum"}
     out = {prefix + k[:-4]: float(v) / pairs for k, v in sums.items() if k.endswith("_sum") and k not in per_token}
-    out.pop(prefix + "nll_chosen", None)
     out[prefix + "loss"] = float(sums["loss_sum"]) / max(1e-12, float(sums["weight_sum"]))  # weighted mean
+    if rpo_alpha:
+        out[prefix + "nll_chosen"] = float(sums["nll_chosen_sum"]) / max(1.0, float(sums["chosen_tokens"]))
+        out[prefix + "loss_dpo"] = out[prefix + "loss"]
+        out[prefix + "loss"] += rpo_alpha * out[prefix + "nll_chosen"]
     out[prefix + "kl_offpolicy_data"] = float(sums["kl_offpolicy_data_sum"]) / max(1.0, float(sums["tokens"]))
     if "kl_onpolicy_sum" in sums:
         out[prefix + "kl_onpolicy_seq"] = float(sums["kl_onpolicy_sum"]) / max(1.0, float(sums["kl_onpolicy_seqs"]))
@@ -350,7 +355,7 @@ def evaluate(
     keys = sorted(total)
     vec = accel.reduce(torch.stack([total[k] for k in keys]), reduction="sum")
     loss_mod.train()
-    return _means(dict(zip(keys, vec)), "eval_")
+    return _means(dict(zip(keys, vec)), "eval_", cfg.dpo.rpo_alpha)
 
 
 class FallingChosen:
@@ -430,7 +435,7 @@ def run(cfg: DPOConfig) -> dict:
         return evaluate(loss_mod, eval_ref, data.eval, cfg, ids, accel, model)
 
     def summarize(sums: loop.Sums, seconds: float) -> dict[str, float]:
-        return {**_means(sums), "pairs_per_s": float(sums["pairs"]) / max(seconds, 1e-9)}
+        return {**_means(sums, rpo_alpha=d.rpo_alpha), "pairs_per_s": float(sums["pairs"]) / max(seconds, 1e-9)}
 
     # 4. Loop: each micro-batch packs whole pairs; the loss is normalized by the step's pair weight.
     with loop.Tracker("dpo", t, accel, log, state, total, loss_mod, optimizer) as run:
