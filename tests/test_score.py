@@ -117,3 +117,32 @@ def test_every_option_a_hint_names_exists(rm_dir, tmp_path):
     # the option the hint names works: the bad row is set aside, the good one scored
     summary = score.run(str(rm_dir), str(bad_rows), skip_invalid=True)
     assert summary["rows"] == 1 and (tmp_path / "bad.jsonl.rejects.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_a_raw_text_reward_model_scores_as_it_was_trained(tiny_model_dir, tmp_path):
+    """An RM trained with data.format preference_raw learned on prompt + reply + EOS; `score` rendered the pairs
+    through the chat template and reported other margins (a user measured 0.41 against the run's eval 2.37)."""
+    from conftest import recipe_config
+
+    from weitiao.recipes import rm
+    from weitiao.recipes.rewards import model_scorer
+    from weitiao.train.log import read_metrics
+
+    pairs = [{"prompt": f"问题{i}：天气如何？", "chosen": "晴天，适合出门😊" * (1 + i % 3), "rejected": "不知道。"}
+             for i in range(8)]  # fmt: skip
+    f = write_jsonl(tmp_path / "raw.jsonl", pairs)
+    out = tmp_path / "rm"
+    rm.run(recipe_config("rm", tiny_model_dir, f, out, "data.format=preference_raw", f"data.eval=[{f}]",
+                         "train.max_steps=3", "train.eval_every=3", "train.lr=5e-3"))  # fmt: skip
+    eval_margin = read_metrics(out, "eval")[-1]["eval_margin"]
+    summary = score.run(str(out), str(f))
+    assert summary["mean_margin"] == pytest.approx(eval_margin, abs=1e-4)
+    # negative control: the same pairs through the chat template (what score did) give other scores
+    chat = score.score_pairs(*score.load_reward_model(str(out))[:2], score.load_rows(str(f)).rows)
+    assert abs(sum(c - r for c, r in zip(*chat)) / len(pairs) - eval_margin) > 1e-3
+    chats = write_jsonl(tmp_path / "chats.jsonl", [{"instruction": "你好", "output": "嗨"}])
+    with pytest.raises(UserError, match="trained on raw text pairs .* scores prompt/chosen/rejected strings only"):
+        score.run(str(out), str(chats), out=str(tmp_path / "c.scores.jsonl"))
+    with pytest.raises(UserError, match="trained on raw text pairs .* PPO scores chat-rendered"):
+        model_scorer(str(out))

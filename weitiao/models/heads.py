@@ -62,8 +62,23 @@ class SequenceScorer(nn.Module):
         return score(hidden.reshape(-1, hidden.shape[-1])[idx]).squeeze(-1).float()
 
 
-def save_reward_meta(out: Path, base_path: str, template_jinja: str) -> None:
-    atomic_write_text(out / META_FILE, json.dumps({"base": base_path, "chat_template": template_jinja}, indent=2))
+RAW = "preference_raw"  # `format` of a reward model trained on raw text pairs (prompt + reply + EOS, no template)
+
+
+def save_reward_meta(out: Path, base_path: str, template_jinja: str, fmt: str = "chat") -> None:
+    """reward_model.json: the base, the chat template and the text `format` scores were learned on (chat or RAW)."""
+    meta = {"base": base_path, "chat_template": template_jinja, "format": fmt}
+    atomic_write_text(out / META_FILE, json.dumps(meta, indent=2))
+
+
+def reward_meta(path: str | Path) -> tuple[Path, dict]:
+    """(the dir holding reward_model.json, its content) of a `weitiao rm` output dir or its final/."""
+    root = Path(path)
+    if (root / "final" / META_FILE).exists():
+        root = root / "final"
+    if not (root / META_FILE).exists():
+        raise UserError(f"--rm {path}: not a reward model dir (no {META_FILE}); train one with `weitiao rm`")
+    return root, json.loads((root / META_FILE).read_text(encoding="utf-8"))
 
 
 def load_reward_model(
@@ -75,13 +90,7 @@ def load_reward_model(
     """
     from weitiao.models.load import ModelSpec, load_adapted, load_model, load_tokenizer
 
-    root = Path(path)
-    if (root / "final" / META_FILE).exists():
-        root = root / "final"
-    meta_file = root / META_FILE
-    if not meta_file.exists():
-        raise UserError(f"--rm {path}: not a reward model dir (no {META_FILE}); train one with `weitiao rm`")
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    root, meta = reward_meta(path)
     if (root / "adapter").exists():
         base = base or (meta["base"] if Path(meta["base"]).is_dir() else None)
         model = load_adapted(root / "adapter", base, quant, "reward model base", device, head="score")

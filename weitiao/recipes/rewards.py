@@ -55,9 +55,14 @@ def _check(scores: Any, n: int, where: str) -> list[float]:
 
 def model_scorer(path: str, device: Any = None, batch_size: int = 16) -> tuple[Scorer, Any]:
     """Scores from a `weitiao rm` output; also returns the model (for the cost report)."""
-    from weitiao.models.heads import load_reward_model
+    from weitiao.models.heads import RAW, load_reward_model, reward_meta
     from weitiao.recipes.score import score_conversations
 
+    if reward_meta(path)[1].get("format") == RAW:  # its scores hold only on raw text, not on rendered chats
+        raise UserError(
+            f"reward.path {path}: this reward model was trained on raw text pairs (data.format: preference_raw), "
+            "but PPO scores chat-rendered prompts and replies; train it on chat pairs (data.format: auto/preference)"
+        )
     model, tokenizer, _ = load_reward_model(path, device)
 
     def score(prompts: list[list[Message]], responses: list[str]) -> list[float]:

@@ -26,7 +26,7 @@ from weitiao.data.preference import pair_rows
 from weitiao.errors import UserError
 from weitiao.losses.preference import bradley_terry
 from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
-from weitiao.models.heads import SequenceScorer, save_reward_meta
+from weitiao.models.heads import RAW, SequenceScorer, save_reward_meta
 from weitiao.models.load import (
     LoraSpec,
     build_trainable,
@@ -236,5 +236,6 @@ def run(cfg: RMConfig) -> dict:
     final = loop.finish(out, model, tokenizer, data.template, summary, log, accel, weights)
     if final is not None:
         base = Path(cfg.model.path)
-        save_reward_meta(final, str(base.resolve()) if base.exists() else cfg.model.path, data.template.jinja)
+        base_path = str(base.resolve()) if base.exists() else cfg.model.path
+        save_reward_meta(final, base_path, data.template.jinja, RAW if cfg.data.format == RAW else "chat")
     return summary

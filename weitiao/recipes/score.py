@@ -4,6 +4,8 @@ SFT-format rows get one score (their last assistant reply); preference rows get 
 side and the file's pairwise accuracy. Output: the rows with `score` (or `score_chosen`,
 `score_rejected`) added, as JSONL. Rows longer than the model's context lose their oldest turns;
 a row whose last exchange alone is too long gets no score (null) and is counted as refused.
+A reward model trained on raw text pairs (`data.format: preference_raw`) scores string pairs the same way:
+prompt + reply + EOS, no template (a pair over the context is refused); chats are refused for it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from weitiao.data.templates import resolve_template
 from weitiao.data.tools import uses_tools
 from weitiao.errors import UserError
 from weitiao.io import claim_outputs, write_jsonl
-from weitiao.models.heads import SequenceScorer, load_reward_model
+from weitiao.models.heads import RAW, SequenceScorer, load_reward_model, reward_meta
 
 
 def context_len(model: Any) -> int:
@@ -76,6 +78,41 @@ def score_pairs(
     return s[0::2], s[1::2]
 
 
+@torch.no_grad()
+def score_raw_pairs(
+    model: Any, tokenizer: Any, pairs: list[PreferencePair], stats: dict, batch_size: int = 16
+) -> tuple[list[float | None], list[float | None]]:
+    """Scores of raw text pairs as `weitiao rm` trains on them (data.format preference_raw): prompt + reply + EOS,
+    read at the EOS; a pair over the model's context gets None (counted as refused)."""
+    from weitiao.data.preference import encode_pair
+
+    template = resolve_template(tokenizer, "auto")  # unused by raw text, which encode_pair takes as documents
+    encoded = [encode_pair(p, tokenizer, template, context_len(model)) for p in pairs]
+    stats["refused"] = stats.get("refused", 0) + sum(e is None for e in encoded)
+    exs = [side for e in encoded if e is not None for side in e]
+    scorer, device = SequenceScorer(model), next(model.parameters()).device
+    got: list[float] = []
+    for k in range(0, len(exs), batch_size):
+        rows = [[i] for i in range(k, min(k + batch_size, len(exs)))]
+        b = collate(exs, rows, tokenizer.pad_token_id, packing=False).to(device)
+        got += scorer(b.input_ids, b.targets, b.position_ids, b.attention_mask, b.seq_index, len(rows)).tolist()
+    it = iter(got)
+    both = [(next(it), next(it)) if e is not None else (None, None) for e in encoded]
+    return [c for c, _ in both], [r for _, r in both]
+
+
+def raw_pairs(rows: list, rm_path: str) -> list[PreferencePair]:
+    """The rows as raw text pairs for a reward model trained on them; anything else is refused (one line)."""
+    for r in rows:
+        if not isinstance(r, PreferencePair) or r.form not in ("string", "raw"):
+            raise UserError(
+                f"{r.source}: {rm_path} was trained on raw text pairs (data.format: preference_raw), so it scores "
+                "prompt/chosen/rejected strings only; give such rows, or train the reward model on chat pairs"
+            )
+        r.form = "raw"
+    return rows
+
+
 def run(
     rm_path: str,
     file: str,
@@ -94,13 +131,16 @@ def run(
     rows = load_rows(file, skip_invalid=skip_invalid).rows
     if not rows:
         raise UserError(f"{file}: no rows")
+    raw = reward_meta(rm_path)[1].get("format") == RAW
+    if raw:
+        rows = raw_pairs(rows, rm_path)
     rm, tokenizer, _ = load_reward_model(rm_path, base=model, quant=quant)
     pairs = [r for r in rows if isinstance(r, PreferencePair)]
     convs = [r for r in rows if isinstance(r, Conversation)]
     stats: dict[str, int] = {"cut": 0, "refused": 0}
     records, summary = [], {"rows": len(rows)}
     if pairs:
-        rc, rr = score_pairs(rm, tokenizer, pairs, stats)
+        rc, rr = (score_raw_pairs if raw else score_pairs)(rm, tokenizer, pairs, stats)
         records += [{"source": p.source, "score_chosen": c, "score_rejected": r} for p, c, r in zip(pairs, rc, rr)]
         both = [(c, r) for c, r in zip(rc, rr) if c is not None and r is not None]
         if both:
