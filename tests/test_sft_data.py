@@ -211,6 +211,65 @@ def test_data_check_on_empty_file_fails(tmp_path, tiny_model_dir):
     assert [x for x in p.stderr.splitlines() if x.strip()] == [f"error: {empty}: no rows"]
 
 
+# ----------------------------------------------------------------------------- 7. data check counts as SFT trains
+
+
+def test_data_check_counts_trained_tokens_as_train_turns_picks_them(tmp_path, tokenizer):
+    """train_turns last with a weight-0 last reply trains nothing; data check said 0 such rows whatever train_turns."""
+    from weitiao.data.check import check_file
+
+    masked_last = {
+        "messages": [
+            {"role": "user", "content": "你好"},
+            {"role": "assistant", "content": "嗨"},
+            {"role": "user", "content": "在吗"},
+            {"role": "assistant", "content": "在", "weight": 0},
+        ]
+    }
+    rows = [masked_last, {"messages": [{"role": "user", "content": "问"}, {"role": "assistant", "content": "好"}]}]
+    f = write_jsonl(tmp_path / "d.jsonl", rows)
+    convs = load_conversations(str(f)).rows
+    template = resolve_template(tokenizer)
+    for turns, expected in (("all", 0), ("last", 1)):  # all: the first reply of row 1 trains (negative control)
+        trained, _ = encode_all(convs, tokenizer, template, EncodeOptions(train_turns=turns))
+        assert sum(e.n_trained == 0 for e in trained) == expected  # what SFT trains
+        assert check_file([str(f)], tokenizer, train_turns=turns).no_trained_tokens == expected
+
+
+def test_data_check_train_turns_option(tmp_path, tiny_model_dir):
+    import json
+
+    from typer.testing import CliRunner
+
+    from weitiao.cli import app
+
+    msgs = [{"role": "user", "content": "问"}, {"role": "assistant", "content": "好"}] * 2
+    msgs[-1] = {**msgs[-1], "weight": 0}
+    f = write_jsonl(tmp_path / "d.jsonl", [{"messages": msgs}])
+    args = ["data", "check", str(f), "--model", str(tiny_model_dir), "--json"]
+    rep = json.loads(CliRunner().invoke(app, [*args, "--train-turns", "last"]).output)
+    assert rep["no_trained_tokens"] == 1 and rep["train_turns"] == "last"
+    assert json.loads(CliRunner().invoke(app, args).output)["no_trained_tokens"] == 0
+
+
+def test_data_check_reports_long_documents_as_split_not_truncated(tmp_path, tokenizer):
+    """SFT splits a {"text"} document over max_len into pieces whatever data.truncation; a chat row over it is
+    truncated. data check counted both as 'exceed max_len: see data.truncation'."""
+    from weitiao.data.check import check_file
+
+    docs = write_jsonl(tmp_path / "docs.jsonl", [{"text": "今天天气怎么样？挺好的。" * 30}, {"text": "短"}])
+    chats = write_jsonl(tmp_path / "chats.jsonl", [{"instruction": "长" * 300, "output": "好"}] + unique_rows(2))
+    rows = load_conversations(str(docs), allow_text=True).rows
+    _, stats = encode_all(rows, tokenizer, resolve_template(tokenizer), EncodeOptions(max_len=32))
+    pieces = stats.doc_pieces + 1  # the pieces of the one long document in SFT
+    rep = check_file([str(docs), str(chats)], tokenizer, max_len=32)
+    assert (rep.over_max_len, rep.split_documents, rep.document_pieces) == (1, 1, pieces) and pieces > 2
+    assert [p for p in rep.problems if "max_len" in p] == ["1 rows exceed max_len 32: see data.truncation"]
+    assert f"1 text documents longer than max_len 32 are split into {pieces} pieces (whatever data.truncation)" in (
+        rep.notes
+    )
+
+
 class Process:
     """Process `rank` of `world`; reduce adds the vectors the ranks before it reduced (run ranks in turn)."""
 

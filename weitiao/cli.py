@@ -292,6 +292,11 @@ def demo(
     recipe.run(model, out, serve, port, max_steps, overrides or [], limit, RichView())
 
 
+def _choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"{flag} {value!r}: use one of {', '.join(choices)}")
+
+
 @data_app.command("check")
 def data_check(
     files: list[str] = typer.Argument(
@@ -305,13 +310,15 @@ def data_check(
     ),
     dataset_dir: str = typer.Option(None, help="LLaMA-Factory data folder: FILES are names in its dataset_info.json"),
     skip_invalid: bool = typer.Option(False, help="write bad rows to FILE.rejects.jsonl instead of stopping"),
+    train_turns: str = typer.Option("all", help="all|last: assistant turns SFT trains (data.train_turns)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
     """Lint SFT, preference or text data: format, token lengths, over max_len, duplicates, EOS, chosen == rejected."""
     from weitiao.data.check import check_file
     from weitiao.models.load import load_tokenizer
 
-    rep = check_file(files, load_tokenizer(model), template, max_len, fmt, skip_invalid, dataset_dir)
+    _choice("--train-turns", train_turns, ("all", "last"))
+    rep = check_file(files, load_tokenizer(model), template, max_len, fmt, skip_invalid, dataset_dir, train_turns)
     if as_json:
         print(rep.to_json())
         return
@@ -327,7 +334,7 @@ def data_check(
         (f"rows over max_len {rep.max_len}", str(rep.over_max_len)),
         ("duplicate rows / prompts", f"{rep.duplicate_rows} / {rep.duplicate_prompts}"),
         ("rows missing EOS", str(rep.missing_eos)),
-        ("rows with no trained token", str(rep.no_trained_tokens)),
+        (f"rows with no trained token (train_turns {rep.train_turns})", str(rep.no_trained_tokens)),
     ]
     if rep.pairs:
         rows += [
@@ -358,30 +365,46 @@ def data_show(
     index: int = typer.Option(0, help="which row (0-based)"),
     template: str = typer.Option("auto", help="auto|tokenizer|chatml|qwen|llama3|plain"),
     train_on_prompt: bool = typer.Option(False, help="label every token"),
-    last_turn_only: bool = typer.Option(False, help="train only the last assistant turn"),
+    train_turns: str = typer.Option("all", help="all|last: assistant turns SFT trains (data.train_turns)"),
+    last_turn_only: bool = typer.Option(False, hidden=True, help="same as --train-turns last"),
     max_len: int = typer.Option(1024, help="max length in tokens"),
+    truncation: str = typer.Option("drop", help="drop|cut|history: over max_len, as SFT's data.truncation"),
     plain: bool = typer.Option(False, help="mark trained text with ⟦ ⟧ instead of colour"),
 ) -> None:
     """Print one rendered example with trained tokens marked (green/⟦⟧) and masked ones dim."""
     from weitiao.data.chat import EncodeOptions
-    from weitiao.data.check import show_example
+    from weitiao.data.check import drop_reason, show_example
     from weitiao.data.formats import load_conversations
     from weitiao.models.load import load_tokenizer
 
+    _choice("--train-turns", train_turns, ("all", "last"))
+    _choice("--truncation", truncation, ("drop", "cut", "history"))
     rows = load_conversations(str(file), skip_hint=None).rows
     if not 0 <= index < len(rows):
         raise UserError(f"--index {index}: {file} has {len(rows)} rows (0..{len(rows) - 1})")
-    opts = EncodeOptions(max_len, train_on_prompt, "last" if last_turn_only else "all", "cut")
-    enc, segments = show_example(rows[index], load_tokenizer(model), template, opts)
+    row, tok = rows[index], load_tokenizer(model)
+    opts = EncodeOptions(max_len, train_on_prompt, "last" if last_turn_only else train_turns, truncation)
+    enc, segments = show_example(row, tok, template, opts)
+    if enc is None:  # what SFT does to this row, not a fault in the file: said plainly, exit 0
+        why = drop_reason(row, tok, template, opts)
+        console.print(
+            f"{row.source}: SFT drops this row (truncation {truncation}): {why}", markup=False, soft_wrap=True
+        )
+        return
     text = Text()
     for s, trained in segments:
         if plain:
             text.append(f"⟦{s}⟧" if trained else s)
         else:
             text.append(s, style="bold black on green" if trained else "dim")
+    done = {
+        "cut": "cut to max_len" + ("" if enc.ends_with_eot else "; the last reply lost its end-of-turn token"),
+        "history": "oldest exchanges dropped to fit max_len",
+    }.get(enc.truncated)
     console.print(
-        f"[bold]{rows[index].source}[/]  tokens {len(enc)} · trained {enc.n_trained} · masked "
-        f"{len(enc) - enc.n_trained}" + ("  [yellow](cut to max_len)[/]" if enc.truncated else "")
+        f"[bold]{row.source}[/]  tokens {len(enc)} · trained {enc.n_trained} · masked "
+        f"{len(enc) - enc.n_trained}" + (f"  [yellow]({done})[/]" if done else ""),
+        soft_wrap=True,
     )
     console.print(text, markup=False, highlight=False, soft_wrap=True)
 

@@ -1,15 +1,17 @@
 """`weitiao data check` (linter + length report) and `weitiao data show` (masking dry run).
 
 Preference rows are linted too: each side (prompt + chosen, prompt + rejected) is one sequence for the
-length figures; pairs with identical or empty replies are counted, not refused.
+length figures; pairs with identical or empty replies are counted, not refused. Trained-token counts follow
+`train_turns` as SFT does; pre-training documents longer than max_len are counted apart from the rows the
+truncation policy acts on, since SFT splits them into pieces whatever that policy.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
 
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode, encode_all
 from weitiao.data.formats import Conversation, Document, PreferencePair, load_rows
@@ -31,7 +33,7 @@ class CheckReport:
     kept: int
     rejected: int
     max_len: int
-    over_max_len: int
+    over_max_len: int  # rows the truncation policy acts on (long text documents: split_documents)
     length_min: int = 0
     length_mean: float = 0.0
     length_p95: int = 0
@@ -45,6 +47,9 @@ class CheckReport:
     identical_pairs: int = 0
     empty_replies: int = 0  # chosen or rejected sides with no text
     documents: int = 0  # raw-text rows (pre-training text, string prompt/completion) among `kept`
+    split_documents: int = 0  # pre-training documents over max_len: SFT splits them, never truncates
+    document_pieces: int = 0  # the pieces those documents become
+    train_turns: str = "all"
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -70,15 +75,21 @@ def check_file(
     fmt: str = "auto",
     skip_invalid: bool = False,
     dataset_dir: str | None = None,
+    train_turns: Literal["all", "last"] = "all",
 ) -> CheckReport:
-    """Lint a data set against a tokenizer: lengths, duplicates, EOS, trainable tokens, pair sanity."""
+    """Lint a data set against a tokenizer: lengths, duplicates, EOS, trainable tokens (as SFT's
+    data.train_turns picks them), pair sanity."""
     loaded = load_rows(files, fmt, skip_invalid=skip_invalid, strict=False, dataset_dir=dataset_dir)
     require_rows(loaded)
     template = resolve_template(tokenizer, template_name)
     pairs = [r for r in loaded.rows if isinstance(r, PreferencePair)]
     convs = [r for r in loaded.rows if not isinstance(r, PreferencePair)]
     # Encode without a length limit to measure; count what max_len would drop separately.
-    encoded, _ = encode_all(convs, tokenizer, template, EncodeOptions(max_len=10**9))
+    encoded, _ = encode_all(convs, tokenizer, template, EncodeOptions(max_len=10**9, train_turns=train_turns))
+    assert len(encoded) == len(convs)  # nothing is over 10**9 tokens: one example per row
+    # A pre-training document (no prompt) over max_len becomes ceil(n / max_len) pieces in SFT.
+    split = [len(e) for c, e in zip(convs, encoded) if isinstance(c, Document) and c.prompt is None]
+    split = [n for n in split if n > max_len]
     sides = [tuple(encode_side(row, tokenizer, template) for row in side_rows(p)) for p in pairs]
     seqs = encoded + [e for side in sides for e in side]
     lengths = sorted(len(e) for e in seqs)
@@ -98,6 +109,7 @@ def check_file(
         rejected=loaded.rejected,
         max_len=max_len,
         over_max_len=sum(1 for e in encoded if len(e) > max_len)
+        - len(split)
         + sum(1 for c, r in sides if max(len(c), len(r)) > max_len),
         histogram=histogram(lengths),
         duplicate_rows=sum(v - 1 for v in rows.values()),
@@ -108,6 +120,9 @@ def check_file(
         identical_pairs=sum(1 for p in pairs if p.chosen == p.rejected),
         empty_replies=sum((not p.chosen.strip()) + (not p.rejected.strip()) for p in pairs),
         documents=sum(1 for c in convs if isinstance(c, Document)),
+        split_documents=len(split),
+        document_pieces=sum(-(-n // max_len) for n in split),
+        train_turns=train_turns,
         notes=list(loaded.notes) + [n for n in [string_pairs_note(pairs, template)] if n],
     )
     if lengths:
@@ -122,6 +137,11 @@ def check_file(
     if rep.over_max_len:
         what = "rows (pairs: their longer side)" if pairs else "rows"
         rep.problems.append(f"{rep.over_max_len} {what} exceed max_len {max_len}: see data.truncation")
+    if split:
+        rep.notes.append(
+            f"{rep.split_documents} text documents longer than max_len {max_len} are split into "
+            f"{rep.document_pieces} pieces (whatever data.truncation)"
+        )
     if rep.missing_eos:
         rep.problems.append(f"{rep.missing_eos} sequences do not end with {template.eot!r}")
     if rep.duplicate_rows:
@@ -153,3 +173,18 @@ def show_example(
     template = resolve_template(tokenizer, template_name)
     enc = encode(conv, tokenizer, template, opts or EncodeOptions())
     return enc, (token_segments(enc, tokenizer) if enc else [])
+
+
+def drop_reason(conv: Conversation, tokenizer: Any, template_name: str, opts: EncodeOptions) -> str:
+    """Why `opts.truncation` drops this row (`show_example` gave None), in words for `data show`."""
+    template = resolve_template(tokenizer, template_name)
+    full = encode(conv, tokenizer, template, replace(opts, max_len=10**9))
+    assert full is not None
+    n, m = len(full), opts.max_len
+    if opts.truncation == "cut":
+        first = next((i for i, x in enumerate(full.labels) if x != IGNORE), None)
+        where = "it has none" if first is None else f"its first is token {first + 1} of {n}"
+        return f"cut to max_len {m} it keeps no trained token ({where})"
+    if opts.truncation == "history":
+        return f"{n} tokens, and with its earlier exchanges dropped its last one is still over max_len {m}"
+    return f"{n} tokens, over max_len {m}"

@@ -1,0 +1,54 @@
+"""`data show` shows what SFT trains: its truncation policy (default drop) and train_turns, and a row that
+policy drops is one plain line, exit 0 (it crashed with a TypeError under the hard-coded `cut`)."""
+
+import re
+
+from conftest import write_jsonl
+from typer.testing import CliRunner
+
+from weitiao.cli import app
+
+runner = CliRunner()
+LONG_PROMPT = {"instruction": "长" * 60, "output": "好"}  # its reply lies far past max_len 10
+MULTI = {"instruction": "你好", "output": "嗨😊", "history": [["在吗" * 20, "在"]]}
+
+
+def show(f, model, *args):
+    r = runner.invoke(app, ["data", "show", str(f), "--model", str(model), "--plain", *args])
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    return r
+
+
+def test_a_dropped_row_is_one_line_not_a_crash(tmp_path, tiny_model_dir):
+    f = write_jsonl(tmp_path / "d.jsonl", [LONG_PROMPT])
+    r = show(f, tiny_model_dir, "--max-len", "10")  # default truncation: drop, as data.truncation
+    assert r.exit_code == 0
+    line = rf"{re.escape(str(f))}:1: SFT drops this row \(truncation drop\): \d+ tokens, over max_len 10"
+    assert re.fullmatch(line, r.output.strip()), r.output
+    r = show(f, tiny_model_dir, "--max-len", "10", "--truncation", "cut")  # the old hard-coded policy
+    assert r.exit_code == 0 and "SFT drops this row (truncation cut): cut to max_len 10 it keeps no trained" in r.output
+    r = show(f, tiny_model_dir, "--max-len", "10", "--truncation", "history")
+    assert r.exit_code == 0 and "still over max_len 10" in r.output
+
+
+def test_truncation_policies_as_sft_applies_them(tmp_path, tiny_model_dir):
+    f = write_jsonl(tmp_path / "d.jsonl", [MULTI])
+    full = show(f, tiny_model_dir)
+    n = int(full.output.split("tokens ")[1].split(" ")[0])
+    assert full.exit_code == 0 and "⟦在<|im_end|>⟧" in full.output
+    r = show(f, tiny_model_dir, "--max-len", str(n - 3))
+    assert r.exit_code == 0 and "SFT drops this row (truncation drop)" in r.output  # cut used to show it cut
+    r = show(f, tiny_model_dir, "--max-len", str(n - 3), "--truncation", "history")
+    assert "(oldest exchanges dropped to fit max_len)" in r.output and "在吗" not in r.output
+    assert "⟦嗨😊<|im_end|>⟧" in r.output
+    r = show(f, tiny_model_dir, "--max-len", str(n - 3), "--truncation", "cut")
+    assert "(cut to max_len; the last reply lost its end-of-turn token)" in r.output
+
+
+def test_train_turns_option_matches_sft_and_last_turn_only_still_works(tmp_path, tiny_model_dir):
+    f = write_jsonl(tmp_path / "d.jsonl", [MULTI])
+    last = show(f, tiny_model_dir, "--train-turns", "last")
+    assert "⟦在<|im_end|>⟧" not in last.output and "⟦嗨😊<|im_end|>⟧" in last.output
+    assert show(f, tiny_model_dir, "--last-turn-only").output == last.output
+    r = runner.invoke(app, ["data", "show", str(f), "--model", str(tiny_model_dir), "--truncation", "trim"])
+    assert "--truncation 'trim': use one of drop, cut, history" in str(r.exception)
