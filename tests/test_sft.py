@@ -255,3 +255,26 @@ def test_golden_prompts_answered_at_each_save(tiny_model_dir, chat_file, tmp_pat
     sft.run(config(tiny_model_dir, chat_file, tmp_path / "run", *extra))
     rows = [json.loads(x) for x in (tmp_path / "run" / "golden.jsonl").read_text(encoding="utf-8").splitlines()]
     assert sorted({r["step"] for r in rows}) == [2, 4] and len(rows) == 4
+
+
+def test_rows_with_nothing_to_train_are_counted_and_a_run_of_them_refused(tiny_model_dir, tmp_path):
+    """train_turns last on rows whose last reply has weight 0 trains no token: the run used to finish with
+    train_loss 0.0 and exit 0 (or blame the learning rate at step 3)."""
+    from weitiao.models.load import load_tokenizer
+
+    def row(i, last_weight):
+        return {"messages": [{"role": "user", "content": f"问{i}"}, {"role": "assistant", "content": "答"},
+                             {"role": "user", "content": "再问"},
+                             {"role": "assistant", "content": "再答", "weight": last_weight}]}  # fmt: skip
+
+    idle = write_jsonl(tmp_path / "idle.jsonl", [row(i, 0) for i in range(6)])
+    args = ("data.train_turns=last", "train.max_steps=1")
+    with pytest.raises(UserError, match=r"data.train: no row has a token to train \(data.train_turns 'last'"):
+        sft.run(config(tiny_model_dir, idle, tmp_path / "a", *args))
+    assert sft.run(config(tiny_model_dir, idle, tmp_path / "b", "train.max_steps=1"))["finished"]  # all: 1st reply
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [row(i, i % 2) for i in range(6)])
+    cfg = config(tiny_model_dir, mixed, tmp_path / "c", *args, "data.eval_split=0")
+    assert (
+        "3 training rows have no token to train"
+        in sft.prepare_data(cfg, load_tokenizer(str(tiny_model_dir))).warnings[0]
+    )

@@ -590,17 +590,18 @@ def test_data_preview_refuses_mixed_and_refused_rows_as_the_trainers_do(root):
     an SFT file (chat or raw text) still previews as `weitiao sft` encodes it."""
     from weitiao.data.chat import EncodeOptions
     from weitiao.data.check import show_example
-    from weitiao.data.formats import load_conversations
+    from weitiao.data.formats import CONFIG_SKIP_HINT, load_conversations
     from weitiao.data.preference import load_pairs
     from weitiao.models.load import load_tokenizer
 
     sft = {"messages": [{"role": "user", "content": "问"}, {"role": "assistant", "content": "答"}]}
     kto = {"prompt": "问", "completion": "答", "label": False}
+    hint = {"skip_hint": CONFIG_SKIP_HINT}  # the form's key, data.skip_invalid, as the trainers say
     files = {
-        "pairs_then_sft.jsonl": ([PAIRS[0], sft], lambda f: load_pairs([f], "auto", False), ":2: messages"),
-        "sft_then_pair.jsonl": ([sft, PAIRS[1]], lambda f: load_conversations(f, allow_text=True), ":2: messages"),
-        "kto.jsonl": ([kto], lambda f: load_conversations(f, allow_text=True), ":1: label: unpaired feedback"),
-        "pairs_then_kto.jsonl": ([PAIRS[0], kto], lambda f: load_pairs([f], "auto", False), ":2: label"),
+        "pairs_then_sft.jsonl": ([PAIRS[0], sft], lambda f: load_pairs([f], "auto", False, **hint), ":2: messages"),
+        "sft_then_pair.jsonl": ([sft, PAIRS[1]], lambda f: load_conversations(f, allow_text=True, **hint), ":2: "),
+        "kto.jsonl": ([kto], lambda f: load_conversations(f, allow_text=True, **hint), ":1: label: unpaired"),
+        "pairs_then_kto.jsonl": ([PAIRS[0], kto], lambda f: load_pairs([f], "auto", False, **hint), ":2: label"),
     }
     with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
         for name, (rows, trainer_load, where) in files.items():

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from weitiao.data.chat import Encoded, EncodeOptions, EncodeStats
+from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, EncodeStats
 from weitiao.data.formats import (
     CONFIG_SKIP_HINT,
     Conversation,
@@ -400,6 +400,15 @@ class EncodedSet:
             take("answer_labels"),
             int(self.eot_end[i]),
         )
+
+    def targets(self) -> np.ndarray:
+        """Trained tokens of every row, as `collate.n_targets` counts them (the first position never is one)."""
+        out = []
+        for cols in self._lists:
+            off, val = cols["labels"]
+            c = np.concatenate([[0], np.cumsum(val != IGNORE)])
+            out.append(np.maximum(c[off[1:]] - c[np.minimum(off[:-1] + 1, off[1:])], 0))
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
     def firsts(self, rows: np.ndarray) -> np.ndarray:
         """The rows among `rows` that start a loaded row (leaving out a document's later pieces)."""

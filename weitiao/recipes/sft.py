@@ -121,6 +121,12 @@ def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
     if not train:
         raise UserError(f"data.train: no rows left after truncation policy {d.truncation!r} (max_len {d.max_len})")
     warnings = list(dict.fromkeys(tr.meta["notes"] + ev.meta["notes"]))
+    kept = rows[~tr.dropped[rows]]
+    if len(idle := kept[tr.targets()[kept] == 0]):  # e.g. train_turns last on a row whose last reply has weight 0
+        why = f"data.train_turns {d.train_turns!r}, weight-0 replies, data.truncation {d.truncation!r}"
+        if len(idle) == len(kept):
+            raise UserError(f"data.train: no row has a token to train ({why}); first: {tr.source(int(idle[0]))}")
+        warnings.append(f"{len(idle)} training rows have no token to train ({why}); first: {tr.source(int(idle[0]))}")
     if overlap := count_overlap(tr.keys[tr.firsts(rows)].tolist(), ev.keys[ev.firsts(eval_rows)].tolist(), int):
         warnings.append(overlap_warning("data.eval", overlap, eval_stats.rows))
     if lost := stats.lost_eot + eval_stats.lost_eot:

@@ -15,7 +15,7 @@ from typing import Any
 
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode_document
 from weitiao.data.check import show_example, token_segments
-from weitiao.data.formats import Document, PreferencePair, file_kind, load_conversations
+from weitiao.data.formats import CONFIG_SKIP_HINT, Document, PreferencePair, file_kind, load_conversations
 from weitiao.data.preference import encode_pair, load_pairs
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
@@ -25,8 +25,8 @@ def load(path: str | Path, fmt: str = "auto") -> tuple[str, list[Any]]:
     """(kind, rows) through the loader of the trainer that takes this kind of file."""
     kind = file_kind(path, fmt)
     if kind == "preference":
-        return kind, load_pairs([str(path)], fmt, skip_invalid=False, skip_hint=None).rows
-    return kind, load_conversations(str(path), fmt, allow_text=True, skip_hint=None).rows
+        return kind, load_pairs([str(path)], fmt, skip_invalid=False, skip_hint=CONFIG_SKIP_HINT).rows
+    return kind, load_conversations(str(path), fmt, allow_text=True, skip_hint=CONFIG_SKIP_HINT).rows
 
 
 def sft_view(row: Any, tokenizer: Any, template: str, max_len: int, train_on_prompt: bool) -> dict:
