@@ -200,6 +200,12 @@ def test_cli_plan_table_json_and_errors():
     assert "h100-80g" in GPUS
 
 
+def test_gpu_memory_is_what_the_card_reports_in_gib():
+    """The product name's GB is not GiB: a "48GB" L40S reports 46,068 MiB; the fit checks read GiB."""
+    assert GPUS["l40s"].mem_gib == pytest.approx(44.99, abs=0.01) and GPUS["h100-80g"].mem_gib < 80
+    assert GPUS["h200"].mem_gib == pytest.approx(140.4, abs=0.1) and GPUS["a100-80g"].mem_gib == 80
+
+
 def test_calibrate_from_a_cpu_run_warns_and_plans(tmp_path, tiny_model_dir):
     """A CPU run gives an MFU of ~1e-8 against a GPU peak: the sensitivity table divided by
     round(mfu, 4) = 0; and its MFU must not pass silently into a 70B GPU plan."""

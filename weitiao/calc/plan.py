@@ -46,16 +46,18 @@ class GPU:
     mem_gib: float
 
 
+# mem_gib: the total nvidia-smi reports (MiB / 1024), not the GB in the product name: an "80GB" H100 has
+# 81,559 MiB (79.6 GiB), a "48GB" L40S 46,068 MiB (45.0 GiB).
 GPUS = {
-    "a100-80g": GPU("A100 80GB SXM", 312, 80),
-    "a100-40g": GPU("A100 40GB SXM", 312, 40),
-    "a800-80g": GPU("A800 80GB SXM", 312, 80),
-    "h100-80g": GPU("H100 80GB SXM", 989, 80),
-    "h800-80g": GPU("H800 80GB SXM", 989, 80),
-    "h200": GPU("H200 141GB SXM", 989, 141),
-    "h20": GPU("H20 96GB", 148, 96),
-    "l40s": GPU("L40S 48GB", 362, 48),
-    "rtx4090": GPU("RTX 4090 24GB", 165, 24),
+    "a100-80g": GPU("A100 80GB SXM", 312, 81920 / 1024),
+    "a100-40g": GPU("A100 40GB SXM", 312, 40960 / 1024),
+    "a800-80g": GPU("A800 80GB SXM", 312, 81920 / 1024),
+    "h100-80g": GPU("H100 80GB SXM", 989, 81559 / 1024),
+    "h800-80g": GPU("H800 80GB SXM", 989, 81559 / 1024),
+    "h200": GPU("H200 141GB SXM", 989, 143771 / 1024),
+    "h20": GPU("H20 96GB", 148, 97871 / 1024),
+    "l40s": GPU("L40S 48GB", 362, 46068 / 1024),
+    "rtx4090": GPU("RTX 4090 24GB", 165, 24564 / 1024),
 }
 DEFAULT_MFU = {"full": 0.35, "lora": 0.30, "qlora": 0.25}
 CONTEXT_GIB = 1.0  # CUDA context, cuBLAS workspace
