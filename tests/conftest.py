@@ -182,3 +182,16 @@ def serve_process(model_dir, *args: str, env: dict | None = None):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def adapter_run(tmp_path_factory, tokenizer) -> Path:
+    """A run-shaped dir (RUN/final/adapter) holding a peft adapter made directly on a tiny non-demo base."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("exp")
+    base = save_tiny_model(root / "base", tokenizer, hidden=64)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=2, target_modules=["q_proj"]))
+    model.save_pretrained(root / "run" / "final" / "adapter")
+    return root / "run"

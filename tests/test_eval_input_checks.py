@@ -10,7 +10,7 @@ import shutil
 import sys
 
 import pytest
-from conftest import save_tiny_model, write_jsonl
+from conftest import write_jsonl
 
 import weitiao.cli
 from weitiao.errors import UserError
@@ -137,16 +137,8 @@ def test_eval_golden_refuses_zero_new_tokens(golden_run, monkeypatch, capsys):
 
 
 @pytest.fixture(scope="module")
-def adapter(tmp_path_factory, tokenizer):
-    """A run-shaped dir (RUN/final/adapter) holding a peft adapter made directly on a tiny base."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    root = tmp_path_factory.mktemp("exp")
-    base = save_tiny_model(root / "base", tokenizer, hidden=64)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=2, target_modules=["q_proj"]))
-    model.save_pretrained(root / "run" / "final" / "adapter")
-    return root / "run"
+def adapter(adapter_run):
+    return adapter_run
 
 
 @pytest.mark.parametrize(

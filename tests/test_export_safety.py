@@ -5,23 +5,14 @@ import json
 import os
 
 import pytest
-from conftest import save_tiny_model
 
 from weitiao.errors import UserError
 from weitiao.infer import export as ex
 
 
 @pytest.fixture(scope="module")
-def adapter(tmp_path_factory, tokenizer):
-    """A run-shaped dir (RUN/final/adapter) holding a peft adapter made directly, on a tiny non-demo base."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    root = tmp_path_factory.mktemp("exp")
-    base = save_tiny_model(root / "base", tokenizer, hidden=64)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=2, target_modules=["q_proj"]))
-    model.save_pretrained(root / "run" / "final" / "adapter")
-    return root / "run"
+def adapter(adapter_run):
+    return adapter_run
 
 
 def tree(path):
