@@ -253,6 +253,100 @@ def test_bad_tool_requests_are_400(url, body, param):
     assert r.json()["error"]["param"] == param
 
 
+def called(*ids: str | None) -> dict:
+    """An assistant message calling get_weather once per id (None: a call without an id), content null."""
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "北京"}'}}
+    return {"role": "assistant", "content": None, "tool_calls": [{"id": i, **call} if i else call for i in ids]}
+
+
+def answer(call_id: str) -> dict:
+    return {"role": "tool", "tool_call_id": call_id, "content": "晴"}
+
+
+AGAIN = {"role": "user", "content": "上海？"}
+SAID = {"role": "assistant", "content": FINAL}
+
+
+@pytest.mark.parametrize(
+    ("bad", "param", "good"),
+    [
+        (  # a tool message without tool_call_id
+            {"messages": [*ASK, called("c1"), {"role": "tool", "content": "晴"}]},
+            "messages.2.tool_call_id",
+            {"messages": [*ASK, called("c1"), answer("c1")]},
+        ),
+        (  # a tool_call_id the assistant message before it did not make
+            {"messages": [*ASK, called("c1"), answer("c9")]},
+            "messages.2.tool_call_id",
+            {"messages": [*ASK, called("c1"), answer("c1")]},
+        ),
+        (  # parallel calls, one unanswered before the next user message; answers in any order are fine
+            {"messages": [*ASK, called("c1", "c2"), answer("c1"), AGAIN]},
+            "messages.1.tool_calls.1.id",
+            {"messages": [*ASK, called("c1", "c2"), answer("c2"), answer("c1"), AGAIN]},
+        ),
+        (  # a call left unanswered at the end
+            {"messages": [*ASK, called("c1")]},
+            "messages.1.tool_calls.0.id",
+            {"messages": [*ASK, called("c1"), answer("c1")]},
+        ),
+        (  # a tool message first
+            {"messages": [answer("c1"), *ASK]},
+            "messages.0.role",
+            {"messages": ASK},
+        ),
+        (  # a tool message answering a call of an earlier round, after the assistant's text reply
+            {"messages": [*ASK, called("c1"), answer("c1"), SAID, answer("c1")]},
+            "messages.4.role",
+            {
+                "messages": [
+                    *ASK,
+                    called("c1"),
+                    answer("c1"),
+                    SAID,
+                    AGAIN,
+                    called("c2", "c3"),
+                    answer("c3"),
+                    answer("c2"),
+                ]
+            },
+        ),
+        (  # a user message with content null
+            {"messages": [{"role": "user", "content": None}]},
+            "messages.0.content",
+            {"messages": ASK},
+        ),
+        (  # two tools of one name
+            {"messages": ASK, "tools": [WEATHER, OTHER, WEATHER]},
+            "tools.2.function.name",
+            {"messages": ASK, "tools": [WEATHER, OTHER]},
+        ),
+        (  # tool_call_id on a user message (it was dropped without a word)
+            {"messages": [{**ASK[0], "tool_call_id": "c1"}]},
+            "messages.0.tool_call_id",
+            {"messages": ASK},
+        ),
+        (  # a call without an id, which no tool message can name
+            {"messages": [*ASK, called(None), {"role": "tool", "content": "晴"}]},
+            "messages.1.tool_calls.0.id",
+            {"messages": [*ASK, called("c1"), answer("c1")]},
+        ),
+    ],
+)
+def test_tool_turns_openai_refuses_are_400(url, bad, param, good):
+    """Each request OpenAI answers with a 400 is one here, naming the field; the request set right (the
+    negative control) is answered, whole and streamed."""
+    base = {"model": "tiny", "tools": [WEATHER, OTHER], "max_tokens": 2}
+    r = httpx.post(url + "/v1/chat/completions", json={**base, **bad}, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["message"].startswith(param + ": "), err
+    r = httpx.post(url + "/v1/chat/completions", json={**base, **good}, timeout=30)
+    assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("length", "stop", "tool_calls"), r.text
+    r = httpx.post(url + "/v1/chat/completions", json={**base, **good, "stream": True}, timeout=30)
+    assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]"), r.text
+
+
 def test_template_without_tools_is_400(parts):
     """The test tokenizer's own template is plain ChatML: tools, tool turns and calls are refused by field."""
     msgs = [

@@ -3,7 +3,9 @@
 1. `plan_chat` turns request messages into what the chat template reads (assistant `tool_calls` with their
    `arguments` parsed into a dict, `tool` turns) and checks `tools`/`tool_choice`/`response_format` against
    the template: a template that cannot render tools, or whose calls cannot be parsed back, is a 400.
-   tool_choice "none" leaves the tools out of the prompt and reads no calls.
+   tool_choice "none" leaves the tools out of the prompt and reads no calls. The turns follow OpenAI's rules
+   (`_check_turns`): each tool message answers, by id, a call of the assistant message before it, and each
+   call is answered; what OpenAI refuses is a 400 here too.
 2. Replies are split by the template's `parse_tool_calls`: calls go to `message.tool_calls` (ids
    `call_...`, arguments a JSON string) with finish_reason "tool_calls"; the text around them, stripped,
    is the content. `ToolStream` does the same for a stream: it sends text up to the first `<tool_call>`
@@ -51,11 +53,16 @@ def plan_chat(req: Any, template: ChatTemplate) -> ChatPlan:
             if m.tool_call_id is not None:
                 msg["tool_call_id"] = m.tool_call_id
         messages.append(msg)
+    _check_turns(req.messages)
     tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
     choice = req.tool_choice or "auto"
     if choice not in ("none", "auto") and not tools:
         raise BadRequest(f"tool_choice: {_show(choice)} needs `tools`", "tool_choice")
     names = [t["function"]["name"] for t in tools]
+    for j, name in enumerate(names):
+        if name in names[:j]:
+            field = f"tools.{j}.function.name"
+            raise BadRequest(f"{field}: {name!r} is also tools.{names.index(name)}'s name; names must differ", field)
     if not isinstance(choice, str) and choice.function.name not in names:
         raise BadRequest(f"tool_choice: function {choice.function.name!r} is not in tools ({names})", "tool_choice")
     fmt = req.response_format.type if req.response_format else "text"
@@ -79,6 +86,52 @@ def plan_chat(req: Any, template: ChatTemplate) -> ChatPlan:
     if choice == "required" or not isinstance(choice, str):
         constraint = tool_call_pattern(template.tool_format, names if choice == "required" else [choice.function.name])
     return ChatPlan(messages, tools, template.tool_format, constraint)
+
+
+def _check_turns(messages: list) -> None:
+    """OpenAI's rules for the conversation, each a 400 there too: every message has content, but an assistant
+    message that calls; `tool_call_id` is a tool message's alone, and required there; a tool message answers
+    a call of the assistant message just before it (only tool messages between), and every call (each with
+    an id) is answered before the next user or assistant message, or the end."""
+    turn, waiting = None, {}  # the calling assistant message tool messages answer now; its unanswered ids
+    for i, m in enumerate(messages):
+        f = f"messages.{i}"
+        if m.content is None and not (m.role == "assistant" and m.tool_calls):
+            msg = f"{f}.content: missing or null; only an assistant message with tool_calls may leave it out"
+            raise BadRequest(msg, f"{f}.content")
+        if m.role != "tool" and m.tool_call_id is not None:
+            msg = f"{f}.tool_call_id: only tool messages answer a call (this is a {m.role} message)"
+            raise BadRequest(msg, f"{f}.tool_call_id")
+        if m.role == "tool":
+            if turn is None:
+                msg = f"{f}.role: a tool message must answer a call of the assistant message with tool_calls before it"
+                raise BadRequest(msg, f"{f}.role")
+            ids = [c.id for c in messages[turn].tool_calls]
+            if m.tool_call_id is None:
+                msg = f"{f}.tool_call_id: required; the id of the call it answers (messages.{turn} made {ids})"
+                raise BadRequest(msg, f"{f}.tool_call_id")
+            if m.tool_call_id not in ids:
+                msg = f"{f}.tool_call_id: {m.tool_call_id!r} answers no call of messages.{turn} (its ids: {ids})"
+                raise BadRequest(msg, f"{f}.tool_call_id")
+            waiting.pop(m.tool_call_id, None)
+            continue
+        _all_answered(turn, waiting)
+        turn, waiting = None, {}
+        for j, c in enumerate(m.tool_calls or []):
+            if not c.id:
+                msg = f"{f}.tool_calls.{j}.id: required; the tool message with the result names it in tool_call_id"
+                raise BadRequest(msg, f"{f}.tool_calls.{j}.id")
+            turn = i
+            waiting.setdefault(c.id, j)
+    _all_answered(turn, waiting)
+
+
+def _all_answered(turn: int | None, waiting: dict[str, int]) -> None:
+    """`waiting`: the unanswered call ids of messages[turn], each with its first place in tool_calls."""
+    if waiting:
+        field = f"messages.{turn}.tool_calls.{min(waiting.values())}.id"
+        msg = f"{field}: no tool message answers {list(waiting)} before the next user or assistant message or the end"
+        raise BadRequest(msg, field)
 
 
 def _show(choice: Any) -> str:
