@@ -67,8 +67,9 @@ def lora(p: LoraInput, as_json: bool = typer.Option(False, "--json", help="print
         c.add_row(f"full fine-tuning, {name}", _count(n), _pct(rep.lora_params / n))
     console.print(c)
 
-    cols = ("method", "weights", "grads", "Adam fp32", "total", "Adam 8-bit", "total 8-bit")
-    mt = _table("weights + gradients + optimizer states, GiB (no activations; see `calc plan`)", *cols)
+    cols = ("method", "weights", "grads", "optimizer: Adam fp32", "total", "optimizer: Adam 8-bit", "total 8-bit")
+    title = "weights + gradients + optimizer states, GiB (optimizer: Adam moments + the fp32 master copy where one "
+    mt = _table(title + "is kept; no activations: see `calc plan`)", *cols)
     for row in rep.memory_gib:
         mt.add_row(
             row["method"],
@@ -245,7 +246,7 @@ def quant(
     saved = 32 / b - 8 / b - 32 / (b * 256)
     console.print(
         f"double quantization: scales cost {32 / b:.3f} → {8 / b + 32 / (b * 256):.3f} bits/param, "
-        f"saving {saved:.3f} bits/param (about {saved * 65e9 / 8 / 1e9:.1f} GB on a 65B model)."
+        f"saving {saved:.3f} bits/param (about {saved * 65e9 / 8 / 1024**3:.1f} GiB on a 65B model)."
     )
     if plot is not None:
         console.print(f"histogram → {plot}")

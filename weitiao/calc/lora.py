@@ -401,7 +401,8 @@ class LoraReport:
 
 
 def memory_rows(shape: ModelShape, n_lora: int, nf4_bits: float) -> list[dict]:
-    """Weights, gradients and optimizer states (no activations) for each way to fine-tune, in GiB."""
+    """Weights, gradients and optimizer states (no activations) for each way to fine-tune, in GiB; `adam_*` hold the
+    Adam moments plus the fp32 master copy where the method keeps one (full bf16)."""
     n, q = shape.total_params, shape.quantizable_params
     gib = 1024**3
 
