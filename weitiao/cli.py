@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -93,10 +94,11 @@ def config_show(name: str = typer.Argument(..., help="sft, dpo, rm, ppo or logs"
     _print_config_help(name)
 
 
-def _summary(summary: dict) -> None:
+def _summary(*parts: Any) -> None:
     """A training run's summary, printed once: by process 0 of a distributed run (torchrun/accelerate set RANK)."""
     if os.environ.get("RANK", "0") == "0":
-        console.print(summary)
+        for part in parts:
+            console.print(part)
 
 
 @app.command()
@@ -155,9 +157,7 @@ def ppo(config: Path = CONFIG, overrides: list[str] = OVERRIDES, help_config: bo
         if k in cost:
             t.add_row(k, str(cost[k]))
     t.add_row("models held", ", ".join(f"{k}: {v}" for k, v in cost.get("models_held", {}).items()))
-    if os.environ.get("RANK", "0") == "0":
-        console.print({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()})
-        console.print(t)
+    _summary({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}, t)
 
 
 @app.command()

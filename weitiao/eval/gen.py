@@ -12,14 +12,13 @@ from typing import Any
 
 from weitiao.data.prompts import Prompt
 from weitiao.errors import UserError
-from weitiao.eval.golden import load_prompts
+from weitiao.eval.golden import check_max_new_tokens, load_prompts
 from weitiao.eval.metrics import RUBRIC, Item, MetricSettings, item_metrics, judge_scores, reply_metrics
 
 
 def check_decoding(max_new_tokens: int, temperature: float, top_p: float, repetition_penalty: float) -> None:
     """One UserError naming the flag for a decoding value that generation cannot use (`eval gen`, `chat`)."""
-    if max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens {max_new_tokens}: must be >= 1")
+    check_max_new_tokens(max_new_tokens)
     if not temperature >= 0:  # also NaN
         raise UserError(f"--temperature {temperature}: must be >= 0 (0 = greedy)")
     if not 0 < top_p <= 1:

@@ -436,6 +436,12 @@ def render_report(run_dir: Path, prompts: list[Prompt], res: GoldenResult, metri
     return page(f"golden report · {run_dir}", "".join(parts), CSS)
 
 
+def check_max_new_tokens(max_new_tokens: int) -> None:
+    """UserError for a reply length that generates nothing (`eval golden`, `eval gen`, `chat`)."""
+    if max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {max_new_tokens}: must be >= 1")
+
+
 def golden_report(
     run_dir: str | Path,
     prompts_path: str | Path,
@@ -448,8 +454,7 @@ def golden_report(
 ) -> tuple[Path, GoldenResult]:
     """Steps 1–5 above, over the checkpoints at `steps` (default all); returns the report path and the numbers."""
     run_dir = Path(run_dir)
-    if max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens {max_new_tokens}: must be >= 1")
+    check_max_new_tokens(max_new_tokens)
     if select not in SELECT:
         raise UserError(f"--select {select}: choose one of {', '.join(SELECT)}")
     if select == "judge" and judge is None:

@@ -56,18 +56,22 @@ def score_conversations(
         stats["cut"] = stats.get("cut", 0) + sum(e is not None and e.truncated == "history" for e in encoded)
         stats["refused"] = stats.get("refused", 0) + sum(e is None for e in encoded)
     keep = [i for i, e in enumerate(encoded) if e is not None]
-    exs = [encoded[i] for i in keep]
-    scorer = SequenceScorer(model)
-    device = next(model.parameters()).device
+    got = _scores(model, tokenizer, [encoded[i] for i in keep], batch_size)
+    out: list[float | None] = [None] * len(convs)
+    for i, s in zip(keep, got):
+        out[i] = s
+    return out
+
+
+def _scores(model: Any, tokenizer: Any, exs: list, batch_size: int) -> list[float]:
+    """The reward model's score of each encoded example (read at its last labelled token), `batch_size` at a time."""
+    scorer, device = SequenceScorer(model), next(model.parameters()).device
     got: list[float] = []
     for k in range(0, len(exs), batch_size):
         rows = [[i] for i in range(k, min(k + batch_size, len(exs)))]
         b = collate(exs, rows, tokenizer.pad_token_id, packing=False).to(device)
         got += scorer(b.input_ids, b.targets, b.position_ids, b.attention_mask, b.seq_index, len(rows)).tolist()
-    out: list[float | None] = [None] * len(convs)
-    for i, s in zip(keep, got):
-        out[i] = s
-    return out
+    return got
 
 
 def score_pairs(
@@ -89,14 +93,7 @@ def score_raw_pairs(
     template = resolve_template(tokenizer, "auto")  # unused by raw text, which encode_pair takes as documents
     encoded = [encode_pair(p, tokenizer, template, context_len(model)) for p in pairs]
     stats["refused"] = stats.get("refused", 0) + sum(e is None for e in encoded)
-    exs = [side for e in encoded if e is not None for side in e]
-    scorer, device = SequenceScorer(model), next(model.parameters()).device
-    got: list[float] = []
-    for k in range(0, len(exs), batch_size):
-        rows = [[i] for i in range(k, min(k + batch_size, len(exs)))]
-        b = collate(exs, rows, tokenizer.pad_token_id, packing=False).to(device)
-        got += scorer(b.input_ids, b.targets, b.position_ids, b.attention_mask, b.seq_index, len(rows)).tolist()
-    it = iter(got)
+    it = iter(_scores(model, tokenizer, [side for e in encoded if e is not None for side in e], batch_size))
     both = [(next(it), next(it)) if e is not None else (None, None) for e in encoded]
     return [c for c, _ in both], [r for _, r in both]
 
