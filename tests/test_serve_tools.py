@@ -326,6 +326,16 @@ SAID = {"role": "assistant", "content": FINAL}
             "messages.0.tool_call_id",
             {"messages": ASK},
         ),
+        (  # one call answered twice: which result the model should read would be a guess
+            {"messages": [*ASK, called("c1", "c2"), answer("c1"), answer("c2"), answer("c1")]},
+            "messages.4.tool_call_id",
+            {"messages": [*ASK, called("c1", "c2"), answer("c1"), answer("c2")]},
+        ),
+        (  # two calls of one id in one message: a result could not say which it answers
+            {"messages": [*ASK, called("c1", "c1"), answer("c1")]},
+            "messages.1.tool_calls.1.id",
+            {"messages": [*ASK, called("c1", "c2"), answer("c1"), answer("c2")]},
+        ),
         (  # a call without an id, which no tool message can name
             {"messages": [*ASK, called(None), {"role": "tool", "content": "晴"}]},
             "messages.1.tool_calls.0.id",
@@ -334,8 +344,9 @@ SAID = {"role": "assistant", "content": FINAL}
     ],
 )
 def test_tool_turns_openai_refuses_are_400(url, bad, param, good):
-    """Each request OpenAI answers with a 400 is one here, naming the field; the request set right (the
-    negative control) is answered, whole and streamed."""
+    """Each request OpenAI answers with a 400 is one here, naming the field (and two ambiguous ones: a call
+    answered twice, two calls of one id); the request set right (the negative control) is answered, whole
+    and streamed."""
     base = {"model": "tiny", "tools": [WEATHER, OTHER], "max_tokens": 2}
     r = httpx.post(url + "/v1/chat/completions", json={**base, **bad}, timeout=30)
     assert r.status_code == 400, r.text

@@ -216,6 +216,20 @@ def test_prompt_readers_refuse_tool_rows(tmp_path):
             {"messages": [*OPENAI_ROW["messages"][:3], {"role": "tool", "tool_call_id": "call_9", "content": "r"}]},
             "messages[3].tool_call_id: 'call_9' answers no call",
         ),
+        (  # one call answered twice
+            {"messages": [*OPENAI_ROW["messages"][:4], *OPENAI_ROW["messages"][3:]]},
+            "messages[4].tool_call_id: 'call_1' was already answered by messages[3]",
+        ),
+        (  # two calls of one id
+            {
+                "messages": [
+                    *OPENAI_ROW["messages"][:2],
+                    {**OPENAI_ROW["messages"][2], "tool_calls": OPENAI_ROW["messages"][2]["tool_calls"] * 2},
+                    *OPENAI_ROW["messages"][3:],
+                ]
+            },
+            "messages[2].tool_calls[1].id: 'call_1' is also the id of tool_calls[0]",
+        ),
         ({"messages": OPENAI_ROW["messages"][:4]}, "messages: must end with an assistant turn"),
         (
             {

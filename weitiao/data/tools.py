@@ -140,6 +140,7 @@ def parse_openai_tools(record: dict) -> Conversation:
         raise RowError("messages", "expected a non-empty list of messages")
     msgs: list[Message] = []
     open_ids: set[str] = set()  # ids of the last assistant turn's calls, which tool turns answer
+    answered: dict[str, int] = {}  # those answered so far, by message
     for i, m in enumerate(value):
         f = f"messages[{i}]"
         if not isinstance(m, dict):
@@ -151,16 +152,19 @@ def parse_openai_tools(record: dict) -> Conversation:
             calls = m["tool_calls"]
             if not isinstance(calls, list):
                 raise RowError(f"{f}.tool_calls", "expected a list of calls")
-            tool_calls = []
+            tool_calls, seen = [], {}
             for j, c in enumerate(calls):
                 cf = f"{f}.tool_calls[{j}]"
                 if not (isinstance(c, dict) and c.get("type", "function") == "function" and "function" in c):
                     raise RowError(cf, 'expected {"id", "type": "function", "function": {"name", "arguments"}}')
+                if c.get("id") and c["id"] in seen:  # a result could not say which of the two it answers
+                    raise RowError(f"{cf}.id", f"{c['id']!r} is also the id of tool_calls[{seen[c['id']]}]")
+                seen.setdefault(c.get("id"), j)
                 tool_calls.append(_call(c["function"], f"{cf}.function", c.get("id")))
             content = m.get("content")
             text = _text(content, f"{f}.content") if content not in (None, "") else ""
             msgs.append({"role": "assistant", "content": text, "tool_calls": tool_calls})
-            open_ids = {c["id"] for c in tool_calls if c.get("id")}
+            open_ids, answered = {c["id"] for c in tool_calls if c.get("id")}, {}
             continue
         msg = {"role": role, "content": _text(m.get("content"), f"{f}.content")}
         if role == "tool":
@@ -168,6 +172,11 @@ def parse_openai_tools(record: dict) -> Conversation:
             if call_id is not None:
                 if open_ids and call_id not in open_ids:
                     raise RowError(f"{f}.tool_call_id", f"{call_id!r} answers no call of the assistant turn before it")
+                if call_id in answered:  # two results for one call: which one to train on would be a guess
+                    raise RowError(
+                        f"{f}.tool_call_id", f"{call_id!r} was already answered by messages[{answered[call_id]}]"
+                    )
+                answered[call_id] = i
                 msg["tool_call_id"] = call_id
         msgs.append(msg)
     msgs = check_tool_turns(_with_system(record, msgs), "messages")

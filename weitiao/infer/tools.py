@@ -92,8 +92,9 @@ def _check_turns(messages: list) -> None:
     """OpenAI's rules for the conversation, each a 400 there too: every message has content, but an assistant
     message that calls; `tool_call_id` is a tool message's alone, and required there; a tool message answers
     a call of the assistant message just before it (only tool messages between), and every call (each with
-    an id) is answered before the next user or assistant message, or the end."""
-    turn, waiting = None, {}  # the calling assistant message tool messages answer now; its unanswered ids
+    its own id) is answered once, before the next user or assistant message, or the end."""
+    # the calling assistant message tool messages answer now; its unanswered ids; the answered ones (by message)
+    turn, waiting, answered = None, {}, {}
     for i, m in enumerate(messages):
         f = f"messages.{i}"
         if m.content is None and not (m.role == "assistant" and m.tool_calls):
@@ -113,16 +114,25 @@ def _check_turns(messages: list) -> None:
             if m.tool_call_id not in ids:
                 msg = f"{f}.tool_call_id: {m.tool_call_id!r} answers no call of messages.{turn} (its ids: {ids})"
                 raise BadRequest(msg, f"{f}.tool_call_id")
+            if m.tool_call_id in answered:  # two results for one call: which one the model saw is a guess
+                msg = (
+                    f"{f}.tool_call_id: {m.tool_call_id!r} was already answered by messages.{answered[m.tool_call_id]}"
+                )
+                raise BadRequest(msg, f"{f}.tool_call_id")
+            answered[m.tool_call_id] = i
             waiting.pop(m.tool_call_id, None)
             continue
         _all_answered(turn, waiting)
-        turn, waiting = None, {}
+        turn, waiting, answered = None, {}, {}
         for j, c in enumerate(m.tool_calls or []):
             if not c.id:
                 msg = f"{f}.tool_calls.{j}.id: required; the tool message with the result names it in tool_call_id"
                 raise BadRequest(msg, f"{f}.tool_calls.{j}.id")
+            if c.id in waiting:  # a result could not say which of the two calls it answers
+                msg = f"{f}.tool_calls.{j}.id: {c.id!r} is also the id of tool_calls.{waiting[c.id]}; ids must differ"
+                raise BadRequest(msg, f"{f}.tool_calls.{j}.id")
             turn = i
-            waiting.setdefault(c.id, j)
+            waiting[c.id] = j
     _all_answered(turn, waiting)
 
 
