@@ -218,3 +218,30 @@ def test_sft_trains_on_text_rows(tmp_path, tiny_model_dir):
     data = read_metrics(tmp_path / "r", "data")[0]
     assert len(losses) == 4 and losses[-1] < losses[0] - 0.3
     assert data["read"] == data["kept"] == 12 and data["doc_pieces"] > 0
+
+
+def test_pair_prompt_in_a_column_we_do_not_read_is_refused_not_guessed(tmp_path):
+    """Intel/orca_dpo_pairs keeps its prompt in `question`: read as TRL's implicit prompt, the pair's prompt was the
+    replies' shared prefix ('The answer is') and the question was dropped."""
+    orca = {"system": "", "question": "What is 2+2?", "chosen": "The answer is 4.", "rejected": "The answer is 5."}
+    for key in ("question", "query", "input"):
+        row = {**{k: v for k, v in orca.items() if k != "question"}, key: orca["question"]}
+        with pytest.raises(UserError, match=rf"o.jsonl:1: {key}: not read as the prompt.*rename it to 'prompt'"):
+            load_pairs([str(write_jsonl(tmp_path / "o.jsonl", [row]))], "auto", False)
+    renamed = {**{k: v for k, v in orca.items() if k != "question"}, "prompt": orca["question"]}  # negative control
+    pair = load_pairs([str(write_jsonl(tmp_path / "r.jsonl", [renamed]))], "auto", False).rows[0]
+    assert (pair.prompt, pair.chosen) == ([{"role": "user", "content": "What is 2+2?"}], "The answer is 4.")
+    implicit = {"chosen": "The sky is blue.", "rejected": "The sky is green.", "id": 7}  # TRL's: still split
+    assert load_pairs([str(write_jsonl(tmp_path / "i.jsonl", [implicit]))], "auto", False).rows[0].chosen == " blue."
+    apart = {"chosen": "Blue.", "rejected": "Green."}  # the reason, not "chosen: is empty"
+    with pytest.raises(UserError, match=r"a.jsonl:1: rejected: shares no prompt with chosen"):
+        load_pairs([str(write_jsonl(tmp_path / "a.jsonl", [apart]))], "auto", False)
+
+
+def test_pair_with_tools_is_refused_not_rendered_without_them(tmp_path):
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+    row = {"prompt": [SKY_USER], "chosen": [BLUE], "rejected": [GREEN], "tools": tools}
+    with pytest.raises(UserError, match=r"t.jsonl:1: tools: a pair is rendered without tools"):
+        load_pairs([str(write_jsonl(tmp_path / "t.jsonl", [row]))], "auto", False)
+    row["tools"] = []  # negative control: no tools given
+    assert load_pairs([str(write_jsonl(tmp_path / "t.jsonl", [row]))], "auto", False).rows[0].chosen == "It is blue."

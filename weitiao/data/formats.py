@@ -293,8 +293,14 @@ def split_shared_prefix(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
     return chosen[:idx], chosen[idx:], rejected[idx:]
 
 
+PROMPT_LIKE = ("question", "query", "input")  # prompt columns of other tools, unread by a pair without instruction
+
+
 def parse_preference(record: dict, strict: bool = True) -> PreferencePair:
     """A pair from any supported layout; strict=False lets `data check` count empty or identical sides."""
+    if record.get("tools") not in (None, "", []):
+        raise RowError("tools", "a pair is rendered without tools (the prompt would lose them); drop the column, or "
+                                "train tool calls with SFT")  # fmt: skip
     chosen, rejected = record.get("chosen"), record.get("rejected")
     implicit = _is_conversation(chosen) and _is_conversation(rejected)
     if implicit:  # TRL implicit prompt and ultrafeedback_binarized: whole conversations
@@ -324,10 +330,15 @@ def parse_preference(record: dict, strict: bool = True) -> PreferencePair:
         else:
             prompt = [{"role": "user", "content": _text(p, "prompt")}]
     elif isinstance(chosen, str) and isinstance(rejected, str):  # TRL standard implicit prompt
+        if unread := next((k for k in PROMPT_LIKE if record.get(k) not in (None, "")), None):
+            # Intel/orca_dpo_pairs (question), ... : the shared prefix of the replies is no prompt
+            raise RowError(unread, "not read as the prompt (a pair's prompt is 'prompt', 'messages', 'conversations' "
+                                   "or 'instruction'); rename it to 'prompt'. Without one, chosen and rejected are "
+                                   "split at the text they share (TRL's implicit prompt)")  # fmt: skip
         p, chosen, rejected = split_shared_prefix(chosen, rejected)
-        prompt, field = [{"role": "user", "content": _text(p, "chosen", allow_empty=not strict)}], "chosen"
         if not p:
             raise RowError("rejected", "shares no prompt with chosen (they differ from the first character)")
+        prompt, field = [{"role": "user", "content": _text(p, "chosen", allow_empty=not strict)}], "chosen"
     else:
         raise RowError("prompt", "missing (and chosen/rejected are not whole conversations sharing one)")
     if not implicit and field != "chosen":  # one prompt source: another that says something else would be dropped
