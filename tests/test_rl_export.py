@@ -151,6 +151,7 @@ def test_verl_reward_model_scores_as_ours(rm_run, tmp_path):
     got, info = verl_load_and_score(dest, ids, mask)
     assert not info["missing_keys"] and not info["unexpected_keys"]  # the head's bias came from the export too
     assert json.loads((dest / "config.json").read_text())["architectures"] == ["LlamaForTokenClassification"]
+    assert json.loads((dest / ".weitiao-export.json").read_text())["format"] == "chat"
     torch.testing.assert_close(got, torch.tensor(ours), atol=1e-5, rtol=0)
     # Negative control: our classifier as it is (the OpenRLHF export) loaded verl's way lacks the head bias,
     # which transformers then initializes at random.

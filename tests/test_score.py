@@ -120,7 +120,7 @@ def test_every_option_a_hint_names_exists(rm_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_raw_text_reward_model_scores_as_it_was_trained(tiny_model_dir, tmp_path):
+def test_a_raw_text_reward_model_scores_as_it_was_trained(tiny_model_dir, tmp_path, capsys):
     """An RM trained with data.format preference_raw learned on prompt + reply + EOS; `score` rendered the pairs
     through the chat template and reported other margins (a user measured 0.41 against the run's eval 2.37)."""
     from conftest import recipe_config
@@ -146,3 +146,10 @@ def test_a_raw_text_reward_model_scores_as_it_was_trained(tiny_model_dir, tmp_pa
         score.run(str(out), str(chats), out=str(tmp_path / "c.scores.jsonl"))
     with pytest.raises(UserError, match="trained on raw text pairs .* PPO scores chat-rendered"):
         model_scorer(str(out))
+    # an export for OpenRLHF/verl says so (both template the prompts they roll out) and records the format
+    from weitiao.infer.rl_export import export_for
+
+    capsys.readouterr()
+    dest = export_for("verl", str(out), str(tmp_path / "verl"))
+    assert "trained on raw text" in capsys.readouterr().out
+    assert json.loads((dest / ".weitiao-export.json").read_text())["format"] == "preference_raw"

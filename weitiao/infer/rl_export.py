@@ -30,7 +30,7 @@ import torch
 
 from weitiao.errors import UserError
 from weitiao.infer import export as plain
-from weitiao.models.heads import META_FILE, load_reward_model
+from weitiao.models.heads import META_FILE, RAW, load_reward_model, reward_meta
 from weitiao.models.load import DTYPES, adapter_base
 
 TARGETS = ("openrlhf", "verl")
@@ -62,6 +62,13 @@ def export_for(target: str, run: str, out: str, dtype: str = "fp32", force: bool
             "OpenRLHF's --normalize_reward would leave the rewards as they are"
         )
 
+    fmt = reward_meta(root)[1].get("format", "chat")
+    if fmt == RAW:  # both frameworks template the prompts they roll out unless told not to
+        print(
+            f"note: {run} was trained on raw text (prompt + reply + EOS, no chat template, data.format {RAW}): "
+            f"{target} must score the same raw text, without the chat template, or its scores mean little"
+        )
+
     def fill(tmp: Path) -> dict[str, Any]:
         if target == "openrlhf":
             openrlhf_reward(merged, stats).save_pretrained(tmp, safe_serialization=True)
@@ -69,7 +76,8 @@ def export_for(target: str, run: str, out: str, dtype: str = "fp32", force: bool
             model, weights = verl_reward(merged)
             model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
         tokenizer.save_pretrained(tmp)  # the run's tokenizer: it carries the training chat template
-        return {"adapter": str(root.resolve()), "for": target, "reward_model": True, "merged": True, "dtype": dtype}
+        info = {"adapter": str(root.resolve()), "for": target, "reward_model": True, "merged": True, "dtype": dtype}
+        return {**info, "format": fmt}
 
     return plain.publish(dest, replace, fill)
 
