@@ -95,3 +95,29 @@ def test_csv_bad_rows_name_their_line(tmp_path):
     (tmp_path / "dup.csv").write_text("output,output\n问,答\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"dup.csv:1: header: expected unique"):
         load_conversations(tmp_path / "dup.csv")
+
+
+def test_compressed_json_and_csv_read_and_unreadable_shards_refused_not_skipped(tmp_path, expected):
+    """A folder of a.jsonl + b.json.gz + c.tsv trained on a.jsonl alone: the other two were left out unsaid."""
+    import zstandard
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", ROWS[:2])
+    with gzip.open(folder / "b.json.gz", "wt", encoding="utf-8") as f:
+        f.write("\ufeff" + json.dumps(ROWS[2:5], ensure_ascii=False))  # a BOM, as Windows tools write
+    csv_text = Dataset.from_list(ROWS[5:]).to_pandas().to_csv(index=False)
+    (folder / "c.csv.zst").write_bytes(zstandard.ZstdCompressor().compress(csv_text.encode()))
+    got = load_conversations(folder)
+    assert messages(got) == expected and got.read == 7 and len(got.per_file) == 3
+    for name in ("d.tsv", "e.parquet.gz", "f.jsonl.bz2"):
+        (folder / name).write_text("instruction\toutput\n问\t答\n", encoding="utf-8")
+        for entry in (folder, str(folder / "*")):
+            with pytest.raises(UserError, match=rf"{name}: in (folder|glob) .*a data file weitiao does not read"):
+                load_conversations(entry)
+        (folder / name).unlink()
+    (folder / "README.md").write_text("# notes\n")  # negative control: not data, not read
+    assert load_conversations(folder).read == 7
+    (folder / "bad.json.gz").write_bytes(gzip.compress(b'[{"instruction": "a",\n "output": }]'))
+    with pytest.raises(UserError, match=r"bad.json.gz:2: json: not valid JSON"):
+        load_conversations(folder / "bad.json.gz")

@@ -2,9 +2,10 @@
 
 An entry is a file, a glob (`data/*.parquet`), a folder of shards, or a Hugging Face `datasets`
 `save_to_disk` folder. Files: .jsonl/.ndjson (also .jsonl.gz/.jsonl.zst, decompressed as a stream),
-.json, .parquet and .arrow (read a record batch at a time), .csv with a header row. A row that
-cannot be read (bad JSON, over-long line) is yielded as a RowError so the caller can report it
-as `file:line`.
+.json (also .json.gz/.json.zst), .parquet and .arrow (read a record batch at a time), .csv (also
+.csv.gz/.csv.zst) with a header row. A folder or glob holding a data file we do not read (.tsv,
+.parquet.gz, .jsonl.bz2, ...) is refused naming it, not skipped. A row that cannot be read (bad JSON,
+over-long line) is yielded as a RowError so the caller can report it as `file:line`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from weitiao.errors import UserError
-from weitiao.io import iter_lines, loads, read_json
+from weitiao.errors import UserError, where
+from weitiao.io import BOM, iter_lines, loads, read_json
 
 JSONL = (".jsonl", ".ndjson")
 COMPRESSED = (".gz", ".zst")
 SUFFIXES = (*JSONL, ".json", ".parquet", ".arrow", ".csv")
+STREAMED = (*JSONL, ".json", ".csv")  # read through a decompressor when .gz/.zst
+READABLE = ".jsonl[.gz|.zst], .json[.gz|.zst], .parquet, .arrow, .csv[.gz|.zst]"
+LOOKS_LIKE_DATA = (*SUFFIXES, ".tsv")  # in a name, with a suffix after it we cannot read: refused, not skipped
 GLOB_CHARS = set("*?[")
 BATCH_ROWS = 1024  # Parquet/Arrow rows decoded at a time
 MAX_ROW_BYTES = 1_000_000  # a longer JSONL row is rejected unread: ~300k tokens, far over any max_len
@@ -47,13 +51,23 @@ def data_suffix(path: Path) -> str:
 
 def _is_data_file(path: Path) -> bool:
     compressed = path.suffix.lower() in COMPRESSED
-    name = path.name
+    return not _ours_or_hidden(path) and data_suffix(path) in (STREAMED if compressed else SUFFIXES)
+
+
+def _ours_or_hidden(path: Path) -> bool:
     # `.rejects.jsonl` is what load_rows writes beside the data: never read it back as data.
-    return (
-        not name.startswith(".")
-        and not name.endswith(".rejects.jsonl")
-        and data_suffix(path) in (JSONL if compressed else SUFFIXES)
-    )
+    return path.name.startswith(".") or path.name.endswith(".rejects.jsonl")
+
+
+def _data_files(hits: list[Path], where: str) -> list[Path]:
+    """The data files among a folder's or glob's files; one that looks like data but that we cannot read (a .tsv,
+    a .parquet.gz) is refused rather than left out unsaid."""
+    for f in hits:
+        if not _is_data_file(f) and not _ours_or_hidden(f) and set(map(str.lower, f.suffixes)) & set(LOOKS_LIKE_DATA):
+            raise UserError(
+                f"{f}: in {where}, a data file weitiao does not read; convert it to one of {READABLE}, or move it out"
+            )
+    return [f for f in hits if _is_data_file(f)]
 
 
 def _hf_saved(folder: Path) -> list[Path] | None:
@@ -79,19 +93,18 @@ def expand_paths(entries: list[str | Path]) -> list[Path]:
         p = Path(entry)
         if not p.exists() and GLOB_CHARS & set(str(entry)):
             hits = sorted(Path(h) for h in glob.glob(str(entry), recursive=True))
-            hits = [h for h in hits if h.is_file() and _is_data_file(h)]
+            hits = _data_files([h for h in hits if h.is_file()], f"glob {entry}")
             if not hits:
-                raise UserError(f"{entry}: no data files match (.jsonl[.gz|.zst], .json, .parquet, .arrow, .csv)")
+                raise UserError(f"{entry}: no data files match ({READABLE})")
             out += hits
         elif p.is_dir():
             shards = _hf_saved(p)
             if shards is None:
-                shards = sorted(f for f in p.rglob("*") if f.is_file() and _is_data_file(f))
+                shards = sorted(f for f in p.rglob("*") if f.is_file())
                 shards = [f for f in shards if not any(part.startswith(".") for part in f.relative_to(p).parts)]
+                shards = _data_files(shards, f"folder {p}")
             if not shards:
-                raise UserError(
-                    f"{p}: is a folder with no data files (.jsonl[.gz|.zst], .json, .parquet, .arrow, .csv)"
-                )
+                raise UserError(f"{p}: is a folder with no data files ({READABLE})")
             out += shards
         else:
             out.append(p)  # iter_records reports a missing file or a bad suffix
@@ -138,12 +151,37 @@ def _jsonl(path: Path, max_row_bytes: int | None) -> Iterator[tuple[int, Any]]:
         raise UserError(f"{path}: not a readable .zst file ({e})") from None
 
 
-def _csv(path: Path) -> Iterator[tuple[int, Any]]:
+def _read_compressed_json(path: Path) -> Any:
+    """A whole .json.gz/.json.zst file, read as read_json reads a .json (BOM dropped, errors name file:line)."""
+    try:
+        with _open_stream(path) as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        if isinstance(e, UserError):
+            raise
+        raise UserError(f"{path}: not a readable {path.suffix} file ({e})") from None
+    except Exception as e:  # zstandard.ZstdError is not an OSError
+        if type(e).__name__ != "ZstdError":
+            raise
+        raise UserError(f"{path}: not a readable .zst file ({e})") from None
+    raw = raw.removeprefix(BOM)
+    try:
+        return loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise UserError(f"{where(path, line)}: not valid UTF-8 (byte 0x{raw[e.start]:02x}); save it as UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{where(path, e.lineno, 'json')}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except ValueError as e:
+        raise UserError(f"{where(path, None, 'json')}: not valid JSON ({e})") from None
+
+
+def _csv(path: Path, opener: Any = None) -> Iterator[tuple[int, Any]]:
     """Rows of a CSV with a header line, numbered by the file line where each row starts."""
     line_no = [0]
 
     def lines() -> Iterator[str]:
-        for n, text, _ in iter_lines(path):
+        for n, text, _ in iter_lines(path, opener=opener):
             line_no[0] = n
             yield text
 
@@ -196,12 +234,13 @@ def iter_records(path: Path, max_row_bytes: int | None = MAX_ROW_BYTES) -> Itera
     if path.is_dir():
         raise UserError(f"{path}: is a folder; expected a data file (.jsonl, .json, .parquet, .arrow or .csv)")
     suffix = data_suffix(path)
-    if path.suffix.lower() in COMPRESSED and suffix not in JSONL:
-        raise UserError(f"{path}: only JSONL is read compressed (.jsonl.gz, .jsonl.zst); decompress it first")
+    compressed = path.suffix.lower() in COMPRESSED
+    if compressed and suffix not in STREAMED:
+        raise UserError(f"{path}: only JSONL, JSON and CSV are read compressed (.gz, .zst); decompress it first")
     if suffix in JSONL:
         yield from _jsonl(path, max_row_bytes)
     elif suffix == ".json":
-        data = read_json(path)
+        data = _read_compressed_json(path) if compressed else read_json(path)
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
@@ -210,8 +249,6 @@ def iter_records(path: Path, max_row_bytes: int | None = MAX_ROW_BYTES) -> Itera
     elif suffix in (".parquet", ".arrow"):
         yield from _batches(path, suffix[1:])
     elif suffix == ".csv":
-        yield from _csv(path)
+        yield from _csv(path, (lambda: _open_stream(path)) if compressed else None)
     else:
-        raise UserError(
-            f"{path}: unsupported file type {suffix!r}; use .jsonl (.gz/.zst), .json, .parquet, .arrow or .csv"
-        )
+        raise UserError(f"{path}: unsupported file type {suffix!r}; use {READABLE}")
