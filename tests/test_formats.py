@@ -162,6 +162,11 @@ MSGS = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": 
          "2: prompt: a second prompt beside 'messages'"),
         ({"messages": [MSGS[0], {**MSGS[1], "reasoning_content": "想一想"}]},
          r"2: messages\[1\].reasoning_content: reasoning traces are not trained"),
+        ({"messages": [MSGS[0], {**MSGS[1], "weigth": 0}, *MSGS]}, r"2: messages\[1\].weigth: unknown key"),
+        ({"messages": [MSGS[0], {**MSGS[1], "loss": False}, *MSGS]}, r"2: messages\[1\].loss: a per-turn training"),
+        ({"messages": [MSGS[0], {**MSGS[1], "training": False}, *MSGS]}, r"2: messages\[1\].training: a per-turn"),
+        ({"messages": MSGS[:1], "chosen": {**MSGS[1], "tool_call": {}}, "rejected": "坏"},
+         r"2: chosen.tool_call: unknown key; did you mean 'tool_calls'"),
     ],
 )  # fmt: skip
 def test_misspelled_keys_and_two_formats_in_a_row_are_refused(tmp_path, row, message):
@@ -185,4 +190,6 @@ def test_the_users_own_extra_columns_stay_unread(tmp_path):
     pair = {"messages": MSGS[:1], "prompt": "你好", "chosen": "好", "rejected": "坏"}  # the same prompt twice: fine
     assert load_rows(write_jsonl(tmp_path / "p.jsonl", [pair])).rows[0].prompt[-1]["content"] == "你好"
     chat[0].pop("inputs")
+    timed = [{"messages": [{**m, "timestamp": 1, "name": "小王"} for m in MSGS]}]  # a message's own keys, unread
+    assert load_rows(write_jsonl(tmp_path / "t.jsonl", timed)).kept == 1
     assert load_rows(write_jsonl(tmp_path / "b.jsonl", chat)).rows[0].messages[-1]["content"] == "在呢"

@@ -409,14 +409,45 @@ def _misspelled(key: str) -> str | None:
     return close[0] if close else None
 
 
+# Keys a message may carry that some format reads; a near miss (weigth, tool_call) of one the message lacks is refused,
+# and so are other tools' per-turn training flags (axolotl `training`, ms-swift `loss`): the turn would be trained.
+MESSAGE_KEYS = ("role", "content", "from", "value", "weight", "name", "tool_calls", "tool_call_id")
+TURN_FLAGS = ("train", "training", "loss")
+MESSAGE_LISTS = ("messages", "conversations", "prompt", "completion", "chosen", "rejected")
+
+
+@functools.lru_cache(maxsize=1024)
+def _misspelled_in_message(key: str) -> str | None:
+    if key in MESSAGE_KEYS:
+        return None
+    close = difflib.get_close_matches(key, MESSAGE_KEYS, n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+def _check_message_keys(record: dict) -> None:
+    for name in MESSAGE_LISTS:
+        msgs = record.get(name)
+        for i, m in enumerate(msgs if isinstance(msgs, list) else [msgs] if isinstance(msgs, dict) else []):
+            if not isinstance(m, dict):
+                continue
+            at = f"{name}[{i}]" if isinstance(msgs, list) else name
+            for key in m:
+                if key in TURN_FLAGS and isinstance(m[key], bool):
+                    raise RowError(f"{at}.{key}", "a per-turn training flag is not read (the turn would be trained "
+                                                  "anyway); use weight: 0 on an assistant message to keep it as "
+                                                  "context")  # fmt: skip
+                if (want := _misspelled_in_message(key)) and want not in m:
+                    raise RowError(f"{at}.{key}", f"unknown key; did you mean {want!r}? (rename it, or drop it)")
+
+
 SFT_FORMATS = ("alpaca", "openai", "sharegpt", "prompt_completion", "text")
 KTO_LABELS = (0, 1, "true", "false", "True", "False")
 
 
 def check_keys(record: dict, fmt: str) -> None:
-    """Refuse a near-miss of a key we read, a chat row holding two chat formats (one would be dropped), and keys
-    whose meaning we do not implement: KTO labels (kto_tag, a label of 0/1/"true"/"false") and a row-level
-    weight in SFT rows."""
+    """Refuse a near-miss of a key we read (in the row or in a message), a chat row holding two chat formats (one
+    would be dropped), and keys whose meaning we do not implement: KTO labels (kto_tag, a label of 0/1/"true"/
+    "false"), a row-level weight in SFT rows and other tools' per-turn training flags."""
     if "kto_tag" in record or (record.get("label") in KTO_LABELS and not isinstance(record.get("label"), float)):
         key = "kto_tag" if "kto_tag" in record else "label"
         raise RowError(key, KTO_REFUSED.removeprefix("label: "))
@@ -426,6 +457,7 @@ def check_keys(record: dict, fmt: str) -> None:
     for key in record:
         if (want := _misspelled(key)) and want not in record:
             raise RowError(key, f"unknown key; did you mean {want!r}? (rename it, or drop the column)")
+    _check_message_keys(record)
     if fmt in ("alpaca", "openai", "sharegpt"):
         found = {f: k for k, f in CHAT_KEYS.items() if k in record}
         if len(found) > 1:
