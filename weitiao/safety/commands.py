@@ -37,6 +37,13 @@ def _types(types: str | None) -> list[str] | None:
     return [t.strip() for t in types.split(",") if t.strip()] if types else None
 
 
+def _confidence(value: float) -> float:
+    """--min-confidence is a share: 5 or -1 would silently keep every match or none."""
+    if not 0 <= value <= 1:
+        raise UserError(f"--min-confidence {value:g}: must be in [0, 1]")
+    return value
+
+
 def _print(reports: list, as_json: bool, action: str) -> None:
     from weitiao.safety.pii import NAMES_NEED_JIEBA, TYPES, _jieba_ok
 
@@ -73,6 +80,7 @@ def scan_cmd(
     """Count PII per type and field in data files; writes nothing."""
     from weitiao.safety.pii_files import process_file
 
+    min_confidence = _confidence(min_confidence)
     reports = [
         process_file(f, None, "placeholder", _types(types), min_confidence, fields=_types(fields)) for f in files
     ]
@@ -105,6 +113,7 @@ def scrub_cmd(
 
     if mode not in MODES:
         raise UserError(f"--mode {mode!r} unknown; use one of {', '.join(MODES)}")
+    min_confidence = _confidence(min_confidence)
     if out is not None and len(files) > 1 and out.suffix:
         raise UserError(f"--out {out}: several input files need an output folder, not a file")
     targets = [
@@ -161,6 +170,7 @@ def eval_cmd(
     from weitiao.safety.pii_eval import HELD_OUT, load_labelled, misses, score
 
     path = file or HELD_OUT
+    min_confidence = _confidence(min_confidence)
     rows = load_labelled(path)
     res = score(rows, min_confidence)
     if as_json:

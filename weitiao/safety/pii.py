@@ -168,7 +168,15 @@ def digit_spans(text: str) -> tuple[tuple[int, int, str], ...]:
 
 
 def find_id_card(text: str) -> list[Match]:
-    return [Match("id_card", a, b, text[a:b], 0.99) for a, b, d in digit_spans(text) if valid_id(d.upper())]
+    """Valid IDs; an ID-shaped number (province code, real birth date) failing only its check character next to
+    身份证/证件号 is kept at confidence 0.3, as a typo'd card is: its 17 digits still name the person."""
+    out = []
+    for a, b, d in digit_spans(text):
+        if valid_id(d.upper()):
+            out.append(Match("id_card", a, b, text[a:b], 0.99))
+        elif len(d) == 18 and d[:17].isdigit() and _id_shaped(d) and _near(text, a, b, ID_CUES):
+            out.append(Match("id_card", a, b, text[a:b], 0.3))
+    return out
 
 
 ID_CUES = re.compile(r"身份证|证件号|公民身份")
