@@ -158,3 +158,34 @@ def test_entry_without_required_column_is_one_line(lf_dir):
     (lf_dir / "dataset_info.json").write_text(json.dumps(info))
     with pytest.raises(UserError, match=r"dataset_info.json: bad.columns.rejected: not set"):
         load_rows(["bad"], dataset_dir=lf_dir)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"colums": {"prompt": "q", "response": "a", "system": "sys"}}, r"custom.colums: unknown key; did you mean"),
+        ({"ranknig": True}, r"custom.ranknig: unknown key; did you mean 'ranking'"),
+        ({"columns": {"promt": "q", "response": "a"}}, r"custom.columns.promt: unknown key; did you mean 'prompt'"),
+        ({"columns": {"messages": "q", "response": "a"}}, r"custom.columns.messages: a column of sharegpt formatting"),
+        ({"ranking": "false"}, r"custom.ranking: expected true or false, got 'false'"),
+        ({"subset": "zh"}, r"custom.subset: 'zh' picks part of a hub dataset"),
+        ({"tags": {"role_tag": "role"}}, r"custom.tags: only sharegpt formatting reads tags"),
+    ],
+)
+def test_entry_keys_llamafactory_would_not_read_are_refused(lf_dir, entry, message):
+    """A typo in dataset_info.json (colums, ranknig, promt) was ignored: the entry fell back to the default mapping
+    or to SFT, and trained something other than what it described."""
+    info = json.loads((lf_dir / "dataset_info.json").read_text())
+    info["custom"] = {k: v for k, v in info["custom"].items() if k != "columns" or "colums" not in entry} | entry
+    (lf_dir / "dataset_info.json").write_text(json.dumps(info))
+    with pytest.raises(UserError, match=rf"dataset_info.json: {message}"):
+        load_rows(["custom"], dataset_dir=lf_dir)
+
+
+def test_llamafactory_own_entry_keys_still_load(lf_dir):
+    """Negative control: keys LLaMA-Factory's own dataset_info.json entries carry."""
+    info = json.loads((lf_dir / "dataset_info.json").read_text())
+    info["custom"] |= {"file_sha1": "e655af3db557a4197f7b0cf92e1986b08fae6311", "split": "train", "ranking": False,
+                       "subset": None, "formatting": "alpaca"}  # fmt: skip
+    (lf_dir / "dataset_info.json").write_text(json.dumps(info))
+    assert load_rows(["custom", "dpo_zh_demo", "mllm_demo"], dataset_dir=lf_dir).kept == 4

@@ -3,7 +3,8 @@
 Follows LLaMA-Factory's `data/parser.py` and `data/converter.py`: `formatting` alpaca|sharegpt,
 `ranking` (preference pairs), `columns` (when given, a column not named there is unused, as in
 LLaMA-Factory: alpaca `history`/`system` are read only when mapped) and sharegpt `tags`. Rows are
-renamed into weitiao's own alpaca/sharegpt/preference keys and parsed by `formats`. Departures:
+renamed into weitiao's own alpaca/sharegpt/preference keys and parsed by `formats`. An entry, column or tag key
+LLaMA-Factory does not read (a typo: colums, ranknig, promt) is refused where LLaMA-Factory ignores it. Departures:
 hub/script/cloud datasets are refused (weitiao never downloads), `kto_tag` rows are refused (no KTO
 loss), and image/video/audio columns are ignored with a note. `num_samples` picks rows as LLaMA-Factory
 does (a random permutation's first N, then draws with replacement past the data's size), seeded by the
@@ -12,6 +13,7 @@ dataset's name instead of the run's seed, so a dataset's sample (and its tokeniz
 
 from __future__ import annotations
 
+import difflib
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -48,6 +50,18 @@ OUR_ROLE = {
     "system_tag": "system",
 }
 MEDIA = ("images", "videos", "audios")
+# An entry's keys as LLaMA-Factory's data/parser.py reads them; any other key (colums, ranknig) is refused, not ignored.
+ENTRY_KEYS = (*REMOTE, "file_name", "file_sha1", "formatting", "ranking", "subset", "split", "folder", "num_samples",
+              "revision", "columns", "tags")  # fmt: skip
+HUB_ONLY = ("subset", "folder", "revision")  # pick part of a hub dataset: a local file has none of them
+
+
+def _unknown(keys: Any, known: list[str] | tuple[str, ...], where: str) -> None:
+    for k in keys:
+        if k not in known:
+            close = difflib.get_close_matches(str(k), known, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UserError(f"{where}.{k}: unknown key; {hint}LLaMA-Factory reads {', '.join(known)}")
 
 
 @dataclass
@@ -161,11 +175,16 @@ def resolve(dataset_dir: str | Path, name: str) -> LFDataset:
             f"{where}.{remote[0]}: {entry[remote[0]]!r} is not local; weitiao never downloads; save the data "
             "under data.dataset_dir and give file_name instead"
         )
+    _unknown(entry, ENTRY_KEYS, where)
     if "file_name" not in entry:
         raise UserError(f"{where}: file_name missing")
+    if hub := next((k for k in HUB_ONLY if entry.get(k) is not None), None):
+        raise UserError(f"{where}.{hub}: {entry[hub]!r} picks part of a hub dataset; a local file has none: drop it")
     formatting = entry.get("formatting", "alpaca")
     if formatting not in ("alpaca", "sharegpt"):
         raise UserError(f"{where}.formatting: {formatting!r} unsupported; use alpaca or sharegpt")
+    if not isinstance(entry.get("ranking", False), bool):
+        raise UserError(f"{where}.ranking: expected true or false, got {entry['ranking']!r}")
     if entry.get("split", "train") != "train":
         raise UserError(f"{where}.split: {entry['split']!r}: a local file has one split, train")
     n = entry.get("num_samples")
@@ -176,11 +195,21 @@ def resolve(dataset_dir: str | Path, name: str) -> LFDataset:
         cols = entry["columns"]
         if not isinstance(cols, dict):
             raise UserError(f"{where}.columns: expected an object")
+        other = ALPACA if formatting == "sharegpt" else SHAREGPT
+        if wrong := next((k for k in cols if k in other and k not in base), None):
+            raise UserError(f"{where}.columns.{wrong}: a column of {'alpaca' if other is ALPACA else 'sharegpt'} "
+                            f"formatting; this entry's formatting is {formatting}")  # fmt: skip
+        _unknown(cols, list(base), f"{where}.columns")
         columns = {k: cols.get(k) for k in base}
     else:
         columns = base
     tags = dict(TAGS)
-    if formatting == "sharegpt" and isinstance(entry.get("tags"), dict):
+    if "tags" in entry and formatting != "sharegpt":
+        raise UserError(f"{where}.tags: only sharegpt formatting reads tags; this entry's formatting is {formatting}")
+    if "tags" in entry and not isinstance(entry["tags"], dict):
+        raise UserError(f"{where}.tags: expected an object")
+    if "tags" in entry:
+        _unknown(entry["tags"], list(TAGS), f"{where}.tags")
         tags = {k: entry["tags"].get(k) for k in TAGS}
         tags["role_tag"] = tags["role_tag"] or "from"
         tags["content_tag"] = tags["content_tag"] or "value"
