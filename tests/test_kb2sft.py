@@ -199,7 +199,9 @@ def test_kb2sft_real_serve_malformed_json_is_counted(serve_url, tmp_path):  # no
     t = Teacher(serve_url + "/v1", "tiny", cache_dir=tmp_path / "c", max_tokens=12, temperature=0.0)
     cfg = kb2sft.KBConfig(ChunkSpec("fixed", max_chars=30, overlap=0), prompt="{chunk}\n出{n}个问答，JSON：")
     (tmp_path / "kb.md").write_text((KB / "faq.md").read_text(encoding="utf-8")[:100], encoding="utf-8")
-    s = kb2sft.run([tmp_path / "kb.md"], tmp_path / "o", t, cfg, progress=False)
+    with pytest.raises(UserError, match=r"no QA pair kept \(0 parsed, 0 below --min-grounding 0\.5, 4 replies not"):
+        kb2sft.run([tmp_path / "kb.md"], tmp_path / "o", t, cfg, progress=False)
+    s = json.loads((tmp_path / "o/summary.json").read_text(encoding="utf-8"))
     assert s["chunks"] == s["answered"] == s["parse_failed"] == 4 and s["kept"] == 0
     assert load_conversations(str(tmp_path / "o/train.jsonl")).rows == []
 
@@ -229,3 +231,16 @@ def test_semantic_chunker_with_local_embedding_model(tiny_model_dir):
     assert "".join(pieces) == text and len(pieces) >= 2  # random weights: where it cuts is arbitrary
     with pytest.raises(UserError, match="cannot load"):
         by_semantic(text, ChunkSpec(embed_model=str(tiny_model_dir) + "-missing"))
+
+
+def test_no_qa_pair_kept_is_an_error_not_an_empty_success(tmp_path):
+    """A teacher whose every answer is ungrounded leaves nothing to train: a non-zero exit naming the counts, with
+    rejects.jsonl and summary.json written to look at (it exited 0 with empty train/eval files)."""
+    app = scripted_app(lambda body: (200, json.dumps([FAKE], ensure_ascii=False)))
+    with running(app) as url:
+        teacher = Teacher(url + "/v1", "t", cache_dir=tmp_path / "c")
+        with pytest.raises(UserError, match=r"no QA pair kept \(\d+ parsed, \d+ below --min-grounding 0\.5"):
+            kb2sft.run([KB], tmp_path / "o", teacher, kb2sft.KBConfig(), progress=False)
+    s = json.loads((tmp_path / "o/summary.json").read_text(encoding="utf-8"))
+    assert s["kept"] == 0 and s["rejected_grounding"] == s["qa_parsed"] == s["chunks"] > 0
+    assert (tmp_path / "o/rejects.jsonl").read_text(encoding="utf-8").count('"grounding"') == s["chunks"]

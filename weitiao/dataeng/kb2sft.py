@@ -229,4 +229,11 @@ def run(docs: list[str | Path], out: str | Path, teacher: Teacher, cfg: KBConfig
         "out": str(out),
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, ensure_ascii=False, indent=2))
+    if not kept:  # empty train/eval files are no result: say why, with a non-zero exit
+        raise UserError(
+            f"{out}: no QA pair kept ({counts['qa_parsed']} parsed, {counts['rejected_grounding']} below "
+            f"--min-grounding {cfg.min_grounding}, {counts['parse_failed']} replies not JSON, {len(failed)} chunks "
+            "unanswered); "
+            f"see {out / 'rejects.jsonl'}"
+        )
     return summary
