@@ -123,3 +123,47 @@ def test_a_weight_0_turn_is_never_the_chosen_reply():
         pairs = repeat.make_pairs(Conversation(msgs), cfg, random.Random(seed))
         assert pairs and all(p["chosen"] != "我也不太确定，也许吧" for p in pairs)
         assert {p["chosen"] for p in pairs} == {"第三个回答", "第四个回答"}  # negative control: the others are used
+
+
+def test_tool_call_dialogues_are_refused_not_turned_into_broken_pairs(tmp_path):
+    """A tool dialogue gave pairs with chosen "" (the tool call dropped), "echo_user" rejected replies echoing the tool
+    result, and prompts DPO then refused: the row is named instead; the same dialogue without tools pairs fine."""
+    msgs = []
+    for q, a in NOVEL:
+        call = {
+            "type": "function",
+            "function": {"name": "search", "arguments": json.dumps({"q": q}, ensure_ascii=False)},
+        }
+        msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": "", "tool_calls": [call]},
+                 {"role": "tool", "content": a}, {"role": "assistant", "content": a}]  # fmt: skip
+    src = write(tmp_path / "t.jsonl", [convo(NOVEL), {"messages": msgs}])
+    cfg = repeat.RepeatConfig(max_copy=1.0, min_distinct2=0.0, pairs_per_dialog=8)
+    with pytest.raises(UserError, match=r"t\.jsonl:2: a tool-call dialogue; .*leave such rows out"):
+        repeat.run([src], tmp_path / "p.jsonl", cfg)
+    assert not (tmp_path / "p.jsonl").exists()
+    rep = repeat.run([write(tmp_path / "n.jsonl", [convo(NOVEL)])], tmp_path / "p.jsonl", cfg)  # negative control
+    assert rep["pairs"] == len(load_rows(str(tmp_path / "p.jsonl")).rows) == 4
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("pairs_per_dialog", -1), ("pairs_per_dialog", 0), ("echo_share", 2.0), ("min_turns", 1), ("max_copy", -0.5),
+     ("min_distinct2", 1.5), ("stitch_turns", -3)],
+)  # fmt: skip
+def test_options_out_of_range_are_refused(tmp_path, field, value):
+    """-1 pairs per dialog crashed (ValueError from random.sample), 0 wrote an empty file with exit 0, echo share 2
+    read as 1, stitch turns -3 as 0."""
+    src = write(tmp_path / "d.jsonl", [convo(NOVEL)])
+    flag = "--" + field.replace("_", "-")
+    with pytest.raises(UserError, match=f"^{flag} {value}: out of range"):
+        repeat.run([src], tmp_path / "p.jsonl", repeat.RepeatConfig(**{field: value}))
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_kept_dialogues_without_a_pair_are_an_error(tmp_path):
+    row = convo(NOVEL)
+    for m in row["messages"][4:]:  # every assistant turn after the first is context (weight 0)
+        if m["role"] == "assistant":
+            m["weight"] = 0
+    with pytest.raises(UserError, match="1 dialogues kept but no pair made"):
+        repeat.run([write(tmp_path / "d.jsonl", [row])], tmp_path / "p.jsonl", repeat.RepeatConfig())

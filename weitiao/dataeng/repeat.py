@@ -100,10 +100,25 @@ def _stats(ms: list[dict]) -> dict:
 
 def run(files: list[str | Path], out: str | Path, cfg: RepeatConfig, sft_out: str | Path | None = None) -> dict:
     """Write DPO pairs to `out` (and kept dialogues to `sft_out`); returns the report (also `<out>.report.json`)."""
+    for name, value, ok in [
+        ("--min-turns", cfg.min_turns, cfg.min_turns >= 2),  # a pair needs an earlier assistant turn to copy
+        ("--max-copy", cfg.max_copy, 0 <= cfg.max_copy <= 1),
+        ("--min-distinct2", cfg.min_distinct2, 0 <= cfg.min_distinct2 <= 1),
+        ("--pairs-per-dialog", cfg.pairs_per_dialog, cfg.pairs_per_dialog >= 1),
+        ("--echo-share", cfg.echo_share, 0 <= cfg.echo_share <= 1),
+        ("--stitch-turns", cfg.stitch_turns, cfg.stitch_turns == 0 or cfg.stitch_turns >= 2),
+    ]:
+        if not ok:
+            raise UserError(f"{name} {value}: out of range (min-turns ≥ 2; max-copy, min-distinct2, echo-share in "
+                            "[0, 1]; pairs-per-dialog ≥ 1; stitch-turns 0 or ≥ 2)")  # fmt: skip
     outs = [out, f"{out}.report.json"] + ([sft_out] if sft_out else [])
     claim_outputs(outs, data_files([str(f) for f in files]))
     # 1. load (or stitch)
     convs = load_conversations([str(f) for f in files], skip_hint=None).rows
+    for c in convs:  # a pair's prompt is rendered without tools, and a tool-call turn has no text to prefer
+        if c.tools or any(m["role"] in ("tool", "function") or m.get("tool_calls") for m in c.messages):
+            raise UserError(f"{c.source}: a tool-call dialogue; repeat-negatives builds preference pairs, which "
+                            "carry no tools or tool calls; leave such rows out")  # fmt: skip
     if cfg.stitch_turns > 0:
         convs = stitch(convs, cfg.stitch_turns, cfg.seed)
     if not convs:
@@ -125,6 +140,9 @@ def run(files: list[str | Path], out: str | Path, cfg: RepeatConfig, sft_out: st
     # 4. pairs
     rng = random.Random(cfg.seed)
     pairs = [p for c in kept for p in make_pairs(c, cfg, rng)]
+    if not pairs:
+        raise UserError(f"{len(kept)} dialogues kept but no pair made: every assistant turn after the first is "
+                        "weight 0 or repeats the text it would be paired with")  # fmt: skip
 
     def copy_rate(p: dict, key: str) -> float:
         return copy_of_history_rate(p[key], [m["content"] for m in p["prompt"] if m["role"] != "system"], cfg.copy_n)
