@@ -182,6 +182,21 @@ def test_sliding_windows_score_each_token_once(tokenizer, model_a):
     assert float(diff.mean()) < 0.25 * float(one["logp"].abs().mean())
 
 
+def test_bad_window_stride_and_baseline_rows_are_refused(tmp_path, tokenizer, model_a):
+    from weitiao.errors import UserError
+    from weitiao.eval.provenance_cli import read_texts
+
+    enc = encode(tokenizer, resolve_template(tokenizer), MSGS, "怎么做番茄炒蛋？先炒蛋再炒番茄。" * 3)
+    c = len(enc.context_ids)
+    for window, stride in ((0, None), (c + 8, 0), (c + 8, -3)):  # 0s meant "default"; stride -3 looped forever
+        with pytest.raises(UserError, match="both are token counts ≥ 1"):
+            score_tokens(model_a, enc.context_ids, enc.text_ids, Sampling(), window=window, stride=stride)
+    rows = tmp_path / "texts.jsonl"
+    rows.write_text('{"text": "挺好的"}\n{"text": null}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"texts.jsonl:2: text: None; expected the baseline text as a string"):
+        read_texts(rows)  # was: scored the string "None"
+
+
 def test_boundary_merge_is_detected():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

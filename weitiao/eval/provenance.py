@@ -305,11 +305,14 @@ def score_tokens(
     """Per-token stats of `text_ids` after `context_ids`, in windows of at most `window` tokens."""
     if not context_ids:
         raise UserError("provenance: the context is empty; the first text token needs a token before it")
+    if (window is not None and window < 1) or (stride is not None and stride < 1):
+        raise UserError(f"provenance: window {window} / stride {stride}; both are token counts ≥ 1")
     window = min(window or max_positions(model), max_positions(model))
     room = window - len(context_ids)  # text tokens that fit beside the whole prompt
     if room < 2:
         raise UserError(
-            f"provenance: the prompt has {len(context_ids)} tokens, the window {window}; use a shorter prompt"
+            f"provenance: the prompt has {len(context_ids)} tokens, the window {window}; "
+            "use a shorter prompt or a larger --window"
         )
     stride = min(stride or max(1, room // 2), room)
     device = next(model.parameters()).device

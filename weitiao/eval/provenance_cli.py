@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from weitiao.data.templates import resolve_template
-from weitiao.errors import UserError
+from weitiao.errors import UserError, where
 from weitiao.eval.provenance import Sampling
 from weitiao.eval.provenance_reasoning import ReasoningConfig
 from weitiao.eval.provenance_report import Baseline, CheckConfig, check, render_html, render_text, to_json
@@ -33,14 +33,17 @@ def read_texts(path: Path) -> list[str]:
 
         rows = list(read_jsonl(path))
         if rows and all(isinstance(r, dict) and "text" in r for _, r in rows):
-            texts = [(f"{path}:{n}", str(r["text"])) for n, r in rows]
+            for n, r in rows:
+                if not isinstance(r["text"], str):
+                    raise UserError(f"{where(path, n, 'text')}: {r['text']!r}; expected the baseline text as a string")
+            texts = [(f"{path}:{n}", r["text"]) for n, r in rows]
         else:
             from weitiao.data.formats import load_conversations
 
             texts = [(c.source, c.messages[-1]["content"]) for c in load_conversations([path], skip_hint=None).rows]
-    for where, t in texts:
+    for loc, t in texts:
         if not t:
-            raise UserError(f"{where}: the baseline text is empty; give it some content or drop it (--baseline-text)")
+            raise UserError(f"{loc}: the baseline text is empty; give it some content or drop it (--baseline-text)")
     return [t for _, t in texts]
 
 
@@ -65,13 +68,13 @@ def provenance(
     baseline_text: list[Path] = typer.Option(None, help="other texts (.txt or .jsonl) for the perplexity rank"),
     samples: int = typer.Option(16, min=0, help="replies to sample from the model for the empirical z (0 = off)"),
     temperature: float = typer.Option(0.7, min=0.0, help="claimed temperature (0 = greedy)"),
-    top_p: float = typer.Option(0.9, min=0.0, max=1.0, help="claimed nucleus top-p (1 = off)"),
+    top_p: float = typer.Option(0.9, min=0.0, max=1.0, help="claimed nucleus top-p in (0, 1] (1 = off)"),
     top_k: int = typer.Option(0, min=0, help="claimed top-k (0 = off)"),
     with_eos: bool = typer.Option(False, help="the text ended the reply: also score the end-of-turn token"),
     greedy: bool = typer.Option(True, help="greedy-decode and compare with the text (ROUGE-L, prefix)"),
     template: str = typer.Option("auto", help="chat template: auto, tokenizer, chatml, qwen, llama3, plain"),
-    window: int = typer.Option(None, help="tokens per forward pass for long texts (default: model max)"),
-    stride: int = typer.Option(None, help="new text tokens per later window (default: half the room)"),
+    window: int = typer.Option(None, min=1, help="tokens per forward pass for long texts (default: model max)"),
+    stride: int = typer.Option(None, min=1, help="new text tokens per later window (default: half the room)"),
     seed: int = typer.Option(0, help="sampling seed"),
     html: Path = typer.Option(None, help="write the coloured token view to this HTML file"),
     json_out: bool = typer.Option(False, "--json", help="print the full report as JSON instead of text"),
@@ -88,6 +91,8 @@ def provenance(
     # 1. inputs
     if (prompt is None) == (prompt_file is None):
         raise UserError("provenance: give exactly one of --prompt or --prompt-file")
+    if top_p <= 0:
+        raise UserError("provenance: --top-p 0 keeps no token; top-p is in (0, 1] (for greedy use --temperature 0)")
     if (text is None) == (text_file is None):
         raise UserError("provenance: give exactly one of --text or --text-file")
     for p in (prompt_file, text_file):
