@@ -183,10 +183,10 @@ def test_cli_rank_import_export(tmp_path):
     assert [(x["model_a"], x["model_b"], x["winner"]) for x in back] == [
         (x["model_a"], x["model_b"], x["winner"]) for x in rows
     ]
-    args = ["rank", "--rounds", "30", "--json", str(tmp_path / "r1.json"), "--plot", str(tmp_path / "r.png")]
+    args = ["rank", "--rounds", "40", "--json", str(tmp_path / "r1.json"), "--plot", str(tmp_path / "r.png")]
     r1 = run.invoke(arena_app, args + ["--battles", str(src)])
     assert r1.exit_code == 0, r1.output
-    r2 = run.invoke(arena_app, ["rank", "--rounds", "30", "--db", str(db), "--json", str(tmp_path / "r2.json")])
+    r2 = run.invoke(arena_app, ["rank", "--rounds", "40", "--db", str(db), "--json", str(tmp_path / "r2.json")])
     assert r2.exit_code == 0, r2.output
     j1, j2 = json.loads((tmp_path / "r1.json").read_text()), json.loads((tmp_path / "r2.json").read_text())
     assert j1["ratings"] == j2["ratings"] and j1["n_battles"] == 3000

@@ -86,7 +86,7 @@ def test_cli_rank_voter_filters(tmp_path):
     src = tmp_path / "battles.json"
     src.write_text(json.dumps(honest(40, 15, seed=7) + stuffer(600, seed=8)))
     out = tmp_path / "r.json"
-    args = ["rank", "--battles", str(src), "--rounds", "30", "--json", str(out)]
+    args = ["rank", "--battles", str(src), "--rounds", "40", "--json", str(out)]
     r = CliRunner().invoke(arena_app, args + ["--max-voter-share", "0.2"])
     assert r.exit_code == 0, r.output
     assert "dropped voter stuffer" in r.output

@@ -159,13 +159,15 @@ def arena_rank(
     db: Path = typer.Option(None, help="arena SQLite file"),
     battles: Path = typer.Option(None, help="FastChat-style battle JSON instead of --db"),
     anchor: str = typer.Option(None, help="model pinned at 1000 (default: mean rating 1000)"),
-    rounds: int = typer.Option(100, help="bootstrap rounds"),
+    rounds: int = typer.Option(100, min=40, help="bootstrap rounds (≥ 40: each 2.5% tail of the CI needs a draw)"),
     seed: int = typer.Option(0),
     as_json: Path = typer.Option(None, "--json", help="write ratings JSON here"),
     plot: Path = typer.Option(None, help="write a PNG of ratings with 95% CI bars here"),
     bootstrap: str = typer.Option("voters", help="what the CIs resample: voters (all their votes) or battles"),
-    min_voter_votes: int = typer.Option(0, help="drop voters with fewer battles"),
-    max_voter_share: float = typer.Option(1.0, help="drop voters with more than this share of all battles"),
+    min_voter_votes: int = typer.Option(0, min=0, help="drop voters with fewer battles"),
+    max_voter_share: float = typer.Option(
+        1.0, min=0.0, max=1.0, help="drop voters with more than this share of all battles"
+    ),
     exclude_voter: list[str] = typer.Option([], help="drop this voter's battles (repeatable)"),
 ) -> None:
     """Bradley–Terry MLE ratings with bootstrap 95% CIs, CI-overlap rank and online Elo."""
@@ -176,9 +178,11 @@ def arena_rank(
     if (db is None) == (battles is None):
         raise UserError("give either --db arena.sqlite or --battles battles.json")
     claim_outputs([p for p in (as_json, plot) if p], [db or battles], "--json/--plot")
-    rows = ArenaStore(db, create=False).battles() if db else load_battles(battles)  # type: ignore[arg-type]
+    store = ArenaStore(db, create=False) if db else None
+    rows = store.battles() if store else load_battles(battles)  # type: ignore[arg-type]
     if bootstrap not in ("voters", "battles"):
         raise UserError(f"--bootstrap {bootstrap}: expected voters or battles")
+    known = set(store.models() if store else []) | {r[k] for r in rows for k in ("model_a", "model_b")}
     rows, dropped = filter_voters(rows, min_voter_votes, max_voter_share, exclude_voter)
     for voter, why in dropped.items():
         console.print(f"[yellow]dropped voter {voter}: {why}[/]")
@@ -193,11 +197,15 @@ def arena_rank(
         t.add_row(str(r.rank), r.model, f"{r.rating:.1f}", f"{r.lower:.1f} – {r.upper:.1f}", f"{r.elo:.1f}",
                   f"{r.battles:,}", f"{r.win_rate:.3f}")  # fmt: skip
     console.print(t)
+    unranked = sorted(known - {r.model for r in res.ratings})
+    if unranked:
+        console.print(f"[yellow]not ranked, no votes left after the voter filters: {', '.join(unranked)}[/]"
+                      if dropped else f"[yellow]not ranked, no votes yet: {', '.join(unranked)}[/]")  # fmt: skip
     if res.regularized_rounds:
         console.print(f"[yellow]{res.regularized_rounds} bootstrap rounds had a model without wins or losses; "
                       "fitted with a tiny ridge[/]")  # fmt: skip
     if as_json:
-        out = {**res.to_json(), "dropped_voters": dropped}
+        out = {**res.to_json(), "unranked": unranked, "dropped_voters": dropped}
         atomic_write_text(as_json, json.dumps(out, ensure_ascii=False, indent=1))
     if plot:
         plot_ratings(res, plot)

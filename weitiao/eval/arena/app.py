@@ -34,8 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from weitiao.eval.arena.store import CHOICES, ArenaStore
 from weitiao.infer.api import Guard
@@ -60,6 +61,8 @@ class ArenaLimits:
 
 
 class Vote(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)  # a field we would ignore is refused, not dropped
+
     round: str
     choice: str
 
@@ -94,6 +97,15 @@ def create_app(store: ArenaStore, seed: int | None = None, limits: ArenaLimits |
     """The arena app over `store`; `seed` makes the prompt/pair/side draws reproducible (tests)."""
     app = FastAPI(title="weitiao arena", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(Guard, api_key=None, max_body=MAX_BODY, flag="a vote is a few bytes")
+
+    @app.exception_handler(RequestValidationError)
+    def bad_request(_: Request, e: RequestValidationError) -> JSONResponse:
+        """One line naming the field, in the `error` key the page shows (FastAPI's default is a 422 list)."""
+        err = e.errors()[0]
+        loc = ".".join(x for x in err["loc"][1:] if isinstance(x, str)) or "body"  # json_invalid gives a position
+        msg = "unknown field; a vote is {round, choice}" if err["type"] == "extra_forbidden" else err["msg"]
+        return _refused(400, f"{loc}: {msg}")
+
     lim = limits or ArenaLimits()
     rng = random.Random(seed)
     page = render(PAGE, title="weitiao arena · 盲评")  # a child of the shared base.html

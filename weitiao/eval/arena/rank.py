@@ -318,6 +318,12 @@ def rank(
     rows = sorted(rows, key=lambda r: r.get("tstamp") or 0)
     a, b, o, models = battle_arrays(rows)
     counts = aggregate(a, b, o, models)
+    voters = {r.get("judge") for r in rows}
+    if by_voter and rounds and len(rows) > 1 and len(voters) == 1 and None not in voters and "" not in voters:
+        raise UserError(
+            f"all {len(rows)} battles come from one voter ({next(iter(voters))}): resampling voters cannot give a "
+            "confidence interval (it would have zero width); pass --bootstrap battles to treat the votes as independent"
+        )
     clusters = voter_clusters([r.get("judge") for r in rows], a, b, o, counts) if by_voter else None
     return rank_counts(counts, online_elo(a, b, o, len(models)), anchor, rounds, seed, clusters=clusters)
 
@@ -340,6 +346,11 @@ def load_battles(path: Path) -> list[dict]:
             raise UserError(f"{where(path, n, 'winner')}: {r['winner']!r}; expected one of {', '.join(WINNERS)}")
         if r["model_a"] == r["model_b"]:
             raise UserError(f"{where(path, n, 'model_b')}: same model on both sides")
+        t = r.get("tstamp")
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)):
+            raise UserError(f"{where(path, n, 'tstamp')}: {t!r}; expected seconds since 1970 (a number) or null")
+        if r.get("judge") is not None and not isinstance(r["judge"], str):
+            raise UserError(f"{where(path, n, 'judge')}: {r['judge']!r}; expected the voter id as a string or null")
     return rows
 
 

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS votes (id INTEGER PRIMARY KEY, round_id TEXT UNIQUE, 
 CREATE INDEX IF NOT EXISTS votes_voter ON votes (voter);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+VOTE_COLUMNS = {"round_id", "prompt", "model_a", "model_b", "swapped", "outcome", "voter", "tstamp"}
 CHOICES = {"a": "model_a", "b": "model_b", "tie": "tie", "bothbad": "tie (bothbad)"}
 
 
@@ -52,12 +53,30 @@ class ArenaStore:
             raise UserError(f"{self.path}: is a folder; expected an arena SQLite file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self._refuse_foreign()
             with self._db() as db:
                 db.execute("PRAGMA journal_mode=WAL")  # readers never block the vote writer
                 db.executescript(SCHEMA)
                 db.execute("SELECT model_a, model_b, outcome, tstamp FROM votes LIMIT 1").fetchall()
         except sqlite3.DatabaseError as e:  # "file is not a database", a foreign schema, ...
             raise UserError(f"{self.path}: not a readable arena database ({e})") from None
+
+    def _refuse_foreign(self) -> None:
+        """Leave an SQLite file that another program wrote untouched: read its tables without writing, and refuse
+        it unless it holds our three tables and nothing else (nothing is added, not even WAL mode)."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            votes = {r[1] for r in db.execute("PRAGMA table_info(votes)")}
+        finally:
+            db.close()
+        ours = {"answers", "rounds", "votes", "meta"}
+        if not {"answers", "rounds", "votes"} <= tables or tables - ours or not VOTE_COLUMNS <= votes:
+            found = ", ".join(sorted(tables)) or "none"
+            raise UserError(f"{self.path}: an SQLite database that weitiao arena did not write (tables: {found}); "
+                            "left untouched; pass a new --db file")  # fmt: skip
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:

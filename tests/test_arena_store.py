@@ -1,0 +1,117 @@
+"""Arena store and API as a user meets them: a foreign SQLite file, unknown vote fields, concurrent voters,
+restarts, and `arena rank` inputs that used to give a confident-looking table (one voter, no rounds)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import random
+import sqlite3
+import threading
+import uuid
+
+import httpx
+import pytest
+from loopback import running
+from typer.testing import CliRunner
+
+from weitiao.errors import UserError
+from weitiao.eval.arena.app import ArenaLimits, create_app
+from weitiao.eval.arena.store import ArenaStore
+from weitiao.eval.commands import arena_app
+
+OFF = ArenaLimits(vote_interval_s=0, voter_votes_per_minute=0, address_votes_per_minute=0, pair_votes=0)
+
+
+def fill(path) -> ArenaStore:
+    s = ArenaStore(path)
+    s.add_answers([{"prompt": f"问题{i}", "model": m, "answer": f"{m} 答 {i}"} for i in range(4) for m in "xyz"])
+    return s
+
+
+def test_a_foreign_sqlite_file_is_refused_and_left_untouched(tmp_path):
+    path = tmp_path / "mine.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (x TEXT)")
+        db.execute("INSERT INTO notes VALUES ('mine')")
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(UserError, match=r"did not write \(tables: notes\); left untouched"):
+        ArenaStore(path)
+    r = CliRunner().invoke(arena_app, ["export", str(tmp_path / "out.json"), "--db", str(path)])
+    assert r.exit_code != 0 and "did not write" in str(r.exception)  # was: exit 0, "wrote 0 battles"
+    assert path.read_bytes() == before and not (tmp_path / "mine.sqlite-wal").exists()
+    assert not (tmp_path / "out.json").exists()
+    # ours opens again, with its votes
+    ours = fill(tmp_path / "arena.sqlite")
+    ours.import_battles([{"model_a": "x", "model_b": "y", "winner": "tie"}])
+    assert len(ArenaStore(tmp_path / "arena.sqlite", create=False).votes()) == 1
+
+
+def _votes(path: str, voter: str, n: int) -> None:
+    st, rng = ArenaStore(path), random.Random(voter)
+    for _ in range(n):
+        st.record_vote(uuid.uuid4().hex, {**st.draw_round(rng), "issued": 0.0}, "a", voter)
+
+
+def test_concurrent_votes_from_threads_and_processes_are_all_kept(tmp_path):
+    path = str(tmp_path / "arena.sqlite")
+    fill(path)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_votes, args=(path, f"p{i}", 30)) for i in range(2)]
+    threads = [threading.Thread(target=_votes, args=(path, f"t{i}", 30)) for i in range(3)]
+    for w in procs + threads:
+        w.start()
+    for w in procs + threads:
+        w.join()
+    assert [p.exitcode for p in procs] == [0, 0]
+    got = ArenaStore(path, create=False).votes()
+    assert len(got) == 150 and len({v["round_id"] for v in got}) == 150
+
+
+def test_vote_api_refuses_unknown_fields_in_one_line_and_survives_a_restart(tmp_path):
+    store = fill(tmp_path / "arena.sqlite")
+    with running(create_app(store, seed=0, limits=OFF)) as base, httpx.Client(base_url=base) as c:
+        r = c.get("/api/round").json()
+        for body, said in [
+            ({"round": r["round"], "choice": "a", "model": "z"}, "model: unknown field"),  # was: 200, vote stored
+            ({"round": r["round"]}, "choice: Field required"),
+            ({"round": 5, "choice": "a"}, "round: "),
+        ]:
+            got = c.post("/api/vote", json=body)
+            assert got.status_code == 400 and got.json()["error"].startswith(said), got.text
+        bad = c.post("/api/vote", content=b"{not json", headers={"content-type": "application/json"})
+        assert bad.status_code == 400 and bad.json()["error"].startswith("body: ")
+        assert store.votes() == []
+        assert c.post("/api/vote", json={"round": r["round"], "choice": "b"}).status_code == 200
+        cookies = dict(c.cookies)
+    # a restarted server keeps the votes and the voter's cookie
+    with running(create_app(ArenaStore(store.path), seed=1, limits=OFF)) as base:
+        with httpx.Client(base_url=base, cookies=cookies) as c:
+            r = c.get("/api/round")
+            assert "set-cookie" not in r.headers
+            assert c.post("/api/vote", json={"round": r.json()["round"], "choice": "tie"}).status_code == 200
+    votes = store.votes()
+    assert len(votes) == 2 and votes[0]["voter"] == votes[1]["voter"]
+
+
+def test_rank_cli_one_voter_few_rounds_unvoted_models_and_bad_battles(tmp_path):
+    store = fill(tmp_path / "arena.sqlite")  # x, y, z have answers; z gets no vote
+    outcomes = ["a", "b", "tie", "a", "a", "b"]
+    for n, o in enumerate(outcomes):
+        a, b = ("x", "y") if n % 2 else ("y", "x")
+        store.record_vote(f"r{n}", {"prompt": "问题0", "model_a": a, "model_b": b, "swapped": 0}, o, "alice")
+    run, db = CliRunner(), str(store.path)
+    one = run.invoke(arena_app, ["rank", "--db", db])  # was: a 95% CI of zero width and distinct ranks
+    assert one.exit_code != 0 and "all 6 battles come from one voter (alice)" in str(one.exception)
+    few = run.invoke(arena_app, ["rank", "--db", db, "--bootstrap", "battles", "--rounds", "0"])
+    assert few.exit_code != 0 and "--rounds" in few.output  # was: the point estimate shown as its own CI
+    out = tmp_path / "r.json"
+    ok = run.invoke(arena_app, ["rank", "--db", db, "--bootstrap", "battles", "--json", str(out)])
+    assert ok.exit_code == 0, ok.output
+    assert "not ranked, no votes yet: z" in ok.output and json.loads(out.read_text())["unranked"] == ["z"]
+    bad = tmp_path / "b.json"
+    bad.write_text(json.dumps([{"model_a": "x", "model_b": "y", "winner": "tie", "tstamp": "yesterday"}]))
+    r = run.invoke(arena_app, ["import", str(bad), "--db", str(tmp_path / "new.sqlite")])  # was: a traceback
+    assert r.exit_code != 0 and "b.json:1: tstamp: 'yesterday'" in str(r.exception)
+    assert not (tmp_path / "new.sqlite").exists()
