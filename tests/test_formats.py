@@ -193,3 +193,28 @@ def test_the_users_own_extra_columns_stay_unread(tmp_path):
     timed = [{"messages": [{**m, "timestamp": 1, "name": "小王"} for m in MSGS]}]  # a message's own keys, unread
     assert load_rows(write_jsonl(tmp_path / "t.jsonl", timed)).kept == 1
     assert load_rows(write_jsonl(tmp_path / "b.jsonl", chat)).rows[0].messages[-1]["content"] == "在呢"
+
+
+def test_alpaca_input_and_history_that_are_no_text_are_refused_not_dropped(tmp_path):
+    bad = [
+        ({"input": 0}, "input: expected a string, got int"),
+        ({"input": False}, "input: expected a string"),
+        ({"history": {}}, "history: expected a list"),
+        ({"history": 0}, "history: expected a list"),
+    ]
+    for row, why in bad:
+        with pytest.raises(UserError, match=rf"d.jsonl:1: {why}"):
+            load_rows(write_jsonl(tmp_path / "d.jsonl", [{"instruction": "问", "output": "答", **row}]))
+    (tmp_path / "d.csv").write_text("instruction,input,output,history\n问,,答,\n", encoding="utf-8")  # empty cells
+    assert load_rows(tmp_path / "d.csv").rows[0].messages == [
+        {"role": "user", "content": "问"},
+        MSGS[1] | {"content": "答"},
+    ]
+
+
+def test_a_row_of_another_format_than_the_file_says_so(tmp_path):
+    sharegpt = {"conversations": [{"from": "human", "value": "问"}, {"from": "gpt", "value": "答"}]}
+    path = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "问", "output": "答"}, sharegpt])
+    with pytest.raises(UserError, match=r"d.jsonl:2: row: a row in sharegpt format in a file read as alpaca"):
+        load_rows(path)
+    assert load_rows(write_jsonl(tmp_path / "s.jsonl", [sharegpt])).kept == 1  # negative control: alone, it loads

@@ -199,10 +199,11 @@ def _with_system(record: dict, messages: list[Message]) -> list[Message]:
 def _alpaca_prompt(record: dict) -> list[Message]:
     """History pairs, then instruction + "\n" + input as the last user turn."""
     instruction = _text(record.get("instruction"), "instruction")
-    extra = record.get("input") or ""
-    user = instruction + ("\n" + _text(extra, "input") if extra else "")
+    extra = record.get("input")  # null or "" is no input; 0 or false is no text either, and is refused
+    user = instruction + ("\n" + _text(extra, "input") if extra not in (None, "") else "")
     messages: list[Message] = []
-    history = record.get("history") or []
+    history = record.get("history")
+    history = [] if history in (None, "") else history  # "": a CSV's empty cell
     if not isinstance(history, list):
         raise RowError("history", "expected a list of [question, answer] pairs")
     for i, pair in enumerate(history):
@@ -514,6 +515,19 @@ def data_files(entries: list[str | Path], dataset_dir: str | Path | None = None)
     return [Path(dataset_dir) / INFO, *files]
 
 
+def _other_format(err: RowError, record: Any, file_fmt: str | None, strict: bool) -> RowError:
+    """A row that reads as another format than the file's first row says so, instead of naming a key it lacks."""
+    try:
+        other = detect_format(record)
+        if other in (file_fmt, "kto") or not file_fmt:
+            return err
+        parse_row(record, other, strict)
+    except RowError:
+        return err
+    return RowError("row", f"a row in {other} format in a file read as {file_fmt} (its first row's format; as "
+                           f"{file_fmt}: {err}); one format per file: split it, or convert this row")  # fmt: skip
+
+
 SKIP_HINT = "pass --skip-invalid"  # a command's flag; training configs say CONFIG_SKIP_HINT
 CONFIG_SKIP_HINT = "set data.skip_invalid: true"
 
@@ -566,7 +580,7 @@ def load_rows(
                         file_fmt = detect_format(record)
                     row = parse_row(record, file_fmt, strict)
                 except RowError as e:
-                    e = lf.rename(e) if lf else e
+                    e = lf.rename(e) if lf else _other_format(e, record, file_fmt, strict) if fmt == "auto" else e
                     if not skip_invalid:
                         hint = f" (or {skip_hint} to set bad rows aside)" if skip_hint else ""
                         raise UserError(f"{loc}: {e}{hint}") from None
