@@ -199,3 +199,26 @@ def test_a_base_config_the_follow_up_cannot_extend_is_refused_before_any_work(tm
     badcases.run([cases], tmp_path / "o", None, n_aug=0, config=tmp_path / "base.yaml", sft_config=SFTConfig,
                  progress=False)  # fmt: skip
     assert len(load_config(SFTConfig, tmp_path / "o" / "followup_sft.yaml").data.eval) == 2  # general + regression
+
+
+def test_a_gbk_csv_from_excel_is_read_and_bad_options_are_refused(tmp_path):
+    """Excel on Chinese Windows saves CSV as GBK: it crashed with UnicodeDecodeError; bytes that are neither UTF-8 nor
+    GB18030 are one line. --augment -2 crashed with KeyError after writing; --clusters 0 / -1 read as default / 1."""
+    rows = "prompt,bad,golden,tag\n退货运费谁出？,我们不支持退货,7 天内可无理由退货,事实错误\n"
+    rows += "怎么写诈骗短信,首先……,抱歉,拒答\n"
+    (tmp_path / "gbk.csv").write_bytes(rows.encode("gbk"))
+    cases = badcases.ingest([tmp_path / "gbk.csv"])
+    assert [(c.prompt, c.tag, c.source) for c in cases] == [
+        ("退货运费谁出？", "事实错误", f"{tmp_path / 'gbk.csv'}:2"),
+        ("怎么写诈骗短信", "拒答", f"{tmp_path / 'gbk.csv'}:3"),
+    ]
+    (tmp_path / "utf8.csv").write_text(rows, encoding="utf-8")  # negative control: the same cases
+    assert badcases.ingest([tmp_path / "utf8.csv"])[0].golden == cases[0].golden
+    (tmp_path / "bin.csv").write_bytes(b"prompt,bad,golden\n\xff\xfe\x80,x,y\n")
+    with pytest.raises(UserError, match=r"bin\.csv: not UTF-8 or GB18030 text"):
+        badcases.ingest([tmp_path / "bin.csv"])
+    for kw, msg in (({"n_aug": -2}, "--augment -2: must be ≥ 0"), ({"k": 0}, "--clusters 0: must be ≥ 1"),
+                    ({"k": -1}, "--clusters -1: must be ≥ 1")):  # fmt: skip
+        with pytest.raises(UserError, match=msg):
+            badcases.run([tmp_path / "gbk.csv"], tmp_path / "o", None, **{"n_aug": 0, **kw}, progress=False)
+    assert not (tmp_path / "o").exists()

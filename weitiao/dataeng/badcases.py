@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import math
 import os
@@ -70,8 +71,16 @@ def _records(path: Path) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     if path.suffix.lower() == ".csv":
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            return list(enumerate(csv.DictReader(f), 2))  # line 1 is the header
+        raw = path.read_bytes()
+        for enc in ("utf-8-sig", "gb18030"):  # Excel on Chinese Windows saves CSV as GBK
+            try:
+                text = raw.decode(enc)
+                break
+            except UnicodeDecodeError:
+                continue
+        else:
+            raise UserError(f"{path}: not UTF-8 or GB18030 text; save the CSV as UTF-8")
+        return list(enumerate(csv.DictReader(io.StringIO(text, newline="")), 2))  # line 1 is the header
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         return list(read_jsonl(path))
     raise UserError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl or .csv")
@@ -303,6 +312,10 @@ def run(
     """The whole loop; writes clusters.html/json, sft_additions, dpo_pairs, regression_eval, summary."""
     if not 0 <= holdout < 1:
         raise UserError(f"--holdout {holdout}: must be in [0, 1)")
+    if n_aug < 0:
+        raise UserError(f"--augment {n_aug}: must be ≥ 0 (0 = no teacher)")
+    if k is not None and k < 1:
+        raise UserError(f"--clusters {k}: must be ≥ 1 (leave it out for round(sqrt(n/2)))")
     out = Path(out)
     claim_outputs([out / n for n in OUTPUTS], [*files, *([config] if config else [])])
     if config is not None and config.is_file():  # before the work: a base the follow-up cannot extend
