@@ -245,3 +245,36 @@ def test_pair_with_tools_is_refused_not_rendered_without_them(tmp_path):
         load_pairs([str(write_jsonl(tmp_path / "t.jsonl", [row]))], "auto", False)
     row["tools"] = []  # negative control: no tools given
     assert load_pairs([str(write_jsonl(tmp_path / "t.jsonl", [row]))], "auto", False).rows[0].chosen == "It is blue."
+
+
+@pytest.mark.parametrize(
+    ("row", "why"),
+    [
+        ({"system": "简洁", "prompt": "The sky is", "completion": " blue."}, "system: string prompt/completion rows"),
+        ({"prompt": "The sky is", "completion": " blue.", "history": [["a", "b"]]}, "history: not read"),
+        (
+            {"prompt": [SKY_USER], "completion": [{**BLUE, "weight": 0}]},
+            "completion: every assistant message has weight",
+        ),
+        (
+            {"prompt": "What color?", "completion": [BLUE]},
+            "completion: a list of messages while the prompt is a string",
+        ),
+        (
+            {"prompt": "What color?", "chosen": [{**BLUE, "weight": 0}], "rejected": [GREEN]},
+            r"chosen.weight: a reply's",
+        ),
+    ],
+)
+def test_keys_a_row_has_no_place_for_are_refused_not_dropped(tmp_path, row, why):
+    """The string row's system prompt was dropped (raw text has no place for it), a reply's weight 0 was dropped,
+    a completion with weight 0 trained nothing."""
+    with pytest.raises(UserError, match=rf"r.jsonl:1: {why}"):
+        load_rows(write_jsonl(tmp_path / "r.jsonl", [row]))
+    row = {k: v for k, v in row.items() if k not in ("system", "history")}  # negative control: the row without it
+    if isinstance(row["prompt"], str) and "completion" in row:
+        assert load_rows(write_jsonl(tmp_path / "ok.jsonl", [row | {"completion": " blue."}])).kept == 1
+    elif "completion" in row:
+        assert load_rows(write_jsonl(tmp_path / "ok.jsonl", [row | {"completion": [BLUE]}])).kept == 1
+    else:
+        assert load_rows(write_jsonl(tmp_path / "ok.jsonl", [row | {"chosen": [BLUE]}])).kept == 1

@@ -240,14 +240,24 @@ def parse_prompt_completion(record: dict) -> list[Message] | Document:
     text, as TRL trains them: prompt + completion + EOS, no template.
     """
     prompt, completion = record.get("prompt"), record.get("completion")
+    if record.get("history") not in (None, "", []):  # alpaca's key: this row has no place for it
+        raise RowError("history", "not read in prompt/completion rows; put earlier turns in a prompt list of messages")
     if not isinstance(prompt, list):
+        if isinstance(completion, list):
+            raise RowError("completion", "a list of messages while the prompt is a string; give both as messages "
+                                         "(chat template) or both as strings (raw text)")  # fmt: skip
+        if record.get("system") not in (None, ""):
+            raise RowError("system", "string prompt/completion rows are raw text (no template), with no place for "
+                                     "a system prompt; give prompt as a list of messages, or drop the key")  # fmt: skip
         return Document(_text(completion, "completion"), prompt=_text(prompt, "prompt"))
     msgs = _messages(prompt, "prompt", "role", "content", ROLE_MAP)
     msgs = [{**m, "weight": 0} if m["role"] == "assistant" else m for m in msgs]
     if not isinstance(completion, list):
         raise RowError("completion", "expected a list of messages, as the prompt is one")
-    msgs += _messages(completion, "completion", "role", "content", ROLE_MAP)
-    return _with_system(record, msgs)
+    reply = _messages(completion, "completion", "role", "content", ROLE_MAP)
+    if (weights := [m.get("weight", 1) for m in reply if m["role"] == "assistant"]) and not any(weights):
+        raise RowError("completion", "every assistant message has weight 0; nothing to train")
+    return _with_system(record, msgs + reply)
 
 
 def parse_text(record: dict) -> Document:
@@ -264,6 +274,9 @@ def _reply(value: Any, field: str, allow_empty: bool = False) -> str:
         msgs = _messages(value, field, *keys, allow_empty=allow_empty)
         if len(msgs) != 1 or msgs[0]["role"] != "assistant":
             raise RowError(field, "expected one assistant message (the prompt goes in 'prompt')")
+        if "weight" in msgs[0]:
+            raise RowError(f"{field}.weight", "a reply's weight is not read (a pair trains on both replies); a pair's "
+                                              "own weight is the row's weight with data.weight_field")  # fmt: skip
         return msgs[0]["content"]
     return _text(value, field, allow_empty)
 
