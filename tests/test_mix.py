@@ -107,3 +107,16 @@ def test_ratios_not_adding_up_to_one_are_rescaled_with_a_note(tmp_path):
     rep = mix.run([f"{a}:0.5", f"{b}:0.2"], tmp_path / "m.jsonl", total=7)
     assert [r["picked"] for r in rep["sources"]] == [5, 2] and "add up to 0.7, not 1" in rep["note"]
     assert "note" not in mix.run([f"{a}:0.7", f"{b}:0.3"], tmp_path / "n.jsonl", total=10)  # negative control
+
+
+def test_rows_differing_in_a_number_or_a_symbol_are_not_duplicates(tmp_path):
+    """Dedup drops punctuation and spacing variants, but 1.5 is not 15, 5% not 5 and C++ not C: such rows were dropped
+    as duplicates of each other (read 8, duplicates 5, before)."""
+    pairs = [("运费是1.5元吗", "是"), ("运费是15元吗", "是"), ("涨了5%吗", "对"), ("涨了5吗", "对"),
+             ("学C++难吗", "不难"), ("学C难吗", "不难"),
+             ("运费是 1.5 元吗？", "是。"), ("运费是１．５元吗", "是")]  # fmt: skip
+    a = rows(tmp_path / "a.jsonl", pairs)
+    rep = mix.run([f"{a}:1"], tmp_path / "m.jsonl")
+    assert (rep["sources"][0]["read"], rep["sources"][0]["duplicates"]) == (8, 2)  # the last two: 1.5 spaced, wide
+    kept = [r["messages"][0]["content"] for r in read(tmp_path / "m.jsonl")]
+    assert sorted(kept) == sorted(["运费是1.5元吗", "运费是15元吗", "涨了5%吗", "涨了5吗", "学C++难吗", "学C难吗"])

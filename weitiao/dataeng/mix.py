@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,9 +50,22 @@ def parse_sources(specs: list[str]) -> list[Source]:
     return out
 
 
+# Punctuation that carries meaning stays in the key: 1.5 is not 15, 5% not 5, C++ not C.
+_MEANT = re.compile(r"(?<=\d)[.,:/-](?=\d)|(?<=\d)[%‰]|(?<=[a-z])[+#]+")
+
+
+def _text_key(text: str) -> str:
+    s = unicodedata.normalize("NFKC", text).lower()
+    kept = [(m.start(), m.group()) for m in _MEANT.finditer(s)]
+    cuts = [0, *(i for a, g in kept for i in (a, a + len(g))), len(s)]
+    pieces = [normalize(s[a:b]) for a, b in zip(cuts[::2], cuts[1::2])]
+    return "".join(p + (kept[i][1] if i < len(kept) else "") for i, p in enumerate(pieces))
+
+
 def conv_key(c: Conversation) -> str:
-    """Dedup key: every turn's normalized text (so punctuation/width/spacing variants collide)."""
-    return "\x1f".join(m["role"][0] + normalize(m["content"]) for m in c.messages)
+    """Dedup key: every turn's normalized text (so punctuation/width/spacing variants collide), the punctuation
+    inside numbers (1.5, 3:30, 5%) and of C++/C# kept."""
+    return "\x1f".join(m["role"][0] + _text_key(m["content"]) for m in c.messages)
 
 
 def targets(total: int, ratios: list[float]) -> list[int]:
