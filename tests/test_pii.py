@@ -372,6 +372,22 @@ def test_scoring_can_fail():
         pii.RECOGNIZERS["bank_card"] = saved
 
 
+def test_precision_counts_predictions_and_recall_labels(monkeypatch):
+    """For addresses and names a prediction matches a label it overlaps, so one prediction can match two labels:
+    precision must count predictions (1 of 2 right = 0.5), recall labels (2 of 2). It counted labels found over labels
+    found + spurious predictions (2 / 3 = 0.667)."""
+    text = "住址：北京市朝阳区建国路88号，另一处：无"
+    labels = [[3, 9, "address"], [9, 16, "address"]]  # one address labelled in two pieces
+    preds = [pii.Match("address", 3, 16, text[3:16], 0.85), pii.Match("address", 20, 21, text[20:21], 0.85)]
+    monkeypatch.setattr(pii_eval.pii, "scan", lambda text, types=None, min_confidence=0.0: preds)
+    res = pii_eval.score([{"text": text, "spans": labels}])["address"]
+    assert (res.precision, res.recall, res.tp, res.fn, res.fp, res.tp_pred) == (0.5, 1.0, 2, 0, 1, 1)
+    # two predictions inside one label: both right (precision 1.0), one label found
+    preds[:] = [pii.Match("address", 3, 9, text[3:9], 0.85), pii.Match("address", 9, 16, text[9:16], 0.85)]
+    res = pii_eval.score([{"text": text, "spans": [[3, 16, "address"]]}])["address"]
+    assert (res.precision, res.recall, res.tp, res.tp_pred) == (1.0, 1.0, 1, 2)
+
+
 # ----------------------------------------------------------------------------- the held-out set
 # Reported in the README; not tuned on (see weitiao/safety/eval/make_pii_zh.py). These tests pin it.
 
@@ -414,7 +430,8 @@ def test_eval_cli_prints_per_type_and_rejects_bad_labels(tmp_path):
     good.write_text('{"text": "电话13812345678", "spans": [[2, 13, "mobile"]]}\n{"text": "无", "spans": []}\n')
     res = CliRunner().invoke(app, ["eval", str(good), "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["mobile"] == {"precision": 1.0, "recall": 1.0, "tp": 1, "fp": 0, "fn": 0}
+    mobile = {"precision": 1.0, "recall": 1.0, "tp": 1, "fp": 0, "fn": 0, "tp_pred": 1}
+    assert json.loads(res.output)["mobile"] == mobile
     res = CliRunner().invoke(app, ["eval"])
     assert res.exit_code == 0 and "bank_card" in res.output and "1,188 rows" in res.output
     bad = tmp_path / "b.jsonl"
