@@ -115,3 +115,21 @@ def test_rank_cli_one_voter_few_rounds_unvoted_models_and_bad_battles(tmp_path):
     r = run.invoke(arena_app, ["import", str(bad), "--db", str(tmp_path / "new.sqlite")])  # was: a traceback
     assert r.exit_code != 0 and "b.json:1: tstamp: 'yesterday'" in str(r.exception)
     assert not (tmp_path / "new.sqlite").exists()
+
+
+def test_answers_with_an_unknown_field_are_refused_before_a_db_is_made(tmp_path):
+    from weitiao.eval.arena.store import read_answers
+
+    src = tmp_path / "answers.jsonl"
+    rows = [
+        {"prompt": "p", "model": "x", "answer": "喵", "system": "你是猫"},
+        {"prompt": "p", "model": "y", "answer": "好"},
+    ]
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(UserError, match="answers.jsonl:1: system: unknown field"):
+        read_answers(src)  # was: the system prompt dropped, the answer shown without it
+    src.write_text(json.dumps({"prompt": "p", "model": "x"}) + "\n", encoding="utf-8")
+    db = tmp_path / "arena.sqlite"
+    r = CliRunner().invoke(arena_app, ["serve", "--answers", str(src), "--db", str(db)])
+    assert r.exit_code != 0 and "answers.jsonl:1: answer: missing" in str(r.exception)
+    assert not db.exists()  # was: an empty arena db left behind

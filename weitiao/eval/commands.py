@@ -140,8 +140,9 @@ def arena_serve(
 
     if (answers is None) == (models is None):
         raise UserError("give either --answers FILE or --models a=MODEL[:ADAPTER],b=... with --prompts")
-    store = ArenaStore(db)
-    rows = read_answers(answers) if answers else pregenerate(models or "", prompts, max_new_tokens)
+    rows = read_answers(answers) if answers else None  # a bad file leaves no new db behind
+    store = ArenaStore(db)  # before generating: a foreign --db is refused first
+    rows = rows if rows is not None else pregenerate(models or "", prompts, max_new_tokens)
     store.add_answers(rows)
     console.print(f"{store.count_answers()} answers · {len(store.models())} models · http://{host}:{port}/")
     limits = ArenaLimits(

@@ -233,6 +233,8 @@ def read_answers(path: str | Path) -> list[dict]:
         for f in ("prompt", "model", "answer"):
             if not isinstance(r, dict) or not isinstance(r.get(f), str):
                 raise UserError(f"{where(path, n, f)}: missing or not a string; rows are {{prompt, model, answer}}")
+        for f in sorted(r.keys() - {"prompt", "model", "answer"}):  # e.g. a system prompt the page would not show
+            raise UserError(f"{where(path, n, f)}: unknown field; rows are {{prompt, model, answer}}")
         rows.append({"prompt": r["prompt"], "model": r["model"], "answer": r["answer"]})
     if len({r["model"] for r in rows}) < 2:
         raise UserError(f"{path}: answers from at least two models needed")
