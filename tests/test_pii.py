@@ -722,6 +722,20 @@ def test_pii_in_id_source_and_type_fields_is_found(tmp_path):
     assert "138" not in out["source"] and "139" not in out["id"] and "a@b.com" not in out["type"]
 
 
+def test_numbers_stored_as_json_integers_are_scanned_and_scrubbed(tmp_path):
+    """{"phone": 13812345678} was left in the scrubbed file (only strings were scanned); small integers, booleans and
+    floats stay as they are."""
+    row = {"user": "客户", "phone": 13812345678, "card": 6222021234567890128, "age": 30, "ok": True, "score": 1.5,
+           "ids": [13912345678, 7]}  # fmt: skip
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    rep = pii_files.process_file(src, dst, "mask")
+    assert (rep.counts["mobile"], rep.counts["bank_card"]) == (2, 1) and set(rep.fields) == {"phone", "card", "ids[]"}
+    out = json.loads(dst.read_text(encoding="utf-8"))
+    assert out == {**row, "phone": "138****5678", "card": "622202*********0128", "ids": ["139****5678", 7]}
+    assert pii_files.process_file(src, None, fields=["phone"]).counts["mobile"] == 1
+
+
 def test_any_row_shape_is_scanned_kto_and_mixed_files_too(tmp_path):
     """pii scan is no validator: a KTO row (refused by training), a file mixing messages and text rows, a malformed
     training row: every string is scanned."""

@@ -43,9 +43,13 @@ class FileReport:
 
 def _walk(value, path: str, fn: Callable[[str, str], str], structural: bool = True):
     """Apply fn(text, field_path) to every string value but STRUCTURAL ones, keeping the row's shape; paths read
-    `messages[].content`, `meta.notes`, `text`."""
+    `messages[].content`, `meta.notes`, `text`. An integer of 7 digits or more is read as its digits
+    ({"phone": 13812345678} is a phone number) and, when fn changes them, becomes the new string."""
     if isinstance(value, str):
         return fn(value, path)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**6:  # fewer digits: no PII
+        new = fn(str(value), path)
+        return value if new == str(value) else new
     if isinstance(value, list):
         return [_walk(v, f"{path}[]", fn, structural) for v in value]
     if isinstance(value, dict):
@@ -75,8 +79,9 @@ def process_file(
     """Scan (out=None) or scrub one JSONL/JSON/Parquet file, string field by string field.
 
     Every row is scanned whatever its shape: training rows of any format (KTO, mixed files and malformed ones
-    included: this is no validator), {"text": ...} corpora, logs; every string, however nested, except structural
-    values (a message's role, a content part's type: STRUCTURAL). The report names the first row's format. `fields`
+    included: this is no validator), {"text": ...} corpora, logs; every string (and integer: a phone or card number
+    stored as a JSON number), however nested, except structural values (a message's role, a content part's type:
+    STRUCTURAL). The report names the first row's format. `fields`
     limits the scan to those paths (as the report prints them: `text`, `meta.notes`, `messages[].content`); a path
     that matches nothing in the whole file is a UserError. Rows stream one at a time (a huge row is scanned in
     bounded windows, see `pii.scan`); the scrubbed JSONL keeps each row's shape and appears only when every row
