@@ -121,3 +121,12 @@ def test_compressed_json_and_csv_read_and_unreadable_shards_refused_not_skipped(
     (folder / "bad.json.gz").write_bytes(gzip.compress(b'[{"instruction": "a",\n "output": }]'))
     with pytest.raises(UserError, match=r"bad.json.gz:2: json: not valid JSON"):
         load_conversations(folder / "bad.json.gz")
+
+
+def test_a_json_array_in_a_jsonl_file_says_name_it_json(tmp_path):
+    for name, text in [("one.jsonl", json.dumps(ROWS)), ("pretty.jsonl", json.dumps(ROWS, indent=2))]:
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        with pytest.raises(UserError, match=rf"{name}:1: json: a JSON array, not one object per line .*name it .json"):
+            load_rows(tmp_path / name)
+        (tmp_path / name).rename(tmp_path / "d.json")  # negative control: the same text as .json reads
+        assert load_rows(tmp_path / "d.json").kept == 7

@@ -127,6 +127,9 @@ def _open_stream(path: Path) -> BinaryIO:
     return f
 
 
+ARRAY = "a JSON array, not one object per line (JSON lines); a file of one JSON array is read as .json: name it .json"
+
+
 def _jsonl(path: Path, max_row_bytes: int | None) -> Iterator[tuple[int, Any]]:
     opener = (lambda: _open_stream(path)) if path.suffix.lower() in COMPRESSED else None
     try:
@@ -136,11 +139,14 @@ def _jsonl(path: Path, max_row_bytes: int | None) -> Iterator[tuple[int, Any]]:
                 yield n, RowError("row", f"{size:,} bytes, over the {limit}-byte limit (data.max_row_bytes)")
             elif line.strip():
                 try:
-                    yield n, loads(line)
+                    row = loads(line)
                 except json.JSONDecodeError as e:
-                    yield n, RowError("json", f"not valid JSON ({e.msg} at column {e.colno})", line.rstrip("\r\n"))
+                    why = f"not valid JSON ({e.msg} at column {e.colno})"
+                    yield n, RowError("json", ARRAY if n == 1 and line.strip() == "[" else why, line.rstrip("\r\n"))
                 except ValueError as e:
                     yield n, RowError("json", f"not valid JSON ({e})", line.rstrip("\r\n"))
+                else:  # one JSON array on one line: a list, where rows are objects
+                    yield n, RowError("json", ARRAY, line.rstrip("\r\n")) if n == 1 and isinstance(row, list) else row
     except (OSError, EOFError) as e:  # gzip/zstd: truncated or not compressed at all
         if isinstance(e, UserError):
             raise
