@@ -243,8 +243,9 @@ def test_pair_with_tools_is_refused_not_rendered_without_them(tmp_path):
     row = {"prompt": [SKY_USER], "chosen": [BLUE], "rejected": [GREEN], "tools": tools}
     with pytest.raises(UserError, match=r"t.jsonl:1: tools: a pair is rendered without tools"):
         load_pairs([str(write_jsonl(tmp_path / "t.jsonl", [row]))], "auto", False)
-    row["tools"] = []  # negative control: no tools given
-    assert load_pairs([str(write_jsonl(tmp_path / "t.jsonl", [row]))], "auto", False).rows[0].chosen == "It is blue."
+    for none in ([], "[]"):  # negative control: no tools given (LLaMA-Factory writes "[]")
+        row["tools"] = none
+        assert load_pairs([str(write_jsonl(tmp_path / "t.jsonl", [row]))], "auto", False).rows[0].chosen == "It is blue."
 
 
 @pytest.mark.parametrize(

@@ -312,7 +312,7 @@ PROMPT_LIKE = ("question", "query", "input")  # prompt columns of other tools, u
 
 def parse_preference(record: dict, strict: bool = True) -> PreferencePair:
     """A pair from any supported layout; strict=False lets `data check` count empty or identical sides."""
-    if record.get("tools") not in (None, "", []):
+    if record.get("tools") not in (None, "", [], "[]"):  # "[]": LLaMA-Factory's tools column on a row without tools
         raise RowError("tools", "a pair is rendered without tools (the prompt would lose them); drop the column, or "
                                 "train tool calls with SFT")  # fmt: skip
     chosen, rejected = record.get("chosen"), record.get("rejected")
