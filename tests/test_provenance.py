@@ -313,3 +313,20 @@ def test_check_greedy_claim_is_consistent_for_greedy_text(tokenizer, model_a):
     assert sampled["verdict"]["label"] != "consistent with"  # greedy output is atypical of T=0.7 sampling
     assert sampled["summary"]["z"] > 2
     assert "<span" in render_html(rep)
+
+
+def test_samples_with_eos_may_be_as_long_as_the_scored_text(tokenizer, model_a, monkeypatch):
+    import weitiao.eval.provenance_report as report
+
+    asked = []
+
+    def recording(model, ctx, k, max_new, *args, **kw):
+        asked.append((k, max_new))
+        return sample(model, ctx, k, max_new, *args, **kw)
+
+    monkeypatch.setattr(report, "sample", recording)
+    tpl = resolve_template(tokenizer)
+    text = "先炒蛋再炒番茄"
+    n = len(encode(tokenizer, tpl, MSGS, text).text_ids)
+    check(model_a, tokenizer, tpl, MSGS, text, CheckConfig(samples=5, greedy=False, with_eos=True))
+    assert asked == [(5, n + 1)]  # text + its eot; was n: no sample of the text's length could end the reply

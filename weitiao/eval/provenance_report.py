@@ -119,7 +119,8 @@ def check(
     # 2. empirical z: the text's mean log-prob among K samples drawn with the claimed settings
     if cfg.samples > 0:
         step(f"sampling {cfg.samples} replies")
-        seqs = sample(model, enc.context_ids, cfg.samples, max(1, n_text), s, eot_id, cfg.seed)
+        # as many tokens as the scored text: with_eos, a sample as long as the text can end with its eot too
+        seqs = sample(model, enc.context_ids, cfg.samples, len(enc.text_ids), s, eot_id, cfg.seed)
         means = []
         for ids in seqs:
             ids = ids if cfg.with_eos or not ids or ids[-1] != eot_id else ids[:-1]
