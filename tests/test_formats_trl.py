@@ -245,7 +245,8 @@ def test_pair_with_tools_is_refused_not_rendered_without_them(tmp_path):
         load_pairs([str(write_jsonl(tmp_path / "t.jsonl", [row]))], "auto", False)
     for none in ([], "[]"):  # negative control: no tools given (LLaMA-Factory writes "[]")
         row["tools"] = none
-        assert load_pairs([str(write_jsonl(tmp_path / "t.jsonl", [row]))], "auto", False).rows[0].chosen == "It is blue."
+        got = load_pairs([str(write_jsonl(tmp_path / "t.jsonl", [row]))], "auto", False).rows[0]
+        assert got.chosen == "It is blue."
 
 
 @pytest.mark.parametrize(
