@@ -238,6 +238,15 @@ def test_pair_prompt_in_a_column_we_do_not_read_is_refused_not_guessed(tmp_path)
         load_pairs([str(write_jsonl(tmp_path / "a.jsonl", [apart]))], "auto", False)
 
 
+def test_implicit_conversations_that_part_before_the_last_reply_say_where(tmp_path):
+    why, again = {"role": "user", "content": "Why?"}, {"role": "assistant", "content": "Rayleigh."}
+    row = {"chosen": [SKY_USER, BLUE, why, again], "rejected": [SKY_USER, GREEN, why, again]}
+    with pytest.raises(UserError, match=r"p.jsonl:1: rejected\[1\]: differs from chosen before the last reply"):
+        load_pairs([str(write_jsonl(tmp_path / "p.jsonl", [row]))], "auto", False)
+    row["rejected"] = [SKY_USER, BLUE, why, {"role": "assistant", "content": "Paint."}]  # negative control
+    assert load_pairs([str(write_jsonl(tmp_path / "p.jsonl", [row]))], "auto", False).rows[0].rejected == "Paint."
+
+
 def test_pair_with_tools_is_refused_not_rendered_without_them(tmp_path):
     tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
     row = {"prompt": [SKY_USER], "chosen": [BLUE], "rejected": [GREEN], "tools": tools}

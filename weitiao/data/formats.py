@@ -323,6 +323,9 @@ def parse_preference(record: dict, strict: bool = True) -> PreferencePair:
         prompt, chosen, rejected = split_shared_prefix(chosen, rejected)
         if not prompt:
             raise RowError("rejected", "shares no prompt with chosen (its first message differs)")
+        if len(chosen) > 1 or len(rejected) > 1:
+            raise RowError(f"rejected[{len(prompt)}]", "differs from chosen before the last reply; a pair is two last "
+                                                       "replies to one shared conversation")  # fmt: skip
         field = "chosen"
         prompt = _messages(prompt, field, "role", "content", ROLE_MAP)
         p = record.get("prompt")
