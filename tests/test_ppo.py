@@ -232,6 +232,31 @@ def test_http_and_function_reward_sources(tmp_path):
             build_scorer(RewardSpec(kind=kind, path=path, **{key: 3}))
 
 
+def test_a_function_reward_that_fails_or_returns_no_numbers_is_one_line(tmp_path):
+    """Text is not a score, even "1.5" (was: read as 1.5); ["good"] names the item (was: 'got list'); an
+    exception in the user's function names itself and its file:line (was: a traceback through the recipe)."""
+    from weitiao.recipes.rewards import function_scorer
+
+    body = {
+        "text_number": 'return ["1.5"] * len(r)',
+        "text": 'return ["good"] * len(r)',
+        "nested": "return [[1.0]] * len(r)",
+        "raises": 'raise KeyError("no such rule")',
+    }
+    (tmp_path / "rw.py").write_text("".join(f"def {k}(p, r):\n    {v}\n" for k, v in body.items()))
+    want = {
+        "text_number": "score 0 is '1.5' \\(str\\); return numbers",
+        "text": "score 0 is 'good' \\(str\\)",
+        "nested": "score 0 is \\[1.0\\] \\(list\\)",
+        "raises": f"rw.py:raises: raised KeyError: 'no such rule' \\({tmp_path / 'rw.py'}:8\\)",
+    }
+    for name, match in want.items():
+        with pytest.raises(UserError, match=match):
+            function_scorer(f"{tmp_path / 'rw.py'}:{name}")([[]] * 2, ["a", "b"])
+    (tmp_path / "ok.py").write_text("import torch\ndef f(p, r):\n    return torch.tensor([1, 2.5])\n")
+    assert function_scorer(f"{tmp_path / 'ok.py'}:f")([[]] * 2, ["a", "b"]) == [1.0, 2.5]  # numbers of any type
+
+
 @pytest.mark.slow
 def test_demo_model_learns_rule_reward_and_beta_bounds_kl(tmp_path):
     """Demo model, rule reward (short reply with an emoji): the score rises with small β; large β pins KL near 0."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
+import traceback
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -42,9 +43,19 @@ class RewardSpec(BaseModel):
 
 def _check(scores: Any, n: int, where: str) -> list[float]:
     try:
-        out = [float(s) for s in scores]
-    except (TypeError, ValueError):
-        raise UserError(f"reward {where}: must return a list of numbers, got {type(scores).__name__}") from None
+        items = list(scores) if not isinstance(scores, (str, bytes, dict)) else None
+    except TypeError:
+        items = None
+    if items is None:
+        raise UserError(f"reward {where}: must return a list of numbers, got {type(scores).__name__}")
+    out = []
+    for i, s in enumerate(items):
+        try:
+            if isinstance(s, (str, bytes)):  # text such as "1.5" is not read as a number
+                raise TypeError
+            out.append(float(s))
+        except (TypeError, ValueError):
+            raise UserError(f"reward {where}: score {i} is {s!r} ({type(s).__name__}); return numbers") from None
     if len(out) != n:
         raise UserError(f"reward {where}: returned {len(out)} scores for {n} responses")
     bad = next((i for i, s in enumerate(out) if not math.isfinite(s)), None)
@@ -100,7 +111,12 @@ def function_scorer(spec: str, batch_size: int | None = None) -> Scorer:
         step, out = batch_size or max(1, len(responses)), []
         for k in range(0, len(responses), step):
             part = responses[k : k + step]
-            out += _check(fn(prompts[k : k + step], part), len(part), spec)
+            try:
+                got = fn(prompts[k : k + step], part)
+            except Exception as e:  # the user's code: one line naming the error and where it was raised
+                at = traceback.extract_tb(e.__traceback__)[-1]
+                raise UserError(f"reward {spec}: raised {type(e).__name__}: {e} ({at.filename}:{at.lineno})") from None
+            out += _check(got, len(part), spec)
         return out
 
     return score
