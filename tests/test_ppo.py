@@ -346,3 +346,41 @@ def test_full_parameter_mode_keeps_reference_frozen(tiny_model_dir, prompts, tmp
     start = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     w = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.allclose(trained.state_dict()[w], start.state_dict()[w])
+
+
+def test_a_tokenizer_eos_apart_from_the_end_of_turn_ends_the_reply(tmp_path, monkeypatch):
+    """Qwen2.5-base style: EOS <|endoftext|> (also PAD), end-of-turn <|im_end|>. The saved actor and `weitiao serve`
+    stop at either, so a reply is cut after the EOS too: the reward never sees what follows, the mask ends there,
+    and no missing-EOS penalty (was: the sampler ran on past it, all of it scored, trained and penalized)."""
+    from conftest import build_tokenizer, save_tiny_model
+
+    from weitiao.losses import ppo as ppo_losses
+
+    tok = build_tokenizer(eos="<|endoftext|>")
+    model_dir = save_tiny_model(tmp_path / "qwen", tok, arch="qwen2", hidden=64, kv_heads=2)
+    eos, word = tok.eos_token_id, tok("好的", add_special_tokens=False)["input_ids"]
+    real = ppo.generate_ids
+
+    def with_eos(*a, **kw):  # the first reply as the sampler draws it: a word, EOS, and more after it
+        got = real(*a, **kw)
+        got[0] = Sampled(got[0].prompt_ids, [*word, eos, *word, *word], False)
+        return got
+
+    seen, masks = [], []
+    real_gae = ppo_losses.gae
+
+    def spy_gae(rewards, values, mask, *a):
+        masks.append(mask.clone())
+        return real_gae(rewards, values, mask, *a)
+
+    monkeypatch.setattr(ppo, "generate_ids", with_eos)
+    monkeypatch.setattr(ppo_losses, "gae", spy_gae)
+    monkeypatch.setattr(ppo, "build_scorer", lambda *a: (lambda p, r: seen.extend(r) or [0.0] * len(r), None))
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"你好{i}"} for i in range(2)])
+    args = ("train.max_steps=1", "ppo.rollout_batch_size=2", "ppo.max_epochs=1", "ppo.generate_max_len=8")
+    ppo.run(config(model_dir, prompts, tmp_path / "run", *args, "ppo.missing_eos_penalty=5.0"))
+    assert seen[0] == "好的"
+    assert masks[0][0].sum() == len(word) + 1
+    m = read_metrics(tmp_path / "run", "train")[0]
+    stopped = [1.0, m["eos_rate"] * 2 - 1]  # the other reply: random tiny model, 8 tokens, either way
+    assert m["score_shaped"] == pytest.approx(-5.0 * sum(1 - s for s in stopped) / 2, abs=1e-6)

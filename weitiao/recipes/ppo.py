@@ -45,7 +45,7 @@ from weitiao.data.formats import Message
 from weitiao.data.prompts import read_prompts
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
-from weitiao.infer.generate import generate_ids
+from weitiao.infer.generate import Sampled, generate_ids
 from weitiao.io import atomic_write_text, write_jsonl
 from weitiao.losses import ppo as ppo_losses
 from weitiao.losses.sft import PACKED_SDPA, target_logps
@@ -350,6 +350,17 @@ def step_prompts(
     return [m for m in picked for _ in range(n_samples)], [w for w in weights for _ in range(n_samples)]
 
 
+def cut_at_stop(s: Sampled, stops: set[int]) -> Sampled:
+    """The reply cut after its first stop token, then counted as stopped. The sampler stops at the template's
+    end-of-turn only; a tokenizer EOS apart from it (Qwen2.5 base: <|endoftext|> vs <|im_end|>) ends the reply
+    wherever the trained model is served (its generation_config.json, `weitiao serve`), so what follows it is
+    never shown: not scored, not trained, no missing-EOS penalty. Cutting a draw there is the same as stopping."""
+    j = next((i for i, tok in enumerate(s.response_ids) if tok in stops), None)
+    if j is None or j == len(s.response_ids) - 1:
+        return s
+    return Sampled(s.prompt_ids, s.response_ids[: j + 1], True, None if s.logps is None else s.logps[: j + 1])
+
+
 def _allsum(x: torch.Tensor) -> torch.Tensor:
     """Sum over processes, in place (the `reduce` of losses.ppo)."""
     torch.distributed.all_reduce(x)
@@ -412,6 +423,8 @@ def run(cfg: PPOConfig) -> dict:
         )
     if world > 1:
         torch.manual_seed(t.seed + rank)  # then each process samples its own replies
+    # every id the trained actor is saved to stop at (final/: generation_config.json), not the end-of-turn only
+    stops = set(stop_ids(tokenizer, template, roles.model.generation_config.eos_token_id))
     if reward_model is not None and p.critic_init != "zeros":
         reward_model.eval()
     actor_opt = torch.optim.AdamW(roles.actor_params, lr=p.actor_learning_rate)
@@ -480,7 +493,8 @@ def run(cfg: PPOConfig) -> dict:
             sample_w = torch.tensor(weights, device=device)
 
             # 1. Sample replies from the actor from exactly softmax(logits / T) (nothing from the
-            #    model folder's generation_config.json), the distribution step 3 scores; cut at the first EOS.
+            #    model folder's generation_config.json), the distribution step 3 scores; cut after the first
+            #    end-of-turn or EOS token (any id the saved actor stops at).
             t0 = time.time()
             roles.eval()
             with rollout_actor(roles, p.merge_rollout and cfg.model.quant == "none") as actor:
@@ -489,6 +503,7 @@ def run(cfg: PPOConfig) -> dict:
                     top_p=1.0, top_k=0, batch_size=p.micro_rollout_batch_size, model_defaults=False,
                     logps=p.old_logprobs == "rollout",
                 )  # fmt: skip
+            samples = [cut_at_stop(s, stops) for s in samples]
             cost["rollout_s"] += time.time() - t0
 
             # 2. Scores: reward source, missing-EOS penalty, optional normalization and clipping.
