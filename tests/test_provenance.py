@@ -195,6 +195,12 @@ def test_bad_window_stride_and_baseline_rows_are_refused(tmp_path, tokenizer, mo
     rows.write_text('{"text": "挺好的"}\n{"text": null}\n', encoding="utf-8")
     with pytest.raises(UserError, match=r"texts.jsonl:2: text: None; expected the baseline text as a string"):
         read_texts(rows)  # was: scored the string "None"
+    (tmp_path / "none.jsonl").write_text("", encoding="utf-8")
+    with pytest.raises(UserError, match="none.jsonl: no baseline texts"):
+        read_texts(tmp_path / "none.jsonl")  # was: [], and the report silently had no baseline-text rank
+    (tmp_path / "list.json").write_text('[{"text": "挺好的"}]', encoding="utf-8")
+    with pytest.raises(UserError, match="list.json: baseline texts are a .jsonl"):
+        read_texts(tmp_path / "list.json")  # was: one text, brackets and all
 
 
 def test_boundary_merge_is_detected():

@@ -26,7 +26,10 @@ def read_texts(path: Path) -> list[str]:
     """Baseline texts: a .jsonl of {"text": ...} or chat rows (last assistant reply), else one text per file."""
     if not path.is_file():
         raise UserError(f"{path}: baseline text file not found")
-    if path.suffix != ".jsonl":
+    if path.suffix.lower() == ".json":  # would be scored as one text, brackets and all
+        raise UserError(f"{path}: baseline texts are a .jsonl of {{\"text\": ...}} or chat rows, or a plain text file "
+                        "(one text); write the JSON list as .jsonl rows")  # fmt: skip
+    if path.suffix.lower() != ".jsonl":
         texts = [(str(path), path.read_text(encoding="utf-8").rstrip("\n"))]
     else:
         from weitiao.io import read_jsonl
@@ -41,6 +44,8 @@ def read_texts(path: Path) -> list[str]:
             from weitiao.data.formats import load_conversations
 
             texts = [(c.source, c.messages[-1]["content"]) for c in load_conversations([path], skip_hint=None).rows]
+    if not texts:
+        raise UserError(f"{path}: no baseline texts in this file; give it rows or drop --baseline-text {path}")
     for loc, t in texts:
         if not t:
             raise UserError(f"{loc}: the baseline text is empty; give it some content or drop it (--baseline-text)")
