@@ -356,3 +356,20 @@ def test_untargeted_rules_get_one_warning_line_each(rules_file):
     assert warn[0].startswith("warning: rule R2 (conditional, when '会员') is targeted by no generated row: no prompt")
     assert warn[1].startswith("warning: rule R4 (conditional, when 'JSON')") and "every answer to its 2" in warn[1]
     assert untargeted(rs, t, {"R1", "R2", "R3", "R4"}, "sft") == []  # negative control: all targeted
+
+
+def test_coverage_refuses_a_rule_id_the_file_does_not_have(rules_file, tmp_path):
+    """A row naming R44 (a typo for R4) exercised nothing and coverage said nothing; an id outside an --ids subset
+    but in the file is fine."""
+    row = {"messages": [{"role": "user", "content": "讲个笑话"}, {"role": "assistant", "content": "哈"}]}
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({**row, "rule_ids": ["R44"]}, ensure_ascii=False) + "\n", encoding="utf-8")
+    r = run("coverage", str(data), "--rules", str(rules_file))
+    assert (
+        isinstance(r.exception, UserError)
+        and str(r.exception) == f"{data}:1: rule_ids: 'R44' is no rule of {rules_file}"
+    )
+    data.write_text(json.dumps({**row, "rule_ids": ["R4"]}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert run("coverage", str(data), "--rules", str(rules_file), "--ids", "R1").exit_code == 0
+    rep = coverage(load_rules(rules_file), [to_sample({**row, "rule_ids": ["R4"]}, "x")])
+    assert rep["per_rule"]["R4"]["exercised"] == 1

@@ -138,6 +138,7 @@ class Rule:
 class RuleSet:
     path: str
     rules: list[Rule]
+    known: frozenset[str] = frozenset()  # every id in the file (rules may be an --ids subset); empty = rules' ids
 
     def by_id(self, rid: str) -> Rule:
         for r in self.rules:
@@ -276,12 +277,13 @@ def load_rules(path: str | Path, ids: list[str] | None = None) -> RuleSet:
     if errors:
         more = f" (and {len(errors) - 1} more; run `weitiao rules check {path}`)" if len(errors) > 1 else ""
         raise UserError(errors[0] + more)
+    known = frozenset(r.id for r in rules)
     if ids:
-        missing = sorted(set(ids) - {r.id for r in rules})
+        missing = sorted(set(ids) - known)
         if missing:
             raise UserError(f"--ids: {path} has no rule {', '.join(missing)}")
         rules = [r for r in rules if r.id in ids]
-    return RuleSet(str(path), rules)
+    return RuleSet(str(path), rules, known)
 
 
 # ----------------------------------------------------------------------------- prompts and coverage
@@ -376,7 +378,10 @@ def coverage(rs: RuleSet, rows: list[Sample]) -> dict[str, Any]:
     contrast it (chosen passes, rejected fails)."""
     per = {r.id: {"category": r.category, "global": r.when is None, "checked": r.check is not None,
                   "exercised": 0, "pass": 0, "fail": 0, "contrast": 0} for r in rs.rules}  # fmt: skip
+    known = rs.known or {r.id for r in rs.rules}
     for row in rows:
+        if unknown := [x for x in row.rule_ids if x not in known]:  # a typo would leave its rule unexercised, silently
+            raise UserError(f"{row.source}: rule_ids: {unknown[0]!r} is no rule of {rs.path}")
         for r in rs.exercised(row.prompt, row.rule_ids):
             c = per[r.id]
             c["exercised"] += 1
