@@ -133,3 +133,10 @@ def test_answers_with_an_unknown_field_are_refused_before_a_db_is_made(tmp_path)
     r = CliRunner().invoke(arena_app, ["serve", "--answers", str(src), "--db", str(db)])
     assert r.exit_code != 0 and "answers.jsonl:1: answer: missing" in str(r.exception)
     assert not db.exists()  # was: an empty arena db left behind
+
+
+def test_a_model_name_given_twice_is_refused():
+    from weitiao.eval.arena.store import parse_models
+
+    with pytest.raises(UserError, match="the name 'a' is given twice"):
+        parse_models("a=demo,b=demo:runs/x/final,a=other")  # was: the first 'a' silently replaced

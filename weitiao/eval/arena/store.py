@@ -249,6 +249,8 @@ def parse_models(spec: str) -> dict[str, tuple[str, str | None]]:
         if not eq or not name or not target:
             raise UserError(f"--models {part!r}: expected NAME=MODEL[:ADAPTER]")
         model, _, adapter = target.partition(":")
+        if name in out:
+            raise UserError(f"--models {part!r}: the name {name!r} is given twice; name each model once")
         out[name] = (model, adapter or None)
     if len(out) < 2:
         raise UserError("--models: name at least two models, e.g. base=demo,tuned=demo:runs/demo/final")
