@@ -189,3 +189,11 @@ def test_llamafactory_own_entry_keys_still_load(lf_dir):
                        "subset": None, "formatting": "alpaca"}  # fmt: skip
     (lf_dir / "dataset_info.json").write_text(json.dumps(info))
     assert load_rows(["custom", "dpo_zh_demo", "mllm_demo"], dataset_dir=lf_dir).kept == 4
+
+
+def test_a_format_beside_dataset_dir_must_agree_with_the_entry(lf_dir):
+    """data.format was ignored for dataset_info.json names: text or preference_raw trained as the entry said."""
+    for names, fmt in [(["alpaca_zh_demo"], "text"), (["pairs"], "preference_raw"), (["pairs"], "alpaca")]:
+        with pytest.raises(UserError, match=rf"format '{fmt}': dataset '{names[0]}' is (alpaca|preference) by its"):
+            load_rows(names, fmt, dataset_dir=lf_dir)
+    assert load_rows(["pairs"], "preference", dataset_dir=lf_dir).kept == 4  # negative control: the entry's own

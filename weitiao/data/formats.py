@@ -544,6 +544,14 @@ def _other_format(err: RowError, record: Any, file_fmt: str | None, strict: bool
                            f"{file_fmt}: {err}); one format per file: split it, or convert this row")  # fmt: skip
 
 
+def _lf_format(lf: Any, fmt: str) -> str:
+    """A LLaMA-Factory dataset's format is its entry's (formatting, ranking); a format given beside it must agree."""
+    if fmt in ("auto", lf.fmt):
+        return lf.fmt
+    raise UserError(f"format {fmt!r}: dataset {lf.name!r} is {lf.fmt} by its dataset_info.json entry (formatting, "
+                    "ranking; rendered through the chat template, as LLaMA-Factory does); drop the format")  # fmt: skip
+
+
 SKIP_HINT = "pass --skip-invalid"  # a command's flag; training configs say CONFIG_SKIP_HINT
 CONFIG_SKIP_HINT = "set data.skip_invalid: true"
 
@@ -580,7 +588,7 @@ def load_rows(
         # A dataset with num_samples is held until its rows are picked; all others stream into result.rows.
         rows = [] if lf and lf.num_samples is not None else result.rows
         for path in files:
-            file_fmt = lf.fmt if lf else None if fmt == "auto" else fmt
+            file_fmt = _lf_format(lf, fmt) if lf else None if fmt == "auto" else fmt
             kept_before = len(rows)
             for n, record in iter_records(path, max_row_bytes):
                 result.read += 1
