@@ -384,3 +384,35 @@ def test_a_tokenizer_eos_apart_from_the_end_of_turn_ends_the_reply(tmp_path, mon
     m = read_metrics(tmp_path / "run", "train")[0]
     stopped = [1.0, m["eos_rate"] * 2 - 1]  # the other reply: random tiny model, 8 tokens, either way
     assert m["score_shaped"] == pytest.approx(-5.0 * sum(1 - s for s in stopped) / 2, abs=1e-6)
+
+
+def test_prompt_max_len_counts_the_tokens_the_sampler_is_fed(tmp_path, monkeypatch):
+    """A tokenizer that adds a BOS (Llama's) to the rendered prompt: the sampler is fed the rendered text alone,
+    so a prompt of exactly ppo.prompt_max_len tokens is kept (was: counted one longer and dropped)."""
+    from conftest import build_tokenizer
+    from tokenizers import processors
+
+    from weitiao.data.templates import resolve_template
+
+    tok = build_tokenizer()
+    bos = "<|endoftext|>"
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, tok.convert_tokens_to_ids(bos))]
+    )
+    tok.save_pretrained(tmp_path / "m")
+    msgs = [{"role": "user", "content": "今天天气怎么样？"}]
+    text = resolve_template(tok, "auto").render(tok, msgs, add_generation_prompt=True)
+    n = len(tok(text, add_special_tokens=False)["input_ids"])
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": msgs[0]["content"]}])
+
+    class Kept(Exception):
+        pass
+
+    def stop(*a):
+        raise Kept
+
+    monkeypatch.setattr(ppo, "build_scorer", stop)  # the next thing after the length check
+    with pytest.raises(Kept):
+        ppo.run(config(tmp_path / "m", prompts, tmp_path / "run", f"ppo.prompt_max_len={n}"))
+    with pytest.raises(UserError, match=f"all 1 prompts are longer than ppo.prompt_max_len={n - 1}"):
+        ppo.run(config(tmp_path / "m", prompts, tmp_path / "run", f"ppo.prompt_max_len={n - 1}"))

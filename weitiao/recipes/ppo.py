@@ -403,7 +403,9 @@ def run(cfg: PPOConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model.path)
     template = resolve_template(tokenizer, cfg.data.template)
     prompts = load_prompts(cfg.data.prompts)
-    lens = [len(tokenizer(template.render(tokenizer, m, add_generation_prompt=True))["input_ids"]) for m in prompts]
+    # counted as the sampler feeds them: the rendered text alone (a BOS the tokenizer would add is not fed)
+    render = [template.render(tokenizer, m, add_generation_prompt=True) for m in prompts]
+    lens = [len(ids) for ids in tokenizer(render, add_special_tokens=False)["input_ids"]]
     too_long = sum(n > p.prompt_max_len for n in lens)
     prompts = [m for m, n in zip(prompts, lens) if n <= p.prompt_max_len]
     if not prompts:
