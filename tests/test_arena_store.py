@@ -140,3 +140,20 @@ def test_a_model_name_given_twice_is_refused():
 
     with pytest.raises(UserError, match="the name 'a' is given twice"):
         parse_models("a=demo,b=demo:runs/x/final,a=other")  # was: the first 'a' silently replaced
+
+
+@pytest.mark.parametrize("extra", [["--prompts", "p.jsonl"], ["--max-new-tokens", "64"]])
+def test_generation_options_with_answers_are_refused(tmp_path, extra, monkeypatch):
+    import uvicorn
+
+    def served(*_, **__):
+        raise RuntimeError("the server started")
+
+    monkeypatch.setattr(uvicorn, "run", served)
+    src = tmp_path / "answers.jsonl"
+    rows = [{"prompt": "p", "model": m, "answer": "好"} for m in "xy"]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    db = tmp_path / "arena.sqlite"
+    r = CliRunner().invoke(arena_app, ["serve", "--answers", str(src), "--db", str(db), *extra])
+    assert r.exit_code != 0 and "with --answers they would be ignored" in str(r.exception)  # was: ignored, served
+    assert not db.exists()

@@ -123,7 +123,7 @@ def arena_serve(
     answers: Path = typer.Option(None, help="pre-generated answers: rows {prompt, model, answer}"),
     models: str = typer.Option(None, help="live models: a=MODEL[:ADAPTER],b=... (answers generated at start)"),
     prompts: Path = typer.Option(None, help="with --models: the prompts to answer"),
-    max_new_tokens: int = typer.Option(128, min=1),
+    max_new_tokens: int = typer.Option(None, min=1, help="with --models: tokens per answer [default: 128]"),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8300),
     vote_interval: float = typer.Option(2.0, min=0, help="least seconds between two votes of one voter (0: off)"),
@@ -140,9 +140,14 @@ def arena_serve(
 
     if (answers is None) == (models is None):
         raise UserError("give either --answers FILE or --models a=MODEL[:ADAPTER],b=... with --prompts")
+    if answers is not None and (prompts is not None or max_new_tokens is not None):
+        raise UserError(
+            "--prompts and --max-new-tokens apply to --models (answers made at start); "
+            "with --answers they would be ignored: drop them"
+        )
     rows = read_answers(answers) if answers else None  # a bad file leaves no new db behind
     store = ArenaStore(db)  # before generating: a foreign --db is refused first
-    rows = rows if rows is not None else pregenerate(models or "", prompts, max_new_tokens)
+    rows = rows if rows is not None else pregenerate(models or "", prompts, max_new_tokens or 128)
     store.add_answers(rows)
     console.print(f"{store.count_answers()} answers · {len(store.models())} models · http://{host}:{port}/")
     limits = ArenaLimits(
