@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,9 +209,26 @@ def load_screen_config(path: str | Path | None) -> ScreenConfig:
             "sender which patterns matched (the server log names them). Write plain text."
         )
     cfg = ScreenConfig()
-    for k in ("threshold", "decode", "refusal", "encoded_weight", "classifier_threshold"):
+
+    def number(v: Any) -> float | None:
+        """v as a float, or None; YAML 1.1 reads -1.0e9 as a string, which is still a number."""
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            return None
+        try:
+            x = float(v)
+        except ValueError:
+            return None
+        return x if math.isfinite(x) else None  # a nan threshold would never block
+
+    kinds = {"threshold": (number, "a number"), "encoded_weight": (number, "a number"),
+             "classifier_threshold": (lambda v: v if v is None else number(v), "a number"),
+             "decode": (lambda v: v if isinstance(v, bool) else None, "true or false"),
+             "refusal": (lambda v: v if isinstance(v, str) and v.strip() else None, "a non-empty text")}  # fmt: skip
+    for k, (read, what) in kinds.items():
         if k in data:
-            setattr(cfg, k, data[k])
+            if (value := read(data[k])) is None and not (k == "classifier_threshold" and data[k] is None):
+                raise UserError(f"{p}: {k}: expected {what}, got {data[k]!r}")
+            setattr(cfg, k, value)
     if data.get("classifier"):
         c = Path(str(data["classifier"])).expanduser()
         c = c if c.is_absolute() else p.parent / c
@@ -218,18 +236,28 @@ def load_screen_config(path: str | Path | None) -> ScreenConfig:
             raise UserError(f"{p}: classifier: {c} has no screen.json; train one with `weitiao safety injection "
                             "train-screen` and give its --out folder")  # fmt: skip
         cfg.classifier = str(c)
-    if "roles" in data:
+    roles = ("system", "user", "assistant", "tool", "developer", "function")
+    if "roles" in data:  # `roles: user` read as the characters u, s, e, r: nothing was scanned
+        if not isinstance(data["roles"], list) or not data["roles"] or not set(data["roles"]) <= set(roles):
+            raise UserError(f"{p}: roles: expected a list of message roles among {', '.join(roles)}, e.g. [user]; "
+                            f"got {data['roles']!r}")  # fmt: skip
         cfg.roles = tuple(data["roles"])
-    drop = set(data.get("disable") or [])
+    drop = data.get("disable") or []
+    names = [n for n, _, _ in cfg.patterns]
+    if not isinstance(drop, list) or (unknown := [n for n in drop if n not in names]):
+        raise UserError(f"{p}: disable: {drop if not isinstance(drop, list) else unknown[0]!r} is no pattern name; "
+                        f"names: {', '.join(names)}")  # fmt: skip
     pats = {n: (n, rx, w) for n, rx, w in cfg.patterns if n not in drop}
     for i, item in enumerate(data.get("patterns") or []):
-        if not isinstance(item, dict) or not {"name", "regex"} <= set(item):
-            raise UserError(f"{p}: patterns[{i}]: expected {{name, regex, weight}}")
+        if (not isinstance(item, dict) or not {"name", "regex"} <= set(item) or set(item) - {"name", "regex", "weight"}
+                or not isinstance(item["name"], str) or not isinstance(item["regex"], str)
+                or number(item.get("weight", 1.0)) is None):  # fmt: skip
+            raise UserError(f"{p}: patterns[{i}]: expected {{name, regex, weight}} (text, text, number), got {item!r}")
         try:
             re.compile(item["regex"])
         except re.error as e:
             raise UserError(f"{p}: patterns[{i}] ({item['name']}): regex: invalid pattern ({e})") from None
-        pats[item["name"]] = (item["name"], item["regex"], float(item.get("weight", 1.0)))
+        pats[item["name"]] = (item["name"], item["regex"], number(item.get("weight", 1.0)))
     cfg.patterns = list(pats.values())
     return cfg
 
