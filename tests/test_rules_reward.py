@@ -52,8 +52,11 @@ def test_weight_errors(rules_file):
         rule_weights(rs, {"NOPE": 1})
     with pytest.raises(UserError, match="reward.weights.KIND: rule KIND has no check"):
         rule_weights(rs, {"KIND": 1})
-    with pytest.raises(UserError, match=r"reward.weights.LEN: -1; give a number ≥ 0"):
+    with pytest.raises(UserError, match=r"reward.weights.LEN: -1; give a finite number ≥ 0"):
         rule_weights(rs, {"LEN": -1})
+    for bad in (float("inf"), float("nan")):  # YAML .inf / .nan: the reward was nan for every prompt
+        with pytest.raises(UserError, match=r"reward.weights.LEN: (inf|nan); give a finite number ≥ 0"):
+            rule_weights(rs, {"LEN": bad})
     with pytest.raises(UserError, match="nothing to score"):
         rules_scorer(str(rules_file), {"LEN": 0, "YUAN": 0, "POLITE": 0})
 

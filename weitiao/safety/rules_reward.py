@@ -14,6 +14,7 @@ A mean rather than a sum keeps prompts that exercise many rules from dominating 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from weitiao.errors import UserError
@@ -29,8 +30,8 @@ def rule_weights(rs: RuleSet, weights: dict[str, float] | None) -> dict[str, flo
             raise UserError(f"reward.weights.{rid}: {rs.path} has no rule {rid!r}")
         if ids[rid].check is None:
             raise UserError(f"reward.weights.{rid}: rule {rid} has no check, so it cannot be scored; remove it")
-        if not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0:
-            raise UserError(f"reward.weights.{rid}: {w!r}; give a number ≥ 0")
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 <= w < math.inf:  # .inf/.nan: nan rewards
+            raise UserError(f"reward.weights.{rid}: {w!r}; give a finite number ≥ 0")
     return {r.id: float(given.get(r.id, 1.0)) for r in rs.rules if r.check is not None}
 
 
