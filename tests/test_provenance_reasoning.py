@@ -86,3 +86,12 @@ def test_cli_reasoning_and_adapter_baseline(tmp_path, tiny_model_dir, tokenizer)
     # the adapter changes the likelihood: it was loaded on its base, not as a plain model
     b = rep["baseline_models"][0]
     assert b["name"] == str(tmp_path / "adapter") and b["same_tokenization"] and b["lr_bits"] != 0
+
+
+def test_trace_flags_without_reasoning_samples_are_refused(tiny_model_dir):
+    from weitiao.cli import app
+
+    args = ["provenance", "--model", str(tiny_model_dir), "--prompt", "周末有什么安排？", "--text", TEXT]
+    res = CliRunner().invoke(app, [*args, "--samples", "0", "--no-greedy", "--trace-temperature", "0.5"])
+    # was: exit 0 with a report that had no reasoning estimate at all
+    assert res.exit_code != 0 and "--trace-temperature applies to reasoning traces" in str(res.exception)
