@@ -416,3 +416,29 @@ def test_prompt_max_len_counts_the_tokens_the_sampler_is_fed(tmp_path, monkeypat
         ppo.run(config(tmp_path / "m", prompts, tmp_path / "run", f"ppo.prompt_max_len={n}"))
     with pytest.raises(UserError, match=f"all 1 prompts are longer than ppo.prompt_max_len={n - 1}"):
         ppo.run(config(tmp_path / "m", prompts, tmp_path / "run", f"ppo.prompt_max_len={n - 1}"))
+
+
+def test_a_prompt_with_no_room_for_the_reply_in_the_context_is_refused(tiny_model_dir, tmp_path, monkeypatch):
+    """The tiny Llama's context is 512: the longest prompt + ppo.generate_max_len past it is one line naming the
+    prompt_max_len that fits (was: replies sampled and trained at positions the model never had, silently)."""
+    from weitiao.data.templates import resolve_template
+    from weitiao.models.load import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    rows = [{"prompt": "你好"}, {"prompt": "今天天气怎么样？" * 3}]
+    render = resolve_template(tok, "auto").render(tok, [{"role": "user", "content": rows[1]["prompt"]}], True)
+    n = len(tok(render, add_special_tokens=False)["input_ids"])
+    prompts = write_jsonl(tmp_path / "p.jsonl", rows)
+    with pytest.raises(UserError, match=f"longest prompt is {n} tokens; with ppo.generate_max_len={513 - n} it "
+                       f"exceeds the model's context of 512; set ppo.prompt_max_len={n - 1}"):  # fmt: skip
+        ppo.run(config(tiny_model_dir, prompts, tmp_path / "run", f"ppo.generate_max_len={513 - n}"))
+
+    class Past(Exception):
+        pass
+
+    def past(*a):
+        raise Past
+
+    monkeypatch.setattr(ppo, "RunningMoments", past)  # made right after the check
+    with pytest.raises(Past):  # exactly the context: allowed
+        ppo.run(config(tiny_model_dir, prompts, tmp_path / "run", f"ppo.generate_max_len={512 - n}"))

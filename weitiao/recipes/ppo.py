@@ -408,10 +408,18 @@ def run(cfg: PPOConfig) -> dict:
     lens = [len(ids) for ids in tokenizer(render, add_special_tokens=False)["input_ids"]]
     too_long = sum(n > p.prompt_max_len for n in lens)
     prompts = [m for m, n in zip(prompts, lens) if n <= p.prompt_max_len]
+    lens_kept = [n for n in lens if n <= p.prompt_max_len]
     if not prompts:
         raise UserError(f"data.prompts: all {too_long} prompts are longer than ppo.prompt_max_len={p.prompt_max_len}")
     score_fn, reward_model = build_scorer(cfg.reward, device)
     roles = Roles(cfg.model, cfg.lora, device, reward_model, p.critic_init, p.critic_lora)
+    context, longest = getattr(roles.model.config, "max_position_embeddings", None), max(lens_kept)
+    if context and longest + p.generate_max_len > context:  # past it a RoPE model runs on, silently out of range
+        raise UserError(
+            f"data.prompts: the longest prompt is {longest} tokens; with ppo.generate_max_len={p.generate_max_len} "
+            f"it exceeds the model's context of {context}; set ppo.prompt_max_len={context - p.generate_max_len} "
+            "(longer prompts are dropped) or lower ppo.generate_max_len"
+        )
     if t.disable_dropout:  # else updates run with dropout and the first minibatch is not π = π_old
         disable_dropout(roles)
     # Scoring and update forwards take each micro-batch packed into one row, no padding, where the attention keeps
