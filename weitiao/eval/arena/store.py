@@ -68,7 +68,11 @@ class ArenaStore:
             return
         db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
         try:
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            tables = {
+                r[0]
+                for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                if not r[0].startswith("sqlite_")
+            }
             votes = {r[1] for r in db.execute("PRAGMA table_info(votes)")}
         finally:
             db.close()
