@@ -373,3 +373,14 @@ def test_coverage_refuses_a_rule_id_the_file_does_not_have(rules_file, tmp_path)
     assert run("coverage", str(data), "--rules", str(rules_file), "--ids", "R1").exit_code == 0
     rep = coverage(load_rules(rules_file), [to_sample({**row, "rule_ids": ["R4"]}, "x")])
     assert rep["per_rule"]["R4"]["exercised"] == 1
+
+
+def test_zero_samples_or_violations_are_refused(rules_file):
+    """--samples 0 asked nothing and --violations 0 asked for no violation: both wrote an empty file with exit 0."""
+    from weitiao.safety import rules_build as rb
+
+    rs = load_rules(rules_file)
+    with pytest.raises(UserError, match=r"^--samples 0: must be ≥ 1$"):
+        rb.compliant_answers(rs, [], None, rb.Tally(), samples=0)
+    with pytest.raises(UserError, match=r"^--violations 0: must be ≥ 1$"):
+        rb.violation_pairs(rs, [], None, rb.Tally(), violations=0)

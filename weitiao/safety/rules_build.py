@@ -10,7 +10,9 @@ each with all rules in the system prompt → 3. an answer is kept only if it pas
 check of the rules its prompt exercises; per rule we count answers that passed and that were rejected.
 dpo: chosen = a compliant answer as above; rejected = the teacher asked to break `violations` named rules
 (checked rules the prompt exercises, least-asked first) while keeping the others; a violation of a checked
-rule is verified (the rejected answer must fail that check), otherwise the pair is dropped.
+rule is verified (the rejected answer must fail that check), otherwise the pair is dropped. A prompt that exercises
+no checked rule is asked to break unchecked ones: that pair is kept unverified (`verified: []`, counted as
+`violation_unverified`).
 Both end with one warning line per rule that no generated row targets (`untargeted`).
 eval: replies of a local model or an endpoint → per-rule compliance from programmatic checks, plus an
 optional judge (any OpenAI-compatible model) that gets the rule texts and returns a JSON verdict per rule.
@@ -100,6 +102,8 @@ def compliant_answers(
     """Teacher answers with the rules in the system prompt; (kept (prompt, answer) pairs, rejects with reasons)."""
     from weitiao.teacher import TeacherError
 
+    if samples < 1:  # 0 asked nothing and wrote an empty file with exit 0
+        raise UserError(f"--samples {samples}: must be ≥ 1")
     system = rs.system_prompt()
     asks = [_user(p.text, system) for p in prompts]
     # sample k > 0 gets its own seed, so it is a different request (and cache entry); sample 0 keeps the
@@ -143,6 +147,8 @@ def violation_pairs(
     """For each compliant answer, ask for one that breaks `violations` rules; keep verified pairs."""
     from weitiao.teacher import TeacherError
 
+    if violations < 1:  # 0 asked for no violation and wrote an empty file with exit 0
+        raise UserError(f"--violations {violations}: must be ≥ 1")
     system, jobs, asked = rs.system_prompt(), [], Counter()
     for p, chosen in kept:
         checked = [r for r in rs.exercised(p.text, p.rule_ids) if r.check]
