@@ -313,6 +313,11 @@ def test_ppo_config_rejects_bad_numbers(tmp_path):
     ):
         with pytest.raises(UserError, match=bad.split("=")[0]):
             config("m", "p.jsonl", tmp_path, bad)
+    # the adaptive controller multiplies β: from 0 it never moves, so kl_target would be ignored
+    with pytest.raises(UserError, match="ppo.kl_target=6.0 scales β from ppo.init_kl_coef, which is 0"):
+        config("m", "p.jsonl", tmp_path, "ppo.kl_target=6", "ppo.init_kl_coef=0")
+    config("m", "p.jsonl", tmp_path, "ppo.kl_target=6", "ppo.init_kl_coef=0.01")
+    config("m", "p.jsonl", tmp_path, "ppo.init_kl_coef=0")
 
 
 @pytest.mark.slow

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from weitiao.config import ConfigPath, dump_config
 from weitiao.data.chat import IGNORE
@@ -114,6 +114,15 @@ class PPOSpec(BaseModel):
         if v != 1.0:  # nucleus sampling would draw from a distribution the log-probs do not score (off-policy)
             raise ValueError("only 1.0 is supported: PPO's log-probs score the full softmax(logits / temperature)")
         return v
+
+    @model_validator(mode="after")
+    def _adaptive_needs_beta(self) -> PPOSpec:
+        if self.kl_target is not None and self.init_kl_coef == 0:  # β·(1 + e) stays 0: the target would do nothing
+            raise ValueError(
+                f"ppo.kl_target={self.kl_target} scales β from ppo.init_kl_coef, which is 0 so stays 0; "
+                "set init_kl_coef > 0 (e.g. 0.05) or remove kl_target"
+            )
+        return self
 
 
 class PromptSpec(BaseModel):
