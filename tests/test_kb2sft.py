@@ -244,3 +244,17 @@ def test_no_qa_pair_kept_is_an_error_not_an_empty_success(tmp_path):
     s = json.loads((tmp_path / "o/summary.json").read_text(encoding="utf-8"))
     assert s["kept"] == 0 and s["rejected_grounding"] == s["qa_parsed"] == s["chunks"] > 0
     assert (tmp_path / "o/rejects.jsonl").read_text(encoding="utf-8").count('"grounding"') == s["chunks"]
+
+
+def test_files_in_hidden_folders_are_left_out_and_listed(tmp_path):
+    """A notes app's .trash/ holds deleted notes (stale facts), .github/ holds templates: they were read as knowledge;
+    they are now listed as skipped. A folder given by a hidden path is still read, and so is a hidden file given."""
+    from weitiao.dataeng.chunk import skipped_docs
+
+    kb = tmp_path / ".notes" / "kb"
+    for name in ("a.md", ".trash/old.md", ".github/ISSUE.md", "sub/b.txt"):
+        (kb / name).parent.mkdir(parents=True, exist_ok=True)
+        (kb / name).write_text("退货政策：七天无理由。", encoding="utf-8")
+    assert [f.relative_to(kb).as_posix() for f in collect_docs([kb])] == ["a.md", "sub/b.txt"]
+    assert [f.relative_to(kb).as_posix() for f in skipped_docs([kb])] == [".github/ISSUE.md", ".trash/old.md"]
+    assert collect_docs([kb / ".trash/old.md"]) == [kb / ".trash/old.md"]

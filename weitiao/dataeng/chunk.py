@@ -54,18 +54,27 @@ class ChunkSpec:
 # ---------------------------------------------------------------------------------------------- reading
 
 
+def _hidden(f: Path, root: Path) -> bool:
+    """A dot file, or a file in a dot folder under `root` (.trash/ of a notes app, .github/)."""
+    return any(part.startswith(".") for part in f.relative_to(root).parts)
+
+
 def skipped_docs(paths: list[str | Path]) -> list[Path]:
-    """Files under the directories given that `collect_docs` leaves out (unsupported types; hidden files aside)."""
+    """Files under the directories given that `collect_docs` leaves out: unsupported types, and supported ones that
+    are hidden (dot files aside: .DS_Store is no document)."""
     return sorted(f for p in map(Path, paths) if p.is_dir() for f in p.rglob("*")
-                  if f.is_file() and f.suffix.lower() not in SUFFIXES and not f.name.startswith("."))  # fmt: skip
+                  if f.is_file() and not f.name.startswith(".")
+                  and (f.suffix.lower() not in SUFFIXES or _hidden(f, p)))  # fmt: skip
 
 
 def collect_docs(paths: list[str | Path]) -> list[Path]:
-    """Files given, and supported files under directories given (sorted); missing paths are errors."""
+    """Files given, and supported files under directories given (sorted; none hidden in a dot folder, such as a notes
+    app's .trash/); missing paths are errors."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES)
+            found = sorted(f for f in p.rglob("*")
+                           if f.is_file() and f.suffix.lower() in SUFFIXES and not _hidden(f, p))  # fmt: skip
             if not found:
                 raise UserError(f"{p}: no {'/'.join(SUFFIXES)} files in this directory")
             out += found

@@ -93,7 +93,8 @@ def kb2sft(
     )
     if s["skipped_files"]:
         shown = ", ".join(s["skipped_files"][:5]) + (" …" if len(s["skipped_files"]) > 5 else "")
-        console.print(f"[yellow]skipped {len(s['skipped_files'])} files of unsupported types[/]: {shown}")
+        console.print(f"[yellow]skipped {len(s['skipped_files'])} files (unsupported type, or in a hidden folder)[/]: "
+                      f"{shown}")  # fmt: skip
     if s["teacher_failed"]:
         console.print(f"[yellow]{s['teacher_failed']} chunks got no reply; answered ones are cached — re-run to resume")
 
