@@ -215,6 +215,7 @@ def test_alpaca_input_and_history_that_are_no_text_are_refused_not_dropped(tmp_p
 def test_a_row_of_another_format_than_the_file_says_so(tmp_path):
     sharegpt = {"conversations": [{"from": "human", "value": "问"}, {"from": "gpt", "value": "答"}]}
     path = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "问", "output": "答"}, sharegpt])
-    with pytest.raises(UserError, match=r"d.jsonl:2: row: a row in sharegpt format in a file read as alpaca"):
+    why = r"d.jsonl:2: instruction: missing \(as alpaca, the format of the file's first row; this row is sharegpt"
+    with pytest.raises(UserError, match=why):
         load_rows(path)
     assert load_rows(write_jsonl(tmp_path / "s.jsonl", [sharegpt])).kept == 1  # negative control: alone, it loads

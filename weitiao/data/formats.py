@@ -540,8 +540,8 @@ def _other_format(err: RowError, record: Any, file_fmt: str | None, strict: bool
         parse_row(record, other, strict)
     except RowError:
         return err
-    return RowError("row", f"a row in {other} format in a file read as {file_fmt} (its first row's format; as "
-                           f"{file_fmt}: {err}); one format per file: split it, or convert this row")  # fmt: skip
+    return RowError(err.field, f"{err.problem} (as {file_fmt}, the format of the file's first row; this row is "
+                               f"{other}: one format per file, split it or convert the row)")  # fmt: skip
 
 
 def _lf_format(lf: Any, fmt: str) -> str:
