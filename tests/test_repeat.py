@@ -167,3 +167,14 @@ def test_kept_dialogues_without_a_pair_are_an_error(tmp_path):
             m["weight"] = 0
     with pytest.raises(UserError, match="1 dialogues kept but no pair made"):
         repeat.run([write(tmp_path / "d.jsonl", [row])], tmp_path / "p.jsonl", repeat.RepeatConfig())
+
+
+def test_sft_out_equal_to_out_or_its_report_is_refused(tmp_path):
+    """--sft-out p.jsonl --out p.jsonl wrote the SFT rows over the pairs (the table still said 2 pairs), exit 0."""
+    src = write(tmp_path / "d.jsonl", [convo(NOVEL)])
+    for sft_out in (tmp_path / "p.jsonl", tmp_path / "p.jsonl.report.json", tmp_path / "." / "p.jsonl"):
+        with pytest.raises(UserError, match="--sft-out .*: the same file as --out or its report"):
+            repeat.run([src], tmp_path / "p.jsonl", repeat.RepeatConfig(), sft_out=sft_out)
+    assert not (tmp_path / "p.jsonl").exists()
+    rep = repeat.run([src], tmp_path / "p.jsonl", repeat.RepeatConfig(), sft_out=tmp_path / "s.jsonl")  # control
+    assert len(load_rows(str(tmp_path / "p.jsonl")).rows) == rep["pairs"] == 2

@@ -112,6 +112,8 @@ def run(files: list[str | Path], out: str | Path, cfg: RepeatConfig, sft_out: st
             raise UserError(f"{name} {value}: out of range (min-turns ≥ 2; max-copy, min-distinct2, echo-share in "
                             "[0, 1]; pairs-per-dialog ≥ 1; stitch-turns 0 or ≥ 2)")  # fmt: skip
     outs = [out, f"{out}.report.json"] + ([sft_out] if sft_out else [])
+    if len({Path(o).resolve() for o in outs}) < len(outs):  # the SFT rows would replace the pairs, or the report
+        raise UserError(f"--sft-out {sft_out}: the same file as --out or its report; choose another path")
     claim_outputs(outs, data_files([str(f) for f in files]))
     # 1. load (or stitch)
     convs = load_conversations([str(f) for f in files], skip_hint=None).rows
