@@ -130,3 +130,23 @@ def test_a_json_array_in_a_jsonl_file_says_name_it_json(tmp_path):
             load_rows(tmp_path / name)
         (tmp_path / name).rename(tmp_path / "d.json")  # negative control: the same text as .json reads
         assert load_rows(tmp_path / "d.json").kept == 7
+
+
+def test_a_key_given_twice_in_a_row_is_refused(tmp_path):
+    """json.loads keeps the last of a repeated key: {"output": "a", "output": "b"} trained "b" without a word."""
+    text = '{"instruction": "问", "output": "甲", "output": "乙"}\n'
+    (tmp_path / "d.jsonl").write_text(text, encoding="utf-8")
+    with pytest.raises(
+        UserError, match=r"d.jsonl:1: json: not valid JSON \(key 'output' appears twice in one object\)"
+    ):
+        load_rows(tmp_path / "d.jsonl")
+    (tmp_path / "d.json").write_text(f'[{{"instruction": "问", "output": "甲"}},\n {text.strip()}]', encoding="utf-8")
+    with pytest.raises(UserError, match=r"d.json: json: not valid JSON \(key 'output' appears twice"):
+        load_rows(tmp_path / "d.json")
+    nested = '{"messages": [{"role": "user", "content": "问", "role": "assistant"}]}\n'
+    (tmp_path / "m.jsonl").write_text(nested, encoding="utf-8")
+    with pytest.raises(UserError, match=r"m.jsonl:1: json: .*key 'role' appears twice"):
+        load_rows(tmp_path / "m.jsonl")
+    # negative control: the same keys once each read
+    (tmp_path / "ok.jsonl").write_text('{"instruction": "问", "output": "乙"}\n', encoding="utf-8")
+    assert load_rows(tmp_path / "ok.jsonl").kept == 1

@@ -111,10 +111,20 @@ def iter_lines(
             yield n, text, size
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) < len(pairs):  # json.loads keeps the last value of a repeated key, silently
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"key {key!r} appears twice in one object")
+    return obj
+
+
 def loads(text: str) -> Any:
-    """json.loads that turns a nesting too deep for Python into a ValueError instead of a RecursionError."""
+    """json.loads that refuses an object with a repeated key and turns a nesting too deep for Python into a
+    ValueError instead of a RecursionError."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise ValueError("nested too deeply") from None
 
