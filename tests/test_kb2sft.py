@@ -258,3 +258,15 @@ def test_files_in_hidden_folders_are_left_out_and_listed(tmp_path):
     assert [f.relative_to(kb).as_posix() for f in collect_docs([kb])] == ["a.md", "sub/b.txt"]
     assert [f.relative_to(kb).as_posix() for f in skipped_docs([kb])] == [".github/ISSUE.md", ".trash/old.md"]
     assert collect_docs([kb / ".trash/old.md"]) == [kb / ".trash/old.md"]
+
+
+def test_a_prompt_file_not_in_utf8_is_one_line_naming_it(tmp_path):
+    """A GBK --prompt file crashed with a UnicodeDecodeError traceback."""
+    (tmp_path / "p.txt").write_bytes("根据{chunk}出{n}个问答".encode("gbk"))
+    cli, data = typer.Typer(), typer.Typer()
+    cli.add_typer(data, name="data")
+    register(data, cli)
+    args = ["data", "kb2sft", str(KB / "faq.md"), "--out", str(tmp_path / "o"), "--prompt", str(tmp_path / "p.txt"),
+            "--teacher-url", free_port_url()]  # fmt: skip
+    r = CliRunner().invoke(cli, args)
+    assert isinstance(r.exception, UserError) and f"{tmp_path / 'p.txt'}:1: not valid UTF-8" in str(r.exception)

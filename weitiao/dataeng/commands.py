@@ -74,7 +74,9 @@ def kb2sft(
     spec = ChunkSpec(chunker, max_chars, overlap=overlap, embed_model=embed_model)  # type: ignore[arg-type]
     if prompt is not None and not prompt.is_file():
         raise UserError(f"--prompt {prompt}: file not found")
-    template = prompt.read_text(encoding="utf-8") if prompt else tool.DEFAULT_PROMPT
+    from weitiao.io import read_text
+
+    template = read_text(prompt) if prompt else tool.DEFAULT_PROMPT  # bad bytes: one line naming file:line
     cfg = tool.KBConfig(spec, n_qa, template, min_grounding, dedup, eval_fraction, system, seed, row_format)
     teacher = _teacher(teacher_url, teacher_model, cache_dir, concurrency, max_tokens, temperature)
     s = tool.run(docs, out, teacher, cfg)
