@@ -51,6 +51,28 @@ def test_a_foreign_sqlite_file_is_refused_and_left_untouched(tmp_path):
     assert len(ArenaStore(tmp_path / "arena.sqlite", create=False).votes()) == 1
 
 
+def _open(path: str, out) -> None:
+    try:
+        ArenaStore(path)
+        out.put("ok")
+    except Exception as e:  # noqa: BLE001 - reported to the parent
+        out.put(repr(e))
+
+
+def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
+    ctx = mp.get_context("fork")
+    got = []
+    for trial in range(12):  # before: some saw a half-made schema (refused as foreign) or 'database is locked'
+        out, path = ctx.Queue(), str(tmp_path / f"{trial}.sqlite")
+        procs = [ctx.Process(target=_open, args=(path, out)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        got += [out.get() for _ in procs]
+    assert got == ["ok"] * 48
+
+
 def _votes(path: str, voter: str, n: int) -> None:
     st, rng = ArenaStore(path), random.Random(voter)
     for _ in range(n):

@@ -28,6 +28,7 @@ from weitiao.errors import UserError, where
 from weitiao.io import read_jsonl
 
 SCHEMA = """
+BEGIN;
 CREATE TABLE IF NOT EXISTS answers (prompt TEXT NOT NULL, model TEXT NOT NULL, answer TEXT NOT NULL,
                                     PRIMARY KEY (prompt, model));
 CREATE TABLE IF NOT EXISTS rounds (id TEXT PRIMARY KEY, prompt TEXT, model_a TEXT, model_b TEXT,
@@ -37,7 +38,8 @@ CREATE TABLE IF NOT EXISTS votes (id INTEGER PRIMARY KEY, round_id TEXT UNIQUE, 
                                   tstamp REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS votes_voter ON votes (voter);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+COMMIT;
+"""  # one transaction: another process opening the file meanwhile sees no tables or all of them
 VOTE_COLUMNS = {"round_id", "prompt", "model_a", "model_b", "swapped", "outcome", "voter", "tstamp"}
 CHOICES = {"a": "model_a", "b": "model_b", "tie": "tie", "bothbad": "tie (bothbad)"}
 
@@ -63,7 +65,7 @@ class ArenaStore:
 
     def _refuse_foreign(self) -> None:
         """Leave an SQLite file that another program wrote untouched: read its tables without writing, and refuse
-        it unless it holds our three tables and nothing else (nothing is added, not even WAL mode)."""
+        it unless it is empty or holds our three tables and nothing else (nothing is added, not even WAL mode)."""
         if not self.path.exists() or self.path.stat().st_size == 0:
             return
         db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
@@ -77,7 +79,7 @@ class ArenaStore:
         finally:
             db.close()
         ours = {"answers", "rounds", "votes", "meta"}
-        if not {"answers", "rounds", "votes"} <= tables or tables - ours or not VOTE_COLUMNS <= votes:
+        if tables and (not {"answers", "rounds", "votes"} <= tables or tables - ours or not VOTE_COLUMNS <= votes):
             found = ", ".join(sorted(tables)) or "none"
             raise UserError(f"{self.path}: an SQLite database that weitiao arena did not write (tables: {found}); "
                             "left untouched; pass a new --db file")  # fmt: skip
