@@ -120,3 +120,20 @@ def test_rows_differing_in_a_number_or_a_symbol_are_not_duplicates(tmp_path):
     assert (rep["sources"][0]["read"], rep["sources"][0]["duplicates"]) == (8, 2)  # the last two: 1.5 spaced, wide
     kept = [r["messages"][0]["content"] for r in read(tmp_path / "m.jsonl")]
     assert sorted(kept) == sorted(["运费是1.5元吗", "运费是15元吗", "涨了5%吗", "涨了5吗", "学C++难吗", "学C难吗"])
+
+
+def test_tool_rows_differing_only_in_a_call_are_not_duplicates(tmp_path):
+    """Two rows asking for the weather whose tool calls name different cities were one row to dedup (only the
+    text of each turn was compared); the same row twice is still a duplicate."""
+
+    def row(city):
+        call = {"type": "function", "function": {"name": "weather", "arguments": json.dumps({"city": city})}}
+        spec = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+        return {"messages": [{"role": "user", "content": "查天气"}, {"role": "assistant", "content": "",
+                "tool_calls": [call]}, {"role": "tool", "content": "晴"}, {"role": "assistant", "content": "晴天"}],
+                "tools": [spec]}  # fmt: skip
+
+    src = tmp_path / "t.jsonl"
+    src.write_text("".join(json.dumps(row(c), ensure_ascii=False) + "\n" for c in ("北京", "上海", "北京")), "utf-8")
+    rep = mix.run([f"{src}:1"], tmp_path / "m.jsonl")
+    assert (rep["sources"][0]["read"], rep["sources"][0]["duplicates"], rep["total"]) == (3, 1, 2)
