@@ -222,3 +222,12 @@ def test_a_gbk_csv_from_excel_is_read_and_bad_options_are_refused(tmp_path):
         with pytest.raises(UserError, match=msg):
             badcases.run([tmp_path / "gbk.csv"], tmp_path / "o", None, **{"n_aug": 0, **kw}, progress=False)
     assert not (tmp_path / "o").exists()
+
+
+def test_csv_errors_name_the_line_after_a_cell_with_line_breaks(tmp_path):
+    """A quoted cell spanning two lines pushed the next row down a line; the error named line 3 for a row on line 4."""
+    (tmp_path / "c.csv").write_text('prompt,bad,golden\n"第一行\n第二行",坏,好\n你好,滚\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"c\.csv:4: golden: missing"):
+        badcases.ingest([tmp_path / "c.csv"])
+    (tmp_path / "c.csv").write_text('prompt,bad,golden\n"第一行\n第二行",坏,好\n你好,滚,好的\n', encoding="utf-8")
+    assert [c.source.rsplit(":", 1)[1] for c in badcases.ingest([tmp_path / "c.csv"])] == ["2", "4"]

@@ -80,7 +80,12 @@ def _records(path: Path) -> list[tuple[int, dict]]:
                 continue
         else:
             raise UserError(f"{path}: not UTF-8 or GB18030 text; save the CSV as UTF-8")
-        return list(enumerate(csv.DictReader(io.StringIO(text, newline="")), 2))  # line 1 is the header
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        out, line = [], 2
+        for rec in reader:  # a quoted cell may hold line breaks: the row starts after the previous one ends
+            out.append((line, rec))
+            line = reader.line_num + 1
+        return out
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         return list(read_jsonl(path))
     raise UserError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl or .csv")
