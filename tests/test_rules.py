@@ -384,3 +384,17 @@ def test_zero_samples_or_violations_are_refused(rules_file):
         rb.compliant_answers(rs, [], None, rb.Tally(), samples=0)
     with pytest.raises(UserError, match=r"^--violations 0: must be ≥ 1$"):
         rb.violation_pairs(rs, [], None, rb.Tally(), violations=0)
+
+
+def test_compliance_says_how_many_replies_no_check_or_judge_decided(rules_file):
+    """R3 (no check) is exercised by every prompt: without a judge every reply counted as fully compliant and nothing
+    said that R3 was never looked at; `unverified` says it (1.0), and a judge's pass/fail verdicts clear it."""
+    from weitiao.safety import rules_build as rb
+    from weitiao.safety.rules import Prompt
+
+    rs = load_rules(rules_file)
+    items = [(Prompt("你好"), "你好呀"), (Prompt("会员多少钱"), "会员25元"), (Prompt("会员呢"), "很便宜")]
+    rep = rb.compliance(rs, items, None)
+    assert (rep["fully_compliant"], rep["unverified"]) == (2 / 3, 1.0)  # the third fails R2's check
+    rep = rb.compliance(rs, items, [{"R3": "pass"}, {"R3": "fail"}, {"R3": "missing"}])
+    assert (rep["fully_compliant"], rep["unverified"]) == (1 / 3, 1 / 3)

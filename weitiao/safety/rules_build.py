@@ -251,11 +251,13 @@ def judge_replies(rs: RuleSet, items: list[tuple[Prompt, str]], judge: Any, judg
 
 
 def compliance(rs: RuleSet, items: list[tuple[Prompt, str]], verdicts: list[dict[str, str]] | None) -> dict:
-    """Per rule: exercised, passed/failed by check, passed/failed/missing by judge, compliance rate; overall."""
+    """Per rule: exercised, passed/failed by check, passed/failed/missing by judge, compliance rate; overall:
+    `fully_compliant` = share of replies no check and no judge verdict failed, `unverified` = share of replies with
+    an exercised rule that neither a check nor a judge verdict (pass/fail) decided: those count as compliant."""
     per = {r.id: Counter() for r in rs.rules}
-    fully = 0
+    fully = unverified = 0
     for k, (p, reply) in enumerate(items):
-        ok = True
+        ok, unsure = True, False
         for r in rs.exercised(p.text, p.rule_ids):
             c = per[r.id]
             c["exercised"] += 1
@@ -267,7 +269,9 @@ def compliance(rs: RuleSet, items: list[tuple[Prompt, str]], verdicts: list[dict
             if v:
                 c[f"judge_{v}"] += 1
                 ok &= v != "fail"
+            unsure |= not r.check and v not in ("pass", "fail")
         fully += ok
+        unverified += unsure
     table = {}
     for r in rs.rules:
         c = per[r.id]
@@ -275,7 +279,8 @@ def compliance(rs: RuleSet, items: list[tuple[Prompt, str]], verdicts: list[dict
         failed = c["check_fail"] + (0 if r.check else c["judge_fail"])
         rate = passed / (passed + failed) if passed + failed else None
         table[r.id] = {"category": r.category, **dict(c), "compliance": rate}
-    return {"replies": len(items), "fully_compliant": fully / max(1, len(items)), "per_rule": table}
+    n = max(1, len(items))
+    return {"replies": len(items), "fully_compliant": fully / n, "unverified": unverified / n, "per_rule": table}
 
 
 def generate_replies(
