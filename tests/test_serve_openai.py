@@ -18,7 +18,7 @@ from loopback import running
 from weitiao.data.decode import decode_whole, whole_chars
 from weitiao.infer.generate import RowSampling, Sampler
 from weitiao.infer.logprobs import _BYTE_DECODER
-from weitiao.infer.serve import Job, ServeSettings, create_app, run_batch
+from weitiao.infer.serve import Job, ServeSettings, _Row, create_app, run_batch
 
 MSGS = [{"role": "user", "content": "今天天气怎么样？"}]
 BYTE_ENCODER = {b: c for c, b in _BYTE_DECODER.items()}  # bytes → the byte-level BPE token's characters
@@ -138,6 +138,28 @@ def test_stop_token_ids(url, parts):
     )
     assert r.choices[0].finish_reason == "stop" and r.usage.completion_tokens == k + 1  # the stop token counts
     assert r.choices[0].message.content == decode_whole(tok, ids[:k])
+
+
+def _row_text(tok, letters: str, stop: list[str], min_tokens: int) -> tuple[str, str, int]:
+    """Feed one token per letter to a serve row; its text as sent, finish_reason and token count."""
+    job = Job([1], 1, 20, stop, min_tokens=min_tokens)
+    row, out = _Row(job, 0, tok, set(), "cpu", None), []
+    row.outbox = out
+    for ch in letters:
+        row.feed(tok.convert_tokens_to_ids(ch))
+    sent = "".join(ev[2] for _, ev in out if ev[0] == "delta")
+    done = [ev for _, ev in out if ev[0] == "done"]
+    return sent, done[0][2] if done else "", done[0][3] if done else len(row.ids)
+
+
+def test_a_stop_string_before_min_tokens_is_kept_and_the_next_one_cuts(tokenizer):
+    # as vLLM: stop strings count from min_tokens on, looked for in each new token's text; the reply was
+    # "ax" (the stop string shown, cut before text already sent) or "a" instead of "axb"
+    assert _row_text(tokenizer, "axbxc", ["x"], 3) == ("axb", "stop", 4)
+    assert _row_text(tokenizer, "axbxc", ["x"], 0) == ("a", "stop", 2)
+    assert _row_text(tokenizer, "axbxc", ["x"], 5) == ("axbxc", "", 5)  # none after min_tokens: no cut
+    assert _row_text(tokenizer, "axyzxy", ["xy"], 4) == ("axyz", "stop", 6)  # the first one was before
+    assert _row_text(tokenizer, "abxyc", ["xy"], 4) == ("ab", "stop", 4)  # ends in the min_tokens-th token
 
 
 def test_chat_logprobs_are_the_raw_model_distribution(url, parts):

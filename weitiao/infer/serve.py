@@ -116,6 +116,7 @@ class _Row:
         self.ids: list[int] = []
         self.lps: list = []  # log-prob entries not yet sent
         self.sent = 0  # characters already emitted
+        self.scanned = 0  # characters already searched for stop strings
         self.hold = max((len(s) for s in job.stop), default=1) - 1
         self.finished = False
 
@@ -133,9 +134,13 @@ class _Row:
             return self.finish(decode_whole(self.tok, self.ids), "stop", 1)
         self.ids.append(token)
         text = decode_whole(self.tok, self.ids)
-        cuts = [i for i in (text.find(s) for s in self.job.stop) if i >= 0]
-        if len(self.ids) < self.job.min_tokens:
-            cuts = []
+        # a stop string is looked for only where it would end in this token's text, as vLLM: one shown
+        # before min_tokens stays shown, and the cut can never fall inside text already sent
+        cuts = []
+        if len(self.ids) >= self.job.min_tokens:
+            found = (text.find(s, max(0, self.scanned - len(s) + 1)) for s in self.job.stop)
+            cuts = [i for i in found if i >= 0]
+        self.scanned = len(text)
         if cuts:
             return self.finish(text[: min(cuts)], "stop")
         if len(self.ids) >= self.job.max_tokens:
