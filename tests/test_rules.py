@@ -398,3 +398,30 @@ def test_compliance_says_how_many_replies_no_check_or_judge_decided(rules_file):
     assert (rep["fully_compliant"], rep["unverified"]) == (2 / 3, 1.0)  # the third fails R2's check
     rep = rb.compliance(rs, items, [{"R3": "pass"}, {"R3": "fail"}, {"R3": "missing"}])
     assert (rep["fully_compliant"], rep["unverified"]) == (1 / 3, 1 / 3)
+
+
+def test_outputs_that_are_inputs_are_refused_before_any_work(rules_file, prompts_file, tmp_path):
+    """`rules coverage data.jsonl --out data.jsonl` replaced a data file weitiao had written with the report;
+    `rules sft --out P` equal to --prompts could do the same. Refused before any work, the file left as it was."""
+    from weitiao.io import write_jsonl
+
+    data = tmp_path / "ours.jsonl"
+    write_jsonl(data, [{"instruction": "会员多少钱？", "output": "25元"}])  # ours: claim_outputs alone let it go
+    before = data.read_bytes()
+    r = run("coverage", str(data), "--rules", str(rules_file), "--out", str(data))
+    assert isinstance(r.exception, UserError) and "is also an input" in str(r.exception), r.output
+    assert data.read_bytes() == before
+    r = run("sft", "--rules", str(rules_file), "--prompts", str(prompts_file), "--out", str(prompts_file),
+            "--teacher-url", "http://127.0.0.1:9/v1")  # fmt: skip
+    assert "is also an input" in str(r.exception), r.output  # before any teacher request (port 9: none answers)
+    r = run("coverage", str(data), "--rules", str(rules_file), "--out", str(tmp_path / "cov.json"))
+    assert r.exit_code == 0, r.output  # negative control: another --out is written
+
+
+def test_no_row_kept_is_an_error_not_an_empty_file(rules_file, prompts_file, tmp_path):
+    """Every teacher answer failing its checks wrote an empty file with exit 0."""
+    with running(scripted(lambda msgs: "呵" * 30)) as base:  # over R1's 20 characters: every answer fails
+        r = run("sft", "--rules", str(rules_file), "--prompts", str(prompts_file), "--teacher-url", base + "/v1",
+                "--min-prompts", "0", "--cache-dir", "", "--out", str(tmp_path / "sft.jsonl"))  # fmt: skip
+    assert isinstance(r.exception, UserError) and "no row kept" in str(r.exception), r.output
+    assert not (tmp_path / "sft.jsonl").exists() and (tmp_path / "sft.rejects.jsonl").exists()

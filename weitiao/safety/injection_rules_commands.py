@@ -39,6 +39,13 @@ def _csv(s: str | None) -> list[str]:
     return [x.strip() for x in (s or "").split(",") if x.strip()]
 
 
+def _claim(outputs: list[Path | None], inputs: list[Path]) -> None:
+    """Before any work: refuse an output that is an input or a file weitiao did not write."""
+    from weitiao.io import claim_outputs
+
+    claim_outputs([o for o in outputs if o], inputs)
+
+
 def _write_json(path: Path | None, data: Any) -> None:
     if path:
         from weitiao.io import atomic_write_text, claim_outputs
@@ -116,6 +123,7 @@ def injection_eval(
     """Attack success rate per family: marker word in the reply, or the canary / system prompt leaked."""
     from weitiao.safety import injection as inj
 
+    _claim([out], [attacks])
     rows = inj.load_attacks(attacks)
     if endpoint:
         replies = inj.replies_endpoint(endpoint, endpoint_model, rows, max_new_tokens)
@@ -142,6 +150,7 @@ def injection_screen(
     from weitiao.safety.injection_data import benign_sets
     from weitiao.safety.screen import Screen, load_screen_config, measure
 
+    _claim([out], [*(attacks or []), *([Path(config)] if config != "default" else [])])
     screen = Screen(load_screen_config(config))
     if text is not None:
         s = screen.score([{"role": "user", "content": text}])
@@ -274,6 +283,7 @@ def _rules_teacher_prompts(s: TeacherRows) -> tuple[Any, Any, Any, list]:
     from weitiao.safety import rules_build as rb
     from weitiao.safety.rules import load_rules, read_prompts
 
+    _claim(_outputs(s), [s.rules, s.prompts])
     rs = load_rules(s.rules, _csv(s.ids))
     teacher = _teacher(s.teacher_url, s.teacher_model, s.cache_dir or None, s.concurrency, 0.7, s.max_tokens)
     tally = rb.Tally()
@@ -297,20 +307,29 @@ def _tally_table(title: str, table: dict[str, dict[str, int]], cols: list[str], 
     return t
 
 
+def _outputs(s: TeacherRows) -> list[Path]:
+    return [s.out, s.out.with_suffix(".rejects.jsonl"), s.out.with_suffix(".report.json")]
+
+
 def _finish_rows(s: TeacherRows, rows: list[dict], rejects: list[dict], report: dict, table: Table) -> int:
     """Write the rows, the rejects and the report beside them; print the per-rule table, failed teacher
-    requests and untargeted-rule warnings. Returns the rows written."""
+    requests and untargeted-rule warnings. Returns the rows written; none kept is an error (after the
+    rejects and the report are written, which say why)."""
     from weitiao.io import claim_outputs, write_jsonl
 
-    claim_outputs([s.out, s.out.with_suffix(".rejects.jsonl"), s.out.with_suffix(".report.json")])
-    n = write_jsonl(s.out, rows)
+    claim_outputs(_outputs(s), [s.rules, s.prompts])
     write_jsonl(s.out.with_suffix(".rejects.jsonl"), rejects)
     _write_json(s.out.with_suffix(".report.json"), report)
     console.print(table)
     _report_errors(rejects)
     for w in report["untargeted"]:
         console.print(w, style="yellow", markup=False, highlight=False, soft_wrap=True)
-    return n
+    if not rows:
+        raise UserError(
+            f"--out {s.out}: no row kept ({len(rejects)} rejected; why: {s.out.with_suffix('.rejects.jsonl')}); "
+            "nothing written there"
+        )
+    return write_jsonl(s.out, rows)
 
 
 @rules_app.command("sft")
@@ -376,6 +395,7 @@ def rules_eval(
     from weitiao.safety import rules_build as rb
     from weitiao.safety.rules import load_rules, read_prompts
 
+    _claim([out], [rules, prompts])
     rs = load_rules(rules, _csv(ids))
     ps = read_prompts(prompts)
     system = rs.system_prompt() if rules_in_system else None
@@ -410,6 +430,7 @@ def rules_coverage(
     """Per-rule coverage: rows exercising each rule, check pass/fail of their replies, contrasting pairs."""
     from weitiao.safety.rules import coverage, load_rules, read_jsonl
 
+    _claim([out], [rules, *data])
     rs = load_rules(rules, _csv(ids))
     rows = [r for p in data for r in read_jsonl(p)]
     rep = coverage(rs, rows)
