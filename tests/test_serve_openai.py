@@ -424,6 +424,15 @@ def test_null_means_default_and_logprobs_refused_under_an_output_filter(url, par
     nulls = {"logprobs": None, "top_logprobs": None, "echo": None, "presence_penalty": None, "min_tokens": None}
     r = httpx.post(url + "/v1/chat/completions", json={"messages": MSGS, "max_tokens": 2, **nulls}, timeout=30)
     assert r.status_code == 200 and r.json()["choices"][0]["logprobs"] is None
+    # OpenAI's nullable sampling fields too (temperature: null was a 400): null is the default, same seeded text
+    nulls = {k: None for k in ("temperature", "top_p", "n", "stream", "stop", "top_k", "repetition_penalty")}
+    for path, body in (("/v1/chat/completions", {"messages": MSGS}), ("/v1/completions", {"prompt": "今天"})):
+        body |= {"max_tokens": 6, "seed": 3}
+        plain = httpx.post(url + path, json=body, timeout=30).json()["choices"]
+        r = httpx.post(url + path, json={**body, **nulls}, timeout=30)
+        assert r.status_code == 200 and r.json()["choices"] == plain
+    r = httpx.post(url + "/v1/chat/completions", json={"messages": MSGS, "audio": None}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "audio"  # unknown stays refused, even null
     with running(create_app(*parts, ServeSettings(model_name="tiny"), output_filter=lambda t: t)) as base:
         with pytest.raises(openai.BadRequestError, match="--pii") as e:
             client(base).chat.completions.create(model="tiny", messages=MSGS, max_tokens=2, logprobs=True)

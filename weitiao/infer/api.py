@@ -209,6 +209,9 @@ def read_body(body: bytes, schema: type[Sampling]) -> Any:
         if value is not None and allowed is not None and value not in allowed:
             msg = f"{name}: not supported by this server; leave it out or send {json.dumps(allowed[0])}"
             raise BadRequest(msg, name)
+    # null is "unset" for every field of ours (OpenAI declares temperature, top_p, n, stream... nullable, default
+    # when null); an unknown field is still refused, null or not
+    data = {k: v for k, v in data.items() if v is not None or k not in schema.model_fields}
     try:
         return schema.model_validate(data)
     except ValidationError as e:
