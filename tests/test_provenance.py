@@ -191,6 +191,10 @@ def test_bad_window_stride_and_baseline_rows_are_refused(tmp_path, tokenizer, mo
     for window, stride in ((0, None), (c + 8, 0), (c + 8, -3)):  # 0s meant "default"; stride -3 looped forever
         with pytest.raises(UserError, match="both are token counts ≥ 1"):
             score_tokens(model_a, enc.context_ids, enc.text_ids, Sampling(), window=window, stride=stride)
+    top = model_a.config.max_position_embeddings
+    with pytest.raises(UserError, match=rf"--window {top + 1} is over the model's {top} positions"):
+        score_tokens(model_a, enc.context_ids, enc.text_ids, Sampling(), window=top + 1)  # was: lowered silently
+    assert score_tokens(model_a, enc.context_ids, enc.text_ids, Sampling(), window=top)["logp"].numel() > 0
     rows = tmp_path / "texts.jsonl"
     rows.write_text('{"text": "挺好的"}\n{"text": null}\n', encoding="utf-8")
     with pytest.raises(UserError, match=r"texts.jsonl:2: text: None; expected the baseline text as a string"):

@@ -307,7 +307,12 @@ def score_tokens(
         raise UserError("provenance: the context is empty; the first text token needs a token before it")
     if (window is not None and window < 1) or (stride is not None and stride < 1):
         raise UserError(f"provenance: window {window} / stride {stride}; both are token counts ≥ 1")
-    window = min(window or max_positions(model), max_positions(model))
+    if window is not None and window > max_positions(model):  # it was lowered to the maximum without a word
+        raise UserError(
+            f"provenance: --window {window} is over the model's {max_positions(model)} positions "
+            "(max_position_embeddings); use at most that, or leave --window out"
+        )
+    window = window or max_positions(model)
     room = window - len(context_ids)  # text tokens that fit beside the whole prompt
     if room < 2:
         raise UserError(
