@@ -218,7 +218,8 @@ def test_a_gbk_csv_from_excel_is_read_and_bad_options_are_refused(tmp_path):
     with pytest.raises(UserError, match=r"bin\.csv: not UTF-8 or GB18030 text"):
         badcases.ingest([tmp_path / "bin.csv"])
     for kw, msg in (({"n_aug": -2}, "--augment -2: must be ≥ 0"), ({"k": 0}, "--clusters 0: must be ≥ 1"),
-                    ({"k": -1}, "--clusters -1: must be ≥ 1")):  # fmt: skip
+                    ({"k": -1}, "--clusters -1: must be ≥ 1"),
+                    ({"resume_from": str(tmp_path / "no-run")}, "--resume-from .*no-run: not found")):  # fmt: skip
         with pytest.raises(UserError, match=msg):
             badcases.run([tmp_path / "gbk.csv"], tmp_path / "o", None, **{"n_aug": 0, **kw}, progress=False)
     assert not (tmp_path / "o").exists()

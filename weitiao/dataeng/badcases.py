@@ -321,6 +321,8 @@ def run(
         raise UserError(f"--augment {n_aug}: must be ≥ 0 (0 = no teacher)")
     if k is not None and k < 1:
         raise UserError(f"--clusters {k}: must be ≥ 1 (leave it out for round(sqrt(n/2)))")
+    if resume_from and not Path(resume_from).expanduser().exists():  # the follow-up SFT would fail much later
+        raise UserError(f"--resume-from {resume_from}: not found; give the run or adapter dir to continue from")
     out = Path(out)
     claim_outputs([out / n for n in OUTPUTS], [*files, *([config] if config else [])])
     if config is not None and config.is_file():  # before the work: a base the follow-up cannot extend
