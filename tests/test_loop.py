@@ -298,3 +298,15 @@ def test_in_range_defaults_validate():
 
     cfg = load_config(SFTConfig, None, ["data.train=[x.jsonl]", "train.max_grad_norm=0", "train.eval_every=0"])
     assert cfg.train.max_steps is None and cfg.lora.alpha is None  # None: run by epochs; alpha = 2r
+
+
+def test_min_lr_ratio_with_the_constant_schedule_is_refused():
+    """scheduler constant never decays: a min_lr_ratio there was accepted and did nothing."""
+    from weitiao.config import load_config
+    from weitiao.recipes.sft import SFTConfig
+
+    base = ["data.train=[x.jsonl]", "train.min_lr_ratio=0.1"]
+    with pytest.raises(UserError, match="min_lr_ratio 0.1 has no effect with scheduler constant"):
+        load_config(SFTConfig, None, [*base, "train.scheduler=constant"])
+    for kind in ("cosine", "linear"):  # negative control: the decaying schedules use it
+        assert load_config(SFTConfig, None, [*base, f"train.scheduler={kind}"]).train.min_lr_ratio == 0.1

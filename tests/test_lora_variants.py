@@ -43,3 +43,36 @@ def test_peft_wrap_prints_no_future_warning(tiny_model_dir):
         [sys.executable, "-c", head + "warnings.resetwarnings(); " + build], capture_output=True, text=True
     )
     assert "is_gradient_checkpointing" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(
+    ("lora", "msg"),
+    [
+        ({"targets": ["q_proj", "v_prj"]}, "lora.targets: 'v_prj' matches no module"),
+        ({"modules_to_save": ["lm_head", "lm_haed"]}, "lora.modules_to_save: 'lm_haed' matches no module"),
+    ],
+)
+def test_a_listed_module_that_matches_nothing_is_refused(tiny_model_dir, lora, msg):
+    """peft refuses a target list only when no name matches: `[q_proj, v_prj]` trained q_proj alone, silently."""
+    from weitiao.errors import UserError
+
+    spec = ModelSpec(path=str(tiny_model_dir))
+    with pytest.raises(UserError, match=msg) as e:
+        build_trainable(spec, LoraSpec(**lora), torch.device("cpu"))
+    assert "v_proj" in str(e.value)  # the model's module names, to pick from
+    # negative control: every name matching builds what was asked
+    model = build_trainable(
+        spec, LoraSpec(targets=["q_proj", "v_proj"], modules_to_save=["lm_head"]), torch.device("cpu")
+    )
+    assert sorted({n.rsplit(".", 1)[-1] for n in model.targeted_module_names}) == ["q_proj", "v_proj"]
+    assert any("lm_head.modules_to_save" in n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_init_from_with_lora_off_is_refused(tiny_model_dir):
+    """Full fine-tuning with lora.init_from started from the base alone, the adapter silently left out."""
+    from weitiao.errors import UserError
+
+    with pytest.raises(UserError, match="lora.init_from .* lora.enabled is false"):
+        build_trainable(
+            ModelSpec(path=str(tiny_model_dir)), LoraSpec(enabled=False, init_from="x"), torch.device("cpu")
+        )

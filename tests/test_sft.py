@@ -278,3 +278,17 @@ def test_rows_with_nothing_to_train_are_counted_and_a_run_of_them_refused(tiny_m
         "3 training rows have no token to train"
         in sft.prepare_data(cfg, load_tokenizer(str(tiny_model_dir))).warnings[0]
     )
+
+
+def test_eval_keys_without_eval_data_are_refused(tiny_model_dir, chat_file, tmp_path):
+    """train.eval_every / early_stop_patience with no eval set never evaluated and never stopped, silently."""
+    for key in ("train.early_stop_patience=2", "train.eval_every=2"):
+        with pytest.raises(UserError, match=rf"^{key} needs eval data"):
+            sft.run(config(tiny_model_dir, chat_file, tmp_path / "a", "data.eval_split=0", "train.max_steps=2", key))
+    assert not (tmp_path / "a" / "metrics.jsonl").exists()  # refused before training
+    # negative control: eval_every timing the golden prompts (no save_every) is used, so it stays allowed
+    golden = write_jsonl(tmp_path / "golden.jsonl", [{"prompt": "推荐一部电影吧"}])
+    extra = ("data.eval_split=0", "train.max_steps=2", "train.eval_every=1", f"train.golden={golden}")
+    sft.run(config(tiny_model_dir, chat_file, tmp_path / "b", *extra))
+    assert not read_metrics(tmp_path / "b", "eval")
+    assert sorted({json.loads(x)["step"] for x in (tmp_path / "b" / "golden.jsonl").read_text().splitlines()}) == [1, 2]

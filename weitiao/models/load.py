@@ -258,10 +258,32 @@ def add_lora(model: Any, spec: LoraSpec, gradient_checkpointing: bool = False, t
         modules_to_save=spec.modules_to_save,
         task_type=task_type,
     )
+    leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and not list(m.children())})
     try:
-        return get_peft_model(model, config)
+        peft_model = get_peft_model(model, config)
     except ValueError as e:
         raise UserError(f"lora.targets: {e}") from None
+    refuse_unmatched(peft_model, spec, leaves)
+    return peft_model
+
+
+def refuse_unmatched(peft_model: Any, spec: LoraSpec, leaves: list[str]) -> None:
+    """A name in lora.targets or lora.modules_to_save that matched no module is one line (peft only refuses a
+    list of which no name matches, so `[q_proj, v_prj]` trained q_proj alone, silently)."""
+    from peft.utils.other import ModulesToSaveWrapper
+
+    targeted = list(peft_model.targeted_module_names)
+    saved = [n for n, m in peft_model.named_modules() if isinstance(m, ModulesToSaveWrapper)]
+    lists = {
+        "targets": (spec.targets if isinstance(spec.targets, list) else [], targeted, True),
+        "modules_to_save": (spec.modules_to_save or [], saved, False),
+    }
+    for key, (names, found, dotted) in lists.items():
+        for name in names:  # peft's own matching: targets by whole name parts, modules_to_save by name suffix
+            if not any(f == name or f.endswith(("." + name) if dotted else name) for f in found):
+                raise UserError(
+                    f"lora.{key}: {name!r} matches no module of the model (its modules: {', '.join(leaves)})"
+                )
 
 
 def load_lora(model: Any, adapter: str, gradient_checkpointing: bool = False, spec: LoraSpec | None = None) -> Any:
@@ -336,6 +358,12 @@ def build_trainable(model: ModelSpec, lora: LoraSpec, device: torch.device, head
         return add_lora(base, lora, model.gradient_checkpointing, "SEQ_CLS" if head == "score" else "CAUSAL_LM")
     if model.quant != "none":
         raise UserError("model.quant: quantized weights cannot be fully fine-tuned; set lora.enabled: true")
+    if lora.init_from:  # full fine-tuning would start from the base alone, the adapter silently left out
+        raise UserError(
+            f"lora.init_from {lora.init_from} continues an adapter, but lora.enabled is false (full fine-tuning); "
+            "set lora.enabled: true, or drop lora.init_from (to fine-tune it fully, merge it with "
+            "`weitiao export --merge` and set model.path)"
+        )
     if model.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return base

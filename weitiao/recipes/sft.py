@@ -221,6 +221,7 @@ def run(cfg: SFTConfig) -> dict:
     # 1. Data: validate, template, tokenize; every row accounted for.
     tokenizer = load_tokenizer(cfg.model.path)
     data = prepare_data(cfg, tokenizer)
+    loop.refuse_eval_without_data(t, bool(data.eval), golden_cadence=True)
     pad_id = tokenizer.pad_token_id
     world = accel.num_processes
     lr = t.lr if t.lr is not None else (2e-4 if cfg.lora.enabled else 2e-5)

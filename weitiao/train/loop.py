@@ -127,6 +127,22 @@ def set_lr(optimizer: Any, t: TrainSpec, lr: float, step: int, total: int) -> No
         g["lr"] = lr_at(step, total, lr, int(t.warmup_ratio * total), t.scheduler, t.min_lr_ratio)
 
 
+def refuse_eval_without_data(t: TrainSpec, has_eval: bool, golden_cadence: bool = False) -> None:
+    """train.eval_every and train.early_stop_patience need an eval set: without one they would be silently
+    ignored (no eval, no early stop). `golden_cadence`: eval_every also times the golden prompts (no save_every)."""
+    if has_eval:
+        return
+    keys = [k for k in ("early_stop_patience", "eval_every") if getattr(t, k)]
+    if golden_cadence and t.golden and not t.save_every:
+        keys = [k for k in keys if k != "eval_every"]
+    if keys:
+        raise UserError(
+            f"train.{keys[0]}={getattr(t, keys[0])} needs eval data, and there is none (no data.eval files, "
+            "data.eval_split 0 or no row left for it): it would be ignored; set data.eval or data.eval_split, "
+            f"or drop train.{keys[0]}"
+        )
+
+
 def micro_batches(
     accel: Any, module: Any, units: Units, seed: tuple[int, int] | None = None
 ) -> Iterator[list[list[int]]]:

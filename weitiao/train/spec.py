@@ -50,8 +50,12 @@ class TrainSpec(RunSpec):
     lr: float | None = Field(None, gt=0, description="default 2e-4 with LoRA, 2e-5 full fine-tuning")
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="learning rate after warmup")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of steps warming the learning rate up")
-    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final learning rate as a share of lr")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    min_lr_ratio: float = Field(
+        0.0, ge=0, le=1, description="where cosine/linear decay ends, as a share of lr (reached after the last step)"
+    )
+    weight_decay: float = Field(
+        0.0, ge=0, description="AdamW weight decay on every trainable weight (LoRA A and B; full: norms, biases too)"
+    )
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
         (0.9, 0.999), description="AdamW betas"
     )
@@ -66,6 +70,15 @@ class TrainSpec(RunSpec):
     compile: bool = Field(
         False, description="torch.compile each decoder layer (first steps slower while compiling; same losses)"
     )
+
+    @model_validator(mode="after")
+    def _min_lr_needs_decay(self) -> TrainSpec:
+        if self.scheduler == "constant" and self.min_lr_ratio > 0:  # the constant schedule never decays to it
+            raise ValueError(
+                f"min_lr_ratio {self.min_lr_ratio} has no effect with scheduler constant (the lr stays at train.lr "
+                "after warmup); set scheduler cosine or linear, or drop min_lr_ratio"
+            )
+        return self
 
 
 class PairTrainSpec(TrainSpec):
