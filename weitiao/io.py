@@ -120,11 +120,14 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     return obj
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)  # one decoder: json.loads with a hook builds one a call
+
+
 def loads(text: str) -> Any:
     """json.loads that refuses an object with a repeated key and turns a nesting too deep for Python into a
     ValueError instead of a RecursionError."""
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys)
+        return _DECODER.decode(text)
     except RecursionError:
         raise ValueError("nested too deeply") from None
 

@@ -441,11 +441,14 @@ def _misspelled_in_message(key: str) -> str | None:
     return close[0] if close else None
 
 
+_PLAIN_MESSAGE = frozenset(MESSAGE_KEYS)
+
+
 def _check_message_keys(record: dict) -> None:
     for name in MESSAGE_LISTS:
         msgs = record.get(name)
         for i, m in enumerate(msgs if isinstance(msgs, list) else [msgs] if isinstance(msgs, dict) else []):
-            if not isinstance(m, dict):
+            if not isinstance(m, dict) or m.keys() <= _PLAIN_MESSAGE:  # the common case, checked at C speed
                 continue
             at = f"{name}[{i}]" if isinstance(msgs, list) else name
             for key in m:
