@@ -76,3 +76,12 @@ def test_init_from_with_lora_off_is_refused(tiny_model_dir):
         build_trainable(
             ModelSpec(path=str(tiny_model_dir)), LoraSpec(enabled=False, init_from="x"), torch.device("cpu")
         )
+
+
+@pytest.mark.parametrize("quant", ["none", "8bit"])
+def test_quant_storage_without_4bit_is_refused(quant):
+    """model.quant_storage bf16 without quant 4bit loaded a full-precision (or 8-bit) base, silently."""
+    with pytest.raises(Exception, match=f"quant_storage bf16 applies to 4-bit weights only and quant is {quant}"):
+        ModelSpec(quant=quant, quant_storage="bf16")
+    assert ModelSpec(quant="4bit", quant_storage="bf16").quant_storage == "bf16"  # negative control
+    assert ModelSpec(quant=quant).quant_storage == "uint8"  # the default stays valid (recorded config.yaml files)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from weitiao.config import ModelRef
 from weitiao.errors import UserError
@@ -39,6 +39,15 @@ class ModelSpec(BaseModel):
     )
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, slower")
     trust_remote_code: bool = Field(False, description="run the model repo's own Python code (repos you trust only)")
+
+    @model_validator(mode="after")
+    def _storage_needs_4bit(self) -> ModelSpec:
+        if self.quant_storage != "uint8" and self.quant != "4bit":  # only the 4-bit weights are stored in it
+            raise ValueError(
+                f"quant_storage {self.quant_storage} applies to 4-bit weights only and quant is {self.quant}: "
+                "set quant 4bit, or drop quant_storage"
+            )
+        return self
 
 
 class LoraSpec(BaseModel):

@@ -61,7 +61,11 @@ class TrainSpec(RunSpec):
     )
     max_grad_norm: float = Field(1.0, ge=0, description="0 = no clipping")
     epochs: float = Field(1.0, gt=0, description="passes over the training data (fractions allowed)")
-    micro_batch_size: int = Field(4, gt=0, description="rows per micro-batch per process")
+    micro_batch_size: int = Field(
+        4,
+        gt=0,
+        description="rows per micro-batch per process (data.packing: each row packs several examples)",
+    )
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     log_every: int = Field(1, gt=0, description="write train metrics every N steps (and at the last)")
     eval_every: int = Field(0, ge=0, description="0 = only at the end")
