@@ -310,3 +310,14 @@ def test_min_lr_ratio_with_the_constant_schedule_is_refused():
         load_config(SFTConfig, None, [*base, "train.scheduler=constant"])
     for kind in ("cosine", "linear"):  # negative control: the decaying schedules use it
         assert load_config(SFTConfig, None, [*base, f"train.scheduler={kind}"]).train.min_lr_ratio == 0.1
+
+
+def test_early_stop_patience_without_eval_every_is_refused():
+    """eval_every 0 evaluates once, at the last step: a patience there could never stop anything."""
+    from weitiao.config import load_config
+    from weitiao.recipes.sft import SFTConfig
+
+    base = ["data.train=[x.jsonl]", "train.early_stop_patience=3"]
+    with pytest.raises(UserError, match="early_stop_patience 3 needs evals during the run, and eval_every 0"):
+        load_config(SFTConfig, None, base)
+    assert load_config(SFTConfig, None, [*base, "train.eval_every=50"]).train.early_stop_patience == 3  # control

@@ -282,9 +282,9 @@ def test_rows_with_nothing_to_train_are_counted_and_a_run_of_them_refused(tiny_m
 
 def test_eval_keys_without_eval_data_are_refused(tiny_model_dir, chat_file, tmp_path):
     """train.eval_every / early_stop_patience with no eval set never evaluated and never stopped, silently."""
-    for key in ("train.early_stop_patience=2", "train.eval_every=2"):
-        with pytest.raises(UserError, match=rf"^{key} needs eval data"):
-            sft.run(config(tiny_model_dir, chat_file, tmp_path / "a", "data.eval_split=0", "train.max_steps=2", key))
+    for keys in (["train.early_stop_patience=2", "train.eval_every=1"], ["train.eval_every=2"]):
+        with pytest.raises(UserError, match=rf"^{keys[0]} needs eval data"):
+            sft.run(config(tiny_model_dir, chat_file, tmp_path / "a", "data.eval_split=0", "train.max_steps=2", *keys))
     assert not (tmp_path / "a" / "metrics.jsonl").exists()  # refused before training
     # negative control: eval_every timing the golden prompts (no save_every) is used, so it stays allowed
     golden = write_jsonl(tmp_path / "golden.jsonl", [{"prompt": "推荐一部电影吧"}])

@@ -76,6 +76,15 @@ class TrainSpec(RunSpec):
     )
 
     @model_validator(mode="after")
+    def _patience_needs_evals(self) -> TrainSpec:
+        if self.early_stop_patience and not self.eval_every:  # one eval, at the last step: nothing left to stop
+            raise ValueError(
+                f"early_stop_patience {self.early_stop_patience} needs evals during the run, and eval_every 0 "
+                "evaluates only at the end; set eval_every (e.g. 100), or drop early_stop_patience"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _min_lr_needs_decay(self) -> TrainSpec:
         if self.scheduler == "constant" and self.min_lr_ratio > 0:  # the constant schedule never decays to it
             raise ValueError(
