@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from weitiao.data.templates import resolve_template
-from weitiao.infer.generate import generate, stream_reply
+from weitiao.infer.generate import end_ids, generate, stream_reply
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [
@@ -65,3 +65,32 @@ def test_chat_prompt_one_shot(tiny_model_dir):
     )
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.endswith("\n") and len(p.stdout.strip()) > 0
+
+
+def test_chat_stops_at_the_tokenizer_eos_and_generation_config_eos_as_served():
+    # a tokenizer whose EOS (<|endoftext|>) is not the template's end-of-turn (<|im_end|>), as Qwen2.5 base:
+    # `weitiao chat` went on past an EOS the model emitted (skipped in decoding) where serve and HF stop
+    from conftest import build_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_tokenizer(eos="<|endoftext|>")
+    t = resolve_template(tok)
+    eos, eot, other = tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("a")
+    assert eos != eot
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        eos_token_id=eos, pad_token_id=tok.pad_token_id, bos_token_id=None,
+    )  # fmt: skip
+    model = LlamaForCausalLM(cfg).eval()
+    ids = tok(t.render(tok, PROMPTS[1], add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    free = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, eos_token_id=[eot])[0, len(ids) :]
+    with torch.no_grad():  # EOS takes the place of the second greedy token
+        model.lm_head.weight[eos] = 1.5 * model.lm_head.weight[free[1]]
+    hf = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, eos_token_id=[eot, eos])
+    hf = hf[0, len(ids) :].tolist()
+    assert hf[-1] == eos and len(hf) == 2
+    chat = "".join(stream_reply(model, tok, t, PROMPTS[1], max_new_tokens=12, temperature=0))
+    assert chat == tok.decode(hf[:-1])  # was the reply past the EOS too
+    model.generation_config.eos_token_id = [eos, other]  # HF generate stops at each of these
+    assert end_ids(model, tok, t) == {eot, eos, other}

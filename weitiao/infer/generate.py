@@ -450,8 +450,8 @@ class _Reply:
 
     adapter, logprobs = "__base__", None
 
-    def __init__(self, prompt_ids: list[int], sampling: RowSampling, eot_id: int, max_new: int) -> None:
-        self.prompt_ids, self.sampling, self.eot_id, self.max_new = prompt_ids, sampling, eot_id, max_new
+    def __init__(self, prompt_ids: list[int], sampling: RowSampling, stops: set[int], max_new: int) -> None:
+        self.prompt_ids, self.sampling, self.stops, self.max_new = prompt_ids, sampling, stops, max_new
         self.ids: list[int] = []
         self.sampled: list[float] = []  # log-probs where drawn, when the engine keeps them
         self.stopped = False
@@ -459,7 +459,7 @@ class _Reply:
 
     def feed(self, token: int, logprob: tuple | None = None) -> None:
         self.ids.append(token)
-        self.stopped = token == self.eot_id
+        self.stopped = token in self.stops
         self.done = self.stopped or len(self.ids) >= self.max_new
 
 
@@ -515,6 +515,15 @@ def _eot_pad(tokenizer: Any, template: ChatTemplate) -> tuple[int, int]:
     return eot_id, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot_id
 
 
+def end_ids(model: Any, tokenizer: Any, template: ChatTemplate) -> set[int]:
+    """Every id a served reply ends at: the template's end-of-turn, the tokenizer's EOS (Qwen2.5 base's
+    <|endoftext|> beside <|im_end|>) and the model's generation_config.json eos_token_id, as HF generate."""
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    more = getattr(getattr(hf, "generation_config", None), "eos_token_id", None)
+    more = [more] if isinstance(more, int) else list(more or [])
+    return {tokenizer.convert_tokens_to_ids(template.eot), tokenizer.eos_token_id, *more} - {None}
+
+
 def generate_ids(
     model: Any,
     tokenizer: Any,
@@ -550,7 +559,7 @@ def generate_ids(
         tokenizer(template.render(tokenizer, c, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
         for c in conversations
     ]
-    rows = [_Reply(p, sampling, eot_id, max_new_tokens) for p in prompts]
+    rows = [_Reply(p, sampling, {eot_id}, max_new_tokens) for p in prompts]
     # all of a batch's prompts in one prefill: offline, nobody waits on the first token
     chunk = batch_size * max((len(p) for p in prompts), default=1)
     engine = Engine(model, pad_id, max_rows=batch_size, prefill_chunk=chunk, ban=ban, sampled_logps=logps)
@@ -590,14 +599,15 @@ def stream_reply(
 
     top_k and the rest come from the model's generation_config.json, as `generate_ids` with model_defaults.
     """
-    eot_id, pad_id = _eot_pad(tokenizer, template)
+    _, pad_id = _eot_pad(tokenizer, template)
     hf = model.get_base_model() if hasattr(model, "get_base_model") else model
     top_k = getattr(getattr(hf, "generation_config", None), "top_k", None)
     greedy = temperature == 0
     sampling = RowSampling(temperature, 1.0 if greedy else top_p, 0 if greedy else 50 if top_k is None else top_k)
     sampling, ban = _settings(model, replace(sampling, repetition_penalty=repetition_penalty), 0, True)
     prompt = template.render(tokenizer, messages, add_generation_prompt=True)
-    row = _Reply(tokenizer(prompt, add_special_tokens=False)["input_ids"], sampling, eot_id, max_new_tokens)
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    row = _Reply(ids, sampling, end_ids(model, tokenizer, template), max_new_tokens)  # as when served
     engine = Engine(model, pad_id, max_rows=1, prefill_chunk=len(row.prompt_ids), ban=ban)
     engine.add([row])
     decoder, fed = IncrementalDecoder(tokenizer), 0  # new tokens only, not the whole reply every step

@@ -60,7 +60,7 @@ from weitiao.errors import UserError
 from weitiao.infer import tools as tooling
 from weitiao.infer.api import BadRequest, ChatRequest, CompletionRequest, Guard, Sampling, error, read_body
 from weitiao.infer.constrain import Constrain, MaskCache, TokenBytes
-from weitiao.infer.generate import Engine, KVBatch, RowSampling, logprob_entries
+from weitiao.infer.generate import Engine, KVBatch, RowSampling, end_ids, logprob_entries
 from weitiao.infer.logprobs import LogprobFormat
 
 
@@ -240,7 +240,7 @@ def create_app(
     with finish_reason "content_filter", nothing generated); `output_filter(text)` rewrites each reply."""
     cfg = settings or ServeSettings()
     context = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
-    stop_ids = {tokenizer.convert_tokens_to_ids(template.eot), tokenizer.eos_token_id} - {None}
+    stop_ids = end_ids(model, tokenizer, template)  # as `weitiao chat` and HF generate stop
     vocab = model.config.vocab_size
     served = [cfg.model_name, *cfg.adapters]
     fmt = LogprobFormat(tokenizer)
