@@ -85,3 +85,14 @@ def test_quant_storage_without_4bit_is_refused(quant):
         ModelSpec(quant=quant, quant_storage="bf16")
     assert ModelSpec(quant="4bit", quant_storage="bf16").quant_storage == "bf16"  # negative control
     assert ModelSpec(quant=quant).quant_storage == "uint8"  # the default stays valid (recorded config.yaml files)
+
+
+def test_one_string_target_matching_nothing_says_it_is_a_regex(tiny_model_dir):
+    """`lora.targets=q_proj` is a string, which peft reads as a regex over full names: say so, and how to list."""
+    from weitiao.errors import UserError
+
+    spec = ModelSpec(path=str(tiny_model_dir))
+    with pytest.raises(UserError, match=r"a single string is a regular expression .* lora.targets=\[q_proj,v_proj\]"):
+        build_trainable(spec, LoraSpec(targets="q_proj"), torch.device("cpu"))
+    model = build_trainable(spec, LoraSpec(targets=r".*\.q_proj"), torch.device("cpu"))  # negative control
+    assert {n.rsplit(".", 1)[-1] for n in model.targeted_module_names} == {"q_proj"}

@@ -59,7 +59,9 @@ class LoraSpec(BaseModel):
     r: int = Field(16, gt=0, description="adapter rank")
     alpha: float | None = Field(None, gt=0, description="default 2*r")
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter's input")
-    targets: str | list[str] = Field("all-linear", description="'all-linear' or module names")
+    targets: str | list[str] = Field(
+        "all-linear", description="'all-linear', a list of module names, or one regex over full module names"
+    )
     dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (magnitude + direction)")
     rslora: bool = Field(False, description="rsLoRA scaling alpha/sqrt(r) instead of alpha/r")
     modules_to_save: list[str] | None = Field(None, description="modules trained in full and saved with the adapter")
@@ -271,6 +273,12 @@ def add_lora(model: Any, spec: LoraSpec, gradient_checkpointing: bool = False, t
     try:
         peft_model = get_peft_model(model, config)
     except ValueError as e:
+        if isinstance(spec.targets, str) and "not found" in str(e):  # peft reads one string as a regex
+            raise UserError(
+                f"lora.targets: {spec.targets!r} matches no module: a single string is a regular expression over "
+                "full module names (peft); give names as a list, e.g. lora.targets=[q_proj,v_proj] "
+                f"(its modules: {', '.join(leaves)})"
+            ) from None
         raise UserError(f"lora.targets: {e}") from None
     refuse_unmatched(peft_model, spec, leaves)
     return peft_model
