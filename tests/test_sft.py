@@ -249,12 +249,14 @@ def test_init_from_refuses_a_different_shape_and_applies_dropout(tiny_model_dir,
         assert drops and all(type(d) is want for d in drops)
 
 
-def test_golden_prompts_answered_at_each_save(tiny_model_dir, chat_file, tmp_path):
+@pytest.mark.parametrize(("steps", "save_every", "want"), [(4, 2, [2, 4]), (5, 2, [2, 4, 5]), (3, 0, [3])])
+def test_golden_prompts_answered_at_each_save(tiny_model_dir, chat_file, tmp_path, steps, save_every, want):
+    """The last step saves final/ too: its answers were missing unless it fell on save_every (none with 0)."""
     golden = write_jsonl(tmp_path / "golden.jsonl", [{"prompt": "今天天气怎么样？"}, {"prompt": "推荐一部电影吧"}])
-    extra = ("train.max_steps=4", "train.save_every=2", f"train.golden={golden}")
+    extra = (f"train.max_steps={steps}", f"train.save_every={save_every}", f"train.golden={golden}")
     sft.run(config(tiny_model_dir, chat_file, tmp_path / "run", *extra))
     rows = [json.loads(x) for x in (tmp_path / "run" / "golden.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert sorted({r["step"] for r in rows}) == [2, 4] and len(rows) == 4
+    assert sorted({r["step"] for r in rows}) == want and len(rows) == 2 * len(want)
 
 
 def test_rows_with_nothing_to_train_are_counted_and_a_run_of_them_refused(tiny_model_dir, tmp_path):

@@ -202,12 +202,19 @@ def evaluate(
     }
 
 
-def _golden_hook(t: TrainSpec, model: Any, tokenizer: Any, template: Any, out: Path) -> Any:
-    """Answer the golden prompts at each save (or eval) step, for `weitiao eval golden` (Q148)."""
+def _golden_hook(t: TrainSpec, model: Any, tokenizer: Any, template: Any, out: Path, total: int) -> Any:
+    """Answer the golden prompts at each save (or, without save_every, eval) step, the last step and an early
+    stop included, for `weitiao eval golden` (Q148)."""
     from weitiao.eval.golden import golden_callback
 
     every = t.save_every or t.eval_every
-    return golden_callback(t.golden, every, model=model, tokenizer=tokenizer, template=template, run_dir=out)
+    answer = golden_callback(t.golden, 1, model=model, tokenizer=tokenizer, template=template, run_dir=out)
+
+    def at(step: int, metrics: dict, stopped_early: bool) -> None:
+        if (every and step % every == 0) or step == total or stopped_early:
+            answer(step, metrics)
+
+    return at
 
 
 def run(cfg: SFTConfig) -> dict:
@@ -244,7 +251,7 @@ def run(cfg: SFTConfig) -> dict:
         print_data_summary(data, cfg, trainable, total_params, world, log if ckpt is None else None)
     plan = loop.EpochPlan(example_lengths(data.train), cfg.data.max_len, cfg.data.packing, t, world)
     total = plan.total_steps(state)
-    golden = _golden_hook(t, model, tokenizer, data.template, out) if t.golden and main else None
+    golden = _golden_hook(t, model, tokenizer, data.template, out, total) if t.golden and main else None
 
     def evaluate_now() -> dict[str, float]:
         return evaluate(loss_mod, data.eval, cfg, pad_id, accel, one_row)
@@ -275,9 +282,10 @@ def run(cfg: SFTConfig) -> dict:
             optimizer.zero_grad(set_to_none=True)
             bar = f"loss {m['loss']:.4f} · {m['tokens_per_s']:,.0f} tok/s"
             run.record(step + 1, epoch, sums, m, norm, bar, plan.tokens(units))
+            stop = run.eval_save_stop(step + 1, evaluate_now if data.eval else None)
             if golden:
-                golden(step + 1, m)
-            if run.eval_save_stop(step + 1, evaluate_now if data.eval else None):
+                golden(step + 1, m, run.stopped_early)
+            if stop:
                 break
 
     # 5. Final weights with the chat template used in training written into the tokenizer.
