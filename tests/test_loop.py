@@ -321,3 +321,16 @@ def test_early_stop_patience_without_eval_every_is_refused():
     with pytest.raises(UserError, match="early_stop_patience 3 needs evals during the run, and eval_every 0"):
         load_config(SFTConfig, None, base)
     assert load_config(SFTConfig, None, [*base, "train.eval_every=50"]).train.early_stop_patience == 3  # control
+
+
+def test_golden_in_dpo_or_rm_is_refused():
+    """train.golden (TrainSpec) was accepted by DPO and RM, whose loops never answer it."""
+    from weitiao.config import load_config
+    from weitiao.recipes.dpo import DPOConfig
+    from weitiao.recipes.rm import RMConfig
+    from weitiao.recipes.sft import SFTConfig
+
+    for cls in (DPOConfig, RMConfig):
+        with pytest.raises(UserError, match="golden is answered during training by weitiao sft only"):
+            load_config(cls, None, ["data.train=[x.jsonl]", "train.golden=g.jsonl"])
+    assert load_config(SFTConfig, None, ["data.train=[x.jsonl]", "train.golden=g.jsonl"]).train.golden  # control

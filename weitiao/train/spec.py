@@ -99,6 +99,15 @@ class PairTrainSpec(TrainSpec):
 
     disable_dropout: bool = Field(True, description="dropout off in the policy, so step 0 has π = π_ref")
 
+    @model_validator(mode="after")
+    def _no_golden(self) -> PairTrainSpec:
+        if self.golden is not None:  # only the SFT loop answers golden prompts during training
+            raise ValueError(
+                "golden is answered during training by weitiao sft only (DPO and RM would ignore it); drop it and "
+                "run `weitiao eval golden --run RUN --prompts FILE` on the finished run"
+            )
+        return self
+
 
 class DataFilesSpec(BaseModel):
     """Where the data files are and how they are read, templated and cached (SFT and preference data)."""
