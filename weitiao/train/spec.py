@@ -67,7 +67,9 @@ class TrainSpec(RunSpec):
         description="rows per micro-batch per process (data.packing: each row packs several examples)",
     )
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
-    log_every: int = Field(1, gt=0, description="write train metrics every N steps (and at the last)")
+    log_every: int = Field(
+        1, gt=0, description="write train metrics every N steps and at the last (that step's own, not a mean over N)"
+    )
     eval_every: int = Field(0, ge=0, description="0 = only at the end")
     early_stop_patience: int = Field(0, ge=0, description="evals without improvement before stopping; 0 = off")
     golden: ConfigPath | None = Field(None, description="golden prompts file: answer them at every save (golden.jsonl)")
