@@ -94,3 +94,29 @@ def test_chat_stops_at_the_tokenizer_eos_and_generation_config_eos_as_served():
     assert chat == tok.decode(hf[:-1])  # was the reply past the EOS too
     model.generation_config.eos_token_id = [eos, other]  # HF generate stops at each of these
     assert end_ids(model, tok, t) == {eot, eos, other}
+
+
+def test_chat_refuses_a_conversation_over_the_context_and_stops_at_its_end(tiny_model_dir, tokenizer):
+    import pytest
+
+    from weitiao.errors import UserError
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    t = resolve_template(tokenizer)
+    long = [{"role": "user", "content": "".join(map(chr, range(0x4E00, 0x4E00 + 300)))}]  # 900 tokens > 512
+    with pytest.raises(UserError, match="context is 512"):
+        next(stream_reply(model, tokenizer, t, long, max_new_tokens=8, temperature=0))
+    model.config.max_position_embeddings = 40  # 5 tokens left after the prompt: the reply ends there
+    n = len(tokenizer(t.render(tokenizer, PROMPTS[1], add_generation_prompt=True))["input_ids"])
+    reply = "".join(stream_reply(model, tokenizer, t, PROMPTS[1], max_new_tokens=100, temperature=0))
+    assert len(tokenizer(reply)["input_ids"]) <= 40 - n
+
+
+def test_interactive_chat_says_the_history_is_over_the_context_and_goes_on(tiny_model_dir, monkeypatch, capsys):
+    from weitiao.infer import chat
+
+    lines = iter(["".join(map(chr, range(0x4E00, 0x4E00 + 300))), "/reset", "你好", "/exit"])
+    monkeypatch.setattr("builtins.input", lambda _: next(lines))
+    chat.run(str(tiny_model_dir), None, None, None, 3, 0.0, 1.0, 1.0)
+    out = capsys.readouterr().out
+    assert "model's context is 512" in out and "/reset clears the history" in out and "(history cleared)" in out

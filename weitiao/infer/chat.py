@@ -142,5 +142,9 @@ def run(
             print(f"(system: {system or 'none'})")
             continue
         sys.stdout.write("AI> ")
-        reply = answer(text)
+        try:
+            reply = answer(text)
+        except UserError as e:  # the history outgrew the context: say so, keep the session
+            print(f"error: {e} (/reset clears the history)")
+            continue
         history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
