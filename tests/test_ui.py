@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import stat
 import sys
 import time
@@ -636,3 +637,104 @@ def test_estimate_refuses_what_it_cannot_size_instead_of_guessing(root):
                             ({"gpu": "tpu-v9"}, "gpu"), ({"rank": 8}, "unknown field 'rank'")]:  # fmt: skip
             r = c.post("/api/estimate", json=body)
             assert r.status_code == 400 and field in r.text, (body, r.text)
+
+
+def test_api_refuses_fields_and_numbers_it_would_drop_or_guess(root, full_run):
+    """A typo'd field (`temprature`) was dropped (greedy chat), "false" merged, 5000 tokens became 1024, "abc"
+    or -5 broke the server mid-stream: each is now one 400 line naming the field (negative control: a good chat)."""
+    msgs = [{"role": "user", "content": "你好"}]
+    chat = {"run": "full", "ckpt": "final", "messages": msgs, "max_new_tokens": 4}
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        assert c.post("/api/chat", json=chat | {"temperature": 0}).status_code == 200
+        refused = [
+            ("/api/chat", chat | {"temprature": 0.7}, "unknown field 'temprature'"),
+            ("/api/chat", chat | {"max_new_tokens": "abc"}, "max_new_tokens"),
+            ("/api/chat", chat | {"max_new_tokens": -5}, "max_new_tokens"),
+            ("/api/chat", chat | {"max_new_tokens": 5000}, "limit of 1024"),
+            ("/api/chat", chat | {"temperature": -1}, "temperature"),
+            ("/api/chat", chat | {"temperature": "hot"}, "temperature"),
+            ("/api/export", {"run": "full", "ckpt": "final", "merge": "false"}, "merge"),
+            ("/api/export", {"run": "full", "ckpt": "final", "quant": "q4"}, "unknown field 'quant'"),
+            ("/api/golden", {"run": "full", "ckpts": ["final"], "prompts": "data/golden.jsonl", "max_new": 4},
+             "unknown field 'max_new'"),
+            ("/api/golden", {"run": "full", "ckpts": ["final"], "prompts": "data/golden.jsonl", "max_new_tokens": 0},
+             "max_new_tokens"),
+            ("/api/arenas", {"ckpts": ["full/base", "full/final"], "prompts": "data/golden.jsonl", "seed": 1},
+             "unknown field 'seed'"),
+            ("/api/mix", {"sources": [{"path": "data/a.jsonl", "ratio": 1, "weight": 2}], "out": "data/m.jsonl"},
+             "unknown field 'weight'"),
+            ("/api/mix", {"sources": [{"path": "data/a.jsonl", "ratio": 1}], "out": "data/m.jsonl", "total": "x"},
+             "total"),
+            ("/api/runs", {"kind": "sft", "name": "n", "value": {"data.train": '["data/a.jsonl"]'}},
+             "unknown field 'value'"),
+            ("/api/runs/full/resume", {"from": "step-1"}, "unknown field 'from'"),
+        ]  # fmt: skip
+        for path, body, why in refused:
+            r = c.post(path, json=body)
+            assert r.status_code == 400 and why in r.json()["error"], (path, body, r.text)
+        assert not (root / "data" / "m.jsonl").exists() and not (root / "runs" / "n").exists()
+        assert not (full_run / "exports").exists() and not (full_run / "golden.jsonl").exists()
+
+
+def test_a_run_name_is_taken_by_one_mkdir_not_a_check_then_write(tmp_path, fake_python):
+    """Two creates of one name at once, or a leftover link in RUNS, got a 500 (FileExistsError) after the
+    exists() check passed; now one clear refusal, and the link is left as it was."""
+    import threading
+
+    store = RunStore(tmp_path / "runs", python=fake_python)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "gone").symlink_to(tmp_path / "moved-away")
+    with pytest.raises(UserError, match="exists already"):
+        store.create("gone", "sft", "train: {}\n")
+    assert os.readlink(tmp_path / "runs" / "gone") == str(tmp_path / "moved-away")
+    assert not (tmp_path / "moved-away").exists()
+    results: list = []
+    barrier = threading.Barrier(4)
+
+    def make() -> None:
+        barrier.wait()
+        try:
+            results.append(store.create("same", "sft", "train: {}\n")["status"])
+        except UserError as e:
+            results.append(str(e))
+
+    threads = [threading.Thread(target=make) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r == "starting" for r in results) == [False, False, False, True], results
+    store.stop("same") if wait_for(lambda: store.state("same")["status"] == "running") else None
+    wait_for(lambda: store.state("same")["status"] == "stopped")
+
+
+def test_a_stop_while_the_keeper_starts_the_trainer_stops_the_trainer(tmp_path, fake_python):
+    """The keeper set its SIGTERM handler after starting the trainer: a stop in between killed the keeper
+    and left the trainer running, orphaned. Now the handler is set first and passes the stop on."""
+    import subprocess
+
+    from weitiao.ui import supervise
+
+    ui = tmp_path / "r" / "ui"
+    ui.mkdir(parents=True)
+    cmd = [fake_python, "-m", "weitiao", "sft", "x"]
+    (ui / "run.json").write_text(json.dumps({"status": "starting", "command": cmd, "cwd": str(tmp_path)}))
+    real = subprocess.Popen
+
+    def popen_then_stop(*a, **kw):
+        p = real(*a, **kw)
+        os.kill(os.getpid(), signal.SIGTERM)  # the stop arrives right after the trainer started
+        return p
+
+    old = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda *_: pytest.fail("the keeper's own handler was not set"))
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(supervise.subprocess, "Popen", popen_then_stop)
+            supervise.main(ui)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    state = json.loads((ui / "run.json").read_text())
+    assert state["status"] == "stopped" and state["returncode"] == -signal.SIGTERM
+    with pytest.raises(OSError):
+        os.kill(state["child_pid"], 0)

@@ -76,8 +76,8 @@ def warm_imports() -> None:
     import weitiao.infer.export  # noqa: F401
 
 
-def _whole(body: dict, key: str, default: int) -> int:
-    """A form field as a whole number ≥ 1 (the page sends text); empty is the default."""
+def _whole(body: dict, key: str, default: Any, most: int | None = None) -> Any:
+    """A form field as a whole number ≥ 1 (and ≤ `most`; the page sends text); empty is the default."""
     v = body.get(key)
     if v is None or v == "":
         return default
@@ -87,7 +87,17 @@ def _whole(body: dict, key: str, default: int) -> int:
         n = 0
     if n < 1 or (isinstance(v, float) and v != n):
         raise UserError(f"{key}: {v!r} is not a whole number ≥ 1")
+    if most is not None and n > most:
+        raise UserError(f"{key}: {v!r} is over the console's limit of {most}")
     return n
+
+
+def _known(body: Any, known: set[str], what: str) -> None:
+    """Refuse a field this endpoint does not read (a typo would otherwise be silently dropped)."""
+    if not isinstance(body, dict):
+        raise UserError(f"{what}: expected an object with fields {', '.join(sorted(known))}")
+    if unknown := sorted(set(body) - known):
+        raise UserError(f"{what}: unknown field {unknown[0]!r}; fields are {', '.join(sorted(known))}")
 
 
 def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: ChatModels | None = None) -> FastAPI:
@@ -149,6 +159,7 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
         return forms.form(forms.config_class(kind))
 
     def build(body: dict) -> tuple[str, str, str]:
+        _known(body, {"kind", "name", "values"}, "run")
         kind, name, values = body.get("kind"), body.get("name"), body.get("values") or {}
         if not isinstance(values, dict):
             raise UserError("values: expected an object {config key: value}")
@@ -182,11 +193,13 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
         }
 
     @app.post("/api/runs/{name}/stop")
-    def stop(name: str) -> dict:
+    def stop(name: str, body: dict | None = None) -> dict:
+        _known(body or {}, set(), "stop")
         return runs.stop(name)
 
     @app.post("/api/runs/{name}/resume")
-    def resume(name: str) -> dict:
+    def resume(name: str, body: dict | None = None) -> dict:
+        _known(body or {}, set(), "resume")
         return runs.start(name, resume=True)
 
     @app.get("/api/runs/{name}/config.yaml")
@@ -204,11 +217,12 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
 
     @app.post("/api/golden")
     def golden(body: dict) -> dict:
+        _known(body, {"run", "ckpts", "prompts", "max_new_tokens"}, "golden")
         ckpts = body.get("ckpts")
         if not isinstance(ckpts, list) or not all(isinstance(c, str) for c in ckpts):
             raise UserError("ckpts: a list of checkpoint names")
         prompts = roots.resolve(str(body.get("prompts") or ""), "golden prompts")
-        max_new = min(int(body.get("max_new_tokens") or 64), 512)
+        max_new = _whole(body, "max_new_tokens", 64, 512)
         return golden_report(runs, str(body.get("run")), ckpts, prompts, max_new)
 
     @app.get("/api/arenas")
@@ -217,11 +231,12 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
 
     @app.post("/api/arenas")
     def arena_create(body: dict) -> dict:
+        _known(body, {"ckpts", "prompts", "max_new_tokens"}, "arena")
         entries = body.get("ckpts")
         if not isinstance(entries, list):
             raise UserError("ckpts: a list of run/checkpoint names")
         prompts = roots.resolve(str(body.get("prompts") or ""), "arena prompts")
-        made = arenas.create(entries, prompts, min(int(body.get("max_new_tokens") or 64), 512))
+        made = arenas.create(entries, prompts, _whole(body, "max_new_tokens", 64, 512))
         app.mount(f"/arena/{made['id']}", arenas.app_for(made["id"]))
         return made
 
@@ -230,17 +245,22 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
         """`weitiao data mix` from the page: sources [{path, ratio}], a new output file inside the roots."""
         from weitiao.dataeng.mix import run as mix_run
 
+        _known(body, {"sources", "out", "total", "seed"}, "mix")
         sources = body.get("sources")
         if not isinstance(sources, list) or not all(isinstance(x, dict) for x in sources):
             raise UserError("sources: a list of {path, ratio}")
+        for x in sources:
+            _known(x, {"path", "ratio"}, "mix source")
         specs = [f"{roots.resolve(str(x.get('path') or ''), 'mix source')}:{x.get('ratio')}" for x in sources]
         out = roots.resolve(str(body.get("out") or ""), "mix output", write=True)
         if out.exists():
             raise UserError(f"mix output {out}: exists already; choose a new file name")
         if not out.parent.is_dir():
             raise UserError(f"mix output {out}: no folder {out.parent}")
-        total = body.get("total")
-        return mix_run(specs, out, int(total) if total not in (None, "") else None, int(body.get("seed") or 0))
+        seed = body.get("seed") or 0
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise UserError(f"seed: {seed!r} is not a whole number ≥ 0")
+        return mix_run(specs, out, _whole(body, "total", None), seed)
 
     @app.get("/api/files")
     def files(path: str | None = None) -> dict:
@@ -258,9 +278,11 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
         from weitiao.calc.lora import load_shape, lora_report
         from weitiao.calc.plan import GPUS, PlanInput, plan
 
-        known = {"model", "lora", "quant", "r", "targets", "seq_len", "micro_batch", "gpu", "checkpointing"}
-        if unknown := sorted(set(body) - known):
-            raise UserError(f"estimate: unknown field {unknown[0]!r}; fields are {', '.join(sorted(known))}")
+        _known(
+            body,
+            {"model", "lora", "quant", "r", "targets", "seq_len", "micro_batch", "gpu", "checkpointing"},
+            "estimate",
+        )
         model = model_ref(str(body.get("model") or "demo"))
         lora = body.get("lora", True) is not False
         quant = body.get("quant") or "none"
@@ -282,6 +304,7 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
 
     @app.post("/api/chat")
     def chat_reply(body: dict) -> StreamingResponse:
+        _known(body, {"run", "ckpt", "messages", "max_new_tokens", "temperature"}, "chat")
         name, ckpt, messages = body.get("run"), body.get("ckpt"), body.get("messages")
         roles = ("system", "user", "assistant")
         ok = (
@@ -293,13 +316,13 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
         )
         if not ok or sum(len(m["content"]) for m in messages) > MAX_CHAT_CHARS:
             raise UserError(f"messages: a list of {{role, content}} of at most {MAX_CHAT_CHARS} characters")
+        temperature = body.get("temperature") or 0.0
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < 1e6:
+            raise UserError(f"temperature: {temperature!r} is not a number ≥ 0 (0 = greedy)")
+        sampling = {"max_new_tokens": _whole(body, "max_new_tokens", 128, 1024), "temperature": float(temperature)}
         weights = runs.weights(str(name), str(ckpt))
         base = yaml.safe_load((runs.existing(str(name)) / "ui" / "config.yaml").read_text(encoding="utf-8"))
         loaded = models.get(str(base["model"]["path"]), weights)
-        sampling = {
-            "max_new_tokens": min(int(body.get("max_new_tokens") or 128), 1024),
-            "temperature": max(0.0, float(body.get("temperature") or 0.0)),
-        }
         chunks = models.stream(loaded, [{"role": m["role"], "content": m["content"]} for m in messages], **sampling)
         return StreamingResponse(chunks, media_type="text/plain; charset=utf-8")
 
@@ -307,8 +330,11 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
     def export(body: dict) -> dict:
         from weitiao.infer import export as tool
 
+        _known(body, {"run", "ckpt", "merge", "gguf"}, "export")
         name, ckpt, gguf = str(body.get("run")), str(body.get("ckpt")), body.get("gguf")
-        merge = bool(body.get("merge")) or gguf is not None  # a GGUF is made from the merged model
+        if not isinstance(body.get("merge", False), bool):
+            raise UserError(f"merge: {body['merge']!r} is not true or false")
+        merge = body.get("merge", False) or gguf is not None  # a GGUF is made from the merged model
         weights = runs.weights(name, ckpt)
         if weights is None:
             raise UserError("export: choose a trained checkpoint, not the base model")

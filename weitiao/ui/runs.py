@@ -69,9 +69,12 @@ class RunStore:
 
     def create(self, name: str, kind: str, config_yaml: str) -> dict:
         d = self.run_dir(name)
-        if d.exists():
-            raise UserError(f"run {name}: {d} exists already; choose another name")
-        (d / "ui").mkdir(parents=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:  # one mkdir decides: two creates of one name at once, or a leftover link, never share a folder
+            d.mkdir()
+        except FileExistsError:
+            raise UserError(f"run {name}: {d} exists already; choose another name") from None
+        (d / "ui").mkdir()
         atomic_write_text(d / "ui" / "config.yaml", config_yaml)
         state = {"name": name, "kind": kind, "status": "created", "created": time.time(), "cwd": str(d)}
         atomic_write_text(d / "ui" / "run.json", json.dumps(state, ensure_ascii=False, indent=1))

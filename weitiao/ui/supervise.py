@@ -28,20 +28,23 @@ def update(ui_dir: Path, **changes: object) -> dict:
 def main(ui_dir: Path) -> int:
     state = json.loads((ui_dir / "run.json").read_text(encoding="utf-8"))
     stopping = False
+    child: subprocess.Popen | None = None
 
     def on_term(signum: int, frame: object) -> None:
         nonlocal stopping
         stopping = True
-        if child.poll() is None:
+        if child is not None and child.poll() is None:
             os.killpg(child.pid, signal.SIGTERM)  # the trainer and its helpers (tokenizing workers)
 
+    signal.signal(signal.SIGTERM, on_term)  # before the trainer starts: a stop then must not orphan it
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(ui_dir / "log.txt", "ab") as log:
         log.write(f"$ {' '.join(state['command'])}\n".encode())
         log.flush()
         child = subprocess.Popen(state["command"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=state["cwd"],
                                  start_new_session=True)  # fmt: skip
-        signal.signal(signal.SIGTERM, on_term)
+        if stopping:  # the stop came while it was starting
+            os.killpg(child.pid, signal.SIGTERM)
         update(ui_dir, status="running", pid=os.getpid(), child_pid=child.pid, started=time.time())
         rc = child.wait()
     status = "stopped" if stopping else "done" if rc == 0 else "failed"
