@@ -58,6 +58,8 @@ BAD = [
     (CHAT, chat(top_p=1.5), "top_p"),
     (CHAT, chat(n=10**6), "n"),
     (CHAT, chat(max_tokns=3), "max_tokns"),
+    (CHAT, chat(stream_options={"include_usage": True}), "stream_options"),  # was ignored without stream
+    (COMP, {"prompt": "x", "stream": False, "stream_options": {"include_usage": True}}, "stream_options"),
     (CHAT, chat(temperature="0.5"), "temperature"),  # no coercion: OpenAI answers a string number with a 400
     (CHAT, chat(n=True), "n"),
     (CHAT, chat(stream=1), "stream"),

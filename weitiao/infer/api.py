@@ -213,12 +213,15 @@ def read_body(body: bytes, schema: type[Sampling]) -> Any:
     # when null); an unknown field is still refused, null or not
     data = {k: v for k, v in data.items() if v is not None or k not in schema.model_fields}
     try:
-        return schema.model_validate(data)
+        req = schema.model_validate(data)
     except ValidationError as e:
         err = max(e.errors(), key=lambda x: len(x["loc"]))  # the deepest is the most specific
         where = _field_path(err["loc"], data) or "body"
         msg = "unknown field (this server does not implement it)" if err["type"] == "extra_forbidden" else err["msg"]
         raise BadRequest(f"{where}: {msg}", where) from None
+    if req.stream_options is not None and not req.stream:  # as OpenAI and vLLM: include_usage would be dropped
+        raise BadRequest("stream_options: only allowed with stream: true", "stream_options")
+    return req
 
 
 class Guard:
