@@ -738,3 +738,23 @@ def test_a_stop_while_the_keeper_starts_the_trainer_stops_the_trainer(tmp_path, 
     assert state["status"] == "stopped" and state["returncode"] == -signal.SIGTERM
     with pytest.raises(OSError):
         os.kill(state["child_pid"], 0)
+
+
+def test_a_reward_file_is_taken_from_the_root_and_kept_inside_it(root, tmp_path):
+    """reward.path `rewards/my.py:score` was kept relative (the run, in RUNS/NAME, could not import it) and
+    never checked against the roots (`r/../../…/x.py:f` loaded a file from anywhere); now resolved in the root."""
+    (root / "rewards").mkdir()
+    (root / "rewards" / "my.py").write_text("def score(prompts, responses):\n    return [0.0] * len(responses)\n")
+    (tmp_path / "evil.py").write_text("def f(p, r):\n    return [0.0] * len(r)\n")
+    base = {"data.prompts": '["data/a.jsonl"]', "reward.kind": "function"}
+    cfg = forms.build("ppo", base | {"reward.path": "rewards/my.py:score"}, Roots([root]), root / "runs" / "x")
+    assert cfg.reward.path == f"{root.resolve()}/rewards/my.py:score"
+    from weitiao.recipes.rewards import function_scorer
+
+    assert function_scorer(cfg.reward.path)([[]], ["hi"]) == [0.0]  # what the run imports, from any cwd
+    escape = "rewards/" + "../" * len(root.parts) + str(tmp_path / "evil.py").lstrip("/") + ":f"
+    with pytest.raises(UserError, match="reward.path .*outside the allowed folders"):
+        forms.build("ppo", base | {"reward.path": escape}, Roots([root]), root / "runs" / "x")
+    # negative controls: a module:function and a hub id stay names
+    for name in ("weitiao.recipes.rewards:short_emoji_reward", "org/reward-model"):
+        assert forms.build("ppo", base | {"reward.path": name}, Roots([root]), root / "runs" / "x").reward.path == name

@@ -140,6 +140,10 @@ def _check_paths(cls: type[BaseModel], data: dict, roots: Roots) -> None:
             if not isinstance(v, str) or v in kind.keywords or "://" in v:
                 fixed.append(v)
                 continue
+            file, colon, fn = v.rpartition(":")
+            if kind.only_if_exists and colon and file.endswith(".py"):  # reward.path rewards/my.py:score
+                fixed.append(f"{roots.resolve(file, what)}:{fn}")  # as the trainer runs it: absolute, in the roots
+                continue
             p = Path(v).expanduser()
             local = p if p.is_absolute() else roots.roots[0] / p
             if kind.only_if_exists and not local.exists() and not p.is_absolute() and not v.startswith((".", "~")):
