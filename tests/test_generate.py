@@ -67,7 +67,7 @@ def test_chat_prompt_one_shot(tiny_model_dir):
     assert p.stdout.endswith("\n") and len(p.stdout.strip()) > 0
 
 
-def test_chat_stops_at_the_tokenizer_eos_and_generation_config_eos_as_served():
+def test_chat_and_generate_stop_at_the_tokenizer_eos_and_generation_config_eos_as_served():
     # a tokenizer whose EOS (<|endoftext|>) is not the template's end-of-turn (<|im_end|>), as Qwen2.5 base:
     # `weitiao chat` went on past an EOS the model emitted (skipped in decoding) where serve and HF stop
     from conftest import build_tokenizer
@@ -92,6 +92,8 @@ def test_chat_stops_at_the_tokenizer_eos_and_generation_config_eos_as_served():
     assert hf[-1] == eos and len(hf) == 2
     chat = "".join(stream_reply(model, tok, t, PROMPTS[1], max_new_tokens=12, temperature=0))
     assert chat == tok.decode(hf[:-1])  # was the reply past the EOS too
+    g = generate(model, tok, t, PROMPTS[1:2], max_new_tokens=12)[0]  # eval gen, safety probes, demo
+    assert (g.text, g.n_tokens, g.stopped) == (chat, 1, True)
     model.generation_config.eos_token_id = [eos, other]  # HF generate stops at each of these
     assert end_ids(model, tok, t) == {eot, eos, other}
 

@@ -539,6 +539,7 @@ def generate_ids(
     model_defaults: bool = True,
     no_repeat_ngram_size: int = 0,
     logps: bool = False,
+    stops: set[int] | None = None,
 ) -> list[Sampled]:
     """Reply to each conversation (ending with a user turn); greedy when temperature == 0.
 
@@ -547,7 +548,8 @@ def generate_ids(
     model_defaults=False nothing comes from the model folder's generation_config.json (its min_p,
     no_repeat_ngram_size, ...): with the defaults above, sampling draws from exactly
     softmax(logits / temperature), the distribution PPO's log-probs score. With `logps` each reply token's
-    log-prob under the distribution it was drawn from comes back too (`Sampled.logps`).
+    log-prob under the distribution it was drawn from comes back too (`Sampled.logps`). `stops`: the ids a
+    reply ends at (kept), the template's end-of-turn when None (PPO's sampler, which cuts its draws itself).
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -559,7 +561,7 @@ def generate_ids(
         tokenizer(template.render(tokenizer, c, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
         for c in conversations
     ]
-    rows = [_Reply(p, sampling, {eot_id}, max_new_tokens) for p in prompts]
+    rows = [_Reply(p, sampling, stops or {eot_id}, max_new_tokens) for p in prompts]
     # all of a batch's prompts in one prefill: offline, nobody waits on the first token
     chunk = batch_size * max((len(p) for p in prompts), default=1)
     engine = Engine(model, pad_id, max_rows=batch_size, prefill_chunk=chunk, ban=ban, sampled_logps=logps)
@@ -577,8 +579,10 @@ def generate_ids(
 def generate(
     model: Any, tokenizer: Any, template: ChatTemplate, conversations: list[list[Message]], *args: Any, **kw: Any
 ) -> list[Generation]:
-    """Reply texts to each conversation; further arguments as in `generate_ids` (greedy by default)."""
+    """Reply texts to each conversation; further arguments as in `generate_ids` (greedy by default). A reply
+    ends where it would when served (`end_ids`: a tokenizer EOS apart from the end-of-turn too)."""
     out = []
+    kw.setdefault("stops", end_ids(model, tokenizer, template))
     for s in generate_ids(model, tokenizer, template, conversations, *args, **kw):
         toks = s.response_ids[:-1] if s.stopped else s.response_ids
         out.append(Generation(decode_whole(tokenizer, toks), len(toks), s.stopped))
