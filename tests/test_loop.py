@@ -334,3 +334,23 @@ def test_golden_in_dpo_or_rm_is_refused():
         with pytest.raises(UserError, match="golden is answered during training by weitiao sft only"):
             load_config(cls, None, ["data.train=[x.jsonl]", "train.golden=g.jsonl"])
     assert load_config(SFTConfig, None, ["data.train=[x.jsonl]", "train.golden=g.jsonl"]).train.golden  # control
+
+
+def test_step_rate_leaves_out_the_checkpoint_before_it(tmp_path, monkeypatch):
+    """A step after a save (or eval) logged tokens/s over the save too: 100 tok/s steps showed 17 after a 5 s save."""
+    clock = [0.0]
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock[0])
+    save = loop.dist.save_checkpoint
+
+    def slow_save(*a, **kw):
+        clock[0] += 5.0
+        return save(*a, **kw)
+
+    def loss_of(model, z):  # each step trains for 1 s
+        clock[0] += 1.0
+        return model(z).pow(2).mean()
+
+    monkeypatch.setattr(loop.dist, "save_checkpoint", slow_save)
+    out, _ = run_loop(tmp_path, spec(max_steps=4, save_every=2), loss_of=loss_of)
+    assert [r["tokens_per_s"] for r in read_metrics(tmp_path, "train")] == [100.0] * 4
+    assert out["train_tokens_per_s"] == pytest.approx(400 / 14)  # the summary stays the wall-clock mean

@@ -285,6 +285,7 @@ def run(cfg: SFTConfig) -> dict:
             stop = run.eval_save_stop(step + 1, evaluate_now if data.eval else None)
             if golden:
                 golden(step + 1, m, run.stopped_early)
+                run.lap()  # answering is not training: left out of the next step's tokens/s
             if stop:
                 break
 
