@@ -249,3 +249,19 @@ def test_ppo_checkpoint_of_another_world_size_is_refused(tmp_path):
         ck.open_run(tmp_path, "auto", "{}\n", True, world=1)
     assert ck.open_run(tmp_path, "force", "{}\n", True, world=1) is not None
     assert ck.saved_world({"rng": {}}) == 1 and ck.saved_world({"world": 3, "rng": [{}]}) == 3
+
+
+def test_a_resumed_run_logs_each_step_once(tiny_model_dir, chat_file, tmp_path, capsys):
+    """Stopped after step 3 with a checkpoint at 2, the resumed run logs step 3 again: metrics.jsonl held it
+    twice (the console's chart drew two points at x=3). The rows past the checkpoint are set aside instead."""
+    args = ("train.max_steps=4", "train.save_every=2", "train.eval_every=2", "train.log_every=1")
+    sft.run(config(tiny_model_dir, chat_file, tmp_path / "straight", *args))
+    sft.run(config(tiny_model_dir, chat_file, tmp_path / "killed", *args, "train.stop_after=3"))
+    assert [r["step"] for r in read_metrics(tmp_path / "killed", "train")] == [1, 2, 3]
+    capsys.readouterr()
+    sft.run(config(tiny_model_dir, chat_file, tmp_path / "killed", *args))
+    assert "resume: 1 rows of metrics.jsonl after step 2" in capsys.readouterr().out
+    steps = {k: [r["step"] for r in read_metrics(tmp_path / "killed", k)] for k in ("train", "eval")}
+    assert steps == {k: [r["step"] for r in read_metrics(tmp_path / "straight", k)] for k in ("train", "eval")}
+    aside = [json.loads(x) for x in (tmp_path / "killed" / "metrics.abandoned.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["step"]) for r in aside] == [("train", 3)]

@@ -494,7 +494,7 @@ def run(cfg: PPOConfig) -> dict:
             f"ppo: {len(prompts)} prompts ({too_long} over prompt_max_len dropped) · {total_steps} steps · "
             f"reward {cfg.reward.kind} · critic init {p.critic_init} · β={kl_ctl.beta} · models {models_held}"
         )
-    log = MetricsLog(out, main, t.tensorboard, t.report_to, config_yaml)
+    log = MetricsLog(out, main, t.tensorboard, t.report_to, config_yaml, state["step"] if ckpt is not None else None)
     history: list[dict] = []
     bar = progress_bar(t.progress and main, t.progress_every_s)
     task = bar.add_task("ppo", total=total_steps, completed=state["step"], info="")

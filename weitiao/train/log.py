@@ -21,7 +21,7 @@ import yaml
 from pydantic import AfterValidator
 
 from weitiao.errors import UserError
-from weitiao.io import append_jsonl, read_jsonl
+from weitiao.io import append_jsonl, atomic_write_text, read_jsonl
 from weitiao.progress import progress_bar  # noqa: F401 - moved to weitiao.progress; train.loop imports it here
 
 TRACKERS = ("tensorboard", "wandb", "swanlab", "mlflow")
@@ -57,11 +57,12 @@ def _scalars(kind: str, values: dict[str, Any]) -> dict[str, float]:
 
 
 class _TensorBoard:
-    def __init__(self, run_dir: Path, config: dict | None):
+    def __init__(self, run_dir: Path, config: dict | None, resumed_at: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
-        self.w = SummaryWriter(str(run_dir / "tb"))
+        # purge_step: TensorBoard drops the events a resumed run will log again (those after its checkpoint)
+        self.w = SummaryWriter(str(run_dir / "tb"), purge_step=None if resumed_at is None else resumed_at + 1)
         if config is not None:  # in this run's own event file (add_hparams would start a sub-run)
             for summary in hparams(flat_config(config), {}):
                 self.w._get_file_writer().add_summary(summary)
@@ -153,12 +154,20 @@ class MetricsLog:
         tensorboard: bool = True,
         report_to: list[str] | None = None,
         config_yaml: str | None = None,
+        resumed_at: int | None = None,
     ):
+        """`resumed_at`: the step of the checkpoint a resumed run continues from (None: a fresh run)."""
         config = yaml.safe_load(config_yaml) if config_yaml else None
         self.path = run_dir / "metrics.jsonl"
         self.enabled = enabled
         names = [n for n in (["tensorboard"] if report_to is None else report_to) if tensorboard or n != "tensorboard"]
-        self.trackers = [OPEN[n](run_dir, config) for n in check_report_to(names)] if enabled else []
+        if enabled and resumed_at is not None:
+            set_aside_after(self.path, resumed_at)
+        self.trackers = []
+        for n in check_report_to(names) if enabled else []:
+            self.trackers.append(
+                _TensorBoard(run_dir, config, resumed_at) if n == "tensorboard" else OPEN[n](run_dir, config)
+            )
 
     def log(self, kind: str, step: int, **values: Any) -> None:
         if not self.enabled:
@@ -173,6 +182,32 @@ class MetricsLog:
         for tracker in self.trackers:
             tracker.close()
         self.trackers = []
+
+
+def set_aside_after(path: Path, step: int) -> int:
+    """Move the rows of `path` logged after `step` (a run stopped past its last checkpoint, which the resumed run
+    logs again: step 16 twice) to metrics.abandoned.jsonl beside it, so each step is in metrics.jsonl once.
+    A line cut short by the kill goes there too. Returns the rows moved."""
+    if not path.exists():
+        return 0
+    keep, moved = [], []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+            after = int(row["step"]) > step
+        except (ValueError, KeyError, TypeError):
+            after = True
+        (moved if after else keep).append(line if line.endswith("\n") else line + "\n")
+    if moved:
+        aside = path.with_name("metrics.abandoned.jsonl")
+        with open(aside, "a", encoding="utf-8") as f:
+            f.writelines(moved)
+        atomic_write_text(path, "".join(keep))
+        print(
+            f"resume: {len(moved)} rows of {path.name} after step {step} (logged past the checkpoint) "
+            f"moved to {aside.name}"
+        )
+    return len(moved)
 
 
 def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict]:

@@ -317,6 +317,7 @@ class Tracker:
             out = Path(t.out)
             dist.save_checkpoint(self.accel, out, step, self.module, self.optimizer, state, t.keep_last, protect)
         self.accel.wait_for_everyone()
+        self.t0 = time.perf_counter()  # a step's tokens/s times its training only, not the eval or save before it
         return self.stopped_early or (t.stop_after is not None and step >= t.stop_after)
 
     def summary(self, summarize: Callable[[Sums, float], dict[str, float]]) -> dict[str, Any]:
@@ -352,7 +353,8 @@ def start(
     ckpt = ck.open_run(out, t.resume, config_yaml, accel.is_main_process, inputs, world, dist.gather_objects)
     if ckpt is not None:
         state.update(dist.load_checkpoint(ckpt, accel, module, optimizer, rank, world, t.resume == "force"))
-    log = MetricsLog(out, accel.is_main_process, t.tensorboard, t.report_to, config_yaml)
+    resumed_at = state["step"] if ckpt is not None else None
+    log = MetricsLog(out, accel.is_main_process, t.tensorboard, t.report_to, config_yaml, resumed_at)
     log.log("run", state["step"], device=accel.device.type, world=world)  # read by calc plan
     return state, ckpt, log
 
