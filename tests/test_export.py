@@ -72,3 +72,17 @@ def test_unmerged_export_is_clean_adapter_dir(tiny_model_dir, chat_file, tmp_pat
     names = {p.name for p in dest.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= names
     assert not any(n.startswith("step-") or n == "trainer_state.pt" for n in names)
+
+
+def test_a_full_finetune_run_given_as_adapter_says_what_it_is(tmp_path):
+    """`export`/`chat --adapter RUN` on a full fine-tune said 'no adapter_config.json': it now names the model dir."""
+    from weitiao.errors import UserError
+    from weitiao.models.load import locate
+
+    (tmp_path / "run" / "final" / "model").mkdir(parents=True)
+    (tmp_path / "run" / "final" / "model" / "config.json").write_text("{}")
+    with pytest.raises(UserError, match=r"a full fine-tune, not an adapter; .*final/model is a whole Hugging Face"):
+        locate(tmp_path / "run")
+    (tmp_path / "empty").mkdir()  # negative control: a folder with neither
+    with pytest.raises(UserError, match="no adapter_config.json"):
+        locate(tmp_path / "empty")

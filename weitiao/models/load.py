@@ -474,6 +474,12 @@ def locate(adapter: str | Path) -> tuple[Path, Path | None, ModelSpec]:
             adapter_dir = cand
             break
     else:
+        full = next((c for c in (p / "final" / "model", p / "model", p) if (c / "config.json").is_file()), None)
+        if full is not None:  # a full fine-tune: nothing to merge or load on a base
+            raise UserError(
+                f"--adapter {adapter}: a full fine-tune, not an adapter; {full} is a whole Hugging Face model: "
+                f"give it as the model (--model {full}) instead"
+            )
         raise UserError(f"--adapter {adapter}: no adapter_config.json (give a run dir or a peft adapter dir)")
     tok_dir = adapter_dir.parent / "tokenizer"
     base, quant = adapter_base(adapter_dir)
