@@ -180,3 +180,18 @@ def test_a_reward_model_is_not_chatted_with_or_merged_into_a_causal_lm(tiny_mode
         ):
             call()
     assert not (tmp_path / "merged").exists()
+
+
+@pytest.mark.parametrize("kind", ["rm", "dpo"])
+def test_eval_keys_without_eval_data_are_refused(tiny_model_dir, tmp_path, kind):
+    """train.eval_every / early_stop_patience with no eval pairs never evaluated and never stopped, silently
+    (SFT already refused it)."""
+    from weitiao.recipes import dpo
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(8))
+    run = {"rm": rm.run, "dpo": dpo.run}[kind]
+    for keys in (["train.eval_every=2"], ["train.early_stop_patience=2", "train.eval_every=1"]):
+        extra = ("data.eval_split=0", "train.max_steps=2", *keys)
+        with pytest.raises(UserError, match=rf"^{keys[0].split('=')[0]}=\d needs eval data"):
+            run(recipe_config(kind, tiny_model_dir, data, tmp_path / "o", *extra))
+    assert not (tmp_path / "o" / "metrics.jsonl").exists()  # refused before training

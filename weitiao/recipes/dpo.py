@@ -390,6 +390,7 @@ def run(cfg: DPOConfig) -> dict:
     # 1. Pairs → tokens.
     tokenizer = load_tokenizer(cfg.model.path)
     data = prepare_pairs(cfg, tokenizer)
+    loop.refuse_eval_without_data(cfg.train, bool(data.eval))
     pad_id = tokenizer.pad_token_id
     world = accel.num_processes
     lr = t.lr if t.lr is not None else (5e-5 if cfg.lora.enabled else 5e-7)

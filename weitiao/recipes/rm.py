@@ -167,6 +167,7 @@ def run(cfg: RMConfig) -> dict:
     if cfg.data.weight_field:
         raise UserError("data.weight_field: per-pair weights are used by DPO only; remove it for the reward model")
     data = prepare_pairs(cfg, tokenizer)
+    loop.refuse_eval_without_data(cfg.train, bool(data.eval))
     pad_id = tokenizer.pad_token_id
     world = accel.num_processes
     lr = t.lr if t.lr is not None else (1e-4 if cfg.lora.enabled else 1e-5)
