@@ -294,3 +294,12 @@ def test_eval_keys_without_eval_data_are_refused(tiny_model_dir, chat_file, tmp_
     sft.run(config(tiny_model_dir, chat_file, tmp_path / "b", *extra))
     assert not read_metrics(tmp_path / "b", "eval")
     assert sorted({json.loads(x)["step"] for x in (tmp_path / "b" / "golden.jsonl").read_text().splitlines()}) == [1, 2]
+
+
+def test_full_finetune_of_16_bit_weights_warns_that_small_steps_are_lost(tiny_model_dir, chat_file, tmp_path, capsys):
+    """AdamW on bf16 weights has no fp32 copy: a step under the weight's rounding is lost. Said, not silent."""
+    extra = ("lora.enabled=false", "train.max_steps=1", "train.lr=2e-5")
+    sft.run(config(tiny_model_dir, chat_file, tmp_path / "bf16", *extra, "model.dtype=bf16"))
+    assert "trained weights are 16-bit and AdamW updates them in place" in capsys.readouterr().out
+    sft.run(config(tiny_model_dir, chat_file, tmp_path / "fp32", *extra, "model.dtype=fp32"))  # negative control
+    assert "16-bit" not in capsys.readouterr().out

@@ -193,6 +193,13 @@ def adamw(accel: Any, module: Any, model: Any, t: TrainSpec, lr: float) -> tuple
     if t.compile:
         compile_layers(model)
     params = [p for p in model.parameters() if p.requires_grad]
+    low = sum(p.numel() for p in params if p.dtype in (torch.bfloat16, torch.float16))
+    if low and accel.is_main_process and not zero.active(accel):  # DeepSpeed keeps fp32 master weights itself
+        print(
+            f"warning: {low:,} trained weights are 16-bit and AdamW updates them in place, with no fp32 copy: "
+            "steps smaller than their rounding are lost (full fine-tuning at lr 2e-5 changed 27% of the weights "
+            "in bf16 against 87% in fp32); set model.dtype=fp32 where memory allows, or use LoRA or DeepSpeed"
+        )
     # Fused: one kernel over all parameters (on the CPU the default is a Python loop per tensor; no foreach).
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     optimizer = torch.optim.AdamW(params, lr=lr, betas=t.betas, weight_decay=t.weight_decay, fused=fused)
