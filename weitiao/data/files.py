@@ -16,6 +16,7 @@ import gzip
 import io
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -130,9 +131,24 @@ def _open_stream(path: Path) -> BinaryIO:
 ARRAY = "a JSON array, not one object per line (JSON lines); a file of one JSON array is read as .json: name it .json"
 
 
+@contextmanager
+def _readable(path: Path) -> Iterator[None]:
+    """A compressed file that cannot be read (truncated, not compressed at all) as one line naming it."""
+    try:
+        yield
+    except (OSError, EOFError) as e:  # gzip/zstd: truncated or not compressed at all
+        if isinstance(e, UserError):
+            raise
+        raise UserError(f"{path}: not a readable {path.suffix} file ({e})") from None
+    except Exception as e:  # zstandard.ZstdError is not an OSError
+        if type(e).__name__ != "ZstdError":
+            raise
+        raise UserError(f"{path}: not a readable .zst file ({e})") from None
+
+
 def _jsonl(path: Path, max_row_bytes: int | None) -> Iterator[tuple[int, Any]]:
     opener = (lambda: _open_stream(path)) if path.suffix.lower() in COMPRESSED else None
-    try:
+    with _readable(path):
         for n, line, size in iter_lines(path, max_row_bytes, opener=opener):
             if line is None:
                 limit = f"{max_row_bytes:,}"
@@ -147,29 +163,12 @@ def _jsonl(path: Path, max_row_bytes: int | None) -> Iterator[tuple[int, Any]]:
                     yield n, RowError("json", f"not valid JSON ({e})", line.rstrip("\r\n"))
                 else:  # one JSON array on one line: a list, where rows are objects
                     yield n, RowError("json", ARRAY, line.rstrip("\r\n")) if n == 1 and isinstance(row, list) else row
-    except (OSError, EOFError) as e:  # gzip/zstd: truncated or not compressed at all
-        if isinstance(e, UserError):
-            raise
-        raise UserError(f"{path}: not a readable {path.suffix} file ({e})") from None
-    except Exception as e:  # zstandard.ZstdError is not an OSError
-        if type(e).__name__ != "ZstdError":
-            raise
-        raise UserError(f"{path}: not a readable .zst file ({e})") from None
 
 
 def _read_compressed_json(path: Path) -> Any:
     """A whole .json.gz/.json.zst file, read as read_json reads a .json (BOM dropped, errors name file:line)."""
-    try:
-        with _open_stream(path) as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:
-        if isinstance(e, UserError):
-            raise
-        raise UserError(f"{path}: not a readable {path.suffix} file ({e})") from None
-    except Exception as e:  # zstandard.ZstdError is not an OSError
-        if type(e).__name__ != "ZstdError":
-            raise
-        raise UserError(f"{path}: not a readable .zst file ({e})") from None
+    with _readable(path), _open_stream(path) as f:
+        raw = f.read()
     raw = raw.removeprefix(BOM)
     try:
         return loads(raw.decode("utf-8"))

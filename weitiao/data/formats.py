@@ -419,11 +419,16 @@ CHAT_KEYS = {"messages": "openai", "conversations": "sharegpt", "instruction": "
 
 
 @functools.lru_cache(maxsize=4096)
-def _misspelled(key: str) -> str | None:
-    if key in READ_KEYS:
+def _near_miss(key: str, known: tuple[str, ...], cutoff: float) -> str | None:
+    """The key of `known` that `key` is a typo of, or None."""
+    if key in known:
         return None
-    close = difflib.get_close_matches(key, READ_KEYS, n=1, cutoff=0.85)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=cutoff)
     return close[0] if close else None
+
+
+def _misspelled(key: str) -> str | None:
+    return _near_miss(key, READ_KEYS, 0.85)
 
 
 # Keys a message may carry that some format reads; a near miss (weigth, tool_call) of one the message lacks is refused,
@@ -433,12 +438,8 @@ TURN_FLAGS = ("train", "training", "loss")
 MESSAGE_LISTS = ("messages", "conversations", "prompt", "completion", "chosen", "rejected")
 
 
-@functools.lru_cache(maxsize=1024)
 def _misspelled_in_message(key: str) -> str | None:
-    if key in MESSAGE_KEYS:
-        return None
-    close = difflib.get_close_matches(key, MESSAGE_KEYS, n=1, cutoff=0.8)
-    return close[0] if close else None
+    return _near_miss(key, MESSAGE_KEYS, 0.8)
 
 
 _PLAIN_MESSAGE = frozenset(MESSAGE_KEYS)
