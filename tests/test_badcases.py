@@ -72,10 +72,11 @@ def test_badcases_end_to_end(tmp_path):
     same = {"prompt": "退货流程是什么？", "bad": "联系客服", "golden": "联系客服", "tag": "事实错误"}
     cases = write_cases(tmp_path / "cases.jsonl", [same])
     app = scripted_app(paraphraser)
+    (run := tmp_path / "runs" / "demo").mkdir(parents=True)  # the run the follow-up continues (it must exist)
     with running(app) as url:
         t = Teacher(url + "/v1", "t", cache_dir=tmp_path / "c")
         s = badcases.run([cases], tmp_path / "o", t, n_aug=4, k=3, config=Path("examples/demo_sft.yaml"),
-                         resume_from="runs/demo", progress=False, sft_config=SFTConfig)  # fmt: skip
+                         resume_from=str(run), progress=False, sft_config=SFTConfig)  # fmt: skip
     n = 13
     # 12 prompts get 3 usable rewrites (copy and duplicate dropped), "天气好热啊" gets prose → unparseable
     assert (s["cases"], s["clusters"], s["teacher_failed"], s["parse_failed"]) == (n, 3, 0, 1)
@@ -103,7 +104,7 @@ def test_badcases_end_to_end(tmp_path):
     assert all(Path(f).is_file() for f in cfg.data.train[:2])
     heldout_style = str(Path("weitiao/demo/data/heldout_style.jsonl").resolve())
     assert cfg.data.eval == [heldout_style, str(tmp_path / "o/regression_eval.jsonl")]
-    assert cfg.lora.init_from == str(Path("runs/demo").resolve()) and cfg.train.out == str(tmp_path / "o/sft")
+    assert cfg.lora.init_from == str(run.resolve()) and cfg.train.out == str(tmp_path / "o/sft")
     assert s["next"] == f"weitiao sft {tmp_path / 'o/followup_sft.yaml'}"
     # re-run: all from cache
     with running(scripted_app(paraphraser)) as url:
@@ -141,12 +142,13 @@ def test_cli_badcases(tmp_path):
     cli, data = typer.Typer(), typer.Typer()
     cli.add_typer(data, name="data")
     register(data, cli)
+    (run := tmp_path / "runs" / "demo").mkdir(parents=True)
     with running(scripted_app(paraphraser)) as url:
         r = CliRunner().invoke(cli, ["data", "badcases", str(cases), "--out", str(tmp_path / "o"), "--teacher-url",
                                      url + "/v1", "--cache-dir", str(tmp_path / "c"), "--augment", "3",
-                                     "--resume-from", "runs/demo"])  # fmt: skip
+                                     "--resume-from", str(run)])  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert "lora.init_from=runs/demo" in r.output.replace("\n", "") and "34 / 34 / 11" in r.output
+    assert f"lora.init_from={run}" in r.output.replace("\n", "") and "34 / 34 / 11" in r.output
 
 
 def test_clusters_by_failure_not_prompt_alone():

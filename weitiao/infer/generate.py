@@ -612,7 +612,7 @@ def stream_reply(
     prompt = template.render(tokenizer, messages, add_generation_prompt=True)
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     # past the context a model reads positions it was never trained on and answers garbage, silently
-    context = getattr(hf.config, "max_position_embeddings", None) or tokenizer.model_max_length
+    context = getattr(getattr(hf, "config", None), "max_position_embeddings", None) or tokenizer.model_max_length
     if len(ids) >= context:
         raise UserError(f"the conversation is {len(ids)} tokens; the model's context is {context}: shorten it")
     max_new_tokens = min(max_new_tokens, context - len(ids))  # as serve's default max_tokens
