@@ -437,3 +437,31 @@ def test_null_means_default_and_logprobs_refused_under_an_output_filter(url, par
         with pytest.raises(openai.BadRequestError, match="--pii") as e:
             client(base).chat.completions.create(model="tiny", messages=MSGS, max_tokens=2, logprobs=True)
         assert e.value.body["param"] == "logprobs"
+
+
+def test_a_raw_prompt_gets_the_bos_the_tokenizer_adds(parts):
+    """Raw-text training (chat._raw_ids) and vLLM put a BOS tokenizer's BOS before a raw prompt; /v1/completions fed
+    the text alone. Now the model reads BOS + text; usage counts it; the echo shows the text's own tokens, the first
+    with its log-prob given the BOS."""
+    from tokenizers import processors
+
+    model, tok, template = parts
+    tok = copy.deepcopy(tok)
+    bos = "<|endoftext|>"
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, tok.convert_tokens_to_ids(bos))]
+    )
+    prompt = "今天天气怎么样？"
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    full = tok(prompt)["input_ids"]
+    assert full == [tok.convert_tokens_to_ids(bos), *p_ids]  # negative control: this tokenizer does add one
+    with running(create_app(model, tok, template, ServeSettings(model_name="tiny", max_new_tokens=16))) as base:
+        r = client(base).completions.create(model="tiny", prompt=prompt, max_tokens=5, temperature=0, logprobs=1,
+                                            echo=True)  # fmt: skip
+    assert r.usage.prompt_tokens == len(full)
+    gen = reference(model, full, 5, tok.convert_tokens_to_ids(template.eot))
+    assert r.choices[0].text == prompt + decode_whole(tok, gen)
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(p_ids) + len(gen) and bos not in lp.tokens
+    want = raw_logprobs(model, full + gen)
+    assert math.isclose(lp.token_logprobs[0], want[0, p_ids[0]].item(), abs_tol=1e-4)  # given the BOS

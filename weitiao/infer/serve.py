@@ -94,6 +94,7 @@ class Job:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
     prompt_scored: bool = False
+    prompt_skip: int = 0  # leading prompt ids the echo does not show (a BOS the tokenizer adds to a raw prompt)
     rows: list[_Row] = field(default_factory=list)  # its choices, made when the engine takes the job
     constraint: Any = None  # a weitiao.infer.constrain.Pattern every choice must follow
 
@@ -180,6 +181,14 @@ def _pad_id(tokenizer: Any, stop_ids: set[int]) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
 
 
+def added_prefix(tokenizer: Any) -> list[int]:
+    """The ids the tokenizer puts before a text of its own accord (Llama's BOS), [] for most chat models; what it
+    appends (an EOS some configs add) is left out: a prompt to continue must not end."""
+    full, plain = tokenizer("a")["input_ids"], tokenizer("a", add_special_tokens=False)["input_ids"]
+    at = next((i for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain), 0)
+    return list(full[:at])
+
+
 def admit(model: Any, tokenizer: Any, job: Job, stop_ids: set[int], outbox: list, adapters: bool, masks: Any) -> list:
     """The rows of `job` for the engine; an echoing job's prompt log-probs go to `outbox` first (a prefill of
     its own, so only this prompt's logits [len, vocab] are kept)."""
@@ -196,7 +205,7 @@ def admit(model: Any, tokenizer: Any, job: Job, stop_ids: set[int], outbox: list
         for a in range(0, len(p) - 1, 256):  # position a's logits predict token a + 1; in slices, to bound memory
             raw = logits[a : a + 256].float().log_softmax(-1)
             entries += logprob_entries(raw, torch.tensor(p[a + 1 : a + 257], device=device), job.prompt_logprobs)
-        outbox.append((job, ("prompt", entries)))
+        outbox.append((job, ("prompt", entries[job.prompt_skip :])))
         job.prompt_scored = True
     return job.rows
 
@@ -242,6 +251,7 @@ def create_app(
     context = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
     stop_ids = end_ids(model, tokenizer, template)  # as `weitiao chat` and HF generate stop
     vocab = model.config.vocab_size
+    bos = added_prefix(tokenizer)  # a raw prompt gets it, as raw-text training (chat._raw_ids) and vLLM give it
     served = [cfg.model_name, *cfg.adapters]
     fmt = LogprobFormat(tokenizer)
     token_bytes = TokenBytes.of(tokenizer, stop_ids)
@@ -352,7 +362,7 @@ def create_app(
         prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
         if not prompt:
             raise BadRequest("prompt: empty; give some text to continue", "prompt")
-        ids = tokenize(prompt, "prompt")
+        ids = bos + tokenize(prompt, "prompt")
         return req, ids, input_screen([{"role": "user", "content": prompt}]) if input_screen else None
 
     async def prepared(request: Request, build: Callable[[bytes], tuple]) -> tuple | JSONResponse:
@@ -436,6 +446,7 @@ def create_app(
         else:
             try:
                 job = make_job(req, prompt_ids, "messages" if chat else "prompt", top, bool(echo))
+                job.prompt_skip = 0 if chat else len(bos)
                 job.constraint = plan.constraint if plan else None
                 if job.constraint is not None and job.ignore_eos and not job.stop_token_ids:
                     field = "tool_choice" if plan.tools else "response_format"  # type: ignore[union-attr]
