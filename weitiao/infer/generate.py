@@ -32,6 +32,7 @@ from weitiao.data.decode import IncrementalDecoder, decode_whole
 from weitiao.data.formats import Message
 from weitiao.data.templates import ChatTemplate
 from weitiao.errors import UserError
+from weitiao.models.portable import stop_ids
 
 
 @dataclass
@@ -519,9 +520,7 @@ def end_ids(model: Any, tokenizer: Any, template: ChatTemplate) -> set[int]:
     """Every id a served reply ends at: the template's end-of-turn, the tokenizer's EOS (Qwen2.5 base's
     <|endoftext|> beside <|im_end|>) and the model's generation_config.json eos_token_id, as HF generate."""
     hf = model.get_base_model() if hasattr(model, "get_base_model") else model
-    more = getattr(getattr(hf, "generation_config", None), "eos_token_id", None)
-    more = [more] if isinstance(more, int) else list(more or [])
-    return {tokenizer.convert_tokens_to_ids(template.eot), tokenizer.eos_token_id, *more} - {None}
+    return set(stop_ids(tokenizer, template, getattr(getattr(hf, "generation_config", None), "eos_token_id", None)))
 
 
 def generate_ids(
