@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 
@@ -270,3 +271,25 @@ def test_a_prompt_file_not_in_utf8_is_one_line_naming_it(tmp_path):
             "--teacher-url", free_port_url()]  # fmt: skip
     r = CliRunner().invoke(cli, args)
     assert isinstance(r.exception, UserError) and f"{tmp_path / 'p.txt'}:1: not valid UTF-8" in str(r.exception)
+
+
+def test_review_csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted():
+    """A chunk or teacher reply starting `=HYPERLINK(...)` opened in Excel as a live formula (CSV injection): a
+    cell starting with = + - @ tab or CR now gets OWASP's leading quote; other text is written byte for byte."""
+    from weitiao.dataeng.chunk import Chunk
+
+    def sheet(qa):
+        return list(csv.reader(kb2sft.review_csv([qa], [])[1:].splitlines(keepends=True)))[1]
+
+    evil = kb2sft.QA("=HYPERLINK(\"http://x\",\"点我\")", "+1+cmd|' /C calc'!A0",
+                     Chunk("@SUM(A1)", "@SUM(A1)#0", "\t=1+1\n正文", "-2+3"), 0.5)  # fmt: skip
+    assert sheet(evil) == ["train", "'@SUM(A1)", "'@SUM(A1)#0", "'-2+3", "0.500", "'=HYPERLINK(\"http://x\",\"点我\")",
+                           "'+1+cmd|' /C calc'!A0", "'\t=1+1\n正文", ""]  # fmt: skip
+    assert sheet(kb2sft.QA("问", "\r=1", Chunk("d", "d#0", "t")))[6] == "'\r=1"
+    chunk = Chunk("员工手册.md", "员工手册.md#3", "“年假”\n5 天", "假期 > 年假")
+    plain = kb2sft.QA("年假有几天？", "入职满一年 5 天，a=b 也行", chunk, 1.0)
+    buf = io.StringIO()
+    csv.writer(buf).writerows([["split", "doc", "chunk_id", "heading", "score", "question", "answer", "chunk", "ok"],
+                               ["eval", "员工手册.md", "员工手册.md#3", "假期 > 年假", "1.000", "年假有几天？",
+                                "入职满一年 5 天，a=b 也行", "“年假”\n5 天", ""]])  # fmt: skip
+    assert kb2sft.review_csv([], [plain]) == "\ufeff" + buf.getvalue()  # normal text: as before, BOM and all

@@ -121,16 +121,26 @@ def to_row(qa: QA, system: str | None, row_format: str = "messages") -> dict:
     return {"messages": msgs, "meta": meta}
 
 
-def review_csv(train: list[QA], evals: list[QA]) -> str:
-    """UTF-8 CSV with a BOM (Excel opens it as Chinese text) and an empty `ok` column for reviewers."""
+# A cell starting with one of these is a formula to Excel/LibreOffice (CSV injection): QA text comes from
+# documents and a teacher model, so `=HYPERLINK(...)` in a chunk would run in the reviewer's spreadsheet.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_csv(header: list[str], rows: list[list[str]]) -> str:
+    """CSV for people to open in a spreadsheet: a UTF-8 BOM (Excel reads it as Chinese text) and every cell that
+    starts like a formula prefixed with a single quote, OWASP's advice; other cells are written as they are."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["split", "doc", "chunk_id", "heading", "score", "question", "answer", "chunk", "ok"])
-    for split, rows in (("train", train), ("eval", evals)):
-        for q in rows:
-            c = q.chunk
-            w.writerow([split, c.doc, c.chunk_id, c.heading, f"{q.score:.3f}", q.question, q.answer, c.text, ""])
+    w.writerows(["'" + c if c.startswith(FORMULA_START) else c for c in row] for row in [header, *rows])
     return "\ufeff" + buf.getvalue()
+
+
+def review_csv(train: list[QA], evals: list[QA]) -> str:
+    """The review sheet, with an empty `ok` column for reviewers (spreadsheet_csv: BOM, formulas neutralized)."""
+    header = ["split", "doc", "chunk_id", "heading", "score", "question", "answer", "chunk", "ok"]
+    rows = [[split, q.chunk.doc, q.chunk.chunk_id, q.chunk.heading, f"{q.score:.3f}", q.question, q.answer,
+             q.chunk.text, ""] for split, qs in (("train", train), ("eval", evals)) for q in qs]  # fmt: skip
+    return spreadsheet_csv(header, rows)
 
 
 OUTPUTS = ("chunks.jsonl", "train.jsonl", "eval.jsonl", "review.csv", "rejects.jsonl", "summary.json")
