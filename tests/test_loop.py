@@ -66,7 +66,7 @@ class Wrapper(torch.nn.Module):
         self.model = model
 
 
-def run_loop(tmp_path, t: TrainSpec, *, loss_of=None, after_step=None, state=None, seen=None):
+def run_loop(tmp_path, t: TrainSpec, *, loss_of=None, after_step=None, state=None, seen=None, evaluate=None):
     """A recipe loop, written as the recipes write theirs, around a toy model."""
     t = t.model_copy(update={"out": str(tmp_path)})
     model = Toy()
@@ -103,7 +103,7 @@ def run_loop(tmp_path, t: TrainSpec, *, loss_of=None, after_step=None, state=Non
             run.record(step + 1, epoch, sums, m, norm, "", plan.tokens(units))
             if after_step:
                 after_step(step + 1, m)
-            if run.eval_save_stop(step + 1, None):
+            if run.eval_save_stop(step + 1, evaluate):
                 break
     return run.summary(summarize), model
 
@@ -197,6 +197,18 @@ def test_non_finite_grad_norm_stops_even_without_clipping(tmp_path):
     with pytest.raises(DivergedError, match="step 1: grad_norm is nan"):
         run_loop(tmp_path, spec(max_steps=2, max_grad_norm=0), loss_of=loss_of)
     assert ck.list_checkpoints(tmp_path) == []
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_eval_loss_stops_the_run_before_it_is_logged_compared_or_saved(tmp_path, bad):
+    """SFT, DPO and RM evaluate through `eval_save_stop`. A NaN eval loss used to count as a bad eval (NaN < best is
+    False), an inf one too: logged, checkpointed, feeding early stopping, and the run exited 0."""
+    losses = iter([1.0, bad, 0.5, 0.5])
+    with pytest.raises(DivergedError, match=rf"^step 2: eval_loss is {bad}; the loss on the eval data is not finite"):
+        run_loop(tmp_path, spec(max_steps=4, eval_every=1, save_every=1), evaluate=lambda: {"eval_loss": next(losses)})
+    assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["step-000001"]
+    assert [r["step"] for r in read_metrics(tmp_path, "eval")] == [1]
+    assert read_metrics(tmp_path, "diverged")[0]["step"] == 2
 
 
 def test_zero_steps_is_an_error_not_a_finished_run(tmp_path):

@@ -33,7 +33,7 @@ from weitiao.errors import UserError
 from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
 from weitiao.train import checkpoint as ck
 from weitiao.train import dist, zero
-from weitiao.train.guard import TRAIN_HINT, DivergedError, ensure_finite
+from weitiao.train.guard import EVAL_HINT, EVAL_WHAT, TRAIN_HINT, DivergedError, ensure_finite
 from weitiao.train.log import MetricsLog, progress_bar
 from weitiao.train.schedule import lr_at
 from weitiao.train.spec import TrainSpec
@@ -272,13 +272,19 @@ class Tracker:
         all-zero logits, loss ln(vocab)) stops learning without any NaN."""
         norm = values.get("grad_norm")
         self.zero_norms = self.zero_norms + 1 if norm is not None and float(norm) == 0.0 else 0
-        try:
+        with self._stops(step):
             ensure_finite(step, **{k: v for k, v in values.items() if v is not None})
             if self.zero_norms >= ZERO_GRAD_STEPS:
                 raise DivergedError(
                     f"step {step}: grad_norm is exactly 0 for {self.zero_norms} steps in a row; the model no longer "
                     f"learns (diverged into saturation: {TRAIN_HINT}); nothing after the last good checkpoint was saved"
                 )
+
+    @contextlib.contextmanager
+    def _stops(self, step: int) -> Iterator[None]:
+        """A DivergedError raised inside is logged as `diverged` at `step` and the log closed before it goes on."""
+        try:
+            yield
         except DivergedError as e:
             self.log.log("diverged", step, message=str(e))
             self.log.close()
@@ -307,12 +313,15 @@ class Tracker:
             print(f"warning: {message}")
 
     def eval_save_stop(self, step: int, evaluate: Callable[[], dict[str, float]] | None) -> bool:
-        """Evaluate (every train.eval_every and at the last step), checkpoint (every train.save_every, at
-        the last step and at an early stop); True when the loop should end here."""
+        """Evaluate (every train.eval_every and at the last step; a NaN/inf eval loss stops the run as a training
+        loss does), checkpoint (every train.save_every, at the last step and at an early stop); True when the loop
+        should end here."""
         t, state, last = self.t, self.state, step == self.total
         if evaluate is not None and ((t.eval_every and step % t.eval_every == 0) or last):
             self.last_eval = evaluate()
             dist.reshard(self.module)  # FSDP: no-grad forwards leave the root's weights gathered
+            with self._stops(step):  # before it is logged, compared with the best or saved; reduced: all stop
+                ensure_finite(step, EVAL_HINT, EVAL_WHAT, eval_loss=self.last_eval["eval_loss"])
             if self.last_eval["eval_loss"] < state["best_eval"] - 1e-6:
                 state.update(best_eval=self.last_eval["eval_loss"], best_step=step, bad_evals=0)
             else:
