@@ -676,6 +676,36 @@ def test_api_refuses_fields_and_numbers_it_would_drop_or_guess(root, full_run):
         assert not (full_run / "exports").exists() and not (full_run / "golden.jsonl").exists()
 
 
+def test_get_query_parameters_are_refused_as_body_fields_are(root):
+    """`?lmit=5`, `?offest=` or `?pth=` were dropped (the default used, 200), `index=abc` was FastAPI's 422 list
+    and `offset=-1` silently read from 0: each is now one 400 line naming the parameter (negative control: the
+    page's own requests)."""
+    with running(app_for(root)) as base, httpx.Client(base_url=base) as c:
+        assert c.get("/api/files", params={"path": "data"}).status_code == 200
+        every = {"path": "data/none.jsonl", "index": 0, "model": "demo", "template": "auto", "max_len": 64,
+                 "train_on_prompt": "false", "format": "auto"}  # fmt: skip
+        assert "none.jsonl" in c.get("/api/data", params=every).json()["error"]  # past the checks: no such file
+        refused = [
+            ("/api/data?path=data/a.jsonl&lmit=5", "unknown query parameter 'lmit'; /api/data takes path, index, "
+             "model, template, max_len, train_on_prompt, format"),
+            ("/api/files?pth=data", "unknown query parameter 'pth'; /api/files takes path"),
+            ("/api/runs/r?offest=10", "unknown query parameter 'offest'; /api/runs/{name} takes offset"),
+            ("/api/info?verbose=1", "/api/info takes no query parameters"),
+            ("/api/data?path=data/a.jsonl&index=0&index=1", "'index' is given more than once"),
+            ("/api/data?path=data/a.jsonl&index=abc", "index 'abc': input should be a valid integer"),
+            ("/api/data?path=data/a.jsonl&index=-1", "index -1: "),
+            ("/api/data?path=data/a.jsonl&max_len=-3", "max_len -3: must be ≥ 1"),
+            ("/api/data?path=data/a.jsonl&train_on_prompt=maybe", "train_on_prompt 'maybe': input should be"),
+            ("/api/data?index=0", "path: field required"),
+            ("/api/runs/r?offset=-1", "offset -1: must be ≥ 0"),
+        ]  # fmt: skip
+        for url, why in refused:
+            r = c.get(url)
+            assert r.status_code == 400 and why in r.json()["error"] and "\n" not in r.json()["error"], (url, r.text)
+        r = c.post("/api/runs/r/stop?force=1", json={})
+        assert r.status_code == 400 and "unknown query parameter 'force'" in r.json()["error"]
+
+
 def test_a_run_name_is_taken_by_one_mkdir_not_a_check_then_write(tmp_path, fake_python):
     """Two creates of one name at once, or a leftover link in RUNS, got a 500 (FileExistsError) after the
     exists() check passed; now one clear refusal, and the link is left as it was."""

@@ -18,7 +18,9 @@ from typing import Any
 
 import yaml
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, StreamingResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
 from weitiao.config import dump_config
@@ -100,9 +102,37 @@ def _known(body: Any, known: set[str], what: str) -> None:
         raise UserError(f"{what}: unknown field {unknown[0]!r}; fields are {', '.join(sorted(known))}")
 
 
+def _query_names(dependant: Any) -> list[str]:
+    """The query parameters a route's function (and its dependencies) take, in signature order."""
+    names = [p.alias for p in dependant.query_params] + [n for d in dependant.dependencies for n in _query_names(d)]
+    return list(dict.fromkeys(names))
+
+
+class _KnownQuery(APIRoute):
+    """An /api/ route that refuses a query parameter its function does not take, or one given twice, as `_known`
+    refuses body fields: `?lmit=5` or `?offest=` would otherwise be dropped and the default silently used."""
+
+    def get_route_handler(self) -> Any:
+        handler, names = super().get_route_handler(), _query_names(self.dependant)
+        if not self.path.startswith("/api/"):
+            return handler  # the page itself: a stray `?utm_source=` changes nothing there
+
+        async def checked(request: Request) -> Any:
+            keys = request.query_params.keys()
+            takes = f"{self.path} takes {', '.join(names)}" if names else f"{self.path} takes no query parameters"
+            if unknown := sorted(set(keys) - set(names)):
+                raise UserError(f"unknown query parameter {unknown[0]!r}; {takes}")
+            if twice := sorted(k for k in set(keys) if len(request.query_params.getlist(k)) > 1):
+                raise UserError(f"query parameter {twice[0]!r} is given more than once; give it once")
+            return await handler(request)
+
+        return checked
+
+
 def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: ChatModels | None = None) -> FastAPI:
     warm_imports()
     app = FastAPI(title="weitiao ui", docs_url=None, redoc_url=None, openapi_url=None)
+    app.router.route_class = _KnownQuery
     models = chat or ChatModels()
 
     @app.middleware("http")
@@ -130,6 +160,16 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
     @app.exception_handler(UserError)
     async def user_error(request: Request, e: UserError) -> JSONResponse:
         return _error(400, str(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_value(request: Request, e: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422 list (`?index=abc`, a missing `path`, a body that is not JSON) as one 400 line naming
+        the parameter, in the `error` key the page shows."""
+        err = e.errors()[0]
+        name = ".".join(x for x in err["loc"][1:] if isinstance(x, str)) or str(err["loc"][0])
+        given = "" if err["type"] == "missing" or name == "body" else f" {str(err.get('input'))[:60]!r}"
+        msg = err["msg"][:1].lower() + err["msg"][1:] if err["msg"][1:2].islower() else err["msg"]  # not "jSON"
+        return _error(400, f"{name}{given}: {msg}")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     arenas = Arenas(runs)
@@ -181,7 +221,9 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
 
     @app.get("/api/runs/{name}")
     def run_view(name: str, offset: int = 0) -> dict:
-        rows, new_offset = runs.metrics(name, max(0, offset))
+        if offset < 0:
+            raise UserError(f"offset {offset}: must be ≥ 0 (a byte offset into metrics.jsonl)")
+        rows, new_offset = runs.metrics(name, offset)
         state = runs.state(name)
         return {
             "state": {k: state.get(k) for k in ("name", "kind", "status", "returncode", "created", "command")},
