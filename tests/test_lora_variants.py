@@ -72,14 +72,37 @@ def test_a_listed_module_that_matches_nothing_is_refused(tiny_model_dir, lora, m
     assert any("lm_head.modules_to_save" in n for n, p in model.named_parameters() if p.requires_grad)
 
 
-def test_init_from_with_lora_off_is_refused(tiny_model_dir):
-    """Full fine-tuning with lora.init_from started from the base alone, the adapter silently left out."""
+def test_lora_keys_with_lora_off_are_refused_but_a_recorded_config_loads(tmp_path):
+    """lora.* keys with lora.enabled false did nothing (full fine-tuning; init_from: started from the base alone, the
+    adapter left out), from the YAML or the command line. A full fine-tuning run's config.yaml holds every lora key at
+    its default, and must load again as it is (resume, export): the rule compares with the defaults."""
+    from weitiao.config import dump_config, load_config
     from weitiao.errors import UserError
+    from weitiao.recipes.sft import SFTConfig
 
-    with pytest.raises(UserError, match="lora.init_from .* lora.enabled is false"):
-        build_trainable(
-            ModelSpec(path=str(tiny_model_dir)), LoraSpec(enabled=False, init_from="x"), torch.device("cpu")
-        )
+    data = f"data.train=[{tmp_path / 'x.jsonl'}]"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model: {path: demo}\nlora:\n  enabled: false\n  r: 64\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"cfg.yaml:3: lora: Value error, r=64 would do nothing: enabled is .*drop r$"):
+        load_config(SFTConfig, cfg, [data])
+    with pytest.raises(UserError, match=r"^config: lora: Value error, r=8 would do nothing: enabled is false"):
+        load_config(SFTConfig, None, [data, "lora.enabled=false", "lora.r=8"])
+    with pytest.raises(UserError, match=r"init_from=x would do nothing.*merge it with `weitiao export --merge`"):
+        load_config(SFTConfig, None, [data, "lora.enabled=false", "lora.init_from=x"])
+    recorded = tmp_path / "run" / "config.yaml"
+    recorded.parent.mkdir()
+    recorded.write_text(dump_config(load_config(SFTConfig, None, [data, "lora.enabled=false"])), encoding="utf-8")
+    assert "r: 16" in recorded.read_text() and load_config(SFTConfig, recorded).lora.enabled is False
+    assert load_config(SFTConfig, None, [data, "lora.r=8"]).lora.r == 8  # negative control: LoRA on
+
+
+def test_critic_lora_with_lora_off_is_refused(tiny_model_dir):
+    """PPO with lora.enabled false trains full copies: ppo.critic_lora shaped nothing."""
+    from weitiao.errors import UserError
+    from weitiao.models.roles import Roles
+
+    with pytest.raises(UserError, match="^ppo.critic_lora would do nothing: lora.enabled is false"):
+        Roles(ModelSpec(path=str(tiny_model_dir)), LoraSpec(enabled=False), torch.device("cpu"), critic_lora=LoraSpec())
 
 
 @pytest.mark.parametrize("quant", ["none", "8bit"])

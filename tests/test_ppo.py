@@ -18,7 +18,7 @@ from weitiao.train.log import read_metrics
 RULE = "weitiao.recipes.rewards:short_emoji_reward"
 
 
-def config(model_dir, prompts, out, *extra):
+def config(model_dir, prompts, out, *extra, lora=("lora.r=8", "lora.dropout=0")):
     return recipe_config(
         "ppo",
         model_dir,
@@ -29,8 +29,7 @@ def config(model_dir, prompts, out, *extra):
         "train.resume=none",
         "ppo.rollout_batch_size=8",
         "ppo.generate_max_len=12",
-        "lora.r=8",
-        "lora.dropout=0",
+        *lora,
         *extra,
     )
 
@@ -327,7 +326,7 @@ def test_full_parameter_mode_keeps_reference_frozen(tiny_model_dir, prompts, tmp
 
     held = []
     monkeypatch.setattr(ppo, "Roles", lambda *a, **kw: held.append(Roles(*a, **kw)) or held[-1])
-    cfg = config(tiny_model_dir, prompts, tmp_path / "run", "train.max_steps=2", "lora.enabled=false")
+    cfg = config(tiny_model_dir, prompts, tmp_path / "run", "train.max_steps=2", lora=("lora.enabled=false",))
     cfg.ppo.actor_learning_rate = 1e-3
     s = ppo.run(cfg)
     q, r = (tokenizer(x, add_special_tokens=False)["input_ids"] for x in ("今天天气怎么样？", "挺好的，大晴天"))

@@ -69,6 +69,22 @@ class LoraSpec(BaseModel):
         None, description="continue training this adapter (run dir or peft dir) instead of a fresh one"
     )
 
+    @model_validator(mode="after")
+    def _keys_need_lora(self) -> LoraSpec:
+        """Keys that would do nothing under full fine-tuning are refused. Compared with the defaults, not with the
+        keys written: the config.yaml a full fine-tuning run records holds every key at its default."""
+        if self.enabled:
+            return self
+        keys = [k for k, f in LoraSpec.model_fields.items() if k != "enabled" and getattr(self, k) != f.default]
+        if not keys:
+            return self
+        merge = " (to fine-tune that adapter fully, merge it with `weitiao export --merge` and set model.path)"
+        raise ValueError(
+            f"{', '.join(f'{k}={getattr(self, k)}' for k in keys)} would do nothing: enabled is false (full "
+            f"fine-tuning, no adapter); set enabled: true to train a LoRA adapter, or drop {', '.join(keys)}"
+            + (merge if "init_from" in keys else "")
+        )
+
 
 def resolve_path(path: str) -> str:
     """'demo' → the shipped model; a file or folder stays; anything else is a hub id, checked at once.
@@ -380,12 +396,6 @@ def build_trainable(model: ModelSpec, lora: LoraSpec, device: torch.device, head
         return add_lora(base, lora, model.gradient_checkpointing, "SEQ_CLS" if head == "score" else "CAUSAL_LM")
     if model.quant != "none":
         raise UserError("model.quant: quantized weights cannot be fully fine-tuned; set lora.enabled: true")
-    if lora.init_from:  # full fine-tuning would start from the base alone, the adapter silently left out
-        raise UserError(
-            f"lora.init_from {lora.init_from} continues an adapter, but lora.enabled is false (full fine-tuning); "
-            "set lora.enabled: true, or drop lora.init_from (to fine-tune it fully, merge it with "
-            "`weitiao export --merge` and set model.path)"
-        )
     if model.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return base

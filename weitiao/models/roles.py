@@ -33,6 +33,11 @@ class Roles(nn.Module):
         critic_lora: LoraSpec | None = None,
     ):
         super().__init__()
+        if critic_lora is not None and not lora.enabled:  # the critic is then a full copy: no adapter to shape
+            raise UserError(
+                "ppo.critic_lora would do nothing: lora.enabled is false (full fine-tuning, the critic is a full copy "
+                "of the base); set lora.enabled: true to train LoRA adapters, or drop ppo.critic_lora"
+            )
         base = load_model(model, device)
         self.lora = lora.enabled
         critic_spec = critic_lora or lora.model_copy(update={"init_from": None})
