@@ -358,11 +358,12 @@ def test_a_tokenizer_eos_apart_from_the_end_of_turn_ends_the_reply(tmp_path, mon
     tok = build_tokenizer(eos="<|endoftext|>")
     model_dir = save_tiny_model(tmp_path / "qwen", tok, arch="qwen2", hidden=64, kv_heads=2)
     eos, word = tok.eos_token_id, tok("好的", add_special_tokens=False)["input_ids"]
+    stray = tok.convert_tokens_to_ids("<|im_start|>")  # drawn mid-reply: the reward sees it (was: skipped)
     real = ppo.generate_ids
 
     def with_eos(*a, **kw):  # the first reply as the sampler draws it: a word, EOS, and more after it
         got = real(*a, **kw)
-        got[0] = Sampled(got[0].prompt_ids, [*word, eos, *word, *word], False)
+        got[0] = Sampled(got[0].prompt_ids, [*word, stray, *word, eos, *word, *word], False)
         return got
 
     seen, masks = [], []
@@ -378,11 +379,43 @@ def test_a_tokenizer_eos_apart_from_the_end_of_turn_ends_the_reply(tmp_path, mon
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"你好{i}"} for i in range(2)])
     args = ("train.max_steps=1", "ppo.rollout_batch_size=2", "ppo.max_epochs=1", "ppo.generate_max_len=8")
     ppo.run(config(model_dir, prompts, tmp_path / "run", *args, "ppo.missing_eos_penalty=5.0"))
-    assert seen[0] == "好的"
-    assert masks[0][0].sum() == len(word) + 1
+    assert seen[0] == "好的<|im_start|>好的"
+    assert masks[0][0].sum() == 2 * len(word) + 2
     m = read_metrics(tmp_path / "run", "train")[0]
     stopped = [1.0, m["eos_rate"] * 2 - 1]  # the other reply: random tiny model, 8 tokens, either way
     assert m["score_shaped"] == pytest.approx(-5.0 * sum(1 - s for s in stopped) / 2, abs=1e-6)
+
+
+def test_the_reward_sees_a_stray_special_token_and_normal_replies_score_as_before(tiny_model_dir, tokenizer):
+    """Replies were decoded with skip_special_tokens, which hid a `<|im_start|>` the policy drew mid-reply from the
+    reward function and the reward model. Kept now (only the stop token is dropped); the reward model re-tokenizes
+    the text as its training rows (special-token text → the special id): it reads the ids the policy drew, and a
+    reply with no special token scores exactly as before."""
+    from weitiao.data.chat import EncodeOptions, encode
+    from weitiao.data.formats import Conversation
+    from weitiao.data.templates import resolve_template
+    from weitiao.models.load import ModelSpec, load_model
+    from weitiao.recipes.score import score_conversations
+
+    eot, start = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|im_start|>"])
+    word = tokenizer("挺好的，大晴天", add_special_tokens=False)["input_ids"]
+    drawn = [*word[:2], start, *word[2:]]
+    normal, unfinished, stray = Sampled([1], [*word, eot], True), Sampled([1], word, False), Sampled([1], drawn, False)
+
+    def before(s):  # the old decode
+        return tokenizer.decode(s.response_ids[:-1] if s.stopped else s.response_ids, skip_special_tokens=True)
+
+    texts = [ppo.reply_text(tokenizer, s) for s in (normal, unfinished, stray)]
+    assert texts[:2] == [before(normal), before(unfinished)] == ["挺好的，大晴天"] * 2
+    assert "<|im_start|>" in texts[2] and "<|im_start|>" not in before(stray)
+    prompt = [{"role": "user", "content": "今天天气怎么样？"}]
+    convs = [Conversation([*prompt, {"role": "assistant", "content": t}]) for t in texts]
+    ids = encode(convs[2], tokenizer, resolve_template(tokenizer, "auto"), EncodeOptions(max_len=512)).input_ids
+    assert any(ids[i : i + len(drawn)] == drawn for i in range(len(ids)))  # the reward model reads what was drawn
+    rm = load_model(ModelSpec(path=str(tiny_model_dir)), head="score").eval()
+    old = [Conversation([*prompt, {"role": "assistant", "content": before(s)}]) for s in (normal, unfinished, stray)]
+    new_scores, old_scores = score_conversations(rm, tokenizer, convs), score_conversations(rm, tokenizer, old)
+    assert new_scores[:2] == old_scores[:2] and new_scores[2] != old_scores[2]
 
 
 def test_prompt_max_len_counts_the_tokens_the_sampler_is_fed(tmp_path, monkeypatch):

@@ -370,6 +370,15 @@ def cut_at_stop(s: Sampled, stops: set[int]) -> Sampled:
     return Sampled(s.prompt_ids, s.response_ids[: j + 1], True, None if s.logps is None else s.logps[: j + 1])
 
 
+def reply_text(tokenizer: Any, s: Sampled) -> str:
+    """The reply as the reward sees it: every token the policy drew, special ones included, except the stop token
+    that ends it (`Sampled` holds no padding). A stray `<|im_start|>` mid-reply stays in the text, so a reward function
+    can penalize it; a reward model re-tokenizes the text as its training rows were (template rendered, then tokenized:
+    special-token text becomes the special id), so it reads the ids the policy drew. A reply with no special token
+    decodes as with skip_special_tokens."""
+    return tokenizer.decode(s.response_ids[:-1] if s.stopped else s.response_ids, skip_special_tokens=False)
+
+
 def _allsum(x: torch.Tensor) -> torch.Tensor:
     """Sum over processes, in place (the `reduce` of losses.ppo)."""
     torch.distributed.all_reduce(x)
@@ -527,10 +536,7 @@ def run(cfg: PPOConfig) -> dict:
 
             # 2. Scores: reward source, missing-EOS penalty, optional normalization and clipping.
             t0 = time.time()
-            texts = [
-                tokenizer.decode(s.response_ids[:-1] if s.stopped else s.response_ids, skip_special_tokens=True)
-                for s in samples
-            ]
+            texts = [reply_text(tokenizer, s) for s in samples]
             raw = torch.tensor(score_fn(batch_prompts, texts), dtype=torch.float32, device=device)
             stopped = torch.tensor([s.stopped for s in samples], device=device)
             score = raw.clone()

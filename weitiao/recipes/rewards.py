@@ -1,7 +1,8 @@
 """Reward sources for PPO: a trained reward model, a Python function, or an HTTP endpoint.
 
 Every source is called as `score(conversations, responses) -> list[float]`, where each conversation
-is the prompt's messages (ending with a user turn) and each response the decoded reply text.
+is the prompt's messages (ending with a user turn) and each response the decoded reply text (special tokens the
+policy drew kept, the stop token that ends it dropped: `ppo.reply_text`).
 
     reward: {kind: model, path: runs/demo-rm}
     reward: {kind: function, path: "mypkg.rewards:short_with_emoji"}   # f(prompts, responses)
