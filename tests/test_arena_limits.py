@@ -19,7 +19,7 @@ OFF = dict(vote_interval_s=0, voter_votes_per_minute=0, address_votes_per_minute
 @pytest.fixture
 def store(tmp_path):
     s = ArenaStore(tmp_path / "arena.sqlite")
-    s.add_answers([{"prompt": f"问题{i}", "model": m, "answer": f"{m} 的回答 {i}"} for i in range(5) for m in MODELS])
+    s.serve_answers([{"prompt": f"问题{i}", "model": m, "answer": f"{m} 的回答 {i}"} for i in range(5) for m in MODELS])
     return s
 
 

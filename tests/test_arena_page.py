@@ -24,7 +24,7 @@ ANSWERS = [
 @pytest.fixture
 def store(tmp_path):
     s = ArenaStore(tmp_path / "arena.sqlite")
-    s.add_answers(ANSWERS)
+    s.serve_answers(ANSWERS)
     return s
 
 
@@ -135,5 +135,5 @@ def test_live_models_pregenerate(tiny_model_dir, tmp_path):
     ]  # fmt: skip
     assert all(isinstance(r["answer"], str) for r in rows)
     s = ArenaStore(tmp_path / "a.sqlite")
-    s.add_answers(rows)
+    s.serve_answers(rows)
     assert s.count_answers() == 4 and s.models() == ["x", "y"]

@@ -204,11 +204,11 @@ def test_answers_under_votes_never_change(tmp_path):
     store = ArenaStore(tmp_path / "a.sqlite")
     rows = [{"prompt": "你好", "model": m, "answer": f"{m}: 你好呀"} for m in ("a", "b")]
     with pytest.raises(UserError, match="model 'a' has two different answers"):
-        store.add_answers([*rows, {**rows[0], "answer": "别的"}])
-    store.add_answers(rows)
-    store.add_answers([{**rows[0], "answer": "换一个"}])  # no votes on it yet: replaced
-    store.add_answers(rows)
+        store.serve_answers([*rows, {**rows[0], "answer": "别的"}])
+    store.serve_answers(rows)
+    store.serve_answers([{**rows[0], "answer": "换一个"}])  # no votes on it yet: replaced
+    store.serve_answers(rows)
     store.import_battles([{"prompt": "你好", "model_a": "a", "model_b": "b", "winner": "model_a"}])
     with pytest.raises(UserError, match="already has another answer to prompt '你好', and votes were cast on it"):
-        store.add_answers([{**rows[0], "answer": "换一个"}])
-    assert store.add_answers(rows) == 2  # the same answers again: fine
+        store.serve_answers([{**rows[0], "answer": "换一个"}])
+    assert store.serve_answers(rows) == 2  # the same answers again: fine

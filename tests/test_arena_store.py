@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from weitiao.errors import UserError
 from weitiao.eval.arena.app import ArenaLimits, create_app
-from weitiao.eval.arena.store import ArenaStore
+from weitiao.eval.arena.store import SCHEMA, ArenaStore
 from weitiao.eval.commands import arena_app
 
 OFF = ArenaLimits(vote_interval_s=0, voter_votes_per_minute=0, address_votes_per_minute=0, pair_votes=0)
@@ -25,7 +25,7 @@ OFF = ArenaLimits(vote_interval_s=0, voter_votes_per_minute=0, address_votes_per
 
 def fill(path) -> ArenaStore:
     s = ArenaStore(path)
-    s.add_answers([{"prompt": f"问题{i}", "model": m, "answer": f"{m} 答 {i}"} for i in range(4) for m in "xyz"])
+    s.serve_answers([{"prompt": f"问题{i}", "model": m, "answer": f"{m} 答 {i}"} for i in range(4) for m in "xyz"])
     return s
 
 
@@ -182,3 +182,59 @@ def test_generation_options_with_answers_are_refused(tmp_path, extra, monkeypatc
     r = CliRunner().invoke(arena_app, ["serve", "--answers", str(src), "--db", str(db), *extra])
     assert r.exit_code != 0 and "with --answers they would be ignored" in str(r.exception)  # was: ignored, served
     assert not db.exists()
+
+
+def test_a_later_serve_sets_aside_what_its_answers_file_no_longer_holds(tmp_path, monkeypatch):
+    """A second `arena serve` whose answers drop model z (and prompt 问题3) kept drawing z's old answers into
+    rounds next to the new ones: now only the file's answers are served, the rest is kept with its votes and
+    named at start, and `arena rank` says it counts z's battles (or leaves them out with --skip-set-aside)."""
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *_, **__: None)
+    db, src = tmp_path / "arena.sqlite", tmp_path / "answers.jsonl"
+
+    def serve(models: str, prompts: int) -> str:
+        rows = [{"prompt": f"问题{i}", "model": m, "answer": f"{m} 答 {i}"} for i in range(prompts) for m in models]
+        src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        r = CliRunner().invoke(arena_app, ["serve", "--answers", str(src), "--db", str(db)])
+        assert r.exit_code == 0, r.output
+        return " ".join(r.output.split())
+
+    assert "set aside" not in serve("xyz", 4)
+    store = ArenaStore(db)
+    for n, (a, b, o) in enumerate([("x", "y", "a"), ("y", "z", "b"), ("z", "x", "tie"), ("x", "z", "a"),
+                                   ("y", "x", "a"), ("z", "y", "b"), ("x", "y", "tie"), ("y", "z", "a")]):  # fmt: skip
+        store.record_vote(f"r{n}", {"prompt": "问题0", "model_a": a, "model_b": b, "swapped": 0}, o, "ab"[n % 2])
+    said = serve("xy", 3)
+    assert "set aside 1 model (z), 6 answers" in said and "not shown to voters" in said
+    drawn = [store.draw_round(random.Random(i)) for i in range(200)]
+    assert {(d["model_a"], d["prompt"]) for d in drawn} | {(d["model_b"], d["prompt"]) for d in drawn} == {
+        (m, f"问题{i}") for m in "xy" for i in range(3)}  # fmt: skip
+    assert store.models() == ["x", "y"] and store.count_answers() == 6 and len(store.votes()) == 8
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT COUNT(*) FROM answers").fetchone()[0] == 12  # kept, not deleted
+    con.close()
+    out = tmp_path / "r.json"
+    rank = ["rank", "--db", str(db), "--bootstrap", "battles", "--rounds", "40", "--json", str(out)]
+    r = CliRunner().invoke(arena_app, rank)
+    said = " ".join(r.output.split())
+    assert r.exit_code == 0 and "z (5 battles); their battles are counted" in said, said
+    assert "z (set" in said  # the table's row: z (set aside), wrapped
+    j = json.loads(out.read_text())
+    assert j["set_aside"] == {"z": 5} and j["set_aside_counted"] and j["n_battles"] == 8
+    r = CliRunner().invoke(arena_app, [*rank, "--skip-set-aside"])
+    assert r.exit_code == 0 and "their battles left out" in " ".join(r.output.split()), r.output
+    j = json.loads(out.read_text())
+    assert [x["model"] for x in j["ratings"]] == ["x", "y"] and j["n_battles"] == 3 and not j["set_aside_counted"]
+    r = CliRunner().invoke(arena_app, ["rank", "--battles", str(out), "--skip-set-aside"])
+    assert r.exit_code != 0 and "only an arena --db knows" in str(r.exception)
+
+
+def test_a_database_from_before_served_answers_serves_all_it_holds(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA.replace("served INTEGER NOT NULL DEFAULT 1, ", ""))
+        db.executemany("INSERT INTO answers VALUES (?, ?, ?)", [("p", "x", "甲"), ("p", "y", "乙")])
+    db.close()
+    s = ArenaStore(path)
+    assert s.models() == ["x", "y"] and s.set_aside() == ([], 0) and s.draw_round(random.Random(0))

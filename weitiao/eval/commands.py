@@ -148,8 +148,15 @@ def arena_serve(
     rows = read_answers(answers) if answers else None  # a bad file leaves no new db behind
     store = ArenaStore(db)  # before generating: a foreign --db is refused first
     rows = rows if rows is not None else pregenerate(models or "", prompts, max_new_tokens or 128)
-    store.add_answers(rows)
+    store.serve_answers(rows)
     console.print(f"{store.count_answers()} answers · {len(store.models())} models · http://{host}:{port}/")
+    aside, n_aside = store.set_aside()
+    if n_aside:  # an earlier run's models or prompts: kept in the db with their votes, never shown again
+        what = f"{len(aside)} model{'s' * (len(aside) > 1)} ({', '.join(aside)}), " if aside else ""
+        console.print(
+            f"[yellow]set aside {what}{n_aside} answers in {db} that the answers given now do not hold: "
+            "kept with their votes, not shown to voters (`arena rank` says if it counts them)[/]"
+        )
     limits = ArenaLimits(
         vote_interval_s=vote_interval,
         voter_votes_per_minute=votes_per_minute,
@@ -175,6 +182,9 @@ def arena_rank(
         1.0, min=0.0, max=1.0, help="drop voters with more than this share of all battles"
     ),
     exclude_voter: list[str] = typer.Option([], help="drop this voter's battles (repeatable)"),
+    skip_set_aside: bool = typer.Option(
+        False, help="leave out battles of models a later `arena serve` set aside (default: counted and named)"
+    ),
 ) -> None:
     """Bradley–Terry MLE ratings with bootstrap 95% CIs, CI-overlap rank and online Elo."""
     from weitiao.eval.arena.rank import filter_voters, load_battles, plot_ratings, rank
@@ -183,11 +193,19 @@ def arena_rank(
 
     if (db is None) == (battles is None):
         raise UserError("give either --db arena.sqlite or --battles battles.json")
+    if skip_set_aside and battles:
+        raise UserError("--skip-set-aside: only an arena --db knows which models were set aside; drop it")
     claim_outputs([p for p in (as_json, plot) if p], [db or battles], "--json/--plot")
     store = ArenaStore(db, create=False) if db else None
     rows = store.battles() if store else load_battles(battles)  # type: ignore[arg-type]
     if bootstrap not in ("voters", "battles"):
         raise UserError(f"--bootstrap {bootstrap}: expected voters or battles")
+    aside = store.set_aside()[0] if store else []
+    aside_battles = {m: sum(m in (r["model_a"], r["model_b"]) for r in rows) for m in aside}
+    if skip_set_aside:
+        rows = [r for r in rows if r["model_a"] not in aside and r["model_b"] not in aside]
+        if not rows:
+            raise UserError("every battle has a set-aside model; rank without --skip-set-aside")
     known = set(store.models() if store else []) | {r[k] for r in rows for k in ("model_a", "model_b")}
     rows, dropped = filter_voters(rows, min_voter_votes, max_voter_share, exclude_voter)
     for voter, why in dropped.items():
@@ -200,9 +218,15 @@ def arena_rank(
     for c in ("rank", "model", "BT rating", "95% CI", "Elo (K=4)", "battles", "win rate"):
         t.add_column(c, justify="left" if c == "model" else "right")
     for r in res.ratings:
-        t.add_row(str(r.rank), r.model, f"{r.rating:.1f}", f"{r.lower:.1f} – {r.upper:.1f}", f"{r.elo:.1f}",
+        name = r.model + (" (set aside)" if r.model in aside else "")
+        t.add_row(str(r.rank), name, f"{r.rating:.1f}", f"{r.lower:.1f} – {r.upper:.1f}", f"{r.elo:.1f}",
                   f"{r.battles:,}", f"{r.win_rate:.3f}")  # fmt: skip
     console.print(t)
+    if aside:
+        counts = ", ".join(f"{m} ({n:,} battles)" for m, n in aside_battles.items())
+        console.print(f"[yellow]set aside by a later `arena serve` (not shown to voters; votes kept): {counts}; "
+                      + ("their battles left out[/]" if skip_set_aside else
+                         "their battles are counted above; --skip-set-aside leaves them out[/]"))  # fmt: skip
     unranked = sorted(known - {r.model for r in res.ratings})
     if unranked:
         console.print(f"[yellow]not ranked, no votes left after the voter filters: {', '.join(unranked)}[/]"
@@ -211,7 +235,8 @@ def arena_rank(
         console.print(f"[yellow]{res.regularized_rounds} bootstrap rounds had a model without wins or losses; "
                       "fitted with a tiny ridge[/]")  # fmt: skip
     if as_json:
-        out = {**res.to_json(), "unranked": unranked, "dropped_voters": dropped}
+        out = {**res.to_json(), "unranked": unranked, "dropped_voters": dropped, "set_aside": aside_battles,
+               "set_aside_counted": not skip_set_aside}  # fmt: skip
         atomic_write_text(as_json, json.dumps(out, ensure_ascii=False, indent=1))
     if plot:
         plot_ratings(res, plot)

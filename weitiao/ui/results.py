@@ -95,7 +95,7 @@ class Arenas:
         folder = self.root / arena_id
         folder.mkdir(parents=True)
         store = ArenaStore(folder / "arena.sqlite")
-        store.add_answers(rows)
+        store.serve_answers(rows)
         return {"id": arena_id, "url": f"/arena/{arena_id}/", "models": store.models(), "votes": 0}
 
     def app_for(self, arena_id: str):  # -> FastAPI

@@ -8,6 +8,10 @@ memory (weitiao.eval.arena.app); one is written to `rounds` only together with i
 add no rows. `votes.model_a` is the model shown on side A (left), `model_b` on side B; `swapped` = 1 when
 the draw put the alphabetically later model on A. Outcomes use FastChat's words: model_a, model_b, tie,
 tie (bothbad). `meta` holds the random secret that signs voter cookies.
+
+`answers.served` marks the answers the last `arena serve` was given: only those are drawn into rounds. A
+model (or a prompt) missing from a later answers file is set aside, not deleted: its answers and the votes
+cast on them stay in the file, and `arena rank` names set-aside models and says whether it counted them.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from weitiao.io import read_jsonl
 SCHEMA = """
 BEGIN;
 CREATE TABLE IF NOT EXISTS answers (prompt TEXT NOT NULL, model TEXT NOT NULL, answer TEXT NOT NULL,
-                                    PRIMARY KEY (prompt, model));
+                                    served INTEGER NOT NULL DEFAULT 1, PRIMARY KEY (prompt, model));
 CREATE TABLE IF NOT EXISTS rounds (id TEXT PRIMARY KEY, prompt TEXT, model_a TEXT, model_b TEXT,
                                    swapped INTEGER, created REAL);
 CREATE TABLE IF NOT EXISTS votes (id INTEGER PRIMARY KEY, round_id TEXT UNIQUE, prompt TEXT, model_a TEXT NOT NULL,
@@ -59,6 +63,8 @@ class ArenaStore:
             with self._db() as db:
                 db.execute("PRAGMA journal_mode=WAL")  # readers never block the vote writer
                 db.executescript(SCHEMA)
+                if "served" not in {r[1] for r in db.execute("PRAGMA table_info(answers)")}:
+                    self._add_served_column(db)
                 db.execute("SELECT model_a, model_b, outcome, tstamp FROM votes LIMIT 1").fetchall()
         except sqlite3.DatabaseError as e:  # "file is not a database", a foreign schema, ...
             raise UserError(f"{self.path}: not a readable arena database ({e})") from None
@@ -84,6 +90,15 @@ class ArenaStore:
             raise UserError(f"{self.path}: an SQLite database that weitiao arena did not write (tables: {found}); "
                             "left untouched; pass a new --db file")  # fmt: skip
 
+    @staticmethod
+    def _add_served_column(db: sqlite3.Connection) -> None:
+        """A database from before `served`: every answer in it was being served, as the default says."""
+        try:
+            db.execute("ALTER TABLE answers ADD COLUMN served INTEGER NOT NULL DEFAULT 1")
+        except sqlite3.OperationalError as e:
+            if "duplicate column" not in str(e):  # another process added it a moment ago
+                raise
+
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         db = sqlite3.connect(self.path, timeout=30)
@@ -94,10 +109,11 @@ class ArenaStore:
             db.close()
 
     # answers ----------------------------------------------------------------------------------------
-    def add_answers(self, rows: Sequence[dict]) -> int:
-        """Store the answers; one model's answer to a prompt never changes under votes already cast on it (a
-        different answer there is refused: serve new answers with a new --db), and two different answers to one
-        prompt from one model are refused."""
+    def serve_answers(self, rows: Sequence[dict]) -> int:
+        """Store the answers and serve exactly these: every other answer in the file (an earlier run's model or
+        prompt) is set aside, kept with its votes but never drawn. One model's answer to a prompt never changes
+        under votes already cast on it (a different answer there is refused: serve new answers with a new --db),
+        and two different answers to one prompt from one model are refused. Returns the answers served."""
         given: dict[tuple[str, str], str] = {}
         for r in rows:
             key = (r["prompt"], r["model"])
@@ -119,17 +135,27 @@ class ArenaStore:
                         f"{self.path}: model {model!r} already has another answer to prompt {prompt[:60]!r}, and "
                         "votes were cast on it; serve new answers with a new --db"
                     )
-            db.executemany("INSERT OR REPLACE INTO answers VALUES (?, ?, ?)",
+            db.execute("UPDATE answers SET served = 0")  # one transaction with the insert: no round sees neither
+            db.executemany("INSERT OR REPLACE INTO answers (prompt, model, answer, served) VALUES (?, ?, ?, 1)",
                            [(p, m, a) for (p, m), a in given.items()])  # fmt: skip
         return len(given)
 
     def count_answers(self) -> int:
+        """Answers served now."""
         with self._db() as db:
-            return db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+            return db.execute("SELECT COUNT(*) FROM answers WHERE served = 1").fetchone()[0]
 
     def models(self) -> list[str]:
+        """Models served now."""
         with self._db() as db:
-            return [r[0] for r in db.execute("SELECT DISTINCT model FROM answers ORDER BY model")]
+            return [r[0] for r in db.execute("SELECT DISTINCT model FROM answers WHERE served = 1 ORDER BY model")]
+
+    def set_aside(self) -> tuple[list[str], int]:
+        """Models with answers in the file but none served now, and how many answers are not served."""
+        with self._db() as db:
+            models = db.execute("SELECT model FROM answers GROUP BY model HAVING MAX(served) = 0 ORDER BY model")
+            n = db.execute("SELECT COUNT(*) FROM answers WHERE served = 0").fetchone()[0]
+            return [r[0] for r in models], n
 
     def secret(self) -> bytes:
         """The key that signs voter cookies: random, made once per database, so cookies outlive restarts."""
@@ -143,7 +169,8 @@ class ArenaStore:
         their answers; None when no prompt has an allowed pair. Stores nothing."""
         with self._db() as db:
             models_of: dict[str, list[str]] = {}
-            for prompt, model in db.execute("SELECT prompt, model FROM answers ORDER BY prompt, model"):
+            served = "SELECT prompt, model FROM answers WHERE served = 1 ORDER BY prompt, model"
+            for prompt, model in db.execute(served):
                 models_of.setdefault(prompt, []).append(model)
             allowed = {p: [c for c in combinations(ms, 2) if c not in skip_pairs] for p, ms in models_of.items()}
             prompts = [p for p, pairs in allowed.items() if pairs]
