@@ -188,6 +188,19 @@ def test_plain_progress_lines_off_a_terminal(capsys, monkeypatch):
     assert lines[-1].endswith("elapsed 0:00:40 · ETA 0:00:00")
 
 
+def test_console_off_a_terminal_keeps_a_long_path_on_one_line(capsys):
+    """Commands print through progress.console(): a path in a log or pipe stays one line (rich wraps at 80 there)."""
+    from rich.console import Console
+
+    from weitiao import progress
+
+    path = "/tmp/pytest-of-root/pytest-424/popen-gw1/test_curve_cli_two_sizes0/runs/curve/curve.png"
+    progress.console().print(f"plot: {path}")
+    assert capsys.readouterr().out == f"plot: {path}\n"
+    Console().print(f"plot: {path}")  # negative control: rich's default console splits it
+    assert capsys.readouterr().out.count("\n") > 1
+
+
 @pytest.mark.slow
 def test_sft_reports_resolved_config_and_prints_progress(tiny_model_dir, chat_file, tmp_path, capsys):
     out = tmp_path / "run"

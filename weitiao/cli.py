@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from weitiao import progress
 from weitiao.calc.commands import app as calc_app
 from weitiao.dataeng.commands import register as register_dataeng
 from weitiao.errors import UserError
@@ -44,7 +45,7 @@ app.add_typer(rules_app, name="rules")
 app.command("provenance")(provenance)
 config_app = typer.Typer(no_args_is_help=True, help="Config files: every key with type, default and description.")
 app.add_typer(config_app, name="config")
-console = Console()
+console = progress.console()
 
 
 def _config_classes(name: str) -> list[tuple[str, type]]:

@@ -13,6 +13,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
+def console(stderr: bool = False) -> Console:
+    """A rich console whose lines are not wrapped when it is not a terminal: a path printed into a log
+    or a pipe stays whole (rich wraps at 80 columns there, splitting it over two lines)."""
+    c = Console(stderr=stderr)
+    c.soft_wrap = not c.is_terminal
+    return c
+
+
 def _clock(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
@@ -25,7 +33,7 @@ class PlainProgress:
 
     def __init__(self, every_s: float):
         self.every_s = every_s
-        self.console = Console()  # for callers' console.print (markup stripped off a non-terminal)
+        self.console = console()  # for callers' console.print (markup stripped off a non-terminal)
         self.tasks: dict[int, dict] = {}
 
     def __enter__(self) -> PlainProgress:

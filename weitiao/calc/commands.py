@@ -6,16 +6,16 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from weitiao import progress
 from weitiao.calc.lora import LoraInput
 from weitiao.calc.plan import PlanInput, parse_range
 from weitiao.cli_options import Flag, options_from
 from weitiao.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, help="Planning tools: LoRA counts, GPU memory/hours, 4-bit quantization error.")
-console = Console()
+console = progress.console()
 
 
 def _count(n: float) -> str:

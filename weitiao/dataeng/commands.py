@@ -15,13 +15,13 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from weitiao import progress
 from weitiao.errors import UserError
 
-console = Console()
+console = progress.console()
 
 TEACHER_URL = typer.Option("http://127.0.0.1:8000/v1", "--teacher-url", help="OpenAI-compatible base URL")
 TEACHER_MODEL = typer.Option("demo", "--teacher-model", help="model name sent to the teacher")

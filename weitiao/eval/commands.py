@@ -12,16 +12,16 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from weitiao import progress
 from weitiao.cli_options import options_from
 from weitiao.errors import UserError
 from weitiao.eval.gen import GenSettings
 
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate replies: metrics over a prompt file, golden-set reports.")
 arena_app = typer.Typer(no_args_is_help=True, help="Blind pairwise arena: vote page, Bradley–Terry/Elo ratings.")
-console = Console()
+console = progress.console()
 DB = typer.Option(Path("arena.sqlite"), help="SQLite file for answers and votes")
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from weitiao import progress
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError, where
 from weitiao.eval.provenance import Sampling
@@ -128,7 +128,7 @@ def provenance(
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     texts = [t for f in baseline_text or [] for t in read_texts(f)]
     # 2. models
-    console = Console(stderr=True)
+    console = progress.console(stderr=True)
     with console.status("loading models") as status:
         m, tok = load_chat_model(model, adapter)
         tpl = resolve_template(tok, template)

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from weitiao import progress
 from weitiao.cli_options import Flag, options_from
 from weitiao.errors import UserError
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from weitiao.logs.engine import PairsRun
 
 app = typer.Typer(no_args_is_help=True, help="Behavior logs → DPO preference pairs (SQL on DuckDB or Spark).")
-console = Console()
+console = progress.console()
 
 
 @dataclass

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from weitiao import progress
 from weitiao.recipes.demo import STAGES, TARGETS
 
 
@@ -15,7 +16,7 @@ class RichView:
     """weitiao.recipes.demo.View on a rich console (pass Console(record=True) to capture the text)."""
 
     def __init__(self, console: Console | None = None):
-        self.console = console or Console()
+        self.console = console or progress.console()
 
     def step(self, text: str) -> None:
         head, _, rest = text.partition(" ")

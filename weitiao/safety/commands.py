@@ -14,13 +14,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from weitiao import progress
 from weitiao.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, help="PII: scan and scrub data files; privacy-refusal SFT/DPO rows.")
-console = Console()
+console = progress.console()
 
 TYPES_HELP = (
     "comma-separated types to look for (id_card,mobile,bank_card,email,ip,landline,passport,plate,name,address)"

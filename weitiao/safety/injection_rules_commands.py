@@ -24,15 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from weitiao import progress
 from weitiao.cli_options import options_from
 from weitiao.errors import UserError
 
 injection_app = typer.Typer(no_args_is_help=True, help="Prompt injection: attack data, ASR eval, input screen.")
 rules_app = typer.Typer(no_args_is_help=True, help="Rule sets (YAML): check, SFT/DPO data via a teacher, eval.")
-console = Console()
+console = progress.console()
 
 
 def _csv(s: str | None) -> list[str]:
