@@ -44,7 +44,7 @@ def test_packed_scores_equal_transformers_pooling(tiny_model_dir, tokenizer, pac
             assert abs(scores[k].item() - ref) < 1e-4
 
 
-def rm_config(model_dir, data, out, *extra):
+def rm_config(model_dir, data, out, *extra, lora=("lora.dropout=0",)):
     return recipe_config(
         "rm",
         model_dir,
@@ -55,7 +55,7 @@ def rm_config(model_dir, data, out, *extra):
         "data.max_len=64",
         "train.lr=3e-3",
         "train.warmup_ratio=0",
-        "lora.dropout=0",
+        *lora,
         *extra,
     )
 
@@ -88,10 +88,11 @@ def test_reward_model_learns_and_reloads(tiny_model_dir, tmp_path, quant):
 def test_full_finetune_resume_equals_uninterrupted(tiny_model_dir, tmp_path):
     """lora.enabled=false: the checkpoint holds a classifier (`score`), not a causal LM (`lm_head`)."""
     data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(24))
-    args = ("lora.enabled=false", "train.max_steps=4", "train.save_every=2", "data.eval_split=0", "train.lr=1e-4")
-    rm.run(rm_config(tiny_model_dir, data, tmp_path / "whole", *args))
-    rm.run(rm_config(tiny_model_dir, data, tmp_path / "cut", *args, "train.stop_after=2"))
-    rm.run(rm_config(tiny_model_dir, data, tmp_path / "cut", *args))
+    args = ("train.max_steps=4", "train.save_every=2", "data.eval_split=0", "train.lr=1e-4")
+    full = ("lora.enabled=false",)  # no other lora key: it would do nothing
+    rm.run(rm_config(tiny_model_dir, data, tmp_path / "whole", *args, lora=full))
+    rm.run(rm_config(tiny_model_dir, data, tmp_path / "cut", *args, "train.stop_after=2", lora=full))
+    rm.run(rm_config(tiny_model_dir, data, tmp_path / "cut", *args, lora=full))
     whole = [r["loss"] for r in read_metrics(tmp_path / "whole", "train")]
     cut = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "cut", "train")}
     assert sorted(cut) == [1, 2, 3, 4] and all(abs(cut[s + 1] - a) < 1e-5 for s, a in enumerate(whole))
