@@ -358,11 +358,12 @@ def test_nan_loss_stops_keeps_last_good_checkpoint_and_saves_nothing_after(tiny_
 # settings, seed 42, rollout_batch_size=8, generate_max_len=12: step → (policy_loss, value_loss, score, kl).
 PINNED = {
     1: [0, 0, 1, 0],
-    2: [-0.00256401, 0.0910265, 0.72, 0],
-    3: [-0.00156221, 0.138868, 0.5725, 0.0108418],
-    4: [-0.00141731, 0.14869, 0.5425, 0.0290807],
-    5: [-0.00104219, 0.156888, 0.5925, 0.0310749],
-}  # step 5 re-pinned with the shared generation loop: finished rows leave the batch, so later draws differ
+    2: [-0.00253292, 0.115152, 0.6875, 0],
+    3: [-0.00154036, 0.13889, 0.5725, 0.0112453],
+    4: [-0.00142929, 0.148671, 0.5425, 0.0265577],
+    5: [-0.00105241, 0.156883, 0.5925, 0.0310042],
+}  # step 5 re-pinned with the shared generation loop: finished rows leave the batch, so later draws differ; steps
+# 2-5 re-pinned when the reward began to see special tokens drawn mid-reply (one step-2 reply holds <|endoftext|>)
 
 
 def pinned_run(tiny_model_dir, tmp_path, name, *extra):
