@@ -170,6 +170,10 @@ def test_reward_model_source_and_critic_init(tiny_model_dir, tmp_path):
         + ["train.max_steps=2", "train.progress=false", "train.tensorboard=false"],
     )
     rm.run(rm_cfg)
+    from weitiao.train.checkpoint import weights_digest
+
+    recorded = json.loads((tmp_path / "rm" / "final" / "reward_model.json").read_text())
+    assert recorded["base_weights"] == weights_digest(tiny_model_dir)  # what PPO compares its base with
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": p["prompt"]} for p in pairs])
     cfg = config(tiny_model_dir, prompts, tmp_path / "run", "train.max_steps=1", "reward.kind=model")
     cfg.reward.path = str(tmp_path / "rm")

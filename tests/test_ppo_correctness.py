@@ -183,6 +183,52 @@ def test_a_reward_model_of_another_base_does_not_start_the_critic(tiny_model_dir
     assert "ppo.critic_init auto: zeros" in capsys.readouterr().out and not roles.value_head.weight.any()
 
 
+def test_a_reward_model_of_other_weights_of_the_same_shapes_does_not_start_a_lora_critic(
+    tiny_model_dir, tokenizer, tmp_path, capsys
+):
+    """RM trained on the raw base, policy on an SFT-merged copy: same shapes, so the critic silently took the RM's
+    adapter onto other weights (neither the RM nor its base). The weights digest the RM recorded tells them apart;
+    the same weights at another path pass, and a full critic (a copy of the whole RM) is not concerned."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from weitiao.recipes.rewards import critic_base_difference
+    from weitiao.train.checkpoint import weights_digest
+
+    merged, same = tmp_path / "sft-merged", tmp_path / "copy"
+    for d in (merged, same):
+        shutil.copytree(tiny_model_dir, d)
+    w = load_file(str(merged / "model.safetensors"))
+    (same / "model.safetensors").unlink()  # the same weights in two shards: the digest reads tensors, not files
+    for k, part in enumerate((dict(list(w.items())[:5]), dict(list(w.items())[5:]))):
+        save_file(part, str(same / f"model-{k}.safetensors"))
+    w["model.layers.0.self_attn.q_proj.weight"] += 1e-3  # what merging an SFT adapter does
+    save_file(w, str(merged / "model.safetensors"), metadata={"format": "pt"})
+    rm = add_lora(load_model(ModelSpec(path=str(tiny_model_dir)), head="score"), LoraSpec(r=4), task_type="SEQ_CLS")
+    final = tmp_path / "rm" / "final"
+    rm.save_pretrained(final / "adapter")
+    tokenizer.save_pretrained(final / "tokenizer")
+    meta = {"base": str(tiny_model_dir), "chat_template": "", "base_weights": weights_digest(tiny_model_dir)}
+    (final / "reward_model.json").write_text(json.dumps(meta))
+
+    prompts = prompt_file(tmp_path / "p.jsonl", 2)
+    kw = ("reward.kind=model", f"reward.path={tmp_path / 'rm'}", "ppo.critic_init=reward", "train.max_steps=1")
+    why = rf"reward model base {tiny_model_dir} vs model.path {merged}: same shapes, other weights \(digest"
+    with pytest.raises(UserError, match=rf"^ppo.critic_init: reward: the reward model was trained on another .*{why}"):
+        ppo.run(config(merged, prompts, tmp_path / "run", *kw))
+    assert critic_base_difference(str(tmp_path / "rm"), str(same)) is None  # same weights elsewhere
+    other = critic_base_difference(str(tmp_path / "rm"), str(merged))
+    roles = Roles(ModelSpec(path=str(merged)), LoraSpec(r=4), CPU, reward_model=rm, reward_base=other)  # auto
+    said = f"ppo.critic_init auto: zeros, the reward model's base is another model (reward model base {tiny_model_dir}"
+    assert said in capsys.readouterr().out and not roles.value_head.weight.any()
+    full = Roles(ModelSpec(path=str(merged)), LoraSpec(enabled=False), CPU, rm, "reward", reward_base=other)
+    assert full.value_head.weight.any()  # the full critic is the reward model, whatever the policy's base
+    rm.merge_and_unload().save_pretrained(tmp_path / "full-rm" / "final" / "model")  # a fully fine-tuned RM's own
+    (tmp_path / "full-rm" / "final" / "reward_model.json").write_text(json.dumps(meta))  # weights: never a LoRA base
+    assert "(fully fine-tuned)" in critic_base_difference(str(tmp_path / "full-rm"), str(tiny_model_dir))
+
+
 # ----------------------------------------------------------------------------- 2/5/6. processes
 
 

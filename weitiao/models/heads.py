@@ -65,9 +65,12 @@ class SequenceScorer(nn.Module):
 RAW = "preference_raw"  # `format` of a reward model trained on raw text pairs (prompt + reply + EOS, no template)
 
 
-def save_reward_meta(out: Path, base_path: str, template_jinja: str, fmt: str = "chat") -> None:
-    """reward_model.json: the base, the chat template and the text `format` scores were learned on (chat or RAW)."""
-    meta = {"base": base_path, "chat_template": template_jinja, "format": fmt}
+def save_reward_meta(
+    out: Path, base_path: str, template_jinja: str, fmt: str = "chat", base_weights: str | None = None
+) -> None:
+    """reward_model.json: the base, the chat template and the text `format` scores were learned on (chat or RAW), and
+    the base's `checkpoint.weights_digest` (PPO's critic starts from the adapter on its own base's weights only)."""
+    meta = {"base": base_path, "chat_template": template_jinja, "format": fmt, "base_weights": base_weights}
     atomic_write_text(out / META_FILE, json.dumps(meta, indent=2))
 
 

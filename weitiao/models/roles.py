@@ -31,7 +31,11 @@ class Roles(nn.Module):
         reward_model: Any = None,
         critic_init: str = "auto",
         critic_lora: LoraSpec | None = None,
+        reward_base: str | None = None,
     ):
+        """`reward_base`: how the weights under the reward model's score head differ from `model`'s, shapes alike
+        (`recipes.rewards.critic_base_difference`), or None. A LoRA critic is the reward model's adapter on this base,
+        so it then starts from zeros (auto) or is refused (reward); a full critic copies the reward model whole."""
         super().__init__()
         if critic_lora is not None and not lora.enabled:  # the critic is then a full copy: no adapter to shape
             raise UserError(
@@ -43,10 +47,12 @@ class Roles(nn.Module):
         critic_spec = critic_lora or lora.model_copy(update={"init_from": None})
         init = critic_init
         other = _other_base(reward_model, base) if reward_model is not None else None
+        other = other or (reward_base if lora.enabled else None)
         if init == "auto":
             init = "reward" if reward_model is not None and not other else "zeros"
             if other:
                 print(f"ppo.critic_init auto: zeros, the reward model's base is another model ({other})")
+        self.critic_init = init  # what auto resolved to
         if init == "reward" and reward_model is None:
             raise UserError("ppo.critic_init: reward needs reward.kind: model (or use zeros)")
         if init == "reward" and other:

@@ -53,7 +53,7 @@ from weitiao.models import attention, packed_attention
 from weitiao.models.load import LoraSpec, ModelSpec, disable_dropout, load_tokenizer, refuse_ignored_dropout
 from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
 from weitiao.models.roles import Roles
-from weitiao.recipes.rewards import RewardSpec, build_scorer
+from weitiao.recipes.rewards import RewardSpec, build_scorer, critic_base_difference
 from weitiao.train import checkpoint as ck
 from weitiao.train import dist
 from weitiao.train.guard import ensure_finite
@@ -430,7 +430,10 @@ def run(cfg: PPOConfig) -> dict:
     if not prompts:
         raise UserError(f"data.prompts: all {too_long} prompts are longer than ppo.prompt_max_len={p.prompt_max_len}")
     score_fn, reward_model = build_scorer(cfg.reward, device)
-    roles = Roles(cfg.model, cfg.lora, device, reward_model, p.critic_init, p.critic_lora)
+    reward_base = None
+    if reward_model is not None and cfg.lora.enabled and p.critic_init != "zeros":  # the critic takes its adapter
+        reward_base = critic_base_difference(cfg.reward.path, cfg.model.path)
+    roles = Roles(cfg.model, cfg.lora, device, reward_model, p.critic_init, p.critic_lora, reward_base)
     context, longest = getattr(roles.model.config, "max_position_embeddings", None), max(lens_kept)
     if context and longest + p.generate_max_len > context:  # past it a RoPE model runs on, silently out of range
         raise UserError(
@@ -501,7 +504,9 @@ def run(cfg: PPOConfig) -> dict:
     if main:
         print(
             f"ppo: {len(prompts)} prompts ({too_long} over prompt_max_len dropped) · {total_steps} steps · "
-            f"reward {cfg.reward.kind} · critic init {p.critic_init} · β={kl_ctl.beta} · models {models_held}"
+            f"reward {cfg.reward.kind} · critic init {p.critic_init}"
+            + (f" → {roles.critic_init}" if p.critic_init == "auto" else "")
+            + f" · β={kl_ctl.beta} · models {models_held}"
         )
     log = MetricsLog(out, main, t.tensorboard, t.report_to, config_yaml, state["step"] if ckpt is not None else None)
     history: list[dict] = []

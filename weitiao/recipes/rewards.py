@@ -89,6 +89,35 @@ def model_scorer(path: str, device: Any = None, batch_size: int = 16) -> tuple[S
     return score, model
 
 
+def critic_base_difference(rm_path: str, policy_base: str) -> str | None:
+    """How the weights under the reward model's score head differ from the policy's base, or None when they are the
+    same. PPO's LoRA critic is the reward model's adapter on the policy's base: the reward model itself only on the
+    base it was trained on (its digest as recorded then; a reward model from before that record: its base now). A
+    fully fine-tuned reward model's own weights are never the policy's base."""
+    from weitiao.models.heads import reward_meta
+    from weitiao.train.checkpoint import local_model, weights_digest
+
+    def digest(ref: str) -> str | None:
+        local = local_model(ref)
+        return weights_digest(local) if local is not None else None
+
+    root, meta = reward_meta(rm_path)
+    if (root / "adapter").exists():
+        theirs, where = meta.get("base_weights") or digest(meta["base"]), f"reward model base {meta['base']}"
+    else:
+        theirs, where = weights_digest(root / "model"), f"reward model {root / 'model'} (fully fine-tuned)"
+    ours = digest(policy_base)
+    if theirs is None or ours is None:
+        print(
+            f"note: ppo.critic_init: the weights of the {where} and of model.path {policy_base} could not be "
+            "compared (no safetensors files): a critic started from the reward model takes them to be the same"
+        )
+        return None
+    if theirs == ours:
+        return None
+    return f"{where} vs model.path {policy_base}: same shapes, other weights (digest {theirs} vs {ours})"
+
+
 def function_scorer(spec: str, batch_size: int | None = None) -> Scorer:
     """`module:function` (module importable, or a .py path) called with (prompts, responses), `batch_size`
     responses at a time (None: all at once)."""

@@ -37,6 +37,7 @@ from weitiao.models.load import (
     match_adapter,
     refuse_ignored_dropout,
 )
+from weitiao.train import checkpoint as ck
 from weitiao.train import dist, loop
 from weitiao.train.pairs import prepare_pairs
 from weitiao.train.spec import PairRecipeConfig, PairTrainSpec
@@ -238,5 +239,7 @@ def run(cfg: RMConfig) -> dict:
     if final is not None:
         base = Path(cfg.model.path)
         base_path = str(base.resolve()) if base.exists() else cfg.model.path
-        save_reward_meta(final, base_path, data.template.jinja, RAW if cfg.data.format == RAW else "chat")
+        local = ck.local_model(cfg.model.path)
+        digest = ck.weights_digest(local) if local is not None else None
+        save_reward_meta(final, base_path, data.template.jinja, RAW if cfg.data.format == RAW else "chat", digest)
     return summary

@@ -318,11 +318,49 @@ def fingerprint(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()[:16]
 
 
+def weights_digest(path: Path) -> str | None:
+    """Hash of each tensor's name, shape and first row (as float32) in a model folder's safetensors files; None
+    without any. The same for the same weights wherever they sit, however sharded, in bf16 or upcast; another after
+    any fine-tuning or LoRA merge (W + BA moves every row of a merged matrix). Reads a few KiB per tensor."""
+    from safetensors import safe_open
+
+    rows: dict[str, tuple[list[int], torch.Tensor]] = {}
+    for f in sorted(path.glob("*.safetensors")) if path.is_dir() else []:
+        with safe_open(str(f), framework="pt") as fh:
+            for name in fh.keys():
+                part = fh.get_slice(name)
+                shape = part.get_shape()
+                first = part[tuple(slice(0, 1) for _ in shape[:-1])] if len(shape) > 1 else fh.get_tensor(name)
+                rows[name] = (shape, first.float())
+    if not rows:
+        return None
+    h = hashlib.sha256()
+    for name in sorted(rows):
+        shape, first = rows[name]
+        h.update(f"{name} {shape}".encode())
+        h.update(first.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def local_model(value: str) -> Path | None:
+    """The local file or folder a model reference names: 'demo', a path, or a hub id through the local cache."""
+    from weitiao.models.load import resolve_path
+
+    local = Path(resolve_path(value) if value == "demo" else value).expanduser()
+    if local.exists():
+        return local
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(value, local_files_only=True))
+    except Exception:  # module:function, a name the hub cache does not hold: nothing on disk
+        return None
+
+
 def input_fingerprints(cfg: Any) -> dict[str, str]:
     """Dotted ModelRef key (model.path, lora.init_from, dpo.reference, reward.path) → fingerprint of the local file
     or folder it names now; hub ids through the local cache, URLs and module:function left out."""
     from weitiao.config import path_keys
-    from weitiao.models.load import resolve_path
 
     out = {}
     for keys, kind in path_keys(type(cfg)).items():
@@ -331,17 +369,10 @@ def input_fingerprints(cfg: Any) -> dict[str, str]:
             value = getattr(value, k, None)
         if not kind.only_if_exists or not isinstance(value, str) or not value or "://" in value:
             continue
-        local = Path(resolve_path(value) if value == "demo" else value).expanduser()
-        if not local.exists() and value.rpartition(":")[0].endswith(".py"):  # a reward function file.py:name
-            local = Path(value.rpartition(":")[0]).expanduser()
-        if not local.exists():
-            try:
-                from huggingface_hub import snapshot_download
-
-                local = Path(snapshot_download(value, local_files_only=True))
-            except Exception:  # module:function, a name the hub cache does not hold: nothing on disk to check
-                continue
-        out[".".join(keys)] = fingerprint(local)
+        file = Path(value.rpartition(":")[0]).expanduser()  # a reward function file.py:name
+        local = file if file.suffix == ".py" and file.is_file() else local_model(value)
+        if local is not None:
+            out[".".join(keys)] = fingerprint(local)
     return out
 
 
