@@ -22,8 +22,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/weitiao demo
 
+# One pytest worker per core (pytest-xdist; each worker's torch gets one thread: tests/conftest.py);
+# worksteal: an idle worker takes tests queued on a busy one, so the long end-to-end runs do not end alone.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

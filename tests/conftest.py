@@ -14,12 +14,14 @@ from pathlib import Path
 # Before torch loads OpenMP: idle threads sleep instead of spinning, so a test's threads do not
 # burn the cores other processes (servers, ranks, parallel jobs) need.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one pytest worker per core: one thread each,
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # also for the CLI subprocesses a test starts
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(2)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 CORPUS = [
     "今天天气怎么样？挺好的，大晴天☀️，要出去玩吗？",
