@@ -179,7 +179,7 @@ def test_reward_model_source_and_critic_init(tiny_model_dir, tmp_path):
     cfg.reward.path = str(tmp_path / "rm")
     cfg.ppo.critic_learning_rate = 1e-12  # keep the critic where it started
     ppo.run(cfg)
-    full = config(tiny_model_dir, prompts, tmp_path / "full", "train.max_steps=1", "reward.kind=model")
+    full = config(tiny_model_dir, prompts, tmp_path / "full", "train.max_steps=1", "reward.kind=model", lora=())
     full.reward.path, full.lora.enabled, full.ppo.critic_learning_rate = str(tmp_path / "rm"), False, 1e-12
     assert ppo.run(full)["cost"]["models_held"]["base copies"] == 3
     from weitiao.models.heads import load_reward_model
