@@ -7,6 +7,7 @@ import importlib.util
 import json
 import re
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -60,9 +61,22 @@ def tensorboard_scalars(run: Path) -> tuple[dict, dict]:
     return got, hp
 
 
-def wandb_records(run: Path) -> list:
-    """The .wandb transaction log: LevelDB log framing after a 7-byte W&B header (wandb ships no
-    Python reader any more), records parsed with wandb's own protobuf."""
+def wandb_records(run: Path, wait_s: float = 60.0) -> list:
+    """The .wandb transaction log once it holds the run's exit record: wandb-core writes it from its own process,
+    and under load `finish()` returned before its last flush (no run record read once, in a 2-worker suite)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        out = _wandb_log(run)
+        kinds = [r.WhichOneof("record_type") for r in out]
+        if "exit" in kinds:
+            return out
+        assert time.monotonic() < deadline, kinds
+        time.sleep(0.5)
+
+
+def _wandb_log(run: Path) -> list:
+    """LevelDB log framing after a 7-byte W&B header (wandb ships no Python reader any more), records parsed
+    with wandb's own protobuf."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     found = list(run.glob("wandb/*run-*/run-*.wandb"))
