@@ -46,7 +46,18 @@ def test_a_set_lora_dropout_that_disable_dropout_would_switch_off_is_refused(tin
     # negative controls: the default (unset) 0.05, an explicit 0, and dropout kept on are all accepted
     for extra in ([], ["lora.dropout=0"], ["lora.dropout=0.1", "train.disable_dropout=false"]):
         cfg = config(tiny_model_dir, pairs_file, out, *extra)
-        dpo.refuse_ignored_dropout(cfg.lora, cfg.train.disable_dropout)
+        dpo.lora_as_trained(cfg.lora, cfg.train.disable_dropout)
+
+
+def test_a_runs_recorded_config_trains_again(tiny_model_dir, pairs_file, tmp_path):
+    """config.yaml records the dropout trained with (0: disable_dropout), so `weitiao dpo runs/x/config.yaml` runs
+    again; it recorded the default 0.05 as set, which the check above refused."""
+    first = tmp_path / "first"
+    dpo.run(config(tiny_model_dir, pairs_file, first, "train.max_steps=1"))
+    again = load_config(dpo.DPOConfig, first / "config.yaml", [f"train.out={tmp_path / 'again'}"])
+    assert again.lora.dropout == 0.0
+    dpo.run(again)
+    assert read_metrics(tmp_path / "again", "train")[0]["loss"] == read_metrics(first, "train")[0]["loss"]
 
 
 @pytest.mark.slow
@@ -85,6 +96,8 @@ def test_init_from_starts_at_pi_equal_pi_ref_with_default_dropout(tiny_model_dir
             "train.max_steps=1",
             f"lora.init_from={first}",
             f"train.disable_dropout={disable}",
+            # the first run's adapter records the dropout it trained with (0): keeping dropout on needs it set
+            *(["lora.dropout=0.05"] if disable == "false" else []),
         )
         assert run.lora.dropout == 0.05
         dpo.run(run)

@@ -401,15 +401,19 @@ def build_trainable(model: ModelSpec, lora: LoraSpec, device: torch.device, head
     return base
 
 
-def refuse_ignored_dropout(lora: LoraSpec, disable: bool) -> None:
-    """A lora.dropout the config sets, that train.disable_dropout (on by default in DPO, RM and PPO) would switch
-    off, is refused with one line instead of being ignored."""
-    if disable and lora.enabled and "dropout" in lora.model_fields_set and lora.dropout > 0:
+def lora_as_trained(lora: LoraSpec, disable: bool) -> LoraSpec:
+    """The LoRA spec a DPO, RM or PPO run trains with: dropout 0 when train.disable_dropout (on by default there)
+    switches it off, so the run's config.yaml records what ran and loads again. A lora.dropout > 0 the config sets
+    is refused with one line instead of being ignored."""
+    if not (disable and lora.enabled and lora.dropout > 0):
+        return lora
+    if "dropout" in lora.model_fields_set:
         raise UserError(
             f"lora.dropout={lora.dropout} would be switched off: train.disable_dropout is true (the default here, so "
             "the first update compares π with its reference without dropout); set train.disable_dropout=false to "
             "train with it, or drop lora.dropout"
         )
+    return lora.model_copy(update={"dropout": 0.0})
 
 
 def disable_dropout(model: torch.nn.Module) -> int:

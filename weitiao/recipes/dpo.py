@@ -45,7 +45,7 @@ from weitiao.models.load import (
     load_lora,
     load_model,
     load_tokenizer,
-    refuse_ignored_dropout,
+    lora_as_trained,
     resolve_path,
 )
 from weitiao.train import dist, loop
@@ -381,7 +381,7 @@ class FallingChosen:
 def run(cfg: DPOConfig) -> dict:
     """Train with DPO; returns the summary with the last eval metrics."""
     t, d = cfg.train, cfg.dpo
-    refuse_ignored_dropout(cfg.lora, t.disable_dropout)
+    cfg.lora = lora_as_trained(cfg.lora, t.disable_dropout)
     accel = dist.accelerator(cfg.model)
     main = accel.is_main_process
     torch.manual_seed(t.seed)

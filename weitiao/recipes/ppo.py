@@ -50,7 +50,7 @@ from weitiao.io import atomic_write_text, write_jsonl
 from weitiao.losses import ppo as ppo_losses
 from weitiao.losses.sft import PACKED_SDPA, target_logps
 from weitiao.models import attention, packed_attention
-from weitiao.models.load import LoraSpec, ModelSpec, disable_dropout, load_tokenizer, refuse_ignored_dropout
+from weitiao.models.load import LoraSpec, ModelSpec, disable_dropout, load_tokenizer, lora_as_trained
 from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
 from weitiao.models.roles import Roles
 from weitiao.recipes.rewards import RewardSpec, build_scorer, critic_base_difference
@@ -405,7 +405,7 @@ def _rng_states(world: int) -> list[dict]:
 def run(cfg: PPOConfig) -> dict:
     """Train with PPO; returns the summary (last metrics, cost report, output dir)."""
     p, t = cfg.ppo, cfg.train
-    refuse_ignored_dropout(cfg.lora, t.disable_dropout)
+    cfg.lora = lora_as_trained(cfg.lora, t.disable_dropout)
     accel = dist.accelerator(whole="ppo")
     main, world, rank = accel.is_main_process, accel.num_processes, accel.process_index
     reduce = _allsum if world > 1 else None

@@ -34,8 +34,8 @@ from weitiao.models.load import (
     disable_dropout,
     load_model,
     load_tokenizer,
+    lora_as_trained,
     match_adapter,
-    refuse_ignored_dropout,
 )
 from weitiao.train import checkpoint as ck
 from weitiao.train import dist, loop
@@ -157,7 +157,7 @@ def evaluate(
 def run(cfg: RMConfig) -> dict:
     """Train the reward model; returns the summary with held-out accuracy/margin/reward stats."""
     t = cfg.train
-    refuse_ignored_dropout(cfg.lora, t.disable_dropout)
+    cfg.lora = lora_as_trained(cfg.lora, t.disable_dropout)
     accel = dist.accelerator(cfg.model)
     main = accel.is_main_process
     torch.manual_seed(t.seed)
