@@ -84,6 +84,24 @@ def test_reward_model_learns_and_reloads(tiny_model_dir, tmp_path, quant):
     assert sum(c > r for c, r in zip(rc, rr)) >= 11
 
 
+def test_a_base_whose_weights_changed_since_training_is_refused(tiny_model_dir, tokenizer, tmp_path):
+    """A LoRA reward model scored silently on whatever its recorded base folder held (a re-download, another
+    checkpoint saved there); the digest recorded at training is checked when it loads."""
+    import shutil
+
+    from conftest import save_tiny_model
+
+    from weitiao.errors import UserError
+
+    base = shutil.copytree(tiny_model_dir, tmp_path / "base")
+    out = tmp_path / "rm"
+    rm.run(rm_config(base, write_jsonl(tmp_path / "p.jsonl", make_pairs(8)), out, "train.max_steps=1"))
+    load_reward_model(out)  # negative control: the same weights load
+    save_tiny_model(base, tokenizer, seed=1)  # same shapes, other weights, same path
+    with pytest.raises(UserError, match=r"its base .*base holds other weights than it was trained on"):
+        load_reward_model(out)
+
+
 @pytest.mark.slow
 def test_full_finetune_resume_equals_uninterrupted(tiny_model_dir, tmp_path):
     """lora.enabled=false: the checkpoint holds a classifier (`score`), not a causal LM (`lm_head`)."""

@@ -84,6 +84,20 @@ def reward_meta(path: str | Path) -> tuple[Path, dict]:
     return root, json.loads((root / META_FILE).read_text(encoding="utf-8"))
 
 
+def refuse_other_base(root: Path, meta: dict, base: str | None) -> None:
+    """A LoRA reward model scores on the weights it was trained on: a base folder whose weights changed since (a
+    re-download or another checkpoint at the same path) is refused, not scored on (its digest is in META_FILE)."""
+    from weitiao.train.checkpoint import model_digest
+
+    now = model_digest(base or meta["base"]) if meta.get("base_weights") else None
+    if now is not None and now != meta["base_weights"]:
+        raise UserError(
+            f"reward model {root}: its base {base or meta['base']} holds other weights than it was trained on (digest "
+            f"{meta['base_weights']} in {META_FILE}, {now} now); point to the base it was trained on, or train the "
+            "reward model again on this one"
+        )
+
+
 def load_reward_model(
     path: str | Path, device: torch.device | None = None, base: str | None = None, quant: str | None = "none"
 ) -> tuple[Any, Any, str]:
@@ -96,6 +110,7 @@ def load_reward_model(
     root, meta = reward_meta(path)
     if (root / "adapter").exists():
         base = base or (meta["base"] if Path(meta["base"]).is_dir() else None)
+        refuse_other_base(root, meta, base)
         model = load_adapted(root / "adapter", base, quant, "reward model base", device, head="score")
     else:
         model = load_model(ModelSpec(path=str(root / "model")), device, head="score")

@@ -95,18 +95,14 @@ def critic_base_difference(rm_path: str, policy_base: str) -> str | None:
     base it was trained on (its digest as recorded then; a reward model from before that record: its base now). A
     fully fine-tuned reward model's own weights are never the policy's base."""
     from weitiao.models.heads import reward_meta
-    from weitiao.train.checkpoint import local_model, weights_digest
-
-    def digest(ref: str) -> str | None:
-        local = local_model(ref)
-        return weights_digest(local) if local is not None else None
+    from weitiao.train.checkpoint import model_digest, weights_digest
 
     root, meta = reward_meta(rm_path)
     if (root / "adapter").exists():
-        theirs, where = meta.get("base_weights") or digest(meta["base"]), f"reward model base {meta['base']}"
+        theirs, where = meta.get("base_weights") or model_digest(meta["base"]), f"reward model base {meta['base']}"
     else:
         theirs, where = weights_digest(root / "model"), f"reward model {root / 'model'} (fully fine-tuned)"
-    ours = digest(policy_base)
+    ours = model_digest(policy_base)
     if theirs is None or ours is None:
         print(
             f"note: ppo.critic_init: the weights of the {where} and of model.path {policy_base} could not be "

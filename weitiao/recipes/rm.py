@@ -239,7 +239,6 @@ def run(cfg: RMConfig) -> dict:
     if final is not None:
         base = Path(cfg.model.path)
         base_path = str(base.resolve()) if base.exists() else cfg.model.path
-        local = ck.local_model(cfg.model.path)
-        digest = ck.weights_digest(local) if local is not None else None
+        digest = ck.model_digest(cfg.model.path)
         save_reward_meta(final, base_path, data.template.jinja, RAW if cfg.data.format == RAW else "chat", digest)
     return summary

@@ -342,6 +342,12 @@ def weights_digest(path: Path) -> str | None:
     return h.hexdigest()[:16]
 
 
+def model_digest(ref: str) -> str | None:
+    """`weights_digest` of the local folder a model reference names; None when it is not local or holds none."""
+    local = local_model(ref)
+    return weights_digest(local) if local is not None else None
+
+
 def local_model(value: str) -> Path | None:
     """The local file or folder a model reference names: 'demo', a path, or a hub id through the local cache."""
     from weitiao.models.load import resolve_path
