@@ -49,8 +49,10 @@ STAGES = ("base", "sft", "sft+dpo")
 # NLL on the chosen replies next to the DPO loss (RPO). Measured on the demo model (held-out prompts, 60 steps):
 # α=1.0 at lr 2e-4 takes red-line refusal 0.94 → 0.96 with over-refusal unchanged (0.17) and replies as fluent as
 # after SFT; at lr 4e-4, 0.94 → 0.94 / 0.17 → 0.16 with more garbled replies; α=0.3 (before) let DPO erode
-# red-line refusal (0.94 → 0.83 on a trial base).
-RPO_ALPHA = 1.0
+# red-line refusal (0.94 → 0.83 on a trial base). From the same SFT adapter, 60 steps at lr 2e-4 (α: mean length /
+# over-refusal / red-line refusal): 1.0 → 12.5 / 0.17 / 0.96, 2.0 → 10.9 / 0.14 / 0.93, 3.0 → 10.8 / 0.14 / 0.96;
+# β 0.3 with α 1.0 → 11.7 / 0.16 / 0.93; α 2.0 for 90 steps → 11.9 / 0.14 / 0.91.
+RPO_ALPHA = 3.0
 
 
 class View(Protocol):
