@@ -267,6 +267,11 @@ def test_changed_config_lists_only_keys_that_change_training():
     assert ck.config_changes("ppo:\n  critic_lora: null\n", "ppo:\n  critic_lora:\n    r: 8\n") == {
         "ppo.critic_lora": (None, "{…}")
     }
+    # A DPO/RM/PPO run from before it recorded the dropout trained with (0 under disable_dropout) resumes as is;
+    # a dropout kept on is still a change.
+    off = "lora:\n  dropout: {}\ntrain:\n  disable_dropout: {}\n"
+    assert ck.config_changes(off.format(0.05, "true"), off.format(0.0, "true")) == {}
+    assert ck.config_changes(off.format(0.05, "false"), off.format(0.0, "false")) == {"lora.dropout": (0.05, 0.0)}
 
 
 @pytest.mark.parametrize(

@@ -243,6 +243,8 @@ def config_changes(old_yaml: str, new_yaml: str) -> dict[str, tuple[Any, Any]]:
     """
     old, new = _flat(yaml.safe_load(old_yaml) or {}), _flat(yaml.safe_load(new_yaml) or {})
     out = {k: (old[k], new[k]) for k in old.keys() & new.keys() if old[k] != new[k]}
+    if new.get("train.disable_dropout") and new.get("lora.dropout") == 0.0:
+        out.pop("lora.dropout", None)  # a run from before load.lora_as_trained recorded the default it switched off
     for k in old.keys() ^ new.keys():
         for parent in (k.rsplit(".", i)[0] for i in range(1, k.count(".") + 1)):
             if parent in old or parent in new:
