@@ -170,7 +170,7 @@ def test_reward_model_source_and_critic_init(tiny_model_dir, tmp_path):
         + ["train.max_steps=2", "train.progress=false", "train.tensorboard=false"],
     )
     rm.run(rm_cfg)
-    from weitiao.train.checkpoint import weights_digest
+    from weitiao.models.digest import weights_digest
 
     recorded = json.loads((tmp_path / "rm" / "final" / "reward_model.json").read_text())
     assert recorded["base_weights"] == weights_digest(tiny_model_dir)  # what PPO compares its base with

@@ -193,8 +193,8 @@ def test_a_reward_model_of_other_weights_of_the_same_shapes_does_not_start_a_lor
 
     from safetensors.torch import save_file
 
+    from weitiao.models.digest import weights_digest
     from weitiao.recipes.rewards import critic_base_difference
-    from weitiao.train.checkpoint import weights_digest
 
     merged, same = tmp_path / "sft-merged", tmp_path / "copy"
     for d in (merged, same):

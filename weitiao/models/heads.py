@@ -69,7 +69,7 @@ def save_reward_meta(
     out: Path, base_path: str, template_jinja: str, fmt: str = "chat", base_weights: str | None = None
 ) -> None:
     """reward_model.json: the base, the chat template and the text `format` scores were learned on (chat or RAW), and
-    the base's `checkpoint.weights_digest` (PPO's critic starts from the adapter on its own base's weights only)."""
+    the base's `digest.weights_digest` (PPO's critic starts from the adapter on its own base's weights only)."""
     meta = {"base": base_path, "chat_template": template_jinja, "format": fmt, "base_weights": base_weights}
     atomic_write_text(out / META_FILE, json.dumps(meta, indent=2))
 
@@ -87,7 +87,7 @@ def reward_meta(path: str | Path) -> tuple[Path, dict]:
 def refuse_other_base(root: Path, meta: dict, base: str | None) -> None:
     """A LoRA reward model scores on the weights it was trained on: a base folder whose weights changed since (a
     re-download or another checkpoint at the same path) is refused, not scored on (its digest is in META_FILE)."""
-    from weitiao.train.checkpoint import model_digest
+    from weitiao.models.digest import model_digest
 
     now = model_digest(base or meta["base"]) if meta.get("base_weights") else None
     if now is not None and now != meta["base_weights"]:
@@ -110,8 +110,8 @@ def load_reward_model(
     root, meta = reward_meta(path)
     if (root / "adapter").exists():
         base = base or (meta["base"] if Path(meta["base"]).is_dir() else None)
-        refuse_other_base(root, meta, base)
         model = load_adapted(root / "adapter", base, quant, "reward model base", device, head="score")
+        refuse_other_base(root, meta, base)  # after: a base of other shapes gets load_adapted's "does not fit"
     else:
         model = load_model(ModelSpec(path=str(root / "model")), device, head="score")
     tokenizer = load_tokenizer(str(root / "tokenizer"))

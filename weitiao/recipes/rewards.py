@@ -94,8 +94,8 @@ def critic_base_difference(rm_path: str, policy_base: str) -> str | None:
     same. PPO's LoRA critic is the reward model's adapter on the policy's base: the reward model itself only on the
     base it was trained on (its digest as recorded then; a reward model from before that record: its base now). A
     fully fine-tuned reward model's own weights are never the policy's base."""
+    from weitiao.models.digest import model_digest, weights_digest
     from weitiao.models.heads import reward_meta
-    from weitiao.train.checkpoint import model_digest, weights_digest
 
     root, meta = reward_meta(rm_path)
     if (root / "adapter").exists():

@@ -26,6 +26,7 @@ from weitiao.data.preference import pair_rows
 from weitiao.errors import UserError
 from weitiao.losses.preference import bradley_terry
 from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
+from weitiao.models.digest import model_digest
 from weitiao.models.heads import RAW, SequenceScorer, save_reward_meta
 from weitiao.models.load import (
     LoraSpec,
@@ -37,7 +38,6 @@ from weitiao.models.load import (
     lora_as_trained,
     match_adapter,
 )
-from weitiao.train import checkpoint as ck
 from weitiao.train import dist, loop
 from weitiao.train.pairs import prepare_pairs
 from weitiao.train.spec import PairRecipeConfig, PairTrainSpec
@@ -239,6 +239,6 @@ def run(cfg: RMConfig) -> dict:
     if final is not None:
         base = Path(cfg.model.path)
         base_path = str(base.resolve()) if base.exists() else cfg.model.path
-        digest = ck.model_digest(cfg.model.path)
+        digest = model_digest(cfg.model.path)
         save_reward_meta(final, base_path, data.template.jinja, RAW if cfg.data.format == RAW else "chat", digest)
     return summary
