@@ -134,3 +134,16 @@ def test_vote_body_size_is_limited(store):
         big = c.post("/api/vote", json={"round": r["round"], "choice": "a", "pad": "x" * 100_000})
         assert big.status_code == 413
         assert c.post("/api/vote", json={"round": r["round"], "choice": "a"}).status_code == 200
+
+
+def test_unknown_query_parameters_are_refused(store):
+    """`/api/round?model=weak` or `/api/stats?since=…` asked for something the server ignored: a 400 line naming it.
+    The page keeps taking stray parameters (a shared link's `?utm_source=`), and plain calls work as before."""
+    with running(create_app(store, seed=0)) as base, httpx.Client(base_url=base) as c:
+        assert c.get("/?utm_source=wechat").status_code == 200
+        for path, name in (("/api/round?model=weak", "model"), ("/api/stats?since=2026", "since")):
+            r = c.get(path)
+            assert r.status_code == 400, path
+            route = path.split("?")[0]
+            assert r.json()["error"] == f"unknown query parameter {name!r}; {route} takes no query parameters"
+        assert c.get("/api/round").status_code == 200 and c.get("/api/stats").json()["votes"] == 0

@@ -1,5 +1,7 @@
 """Reward model: score position, packed scores vs transformers' own pooling, end-to-end accuracy."""
 
+import json
+
 import pytest
 import torch
 from conftest import recipe_config, write_jsonl
@@ -114,6 +116,8 @@ def test_full_finetune_resume_equals_uninterrupted(tiny_model_dir, tmp_path):
     whole = [r["loss"] for r in read_metrics(tmp_path / "whole", "train")]
     cut = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "cut", "train")}
     assert sorted(cut) == [1, 2, 3, 4] and all(abs(cut[s + 1] - a) < 1e-5 for s, a in enumerate(whole))
+    # no base digest: only an adapter reward model is scored on (and checked against) its base's weights
+    assert json.loads((tmp_path / "whole" / "final" / "reward_model.json").read_text())["base_weights"] is None
 
 
 @pytest.mark.slow

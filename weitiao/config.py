@@ -10,6 +10,7 @@ directory, as on any command line. Either way the config a run records holds abs
 from __future__ import annotations
 
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -195,6 +196,19 @@ def yaml_line(node: yaml.Node | None, keys: tuple) -> int | None:
     return line
 
 
+def _named_key(node: yaml.Node | None, loc: tuple, msg: str) -> tuple:
+    """The first key of the section at `loc` that a section-wide error names as `key=` (`r=64 would do nothing`), as a
+    one-key suffix of `loc`, so the line is that key's, not the section's; () when it names none written there."""
+    for k in loc:
+        mapping = isinstance(node, yaml.MappingNode)
+        node = next((v for kn, v in node.value if kn.value == str(k)), None) if mapping else None
+    if not isinstance(node, yaml.MappingNode):
+        return ()
+    found = ((re.search(rf"(?<![\w.]){re.escape(kn.value)}=", msg), kn.value) for kn, _ in node.value)
+    named = [(m.start(), key) for m, key in found if m]
+    return (min(named)[1],) if named else ()
+
+
 def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | None = None) -> C:
     """Read YAML (if given), apply overrides, validate; errors name the file, line and key."""
     data: dict = {}
@@ -230,7 +244,7 @@ def validate(
         key = ".".join(str(x) for x in err["loc"])
         more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
         overridden = any(o.split("=", 1)[0].strip() == key for o in overrides or [])
-        line = None if overridden else yaml_line(node, tuple(err["loc"]))
+        line = None if overridden else yaml_line(node, tuple(err["loc"]) + _named_key(node, err["loc"], err["msg"]))
         loc = f"{where}:{line}" if line else where
         raise UserError(f"{loc}: {key}: {err['msg']}{more}") from None
 

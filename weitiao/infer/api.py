@@ -1,5 +1,7 @@
 """The OpenAI request schema and the checks in front of `weitiao serve`: strict fields (an unknown or
-unsupported one is a 400 naming it), valid Unicode, and an ASGI guard for the API key and body size.
+unsupported one is a 400 naming it), valid Unicode, and an ASGI guard for the API key and body size. `KnownQuery`
+is the route class of the console's and the arena's JSON APIs (not of the OpenAI routes, where clients add their own
+parameters such as `api-version`).
 
 Every refusal is an OpenAI-style error body whose `param` names the field at fault.
 """
@@ -11,7 +13,9 @@ import json
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
+from fastapi import Request
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
@@ -280,3 +284,31 @@ class Guard:
                 return
             read += len(msg.get("body", b""))
             more = msg.get("more_body", False)
+
+
+def _query_names(dependant: Any) -> list[str]:
+    """The query parameters a route's function (and its dependencies) take, in signature order."""
+    names = [p.alias for p in dependant.query_params] + [n for d in dependant.dependencies for n in _query_names(d)]
+    return list(dict.fromkeys(names))
+
+
+class KnownQuery(APIRoute):
+    """An /api/ route that refuses, with a 400 `{"error": line}`, a query parameter its function does not take or one
+    given twice: `?lmit=5` or `?offest=` would otherwise be dropped and the default silently used."""
+
+    def get_route_handler(self) -> Any:
+        handler, names = super().get_route_handler(), _query_names(self.dependant)
+        if not self.path.startswith("/api/"):
+            return handler  # a page itself: a stray `?utm_source=` changes nothing there
+
+        async def checked(request: Request) -> Any:
+            keys = request.query_params.keys()
+            takes = f"{self.path} takes {', '.join(names)}" if names else f"{self.path} takes no query parameters"
+            if unknown := sorted(set(keys) - set(names)):
+                return JSONResponse({"error": f"unknown query parameter {unknown[0]!r}; {takes}"}, 400)
+            if twice := sorted(k for k in set(keys) if len(request.query_params.getlist(k)) > 1):
+                once = f"query parameter {twice[0]!r} is given more than once; give it once"
+                return JSONResponse({"error": once}, 400)
+            return await handler(request)
+
+        return checked

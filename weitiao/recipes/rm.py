@@ -239,6 +239,6 @@ def run(cfg: RMConfig) -> dict:
     if final is not None:
         base = Path(cfg.model.path)
         base_path = str(base.resolve()) if base.exists() else cfg.model.path
-        digest = model_digest(cfg.model.path)
+        digest = model_digest(cfg.model.path) if cfg.lora.enabled else None  # read for adapter reward models only
         save_reward_meta(final, base_path, data.template.jinja, RAW if cfg.data.format == RAW else "chat", digest)
     return summary

@@ -20,13 +20,13 @@ import yaml
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, StreamingResponse
-from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
 from weitiao.config import dump_config
 from weitiao.data.formats import FORMATS
 from weitiao.demo import DATA_DIR, DEMO_DIR
 from weitiao.errors import UserError
+from weitiao.infer.api import KnownQuery
 from weitiao.ui import forms
 from weitiao.ui.chat import ChatModels
 from weitiao.ui.paths import Roots
@@ -102,37 +102,10 @@ def _known(body: Any, known: set[str], what: str) -> None:
         raise UserError(f"{what}: unknown field {unknown[0]!r}; fields are {', '.join(sorted(known))}")
 
 
-def _query_names(dependant: Any) -> list[str]:
-    """The query parameters a route's function (and its dependencies) take, in signature order."""
-    names = [p.alias for p in dependant.query_params] + [n for d in dependant.dependencies for n in _query_names(d)]
-    return list(dict.fromkeys(names))
-
-
-class _KnownQuery(APIRoute):
-    """An /api/ route that refuses a query parameter its function does not take, or one given twice, as `_known`
-    refuses body fields: `?lmit=5` or `?offest=` would otherwise be dropped and the default silently used."""
-
-    def get_route_handler(self) -> Any:
-        handler, names = super().get_route_handler(), _query_names(self.dependant)
-        if not self.path.startswith("/api/"):
-            return handler  # the page itself: a stray `?utm_source=` changes nothing there
-
-        async def checked(request: Request) -> Any:
-            keys = request.query_params.keys()
-            takes = f"{self.path} takes {', '.join(names)}" if names else f"{self.path} takes no query parameters"
-            if unknown := sorted(set(keys) - set(names)):
-                raise UserError(f"unknown query parameter {unknown[0]!r}; {takes}")
-            if twice := sorted(k for k in set(keys) if len(request.query_params.getlist(k)) > 1):
-                raise UserError(f"query parameter {twice[0]!r} is given more than once; give it once")
-            return await handler(request)
-
-        return checked
-
-
 def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: ChatModels | None = None) -> FastAPI:
     warm_imports()
     app = FastAPI(title="weitiao ui", docs_url=None, redoc_url=None, openapi_url=None)
-    app.router.route_class = _KnownQuery
+    app.router.route_class = KnownQuery
     models = chat or ChatModels()
 
     @app.middleware("http")
