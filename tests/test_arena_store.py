@@ -222,6 +222,15 @@ def test_a_later_serve_sets_aside_what_its_answers_file_no_longer_holds(tmp_path
     assert "z (set" in said  # the table's row: z (set aside), wrapped
     j = json.loads(out.read_text())
     assert j["set_aside"] == {"z": 5} and j["set_aside_counted"] and j["n_battles"] == 8
+    from weitiao.eval.arena import rank as rank_mod
+
+    labels: list[list[str]] = []  # the plot's model labels, as drawn
+    monkeypatch.setattr(rank_mod, "save_figure", lambda fig, *_, **__: labels.append(
+        [t.get_text() for t in fig.axes[0].get_yticklabels()]))  # fmt: skip
+    for extra in ([], ["--skip-set-aside"]):
+        assert CliRunner().invoke(arena_app, [*rank, "--plot", str(tmp_path / "r.png"), *extra]).exit_code == 0
+    assert [sorted(x for x in ls if "set aside" in x) for ls in labels] == [[labels[0][0]], []]
+    assert labels[0][0].startswith("z (#") and labels[0][0].endswith(" · set aside")
     r = CliRunner().invoke(arena_app, [*rank, "--skip-set-aside"])
     assert r.exit_code == 0 and "their battles left out" in " ".join(r.output.split()), r.output
     j = json.loads(out.read_text())

@@ -286,6 +286,8 @@ def test_review_csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted():
     assert sheet(evil) == ["train", "'@SUM(A1)", "'@SUM(A1)#0", "'-2+3", "0.500", "'=HYPERLINK(\"http://x\",\"点我\")",
                            "'+1+cmd|' /C calc'!A0", "'\t=1+1\n正文", ""]  # fmt: skip
     assert sheet(kb2sft.QA("问", "\r=1", Chunk("d", "d#0", "t")))[6] == "'\r=1"
+    wide = sheet(kb2sft.QA('＝HYPERLINK("http://x")', "＋1", Chunk("＠d", "＠d#0", "－1", "ｘ＝1")))
+    assert wide[1:4] == ["'＠d", "'＠d#0", "ｘ＝1"] and wide[5:8] == ['\'＝HYPERLINK("http://x")', "'＋1", "'－1"]
     chunk = Chunk("员工手册.md", "员工手册.md#3", "“年假”\n5 天", "假期 > 年假")
     plain = kb2sft.QA("年假有几天？", "入职满一年 5 天，a=b 也行", chunk, 1.0)
     buf = io.StringIO()

@@ -122,8 +122,9 @@ def to_row(qa: QA, system: str | None, row_format: str = "messages") -> dict:
 
 
 # A cell starting with one of these is a formula to Excel/LibreOffice (CSV injection): QA text comes from
-# documents and a teacher model, so `=HYPERLINK(...)` in a chunk would run in the reviewer's spreadsheet.
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# documents and a teacher model, so `=HYPERLINK(...)` in a chunk would run in the reviewer's spreadsheet. The
+# full-width forms too: Excel with a Chinese or Japanese IME takes ＝SUM(…) as =SUM(…).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "＝", "＋", "－", "＠")
 
 
 def spreadsheet_csv(header: list[str], rows: list[list[str]]) -> str:

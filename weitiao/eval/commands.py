@@ -239,7 +239,7 @@ def arena_rank(
                "set_aside_counted": not skip_set_aside}  # fmt: skip
         atomic_write_text(as_json, json.dumps(out, ensure_ascii=False, indent=1))
     if plot:
-        plot_ratings(res, plot)
+        plot_ratings(res, plot, [] if skip_set_aside else aside)
         console.print(f"wrote {plot}")
 
 

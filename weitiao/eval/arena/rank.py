@@ -354,8 +354,9 @@ def load_battles(path: Path) -> list[dict]:
     return rows
 
 
-def plot_ratings(res: RankResult, path: str | Path) -> None:
-    """PNG: one row per model, BT rating with its 95% CI bar, best at the top."""
+def plot_ratings(res: RankResult, path: str | Path, aside: Sequence[str] = ()) -> None:
+    """PNG: one row per model, BT rating with its 95% CI bar, best at the top; models in `aside` (set aside by a later
+    `arena serve`, their battles counted) are labelled so and drawn in grey."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -366,8 +367,11 @@ def plot_ratings(res: RankResult, path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(rs) + 1.2))
     x = np.array([r.rating for r in rs])
     err = np.array([[r.rating - r.lower for r in rs], [r.upper - r.rating for r in rs]])
-    ax.errorbar(x, y, xerr=err, fmt="o", capsize=3)
-    ax.set_yticks(y, [f"{r.model} (#{r.rank})" for r in rs])
+    grey = np.array([r.model in set(aside) for r in rs])
+    for mask, color in ((~grey, "C0"), (grey, "0.6")):
+        if mask.any():
+            ax.errorbar(x[mask], y[mask], xerr=err[:, mask], fmt="o", capsize=3, color=color)
+    ax.set_yticks(y, [f"{r.model} (#{r.rank})" + (" · set aside" if g else "") for r, g in zip(rs, grey)])
     ax.set_xlabel("Bradley–Terry rating (95% bootstrap CI)")
     ax.set_title(f"{res.n_battles:,} battles")
     ax.grid(axis="x", alpha=0.3)
