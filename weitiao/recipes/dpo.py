@@ -221,8 +221,8 @@ def pair_step(
     out["logps/rejected_sum"] = sums[1::2].detach().sum()
     out["kl_offpolicy_data_sum"] = k3_kl(tok.detach(), ref_tok).sum()
     out["tokens"] = counts.sum()
-    out["nll_chosen_sum"] = -sums[0::2].sum()
-    out["chosen_tokens"] = counts[0::2].sum()
+    out["nll_chosen_sum"] = -(w * sums[0::2]).sum()  # RPO's NLL weighted as the pair's DPO term: weight 0 drops it
+    out["chosen_tokens"] = (w * counts[0::2]).sum()
     out["pairs"] = torch.tensor(float(n // 2), device=tok.device)
     return out
 
@@ -235,7 +235,7 @@ def _means(sums: dict[str, torch.Tensor], prefix: str = "", rpo_alpha: float = 0
     out = {prefix + k[:-4]: float(v) / pairs for k, v in sums.items() if k.endswith("_sum") and k not in per_token}
     out[prefix + "loss"] = float(sums["loss_sum"]) / max(1e-12, float(sums["weight_sum"]))  # weighted mean
     if rpo_alpha:
-        out[prefix + "nll_chosen"] = float(sums["nll_chosen_sum"]) / max(1.0, float(sums["chosen_tokens"]))
+        out[prefix + "nll_chosen"] = float(sums["nll_chosen_sum"]) / max(1e-12, float(sums["chosen_tokens"]))
         out[prefix + "loss_dpo"] = out[prefix + "loss"]
         out[prefix + "loss"] += rpo_alpha * out[prefix + "nll_chosen"]
     out[prefix + "kl_offpolicy_data"] = float(sums["kl_offpolicy_data_sum"]) / max(1.0, float(sums["tokens"]))
@@ -444,7 +444,9 @@ def run(cfg: DPOConfig) -> dict:
             epoch, units = plan.step(step)
             chosen = [2 * u for pairs in units for row in pairs for u in row]  # example 2u: pair u's chosen
             weight = sum(data.weights[i // 2] for i in chosen) if data.weights else len(chosen)
-            chosen_tokens = sum(n_targets(data.train[i]) for i in chosen)
+            chosen_tokens = sum(
+                n_targets(data.train[i]) * (data.weights[i // 2] if data.weights else 1) for i in chosen
+            )
             loop.set_lr(optimizer, t, lr, step, total)
             sums: loop.Sums = {}
             for pairs in loop.micro_batches(accel, loss_mod, units, (t.seed, step)):
@@ -453,7 +455,7 @@ def run(cfg: DPOConfig) -> dict:
                 o = pair_step(loss_mod, ref, b, [i for row in rows for i in row], cfg, data.weights)
                 objective = o["loss_sum"] * world / max(weight, 1e-12)  # a step of weight-0 pairs learns nothing
                 if d.rpo_alpha:
-                    objective = objective + d.rpo_alpha * o["nll_chosen_sum"] * world / max(1, chosen_tokens)
+                    objective = objective + d.rpo_alpha * o["nll_chosen_sum"] * world / max(chosen_tokens, 1e-12)
                 accel.backward(objective)
                 loop.add(sums, **o)
             norm = loop.clip_grad(accel, params, t.max_grad_norm)
