@@ -48,6 +48,18 @@ def test_rows_are_bounded_by_the_context(rm_dir, tmp_path):
     assert out[1]["score"] == pytest.approx(out[0]["score"], abs=1e-5)
 
 
+def test_a_last_reply_of_weight_0_is_scored(rm_dir, tmp_path):
+    """`weight: 0` (OpenAI files: not trained) left the last reply with no labelled token, and its score was read at
+    the batch's first token: the same number for any row."""
+    chat = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "嗨"}]
+    turns = [("天气", "挺好的", 0), ("电影", "《流浪地球》不错哦👍", 0), ("天气", "挺好的", 1)]
+    last = [[{"role": "user", "content": q}, {"role": "assistant", "content": a, "weight": w}] for q, a, w in turns]
+    rows = [{"messages": chat + turn} for turn in last]
+    score.run(str(rm_dir), str(write_jsonl(tmp_path / "w.jsonl", rows)))
+    got = [json.loads(x)["score"] for x in (tmp_path / "w.jsonl.scores.jsonl").read_text().splitlines()]
+    assert got[0] == pytest.approx(got[2], abs=1e-6) and abs(got[0] - got[1]) > 1e-4
+
+
 def test_ppo_reward_model_over_context_is_one_line(rm_dir):
     from weitiao.recipes.rewards import model_scorer
 

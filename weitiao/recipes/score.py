@@ -11,6 +11,7 @@ prompt + reply + EOS, no template (a pair over the context is refused); chats ar
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,8 @@ def score_conversations(
             "data.template: qwen or llama3"
         )
     opts = EncodeOptions(max_len=context_len(model), train_turns="last", truncation="history")
+    # `weight: 0` is a training flag: a last reply carrying it is still the reply scored (it would label no token).
+    convs = [replace(c, messages=[{k: v for k, v in m.items() if k != "weight"} for m in c.messages]) for c in convs]
     encoded = [encode(c, tokenizer, template, opts) for c in convs]
     if stats is not None:
         stats["cut"] = stats.get("cut", 0) + sum(e is not None and e.truncated == "history" for e in encoded)
