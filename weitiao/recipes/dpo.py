@@ -38,6 +38,7 @@ from weitiao.data.templates import ChatTemplate
 from weitiao.losses.preference import LENGTH_AVERAGED, dpo_terms, k3_kl
 from weitiao.losses.sft import CausalLMLoss
 from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
+from weitiao.models.heads import RAW
 from weitiao.models.load import (
     build_trainable,
     count_params,
@@ -403,7 +404,9 @@ def run(cfg: DPOConfig) -> dict:
     one_row = cfg.data.packing and needs_one_row(model)
     if cfg.data.packing:
         check_isolation(model, accel.device, one_row)
-    ids = {"pad": pad_id, "eot": tokenizer.convert_tokens_to_ids(data.template.eot), "one_row": one_row}
+    # The on-policy KL's samples stop where replies were trained to: raw text pairs end with EOS, not the template's.
+    eot = tokenizer.eos_token_id if cfg.data.format == RAW else tokenizer.convert_tokens_to_ids(data.template.eot)
+    ids = {"pad": pad_id, "eot": eot, "one_row": one_row}
     loss_mod = CausalLMLoss(model)
     ref_model = None
     if d.reference or not cfg.lora.enabled:
