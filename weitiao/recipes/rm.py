@@ -104,8 +104,11 @@ def pair_rewards(
     return r[0::2], r[1::2]
 
 
-def _terms(rc: torch.Tensor, rr: torch.Tensor, spec: RMSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    loss = bradley_terry(rc, rr, spec.margin) + spec.center_coef * (rc + rr) ** 2
+def _terms(
+    rc: torch.Tensor, rr: torch.Tensor, spec: RMSpec, margin: torch.Tensor | float | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-pair loss and metric sums; `margin`: each pair's (its row's `margin`), else rm.margin."""
+    loss = bradley_terry(rc, rr, spec.margin if margin is None else margin) + spec.center_coef * (rc + rr) ** 2
     d = (rc - rr).detach()
     sums = {
         "loss_sum": loss.detach().sum(),
@@ -133,7 +136,13 @@ def _means(s: dict, prefix: str = "") -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate(
-    scorer: Any, examples: list, cfg: RMConfig, pad_id: int, accel: Any, one_row: bool = False
+    scorer: Any,
+    examples: list,
+    cfg: RMConfig,
+    pad_id: int,
+    accel: Any,
+    one_row: bool = False,
+    margins: list[float] | None = None,
 ) -> dict[str, float]:
     """Held-out metrics; pairs are split across processes by index. Every process runs the same number
     of forwards (DDP/FSDP forwards are collective): one with fewer pairs runs pair 0 as an uncounted filler."""
@@ -146,7 +155,8 @@ def evaluate(
         chunk = mine[k : k + mb]
         rows = pair_rows([[i] for i in chunk or [0]], cfg.data.packing)
         rc, rr = pair_rewards(scorer, examples, rows, pad_id, cfg.data.packing, accel.device, one_row)
-        for key, v in _terms(rc, rr, cfg.rm)[1].items() if chunk else ():
+        m = None if margins is None else rc.new_tensor([margins[i] for i in chunk or [0]])
+        for key, v in _terms(rc, rr, cfg.rm, m)[1].items() if chunk else ():
             total[key] = total[key] + v.double()
     keys = sorted(total)
     red = dict(zip(keys, accel.reduce(torch.stack([total[x] for x in keys]), reduction="sum")))
@@ -167,8 +177,12 @@ def run(cfg: RMConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model.path)
     if cfg.data.weight_field:
         raise UserError("data.weight_field: per-pair weights are used by DPO only; remove it for the reward model")
-    data = prepare_pairs(cfg, tokenizer)
+    data = prepare_pairs(cfg, tokenizer, read_margins=True)
     loop.refuse_eval_without_data(cfg.train, bool(data.eval))
+    if data.margins and cfg.rm.margin:
+        raise UserError(f"rm.margin={cfg.rm.margin}: the data has a margin column, read per pair as TRL does, so "
+                        "rm.margin would be ignored; drop rm.margin, or the column")  # fmt: skip
+    train_margins, eval_margins = data.margins or (None, None)
     pad_id = tokenizer.pad_token_id
     world = accel.num_processes
     lr = t.lr if t.lr is not None else (1e-4 if cfg.lora.enabled else 1e-5)
@@ -203,7 +217,7 @@ def run(cfg: RMConfig) -> dict:
     total = plan.total_steps(state)
 
     def evaluate_now() -> dict[str, float]:
-        return evaluate(scorer, data.eval, cfg, pad_id, accel, one_row)
+        return evaluate(scorer, data.eval, cfg, pad_id, accel, one_row, eval_margins)
 
     def summarize(sums: loop.Sums, seconds: float) -> dict[str, float]:
         return {**_means(sums), "pairs_per_s": float(sums["pairs"]) / max(seconds, 1e-9)}
@@ -218,7 +232,8 @@ def run(cfg: RMConfig) -> dict:
             for pairs in loop.micro_batches(accel, scorer, units, (t.seed, step)):
                 rows = pair_rows(pairs, cfg.data.packing)
                 rc, rr = pair_rewards(scorer, data.train, rows, pad_id, cfg.data.packing, accel.device, one_row)
-                loss, terms = _terms(rc, rr, cfg.rm)
+                m = None if train_margins is None else rc.new_tensor([train_margins[i] for r in pairs for i in r])
+                loss, terms = _terms(rc, rr, cfg.rm, m)
                 accel.backward(loss.sum() * world / n_pairs)
                 loop.add(sums, **terms)
             norm = loop.clip_grad(accel, params, t.max_grad_norm)

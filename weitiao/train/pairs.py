@@ -33,6 +33,7 @@ class PrefData:
     rejected: int
     weights: list[float] | None = None  # per train pair, from data.weight_field
     low_confidence: int = 0  # pairs dropped by data.min_confidence
+    margins: tuple[list[float] | None, list[float] | None] | None = None  # train, eval: rows' `margin` (TRL's RM)
 
     def pair_lengths(self) -> list[int]:
         """Tokens of each train pair (both sides): the packing unit."""
@@ -53,7 +54,9 @@ def _confident(pairs: list[PreferencePair], least: float | None) -> list[Prefere
     return [p for p in pairs if _row_number(p, "confidence", "data.min_confidence") >= least]
 
 
-def prepare_pairs(cfg: PairConfig, tokenizer: Any) -> PrefData:
+def prepare_pairs(cfg: PairConfig, tokenizer: Any, read_margins: bool = False) -> PrefData:
+    """Pairs read, split, filtered and tokenized; `read_margins`: each pair's `margin` column is read (the reward
+    model), else a row with one is refused."""
     d = cfg.data
     template = resolve_template(tokenizer, d.template)
     rejects = Path(cfg.train.out) / "rejects.jsonl"
@@ -91,4 +94,26 @@ def prepare_pairs(cfg: PairConfig, tokenizer: Any) -> PrefData:
         if not sum(weights) > 0:
             raise UserError(f"data.weight_field: every train pair has {d.weight_field} 0")
     low = n_read - len(pairs) - len(eval_pairs)
-    return PrefData(template, train, evals, stats, read, rejected, weights, low)
+    margins = None
+    if given := next((p.source for p in pairs + eval_pairs if "margin" in p.extra), None):
+        if not read_margins:
+            raise UserError(f"{given}: margin: not read here (a reward model's per-pair margin, which weitiao rm reads "
+                            "as TRL does); drop the column")  # fmt: skip
+        margins = _margins(pairs, train), _margins(eval_pairs, evals)
+    return PrefData(template, train, evals, stats, read, rejected, weights, low, margins)
+
+
+def _margins(pairs: list[PreferencePair], encoded: list[Encoded]) -> list[float] | None:
+    """Each encoded pair's `margin` (by source, file:line, as weights), or None when no row of the set has one."""
+    if not any("margin" in p.extra for p in pairs):
+        return None
+    by_source = {p.source: _margin(p) for p in pairs}
+    return [by_source[e.source] for e in encoded[0::2]]
+
+
+def _margin(pair: PreferencePair) -> float:
+    v = pair.extra.get("margin")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        got = "missing (other rows have one)" if v is None else f"{v!r} is not a number"
+        raise UserError(f"{pair.source}: margin: {got} (each pair's margin is read, as TRL's RewardTrainer does)")
+    return float(v)
