@@ -61,6 +61,28 @@ def test_plain_template_closes_turns_with_eos():
     assert [s.strip() for s in trained_text(enc, tok)] == ["嗨😊<|endoftext|>", "上班呢，你呢？<|endoftext|>"]
 
 
+def test_plain_template_starts_with_the_bos_the_tokenizer_adds():
+    """A Llama-2/Mistral base (no chat template, a tokenizer that puts BOS before every text) trained its chat rows
+    without BOS: templates are tokenized without special tokens, while its raw-text rows and pre-training had one."""
+    from tokenizers.processors import TemplateProcessing
+
+    from weitiao.data.chat import encode_document
+    from weitiao.data.formats import Document
+
+    tok = build_tokenizer(chat_template=None, eos="<|endoftext|>")
+    tok.add_special_tokens({"bos_token": "<|im_start|>"})
+    bos = tok.bos_token_id
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<|im_start|> $A", special_tokens=[("<|im_start|>", bos)]
+    )
+    enc = encode(CONV, tok, resolve_template(tok, "auto"), EncodeOptions())
+    assert enc.input_ids[0] == bos and enc.input_ids.count(bos) == 1
+    assert encode_document(Document("你好"), tok, EncodeOptions())[0].input_ids[0] == bos  # as raw text gets it
+    assert [s.strip() for s in trained_text(enc, tok)] == ["嗨😊<|endoftext|>", "上班呢，你呢？<|endoftext|>"]
+    plain = build_tokenizer(chat_template=None, eos="<|endoftext|>")  # negative control: a tokenizer adding none
+    assert resolve_template(plain, "auto").jinja.startswith("{% for m in messages %}")
+
+
 def test_template_without_end_of_turn_gets_eos_appended():
     bare = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
     tok = build_tokenizer(chat_template=bare, eos="<|endoftext|>")

@@ -246,6 +246,8 @@ def resolve_template(tokenizer: Any, name: str = "auto") -> ChatTemplate:
         jinja = SHIPPED.get(name, (PLAIN, None))[0]
     if name == "plain" and tokenizer.eos_token is None:
         raise UserError("template plain needs tokenizer.eos_token; the tokenizer has none")
+    if name == "plain" and _adds_bos(tokenizer):  # Llama-2/Mistral bases: every text they saw began with BOS
+        jinja = "{{ bos_token }}" + jinja
     if name in SHIPPED:
         eot = SHIPPED[name][1]
         if eot not in tokenizer.get_vocab():
@@ -261,6 +263,16 @@ def resolve_template(tokenizer: Any, name: str = "auto") -> ChatTemplate:
     if tokenizer.eos_token is None:
         raise UserError("tokenizer has no eos_token and its template closes no turn; set eos_token")
     return ChatTemplate(name, jinja, tokenizer.eos_token, appends_eos=True)
+
+
+def _adds_bos(tokenizer: Any) -> bool:
+    """The tokenizer puts its BOS before a text of its own accord (as raw-text rows are tokenized); templates are
+    rendered and tokenized without special tokens, so `plain` writes it itself."""
+    bos = tokenizer.bos_token_id
+    return (
+        bos is not None
+        and tokenizer("a")["input_ids"][:1] == [bos] != tokenizer("a", add_special_tokens=False)["input_ids"][:1]
+    )
 
 
 def _uses_tools(jinja: str) -> bool:
