@@ -83,6 +83,22 @@ def test_plain_template_starts_with_the_bos_the_tokenizer_adds():
     assert resolve_template(plain, "auto").jinja.startswith("{% for m in messages %}")
 
 
+def test_shipped_chatml_starts_with_the_bos_the_tokenizer_adds():
+    """ChatML chosen for a Mistral-style base (a tokenizer that puts `<s>` before every text) trained without it."""
+    from tokenizers.processors import TemplateProcessing
+
+    tok = build_tokenizer(chat_template=None, eos="<|endoftext|>")
+    tok.add_special_tokens({"bos_token": "<s>"})
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)]
+    )
+    enc = encode(CONV, tok, resolve_template(tok, "chatml"), EncodeOptions())
+    assert enc.input_ids[0] == tok.bos_token_id and enc.input_ids.count(tok.bos_token_id) == 1
+    assert [s.strip() for s in trained_text(enc, tok)] == ["嗨😊<|im_end|>", "上班呢，你呢？<|im_end|>"]
+    plain = build_tokenizer(chat_template=None, eos="<|endoftext|>")  # negative control: a tokenizer adding none
+    assert resolve_template(plain, "chatml").jinja == resolve_template(tok, "chatml").jinja[len("{{ bos_token }}") :]
+
+
 def test_template_without_end_of_turn_gets_eos_appended():
     bare = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
     tok = build_tokenizer(chat_template=bare, eos="<|endoftext|>")

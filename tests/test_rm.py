@@ -24,6 +24,9 @@ def test_last_target_positions():
     targets = torch.tensor([[-100, 5, 6, -100, -100, 7, -100, -100]])
     seq = torch.tensor([[0, 0, 0, 0, 1, 1, 1, -1]])
     assert last_target_positions(targets, seq, 2).tolist() == [3, 6]
+    # a sequence with no labelled token was read at flat index 0 (the batch's first token): an error now
+    with pytest.raises(ValueError, match=r"sequences \[1\] have no labelled token"):
+        last_target_positions(torch.tensor([[-100, 5, -100, -100, -100, -100]]), torch.tensor([[0, 0, 0, 1, 1, 1]]), 2)
 
 
 @pytest.mark.parametrize("packing", [True, False])

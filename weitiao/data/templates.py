@@ -246,7 +246,8 @@ def resolve_template(tokenizer: Any, name: str = "auto") -> ChatTemplate:
         jinja = SHIPPED.get(name, (PLAIN, None))[0]
     if name == "plain" and tokenizer.eos_token is None:
         raise UserError("template plain needs tokenizer.eos_token; the tokenizer has none")
-    if name == "plain" and _adds_bos(tokenizer):  # Llama-2/Mistral bases: every text they saw began with BOS
+    # Llama-2/Mistral bases: every text they saw began with BOS (chatml on them too, as OpenHermes/Dolphin render it)
+    if (name == "plain" or name in SHIPPED) and "bos_token" not in jinja and _adds_bos(tokenizer):
         jinja = "{{ bos_token }}" + jinja
     if name in SHIPPED:
         eot = SHIPPED[name][1]
@@ -267,7 +268,7 @@ def resolve_template(tokenizer: Any, name: str = "auto") -> ChatTemplate:
 
 def _adds_bos(tokenizer: Any) -> bool:
     """The tokenizer puts its BOS before a text of its own accord (as raw-text rows are tokenized); templates are
-    rendered and tokenized without special tokens, so `plain` writes it itself."""
+    rendered and tokenized without special tokens, so `plain` and the shipped ones write it themselves."""
     bos = tokenizer.bos_token_id
     return (
         bos is not None

@@ -31,6 +31,8 @@ def last_target_positions(targets: torch.Tensor, seq_index: torch.Tensor, n_seqs
     has = (targets.reshape(-1) != IGNORE) & (seq_index.reshape(-1) >= 0)
     last = torch.full((n_seqs,), -1, dtype=torch.long, device=targets.device)
     last = last.scatter_reduce(0, seq_index.reshape(-1)[has], flat[has], reduce="amax")
+    if bool((last < 0).any()):  # would read the score at the batch's first token, the same number for any such row
+        raise ValueError(f"sequences {(last < 0).nonzero().flatten().tolist()} have no labelled token to score at")
     return last + 1
 
 
