@@ -221,3 +221,15 @@ def test_eval_keys_without_eval_data_are_refused(tiny_model_dir, tmp_path, kind)
         with pytest.raises(UserError, match=rf"^{keys[0].split('=')[0]}=\d needs eval data"):
             run(recipe_config(kind, tiny_model_dir, data, tmp_path / "o", *extra))
     assert not (tmp_path / "o" / "metrics.jsonl").exists()  # refused before training
+
+
+def test_dpo_kl_tokens_without_eval_data_are_refused(tiny_model_dir, tmp_path):
+    """dpo.kl_max_new_tokens samples eval prompts only: without eval pairs a changed value did nothing, silently."""
+    from weitiao.recipes import dpo
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(8))
+    extra = ("data.eval_split=0", "train.max_steps=1", "dpo.kl_max_new_tokens=64")
+    with pytest.raises(UserError, match=r"^dpo.kl_max_new_tokens=64 samples eval prompts .* no eval data"):
+        dpo.run(recipe_config("dpo", tiny_model_dir, data, tmp_path / "o", *extra))
+    for ok in ("dpo.kl_max_new_tokens=0", "dpo.kl_max_new_tokens=32"):  # off, or the default: nothing to say
+        dpo.run(recipe_config("dpo", tiny_model_dir, data, tmp_path / ok[-2:], *extra[:2], ok))

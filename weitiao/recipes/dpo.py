@@ -35,6 +35,7 @@ from weitiao.data.chat import IGNORE, Encoded
 from weitiao.data.collate import Batch, collate, n_targets, process_share
 from weitiao.data.preference import pair_rows
 from weitiao.data.templates import ChatTemplate
+from weitiao.errors import UserError
 from weitiao.losses.preference import LENGTH_AVERAGED, dpo_terms, k3_kl
 from weitiao.losses.sft import CausalLMLoss
 from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
@@ -392,6 +393,12 @@ def run(cfg: DPOConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model.path)
     data = prepare_pairs(cfg, tokenizer)
     loop.refuse_eval_without_data(cfg.train, bool(data.eval))
+    kl_default = DPOSpec.model_fields["kl_max_new_tokens"].default  # the default: set or not, nothing to say
+    if not data.eval and cfg.dpo.kl_max_new_tokens not in (0, kl_default):
+        raise UserError(
+            f"dpo.kl_max_new_tokens={cfg.dpo.kl_max_new_tokens} samples eval prompts for the on-policy KL, and there "
+            "is no eval data: it would be ignored; set data.eval or data.eval_split, or drop dpo.kl_max_new_tokens"
+        )
     pad_id = tokenizer.pad_token_id
     world = accel.num_processes
     lr = t.lr if t.lr is not None else (5e-5 if cfg.lora.enabled else 5e-7)
