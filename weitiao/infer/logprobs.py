@@ -4,10 +4,16 @@ top_logprobs) and the legacy completions form (tokens, token_logprobs, top_logpr
 An entry is (token id, log-prob or None, [(alternative id, log-prob), ...] or None); None marks the first
 prompt token of an echo, which has nothing before it. -inf is no JSON number, so log-probs are clamped
 to -9999.0, as vLLM does.
+
+A token's text is what it adds to the decoded text. A SentencePiece piece ("▁world") adds " world", its
+word-initial space, except at the start of a text, where the decoder drops that space (a chat reply's first
+token, an echoed prompt's first): there it is what `decode([id])` gives. So the token texts (and bytes) join
+into the reply's text, and `text_offset` points into it.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -37,13 +43,17 @@ class LogprobFormat:
     def __init__(self, tokenizer: Any) -> None:
         self.tok, self.cache = tokenizer, {}
         self.special = set(tokenizer.all_special_ids)
-        decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
-        self.byte_level = type(decoder).__name__ == "ByteLevel"
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        decoder = json.loads(backend.to_str()).get("decoder") if backend is not None else None
+        kind = json.dumps(decoder, ensure_ascii=False)
+        self.byte_level = '"ByteLevel"' in kind
+        self.metaspace = not self.byte_level and "\u2581" in kind  # SentencePiece: "▁" stands for a space
 
-    def token(self, tid: int) -> tuple[str, list[int]]:
-        """A token's text and its exact bytes; a piece of a multi-byte character shows as U+FFFD (as in
-        vLLM), its bytes say which piece."""
-        if tid not in self.cache:
+    def token(self, tid: int, start: bool = False) -> tuple[str, list[int]]:
+        """A token's text and its exact bytes, `start`: at the start of a text (see the module docstring); a
+        piece of a multi-byte character shows as U+FFFD (as in vLLM), its bytes say which piece."""
+        key = (tid, start and self.metaspace)
+        if key not in self.cache:
             piece = self.tok.convert_ids_to_tokens(tid)
             if tid in self.special or not isinstance(piece, str):
                 raw = self.tok.decode([tid]).encode()
@@ -51,27 +61,38 @@ class LogprobFormat:
                 raw = bytes(_BYTE_DECODER[c] for c in piece)
             elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):  # sentencepiece byte fallback
                 raw = bytes([int(piece[3:5], 16)])
+            elif self.metaspace and not start:
+                raw = piece.replace("\u2581", " ").encode()
             else:
                 raw = self.tok.decode([tid]).encode()
-            self.cache[tid] = (raw.decode("utf-8", "replace"), list(raw))
-        return self.cache[tid]
+            self.cache[key] = (raw.decode("utf-8", "replace"), list(raw))
+        return self.cache[key]
 
-    def chat(self, entries: list[tuple]) -> dict:
-        def one(tid: int, lp: float) -> dict:
-            text, raw = self.token(tid)
+    def chat(self, entries: list[tuple], start: bool = False) -> dict:
+        """The chat form; `start`: the first entry is the reply's first token."""
+
+        def one(tid: int, lp: float, first: bool) -> dict:
+            text, raw = self.token(tid, first)
             return {"token": text, "logprob": _clamp(lp), "bytes": raw}
 
-        return {"content": [{**one(t, lp), "top_logprobs": [one(*x) for x in tops]} for t, lp, tops in entries]}
+        return {
+            "content": [
+                {**one(t, lp, start and k == 0), "top_logprobs": [one(*x, start and k == 0) for x in tops]}
+                for k, (t, lp, tops) in enumerate(entries)
+            ]
+        }
 
-    def legacy(self, entries: list[tuple], offset: int = 0) -> tuple[dict, int]:
+    def legacy(self, entries: list[tuple], offset: int = 0, start: bool = False) -> tuple[dict, int]:
         """The completions form with text offsets counted from `offset` (summed token texts, as vLLM); it
-        and the offset after it. The sampled token is always among top_logprobs (so up to n + 1, as OpenAI)."""
+        and the offset after it. The sampled token is always among top_logprobs (so up to n + 1, as OpenAI).
+        `start`: the first entry starts the text (an echoed prompt's first token)."""
         out: dict = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-        for t, lp, tops in entries:
-            text = self.token(t)[0]
+        for k, (t, lp, tops) in enumerate(entries):
+            first = start and k == 0
+            text = self.token(t, first)[0]
             out["tokens"].append(text)
             out["token_logprobs"].append(None if lp is None else _clamp(lp))
-            top = None if tops is None else {self.token(a)[0]: _clamp(v) for a, v in tops}
+            top = None if tops is None else {self.token(a, first)[0]: _clamp(v) for a, v in tops}
             if top is not None:
                 top.setdefault(text, _clamp(lp))
             out["top_logprobs"].append(top)

@@ -97,6 +97,7 @@ class Job:
     prompt_skip: int = 0  # leading prompt ids the echo does not show (a BOS the tokenizer adds to a raw prompt)
     rows: list[_Row] = field(default_factory=list)  # its choices, made when the engine takes the job
     constraint: Any = None  # a weitiao.infer.constrain.Pattern every choice must follow
+    continues: bool = False  # a completion: its text continues the prompt's (decoded after the prompt's last tokens)
 
 
 class _Row:
@@ -120,6 +121,17 @@ class _Row:
         self.scanned = 0  # characters already searched for stop strings
         self.hold = max((len(s) for s in job.stop), default=1) - 1
         self.finished = False
+        # a completion is decoded after the prompt's last tokens, as vLLM: decoded alone, a SentencePiece reply
+        # would lose the space of its first word ("▁Paris" → "Paris"), and prompt + text would read "isParis"
+        self.context = job.prompt_ids[-6:] if job.continues else []
+        self.head = decode_whole(tokenizer, self.context)
+
+    def text(self) -> str:
+        """The text of the reply's tokens so far (whole characters)."""
+        if not self.context:
+            return decode_whole(self.tok, self.ids)
+        full = decode_whole(self.tok, self.context + self.ids)
+        return full[len(self.head) :] if full.startswith(self.head) else decode_whole(self.tok, self.ids)
 
     @property
     def done(self) -> bool:
@@ -132,9 +144,9 @@ class _Row:
         if logprob is not None:
             self.lps.append(logprob)
         if token in self.stops:  # counted in usage (as OpenAI and vLLM do), never shown
-            return self.finish(decode_whole(self.tok, self.ids), "stop", 1)
+            return self.finish(self.text(), "stop", 1)
         self.ids.append(token)
-        text = decode_whole(self.tok, self.ids)
+        text = self.text()
         # a stop string is looked for only where it would end in this token's text, as vLLM: one shown
         # before min_tokens stays shown, and the cut can never fall inside text already sent
         cuts = []
@@ -446,7 +458,7 @@ def create_app(
         else:
             try:
                 job = make_job(req, prompt_ids, "messages" if chat else "prompt", top, bool(echo))
-                job.prompt_skip = 0 if chat else len(bos)
+                job.prompt_skip, job.continues = (0, False) if chat else (len(bos), True)
                 job.constraint = plan.constraint if plan else None
                 if job.constraint is not None and job.ignore_eos and not job.stop_token_ids:
                     field = "tool_choice" if plan.tools else "response_format"  # type: ignore[union-attr]
@@ -503,9 +515,9 @@ def create_app(
             if top is None:
                 shown: list = [None] * job.n
             elif chat:
-                shown = [{**fmt.chat(x), "refusal": None} for x in lps]
+                shown = [{**fmt.chat(x, start=True), "refusal": None} for x in lps]
             else:
-                shown = [fmt.legacy(prompt_lps + x, 0)[0] for x in lps]
+                shown = [fmt.legacy(prompt_lps + x, 0, start=bool(prompt_lps))[0] for x in lps]
             choices = [choice(i, echo + t, r, False, x) for i, (t, r, x) in enumerate(zip(texts, reasons, shown))]
             if plan and plan.tool_format and refusal is None:  # calls parsed out of each reply
                 for c, t, r in zip(choices, texts, reasons):
@@ -521,14 +533,16 @@ def create_app(
         async def stream() -> AsyncIterator[str]:
             buffered, used, finished, out = [""] * job.n, 0, False, []
             offsets = [0] * job.n  # text_offset of the legacy log-probs, per choice
+            begun = [False] * job.n  # a chat choice's log-probs have begun (its first token starts the reply)
             filtering = output_filter is not None and refusal is None
 
-            def delta(i: int, text: str, entries: list) -> str:
+            def delta(i: int, text: str, entries: list, prompt: bool = False) -> str:
                 if top is None:
                     return sse([choice(i, text, None, True)])
                 if chat:
-                    return sse([choice(i, text, None, True, fmt.chat(entries))])
-                shown, offsets[i] = fmt.legacy(entries, offsets[i])
+                    start, begun[i] = not begun[i], begun[i] or bool(entries)
+                    return sse([choice(i, text, None, True, fmt.chat(entries, start))])
+                shown, offsets[i] = fmt.legacy(entries, offsets[i], start=prompt)
                 return sse([choice(i, text, None, True, shown)])
 
             calls = [tooling.ToolStream(plan.tool_format) for _ in range(job.n)] if plan and plan.tool_format else None
@@ -559,7 +573,7 @@ def create_app(
                         ]
                         ev = (*ev[:2], "tool_calls" if made else ev[2], *ev[3:])
                     if ev[0] == "prompt":  # echo with log-probs: the prompt and its tokens' log-probs first
-                        out += [delta(i, echo, ev[1]) for i in range(job.n)]
+                        out += [delta(i, echo, ev[1], prompt=True) for i in range(job.n)]
                     elif ev[0] == "delta" and filtering:
                         buffered[ev[1]] += ev[2]
                     elif ev[0] == "delta":
