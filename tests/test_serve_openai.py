@@ -252,6 +252,31 @@ def test_penalties_follow_their_definitions_alone_and_batched(url, parts, penalt
     assert together[0] == together[2] == expected
 
 
+def test_the_model_folder_generation_config_applies_as_in_chat_and_hf_generate(parts):
+    """no_repeat_ngram_size and suppress_tokens of generation_config.json: HF generate and `weitiao chat` honoured
+    them, serve ignored them (another greedy reply); a key the loop cannot honour is refused, as chat refuses it."""
+    from fastapi.testclient import TestClient
+
+    from weitiao.errors import UserError
+    from weitiao.infer.generate import stream_reply
+
+    model, tok, template = copy.deepcopy(parts[0]), parts[1], parts[2]
+    ids = prompt_ids(parts)
+    plain = model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)[0, len(ids) :].tolist()
+    model.generation_config.no_repeat_ngram_size = 2
+    model.generation_config.suppress_tokens = [plain[0]]
+    hf = model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)[0, len(ids) :].tolist()
+    assert hf != plain  # negative control: the folder's settings change the greedy reply
+    want = decode_whole(tok, [t for t in hf if t != tok.convert_tokens_to_ids(template.eot)])
+    assert "".join(stream_reply(model, tok, template, MSGS, max_new_tokens=24, temperature=0)) == want
+    with TestClient(create_app(model, tok, template, ServeSettings(max_new_tokens=24))) as c:
+        r = c.post("/v1/chat/completions", json={"messages": MSGS, "temperature": 0, "max_tokens": 24}).json()
+    assert r["choices"][0]["message"]["content"] == want
+    model.generation_config.num_beams = 4
+    with pytest.raises(UserError, match="num_beams=4 is not supported"):
+        create_app(model, tok, template, ServeSettings())
+
+
 def test_seeded_request_same_alone_and_in_batches(parts):
     """The same seeded request gives the same text alone and in each of 4 batches of 4 different requests."""
     seeded = dict(messages=MSGS, max_tokens=16, temperature=1.0, seed=1234)

@@ -14,9 +14,9 @@ How `Engine.tick` runs:
 
 Departures from HF `model.generate`: one sampling setting per row, not per call; a batch without seeded rows
 draws with `torch.multinomial` as HF does, but finished rows leave the batch, so sampled (not greedy) replies
-differ from HF's for the same seed. `generate_ids` honours only these keys of a model folder's
-generation_config.json: min_p, no_repeat_ngram_size, suppress_tokens, begin_suppress_tokens, bad_words_ids;
-others that change the distribution are refused (`UserError`), never ignored.
+differ from HF's for the same seed. `generate_ids` (and `weitiao serve`) honour only these keys of a
+model folder's generation_config.json: min_p, no_repeat_ngram_size, suppress_tokens, begin_suppress_tokens,
+bad_words_ids; others that change the distribution are refused (`UserError`), never ignored.
 """
 
 from __future__ import annotations
@@ -472,7 +472,7 @@ _REFUSED = (
 )  # fmt: skip
 
 
-def _settings(
+def folder_settings(
     model: Any, sampling: RowSampling, no_repeat_ngram_size: int, model_defaults: bool
 ) -> tuple[RowSampling, Callable[[list, int], torch.Tensor | None] | None]:
     """The rows' settings and bans: the arguments, plus (with `model_defaults`) what the model folder's
@@ -555,7 +555,7 @@ def generate_ids(
     eot_id, pad_id = _eot_pad(tokenizer, template)
     greedy = temperature == 0
     sampling = RowSampling(temperature, 1.0 if greedy else top_p, 0 if greedy else top_k, repetition_penalty)
-    sampling, ban = _settings(model, sampling, no_repeat_ngram_size, model_defaults)
+    sampling, ban = folder_settings(model, sampling, no_repeat_ngram_size, model_defaults)
     prompts = [
         tokenizer(template.render(tokenizer, c, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
         for c in conversations
@@ -607,7 +607,7 @@ def stream_reply(
     top_k = getattr(getattr(hf, "generation_config", None), "top_k", None)
     greedy = temperature == 0
     sampling = RowSampling(temperature, 1.0 if greedy else top_p, 0 if greedy else 50 if top_k is None else top_k)
-    sampling, ban = _settings(model, replace(sampling, repetition_penalty=repetition_penalty), 0, True)
+    sampling, ban = folder_settings(model, replace(sampling, repetition_penalty=repetition_penalty), 0, True)
     prompt = template.render(tokenizer, messages, add_generation_prompt=True)
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     # past the context a model reads positions it was never trained on and answers garbage, silently

@@ -60,7 +60,7 @@ from weitiao.errors import UserError
 from weitiao.infer import tools as tooling
 from weitiao.infer.api import BadRequest, ChatRequest, CompletionRequest, Guard, Sampling, error, read_body
 from weitiao.infer.constrain import Constrain, MaskCache, TokenBytes
-from weitiao.infer.generate import Engine, KVBatch, RowSampling, end_ids, logprob_entries
+from weitiao.infer.generate import Engine, KVBatch, RowSampling, end_ids, folder_settings, logprob_entries
 from weitiao.infer.logprobs import LogprobFormat
 
 
@@ -266,10 +266,18 @@ def create_app(
     bos = added_prefix(tokenizer)  # a raw prompt gets it, as raw-text training (chat._raw_ids) and vLLM give it
     served = [cfg.model_name, *cfg.adapters]
     fmt = LogprobFormat(tokenizer)
+    # the model folder's generation_config.json as `weitiao chat` and HF generate apply it (min_p, no_repeat_ngram_size,
+    # suppress_tokens, bad_words_ids); a key the loop cannot honour stops the server here, as it stops chat
+    folder, folder_bans = folder_settings(model, RowSampling(), 0, True)
+
+    def banned(rows: list[_Row], vocab: int) -> torch.Tensor | None:
+        own, theirs = bans(rows, vocab), folder_bans(rows, vocab) if folder_bans else None
+        return theirs if own is None else own if theirs is None else own | theirs
+
     token_bytes = TokenBytes.of(tokenizer, stop_ids)
     masks = MaskCache(token_bytes) if token_bytes else None  # constrained decoding (tool_choice, json_object)
     pending: list[Job] = []  # waiting for rows in the engine; appended here, taken by the engine thread
-    engine = Engine(model, _pad_id(tokenizer, stop_ids), cfg.max_batch, cfg.prefill_chunk, bool(cfg.adapters), bans)
+    engine = Engine(model, _pad_id(tokenizer, stop_ids), cfg.max_batch, cfg.prefill_chunk, bool(cfg.adapters), banned)
     stats = {"running": 0, "served": 0, "cancelled": 0, "rejected": 0, "busy_s": 0.0, "generated_tokens": 0}
     stats |= {"batches": 0, "joined": 0, "steps": 0}  # prefilled groups, rows joining a decoding batch, steps
     stats["kv_rows"] = 0  # rows holding a KV cache in the engine (a hung-up row's goes at the next token)
@@ -412,7 +420,7 @@ def create_app(
         greedy = req.temperature == 0
         sampling = RowSampling(
             req.temperature, 1.0 if greedy else req.top_p, 0 if greedy else req.top_k, req.repetition_penalty,
-            req.presence_penalty or 0.0, req.frequency_penalty or 0.0,
+            req.presence_penalty or 0.0, req.frequency_penalty or 0.0, min_p=0.0 if greedy else folder.min_p,
         )  # fmt: skip
         adapter = req.model if req.model in cfg.adapters else "__base__"
         return Job(
