@@ -106,7 +106,9 @@ def test_chat_defaults_pass_the_check(monkeypatch, capsys):
     calls = []
     monkeypatch.setattr("weitiao.infer.chat.run", lambda *a, **k: calls.append(a))
     rc, lines = cli(capsys, monkeypatch, "chat", "--model", "demo", "--prompt", "你好")
-    assert rc == 0 and lines == [] and calls[0][4:8] == (256, 0.7, 0.9, 1.0)
+    assert (
+        rc == 0 and lines == [] and calls[0][4:8] == (256, 0.7, 0.9, None)
+    )  # None: the model folder's repetition_penalty
 
 
 @pytest.fixture

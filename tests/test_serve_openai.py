@@ -277,6 +277,28 @@ def test_the_model_folder_generation_config_applies_as_in_chat_and_hf_generate(p
         create_app(model, tok, template, ServeSettings())
 
 
+def test_the_model_folder_repetition_penalty_is_the_default_as_in_hf_generate(parts):
+    """Qwen2.5-Instruct's generation_config.json sets repetition_penalty 1.05: HF generate (greedy too) and vLLM apply
+    it, `weitiao chat` and serve ignored it; now it is their default, and a request's own value still wins."""
+    from fastapi.testclient import TestClient
+
+    from weitiao.infer.generate import stream_reply
+
+    model, tok, template = copy.deepcopy(parts[0]), parts[1], parts[2]
+    ids, eot = prompt_ids(parts), tok.convert_tokens_to_ids(parts[2].eot)
+    plain = decode_whole(tok, reference(model, ids, 24, eot)[:24])
+    model.generation_config.repetition_penalty = 3.0
+    hf = model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)[0, len(ids) :].tolist()
+    want = decode_whole(tok, [t for t in hf if t != eot])
+    assert want != plain  # negative control
+    assert "".join(stream_reply(model, tok, template, MSGS, max_new_tokens=24, temperature=0)) == want
+    with TestClient(create_app(model, tok, template, ServeSettings(max_new_tokens=24))) as c:
+        body = {"messages": MSGS, "temperature": 0, "max_tokens": 24}
+        assert c.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"] == want
+        own = c.post("/v1/chat/completions", json={**body, "repetition_penalty": 1.0}).json()
+        assert own["choices"][0]["message"]["content"] == plain
+
+
 def test_seeded_request_same_alone_and_in_batches(parts):
     """The same seeded request gives the same text alone and in each of 4 batches of 4 different requests."""
     seeded = dict(messages=MSGS, max_tokens=16, temperature=1.0, seed=1234)

@@ -266,7 +266,7 @@ def chat(
     max_new_tokens: int = typer.Option(256),
     temperature: float = typer.Option(0.7, help="0 = greedy"),
     top_p: float = typer.Option(0.9),
-    repetition_penalty: float = typer.Option(1.0),
+    repetition_penalty: float = typer.Option(None, help="default: the model's generation_config.json, else 1 (off)"),
 ) -> None:
     """Chat in the terminal (streaming, history, /reset, /system) or answer one --prompt."""
     from weitiao.eval.gen import check_decoding

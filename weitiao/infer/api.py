@@ -38,7 +38,8 @@ class Sampling(_Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)  # extension
     # extension; HF divides logits by it, so tiny values overflow to inf and the sampler fails
-    repetition_penalty: float = Field(1.0, ge=0.01, le=100)
+    # unset: the model folder's generation_config.json value (1 when it has none), as HF generate and vLLM
+    repetition_penalty: float | None = Field(None, ge=0.01, le=100)
     n: int = Field(1, ge=1)
     stream: bool = False
     stop: Annotated[str, Field(min_length=1)] | list[Annotated[str, Field(min_length=1)]] | None = Field(

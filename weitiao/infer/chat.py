@@ -99,7 +99,7 @@ def run(
     max_new_tokens: int,
     temperature: float,
     top_p: float,
-    repetition_penalty: float,
+    repetition_penalty: float | None,
     quant: str | None = None,
 ) -> None:
     m, tok = load_chat_model(model, adapter, quant)

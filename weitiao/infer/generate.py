@@ -511,6 +511,13 @@ def folder_settings(
     return sampling, ban
 
 
+def folder_repetition_penalty(model: Any) -> float:
+    """The model folder's generation_config.json `repetition_penalty` (Qwen2.5-Instruct's 1.05), 1.0 when unset: what
+    HF generate (greedy too) and vLLM apply when the caller leaves it open."""
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return float(getattr(getattr(hf, "generation_config", None), "repetition_penalty", None) or 1.0)
+
+
 def _eot_pad(tokenizer: Any, template: ChatTemplate) -> tuple[int, int]:
     eot_id = tokenizer.convert_tokens_to_ids(template.eot)
     return eot_id, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot_id
@@ -596,12 +603,15 @@ def stream_reply(
     max_new_tokens: int = 256,
     temperature: float = 0.7,
     top_p: float = 0.9,
-    repetition_penalty: float = 1.0,
+    repetition_penalty: float | None = None,
 ) -> Iterator[str]:
     """Yield the reply to one conversation piece by piece as it is generated (whole characters only).
 
-    top_k and the rest come from the model's generation_config.json, as `generate_ids` with model_defaults.
+    top_k and the rest come from the model's generation_config.json, as `generate_ids` with model_defaults;
+    repetition_penalty too when None (`folder_repetition_penalty`).
     """
+    if repetition_penalty is None:
+        repetition_penalty = folder_repetition_penalty(model)
     _, pad_id = _eot_pad(tokenizer, template)
     hf = model.get_base_model() if hasattr(model, "get_base_model") else model
     top_k = getattr(getattr(hf, "generation_config", None), "top_k", None)

@@ -60,7 +60,15 @@ from weitiao.errors import UserError
 from weitiao.infer import tools as tooling
 from weitiao.infer.api import BadRequest, ChatRequest, CompletionRequest, Guard, Sampling, error, read_body
 from weitiao.infer.constrain import Constrain, MaskCache, TokenBytes
-from weitiao.infer.generate import Engine, KVBatch, RowSampling, end_ids, folder_settings, logprob_entries
+from weitiao.infer.generate import (
+    Engine,
+    KVBatch,
+    RowSampling,
+    end_ids,
+    folder_repetition_penalty,
+    folder_settings,
+    logprob_entries,
+)
 from weitiao.infer.logprobs import LogprobFormat
 
 
@@ -269,6 +277,7 @@ def create_app(
     # the model folder's generation_config.json as `weitiao chat` and HF generate apply it (min_p, no_repeat_ngram_size,
     # suppress_tokens, bad_words_ids); a key the loop cannot honour stops the server here, as it stops chat
     folder, folder_bans = folder_settings(model, RowSampling(), 0, True)
+    folder_rep = folder_repetition_penalty(model)  # a request's default repetition_penalty
 
     def banned(rows: list[_Row], vocab: int) -> torch.Tensor | None:
         own, theirs = bans(rows, vocab), folder_bans(rows, vocab) if folder_bans else None
@@ -419,7 +428,8 @@ def create_app(
         stop = [req.stop] if isinstance(req.stop, str) else [s for s in req.stop or [] if s]
         greedy = req.temperature == 0
         sampling = RowSampling(
-            req.temperature, 1.0 if greedy else req.top_p, 0 if greedy else req.top_k, req.repetition_penalty,
+            req.temperature, 1.0 if greedy else req.top_p, 0 if greedy else req.top_k,
+            folder_rep if req.repetition_penalty is None else req.repetition_penalty,
             req.presence_penalty or 0.0, req.frequency_penalty or 0.0, min_p=0.0 if greedy else folder.min_p,
         )  # fmt: skip
         adapter = req.model if req.model in cfg.adapters else "__base__"
