@@ -153,6 +153,26 @@ def test_check_compares_with_plain_transformers(tmp_path, rows):
         ex.check(str(dest), str(run), str(rows))
 
 
+def test_check_renders_a_row_s_tools_as_training_did(tmp_path):
+    """--check left a row's `tools` out of apply_chat_template: every tool row 'tokenized differently' from training."""
+    from test_tools_data import OPENAI_ROW
+
+    from weitiao.data.templates import QWEN
+
+    run, _ = make_run(tmp_path, QWEN)
+    dest = ex.export(str(run), str(tmp_path / "adapter"))
+    plain_row = {"messages": [*OPENAI_ROW["messages"][:2], {"role": "assistant", "content": "好"}]}
+    tools = write_jsonl(tmp_path / "tools.jsonl", [OPENAI_ROW, plain_row])
+    assert ex.check(str(dest), str(run), str(tools))["identical"] == 2
+    tok, plain = build_tokenizer(QWEN, eos="<|endoftext|>"), AutoTokenizer.from_pretrained(dest)
+    conv = load_conversations(str(tools)).rows[0]
+    want = encode(conv, tok, resolve_template(tok), EncodeOptions(max_len=10**9)).input_ids
+    got = plain.apply_chat_template(list(conv.messages), tools=conv.tools, tokenize=True, return_dict=True)
+    assert got["input_ids"] == want
+    bare = plain.apply_chat_template(list(conv.messages), tokenize=True, return_dict=True)
+    assert bare["input_ids"] != want  # negative control: without the tools the prompt differs
+
+
 def test_check_fails_when_generation_would_not_stop(chatml_run, tmp_path, rows):
     run, base = chatml_run
     dest = ex.export(str(run), str(tmp_path / "adapter"))

@@ -292,12 +292,12 @@ def check(export_dir: str, adapter: str, data: str, max_rows: int = 200) -> dict
     plain = AutoTokenizer.from_pretrained(export_dir)
     rows = load_conversations(data, skip_hint=None).rows[:max_rows]
     opts = EncodeOptions(max_len=10**9)
-    bad = [
-        c.source
-        for c in rows
-        if encode(c, train_tok, train_tpl, opts).input_ids
-        != list(plain.apply_chat_template(list(c.messages), tokenize=True, return_dict=True)["input_ids"])
-    ]
+
+    def plain_ids(c: Any) -> list[int]:  # a row's tools too, as training rendered them
+        kw = {"tools": c.tools} if c.tools else {}
+        return list(plain.apply_chat_template(list(c.messages), tokenize=True, return_dict=True, **kw)["input_ids"])
+
+    bad = [c.source for c in rows if encode(c, train_tok, train_tpl, opts).input_ids != plain_ids(c)]
     if bad:
         raise UserError(
             f"export check: {len(bad)}/{len(rows)} rows tokenize differently with transformers' apply_chat_template "
