@@ -174,6 +174,18 @@ def test_export_check_passes_on_chat_rows(adapter, chat_file, tmp_path, monkeypa
     assert (out / "adapter_config.json").is_file() and "'identical': 24" in cli.out
 
 
+def test_export_dtype_without_merge_is_refused(adapter, tmp_path, monkeypatch, capsys):
+    """--dtype bf16 on an adapter export was silently ignored (the adapter's fp32 weights were copied as saved)."""
+    out = tmp_path / "export"
+    rc, lines = cli(capsys, monkeypatch, "export", "--adapter", adapter, "--out", out, "--dtype", "bf16")
+    assert rc == 1 and lines == [
+        "error: --dtype bf16: only with --merge (or --for); an adapter export keeps the adapter's weights"
+    ]
+    assert not out.exists()
+    rc, lines = cli(capsys, monkeypatch, "export", "--adapter", adapter, "--out", out)  # negative control
+    assert rc == 0 and (out / "adapter_config.json").is_file(), lines
+
+
 # ---------------------------------------------------------------------------------------------- provenance
 
 

@@ -229,7 +229,7 @@ def export(
     adapter: str = typer.Option(..., help="run dir (uses final/adapter) or a peft adapter dir"),
     out: Path = typer.Option(..., help="output dir: new, empty, or a previous export (with --force)"),
     merge: bool = typer.Option(False, help="fold the adapter into the (NF4 de-quantized) base weights"),
-    dtype: str = typer.Option("fp32", help="dtype of merged weights: fp32, bf16, fp16"),
+    dtype: str = typer.Option(None, help="dtype of merged weights (--merge, --for): fp32 (default), bf16, fp16"),
     check: Path = typer.Option(None, help="data file: confirm the exported template gives training's token ids"),
     force: bool = typer.Option(False, help="replace a previous export in --out (never other files)"),
     model: str = typer.Option(None, help="base model to merge into (default: the one the adapter was trained on)"),
@@ -239,6 +239,9 @@ def export(
     """Export a clean peft adapter dir, or a merged plain HF model with the training chat template."""
     from weitiao.infer import export as tool
 
+    if dtype is not None and not (merge or for_):  # an adapter export copies the adapter's files as saved
+        raise UserError(f"--dtype {dtype}: only with --merge (or --for); an adapter export keeps the adapter's weights")
+    dtype = dtype or "fp32"
     if for_:
         from weitiao.infer.rl_export import export_for
 
