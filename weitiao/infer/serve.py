@@ -21,7 +21,8 @@ How a request flows:
    prefilled at most `prefill_chunk` tokens per tick, between the decode steps of the running rows, and
    then join the running batch; the event loop keeps serving meanwhile.
 3. Every step each row's logits go through its own settings (`weitiao.infer.generate.Sampler`: bans from
-   min_tokens and from a tool_choice/json_object constraint (`weitiao.infer.constrain.Constrain`), penalties,
+   min_tokens, from a tool_choice/json_object constraint (`weitiao.infer.constrain.Constrain`) and from the
+   model folder's generation_config.json (`weitiao.infer.generate.folder_settings`), penalties,
    temperature, top-k/top-p, its own generator when seeded), then the new token is decoded and the text
    deltas (with their log-probs) go to the jobs' asyncio queues. Streaming is real: rows stream token by
    token, and time-to-first-token is the newcomer's prefill plus one step, not the running rows' replies.
