@@ -173,6 +173,26 @@ def test_check_renders_a_row_s_tools_as_training_did(tmp_path):
     assert bare["input_ids"] != want  # negative control: without the tools the prompt differs
 
 
+def test_an_adapter_export_or_a_checkpoint_brings_the_training_template(tmp_path):
+    """chat/serve/eval --adapter EXPORT_DIR (or a checkpoint of a run) loaded the base's tokenizer, not the one
+    training used: a run trained with ChatML on a base of another template was served in the base's format."""
+    from weitiao.infer.chat import load_chat_model
+    from weitiao.models.load import locate
+
+    run, base = make_run(tmp_path, NO_EOT)
+    build_tokenizer(CHATML, eos="<|endoftext|>").save_pretrained(run / "final" / "tokenizer")  # trained with ChatML
+    dest = ex.export(str(run), str(tmp_path / "adapter"))
+    shutil.copytree(run / "final" / "adapter", run / "checkpoints" / "step-000001" / "adapter")
+    msgs = [{"role": "user", "content": "你好"}]
+    trained = "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n"
+    for adapter in (run, dest, run / "checkpoints" / "step-000001"):
+        _, tok = load_chat_model(None, str(adapter))
+        assert resolve_template(tok).render(tok, msgs, add_generation_prompt=True) == trained, adapter
+    assert locate(dest)[1] == dest
+    base_tok = AutoTokenizer.from_pretrained(base)  # negative control: the base renders otherwise
+    assert resolve_template(base_tok).render(base_tok, msgs, add_generation_prompt=True) != trained
+
+
 def test_check_fails_when_generation_would_not_stop(chatml_run, tmp_path, rows):
     run, base = chatml_run
     dest = ex.export(str(run), str(tmp_path / "adapter"))

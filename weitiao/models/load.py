@@ -495,7 +495,15 @@ def locate(adapter: str | Path) -> tuple[Path, Path | None, ModelSpec]:
                 f"give it as the model (--model {full}) instead"
             )
         raise UserError(f"--adapter {adapter}: no adapter_config.json (give a run dir or a peft adapter dir)")
-    tok_dir = adapter_dir.parent / "tokenizer"
+    # the training tokenizer (with its template): beside the adapter in a run's final/, in an adapter export's own
+    # folder, or, for a checkpoint (checkpoints/step-N/adapter), in its finished run's final/
+    run = (
+        adapter_dir.parents[2]
+        if len(adapter_dir.parents) > 2 and adapter_dir.parents[1].name == "checkpoints"
+        else None
+    )
+    found = (adapter_dir.parent / "tokenizer", adapter_dir, *([run / "final" / "tokenizer"] if run else []))
+    tok_dir = next((d for d in found if (d / "tokenizer_config.json").is_file()), None)
     base, quant = adapter_base(adapter_dir)
     spec = ModelSpec(path=base, quant=quant)  # type: ignore[arg-type]
     run_cfg = next((d / "config.yaml" for d in adapter_dir.parents[:3] if (d / "config.yaml").is_file()), None)
@@ -503,7 +511,7 @@ def locate(adapter: str | Path) -> tuple[Path, Path | None, ModelSpec]:
     recorded = recorded.get("model") if isinstance(recorded, dict) else None
     if isinstance(recorded, dict):
         spec = ModelSpec.model_validate({**recorded, "path": base, "quant": quant, "gradient_checkpointing": False})
-    return adapter_dir, tok_dir if tok_dir.exists() else None, spec
+    return adapter_dir, tok_dir, spec
 
 
 def trained_quant_note(what: str, quant: str) -> str:
