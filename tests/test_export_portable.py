@@ -174,8 +174,8 @@ def test_check_renders_a_row_s_tools_as_training_did(tmp_path):
 
 
 def test_an_adapter_export_or_a_checkpoint_brings_the_training_template(tmp_path):
-    """chat/serve/eval --adapter EXPORT_DIR (or a checkpoint of a run) loaded the base's tokenizer, not the one
-    training used: a run trained with ChatML on a base of another template was served in the base's format."""
+    """chat/serve/eval --adapter EXPORT_DIR (or a checkpoint of a run, finished or not) loaded the base's tokenizer, not
+    the one training used: a run trained with ChatML on a base of another template was served in the base's format."""
     from weitiao.infer.chat import load_chat_model
     from weitiao.models.load import locate
 
@@ -189,6 +189,11 @@ def test_an_adapter_export_or_a_checkpoint_brings_the_training_template(tmp_path
         _, tok = load_chat_model(None, str(adapter))
         assert resolve_template(tok).render(tok, msgs, add_generation_prompt=True) == trained, adapter
     assert locate(dest)[1] == dest
+    unfinished = tmp_path / "unfinished" / "checkpoints" / "step-000001"  # no final/ yet: its config names the template
+    shutil.copytree(run / "final" / "adapter", unfinished / "adapter")
+    (unfinished / "config.yaml").write_text(f"model:\n  path: {base}\ndata:\n  template: chatml\n", encoding="utf-8")
+    _, tok = load_chat_model(None, str(unfinished))
+    assert resolve_template(tok).render(tok, msgs, add_generation_prompt=True) == trained
     base_tok = AutoTokenizer.from_pretrained(base)  # negative control: the base renders otherwise
     assert resolve_template(base_tok).render(base_tok, msgs, add_generation_prompt=True) != trained
 

@@ -21,6 +21,7 @@ from weitiao.models.load import (
     load_model,
     load_tokenizer,
     refuse_reward_adapter,
+    training_tokenizer,
 )
 
 
@@ -37,7 +38,7 @@ def load_chat_model(model: str | None, adapter: str | None, quant: str | None = 
     from weitiao.infer.export import locate
 
     adapter_dir, tok_dir, _ = locate(adapter)
-    tokenizer = load_tokenizer(str(tok_dir) if tok_dir else model or adapter_base(adapter_dir)[0])
+    tokenizer = training_tokenizer(adapter_dir, tok_dir, model or adapter_base(adapter_dir)[0])
     return load_adapted(adapter_dir, model, quant, "base", None).eval(), tokenizer
 
 

@@ -33,10 +33,10 @@ from weitiao.models.load import (
     ModelSpec,
     attach_adapter,
     load_model,
-    load_tokenizer,
     locate,
     refuse_reward_adapter,
     resolve_path,
+    training_tokenizer,
 )
 from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
 
@@ -165,7 +165,7 @@ def export(
     spec = spec.model_copy(update={"path": model}) if model else spec
     dest = Path(out)
     replace = check_out(dest, adapter_dir, force)
-    tokenizer = load_tokenizer(str(tok_dir) if tok_dir else spec.path)
+    tokenizer = training_tokenizer(adapter_dir, tok_dir, spec.path)
     template = resolve_template(tokenizer, "auto")  # a run's tokenizer carries the training template
 
     def fill(tmp: Path) -> dict[str, Any]:
@@ -287,7 +287,7 @@ def check(export_dir: str, adapter: str, data: str, max_rows: int = 200) -> dict
     from transformers import AutoTokenizer, GenerationConfig
 
     adapter_dir, tok_dir, spec = locate(adapter)
-    train_tok = load_tokenizer(str(tok_dir) if tok_dir else spec.path)
+    train_tok = training_tokenizer(adapter_dir, tok_dir, spec.path)
     train_tpl = resolve_template(train_tok, "auto")
     plain = AutoTokenizer.from_pretrained(export_dir)
     rows = load_conversations(data, skip_hint=None).rows[:max_rows]

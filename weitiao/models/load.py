@@ -514,6 +514,23 @@ def locate(adapter: str | Path) -> tuple[Path, Path | None, ModelSpec]:
     return adapter_dir, tok_dir, spec
 
 
+def training_tokenizer(adapter_dir: Path, tok_dir: Path | None, base: str) -> Any:
+    """The tokenizer training used, with its chat template: `tok_dir` (from `locate`), else the base's, carrying the
+    template the run's config.yaml names in `data.template` (a checkpoint of a run that has not finished)."""
+    from weitiao.data.templates import resolve_template
+
+    if tok_dir is not None:
+        return load_tokenizer(str(tok_dir))
+    tok = load_tokenizer(base)
+    cfg = next((d / "config.yaml" for d in adapter_dir.parents[:3] if (d / "config.yaml").is_file()), None)
+    recorded = yaml.safe_load(cfg.read_text(encoding="utf-8")) if cfg else None
+    data = recorded.get("data") if isinstance(recorded, dict) else None
+    name = data.get("template", "auto") if isinstance(data, dict) else "auto"
+    if name not in ("auto", "tokenizer"):
+        tok.chat_template = resolve_template(tok, name).jinja
+    return tok
+
+
 def trained_quant_note(what: str, quant: str) -> str:
     """The one line saying a base was loaded quantized because training used it (a QLoRA adapter served
     on a full-precision base is not the model that was trained)."""
