@@ -297,6 +297,10 @@ def test_the_model_folder_repetition_penalty_is_the_default_as_in_hf_generate(pa
         assert c.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"] == want
         own = c.post("/v1/chat/completions", json={**body, "repetition_penalty": 1.0}).json()
         assert own["choices"][0]["message"]["content"] == plain
+    from weitiao.infer.generate import generate  # eval gen's and the golden sets' path: the same default
+
+    assert generate(model, tok, template, [MSGS], max_new_tokens=24)[0].text == want
+    assert generate(model, tok, template, [MSGS], max_new_tokens=24, model_defaults=False)[0].text == plain
 
 
 def test_seeded_request_same_alone_and_in_batches(parts):

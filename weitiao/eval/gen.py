@@ -36,8 +36,8 @@ class GenSettings:
     """0 = greedy."""
     top_p: float = 1.0
     """Nucleus mass kept, in (0, 1] (1 = off)."""
-    repetition_penalty: float = 1.0
-    """CTRL penalty on tokens already in prompt or reply (1 = off)."""
+    repetition_penalty: float | None = None
+    """CTRL penalty on tokens already in prompt or reply (1 = off; default: the model's generation_config.json)."""
     no_repeat_ngram_size: int = 0
     """Forbid repeating any n-gram of this many tokens (0 = off)."""
     batch_size: int = 8

@@ -16,7 +16,8 @@ Departures from HF `model.generate`: one sampling setting per row, not per call;
 draws with `torch.multinomial` as HF does, but finished rows leave the batch, so sampled (not greedy) replies
 differ from HF's for the same seed. `generate_ids` (and `weitiao serve`) honour only these keys of a
 model folder's generation_config.json: min_p, no_repeat_ngram_size, suppress_tokens, begin_suppress_tokens,
-bad_words_ids; others that change the distribution are refused (`UserError`), never ignored.
+bad_words_ids, and repetition_penalty where the caller leaves it open; others that change the distribution are
+refused (`UserError`), never ignored.
 """
 
 from __future__ import annotations
@@ -539,7 +540,7 @@ def generate_ids(
     temperature: float = 0.0,
     top_p: float = 1.0,
     top_k: int = 0,
-    repetition_penalty: float = 1.0,
+    repetition_penalty: float | None = None,
     batch_size: int = 16,
     seed: int | None = None,
     model_defaults: bool = True,
@@ -552,13 +553,15 @@ def generate_ids(
     Up to `batch_size` rows decode together; a finished row's place goes to the next conversation at once.
     Replies are cut after the first end-of-turn token (kept). top_k=0 and top_p=1 are off. With
     model_defaults=False nothing comes from the model folder's generation_config.json (its min_p,
-    no_repeat_ngram_size, ...): with the defaults above, sampling draws from exactly
+    no_repeat_ngram_size, repetition_penalty when None, ...): with the defaults above, sampling draws from exactly
     softmax(logits / temperature), the distribution PPO's log-probs score. With `logps` each reply token's
     log-prob under the distribution it was drawn from comes back too (`Sampled.logps`). `stops`: the ids a
     reply ends at (kept), the template's end-of-turn when None (PPO's sampler, which cuts its draws itself).
     """
     if seed is not None:
         torch.manual_seed(seed)
+    if repetition_penalty is None:  # the folder's (as HF generate and vLLM) unless nothing may come from there
+        repetition_penalty = folder_repetition_penalty(model) if model_defaults else 1.0
     eot_id, pad_id = _eot_pad(tokenizer, template)
     greedy = temperature == 0
     sampling = RowSampling(temperature, 1.0 if greedy else top_p, 0 if greedy else top_k, repetition_penalty)
