@@ -194,6 +194,11 @@ def test_an_adapter_export_or_a_checkpoint_brings_the_training_template(tmp_path
     (unfinished / "config.yaml").write_text(f"model:\n  path: {base}\ndata:\n  template: chatml\n", encoding="utf-8")
     _, tok = load_chat_model(None, str(unfinished))
     assert resolve_template(tok).render(tok, msgs, add_generation_prompt=True) == trained
+    from weitiao.infer.chat import load_adapters  # serve --adapter a=… --adapter b=…: the same for each
+
+    for named in ({"a": str(unfinished)}, {"a": str(unfinished), "b": str(run)}):
+        _, tok, _ = load_adapters(None, named, None)
+        assert resolve_template(tok).render(tok, msgs, add_generation_prompt=True) == trained, named
     base_tok = AutoTokenizer.from_pretrained(base)  # negative control: the base renders otherwise
     assert resolve_template(base_tok).render(base_tok, msgs, add_generation_prompt=True) != trained
 

@@ -79,7 +79,8 @@ def load_adapters(model: str | None, named: dict[str, str], quant: str | None) -
                 "serve adapters of one base (or give --model)"
             )
     base = model or spec.path
-    toks = [load_tokenizer(str(tok_dir)) for _, tok_dir, _ in located.values() if tok_dir]
+    # each run's training tokenizer: its own, or the base's with the template an unfinished run's config names
+    toks = [training_tokenizer(adapter_dir, tok_dir, base) for adapter_dir, tok_dir, _ in located.values()]
     if len({t.chat_template for t in toks}) > 1:
         raise UserError("--adapter: the runs' chat templates differ; serve adapters trained with one template")
     m = load_model(ModelSpec(path=base, quant=quant or spec.quant))
@@ -89,7 +90,7 @@ def load_adapters(model: str | None, named: dict[str, str], quant: str | None) -
             m.load_adapter(adapter_dir, adapter_name=name)
         except (RuntimeError, ValueError, KeyError) as e:
             raise UserError(f"--adapter {name}={named[name]}: does not fit base {base!r} ({str(e)[:200]})") from None
-    return m.eval(), toks[0] if toks else load_tokenizer(base), base
+    return m.eval(), toks[0], base
 
 
 def run(
