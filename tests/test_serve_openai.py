@@ -303,6 +303,22 @@ def test_the_model_folder_repetition_penalty_is_the_default_as_in_hf_generate(pa
     assert generate(model, tok, template, [MSGS], max_new_tokens=24, model_defaults=False)[0].text == plain
 
 
+def test_the_model_folder_sampling_defaults_apply_where_a_request_leaves_them_open(parts):
+    """vLLM's server takes temperature, top_p and top_k from generation_config.json when a request omits them
+    (Qwen2.5-Instruct: 0.7, 0.8, 20); serve drew with OpenAI's 1, 1 and no top-k there, another distribution."""
+    from fastapi.testclient import TestClient
+
+    model, tok, template = copy.deepcopy(parts[0]), parts[1], parts[2]
+    ids, eot = prompt_ids(parts), tok.convert_tokens_to_ids(parts[2].eot)
+    greedy = decode_whole(tok, reference(model, ids, 24, eot)[:24])
+    model.generation_config.top_k = 1  # the folder's: only the likeliest token, so a draw is the greedy reply
+    with TestClient(create_app(model, tok, template, ServeSettings(max_new_tokens=24))) as c:
+        body = {"messages": MSGS, "max_tokens": 24, "seed": 7}
+        assert c.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"] == greedy
+        own = c.post("/v1/chat/completions", json={**body, "top_k": 0}).json()  # a request's own value wins
+        assert own["choices"][0]["message"]["content"] != greedy
+
+
 def test_seeded_request_same_alone_and_in_batches(parts):
     """The same seeded request gives the same text alone and in each of 4 batches of 4 different requests."""
     seeded = dict(messages=MSGS, max_tokens=16, temperature=1.0, seed=1234)

@@ -34,9 +34,10 @@ class Sampling(_Strict):
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)  # extension
+    # unset: the model folder's generation_config.json value, else OpenAI's 1, 1 and off (top_k), as vLLM
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)  # extension
     # extension; HF divides logits by it, so tiny values overflow to inf and the sampler fails
     # unset: the model folder's generation_config.json value (1 when it has none), as HF generate and vLLM
     repetition_penalty: float | None = Field(None, ge=0.01, le=100)

@@ -512,6 +512,14 @@ def folder_settings(
     return sampling, ban
 
 
+def folder_sampling(model: Any) -> dict[str, float]:
+    """The sampling defaults the model folder's generation_config.json sets (temperature, top_p, top_k; Qwen2.5-Instruct
+    0.7, 0.8, 20): what vLLM's server uses where a request leaves them open (its `--generation-config auto`)."""
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    gc = getattr(hf, "generation_config", None)
+    return {k: v for k in ("temperature", "top_p", "top_k") if (v := getattr(gc, k, None)) is not None}
+
+
 def folder_repetition_penalty(model: Any) -> float:
     """The model folder's generation_config.json `repetition_penalty` (Qwen2.5-Instruct's 1.05), 1.0 when unset: what
     HF generate (greedy too) and vLLM apply when the caller leaves it open."""

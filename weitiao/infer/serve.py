@@ -67,6 +67,7 @@ from weitiao.infer.generate import (
     RowSampling,
     end_ids,
     folder_repetition_penalty,
+    folder_sampling,
     folder_settings,
     logprob_entries,
 )
@@ -279,6 +280,8 @@ def create_app(
     # suppress_tokens, bad_words_ids); a key the loop cannot honour stops the server here, as it stops chat
     folder, folder_bans = folder_settings(model, RowSampling(), 0, True)
     folder_rep = folder_repetition_penalty(model)  # a request's default repetition_penalty
+    # a request's default temperature, top_p and top_k: the folder's, else OpenAI's (as vLLM's server)
+    defaults = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, **folder_sampling(model)}
 
     def banned(rows: list[_Row], vocab: int) -> torch.Tensor | None:
         own, theirs = bans(rows, vocab), folder_bans(rows, vocab) if folder_bans else None
@@ -427,9 +430,10 @@ def create_app(
         if top is not None and output_filter is not None:  # token log-probs would show what the filter hides
             raise BadRequest("logprobs: not available while the server filters replies (--pii)", "logprobs")
         stop = [req.stop] if isinstance(req.stop, str) else [s for s in req.stop or [] if s]
-        greedy = req.temperature == 0
+        temperature, top_p, top_k = (defaults[k] if getattr(req, k) is None else getattr(req, k) for k in defaults)
+        greedy = temperature == 0
         sampling = RowSampling(
-            req.temperature, 1.0 if greedy else req.top_p, 0 if greedy else req.top_k,
+            temperature, 1.0 if greedy else top_p, 0 if greedy else top_k,
             folder_rep if req.repetition_penalty is None else req.repetition_penalty,
             req.presence_penalty or 0.0, req.frequency_penalty or 0.0, min_p=0.0 if greedy else folder.min_p,
         )  # fmt: skip
@@ -686,4 +690,7 @@ def serve(
     limits = (max_batch, max_queue, max_new_tokens, max_body_mb, tuple(named or ()), prefill_chunk)
     settings = ServeSettings(name, api_key, *limits)
     app = create_app(m, tok, resolve_template(tok, template), settings, input_screen, output_filter)
+    given = {**folder_sampling(m), "repetition_penalty": folder_repetition_penalty(m)}
+    if shown := ", ".join(f"{k} {v:g}" for k, v in given.items() if k != "repetition_penalty" or v != 1.0):
+        print(f"serve: requests that leave them open get the model's generation_config.json {shown}")  # as vLLM says
     uvicorn.run(app, host=host, port=port, log_level="warning")
