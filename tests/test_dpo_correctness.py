@@ -259,6 +259,24 @@ def test_cache_written_once_by_process_zero(tiny_model_dir, pairs_file, tmp_path
     assert barriers == [False, False] and ref.cache == {"from": "process 0"}
 
 
+def test_a_fresh_run_reads_no_cache_already_there(tiny_model_dir, pairs_file, tmp_path):
+    """A fresh 2-process run (train.resume=none) in a dir holding the previous run's cache hung: process 1 read that
+    file (same key) while process 0 removed it, reused it and skipped the forwards and the barrier process 0 ran."""
+    cfg, d, model, loss_mod, ref, ids = build(tiny_model_dir, pairs_file, tmp_path / "x")
+    path = tmp_path / "ref.pt"
+    torch.save({"key": {"k": 1}, "logps": {"from": "previous run"}}, path)
+    barriers = []
+
+    class Rank1(FakeAccel):
+        def wait_for_everyone(self):
+            barriers.append(1)
+            if len(barriers) == 2:  # process 0 writes between the two barriers
+                torch.save({"key": {"k": 1}, "logps": {"from": "process 0"}}, path)
+
+    ref.precompute(d.train, cfg, {"k": 1}, ids["pad"], False, Rank1(1, 2, []), path, fresh=True)
+    assert len(barriers) == 2 and ref.cache == {"from": "process 0"}
+
+
 PINNED_DPO = [0.693147, 0.245874, 0.141836, 0.097904, 0.079507]  # steps 1-5, from this code
 
 

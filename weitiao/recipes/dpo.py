@@ -168,12 +168,22 @@ class Reference:
             return self.loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask, per_token=True)
 
     def precompute(
-        self, examples: list[Encoded], cfg: DPOConfig, key: dict, pad_id: int, one_row: bool, accel: Any, path: Path
+        self,
+        examples: list[Encoded],
+        cfg: DPOConfig,
+        key: dict,
+        pad_id: int,
+        one_row: bool,
+        accel: Any,
+        path: Path,
+        fresh: bool = False,
     ) -> None:
         """Reference log-probs of every example, cached in `path` under `key`; a cache with another key is
         rebuilt. Every process computes (the forwards stay in step under DDP); process 0 writes the file
-        atomically; all then read that one file."""
-        saved = torch.load(path, weights_only=False) if path.exists() else None
+        atomically; all then read that one file. `fresh` (a new run): no process reads a file already there,
+        which process 0 may be removing at that moment (a process that reused it would skip the forwards and
+        barrier the others run: a hang)."""
+        saved = torch.load(path, weights_only=False) if path.exists() and not fresh else None
         accel.wait_for_everyone()  # every process has read the old file before process 0 may replace it
         if saved is not None and saved.get("key") == key:
             self.cache = saved["logps"]
@@ -435,7 +445,7 @@ def run(cfg: DPOConfig) -> dict:
         print(f"fresh run in {out}: removed the previous run's {cache_file.name}")
     if d.precompute_ref:
         key = cache_key(cfg, data.template, data.train)
-        ref.precompute(data.train, cfg, key, pad_id, one_row, accel, cache_file)
+        ref.precompute(data.train, cfg, key, pad_id, one_row, accel, cache_file, fresh=ckpt is None)
     if main:
         print_pairs_summary(data, cfg, ref, trainable, log if ckpt is None else None)
     plan = loop.EpochPlan(data.pair_lengths(), 2 * cfg.data.max_len, cfg.data.packing, t, world)
