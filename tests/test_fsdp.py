@@ -315,6 +315,28 @@ def test_ppo_under_sharding_is_refused_at_start(kind, fsdp2, make_config, tmp_pa
             dist.accelerator()
 
 
+def test_golden_prompts_under_sharded_weights_are_refused_at_start(make_config, chat_file, tmp_path, monkeypatch):
+    """train.golden is answered by the main process alone: under FSDP2 its forward crashed after step 1 (the root's
+    weights were never gathered), under ZeRO-3 it hung (the others never joined the gathers). Refused before any
+    model loads; DDP and ZeRO-2 (whole weights on every process) answer as before."""
+    golden = write_jsonl(tmp_path / "g.jsonl", [{"prompt": "你好"}])
+
+    def accel(kind, stage=None):
+        config = {"zero_optimization": {"stage": stage}}
+        return SimpleNamespace(distributed_type=kind, state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(
+            deepspeed_config=config)))  # fmt: skip
+
+    for fake, engine in [(accel(DistributedType.FSDP), "FSDP"), (accel(DistributedType.DEEPSPEED, 3), "ZeRO-3")]:
+        monkeypatch.setattr(dist, "accelerator", lambda model=None, fake=fake: fake)
+        with pytest.raises(UserError, match=rf"train.golden: .* under .*{engine} .*weitiao eval golden") as e:
+            sft.run(make_config("sft", chat_file, f"train.golden={golden}"))
+        assert "\n" not in str(e.value)
+    for ok in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):  # negative controls: whole weights everywhere
+        assert dist.sharding(accel(ok)) is None
+    assert dist.sharding(accel(DistributedType.DEEPSPEED, 2)) is None
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_two_nodes_on_loopback_train_what_one_process_trains(tiny_model_dir, chat_file, tmp_path):
     """`torchrun --nnodes 2 --node-rank 0|1` on one machine: two "nodes" of one process each (gloo

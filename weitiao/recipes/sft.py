@@ -221,6 +221,11 @@ def run(cfg: SFTConfig) -> dict:
     """Train; returns a summary (final/best eval loss, steps, tokens/s, output dir)."""
     t = cfg.train
     accel = dist.accelerator(cfg.model)
+    if t.golden and (engine := dist.sharding(accel)):  # the main process answers alone: it would crash or hang
+        raise UserError(
+            f"train.golden: the main process answers the golden prompts alone, and under {engine} its forwards "
+            "need every process; drop train.golden and run `weitiao eval golden --run RUN --prompts FILE` on the run"
+        )
     main = accel.is_main_process
     torch.manual_seed(t.seed)
     out = Path(t.out)

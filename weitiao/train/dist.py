@@ -98,6 +98,17 @@ def refuse_sharding(accel: Any, recipe: str) -> None:
         )
 
 
+def sharding(accel: Any) -> str | None:
+    """The engine that splits the weights themselves across processes (FSDP, DeepSpeed ZeRO-3), else None: under
+    it a forward needs every process (DDP and ZeRO-2 keep whole weights on each)."""
+    if accel.distributed_type == DistributedType.FSDP:
+        return "FSDP"
+    if not zero.active(accel):
+        return None
+    stage = accel.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage")
+    return "DeepSpeed ZeRO-3" if stage == 3 else None
+
+
 def sharded(module: Any) -> bool:
     """Whether FSDP2 shards the module's parameters (DTensors, or gathered for now by a module of it)."""
     from torch.distributed.fsdp import FSDPModule
