@@ -144,6 +144,22 @@ def test_too_few_micro_batches_for_the_processes_is_refused():
     assert loop.EpochPlan([1] * 3, 8, False, spec(grad_accum=4), world=2).total_steps(loop.new_state()) == 1
 
 
+def test_a_packed_epoch_too_small_for_the_processes_is_refused_not_skipped():
+    """Packing varies an epoch's micro-batches: an epoch with fewer than the processes had 0 steps and was skipped,
+    its rows untrained (3 epochs on 2 processes trained 1 step; one process × grad_accum 2 trains 3)."""
+
+    def plan(world: int, accum: int, **kw) -> loop.EpochPlan:
+        t = spec(micro_batch_size=2, grad_accum=accum, seed=42, **kw)
+        return loop.EpochPlan([27, 13, 29, 37, 68], 100, True, t, world)
+
+    assert [len(plan(2, 1, epochs=3).epoch(e)) for e in range(3)] == [2, 1, 1]
+    assert plan(1, 2, epochs=3).total_steps(loop.new_state()) == 3
+    for kw in ({"epochs": 3}, {"epochs": 1.5}, {"max_steps": 2}):
+        with pytest.raises(UserError, match="train: epoch 1 packs into 1 micro-batches for 2 processes, so some"):
+            plan(2, 1, **kw).total_steps(loop.new_state())
+    assert plan(2, 1, epochs=1).total_steps(loop.new_state()) == 1  # negative control: epoch 0 alone trains
+
+
 def test_micro_batches_sync_gradients_on_the_last_only():
     entered = []
 

@@ -79,19 +79,28 @@ class EpochPlan:
         return self._steps[epoch]
 
     def total_steps(self, state: dict[str, Any]) -> int:
-        """Steps of the run; refuses a run with no step to take, and resuming on other data."""
+        """Steps of the run; refuses a run with no step to take, an epoch some process would train nothing of, and
+        resuming on other data."""
         t = self.t
-        if self.steps_in(0) == 0:
-            raise UserError(
-                f"train: {len(self.epoch(0))} micro-batches for {self.world} processes, so some process would "
-                "train on nothing; lower train.micro_batch_size or use fewer processes"
-            )
         if t.max_steps is not None:
             total = t.max_steps
         else:  # whole epochs (each its own size when packed), then the fraction of the next one
             whole, part = int(t.epochs), t.epochs - int(t.epochs)
             total = sum(self.steps_in(e) for e in range(whole)) + math.ceil(part * self.steps_in(whole) - 1e-9)
             total = max(1, total)
+        # Every epoch the run reaches: packed, an epoch can have fewer micro-batches than processes (0 steps), and
+        # step() would skip it, its rows untrained (3 epochs on 2 processes trained 1). Unpacked epochs are all alike.
+        epoch, left = 0, total if t.max_steps is not None else math.ceil(t.epochs - 1e-9)
+        left = left if self.packing and self.world > 1 else 1
+        while left > 0:
+            if self.steps_in(epoch) == 0:
+                where = f"epoch {epoch} packs into " if epoch else ""
+                raise UserError(
+                    f"train: {where}{len(self.epoch(epoch))} micro-batches for {self.world} processes, so some process "
+                    "would train on nothing; lower train.micro_batch_size or use fewer processes"
+                )
+            left -= self.steps_in(epoch) if t.max_steps is not None else 1
+            epoch += 1
         # Same data file names (config.yaml) can hold other rows: a resumed plan would then skip or repeat.
         key = hashlib.sha256(repr((self.lengths, self.capacity)).encode()).hexdigest()[:16]
         if state.setdefault("data_key", key) != key and t.resume != "force":
