@@ -141,6 +141,19 @@ def test_fresh_run_moves_the_previous_run_aside(tiny_model_dir, chat_file, tmp_p
     assert [r["step"] for r in read_metrics(run, "train")] == [1]
 
 
+def test_a_fresh_run_moves_every_file_a_run_writes(tmp_path):
+    """PPO's cost.jsonl and a resumed run's metrics.abandoned.jsonl stayed behind: the next run overwrote the cost
+    report and appended its abandoned rows to the previous run's."""
+    from weitiao.train import checkpoint as ck
+
+    files = ["metrics.jsonl", "metrics.abandoned.jsonl", "cost.jsonl", "config.yaml"]
+    for name in [*files, "rejects.jsonl"]:
+        (tmp_path / name).write_text("old\n")
+    moved = ck.move_previous_run(tmp_path)
+    assert sorted(p.name for p in moved.iterdir()) == sorted(files)
+    assert (tmp_path / "rejects.jsonl").exists()  # written by the new run before the move: it stays
+
+
 def test_diverging_run_stops_keeps_last_good_checkpoint_and_writes_no_final(tiny_model_dir, chat_file, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(DivergedError, match=r"^step 2: loss is (nan|inf); training diverged"):
