@@ -146,12 +146,37 @@ def test_a_fresh_run_moves_every_file_a_run_writes(tmp_path):
     report and appended its abandoned rows to the previous run's."""
     from weitiao.train import checkpoint as ck
 
-    files = ["metrics.jsonl", "metrics.abandoned.jsonl", "cost.jsonl", "config.yaml"]
-    for name in [*files, "rejects.jsonl"]:
+    files = ["metrics.jsonl", "metrics.abandoned.jsonl", "cost.jsonl", "config.yaml", "rejects.jsonl"]
+    for name in [*files, "notes.txt"]:
         (tmp_path / name).write_text("old\n")
     moved = ck.move_previous_run(tmp_path)
     assert sorted(p.name for p in moved.iterdir()) == sorted(files)
-    assert (tmp_path / "rejects.jsonl").exists()  # written by the new run before the move: it stays
+    assert (tmp_path / "notes.txt").exists()  # not a run's: it stays
+
+
+def test_a_refused_run_leaves_the_previous_run_s_rejects_alone(tiny_model_dir, chat_file, tmp_path):
+    """Data was read (rejects.jsonl written into train.out) before the resume check: a run refused for its changed
+    data had already replaced the previous run's rejects with its own, and a fresh run overwrote them instead of
+    moving them aside with the rest."""
+    run, rows = tmp_path / "run", [json.loads(x) for x in Path(chat_file).read_text(encoding="utf-8").splitlines()]
+
+    def data(name: str, bad: dict) -> Path:
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in [*rows, bad]), encoding="utf-8")
+        return path
+
+    a, b = data("a.jsonl", {"instruction": "甲"}), data("b.jsonl", {"instruction": "乙"})
+    keys = ("train.max_steps=2", "train.save_every=1", "data.skip_invalid=true", "train.stop_after=1")
+    sft.run(config(tiny_model_dir, a, run, *keys))
+    first = (run / "rejects.jsonl").read_text(encoding="utf-8")
+    assert "甲" in first
+    with pytest.raises(UserError, match="was trained with"):
+        sft.run(config(tiny_model_dir, b, run, *keys[:3]))
+    assert (run / "rejects.jsonl").read_text(encoding="utf-8") == first  # the refused run wrote nothing
+    sft.run(config(tiny_model_dir, b, run, *keys[:3], "train.resume=none"))
+    [prev] = list((run / "previous").iterdir())
+    assert (prev / "rejects.jsonl").read_text(encoding="utf-8") == first
+    assert "乙" in (run / "rejects.jsonl").read_text(encoding="utf-8")
 
 
 def test_diverging_run_stops_keeps_last_good_checkpoint_and_writes_no_final(tiny_model_dir, chat_file, tmp_path):

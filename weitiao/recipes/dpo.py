@@ -401,6 +401,7 @@ def run(cfg: DPOConfig) -> dict:
 
     # 1. Pairs → tokens.
     tokenizer = load_tokenizer(cfg.model.path)
+    opened = loop.open_run(out, t, cfg, accel)  # refused or moved aside before rejects.jsonl is written
     data = prepare_pairs(cfg, tokenizer)
     loop.refuse_eval_without_data(cfg.train, bool(data.eval))
     kl_default = DPOSpec.model_fields["kl_max_new_tokens"].default  # the default: set or not, nothing to say
@@ -438,7 +439,7 @@ def run(cfg: DPOConfig) -> dict:
     eval_ref = Reference(loss_mod, model, ref_model)  # eval pairs are never cached: always live
 
     # 3. Resume (a fresh run clears the previous run's files, its reference cache included).
-    state, ckpt, log = loop.start(out, t, cfg, accel, loss_mod, optimizer)
+    state, ckpt, log = loop.start(out, t, opened, accel, loss_mod, optimizer)
     cache_file = out / "ref_logps.pt"
     if ckpt is None and main and cache_file.exists():
         cache_file.unlink()

@@ -177,6 +177,7 @@ def run(cfg: RMConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model.path)
     if cfg.data.weight_field:
         raise UserError("data.weight_field: per-pair weights are used by DPO only; remove it for the reward model")
+    opened = loop.open_run(out, t, cfg, accel)  # refused or moved aside before rejects.jsonl is written
     data = prepare_pairs(cfg, tokenizer, read_margins=True)
     loop.refuse_eval_without_data(cfg.train, bool(data.eval))
     if data.margins and cfg.rm.margin:
@@ -205,7 +206,7 @@ def run(cfg: RMConfig) -> dict:
     scorer, optimizer, params = loop.adamw(accel, scorer, model, t, lr)
 
     # 3. Resume.
-    state, ckpt, log = loop.start(out, t, cfg, accel, scorer, optimizer)
+    state, ckpt, log = loop.start(out, t, opened, accel, scorer, optimizer)
     if main:
         s = data.stats
         print(

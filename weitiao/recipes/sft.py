@@ -232,6 +232,7 @@ def run(cfg: SFTConfig) -> dict:
 
     # 1. Data: validate, template, tokenize; every row accounted for.
     tokenizer = load_tokenizer(cfg.model.path)
+    opened = loop.open_run(out, t, cfg, accel)  # refused or moved aside before rejects.jsonl is written
     data = prepare_data(cfg, tokenizer)
     loop.refuse_eval_without_data(t, bool(data.eval), golden_cadence=True)
     pad_id = tokenizer.pad_token_id
@@ -251,7 +252,7 @@ def run(cfg: SFTConfig) -> dict:
     loss_mod, optimizer, params = loop.adamw(accel, loss_mod, model, t, lr)
 
     # 3. Resume: weights, optimizer, RNG, data position, early-stopping state.
-    state, ckpt, log = loop.start(out, t, cfg, accel, loss_mod, optimizer)
+    state, ckpt, log = loop.start(out, t, opened, accel, loss_mod, optimizer)
     if main:
         print_data_summary(data, cfg, trainable, total_params, world, log if ckpt is None else None)
     plan = loop.EpochPlan(example_lengths(data.train), cfg.data.max_len, cfg.data.packing, t, world)

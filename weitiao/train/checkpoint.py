@@ -35,7 +35,7 @@ CONFIG_FILE = "config.yaml"
 INPUTS_FILE = "inputs.json"  # fingerprints of the models/adapters the config names (ModelRef keys)
 # What a run writes into its dir besides checkpoints/step-*; a fresh run moves these aside.
 RUN_FILES = ("metrics.jsonl", "metrics.abandoned.jsonl", "tb", "wandb", "swanlog", "mlflow.db", "final", "golden.jsonl",
-             "cost.jsonl", CONFIG_FILE, INPUTS_FILE)  # fmt: skip
+             "cost.jsonl", "rejects.jsonl", "eval_rejects.jsonl", CONFIG_FILE, INPUTS_FILE)  # fmt: skip
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 # Config keys that may change on resume: how long to run and how often to log, eval and save.
 # Every other key (model, lora, data, loss, optimizer, batch, seed) changes what a step computes.

@@ -363,19 +363,26 @@ def new_state() -> dict[str, Any]:
     return {"step": 0, "best_eval": float("inf"), "best_step": None, "bad_evals": 0, "tokens": 0}
 
 
-def start(
-    out: Path, t: TrainSpec, cfg: Any, accel: Any, module: Any, optimizer: Any
-) -> tuple[dict, Path | None, MetricsLog]:
-    """Resume from the checkpoint `t.resume` names (weights, optimizer, this process's RNG, data
-    position, early-stop state) if the config `cfg` still trains the same thing on the same models, or start
-    fresh (a previous run in `out` is moved aside); write config.yaml; open the metrics log. `module` is what
-    the recipe passed to accelerator.prepare."""
+def open_run(out: Path, t: TrainSpec, cfg: Any, accel: Any) -> tuple[str, Path | None]:
+    """Before the data is read (which writes rejects.jsonl into `out`): the checkpoint `t.resume` names if the config
+    `cfg` still trains the same thing on the same models (else refused: nothing in `out` changes), or None for a fresh
+    start, the previous run's files moved aside first; returns (config.yaml text, checkpoint) for `start`."""
     from weitiao.config import dump_config
 
     config_yaml, inputs = dump_config(cfg), ck.input_fingerprints(cfg)
+    main, world = accel.is_main_process, accel.num_processes
+    return config_yaml, ck.open_run(out, t.resume, config_yaml, main, inputs, world, dist.gather_objects)
+
+
+def start(
+    out: Path, t: TrainSpec, opened: tuple[str, Path | None], accel: Any, module: Any, optimizer: Any
+) -> tuple[dict, Path | None, MetricsLog]:
+    """Resume from `open_run`'s checkpoint (weights, optimizer, this process's RNG, data position, early-stop state)
+    or start fresh; write config.yaml; open the metrics log. `module` is what the recipe passed to
+    accelerator.prepare."""
+    config_yaml, ckpt = opened
     state = new_state()
     rank, world = accel.process_index, accel.num_processes
-    ckpt = ck.open_run(out, t.resume, config_yaml, accel.is_main_process, inputs, world, dist.gather_objects)
     if ckpt is not None:
         state.update(dist.load_checkpoint(ckpt, accel, module, optimizer, rank, world, t.resume == "force"))
     resumed_at = state["step"] if ckpt is not None else None
