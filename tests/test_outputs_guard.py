@@ -84,3 +84,27 @@ def test_pii_scrub_two_inputs_into_one_file_and_refusals_over_a_users_file(tmp_p
     theirs.write_text("keep")
     r = CliRunner().invoke(pii_app, ["refusals", "--n", "3", "--out", str(theirs)])
     assert isinstance(r.exception, UserError) and theirs.read_text() == "keep"
+
+
+def test_one_path_named_for_two_outputs_is_refused(tmp_path):
+    """`arena rank --json X --plot X` wrote the PNG over the JSON, and `logs chat --out D/report.json` the report over
+    the pairs, both with exit 0 and 'wrote'; now refused before any work."""
+    from weitiao.eval.commands import arena_app
+
+    battles = tmp_path / "b.json"
+    battle = [{"model_a": "甲", "model_b": "乙", "winner": w} for w in ["model_a", "model_b"] * 3]
+    battles.write_text(json.dumps(battle))
+    same = tmp_path / "ratings.out"
+    r = CliRunner().invoke(arena_app, ["rank", "--battles", str(battles), "--json", str(same), "--plot", str(same)])
+    assert isinstance(r.exception, UserError) and "named for two outputs" in str(r.exception) and not same.exists()
+    with pytest.raises(UserError, match="named for two outputs"):
+        claim_outputs([tmp_path / "a.jsonl", tmp_path / "." / "a.jsonl"])
+    r = CliRunner().invoke(logs_app, ["synth", "--kind", "chat", "--n", "2000", "--out", str(tmp_path / "s"),
+                                      "--no-progress"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(logs_app, ["chat", str(tmp_path / "s" / "events.parquet"), "--responses",
+                                      str(tmp_path / "s" / "responses.parquet"), "--out",
+                                      str(tmp_path / "o" / "report.json"), "--no-progress"])  # fmt: skip
+    assert isinstance(r.exception, UserError) and "named for two outputs" in str(r.exception)
+    assert not (tmp_path / "o").exists()
+    claim_outputs([tmp_path / "a.jsonl", tmp_path / "b.jsonl"])  # negative control: two paths

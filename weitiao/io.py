@@ -281,9 +281,14 @@ def written_by_us(path: str | Path) -> bool:
 
 def claim_outputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path] = (), flag: str = "--out") -> None:
     """Refuse, before any work, to write an output that is one of the inputs or an existing file that weitiao
-    did not write (or that was changed since): nothing we did not create is overwritten."""
+    did not write (or that was changed since), or one named twice (the second write would replace the first):
+    nothing we did not create is overwritten."""
     ins = {Path(i).resolve() for i in inputs}
+    seen: set[Path] = set()
     for out in map(Path, outputs):
+        if out.resolve() in seen:
+            raise UserError(f"{flag} {out}: named for two outputs; one would replace the other; choose two paths")
+        seen.add(out.resolve())
         if out.resolve() in ins or (out.exists() and any(i.exists() and out.samefile(i) for i in ins)):
             raise UserError(f"{flag} {out}: is also an input; writing it would destroy the input; choose another path")
         if out.is_file() and not written_by_us(out):
