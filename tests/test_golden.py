@@ -171,3 +171,28 @@ def test_golden_report_on_tiny_sft_run(tiny_model_dir, tokenizer, chat_file, tmp
     n_rows = len((run / GOLDEN_FILE).read_text().splitlines())
     _, res16 = golden_report(run, golden, max_new_tokens=16)
     assert res16.steps == res.steps and len((run / GOLDEN_FILE).read_text().splitlines()) == n_rows
+
+
+def test_golden_report_out_never_replaces_the_prompts_or_a_users_file(tiny_model_dir, chat_file, tmp_path):
+    """--out was written without a check after every checkpoint answered: `--out golden.jsonl` replaced the prompts
+    with the HTML report, and a user's file was overwritten; now both are refused before any generation."""
+    from weitiao.config import load_config
+    from weitiao.errors import UserError
+    from weitiao.recipes import sft
+
+    run = tmp_path / "run"
+    over = [f"model.path={tiny_model_dir}", f"data.train=[{chat_file}]", f"train.out={run}", "train.progress=false",
+            "train.tensorboard=false", "train.micro_batch_size=2", "data.max_len=64", "train.max_steps=1"]  # fmt: skip
+    sft.run(load_config(sft.SFTConfig, None, over))
+    golden = write_jsonl(tmp_path / "golden.jsonl", GOLDEN)
+    before = golden.read_bytes()
+    with pytest.raises(UserError, match="is also an input"):
+        golden_report(run, golden, max_new_tokens=2, out=tmp_path / "." / "golden.jsonl")
+    theirs = tmp_path / "notes.html"
+    theirs.write_text("我的笔记", encoding="utf-8")
+    with pytest.raises(UserError, match="exists and was not written by weitiao"):
+        golden_report(run, golden, max_new_tokens=2, out=theirs)
+    assert golden.read_bytes() == before and theirs.read_text(encoding="utf-8") == "我的笔记"
+    assert not (run / GOLDEN_FILE).exists()  # refused before any generation
+    path, _ = golden_report(run, golden, max_new_tokens=2, out=tmp_path / "report.html")  # negative control
+    assert path.read_text(encoding="utf-8").startswith("<!doctype html>")

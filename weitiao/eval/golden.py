@@ -27,7 +27,7 @@ from typing import Any
 from weitiao.data.prompts import Prompt, read_prompts
 from weitiao.errors import UserError
 from weitiao.eval.metrics import Item, MetricSettings, item_metrics, reply_metrics
-from weitiao.io import append_jsonl, atomic_write_text, read_jsonl
+from weitiao.io import append_jsonl, atomic_write_text, claim_outputs, read_jsonl
 from weitiao.progress import progress_bar
 from weitiao.reports import page
 
@@ -452,8 +452,12 @@ def golden_report(
     out: str | Path | None = None,
     steps: Collection[int] | None = None,
 ) -> tuple[Path, GoldenResult]:
-    """Steps 1–5 above, over the checkpoints at `steps` (default all); returns the report path and the numbers."""
+    """Steps 1–5 above, over the checkpoints at `steps` (default all); returns the report path and the numbers.
+
+    An `out` that is the prompt file or a file weitiao did not write is refused before any generation."""
     run_dir = Path(run_dir)
+    path = Path(out) if out else run_dir / REPORT_FILE
+    claim_outputs([path] if out else [], [prompts_path])  # the default, in the run's own folder, is ours
     check_max_new_tokens(max_new_tokens)
     if select not in SELECT:
         raise UserError(f"--select {select}: choose one of {', '.join(SELECT)}")
@@ -470,6 +474,5 @@ def golden_report(
     generate_missing(run_dir, cfg, ckpts, prompts, gen, chat)  # 2
     rows = [r for r in read_golden(run_dir / GOLDEN_FILE) if steps is None or r["step"] in steps]
     res = evaluate_golden(rows, prompts, metrics_log, select, settings, judge, gen)  # 3, 4
-    path = Path(out) if out else run_dir / REPORT_FILE
     atomic_write_text(path, render_report(run_dir, prompts, res, metrics_log))  # 5
     return path, res
