@@ -92,3 +92,19 @@ def test_curve_errors(config):
         curve.run(config, [8, 100])
     with pytest.raises(UserError, match="needs an eval set"):
         curve.run(config, [8], ["data.eval_split=0"])
+
+
+def test_curve_out_never_replaces_a_users_file(config, tmp_path, chat_file):
+    """The curve wrote eval.jsonl, train_N.jsonl and curve.json into --out unchecked: `--out` the folder holding the
+    user's own eval.jsonl (or the training file itself) replaced it; now refused before any training."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "eval.jsonl").write_text('{"instruction": "我的评测集", "output": "别动"}\n', encoding="utf-8")
+    with pytest.raises(UserError, match="eval.jsonl: exists and was not written by weitiao"):
+        curve.run(config, [8, 16], out=mine)
+    assert "别动" in (mine / "eval.jsonl").read_text(encoding="utf-8") and not (mine / "train_8.jsonl").exists()
+    train = tmp_path / "train_8.jsonl"
+    train.write_bytes(chat_file.read_bytes())
+    with pytest.raises(UserError, match="is also an input"):
+        curve.run(config, [8, 16], [f"data.train=[{train}]"], out=tmp_path)
+    assert train.read_bytes() == chat_file.read_bytes()

@@ -26,10 +26,10 @@ import random
 from pathlib import Path
 
 from weitiao.config import load_config
-from weitiao.data.formats import CONFIG_SKIP_HINT, load_conversations
+from weitiao.data.formats import CONFIG_SKIP_HINT, data_files, load_conversations
 from weitiao.data.tools import to_record
 from weitiao.errors import UserError
-from weitiao.io import atomic_write_text, save_figure, write_jsonl
+from weitiao.io import atomic_write_text, claim_outputs, save_figure, write_jsonl
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -111,6 +111,10 @@ def run(
     # 1. config, rows, one fixed eval set
     cfg = load_config(sft.SFTConfig, config, overrides or [])
     out = Path(out or Path(cfg.train.out) / "curve")
+    # before any work: the files we write in `out` may replace only our own earlier ones, never an input
+    written = ["rejects.jsonl", "curve.json", "curve.png", *(f"train_{n}.jsonl" for n in sizes)]
+    inputs = [config, golden, *data_files([*cfg.data.train, *cfg.data.eval], cfg.data.dataset_dir)]
+    claim_outputs([out / f for f in written + ([] if cfg.data.eval else ["eval.jsonl"])], [i for i in inputs if i])
     rows = load_conversations(cfg.data.train, cfg.data.format, skip_invalid=cfg.data.skip_invalid,
                               rejects_path=out / "rejects.jsonl", dataset_dir=cfg.data.dataset_dir,
                               skip_hint=CONFIG_SKIP_HINT).rows  # fmt: skip
