@@ -84,6 +84,36 @@ def test_eval_gen_cli_refuses_before_generating(flags, msg, tmp_path, monkeypatc
     assert not out.exists()
 
 
+@pytest.mark.parametrize("flag", ["--rubric", "--judge-model", "--cache-dir"])
+def test_eval_gen_judge_options_without_a_judge_are_refused(flag, tmp_path, monkeypatch, capsys):
+    """--rubric, --judge-model, --cache-dir without --judge-url were silently ignored (no judge, no judge column)."""
+    refuse_to_start(monkeypatch, "weitiao.eval.gen", "run")
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "你好"}])
+    rubric = tmp_path / "rubric.txt"
+    rubric.write_text('按1-10打分，回复JSON {"score": n}', encoding="utf-8")
+    value = rubric if flag == "--rubric" else "x"
+    rc, lines = cli(capsys, monkeypatch, "eval", "gen", "--model", "demo", "--prompts", prompts, flag, value)
+    assert rc == 1 and lines == [f"error: {flag}: applies to the judge; add --judge-url URL or drop it"], lines
+
+
+def test_eval_gen_rubric_with_a_bom_reaches_the_judge_without_it(tmp_path, monkeypatch, capsys):
+    """A rubric saved by a Windows editor was sent to the judge with its BOM (U+FEFF) in front."""
+    seen = {}
+
+    def run(*a, **k):
+        seen["rubric"] = a[-1]
+        raise AssertionError("stop before generating")
+
+    monkeypatch.setattr("weitiao.eval.gen.run", run)
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "你好"}])
+    rubric = tmp_path / "rubric.txt"
+    rubric.write_bytes('\ufeff按1-10打分，回复JSON {"score": n}'.encode())
+    with pytest.raises(AssertionError, match="stop before generating"):
+        cli(capsys, monkeypatch, "eval", "gen", "--model", "demo", "--prompts", prompts, "--rubric", rubric,
+            "--judge-url", "http://127.0.0.1:9/v1")  # fmt: skip
+    assert seen["rubric"] == '按1-10打分，回复JSON {"score": n}'
+
+
 @pytest.mark.parametrize(
     "flags, msg",
     [

@@ -25,8 +25,12 @@ console = progress.console()
 DB = typer.Option(Path("arena.sqlite"), help="SQLite file for answers and votes")
 
 
-def _judge(url: str | None, model: str | None, cache_dir: str | None):
+def _judge(url: str | None, model: str | None, cache_dir: str | None, rubric: Path | None = None):
+    """The judge for --judge-url; a judge option without it is refused, not ignored."""
     if not url:
+        given = [f for f, v in (("--judge-model", model), ("--cache-dir", cache_dir), ("--rubric", rubric)) if v]
+        if given:
+            raise UserError(f"{given[0]}: applies to the judge; add --judge-url URL or drop it")
         return None
     from weitiao.teacher import Teacher
 
@@ -62,15 +66,15 @@ def gen(
     from weitiao.eval import gen as tool
     from weitiao.eval.golden import reference_note
     from weitiao.eval.metrics import RUBRIC, MetricSettings
-    from weitiao.io import atomic_write_text, claim_outputs
+    from weitiao.io import atomic_write_text, claim_outputs, read_text
 
-    claim_outputs([out] if out else [], [p for p in (prompts, refs) if p])
+    judge = _judge(judge_url, judge_model, cache_dir, rubric)
+    claim_outputs([out] if out else [], [p for p in (prompts, refs, rubric) if p])
     ps = tool.read_prompts(prompts, refs)
     metric_settings = MetricSettings(**({"refusal_pattern": refusal_pattern} if refusal_pattern else {}))
-    text = rubric.read_text(encoding="utf-8") if rubric else RUBRIC
+    text = read_text(rubric) if rubric else RUBRIC  # a BOM dropped, bad bytes one line
     with console.status(f"generating {len(ps)} replies"):
-        rep = tool.run(ps, model, adapter, quant, settings, metric_settings, _judge(judge_url, judge_model, cache_dir),
-                       text)  # fmt: skip
+        rep = tool.run(ps, model, adapter, quant, settings, metric_settings, judge, text)
     name = f"{model or ('demo' if not adapter else 'base')}{' + ' + adapter if adapter else ''}"
     console.print(_metric_table(f"{len(ps)} prompts · {name}", rep.metrics))
     if note := reference_note(ps):
