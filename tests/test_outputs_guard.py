@@ -108,3 +108,20 @@ def test_one_path_named_for_two_outputs_is_refused(tmp_path):
     assert isinstance(r.exception, UserError) and "named for two outputs" in str(r.exception)
     assert not (tmp_path / "o").exists()
     claim_outputs([tmp_path / "a.jsonl", tmp_path / "b.jsonl"])  # negative control: two paths
+
+
+def test_logs_synth_claims_every_table_before_writing_any(tmp_path):
+    """synth checked each table only as it wrote it: a user's truth.parquet in --out was refused after events and
+    content had already been written (a half-new folder, exit 1); and --style was silently ignored for --kind chat."""
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "truth.parquet").write_text("我的标注")
+    for kind in ("dwell", "chat"):
+        r = CliRunner().invoke(logs_app, ["synth", "--kind", kind, "--n", "500", "--out", str(out), "--no-progress"])
+        assert isinstance(r.exception, UserError) and "truth.parquet: exists and was not written" in str(r.exception)
+        assert sorted(p.name for p in out.iterdir()) == ["truth.parquet"]  # nothing written before the refusal
+    r = CliRunner().invoke(logs_app, ["synth", "--kind", "chat", "--style", "xhs", "--out", str(tmp_path / "c")])
+    assert isinstance(r.exception, UserError) and "--style xhs: dwell only" in str(r.exception)
+    r = CliRunner().invoke(logs_app, ["synth", "--kind", "dwell", "--style", "xhs", "--n", "500", "--out",
+                                      str(tmp_path / "d"), "--no-progress"])  # fmt: skip
+    assert r.exit_code == 0, r.output  # negative control

@@ -185,7 +185,7 @@ def chat_cmd(
 def synth_cmd(
     kind: str = typer.Option(..., help="dwell | chat"),
     n: int = typer.Option(100_000, "--n", help="events to generate (chat: about this many)"),
-    style: str = typer.Option("zhihu", help="dwell site style: xhs | zhihu"),
+    style: str = typer.Option(None, help="dwell site style: xhs | zhihu [zhihu]"),
     out: Path = typer.Option(None, help="output directory [runs/logs/synth-KIND]"),
     seed: int = typer.Option(0, help="random seed"),
     fmt: str = typer.Option("parquet", "--format", help="parquet | csv | jsonl"),
@@ -197,10 +197,13 @@ def synth_cmd(
     if fmt not in ("parquet", "csv", "jsonl"):
         raise UserError(f"--format {fmt!r}: use parquet, csv or jsonl")
     if kind == "dwell":
+        style = style or "zhihu"
         out = out or Path(f"runs/logs/synth-dwell-{style}")
         paths = synth_dwell(out, n, style, seed, fmt, progress)
         nxt = f"weitiao logs dwell {paths['events']} --content {paths['content']} --profile {style}"
     elif kind == "chat":
+        if style is not None:  # one chat site: the style would be silently ignored
+            raise UserError(f"--style {style}: dwell only (a content site's style); drop it for --kind chat")
         out = out or Path("runs/logs/synth-chat")
         paths = synth_chat(out, n, seed, fmt, progress)
         nxt = f"weitiao logs chat {paths['events']} --responses {paths['responses']}"

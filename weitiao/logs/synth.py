@@ -59,6 +59,13 @@ def _sigmoid(x: np.ndarray | float) -> np.ndarray | float:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def claim(out_dir: str | Path, names: tuple[str, ...], fmt: str) -> None:
+    """Before any work: every table we will write may replace only our own earlier one (not the first few, then
+    a refusal at the last with the others already replaced)."""
+    ext = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}.get(fmt, "")
+    claim_outputs([Path(out_dir) / f"{n}{ext}" for n in names])
+
+
 def write_table(table: pa.Table, path: Path) -> Path:
     """Atomically write an Arrow table as .parquet, .csv or .jsonl (by suffix); never over a file we did not write."""
     claim_outputs([path])
@@ -103,6 +110,7 @@ def synth_dwell(
         raise UserError(f"--style {style!r}: use xhs or zhihu")
     if n_events < 100:
         raise UserError(f"--n {n_events}: need at least 100 events")
+    claim(out_dir, ("events", "content", "truth"), fmt)
     rng = np.random.default_rng(seed)
     zh = style == "zhihu"
     out_dir = Path(out_dir)
@@ -222,6 +230,7 @@ def synth_chat(
     """Write responses/events/truth files of a synthetic chat site with about `n_events` events."""
     if n_events < 100:
         raise UserError(f"--n {n_events}: need at least 100 events")
+    claim(out_dir, ("events", "responses", "truth"), fmt)
     rng = np.random.default_rng(seed)
     pool = []  # (prompt, is_code, difficulty)
     for template, objects, code in CHAT_TASKS:
