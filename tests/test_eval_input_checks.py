@@ -239,6 +239,30 @@ def test_provenance_names_an_empty_baseline_text(name, data, where, tmp_path, mo
     assert "--text-file" not in lines[0]
 
 
+def test_provenance_files_with_a_bom_are_read_without_it(tmp_path, monkeypatch, capsys):
+    """--prompt-file, --text-file and a plain --baseline-text saved with a BOM (Windows Notepad) were checked with
+    U+FEFF as the first character: another prompt, and a text the model never wrote."""
+    from weitiao.eval import provenance_cli
+
+    seen = {}
+
+    def check(m, tok, tpl, messages, text, cfg, bases, texts, **kw):
+        seen.update(prompt=messages[-1]["content"], text=text, texts=texts)
+        raise AssertionError("stop before checking")
+
+    monkeypatch.setattr(provenance_cli, "load_chat_model", lambda *a: (None, None))
+    monkeypatch.setattr(provenance_cli, "resolve_template", lambda *a: None)
+    monkeypatch.setattr(provenance_cli, "check", check)
+    files = {}
+    for name, body in (("p.txt", "周末去哪儿？\r\n"), ("t.txt", "在家看书。\r\n第二行"), ("b.txt", "出去玩")):
+        files[name] = tmp_path / name
+        files[name].write_bytes(("\ufeff" + body).encode())
+    with pytest.raises(AssertionError, match="stop before checking"):
+        cli(capsys, monkeypatch, "provenance", "--model", "demo", "--prompt-file", files["p.txt"], "--text-file",
+            files["t.txt"], "--baseline-text", files["b.txt"])  # fmt: skip
+    assert seen == {"prompt": "周末去哪儿？", "text": "在家看书。\n第二行", "texts": ["出去玩"]}
+
+
 def test_provenance_samples_are_shown_on_whole_characters(tokenizer, tiny_model_dir, monkeypatch):
     """Before: a sampled reply cut inside a character printed `�` in the examples (and the greedy reply)."""
     from transformers import AutoModelForCausalLM

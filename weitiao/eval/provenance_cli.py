@@ -19,7 +19,13 @@ from weitiao.eval.provenance import Sampling
 from weitiao.eval.provenance_reasoning import ReasoningConfig
 from weitiao.eval.provenance_report import Baseline, CheckConfig, check, render_html, render_text, to_json
 from weitiao.infer.chat import load_chat_model
-from weitiao.io import atomic_write_text, claim_outputs
+from weitiao.io import atomic_write_text, claim_outputs, read_text
+
+
+def file_text(path: Path) -> str:
+    """A whole text file as one text: a BOM dropped (a Windows editor's U+FEFF would be scored as the text's first
+    token), newlines read as text mode reads them, trailing ones cut."""
+    return read_text(path).replace("\r\n", "\n").replace("\r", "\n").rstrip("\n")
 
 
 def read_texts(path: Path) -> list[str]:
@@ -30,7 +36,7 @@ def read_texts(path: Path) -> list[str]:
         raise UserError(f"{path}: baseline texts are a .jsonl of {{\"text\": ...}} or chat rows, or a plain text file "
                         "(one text); write the JSON list as .jsonl rows")  # fmt: skip
     if path.suffix.lower() != ".jsonl":
-        texts = [(str(path), path.read_text(encoding="utf-8").rstrip("\n"))]
+        texts = [(str(path), file_text(path))]
     else:
         from weitiao.io import read_jsonl
 
@@ -123,8 +129,8 @@ def provenance(
         if p is not None and not p.is_file():
             raise UserError(f"{p}: file not found")
     claim_outputs([html] if html else [], [p for p in (prompt_file, text_file, *(baseline_text or [])) if p], "--html")
-    prompt = prompt if prompt is not None else prompt_file.read_text(encoding="utf-8").rstrip("\n")
-    text = text if text is not None else text_file.read_text(encoding="utf-8").rstrip("\n")
+    prompt = prompt if prompt is not None else file_text(prompt_file)
+    text = text if text is not None else file_text(text_file)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     texts = [t for f in baseline_text or [] for t in read_texts(f)]
     # 2. models
