@@ -234,3 +234,24 @@ def test_csv_errors_name_the_line_after_a_cell_with_line_breaks(tmp_path):
         badcases.ingest([tmp_path / "c.csv"])
     (tmp_path / "c.csv").write_text('prompt,bad,golden\n"第一行\n第二行",坏,好\n你好,滚,好的\n', encoding="utf-8")
     assert [c.source.rsplit(":", 1)[1] for c in badcases.ingest([tmp_path / "c.csv"])] == ["2", "4"]
+
+
+def test_a_split_cell_a_repeated_column_and_a_blank_answer_are_refused(tmp_path):
+    """Read silently before: an unquoted comma in a cell pushed the row's last cells under no column (the golden
+    answer cut, the rest dropped), a column named twice kept the last, a golden of spaces trained an empty reply."""
+    split = tmp_path / "split.csv"
+    split.write_text("prompt,bad,golden\n退货要多久,不知道,七天内到账,节假日顺延\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"split\.csv:2: 4 cells but the header has 3; quote a cell"):
+        badcases.ingest([split])
+    twice = tmp_path / "twice.csv"
+    twice.write_text("prompt,bad,golden,prompt\n你好,滚,您好,\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"twice\.csv:1: prompt: column appears twice"):
+        badcases.ingest([twice])
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text(json.dumps({"prompt": "你好", "bad": "滚", "golden": "   "}) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"blank\.jsonl:1: golden: missing"):
+        badcases.ingest([blank])
+    ok = tmp_path / "ok.csv"  # negative control: a quoted comma, and a blank alias beside a filled one
+    ok.write_text('prompt,question,bad,golden\n" ",退货要多久,不知道,"七天内到账,节假日顺延"\n', encoding="utf-8")
+    [case] = badcases.ingest([ok])
+    assert (case.prompt, case.golden) == ("退货要多久", "七天内到账,节假日顺延")

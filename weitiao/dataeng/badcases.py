@@ -81,8 +81,14 @@ def _records(path: Path) -> list[tuple[int, dict]]:
         else:
             raise UserError(f"{path}: not UTF-8 or GB18030 text; save the CSV as UTF-8")
         reader = csv.DictReader(io.StringIO(text, newline=""))
+        names = reader.fieldnames or []
+        if twice := next((c for i, c in enumerate(names) if c in names[:i]), None):  # DictReader keeps the last
+            raise UserError(f"{where(path, 1, twice)}: column appears twice in the header; rename one")
         out, line = [], 2
         for rec in reader:  # a quoted cell may hold line breaks: the row starts after the previous one ends
+            if None in rec:  # DictReader puts cells past the header under None: an unquoted comma split a cell
+                raise UserError(f"{where(path, line)}: {len(names) + len(rec[None])} cells but the header has "
+                                f"{len(names)}; quote a cell that holds a comma")  # fmt: skip
             out.append((line, rec))
             line = reader.line_num + 1
         return out
@@ -100,7 +106,7 @@ def ingest(paths: list[str | Path]) -> list[Case]:
                 raise UserError(f"{where(path, n)}: expected an object with prompt, bad, golden")
             got = {}
             for key, names in ALIASES.items():
-                value = next((rec[k] for k in names if k in rec and rec[k] not in (None, "")), None)
+                value = next((rec[k] for k in names if rec.get(k) is not None and str(rec[k]).strip()), None)
                 if value is None and key != "tag":
                     raise UserError(f"{where(path, n, key)}: missing (accepted names: {', '.join(names)})")
                 if value is not None and not isinstance(value, str):
