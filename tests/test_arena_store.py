@@ -247,3 +247,14 @@ def test_a_database_from_before_served_answers_serves_all_it_holds(tmp_path):
     db.close()
     s = ArenaStore(path)
     assert s.models() == ["x", "y"] and s.set_aside() == ([], 0) and s.draw_round(random.Random(0))
+
+
+def test_export_of_a_db_without_votes_is_refused(tmp_path):
+    """`arena export` of a db with answers but no votes wrote [] and said 'wrote 0 battles' with exit 0."""
+    fill(tmp_path / "arena.sqlite")
+    out = tmp_path / "battles.json"
+    r = CliRunner().invoke(arena_app, ["export", str(out), "--db", str(tmp_path / "arena.sqlite")])
+    assert isinstance(r.exception, UserError) and "no votes yet" in str(r.exception) and not out.exists()
+    ArenaStore(tmp_path / "arena.sqlite").import_battles([{"model_a": "x", "model_b": "y", "winner": "tie"}])
+    r = CliRunner().invoke(arena_app, ["export", str(out), "--db", str(tmp_path / "arena.sqlite")])
+    assert r.exit_code == 0 and len(json.loads(out.read_text())) == 1  # negative control

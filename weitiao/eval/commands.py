@@ -272,5 +272,7 @@ def arena_export(out: Path = typer.Argument(..., help="battle JSON to write"), d
 
     claim_outputs([out], [db], "OUT")
     rows = ArenaStore(db, create=False).battles()
+    if not rows:  # an empty list is no export: say so, as `arena import` does for a file without battles
+        raise UserError(f"{db}: no votes yet; nothing written to {out}")
     atomic_write_text(out, json.dumps(rows, ensure_ascii=False, indent=1))
     console.print(f"wrote {len(rows):,} battles to {out}")
