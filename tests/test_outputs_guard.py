@@ -125,3 +125,18 @@ def test_logs_synth_claims_every_table_before_writing_any(tmp_path):
     r = CliRunner().invoke(logs_app, ["synth", "--kind", "dwell", "--style", "xhs", "--n", "500", "--out",
                                       str(tmp_path / "d"), "--no-progress"])  # fmt: skip
     assert r.exit_code == 0, r.output  # negative control
+
+
+def test_logs_that_make_no_pair_exit_non_zero(tmp_path):
+    """`logs chat` on events that pair nothing printed 'wrote 0 preference pairs' with exit 0; now the report is
+    written (it says where every event went) and the command fails in one line."""
+    ev, resp = tmp_path / "ev.jsonl", tmp_path / "resp.jsonl"
+    ev.write_text('{"response_id": "r1", "event": "thumbs_up", "ts": 1740787200, "value": null}\n', encoding="utf-8")
+    row = {"response_id": "r1", "session_id": "s1", "turn": 1, "ts": 1740787100, "prompt": "你好", "response": "你好呀"}
+    resp.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    out = tmp_path / "o" / "pairs.jsonl"
+    for extra in ([], ["--json"]):
+        r = CliRunner().invoke(logs_app, ["chat", str(ev), "--responses", str(resp), "--out", str(out),
+                                          "--no-progress", *extra])  # fmt: skip
+        assert isinstance(r.exception, UserError) and "no preference pair from 1 events" in str(r.exception)
+        assert json.loads((out.parent / "report.json").read_text())["pairs"] == 0

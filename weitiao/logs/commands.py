@@ -107,7 +107,8 @@ def _claim(f: PairsFlags, kind: str, profile: str, inputs: list) -> None:
 
 
 def _finish(run: PairsRun, f: PairsFlags) -> None:
-    """Report, write pairs + report files, print the summary (or the report as JSON)."""
+    """Report, write pairs + report files, print the summary (or the report as JSON); no pair is an error, after
+    the report that says where every event went (as kb2sft and rules sft/dpo)."""
     import json
 
     from weitiao.logs.report import build_report, write_outputs
@@ -116,10 +117,14 @@ def _finish(run: PairsRun, f: PairsFlags) -> None:
     paths = write_outputs(run, _out(f, run.kind, run.cfg.profile), rep)
     if f.as_json:
         print(json.dumps(rep, ensure_ascii=False, indent=2))
-        return
-    print_report(rep)
-    console.print(f"[green]wrote[/] {rep['pairs']:,} preference pairs → {paths['pairs']} (prompt/chosen/rejected)")
-    console.print(f"[green]wrote[/] report → {paths['report_html']}, {paths['report_json']}")
+    else:
+        print_report(rep)
+    if not rep["pairs"]:
+        raise UserError(f"{paths['pairs']}: no preference pair from {rep['events']:,} events; where they went: "
+                        f"{paths['report_html']} (or --show-config to loosen the rules)")  # fmt: skip
+    if not f.as_json:
+        console.print(f"[green]wrote[/] {rep['pairs']:,} preference pairs → {paths['pairs']} (prompt/chosen/rejected)")
+        console.print(f"[green]wrote[/] report → {paths['report_html']}, {paths['report_json']}")
 
 
 def print_report(rep: dict[str, Any]) -> None:
