@@ -398,3 +398,17 @@ def test_own_tasks_are_checked(tmp_path):
         inj.load_rag_tasks(_jsonl(tmp_path / "r.jsonl", [{"id": "x", "doc": "d", "question": "q", "answer": "a"}]))
     with pytest.raises(UserError, match=r"--heldout-families: unknown \['roleplay'\]"):
         inj.split_by_family(inj.build_attacks(0, families=["override"]), ["roleplay"])
+
+
+def test_build_never_writes_over_its_own_tasks_file(tmp_path):
+    """A tasks file at OUT/sft.jsonl that weitiao wrote (an earlier build, a `pii refusals` file) was read, then
+    replaced by the build's SFT rows: `injection build` claimed its outputs without its inputs."""
+    from weitiao.io import write_jsonl
+
+    out = tmp_path / "inj"
+    tasks = out / "sft.jsonl"
+    write_jsonl(tasks, OWN_TASKS)  # in the ledger: replacing it would pass as replacing our own output
+    before = tasks.read_bytes()
+    r = CliRunner().invoke(injection_app, ["build", "--out", str(out), "--tasks", str(tasks)])
+    assert isinstance(r.exception, UserError) and "is also an input" in str(r.exception)
+    assert tasks.read_bytes() == before and not (out / "attacks.jsonl").exists()

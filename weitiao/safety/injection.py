@@ -268,12 +268,15 @@ def dpo_rows(attacks: list[Attack]) -> list[dict]:
     return [{"prompt": a.messages, "chosen": a.safe, "rejected": a.complying} for a in attacks]
 
 
-def write_dataset(out: str | Path, attacks: list[Attack], heldout: list[str]) -> dict[str, Any]:
-    """Write train/held-out attacks, SFT rows and DPO pairs under `out`; returns the counts."""
+def write_dataset(
+    out: str | Path, attacks: list[Attack], heldout: list[str], inputs: list[Path] | tuple = ()
+) -> dict[str, Any]:
+    """Write train/held-out attacks, SFT rows and DPO pairs under `out`; returns the counts. None of them may be one
+    of the `inputs` (the tasks and templates files) or a file weitiao did not write."""
     out = Path(out)
     train, held = split_by_family(attacks, heldout)
     names = ("attacks", "sft", "dpo", "heldout_attacks", "heldout_sft", "heldout_dpo")
-    claim_outputs([*(out / f"{n}.jsonl" for n in names), out / "summary.json"])
+    claim_outputs([*(out / f"{n}.jsonl" for n in names), out / "summary.json"], inputs)
     files = {
         "attacks.jsonl": [asdict(a) for a in train],
         "sft.jsonl": sft_rows(train),

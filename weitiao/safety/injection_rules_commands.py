@@ -89,7 +89,7 @@ def injection_build(
         rag_tasks=inj.load_rag_tasks(rag_tasks) if rag_tasks else None,
         templates=inj.load_templates(templates, builtin_templates) if templates else None,
     )
-    s = inj.write_dataset(out, attacks, _csv(heldout_families))
+    s = inj.write_dataset(out, attacks, _csv(heldout_families), [p for p in (tasks, rag_tasks, templates) if p])
     t = Table(title=f"injection data → {out}")
     for c in ("family", "attacks", "split"):
         t.add_column(c)
