@@ -165,3 +165,18 @@ def test_a_raw_text_reward_model_scores_as_it_was_trained(tiny_model_dir, tmp_pa
     dest = export_for("verl", str(out), str(tmp_path / "verl"))
     assert "trained on raw text" in capsys.readouterr().out
     assert json.loads((dest / ".weitiao-export.json").read_text())["format"] == "preference_raw"
+
+
+def test_out_inside_a_folder_given_as_the_data_is_refused(rm_dir, tmp_path):
+    """`score RM DIR --out DIR/pairs.jsonl` checked --out against the folder only, so a data file in it that weitiao
+    wrote (logs pairs, a data mix) was read, then replaced by the scores."""
+    from weitiao.io import write_jsonl as ours
+
+    data = tmp_path / "data"
+    pairs = data / "pairs.jsonl"
+    ours(pairs, [{"prompt": "你好", "chosen": "你好呀", "rejected": "滚"}])
+    before = pairs.read_bytes()
+    for given in (data, data / "*.jsonl"):
+        with pytest.raises(UserError, match="is also an input"):
+            score.run(str(rm_dir), str(given), out=str(pairs))
+    assert pairs.read_bytes() == before

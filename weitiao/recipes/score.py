@@ -19,7 +19,7 @@ import torch
 
 from weitiao.data.chat import EncodeOptions, encode
 from weitiao.data.collate import collate
-from weitiao.data.formats import Conversation, PreferencePair, load_rows
+from weitiao.data.formats import Conversation, PreferencePair, data_files, load_rows
 from weitiao.data.templates import resolve_template
 from weitiao.data.tools import uses_tools
 from weitiao.errors import UserError
@@ -127,7 +127,7 @@ def run(
     writes bad rows to `<file>.rejects.jsonl` instead of stopping at the first.
     """
     dest = Path(out or f"{file}.scores.jsonl")
-    claim_outputs([dest], [file])
+    claim_outputs([dest], [file, *data_files([file])])  # FILE may be a folder or a glob: each file it reads
     rows = load_rows(file, skip_invalid=skip_invalid).rows
     if not rows:
         raise UserError(f"{file}: no rows")
