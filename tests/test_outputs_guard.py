@@ -140,3 +140,12 @@ def test_logs_that_make_no_pair_exit_non_zero(tmp_path):
                                           "--no-progress", *extra])  # fmt: skip
         assert isinstance(r.exception, UserError) and "no preference pair from 1 events" in str(r.exception)
         assert json.loads((out.parent / "report.json").read_text())["pairs"] == 0
+
+
+def test_logs_synth_csv_into_a_folder_with_a_quote_in_its_name(tmp_path):
+    """--out "o'x" --format csv/jsonl ended DuckDB's COPY ... TO '...' string at the quote: a parser traceback."""
+    out = tmp_path / "o'x"
+    r = CliRunner().invoke(logs_app, ["synth", "--kind", "chat", "--n", "500", "--format", "csv", "--out", str(out),
+                                      "--no-progress"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert (out / "events.csv").read_text(encoding="utf-8").startswith("response_id,")

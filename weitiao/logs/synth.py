@@ -81,7 +81,8 @@ def write_table(table: pa.Table, path: Path) -> Path:
             con = duckdb.connect()
             con.register("t", table)
             fmt = "csv, HEADER true" if path.suffix == ".csv" else "json"
-            con.execute(f"COPY (SELECT * FROM t) TO '{tmp}' (FORMAT {fmt})")
+            quoted = str(tmp).replace("'", "''")  # a quote in the folder's name ends an SQL string
+            con.execute(f"COPY (SELECT * FROM t) TO '{quoted}' (FORMAT {fmt})")
             con.close()
         os.chmod(tmp, file_mode(path))  # not mkstemp's private 0600
         os.replace(tmp, path)
