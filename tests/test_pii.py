@@ -773,6 +773,30 @@ def test_cli_scan_scrub_refusals(tmp_path):
     assert load_rows(tmp_path / "r.dpo.jsonl").format == "preference"
 
 
+def test_cli_scrub_of_several_files_writes_all_or_none_and_refuses_a_seed_it_would_ignore(tmp_path):
+    """`scrub a.jsonl empty.jsonl --out DIR` left DIR/a.scrubbed.jsonl behind when the second file failed (a half
+    result, exit 1); `--seed` with placeholder or mask drew nothing from it, silently."""
+    from typer.testing import CliRunner
+
+    from weitiao.safety.commands import app
+
+    good, empty, out = tmp_path / "a.jsonl", tmp_path / "empty.jsonl", tmp_path / "out"
+    good.write_text(json.dumps(ROWS["openai"], ensure_ascii=False) + "\n", encoding="utf-8")
+    empty.write_text("", encoding="utf-8")
+    res = CliRunner().invoke(app, ["scrub", str(good), str(empty), "--out", str(out)])
+    assert isinstance(res.exception, UserError) and "empty.jsonl" in str(res.exception)
+    assert not out.exists() or list(out.iterdir()) == []  # nothing of this run left, not even a temp file
+    res = CliRunner().invoke(app, ["scrub", str(good), "--mode", "mask", "--seed", "5"])
+    assert isinstance(res.exception, UserError) and "--seed 5: only --mode pseudonym" in str(res.exception)
+    res = CliRunner().invoke(app, ["scrub", str(good), str(good.with_name("b.jsonl")), "--out", str(out)])
+    assert isinstance(res.exception, UserError)  # a missing second input: refused before anything is written
+    good.with_name("b.jsonl").write_text(good.read_text(encoding="utf-8"), encoding="utf-8")
+    res = CliRunner().invoke(app, ["scrub", str(good), str(tmp_path / "b.jsonl"), "--out", str(out), "--mode",
+                                   "pseudonym", "--seed", "5"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["a.scrubbed.jsonl", "b.scrubbed.jsonl"]
+
+
 def test_an_id_with_a_typo_d_check_character_after_its_cue_is_scrubbed():
     """17 digits with a real province and birth date name the person whatever the check character: after 身份证 such
     a number is found at low confidence (as a Luhn-failing card after 卡号) and scrubbed; without a cue it is left."""

@@ -10,6 +10,8 @@ weitiao pii refusals --n 200 --out runs/pii/refusal_sft.jsonl
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -103,16 +105,18 @@ def scrub_cmd(
     types: str = typer.Option(None, help=TYPES_HELP),
     fields: str = typer.Option(None, help=FIELDS_HELP),
     min_confidence: float = typer.Option(0.0, help="leave matches below this confidence in place (0..1)"),
-    seed: int = typer.Option(0, help="pseudonym seed"),
+    seed: int = typer.Option(None, help="pseudonym seed (--mode pseudonym only) [0]"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
-    """Replace PII field by field, keeping each row's shape; writes JSONL atomically."""
+    """Replace PII field by field, keeping each row's shape; writes JSONL atomically, every output or none."""
     from weitiao.io import claim_outputs
     from weitiao.safety.pii import MODES
     from weitiao.safety.pii_files import process_file
 
     if mode not in MODES:
         raise UserError(f"--mode {mode!r} unknown; use one of {', '.join(MODES)}")
+    if seed is not None and mode != "pseudonym":
+        raise UserError(f"--seed {seed}: only --mode pseudonym draws fakes; {mode} replaces without one, drop --seed")
     min_confidence = _confidence(min_confidence)
     if out is not None and len(files) > 1 and out.suffix:
         raise UserError(f"--out {out}: several input files need an output folder, not a file")
@@ -127,9 +131,20 @@ def scrub_cmd(
     if len({t.resolve() for t in targets}) < len(targets):
         raise UserError(f"{', '.join(map(str, files))}: two inputs would be scrubbed into one file; rename one")
     claim_outputs(targets, files)
-    reports = []
-    for f, target in zip(files, targets):
-        reports.append(process_file(f, target, mode, _types(types), min_confidence, seed, _types(fields)))
+    reports, pending = [], []  # each file scrubbed to a temp file beside its target; renamed once all passed
+    try:
+        for f, target in zip(files, targets):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".pending", dir=target.parent)
+            os.close(fd)
+            pending.append(Path(tmp))
+            reports.append(process_file(f, pending[-1], mode, _types(types), min_confidence, seed or 0, _types(fields)))
+    except BaseException:  # a later input failed: no output of this run is left behind, half a folder is no result
+        for tmp in pending:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, target in zip(pending, targets):
+        tmp.replace(target)
         if not as_json:
             console.print(f"[green]wrote[/] {target}")
     _print(reports, as_json, f"scrub ({mode})")
