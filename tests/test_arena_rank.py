@@ -212,3 +212,24 @@ def test_answers_under_votes_never_change(tmp_path):
     with pytest.raises(UserError, match="already has another answer to prompt '你好', and votes were cast on it"):
         store.serve_answers([{**rows[0], "answer": "换一个"}])
     assert store.serve_answers(rows) == 2  # the same answers again: fine
+
+
+def test_the_ratings_plot_draws_chinese_model_names(tmp_path):
+    """Chinese model names came out as empty boxes (matplotlib's default font has no CJK glyph; it only warned):
+    the plot falls back to an installed CJK font (the Makefile installs WenQuanYi Micro Hei)."""
+    import warnings
+
+    from matplotlib import font_manager
+
+    from weitiao.eval.arena.rank import plot_ratings, rank
+    from weitiao.io import CJK_FONTS
+
+    if not {f.name for f in font_manager.fontManager.ttflist} & set(CJK_FONTS):
+        pytest.skip("no CJK font installed (make install adds fonts-wqy-microhei)")
+    battles = [{"model_a": "通义千问", "model_b": "文心一言", "winner": w} for w in ("model_a", "model_b", "model_a")]
+    res = rank(battles, rounds=5, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plot_ratings(res, tmp_path / "r.png")
+    assert not [w for w in caught if "missing from font" in str(w.message)], [str(w.message) for w in caught]
+    assert (tmp_path / "r.png").stat().st_size > 0

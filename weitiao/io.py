@@ -298,6 +298,25 @@ def claim_outputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path] = 
             )
 
 
+# Chinese model names, prompts and labels: fonts with CJK glyphs that matplotlib falls back to after its default (the
+# Makefile installs the first one; without any, CJK text draws as boxes, with matplotlib's warning)
+CJK_FONTS = ("WenQuanYi Micro Hei", "Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "SimHei", "PingFang SC")
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot for files (Agg backend), with the installed CJK_FONTS after the default sans-serif font."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import font_manager
+
+    have = {f.name for f in font_manager.fontManager.ttflist}
+    if fallback := [f for f in CJK_FONTS if f in have]:  # a family list: each glyph from the first font that has it
+        matplotlib.rcParams["font.family"] = [*matplotlib.rcParams["font.sans-serif"][:1], *fallback]
+    return plt
+
+
 def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
     """Save a matplotlib figure as PNG atomically (temp file, then rename) and close it."""
     import matplotlib.pyplot as plt

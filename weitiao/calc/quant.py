@@ -258,10 +258,9 @@ class QuantReport:
 def plot_histogram(x: torch.Tensor, path: str | Path, block: int = 64, title: str = "") -> Path:
     """Two panels: raw weights with per-tensor int4 levels; block-normalized weights with the NF4 levels."""
     try:
-        import matplotlib
+        from weitiao.io import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
     except ImportError:
         raise UserError("--plot needs matplotlib: pip install matplotlib") from None
     from weitiao.io import save_figure

@@ -29,7 +29,7 @@ from weitiao.config import load_config
 from weitiao.data.formats import CONFIG_SKIP_HINT, data_files, load_conversations
 from weitiao.data.tools import to_record
 from weitiao.errors import UserError
-from weitiao.io import atomic_write_text, claim_outputs, save_figure, write_jsonl
+from weitiao.io import atomic_write_text, claim_outputs, pyplot, save_figure, write_jsonl
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -69,10 +69,7 @@ def golden_metrics(run_dir: Path, prompts: list) -> dict[str, float]:
 
 def plot(path: Path, sizes: list[int], values: list[float], metric: str, knee_size: int | None) -> None:
     """Metric vs size on a log2 x axis, the knee marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(sizes, values, "o-")

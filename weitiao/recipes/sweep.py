@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from weitiao.config import load_config
 from weitiao.errors import UserError
-from weitiao.io import atomic_write_text, save_figure
+from weitiao.io import atomic_write_text, pyplot, save_figure
 
 ALIASES = {"beta": "dpo.beta", "lr": "train.lr", "r": "lora.r"}
 # DPO's metrics: β-scaled margins, the unscaled log-ratio gap, the k3 term on the data's replies (not a
@@ -66,10 +66,7 @@ def sweep(
 
 
 def plot(rows: list[dict], key: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     xs = [r[key] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))

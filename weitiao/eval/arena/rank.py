@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from weitiao.errors import UserError, where
-from weitiao.io import read_json, read_jsonl, read_text, save_figure
+from weitiao.io import pyplot, read_json, read_jsonl, read_text, save_figure
 
 SCALE = 400 / math.log(10)
 WINNERS = {"model_a": 0, "model_b": 1, "tie": 2, "tie (bothbad)": 2}
@@ -357,10 +357,7 @@ def load_battles(path: Path) -> list[dict]:
 def plot_ratings(res: RankResult, path: str | Path, aside: Sequence[str] = ()) -> None:
     """PNG: one row per model, BT rating with its 95% CI bar, best at the top; models in `aside` (set aside by a later
     `arena serve`, their battles counted) are labelled so and drawn in grey."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rs = res.ratings[::-1]
     y = np.arange(len(rs))
