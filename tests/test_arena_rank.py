@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -233,3 +234,21 @@ def test_the_ratings_plot_draws_chinese_model_names(tmp_path):
         plot_ratings(res, tmp_path / "r.png")
     assert not [w for w in caught if "missing from font" in str(w.message)], [str(w.message) for w in caught]
     assert (tmp_path / "r.png").stat().st_size > 0
+
+
+def test_a_bad_battle_is_named_by_its_file_line_or_its_place_in_a_list(tmp_path):
+    """JSONL battles were named by their count (a blank line shifted every later one) and a JSON list's by a 'line'
+    that was its index: now the file line, or `(battle n)` in a list."""
+    from weitiao.errors import UserError
+    from weitiao.eval.arena.rank import load_battles
+
+    good = json.dumps({"model_a": "a", "model_b": "b", "winner": "model_a"})
+    bad = json.dumps({"model_a": "a", "model_b": "a", "winner": "tie"})
+    jsonl = tmp_path / "b.jsonl"
+    jsonl.write_text(f"{good}\n\n\n{bad}\n", encoding="utf-8")
+    with pytest.raises(UserError, match=rf"^{re.escape(str(jsonl))}:4: model_b: same model on both sides$"):
+        load_battles(jsonl)
+    listed = tmp_path / "b.json"
+    listed.write_text(f"[{good},\n{bad}]", encoding="utf-8")
+    with pytest.raises(UserError, match=rf"^{re.escape(str(listed))}: model_b \(battle 2\): same model on both sides$"):
+        load_battles(listed)

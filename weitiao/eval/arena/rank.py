@@ -337,21 +337,34 @@ def load_battles(path: Path) -> list[dict]:
     if not path.exists():
         raise UserError(f"{path}: file not found")
     text = read_text(path)
-    rows = read_json(path) if text.lstrip().startswith("[") else [r for _, r in read_jsonl(path)]
-    for n, r in enumerate(rows, 1):
-        for f in ("model_a", "model_b", "winner"):
-            if not isinstance(r, dict) or not isinstance(r.get(f), str):
-                raise UserError(f"{where(path, n, f)}: missing or not a string (battle {n})")
-        if r["winner"] not in WINNERS:
-            raise UserError(f"{where(path, n, 'winner')}: {r['winner']!r}; expected one of {', '.join(WINNERS)}")
-        if r["model_a"] == r["model_b"]:
-            raise UserError(f"{where(path, n, 'model_b')}: same model on both sides")
-        t = r.get("tstamp")
-        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)):
-            raise UserError(f"{where(path, n, 'tstamp')}: {t!r}; expected seconds since 1970 (a number) or null")
-        if r.get("judge") is not None and not isinstance(r["judge"], str):
-            raise UserError(f"{where(path, n, 'judge')}: {r['judge']!r}; expected the voter id as a string or null")
+    if text.lstrip().startswith("["):  # a JSON list: a battle is named by its place in the list, not a line
+        numbered = [(None, r) for r in read_json(path)]
+    else:
+        numbered = list(read_jsonl(path))  # (file line, battle): blank lines do not shift the line named
+    rows = [r for _, r in numbered]
+    for n, (line, r) in enumerate(numbered, 1):
+        _check_battle(path, line, n, r)
     return rows
+
+
+def _check_battle(path: Path, line: int | None, n: int, r: Any) -> None:
+    """One battle's fields, refused with `file:line: field` (a JSONL file) or `file: field (battle n)` (a JSON list)."""
+
+    def at(field: str) -> str:
+        return where(path, line, field) + (f" (battle {n})" if line is None else "")
+
+    for f in ("model_a", "model_b", "winner"):
+        if not isinstance(r, dict) or not isinstance(r.get(f), str):
+            raise UserError(f"{at(f)}: missing or not a string")
+    if r["winner"] not in WINNERS:
+        raise UserError(f"{at('winner')}: {r['winner']!r}; expected one of {', '.join(WINNERS)}")
+    if r["model_a"] == r["model_b"]:
+        raise UserError(f"{at('model_b')}: same model on both sides")
+    t = r.get("tstamp")
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)):
+        raise UserError(f"{at('tstamp')}: {t!r}; expected seconds since 1970 (a number) or null")
+    if r.get("judge") is not None and not isinstance(r["judge"], str):
+        raise UserError(f"{at('judge')}: {r['judge']!r}; expected the voter id as a string or null")
 
 
 def plot_ratings(res: RankResult, path: str | Path, aside: Sequence[str] = ()) -> None:
