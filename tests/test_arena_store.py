@@ -138,7 +138,7 @@ def test_rank_cli_one_voter_few_rounds_unvoted_models_and_bad_battles(tmp_path):
     bad = tmp_path / "b.json"
     bad.write_text(json.dumps([{"model_a": "x", "model_b": "y", "winner": "tie", "tstamp": "yesterday"}]))
     r = run.invoke(arena_app, ["import", str(bad), "--db", str(tmp_path / "new.sqlite")])  # was: a traceback
-    assert r.exit_code != 0 and "b.json:1: tstamp: 'yesterday'" in str(r.exception)
+    assert r.exit_code != 0 and "b.json: tstamp (battle 1): 'yesterday'" in str(r.exception)
     assert not (tmp_path / "new.sqlite").exists()
 
 

@@ -138,7 +138,11 @@ def scrub_cmd(
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".pending", dir=target.parent)
             os.close(fd)
             pending.append(Path(tmp))
-            reports.append(process_file(f, pending[-1], mode, _types(types), min_confidence, seed or 0, _types(fields)))
+            try:
+                reports.append(process_file(f, pending[-1], mode, _types(types), min_confidence, seed or 0,
+                                            _types(fields)))  # fmt: skip
+            except UserError as e:  # a write error (disk full) names the file the user asked for
+                raise UserError(str(e).replace(tmp, str(target))) from None
     except BaseException:  # a later input failed: no output of this run is left behind, half a folder is no result
         for tmp in pending:
             tmp.unlink(missing_ok=True)

@@ -450,6 +450,7 @@ def open_run(
     inputs: dict[str, str] | None = None,
     world: int = 1,
     gather: Callable[[Any], list] | None = None,
+    write: bool = True,
 ) -> Path | None:
     """Start or resume the run in `out`; returns the checkpoint to load (None: fresh start).
 
@@ -457,7 +458,8 @@ def open_run(
     checkpoint (`gather`: one value per process, for a run of several) and that `world` processes wrote it,
     then the config (`check_config`) and the weights behind its model/adapter paths (`inputs`, from
     `input_fingerprints`: `check_inputs`); a fresh start moves a previous run's files aside. The main
-    process then writes config.yaml and inputs.json.
+    process then writes config.yaml and inputs.json (`record`; with `write` false the caller does, once its data
+    is read: a run that fails before leaves nothing new).
     """
     ckpt = resume_point(out, resume)
     if gather is not None and world > 1:
@@ -474,9 +476,17 @@ def open_run(
                 print(f"train.resume=force: training on with changed {changed}")
     elif main and (moved := move_previous_run(out)) is not None:
         print(f"fresh run in {out}: the previous run's files were moved to {moved}")
+    if write:
+        record(out, resume, config_yaml, main, inputs, ckpt)
+    return ckpt
+
+
+def record(
+    out: Path, resume: str, config_yaml: str, main: bool, inputs: dict[str, str] | None, ckpt: Path | None
+) -> None:
+    """config.yaml and (fresh, forced or first recorded) inputs.json of the run `open_run` opened; main process."""
     if main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / CONFIG_FILE, config_yaml)
         if inputs is not None and (ckpt is None or not (out / INPUTS_FILE).exists() or resume == "force"):
             atomic_write_text(out / INPUTS_FILE, json.dumps(inputs, indent=1))
-    return ckpt

@@ -363,24 +363,29 @@ def new_state() -> dict[str, Any]:
     return {"step": 0, "best_eval": float("inf"), "best_step": None, "bad_evals": 0, "tokens": 0}
 
 
-def open_run(out: Path, t: TrainSpec, cfg: Any, accel: Any) -> tuple[str, Path | None]:
+Opened = tuple[str, dict, Path | None]  # config.yaml text, input fingerprints, checkpoint to resume (None: fresh)
+
+
+def open_run(out: Path, t: TrainSpec, cfg: Any, accel: Any) -> Opened:
     """Before the data is read (which writes rejects.jsonl into `out`): the checkpoint `t.resume` names if the config
     `cfg` still trains the same thing on the same models (else refused: nothing in `out` changes), or None for a fresh
-    start, the previous run's files moved aside first; returns (config.yaml text, checkpoint) for `start`."""
+    start, the previous run's files moved aside first. Nothing is written yet (`start` does)."""
     from weitiao.config import dump_config
 
     config_yaml, inputs = dump_config(cfg), ck.input_fingerprints(cfg)
     main, world = accel.is_main_process, accel.num_processes
-    return config_yaml, ck.open_run(out, t.resume, config_yaml, main, inputs, world, dist.gather_objects)
+    ckpt = ck.open_run(out, t.resume, config_yaml, main, inputs, world, dist.gather_objects, write=False)
+    return config_yaml, inputs, ckpt
 
 
 def start(
-    out: Path, t: TrainSpec, opened: tuple[str, Path | None], accel: Any, module: Any, optimizer: Any
+    out: Path, t: TrainSpec, opened: Opened, accel: Any, module: Any, optimizer: Any
 ) -> tuple[dict, Path | None, MetricsLog]:
     """Resume from `open_run`'s checkpoint (weights, optimizer, this process's RNG, data position, early-stop state)
-    or start fresh; write config.yaml; open the metrics log. `module` is what the recipe passed to
+    or start fresh; write config.yaml and inputs.json; open the metrics log. `module` is what the recipe passed to
     accelerator.prepare."""
-    config_yaml, ckpt = opened
+    config_yaml, inputs, ckpt = opened
+    ck.record(out, t.resume, config_yaml, accel.is_main_process, inputs, ckpt)
     state = new_state()
     rank, world = accel.process_index, accel.num_processes
     if ckpt is not None:
