@@ -710,7 +710,7 @@ def run(cfg: PPOConfig) -> dict:
     elapsed = time.time() - started
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else _rss_gib()
     report = {
-        **{k: round(v, 3) for k, v in cost.items()},
+        **{k: round(v, 6) for k, v in cost.items()},  # µs: a function reward over a few replies is well under 1 ms
         "total_s": round(elapsed, 3),
         "peak_memory_gib": round(peak, 3),
         "peak_memory_kind": "cuda allocated" if torch.cuda.is_available() else "process RSS",
