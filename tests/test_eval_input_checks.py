@@ -136,9 +136,32 @@ def test_chat_defaults_pass_the_check(monkeypatch, capsys):
     calls = []
     monkeypatch.setattr("weitiao.infer.chat.run", lambda *a, **k: calls.append(a))
     rc, lines = cli(capsys, monkeypatch, "chat", "--model", "demo", "--prompt", "你好")
-    assert (
-        rc == 0 and lines == [] and calls[0][4:8] == (256, 0.7, 0.9, None)
-    )  # None: the model folder's repetition_penalty
+    assert rc == 0 and lines == [] and calls[0][4:8] == (256, None, None, None)  # None: the model folder's
+
+
+def test_chat_samples_as_the_model_folder_says(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """Unset --temperature/--top-p take the folder's generation_config.json (as serve and vLLM); they were 0.7/0.9
+    whatever the folder said, so a model shipped with temperature 1e-5 (greedy in effect) sampled freely in `chat`."""
+    import torch
+    from transformers import GenerationConfig
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    GenerationConfig(do_sample=True, temperature=1e-5, top_p=1.0, top_k=0).save_pretrained(model)
+
+    def replies(*flags):
+        out = set()
+        for seed in range(3):
+            torch.manual_seed(seed)
+            rc, lines = cli(capsys, monkeypatch, "chat", "--model", model, "--prompt", "你好", "--max-new-tokens", 12,
+                            *flags)  # fmt: skip
+            assert rc == 0, lines
+            out.add(cli.out)
+        return out
+
+    assert len(folder := replies()) == 1  # temperature 1e-5 draws the argmax token: one reply whatever the seed
+    assert replies("--temperature", "0") == folder  # that reply is the greedy one
+    assert len(replies("--temperature", "1")) > 1  # control: the flag still wins over the folder
 
 
 @pytest.fixture

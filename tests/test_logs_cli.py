@@ -84,6 +84,10 @@ def test_print_sql_and_show_config_need_no_logs(tmp_path):
         (["dwell", "--print-sql", "--engine", "flink"], "--engine 'flink': use duckdb or spark"),
         (["dwell", "x.parquet", "--engine", "spark", "--threads", "2"], "--threads: DuckDB only"),
         (["chat", "e.parquet", "--responses", "r.parquet", "--spark-master", "local[2]"], "--spark-master: only"),
+        # printing alone runs nothing: an option only a run uses is refused (it was ignored: no pairs, exit 0)
+        (["chat", "--print-sql", "--responses", "r.csv", "--out", "o/p.jsonl"], "--out, --responses: only used when"),
+        (["dwell", "--show-config", "--truth", "t.parquet", "--content", "c.parquet"], "--truth, --content: only"),
+        (["dwell", "--print-sql", "--json"], "--json: only used when pairing EVENTS"),
     ],
 )
 def test_errors_are_user_errors(args, message):

@@ -321,3 +321,16 @@ def test_eval_files_and_eval_split_together_are_refused(recipe):
         load_config(config, None, [*base, "data.eval=[b.jsonl]", "data.eval_split=0.2"])
     load_config(config, None, [*base, "data.eval=[b.jsonl]"])
     load_config(config, None, [*base, "data.eval_split=0.2"])
+
+
+@pytest.mark.parametrize("key", [{"train_on_prompt": True}, {"train_turns": "last"}])
+def test_prompt_and_turn_keys_on_raw_text_are_refused(tmp_path, tokenizer, key):
+    """Raw-text rows train every token: train_on_prompt / train_turns would silently change nothing."""
+    docs = write_jsonl(tmp_path / "docs.jsonl", [{"text": "今天天气怎么样？挺好的。"}, {"text": "短句"}])
+    with pytest.raises(UserError, match=rf"^data.{next(iter(key))}: data.train is raw text"):
+        sft.prepare_data(sft_cfg(tmp_path, docs, **key), tokenizer)
+    assert sft.prepare_data(sft_cfg(tmp_path, docs), tokenizer).stats.kept == 2  # control: the defaults train
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", unique_rows(2))  # with chat rows beside them the keys act
+    cfg = sft_cfg(tmp_path, docs, **key)
+    cfg.data.train.append(str(mixed))
+    assert sft.prepare_data(cfg, tokenizer).stats.kept == 4

@@ -267,8 +267,8 @@ def chat(
     system: str = typer.Option(None, help="system message"),
     quant: str = typer.Option(None, help="load the base as none|4bit|8bit (default: as the adapter was trained)"),
     max_new_tokens: int = typer.Option(256),
-    temperature: float = typer.Option(0.7, help="0 = greedy"),
-    top_p: float = typer.Option(0.9),
+    temperature: float = typer.Option(None, help="0 = greedy; default: the model's generation_config.json, else 0.7"),
+    top_p: float = typer.Option(None, help="default: the model's generation_config.json, else 0.9"),
     repetition_penalty: float = typer.Option(None, help="default: the model's generation_config.json, else 1 (off)"),
 ) -> None:
     """Chat in the terminal (streaming, history, /reset, /system) or answer one --prompt."""

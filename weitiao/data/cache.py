@@ -166,8 +166,9 @@ def write_examples(path: Path, flat: list[tuple[str, int, int, Encoded | None]])
         "piece": pa.array([p for _, _, p, _ in flat], pa.int32()),
         "source": pa.array([src for src, _, _, _ in flat], pa.large_string()),
     }
-    if any(e is not None and e.answer_labels is not None for e in encs):
-        cols["answer_labels"] = _list_array([e.answer_labels if e else [] for e in encs])
+    if any(e is not None and e.answer_labels is not None for e in encs):  # None: its labels are reply-only already
+        answers = [[] if e is None else e.labels if e.answer_labels is None else e.answer_labels for e in encs]
+        cols["answer_labels"] = _list_array(answers)
     batch = pa.record_batch(cols)
     with pa.OSFile(str(path), "wb") as f, pa.ipc.new_file(f, batch.schema) as w:
         w.write_batch(batch)

@@ -16,12 +16,15 @@ from weitiao.eval.golden import check_max_new_tokens, load_prompts
 from weitiao.eval.metrics import RUBRIC, Item, MetricSettings, item_metrics, judge_scores, reply_metrics
 
 
-def check_decoding(max_new_tokens: int, temperature: float, top_p: float, repetition_penalty: float | None) -> None:
-    """One UserError naming the flag for a decoding value that generation cannot use (`eval gen`, `chat`)."""
+def check_decoding(
+    max_new_tokens: int, temperature: float | None, top_p: float | None, repetition_penalty: float | None
+) -> None:
+    """One UserError naming the flag for a decoding value that generation cannot use (`eval gen`, `chat`); None is
+    left to the model folder."""
     check_max_new_tokens(max_new_tokens)
-    if not temperature >= 0:  # also NaN
+    if temperature is not None and not temperature >= 0:  # also NaN
         raise UserError(f"--temperature {temperature}: must be >= 0 (0 = greedy)")
-    if not 0 < top_p <= 1:
+    if top_p is not None and not 0 < top_p <= 1:
         raise UserError(f"--top-p {top_p}: must be in (0, 1] (1 = off)")
     if repetition_penalty is not None and not repetition_penalty > 0:
         raise UserError(f"--repetition-penalty {repetition_penalty}: must be > 0 (1 = off)")

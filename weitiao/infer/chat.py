@@ -12,7 +12,7 @@ from typing import Any
 
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
-from weitiao.infer.generate import stream_reply
+from weitiao.infer.generate import chat_sampling, stream_reply
 from weitiao.models.load import (
     ModelSpec,
     adapter_base,
@@ -99,13 +99,14 @@ def run(
     prompt: str | None,
     system: str | None,
     max_new_tokens: int,
-    temperature: float,
-    top_p: float,
+    temperature: float | None,
+    top_p: float | None,
     repetition_penalty: float | None,
     quant: str | None = None,
 ) -> None:
     m, tok = load_chat_model(model, adapter, quant)
     template = resolve_template(tok, "auto")
+    temperature, top_p, top_k, repetition_penalty = chat_sampling(m, temperature, top_p, repetition_penalty)
     gen = dict(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty
     )
@@ -126,6 +127,8 @@ def run(
         answer(prompt)
         return
     print("weitiao chat · /reset clears history · /system TEXT sets the system message · /exit leaves")
+    print(f"sampling: temperature {temperature:g}, top_p {top_p:g}, top_k {top_k}, repetition_penalty "
+          f"{repetition_penalty:g} (unset: the model's generation_config.json, else 0.7, 0.9, 50, 1)")  # fmt: skip
     while True:
         try:
             text = input("你> ").strip()

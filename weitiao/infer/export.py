@@ -242,7 +242,11 @@ def serve_notes(dest: Path) -> list[str]:
     info = json.loads((dest / MARKER).read_text(encoding="utf-8"))
     q = shlex.quote
     if info["merged"]:
-        return [f"serve with vLLM: vllm serve {q(str(dest))}"]
+        dq = []
+        if info.get("quant") == "4bit":  # the weights are the NF4 grid's, not the original base's
+            dq = [f"note: merged into the 4-bit NF4 base de-quantized to {info.get('dtype') or 'fp32'} (the weights "
+                  "training saw, not the original base's); the export itself is not quantized"]  # fmt: skip
+        return [*dq, f"serve with vLLM: vllm serve {q(str(dest))}"]
     cfg = json.loads((dest / "adapter_config.json").read_text(encoding="utf-8"))
     rank = max([int(cfg.get("r") or 0), *(int(v) for v in (cfg.get("rank_pattern") or {}).values())])
     cannot = [

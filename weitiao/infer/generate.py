@@ -520,6 +520,20 @@ def folder_sampling(model: Any) -> dict[str, float]:
     return {k: v for k in ("temperature", "top_p", "top_k") if (v := getattr(gc, k, None)) is not None}
 
 
+def chat_sampling(
+    model: Any, temperature: float | None, top_p: float | None, repetition_penalty: float | None
+) -> tuple[float, float, int, float]:
+    """temperature, top_p, top_k, repetition_penalty of a chat reply: the values given, else the model folder's
+    generation_config.json (`folder_sampling`), else 0.7, 0.9, 50 (HF generate's top_k) and 1 (off)."""
+    folder = {"temperature": 0.7, "top_p": 0.9, "top_k": 50, **folder_sampling(model)}
+    return (
+        folder["temperature"] if temperature is None else temperature,
+        folder["top_p"] if top_p is None else top_p,
+        folder["top_k"],
+        folder_repetition_penalty(model) if repetition_penalty is None else repetition_penalty,
+    )
+
+
 def folder_repetition_penalty(model: Any) -> float:
     """The model folder's generation_config.json `repetition_penalty` (Qwen2.5-Instruct's 1.05), 1.0 when unset: what
     HF generate (greedy too) and vLLM apply when the caller leaves it open."""
@@ -612,22 +626,20 @@ def stream_reply(
     template: ChatTemplate,
     messages: list[Message],
     max_new_tokens: int = 256,
-    temperature: float = 0.7,
-    top_p: float = 0.9,
+    temperature: float | None = None,
+    top_p: float | None = None,
     repetition_penalty: float | None = None,
 ) -> Iterator[str]:
     """Yield the reply to one conversation piece by piece as it is generated (whole characters only).
 
-    top_k and the rest come from the model's generation_config.json, as `generate_ids` with model_defaults;
-    repetition_penalty too when None (`folder_repetition_penalty`).
+    Sampling left None, top_k and the rest come from the model's generation_config.json (`chat_sampling`), as
+    `generate_ids` with model_defaults.
     """
-    if repetition_penalty is None:
-        repetition_penalty = folder_repetition_penalty(model)
+    temperature, top_p, top_k, repetition_penalty = chat_sampling(model, temperature, top_p, repetition_penalty)
     _, pad_id = _eot_pad(tokenizer, template)
     hf = model.get_base_model() if hasattr(model, "get_base_model") else model
-    top_k = getattr(getattr(hf, "generation_config", None), "top_k", None)
     greedy = temperature == 0
-    sampling = RowSampling(temperature, 1.0 if greedy else top_p, 0 if greedy else 50 if top_k is None else top_k)
+    sampling = RowSampling(temperature, 1.0 if greedy else top_p, 0 if greedy else top_k)
     sampling, ban = folder_settings(model, replace(sampling, repetition_penalty=repetition_penalty), 0, True)
     prompt = template.render(tokenizer, messages, add_generation_prompt=True)
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]

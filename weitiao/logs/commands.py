@@ -69,10 +69,11 @@ def _engine(f: PairsFlags) -> Any:
     return SparkEngine.start(f.spark_master or "local[*]")
 
 
-def _config(kind: str, profile: str, f: PairsFlags, events: str | None, what: str) -> Any:
+def _config(kind: str, profile: str, f: PairsFlags, events: str | None, what: str, **run_options: Any) -> Any:
     """The effective config; prints it and/or the SQL (in the engine's dialect) when asked.
 
-    None when there is nothing more to do: no EVENTS, and only printing was asked for."""
+    None when there is nothing more to do: no EVENTS, and only printing was asked for; an option that only a run
+    uses (`run_options` are the command's own, by flag name) is then refused, not ignored."""
     from weitiao.logs import chat, dwell
     from weitiao.logs.config import dump_config, load_profile
     from weitiao.logs.engine import ENGINES
@@ -86,6 +87,11 @@ def _config(kind: str, profile: str, f: PairsFlags, events: str | None, what: st
         print((dwell if kind == "dwell" else chat).sql_script(cfg, f.engine), end="")
     if events is None:
         if f.print_sql or f.show_config:
+            given = {"--out": f.out, "--truth": f.truth, "--json": f.as_json or None, "--threads": f.threads,
+                     "--spark-master": f.spark_master, **run_options}  # fmt: skip
+            if unused := [flag for flag, v in given.items() if v is not None]:
+                raise UserError(f"{', '.join(unused)}: only used when pairing EVENTS; give the events file too, "
+                                "or drop them with --print-sql / --show-config alone")  # fmt: skip
             return None
         raise UserError(f"EVENTS: missing; give {what} (or --print-sql / --show-config alone)")
     return cfg
@@ -158,7 +164,7 @@ def dwell_cmd(
     """Content-site dwell time → pairs: filter, normalize, compare items of one context past a margin."""
     from weitiao.logs import dwell
 
-    cfg = _config("dwell", profile, f, events, "a view-events file")
+    cfg = _config("dwell", profile, f, events, "a view-events file", **{"--content": content})
     if cfg is not None:
         _claim(f, "dwell", cfg.profile, [events, content, f.truth])
         _finish(dwell.run(events, cfg, content, progress=f.progress and not f.as_json, engine=_engine(f)), f)
@@ -177,7 +183,7 @@ def chat_cmd(
     --set cross_session.enabled=true also pairs replies across sessions."""
     from weitiao.logs import chat
 
-    cfg = _config("chat", profile, f, events, "a user-events file")
+    cfg = _config("chat", profile, f, events, "a user-events file", **{"--responses": responses})
     if cfg is None:
         return
     if responses is None:

@@ -79,6 +79,12 @@ class SFTData:
     cache_line: str = ""  # where the tokenized rows came from
 
 
+def _chat_only_keys(d: DataSpec) -> str:
+    """The data keys set away from their defaults that only act on prompts and turns, as 'data.x, data.y'."""
+    keys = {"train_on_prompt": d.train_on_prompt, "train_turns": d.train_turns != "all"}
+    return ", ".join(f"data.{k}" for k, v in keys.items() if v)
+
+
 def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
     """Load, validate, template and tokenize train/eval data (or read them from the cache); account for every row.
 
@@ -107,6 +113,9 @@ def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
     }
     tr = encoded_files(d.train, rejects_path=rejects, **kw)
     require_rows(tr.load_result(rejects), "data.train")
+    if tr.meta["format"] == "text" and (unused := _chat_only_keys(d)):  # every token of raw text is trained anyway
+        raise UserError(f"{unused}: data.train is raw text (format text: no prompt, no turns, every token trained), "
+                        "so it would change nothing; remove it, or give chat / prompt-completion rows")  # fmt: skip
     rows = np.arange(len(tr))
     read, rejected, eval_copies, ev, eval_rows = tr.meta["read"], tr.meta["rejected"], 0, tr, rows[:0]
     if d.eval:
