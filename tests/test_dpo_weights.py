@@ -103,3 +103,34 @@ def test_min_confidence_and_weight_field_in_a_run(tiny_model_dir, tmp_path):
     with pytest.raises(UserError, match=r"w\.jsonl:1: weight: not read unless data.weight_field=weight is set"):
         dpo.run(load_config(dpo.DPOConfig, None, base + unread))
     assert not (tmp_path / "w").exists()
+
+
+def test_eval_loss_is_weighted_as_the_training_loss(tiny_model_dir, tmp_path):
+    """Eval pairs carry data.weight_field too: eval_loss is Σ w·ℓ / Σ w like the training loss (it was the plain mean
+    while `loss` was weighted, so the two curves measured different things); weight-0 eval sets are refused."""
+    from test_dpo_correctness import FakeAccel, build
+
+    rows = [dict(r, confidence=c) for r, c in zip(make_pairs(10), [0.9, 0.5, 1.0, 0.1, 0.7] * 2)]
+    train = write_jsonl(tmp_path / "t.jsonl", rows[:5])
+    evals = write_jsonl(tmp_path / "e.jsonl", rows[5:])
+    extra = (f"data.eval=[{evals}]", "data.weight_field=confidence", "train.micro_batch_size=2", "dpo.beta=0.5")
+    cfg, d, model, loss_mod, ref, ids = build(tiny_model_dir, train, tmp_path / "o", *extra)
+    torch.nn.init.normal_(model.base_model.model.model.layers[0].self_attn.q_proj.lora_B.default.weight)
+    assert d.eval_weights == [0.9, 0.5, 1.0, 0.1, 0.7]
+    per_pair = []
+    for i in range(5):  # each pair alone through the same step: its own loss
+        per_pair.append(
+            dpo.evaluate(loss_mod, ref, d.eval[2 * i : 2 * i + 2], cfg, ids, FakeAccel(0, 1, []))["eval_loss"]
+        )
+    assert max(per_pair) - min(per_pair) > 0.01  # the weights matter
+    want = sum(w * x for w, x in zip(d.eval_weights, per_pair)) / sum(d.eval_weights)
+    got = dpo.evaluate(loss_mod, ref, d.eval, cfg, ids, FakeAccel(0, 1, []), weights=d.eval_weights)["eval_loss"]
+    assert got == pytest.approx(want, abs=1e-5)
+    plain = dpo.evaluate(loss_mod, ref, d.eval, cfg, ids, FakeAccel(0, 1, []))["eval_loss"]  # negative control
+    assert plain == pytest.approx(sum(per_pair) / 5, abs=1e-5) and abs(plain - want) > 1e-3
+    zero = write_jsonl(tmp_path / "z.jsonl", [dict(r, confidence=0) for r in rows[5:]])
+    with pytest.raises(UserError, match="^data.weight_field: every eval pair has confidence 0$"):
+        build(tiny_model_dir, train, tmp_path / "z", *extra, f"data.eval=[{zero}]")
+    unread = write_jsonl(tmp_path / "w.jsonl", [dict(r, weight=1) for r in make_pairs(3)])
+    with pytest.raises(UserError, match=r"w\.jsonl:1: weight: not read unless data.weight_field=weight"):
+        build(tiny_model_dir, train, tmp_path / "w", f"data.eval=[{unread}]")  # an eval file's column too

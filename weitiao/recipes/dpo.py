@@ -340,9 +340,17 @@ def onpolicy_kl_sums(
 
 @torch.no_grad()
 def evaluate(
-    loss_mod, ref: Reference, examples: list[Encoded], cfg: DPOConfig, ids: dict, accel, model: Any = None
+    loss_mod,
+    ref: Reference,
+    examples: list[Encoded],
+    cfg: DPOConfig,
+    ids: dict,
+    accel,
+    model: Any = None,
+    weights: list[float] | None = None,
 ) -> dict:
-    """Held-out metrics; pairs are split across processes by index, and with `model` and
+    """Held-out metrics, `weights` (per pair, data.weight_field) weighting them as in training; pairs are split
+    across processes by index, and with `model` and
     dpo.kl_max_new_tokens > 0 the on-policy KL on the eval prompts. Every process runs the same number
     of forwards (DDP/FSDP forwards are collective): one with fewer pairs runs pair 0 as an uncounted filler."""
     if not examples:
@@ -356,7 +364,7 @@ def evaluate(
         chunk = mine[k : k + mb]
         rr = pair_rows([[i] for i in chunk or [0]], cfg.data.packing)
         b = collate(examples, rr, ids["pad"], cfg.data.packing, ids["one_row"]).to(accel.device)
-        sums = pair_step(loss_mod, ref, b, [i for row in rr for i in row], cfg)
+        sums = pair_step(loss_mod, ref, b, [i for row in rr for i in row], cfg, weights)
         for key, v in sums.items() if chunk else ():
             total[key] = total[key] + v.detach().double()
     if model is not None and cfg.dpo.kl_max_new_tokens:
@@ -454,7 +462,7 @@ def run(cfg: DPOConfig) -> dict:
     falling = FallingChosen(d.warn_falling_chosen)
 
     def evaluate_now() -> dict[str, float]:
-        return evaluate(loss_mod, eval_ref, data.eval, cfg, ids, accel, model)
+        return evaluate(loss_mod, eval_ref, data.eval, cfg, ids, accel, model, data.eval_weights)
 
     def summarize(sums: loop.Sums, seconds: float) -> dict[str, float]:
         return {**_means(sums, rpo_alpha=d.rpo_alpha), "pairs_per_s": float(sums["pairs"]) / max(seconds, 1e-9)}

@@ -32,6 +32,7 @@ class PrefData:
     read: int
     rejected: int
     weights: list[float] | None = None  # per train pair, from data.weight_field
+    eval_weights: list[float] | None = None  # per eval pair, likewise: eval_loss is weighted as the training loss
     low_confidence: int = 0  # pairs dropped by data.min_confidence
     margins: tuple[list[float] | None, list[float] | None] | None = None  # train, eval: rows' `margin` (TRL's RM)
 
@@ -84,15 +85,16 @@ def prepare_pairs(cfg: PairConfig, tokenizer: Any, read_margins: bool = False) -
     evals, _ = encode_pairs(eval_pairs, tokenizer, template, d.max_len, d.truncation, **enc)
     if not train:
         raise UserError(f"data.train: no pairs left after truncation {d.truncation!r} (max_len {d.max_len})")
-    weights = None
-    if not d.weight_field and (p := next((p for p in pairs if "weight" in p.extra), None)):
+    weights = eval_weights = None
+    if not d.weight_field and (p := next((p for p in pairs + eval_pairs if "weight" in p.extra), None)):
         raise UserError(f"{p.source}: weight: not read unless data.weight_field=weight is set (it scales each "
                         "pair's loss; 0 drops the pair); set it, or drop the column")  # fmt: skip
     if d.weight_field:  # by source (file:line): encoding may drop pairs
-        by_source = {p.source: _row_number(p, d.weight_field, "data.weight_field") for p in pairs}
-        weights = [by_source[e.source] for e in train[0::2]]
-        if not sum(weights) > 0:
-            raise UserError(f"data.weight_field: every train pair has {d.weight_field} 0")
+        by_source = {p.source: _row_number(p, d.weight_field, "data.weight_field") for p in pairs + eval_pairs}
+        weights, eval_weights = [by_source[e.source] for e in train[0::2]], [by_source[e.source] for e in evals[0::2]]
+        for name, w in (("train", weights), ("eval", eval_weights)):
+            if w and not sum(w) > 0:
+                raise UserError(f"data.weight_field: every {name} pair has {d.weight_field} 0")
     low = n_read - len(pairs) - len(eval_pairs)
     margins = None
     if given := next((p.source for p in pairs + eval_pairs if "margin" in p.extra), None):
@@ -100,7 +102,7 @@ def prepare_pairs(cfg: PairConfig, tokenizer: Any, read_margins: bool = False) -
             raise UserError(f"{given}: margin: not read here (a reward model's per-pair margin, which weitiao rm reads "
                             "as TRL does); drop the column")  # fmt: skip
         margins = _margins(pairs, train), _margins(eval_pairs, evals)
-    return PrefData(template, train, evals, stats, read, rejected, weights, low, margins)
+    return PrefData(template, train, evals, stats, read, rejected, weights, eval_weights, low, margins)
 
 
 def _margins(pairs: list[PreferencePair], encoded: list[Encoded]) -> list[float] | None:
