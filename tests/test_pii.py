@@ -896,3 +896,22 @@ def test_pseudonyms_for_many_values_terminate_in_documentation_ranges():
     nets = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
     assert all(any(ipaddress.ip_address(f) in n for n in nets) for f in fakes)
     assert ipaddress.ip_address(rep(pii.Match("ip", 0, 0, "fe80::1", 1.0))) in ipaddress.ip_network("2001:db8::/32")
+
+
+def test_cli_scrub_run_twice_replaces_its_own_output(tmp_path):
+    """The second `pii scrub d.jsonl` was refused with 'exists and was not written by weitiao': outputs are renamed
+    from a temp file and the ledger of what weitiao wrote knew only the temp name. A file the user wrote there is
+    still refused."""
+    from typer.testing import CliRunner
+
+    from weitiao.safety.commands import app
+
+    src = tmp_path / "d.jsonl"
+    src.write_text(json.dumps({"text": "手机13812345678"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    for _ in range(2):
+        res = CliRunner().invoke(app, ["scrub", str(src)])
+        assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "d.scrubbed.jsonl").read_text(encoding="utf-8")) == {"text": "手机[手机号]"}
+    (tmp_path / "d.scrubbed.jsonl").write_text("mine\n", encoding="utf-8")
+    res = CliRunner().invoke(app, ["scrub", str(src)])
+    assert isinstance(res.exception, UserError) and "not written by weitiao" in str(res.exception)

@@ -109,7 +109,7 @@ def scrub_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
     """Replace PII field by field, keeping each row's shape; writes JSONL atomically, every output or none."""
-    from weitiao.io import claim_outputs
+    from weitiao.io import claim_outputs, remember
     from weitiao.safety.pii import MODES
     from weitiao.safety.pii_files import process_file
 
@@ -149,6 +149,7 @@ def scrub_cmd(
         raise
     for tmp, target in zip(pending, targets):
         tmp.replace(target)
+        remember(target)  # the ledger knew the temp name only: a rerun took its own output for the user's
         if not as_json:
             console.print(f"[green]wrote[/] {target}")
     _print(reports, as_json, f"scrub ({mode})")
