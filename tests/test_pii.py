@@ -915,3 +915,35 @@ def test_cli_scrub_run_twice_replaces_its_own_output(tmp_path):
     (tmp_path / "d.scrubbed.jsonl").write_text("mine\n", encoding="utf-8")
     res = CliRunner().invoke(app, ["scrub", str(src)])
     assert isinstance(res.exception, UserError) and "not written by weitiao" in str(res.exception)
+
+
+def test_output_names_keep_every_dot_of_the_input_name(tmp_path):
+    """Names were cut at their first dot: chat.2024-05.jsonl and chat.2024-06.jsonl were both scrubbed into
+    chat.scrubbed.jsonl, so the second run replaced the first one's output (and two of them in one run were refused);
+    `refusals --out r.v1.jsonl` and `--out r.v2.jsonl` shared r.dpo.jsonl."""
+    from typer.testing import CliRunner
+
+    from weitiao.safety.commands import app
+
+    for month, phone in (("05", "13812345678"), ("06", "13912345678")):
+        (tmp_path / f"chat.2024-{month}.jsonl").write_text(json.dumps({"text": phone}) + "\n", encoding="utf-8")
+        res = CliRunner().invoke(app, ["scrub", str(tmp_path / f"chat.2024-{month}.jsonl")])
+        assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in tmp_path.glob("*.scrubbed.jsonl")) == [
+        "chat.2024-05.scrubbed.jsonl",
+        "chat.2024-06.scrubbed.jsonl",
+    ]
+    gz = tmp_path / "logs.v2.jsonl.gz"
+    gz.write_bytes(__import__("gzip").compress(b'{"text": "13812345678"}\n'))
+    res = CliRunner().invoke(
+        app, ["scrub", str(gz), str(tmp_path / "chat.2024-05.jsonl"), "--out", str(tmp_path / "o")]
+    )
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        "chat.2024-05.scrubbed.jsonl",
+        "logs.v2.scrubbed.jsonl",
+    ]
+    for v in ("v1", "v2"):
+        res = CliRunner().invoke(app, ["refusals", "--n", "2", "--out", str(tmp_path / f"r.{v}.jsonl")])
+        assert res.exit_code == 0, res.output
+    assert (tmp_path / "r.v1.dpo.jsonl").is_file() and (tmp_path / "r.v2.dpo.jsonl").is_file()

@@ -39,6 +39,18 @@ def _types(types: str | None) -> list[str] | None:
     return [t.strip() for t in types.split(",") if t.strip()] if types else None
 
 
+def _stem(path: Path) -> str:
+    """The name without its data suffix (`.jsonl`, `.json.gz`, ...): chat.2024-05.jsonl → chat.2024-05. Cutting at the
+    first dot named chat.2024-05.jsonl and chat.2024-06.jsonl both chat, so one's output replaced the other's."""
+    from weitiao.data.files import COMPRESSED, SUFFIXES
+
+    name = path.name
+    for group in (COMPRESSED, SUFFIXES):
+        if (cut := next((s for s in group if name.lower().endswith(s) and len(name) > len(s)), None)) is not None:
+            name = name[: -len(cut)]
+    return name
+
+
 def _confidence(value: float) -> float:
     """--min-confidence is a share: 5 or -1 would silently keep every match or none."""
     if not 0 <= value <= 1:
@@ -121,9 +133,9 @@ def scrub_cmd(
     if out is not None and len(files) > 1 and out.suffix:
         raise UserError(f"--out {out}: several input files need an output folder, not a file")
     targets = [
-        f.with_name(f.name.split(".")[0] + ".scrubbed.jsonl")
+        f.with_name(_stem(f) + ".scrubbed.jsonl")
         if out is None
-        else out / (f.name.split(".")[0] + ".scrubbed.jsonl")
+        else out / (_stem(f) + ".scrubbed.jsonl")
         if len(files) > 1
         else out
         for f in files
@@ -168,7 +180,7 @@ def refusals_cmd(
 
     if n < 1:
         raise UserError(f"--n {n}: must be at least 1")
-    dpo_out = dpo_out or out.with_name(out.name.split(".")[0] + ".dpo.jsonl")
+    dpo_out = dpo_out or out.with_name(_stem(out) + ".dpo.jsonl")
     if dpo_out.resolve() == out.resolve():
         raise UserError(f"--dpo-out {dpo_out}: the same file as --out; choose another path")
     claim_outputs([out, dpo_out])
