@@ -295,3 +295,22 @@ def test_review_csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted():
                                ["eval", "员工手册.md", "员工手册.md#3", "假期 > 年假", "1.000", "年假有几天？",
                                 "入职满一年 5 天，a=b 也行", "“年假”\n5 天", ""]])  # fmt: skip
     assert kb2sft.review_csv([], [plain]) == "\ufeff" + buf.getvalue()  # normal text: as before, BOM and all
+
+
+def test_docx_tables_are_read_in_document_order(tmp_path):
+    """A .docx knowledge base lost its tables (price lists, specs): python-docx's `paragraphs` leaves them out, so no
+    QA was ever asked about them, silently. Rows are lines of cells joined by " | ", a merged cell once."""
+    docx = pytest.importorskip("docx")
+    d = docx.Document()
+    d.add_heading("运费", level=1)
+    d.add_paragraph("运费按会员等级收取：")
+    t = d.add_table(rows=3, cols=2)
+    for i, (a, b) in enumerate([("会员等级", "运费"), ("白银", "10元"), ("钻石  会员", "免运费")]):
+        t.cell(i, 0).text, t.cell(i, 1).text = a, b
+    t.cell(0, 0).merge(t.cell(0, 1)).text = "会员运费表"
+    d.add_heading("保修", level=1)
+    d.add_paragraph("电子产品保修一年。")
+    d.save(tmp_path / "p.docx")
+    a, b = chunk_docs([tmp_path / "p.docx"], ChunkSpec("heading"))[0]
+    assert (a.heading, a.text) == ("运费", "运费按会员等级收取：\n\n会员运费表\n白银 | 10元\n钻石 会员 | 免运费")
+    assert (b.heading, b.text) == ("保修", "电子产品保修一年。")

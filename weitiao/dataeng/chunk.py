@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -87,8 +87,18 @@ def collect_docs(paths: list[str | Path]) -> list[Path]:
     return out
 
 
+def _table_row(row: Any) -> str:
+    """A python-docx table row as text: its cells' text joined by " | ", a merged cell once (python-docx repeats it)."""
+    cells = []
+    for cell in row.cells:
+        if not cells or cell._tc is not cells[-1]._tc:
+            cells.append(cell)
+    return " | ".join(" ".join(c.text.split()) for c in cells)
+
+
 def read_doc(path: Path) -> str:
-    """Document text; .docx headings become markdown `#` lines so the heading chunker sees them."""
+    """Document text; .docx headings become markdown `#` lines so the heading chunker sees them, and its tables
+    (`Document.paragraphs` leaves them out) lines of cells joined by " | "."""
     suffix = path.suffix.lower()
     if suffix in TEXT_SUFFIXES:
         raw = path.read_bytes()
@@ -104,10 +114,13 @@ def read_doc(path: Path) -> str:
         except ImportError:
             raise UserError(f"{path}: reading .docx needs python-docx (pip install python-docx)") from None
         lines = []
-        for para in docx.Document(str(path)).paragraphs:
-            style = (para.style.name or "") if para.style is not None else ""
+        for block in docx.Document(str(path)).iter_inner_content():  # paragraphs and tables, in document order
+            if isinstance(block, docx.table.Table):  # price lists, specs: one line per row, cells joined by " | "
+                lines.append("\n".join(_table_row(row) for row in block.rows))
+                continue
+            style = (block.style.name or "") if block.style is not None else ""
             level = re.match(r"(?:Heading|标题)\s*(\d)", style)
-            lines.append(("#" * int(level.group(1)) + " " if level else "") + para.text)
+            lines.append(("#" * int(level.group(1)) + " " if level else "") + block.text)
         return "\n\n".join(lines)
     if suffix == ".pdf":
         try:
