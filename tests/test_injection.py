@@ -400,6 +400,18 @@ def test_own_tasks_are_checked(tmp_path):
         inj.split_by_family(inj.build_attacks(0, families=["override"]), ["roleplay"])
 
 
+def test_own_tasks_optional_fields_are_checked_too(tmp_path):
+    """An optional field of the wrong type was taken as it came: a list `system` in a rag task crashed the build with
+    a TypeError traceback, a number `topic` went into the safe replies as its digits, an empty one became the
+    default unasked."""
+    with pytest.raises(UserError, match=r"r\.jsonl:1: system: a non-empty string when given"):
+        inj.load_rag_tasks(_jsonl(tmp_path / "r.jsonl", [{**OWN_RAG[0], "system": ["你是客服"]}]))
+    for topic in (5, ""):
+        with pytest.raises(UserError, match=r"t\.jsonl:1: topic: a non-empty string when given"):
+            inj.load_tasks(_jsonl(tmp_path / "t.jsonl", [{**OWN_TASKS[0], "topic": topic}]))
+    assert inj.load_tasks(_jsonl(tmp_path / "t.jsonl", [{**OWN_TASKS[1], "topic": None}]))[0][4] == "处理你的问题"
+
+
 def test_build_never_writes_over_its_own_tasks_file(tmp_path):
     """A tasks file at OUT/sft.jsonl that weitiao wrote (an earlier build, a `pii refusals` file) was read, then
     replaced by the build's SFT rows: `injection build` claimed its outputs without its inputs."""

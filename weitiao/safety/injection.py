@@ -178,6 +178,11 @@ def _fields(row: Any, where: str, required: list[str], optional: list[str] = ())
     for k in required:
         if not isinstance(row.get(k), str) or not row[k].strip():
             raise UserError(f"{where}: {k}: required, a non-empty string")
+    for k in optional:  # a list `system` crashed the build; a number `topic` went into the replies as digits
+        if row.get(k) is not None and (not isinstance(row[k], str) or not row[k].strip()):
+            raise UserError(
+                f"{where}: {k}: a non-empty string when given (leave it out for the default), got {row[k]!r}"
+            )
     return [row.get(k) for k in [*required, *optional]]
 
 
