@@ -314,3 +314,15 @@ def test_docx_tables_are_read_in_document_order(tmp_path):
     a, b = chunk_docs([tmp_path / "p.docx"], ChunkSpec("heading"))[0]
     assert (a.heading, a.text) == ("运费", "运费按会员等级收取：\n\n会员运费表\n白银 | 10元\n钻石 会员 | 免运费")
     assert (b.heading, b.text) == ("保修", "电子产品保修一年。")
+
+
+def test_semantic_chunks_keep_line_breaks_and_max_chars():
+    """The semantic chunker glued lines together ("open the app" + "Step two" → "appStep", an English word no answer
+    grounds on) and kept a sentence over --max-chars whole (a page without 。 was one chunk of any size)."""
+    steps = "# Refund\nStep one: open the app\nStep two: tap Settings\n退款三到五天到账。It opens! Then tap."
+    ((_, text),) = by_semantic(steps, ChunkSpec(max_chars=600, min_chars=600))  # one chunk: no cut
+    assert text == "Step one: open the app\nStep two: tap Settings\n退款三到五天到账。It opens! Then tap."
+    assert grounding_score("open the app", text) == 1.0
+    long = "会员积分规则说明" * 50 + "。积分一年有效。"
+    pieces = [b for _, b in by_semantic(long, ChunkSpec(max_chars=100, min_chars=5))]
+    assert max(map(len, pieces)) <= 100 and "".join(pieces) == long

@@ -200,7 +200,20 @@ def sentences(text: str) -> list[str]:
 def by_semantic(text: str, spec: ChunkSpec) -> list[tuple[str, str]]:
     """Break between adjacent sentences whose similarity is among the lowest `percentile`% (and wherever
     a chunk would pass max_chars). Similarity: cosine of char 1-2-gram TF-IDF, or of local embeddings."""
-    sents = [s for s in sentences(text) if not _HEADING.match(s)]
+    # (separator before it, sentence): a line break stays a line break and a space a space (lines of English were
+    # glued, "open the app" + "Step two" → "appStep", a word no answer grounds on); a sentence over max_chars is cut
+    # into windows (it was one chunk of any size)
+    pieces: list[tuple[str, str]] = []
+    gap = ""
+    for raw in _SENTENCE.findall(text):
+        s = raw.strip()
+        if raw == "\n" or _HEADING.match(s):
+            gap = "\n"
+        elif s:
+            lead = gap or (" " if raw[0].isspace() else "")
+            pieces += [(lead if i == 0 else "", s[i : i + spec.max_chars]) for i in range(0, len(s), spec.max_chars)]
+            gap = ""
+    sents = [s for _, s in pieces]
     if len(sents) < 2:
         return [("", s) for s in sents]
     # 1. one vector per sentence; 2. cosine of each neighbour pair; 3. cut at the low ones
@@ -212,12 +225,12 @@ def by_semantic(text: str, spec: ChunkSpec) -> list[tuple[str, str]]:
         sims = vec[:-1].multiply(vec[1:]).sum(axis=1)
     cut = float(np.percentile(sims, spec.percentile))
     out, cur = [], sents[0]
-    for s, sim in zip(sents[1:], sims):
-        if (sim <= cut and len(cur) >= spec.min_chars) or len(cur) + len(s) > spec.max_chars:
+    for (sep, s), sim in zip(pieces[1:], sims):
+        if (sim <= cut and len(cur) >= spec.min_chars) or len(cur) + len(sep) + len(s) > spec.max_chars:
             out.append(cur)
             cur = s
         else:
-            cur += s
+            cur += sep + s
     out.append(cur)
     return [("", c) for c in out]
 
