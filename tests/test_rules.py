@@ -71,11 +71,15 @@ def test_malformed_rule_file_errors_name_rule_and_field(tmp_path):
         "- {id: R024, category: fact, text: x, check: {min_length: 9, max_length: 3}}\n"
         "- {category: fact, text: no id}\n"
         "- {id: R026, category: fact, text: '', colour: red}\n"
-        "- {id: R027, category: fact, text: x, when: '[a-'}\n",
+        "- {id: R027, category: fact, text: x, when: '[a-'}\n"
+        "- {id: R028, category: fact, text: x, when: ''}\n"  # empty: matches every prompt, yet not global
+        "- {id: R029, category: fact, text: x, check: {ends_with: ['']}}\n"  # every reply ends with ''
+        "- {id: R030, category: fact, text: x, check: {required: ['好', '']}}\n"
+        "- {id: R031, category: fact, text: x, check: {not_regex: ''}}\n"  # every reply matches ''
+        "- {id: R032, category: fact, text: x, check: {ends_with: ['。', '！']}}\n",  # control: fine
         encoding="utf-8",
     )
     rules, errors = read_rules(p)
-    assert [r.id for r in rules] == ["R001"]
     want = [
         r":2: rule R017: check\.regex: invalid pattern \(missing \), unterminated subpattern",
         r":3: rule R001: id: duplicate of rule #1",
@@ -88,11 +92,16 @@ def test_malformed_rule_file_errors_name_rule_and_field(tmp_path):
         r":10: rule R026: colour: unknown key",
         r":10: rule R026: text: missing or empty",
         r":11: rule R027: when: invalid pattern",
+        r":12: rule R028: when: empty pattern \(it matches every prompt\)",
+        r":13: rule R029: check\.ends_with: expected a non-empty string",
+        r":14: rule R030: check\.required: expected a non-empty string",
+        r":15: rule R031: check\.not_regex: expected a non-empty pattern",
     ]
+    assert [r.id for r in rules] == ["R001", "R032"]
     assert len(errors) == len(want)
     for w, e in zip(want, errors):
         assert e.startswith(str(p)) and re.search(w, e), (w, e)
-    with pytest.raises(UserError, match=r"rule R017: check\.regex: invalid pattern .*\(and 10 more"):
+    with pytest.raises(UserError, match=r"rule R017: check\.regex: invalid pattern .*\(and 14 more"):
         load_rules(p)
     r = run("check", str(p))
     assert r.exit_code == 1 and "R022" in r.output

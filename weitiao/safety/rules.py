@@ -164,9 +164,10 @@ class RuleSet:
 
 
 def _str_list(v: Any) -> list[str] | None:
-    if isinstance(v, str):
-        return [v]
-    if isinstance(v, list) and v and all(isinstance(x, str) for x in v):
+    """A string or a non-empty list of them as a list; None for anything else or an empty string (which every
+    reply contains, starts and ends with: a check that always passes, or always fails as `forbidden`)."""
+    v = [v] if isinstance(v, str) else v
+    if isinstance(v, list) and v and all(isinstance(x, str) and x for x in v):
         return v
     return None
 
@@ -181,8 +182,8 @@ def _parse_check(raw: Any) -> tuple[Check | None, str | None]:
     kw: dict[str, Any] = {}
     for k, v in raw.items():
         if k in ("regex", "not_regex"):
-            if not isinstance(v, str):
-                return None, f"check.{k}: expected a string"
+            if not isinstance(v, str) or not v:
+                return None, f"check.{k}: expected a non-empty pattern (an empty one matches every reply)"
             try:
                 re.compile(v)
             except re.error as e:
@@ -193,7 +194,7 @@ def _parse_check(raw: Any) -> tuple[Check | None, str | None]:
         elif k in ("required", "forbidden", "starts_with", "ends_with"):
             v = _str_list(v)
             if v is None:
-                return None, f"check.{k}: expected a string or a non-empty list of strings"
+                return None, f"check.{k}: expected a non-empty string or a non-empty list of them"
         elif k == "json_schema" and (p := _schema_problem(v)):
             return None, p
         kw[k] = v
@@ -234,6 +235,8 @@ def validate(items: Any, path: str, lines: list[int] | None = None) -> tuple[lis
         if when is not None:
             try:
                 re.compile(when)
+                if not when:
+                    problems.append("when: empty pattern (it matches every prompt); drop `when` for a global rule")
             except (re.error, TypeError) as e:
                 problems.append(f"when: invalid pattern ({e})")
         check = None
