@@ -736,6 +736,28 @@ def test_numbers_stored_as_json_integers_are_scanned_and_scrubbed(tmp_path):
     assert pii_files.process_file(src, None, fields=["phone"]).counts["mobile"] == 1
 
 
+@pytest.mark.parametrize("mode", ["placeholder", "mask", "pseudonym"])
+def test_tool_call_arguments_stay_json(tmp_path, mode):
+    """A tool call's `arguments` is JSON in a string: scrubbed as text, {"phone": 13812345678} became
+    {"phone": [手机号]}, no longer JSON, and the row no longer loaded for training."""
+    args = {"phone": 13812345678, "note": "寄到 13912345678", "n": 2}
+    call = {"id": "c1", "type": "function", "function": {"name": "ship", "arguments": json.dumps(args)}}
+    row = {"messages": [{"role": "user", "content": "寄快递"}, {"role": "assistant", "tool_calls": [call]},
+                        {"role": "tool", "tool_call_id": "c1", "content": "{}"},
+                        {"role": "assistant", "content": "好"}]}  # fmt: skip
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    rep = pii_files.process_file(src, dst, mode, seed=1)
+    where = "messages[].tool_calls[].function.arguments"
+    assert rep.counts["mobile"] == 2 and set(rep.fields) == {f"{where}.phone", f"{where}.note"}
+    out = json.loads(dst.read_text(encoding="utf-8"))
+    got = json.loads(out["messages"][1]["tool_calls"][0]["function"]["arguments"])  # still JSON
+    assert set(got) == {"phone", "note", "n"} and got["n"] == 2
+    assert "13812345678" not in json.dumps(got) and "13912345678" not in json.dumps(got, ensure_ascii=False)
+    assert out["messages"][2]["content"] == "{}"  # JSON without PII: the string as it was
+    assert pii_files.process_file(src, None, fields=[where]).counts["mobile"] == 2
+
+
 def test_any_row_shape_is_scanned_kto_and_mixed_files_too(tmp_path):
     """pii scan is no validator: a KTO row (refused by training), a file mixing messages and text rows, a malformed
     training row: every string is scanned."""

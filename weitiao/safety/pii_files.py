@@ -62,6 +62,18 @@ def _walk(value, path: str, fn: Callable[[str, str], str], structural: bool = Tr
     return value
 
 
+def _json_container(text: str) -> dict | list | None:
+    """The object or array a string holds as JSON (a tool call's `arguments`), else None: scrubbing its text would
+    turn {"phone": 13812345678} into {"phone": [手机号]}, no longer JSON."""
+    if not text.lstrip().startswith(("{", "[")):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, (dict, list)) else None
+
+
 def _selected(path: str, fields: list[str] | None) -> bool:
     """`--fields meta` covers meta.notes and meta[].x; no --fields covers every string."""
     return fields is None or any(path == f or path.startswith((f + ".", f + "[]")) for f in fields)
@@ -110,6 +122,9 @@ def process_file(
 
             def one(text: str, field: str, replace=replace, found=found) -> str:
                 seen.add(field)
+                if (inner := _json_container(text)) is not None:  # a tool call's arguments: scrubbed as JSON
+                    new = _walk(inner, field, one, structural=False)
+                    return text if new == inner else json.dumps(new, ensure_ascii=False)
                 if not _selected(field, fields):
                     return text
                 new, matches = scrub(text, mode, types, min_confidence, replace)
