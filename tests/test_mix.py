@@ -46,6 +46,9 @@ def test_mix_upsamples_dedups_and_reports(tmp_path):
     assert src[a]["picked"] == src[b]["picked"] == 5 and src[a]["achieved_ratio"] == 0.5
     assert src[b]["upsample"] == 2.5
     per = Counter((r["meta"]["source"], r["messages"][0]["content"]) for r in out)
+    # each row traces back to its input line (the first copy's, after dedup)
+    lines = {r["messages"][0]["content"]: r["meta"]["row"] for r in out}
+    assert lines["你好"] == f"{a}:1" and lines["吃了吗"] == f"{a}:3" and lines["怎么盗号"] == f"{b}:3"
     # b (2 unique, 5 wanted): each row twice, one of them a third time; a (3 unique): each once, two twice
     assert sorted(n for (s, _), n in per.items() if s == b) == [2, 3]
     assert sorted(n for (s, _), n in per.items() if s == a) == [1, 2, 2]

@@ -6,7 +6,7 @@
 Steps: 1. load every source (any SFT format) → 2. dedup on the normalized conversation, first
 source wins → 3. targets by largest remainder so they sum to the total → 4. down-sample without
 replacement, or up-sample (every row k times, then a random remainder) → 5. shuffle, write messages
-rows with `meta.source`, report counts and the achieved ratio.
+rows with `meta.source` (the file) and `meta.row` (file:line of the row kept), report counts and the achieved ratio.
 Without --total, the total is the largest one that needs no up-sampling: min(unique_i / ratio_i).
 """
 
@@ -131,7 +131,7 @@ def run(specs: list[str], out: str | Path, total: int | None = None, seed: int =
         row.update(target_ratio=round(r, 4), picked=n, upsample=round(n / len(pool), 3),
                    unique_picked=len({id(c) for c in picked}))  # fmt: skip
     rng.shuffle(mixed)
-    write_jsonl(out, [{**to_record(c), "meta": {"source": s}} for s, c in mixed])
+    write_jsonl(out, [{**to_record(c), "meta": {"source": s, "row": c.source}} for s, c in mixed])
     for row in report:
         row["achieved_ratio"] = round(row["picked"] / total, 4)
     summary = {"out": str(out), "total": total, "seed": seed, "sources": report}
