@@ -255,3 +255,16 @@ def test_a_split_cell_a_repeated_column_and_a_blank_answer_are_refused(tmp_path)
     ok.write_text('prompt,question,bad,golden\n" ",退货要多久,不知道,"七天内到账,节假日顺延"\n', encoding="utf-8")
     [case] = badcases.ingest([ok])
     assert (case.prompt, case.golden) == ("退货要多久", "七天内到账,节假日顺延")
+
+
+def test_two_columns_naming_one_field_with_different_text_are_refused(tmp_path):
+    """An export with both `response` (the model's reply) and `bad` took `bad` and dropped the other silently;
+    when they differ nobody can tell which one was meant."""
+    two = tmp_path / "two.csv"
+    two.write_text("prompt,bad,response,golden\n退货要多久,不知道,三天,七天内到账\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"^.*two\.csv:2: response: differs from 'bad'; both name the bad"):
+        badcases.ingest([two])
+    same = tmp_path / "same.jsonl"  # control: the same text under two names is no conflict
+    row = {"query": "退货要多久", "prompt": "退货要多久", "bad": "不知道", "golden": "七天"}
+    same.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    assert badcases.ingest([same])[0].prompt == "退货要多久"

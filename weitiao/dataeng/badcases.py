@@ -106,7 +106,11 @@ def ingest(paths: list[str | Path]) -> list[Case]:
                 raise UserError(f"{where(path, n)}: expected an object with prompt, bad, golden")
             got = {}
             for key, names in ALIASES.items():
-                value = next((rec[k] for k in names if rec.get(k) is not None and str(rec[k]).strip()), None)
+                given = [k for k in names if rec.get(k) is not None and str(rec[k]).strip()]
+                if len(given) > 1 and len({str(rec[k]).strip() for k in given}) > 1:  # which one was meant?
+                    raise UserError(f"{where(path, n, given[1])}: differs from {given[0]!r}; both name the {key} "
+                                    "(keep one column)")  # fmt: skip
+                value = rec[given[0]] if given else None
                 if value is None and key != "tag":
                     raise UserError(f"{where(path, n, key)}: missing (accepted names: {', '.join(names)})")
                 if value is not None and not isinstance(value, str):
