@@ -175,6 +175,27 @@ def test_tool_rows_loss_on_calls_and_replies_only(template_name):
         assert text in untrained and text not in trained
 
 
+@pytest.mark.parametrize("row", [SHAREGPT_ROW, OPENAI_ROW])
+def test_tool_rows_read_the_message_weight(row, tmp_path):
+    """weight 0 on a call or reply of a tool row was dropped (the turn trained); it is context, as in plain rows."""
+    key = "conversations" if "conversations" in row else "messages"
+    msgs = [{**m, "weight": 0} if m.get("tool_calls") or m.get("from") == "function_call" else m for m in row[key]]
+    tok = llama_tokenizer()
+    enc = encode(load_rows_one({**row, key: msgs}), tok, resolve_template(tok, "qwen"), EncodeOptions(max_len=4096))
+    trained = "".join(t for t, on in token_segments(enc, tok) if on)
+    assert "北京今天晴，25度。" in trained and '"get_weather"' not in trained
+    assert trained.count("<|im_end|>") == 1
+    user = 0 if key == "conversations" else 1  # a question has no weight to read
+    bad = [{**m, "weight": 1} if i == user else m for i, m in enumerate(msgs)]
+    path = write_jsonl(tmp_path / "w.jsonl", [{**row, key: bad}])
+    with pytest.raises(UserError, match=r"w\.jsonl:1: \w+\[\d\]\.weight: only assistant messages take a weight"):
+        load_conversations(path)
+    reply_too = [{**m, "weight": 0} if m.get("role") == "assistant" or m.get("from") == "gpt" else m for m in msgs]
+    path = write_jsonl(tmp_path / "z.jsonl", [{**row, key: reply_too}])
+    with pytest.raises(UserError, match=rf"z\.jsonl:1: {key}: every assistant message has weight 0"):
+        load_conversations(path)
+
+
 def test_tool_rows_need_a_tool_template(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "tools.jsonl", [SHAREGPT_ROW, SHAREGPT_ROW])
     convs = load_conversations(path).rows

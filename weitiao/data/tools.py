@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from weitiao.data.formats import SHAREGPT_ROLES, Conversation, Message, RowError, _text, _with_system
+from weitiao.data.formats import SHAREGPT_ROLES, Conversation, Message, RowError, _text, _weight, _with_system
 
 SHAREGPT_TOOL_ROLES = {"function_call", "observation"}
 
@@ -76,6 +76,19 @@ def _call(obj: Any, field: str, call_id: str | None = None) -> dict:
     return {"id": call_id, **call} if call_id else call
 
 
+def _weighted(msg: Message, m: dict, field: str) -> Message:
+    """`msg` with the row message's OpenAI `weight` (0: context, not trained), as plain chat rows read it."""
+    if m.get("weight") is not None and not _weight(m, field, msg["role"]):
+        msg["weight"] = 0
+    return msg
+
+
+def _trains(msgs: list[Message], field: str) -> list[Message]:
+    if not any(m.get("weight", 1) for m in msgs if m["role"] == "assistant"):
+        raise RowError(field, "every assistant message has weight 0; nothing to train")
+    return msgs
+
+
 def check_tool_turns(messages: list[Message], field: str) -> list[Message]:
     """Order: optional system, a user turn first; a call is answered by tool turns; a reply by a user turn;
     the conversation ends with an assistant turn (a call or a reply)."""
@@ -120,14 +133,14 @@ def parse_sharegpt_tools(record: dict) -> Conversation:
             if not calls:
                 raise RowError(f"{f}.value", "no call in the list")
             tool_calls = [_call(c, f"{f}.value") for c in calls]
-            msgs.append({"role": "assistant", "content": "", "tool_calls": tool_calls})
+            msgs.append(_weighted({"role": "assistant", "content": "", "tool_calls": tool_calls}, m, f))
         elif role == "observation":
-            msgs.append({"role": "tool", "content": _text(m.get("value"), f"{f}.value")})
+            msgs.append(_weighted({"role": "tool", "content": _text(m.get("value"), f"{f}.value")}, m, f))
         elif role in SHAREGPT_ROLES:
-            msgs.append({"role": SHAREGPT_ROLES[role], "content": _text(m.get("value"), f"{f}.value")})
+            msgs.append(_weighted({"role": SHAREGPT_ROLES[role], "content": _text(m.get("value"), f"{f}.value")}, m, f))
         else:
             raise RowError(f"{f}.from", f"unknown role {role!r}; expected {roles}")
-    msgs = check_tool_turns(_with_system(record, msgs), "conversations")
+    msgs = _trains(check_tool_turns(_with_system(record, msgs), "conversations"), "conversations")
     return Conversation(msgs, tools=parse_tools(record.get("tools")))
 
 
@@ -163,10 +176,10 @@ def parse_openai_tools(record: dict) -> Conversation:
                 tool_calls.append(_call(c["function"], f"{cf}.function", c.get("id")))
             content = m.get("content")
             text = _text(content, f"{f}.content") if content not in (None, "") else ""
-            msgs.append({"role": "assistant", "content": text, "tool_calls": tool_calls})
+            msgs.append(_weighted({"role": "assistant", "content": text, "tool_calls": tool_calls}, m, f))
             open_ids, answered = {c["id"] for c in tool_calls if c.get("id")}, {}
             continue
-        msg = {"role": role, "content": _text(m.get("content"), f"{f}.content")}
+        msg = _weighted({"role": role, "content": _text(m.get("content"), f"{f}.content")}, m, f)
         if role == "tool":
             call_id = m.get("tool_call_id")
             if call_id is not None:
@@ -179,7 +192,7 @@ def parse_openai_tools(record: dict) -> Conversation:
                 answered[call_id] = i
                 msg["tool_call_id"] = call_id
         msgs.append(msg)
-    msgs = check_tool_turns(_with_system(record, msgs), "messages")
+    msgs = _trains(check_tool_turns(_with_system(record, msgs), "messages"), "messages")
     return Conversation(msgs, tools=parse_tools(record.get("tools")))
 
 
