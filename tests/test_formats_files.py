@@ -132,6 +132,23 @@ def test_a_json_array_in_a_jsonl_file_says_name_it_json(tmp_path):
         assert load_rows(tmp_path / "d.json").kept == 7
 
 
+def test_json_rows_are_numbered_by_the_line_they_start_on(tmp_path):
+    """An indented JSON array (LLaMA-Factory's files) named a bad row by its index, as if it were a line: row 3 of
+    the file below is `d.json:12`, not `d.json:3`, which is inside row 1."""
+    rows = [*ROWS[:2], {"instruction": "问题", "ouput": "回答"}, {"instruction": '[, ]\n"{', "output": "{\n}"}]
+    text = json.dumps(rows, ensure_ascii=False, indent=2)
+    starts = [n for n, line in enumerate(text.splitlines(), 1) if line == "  {"]  # each row's opening brace
+    assert starts == [2, 7, 12, 16]
+    for name, data, skip in [("d.json", text.encode(), 0), ("d.json.gz", gzip.compress(("\n\n" + text).encode()), 2)]:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(UserError, match=rf"{name}:{12 + skip}: ouput: unknown key"):
+            load_rows(tmp_path / name)
+        got = load_rows(tmp_path / name, skip_invalid=True, rejects_path=tmp_path / "r.jsonl")
+        assert [int(r.source.rsplit(":", 1)[1]) for r in got.rows] == [n + skip for n in (2, 7, 16)]
+    (tmp_path / "one.json").write_text(json.dumps(rows[:2]) + "\n")  # one line: every row on line 1
+    assert [r.source for r in load_rows(tmp_path / "one.json").rows] == [f"{tmp_path / 'one.json'}:1"] * 2
+
+
 def test_a_key_given_twice_in_a_row_is_refused(tmp_path):
     """json.loads keeps the last of a repeated key: {"output": "a", "output": "b"} trained "b" without a word."""
     text = '{"instruction": "问", "output": "甲", "output": "乙"}\n'

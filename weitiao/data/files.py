@@ -15,13 +15,14 @@ import glob
 import gzip
 import io
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from weitiao.errors import UserError, where
-from weitiao.io import BOM, iter_lines, loads, read_json
+from weitiao.io import BOM, iter_lines, loads, read_json, read_text
 
 JSONL = (".jsonl", ".ndjson")
 COMPRESSED = (".gz", ".zst")
@@ -165,20 +166,52 @@ def _jsonl(path: Path, max_row_bytes: int | None) -> Iterator[tuple[int, Any]]:
                     yield n, RowError("json", ARRAY, line.rstrip("\r\n")) if n == 1 and isinstance(row, list) else row
 
 
-def _read_compressed_json(path: Path) -> Any:
-    """A whole .json.gz/.json.zst file, read as read_json reads a .json (BOM dropped, errors name file:line)."""
+def _json_text(path: Path) -> str:
+    """A whole .json/.json.gz/.json.zst file's text, BOM dropped; bad UTF-8 names file:line."""
+    if path.suffix.lower() not in COMPRESSED:
+        return read_text(path)
     with _readable(path), _open_stream(path) as f:
         raw = f.read()
     raw = raw.removeprefix(BOM)
     try:
-        return loads(raw.decode("utf-8"))
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         raise UserError(f"{where(path, line)}: not valid UTF-8 (byte 0x{raw[e.start]:02x}); save it as UTF-8") from None
+
+
+_SPACE_COMMA = re.compile(r"[ \t\n\r]*,?[ \t\n\r]*")
+_PLAIN = json.JSONDecoder()
+
+
+def _start_lines(text: str, start: int, count: int) -> list[int]:
+    """The line each of the `count` values of the (valid) JSON array opening at `start` starts on."""
+    lines, at, line = [], start + 1, 1 + text.count("\n", 0, start)
+    for _ in range(count):
+        at = _SPACE_COMMA.match(text, at).end()  # type: ignore[union-attr]
+        line += text.count("\n", start, at)
+        lines.append(line)
+        start = at
+        _, at = _PLAIN.raw_decode(text, at)
+    return lines
+
+
+def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """Rows of a .json file (a list, or {"data": [...]}), each numbered by the line it starts on, as JSONL rows are:
+    LLaMA-Factory's files are indented arrays, whose row 2 starts on line 6."""
+    text = _json_text(path)
+    try:
+        data = loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{where(path, e.lineno, 'json')}: not valid JSON ({e.msg} at column {e.colno})") from None
     except ValueError as e:
         raise UserError(f"{where(path, None, 'json')}: not valid JSON ({e})") from None
+    if isinstance(data, list):
+        yield from zip(_start_lines(text, len(text) - len(text.lstrip()), len(data)), data)
+        return
+    if not (isinstance(data, dict) and isinstance(data.get("data"), list)):
+        raise UserError(f"{path}: json: expected a list of rows (or {{'data': [...]}})")
+    yield from enumerate(data["data"], 1)  # rows counted: where the list sits in the object is not looked for
 
 
 def _csv(path: Path, opener: Any = None) -> Iterator[tuple[int, Any]]:
@@ -245,12 +278,7 @@ def iter_records(path: Path, max_row_bytes: int | None = MAX_ROW_BYTES) -> Itera
     if suffix in JSONL:
         yield from _jsonl(path, max_row_bytes)
     elif suffix == ".json":
-        data = _read_compressed_json(path) if compressed else read_json(path)
-        if isinstance(data, dict) and isinstance(data.get("data"), list):
-            data = data["data"]
-        if not isinstance(data, list):
-            raise UserError(f"{path}: json: expected a list of rows (or {{'data': [...]}})")
-        yield from enumerate(data, 1)
+        yield from _json_rows(path)
     elif suffix in (".parquet", ".arrow"):
         yield from _batches(path, suffix[1:])
     elif suffix == ".csv":
