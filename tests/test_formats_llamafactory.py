@@ -69,7 +69,12 @@ def test_mapping_follows_llamafactory(lf_dir):
     assert got.rows[0].messages == [
         {"role": "user", "content": "识别并解释给定列表中的两个科学理论\n细胞理论和日心说"},
         {"role": "assistant", "content": "细胞理论是……"},
-    ]  # unmapped `system` column unused, as in LLaMA-Factory
+    ]  # unmapped `system` column unused, as in LLaMA-Factory, and said: it used to be dropped unsaid
+    assert got.notes == [
+        "alpaca_zh_demo: 3 row(s) hold a 'system' column that the entry's columns do not map: unread, as in "
+        'LLaMA-Factory (add "system": "system" to its columns to train with it)'
+    ]
+    assert load_rows(["custom"], dataset_dir=lf_dir).notes == []  # negative control: mapped under other names
     custom = load_rows(["custom"], dataset_dir=lf_dir).rows[0]
     assert custom.messages == [
         {"role": "system", "content": "简洁"},
@@ -82,6 +87,27 @@ def test_mapping_follows_llamafactory(lf_dir):
     assert pairs.format == "preference" and pairs.kept == 6 and all(isinstance(p, PreferencePair) for p in pairs.rows)
     assert (pairs.rows[0].prompt, pairs.rows[0].chosen) == ([{"role": "user", "content": "天空什么颜色"}], "蓝色")
     assert pairs.rows[-1].prompt == [{"role": "system", "content": "算术"}, {"role": "user", "content": "1+1"}]
+
+
+def test_unmapped_tools_column_is_noted(lf_dir):
+    """A glaive-style sharegpt file whose entry forgets columns.tools trains the calls without the tool list (as
+    LLaMA-Factory does); that is said in a note, and mapping the column reads it."""
+    tools = json.dumps([{"name": "get_weather", "parameters": {"type": "object"}}])
+    call = json.dumps({"name": "get_weather", "arguments": {"city": "北京"}})
+    turns = [("human", "天气?"), ("function_call", call), ("observation", "晴"), ("gpt", "晴天")]
+    row = {"conversations": [{"from": f, "value": v} for f, v in turns], "tools": tools}
+    write_jsonl(lf_dir / "glaive.jsonl", [row])
+    info = json.loads((lf_dir / "dataset_info.json").read_text())
+    info["glaive"] = {"file_name": "glaive.jsonl", "formatting": "sharegpt"}
+    info["glaive_mapped"] = {**info["glaive"], "columns": {"messages": "conversations", "tools": "tools"}}
+    (lf_dir / "dataset_info.json").write_text(json.dumps(info))
+    got = load_rows(["glaive"], dataset_dir=lf_dir)
+    assert got.rows[0].tools == [] and got.notes == [
+        "glaive: 1 row(s) hold a 'tools' column that the entry's columns do not map: unread, as in LLaMA-Factory "
+        '(add "tools": "tools" to its columns to train with it)'
+    ]
+    got = load_rows(["glaive_mapped"], dataset_dir=lf_dir)
+    assert got.rows[0].tools[0]["function"]["name"] == "get_weather" and got.notes == []
 
 
 def test_images_noted_kto_and_remote_refused(lf_dir):

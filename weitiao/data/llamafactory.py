@@ -50,6 +50,8 @@ OUR_ROLE = {
     "system_tag": "system",
 }
 MEDIA = ("images", "videos", "audios")
+# Optional columns LLaMA-Factory reads only when the entry maps them; rows holding one unmapped get a note, not a guess.
+OPTIONAL = {"alpaca": ("system", "history", "tools"), "sharegpt": ("system", "tools")}
 # An entry's keys as LLaMA-Factory's data/parser.py reads them; any other key (colums, ranknig) is refused, not ignored.
 ENTRY_KEYS = (*REMOTE, "file_name", "file_sha1", "formatting", "ranking", "subset", "split", "folder", "num_samples",
               "revision", "columns", "tags")  # fmt: skip
@@ -76,6 +78,7 @@ class LFDataset:
     tags: dict[str, str]
     num_samples: int | None = None
     notes: list[str] = field(default_factory=list)
+    unread: dict[str, int] = field(default_factory=dict)  # optional column → rows holding it unmapped
 
     @property
     def fmt(self) -> str:
@@ -127,7 +130,22 @@ class LFDataset:
         for k in ("system", "tools"):
             if self.column(record, k) not in (None, ""):
                 out[k] = self.column(record, k)
+        for k in OPTIONAL[self.formatting]:
+            if (
+                self.columns.get(k) is None
+                and record.get(k) not in (None, "", [], "[]")
+                and k not in self.columns.values()
+            ):
+                self.unread[k] = self.unread.get(k, 0) + 1
         return out
+
+    def unread_notes(self) -> list[str]:
+        """One line per optional column the rows hold but the entry does not map (LLaMA-Factory ignores it too)."""
+        return [
+            f"{self.name}: {n} row(s) hold a {k!r} column that the entry's columns do not map: unread, as in "
+            f'LLaMA-Factory (add "{k}": "{k}" to its columns to train with it)'
+            for k, n in self.unread.items()
+        ]
 
     def rename(self, err: RowError) -> RowError:
         """An error on a weitiao key, renamed to the dataset's column and tags (output → its response column)."""
