@@ -39,6 +39,33 @@ def test_datasets_library_files_read_unchanged(tmp_path, expected):
     assert [c.source.rsplit(":", 1)[1] for c in load_conversations(tmp_path / "d.csv").rows[:3]] == ["2", "4", "6"]
 
 
+def tool_row(name, arg):
+    call = {"id": "c", "type": "function", "function": {"name": name, "arguments": {arg: "北京"}}}
+    spec = {"name": name, "parameters": {"type": "object", "properties": {arg: {"type": "string"}}}}
+    return {
+        "messages": [
+            {"role": "user", "content": "问"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c", "content": "晴"},
+            {"role": "assistant", "content": "答", "weight": 1},
+        ],
+        "tools": [{"type": "function", "function": spec}],
+    }
+
+
+def test_arrow_struct_nulls_are_absent_fields(tmp_path):
+    """Parquet/Arrow give every struct each field any row has, null elsewhere: row 2's tool schema gained
+    `"city": null` from row 1's tool (rendered into its prompt) and its call the argument `city: null`."""
+    rows = [tool_row("weather", "city"), tool_row("clock", "zone")]
+    want = [(c.messages, c.tools) for c in load_conversations(write_jsonl(tmp_path / "d.jsonl", rows)).rows]
+    ds = Dataset.from_list(rows)
+    assert ds[1]["tools"][0]["function"]["parameters"]["properties"]["city"] is None  # what `datasets` gives
+    ds.to_parquet(str(tmp_path / "d.parquet"))
+    ds.save_to_disk(str(tmp_path / "saved"))
+    for entry in [tmp_path / "d.parquet", tmp_path / "saved"]:
+        assert [(c.messages, c.tools) for c in load_conversations(entry).rows] == want, entry
+
+
 def test_dataset_dict_folder_names_its_splits(tmp_path):
     DatasetDict({"train": Dataset.from_list(ROWS), "test": Dataset.from_list(ROWS[:2])}).save_to_disk(str(tmp_path))
     with pytest.raises(UserError, match=r"a DatasetDict with splits \['train', 'test'\]; give one split's folder"):

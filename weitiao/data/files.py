@@ -239,6 +239,17 @@ def _csv(path: Path, opener: Any = None) -> Iterator[tuple[int, Any]]:
         start = line_no[0] + 1
 
 
+def _absent_nulls(value: Any) -> Any:
+    """`value` without the null fields of its nested structs. An Arrow struct has every field any row gave it, null
+    where a row had none: one row's tool schema gained `"zone": null` from another row's tool, rendered into the
+    prompt, and a call's arguments a null argument it never had. In a struct, null is absence."""
+    if isinstance(value, dict):
+        return {k: _absent_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list) and value and isinstance(value[0], (dict, list)):  # Arrow lists hold one type
+        return [_absent_nulls(v) for v in value]
+    return value
+
+
 def _batches(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
     """Rows of a Parquet or Arrow file, one record batch decoded at a time."""
     import pyarrow as pa
@@ -257,7 +268,7 @@ def _batches(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
         for batch in batches:
             for row in batch.to_pylist():
                 n += 1
-                yield n, row
+                yield n, {k: _absent_nulls(v) if isinstance(v, (dict, list)) else v for k, v in row.items()}
     except (pa.ArrowException, OSError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         name = "Parquet" if kind == "parquet" else "Arrow"
