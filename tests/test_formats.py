@@ -154,6 +154,9 @@ MSGS = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": 
         ({"messages": MSGS, "instruction": "a", "output": "b"}, "2: output: the row also has 'messages'"),
         ({"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}], "messages": MSGS},
          "two chat formats in one row"),
+        # a TRL prompt/completion pair beside messages was dropped silently (`prompt` alone is fine: ultrachat)
+        ({"messages": MSGS, "prompt": "别的问题", "completion": "别的回答"},
+         "2: messages: the row also has 'completion'"),
         ({"instruction": "a", "output": "坏回复", "kto_tag": False}, "2: kto_tag: unpaired feedback"),
         ({"instruction": "a", "output": "坏回复", "label": "false"}, "2: label: unpaired feedback"),
         ({"messages": MSGS, "label": 1}, "2: label: unpaired feedback"),

@@ -480,7 +480,8 @@ def check_keys(record: dict, fmt: str) -> None:
             raise RowError(key, f"unknown key; did you mean {want!r}? (rename it, or drop the column)")
     _check_message_keys(record)
     if fmt in ("alpaca", "openai", "sharegpt"):
-        found = {f: k for k, f in CHAT_KEYS.items() if k in record}
+        # `completion` marks a TRL prompt/completion row; `prompt` alone is not one (ultrachat rows carry it)
+        found = {f: k for k, f in {**CHAT_KEYS, "completion": "prompt_completion"}.items() if k in record}
         if len(found) > 1:
             a, b = sorted(found.values())
             raise RowError(b, f"the row also has {a!r}: two chat formats in one row ({', '.join(sorted(found))}); "
