@@ -196,3 +196,24 @@ def test_golden_report_out_never_replaces_the_prompts_or_a_users_file(tiny_model
     assert not (run / GOLDEN_FILE).exists()  # refused before any generation
     path, _ = golden_report(run, golden, max_new_tokens=2, out=tmp_path / "report.html")  # negative control
     assert path.read_text(encoding="utf-8").startswith("<!doctype html>")
+
+
+def test_golden_report_with_nothing_to_report_exits_with_why(tokenizer, tiny_model_dir, tmp_path):
+    """A run without weights whose golden.jsonl holds answers to other prompts (or made with other settings) wrote a
+    report of 0 checkpoints and exited 0; now one UserError says why, and no page is written."""
+    from weitiao.errors import UserError
+    from weitiao.infer.generate import Generation
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"model:\n  path: {tiny_model_dir}\n", encoding="utf-8")
+    (run / "metrics.jsonl").write_text("", encoding="utf-8")
+    other = load_prompts(write_jsonl(tmp_path / "other.jsonl", [{"prompt": "别的问题"}]))
+    gen = {"max_new_tokens": 16, "temperature": 0.0, "template": "0123456789ab"}
+    write_jsonl(run / GOLDEN_FILE, golden_rows(4, "step-000004", other, [Generation("好", 1, True)], gen))
+    golden = write_jsonl(tmp_path / "golden.jsonl", GOLDEN)
+    with pytest.raises(UserError, match=f"no checkpoint to report: {GOLDEN_FILE} holds no answers to the prompts of"):
+        golden_report(run, golden, max_new_tokens=16)
+    with pytest.raises(UserError, match="no checkpoint to report: left out step-000004: no saved answer"):
+        golden_report(run, tmp_path / "other.jsonl", max_new_tokens=8)  # its answers were made with other settings
+    assert not (run / "golden_report.html").exists()

@@ -474,5 +474,11 @@ def golden_report(
     generate_missing(run_dir, cfg, ckpts, prompts, gen, chat)  # 2
     rows = [r for r in read_golden(run_dir / GOLDEN_FILE) if steps is None or r["step"] in steps]
     res = evaluate_golden(rows, prompts, metrics_log, select, settings, judge, gen)  # 3, 4
+    if not res.steps:  # an empty page and exit 0 read as "done"
+        why = next((n for n in res.notes if n.startswith("left out")), None) or (
+            f"{GOLDEN_FILE} holds no answers to the prompts of {prompts_path} and no checkpoint has weights to answer "
+            "them"
+        )
+        raise UserError(f"{run_dir}: no checkpoint to report: {why}")
     atomic_write_text(path, render_report(run_dir, prompts, res, metrics_log))  # 5
     return path, res
