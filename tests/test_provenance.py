@@ -340,3 +340,45 @@ def test_samples_with_eos_may_be_as_long_as_the_scored_text(tokenizer, model_a, 
     n = len(encode(tokenizer, tpl, MSGS, text).text_ids)
     check(model_a, tokenizer, tpl, MSGS, text, CheckConfig(samples=5, greedy=False, with_eos=True))
     assert asked == [(5, n + 1)]  # text + its eot; was n: no sample of the text's length could end the reply
+
+
+def chain_model(tokenizer, chain: list[tuple[int, int]]):
+    """Tiny Llama whose next token depends on the current one only, as `chain` says (a → b): attention and MLP
+    outputs are zeroed, so the hidden state is the token's embedding, a unit vector read by one head row."""
+    m = peaked_model(tokenizer, 0)
+    with torch.no_grad():
+        for layer in m.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        m.lm_head.weight.zero_()
+        for k, (a, b) in enumerate(chain):
+            m.model.embed_tokens.weight[a] = 0.0
+            m.model.embed_tokens.weight[a, k] = 1.0
+            m.lm_head.weight[b, k] = 20.0
+    return m
+
+
+def test_a_base_ending_with_its_eos_not_the_templates_end_of_turn():
+    """A base whose EOS (<|endoftext|>) is not the template's end-of-turn (<|im_end|>), as a Qwen2.5 base with
+    ChatML: the samples and the greedy reply ran on past its EOS (greedy "好天呢", the reply chat gives is "好天"),
+    and --with-eos scored <|im_end|>, so its own complete reply read "inconsistent with". Now they stop at every
+    end id, as generation does, and the end scored is the likeliest of them (with a note)."""
+    from conftest import build_tokenizer
+
+    from weitiao.infer.generate import generate
+
+    tok = build_tokenizer(eos="<|endoftext|>")
+    tpl = resolve_template(tok)
+    assert tpl.eot == "<|im_end|>" and tok.eos_token == "<|endoftext|>"
+    enc = encode(tok, tpl, MSGS, "好天呢")  # one token per character
+    last, x, y, z = enc.context_ids[-1:] + enc.text_ids
+    eos = tok.eos_token_id
+    model = chain_model(tok, [(last, x), (x, y), (y, eos), (eos, z), (z, z)]).eval()
+    assert [g.text for g in generate(model, tok, tpl, [MSGS], 8)] == ["好天"]  # the reply chat and serve give
+
+    rep = check(model, tok, tpl, MSGS, "好天呢呢", CheckConfig(samples=3))
+    assert rep["greedy"]["text"] == "好天" and rep["samples"]["examples"] == ["好天"] * 3
+    rep = check(model, tok, tpl, MSGS, "好天", CheckConfig(samples=3, with_eos=True))
+    assert [t["id"] for t in rep["tokens"]] == [x, y, eos] and rep["summary"]["outside_support"] == 0
+    assert rep["verdict"]["label"] != "inconsistent with" and rep["samples"]["examples"] == ["好天"] * 3
+    assert any(n.startswith("scored <|endoftext|> as the end of the reply") for n in rep["notes"])

@@ -4,7 +4,8 @@
 
 The math, top to bottom:
 1. `encode`: prompt rendered by the chat template with the generation prompt, then the text
-   (plus the end-of-turn token with `with_eos`); only text tokens are scored.
+   (plus the end-of-turn token with `with_eos`; `likeliest_end` swaps in the base's EOS where the model ends
+   its reply with that instead); only text tokens are scored.
 2. `token_stats`: per text token, the raw log-prob and rank (1 = argmax), and under the claimed
    sampling distribution q (temperature T, then top-k, then top-p, the Hugging Face / vLLM order)
    the tempered log-prob s = log p_T(x), its expectation E_q[log p_T] and variance Var_q[log p_T],
@@ -22,6 +23,7 @@ The math, top to bottom:
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -335,15 +337,36 @@ def score_tokens(
     return {k: v.cpu() for k, v in cat_stats(parts).items()}
 
 
+@torch.no_grad()
+def likeliest_end(
+    model: Any, context_ids: list[int], text_ids: list[int], ends: list[int], window: int | None = None
+) -> int:
+    """Of `ends`, the ids a reply ends at (the template's end-of-turn, the base's EOS), the one the model finds
+    likeliest after `text_ids`, seen as the last window of `score_tokens` sees it (`ends[0]` when no room)."""
+    keep = min(window or max_positions(model), max_positions(model)) - len(context_ids) - 1
+    if len(ends) < 2 or keep < 1:
+        return ends[0]
+    ids = torch.tensor([context_ids + text_ids[len(text_ids) - min(keep, len(text_ids)) :]])
+    logits = _logits(model, ids.to(next(model.parameters()).device), 1)[-1]
+    return ends[int(logits[ends].argmax())]
+
+
 # ---------------------------------------------------------------- 5. sampling from q
 
 
 @torch.no_grad()
 def sample(
-    model: Any, context_ids: list[int], k: int, max_new: int, s: Sampling, stop_id: int | list[int], seed: int = 0
+    model: Any,
+    context_ids: list[int],
+    k: int,
+    max_new: int,
+    s: Sampling,
+    stop_id: int | list[int],
+    seed: int = 0,
+    ends: Collection[int] = (),
 ) -> list[list[int]]:
     """K replies from q (KV cache, one batch); each stops after `stop_id` (a token, or a token sequence such
-    as a multi-token `</think>`), which it keeps."""
+    as a multi-token `</think>`) or any id of `ends` (a base's EOS beside the end-of-turn), which it keeps."""
     stop = [stop_id] if isinstance(stop_id, int) else list(stop_id)
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -362,7 +385,7 @@ def sample(
         for i, t in enumerate(nxt.tolist()):
             if not done[i]:
                 seqs[i].append(t)
-                done[i] = seqs[i][-len(stop) :] == stop
+                done[i] = seqs[i][-len(stop) :] == stop or t in ends
         if bool(done.all()):
             break
         # transformers ≥ 5.2x names the KV cache `cache` (was `past_key_values`)

@@ -22,10 +22,12 @@ from weitiao.data.decode import decode_whole
 from weitiao.data.templates import ChatTemplate
 from weitiao.eval.provenance import (
     LN2,
+    Encoded,
     Sampling,
     common_prefix,
     empty_context,
     encode,
+    likeliest_end,
     outside_support,
     rouge_l_chars,
     sample,
@@ -98,8 +100,11 @@ def check(
     # 1. tokenize as generation would, score the text tokens (loss only on them)
     step("scoring the text")
     enc = encode(tokenizer, template, messages, text, cfg.with_eos)
+    ends = reply_ends(model, tokenizer, template)
     if text_ids is not None:
         enc.text_ids, enc.notes = list(text_ids), ["scored the given token ids"]
+    elif cfg.with_eos:
+        enc = _ended(model, tokenizer, enc, ends, cfg.window)
     st = score_tokens(model, enc.context_ids, enc.text_ids, s, cfg.window, cfg.stride)
     summary = summarize(st, s, len(text), th.support_tol)
     out_mask = outside_support(st, s, th.support_tol).tolist()
@@ -115,15 +120,15 @@ def check(
         "pieces": token_pieces(tokenizer, enc.text_ids),
     }
     n_text = len(enc.text_ids) - int(cfg.with_eos)
-    eot_id = tokenizer.convert_tokens_to_ids(template.eot)
+    eot_id = ends[0]
     # 2. empirical z: the text's mean log-prob among K samples drawn with the claimed settings
     if cfg.samples > 0:
         step(f"sampling {cfg.samples} replies")
         # as many tokens as the scored text: with_eos, a sample as long as the text can end with its eot too
-        seqs = sample(model, enc.context_ids, cfg.samples, len(enc.text_ids), s, eot_id, cfg.seed)
+        seqs = sample(model, enc.context_ids, cfg.samples, len(enc.text_ids), s, eot_id, cfg.seed, ends)
         means = []
         for ids in seqs:
-            ids = ids if cfg.with_eos or not ids or ids[-1] != eot_id else ids[:-1]
+            ids = ids if cfg.with_eos or not ids or ids[-1] not in ends else ids[:-1]
             if ids:
                 means.append(float(score_tokens(model, enc.context_ids, ids, s, cfg.window, cfg.stride)["logp"].mean()))
         emp: dict[str, Any] = {"k": len(means), "mean_logp": None, "sd_logp": None, "z": None}
@@ -137,7 +142,7 @@ def check(
     # 3. greedy decode: ROUGE-L (characters) and exact shared prefix
     if cfg.greedy:
         step("greedy decoding")
-        ids = sample(model, enc.context_ids, 1, max(1, n_text), Sampling(temperature=0.0), eot_id)[0]
+        ids = sample(model, enc.context_ids, 1, max(1, n_text), Sampling(temperature=0.0), eot_id, ends=ends)[0]
         g = decode_whole(tokenizer, ids)  # as chat and serve would show the reply
         rep["greedy"] = {
             "text": g,
@@ -161,6 +166,8 @@ def check(
     for b in baselines:
         step(f"baseline model {b.name}")
         benc = encode(b.tokenizer, b.template, messages, text, cfg.with_eos)
+        if cfg.with_eos:
+            benc = _ended(b.model, b.tokenizer, benc, reply_ends(b.model, b.tokenizer, b.template), cfg.window)
         same = benc.context_ids == enc.context_ids and benc.text_ids == enc.text_ids
         bsum = float(score_tokens(b.model, benc.context_ids, benc.text_ids, s, cfg.window, cfg.stride)["logp"].sum())
         bpc = -bsum / LN2 / max(1, len(text))
@@ -181,6 +188,7 @@ def check(
         ppls = []
         for t in baseline_texts:
             e = encode(tokenizer, template, messages, t, cfg.with_eos)
+            e = _ended(model, tokenizer, e, ends, cfg.window) if cfg.with_eos else e
             lp = score_tokens(model, e.context_ids, e.text_ids, s, cfg.window, cfg.stride)["logp"]
             ppls.append(math.exp(-float(lp.mean())))
         rep["baseline_texts"] = {
@@ -196,6 +204,26 @@ def check(
         rep["reasoning"] = estimate(model, tokenizer, template, messages, text, cfg.reasoning, cfg.with_eos)
     rep["verdict"] = verdict(rep, s, th)
     return rep
+
+
+def reply_ends(model: Any, tokenizer: Any, template: ChatTemplate) -> list[int]:
+    """The ids a reply of this model ends at, as generation stops: the template's end-of-turn first, then the
+    tokenizer's and the base's EOS (a Qwen2.5 base ends with <|endoftext|>, not the template's <|im_end|>)."""
+    from weitiao.infer.generate import end_ids
+
+    eot = tokenizer.convert_tokens_to_ids(template.eot)
+    return [eot, *sorted(end_ids(model, tokenizer, template) - {eot})]
+
+
+def _ended(model: Any, tokenizer: Any, enc: Encoded, ends: list[int], window: int | None) -> Encoded:
+    """`enc` (with_eos: its last id the end-of-turn) ending with the end id the model finds likeliest there."""
+    end = likeliest_end(model, enc.context_ids, enc.text_ids[:-1], ends, window)
+    if end == enc.text_ids[-1]:
+        return enc
+    name = tokenizer.convert_ids_to_tokens(end)
+    note = (f"scored {name} as the end of the reply: of the ids this model ends a reply with "
+            f"({', '.join(tokenizer.convert_ids_to_tokens(ends))}) the likeliest there")  # fmt: skip
+    return Encoded(enc.context_ids, [*enc.text_ids[:-1], end], [*enc.notes, note])
 
 
 def token_pieces(tokenizer: Any, ids: list[int]) -> list[dict[str, Any]]:
