@@ -84,6 +84,30 @@ def test_eval_gen_cli_refuses_before_generating(flags, msg, tmp_path, monkeypatc
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "refs, msg",
+    [
+        ([{"prompt": "你好", "reference": "你好呀"}, {"prompt": "在吗"}], "r.jsonl:2: no reference"),
+        ([{"prompt": "在吗", "reference": "在的"}, {"prompt": "你好", "reference": "你好呀"}],
+         "r.jsonl:1: asks '在吗', but {p}:1 asks '你好'; --refs rows must align with --prompts rows"),
+    ],
+    ids=["no-reference", "shifted"],
+)  # fmt: skip
+def test_eval_gen_refs_rows_must_align_and_give_a_reference(refs, msg, tmp_path, monkeypatch, capsys):
+    """--refs took each row's reference whatever it asked: a row without one erased the prompt file's own reference,
+    and a shifted file scored every reply against another prompt's answer, without a word."""
+    refuse_to_start(monkeypatch, "weitiao.eval.gen", "run")
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "你好"}, {"prompt": "在吗", "reference": "在的"}])
+    r = write_jsonl(tmp_path / "r.jsonl", refs)
+    rc, lines = cli(capsys, monkeypatch, "eval", "gen", "--model", "demo", "--prompts", prompts, "--refs", r)
+    assert rc == 1 and len(lines) == 1 and lines[0].startswith(f"error: {r.parent / msg.format(p=prompts)}"), lines
+    from weitiao.eval.gen import read_prompts
+
+    aligned = write_jsonl(tmp_path / "ok.jsonl", [{"instruction": "你好", "output": "你好呀"},
+                                                  {"prompt": "在吗", "reference": "在呢"}])  # fmt: skip
+    assert [p.reference for p in read_prompts(prompts, aligned)] == ["你好呀", "在呢"]
+
+
 @pytest.mark.parametrize("flag", ["--rubric", "--judge-model", "--cache-dir"])
 def test_eval_gen_judge_options_without_a_judge_are_refused(flag, tmp_path, monkeypatch, capsys):
     """--rubric, --judge-model, --cache-dir without --judge-url were silently ignored (no judge, no judge column)."""

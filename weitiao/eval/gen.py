@@ -66,13 +66,20 @@ class GenReport:
 
 
 def read_prompts(prompts: str | Path, refs: str | Path | None = None) -> list[Prompt]:
-    """The prompt file; with `refs`, each prompt's reference is the same row's of that file."""
+    """The prompt file; with `refs`, each prompt's reference is the same row's of that file, which must ask the same
+    last question and give a reference (a row without one erased the prompt file's own, a shifted row scored every
+    reply against another prompt's answer)."""
     ps = load_prompts(prompts)
     if refs is not None:
         rs = load_prompts(refs)
         if len(rs) != len(ps):
             raise UserError(f"--refs {refs}: {len(rs)} rows but --prompts has {len(ps)}; they must align")
         for p, r in zip(ps, rs):
+            if r.text != p.text:
+                raise UserError(f"{r.source}: asks {r.text[:40]!r}, but {p.source} asks {p.text[:40]!r}; --refs rows "
+                                "must align with --prompts rows")  # fmt: skip
+            if r.reference is None:
+                raise UserError(f"{r.source}: no reference (a last assistant turn, or reference/answer/output)")
             p.reference = r.reference
     return ps
 
