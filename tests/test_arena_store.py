@@ -160,6 +160,24 @@ def test_answers_with_an_unknown_field_are_refused_before_a_db_is_made(tmp_path)
     assert not db.exists()  # was: an empty arena db left behind
 
 
+def test_answers_without_a_prompt_two_models_answered_are_refused_and_lone_ones_named(tmp_path, monkeypatch):
+    """Two models' answer files whose prompts differ by a character started a server whose every round was a 404
+    ("no prompt has answers from two models"), and a prompt one model answered was never shown, without a word."""
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *_, **__: None)
+    src, db = tmp_path / "answers.jsonl", tmp_path / "arena.sqlite"
+    rows = [{"prompt": "你好？", "model": "x", "answer": "好"}, {"prompt": "你好?", "model": "y", "answer": "嗯"}]
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    r = CliRunner().invoke(arena_app, ["serve", "--answers", str(src), "--db", str(db)])
+    assert r.exit_code != 0 and "answers.jsonl: no prompt has answers from two models" in str(r.exception)
+    assert not db.exists()
+    rows.append({"prompt": "你好？", "model": "y", "answer": "嗯嗯"})
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    r = CliRunner().invoke(arena_app, ["serve", "--answers", str(src), "--db", str(db)])
+    assert r.exit_code == 0 and "1 prompt answered by one model only: never shown" in " ".join(r.output.split())
+
+
 def test_a_model_name_given_twice_is_refused():
     from weitiao.eval.arena.store import parse_models
 

@@ -140,7 +140,7 @@ def arena_serve(
     import uvicorn
 
     from weitiao.eval.arena.app import ArenaLimits, create_app
-    from weitiao.eval.arena.store import ArenaStore, pregenerate, read_answers
+    from weitiao.eval.arena.store import ArenaStore, paired_prompts, pregenerate, read_answers
 
     if (answers is None) == (models is None):
         raise UserError("give either --answers FILE or --models a=MODEL[:ADAPTER],b=... with --prompts")
@@ -154,6 +154,9 @@ def arena_serve(
     rows = rows if rows is not None else pregenerate(models or "", prompts, max_new_tokens or 128)
     store.serve_answers(rows)
     console.print(f"{store.count_answers()} answers · {len(store.models())} models · http://{host}:{port}/")
+    if lone := paired_prompts(rows)[1]:
+        console.print(f"[yellow]{lone} prompt{'s' * (lone > 1)} answered by one model only: never shown (a round "
+                      "needs two answers to the same prompt text)[/]")  # fmt: skip
     aside, n_aside = store.set_aside()
     if n_aside:  # an earlier run's models or prompts: kept in the db with their votes, never shown again
         what = f"{len(aside)} model{'s' * (len(aside) > 1)} ({', '.join(aside)}), " if aside else ""

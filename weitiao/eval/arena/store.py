@@ -271,7 +271,20 @@ def read_answers(path: str | Path) -> list[dict]:
         rows.append({"prompt": r["prompt"], "model": r["model"], "answer": r["answer"]})
     if len({r["model"] for r in rows}) < 2:
         raise UserError(f"{path}: answers from at least two models needed")
+    if not paired_prompts(rows)[0]:  # the server started, and every round was a 404
+        raise UserError(
+            f"{path}: no prompt has answers from two models (a round shows two answers to one prompt, matched "
+            "character for character); give a prompt the same text in each model's rows"
+        )
     return rows
+
+
+def paired_prompts(rows: Sequence[dict]) -> tuple[int, int]:
+    """(prompts answered by two models or more, prompts answered by one only: never drawn into a round)."""
+    models: dict[str, set[str]] = {}
+    for r in rows:
+        models.setdefault(r["prompt"], set()).add(r["model"])
+    return sum(len(m) > 1 for m in models.values()), sum(len(m) == 1 for m in models.values())
 
 
 def parse_models(spec: str) -> dict[str, tuple[str, str | None]]:
