@@ -178,6 +178,19 @@ def test_answers_without_a_prompt_two_models_answered_are_refused_and_lone_ones_
     assert r.exit_code == 0 and "1 prompt answered by one model only: never shown" in " ".join(r.output.split())
 
 
+def test_live_models_refuse_a_prompt_given_twice_before_answering(tmp_path, monkeypatch):
+    """--models with a prompt file holding one prompt twice answered every prompt with every model, then stopped
+    with "answers: model 'a' has two different answers" (two samples of one prompt), naming no file or line."""
+    from conftest import write_jsonl
+
+    import weitiao.eval.arena.store as store
+
+    monkeypatch.setattr(store, "_answer_all", lambda *_: pytest.fail("answered before the check"))
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "你好"}, {"prompt": "在吗"}, {"prompt": "你好"}])
+    with pytest.raises(UserError, match=r"p.jsonl:3: the same prompt as .*p.jsonl:1; the arena keeps one answer"):
+        store.pregenerate("a=demo,b=demo", prompts)
+
+
 def test_a_model_name_given_twice_is_refused():
     from weitiao.eval.arena.store import parse_models
 

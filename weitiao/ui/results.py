@@ -75,8 +75,7 @@ class Arenas:
 
     def create(self, entries: list[str], prompts: Path, max_new_tokens: int = 64) -> dict:
         """`entries` are 'run/checkpoint' (at least two): each answers every prompt once."""
-        from weitiao.eval.arena.store import ArenaStore, answer_rows
-        from weitiao.eval.golden import load_prompts
+        from weitiao.eval.arena.store import ArenaStore, answer_rows, arena_prompts
 
         if len(set(entries)) < 2 or not all(isinstance(e, str) and "/" in e for e in entries):
             raise UserError("arena: choose at least two different checkpoints (run/checkpoint)")
@@ -86,7 +85,7 @@ class Arenas:
             weights = self.runs.weights(name, ckpt)
             cfg = yaml.safe_load((self.runs.existing(name) / "ui" / "config.yaml").read_text(encoding="utf-8"))
             chosen.append((e, str(cfg["model"]["path"]), weights))
-        ps = load_prompts(prompts)
+        ps = arena_prompts(prompts)
         rows = []
         for label, base, weights in chosen:
             model, tok = load_weights(base, weights)

@@ -305,12 +305,11 @@ def parse_models(spec: str) -> dict[str, tuple[str, str | None]]:
 
 def pregenerate(spec: str, prompts: Path | None, max_new_tokens: int = 128, seed: int = 0) -> list[dict]:
     """Answer every prompt with every model once (temperature 0.7, top-p 0.9, seeded) before serving."""
-    from weitiao.eval.golden import load_prompts
     from weitiao.progress import progress_bar
 
     if prompts is None:
         raise UserError("--models needs --prompts FILE to answer")
-    ps = load_prompts(prompts)
+    ps = arena_prompts(prompts)
     models = parse_models(spec)
     rows: list[dict] = []
     with progress_bar() as bar:
@@ -319,6 +318,19 @@ def pregenerate(spec: str, prompts: Path | None, max_new_tokens: int = 128, seed
             rows += _answer_all(name, model, adapter, ps, max_new_tokens, seed)
             bar.advance(task)
     return rows
+
+
+def arena_prompts(path: Path) -> list:
+    """The prompts to answer, each once: answers are keyed by the prompt as shown, so a second copy got a second
+    sampled answer, and every answer was generated before that was refused."""
+    from weitiao.eval.golden import load_prompts
+
+    ps, first = load_prompts(path), {}
+    for p in ps:
+        if (where_first := first.setdefault(shown(p), p.source)) != p.source:
+            raise UserError(f"{p.source}: the same prompt as {where_first}; the arena keeps one answer per model and "
+                            "prompt: drop one")  # fmt: skip
+    return ps
 
 
 def _answer_all(name: str, model: str, adapter: str | None, ps: list, max_new_tokens: int, seed: int) -> list[dict]:
@@ -336,9 +348,10 @@ def answer_rows(name: str, m: Any, tok: Any, ps: list, max_new_tokens: int = 128
 
     convs = [p.messages for p in ps]
     gens = generate(m, tok, resolve_template(tok, "auto"), convs, max_new_tokens, 0.7, 0.9, seed=seed)
-    rows = []
-    for p, g in zip(ps, gens):
-        multi = len(p.messages) > 1
-        text = "\n".join(f"{x['role']}: {x['content']}" for x in p.messages) if multi else p.messages[0]["content"]
-        rows.append({"prompt": text, "model": name, "answer": g.text})
-    return rows
+    return [{"prompt": shown(p), "model": name, "answer": g.text} for p, g in zip(ps, gens)]
+
+
+def shown(p: Any) -> str:
+    """A prompt as the vote page shows it: its text, or `role: text` lines for several messages."""
+    multi = len(p.messages) > 1
+    return "\n".join(f"{x['role']}: {x['content']}" for x in p.messages) if multi else p.messages[0]["content"]
