@@ -304,6 +304,18 @@ PROBES = [
         "nobody/not-here: not a folder and not in the Hugging Face cache (offline)",
         max_s=2.0,
     ),
+    Probe(  # was transformers' ValueError traceback "Unrecognized model ... model_type"
+        "run-dir-as-model",
+        ["eval", "gen", "--model", "runs/sft", "--prompts", "p.jsonl"],
+        {"runs/sft/final/adapter/adapter_config.json": b"{}", "p.jsonl": b'{"prompt": "hi"}\n'},
+        "runs/sft: a LoRA adapter or training run, not a model; give it as the adapter (--adapter",
+    ),
+    Probe(
+        "empty-dir-as-model",
+        ["provenance", "--model", "m", "--prompt", "hi", "--text", "yo"],
+        {"m": None},
+        "m: no config.json; not a Hugging Face model folder",
+    ),
     Probe(
         "hub-id-offline-model",
         ["chat", "--model", "nobody/not-here", "--prompt", "hi"],

@@ -142,6 +142,21 @@ def _unreachable(endpoint: str, timeout: float = 2.0) -> str | None:
     return None if ok else f"offline: cannot reach {urlparse(endpoint).hostname}"
 
 
+ADAPTER_MARKS = ("adapter_config.json", "adapter/adapter_config.json", "final/adapter/adapter_config.json")
+
+
+def _check_model_dir(path: str) -> None:
+    """A local folder without config.json is one line, not transformers' ValueError traceback; a LoRA adapter or a
+    training run given as the model is told where it goes."""
+    p = Path(path).expanduser()
+    if not p.is_dir() or (p / "config.json").exists():
+        return
+    if any((p / f).exists() for f in ADAPTER_MARKS):
+        raise UserError(f"{path}: a LoRA adapter or training run, not a model; give it as the adapter (--adapter, "
+                        "or lora.init_from in a config): its base model is read from it")  # fmt: skip
+    raise UserError(f"{path}: no config.json; not a Hugging Face model folder")
+
+
 def _bad_weights(path: str) -> str:
     """The first .safetensors file in `path` whose header does not parse (for the error line)."""
     from safetensors import safe_open
@@ -199,6 +214,7 @@ def load_model(spec: ModelSpec, device: torch.device | None = None, head: str = 
     if spec.quant != "none" and device.type != "cpu":
         kwargs["device_map"] = {"": device}
     path = resolve_path(spec.path)
+    _check_model_dir(path)
     auto = AutoModelForCausalLM
     if head == "score":
         auto, kwargs["num_labels"] = AutoModelForSequenceClassification, 1
