@@ -4,7 +4,8 @@
 
 All scores are in [0, 1] (BLEU too: sacrebleu's number / 100). BLEU is sacrebleu's with
 `tokenize="zh"`. ROUGE-L splits texts by `weitiao.eval.repetition.units` (each CJK character one
-unit, Latin words whole), so it is character-level for Chinese (tested against rouge-score).
+unit, punctuation too, Latin words whole, case kept), so it is character-level for Chinese (tested against
+rouge-score with a per-character tokenizer; rouge-score's own tokenizer lower-cases and drops punctuation).
 """
 
 from __future__ import annotations
