@@ -151,6 +151,28 @@ def test_cli_badcases(tmp_path):
     assert f"lora.init_from={run}" in r.output.replace("\n", "") and "34 / 34 / 11" in r.output
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--augment", "0", "--teacher-url", "http://h:1/v1", "--temperature", "0.2"],
+         "--teacher-url, --temperature: --augment 0 asks the teacher nothing"),
+        (["--holdout", "0.5"], "--holdout: only without a teacher (--augment 0)"),
+    ],
+)  # fmt: skip
+def test_options_the_run_would_ignore_are_refused(tmp_path, flags, message):
+    """--augment 0 with teacher options (or --holdout with a teacher) ran and ignored them."""
+    cases = write_cases(tmp_path / "cases.jsonl")
+    cli, data = typer.Typer(), typer.Typer()
+    cli.add_typer(data, name="data")
+    register(data, cli)
+    r = CliRunner().invoke(cli, ["data", "badcases", str(cases), "--out", str(tmp_path / "o"), *flags])
+    assert isinstance(r.exception, UserError) and str(r.exception).startswith(message), r.output
+    assert not (tmp_path / "o").exists()
+    ok = CliRunner().invoke(cli, ["data", "badcases", str(cases), "--out", str(tmp_path / "o"), "--augment", "0",
+                                  "--holdout", "0.5"])  # fmt: skip
+    assert ok.exit_code == 0, ok.output  # control: --holdout is what --augment 0 reads
+
+
 def test_clusters_by_failure_not_prompt_alone():
     # same two questions, each failing two ways: clusters must follow the failure (reply + tag)
     rows = [("退货运费谁出？", "运费您自己出", "事实错误"), ("退货要几天到账？", "一个月后到账", "事实错误"),

@@ -129,7 +129,14 @@ def mix(
         console.print(f"note: {rep['note']}")
 
 
+def _given(ctx: typer.Context, *names: str) -> list[str]:
+    """The options among `names` (parameter names) that the command line set, as --flag-names."""
+    given = [n for n in names if getattr(ctx.get_parameter_source(n), "name", None) == "COMMANDLINE"]  # typer's click
+    return [f"--{n.replace('_', '-')}" for n in given]
+
+
 def badcases(
+    ctx: typer.Context,
     files: list[Path] = typer.Argument(..., help="bad cases: JSONL or CSV with prompt, bad, golden, [tag]"),
     out: Path = typer.Option(..., help="output folder"),
     augment: int = typer.Option(4, help="paraphrases asked per case (3-5 suggested; 0 = no teacher)"),
@@ -150,6 +157,12 @@ def badcases(
     from weitiao.dataeng import badcases as tool
     from weitiao.recipes.sft import SFTConfig
 
+    teacher_flags = ("teacher_url", "teacher_model", "cache_dir", "concurrency", "max_tokens", "temperature")
+    if not augment and (unused := _given(ctx, *teacher_flags)):
+        raise UserError(f"{', '.join(unused)}: --augment 0 asks the teacher nothing; drop them, or set --augment N")
+    if augment and (unused := _given(ctx, "holdout")):
+        raise UserError("--holdout: only without a teacher (--augment 0); with paraphrases each case's last one is "
+                        "held out")  # fmt: skip
     teacher = _teacher(teacher_url, teacher_model, cache_dir, concurrency, max_tokens, temperature) if augment else None
     s = tool.run(
         files,
