@@ -88,3 +88,13 @@ def test_a_reference_that_is_not_a_string_is_an_error(tmp_path, value):
     rows = [{"prompt": "x", "reference": "y"}, {"question": "退货运费谁出？", "answer": value}]
     with pytest.raises(UserError, match=r"b\.jsonl:2: answer: expected a string \(the reference answer\), got "):
         read_prompts(_write(tmp_path / "b.jsonl", rows))
+
+
+def test_a_misspelled_reference_key_is_refused(tmp_path):
+    """{"prompt": ..., "referance": ...} read as a prompt without a reference: its reply went unscored, and only the
+    'N of M prompts have no reference' note hinted at it."""
+    rows = [{"prompt": "你好", "reference": "在呢"}, {"prompt": "退货运费谁出？", "referance": "商家出"}]
+    with pytest.raises(UserError, match=r"b\.jsonl:2: referance: unknown key; did you mean 'reference'\?"):
+        read_prompts(_write(tmp_path / "b.jsonl", rows))
+    ok = [{"prompt": "你好", "reference_id": "r1"}, {"prompt": "在吗", "referance": "x", "answer": "在"}]  # controls
+    assert [p.reference for p in read_prompts(_write(tmp_path / "ok.jsonl", ok))] == [None, "在"]
