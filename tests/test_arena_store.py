@@ -289,3 +289,28 @@ def test_export_of_a_db_without_votes_is_refused(tmp_path):
     ArenaStore(tmp_path / "arena.sqlite").import_battles([{"model_a": "x", "model_b": "y", "winner": "tie"}])
     r = CliRunner().invoke(arena_app, ["export", str(out), "--db", str(tmp_path / "arena.sqlite")])
     assert r.exit_code == 0 and len(json.loads(out.read_text())) == 1  # negative control
+
+
+def test_live_models_that_fail_leave_no_db_behind(tmp_path, monkeypatch):
+    """--models: the db was made before the prompt file was read or any model loaded, so a bad prompt file or a
+    model that failed to load left an empty arena db behind."""
+    from conftest import write_jsonl
+
+    import weitiao.eval.arena.store as store
+
+    db = tmp_path / "arena.sqlite"
+    twice = write_jsonl(tmp_path / "twice.jsonl", [{"prompt": "你好"}, {"prompt": "你好"}])
+    r = CliRunner().invoke(arena_app, ["serve", "--models", "a=demo,b=demo", "--prompts", str(twice), "--db", str(db)])
+    assert "the same prompt as" in str(r.exception) and not db.exists()
+
+    def fail(*_):
+        raise UserError("nope: no config.json")
+
+    monkeypatch.setattr(store, "_answer_all", fail)
+    ok = write_jsonl(tmp_path / "ok.jsonl", [{"prompt": "你好"}])
+    r = CliRunner().invoke(arena_app, ["serve", "--models", "a=demo,b=demo", "--prompts", str(ok), "--db", str(db)])
+    assert "no config.json" in str(r.exception) and not db.exists()
+    mine = tmp_path / "mine.sqlite"  # control: a db that was there before stays
+    store.ArenaStore(mine)
+    r = CliRunner().invoke(arena_app, ["serve", "--models", "a=demo,b=demo", "--prompts", str(ok), "--db", str(mine)])
+    assert "no config.json" in str(r.exception) and mine.exists()

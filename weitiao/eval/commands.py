@@ -140,7 +140,7 @@ def arena_serve(
     import uvicorn
 
     from weitiao.eval.arena.app import ArenaLimits, create_app
-    from weitiao.eval.arena.store import ArenaStore, paired_prompts, pregenerate, read_answers
+    from weitiao.eval.arena.store import ArenaStore, check_live, paired_prompts, pregenerate, read_answers
 
     if (answers is None) == (models is None):
         raise UserError("give either --answers FILE or --models a=MODEL[:ADAPTER],b=... with --prompts")
@@ -150,8 +150,17 @@ def arena_serve(
             "with --answers they would be ignored: drop them"
         )
     rows = read_answers(answers) if answers else None  # a bad file leaves no new db behind
+    if models is not None:  # a bad prompt file or model list likewise, read before the db is made
+        check_live(models, prompts)
+    new_db = not Path(db).exists()
     store = ArenaStore(db)  # before generating: a foreign --db is refused first
-    rows = rows if rows is not None else pregenerate(models or "", prompts, max_new_tokens or 128)
+    try:
+        rows = rows if rows is not None else pregenerate(models or "", prompts, max_new_tokens or 128)
+    except BaseException:  # a model that fails to load or answer: the db this call made goes too
+        if new_db:
+            for f in (Path(db), Path(f"{db}-wal"), Path(f"{db}-shm")):
+                f.unlink(missing_ok=True)
+        raise
     store.serve_answers(rows)
     console.print(f"{store.count_answers()} answers · {len(store.models())} models · http://{host}:{port}/")
     if lone := paired_prompts(rows)[1]:

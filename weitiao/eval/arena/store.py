@@ -303,14 +303,18 @@ def parse_models(spec: str) -> dict[str, tuple[str, str | None]]:
     return out
 
 
+def check_live(spec: str, prompts: Path | None) -> tuple[dict, list]:
+    """The models and prompts of `--models SPEC --prompts FILE`, read and checked (nothing loaded)."""
+    if prompts is None:
+        raise UserError("--models needs --prompts FILE to answer")
+    return parse_models(spec), arena_prompts(prompts)
+
+
 def pregenerate(spec: str, prompts: Path | None, max_new_tokens: int = 128, seed: int = 0) -> list[dict]:
     """Answer every prompt with every model once (temperature 0.7, top-p 0.9, seeded) before serving."""
     from weitiao.progress import progress_bar
 
-    if prompts is None:
-        raise UserError("--models needs --prompts FILE to answer")
-    ps = arena_prompts(prompts)
-    models = parse_models(spec)
+    models, ps = check_live(spec, prompts)
     rows: list[dict] = []
     with progress_bar() as bar:
         task = bar.add_task(f"answering {len(ps)} prompts", total=len(models), info="")
