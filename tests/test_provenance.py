@@ -382,3 +382,31 @@ def test_a_base_ending_with_its_eos_not_the_templates_end_of_turn():
     assert [t["id"] for t in rep["tokens"]] == [x, y, eos] and rep["summary"]["outside_support"] == 0
     assert rep["verdict"]["label"] != "inconsistent with" and rep["samples"]["examples"] == ["好天"] * 3
     assert any(n.startswith("scored <|endoftext|> as the end of the reply") for n in rep["notes"])
+
+
+def test_reasoning_estimate_scores_the_same_end_as_the_token_checks(monkeypatch):
+    """--with-eos --reasoning-samples: the per-token checks scored the base's EOS where the model ends with it, but the
+    reasoning estimate still appended the template's <|im_end|> to the article, scoring an end the model never
+    writes there."""
+    from conftest import build_tokenizer
+
+    import weitiao.eval.provenance_reasoning as pr
+    from weitiao.eval.provenance_reasoning import ReasoningConfig
+
+    tok = build_tokenizer(eos="<|endoftext|>")
+    tpl = resolve_template(tok)
+    enc = encode(tok, tpl, MSGS, "好天")
+    last, x, y = enc.context_ids[-1:] + enc.text_ids
+    eos, eot = tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")
+    model = chain_model(tok, [(last, x), (x, y), (y, eos)]).eval()
+    scored = []
+    real = pr.score_tokens
+    monkeypatch.setattr(
+        pr, "score_tokens", lambda m, ctx, ids, *a, **k: scored.append(ids) or real(m, ctx, ids, *a, **k)
+    )
+    cfg = CheckConfig(samples=0, greedy=False, with_eos=True, reasoning=ReasoningConfig(samples=2, max_trace=3))
+    check(model, tok, tpl, MSGS, "好天", cfg)
+    assert scored and all(ids[-1] == eos for ids in scored)  # the article as the checks scored it: ends with EOS
+    scored.clear()
+    pr.estimate(model, tok, tpl, MSGS, "好天", cfg.reasoning, with_eos=True)  # control: no end given
+    assert scored and all(ids[-1] == eot for ids in scored)

@@ -201,7 +201,8 @@ def check(
         from weitiao.eval.provenance_reasoning import estimate
 
         step(f"{cfg.reasoning.samples} reasoning traces")
-        rep["reasoning"] = estimate(model, tokenizer, template, messages, text, cfg.reasoning, cfg.with_eos)
+        end = enc.text_ids[-1] if cfg.with_eos else None  # the end id scored above (`_ended`)
+        rep["reasoning"] = estimate(model, tokenizer, template, messages, text, cfg.reasoning, cfg.with_eos, end)
     rep["verdict"] = verdict(rep, s, th)
     return rep
 
