@@ -180,6 +180,14 @@ def test_misspelled_keys_and_two_formats_in_a_row_are_refused(tmp_path, row, mes
         load_rows(path)
 
 
+def test_sharegpt_rows_with_role_and_content_get_a_hint(tmp_path):
+    """They read 'conversations[0].from: unknown role None', which did not say what was wrong."""
+    path = write_jsonl(tmp_path / "d.jsonl", [{"conversations": MSGS}])
+    want = r"d.jsonl:1: conversations\[0\].from: missing; the message has 'role'/'content' keys, the other chat layout"
+    with pytest.raises(UserError, match=want + ": put the list under 'messages'"):
+        load_rows(path)
+
+
 def test_the_users_own_extra_columns_stay_unread(tmp_path):
     """Negative control: ids, sources, a formatted `text` (tatsu-lab/alpaca), ultrachat's prompt/prompt_id."""
     rows = [

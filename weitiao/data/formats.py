@@ -178,6 +178,10 @@ def _messages(
         if reasoning := next((k for k in REASONING_KEYS if m.get(k) not in (None, "")), None):
             raise RowError(f"{field}[{i}].{reasoning}", "reasoning traces are not trained separately (the key would "
                                                        "be dropped); put them in content, or drop the key")  # fmt: skip
+        other = {"from": ("role", "content", "'messages'"), "role": ("from", "value", "'conversations'")}.get(role_key)
+        if role is None and other and other[0] in m:  # the other layout's keys (ShareGPT rows with role/content)
+            raise RowError(f"{field}[{i}].{role_key}", f"missing; the message has {other[0]!r}/{other[1]!r} keys, the "
+                           f"other chat layout: put the list under {other[2]}, or rename the keys")  # fmt: skip
         if role not in roles:
             raise RowError(f"{field}[{i}].{role_key}", f"unknown role {role!r}; expected {sorted(roles)}")
         msg = {"role": roles[role], "content": _text(m.get(text_key), f"{field}[{i}].{text_key}", allow_empty)}
