@@ -33,6 +33,16 @@ def test_empty_file_is_an_error(rm_dir, tmp_path):
     assert not (tmp_path / "empty.jsonl.scores.jsonl").exists()
 
 
+@pytest.mark.parametrize("row", [{"prompt": "你好", "completion": "嗨"}, {"text": "你好，嗨"}])
+def test_a_raw_text_row_is_refused_not_left_out(rm_dir, tmp_path, row):
+    """String prompt/completion and text rows load as raw-text documents, neither chat nor pair: `score` wrote an
+    empty output, reported `rows: 1` and exited 0."""
+    f = write_jsonl(tmp_path / "raw.jsonl", [row])
+    with pytest.raises(UserError, match=r"raw\.jsonl:1: a raw-text row .*chat rows"):
+        score.run(str(rm_dir), str(f))
+    assert not (tmp_path / "raw.jsonl.scores.jsonl").exists()
+
+
 def test_rows_are_bounded_by_the_context(rm_dir, tmp_path):
     short = {"instruction": "你好", "output": "嗨"}
     history = [["今天天气怎么样？" * 8, "挺好的，大晴天☀️" * 8]] * 2  # each exchange alone overflows

@@ -19,7 +19,7 @@ import torch
 
 from weitiao.data.chat import EncodeOptions, encode
 from weitiao.data.collate import collate
-from weitiao.data.formats import Conversation, PreferencePair, data_files, load_rows
+from weitiao.data.formats import Conversation, Document, PreferencePair, data_files, load_rows
 from weitiao.data.templates import resolve_template
 from weitiao.data.tools import uses_tools
 from weitiao.errors import UserError
@@ -134,6 +134,12 @@ def run(
     raw = reward_meta(rm_path)[1].get("format") == RAW
     if raw:
         rows = raw_pairs(rows, rm_path)
+    if doc := next((r for r in rows if isinstance(r, Document)), None):  # else left out of the output, unscored
+        raise UserError(
+            f"{doc.source}: a raw-text row (text, or string prompt/completion), which has no chat reply to score; "
+            "give chat rows (the last assistant reply is scored: messages, or prompt/completion as message lists) "
+            "or prompt/chosen/rejected pairs"
+        )
     rm, tokenizer, _ = load_reward_model(rm_path, base=model, quant=quant)
     pairs = [r for r in rows if isinstance(r, PreferencePair)]
     convs = [r for r in rows if isinstance(r, Conversation)]
