@@ -392,6 +392,19 @@ def test_a_tokenizer_eos_apart_from_the_end_of_turn_ends_the_reply(tmp_path, mon
     assert m["score_shaped"] == pytest.approx(-5.0 * sum(1 - s for s in stopped) / 2, abs=1e-6)
 
 
+def test_an_eos_drawn_as_the_last_allowed_token_ends_the_reply():
+    """The sampler stops at the end-of-turn only, so an EOS apart from it drawn as the generate_max_len-th token came
+    back as a reply that never stopped: its EOS was decoded into the text the reward scores and the missing-EOS
+    penalty was subtracted, while one token earlier the same EOS ended the reply."""
+    eot, eos, w = 2, 0, 7
+    last = ppo.cut_at_stop(Sampled([5], [w, w, eos], False, [-1.0, -2.0, -3.0]), {eot, eos})
+    assert last.stopped and last.response_ids == [w, w, eos] and last.logps == [-1.0, -2.0, -3.0]
+    earlier = ppo.cut_at_stop(Sampled([5], [w, eos, w], False), {eot, eos})  # negative control: already cut
+    assert earlier.stopped and earlier.response_ids == [w, eos]
+    assert ppo.cut_at_stop(Sampled([5], [w, w, w], False), {eot, eos}).stopped is False  # cut at the limit
+    assert ppo.cut_at_stop(Sampled([5], [w, eot], True), {eot, eos}).response_ids == [w, eot]
+
+
 def test_the_reward_sees_a_stray_special_token_and_normal_replies_score_as_before(tiny_model_dir, tokenizer):
     """Replies were decoded with skip_special_tokens, which hid a `<|im_start|>` the policy drew mid-reply from the
     reward function and the reward model. Kept now (only the stop token is dropped); the reward model re-tokenizes

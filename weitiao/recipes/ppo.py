@@ -363,9 +363,11 @@ def cut_at_stop(s: Sampled, stops: set[int]) -> Sampled:
     """The reply cut after its first stop token, then counted as stopped. The sampler stops at the template's
     end-of-turn only; a tokenizer EOS apart from it (Qwen2.5 base: <|endoftext|> vs <|im_end|>) ends the reply
     wherever the trained model is served (its generation_config.json, `weitiao serve`), so what follows it is
-    never shown: not scored, not trained, no missing-EOS penalty. Cutting a draw there is the same as stopping."""
+    never shown: not scored, not trained, no missing-EOS penalty. Cutting a draw there is the same as stopping, also
+    when the EOS is the last token `generate_max_len` allowed (the sampler, stopping at the end-of-turn only, reports
+    that draw as not stopped)."""
     j = next((i for i, tok in enumerate(s.response_ids) if tok in stops), None)
-    if j is None or j == len(s.response_ids) - 1:
+    if j is None or (s.stopped and j == len(s.response_ids) - 1):
         return s
     return Sampled(s.prompt_ids, s.response_ids[: j + 1], True, None if s.logps is None else s.logps[: j + 1])
 
