@@ -39,3 +39,16 @@ def test_a_margin_column_is_refused_where_unread(tiny_model_dir, tmp_path):
     every = write_jsonl(tmp_path / "all.jsonl", [dict(r, margin=1.0) for r in rows])
     with pytest.raises(UserError, match=r"rm\.margin=0\.5: the data has a margin column"):
         rm.run(recipe_config("rm", tiny_model_dir, every, tmp_path / "r", *FAST, "rm.margin=0.5"))
+
+
+def test_a_weight_column_in_reward_model_pairs_is_refused_without_a_dead_end_hint(tiny_model_dir, tmp_path):
+    """The refusal told the reward model's user to set data.weight_field=weight, which weitiao rm then refuses (per-pair
+    weights are DPO's)."""
+    data = write_jsonl(tmp_path / "w.jsonl", [dict(r, weight=0.5) for r in make_pairs(4)])
+    with pytest.raises(UserError, match=r"w\.jsonl:1: weight: not read here") as e:
+        rm.run(recipe_config("rm", tiny_model_dir, data, tmp_path / "r", *FAST))
+    assert "data.weight_field=" not in str(e.value)
+    with pytest.raises(UserError, match=r"data\.weight_field: per-pair weights are used by DPO only"):
+        rm.run(recipe_config("rm", tiny_model_dir, data, tmp_path / "r", *FAST, "data.weight_field=weight"))
+    with pytest.raises(UserError, match=r"w\.jsonl:1: weight: not read unless data\.weight_field=weight is set"):
+        dpo.run(recipe_config("dpo", tiny_model_dir, data, tmp_path / "d", *FAST))  # DPO's hint names its key

@@ -55,9 +55,10 @@ def _confident(pairs: list[PreferencePair], least: float | None) -> list[Prefere
     return [p for p in pairs if _row_number(p, "confidence", "data.min_confidence") >= least]
 
 
-def prepare_pairs(cfg: PairConfig, tokenizer: Any, read_margins: bool = False) -> PrefData:
+def prepare_pairs(cfg: PairConfig, tokenizer: Any, read_margins: bool = False, read_weights: bool = True) -> PrefData:
     """Pairs read, split, filtered and tokenized; `read_margins`: each pair's `margin` column is read (the reward
-    model), else a row with one is refused."""
+    model), else a row with one is refused; `read_weights` false: the recipe has no per-pair weight (the reward
+    model), so a `weight` column is refused without pointing to data.weight_field."""
     d = cfg.data
     template = resolve_template(tokenizer, d.template)
     rejects = Path(cfg.train.out) / "rejects.jsonl"
@@ -87,6 +88,9 @@ def prepare_pairs(cfg: PairConfig, tokenizer: Any, read_margins: bool = False) -
         raise UserError(f"data.train: no pairs left after truncation {d.truncation!r} (max_len {d.max_len})")
     weights = eval_weights = None
     if not d.weight_field and (p := next((p for p in pairs + eval_pairs if "weight" in p.extra), None)):
+        if not read_weights:
+            raise UserError(f"{p.source}: weight: not read here (the reward model has no per-pair weight; DPO reads "
+                            "one with data.weight_field); drop the column")  # fmt: skip
         raise UserError(f"{p.source}: weight: not read unless data.weight_field=weight is set (it scales each "
                         "pair's loss; 0 drops the pair); set it, or drop the column")  # fmt: skip
     if d.weight_field:  # by source (file:line): encoding may drop pairs
