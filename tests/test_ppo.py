@@ -235,6 +235,20 @@ def test_http_and_function_reward_sources(tmp_path):
             build_scorer(RewardSpec(kind=kind, path=path, **{key: 3}))
 
 
+def test_a_ppo_runs_own_config_yaml_runs_again(tiny_model_dir, prompts, tmp_path):
+    """config.yaml records every key, reward.timeout: 60.0 and reward.batch_size: 16 too, which the reward kinds that
+    do not use them refused as set by the user: `weitiao ppo runs/x/config.yaml` stopped with "reward.timeout: not
+    used by kind: function". Keys away from their defaults are still refused."""
+    from weitiao.recipes.rewards import RewardSpec, build_scorer
+
+    ppo.run(config(tiny_model_dir, prompts, tmp_path / "a", "train.max_steps=1", "ppo.max_epochs=1"))
+    again = load_config(ppo.PPOConfig, tmp_path / "a" / "config.yaml", [f"train.out={tmp_path / 'b'}"])
+    assert {"timeout", "batch_size"} <= again.reward.model_fields_set
+    build_scorer(again.reward)
+    with pytest.raises(UserError, match="reward.timeout: not used by kind: function"):
+        build_scorer(RewardSpec(kind="function", path=RULE, timeout=30))
+
+
 def test_a_function_reward_that_fails_or_returns_no_numbers_is_one_line(tmp_path):
     """Text is not a score, even "1.5" (was: read as 1.5); ["good"] names the item (was: 'got list'); an
     exception in the user's function names itself and its file:line (was: a traceback through the recipe)."""

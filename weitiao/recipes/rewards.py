@@ -174,8 +174,9 @@ def build_scorer(spec: RewardSpec, device: Any = None) -> tuple[Scorer, Any]:
     """(score function, reward model or None)."""
     if spec.weights is not None and spec.kind != "rules":
         raise UserError(f"reward.weights: only used by kind: rules (this reward is kind: {spec.kind}); remove it")
+    # Compared with the defaults, not with the keys written: the config.yaml a run records holds every key.
     for key, kinds in (("timeout", ("http",)), ("batch_size", ("model", "function", "http"))):
-        if key in spec.model_fields_set and spec.kind not in kinds:
+        if getattr(spec, key) != RewardSpec.model_fields[key].default and spec.kind not in kinds:
             raise UserError(f"reward.{key}: not used by kind: {spec.kind} (only {', '.join(kinds)}); remove it")
     if spec.kind == "model":
         return model_scorer(spec.path, device, spec.batch_size)
