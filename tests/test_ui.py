@@ -141,7 +141,10 @@ def test_form_has_every_key_and_its_defaults_round_trip(kind, root):
     for k in ("train", "prompts"):
         if k in minimal["data"]:
             minimal["data"][k] = [str(root.resolve() / "data/a.jsonl")]
-    assert cfg.model_dump() == cls.model_validate(minimal).model_dump()
+    want = cls.model_validate(minimal)
+    if kind != "sft":  # DPO, RM, PPO switch dropout off (train.disable_dropout): the YAML says so, as config.yaml will
+        want.lora.dropout = 0.0
+    assert cfg.model_dump() == want.model_dump()
     # an API client's own train.out is refused, not silently replaced by the run's folder (the same one is fine)
     with pytest.raises(UserError, match="train.out elsewhere: the console writes every run to its own folder"):
         forms.build(kind, {**values, "train.out": "elsewhere"}, Roots([root]), root / "runs" / "x")
@@ -150,6 +153,39 @@ def test_form_has_every_key_and_its_defaults_round_trip(kind, root):
         values |= {"ppo.value_clip": None, "ppo.init_kl_coef": ""}
         cfg = forms.build(kind, values, Roots([root]), root / "runs" / "x")
         assert cfg.ppo.value_clip is None and cfg.ppo.init_kl_coef == 0.05
+
+
+@pytest.mark.parametrize("kind", ["rm", "dpo", "ppo"])
+def test_a_run_of_the_forms_defaults_is_not_refused(kind, root):
+    """The page sends every box, and the run's YAML held lora.dropout 0.05 beside train.disable_dropout (on by default
+    in DPO, RM and PPO), so each of these runs stopped at start ("lora.dropout=0.05 would be switched off"). A box left
+    at its default is now unset, and the YAML records the dropout the run trains with, as its config.yaml will."""
+    from weitiao.config import load_config
+    from weitiao.models.load import lora_as_trained
+    from weitiao.recipes.rewards import build_scorer
+
+    cls = forms.config_class(kind)
+    fields = [f for f in _flat(forms.form(cls)) if not f["key"].startswith("ppo.critic_lora.")]  # a section left off
+    values = {f["key"]: f["default"] for f in fields if not f["required"]}
+    values.pop("train.out")
+    given = {"data.train": '["data/a.jsonl"]', "data.prompts": '["data/a.jsonl"]', "reward.kind": "function",
+             "reward.path": "weitiao.recipes.rewards:short_emoji_reward", "lora.r": "8"}  # fmt: skip
+    values |= {k: v for k, v in given.items() if k in {f["key"] for f in fields}}
+    with running(app_for(root)) as base, httpx.Client(base_url=base) as c:
+        text = c.post("/api/preview", json={"kind": kind, "name": "d", "values": values}).json()["yaml"]
+    (root / "run.yaml").write_text(text, encoding="utf-8")
+    cfg = load_config(cls, root / "run.yaml", [])
+    assert cfg.lora.r == 8 and cfg.lora.dropout == 0.0 and "quant: none" in text  # every key, as before
+    assert lora_as_trained(cfg.lora, cfg.train.disable_dropout).dropout == 0.0
+    if kind == "ppo":
+        build_scorer(cfg.reward)
+        assert cfg.ppo.critic_lora is None
+        on = forms.build(kind, values | {"ppo.critic_lora.r": "16"}, Roots([root]), root / "runs" / "x")
+        assert on.ppo.critic_lora is not None  # an optional section switched on with its defaults only is kept
+    with pytest.raises(UserError, match="lora.dropout=0.1 would be switched off"):  # one typed in still counts
+        forms.build(kind, values | {"lora.dropout": "0.1"}, Roots([root]), root / "x")
+    on = {"lora.dropout": "0.1", "train.disable_dropout": False}
+    assert forms.build(kind, values | on, Roots([root]), root / "x").lora.dropout == 0.1
 
 
 def test_form_widgets_from_annotations():

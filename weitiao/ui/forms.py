@@ -11,6 +11,7 @@ import importlib
 import json
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -113,6 +114,12 @@ def form(cls: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[dict]:
     return out
 
 
+def _fields(items: list[dict]) -> Iterator[dict]:
+    """The keys of `form`'s output, sections opened."""
+    for x in items:
+        yield from _fields(x["fields"]) if x["widget"] == "section" else [x]
+
+
 def parse_value(text: Any) -> Any:
     """Form text → value, as a `key=value` override is parsed (YAML scalar or list); '' → null."""
     if not isinstance(text, str):
@@ -156,6 +163,7 @@ def _check_paths(cls: type[BaseModel], data: dict, roots: Roots) -> None:
 def build(kind: str, values: dict[str, Any], roots: Roots, out: Path) -> BaseModel:
     """Form values {dotted key: text, bool or null} → the validated config, `train.out` set to `out`."""
     cls = config_class(kind)
+    shown = {f["key"]: f["default"] for f in _fields(form(cls)) if not f["required"]}
     data: dict = {}
     for key, text in values.items():
         if not isinstance(key, str) or not key:
@@ -166,21 +174,29 @@ def build(kind: str, values: dict[str, Any], roots: Roots, out: Path) -> BaseMod
         node = data
         parts = key.split(".")
         for k in parts[:-1]:
-            node = node.setdefault(k, {})
+            node = node.setdefault(k, {})  # an optional section switched on is sent even with defaults only
             if not isinstance(node, dict):
                 raise UserError(f"{key}: {k} is not a section")
-        node[parts[-1]] = value
+        # The page sends every box; one still at its default is left unset, as a YAML that omits it: a recipe refuses
+        # some keys when set (lora.dropout under train.disable_dropout), not when left at their default.
+        if key not in shown or text != shown[key]:
+            node[parts[-1]] = value
     given = data.get("train", {}).get("out") if isinstance(data.get("train"), dict) else None
     if given is not None and Path(str(given)).expanduser().resolve() != out.resolve():
         raise UserError(f"train.out {given}: the console writes every run to its own folder ({out}); leave it empty")
     data.setdefault("train", {})["out"] = str(out)
     _check_paths(cls, data, roots)
     try:
-        return cls.model_validate(data)
+        cfg = cls.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
         raise UserError(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}{more}") from None
+    if getattr(cfg.train, "disable_dropout", None) is not None:  # DPO, RM, PPO: the YAML holds the dropout they run
+        from weitiao.models.load import lora_as_trained
+
+        cfg.lora = lora_as_trained(cfg.lora, cfg.train.disable_dropout)
+    return cfg
 
 
 def preset(path: Path, kind: str = "sft") -> dict[str, Any]:
