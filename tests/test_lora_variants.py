@@ -105,6 +105,22 @@ def test_critic_lora_with_lora_off_is_refused(tiny_model_dir):
         Roles(ModelSpec(path=str(tiny_model_dir)), LoraSpec(enabled=False), torch.device("cpu"), critic_lora=LoraSpec())
 
 
+def test_critic_lora_keys_the_critic_never_reads_are_refused(tiny_model_dir):
+    """ppo.critic_lora.enabled/init_from/modules_to_save/dropout were accepted and ignored: the critic stayed a fresh
+    (or reward-model) LoRA adapter without dropout. The defaults a recorded config.yaml holds still load."""
+    from weitiao.errors import UserError
+    from weitiao.models.roles import Roles
+
+    spec, cpu = ModelSpec(path=str(tiny_model_dir)), torch.device("cpu")
+    bad = {"enabled": False, "init_from": "runs/sft", "modules_to_save": ["lm_head"], "dropout": 0.1}
+    for key, value in bad.items():
+        with pytest.raises(UserError, match=rf"^ppo\.critic_lora\.{key}=.* would do nothing"):
+            critic = LoraSpec(**{key: value} if key == "enabled" else {"r": 4, key: value})
+            Roles(spec, LoraSpec(r=8, dropout=0.0), cpu, critic_lora=critic)
+    recorded = LoraSpec(**LoraSpec(r=4).model_dump())  # every key written, at its default
+    assert Roles(spec, LoraSpec(r=8, dropout=0.0), cpu, critic_lora=recorded).model.peft_config["critic"].r == 4
+
+
 @pytest.mark.parametrize("quant", ["none", "8bit"])
 def test_quant_storage_without_4bit_is_refused(quant):
     """model.quant_storage bf16 without quant 4bit loaded a full-precision (or 8-bit) base, silently."""

@@ -42,6 +42,8 @@ class Roles(nn.Module):
                 "ppo.critic_lora would do nothing: lora.enabled is false (full fine-tuning, the critic is a full copy "
                 "of the base); set lora.enabled: true to train LoRA adapters, or drop ppo.critic_lora"
             )
+        if critic_lora is not None:
+            _refuse_unused_critic_keys(critic_lora)
         base = load_model(model, device)
         self.lora = lora.enabled
         critic_spec = critic_lora or lora.model_copy(update={"init_from": None})
@@ -147,6 +149,21 @@ class Roles(nn.Module):
 
 def _is_actor(name: str, lora: bool) -> bool:
     return not lora or (".default." in name)
+
+
+def _refuse_unused_critic_keys(critic_lora: LoraSpec) -> None:
+    """ppo.critic_lora keys the critic adapter never reads, refused instead of ignored. Compared with the defaults, not
+    with the keys written: the config.yaml a run records holds every key (its dropout at the default 0.05, unused)."""
+    default = LoraSpec()
+    unused = [k for k in ("enabled", "init_from", "modules_to_save") if getattr(critic_lora, k) != getattr(default, k)]
+    unused += ["dropout"] if critic_lora.dropout not in (0.0, default.dropout) else []
+    if unused:
+        keys = ", ".join(f"ppo.critic_lora.{k}={getattr(critic_lora, k)}" for k in unused)
+        raise UserError(
+            f"{keys} would do nothing: the critic is a LoRA adapter whenever lora.enabled is true, started from the "
+            "reward model or zeros (ppo.critic_init), trained without dropout, with only its value head in full; "
+            f"drop {', '.join(f'ppo.critic_lora.{k}' for k in unused)}"
+        )
 
 
 def _refuse_critic_shape(critic_lora: Any, rc: Any) -> None:
