@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import write_jsonl
 
+from weitiao.config import load_config
 from weitiao.data import cache, preference
 from weitiao.data.chat import IGNORE
 from weitiao.data.check import check_file
@@ -16,6 +17,8 @@ from weitiao.data.preference import encode_pair, encode_pairs, load_pairs
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
 from weitiao.models.load import load_tokenizer
+from weitiao.recipes import dpo
+from weitiao.train.pairs import prepare_pairs
 
 DEMO = Path(__file__).resolve().parents[1] / "weitiao" / "demo"
 PREFS = DEMO / "data" / "prefs_heldout.jsonl"
@@ -123,17 +126,25 @@ def test_string_pairs_are_templated_and_say_so(demo_tok, tmp_path, capsys):
     assert [p.form for p in pairs] == ["string", "string", "string", "chat"]
     t = resolve_template(demo_tok)
     seqs, _ = encode_pairs(pairs, demo_tok, t, 256, "drop", cache_dir=tmp_path / "cache", num_proc=1)
-    out = capsys.readouterr().out
-    assert (
-        f"note: 3 pairs of prompt/chosen/rejected strings are rendered as a one-user-turn chat with template {t.name!r}"
-        in out
-    )
-    assert "data.format: preference_raw" in out
     assert t.eot in demo_tok.decode(seqs[0].input_ids)  # the chat template was applied
+    # said once for train and eval pairs together (it was said per set: twice, with two counts)
+    held = write_jsonl(tmp_path / "e.jsonl", STRING_ROWS[:2])
+    keys = [f"data.train=[{path}]", f"data.eval=[{held}]", f"train.out={tmp_path / 'o'}", "data.num_proc=1"]
+    cfg = load_config(dpo.DPOConfig, None, [*keys, f"data.cache_dir={tmp_path / 'cache'}"])
+    capsys.readouterr()
+    prepare_pairs(cfg, demo_tok)
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: ")]
+    assert notes == [
+        f"note: 5 pairs of prompt/chosen/rejected strings are rendered as a one-user-turn chat with template {t.name!r}"
+        "; TRL trains such rows as raw text (data.format: preference_raw does that)"
+    ]
     rep = check_file([str(path)], demo_tok)
     assert any("3 pairs of prompt/chosen/rejected strings" in n and t.name in n for n in rep.notes), rep.notes
     # Negative control: chat pairs alone get no such line.
-    encode_pairs(pairs[3:], demo_tok, t, 256, "drop", cache_dir=tmp_path / "cache", num_proc=1)
+    chat = write_jsonl(
+        tmp_path / "c.jsonl", [{"prompt": [{"role": "user", "content": "嗯"}], "chosen": "好", "rejected": "不"}]
+    )
+    prepare_pairs(load_config(dpo.DPOConfig, None, [f"data.train=[{chat}]", f"train.out={tmp_path / 'c'}"]), demo_tok)
     assert "rendered as a one-user-turn chat" not in capsys.readouterr().out
 
 

@@ -18,6 +18,7 @@ from weitiao.config import load_config
 from weitiao.errors import UserError
 from weitiao.losses.sft import CausalLMLoss
 from weitiao.recipes import sft
+from weitiao.train import checkpoint as ck
 from weitiao.train.guard import DivergedError
 from weitiao.train.log import read_metrics
 
@@ -123,6 +124,12 @@ def test_resume_refuses_a_changed_training_config(tiny_model_dir, chat_file, tmp
     assert "note: train.max_steps 2 → 3" in out
     assert "dropout: 0.2" in (run / "config.yaml").read_text()
     assert [r["step"] for r in read_metrics(run, "train")] == [1, 2, 3]
+    # a recipe with a constant learning rate (PPO) says nothing of a schedule it does not have
+    longer = (run / "config.yaml").read_text().replace("max_steps: 3", "max_steps: 5")
+    inputs = json.loads((run / "inputs.json").read_text())
+    for schedule, said in ((False, False), (True, True)):
+        ck.open_run(run, "auto", longer, True, inputs, write=False, schedule=schedule)
+        assert ("note: train.max_steps 3 → 5: the learning-rate schedule" in capsys.readouterr().out) is said
 
 
 def test_fresh_run_moves_the_previous_run_aside(tiny_model_dir, chat_file, tmp_path, capsys):

@@ -148,7 +148,8 @@ def _check_turns(messages: list[Message], field: str, last: str = "assistant") -
             idx = i + (len(messages) - len(body))
             raise RowError(f"{field}[{idx}].role", f"expected {want!r}, got {m['role']!r}")
     if body[-1]["role"] != last:
-        raise RowError(field, f"must end with a {last} turn, ends with {body[-1]['role']!r}")
+        raise RowError(field, f"must end with {'an' if last[0] in 'aeiou' else 'a'} {last} turn, ends with "
+                              f"{body[-1]['role']!r}")  # fmt: skip
     return messages
 
 

@@ -166,15 +166,13 @@ def encode_pairs(
 
     From the cache entry of these pairs when there is one, else built by `num_proc` processes (0 = cores)
     and kept (use_cache false: built in a temp folder and read into memory). `progress`: a progress
-    bar while building, and one `tokenized:` line (and a note on string pairs) on the first process.
+    bar while building, and one `tokenized:` line on the first process.
     """
     if not pairs:
         return [], PairStats()
     if not getattr(tokenizer, "is_fast", False):
         raise UserError("a fast tokenizer (tokenizer.json) is required for exact loss masking")
     speak = progress and os.environ.get("RANK", "0") == "0"
-    if speak and (note := string_pairs_note(pairs, template)):
-        print(f"note: {note}")
     key, parts = pair_cache_key(pairs, tokenizer, template, max_len, truncation) if use_cache else ("", {})
     encoder = _PairEncoder(tokenizer, template, max_len, truncation)
     procs = num_proc or cache.default_num_proc()

@@ -487,7 +487,7 @@ def run(cfg: PPOConfig) -> dict:
     digest = hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode()).hexdigest()[:16]
     inputs = {**ck.input_fingerprints(cfg), "data.prompts": digest}
     # a changed config, model, prompts or number of processes: refused (each process's prompt share depends on it)
-    ckpt = ck.open_run(out, t.resume, config_yaml, main, inputs, world, dist.gather_objects)
+    ckpt = ck.open_run(out, t.resume, config_yaml, main, inputs, world, dist.gather_objects, schedule=False)
     if ckpt is not None:
         state = {"samples": 0, **_load(ckpt, roles, actor_opt, critic_opt, kl_ctl, moments)}
         rngs = state.pop("rng")

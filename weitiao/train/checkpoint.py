@@ -451,8 +451,10 @@ def open_run(
     world: int = 1,
     gather: Callable[[Any], list] | None = None,
     write: bool = True,
+    schedule: bool = True,
 ) -> Path | None:
-    """Start or resume the run in `out`; returns the checkpoint to load (None: fresh start).
+    """Start or resume the run in `out`; returns the checkpoint to load (None: fresh start). `schedule`: the
+    recipe's learning rate follows a schedule over the run's length (PPO's is constant: no note on a new length).
 
     Resume (`train.resume`: auto, force or a checkpoint dir) checks that every process found the same
     checkpoint (`gather`: one value per process, for a run of several) and that `world` processes wrote it,
@@ -470,7 +472,7 @@ def open_run(
         forced_inputs = check_inputs(ckpt, inputs or {}, force=resume == "force")
         if main:
             print(f"resumed from step {_saved_step(ckpt)} (checkpoint {ckpt})")
-            if note := schedule_note(changes):
+            if schedule and (note := schedule_note(changes)):
                 print(note)
             if changed := ", ".join(filter(None, [forced, forced_inputs])):
                 print(f"train.resume=force: training on with changed {changed}")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from weitiao.data.chat import Encoded
 from weitiao.data.formats import CONFIG_SKIP_HINT, PreferencePair
-from weitiao.data.preference import PairStats, encode_pairs, load_pairs
+from weitiao.data.preference import PairStats, encode_pairs, load_pairs, string_pairs_note
 from weitiao.data.prep import count_overlap, overlap_warning, pair_key, require_rows, split_eval
 from weitiao.data.templates import ChatTemplate, resolve_template
 from weitiao.errors import UserError
@@ -82,6 +83,12 @@ def prepare_pairs(cfg: PairConfig, tokenizer: Any, read_margins: bool = False, r
     if not pairs:
         raise UserError(f"data.min_confidence: no train pair has confidence ≥ {d.min_confidence}")
     enc = {"cache_dir": d.cache_dir, "use_cache": d.cache, "num_proc": d.num_proc, "progress": cfg.train.progress}
+    if (
+        cfg.train.progress
+        and os.environ.get("RANK", "0") == "0"
+        and (note := string_pairs_note(pairs + eval_pairs, template))
+    ):
+        print(f"note: {note}")  # once for train and eval pairs
     train, stats = encode_pairs(pairs, tokenizer, template, d.max_len, d.truncation, **enc)
     evals, _ = encode_pairs(eval_pairs, tokenizer, template, d.max_len, d.truncation, **enc)
     if not train:
