@@ -59,7 +59,7 @@ def test_json_and_parquet(tmp_path):
     [
         ({"instruction": "问", "output": ""}, "output: is empty"),
         ({"messages": [{"role": "user", "content": "问"}, {"role": "bot", "content": "答"}]}, "messages[1].role"),
-        ({"messages": [{"role": "user", "content": "问"}]}, "must end with a assistant turn"),
+        ({"messages": [{"role": "user", "content": "问"}]}, "must end with an assistant turn"),
         ({"conversations": [{"from": "gpt", "value": "答"}]}, "conversations[0].role: expected 'user'"),
         ({"instruction": "问", "output": 3}, "output: expected a string"),
         ({"output": "答"}, "instruction: missing"),
