@@ -169,6 +169,14 @@ def test_critic_from_reward_model_keeps_its_lora_scaling(tiny_model_dir, tokeniz
     with pytest.raises(UserError, match="ppo.critic_lora.r=16 but the critic starts from the reward model's adapter"):
         Roles(spec, LoraSpec(r=8), CPU, reward_model=rm, critic_init="reward", critic_lora=LoraSpec(r=16))
     Roles(spec, LoraSpec(r=8), CPU, reward_model=rm, critic_init="reward", critic_lora=LoraSpec(r=4))  # agrees
+    # targets were replaced silently too; alpha null (as a recorded config.yaml writes it) contradicts nothing
+    with pytest.raises(UserError, match=r"ppo.critic_lora.targets=\['q_proj'\] but the critic starts from the reward"):
+        Roles(spec, LoraSpec(r=8), CPU, reward_model=rm, critic_init="reward",
+              critic_lora=LoraSpec(r=4, targets=["q_proj"]))  # fmt: skip
+    recorded = LoraSpec.model_validate(
+        {"r": 4, "alpha": None, "targets": sorted(rm.peft_config["default"].target_modules)}
+    )
+    Roles(spec, LoraSpec(r=8), CPU, reward_model=rm, critic_init="reward", critic_lora=recorded)
 
 
 def test_a_reward_model_of_another_base_does_not_start_the_critic(tiny_model_dir, tokenizer, tmp_path, capsys):

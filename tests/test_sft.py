@@ -247,6 +247,10 @@ def test_init_from_refuses_a_different_shape_and_applies_dropout(tiny_model_dir,
         model = build_trainable(cfg.model, cfg.lora, torch.device("cpu"))
         drops = [m.lora_dropout["default"] for m in model.modules() if isinstance(m, LoraLayer)]
         assert drops and all(type(d) is want for d in drops)
+    # alpha: null, as the continued run's own config.yaml records an alpha left out, is no contradiction (was refused)
+    cfg = config(tiny_model_dir, chat_file, tmp_path / "b", init, "lora.alpha=null")
+    assert "alpha" in cfg.lora.model_fields_set and cfg.lora.alpha is None
+    build_trainable(cfg.model, cfg.lora, torch.device("cpu"))
 
 
 @pytest.mark.parametrize(("steps", "save_every", "want"), [(4, 2, [2, 4]), (5, 2, [2, 4, 5]), (3, 0, [3])])

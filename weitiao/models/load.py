@@ -363,12 +363,10 @@ def load_lora(model: Any, adapter: str, gradient_checkpointing: bool = False, sp
     return peft_model
 
 
-def match_adapter(peft_model: Any, spec: LoraSpec, adapter: str) -> None:
-    """Refuse lora.* keys the config sets that the saved adapter contradicts; apply lora.dropout."""
-    from peft.tuners.lora import LoraLayer
-
-    saved = peft_model.peft_config["default"]
-    given = spec.model_fields_set
+def shape_conflicts(spec: LoraSpec, saved: Any) -> dict[str, tuple[Any, Any]]:
+    """The adapter-shape keys of `spec` a saved peft LoraConfig contradicts: key → (spec's, saved's). alpha None
+    (= 2r for a new adapter; what a config.yaml records when it was left out) and targets given as a name or regex
+    contradict nothing."""
     checks = {
         "r": (spec.r, saved.r),
         "alpha": (spec.alpha, saved.lora_alpha),
@@ -377,8 +375,19 @@ def match_adapter(peft_model: Any, spec: LoraSpec, adapter: str) -> None:
     }
     if isinstance(spec.targets, list):
         checks["targets"] = (sorted(spec.targets), sorted(saved.target_modules or []))
-    for key, (want, have) in checks.items():
-        if key in given and want != have:
+    return {
+        k: (want, have) for k, (want, have) in checks.items() if want != have and not (k == "alpha" and want is None)
+    }
+
+
+def match_adapter(peft_model: Any, spec: LoraSpec, adapter: str) -> None:
+    """Refuse lora.* keys the config sets that the saved adapter contradicts; apply lora.dropout."""
+    from peft.tuners.lora import LoraLayer
+
+    saved = peft_model.peft_config["default"]
+    given = spec.model_fields_set
+    for key, (want, have) in shape_conflicts(spec, saved).items():
+        if key in given:
             raise UserError(
                 f"lora.{key}={want} but the adapter at lora.init_from ({adapter}) has {have}: a continued adapter "
                 f"keeps its shape; drop lora.{key} or set it to {have}"

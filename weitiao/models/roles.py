@@ -17,7 +17,7 @@ from torch import nn
 
 from weitiao.errors import UserError
 from weitiao.losses.sft import logit_softcap
-from weitiao.models.load import LoraSpec, ModelSpec, add_lora, load_lora, load_model, locate
+from weitiao.models.load import LoraSpec, ModelSpec, add_lora, load_lora, load_model, locate, shape_conflicts
 
 
 class Roles(nn.Module):
@@ -170,14 +170,8 @@ def _refuse_critic_shape(critic_lora: Any, rc: Any) -> None:
     """ppo.critic_lora keys set in the config that the reward model's adapter (the critic's start) contradicts."""
     if critic_lora is None:
         return
-    checks = {
-        "r": (critic_lora.r, rc.r),
-        "alpha": (critic_lora.alpha, rc.lora_alpha),
-        "dora": (critic_lora.dora, bool(rc.use_dora)),
-        "rslora": (critic_lora.rslora, bool(rc.use_rslora)),
-    }
-    for key, (want, have) in checks.items():
-        if key in critic_lora.model_fields_set and want != have:
+    for key, (want, have) in shape_conflicts(critic_lora, rc).items():
+        if key in critic_lora.model_fields_set:
             raise UserError(
                 f"ppo.critic_lora.{key}={want} but the critic starts from the reward model's adapter, which has "
                 f"{have}; drop ppo.critic_lora.{key}, or set ppo.critic_init=zeros to train a critic of your shape"
