@@ -507,3 +507,21 @@ def test_a_prompt_with_no_room_for_the_reply_in_the_context_is_refused(tiny_mode
     monkeypatch.setattr(ppo, "RunningMoments", past)  # made right after the check
     with pytest.raises(Past):  # exactly the context: allowed
         ppo.run(config(tiny_model_dir, prompts, tmp_path / "run", f"ppo.generate_max_len={512 - n}"))
+
+
+def test_a_run_stopped_by_stop_after_prints_no_empty_cost_report(tmp_path, monkeypatch):
+    """train.stop_after returns before the cost report exists: `weitiao ppo` printed an empty 'PPO cost report'."""
+    from typer.testing import CliRunner
+
+    from weitiao.cli import app
+
+    (tmp_path / "c.yaml").write_text(f"data: {{prompts: [p.jsonl]}}\nreward: {{kind: function, path: '{RULE}'}}\n",
+                                     encoding="utf-8")  # fmt: skip
+    for summary, shown in (
+        ({"stopped_at": 2, "out": "runs/x"}, False),
+        ({"steps": 3, "cost": {"rollout_s": 0.5}}, True),
+    ):
+        monkeypatch.setattr(ppo, "run", lambda cfg, summary=summary: dict(summary))
+        r = CliRunner().invoke(app, ["ppo", str(tmp_path / "c.yaml")])
+        assert r.exit_code == 0, r.output
+        assert ("PPO cost report" in r.output) is shown and ("stopped_at" in r.output) is not shown

@@ -152,7 +152,10 @@ def ppo(config: Path = CONFIG, overrides: list[str] = OVERRIDES, help_config: bo
     from weitiao.recipes import ppo as recipe
 
     summary = recipe.run(load_config(recipe.PPOConfig, config, overrides or []))
-    cost = summary.pop("cost", {})
+    if "cost" not in summary:  # train.stop_after: the run goes on later; the cost report comes at its end
+        _summary(summary)
+        return
+    cost = summary.pop("cost")
     t = Table(title="PPO cost report", show_header=False)
     for k in (*recipe.PHASES, "total_s", "peak_memory_gib", "samples"):
         if k in cost:
