@@ -190,3 +190,15 @@ def test_out_inside_a_folder_given_as_the_data_is_refused(rm_dir, tmp_path):
         with pytest.raises(UserError, match="is also an input"):
             score.run(str(rm_dir), str(given), out=str(pairs))
     assert pairs.read_bytes() == before
+
+
+def test_scores_are_written_in_the_files_row_order(rm_dir, tmp_path):
+    """A folder of a chat file and a pair file got every pair's line first, so the lines no longer followed the rows
+    as they were read (a.jsonl, then b.jsonl)."""
+    (d := tmp_path / "d").mkdir()
+    write_jsonl(d / "a.jsonl", [{"instruction": "你好", "output": "嗨"}, {"instruction": "在吗", "output": "在"}])
+    write_jsonl(d / "b.jsonl", [{"prompt": "你好", "chosen": "嗨", "rejected": "滚"}])
+    score.run(str(rm_dir), str(d), out=str(tmp_path / "s.jsonl"))
+    out = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert [o["source"].rsplit("/", 1)[1] for o in out] == ["a.jsonl:1", "a.jsonl:2", "b.jsonl:1"]
+    assert ["score" in o for o in out] == [True, True, False]

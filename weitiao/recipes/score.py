@@ -144,21 +144,25 @@ def run(
     pairs = [r for r in rows if isinstance(r, PreferencePair)]
     convs = [r for r in rows if isinstance(r, Conversation)]
     stats: dict[str, int] = {"cut": 0, "refused": 0}
-    records, summary = [], {"rows": len(rows)}
+    scored_rows, summary = {}, {"rows": len(rows)}  # id(row) → its record, written in the file's order
     if pairs:
         rc, rr = (score_raw_pairs if raw else score_pairs)(rm, tokenizer, pairs, stats)
-        records += [{"source": p.source, "score_chosen": c, "score_rejected": r} for p, c, r in zip(pairs, rc, rr)]
+        scored_rows |= {
+            id(p): {"source": p.source, "score_chosen": c, "score_rejected": r} for p, c, r in zip(pairs, rc, rr)
+        }
         both = [(c, r) for c, r in zip(rc, rr) if c is not None and r is not None]
         if both:
             summary["pair_accuracy"] = sum(c > r for c, r in both) / len(both)
             summary["mean_margin"] = sum(c - r for c, r in both) / len(both)
     if convs:
         scores = score_conversations(rm, tokenizer, convs, stats=stats)
-        records += [{"source": c.source, "reply": c.messages[-1]["content"], "score": s} for c, s in zip(convs, scores)]
+        scored_rows |= {
+            id(c): {"source": c.source, "reply": c.messages[-1]["content"], "score": s} for c, s in zip(convs, scores)
+        }
         scored = [s for s in scores if s is not None]
         if scored:
             summary["mean_score"] = sum(scored) / len(scored)
     summary.update(context=context_len(rm), cut_to_context=stats["cut"], refused_over_context=stats["refused"])
-    write_jsonl(dest, records)
+    write_jsonl(dest, [scored_rows[id(r)] for r in rows])
     summary["out"] = str(dest)
     return json.loads(json.dumps(summary))
