@@ -94,3 +94,19 @@ def test_errors_are_user_errors(args, message):
     r = logs(*args)
     assert isinstance(r.exception, UserError) and message in str(r.exception)
     assert "\n" not in str(r.exception)
+
+
+def test_a_profile_base_file_is_beside_the_profile(tmp_path, monkeypatch):
+    """`base: common.yaml` is the file next to the profile that names it, from any cwd (it was read from the cwd:
+    'profile file not found', or another folder's common.yaml silently); a cycle through `../` is still named."""
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "common.yaml").write_text("kind: dwell\nbase: zhihu\nrel_margin: 0.31\n")
+    (tmp_path / "cfg" / "my.yaml").write_text("kind: dwell\nbase: common.yaml\n")
+    (tmp_path / "cfg" / "loop.yaml").write_text("kind: dwell\nbase: ../cfg/loop.yaml\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "common.yaml").write_text("kind: dwell\nbase: xhs\nrel_margin: 0.77\n")
+    monkeypatch.chdir(tmp_path / "run")
+    cfg = yaml.safe_load(logs("dwell", "--show-config", "--profile", "../cfg/my.yaml").output)
+    assert cfg["profile"] == "my" and cfg["rel_margin"] == 0.31 and cfg["normalize"] == "completion"  # zhihu's
+    r = logs("dwell", "--show-config", "--profile", "../cfg/loop.yaml")
+    assert isinstance(r.exception, UserError) and "profiles include each other" in str(r.exception)

@@ -7,6 +7,7 @@ Every key has a docstring; `weitiao logs dwell --show-config` prints the effecti
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -217,7 +218,7 @@ def _profile_data(kind: str, profile: str, seen: tuple[str, ...] = ()) -> tuple[
         path = PROFILE_DIR / f"{profile}.yaml"
     elif not path.exists():
         raise UserError(f"{path}: profile file not found")
-    if str(path) in seen:
+    if os.path.abspath(path) in seen:
         raise UserError(f"{path}: base: profiles include each other")
     data = _read_yaml(path)
     file_kind = data.pop("kind", kind)
@@ -226,7 +227,10 @@ def _profile_data(kind: str, profile: str, seen: tuple[str, ...] = ()) -> tuple[
     name = data.get("profile", path.stem)  # a profile's own name, never its base's
     base = data.pop("base", None)
     if base is not None:
-        base_data, _ = _profile_data(kind, str(base), seen + (str(path),))
+        base = str(base)
+        if Path(base).suffix in (".yaml", ".yml"):  # a file is relative to this profile's folder, not the cwd
+            base = str(path.parent / Path(base).expanduser())
+        base_data, _ = _profile_data(kind, base, seen + (os.path.abspath(path),))
         data = _merge(base_data, data)
     where = f"profile {profile}" if path.parent == PROFILE_DIR else str(path)
     return data | {"profile": name}, where
