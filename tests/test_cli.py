@@ -53,6 +53,26 @@ def test_bad_config_key_is_one_line_error(tmp_path):
     assert p.returncode == 1 and "train.lrr: Extra inputs are not permitted" in p.stderr
 
 
+def test_a_misspelled_config_key_names_the_key_it_meant(tmp_path):
+    """An unknown key only said 'Extra inputs are not permitted': the key a typo meant is named (file:line kept);
+    a key near none stays as it was."""
+    from weitiao.config import load_config
+    from weitiao.errors import UserError
+    from weitiao.recipes.dpo import DPOConfig
+    from weitiao.recipes.sft import SFTConfig
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  train: [x.jsonl]\ntrain:\n  eval_evry: 0\n")
+    with pytest.raises(UserError, match=rf"^{cfg}:4: train.eval_evry: Extra .*; did you mean train.eval_every\?$"):
+        load_config(SFTConfig, cfg)
+    with pytest.raises(UserError, match=r"^config: trian: Extra inputs are not permitted; did you mean train\?$"):
+        load_config(SFTConfig, None, ["data.train=[x.jsonl]", "trian.lr=1"])
+    with pytest.raises(UserError, match=r": dpo.betta: .*; did you mean dpo.beta\?$"):
+        load_config(DPOConfig, None, ["data.train=[x.jsonl]", "dpo.betta=0.2"])
+    with pytest.raises(UserError, match=r": train.colour: Extra inputs are not permitted$"):
+        load_config(SFTConfig, None, ["data.train=[x.jsonl]", "train.colour=red"])
+
+
 def test_data_check_reports(tmp_path, tiny_model_dir):
     rows = [{"instruction": "今天天气怎么样？", "output": "挺好的☀️"}] * 3 + [
         {"instruction": "长" * 300, "output": "好"}

@@ -9,6 +9,7 @@ directory, as on any command line. Either way the config a run records holds abs
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import types
@@ -246,7 +247,19 @@ def validate(
         overridden = any(o.split("=", 1)[0].strip() == key for o in overrides or [])
         line = None if overridden else yaml_line(node, tuple(err["loc"]) + _named_key(node, err["loc"], err["msg"]))
         loc = f"{where}:{line}" if line else where
-        raise UserError(f"{loc}: {key}: {err['msg']}{more}") from None
+        near = _near_key(cls, err["loc"]) if err["type"] == "extra_forbidden" else None
+        hint = f"; did you mean {near}?" if near else ""
+        raise UserError(f"{loc}: {key}: {err['msg']}{hint}{more}") from None
+
+
+def _near_key(cls: type[BaseModel], loc: tuple) -> str | None:
+    """The key of the section at `loc[:-1]` one or two typos from the unknown `loc[-1]` (`eval_evry` → eval_every)."""
+    for k in loc[:-1]:
+        field = cls.model_fields.get(k) if isinstance(k, str) else None
+        if field is None or (cls := _submodel(field.annotation)) is None:
+            return None
+    close = difflib.get_close_matches(str(loc[-1]), list(cls.model_fields), n=1, cutoff=0.75)
+    return ".".join([*map(str, loc[:-1]), close[0]]) if close else None
 
 
 def dump_config(cfg: BaseModel) -> str:
