@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from weitiao.config import load_config
+from weitiao.config import load_config, parse_override
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text, pyplot, save_figure
 
@@ -35,7 +35,19 @@ def parse_sweep(spec: str) -> tuple[str, list[str]]:
     vals = [v.strip() for v in values.split(",") if v.strip()]
     if len(vals) < 2:
         raise UserError(f"--sweep {spec!r}: give at least two values")
+    for v in vals:  # the table, its key column and the plot are per number
+        if _number(v) is None:
+            raise UserError(f"--sweep {spec!r}: {v!r} is not a number; sweep a numeric key (run other settings apart)")
+    if len({_number(v) for v in vals}) < len(vals):
+        raise UserError(f"--sweep {spec!r}: a value is given twice; each value is one run")
     return ALIASES.get(key.strip(), key.strip()), vals
+
+
+def _number(v: str) -> float | None:
+    try:
+        return float(v)
+    except ValueError:
+        return None
 
 
 def sweep(
@@ -47,11 +59,14 @@ def sweep(
 ) -> list[dict]:
     """One run per value under OUT/<key>-<value>; results table + plot in OUT."""
     key, values = parse_sweep(spec)
+    if same := [o for o in overrides if parse_override(o)[0] == key.split(".")]:
+        raise UserError(f"--sweep {spec!r}: {same[0]} would be replaced by each swept value; drop it")
     base = load_config(cls, config, overrides)
     root = Path(base.train.out)
+    # every value's config is checked before the first run (a bad last value used to stop the sweep after hours)
+    cfgs = [load_config(cls, config, [*overrides, f"{key}={v}", f"train.out={root / f'{key}-{v}'}"]) for v in values]
     rows = []
-    for v in values:
-        cfg = load_config(cls, config, [*overrides, f"{key}={v}", f"train.out={root / f'{key}-{v}'}"])
+    for v, cfg in zip(values, cfgs):
         summary = run(cfg)
         row = {key: float(v)}
         for c in COLUMNS:  # held-out metrics when there is an eval set, else the last train step

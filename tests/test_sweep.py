@@ -1,0 +1,43 @@
+"""`weitiao dpo --sweep`: every value is checked before the first run; the table's numbers say where they come from."""
+
+from __future__ import annotations
+
+import pytest
+
+from weitiao.errors import UserError
+from weitiao.recipes import dpo
+from weitiao.recipes.sweep import sweep
+
+
+def _config(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {{train: [p.jsonl]}}\ntrain: {{out: {tmp_path / 'sw'}}}\n")
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "spec,overrides,message",
+    [
+        ("beta=0.1,-1", [], r"dpo.beta: Input should be greater than"),  # the last value: refused before run 1
+        ("dpo.loss_type=sigmoid,ipo", [], r"'sigmoid' is not a number"),  # was float('sigmoid') after run 1
+        ("beta=0.1,0.10", [], r"a value is given twice"),  # both runs in one folder
+        ("beta=0.1,0.5", ["dpo.beta=0.3"], r"dpo.beta=0.3 would be replaced by each swept value"),
+    ],
+)
+def test_a_sweep_is_refused_before_any_run(tmp_path, spec, overrides, message):
+    runs = []
+    with pytest.raises(UserError, match=message):
+        sweep(dpo.DPOConfig, runs.append, _config(tmp_path), overrides, spec)
+    assert runs == []
+
+
+def test_a_good_sweep_runs_each_value_in_its_folder(tmp_path):
+    seen = []
+
+    def run(cfg):
+        seen.append((cfg.dpo.beta, cfg.train.out))
+        return {"eval_margins": cfg.dpo.beta * 10, "eval_accuracy": 1.0}
+
+    rows = sweep(dpo.DPOConfig, run, _config(tmp_path), ["dpo.loss_type=ipo"], "beta=0.1,0.5")
+    assert seen == [(0.1, str(tmp_path / "sw" / "dpo.beta-0.1")), (0.5, str(tmp_path / "sw" / "dpo.beta-0.5"))]
+    assert [r["margins"] for r in rows] == [1.0, 5.0]
