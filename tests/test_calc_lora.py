@@ -194,3 +194,14 @@ def test_flag_sizes_are_checked():
     with pytest.raises(UserError, match="--kv-heads -1: must be positive"):
         shape_from_flags(2, 256, heads=2, kv_heads=-1)
     assert shape_from_flags(2, 250, heads=5).head_dim == 50  # control: divisible
+
+
+def test_size_flags_beside_a_model_are_refused():
+    """--model qwen2.5-7b --layers 10 (or --vocab, --mlp plain, ...) printed 28 layers: they were ignored."""
+    runner = CliRunner()
+    res = runner.invoke(app, ["lora", "--model", "qwen2.5-7b", "--layers", "10", "--vocab", "5", "--json"])
+    assert isinstance(res.exception, UserError) and str(res.exception).startswith("--layers, --vocab: --model qwen")
+    res = runner.invoke(app, ["lora", "--model", "qwen2.5-7b", "--mlp", "plain"])
+    assert isinstance(res.exception, UserError) and "--mlp" in str(res.exception)
+    res = runner.invoke(app, ["lora", "--model", "qwen2.5-7b", "--vocab", "0", "--json"])  # control: the defaults
+    assert res.exit_code == 0 and json.loads(res.output)["total_params"] > 7e9

@@ -200,6 +200,23 @@ def test_cli_plan_table_json_and_errors():
     assert "h100-80g" in GPUS
 
 
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--method", "full", "--r", "64", "--targets", "q,v"], "--r, --targets: LoRA settings, unused by"),
+        (["--method", "full", "--lora-dropout", "0"], "--lora-dropout: LoRA settings"),
+        (["--calibrate-tflops", "100"], "--calibrate-tflops: the peak of a --calibrate RUN_DIR's devices"),
+    ],
+)
+def test_cli_plan_refuses_options_its_mode_ignores(args, message):
+    """They were accepted and ignored: a full fine-tuning plan printed the same numbers for any --r."""
+    runner = CliRunner()
+    res = runner.invoke(app, ["plan", "--model", "qwen2.5-7b", *args, "--json"])
+    assert isinstance(res.exception, UserError) and str(res.exception).startswith(message)
+    res = runner.invoke(app, ["plan", "--model", "qwen2.5-7b", "--method", "lora", *args[2:4], "--json"])  # control
+    assert res.exit_code == 0, res.output
+
+
 def test_gpu_memory_is_what_the_card_reports_in_gib():
     """The product name's GB is not GiB: a "48GB" L40S reports 46,068 MiB; the fit checks read GiB."""
     assert GPUS["l40s"].mem_gib == pytest.approx(44.99, abs=0.01) and GPUS["h100-80g"].mem_gib < 80

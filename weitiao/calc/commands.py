@@ -116,6 +116,12 @@ def plan(
     from weitiao.calc.plan import calibrate as run_calibration
     from weitiao.calc.plan import plan as make_plan
 
+    lora_flags = (("--r", p.r, PlanInput.r), ("--targets", p.targets, PlanInput.targets),
+                  ("--lora-dropout", p.lora_dropout, PlanInput.lora_dropout))  # fmt: skip
+    if p.method == "full" and (given := [flag for flag, value, default in lora_flags if value != default]):
+        raise UserError(f"{', '.join(given)}: LoRA settings, unused by --method full (it trains every weight)")
+    if calibrate_tflops is not None and calibrate is None:
+        raise UserError("--calibrate-tflops: the peak of a --calibrate RUN_DIR's devices; give --calibrate too")
     cal = run_calibration(calibrate, calibrate_tflops or GPUS[p.gpu].tflops) if calibrate is not None else None
     rep = make_plan(p, cal, parse_range(claim, "--claim") if claim else None)
     if as_json:

@@ -316,6 +316,11 @@ class LoraInput:
     """Sequences per step (FLOPs per step)."""
 
     def __post_init__(self) -> None:
+        sizes = {"--layers": self.layers, "--hidden": self.hidden, "--intermediate": self.intermediate,
+                 "--heads": self.heads, "--kv-heads": self.kv_heads, "--head-dim": self.head_dim,
+                 "--vocab": self.vocab or None, "--mlp": None if self.mlp == "gated" else self.mlp}  # fmt: skip
+        if self.model is not None and (given := [k for k, v in sizes.items() if v is not None]):  # they were ignored
+            raise UserError(f"{', '.join(given)}: --model {self.model} gives the shape; drop them, or --model")
         if (self.model is None) == (self.layers is None or self.hidden is None):
             raise UserError("give either --model, or --layers and --hidden (e.g. --layers 96 --hidden 12288)")
         if self.mlp not in ("gated", "plain"):
