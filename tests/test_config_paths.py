@@ -87,3 +87,15 @@ def test_shipped_example_runs_from_any_folder(tmp_path, monkeypatch):
     assert all(Path(f).is_file() for f in [*cfg.data.train, *cfg.data.eval]), cfg.data
     with pytest.raises(AssertionError):  # negative control: read from the cwd they would not exist
         assert all(Path(f).is_file() for f in yaml.safe_load(example.read_text())["data"]["train"])
+
+
+def test_an_override_changes_one_key_not_its_yaml_aliases(tmp_path):
+    """`critic_lora: *l` shares the actor's mapping in PyYAML: `lora.r=8` set the critic's r to 8 as well."""
+    cfg_file = tmp_path / "ppo.yaml"
+    cfg_file.write_text("lora: &l\n  r: 16\n  alpha: 32\n  dropout: 0.0\ndata: {prompts: [p.jsonl]}\n"
+                        "reward: {kind: function, path: m:f}\nppo:\n  critic_lora: *l\n")  # fmt: skip
+    cfg = load_config(PPOConfig, cfg_file, ["lora.r=8", "lora.alpha=16"])
+    assert (cfg.lora.r, cfg.lora.alpha) == (8, 16)
+    assert (cfg.ppo.critic_lora.r, cfg.ppo.critic_lora.alpha) == (16, 32)  # as the file wrote them
+    cfg = load_config(PPOConfig, cfg_file, ["ppo.critic_lora.r=4"])
+    assert (cfg.lora.r, cfg.ppo.critic_lora.r) == (16, 4)

@@ -158,7 +158,17 @@ def _read_yaml(path: Path, expected: str) -> tuple[dict, yaml.Node | None]:
         raise UserError(f"{path}{line}: expected {expected}, got {type(data).__name__}")
     if dup := duplicate_key(path, node):
         raise UserError(dup)
-    return data, node
+    return _unaliased(data), node
+
+
+def _unaliased(value: Any) -> Any:
+    """A copy in which a YAML alias (`critic_lora: *lora`) is its own mapping: PyYAML hands back one shared object,
+    so an override of `lora.r` changed the critic's r too."""
+    if isinstance(value, dict):
+        return {k: _unaliased(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unaliased(v) for v in value]
+    return value
 
 
 def duplicate_key(path: str | Path, node: yaml.Node | None) -> str | None:
