@@ -94,6 +94,15 @@ def test_curve_errors(config):
         curve.run(config, [8], ["data.eval_split=0"])
 
 
+def test_a_golden_metric_without_golden_prompts_is_refused_before_training(config, monkeypatch):
+    """--metric golden_stop_rate without --golden trained the largest size, then said the key was not in its summary."""
+    from weitiao.recipes import sft
+
+    monkeypatch.setattr(sft, "run", lambda cfg: pytest.fail("trained before refusing"))
+    with pytest.raises(UserError, match=r"^--metric golden_stop_rate: golden_\* metrics come from --golden"):
+        curve.run(config, [8], metric="golden_stop_rate", higher_is_better=True)
+
+
 def test_curve_out_never_replaces_a_users_file(config, tmp_path, chat_file):
     """The curve wrote eval.jsonl, train_N.jsonl and curve.json into --out unchecked: `--out` the folder holding the
     user's own eval.jsonl (or the training file itself) replaced it; now refused before any training."""

@@ -104,6 +104,8 @@ def run(
 
     if steps not in ("fixed", "proportional"):
         raise UserError(f"--steps {steps!r}: use fixed or proportional")
+    if metric.startswith("golden_") and golden is None:  # found only after the largest size had trained
+        raise UserError(f"--metric {metric}: golden_* metrics come from --golden PROMPTS.jsonl, which is not given")
 
     # 1. config, rows, one fixed eval set
     cfg = load_config(sft.SFTConfig, config, overrides or [])
