@@ -37,7 +37,9 @@ def test_sft_paths_follow_the_config_file(tmp_path, monkeypatch):
     assert cfg.data.train == [str(proj / "data/a.jsonl"), os.path.expanduser("~/b.jsonl"), "/abs/c.jsonl"]
     assert cfg.data.eval == [str(proj / "data/e.jsonl")]
     assert cfg.model.path == str(proj / "base")  # an existing model dir next to the config
-    assert cfg.lora.init_from == "../runs/old"  # no such dir next to the config: a hub id as written
+    # ../ is a path, never a hub id: resolved beside the config even before it exists (it was kept as written and
+    # read from the current folder, where a same-named folder could be loaded by mistake)
+    assert cfg.lora.init_from == str(proj / "runs/old")
     assert cfg.train.out == str(proj / "runs/sft") and cfg.train.golden == str(proj / "configs/golden.jsonl")
     assert cfg.train.resume == "auto"  # a keyword, not a path
     # command-line overrides are relative to the cwd, like any command-line path

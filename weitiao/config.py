@@ -3,8 +3,9 @@
 
 Paths written in a config file are relative to that file's folder (`~` expands; absolute paths
 stay): fields typed `ConfigPath` always, `ModelRef` (model dir, hub id, module:function or URL)
-when the path exists there. Paths given as command-line overrides are relative to the current
-directory, as on any command line. Either way the config a run records holds absolute paths.
+when the path exists there or starts with ./ or ../ (no hub id does: a missing folder is then named as
+missing beside the config, not looked up in the current folder). Paths given as command-line overrides are
+relative to the current directory, as on any command line. Either way the config a run records holds absolute paths.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def resolve_config_path(value: str, base: Path, kind: _PathKind) -> str:
     if p.is_absolute():
         return str(p)
     full = os.path.abspath(base / p)
-    if kind.only_if_exists and not os.path.exists(full):
+    explicit = value.startswith(("./", "../", ".\\", "..\\")) or value in (".", "..")  # a path, never a hub id
+    if kind.only_if_exists and not explicit and not os.path.exists(full):
         file, colon, fn = value.rpartition(":")
         if colon and file.endswith(".py") and os.path.isfile(base / file):  # rewards/my.py:score beside the config
             return f"{os.path.abspath(base / file)}:{fn}"
