@@ -161,7 +161,8 @@ def test_beta_sweep_writes_table_and_plot(tiny_model_dir, tmp_path):
     rows = sweep(dpo.DPOConfig, dpo.run, cfg, over, "beta=0.05,0.5")
     assert [r["dpo.beta"] for r in rows] == [0.05, 0.5] and all(r["kl_onpolicy_seq"] is not None for r in rows)
     assert (tmp_path / "sw" / "sweep.png").stat().st_size > 1000
-    assert (tmp_path / "sw" / "sweep.md").read_text().count("\n") == 4
+    md = (tmp_path / "sw" / "sweep.md").read_text()
+    assert md.startswith("Metrics of the held-out eval set") and md.count("\n") == 6 and rows[0]["source"] == "eval"
     assert (tmp_path / "sw" / "dpo.beta-0.5" / "final" / "adapter").exists()
 
 

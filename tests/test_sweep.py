@@ -41,3 +41,16 @@ def test_a_good_sweep_runs_each_value_in_its_folder(tmp_path):
     rows = sweep(dpo.DPOConfig, run, _config(tmp_path), ["dpo.loss_type=ipo"], "beta=0.1,0.5")
     assert seen == [(0.1, str(tmp_path / "sw" / "dpo.beta-0.1")), (0.5, str(tmp_path / "sw" / "dpo.beta-0.5"))]
     assert [r["margins"] for r in rows] == [1.0, 5.0]
+
+
+def test_without_an_eval_set_the_table_says_its_numbers_are_the_last_training_steps(tmp_path):
+    """Without eval data the table showed the last training step's single-batch numbers under the column names of
+    held-out results, with nothing saying which they were."""
+
+    rows = sweep(dpo.DPOConfig, lambda cfg: {"train_margins": cfg.dpo.beta * 10}, _config(tmp_path), [], "beta=0.1,0.5")
+    assert [(r["margins"], r["source"]) for r in rows] == [(1.0, "train_last_step"), (5.0, "train_last_step")]
+    md = (tmp_path / "sw" / "sweep.md").read_text()
+    assert md.startswith("Metrics of the last training step's micro-batches (no eval set")
+    held = sweep(dpo.DPOConfig, lambda cfg: {"eval_margins": 2.0, "train_margins": 9.0}, _config(tmp_path), [],
+                 "beta=0.1,0.5")  # fmt: skip
+    assert [(r["margins"], r["source"]) for r in held] == [(2.0, "eval"), (2.0, "eval")]  # control: eval wins

@@ -126,11 +126,15 @@ def dpo(
         from weitiao.recipes.sweep import sweep as run_sweep
 
         rows = run_sweep(recipe.DPOConfig, recipe.run, config, overrides or [], sweep)
-        t = Table(title=f"sweep {sweep}")
-        for col in rows[0]:
+        from weitiao.recipes.sweep import SOURCES
+
+        what = "; ".join(dict.fromkeys(SOURCES[r["source"]] for r in rows))
+        t = Table(title=f"sweep {sweep} · metrics of the {what}")
+        cols = [c for c in rows[0] if c != "source"]
+        for col in cols:
             t.add_column(col)
         for r in rows:
-            t.add_row(*("–" if v is None else f"{v:.4g}" for v in r.values()))
+            t.add_row(*("–" if r[c] is None else f"{r[c]:.4g}" for c in cols))
         console.print(t)
         return
     _summary(recipe.run(load_config(recipe.DPOConfig, config, overrides or [])))

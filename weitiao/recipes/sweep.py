@@ -21,6 +21,11 @@ ALIASES = {"beta": "dpo.beta", "lr": "train.lr", "r": "lora.r"}
 # KL of the policy) and the on-policy KL from replies sampled on the eval prompts (eval only).
 COLUMNS = ("margins", "logp_gap", "accuracy", "kl_offpolicy_data", "kl_onpolicy_seq", "kl_onpolicy_tok", "loss")
 PLOTTED = ("margins", "accuracy", "kl_onpolicy_seq")
+SOURCES = {  # where a row's metrics come from
+    "eval": "held-out eval set (data.eval / data.eval_split)",
+    "train_last_step": "last training step's micro-batches (no eval set: set data.eval or data.eval_split for "
+    "held-out numbers)",
+}
 
 
 def _cell(v: float | None) -> str:
@@ -68,14 +73,16 @@ def sweep(
     rows = []
     for v, cfg in zip(values, cfgs):
         summary = run(cfg)
-        row = {key: float(v)}
-        for c in COLUMNS:  # held-out metrics when there is an eval set, else the last train step
-            row[c] = summary.get(f"eval_{c}", summary.get(f"train_{c}"))
-        rows.append(row)
+        # held-out metrics when there is an eval set, else the last train step's; the row says which
+        held_out = any(f"eval_{c}" in summary for c in COLUMNS)
+        row = {key: float(v), **{c: summary.get(f"{'eval' if held_out else 'train'}_{c}") for c in COLUMNS}}
+        rows.append({**row, "source": "eval" if held_out else "train_last_step"})
     atomic_write_text(root / "sweep.json", json.dumps(rows, indent=2))
+    sources = {r["source"]: SOURCES[r["source"]] for r in rows}
+    note = "".join(f"Metrics of the {what}.\n\n" for what in sources.values())
     header = f"| {key} | " + " | ".join(COLUMNS) + " |\n|" + "---|" * (len(COLUMNS) + 1) + "\n"
     body = "".join(f"| {r[key]:g} | " + " | ".join(_cell(r[c]) for c in COLUMNS) + " |\n" for r in rows)
-    atomic_write_text(root / "sweep.md", header + body)
+    atomic_write_text(root / "sweep.md", note + header + body)
     plot(rows, key, root / "sweep.png")
     return rows
 
