@@ -54,3 +54,16 @@ def test_without_an_eval_set_the_table_says_its_numbers_are_the_last_training_st
     held = sweep(dpo.DPOConfig, lambda cfg: {"eval_margins": 2.0, "train_margins": 9.0}, _config(tmp_path), [],
                  "beta=0.1,0.5")  # fmt: skip
     assert [(r["margins"], r["source"]) for r in held] == [(2.0, "eval"), (2.0, "eval")]  # control: eval wins
+
+
+def test_a_table_we_did_not_write_is_not_replaced(tmp_path):
+    """sweep.json/.md/.png went into train.out without the output guard every other command has."""
+    (tmp_path / "sw").mkdir()
+    (tmp_path / "sw" / "sweep.md").write_text("my notes\n")
+    runs = []
+    with pytest.raises(UserError, match=r"sweep.md: exists and was not written by weitiao"):
+        sweep(dpo.DPOConfig, runs.append, _config(tmp_path), [], "beta=0.1,0.5")
+    assert runs == [] and (tmp_path / "sw" / "sweep.md").read_text() == "my notes\n"
+    (tmp_path / "sw" / "sweep.md").unlink()
+    for _ in range(2):  # control: our own table is replaced on the next sweep
+        sweep(dpo.DPOConfig, lambda cfg: {"eval_margins": 1.0}, _config(tmp_path), [], "beta=0.1,0.5")

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from weitiao.config import load_config, parse_override
 from weitiao.errors import UserError
-from weitiao.io import atomic_write_text, pyplot, save_figure
+from weitiao.io import atomic_write_text, claim_outputs, pyplot, save_figure
 
 ALIASES = {"beta": "dpo.beta", "lr": "train.lr", "r": "lora.r"}
 # DPO's metrics: β-scaled margins, the unscaled log-ratio gap, the k3 term on the data's replies (not a
@@ -68,6 +68,8 @@ def sweep(
         raise UserError(f"--sweep {spec!r}: {same[0]} would be replaced by each swept value; drop it")
     base = load_config(cls, config, overrides)
     root = Path(base.train.out)
+    ins = [*base.data.train, *(base.data.eval or [])]  # the table and plot replace only our own earlier ones
+    claim_outputs([root / "sweep.json", root / "sweep.md", root / "sweep.png"], ins, "train.out")
     # every value's config is checked before the first run (a bad last value used to stop the sweep after hours)
     cfgs = [load_config(cls, config, [*overrides, f"{key}={v}", f"train.out={root / f'{key}-{v}'}"]) for v in values]
     rows = []
