@@ -103,6 +103,18 @@ def test_a_golden_metric_without_golden_prompts_is_refused_before_training(confi
         curve.run(config, [8], metric="golden_stop_rate", higher_is_better=True)
 
 
+def test_a_misspelled_metric_is_refused_before_training(config, monkeypatch):
+    """--metric eval_los trained the largest size, then said the key was not in its summary."""
+    from weitiao.recipes import sft
+
+    monkeypatch.setattr(sft, "run", lambda cfg: pytest.fail("trained before refusing"))
+    with pytest.raises(UserError, match=r"^--metric eval_los: did you mean eval_loss\?"):
+        curve.run(config, [8], metric="eval_los")
+    monkeypatch.setattr(sft, "run", lambda cfg: {"steps": 1, "tokens_per_s": 5.0})  # control: another summary key
+    with pytest.raises(UserError, match="not in the run summary"):  # is tried: far from every known metric
+        curve.run(config, [8], metric="best_evl_score")
+
+
 def test_curve_out_never_replaces_a_users_file(config, tmp_path, chat_file):
     """The curve wrote eval.jsonl, train_N.jsonl and curve.json into --out unchecked: `--out` the folder holding the
     user's own eval.jsonl (or the training file itself) replaced it; now refused before any training."""

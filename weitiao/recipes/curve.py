@@ -26,7 +26,7 @@ import random
 from pathlib import Path
 
 from weitiao.config import load_config
-from weitiao.data.formats import CONFIG_SKIP_HINT, data_files, load_conversations
+from weitiao.data.formats import CONFIG_SKIP_HINT, _near_miss, data_files, load_conversations
 from weitiao.data.tools import to_record
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text, claim_outputs, pyplot, save_figure, write_jsonl
@@ -52,6 +52,13 @@ def knee(sizes: list[int], values: list[float], higher_is_better: bool, min_gain
         steps.append({"from": a, "to": b, "gain_per_doubling": gain})
     first = next((s["from"] for s in steps if not s["gain_per_doubling"] >= min_gain), None)
     return {"rule": f"first size whose next step gains < {min_gain:.0%} per doubling", "steps": steps, "knee": first}
+
+
+# The curve metrics an SFT run's summary (and --golden) gives; another numeric summary key may be asked for, a near
+# miss of one of these is a typo refused before the first size trains.
+GOLDEN = ("mean_len", "emoji_rate", "refusal_rate", "stop_rate", "loop_rate", "distinct_1", "distinct_2", "copy_rate",
+          "rougeL", "exact_match", "judge", "bleu")  # fmt: skip
+KNOWN_METRICS = ("eval_loss", "eval_loss_answer", "train_loss", *(f"golden_{k}" for k in GOLDEN))
 
 
 def golden_metrics(run_dir: Path, prompts: list) -> dict[str, float]:
@@ -106,6 +113,8 @@ def run(
         raise UserError(f"--steps {steps!r}: use fixed or proportional")
     if metric.startswith("golden_") and golden is None:  # found only after the largest size had trained
         raise UserError(f"--metric {metric}: golden_* metrics come from --golden PROMPTS.jsonl, which is not given")
+    if metric not in KNOWN_METRICS and (near := _near_miss(metric, KNOWN_METRICS, 0.8)):  # a typo, before training
+        raise UserError(f"--metric {metric}: did you mean {near}? (known: {', '.join(KNOWN_METRICS)})")
 
     # 1. config, rows, one fixed eval set
     cfg = load_config(sft.SFTConfig, config, overrides or [])
