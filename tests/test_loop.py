@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -204,6 +205,18 @@ def test_non_finite_loss_stops_before_the_step_and_keeps_last_checkpoint(tmp_pat
     assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["step-000001", "step-000002"]
     assert [r["step"] for r in read_metrics(tmp_path, "train")] == [1, 2]
     assert read_metrics(tmp_path, "diverged")[0]["step"] == 3
+
+
+def test_keep_last_prunes_and_resumes_only_the_checkpoints_it_wrote(tmp_path):
+    """A user's copy in checkpoints/ (step-000002-best, step-2) used to count as a checkpoint of its step: keep_last
+    deleted it, and resume could pick it."""
+    run_loop(tmp_path, spec(max_steps=2, save_every=1, keep_last=2))
+    root = tmp_path / "checkpoints"
+    for name in ("step-000002-best", "step-9"):
+        shutil.copytree(root / "step-000002", root / name)
+    run_loop(tmp_path, spec(max_steps=4, save_every=1, keep_last=2))
+    assert sorted(p.name for p in root.iterdir()) == ["step-000002-best", "step-000003", "step-000004", "step-9"]
+    assert ck.resume_point(tmp_path, "auto") == root / "step-000004"
 
 
 def test_non_finite_grad_norm_stops_even_without_clipping(tmp_path):

@@ -183,11 +183,18 @@ def step_of(ckpt: Path) -> int:
     return int(ckpt.name.split("-")[1])
 
 
+def is_step_dir(p: Path) -> bool:
+    """A name `write_checkpoint` gives (step-NNNNNN): a user's copy (step-000400-best, step-400) is not ours to
+    prune or resume from."""
+    digits = p.name[5:]
+    return p.name.startswith("step-") and digits.isdigit() and p.name == f"step-{int(digits):06d}"
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     root = run_dir / "checkpoints"
     if not root.exists():
         return []
-    return sorted((p for p in root.iterdir() if p.name.startswith("step-") and (p / STATE_FILE).exists()), key=step_of)
+    return sorted((p for p in root.iterdir() if is_step_dir(p) and (p / STATE_FILE).exists()), key=step_of)
 
 
 def load_checkpoint(
