@@ -219,6 +219,16 @@ def test_keep_last_prunes_and_resumes_only_the_checkpoints_it_wrote(tmp_path):
     assert ck.resume_point(tmp_path, "auto") == root / "step-000004"
 
 
+def test_the_best_eval_step_is_saved_and_kept_off_the_save_cadence(tmp_path):
+    """keep_last keeps "the best eval one", but an eval that set a new best off the save_every cadence was never
+    saved: the run reported best_step 2 and no checkpoint of it existed (protected, but not there)."""
+    losses = iter([1.0, 0.5, 0.7, 0.8, 0.9, 0.9])
+    t = spec(max_steps=6, eval_every=1, save_every=3, keep_last=1)
+    run_loop(tmp_path, t, evaluate=lambda: {"eval_loss": next(losses)})
+    assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["step-000002", "step-000006"]
+    assert torch.load(tmp_path / "checkpoints" / "step-000002" / ck.STATE_FILE)["best_step"] == 2
+
+
 def test_non_finite_grad_norm_stops_even_without_clipping(tmp_path):
     def loss_of(model, z):  # finite value (sqrt(0) = 0), NaN gradient (d sqrt at 0 × 0)
         return model.lin(z).pow(2).mean() + torch.sqrt(model.lin.weight.abs() * 0).sum()

@@ -212,15 +212,15 @@ def evaluate(
 
 
 def _golden_hook(t: TrainSpec, model: Any, tokenizer: Any, template: Any, out: Path, total: int) -> Any:
-    """Answer the golden prompts at each save (or, without save_every, eval) step, the last step and an early
-    stop included, for `weitiao eval golden` (Q148)."""
+    """Answer the golden prompts at each checkpoint saved (the last step, an early stop and a new best eval
+    included) or, without save_every, at each eval step, for `weitiao eval golden` (Q148)."""
     from weitiao.eval.golden import golden_callback
 
     every = t.save_every or t.eval_every
     answer = golden_callback(t.golden, 1, model=model, tokenizer=tokenizer, template=template, run_dir=out)
 
-    def at(step: int, metrics: dict, stopped_early: bool) -> None:
-        if (every and step % every == 0) or step == total or stopped_early:
+    def at(step: int, metrics: dict, saved: bool) -> None:
+        if (every and step % every == 0) or step == total or saved:
             answer(step, metrics)
 
     return at
@@ -299,7 +299,7 @@ def run(cfg: SFTConfig) -> dict:
             run.record(step + 1, epoch, sums, m, norm, bar, plan.tokens(units))
             stop = run.eval_save_stop(step + 1, evaluate_now if data.eval else None)
             if golden:
-                golden(step + 1, m, run.stopped_early)
+                golden(step + 1, m, run.saved)
                 run.lap()  # answering is not training: left out of the next step's tokens/s
             if stop:
                 break

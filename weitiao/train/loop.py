@@ -250,6 +250,7 @@ class Tracker:
         self.metrics: dict[str, float] = {}
         self.last_eval: dict[str, float] = {}
         self.stopped_early = False
+        self.saved = False  # whether the last eval_save_stop wrote a checkpoint
         self.run_sums: Sums = {}  # summed over this run's steps: rates in the summary are wall-clock means
         self.steps = state["step"]
         self.zero_norms = 0  # steps in a row with a gradient norm of exactly 0
@@ -323,9 +324,10 @@ class Tracker:
 
     def eval_save_stop(self, step: int, evaluate: Callable[[], dict[str, float]] | None) -> bool:
         """Evaluate (every train.eval_every and at the last step; a NaN/inf eval loss stops the run as a training
-        loss does), checkpoint (every train.save_every, at the last step and at an early stop); True when the loop
-        should end here."""
-        t, state, last = self.t, self.state, step == self.total
+        loss does), checkpoint (every train.save_every, at the last step, at an early stop and at an eval that sets
+        a new best, which keep_last then keeps; `saved` says whether this step did); True when the loop should end
+        here."""
+        t, state, last, best = self.t, self.state, step == self.total, False
         if evaluate is not None and ((t.eval_every and step % t.eval_every == 0) or last):
             self.last_eval = evaluate()
             dist.reshard(self.module)  # FSDP: no-grad forwards leave the root's weights gathered
@@ -333,11 +335,13 @@ class Tracker:
                 ensure_finite(step, EVAL_HINT, EVAL_WHAT, eval_loss=self.last_eval["eval_loss"])
             if self.last_eval["eval_loss"] < state["best_eval"] - 1e-6:
                 state.update(best_eval=self.last_eval["eval_loss"], best_step=step, bad_evals=0)
+                best = True  # saved below even off the save_every cadence: a best step without weights is no use
             else:
                 state["bad_evals"] += 1
             self.log.log("eval", step, **self.last_eval)
             self.stopped_early = bool(t.early_stop_patience and state["bad_evals"] >= t.early_stop_patience)
-        if (t.save_every and step % t.save_every == 0) or last or self.stopped_early:
+        self.saved = bool((t.save_every and step % t.save_every == 0) or last or self.stopped_early or best)
+        if self.saved:
             protect = {state["best_step"]} if state["best_step"] else set()
             out = Path(t.out)
             dist.save_checkpoint(self.accel, out, step, self.module, self.optimizer, state, t.keep_last, protect)

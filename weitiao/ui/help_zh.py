@@ -53,6 +53,7 @@ ZH: dict[str, str] = {
     "seed for shuffling, splits, sampling and initialization": "打乱、切分、采样和初始化用的随机种子",
     "overrides epochs when set": "设置后代替 epochs",
     "0 = only at the end": "0 = 只在结束时",
+    "0 = only at the end; an eval with a new best eval_loss saves too": "0 = 只在结束时；eval_loss 创新低的那次评估也保存",
     "checkpoints kept (plus the best eval one); at least 1": "保留的检查点数（另加验证最好的那个）；至少 1",
     "auto (latest checkpoint in out), force (auto, accepting a changed config), none (fresh; a previous run's files move to out/previous/), or a checkpoint dir": "auto（out 中最新的检查点）、force（同 auto，但接受改过的配置）、none（重新开始；上次运行的文件移到 out/previous/），或一个检查点目录",
     "end the process after this step (tests a kill)": "在这一步之后结束进程（测试中断用）",
