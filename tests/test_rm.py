@@ -136,7 +136,7 @@ def test_init_from_an_sft_adapter(tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(24))
     out = tmp_path / "rm"
     init = f"lora.init_from={tmp_path / 'sft'}"
-    for key in ("lora.r=4", "lora.alpha=3"):  # a set key that contradicts the adapter is refused, nothing written
+    for key in ("lora.r=4", "lora.alpha=3", "lora.targets=[q_proj]"):  # a set key contradicting the adapter: refused
         with pytest.raises(UserError, match=f"{key.split('=')[0]}=.* but the adapter at lora.init_from"):
             rm.run(rm_config(tiny_model_dir, data, out, "train.max_steps=2", init, key))
         assert not out.exists()

@@ -253,6 +253,37 @@ def test_init_from_refuses_a_different_shape_and_applies_dropout(tiny_model_dir,
     build_trainable(cfg.model, cfg.lora, torch.device("cpu"))
 
 
+def test_init_from_refuses_targets_and_modules_to_save_the_adapter_does_not_have(tiny_model_dir, tmp_path):
+    """With lora.init_from, lora.modules_to_save and a string lora.targets (all-linear, a regex) were ignored: the run
+    trained the saved adapter alone and recorded the keys as if they had acted. Targets compare as modules: an
+    all-linear adapter continues under targets all-linear or the list of its layers (a list used to be refused)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from weitiao.models.load import LoraSpec, ModelSpec, build_trainable
+
+    def save(name, targets):
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        get_peft_model(base, LoraConfig(r=2, target_modules=targets)).save_pretrained(tmp_path / name)
+        return str(tmp_path / name)
+
+    q, every = save("q", ["q_proj"]), save("all", "all-linear")
+    layers = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model, cpu = ModelSpec(path=str(tiny_model_dir)), torch.device("cpu")
+    refused = [
+        (q, {"targets": "all-linear"}, r"lora.targets=all-linear puts adapters on 14 modules .* is on 2 \(q_proj\)"),
+        (q, {"targets": ".*v_proj"}, r"lora.targets=.\*v_proj puts adapters on 2 modules \(v_proj\)"),
+        (every, {"targets": ["q_proj"]}, "puts adapters on 2 modules"),
+        (q, {"modules_to_save": ["lm_head"]}, r"lora.modules_to_save=\['lm_head'\] but the adapter .* has \[\]"),
+    ]
+    for adapter, keys, msg in refused:
+        with pytest.raises(UserError, match=msg):
+            build_trainable(model, LoraSpec(init_from=adapter, **keys), cpu)
+    own = [(q, {"targets": ["q_proj"]}), (every, {"targets": "all-linear"}), (every, {"targets": layers})]
+    for adapter, keys in own:  # negative controls: the adapter's own modules
+        build_trainable(model, LoraSpec(init_from=adapter, **keys), cpu)
+
+
 @pytest.mark.parametrize(("steps", "save_every", "want"), [(4, 2, [2, 4]), (5, 2, [2, 4, 5]), (3, 0, [3])])
 def test_golden_prompts_answered_at_each_save(tiny_model_dir, chat_file, tmp_path, steps, save_every, want):
     """The last step saves final/ too: its answers were missing unless it fell on save_every (none with 0)."""

@@ -357,36 +357,78 @@ def load_lora(model: Any, adapter: str, gradient_checkpointing: bool = False, sp
         p.requires_grad_(False)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    targets = None
+    if spec is not None:
+        from peft import PeftConfig
+
+        targets = adapter_targets(model, PeftConfig.from_pretrained(str(adapter_dir)), spec)
     peft_model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
     if spec is not None:
-        match_adapter(peft_model, spec, adapter)
+        match_adapter(peft_model, spec, adapter, targets)
     return peft_model
 
 
-def shape_conflicts(spec: LoraSpec, saved: Any) -> dict[str, tuple[Any, Any]]:
+def shape_conflicts(spec: LoraSpec, saved: Any, list_targets: bool = True) -> dict[str, tuple[Any, Any]]:
     """The adapter-shape keys of `spec` a saved peft LoraConfig contradicts: key → (spec's, saved's). alpha None
-    (= 2r for a new adapter; what a config.yaml records when it was left out) and targets given as a name or regex
-    contradict nothing."""
+    (= 2r for a new adapter; what a config.yaml records when it was left out) contradicts nothing; targets are
+    compared as lists when `list_targets` (a name or regex: not at all; `match_adapter` compares modules)."""
     checks = {
         "r": (spec.r, saved.r),
         "alpha": (spec.alpha, saved.lora_alpha),
         "dora": (spec.dora, bool(saved.use_dora)),
         "rslora": (spec.rslora, bool(saved.use_rslora)),
     }
-    if isinstance(spec.targets, list):
+    if list_targets and isinstance(spec.targets, list):
         checks["targets"] = (sorted(spec.targets), sorted(saved.target_modules or []))
     return {
         k: (want, have) for k, (want, have) in checks.items() if want != have and not (k == "alpha" and want is None)
     }
 
 
-def match_adapter(peft_model: Any, spec: LoraSpec, adapter: str) -> None:
-    """Refuse lora.* keys the config sets that the saved adapter contradicts; apply lora.dropout."""
+def adapter_targets(base: Any, saved: Any, spec: LoraSpec) -> tuple[list[str], list[str]] | None:
+    """(modules lora.targets selects, modules the saved adapter config `saved` is on) on `base` before the adapter
+    wraps it, for `match_adapter`; None when the config does not set lora.targets."""
+    if "targets" not in spec.model_fields_set:
+        return None
+    return _targeted(base, saved, spec.targets), _targeted(base, saved, saved.target_modules)
+
+
+def _targeted(model: Any, saved: Any, target_modules: Any) -> list[str]:
+    """The module names peft puts an adapter on for `target_modules` (names, one regex or 'all-linear'), under the
+    rest of the adapter config `saved` (task type, exclusions)."""
+    import copy
+
+    from peft.tuners.tuners_utils import _maybe_include_all_linear_layers, check_target_module_exists
+
+    config = copy.copy(saved)
+    config.target_modules = target_modules
+    config = _maybe_include_all_linear_layers(config, model)
+    return sorted(n for n, _ in model.named_modules() if n and check_target_module_exists(config, n))
+
+
+def match_adapter(
+    peft_model: Any, spec: LoraSpec, adapter: str, targets: tuple[list[str], list[str]] | None = None
+) -> None:
+    """Refuse lora.* keys the config sets that the saved adapter contradicts; apply lora.dropout. `targets`: the
+    modules lora.targets and the adapter select (`_targeted`), compared as modules: `all-linear` and the adapter's
+    list of every linear layer are the same."""
     from peft.tuners.lora import LoraLayer
 
     saved = peft_model.peft_config["default"]
     given = spec.model_fields_set
-    for key, (want, have) in shape_conflicts(spec, saved).items():
+    if targets is not None and targets[0] != targets[1]:
+        want = sorted({n.rsplit(".", 1)[-1] for n in targets[0]})
+        have = sorted({n.rsplit(".", 1)[-1] for n in targets[1]})
+        raise UserError(
+            f"lora.targets={spec.targets} puts adapters on {len(targets[0])} modules ({', '.join(want) or 'none'}) "
+            f"but the adapter at lora.init_from ({adapter}) is on {len(targets[1])} ({', '.join(have)}): a continued "
+            "adapter keeps its shape; drop lora.targets"
+        )
+    conflicts = shape_conflicts(spec, saved, list_targets=False)
+    mts = (sorted(spec.modules_to_save or []), sorted(saved.modules_to_save or []))
+    if spec.modules_to_save is not None and mts[0] != mts[1]:  # None (a recorded config.yaml's null): unset
+        conflicts["modules_to_save"] = mts
+    for key, (want, have) in conflicts.items():
         if key in given:
             raise UserError(
                 f"lora.{key}={want} but the adapter at lora.init_from ({adapter}) has {have}: a continued adapter "

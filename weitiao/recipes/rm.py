@@ -30,6 +30,7 @@ from weitiao.models.digest import model_digest
 from weitiao.models.heads import RAW, SequenceScorer, save_reward_meta
 from weitiao.models.load import (
     LoraSpec,
+    adapter_targets,
     build_trainable,
     count_params,
     disable_dropout,
@@ -84,13 +85,14 @@ def load_scoring_adapter(base: Any, spec: LoraSpec, gradient_checkpointing: bool
         p.requires_grad_(False)
     if gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    targets = adapter_targets(base, config, spec)
     model = get_peft_model(base, config)
     saved = load_peft_weights(str(adapter_dir))
     # An SFT adapter has no score weights: those keep the fresh head (peft would refuse the missing key).
     result = set_peft_model_state_dict(model, {**get_peft_model_state_dict(model), **saved})
     if missing := [k for k in result.missing_keys if "lora_" in k]:
         raise UserError(f"lora.init_from: {adapter_dir} does not fit this model (missing {missing[0]})")
-    match_adapter(model, spec, adapter)
+    match_adapter(model, spec, adapter, targets)
     return model
 
 
