@@ -384,6 +384,28 @@ def test_chat_streams_from_a_full_fine_tuning_checkpoint_and_the_base(root, tiny
         assert r.status_code == 400 and "messages" in r.json()["error"]
 
 
+def test_a_chat_client_that_hangs_up_does_not_hang_the_next_chat(root, full_run):
+    """The model's lock was held across the reply's yields: a hang-up left the generator suspended (Starlette
+    does not close it) until the garbage collector ran, and the next chat with that checkpoint waited for it."""
+    import gc
+    import socket
+
+    body = {"run": "full", "ckpt": "final", "messages": [{"role": "user", "content": "你好"}], "temperature": 0}
+    gc.disable()  # the collector would free the suspended generator at a time of its own: make it never
+    try:
+        with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=20) as c:
+            raw = json.dumps(body | {"max_new_tokens": 400}).encode()
+            with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1]))) as s:
+                head = b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                s.sendall(head + b"Content-Length: %d\r\n\r\n" % len(raw) + raw)
+                assert s.recv(200).startswith(b"HTTP/1.1 200")  # the reply has begun; hang up in the middle
+            time.sleep(0.5)
+            r = c.post("/api/chat", json=body | {"max_new_tokens": 3})  # timed out (20 s) before the fix
+            assert r.status_code == 200 and r.text
+    finally:
+        gc.enable()
+
+
 def test_run_list_reads_the_tail_of_a_long_metrics_file(tmp_path):
     store = RunStore(tmp_path / "runs")
     d = tmp_path / "runs" / "long"

@@ -31,7 +31,7 @@ class Loaded:
     def __init__(self, model: Any, tokenizer: Any):
         self.model, self.tokenizer = model, tokenizer
         self.template = resolve_template(tokenizer, "auto")
-        self.lock = threading.Lock()  # one generation at a time per model
+        self.lock = threading.Lock()  # one generation step at a time per model
 
 
 class ChatModels:
@@ -54,5 +54,13 @@ class ChatModels:
             return self.models[key]
 
     def stream(self, loaded: Loaded, messages: list[dict], **sampling: Any) -> Iterator[str]:
-        with loaded.lock:
-            yield from generate.stream_reply(loaded.model, loaded.tokenizer, loaded.template, messages, **sampling)
+        """The reply piece by piece. The model's lock is held for each step, never across a yield: when a client
+        hangs up, Starlette leaves this generator suspended until the garbage collector finds it, and a lock held
+        there made every later chat with this model wait (for ever on a quiet console)."""
+        pieces = generate.stream_reply(loaded.model, loaded.tokenizer, loaded.template, messages, **sampling)
+        while True:
+            with loaded.lock:
+                piece = next(pieces, None)
+            if piece is None:
+                return
+            yield piece
