@@ -56,6 +56,27 @@ def test_api_round_vote_reveal(store):
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_two_arenas_mounted_in_one_app_keep_their_own_voter(tmp_path):
+    """The console mounts each arena at /arena/<id>/; their cookies (one name, each signed with its arena's secret)
+    were set for path / and replaced each other, so with two arena tabs open a vote in the first was a 403."""
+    from fastapi import FastAPI
+
+    console = FastAPI()
+    for name in ("one", "two"):
+        s = ArenaStore(tmp_path / f"{name}.sqlite")
+        s.serve_answers(ANSWERS)
+        console.mount(f"/arena/{name}", create_app(s, seed=0))
+    with running(console) as base, httpx.Client(base_url=base) as c:
+        rounds = {}
+        for name in ("one", "two"):  # open both pages, as two tabs would
+            assert c.get(f"/arena/{name}/").status_code == 200
+            rounds[name] = c.get(f"/arena/{name}/api/round").json()["round"]
+        for name in ("one", "two"):
+            v = c.post(f"/arena/{name}/api/vote", json={"round": rounds[name], "choice": "a"})
+            assert v.status_code == 200, v.text
+    assert {ck.path for ck in c.cookies.jar} == {"/arena/one", "/arena/two"}
+
+
 def test_sides_and_pairs_are_drawn_at_random(store):
     import random
 

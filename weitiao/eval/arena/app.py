@@ -136,8 +136,11 @@ def create_app(store: ArenaStore, seed: int | None = None, limits: ArenaLimits |
         new_voters.add(addr, now)
         return uuid.uuid4().hex
 
-    def with_cookie(resp: JSONResponse | HTMLResponse, voter: str) -> JSONResponse | HTMLResponse:
-        resp.set_cookie(COOKIE, f"{voter}.{sign(voter)}", max_age=365 * 86400, samesite="lax", httponly=True)
+    def with_cookie(resp: JSONResponse | HTMLResponse, voter: str, request: Request) -> JSONResponse | HTMLResponse:
+        # scoped to where the app is mounted (the console's /arena/<id>): two arenas, each signing with its own
+        # secret, would otherwise replace each other's cookie, and a vote in the first tab was refused (403)
+        path = request.scope.get("root_path") or "/"
+        resp.set_cookie(COOKIE, f"{voter}.{sign(voter)}", max_age=365 * 86400, path=path, samesite="lax", httponly=True)
         return resp
 
     def vote_refusal(voter: str, addr: str, now: float) -> tuple[str, float] | None:
@@ -160,7 +163,7 @@ def create_app(store: ArenaStore, seed: int | None = None, limits: ArenaLimits |
             with lock:
                 voter = new_voter(request, time.time())
             if voter:  # else no cookie: /api/round explains the refusal
-                with_cookie(resp, voter)
+                with_cookie(resp, voter, request)
         return resp
 
     @app.get("/api/round")
@@ -184,7 +187,7 @@ def create_app(store: ArenaStore, seed: int | None = None, limits: ArenaLimits |
                 while len(open_rounds) > lim.max_open:
                     open_rounds.popitem(last=False)
         resp = JSONResponse({"round": rnd["id"], "prompt": rnd["prompt"], "a": rnd["a"], "b": rnd["b"]})
-        return with_cookie(resp, issued) if issued else resp
+        return with_cookie(resp, issued, request) if issued else resp
 
     @app.post("/api/vote")
     def vote(v: Vote, request: Request) -> JSONResponse:
