@@ -846,3 +846,17 @@ def test_a_reward_file_is_taken_from_the_root_and_kept_inside_it(root, tmp_path)
     # negative controls: a module:function and a hub id stay names
     for name in ("weitiao.recipes.rewards:short_emoji_reward", "org/reward-model"):
         assert forms.build("ppo", base | {"reward.path": name}, Roots([root]), root / "runs" / "x").reward.path == name
+
+
+def test_the_tokenized_cache_is_not_written_into_a_read_only_root(root, tmp_path):
+    """data.cache_dir was checked only for lying inside the roots, so a run could write its cache into the read-only
+    one (the shipped demo data, inside the package); a folder the run writes into must be in a writable root."""
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    roots = Roots([root], read_only=[shipped])
+    values = {"data.train": '["data/a.jsonl"]'}
+    with pytest.raises(UserError, match="data.cache_dir .*read-only here"):
+        forms.build("sft", values | {"data.cache_dir": str(shipped / "cache")}, roots, root / "runs" / "x")
+    assert forms.build("sft", values | {"data.train": f'["{shipped / "a.jsonl"}"]'}, roots, root / "runs" / "x")
+    cfg = forms.build("sft", values | {"data.cache_dir": "cache"}, roots, root / "runs" / "x")  # control: writable
+    assert cfg.data.cache_dir == str(root.resolve() / "cache")

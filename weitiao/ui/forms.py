@@ -24,6 +24,7 @@ from weitiao.ui.help_zh import zh
 from weitiao.ui.paths import Roots
 
 RECIPES = ("sft", "dpo", "rm", "ppo")
+WRITTEN = {("data", "cache_dir")}  # path keys the run writes into (train.out is the console's): a writable root
 
 
 def config_class(kind: str) -> type[BaseModel]:
@@ -156,7 +157,7 @@ def _check_paths(cls: type[BaseModel], data: dict, roots: Roots) -> None:
             if kind.only_if_exists and not local.exists() and not p.is_absolute() and not v.startswith((".", "~")):
                 fixed.append(v)  # a hub id or module:function
                 continue
-            fixed.append(str(roots.resolve(v, what)))
+            fixed.append(str(roots.resolve(v, what, write=keys in WRITTEN)))
         node[keys[-1]] = fixed if isinstance(value, list) else fixed[0]
 
 
