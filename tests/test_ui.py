@@ -406,6 +406,17 @@ def test_a_chat_client_that_hangs_up_does_not_hang_the_next_chat(root, full_run)
         gc.enable()
 
 
+def test_a_chat_over_the_context_is_a_400_not_an_empty_reply(root, full_run):
+    """The context check ran inside the streamed body, after the 200: the page showed an empty reply (and kept it in
+    the conversation) while the error went only to the console's log."""
+    body = {"run": "full", "ckpt": "final", "max_new_tokens": 3, "temperature": 0}
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        r = c.post("/api/chat", json=body | {"messages": [{"role": "user", "content": "龘" * 2000}]})
+        assert r.status_code == 400 and "context" in r.json()["error"], r.text
+        r = c.post("/api/chat", json=body | {"messages": [{"role": "user", "content": "你好"}]})  # control
+        assert r.status_code == 200 and r.text
+
+
 def test_run_list_reads_the_tail_of_a_long_metrics_file(tmp_path):
     store = RunStore(tmp_path / "runs")
     d = tmp_path / "runs" / "long"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import itertools
 import json
 import os
 import re
@@ -339,7 +340,10 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
         base = yaml.safe_load((runs.existing(str(name)) / "ui" / "config.yaml").read_text(encoding="utf-8"))
         loaded = models.get(str(base["model"]["path"]), weights)
         chunks = models.stream(loaded, [{"role": m["role"], "content": m["content"]} for m in messages], **sampling)
-        return StreamingResponse(chunks, media_type="text/plain; charset=utf-8")
+        # the first piece before the 200: a conversation the model refuses (over its context) is a 400 the page shows,
+        # not an empty reply with the error only in the console's log
+        first = next(chunks, "")
+        return StreamingResponse(itertools.chain([first], chunks), media_type="text/plain; charset=utf-8")
 
     @app.post("/api/export")
     def export(body: dict) -> dict:
