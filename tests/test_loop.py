@@ -88,7 +88,7 @@ def run_loop(tmp_path, t: TrainSpec, *, loss_of=None, after_step=None, state=Non
             epoch, units = plan.step(step)
             loop.set_lr(optimizer, t, t.lr, step, total)
             sums: loop.Sums = {}
-            for rows in loop.micro_batches(accel, module, units):
+            for rows, _ in loop.micro_batches(accel, module, units):
                 if seen is not None:
                     seen.append(model.training)
                 z = x[rows[0]]
@@ -173,9 +173,36 @@ def test_micro_batches_sync_gradients_on_the_last_only():
 
     units = [[[i]] for i in range(6)]
     seen = []
-    for rows in loop.micro_batches(Rank1(), "m", units):
-        seen.append((rows, len(entered)))
-    assert seen == [([[1]], 1), ([[3]], 2), ([[5]], 2)]  # this process's share; no_sync around all but the last
+    for rows, real in loop.micro_batches(Rank1(), "m", units):
+        seen.append((rows, real, len(entered)))
+    assert seen == [([[1]], True, 1), ([[3]], True, 2), ([[5]], True, 2)]  # no_sync around all but the last
+
+
+def test_a_process_short_of_micro_batches_runs_a_filler_to_stay_in_step():
+    """An epoch's last step of 5 micro-batches on 2 processes: process 1 had 2 to process 0's 3, and FSDP2 hung
+    (ZeRO-3 crashed: 'collective mismatch') on process 0's third forward. Every process now runs 3; process 1's
+    third is its first again, not real (the recipe multiplies its loss by 0 and counts nothing of it)."""
+
+    class Rank(OneProcess):
+        num_processes = 2
+
+        def __init__(self, rank):
+            self.process_index, self.synced = rank, []
+
+        def no_sync(self, module):
+            self.synced.append(False)
+            return contextlib.nullcontext()
+
+    units = [[[i]] for i in range(5)]
+    ranks = [Rank(0), Rank(1)]
+    got = [list(loop.micro_batches(r, "m", units)) for r in ranks]
+    assert got[0] == [([[0]], True), ([[2]], True), ([[4]], True)]
+    assert got[1] == [([[1]], True), ([[3]], True), ([[1]], False)]
+    assert [len(r.synced) for r in ranks] == [2, 2]  # both sync on their third: the gradients' one all-reduce
+    real = sorted(rows[0][0] for g in got for rows, ok in g if ok)
+    assert real == list(range(5))  # every micro-batch counted once
+    even = [list(loop.micro_batches(r, "m", units[:4])) for r in ranks]  # negative control: no filler needed
+    assert [len(g) for g in even] == [2, 2] and all(ok for g in even for _, ok in g)
 
 
 def test_resume_on_other_data_is_refused():

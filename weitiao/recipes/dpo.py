@@ -478,15 +478,16 @@ def run(cfg: DPOConfig) -> dict:
             )
             loop.set_lr(optimizer, t, lr, step, total)
             sums: loop.Sums = {}
-            for pairs in loop.micro_batches(accel, loss_mod, units, (t.seed, step)):
+            for pairs, real in loop.micro_batches(accel, loss_mod, units, (t.seed, step)):
                 rows = pair_rows(pairs, cfg.data.packing)
                 b = collate(data.train, rows, pad_id, cfg.data.packing, one_row).to(accel.device)
                 o = pair_step(loss_mod, ref, b, [i for row in rows for i in row], cfg, data.weights)
                 objective = o["loss_sum"] * world / max(weight, 1e-12)  # a step of weight-0 pairs learns nothing
                 if d.rpo_alpha:
                     objective = objective + d.rpo_alpha * o["nll_chosen_sum"] * world / max(chosen_tokens, 1e-12)
-                accel.backward(objective)
-                loop.add(sums, **o)
+                accel.backward(objective * real)  # a filler (not real) only keeps processes in step
+                if real:
+                    loop.add(sums, **o)
             norm = loop.clip_grad(accel, params, t.max_grad_norm)
             sums = loop.reduce_sums(accel, sums)
             m = summarize(sums, run.lap())

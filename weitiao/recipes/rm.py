@@ -232,13 +232,14 @@ def run(cfg: RMConfig) -> dict:
             n_pairs = sum(len(row) for pairs in units for row in pairs)
             loop.set_lr(optimizer, t, lr, step, total)
             sums: loop.Sums = {}
-            for pairs in loop.micro_batches(accel, scorer, units, (t.seed, step)):
+            for pairs, real in loop.micro_batches(accel, scorer, units, (t.seed, step)):
                 rows = pair_rows(pairs, cfg.data.packing)
                 rc, rr = pair_rewards(scorer, data.train, rows, pad_id, cfg.data.packing, accel.device, one_row)
                 m = None if train_margins is None else rc.new_tensor([train_margins[i] for r in pairs for i in r])
                 loss, terms = _terms(rc, rr, cfg.rm, m)
-                accel.backward(loss.sum() * world / n_pairs)
-                loop.add(sums, **terms)
+                accel.backward(loss.sum() * world / n_pairs * real)  # a filler (not real) only keeps processes in step
+                if real:
+                    loop.add(sums, **terms)
             norm = loop.clip_grad(accel, params, t.max_grad_norm)
             sums = loop.reduce_sums(accel, sums)
             m = summarize(sums, run.lap())

@@ -284,11 +284,12 @@ def run(cfg: SFTConfig) -> dict:
             targets = sum(n_targets(data.train[i]) for rows in units for row in rows for i in row)
             loop.set_lr(optimizer, t, lr, step, total)
             sums: loop.Sums = {}
-            for rows in loop.micro_batches(accel, loss_mod, units, (t.seed, step)):
+            for rows, real in loop.micro_batches(accel, loss_mod, units, (t.seed, step)):
                 b = collate(data.train, rows, pad_id, cfg.data.packing, one_row).to(accel.device)
                 nll, n = loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask)
-                accel.backward(nll * world / max(1, targets))
-                loop.add(sums, nll=nll, targets=n, tokens=(b.seq_index >= 0).sum())
+                accel.backward(nll * world / max(1, targets) * real)  # a filler (not real) only keeps processes in step
+                if real:
+                    loop.add(sums, nll=nll, targets=n, tokens=(b.seq_index >= 0).sum())
             norm = loop.clip_grad(accel, params, t.max_grad_norm)
             sums = loop.reduce_sums(accel, sums)
             m = summarize(sums, run.lap())

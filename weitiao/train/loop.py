@@ -4,8 +4,9 @@ A recipe's step, with these helpers (the math and `optimizer.step()` stay in the
 
     epoch, units = plan.step(step)                      # this step's micro-batches, all processes
     set_lr(optimizer, t, lr, step, total)
-    for rows in micro_batches(accel, module, units, (t.seed, step)):  # this process's share; synced on the last
-        ... forward; accel.backward(loss)
+    for rows, real in micro_batches(accel, module, units, (t.seed, step)):  # this process's share; synced on the last
+        ... forward; accel.backward(loss * real)        # real False: a filler that keeps FSDP/DeepSpeed in step
+        if real: add(sums, ...)
     norm = clip_grad(accel, params, t.max_grad_norm)    # the norm before clipping
     sums = reduce_sums(accel, sums)                     # over processes
     run.check_finite(step + 1, loss=..., grad_norm=norm)  # stops before a NaN update
@@ -154,22 +155,27 @@ def refuse_eval_without_data(t: TrainSpec, has_eval: bool, golden_cadence: bool 
 
 def micro_batches(
     accel: Any, module: Any, units: Units, seed: tuple[int, int] | None = None
-) -> Iterator[list[list[int]]]:
-    """This process's micro-batches of a step (every `world`-th); gradients are synced across processes
-    only during the last one, so accumulation costs one all-reduce per step.
+) -> Iterator[tuple[list[list[int]], bool]]:
+    """This process's micro-batches of a step (every `world`-th) as (rows, real); gradients are synced
+    across processes only during the last one, so accumulation costs one all-reduce per step.
+
+    Every process runs as many micro-batches: FSDP and DeepSpeed forwards and backwards are collective,
+    and an epoch's last step can leave a process one short (5 micro-batches on 2 processes hung FSDP2 and
+    crashed ZeRO-3). The short process runs its first micro-batch again with `real` False: a filler whose
+    loss the recipe multiplies by 0 and whose metrics it does not count.
 
     `seed` (train.seed, step): the random draws (dropout masks) of micro-batch g of the step come from
     a generator seeded by (seed, step, g), so N processes draw what one process with N × grad_accum
     draws, and no two processes draw the same masks."""
     rank, world = accel.process_index, accel.num_processes
-    mine = units[rank::world]
-    for j, rows in enumerate(mine):
+    mine, n = units[rank::world], -(-len(units) // world)
+    for j in range(n):
         with contextlib.ExitStack() as stack:
-            if j < len(mine) - 1:
+            if j < n - 1:
                 stack.enter_context(accel.no_sync(module))
             if seed is not None:
                 stack.enter_context(seeded(*seed, rank + j * world))
-            yield rows
+            yield (mine[j], True) if j < len(mine) else (mine[0], False)
 
 
 @contextlib.contextmanager
