@@ -195,3 +195,26 @@ def test_resume_refuses_an_init_from_adapter_retrained_at_the_same_path(tiny_mod
     shutil.copytree(init / "previous" / next((init / "previous").iterdir()).name / "final", init / "final")
     dpo.run(dpo_config(tiny_model_dir, data, run, *resume))  # the original adapter back: resumes
     assert [r["step"] for r in read_metrics(run, "train")] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_pair_notes_and_warnings_are_printed_by_the_first_process_only(tokenizer, tmp_path, monkeypatch, capsys, rank):
+    """Under torchrun every process read the pairs, and each printed the overlap warning and the LLaMA-Factory
+    notes: 2 processes, every line twice (8 GPUs: 8 times). Process 0 says them once."""
+    import json
+
+    from weitiao.train.pairs import prepare_pairs
+
+    rows = [{"instruction": f"问{i}", "chosen": "好的😊", "rejected": "不知道"} for i in range(6)]
+    write_jsonl(tmp_path / "pairs.jsonl", rows)
+    columns = {"prompt": "instruction", "chosen": "chosen", "rejected": "rejected"}
+    info = {"prefs": {"file_name": "pairs.jsonl", "ranking": True, "num_samples": 4, "columns": columns}}
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    over = [f"data.dataset_dir={tmp_path}", "data.eval=[prefs]", "data.max_len=64"]
+    cfg = recipe_config("rm", "unused", "prefs", tmp_path / "run", *over)
+    monkeypatch.setenv("RANK", rank)
+    prepare_pairs(cfg, tokenizer, read_margins=True)
+    out = capsys.readouterr().out
+    said = ("warning: data.eval: ", "note: prefs: num_samples 4 of 6 rows")
+    assert [any(s in line for line in out.splitlines()) for s in said] == [rank == "0"] * 2, out
+

@@ -259,7 +259,7 @@ def load_pairs(
         "skip_hint": skip_hint,
     }
     res = load_rows(paths, fmt, skip_invalid=skip_invalid, **kw)
-    for note in res.notes:
+    for note in res.notes if os.environ.get("RANK", "0") == "0" else ():  # once per run, not once per process
         print(f"note: {note}")
     for row in res.rows:
         if not isinstance(row, PreferencePair):

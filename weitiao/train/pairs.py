@@ -76,8 +76,8 @@ def prepare_pairs(cfg: PairConfig, tokenizer: Any, read_margins: bool = False, r
         pairs, eval_pairs = split.train, split.eval
     else:
         eval_pairs = []
-    if overlap := count_overlap(pairs, eval_pairs, pair_key):
-        print("warning: " + overlap_warning("data.eval", overlap, len(eval_pairs)))
+    if (overlap := count_overlap(pairs, eval_pairs, pair_key)) and os.environ.get("RANK", "0") == "0":
+        print("warning: " + overlap_warning("data.eval", overlap, len(eval_pairs)))  # once per run, not per process
     n_read = len(pairs) + len(eval_pairs)
     pairs, eval_pairs = _confident(pairs, d.min_confidence), _confident(eval_pairs, d.min_confidence)
     if not pairs:
