@@ -218,3 +218,20 @@ def test_pair_notes_and_warnings_are_printed_by_the_first_process_only(tokenizer
     said = ("warning: data.eval: ", "note: prefs: num_samples 4 of 6 rows")
     assert [any(s in line for line in out.splitlines()) for s in said] == [rank == "0"] * 2, out
 
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_sweep_under_torchrun_is_printed_and_written_by_the_first_process(tmp_path, monkeypatch, capsys, rank):
+    """`torchrun ... -m weitiao dpo C --sweep beta=…`: every process runs the sweep, and each printed the table and
+    wrote sweep.json/.md/.png over the others'. Process 0 does, once; the others only train."""
+    from weitiao import cli
+
+    monkeypatch.setattr(dpo, "run", lambda cfg: {"eval_margins": cfg.dpo.beta, "eval_loss": 0.5})
+    monkeypatch.setattr(cli, "console", cli.Console(width=200))  # rich's console, on the stdout capsys sees
+    monkeypatch.setenv("RANK", rank)
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(4))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {{path: {tmp_path}}}\ndata: {{train: [{data}]}}\ntrain: {{out: {tmp_path / 'sw'}}}\n")
+    cli.app(["dpo", str(cfg), "--sweep", "beta=0.1,0.5"], standalone_mode=False)
+    out = capsys.readouterr().out
+    written = (tmp_path / "sw" / "sweep.json").exists()
+    assert (out.count("sweep beta=0.1,0.5"), written) == ((1, True) if rank == "0" else (0, False)), out

@@ -135,7 +135,7 @@ def dpo(
             t.add_column(col)
         for r in rows:
             t.add_row(*("–" if r[c] is None else f"{r[c]:.4g}" for c in cols))
-        console.print(t)
+        _summary(t)  # under torchrun every process runs the sweep: the first prints it
         return
     _summary(recipe.run(load_config(recipe.DPOConfig, config, overrides or [])))
 

@@ -6,6 +6,7 @@ weitiao dpo CONFIG.yaml --sweep beta=0.01,0.1,0.5     # the chapter's β trade-o
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,8 @@ def sweep(
         held_out = any(f"eval_{c}" in summary for c in COLUMNS)
         row = {key: float(v), **{c: summary.get(f"{'eval' if held_out else 'train'}_{c}") for c in COLUMNS}}
         rows.append({**row, "source": "eval" if held_out else "train_last_step"})
+    if os.environ.get("RANK", "0") != "0":  # under torchrun every process runs the sweep; the first writes it
+        return rows
     atomic_write_text(root / "sweep.json", json.dumps(rows, indent=2))
     sources = {r["source"]: SOURCES[r["source"]] for r in rows}
     note = "".join(f"Metrics of the {what}.\n\n" for what in sources.values())
