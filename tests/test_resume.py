@@ -310,3 +310,38 @@ def test_a_resumed_run_logs_each_step_once(tiny_model_dir, chat_file, tmp_path, 
     assert steps == {k: [r["step"] for r in read_metrics(tmp_path / "straight", k)] for k in ("train", "eval")}
     aside = [json.loads(x) for x in (tmp_path / "killed" / "metrics.abandoned.jsonl").read_text().splitlines()]
     assert [(r["kind"], r["step"]) for r in aside] == [("train", 3)]
+
+
+def test_a_fresh_two_process_run_moves_the_previous_rejects_aside_before_writing_its_own(tiny_model_dir, tmp_path):
+    """train.resume=none on 2 processes: process 0 moves the previous run aside while process 1 goes on to read the
+    data, which writes OUT/rejects.jsonl. On a slow filesystem process 1 wrote first: the previous run's rejects were
+    overwritten, and the new ones moved into previous/. Every process now waits for the move."""
+    from conftest import CHAT_ROWS, write_jsonl
+
+    def data(tag: str) -> Path:
+        rows = [{**r, "instruction": f"{r['instruction']} {tag}{i}"} for i, r in enumerate(CHAT_ROWS * 2)]
+        return write_jsonl(tmp_path / f"{tag}.jsonl", [*rows, {"bad": tag}])  # one rejected row, naming the run
+
+    run = tmp_path / "run"
+    args = ["train.max_steps=1", "data.skip_invalid=true", "data.max_len=64", "data.cache=false", "data.packing=false"]
+    sft.run(config(tiny_model_dir, data("old"), run, *args, "data.eval_split=0"))
+    driver = tmp_path / "slow_move.py"  # process 0's move takes a while, as on a busy network filesystem
+    driver.write_text(
+        "import sys, time\nfrom weitiao.train import checkpoint as ck\nmove = ck.move_previous_run\n"
+        "ck.move_previous_run = lambda out: time.sleep(3) or move(out)\n"
+        "from weitiao.cli import main\nsys.argv[0] = 'weitiao'\nmain()\n"
+    )
+    (tmp_path / "empty.yaml").write_text("{}\n")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ddp = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}"]
+    over = [f"model.path={tiny_model_dir}", f"data.train=[{data('new')}]", f"train.out={run}", "train.resume=none"]
+    over += [*args, "train.micro_batch_size=1", "train.progress=false", "train.tensorboard=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, *ddp, str(driver), "sft", str(tmp_path / "empty.yaml"), *over]
+    p = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (previous,) = (run / "previous").iterdir()
+    assert '"bad": "old"' in (previous / "rejects.jsonl").read_text()
+    assert '"bad": "new"' in (run / "rejects.jsonl").read_text()

@@ -385,6 +385,7 @@ def open_run(out: Path, t: TrainSpec, cfg: Any, accel: Any) -> Opened:
     config_yaml, inputs = dump_config(cfg), ck.input_fingerprints(cfg)
     main, world = accel.is_main_process, accel.num_processes
     ckpt = ck.open_run(out, t.resume, config_yaml, main, inputs, world, dist.gather_objects, write=False)
+    accel.wait_for_everyone()  # the previous run is moved aside before any process writes rejects.jsonl into `out`
     return config_yaml, inputs, ckpt
 
 
