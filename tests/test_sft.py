@@ -335,3 +335,22 @@ def test_full_finetune_of_16_bit_weights_warns_that_small_steps_are_lost(tiny_mo
     assert "trained weights are 16-bit and AdamW updates them in place" in capsys.readouterr().out
     sft.run(config(tiny_model_dir, chat_file, tmp_path / "fp32", *extra, "model.dtype=fp32"))  # negative control
     assert "16-bit" not in capsys.readouterr().out
+
+
+def test_final_appears_whole_or_not_at_all(tiny_model_dir, chat_file, tmp_path, monkeypatch):
+    """A crash while final/ was written left a partial folder (weights, no tokenizer) that resume then refused as
+    finished; now it is built beside and renamed into place."""
+    from weitiao.train import loop
+
+    def crash(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(loop, "save_tokenizer", crash)
+    run = tmp_path / "run"
+    with pytest.raises(OSError, match="No space left"):
+        sft.run(config(tiny_model_dir, chat_file, run, "train.max_steps=2"))
+    assert not (run / "final").exists() and not list(run.glob(".final.*"))
+    monkeypatch.undo()  # control: the same run completes final/ with every file
+    sft.run(config(tiny_model_dir, chat_file, run, "train.max_steps=2", "train.resume=none"))
+    names = {p.name for p in (run / "final").iterdir()}
+    assert {"adapter", "tokenizer", "chat_template.jinja"} <= names and not list(run.glob(".final.*"))

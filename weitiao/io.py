@@ -194,6 +194,35 @@ def open_modes(folder: str | Path) -> None:
             f.chmod(mode)
 
 
+def publish_dir(dest: str | Path, fill: Callable[[Path], Any]) -> Any:
+    """`fill(tmp)` writes a folder's files into a fresh temp dir beside `dest` (its result is returned); complete, the
+    dir is renamed into place, a previous `dest` (ours: an earlier export, a run's `final/`) moved aside until then
+    and removed after. A failure at any point leaves `dest` as it was and no temp dir behind."""
+    import shutil
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    tmp.chmod(0o777 & ~umask())  # mkdtemp makes it private; the folder gets a normal new dir's mode
+    old = None
+    try:
+        result = fill(tmp)
+        open_modes(tmp)  # safetensors writes 0600; a server running as another user must read the folder
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".old"))
+            dest.rename(old / dest.name)
+        tmp.rename(dest)
+    except BaseException:
+        if old is not None and not dest.exists() and (old / dest.name).exists():
+            (old / dest.name).rename(dest)
+            old.rmdir()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old)  # the previous folder, moved aside once the new one was complete
+    return result
+
+
 @contextmanager
 def atomic_writer(path: str | Path) -> Iterator[Callable[[str], None]]:
     """Yield write(text) into a temp file beside `path`; on success it replaces `path`, on error it is removed.

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from weitiao.data.formats import load_conversations
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
 from weitiao.infer import gguf as to_gguf
-from weitiao.io import atomic_write_text, open_modes, umask
+from weitiao.io import atomic_write_text, open_modes, publish_dir
 from weitiao.models.load import (
     DTYPES,
     ModelSpec,
@@ -191,32 +190,18 @@ def export(
 
 
 def publish(dest: Path, replace: bool, fill: Any) -> Path:
-    """`fill(tmp)` writes an export into a fresh temp dir beside `dest` and returns what the marker
-    records; the dir is renamed into place when complete (a previous export, `replace`, moved aside
-    until then). A failure at any point leaves `dest` as it was and no temp dir behind."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
-    mask = umask()
-    tmp.chmod(0o777 & ~mask)  # mkdtemp makes it private; the export gets a normal new dir's mode
-    old = None
-    try:
+    """`fill(tmp)` writes an export into a fresh temp dir beside `dest` and returns what the marker records; the dir
+    is renamed into place when complete (`publish_dir`: a previous export, `replace`, or the empty folder `check_out`
+    let by, moved aside until then). A failure at any point leaves `dest` as it was and no temp dir behind."""
+
+    def with_marker(tmp: Path) -> None:
         info = fill(tmp)
-        open_modes(tmp)  # safetensors writes 0600; a server running as another user must read the export
+        open_modes(tmp)
         atomic_write_text(tmp / MARKER, json.dumps({**info, "files": sorted(_files(tmp))}, indent=1))
-        if replace:
-            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".old"))
-            dest.rename(old / "export")
-        elif dest.exists():
-            dest.rmdir()  # empty (check_out): rmdir cannot remove anything else
-        tmp.rename(dest)
-    except BaseException:
-        if old is not None and not dest.exists() and (old / "export").exists():
-            (old / "export").rename(dest)
-            old.rmdir()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old)  # the previous export, moved aside once the new one was complete
+
+    if dest.exists() and not replace and any(dest.iterdir()):  # check_out lets by only an empty folder
+        raise UserError(f"{dest}: not empty; choose another --out")
+    publish_dir(dest, with_marker)
     return dest
 
 

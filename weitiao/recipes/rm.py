@@ -254,10 +254,12 @@ def run(cfg: RMConfig) -> dict:
     # 5. Save what PPO and `weitiao score` load.
     summary = {"out": str(out), **run.summary(summarize)}
     weights = dist.full_weights(accel, scorer)  # every process: FSDP gathers the shards
-    final = loop.finish(out, model, tokenizer, data.template, summary, log, accel, weights)
-    if final is not None:
+
+    def meta(final: Path) -> None:
         base = Path(cfg.model.path)
         base_path = str(base.resolve()) if base.exists() else cfg.model.path
         digest = model_digest(cfg.model.path) if cfg.lora.enabled else None  # read for adapter reward models only
         save_reward_meta(final, base_path, data.template.jinja, RAW if cfg.data.format == RAW else "chat", digest)
+
+    loop.finish(out, model, tokenizer, data.template, summary, log, accel, weights, meta)
     return summary

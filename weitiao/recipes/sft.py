@@ -314,9 +314,8 @@ def run(cfg: SFTConfig) -> dict:
         **run.summary(summarize),
     }
     weights = dist.full_weights(accel, loss_mod)  # every process: FSDP gathers the shards
-    final = loop.finish(out, model, tokenizer, data.template, summary, log, accel, weights)
-    if final is not None:
-        atomic_write_text(final / "chat_template.jinja", data.template.standalone())
+    loop.finish(out, model, tokenizer, data.template, summary, log, accel, weights,
+                lambda final: atomic_write_text(final / "chat_template.jinja", data.template.standalone()))  # fmt: skip
     return summary
 
 

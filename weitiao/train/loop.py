@@ -31,6 +31,7 @@ import torch
 from weitiao.data.collate import plan_epoch
 from weitiao.data.templates import ChatTemplate
 from weitiao.errors import UserError
+from weitiao.io import publish_dir
 from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
 from weitiao.train import checkpoint as ck
 from weitiao.train import dist, zero
@@ -416,8 +417,11 @@ def finish(
     log: MetricsLog,
     accel: Any,
     weights: dict[str, torch.Tensor] | None = None,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path | None:
-    """Save final weights + the tokenizer carrying the training chat template; log `done`; close.
+    """Save final weights + the tokenizer carrying the training chat template (+ what `extra(folder)` writes, the
+    recipe's own files); log `done`; close. `final/` appears whole or not at all (`publish_dir`): a crash while
+    writing it left a partial folder that resume then refused as finished.
 
     `weights`: the gathered full state dict where the model holds shards (`dist.full_weights`, which
     every process calls). A causal LM's weights get a generation_config.json that stops at the
@@ -425,14 +429,20 @@ def finish(
     """
     final = None
     if accel.is_main_process and summary["finished"]:
+
+        def fill(folder: Path) -> None:
+            saved = ck.save_weights(model, folder, weights)
+            gen = getattr(model, "generation_config", None)  # None for a reward model's classifier
+            if gen is not None:
+                write_generation_config(saved, gen, stop_ids(tokenizer, template, gen.eos_token_id))
+            if (saved / "config.json").is_file():
+                legacy_config_keys(saved)
+            save_tokenizer(tokenizer, template, folder / "tokenizer")
+            if extra is not None:
+                extra(folder)
+
         final = out / "final"
-        saved = ck.save_weights(model, final, weights)
-        gen = getattr(model, "generation_config", None)  # None for a reward model's classifier
-        if gen is not None:
-            write_generation_config(saved, gen, stop_ids(tokenizer, template, gen.eos_token_id))
-        if (saved / "config.json").is_file():
-            legacy_config_keys(saved)
-        save_tokenizer(tokenizer, template, final / "tokenizer")
+        publish_dir(final, fill)
         log.log("done", summary["steps"], **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
     log.close()
     accel.wait_for_everyone()
