@@ -29,6 +29,12 @@ RECIPES = {"sft": (sft, sft.SFTConfig), "dpo": (dpo, dpo.DPOConfig), "rm": (rm, 
 STEPS = 3  # step 3 of 2 processes × micro-batch 2 ends short: 23 rows / 11 pairs are not multiples of 4
 
 
+def quiet_args(model_dir) -> list[str]:
+    """Overrides every run here shares: the tiny model, quiet, micro-batches of 2, 64 tokens."""
+    return [f"model.path={model_dir}", "train.progress=false", "train.tensorboard=false", "train.micro_batch_size=2",
+            "data.max_len=64"]  # fmt: skip
+
+
 def adapter(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "adapter" / "adapter_model.safetensors"))
 
@@ -88,16 +94,7 @@ def runs(tiny_model_dir, tmp_path_factory):
         write_jsonl(d / "pairs.jsonl", pair_rows(11, "t")),
         write_jsonl(d / "ev.jsonl", pair_rows(3, "e")),
     )
-    common = [
-        f"model.path={tiny_model_dir}",
-        "train.progress=false",
-        "train.tensorboard=false",
-        "train.micro_batch_size=2",
-        "data.max_len=64",
-        f"train.max_steps={STEPS}",
-        "train.save_every=1",
-        "train.lr=5e-3",
-    ]
+    common = [*quiet_args(tiny_model_dir), f"train.max_steps={STEPS}", "train.save_every=1", "train.lr=5e-3"]
     layers = {"auto_wrap_policy": "transformer_based_wrap"}  # one FSDP unit per decoder layer, as shipped
     specs = {
         "sft": ("sft", [f"data.train=[{chat}]"], layers),
@@ -204,15 +201,7 @@ def test_an_epoch_end_that_leaves_a_process_short_trains_under_fsdp2(tiny_model_
     chat = write_jsonl(tmp_path / "chat.jsonl", [{**r, "instruction": f"{r['instruction']} #{i}"}
                                                  for i, r in enumerate(CHAT_ROWS * 3)][:9])  # fmt: skip
     pairs = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(9, "t"))
-    common = [
-        f"model.path={tiny_model_dir}",
-        "train.progress=false",
-        "train.tensorboard=false",
-        "train.micro_batch_size=2",
-        "data.max_len=64",
-        "data.packing=false",
-        "train.lr=5e-3",
-    ]
+    common = [*quiet_args(tiny_model_dir), "data.packing=false", "train.lr=5e-3"]
     runs = {"sft": [*common, f"data.train=[{chat}]"], "dpo": [*common, f"data.train=[{pairs}]"]}
     runs["rm"] = runs["dpo"]
     layers = {"auto_wrap_policy": "transformer_based_wrap"}
