@@ -217,3 +217,15 @@ def test_golden_report_with_nothing_to_report_exits_with_why(tokenizer, tiny_mod
     with pytest.raises(UserError, match="no checkpoint to report: left out step-000004: no saved answer"):
         golden_report(run, tmp_path / "other.jsonl", max_new_tokens=8)  # its answers were made with other settings
     assert not (run / "golden_report.html").exists()
+
+
+def test_a_users_checkpoint_copy_is_not_read_as_a_step(tmp_path):
+    """checkpoints/step-final (a user's copy) crashed eval golden with int('final'): a traceback."""
+    from weitiao.eval.golden import read_run
+
+    run = tmp_path / "run"
+    for name in ("step-000002", "step-final", "step-000004-best"):
+        (run / "checkpoints" / name / "adapter").mkdir(parents=True)
+    (run / "config.yaml").write_text("model: {path: demo}\n", encoding="utf-8")
+    _, ckpts, _ = read_run(run)
+    assert [(c.name, c.step) for c in ckpts] == [("step-000002", 2)]

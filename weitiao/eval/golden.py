@@ -30,6 +30,7 @@ from weitiao.eval.metrics import Item, MetricSettings, item_metrics, reply_metri
 from weitiao.io import append_jsonl, atomic_write_text, claim_outputs, read_jsonl
 from weitiao.progress import progress_bar
 from weitiao.reports import page
+from weitiao.train.checkpoint import is_step_dir
 
 GOLDEN_FILE = "golden.jsonl"
 REPORT_FILE = "golden_report.html"
@@ -173,6 +174,8 @@ def read_run(run_dir: Path) -> tuple[dict, list[Checkpoint], list[dict]]:
     ckpts = []
     root = run_dir / "checkpoints"
     for d in sorted(root.glob("step-*")) if root.exists() else []:
+        if not is_step_dir(d):  # a user's copy (step-final, step-400-best): not a step of this run; was a traceback
+            continue
         w = d / "adapter" if (d / "adapter").exists() else d / "model"
         if w.exists():
             ckpts.append(Checkpoint(d.name, int(d.name.split("-")[1]), w))
