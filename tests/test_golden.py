@@ -228,4 +228,4 @@ def test_a_users_checkpoint_copy_is_not_read_as_a_step(tmp_path):
         (run / "checkpoints" / name / "adapter").mkdir(parents=True)
     (run / "config.yaml").write_text("model: {path: demo}\n", encoding="utf-8")
     _, ckpts, _ = read_run(run)
-    assert [(c.name, c.step) for c in ckpts] == [("step-000002", 2)]
+    assert [(c.label, c.step) for c in ckpts] == [("step-000002", 2)]
