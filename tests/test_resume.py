@@ -259,6 +259,37 @@ def test_resume_refuses_changed_data_content(tiny_model_dir, chat_file, tmp_path
     assert [r["step"] for r in read_metrics(run, "train")] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("recipe", ["sft", "dpo"])
+def test_resume_refuses_edited_text_of_the_same_token_counts(tiny_model_dir, tmp_path, recipe):
+    """Only row lengths were compared: an edit that kept every row's token count (one character for another) resumed
+    on other data unsaid. Now a digest of the texts is kept with the checkpoint too."""
+    from conftest import recipe_config, write_jsonl
+
+    from weitiao.models.load import load_tokenizer
+    from weitiao.recipes import dpo
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    n = len(tok("今天天气怎么样？#5")["input_ids"])
+    other = next(c for c in "xyzqkw" if len(tok(f"今天天气怎么样？#{c}")["input_ids"]) == n)  # same token count
+    ask = [f"今天天气怎么样？#{i}" for i in range(12)]
+    if recipe == "sft":
+        rows = [{"instruction": q, "output": "挺好的"} for q in ask]
+    else:
+        rows = [{"prompt": q, "chosen": "挺好的", "rejected": "不知道"} for q in ask]
+    key = "instruction" if recipe == "sft" else "prompt"
+    edit = [{**r, key: f"今天天气怎么样？#{other}"} if i == 5 else r for i, r in enumerate(rows)]
+    data, run = write_jsonl(tmp_path / "d.jsonl", rows), tmp_path / "run"
+    args = ("train.max_steps=3", "train.save_every=1", "train.micro_batch_size=2")
+    args = (*args, "dpo.kl_max_new_tokens=0") if recipe == "dpo" else args
+    run_fn = sft.run if recipe == "sft" else dpo.run
+    run_fn(recipe_config(recipe, tiny_model_dir, data, run, *args, "train.stop_after=1"))
+    write_jsonl(data, edit)
+    with pytest.raises(UserError, match="^train.resume: the training data changed since the checkpoint"):
+        run_fn(recipe_config(recipe, tiny_model_dir, data, run, *args))
+    write_jsonl(data, rows)  # control: the same texts resume
+    run_fn(recipe_config(recipe, tiny_model_dir, data, run, *args))
+
+
 def _checkpoint(run: Path, step: int, **state) -> Path:
     from weitiao.train import checkpoint as ck
 

@@ -457,7 +457,7 @@ def run(cfg: DPOConfig) -> dict:
         ref.precompute(data.train, cfg, key, pad_id, one_row, accel, cache_file, fresh=ckpt is None)
     if main:
         print_pairs_summary(data, cfg, ref, trainable, log if ckpt is None else None)
-    plan = loop.EpochPlan(data.pair_lengths(), 2 * cfg.data.max_len, cfg.data.packing, t, world)
+    plan = loop.EpochPlan(data.pair_lengths(), 2 * cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
     total = plan.total_steps(state)
     falling = FallingChosen(d.warn_falling_chosen)
 

@@ -216,7 +216,7 @@ def run(cfg: RMConfig) -> dict:
             f"{data.low_confidence} below min_confidence + {s.dropped_too_long} over max_len · "
             f"{trainable:,} trainable params"
         )
-    plan = loop.EpochPlan(data.pair_lengths(), 2 * cfg.data.max_len, cfg.data.packing, t, world)
+    plan = loop.EpochPlan(data.pair_lengths(), 2 * cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
     total = plan.total_steps(state)
 
     def evaluate_now() -> dict[str, float]:

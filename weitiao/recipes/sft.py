@@ -13,6 +13,7 @@ gradient average equals the single-process gradient of the same global batch.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -77,6 +78,7 @@ class SFTData:
     eval_copies: int = 0  # copies of held-out rows kept out of both sides by eval_split
     warnings: list[str] = field(default_factory=list)
     cache_line: str = ""  # where the tokenized rows came from
+    content_key: str = ""  # digest of the training rows' texts in order (resume on edited data is refused)
 
 
 def _chat_only_keys(d: DataSpec) -> str:
@@ -146,9 +148,11 @@ def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
     if first:  # once per run
         for w in warnings:
             print(f"warning: {w}")
+    content = hashlib.sha256(np.ascontiguousarray(tr.keys[rows]).tobytes()).hexdigest()[:16]  # texts, in order
     return SFTData(
-        tokenizer, template, train, evals, stats, eval_stats, read, rejected, eval_copies, warnings, cache_line(tr, ev)
-    )
+        tokenizer, template, train, evals, stats, eval_stats, read, rejected, eval_copies, warnings, cache_line(tr, ev),
+        content,
+    )  # fmt: skip
 
 
 def cache_line(*sets: EncodedSet) -> str:
@@ -264,7 +268,7 @@ def run(cfg: SFTConfig) -> dict:
     state, ckpt, log = loop.start(out, t, opened, accel, loss_mod, optimizer)
     if main:
         print_data_summary(data, cfg, trainable, total_params, world, log if ckpt is None else None)
-    plan = loop.EpochPlan(example_lengths(data.train), cfg.data.max_len, cfg.data.packing, t, world)
+    plan = loop.EpochPlan(example_lengths(data.train), cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
     total = plan.total_steps(state)
     golden = _golden_hook(t, model, tokenizer, data.template, out, total) if t.golden and main else None
 

@@ -54,8 +54,10 @@ class EpochPlan:
     micro-batches left over (fewer than one step's worth), so every row is trained once per epoch.
     """
 
-    def __init__(self, lengths: list[int], capacity: int, packing: bool, t: TrainSpec, world: int):
-        self.lengths, self.capacity, self.packing, self.t = lengths, capacity, packing, t
+    def __init__(self, lengths: list[int], capacity: int, packing: bool, t: TrainSpec, world: int, content: str = ""):
+        """`content`: a digest of the rows' text (SFTData/PrefData.content_key), so a resume on edited data whose
+        token counts stayed the same is refused too."""
+        self.lengths, self.capacity, self.packing, self.t, self.content = lengths, capacity, packing, t, content
         self.world, self.per_step = world, world * t.grad_accum
         self.epoch = lru_cache(maxsize=2)(self._epoch)
         self._steps: dict[int, int] = {}
@@ -105,12 +107,17 @@ class EpochPlan:
             epoch += 1
         # Same data file names (config.yaml) can hold other rows: a resumed plan would then skip or repeat.
         key = hashlib.sha256(repr((self.lengths, self.capacity)).encode()).hexdigest()[:16]
-        if state.setdefault("data_key", key) != key and t.resume != "force":
+        content = self.content or state.get("data_content")  # a checkpoint from before the digest: lengths only
+        if (state.setdefault("data_key", key), state.get("data_content", content)) != (key, content) and (
+            t.resume != "force"
+        ):
             raise UserError(
-                "train.resume: the training data changed since the checkpoint (other rows or lengths after "
+                "train.resume: the training data changed since the checkpoint (other rows, texts or lengths after "
                 "tokenization); restore it, set train.resume=none for a new run, or train.resume=force"
             )
         state["data_key"] = key
+        if self.content:
+            state["data_content"] = self.content
         if state["step"] >= total:
             raise UserError(
                 f"train: the checkpoint is at step {state['step']} and the run has {total} steps, so nothing "

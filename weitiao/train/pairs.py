@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class PrefData:
     eval_weights: list[float] | None = None  # per eval pair, likewise: eval_loss is weighted as the training loss
     low_confidence: int = 0  # pairs dropped by data.min_confidence
     margins: tuple[list[float] | None, list[float] | None] | None = None  # train, eval: rows' `margin` (TRL's RM)
+    content_key: str = ""  # digest of the train pairs' texts in order (resume on edited data is refused)
 
     def pair_lengths(self) -> list[int]:
         """Tokens of each train pair (both sides): the packing unit."""
@@ -113,7 +115,8 @@ def prepare_pairs(cfg: PairConfig, tokenizer: Any, read_margins: bool = False, r
             raise UserError(f"{given}: margin: not read here (a reward model's per-pair margin, which weitiao rm reads "
                             "as TRL does); drop the column")  # fmt: skip
         margins = _margins(pairs, train), _margins(eval_pairs, evals)
-    return PrefData(template, train, evals, stats, read, rejected, weights, eval_weights, low, margins)
+    content = hashlib.sha256("\x00".join(map(pair_key, pairs)).encode()).hexdigest()[:16]
+    return PrefData(template, train, evals, stats, read, rejected, weights, eval_weights, low, margins, content)
 
 
 def _margins(pairs: list[PreferencePair], encoded: list[Encoded]) -> list[float] | None:
