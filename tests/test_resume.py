@@ -247,6 +247,19 @@ def test_two_process_resume_restores_each_process_rng(tiny_model_dir, chat_file,
         sft.run(one)
 
 
+def test_resume_takes_keys_that_change_how_not_what(tiny_model_dir, chat_file, tmp_path):
+    """Gradient checkpointing switched on after an out-of-memory (or the token cache off, other tokenizing processes)
+    needed train.resume=force: the same steps, refused as another config. The result equals the straight run's."""
+    args = ("train.max_steps=3", "train.save_every=1", "lora.dropout=0")
+    sft.run(config(tiny_model_dir, chat_file, tmp_path / "straight", *args))
+    sft.run(config(tiny_model_dir, chat_file, tmp_path / "run", *args, "train.stop_after=1"))
+    how = ("model.gradient_checkpointing=true", "data.cache=false", "data.num_proc=1")
+    sft.run(config(tiny_model_dir, chat_file, tmp_path / "run", *args, *how))
+    assert same(adapter(tmp_path / "straight"), adapter(tmp_path / "run"))
+    with pytest.raises(UserError, match=r"train.lr 0.005 → 0.001"):  # control: what a step computes is refused
+        sft.run(config(tiny_model_dir, chat_file, tmp_path / "run", "train.max_steps=4", "train.lr=1e-3"))
+
+
 def test_resume_refuses_changed_data_content(tiny_model_dir, chat_file, tmp_path):
     run = tmp_path / "run"
     args = ("train.max_steps=3", "train.save_every=1")

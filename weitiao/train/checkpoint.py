@@ -66,6 +66,13 @@ FREE_KEYS = {
         )
     ),
     "dpo.warn_falling_chosen",
+    # how a step is computed or the data read, not what: the same tokens, the same (or, compiled, within 1e-5) numbers
+    # (gradient checkpointing after an out-of-memory is the usual resume with a changed config)
+    "model.gradient_checkpointing",
+    "train.compile",
+    "data.cache",
+    "data.cache_dir",
+    "data.num_proc",
 }
 
 
