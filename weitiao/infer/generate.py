@@ -473,6 +473,12 @@ _REFUSED = (
 )  # fmt: skip
 
 
+def folder_config(model: Any) -> Any:
+    """The model folder's generation_config.json as loaded (a peft model's base's), None for a model without one."""
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(hf, "generation_config", None)
+
+
 def folder_settings(
     model: Any, sampling: RowSampling, no_repeat_ngram_size: int, model_defaults: bool
 ) -> tuple[RowSampling, Callable[[list, int], torch.Tensor | None] | None]:
@@ -480,13 +486,13 @@ def folder_settings(
     generation_config.json sets and the arguments leave open, as HF generate would apply it."""
     ngram, suppress, begin, bad = no_repeat_ngram_size, [], [], []
     if model_defaults:
-        hf = model.get_base_model() if hasattr(model, "get_base_model") else model
-        gc = getattr(hf, "generation_config", None)
+        gc = folder_config(model)
         defaults = gc._get_default_generation_params() if gc is not None else {}
         for key in _REFUSED if gc is not None else ():
             value = getattr(gc, key, None)
             if value is not None and value != defaults.get(key):
-                where = f"{getattr(hf.config, '_name_or_path', '') or 'the model'}/generation_config.json"
+                name = getattr(getattr(model, "config", None), "_name_or_path", "")  # a peft model's is its base's
+                where = f"{name or 'the model'}/generation_config.json"
                 raise UserError(f"{where}: {key}={value!r} is not supported by weitiao's generation loop; remove it")
         if gc is not None:
             if sampling.temperature > 0 and gc.min_p:
@@ -515,8 +521,7 @@ def folder_settings(
 def folder_sampling(model: Any) -> dict[str, float]:
     """The sampling defaults the model folder's generation_config.json sets (temperature, top_p, top_k; Qwen2.5-Instruct
     0.7, 0.8, 20): what vLLM's server uses where a request leaves them open (its `--generation-config auto`)."""
-    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
-    gc = getattr(hf, "generation_config", None)
+    gc = folder_config(model)
     return {k: v for k in ("temperature", "top_p", "top_k") if (v := getattr(gc, k, None)) is not None}
 
 
@@ -537,8 +542,7 @@ def chat_sampling(
 def folder_repetition_penalty(model: Any) -> float:
     """The model folder's generation_config.json `repetition_penalty` (Qwen2.5-Instruct's 1.05), 1.0 when unset: what
     HF generate (greedy too) and vLLM apply when the caller leaves it open."""
-    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return float(getattr(getattr(hf, "generation_config", None), "repetition_penalty", None) or 1.0)
+    return float(getattr(folder_config(model), "repetition_penalty", None) or 1.0)
 
 
 def _eot_pad(tokenizer: Any, template: ChatTemplate) -> tuple[int, int]:
@@ -549,8 +553,7 @@ def _eot_pad(tokenizer: Any, template: ChatTemplate) -> tuple[int, int]:
 def end_ids(model: Any, tokenizer: Any, template: ChatTemplate) -> set[int]:
     """Every id a served reply ends at: the template's end-of-turn, the tokenizer's EOS (Qwen2.5 base's
     <|endoftext|> beside <|im_end|>) and the model's generation_config.json eos_token_id, as HF generate."""
-    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return set(stop_ids(tokenizer, template, getattr(getattr(hf, "generation_config", None), "eos_token_id", None)))
+    return set(stop_ids(tokenizer, template, getattr(folder_config(model), "eos_token_id", None)))
 
 
 def generate_ids(
