@@ -215,7 +215,7 @@ def evaluate(
     }
 
 
-def _golden_hook(t: TrainSpec, model: Any, tokenizer: Any, template: Any, out: Path, total: int) -> Any:
+def _golden_hook(t: TrainSpec, model: Any, tokenizer: Any, template: Any, out: Path) -> Any:
     """Answer the golden prompts at each checkpoint saved (the last step, an early stop and a new best eval
     included) or, without save_every, at each eval step, for `weitiao eval golden` (Q148)."""
     from weitiao.eval.golden import golden_callback
@@ -224,7 +224,7 @@ def _golden_hook(t: TrainSpec, model: Any, tokenizer: Any, template: Any, out: P
     answer = golden_callback(t.golden, 1, model=model, tokenizer=tokenizer, template=template, run_dir=out)
 
     def at(step: int, metrics: dict, saved: bool) -> None:
-        if (every and step % every == 0) or step == total or saved:
+        if saved or (every and step % every == 0):  # saved: every save_every step, the last, an early stop, a best
             answer(step, metrics)
 
     return at
@@ -270,7 +270,7 @@ def run(cfg: SFTConfig) -> dict:
         print_data_summary(data, cfg, trainable, total_params, world, log if ckpt is None else None)
     plan = loop.EpochPlan(example_lengths(data.train), cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
     total = plan.total_steps(state)
-    golden = _golden_hook(t, model, tokenizer, data.template, out, total) if t.golden and main else None
+    golden = _golden_hook(t, model, tokenizer, data.template, out) if t.golden and main else None
 
     def evaluate_now() -> dict[str, float]:
         return evaluate(loss_mod, data.eval, cfg, pad_id, accel, one_row)

@@ -107,10 +107,9 @@ class EpochPlan:
             epoch += 1
         # Same data file names (config.yaml) can hold other rows: a resumed plan would then skip or repeat.
         key = hashlib.sha256(repr((self.lengths, self.capacity)).encode()).hexdigest()[:16]
-        content = self.content or state.get("data_content")  # a checkpoint from before the digest: lengths only
-        if (state.setdefault("data_key", key), state.get("data_content", content)) != (key, content) and (
-            t.resume != "force"
-        ):
+        saved_key, saved_content = state.setdefault("data_key", key), state.get("data_content")
+        other_texts = bool(self.content and saved_content and saved_content != self.content)  # older: lengths only
+        if (saved_key != key or other_texts) and t.resume != "force":
             raise UserError(
                 "train.resume: the training data changed since the checkpoint (other rows, texts or lengths after "
                 "tokenization); restore it, set train.resume=none for a new run, or train.resume=force"
