@@ -10,7 +10,6 @@ relative to the current directory, as on any command line. Either way the config
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import types
@@ -22,7 +21,7 @@ from typing import Annotated, Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from weitiao.errors import UserError
+from weitiao.errors import UserError, near_miss
 from weitiao.io import read_text
 
 C = TypeVar("C", bound=BaseModel)
@@ -270,8 +269,8 @@ def _near_key(cls: type[BaseModel], loc: tuple) -> str | None:
         field = cls.model_fields.get(k) if isinstance(k, str) else None
         if field is None or (cls := _submodel(field.annotation)) is None:
             return None
-    close = difflib.get_close_matches(str(loc[-1]), list(cls.model_fields), n=1, cutoff=0.75)
-    return ".".join([*map(str, loc[:-1]), close[0]]) if close else None
+    near = near_miss(str(loc[-1]), tuple(cls.model_fields), 0.75)
+    return ".".join([*map(str, loc[:-1]), near]) if near else None
 
 
 def dump_config(cfg: BaseModel) -> str:

@@ -1,5 +1,8 @@
 """User-facing errors: one line saying what, where and how to fix; the CLI prints it and exits 1."""
 
+import difflib
+import functools
+
 
 class UserError(Exception):
     """A mistake in the user's input (file, config, flag), reported without a traceback."""
@@ -13,3 +16,12 @@ def where(path: object, line: int | None = None, field: str | None = None) -> st
     if field:
         loc += f": {field}"
     return loc
+
+
+@functools.lru_cache(maxsize=4096)
+def near_miss(key: str, known: tuple[str, ...], cutoff: float = 0.8) -> str | None:
+    """The entry of `known` that `key` is a typo of (difflib ratio ≥ `cutoff`), or None (also when `key` is known)."""
+    if key in known:
+        return None
+    close = difflib.get_close_matches(key, known, n=1, cutoff=cutoff)
+    return close[0] if close else None

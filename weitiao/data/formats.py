@@ -12,14 +12,12 @@ format `preference_raw` they are raw text as TRL trains them (prompt + reply + E
 
 from __future__ import annotations
 
-import difflib
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from weitiao.data.files import MAX_ROW_BYTES, RowError, expand_paths, iter_records
-from weitiao.errors import UserError
+from weitiao.errors import UserError, near_miss
 from weitiao.io import claim_outputs, write_jsonl
 
 Message = dict[str, Any]  # {"role", "content"}; "weight": 0 = not trained; tool rows: weitiao.data.tools
@@ -423,17 +421,8 @@ READ_KEYS = ("instruction", "input", "output", "history", "system", "messages", 
 CHAT_KEYS = {"messages": "openai", "conversations": "sharegpt", "instruction": "alpaca", "output": "alpaca"}
 
 
-@functools.lru_cache(maxsize=4096)
-def _near_miss(key: str, known: tuple[str, ...], cutoff: float) -> str | None:
-    """The key of `known` that `key` is a typo of, or None."""
-    if key in known:
-        return None
-    close = difflib.get_close_matches(key, known, n=1, cutoff=cutoff)
-    return close[0] if close else None
-
-
 def _misspelled(key: str) -> str | None:
-    return _near_miss(key, READ_KEYS, 0.85)
+    return near_miss(key, READ_KEYS, 0.85)
 
 
 # Keys a message may carry that some format reads; a near miss (weigth, tool_call) of one the message lacks is refused,
@@ -444,7 +433,7 @@ MESSAGE_LISTS = ("messages", "conversations", "prompt", "completion", "chosen", 
 
 
 def _misspelled_in_message(key: str) -> str | None:
-    return _near_miss(key, MESSAGE_KEYS, 0.8)
+    return near_miss(key, MESSAGE_KEYS, 0.8)
 
 
 _PLAIN_MESSAGE = frozenset(MESSAGE_KEYS)

@@ -13,7 +13,6 @@ dataset's name instead of the run's seed, so a dataset's sample (and its tokeniz
 
 from __future__ import annotations
 
-import difflib
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from weitiao.data.files import RowError, expand_paths
-from weitiao.errors import UserError
+from weitiao.errors import UserError, near_miss
 from weitiao.io import read_json
 
 INFO = "dataset_info.json"
@@ -61,8 +60,8 @@ HUB_ONLY = ("subset", "folder", "revision")  # pick part of a hub dataset: a loc
 def _unknown(keys: Any, known: list[str] | tuple[str, ...], where: str) -> None:
     for k in keys:
         if k not in known:
-            close = difflib.get_close_matches(str(k), known, n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            close = near_miss(str(k), tuple(known), 0.6)
+            hint = f"did you mean {close!r}? " if close else ""
             raise UserError(f"{where}.{k}: unknown key; {hint}LLaMA-Factory reads {', '.join(known)}")
 
 

@@ -26,7 +26,6 @@ from weitiao.data.formats import (
     _alpaca_prompt,
     _check_turns,
     _messages,
-    _near_miss,
     _reply,
     _text,
     _with_system,
@@ -34,7 +33,7 @@ from weitiao.data.formats import (
     parse_preference,
 )
 from weitiao.data.tools import is_tool_row
-from weitiao.errors import UserError
+from weitiao.errors import UserError, near_miss
 
 REFERENCE_KEYS = ("reference", "answer", "chosen", "completion", "output", "response")
 NO_TOOLS = "tool rows are not prompts here (generation renders no tools)"
@@ -64,10 +63,9 @@ def _reference(rec: dict) -> str | None:
     """The first reference key given (not "" or null): a string or an assistant message; RowError otherwise, and for
     a row with none of them but a key one typo away (`referance`, `answers`), which would leave it unscored."""
     key = next((k for k in REFERENCE_KEYS if rec.get(k) not in (None, "")), None)
-    if key is None and (typo := next((k for k in rec if not k.endswith("_id") and _near_miss(k, REFERENCE_KEYS, 0.85)),
-                                     None)):  # fmt: skip
-        raise RowError(typo, f"unknown key; did you mean {_near_miss(typo, REFERENCE_KEYS, 0.85)!r}? (the reference "
-                             "answer; rename it, or drop it)")  # fmt: skip
+    typos = ((k, near) for k in rec if not k.endswith("_id") and (near := near_miss(k, REFERENCE_KEYS, 0.85)))
+    if key is None and (typo := next(typos, None)):
+        raise RowError(typo[0], f"unknown key; did you mean {typo[1]!r}? (the reference answer; rename it, or drop it)")
     value = rec.get(key) if key else None
     if isinstance(value, dict) or (isinstance(value, list) and value and isinstance(value[0], dict)):
         return _reply(value, key)  # TRL conversational: [{"role": "assistant", "content": ...}]

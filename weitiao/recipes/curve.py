@@ -26,9 +26,9 @@ import random
 from pathlib import Path
 
 from weitiao.config import load_config
-from weitiao.data.formats import CONFIG_SKIP_HINT, _near_miss, data_files, load_conversations
+from weitiao.data.formats import CONFIG_SKIP_HINT, data_files, load_conversations
 from weitiao.data.tools import to_record
-from weitiao.errors import UserError
+from weitiao.errors import UserError, near_miss
 from weitiao.io import atomic_write_text, claim_outputs, pyplot, save_figure, write_jsonl
 
 
@@ -113,7 +113,7 @@ def run(
         raise UserError(f"--steps {steps!r}: use fixed or proportional")
     if metric.startswith("golden_") and golden is None:  # found only after the largest size had trained
         raise UserError(f"--metric {metric}: golden_* metrics come from --golden PROMPTS.jsonl, which is not given")
-    if metric not in KNOWN_METRICS and (near := _near_miss(metric, KNOWN_METRICS, 0.8)):  # a typo, before training
+    if metric not in KNOWN_METRICS and (near := near_miss(metric, KNOWN_METRICS)):  # a typo, before training
         raise UserError(f"--metric {metric}: did you mean {near}? (known: {', '.join(KNOWN_METRICS)})")
 
     # 1. config, rows, one fixed eval set
