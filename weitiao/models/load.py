@@ -511,6 +511,14 @@ def _training_dir(run_dir: Any, out: Any) -> Any:
     return run.parents[len(parts) - 1]
 
 
+def recorded_run(adapter_dir: Path) -> tuple[Path | None, dict]:
+    """The config.yaml of the run an adapter dir sits in (RUN/final/adapter, RUN/checkpoints/step-N/adapter: the
+    nearest of its three parents that has one) and its contents ({} when none, or not a mapping)."""
+    file = next((d / "config.yaml" for d in Path(adapter_dir).parents[:3] if (d / "config.yaml").is_file()), None)
+    cfg = (yaml.safe_load(file.read_text(encoding="utf-8")) or {}) if file else {}
+    return file, cfg if isinstance(cfg, dict) else {}
+
+
 def adapter_base(adapter_dir: Any) -> tuple[str, str]:
     """(base model path, training quant) recorded with a peft adapter dir.
 
@@ -522,14 +530,10 @@ def adapter_base(adapter_dir: Any) -> tuple[str, str]:
     import json
     from pathlib import Path
 
-    import yaml
-
     adapter_dir = Path(adapter_dir)
-    # adapter dirs sit at RUN/final/adapter or RUN/checkpoints/step-N/adapter
-    cfg_file = next((d / "config.yaml" for d in adapter_dir.parents[:3] if (d / "config.yaml").is_file()), None)
-    cfg = (yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}) if cfg_file else {}
-    model = cfg.get("model") if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict) else {}
-    train = cfg.get("train") if isinstance(cfg, dict) and isinstance(cfg.get("train"), dict) else {}
+    cfg_file, cfg = recorded_run(adapter_dir)
+    model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
+    train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
     recorded = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     names = [str(x) for x in (model.get("path"), recorded.get("base_model_name_or_path")) if x]
     if not names or names[0] == "demo":
@@ -573,9 +577,7 @@ def locate(adapter: str | Path) -> tuple[Path, Path | None, ModelSpec]:
     tok_dir = next((d for d in found if (d / "tokenizer_config.json").is_file()), None)
     base, quant = adapter_base(adapter_dir)
     spec = ModelSpec(path=base, quant=quant)  # type: ignore[arg-type]
-    run_cfg = next((d / "config.yaml" for d in adapter_dir.parents[:3] if (d / "config.yaml").is_file()), None)
-    recorded = yaml.safe_load(run_cfg.read_text(encoding="utf-8")) if run_cfg else None
-    recorded = recorded.get("model") if isinstance(recorded, dict) else None
+    recorded = recorded_run(adapter_dir)[1].get("model")
     if isinstance(recorded, dict):
         spec = ModelSpec.model_validate({**recorded, "path": base, "quant": quant, "gradient_checkpointing": False})
     return adapter_dir, tok_dir, spec
@@ -589,9 +591,7 @@ def training_tokenizer(adapter_dir: Path, tok_dir: Path | None, base: str) -> An
     if tok_dir is not None:
         return load_tokenizer(str(tok_dir))
     tok = load_tokenizer(base)
-    cfg = next((d / "config.yaml" for d in adapter_dir.parents[:3] if (d / "config.yaml").is_file()), None)
-    recorded = yaml.safe_load(cfg.read_text(encoding="utf-8")) if cfg else None
-    data = recorded.get("data") if isinstance(recorded, dict) else None
+    data = recorded_run(adapter_dir)[1].get("data")
     name = data.get("template", "auto") if isinstance(data, dict) else "auto"
     if name not in ("auto", "tokenizer"):
         tok.chat_template = resolve_template(tok, name).jinja
