@@ -105,3 +105,42 @@ def test_generate_and_stream_reply_never_print_broken_bytes():
     assert text == "这个不行，下吧"
     pieces = list(stream_reply(_Scripted(reply, len(tok), end), tok, template, msgs, max_new_tokens=len(reply)))
     assert "".join(pieces) == "这个不行，下吧"
+
+
+def test_terminal_safe_shows_control_characters():
+    from weitiao.data.decode import terminal_safe
+
+    assert terminal_safe("a\x1b[2Jb\x07\tc\nd\r\x00\x7f\x9b好😊") == "a␛[2Jb␇\tc\nd␍␀␡\\x9b好😊"
+
+
+def test_chat_and_demo_print_a_models_escape_sequences_visibly(monkeypatch, capsys):
+    """A reply holding ESC [2J (clear screen) and BEL reaches the terminal as ␛[2J and ␇ in `weitiao chat`, the
+    demo's streamed reply and its side-by-side table."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from weitiao.data.templates import resolve_template
+    from weitiao.infer import chat
+    from weitiao.recipes.demo import PlainView
+    from weitiao.recipes.demo_commands import RichView, side_by_side
+
+    tok = split_char_tokenizer()
+    template = resolve_template(tok, "plain")
+    reply = tok.encode("好\x1b[2J\x07", add_special_tokens=False)
+    end = tok.convert_tokens_to_ids(template.eot)
+    monkeypatch.setattr(chat, "load_chat_model", lambda *a: (_Scripted(reply, len(tok), end), tok))
+    chat.run("m", None, "hi", None, len(reply), 0.0, 1.0, 1.0)
+    assert capsys.readouterr().out == "好␛[2J␇\n"
+
+    PlainView().stream("hi", ["好\x1b[2J", "\x07"])
+    assert capsys.readouterr().out == "问 hi\n答 好␛[2J␇\n"
+    buf = StringIO()
+    RichView(Console(file=buf, width=120)).stream("hi", ["\x1b[2J"])
+    assert "\x1b[2J" not in buf.getvalue() and "␛[2J" in buf.getvalue()
+
+    row = {"replies": [{"prompt": "hi\x1b]52;c;eA==\x07", "reply": "好\x1b[2J"}]}
+    measured = {s: {"ordinary": row, "redline": {"replies": []}} for s in ("base", "sft", "sft+dpo")}
+    buf = StringIO()
+    Console(file=buf, width=120).print(side_by_side(measured))
+    assert "\x1b]52" not in buf.getvalue() and "\x1b[2J" not in buf.getvalue() and "␛[2J" in buf.getvalue()

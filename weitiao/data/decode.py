@@ -21,6 +21,19 @@ def whole_chars(text: str) -> str:
     return text.replace(REPLACEMENT, "")
 
 
+# C0 controls but tab and newline, DEL, C1 controls: shown as a visible mark on a terminal instead of acted on
+_CONTROLS = {c: chr(0x2400 + c) for c in range(0x20) if c not in (0x09, 0x0A)}
+_CONTROLS |= {0x7F: "\u2421", **{c: f"\\x{c:02x}" for c in range(0x80, 0xA0)}}
+
+
+def terminal_safe(text: str) -> str:
+    """`text` for a terminal: a model's control characters (ESC, BEL, NUL, CR, ...) become their visible Unicode
+    control pictures (U+2400 block; C1 controls as the text \\x9b), so a reply cannot move the cursor, clear the
+    screen or set the clipboard. Tab and newline stay. Replies kept or served (JSON, HTML) are not passed through this.
+    """
+    return text.translate(_CONTROLS)
+
+
 def decode_whole(tokenizer: Any, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
     """`tokenizer.decode(ids)` without the characters that broken byte sequences decode to."""
     return whole_chars(tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens))

@@ -10,6 +10,7 @@ import re
 import sys
 from typing import Any
 
+from weitiao.data.decode import terminal_safe
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
 from weitiao.infer.generate import chat_sampling, stream_reply
@@ -117,7 +118,7 @@ def run(
         msgs = msgs + [{"role": "user", "content": text}]
         parts = []
         for piece in stream_reply(m, tok, template, msgs, **gen):
-            sys.stdout.write(piece)
+            sys.stdout.write(terminal_safe(piece))
             sys.stdout.flush()
             parts.append(piece)
         sys.stdout.write("\n")

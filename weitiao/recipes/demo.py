@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import torch
 
 from weitiao.config import load_config
+from weitiao.data.decode import terminal_safe
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
 from weitiao.eval.golden import Prompt, evaluate_golden, golden_rows, load_prompts, render_report
@@ -77,7 +78,7 @@ class PlainView:
     def stream(self, prompt: str, pieces: Iterable[str]) -> None:
         print(f"问 {prompt}\n答 ", end="")
         for piece in pieces:
-            print(piece, end="", flush=True)
+            print(terminal_safe(piece), end="", flush=True)
         print()
 
 

@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from weitiao import progress
+from weitiao.data.decode import terminal_safe
 from weitiao.recipes.demo import STAGES, TARGETS
 
 
@@ -31,7 +32,7 @@ class RichView:
         self.console.print(Text("问 ", style="cyan") + prompt)
         self.console.print(Text("答 ", style="green"), end="")
         for piece in pieces:
-            self.console.print(piece, end="", markup=False, highlight=False)
+            self.console.print(terminal_safe(piece), end="", markup=False, highlight=False)
         self.console.print()
 
 
@@ -62,5 +63,6 @@ def side_by_side(measured: dict, n_ordinary: int = 5, n_redline: int = 3) -> Tab
         replies = {s: measured[s][name]["replies"] for s in STAGES}
         n = len(replies["base"])
         for i in sorted({*range(min(k - 2, n)), *range(max(0, n - 2), n)}):
-            out.add_row(Text(replies["base"][i]["prompt"]), *(Text(replies[s][i]["reply"]) for s in STAGES))
+            row = [replies["base"][i]["prompt"], *(replies[s][i]["reply"] for s in STAGES)]
+            out.add_row(*(Text(terminal_safe(cell)) for cell in row))
     return out
