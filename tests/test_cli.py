@@ -69,8 +69,24 @@ def test_a_misspelled_config_key_names_the_key_it_meant(tmp_path):
         load_config(SFTConfig, None, ["data.train=[x.jsonl]", "trian.lr=1"])
     with pytest.raises(UserError, match=r": dpo.betta: .*; did you mean dpo.beta\?$"):
         load_config(DPOConfig, None, ["data.train=[x.jsonl]", "dpo.betta=0.2"])
-    with pytest.raises(UserError, match=r": train.colour: Extra inputs are not permitted$"):
+    with pytest.raises(UserError, match=r": train.colour: .*; `weitiao config show sft` lists the keys of train$"):
         load_config(SFTConfig, None, ["data.train=[x.jsonl]", "train.colour=red"])
+
+
+def test_an_unknown_config_key_names_what_its_section_takes_and_every_other_error(tmp_path):
+    """A key near no other only said 'Extra inputs are not permitted (and 1 more)': a short section's keys are
+    listed (PPO's data has no max_len), a long one points at `config show`, and every other bad key is named."""
+    from weitiao.config import load_config
+    from weitiao.errors import UserError
+    from weitiao.recipes.ppo import PPOConfig
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("reward: {path: rm}\ndata:\n  prompts: [p.jsonl]\n  max_len: 64\nppo:\n  max_new_tokens: 3\n")
+    msg = rf"^{cfg}:4: data.max_len: Extra .*; data takes prompts, template \(also: ppo.max_new_tokens\)$"
+    with pytest.raises(UserError, match=msg):
+        load_config(PPOConfig, cfg)
+    with pytest.raises(UserError, match=r": colour: Extra .*; the top level takes model, lora, reward, data, ppo, "):
+        load_config(PPOConfig, None, ["reward.path=rm", "data.prompts=[p.jsonl]", "colour=red"])
 
 
 def test_data_check_reports(tmp_path, tiny_model_dir):

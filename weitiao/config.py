@@ -252,24 +252,49 @@ def validate(
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
+        errors = e.errors()
+        err = errors[0]
         key = ".".join(str(x) for x in err["loc"])
-        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+        others = [".".join(str(x) for x in o["loc"]) for o in errors[1:]]
+        more = f" (also: {', '.join(others[:3])}{', …' * (len(others) > 3)})" if others else ""
         overridden = any(o.split("=", 1)[0].strip() == key for o in overrides or [])
         line = None if overridden else yaml_line(node, tuple(err["loc"]) + _named_key(node, err["loc"], err["msg"]))
         loc = f"{where}:{line}" if line else where
-        near = _near_key(cls, err["loc"]) if err["type"] == "extra_forbidden" else None
-        hint = f"; did you mean {near}?" if near else ""
+        hint = _unknown_key_hint(cls, err["loc"]) if err["type"] == "extra_forbidden" else ""
         raise UserError(f"{loc}: {key}: {err['msg']}{hint}{more}") from None
+
+
+def _unknown_key_hint(cls: type[BaseModel], loc: tuple) -> str:
+    """What to write instead of the unknown key `loc[-1]`: the key one or two typos away (`eval_evry` → eval_every),
+    else the keys its section takes (when few), else where they are listed."""
+    if near := _near_key(cls, loc):
+        return f"; did you mean {near}?"
+    section = _section(cls, loc[:-1])
+    if section is None:
+        return ""
+    name = ".".join(map(str, loc[:-1])) or "the top level"
+    if len(section.model_fields) <= 12:
+        return f"; {name} takes {', '.join(section.model_fields)}"
+    recipe = cls.__name__.removesuffix("Config").lower()
+    recipe = "logs" if recipe in ("dwell", "chat") else recipe
+    known = recipe in ("sft", "dpo", "rm", "ppo", "logs")
+    return f"; `weitiao config show{f' {recipe}' * known}` lists the keys of {name}"
+
+
+def _section(cls: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The config class of the section at `loc` (`()`: `cls` itself), None where `loc` is not a section."""
+    for k in loc:
+        field = cls.model_fields.get(k) if isinstance(k, str) else None
+        if field is None or (cls := _submodel(field.annotation)) is None:
+            return None
+    return cls
 
 
 def _near_key(cls: type[BaseModel], loc: tuple) -> str | None:
     """The key of the section at `loc[:-1]` one or two typos from the unknown `loc[-1]` (`eval_evry` → eval_every)."""
-    for k in loc[:-1]:
-        field = cls.model_fields.get(k) if isinstance(k, str) else None
-        if field is None or (cls := _submodel(field.annotation)) is None:
-            return None
-    near = near_miss(str(loc[-1]), tuple(cls.model_fields), 0.75)
+    if (section := _section(cls, loc[:-1])) is None:
+        return None
+    near = near_miss(str(loc[-1]), tuple(section.model_fields), 0.75)
     return ".".join([*map(str, loc[:-1]), near]) if near else None
 
 
