@@ -508,6 +508,31 @@ def test_numbers_in_any_grouping():
     assert _found("日期2024-0312-1234，编号0123 4567 8901") == []
 
 
+def test_phones_grouped_with_dots():
+    """Dots group a phone like spaces and dashes do, in the phone shapes only (a 4-digit group no IP, version,
+    price or date has); found, masked and pseudonymized in the original's grouping."""
+    assert _found("手机：138.1234.5678。") == [("mobile", "138.1234.5678")]
+    assert _found("电话 +86.138.1234.5678 或 0086.139.8765.4321") == [
+        ("mobile", "+86.138.1234.5678"),
+        ("mobile", "0086.139.8765.4321"),
+    ]
+    assert _found("座机010.6552.9988，传真0755.8601.3388，+86.10.6552.9988") == [
+        ("landline", "010.6552.9988"),
+        ("landline", "0755.8601.3388"),
+        ("landline", "+86.10.6552.9988"),
+    ]
+    assert pii.scrub("打138.1234.5678", "placeholder")[0] == "打[手机号]"
+    assert pii.scrub("打138.1234.5678", "mask")[0] == "打138.****.5678"
+    assert re.fullmatch(r"打154\.\d{4}\.\d{4}", pii.scrub("打138.1234.5678", "pseudonym")[0])
+    assert re.fullmatch(r"010\.1\d{3}\.\d{4}", pii.scrub("010.6552.9988", "pseudonym")[0])
+    # controls: versions, addresses, decimals and prices, dates, and a phone shape inside a longer dotted number
+    for text in ["版本 1.2.3", "升级到 13.1.2", "价格 138.12 元", "均值 138.1234", "2024.05.06", "日期 2024.5.6"]:
+        assert _found(text) == [], text
+    assert _found("server 192.168.1.10") == [("ip", "192.168.1.10")]
+    assert _found("139.168.100.20 到 139.16.8.100") == [("ip", "139.168.100.20"), ("ip", "139.16.8.100")]
+    assert _found("1.138.1234.5678 与 138.1234.5678.9 与 v138.1234.5678") == []
+
+
 def test_person_shaped_words_in_context():
     for text in ["一直向东走就到了", "我买了一双李宁的跑鞋", "李宁专卖店在二楼", "周大福的金饰", "王老吉凉茶"]:
         assert _found(text, ["name"]) == [], text

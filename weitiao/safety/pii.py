@@ -6,11 +6,12 @@
 
 Digit runs are bounded by lookarounds, never `\\b`: in Python's `re` Chinese characters are word
 characters, so `\\b13812345678\\b` would miss "电话13812345678". Numbers are read in any grouping
-(138 1234 5678, 1381-234-5678), in full-width digits (１３８…) and spoken (一三八…, 幺 = 1); spans
-always index the original text. Checksum types (resident ID: GB 11643 MOD 11-2 + a real birth date +
-a province code; bank card: Luhn) are trusted; the rest are patterns plus context. Person names use
-jieba's POS tag `nr` filtered by a surname list and by context (李宁的跑鞋, 方正县, 向东走 are not
-people); without jieba only names after a label (姓名：, 我叫) are found, and `NAMES_NEED_JIEBA` says so.
+(138 1234 5678, 1381-234-5678; dots only in phone shapes, 138.1234.5678), in full-width digits (１３８…)
+and spoken (一三八…, 幺 = 1); spans always index the original text. Checksum types (resident ID:
+GB 11643 MOD 11-2 + a real birth date + a province code; bank card: Luhn) are trusted; the rest are
+patterns plus context. Person names use jieba's POS tag `nr` filtered by a surname list and by context
+(李宁的跑鞋, 方正县, 向东走 are not people); without jieba only names after a label (姓名：, 我叫) are
+found, and `NAMES_NEED_JIEBA` says so.
 Pseudonyms (`pii_fake`) are built so a fake can never be a real person's: see that module.
 """
 
@@ -529,8 +530,24 @@ def normalize(text: str) -> tuple[str, str]:
     return wide, CN_RUN.sub(spell, wide)
 
 
+# Dots as group separators (138.1234.5678, +86.138.1234.5678, 010.6552.9988) read as spaces for the number
+# recognizers, but only in the phone shapes: a 4-digit group after a 3- or 4-digit head, which no IPv4
+# address (octets of 3 digits at most), version (1.2.3), price (138.12) or date (2024.05.06) has.
+DOTTED = re.compile(
+    r"(?<![0-9A-Za-z.])(?:(?:\+|00)?86[. ])?"
+    r"(?:1[3-9]\d\.\d{4}\.\d{4}|(?:(?<=86[. ])0?|0)(?:10|2\d|[3-9]\d{2})\.[2-9]\d{2,3}\.\d{4})"
+    r"(?![0-9A-Za-z]|\.\d)"
+)
+
+
+def undot(text: str) -> str:
+    """`text` with the dots inside phone-shaped dotted numbers as spaces; same length, so spans hold."""
+    return DOTTED.sub(lambda m: m.group().replace(".", " "), text) if "." in text else text
+
+
 def _scan_window(text: str, types: list[str] | None, min_confidence: float) -> list[Match]:
     wide, spoken = normalize(text)
+    spoken = undot(spoken)
     found = [
         Match(m.type, m.start, m.end, text[m.start : m.end], m.confidence)
         for t in types or TYPES
