@@ -964,6 +964,37 @@ def test_cli_scrub_run_twice_replaces_its_own_output(tmp_path):
     assert isinstance(res.exception, UserError) and "not written by weitiao" in str(res.exception)
 
 
+def test_scrub_ledger_names_only_the_outputs_that_stand(tmp_path, monkeypatch):
+    """Each output is written as a `.pending` temp file first; the ledger of what weitiao wrote kept a record for
+    every temp name, renamed away or removed. It holds the final outputs only, after a run and after a failed one."""
+    import hashlib
+
+    from typer.testing import CliRunner
+
+    from weitiao.safety.commands import app
+
+    monkeypatch.setenv("WEITIAO_CACHE", str(tmp_path / "cache"))
+    ledger = tmp_path / "cache" / "written"
+
+    def recorded() -> set[str]:
+        return {p.name for p in ledger.iterdir()} if ledger.exists() else set()
+
+    def key(path) -> str:
+        return hashlib.sha1(str(path.resolve()).encode()).hexdigest()
+
+    a, b, bad = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "bad.jsonl"
+    for f in (a, b):
+        f.write_text(json.dumps({"text": "手机13812345678"}) + "\n", encoding="utf-8")
+    bad.write_text("not json\n", encoding="utf-8")
+    res = CliRunner().invoke(app, ["scrub", str(a), str(b), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    outs = [tmp_path / "o" / "a.scrubbed.jsonl", tmp_path / "o" / "b.scrubbed.jsonl"]
+    assert recorded() == {key(o) for o in outs}
+    res = CliRunner().invoke(app, ["scrub", str(a), str(bad), "--out", str(tmp_path / "p")])
+    assert isinstance(res.exception, UserError) and not (tmp_path / "p" / "a.scrubbed.jsonl").exists()
+    assert recorded() == {key(o) for o in outs}
+
+
 def test_output_names_keep_every_dot_of_the_input_name(tmp_path):
     """Names were cut at their first dot: chat.2024-05.jsonl and chat.2024-06.jsonl were both scrubbed into
     chat.scrubbed.jsonl, so the second run replaced the first one's output (and two of them in one run were refused);

@@ -299,6 +299,14 @@ def remember(path: str | Path) -> None:
         pass
 
 
+def forget(path: str | Path) -> None:
+    """Drop `path`'s record (a temp file of ours renamed or removed): the ledger names only files that stand."""
+    try:
+        _ledger(Path(path)).unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def written_by_us(path: str | Path) -> bool:
     """True when `path` is a file weitiao wrote and nobody changed since."""
     path = Path(path)

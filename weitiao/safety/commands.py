@@ -121,7 +121,7 @@ def scrub_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
     """Replace PII field by field, keeping each row's shape; writes JSONL atomically, every output or none."""
-    from weitiao.io import claim_outputs, remember
+    from weitiao.io import claim_outputs, forget, remember
     from weitiao.safety.pii import MODES
     from weitiao.safety.pii_files import process_file
 
@@ -158,9 +158,11 @@ def scrub_cmd(
     except BaseException:  # a later input failed: no output of this run is left behind, half a folder is no result
         for tmp in pending:
             tmp.unlink(missing_ok=True)
+            forget(tmp)
         raise
     for tmp, target in zip(pending, targets):
         tmp.replace(target)
+        forget(tmp)  # atomic_writer recorded the temp name; the ledger names only the output that stands
         remember(target)  # the ledger knew the temp name only: a rerun took its own output for the user's
         if not as_json:
             console.print(f"[green]wrote[/] {target}")
