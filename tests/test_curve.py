@@ -115,6 +115,18 @@ def test_a_misspelled_metric_is_refused_before_training(config, monkeypatch):
         curve.run(config, [8], metric="best_evl_score")
 
 
+def test_every_reply_metric_is_a_known_curve_metric():
+    """curve spelled the reply metrics out by hand: a key added to reply_metrics alone would have been refused as a
+    near miss of a known one (golden_exact_matches → did you mean golden_exact_match). Replies with a reference, a
+    history and a judge score give every optional key."""
+    from weitiao.eval.metrics import REPLY_METRICS, Item, reply_metrics
+
+    items = [Item("你好呀", True, "你好呀", ["上一轮"], 0.8), Item("好的好的好的好的", False, "不", [], 0.2)]
+    given = set(reply_metrics(items)) - {"n"}
+    assert given == set(REPLY_METRICS)
+    assert {f"golden_{k}" for k in given} <= set(curve.KNOWN_METRICS)
+
+
 def test_curve_out_never_replaces_a_users_file(config, tmp_path, chat_file):
     """The curve wrote eval.jsonl, train_N.jsonl and curve.json into --out unchecked: `--out` the folder holding the
     user's own eval.jsonl (or the training file itself) replaced it; now refused before any training."""

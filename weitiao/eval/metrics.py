@@ -123,8 +123,14 @@ def item_metrics(it: Item, s: MetricSettings | None = None) -> dict[str, float]:
     return out
 
 
+# Every key `reply_metrics` can return besides the count `n`, in its order; `curve` names its golden_* metrics
+# from this (tests/test_curve.py holds the two in step).
+REPLY_METRICS = ("mean_len", "emoji_rate", "refusal_rate", "stop_rate", "loop_rate", "distinct_1", "distinct_2",
+                 "copy_rate", "rougeL", "exact_match", "judge", "bleu")  # fmt: skip
+
+
 def reply_metrics(items: Sequence[Item], s: MetricSettings | None = None) -> dict[str, float]:
-    """Set-level metrics: means of the per-reply numbers, corpus distinct-1/2 and corpus BLEU.
+    """Set-level metrics (REPLY_METRICS and `n`): means of the per-reply numbers, corpus distinct-1/2 and corpus BLEU.
 
     `copy_rate` averages over replies that have history; overlap metrics over replies with a
     reference; `judge` over judged replies. A metric with no eligible reply is left out.

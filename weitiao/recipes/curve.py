@@ -29,6 +29,7 @@ from weitiao.config import load_config
 from weitiao.data.formats import CONFIG_SKIP_HINT, data_files, load_conversations
 from weitiao.data.tools import to_record
 from weitiao.errors import UserError, near_miss
+from weitiao.eval.metrics import REPLY_METRICS
 from weitiao.io import atomic_write_text, claim_outputs, pyplot, save_figure, write_jsonl
 
 
@@ -54,11 +55,9 @@ def knee(sizes: list[int], values: list[float], higher_is_better: bool, min_gain
     return {"rule": f"first size whose next step gains < {min_gain:.0%} per doubling", "steps": steps, "knee": first}
 
 
-# The curve metrics an SFT run's summary (and --golden) gives; another numeric summary key may be asked for, a near
-# miss of one of these is a typo refused before the first size trains.
-GOLDEN = ("mean_len", "emoji_rate", "refusal_rate", "stop_rate", "loop_rate", "distinct_1", "distinct_2", "copy_rate",
-          "rougeL", "exact_match", "judge", "bleu")  # fmt: skip
-KNOWN_METRICS = ("eval_loss", "eval_loss_answer", "train_loss", *(f"golden_{k}" for k in GOLDEN))
+# The curve metrics an SFT run's summary (and --golden: the reply metrics) gives; another numeric summary key may be
+# asked for, a near miss of one of these is a typo refused before the first size trains.
+KNOWN_METRICS = ("eval_loss", "eval_loss_answer", "train_loss", *(f"golden_{k}" for k in REPLY_METRICS))
 
 
 def golden_metrics(run_dir: Path, prompts: list) -> dict[str, float]:
