@@ -29,6 +29,33 @@ def test_variant_builds_the_layers_asked_for(tiny_model_dir, kind):
     assert trainable and all("lora_" in n for n in trainable)  # base frozen; DoRA's magnitude is lora_magnitude_vector
 
 
+def test_8bit_cast_warning_is_printed_once(tiny_model_dir):
+    """bitsandbytes logs "MatMul8bitLt: inputs will be cast ... to float16" in every 8-bit layer on every forward that
+    is not CPU training (evals, generation): 14 lines a forward on the tiny model. Once, and the logger's other
+    messages still repeat (control)."""
+    import os
+    import subprocess
+    import sys
+
+    code = f"""
+import logging, torch
+from weitiao.models.load import LoraSpec, ModelSpec, build_trainable
+spec = ModelSpec(path={str(tiny_model_dir)!r}, quant="8bit")
+model = build_trainable(spec, LoraSpec(r=4, alpha=8), torch.device("cpu"))
+model.eval()
+with torch.no_grad():
+    for _ in range(3):
+        model(input_ids=torch.tensor([[1, 2, 3, 4]]))
+for _ in range(2):
+    logging.getLogger("bitsandbytes.autograd._functions").warning("another bitsandbytes warning")
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stderr
+    assert out.count("MatMul8bitLt: inputs will be cast") == 1, out
+    assert "(shown once; weitiao hides its repeats)" in out
+    assert out.count("another bitsandbytes warning") == 2, out
+
+
 def test_peft_wrap_prints_no_future_warning(tiny_model_dir):
     """peft reads transformers' deprecated `is_gradient_checkpointing` on every PeftModel: users see no warning."""
     import subprocess

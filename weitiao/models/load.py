@@ -211,6 +211,7 @@ def load_model(spec: ModelSpec, device: torch.device | None = None, head: str = 
         )
     elif spec.quant == "8bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        _cast_warning_once()
     if spec.quant != "none" and device.type != "cpu":
         kwargs["device_map"] = {"": device}
     path = resolve_path(spec.path)
@@ -233,6 +234,33 @@ def load_model(spec: ModelSpec, device: torch.device | None = None, head: str = 
         model.to(device)
     model.config.use_cache = False
     return model
+
+
+class _Once(logging.Filter):
+    """Let the first record of each message starting with `prefix` through, drop its repeats; others all pass."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix, self.seen = prefix, set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if not msg.startswith(self.prefix):
+            return True
+        if msg in self.seen:
+            return False
+        self.seen.add(msg)
+        record.msg, record.args = msg + " (shown once; weitiao hides its repeats)", ()
+        return True
+
+
+def _cast_warning_once() -> None:
+    """bitsandbytes warns that it casts a non-fp16 input to fp16 in every 8-bit matmul that is not training on
+    CPU (evals, generation) and in every one on GPU: per layer per forward, dozens of lines a step on a tiny
+    model. Said once per process here, on that one logger and message only; its other warnings stay as they are."""
+    log = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _Once) for f in log.filters):
+        log.addFilter(_Once("MatMul8bitLt: inputs will be cast"))
 
 
 class _NoLoadReport(logging.Filter):
