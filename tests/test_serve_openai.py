@@ -5,6 +5,7 @@ pass), echo, penalties, min_tokens/ignore_eos/stop_token_ids, per-request seeds 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ import torch
 from loopback import running
 
 from weitiao.data.decode import decode_whole, whole_chars
+from weitiao.infer.api import ChatRequest, read_body
 from weitiao.infer.generate import RowSampling, Sampler
 from weitiao.infer.logprobs import _BYTE_DECODER
 from weitiao.infer.serve import Job, ServeSettings, _Row, create_app, run_batch
@@ -532,3 +534,22 @@ def test_a_raw_prompt_gets_the_bos_the_tokenizer_adds(parts):
     assert len(lp.tokens) == len(p_ids) + len(gen) and bos not in lp.tokens
     want = raw_logprobs(model, full + gen)
     assert math.isclose(lp.token_logprobs[0], want[0, p_ids[0]].item(), abs_tol=1e-4)  # given the BOS
+
+
+def test_a_nested_null_is_its_default_an_unknown_nested_key_still_refused(url):
+    """`stream_options: {"include_usage": null}` (the OpenAI client sends what it is given) was a 400: the null meant
+    "default" only at the top level. Now null is the default at any depth; an unknown key stays refused, null or not."""
+    c = client(url)
+    for create, kw in ((c.chat.completions.create, {"messages": MSGS}), (c.completions.create, {"prompt": "今天"})):
+        chunks = list(create(model="tiny", max_tokens=3, stream=True, stream_options={"include_usage": None}, **kw))
+        assert chunks and all(ch.usage is None for ch in chunks)  # the default: no usage chunk
+        with pytest.raises(openai.BadRequestError) as e:
+            create(model="tiny", max_tokens=3, stream=True, stream_options={"continuous_usage_stats": None}, **kw)
+        assert e.value.body["param"] == "stream_options.continuous_usage_stats"
+    call = {"id": "c1", "type": None, "function": {"name": "f", "arguments": "{}"}}  # type: null → "function"
+    turns = [*MSGS, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    turns += [{"role": "tool", "tool_call_id": "c1", "content": "晴"}]
+    req = read_body(json.dumps({"messages": turns, "stream_options": None}).encode(), ChatRequest)
+    assert req.messages[1].tool_calls[0].type == "function"  # this tiny template has no tools: checked here
+    r = httpx.post(url + "/v1/chat/completions", json={"messages": MSGS, "response_format": {"type": None}}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format.type"  # required: null is no type

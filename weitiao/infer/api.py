@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _Strict(BaseModel):
@@ -24,6 +24,17 @@ class _Strict(BaseModel):
     # ±Infinity, which Python's JSON reader accepts, are refused too; no type coercion ("0.5" is not a number,
     # true is not 1), as OpenAI's API answers such a field with a 400
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        # null is "unset" for every optional field, at any depth (OpenAI declares temperature, n, stream,
+        # stream_options.include_usage... nullable, default when null; vLLM's fields are Optional); a required
+        # field's null and an unknown field stay refused, null or not
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {k: v for k, v in data.items() if v is not None or k not in fields or fields[k].is_required()}
 
 
 class _StreamOptions(_Strict):
@@ -215,9 +226,6 @@ def read_body(body: bytes, schema: type[Sampling]) -> Any:
         if value is not None and allowed is not None and value not in allowed:
             msg = f"{name}: not supported by this server; leave it out or send {json.dumps(allowed[0])}"
             raise BadRequest(msg, name)
-    # null is "unset" for every field of ours (OpenAI declares temperature, top_p, n, stream... nullable, default
-    # when null); an unknown field is still refused, null or not
-    data = {k: v for k, v in data.items() if v is not None or k not in schema.model_fields}
     try:
         req = schema.model_validate(data)
     except ValidationError as e:
