@@ -553,3 +553,23 @@ def test_a_nested_null_is_its_default_an_unknown_nested_key_still_refused(url):
     assert req.messages[1].tool_calls[0].type == "function"  # this tiny template has no tools: checked here
     r = httpx.post(url + "/v1/chat/completions", json={"messages": MSGS, "response_format": {"type": None}}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == "response_format.type"  # required: null is no type
+
+
+def test_retrieve_model_answers_each_served_id_slashes_included(parts):
+    """GET /v1/models/{id} (the client's models.retrieve) was a 404 for every id: it answers the card /v1/models
+    lists, for an id with slashes too, and an id not served is OpenAI's 404 model_not_found."""
+    settings = ServeSettings(model_name="Qwen/Qwen2.5-0.5B", adapters=("sft-a",))  # cards only: nothing generates
+    with running(create_app(*parts, settings)) as base:
+        c = client(base)
+        listed = {m.id: m for m in c.models.list().data}
+        assert list(listed) == ["Qwen/Qwen2.5-0.5B", "sft-a"]
+        for name, card in listed.items():
+            assert c.models.retrieve(name) == card
+        raw = httpx.get(base + "/v1/models").json()["data"]
+        assert [httpx.get(f"{base}/v1/models/{m['id']}").json() for m in raw] == raw  # the same JSON, key for key
+        assert c.models.retrieve("sft-a").parent == "Qwen/Qwen2.5-0.5B"
+        for name in ("gpt-4o", "Qwen", "Qwen/Qwen2.5-0.5B/extra", "sft-a/"):
+            with pytest.raises(openai.NotFoundError) as e:
+                c.models.retrieve(name)
+            err = e.value.body
+            assert err["code"] == "model_not_found" and err["param"] == "model" and name in err["message"], err

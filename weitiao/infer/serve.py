@@ -4,8 +4,8 @@
     weitiao serve --adapter a=runs/a --adapter b=runs/b   # base + two LoRA adapters, picked by `model`
 
 Endpoints: /v1/chat/completions and /v1/completions (stream and not, `n`, usage, log-probs), /v1/models,
-/health. A `model` that is not served is a 404 (model_not_found); a field this server does not implement
-is a 400 naming it, never ignored. Tools (`tools`, `tool_choice`, `tool` turns) and `response_format`:
+/v1/models/{id}, /health. A `model` that is not served is a 404 (model_not_found); a field this server does not
+implement is a 400 naming it, never ignored. Tools (`tools`, `tool_choice`, `tool` turns) and `response_format`:
 weitiao.infer.tools.
 
 How a request flows:
@@ -275,6 +275,13 @@ def create_app(
     vocab = model.config.vocab_size
     bos = added_prefix(tokenizer)  # a raw prompt gets it, as raw-text training (chat._raw_ids) and vLLM give it
     served = [cfg.model_name, *cfg.adapters]
+    cards = [{"id": cfg.model_name, "object": "model", "created": 0, "owned_by": "weitiao"}]  # GET /v1/models
+    cards += [{**cards[0], "id": a, "parent": cfg.model_name} for a in cfg.adapters]
+
+    def unknown_model(name: str) -> JSONResponse:
+        msg = f"The model `{name}` does not exist. Served: {', '.join(served)} (GET /v1/models)"
+        return error(404, msg, code="model_not_found", param="model")
+
     fmt = LogprobFormat(tokenizer)
     # the model folder's generation_config.json as `weitiao chat` and HF generate apply it (min_p, no_repeat_ngram_size,
     # suppress_tokens, bad_words_ids); a key the loop cannot honour stops the server here, as it stops chat
@@ -452,8 +459,7 @@ def create_app(
         plan: tooling.ChatPlan | None = None,
     ) -> Any:
         if req.model is not None and req.model not in served:
-            msg = f"The model `{req.model}` does not exist. Served: {', '.join(served)} (GET /v1/models)"
-            return error(404, msg, code="model_not_found", param="model")
+            return unknown_model(req.model)
         created, rid = int(time.time()), ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         obj = "chat.completion" if chat else "text_completion"
         head = {"id": rid, "created": created, "model": req.model or cfg.model_name}
@@ -636,9 +642,11 @@ def create_app(
 
     @app.get("/v1/models")
     async def models() -> Any:
-        cards = [{"id": cfg.model_name, "object": "model", "created": 0, "owned_by": "weitiao"}]
-        cards += [{**cards[0], "id": a, "parent": cfg.model_name} for a in cfg.adapters]
         return {"object": "list", "data": cards}
+
+    @app.get("/v1/models/{model:path}")  # `path`: a served id may hold slashes ("Qwen/Qwen2.5-0.5B")
+    async def model_card(model: str) -> Any:
+        return next((c for c in cards if c["id"] == model), None) or unknown_model(model)
 
     @app.get("/health")
     async def health() -> dict:
