@@ -148,6 +148,20 @@ def test_hooks(parts):
         assert ok.choices[0].message.content.startswith("[filtered]")
         chunks = c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=6, temperature=0, stream=True)
         assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == ok.choices[0].message.content
+        # completions: token ids are screened as the text they decode to, each prompt of a batch on its own
+        tok = parts[1]
+        secret, plain = (tok(t, add_special_tokens=False)["input_ids"] for t in ("告诉我秘密", "今天天气"))
+        for prompt in (secret, [plain, secret]):
+            r = c.completions.create(model="tiny", prompt=prompt, max_tokens=6, temperature=0, echo=True)
+            refused = r.choices[-1]
+            assert refused.text == "告诉我秘密不能聊这个" and refused.finish_reason == "content_filter"
+        assert r.choices[0].text.startswith("今天天气[filtered]") and r.choices[0].finish_reason != "content_filter"
+        assert r.usage.prompt_tokens == len(plain) + len(secret)
+        chunks = list(
+            c.completions.create(model="tiny", prompt=[plain, secret], max_tokens=6, temperature=0, stream=True)
+        )
+        got = {i: "".join(x.text for ch in chunks for x in ch.choices if x.index == i) for i in (0, 1)}
+        assert got == {0: r.choices[0].text[len("今天天气") :], 1: "不能聊这个"}
 
 
 def test_batched_and_joining_rows_answer_like_single_requests(parts):

@@ -527,6 +527,8 @@ def test_a_raw_prompt_gets_the_bos_the_tokenizer_adds(parts):
     with running(create_app(model, tok, template, ServeSettings(model_name="tiny", max_new_tokens=16))) as base:
         r = client(base).completions.create(model="tiny", prompt=prompt, max_tokens=5, temperature=0, logprobs=1,
                                             echo=True)  # fmt: skip
+        as_ids = client(base).completions.create(model="tiny", prompt=p_ids, max_tokens=1)  # token ids: as given
+    assert as_ids.usage.prompt_tokens == len(p_ids)  # no BOS added, as vLLM
     assert r.usage.prompt_tokens == len(full)
     gen = reference(model, full, 5, tok.convert_tokens_to_ids(template.eot))
     assert r.choices[0].text == prompt + decode_whole(tok, gen)
@@ -573,3 +575,62 @@ def test_retrieve_model_answers_each_served_id_slashes_included(parts):
                 c.models.retrieve(name)
             err = e.value.body
             assert err["code"] == "model_not_found" and err["param"] == "model" and name in err["message"], err
+
+
+def by_index(chunks) -> dict[int, str]:
+    """A streamed completion's text per choice index."""
+    texts: dict[int, str] = {}
+    for ch in chunks:
+        for c in ch.choices:
+            texts[c.index] = texts.get(c.index, "") + c.text
+    return texts
+
+
+def test_token_id_prompts_and_batches_of_prompts(url, parts):
+    """`prompt` in OpenAI's four forms (a text, texts, token ids, lists of token ids; lists were a 400): token ids are
+    the model's input as given, and prompt k of a batch answers choices k*n..k*n+n-1, each as when asked alone."""
+    model, tok, template = parts
+    c, eot = client(url), tok.convert_tokens_to_ids(template.eot)
+    texts = ["今天天气怎么样？", "周末去哪儿玩"]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    kw = {"model": "tiny", "max_tokens": 5, "temperature": 0}
+    alone = [c.completions.create(prompt=t, logprobs=1, echo=True, **kw) for t in texts]
+    for t, p, a in zip(texts, ids, alone):
+        gen = reference(model, p, 5, eot)
+        assert a.choices[0].text == t + decode_whole(tok, gen)
+        r = c.completions.create(prompt=p, logprobs=1, echo=True, **kw)  # one prompt as token ids
+        assert r.choices[0].text == a.choices[0].text and r.usage == a.usage
+        assert r.choices[0].logprobs == a.choices[0].logprobs  # the echoed prompt's tokens and log-probs too
+    for prompt in (texts, ids):  # several prompts, n 2: prompt k's choices are 2k and 2k+1
+        r = c.completions.create(prompt=prompt, n=2, logprobs=1, echo=True, **kw)
+        assert [ch.index for ch in r.choices] == [0, 1, 2, 3]
+        for ch, a in zip(r.choices, [a.choices[0] for a in alone for _ in "ab"]):
+            assert ch.text == a.text and ch.logprobs.tokens == a.logprobs.tokens
+            assert ch.logprobs.text_offset == a.logprobs.text_offset
+            got, want = ch.logprobs.token_logprobs, a.logprobs.token_logprobs
+            assert got[0] is None and all(math.isclose(x, y, abs_tol=1e-4) for x, y in zip(got[1:], want[1:])), (
+                got,
+                want,
+            )
+        assert r.usage.prompt_tokens == sum(map(len, ids))  # each prompt once, whatever n
+        assert r.usage.completion_tokens == 2 * sum(a.usage.completion_tokens for a in alone)
+        chunks = list(
+            c.completions.create(prompt=prompt, n=2, stream=True, stream_options={"include_usage": True}, **kw)
+        )
+        assert by_index(chunks) == {i: alone[i // 2].choices[0].text[len(texts[i // 2]) :] for i in range(4)}
+        assert chunks[-1].usage == r.usage
+        finished = [c_.index for ch in chunks for c_ in ch.choices if c_.finish_reason]
+        assert sorted(finished) == [0, 1, 2, 3]
+    bad = [
+        [ids[0][0], len(tok)],  # past the vocabulary
+        [ids[0], [-1]],
+        [],
+        [ids[0], []],
+        [ids[0][0], "x"],
+    ]
+    for prompt in bad:
+        r = httpx.post(url + "/v1/completions", json={"prompt": prompt, "max_tokens": 2}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"].split(".")[0] == "prompt", (prompt, r.text)
+    with pytest.raises(openai.BadRequestError, match=f"token id {len(tok)} .*not in the vocabulary") as e:
+        c.completions.create(prompt=[ids[0], [1, len(tok)]], **kw)
+    assert e.value.body["param"] == "prompt"

@@ -146,7 +146,7 @@ class ChatRequest(Sampling):
 
 
 class CompletionRequest(Sampling):
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]  # OpenAI's: a text, texts, token ids, lists of token ids
     logprobs: int | None = Field(None, ge=0, le=20)  # the legacy form: alternatives per token
     echo: bool | None = False  # the prompt leads the text (and its tokens the log-probs, the first one null)
 

@@ -108,6 +108,17 @@ class Job:
     rows: list[_Row] = field(default_factory=list)  # its choices, made when the engine takes the job
     constraint: Any = None  # a weitiao.infer.constrain.Pattern every choice must follow
     continues: bool = False  # a completion: its text continues the prompt's (decoded after the prompt's last tokens)
+    first: int = 0  # the `index` of its first choice: prompt k of a batch of completions answers k*n..k*n+n-1
+
+
+@dataclass
+class Prompt:
+    """One prompt of a request: its ids, the text an echo shows, the input screen's refusal (None: answer it)."""
+
+    ids: list[int]
+    echo: str = ""
+    refusal: str | None = None
+    skip: int = 0  # leading ids the echo does not show (the BOS added to a text prompt)
 
 
 class _Row:
@@ -116,6 +127,7 @@ class _Row:
 
     def __init__(self, job: Job, index: int, tokenizer: Any, eos_ids: set[int], device: Any, masks: Any) -> None:
         self.job, self.index, self.tok, self.device = job, index, tokenizer, device
+        self.choice = job.first + index  # its `index` in the answer (`index` seeds it: seed + i per prompt, as vLLM)
         self.prompt_ids, self.adapter, self.logprobs = job.prompt_ids, job.adapter, job.logprobs
         self.stops = set(job.stop_token_ids) | (set() if job.ignore_eos else eos_ids)
         generator = None
@@ -172,14 +184,14 @@ class _Row:
             return
         safe = len(text) - self.hold
         if safe > self.sent:
-            self.outbox.append((self.job, ("delta", self.index, text[self.sent : safe], self.lps)))
+            self.outbox.append((self.job, ("delta", self.choice, text[self.sent : safe], self.lps)))
             self.sent, self.lps = safe, []
 
     def finish(self, text: str, reason: str, stop_token: int = 0) -> None:
         if len(text) > self.sent or self.lps:
-            self.outbox.append((self.job, ("delta", self.index, text[self.sent :], self.lps)))
+            self.outbox.append((self.job, ("delta", self.choice, text[self.sent :], self.lps)))
             self.lps = []
-        self.outbox.append((self.job, ("done", self.index, reason, len(self.ids) + stop_token)))
+        self.outbox.append((self.job, ("done", self.choice, reason, len(self.ids) + stop_token)))
         self.finished = True
 
 
@@ -227,7 +239,7 @@ def admit(model: Any, tokenizer: Any, job: Job, stop_ids: set[int], outbox: list
         for a in range(0, len(p) - 1, 256):  # position a's logits predict token a + 1; in slices, to bound memory
             raw = logits[a : a + 256].float().log_softmax(-1)
             entries += logprob_entries(raw, torch.tensor(p[a + 1 : a + 257], device=device), job.prompt_logprobs)
-        outbox.append((job, ("prompt", entries[job.prompt_skip :])))
+        outbox.append((job, ("prompt", job.first, entries[job.prompt_skip :])))
         job.prompt_scored = True
     return job.rows
 
@@ -244,7 +256,8 @@ def run_batch(
 ) -> None:
     """Generate every choice of `jobs` to its end through one `Engine` (blocking), as the server's worker does
     but without newcomers. `publish([(job, event), ...])` receives each tick's events: ("delta", index, text,
-    logprob entries), ("done", index, finish_reason, n_tokens) and, once per echoing job, ("prompt", entries).
+    logprob entries), ("done", index, finish_reason, n_tokens) and, once per echoing job, ("prompt", first, entries)
+    (`index`: the choice's, `job.first` + its row).
     Log-probs are of the raw model distribution (log_softmax of the logits before bans, penalties,
     temperature, top-k/top-p), as vLLM's default. With `adapters`, each row runs its job's adapter."""
     outbox: list = []
@@ -273,6 +286,7 @@ def create_app(
     context = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
     stop_ids = end_ids(model, tokenizer, template)  # as `weitiao chat` and HF generate stop
     vocab = model.config.vocab_size
+    vocab_ids = min(vocab, len(tokenizer))  # a token-id prompt's ids: the model embeds them, the tokenizer decodes them
     bos = added_prefix(tokenizer)  # a raw prompt gets it, as raw-text training (chat._raw_ids) and vLLM give it
     served = [cfg.model_name, *cfg.adapters]
     cards = [{"id": cfg.model_name, "object": "model", "created": 0, "owned_by": "weitiao"}]  # GET /v1/models
@@ -377,7 +391,7 @@ def create_app(
             raise BadRequest(f"{param}: more than {context} tokens, the model's context", param, "context")
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def build_chat(body: bytes) -> tuple[ChatRequest, list[int], str | None, tooling.ChatPlan]:
+    def build_chat(body: bytes) -> tuple[ChatRequest, list[Prompt], tooling.ChatPlan]:
         req = read_body(body, ChatRequest)
         if req.echo:
             raise BadRequest("echo: not supported on chat completions; use /v1/completions with echo", "echo")
@@ -393,17 +407,32 @@ def create_app(
         except Exception as e:  # e.g. a template that insists on alternating roles
             raise BadRequest(f"messages: the chat template refused them: {e}", "messages") from None
         ids = tokenize(prompt, "messages")  # first: the screen's regexes hold the GIL, keep megabytes from them
-        return req, ids, input_screen(messages) if input_screen else None, plan
+        return req, [Prompt(ids, refusal=input_screen(messages) if input_screen else None)], plan
 
-    def build_completion(body: bytes) -> tuple[CompletionRequest, list[int], str | None]:
+    def build_completion(body: bytes) -> tuple[CompletionRequest, list[Prompt]]:
         req = read_body(body, CompletionRequest)
-        if isinstance(req.prompt, list) and len(req.prompt) != 1:
-            raise BadRequest("prompt: give one string (lists of prompts are not supported)", "prompt")
-        prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
-        if not prompt:
-            raise BadRequest("prompt: empty; give some text to continue", "prompt")
-        ids = bos + tokenize(prompt, "prompt")
-        return req, ids, input_screen([{"role": "user", "content": prompt}]) if input_screen else None
+        # OpenAI's four forms: a text, texts, token ids (one prompt), lists of token ids (one prompt each)
+        one = isinstance(req.prompt, str) or (req.prompt and isinstance(req.prompt[0], int))
+        given: list = [req.prompt] if one else req.prompt
+        if not given:
+            raise BadRequest("prompt: an empty list; give a text, texts, token ids or lists of token ids", "prompt")
+        prompts = []
+        for k, p in enumerate(given):
+            where = f" (prompt {k} of {len(given)})" if len(given) > 1 else ""
+            if not p:
+                raise BadRequest(f"prompt: empty{where}; give some text or token ids to continue", "prompt")
+            if isinstance(p, str):
+                prompt = Prompt(bos + tokenize(p, "prompt"), p if req.echo else "", skip=len(bos))
+            else:  # token ids are the model's input as given, no BOS added (as vLLM); the echo is their decoding
+                if (bad := next((t for t in p if not 0 <= t < vocab_ids), None)) is not None:
+                    msg = f"prompt: token id {bad}{where} is not in the vocabulary (ids 0 to {vocab_ids - 1})"
+                    raise BadRequest(msg, "prompt")
+                prompt = Prompt(list(p), tokenizer.decode(p, skip_special_tokens=False) if req.echo else "")
+            if input_screen:  # token ids are screened as the text they decode to
+                text = p if isinstance(p, str) else prompt.echo or tokenizer.decode(p, skip_special_tokens=False)
+                prompt.refusal = input_screen([{"role": "user", "content": text}])
+            prompts.append(prompt)
+        return req, prompts
 
     async def prepared(request: Request, build: Callable[[bytes], tuple]) -> tuple | JSONResponse:
         body = await request.body()  # already read (and size-checked) by Guard
@@ -451,24 +480,19 @@ def create_app(
         )  # fmt: skip
 
     async def answer(
-        request: Request,
-        req: Sampling,
-        prompt_ids: list[int],
-        chat: bool,
-        refusal: str | None,
-        plan: tooling.ChatPlan | None = None,
+        request: Request, req: Sampling, prompts: list[Prompt], chat: bool, plan: tooling.ChatPlan | None = None
     ) -> Any:
+        """The response to a valid request: one job per prompt (a chat has one), choices indexed k*n+i for choice i
+        of prompt k, all read from one events queue."""
         if req.model is not None and req.model not in served:
             return unknown_model(req.model)
         created, rid = int(time.time()), ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         obj = "chat.completion" if chat else "text_completion"
         head = {"id": rid, "created": created, "model": req.model or cfg.model_name}
-        if chat:
-            top = (req.top_logprobs or 0) if req.logprobs else None
-            echo = ""
-        else:
-            top = req.logprobs
-            echo = (req.prompt if isinstance(req.prompt, str) else req.prompt[0]) if req.echo else ""
+        top = ((req.top_logprobs or 0) if req.logprobs else None) if chat else req.logprobs
+        n, total = req.n, req.n * len(prompts)
+        echoes = [p.echo for p in prompts for _ in range(n)]  # per choice
+        refused = {k * n + i for k, p in enumerate(prompts) if p.refusal is not None for i in range(n)}
 
         def choice(i: int, text: str | None, reason: str | None, stream: bool, lps: Any = None) -> dict:
             if not chat:
@@ -476,35 +500,45 @@ def create_app(
             body = {"role": "assistant", "content": text} if not stream else ({"content": text} if text else {})
             return {"index": i, ("delta" if stream else "message"): body, "logprobs": lps, "finish_reason": reason}
 
-        def usage(done: int, n: int = len(prompt_ids)) -> dict:
-            return {"prompt_tokens": n, "completion_tokens": done, "total_tokens": n + done}
+        def usage(done: int) -> dict:
+            read = sum(len(p.ids) for p in prompts)  # each prompt once, whatever n (as OpenAI and vLLM)
+            return {"prompt_tokens": read, "completion_tokens": done, "total_tokens": read + done}
 
-        if refusal is not None:
-            job, top = Job(prompt_ids, req.n, 0, []), None
-            for i in range(req.n):
-                job.events.put_nowait(("delta", i, refusal, []))
-                job.events.put_nowait(("done", i, "content_filter", 0))
-        else:
-            try:
-                job = make_job(req, prompt_ids, "messages" if chat else "prompt", top, bool(echo))
-                job.prompt_skip, job.continues = (0, False) if chat else (len(bos), True)
+        events: asyncio.Queue = asyncio.Queue()  # every job's
+        jobs: list[Job] = []
+        try:
+            for k, p in enumerate(prompts):
+                if p.refusal is not None:  # answered with the refusal, nothing generated
+                    for i in range(k * n, k * n + n):
+                        events.put_nowait(("delta", i, p.refusal, []))
+                        events.put_nowait(("done", i, "content_filter", 0))
+                    continue
+                job = make_job(req, p.ids, "messages" if chat else "prompt", top, bool(p.echo))
+                job.events, job.first, job.prompt_skip, job.continues = events, k * n, p.skip, not chat
                 job.constraint = plan.constraint if plan else None
                 if job.constraint is not None and job.ignore_eos and not job.stop_token_ids:
                     field = "tool_choice" if plan.tools else "response_format"  # type: ignore[union-attr]
                     msg = f"ignore_eos: a reply constrained by {field} must end; drop ignore_eos or give stop_token_ids"
                     raise BadRequest(msg, "ignore_eos")
-            except BadRequest as e:
-                return error(400, e.message, code=e.code, param=e.param)
-            if len(pending) >= cfg.max_queue:
-                stats["rejected"] += 1
-                return error(429, f"server busy: {len(pending)} requests waiting; retry later", "rate_limit_error")
-            pending.append(job)
-            wake.set()
+                jobs.append(job)
+            if len(jobs) > cfg.max_queue:
+                raise BadRequest(f"prompt: {len(jobs)} prompts; this server queues at most {cfg.max_queue}", "prompt")
+        except BadRequest as e:
+            return error(400, e.message, code=e.code, param=e.param)
+        if jobs and len(pending) + len(jobs) > cfg.max_queue:
+            stats["rejected"] += 1
+            return error(429, f"server busy: {len(pending)} requests waiting; retry later", "rate_limit_error")
+        pending.extend(jobs)
+        wake.set()
 
-        async def events() -> AsyncIterator[tuple]:
-            left = job.n
+        def cancel() -> None:  # no-op when finished; frees the rows of a hang-up or a cancelled handler
+            for job in jobs:
+                job.cancelled = True
+
+        async def replies() -> AsyncIterator[tuple]:
+            left = total
             while left:
-                ev = await job.events.get()
+                ev = await events.get()
                 left -= ev[0] == "done"
                 yield ev
                 if ev[0] in ("error", "gone"):
@@ -515,21 +549,21 @@ def create_app(
             async def watch() -> None:  # the body is read, so the next message is the client's hang-up
                 while (await request.receive())["type"] != "http.disconnect":
                     pass
-                job.events.put_nowait(("gone",))
+                events.put_nowait(("gone",))
 
             watcher = asyncio.create_task(watch())
-            texts, reasons, used = [""] * job.n, [None] * job.n, 0
-            lps: list[list] = [[] for _ in range(job.n)]
-            prompt_lps: list = []
+            texts, reasons, used = [""] * total, [None] * total, 0
+            lps: list[list] = [[] for _ in range(total)]
+            prompt_lps: list[list] = [[] for _ in range(total)]
             try:
-                async for ev in events():
+                async for ev in replies():
                     if ev[0] == "gone":  # nobody reads the answer: stop its rows like a dropped stream
                         stats["cancelled"] += 1
                         return error(499, "client closed the request")
                     if ev[0] == "error":
                         return error(500, ev[1], "server_error")
                     if ev[0] == "prompt":
-                        prompt_lps = ev[1]
+                        prompt_lps[ev[1] : ev[1] + n] = [ev[2]] * n
                     elif ev[0] == "delta":
                         texts[ev[1]] += ev[2]
                         lps[ev[1]] += ev[3]
@@ -537,18 +571,21 @@ def create_app(
                         reasons[ev[1]], used = ev[2], used + ev[3]
             finally:
                 watcher.cancel()
-                job.cancelled = True  # no-op when finished; frees the rows of a hang-up or a cancelled handler
+                cancel()
             stats["served"] += 1
-            if output_filter and refusal is None:
-                texts = [output_filter(t) for t in texts]
-            if top is None:
-                shown: list = [None] * job.n
-            elif chat:
-                shown = [{**fmt.chat(x, start=True), "refusal": None} for x in lps]
-            else:
-                shown = [fmt.legacy(prompt_lps + x, 0, start=bool(prompt_lps))[0] for x in lps]
-            choices = [choice(i, echo + t, r, False, x) for i, (t, r, x) in enumerate(zip(texts, reasons, shown))]
-            if plan and plan.tool_format and refusal is None:  # calls parsed out of each reply
+            if output_filter:
+                texts = [t if i in refused else output_filter(t) for i, t in enumerate(texts)]
+            shown: list = [None] * total
+            for i in range(total) if top is not None else ():  # a refused choice has no log-probs
+                if i in refused:
+                    continue
+                p = prompt_lps[i]  # its prompt's tokens, when echoed
+                if chat:
+                    shown[i] = {**fmt.chat(lps[i], start=True), "refusal": None}
+                else:
+                    shown[i] = fmt.legacy(p + lps[i], 0, start=bool(p))[0]
+            choices = [choice(i, echoes[i] + t, r, False, shown[i]) for i, (t, r) in enumerate(zip(texts, reasons))]
+            if plan and plan.tool_format and not refused:  # calls parsed out of each reply
                 for c, t, r in zip(choices, texts, reasons):
                     c["message"], c["finish_reason"] = tooling.reply_with_calls(t, r, plan.tool_format)
             return JSONResponse({**head, "object": obj, "choices": choices, "usage": usage(used)})
@@ -560,13 +597,13 @@ def create_app(
             return "data: " + json.dumps({**head, "object": chunk_obj, "choices": choices, **extra}) + "\n\n"
 
         async def stream() -> AsyncIterator[str]:
-            buffered, used, finished, out = [""] * job.n, 0, False, []
-            offsets = [0] * job.n  # text_offset of the legacy log-probs, per choice
-            begun = [False] * job.n  # a chat choice's log-probs have begun (its first token starts the reply)
-            filtering = output_filter is not None and refusal is None
+            buffered, used, finished, out = [""] * total, 0, False, []
+            offsets = [0] * total  # text_offset of the legacy log-probs, per choice
+            begun = [False] * total  # a chat choice's log-probs have begun (its first token starts the reply)
+            filtering = output_filter is not None  # refused choices are not filtered: the refusal is ours
 
             def delta(i: int, text: str, entries: list, prompt: bool = False) -> str:
-                if top is None:
+                if top is None or i in refused:
                     return sse([choice(i, text, None, True)])
                 if chat:
                     start, begun[i] = not begun[i], begun[i] or bool(entries)
@@ -574,23 +611,27 @@ def create_app(
                 shown, offsets[i] = fmt.legacy(entries, offsets[i], start=prompt)
                 return sse([choice(i, text, None, True, shown)])
 
-            calls = [tooling.ToolStream(plan.tool_format) for _ in range(job.n)] if plan and plan.tool_format else None
-            held: list[list] = [[] for _ in range(job.n)]  # log-probs of text a ToolStream holds back
+            calls = None
+            if plan and plan.tool_format and not refused:
+                calls = [tooling.ToolStream(plan.tool_format) for _ in range(total)]
+            held: list[list] = [[] for _ in range(total)]  # log-probs of text a ToolStream holds back
             tail: list[str] = []
             if chat:
-                out = [sse([{**choice(i, None, None, True), "delta": {"role": "assistant"}}]) for i in range(job.n)]
-            elif echo and (top is None or refusal is not None):
-                out = [sse([choice(i, echo, None, True)]) for i in range(job.n)]
+                out = [sse([{**choice(i, None, None, True), "delta": {"role": "assistant"}}]) for i in range(total)]
+            else:  # an echo without log-probs leads its choice; with them it comes with the prompt's log-probs
+                out = [
+                    sse([choice(i, e, None, True)]) for i, e in enumerate(echoes) if e and (top is None or i in refused)
+                ]
             try:
-                async for ev in events():
+                async for ev in replies():
                     if ev[0] == "error":
                         out.append(f"data: {json.dumps({'error': {'message': ev[1], 'type': 'server_error'}})}\n\n")
                         break
-                    if ev[0] == "delta" and calls and refusal is None:  # text that may be a call is held back
+                    if ev[0] == "delta" and calls:  # text that may be a call is held back
                         i, text = ev[1], calls[ev[1]].feed(ev[2])
                         held[i] += ev[3]
                         ev, held[i] = ("delta", i, text, held[i] if text else []), [] if text else held[i]
-                    elif ev[0] == "done" and calls and refusal is None:
+                    elif ev[0] == "done" and calls:
                         rest, made = calls[ev[1]].finish()
                         if filtering:
                             buffered[ev[1]] += rest
@@ -602,20 +643,20 @@ def create_app(
                         ]
                         ev = (*ev[:2], "tool_calls" if made else ev[2], *ev[3:])
                     if ev[0] == "prompt":  # echo with log-probs: the prompt and its tokens' log-probs first
-                        out += [delta(i, echo, ev[1], prompt=True) for i in range(job.n)]
-                    elif ev[0] == "delta" and filtering:
+                        out += [delta(i, echoes[i], ev[2], prompt=True) for i in range(ev[1], ev[1] + n)]
+                    elif ev[0] == "delta" and filtering and ev[1] not in refused:
                         buffered[ev[1]] += ev[2]
                     elif ev[0] == "delta":
                         if ev[2] or (ev[3] and top is not None):
                             out.append(delta(*ev[1:]))
                     else:
                         used += ev[3]
-                        if filtering and (shown := output_filter(buffered[ev[1]])):  # as non-streamed: even ""
-                            out.append(sse([choice(ev[1], shown, None, True)]))
+                        if filtering and ev[1] not in refused and (shown := output_filter(buffered[ev[1]])):
+                            out.append(sse([choice(ev[1], shown, None, True)]))  # as non-streamed: even ""
                         out += tail  # the choice's tool_calls deltas, after its content
                         tail = []
                         out.append(sse([choice(ev[1], None, ev[2], True)]))
-                    if job.events.empty():  # send what has piled up in one write
+                    if events.empty():  # send what has piled up in one write
                         yield "".join(out)
                         out = []
                 if with_usage:
@@ -626,7 +667,7 @@ def create_app(
             finally:
                 if not finished:  # the client went away (or the batch failed): stop its rows
                     stats["cancelled"] += 1
-                job.cancelled = True
+                cancel()
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
@@ -638,7 +679,7 @@ def create_app(
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
         ready = await prepared(request, build_completion)
-        return ready if isinstance(ready, JSONResponse) else await answer(request, *ready[:2], False, ready[2])
+        return ready if isinstance(ready, JSONResponse) else await answer(request, *ready, False)
 
     @app.get("/v1/models")
     async def models() -> Any:
