@@ -4,6 +4,7 @@ one loader and override syntax for recipes and log profiles, and recipes that ne
 from __future__ import annotations
 
 import ast
+import re
 import typing
 from pathlib import Path
 
@@ -91,3 +92,40 @@ def test_sft_and_preference_data_declare_the_file_keys_once():
     for cls in (sft.DataSpec, PrefDataSpec):
         assert issubclass(cls, DataFilesSpec) and not set(cls.__annotations__) & shared, cls.__name__
         assert list(cls.model_fields)[: len(shared)] == list(DataFilesSpec.model_fields)  # files first in `config show`
+
+
+def test_a_yes_no_is_never_read_as_a_number_nor_a_number_as_a_yes_no(tmp_path):
+    """pydantic's lax mode read `lora.r: true` as r 1, `train.lr: yes` as 1.0 and `data.packing: 1` or "yes" as true,
+    silently; each is refused in the loader's one line (file:line, key). Numbers written as strings still pass:
+    PyYAML reads `lr: 2e-4` as the string '2e-4'."""
+    from weitiao.logs.config import load_profile
+    from weitiao.ui import forms
+    from weitiao.ui.paths import Roots
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  train: [x.jsonl]\n  packing: 1\nlora:\n  r: true\ntrain:\n  lr: yes\n", encoding="utf-8")
+    refused = {
+        "lora.r": (5, "a yes/no (true) where a number goes would be read as 1; write the number"),
+        "train.lr": (7, "a yes/no (true) where a number goes would be read as 1.0; write the number"),
+        "data.packing": (3, "1 where true or false goes would be read as true; write true or false"),
+    }
+    fixes = {"lora.r": "lora.r=16", "train.lr": "train.lr=2e-4", "data.packing": "data.packing=true"}
+    for key, (line, msg) in refused.items():
+        others = [v for k, v in fixes.items() if k != key]
+        with pytest.raises(UserError) as e:
+            load_config(sft.SFTConfig, cfg, others)
+        assert str(e.value) == f"{cfg}:{line}: {key}: {msg}"
+    ok = load_config(sft.SFTConfig, cfg, list(fixes.values()))  # the overrides, YAML-parsed, are what they say
+    assert (ok.lora.r, ok.train.lr, ok.data.packing) == (16, 2e-4, True)
+    quoted = load_config(sft.SFTConfig, cfg, ["lora.r='16'", "train.lr='2e-4'", "data.packing=on"])
+    assert (quoted.lora.r, quoted.train.lr, quoted.data.packing) == (16, 2e-4, True)  # strings of numbers still read
+    for given, want in [("lora.r=yes", "lora.r: a yes/no (true)"), ("data.packing='yes'", "data.packing: 'yes' ")]:
+        with pytest.raises(UserError, match=rf"^config: {re.escape(want)}"):
+            load_config(sft.SFTConfig, None, [*REQUIRED[sft.SFTConfig], given])
+    with pytest.raises(UserError, match=r"^profile xhs with --set: min_views: a yes/no \(true\)"):
+        load_profile("dwell", "xhs", ["min_views=true"])
+    (tmp_path / "x.jsonl").write_text("", encoding="utf-8")
+    form = {"data.train": '["x.jsonl"]', "data.packing": "1"}  # the console's text box
+    with pytest.raises(UserError, match=r"^data.packing: 1 where true or false goes would be read as true"):
+        forms.build("sft", form, Roots([tmp_path]), tmp_path / "runs" / "x")
+    assert forms.build("sft", form | {"data.packing": True}, Roots([tmp_path]), tmp_path / "runs" / "x").data.packing

@@ -250,18 +250,47 @@ def validate(
     """`cls` from a mapping, or one line `where[:line]: key.path: problem` (the line from `node`, the
     composed YAML, unless the key came from an `overrides` item)."""
     try:
-        return cls.model_validate(data)
+        cfg = cls.model_validate(data)
     except ValidationError as e:
         errors = e.errors()
         err = errors[0]
-        key = ".".join(str(x) for x in err["loc"])
         others = [".".join(str(x) for x in o["loc"]) for o in errors[1:]]
         more = f" (also: {', '.join(others[:3])}{', …' * (len(others) > 3)})" if others else ""
-        overridden = any(o.split("=", 1)[0].strip() == key for o in overrides or [])
-        line = None if overridden else yaml_line(node, tuple(err["loc"]) + _named_key(node, err["loc"], err["msg"]))
-        loc = f"{where}:{line}" if line else where
         hint = _unknown_key_hint(cls, err["loc"]) if err["type"] == "extra_forbidden" else ""
-        raise UserError(f"{loc}: {key}: {err['msg']}{hint}{more}") from None
+        raise _located(err["loc"], err["msg"], where, node, overrides, f"{hint}{more}") from None
+    if guess := guessed(data, cfg):
+        raise _located(*guess, where, node, overrides)
+    return cfg
+
+
+def _located(
+    loc: tuple, msg: str, where: str, node: yaml.Node | None, overrides: list[str] | None, tail: str = ""
+) -> UserError:
+    """`where[:line]: key.path: msg{tail}`, the line that of `loc` in `node` unless the key came from an override."""
+    key = ".".join(str(x) for x in loc)
+    overridden = any(o.split("=", 1)[0].strip() == key for o in overrides or [])
+    line = None if overridden else yaml_line(node, tuple(loc) + _named_key(node, loc, msg))
+    return UserError(f"{f'{where}:{line}' if line else where}: {key}: {msg}{tail}")
+
+
+def guessed(data: Any, value: Any, loc: tuple = ()) -> tuple[tuple, str] | None:
+    """(key path, problem) of the first value pydantic's lax mode read by guessing, else None: a yes/no read as a
+    number (`lora.r: true` → r 1, `train.lr: yes` → 1.0) or a number or word read as a yes/no (`data.packing: 1`,
+    `"yes"`, `"off"`). `data` is the mapping as written, `value` what validating it made. Numbers written as
+    strings stay accepted: PyYAML reads `lr: 2e-4` (no dot) as the string '2e-4', and it can mean nothing else."""
+    if isinstance(value, BaseModel) and isinstance(data, dict):
+        pairs = [(k, v, getattr(value, k)) for k, v in data.items() if k in type(value).model_fields]
+    elif isinstance(value, dict) and isinstance(data, dict):
+        pairs = [(k, v, value[k]) for k, v in data.items() if k in value]
+    elif isinstance(value, (list, tuple)) and isinstance(data, (list, tuple)) and len(value) == len(data):
+        pairs = list(zip(range(len(data)), data, value))
+    elif isinstance(data, bool) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return loc, f"a yes/no ({str(data).lower()}) where a number goes would be read as {value}; write the number"
+    elif isinstance(value, bool) and not isinstance(data, bool):
+        return loc, f"{data!r} where true or false goes would be read as {str(value).lower()}; write true or false"
+    else:
+        return None
+    return next((g for k, v, out in pairs if (g := guessed(v, out, (*loc, k)))), None)
 
 
 def _unknown_key_hint(cls: type[BaseModel], loc: tuple) -> str:
