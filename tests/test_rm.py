@@ -89,6 +89,22 @@ def test_reward_model_learns_and_reloads(tiny_model_dir, tmp_path, quant):
     assert sum(c > r for c, r in zip(rc, rr)) >= 11
 
 
+def test_lora_modules_to_save_is_trained_beside_the_score_head(tiny_model_dir, tmp_path):
+    """peft extended the config's own lora.modules_to_save list with its classifier/score names (SEQ_CLS), so the
+    check that each name matched a module refused `classifier`: a reward model with lora.modules_to_save never ran."""
+    from safetensors.torch import load_file
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(8))
+    out = tmp_path / "rm"
+    cfg = rm_config(tiny_model_dir, data, out, "train.max_steps=2", "lora.modules_to_save=[embed_tokens]")
+    rm.run(cfg)
+    assert cfg.lora.modules_to_save == ["embed_tokens"]
+    saved = load_file(str(out / "final" / "adapter" / "adapter_model.safetensors"))
+    embed = next(v for k, v in saved.items() if "embed_tokens" in k)
+    base = load_file(str(tiny_model_dir / "model.safetensors"))["model.embed_tokens.weight"]
+    assert any("score" in k for k in saved) and not torch.equal(embed, base.to(embed.dtype))  # trained, saved
+
+
 def test_a_base_whose_weights_changed_since_training_is_refused(tiny_model_dir, tokenizer, tmp_path):
     """A LoRA reward model scored silently on whatever its recorded base folder held (a re-download, another
     checkpoint saved there); the digest recorded at training is checked when it loads."""

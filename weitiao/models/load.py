@@ -326,7 +326,7 @@ def add_lora(model: Any, spec: LoraSpec, gradient_checkpointing: bool = False, t
         target_modules=spec.targets,
         use_dora=spec.dora,
         use_rslora=spec.rslora,
-        modules_to_save=spec.modules_to_save,
+        modules_to_save=list(spec.modules_to_save) if spec.modules_to_save else None,  # peft extends it (SEQ_CLS)
         task_type=task_type,
     )
     leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and not list(m.children())})
