@@ -179,6 +179,50 @@ def test_critic_from_reward_model_keeps_its_lora_scaling(tiny_model_dir, tokeniz
     Roles(spec, LoraSpec(r=8), CPU, reward_model=rm, critic_init="reward", critic_lora=recorded)
 
 
+def test_critic_from_reward_model_takes_the_modules_it_trained_in_full(tiny_model_dir, tokenizer, tmp_path):
+    """A reward model trained with lora.modules_to_save (embed_tokens, the norms) scored with its own copies of them;
+    the critic took its LoRA and score head only, so its first values were not the reward model's scores (silent).
+    The copies are the critic adapter's own: actor and reference still run the base's."""
+    spec = ModelSpec(path=str(tiny_model_dir))
+    rm = add_lora(
+        load_model(spec, head="score"), LoraSpec(r=4, modules_to_save=["embed_tokens", "norm"]), task_type="SEQ_CLS"
+    )
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in rm.named_parameters():
+            if "lora_B" in n or "modules_to_save" in n:
+                p.add_(torch.randn_like(p) * 0.2)
+    rm.eval()
+    roles = Roles(spec, LoraSpec(r=8), CPU, reward_model=rm, critic_init="reward")
+    b = fixed_rollout(tokenizer)
+    ids, attn = b.ids[:1], b.attn[:1]
+    with torch.no_grad():
+        with roles.parts("critic") as (decoder, _):
+            hidden = decoder(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
+        value = roles.value_head(hidden[:, -1].float()).squeeze()
+        score = rm(input_ids=ids, attention_mask=attn).logits.squeeze()
+        assert torch.allclose(value, score, atol=1e-5), (float(value), float(score))
+        base = load_model(spec)(input_ids=ids, attention_mask=attn).logits  # actor (fresh LoRA) and reference
+        for role in ("actor", "reference"):
+            with roles.parts(role) as (decoder, head):
+                out = head(decoder(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state)
+            assert torch.allclose(out, base, atol=1e-5), role
+    assert any("embed_tokens.modules_to_save.critic" in n for n, _ in roles.model.named_parameters())
+    names = {id(p): n for n, p in roles.model.named_parameters()}
+    assert any("modules_to_save.critic" in names.get(id(p), "") for p in roles.critic_params)  # trained as the critic
+    from peft import set_peft_model_state_dict
+
+    roles.model.save_pretrained(tmp_path / "critic", selected_adapters=["critic"])  # as a checkpoint keeps it
+    saved = load_file(str(tmp_path / "critic" / "critic" / "adapter_model.safetensors"))
+    assert any("embed_tokens" in k for k in saved)
+    with torch.no_grad():
+        roles.model.get_base_model().model.embed_tokens.modules_to_save["critic"].weight.zero_()
+        set_peft_model_state_dict(roles.model, saved, adapter_name="critic")  # resume
+        with roles.parts("critic") as (decoder, _):
+            hidden = decoder(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
+        assert torch.allclose(roles.value_head(hidden[:, -1].float()).squeeze(), score, atol=1e-5)
+
+
 def test_a_reward_model_of_another_base_does_not_start_the_critic(tiny_model_dir, tokenizer, tmp_path, capsys):
     """Its LoRA copied by parameter name into another architecture's critic is noise (was: silent)."""
     from conftest import save_tiny_model

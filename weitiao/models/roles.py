@@ -2,7 +2,8 @@
 
 peft switches the active adapter per forward (`Roles.use`); the reference is a frozen copy of the
 starting adapter, or the base with adapters disabled; the critic adapter can start from a reward
-model's LoRA weights and its score head (`critic_init="reward"`).
+model's LoRA weights, its score head and the modules it trained in full (`critic_init="reward"`; those are
+the critic adapter's own copies, peft modules_to_save, so actor and reference keep the base's).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class Roles(nn.Module):
                 cc = LoraConfig(
                     r=rc.r, lora_alpha=rc.lora_alpha, target_modules=rc.target_modules, lora_dropout=0.0,
                     use_rslora=rc.use_rslora, use_dora=rc.use_dora, rank_pattern=rc.rank_pattern,
-                    alpha_pattern=rc.alpha_pattern,
+                    alpha_pattern=rc.alpha_pattern, modules_to_save=_full_modules(rc) or None,
                 )  # fmt: skip
             else:
                 a = critic_spec.alpha if critic_spec.alpha is not None else 2 * critic_spec.r
@@ -217,16 +218,35 @@ def _other_base(reward_model: Any, base: Any) -> str | None:
     return ", ".join(diff) or None
 
 
+def _full_modules(rc: Any) -> list[str]:
+    """The modules the reward model trained in full (lora.modules_to_save when it was trained), its score head apart:
+    the critic has its own (the value head)."""
+    return sorted(set(rc.modules_to_save or []) - {"score", "classifier"})
+
+
+def _is_head(module: str) -> bool:
+    return module.rsplit(".", 1)[-1] in ("score", "classifier")
+
+
 def _copy_lora(rm: Any, policy: Any) -> None:
-    """Reward model LoRA weights (decoder part) → the policy model's `critic` adapter."""
-    src = {n.replace(".default.", ".critic."): p for n, p in rm.named_parameters() if "lora_" in n}
+    """Reward model LoRA weights and fully trained modules (decoder part) → the policy model's `critic` adapter."""
+    src = {
+        n.replace(".default.", ".critic."): p
+        for n, p in rm.named_parameters()
+        if "lora_" in n or (".modules_to_save.default." in n and not _is_head(n.split(".modules_to_save.")[0]))
+    }
     dst = dict(policy.named_parameters())
     copied = 0
     for n, p in src.items():
         key = n.split(".model.", 1)[-1]  # drop the task-specific wrapper prefix
         match = [d for d in dst if d.endswith(key) and ".critic." in d]
-        if len(match) == 1:
+        if len(match) == 1 and dst[match[0]].shape == p.shape:
             dst[match[0]].data.copy_(p.data)
             copied += 1
+        elif ".modules_to_save." in n:  # else the critic would run the base's copy of a module the RM trained
+            raise UserError(
+                f"ppo.critic_init: reward: the reward model trained {n.split('.modules_to_save.')[0]} in full "
+                "(lora.modules_to_save) and the critic has no such module to take it; set ppo.critic_init=zeros"
+            )
     if copied == 0:
         raise UserError("ppo.critic_init: reward: no LoRA weight of the reward model matches the policy base")
