@@ -161,6 +161,20 @@ def test_a_fresh_run_moves_every_file_a_run_writes(tmp_path):
     assert (tmp_path / "notes.txt").exists()  # not a run's: it stays
 
 
+def test_a_fresh_run_moves_only_the_checkpoints_the_trainer_named(tmp_path):
+    """Every checkpoints/step-* moved: a user's own copies (step-000100-keep, step-best-copy) went into previous/
+    with the old run's checkpoints."""
+    from weitiao.train import checkpoint as ck
+
+    root = tmp_path / "checkpoints"
+    ours, users = ["step-000001", "step-000002", ".tmp-step-000003"], ["step-000100-keep", "step-best-copy", "step-7"]
+    for name in [*ours, *users, ".tmp-step-x"]:
+        (root / name).mkdir(parents=True)
+    moved = ck.move_previous_run(tmp_path)
+    assert sorted(p.name for p in (moved / "checkpoints").iterdir()) == sorted(ours)
+    assert sorted(p.name for p in root.iterdir()) == sorted([*users, ".tmp-step-x"])
+
+
 def test_a_refused_run_leaves_the_previous_run_s_rejects_alone(tiny_model_dir, chat_file, tmp_path):
     """Data was read (rejects.jsonl written into train.out) before the resume check: a run refused for its changed
     data had already replaced the previous run's rejects with its own, and a fresh run overwrote them instead of

@@ -33,7 +33,8 @@ from weitiao.models.digest import local_model
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "config.yaml"
 INPUTS_FILE = "inputs.json"  # fingerprints of the models/adapters the config names (ModelRef keys)
-# What a run writes into its dir besides checkpoints/step-*; a fresh run moves these aside.
+TMP_PREFIX = ".tmp-"  # write_checkpoint fills .tmp-step-NNNNNN, then renames it to step-NNNNNN
+# What a run writes into its dir besides checkpoints/step-NNNNNN; a fresh run moves these aside.
 RUN_FILES = ("metrics.jsonl", "metrics.abandoned.jsonl", "tb", "wandb", "swanlog", "mlflow.db", "final", "golden.jsonl",
              "cost.jsonl", "rejects.jsonl", "eval_rejects.jsonl", CONFIG_FILE, INPUTS_FILE)  # fmt: skip
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
@@ -169,7 +170,7 @@ def write_checkpoint(
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}"
+    tmp = root / f"{TMP_PREFIX}{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     if (run_dir / CONFIG_FILE).exists():
@@ -375,13 +376,15 @@ def check_inputs(ckpt: Path, inputs: dict[str, str], force: bool) -> str:
 def move_previous_run(out: Path) -> Path | None:
     """A fresh run in a used dir: move the previous run's files to `out/previous/<time>/`.
 
-    Only what a run writes moves (RUN_FILES and checkpoints/step-*); anything else stays where it is.
+    Only what a run writes moves (RUN_FILES, checkpoints/step-NNNNNN and a crashed save's .tmp-step-NNNNNN);
+    anything else stays where it is, a user's copy such as checkpoints/step-000100-keep included.
     Left in place, metrics would append to the old file and `resume: auto` could pick up the old
     run's checkpoints. Returns the new home, or None when there was nothing to move.
     """
     names = [out / n for n in RUN_FILES if (out / n).exists()]
     root = out / "checkpoints"
-    steps = sorted(p for p in root.iterdir() if p.name.startswith(("step-", ".tmp-step-"))) if root.is_dir() else []
+    ours = (p for p in root.iterdir() if is_step_dir(Path(p.name.removeprefix(TMP_PREFIX)))) if root.is_dir() else ()
+    steps = sorted(ours)
     if not names and not steps:
         return None
     stamp, n = time.strftime("%Y%m%d-%H%M%S"), 0
