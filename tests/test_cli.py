@@ -113,3 +113,51 @@ def test_data_show_marks_trained_tokens(tmp_path, tiny_model_dir):
     assert "⟦在<|im_end|>⟧" not in p.stdout and "⟦嗨😊<|im_end|>⟧" in p.stdout
     p = weitiao("data", "show", f, "--model", tiny_model_dir, "--index", "5")
     assert p.returncode == 1 and "--index 5" in p.stderr
+
+
+def two_processes(tmp_path, *args: str, torchrun: bool = True) -> list[subprocess.CompletedProcess]:
+    """`args` run on 2 CPU processes: under torchrun (one launch), or started by hand with RANK/WORLD_SIZE (each
+    process sets up a gloo process group itself, as a launcher other than torchrun leaves it to do)."""
+    import os
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
+    if torchrun:
+        ddp = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}"]
+        return [subprocess.run([sys.executable, *ddp, *args], env=env, cwd=ROOT, capture_output=True, text=True)]
+    env |= {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, *args], env=env | {"RANK": str(r)}, cwd=ROOT, stderr=subprocess.PIPE, text=True
+        )
+        for r in (0, 1)
+    ]
+    return [subprocess.CompletedProcess(p.args, p.wait(timeout=300), "", p.stderr.read()) for p in procs]
+
+
+def test_a_user_error_on_several_processes_is_printed_once(tmp_path):
+    """Under torchrun every process printed the same `error:` line (2 processes: twice, 8 GPUs: 8 times). Now the
+    first process to have it prints it, also when only process 1 has it; every process still exits non-zero."""
+    (tmp_path / "empty.yaml").write_text("{}\n")
+    [p] = two_processes(tmp_path, "-m", "weitiao", "sft", str(tmp_path / "empty.yaml"))
+    assert p.returncode != 0
+    assert [x for x in p.stderr.splitlines() if x.startswith("error: ")] == [
+        f"error: {tmp_path / 'empty.yaml'}: data: Field required"
+    ]
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import os, sys, time\nfrom weitiao import cli\nfrom weitiao.errors import UserError\n\n\n"
+        "def app():\n    if sys.argv[1] == 'pg':\n        import torch.distributed as d\n\n"
+        "        d.init_process_group('gloo')\n"
+        "    if sys.argv[1] != 'one' or os.environ['RANK'] == '1':\n"
+        "        raise UserError(f'{sys.argv[1]}: said once')\n    time.sleep(120)\n\n\n"
+        "cli.app = app\ncli.main()\n"
+    )
+    [p] = two_processes(tmp_path, str(driver), "one")  # process 0 is busy (stopped by torchrun): 1 says it
+    assert p.returncode != 0 and p.stderr.count("error: ") == 1 and "error: one: said once" in p.stderr
+    both = two_processes(tmp_path, str(driver), "pg", torchrun=False)  # no torchrun: the process group's store
+    assert [p.returncode for p in both] == [1, 1]
+    assert "".join(p.stderr for p in both).count("error: pg: said once") == 1

@@ -438,8 +438,15 @@ def main() -> None:
     try:
         app()
     except UserError as e:
-        Console(stderr=True, soft_wrap=True).print(Text("error: ", style="bold red") + Text(str(e)))
-        sys.exit(1)
+        line = Text("error: ", style="bold red") + Text(str(e))
+        say = lambda: Console(stderr=True, soft_wrap=True).print(line)  # noqa: E731
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: once, not once per process
+            from weitiao.train.dist import say_once
+
+            say_once(say)
+        else:
+            say()
+        sys.exit(1)  # on every process
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ Setups whose state we cannot save whole (FSDP1, other DeepSpeed setups) are refu
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,41 @@ FSDP_HINT = "use FSDP2 (fsdp_version: 2, examples/accelerate/fsdp.yaml) or DDP (
 def gather_objects(value: Any) -> list:
     """`value` of every process, in rank order (picklable objects; every process must call it)."""
     return gather_object([value])
+
+
+def say_once(say: Callable[[], None], what: str = "user_error") -> None:
+    """Call `say` on one process of a multi-process run, not on each: the first to get here (an atomic add on
+    the run's store), so a mistake that only some processes hit is still said, by one of them. The others
+    wait a little for it to be said (one that exits first gets the rest stopped by torchrun) and say nothing.
+    With no store to ask (a launcher other than torchrun, before the process group is up) every process says it."""
+    key = f"weitiao/{what}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    try:
+        store = _run_store()
+        first = store is None or store.add(key, 1) == 1
+    except Exception:  # the store's host is gone (its process ended): better twice than not at all
+        store, first = None, True
+    if first:
+        say()
+        if store is not None:
+            store.set(f"{key}/said", "1")
+        return
+    try:
+        store.wait([f"{key}/said"], timedelta(seconds=10))
+    except Exception:
+        pass
+
+
+def _run_store() -> Any:
+    """torchrun's agent store (every process can reach it from its start: the same keys before and after the
+    process group is set up), else the process group's store once it is up, else None."""
+    import torch.distributed as tdist
+
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+        return tdist.TCPStore(addr, port, is_master=False, timeout=timedelta(seconds=10))
+    if tdist.is_available() and tdist.is_initialized():
+        return tdist.distributed_c10d._get_default_store()
+    return None
 
 
 def accelerator(model: Any = None, whole: str | None = None) -> Any:
