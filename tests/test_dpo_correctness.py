@@ -243,20 +243,23 @@ def test_reference_cache_keyed_and_rebuilt(tiny_model_dir, tokenizer, pairs_file
     assert "removed the previous run's ref_logps.pt" in capsys.readouterr().out
 
 
+def computed_alone(model_dir, pairs_file, tmp_path) -> dict:
+    """The reference log-probs one process computes for `pairs_file`."""
+    cfg, d, model, loss_mod, ref, ids = build(model_dir, pairs_file, tmp_path / "alone")
+    ref.precompute(d.train, cfg, {"k": 1}, ids["pad"], False, FakeAccel(0, 1, []), tmp_path / "alone.pt")
+    return ref.cache
+
+
+def same_logps(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[i], b[i]) for i in a)
+
+
 def test_cache_written_once_by_process_zero(tiny_model_dir, pairs_file, tmp_path):
-    """Process 1 computes in step with process 0 (DDP forwards) but never writes; it reads 0's file."""
+    """Process 1 computes in step with process 0 (DDP forwards), keeps what it computed and never writes."""
     cfg, d, model, loss_mod, ref, ids = build(tiny_model_dir, pairs_file, tmp_path / "x")
     path = tmp_path / "ref.pt"
-    barriers = []
-
-    class Rank1(FakeAccel):
-        def wait_for_everyone(self):
-            barriers.append(path.exists())
-            if len(barriers) == 2:  # process 0 writes between the two barriers
-                torch.save({"key": {"k": 1}, "logps": {"from": "process 0"}}, path)
-
-    ref.precompute(d.train, cfg, {"k": 1}, ids["pad"], False, Rank1(1, 2, []), path)
-    assert barriers == [False, False] and ref.cache == {"from": "process 0"}
+    ref.precompute(d.train, cfg, {"k": 1}, ids["pad"], False, FakeAccel(1, 2, []), path)
+    assert not path.exists() and same_logps(ref.cache, computed_alone(tiny_model_dir, pairs_file, tmp_path))
 
 
 def test_a_fresh_run_reads_no_cache_already_there(tiny_model_dir, pairs_file, tmp_path):
@@ -265,16 +268,36 @@ def test_a_fresh_run_reads_no_cache_already_there(tiny_model_dir, pairs_file, tm
     cfg, d, model, loss_mod, ref, ids = build(tiny_model_dir, pairs_file, tmp_path / "x")
     path = tmp_path / "ref.pt"
     torch.save({"key": {"k": 1}, "logps": {"from": "previous run"}}, path)
-    barriers = []
+    ref.precompute(d.train, cfg, {"k": 1}, ids["pad"], False, FakeAccel(1, 2, []), path, fresh=True)
+    assert same_logps(ref.cache, computed_alone(tiny_model_dir, pairs_file, tmp_path))
 
-    class Rank1(FakeAccel):
-        def wait_for_everyone(self):
-            barriers.append(1)
-            if len(barriers) == 2:  # process 0 writes between the two barriers
-                torch.save({"key": {"k": 1}, "logps": {"from": "process 0"}}, path)
 
-    ref.precompute(d.train, cfg, {"k": 1}, ids["pad"], False, Rank1(1, 2, []), path, fresh=True)
-    assert len(barriers) == 2 and ref.cache == {"from": "process 0"}
+def test_a_node_without_process_0_s_file_uses_its_own_log_probs(tiny_model_dir, pairs_file, tmp_path):
+    """Several nodes without shared storage: process 1 read process 0's file back after the barrier, so on its node
+    it found none (FileNotFoundError, a traceback) or a stale copy an earlier run left in its local train.out, and
+    trained against that run's reference log-probs unsaid. It now keeps the log-probs it computed itself."""
+    cfg, d, model, loss_mod, ref, ids = build(tiny_model_dir, pairs_file, tmp_path / "x")
+    node1 = tmp_path / "node1" / "ref_logps.pt"  # process 0 writes on its own node: never here
+    node1.parent.mkdir()
+    torch.save({"key": {"k": 1}, "logps": {"from": "an earlier run on node 1"}}, node1)
+    ref.precompute(d.train, cfg, {"k": 1}, ids["pad"], False, FakeAccel(1, 2, []), node1, fresh=True)
+    assert same_logps(ref.cache, computed_alone(tiny_model_dir, pairs_file, tmp_path))
+    empty = tmp_path / "node1b" / "ref_logps.pt"
+    ref.precompute(d.train, cfg, {"k": 1}, ids["pad"], False, FakeAccel(1, 2, []), empty, fresh=True)
+    assert same_logps(ref.cache, computed_alone(tiny_model_dir, pairs_file, tmp_path))
+
+
+def test_a_cache_is_reused_only_when_every_process_found_it(tiny_model_dir, pairs_file, tmp_path):
+    """On resume a process that found a valid cache reused it and skipped the forwards another process, which did
+    not see the file (its node's own disk, a lagging network filesystem), ran: under FSDP a hang. Now all agree."""
+    cfg, d, model, loss_mod, ref, ids = build(tiny_model_dir, pairs_file, tmp_path / "x")
+    path = tmp_path / "ref.pt"
+    torch.save({"key": {"k": 1}, "logps": {"from": "the cache"}}, path)
+    ref.precompute(d.train, cfg, {"k": 1}, ids["pad"], False, FakeAccel(1, 2, []), path)
+    assert ref.cache == {"from": "the cache"}  # control: every process found it
+    other_did_not = [torch.tensor([1.0])]  # process 0 reduced "not found" first
+    ref.precompute(d.train, cfg, {"k": 1}, ids["pad"], False, FakeAccel(1, 2, other_did_not), path)
+    assert same_logps(ref.cache, computed_alone(tiny_model_dir, pairs_file, tmp_path))
 
 
 PINNED_DPO = [0.693147, 0.245874, 0.141836, 0.097904, 0.079507]  # steps 1-5, from this code

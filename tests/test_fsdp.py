@@ -417,3 +417,40 @@ def test_two_nodes_on_loopback_train_what_one_process_trains(tiny_model_dir, cha
         for k in a:
             torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=f"{sub} {k}")
     same_logs(tmp_path / "nodes", one, "train", ("loss", "grad_norm"))
+
+
+@pytest.mark.slow
+def test_dpo_precompute_ref_on_two_nodes_without_shared_storage(tiny_model_dir, tmp_path):
+    """`dpo.precompute_ref` on two loopback "nodes", each with its own train.out (no storage they share): node 1
+    read back the reference log-probs process 0 wrote on node 0 (FileNotFoundError; a stale copy there would have
+    been used unsaid). Each process now keeps what it computed; the adapter equals one process × grad_accum 2."""
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(8, "n"))
+    config = tmp_path / "dpo.yaml"
+    config.write_text(f"model:\n  path: {tiny_model_dir}\ndata:\n  train: [{data}]\n  max_len: 64\n")
+    common = ["train.progress=false", "train.tensorboard=false", "train.micro_batch_size=2", "train.max_steps=2"]
+    common += ["train.lr=5e-3", "dpo.precompute_ref=true"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
+    run = ["-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--master-addr=127.0.0.1"]
+    port, pipe = free_port(), subprocess.PIPE
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, *run, f"--master-port={port}", f"--node-rank={r}", "-m", "weitiao", "dpo", str(config)]
+            + [*common, f"train.out={tmp_path / f'node{r}'}"],
+            env=env,
+            cwd=ROOT,
+            stdout=pipe,
+            stderr=pipe,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
+    for node in nodes:
+        _, err = node.communicate(timeout=600)
+        assert node.returncode == 0, err[max(0, err.find("Traceback")) :][:4000]
+    assert (tmp_path / "node0" / "ref_logps.pt").exists() and not (tmp_path / "node1" / "ref_logps.pt").exists()
+    one = tmp_path / "one"
+    dpo.run(load_config(dpo.DPOConfig, config, [*common, "train.grad_accum=2", f"train.out={one}"]))
+    a, b = adapter(tmp_path / "node0" / "final"), adapter(one / "final")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)

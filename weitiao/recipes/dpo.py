@@ -179,19 +179,24 @@ class Reference:
         fresh: bool = False,
     ) -> None:
         """Reference log-probs of every example, cached in `path` under `key`; a cache with another key is
-        rebuilt. Every process computes (the forwards stay in step under DDP); process 0 writes the file
-        atomically; all then read that one file. `fresh` (a new run): no process reads a file already there,
-        which process 0 may be removing at that moment (a process that reused it would skip the forwards and
-        barrier the others run: a hang)."""
+        rebuilt. Every process computes all of them (the forwards stay in step under DDP/FSDP) and keeps its own;
+        process 0 writes the file atomically. No process reads another's file: on several nodes without shared
+        storage process 1 read a missing file (a traceback) or its node's own stale copy of an earlier run's
+        (silently other log-probs). A file is reused on resume only when every process found it with this
+        key, else all compute (one that reused it would skip the forwards the others run: a hang). `fresh` (a
+        new run): no process reads a file already there, which process 0 may be removing at that moment."""
         saved = torch.load(path, weights_only=False) if path.exists() and not fresh else None
-        accel.wait_for_everyone()  # every process has read the old file before process 0 may replace it
-        if saved is not None and saved.get("key") == key:
+        mine = saved is not None and saved.get("key") == key
+        # Every process has read the old file before process 0 may replace it, and all agree whether to reuse it.
+        missing = accel.reduce(torch.tensor([0.0 if mine else 1.0], device=accel.device), reduction="sum")
+        if not float(missing.sum()):
             self.cache = saved["logps"]
             return
-        if saved is not None and accel.is_main_process:
+        if saved is not None and not mine and accel.is_main_process:
             old = saved.get("key") if isinstance(saved.get("key"), dict) else {}
             changed = [k for k in key if old.get(k) != key[k]] or ["format"]
             print(f"{path}: cached reference log-probs are for another {', '.join(changed)}; rebuilding")
+        self.cache = None  # computed from the live reference, never from an earlier cache
         rows = [[i] for i in range(len(examples) // 2)]
         cache: dict[int, torch.Tensor] = {}
         for k in range(0, len(rows), cfg.train.micro_batch_size):
@@ -206,8 +211,7 @@ class Reference:
             tmp = path.with_name(f".{path.name}.tmp")
             torch.save({"key": key, "logps": cache}, tmp)
             os.replace(tmp, path)
-        accel.wait_for_everyone()
-        self.cache = torch.load(path, weights_only=False)["logps"]
+        self.cache = cache
 
 
 def pair_step(
