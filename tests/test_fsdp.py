@@ -353,9 +353,10 @@ def test_ppo_under_sharding_is_refused_at_start(kind, fsdp2, make_config, tmp_pa
 
 
 def test_golden_prompts_under_sharded_weights_are_refused_at_start(make_config, chat_file, tmp_path, monkeypatch):
-    """train.golden is answered by the main process alone: under FSDP2 its forward crashed after step 1 (the root's
-    weights were never gathered), under ZeRO-3 it hung (the others never joined the gathers). Refused before any
-    model loads; DDP and ZeRO-2 (whole weights on every process) answer as before."""
+    """train.golden is answered by each process for its own share of the prompts (by the main process alone, when
+    this was written): under FSDP2 its forward crashed after step 1 (the root's weights were never gathered), under
+    ZeRO-3 it hung (the others never joined the gathers). Refused before any model loads; DDP and ZeRO-2 (whole
+    weights on every process) answer as before."""
     golden = write_jsonl(tmp_path / "g.jsonl", [{"prompt": "你好"}])
 
     def accel(kind, stage=None):

@@ -229,3 +229,59 @@ def test_a_users_checkpoint_copy_is_not_read_as_a_step(tmp_path):
     (run / "config.yaml").write_text("model: {path: demo}\n", encoding="utf-8")
     _, ckpts, _ = read_run(run)
     assert [(c.label, c.step) for c in ckpts] == [("step-000002", 2)]
+
+
+@pytest.mark.slow
+def test_golden_answers_on_two_processes_longer_than_the_process_group_timeout(tiny_model_dir, chat_file, tmp_path):
+    """train.golden on 2 processes: process 0 answered every prompt while process 1 waited at the next step's
+    collective, so answers that took longer than the process group's timeout (NCCL: 10 minutes) killed process 1.
+    Here the timeout is 15 s and each answering takes 25 s: every process answers its share and waits only for
+    the others' share. The rows equal a one-process run's (same steps, prompts in order)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from weitiao.config import load_config
+    from weitiao.recipes import sft
+
+    root = Path(__file__).resolve().parents[1]
+    golden = write_jsonl(tmp_path / "golden.jsonl", [*GOLDEN, {"prompt": "你好", "reference": "你好呀"}])
+    over = [f"model.path={tiny_model_dir}", f"data.train=[{chat_file}]", f"train.golden={golden}", "data.max_len=64"]
+    over += ["train.progress=false", "train.tensorboard=false", "train.micro_batch_size=2", "train.max_steps=2"]
+    over += ["train.save_every=1"]
+    driver = tmp_path / "slow_golden.py"
+    driver.write_text(
+        "import datetime, sys, time\nimport accelerate\nfrom accelerate.utils import InitProcessGroupKwargs\n"
+        "from weitiao.eval import golden\n\n"
+        "make, answer = accelerate.Accelerator, golden.answer\n"
+        "short = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=15))\n"
+        "accelerate.Accelerator = lambda **kw: make(kwargs_handlers=[short], **kw)\n"
+        "golden.answer = lambda *a, **kw: time.sleep(25) or answer(*a, **kw)\n"
+        "from weitiao.cli import main\nsys.argv[0] = 'weitiao'\nmain()\n"
+    )
+    (tmp_path / "empty.yaml").write_text("{}\n")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ddp = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(root)}
+    cmd = [
+        sys.executable,
+        *ddp,
+        str(driver),
+        "sft",
+        str(tmp_path / "empty.yaml"),
+        *over,
+        f"train.out={tmp_path / 'two'}",
+    ]
+    p = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[max(0, p.stderr.find("Traceback")) :][-3000:]
+    sft.run(load_config(sft.SFTConfig, None, [*over, "train.grad_accum=2", f"train.out={tmp_path / 'one'}"]))
+
+    def rows(run: str) -> list[tuple]:
+        lines = (tmp_path / run / GOLDEN_FILE).read_text(encoding="utf-8").splitlines()
+        return [(r["step"], r["index"], r["reply"], r["n_tokens"]) for r in map(json.loads, lines)]
+
+    assert rows("two") == rows("one") and len(rows("one")) == 2 * 4

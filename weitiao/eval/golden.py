@@ -134,9 +134,17 @@ def golden_callback(
     template: Any,
     run_dir: str | Path,
     max_new_tokens: int = 128,
+    rank: int = 0,
+    world: int = 1,
+    gather: Callable[[Any], list] | None = None,
 ) -> Callable[[int, dict], None]:
     """An `after_step(step, metrics)` hook for the training loop: every `every_n_steps` steps, answer the
-    golden prompts greedily with the model being trained and append the rows to RUN/golden.jsonl."""
+    golden prompts greedily with the model being trained and append the rows to RUN/golden.jsonl.
+
+    On `world` processes that each hold the whole model (DDP) every process calls it: process `rank` answers
+    every world-th prompt, `gather` (every process's value, in rank order) brings the answers to process 0,
+    which writes them. Process 0 used to answer alone while the others waited at the next step's collective,
+    which kills them after the process group's timeout (NCCL: 10 minutes) when the answers take longer."""
     prompts = load_prompts(prompts_path)
     path = Path(run_dir) / GOLDEN_FILE
     gen = decoding(tokenizer, template, prompts, max_new_tokens)
@@ -144,9 +152,14 @@ def golden_callback(
     def after_step(step: int, metrics: dict) -> None:
         if every_n_steps <= 0 or step % every_n_steps:
             return
-        gens = answer(model, tokenizer, template, prompts, max_new_tokens)
-        for row in golden_rows(step, f"step-{step:06d}", prompts, gens, gen):
-            append_jsonl(path, row)
+        share = prompts[rank::world]
+        mine = answer(model, tokenizer, template, share, max_new_tokens) if share else []
+        if world > 1:
+            shares = gather(mine)
+            mine = [shares[i % world][i // world] for i in range(len(prompts))]
+        if rank == 0:
+            for row in golden_rows(step, f"step-{step:06d}", prompts, mine, gen):
+                append_jsonl(path, row)
 
     return after_step
 

@@ -215,13 +215,15 @@ def evaluate(
     }
 
 
-def _golden_hook(t: TrainSpec, model: Any, tokenizer: Any, template: Any, out: Path) -> Any:
+def _golden_hook(t: TrainSpec, model: Any, tokenizer: Any, template: Any, out: Path, accel: Any) -> Any:
     """Answer the golden prompts at each checkpoint saved (the last step, an early stop and a new best eval
-    included) or, without save_every, at each eval step, for `weitiao eval golden` (Q148)."""
+    included) or, without save_every, at each eval step, for `weitiao eval golden` (Q148). Every process
+    answers its share, so none waits at a collective while another generates."""
     from weitiao.eval.golden import golden_callback
 
     every = t.save_every or t.eval_every
-    answer = golden_callback(t.golden, 1, model=model, tokenizer=tokenizer, template=template, run_dir=out)
+    share = {"rank": accel.process_index, "world": accel.num_processes, "gather": dist.gather_objects}
+    answer = golden_callback(t.golden, 1, model=model, tokenizer=tokenizer, template=template, run_dir=out, **share)
 
     def at(step: int, metrics: dict, saved: bool) -> None:
         if saved or (every and step % every == 0):  # saved: every save_every step, the last, an early stop, a best
@@ -234,10 +236,11 @@ def run(cfg: SFTConfig) -> dict:
     """Train; returns a summary (final/best eval loss, steps, tokens/s, output dir)."""
     t = cfg.train
     accel = dist.accelerator(cfg.model)
-    if t.golden and (engine := dist.sharding(accel)):  # the main process answers alone: it would crash or hang
+    if t.golden and (engine := dist.sharding(accel)):  # each process answers its own prompts: it would crash or hang
         raise UserError(
-            f"train.golden: the main process answers the golden prompts alone, and under {engine} its forwards "
-            "need every process; drop train.golden and run `weitiao eval golden --run RUN --prompts FILE` on the run"
+            f"train.golden: each process answers its own share of the golden prompts, and under {engine} every "
+            "forward needs all processes in step; drop train.golden and run "
+            "`weitiao eval golden --run RUN --prompts FILE` on the run"
         )
     main = accel.is_main_process
     torch.manual_seed(t.seed)
@@ -270,7 +273,7 @@ def run(cfg: SFTConfig) -> dict:
         print_data_summary(data, cfg, trainable, total_params, world, log if ckpt is None else None)
     plan = loop.EpochPlan(example_lengths(data.train), cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
     total = plan.total_steps(state)
-    golden = _golden_hook(t, model, tokenizer, data.template, out) if t.golden and main else None
+    golden = _golden_hook(t, model, tokenizer, data.template, out, accel) if t.golden else None
 
     def evaluate_now() -> dict[str, float]:
         return evaluate(loss_mod, data.eval, cfg, pad_id, accel, one_row)
