@@ -6,16 +6,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from accelerate.utils import DistributedType
-from conftest import CHAT_ROWS, write_jsonl
+from conftest import CHAT_ROWS, free_port, write_jsonl
 from safetensors.torch import load_file
 
 from weitiao.config import load_config
@@ -39,10 +39,26 @@ def adapter(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "adapter" / "adapter_model.safetensors"))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def two_nodes(cli: Callable[[int], list[str]]) -> None:
+    """`torchrun --nnodes 2 --nproc-per-node 1` on loopback: node r runs `python -m torch.distributed.run … CLI(r)`
+    (gloo over 127.0.0.1, static rendezvous at the master's address, as on a cluster); both must exit 0."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
+    run = ["-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--master-addr=127.0.0.1"]
+    port, pipe = free_port(), subprocess.PIPE
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, *run, f"--master-port={port}", f"--node-rank={r}", *cli(r)],
+            env=env,
+            cwd=ROOT,
+            stdout=pipe,
+            stderr=pipe,
+            text=True,
+        )  # fmt: skip
+        for r in (0, 1)
+    ]
+    for node in nodes:
+        _, err = node.communicate(timeout=600)
+        assert node.returncode == 0, err[max(0, err.find("Traceback")) :][:4000]
 
 
 def torchrun(*args: str, timeout: int = 600) -> str:
@@ -391,24 +407,7 @@ def test_two_nodes_on_loopback_train_what_one_process_trains(tiny_model_dir, cha
         "train.save_every=1",
         "train.lr=5e-3",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
-    run = ["-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--master-addr=127.0.0.1"]
-    cli = ["-m", "weitiao", "sft", str(config), *common, f"train.out={tmp_path / 'nodes'}"]
-    port, pipe = free_port(), subprocess.PIPE
-    nodes = [
-        subprocess.Popen(
-            [sys.executable, *run, f"--master-port={port}", f"--node-rank={r}", *cli],
-            env=env,
-            cwd=ROOT,
-            stdout=pipe,
-            stderr=pipe,
-            text=True,
-        )
-        for r in (0, 1)
-    ]
-    for node in nodes:
-        _, err = node.communicate(timeout=600)
-        assert node.returncode == 0, err[max(0, err.find("Traceback")) :][:4000]
+    two_nodes(lambda r: ["-m", "weitiao", "sft", str(config), *common, f"train.out={tmp_path / 'nodes'}"])
     one = tmp_path / "one"
     sft.run(load_config(sft.SFTConfig, config, [*common, "train.grad_accum=2", f"train.out={one}"]))
     assert read_metrics(tmp_path / "nodes", "run")[0]["world"] == 2
@@ -430,24 +429,7 @@ def test_dpo_precompute_ref_on_two_nodes_without_shared_storage(tiny_model_dir, 
     config.write_text(f"model:\n  path: {tiny_model_dir}\ndata:\n  train: [{data}]\n  max_len: 64\n")
     common = ["train.progress=false", "train.tensorboard=false", "train.micro_batch_size=2", "train.max_steps=2"]
     common += ["train.lr=5e-3", "dpo.precompute_ref=true"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
-    run = ["-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--master-addr=127.0.0.1"]
-    port, pipe = free_port(), subprocess.PIPE
-    nodes = [
-        subprocess.Popen(
-            [sys.executable, *run, f"--master-port={port}", f"--node-rank={r}", "-m", "weitiao", "dpo", str(config)]
-            + [*common, f"train.out={tmp_path / f'node{r}'}"],
-            env=env,
-            cwd=ROOT,
-            stdout=pipe,
-            stderr=pipe,
-            text=True,
-        )
-        for r in (0, 1)
-    ]
-    for node in nodes:
-        _, err = node.communicate(timeout=600)
-        assert node.returncode == 0, err[max(0, err.find("Traceback")) :][:4000]
+    two_nodes(lambda r: ["-m", "weitiao", "dpo", str(config), *common, f"train.out={tmp_path / f'node{r}'}"])
     assert (tmp_path / "node0" / "ref_logps.pt").exists() and not (tmp_path / "node1" / "ref_logps.pt").exists()
     one = tmp_path / "one"
     dpo.run(load_config(dpo.DPOConfig, config, [*common, "train.grad_accum=2", f"train.out={one}"]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import write_jsonl
+from conftest import torchrun_driver, write_jsonl
 
 from weitiao.eval.golden import (
     GOLDEN_FILE,
@@ -237,16 +237,9 @@ def test_golden_answers_on_two_processes_longer_than_the_process_group_timeout(t
     collective, so answers that took longer than the process group's timeout (NCCL: 10 minutes) killed process 1.
     Here the timeout is 15 s and each answering takes 25 s: every process answers its share and waits only for
     the others' share. The rows equal a one-process run's (same steps, prompts in order)."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from weitiao.config import load_config
     from weitiao.recipes import sft
 
-    root = Path(__file__).resolve().parents[1]
     golden = write_jsonl(tmp_path / "golden.jsonl", [*GOLDEN, {"prompt": "你好", "reference": "你好呀"}])
     over = [f"model.path={tiny_model_dir}", f"data.train=[{chat_file}]", f"train.golden={golden}", "data.max_len=64"]
     over += ["train.progress=false", "train.tensorboard=false", "train.micro_batch_size=2", "train.max_steps=2"]
@@ -262,22 +255,7 @@ def test_golden_answers_on_two_processes_longer_than_the_process_group_timeout(t
         "from weitiao.cli import main\nsys.argv[0] = 'weitiao'\nmain()\n"
     )
     (tmp_path / "empty.yaml").write_text("{}\n")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ddp = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(root)}
-    cmd = [
-        sys.executable,
-        *ddp,
-        str(driver),
-        "sft",
-        str(tmp_path / "empty.yaml"),
-        *over,
-        f"train.out={tmp_path / 'two'}",
-    ]
-    p = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[max(0, p.stderr.find("Traceback")) :][-3000:]
+    torchrun_driver(driver, "sft", str(tmp_path / "empty.yaml"), *over, f"train.out={tmp_path / 'two'}")
     sft.run(load_config(sft.SFTConfig, None, [*over, "train.grad_accum=2", f"train.out={tmp_path / 'one'}"]))
 
     def rows(run: str) -> list[tuple]:

@@ -3,14 +3,13 @@ uneven work over processes, cross-process whitening, per-process RNG on resume, 
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import recipe_config, write_jsonl
+from conftest import free_port, recipe_config, write_jsonl
 from safetensors.torch import load_file
 
 from weitiao.errors import UserError
@@ -337,12 +336,6 @@ def test_whitening_and_moments_over_two_processes_equal_one_process(tmp_path):
         assert r["moments"] == pytest.approx([one.mean, one.var], rel=1e-6)
     # per process would differ
     assert not torch.allclose(ppo_losses.whiten(x[0::2], mask[0::2]), white[0::2], atol=1e-3)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow

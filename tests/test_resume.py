@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import save_tiny_model
+from conftest import save_tiny_model, torchrun_driver
 from safetensors.torch import load_file
 from test_sft import ROOT, adapter, config
 
@@ -390,16 +390,9 @@ def test_a_fresh_two_process_run_moves_the_previous_rejects_aside_before_writing
         "from weitiao.cli import main\nsys.argv[0] = 'weitiao'\nmain()\n"
     )
     (tmp_path / "empty.yaml").write_text("{}\n")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ddp = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}"]
     over = [f"model.path={tiny_model_dir}", f"data.train=[{data('new')}]", f"train.out={run}", "train.resume=none"]
     over += [*args, "train.micro_batch_size=1", "train.progress=false", "train.tensorboard=false"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, *ddp, str(driver), "sft", str(tmp_path / "empty.yaml"), *over]
-    p = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
+    torchrun_driver(driver, "sft", str(tmp_path / "empty.yaml"), *over)
     (previous,) = (run / "previous").iterdir()
     assert '"bad": "old"' in (previous / "rejects.jsonl").read_text()
     assert '"bad": "new"' in (run / "rejects.jsonl").read_text()
