@@ -376,3 +376,55 @@ def test_tool_rows_batch_encode_like_the_row_encoder(tokenizer):
         want = encode(row, tokenizer, template, opts)
         assert (enc.input_ids, enc.labels) == (want.input_ids, want.labels)
     assert any(t != -100 for t in got[0].labels) and "get_weather" in tokenizer.decode(got[0].input_ids)
+
+
+def test_alpaca_and_prompt_completion_rows_keep_their_tools(tmp_path):
+    """`tools` on an Alpaca row (LLaMA-Factory's tools column, mapped for an alpaca entry) and on a TRL
+    conversational prompt/completion row was dropped unsaid: the model trained to call functions it was never shown;
+    a completion holding a call was refused as 'content: missing'. They render as the OpenAI row does."""
+    tok = llama_tokenizer()
+    qwen, opts = resolve_template(tok, "qwen"), EncodeOptions(max_len=8192)
+
+    def tokens(row):
+        enc = encode(load_rows_one(row), tok, qwen, opts)
+        return enc.input_ids, enc.labels
+
+    msgs, specs = OPENAI_ROW["messages"], OPENAI_ROW["tools"]
+    alpaca = {"instruction": "北京天气怎么样？", "output": "北京今天晴，25度。", "system": "你是助手"}
+    plain = {"messages": [msgs[0], msgs[1], msgs[4]], "tools": specs}
+    assert tokens({**alpaca, "tools": json.dumps([WEATHER], ensure_ascii=False)}) == tokens(plain)
+    assert tokens(alpaca) != tokens(plain)  # negative control: the specs are in the row's tokens
+    (tmp_path / "lf").mkdir()
+    write_jsonl(tmp_path / "lf" / "a.jsonl", [{**alpaca, "tools": json.dumps([WEATHER], ensure_ascii=False)}])
+    cols = {"prompt": "instruction", "response": "output", "system": "system", "tools": "tools"}
+    info = {"t": {"file_name": "a.jsonl", "columns": cols}}
+    (tmp_path / "lf" / "dataset_info.json").write_text(json.dumps(info))
+    lf = load_conversations(["t"], dataset_dir=tmp_path / "lf").rows[0]
+    assert lf.tools == specs and (lf.messages, lf.tools) == (load_rows_one(plain).messages, specs)
+
+    # TRL prompt/completion: the call in the completion trains, as in the OpenAI row; in the prompt it is context
+    assert tokens({"prompt": msgs[:2], "completion": msgs[2:], "tools": specs}) == tokens(OPENAI_ROW)
+    in_prompt = tokens({"prompt": msgs[:4], "completion": msgs[4:], "tools": specs})
+    assert in_prompt == tokens({"messages": [*msgs[:2], {**msgs[2], "weight": 0}, *msgs[3:]], "tools": specs})
+    trained = tok.decode([t for t, label in zip(*in_prompt) if label != -100])
+    assert "北京今天晴" in trained and "get_weather" not in trained
+
+    bad = [
+        ({"prompt": "北京天气？", "completion": "晴", "tools": specs}, "tools: string prompt/completion rows"),
+        ({"prompt": msgs[:4], "completion": [{**msgs[3], "content": "雨"}, msgs[4]]},
+         r"completion\[0\]\.tool_call_id: 'call_1' was already answered by prompt\[3\]"),
+    ]  # fmt: skip
+    for row, why in bad:
+        with pytest.raises(UserError, match=rf"b\.jsonl:1: {why}"):
+            load_conversations(write_jsonl(tmp_path / "b.jsonl", [row]), allow_text=True)
+
+
+def test_prompt_files_refuse_tools_in_every_layout(tmp_path):
+    """A prompt file's `prompt` or Alpaca row kept its question and dropped its `tools` unsaid."""
+    from weitiao.data.prompts import read_prompts
+
+    alpaca = {"instruction": "北京天气？", "output": "晴", "tools": "[{}]"}
+    for row in ({"prompt": "北京天气？", "tools": [WEATHER]}, alpaca):
+        with pytest.raises(UserError, match=r"p\.jsonl:1: tools: tool rows are not prompts here"):
+            read_prompts(write_jsonl(tmp_path / "p.jsonl", [row]))
+        assert read_prompts(write_jsonl(tmp_path / "p.jsonl", [{**row, "tools": "[]"}]))[0].text == "北京天气？"

@@ -252,6 +252,10 @@ def parse_prompt_completion(record: dict) -> list[Message] | Document:
         if record.get("system") not in (None, ""):
             raise RowError("system", "string prompt/completion rows are raw text (no template), with no place for "
                                      "a system prompt; give prompt as a list of messages, or drop the key")  # fmt: skip
+        for key in ("tools", "functions"):
+            if record.get(key) not in (None, "", [], "[]"):
+                raise RowError(key, "string prompt/completion rows are raw text (no template), with no place for "
+                                    "tools; give prompt and completion as lists of messages")  # fmt: skip
         return Document(_text(completion, "completion"), prompt=_text(prompt, "prompt"))
     msgs = _messages(prompt, "prompt", "role", "content", ROLE_MAP)
     msgs = [{**m, "weight": 0} if m["role"] == "assistant" else m for m in msgs]
@@ -501,6 +505,11 @@ def parse_row(record: Any, fmt: str, strict: bool = True) -> Conversation | Pref
 
     if fmt in ("sharegpt", "openai") and tools.is_tool_row(record, fmt):
         return tools.parse_sharegpt_tools(record) if fmt == "sharegpt" else tools.parse_openai_tools(record)
+    if fmt == "alpaca" and tools.gives_tools(record):
+        return tools.parse_alpaca_tools(record)
+    lists = fmt == "prompt_completion" and all(isinstance(record.get(k), list) for k in ("prompt", "completion"))
+    if lists and tools.is_tool_row(tools.prompt_completion_messages(record), "openai"):
+        return tools.parse_prompt_completion_tools(record)
     messages = PARSERS[fmt](record)
     if isinstance(messages, Document):
         return messages

@@ -32,7 +32,7 @@ from weitiao.data.formats import (
     detect_format,
     parse_preference,
 )
-from weitiao.data.tools import is_tool_row
+from weitiao.data.tools import gives_tools, is_tool_row
 from weitiao.errors import UserError, near_miss
 
 REFERENCE_KEYS = ("reference", "answer", "chosen", "completion", "output", "response")
@@ -81,6 +81,8 @@ def parse_prompt(rec: Any, source: str = "", tools: str = NO_TOOLS) -> Prompt:
     if not isinstance(rec, dict):
         raise RowError("row", f"expected a JSON object, got {type(rec).__name__}")
     pair = "chosen" in rec and "rejected" in rec and "question" not in rec  # ultrafeedback: prompt + conversations
+    if not pair and gives_tools(rec):  # any layout: the tools would be dropped (a pair's own reader refuses them)
+        raise RowError("tools" if "tools" in rec else "functions", tools)
     key = None if pair else next((k for k in ("prompt", "question") if k in rec), None)
     if key is not None:
         p = rec[key]

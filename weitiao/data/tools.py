@@ -14,9 +14,20 @@ Both become messages in the form HF chat templates read: an assistant turn with 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
-from weitiao.data.formats import SHAREGPT_ROLES, Conversation, Message, RowError, _text, _weight, _with_system
+from weitiao.data.formats import (
+    SHAREGPT_ROLES,
+    Conversation,
+    Message,
+    RowError,
+    _check_turns,
+    _text,
+    _weight,
+    _with_system,
+    parse_alpaca,
+)
 
 SHAREGPT_TOOL_ROLES = {"function_call", "observation"}
 
@@ -31,6 +42,11 @@ def is_tool_row(record: dict, fmt: str) -> bool:
         return False
     tool_roles = SHAREGPT_TOOL_ROLES if fmt == "sharegpt" else {"tool", "function"}
     return any(isinstance(m, dict) and (m.get(role) in tool_roles or m.get("tool_calls")) for m in msgs)
+
+
+def gives_tools(record: dict) -> bool:
+    """Whether a row gives function specs: `tools` (LLaMA-Factory writes "[]" for none) or the legacy `functions`."""
+    return record.get("tools") not in (None, "", [], "[]") or "functions" in record
 
 
 def parse_tools(value: Any, field: str = "tools") -> list[dict]:
@@ -194,6 +210,44 @@ def parse_openai_tools(record: dict) -> Conversation:
         msgs.append(msg)
     msgs = _trains(check_tool_turns(_with_system(record, msgs), "messages"), "messages")
     return Conversation(msgs, tools=parse_tools(record.get("tools")))
+
+
+def parse_alpaca_tools(record: dict) -> Conversation:
+    """An Alpaca row with `tools` (LLaMA-Factory's tools column maps to it for alpaca entries too): the specs are
+    rendered as for ShareGPT rows (Qwen: in the system turn), the turns read as in any Alpaca row."""
+    if "functions" in record:
+        raise RowError("functions", "the legacy functions layout is not supported; give the specs as tools")
+    return Conversation(_check_turns(parse_alpaca(record), "row"), tools=parse_tools(record.get("tools")))
+
+
+def prompt_completion_messages(record: dict) -> dict:
+    """A TRL conversational prompt/completion row as an OpenAI row (prompt + completion as `messages`), for
+    `is_tool_row` and `parse_prompt_completion_tools`."""
+    keys = ("tools", "functions")
+    return {"messages": [*record["prompt"], *record["completion"]], **{k: record[k] for k in keys if k in record}}
+
+
+def parse_prompt_completion_tools(record: dict) -> Conversation:
+    """A TRL conversational prompt/completion row with `tools`, tool calls or tool results (TRL renders `tools`
+    through the chat template): read as OpenAI messages; the prompt's assistant turns are context (weight 0), as
+    in prompt/completion rows without tools. Errors name prompt[i] / completion[j], not the joined list."""
+    n = len(record["prompt"])
+
+    def named(m: re.Match) -> str:
+        i = int(m.group(1))
+        return f"prompt[{i}]" if i < n else f"completion[{i - n}]"
+
+    try:
+        conv = parse_openai_tools(prompt_completion_messages(record))
+        for m in conv.messages[:n]:
+            if m["role"] == "assistant":
+                m["weight"] = 0
+        _trains(conv.messages, "completion")
+    except RowError as e:
+        field = "completion" if e.field == "messages" else re.sub(r"^messages\[(\d+)\]", named, e.field)
+        raise RowError(field, re.sub(r"messages\[(\d+)\]", named, e.problem)) from None
+    conv.messages = _with_system(record, conv.messages)
+    return conv
 
 
 def uses_tools(conv: Conversation) -> bool:
