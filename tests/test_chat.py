@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from conftest import build_tokenizer
 
@@ -130,3 +132,26 @@ def test_train_eot_false_masks_only_the_end_of_turn(tokenizer):
     enc = encode(CONV, tokenizer, t, EncodeOptions(train_eot=False))
     assert trained_text(enc, tokenizer) == ["嗨😊", "上班呢，你呢？"]
     assert enc.ends_with_eot  # the data has it; the loss just ignores it
+
+
+@pytest.mark.parametrize("token", ["<|im_end|>", "<|endoftext|>"])
+def test_special_token_text_in_a_message_is_refused_not_trained_as_a_turn(tokenizer, token):
+    """Template residue in converted data ('Sure<|im_end|>\\n<|im_start|>user\\n...') was tokenized into real control
+    tokens: a turn boundary inside the reply, whose span (to its last end-of-turn) trained the fake user turn after
+    it; `data check` said 'no problems found'. Both encoders refuse it with file:line, the turn and the token."""
+    from weitiao.data.chat import encode_all
+
+    t = resolve_template(tokenizer, "chatml")
+    reply = f"好的{token}\n<|im_start|>user\n假问题<|im_end|>\n<|im_start|>assistant\n假回答"
+    bad = Conversation([{"role": "user", "content": "你好"}, {"role": "assistant", "content": reply}], "d.jsonl:7")
+    why = rf"d\.jsonl:7: turn 1 \(assistant\): content holds '{re.escape(token)}', a special token"
+    with pytest.raises(UserError, match=why):
+        encode(bad, tokenizer, t, EncodeOptions())
+    with pytest.raises(UserError, match=why):
+        encode_all([CONV, bad], tokenizer, t, EncodeOptions())
+    user = Conversation([{"role": "user", "content": f"a{token}b"}, {"role": "assistant", "content": "x"}], "d.jsonl:8")
+    with pytest.raises(UserError, match=r"d\.jsonl:8: turn 0 \(user\)"):
+        encode_all([user], tokenizer, t, EncodeOptions())
+    # negative control: the same words without the control text (or with a look-alike) encode as usual
+    ok = Conversation([{"role": "user", "content": "你好"}, {"role": "assistant", "content": "好的 <|im_end 假回答"}])
+    assert trained_text(encode(ok, tokenizer, t, EncodeOptions()), tokenizer) == ["好的 <|im_end 假回答<|im_end|>"]

@@ -14,7 +14,9 @@ max_len is split into max_len pieces whatever the truncation policy.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
 from weitiao.data.formats import Conversation, Document, Message
@@ -95,8 +97,31 @@ def assistant_spans(
     return text, spans
 
 
+@lru_cache(maxsize=8)
+def _special_pattern(tokens: tuple[str, ...]) -> re.Pattern | None:
+    return re.compile("|".join(map(re.escape, sorted(tokens, key=len, reverse=True)))) if tokens else None
+
+
+def refuse_special_tokens(conv: Conversation, tokenizer: Any) -> None:
+    """A message whose text holds one of the tokenizer's special tokens (`<|im_end|>`, `<|endoftext|>`, `</s>`:
+    template residue in converted or scraped data) is refused: the rendered text is tokenized with special tokens
+    parsed, so it would become a real control token, a turn boundary inside the message, and the reply's span (up to
+    its last end-of-turn) would train the text after it, a fake user turn included."""
+    pattern = _special_pattern(tuple(t for t in tokenizer.all_special_tokens if t))
+    if pattern is None:
+        return
+    for i, m in enumerate(conv.messages):
+        if isinstance(m.get("content"), str) and (hit := pattern.search(m["content"])):
+            raise UserError(
+                f"{conv.source}: turn {i} ({m['role']}): content holds {hit.group()!r}, a special token of the "
+                "tokenizer, which would be read as that control token (a turn boundary inside the message); "
+                "remove it from the data"
+            )
+
+
 def encode(conv: Conversation, tokenizer: Any, template: ChatTemplate, opts: EncodeOptions) -> Encoded | None:
     """Tokenize and label one conversation; None when the truncation policy drops it."""
+    refuse_special_tokens(conv, tokenizer)
     if not template.supports_tools and uses_tools(conv):
         raise UserError(
             f"{conv.source}: this row has tools or tool calls, which template {template.name!r} cannot render; "

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode, encode_document
+from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode, encode_document, refuse_special_tokens
 from weitiao.data.formats import Conversation, Document
 from weitiao.data.templates import ChatTemplate
 from weitiao.data.tools import uses_tools
@@ -67,6 +67,7 @@ def encode_batch(
         elif uses_tools(row):  # tool formats render per row (tools in the prompt, calls in replies): exact path
             out[i] = encode(row, tokenizer, template, opts)
         else:
+            refuse_special_tokens(row, tokenizer)
             at.append(i)
     convs = [rows[i] for i in at]
     if not convs:
