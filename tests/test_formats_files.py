@@ -159,6 +159,24 @@ def test_a_json_array_in_a_jsonl_file_says_name_it_json(tmp_path):
         assert load_rows(tmp_path / "d.json").kept == 7
 
 
+def test_jsonl_lines_of_bare_message_lists_say_how_to_wrap_them(tmp_path):
+    """Each line a bare list of messages (no "messages" key) was told 'a JSON array ...: name it .json' (renamed, the
+    file is no JSON at all) on line 1 and 'expected a JSON object, got list' after it."""
+    chat = [{"role": "user", "content": "问"}, {"role": "assistant", "content": "答"}]
+    (tmp_path / "m.jsonl").write_text(f"{json.dumps(chat)}\n{json.dumps(chat)}\n", encoding="utf-8")
+    bare = r"a bare list of messages; give each row as an object: \{\"messages\": \[\.\.\.\]\}"
+    with pytest.raises(UserError, match=rf"m\.jsonl:1: row: {bare}"):
+        load_rows(tmp_path / "m.jsonl")
+    write_jsonl(tmp_path / "n.jsonl", [{"messages": chat}, chat])
+    with pytest.raises(UserError, match=rf"n\.jsonl:2: row: {bare}"):
+        load_rows(tmp_path / "n.jsonl")
+    sharegpt = [{"from": "human", "value": "问"}, {"from": "gpt", "value": "答"}]
+    (tmp_path / "s.json").write_text(json.dumps([sharegpt]), encoding="utf-8")
+    with pytest.raises(UserError, match=r"s\.json:1: row: a bare list of messages"):
+        load_rows(tmp_path / "s.json")
+    assert load_rows(write_jsonl(tmp_path / "ok.jsonl", [{"messages": chat}] * 2)).kept == 2  # wrapped: read
+
+
 def test_json_rows_are_numbered_by_the_line_they_start_on(tmp_path):
     """An indented JSON array (LLaMA-Factory's files) named a bad row by its index, as if it were a line: row 3 of
     the file below is `d.json:12`, not `d.json:3`, which is inside row 1."""

@@ -130,6 +130,18 @@ def _open_stream(path: Path) -> BinaryIO:
 
 
 ARRAY = "a JSON array, not one object per line (JSON lines); a file of one JSON array is read as .json: name it .json"
+BARE = (
+    'a bare list of messages; give each row as an object: {"messages": [...]} (role/content) or '
+    '{"conversations": [...]} (from/value)'
+)
+
+
+def not_a_row(record: Any) -> RowError:
+    """The error for a record that is not a JSON object; a list of messages says how to wrap it."""
+    bare = (
+        isinstance(record, list) and record and all(isinstance(m, dict) and {"role", "from"} & m.keys() for m in record)
+    )
+    return RowError("row", BARE if bare else f"expected a JSON object, got {type(record).__name__}")
 
 
 @contextmanager
@@ -162,8 +174,10 @@ def _jsonl(path: Path, max_row_bytes: int | None) -> Iterator[tuple[int, Any]]:
                     yield n, RowError("json", ARRAY if n == 1 and line.strip() == "[" else why, line.rstrip("\r\n"))
                 except ValueError as e:
                     yield n, RowError("json", f"not valid JSON ({e})", line.rstrip("\r\n"))
-                else:  # one JSON array on one line: a list, where rows are objects
-                    yield n, RowError("json", ARRAY, line.rstrip("\r\n")) if n == 1 and isinstance(row, list) else row
+                else:  # one JSON array on one line: a list, where rows are objects (unless it holds messages)
+                    if n == 1 and isinstance(row, list) and not_a_row(row).problem != BARE:
+                        row = RowError("json", ARRAY, line.rstrip("\r\n"))
+                    yield n, row
 
 
 def _json_text(path: Path) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from weitiao.data.files import MAX_ROW_BYTES, RowError, expand_paths, iter_records
+from weitiao.data.files import MAX_ROW_BYTES, RowError, expand_paths, iter_records, not_a_row
 from weitiao.errors import UserError, near_miss
 from weitiao.io import claim_outputs, write_jsonl
 
@@ -92,7 +92,7 @@ class LoadResult:
 def detect_format(record: Any) -> str:
     """Guess the format of one row from its keys ("kto" for unpaired feedback, which is refused)."""
     if not isinstance(record, dict):
-        raise RowError("row", f"expected a JSON object, got {type(record).__name__}")
+        raise not_a_row(record)
     keys = set(record)
     if isinstance(record.get("label"), bool):
         return "kto"
@@ -491,7 +491,7 @@ def parse_row(record: Any, fmt: str, strict: bool = True) -> Conversation | Pref
     if isinstance(record, RowError):
         raise record
     if not isinstance(record, dict):
-        raise RowError("row", f"expected a JSON object, got {type(record).__name__}")
+        raise not_a_row(record)
     check_keys(record, fmt)
     if fmt == "preference":
         return parse_preference(record, strict)
