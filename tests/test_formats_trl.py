@@ -129,6 +129,19 @@ def test_kto_rows_are_refused_not_trained(tmp_path):
     assert load_conversations(write_jsonl(tmp_path / "sft.jsonl", [{"messages": [SKY_USER, GREEN]}])).kept == 1
 
 
+def test_feedback_labels_in_words_are_refused_too(tmp_path):
+    """A label of "undesirable" (KTO's word), "thumbs_down", 👎 or -1 trained the bad reply as SFT: only true/false and
+    0/1 were read as feedback. A category label (a sentiment's "positive" too) and a float score stay plain SFT rows."""
+    for label in ("undesirable", "Desirable", "👎", -1, "thumbs_down"):
+        path = write_jsonl(tmp_path / "fb.jsonl", [{"prompt": "天空是", "completion": "绿色的。", "label": label}])
+        for skip in (False, True):
+            with pytest.raises(UserError, match=r"fb.jsonl:1: label: unpaired feedback \(KTO"):
+                load_conversations(path, skip_invalid=skip)
+    for label in ("greeting", "positive", 0.8):
+        path = write_jsonl(tmp_path / "cat.jsonl", [{"messages": [SKY_USER, GREEN], "label": label}])
+        assert load_conversations(path).kept == 1
+
+
 def test_text_rows_are_documents_with_eos_and_full_loss(tmp_path, tokenizer):
     docs = [{"text": "天空是蓝色的。" * 3}, {"text": "The sky is blue. " * 40}]
     path = by_datasets(tmp_path / "t.jsonl", docs)

@@ -405,8 +405,8 @@ def parse_raw_preference(record: dict, strict: bool = True) -> PreferencePair:
 
 
 KTO_REFUSED = (
-    "label: unpaired feedback (KTO: a reply with label true/false); weitiao has no KTO loss, and "
-    "training these rows as SFT would learn the bad replies too; pair them into prompt/chosen/rejected for "
+    "label: unpaired feedback (KTO: a reply labelled true/false, desirable/undesirable, 👍/👎); weitiao has no KTO "
+    "loss, and training these rows as SFT would learn the bad replies too; pair them into prompt/chosen/rejected for "
     "`weitiao dpo`, or keep only the good replies without `label` for SFT"
 )
 
@@ -460,14 +460,29 @@ def _check_message_keys(record: dict) -> None:
 
 
 SFT_FORMATS = ("alpaca", "openai", "sharegpt", "prompt_completion", "text")
-KTO_LABELS = (0, 1, "true", "false", "True", "False")
+# A row's `label` that marks its reply good or bad (TRL's KTO bools, KTO's desirable/undesirable, thumbs): never trained
+# as SFT. Strings compare case-folded. A float (a score) and other words are left alone: "positive", "good", "差评" are
+# as often a classification dataset's class of the text as feedback on the reply, and such columns stay unread.
+KTO_LABELS = (0, 1, -1)
+FEEDBACK_WORDS = {"true", "false", "desirable", "undesirable", "thumbs_up", "thumbs_down", "thumbsup", "thumbsdown",
+                  "👍", "👎"}  # fmt: skip
+
+
+def is_feedback_label(value: Any) -> bool:
+    """Whether a row's `label` says its reply is good or bad (true/false, 0/1/-1, "undesirable", "thumbs_down", 👎)."""
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return value in KTO_LABELS
+    return isinstance(value, str) and value.strip().casefold() in FEEDBACK_WORDS
 
 
 def check_keys(record: dict, fmt: str) -> None:
     """Refuse a near-miss of a key we read (in the row or in a message), a chat row holding two chat formats (one
     would be dropped), and keys whose meaning we do not implement: KTO labels (kto_tag, a label of 0/1/"true"/
-    "false"), a row-level weight in SFT rows and other tools' per-turn training flags."""
-    if "kto_tag" in record or (record.get("label") in KTO_LABELS and not isinstance(record.get("label"), float)):
+    "false", "undesirable", 👎: `is_feedback_label`), a row-level weight in SFT rows and other tools' per-turn
+    training flags."""
+    if "kto_tag" in record or is_feedback_label(record.get("label")):
         key = "kto_tag" if "kto_tag" in record else "label"
         raise RowError(key, KTO_REFUSED.removeprefix("label: "))
     if fmt in SFT_FORMATS and "weight" in record:
@@ -604,7 +619,7 @@ def load_rows(
                 try:
                     if lf and not isinstance(record, RowError):
                         record = lf.convert(record)
-                    if isinstance(record, dict) and isinstance(record.get("label"), bool):
+                    if isinstance(record, dict) and is_feedback_label(record.get("label")):  # even with skip_invalid
                         raise UserError(f"{loc}: {KTO_REFUSED}")
                     if file_fmt is None:
                         if isinstance(record, RowError):
