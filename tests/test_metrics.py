@@ -138,6 +138,31 @@ def test_bleu_hand_value():
     assert exact_match("  好的  明白 ", "好的 明白") and not exact_match("好的", "好的。")
 
 
+def test_emoji_by_unicode_emoji_properties():
+    """An emoji is what Unicode's emoji data says (UTS #51): the old code-point ranges missed ⌚ ⏰ ⬛ 1️⃣ ©️ ▶️ and counted
+    text symbols (★☆ ratings, ✓ lists, ♪) in Chinese replies as emoji."""
+    from weitiao.eval.style import has_emoji
+
+    emoji = (
+        "好的😊 👨\u200d👩\u200d👧 🇨🇳 👍🏽 ☺\ufe0f ☺ ❤ ✔ 1\ufe0f\u20e3 #\u20e3 ⌚ ⏰ ▶\ufe0f ⬅\ufe0f ©\ufe0f ™\ufe0f "
+        "〽\ufe0f ㊗\ufe0f ⭐ 🀄 ‼\ufe0f"
+    ).split()
+    text = [
+        "推荐指数：★★★★☆",
+        "✓ 已完成",
+        "♪ 哼歌",
+        "→ 下一步",
+        "①",
+        "r5\ufe0f",
+        "© 2024",
+        "™",
+        "‼",
+        "【注意】※ ■ ● ◆ ○ △ ℃ …",
+    ]
+    assert [s for s in emoji if not has_emoji(s)] == []
+    assert [s for s in text if has_emoji(s)] == []
+
+
 def test_reply_metrics_hand_values():
     items = [
         Item("好的😊", True, reference="好的", history=[]),

@@ -5,8 +5,18 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-# Emoji and pictographs (incl. ☀ ☺ ❤ and variation selectors); enough for chat replies.
-EMOJI = re.compile("[\U0001f300-\U0001faff\u2600-\u27bf\U0001f000-\U0001f2ff\u2b50\u2b55\u203c\u2049]")
+import regex
+
+# An emoji by Unicode's emoji properties (UTS #51, the `regex` module's tables): a character shown as emoji by
+# default (😊 ⌚ ⬛ 🇨🇳 👍🏽), any emoji character asked to be one with VS16 (©️ ▶️), a keycap (1️⃣ #⃣; a digit with VS16
+# alone is a digit), and the pictographs of the Miscellaneous Symbols / Dingbats blocks and the emoji planes without
+# VS16 (☺ ❤ ✔ 🌡).
+# Text symbols are not emoji: ★ ☆ ✓ ♪ (ratings and lists in Chinese replies), © ™ → without VS16.
+EMOJI = regex.compile(
+    r"[\p{Emoji_Presentation}[\p{Extended_Pictographic}&&[\u2600-\u27bf\U0001f000-\U0001faff]]]"
+    r"|[\p{Emoji}--[0-9#*]]\ufe0f|[0-9#*]\ufe0f?\u20e3",
+    regex.V1,
+)
 REFUSAL = re.compile("抱歉|不能|无法|不行|不可以|不会帮|拒绝|不提供")
 
 
