@@ -15,6 +15,20 @@ def test_units_split_cjk_words_and_punctuation():
     assert units("我爱NLP! GPT-4 很好") == ["我", "爱", "NLP", "!", "GPT", "-", "4", "很", "好"]
 
 
+def test_units_and_length_keep_an_emoji_whole():
+    """An emoji with its skin tone, VS16 or ZWJ-joined parts, a flag and a keycap are one unit and one character: split
+    into code points, the ZWJ and VS16 became units of their own that every such emoji shared (distinct-1 of
+    ["好👍🏽", "谢👍🏽"] read 4/6 instead of 3/4) and a family emoji was 5 characters of mean_len."""
+    from weitiao.eval.style import chars
+
+    family, thumb, flag, keycap, smile = "👨\u200d👩\u200d👧", "👍🏽", "🇨🇳", "1\ufe0f\u20e3", "☺\ufe0f"
+    text = f"{family} {thumb}{flag}{keycap}{smile}好!"
+    assert units(text) == [family, thumb, flag, keycap, smile, "好", "!"]
+    assert distinct_n(["好👍🏽", "谢👍🏽"], 1) == pytest.approx(3 / 4)
+    assert chars(text) == 8 and chars("今天 OK") == len("今天 OK")
+    assert reply_metrics([Item(f"好的{thumb}"), Item(family)])["mean_len"] == pytest.approx((3 + 1) / 2)
+
+
 def test_distinct_n_hand_values():
     # units 我 爱 你 | 我 爱 他: 6 unigrams, 4 distinct; bigrams 我爱 爱你 我爱 爱他: 4, 3 distinct
     assert distinct_n(["我爱你", "我爱他"], 1) == pytest.approx(4 / 6)

@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 from weitiao.eval.repetition import copy_of_history_rate, distinct_n, ngram_loop, units
-from weitiao.eval.style import EMOJI, REFUSAL
+from weitiao.eval.style import EMOJI, REFUSAL, chars
 
 
 @dataclass
@@ -105,7 +105,7 @@ def item_metrics(it: Item, s: MetricSettings | None = None) -> dict[str, float]:
     """Per-reply numbers: length, emoji, refusal, stop, loop, copy (multi-turn), overlap (with a reference)."""
     s = s or MetricSettings()
     out = {
-        "len": float(len(it.reply)),
+        "len": float(chars(it.reply)),
         "emoji": float(bool(EMOJI.search(it.reply))),
         "refusal": float(bool(re.search(s.refusal_pattern, it.reply))),
         "stop": float(it.stopped),

@@ -4,8 +4,9 @@ Pure functions, no model. Used by `weitiao eval gen`, golden-set reports and cha
     from weitiao.eval.repetition import distinct_n, copy_of_history_rate, ngram_loop, loop_span
 
 Tokenization (`units`): every CJK ideograph is one unit; a run of other letters/digits (a Latin
-word, a number, a kana run) is one unit; every other non-space character (punctuation, emoji) is one
-unit; whitespace only separates. So "我爱NLP!" is 我 / 爱 / NLP / !.
+word, a number, a kana run) is one unit; every other non-space character (punctuation, an emoji with
+its skin tone, variation selector and ZWJ-joined parts, a flag, a keycap) is one unit; whitespace only
+separates. So "我爱NLP!" is 我 / 爱 / NLP / ! and "好👍🏽" is 好 / 👍🏽.
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ from dataclasses import dataclass
 import numpy as np
 
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
-UNIT = re.compile(f"[{_CJK}]|(?:(?![{_CJK}])\\w)+|[^\\w\\s]", re.UNICODE)
+# an emoji's continuation: variation selectors, keycap, skin tones, tag characters (subdivision flags), or a ZWJ and
+# the next part; a flag is two regional indicators, a keycap a digit/#/* with U+20E3
+_MODS = "\ufe0e\ufe0f\u20e3\U0001f3fb-\U0001f3ff\U000e0020-\U000e007f"
+_SYMBOL = f"[\U0001f1e6-\U0001f1ff]{{2}}|[0-9#*]\ufe0f?\u20e3|[^\\w\\s](?:[{_MODS}]|\u200d[^\\w\\s])*"
+UNIT = re.compile(f"[{_CJK}]|{_SYMBOL}|(?:(?![{_CJK}])\\w)+", re.UNICODE)
 _SPACE = re.compile(r"\s+")
 
 
 def units(text: str) -> list[str]:
-    """Split text into units: CJK characters one by one, other words whole, punctuation one by one."""
+    """Split text into units: CJK characters one by one, other words whole, punctuation and emoji one by one."""
     return UNIT.findall(text)
 
 

@@ -17,7 +17,14 @@ EMOJI = regex.compile(
     r"|[\p{Emoji}--[0-9#*]]\ufe0f|[0-9#*]\ufe0f?\u20e3",
     regex.V1,
 )
+GRAPHEME = regex.compile(r"\X")
 REFUSAL = re.compile("抱歉|不能|无法|不行|不可以|不会帮|拒绝|不提供")
+
+
+def chars(text: str) -> int:
+    """Length in characters as a reader counts them (grapheme clusters): 好👍🏽 is 2, a ZWJ family emoji or a flag 1;
+    equal to len() on text without combining sequences."""
+    return len(GRAPHEME.findall(text))
 
 
 def has_emoji(text: str) -> bool:
@@ -29,10 +36,10 @@ def is_refusal(text: str) -> bool:
 
 
 def style_metrics(replies: Sequence[str], stopped: Sequence[bool]) -> dict[str, float]:
-    """Mean length in characters, and the fraction with an emoji / a refusal / a clean stop."""
+    """Mean length in characters (`chars`), and the fraction with an emoji / a refusal / a clean stop."""
     n = max(1, len(replies))
     return {
-        "mean_len": sum(len(r) for r in replies) / n,
+        "mean_len": sum(map(chars, replies)) / n,
         "emoji_rate": sum(map(has_emoji, replies)) / n,
         "refusal_rate": sum(map(is_refusal, replies)) / n,
         "stop_rate": sum(map(bool, stopped)) / n,

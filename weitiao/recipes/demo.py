@@ -30,7 +30,7 @@ from weitiao.data.decode import terminal_safe
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
 from weitiao.eval.golden import Prompt, evaluate_golden, golden_rows, load_prompts, render_report
-from weitiao.eval.style import style_metrics
+from weitiao.eval.style import chars, style_metrics
 from weitiao.infer.generate import Generation, generate, stream_reply
 from weitiao.io import atomic_write_text
 from weitiao.models.load import ModelSpec, load_model, load_tokenizer, resolve_path
@@ -173,9 +173,9 @@ def summary(m: dict) -> dict[str, float]:
 
 
 def style_range(data_dir: Path) -> tuple[float, float, float]:
-    """Mean, 10th and 90th percentile of the style data's reply lengths (characters)."""
+    """Mean, 10th and 90th percentile of the style data's reply lengths (characters, as the replies' mean_len)."""
     rows = [json.loads(x) for x in (data_dir / "style.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
-    lens = sorted(len(r["output"]) for r in rows)
+    lens = sorted(chars(r["output"]) for r in rows)
     dec = statistics.quantiles(lens, n=10)
     return statistics.fmean(lens), dec[0], dec[-1]
 
