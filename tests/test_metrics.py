@@ -177,6 +177,19 @@ def test_emoji_by_unicode_emoji_properties():
     assert [s for s in text if has_emoji(s)] == []
 
 
+def test_refusal_words_are_the_documented_ones():
+    """refusal_rate is a keyword rate: the READMEs list its words and say that a helpful reply with one counts."""
+    from pathlib import Path
+
+    from weitiao.eval.style import REFUSAL, is_refusal
+
+    assert is_refusal("不能熬夜哦，早点睡。")  # documented: a keyword rate, not a classifier
+    root = Path(__file__).resolve().parents[1]
+    for readme in ("README.md", "README_zh.md"):
+        text = " ".join((root / readme).read_text(encoding="utf-8").split())
+        assert "不能熬夜哦" in text and all(w in text for w in REFUSAL.pattern.split("|")), readme
+
+
 def test_reply_metrics_hand_values():
     items = [
         Item("好的😊", True, reference="好的", history=[]),

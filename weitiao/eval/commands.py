@@ -55,7 +55,11 @@ def gen(
     adapter: str = typer.Option(None, help="LoRA adapter dir or run dir"),
     quant: str = typer.Option(None, help="load the base as none|4bit|8bit (default: as the adapter was trained)"),
     refs: Path = typer.Option(None, help="reference file, row-aligned with --prompts (last assistant turn)"),
-    refusal_pattern: str = typer.Option(None, help="regex counted as a refusal (default: weitiao.eval.style)"),
+    refusal_pattern: str = typer.Option(
+        None,
+        help="regex counted as a refusal (default: any of 抱歉|不能|无法|不行|不可以|不会帮|拒绝|不提供, "
+        "so '不能熬夜哦' counts too)",
+    ),
     judge_url: str = typer.Option(None, help="OpenAI-compatible base URL of a judge, e.g. http://127.0.0.1:8000/v1"),
     judge_model: str = typer.Option(None, help="judge model name"),
     rubric: Path = typer.Option(None, help='text file with the judge rubric (must ask for JSON {"score": 1-10})'),

@@ -18,6 +18,8 @@ EMOJI = regex.compile(
     regex.V1,
 )
 GRAPHEME = regex.compile(r"\X")
+# Refusal words of the demo's refusals: a keyword rate, so a helpful reply with one counts too ("不能熬夜哦"); eval gen
+# --refusal-pattern sets another.
 REFUSAL = re.compile("抱歉|不能|无法|不行|不可以|不会帮|拒绝|不提供")
 
 
