@@ -157,11 +157,27 @@ def test_no_finite_mle_is_a_user_error():
     rows = [{"model_a": "x", "model_b": "y", "winner": "model_a"}] * 5 + [
         {"model_a": "y", "model_b": "z", "winner": "tie"}
     ]
-    with pytest.raises(UserError, match="never wins or never loses"):
+    with pytest.raises(UserError, match="x never loses; collect more votes"):
         rank(rows, rounds=0)
     counts = aggregate(*battle_arrays(rows))
     ok = rank_counts(counts, rounds=0, l2=0.1)  # a ridge makes it finite
     assert ok.ratings[0].model == "x"
+
+
+def test_disconnected_votes_say_the_ratings_are_not_comparable():
+    """Two groups that never met in a vote: each has wins and losses, but no vote ties one group's scale to the other's;
+    the error said "some group never wins or never loses", as if more of the same votes would do."""
+    rows = [
+        {"model_a": a, "model_b": b, "winner": w}
+        for a, b in (("A", "B"), ("C", "D"), ("D", "E"))
+        for w in ("model_a", "model_b")
+    ]
+    with pytest.raises(UserError, match=r"2 groups that never met in a vote \(A, B \| C, D, E\): ratings in different "
+                       "groups are not comparable"):  # fmt: skip
+        rank(rows, rounds=0)
+    with pytest.raises(UserError, match="B never wins"):
+        rank([{"model_a": "A", "model_b": "B", "winner": "model_a"}, {"model_a": "A", "model_b": "C", "winner": "tie"},
+              {"model_a": "B", "model_b": "C", "winner": "model_b"}], rounds=0)  # fmt: skip
 
 
 def test_cli_rank_import_export(tmp_path):

@@ -184,6 +184,39 @@ def fit_bt(W: np.ndarray, l2: float = 0.0, tol: float = 1e-10, max_iter: int = 1
     return s
 
 
+def groups(W: np.ndarray, models: list[str]) -> list[list[str]]:
+    """Models grouped by who met whom in a vote (connected components of the comparison graph)."""
+    k, seen, out = len(W), set(), []
+    for start in range(k):
+        if start in seen:
+            continue
+        seen.add(start)
+        comp, todo = [start], [start]
+        while todo:
+            for n in np.flatnonzero((W + W.T)[todo.pop()] > 0).tolist():
+                if n not in seen:
+                    seen.add(n)
+                    comp.append(n)
+                    todo.append(n)
+        out.append([models[n] for n in sorted(comp)])
+    return out
+
+
+def _why_infinite(W: np.ndarray, models: list[str]) -> str:
+    """Why W has no finite Bradley–Terry maximum, in the user's terms."""
+    parts = groups(W, models)
+    if len(parts) > 1:  # no vote links the groups: any shift of one group fits as well, so no rating compares
+        shown = " | ".join(", ".join(p) for p in parts)
+        return (f"the models fall into {len(parts)} groups that never met in a vote ({shown}): ratings in different "
+                "groups are not comparable; collect votes between the groups")  # fmt: skip
+    never_lost = [m for m, lo in zip(models, W.sum(0)) if lo == 0]
+    never_won = [m for m, w in zip(models, W.sum(1)) if w == 0]
+    said = [f"{', '.join(ms)} never {what}" for ms, what in ((never_lost, "loses"), (never_won, "wins")) if ms]
+    return (
+        "; ".join(said) or "some group of models never loses (or never wins) against the rest"
+    ) + "; collect more votes"
+
+
 def anchored(s: np.ndarray, models: list[str], anchor: str | None) -> np.ndarray:
     """Elo-scale ratings: 400/ln10 · s shifted so the anchor model (or the mean) is 1000."""
     r = SCALE * s
@@ -264,11 +297,7 @@ def rank_counts(
         raise UserError(f"--anchor {anchor}: no such model; models are {', '.join(models)}")
     W = counts.wins()
     if l2 == 0 and not strongly_connected(W):
-        lonely = [m for m, w, lo in zip(models, W.sum(1), W.sum(0)) if w == 0 or lo == 0]
-        raise UserError(
-            f"Bradley–Terry has no finite maximum: {', '.join(lonely) or 'some group'} never wins or never loses "
-            "against the rest; collect more votes"
-        )
+        raise UserError(f"Bradley–Terry has no finite maximum: {_why_infinite(W, models)}")
     point = anchored(fit_bt(W, l2), models, anchor)
     # 4. bootstrap: voters with all their battles, or (every voter a single battle) the count table
     rng = np.random.default_rng(seed)
