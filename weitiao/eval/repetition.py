@@ -36,9 +36,11 @@ def _ngrams(seq: Sequence[str], n: int) -> list[tuple[str, ...]]:
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
-    """Corpus distinct-n (Li et al. 2016): unique n-grams / all n-grams over `texts` (0.0 if none).
+    """Corpus distinct-n: unique n-grams / all n-grams over `texts` (0.0 if none).
 
-    N-grams never cross from one text into the next.
+    N-grams never cross from one text into the next. Li et al. (2016) and the Distinct-N package divide by the number
+    of units instead: the same distinct-1, a lower distinct-2 (one 4-unit reply without a repeat: 3/3 = 1.0 here, 3/4
+    there); here every order reads 1.0 when nothing repeats.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
