@@ -179,3 +179,31 @@ def test_printed_sql_runs_and_output_is_dpo_ready(synth, tmp_path):
     assert multi and all(row.prompt[-1]["role"] == "user" for row in multi)
     first = json.loads(paths["pairs"].read_text(encoding="utf-8").splitlines()[0])
     assert {"source", "signal", "confidence", "scope", "context"} <= set(first)
+
+
+def test_edited_prompt_is_not_compared_and_history_keeps_its_own_prompt(tmp_path):
+    """An edited message keeps its turn number: its reply answers another prompt (no pair with the first reply),
+    and the history of the next turn carries the edited prompt with the reply to it, not another row's prompt."""
+    t0 = 1_740_787_200
+    rows = [  # response_id, turn, ts, prompt, response
+        ("r1", 1, 0, "怎么煮米饭", "用电饭煲煮。"),
+        ("r2", 1, 30, "怎么煮米饭？要软一点", "多加水，煮久一点。"),  # the user edited turn 1
+        ("r3", 2, 60, "那粥呢", "粥要加更多水。"),
+        ("r4", 2, 90, "那粥呢", "水米比例10:1。"),
+    ]
+    pq.write_table(pa.table({
+        "response_id": [r[0] for r in rows], "session_id": ["s1"] * 4, "turn": [r[1] for r in rows],
+        "ts": pa.array([(t0 + r[2]) * 10**6 for r in rows], pa.timestamp("us")),
+        "prompt": [r[3] for r in rows], "response": [r[4] for r in rows],
+    }), tmp_path / "responses.parquet")  # fmt: skip
+    events = [("r1", "thumbs_down"), ("r2", "thumbs_up"), ("r3", "regenerate"), ("r4", "thumbs_up")]
+    pq.write_table(pa.table({
+        "response_id": [e[0] for e in events], "event": [e[1] for e in events],
+        "ts": pa.array([(t0 + 10 + 30 * i) * 10**6 for i in range(4)], pa.timestamp("us")),
+    }), tmp_path / "events.parquet")  # fmt: skip
+    r = chat.run(tmp_path / "events.parquet", tmp_path / "responses.parquet", load_profile("chat", "chat"),
+                 progress=False)  # fmt: skip
+    assert pairs_of(r) == {("r4", "r3", "explicit", "thumbs_up_vs_none", "session")}
+    assert build_report(r)["ledgers"]["candidates"]["prompt_edited"] == 1
+    history = r.con.execute("SELECT history FROM wt_pairs").fetchone()[0]
+    assert [(h["user"], h["assistant"]) for h in history] == [("怎么煮米饭？要软一点", "多加水，煮久一点。")]

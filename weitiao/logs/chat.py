@@ -2,7 +2,9 @@
 
 Inputs (files, or a team's warehouse tables under these names):
   responses(response_id, session_id, turn, ts, prompt, response)   one row per generated response;
-            regenerations share session_id and turn; `prompt` is that turn's user message
+            regenerations share session_id and turn; `prompt` is that turn's user message (an edited
+            message keeps the turn but is another prompt: its replies are not compared with the others,
+            `prompt_edited`)
   events(response_id, event, ts, value)    thumbs_up, thumbs_down, copy, share, regenerate, follow_up,
             dwell (value = seconds); other names are counted as ignored (or mapped by event_names)
 
@@ -49,6 +51,7 @@ INPUTS = [  # the tables `sql_script` reads, for its header
 ]
 EVENT_RULES = ("unknown_response", "ignored_event", "dwell_out_of_bounds", "alone", "unpaired", "paired")
 CANDIDATE_RULES = (
+    "prompt_edited",
     "no_signal",
     "below_margin",
     "conflict",
@@ -150,7 +153,7 @@ t AS (
     {d4} AS d4,
     a.t_dwell IS NOT NULL AND b.t_dwell IS NOT NULL AND a.t_dwell <> b.t_dwell AS dwell_differs,
     a.t_explicit AS e_a, b.t_explicit AS e_b, a.pos AS pos_a, b.pos AS pos_b, a.neg AS neg_a, b.neg AS neg_b,
-    a.abandoned AS ab_a, b.abandoned AS ab_b
+    a.abandoned AS ab_a, b.abandoned AS ab_b, a.prompt_key <> b.prompt_key AS edited
   FROM groups g JOIN wt_responses a ON a.response_id = g.id_a JOIN wt_responses b ON b.response_id = g.id_b),
 u AS (SELECT *, CASE WHEN label3 IN ({tier3}) THEN d3 ELSE 0 END AS d3e FROM t),
 v AS (
@@ -170,6 +173,7 @@ SELECT grp, scope, session_id, turn, chosen_id, rejected_id, source, signal,
   CAST((CASE signal {conf} ELSE 0.5 END) * (CASE WHEN scope = 'cross_session' THEN {n(x.discount)} ELSE 1 END)
     AS DOUBLE) AS confidence,
   CASE
+    WHEN scope = 'session' AND edited THEN 'prompt_edited'
     WHEN dir = 0 AND dwell_differs AND {"true" if "dwell" in on else "false"} THEN 'below_margin'
     WHEN dir = 0 THEN 'no_signal'
     WHEN {"true" if cfg.drop_conflicts else "false"} AND (d1 = -dir OR d2 = -dir OR d3 = -dir) THEN 'conflict'
@@ -266,9 +270,12 @@ SELECT grp, scope, session_id, turn, chosen_id, rejected_id, source, signal, con
             "pairs: prompt with earlier turns as history, chosen and rejected texts",
             "wt_pairs",
             """WITH k AS (SELECT * FROM wt_candidates WHERE rule IS NULL),
-final AS (  -- the reply each earlier turn continued from: its latest response
-  SELECT session_id, turn, any_value(prompt) AS prompt, arg_max(response, ts) AS response
-  FROM responses WHERE session_id IN (SELECT session_id FROM k WHERE turn > 1) GROUP BY ALL),
+final AS (  -- each earlier turn as the dialogue went on: its latest response, with that response's own prompt
+  SELECT session_id, turn, prompt, response FROM (
+    SELECT session_id, turn, prompt, response,
+      row_number() OVER (PARTITION BY session_id, turn ORDER BY ts DESC, response_id DESC) AS latest
+    FROM responses WHERE session_id IN (SELECT session_id FROM k WHERE turn > 1)) AS r
+  WHERE latest = 1),
 hist AS (
   SELECT k.chosen_id, k.rejected_id,
     list_sort(list({'turn': f.turn, 'user': f.prompt, 'assistant': f.response})) AS history  -- by turn
