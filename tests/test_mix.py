@@ -140,3 +140,17 @@ def test_tool_rows_differing_only_in_a_call_are_not_duplicates(tmp_path):
     src.write_text("".join(json.dumps(row(c), ensure_ascii=False) + "\n" for c in ("北京", "上海", "北京")), "utf-8")
     rep = mix.run([f"{src}:1"], tmp_path / "m.jsonl")
     assert (rep["sources"][0]["read"], rep["sources"][0]["duplicates"], rep["total"]) == (3, 1, 2)
+
+
+def test_default_total_is_exact_when_the_division_falls_just_below(tmp_path):
+    """93 rows at 0.93 and 7 at 0.07 mix 100 rows without up-sampling; 7 / 0.07 is 99.999… in floats, which made the
+    default total 99 and dropped a row of the first source."""
+    a = rows(tmp_path / "a.jsonl", [(f"问题{i}", f"回答{i}") for i in range(93)])
+    b = rows(tmp_path / "b.jsonl", [(f"安全{i}", f"拒绝{i}") for i in range(7)])
+    rep = mix.run([f"{a}:0.93", f"{b}:0.07"], tmp_path / "m.jsonl")
+    assert rep["total"] == 100 and [s["picked"] for s in rep["sources"]] == [93, 7]
+    # and never more than needs no up-sampling: 3 rows at 1/3 with 5 at 2/3 is 7 (8 would repeat a row of a)
+    c = rows(tmp_path / "c.jsonl", [(f"c{i}", "x") for i in range(3)])
+    d = rows(tmp_path / "d.jsonl", [(f"d{i}", "y") for i in range(5)])
+    rep = mix.run([f"{c}:1", f"{d}:2"], tmp_path / "n.jsonl")
+    assert all(s["upsample"] <= 1 for s in rep["sources"]) and rep["total"] == 7

@@ -118,8 +118,10 @@ def run(specs: list[str], out: str | Path, total: int | None = None, seed: int =
                        "unique": len(pool)})  # fmt: skip
     # 3. targets
     share = [s.ratio / sum(x.ratio for x in sources) for s in sources]
-    if total is None:
-        total = int(min(len(p) / r for p, r in zip(pools, share)))
+    if total is None:  # 7 / 0.07 is 99.999…: round up past the float error, then step down while a source would repeat
+        total = math.floor(min(len(p) / r for p, r in zip(pools, share)) * (1 + 1e-9))
+        while total > 0 and any(n > len(p) for n, p in zip(targets(total, share), pools)):
+            total -= 1
     if total <= 0:
         raise UserError(f"--total {total}: must be > 0")
     want = targets(total, share)
