@@ -111,6 +111,36 @@ def test_malformed_rule_file_errors_name_rule_and_field(tmp_path):
     assert "non-empty list of rules" in read_rules(p)[1][0]
 
 
+def test_checks_no_reply_can_pass_are_errors(tmp_path):
+    """A rule whose check contradicts itself, or a global rule's, fails every reply: `rules sft` keeps nothing for it
+    and `rules eval` marks every model wrong. Conditional rules only meet on some prompts and are left alone."""
+    p = tmp_path / "never.yaml"
+    p.write_text(
+        "- {id: A, category: style, text: 问好, check: {required: ['您好']}}\n"
+        "- {id: B, category: style, text: 不客套, check: {forbidden: ['您']}}\n"  # global: A can never pass
+        "- {id: C, category: style, text: x, check: {required: ['谢谢'], forbidden: ['谢']}}\n"
+        "- {id: D, category: style, text: x, check: {ends_with: ['呢。', '吧。'], forbidden: ['呢', '吧']}}\n"
+        "- {id: E, category: format, text: x, when: 价格, check: {required: ['价格是99元'], max_length: 4}}\n"
+        "- {id: F, category: fact, text: x, when: 会员, check: {required: ['您的会员']}}\n"  # meets global B
+        "- {id: G, category: fact, text: x, when: 退款, check: {forbidden: ['好']}}\n"  # conditional: not checked
+        "- {id: H, category: style, text: x, check: {ends_with: ['呢。', '。'], forbidden: ['呢']}}\n",  # '。' passes
+        encoding="utf-8",
+    )
+    rules, errors = read_rules(p)
+    assert [r.id for r in rules] == ["A", "B", "F", "G", "H"]
+    want = [
+        r":3: rule C: check\.required: '谢谢': contains '谢', forbidden; no reply passes",
+        r":4: rule D: check\.ends_with: \['呢。', '吧。'\]: contains '呢', forbidden; no reply passes",
+        r":5: rule E: check\.required: '价格是99元': longer than max_length 4; no reply passes",
+        r":1: rule A: check\.required: '您好': contains '您', forbidden \(rule B, a global rule\); no reply passes",
+        r":6: rule F: check\.required: '您的会员': contains '您', forbidden \(rule B, a global rule\)",
+    ]
+    assert len(errors) == len(want), errors
+    for w, e in zip(want, errors):
+        assert e.startswith(str(p)) and re.search(w, e), (w, e)
+    assert run("check", str(p)).exit_code == 1
+
+
 # ----------------------------------------------------------------------------- checks by hand
 
 

@@ -203,13 +203,32 @@ def _parse_check(raw: Any) -> tuple[Check | None, str | None]:
     return Check(**kw), None
 
 
+def _never_passes(r: Rule, other: Rule | None = None) -> str | None:
+    """Why no reply passes rule r's check together with `other`'s (None: r alone), or None: a phrase r needs (required,
+    every starts_with/ends_with option) holds a phrase forbidden there, or is longer than a max_length there."""
+    o = (other or r).check
+    if r.check is None or o is None:
+        return None
+    by = f" (rule {other.id}{'' if other.when else ', a global rule'})" if other else ""
+    needs = [("required", [p]) for p in r.check.required]
+    needs += [(k, opts) for k in ("starts_with", "ends_with") if (opts := getattr(r.check, k))]
+    for key, opts in needs:
+        hits = [next((f for f in o.forbidden if f in x), None) for x in opts]
+        what = f"check.{key}: {opts[0] if len(opts) == 1 else opts!r}"
+        if all(hits):
+            return f"{what}: contains {hits[0]!r}, forbidden{by}; no reply passes"
+        if o.max_length is not None and min(map(len, opts)) > o.max_length:
+            return f"{what}: longer than max_length {o.max_length}{by}; no reply passes"
+    return None
+
+
 def validate(items: Any, path: str, lines: list[int] | None = None) -> tuple[list[Rule], list[str]]:
     """Rules and every problem found, each as `path:line: rule ID: field: problem`."""
     if isinstance(items, dict) and "rules" in items:
         items = items["rules"]
     if not isinstance(items, list) or not items:
         return [], [f"{path}: expected a non-empty list of rules (or a mapping with a 'rules' list)"]
-    rules, errors, seen = [], [], {}
+    rules, errors, seen, locs = [], [], {}, {}
     for i, raw in enumerate(items):
         loc = f"{path}:{lines[i]}" if lines and i < len(lines) else path
         name = f"rule #{i + 1}"
@@ -248,7 +267,17 @@ def validate(items: Any, path: str, lines: list[int] | None = None) -> tuple[lis
         if rid is not None and str(rid) not in seen:
             seen[str(rid)] = i + 1
         if not problems and rid is not None:
-            rules.append(Rule(str(rid), raw["category"], raw["text"].strip(), when, check))
+            rule = Rule(str(rid), raw["category"], raw["text"].strip(), when, check)
+            if problem := _never_passes(rule):
+                errors.append(f"{loc}: {name}: {problem}")
+            else:
+                rules.append(rule)
+                locs[rule.id] = loc
+    # a global rule is exercised with every other rule: a reply cannot satisfy both when their checks contradict
+    for r in rules:
+        for g in rules:
+            if g is not r and g.when is None and (problem := _never_passes(r, g)):
+                errors.append(f"{locs[r.id]}: rule {r.id}: {problem}")
     return rules, errors
 
 
