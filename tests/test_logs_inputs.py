@@ -180,3 +180,24 @@ def test_an_all_null_optional_column_reads_as_empty(tmp_path):
     ev.write_text(json.dumps({**rows[0], "response_id": None}) + "\n", encoding="utf-8")
     with pytest.raises(UserError, match="response_id: 1 empty values"):
         chat.run(ev, resp, load_profile("chat", "chat", []), progress=False)
+
+
+def test_events_without_content_file_must_agree_on_each_items_content(tmp_path):
+    """Without --content the content columns ride on every event; an item whose events name two texts (an edited
+    answer) or two questions has no one text to pair, and any_value() picked one of them silently."""
+    head = "content_id,dwell_s,position,context,text,length_chars\n"
+    good = head + "A,60,1,q1,好回答,800\nB,30,2,q1,一般回答,800\nA,62,1,q1,好回答,800\nB,31,2,q1,一般回答,800\n"
+    (tmp_path / "e.csv").write_text(good, encoding="utf-8")
+    cfg = load_profile("dwell", "zhihu", ["min_views=1", "min_z=0"])
+    r = dwell.run(tmp_path / "e.csv", cfg, progress=False)
+    assert r.con.execute("SELECT chosen_id, rejected_id, chosen FROM wt_pairs").fetchall() == [("A", "B", "好回答")]
+    (tmp_path / "e.csv").write_text(good.replace("B,31,2,q1,一般回答", "B,31,2,q1,改过的回答"), encoding="utf-8")
+    want = r"e\.csv: text: content_id 'B' differs between its events \(e\.g\. '一般回答' and '改过的回答'\)"
+    with pytest.raises(UserError, match=want):
+        dwell.run(tmp_path / "e.csv", cfg, progress=False)
+    moved = head + "A,60,1,q1,好回答,800\nA,60,1,q2,好回答,800\n"
+    (tmp_path / "m.csv").write_text(moved, encoding="utf-8")
+    with pytest.raises(
+        UserError, match=r"m\.csv: context: content_id 'A' differs between its events \(e\.g\. 'q1' and 'q2'\)"
+    ):
+        dwell.run(tmp_path / "m.csv", cfg, progress=False)

@@ -4,7 +4,8 @@ Inputs are two relations (files, or a team's own warehouse tables under these na
   events(content_id, user_id, ts, dwell_s, position, liked, collected)   one row per view
   content(content_id, context, prompt, text, length_chars, images)      one row per item
 where `context` is what makes items comparable (a tag or topic for notes, the question for answers).
-Without a content file the content columns are read from the events file.
+Without a content file the content columns are read from the events file, and must be the same on every event of
+an item (two texts or contexts for one content_id are an error, not a silent pick).
 
 Steps (each one SQL statement; `build_stages(cfg)` returns them, `--print-sql` prints them):
   1. content: an integer key and the expected reading time (base_s + chars / read_cps + images × image_s)
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from weitiao.errors import UserError, where
 from weitiao.logs.config import DwellConfig
 from weitiao.logs.engine import (
     Column,
@@ -42,6 +44,7 @@ from weitiao.logs.engine import (
     open_table,
     run_stages,
     script,
+    sql_str,
 )
 from weitiao.logs.engine import sql_num as n
 
@@ -273,15 +276,36 @@ def load_inputs(engine: Engine, cfg: DwellConfig, events: str | Path, content: s
     open_table(engine, "events", events, event_columns(cfg), cfg.columns)
     if content is not None:
         open_table(engine, "content", content, content_columns(), cfg.columns)
-    else:  # content columns ride along on every event: one row per item
+    else:  # content columns ride along on every event: one row per item, the same on each of its events
         open_table(engine, "wt_content_src", events, content_columns(own_file=False), cfg.columns)
+        cols = [c.name for c in content_columns()[1:]]
         engine.table(
-            "content",
-            "SELECT content_id, any_value(context) AS context, any_value(text) AS text, any_value(prompt) AS prompt, "
-            "any_value(length_chars) AS length_chars, any_value(images) AS images "
-            "FROM wt_content_src GROUP BY content_id",
+            "wt_content_all",
+            f"SELECT content_id, {', '.join(f'any_value({c}) AS {c}' for c in cols)}, "
+            f"{', '.join(f'min({c}) <> max({c}) AS d_{c}' for c in cols)} FROM wt_content_src GROUP BY content_id",
         )
+        _same_content_on_every_event(engine, events, cols, cfg.columns)
+        engine.view("content", f"SELECT content_id, {', '.join(cols)} FROM wt_content_all")
     return engine.rows("SELECT count(*) FROM events")[0][0]
+
+
+def _same_content_on_every_event(engine: Engine, events: str | Path, cols: list[str], mapping: dict) -> None:
+    """An item whose events disagree on its text or context (an edited answer, a moved question) has no one text to
+    pair: refused, naming the file's column and two of the values, rather than pairing whichever row came first."""
+    found = engine.rows(f"SELECT content_id, {', '.join(f'd_{c}' for c in cols)} FROM wt_content_all "
+                        f"WHERE {' OR '.join(f'd_{c}' for c in cols)} LIMIT 1")  # fmt: skip
+    if not found:
+        return
+    cid, *differs = found[0]
+    col = cols[differs.index(True)]
+    values = [v for (v,) in engine.rows(f"SELECT DISTINCT CAST({col} AS VARCHAR) FROM wt_content_src WHERE content_id "
+                                        f"= {sql_str(str(cid))} AND {col} IS NOT NULL ORDER BY 1 LIMIT 2")]  # fmt: skip
+    theirs = next((t for t, ours in mapping.items() if ours == col), col)
+    raise UserError(
+        f"{where(events, field=theirs)}: content_id {cid!r} differs between its events "
+        f"(e.g. {values[0]!r} and {values[1]!r}); without --content each item's content columns must be the same on "
+        "every event: give a --content file (one row per item) or make them agree"
+    )
 
 
 def run(
