@@ -15,7 +15,16 @@ from typer.testing import CliRunner
 
 from weitiao.data.formats import load_conversations
 from weitiao.dataeng import kb2sft
-from weitiao.dataeng.chunk import ChunkSpec, by_fixed, by_heading, by_semantic, chunk_docs, collect_docs, sentences
+from weitiao.dataeng.chunk import (
+    ChunkSpec,
+    by_fixed,
+    by_heading,
+    by_paragraph,
+    by_semantic,
+    chunk_docs,
+    collect_docs,
+    sentences,
+)
 from weitiao.dataeng.commands import register
 from weitiao.dataeng.similarity import grounding_score, near_duplicates, normalize, tfidf
 from weitiao.demo import DEMO_DIR
@@ -91,6 +100,22 @@ def test_chunkers_on_demo_kb():
     assert sentences(two)[2] == "会员积分可以兑换礼品。"
     sem = [b for _, b in by_semantic(two, ChunkSpec(max_chars=100, min_chars=5, percentile=40))]
     assert sem == ["净水器滤芯需要定期更换。净水器滤芯更换很简单。", "会员积分可以兑换礼品。会员积分每年清零。"]
+
+
+def test_a_paragraph_over_max_chars_is_cut_at_sentence_ends():
+    """Chinese documents often hold one long paragraph (single line breaks, no blank lines): it was cut every max_chars
+    characters, splitting a model name from its price ("X3" | "1售价3147元"), so a question asked about the second
+    chunk could name X1 and still ground. Now the cut falls after the last sentence end that fits."""
+    text = "".join(f"第{i}条：星河手机X{i}售价{2000 + i * 37}元，电池{4000 + i * 11}毫安时。" for i in range(40))
+    for chunker in (by_paragraph, by_heading):
+        chunks = [b for _, b in chunker(text, ChunkSpec(max_chars=600))]
+        assert len(chunks) > 1 and "".join(chunks) == text and all(len(c) <= 600 for c in chunks)
+        assert all(c.startswith("第") and c.endswith("。") for c in chunks), [c[:10] for c in chunks]
+    lines = "第一行的说明\n" * 40  # a line break ends a sentence too
+    chunks = [b for _, b in by_paragraph(lines, ChunkSpec(max_chars=100))]
+    assert len(chunks) > 1 and all(c.startswith("第") and c.endswith("说明") for c in chunks)
+    # one sentence longer than max_chars is still cut into windows
+    assert [len(b) for _, b in by_paragraph("甲" * 250, ChunkSpec(max_chars=100))] == [100, 100, 50]
 
 
 def test_a_comment_in_a_code_block_is_no_heading_and_skipped_files_are_listed(tmp_path):

@@ -138,13 +138,29 @@ def _paragraphs(text: str) -> list[str]:
     return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
 
 
+_SENTENCE_END = re.compile(r"[。！？!?；;][”」』）)]*|\n")
+
+
+def _cut(piece: str, max_chars: int) -> list[str]:
+    """A piece longer than max_chars cut after the last sentence end (。！？!?；; or a line break) that fits, so a
+    number or a name is not split across chunks (X31 售价3147元 as "X3" | "1售价3147元"); only a sentence longer
+    than max_chars is cut mid-way."""
+    out = []
+    while len(piece) > max_chars:
+        ends = [m.end() for m in _SENTENCE_END.finditer(piece, 0, max_chars)]
+        at = ends[-1] if ends else max_chars
+        out.append(piece[:at].strip())
+        piece = piece[at:].strip()
+    return [c for c in [*out, piece] if c]
+
+
 def _pack(pieces: list[str], max_chars: int, min_chars: int, sep: str = "\n\n") -> list[str]:
     """Greedily join consecutive pieces while the result stays ≤ max_chars (a piece under min_chars
-    always joins its neighbour); a single piece longer than max_chars is cut into fixed windows."""
+    always joins its neighbour); a single piece longer than max_chars is cut at sentence ends (_cut)."""
     out: list[str] = []
     for p in pieces:
         if len(p) > max_chars:
-            out += [p[i : i + max_chars] for i in range(0, len(p), max_chars)]
+            out += _cut(p, max_chars)
         elif out and (len(out[-1]) + len(sep) + len(p) <= max_chars or len(out[-1]) < min_chars):
             out[-1] = out[-1] + sep + p
         else:
