@@ -207,3 +207,25 @@ def test_edited_prompt_is_not_compared_and_history_keeps_its_own_prompt(tmp_path
     assert build_report(r)["ledgers"]["candidates"]["prompt_edited"] == 1
     history = r.con.execute("SELECT history FROM wt_pairs").fetchone()[0]
     assert [(h["user"], h["assistant"]) for h in history] == [("怎么煮米饭？要软一点", "多加水，煮久一点。")]
+
+
+def test_full_width_letters_digits_and_wide_spaces_are_one_prompt_across_sessions(tmp_path):
+    """Ｘ５ and X5 (a Chinese input method types either), or an ideographic space U+3000, made two prompts, so the
+    cross-session exact match never met them."""
+    t0 = 1_740_787_200
+    rows = [("r1", "s1", "X5 多少钱？"), ("r2", "s2", "Ｘ５\u3000多少钱?"), ("r3", "s3", "x5多少钱")]
+    pq.write_table(pa.table({
+        "response_id": [r[0] for r in rows], "session_id": [r[1] for r in rows], "turn": [1, 1, 1],
+        "ts": pa.array([(t0 + i) * 10**6 for i in range(3)], pa.timestamp("us")),
+        "prompt": [r[2] for r in rows], "response": ["2999元", "不知道", "大概三千"],
+    }), tmp_path / "responses.parquet")  # fmt: skip
+    events = [("r1", "thumbs_up"), ("r2", "thumbs_down")]
+    pq.write_table(pa.table({
+        "response_id": [e[0] for e in events], "event": [e[1] for e in events],
+        "ts": pa.array([(t0 + 10 + i) * 10**6 for i in range(2)], pa.timestamp("us")),
+    }), tmp_path / "events.parquet")  # fmt: skip
+    cfg = load_profile("chat", "chat", ["cross_session.enabled=true"])
+    r = chat.run(tmp_path / "events.parquet", tmp_path / "responses.parquet", cfg, progress=False)
+    keys = {k for (k,) in r.con.execute("SELECT DISTINCT prompt_key FROM wt_responses").fetchall()}
+    assert keys == {"x5多少钱"}
+    assert ("r1", "r2", "explicit", "thumbs_up_vs_down", "cross_session") in pairs_of(r)

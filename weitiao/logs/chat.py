@@ -18,8 +18,8 @@ decides chosen vs rejected and names the source (explicit, share_copy, regenerat
 dwell only past its margins). A pair where another discrete tier points the other way is a
 `conflict`; one whose chosen response was itself thumbed down or regenerated is `chosen_negative`.
 Groups: in-session, the responses of one turn (a regenerate chain); cross-session (option),
-first-turn responses of different sessions with the same normalized prompt or similar n-grams, where
-only the allowed sources decide, and chosen must carry a positive signal while rejected carries a
+first-turn responses of different sessions with the same normalized prompt (full-width Ｘ５ is X5) or similar
+n-grams, where only the allowed sources decide, and chosen must carry a positive signal while rejected carries a
 negative one or was abandoned (the session's last reply, with no signal at all): `polar`.
 Caps: per prompt group, per source, and balance (a weak source keeps at most ratio × the pairs of all
 stronger sources). Every event, response and candidate pair lands in the ledger.
@@ -85,6 +85,12 @@ def event_columns() -> list[Column]:
         Column("ts", "time", "when it happened"),
         Column("value", "number", "seconds, for dwell events", False, nullable=True, default="NULL"),
     ]
+
+
+# The prompt key: full-width letters and digits read as ASCII (Ｘ５ is X5: Chinese input methods type both), then
+# lower case without spaces of any kind (the ideographic space U+3000, NBSP), punctuation or symbols.
+_NARROW = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_WIDE = "".join(chr(ord(c) + 0xFEE0) for c in _NARROW)
 
 
 def _strength(col: str) -> str:
@@ -219,7 +225,8 @@ t AS (
   SELECT r.response_id, r.session_id, r.turn, coalesce(s.events, 0) AS events, coalesce(s.explicit, 0) AS t_explicit,
     CASE WHEN s.shared THEN 1 ELSE 0 END AS t_share,
     CASE WHEN s.regenerated THEN -1 WHEN s.followed THEN 1 ELSE 0 END AS t_context, {dwell} AS t_dwell,
-    regexp_replace(lower(r.prompt), '[ \\t\\n\\f\\r\\p{{P}}\\p{{S}}]', '', 'g') AS prompt_key,
+    regexp_replace(lower(translate(r.prompt, {q(_WIDE)}, {q(_NARROW)})),
+      '[ \\t\\n\\f\\r\\p{{Z}}\\p{{P}}\\p{{S}}]', '', 'g') AS prompt_key,
     r.ts = max(r.ts) OVER (PARTITION BY r.session_id) AS last_in_session
   FROM responses r LEFT JOIN s USING (response_id))
 SELECT response_id, session_id, turn, events, t_explicit, t_share, t_context, t_dwell, prompt_key,

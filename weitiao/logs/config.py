@@ -98,8 +98,8 @@ class CrossSession(_Config):
     enabled: bool = False
     """Pair across sessions at all."""
     match: Literal["exact", "ngram"] = "exact"
-    """exact: same prompt after lower-casing and removing spaces and punctuation; ngram: char
-    n-gram Jaccard similarity ≥ min_similarity."""
+    """exact: same prompt after reading full-width letters and digits as ASCII, lower-casing and removing spaces
+    (U+3000 too), punctuation and symbols; ngram: char n-gram Jaccard similarity ≥ min_similarity (same key)."""
     ngram: int = Field(3, ge=1)
     """n for match: ngram."""
     min_similarity: float = Field(0.8, gt=0, le=1)
