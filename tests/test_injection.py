@@ -398,6 +398,11 @@ def test_own_tasks_are_checked(tmp_path):
         inj.load_rag_tasks(_jsonl(tmp_path / "r.jsonl", [{"id": "x", "doc": "d", "question": "q", "answer": "a"}]))
     with pytest.raises(UserError, match=r"--heldout-families: unknown \['roleplay'\]"):
         inj.split_by_family(inj.build_attacks(0, families=["override"]), ["roleplay"])
+    # every family held out: nothing to train on, and the build exited 0 with only held-out files
+    with pytest.raises(UserError, match=r"--heldout-families: holds out every family \(override\)"):
+        inj.split_by_family(inj.build_attacks(0, families=["override"]), ["override"])
+    train, held = inj.split_by_family(inj.build_attacks(0, families=["override", "roleplay"]), ["roleplay"])
+    assert train and held  # control: one of two held out
 
 
 def test_own_tasks_optional_fields_are_checked_too(tmp_path):

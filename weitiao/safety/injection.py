@@ -260,6 +260,9 @@ def split_by_family(attacks: list[Attack], heldout: list[str]) -> tuple[list[Att
     unknown = [f for f in heldout if f not in present]
     if unknown:
         raise UserError(f"--heldout-families: unknown {unknown}; choose from {', '.join(present)}")
+    if present and set(present) <= set(heldout):  # nothing left to train on: an empty build is no success
+        raise UserError(f"--heldout-families: holds out every family ({', '.join(present)}), leaving no attack to "
+                        "train on; hold out fewer")  # fmt: skip
     return [a for a in attacks if a.family not in heldout], [a for a in attacks if a.family in heldout]
 
 
