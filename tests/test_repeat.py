@@ -87,6 +87,7 @@ def test_demo_stitched(tmp_path):
     cfg = repeat.RepeatConfig(min_turns=6, stitch_turns=6, pairs_per_dialog=2, seed=1)
     rep = repeat.run([DATA_DIR / "style.jsonl"], tmp_path / "p.jsonl", cfg)
     assert rep["read"] == 850 // 6 and rep["kept"]["dialogues"] > 0.5 * rep["read"]
+    assert (rep["rows"], rep["stitch_left_over"]) == (850, 850 % 6)  # rows no whole dialogue took, said
     assert rep["kept"]["mean_copy_rate"] <= rep["all"]["mean_copy_rate"] <= 1
     assert rep["pairs"] <= 2 * rep["kept"]["dialogues"] and rep["rejected_copy_rate"] > rep["chosen_copy_rate"]
     assert len(load_rows(str(tmp_path / "p.jsonl")).rows) == rep["pairs"]

@@ -209,6 +209,11 @@ def repeat_negatives(
     _table(
         f"repeat-negatives → {out}",
         [
+            *(
+                [("rows stitched / left over", f"{r['rows'] - r['stitch_left_over']} / {r['stitch_left_over']}")]
+                if stitch_turns
+                else []
+            ),
             ("dialogues read / long / kept", f"{r['read']} / {r['long']} / {k['dialogues']}"),
             ("copy rate all → kept", f"{a['mean_copy_rate']:.3f} → {k['mean_copy_rate']:.3f}"),
             ("distinct-2 all → kept", f"{a['mean_distinct2']:.3f} → {k['mean_distinct2']:.3f}"),

@@ -42,15 +42,16 @@ class RepeatConfig:
     seed: int = 0
 
 
-def stitch(convs: list[Conversation], turns: int, seed: int) -> list[Conversation]:
-    """Chain the user/assistant turns of shuffled rows into dialogues of `turns` exchanges each."""
+def stitch(convs: list[Conversation], turns: int, seed: int) -> tuple[list[Conversation], int]:
+    """Chain the last user/assistant exchange of shuffled rows into dialogues of `turns` exchanges each; also the
+    number of rows left out (the rest of the division, which make no whole dialogue), said in the report."""
     pairs = [(c.messages[-2], c.messages[-1]) for c in convs if len(c.messages) >= 2]
     random.Random(seed).shuffle(pairs)
     out = []
     for i in range(0, len(pairs) - turns + 1, turns):
         msgs = [m for p in pairs[i : i + turns] for m in p]
         out.append(Conversation(msgs, f"stitched:{i // turns}"))
-    return out
+    return out, len(convs) - turns * len(out)
 
 
 def measure(c: Conversation, copy_n: int) -> dict:
@@ -121,8 +122,9 @@ def run(files: list[str | Path], out: str | Path, cfg: RepeatConfig, sft_out: st
         if c.tools or any(m["role"] in ("tool", "function") or m.get("tool_calls") for m in c.messages):
             raise UserError(f"{c.source}: a tool-call dialogue; repeat-negatives builds preference pairs, which "
                             "carry no tools or tool calls; leave such rows out")  # fmt: skip
+    rows, left_over = len(convs), 0
     if cfg.stitch_turns > 0:
-        convs = stitch(convs, cfg.stitch_turns, cfg.seed)
+        convs, left_over = stitch(convs, cfg.stitch_turns, cfg.seed)
     if not convs:
         raise UserError(f"{', '.join(map(str, files))}: no dialogues")
     # 2. measure; 3. select
@@ -154,6 +156,8 @@ def run(files: list[str | Path], out: str | Path, cfg: RepeatConfig, sft_out: st
     if sft_out:
         write_jsonl(sft_out, [{**to_record(c), "meta": {"source": c.source}} for c in kept])
     report = {
+        "rows": rows,  # as loaded; with --stitch-turns, `stitch_left_over` of them made no whole dialogue
+        "stitch_left_over": left_over,
         "read": len(convs),
         "all": _stats(ms),
         "long": sum(m["turns"] >= cfg.min_turns for m in ms),
