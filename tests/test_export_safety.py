@@ -101,6 +101,86 @@ def test_failure_mid_write_keeps_previous_export_and_leaves_no_temp(adapter, tmp
     assert leftovers(tmp_path) == []
 
 
+def test_a_full_disk_or_an_unwritable_out_is_one_line_and_changes_nothing(adapter, tmp_path, monkeypatch):
+    """A full disk as each writer says it (OSError ENOSPC, safetensors' SafetensorError, copytree's shutil.Error)
+    and an --out that cannot be made were tracebacks; now one line naming --out, nothing of it changed."""
+    import errno
+    import shutil
+
+    from safetensors import SafetensorError
+
+    out = tmp_path / "x"
+    ex.export(str(adapter), str(out))
+    before = tree(out)
+    full = [
+        OSError(errno.ENOSPC, "No space left on device", "model.safetensors"),
+        SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+        shutil.Error([("a", "b", "[Errno 28] No space left on device: 'a' -> 'b'")]),
+    ]
+    for error in full:
+
+        def broken(src, dest, error=error):
+            (dest / "half.bin").write_bytes(b"\0" * 10)
+            raise error
+
+        monkeypatch.setattr(ex, "copy_adapter", broken)
+        with pytest.raises(UserError, match=f"^{out}: disk full while writing .*; free space or write elsewhere$"):
+            ex.export(str(adapter), str(out), force=True)
+        assert tree(out) == before and leftovers(tmp_path) == []
+    (tmp_path / "file").write_text("x")
+    monkeypatch.undo()
+    with pytest.raises(UserError, match=f"^{tmp_path}/file/sub: cannot write"):
+        ex.export(str(adapter), str(tmp_path / "file" / "sub"))
+
+
+def test_a_previous_export_that_cannot_be_moved_aside_is_kept_and_nothing_is_left(adapter, tmp_path, monkeypatch):
+    """The folder made to hold the previous export stayed behind (.x.XXXX.old) when moving it there failed."""
+    from pathlib import Path
+
+    out = tmp_path / "x"
+    ex.export(str(adapter), str(out))
+    before, rename = tree(out), Path.rename
+
+    def busy(self, target):
+        if self == out:
+            raise OSError(16, "Device or resource busy", str(self))
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", busy)
+    with pytest.raises(OSError, match="busy"):
+        ex.export(str(adapter), str(out), force=True)
+    assert tree(out) == before and leftovers(tmp_path) == []
+
+
+def test_out_that_is_a_mount_point_is_filled_in_place(adapter, tmp_path, monkeypatch):
+    """An empty Docker volume (`-v ./exports:/out`) cannot be renamed (EBUSY): export into it was a traceback.
+    Its files are moved in, the folder itself stays, a previous export in it is replaced, a failure keeps it."""
+    import weitiao.io as wio
+
+    out = tmp_path / "vol"
+    out.mkdir()
+    out.chmod(0o1777)  # the mount's own mode and identity stay
+    inode = out.stat().st_ino
+    monkeypatch.setattr(wio.os.path, "ismount", lambda p: os.path.abspath(p) == str(out))
+    ex.export(str(adapter), str(out))
+    assert out.stat().st_ino == inode and out.stat().st_mode & 0o7777 == 0o1777
+    first = tree(out)
+    assert "adapter_model.safetensors" in first and leftovers(out) == [] and leftovers(tmp_path) == []
+    (out / "adapter_model.safetensors").write_bytes(b"stale")
+    ex.export(str(adapter), str(out), force=True, merge=True)
+    assert "model.safetensors" in tree(out) and "adapter_model.safetensors" not in tree(out)
+    assert out.stat().st_ino == inode and leftovers(out) == []
+    merged = tree(out)
+
+    def broken(src, dest):
+        raise OSError("boom")
+
+    monkeypatch.setattr(ex, "copy_adapter", broken)
+    with pytest.raises(OSError, match="boom"):
+        ex.export(str(adapter), str(out), force=True)
+    assert tree(out) == merged and leftovers(out) == []
+
+
 def test_symlink_out_of_the_adapter_dir_is_refused(adapter, tmp_path):
     src = tmp_path / "run"
     (src / "final").mkdir(parents=True)

@@ -13,11 +13,12 @@ import errno
 import hashlib
 import json
 import os
+import re
 import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -197,30 +198,81 @@ def open_modes(folder: str | Path) -> None:
 def publish_dir(dest: str | Path, fill: Callable[[Path], Any]) -> Any:
     """`fill(tmp)` writes a folder's files into a fresh temp dir beside `dest` (its result is returned); complete, the
     dir is renamed into place, a previous `dest` (ours: an earlier export, a run's `final/`) moved aside until then
-    and removed after. A failure at any point leaves `dest` as it was and no temp dir behind."""
+    and removed after. A failure at any point leaves `dest` as it was and no temp dir behind; one writing the folder
+    (no permission, read-only, disk full) is one line naming `dest`.
+
+    A `dest` that is a mount point (a Docker volume) cannot be renamed: the temp dir is made inside it and its
+    entries moved in (`_move_in`)."""
     import shutil
 
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    in_place = dest.is_dir() and not dest.is_symlink() and os.path.ismount(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest if in_place else dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    except OSError as e:
+        raise write_error(dest, e) from None
     tmp.chmod(0o777 & ~umask())  # mkdtemp makes it private; the folder gets a normal new dir's mode
     old = None
     try:
         result = fill(tmp)
         open_modes(tmp)  # safetensors writes 0600; a server running as another user must read the folder
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".old"))
-            dest.rename(old / dest.name)
-        tmp.rename(dest)
-    except BaseException:
-        if old is not None and not dest.exists() and (old / dest.name).exists():
-            (old / dest.name).rename(dest)
-            old.rmdir()
+        if in_place:
+            _move_in(tmp, dest)
+        else:
+            if dest.exists():
+                old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".old"))
+                dest.rename(old / dest.name)
+            tmp.rename(dest)
+    except BaseException as e:
+        if old is not None:
+            if not dest.exists() and (old / dest.name).exists():
+                (old / dest.name).rename(dest)
+            with suppress(OSError):
+                old.rmdir()  # empty unless dest could not be put back: then it holds it
         shutil.rmtree(tmp, ignore_errors=True)
+        failed = _write_failure(e, tmp)
+        if failed is not None:
+            raise write_error(dest, failed) from None
         raise
     if old is not None:
         shutil.rmtree(old)  # the previous folder, moved aside once the new one was complete
     return result
+
+
+def _move_in(tmp: Path, dest: Path) -> None:
+    """Replace `dest`'s entries (but `tmp`, made inside it) with `tmp`'s; on a failure, move everything back."""
+    import shutil
+
+    old = Path(tempfile.mkdtemp(dir=dest, prefix=f".{dest.name}.", suffix=".old"))
+    before = [p for p in dest.iterdir() if p not in (tmp, old)]
+    new = sorted(tmp.iterdir(), key=lambda p: p.name.startswith("."))  # dot files (an export's marker) last
+    moved: list[tuple[Path, Path]] = []
+    try:
+        for src, into in [*((p, old) for p in before), *((p, dest) for p in new)]:
+            src.rename(into / src.name)
+            moved.append((src, into / src.name))
+    except BaseException:
+        for src, to in reversed(moved):
+            to.rename(src)
+        old.rmdir()
+        raise
+    tmp.rmdir()
+    shutil.rmtree(old)
+
+
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _write_failure(e: BaseException, tmp: Path) -> OSError | None:
+    """The OSError for `e` when it is a failed write into `tmp` (a full disk, however the library said it:
+    safetensors' `os error 28`, shutil.copytree's list), else None: other errors stay as raised."""
+    if isinstance(e, OSError) and e.errno is not None:
+        if e.errno in _DISK_FULL or (e.filename is not None and Path(e.filename).is_relative_to(tmp)):
+            return e
+        return None
+    full = re.search(rf"(?:Errno|os error) ({'|'.join(str(n) for n in _DISK_FULL)})\b", str(e))
+    return OSError(int(full[1]), os.strerror(int(full[1]))) if full else None
 
 
 @contextmanager
