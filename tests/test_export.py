@@ -74,6 +74,32 @@ def test_unmerged_export_is_clean_adapter_dir(tiny_model_dir, chat_file, tmp_pat
     assert not any(n.startswith("step-") or n == "trainer_state.pt" for n in names)
 
 
+def test_a_full_finetune_exports_as_one_folder(tmp_path, tokenizer):
+    """`export --adapter RUN` of a full fine-tune stopped with 'give it as the model (--model ...)', which export
+    (it needs --adapter) cannot take: a dead end. Its final/model and final/tokenizer now make one folder that
+    plain transformers loads with the training template."""
+    from conftest import save_tiny_model, write_jsonl
+    from safetensors.torch import load_file
+
+    from weitiao.errors import UserError
+
+    final = tmp_path / "run" / "final"
+    save_tiny_model(final / "model", tokenizer, hidden=64)
+    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (final / "model" / f).unlink(missing_ok=True)  # as training saves them: the tokenizer beside, not inside
+    tokenizer.save_pretrained(final / "tokenizer")
+    dest = ex.export(str(tmp_path / "run"), str(tmp_path / "out"))
+    saved, got = load_file(final / "model" / "model.safetensors"), load_file(dest / "model.safetensors")
+    assert saved.keys() == got.keys() and all(torch.equal(saved[k], got[k]) for k in saved)
+    plain = AutoTokenizer.from_pretrained(dest)
+    msgs = [{"role": "user", "content": "你好"}]
+    assert plain.apply_chat_template(msgs, tokenize=False) == tokenizer.apply_chat_template(msgs, tokenize=False)
+    assert ex.check(str(dest), str(tmp_path / "run"), str(write_jsonl(tmp_path / "d.jsonl", [{"messages": [
+        *msgs, {"role": "assistant", "content": "嗨"}]}])))["identical"] == 1  # fmt: skip
+    with pytest.raises(UserError, match="a full fine-tune exports its own weights as saved; drop --model and --dtype"):
+        ex.export(str(tmp_path / "run"), str(tmp_path / "bf16"), merge=True, dtype="bf16")
+
+
 def test_a_full_finetune_run_given_as_adapter_says_what_it_is(tmp_path):
     """`export`/`chat --adapter RUN` on a full fine-tune said 'no adapter_config.json': it now names the model dir."""
     from weitiao.errors import UserError

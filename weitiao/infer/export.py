@@ -32,6 +32,7 @@ from weitiao.models.load import (
     ModelSpec,
     attach_adapter,
     load_model,
+    load_tokenizer,
     locate,
     refuse_reward_adapter,
     resolve_path,
@@ -159,6 +160,8 @@ def export(
         raise UserError(f"--dtype {dtype}: choose fp32, bf16 or fp16")
     if gguf is not None:
         to_gguf.check_request(gguf, merge)
+    if (full := full_finetune(adapter)) is not None:
+        return export_full(full, Path(out), dtype, force, model, gguf)
     adapter_dir, tok_dir, spec = locate(adapter)
     refuse_reward_adapter(adapter_dir)  # merged into a causal LM, the trained score head would be dropped
     spec = spec.model_copy(update={"path": model}) if model else spec
@@ -185,6 +188,34 @@ def export(
             to_gguf.convert(tmp, tmp / f"model-{gguf}.gguf", gguf, name=dest.name)
         info = {"adapter": str(adapter_dir.resolve()), "base": spec.path, "quant": spec.quant, "merged": merge}
         return {**info, "dtype": dtype if merge else None}
+
+    return publish(dest, replace, fill)
+
+
+def full_finetune(run: str) -> Path | None:
+    """A full fine-tune's final/ (model/ and tokenizer/), given as its run or final/ dir; else None."""
+    p = Path(run)
+    found = (f for f in (p / "final", p) if (f / "model" / "config.json").is_file() and (f / "tokenizer").is_dir())
+    return next(found, None)
+
+
+def export_full(final: Path, dest: Path, dtype: str, force: bool, model: str | None, gguf: str | None) -> Path:
+    """A full fine-tune's model/ and tokenizer/ as one folder (what other tools load), weights as training saved
+    them (their generation_config already stops at the end-of-turn)."""
+    if model or dtype != "fp32":
+        raise UserError(
+            f"--adapter {final}: a full fine-tune exports its own weights as saved; drop --model and --dtype"
+        )
+    replace = check_out(dest, final, force)
+    tokenizer = load_tokenizer(str(final / "tokenizer"))
+    template = resolve_template(tokenizer, "auto")
+
+    def fill(tmp: Path) -> dict[str, Any]:
+        shutil.copytree(final / "model", tmp, dirs_exist_ok=True)
+        save_tokenizer(tokenizer, template, tmp)
+        if gguf is not None:
+            to_gguf.convert(tmp, tmp / f"model-{gguf}.gguf", gguf, name=dest.name)
+        return {"adapter": str(final.resolve()), "base": None, "quant": "none", "merged": True, "dtype": None}
 
     return publish(dest, replace, fill)
 
@@ -275,8 +306,11 @@ def check(export_dir: str, adapter: str, data: str, max_rows: int = 200) -> dict
     """
     from transformers import AutoTokenizer, GenerationConfig
 
-    adapter_dir, tok_dir, spec = locate(adapter)
-    train_tok = training_tokenizer(adapter_dir, tok_dir, spec.path)
+    if (full := full_finetune(adapter)) is not None:
+        train_tok = load_tokenizer(str(full / "tokenizer"))
+    else:
+        adapter_dir, tok_dir, spec = locate(adapter)
+        train_tok = training_tokenizer(adapter_dir, tok_dir, spec.path)
     train_tpl = resolve_template(train_tok, "auto")
     plain = AutoTokenizer.from_pretrained(export_dir)
     rows = load_conversations(data, skip_hint=None).rows[:max_rows]
