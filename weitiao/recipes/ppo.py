@@ -13,7 +13,8 @@ Each step: 1. sample replies → 2. score them (missing-EOS penalty, normalizati
 3. log-probs of actor and reference and critic values → 4. per-token rewards (−β·KL, score at the
 last token) → 5. GAE and whitened advantages → 6. PPO epochs over minibatches (clipped policy and
 value losses, entropy bonus) → 7. adaptive β, metrics, samples, reward-hacking check, checkpoint.
-Config keys follow OpenRLHF's names where they exist (init_kl_coef, gamma, lambd, eps_clip, ...).
+Config keys follow OpenRLHF's names where they exist (init_kl_coef, gamma, lambd, eps_clip, ...); the batch
+sizes count per process, where OpenRLHF's rollout_batch_size and train_batch_size count all GPUs together.
 
 Rollouts sample from exactly softmax(softcap(logits) / T) (no top-p/top-k, nothing from the model's
 generation_config.json), the distribution the shared log-prob function scores; with `ppo.merge_rollout` the
@@ -78,7 +79,7 @@ class PPOSpec(BaseModel):
     entropy_loss_coef: float = Field(0.0, ge=0, description="weight of the entropy bonus")
     rollout_batch_size: int = Field(16, gt=0, description="prompts per step (per process)")
     n_samples_per_prompt: int = Field(1, gt=0, description="replies sampled per prompt")
-    train_batch_size: int = Field(8, gt=0, description="samples per PPO minibatch (one optimizer step)")
+    train_batch_size: int = Field(8, gt=0, description="samples per PPO minibatch (per process; one optimizer step)")
     micro_train_batch_size: int = Field(4, gt=0, description="samples per forward/backward in an update")
     micro_rollout_batch_size: int = Field(8, gt=0, description="samples per no-grad scoring forward")
     max_epochs: int = Field(2, gt=0, description="PPO epochs over each rollout batch")

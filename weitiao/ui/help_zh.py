@@ -127,7 +127,7 @@ ZH: dict[str, str] = {
     "weight of the entropy bonus": "熵奖励的权重",
     "prompts per step (per process)": "每步的提示数（每个进程）",
     "replies sampled per prompt": "每个提示采样的回复数",
-    "samples per PPO minibatch (one optimizer step)": "每个 PPO 小批次的样本数（一次优化器更新）",
+    "samples per PPO minibatch (per process; one optimizer step)": "每个 PPO 小批次的样本数（每个进程；一次优化器更新）",
     "samples per forward/backward in an update": "更新时每次前向/反向的样本数",
     "samples per no-grad scoring forward": "不求梯度的打分前向每次的样本数",
     "PPO epochs over each rollout batch": "每个 rollout 批次上的 PPO 轮数",
