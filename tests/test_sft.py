@@ -111,10 +111,13 @@ def test_full_finetune_resume_loads_model_dir(tiny_model_dir, chat_file, tmp_pat
 
 
 def test_ddp_two_processes_match_one(tiny_model_dir, chat_file, tmp_path):
-    """2-process DDP (gloo) with grad_accum 1 == 1 process with grad_accum 2: same global batch."""
+    """2-process DDP (gloo) with grad_accum 1 == 1 process with grad_accum 2: same global batch. The 5 eval
+    rows (micro-batches of 1) split 3 / 2 + an uncounted filler: the eval losses equal one process's."""
+    evals = [{"instruction": f"评估 #{i}" + "呢" * i, "output": "好的" * (i + 1)} for i in range(5)]
     common = [
         f"model.path={tiny_model_dir}",
         f"data.train=[{chat_file}]",
+        f"data.eval=[{write_jsonl(tmp_path / 'eval.jsonl', evals)}]",
         "train.progress=false",
         "train.tensorboard=false",
         "train.micro_batch_size=1",
@@ -147,6 +150,10 @@ def test_ddp_two_processes_match_one(tiny_model_dir, chat_file, tmp_path):
     assert len(one) == len(two) == 5 and one[-1] < one[0]
     assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4
     assert read_metrics(tmp_path / "two", "data")[0]["world"] == 2
+    for key in ("eval_loss", "eval_loss_answer"):  # the filler counted would move them by ~1e-2
+        assert [r[key] for r in read_metrics(tmp_path / "one", "eval")] == pytest.approx(
+            [r[key] for r in read_metrics(tmp_path / "two", "eval")], abs=1e-5
+        )
 
 
 @pytest.mark.parametrize(
