@@ -112,3 +112,26 @@ def test_a_full_finetune_run_given_as_adapter_says_what_it_is(tmp_path):
     (tmp_path / "empty").mkdir()  # negative control: a folder with neither
     with pytest.raises(UserError, match="no adapter_config.json"):
         locate(tmp_path / "empty")
+
+
+def test_merging_into_a_base_other_than_the_trained_one_is_said(tiny_model_dir, chat_file, tmp_path, capsys):
+    """A base retrained or edited at its path (or another --model) got the adapter merged into weights it never saw,
+    unsaid: the run's inputs.json fingerprint is compared (a copy of the same files says nothing)."""
+    import shutil
+
+    run = tmp_path / "run"
+    over = [f"model.path={tiny_model_dir}", f"data.train=[{chat_file}]", f"train.out={run}", "train.max_steps=1"]
+    sft.run(load_config(sft.SFTConfig, None, [*over, "train.progress=false", "train.tensorboard=false"]))
+    same, other = tmp_path / "same", tmp_path / "other"
+    shutil.copytree(tiny_model_dir, same)
+    shutil.copytree(tiny_model_dir, other)
+    w = load_model(ModelSpec(path=str(other)))
+    with torch.no_grad():
+        w.model.embed_tokens.weight[0] += 1  # retrained in place, say
+    w.save_pretrained(other)
+    capsys.readouterr()
+    for k, base in enumerate((None, str(same))):
+        ex.export(str(run), str(tmp_path / f"m{k}"), merge=True, model=base)
+        assert "warning" not in capsys.readouterr().out
+    ex.export(str(run), str(tmp_path / "m2"), merge=True, model=str(other))
+    assert f"warning: --model {other} is not what the run trained on" in capsys.readouterr().out

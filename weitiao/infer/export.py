@@ -27,6 +27,7 @@ from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
 from weitiao.infer import gguf as to_gguf
 from weitiao.io import atomic_write_text, open_modes, publish_dir
+from weitiao.models.digest import local_model
 from weitiao.models.load import (
     DTYPES,
     ModelSpec,
@@ -34,11 +35,13 @@ from weitiao.models.load import (
     load_model,
     load_tokenizer,
     locate,
+    recorded_run,
     refuse_reward_adapter,
     resolve_path,
     training_tokenizer,
 )
 from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
+from weitiao.train.checkpoint import INPUTS_FILE, fingerprint
 
 MARKER = ".weitiao-export.json"  # written into every export: only such a dir may be replaced (--force)
 
@@ -165,6 +168,8 @@ def export(
     adapter_dir, tok_dir, spec = locate(adapter)
     refuse_reward_adapter(adapter_dir)  # merged into a causal LM, the trained score head would be dropped
     spec = spec.model_copy(update={"path": model}) if model else spec
+    if merge and (warning := check_trained_base(adapter_dir, spec.path, "--model" if model else "the base")):
+        print(f"warning: {warning}")
     dest = Path(out)
     replace = check_out(dest, adapter_dir, force)
     tokenizer = training_tokenizer(adapter_dir, tok_dir, spec.path)
@@ -190,6 +195,28 @@ def export(
         return {**info, "dtype": dtype if merge else None}
 
     return publish(dest, replace, fill)
+
+
+def check_trained_base(adapter_dir: Path, base: str, named_by: str) -> str | None:
+    """A warning when the base to merge into is not the one the run trained on: the run's inputs.json (or its
+    checkpoint's copy) holds the base's fingerprint (weight and .json files, as resume compares them); a base
+    retrained, replaced or edited at the same path, or another --model, gets the adapter folded into weights it
+    never saw. A warning, not a refusal: an edited generation_config.json or tokenizer file changes it too."""
+    cfg_file, _ = recorded_run(adapter_dir)
+    if cfg_file is None:  # a bare peft adapter: nothing recorded to compare
+        return None
+    runs = [cfg_file.parent, *([cfg_file.parent.parent.parent] if cfg_file.parent.parent.name == "checkpoints" else [])]
+    inputs = next((r / INPUTS_FILE for r in runs if (r / INPUTS_FILE).is_file()), None)
+    saved = json.loads(inputs.read_text(encoding="utf-8")).get("model.path") if inputs else None
+    local = local_model(base) if saved else None
+    now = fingerprint(local) if local is not None else None
+    if not (saved and now and saved != now):
+        return None
+    return (
+        f"{named_by} {base} is not what the run trained on ({inputs}: model.path {saved}, now {now}: its weight or "
+        ".json files changed, or another model): the adapter was merged into a base it never saw; give the base it "
+        "trained on with --model if that was not meant"
+    )
 
 
 def full_finetune(run: str) -> Path | None:
