@@ -443,7 +443,8 @@ def test_the_reward_sees_a_stray_special_token_and_normal_replies_score_as_befor
     assert "<|im_start|>" in texts[2] and "<|im_start|>" not in before(stray)
     prompt = [{"role": "user", "content": "今天天气怎么样？"}]
     convs = [Conversation([*prompt, {"role": "assistant", "content": t}]) for t in texts]
-    ids = encode(convs[2], tokenizer, resolve_template(tokenizer, "auto"), EncodeOptions(max_len=512)).input_ids
+    as_scored = EncodeOptions(max_len=512, refuse_special=False)  # as score_conversations encodes a reply
+    ids = encode(convs[2], tokenizer, resolve_template(tokenizer, "auto"), as_scored).input_ids
     assert any(ids[i : i + len(drawn)] == drawn for i in range(len(ids)))  # the reward model reads what was drawn
     rm = load_model(ModelSpec(path=str(tiny_model_dir)), head="score").eval()
     old = [Conversation([*prompt, {"role": "assistant", "content": before(s)}]) for s in (normal, unfinished, stray)]

@@ -55,6 +55,9 @@ class EncodeOptions:
     train_turns: Literal["all", "last"] = "all"
     truncation: Truncation = "drop"
     train_eot: bool = True  # False masks the end-of-turn token: the Q147 "no </s>" experiment only
+    # training data: a message holding a special token's text is refused (`refuse_special_tokens`); False where the
+    # text is a model's reply or an attack being scored (reward scoring, the injection screen): tokenized as it comes
+    refuse_special: bool = True
 
 
 @dataclass
@@ -121,7 +124,8 @@ def refuse_special_tokens(conv: Conversation, tokenizer: Any) -> None:
 
 def encode(conv: Conversation, tokenizer: Any, template: ChatTemplate, opts: EncodeOptions) -> Encoded | None:
     """Tokenize and label one conversation; None when the truncation policy drops it."""
-    refuse_special_tokens(conv, tokenizer)
+    if opts.refuse_special:
+        refuse_special_tokens(conv, tokenizer)
     if not template.supports_tools and uses_tools(conv):
         raise UserError(
             f"{conv.source}: this row has tools or tool calls, which template {template.name!r} cannot render; "

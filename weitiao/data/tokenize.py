@@ -67,7 +67,8 @@ def encode_batch(
         elif uses_tools(row):  # tool formats render per row (tools in the prompt, calls in replies): exact path
             out[i] = encode(row, tokenizer, template, opts)
         else:
-            refuse_special_tokens(row, tokenizer)
+            if opts.refuse_special:
+                refuse_special_tokens(row, tokenizer)
             at.append(i)
     convs = [rows[i] for i in at]
     if not convs:

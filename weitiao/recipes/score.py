@@ -51,7 +51,8 @@ def score_conversations(
             f"{template.name!r} cannot render; score rows without tools, or train the reward model with "
             "data.template: qwen or llama3"
         )
-    opts = EncodeOptions(max_len=context_len(model), train_turns="last", truncation="history")
+    # a reply holding a special token's text is scored as tokenized (a policy's stray <|im_start|> included)
+    opts = EncodeOptions(max_len=context_len(model), train_turns="last", truncation="history", refuse_special=False)
     # `weight: 0` is a training flag: a last reply carrying it is still the reply scored (it would label no token).
     convs = [replace(c, messages=[{k: v for k, v in m.items() if k != "weight"} for m in c.messages]) for c in convs]
     encoded = [encode(c, tokenizer, template, opts) for c in convs]

@@ -136,7 +136,9 @@ class Classifier:
         from weitiao.models.heads import SequenceScorer
 
         template = resolve_template(self.tokenizer, "auto")
-        opts = EncodeOptions(max_len=self.model.config.max_position_embeddings, train_turns="last")
+        # an attack may spell template tokens (<|im_start|>system ...): scored as tokenized, not refused
+        context = self.model.config.max_position_embeddings
+        opts = EncodeOptions(max_len=context, train_turns="last", refuse_special=False)
         exs = []
         for text in texts:
             text = text[-MAX_CHARS:]
