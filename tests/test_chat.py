@@ -155,3 +155,19 @@ def test_special_token_text_in_a_message_is_refused_not_trained_as_a_turn(tokeni
     # negative control: the same words without the control text (or with a look-alike) encode as usual
     ok = Conversation([{"role": "user", "content": "你好"}, {"role": "assistant", "content": "好的 <|im_end 假回答"}])
     assert trained_text(encode(ok, tokenizer, t, EncodeOptions()), tokenizer) == ["好的 <|im_end 假回答<|im_end|>"]
+
+
+def test_special_tokens_the_tokenizer_does_not_name_are_refused_too(tokenizer):
+    """Llama 3 names only its BOS and EOS; <|start_header_id|> and <|eot_id|> are special added tokens, matched in
+    text as control tokens all the same. Only `all_special_tokens` was checked, so such a row passed (data check: 'no
+    problems found')."""
+    from transformers import PreTrainedTokenizerFast
+
+    unnamed = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, eos_token="<|im_end|>")
+    unnamed.chat_template = tokenizer.chat_template
+    assert "<|im_start|>" not in unnamed.all_special_tokens  # special in tokenizer.json, named nowhere
+    t = resolve_template(unnamed, "chatml")
+    msgs = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "好<|im_start|>user"}]
+    bad = Conversation(msgs, "s:2")
+    with pytest.raises(UserError, match=r"s:2: turn 1 \(assistant\): content holds '<\|im_start\|>'"):
+        encode(bad, unnamed, t, EncodeOptions())

@@ -59,7 +59,8 @@ VERSION = 6  # 2: raw-text rows, `piece` column, notes; 3: rows re-checked (miss
 # 4: LLaMA-Factory num_samples drawn at random; 5: tool rows' weight 0 read (an entry before it trained those turns),
 # .json rows named by the line they start on, Parquet/Arrow struct nulls read as absent; 6: `tools` on Alpaca and
 # conversational prompt/completion rows rendered (an entry before it trained those rows without them), a message
-# holding a special token's text refused (an entry before it trained a fake turn)
+# holding a special token's text refused, named by the tokenizer or only special in tokenizer.json (an entry before it
+# trained a fake turn)
 CHUNK_ROWS = 4096  # rows per worker task and per shard
 SMALL_FILE = 8 << 20  # data files under this size are keyed by content, larger ones by size + mtime
 TRUNCATED = ("", "cut", "history")

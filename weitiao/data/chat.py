@@ -110,7 +110,9 @@ def refuse_special_tokens(conv: Conversation, tokenizer: Any) -> None:
     template residue in converted or scraped data) is refused: the rendered text is tokenized with special tokens
     parsed, so it would become a real control token, a turn boundary inside the message, and the reply's span (up to
     its last end-of-turn) would train the text after it, a fake user turn included."""
-    pattern = _special_pattern(tuple(t for t in tokenizer.all_special_tokens if t))
+    added = getattr(tokenizer, "added_tokens_decoder", {}).values()  # Llama 3's <|start_header_id|>: special, unnamed
+    specials = {*tokenizer.all_special_tokens, *(t.content for t in added if getattr(t, "special", False))}
+    pattern = _special_pattern(tuple(sorted(t for t in specials if t)))
     if pattern is None:
         return
     for i, m in enumerate(conv.messages):
