@@ -26,7 +26,7 @@ from weitiao.data.formats import load_conversations
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
 from weitiao.infer import gguf as to_gguf
-from weitiao.io import atomic_write_text, open_modes, publish_dir
+from weitiao.io import atomic_write_text, publish_dir
 from weitiao.models.digest import local_model
 from weitiao.models.load import (
     DTYPES,
@@ -254,7 +254,6 @@ def publish(dest: Path, replace: bool, fill: Any) -> Path:
 
     def with_marker(tmp: Path) -> None:
         info = fill(tmp)
-        open_modes(tmp)
         atomic_write_text(tmp / MARKER, json.dumps({**info, "files": sorted(_files(tmp))}, indent=1))
 
     if dest.exists() and not replace and any(dest.iterdir()):  # check_out lets by only an empty folder
