@@ -218,14 +218,17 @@ def _other_base(reward_model: Any, base: Any) -> str | None:
     return ", ".join(diff) or None
 
 
+HEADS = ("score", "classifier")  # the sequence-classification heads peft adds to a reward model's modules_to_save
+
+
 def _full_modules(rc: Any) -> list[str]:
     """The modules the reward model trained in full (lora.modules_to_save when it was trained), its score head apart:
     the critic has its own (the value head)."""
-    return sorted(set(rc.modules_to_save or []) - {"score", "classifier"})
+    return sorted(set(rc.modules_to_save or []) - set(HEADS))
 
 
 def _is_head(module: str) -> bool:
-    return module.rsplit(".", 1)[-1] in ("score", "classifier")
+    return module.rsplit(".", 1)[-1] in HEADS
 
 
 def _copy_lora(rm: Any, policy: Any) -> None:
