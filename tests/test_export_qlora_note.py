@@ -25,14 +25,11 @@ def test_qlora_adapter_export_notes_the_quantized_base(tiny_model_dir, chat_file
         [note] = [n for n in notes if n.startswith("note:")]
         assert note.startswith(NOTE) and "--merge writes the model that was trained" in note
         info = json.loads((dest / ex.MARKER).read_text())
-        (dest / ex.MARKER).write_text(json.dumps({**info, "quant": "8bit"}))  # --merge refuses an 8-bit base
+        (dest / ex.MARKER).write_text(json.dumps({**info, "quant": "8bit"}))  # an 8-bit base merges too
         [note] = [n for n in ex.serve_notes(dest) if n.startswith("note:")]
-        assert "8-bit base" in note and "--merge" not in note
+        assert "8-bit LLM.int8 base" in note and "--merge writes the model that was trained" in note
         cfg = json.loads((dest / "adapter_config.json").read_text())
         (dest / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True}))  # vLLM cannot load DoRA
-        [warning] = ex.serve_notes(dest)
-        assert "8-bit base cannot be merged" in warning and "with --merge" not in warning
-        (dest / ex.MARKER).write_text(json.dumps(info))  # 4 bit: merging is the way out
         assert "export a merged model with --merge" in ex.serve_notes(dest)[0]
     else:  # negative control
         assert not any(n.startswith("note:") for n in notes)
@@ -40,3 +37,7 @@ def test_qlora_adapter_export_notes_the_quantized_base(tiny_model_dir, chat_file
     dq = ["note: merged into the 4-bit NF4 base de-quantized to fp32 (the weights training saw, not the original "
           "base's); the export itself is not quantized"] if quant == "4bit" else []  # fmt: skip
     assert ex.serve_notes(merged) == [*dq, f"serve with vLLM: vllm serve {merged}"]
+    if quant == "4bit":
+        info = json.loads((merged / ex.MARKER).read_text())
+        (merged / ex.MARKER).write_text(json.dumps({**info, "quant": "8bit"}))
+        assert ex.serve_notes(merged)[0].startswith("note: merged into the 8-bit LLM.int8 base de-quantized to fp32")

@@ -1,9 +1,9 @@
 """`weitiao export`: a trained adapter → a clean peft adapter dir, or a merged plain HF model.
 
 Merging folds W + (alpha/r)·B·A (peft's merge, so DoRA/rsLoRA scaling is right) into weights
-that are first de-quantized from NF4 when the base was trained in 4 bit: the adapter learned to
-correct the de-quantized weights, so merging into the original full-precision weights would give a
-different model. On a base with tied embeddings an adapter on embed_tokens is merged after lm_head
+that are first de-quantized when the base was trained quantized (NF4 in 4 bit, LLM.int8 in 8 bit):
+the adapter learned to correct the de-quantized weights, so merging into the original full-precision
+weights would give a different model. On a base with tied embeddings an adapter on embed_tokens is merged after lm_head
 gets its own copy of the original weight, as in training (untie_adapted_embedding). Either export
 carries what other tools need to behave as training did (models.portable): the training chat
 template in the tokenizer, generation_config.json stopping at the template's end-of-turn, files
@@ -43,27 +43,28 @@ from weitiao.models.load import (
 from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
 from weitiao.train.checkpoint import INPUTS_FILE, fingerprint
 
+QUANT_KINDS = {"4bit": "4-bit NF4", "8bit": "8-bit LLM.int8"}  # model.quant → what the notes call the base
 MARKER = ".weitiao-export.json"  # written into every export: only such a dir may be replaced (--force)
 
 
 def dequantized_base(spec: ModelSpec) -> Any:
-    """The base as a plain fp32 model whose weights equal what training saw (NF4 de-quantized)."""
+    """The base as a plain fp32 model whose weights equal what training saw: each quantized linear's weight
+    de-quantized (NF4 for 4 bit; for 8 bit LLM.int8's int8 rows × their absmax / 127, the weight its matmul uses)."""
     plain = load_model(spec.model_copy(update={"quant": "none", "dtype": "fp32"}))
     if spec.quant == "none":
         return plain
-    if spec.quant != "4bit":
-        raise UserError(
-            f"export --merge: base quant {spec.quant!r} is not supported; merge from a 4bit or unquantized base"
-        )
     import bitsandbytes as bnb
 
     quant = load_model(spec.model_copy(update={"dtype": "fp32"}))
     modules = dict(plain.named_modules())
     with torch.no_grad():
         for name, m in quant.named_modules():
-            if not isinstance(m, bnb.nn.Linear4bit):
+            if isinstance(m, bnb.nn.Linear4bit):
+                w = bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state)
+            elif isinstance(m, bnb.nn.Linear8bitLt):
+                w = bnb.functional.int8_vectorwise_dequant(m.weight.data, m.weight.SCB)
+            else:
                 continue
-            w = bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state)
             modules[name].weight.copy_(w.reshape(modules[name].weight.shape).float())
     return plain
 
@@ -285,8 +286,8 @@ def serve_notes(dest: Path) -> list[str]:
     q = shlex.quote
     if info["merged"]:
         dq = []
-        if info.get("quant") == "4bit":  # the weights are the NF4 grid's, not the original base's
-            dq = [f"note: merged into the 4-bit NF4 base de-quantized to {info.get('dtype') or 'fp32'} (the weights "
+        if (kind := QUANT_KINDS.get(info.get("quant"))) is not None:  # the quantized grid's weights, not the original
+            dq = [f"note: merged into the {kind} base de-quantized to {info.get('dtype') or 'fp32'} (the weights "
                   "training saw, not the original base's); the export itself is not quantized"]  # fmt: skip
         return [*dq, f"serve with vLLM: vllm serve {q(str(dest))}"]
     cfg = json.loads((dest / "adapter_config.json").read_text(encoding="utf-8"))
@@ -297,9 +298,6 @@ def serve_notes(dest: Path) -> list[str]:
         *(["LoRA bias (lora_bias)"] if cfg.get("lora_bias") else []),
         *([f"rank {rank} above {VLLM_LORA_RANKS[-1]}"] if rank > VLLM_LORA_RANKS[-1] else []),
     ]
-    if cannot and info.get("quant") == "8bit":  # --merge refuses an 8-bit base
-        return [f"warning: vLLM cannot load this adapter ({', '.join(cannot)}), and an 8-bit base cannot be merged; "
-                "retrain without them (or on a 4bit/unquantized base) to serve it with vLLM"]  # fmt: skip
     if cannot:
         return [
             f"warning: vLLM cannot load this adapter ({', '.join(cannot)}); export a merged model with --merge "
@@ -312,10 +310,10 @@ def serve_notes(dest: Path) -> list[str]:
     )
     lines = []
     if (quant := info.get("quant", "none")) != "none":  # exports made before the key was recorded: none
-        kind = {"4bit": "4-bit NF4", "8bit": "8-bit"}.get(quant, quant)
-        merge = "; --merge writes the model that was trained (de-quantized base + adapter)" if quant == "4bit" else ""
+        kind = QUANT_KINDS.get(quant, quant)
         lines.append(f"note: the adapter was trained against the {kind} base; on the full-precision base vLLM "
-                     f"loads it is not exactly the model that was trained{merge}")  # fmt: skip
+                     "loads it is not exactly the model that was trained; --merge writes the model that was trained "
+                     "(de-quantized base + adapter)")  # fmt: skip
     if rank > VLLM_DEFAULT_RANK:
         need = next(r for r in VLLM_LORA_RANKS if r >= rank)
         lines.append(f"warning: LoRA rank {rank} is above vLLM's default --max-lora-rank {VLLM_DEFAULT_RANK}; "
