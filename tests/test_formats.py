@@ -230,3 +230,35 @@ def test_a_row_of_another_format_than_the_file_says_so(tmp_path):
     with pytest.raises(UserError, match=why):
         load_rows(path)
     assert load_rows(write_jsonl(tmp_path / "s.jsonl", [sharegpt])).kept == 1  # negative control: alone, it loads
+
+
+def test_dolly_rows_load_as_alpaca_context_as_input_response_as_output(tmp_path):
+    """databricks-dolly-15k (instruction, context, response, category) stopped at 'output: missing', and an Alpaca
+    row with `context` beside `output` trained without the context, unsaid. Read as LLaMA-Factory's mapping reads
+    Dolly: context is the input, response the output; category stays an unread column."""
+    dolly = [
+        {"instruction": "维珍澳洲何时开航？", "context": "维珍澳洲于2000年8月31日开航。", "response": "2000年8月31日。",
+         "category": "closed_qa"},
+        {"instruction": "哪个是鱼？", "context": "", "response": "鲨鱼", "category": "classification"},
+    ]  # fmt: skip
+    rows = load_conversations(write_jsonl(tmp_path / "d.jsonl", dolly)).rows
+    alpaca = [
+        {"instruction": "维珍澳洲何时开航？", "input": "维珍澳洲于2000年8月31日开航。", "output": "2000年8月31日。"},
+        {"instruction": "哪个是鱼？", "output": "鲨鱼"},
+    ]
+    assert [r.messages for r in rows] == [r.messages for r in load_rows(write_jsonl(tmp_path / "a.jsonl", alpaca)).rows]
+    assert rows[0].messages[0]["content"] == "维珍澳洲何时开航？\n维珍澳洲于2000年8月31日开航。"
+    mixed = [{"instruction": "何时？", "context": "2000年开航。", "output": "2000年。"}]  # context beside output
+    assert load_rows(write_jsonl(tmp_path / "m.jsonl", mixed)).rows[0].messages[0]["content"] == "何时？\n2000年开航。"
+    for row, key in [
+        ({"instruction": "q", "input": "a", "context": "b", "output": "o"}, "context: the row also has 'input'"),
+        ({"instruction": "q", "output": "a", "response": "b"}, "response: the row also has 'output'"),
+        ({"instruction": "q", "contxt": "c", "response": "r"}, "contxt: unknown key; did you mean 'context'"),
+        ({"instruction": "q", "context": 0, "response": "r"}, "context: expected a string"),
+        ({"instruction": "q", "context": "c"}, "output: missing"),
+    ]:
+        with pytest.raises(UserError, match=f"b.jsonl:1: {key}"):
+            load_rows(write_jsonl(tmp_path / "b.jsonl", [row]))
+    # a pair's Alpaca prompt (LLaMA-Factory ranking rows) reads the context too
+    pair = {"instruction": "何时？", "context": "2000年开航。", "chosen": "2000年。", "rejected": "不知道"}
+    assert load_rows(write_jsonl(tmp_path / "p.jsonl", [pair])).rows[0].prompt[-1]["content"] == "何时？\n2000年开航。"

@@ -199,11 +199,28 @@ def _with_system(record: dict, messages: list[Message]) -> list[Message]:
     return [{"role": "system", "content": _text(system, "system")}] + messages
 
 
+# Dolly's keys (databricks-dolly-15k and its translations) for Alpaca's, as LLaMA-Factory's column mapping reads them:
+# context is the input, response the output (`category` stays an unread column).
+DOLLY_KEYS = {"input": "context", "output": "response"}
+
+
+def _alpaca_field(record: dict, key: str) -> tuple[Any, str]:
+    """Alpaca's `input`/`output`, or Dolly's `context`/`response` for it, and the key it came from; a row giving
+    both non-empty is refused (one would be dropped)."""
+    alias = DOLLY_KEYS[key]
+    if record.get(alias) in (None, ""):
+        return record.get(key), key
+    if record.get(key) not in (None, ""):
+        raise RowError(alias, f"the row also has {key!r}: Dolly's {alias!r} is read as Alpaca's {key!r}, and one of "
+                              "the two would be dropped; keep one (or join them)")  # fmt: skip
+    return record[alias], alias
+
+
 def _alpaca_prompt(record: dict) -> list[Message]:
-    """History pairs, then instruction + "\n" + input as the last user turn."""
+    """History pairs, then instruction + "\n" + input (or Dolly's context) as the last user turn."""
     instruction = _text(record.get("instruction"), "instruction")
-    extra = record.get("input")  # null or "" is no input; 0 or false is no text either, and is refused
-    user = instruction + ("\n" + _text(extra, "input") if extra not in (None, "") else "")
+    extra, key = _alpaca_field(record, "input")  # null or "" is no input; 0 or false is no text either: refused
+    user = instruction + ("\n" + _text(extra, key) if extra not in (None, "") else "")
     messages: list[Message] = []
     history = record.get("history")
     history = [] if history in (None, "") else history  # "": a CSV's empty cell
@@ -219,7 +236,8 @@ def _alpaca_prompt(record: dict) -> list[Message]:
 
 def parse_alpaca(record: dict) -> list[Message]:
     messages = _alpaca_prompt(record)
-    messages.append({"role": "assistant", "content": _text(record.get("output"), "output")})
+    output, key = _alpaca_field(record, "output")
+    messages.append({"role": "assistant", "content": _text(output, key)})
     return _with_system(record, messages)
 
 
@@ -489,7 +507,8 @@ def check_keys(record: dict, fmt: str) -> None:
         raise RowError("weight", "a row-level weight is not read; OpenAI's per-message weight is (0 makes an "
                                  "assistant turn context only); drop the key or move it onto the messages")  # fmt: skip
     for key in record:
-        if (want := _misspelled(key)) and want not in record:
+        want = _misspelled(key) or (near_miss(key, tuple(DOLLY_KEYS.values()), 0.85) if fmt == "alpaca" else None)
+        if want and want not in record:
             raise RowError(key, f"unknown key; did you mean {want!r}? (rename it, or drop the column)")
     _check_message_keys(record)
     if fmt in ("alpaca", "openai", "sharegpt"):
