@@ -262,3 +262,23 @@ def test_dolly_rows_load_as_alpaca_context_as_input_response_as_output(tmp_path)
     # a pair's Alpaca prompt (LLaMA-Factory ranking rows) reads the context too
     pair = {"instruction": "何时？", "context": "2000年开航。", "chosen": "2000年。", "rejected": "不知道"}
     assert load_rows(write_jsonl(tmp_path / "p.jsonl", [pair])).rows[0].prompt[-1]["content"] == "何时？\n2000年开航。"
+
+
+def test_role_developer_is_read_as_system_as_serve_reads_it(tmp_path):
+    """OpenAI's newer name for the system role was refused ('unknown role developer') though `weitiao serve` takes it
+    (as system); training data reads it the same way, with tools too."""
+    from weitiao.data.tools import parse_openai_tools
+
+    dev = [{"role": "developer", "content": "简洁"}, *MSGS]
+    sys = [{"role": "system", "content": "简洁"}, *MSGS]
+    got = load_rows(write_jsonl(tmp_path / "d.jsonl", [{"messages": dev}])).rows[0].messages
+    assert got == load_rows(write_jsonl(tmp_path / "s.jsonl", [{"messages": sys}])).rows[0].messages
+    assert got[0] == {"role": "system", "content": "简洁"}
+    pc = {"prompt": dev[:2], "completion": dev[2:]}
+    assert load_rows(write_jsonl(tmp_path / "p.jsonl", [pc])).rows[0].messages[0]["role"] == "system"
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    tool_row = {"messages": [dev[0], dev[1], {"role": "assistant", "tool_calls": [call]},
+                             {"role": "tool", "tool_call_id": "c1", "content": "晴"}, dev[2]]}  # fmt: skip
+    assert parse_openai_tools(tool_row).messages[0] == {"role": "system", "content": "简洁"}
+    with pytest.raises(UserError, match=r"messages\[1\].role: expected 'assistant', got 'system'"):  # first only
+        load_rows(write_jsonl(tmp_path / "late.jsonl", [{"messages": [MSGS[0], dev[0], MSGS[1]]}]))

@@ -24,7 +24,8 @@ Message = dict[str, Any]  # {"role", "content"}; "weight": 0 = not trained; tool
 Format = Literal["auto", "alpaca", "sharegpt", "openai", "prompt_completion", "text", "preference", "preference_raw"]
 FORMATS = ("alpaca", "sharegpt", "openai", "prompt_completion", "text", "preference", "preference_raw")
 ROLES = ("system", "user", "assistant")
-ROLE_MAP = {r: r for r in ROLES}
+# OpenAI's newer name for the system role, read as system (as `weitiao serve` reads it: weitiao.infer.tools.plan_chat)
+ROLE_MAP = {r: r for r in ROLES} | {"developer": "system"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 SHAREGPT_ROLES |= {"system": "system"}
 

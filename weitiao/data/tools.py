@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 from weitiao.data.formats import (
+    ROLE_MAP,
     SHAREGPT_ROLES,
     Conversation,
     Message,
@@ -175,8 +176,9 @@ def parse_openai_tools(record: dict) -> Conversation:
         if not isinstance(m, dict):
             raise RowError(f, "expected an object")
         role = m.get("role")
-        if role not in ("system", "user", "assistant", "tool"):
-            raise RowError(f"{f}.role", f"unknown role {role!r}; expected assistant, system, tool or user")
+        if role not in ("system", "developer", "user", "assistant", "tool"):
+            raise RowError(f"{f}.role", f"unknown role {role!r}; expected assistant, developer, system, tool or user")
+        role = ROLE_MAP.get(role, role)  # developer: the system role's newer name
         if role == "assistant" and m.get("tool_calls"):
             calls = m["tool_calls"]
             if not isinstance(calls, list):
