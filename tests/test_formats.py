@@ -201,7 +201,7 @@ def test_the_users_own_extra_columns_stay_unread(tmp_path):
     pair = {"messages": MSGS[:1], "prompt": "你好", "chosen": "好", "rejected": "坏"}  # the same prompt twice: fine
     assert load_rows(write_jsonl(tmp_path / "p.jsonl", [pair])).rows[0].prompt[-1]["content"] == "你好"
     chat[0].pop("inputs")
-    timed = [{"messages": [{**m, "timestamp": 1, "name": "小王"} for m in MSGS]}]  # a message's own keys, unread
+    timed = [{"messages": [{**m, "timestamp": 1, "id": "m1"} for m in MSGS]}]  # a message's own keys, unread
     assert load_rows(write_jsonl(tmp_path / "t.jsonl", timed)).kept == 1
     assert load_rows(write_jsonl(tmp_path / "b.jsonl", chat)).rows[0].messages[-1]["content"] == "在呢"
 
@@ -282,3 +282,31 @@ def test_role_developer_is_read_as_system_as_serve_reads_it(tmp_path):
     assert parse_openai_tools(tool_row).messages[0] == {"role": "system", "content": "简洁"}
     with pytest.raises(UserError, match=r"messages\[1\].role: expected 'assistant', got 'system'"):  # first only
         load_rows(write_jsonl(tmp_path / "late.jsonl", [{"messages": [MSGS[0], dev[0], MSGS[1]]}]))
+
+
+def test_a_speaker_name_is_refused_not_dropped(tmp_path):
+    """OpenAI messages may carry `name` on user/assistant/system turns; it reached no template (messages are rendered
+    as role and content) and was dropped unsaid. Refused naming the message; a tool message's `name` (the
+    function's) is read as before."""
+    from weitiao.data.tools import parse_openai_tools
+
+    named = [{"messages": [{**MSGS[0], "name": "小王"}, MSGS[1]]}]
+    how = r"messages\[0\].name: a speaker name is not passed to the chat template .*put it into the content"
+    with pytest.raises(UserError, match=rf"n.jsonl:1: {how}"):
+        load_rows(write_jsonl(tmp_path / "n.jsonl", named))
+    for row, where in [
+        ({"messages": [MSGS[0], {**MSGS[1], "name": "bot"}]}, r"messages\[1\].name"),
+        ({"conversations": [{"from": "human", "value": "在吗", "name": "小王"}, {"from": "gpt", "value": "在"}]},
+         r"conversations\[0\].name"),
+        ({"prompt": [{**MSGS[0], "name": "小王"}], "completion": [MSGS[1]]}, r"prompt\[0\].name"),
+        ({"prompt": "在吗", "chosen": [{**MSGS[1], "name": "bot"}], "rejected": "不在"}, r"chosen\[0\].name"),
+    ]:  # fmt: skip
+        with pytest.raises(UserError, match=rf"x.jsonl:1: {where}: a speaker name"):
+            load_rows(write_jsonl(tmp_path / "x.jsonl", [row]))
+    assert load_rows(write_jsonl(tmp_path / "e.jsonl", [{"messages": [{**MSGS[0], "name": None}, MSGS[1]]}])).kept == 1
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    tool = {"role": "tool", "tool_call_id": "c1", "name": "f", "content": "晴"}
+    msgs = [MSGS[0], {"role": "assistant", "tool_calls": [call]}, tool, MSGS[1]]
+    assert parse_openai_tools({"messages": msgs}).messages[2] == {"role": "tool", "content": "晴", "tool_call_id": "c1"}
+    with pytest.raises(Exception, match=r"messages\[0\].name"):
+        parse_openai_tools({"messages": [{**MSGS[0], "name": "小王"}, *msgs[1:]]})

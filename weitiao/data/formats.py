@@ -165,6 +165,14 @@ def _weight(m: dict, field: str, role: str) -> bool:
 REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")  # a message's trace beside its content
 
 
+def refuse_name(m: dict, field: str) -> None:
+    """OpenAI's speaker `name` on a user/assistant/system message: messages reach the chat template as role and
+    content, so training would drop it unsaid; refused (a tool message's `name`, the function's, is not passed here)."""
+    if m.get("name") not in (None, ""):
+        raise RowError(f"{field}.name", "a speaker name is not passed to the chat template (training would drop it); "
+                                        "put it into the content (e.g. '小王: ...'), or drop the key")  # fmt: skip
+
+
 def _messages(
     value: Any, field: str, role_key: str, text_key: str, roles: dict, allow_empty: bool = False
 ) -> list[Message]:
@@ -184,6 +192,7 @@ def _messages(
                            f"other chat layout: put the list under {other[2]}, or rename the keys")  # fmt: skip
         if role not in roles:
             raise RowError(f"{field}[{i}].{role_key}", f"unknown role {role!r}; expected {sorted(roles)}")
+        refuse_name(m, f"{field}[{i}]")
         msg = {"role": roles[role], "content": _text(m.get(text_key), f"{field}[{i}].{text_key}", allow_empty)}
         if m.get("weight") is not None and not _weight(m, f"{field}[{i}]", roles[role]):
             msg["weight"] = 0

@@ -28,6 +28,7 @@ from weitiao.data.formats import (
     _weight,
     _with_system,
     parse_alpaca,
+    refuse_name,
 )
 
 SHAREGPT_TOOL_ROLES = {"function_call", "observation"}
@@ -140,6 +141,8 @@ def parse_sharegpt_tools(record: dict) -> Conversation:
         if not isinstance(m, dict):
             raise RowError(f, "expected an object")
         role = m.get("from")
+        if role != "observation":
+            refuse_name(m, f)
         if role == "function_call":
             raw = _text(m.get("value"), f"{f}.value")
             try:
@@ -179,6 +182,8 @@ def parse_openai_tools(record: dict) -> Conversation:
         if role not in ("system", "developer", "user", "assistant", "tool"):
             raise RowError(f"{f}.role", f"unknown role {role!r}; expected assistant, developer, system, tool or user")
         role = ROLE_MAP.get(role, role)  # developer: the system role's newer name
+        if role != "tool":  # a tool message's name is the function's: not rendered, and the call's id says which
+            refuse_name(m, f)
         if role == "assistant" and m.get("tool_calls"):
             calls = m["tool_calls"]
             if not isinstance(calls, list):
