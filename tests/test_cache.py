@@ -176,3 +176,31 @@ def test_sft_data_from_cache_equals_uncached(chat_file, tokenizer, tmp_path, cap
         assert [asdict(e) for e in d.eval] == [asdict(e) for e in cold.eval]
         assert (asdict(d.stats), d.eval_copies, d.read) == (asdict(cold.stats), cold.eval_copies, cold.read)
     assert len(cold.eval) == 6 and len(cold.train) == 18
+
+
+def test_special_token_rows_are_set_aside_under_skip_invalid(tmp_path, tokenizer):
+    """A message holding special-token text stopped the whole build even with data.skip_invalid; now it is a bad row
+    like any other: written to the rejects file, the others trained, read == kept + rejected; without skip_invalid
+    still the one-line stop naming file:line and the turn. `data check --skip-invalid` counts it the same way."""
+    from weitiao.data.check import check_file
+
+    rows = [{"instruction": "你好", "output": "嗨"}, {"instruction": "在吗", "output": "在<|im_end|>\n<|im_start|>u"}]
+    rows.append({"instruction": "早", "output": "早上好"})
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    t = resolve_template(tokenizer)
+    kw = {"cache_dir": tmp_path / "cache", "progress": False, "num_proc": 1, "rejects_path": tmp_path / "r.jsonl"}
+    why = r"d\.jsonl:2: turn 1 \(assistant\): content holds '<\|im_end\|>'.*skip_invalid"
+    with pytest.raises(UserError, match=why):
+        cache.encoded_files([str(path)], READ, tokenizer, t, EncodeOptions(), **kw)
+    read = {**READ, "skip_invalid": True}
+    data = cache.encoded_files([str(path)], read, tokenizer, t, EncodeOptions(), **kw)
+    m = data.meta
+    assert (m["read"], len(data), m["rejected"]) == (3, 2, 1) and m["read"] == len(data) + m["rejected"]
+    rejected = json.loads((tmp_path / "r.jsonl").read_text(encoding="utf-8"))
+    assert rejected["source"].endswith("d.jsonl:2") and "'<|im_end|>', a special token" in rejected["error"]
+    assert [data.source(i).rsplit(":", 1)[1] for i in range(len(data))] == ["1", "3"]
+    rep = check_file([str(path)], tokenizer, skip_invalid=True)
+    assert (rep.read, rep.kept, rep.rejected) == (3, 2, 1)
+    # negative control: with the refusal off (scored text), the row is encoded as it comes
+    off = EncodeOptions(refuse_special=False)
+    assert len(cache.encoded_files([str(path)], read, tokenizer, t, off, **{**kw, "rejects_path": tmp_path / "o"})) == 3

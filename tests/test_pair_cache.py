@@ -187,3 +187,24 @@ def test_preference_raw_refuses_chat_rows(tmp_path):
     sys_row = write_jsonl(tmp_path / "s.jsonl", [{**STRING_ROWS[0], "system": "你是助手"}])
     with pytest.raises(UserError, match="format preference_raw takes"):
         load_pairs([str(sys_row)], "preference_raw", False)
+
+
+def test_pairs_holding_special_token_text_are_set_aside_under_skip_invalid(demo_tok, tmp_path):
+    """A pair whose reply holds special-token text stopped DPO/RM even with data.skip_invalid (the refusal came at
+    encoding); now it goes to the rejects file, named chosen/rejected, and read == kept + rejected."""
+    rows = [
+        {"prompt": "天空是什么颜色的？", "chosen": "蓝色。", "rejected": "绿色。"},
+        {"prompt": "一加一？", "chosen": "二。", "rejected": "三<|im_end|>\n<|im_start|>user\n假"},
+        {"prompt": "水是什么？", "chosen": "液体。", "rejected": "固体。"},
+        {"prompt": "一加二？", "chosen": "三。", "rejected": "四。"},
+    ]
+    data = write_jsonl(tmp_path / "p.jsonl", rows)
+    cfg_file = tmp_path / "d.yaml"
+    cfg_file.write_text(f"data: {{train: [{data}], cache_dir: {tmp_path / 'cache'}}}\n")
+    over = [f"train.out={tmp_path / 'run'}", "data.num_proc=1"]
+    with pytest.raises(UserError, match=r"p\.jsonl:2: rejected: content holds '<\|im_end\|>'.*data.skip_invalid"):
+        prepare_pairs(load_config(dpo.DPOConfig, cfg_file, over), demo_tok)
+    got = prepare_pairs(load_config(dpo.DPOConfig, cfg_file, [*over, "data.skip_invalid=true"]), demo_tok)
+    assert (got.read, len(got.train) // 2, got.rejected) == (4, 3, 1)
+    rejects = (tmp_path / "run" / "rejects.jsonl").read_text(encoding="utf-8")
+    assert "p.jsonl:2" in rejects and "a special token" in rejects

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, EncodeStats
+from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, EncodeStats, special_token_check
 from weitiao.data.formats import (
     CONFIG_SKIP_HINT,
     Conversation,
@@ -304,7 +304,10 @@ def _build(
     ticker = Ticker(kw["progress"])
     sink = Sink(folder, _Encoder(tokenizer, template, opts), kw["num_proc"], ticker)
     try:
-        loaded = load_rows(paths, sink=sink, rejects_path=kw["rejects_path"], skip_hint=CONFIG_SKIP_HINT, **read)
+        check = special_token_check(tokenizer) if opts.refuse_special else None  # a bad row: skip_invalid sets it aside
+        loaded = load_rows(
+            paths, sink=sink, rejects_path=kw["rejects_path"], skip_hint=CONFIG_SKIP_HINT, row_check=check, **read
+        )
         sink.finish()
     finally:
         sink.close()

@@ -15,11 +15,13 @@ max_len is split into max_len pieces whatever the truncation policy.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-from weitiao.data.formats import Conversation, Document, Message
+from weitiao.data.files import RowError
+from weitiao.data.formats import Conversation, Document, Message, PreferencePair
 from weitiao.data.templates import ChatTemplate
 from weitiao.data.tools import uses_tools
 from weitiao.errors import UserError
@@ -105,23 +107,62 @@ def _special_pattern(tokens: tuple[str, ...]) -> re.Pattern | None:
     return re.compile("|".join(map(re.escape, sorted(tokens, key=len, reverse=True)))) if tokens else None
 
 
-def refuse_special_tokens(conv: Conversation, tokenizer: Any) -> None:
-    """A message whose text holds one of the tokenizer's special tokens (`<|im_end|>`, `<|endoftext|>`, `</s>`:
-    template residue in converted or scraped data) is refused: the rendered text is tokenized with special tokens
-    parsed, so it would become a real control token, a turn boundary inside the message, and the reply's span (up to
-    its last end-of-turn) would train the text after it, a fake user turn included."""
+SPECIAL_PROBLEM = (
+    "a special token of the tokenizer, which would be read as that control token (a turn boundary "
+    "inside the message); remove it from the data"
+)
+
+
+def special_token_error(conv: Conversation, tokenizer: Any) -> RowError | None:
+    """The first message whose text holds one of the tokenizer's special tokens (`<|im_end|>`, `<|endoftext|>`,
+    `</s>`: template residue in converted or scraped data), as a RowError naming the turn; None when none does. The
+    rendered text is tokenized with special tokens parsed, so such text would become a real control token, a turn
+    boundary inside the message, and the reply's span (up to its last end-of-turn) would train the text after it, a
+    fake user turn included."""
+    return _special_error(conv, special_tokens(tokenizer))
+
+
+def special_tokens(tokenizer: Any) -> re.Pattern | None:
+    """A pattern matching the text of any of the tokenizer's special tokens (None: it has none)."""
     added = getattr(tokenizer, "added_tokens_decoder", {}).values()  # Llama 3's <|start_header_id|>: special, unnamed
     specials = {*tokenizer.all_special_tokens, *(t.content for t in added if getattr(t, "special", False))}
-    pattern = _special_pattern(tuple(sorted(t for t in specials if t)))
+    return _special_pattern(tuple(sorted(t for t in specials if t)))
+
+
+def _special_error(conv: Conversation, pattern: re.Pattern | None) -> RowError | None:
     if pattern is None:
-        return
+        return None
     for i, m in enumerate(conv.messages):
         if isinstance(m.get("content"), str) and (hit := pattern.search(m["content"])):
-            raise UserError(
-                f"{conv.source}: turn {i} ({m['role']}): content holds {hit.group()!r}, a special token of the "
-                "tokenizer, which would be read as that control token (a turn boundary inside the message); "
-                "remove it from the data"
-            )
+            return RowError(f"turn {i} ({m['role']})", f"content holds {hit.group()!r}, {SPECIAL_PROBLEM}")
+    return None
+
+
+def refuse_special_tokens(conv: Conversation, tokenizer: Any) -> None:
+    """UserError `source: turn i (role): ...` for `special_token_error`."""
+    if err := special_token_error(conv, tokenizer):
+        raise UserError(f"{conv.source}: {err}")
+
+
+def special_token_check(tokenizer: Any) -> Callable[[Any], None]:
+    """A `load_rows` row check raising `special_token_error`'s RowError, so a row holding special-token text is a bad
+    row like any other (set aside with skip_invalid, else the one-line stop); a chat pair's sides are checked as
+    `encode` would check them (raw-text rows and pairs are tokenized as TRL does them, and not checked)."""
+    pattern = special_tokens(tokenizer)
+
+    def check(row: Any) -> None:
+        if isinstance(row, Conversation):
+            sides = [row]
+        elif isinstance(row, PreferencePair) and row.form != "raw":
+            sides = [row.conversation("chosen"), row.conversation("rejected")]
+        else:
+            return
+        for n, conv in enumerate(sides):
+            if err := _special_error(conv, pattern):
+                last = err.field.startswith(f"turn {len(conv.messages) - 1} ")
+                raise RowError(("chosen", "rejected")[n], err.problem) if last and len(sides) == 2 else err
+
+    return check
 
 
 def encode(conv: Conversation, tokenizer: Any, template: ChatTemplate, opts: EncodeOptions) -> Encoded | None:

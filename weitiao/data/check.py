@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode, encode_all
+from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode, encode_all, special_token_check
 from weitiao.data.formats import Conversation, Document, PreferencePair, load_rows
 from weitiao.data.preference import encode_side, side_rows, string_pairs_note
 from weitiao.data.prep import conversation_key, messages_key, pair_key, require_rows
@@ -79,7 +79,8 @@ def check_file(
 ) -> CheckReport:
     """Lint a data set against a tokenizer: lengths, duplicates, EOS, trainable tokens (as SFT's
     data.train_turns picks them), pair sanity."""
-    loaded = load_rows(files, fmt, skip_invalid=skip_invalid, strict=False, dataset_dir=dataset_dir)
+    check = special_token_check(tokenizer)  # a bad row, as training finds it
+    loaded = load_rows(files, fmt, skip_invalid=skip_invalid, strict=False, dataset_dir=dataset_dir, row_check=check)
     require_rows(loaded)
     template = resolve_template(tokenizer, template_name)
     pairs = [r for r in loaded.rows if isinstance(r, PreferencePair)]

@@ -12,6 +12,7 @@ format `preference_raw` they are raw text as TRL trains them (prompt + reply + E
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -618,6 +619,7 @@ def load_rows(
     dataset_dir: str | Path | None = None,
     sink: Any = None,
     skip_hint: str | None = SKIP_HINT,
+    row_check: Callable[[Any], None] | None = None,
 ) -> LoadResult:
     """Load and validate every row of every file (into `sink`, a list stand-in with append/len, if given).
 
@@ -629,6 +631,8 @@ def load_rows(
     A JSONL row over `max_row_bytes` is such a bad row (None = no limit). strict=False lets
     preference rows with empty or identical replies through, for `data check` to count. `skip_hint`: how
     the caller's user sets bad rows aside, said after a bad row's error (None: a command that cannot).
+    `row_check(row)` raises RowError for a parsed row its caller cannot use (a bad row like the others: e.g.
+    `chat.special_token_check`, which needs the tokenizer).
     """
     if fmt != "auto" and fmt not in FORMATS:
         raise UserError(f"format {fmt!r} unknown; use one of auto, {', '.join(FORMATS)}")
@@ -655,6 +659,8 @@ def load_rows(
                             raise record
                         file_fmt = detect_format(record)
                     row = parse_row(record, file_fmt, strict)
+                    if row_check is not None:
+                        row_check(row)
                 except RowError as e:
                     e = lf.rename(e) if lf else _other_format(e, record, file_fmt, strict) if fmt == "auto" else e
                     if not skip_invalid:

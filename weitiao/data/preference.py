@@ -250,13 +250,15 @@ def load_pairs(
     max_row_bytes: int = MAX_ROW_BYTES,
     dataset_dir: str | None = None,
     skip_hint: str | None = SKIP_HINT,
+    row_check: Any = None,
 ) -> LoadResult:
-    """Load preference rows; every row must be a pair."""
+    """Load preference rows; every row must be a pair (`row_check`: as `load_rows`)."""
     kw = {
         "rejects_path": rejects_path,
         "max_row_bytes": max_row_bytes,
         "dataset_dir": dataset_dir,
         "skip_hint": skip_hint,
+        "row_check": row_check,
     }
     res = load_rows(paths, fmt, skip_invalid=skip_invalid, **kw)
     for note in res.notes if os.environ.get("RANK", "0") == "0" else ():  # once per run, not once per process

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from weitiao.data.chat import Encoded
+from weitiao.data.chat import Encoded, special_token_check
 from weitiao.data.formats import CONFIG_SKIP_HINT, PreferencePair
 from weitiao.data.preference import PairStats, encode_pairs, load_pairs, string_pairs_note
 from weitiao.data.prep import count_overlap, overlap_warning, pair_key, require_rows, split_eval
@@ -65,12 +65,13 @@ def prepare_pairs(cfg: PairConfig, tokenizer: Any, read_margins: bool = False, r
     d = cfg.data
     template = resolve_template(tokenizer, d.template)
     rejects = Path(cfg.train.out) / "rejects.jsonl"
-    loaded = load_pairs(d.train, d.format, d.skip_invalid, rejects, d.max_row_bytes, d.dataset_dir, CONFIG_SKIP_HINT)
+    reading = (d.max_row_bytes, d.dataset_dir, CONFIG_SKIP_HINT, special_token_check(tokenizer))  # a bad row: set aside
+    loaded = load_pairs(d.train, d.format, d.skip_invalid, rejects, *reading)
     require_rows(loaded, "data.train")
     pairs, read, rejected = loaded.rows, loaded.read, loaded.rejected
     if d.eval:
         ev_rejects = rejects.with_name("eval_rejects.jsonl")
-        ev = load_pairs(d.eval, d.format, d.skip_invalid, ev_rejects, d.max_row_bytes, d.dataset_dir, CONFIG_SKIP_HINT)
+        ev = load_pairs(d.eval, d.format, d.skip_invalid, ev_rejects, *reading)
         require_rows(ev, "data.eval")
         eval_pairs, read, rejected = ev.rows, read + ev.read, rejected + ev.rejected
     elif d.eval_split:
