@@ -16,7 +16,7 @@ from weitiao.data.collate import collate, n_targets
 from weitiao.errors import UserError
 from weitiao.losses.sft import CausalLMLoss
 from weitiao.models import packed_attention
-from weitiao.models.attention import check_isolation, needs_one_row, probe_error, refuse_untrainable
+from weitiao.models.attention import check_isolation, implementation, needs_one_row, probe_error, refuse_untrainable
 
 
 def fake_varlen(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -139,3 +139,66 @@ def test_packed_run_with_lora_on_the_embedding_trains(tiny_model_dir, chat_file,
     cfg = recipe_config("sft", tiny_model_dir, chat_file, tmp_path / "o", "lora.targets=[embed_tokens,q_proj]",
                         "train.max_steps=1")  # fmt: skip
     assert cfg.data.packing and sft.run(cfg)["finished"]
+
+
+def tiny_gemma2(path, tokenizer):
+    """A tiny Gemma-2 as its checkpoints are: attention scores soft-capped (50), a sliding window every other layer
+    (4 tokens here, so packed rows cross it)."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Gemma2Config(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, sliding_window=4,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    Gemma2ForCausalLM(cfg).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("packing", ["true", "false"])
+def test_gemma2_under_the_default_sdpa_trains_as_eager(tokenizer, chat_file, tmp_path, monkeypatch, capsys, packing):
+    """transformers 5 has no sdpa for Gemma-2 (it cannot soft-cap scores): the default model.attn was a ValueError
+    traceback at load. Now it loads eager, said in one line, and trains exactly as model.attn: eager does."""
+    import transformers
+    from conftest import recipe_config
+
+    from weitiao.models import load as load_mod
+    from weitiao.recipes import sft
+    from weitiao.train.log import read_metrics
+
+    model = tiny_gemma2(tmp_path / "gemma2", tokenizer)
+    monkeypatch.setattr(load_mod, "_SAID_EAGER", set(), raising=False)
+    losses = {}
+    for attn in ("sdpa", "eager"):
+        out = tmp_path / attn
+        cfg = recipe_config("sft", model, chat_file, out, f"model.attn={attn}", f"data.packing={packing}",
+                            "data.max_len=256", "train.max_steps=2")  # fmt: skip
+        assert sft.run(cfg)["finished"]
+        losses[attn] = [r["loss"] for r in read_metrics(out, "train")]
+        said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("model.attn")]
+        note = (f"model.attn: sdpa: Gemma2ForCausalLM has no sdpa attention in transformers {transformers.__version__};"
+                " loading it with eager (the same attention, more memory on long rows); set model.attn: eager to "
+                "silence this, or flash_attention_2 on a GPU")  # fmt: skip
+        assert said == ([note] if attn == "sdpa" else [])
+    assert losses["sdpa"] == losses["eager"] and len(losses["sdpa"]) == 2
+
+
+def test_gemma2_packed_rows_equal_one_by_one_across_its_sliding_window(tokenizer, tmp_path, tiny_model_dir):
+    """Packed Gemma-2 (eager, as loaded for sdpa): soft-capped scores and 4-token sliding windows stay per
+    conversation; the reward model's classifier loads eager too, a Llama keeps sdpa."""
+    from weitiao.models.load import ModelSpec, load_model
+
+    d = tiny_gemma2(tmp_path / "gemma2", tokenizer)
+    model = load_model(ModelSpec(path=str(d)))
+    assert implementation(model) == "eager" and not needs_one_row(model)
+    exs = make_examples(tokenizer, n=6, seed=2)
+    count = sum(n_targets(e) for e in exs)
+    pad = tokenizer.pad_token_id
+    want = sum(loss_and_grad(model, collate(exs, [[i]], pad, packing=True), count)[0] for i in range(6))
+    got = loss_and_grad(model, collate(exs, [[0, 1, 2], [3, 4, 5]], pad, packing=True), count)[0]
+    assert abs(got - want) < 1e-5 * want
+    assert implementation(load_model(ModelSpec(path=str(d)), head="score")) == "eager"
+    assert implementation(load_model(ModelSpec(path=str(tiny_model_dir)))) == "sdpa"

@@ -35,7 +35,7 @@ class ModelSpec(BaseModel):
     quant: Literal["none", "4bit", "8bit"] = Field("none", description="4bit = NF4 + double quantization")
     quant_storage: Literal["uint8", "bf16"] = Field("uint8", description="bf16 lets FSDP shard 4-bit weights")
     attn: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = Field(
-        "sdpa", description="attention kernel"
+        "sdpa", description="attention kernel (a model without sdpa, as Gemma-2, loads eager under sdpa: said at load)"
     )
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, slower")
     trust_remote_code: bool = Field(False, description="run the model repo's own Python code (repos you trust only)")
@@ -200,7 +200,7 @@ def load_model(spec: ModelSpec, device: torch.device | None = None, head: str = 
 
     device = device or torch.device("cpu")
     dtype = pick_dtype(spec.dtype, device)
-    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": spec.attn}
+    kwargs: dict[str, Any] = {"dtype": dtype}
     if spec.quant == "4bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -222,6 +222,7 @@ def load_model(spec: ModelSpec, device: torch.device | None = None, head: str = 
     from safetensors import SafetensorError
 
     try:
+        kwargs["attn_implementation"] = _attention(path, spec, head)
         if head == "score":
             model = _score_model(path, spec, kwargs)
         else:
@@ -234,6 +235,31 @@ def load_model(spec: ModelSpec, device: torch.device | None = None, head: str = 
         model.to(device)
     model.config.use_cache = False
     return model
+
+
+_SAID_EAGER: set[str] = set()
+
+
+def _attention(path: str, spec: ModelSpec, head: str) -> str:
+    """`spec.attn`, or eager where it is sdpa and the model class has no sdpa attention: transformers 5 refuses it
+    for Gemma-2 (`_supports_sdpa = False`: sdpa cannot soft-cap attention scores), which was a traceback under the
+    default model.attn. Eager computes the same attention (more memory on long rows); said once per class."""
+    if spec.attn != "sdpa":
+        return spec.attn
+    import transformers
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING, AutoConfig
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
+    mapping = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING if head == "score" else MODEL_FOR_CAUSAL_LM_MAPPING
+    cls = mapping.get(type(config), None)  # None: remote code, left to transformers
+    if cls is None or getattr(cls, "_supports_sdpa", True):
+        return "sdpa"
+    if cls.__name__ not in _SAID_EAGER:
+        _SAID_EAGER.add(cls.__name__)
+        print(f"model.attn: sdpa: {cls.__name__} has no sdpa attention in transformers {transformers.__version__}; "
+              "loading it with eager (the same attention, more memory on long rows); set model.attn: eager to silence "
+              "this, or flash_attention_2 on a GPU", file=sys.stderr)  # fmt: skip
+    return "eager"
 
 
 class _Once(logging.Filter):

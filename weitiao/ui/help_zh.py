@@ -13,7 +13,7 @@ ZH: dict[str, str] = {
     "auto: bf16 on GPU, fp32 on CPU": "auto：GPU 上 bf16，CPU 上 fp32",
     "4bit = NF4 + double quantization": "4bit = NF4 + 双重量化",
     "bf16 lets FSDP shard 4-bit weights": "bf16 让 FSDP 能切分 4-bit 权重",
-    "attention kernel": "注意力实现",
+    "attention kernel (a model without sdpa, as Gemma-2, loads eager under sdpa: said at load)": "注意力实现（没有 sdpa 的模型如 Gemma-2，在 sdpa 下以 eager 加载：加载时说明）",
     "recompute activations in backward: less memory, slower": "反向时重算激活：省显存，但更慢",
     "run the model repo's own Python code (repos you trust only)": "运行模型仓库自带的 Python 代码（只对信任的仓库开启）",
     # lora (LoraSpec)
