@@ -249,3 +249,22 @@ def test_dpo_kl_tokens_without_eval_data_are_refused(tiny_model_dir, tmp_path):
         dpo.run(recipe_config("dpo", tiny_model_dir, data, tmp_path / "o", *extra))
     for ok in ("dpo.kl_max_new_tokens=0", "dpo.kl_max_new_tokens=32"):  # off, or the default: nothing to say
         dpo.run(recipe_config("dpo", tiny_model_dir, data, tmp_path / ok[-2:], *extra[:2], ok))
+
+
+def test_a_run_writes_its_data_record(tiny_model_dir, tmp_path):
+    """SFT and DPO write a `data` record to metrics.jsonl (rows read, kept, rejected, …; calc plan reads `world`
+    from it); the reward model wrote none. Every pair read is accounted for in it, and a resumed run adds none."""
+    rows = [dict(r, margin=0.5, confidence=0.9) for r in make_pairs(12)]
+    rows[3]["confidence"] = 0.1  # below data.min_confidence
+    rows[5]["chosen"] = "好" * 200  # over data.max_len
+    del rows[7]["chosen"]  # invalid: to rejects
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    out = tmp_path / "rm"
+    args = ("data.skip_invalid=true", "data.min_confidence=0.5", "data.max_len=128", "train.max_steps=1")
+    rm.run(rm_config(tiny_model_dir, data, out, *args, "train.save_every=1"))
+    [d] = read_metrics(out, "data")
+    assert (d["read"], d["rejected"], d["low_confidence"], d["dropped_too_long"]) == (12, 1, 1, 1)
+    assert d["read"] == d["kept"] + d["eval_pairs"] + d["rejected"] + d["low_confidence"] + d["dropped_too_long"]
+    assert d["margin_pairs"] == d["kept"] and d["world"] == 1 and d["trainable_params"] > 0
+    rm.run(rm_config(tiny_model_dir, data, out, *args[:3], "train.max_steps=2", "train.resume=auto"))
+    assert len(read_metrics(out, "data")) == 1

@@ -166,6 +166,33 @@ def evaluate(
     return _means(red, "eval_")
 
 
+def print_pairs_summary(data: Any, trainable: int, world: int, log: Any = None) -> None:
+    """The pairs line (every row accounted for); `log`: also a `data` record, as SFT and DPO write."""
+    s = data.stats
+    print(
+        f"pairs: {data.read} read = {s.kept} train + {len(data.eval) // 2} eval + {data.rejected} rejected + "
+        f"{data.low_confidence} below min_confidence + {s.dropped_too_long} over max_len ({s.cut} cut) · "
+        f"{trainable:,} trainable params"
+    )
+    if log is not None:
+        log.log(
+            "data",
+            0,
+            read=data.read,
+            pairs=s.pairs,
+            kept=s.kept,
+            dropped_too_long=s.dropped_too_long,
+            cut=s.cut,
+            rejected=data.rejected,
+            eval_pairs=len(data.eval) // 2,
+            low_confidence=data.low_confidence,
+            margin_pairs=len(data.margins[0] or []) if data.margins else 0,  # train pairs scored with their `margin`
+            template=data.template.name,
+            trainable_params=trainable,
+            world=world,
+        )
+
+
 def run(cfg: RMConfig) -> dict:
     """Train the reward model; returns the summary with held-out accuracy/margin/reward stats."""
     t = cfg.train
@@ -210,12 +237,7 @@ def run(cfg: RMConfig) -> dict:
     # 3. Resume.
     state, ckpt, log = loop.start(out, t, opened, accel, scorer, optimizer)
     if main:
-        s = data.stats
-        print(
-            f"pairs: {data.read} read = {s.kept} train + {len(data.eval) // 2} eval + {data.rejected} rejected + "
-            f"{data.low_confidence} below min_confidence + {s.dropped_too_long} over max_len · "
-            f"{trainable:,} trainable params"
-        )
+        print_pairs_summary(data, trainable, world, log if ckpt is None else None)
     plan = loop.EpochPlan(data.pair_lengths(), 2 * cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
     total = plan.total_steps(state)
 
