@@ -249,6 +249,31 @@ def test_a_ppo_runs_own_config_yaml_runs_again(tiny_model_dir, prompts, tmp_path
         build_scorer(RewardSpec(kind="function", path=RULE, timeout=30))
 
 
+def test_a_forced_resume_on_another_number_of_processes_says_the_prompts_shift(tiny_model_dir, prompts, tmp_path,
+                                                                              capsys):  # fmt: skip
+    """Each step deals ppo.rollout_batch_size × processes prompts: a 2-process checkpoint resumed by 1 process under
+    train.resume=force draws other prompts from then on, and said only 'sampling reseeded'. Now one line names the
+    saved and current process counts and the shift; without force it is refused (as SFT/DPO/RM)."""
+    from weitiao.train import checkpoint as ck
+
+    args = ("train.max_steps=2", "ppo.max_epochs=1")
+    ppo.run(config(tiny_model_dir, prompts, tmp_path / "a", *args, "train.stop_after=1", "train.save_every=1"))
+    ckpt = tmp_path / "a" / "checkpoints" / "step-000001"
+    state = torch.load(ckpt / ck.STATE_FILE, weights_only=False)
+    torch.save({**state, "rng": state["rng"] * 2}, ckpt / ck.STATE_FILE)  # as 2 processes write it
+    with pytest.raises(UserError, match=r"written by 2 process\(es\), this run has 1; resume with 2"):
+        ppo.run(config(tiny_model_dir, prompts, tmp_path / "a", *args, "train.resume=auto"))
+    capsys.readouterr()
+    ppo.run(config(tiny_model_dir, prompts, tmp_path / "a", *args, "train.resume=force"))
+    said = [line for line in capsys.readouterr().out.splitlines() if "process(es)" in line]
+    assert said == [
+        f"train.resume=force: {ckpt} was written by 2 process(es), resuming with 1: a step now deals "
+        "ppo.rollout_batch_size × 1 prompts (2 steps an episode, was 1), so from step 2 on the prompts are not the "
+        "ones the original run would have drawn (some of this episode's come again, others not at all) and sampling "
+        "is reseeded"
+    ]
+
+
 def test_a_function_reward_that_fails_or_returns_no_numbers_is_one_line(tmp_path):
     """Text is not a score, even "1.5" (was: read as 1.5); ["good"] names the item (was: 'got list'); an
     exception in the user's function names itself and its file:line (was: a traceback through the recipe)."""

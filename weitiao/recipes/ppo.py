@@ -360,6 +360,17 @@ def step_prompts(
     return [m for m in picked for _ in range(n_samples)], [w for w in weights for _ in range(n_samples)]
 
 
+def world_change_note(ckpt: Path, saved: int, world: int, step: int, n_prompts: int, per_process: int) -> str:
+    """The line a forced resume on another number of processes prints: the prompt stream shifts from `step` on."""
+    was, now = (math.ceil(n_prompts / (per_process * w)) for w in (saved, world))
+    return (
+        f"train.resume=force: {ckpt} was written by {saved} process(es), resuming with {world}: a step now deals "
+        f"ppo.rollout_batch_size × {world} prompts ({now} steps an episode, was {was}), so from step {step + 1} on "
+        "the prompts are not the ones the original run would have drawn (some of this episode's come again, others "
+        "not at all) and sampling is reseeded"
+    )
+
+
 def cut_at_stop(s: Sampled, stops: set[int]) -> Sampled:
     """The reply cut after its first stop token, then counted as stopped. The sampler stops at the template's
     end-of-turn only; a tokenizer EOS apart from it (Qwen2.5 base: <|endoftext|> vs <|im_end|>) ends the reply
@@ -495,10 +506,10 @@ def run(cfg: PPOConfig) -> dict:
         rngs = [rngs] if isinstance(rngs, dict) else rngs  # older checkpoints hold process 0's only
         if len(rngs) == world:
             ck.set_rng_state(rngs[rank])  # each process continues its own sampling stream
-        else:
+        else:  # train.resume=force (open_run refuses it otherwise)
             torch.manual_seed(t.seed + rank + 1000 * state["step"])
             if main:
-                print(f"resume: {ckpt} holds RNG states of {len(rngs)} processes, not {world}: sampling reseeded")
+                print(world_change_note(ckpt, len(rngs), world, state["step"], len(prompts), p.rollout_batch_size))
         if state["step"] >= total_steps:
             raise UserError(
                 f"train.resume: {ckpt} is already at step {state['step']} of {total_steps}: nothing to train "
