@@ -212,6 +212,41 @@ def test_eval_golden_refuses_zero_new_tokens(golden_run, monkeypatch, capsys):
     assert len(rows) == 1 and 1 <= rows[0]["n_tokens"] <= 2
 
 
+@pytest.mark.parametrize("command", ["golden", "gen"])
+@pytest.mark.parametrize(
+    "pattern, msg",
+    [("(抱歉", "--refusal-pattern '(抱歉': not a regular expression (missing ), unterminated subpattern at position"),
+     ("", "--refusal-pattern '': empty; it would count every reply as a refusal")],
+    ids=["unbalanced", "empty"],
+)  # fmt: skip
+def test_a_bad_refusal_pattern_is_one_line_before_any_model(command, pattern, msg, golden_run, monkeypatch, capsys):
+    """`eval gen` answered every prompt, then died on re.error with a traceback; `eval golden` had no such flag."""
+    run, golden = golden_run
+    refuse_to_start(monkeypatch, "weitiao.eval.gen", "run")
+    refuse_to_start(monkeypatch, "weitiao.eval.golden", "golden_report")
+    where = ["--run", run] if command == "golden" else ["--model", "demo"]
+    rc, lines = cli(capsys, monkeypatch, "eval", command, *where, "--prompts", golden, "--refusal-pattern", pattern)
+    assert rc == 1 and len(lines) == 1 and lines[0].startswith(f"error: {msg}"), (rc, lines)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]  # nothing written
+
+
+def test_eval_golden_counts_refusals_by_the_given_pattern(golden_run, monkeypatch, capsys):
+    """`eval golden --refusal-pattern` reaches the golden metrics (as `eval gen`'s does): '.' makes every reply one."""
+    import weitiao.eval.golden as golden_mod
+
+    run, golden = golden_run
+    seen = []
+    real = golden_mod.evaluate_golden
+    monkeypatch.setattr(golden_mod, "evaluate_golden", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    rates = []
+    for flags in ([], ["--refusal-pattern", "."], ["--refusal-pattern", "绝不会出现的词"]):
+        rc, lines = cli(capsys, monkeypatch, "eval", "golden", "--run", run, "--prompts", golden,
+                        "--max-new-tokens", "2", *flags)  # fmt: skip
+        assert rc == 0, lines
+        rates.append([m["refusal_rate"] for m in seen[-1].summary.values()])
+    assert rates[1] == [1.0] and rates[2] == [0.0], rates
+
+
 # ---------------------------------------------------------------------------------------------- export --check
 
 

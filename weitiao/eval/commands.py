@@ -23,6 +23,11 @@ eval_app = typer.Typer(no_args_is_help=True, help="Evaluate replies: metrics ove
 arena_app = typer.Typer(no_args_is_help=True, help="Blind pairwise arena: vote page, Bradley–Terry/Elo ratings.")
 console = progress.console()
 DB = typer.Option(Path("arena.sqlite"), help="SQLite file for answers and votes")
+REFUSAL_PATTERN = typer.Option(
+    None,
+    help="regex counted as a refusal (default: any of 抱歉|不能|无法|不行|不可以|不会帮|拒绝|不提供, "
+    "so '不能熬夜哦' counts too)",
+)
 
 
 def _judge(url: str | None, model: str | None, cache_dir: str | None, rubric: Path | None = None):
@@ -55,11 +60,7 @@ def gen(
     adapter: str = typer.Option(None, help="LoRA adapter dir or run dir"),
     quant: str = typer.Option(None, help="load the base as none|4bit|8bit (default: as the adapter was trained)"),
     refs: Path = typer.Option(None, help="reference file, row-aligned with --prompts (last assistant turn)"),
-    refusal_pattern: str = typer.Option(
-        None,
-        help="regex counted as a refusal (default: any of 抱歉|不能|无法|不行|不可以|不会帮|拒绝|不提供, "
-        "so '不能熬夜哦' counts too)",
-    ),
+    refusal_pattern: str = REFUSAL_PATTERN,
     judge_url: str = typer.Option(None, help="OpenAI-compatible base URL of a judge, e.g. http://127.0.0.1:8000/v1"),
     judge_model: str = typer.Option(None, help="judge model name"),
     rubric: Path = typer.Option(None, help='text file with the judge rubric (must ask for JSON {"score": 1-10})'),
@@ -69,13 +70,13 @@ def gen(
     """Generate replies to every prompt and report all metrics (table, and JSON with --out)."""
     from weitiao.eval import gen as tool
     from weitiao.eval.golden import reference_note
-    from weitiao.eval.metrics import RUBRIC, MetricSettings
+    from weitiao.eval.metrics import RUBRIC, refusal_settings
     from weitiao.io import atomic_write_text, claim_outputs, read_text
 
+    metric_settings = refusal_settings(refusal_pattern)  # a bad regex: one line, before any model loads
     judge = _judge(judge_url, judge_model, cache_dir, rubric)
     claim_outputs([out] if out else [], [p for p in (prompts, refs, rubric) if p])
     ps = tool.read_prompts(prompts, refs)
-    metric_settings = MetricSettings(**({"refusal_pattern": refusal_pattern} if refusal_pattern else {}))
     text = read_text(rubric) if rubric else RUBRIC  # a BOM dropped, bad bytes one line
     with console.status(f"generating {len(ps)} replies"):
         rep = tool.run(ps, model, adapter, quant, settings, metric_settings, judge, text)
@@ -99,12 +100,16 @@ def golden(
     judge_url: str = typer.Option(None, help="OpenAI-compatible judge base URL"),
     judge_model: str = typer.Option(None),
     cache_dir: str = typer.Option(None, help="judge reply cache"),
+    refusal_pattern: str = REFUSAL_PATTERN,
     out: Path = typer.Option(None, help="report path (default RUN/golden_report.html)"),
 ) -> None:
     """Answer the golden prompts at every checkpoint; write one HTML report with curves and a recommendation."""
     from weitiao.eval.golden import golden_report
+    from weitiao.eval.metrics import refusal_settings
 
-    path, res = golden_report(run, prompts, select, max_new_tokens, _judge(judge_url, judge_model, cache_dir), out=out)
+    settings = refusal_settings(refusal_pattern)  # a bad regex: one line, before any model loads
+    judge = _judge(judge_url, judge_model, cache_dir)
+    path, res = golden_report(run, prompts, select, max_new_tokens, judge, settings, out=out)
     t = Table(title=f"golden set · {len(res.steps)} checkpoints")
     cols = ["rougeL", "bleu", "judge", "distinct_2", "loop_rate", "stop_rate", "eval_loss"]
     cols = [c for c in cols if any(c in res.summary[s] for s in res.steps)]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from weitiao.errors import UserError
 from weitiao.eval.repetition import copy_of_history_rate, distinct_n, ngram_loop, units
 from weitiao.eval.style import EMOJI, REFUSAL, chars
 
@@ -28,6 +29,24 @@ class MetricSettings:
     loop_n: int = 4  # n-gram size for loop detection
     loop_repeats: int = 3  # back-to-back repeats that make a loop
     copy_n: int = 8  # character n-gram size for copy-of-history
+
+
+def refusal_settings(pattern: str | None) -> MetricSettings:
+    """Settings for `--refusal-pattern PATTERN` (None: the default words); a pattern `re` cannot compile is refused
+    in one line before any model loads (`eval gen`, `eval golden`)."""
+    if pattern is None:
+        return MetricSettings()
+    if not pattern:
+        raise UserError(
+            "--refusal-pattern '': empty; it would count every reply as a refusal (drop it for the default)"
+        )
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise UserError(
+            f"--refusal-pattern {pattern!r}: not a regular expression ({e}); escape ( [ * + ? with \\"
+        ) from None
+    return MetricSettings(refusal_pattern=pattern)
 
 
 # ---------------------------------------------------------------------------------------------- overlap
