@@ -180,6 +180,67 @@ def test_disconnected_votes_say_the_ratings_are_not_comparable():
               {"model_a": "B", "model_b": "C", "winner": "model_b"}], rounds=0)  # fmt: skip
 
 
+def one_win_in_40(seed: int = 3) -> list[dict]:
+    """x wins 1 of its 40 battles against a, b, c (1100/1050/1000, 600 battles among themselves)."""
+    rng = np.random.default_rng(seed)
+    true = {"a": 1100.0, "b": 1050.0, "c": 1000.0}
+    rows = [{"model_a": "x", "model_b": "abc"[n % 3], "winner": "model_a" if n == 7 else "model_b"} for n in range(40)]
+    for _ in range(600):
+        i, j = rng.choice(list(true), 2, replace=False)
+        p = 1 / (1 + 10 ** ((true[j] - true[i]) / 400))
+        rows.append({"model_a": i, "model_b": j, "winner": "model_a" if rng.random() < p else "model_b"})
+    return rows
+
+
+def test_a_model_with_one_win_in_40_gets_no_invented_lower_bound():
+    """About a third of the resamples hold no win of x: no finite maximum there. A ridge of 1e-3 set x's rating in
+    those rounds, so the lower bound came out ≈ −127 (anchor: mean) or −445 (anchor: c), numbers of the ridge, not of
+    the votes; with the mean as anchor it pushed a, b and c's upper bounds ~220 up too."""
+    rows = one_win_in_40()
+    res = rank(rows, anchor="c", rounds=200, seed=0, by_voter=False)
+    got = {r.model: r for r in res.ratings}
+    assert got["x"].lower == -math.inf and math.isfinite(got["x"].upper) and got["x"].upper < got["c"].rating
+    assert 200 * 0.025 < res.unbounded["x"]["lower"] == res.infinite_rounds < 200 * 0.6
+    assert set(res.unbounded) == {"x"}  # a and b's gaps to the anchor stay measured in every round
+    for m in "ab":  # measured from c in every round: narrow, around the point
+        assert got[m].lower < got[m].rating < got[m].upper and got[m].upper - got[m].lower < 150
+    assert got["x"].rank == 4 and got["a"].rank == 1
+    mean = rank(rows, rounds=200, seed=0, by_voter=False)  # around the mean, x's open gap opens every upper bound
+    assert {m: sorted(e) for m, e in mean.unbounded.items()} == {"a": ["upper"], "b": ["upper"], "c": ["upper"],
+                                                                  "x": ["lower"]}  # fmt: skip
+    assert all(math.isfinite(r.lower) for r in mean.ratings if r.model != "x")
+    assert json.loads(json.dumps(mean.to_json(), allow_nan=False))["ratings"][-1]["lower"] is None  # null, valid JSON
+
+
+def test_round_ratings_of_a_chain_without_a_finite_maximum():
+    """a beat b only, b beat c only: a is above b by an unbounded gap, c below; a and c never met."""
+    W = np.array([[0.0, 3, 0], [0, 0, 2], [0, 0, 0]])
+    from weitiao.eval.arena.rank import round_ratings
+
+    assert round_ratings(W, ["a", "b", "c"], "b").tolist() == [math.inf, 1000.0, -math.inf]
+    mean = round_ratings(W, ["a", "b", "c"], None)
+    assert mean[0] == math.inf and math.isnan(mean[1]) and mean[2] == -math.inf
+
+
+def test_cli_rank_shows_an_unbounded_bound_as_a_dash_and_null(tmp_path):
+    from typer.testing import CliRunner
+
+    from weitiao.eval.commands import arena_app
+
+    src = tmp_path / "battles.json"
+    src.write_text(json.dumps(one_win_in_40()))
+    out = tmp_path / "r.json"
+    args = ["rank", "--battles", str(src), "--bootstrap", "battles", "--anchor", "c", "--json", str(out)]
+    r = CliRunner().invoke(arena_app, [*args, "--plot", str(tmp_path / "r.png")])
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())
+    assert re.search(r"x │ [0-9.]+ │ — – [0-9.]+ ", said), said
+    assert re.search(r"CI unbounded \(—\) for x \(lower \d+ of 100 rounds\): ", said), said
+    j = json.loads(out.read_text())
+    assert [x["lower"] is None for x in j["ratings"]] == [False, False, False, True] and j["unbounded"]["x"]["lower"]
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_cli_rank_import_export(tmp_path):
     from typer.testing import CliRunner
 

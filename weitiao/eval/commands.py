@@ -9,6 +9,7 @@ weitiao arena rank --db arena.sqlite --plot ratings.png --json ratings.json
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import typer
@@ -244,8 +245,8 @@ def arena_rank(
         t.add_column(c, justify="left" if c == "model" else "right")
     for r in res.ratings:
         name = r.model + (" (set aside)" if r.model in aside else "")
-        t.add_row(str(r.rank), name, f"{r.rating:.1f}", f"{r.lower:.1f} – {r.upper:.1f}", f"{r.elo:.1f}",
-                  f"{r.battles:,}", f"{r.win_rate:.3f}")  # fmt: skip
+        ci = " – ".join(f"{x:.1f}" if math.isfinite(x) else "—" for x in (r.lower, r.upper))
+        t.add_row(str(r.rank), name, f"{r.rating:.1f}", ci, f"{r.elo:.1f}", f"{r.battles:,}", f"{r.win_rate:.3f}")
     console.print(t)
     if aside:
         counts = ", ".join(f"{m} ({n:,} battles)" for m, n in aside_battles.items())
@@ -256,9 +257,14 @@ def arena_rank(
     if unranked:
         console.print(f"[yellow]not ranked, no votes left after the voter filters: {', '.join(unranked)}[/]"
                       if dropped else f"[yellow]not ranked, no votes yet: {', '.join(unranked)}[/]")  # fmt: skip
-    if res.regularized_rounds:
-        console.print(f"[yellow]{res.regularized_rounds} bootstrap rounds had a model without wins or losses; "
-                      "fitted with a tiny ridge[/]")  # fmt: skip
+    if res.unbounded:
+        which = ", ".join(f"{m} ({' and '.join(f'{e} {n}' for e, n in ends.items())} of {rounds} rounds)"
+                          for m, ends in res.unbounded.items())  # fmt: skip
+        console.print(f"[yellow]CI unbounded (—) for {which}: in those bootstrap rounds the resampled votes put no "
+                      "limit on the rating (a model without a win or a loss there, or groups that never met); collect "
+                      "more votes with it" + ("; with the mean as anchor every rating moves with such a model's: "
+                                              "--anchor MODEL measures from one model" if res.anchor is None else "")
+                      + "[/]")  # fmt: skip
     if as_json:
         out = {**res.to_json(), "unranked": unranked, "dropped_voters": dropped, "set_aside": aside_battles,
                "set_aside_counted": not skip_set_aside}  # fmt: skip

@@ -11,7 +11,13 @@
    without penalty; theirs adds a small L2 penalty, ours none.
 3. Scale to Elo points: rating = 400/ln 10 · s, then anchor (mean = 1000, or a named model = 1000).
 4. 95% CIs: resample voters (a battle's `judge`) with replacement, each bringing all of their battles, refit,
-   anchor, take the 2.5/97.5 percentiles. Seeded. Votes of one voter are not independent: one voter who
+   anchor, take the 2.5/97.5 percentiles. Seeded. A resample without a finite maximum (a model with no win in it,
+   say, when it won 1 of 40 battles) is not patched with a ridge: there the votes put no limit on some gaps, so
+   those ratings count as ±∞ in that round (`round_ratings`), and a bound whose tail reaches such a round is
+   unbounded (±inf; "—" in the table, null in JSON), listed in `unbounded`. A ridge there gave a number set by the
+   ridge, not the votes (a lower bound of −163 for such a model with 1e-3), and with the mean as anchor it pushed
+   every other model's upper bound up by the same shift (+220 for three peers); `--anchor MODEL` keeps the other
+   models' bounds finite, as their gaps to it stay measured. Votes of one voter are not independent: one voter who
    casts hundreds of votes moves the estimate as one unit, and resampling votes would hide that behind
    narrow CIs. A battle without a voter id counts as its own voter; when every voter has a single battle
    this equals resampling battles, done as Multinomial(N, counts/N) on the count table (same law).
@@ -25,7 +31,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +223,56 @@ def _why_infinite(W: np.ndarray, models: list[str]) -> str:
     ) + "; collect more votes"
 
 
+def reach(W: np.ndarray) -> np.ndarray:
+    """R[i, j]: i = j, or a chain of "beat (or tied)" edges leads from i to j."""
+    R = (W > 0) | np.eye(len(W), dtype=bool)
+    while True:
+        nxt = R | ((R.astype(np.int64) @ R.astype(np.int64)) > 0)
+        if (nxt == R).all():
+            return R
+        R = nxt
+
+
+def round_ratings(W: np.ndarray, models: list[str], anchor: str | None) -> np.ndarray:
+    """Anchored ratings of a resample W without a finite maximum, as the likelihood's supremum leaves them: a gap
+    between two groups that no chain of wins links both ways grows without limit (+inf/−inf), a gap no chain links
+    at all is unknown (nan). Anchored at a model: the models its wins and losses link both ways keep their finite
+    fit (the other battles' terms vanish at the supremum); every other rating is ±inf or nan. Anchored at the mean:
+    +inf for a model above some group and below none, −inf for the reverse, nan for the rest."""
+    R = reach(W)
+    k = len(W)
+    out = np.full(k, np.nan)
+    if anchor is not None:
+        a = models.index(anchor)
+        same = R[a] & R[:, a]
+        idx = np.flatnonzero(same)
+        out[idx] = anchored(fit_bt(W[np.ix_(idx, idx)]), [models[n] for n in idx], anchor)
+        out[R[:, a] & ~same] = np.inf  # reaches the anchor's group by wins, never beaten back
+        out[R[a] & ~same] = -np.inf
+        return out
+    for m in range(k):
+        other = ~(R[m] & R[:, m])
+        above, below = (R[m] & other)[other], (R[:, m] & other)[other]
+        if above.all():
+            out[m] = np.inf
+        elif below.all():
+            out[m] = -np.inf
+    return out
+
+
+def percentile_bounds(boots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """2.5/97.5 percentiles per column (numpy's linear rule) of ratings that may hold ±inf or nan (unknown): an
+    unknown counts as −inf for the lower bound and +inf for the upper; a bound that reaches an infinite draw is
+    infinite."""
+    big = np.finfo(float).max / 4
+
+    def one(values: np.ndarray, q: float) -> np.ndarray:
+        v = np.percentile(np.clip(values, -big, big), q, axis=0)
+        return np.where(v <= -big / 2, -np.inf, np.where(v >= big / 2, np.inf, v))
+
+    return one(np.where(np.isnan(boots), -np.inf, boots), 2.5), one(np.where(np.isnan(boots), np.inf, boots), 97.5)
+
+
 def anchored(s: np.ndarray, models: list[str], anchor: str | None) -> np.ndarray:
     """Elo-scale ratings: 400/ln10 · s shifted so the anchor model (or the mean) is 1000."""
     r = SCALE * s
@@ -260,19 +316,23 @@ class RankResult:
     n_battles: int
     rounds: int
     anchor: str | None
-    regularized_rounds: int  # bootstrap rounds that needed a ridge (a model with no win or no loss)
+    infinite_rounds: int  # bootstrap rounds without a finite maximum (e.g. a model with no win or no loss in it)
     bootstrap: str = "battles"  # what the CIs resample: voters or battles
     n_voters: int = 0  # voters resampled (battles without a voter id count one each); 0 for battles
+    unbounded: dict[str, dict[str, int]] = field(default_factory=dict)  # model → {"lower"/"upper": rounds}
 
     def to_json(self) -> dict[str, Any]:
+        """JSON-safe: an unbounded CI end is null (JSON has no infinity)."""
+        finite = lambda x: x if math.isfinite(x) else None  # noqa: E731
         return {
             "n_battles": self.n_battles,
             "rounds": self.rounds,
             "anchor": self.anchor,
-            "regularized_rounds": self.regularized_rounds,
+            "infinite_rounds": self.infinite_rounds,
             "bootstrap": self.bootstrap,
             "n_voters": self.n_voters,
-            "ratings": [asdict(r) for r in self.ratings],
+            "unbounded": self.unbounded,
+            "ratings": [{**asdict(r), "lower": finite(r.lower), "upper": finite(r.upper)} for r in self.ratings],
         }
 
 
@@ -304,7 +364,7 @@ def rank_counts(
     total = int(counts.counts.sum())
     flat = counts.counts.ravel()
     boots = np.empty((rounds, len(models)))
-    ridged = 0
+    infinite = 0
     if clusters is not None and clusters.n_voters < total:
         cl = clusters
 
@@ -318,10 +378,19 @@ def rank_counts(
         draws = rng.multinomial(total, flat / total, size=rounds)
     for r, draw in enumerate(draws):
         Wb = counts.wins(draw.reshape(-1, 3).astype(float))
-        ok = strongly_connected(Wb)
-        ridged += not ok
-        boots[r] = anchored(fit_bt(Wb, l2 if ok else max(l2, 1e-3)), models, anchor)
-    lower, upper = np.percentile(boots, [2.5, 97.5], axis=0) if rounds else (point, point)
+        if l2 > 0 or strongly_connected(Wb):
+            boots[r] = anchored(fit_bt(Wb, l2), models, anchor)
+        else:  # no finite maximum: the gaps the votes leave open are ±inf or unknown, not a ridge's guess
+            infinite += 1
+            boots[r] = round_ratings(Wb, models, anchor)
+    lower, upper = percentile_bounds(boots) if rounds else (point, point)
+    tails = {"lower": np.where(np.isnan(boots), -np.inf, boots) == -np.inf,
+             "upper": np.where(np.isnan(boots), np.inf, boots) == np.inf}  # fmt: skip
+    unbounded = {
+        m: {end: int(tails[end][:, n].sum()) for end, b in (("lower", lower[n]), ("upper", upper[n])) if np.isinf(b)}
+        for n, m in enumerate(models)
+        if np.isinf(lower[n]) or np.isinf(upper[n])
+    }
     ranks = ci_rank(lower, upper)
     games = (W + W.T).sum(1)
     elo = elo if elo is not None else np.full(len(models), np.nan)
@@ -332,7 +401,7 @@ def rank_counts(
     ]  # fmt: skip
     ratings.sort(key=lambda x: -x.rating)
     how = ("voters", cl.n_voters) if cl else ("battles", 0)
-    return RankResult(ratings, total, rounds, anchor, ridged, *how)
+    return RankResult(ratings, total, rounds, anchor, infinite, *how, unbounded=unbounded)
 
 
 def rank(
@@ -405,12 +474,20 @@ def plot_ratings(res: RankResult, path: str | Path, aside: Sequence[str] = ()) -
     y = np.arange(len(rs))
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(rs) + 1.2))
     x = np.array([r.rating for r in rs])
-    err = np.array([[r.rating - r.lower for r in rs], [r.upper - r.rating for r in rs]])
+    ends = np.array([[r.lower, r.upper] for r in rs])
+    finite = np.concatenate([x, ends[np.isfinite(ends)]])
+    pad = 0.1 * (finite.max() - finite.min()) + 1
+    lo, hi = finite.min() - pad, finite.max() + pad  # an unbounded end runs to the frame's edge
+    err = np.array([x - np.maximum(ends[:, 0], lo), np.minimum(ends[:, 1], hi) - x])
     grey = np.array([r.model in set(aside) for r in rs])
     for mask, color in ((~grey, "C0"), (grey, "0.6")):
         if mask.any():
             ax.errorbar(x[mask], y[mask], xerr=err[:, mask], fmt="o", capsize=3, color=color)
-    ax.set_yticks(y, [f"{r.model} (#{r.rank})" + (" · set aside" if g else "") for r, g in zip(rs, grey)])
+    open_end = [" · CI unbounded" if not (math.isfinite(r.lower) and math.isfinite(r.upper)) else "" for r in rs]
+    ax.set_yticks(
+        y, [f"{r.model} (#{r.rank}){o}" + (" · set aside" if g else "") for r, g, o in zip(rs, grey, open_end)]
+    )
+    ax.set_xlim(lo, hi)
     ax.set_xlabel("Bradley–Terry rating (95% bootstrap CI)")
     ax.set_title(f"{res.n_battles:,} battles")
     ax.grid(axis="x", alpha=0.3)
