@@ -3,6 +3,7 @@ restarts, and `arena rank` inputs that used to give a confident-looking table (o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 import random
@@ -278,6 +279,48 @@ def test_a_database_from_before_served_answers_serves_all_it_holds(tmp_path):
     db.close()
     s = ArenaStore(path)
     assert s.models() == ["x", "y"] and s.set_aside() == ([], 0) and s.draw_round(random.Random(0))
+
+
+def test_a_battle_imported_without_a_time_is_exported_without_one(tmp_path):
+    """`arena export` wrote `"tstamp": 0.0` (1970) for an imported battle that had no time: invented data."""
+    db, src, out = tmp_path / "arena.sqlite", tmp_path / "in.json", tmp_path / "out.json"
+    src.write_text(json.dumps([{"model_a": "x", "model_b": "y", "winner": "model_a"},
+                               {"model_a": "y", "model_b": "x", "winner": "tie", "tstamp": 1700000000.5}]))  # fmt: skip
+    run = CliRunner()
+    for args in (["import", str(src), "--db", str(db)], ["export", str(out), "--db", str(db)]):
+        assert run.invoke(arena_app, args).exit_code == 0
+    assert [b["tstamp"] for b in json.loads(out.read_text())] == [None, 1700000000.5]
+    again = run.invoke(arena_app, ["import", str(out), "--db", str(db)])  # read back: the same battles, skipped
+    assert again.exit_code == 0 and "(2 already there, skipped)" in " ".join(again.output.split())
+    r = run.invoke(arena_app, ["rank", "--battles", str(out), "--bootstrap", "battles", "--rounds", "40"])
+    assert r.exit_code == 0 and "x" in r.output, r.output
+
+
+def test_a_database_from_before_unknown_times_gets_them_back_as_null(tmp_path):
+    """votes.tstamp was NOT NULL and an import without a time stored 0.0: opening the file makes it nullable and those
+    imported zeros null; a vote cast on the page keeps its time, and a file imported before is still recognised."""
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # the votes table as the old code made it
+        db.executescript(SCHEMA)
+        db.execute("DROP TABLE votes")
+        db.execute(
+            "CREATE TABLE votes (id INTEGER PRIMARY KEY, round_id TEXT UNIQUE, prompt TEXT, model_a TEXT NOT NULL, "
+            "model_b TEXT NOT NULL, swapped INTEGER, outcome TEXT NOT NULL, voter TEXT, tstamp REAL NOT NULL)"
+        )
+    db.close()
+    battle = {"model_a": "x", "model_b": "y", "winner": "tie"}
+    with sqlite3.connect(path) as db:
+        fields = (None, "x", "y", "tie", None, 0.0)
+        digest = hashlib.sha1(json.dumps(fields).encode()).hexdigest()[:20]
+        db.execute("INSERT INTO votes VALUES (1, ?, NULL, 'x', 'y', NULL, 'tie', NULL, 0.0)", (f"import:{digest}:0",))
+        db.execute("INSERT INTO votes VALUES (2, 'r1', '问题', 'y', 'x', 1, 'model_a', 'v', 1700000000.5)")
+    db.close()
+    s = ArenaStore(path)
+    assert [(b["winner"], b["tstamp"]) for b in s.battles()] == [("tie", None), ("model_a", 1700000000.5)]
+    assert [r[3] for r in s._table_info("votes") if r[1] == "tstamp"] == [0]  # no longer NOT NULL
+    assert s.import_battles([battle]) == (0, 1)  # the same battle as before the migration
+    assert s.import_battles([{**battle, "winner": "model_b"}]) == (1, 0)  # a new one, still without a time
+    assert [b["tstamp"] for b in s.battles()] == [None, None, 1700000000.5]
 
 
 def test_export_of_a_db_without_votes_is_refused(tmp_path):

@@ -31,15 +31,16 @@ from typing import Any
 from weitiao.errors import UserError, where
 from weitiao.io import read_jsonl
 
-SCHEMA = """
+# tstamp: seconds since 1970 of the vote; null for a battle imported without one
+VOTES = """(id INTEGER PRIMARY KEY, round_id TEXT UNIQUE, prompt TEXT, model_a TEXT NOT NULL, model_b TEXT NOT NULL,
+           swapped INTEGER, outcome TEXT NOT NULL, voter TEXT, tstamp REAL)"""
+SCHEMA = f"""
 BEGIN;
 CREATE TABLE IF NOT EXISTS answers (prompt TEXT NOT NULL, model TEXT NOT NULL, answer TEXT NOT NULL,
                                     served INTEGER NOT NULL DEFAULT 1, PRIMARY KEY (prompt, model));
 CREATE TABLE IF NOT EXISTS rounds (id TEXT PRIMARY KEY, prompt TEXT, model_a TEXT, model_b TEXT,
                                    swapped INTEGER, created REAL);
-CREATE TABLE IF NOT EXISTS votes (id INTEGER PRIMARY KEY, round_id TEXT UNIQUE, prompt TEXT, model_a TEXT NOT NULL,
-                                  model_b TEXT NOT NULL, swapped INTEGER, outcome TEXT NOT NULL, voter TEXT,
-                                  tstamp REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS votes {VOTES};
 CREATE INDEX IF NOT EXISTS votes_voter ON votes (voter);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 COMMIT;
@@ -66,6 +67,8 @@ class ArenaStore:
                 if "served" not in {r[1] for r in db.execute("PRAGMA table_info(answers)")}:
                     self._add_served_column(db)
                 db.execute("SELECT model_a, model_b, outcome, tstamp FROM votes LIMIT 1").fetchall()
+            if any(r[1] == "tstamp" and r[3] for r in self._table_info("votes")):  # NOT NULL: an older database
+                self._nullable_tstamp()
         except sqlite3.DatabaseError as e:  # "file is not a database", a foreign schema, ...
             raise UserError(f"{self.path}: not a readable arena database ({e})") from None
 
@@ -98,6 +101,36 @@ class ArenaStore:
         except sqlite3.OperationalError as e:
             if "duplicate column" not in str(e):  # another process added it a moment ago
                 raise
+
+    def _table_info(self, table: str) -> list[tuple]:
+        with self._db() as db:
+            return db.execute(f"PRAGMA table_info({table})").fetchall()
+
+    def _nullable_tstamp(self) -> None:
+        """A database from before a vote's time could be unknown (votes.tstamp NOT NULL): `import_battles` wrote 0.0
+        for a battle without one, and `arena export` gave it back as a time. Rebuild the table with a nullable
+        tstamp in one transaction, turning those imported 0.0 times (round_id import:..., no battle of 1970) into
+        null; votes cast on the page keep their times."""
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")  # another process migrating meanwhile: wait, then find it done
+            if any(r[1] == "tstamp" and r[3] for r in db.execute("PRAGMA table_info(votes)")):
+                db.execute(f"CREATE TABLE votes_nullable_tstamp {VOTES}")
+                db.execute(
+                    "INSERT INTO votes_nullable_tstamp SELECT id, round_id, prompt, model_a, model_b, swapped, "
+                    "outcome, voter, CASE WHEN round_id LIKE 'import:%' AND tstamp = 0 THEN NULL ELSE tstamp END "
+                    "FROM votes"
+                )
+                db.execute("DROP TABLE votes")
+                db.execute("ALTER TABLE votes_nullable_tstamp RENAME TO votes")
+                db.execute("CREATE INDEX IF NOT EXISTS votes_voter ON votes (voter)")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -222,7 +255,8 @@ class ArenaStore:
             return [dict(r) for r in db.execute("SELECT * FROM votes ORDER BY tstamp, id")]
 
     def battles(self) -> list[dict]:
-        """Votes as FastChat-style battles: model_a, model_b, winner, tstamp, judge (voter), prompt."""
+        """Votes as FastChat-style battles (its clean_battle fields): model_a, model_b, winner, tstamp, judge (voter),
+        prompt; tstamp is null for a battle imported without one (never an invented time)."""
         return [
             {"model_a": v["model_a"], "model_b": v["model_b"], "winner": v["outcome"], "tstamp": v["tstamp"],
              "judge": v["voter"], "prompt": v["prompt"]}
@@ -239,9 +273,12 @@ class ArenaStore:
             prompt = r.get("prompt") if r.get("prompt") is not None else r.get("question_id")
             prompt = None if prompt is None else str(prompt)
             fields = (prompt, r["model_a"], r["model_b"], r["winner"], r.get("judge"), float(r.get("tstamp") or 0.0))
-            digest = hashlib.sha1(json.dumps(fields).encode()).hexdigest()[:20]
+            digest = hashlib.sha1(json.dumps(fields).encode()).hexdigest()[:20]  # as before tstamp could be null
             seen[digest] = seen.get(digest, -1) + 1
-            values.append((f"import:{digest}:{seen[digest]}", *fields[:3], None, *fields[3:]))
+            t = r.get("tstamp")
+            values.append(
+                (f"import:{digest}:{seen[digest]}", *fields[:3], None, *fields[3:5], None if t is None else float(t))
+            )
         with self._db() as db:
             before = db.total_changes
             db.executemany(
