@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -154,3 +155,29 @@ def test_default_total_is_exact_when_the_division_falls_just_below(tmp_path):
     d = rows(tmp_path / "d.jsonl", [(f"d{i}", "y") for i in range(5)])
     rep = mix.run([f"{c}:1", f"{d}:2"], tmp_path / "n.jsonl")
     assert all(s["upsample"] <= 1 for s in rep["sources"]) and rep["total"] == 7
+
+
+def test_a_rows_own_columns_are_kept_and_a_clash_with_what_mix_writes_is_refused(tmp_path):
+    """The mixed rows had only messages and meta {source, row}: a row's rule_ids, id and own meta keys were dropped."""
+    a = tmp_path / "a.jsonl"
+    a.write_text(json.dumps({"instruction": "你好", "output": "在呢", "rule_ids": ["r1"], "id": 7,
+                             "meta": {"lang": "zh"}}, ensure_ascii=False) + "\n", encoding="utf-8")  # fmt: skip
+    b = tmp_path / "b.jsonl"
+    b.write_text(json.dumps({"messages": [{"role": "user", "content": "怎么盗号"},
+                                          {"role": "assistant", "content": "不能帮你"}], "tags": ["safety"]},
+                            ensure_ascii=False) + "\n", encoding="utf-8")  # fmt: skip
+    out = tmp_path / "m.jsonl"
+    mix.run([f"{a}:0.5", f"{b}:0.5"], out, total=2)
+    got = {r["meta"]["row"]: r for r in read(out)}
+    assert got[f"{a}:1"] == {
+        "messages": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "在呢"}],
+        "rule_ids": ["r1"], "id": 7, "meta": {"lang": "zh", "source": str(a), "row": f"{a}:1"},
+    }  # fmt: skip
+    assert got[f"{b}:1"]["tags"] == ["safety"] and got[f"{b}:1"]["meta"] == {"source": str(b), "row": f"{b}:1"}
+    assert len(load_conversations(str(out)).rows) == 2  # still reads as chat rows
+    for meta, msg in (({"row": "mine"}, ":1: meta.row: the row has its own; `data mix` writes meta.row"),
+                      ("zh", ":1: meta: str; `data mix` writes meta.source and meta.row into it")):  # fmt: skip
+        b.write_text(json.dumps({"instruction": "q", "output": "a", "meta": meta}) + "\n", encoding="utf-8")
+        with pytest.raises(UserError, match=re.escape(f"{b}{msg}")):
+            mix.run([f"{a}:0.5", f"{b}:0.5"], tmp_path / "m2.jsonl", total=2)
+        assert not (tmp_path / "m2.jsonl").exists()

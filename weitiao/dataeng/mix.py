@@ -7,6 +7,9 @@ Steps: 1. load every source (any SFT format) → 2. dedup on the normalized conv
 source wins → 3. targets by largest remainder so they sum to the total → 4. down-sample without
 replacement, or up-sample (every row k times, then a random remainder) → 5. shuffle, write messages
 rows with `meta.source` (the file) and `meta.row` (file:line of the row kept), report counts and the achieved ratio.
+A row's own columns (id, rule_ids, its own `meta` keys, ...) are kept as they were; only the format's fields
+(instruction/output, conversations, ... : `formats.READ_KEYS`) become `messages`/`tools`. A row whose `meta`
+already holds `source` or `row`, or is not an object, is refused naming file:line and the key: mix writes those.
 Without --total, the total is the largest one that needs no up-sampling: min(unique_i / ratio_i).
 """
 
@@ -20,10 +23,11 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from weitiao.data.formats import Conversation, data_files, file_kind, load_conversations
+from weitiao.data.files import iter_records
+from weitiao.data.formats import READ_KEYS, Conversation, data_files, file_kind, load_conversations
 from weitiao.data.tools import to_record
 from weitiao.dataeng.similarity import normalize
-from weitiao.errors import UserError
+from weitiao.errors import UserError, where
 from weitiao.io import atomic_write_text, claim_outputs, write_jsonl
 
 
@@ -90,6 +94,35 @@ def sample(rows: list, n: int, rng: random.Random) -> list:
     return rows * k + rng.sample(rows, rem)
 
 
+MIX_META = ("source", "row")  # what mix records in each row's `meta`
+
+
+def own_columns(picked: list[Conversation]) -> dict[str, dict]:
+    """{file:line: the row's own columns} for the rows picked: every key but the format's (READ_KEYS), read again
+    from the file; a `meta` that is not an object or already has a key mix writes is refused, naming it."""
+    lines: dict[str, set[int]] = {}
+    for c in picked:
+        path, _, n = c.source.rpartition(":")
+        lines.setdefault(path, set()).add(int(n))
+    out = {}
+    for path, wanted in lines.items():
+        for n, record in iter_records(Path(path)):
+            if n not in wanted or not isinstance(record, dict):
+                continue
+            own = {k: v for k, v in record.items() if k not in READ_KEYS}
+            meta = own.get("meta")
+            if meta is not None and not isinstance(meta, dict):
+                raise UserError(f"{where(path, n, 'meta')}: {type(meta).__name__}; `data mix` writes meta.source and "
+                                "meta.row into it: make it an object or rename the column")  # fmt: skip
+            for k in MIX_META:
+                if meta and k in meta:
+                    what = "file" if k == "source" else "file:line"
+                    raise UserError(f"{where(path, n, f'meta.{k}')}: the row has its own; `data mix` writes meta.{k} "
+                                    f"(the {what} a row came from): rename it")  # fmt: skip
+            out[f"{path}:{n}"] = own
+    return out
+
+
 def run(specs: list[str], out: str | Path, total: int | None = None, seed: int = 0) -> dict:
     """Write the mixed JSONL to `out` and `<out>.report.json`; returns the report."""
     sources = parse_sources(specs)
@@ -116,6 +149,7 @@ def run(specs: list[str], out: str | Path, total: int | None = None, seed: int =
         pools.append(pool)
         report.append({"source": src.path, "read": len(loaded), "duplicates": len(loaded) - len(pool),
                        "unique": len(pool)})  # fmt: skip
+    own = own_columns([c for pool in pools for c in pool])  # a row mix cannot write is refused before sampling
     # 3. targets
     share = [s.ratio / sum(x.ratio for x in sources) for s in sources]
     if total is None:  # 7 / 0.07 is 99.999…: round up past the float error, then step down while a source would repeat
@@ -133,7 +167,10 @@ def run(specs: list[str], out: str | Path, total: int | None = None, seed: int =
         row.update(target_ratio=round(r, 4), picked=n, upsample=round(n / len(pool), 3),
                    unique_picked=len({id(c) for c in picked}))  # fmt: skip
     rng.shuffle(mixed)
-    write_jsonl(out, [{**to_record(c), "meta": {"source": s, "row": c.source}} for s, c in mixed])
+    write_jsonl(out, [
+        {**to_record(c), **own[c.source], "meta": {**(own[c.source].get("meta") or {}), "source": s, "row": c.source}}
+        for s, c in mixed
+    ])  # fmt: skip
     for row in report:
         row["achieved_ratio"] = round(row["picked"] / total, 4)
     summary = {"out": str(out), "total": total, "seed": seed, "sources": report}
