@@ -429,3 +429,21 @@ def test_build_never_writes_over_its_own_tasks_file(tmp_path):
     r = CliRunner().invoke(injection_app, ["build", "--out", str(out), "--tasks", str(tasks)])
     assert isinstance(r.exception, UserError) and "is also an input" in str(r.exception)
     assert tasks.read_bytes() == before and not (out / "attacks.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "args, msg",
+    [(["--sweep", "0.5,0.5"], "--sweep 0.5,0.5: threshold 0.5 is given twice; give each once"),
+     (["--sweep", "1,0.5,.50"], "--sweep 1,0.5,.50: threshold 0.5 is given twice; give each once"),
+     (["--sweep", "0.5,abc"], "--sweep 0.5,abc: 'abc' is not a number; give thresholds as 0.5,1,1.5"),
+     (["--sweep", "nan"], "--sweep nan: 'nan' is not a number"),
+     (["--sweep", "1", "--text", "你好"], "--sweep: measures the attack and benign sets, not one --text")],
+)  # fmt: skip
+def test_screen_sweep_refuses_repeats_and_non_numbers_before_measuring(args, msg, monkeypatch):
+    """--sweep 0.5,0.5 printed the same row twice (and the JSON kept one); 'abc' was a ValueError traceback after the
+    whole measurement; with --text the sweep was ignored."""
+    import weitiao.safety.screen as screen_mod
+
+    monkeypatch.setattr(screen_mod, "measure", lambda *a, **k: pytest.fail("measured before the check"))
+    r = CliRunner().invoke(injection_app, ["screen", *args])
+    assert isinstance(r.exception, UserError) and str(r.exception).startswith(msg), (r.exception, r.output)

@@ -19,6 +19,7 @@ and `app.add_typer(rules_app, name="rules")`.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,23 @@ console = progress.console()
 
 def _csv(s: str | None) -> list[str]:
     return [x.strip() for x in (s or "").split(",") if x.strip()]
+
+
+def sweep_thresholds(spec: str | None) -> list[float]:
+    """`--sweep 0.5,1,1.5` as numbers; a value that is not a finite number, or one given twice (0.5 and .50 too: the
+    same row twice), is refused in one line before any measuring."""
+    out: list[float] = []
+    for x in _csv(spec):
+        try:
+            th = float(x)
+        except ValueError:
+            th = math.nan
+        if not math.isfinite(th):
+            raise UserError(f"--sweep {spec}: {x!r} is not a number; give thresholds as 0.5,1,1.5")
+        if th in out:
+            raise UserError(f"--sweep {spec}: threshold {th:g} is given twice; give each once")
+        out.append(th)
+    return out
 
 
 def _claim(outputs: list[Path | None], inputs: list[Path]) -> None:
@@ -141,7 +159,9 @@ def injection_screen(
     attacks: list[Path] = typer.Argument(None, help="attack files (default: all built-in attacks, seed 0)"),
     config: str = typer.Option("default", help="'default' or a screen YAML (threshold, patterns, disable, ...)"),
     text: str = typer.Option(None, help="score this one user message and exit"),
-    sweep: str = typer.Option(None, help="also report overall detection / FP at these thresholds, e.g. 0.5,1,1.5"),
+    sweep: str = typer.Option(
+        None, help="also report overall detection / FP at these thresholds, each once, e.g. 0.5,1,1.5"
+    ),
     out: Path = typer.Option(None, help="write the report as JSON"),
 ) -> None:
     """Detection rate of the serve input screen per family, and false-positive rate on benign prompts."""
@@ -151,6 +171,9 @@ def injection_screen(
     from weitiao.safety.screen import Screen, load_screen_config, measure
 
     _claim([out], [*(attacks or []), *([Path(config)] if config != "default" else [])])
+    thresholds = sweep_thresholds(sweep)
+    if text is not None and thresholds:
+        raise UserError("--sweep: measures the attack and benign sets, not one --text; drop one of them")
     screen = Screen(load_screen_config(config))
     if text is not None:
         s = screen.score([{"role": "user", "content": text}])
@@ -175,7 +198,7 @@ def injection_screen(
     for k, v in rep["false_positive"].items():
         t.add_row(f"benign: {k}", str(v["n"]), f"{v['rate']:.3f}", style="dim")
     console.print(t)
-    for th in [float(x) for x in _csv(sweep)]:
+    for th in thresholds:
         screen.cfg.threshold = th
         r = measure(screen, rows, benign_sets() | {"benign_zh_2": [user(t) for t in D.BENIGN_2]})
         fresh = sum(screen.score(user(t)).blocked for t in D.FRESH_ATTACKS_2) / len(D.FRESH_ATTACKS_2)
