@@ -1,5 +1,6 @@
 """logs chat (Q162): the signal hierarchy on a hand-made log, precision on synthetic logs, caps and balance."""
 
+import datetime
 import json
 
 import duckdb
@@ -229,3 +230,21 @@ def test_full_width_letters_digits_and_wide_spaces_are_one_prompt_across_session
     keys = {k for (k,) in r.con.execute("SELECT DISTINCT prompt_key FROM wt_responses").fetchall()}
     assert keys == {"x5多少钱"}
     assert ("r1", "r2", "explicit", "thumbs_up_vs_down", "cross_session") in pairs_of(r)
+
+
+@pytest.mark.parametrize("order", [("thumbs_up", "thumbs_down"), ("thumbs_down", "thumbs_up")])
+def test_a_thumbs_up_and_down_at_the_same_last_ts_count_as_neither_whatever_the_row_order(tmp_path, order):
+    """r6 got 👍 and 👎 at one ts: 'the last click wins' took whichever row came last (+1 in one order, −1 in the
+    other), so the pair r5/r6 and its signal depended on how the file was written."""
+    events, responses = write_log(tmp_path)
+    table = pq.read_table(events)
+    rows = [r for r in table.to_pylist() if r["response_id"] != "r6"]
+    same = rows[0]["ts"]
+    tied = [{"response_id": "r6", "event": e, "ts": same, "value": None} for e in order]
+    last = max(r["ts"] for r in rows) + datetime.timedelta(seconds=1)  # after r7's own 👍
+    later = {"response_id": "r7", "event": "thumbs_down", "ts": last, "value": None}
+    pq.write_table(pa.Table.from_pylist(rows + tied + [later], schema=table.schema), events)
+    r = chat.run(events, responses, load_profile("chat", "chat"), progress=False)
+    explicit = dict(r.con.execute("SELECT response_id, t_explicit FROM wt_responses").fetchall())
+    assert explicit["r6"] == 0 and explicit["r7"] == -1  # control, r7: 👍 then 👎 later: the later one wins
+    assert ("r5", "r6", "explicit", "thumbs_up_vs_none", "session") in pairs_of(r)

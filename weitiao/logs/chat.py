@@ -9,7 +9,9 @@ Inputs (files, or a team's warehouse tables under these names):
             dwell (value = seconds); other names are counted as ignored (or mapped by event_names)
 
 Each response gets one value per signal tier, strongest first:
-  explicit  +1 thumbs up / −1 thumbs down (the user's last click wins)
+  explicit  +1 thumbs up / −1 thumbs down (the user's last click wins; a thumbs up and a thumbs down at the same
+            latest ts count as neither, 0: tables have no row order to break the tie, and an input order would
+            decide otherwise)
   share     1 if shared or copied
   context   −1 regenerated, +1 followed up
   dwell     dwell seconds, or seconds / expected reading time (dwell_normalize)
@@ -216,8 +218,9 @@ FROM e LEFT JOIN responses r ON r.response_id = e.response_id""",
             "wt_responses",
             f"""WITH s AS (
   SELECT response_id, count(*) AS events,
-    arg_max(CASE event WHEN 'thumbs_up' THEN 1 ELSE -1 END, ts) FILTER (WHERE event IN ('thumbs_up', 'thumbs_down'))
-      AS explicit,
+    CASE WHEN max(ts) FILTER (WHERE event = 'thumbs_up') = max(ts) FILTER (WHERE event = 'thumbs_down') THEN 0
+      ELSE arg_max(CASE event WHEN 'thumbs_up' THEN 1 ELSE -1 END, ts) FILTER (WHERE event IN ('thumbs_up',
+        'thumbs_down')) END AS explicit,  -- the last click; an up and a down at the same last ts: neither
     bool_or(event IN ('share', 'copy')) AS shared, bool_or(event = 'regenerate') AS regenerated,
     bool_or(event = 'follow_up') AS followed, sum(value) FILTER (WHERE event = 'dwell') AS dwell_s
   FROM wt_events WHERE drop_rule IS NULL GROUP BY response_id),

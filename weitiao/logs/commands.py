@@ -180,6 +180,8 @@ def chat_cmd(
 ) -> None:
     """Chat-site thumbs, share/copy, regenerate, follow-up, dwell → pairs by signal strength.
 
+    Thumbs: the last click; 👍 and 👎 at the same latest ts count as neither (no row order breaks the tie).
+
     --set cross_session.enabled=true also pairs replies across sessions."""
     from weitiao.logs import chat
 
