@@ -32,6 +32,23 @@ def test_plan_by_size_and_expected_time():
     assert (capped.sft_steps, capped.dpo_steps) == (3, 3) and capped.seconds < tiny.seconds
 
 
+def test_speed_probe_runs_on_one_thread(monkeypatch):
+    """The expected time's matmul probe runs on one thread (a 2-thread probe on a busy 2-core box read ~1/100 of
+    the speed: 571 min announced for a 5-minute demo) and leaves torch's thread count as it was."""
+    import torch
+
+    seen = []
+    randn = torch.randn
+    monkeypatch.setattr(torch, "randn", lambda *a, **k: seen.append(torch.get_num_threads()) or randn(*a, **k))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert demo._flops_per_second() > 0
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_heldout_prompts_never_trained_on():
     """The demo's evaluation prompts appear in no training file of SFT, DPO or pre-training."""
 

@@ -122,15 +122,22 @@ def param_count(path: str) -> int:
 
 
 def _flops_per_second() -> float:
-    """This machine's fp32 matmul speed: the best of 20 short probes, so a moment of contention does not count."""
-    a = torch.randn(256, 256)
-    a @ a  # warm up
-    best = float("inf")
-    for _ in range(20):
-        t = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - t)
-    return 2 * 256**3 / best
+    """This machine's fp32 matmul speed: one thread's best of 20 short probes, times the threads torch uses.
+    Probed on one thread because a multi-thread probe of ~1 ms waits for every core each time: on a 2-core box
+    running other jobs it read ~1/100 of the speed (a 5-minute demo announced as 571 minutes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a = torch.randn(256, 256)
+        a @ a  # warm up
+        best = float("inf")
+        for _ in range(20):
+            t = time.perf_counter()
+            a @ a
+            best = min(best, time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(threads)
+    return threads * 2 * 256**3 / best
 
 
 def _expected_seconds(p: Plan, n_prompts: int) -> float:
