@@ -437,3 +437,25 @@ def test_step_rate_leaves_out_the_checkpoint_before_it(tmp_path, monkeypatch):
     out, _ = run_loop(tmp_path, spec(max_steps=4, save_every=2), loss_of=loss_of)
     assert [r["tokens_per_s"] for r in read_metrics(tmp_path, "train")] == [100.0] * 4
     assert out["train_tokens_per_s"] == pytest.approx(400 / 14)  # the summary stays the wall-clock mean
+
+
+def test_first_save_on_cpu_prints_no_deepspeed_accelerator_warning():
+    """accelerate's unwrap (every save) imports DeepSpeed where installed; its accelerator probe warned 'Setting
+    accelerator to CPU. If you have GPU ...' into each CPU run (make demo's output): CPU is named for it."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("deepspeed")
+    code = (
+        "import os, torch; from accelerate import Accelerator; from weitiao.train import dist\n"
+        "os.environ.pop('DS_ACCELERATOR', None)\n"
+        "class Wrap(torch.nn.Module):\n"
+        "    def __init__(self): super().__init__(); self.model = torch.nn.Linear(2, 2)\n"
+        "accel = Accelerator(cpu=True); m = accel.prepare(Wrap())\n"
+        "assert isinstance(dist.inner_model(accel, m), torch.nn.Linear)\n"
+        "import deepspeed\n"  # what unwrap may not have imported yet: the probe runs here at the latest
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "DS_ACCELERATOR"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Setting accelerator" not in done.stderr + done.stdout

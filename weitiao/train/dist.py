@@ -158,6 +158,11 @@ def sharded(module: Any) -> bool:
 
 def inner_model(accel: Any, module: Any) -> Any:
     """The HF/peft model inside the module a recipe prepared (its loss wrapper's `.model`)."""
+    if not torch.cuda.is_available():
+        # accelerate's unwrap imports DeepSpeed where installed, whose accelerator probe then warns "Setting
+        # accelerator to CPU. If you have GPU ... unable to detect it" into every CPU run's first save; CPU is
+        # what the probe would pick, so it is named (a user's own DS_ACCELERATOR stays).
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     return accel.unwrap_model(module).model
 
 
