@@ -139,6 +139,23 @@ def pack_blocks(
     return torch.tensor(blocks), torch.tensor(positions)
 
 
+def unseen_report(tok: PreTrainedTokenizerFast, blocks: torch.Tensor) -> None:
+    """Print how many tokens the pre-training never shows, and what share of `weitiao demo`'s SFT reply tokens they
+    are. Such a token's tied embedding row only ever learns "not this token" (softmax pushes every non-target down),
+    so the frozen row under SFT's LoRA keeps it unsayable: the shipped base's SFT model put p < 0.01 on 烦 after
+    被查到麻 and said "被查到麻哦" (see demo/README.md). A rebuild should see every token the SFT data uses."""
+    from weitiao.recipes.demo import SFT_DATA
+
+    seen = torch.zeros(len(tok), dtype=torch.bool)
+    seen[blocks.flatten()] = True
+    replies = [m["content"] for f in SFT_DATA for r in read_jsonl(f.removesuffix(".jsonl"))
+               for m in r.get("messages", [{"role": "assistant", "content": r.get("output", "")}])
+               if m["role"] == "assistant"]  # fmt: skip
+    ids = torch.tensor([i for ids in tok(replies, add_special_tokens=False)["input_ids"] for i in ids])
+    print(f"tokens never in the pre-training blocks: {int((~seen).sum())} of {len(tok)}; "
+          f"{float((~seen[ids]).float().mean()):.1%} of the demo SFT replies' {len(ids)} tokens")  # fmt: skip
+
+
 def build_model(tok: PreTrainedTokenizerFast) -> LlamaForCausalLM:
     """The tiny Llama; shapes keep every linear weight a multiple of 64*256 elements (NF4)."""
     config = LlamaConfig(
@@ -321,6 +338,7 @@ def main() -> None:
     blocks, positions = pack_blocks(tok, data["pretrain"] + chats, docs, random.Random(SEED))
     n_tok = int((blocks != tok.pad_token_id).sum())
     print(f"tokenizer: {len(tok)} tokens, round-trip ok | pretrain: {len(blocks)} blocks x {SEQ_LEN}, {n_tok} tokens")
+    unseen_report(tok, blocks)
     if not INIT:
         model = build_model(tok)
     print(
