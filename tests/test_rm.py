@@ -268,3 +268,24 @@ def test_a_run_writes_its_data_record(tiny_model_dir, tmp_path):
     assert d["margin_pairs"] == d["kept"] and d["world"] == 1 and d["trainable_params"] > 0
     rm.run(rm_config(tiny_model_dir, data, out, *args[:3], "train.max_steps=2", "train.resume=auto"))
     assert len(read_metrics(out, "data")) == 1
+
+
+@pytest.mark.parametrize("kind", ["dpo", "rm"])
+def test_eval_pairs_over_max_len_are_counted(tiny_model_dir, tmp_path, kind, capsys):
+    """An eval pair dropped for length vanished from the pairs line and the `data` record (only the train pairs'
+    encoding counts were kept), so 'read = …' did not add up; train and eval are counted together now."""
+    from weitiao.recipes import dpo
+
+    train = write_jsonl(tmp_path / "train.jsonl", make_pairs(8))
+    ev_rows = make_pairs(4)
+    ev_rows[1]["chosen"] = "好" * 200  # over data.max_len
+    ev = write_jsonl(tmp_path / "eval.jsonl", ev_rows)
+    out = tmp_path / kind
+    args = (f"data.eval=[{ev}]", "data.max_len=128", "train.max_steps=1", "train.eval_every=1")
+    (dpo.run if kind == "dpo" else rm.run)(recipe_config(kind, tiny_model_dir, train, out, *args))
+    [d] = read_metrics(out, "data")
+    assert (d["read"], d["kept"], d["eval_pairs"], d["dropped_too_long"]) == (12, 8, 3, 1)
+    assert d["read"] == d["kept"] + d["eval_pairs"] + d["rejected"] + d["low_confidence"] + d["dropped_too_long"]
+    assert (
+        "12 read = 8 train + 3 eval + 0 rejected + 0 below min_confidence + 1 over max_len" in capsys.readouterr().out
+    )

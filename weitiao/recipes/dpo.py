@@ -514,10 +514,11 @@ def run(cfg: DPOConfig) -> dict:
 def print_pairs_summary(data: PrefData, cfg: DPOConfig, ref: Reference, trainable: int, log: Any = None) -> None:
     """The pairs line (every row accounted for); `log`: also a `data` record."""
     s, d = data.stats, cfg.dpo
+    dropped, cut = data.over_max_len
     print(
         f"pairs: {data.read} read = {s.kept} train + {len(data.eval) // 2} eval + {data.rejected} rejected + "
         f"{data.low_confidence} below min_confidence + "
-        f"{s.dropped_too_long} over max_len ({s.cut} cut) · β={d.beta} {d.loss_type} · "
+        f"{dropped} over max_len ({cut} cut) · β={d.beta} {d.loss_type} · "
         f"reference: {'cache' if ref.cache else 'frozen model' if ref.ref_loss else 'adapter disabled'} · "
         f"{trainable:,} trainable params"
     )
@@ -528,8 +529,8 @@ def print_pairs_summary(data: PrefData, cfg: DPOConfig, ref: Reference, trainabl
             read=data.read,
             pairs=s.pairs,
             kept=s.kept,
-            dropped_too_long=s.dropped_too_long,
-            cut=s.cut,
+            dropped_too_long=dropped,
+            cut=cut,
             rejected=data.rejected,
             eval_pairs=len(data.eval) // 2,
             low_confidence=data.low_confidence,

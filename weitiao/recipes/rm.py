@@ -169,9 +169,10 @@ def evaluate(
 def print_pairs_summary(data: Any, trainable: int, world: int, log: Any = None) -> None:
     """The pairs line (every row accounted for); `log`: also a `data` record, as SFT and DPO write."""
     s = data.stats
+    dropped, cut = data.over_max_len
     print(
         f"pairs: {data.read} read = {s.kept} train + {len(data.eval) // 2} eval + {data.rejected} rejected + "
-        f"{data.low_confidence} below min_confidence + {s.dropped_too_long} over max_len ({s.cut} cut) · "
+        f"{data.low_confidence} below min_confidence + {dropped} over max_len ({cut} cut) · "
         f"{trainable:,} trainable params"
     )
     if log is not None:
@@ -181,8 +182,8 @@ def print_pairs_summary(data: Any, trainable: int, world: int, log: Any = None) 
             read=data.read,
             pairs=s.pairs,
             kept=s.kept,
-            dropped_too_long=s.dropped_too_long,
-            cut=s.cut,
+            dropped_too_long=dropped,
+            cut=cut,
             rejected=data.rejected,
             eval_pairs=len(data.eval) // 2,
             low_confidence=data.low_confidence,

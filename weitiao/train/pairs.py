@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,6 +38,14 @@ class PrefData:
     low_confidence: int = 0  # pairs dropped by data.min_confidence
     margins: tuple[list[float] | None, list[float] | None] | None = None  # train, eval: rows' `margin` (TRL's RM)
     content_key: str = ""  # digest of the train pairs' texts in order (resume on edited data is refused)
+    eval_stats: PairStats = field(default_factory=PairStats)  # what encoding did to the eval pairs
+
+    @property
+    def over_max_len(self) -> tuple[int, int]:
+        """Pairs dropped for length and pairs cut, train and eval together: the pairs line and the `data` record
+        account for every pair read (an eval pair dropped for length was missing from both)."""
+        t, e = self.stats, self.eval_stats
+        return t.dropped_too_long + e.dropped_too_long, t.cut + e.cut
 
     def pair_lengths(self) -> list[int]:
         """Tokens of each train pair (both sides): the packing unit."""
@@ -93,7 +101,7 @@ def prepare_pairs(cfg: PairConfig, tokenizer: Any, read_margins: bool = False, r
     ):
         print(f"note: {note}")  # once for train and eval pairs
     train, stats = encode_pairs(pairs, tokenizer, template, d.max_len, d.truncation, **enc)
-    evals, _ = encode_pairs(eval_pairs, tokenizer, template, d.max_len, d.truncation, **enc)
+    evals, eval_stats = encode_pairs(eval_pairs, tokenizer, template, d.max_len, d.truncation, **enc)
     if not train:
         raise UserError(f"data.train: no pairs left after truncation {d.truncation!r} (max_len {d.max_len})")
     weights = eval_weights = None
@@ -117,7 +125,9 @@ def prepare_pairs(cfg: PairConfig, tokenizer: Any, read_margins: bool = False, r
                             "as TRL does); drop the column")  # fmt: skip
         margins = _margins(pairs, train), _margins(eval_pairs, evals)
     content = hashlib.sha256("\x00".join(map(pair_key, pairs)).encode()).hexdigest()[:16]
-    return PrefData(template, train, evals, stats, read, rejected, weights, eval_weights, low, margins, content)
+    return PrefData(
+        template, train, evals, stats, read, rejected, weights, eval_weights, low, margins, content, eval_stats
+    )
 
 
 def _margins(pairs: list[PreferencePair], encoded: list[Encoded]) -> list[float] | None:
