@@ -50,6 +50,7 @@ from weitiao.models.load import (
     lora_as_trained,
     resolve_path,
 )
+from weitiao.models.untrained import refuse_untrained_tokens
 from weitiao.train import dist, loop
 from weitiao.train.pairs import PrefData, prepare_pairs
 from weitiao.train.spec import PairRecipeConfig, PairTrainSpec
@@ -428,6 +429,7 @@ def run(cfg: DPOConfig) -> dict:
 
     # 2. Policy, reference, optimizer. Packed rows must stay apart under the chosen attention: checked.
     model = build_trainable(cfg.model, cfg.lora, accel.device)
+    refuse_untrained_tokens(model, tokenizer, None if cfg.data.format == RAW else data.template, main)
     if t.disable_dropout:
         disable_dropout(model)
     refuse_untrainable(model, accel.device)

@@ -54,6 +54,7 @@ from weitiao.models import attention, packed_attention
 from weitiao.models.load import LoraSpec, ModelSpec, disable_dropout, load_tokenizer, lora_as_trained
 from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
 from weitiao.models.roles import Roles
+from weitiao.models.untrained import refuse_untrained_tokens
 from weitiao.recipes.rewards import RewardSpec, build_scorer, critic_base_difference
 from weitiao.train import checkpoint as ck
 from weitiao.train import dist
@@ -448,6 +449,7 @@ def run(cfg: PPOConfig) -> dict:
     if reward_model is not None and cfg.lora.enabled and p.critic_init != "zeros":  # the critic takes its adapter
         reward_base = critic_base_difference(cfg.reward.path, cfg.model.path)
     roles = Roles(cfg.model, cfg.lora, device, reward_model, p.critic_init, p.critic_lora, reward_base)
+    refuse_untrained_tokens(roles.model, tokenizer, template, main)  # the actor's rows (the critic reads them too)
     context, longest = getattr(roles.model.config, "max_position_embeddings", None), max(lens_kept)
     if context and longest + p.generate_max_len > context:  # past it a RoPE model runs on, silently out of range
         raise UserError(

@@ -39,6 +39,7 @@ from weitiao.models.load import (
     lora_as_trained,
     match_adapter,
 )
+from weitiao.models.untrained import refuse_untrained_tokens
 from weitiao.train import dist, loop
 from weitiao.train.pairs import prepare_pairs
 from weitiao.train.spec import PairRecipeConfig, PairTrainSpec
@@ -225,6 +226,7 @@ def run(cfg: RMConfig) -> dict:
     else:
         model = build_trainable(cfg.model, cfg.lora, accel.device, head="score")
     model.config.pad_token_id = pad_id
+    refuse_untrained_tokens(model, tokenizer, None if cfg.data.format == RAW else data.template, main)
     if t.disable_dropout:
         disable_dropout(model)
     refuse_untrainable(model, accel.device)

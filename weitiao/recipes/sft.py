@@ -34,6 +34,7 @@ from weitiao.losses.sft import CausalLMLoss
 from weitiao.models import packed_attention
 from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
 from weitiao.models.load import LoraSpec, ModelSpec, build_trainable, count_params, load_tokenizer
+from weitiao.models.untrained import refuse_untrained_tokens
 from weitiao.train import dist, loop
 from weitiao.train.spec import DataFilesSpec, TrainSpec
 
@@ -79,6 +80,7 @@ class SFTData:
     warnings: list[str] = field(default_factory=list)
     cache_line: str = ""  # where the tokenized rows came from
     content_key: str = ""  # digest of the training rows' texts in order (resume on edited data is refused)
+    text_only: bool = False  # data.train is raw text (format text): no template rendered, rows closed with EOS
 
 
 def _chat_only_keys(d: DataSpec) -> str:
@@ -151,7 +153,7 @@ def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
     content = hashlib.sha256(np.ascontiguousarray(tr.keys[rows]).tobytes()).hexdigest()[:16]  # texts, in order
     return SFTData(
         tokenizer, template, train, evals, stats, eval_stats, read, rejected, eval_copies, warnings, cache_line(tr, ev),
-        content,
+        content, tr.meta["format"] == "text",
     )  # fmt: skip
 
 
@@ -257,6 +259,7 @@ def run(cfg: SFTConfig) -> dict:
 
     # 2. Model, loss wrapper, optimizer.
     model = build_trainable(cfg.model, cfg.lora, accel.device)
+    refuse_untrained_tokens(model, tokenizer, None if data.text_only else data.template, main)
     refuse_untrainable(model, accel.device)
     if cfg.data.packing:  # sdpa per conversation of a packed row instead of a block-diagonal mask
         packed_attention.enable(model)

@@ -1,0 +1,127 @@
+"""Untrained rows of a chat template's control tokens (Llama-3 base's <|eot_id|> and headers): LoRA is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build_tokenizer, save_tiny_model
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from weitiao.errors import UserError
+from weitiao.models.untrained import refuse_untrained_tokens, untrained_ids, untrained_rows
+
+CONTROL = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+LLAMA3_STYLE = (  # Llama-3's own chat template, without the BOS the tiny tokenizer lacks
+    "{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] + "
+    "'<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+
+
+def llama3_tokenizer():
+    tok = build_tokenizer(LLAMA3_STYLE, eos="<|endoftext|>")  # Llama-3 base: EOS <|end_of_text|>, turns <|eot_id|>
+    tok.add_special_tokens({"additional_special_tokens": CONTROL})
+    return tok
+
+
+@pytest.fixture(scope="module")
+def llama3_dirs(tmp_path_factory):
+    """(a tiny Llama whose control-token rows are zero in embed_tokens and lm_head, the same with its rows kept)."""
+    tok = llama3_tokenizer()
+    good = save_tiny_model(tmp_path_factory.mktemp("l3") / "good", tok, hidden=64)
+    model = AutoModelForCausalLM.from_pretrained(good)
+    with torch.no_grad():
+        for i in tok.convert_tokens_to_ids(CONTROL):
+            model.get_input_embeddings().weight[i] = 0
+            model.get_output_embeddings().weight[i] = 0
+    bad = tmp_path_factory.mktemp("l3") / "base"
+    model.save_pretrained(bad)
+    tok.save_pretrained(bad)
+    return bad, good
+
+
+@pytest.mark.parametrize("quant", ["none", "4bit"])
+def test_lora_on_untrained_control_rows_is_refused(llama3_dirs, chat_file, make_config, quant):
+    """The refusal is one line naming the three tokens, the rows and the fixes; nothing is trained. Under QLoRA too:
+    bitsandbytes leaves embed_tokens and lm_head unquantized."""
+    from weitiao.recipes import sft
+
+    cfg = make_config("sft", chat_file, "train.max_steps=2", f"model.quant={quant}", model_dir=llama3_dirs[0])
+    with pytest.raises(UserError) as e:
+        sft.run(cfg)
+    msg = str(e.value)
+    assert "\n" not in msg and all(t in msg for t in CONTROL), msg
+    assert "untrained rows in the base" in msg and "lora.modules_to_save: [embed_tokens, lm_head]" in msg
+    assert "lora.enabled: false" in msg and "data.template" in msg
+    assert not (Path(cfg.train.out) / "final").exists()
+
+
+def test_modules_to_save_trains_the_rows(llama3_dirs, chat_file, make_config, capsys):
+    """With embed_tokens and lm_head trained in full the run goes on (a note said), and their <|eot_id|> rows move."""
+    from weitiao.recipes import sft
+
+    cfg = make_config(
+        "sft", chat_file, "train.max_steps=2", "lora.modules_to_save=[embed_tokens,lm_head]", model_dir=llama3_dirs[0]
+    )
+    sft.run(cfg)
+    assert "untrained rows in the base; they train here" in capsys.readouterr().out
+    saved = load_file(str(Path(cfg.train.out) / "final" / "adapter" / "adapter_model.safetensors"))
+    eot = llama3_tokenizer().convert_tokens_to_ids("<|eot_id|>")
+    rows = [w[eot] for k, w in saved.items() if "embed_tokens" in k or "lm_head" in k]
+    assert len(rows) == 2 and all(r.abs().max() > 0 for r in rows)
+
+
+def test_trained_rows_train_without_a_word(llama3_dirs, chat_file, make_config, capsys):
+    """Negative control: the same model with its control rows kept trains with LoRA and says nothing about them."""
+    from weitiao.recipes import sft
+
+    sft.run(make_config("sft", chat_file, "train.max_steps=2", model_dir=llama3_dirs[1]))
+    assert "untrained" not in capsys.readouterr().out
+
+
+def test_full_fine_tuning_is_not_refused(llama3_dirs, capsys):
+    """Every weight trains: the rows learn from where they are; a note, no refusal."""
+    from weitiao.data.templates import resolve_template
+
+    tok = llama3_tokenizer()
+    model = AutoModelForCausalLM.from_pretrained(llama3_dirs[0])
+    refuse_untrained_tokens(model, tok, resolve_template(tok))
+    assert "<|eot_id|>" in capsys.readouterr().out
+    model.requires_grad_(False)  # what LoRA leaves of it
+    with pytest.raises(UserError, match="eot_id"):
+        refuse_untrained_tokens(model, tok, resolve_template(tok))
+
+
+def test_bf16_near_zero_placeholder_tied_and_quantized():
+    """bf16 rows of 1e-23 are caught; a row shared by 3+ tokens is a placeholder, two equal rows are not; a tied head
+    is read once; a quantized (integer) matrix is skipped."""
+    torch.manual_seed(0)
+    w = (torch.randn(300, 64) * 0.02).to(torch.bfloat16)
+    w[5] = 1e-23
+    w[7] = w[8] = w[9] = w[100]  # a mean row written into three added tokens
+    w[11] = w[12]  # two equal rows alone: not "many"
+    assert float(w[5].abs().max()) > 0  # a bf16 1e-23 is not exactly zero
+    assert untrained_rows(w, [5, 6, 7, 11, 400]) == [5, 7]
+
+    class Tied(torch.nn.Module):
+        def __init__(self, weight: torch.Tensor):
+            super().__init__()
+            self.embed_tokens = torch.nn.Embedding(*weight.shape, _weight=weight)
+            self.lm_head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+            self.lm_head.weight = self.embed_tokens.weight
+
+        def get_input_embeddings(self):
+            return self.embed_tokens
+
+        def get_output_embeddings(self):
+            return self.lm_head
+
+    assert untrained_ids(Tied(w.float()), [5, 6], [5]) == {"input": [5], "output": [5]}
+    quant = Tied(w.float())
+    quant.embed_tokens.weight = quant.lm_head.weight = torch.nn.Parameter(
+        torch.zeros(300, 64, dtype=torch.uint8), requires_grad=False
+    )
+    assert untrained_ids(quant, [5]) == {"input": [], "output": []}
