@@ -242,6 +242,8 @@ def test_a_ppo_runs_own_config_yaml_runs_again(tiny_model_dir, prompts, tmp_path
     from weitiao.recipes.rewards import RewardSpec, build_scorer
 
     ppo.run(config(tiny_model_dir, prompts, tmp_path / "a", "train.max_steps=1", "ppo.max_epochs=1"))
+    [d] = read_metrics(tmp_path / "a", "data")  # as SFT/DPO/RM write (PPO wrote none): every prompt accounted for
+    assert d["read"] == d["kept"] + d["dropped_too_long"] > 0 and d["world"] == 1 and d["trainable_params"] > 0
     again = load_config(ppo.PPOConfig, tmp_path / "a" / "config.yaml", [f"train.out={tmp_path / 'b'}"])
     assert {"timeout", "batch_size"} <= again.reward.model_fields_set
     build_scorer(again.reward)

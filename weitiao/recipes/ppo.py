@@ -525,6 +525,10 @@ def run(cfg: PPOConfig) -> dict:
             + f" · β={kl_ctl.beta} · models {models_held}"
         )
     log = MetricsLog(out, main, t.tensorboard, t.report_to, config_yaml, state["step"] if ckpt is not None else None)
+    if ckpt is None:  # once per run, as SFT, DPO and RM write it (calc plan --calibrate reads `world` from it)
+        trainable = sum(x.numel() for x in roles.actor_params) + sum(x.numel() for x in roles.critic_params)
+        log.log("data", 0, read=len(prompts) + too_long, kept=len(prompts), dropped_too_long=too_long,
+                template=template.name, trainable_params=trainable, world=world)  # fmt: skip
     history: list[dict] = []
     bar = progress_bar(t.progress and main, t.progress_every_s)
     task = bar.add_task("ppo", total=total_steps, completed=state["step"], info="")
