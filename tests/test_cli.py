@@ -161,3 +161,23 @@ def test_a_user_error_on_several_processes_is_printed_once(tmp_path):
     both = two_processes(tmp_path, str(driver), "pg", torchrun=False)  # no torchrun: the process group's store
     assert [p.returncode for p in both] == [1, 1]
     assert "".join(p.stderr for p in both).count("error: pg: said once") == 1
+
+
+def test_every_command_names_cpu_for_deepspeed(monkeypatch):
+    """`weitiao export --merge` printed DeepSpeed's "[WARNING] Setting accelerator to CPU. If you have GPU ..."
+    (peft's merge imports it): the CLI names cpu for DeepSpeed's probe on a machine without CUDA, a user's own
+    DS_ACCELERATOR untouched."""
+    import torch
+
+    from weitiao import cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["weitiao", "--help"])
+    for given, want in ((None, "cpu"), ("cuda", "cuda")):
+        if given is None:
+            monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+        else:
+            monkeypatch.setenv("DS_ACCELERATOR", given)
+        with pytest.raises(SystemExit):
+            cli.main()
+        assert __import__("os").environ["DS_ACCELERATOR"] == want

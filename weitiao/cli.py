@@ -435,6 +435,9 @@ def ui(
 
 
 def main() -> None:
+    from weitiao.train.dist import name_cpu_for_deepspeed
+
+    name_cpu_for_deepspeed()  # every command: exports and merges import DeepSpeed too
     try:
         app()
     except UserError as e:

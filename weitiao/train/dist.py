@@ -156,13 +156,17 @@ def sharded(module: Any) -> bool:
     )
 
 
+def name_cpu_for_deepspeed() -> None:
+    """On a machine without CUDA, DS_ACCELERATOR defaults to cpu: accelerate's unwrap (every save) and peft's merge
+    import DeepSpeed where it is installed, and its accelerator probe then warns "Setting accelerator to CPU. If you
+    have GPU ... unable to detect it" into every CPU run; cpu is what the probe picks. A user's own value stays."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def inner_model(accel: Any, module: Any) -> Any:
     """The HF/peft model inside the module a recipe prepared (its loss wrapper's `.model`)."""
-    if not torch.cuda.is_available():
-        # accelerate's unwrap imports DeepSpeed where installed, whose accelerator probe then warns "Setting
-        # accelerator to CPU. If you have GPU ... unable to detect it" into every CPU run's first save; CPU is
-        # what the probe would pick, so it is named (a user's own DS_ACCELERATOR stays).
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    name_cpu_for_deepspeed()
     return accel.unwrap_model(module).model
 
 
