@@ -284,8 +284,10 @@ def test_eval_pairs_over_max_len_are_counted(tiny_model_dir, tmp_path, kind, cap
     args = (f"data.eval=[{ev}]", "data.max_len=128", "train.max_steps=1", "train.eval_every=1")
     (dpo.run if kind == "dpo" else rm.run)(recipe_config(kind, tiny_model_dir, train, out, *args))
     [d] = read_metrics(out, "data")
-    assert (d["read"], d["kept"], d["eval_pairs"], d["dropped_too_long"]) == (12, 8, 3, 1)
-    assert d["read"] == d["kept"] + d["eval_pairs"] + d["rejected"] + d["low_confidence"] + d["dropped_too_long"]
+    got = (d["read"], d["kept"], d["eval_pairs"], d["dropped_too_long"], d["eval_dropped_too_long"])
+    assert got == (12, 8, 3, 0, 1)
+    assert d["read"] == d["kept"] + d["eval_pairs"] + d["rejected"] + d["low_confidence"] + d["eval_dropped_too_long"]
+    assert d["pairs"] == d["kept"] + d["dropped_too_long"] and d["world"] == 1  # calc plan reads `world` (DPO: none)
     assert (
         "12 read = 8 train + 3 eval + 0 rejected + 0 below min_confidence + 1 over max_len" in capsys.readouterr().out
     )

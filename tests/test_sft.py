@@ -122,6 +122,7 @@ def test_ddp_two_processes_match_one(tiny_model_dir, chat_file, tmp_path):
         "train.tensorboard=false",
         "train.micro_batch_size=1",
         "data.max_len=64",
+        "data.eval_split=0",
         "train.max_steps=5",
         "lora.dropout=0",
         "train.lr=5e-3",
@@ -361,3 +362,15 @@ def test_final_appears_whole_or_not_at_all(tiny_model_dir, chat_file, tmp_path, 
     sft.run(config(tiny_model_dir, chat_file, run, "train.max_steps=2", "train.resume=none"))
     names = {p.name for p in (run / "final").iterdir()}
     assert {"adapter", "tokenizer", "chat_template.jinja"} <= names and not list(run.glob(".final.*"))
+
+
+def test_an_eval_row_over_max_len_is_in_the_data_record(tiny_model_dir, tmp_path):
+    """The data line counted an eval row dropped for length, the `data` record did not (read did not add up)."""
+    rows = [{"instruction": f"问题{i}", "output": f"回答{i}"} for i in range(8)]
+    train = write_jsonl(tmp_path / "t.jsonl", rows)
+    ev = write_jsonl(tmp_path / "e.jsonl", rows[:2] + [{"instruction": "长", "output": "好" * 300}])
+    sft.run(config(tiny_model_dir, train, tmp_path / "run", f"data.eval=[{ev}]", "data.max_len=64", "data.eval_split=0",
+                   "train.max_steps=1", "train.eval_every=1"))  # fmt: skip
+    d = read_metrics(tmp_path / "run", "data")[0]
+    assert (d["dropped_too_long"], d["eval_dropped_too_long"], d["eval_rows"]) == (0, 1, 2)
+    assert d["read"] == d["kept"] + d["eval_rows"] + d["rejected"] + d["dropped_too_long"] + d["eval_dropped_too_long"]

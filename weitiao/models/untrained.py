@@ -78,8 +78,9 @@ def untrained_rows(weight: torch.Tensor, ids: list[int]) -> list[int]:
 
 def untrained_ids(model: Any, ids: list[int], output_ids: list[int] | None = None) -> dict[str, list[int]]:
     """{"input": ids whose embed_tokens row looks untrained, "output": those of `output_ids` (default `ids`) whose
-    lm_head row does}; a tied head is the same matrix, a quantized or absent matrix gives []. The embedding's padding_idx
-    row (zero by design, never trained by nn.Embedding: a tiny model's pad = EOS) is no input row to check."""
+    lm_head row does}; a tied head is the same matrix, a quantized or absent matrix gives []. The embedding's
+    padding_idx row (zero by design, never trained by nn.Embedding: a tiny model's pad = EOS) is no input row to
+    check."""
     out_ids = ids if output_ids is None else output_ids
     emb = model.get_input_embeddings()
     w_in, _ = _matrix(emb)

@@ -462,7 +462,7 @@ def run(cfg: DPOConfig) -> dict:
         key = cache_key(cfg, data.template, data.train)
         ref.precompute(data.train, cfg, key, pad_id, one_row, accel, cache_file, fresh=ckpt is None)
     if main:
-        print_pairs_summary(data, cfg, ref, trainable, log if ckpt is None else None)
+        print_pairs_summary(data, cfg, ref, trainable, world, log if ckpt is None else None)
     plan = loop.EpochPlan(data.pair_lengths(), 2 * cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
     total = plan.total_steps(state)
     falling = FallingChosen(d.warn_falling_chosen)
@@ -513,27 +513,12 @@ def run(cfg: DPOConfig) -> dict:
     return summary
 
 
-def print_pairs_summary(data: PrefData, cfg: DPOConfig, ref: Reference, trainable: int, log: Any = None) -> None:
-    """The pairs line (every row accounted for); `log`: also a `data` record."""
-    s, d = data.stats, cfg.dpo
-    dropped, cut = data.over_max_len
-    print(
-        f"pairs: {data.read} read = {s.kept} train + {len(data.eval) // 2} eval + {data.rejected} rejected + "
-        f"{data.low_confidence} below min_confidence + "
-        f"{dropped} over max_len ({cut} cut) · β={d.beta} {d.loss_type} · "
-        f"reference: {'cache' if ref.cache else 'frozen model' if ref.ref_loss else 'adapter disabled'} · "
-        f"{trainable:,} trainable params"
-    )
-    if log is not None:
-        log.log(
-            "data",
-            0,
-            read=data.read,
-            pairs=s.pairs,
-            kept=s.kept,
-            dropped_too_long=dropped,
-            cut=cut,
-            rejected=data.rejected,
-            eval_pairs=len(data.eval) // 2,
-            low_confidence=data.low_confidence,
-        )
+def print_pairs_summary(
+    data: PrefData, cfg: DPOConfig, ref: Reference, trainable: int, world: int, log: Any = None
+) -> None:
+    """The pairs line (every row accounted for); `log`: also a `data` record, as SFT and RM write."""
+    d = cfg.dpo
+    reference = "cache" if ref.cache else "frozen model" if ref.ref_loss else "adapter disabled"
+    print(f"{data.pairs_line()} · β={d.beta} {d.loss_type} · reference: {reference} · {trainable:,} trainable params")
+    if log is not None:  # calc plan --calibrate reads `world` from it
+        log.log("data", 0, **data.counts(), trainable_params=trainable, world=world)

@@ -169,30 +169,10 @@ def evaluate(
 
 def print_pairs_summary(data: Any, trainable: int, world: int, log: Any = None) -> None:
     """The pairs line (every row accounted for); `log`: also a `data` record, as SFT and DPO write."""
-    s = data.stats
-    dropped, cut = data.over_max_len
-    print(
-        f"pairs: {data.read} read = {s.kept} train + {len(data.eval) // 2} eval + {data.rejected} rejected + "
-        f"{data.low_confidence} below min_confidence + {dropped} over max_len ({cut} cut) · "
-        f"{trainable:,} trainable params"
-    )
-    if log is not None:
-        log.log(
-            "data",
-            0,
-            read=data.read,
-            pairs=s.pairs,
-            kept=s.kept,
-            dropped_too_long=dropped,
-            cut=cut,
-            rejected=data.rejected,
-            eval_pairs=len(data.eval) // 2,
-            low_confidence=data.low_confidence,
-            margin_pairs=len(data.margins[0] or []) if data.margins else 0,  # train pairs scored with their `margin`
-            template=data.template.name,
-            trainable_params=trainable,
-            world=world,
-        )
+    print(f"{data.pairs_line()} · {trainable:,} trainable params")
+    if log is not None:  # margin_pairs: train pairs scored with their `margin`; calc plan --calibrate reads `world`
+        margins = len(data.margins[0] or []) if data.margins else 0
+        log.log("data", 0, **data.counts(), margin_pairs=margins, trainable_params=trainable, world=world)
 
 
 def run(cfg: RMConfig) -> dict:

@@ -353,6 +353,7 @@ def print_data_summary(
             rows=s.rows,
             kept=s.kept,
             dropped_too_long=s.dropped_too_long,
+            eval_dropped_too_long=data.eval_stats.dropped_too_long,  # the line adds both
             cut=s.cut,
             lost_eot=s.lost_eot + data.eval_stats.lost_eot,
             history_trimmed=s.history_trimmed,

@@ -47,6 +47,23 @@ class PrefData:
         t, e = self.stats, self.eval_stats
         return t.dropped_too_long + e.dropped_too_long, t.cut + e.cut
 
+    def pairs_line(self) -> str:
+        """The start of DPO's and RM's pairs line: every pair read accounted for."""
+        dropped, cut = self.over_max_len
+        return (
+            f"pairs: {self.read} read = {self.stats.kept} train + {len(self.eval) // 2} eval + {self.rejected} "
+            f"rejected + {self.low_confidence} below min_confidence + {dropped} over max_len ({cut} cut)"
+        )
+
+    def counts(self) -> dict:
+        """The same counts for the run's `data` record (metrics.jsonl); train and eval apart (pairs = kept +
+        dropped_too_long for the train pairs; read = kept + eval_pairs + rejected + low_confidence + both drops)."""
+        t, e = self.stats, self.eval_stats
+        return {"read": self.read, "pairs": t.pairs, "kept": t.kept, "dropped_too_long": t.dropped_too_long,
+                "cut": t.cut, "rejected": self.rejected, "eval_pairs": len(self.eval) // 2,
+                "eval_dropped_too_long": e.dropped_too_long, "eval_cut": e.cut, "low_confidence": self.low_confidence,
+                "template": self.template.name}  # fmt: skip
+
     def pair_lengths(self) -> list[int]:
         """Tokens of each train pair (both sides): the packing unit."""
         return [len(self.train[2 * i]) + len(self.train[2 * i + 1]) for i in range(len(self.train) // 2)]
