@@ -280,7 +280,8 @@ def test_role_developer_is_read_as_system_as_serve_reads_it(tmp_path):
     tool_row = {"messages": [dev[0], dev[1], {"role": "assistant", "tool_calls": [call]},
                              {"role": "tool", "tool_call_id": "c1", "content": "晴"}, dev[2]]}  # fmt: skip
     assert parse_openai_tools(tool_row).messages[0] == {"role": "system", "content": "简洁"}
-    with pytest.raises(UserError, match=r"messages\[1\].role: expected 'assistant', got 'system'"):  # first only
+    mid = r"messages\[1\].role: expected 'assistant', got 'system' \(a system or developer turn may only come first\)"
+    with pytest.raises(UserError, match=mid):
         load_rows(write_jsonl(tmp_path / "late.jsonl", [{"messages": [MSGS[0], dev[0], MSGS[1]]}]))
 
 

@@ -146,7 +146,8 @@ def _check_turns(messages: list[Message], field: str, last: str = "assistant") -
         want = "user" if i % 2 == 0 else "assistant"
         if m["role"] != want:
             idx = i + (len(messages) - len(body))
-            raise RowError(f"{field}[{idx}].role", f"expected {want!r}, got {m['role']!r}")
+            where = " (a system or developer turn may only come first)" if m["role"] == "system" else ""
+            raise RowError(f"{field}[{idx}].role", f"expected {want!r}, got {m['role']!r}{where}")
     if body[-1]["role"] != last:
         raise RowError(field, f"must end with {'an' if last[0] in 'aeiou' else 'a'} {last} turn, ends with "
                               f"{body[-1]['role']!r}")  # fmt: skip
