@@ -74,6 +74,28 @@ def test_modules_to_save_trains_the_rows(llama3_dirs, chat_file, make_config, ca
     assert len(rows) == 2 and all(r.abs().max() > 0 for r in rows)
 
 
+def test_raw_text_rows_are_not_refused_for_template_tokens(llama3_dirs, make_config, tmp_path, capsys):
+    """String prompt/completion rows are raw text (prompt + completion + EOS, no template): the template's untrained
+    rows are never fed, so LoRA trains (it was refused naming tokens the run does not use); a chat row among them
+    brings the refusal back."""
+    from conftest import write_jsonl
+
+    from weitiao.recipes import sft
+
+    rows = [{"prompt": f"问题{i}：", "completion": f"回答{i}"} for i in range(8)]
+    data = write_jsonl(tmp_path / "pc.jsonl", rows)
+    sft.run(make_config("sft", data, "train.max_steps=1", model_dir=llama3_dirs[0]))
+    assert "untrained" not in capsys.readouterr().out
+    mixed = write_jsonl(
+        tmp_path / "mixed.jsonl",
+        rows
+        + [{"prompt": [{"role": "user", "content": "你好"}], "completion": [{"role": "assistant", "content": "嗨"}]}],
+    )
+    with pytest.raises(UserError, match="untrained rows in the base"):
+        out = f"train.out={tmp_path / 'mixed'}"
+        sft.run(make_config("sft", mixed, "train.max_steps=1", out, model_dir=llama3_dirs[0]))
+
+
 def test_trained_rows_train_without_a_word(llama3_dirs, chat_file, make_config, capsys):
     """Negative control: the same model with its control rows kept trains with LoRA and says nothing about them."""
     from weitiao.recipes import sft

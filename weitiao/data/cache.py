@@ -247,6 +247,7 @@ class Sink:
     def __init__(self, folder: Path, encoder: Any, num_proc: int, ticker: Ticker):
         self.folder, self.encoder, self.num_proc, self.ticker = folder, encoder, num_proc, ticker
         self.n, self.buf, self.shards = 0, [], []
+        self.chats = 0  # rows rendered with the chat template (not raw-text documents)
         self.pool: ProcessPoolExecutor | None = None
         self.pending: deque[Future] = deque()
         self.held: list[tuple[Path, list]] = []  # chunks not yet sent (the first, until a second comes)
@@ -258,6 +259,7 @@ class Sink:
         self.encoder.check(row)
         self.buf.append(row)
         self.n += 1
+        self.chats += not isinstance(row, Document)
         if len(self.buf) >= CHUNK_ROWS:
             self.flush()
 
@@ -320,6 +322,7 @@ def _build(
         "read": loaded.read,
         "rejected": loaded.rejected,
         "format": loaded.format,
+        "chat_rows": sink.chats,  # 0: every row raw text (format text, string prompt/completion rows): no template
         "per_file": loaded.per_file,
         "notes": loaded.notes,
         "seconds": round(time.time() - t0, 3),

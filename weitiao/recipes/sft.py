@@ -80,7 +80,7 @@ class SFTData:
     warnings: list[str] = field(default_factory=list)
     cache_line: str = ""  # where the tokenized rows came from
     content_key: str = ""  # digest of the training rows' texts in order (resume on edited data is refused)
-    text_only: bool = False  # data.train is raw text (format text): no template rendered, rows closed with EOS
+    text_only: bool = False  # every train row raw text (format text, string prompt/completion): no template
 
 
 def _chat_only_keys(d: DataSpec) -> str:
@@ -153,7 +153,7 @@ def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
     content = hashlib.sha256(np.ascontiguousarray(tr.keys[rows]).tobytes()).hexdigest()[:16]  # texts, in order
     return SFTData(
         tokenizer, template, train, evals, stats, eval_stats, read, rejected, eval_copies, warnings, cache_line(tr, ev),
-        content, tr.meta["format"] == "text",
+        content, tr.meta["format"] == "text" or tr.meta.get("chat_rows") == 0,
     )  # fmt: skip
 
 
