@@ -181,3 +181,19 @@ def test_a_rows_own_columns_are_kept_and_a_clash_with_what_mix_writes_is_refused
         with pytest.raises(UserError, match=re.escape(f"{b}{msg}")):
             mix.run([f"{a}:0.5", f"{b}:0.5"], tmp_path / "m2.jsonl", total=2)
         assert not (tmp_path / "m2.jsonl").exists()
+
+
+def test_dolly_rows_leave_their_context_and_response_in_the_messages_only(tmp_path):
+    """A Dolly row's context and response are its input and output: mixed, they are in `messages` and were also kept
+    as unread columns beside it (category stays: it is the row's own); a messages row's own `context` column stays."""
+    a = tmp_path / "dolly.jsonl"
+    a.write_text(json.dumps({"instruction": "总结", "context": "北京是首都。", "response": "首都是北京。",
+                             "category": "summarization"}, ensure_ascii=False) + "\n", encoding="utf-8")  # fmt: skip
+    b = tmp_path / "b.jsonl"
+    b.write_text(json.dumps({"messages": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "嗨"}],
+                             "context": "mine"}, ensure_ascii=False) + "\n", encoding="utf-8")  # fmt: skip
+    out = tmp_path / "m.jsonl"
+    mix.run([f"{a}:0.5", f"{b}:0.5"], out, total=2)
+    got = {r["meta"]["row"]: r for r in read(out)}
+    assert set(got[f"{a}:1"]) == {"messages", "category", "meta"}
+    assert got[f"{a}:1"]["messages"][0]["content"] == "总结\n北京是首都。" and got[f"{b}:1"]["context"] == "mine"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from weitiao.data.files import iter_records
-from weitiao.data.formats import READ_KEYS, Conversation, data_files, file_kind, load_conversations
+from weitiao.data.formats import DOLLY_KEYS, READ_KEYS, Conversation, data_files, file_kind, load_conversations
 from weitiao.data.tools import to_record
 from weitiao.dataeng.similarity import normalize
 from weitiao.errors import UserError, where
@@ -98,8 +98,9 @@ MIX_META = ("source", "row")  # what mix records in each row's `meta`
 
 
 def own_columns(picked: list[Conversation]) -> dict[str, dict]:
-    """{file:line: the row's own columns} for the rows picked: every key but the format's (READ_KEYS), read again
-    from the file; a `meta` that is not an object or already has a key mix writes is refused, naming it."""
+    """{file:line: the row's own columns} for the rows picked: every key but the format's (READ_KEYS; an Alpaca row's
+    Dolly context/response too), read again from the file; a `meta` that is not an object or already has a key mix
+    writes is refused, naming it."""
     lines: dict[str, set[int]] = {}
     for c in picked:
         path, _, n = c.source.rpartition(":")
@@ -109,7 +110,8 @@ def own_columns(picked: list[Conversation]) -> dict[str, dict]:
         for n, record in iter_records(Path(path)):
             if n not in wanted or not isinstance(record, dict):
                 continue
-            own = {k: v for k, v in record.items() if k not in READ_KEYS}
+            read = READ_KEYS + (tuple(DOLLY_KEYS.values()) if "instruction" in record else ())  # Dolly's, too
+            own = {k: v for k, v in record.items() if k not in read}
             meta = own.get("meta")
             if meta is not None and not isinstance(meta, dict):
                 raise UserError(f"{where(path, n, 'meta')}: {type(meta).__name__}; `data mix` writes meta.source and "
