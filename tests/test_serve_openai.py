@@ -336,7 +336,8 @@ def test_seeded_request_same_alone_and_in_batches(parts):
             return c.chat.completions.create(model="tiny", **kw).choices[0].message.content
 
         alone = ask(seeded)
-        blocker = {"messages": MSGS, "max_tokens": 60, "temperature": 0, "ignore_eos": True}
+        # the ceiling, 256 tokens: 60 could end before the 4 clients' requests arrived on a loaded box (none joined)
+        blocker = {"messages": MSGS, "max_tokens": 256, "temperature": 0, "ignore_eos": True}
         batched = []
         for pos in range(4):  # the seeded request at each position of the batch
             reqs = others[:pos] + [seeded] + others[pos:]
