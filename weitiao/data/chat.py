@@ -113,15 +113,6 @@ SPECIAL_PROBLEM = (
 )
 
 
-def special_token_error(conv: Conversation, tokenizer: Any) -> RowError | None:
-    """The first message whose text holds one of the tokenizer's special tokens (`<|im_end|>`, `<|endoftext|>`,
-    `</s>`: template residue in converted or scraped data), as a RowError naming the turn; None when none does. The
-    rendered text is tokenized with special tokens parsed, so such text would become a real control token, a turn
-    boundary inside the message, and the reply's span (up to its last end-of-turn) would train the text after it, a
-    fake user turn included."""
-    return _special_error(conv, special_tokens(tokenizer))
-
-
 def special_tokens(tokenizer: Any) -> re.Pattern | None:
     """A pattern matching the text of any of the tokenizer's special tokens (None: it has none)."""
     added = getattr(tokenizer, "added_tokens_decoder", {}).values()  # Llama 3's <|start_header_id|>: special, unnamed
@@ -129,23 +120,37 @@ def special_tokens(tokenizer: Any) -> re.Pattern | None:
     return _special_pattern(tuple(sorted(t for t in specials if t)))
 
 
-def _special_error(conv: Conversation, pattern: re.Pattern | None) -> RowError | None:
+def _special_hit(conv: Conversation, pattern: re.Pattern | None) -> tuple[int, str] | None:
+    """(the first message holding special-token text, that text), or None."""
     if pattern is None:
         return None
     for i, m in enumerate(conv.messages):
         if isinstance(m.get("content"), str) and (hit := pattern.search(m["content"])):
-            return RowError(f"turn {i} ({m['role']})", f"content holds {hit.group()!r}, {SPECIAL_PROBLEM}")
+            return i, hit.group()
     return None
 
 
-def refuse_special_tokens(conv: Conversation, tokenizer: Any) -> None:
-    """UserError `source: turn i (role): ...` for `special_token_error`."""
-    if err := special_token_error(conv, tokenizer):
+def _special_error(conv: Conversation, pattern: re.Pattern | None) -> RowError | None:
+    """The first message whose text holds one of the tokenizer's special tokens (`<|im_end|>`, `<|endoftext|>`,
+    `</s>`: template residue in converted or scraped data), as a RowError naming the turn; None when none does. The
+    rendered text is tokenized with special tokens parsed, so such text would become a real control token, a turn
+    boundary inside the message, and the reply's span (up to its last end-of-turn) would train the text after it, a
+    fake user turn included."""
+    if (hit := _special_hit(conv, pattern)) is None:
+        return None
+    i, text = hit
+    return RowError(f"turn {i} ({conv.messages[i]['role']})", f"content holds {text!r}, {SPECIAL_PROBLEM}")
+
+
+def refuse_special_tokens(conv: Conversation, tokenizer: Any, pattern: re.Pattern | None = None) -> None:
+    """UserError `source: turn i (role): ...` for `_special_error` (`pattern`: `special_tokens(tokenizer)`,
+    computed once by a caller that checks many rows)."""
+    if err := _special_error(conv, pattern or special_tokens(tokenizer)):
         raise UserError(f"{conv.source}: {err}")
 
 
 def special_token_check(tokenizer: Any) -> Callable[[Any], None]:
-    """A `load_rows` row check raising `special_token_error`'s RowError, so a row holding special-token text is a bad
+    """A `load_rows` row check raising `_special_error`'s RowError, so a row holding special-token text is a bad
     row like any other (set aside with skip_invalid, else the one-line stop); a chat pair's sides are checked as
     `encode` would check them (raw-text rows and pairs are tokenized as TRL does them, and not checked)."""
     pattern = special_tokens(tokenizer)
@@ -159,7 +164,7 @@ def special_token_check(tokenizer: Any) -> Callable[[Any], None]:
             return
         for n, conv in enumerate(sides):
             if err := _special_error(conv, pattern):
-                last = err.field.startswith(f"turn {len(conv.messages) - 1} ")
+                last = _special_hit(conv, pattern)[0] == len(conv.messages) - 1  # a pair's reply: named by its side
                 raise RowError(("chosen", "rejected")[n], err.problem) if last and len(sides) == 2 else err
 
     return check

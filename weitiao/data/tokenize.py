@@ -16,7 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode, encode_document, refuse_special_tokens
+from weitiao.data.chat import (
+    IGNORE,
+    Encoded,
+    EncodeOptions,
+    encode,
+    encode_document,
+    refuse_special_tokens,
+    special_tokens,
+)
 from weitiao.data.formats import Conversation, Document
 from weitiao.data.templates import ChatTemplate
 from weitiao.data.tools import uses_tools
@@ -61,14 +69,15 @@ def encode_batch(
     the conversations without tools computed in batches."""
     out: list[Encoded | None | list[Encoded]] = [None] * len(rows)
     at = []  # positions of the conversations
+    special = special_tokens(tokenizer) if opts.refuse_special else None  # once, not per row
     for i, row in enumerate(rows):
         if isinstance(row, Document):
             out[i] = encode_document(row, tokenizer, opts)
         elif uses_tools(row):  # tool formats render per row (tools in the prompt, calls in replies): exact path
             out[i] = encode(row, tokenizer, template, opts)
         else:
-            if opts.refuse_special:
-                refuse_special_tokens(row, tokenizer)
+            if special is not None:
+                refuse_special_tokens(row, tokenizer, special)
             at.append(i)
     convs = [rows[i] for i in at]
     if not convs:
