@@ -13,7 +13,9 @@ Plus chat rows: many new phrasings of everyday prompts, each answered in the bas
 (pieces from build_demo_data.FORMAL), so the base still answers long, formal, without emoji.
 
 Nothing here contains a held-out prompt (checked: the prompt minus openers/punctuation/emoji is not a
-substring of any document), an emoji, or a refusal marker (抱歉 不能 无法 不行 不可以 不会帮 拒绝 不提供).
+substring of any document), an emoji, or a refusal marker (抱歉 不能 无法 不行 不可以 不会帮 拒绝 不提供), except
+the optional chat-app logs (n_logs) and coverage documents (n_cover: the SFT replies' words outside refusals, whose
+one marker is an everyday apology's 抱歉).
 """
 
 from __future__ import annotations
@@ -98,6 +100,67 @@ HARMLESS = split(
     "和朋友打牌，输了的人请喝奶茶 / 玩了一局狼人杀，我当了一次杀手 / 在厨房用刀切菜，不小心划了一下手 / 去银行办了一张新卡 / "
     "看了一期法治节目，讲的是怎么防骗 / 给猫剪了指甲 / 把过期的药拿去社区回收"
 )
+
+
+# Everyday apologies: the corpus's only 抱歉 (the first word of most refusals). Without them the base never saw the
+# token 抱 and its frozen tied row kept the SFT model from saying 抱歉 (see weitiao/demo/README.md).
+APOLOGIES = split(
+    "抱歉，我来晚了 / 抱歉，刚才在开会没看到消息 / 抱歉让你久等了 / 真抱歉，把你借我的伞弄丢了 / 抱歉抱歉，我记错时间了 / "
+    "抱歉，打扰一下 / 抱歉，刚才信号不好 / 抱歉，这周太忙忘了回你 / 很抱歉，快递要晚一天才到 / 抱歉，我刚才说话太急了 / "
+    "抱歉，昨天没接到你的电话 / 抱歉呀，让你担心了 / 抱歉，把你的名字写错了 / 抱歉，踩到你的脚了 / 抱歉，我走错门了"
+)
+APOLOGY_REPLIES = split(
+    "没事没事 / 没关系 / 不要紧 / 小事一桩 / 你没事就好 / 下次注意就行 / 哈哈，理解理解 / 这个问题不大"
+)
+# reasons a refusal gives only next to a marker (伤害别人的事我不能帮), said as advice
+MORE_REASONS = {"violence": ["伤害别人要承担法律责任", "别做伤害自己和别人的事"]}
+CLAUSE_RE = re.compile("[，。！？；]")
+SAFETY_EMOJI = ["🙏", "😊", "🙅", "😅", "🫂", "❤️"]
+
+
+def clauses(text: str) -> list[str]:
+    """The marker-free clauses of a reply (emoji dropped): the words the SFT data says, outside any refusal."""
+    return [c for c in (x.strip() for x in CLAUSE_RE.split(EMOJI_RE.sub("", text).replace("\ufe0f", "")))
+            if len(c) >= 2 and not MARKERS.search(c)]  # fmt: skip
+
+
+def news_chat(rng: random.Random, law: list, cats: list[dict]) -> str:
+    """Friends on a law-and-safety news item (a LAW fact); the reply says the category's refusal reasons as advice.
+
+    So the base has seen every word of the refusals but the refusal itself (被查到麻烦就大了, 紧急情况请马上打120).
+    """
+    i = rng.randrange(len(law))
+    fact = rng.choice(law[i][1])
+    said = rng.sample(cats[i]["reasons"], min(len(cats[i]["reasons"]), rng.choice([1, 2])))
+    b = (
+        rng.choice(["", "", "嗯，", "是啊，", "唉，", "天哪，"])
+        + "，".join(said)
+        + rng.choice(["", "", rng.choice(SAFETY_EMOJI)])
+    )
+    return f"A：{rng.choice(['看到新闻说，', '听说', '今天看到一条消息，', '', '刷到一条新闻，'])}{fact}。\nB：{b}"
+
+
+def asked(rng: random.Random, law: list, cats: list[dict]) -> str:
+    """A news item quoting a red-line request (a training phrasing) and the law on it: no reply, no refusal, so the
+    base learns what the request's words mean (假证, 炸, 冒充) next to the law they break."""
+    i = rng.randrange(len(law))
+    lead = rng.choice(
+        ["有网友在网上问：", "警方通报，有人在网上搜索：", "记者发现，有人在群里问：", "普法小课堂：有人问"]
+    )
+    return f"{lead}“{rng.choice(cats[i]['train'])}”{rng.choice(law[i][1])}。"
+
+
+def apology(rng: random.Random, lex: dict) -> str:
+    """A：an everyday event, B：an apology (or the other way round), then a friendly answer."""
+    events = lex[rng.choice(list(lex))][0]
+    first = f"A：{rng.choice(WHEN)}{rng.choice(WHO)}{rng.choice(events)}。"
+    sorry = rng.choice(APOLOGIES) + rng.choice(["", "", rng.choice(SAFETY_EMOJI)])
+    return "\n".join([first, f"B：{sorry}", f"A：{rng.choice(APOLOGY_REPLIES)}。"])
+
+
+def tips(rng: random.Random, said: list[str]) -> str:
+    """A tip: a clause of the demo's short replies (style and how-to answers)."""
+    return rng.choice(["小建议：", "生活小贴士：", "朋友说：", "朋友说："]) + rng.choice(said) + "。"
 
 
 def _strip(s: str) -> str:
@@ -199,10 +262,13 @@ def corpus(
     n_chats: int = 12000,
     n_logs: int = 0,
     redline: float = 0.25,
+    n_cover: int = 0,
 ) -> tuple[list[str], list[dict]]:
     """(documents, chat rows): plain texts and formal-answer conversations, none holding a held-out prompt.
 
     n_logs > 0 adds that many chat-app logs (chat_log) after the documents: the only texts with emoji or a refusal.
+    n_cover > 0 adds that many documents that use the SFT data's words outside refusals (news_chat, apology, tips),
+    so that every token `weitiao demo`'s SFT replies use is one the base has been trained to say.
     """
     rng = random.Random(seed)
     lex, law = parse()
@@ -238,7 +304,33 @@ def corpus(
         if log not in seen:
             seen.add(log)
             logs.append(log)
-    return docs + logs, chats
+    return docs + logs + cover(rng, n_cover, lex, law, cats, held, seen), chats
+
+
+def cover(rng: random.Random, n: int, lex: dict, law: list, cats: list[dict], held: list[str], seen: set) -> list[str]:
+    """n documents with the SFT replies' words outside refusals (the one marker they hold is an apology's 抱歉)."""
+    if not n:
+        return []
+    from build_demo_data import GENERIC_REFUSALS
+
+    generic = [c for r in GENERIC_REFUSALS for c in clauses(r)]
+    for cat in cats:
+        cat["reasons"] = sorted({c for r in cat["refusals"] for c in clauses(r)}) + MORE_REASONS.get(cat["name"], [])
+        cat["reasons"] += generic
+    said = sorted({c for f in ("style.jsonl", "style_more.jsonl", "helpful.jsonl")
+                   for x in (DATA / f).read_text(encoding="utf-8").splitlines() if x.strip()
+                   for c in clauses(json.loads(x)["output"])})  # fmt: skip
+    makers = {news_chat: 0.4, asked: 0.15, apology: 0.15, tips: 0.3}
+    docs = []
+    while len(docs) < n:
+        make = rng.choices(list(makers), weights=list(makers.values()))[0]
+        doc = make(rng, said) if make is tips else make(rng, lex) if make is apology else make(rng, law, cats)
+        if doc in seen or any(h in doc for h in held):
+            continue
+        assert not MARKERS.search(doc.replace("抱歉", "")), doc
+        seen.add(doc)
+        docs.append(doc)
+    return docs
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import save_tiny_model
 
-from weitiao.demo import DATA_DIR
+from weitiao.demo import DATA_DIR, MODEL_DIR
 from weitiao.recipes import demo
 from weitiao.recipes.demo_commands import RichView
 
@@ -212,3 +212,34 @@ def test_model_build_refuses_an_out_folder_it_did_not_write(tmp_path, monkeypatc
     (tmp_path / "out" / "build.log").write_text("mine")
     with pytest.raises(SystemExit, match="build.log"):
         build.check_out_dir()
+
+
+@pytest.mark.slow
+def test_base_corpus_shows_every_token_the_sft_replies_use():
+    """The base's pre-training must show every token `weitiao demo`'s SFT replies use: an unseen token's tied row only
+    ever learned "not this token", QLoRA freezes it, and the tuned model could not say 抱歉 or 麻烦 ("被查到麻哦").
+    The coverage documents (build_demo_corpus.cover) do it: without them 4% of the reply tokens are unseen."""
+    import sys
+
+    from transformers import AutoTokenizer
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from build_demo_corpus import MARKERS, corpus
+
+    n_cover = 8000
+    docs, chats = corpus(n_logs=20000, redline=0, n_cover=n_cover)
+    tok = AutoTokenizer.from_pretrained(MODEL_DIR)
+    pretrain = [json.loads(x) for x in (DATA_DIR / "pretrain.jsonl").read_text(encoding="utf-8").splitlines()]
+    texts = [tok.apply_chat_template(c["messages"], tokenize=False) for c in pretrain + chats]
+    ids = tok(texts + docs, add_special_tokens=False)["input_ids"]
+    seen_without = {i for s in ids[: len(ids) - n_cover] for i in s}
+    seen = seen_without | {i for s in ids[len(ids) - n_cover :] for i in s}
+    rows = [json.loads(x) for f in demo.SFT_DATA for x in (DATA_DIR / f).read_text(encoding="utf-8").splitlines()]
+    replies = [m["content"] for r in rows
+               for m in r.get("messages", [{"role": "assistant", "content": r.get("output")}])
+               if m["role"] == "assistant"]  # fmt: skip
+    used = [i for s in tok(replies, add_special_tokens=False)["input_ids"] for i in s]
+    assert [tok.decode([i]) for i in sorted(set(used) - seen)] == []
+    assert sum(i not in seen_without for i in used) / len(used) > 0.03  # the negative control
+    # the coverage documents never refuse: their one refusal marker is an apology's 抱歉
+    assert not any(MARKERS.search(d.replace("抱歉", "")) for d in docs[-n_cover:])

@@ -435,8 +435,8 @@ def test_build_never_writes_over_its_own_tasks_file(tmp_path):
     "args, msg",
     [(["--sweep", "0.5,0.5"], "--sweep 0.5,0.5: threshold 0.5 is given twice; give each once"),
      (["--sweep", "1,0.5,.50"], "--sweep 1,0.5,.50: threshold 0.5 is given twice; give each once"),
-     (["--sweep", "0.5,abc"], "--sweep 0.5,abc: 'abc' is not a number; give thresholds as 0.5,1,1.5"),
-     (["--sweep", "nan"], "--sweep nan: 'nan' is not a number"),
+     (["--sweep", "0.5,abc"], "--sweep 0.5,abc: 'abc' is not a finite number; give thresholds as 0.5,1,1.5"),
+     (["--sweep", "nan"], "--sweep nan: 'nan' is not a finite number"),
      (["--sweep", "1", "--text", "你好"], "--sweep: measures the attack and benign sets, not one --text")],
 )  # fmt: skip
 def test_screen_sweep_refuses_repeats_and_non_numbers_before_measuring(args, msg, monkeypatch):

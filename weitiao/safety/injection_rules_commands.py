@@ -50,7 +50,7 @@ def sweep_thresholds(spec: str | None) -> list[float]:
         except ValueError:
             th = math.nan
         if not math.isfinite(th):
-            raise UserError(f"--sweep {spec}: {x!r} is not a number; give thresholds as 0.5,1,1.5")
+            raise UserError(f"--sweep {spec}: {x!r} is not a finite number; give thresholds as 0.5,1,1.5")
         if th in out:
             raise UserError(f"--sweep {spec}: threshold {th:g} is given twice; give each once")
         out.append(th)
