@@ -7,14 +7,13 @@ from __future__ import annotations
 import copy
 import json
 import math
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
 import torch
-from loopback import running
+from loopback import decoding_blocker, running
 
 from weitiao.data.decode import decode_whole, whole_chars
 from weitiao.infer.api import ChatRequest, read_body
@@ -336,18 +335,12 @@ def test_seeded_request_same_alone_and_in_batches(parts):
             return c.chat.completions.create(model="tiny", **kw).choices[0].message.content
 
         alone = ask(seeded)
-        # the ceiling, 256 tokens: 60 could end before the 4 clients' requests arrived on a loaded box (none joined)
-        blocker = {"messages": MSGS, "max_tokens": 256, "temperature": 0, "ignore_eos": True}
         batched = []
         for pos in range(4):  # the seeded request at each position of the batch
             reqs = others[:pos] + [seeded] + others[pos:]
             before = httpx.get(base + "/health").json()["joined"]
-            with ThreadPoolExecutor(5) as pool:
-                busy = pool.submit(lambda: httpx.post(base + "/v1/chat/completions", json=blocker, timeout=60))
-                while httpx.get(base + "/health").json()["running"] == 0:  # the worker is busy: the 4 queue up
-                    time.sleep(0.005)
+            with decoding_blocker(base, MSGS), ThreadPoolExecutor(4) as pool:  # the 4 queue behind the blocker
                 texts = list(pool.map(ask, reqs))
-                assert busy.result().status_code == 200
             batched.append(texts[pos])
             # max_batch 4: three join the decoding blocker at once, the fourth when a place frees
             assert httpx.get(base + "/health").json()["joined"] - before >= 3
@@ -397,14 +390,9 @@ def test_sampler_top_k_top_p_match_hf():
 
 def batched_once(base: str, asks: list, call) -> list:
     """Answers of `call(x)` for each of `asks`, all sent while a long request decodes, so that they join its batch."""
-    blocker = {"messages": MSGS, "max_tokens": 60, "temperature": 0, "ignore_eos": True}
     before = httpx.get(base + "/health").json()["joined"]
-    with ThreadPoolExecutor(len(asks) + 1) as pool:
-        busy = pool.submit(httpx.post, base + "/v1/chat/completions", json=blocker, timeout=60)
-        while httpx.get(base + "/health").json()["running"] == 0:
-            time.sleep(0.005)
+    with decoding_blocker(base, MSGS), ThreadPoolExecutor(len(asks)) as pool:
         out = list(pool.map(call, asks))
-        assert busy.result().status_code == 200
     assert httpx.get(base + "/health").json()["joined"] - before == len(asks)  # each joined the decoding blocker
     return out
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -19,7 +18,7 @@ import openai
 import pytest
 import torch
 from conftest import CORPUS, SPECIALS, build_tokenizer, save_tiny_model
-from loopback import running
+from loopback import decoding_blocker, running
 
 from weitiao.data.chat import EncodeOptions, encode
 from weitiao.data.formats import Conversation
@@ -105,6 +104,13 @@ def tool_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def url(tool_model):
     with running(create_app(*tool_model, ServeSettings(model_name="tiny", max_new_tokens=64))) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def long_url(tool_model):
+    """The tool model served with a 256-token ceiling: room for `together`'s blocker to outlast its requests."""
+    with running(create_app(*tool_model, ServeSettings(model_name="tiny", max_new_tokens=256))) as base:
         yield base
 
 
@@ -513,25 +519,21 @@ def test_mask_shortcuts_equal_the_plain_byte_walk(tokenizer):
 
 def together(url: str, asks: dict) -> dict:
     """The answers of each call in `asks`, all sent while a long request decodes, so that they join its batch."""
-    blocker = {"messages": ASK, "max_tokens": 60, "temperature": 0, "ignore_eos": True}
     before = httpx.get(url + "/health").json()["joined"]
-    with ThreadPoolExecutor(len(asks) + 1) as pool:
-        busy = pool.submit(httpx.post, url + "/v1/chat/completions", json=blocker, timeout=60)
-        while httpx.get(url + "/health").json()["running"] == 0:
-            time.sleep(0.005)
+    with decoding_blocker(url, ASK), ThreadPoolExecutor(len(asks)) as pool:
         futures = {k: pool.submit(f) for k, f in asks.items()}
         out = {k: f.result() for k, f in futures.items()}
-        assert busy.result().status_code == 200
     assert httpx.get(url + "/health").json()["joined"] - before >= len(asks)  # rows that joined the blocker's batch
     return out
 
 
-def test_constrained_rows_with_logprobs_seed_and_n_share_a_batch_with_plain_rows(tool_model, url):
+def test_constrained_rows_with_logprobs_seed_and_n_share_a_batch_with_plain_rows(tool_model, long_url):
     """Sampled tool_choice=required with logprobs, a seed and n=2 (streamed and not), a named tool_choice and a
     plain request, all in one batch: each is answered as when alone. The log-probs are the raw model's at the
     constrained tokens (the named call's tokens are not all the model's top pick: the mask chose them)."""
     model, tok, template = tool_model
     encoder = {b: ch for ch, b in _BYTE_DECODER.items()}
+    url = long_url
     c = client(url)
     lp = dict(logprobs=True, top_logprobs=2)
     required = dict(tools=[WEATHER, OTHER], tool_choice="required", temperature=0.9, seed=11, n=2, **lp)
@@ -606,7 +608,7 @@ def test_tool_requests_on_adapters_and_their_limits(tool_model):
     peft = get_peft_model(copy.deepcopy(model), LoraConfig(**cfg), adapter_name="same")  # B = 0: the base
     torch.manual_seed(1)
     peft.add_adapter("noisy", LoraConfig(**cfg, init_lora_weights=False))
-    settings = ServeSettings(model_name="tiny", max_new_tokens=64, adapters=("same", "noisy"))
+    settings = ServeSettings(model_name="tiny", max_new_tokens=256, adapters=("same", "noisy"))  # `together`: 256
     tools = [WEATHER, OTHER]
     with running(create_app(peft.eval(), tok, template, settings)) as url:
         c = client(url)
@@ -630,7 +632,7 @@ def test_tool_requests_on_adapters_and_their_limits(tool_model):
         with pytest.raises(openai.NotFoundError):
             ask("tools-typo", tool_choice="required")()
         with pytest.raises(openai.BadRequestError) as e:
-            ask("noisy", tool_choice="required", max_tokens=65)()
+            ask("noisy", tool_choice="required", max_tokens=257)()
         assert e.value.body["param"] == "max_tokens"
         with pytest.raises(openai.BadRequestError) as e:
             ask("tiny", tool_choice="required", extra_body={"ignore_eos": True})()
