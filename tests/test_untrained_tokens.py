@@ -147,3 +147,55 @@ def test_bf16_near_zero_placeholder_tied_and_quantized():
         torch.zeros(300, 64, dtype=torch.uint8), requires_grad=False
     )
     assert untrained_ids(quant, [5]) == {"input": [], "output": []}
+
+
+TOOL_TOKENS = ["<tool_call>", "</tool_call>"]
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "查天气",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}  # fmt: skip
+
+
+def tool_row(i: int) -> dict:
+    call = {"id": f"c{i}", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "北京"}'}}
+    return {"tools": [WEATHER], "messages": [
+        {"role": "user", "content": f"北京天气怎么样？{i}"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": f"c{i}", "content": "晴"}, {"role": "assistant", "content": "北京晴天😊"},
+    ]}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def qwen_tool_dir(tmp_path_factory):
+    """A tiny Llama with ChatML and Qwen2.5's tool markup as added tokens whose rows are zero (never trained)."""
+    tok = build_tokenizer()
+    tok.add_tokens(TOOL_TOKENS)  # added, not special: as Qwen2.5 ships them
+    good = save_tiny_model(tmp_path_factory.mktemp("qt") / "good", tok, hidden=64)
+    model = AutoModelForCausalLM.from_pretrained(good)
+    with torch.no_grad():
+        for i in tok.convert_tokens_to_ids(TOOL_TOKENS):
+            model.get_input_embeddings().weight[i] = 0
+            model.get_output_embeddings().weight[i] = 0
+    bad = tmp_path_factory.mktemp("qt") / "base"
+    model.save_pretrained(bad)
+    tok.save_pretrained(bad)
+    return bad
+
+
+def test_tool_rows_on_untrained_tool_markup_are_refused(qwen_tool_dir, make_config, tmp_path, capsys):
+    """Tool-call rows make the model say <tool_call>…</tool_call>: with those rows untrained and frozen under LoRA it
+    could not learn to call (the check probed only a plain system/user/assistant turn and let the run train). The
+    same base with plain chat rows trains: the tool tokens are never fed there."""
+    from conftest import write_jsonl
+
+    from weitiao.recipes import sft
+
+    tools = write_jsonl(tmp_path / "tools.jsonl", [tool_row(i) for i in range(6)])
+    cfg = make_config("sft", tools, "train.max_steps=1", "data.template=qwen", model_dir=qwen_tool_dir)
+    with pytest.raises(UserError) as e:
+        sft.run(cfg)
+    msg = str(e.value)
+    assert "\n" not in msg and all(t in msg for t in TOOL_TOKENS) and "may never stop" not in msg, msg
+    assert "lm_head: <tool_call>, </tool_call>" in msg  # the call's markup is a label: its head rows matter
+    plain = write_jsonl(tmp_path / "plain.jsonl", [{"messages": tool_row(i)["messages"][:1] + [
+        {"role": "assistant", "content": "北京晴天😊"}]} for i in range(6)])  # fmt: skip
+    out = f"train.out={tmp_path / 'plain'}"
+    sft.run(make_config("sft", plain, "train.max_steps=1", "data.template=qwen", out, model_dir=qwen_tool_dir))
+    assert "untrained" not in capsys.readouterr().out

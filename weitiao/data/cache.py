@@ -52,17 +52,18 @@ from weitiao.data.formats import (
 )
 from weitiao.data.prep import conversation_key
 from weitiao.data.templates import ChatTemplate
+from weitiao.data.tools import uses_tools
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text, cache_home, read_json
 
-VERSION = 7  # 2: raw-text rows, `piece` column, notes; 3: rows re-checked (misspelled and unimplemented keys);
+VERSION = 8  # 2: raw-text rows, `piece` column, notes; 3: rows re-checked (misspelled and unimplemented keys);
 # 4: LLaMA-Factory num_samples drawn at random; 5: tool rows' weight 0 read (an entry before it trained those turns),
 # .json rows named by the line they start on, Parquet/Arrow struct nulls read as absent; 6: `tools` on Alpaca and
 # conversational prompt/completion rows rendered (an entry before it trained those rows without them), a message
 # holding a special token's text refused, named by the tokenizer or only special in tokenizer.json (an entry before it
 # trained a fake turn); 7: Dolly rows (context, response) read as Alpaca (an entry before it trained an Alpaca row's
 # `context` away), role developer read as system, a message's speaker `name` refused, a row holding special-token text
-# set aside under skip_invalid
+# set aside under skip_invalid; 8: meta `tool_rows` (the untrained-rows check probes the template's tool tokens)
 CHUNK_ROWS = 4096  # rows per worker task and per shard
 SMALL_FILE = 8 << 20  # data files under this size are keyed by content, larger ones by size + mtime
 TRUNCATED = ("", "cut", "history")
@@ -248,6 +249,7 @@ class Sink:
         self.folder, self.encoder, self.num_proc, self.ticker = folder, encoder, num_proc, ticker
         self.n, self.buf, self.shards = 0, [], []
         self.chats = 0  # rows rendered with the chat template (not raw-text documents)
+        self.tool_rows = 0  # rows with tool specs, calls or results
         self.pool: ProcessPoolExecutor | None = None
         self.pending: deque[Future] = deque()
         self.held: list[tuple[Path, list]] = []  # chunks not yet sent (the first, until a second comes)
@@ -260,6 +262,7 @@ class Sink:
         self.buf.append(row)
         self.n += 1
         self.chats += not isinstance(row, Document)
+        self.tool_rows += isinstance(row, Conversation) and uses_tools(row)
         if len(self.buf) >= CHUNK_ROWS:
             self.flush()
 
@@ -323,6 +326,7 @@ def _build(
         "rejected": loaded.rejected,
         "format": loaded.format,
         "chat_rows": sink.chats,  # 0: every row raw text (format text, string prompt/completion rows): no template
+        "tool_rows": sink.tool_rows,
         "per_file": loaded.per_file,
         "notes": loaded.notes,
         "seconds": round(time.time() - t0, 3),

@@ -28,6 +28,19 @@ _PROBE = [
     {"role": "user", "content": "U"},
     {"role": "assistant", "content": "A"},
 ]
+# a tool round for training rows with tools: the call's markup (Qwen's <tool_call>) is said by the assistant
+_TOOLS = [{"type": "function", "function": {"name": "f", "description": "D", "parameters": {"type": "object"}}}]
+_CALL = {
+    "role": "assistant",
+    "content": "",
+    "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {}}}],
+}
+_TOOL_ROUND = [
+    {"role": "user", "content": "U"},
+    _CALL,
+    {"role": "tool", "content": "R"},
+    {"role": "assistant", "content": "A"},
+]
 
 
 def _unwrap(m: Any) -> Any:
@@ -98,10 +111,11 @@ def untrained_ids(model: Any, ids: list[int], output_ids: list[int] | None = Non
     return found
 
 
-def template_ids(tokenizer: Any, template: Any) -> tuple[list[int], list[int]]:
+def template_ids(tokenizer: Any, template: Any, tools: bool = False) -> tuple[list[int], list[int]]:
     """(the tokens whose input rows matter: the special/added tokens the template renders around a probe system +
     user + assistant conversation, and its end-of-turn; those trained as labels, whose lm_head rows matter: the
-    end-of-turn and EOS). Template None (raw-text rows): no input row, EOS as the label."""
+    end-of-turn and EOS). Template None (raw-text rows): no input row, EOS as the label. With `tools` (training rows
+    use tools) a tool round is rendered too: its special tokens are inputs, those of the assistant's call labels."""
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     if template is None:
         return [], eos
@@ -115,17 +129,37 @@ def template_ids(tokenizer: Any, template: Any) -> tuple[list[int], list[int]]:
             continue
     eot = tokenizer.convert_tokens_to_ids(template.eot)
     eot_ids = [eot] if isinstance(eot, int) and eot >= 0 else []
-    return list(dict.fromkeys([i for i in rendered if i in specials] + eot_ids)), list(dict.fromkeys(eot_ids + eos))
+    said: list[int] = []
+    if tools and template.supports_tools:
+        round_ids, said = _tool_round_ids(tokenizer, template)
+        rendered += round_ids
+    inputs = [i for i in rendered if i in specials] + eot_ids
+    return list(dict.fromkeys(inputs)), list(dict.fromkeys(eot_ids + eos + [i for i in said if i in specials]))
+
+
+def _tool_round_ids(tokenizer: Any, template: Any) -> tuple[list[int], list[int]]:
+    """(the token ids of a rendered tool round, those of the assistant's call: what follows the generation prompt)."""
+
+    def ids(msgs: list[dict], gen: bool = False) -> list[int]:
+        text = template.render(tokenizer, msgs, add_generation_prompt=gen, tools=_TOOLS)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    try:
+        whole, asked, called = ids(_TOOL_ROUND), ids(_TOOL_ROUND[:1], True), ids(_TOOL_ROUND[:2])
+    except Exception:  # a template's raise_exception: the data check names the row that trips it
+        return [], []
+    return whole, called[len(asked) :] if called[: len(asked)] == asked else called
 
 
 def _module_name(model: Any, module: Any) -> str:
     return next((n.rsplit(".", 1)[-1] for n, m in model.named_modules() if m is module), "?")
 
 
-def refuse_untrained_tokens(model: Any, tokenizer: Any, template: Any, say: bool = True) -> None:
-    """Refuse training a model whose template tokens (EOS alone for raw-text rows: template None) have untrained
-    rows that stay frozen (see module doc); with `say`, a one-line note where those rows are found but train."""
-    ids, labels = template_ids(tokenizer, template)
+def refuse_untrained_tokens(model: Any, tokenizer: Any, template: Any, say: bool = True, tools: bool = False) -> None:
+    """Refuse training a model whose template tokens (EOS alone for raw-text rows: template None; its tool markup too
+    with `tools`) have untrained rows that stay frozen (see module doc); with `say`, a one-line note where those rows
+    are found but train."""
+    ids, labels = template_ids(tokenizer, template, tools)
     where = f"data.template {template.name}" if template is not None else "raw-text rows (closed with EOS)"
     found = untrained_ids(model, ids, labels)
     if not found["input"] and not found["output"]:
@@ -143,8 +177,9 @@ def refuse_untrained_tokens(model: Any, tokenizer: Any, template: Any, say: bool
     rows = "; ".join(f"{names[s]}: {', '.join(tokenizer.convert_ids_to_tokens(found[s]))}" for s in stuck)
     stop = ""
     if "output" in stuck:
-        stop = f" (LoRA can barely teach it to emit {', '.join(tokenizer.convert_ids_to_tokens(found['output']))}: the "
-        stop += "tuned model may never stop)"
+        ends = {tokenizer.eos_token_id} | ({tokenizer.convert_tokens_to_ids(template.eot)} if template else set())
+        stop = f" (LoRA can barely teach it to emit {', '.join(tokenizer.convert_ids_to_tokens(found['output']))}"
+        stop += ": the tuned model may never stop)" if ends & set(found["output"]) else ")"
     other = ", or a data.template whose tokens the base knows" if template is not None else ""
     raise UserError(
         f"{where}: tokens {tokens} have untrained rows in the base model ({rows}) that LoRA keeps frozen{stop}; "

@@ -81,6 +81,7 @@ class SFTData:
     cache_line: str = ""  # where the tokenized rows came from
     content_key: str = ""  # digest of the training rows' texts in order (resume on edited data is refused)
     text_only: bool = False  # every train row raw text (format text, string prompt/completion): no template
+    tool_rows: bool = False  # some train rows use tools (their markup tokens are checked for untrained rows)
 
 
 def _chat_only_keys(d: DataSpec) -> str:
@@ -153,7 +154,7 @@ def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
     content = hashlib.sha256(np.ascontiguousarray(tr.keys[rows]).tobytes()).hexdigest()[:16]  # texts, in order
     return SFTData(
         tokenizer, template, train, evals, stats, eval_stats, read, rejected, eval_copies, warnings, cache_line(tr, ev),
-        content, tr.meta["format"] == "text" or tr.meta.get("chat_rows") == 0,
+        content, tr.meta["format"] == "text" or tr.meta.get("chat_rows") == 0, bool(tr.meta.get("tool_rows")),
     )  # fmt: skip
 
 
@@ -259,7 +260,7 @@ def run(cfg: SFTConfig) -> dict:
 
     # 2. Model, loss wrapper, optimizer.
     model = build_trainable(cfg.model, cfg.lora, accel.device)
-    refuse_untrained_tokens(model, tokenizer, None if data.text_only else data.template, main)
+    refuse_untrained_tokens(model, tokenizer, None if data.text_only else data.template, main, data.tool_rows)
     refuse_untrainable(model, accel.device)
     if cfg.data.packing:  # sdpa per conversation of a packed row instead of a block-diagonal mask
         packed_attention.enable(model)
