@@ -27,20 +27,23 @@ def llama3_tokenizer():
     return tok
 
 
+def zeroed_rows(folder: Path, tok, tokens: list[str]) -> tuple[Path, Path]:
+    """(a tiny Llama whose `tokens` rows are zero in embed_tokens and lm_head, the same with its rows kept)."""
+    good = save_tiny_model(folder / "good", tok, hidden=64)
+    model = AutoModelForCausalLM.from_pretrained(good)
+    with torch.no_grad():
+        for i in tok.convert_tokens_to_ids(tokens):
+            model.get_input_embeddings().weight[i] = 0
+            model.get_output_embeddings().weight[i] = 0
+    model.save_pretrained(folder / "base")
+    tok.save_pretrained(folder / "base")
+    return folder / "base", good
+
+
 @pytest.fixture(scope="module")
 def llama3_dirs(tmp_path_factory):
     """(a tiny Llama whose control-token rows are zero in embed_tokens and lm_head, the same with its rows kept)."""
-    tok = llama3_tokenizer()
-    good = save_tiny_model(tmp_path_factory.mktemp("l3") / "good", tok, hidden=64)
-    model = AutoModelForCausalLM.from_pretrained(good)
-    with torch.no_grad():
-        for i in tok.convert_tokens_to_ids(CONTROL):
-            model.get_input_embeddings().weight[i] = 0
-            model.get_output_embeddings().weight[i] = 0
-    bad = tmp_path_factory.mktemp("l3") / "base"
-    model.save_pretrained(bad)
-    tok.save_pretrained(bad)
-    return bad, good
+    return zeroed_rows(tmp_path_factory.mktemp("l3"), llama3_tokenizer(), CONTROL)
 
 
 @pytest.mark.parametrize("quant", ["none", "4bit"])
@@ -167,16 +170,7 @@ def qwen_tool_dir(tmp_path_factory):
     """A tiny Llama with ChatML and Qwen2.5's tool markup as added tokens whose rows are zero (never trained)."""
     tok = build_tokenizer()
     tok.add_tokens(TOOL_TOKENS)  # added, not special: as Qwen2.5 ships them
-    good = save_tiny_model(tmp_path_factory.mktemp("qt") / "good", tok, hidden=64)
-    model = AutoModelForCausalLM.from_pretrained(good)
-    with torch.no_grad():
-        for i in tok.convert_tokens_to_ids(TOOL_TOKENS):
-            model.get_input_embeddings().weight[i] = 0
-            model.get_output_embeddings().weight[i] = 0
-    bad = tmp_path_factory.mktemp("qt") / "base"
-    model.save_pretrained(bad)
-    tok.save_pretrained(bad)
-    return bad
+    return zeroed_rows(tmp_path_factory.mktemp("qt"), tok, TOOL_TOKENS)[0]
 
 
 def test_tool_rows_on_untrained_tool_markup_are_refused(qwen_tool_dir, make_config, tmp_path, capsys):
