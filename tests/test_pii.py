@@ -607,6 +607,12 @@ def test_placeholder_and_mask():
     )
 
 
+def test_mask_full_width_email_keeps_domain():
+    # a full-width ＠ was not split on: the mask kept one letter and "@", the domain was lost
+    assert pii.scrub("邮箱 zhang@example.com", "mask")[0] == "邮箱 z***@example.com"
+    assert pii.scrub("邮箱是 ＺＨＡＮＧ＠ＥＸＡＭＰＬＥ．ＣＯＭ", "mask")[0] == "邮箱是 Ｚ***＠ＥＸＡＭＰＬＥ．ＣＯＭ"
+
+
 def test_pseudonyms_consistent_and_checksum_invalid():
     rep = pii.replacer("pseudonym", seed=1)
     out, matches = pii.scrub(TEXT, replace=rep)

@@ -570,9 +570,9 @@ def mask(m: Match) -> str:
     s = normalize(m.text)[1] if m.type in DIGIT_TYPES else m.text  # 一三八… masks like 138…
     ndig = sum(c.isdigit() or c in "Xx" for c in s)
     keep = {"mobile": (ndig - 8, 4), "id_card": (6, 4), "bank_card": (6, 4), "landline": (ndig - 4, 0)}
-    if m.type == "email":
-        user, _, domain = s.partition("@")
-        return user[0] + "***@" + domain
+    if m.type == "email":  # a full-width ＠ splits too (the recognizer reads it as @): the domain stays as written
+        at = normalize(s)[0].index("@")
+        return s[0] + "***" + s[at:]
     if m.type == "name":
         return s[0] + "*" * (len(s) - 1)
     if m.type in ("address", "plate", "passport", "ip"):
