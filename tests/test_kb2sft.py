@@ -272,6 +272,22 @@ def test_no_qa_pair_kept_is_an_error_not_an_empty_success(tmp_path):
     assert (tmp_path / "o/rejects.jsonl").read_text(encoding="utf-8").count('"grounding"') == s["chunks"]
 
 
+def test_a_rerun_no_chunk_of_which_is_answered_leaves_the_earlier_outputs_whole(kb_teacher, tmp_path):
+    """A rerun into the same --out whose teacher is down wrote a new chunks.jsonl beside the earlier run's train, eval
+    and summary (summary.json's chunk count no longer matched chunks.jsonl): now it writes nothing."""
+    _, teacher = kb_teacher
+    kb2sft.run([KB], tmp_path / "o", teacher, kb2sft.KBConfig(), progress=False)
+    before = {f.name: f.read_bytes() for f in (tmp_path / "o").iterdir()}
+    (tmp_path / "one.md").write_text("# 新文档\n只有一段话。", encoding="utf-8")
+    down = Teacher(free_port_url(), "t", retries=1, backoff=0.01, cache_dir=tmp_path / "c2")
+    with pytest.raises(UserError, match="no chunk answered, nothing written$"):
+        kb2sft.run([tmp_path / "one.md"], tmp_path / "o", down, kb2sft.KBConfig(), progress=False)
+    assert {f.name: f.read_bytes() for f in (tmp_path / "o").iterdir()} == before
+    with pytest.raises(UserError, match="no chunk answered"):
+        kb2sft.run([tmp_path / "one.md"], tmp_path / "o2", down, kb2sft.KBConfig(), progress=False)
+    assert not (tmp_path / "o2/chunks.jsonl").exists()
+
+
 def test_files_in_hidden_folders_are_left_out_and_listed(tmp_path):
     """A notes app's .trash/ holds deleted notes (stale facts), .github/ holds templates: they were read as knowledge;
     they are now listed as skipped. A folder given by a hidden path is still read, and so is a hidden file given."""

@@ -166,7 +166,6 @@ def run(docs: list[str | Path], out: str | Path, teacher: Teacher, cfg: KBConfig
     chunks, empty = chunk_docs(paths, cfg.chunk)
     if not chunks:
         raise UserError(f"{', '.join(map(str, docs))}: every document is empty; nothing to ask")
-    write_jsonl(out / "chunks.jsonl", [asdict(c) for c in chunks])
 
     # 2. Ask: one request per chunk; failures stay failures, successes are cached for the re-run.
     hits_before = teacher.cache_hits
@@ -176,7 +175,9 @@ def run(docs: list[str | Path], out: str | Path, teacher: Teacher, cfg: KBConfig
     replies = teacher.chat_many(requests, desc="kb2sft: asking teacher", progress=progress)
     failed = [r for r in replies if isinstance(r, TeacherError)]
     if len(failed) == len(replies):
-        raise UserError(f"{failed[0]}; no chunk answered, nothing written except chunks.jsonl")
+        # nothing is written: chunks.jsonl beside an earlier run's train/eval/summary would be a folder of two runs
+        raise UserError(f"{failed[0]}; no chunk answered, nothing written")
+    write_jsonl(out / "chunks.jsonl", [asdict(c) for c in chunks])
 
     # 3. Parse; 4. grounding.
     rejects: list[dict] = []
