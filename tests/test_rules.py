@@ -107,6 +107,18 @@ def test_malformed_rule_file_errors_name_rule_and_field(tmp_path):
     assert r.exit_code == 1 and "R022" in r.output
     p.write_text("rules: [\n", encoding="utf-8")
     assert "not valid YAML" in read_rules(p)[1][0]
+
+
+def test_a_pattern_that_is_not_a_string_is_named_as_such(tmp_path):
+    """`regex: [a, b]` was reported as an empty pattern and `when: 123` as Python's TypeError text."""
+    p = tmp_path / "r.yaml"
+    p.write_text("- {id: B7, category: format, text: x, check: {regex: [a, b]}}\n"
+                 "- {id: B8, category: format, text: x, when: 123}\n", encoding="utf-8")  # fmt: skip
+    errors = read_rules(p)[1]
+    assert errors[0].endswith(
+        "rule B7: check.regex: expected one pattern string, got list ['a', 'b'] (alternatives: a|b)"
+    )
+    assert errors[1].endswith("rule B8: when: expected a pattern string, got int 123 (quote it)")
     p.write_text("{}", encoding="utf-8")
     assert "non-empty list of rules" in read_rules(p)[1][0]
 

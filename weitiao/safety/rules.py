@@ -182,7 +182,9 @@ def _parse_check(raw: Any) -> tuple[Check | None, str | None]:
     kw: dict[str, Any] = {}
     for k, v in raw.items():
         if k in ("regex", "not_regex"):
-            if not isinstance(v, str) or not v:
+            if not isinstance(v, str):  # a list of patterns is not read as alternatives: say so, not "empty"
+                return None, f"check.{k}: expected one pattern string, got {type(v).__name__} {v!r} (alternatives: a|b)"
+            if not v:
                 return None, f"check.{k}: expected a non-empty pattern (an empty one matches every reply)"
             try:
                 re.compile(v)
@@ -251,7 +253,9 @@ def validate(items: Any, path: str, lines: list[int] | None = None) -> tuple[lis
         if not isinstance(raw.get("text"), str) or not raw["text"].strip():
             problems.append("text: missing or empty (the rule in words)")
         when = raw.get("when")
-        if when is not None:
+        if when is not None and not isinstance(when, str):
+            problems.append(f"when: expected a pattern string, got {type(when).__name__} {when!r} (quote it)")
+        elif when is not None:
             try:
                 re.compile(when)
                 if not when:
