@@ -25,6 +25,7 @@ import binascii
 import logging
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,15 @@ DEFAULT_PATTERNS: list[tuple[str, str, float]] = [
 _B64 = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}")
 _UESC = re.compile(r"(?:\\u[0-9a-fA-F]{4}){3,}")
 _SPLIT = re.compile(rf"(?<=[{CJK}])[\s/|_\-·.]+(?=[{CJK}，])")
+# Full-width ASCII (ｉｇｎｏｒｅ, ＜｜im_start｜＞) and the ideographic space read as ASCII
+_WIDTH = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
+
+
+def _fold(text: str) -> str | None:
+    """`text` with format characters (zero-width space/joiners, soft hyphen, BOM) removed and full-width ASCII folded,
+    or None when that changes nothing: either hid `ignore previous instructions` and 忽略以上指令 from every pattern."""
+    folded = "".join(c for c in text if unicodedata.category(c) != "Cf").translate(_WIDTH)
+    return folded if folded != text else None
 
 
 @dataclass
@@ -163,9 +173,12 @@ class Screen:
                 continue
             text = _text(m.get("content"))
             self._scan(text, "", hits)
+            folded = _fold(text)
+            if folded is not None:  # the same names: a pattern found both ways counts once
+                self._scan(folded, "", hits)
             if not self.cfg.decode:
                 continue
-            for kind, variant in _decoded(text):
+            for kind, variant in _decoded(folded or text):
                 # reversed text is only searched for whole override/extraction phrases (short ones match by chance)
                 self._scan(variant, kind + ":", hits, ("override", "extract") if kind == "reversed" else ())
                 if kind in ("base64", "uesc") and len(variant.strip()) >= 6:
