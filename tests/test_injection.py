@@ -396,6 +396,10 @@ def _tpl(**kw) -> dict:
         (_tpl(family="multiturn", text="一句"), r"a\.jsonl:1: text: a multiturn template is"),
         (_tpl(id="ov1"), r"id 'ov1' is already a override template"),
         (_tpl(weight=2), r"a\.jsonl:1: unknown keys \['weight'\]"),
+        # a built-in family spelt another way made a new family of one template (judged and held out apart)
+        (_tpl(family="Override"), r"a\.jsonl:1: family: 'Override' is the built-in 'override' spelt another way"),
+        (_tpl(family="multi_turn", text=["a", "b", "c"]), r"family: 'multi_turn' is the built-in 'multiturn'"),
+        (_tpl(family="Role-Play"), r"family: 'Role-Play' is the built-in 'roleplay'"),
     ],
 )
 def test_own_templates_are_checked(tmp_path, row, message):

@@ -225,12 +225,23 @@ def _check_text(text: str, where: str, allowed: set[str]) -> set[str]:
     return names
 
 
+def _family_key(name: str) -> str:
+    """A family name without case, spaces, dashes or underscores: `Role-Play` and `roleplay` are one."""
+    return "".join(c for c in name.casefold() if c not in " -_")
+
+
 def load_templates(path: str | Path, with_builtin: bool = True) -> dict[str, list[tuple]]:
     """Attack templates from a JSONL file (schema above), added to the built-in ones unless with_builtin=False."""
     out: dict[str, list[tuple]] = builtin_templates() if with_builtin else {}
     own = []
+    builtin = {_family_key(f): f for f in builtin_templates()}
     for n, row in read_jsonl(path):
         where = f"{path}:{n}"
+        family = row.get("family") if isinstance(row, dict) else None
+        if isinstance(family, str) and family not in builtin.values() and _family_key(family) in builtin:
+            # "Override" or "multi_turn" made a new one-template family beside override/multiturn, judged apart
+            raise UserError(f"{where}: family: {family!r} is the built-in {builtin[_family_key(family)]!r} spelt "
+                            "another way; names are exact: write it so, or name a new family")  # fmt: skip
         if isinstance(row, dict) and row.get("family") == "multiturn":
             text = row.get("text")
             if not (isinstance(text, list) and len(text) == 3 and all(isinstance(t, str) and t for t in text)):
