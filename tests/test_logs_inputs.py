@@ -201,3 +201,28 @@ def test_events_without_content_file_must_agree_on_each_items_content(tmp_path):
         UserError, match=r"m\.csv: context: content_id 'A' differs between its events \(e\.g\. 'q1' and 'q2'\)"
     ):
         dwell.run(tmp_path / "m.csv", cfg, progress=False)
+
+
+def test_an_optional_column_spelt_another_way_is_refused_not_defaulted(tmp_path):
+    """`colected`, `Images` or `values` beside a missing optional column were unread, and the column read its default
+    on every row (0 collects, 0 images, no dwell seconds): the pairs changed without a word. A column no typo away
+    from ours stays an unread extra; the same names mapped in the profile read."""
+    msg = error(tmp_path, content=CONTENT.replace("length_chars", "length_chars,Images").replace(",800", ",800,2"))
+    assert msg.startswith(f"{tmp_path / 'other.csv'}: Images: not a column we read; did you mean images (number of ")
+    assert msg.endswith("every row reads 0: rename it, or map it in the profile (columns: {Images: images})")
+    msg = error(tmp_path, events="content_id,dwell_s,position,colected\nA,60,1,1\nB,30,2,0\n")
+    assert "events.csv: colected: not a column we read; did you mean collected" in msg
+    msg = error(tmp_path, "chat", events=CHAT_EVENTS.replace(",value", ",values"), content=RESPONSES)
+    assert "events.csv: values: not a column we read; did you mean value (seconds, for dwell events)? " in msg
+    assert "every row reads empty" in msg
+    # controls: an extra column that is no near miss, and the typo mapped to our name
+    (tmp_path / "e.csv").write_text("content_id,dwell_s,position,region\nA,60,1,bj\nB,30,2,sh\n")
+    (tmp_path / "c.csv").write_text(CONTENT.replace("length_chars", "length_chars,image").replace(",800", ",800,0"))
+    cfg = load_profile("dwell", "zhihu", ["min_views=1", "min_z=0", "columns={image: images}"])
+    r = dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False)
+    assert r.con.execute("SELECT chosen_id, rejected_id FROM wt_pairs").fetchall() == [("A", "B")]
+    # events that carry the content columns (no --content file) read them: `images` is no typo of another column
+    head = "content_id,dwell_s,position,context,text,length_chars,images\n"
+    (tmp_path / "r.csv").write_text(head + "A,60,1,q1,好回答,800,1\nB,30,2,q1,一般回答,800,1\n", encoding="utf-8")
+    r = dwell.run(tmp_path / "r.csv", load_profile("dwell", "zhihu", ["min_views=1", "min_z=0"]), progress=False)
+    assert r.con.execute("SELECT chosen_id FROM wt_pairs").fetchall() == [("A",)]

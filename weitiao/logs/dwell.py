@@ -273,11 +273,13 @@ def load_inputs(engine: Engine, cfg: DwellConfig, events: str | Path, content: s
     """Open and check the log files as views `events` and `content`; returns the event count."""
     known = [c.name for c in event_columns(cfg)] + [c.name for c in content_columns()[1:]]
     check_mapping(cfg.columns, known, "dwell")
-    open_table(engine, "events", events, event_columns(cfg), cfg.columns)
+    riding = () if content is not None else tuple(c.name for c in content_columns())
+    open_table(engine, "events", events, event_columns(cfg), cfg.columns, others=riding)
     if content is not None:
         open_table(engine, "content", content, content_columns(), cfg.columns)
     else:  # content columns ride along on every event: one row per item, the same on each of its events
-        open_table(engine, "wt_content_src", events, content_columns(own_file=False), cfg.columns)
+        own = tuple(c.name for c in event_columns(cfg))
+        open_table(engine, "wt_content_src", events, content_columns(own_file=False), cfg.columns, others=own)
         cols = [c.name for c in content_columns()[1:]]
         engine.table(
             "wt_content_all",

@@ -27,7 +27,7 @@ import duckdb
 import sqlglot
 from sqlglot import exp
 
-from weitiao.errors import UserError, where
+from weitiao.errors import UserError, near_miss, where
 from weitiao.train.log import progress_bar
 
 NUMERIC = re.compile(r"^(U?(TINY|SMALL|BIG|HUGE)?INT(EGER)?|FLOAT|DOUBLE|REAL|DECIMAL.*)$")
@@ -246,8 +246,13 @@ def open_table(
     path: str | Path,
     columns: list[Column],
     mapping: dict[str, str] | None = None,
+    others: tuple[str, ...] = (),
 ) -> dict[str, str]:
     """Create view `name` with the typed `columns` of a log file; returns {column: source type}.
+
+    An optional column that is absent while the file has an unread column a typo or a case away from it
+    (`colected`, `Images`) is an error naming both: its default on every row would silently change the pairs.
+    `others` are the file's columns another view reads (events that carry the content columns).
 
     `mapping` ({file column: our column}, the profile's `columns`) renames where the file has the
     column. Raises UserError(`file: column: problem`) for a missing file or column, a wrong type,
@@ -258,12 +263,25 @@ def open_table(
     reader, types = engine.source(name, path)
     select, checks = [], []
     source = {ours: theirs for theirs, ours in (mapping or {}).items() if theirs in types}
+    read = {source.get(c.name, c.name) for c in columns} | set(mapping or {}) | set(others)
+    unread = tuple(t for t in types if t not in read)
     for col in columns:
         src = source.get(col.name, col.name)
         if src not in types:
             if col.required:
                 found = ", ".join(types) or "none"
                 raise UserError(f"{where(path, field=col.name)}: missing column ({col.help}); columns found: {found}")
+            typo = next((t for t in unread if t.casefold() == col.name or near_miss(t.casefold(), (col.name,))), None)
+            if typo is not None:
+                shown = str(col.default)
+                shown = (
+                    "empty" if shown == "NULL" else shown if re.fullmatch(r"-?\d+(\.\d+)?", shown) else "its default"
+                )
+                raise UserError(
+                    f"{where(path, field=typo)}: not a column we read; did you mean {col.name} ({col.help})? Without "
+                    f"it every row reads {shown}: rename it, or map it in the profile (columns: {{{typo}: "
+                    f"{col.name}}})"
+                )
             default = str(col.default)
             for ours, theirs in source.items():  # a default may read another column (length("text"))
                 default = default.replace(f'"{ours}"', f'"{theirs}"')
