@@ -97,6 +97,11 @@ def test_nothing_selected_is_explained(tmp_path):
     src = write(tmp_path / "d.jsonl", [convo(NOVEL[:2])])
     with pytest.raises(UserError, match="longest has 2 turns.*--stitch-turns"):
         repeat.run([src], tmp_path / "p.jsonl", repeat.RepeatConfig())
+    # long enough but copying: the message named only the turn count, sending users to --min-turns
+    copying = convo([(q, "关于这个话题，我的建议是多读书、多运动、早睡早起。") for q, _ in NOVEL[:4]])
+    src = write(tmp_path / "c.jsonl", [copying, convo(NOVEL[:2])])
+    with pytest.raises(UserError, match=r"longest has 4 turns; of 2: 1 fewer turns \(--min-turns\), 1 copy rate over "):
+        repeat.run([src], tmp_path / "p2.jsonl", repeat.RepeatConfig())
 
 
 def test_cli_repeat(tmp_path):

@@ -136,10 +136,16 @@ def run(files: list[str | Path], out: str | Path, cfg: RepeatConfig, sft_out: st
     kept = [c for c, good in zip(convs, ok) if good]
     if not kept:
         longest = max(m["turns"] for m in ms)
+        # what set each dialogue aside: a message naming only the turns sent long-enough dialogues to --min-turns
+        why = {"fewer turns (--min-turns)": sum(m["turns"] < cfg.min_turns for m in ms),
+               "copy rate over --max-copy": sum(m["copy"] > cfg.max_copy for m in ms),
+               "distinct-2 under --min-distinct2": sum(m["distinct2"] < cfg.min_distinct2 for m in ms),
+               "a loop": sum(bool(m["loop"]) for m in ms)}  # fmt: skip
+        counts = ", ".join(f"{n} {k}" for k, n in why.items() if n)
         raise UserError(
             f"no dialogue has ≥ {cfg.min_turns} assistant turns with copy rate ≤ {cfg.max_copy} and distinct-2 ≥ "
-            f"{cfg.min_distinct2} (longest has {longest} turns); lower --min-turns, or --stitch-turns N for "
-            "single-turn data"
+            f"{cfg.min_distinct2} (longest has {longest} turns; of {len(ms)}: {counts}); relax that option, or "
+            "--stitch-turns N for single-turn data"
         )
     # 4. pairs
     rng = random.Random(cfg.seed)
