@@ -296,6 +296,23 @@ def test_a_battle_imported_without_a_time_is_exported_without_one(tmp_path):
     assert r.exit_code == 0 and "x" in r.output, r.output
 
 
+def test_votes_cast_on_the_page_exported_and_imported_back_are_not_counted_twice(tmp_path):
+    """Only imported battles were recognised on a re-import: the page's own votes, exported and imported into the
+    same database (or a copy of it, to merge servers), were added again and every one counted twice."""
+    db, out = tmp_path / "arena.sqlite", tmp_path / "out.json"
+    st = fill(db)
+    for n, choice in enumerate(["a", "b", "tie"]):
+        st.record_vote(f"r{n}", {"prompt": "问题0", "model_a": "x", "model_b": "y", "swapped": 0}, choice, "alice")
+    run = CliRunner()
+    assert run.invoke(arena_app, ["export", str(out), "--db", str(db)]).exit_code == 0
+    again = run.invoke(arena_app, ["import", str(out), "--db", str(db)])
+    assert again.exit_code == 0 and "imported 0 battles" in again.output, again.output
+    assert len(st.votes()) == 3
+    # a battle that differs in any field, here the time, is a new one; a copy within the file is its own battle
+    battle = {**json.loads(out.read_text())[0]}
+    assert st.import_battles([{**battle, "tstamp": battle["tstamp"] + 1}, battle, battle]) == (2, 1)
+
+
 def test_a_database_from_before_unknown_times_gets_them_back_as_null(tmp_path):
     """votes.tstamp was NOT NULL and an import without a time stored 0.0: opening the file makes it nullable and those
     imported zeros null; a vote cast on the page keeps its time, and a file imported before is still recognised."""

@@ -22,6 +22,7 @@ import random
 import secrets
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from itertools import combinations
@@ -280,6 +281,22 @@ class ArenaStore:
                 (f"import:{digest}:{seen[digest]}", *fields[:3], None, *fields[3:5], None if t is None else float(t))
             )
         with self._db() as db:
+            # votes cast on this database's page, exported and imported back (or into a copy of it), carry the
+            # voter cookie and the exact time of the vote: the same battle, not a new one (it was counted twice)
+            served = Counter(
+                db.execute(
+                    "SELECT prompt, model_a, model_b, outcome, voter, tstamp FROM votes "
+                    "WHERE round_id NOT LIKE 'import:%' AND tstamp IS NOT NULL"
+                ).fetchall()
+            )
+            fresh = []
+            for v in values:
+                key = (v[1], v[2], v[3], v[5], v[6], v[7])
+                if served[key] > 0:
+                    served[key] -= 1
+                else:
+                    fresh.append(v)
+            values = fresh
             before = db.total_changes
             db.executemany(
                 "INSERT OR IGNORE INTO votes (round_id, prompt, model_a, model_b, swapped, outcome, voter, tstamp) "
