@@ -432,6 +432,11 @@ def test_eval_cli_prints_per_type_and_rejects_bad_labels(tmp_path):
     assert res.exit_code == 0, res.output
     mobile = {"precision": 1.0, "recall": 1.0, "tp": 1, "fp": 0, "fn": 0, "tp_pred": 1}
     assert json.loads(res.output)["mobile"] == mobile
+    # a type the set has no label or prediction of has no score: it read precision 1.000, recall 1.000
+    assert {k: json.loads(res.output)["bank_card"][k] for k in ("precision", "recall")} == {"precision": None,
+                                                                                           "recall": None}  # fmt: skip
+    table = CliRunner().invoke(app, ["eval", str(good)]).output
+    assert re.search(r"bank_card\s*│\s*—\s*│\s*—\s*│\s*0", table) and re.search(r"mobile\s*│\s*1\.000", table)
     res = CliRunner().invoke(app, ["eval"])
     assert res.exit_code == 0 and "bank_card" in res.output and "1,188 rows" in res.output
     bad = tmp_path / "b.jsonl"

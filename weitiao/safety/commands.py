@@ -207,14 +207,21 @@ def eval_cmd(
     min_confidence = _confidence(min_confidence)
     rows = load_labelled(path)
     res = score(rows, min_confidence)
+
+    # a type with no label has no recall, and one with no prediction no precision: 1.000 read as a perfect score on
+    # a set without bank cards; null in the JSON, "—" in the table
+    def defined(v) -> tuple[float | None, float | None]:
+        return (v.precision if v.tp_pred + v.fp else None), (v.recall if v.tp + v.fn else None)
+
     if as_json:
-        print(json.dumps({t: {"precision": v.precision, "recall": v.recall, **asdict(v)} for t, v in res.items()}))
+        print(json.dumps({t: dict(zip(("precision", "recall"), defined(v))) | asdict(v) for t, v in res.items()}))
         return
     t = Table(title=f"PII eval: {path} ({len(rows):,} rows, {sum(not r['spans'] for r in rows):,} without PII)")
     for col in ("type", "precision", "recall", "labelled", "found", "missed", "spurious"):
         t.add_column(col, justify="left" if col == "type" else "right")
     for typ, v in res.items():
-        t.add_row(typ, f"{v.precision:.3f}", f"{v.recall:.3f}", str(v.tp + v.fn), str(v.tp), str(v.fn), str(v.fp))
+        p, r = ("—" if x is None else f"{x:.3f}" for x in defined(v))
+        t.add_row(typ, p, r, str(v.tp + v.fn), str(v.tp), str(v.fn), str(v.fp))
     console.print(t)
     for line in misses(rows, min_confidence, show) if show else []:
         console.print(line, markup=False)
