@@ -219,6 +219,9 @@ def test_kb2sft_bad_input(tmp_path):
         kb2sft.run([KB], tmp_path / "o", t, kb2sft.KBConfig(prompt="出{n}个问答"), progress=False)
     with pytest.raises(UserError, match="--eval-fraction 1.0: out of range"):
         kb2sft.run([KB], tmp_path / "o", t, kb2sft.KBConfig(eval_fraction=1.0), progress=False)
+    # the message named --row-format, which the CLI does not have (its flag is --format)
+    with pytest.raises(UserError, match="^--format jsonl: use messages or alpaca$"):
+        kb2sft.run([KB], tmp_path / "o", t, kb2sft.KBConfig(row_format="jsonl"), progress=False)
 
 
 def test_kb2sft_real_serve_malformed_json_is_counted(serve_url, tmp_path):  # noqa: F811
@@ -248,6 +251,14 @@ def test_cli_kb2sft(kb_teacher, tmp_path):
     rows = load_conversations(str(tmp_path / "o/train.jsonl"))
     assert rows.format == "alpaca" and len(rows.rows) == 9
     assert rows.rows[0].messages[0] == {"role": "system", "content": "你是客服"}
+    assert "eval.jsonl is empty" not in " ".join(r.output.split())  # --eval-fraction 0 asked for none
+    # one chunk cannot be split by chunk: an eval fraction asked for came back as an empty eval.jsonl in silence
+    one = tmp_path / "one.md"
+    one.write_text("# 退货\n签收后七天内可以无理由退货。商品需保持完好。", encoding="utf-8")
+    args[2], args[4], args[10] = str(one), str(tmp_path / "o2"), "0.5"
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0 and " + 0 (0 eval chunks)" in r.output, r.output
+    assert "--eval-fraction 0.5, but every kept QA pair comes from one chunk" in " ".join(r.output.split())
 
 
 def test_semantic_chunker_with_local_embedding_model(tiny_model_dir):

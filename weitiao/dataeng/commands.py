@@ -99,6 +99,11 @@ def kb2sft(
                       f"{shown}")  # fmt: skip
     if s["teacher_failed"]:
         console.print(f"[yellow]{s['teacher_failed']} chunks got no reply; answered ones are cached — re-run to resume")
+    if eval_fraction > 0 and s["kept"] and not s["eval"]:  # one chunk with kept QA: nothing can be held out
+        console.print(
+            f"[yellow]note:[/] --eval-fraction {eval_fraction}, but every kept QA pair comes from one chunk and eval "
+            "holds out whole chunks: eval.jsonl is empty (smaller --max-chars makes more chunks)"
+        )
 
 
 def mix(

@@ -151,14 +151,18 @@ def run(docs: list[str | Path], out: str | Path, teacher: Teacher, cfg: KBConfig
     """Build train/eval/review files under `out`; returns the summary (also written as summary.json)."""
     out = Path(out)
     prompt = check_prompt(cfg.prompt)
-    for name, ok in [("--n-qa", cfg.n_qa >= 1), ("--min-grounding", 0 <= cfg.min_grounding <= 1),
-                     ("--dedup", 0 < cfg.dedup_threshold <= 1), ("--eval-fraction", 0 <= cfg.eval_fraction < 1),
-                     ("--row-format", cfg.row_format in ("messages", "alpaca"))]:  # fmt: skip
+    # the CLI's flag names (`--format` for the row format: the message said --row-format, a flag that does not exist)
+    for name, value, ok, rule in [
+        ("--n-qa", cfg.n_qa, cfg.n_qa >= 1, "must be ≥ 1"),
+        ("--min-grounding", cfg.min_grounding, 0 <= cfg.min_grounding <= 1, "must be in [0, 1]"),
+        ("--dedup", cfg.dedup_threshold, 0 < cfg.dedup_threshold <= 1, "must be in (0, 1]"),
+        ("--eval-fraction", cfg.eval_fraction, 0 <= cfg.eval_fraction < 1, "must be in [0, 1)"),
+        ("--format", cfg.row_format, cfg.row_format in ("messages", "alpaca"), "use messages or alpaca"),
+    ]:
         if not ok:
-            value = {"--n-qa": cfg.n_qa, "--min-grounding": cfg.min_grounding, "--dedup": cfg.dedup_threshold,
-                     "--eval-fraction": cfg.eval_fraction, "--row-format": cfg.row_format}[name]  # fmt: skip
-            raise UserError(f"{name} {value}: out of range (n-qa ≥ 1; grounding, dedup in [0, 1]; eval-fraction "
-                            "in [0, 1); row-format messages|alpaca)")  # fmt: skip
+            raise UserError(
+                f"{name} {value}: out of range, {rule}" if name != "--format" else f"{name} {value}: {rule}"
+            )
 
     # 1. Read and chunk.
     paths = collect_docs(list(docs))
