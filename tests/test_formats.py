@@ -232,6 +232,26 @@ def test_a_row_of_another_format_than_the_file_says_so(tmp_path):
     assert load_rows(write_jsonl(tmp_path / "s.jsonl", [sharegpt])).kept == 1  # negative control: alone, it loads
 
 
+def test_a_bad_row_of_another_format_names_its_own_problem(tmp_path):
+    """An OpenAI row that ends with a user turn, in a file whose first row is ShareGPT, stopped with
+    'conversations: expected a non-empty list of messages': a key the row never had, and neither the row's format
+    nor what is wrong with it as that format. Now the line says both."""
+    sharegpt = {"conversations": [{"from": "human", "value": "问"}, {"from": "gpt", "value": "答"}]}
+    openai = {"messages": [{"role": "user", "content": "问"}]}  # no assistant turn: bad as openai too
+    path = write_jsonl(tmp_path / "d.jsonl", [sharegpt, openai])
+    why = (
+        r"d.jsonl:2: conversations: .*\(as sharegpt, the format of the file's first row; this row is openai, "
+        r"and as openai messages: must end with an assistant turn"
+    )
+    with pytest.raises(UserError, match=why):
+        load_rows(path)
+    alpaca = {"instruction": "1+1", "output": 2}
+    with pytest.raises(UserError, match=r"this row is alpaca, and as alpaca output: expected a string, got int"):
+        load_rows(write_jsonl(tmp_path / "a.jsonl", [sharegpt, alpaca]))
+    with pytest.raises(UserError, match=r"s.jsonl:1: messages: must end with an assistant turn, ends with 'user'"):
+        load_rows(write_jsonl(tmp_path / "s.jsonl", [openai]))  # alone: its own error, as before
+
+
 def test_dolly_rows_load_as_alpaca_context_as_input_response_as_output(tmp_path):
     """databricks-dolly-15k (instruction, context, response, category) stopped at 'output: missing', and an Alpaca
     row with `context` beside `output` trained without the context, unsaid. Read as LLaMA-Factory's mapping reads

@@ -586,16 +586,21 @@ def data_files(entries: list[str | Path], dataset_dir: str | Path | None = None)
 
 
 def _other_format(err: RowError, record: Any, file_fmt: str | None, strict: bool) -> RowError:
-    """A row that reads as another format than the file's first row says so, instead of naming a key it lacks."""
+    """A row that reads as another format than the file's first row says so, instead of naming a key it lacks; one
+    that is bad as its own format too says what is wrong with it there (it said only the key it lacks)."""
     try:
         other = detect_format(record)
-        if other in (file_fmt, "kto") or not file_fmt:
-            return err
-        parse_row(record, other, strict)
     except RowError:
         return err
+    if other in (file_fmt, "kto") or not file_fmt:
+        return err
+    try:
+        parse_row(record, other, strict)
+        also = ""
+    except RowError as own:
+        also = f", and as {other} {own.field}: {own.problem}"
     return RowError(err.field, f"{err.problem} (as {file_fmt}, the format of the file's first row; this row is "
-                               f"{other}: one format per file, split it or convert the row)")  # fmt: skip
+                               f"{other}{also}: one format per file, split it or convert the row)")  # fmt: skip
 
 
 def _lf_format(lf: Any, fmt: str) -> str:
