@@ -226,3 +226,19 @@ def test_an_optional_column_spelt_another_way_is_refused_not_defaulted(tmp_path)
     (tmp_path / "r.csv").write_text(head + "A,60,1,q1,好回答,800,1\nB,30,2,q1,一般回答,800,1\n", encoding="utf-8")
     r = dwell.run(tmp_path / "r.csv", load_profile("dwell", "zhihu", ["min_views=1", "min_z=0"]), progress=False)
     assert r.con.execute("SELECT chosen_id FROM wt_pairs").fetchall() == [("A",)]
+
+
+def test_text_times_with_an_offset_beside_times_without_one_are_refused(tmp_path):
+    """A naive time is read as UTC, one with +08:00 as that instant: in one column, a 👎 at 10:03 (naive, meant as
+    Beijing time) came after a 👍 at 10:05+08:00 (02:05 UTC) and won as the last click. All with offsets, or none,
+    read as before; a date's `-01` is no offset."""
+    events = CHAT_EVENTS + "r1,thumbs_down,2025-03-01T10:05:00+08:00,\n"
+    msg = error(tmp_path, "chat", events=events, content=RESPONSES)
+    assert msg.startswith(
+        f"{tmp_path / 'events.csv'}: ts: 1 values carry a UTC offset (e.g. '2025-03-01T10:05:00+08:00')"
+    )
+    assert "and the others none (e.g. '2025-03-01 10:00:05')" in msg
+    (tmp_path / "r.csv").write_text(RESPONSES.replace("2025-03-01 10:00:00", "2025-03-01"), encoding="utf-8")
+    for ok in (CHAT_EVENTS.replace(":05,", ":05Z,") + "r1,copy,2025-03-01T10:05:00+08:00,\n", CHAT_EVENTS):
+        (tmp_path / "e.csv").write_text(ok, encoding="utf-8")
+        assert chat.run(tmp_path / "e.csv", tmp_path / "r.csv", load_profile("chat", "chat"), progress=False).events

@@ -189,6 +189,10 @@ class DuckEngine:
         return self.con
 
 
+# A text time that ends in a UTC offset or Z after its clock time (10:00:00+08:00, 10:00Z); a date's -01 is no offset
+_OFFSET = r"\d:\d{2}(:\d{2}(\.\d+)?)?\s*([+-]\d{2}(:?\d{2})?|[Zz])$"
+
+
 def _cast(col: str, kind: str, dtype: str) -> tuple[str | None, str | None]:
     """(typed SQL expression, SQL predicate for an unparseable value) or (None, None) for a wrong type."""
     c = f'"{col}"'
@@ -296,6 +300,15 @@ def open_table(
             checks.append((named, "bad", f"count(*) FILTER (WHERE {bad})", bad))
         if not col.nullable:
             checks.append((named, "null", f"count(*) - count({raw})", f"{raw} IS NULL"))
+        if col.kind == "time":  # text times: an offset on all or none (DuckDB's CSV sniffer types a mix TIMESTAMPTZ)
+            has = f"regexp_matches(CAST({raw} AS VARCHAR), '{_OFFSET}')"
+            mixed = f"count(*) FILTER (WHERE {has}) > 0 AND count(*) FILTER (WHERE {raw} IS NOT NULL AND NOT {has}) > 0"
+            if types[src] in ("VARCHAR", "JSON"):
+                checks.append((named, "mixed", f"({mixed})::INTEGER", has))
+            elif types[src] == "TIMESTAMP WITH TIME ZONE" and reader.startswith("read_csv("):
+                _check(
+                    engine, path, reader[:-1] + ", all_varchar = true)", [(named, "mixed", f"({mixed})::INTEGER", has)]
+                )
         if col.unique:
             checks.append((named, "dup", f"count({raw}) - count(DISTINCT {raw})", None))
         if col.min is not None:  # min() comes from Parquet statistics when it can: no scan
@@ -315,6 +328,15 @@ def _check(engine: Engine, path: str, reader: str, checks: list) -> None:
             if not hit:
                 continue
             raw, loc = f'"{col.name}"', where(path, field=col.name)
+            if what == "mixed":  # naive times read as UTC beside +08:00 ones: the order of clicks silently shifts
+                (n, with_off), (without,) = (
+                    engine.rows(f"SELECT count(*), first(CAST({raw} AS VARCHAR)) FROM {reader} WHERE {pred}")[0],
+                    engine.rows(f"SELECT first(CAST({raw} AS VARCHAR)) FROM {reader} WHERE NOT ({pred})")[0],
+                )
+                raise UserError(
+                    f"{loc}: {n} values carry a UTC offset (e.g. {with_off!r}) and the others none (e.g. {without!r}), "
+                    "which would be read as UTC: give every value its offset, or none"
+                )
             if what == "dup":
                 example = engine.rows(f"SELECT {raw} FROM {reader} GROUP BY 1 HAVING count(*) > 1 LIMIT 1")[0]
                 raise UserError(f"{loc}: {hit} repeated ids, e.g. {example[0]!r} ({col.help}; must be unique)")
