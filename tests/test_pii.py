@@ -869,6 +869,19 @@ def test_an_id_with_a_typo_d_check_character_after_its_cue_is_scrubbed():
     assert pii.scan(f"身份证号{good}")[0].confidence == 0.99
 
 
+def test_a_first_generation_15_digit_id_after_its_cue_is_scrubbed():
+    """15-digit resident IDs (issued until 2004, still in old records) were not found even after 身份证号 and stayed in
+    scrubbed files. They have no check digit: province code + a real 19YYMMDD date, and only next to a cue."""
+    text = "身份证号 110105491231002，手机13812345678"
+    assert [(m.type, m.text) for m in pii.scan(text)] == [("id_card", "110105491231002"), ("mobile", "13812345678")]
+    assert pii.scrub(text)[0] == "身份证号 [身份证号]，手机[手机号]"
+    assert pii.scrub(text, "mask")[0].startswith("身份证号 110105*****1002，")
+    fake = pii.scrub(text, "pseudonym")[0].split()[1][:15]
+    assert fake != "110105491231002" and not pii.scan(f"身份证号 {fake}")  # a fake no reader takes for an ID
+    for other in ("订单号 110105491231002", "身份证号 110105491331002", "身份证号 990105491231002"):
+        assert pii.scan(other) == [], other  # no cue; month 13; no province 99
+
+
 def test_min_confidence_outside_0_1_is_refused(tmp_path):
     from typer.testing import CliRunner
 
