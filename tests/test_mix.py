@@ -143,6 +143,21 @@ def test_tool_rows_differing_only_in_a_call_are_not_duplicates(tmp_path):
     assert (rep["sources"][0]["read"], rep["sources"][0]["duplicates"], rep["total"]) == (3, 1, 2)
 
 
+def test_rows_differing_in_which_turns_are_trained_are_not_duplicates(tmp_path):
+    """A row whose first reply is context (weight 0) and the same row training it were one row to dedup: the first
+    kept, the other's trained turn dropped without a word. The same row twice is still a duplicate."""
+    turns = [("user", "你好"), ("assistant", "您好"), ("user", "再见"), ("assistant", "再见")]
+
+    def row(w):
+        return {"messages": [{"role": r, "content": t, **({"weight": w} if i == 1 and w is not None else {})}
+                             for i, (r, t) in enumerate(turns)]}  # fmt: skip
+
+    src = tmp_path / "w.jsonl"
+    src.write_text("".join(json.dumps(row(w), ensure_ascii=False) + "\n" for w in (0, None, 1)), "utf-8")
+    rep = mix.run([f"{src}:1"], tmp_path / "m.jsonl")
+    assert (rep["sources"][0]["read"], rep["sources"][0]["duplicates"], rep["total"]) == (3, 1, 2)  # weight 1 = none
+
+
 def test_default_total_is_exact_when_the_division_falls_just_below(tmp_path):
     """93 rows at 0.93 and 7 at 0.07 mix 100 rows without up-sampling; 7 / 0.07 is 99.999… in floats, which made the
     default total 99 and dropped a row of the first source."""

@@ -69,9 +69,10 @@ def _text_key(text: str) -> str:
 def conv_key(c: Conversation) -> str:
     """Dedup key: every turn's normalized text (so punctuation/width/spacing variants collide), the punctuation
     inside numbers (1.5, 3:30, 5%) and of C++/C# kept; tool calls and tool specs as they are (rows that differ only
-    in a call's arguments are different rows)."""
-    turns = [m["role"][0] + _text_key(m["content"] or "") + (json.dumps(m["tool_calls"], ensure_ascii=False,
-             sort_keys=True) if m.get("tool_calls") else "") for m in c.messages]  # fmt: skip
+    in a call's arguments are different rows); a weight-0 turn (context, not trained) differs from a trained one."""
+    turns = [m["role"][0] + ("\x1e0" if m.get("weight") == 0 else "") + _text_key(m["content"] or "") +
+             (json.dumps(m["tool_calls"], ensure_ascii=False, sort_keys=True) if m.get("tool_calls") else "")
+             for m in c.messages]  # fmt: skip
     return "\x1f".join(turns) + (json.dumps(c.tools, ensure_ascii=False, sort_keys=True) if c.tools else "")
 
 
