@@ -215,6 +215,11 @@ def test_data_check_counts_every_layout(tmp_path, tokenizer):
     assert any("chosen == rejected" in p for p in rep.problems) and any("empty chosen" in p for p in rep.problems)
     with pytest.raises(UserError, match="is identical to chosen"):  # training still refuses them
         load_pairs([str(path)], "auto", False)
+    # a pair's `weight` stops `weitiao dpo` without data.weight_field (and `weitiao rm` always): data check was silent
+    weighted = write_jsonl(tmp_path / "w.jsonl", [{"prompt": "天空", "chosen": "蓝", "rejected": "绿", "weight": 2}])
+    problems = check_file([str(weighted)], tokenizer).problems
+    assert problems == [f"1 pairs have a `weight` column (first {weighted}:1): `weitiao dpo` reads it only with "
+                        "data.weight_field=weight and stops on it otherwise; `weitiao rm` refuses it"]  # fmt: skip
 
 
 @pytest.mark.slow
