@@ -291,3 +291,18 @@ def test_eval_pairs_over_max_len_are_counted(tiny_model_dir, tmp_path, kind, cap
     assert (
         "12 read = 8 train + 3 eval + 0 rejected + 0 below min_confidence + 1 over max_len" in capsys.readouterr().out
     )
+
+
+@pytest.mark.parametrize("resume", ["auto", "force"])
+def test_resuming_a_checkpoint_of_another_recipe_is_refused(tiny_model_dir, tmp_path, resume):
+    """An RM run into a DPO run's folder, on the same pairs, resumed the DPO checkpoint without a word (keys only one
+    config has count as no change: dpo.* vs rm.*); another recipe's checkpoint is refused, force or not."""
+    from weitiao.recipes import dpo
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(8))
+    out = tmp_path / "run"
+    steps = ("train.max_steps=3", "train.save_every=1", "train.stop_after=1", "data.max_len=64")
+    dpo.run(recipe_config("dpo", tiny_model_dir, data, out, *steps))
+    with pytest.raises(UserError, match=r"was written by another recipe \(config sections model, lora, data, dpo, "
+                       r"train; this run's model, lora, data, rm, train\)"):  # fmt: skip
+        rm.run(rm_config(tiny_model_dir, data, out, "train.max_steps=3", f"train.resume={resume}"))

@@ -286,6 +286,19 @@ def schedule_note(changes: dict[str, tuple[Any, Any]]) -> str:
             "so the next steps follow the new curve, not the old one")  # fmt: skip
 
 
+def refuse_other_recipe(ckpt: Path, old_yaml: str, new_yaml: str) -> None:
+    """A checkpoint another recipe wrote (its config's sections differ: sft model/lora/data/train, dpo adds dpo, rm
+    rm, ppo reward and ppo) is refused, force or not: a key only one side has counts as no change, so an RM run
+    resumed a DPO checkpoint on the same pairs without a word."""
+    old, new = (list(yaml.safe_load(y) or {}) for y in (old_yaml, new_yaml))
+    if set(old) != set(new):
+        raise UserError(
+            f"train.resume: {ckpt} was written by another recipe (config sections {', '.join(old)}; this run's "
+            f"{', '.join(new)}): resume it with the recipe that wrote it, or give this run another train.out; to start "
+            "from its weights, use lora.init_from"
+        )
+
+
 def check_config(ckpt: Path, config_yaml: str, force: bool) -> tuple[str, dict[str, tuple[Any, Any]]]:
     """Refuse to resume `ckpt` under a config that trains something else; returns the changes `force` let by
     (as one line) and every change (key → (old, new)).
@@ -301,6 +314,7 @@ def check_config(ckpt: Path, config_yaml: str, force: bool) -> tuple[str, dict[s
             f"train.resume: {ckpt} has no {CONFIG_FILE} beside it, so an unchanged config cannot be checked; "
             "set train.resume=force to resume anyway"
         )
+    refuse_other_recipe(ckpt, saved.read_text(encoding="utf-8"), config_yaml)
     changes = config_changes(saved.read_text(encoding="utf-8"), config_yaml)
     blocked = [f"{k} {old!r} → {new!r}" for k, (old, new) in changes.items() if k not in FREE_KEYS]
     shown = ", ".join(blocked[:6]) + (f" (and {len(blocked) - 6} more)" if len(blocked) > 6 else "")
