@@ -193,3 +193,23 @@ def test_tool_rows_on_untrained_tool_markup_are_refused(qwen_tool_dir, make_conf
     out = f"train.out={tmp_path / 'plain'}"
     sft.run(make_config("sft", plain, "train.max_steps=1", "data.template=qwen", out, model_dir=qwen_tool_dir))
     assert "untrained" not in capsys.readouterr().out
+
+
+def test_an_untrained_eos_apart_from_the_end_of_turn_matters_only_to_raw_rows(tmp_path_factory, make_config, capsys):
+    """ChatML rows train <|im_end|>, never a base EOS that differs from it (<|endoftext|> here, its rows zero): chat
+    rows train without a word (they were refused, "the tuned model may never stop", over a token they never train);
+    raw-text rows among them are closed with EOS, so then the refusal names it."""
+    from conftest import write_jsonl
+
+    from weitiao.recipes import sft
+
+    base = zeroed_rows(tmp_path_factory.mktemp("eos"), build_tokenizer(eos="<|endoftext|>"), ["<|endoftext|>"])[0]
+    tmp = tmp_path_factory.mktemp("eosdata")
+    chats = [{"messages": [{"role": "user", "content": f"你好{i}"}, {"role": "assistant", "content": "嗨"}]}
+             for i in range(6)]  # fmt: skip
+    sft.run(make_config("sft", write_jsonl(tmp / "chat.jsonl", chats), "train.max_steps=1", model_dir=base))
+    assert "untrained" not in capsys.readouterr().out
+    raw = write_jsonl(tmp / "raw.jsonl", [{"prompt": "问题：", "completion": "回答"}])
+    mixed = f"{tmp / 'chat.jsonl'},{raw}"
+    with pytest.raises(UserError, match=r"tokens <\|endoftext\|> have untrained rows .*lm_head: <\|endoftext\|>"):
+        sft.run(make_config("sft", mixed, "train.max_steps=1", out=tmp / "mixed", model_dir=base))

@@ -111,10 +111,13 @@ def untrained_ids(model: Any, ids: list[int], output_ids: list[int] | None = Non
     return found
 
 
-def template_ids(tokenizer: Any, template: Any, tools: bool = False) -> tuple[list[int], list[int]]:
+def template_ids(
+    tokenizer: Any, template: Any, tools: bool = False, raw_rows: bool = False
+) -> tuple[list[int], list[int]]:
     """(the tokens whose input rows matter: the special/added tokens the template renders around a probe system +
     user + assistant conversation, and its end-of-turn; those trained as labels, whose lm_head rows matter: the
-    end-of-turn and EOS). Template None (raw-text rows): no input row, EOS as the label. With `tools` (training rows
+    end-of-turn; EOS only with `raw_rows`, raw-text rows among the chats: a chat row never trains a base EOS that
+    differs from it). Template None (raw-text rows only): no input row, EOS as the label. With `tools` (training rows
     use tools) a tool round is rendered too: its special tokens are inputs, those of the assistant's call labels."""
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     if template is None:
@@ -134,7 +137,8 @@ def template_ids(tokenizer: Any, template: Any, tools: bool = False) -> tuple[li
         round_ids, said = _tool_round_ids(tokenizer, template)
         rendered += round_ids
     inputs = [i for i in rendered if i in specials] + eot_ids
-    return list(dict.fromkeys(inputs)), list(dict.fromkeys(eot_ids + eos + [i for i in said if i in specials]))
+    labels = eot_ids + (eos if raw_rows else []) + [i for i in said if i in specials]
+    return list(dict.fromkeys(inputs)), list(dict.fromkeys(labels))
 
 
 def _tool_round_ids(tokenizer: Any, template: Any) -> tuple[list[int], list[int]]:
@@ -155,11 +159,13 @@ def _module_name(model: Any, module: Any) -> str:
     return next((n.rsplit(".", 1)[-1] for n, m in model.named_modules() if m is module), "?")
 
 
-def refuse_untrained_tokens(model: Any, tokenizer: Any, template: Any, say: bool = True, tools: bool = False) -> None:
+def refuse_untrained_tokens(
+    model: Any, tokenizer: Any, template: Any, say: bool = True, tools: bool = False, raw_rows: bool = False
+) -> None:
     """Refuse training a model whose template tokens (EOS alone for raw-text rows: template None; its tool markup too
-    with `tools`) have untrained rows that stay frozen (see module doc); with `say`, a one-line note where those rows
-    are found but train."""
-    ids, labels = template_ids(tokenizer, template, tools)
+    with `tools`, EOS too with `raw_rows`) have untrained rows that stay frozen (see module doc); with `say`, a
+    one-line note where those rows are found but train."""
+    ids, labels = template_ids(tokenizer, template, tools, raw_rows)
     where = f"data.template {template.name}" if template is not None else "raw-text rows (closed with EOS)"
     found = untrained_ids(model, ids, labels)
     if not found["input"] and not found["output"]:

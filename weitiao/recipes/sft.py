@@ -82,6 +82,7 @@ class SFTData:
     content_key: str = ""  # digest of the training rows' texts in order (resume on edited data is refused)
     text_only: bool = False  # every train row raw text (format text, string prompt/completion): no template
     tool_rows: bool = False  # some train rows use tools (their markup tokens are checked for untrained rows)
+    raw_rows: bool = False  # some train rows are raw text (closed with EOS: its row is checked too)
 
 
 def _chat_only_keys(d: DataSpec) -> str:
@@ -155,6 +156,7 @@ def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
     return SFTData(
         tokenizer, template, train, evals, stats, eval_stats, read, rejected, eval_copies, warnings, cache_line(tr, ev),
         content, tr.meta["format"] == "text" or tr.meta.get("chat_rows") == 0, bool(tr.meta.get("tool_rows")),
+        tr.meta["format"] == "text" or tr.meta.get("chat_rows", 0) < tr.meta["rows"],
     )  # fmt: skip
 
 
@@ -260,7 +262,8 @@ def run(cfg: SFTConfig) -> dict:
 
     # 2. Model, loss wrapper, optimizer.
     model = build_trainable(cfg.model, cfg.lora, accel.device)
-    refuse_untrained_tokens(model, tokenizer, None if data.text_only else data.template, main, data.tool_rows)
+    template = None if data.text_only else data.template
+    refuse_untrained_tokens(model, tokenizer, template, main, data.tool_rows, data.raw_rows)
     refuse_untrainable(model, accel.device)
     if cfg.data.packing:  # sdpa per conversation of a packed row instead of a block-diagonal mask
         packed_attention.enable(model)
