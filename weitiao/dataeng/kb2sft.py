@@ -153,16 +153,14 @@ def run(docs: list[str | Path], out: str | Path, teacher: Teacher, cfg: KBConfig
     prompt = check_prompt(cfg.prompt)
     # the CLI's flag names (`--format` for the row format: the message said --row-format, a flag that does not exist)
     for name, value, ok, rule in [
-        ("--n-qa", cfg.n_qa, cfg.n_qa >= 1, "must be ≥ 1"),
-        ("--min-grounding", cfg.min_grounding, 0 <= cfg.min_grounding <= 1, "must be in [0, 1]"),
-        ("--dedup", cfg.dedup_threshold, 0 < cfg.dedup_threshold <= 1, "must be in (0, 1]"),
-        ("--eval-fraction", cfg.eval_fraction, 0 <= cfg.eval_fraction < 1, "must be in [0, 1)"),
+        ("--n-qa", cfg.n_qa, cfg.n_qa >= 1, "out of range, must be ≥ 1"),
+        ("--min-grounding", cfg.min_grounding, 0 <= cfg.min_grounding <= 1, "out of range, must be in [0, 1]"),
+        ("--dedup", cfg.dedup_threshold, 0 < cfg.dedup_threshold <= 1, "out of range, must be in (0, 1]"),
+        ("--eval-fraction", cfg.eval_fraction, 0 <= cfg.eval_fraction < 1, "out of range, must be in [0, 1)"),
         ("--format", cfg.row_format, cfg.row_format in ("messages", "alpaca"), "use messages or alpaca"),
     ]:
         if not ok:
-            raise UserError(
-                f"{name} {value}: out of range, {rule}" if name != "--format" else f"{name} {value}: {rule}"
-            )
+            raise UserError(f"{name} {value}: {rule}")
 
     # 1. Read and chunk.
     paths = collect_docs(list(docs))

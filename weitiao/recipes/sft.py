@@ -155,8 +155,7 @@ def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
     content = hashlib.sha256(np.ascontiguousarray(tr.keys[rows]).tobytes()).hexdigest()[:16]  # texts, in order
     return SFTData(
         tokenizer, template, train, evals, stats, eval_stats, read, rejected, eval_copies, warnings, cache_line(tr, ev),
-        content, tr.meta["format"] == "text" or tr.meta.get("chat_rows") == 0, bool(tr.meta.get("tool_rows")),
-        tr.meta["format"] == "text" or tr.meta.get("chat_rows", 0) < tr.meta["rows"],
+        content, tr.meta["chat_rows"] == 0, tr.meta["tool_rows"] > 0, tr.meta["chat_rows"] < tr.meta["rows"],
     )  # fmt: skip
 
 

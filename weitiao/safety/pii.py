@@ -177,7 +177,7 @@ def find_id_card(text: str) -> list[Match]:
             out.append(Match("id_card", a, b, text[a:b], 0.99))
         elif len(d) == 18 and d[:17].isdigit() and _id_shaped(d) and _near(text, a, b, ID_CUES):
             out.append(Match("id_card", a, b, text[a:b], 0.3))
-        elif len(d) == 15 and d.isdigit() and valid_id15(d) and _near(text, a, b, ID_CUES):
+        elif valid_id15(d) and _near(text, a, b, ID_CUES):
             out.append(Match("id_card", a, b, text[a:b], 0.9))  # a first-generation card: no check digit to test
     return out
 
@@ -185,7 +185,10 @@ def find_id_card(text: str) -> list[Match]:
 def valid_id15(s: str) -> bool:
     """A first-generation (1984–2004, GB 11643-1989) 15-digit resident ID: province code + a real 19YYMMDD birth date
     + 3 digits; still in old records and scanned documents. No check digit: found only next to 身份证/证件号."""
-    return len(s) == 15 and s.isdigit() and valid_id(s[:6] + "19" + s[6:15] + id_check_char(s[:6] + "19" + s[6:15]))
+    if len(s) != 15 or not s.isdigit():
+        return False
+    body = s[:6] + "19" + s[6:]  # the 17 digits of the 18-digit number it became
+    return valid_id(body + id_check_char(body))
 
 
 ID_CUES = re.compile(r"身份证|证件号|公民身份")

@@ -314,8 +314,9 @@ def check_config(ckpt: Path, config_yaml: str, force: bool) -> tuple[str, dict[s
             f"train.resume: {ckpt} has no {CONFIG_FILE} beside it, so an unchanged config cannot be checked; "
             "set train.resume=force to resume anyway"
         )
-    refuse_other_recipe(ckpt, saved.read_text(encoding="utf-8"), config_yaml)
-    changes = config_changes(saved.read_text(encoding="utf-8"), config_yaml)
+    saved_yaml = saved.read_text(encoding="utf-8")
+    refuse_other_recipe(ckpt, saved_yaml, config_yaml)
+    changes = config_changes(saved_yaml, config_yaml)
     blocked = [f"{k} {old!r} → {new!r}" for k, (old, new) in changes.items() if k not in FREE_KEYS]
     shown = ", ".join(blocked[:6]) + (f" (and {len(blocked) - 6} more)" if len(blocked) > 6 else "")
     if blocked and not force:
