@@ -988,6 +988,31 @@ def test_cli_scrub_run_twice_replaces_its_own_output(tmp_path):
     assert isinstance(res.exception, UserError) and "not written by weitiao" in str(res.exception)
 
 
+def test_scrub_of_another_input_with_the_same_default_name_is_refused(tmp_path):
+    """`pii scrub p.csv` then `pii scrub p.jsonl.gz` both defaulted to p.scrubbed.jsonl: the second run replaced the
+    first's result with exit 0. Now refused; the same input again still replaces its own output, --out still works."""
+    import gzip
+
+    from typer.testing import CliRunner
+
+    from weitiao.safety.commands import app
+
+    csv, gz = tmp_path / "p.csv", tmp_path / "p.jsonl.gz"
+    csv.write_text("name,phone\n甲,13812345678\n", encoding="utf-8")
+    with gzip.open(gz, "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"phone": "13912345678"}) + "\n")
+    out = tmp_path / "p.scrubbed.jsonl"
+    assert CliRunner().invoke(app, ["scrub", str(csv)]).exit_code == 0
+    first = out.read_text(encoding="utf-8")
+    res = CliRunner().invoke(app, ["scrub", str(gz)])
+    assert isinstance(res.exception, UserError) and f"wrote from {csv.resolve()}" in str(res.exception)
+    assert out.read_text(encoding="utf-8") == first
+    assert CliRunner().invoke(app, ["scrub", str(csv)]).exit_code == 0  # control: its own input again
+    res = CliRunner().invoke(app, ["scrub", str(gz), "--out", str(out)])  # the user names the file: replaced
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text(encoding="utf-8")) == {"phone": "[手机号]"}
+
+
 def test_scrub_ledger_names_only_the_outputs_that_stand(tmp_path, monkeypatch):
     """Each output is written as a `.pending` temp file first; the ledger of what weitiao wrote kept a record for
     every temp name, renamed away or removed. It holds the final outputs only, after a run and after a failed one."""

@@ -340,13 +340,14 @@ def _stamp(path: Path) -> str:
     return f"{st.st_size} {st.st_mtime_ns} {st.st_ino}"
 
 
-def remember(path: str | Path) -> None:
-    """Record `path` as written by weitiao, as it is now (best effort: an unwritable cache only costs the record)."""
+def remember(path: str | Path, source: str | Path | None = None) -> None:
+    """Record `path` as written by weitiao, as it is now, and the input it was `source`d from when its name was
+    derived from one (best effort: an unwritable cache only costs the record)."""
     path = Path(path)
     try:
         entry = _ledger(path)
         entry.parent.mkdir(parents=True, exist_ok=True)
-        entry.write_text(_stamp(path), encoding="utf-8")
+        entry.write_text(_stamp(path) + (f"\n{Path(source).resolve()}" if source is not None else ""), "utf-8")
     except OSError:
         pass
 
@@ -359,22 +360,46 @@ def forget(path: str | Path) -> None:
         pass
 
 
+def _record(path: Path) -> list[str] | None:
+    """The ledger's lines for `path` (stamp, then its source if recorded) when it is ours and unchanged, else None."""
+    try:
+        lines = _ledger(path).read_text(encoding="utf-8").split("\n")
+        return lines if lines[0] == _stamp(path) else None
+    except OSError:
+        return None
+
+
 def written_by_us(path: str | Path) -> bool:
     """True when `path` is a file weitiao wrote and nobody changed since."""
-    path = Path(path)
-    try:
-        return _ledger(path).read_text(encoding="utf-8") == _stamp(path)
-    except OSError:
-        return False
+    return _record(Path(path)) is not None
 
 
-def claim_outputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path] = (), flag: str = "--out") -> None:
+def written_from(path: str | Path) -> Path | None:
+    """The input `path` was written from (`remember(..., source)`), when it is ours, unchanged and one was recorded."""
+    lines = _record(Path(path))
+    return Path(lines[1]) if lines and len(lines) > 1 else None
+
+
+def claim_outputs(
+    outputs: Iterable[str | Path],
+    inputs: Iterable[str | Path] = (),
+    flag: str = "--out",
+    sources: Iterable[str | Path] | None = None,
+) -> None:
     """Refuse, before any work, to write an output that is one of the inputs or an existing file that weitiao
     did not write (or that was changed since), or one named twice (the second write would replace the first):
-    nothing we did not create is overwritten."""
+    nothing we did not create is overwritten. With `sources` (the input each output's default name was derived
+    from), an output of ours written from another input is refused too: p.csv and p.jsonl.gz both default to
+    p.<suffix>, and the second run would replace the first's result."""
     ins = {Path(i).resolve() for i in inputs}
     seen: set[Path] = set()
-    for out in map(Path, outputs):
+    outputs = list(map(Path, outputs))
+    for out, src in zip(outputs, sources if sources is not None else [None] * len(outputs), strict=True):
+        if src is not None and (was := written_from(out)) is not None and was != Path(src).resolve():
+            raise UserError(
+                f"{out}: holds what weitiao wrote from {was}; writing {src}'s result there would replace it; "
+                f"choose another {flag}"
+            )
         if out.resolve() in seen:
             raise UserError(f"{flag} {out}: named for two outputs; one would replace the other; choose two paths")
         seen.add(out.resolve())

@@ -142,7 +142,7 @@ def scrub_cmd(
     ]
     if len({t.resolve() for t in targets}) < len(targets):
         raise UserError(f"{', '.join(map(str, files))}: two inputs would be scrubbed into one file; rename one")
-    claim_outputs(targets, files)
+    claim_outputs(targets, files, sources=files if out is None or len(files) > 1 else None)
     reports, pending = [], []  # each file scrubbed to a temp file beside its target; renamed once all passed
     try:
         for f, target in zip(files, targets):
@@ -160,10 +160,10 @@ def scrub_cmd(
             tmp.unlink(missing_ok=True)
             forget(tmp)
         raise
-    for tmp, target in zip(pending, targets):
+    for f, tmp, target in zip(files, pending, targets):
         tmp.replace(target)
         forget(tmp)  # atomic_writer recorded the temp name; the ledger names only the output that stands
-        remember(target)  # the ledger knew the temp name only: a rerun took its own output for the user's
+        remember(target, f)  # the ledger knew the temp name only: a rerun took its own output for the user's
         if not as_json:
             console.print(f"[green]wrote[/] {target}")
     _print(reports, as_json, f"scrub ({mode})")
