@@ -758,6 +758,17 @@ def test_pii_in_id_source_and_type_fields_is_found(tmp_path):
     assert "138" not in out["source"] and "139" not in out["id"] and "a@b.com" not in out["type"]
 
 
+def test_a_bare_86_prefix_goes_with_the_mobile():
+    """`86-138-1234-5678` was scrubbed from 138 and left `86-` behind; `8613812345678` (no +) was not found at all.
+    `+86`/`0086` already went with the number; a 13-digit run that only starts with 86 is no mobile."""
+    assert pii.scrub("电话86-138-1234-5678")[0] == "电话[手机号]"
+    assert pii.scrub("电话86 138 1234 5678", mode="pseudonym")[0].startswith("电话86 154 ")
+    assert [(m.text, m.confidence) for m in pii.find_mobile("电话8613812345678")] == [("8613812345678", 0.65)]
+    assert [m.confidence for m in pii.find_mobile("订单号8613812345678")] == [0.5]
+    assert pii.scrub("电话+86-138-1234-5678")[0] == "电话[手机号]"  # control: as before
+    assert pii.find_mobile("编号8612345678901") == []  # 86 + 12…: not a mobile
+
+
 def test_numbers_stored_as_json_integers_are_scanned_and_scrubbed(tmp_path):
     """{"phone": 13812345678} was left in the scrubbed file (only strings were scanned); small integers, booleans and
     floats stay as they are."""

@@ -225,11 +225,15 @@ def find_bank_card(text: str) -> list[Match]:
 
 
 def find_mobile(text: str) -> list[Match]:
-    """11 digits 1[3-9]x in any grouping, optionally after +86 / 0086."""
+    """11 digits 1[3-9]x in any grouping, optionally after +86 / 0086 / 86 (86-138-1234-5678, 8613812345678: the
+    prefix goes with the number, where it was left behind)."""
     out = []
     for start, end, digits in digit_spans(text):
+        bare = False
         if len(digits) == 13 and digits.startswith("86") and text[start - 1 : start] == "+":
             digits, start = digits[2:], start - 1  # +86 138 1234 5678
+        elif len(digits) == 13 and digits.startswith("86") and text[start - 1 : start] != "+":
+            digits, bare = digits[2:], text[start + 2 : start + 3].isdigit()  # 86-138…; 8613812345678 reads less sure
         elif len(digits) == 15 and digits.startswith("0086"):
             digits = digits[4:]
         elif text[start - 1 : start] == "+":
@@ -238,8 +242,8 @@ def find_mobile(text: str) -> list[Match]:
             continue
         if re.match(r"[\d.,]", text[start - 1 : start]) or _money(text, start, end):
             continue  # 1,381,234,5678 or 13812345678元 is an amount
-        conf = 0.8 if _near(text, start, end, ORDER_CUES) else 0.95
-        out.append(Match("mobile", start, end, text[start:end], conf))
+        conf = (0.5, 0.65) if bare else (0.8, 0.95)
+        out.append(Match("mobile", start, end, text[start:end], conf[not _near(text, start, end, ORDER_CUES)]))
     return out
 
 
