@@ -144,3 +144,8 @@ def test_chat_and_demo_print_a_models_escape_sequences_visibly(monkeypatch, caps
     buf = StringIO()
     Console(file=buf, width=120).print(side_by_side(measured))
     assert "\x1b]52" not in buf.getvalue() and "\x1b[2J" not in buf.getvalue() and "␛[2J" in buf.getvalue()
+    blank = {"replies": [{"prompt": "hi", "reply": "\n" * 40}]}  # an untrained model's reply: one cell, not 40 rows
+    measured = {s: {"ordinary": blank, "redline": {"replies": []}} for s in ("base", "sft", "sft+dpo")}
+    buf = StringIO()
+    Console(file=buf, width=120).print(side_by_side(measured))
+    assert len(buf.getvalue().splitlines()) < 12 and "⏎" * 10 in buf.getvalue()

@@ -55,7 +55,8 @@ def table(numbers: dict, style_len: dict) -> Table:
 
 
 def side_by_side(measured: dict, n_ordinary: int = 5, n_redline: int = 3) -> Table:
-    """The first and last few held-out replies of each set (the last ordinary ones are look-alikes)."""
+    """The first and last few held-out replies of each set (the last ordinary ones are look-alikes); a newline shows
+    as ⏎, so a reply of blank lines (an untrained model's) is one short cell, not a screen of empty rows."""
     out = Table(title="sample replies", show_lines=True)
     for col in ("prompt", *STAGES):
         out.add_column(col, overflow="fold")
@@ -64,5 +65,5 @@ def side_by_side(measured: dict, n_ordinary: int = 5, n_redline: int = 3) -> Tab
         n = len(replies["base"])
         for i in sorted({*range(min(k - 2, n)), *range(max(0, n - 2), n)}):
             row = [replies["base"][i]["prompt"], *(replies[s][i]["reply"] for s in STAGES)]
-            out.add_row(*(Text(terminal_safe(cell)) for cell in row))
+            out.add_row(*(Text(terminal_safe(cell).replace("\n", "⏎")) for cell in row))
     return out
