@@ -331,3 +331,39 @@ def test_a_speaker_name_is_refused_not_dropped(tmp_path):
     assert parse_openai_tools({"messages": msgs}).messages[2] == {"role": "tool", "content": "晴", "tool_call_id": "c1"}
     with pytest.raises(Exception, match=r"messages\[0\].name"):
         parse_openai_tools({"messages": [{**MSGS[0], "name": "小王"}, *msgs[1:]]})
+
+
+def test_firefly_rows_load_as_the_same_conversation_as_sharegpt(tmp_path):
+    """Firefly's multi-turn rows (YeungNLP: `conversation` of {human, assistant} turns, conversation_id and category
+    beside) stopped at 'unknown format'. They read as the ShareGPT row of the same turns; a turn's typo, ShareGPT
+    messages under Firefly's key, tools and firefly-train-1.1M's input/target rows are refused naming the key."""
+    turns = [("在吗", "在"), ("你好", "嗨😊")]
+    firefly = {"conversation_id": 7, "category": "Brainstorming", "system": "简洁",
+               "conversation": [{"human": q, "assistant": a} for q, a in turns]}  # fmt: skip
+    sharegpt = {"system": "简洁", "conversations": [
+        {"from": who, "value": text} for q, a in turns for who, text in (("human", q), ("gpt", a))]}  # fmt: skip
+    got = load_rows(write_jsonl(tmp_path / "f.jsonl", [firefly]))
+    assert got.format == "firefly" and detect_format(firefly) == "firefly"
+    want = load_rows(write_jsonl(tmp_path / "s.jsonl", [sharegpt])).rows
+    assert [r.messages for r in got.rows] == [r.messages for r in want]
+    from weitiao.data.prompts import parse_prompt  # a prompt file (eval, PPO): the last reply is the reference
+
+    prompt = parse_prompt(firefly, "f.jsonl:1")
+    assert prompt.messages == want[0].messages[:-1] and prompt.reference == "嗨😊"
+    for row, msg in [
+        ({"conversation": [{"human": "a", "assitant": "b"}]}, r"conversation\[0\].assitant: unknown key; did you mean"),
+        (
+            {"conversation": [{"from": "human", "value": "a"}]},
+            r"conversation\[0\]: a ShareGPT message .* 'conversations'",
+        ),
+        ({"conversation": [{"human": "a", "assistant": ""}]}, r"conversation\[0\].assistant: is empty"),
+        ({"conversation": []}, "conversation: expected a non-empty list"),
+        ({"conversation": [{"human": "a", "assistant": "b"}], "tools": [{"type": "function"}]}, "tools: a Firefly row"),
+        ({"conversation": [{"human": "a", "assistant": "b"}], "messages": MSGS}, "messages: the row also has 'conv"),
+        (
+            {"kind": "NLI", "input": "a", "target": "b"},
+            "row: unknown format .*firefly-train-1.1M.*rename them instruction/output",
+        ),
+    ]:
+        with pytest.raises(UserError, match=f"b.jsonl:1: {msg}"):
+            load_rows(write_jsonl(tmp_path / "b.jsonl", [row]))

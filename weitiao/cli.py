@@ -317,7 +317,7 @@ def data_check(
     template: str = typer.Option("auto", help="auto|tokenizer|chatml|qwen|llama3|plain"),
     max_len: int = typer.Option(1024, help="training max length in tokens"),
     fmt: str = typer.Option(
-        "auto", "--format", help="auto|alpaca|sharegpt|openai|prompt_completion|text|preference|preference_raw"
+        "auto", "--format", help="auto|alpaca|sharegpt|openai|firefly|prompt_completion|text|preference|preference_raw"
     ),
     dataset_dir: str = typer.Option(None, help="LLaMA-Factory data folder: FILES are names in its dataset_info.json"),
     skip_invalid: bool = typer.Option(False, help="write bad rows to FILE.rejects.jsonl instead of stopping"),

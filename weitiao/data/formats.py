@@ -1,4 +1,4 @@
-"""Read Alpaca, ShareGPT, OpenAI-messages, TRL and plain-text rows into one conversation type.
+"""Read Alpaca, ShareGPT, OpenAI-messages, Firefly, TRL and plain-text rows into one conversation type.
 
 Every row is validated; a bad row is reported as `file:line: field: problem`. With
 `skip_invalid=True` bad rows go to a rejects file instead and `read == kept + rejected`.
@@ -22,8 +22,10 @@ from weitiao.errors import UserError, near_miss
 from weitiao.io import claim_outputs, write_jsonl
 
 Message = dict[str, Any]  # {"role", "content"}; "weight": 0 = not trained; tool rows: weitiao.data.tools
-Format = Literal["auto", "alpaca", "sharegpt", "openai", "prompt_completion", "text", "preference", "preference_raw"]
-FORMATS = ("alpaca", "sharegpt", "openai", "prompt_completion", "text", "preference", "preference_raw")
+Format = Literal[
+    "auto", "alpaca", "sharegpt", "openai", "firefly", "prompt_completion", "text", "preference", "preference_raw"
+]
+FORMATS = ("alpaca", "sharegpt", "openai", "firefly", "prompt_completion", "text", "preference", "preference_raw")
 ROLES = ("system", "user", "assistant")
 # OpenAI's newer name for the system role, read as system (as `weitiao serve` reads it: weitiao.infer.tools.plan_chat)
 ROLE_MAP = {r: r for r in ROLES} | {"developer": "system"}
@@ -91,6 +93,13 @@ class LoadResult:
         return len(self.rows)
 
 
+FIREFLY_TURN = ("human", "assistant")
+# firefly-train-1.1M's rows: one instruction in `input`, its answer in `target`, the task in `kind`
+FIREFLY_1M = (
+    "; rows with input/target (firefly-train-1.1M) are Alpaca rows spelt otherwise: rename them instruction/output"
+)
+
+
 def detect_format(record: Any) -> str:
     """Guess the format of one row from its keys ("kto" for unpaired feedback, which is refused)."""
     if not isinstance(record, dict):
@@ -104,6 +113,8 @@ def detect_format(record: Any) -> str:
         return "openai"
     if "conversations" in keys:
         return "sharegpt"
+    if "conversation" in keys:
+        return "firefly"
     if "instruction" in keys or "output" in keys:
         return "alpaca"
     if {"prompt", "completion"} <= keys:
@@ -113,7 +124,8 @@ def detect_format(record: Any) -> str:
     raise RowError(
         "row",
         f"unknown format (keys {sorted(keys)}); expected instruction/output (alpaca), conversations (sharegpt), "
-        "messages (openai), prompt/completion (TRL), text (pre-training) or chosen/rejected (preference)",
+        "messages (openai), conversation (firefly), prompt/completion (TRL), text (pre-training) or chosen/rejected "
+        "(preference)" + (FIREFLY_1M if {"input", "target"} <= keys else ""),
     )
 
 
@@ -256,6 +268,35 @@ def parse_alpaca(record: dict) -> list[Message]:
 def parse_sharegpt(record: dict) -> list[Message]:
     msgs = _messages(record.get("conversations"), "conversations", "from", "value", SHAREGPT_ROLES)
     return _with_system(record, msgs)
+
+
+def parse_firefly(record: dict) -> list[Message]:
+    """Firefly (YeungNLP) multi-turn rows: `conversation` is a list of {"human", "assistant"} turns, each reply
+    trained; `system`, as in the other formats, comes first. Other keys of a row (conversation_id, category) stay
+    unread; a turn's other keys are refused."""
+    if tools := next((k for k in ("tools", "functions") if record.get(k) not in (None, "", [])), None):
+        raise RowError(tools, "a Firefly row has no place for tool calls; write the row as OpenAI messages with tools")
+    conv = record.get("conversation")
+    if not isinstance(conv, list) or not conv:
+        raise RowError("conversation", "expected a non-empty list of {human, assistant} turns")
+    out: list[Message] = []
+    for i, turn in enumerate(conv):
+        at = f"conversation[{i}]"
+        if not isinstance(turn, dict):
+            raise RowError(at, "expected an object with human and assistant")
+        if other := next((k for k in ("from", "role") if k in turn), None):
+            key = "conversations" if other == "from" else "messages"
+            kind = "a ShareGPT" if other == "from" else "an OpenAI"
+            raise RowError(at, f"{kind} message ({other!r}) under 'conversation', Firefly's key, whose turns are "
+                               f"{{human, assistant}}: rename the list {key!r}")  # fmt: skip
+        for key in turn:
+            if key not in FIREFLY_TURN:
+                want = near_miss(key, FIREFLY_TURN, 0.7)
+                hint = f"did you mean {want!r}? " if want and want not in turn else ""
+                raise RowError(f"{at}.{key}", f"unknown key; {hint}a Firefly turn has human and assistant")
+        out.append({"role": "user", "content": _text(turn.get("human"), f"{at}.human")})
+        out.append({"role": "assistant", "content": _text(turn.get("assistant"), f"{at}.assistant")})
+    return _with_system(record, out)
 
 
 def parse_openai(record: dict) -> list[Message]:
@@ -444,15 +485,17 @@ PARSERS = {
     "alpaca": parse_alpaca,
     "sharegpt": parse_sharegpt,
     "openai": parse_openai,
+    "firefly": parse_firefly,
     "prompt_completion": parse_prompt_completion,
 }
 
 
 # Keys some format reads. A row key one or two typos away from one of these that the row lacks (histroy, sytem,
 # ouput) is refused, not ignored; other extra keys (id, source, meta, ...) are the user's and stay unread.
-READ_KEYS = ("instruction", "input", "output", "history", "system", "messages", "conversations", "prompt",
-             "completion", "text", "chosen", "rejected", "tools", "functions")  # fmt: skip
-CHAT_KEYS = {"messages": "openai", "conversations": "sharegpt", "instruction": "alpaca", "output": "alpaca"}
+READ_KEYS = ("instruction", "input", "output", "history", "system", "messages", "conversations", "conversation",
+             "prompt", "completion", "text", "chosen", "rejected", "tools", "functions")  # fmt: skip
+CHAT_KEYS = {"messages": "openai", "conversations": "sharegpt", "conversation": "firefly", "instruction": "alpaca",
+             "output": "alpaca"}  # fmt: skip
 
 
 def _misspelled(key: str) -> str | None:
@@ -489,7 +532,7 @@ def _check_message_keys(record: dict) -> None:
                     raise RowError(f"{at}.{key}", f"unknown key; did you mean {want!r}? (rename it, or drop it)")
 
 
-SFT_FORMATS = ("alpaca", "openai", "sharegpt", "prompt_completion", "text")
+SFT_FORMATS = ("alpaca", "openai", "sharegpt", "firefly", "prompt_completion", "text")
 # A row's `label` that marks its reply good or bad (TRL's KTO bools, KTO's desirable/undesirable, thumbs): never trained
 # as SFT. Strings compare case-folded. A float (a score) and other words are left alone: "positive", "good", "差评" are
 # as often a classification dataset's class of the text as feedback on the reply, and such columns stay unread.
@@ -523,7 +566,7 @@ def check_keys(record: dict, fmt: str) -> None:
         if want and want not in record:
             raise RowError(key, f"unknown key; did you mean {want!r}? (rename it, or drop the column)")
     _check_message_keys(record)
-    if fmt in ("alpaca", "openai", "sharegpt"):
+    if fmt in ("alpaca", "openai", "sharegpt", "firefly"):
         # `completion` marks a TRL prompt/completion row; `prompt` alone is not one (ultrachat rows carry it)
         found = {f: k for k, f in {**CHAT_KEYS, "completion": "prompt_completion"}.items() if k in record}
         if len(found) > 1:
@@ -559,7 +602,8 @@ def parse_row(record: Any, fmt: str, strict: bool = True) -> Conversation | Pref
     messages = PARSERS[fmt](record)
     if isinstance(messages, Document):
         return messages
-    field = {"sharegpt": "conversations", "openai": "messages", "prompt_completion": "completion"}.get(fmt, "row")
+    field = {"sharegpt": "conversations", "openai": "messages", "firefly": "conversation",
+             "prompt_completion": "completion"}.get(fmt, "row")  # fmt: skip
     return Conversation(_check_turns(messages, field))
 
 

@@ -102,8 +102,12 @@ def parse_prompt(rec: Any, source: str = "", tools: str = NO_TOOLS) -> Prompt:
     if fmt == "alpaca":
         msgs, ref, where = _with_system(rec, _alpaca_prompt(rec)), rec.get("output"), "instruction"
         ref = None if ref in (None, "") else _text(ref, "output")
-    elif fmt in ("sharegpt", "openai"):
-        msgs, ref, where = PARSERS[fmt](rec), None, "conversations" if fmt == "sharegpt" else "messages"
+    elif fmt in ("sharegpt", "openai", "firefly"):
+        msgs, ref, where = (
+            PARSERS[fmt](rec),
+            None,
+            {"sharegpt": "conversations", "firefly": "conversation"}.get(fmt, "messages"),
+        )
         if any(m["role"] == "user" for m in msgs) and msgs[-1]["role"] == "assistant":
             msgs, ref = msgs[:-1], msgs[-1]["content"]
     else:

@@ -42,7 +42,7 @@ from weitiao.train.spec import DataFilesSpec, TrainSpec
 class DataSpec(DataFilesSpec):
     """Training data and how it becomes tokens."""
 
-    format: Literal["auto", "alpaca", "sharegpt", "openai", "prompt_completion", "text"] = Field(
+    format: Literal["auto", "alpaca", "sharegpt", "openai", "firefly", "prompt_completion", "text"] = Field(
         "auto", description="row format; auto detects it per file"
     )
     max_len: int = Field(1024, gt=8, description="tokens per row")

@@ -345,7 +345,8 @@ class Sample:
 
 _EMPTY = "\x00"  # stands in for an empty reply while the training parser reads the row
 _REPLY_AT = {"alpaca": ("output", "content"), "prompt_completion": ("completion", "content"),
-             "openai": ("messages", "content"), "sharegpt": ("conversations", "value")}  # fmt: skip
+             "openai": ("messages", "content"), "sharegpt": ("conversations", "value"),
+             "firefly": ("conversation", "assistant")}  # fmt: skip
 
 
 def _fill_empty_reply(record: dict, fmt: str) -> dict:
