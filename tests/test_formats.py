@@ -362,8 +362,10 @@ def test_firefly_rows_load_as_the_same_conversation_as_sharegpt(tmp_path):
         ({"conversation": [{"human": "a", "assistant": "b"}], "messages": MSGS}, "messages: the row also has 'conv"),
         (
             {"kind": "NLI", "input": "a", "target": "b"},
-            "row: unknown format .*firefly-train-1.1M.*rename them instruction/output",
+            r"row: unknown format .*input/target \(firefly-train-1.1M\) is a",
         ),
+        ({"question": "a", "answer": "b"}, "row: unknown format .*question/answer is a question .* instruction/output"),
+        ({"prompt": "a", "response": "b"}, "row: unknown format .*prompt/response is a question"),
     ]:
         with pytest.raises(UserError, match=f"b.jsonl:1: {msg}"):
             load_rows(write_jsonl(tmp_path / "b.jsonl", [row]))

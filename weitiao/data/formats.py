@@ -94,10 +94,19 @@ class LoadResult:
 
 
 FIREFLY_TURN = ("human", "assistant")
-# firefly-train-1.1M's rows: one instruction in `input`, its answer in `target`, the task in `kind`
-FIREFLY_1M = (
-    "; rows with input/target (firefly-train-1.1M) are Alpaca rows spelt otherwise: rename them instruction/output"
-)
+# A question and its answer under other names (firefly-train-1.1M's input/target, question/answer, prompt/response):
+# an Alpaca row spelt otherwise. Named in the unknown-format error, not guessed (`prompt` + `response` could as well
+# be a pair's prompt and one side).
+QUESTION_KEYS, ANSWER_KEYS = ("input", "question", "query", "prompt"), ("target", "answer", "response", "reply")
+
+
+def _rename_hint(keys: set[str]) -> str:
+    q = next((k for k in QUESTION_KEYS if k in keys), None)
+    a = next((k for k in ANSWER_KEYS if k in keys), None)
+    if q is None or a is None:
+        return ""
+    seen = " (firefly-train-1.1M)" if (q, a) == ("input", "target") else ""
+    return f"; {q}/{a}{seen} is a question and its answer: rename them instruction/output (Alpaca)"
 
 
 def detect_format(record: Any) -> str:
@@ -125,7 +134,7 @@ def detect_format(record: Any) -> str:
         "row",
         f"unknown format (keys {sorted(keys)}); expected instruction/output (alpaca), conversations (sharegpt), "
         "messages (openai), conversation (firefly), prompt/completion (TRL), text (pre-training) or chosen/rejected "
-        "(preference)" + (FIREFLY_1M if {"input", "target"} <= keys else ""),
+        "(preference)" + _rename_hint(keys),
     )
 
 
