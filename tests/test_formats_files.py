@@ -212,3 +212,42 @@ def test_a_key_given_twice_in_a_row_is_refused(tmp_path):
     # negative control: the same keys once each read
     (tmp_path / "ok.jsonl").write_text('{"instruction": "问", "output": "乙"}\n', encoding="utf-8")
     assert load_rows(tmp_path / "ok.jsonl").kept == 1
+
+
+def test_xlsx_from_pandas_reads_as_the_jsonl(tmp_path, expected, monkeypatch):
+    """Question-answer sheets kept in Excel/WPS were refused ('unsupported file type .xlsx'): the one sheet with a
+    header row reads as CSV does, rows named by their Excel row. Several data sheets, a formula never computed, a
+    cell right of the header and a workbook that is no zip are refused naming them."""
+    import openpyxl
+    import pandas as pd
+
+    pd.DataFrame(ROWS).to_excel(tmp_path / "d.xlsx", index=False)  # pandas' own writer (openpyxl)
+    got = load_conversations(tmp_path / "d.xlsx")
+    assert (got.read, got.kept, got.format) == (7, 7, "alpaca") and messages(got) == expected
+    assert [c.source.rsplit(":", 1)[1] for c in got.rows[:2]] == ["2", "3"]
+
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    for row in [["instruction", "output", None], ["几点？", 12.0, None], [None, None, None], ["日期？", "好", "多余"]]:
+        ws.append(row)
+    wb.save(tmp_path / "e.xlsx")
+    got = load_rows(tmp_path / "e.xlsx", skip_invalid=True)
+    assert [r.messages[-1]["content"] for r in got.rows] == ["12"] and got.rejected == 1
+    reject = json.loads(got.rejects_path.read_text("utf-8"))
+    assert reject["source"].endswith("e.xlsx:4") and reject["error"] == "row: 3 filled columns, the header has 2"
+    wb.create_sheet("说明").append(["这个表是问答数据"])
+    wb.save(tmp_path / "two.xlsx")
+    with pytest.raises(UserError, match=r"two.xlsx: 2 sheets hold data \(Sheet, 说明\)"):
+        load_rows(tmp_path / "two.xlsx")
+    wb = openpyxl.Workbook()
+    wb.active.append(["instruction", "output"])
+    wb.active.append(["一加一？", "=1+1"])  # written by a script: no saved value
+    wb.save(tmp_path / "f.xlsx")
+    with pytest.raises(UserError, match="f.xlsx: sheet 'Sheet' cell B2: formula =1\\+1 has no saved value"):
+        load_rows(tmp_path / "f.xlsx")
+    (tmp_path / "g.xlsx").write_text("a,b\n")
+    with pytest.raises(UserError, match="g.xlsx: not a readable .xlsx workbook"):
+        load_rows(tmp_path / "g.xlsx")
+    monkeypatch.setitem(__import__("sys").modules, "openpyxl", None)
+    with pytest.raises(UserError, match="reading .xlsx needs openpyxl: pip install openpyxl"):
+        load_rows(tmp_path / "d.xlsx")

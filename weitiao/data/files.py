@@ -3,7 +3,7 @@
 An entry is a file, a glob (`data/*.parquet`), a folder of shards, or a Hugging Face `datasets`
 `save_to_disk` folder. Files: .jsonl/.ndjson (also .jsonl.gz/.jsonl.zst, decompressed as a stream),
 .json (also .json.gz/.json.zst), .parquet and .arrow (read a record batch at a time), .csv (also
-.csv.gz/.csv.zst) with a header row. A folder or glob holding a data file we do not read (.tsv,
+.csv.gz/.csv.zst) and .xlsx (one sheet) with a header row. A folder or glob holding a data file we do not read (.tsv,
 .parquet.gz, .jsonl.bz2, ...) is refused naming it, not skipped. A row that cannot be read (bad JSON,
 over-long line) is yielded as a RowError so the caller can report it as `file:line`.
 """
@@ -26,10 +26,10 @@ from weitiao.io import BOM, iter_lines, loads, read_json, read_text
 
 JSONL = (".jsonl", ".ndjson")
 COMPRESSED = (".gz", ".zst")
-SUFFIXES = (*JSONL, ".json", ".parquet", ".arrow", ".csv")
+SUFFIXES = (*JSONL, ".json", ".parquet", ".arrow", ".csv", ".xlsx")
 STREAMED = (*JSONL, ".json", ".csv")  # read through a decompressor when .gz/.zst
-READABLE = ".jsonl[.gz|.zst], .json[.gz|.zst], .parquet, .arrow, .csv[.gz|.zst]"
-LOOKS_LIKE_DATA = (*SUFFIXES, ".tsv")  # in a name, with a suffix after it we cannot read: refused, not skipped
+READABLE = ".jsonl[.gz|.zst], .json[.gz|.zst], .parquet, .arrow, .csv[.gz|.zst], .xlsx"
+LOOKS_LIKE_DATA = (*SUFFIXES, ".tsv", ".xls")  # in a name, with a suffix after it we cannot read: refused, not skipped
 GLOB_CHARS = set("*?[")
 BATCH_ROWS = 1024  # Parquet/Arrow rows decoded at a time
 MAX_ROW_BYTES = 1_000_000  # a longer JSONL row is rejected unread: ~300k tokens, far over any max_len
@@ -253,6 +253,86 @@ def _csv(path: Path, opener: Any = None) -> Iterator[tuple[int, Any]]:
         start = line_no[0] + 1
 
 
+def _cell(value: Any) -> str:
+    """An Excel cell's value as text: 42 not 42.0, dates in ISO form (a midnight as the date alone), empty as "".
+    The value, not its display format: a cell shown as 25% reads 0.25."""
+    import datetime as dt
+
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, dt.datetime):
+        return value.date().isoformat() if value.time() == dt.time() else value.isoformat(sep=" ")
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    return str(value)
+
+
+def _has_values(sheet: Any, rows: int = 100) -> bool:
+    """Whether a sheet has a filled cell in its first `rows` rows (a data sheet's header is there)."""
+    return any(v is not None for row in sheet.iter_rows(max_row=rows, values_only=True) for v in row)
+
+
+def _xlsx(path: Path) -> Iterator[tuple[int, Any]]:
+    """Rows of an Excel workbook's one sheet with a header row, numbered by sheet row (as Excel shows them).
+
+    A workbook with several non-empty sheets is refused (which one is the data is not guessed), and so is a formula
+    cell without a saved value (a file written by a script and never opened in Excel reads as empty there).
+    """
+    try:
+        import openpyxl
+    except ImportError:
+        raise UserError(f"{path}: reading .xlsx needs openpyxl: pip install openpyxl (or 'weitiao[xlsx]')") from None
+    from zipfile import BadZipFile
+
+    try:
+        values = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        formulas = openpyxl.load_workbook(path, read_only=True, data_only=False)
+    except (BadZipFile, KeyError, OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable .xlsx workbook ({str(e).splitlines()[0] if str(e) else e})") from None
+    try:
+        sheets = [ws for ws in values.worksheets if _has_values(ws)]
+        if len(sheets) > 1:
+            names = ", ".join(ws.title for ws in sheets)
+            raise UserError(f"{path}: {len(sheets)} sheets hold data ({names}); keep the data in one sheet, or save "
+                            "each sheet as its own .xlsx or .csv")  # fmt: skip
+        if not sheets:
+            return
+        name = sheets[0].title
+        rows = zip(sheets[0].iter_rows(values_only=True), formulas[name].iter_rows(values_only=True))
+        header: list[str] | None = None
+        for n, (cells, raw) in enumerate(rows, 1):
+            text = [_cell(v) for v in cells]
+            for col, (v, f) in enumerate(zip(cells, raw)):
+                if v is None and isinstance(f, str) and f.startswith("="):
+                    at = f"{openpyxl.utils.get_column_letter(col + 1)}{n}"
+                    raise UserError(f"{path}: sheet {name!r} cell {at}: formula {f} has no saved value (the file was "
+                                    "not saved by a spreadsheet app); open and save it in Excel or WPS, or paste "
+                                    "values")  # fmt: skip
+            if header is None:
+                while text and not text[-1].strip():  # trailing empty header cells: columns nobody named
+                    text.pop()
+                if not text:
+                    continue
+                if len(set(text)) != len(text) or not all(h.strip() for h in text):
+                    raise UserError(f"{path}:{n}: header: expected unique, non-empty column names, got {text}")
+                header = text
+                continue
+            if not any(t.strip() for t in text):
+                continue  # an empty row, as a blank CSV line
+            extra = [t for t in text[len(header) :] if t.strip()]
+            if extra:
+                yield n, RowError("row", f"{len(header) + len(extra)} filled columns, the header has {len(header)}")
+            else:
+                yield n, dict(zip(header, text + [""] * (len(header) - len(text))))
+    finally:
+        values.close()
+        formulas.close()
+
+
 def _absent_nulls(value: Any) -> Any:
     """`value` without the null fields of its nested structs. An Arrow struct has every field any row gave it, null
     where a row had none: one row's tool schema gained `"zone": null` from another row's tool, rendered into the
@@ -295,7 +375,7 @@ def iter_records(path: Path, max_row_bytes: int | None = MAX_ROW_BYTES) -> Itera
     if not path.exists():
         raise UserError(f"{path}: file not found")
     if path.is_dir():
-        raise UserError(f"{path}: is a folder; expected a data file (.jsonl, .json, .parquet, .arrow or .csv)")
+        raise UserError(f"{path}: is a folder; expected a data file (.jsonl, .json, .parquet, .arrow, .csv or .xlsx)")
     suffix = data_suffix(path)
     compressed = path.suffix.lower() in COMPRESSED
     if compressed and suffix not in STREAMED:
@@ -308,5 +388,7 @@ def iter_records(path: Path, max_row_bytes: int | None = MAX_ROW_BYTES) -> Itera
         yield from _batches(path, suffix[1:])
     elif suffix == ".csv":
         yield from _csv(path, (lambda: _open_stream(path)) if compressed else None)
+    elif suffix == ".xlsx":
+        yield from _xlsx(path)
     else:
         raise UserError(f"{path}: unsupported file type {suffix!r}; use {READABLE}")
