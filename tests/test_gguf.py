@@ -7,6 +7,7 @@ without llama.cpp's runtime; test_llama_cpp_runtime adds that runtime where llam
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -249,6 +250,15 @@ LLAMA_CPP_EOG_NAMES = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "
                        "<｜end▁of▁sentence｜>", "</s>"}  # fmt: skip
 
 
+def eog(path, ids: list[int]) -> list[bool]:
+    """Whether llama.cpp's runtime ends generation at each of `ids` (llama_vocab_is_eog) in the GGUF at `path`."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(path), n_ctx=64, verbose=False, vocab_only=True)
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    return [bool(llama_cpp.llama_vocab_is_eog(vocab, i)) for i in ids]
+
+
 def test_gguf_carries_a_trained_end_of_turn_llama_cpp_does_not_know_by_name(tmp_path):
     """A base with EOS <|endoftext|> trained on a template ending turns with <|reply_end|>: the converter writes
     only the EOS, and llama.cpp would not know <|reply_end|> ends a reply; the GGUF names it as the end-of-turn
@@ -274,6 +284,13 @@ def test_gguf_carries_a_trained_end_of_turn_llama_cpp_does_not_know_by_name(tmp_
     assert _field(reader, "tokenizer.ggml.token_type")[eot] == gguf.TokenType.CONTROL  # not printed as text
     assert _field(reader, "tokenizer.ggml.eot_token_id") == eot
     assert list(_field(reader, "tokenizer.ggml.eos_token_ids")) == [eot, eos]
+
+    # llama.cpp's runtime (where llama-cpp-python is installed) takes it as an end of generation; the converter's
+    # own GGUF (no stop ids) does not: the control that the ids, not the token's name, make it stop.
+    if importlib.util.find_spec("llama_cpp") is not None:
+        plain = to_gguf.convert(out, tmp_path / "plain.gguf", "f16")
+        assert eog(out / "model-f16.gguf", [eot, eos]) == [True, True]
+        assert eog(plain, [eot, eos]) == [False, True]
 
     # A full fine-tune's final/ (model with training's generation_config, tokenizer) gets the same ids.
     final = tmp_path / "full" / "final"
