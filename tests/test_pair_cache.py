@@ -208,3 +208,24 @@ def test_pairs_holding_special_token_text_are_set_aside_under_skip_invalid(demo_
     assert (got.read, len(got.train) // 2, got.rejected) == (4, 3, 1)
     rejects = (tmp_path / "run" / "rejects.jsonl").read_text(encoding="utf-8")
     assert "p.jsonl:2" in rejects and "a special token" in rejects
+
+
+def test_cut_response_drops_a_pair_whose_replies_differ_only_past_max_len(demo_tok, tmp_path):
+    """Cut to max_len, replies that differ only at their end become the same tokens: a tie whose DPO/RM loss is ln 2
+    with no gradient (Adam turned the float noise, grad norm ~1e-7, into lr-sized steps, and the run exited 0). Such a
+    pair is dropped and counted with the pairs over max_len; one that still differs after the cut is kept."""
+    same = "Rain falls softly, leaves whisper. " * 8
+    tie = PreferencePair(prompt=[{"role": "user", "content": "rain?"}], chosen=same + "Yes.", rejected=same + "No!",
+                         source="t.jsonl:1", form="string")  # fmt: skip
+    kept = PreferencePair(prompt=[{"role": "user", "content": "rain?"}], chosen="Yes." + same, rejected="No!" + same,
+                          source="t.jsonl:2", form="string")  # fmt: skip
+    template = resolve_template(demo_tok)
+    whole = encode_pair(tie, demo_tok, template, 10**6)
+    assert whole is not None and whole[0].input_ids != whole[1].input_ids  # they differ, past max_len 48
+    assert len(whole[0]) > 48 and whole[0].input_ids[:48] == whole[1].input_ids[:48]
+    assert encode_pair(tie, demo_tok, template, 48, "cut_response") is None
+    c, r = encode_pair(kept, demo_tok, template, 48, "cut_response")
+    assert c.truncated == r.truncated == "cut" and c.input_ids != r.input_ids
+    seqs, stats = enc([tie, kept], demo_tok, tmp_path, max_len=48)
+    assert (stats.pairs, stats.kept, stats.dropped_too_long, stats.cut) == (2, 1, 1, 1)
+    assert stats.dropped_sources == ["t.jsonl:1"] and [s.source for s in seqs] == ["t.jsonl:2"] * 2

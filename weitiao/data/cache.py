@@ -56,14 +56,15 @@ from weitiao.data.tools import uses_tools
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text, cache_home, read_json
 
-VERSION = 8  # 2: raw-text rows, `piece` column, notes; 3: rows re-checked (misspelled and unimplemented keys);
+VERSION = 9  # 2: raw-text rows, `piece` column, notes; 3: rows re-checked (misspelled and unimplemented keys);
 # 4: LLaMA-Factory num_samples drawn at random; 5: tool rows' weight 0 read (an entry before it trained those turns),
 # .json rows named by the line they start on, Parquet/Arrow struct nulls read as absent; 6: `tools` on Alpaca and
 # conversational prompt/completion rows rendered (an entry before it trained those rows without them), a message
 # holding a special token's text refused, named by the tokenizer or only special in tokenizer.json (an entry before it
 # trained a fake turn); 7: Dolly rows (context, response) read as Alpaca (an entry before it trained an Alpaca row's
 # `context` away), role developer read as system, a message's speaker `name` refused, a row holding special-token text
-# set aside under skip_invalid; 8: meta `tool_rows` (the untrained-rows check probes the template's tool tokens)
+# set aside under skip_invalid; 8: meta `tool_rows` (the untrained-rows check probes the template's tool tokens);
+# 9: a preference pair whose replies are the same tokens once cut_response cut them dropped (an entry before it kept it)
 CHUNK_ROWS = 4096  # rows per worker task and per shard
 SMALL_FILE = 8 << 20  # data files under this size are keyed by content, larger ones by size + mtime
 TRUNCATED = ("", "cut", "history")

@@ -5,7 +5,8 @@ labels cover only that reply (and its end-of-turn token). A `raw` pair (format p
 tokenized as TRL tokenizes standard rows: prompt + reply + EOS, no template, the reply starting
 where the tokens of both sides leave the prompt's. Truncation never cuts the prompt: `drop` skips a
 pair whose longer side exceeds max_len, `cut_response` shortens the replies (the cut side loses its
-EOS, and is counted).
+EOS, and is counted); a pair whose replies differ only past max_len is dropped then too (cut, the two
+sides are the same tokens: zero loss gradient, ln 2 in every mean), counted with the pairs over max_len.
 
 `encode_pairs` keeps its results in the tokenized-data cache (`weitiao.data.cache`): keyed by the
 pairs themselves (prompt, replies, source, form), the tokenizer, template, max_len and truncation,
@@ -99,6 +100,8 @@ def _fit_pair(
         if len(e) > max_len:
             e.input_ids, e.labels = e.input_ids[:max_len], e.labels[:max_len]
             e.truncated, e.ends_with_eot = "cut", False
+    if c.input_ids == r.input_ids:  # the replies differed only past max_len: a tie that trains nothing, dropped
+        return None
     return c, r
 
 
