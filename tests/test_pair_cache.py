@@ -229,3 +229,22 @@ def test_cut_response_drops_a_pair_whose_replies_differ_only_past_max_len(demo_t
     seqs, stats = enc([tie, kept], demo_tok, tmp_path, max_len=48)
     assert (stats.pairs, stats.kept, stats.dropped_too_long, stats.cut) == (2, 1, 1, 1)
     assert stats.dropped_sources == ["t.jsonl:1"] and [s.source for s in seqs] == ["t.jsonl:2"] * 2
+
+
+def test_a_pair_whose_replies_render_to_the_same_tokens_is_refused(demo_tok, tmp_path):
+    """Replies that differ only in what the chat template drops (Llama-3's and many templates `trim` content) pass the
+    text check (chosen == rejected is refused when read) but are the same tokens: a tie that trained nothing at
+    ln 2 in every mean. Refused with the row's file:line; the reply that differs in a token trains."""
+    tok = load_tokenizer(str(DEMO / "model"))
+    tok.chat_template = tok.chat_template.replace("message['content']", "message['content'] | trim")
+    assert "| trim" in tok.chat_template
+    prompt = [{"role": "user", "content": "rain?"}]
+    tie = PreferencePair(prompt=prompt, chosen="Rain falls.", rejected="Rain falls.\n", source="t.jsonl:1", form="chat")
+    ok = PreferencePair(prompt=prompt, chosen="Rain falls.", rejected="Rain falls!", source="t.jsonl:2", form="chat")
+    template = resolve_template(tok)
+    assert encode_pair(ok, tok, template, 256) is not None
+    with pytest.raises(UserError, match=r"t\.jsonl:1: rejected: renders to the same tokens as chosen"):
+        encode_pair(tie, tok, template, 256)
+    with pytest.raises(UserError, match=r"t\.jsonl:1: rejected: renders to the same tokens as chosen"):
+        enc([ok, tie], tok, tmp_path, max_len=256)
+    assert encode_pair(tie, demo_tok, resolve_template(demo_tok), 256) is not None  # its template keeps the newline

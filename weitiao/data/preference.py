@@ -91,6 +91,11 @@ def _fit_pair(
     p = _prompt_len(c)
     if _prompt_len(r) != p or c.input_ids[:p] != r.input_ids[:p]:
         raise UserError(f"{pair.source}: prompt tokens differ between chosen and rejected; check the template")
+    if c.input_ids == r.input_ids:  # texts differ (else refused when read), tokens not: the template trims them
+        raise UserError(
+            f"{pair.source}: rejected: renders to the same tokens as chosen (the replies differ only in what the "
+            "template drops, e.g. whitespace it trims): the pair trains nothing; drop the row or fix the replies"
+        )
     c.source = r.source = pair.source
     if max(len(c), len(r)) <= max_len:
         return c, r
