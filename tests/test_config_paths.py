@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from weitiao.config import load_config
+from weitiao.errors import UserError
 from weitiao.recipes.dpo import DPOConfig
 from weitiao.recipes.ppo import PPOConfig
 from weitiao.recipes.sft import SFTConfig
@@ -101,3 +102,40 @@ def test_an_override_changes_one_key_not_its_yaml_aliases(tmp_path):
     assert (cfg.ppo.critic_lora.r, cfg.ppo.critic_lora.alpha) == (16, 32)  # as the file wrote them
     cfg = load_config(PPOConfig, cfg_file, ["ppo.critic_lora.r=4"])
     assert (cfg.lora.r, cfg.ppo.critic_lora.r) == (16, 4)
+
+
+def test_an_input_among_the_files_a_run_writes_in_train_out_is_refused(tmp_path):
+    """`train.out: .` beside the config (one folder per experiment): a fresh run moved the user's config.yaml and
+    golden.jsonl (the name the docs use for golden prompts) to previous/<time>/ as the previous run's files, then
+    stopped with `golden.jsonl: file not found`, or recorded its own config.yaml over the user's. Refused at load with
+    the key; the config.yaml a run recorded still runs again in its own folder, and another train.out is fine."""
+    from weitiao.config import dump_config
+
+    proj = tmp_path / "exp"
+    (proj / "golden.jsonl").parent.mkdir(parents=True)
+    (proj / "golden.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n', encoding="utf-8")
+    body = {"data": {"train": ["a.jsonl"]}, "train": {"out": ".", "golden": "golden.jsonl"}}
+    cfg_file = write(proj / "sft.yaml", body)
+    refused = r"sft\.yaml:\d+: train\.out: train\.golden is .*golden\.jsonl, in .*golden\.jsonl, which a run writes"
+    with pytest.raises(UserError, match=refused):
+        load_config(SFTConfig, cfg_file)
+    assert load_config(SFTConfig, cfg_file, [f"train.out={tmp_path / 'runs'}"]).train.golden == str(
+        proj / "golden.jsonl"
+    )
+    mine = write(proj / "config.yaml", {"data": {"train": ["a.jsonl"]}, "train": {"out": "."}})
+    with pytest.raises(
+        UserError, match=r"config\.yaml:\d+: train\.out: .*config\.yaml is the config file this run reads"
+    ):
+        load_config(SFTConfig, mine)
+    recorded = load_config(SFTConfig, write(tmp_path / "tmp.yaml", {"data": {"train": [str(proj / "a.jsonl")]},
+                                                                   "train": {"out": str(proj)}}))  # fmt: skip
+    mine.write_text(dump_config(recorded), encoding="utf-8")  # what a run in `proj` records there
+    assert load_config(SFTConfig, mine).train.out == str(proj)
+    assert load_config(SFTConfig, mine, ["train.max_steps=3"]).train.max_steps == 3
+    write(tmp_path / "runs/sft/final/adapter/adapter_config.json", {})
+    dpo_file = write(tmp_path / "dpo.yaml", {"lora": {"init_from": "runs/sft/final/adapter", "dropout": 0.0},
+                                             "data": {"train": ["p.jsonl"]}, "train": {"out": "runs/sft"}})  # fmt: skip
+    with pytest.raises(UserError, match=r"train\.out: lora\.init_from is .*runs/sft/final/adapter, in .*final, which"):
+        load_config(DPOConfig, dpo_file)
+    assert load_config(DPOConfig, dpo_file, [f"train.out={tmp_path / 'runs/dpo'}"]).lora.init_from
+    assert sorted(p.name for p in proj.iterdir()) == ["config.yaml", "golden.jsonl", "sft.yaml"]  # nothing moved

@@ -241,7 +241,59 @@ def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | No
         raise UserError(
             f"{where}{f':{line}' if line else ''}: train.out: {out} is an existing file; give a folder for the run"
         )
+    if isinstance(out, str) and (clash := _input_in_run_files(cls, cfg, Path(out), Path(path) if path else None)):
+        line = yaml_line(node, ("train", "out"))
+        raise UserError(f"{where}{f':{line}' if line else ''}: train.out: {clash}")
     return cfg
+
+
+def _dump_file(cls: type[BaseModel], path: Path) -> str:
+    """The config file `path` alone (no overrides) as a run records it."""
+    data, node = _read_yaml(path, "a mapping of sections at the top level")
+    return dump_config(validate(cls, resolve_paths(data, cls, path.parent), str(path), node, []))
+
+
+def _input_in_run_files(cls: type[BaseModel], cfg: BaseModel, out: Path, path: Path | None) -> str | None:
+    """What is wrong when an input of the run (the config file, a path key's file or folder) is one of the files a
+    run writes in `out` (`checkpoint.RUN_FILES`: config.yaml, golden.jsonl, final/, ...) or inside one: the run would
+    record over it, or a fresh run move it to out/previous/ as the previous run's (then read it as missing). The
+    config.yaml a run recorded (it reads back to the same text) runs again in its own folder."""
+    from weitiao.train.checkpoint import RUN_FILES
+
+    owned = {(out / name).resolve(): name for name in RUN_FILES}
+
+    def clash(p: Path) -> str | None:
+        p = p.expanduser().resolve()
+        return next((name for f, name in owned.items() if p == f or f in p.parents), None)
+
+    if path is not None and (name := clash(path)):
+        recorded = name == "config.yaml" and path.read_text(encoding="utf-8") == _dump_file(cls, path)
+        if not recorded:
+            return (
+                f"{path} is the config file this run reads, and {out / name} is where a run records its own "
+                "(a fresh run moves the previous run's files aside first); keep the config outside train.out, or "
+                "set train.out to another folder"
+            )
+    for keys, kind in path_keys(cls).items():
+        if keys in (("train", "out"), ("train", "resume")):
+            continue
+        section: Any = cfg
+        for k in keys[:-1]:
+            section = getattr(section, k, None)
+        if kind.unless_set and getattr(section, kind.unless_set, None):  # names in data.dataset_dir, not paths
+            continue
+        value = getattr(section, keys[-1], None)
+        for v in value if isinstance(value, list) else [value]:
+            if not isinstance(v, str) or not v or v in kind.keywords or "://" in v:
+                continue
+            file = v.rpartition(":")[0] if v.rpartition(":")[0].endswith(".py") else v  # a reward's file.py:name
+            if name := clash(Path(file)):
+                return (
+                    f"{'.'.join(keys)} is {file}, in {out / name}, which a run writes (a fresh run first moves the "
+                    "previous run's to previous/, then writes its own); move it out of train.out, or set train.out "
+                    "to another folder"
+                )
+    return None
 
 
 def validate(
