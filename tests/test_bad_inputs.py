@@ -346,8 +346,18 @@ PROBES = [
         {"c.yaml": b"model:\n  path: demo\nlora:\n  r: 8\n  targets: {a: 1}\ndata:\n  train: [x.jsonl]\n"},
         "c.yaml:5: lora.targets",
     ),
-    Probe("yaml-override-type", ["sft", "c.yaml", "data.max_len=lots"], {"c.yaml": sft_cfg()}, "c.yaml: data.max_len"),
-    Probe("yaml-bom", ["sft", "c.yaml", "data.max_len=lots"], {"c.yaml": BOM + sft_cfg()}, "c.yaml: data.max_len"),
+    Probe(
+        "yaml-override-type",
+        ["sft", "c.yaml", "data.max_len=lots"],
+        {"c.yaml": sft_cfg()},
+        "command line data.max_len=lots: data.max_len",
+    ),
+    Probe(
+        "yaml-bom",
+        ["sft", "c.yaml", "data.max_len=lots"],
+        {"c.yaml": BOM + sft_cfg()},
+        "command line data.max_len=lots: data.max_len",
+    ),
     Probe(
         "yaml-log-profile-syntax",
         ["logs", "chat", "--profile", "p.yaml", "--print-sql"],

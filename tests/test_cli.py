@@ -73,6 +73,26 @@ def test_a_misspelled_config_key_names_the_key_it_meant(tmp_path):
         load_config(SFTConfig, None, ["data.train=[x.jsonl]", "train.colour=red"])
 
 
+def test_a_bad_key_value_names_the_command_line_not_the_config_file(tmp_path):
+    """A mistake in a `key=value` was reported as `CONFIG.yaml: key: problem`, sending the user to a file where the
+    key is absent (or holds another, valid, value). It names the command-line item; one in the file keeps file:line."""
+    from weitiao.config import load_config
+    from weitiao.errors import UserError
+    from weitiao.recipes.sft import SFTConfig
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  train: [x.jsonl]\n  packing: true\ntrain:\n  lr: 1.0e-4\n")
+    with pytest.raises(UserError, match=r"^command line data\.eval=null: data\.eval: Input should be a valid list$"):
+        load_config(SFTConfig, cfg, ["data.eval=null"])
+    with pytest.raises(UserError, match=r"^command line train\.lr_scheduler=linear: train\.lr_scheduler: Extra .*"):
+        load_config(SFTConfig, cfg, ["train.lr_scheduler=linear"])
+    with pytest.raises(UserError, match=r"^command line data\.packing=1: data\.packing: 1 where true or false goes"):
+        load_config(SFTConfig, cfg, ["data.packing=1"])
+    cfg.write_text("data:\n  train: [x.jsonl]\n  packing: 1\n")
+    with pytest.raises(UserError, match=rf"^{cfg}:3: data\.packing: 1 where true or false goes"):
+        load_config(SFTConfig, cfg, ["train.lr=1e-4"])
+
+
 def test_an_unknown_config_key_names_what_its_section_takes_and_every_other_error(tmp_path):
     """A key near no other only said 'Extra inputs are not permitted (and 1 more)': a short section's keys are
     listed (PPO's data has no max_len), a long one points at `config show`, and every other bad key is named."""

@@ -318,10 +318,14 @@ def validate(
 def _located(
     loc: tuple, msg: str, where: str, node: yaml.Node | None, overrides: list[str] | None, tail: str = ""
 ) -> UserError:
-    """`where[:line]: key.path: msg{tail}`, the line that of `loc` in `node` unless the key came from an override."""
+    """`where[:line]: key.path: msg{tail}`, the line that of `loc` in `node`; a key that came from an override is
+    named there instead, `command line KEY=VALUE: key.path: msg{tail}` (it used to name the config file, where the
+    key is not, or holds another value)."""
     key = ".".join(str(x) for x in loc)
-    overridden = any(o.split("=", 1)[0].strip() == key for o in overrides or [])
-    line = None if overridden else yaml_line(node, tuple(loc) + _named_key(node, loc, msg))
+    given = next((o.strip() for o in overrides or [] if o.split("=", 1)[0].strip() == key), None)
+    if given is not None:
+        return UserError(f"command line {given}: {key}: {msg}{tail}")
+    line = yaml_line(node, tuple(loc) + _named_key(node, loc, msg))
     return UserError(f"{f'{where}:{line}' if line else where}: {key}: {msg}{tail}")
 
 
