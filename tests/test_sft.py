@@ -374,3 +374,31 @@ def test_an_eval_row_over_max_len_is_in_the_data_record(tiny_model_dir, tmp_path
     d = read_metrics(tmp_path / "run", "data")[0]
     assert (d["dropped_too_long"], d["eval_dropped_too_long"], d["eval_rows"]) == (0, 1, 2)
     assert d["read"] == d["kept"] + d["eval_rows"] + d["rejected"] + d["dropped_too_long"] + d["eval_dropped_too_long"]
+
+
+def test_a_sequence_past_the_model_context_is_refused(tiny_model_dir, chat_file, tmp_path):
+    """The tiny model has 512 positions (max_position_embeddings). SFT with data.max_len 2048 trained 700-token rows
+    past them (RoPE: positions it never had) with exit 0; DPO and RM the same on a pair's side. Refused naming the
+    row and the max_len that fits; under that max_len the long rows are dropped and the run trains; a packed row
+    longer than the context is fine, since each sequence in it restarts its positions."""
+    from weitiao.recipes import dpo, rm
+
+    long = {"instruction": "question " * 80, "output": "answer " * 60}
+    rows = [json.loads(line) for line in chat_file.read_text().splitlines()]
+    data = write_jsonl(tmp_path / "long.jsonl", [*rows, long])
+    base = ["data.eval_split=0", "train.max_steps=1", "train.eval_every=0", "lora.dropout=0"]
+    with pytest.raises(UserError, match=r"long\.jsonl:25: \d+ tokens, past the model's context of 512 positions .*"
+                       r"1 train sequence\(s\) over it.*set data\.max_len to at most 512"):  # fmt: skip
+        sft.run(config(tiny_model_dir, data, tmp_path / "a", *base, "data.max_len=2048"))
+    assert sft.run(config(tiny_model_dir, data, tmp_path / "b", *base, "data.max_len=512"))["finished"]
+    assert sft.run(config(tiny_model_dir, chat_file, tmp_path / "c", *base, "data.max_len=2048"))["finished"]  # packed
+    pairs = [
+        {"prompt": "question " * 80, "chosen": "yes", "rejected": "no"},
+        {"prompt": "hi", "chosen": "a", "rejected": "b"},
+    ]
+    pair_file = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    for recipe in (dpo, rm):
+        name = recipe.__name__.rsplit(".", 1)[1]
+        cfg = recipe_config(name, tiny_model_dir, pair_file, tmp_path / name, *base, "data.max_len=2048")
+        with pytest.raises(UserError, match=r"pairs\.jsonl:1: \d+ tokens, past the model's context of 512 positions"):
+            recipe.run(cfg)

@@ -433,6 +433,7 @@ def run(cfg: DPOConfig) -> dict:
     if t.disable_dropout:
         disable_dropout(model)
     refuse_untrainable(model, accel.device)
+    loop.refuse_over_context(model, train=data.train, eval=data.eval)
     one_row = cfg.data.packing and needs_one_row(model)
     if cfg.data.packing:
         check_isolation(model, accel.device, one_row)

@@ -264,6 +264,7 @@ def run(cfg: SFTConfig) -> dict:
     template = None if data.text_only else data.template
     refuse_untrained_tokens(model, tokenizer, template, main, data.tool_rows, data.raw_rows)
     refuse_untrainable(model, accel.device)
+    loop.refuse_over_context(model, train=data.train, eval=data.eval)
     if cfg.data.packing:  # sdpa per conversation of a packed row instead of a block-diagonal mask
         packed_attention.enable(model)
     one_row = cfg.data.packing and needs_one_row(model)  # varlen kernels split documents in one row only

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from weitiao.data.collate import plan_epoch
+from weitiao.data.collate import example_lengths, plan_epoch
 from weitiao.data.templates import ChatTemplate
 from weitiao.errors import UserError
 from weitiao.io import publish_dir
@@ -142,6 +142,27 @@ def set_lr(optimizer: Any, t: TrainSpec, lr: float, step: int, total: int) -> No
     """The schedule's LR for step `step` (a pure function of the step: resume needs no scheduler state)."""
     for g in optimizer.param_groups:
         g["lr"] = lr_at(step, total, lr, int(t.warmup_ratio * total), t.scheduler, t.min_lr_ratio)
+
+
+def refuse_over_context(model: Any, **sets: Any) -> None:
+    """Refuse a sequence (an SFT row or document piece, a DPO/RM pair's side) longer than the model's context
+    (`max_position_embeddings`): each packed sequence restarts its positions, so one past the context trains positions
+    the model never had (RoPE) or indexes past its position table; it trained silently with exit 0. `sets`: name →
+    the encoded sequences (train, eval)."""
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(context, bool) or not isinstance(context, int) or context <= 0:
+        return
+    for name, examples in sets.items():
+        lengths = example_lengths(examples)
+        over = [i for i, n in enumerate(lengths) if n > context]
+        if over:
+            worst = max(over, key=lambda i: lengths[i])
+            raise UserError(
+                f"{examples[worst].source}: {lengths[worst]} tokens, past the model's context of {context} positions "
+                f"(max_position_embeddings in its config.json; {len(over)} {name} sequence(s) over it): positions "
+                f"past it were never trained; set data.max_len to at most {context} (longer rows are then dropped or "
+                "cut as data.truncation says)"
+            )
 
 
 def refuse_eval_without_data(t: TrainSpec, has_eval: bool, golden_cadence: bool = False) -> None:
