@@ -3,6 +3,7 @@ globs, .jsonl.gz/.jsonl.zst (issue #17, "Files")."""
 
 import gzip
 import json
+import re
 
 import pytest
 from conftest import write_jsonl
@@ -251,3 +252,22 @@ def test_xlsx_from_pandas_reads_as_the_jsonl(tmp_path, expected, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "openpyxl", None)
     with pytest.raises(UserError, match="reading .xlsx needs openpyxl: pip install openpyxl"):
         load_rows(tmp_path / "d.xlsx")
+
+
+def test_a_file_named_twice_is_refused(tmp_path):
+    """`data.train: [data/a.jsonl, data/*.jsonl]` (or a file beside its folder, or the same file twice) read a.jsonl's
+    rows twice, so they trained twice as often, without a word. Refused naming the entry and the file; distinct
+    files, and a glob that reaches each once, read as before."""
+    a = write_jsonl(tmp_path / "a.jsonl", [{"instruction": "q", "output": "a"}])
+    write_jsonl(tmp_path / "b.jsonl", [{"instruction": "q2", "output": "b"}])
+    glob = str(tmp_path / "*.jsonl")
+    assert len(load_rows([glob], "auto").rows) == 2 and len(load_rows([str(a), tmp_path / "b.jsonl"]).rows) == 2
+    g, f, d = (re.escape(str(x)) for x in (glob, a, tmp_path))
+    for entries, named in (
+        ([str(a), glob], rf"^{g}: names {f} again \(also named by {f}\)"),
+        ([str(a), str(a)], rf"^{f}: names {f} again; its rows would be read and trained twice"),
+        ([str(a), str(tmp_path)], rf"^{d}: names {f} again"),
+        ([str(a), str(tmp_path / "." / "a.jsonl")], r"names .*a\.jsonl again"),
+    ):
+        with pytest.raises(UserError, match=named):
+            load_rows(entries, "auto")

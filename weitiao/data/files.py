@@ -89,8 +89,26 @@ def _hf_saved(folder: Path) -> list[Path] | None:
 
 
 def expand_paths(entries: list[str | Path]) -> list[Path]:
-    """Files named by each entry (file, glob, folder of shards, save_to_disk folder), in a stable order."""
-    out: list[Path] = []
+    """Files named by each entry (file, glob, folder of shards, save_to_disk folder), in a stable order. A file two
+    entries reach (`a.jsonl` and `*.jsonl`, a folder and a file in it) is refused: its rows were read, and trained,
+    twice without a word."""
+    out = _expand(entries)
+    seen: dict[Path, str] = {}
+    for entry, f in out:
+        key = f.resolve()
+        if key in seen:
+            how = "again" if seen[key] == str(entry) else f"again (also named by {seen[key]})"
+            raise UserError(
+                f"{entry}: names {f} {how}; its rows would be read and trained twice: name each file once "
+                "(to up-sample a file on purpose, `weitiao data mix FILE:WEIGHT ...` writes the copies)"
+            )
+        seen[key] = str(entry)
+    return [f for _, f in out]
+
+
+def _expand(entries: list[str | Path]) -> list[tuple[str | Path, Path]]:
+    """(entry, file) for every file each entry names."""
+    out: list[tuple[str | Path, Path]] = []
     for entry in entries:
         p = Path(entry)
         if not p.exists() and GLOB_CHARS & set(str(entry)):
@@ -98,7 +116,7 @@ def expand_paths(entries: list[str | Path]) -> list[Path]:
             hits = _data_files([h for h in hits if h.is_file()], f"glob {entry}")
             if not hits:
                 raise UserError(f"{entry}: no data files match ({READABLE})")
-            out += hits
+            out += [(entry, h) for h in hits]
         elif p.is_dir():
             shards = _hf_saved(p)
             if shards is None:
@@ -107,9 +125,9 @@ def expand_paths(entries: list[str | Path]) -> list[Path]:
                 shards = _data_files(shards, f"folder {p}")
             if not shards:
                 raise UserError(f"{p}: is a folder with no data files ({READABLE})")
-            out += shards
+            out += [(entry, f) for f in shards]
         else:
-            out.append(p)  # iter_records reports a missing file or a bad suffix
+            out.append((entry, p))  # iter_records reports a missing file or a bad suffix
     return out
 
 
