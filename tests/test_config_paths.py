@@ -138,4 +138,11 @@ def test_an_input_among_the_files_a_run_writes_in_train_out_is_refused(tmp_path)
     with pytest.raises(UserError, match=r"train\.out: lora\.init_from is .*runs/sft/final/adapter, in .*final, which"):
         load_config(DPOConfig, dpo_file)
     assert load_config(DPOConfig, dpo_file, [f"train.out={tmp_path / 'runs/dpo'}"]).lora.init_from
+    step = "runs/sft/checkpoints/step-000004/adapter"  # a fresh run moves checkpoints/step-NNNNNN aside too
+    with pytest.raises(
+        UserError, match=r"lora\.init_from is .*step-000004/adapter, in .*checkpoints/step-000004, which"
+    ):
+        load_config(DPOConfig, dpo_file, [f"lora.init_from={tmp_path / step}"])
+    kept = tmp_path / "runs/sft/checkpoints/step-000004-best/adapter"  # a user's copy: never moved, so fine
+    assert load_config(DPOConfig, dpo_file, [f"lora.init_from={kept}"]).lora.init_from == str(kept)
     assert sorted(p.name for p in proj.iterdir()) == ["config.yaml", "golden.jsonl", "sft.yaml"]  # nothing moved

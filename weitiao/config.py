@@ -258,12 +258,15 @@ def _input_in_run_files(cls: type[BaseModel], cfg: BaseModel, out: Path, path: P
     run writes in `out` (`checkpoint.RUN_FILES`: config.yaml, golden.jsonl, final/, ...) or inside one: the run would
     record over it, or a fresh run move it to out/previous/ as the previous run's (then read it as missing). The
     config.yaml a run recorded (it reads back to the same text) runs again in its own folder."""
-    from weitiao.train.checkpoint import RUN_FILES
+    from weitiao.train.checkpoint import RUN_FILES, is_step_dir
 
     owned = {(out / name).resolve(): name for name in RUN_FILES}
+    steps = (out / "checkpoints").resolve()
 
     def clash(p: Path) -> str | None:
         p = p.expanduser().resolve()
+        if step := next((d for d in (p, *p.parents) if d.parent == steps and is_step_dir(d)), None):
+            return f"checkpoints/{step.name}"  # a fresh run moves these too
         return next((name for f, name in owned.items() if p == f or f in p.parents), None)
 
     if path is not None and (name := clash(path)):
