@@ -228,6 +228,32 @@ def test_completions_logprobs_and_echo(url, parts):
     assert plain.choices[0].logprobs.token_logprobs == lp.token_logprobs[len(p_ids) :]
 
 
+def test_text_offset_counts_characters_split_over_tokens(url, parts):
+    """text[:text_offset[k]] is what the tokens before k decode to, for characters a byte-level BPE splits over
+    several tokens (龘 and 🦄 are 3 byte tokens each in the demo's vocabulary). Summing the tokens' texts, each
+    piece a U+FFFD, ran past the end of the text (21 for a 13-character reply)."""
+    _, tok, _ = parts
+    c = client(url)
+    prompt = "龘🦄今天龘"
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    assert len(p_ids) > len(prompt) + 4  # the split this test is about
+    r = c.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0, logprobs=0, echo=True)
+    ch = r.choices[0]
+    lp = ch.logprobs
+    want = [whole_chars(tok.decode(p_ids[:k])) for k in range(len(p_ids))]  # what the tokens before k decode to
+    assert [ch.text[:o] for o in lp.text_offset[: len(p_ids)]] == want
+    assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[-1] <= len(ch.text)
+    streamed = list(
+        c.completions.create(
+            model="tiny", prompt=prompt, max_tokens=8, temperature=0, logprobs=0, echo=True, stream=True
+        )
+    )
+    assert [t for s in streamed if s.choices[0].logprobs for t in s.choices[0].logprobs.text_offset] == lp.text_offset
+    plain = c.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0, logprobs=0)
+    reply = plain.choices[0].logprobs.text_offset
+    assert reply == [o - len(prompt) for o in lp.text_offset[len(p_ids) :]]  # a reply's own offsets start at 0
+
+
 @pytest.mark.parametrize(
     "penalty", [{"frequency_penalty": 1.5}, {"presence_penalty": 2.0}, {"repetition_penalty": 3.0}], ids=str
 )

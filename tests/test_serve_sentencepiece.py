@@ -12,7 +12,7 @@ from conftest import CHATML, CORPUS
 from fastapi.testclient import TestClient
 
 from weitiao.data.templates import resolve_template
-from weitiao.infer.logprobs import LogprobFormat
+from weitiao.infer.logprobs import LogprobFormat, TextOffsets
 from weitiao.infer.serve import Job, ServeSettings, _Row, create_app
 
 
@@ -66,9 +66,10 @@ def test_a_completion_keeps_the_space_of_its_first_word(sp):
 def test_logprob_tokens_join_into_the_text(sp):
     fmt = LogprobFormat(sp)
     ids = sp.convert_tokens_to_ids(["▁Hello", "▁world,", "天", "▁"])
-    legacy, end = fmt.legacy([(i, -1.0, [(i, -1.0)]) for i in ids], 0, start=True)
+    offsets = TextOffsets()
+    legacy = fmt.legacy([(i, -1.0, [(i, -1.0)]) for i in ids], offsets, echoed=len(ids))
     assert legacy["tokens"] == ["Hello", " world,", "天", " "]
-    assert legacy["text_offset"] == [0, 5, 12, 13] and end == 14
+    assert legacy["text_offset"] == [0, 5, 12, 13] and offsets.chars == 14
     assert list(legacy["top_logprobs"][1]) == [" world,"]
     content = fmt.chat([(i, -1.0, []) for i in ids[:2]], start=False)["content"]
     assert [c["token"] for c in content] == [" Hello", " world,"] and content[1]["bytes"] == list(b" world,")

@@ -8,13 +8,18 @@ to -9999.0, as vLLM does.
 A token's text is what it adds to the decoded text. A SentencePiece piece ("▁world") adds " world", its
 word-initial space, except at the start of a text, where the decoder drops that space (a chat reply's first
 token, an echoed prompt's first): there it is what `decode([id])` gives. So the token texts (and bytes) join
-into the reply's text, and `text_offset` points into it.
+into the reply's text, except a piece of a character split over tokens (a byte-level BPE splits most rare
+Chinese characters and emoji), which shows as U+FFFD as in vLLM (chat `bytes` say which piece).
+`text_offset` counts characters of the text: `text[:text_offset[k]]` is what the tokens before k decode to.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 from typing import Any
+
+from weitiao.data.decode import whole_chars
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -35,6 +40,24 @@ _BYTE_DECODER = _byte_decoder()
 
 def _clamp(lp: float) -> float:
     return max(lp, -9999.0)
+
+
+class TextOffsets:
+    """The legacy `text_offset` of one choice's tokens, fed in order: where each token begins in the choice's
+    text, in characters. A character split over tokens counts once, when its last byte comes (summed token texts,
+    as vLLM counts, would count each piece's U+FFFD and run past the end of the text); bytes that never form a
+    character are left out, as the text leaves them out; a special token counts where the text shows it (an echoed
+    prompt), not in a reply, which is decoded without them."""
+
+    def __init__(self) -> None:
+        self.chars = 0
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def take(self, raw: bytes) -> int:
+        """This token's offset; then its bytes are added to the text before the next one."""
+        at = self.chars
+        self.chars += len(whole_chars(self._utf8.decode(raw)))
+        return at
 
 
 class LogprobFormat:
@@ -82,20 +105,20 @@ class LogprobFormat:
             ]
         }
 
-    def legacy(self, entries: list[tuple], offset: int = 0, start: bool = False) -> tuple[dict, int]:
-        """The completions form with text offsets counted from `offset` (summed token texts, as vLLM); it
-        and the offset after it. The sampled token is always among top_logprobs (so up to n + 1, as OpenAI).
-        `start`: the first entry starts the text (an echoed prompt's first token)."""
+    def legacy(self, entries: list[tuple], offsets: TextOffsets, echoed: int = 0) -> dict:
+        """The completions form, its text offsets counted on in `offsets` (one per choice, fed in order). The
+        sampled token is always among top_logprobs (so up to n + 1, as OpenAI). `echoed`: the first entries are an
+        echoed prompt's tokens (its first token starts the text, and its special tokens are shown)."""
         out: dict = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
         for k, (t, lp, tops) in enumerate(entries):
-            first = start and k == 0
-            text = self.token(t, first)[0]
+            first = echoed > 0 and k == 0
+            text, raw = self.token(t, first)
             out["tokens"].append(text)
             out["token_logprobs"].append(None if lp is None else _clamp(lp))
             top = None if tops is None else {self.token(a, first)[0]: _clamp(v) for a, v in tops}
             if top is not None:
                 top.setdefault(text, _clamp(lp))
             out["top_logprobs"].append(top)
-            out["text_offset"].append(offset)
-            offset += len(text)
-        return out, offset
+            shown = k < echoed or t not in self.special  # a reply's text is decoded without special tokens
+            out["text_offset"].append(offsets.take(bytes(raw) if shown else b""))
+        return out

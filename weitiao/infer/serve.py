@@ -71,7 +71,7 @@ from weitiao.infer.generate import (
     folder_settings,
     logprob_entries,
 )
-from weitiao.infer.logprobs import LogprobFormat
+from weitiao.infer.logprobs import LogprobFormat, TextOffsets
 
 
 @dataclass
@@ -583,7 +583,7 @@ def create_app(
                 if chat:
                     shown[i] = {**fmt.chat(lps[i], start=True), "refusal": None}
                 else:
-                    shown[i] = fmt.legacy(p + lps[i], 0, start=bool(p))[0]
+                    shown[i] = fmt.legacy(p + lps[i], TextOffsets(), echoed=len(p))
             choices = [choice(i, echoes[i] + t, r, False, shown[i]) for i, (t, r) in enumerate(zip(texts, reasons))]
             if plan and plan.tool_format and not refused:  # calls parsed out of each reply
                 for c, t, r in zip(choices, texts, reasons):
@@ -598,7 +598,7 @@ def create_app(
 
         async def stream() -> AsyncIterator[str]:
             buffered, used, finished, out = [""] * total, 0, False, []
-            offsets = [0] * total  # text_offset of the legacy log-probs, per choice
+            offsets = [TextOffsets() for _ in range(total)]  # text_offset of the legacy log-probs, per choice
             begun = [False] * total  # a chat choice's log-probs have begun (its first token starts the reply)
             filtering = output_filter is not None  # refused choices are not filtered: the refusal is ours
 
@@ -608,7 +608,7 @@ def create_app(
                 if chat:
                     start, begun[i] = not begun[i], begun[i] or bool(entries)
                     return sse([choice(i, text, None, True, fmt.chat(entries, start))])
-                shown, offsets[i] = fmt.legacy(entries, offsets[i], start=prompt)
+                shown = fmt.legacy(entries, offsets[i], echoed=len(entries) if prompt else 0)
                 return sse([choice(i, text, None, True, shown)])
 
             calls = None
