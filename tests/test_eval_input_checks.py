@@ -376,3 +376,21 @@ def test_arena_serve_refuses_values_out_of_range(capsys, monkeypatch, tmp_path, 
     rc, lines = cli(capsys, monkeypatch, *args, flag, value)
     assert rc == 2 and any(flag in x for x in lines), lines
     assert not (tmp_path / "a.sqlite").exists()
+
+
+def test_eval_gen_with_a_judge_that_scored_nothing_exits_non_zero(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """A judge that could not be reached scored none of the replies, and eval gen exited 0 with a table and a JSON
+    without the judge, its hint naming --teacher-url, a flag eval gen does not have. Now: exit 1, one line naming
+    --judge-url; the replies are still written."""
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "你好"}, {"prompt": "周末有什么安排？"}])
+    out = tmp_path / "eval.json"
+    rc, lines = cli(capsys, monkeypatch, "eval", "gen", "--model", tiny_model_dir, "--prompts", prompts,
+                    "--max-new-tokens", "4", "--judge-url", "http://127.0.0.1:9/v1", "--out", out)  # fmt: skip
+    errors = [x for x in lines if x.startswith("error:")]
+    assert rc == 1 and len(errors) == 1, lines
+    assert errors[0].startswith("error: --judge-url http://127.0.0.1:9/v1: the judge scored none of the 2 replies ")
+    assert "judge http://127.0.0.1:9/v1 (model 'judge'): cannot connect" in errors[0]
+    assert "set --judge-url" in errors[0] and "--teacher-url" not in errors[0]
+    assert errors[0].endswith(f"; the replies are in {out}")
+    rep = json.loads(out.read_text(encoding="utf-8"))
+    assert len(rep["rows"]) == 2 and len(rep["judge_errors"]) == 2 and "judge" not in rep["metrics"]

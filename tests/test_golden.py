@@ -263,3 +263,30 @@ def test_golden_answers_on_two_processes_longer_than_the_process_group_timeout(t
         return [(r["step"], r["index"], r["reply"], r["n_tokens"]) for r in map(json.loads, lines)]
 
     assert rows("two") == rows("one") and len(rows("one")) == 2 * 4
+
+
+def test_golden_report_with_a_judge_that_scored_nothing_writes_no_page(tokenizer, tiny_model_dir, tmp_path):
+    """`--select judge` with a judge that could not be reached wrote a page recommending no checkpoint and exited 0
+    ("recommended by judge: none"); now one UserError says the judge scored nothing, and no page is written."""
+    from weitiao.errors import UserError
+    from weitiao.eval.golden import _load_chat, decoding, read_run
+    from weitiao.infer.generate import Generation
+    from weitiao.teacher import Teacher
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"model:\n  path: {tiny_model_dir}\n", encoding="utf-8")
+    (run / "metrics.jsonl").write_text("", encoding="utf-8")
+    golden = write_jsonl(tmp_path / "golden.jsonl", GOLDEN)
+    prompts = load_prompts(golden)
+    gen = decoding(*_load_chat(read_run(run)[0], run), prompts, 16)
+    saved = [Generation("好" * (i + 1), i + 1, True) for i in range(len(prompts))]
+    write_jsonl(run / GOLDEN_FILE, golden_rows(4, "step-000004", prompts, saved, gen))
+    judge = Teacher("http://127.0.0.1:9/v1", "j", retries=0)
+    path, res = golden_report(run, golden, "rougeL", max_new_tokens=16)  # the answers alone make a report
+    assert res.steps == [4] and path.is_file()
+    path.unlink()
+    for select in ("judge", "rougeL"):
+        with pytest.raises(UserError, match=r"^--judge-url http://127.0.0.1:9/v1: the judge scored none of the "):
+            golden_report(run, golden, select, max_new_tokens=16, judge=judge)
+        assert not path.exists()

@@ -58,8 +58,11 @@ class Teacher:
         max_tokens: int = 512,
         seed: int | None = 0,
         backoff: float = 0.5,
+        role: str = "teacher",
+        flag: str = "--teacher-url",
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.role, self.flag = role, flag  # what its errors call it, and the option that sets its URL
         self.model = model
         self.concurrency = max(1, concurrency)
         self.retries = max(0, retries)
@@ -115,7 +118,7 @@ class Teacher:
 
     def _send(self, body: dict[str, Any]) -> str:
         """POST with our own retry loop: retry connection errors, timeouts, 429 and 5xx; fail at once on 4xx."""
-        where = f"teacher {redact(self.base_url)} (model {self.model!r})"
+        where = f"{self.role} {redact(self.base_url)} (model {self.model!r})"
         for attempt in range(self.retries + 1):
             if self._down:
                 raise TeacherError(self._down)
@@ -132,7 +135,7 @@ class Teacher:
                 return text
             except openai.APIConnectionError as e:  # also APITimeoutError
                 reason = "timed out" if isinstance(e, openai.APITimeoutError) else "cannot connect"
-                last = f"{where}: {reason}; is it running? (start one with `weitiao serve`, or set --teacher-url)"
+                last = f"{where}: {reason}; is it running? (start one with `weitiao serve`, or set {self.flag})"
                 transient, down = True, not isinstance(e, openai.APITimeoutError)
             except openai.APIStatusError as e:
                 msg = _error_message(e)

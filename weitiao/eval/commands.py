@@ -40,7 +40,9 @@ def _judge(url: str | None, model: str | None, cache_dir: str | None, rubric: Pa
         return None
     from weitiao.teacher import Teacher
 
-    return Teacher(url, model or "judge", cache_dir=cache_dir, temperature=0.0, max_tokens=256)
+    return Teacher(
+        url, model or "judge", cache_dir=cache_dir, temperature=0.0, max_tokens=256, role="judge", flag="--judge-url"
+    )
 
 
 def _metric_table(title: str, metrics: dict[str, float]) -> Table:
@@ -90,6 +92,12 @@ def gen(
     if out:
         atomic_write_text(out, json.dumps(rep.to_dict(), ensure_ascii=False, indent=1))
         console.print(f"wrote {out}")
+    if judge is not None and len(rep.judge_errors) == len(ps):  # exit 0 read as "judged"; the replies are kept
+        from weitiao.secrets import redact
+
+        kept = f"; the replies are in {out}" if out else ""
+        why = f"the judge scored none of the {len(ps)} replies ({rep.judge_errors[0]}){kept}"
+        raise UserError(f"--judge-url {redact(judge_url)}: {why}")
 
 
 @eval_app.command("golden")

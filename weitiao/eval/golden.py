@@ -490,6 +490,14 @@ def golden_report(
     generate_missing(run_dir, cfg, ckpts, prompts, gen, chat)  # 2
     rows = [r for r in read_golden(run_dir / GOLDEN_FILE) if steps is None or r["step"] in steps]
     res = evaluate_golden(rows, prompts, metrics_log, select, settings, judge, gen)  # 3, 4
+    if judge is not None and res.steps and len(res.judge_errors) == len(res.steps) * len(prompts):
+        # a page without the judge (and, with --select judge, no recommendation) read as a judged report
+        from weitiao.secrets import redact
+
+        raise UserError(
+            f"--judge-url {redact(judge.base_url)}: the judge scored none of the {len(res.judge_errors)} answers "
+            f"({res.judge_errors[0]}); no report written (the answers stay in {run_dir / GOLDEN_FILE})"
+        )
     if not res.steps:  # an empty page and exit 0 read as "done"
         why = next((n for n in res.notes if n.startswith("left out")), None) or (
             f"{GOLDEN_FILE} holds no answers to the prompts of {prompts_path} and no checkpoint has weights to answer "
