@@ -394,3 +394,28 @@ def test_eval_gen_with_a_judge_that_scored_nothing_exits_non_zero(tiny_model_dir
     assert errors[0].endswith(f"; the replies are in {out}")
     rep = json.loads(out.read_text(encoding="utf-8"))
     assert len(rep["rows"]) == 2 and len(rep["judge_errors"]) == 2 and "judge" not in rep["metrics"]
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_a_model_folder_without_tokenizer_files_is_one_line(arch, tokenizer, tmp_path, monkeypatch, capsys):
+    """A model folder without tokenizer files (a full fine-tune's RUN/final/model, weights copied alone) loaded, under
+    transformers 5, as an empty Qwen2 tokenizer: every text became no ids, `eval gen` died in a reshape traceback and
+    `serve` answered every request "no tokens"; a Llama one was a ValueError traceback. Now one line names the
+    folder, before the model loads."""
+    from conftest import save_tiny_model
+
+    from weitiao.models.load import load_tokenizer
+
+    full = save_tiny_model(tmp_path / arch, tokenizer, arch=arch)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(full / f, bare / f)
+    capsys.readouterr()  # save_pretrained's progress bar
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "你好"}])
+    rc, lines = cli(capsys, monkeypatch, "eval", "gen", "--model", bare, "--prompts", prompts, "--max-new-tokens", "4")
+    assert rc == 1 and lines == [
+        f"error: model {bare}: no tokenizer files (tokenizer.json, tokenizer_config.json, tokenizer.model, ...); "
+        "copy the tokenizer the model was trained with into it"
+    ], lines
+    assert len(load_tokenizer(str(full))) == len(tokenizer)  # a folder with them loads as before

@@ -181,10 +181,25 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+# files a tokenizer is read from (transformers' vocab file names; a tokenizer_config.json may name a class with its own)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model", "sentencepiece.bpe.model", "tekken.json")  # fmt: skip
+
+
 def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
     path = resolve_path(path)
+    folder = Path(path).expanduser()
+    if (
+        folder.is_dir()
+        and not any((folder / f).exists() for f in TOKENIZER_FILES)
+        and not any(folder.glob("*.tiktoken"))
+    ):
+        # transformers 5 builds an empty tokenizer of the config's class here: every text became no ids, and
+        # generation stopped in a reshape traceback (a server answered every request "empty prompt")
+        raise UserError(f"model {path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); copy the "
+                        "tokenizer the model was trained with into it")  # fmt: skip
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except OSError as e:
