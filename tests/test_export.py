@@ -93,6 +93,7 @@ def test_a_full_finetune_exports_as_one_folder(tmp_path, tokenizer):
     from safetensors.torch import load_file
 
     from weitiao.errors import UserError
+    from weitiao.models.load import load_tokenizer, locate
 
     final = tmp_path / "run" / "final"
     save_tiny_model(final / "model", tokenizer, hidden=64)
@@ -109,6 +110,15 @@ def test_a_full_finetune_exports_as_one_folder(tmp_path, tokenizer):
         *msgs, {"role": "assistant", "content": "嗨"}]}])))["identical"] == 1  # fmt: skip
     with pytest.raises(UserError, match="a full fine-tune exports its own weights as saved; drop --model and --dtype"):
         ex.export(str(tmp_path / "run"), str(tmp_path / "bf16"), merge=True, dtype="bf16")
+    # `--adapter RUN` (chat, serve, eval) points to that export: it said `--model RUN/final/model`, a folder without
+    # the tokenizer (one line now, an empty tokenizer and a traceback before)
+    with pytest.raises(UserError, match=r"export it with its tokenizer \(weitiao export --adapter .*/run --out DIR\)"):
+        locate(tmp_path / "run")
+    with pytest.raises(UserError, match=r"no tokenizer files"):
+        load_tokenizer(str(final / "model"))
+    assert len(load_tokenizer(str(dest))) == len(tokenizer)
+    with pytest.raises(UserError, match=rf"give it as the model \(--model {dest}\) instead"):  # it holds one
+        locate(dest)
 
 
 def test_a_full_finetune_run_given_as_adapter_says_what_it_is(tmp_path):

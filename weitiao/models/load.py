@@ -630,10 +630,14 @@ def locate(adapter: str | Path) -> tuple[Path, Path | None, ModelSpec]:
     else:
         full = next((c for c in (p / "final" / "model", p / "model", p) if (c / "config.json").is_file()), None)
         if full is not None:  # a full fine-tune: nothing to merge or load on a base
-            raise UserError(
-                f"--adapter {adapter}: a full fine-tune, not an adapter; {full} is a whole Hugging Face model: "
+            # a run's final/model holds no tokenizer (it is beside it, with the template): export joins them
+            fix = (
                 f"give it as the model (--model {full}) instead"
+                if any((full / f).exists() for f in TOKENIZER_FILES)
+                else f"export it with its tokenizer (weitiao export --adapter {adapter} --out DIR) and give --model DIR"
             )
+            raise UserError(f"--adapter {adapter}: a full fine-tune, not an adapter; {full} is a whole Hugging Face "
+                            f"model: {fix}")  # fmt: skip
         raise UserError(f"--adapter {adapter}: no adapter_config.json (give a run dir or a peft adapter dir)")
     # the training tokenizer (with its template): beside the adapter in a run's final/, in an adapter export's own
     # folder, or, for a checkpoint (checkpoints/step-N/adapter), in its finished run's final/
