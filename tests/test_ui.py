@@ -717,6 +717,8 @@ def test_api_refuses_fields_and_numbers_it_would_drop_or_guess(root, full_run):
         assert c.post("/api/chat", json=chat | {"temperature": 0}).status_code == 200
         refused = [
             ("/api/chat", chat | {"temprature": 0.7}, "unknown field 'temprature'"),
+            ("/api/chat", chat | {"messages": [{"role": "user", "content": "你好", "name": "小明"}]},
+             "messages[0]: unknown field 'name'; fields are content, role"),
             ("/api/chat", chat | {"max_new_tokens": "abc"}, "max_new_tokens"),
             ("/api/chat", chat | {"max_new_tokens": -5}, "max_new_tokens"),
             ("/api/chat", chat | {"max_new_tokens": 5000}, "limit of 1024"),

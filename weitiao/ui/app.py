@@ -332,6 +332,8 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
         )
         if not ok or sum(len(m["content"]) for m in messages) > MAX_CHAT_CHARS:
             raise UserError(f"messages: a list of {{role, content}} of at most {MAX_CHAT_CHARS} characters")
+        for k, m in enumerate(messages):  # a `name` or `tool_calls` the reply would be made without
+            _known(m, {"role", "content"}, f"messages[{k}]")
         temperature = body.get("temperature") or 0.0
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < 1e6:
             raise UserError(f"temperature: {temperature!r} is not a number ≥ 0 (0 = greedy)")
