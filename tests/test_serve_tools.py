@@ -491,6 +491,46 @@ def test_constrain_makes_random_scores_valid_json(tokenizer):
         assert valid == (30 if masked else 0)
 
 
+def test_unnamed_special_tokens_never_pass_as_text_in_a_constraint(tokenizer):
+    """A tokenizer whose control tokens are special but not named (a base with EOS <|endoftext|> whose
+    <|im_start|>/<|im_end|> are no additional_special_tokens; Llama 3's <|start_header_id|>) had them in the byte
+    table as their text "<|im_end|>": plain string bytes inside JSON, so a forced tool call or json_object reply
+    stopped half written at <|im_end|> (finish_reason "stop", no tool_calls). Now they are never allowed there,
+    and a reply stops only once its pattern is complete (random scores pushed towards the stop token)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from weitiao.infer.logprobs import LogprobFormat
+
+    base = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, eos_token="<|endoftext|>")
+    eot, start = base.convert_tokens_to_ids(["<|im_end|>", "<|im_start|>"])
+    assert eot not in base.all_special_ids and start not in base.all_special_ids  # special, unnamed
+    stops = {eot, base.eos_token_id}
+    toks = TokenBytes.of(base, stops)
+    assert toks.table[eot] is None and toks.table[start] is None
+    assert eot in LogprobFormat(base).special
+    cache = MaskCache(toks)
+    closing = torch.tensor([any(c in base.decode([i]) for c in '"}]') for i in range(len(base))])
+
+    class Row:  # what Constrain reads of a serve row; a complete pattern allows its stops
+        def __init__(self, pattern):
+            self.ids, self.done, self.stops, self.job = [], False, stops, type("J", (), {"constraint": pattern})()
+
+    rng = random.Random(1)
+    for pattern in (tool_call_pattern("hermes", ["get_weather", "get_time"]), json_object()):
+        for _ in range(20):
+            row = Row(pattern)
+            proc = Constrain([row], cache)
+            for _ in range(120):
+                g = torch.Generator().manual_seed(rng.randrange(2**31))
+                scores = torch.rand(1, len(base), generator=g) * 4 + 3 * closing
+                scores[0, eot] = scores[0, start] = 100.0  # the model wants to end the turn, always
+                tok = int(proc(torch.zeros(1, 1, dtype=torch.long), scores).argmax())
+                if tok in stops:
+                    break
+                row.ids.append(tok)
+            assert tok in stops and pattern.done(proc._advance(0)), base.decode(row.ids)
+
+
 def test_mask_shortcuts_equal_the_plain_byte_walk(tokenizer):
     """The first-byte and plain-string shortcuts give exactly the mask of walking every token's bytes."""
     stop = tokenizer.convert_tokens_to_ids("<|im_end|>")

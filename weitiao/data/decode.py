@@ -16,6 +16,14 @@ from typing import Any
 REPLACEMENT = "\ufffd"
 
 
+def special_ids(tokenizer: Any) -> set[int]:
+    """Ids of the tokenizer's special tokens: the named ones (EOS, pad, additional_special_tokens) and every added token
+    marked special, often unnamed (Llama 3's <|start_header_id|>, a base's <|im_end|>), which a decode with
+    skip_special_tokens drops as it drops the named ones."""
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    return set(tokenizer.all_special_ids) | {i for i, t in added.items() if getattr(t, "special", False)}
+
+
 def whole_chars(text: str) -> str:
     """`text` without U+FFFD: what a decode of tokens that end or contain broken UTF-8 leaves out."""
     return text.replace(REPLACEMENT, "")

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
+from weitiao.data.decode import special_ids
+
 _WS = b" "
 _ESC = set(b'"\\/bfnrt')
 _HEX = set(b"0123456789abcdefABCDEF")
@@ -245,7 +247,9 @@ class TokenBytes:
             return None
         unicode_to_byte = _byte_level_alphabet()
         added = {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values()}
-        special = set(tokenizer.all_special_ids)
+        # control tokens never stand for their text: an unnamed special <|im_end|> passed as the bytes "<|im_end|>"
+        # inside a JSON string, so a stop token ended a forced tool call half written
+        special = special_ids(tokenizer) | set(stop_ids)
         table: list[bytes | None] = []
         for i, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
             if piece is None or i in special:

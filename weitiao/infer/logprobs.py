@@ -19,7 +19,7 @@ import codecs
 import json
 from typing import Any
 
-from weitiao.data.decode import whole_chars
+from weitiao.data.decode import special_ids, whole_chars
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -65,7 +65,7 @@ class LogprobFormat:
 
     def __init__(self, tokenizer: Any) -> None:
         self.tok, self.cache = tokenizer, {}
-        self.special = set(tokenizer.all_special_ids)
+        self.special = special_ids(tokenizer)  # unnamed special tokens too: a reply's decode drops them
         backend = getattr(tokenizer, "backend_tokenizer", None)
         decoder = json.loads(backend.to_str()).get("decoder") if backend is not None else None
         kind = json.dumps(decoder, ensure_ascii=False)
