@@ -80,6 +80,10 @@ BAD = [
     (CHAT, {"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
     (CHAT, [1, 2], "body"),
     (CHAT, "[" * 100_000, None),  # nested past the JSON reader's recursion limit
+    # a key given twice: the first value was dropped silently (greedy asked, temperature 1.5 used)
+    (CHAT, '{"messages": [{"role": "user", "content": "x"}], "temperature": 0, "temperature": 1.5}', "temperature"),
+    (CHAT, '{"messages": [{"role": "user", "content": "x", "content": "y"}]}', "content"),
+    (COMP, '{"prompt": "x", "max_tokens": 2, "max_tokens": 3}', "max_tokens"),
 ]  # fmt: skip
 
 

@@ -210,10 +210,30 @@ def _field_path(loc: tuple, data: Any) -> str:
     return ".".join(parts)
 
 
+class _Repeated(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict:
+    """An object of the body; a key given twice is refused (json.loads kept the last value, dropping the first)."""
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        raise _Repeated(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return obj
+
+
+_BODY = json.JSONDecoder(object_pairs_hook=_unique)
+
+
 def read_body(body: bytes, schema: type[Sampling]) -> Any:
     """The validated request, or `BadRequest` naming the field at fault."""
-    try:
-        data = json.loads(body)
+    try:  # as json.loads reads bytes (UTF-8, or UTF-16/32 by their BOM)
+        data = _BODY.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
+    except _Repeated as e:
+        raise BadRequest(f"{e.key}: given twice in one object; send it once", e.key) from None
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise BadRequest(f"malformed JSON body: {e}", code=None) from None
     if not isinstance(data, dict):
