@@ -402,3 +402,19 @@ def test_a_sequence_past_the_model_context_is_refused(tiny_model_dir, chat_file,
         cfg = recipe_config(name, tiny_model_dir, pair_file, tmp_path / name, *base, "data.max_len=2048")
         with pytest.raises(UserError, match=r"pairs\.jsonl:1: \d+ tokens, past the model's context of 512 positions"):
             recipe.run(cfg)
+
+
+def test_model_context_counts_a_rope_scaling_that_extends_it():
+    """Qwen's long-context yarn keeps max_position_embeddings at 32768 with factor 4: 131072 positions, not a refusal
+    of every row past 32768; a llama3-style config already gives the extended length; no scaling is the plain value."""
+    from types import SimpleNamespace as Cfg
+
+    from weitiao.train.loop import model_context
+
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
+    assert model_context(Cfg(max_position_embeddings=32768, rope_parameters=yarn)) == 131072
+    llama3 = {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192}
+    assert model_context(Cfg(max_position_embeddings=131072, rope_parameters=llama3)) == 131072
+    assert model_context(Cfg(max_position_embeddings=512, rope_parameters={"rope_type": "default"})) == 512
+    assert model_context(Cfg(max_position_embeddings=4096, rope_scaling={"type": "linear", "factor": 2})) == 8192
+    assert model_context(Cfg()) is None

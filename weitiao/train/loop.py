@@ -144,13 +144,30 @@ def set_lr(optimizer: Any, t: TrainSpec, lr: float, step: int, total: int) -> No
         g["lr"] = lr_at(step, total, lr, int(t.warmup_ratio * total), t.scheduler, t.min_lr_ratio)
 
 
+def model_context(config: Any) -> int | None:
+    """Positions the model takes: `max_position_embeddings`, times a RoPE scaling factor (linear, dynamic, yarn) where
+    the config extends it beyond that (Qwen's long-context yarn keeps max_position_embeddings at the original 32768);
+    None when the config does not say."""
+    context = getattr(config, "max_position_embeddings", None)
+    if isinstance(context, bool) or not isinstance(context, int) or context <= 0:
+        return None
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    kind = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
+    factor = rope.get("factor") if isinstance(rope, dict) else None
+    original = rope.get("original_max_position_embeddings") if isinstance(rope, dict) else None
+    if kind in ("linear", "dynamic", "yarn") and isinstance(factor, (int, float)) and factor > 1:
+        if original in (None, context):  # llama3-style configs already give the extended length
+            return int(context * factor)
+    return context
+
+
 def refuse_over_context(model: Any, **sets: Any) -> None:
     """Refuse a sequence (an SFT row or document piece, a DPO/RM pair's side) longer than the model's context
     (`max_position_embeddings`): each packed sequence restarts its positions, so one past the context trains positions
     the model never had (RoPE) or indexes past its position table; it trained silently with exit 0. `sets`: name →
     the encoded sequences (train, eval)."""
-    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if isinstance(context, bool) or not isinstance(context, int) or context <= 0:
+    context = model_context(getattr(model, "config", None))
+    if context is None:
         return
     for name, examples in sets.items():
         lengths = example_lengths(examples)
