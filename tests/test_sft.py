@@ -418,3 +418,20 @@ def test_model_context_counts_a_rope_scaling_that_extends_it():
     assert model_context(Cfg(max_position_embeddings=512, rope_parameters={"rope_type": "default"})) == 512
     assert model_context(Cfg(max_position_embeddings=4096, rope_scaling={"type": "linear", "factor": 2})) == 8192
     assert model_context(Cfg()) is None
+
+
+def test_auto_template_on_a_tokenizer_without_one_says_it_renders_plain(tmp_path, chat_file, capsys):
+    """data.template auto on a base whose tokenizer has no chat template trained in weitiao's own '### 用户:' format
+    without a word (only 'template plain' in the data line); now a line says so and how to choose a standard one.
+    A tokenizer with its own template, and raw-text pairs, get no such line."""
+    from conftest import build_tokenizer, save_tiny_model
+
+    from weitiao.data.templates import fallback_note, resolve_template
+
+    bare = save_tiny_model(tmp_path / "bare", build_tokenizer(None, eos="<|im_end|>"))
+    base = ["data.eval_split=0", "train.max_steps=1", "train.eval_every=0", "lora.dropout=0"]
+    assert sft.run(config(bare, chat_file, tmp_path / "a", *base))["finished"]
+    assert "data.template auto: the tokenizer has no chat template" in capsys.readouterr().out
+    own = build_tokenizer()
+    assert fallback_note("auto", resolve_template(own, "auto")) is None  # control: its own template
+    assert fallback_note("plain", resolve_template(own, "plain")) is None  # asked for: no note

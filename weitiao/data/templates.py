@@ -229,6 +229,18 @@ def find_eot(tokenizer: Any, jinja: str) -> str | None:
     return None
 
 
+def fallback_note(requested: str, template: ChatTemplate) -> str | None:
+    """The note for `auto` on a tokenizer without a chat template: rows render in weitiao's plain format, which a base
+    never saw and other tools do not write (the tuned model's tokenizer carries it, so an export renders the same)."""
+    if requested != "auto" or template.name != "plain":
+        return None
+    return (
+        "data.template auto: the tokenizer has no chat template, so rows render in weitiao's plain format "
+        "('### 用户:' / '### 助手:', replies end with EOS; it is written into the tuned model's tokenizer); set "
+        "data.template: chatml or llama3 for a standard one"
+    )
+
+
 def resolve_template(tokenizer: Any, name: str = "auto") -> ChatTemplate:
     """Pick the template: `auto` uses the tokenizer's own when it has one, else `plain`."""
     if name not in TEMPLATE_NAMES:

@@ -27,7 +27,7 @@ from weitiao.data.cache import EncodedSet, encoded_files
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, EncodeStats
 from weitiao.data.collate import collate, example_lengths, n_targets, plan_epoch, process_share
 from weitiao.data.prep import count_overlap, overlap_warning, require_rows, split_eval
-from weitiao.data.templates import ChatTemplate, resolve_template
+from weitiao.data.templates import ChatTemplate, fallback_note, resolve_template
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text
 from weitiao.losses.sft import CausalLMLoss
@@ -136,6 +136,8 @@ def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
     if not train:
         raise UserError(f"data.train: no rows left after truncation policy {d.truncation!r} (max_len {d.max_len})")
     warnings = list(dict.fromkeys(tr.meta["notes"] + ev.meta["notes"]))
+    if tr.meta["format"] != "text" and (note := fallback_note(d.template, template)):
+        warnings.append(note)
     kept = rows[~tr.dropped[rows]]
     if len(idle := kept[tr.targets()[kept] == 0]):  # e.g. train_turns last on a row whose last reply has weight 0
         why = f"data.train_turns {d.train_turns!r}, weight-0 replies, data.truncation {d.truncation!r}"

@@ -13,7 +13,7 @@ from weitiao.data.chat import Encoded, special_token_check
 from weitiao.data.formats import CONFIG_SKIP_HINT, PreferencePair
 from weitiao.data.preference import PairStats, encode_pairs, load_pairs, string_pairs_note
 from weitiao.data.prep import count_overlap, overlap_warning, pair_key, require_rows, split_eval
-from weitiao.data.templates import ChatTemplate, resolve_template
+from weitiao.data.templates import ChatTemplate, fallback_note, resolve_template
 from weitiao.errors import UserError
 from weitiao.train.spec import PrefDataSpec, TrainSpec
 
@@ -117,6 +117,12 @@ def prepare_pairs(cfg: PairConfig, tokenizer: Any, read_margins: bool = False, r
         and (note := string_pairs_note(pairs + eval_pairs, template))
     ):
         print(f"note: {note}")  # once for train and eval pairs
+    if (
+        d.format != "preference_raw"
+        and os.environ.get("RANK", "0") == "0"
+        and (note := fallback_note(d.template, template))
+    ):
+        print(f"note: {note}")
     train, stats = encode_pairs(pairs, tokenizer, template, d.max_len, d.truncation, **enc)
     evals, eval_stats = encode_pairs(eval_pairs, tokenizer, template, d.max_len, d.truncation, **enc)
     if not train:
