@@ -476,3 +476,19 @@ def test_no_row_kept_is_an_error_not_an_empty_file(rules_file, prompts_file, tmp
                 "--min-prompts", "0", "--cache-dir", "", "--out", str(tmp_path / "sft.jsonl"))  # fmt: skip
     assert isinstance(r.exception, UserError) and "no row kept" in str(r.exception), r.output
     assert not (tmp_path / "sft.jsonl").exists() and (tmp_path / "sft.rejects.jsonl").exists()
+
+
+def test_rules_eval_with_a_judge_that_answered_nothing_exits_non_zero(
+    rules_file, prompts_file, tmp_path, tiny_model_dir
+):
+    """A --judge-url nobody listens on: every judged rule was counted '?' and the table printed with exit 0, read as an
+    evaluation; its error said 'set --teacher-url', a flag rules eval does not have. Now one line naming --judge-url."""
+    from conftest import free_port
+
+    judge = f"http://127.0.0.1:{free_port()}/v1"
+    r = run("eval", "--rules", str(rules_file), "--prompts", str(prompts_file), "--model", str(tiny_model_dir),
+            "--max-new-tokens", "4", "--judge-url", judge)  # fmt: skip
+    assert isinstance(r.exception, UserError), r.output
+    msg = str(r.exception)
+    assert msg.startswith("--judge-url: the judge answered none of the") and "set --judge-url" in msg
+    assert "--teacher-url" not in msg

@@ -424,7 +424,8 @@ def replies_endpoint(
     """Greedy replies of any OpenAI-compatible endpoint (through the shared teacher client, no cache)."""
     from weitiao.teacher import Teacher, TeacherError
 
-    t = Teacher(url, model, concurrency=concurrency, temperature=0.0, max_tokens=max_new_tokens, seed=0)
+    t = Teacher(url, model, concurrency=concurrency, temperature=0.0, max_tokens=max_new_tokens, seed=0,
+                role="endpoint", flag="--endpoint")  # fmt: skip
     out = t.chat_many([a.messages for a in attacks], desc="attacks")
     failed = [o for o in out if isinstance(o, TeacherError)]
     if failed:

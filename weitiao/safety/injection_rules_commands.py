@@ -267,12 +267,14 @@ def rules_check(file: Path = typer.Argument(..., help="rule file (YAML)")) -> No
                   f"{checked} with a programmatic check, {conditional} conditional (when)")  # fmt: skip
 
 
-def _teacher(url: str, model: str, cache_dir: str | None, concurrency: int, temperature: float, max_tokens: int) -> Any:
+def _teacher(
+    url: str, model: str, cache_dir: str | None, concurrency: int, temperature: float, max_tokens: int,
+    role: str = "teacher", flag: str = "--teacher-url",
+) -> Any:  # fmt: skip
     from weitiao.teacher import Teacher
 
-    return Teacher(
-        url, model, concurrency=concurrency, cache_dir=cache_dir, temperature=temperature, max_tokens=max_tokens
-    )
+    return Teacher(url, model, concurrency=concurrency, cache_dir=cache_dir, temperature=temperature,
+                   max_tokens=max_tokens, role=role, flag=flag)  # fmt: skip
 
 
 @dataclass
@@ -426,7 +428,9 @@ def rules_eval(
     items = list(zip(ps, replies))
     verdicts = None
     if judge_url:
-        verdicts = rb.judge_replies(rs, items, _teacher(judge_url, judge_model, None, 4, 0.0, 512), judge_all)
+        verdicts = rb.judge_replies(
+            rs, items, _teacher(judge_url, judge_model, None, 4, 0.0, 512, "judge", "--judge-url"), judge_all
+        )
     rep = rb.compliance(rs, items, verdicts)
     t = Table(title=f"rules eval · {adapter or model or endpoint} · fully compliant {rep['fully_compliant']:.3f}")
     for c in ("rule", "category", "exercised", "check ✓/✗", "judge ✓/✗/?", "compliance"):

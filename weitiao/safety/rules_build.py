@@ -237,7 +237,14 @@ def judge_replies(rs: RuleSet, items: list[tuple[Prompt, str]], judge: Any, judg
             asks.append(_user(JUDGE.format(prompt=p.text, reply=reply, rules=text)))
             index.append((i, [r.id for r in rules]))
     out: list[dict[str, str]] = [{} for _ in items]
-    for (i, ids), reply in zip(index, judge.chat_many(asks, desc="judge") if asks else []):
+    replies = judge.chat_many(asks, desc="judge") if asks else []
+    failed = [r for r in replies if isinstance(r, TeacherError)]
+    if replies and len(failed) == len(replies):  # a table of "?" and exit 0 read as a judged evaluation
+        raise UserError(f"--judge-url: the judge answered none of the {len(replies)} requests; first: {failed[0]}")
+    if failed:
+        print(f"warning: the judge failed on {len(failed)} of {len(replies)} replies (counted as ? in the table); "
+              f"first: {failed[0]}")  # fmt: skip
+    for (i, ids), reply in zip(index, replies):
         try:
             verdict = parse_json_reply(reply) if not isinstance(reply, TeacherError) else {}
         except ValueError:
@@ -297,7 +304,9 @@ def generate_replies(
     if endpoint:
         from weitiao.teacher import Teacher, TeacherError
 
-        t = Teacher(endpoint, endpoint_model, temperature=0.0, max_tokens=max_new_tokens)
+        t = Teacher(
+            endpoint, endpoint_model, temperature=0.0, max_tokens=max_new_tokens, role="endpoint", flag="--endpoint"
+        )
         out = t.chat_many(convs, desc="replies")
         bad = [o for o in out if isinstance(o, TeacherError)]
         if bad:
