@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 
@@ -134,6 +135,18 @@ def test_vote_body_size_is_limited(store):
         big = c.post("/api/vote", json={"round": r["round"], "choice": "a", "pad": "x" * 100_000})
         assert big.status_code == 413
         assert c.post("/api/vote", json={"round": r["round"], "choice": "a"}).status_code == 200
+
+
+def test_a_vote_giving_a_key_twice_is_refused(store):
+    """{"choice": "a", "choice": "b"} counted as b (FastAPI's parser kept the last value): a 400 naming the key."""
+    with running(create_app(store, seed=0, limits=ArenaLimits(**OFF))) as base, httpx.Client(base_url=base) as c:
+        r = c.get("/api/round").json()
+        twice = f'{{"round": {json.dumps(r["round"])}, "choice": "a", "choice": "b"}}'.encode()
+        got = c.post("/api/vote", content=twice, headers={"content-type": "application/json"})
+        assert got.status_code == 400 and got.json()["error"] == "choice: given twice in one object; send it once"
+        assert rows(store, "votes") == 0
+        assert c.post("/api/vote", json={"round": r["round"], "choice": "b"}).status_code == 200  # control
+    assert rows(store, "votes") == 1
 
 
 def test_unknown_query_parameters_are_refused(store):

@@ -745,6 +745,10 @@ def test_api_refuses_fields_and_numbers_it_would_drop_or_guess(root, full_run):
             assert r.status_code == 400 and why in r.json()["error"], (path, body, r.text)
         assert not (root / "data" / "m.jsonl").exists() and not (root / "runs" / "n").exists()
         assert not (full_run / "exports").exists() and not (full_run / "golden.jsonl").exists()
+        # a key given twice kept the last value (temperature 0 then 1.5 sampled at 1.5); the control above is 200
+        twice = json.dumps(chat | {"temperature": 0})[:-1].encode() + b', "temperature": 1.5}'
+        r = c.post("/api/chat", content=twice, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"] == "temperature: given twice in one object; send it once"
 
 
 def test_get_query_parameters_are_refused_as_body_fields_are(root):

@@ -316,6 +316,51 @@ class Guard:
             more = msg.get("more_body", False)
 
 
+def repeated_key(body: bytes) -> str | None:
+    """The first key a JSON body gives twice in one object (json.loads keeps the last), or None; None too for a body
+    that is no JSON: the route says what is wrong with it."""
+    try:
+        _BODY.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
+    except _Repeated as e:
+        return e.key
+    except (ValueError, RecursionError):
+        return None
+    return None
+
+
+class UniqueKeys:
+    """ASGI middleware for the console and arena JSON routes: a body that gives a key twice in one object is a 400
+    `{"error": ...}` naming it (FastAPI's parser kept the last value silently). The body is read and replayed."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or b"json" not in dict(scope["headers"]).get(b"content-type", b""):
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            chunks.append(msg.get("body", b""))
+            more = msg.get("more_body", False)
+        body = b"".join(chunks)
+        if body and (key := repeated_key(body)) is not None:
+            resp = JSONResponse({"error": f"{key}: given twice in one object; send it once"}, status_code=400)
+            return await resp(scope, receive, send)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
 def _query_names(dependant: Any) -> list[str]:
     """The query parameters a route's function (and its dependencies) take, in signature order."""
     names = [p.alias for p in dependant.query_params] + [n for d in dependant.dependencies for n in _query_names(d)]

@@ -27,7 +27,7 @@ from weitiao.config import dump_config
 from weitiao.data.formats import FORMATS
 from weitiao.demo import DATA_DIR, DEMO_DIR
 from weitiao.errors import UserError
-from weitiao.infer.api import KnownQuery
+from weitiao.infer.api import KnownQuery, UniqueKeys
 from weitiao.ui import forms
 from weitiao.ui.chat import ChatModels
 from weitiao.ui.paths import Roots
@@ -107,6 +107,7 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
     warm_imports()
     app = FastAPI(title="weitiao ui", docs_url=None, redoc_url=None, openapi_url=None)
     app.router.route_class = KnownQuery
+    app.add_middleware(UniqueKeys)
     models = chat or ChatModels()
 
     @app.middleware("http")

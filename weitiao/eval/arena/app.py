@@ -39,7 +39,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from weitiao.eval.arena.store import CHOICES, ArenaStore
-from weitiao.infer.api import Guard, KnownQuery
+from weitiao.infer.api import Guard, KnownQuery, UniqueKeys
 from weitiao.reports import render
 
 PAGE = Path(__file__).with_name("page.html")
@@ -97,6 +97,7 @@ def create_app(store: ArenaStore, seed: int | None = None, limits: ArenaLimits |
     """The arena app over `store`; `seed` makes the prompt/pair/side draws reproducible (tests)."""
     app = FastAPI(title="weitiao arena", docs_url=None, redoc_url=None, openapi_url=None)
     app.router.route_class = KnownQuery  # /api/round?x=1: a 400 naming it, not ignored
+    app.add_middleware(UniqueKeys)
     app.add_middleware(Guard, api_key=None, max_body=MAX_BODY, flag="a vote is a few bytes")
 
     @app.exception_handler(RequestValidationError)
