@@ -235,9 +235,8 @@ def test_reference_cache_keyed_and_rebuilt(tiny_model_dir, tokenizer, pairs_file
         != key["max_len"]
     )
     adapter = out / "checkpoints" / "step-000002" / "adapter"
-    assert dpo.cache_key(config(tiny_model_dir, pairs_file, out, f"lora.init_from={adapter}"), d.template, d.train)[
-        "adapter"
-    ]
+    from_step = config(tiny_model_dir, pairs_file, tmp_path / "next", f"lora.init_from={adapter}")  # not in its out
+    assert dpo.cache_key(from_step, d.template, d.train)["adapter"]
     # A fresh run (no resume) removes the previous run's cache before building its own.
     dpo.run(config(tiny_model_dir, pairs_file, out, *common, "train.resume=none", "train.stop_after=1"))
     assert "removed the previous run's ref_logps.pt" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 from pathlib import Path
 
@@ -370,7 +371,7 @@ def test_out_of_range_train_and_lora_keys_are_one_line_errors(override, key):
     from weitiao.recipes.sft import SFTConfig
 
     for cls in (SFTConfig, DPOConfig):  # DPO and RM inherit the train spec
-        with pytest.raises(UserError, match=rf"^config: {key}: ") as e:
+        with pytest.raises(UserError, match=rf"^command line {re.escape(override)}: {re.escape(key)}: ") as e:
             load_config(cls, None, ["data.train=[x.jsonl]", override])
         assert "\n" not in str(e.value)
 

@@ -31,7 +31,7 @@ def test_template_name_type_is_the_template_list():
 
 @pytest.mark.parametrize("cls", list(REQUIRED))
 def test_every_recipe_checks_the_template_name_at_load(cls):
-    with pytest.raises(UserError, match=r"^config: data.template: Input should be 'auto'"):
+    with pytest.raises(UserError, match=r"^command line data.template=chatlm: data.template: Input should be 'auto'"):
         load_config(cls, None, [*REQUIRED[cls], "data.template=chatlm"])
     assert load_config(cls, None, [*REQUIRED[cls], "data.template=chatml"]).data.template == "chatml"
 
@@ -40,7 +40,9 @@ def test_every_recipe_checks_the_template_name_at_load(cls):
 def test_every_recipe_composes_the_run_spec_and_keep_last_means_the_same(cls):
     cfg = load_config(cls, None, REQUIRED[cls])
     assert isinstance(cfg.train, RunSpec)
-    with pytest.raises(UserError, match=r"^config: train.keep_last: Input should be greater than 0"):
+    with pytest.raises(
+        UserError, match=r"^command line train.keep_last=0: train.keep_last: Input should be greater than 0"
+    ):
         load_config(cls, None, [*REQUIRED[cls], "train.keep_last=0"])  # PPO took 0 as "keep all"
     assert load_config(cls, None, [*REQUIRED[cls], "train.keep_last=1"]).train.keep_last == 1
 
@@ -76,7 +78,7 @@ def test_log_profiles_use_the_recipe_override_syntax_and_error_line(tmp_path):
     assert load_profile("chat", "chat", ["cross_session.enabled=true"]).cross_session.enabled is True
     with pytest.raises(UserError, match=r"^profile chat with --set: cross_session.enabled: Input should be") as e:
         load_profile("chat", "chat", ["cross_session.enabled=maybe"])
-    with pytest.raises(UserError, match=r"^config: train.seed: Input should be") as r:
+    with pytest.raises(UserError, match=r"^command line train.seed=maybe: train.seed: Input should be") as r:
         load_config(sft.SFTConfig, None, [*REQUIRED[sft.SFTConfig], "train.seed=maybe"])
     assert "\n" not in str(e.value) + str(r.value)
     with pytest.raises(UserError, match=r"expected key.path=value"):
@@ -120,7 +122,7 @@ def test_a_yes_no_is_never_read_as_a_number_nor_a_number_as_a_yes_no(tmp_path):
     quoted = load_config(sft.SFTConfig, cfg, ["lora.r='16'", "train.lr='2e-4'", "data.packing=on"])
     assert (quoted.lora.r, quoted.train.lr, quoted.data.packing) == (16, 2e-4, True)  # strings of numbers still read
     for given, want in [("lora.r=yes", "lora.r: a yes/no (true)"), ("data.packing='yes'", "data.packing: 'yes' ")]:
-        with pytest.raises(UserError, match=rf"^config: {re.escape(want)}"):
+        with pytest.raises(UserError, match=rf"^command line {re.escape(given)}: {re.escape(want)}"):
             load_config(sft.SFTConfig, None, [*REQUIRED[sft.SFTConfig], given])
     with pytest.raises(UserError, match=r"^profile xhs with --set: min_views: a yes/no \(true\)"):
         load_profile("dwell", "xhs", ["min_views=true"])

@@ -253,13 +253,26 @@ def _dump_file(cls: type[BaseModel], path: Path) -> str:
     return dump_config(validate(cls, resolve_paths(data, cls, path.parent), str(path), node, []))
 
 
+# What a run writes into train.out besides checkpoints/step-NNNNNN (train.checkpoint writes them; a fresh run moves
+# them aside), here so that loading a config can refuse an input among them.
+CONFIG_FILE = "config.yaml"
+INPUTS_FILE = "inputs.json"  # fingerprints of the models/adapters the config names (ModelRef keys)
+RUN_FILES = ("metrics.jsonl", "metrics.abandoned.jsonl", "tb", "wandb", "swanlog", "mlflow.db", "final", "golden.jsonl",
+             "cost.jsonl", "rejects.jsonl", "eval_rejects.jsonl", CONFIG_FILE, INPUTS_FILE)  # fmt: skip
+
+
+def is_step_dir(p: Path) -> bool:
+    """A name `write_checkpoint` gives (step-NNNNNN): a user's copy (step-000400-best, step-400) is not ours to
+    prune or resume from."""
+    digits = p.name[5:]
+    return p.name.startswith("step-") and digits.isdigit() and p.name == f"step-{int(digits):06d}"
+
+
 def _input_in_run_files(cls: type[BaseModel], cfg: BaseModel, out: Path, path: Path | None) -> str | None:
     """What is wrong when an input of the run (the config file, a path key's file or folder) is one of the files a
-    run writes in `out` (`checkpoint.RUN_FILES`: config.yaml, golden.jsonl, final/, ...) or inside one: the run would
+    run writes in `out` (`RUN_FILES`: config.yaml, golden.jsonl, final/, ...) or inside one: the run would
     record over it, or a fresh run move it to out/previous/ as the previous run's (then read it as missing). The
     config.yaml a run recorded (it reads back to the same text) runs again in its own folder."""
-    from weitiao.train.checkpoint import RUN_FILES, is_step_dir
-
     owned = {(out / name).resolve(): name for name in RUN_FILES}
     steps = (out / "checkpoints").resolve()
 
@@ -318,6 +331,12 @@ def validate(
     return cfg
 
 
+def _sets(override: str, key: str) -> bool:
+    """Whether `override` gave `key`: its own key, or an item of its list (train.betas=[1.0,0.9] gives train.betas.0)."""
+    given = override.split("=", 1)[0].strip()
+    return key == given or (key.startswith(given + ".") and key[len(given) + 1 :].isdigit())
+
+
 def _located(
     loc: tuple, msg: str, where: str, node: yaml.Node | None, overrides: list[str] | None, tail: str = ""
 ) -> UserError:
@@ -325,7 +344,7 @@ def _located(
     named there instead, `command line KEY=VALUE: key.path: msg{tail}` (it used to name the config file, where the
     key is not, or holds another value)."""
     key = ".".join(str(x) for x in loc)
-    given = next((o.strip() for o in overrides or [] if o.split("=", 1)[0].strip() == key), None)
+    given = next((o.strip() for o in overrides or [] if _sets(o, key)), None)
     if given is not None:
         return UserError(f"command line {given}: {key}: {msg}{tail}")
     line = yaml_line(node, tuple(loc) + _named_key(node, loc, msg))

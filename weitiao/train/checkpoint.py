@@ -26,17 +26,13 @@ from typing import Any
 import torch
 import yaml
 
+from weitiao.config import CONFIG_FILE, INPUTS_FILE, RUN_FILES, is_step_dir
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text, open_modes
 from weitiao.models.digest import local_model
 
 STATE_FILE = "trainer_state.pt"
-CONFIG_FILE = "config.yaml"
-INPUTS_FILE = "inputs.json"  # fingerprints of the models/adapters the config names (ModelRef keys)
 TMP_PREFIX = ".tmp-"  # write_checkpoint fills .tmp-step-NNNNNN, then renames it to step-NNNNNN
-# What a run writes into its dir besides checkpoints/step-NNNNNN; a fresh run moves these aside.
-RUN_FILES = ("metrics.jsonl", "metrics.abandoned.jsonl", "tb", "wandb", "swanlog", "mlflow.db", "final", "golden.jsonl",
-             "cost.jsonl", "rejects.jsonl", "eval_rejects.jsonl", CONFIG_FILE, INPUTS_FILE)  # fmt: skip
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 # Config keys that may change on resume: how long to run and how often to log, eval and save.
 # Every other key (model, lora, data, loss, optimizer, batch, seed) changes what a step computes.
@@ -189,13 +185,6 @@ def write_checkpoint(
 
 def step_of(ckpt: Path) -> int:
     return int(ckpt.name.split("-")[1])
-
-
-def is_step_dir(p: Path) -> bool:
-    """A name `write_checkpoint` gives (step-NNNNNN): a user's copy (step-000400-best, step-400) is not ours to
-    prune or resume from."""
-    digits = p.name[5:]
-    return p.name.startswith("step-") and digits.isdigit() and p.name == f"step-{int(digits):06d}"
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
