@@ -332,7 +332,7 @@ def validate(
 
 
 def _sets(override: str, key: str) -> bool:
-    """Whether `override` gave `key`: its own key, or an item of its list (train.betas=[1.0,0.9] gives train.betas.0)."""
+    """Whether `override` gave `key`: its own key, or an item of its list (train.betas=[1.0,0.9] gives .0 and .1)."""
     given = override.split("=", 1)[0].strip()
     return key == given or (key.startswith(given + ".") and key[len(given) + 1 :].isdigit())
 
