@@ -228,10 +228,15 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict:
 _BODY = json.JSONDecoder(object_pairs_hook=_unique)
 
 
+def _decode(body: bytes) -> Any:
+    """The body as json.loads reads bytes (UTF-8, or UTF-16/32 by their BOM); a key given twice raises _Repeated."""
+    return _BODY.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
+
+
 def read_body(body: bytes, schema: type[Sampling]) -> Any:
     """The validated request, or `BadRequest` naming the field at fault."""
-    try:  # as json.loads reads bytes (UTF-8, or UTF-16/32 by their BOM)
-        data = _BODY.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
+    try:
+        data = _decode(body)
     except _Repeated as e:
         raise BadRequest(f"{e.key}: given twice in one object; send it once", e.key) from None
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -256,6 +261,21 @@ def read_body(body: bytes, schema: type[Sampling]) -> Any:
     if req.stream_options is not None and not req.stream:  # as OpenAI and vLLM: include_usage would be dropped
         raise BadRequest("stream_options: only allowed with stream: true", "stream_options")
     return req
+
+
+def _replay(body: bytes, receive: Callable) -> Callable:
+    """An ASGI `receive` giving the app the body a middleware already read, then what the server says next (the
+    client's hang-up)."""
+    replayed = False
+
+    async def replay() -> dict:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 class Guard:
@@ -293,16 +313,7 @@ class Guard:
                 if more:
                     await self._drain(receive, size)
                 return await too_big(scope, receive, send)
-        replayed = False
-
-        async def replay() -> dict:
-            nonlocal replayed
-            if replayed:  # then what the server says next: the client's hang-up
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-
-        await self.app(scope, replay, send)
+        await self.app(scope, _replay(b"".join(chunks), receive), send)
 
     async def _drain(self, receive: Callable, read: int) -> None:
         """Read and drop the rest of a refused body (up to 16x the limit) so the client gets the answer
@@ -320,7 +331,7 @@ def repeated_key(body: bytes) -> str | None:
     """The first key a JSON body gives twice in one object (json.loads keeps the last), or None; None too for a body
     that is no JSON: the route says what is wrong with it."""
     try:
-        _BODY.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
+        _decode(body)
     except _Repeated as e:
         return e.key
     except (ValueError, RecursionError):
@@ -349,16 +360,7 @@ class UniqueKeys:
         if body and (key := repeated_key(body)) is not None:
             resp = JSONResponse({"error": f"{key}: given twice in one object; send it once"}, status_code=400)
             return await resp(scope, receive, send)
-        replayed = False
-
-        async def replay() -> dict:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
+        await self.app(scope, _replay(body, receive), send)
 
 
 def _query_names(dependant: Any) -> list[str]:

@@ -186,16 +186,17 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                    "spiece.model", "sentencepiece.bpe.model", "tekken.json")  # fmt: skip
 
 
+def has_tokenizer(folder: Path) -> bool:
+    """Whether a model folder holds tokenizer files (TOKENIZER_FILES or a *.tiktoken)."""
+    return any((folder / f).exists() for f in TOKENIZER_FILES) or any(folder.glob("*.tiktoken"))
+
+
 def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
     path = resolve_path(path)
     folder = Path(path).expanduser()
-    if (
-        folder.is_dir()
-        and not any((folder / f).exists() for f in TOKENIZER_FILES)
-        and not any(folder.glob("*.tiktoken"))
-    ):
+    if folder.is_dir() and not has_tokenizer(folder):
         # transformers 5 builds an empty tokenizer of the config's class here: every text became no ids, and
         # generation stopped in a reshape traceback (a server answered every request "empty prompt")
         raise UserError(f"model {path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); copy the "
@@ -633,7 +634,7 @@ def locate(adapter: str | Path) -> tuple[Path, Path | None, ModelSpec]:
             # a run's final/model holds no tokenizer (it is beside it, with the template): export joins them
             fix = (
                 f"give it as the model (--model {full}) instead"
-                if any((full / f).exists() for f in TOKENIZER_FILES)
+                if has_tokenizer(full)
                 else f"export it with its tokenizer (weitiao export --adapter {adapter} --out DIR) and give --model DIR"
             )
             raise UserError(f"--adapter {adapter}: a full fine-tune, not an adapter; {full} is a whole Hugging Face "

@@ -151,13 +151,17 @@ def model_context(config: Any) -> int | None:
     context = getattr(config, "max_position_embeddings", None)
     if isinstance(context, bool) or not isinstance(context, int) or context <= 0:
         return None
-    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    kind = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
-    factor = rope.get("factor") if isinstance(rope, dict) else None
-    original = rope.get("original_max_position_embeddings") if isinstance(rope, dict) else None
-    if kind in ("linear", "dynamic", "yarn") and isinstance(factor, (int, float)) and factor > 1:
-        if original in (None, context):  # llama3-style configs already give the extended length
-            return int(context * factor)
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+    if not isinstance(rope, dict) or rope.get("rope_type", rope.get("type")) not in ("linear", "dynamic", "yarn"):
+        return context
+    factor = rope.get("factor")
+    # llama3-style configs (original_max_position_embeddings below it) already give the extended length
+    if (
+        isinstance(factor, (int, float))
+        and factor > 1
+        and rope.get("original_max_position_embeddings") in (None, context)
+    ):
+        return int(context * factor)
     return context
 
 
