@@ -246,6 +246,13 @@ def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
     yield from enumerate(data["data"], 1)  # rows counted: where the list sits in the object is not looked for
 
 
+def _check_header(path: Path, line: int, header: list[str]) -> list[str]:
+    """A CSV's or a sheet's header row, refused unless its column names are unique and non-empty."""
+    if len(set(header)) != len(header) or not all(h.strip() for h in header):
+        raise UserError(f"{path}:{line}: header: expected unique, non-empty column names, got {header}")
+    return header
+
+
 def _csv(path: Path, opener: Any = None) -> Iterator[tuple[int, Any]]:
     """Rows of a CSV with a header line, numbered by the file line where each row starts."""
     line_no = [0]
@@ -259,8 +266,7 @@ def _csv(path: Path, opener: Any = None) -> Iterator[tuple[int, Any]]:
     header = next(reader, None)
     if header is None:
         return
-    if len(set(header)) != len(header) or not all(h.strip() for h in header):
-        raise UserError(f"{path}:1: header: expected unique, non-empty column names, got {header}")
+    _check_header(path, 1, header)
     start = line_no[0] + 1
     for values in reader:
         if values:
@@ -335,9 +341,7 @@ def _xlsx(path: Path) -> Iterator[tuple[int, Any]]:
                     text.pop()
                 if not text:
                     continue
-                if len(set(text)) != len(text) or not all(h.strip() for h in text):
-                    raise UserError(f"{path}:{n}: header: expected unique, non-empty column names, got {text}")
-                header = text
+                header = _check_header(path, n, text)
                 continue
             if not any(t.strip() for t in text):
                 continue  # an empty row, as a blank CSV line

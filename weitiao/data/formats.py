@@ -542,6 +542,8 @@ def _check_message_keys(record: dict) -> None:
 
 
 SFT_FORMATS = ("alpaca", "openai", "sharegpt", "firefly", "prompt_completion", "text")
+# The key holding a chat format's list of messages (turns), which errors name
+MESSAGES_KEY = {"sharegpt": "conversations", "openai": "messages", "firefly": "conversation"}
 # A row's `label` that marks its reply good or bad (TRL's KTO bools, KTO's desirable/undesirable, thumbs): never trained
 # as SFT. Strings compare case-folded. A float (a score) and other words are left alone: "positive", "good", "差评" are
 # as often a classification dataset's class of the text as feedback on the reply, and such columns stay unread.
@@ -611,8 +613,7 @@ def parse_row(record: Any, fmt: str, strict: bool = True) -> Conversation | Pref
     messages = PARSERS[fmt](record)
     if isinstance(messages, Document):
         return messages
-    field = {"sharegpt": "conversations", "openai": "messages", "firefly": "conversation",
-             "prompt_completion": "completion"}.get(fmt, "row")  # fmt: skip
+    field = {**MESSAGES_KEY, "prompt_completion": "completion"}.get(fmt, "row")
     return Conversation(_check_turns(messages, field))
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from weitiao.data.files import RowError, iter_records
 from weitiao.data.formats import (
+    MESSAGES_KEY,
     PARSERS,
     ROLE_MAP,
     Message,
@@ -103,11 +104,7 @@ def parse_prompt(rec: Any, source: str = "", tools: str = NO_TOOLS) -> Prompt:
         msgs, ref, where = _with_system(rec, _alpaca_prompt(rec)), rec.get("output"), "instruction"
         ref = None if ref in (None, "") else _text(ref, "output")
     elif fmt in ("sharegpt", "openai", "firefly"):
-        msgs, ref, where = (
-            PARSERS[fmt](rec),
-            None,
-            {"sharegpt": "conversations", "firefly": "conversation"}.get(fmt, "messages"),
-        )
+        msgs, ref, where = PARSERS[fmt](rec), None, MESSAGES_KEY[fmt]
         if any(m["role"] == "user" for m in msgs) and msgs[-1]["role"] == "assistant":
             msgs, ref = msgs[:-1], msgs[-1]["content"]
     else:
