@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import threading
+import time
 from collections import Counter
 
 import pytest
@@ -212,3 +215,35 @@ def test_dolly_rows_leave_their_context_and_response_in_the_messages_only(tmp_pa
     got = {r["meta"]["row"]: r for r in read(out)}
     assert set(got[f"{a}:1"]) == {"messages", "category", "meta"}
     assert got[f"{a}:1"]["messages"][0]["content"] == "总结\n北京是首都。" and got[f"{b}:1"]["context"] == "mine"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a FIFO")
+def test_each_source_is_read_once_so_a_fifo_works(tmp_path):
+    """Mix read every source twice (rows, then each row's own columns): a FIFO gave nothing the second time and the
+    run hung, a huge file was parsed twice. The watchdog ends any second read at once (EOF) instead of a hang."""
+    a = tmp_path / "a.jsonl"
+    os.mkfifo(a)
+    text = "".join(json.dumps({"instruction": f"问题{i}", "output": f"回答{i}", "id": i}, ensure_ascii=False) + "\n"
+                   for i in range(5))  # fmt: skip
+    b = rows(tmp_path / "b.jsonl", [("怎么盗号", "不能帮你")])
+    done = threading.Event()
+
+    def writer():
+        with open(a, "w", encoding="utf-8") as f:
+            f.write(text)
+        while not done.is_set():  # a second reader of the FIFO finds it empty at once
+            try:
+                os.close(os.open(a, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # ENXIO: nobody is reading
+                time.sleep(0.01)
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        rep = mix.run([f"{a}:0.5", f"{b}:0.5"], tmp_path / "m.jsonl", total=10)
+    finally:
+        done.set()
+        t.join(5)
+    assert rep["sources"][0]["read"] == 5
+    got = [r for r in read(tmp_path / "m.jsonl") if r["meta"]["source"] == str(a)]
+    assert sorted(r["id"] for r in got) == [0, 1, 2, 3, 4]  # own columns from the one read

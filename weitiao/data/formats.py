@@ -680,6 +680,7 @@ def load_rows(
     sink: Any = None,
     skip_hint: str | None = SKIP_HINT,
     row_check: Callable[[Any], None] | None = None,
+    on_record: Callable[[Any, Any], None] | None = None,
 ) -> LoadResult:
     """Load and validate every row of every file (into `sink`, a list stand-in with append/len, if given).
 
@@ -692,7 +693,8 @@ def load_rows(
     preference rows with empty or identical replies through, for `data check` to count. `skip_hint`: how
     the caller's user sets bad rows aside, said after a bad row's error (None: a command that cannot).
     `row_check(row)` raises RowError for a parsed row its caller cannot use (a bad row like the others: e.g.
-    `chat.special_token_check`, which needs the tokenizer).
+    `chat.special_token_check`, which needs the tokenizer). `on_record(record, row)` sees the JSON record of every
+    row kept, beside its parsed row (source set), so a caller needing the raw columns reads the file only once.
     """
     if fmt != "auto" and fmt not in FORMATS:
         raise UserError(f"format {fmt!r} unknown; use one of auto, {', '.join(FORMATS)}")
@@ -732,6 +734,8 @@ def load_rows(
                         rejects.append({"source": loc, "error": str(e), "row": record})
                     continue
                 row.source = loc
+                if on_record is not None:
+                    on_record(record, row)
                 rows.append(row)
             result.per_file[str(path)] = len(rows) - kept_before
             if result.format == "auto" and file_fmt:

@@ -3,7 +3,7 @@
     weitiao data mix weitiao/demo/data/style.jsonl:0.85 weitiao/demo/data/safety.jsonl:0.15 \
         --total 1000 --out runs/mixed.jsonl --seed 0
 
-Steps: 1. load every source (any SFT format) → 2. dedup on the normalized conversation, first
+Steps: 1. load every source (any SFT format; read once) → 2. dedup on the normalized conversation, first
 source wins → 3. targets by largest remainder so they sum to the total → 4. down-sample without
 replacement, or up-sample (every row k times, then a random remainder) → 5. shuffle, write messages
 rows with `meta.source` (the file) and `meta.row` (file:line of the row kept), report counts and the achieved ratio.
@@ -22,8 +22,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from weitiao.data.files import iter_records
 from weitiao.data.formats import DOLLY_KEYS, READ_KEYS, Conversation, data_files, file_kind, load_conversations
 from weitiao.data.tools import to_record
 from weitiao.dataeng.similarity import normalize
@@ -98,32 +98,26 @@ def sample(rows: list, n: int, rng: random.Random) -> list:
 MIX_META = ("source", "row")  # what mix records in each row's `meta`
 
 
-def own_columns(picked: list[Conversation]) -> dict[str, dict]:
-    """{file:line: the row's own columns} for the rows picked: every key but the format's (READ_KEYS; an Alpaca row's
-    Dolly context/response too), read again from the file; a `meta` that is not an object or already has a key mix
-    writes is refused, naming it."""
-    lines: dict[str, set[int]] = {}
-    for c in picked:
-        path, _, n = c.source.rpartition(":")
-        lines.setdefault(path, set()).add(int(n))
-    out = {}
-    for path, wanted in lines.items():
-        for n, record in iter_records(Path(path)):
-            if n not in wanted or not isinstance(record, dict):
-                continue
-            read = READ_KEYS + (tuple(DOLLY_KEYS.values()) if "instruction" in record else ())  # Dolly's, too
-            own = {k: v for k, v in record.items() if k not in read}
-            meta = own.get("meta")
-            if meta is not None and not isinstance(meta, dict):
-                raise UserError(f"{where(path, n, 'meta')}: {type(meta).__name__}; `data mix` writes meta.source and "
-                                "meta.row into it: make it an object or rename the column")  # fmt: skip
-            for k in MIX_META:
-                if meta and k in meta:
-                    what = "file" if k == "source" else "file:line"
-                    raise UserError(f"{where(path, n, f'meta.{k}')}: the row has its own; `data mix` writes meta.{k} "
-                                    f"(the {what} a row came from): rename it")  # fmt: skip
-            out[f"{path}:{n}"] = own
-    return out
+def own_columns(record: Any) -> dict:
+    """A row's own columns: every key but the format's (READ_KEYS; an Alpaca row's Dolly context/response too)."""
+    if not isinstance(record, dict):
+        return {}
+    read = READ_KEYS + (tuple(DOLLY_KEYS.values()) if "instruction" in record else ())  # Dolly's, too
+    return {k: v for k, v in record.items() if k not in read}
+
+
+def check_meta(own: dict, loc: str) -> None:
+    """A `meta` that is not an object or already has a key mix writes is refused, naming file:line and the key."""
+    path, _, n = loc.rpartition(":")
+    meta = own.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise UserError(f"{where(path, int(n), 'meta')}: {type(meta).__name__}; `data mix` writes meta.source and "
+                        "meta.row into it: make it an object or rename the column")  # fmt: skip
+    for k in MIX_META:
+        if meta and k in meta:
+            what = "file" if k == "source" else "file:line"
+            raise UserError(f"{where(path, int(n), f'meta.{k}')}: the row has its own; `data mix` writes meta.{k} "
+                            f"(the {what} a row came from): rename it")  # fmt: skip
 
 
 def run(specs: list[str], out: str | Path, total: int | None = None, seed: int = 0) -> dict:
@@ -135,10 +129,15 @@ def run(specs: list[str], out: str | Path, total: int | None = None, seed: int =
     seen: set[str] = set()
     pools: list[list[Conversation]] = []
     report: list[dict] = []
+    own: dict[str, dict] = {}  # file:line → the row's own columns, kept as it is parsed: each file is read once
+
+    def keep(record: Any, row: Conversation) -> None:  # (a pipe or FIFO cannot be read again)
+        own[row.source] = own_columns(record)
+
     for src in sources:
         if Path(src.path).is_file() and file_kind(src.path) == "preference":  # not "preference row in SFT data"
             raise UserError(f"mix source {src.path}: preference pairs; `data mix` mixes SFT rows only")
-        loaded = load_conversations(src.path, skip_hint=None).rows
+        loaded = load_conversations(src.path, skip_hint=None, on_record=keep).rows
         if not loaded:
             raise UserError(f"{src.path}: no rows")
         pool = []
@@ -152,7 +151,8 @@ def run(specs: list[str], out: str | Path, total: int | None = None, seed: int =
         pools.append(pool)
         report.append({"source": src.path, "read": len(loaded), "duplicates": len(loaded) - len(pool),
                        "unique": len(pool)})  # fmt: skip
-    own = own_columns([c for pool in pools for c in pool])  # a row mix cannot write is refused before sampling
+    for c in (c for pool in pools for c in pool):  # a row mix cannot write is refused before sampling
+        check_meta(own[c.source], c.source)
     # 3. targets
     share = [s.ratio / sum(x.ratio for x in sources) for s in sources]
     if total is None:  # 7 / 0.07 is 99.999…: round up past the float error, then step down while a source would repeat
