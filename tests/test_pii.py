@@ -783,6 +783,32 @@ def test_numbers_stored_as_json_integers_are_scanned_and_scrubbed(tmp_path):
     assert pii_files.process_file(src, None, fields=["phone"]).counts["mobile"] == 1
 
 
+def test_a_number_that_becomes_a_string_is_reported_and_a_pseudonym_stays_a_number(tmp_path):
+    """{"phone": 13812345678} came back as "138****5678" (or "15408331989" from pseudonym) without a word: a reader
+    expecting a number broke later. A masked or placeholder value is no number: the fields are named in the report
+    and on the terminal; a pseudonym that is digits stays a JSON number."""
+    from typer.testing import CliRunner
+
+    from weitiao.safety.commands import app
+
+    args = json.dumps({"phone": 13912345678})
+    rows = [{"phone": 13812345678, "ids": [13712345678, 7], "order": 1234567, "args": args}, {"phone": "13812345670"}]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    rep = pii_files.process_file(src, tmp_path / "m.jsonl", "mask")
+    assert rep.retyped == {"phone": 1, "ids[]": 1, "args.phone": 1}  # the string phone was a string already
+    rep = pii_files.process_file(src, tmp_path / "p.jsonl", "pseudonym", seed=1)
+    out = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert rep.retyped == {} and isinstance(out[0]["phone"], int) and out[0]["phone"] != 13812345678
+    assert isinstance(out[0]["ids"][0], int) and isinstance(json.loads(out[0]["args"])["phone"], int)
+    assert isinstance(out[1]["phone"], str) and out[0]["order"] == 1234567
+    res = CliRunner().invoke(app, ["scrub", str(src), "--mode", "placeholder", "--out", str(tmp_path / "c.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert "JSON numbers became strings in the output (args.phone ×1, ids[] ×1, phone ×1)" in " ".join(
+        res.output.split()
+    )
+
+
 @pytest.mark.parametrize("mode", ["placeholder", "mask", "pseudonym"])
 def test_tool_call_arguments_stay_json(tmp_path, mode):
     """A tool call's `arguments` is JSON in a string: scrubbed as text, {"phone": 13812345678} became

@@ -76,6 +76,11 @@ def _print(reports: list, as_json: bool, action: str) -> None:
     for r in reports:
         if r.low_confidence:
             console.print(f"{r.path}: {r.low_confidence} low-confidence matches (e.g. Luhn-failing numbers after 卡号)")
+        if r.retyped and action != "scan":
+            shown = ", ".join(f"{k} ×{v}" for k, v in sorted(r.retyped.items()))
+            console.print(f"[yellow]note:[/] {r.path}: JSON numbers became strings in the output ({shown}): a masked "
+                          "or placeholder value is no number; a reader of these fields must take text (--mode "
+                          "pseudonym keeps numbers)")  # fmt: skip
     if not _jieba_ok():
         console.print(f"[yellow]note:[/] {NAMES_NEED_JIEBA}")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -39,24 +40,33 @@ class FileReport:
     fields: dict[str, int] | None = None
     low_confidence: int = 0
     examples: list[dict] | None = None
+    retyped: dict[str, int] | None = None
+    """JSON numbers written back as strings (a mask or placeholder is no number), per field path."""
 
 
-def _walk(value, path: str, fn: Callable[[str, str], str], structural: bool = True):
+def _walk(value, path: str, fn: Callable[[str, str], str], structural: bool = True, retyped: list | None = None):
     """Apply fn(text, field_path) to every string value but STRUCTURAL ones, keeping the row's shape; paths read
     `messages[].content`, `meta.notes`, `text`. An integer of 7 digits or more is read as its digits
-    ({"phone": 13812345678} is a phone number) and, when fn changes them, becomes the new string."""
+    ({"phone": 13812345678} is a phone number); when fn changes them it stays a number if the new text is one
+    (a pseudonym), else becomes the new string and its path is added to `retyped`."""
     if isinstance(value, str):
         return fn(value, path)
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**6:  # fewer digits: no PII
         new = fn(str(value), path)
-        return value if new == str(value) else new
+        if new == str(value):
+            return value
+        if re.fullmatch(r"-?[1-9]\d*", new):  # the same JSON type, written back as it reads
+            return int(new)
+        if retyped is not None:
+            retyped.append(path)
+        return new
     if isinstance(value, list):
-        return [_walk(v, f"{path}[]", fn, structural) for v in value]
+        return [_walk(v, f"{path}[]", fn, structural, retyped) for v in value]
     if isinstance(value, dict):
         return {
             k: v
             if structural and isinstance(v, str) and v in STRUCTURAL.get(k, ())
-            else _walk(v, f"{path}.{k}" if path else k, fn, structural)
+            else _walk(v, f"{path}.{k}" if path else k, fn, structural, retyped)
             for k, v in value.items()
         }
     return value
@@ -104,7 +114,7 @@ def process_file(
     from weitiao.errors import UserError
     from weitiao.io import atomic_writer
 
-    rep = FileReport(str(path), "auto", counts=dict.fromkeys(TYPES, 0), fields={}, examples=[])
+    rep = FileReport(str(path), "auto", counts=dict.fromkeys(TYPES, 0), fields={}, examples=[], retyped={})
     fmt = None
     seen: set[str] = set()
     replace = replacer(mode, seed=seed)  # one per file: the same value maps to the same fake in every row
@@ -119,11 +129,12 @@ def process_file(
             fmt = "json" if fmt == "text" else fmt  # a {"text": ...} corpus: plain JSON rows
             rep.rows += 1
             found: list[tuple[str, Match]] = []
+            retyped: list[str] = []
 
-            def one(text: str, field: str, replace=replace, found=found) -> str:
+            def one(text: str, field: str, replace=replace, found=found, retyped=retyped) -> str:
                 seen.add(field)
                 if (inner := _json_container(text)) is not None:  # a tool call's arguments: scrubbed as JSON
-                    new = _walk(inner, field, one, structural=False)
+                    new = _walk(inner, field, one, structural=False, retyped=retyped)
                     return text if new == inner else json.dumps(new, ensure_ascii=False)
                 if not _selected(field, fields):
                     return text
@@ -131,7 +142,7 @@ def process_file(
                 found += [(field, m) for m in matches]
                 return new
 
-            scrubbed = _walk(record, "", one)
+            scrubbed = _walk(record, "", one, retyped=retyped)
             if write is not None:
                 write(json.dumps(scrubbed, ensure_ascii=False) + "\n")
             del record, scrubbed  # one huge row at a time
@@ -142,6 +153,8 @@ def process_file(
                 if len(rep.examples) < 20:
                     rep.examples.append({"line": n, "field": field, "type": m.type, "text": m.text[:200]})
             rep.rows_with_pii += bool(found)
+            for field in retyped:
+                rep.retyped[field] = rep.retyped.get(field, 0) + 1
         if rep.rows == 0:  # inside the writer: an empty input leaves no empty output behind
             raise UserError(f"{path}: no rows")
         missing = [f for f in fields or [] if not any(_selected(p, [f]) for p in seen)]
