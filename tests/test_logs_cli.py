@@ -75,7 +75,7 @@ def test_print_sql_and_show_config_need_no_logs(tmp_path):
         (["dwell"], "EVENTS: missing"),
         (
             ["dwell", "x.parquet", "--set", "min_view=3"],
-            "profile zhihu with --set: min_view: Extra inputs are not permitted",
+            "command line min_view=3: min_view: Extra inputs are not permitted",
         ),
         (["chat", "e.parquet"], "--responses: missing"),
         (["synth", "--kind", "clicks"], "--kind 'clicks': use dwell or chat"),

@@ -1,5 +1,7 @@
 """Malformed logs and configs give one-line UserErrors naming the file and the column or key."""
 
+import re
+
 import pytest
 
 from weitiao.errors import UserError
@@ -75,7 +77,9 @@ def test_wrong_column_type_and_bad_timestamps(tmp_path):
 
 
 def test_config_errors_name_the_key(tmp_path):
-    with pytest.raises(UserError, match=r"^profile zhihu with --set: rel_margn: Extra .*; did you mean rel_margin\?$"):
+    with pytest.raises(
+        UserError, match=r"^command line rel_margn=0.2: rel_margn: Extra .*; did you mean rel_margin\?$"
+    ):
         load_profile("dwell", "zhihu", ["rel_margn=0.2"])
     with pytest.raises(UserError, match=r"rel_margin: Input should be greater than or equal to 0"):
         load_profile("dwell", "xhs", ["rel_margin=-1"])
@@ -95,6 +99,27 @@ def test_config_errors_name_the_key(tmp_path):
     bad.write_text("rel_margin: [\n")
     with pytest.raises(UserError, match=r"bad.yaml:2: not valid YAML"):
         load_profile("dwell", str(bad))
+
+
+def test_config_errors_name_the_file_line_that_set_the_key(tmp_path):
+    """A bad value named only `my.yaml` or `my.yaml with --set`, and `.inf` passed: as a SQL literal it failed the run
+    later as "step 'events: …' failed: Binder Error: Referenced column "inf" not found", naming no key; so did an
+    n-gram too large for DuckDB's range(). Now the line of the file that set the key (a base file's too) or the
+    --set item is named, and non-finite numbers are refused at load."""
+    base = tmp_path / "base.yaml"
+    base.write_text("kind: chat\nbase: chat\n\ncross_session:\n  enabled: true\n  ngram: 1000000\n", encoding="utf-8")
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("base: base.yaml\nread_cps: 5\nmax_dwell_s: .inf\n", encoding="utf-8")
+    with pytest.raises(UserError, match=rf"^{re.escape(str(mine))}:3: max_dwell_s: Input should be a finite number"):
+        load_profile("chat", str(mine))
+    mine.write_text("base: base.yaml\nread_cps: 5\n", encoding="utf-8")
+    with pytest.raises(UserError, match=rf"^{re.escape(str(base))}:6: cross_session.ngram: Input should be less than"):
+        load_profile("chat", str(mine))
+    with pytest.raises(UserError, match=r"^command line read_cps=nan: read_cps: Input should be a finite number$"):
+        load_profile("chat", "chat", ["read_cps=nan"])
+    with pytest.raises(UserError, match=r"^command line confidence.dwell=inf: confidence.dwell: Input should be a fin"):
+        load_profile("chat", "chat", ["confidence.dwell=inf"])
+    assert load_profile("chat", str(mine), ["cross_session.ngram=4"]).read_cps == 5
 
 
 def test_custom_profile_inherits_and_round_trips(tmp_path):

@@ -142,6 +142,11 @@ def read_yaml_mapping(path: Path, expected: str = "a mapping") -> dict:
     return data
 
 
+def read_yaml_node(path: Path, expected: str = "a mapping") -> tuple[dict, yaml.Node | None]:
+    """`read_yaml_mapping` plus the composed node tree, for `validate` to name the line of a bad key."""
+    return _read_yaml(path, expected)
+
+
 def _read_yaml(path: Path, expected: str) -> tuple[dict, yaml.Node | None]:
     """(mapping, node tree for line numbers); UTF-8 with or without BOM, errors as `file:line: problem`."""
     text = read_text(path)

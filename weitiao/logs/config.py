@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from weitiao.config import apply_overrides, read_yaml_mapping, validate
+from weitiao.config import apply_overrides, guessed, read_yaml_mapping, read_yaml_node, validate
 from weitiao.errors import UserError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
@@ -33,7 +33,10 @@ Source = Literal["explicit", "share_copy", "regenerate", "follow_up", "dwell"]
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    # inf/nan refused: a threshold reaches the SQL as a literal, and `inf` there is a column name (a Binder Error)
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, validate_assignment=True, allow_inf_nan=False
+    )
 
 
 class DwellConfig(_Config):
@@ -100,8 +103,8 @@ class CrossSession(_Config):
     match: Literal["exact", "ngram"] = "exact"
     """exact: same prompt after reading full-width letters and digits as ASCII, lower-casing and removing spaces
     (U+3000 too), punctuation and symbols; ngram: char n-gram Jaccard similarity ≥ min_similarity (same key)."""
-    ngram: int = Field(3, ge=1)
-    """n for match: ngram."""
+    ngram: int = Field(3, ge=1, le=100)
+    """n for match: ngram (characters; a prompt shorter than n is one n-gram)."""
     min_similarity: float = Field(0.8, gt=0, le=1)
     """Jaccard threshold for match: ngram."""
     max_shingle_prompts: int = Field(200, ge=2)
@@ -208,8 +211,9 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
-def _profile_data(kind: str, profile: str, seen: tuple[str, ...] = ()) -> tuple[dict, str]:
-    """Merged YAML of a profile (built-in name or file), following `base:`; returns (data, where)."""
+def _profile_data(kind: str, profile: str, seen: tuple[str, ...] = ()) -> tuple[dict, list[tuple[str, yaml.Node]]]:
+    """Merged YAML of a profile (built-in name or file), following `base:`; returns (data, [(where, node)] of each
+    file, the profile's own first and its bases after it: the first one holding a key set it)."""
     path = Path(profile)
     if path.suffix not in (".yaml", ".yml"):
         if profile not in builtin_profiles(kind):
@@ -220,28 +224,47 @@ def _profile_data(kind: str, profile: str, seen: tuple[str, ...] = ()) -> tuple[
         raise UserError(f"{path}: profile file not found")
     if os.path.abspath(path) in seen:
         raise UserError(f"{path}: base: profiles include each other")
-    data = _read_yaml(path)
+    data, node = read_yaml_node(path, "a mapping of config keys")
     file_kind = data.pop("kind", kind)
     if file_kind != kind:
         raise UserError(f"{path}: kind: this is a {file_kind} profile, not {kind}")
     name = data.get("profile", path.stem)  # a profile's own name, never its base's
+    where = f"profile {profile}" if path.parent == PROFILE_DIR else str(path)
+    files = [(where, node)]
     base = data.pop("base", None)
     if base is not None:
         base = str(base)
         if Path(base).suffix in (".yaml", ".yml"):  # a file is relative to this profile's folder, not the cwd
             base = str(path.parent / Path(base).expanduser())
-        base_data, _ = _profile_data(kind, base, seen + (os.path.abspath(path),))
+        base_data, base_files = _profile_data(kind, base, seen + (os.path.abspath(path),))
         data = _merge(base_data, data)
-    where = f"profile {profile}" if path.parent == PROFILE_DIR else str(path)
-    return data | {"profile": name}, where
+        files += base_files
+    return data | {"profile": name}, files
+
+
+def _holds(node: yaml.Node | None, loc: tuple) -> bool:
+    """Whether a composed YAML mapping holds the key path `loc` (a pydantic error loc) itself."""
+    for k in loc:
+        if not isinstance(node, yaml.MappingNode):
+            return not isinstance(k, str)  # below a list or value: the key above was written here
+        node = next((v for kn, v in node.value if kn.value == str(k)), None)
+        if node is None:
+            return False
+    return True
 
 
 def load_profile(kind: str, profile: str, overrides: list[str] | None = None) -> _Config:
-    """Config for `kind` (dwell|chat) from a profile name or YAML path plus `key=value` overrides."""
-    data, where = _profile_data(kind, profile)
+    """Config for `kind` (dwell|chat) from a profile name or YAML path plus `key=value` overrides; a bad value is one
+    line naming the file:line that set it (through `base:` files too) or the `--set` item."""
+    data, files = _profile_data(kind, profile)
     data = apply_overrides(data, overrides or [])
-    where += " with --set" if overrides else ""
-    return validate(KINDS[kind], data, where)
+    cls = KINDS[kind]
+    try:
+        loc = (guessed(data, cls.model_validate(data)) or ((),))[0]
+    except ValidationError as e:
+        loc = e.errors()[0]["loc"]
+    where, node = next(((w, n) for w, n in files if loc and _holds(n, tuple(loc))), files[0])
+    return validate(cls, data, where, node, overrides)
 
 
 def dump_config(cfg: _Config) -> str:
