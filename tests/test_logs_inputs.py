@@ -267,3 +267,39 @@ def test_text_times_with_an_offset_beside_times_without_one_are_refused(tmp_path
     for ok in (CHAT_EVENTS.replace(":05,", ":05Z,") + "r1,copy,2025-03-01T10:05:00+08:00,\n", CHAT_EVENTS):
         (tmp_path / "e.csv").write_text(ok, encoding="utf-8")
         assert chat.run(tmp_path / "e.csv", tmp_path / "r.csv", load_profile("chat", "chat"), progress=False).events
+
+
+def test_times_need_no_zone_but_parquet_files_of_one_glob_must_agree_on_having_one(tmp_path):
+    """Times are compared only with each other within one column (the last click, a session's last response), so
+    naive times give the pairs offsets give. A glob of Parquet files typed from one file cast the others: wall-clock
+    times (10:00 Beijing) beside UTC instants read as UTC, 8 hours late, and r1's 10:01 thumbs-down became the last
+    click (r2 chosen over it) without a word. Now that is refused naming a file of each kind."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def run(events, responses):
+        r = chat.run(events, responses, load_profile("chat", "chat"), progress=False)
+        return r.con.execute("SELECT chosen_id, rejected_id, signal FROM wt_pairs ORDER BY 1").fetchall()
+
+    responses = RESPONSES + "r2,s1,1,2025-03-01 10:00:01,你好,你好呀\n"
+    events = CHAT_EVENTS + "r2,thumbs_down,2025-03-01 10:00:06,\n"
+    (tmp_path / "r.csv").write_text(responses, encoding="utf-8")
+    (tmp_path / "e.csv").write_text(events, encoding="utf-8")
+    naive = run(tmp_path / "e.csv", tmp_path / "r.csv")
+    (tmp_path / "e.csv").write_text(events.replace(",\n", "+08:00,\n").replace("value+08:00", "value"), "utf-8")
+    assert naive == run(tmp_path / "e.csv", tmp_path / "r.csv") == [("r1", "r2", "thumbs_up_vs_down")]
+
+    (tmp_path / "ev").mkdir()
+    t = 1_740_794_400  # 2025-03-01 02:00 UTC = 10:00 in Beijing
+
+    def part(name, event, ts, tz):
+        table = {"response_id": ["r1"], "event": [event], "ts": pa.array([ts * 10**6], pa.timestamp("us", tz=tz))}
+        pq.write_table(pa.table(table), tmp_path / "ev" / name)
+
+    part("a.parquet", "thumbs_up", t + 300, "UTC")  # 10:05 Beijing, as an instant
+    part("b.parquet", "thumbs_down", t + 8 * 3600 + 60, None)  # 10:01 Beijing, wall clock
+    with pytest.raises(UserError, match=r"ev/\*.parquet: ts: .*a.parquet holds times with a zone \(instants\) and "
+                                        r".*b.parquet times without one"):  # fmt: skip
+        run(str(tmp_path / "ev" / "*.parquet"), tmp_path / "r.csv")
+    part("b.parquet", "thumbs_down", t + 60, "UTC")
+    assert run(str(tmp_path / "ev" / "*.parquet"), tmp_path / "r.csv") == [("r1", "r2", "thumbs_up_vs_none")]

@@ -300,6 +300,8 @@ def open_table(
             checks.append((named, "bad", f"count(*) FILTER (WHERE {bad})", bad))
         if not col.nullable:
             checks.append((named, "null", f"count(*) - count({raw})", f"{raw} IS NULL"))
+        if col.kind == "time" and file_format(path) == "parquet" and "://" not in path:
+            _same_zone_kind(path, src)
         if col.kind == "time":  # text times: an offset on all or none (DuckDB's CSV sniffer types a mix TIMESTAMPTZ)
             has = f"regexp_matches(CAST({raw} AS VARCHAR), '{_OFFSET}')"
             mixed = f"count(*) FILTER (WHERE {has}) > 0 AND count(*) FILTER (WHERE {raw} IS NOT NULL AND NOT {has}) > 0"
@@ -316,6 +318,30 @@ def open_table(
     _check(engine, path, reader, checks)
     engine.view(name, f"SELECT {', '.join(select)} FROM {reader}")
     return types
+
+
+def _same_zone_kind(path: str, col: str) -> None:
+    """Parquet files of one glob must all store `col` as instants (isAdjustedToUTC) or all as wall-clock times: the
+    reader types the glob from one file and casts the others, so wall-clock times beside instants read as UTC."""
+    q = path.replace("'", "''")
+    try:
+        rows = (
+            duckdb.connect()
+            .execute(
+                f"SELECT file_name, logical_type FROM parquet_schema('{q}') WHERE name = ? AND logical_type LIKE "
+                "'TimestampType(%' ORDER BY 1",
+                [col],
+            )
+            .fetchall()
+        )
+    except duckdb.Error:  # unreadable: the column checks say so
+        return
+    kinds = {"isAdjustedToUTC=1" in t: f for f, t in rows}
+    if len(kinds) > 1:
+        raise UserError(
+            f"{where(path, field=col)}: {kinds[True]} holds times with a zone (instants) and {kinds[False]} times "
+            "without one, which would be read as UTC beside them: write every file's times the same way"
+        )
 
 
 def _check(engine: Engine, path: str, reader: str, checks: list) -> None:
