@@ -388,7 +388,7 @@ def test_eval_gen_with_a_judge_that_scored_nothing_exits_non_zero(tiny_model_dir
                     "--max-new-tokens", "4", "--judge-url", "http://127.0.0.1:9/v1", "--out", out)  # fmt: skip
     errors = [x for x in lines if x.startswith("error:")]
     assert rc == 1 and len(errors) == 1, lines
-    assert errors[0].startswith("error: --judge-url http://127.0.0.1:9/v1: the judge scored none of the 2 replies ")
+    assert errors[0].startswith("error: --judge-url http://127.0.0.1:9/v1: the judge answered none of the 2 replies ")
     assert "judge http://127.0.0.1:9/v1 (model 'judge'): cannot connect" in errors[0]
     assert "set --judge-url" in errors[0] and "--teacher-url" not in errors[0]
     assert errors[0].endswith(f"; the replies are in {out}")

@@ -282,11 +282,11 @@ def test_golden_report_with_a_judge_that_scored_nothing_writes_no_page(tokenizer
     gen = decoding(*_load_chat(read_run(run)[0], run), prompts, 16)
     saved = [Generation("好" * (i + 1), i + 1, True) for i in range(len(prompts))]
     write_jsonl(run / GOLDEN_FILE, golden_rows(4, "step-000004", prompts, saved, gen))
-    judge = Teacher("http://127.0.0.1:9/v1", "j", retries=0)
+    judge = Teacher("http://127.0.0.1:9/v1", "j", retries=0, role="judge", flag="--judge-url")
     path, res = golden_report(run, golden, "rougeL", max_new_tokens=16)  # the answers alone make a report
     assert res.steps == [4] and path.is_file()
     path.unlink()
     for select in ("judge", "rougeL"):
-        with pytest.raises(UserError, match=r"^--judge-url http://127.0.0.1:9/v1: the judge scored none of the "):
+        with pytest.raises(UserError, match=r"^--judge-url http://127.0.0.1:9/v1: the judge answered none of the "):
             golden_report(run, golden, select, max_new_tokens=16, judge=judge)
         assert not path.exists()

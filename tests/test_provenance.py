@@ -410,3 +410,16 @@ def test_reasoning_estimate_scores_the_same_end_as_the_token_checks(monkeypatch)
     scored.clear()
     pr.estimate(model, tok, tpl, MSGS, "好天", cfg.reasoning, with_eos=True)  # control: no end given
     assert scored and all(ids[-1] == eot for ids in scored)
+
+
+def test_cli_adapter_alone_checks_against_its_training_base(adapter_run):
+    """--adapter without --model loads the adapter's recorded base (it used to demand --model); neither is refused."""
+    app = typer.Typer()
+    app.command("provenance")(provenance)
+    app.command("other")(lambda: None)
+    args = ["provenance", "--prompt", "今天天气怎么样？", "--text", "挺好的", "--samples", "0", "--json"]
+    res = CliRunner().invoke(app, [*args, "--adapter", str(adapter_run)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout[res.stdout.index("{") :])["summary"]["n_tokens"] > 0
+    bad = CliRunner().invoke(app, args)
+    assert bad.exit_code != 0 and "--model" in str(bad.exception) and "--adapter" in str(bad.exception)

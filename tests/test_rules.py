@@ -490,5 +490,5 @@ def test_rules_eval_with_a_judge_that_answered_nothing_exits_non_zero(
             "--max-new-tokens", "4", "--judge-url", judge)  # fmt: skip
     assert isinstance(r.exception, UserError), r.output
     msg = str(r.exception)
-    assert msg.startswith("--judge-url: the judge answered none of the") and "set --judge-url" in msg
+    assert msg.startswith(f"--judge-url {judge}: the judge answered none of the") and "set --judge-url" in msg
     assert "--teacher-url" not in msg

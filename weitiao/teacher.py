@@ -24,6 +24,7 @@ from typing import Any
 
 import openai
 
+from weitiao.errors import UserError
 from weitiao.io import atomic_write_text
 from weitiao.progress import progress_bar
 from weitiao.secrets import redact
@@ -178,6 +179,14 @@ class Teacher:
             finally:
                 self._down, self._in_batch = None, False
         return out
+
+    def answered_none(self, errors: list[Any], what: str, after: str = "") -> UserError:
+        """The one line for a run this model answered none of its requests in (`errors`, one per request): its table
+        of blanks and exit 0 would read as a judged or generated result."""
+        return UserError(
+            f"{self.flag} {redact(self.base_url)}: the {self.role} answered none of the {len(errors)} {what} "
+            f"({errors[0]}){after}"
+        )
 
 
 def _error_message(e: openai.APIStatusError) -> str:

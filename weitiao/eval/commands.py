@@ -93,11 +93,7 @@ def gen(
         atomic_write_text(out, json.dumps(rep.to_dict(), ensure_ascii=False, indent=1))
         console.print(f"wrote {out}")
     if judge is not None and len(rep.judge_errors) == len(ps):  # exit 0 read as "judged"; the replies are kept
-        from weitiao.secrets import redact
-
-        kept = f"; the replies are in {out}" if out else ""
-        why = f"the judge scored none of the {len(ps)} replies ({rep.judge_errors[0]}){kept}"
-        raise UserError(f"--judge-url {redact(judge_url)}: {why}")
+        raise judge.answered_none(rep.judge_errors, "replies", f"; the replies are in {out}" if out else "")
 
 
 @eval_app.command("golden")

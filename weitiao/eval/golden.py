@@ -492,11 +492,8 @@ def golden_report(
     res = evaluate_golden(rows, prompts, metrics_log, select, settings, judge, gen)  # 3, 4
     if judge is not None and res.steps and len(res.judge_errors) == len(res.steps) * len(prompts):
         # a page without the judge (and, with --select judge, no recommendation) read as a judged report
-        from weitiao.secrets import redact
-
-        raise UserError(
-            f"--judge-url {redact(judge.base_url)}: the judge scored none of the {len(res.judge_errors)} answers "
-            f"({res.judge_errors[0]}); no report written (the answers stay in {run_dir / GOLDEN_FILE})"
+        raise judge.answered_none(
+            res.judge_errors, "answers", f"; no report written (the answers stay in {run_dir / GOLDEN_FILE})"
         )
     if not res.steps:  # an empty page and exit 0 read as "done"
         why = next((n for n in res.notes if n.startswith("left out")), None) or (

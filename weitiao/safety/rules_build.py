@@ -240,7 +240,7 @@ def judge_replies(rs: RuleSet, items: list[tuple[Prompt, str]], judge: Any, judg
     replies = judge.chat_many(asks, desc="judge") if asks else []
     failed = [r for r in replies if isinstance(r, TeacherError)]
     if replies and len(failed) == len(replies):  # a table of "?" and exit 0 read as a judged evaluation
-        raise UserError(f"--judge-url: the judge answered none of the {len(replies)} requests; first: {failed[0]}")
+        raise judge.answered_none(failed, "requests")
     if failed:
         print(f"warning: the judge failed on {len(failed)} of {len(replies)} replies (counted as ? in the table); "
               f"first: {failed[0]}")  # fmt: skip
