@@ -18,7 +18,7 @@ from loopback import decoding_blocker, running
 from weitiao.data.decode import decode_whole, whole_chars
 from weitiao.infer.api import ChatRequest, read_body
 from weitiao.infer.generate import RowSampling, Sampler
-from weitiao.infer.logprobs import _BYTE_DECODER
+from weitiao.infer.logprobs import _BYTE_DECODER, TextOffsets
 from weitiao.infer.serve import Job, ServeSettings, _Row, create_app, run_batch
 
 MSGS = [{"role": "user", "content": "今天天气怎么样？"}]
@@ -161,6 +161,87 @@ def test_a_stop_string_before_min_tokens_is_kept_and_the_next_one_cuts(tokenizer
     assert _row_text(tokenizer, "axbxc", ["x"], 5) == ("axbxc", "", 5)  # none after min_tokens: no cut
     assert _row_text(tokenizer, "axyzxy", ["xy"], 4) == ("axyz", "stop", 6)  # the first one was before
     assert _row_text(tokenizer, "abxyc", ["xy"], 4) == ("ab", "stop", 4)  # ends in the min_tokens-th token
+
+
+def _row_logprobs(tok, pieces: list[str], stop: list[str]) -> tuple[str, list[list[str]]]:
+    """Feed one token per piece, each with a log-prob entry; the text sent and the tokens of each delta's log-probs."""
+    job = Job([1], 1, len(pieces), stop, logprobs=0)  # the last piece ends it if no stop string does
+    row, out = _Row(job, 0, tok, set(), "cpu", None), []
+    row.outbox = out
+    for piece in pieces:
+        tid = tok.convert_tokens_to_ids(piece)
+        row.feed(tid, (tid, -1.0, []))
+    deltas = [ev for _, ev in out if ev[0] == "delta"]
+    return "".join(ev[2] for ev in deltas), [[tok.decode([t]) for t, _, _ in ev[3]] for ev in deltas]
+
+
+def test_logprobs_after_a_stop_string_cut_cover_the_returned_text_only(tokenizer):
+    """The log-probs of the tokens of a stop string (cut from the text) were returned too, and streamed before the
+    cut was known: "ab" came with the log-probs of a, b, x, y. A token whose text begins before the cut stays."""
+    assert _row_logprobs(tokenizer, list("abxyc"), ["xy"]) == ("ab", [["a"], ["b"]])
+    assert _row_logprobs(tokenizer, list("abxyz"), ["xyz"]) == ("ab", [["a"], ["b"]])  # held two characters back
+    assert _row_logprobs(tokenizer, list("xy"), ["xy"]) == ("", [])  # the whole reply cut: no log-probs
+    # "Hello" straddles the cut at "lo": its text begins in the reply, so its log-prob stays
+    hello = tokenizer.convert_ids_to_tokens(tokenizer("Hello", add_special_tokens=False)["input_ids"])
+    assert hello == ["Hello"]
+    assert _row_logprobs(tokenizer, [*"ab", "Hello", "c"], ["loc"]) == ("abHel", [["a", "b", "Hello"]])
+    assert _row_logprobs(tokenizer, list("abc"), ["xy"]) == ("abc", [["a"], ["b", "c"]])  # no cut: all of them
+
+
+def _cut_point(text: str, starts: list[int]) -> int:
+    """Where a 2-character stop string taken from `text` cuts it: one that first occurs there, not at the start, and
+    that tokens begin past (so the cut drops log-probs)."""
+    ok = (k for k in range(1, len(text) - 1) if text.find(text[k : k + 2]) == k and starts[-1] >= k)
+    return next(k for k in ok if text[k : k + 2].strip())
+
+
+def _same(got: list[tuple], want: list[tuple]) -> bool:
+    """Log-prob entries (token, log-prob, ...) alike: the same tokens and offsets, log-probs within 1e-4."""
+    close = (
+        a == b or isinstance(a, float) and math.isclose(a, b, abs_tol=1e-4)
+        for g, w in zip(got, want)
+        for a, b in zip(g, w)
+    )
+    return len(got) == len(want) and all(close)
+
+
+def test_logprobs_of_a_cut_reply_through_the_api(url, parts):
+    """Chat and completions, streamed and not: the log-probs of a reply cut by a stop string are those of the uncut
+    reply's tokens that begin before the cut."""
+    c = client(url)
+    common = dict(model="tiny", max_tokens=16, temperature=0, extra_body={"ignore_eos": True})
+    chat, legacy = dict(messages=MSGS, logprobs=True, **common), dict(prompt="今天天气", logprobs=0, **common)
+    fields = ("tokens", "token_logprobs", "text_offset")
+
+    full = c.chat.completions.create(**chat).choices[0]
+    offsets = TextOffsets()
+    starts = [offsets.take(bytes(x.bytes)) for x in full.logprobs.content]
+    cut = _cut_point(full.message.content, starts)
+    keep = sum(s < cut for s in starts)
+    assert keep < len(starts)
+    want = [(x.token, x.logprob) for x in full.logprobs.content[:keep]]
+    stop = full.message.content[cut : cut + 2]
+    r = c.chat.completions.create(stop=stop, **chat).choices[0]
+    assert r.message.content == full.message.content[:cut]
+    assert _same([(x.token, x.logprob) for x in r.logprobs.content], want)
+    chunks = [ch.choices[0] for ch in c.chat.completions.create(stream=True, stop=stop, **chat) if ch.choices]
+    assert "".join(ch.delta.content or "" for ch in chunks) == full.message.content[:cut]
+    streamed = [(x.token, x.logprob) for ch in chunks if ch.logprobs for x in ch.logprobs.content]
+    assert _same(streamed, want)
+
+    plain = c.completions.create(**legacy).choices[0]
+    cut = _cut_point(plain.text, plain.logprobs.text_offset)
+    keep = sum(s < cut for s in plain.logprobs.text_offset)
+    assert keep < len(plain.logprobs.text_offset)
+    want = list(zip(*(getattr(plain.logprobs, f)[:keep] for f in fields)))
+    stop = plain.text[cut : cut + 2]
+    r = c.completions.create(stop=stop, **legacy).choices[0]
+    assert r.text == plain.text[:cut]
+    assert _same(list(zip(*(getattr(r.logprobs, f) for f in fields))), want)
+    chunks = [ch.choices[0] for ch in c.completions.create(stream=True, stop=stop, **legacy)]
+    assert "".join(ch.text for ch in chunks) == plain.text[:cut]
+    streamed = [t for ch in chunks if ch.logprobs for t in zip(*(getattr(ch.logprobs, f) for f in fields))]
+    assert _same(streamed, want)
 
 
 def test_chat_logprobs_are_the_raw_model_distribution(url, parts):

@@ -139,6 +139,7 @@ class _Row:
         self.outbox: list = []  # the worker's, set at admission
         self.ids: list[int] = []
         self.lps: list = []  # log-prob entries not yet sent
+        self.starts: list[int] = []  # where each of their tokens begins in the text (characters)
         self.sent = 0  # characters already emitted
         self.scanned = 0  # characters already searched for stop strings
         self.hold = max((len(s) for s in job.stop), default=1) - 1
@@ -165,6 +166,7 @@ class _Row:
             return
         if logprob is not None:
             self.lps.append(logprob)
+            self.starts.append(self.scanned)  # the text so far: this token's text begins there
         if token in self.stops:  # counted in usage (as OpenAI and vLLM do), never shown
             return self.finish(self.text(), "stop", 1)
         self.ids.append(token)
@@ -177,20 +179,30 @@ class _Row:
             cuts = [i for i in found if i >= 0]
         self.scanned = len(text)
         if cuts:
-            return self.finish(text[: min(cuts)], "stop")
+            return self.finish(text[: min(cuts)], "stop", cut=True)
         if len(self.ids) >= self.job.max_tokens:
             return self.finish(text, "length")
         if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
             return
         safe = len(text) - self.hold
         if safe > self.sent:
-            self.outbox.append((self.job, ("delta", self.choice, text[self.sent : safe], self.lps)))
-            self.sent, self.lps = safe, []
+            self.outbox.append((self.job, ("delta", self.choice, text[self.sent : safe], self._take(safe))))
+            self.sent = safe
 
-    def finish(self, text: str, reason: str, stop_token: int = 0) -> None:
-        if len(text) > self.sent or self.lps:
-            self.outbox.append((self.job, ("delta", self.choice, text[self.sent :], self.lps)))
-            self.lps = []
+    def _take(self, end: int) -> list:
+        """The pending log-probs of the tokens that begin before character `end`; the others wait: a held-back
+        token may turn out to be part of a stop string."""
+        k = next((i for i, s in enumerate(self.starts) if s >= end), len(self.starts))
+        taken, self.lps, self.starts = self.lps[:k], self.lps[k:], self.starts[k:]
+        return taken
+
+    def finish(self, text: str, reason: str, stop_token: int = 0, cut: bool = False) -> None:
+        """`cut`: a stop string cut `text`; the log-probs of the tokens past the cut are dropped with their text, so
+        they cover the returned text (a token that straddles the cut is kept: its text begins in the reply)."""
+        lps = self._take(len(text)) if cut else self.lps
+        if len(text) > self.sent or lps:
+            self.outbox.append((self.job, ("delta", self.choice, text[self.sent :], lps)))
+        self.lps, self.starts = [], []
         self.outbox.append((self.job, ("done", self.choice, reason, len(self.ids) + stop_token)))
         self.finished = True
 
