@@ -730,3 +730,39 @@ def test_token_id_prompts_and_batches_of_prompts(url, parts):
     with pytest.raises(openai.BadRequestError, match=f"token id {len(tok)} .*not in the vocabulary") as e:
         c.completions.create(prompt=[ids[0], [1, len(tok)]], **kw)
     assert e.value.body["param"] == "prompt"
+
+
+def test_a_token_the_model_cannot_embed_is_refused_and_spares_the_batch(parts, tiny_model_dir):
+    """A tokenizer token past the model's embeddings (added to the tokenizer, never to the model) in a request's text
+    failed the embedding lookup of the batch it joined: a 500 for it and for every reply decoding beside it. Now a 400
+    naming the field, and `weitiao chat`/`eval gen` refuse it in one line (they stopped on an IndexError)."""
+    from weitiao.errors import UserError
+    from weitiao.infer.generate import generate, stream_reply
+
+    model, tok, template = parts
+    tok = copy.deepcopy(tok)
+    tok.add_special_tokens({"additional_special_tokens": ["<extra>"]})
+    assert len(tok) > model.config.vocab_size
+    with running(create_app(model, tok, template, ServeSettings(model_name="tiny", max_new_tokens=256))) as base:
+        c = client(base)
+        with ThreadPoolExecutor(1) as pool:
+            kw = dict(model="tiny", messages=MSGS, max_tokens=200, temperature=0, extra_body={"ignore_eos": True})
+            beside = pool.submit(c.chat.completions.create, **kw)
+            with httpx.Client(timeout=60) as http:
+                while http.get(base + "/health").json()["running"] == 0 and not beside.done():
+                    pass
+            for call, field in (
+                (lambda: c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "你好<extra>"}]),
+                 "messages"),
+                (lambda: c.completions.create(model="tiny", prompt="你好<extra>", max_tokens=4), "prompt"),
+            ):  # fmt: skip
+                with pytest.raises(openai.BadRequestError) as e:
+                    call()
+                assert e.value.body["param"] == field and "'<extra>'" in e.value.body["message"]
+            r = beside.result()
+        assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 200
+    msgs = [{"role": "user", "content": "你好<extra>"}]
+    with pytest.raises(UserError, match=r"the conversation: it holds the token '<extra>'"):
+        list(stream_reply(model, tok, template, msgs, max_new_tokens=4))
+    with pytest.raises(UserError, match=r"conversation 1: it holds the token '<extra>'"):
+        generate(model, tok, template, [MSGS, msgs], max_new_tokens=4)

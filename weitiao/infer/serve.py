@@ -65,6 +65,7 @@ from weitiao.infer.generate import (
     Engine,
     KVBatch,
     RowSampling,
+    beyond_vocab,
     end_ids,
     folder_repetition_penalty,
     folder_sampling,
@@ -419,6 +420,8 @@ def create_app(
         except Exception as e:  # e.g. a template that insists on alternating roles
             raise BadRequest(f"messages: the chat template refused them: {e}", "messages") from None
         ids = tokenize(prompt, "messages")  # first: the screen's regexes hold the GIL, keep megabytes from them
+        if why := beyond_vocab(tokenizer, ids, vocab):  # fed, it would fail the batch it joins: others' replies too
+            raise BadRequest(f"messages: {why}", "messages")
         return req, [Prompt(ids, refusal=input_screen(messages) if input_screen else None)], plan
 
     def build_completion(body: bytes) -> tuple[CompletionRequest, list[Prompt]]:
@@ -435,6 +438,8 @@ def create_app(
                 raise BadRequest(f"prompt: empty{where}; give some text or token ids to continue", "prompt")
             if isinstance(p, str):
                 prompt = Prompt(bos + tokenize(p, "prompt"), p if req.echo else "", skip=len(bos))
+                if why := beyond_vocab(tokenizer, prompt.ids, vocab):
+                    raise BadRequest(f"prompt{where}: {why}", "prompt")
             else:  # token ids are the model's input as given, no BOS added (as vLLM); the echo is their decoding
                 if (bad := next((t for t in p if not 0 <= t < vocab_ids), None)) is not None:
                     msg = f"prompt: token id {bad}{where} is not in the vocabulary (ids 0 to {vocab_ids - 1})"
