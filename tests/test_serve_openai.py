@@ -766,3 +766,18 @@ def test_a_token_the_model_cannot_embed_is_refused_and_spares_the_batch(parts, t
         list(stream_reply(model, tok, template, msgs, max_new_tokens=4))
     with pytest.raises(UserError, match=r"conversation 1: it holds the token '<extra>'"):
         generate(model, tok, template, [MSGS, msgs], max_new_tokens=4)
+
+
+def test_a_developer_message_is_the_system_message(url):
+    """OpenAI's `developer` role (new clients send it instead of `system`) is rendered as the template's system turn,
+    as training rows read it, never as a turn of a role named developer the model never saw."""
+    c = client(url)
+    kw = dict(model="tiny", max_tokens=6, temperature=0, logprobs=True)
+    got = [
+        c.chat.completions.create(messages=[{"role": role, "content": "简洁"}, *MSGS], **kw)
+        for role in ("developer", "system")
+    ]
+    assert got[0].usage.prompt_tokens == got[1].usage.prompt_tokens
+    assert [x.logprob for x in got[0].choices[0].logprobs.content] == [
+        x.logprob for x in got[1].choices[0].logprobs.content
+    ]
