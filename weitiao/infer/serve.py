@@ -713,6 +713,25 @@ def create_app(
     return app
 
 
+def check_limits(
+    port: int, max_batch: int, max_queue: int, max_new_tokens: int, max_body_mb: float, prefill_chunk: int
+) -> None:
+    """Refuse, before the model loads, a setting that would leave every request refused or the bind failing (a
+    server with --max-batch 0 started and answered each request "n: at most 0")."""
+    for flag, value, what in (
+        ("--max-batch", max_batch, "choices generated together"),
+        ("--max-queue", max_queue, "requests waiting"),
+        ("--max-new-tokens", max_new_tokens, "the ceiling of max_tokens"),
+        ("--prefill-chunk", prefill_chunk, "prompt tokens per engine tick"),
+    ):
+        if value < 1:
+            raise UserError(f"{flag} {value}: must be at least 1 ({what})")
+    if not (0 < max_body_mb < 2**20):  # NaN too; int(inf MiB) would fail in the guard
+        raise UserError(f"--max-body-mb {max_body_mb}: give a size above 0 MiB (request bodies above it get 413)")
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port}: give a TCP port from 1 to 65535 (0: any free port)")
+
+
 def serve(
     model: str | None = None,
     adapter: str | list[str] | None = None,
@@ -739,6 +758,7 @@ def serve(
     from weitiao.infer.chat import load_adapters, load_chat_model, parse_adapters
     from weitiao.models.load import resolve_path
 
+    check_limits(port, max_batch, max_queue, max_new_tokens, max_body_mb, prefill_chunk)
     specs = [adapter] if isinstance(adapter, str) else list(adapter or [])
     named = parse_adapters(specs) if specs else None
     if named:
@@ -751,8 +771,6 @@ def serve(
         m, tok = load_chat_model(resolve_path(model) if model else None, one, quant)
         name = model_name or (one or model or "demo").rstrip("/").split("/")[-1]
     api_key = api_key or os.environ.get("WEITIAO_API_KEY") or None
-    if prefill_chunk < 1:
-        raise UserError(f"--prefill-chunk {prefill_chunk}: must be at least 1 (prompt tokens per engine tick)")
     limits = (max_batch, max_queue, max_new_tokens, max_body_mb, tuple(named or ()), prefill_chunk)
     settings = ServeSettings(name, api_key, *limits)
     app = create_app(m, tok, resolve_template(tok, template), settings, input_screen, output_filter)
