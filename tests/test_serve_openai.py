@@ -89,6 +89,19 @@ def test_max_tokens_over_the_server_limit_is_400(url):
     assert r.usage.completion_tokens == 64  # the limit itself is fine
 
 
+def test_max_tokens_and_max_completion_tokens_that_disagree_are_400(url):
+    """Both given, max_completion_tokens was taken and max_tokens dropped unsaid (as vLLM does); the same value twice
+    is fine."""
+    c = client(url)
+    with pytest.raises(openai.BadRequestError, match="max_tokens: 3, but max_completion_tokens: 8; send one") as e:
+        c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=3, max_completion_tokens=8)
+    assert e.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError, match="max_tokens: 3, but max_completion_tokens: 8"):
+        c.completions.create(model="tiny", prompt="你好", max_tokens=3, extra_body={"max_completion_tokens": 8})
+    kw = dict(model="tiny", messages=MSGS, temperature=0, extra_body={"ignore_eos": True})
+    assert c.chat.completions.create(max_tokens=3, max_completion_tokens=3, **kw).usage.completion_tokens == 3
+
+
 @pytest.fixture(scope="module")
 def eot_url(parts):
     """A model that always wants to end its turn: its lm_head gets a +100 bias on the end-of-turn token."""
