@@ -243,6 +243,19 @@ def test_gguf_refusals_before_any_work(tmp_path, monkeypatch):
         ex.export("nowhere", str(tmp_path / "o"), merge=True, gguf="f16")
 
 
+def test_a_bare_assert_of_the_converter_says_what_it_checked():
+    """The converter's failed assert came back as "AssertionError" alone (a tokenizer with more tokens than the
+    model's vocab_size); its source line says what failed."""
+    stderr = """Traceback (most recent call last):
+  File "conversion/base.py", line 1347, in get_vocab_base
+    assert max(tokenizer.vocab.values()) < vocab_size  # ty: ignore[unresolved-attribute]
+           ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+AssertionError
+"""
+    assert to_gguf._reason(stderr, "") == "AssertionError at `assert max(tokenizer.vocab.values()) < vocab_size`"
+    assert to_gguf._reason("ValueError: bad dims\n", "") == "ValueError: bad dims"
+
+
 # llama.cpp's src/llama-vocab.cpp: the names it takes for end-of-turn / end-of-generation without
 # tokenizer.ggml.eot_token_id (the union over its versions)
 LLAMA_CPP_EOG_NAMES = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",

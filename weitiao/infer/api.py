@@ -260,6 +260,11 @@ def read_body(body: bytes, schema: type[Sampling]) -> Any:
         raise BadRequest(f"{where}: {msg}", where) from None
     if req.stream_options is not None and not req.stream:  # as OpenAI and vLLM: include_usage would be dropped
         raise BadRequest("stream_options: only allowed with stream: true", "stream_options")
+    if None not in (req.max_tokens, req.max_completion_tokens) and req.max_tokens != req.max_completion_tokens:
+        # vLLM takes max_completion_tokens and drops the other silently
+        msg = (f"max_tokens: {req.max_tokens}, but max_completion_tokens: {req.max_completion_tokens}; send one "
+               "(max_tokens is OpenAI's older name for it)")  # fmt: skip
+        raise BadRequest(msg, "max_tokens")
     return req
 
 

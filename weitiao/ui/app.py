@@ -351,18 +351,25 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
     @app.post("/api/export")
     def export(body: dict) -> dict:
         from weitiao.infer import export as tool
+        from weitiao.infer import gguf as to_gguf
 
         _known(body, {"run", "ckpt", "merge", "gguf"}, "export")
-        name, ckpt, gguf = str(body.get("run")), str(body.get("ckpt")), body.get("gguf")
+        for key in ("run", "ckpt"):
+            if not isinstance(body.get(key), str) or not body[key]:
+                raise UserError(f"{key}: {body.get(key)!r} is not a {key} name; give the one to export")
+        name, ckpt, gguf = body["run"], body["ckpt"], body.get("gguf")
         if not isinstance(body.get("merge", False), bool):
             raise UserError(f"merge: {body['merge']!r} is not true or false")
+        if gguf is not None and gguf not in to_gguf.OUTTYPES:  # checked here: export's own check names --gguf
+            kinds = " or ".join(to_gguf.OUTTYPES)
+            raise UserError(f"gguf: {gguf!r} is not a GGUF type; choose {kinds}, or leave gguf out for no GGUF")
         merge = body.get("merge", False) or gguf is not None  # a GGUF is made from the merged model
         weights = runs.weights(name, ckpt)
         if weights is None:
             raise UserError("export: choose a trained checkpoint, not the base model")
         kind = f"gguf-{gguf}" if gguf else "merged" if merge else "adapter"
         out = runs.existing(name) / "exports" / f"{ckpt}-{kind}"
-        dest = tool.export(str(weights), str(out), merge, "fp32", True, gguf=None if gguf is None else str(gguf))
+        dest = tool.export(str(weights), str(out), merge, "fp32", True, gguf=gguf)
         return {"out": str(dest), "notes": tool.serve_notes(dest)}
 
     @functools.lru_cache(maxsize=4)
