@@ -271,3 +271,15 @@ def test_a_file_named_twice_is_refused(tmp_path):
     ):
         with pytest.raises(UserError, match=named):
             load_rows(entries, "auto")
+
+
+def test_a_file_without_an_ending_says_the_ending_names_the_format(tmp_path):
+    """`data mix <(cat a.jsonl):1` read '/dev/fd/63: unsupported file type ''' (an empty ending, no hint why)."""
+    bare = tmp_path / "rows"
+    bare.write_text('{"instruction": "你好", "output": "你好呀"}\n', encoding="utf-8")
+    with pytest.raises(
+        UserError, match=r"no file-name ending to tell its type by; the ending names the format: \.jsonl"
+    ):
+        list(files.iter_records(bare))
+    with pytest.raises(UserError, match=r"unsupported file type '\.txt'"):
+        list(files.iter_records(bare.rename(tmp_path / "rows.txt")))

@@ -413,4 +413,5 @@ def iter_records(path: Path, max_row_bytes: int | None = MAX_ROW_BYTES) -> Itera
     elif suffix == ".xlsx":
         yield from _xlsx(path)
     else:
-        raise UserError(f"{path}: unsupported file type {suffix!r}; use {READABLE}")
+        kind = f"unsupported file type {suffix!r}" if suffix else "no file-name ending to tell its type by"
+        raise UserError(f"{path}: {kind}; the ending names the format: {READABLE} (a pipe: save it to such a file)")
