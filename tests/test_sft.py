@@ -435,3 +435,13 @@ def test_auto_template_on_a_tokenizer_without_one_says_it_renders_plain(tmp_path
     own = build_tokenizer()
     assert fallback_note("auto", resolve_template(own, "auto")) is None  # control: its own template
     assert fallback_note("plain", resolve_template(own, "plain")) is None  # asked for: no note
+
+
+def test_a_run_without_eval_reports_no_best_eval(tiny_model_dir, chat_file, tmp_path):
+    """With no eval set the summary said 'best_eval': inf (the starting value of the comparison), read as a score."""
+    summary = sft.run(config(tiny_model_dir, chat_file, tmp_path / "run", "data.eval_split=0", "train.max_steps=1"))
+    assert summary["best_eval"] is None and summary["best_step"] is None
+    with_eval = sft.run(config(tiny_model_dir, chat_file, tmp_path / "ev", "train.max_steps=1", "train.eval_every=1"))
+    assert (
+        with_eval["best_step"] == 1 and with_eval["best_eval"] == read_metrics(tmp_path / "ev", "eval")[0]["eval_loss"]
+    )

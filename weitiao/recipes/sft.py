@@ -324,7 +324,7 @@ def run(cfg: SFTConfig) -> dict:
     # 5. Final weights with the chat template used in training written into the tokenizer.
     summary = {
         "out": str(out),
-        "best_eval": state["best_eval"],
+        "best_eval": state["best_eval"] if state["best_step"] is not None else None,  # no eval ran: none, not inf
         "best_step": state["best_step"],
         "tokens": state["tokens"],
         **run.summary(summarize),
