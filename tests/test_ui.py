@@ -381,7 +381,16 @@ def test_chat_streams_from_a_full_fine_tuning_checkpoint_and_the_base(root, tiny
         assert c.post("/api/chat", json=body | {"ckpt": "base"}).text == direct(tiny_model_dir)
         assert c.post("/api/chat", json=body | {"ckpt": "../../x"}).status_code == 400
         r = c.post("/api/chat", json=body | {"ckpt": "final", "messages": [{"role": "hacker", "content": "x"}]})
-        assert r.status_code == 400 and "messages" in r.json()["error"]
+        assert r.status_code == 400 and r.json()["error"].startswith("messages[0].role: 'hacker'; choose system")
+        # OpenAI's developer role is the system turn, as `weitiao serve` and training rows read it (it was refused)
+        sys_msgs = [{"role": "system", "content": "你是朋友"}, *msgs]
+        dev = c.post(
+            "/api/chat", json=body | {"ckpt": "base", "messages": [{**sys_msgs[0], "role": "developer"}, *msgs]}
+        )
+        assert (
+            dev.status_code == 200
+            and dev.text == c.post("/api/chat", json=body | {"ckpt": "base", "messages": sys_msgs}).text
+        )
 
 
 def test_a_chat_client_that_hangs_up_does_not_hang_the_next_chat(root, full_run):

@@ -24,7 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Red
 from fastapi.staticfiles import StaticFiles
 
 from weitiao.config import dump_config
-from weitiao.data.formats import FORMATS
+from weitiao.data.formats import FORMATS, ROLE_MAP
 from weitiao.demo import DATA_DIR, DEMO_DIR
 from weitiao.errors import UserError
 from weitiao.infer.api import KnownQuery, UniqueKeys
@@ -323,18 +323,18 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
     def chat_reply(body: dict) -> StreamingResponse:
         _known(body, {"run", "ckpt", "messages", "max_new_tokens", "temperature"}, "chat")
         name, ckpt, messages = body.get("run"), body.get("ckpt"), body.get("messages")
-        roles = ("system", "user", "assistant")
         ok = (
             isinstance(messages, list)
             and messages
-            and all(
-                isinstance(m, dict) and m.get("role") in roles and isinstance(m.get("content"), str) for m in messages
-            )
+            and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)
         )
         if not ok or sum(len(m["content"]) for m in messages) > MAX_CHAT_CHARS:
             raise UserError(f"messages: a list of {{role, content}} of at most {MAX_CHAT_CHARS} characters")
         for k, m in enumerate(messages):  # a `name` or `tool_calls` the reply would be made without
             _known(m, {"role", "content"}, f"messages[{k}]")
+            if m.get("role") not in ROLE_MAP:
+                raise UserError(f"messages[{k}].role: {m.get('role')!r}; choose {', '.join(ROLE_MAP)}")
+        messages = [{**m, "role": ROLE_MAP[m["role"]]} for m in messages]  # developer: the system role's newer name
         temperature = body.get("temperature") or 0.0
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < 1e6:
             raise UserError(f"temperature: {temperature!r} is not a number ≥ 0 (0 = greedy)")
