@@ -237,7 +237,12 @@ def curve(
     sizes: str = typer.Option(..., help="training-set sizes, e.g. 250,500,1000,2000"),
     out: Path = typer.Option(None, help="output folder (default <train.out>/curve)"),
     metric: str = typer.Option("eval_loss", help="summary key to plot (eval_loss, best_eval, ...)"),
-    higher_is_better: bool = typer.Option(False, help="for metrics where larger is better"),
+    higher_is_better: bool = typer.Option(
+        None,
+        "--higher-is-better/--lower-is-better",
+        show_default=False,
+        help="which way the metric is better (known for losses and golden rougeL/bleu/stop_rate/loop_rate/...)",
+    ),
     min_gain: float = typer.Option(0.05, help="knee: first step gaining less than this per doubling"),
     seed: int = typer.Option(0),
     steps: str = typer.Option(
