@@ -25,6 +25,12 @@ def test_knee_rule_by_hand():
     assert [s["gain_per_doubling"] for s in k["steps"]] == pytest.approx([0.2, 0.02 / 0.7])
     assert k["knee"] == 400
     assert curve.knee([1, 2], [1.0, 0.5], False, 0.05)["knee"] is None
+    # from 0 there is no relative gain: a rate rising from 0 (stop rate 0 → 1 → 1) was a NaN gain, read as the knee
+    k = curve.knee([10, 20, 40], [0.0, 1.0, 1.0], True, 0.05)
+    assert k["knee"] == 20 and k["steps"][0] == {"from": 10, "to": 20, "from_zero": "better", "gain_per_doubling": None}
+    assert curve.knee([10, 20], [0.0, 0.0], True, 0.05)["knee"] == 10  # no gain at all: the knee
+    assert curve.knee([10, 20], [0.0, 0.5], False, 0.05)["steps"][0]["from_zero"] == "worse"
+    json.dumps(k, allow_nan=False)  # curve.json stays JSON (no Infinity)
     assert curve.parse_sizes("500, 250,1000,250") == [250, 500, 1000]
     with pytest.raises(UserError, match="integers"):
         curve.parse_sizes("250,lots")

@@ -260,10 +260,11 @@ def curve(
     t = Table(title=f"learning curve ({metric})")
     for col in ("rows", metric, "gain per doubling"):
         t.add_column(col)
-    gains = {s["to"]: s["gain_per_doubling"] for s in r["diminishing_returns"]["steps"]}
+    steps = {s["to"]: s for s in r["diminishing_returns"]["steps"]}
     for p in r["points"]:
-        g = gains.get(p["size"])
-        t.add_row(str(p["size"]), f"{p[metric]:.4f}", "" if g is None else f"{g:+.1%}")
+        s = steps.get(p["size"], {})
+        g = "" if not s else f"from 0: {s['from_zero']}" if "from_zero" in s else f"{s['gain_per_doubling']:+.1%}"
+        t.add_row(str(p["size"]), f"{p[metric]:.4f}", g)
     console.print(t)
     knee = r["diminishing_returns"]["knee"]
     where_ = Path(r["points"][0]["out"]).parent

@@ -45,13 +45,24 @@ def parse_sizes(text: str) -> list[int]:
 
 
 def knee(sizes: list[int], values: list[float], higher_is_better: bool, min_gain: float) -> dict:
-    """Gain per doubling for each step and the first size after which it drops below min_gain (or None)."""
-    steps = []
+    """Gain per doubling for each step and the first size after which it drops below min_gain (or None).
+
+    A step from 0 has no relative gain: better than 0 is no knee, equal or worse is one; its gain is null with
+    `from_zero` saying which way it went (a rate of 0 at a small size that rises read as a knee there)."""
+    steps, gains = [], []
     for (a, va), (b, vb) in zip(zip(sizes, values), zip(sizes[1:], values[1:])):
         better = (vb - va) if higher_is_better else (va - vb)
-        gain = better / abs(va) / math.log2(b / a) if va and math.isfinite(va) and math.isfinite(vb) else float("nan")
-        steps.append({"from": a, "to": b, "gain_per_doubling": gain})
-    first = next((s["from"] for s in steps if not s["gain_per_doubling"] >= min_gain), None)
+        step: dict = {"from": a, "to": b}
+        if not (math.isfinite(va) and math.isfinite(vb)):
+            gain = float("nan")
+        elif va == 0:
+            gain = math.copysign(math.inf, better) if better else 0.0
+            step["from_zero"] = "better" if better > 0 else "worse" if better < 0 else "same"
+        else:
+            gain = better / abs(va) / math.log2(b / a)
+        steps.append({**step, "gain_per_doubling": gain if math.isfinite(gain) or math.isnan(gain) else None})
+        gains.append(gain)
+    first = next((s["from"] for s, g in zip(steps, gains) if not g >= min_gain), None)
     return {"rule": f"first size whose next step gains < {min_gain:.0%} per doubling", "steps": steps, "knee": first}
 
 
