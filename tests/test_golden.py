@@ -322,3 +322,28 @@ def test_a_select_metric_no_checkpoint_can_have_is_refused(tokenizer, tiny_model
     assert res.recommended == 4 and "Recommended by stop_rate:</b> step-000004" in path.read_text(encoding="utf-8")
     path, res = golden_report(run, noref, None, max_new_tokens=16)  # the console without references: none asked
     assert res.recommended is None and "Recommended:</b> none asked" in path.read_text(encoding="utf-8")
+
+
+def test_a_prompt_past_the_context_is_refused_before_answering(tiny_model_dir, tokenizer, tmp_path):
+    """`eval golden`, the training-time golden answers, `curve --golden` and the arena answered a prompt longer than
+    the model's context (an 817-token prompt on a 512-position model): replies decoded at positions the model never
+    had, scored and recommended from; `eval gen` alone refused it. Now each refuses it naming file:line."""
+    from transformers import AutoModelForCausalLM
+
+    from weitiao.data.templates import resolve_template
+    from weitiao.errors import UserError
+    from weitiao.eval.arena.store import answer_rows
+    from weitiao.eval.golden import answer
+
+    model, template = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), resolve_template(tokenizer)
+    long = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "你好"}, {"prompt": "今天天气怎么样？" * 300}])
+    ps = load_prompts(long)
+    past = r"long\.jsonl:2: prompt is [\d,]+ tokens; with 16 new tokens it exceeds the model's context of 512; "
+    with pytest.raises(UserError, match=past + "shorten the prompt or lower --max-new-tokens$"):
+        answer(model, tokenizer, template, ps, 16)
+    with pytest.raises(UserError, match=past + "shorten the prompt or lower --max-new-tokens$"):
+        answer_rows("a", model, tokenizer, ps, 16)
+    with pytest.raises(UserError, match=past + "shorten the prompt or drop it from train.golden$"):
+        golden_callback(long, 1, model=model, tokenizer=tokenizer, template=template, run_dir=tmp_path,
+                        max_new_tokens=16)  # fmt: skip
+    assert len(answer(model, tokenizer, template, ps[:1], 4)) == 1  # control: the short prompt is answered

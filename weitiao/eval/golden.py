@@ -71,10 +71,34 @@ def prompts_key(prompts: Sequence[Prompt]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def answer(model: Any, tokenizer: Any, template: Any, prompts: Sequence[Prompt], max_new_tokens: int = 128) -> list:
-    """Greedy replies (`Generation`s) to every prompt."""
+def check_context(
+    model: Any, tok: Any, template: Any, prompts: Sequence[Prompt], max_new_tokens: int, fix: str = "--max-new-tokens"
+) -> None:
+    """A prompt that leaves no room for `max_new_tokens` in the model's context (`model_context`: RoPE scaling
+    counted) is one line naming its file:line, not replies decoded at positions the model never had. `fix`: the
+    setting that gives the budget, or what else to do."""
+    from weitiao.train.loop import model_context
+
+    ctx = model_context(getattr(model, "config", None))
+    if not ctx:
+        return
+    for p in prompts:
+        text = template.render(tok, p.messages, add_generation_prompt=True)
+        n = len(tok(text, add_special_tokens=False)["input_ids"])
+        if n + max_new_tokens > ctx:
+            raise UserError(
+                f"{p.source}: prompt is {n:,} tokens; with {max_new_tokens} new tokens it exceeds the model's context "
+                f"of {ctx:,}; shorten the prompt or {fix if ' ' in fix else f'lower {fix}'}"
+            )
+
+
+def answer(
+    model: Any, tokenizer: Any, template: Any, prompts: Sequence[Prompt], max_new_tokens: int = 128, fix: str = ""
+) -> list:
+    """Greedy replies (`Generation`s) to every prompt (`check_context` first; `fix` as there)."""
     from weitiao.infer.generate import generate
 
+    check_context(model, tokenizer, template, prompts, max_new_tokens, fix or "--max-new-tokens")
     convs = [p.messages for p in prompts]
     return generate(model, tokenizer, template, convs, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=8)
 
@@ -148,6 +172,7 @@ def golden_callback(
     prompts = load_prompts(prompts_path)
     path = Path(run_dir) / GOLDEN_FILE
     gen = decoding(tokenizer, template, prompts, max_new_tokens)
+    check_context(model, tokenizer, template, prompts, max_new_tokens, "drop it from train.golden")  # before step 1
 
     def after_step(step: int, metrics: dict) -> None:
         if every_n_steps <= 0 or step % every_n_steps:

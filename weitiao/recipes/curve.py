@@ -98,7 +98,7 @@ def golden_metrics(run_dir: Path, prompts: list) -> dict[str, float]:
     from weitiao.infer.chat import load_chat_model
 
     model, tok = load_chat_model(None, str(run_dir))
-    gens = answer(model, tok, resolve_template(tok, "auto"), prompts)
+    gens = answer(model, tok, resolve_template(tok, "auto"), prompts, fix="drop it from --golden")
     items = [Item(g.text, g.stopped, p.reference, p.history) for p, g in zip(prompts, gens)]
     return {f"golden_{k}": v for k, v in reply_metrics(items).items() if k != "n"}
 
