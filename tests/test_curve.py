@@ -25,6 +25,12 @@ def test_knee_rule_by_hand():
     assert [s["gain_per_doubling"] for s in k["steps"]] == pytest.approx([0.2, 0.02 / 0.7])
     assert k["knee"] == 400
     assert curve.knee([1, 2], [1.0, 0.5], False, 0.05)["knee"] is None
+    # from 0 there is no relative gain: a rate rising from 0 (stop rate 0 → 1 → 1) was a NaN gain, read as the knee
+    k = curve.knee([10, 20, 40], [0.0, 1.0, 1.0], True, 0.05)
+    assert k["knee"] == 20 and k["steps"][0] == {"from": 10, "to": 20, "from_zero": "better", "gain_per_doubling": None}
+    assert curve.knee([10, 20], [0.0, 0.0], True, 0.05)["knee"] == 10  # no gain at all: the knee
+    assert curve.knee([10, 20], [0.0, 0.5], False, 0.05)["steps"][0]["from_zero"] == "worse"
+    json.dumps(k, allow_nan=False)  # curve.json stays JSON (no Infinity)
     assert curve.parse_sizes("500, 250,1000,250") == [250, 500, 1000]
     with pytest.raises(UserError, match="integers"):
         curve.parse_sizes("250,lots")
@@ -112,7 +118,29 @@ def test_a_misspelled_metric_is_refused_before_training(config, monkeypatch):
         curve.run(config, [8], metric="eval_los")
     monkeypatch.setattr(sft, "run", lambda cfg: {"steps": 1, "tokens_per_s": 5.0})  # control: another summary key
     with pytest.raises(UserError, match="not in the run summary"):  # is tried: far from every known metric
-        curve.run(config, [8], metric="best_evl_score")
+        curve.run(config, [8], metric="best_evl_score", higher_is_better=False)
+
+
+def test_a_metric_is_read_the_way_it_is_better(config, monkeypatch):
+    """`--metric golden_stop_rate` without --higher-is-better read a fall from 1.0 to 0.0 as a +100% gain (lower is
+    better was the default for every metric) and put the knee where the rate rose again; the way is now known for
+    losses and golden quality metrics, a flag against it is refused, and any other metric needs one."""
+    from weitiao.recipes import sft
+
+    rates = iter([0.0, 1.0])  # trained largest first: 16 rows stop 0%, 8 rows 100% — worse with more data
+    monkeypatch.setattr(sft, "run", lambda cfg: {"steps": 1, "train_loss": 1.0})
+    monkeypatch.setattr(curve, "golden_metrics", lambda run, ps: {"golden_stop_rate": next(rates)})
+    r = curve.run(config, [8, 16], metric="golden_stop_rate", golden=config.parent / "chat.jsonl")
+    assert r["higher_is_better"] is True and r["diminishing_returns"]["steps"][0]["gain_per_doubling"] == -1.0
+    assert r["diminishing_returns"]["knee"] == 8
+    monkeypatch.setattr(sft, "run", lambda cfg: pytest.fail("trained before refusing"))
+    with pytest.raises(UserError, match="^--lower-is-better: --metric golden_rougeL is better higher; drop the flag"):
+        curve.run(config, [8], metric="golden_rougeL", higher_is_better=False, golden=config)
+    with pytest.raises(UserError, match="^--higher-is-better: --metric eval_loss is better lower"):
+        curve.run(config, [8], higher_is_better=True)
+    with pytest.raises(UserError, match="^--metric golden_mean_len: which way is better is not known"):
+        curve.run(config, [8], metric="golden_mean_len", golden=config)
+    assert curve.LOWER_IS_BETTER | curve.HIGHER_IS_BETTER <= {*curve.KNOWN_METRICS, "best_eval"}
 
 
 def test_every_reply_metric_is_a_known_curve_metric():

@@ -215,7 +215,7 @@ def test_golden_report_with_nothing_to_report_exits_with_why(tokenizer, tiny_mod
     with pytest.raises(UserError, match=f"no checkpoint to report: {GOLDEN_FILE} holds no answers to the prompts of"):
         golden_report(run, golden, max_new_tokens=16)
     with pytest.raises(UserError, match="no checkpoint to report: left out step-000004: no saved answer"):
-        golden_report(run, tmp_path / "other.jsonl", max_new_tokens=8)  # its answers were made with other settings
+        golden_report(run, tmp_path / "other.jsonl", "stop_rate", 8)  # its answers were made with other settings
     assert not (run / "golden_report.html").exists()
 
 
@@ -290,3 +290,60 @@ def test_golden_report_with_a_judge_that_scored_nothing_writes_no_page(tokenizer
         with pytest.raises(UserError, match=r"^--judge-url http://127.0.0.1:9/v1: the judge answered none of the "):
             golden_report(run, golden, select, max_new_tokens=16, judge=judge)
         assert not path.exists()
+
+
+def test_a_select_metric_no_checkpoint_can_have_is_refused(tokenizer, tiny_model_dir, tmp_path):
+    """`--select rougeL` (the default) on prompts without references answered with every checkpoint, then printed
+    "recommended by rougeL: none" and exited 0 with a page; now refused before answering (rougeL, bleu, exact_match
+    without references, copy_rate without earlier turns, eval_loss without an eval) or, when no checkpoint has the
+    value after answering, with no page."""
+    from weitiao.errors import UserError
+    from weitiao.infer.generate import Generation
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"model:\n  path: {tiny_model_dir}\n", encoding="utf-8")
+    (run / "metrics.jsonl").write_text("", encoding="utf-8")
+    noref = write_jsonl(tmp_path / "noref.jsonl", [{"prompt": "你好"}, {"prompt": "在吗"}])
+    ps = load_prompts(noref)
+    write_jsonl(run / GOLDEN_FILE, golden_rows(4, "step-000004", ps, [Generation("好", 1, True)] * 2))
+    for select in ("rougeL", "bleu", "exact_match"):
+        with pytest.raises(UserError, match=f"--select {select}: no prompt in .*noref.jsonl has a reference answer"):
+            golden_report(run, noref, select, max_new_tokens=16)
+    with pytest.raises(UserError, match="--select copy_rate: no prompt in .* has earlier turns"):
+        golden_report(run, noref, "copy_rate", max_new_tokens=16)
+    with pytest.raises(UserError, match="--select eval_loss: .*metrics.jsonl holds no eval loss"):
+        golden_report(run, noref, "eval_loss", max_new_tokens=16)
+    (run / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "step": 3, "eval_loss": 2.0}) + "\n")
+    with pytest.raises(UserError, match="--select eval_loss: none of the 1 checkpoints has a value for eval_loss"):
+        golden_report(run, noref, "eval_loss", max_new_tokens=16)  # evaluated at step 3, answered at step 4
+    assert not (run / "golden_report.html").exists()
+    path, res = golden_report(run, noref, "stop_rate", max_new_tokens=16)  # a metric every answer has
+    assert res.recommended == 4 and "Recommended by stop_rate:</b> step-000004" in path.read_text(encoding="utf-8")
+    path, res = golden_report(run, noref, None, max_new_tokens=16)  # the console without references: none asked
+    assert res.recommended is None and "Recommended:</b> none asked" in path.read_text(encoding="utf-8")
+
+
+def test_a_prompt_past_the_context_is_refused_before_answering(tiny_model_dir, tokenizer, tmp_path):
+    """`eval golden`, the training-time golden answers, `curve --golden` and the arena answered a prompt longer than
+    the model's context (an 817-token prompt on a 512-position model): replies decoded at positions the model never
+    had, scored and recommended from; `eval gen` alone refused it. Now each refuses it naming file:line."""
+    from transformers import AutoModelForCausalLM
+
+    from weitiao.data.templates import resolve_template
+    from weitiao.errors import UserError
+    from weitiao.eval.arena.store import answer_rows
+    from weitiao.eval.golden import answer
+
+    model, template = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), resolve_template(tokenizer)
+    long = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "你好"}, {"prompt": "今天天气怎么样？" * 300}])
+    ps = load_prompts(long)
+    past = r"long\.jsonl:2: prompt is [\d,]+ tokens; with 16 new tokens it exceeds the model's context of 512; "
+    with pytest.raises(UserError, match=past + "shorten the prompt or lower --max-new-tokens$"):
+        answer(model, tokenizer, template, ps, 16)
+    with pytest.raises(UserError, match=past + "shorten the prompt or lower --max-new-tokens$"):
+        answer_rows("a", model, tokenizer, ps, 16)
+    with pytest.raises(UserError, match=past + "shorten the prompt or drop it from train.golden$"):
+        golden_callback(long, 1, model=model, tokenizer=tokenizer, template=template, run_dir=tmp_path,
+                        max_new_tokens=16)  # fmt: skip
+    assert len(answer(model, tokenizer, template, ps[:1], 4)) == 1  # control: the short prompt is answered

@@ -58,6 +58,22 @@ def test_rows_are_bounded_by_the_context(rm_dir, tmp_path):
     assert out[1]["score"] == pytest.approx(out[0]["score"], abs=1e-5)
 
 
+def test_pairs_over_the_context_are_counted_as_rows(rm_dir, tmp_path):
+    """A pair's two sides were counted apart: one pair over the context read `refused_over_context: 2` beside
+    `rows: 3`, as if two of the three rows had no score; now pairs count as the rows they are."""
+    long = "挺好的，大晴天☀️" * 20  # the last exchange alone is over the 64-token context
+    history = [{"role": "user", "content": "今天天气怎么样？" * 8}, {"role": "assistant", "content": "挺好的" * 8}]
+    rows = [
+        {"prompt": "你好", "chosen": "你好呀", "rejected": "滚"},
+        {"prompt": [*history, {"role": "user", "content": "你好"}], "chosen": "你好呀", "rejected": "滚"},  # cut
+        {"prompt": "你好", "chosen": long, "rejected": long + "。"},  # both sides refused: one row
+    ]
+    summary = score.run(str(rm_dir), str(write_jsonl(tmp_path / "pairs.jsonl", rows)))
+    assert (summary["rows"], summary["cut_to_context"], summary["refused_over_context"]) == (3, 1, 1)
+    out = [json.loads(x) for x in (tmp_path / "pairs.jsonl.scores.jsonl").read_text().splitlines()]
+    assert out[2]["score_chosen"] is None and out[2]["score_rejected"] is None and out[1]["score_chosen"] is not None
+
+
 def test_a_last_reply_of_weight_0_is_scored(rm_dir, tmp_path):
     """`weight: 0` (OpenAI files: not trained) left the last reply with no labelled token, and its score was read at
     the batch's first token: the same number for any row."""

@@ -237,7 +237,12 @@ def curve(
     sizes: str = typer.Option(..., help="training-set sizes, e.g. 250,500,1000,2000"),
     out: Path = typer.Option(None, help="output folder (default <train.out>/curve)"),
     metric: str = typer.Option("eval_loss", help="summary key to plot (eval_loss, best_eval, ...)"),
-    higher_is_better: bool = typer.Option(False, help="for metrics where larger is better"),
+    higher_is_better: bool = typer.Option(
+        None,
+        "--higher-is-better/--lower-is-better",
+        show_default=False,
+        help="which way the metric is better (known for losses and golden rougeL/bleu/stop_rate/loop_rate/...)",
+    ),
     min_gain: float = typer.Option(0.05, help="knee: first step gaining less than this per doubling"),
     seed: int = typer.Option(0),
     steps: str = typer.Option(
@@ -255,10 +260,11 @@ def curve(
     t = Table(title=f"learning curve ({metric})")
     for col in ("rows", metric, "gain per doubling"):
         t.add_column(col)
-    gains = {s["to"]: s["gain_per_doubling"] for s in r["diminishing_returns"]["steps"]}
+    steps = {s["to"]: s for s in r["diminishing_returns"]["steps"]}
     for p in r["points"]:
-        g = gains.get(p["size"])
-        t.add_row(str(p["size"]), f"{p[metric]:.4f}", "" if g is None else f"{g:+.1%}")
+        s = steps.get(p["size"], {})
+        g = "" if not s else f"from 0: {s['from_zero']}" if "from_zero" in s else f"{s['gain_per_doubling']:+.1%}"
+        t.add_row(str(p["size"]), f"{p[metric]:.4f}", g)
     console.print(t)
     knee = r["diminishing_returns"]["knee"]
     where_ = Path(r["points"][0]["out"]).parent

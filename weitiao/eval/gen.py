@@ -12,7 +12,7 @@ from typing import Any
 
 from weitiao.data.prompts import Prompt
 from weitiao.errors import UserError
-from weitiao.eval.golden import check_max_new_tokens, load_prompts
+from weitiao.eval.golden import check_context, check_max_new_tokens, load_prompts
 from weitiao.eval.metrics import RUBRIC, Item, MetricSettings, item_metrics, judge_scores, reply_metrics
 
 
@@ -82,21 +82,6 @@ def read_prompts(prompts: str | Path, refs: str | Path | None = None) -> list[Pr
                 raise UserError(f"{r.source}: no reference (a last assistant turn, or reference/answer/output)")
             p.reference = r.reference
     return ps
-
-
-def check_context(model: Any, tok: Any, template: Any, prompts: list[Prompt], max_new_tokens: int) -> None:
-    """A prompt that leaves no room for --max-new-tokens in the model's context is one line, not a silent cut."""
-    ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if not ctx:
-        return
-    for p in prompts:
-        text = template.render(tok, p.messages, add_generation_prompt=True)
-        n = len(tok(text, add_special_tokens=False)["input_ids"])
-        if n + max_new_tokens > ctx:
-            raise UserError(
-                f"{p.source}: prompt is {n:,} tokens; with --max-new-tokens {max_new_tokens} it exceeds the "
-                f"model's context of {ctx:,}; shorten the prompt or lower --max-new-tokens"
-            )
 
 
 def run(

@@ -71,10 +71,34 @@ def prompts_key(prompts: Sequence[Prompt]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def answer(model: Any, tokenizer: Any, template: Any, prompts: Sequence[Prompt], max_new_tokens: int = 128) -> list:
-    """Greedy replies (`Generation`s) to every prompt."""
+def check_context(
+    model: Any, tok: Any, template: Any, prompts: Sequence[Prompt], max_new_tokens: int, fix: str = "--max-new-tokens"
+) -> None:
+    """A prompt that leaves no room for `max_new_tokens` in the model's context (`model_context`: RoPE scaling
+    counted) is one line naming its file:line, not replies decoded at positions the model never had. `fix`: the
+    setting that gives the budget, or what else to do."""
+    from weitiao.train.loop import model_context
+
+    ctx = model_context(getattr(model, "config", None))
+    if not ctx:
+        return
+    for p in prompts:
+        text = template.render(tok, p.messages, add_generation_prompt=True)
+        n = len(tok(text, add_special_tokens=False)["input_ids"])
+        if n + max_new_tokens > ctx:
+            raise UserError(
+                f"{p.source}: prompt is {n:,} tokens; with {max_new_tokens} new tokens it exceeds the model's context "
+                f"of {ctx:,}; shorten the prompt or {fix if ' ' in fix else f'lower {fix}'}"
+            )
+
+
+def answer(
+    model: Any, tokenizer: Any, template: Any, prompts: Sequence[Prompt], max_new_tokens: int = 128, fix: str = ""
+) -> list:
+    """Greedy replies (`Generation`s) to every prompt (`check_context` first; `fix` as there)."""
     from weitiao.infer.generate import generate
 
+    check_context(model, tokenizer, template, prompts, max_new_tokens, fix or "--max-new-tokens")
     convs = [p.messages for p in prompts]
     return generate(model, tokenizer, template, convs, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=8)
 
@@ -148,6 +172,7 @@ def golden_callback(
     prompts = load_prompts(prompts_path)
     path = Path(run_dir) / GOLDEN_FILE
     gen = decoding(tokenizer, template, prompts, max_new_tokens)
+    check_context(model, tokenizer, template, prompts, max_new_tokens, "drop it from train.golden")  # before step 1
 
     def after_step(step: int, metrics: dict) -> None:
         if every_n_steps <= 0 or step % every_n_steps:
@@ -279,10 +304,27 @@ class GoldenResult:
     summary: dict[int, dict[str, float]]  # step → set metrics (+ eval_loss when logged at that step)
     recommended: int | None  # by the chosen metric
     lowest_eval: int | None
-    select: str
+    select: str | None  # None: no recommendation asked
     judge_errors: list[str]
     notes: list[str] = field(default_factory=list)  # prompts without a reference, checkpoints left out
     gen: dict | None = None  # the `decoding` the answers came from
+
+
+# --select metrics computed only from some prompts: the reference answer, or earlier turns (copy-of-history)
+NEEDS = {"rougeL": "reference", "bleu": "reference", "exact_match": "reference", "copy_rate": "history"}
+
+
+def check_select(select: str | None, prompts: Sequence[Prompt], prompts_path: str | Path) -> None:
+    """UserError when no prompt can give `select` a value: every checkpoint would lack it and none be recommended
+    (an exit 0 with "recommended: none", after every answer was generated). None: no recommendation asked."""
+    need = NEEDS.get(select or "")
+    if need == "reference" and not any(p.reference is not None for p in prompts):
+        raise UserError(f"--select {select}: no prompt in {prompts_path} has a reference answer (reference/answer/"
+                        "output, or a last assistant turn) to compare with; add references or choose --select "
+                        "stop_rate, loop_rate, distinct_2, eval_loss or judge")  # fmt: skip
+    if need == "history" and not any(p.history for p in prompts):
+        raise UserError(f"--select copy_rate: no prompt in {prompts_path} has earlier turns to copy from; give "
+                        "multi-turn prompts or choose another --select")  # fmt: skip
 
 
 def pick(summary: dict[int, dict[str, float]], metric: str) -> int | None:
@@ -298,7 +340,7 @@ def evaluate_golden(
     rows: list[dict],
     prompts: list[Prompt],
     metrics_log: list[dict],
-    select: str,
+    select: str | None,
     settings: MetricSettings | None = None,
     judge: Any = None,
     gen: dict | None = None,
@@ -307,7 +349,7 @@ def evaluate_golden(
     any settings); pick checkpoints."""
     from weitiao.eval.metrics import judge_scores
 
-    if select not in SELECT:
+    if select is not None and select not in SELECT:
         raise UserError(f"--select {select}: choose one of {', '.join(SELECT)}")
     key = prompts_key(prompts)
     labels = {r["step"]: r["label"] for r in rows if r["prompts"] == key}
@@ -335,8 +377,8 @@ def evaluate_golden(
         summary[s] = reply_metrics(items, settings)
         if s in evals:
             summary[s]["eval_loss"] = evals[s]
-    return GoldenResult(steps, labels, replies, summary, pick(summary, select), pick(summary, "eval_loss"), select,
-                        errors, notes, gen)  # fmt: skip
+    best = pick(summary, select) if select is not None else None
+    return GoldenResult(steps, labels, replies, summary, best, pick(summary, "eval_loss"), select, errors, notes, gen)
 
 
 def _left_out(labels: list[str]) -> str | None:
@@ -418,7 +460,12 @@ def render_report(run_dir: Path, prompts: list[Prompt], res: GoldenResult, metri
     def lab(s: int | None) -> str:
         return "none" if s is None else f"{res.labels[s]} (step {s})"
 
-    parts.append(f"<p><b>Recommended by {e(res.select)}:</b> {e(lab(res.recommended))} &nbsp; ")
+    by = (
+        f"Recommended by {e(res.select)}:</b> {e(lab(res.recommended))}"
+        if res.select
+        else "Recommended:</b> none asked"
+    )
+    parts.append(f"<p><b>{by} &nbsp; ")
     parts.append(f"<b>Lowest eval loss:</b> {e(lab(res.lowest_eval))}</p>")
     if res.judge_errors:
         parts.append(f"<p>judge failures: {len(res.judge_errors)} (first: {e(res.judge_errors[0])})</p>")
@@ -461,7 +508,7 @@ def check_max_new_tokens(max_new_tokens: int) -> None:
 def golden_report(
     run_dir: str | Path,
     prompts_path: str | Path,
-    select: str = "rougeL",
+    select: str | None = "rougeL",
     max_new_tokens: int = 128,
     judge: Any = None,
     settings: MetricSettings | None = None,
@@ -470,17 +517,23 @@ def golden_report(
 ) -> tuple[Path, GoldenResult]:
     """Steps 1–5 above, over the checkpoints at `steps` (default all); returns the report path and the numbers.
 
-    An `out` that is the prompt file or a file weitiao did not write is refused before any generation."""
+    An `out` that is the prompt file or a file weitiao did not write is refused before any generation, as is a
+    `select` metric these prompts cannot give (ROUGE-L without references); one no checkpoint has after answering
+    is refused too (no page). `select` None: no recommendation."""
     run_dir = Path(run_dir)
     path = Path(out) if out else run_dir / REPORT_FILE
     claim_outputs([path] if out else [], [prompts_path])  # the default, in the run's own folder, is ours
     check_max_new_tokens(max_new_tokens)
-    if select not in SELECT:
+    if select is not None and select not in SELECT:
         raise UserError(f"--select {select}: choose one of {', '.join(SELECT)}")
     if select == "judge" and judge is None:
         raise UserError("--select judge needs a judge: pass --judge-url and --judge-model")
     prompts = load_prompts(prompts_path)
+    check_select(select, prompts, prompts_path)
     cfg, ckpts, metrics_log = read_run(run_dir)  # 1
+    if select == "eval_loss" and not any(m["kind"] == "eval" and "eval_loss" in m for m in metrics_log):
+        raise UserError(f"--select eval_loss: {run_dir}/metrics.jsonl holds no eval loss (the run had no eval set); "
+                        "choose another --select")  # fmt: skip
     if steps is not None:
         ckpts = [c for c in ckpts if c.step in steps]
     if not ckpts and not (run_dir / GOLDEN_FILE).exists():
@@ -501,5 +554,11 @@ def golden_report(
             "them"
         )
         raise UserError(f"{run_dir}: no checkpoint to report: {why}")
+    if select is not None and res.recommended is None:  # "recommended by X: none" and exit 0 read as a choice made
+        why = " (eval loss is logged at eval_every steps only)" if select == "eval_loss" else ""
+        raise UserError(
+            f"--select {select}: none of the {len(res.steps)} checkpoints has a value for {select}{why}; "
+            f"choose another --select; no report written (the answers stay in {run_dir / GOLDEN_FILE})"
+        )
     atomic_write_text(path, render_report(run_dir, prompts, res, metrics_log))  # 5
     return path, res

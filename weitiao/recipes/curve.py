@@ -45,19 +45,49 @@ def parse_sizes(text: str) -> list[int]:
 
 
 def knee(sizes: list[int], values: list[float], higher_is_better: bool, min_gain: float) -> dict:
-    """Gain per doubling for each step and the first size after which it drops below min_gain (or None)."""
-    steps = []
+    """Gain per doubling for each step and the first size after which it drops below min_gain (or None).
+
+    A step from 0 has no relative gain: better than 0 is no knee, equal or worse is one; its gain is null with
+    `from_zero` saying which way it went (a rate of 0 at a small size that rises read as a knee there)."""
+    steps, gains = [], []
     for (a, va), (b, vb) in zip(zip(sizes, values), zip(sizes[1:], values[1:])):
         better = (vb - va) if higher_is_better else (va - vb)
-        gain = better / abs(va) / math.log2(b / a) if va and math.isfinite(va) and math.isfinite(vb) else float("nan")
-        steps.append({"from": a, "to": b, "gain_per_doubling": gain})
-    first = next((s["from"] for s in steps if not s["gain_per_doubling"] >= min_gain), None)
+        step: dict = {"from": a, "to": b}
+        if not (math.isfinite(va) and math.isfinite(vb)):
+            gain = float("nan")
+        elif va == 0:
+            gain = math.copysign(math.inf, better) if better else 0.0
+            step["from_zero"] = "better" if better > 0 else "worse" if better < 0 else "same"
+        else:
+            gain = better / abs(va) / math.log2(b / a)
+        steps.append({**step, "gain_per_doubling": gain if math.isfinite(gain) or math.isnan(gain) else None})
+        gains.append(gain)
+    first = next((s["from"] for s, g in zip(steps, gains) if not g >= min_gain), None)
     return {"rule": f"first size whose next step gains < {min_gain:.0%} per doubling", "steps": steps, "knee": first}
 
 
 # The curve metrics an SFT run's summary (and --golden: the reply metrics) gives; another numeric summary key may be
 # asked for, a near miss of one of these is a typo refused before the first size trains.
 KNOWN_METRICS = ("eval_loss", "eval_loss_answer", "train_loss", *(f"golden_{k}" for k in REPLY_METRICS))
+# Which way is better, for the metrics where that is clear; the knee of any other (length, emoji or refusal rate, a
+# summary key) needs --higher-is-better or --lower-is-better.
+LOWER_IS_BETTER = {"eval_loss", "eval_loss_answer", "train_loss", "best_eval", "golden_loop_rate", "golden_copy_rate"}
+HIGHER_IS_BETTER = {f"golden_{k}" for k in ("stop_rate", "distinct_1", "distinct_2", "rougeL", "exact_match", "judge",
+                                             "bleu")}  # fmt: skip
+
+
+def direction(metric: str, higher_is_better: bool | None) -> bool:
+    """Whether a larger `metric` is better: known for losses and most golden metrics, else the flag; a flag against
+    the known way is refused (the gains would change sign and the knee land on the first size)."""
+    known = True if metric in HIGHER_IS_BETTER else False if metric in LOWER_IS_BETTER else None
+    flag = {True: "--higher-is-better", False: "--lower-is-better"}
+    if known is None and higher_is_better is None:
+        raise UserError(f"--metric {metric}: which way is better is not known for it; add --higher-is-better or "
+                        "--lower-is-better")  # fmt: skip
+    if known is not None and higher_is_better is not None and known != higher_is_better:
+        raise UserError(f"{flag[higher_is_better]}: --metric {metric} is better {'higher' if known else 'lower'}; "
+                        "drop the flag")  # fmt: skip
+    return known if known is not None else bool(higher_is_better)
 
 
 def golden_metrics(run_dir: Path, prompts: list) -> dict[str, float]:
@@ -68,7 +98,7 @@ def golden_metrics(run_dir: Path, prompts: list) -> dict[str, float]:
     from weitiao.infer.chat import load_chat_model
 
     model, tok = load_chat_model(None, str(run_dir))
-    gens = answer(model, tok, resolve_template(tok, "auto"), prompts)
+    gens = answer(model, tok, resolve_template(tok, "auto"), prompts, fix="drop it from --golden")
     items = [Item(g.text, g.stopped, p.reference, p.history) for p, g in zip(prompts, gens)]
     return {f"golden_{k}": v for k, v in reply_metrics(items).items() if k != "n"}
 
@@ -99,13 +129,14 @@ def run(
     overrides: list[str] | None = None,
     out: str | Path | None = None,
     metric: str = "eval_loss",
-    higher_is_better: bool = False,
+    higher_is_better: bool | None = None,
     min_gain: float = 0.05,
     seed: int = 0,
     steps: str = "proportional",
     golden: str | Path | None = None,
 ) -> dict:
-    """Train once per size; returns and writes curve.json (+ curve.png) under `out` (default <train.out>/curve)."""
+    """Train once per size; returns and writes curve.json (+ curve.png) under `out` (default <train.out>/curve).
+    `higher_is_better` None: the metric's known direction (`direction`)."""
     from weitiao.recipes import sft
 
     if steps not in ("fixed", "proportional"):
@@ -114,6 +145,7 @@ def run(
         raise UserError(f"--metric {metric}: golden_* metrics come from --golden PROMPTS.jsonl, which is not given")
     if metric not in KNOWN_METRICS and (near := near_miss(metric, KNOWN_METRICS)):  # a typo, before training
         raise UserError(f"--metric {metric}: did you mean {near}? (known: {', '.join(KNOWN_METRICS)})")
+    higher_is_better = direction(metric, higher_is_better)
 
     # 1. config, rows, one fixed eval set
     cfg = load_config(sft.SFTConfig, config, overrides or [])

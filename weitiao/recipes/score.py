@@ -37,11 +37,17 @@ def context_len(model: Any) -> int:
 
 @torch.no_grad()
 def score_conversations(
-    model: Any, tokenizer: Any, convs: list[Conversation], batch_size: int = 16, stats: dict | None = None
+    model: Any,
+    tokenizer: Any,
+    convs: list[Conversation],
+    batch_size: int = 16,
+    stats: dict | None = None,
+    per_row: int = 1,
 ) -> list[float | None]:
     """Score the last assistant reply of each conversation (None: too long for the model's context).
 
-    Rows over the context drop their oldest exchanges first; `stats` counts `cut` and `refused`.
+    Rows over the context drop their oldest exchanges first; `stats` counts the rows `cut` and `refused`, a row
+    being `per_row` consecutive conversations (2: a pair's sides), refused if any is, else cut if any is.
     """
     template = resolve_template(tokenizer, "auto")
     with_tools = next((c for c in convs if uses_tools(c)), None)
@@ -56,9 +62,13 @@ def score_conversations(
     # `weight: 0` is a training flag: a last reply carrying it is still the reply scored (it would label no token).
     convs = [replace(c, messages=[{k: v for k, v in m.items() if k != "weight"} for m in c.messages]) for c in convs]
     encoded = [encode(c, tokenizer, template, opts) for c in convs]
-    if stats is not None:
-        stats["cut"] = stats.get("cut", 0) + sum(e is not None and e.truncated == "history" for e in encoded)
-        stats["refused"] = stats.get("refused", 0) + sum(e is None for e in encoded)
+    if stats is not None:  # per row: one pair with both sides over the context is one row refused, not two
+        rows = [encoded[k : k + per_row] for k in range(0, len(encoded), per_row)]
+        refused = sum(any(e is None for e in r) for r in rows)
+        stats["refused"] = stats.get("refused", 0) + refused
+        stats["cut"] = stats.get("cut", 0) + sum(
+            all(e is not None for e in r) and any(e.truncated == "history" for e in r) for r in rows
+        )
     keep = [i for i, e in enumerate(encoded) if e is not None]
     got = _scores(model, tokenizer, [encoded[i] for i in keep], batch_size)
     out: list[float | None] = [None] * len(convs)
@@ -82,7 +92,7 @@ def score_pairs(
     model: Any, tokenizer: Any, pairs: list[PreferencePair], stats: dict | None = None
 ) -> tuple[list[float | None], list[float | None]]:
     convs = [p.conversation(side) for p in pairs for side in ("chosen", "rejected")]
-    s = score_conversations(model, tokenizer, convs, stats=stats)
+    s = score_conversations(model, tokenizer, convs, stats=stats, per_row=2)
     return s[0::2], s[1::2]
 
 

@@ -41,12 +41,14 @@ def _steps(runs: RunStore, name: str, ckpts: list[str]) -> set[int]:
 
 
 def golden(runs: RunStore, name: str, ckpts: list[str], prompts: Path, max_new_tokens: int = 64) -> dict:
-    """Answer the golden prompts with each chosen checkpoint; the report's address and one row per checkpoint."""
-    from weitiao.eval.golden import golden_report
+    """Answer the golden prompts with each chosen checkpoint; the report's address and one row per checkpoint,
+    the one with the best ROUGE-L recommended (none when no prompt has a reference answer)."""
+    from weitiao.eval.golden import golden_report, load_prompts
 
     if not ckpts:
         raise UserError("golden: choose at least one checkpoint")
-    path, res = golden_report(runs.existing(name), prompts, "rougeL", max_new_tokens, steps=_steps(runs, name, ckpts))
+    select = "rougeL" if any(p.reference is not None for p in load_prompts(prompts)) else None
+    path, res = golden_report(runs.existing(name), prompts, select, max_new_tokens, steps=_steps(runs, name, ckpts))
     rows = [{"label": res.labels[s], "step": s, "recommended": s == res.recommended,
              **{k: v for k, v in res.summary[s].items() if k in ("rougeL", "stop_rate", "loop_rate", "eval_loss")}}
             for s in res.steps]  # fmt: skip

@@ -402,10 +402,12 @@ def answer_rows(name: str, m: Any, tok: Any, ps: list, max_new_tokens: int = 128
     """A loaded model's answers as arena rows (temperature 0.7, top-p 0.9, seeded); a multi-turn prompt is
     shown as `role: text` lines."""
     from weitiao.data.templates import resolve_template
+    from weitiao.eval.golden import check_context
     from weitiao.infer.generate import generate
 
-    convs = [p.messages for p in ps]
-    gens = generate(m, tok, resolve_template(tok, "auto"), convs, max_new_tokens, 0.7, 0.9, seed=seed)
+    convs, template = [p.messages for p in ps], resolve_template(tok, "auto")
+    check_context(m, tok, template, ps, max_new_tokens)  # past the context: answers from positions never trained
+    gens = generate(m, tok, template, convs, max_new_tokens, 0.7, 0.9, seed=seed)
     return [{"prompt": shown(p), "model": name, "answer": g.text} for p, g in zip(ps, gens)]
 
 
