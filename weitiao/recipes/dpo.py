@@ -466,6 +466,8 @@ def run(cfg: DPOConfig) -> dict:
         print_pairs_summary(data, cfg, ref, trainable, world, log if ckpt is None else None)
     plan = loop.EpochPlan(data.pair_lengths(), 2 * cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
     total = plan.total_steps(state)
+    if main and plan.note:
+        print(plan.note)
     falling = FallingChosen(d.warn_falling_chosen)
 
     def evaluate_now() -> dict[str, float]:

@@ -224,6 +224,8 @@ def run(cfg: RMConfig) -> dict:
         print_pairs_summary(data, trainable, world, log if ckpt is None else None)
     plan = loop.EpochPlan(data.pair_lengths(), 2 * cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
     total = plan.total_steps(state)
+    if main and plan.note:
+        print(plan.note)
 
     def evaluate_now() -> dict[str, float]:
         return evaluate(scorer, data.eval, cfg, pad_id, accel, one_row, eval_margins)

@@ -282,6 +282,8 @@ def run(cfg: SFTConfig) -> dict:
         print_data_summary(data, cfg, trainable, total_params, world, log if ckpt is None else None)
     plan = loop.EpochPlan(example_lengths(data.train), cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
     total = plan.total_steps(state)
+    if main and plan.note:
+        print(plan.note)
     golden = _golden_hook(t, model, tokenizer, data.template, out, accel) if t.golden else None
 
     def evaluate_now() -> dict[str, float]:

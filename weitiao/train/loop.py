@@ -61,6 +61,7 @@ class EpochPlan:
         self.world, self.per_step = world, world * t.grad_accum
         self.epoch = lru_cache(maxsize=2)(self._epoch)
         self._steps: dict[int, int] = {}
+        self.note = ""  # set by total_steps: a line for the user when train.max_steps overrides a train.epochs they set
 
     def _epoch(self, epoch: int) -> Units:
         t = self.t
@@ -88,6 +89,7 @@ class EpochPlan:
         t = self.t
         if t.max_steps is not None:
             total = t.max_steps
+            self.note = self._epochs_unused(total)
         else:  # whole epochs (each its own size when packed), then the fraction of the next one
             whole, part = int(t.epochs), t.epochs - int(t.epochs)
             total = sum(self.steps_in(e) for e in range(whole)) + math.ceil(part * self.steps_in(whole) - 1e-9)
@@ -123,6 +125,18 @@ class EpochPlan:
                 "would be trained; raise train.max_steps (or train.epochs) to continue, or set train.resume=none"
             )
         return total
+
+    def _epochs_unused(self, total: int) -> str:
+        """A note when the config sets train.epochs and train.max_steps decides another length: epochs was ignored
+        without a word (a config written for `epochs: 3` trained max_steps' fraction of one)."""
+        t, per_epoch = self.t, self.steps_in(0)
+        by_epochs = max(1, math.ceil(t.epochs * per_epoch - 1e-9))
+        if "epochs" not in t.model_fields_set or not per_epoch or by_epochs == total:
+            return ""
+        return (
+            f"note: train.max_steps {total} sets the run's length ({total / per_epoch:.3g} epochs of {per_epoch} "
+            f"steps), so train.epochs {t.epochs:g} (about {by_epochs} steps) is not used; drop one of them"
+        )
 
     def step(self, k: int) -> tuple[int, Units]:
         """(epoch, micro-batches of every process) of optimizer step k (0-based)."""
