@@ -91,15 +91,16 @@ def _chat_only_keys(d: DataSpec) -> str:
     return ", ".join(f"data.{k}" for k, v in keys.items() if v)
 
 
-def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
+def prepare_data(cfg: SFTConfig, tokenizer: object, rejects_dir: Path | None = None) -> SFTData:
     """Load, validate, template and tokenize train/eval data (or read them from the cache); account for every row.
+    Bad rows (data.skip_invalid) go to `rejects_dir` (default train.out): rejects.jsonl, eval_rejects.jsonl.
 
     An eval split holds out unique conversations (copies stay on one side, one copy evaluated);
     eval rows that also occur in train are counted and warned about, eval files given too.
     """
     d = cfg.data
     template = resolve_template(tokenizer, d.template)
-    rejects = Path(cfg.train.out) / "rejects.jsonl"
+    rejects = Path(rejects_dir or cfg.train.out) / "rejects.jsonl"
     opts = EncodeOptions(d.max_len, d.train_on_prompt, d.train_turns, d.truncation, d.train_eot)
     first = not (torch.distributed.is_initialized() and torch.distributed.get_rank() > 0)
     kw = {
@@ -254,8 +255,8 @@ def run(cfg: SFTConfig) -> dict:
 
     # 1. Data: validate, template, tokenize; every row accounted for.
     tokenizer = load_tokenizer(cfg.model.path)
-    opened = loop.open_run(out, t, cfg, accel)  # refused or moved aside before rejects.jsonl is written
-    data = prepare_data(cfg, tokenizer)
+    opened = loop.open_run(out, t, cfg, accel)  # refused on a changed config; `out` unchanged until loop.start
+    data = prepare_data(cfg, tokenizer, opened.staged)
     loop.refuse_eval_without_data(t, bool(data.eval), golden_cadence=True)
     pad_id = tokenizer.pad_token_id
     world = accel.num_processes

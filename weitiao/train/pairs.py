@@ -83,13 +83,20 @@ def _confident(pairs: list[PreferencePair], least: float | None) -> list[Prefere
     return [p for p in pairs if _row_number(p, "confidence", "data.min_confidence") >= least]
 
 
-def prepare_pairs(cfg: PairConfig, tokenizer: Any, read_margins: bool = False, read_weights: bool = True) -> PrefData:
+def prepare_pairs(
+    cfg: PairConfig,
+    tokenizer: Any,
+    read_margins: bool = False,
+    read_weights: bool = True,
+    rejects_dir: Path | None = None,
+) -> PrefData:
     """Pairs read, split, filtered and tokenized; `read_margins`: each pair's `margin` column is read (the reward
     model), else a row with one is refused; `read_weights` false: the recipe has no per-pair weight (the reward
-    model), so a `weight` column is refused without pointing to data.weight_field."""
+    model), so a `weight` column is refused without pointing to data.weight_field. Bad rows (data.skip_invalid) go
+    to `rejects_dir` (default train.out)."""
     d = cfg.data
     template = resolve_template(tokenizer, d.template)
-    rejects = Path(cfg.train.out) / "rejects.jsonl"
+    rejects = Path(rejects_dir or cfg.train.out) / "rejects.jsonl"
     reading = (d.max_row_bytes, d.dataset_dir, CONFIG_SKIP_HINT, special_token_check(tokenizer))  # a bad row: set aside
     loaded = load_pairs(d.train, d.format, d.skip_invalid, rejects, *reading)
     require_rows(loaded, "data.train")
