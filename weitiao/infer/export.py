@@ -177,17 +177,16 @@ def export(
     template = resolve_template(tokenizer, "auto")  # a run's tokenizer carries the training template
 
     def fill(tmp: Path) -> dict[str, Any]:
+        gen = _generation_config(adapter_dir, spec.path, named=model is not None)  # merged or not: the same one
         if merge:
             adapted = untie_adapted_embedding(attach_adapter(dequantized_base(spec), adapter_dir, spec.path))
             merged = adapted.merge_and_unload()
             merged = merged.to(DTYPES[dtype])
             merged.config.use_cache = True
             merged.save_pretrained(tmp, safe_serialization=True)
-            gen = merged.generation_config
             legacy_config_keys(tmp)
         else:
             copy_adapter(adapter_dir, tmp)
-            gen = _generation_config(adapter_dir, spec.path)
         stops = stop_ids(tokenizer, template, gen.eos_token_id if gen else None)
         write_generation_config(tmp, gen, stops)
         save_tokenizer(tokenizer, template, tmp)
@@ -267,16 +266,23 @@ def publish(dest: Path, replace: bool, fill: Any) -> Path:
     return dest
 
 
-def _generation_config(adapter_dir: Path, base: str) -> Any:
-    """The generation config to extend for an adapter: the run's (beside its adapter), else the base's, else None."""
-    from transformers import GenerationConfig
+def _generation_config(adapter_dir: Path, base: str, named: bool) -> Any:
+    """The generation config an export extends, adapter-only or merged: with --model (`named`) that model's, else the
+    run's (beside its adapter), else the base's; a model without generation_config.json gives what its config.json
+    implies, as from_pretrained makes it. None when none is found (a hub base not in the cache: the stop ids still
+    get written). With --model the adapter export used to keep the training base's sampling settings where the
+    merged one took the named model's."""
+    from transformers import AutoConfig, GenerationConfig
 
-    for where in (adapter_dir, base):
+    for where in ([] if named else [adapter_dir]) + [base]:
         try:
             return GenerationConfig.from_pretrained(resolve_path(str(where)))
-        except (OSError, UserError):  # none there, or a hub base not in the cache: the ids still get written
+        except (OSError, UserError):  # none there
             continue
-    return None
+    try:
+        return GenerationConfig.from_model_config(AutoConfig.from_pretrained(resolve_path(base)))
+    except (OSError, UserError, ValueError):  # not in the cache, or a config transformers cannot read here
+        return None
 
 
 # vllm/config/lora.py: `--max-lora-rank` takes one of these, default 16
