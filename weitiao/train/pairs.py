@@ -118,12 +118,8 @@ def prepare_pairs(
     if not pairs:
         raise UserError(f"data.min_confidence: no train pair has confidence ≥ {d.min_confidence}")
     enc = {"cache_dir": d.cache_dir, "use_cache": d.cache, "num_proc": d.num_proc, "progress": cfg.train.progress}
-    if (
-        cfg.train.progress
-        and os.environ.get("RANK", "0") == "0"
-        and (note := string_pairs_note(pairs + eval_pairs, template))
-    ):
-        print(f"note: {note}")  # once for train and eval pairs
+    if os.environ.get("RANK", "0") == "0" and (note := string_pairs_note(pairs + eval_pairs, template)):
+        print(f"note: {note}")  # once for train and eval pairs; with or without a progress bar
     if (
         d.format != "preference_raw"
         and os.environ.get("RANK", "0") == "0"
