@@ -469,8 +469,8 @@ def test_max_steps_over_epochs_the_config_set_is_said_once():
     plan = loop.EpochPlan(lengths, 8, False, spec(grad_accum=2, epochs=3, max_steps=6), world=1)
     assert plan.total_steps(loop.new_state()) == 6
     assert plan.note == (
-        "note: train.max_steps 6 sets the run's length (0.3 epochs of 20 steps), so train.epochs 3 (about 60 "
-        "steps) is not used; drop one of them"
+        "note: train.max_steps 6 sets the run's length (0.3 × the 20 steps of an epoch), so train.epochs 3 (about "
+        "60 steps) is not used; drop one of them"
     )
     for kw in ({"max_steps": 6}, {"epochs": 3}, {"epochs": 0.5, "max_steps": 10}):  # negative controls
         quiet = loop.EpochPlan(lengths, 8, False, spec(grad_accum=2, **kw), world=1)

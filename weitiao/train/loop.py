@@ -137,8 +137,8 @@ class EpochPlan:
         if "epochs" not in t.model_fields_set or not per_epoch or by_epochs == total:
             return ""
         return (
-            f"note: train.max_steps {total} sets the run's length ({total / per_epoch:.3g} epochs of {per_epoch} "
-            f"steps), so train.epochs {t.epochs:g} (about {by_epochs} steps) is not used; drop one of them"
+            f"note: train.max_steps {total} sets the run's length ({total / per_epoch:.3g} × the {per_epoch} steps "
+            f"of an epoch), so train.epochs {t.epochs:g} (about {by_epochs} steps) is not used; drop one of them"
         )
 
     def step(self, k: int) -> tuple[int, Units]:
