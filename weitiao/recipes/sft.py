@@ -137,7 +137,7 @@ def prepare_data(cfg: SFTConfig, tokenizer: object, rejects_dir: Path | None = N
     if not train:
         raise UserError(f"data.train: no rows left after truncation policy {d.truncation!r} (max_len {d.max_len})")
     warnings = list(dict.fromkeys(tr.meta["notes"] + ev.meta["notes"]))
-    if tr.meta["format"] != "text" and (note := fallback_note(d.template, template)):
+    if tr.meta["format"] != "text" and (note := fallback_note(d.template, template, tokenizer)):
         warnings.append(note)
     kept = rows[~tr.dropped[rows]]
     if len(idle := kept[tr.targets()[kept] == 0]):  # e.g. train_turns last on a row whose last reply has weight 0

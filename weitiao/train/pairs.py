@@ -123,7 +123,7 @@ def prepare_pairs(
     if (
         d.format != "preference_raw"
         and os.environ.get("RANK", "0") == "0"
-        and (note := fallback_note(d.template, template))
+        and (note := fallback_note(d.template, template, tokenizer))
     ):
         print(f"note: {note}")
     train, stats = encode_pairs(pairs, tokenizer, template, d.max_len, d.truncation, **enc)
