@@ -156,6 +156,10 @@ def test_merging_into_a_base_other_than_the_trained_one_is_said(tiny_model_dir, 
         assert "warning" not in capsys.readouterr().out
     ex.export(str(run), str(tmp_path / "m2"), merge=True, model=str(other))
     assert f"warning: --model {other} is not what the run trained on" in capsys.readouterr().out
+    ex.export(str(run), str(tmp_path / "a2"), model=str(other))  # adapter only: its serve line names that base
+    assert "the export is for a base it never saw" in capsys.readouterr().out
+    ex.export(str(run), str(tmp_path / "a3"), model=str(same))  # control: a copy of the trained base
+    assert "warning" not in capsys.readouterr().out
 
 
 def test_adapter_and_merged_exports_take_the_same_generation_config(tiny_model_dir, chat_file, tmp_path):

@@ -169,7 +169,7 @@ def export(
     adapter_dir, tok_dir, spec = locate(adapter)
     refuse_reward_adapter(adapter_dir)  # merged into a causal LM, the trained score head would be dropped
     spec = spec.model_copy(update={"path": model}) if model else spec
-    if merge and (warning := check_trained_base(adapter_dir, spec.path, "--model" if model else "the base")):
+    if warning := check_trained_base(adapter_dir, spec.path, "--model" if model else "the base", merge):
         print(f"warning: {warning}")
     dest = Path(out)
     replace = check_out(dest, adapter_dir, force)
@@ -198,11 +198,12 @@ def export(
     return publish(dest, replace, fill)
 
 
-def check_trained_base(adapter_dir: Path, base: str, named_by: str) -> str | None:
-    """A warning when the base to merge into is not the one the run trained on: the run's inputs.json (or its
+def check_trained_base(adapter_dir: Path, base: str, named_by: str, merge: bool = True) -> str | None:
+    """A warning when the base of the export is not the one the run trained on: the run's inputs.json (or its
     checkpoint's copy) holds the base's fingerprint (weight and .json files, as resume compares them); a base
     retrained, replaced or edited at the same path, or another --model, gets the adapter folded into weights it
-    never saw. A warning, not a refusal: an edited generation_config.json or tokenizer file changes it too."""
+    never saw (`merge`), or is the base the adapter export's serve line names (it was said for --merge only). A
+    warning, not a refusal: an edited generation_config.json or tokenizer file changes it too."""
     cfg_file, _ = recorded_run(adapter_dir)
     if cfg_file is None:  # a bare peft adapter: nothing recorded to compare
         return None
@@ -213,10 +214,11 @@ def check_trained_base(adapter_dir: Path, base: str, named_by: str) -> str | Non
     now = fingerprint(local) if local is not None else None
     if not (saved and now and saved != now):
         return None
+    done = "the adapter was merged into" if merge else "the export is for"
     return (
         f"{named_by} {base} is not what the run trained on ({inputs}: model.path {saved}, now {now}: its weight or "
-        ".json files changed, or another model): the adapter was merged into a base it never saw; give the base it "
-        "trained on with --model if that was not meant"
+        f".json files changed, or another model): {done} a base it never saw; give the base it trained on with "
+        "--model if that was not meant"
     )
 
 
