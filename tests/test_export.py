@@ -156,3 +156,36 @@ def test_merging_into_a_base_other_than_the_trained_one_is_said(tiny_model_dir, 
         assert "warning" not in capsys.readouterr().out
     ex.export(str(run), str(tmp_path / "m2"), merge=True, model=str(other))
     assert f"warning: --model {other} is not what the run trained on" in capsys.readouterr().out
+    ex.export(str(run), str(tmp_path / "a2"), model=str(other))  # adapter only: its serve line names that base
+    assert "the export is for a base it never saw" in capsys.readouterr().out
+    ex.export(str(run), str(tmp_path / "a3"), model=str(same))  # control: a copy of the trained base
+    assert "warning" not in capsys.readouterr().out
+
+
+def test_adapter_and_merged_exports_take_the_same_generation_config(tiny_model_dir, chat_file, tmp_path):
+    """`--model OTHER`: the merged export took OTHER's generation_config.json (its sampling settings), the adapter
+    export the training base's, so one adapter served two ways sampled differently. Both now take the named
+    model's (a model without the file: what its config.json implies), with training's stop ids; without --model
+    both the training base's."""
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    over = [f"model.path={tiny_model_dir}", f"data.train=[{chat_file}]", f"train.out={run}", "train.max_steps=1"]
+    sft.run(load_config(sft.SFTConfig, None, [*over, "train.progress=false", "train.tensorboard=false"]))
+    other, bare = tmp_path / "other", tmp_path / "bare"
+    shutil.copytree(tiny_model_dir, other)
+    gen = json.loads((other / "generation_config.json").read_text())
+    (other / "generation_config.json").write_text(json.dumps({**gen, "do_sample": True, "temperature": 0.3}))
+    shutil.copytree(tiny_model_dir, bare)
+    (bare / "generation_config.json").unlink()
+
+    def written(name: str, **kw) -> dict:
+        return json.loads((ex.export(str(run), str(tmp_path / name), **kw) / "generation_config.json").read_text())
+
+    stops = json.loads((run / "final" / "adapter" / "generation_config.json").read_text())["eos_token_id"]
+    for k, model in enumerate((str(other), str(bare), None)):
+        adapter, merged = written(f"a{k}", model=model), written(f"m{k}", model=model, merge=True)
+        assert adapter == merged
+        assert (adapter.get("temperature"), adapter.get("do_sample")) == ((0.3, True) if k == 0 else (None, None))
+        assert adapter["eos_token_id"] == stops  # training's stop ids either way

@@ -460,3 +460,19 @@ def test_first_save_on_cpu_prints_no_deepspeed_accelerator_warning():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Setting accelerator" not in done.stderr + done.stdout
+
+
+def test_max_steps_over_epochs_the_config_set_is_said_once():
+    """`epochs: 3` beside `max_steps: 6` trained 6 steps (a third of an epoch here) without a word: now a note names
+    both keys; no note when epochs is left unset or gives the same length."""
+    lengths = [1] * 40  # micro-batch 1, grad_accum 2: 20 steps an epoch
+    plan = loop.EpochPlan(lengths, 8, False, spec(grad_accum=2, epochs=3, max_steps=6), world=1)
+    assert plan.total_steps(loop.new_state()) == 6
+    assert plan.note == (
+        "note: train.max_steps 6 sets the run's length (0.3 × the 20 steps of an epoch), so train.epochs 3 (about "
+        "60 steps) is not used; drop one of them"
+    )
+    for kw in ({"max_steps": 6}, {"epochs": 3}, {"epochs": 0.5, "max_steps": 10}):  # negative controls
+        quiet = loop.EpochPlan(lengths, 8, False, spec(grad_accum=2, **kw), world=1)
+        quiet.total_steps(loop.new_state())
+        assert quiet.note == ""

@@ -127,9 +127,11 @@ def test_string_pairs_are_templated_and_say_so(demo_tok, tmp_path, capsys):
     t = resolve_template(demo_tok)
     seqs, _ = encode_pairs(pairs, demo_tok, t, 256, "drop", cache_dir=tmp_path / "cache", num_proc=1)
     assert t.eot in demo_tok.decode(seqs[0].input_ids)  # the chat template was applied
-    # said once for train and eval pairs together (it was said per set: twice, with two counts)
+    # said once for train and eval pairs together (it was said per set: twice, with two counts), also with
+    # train.progress false (it was said only beside a progress bar: nohup and Slurm runs never saw it)
     held = write_jsonl(tmp_path / "e.jsonl", STRING_ROWS[:2])
     keys = [f"data.train=[{path}]", f"data.eval=[{held}]", f"train.out={tmp_path / 'o'}", "data.num_proc=1"]
+    keys.append("train.progress=false")
     cfg = load_config(dpo.DPOConfig, None, [*keys, f"data.cache_dir={tmp_path / 'cache'}"])
     capsys.readouterr()
     prepare_pairs(cfg, demo_tok)

@@ -200,6 +200,60 @@ def test_a_refused_run_leaves_the_previous_run_s_rejects_alone(tiny_model_dir, c
     assert "乙" in (run / "rejects.jsonl").read_text(encoding="utf-8")
 
 
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def test_a_fresh_run_refused_on_its_data_leaves_the_previous_run_in_place(
+    tiny_model_dir, chat_file, tmp_path, monkeypatch
+):
+    """train.resume=none moved the previous run to previous/<time>/ before the data was read: a bad row (or a key
+    refused once the data is known) then stopped the run, and the previous run's final/, metrics and checkpoints
+    were gone from train.out (exit 1, a 'fresh run ... moved' line before the error). Now nothing moves until the
+    run starts; rejects are staged outside train.out and named in the error when no row is left."""
+    import tempfile
+
+    from conftest import write_jsonl
+
+    from weitiao.recipes import dpo
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where the rejects are staged
+    (tmp_path / "tmp").mkdir()
+    run = tmp_path / "run"
+    sft.run(config(tiny_model_dir, chat_file, run, "train.max_steps=1", "data.skip_invalid=true"))
+    before = snapshot(run)
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "你好", "output": 42}])
+    fresh = ("train.max_steps=1", "train.resume=none")
+    with pytest.raises(UserError, match="bad.jsonl:1: output: expected a string"):
+        sft.run(config(tiny_model_dir, bad, run, *fresh))
+    assert snapshot(run) == before  # was: the previous run under previous/<time>/, train.out empty
+    with pytest.raises(UserError, match=r"no valid rows \(invalid rows are in .*weitiao-rejects-.*rejects.jsonl\)"):
+        sft.run(config(tiny_model_dir, bad, run, *fresh, "data.skip_invalid=true"))
+    [staged] = (tmp_path / "tmp").glob("weitiao-rejects-*/rejects.jsonl")  # where the error says
+    assert "bad.jsonl:1" in staged.read_text(encoding="utf-8")
+    with pytest.raises(UserError, match="train.eval_every=1 needs eval data"):  # refused after the data is read
+        sft.run(config(tiny_model_dir, chat_file, run, *fresh, "data.eval_split=0", "train.eval_every=1"))
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "你好", "chosen": "好", "rejected": "好"}])
+    with pytest.raises(UserError, match="pairs.jsonl:1"):
+        dpo.run(
+            load_config(
+                dpo.DPOConfig,
+                None,
+                [
+                    f"model.path={tiny_model_dir}",
+                    f"data.train=[{pairs}]",
+                    f"train.out={run}",
+                    "train.resume=none",
+                    "train.progress=false",
+                ],
+            )
+        )
+    assert snapshot(run) == before  # nothing moved, nothing written
+    sft.run(config(tiny_model_dir, chat_file, run, *fresh))  # negative control: a run that starts moves it aside
+    [prev] = list((run / "previous").iterdir())
+    assert snapshot(prev) == before
+
+
 def test_diverging_run_stops_keeps_last_good_checkpoint_and_writes_no_final(tiny_model_dir, chat_file, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(DivergedError, match=r"^step 2: loss is (nan|inf); training diverged"):

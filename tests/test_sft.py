@@ -433,8 +433,17 @@ def test_auto_template_on_a_tokenizer_without_one_says_it_renders_plain(tmp_path
     assert sft.run(config(bare, chat_file, tmp_path / "a", *base))["finished"]
     assert "data.template auto: the tokenizer has no chat template" in capsys.readouterr().out
     own = build_tokenizer()
-    assert fallback_note("auto", resolve_template(own, "auto")) is None  # control: its own template
-    assert fallback_note("plain", resolve_template(own, "plain")) is None  # asked for: no note
+    assert fallback_note("auto", resolve_template(own, "auto"), own) is None  # control: its own template
+    assert fallback_note("plain", resolve_template(own, "plain"), own) is None  # asked for: no note
+    # only the standard templates the tokenizer can render are named (chatml and llama3 were named to a tokenizer
+    # holding neither end-of-turn token, and both were then refused)
+    lone = build_tokenizer(None, eos="<|endoftext|>")  # has <|im_end|> as a special token, no <|eot_id|>
+    assert fallback_note("auto", resolve_template(lone), lone).endswith("set data.template: chatml for a standard one")
+    vocab = {t: i for t, i in lone.get_vocab().items() if t != "<|im_end|>"}
+    neither = type("Tok", (), {"get_vocab": lambda self: vocab})()
+    assert fallback_note("auto", resolve_template(lone), neither).endswith(
+        "the standard ones (chatml, llama3) need <|im_end|> or <|eot_id|>, which this tokenizer lacks"
+    )
 
 
 def test_a_run_without_eval_reports_no_best_eval(tiny_model_dir, chat_file, tmp_path):

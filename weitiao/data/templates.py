@@ -229,15 +229,23 @@ def find_eot(tokenizer: Any, jinja: str) -> str | None:
     return None
 
 
-def fallback_note(requested: str, template: ChatTemplate) -> str | None:
+def fallback_note(requested: str, template: ChatTemplate, tokenizer: Any) -> str | None:
     """The note for `auto` on a tokenizer without a chat template: rows render in weitiao's plain format, which a base
-    never saw and other tools do not write (the tuned model's tokenizer carries it, so an export renders the same)."""
+    never saw and other tools do not write (the tuned model's tokenizer carries it, so an export renders the same).
+    It names the standard templates whose end-of-turn token the tokenizer has (it named chatml and llama3 to a
+    tokenizer holding neither token, and both were then refused)."""
     if requested != "auto" or template.name != "plain":
         return None
+    vocab = tokenizer.get_vocab()
+    usable = [name for name in ("chatml", "llama3") if SHIPPED[name][1] in vocab]
+    standard = (
+        f"set data.template: {' or '.join(usable)} for a standard one"
+        if usable
+        else "the standard ones (chatml, llama3) need <|im_end|> or <|eot_id|>, which this tokenizer lacks"
+    )
     return (
         "data.template auto: the tokenizer has no chat template, so rows render in weitiao's plain format "
-        "('### 用户:' / '### 助手:', replies end with EOS; it is written into the tuned model's tokenizer); set "
-        "data.template: chatml or llama3 for a standard one"
+        f"('### 用户:' / '### 助手:', replies end with EOS; it is written into the tuned model's tokenizer); {standard}"
     )
 
 

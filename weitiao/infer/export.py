@@ -169,7 +169,7 @@ def export(
     adapter_dir, tok_dir, spec = locate(adapter)
     refuse_reward_adapter(adapter_dir)  # merged into a causal LM, the trained score head would be dropped
     spec = spec.model_copy(update={"path": model}) if model else spec
-    if merge and (warning := check_trained_base(adapter_dir, spec.path, "--model" if model else "the base")):
+    if warning := check_trained_base(adapter_dir, spec.path, "--model" if model else "the base", merge):
         print(f"warning: {warning}")
     dest = Path(out)
     replace = check_out(dest, adapter_dir, force)
@@ -177,17 +177,16 @@ def export(
     template = resolve_template(tokenizer, "auto")  # a run's tokenizer carries the training template
 
     def fill(tmp: Path) -> dict[str, Any]:
+        gen = _generation_config(adapter_dir, spec.path, named=model is not None)  # merged or not: the same one
         if merge:
             adapted = untie_adapted_embedding(attach_adapter(dequantized_base(spec), adapter_dir, spec.path))
             merged = adapted.merge_and_unload()
             merged = merged.to(DTYPES[dtype])
             merged.config.use_cache = True
             merged.save_pretrained(tmp, safe_serialization=True)
-            gen = merged.generation_config
             legacy_config_keys(tmp)
         else:
             copy_adapter(adapter_dir, tmp)
-            gen = _generation_config(adapter_dir, spec.path)
         stops = stop_ids(tokenizer, template, gen.eos_token_id if gen else None)
         write_generation_config(tmp, gen, stops)
         save_tokenizer(tokenizer, template, tmp)
@@ -199,11 +198,12 @@ def export(
     return publish(dest, replace, fill)
 
 
-def check_trained_base(adapter_dir: Path, base: str, named_by: str) -> str | None:
-    """A warning when the base to merge into is not the one the run trained on: the run's inputs.json (or its
+def check_trained_base(adapter_dir: Path, base: str, named_by: str, merge: bool = True) -> str | None:
+    """A warning when the base of the export is not the one the run trained on: the run's inputs.json (or its
     checkpoint's copy) holds the base's fingerprint (weight and .json files, as resume compares them); a base
     retrained, replaced or edited at the same path, or another --model, gets the adapter folded into weights it
-    never saw. A warning, not a refusal: an edited generation_config.json or tokenizer file changes it too."""
+    never saw (`merge`), or is the base the adapter export's serve line names (it was said for --merge only). A
+    warning, not a refusal: an edited generation_config.json or tokenizer file changes it too."""
     cfg_file, _ = recorded_run(adapter_dir)
     if cfg_file is None:  # a bare peft adapter: nothing recorded to compare
         return None
@@ -214,10 +214,11 @@ def check_trained_base(adapter_dir: Path, base: str, named_by: str) -> str | Non
     now = fingerprint(local) if local is not None else None
     if not (saved and now and saved != now):
         return None
+    done = "the adapter was merged into" if merge else "the export is for"
     return (
         f"{named_by} {base} is not what the run trained on ({inputs}: model.path {saved}, now {now}: its weight or "
-        ".json files changed, or another model): the adapter was merged into a base it never saw; give the base it "
-        "trained on with --model if that was not meant"
+        f".json files changed, or another model): {done} a base it never saw; give the base it trained on with "
+        "--model if that was not meant"
     )
 
 
@@ -267,16 +268,23 @@ def publish(dest: Path, replace: bool, fill: Any) -> Path:
     return dest
 
 
-def _generation_config(adapter_dir: Path, base: str) -> Any:
-    """The generation config to extend for an adapter: the run's (beside its adapter), else the base's, else None."""
-    from transformers import GenerationConfig
+def _generation_config(adapter_dir: Path, base: str, named: bool) -> Any:
+    """The generation config an export extends, adapter-only or merged: with --model (`named`) that model's, else the
+    run's (beside its adapter), else the base's; a model without generation_config.json gives what its config.json
+    implies, as from_pretrained makes it. None when none is found (a hub base not in the cache: the stop ids still
+    get written). With --model the adapter export used to keep the training base's sampling settings where the
+    merged one took the named model's."""
+    from transformers import AutoConfig, GenerationConfig
 
-    for where in (adapter_dir, base):
+    for where in ([] if named else [adapter_dir]) + [base]:
         try:
             return GenerationConfig.from_pretrained(resolve_path(str(where)))
-        except (OSError, UserError):  # none there, or a hub base not in the cache: the ids still get written
+        except (OSError, UserError):  # none there
             continue
-    return None
+    try:
+        return GenerationConfig.from_model_config(AutoConfig.from_pretrained(resolve_path(base)))
+    except (OSError, UserError, ValueError):  # not in the cache, or a config transformers cannot read here
+        return None
 
 
 # vllm/config/lora.py: `--max-lora-rank` takes one of these, default 16

@@ -414,8 +414,8 @@ def run(cfg: DPOConfig) -> dict:
 
     # 1. Pairs → tokens.
     tokenizer = load_tokenizer(cfg.model.path)
-    opened = loop.open_run(out, t, cfg, accel)  # refused or moved aside before rejects.jsonl is written
-    data = prepare_pairs(cfg, tokenizer)
+    opened = loop.open_run(out, t, cfg, accel)  # refused on a changed config; `out` unchanged until loop.start
+    data = prepare_pairs(cfg, tokenizer, rejects_dir=opened.staged)
     loop.refuse_eval_without_data(cfg.train, bool(data.eval))
     kl_default = DPOSpec.model_fields["kl_max_new_tokens"].default  # the default: set or not, nothing to say
     if not data.eval and cfg.dpo.kl_max_new_tokens not in (0, kl_default):
@@ -466,6 +466,8 @@ def run(cfg: DPOConfig) -> dict:
         print_pairs_summary(data, cfg, ref, trainable, world, log if ckpt is None else None)
     plan = loop.EpochPlan(data.pair_lengths(), 2 * cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
     total = plan.total_steps(state)
+    if main and plan.note:
+        print(plan.note)
     falling = FallingChosen(d.warn_falling_chosen)
 
     def evaluate_now() -> dict[str, float]:

@@ -188,8 +188,8 @@ def run(cfg: RMConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model.path)
     if cfg.data.weight_field:
         raise UserError("data.weight_field: per-pair weights are used by DPO only; remove it for the reward model")
-    opened = loop.open_run(out, t, cfg, accel)  # refused or moved aside before rejects.jsonl is written
-    data = prepare_pairs(cfg, tokenizer, read_margins=True, read_weights=False)
+    opened = loop.open_run(out, t, cfg, accel)  # refused on a changed config; `out` unchanged until loop.start
+    data = prepare_pairs(cfg, tokenizer, read_margins=True, read_weights=False, rejects_dir=opened.staged)
     loop.refuse_eval_without_data(cfg.train, bool(data.eval))
     if data.margins and cfg.rm.margin:
         raise UserError(f"rm.margin={cfg.rm.margin}: the data has a margin column, read per pair as TRL does, so "
@@ -224,6 +224,8 @@ def run(cfg: RMConfig) -> dict:
         print_pairs_summary(data, trainable, world, log if ckpt is None else None)
     plan = loop.EpochPlan(data.pair_lengths(), 2 * cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
     total = plan.total_steps(state)
+    if main and plan.note:
+        print(plan.note)
 
     def evaluate_now() -> dict[str, float]:
         return evaluate(scorer, data.eval, cfg, pad_id, accel, one_row, eval_margins)

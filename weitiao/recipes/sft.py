@@ -91,15 +91,16 @@ def _chat_only_keys(d: DataSpec) -> str:
     return ", ".join(f"data.{k}" for k, v in keys.items() if v)
 
 
-def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
+def prepare_data(cfg: SFTConfig, tokenizer: object, rejects_dir: Path | None = None) -> SFTData:
     """Load, validate, template and tokenize train/eval data (or read them from the cache); account for every row.
+    Bad rows (data.skip_invalid) go to `rejects_dir` (default train.out): rejects.jsonl, eval_rejects.jsonl.
 
     An eval split holds out unique conversations (copies stay on one side, one copy evaluated);
     eval rows that also occur in train are counted and warned about, eval files given too.
     """
     d = cfg.data
     template = resolve_template(tokenizer, d.template)
-    rejects = Path(cfg.train.out) / "rejects.jsonl"
+    rejects = Path(rejects_dir or cfg.train.out) / "rejects.jsonl"
     opts = EncodeOptions(d.max_len, d.train_on_prompt, d.train_turns, d.truncation, d.train_eot)
     first = not (torch.distributed.is_initialized() and torch.distributed.get_rank() > 0)
     kw = {
@@ -136,7 +137,7 @@ def prepare_data(cfg: SFTConfig, tokenizer: object) -> SFTData:
     if not train:
         raise UserError(f"data.train: no rows left after truncation policy {d.truncation!r} (max_len {d.max_len})")
     warnings = list(dict.fromkeys(tr.meta["notes"] + ev.meta["notes"]))
-    if tr.meta["format"] != "text" and (note := fallback_note(d.template, template)):
+    if tr.meta["format"] != "text" and (note := fallback_note(d.template, template, tokenizer)):
         warnings.append(note)
     kept = rows[~tr.dropped[rows]]
     if len(idle := kept[tr.targets()[kept] == 0]):  # e.g. train_turns last on a row whose last reply has weight 0
@@ -254,8 +255,8 @@ def run(cfg: SFTConfig) -> dict:
 
     # 1. Data: validate, template, tokenize; every row accounted for.
     tokenizer = load_tokenizer(cfg.model.path)
-    opened = loop.open_run(out, t, cfg, accel)  # refused or moved aside before rejects.jsonl is written
-    data = prepare_data(cfg, tokenizer)
+    opened = loop.open_run(out, t, cfg, accel)  # refused on a changed config; `out` unchanged until loop.start
+    data = prepare_data(cfg, tokenizer, opened.staged)
     loop.refuse_eval_without_data(t, bool(data.eval), golden_cadence=True)
     pad_id = tokenizer.pad_token_id
     world = accel.num_processes
@@ -282,6 +283,8 @@ def run(cfg: SFTConfig) -> dict:
         print_data_summary(data, cfg, trainable, total_params, world, log if ckpt is None else None)
     plan = loop.EpochPlan(example_lengths(data.train), cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
     total = plan.total_steps(state)
+    if main and plan.note:
+        print(plan.note)
     golden = _golden_hook(t, model, tokenizer, data.template, out, accel) if t.golden else None
 
     def evaluate_now() -> dict[str, float]:

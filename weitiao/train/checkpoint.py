@@ -473,6 +473,7 @@ def open_run(
     gather: Callable[[Any], list] | None = None,
     write: bool = True,
     schedule: bool = True,
+    move: bool = True,
 ) -> Path | None:
     """Start or resume the run in `out`; returns the checkpoint to load (None: fresh start). `schedule`: the
     recipe's learning rate follows a schedule over the run's length (PPO's is constant: no note on a new length).
@@ -480,9 +481,9 @@ def open_run(
     Resume (`train.resume`: auto, force or a checkpoint dir) checks that every process found the same
     checkpoint (`gather`: one value per process, for a run of several) and that `world` processes wrote it,
     then the config (`check_config`) and the weights behind its model/adapter paths (`inputs`, from
-    `input_fingerprints`: `check_inputs`); a fresh start moves a previous run's files aside. The main
-    process then writes config.yaml and inputs.json (`record`; with `write` false the caller does, once its data
-    is read: a run that fails before leaves nothing new).
+    `input_fingerprints`: `check_inputs`); a fresh start moves a previous run's files aside (`set_aside`; with `move`
+    false the caller does). The main process then writes config.yaml and inputs.json (`record`; with `write` false
+    the caller does, once its data and model are ready: a run refused before changes nothing in `out`).
     """
     ckpt = resume_point(out, resume)
     if gather is not None and world > 1:
@@ -497,11 +498,17 @@ def open_run(
                 print(note)
             if changed := ", ".join(filter(None, [forced, forced_inputs])):
                 print(f"train.resume=force: training on with changed {changed}")
-    elif main and (moved := move_previous_run(out)) is not None:
-        print(f"fresh run in {out}: the previous run's files were moved to {moved}")
+    elif move:
+        set_aside(out, main)
     if write:
         record(out, resume, config_yaml, main, inputs, ckpt)
     return ckpt
+
+
+def set_aside(out: Path, main: bool) -> None:
+    """A fresh run's start: the main process moves a previous run's files in `out` aside, saying where."""
+    if main and (moved := move_previous_run(out)) is not None:
+        print(f"fresh run in {out}: the previous run's files were moved to {moved}")
 
 
 def record(

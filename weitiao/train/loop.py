@@ -20,11 +20,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -61,6 +64,7 @@ class EpochPlan:
         self.world, self.per_step = world, world * t.grad_accum
         self.epoch = lru_cache(maxsize=2)(self._epoch)
         self._steps: dict[int, int] = {}
+        self.note = ""  # set by total_steps: a line for the user when train.max_steps overrides a train.epochs they set
 
     def _epoch(self, epoch: int) -> Units:
         t = self.t
@@ -88,6 +92,7 @@ class EpochPlan:
         t = self.t
         if t.max_steps is not None:
             total = t.max_steps
+            self.note = self._epochs_unused(total)
         else:  # whole epochs (each its own size when packed), then the fraction of the next one
             whole, part = int(t.epochs), t.epochs - int(t.epochs)
             total = sum(self.steps_in(e) for e in range(whole)) + math.ceil(part * self.steps_in(whole) - 1e-9)
@@ -123,6 +128,18 @@ class EpochPlan:
                 "would be trained; raise train.max_steps (or train.epochs) to continue, or set train.resume=none"
             )
         return total
+
+    def _epochs_unused(self, total: int) -> str:
+        """A note when the config sets train.epochs and train.max_steps decides another length: epochs was ignored
+        without a word (a config written for `epochs: 3` trained max_steps' fraction of one)."""
+        t, per_epoch = self.t, self.steps_in(0)
+        by_epochs = max(1, math.ceil(t.epochs * per_epoch - 1e-9))
+        if "epochs" not in t.model_fields_set or not per_epoch or by_epochs == total:
+            return ""
+        return (
+            f"note: train.max_steps {total} sets the run's length ({total / per_epoch:.3g} × the {per_epoch} steps "
+            f"of an epoch), so train.epochs {t.epochs:g} (about {by_epochs} steps) is not used; drop one of them"
+        )
 
     def step(self, k: int) -> tuple[int, Units]:
         """(epoch, micro-batches of every process) of optimizer step k (0-based)."""
@@ -422,29 +439,44 @@ def new_state() -> dict[str, Any]:
     return {"step": 0, "best_eval": float("inf"), "best_step": None, "bad_evals": 0, "tokens": 0}
 
 
-Opened = tuple[str, dict, Path | None]  # config.yaml text, input fingerprints, checkpoint to resume (None: fresh)
+class Opened(NamedTuple):
+    """What `open_run` decided, for `start`."""
+
+    config_yaml: str
+    inputs: dict  # input fingerprints
+    ckpt: Path | None  # the checkpoint to resume; None: a fresh start
+    staged: Path  # where the data's rejects files go until `start` moves them into `out` (made when written)
 
 
 def open_run(out: Path, t: TrainSpec, cfg: Any, accel: Any) -> Opened:
-    """Before the data is read (which writes rejects.jsonl into `out`): the checkpoint `t.resume` names if the config
-    `cfg` still trains the same thing on the same models (else refused: nothing in `out` changes), or None for a fresh
-    start, the previous run's files moved aside first. Nothing is written yet (`start` does)."""
+    """Before the data is read: the checkpoint `t.resume` names if the config `cfg` still trains the same thing on the
+    same models (else refused), or None for a fresh start. Nothing in `out` changes until `start`: the data's rejects
+    files are staged in a temp folder (`Opened.staged`), and the previous run's files move aside in `start`, so a run
+    refused on its data or model leaves `out` as it was (a bad row used to leave the previous run in previous/)."""
     from weitiao.config import dump_config
 
     config_yaml, inputs = dump_config(cfg), ck.input_fingerprints(cfg)
     main, world = accel.is_main_process, accel.num_processes
-    ckpt = ck.open_run(out, t.resume, config_yaml, main, inputs, world, dist.gather_objects, write=False)
-    accel.wait_for_everyone()  # the previous run is moved aside before any process writes rejects.jsonl into `out`
-    return config_yaml, inputs, ckpt
+    ckpt = ck.open_run(out, t.resume, config_yaml, main, inputs, world, dist.gather_objects, write=False, move=False)
+    staged = Path(tempfile.gettempdir()) / f"weitiao-rejects-{secrets.token_hex(8)}"  # one per process
+    return Opened(config_yaml, inputs, ckpt, staged)
 
 
 def start(
     out: Path, t: TrainSpec, opened: Opened, accel: Any, module: Any, optimizer: Any
 ) -> tuple[dict, Path | None, MetricsLog]:
     """Resume from `open_run`'s checkpoint (weights, optimizer, this process's RNG, data position, early-stop state)
-    or start fresh; write config.yaml and inputs.json; open the metrics log. `module` is what the recipe passed to
-    accelerator.prepare."""
-    config_yaml, inputs, ckpt = opened
+    or start fresh, the previous run's files moved aside first; move the staged rejects files into `out`; write
+    config.yaml and inputs.json; open the metrics log. `module` is what the recipe passed to accelerator.prepare."""
+    config_yaml, inputs, ckpt, staged = opened
+    if ckpt is None:
+        ck.set_aside(out, accel.is_main_process)
+    accel.wait_for_everyone()  # the previous run is aside before any process writes into `out`
+    if staged.is_dir():  # every process staged its own copy; the main process's goes into `out`
+        for f in sorted(staged.iterdir()) if accel.is_main_process else ():
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.move(f, out / f.name)
+        shutil.rmtree(staged, ignore_errors=True)
     ck.record(out, t.resume, config_yaml, accel.is_main_process, inputs, ckpt)
     state = new_state()
     rank, world = accel.process_index, accel.num_processes

@@ -83,13 +83,20 @@ def _confident(pairs: list[PreferencePair], least: float | None) -> list[Prefere
     return [p for p in pairs if _row_number(p, "confidence", "data.min_confidence") >= least]
 
 
-def prepare_pairs(cfg: PairConfig, tokenizer: Any, read_margins: bool = False, read_weights: bool = True) -> PrefData:
+def prepare_pairs(
+    cfg: PairConfig,
+    tokenizer: Any,
+    read_margins: bool = False,
+    read_weights: bool = True,
+    rejects_dir: Path | None = None,
+) -> PrefData:
     """Pairs read, split, filtered and tokenized; `read_margins`: each pair's `margin` column is read (the reward
     model), else a row with one is refused; `read_weights` false: the recipe has no per-pair weight (the reward
-    model), so a `weight` column is refused without pointing to data.weight_field."""
+    model), so a `weight` column is refused without pointing to data.weight_field. Bad rows (data.skip_invalid) go
+    to `rejects_dir` (default train.out)."""
     d = cfg.data
     template = resolve_template(tokenizer, d.template)
-    rejects = Path(cfg.train.out) / "rejects.jsonl"
+    rejects = Path(rejects_dir or cfg.train.out) / "rejects.jsonl"
     reading = (d.max_row_bytes, d.dataset_dir, CONFIG_SKIP_HINT, special_token_check(tokenizer))  # a bad row: set aside
     loaded = load_pairs(d.train, d.format, d.skip_invalid, rejects, *reading)
     require_rows(loaded, "data.train")
@@ -111,16 +118,12 @@ def prepare_pairs(cfg: PairConfig, tokenizer: Any, read_margins: bool = False, r
     if not pairs:
         raise UserError(f"data.min_confidence: no train pair has confidence ≥ {d.min_confidence}")
     enc = {"cache_dir": d.cache_dir, "use_cache": d.cache, "num_proc": d.num_proc, "progress": cfg.train.progress}
-    if (
-        cfg.train.progress
-        and os.environ.get("RANK", "0") == "0"
-        and (note := string_pairs_note(pairs + eval_pairs, template))
-    ):
-        print(f"note: {note}")  # once for train and eval pairs
+    if os.environ.get("RANK", "0") == "0" and (note := string_pairs_note(pairs + eval_pairs, template)):
+        print(f"note: {note}")  # once for train and eval pairs; with or without a progress bar
     if (
         d.format != "preference_raw"
         and os.environ.get("RANK", "0") == "0"
-        and (note := fallback_note(d.template, template))
+        and (note := fallback_note(d.template, template, tokenizer))
     ):
         print(f"note: {note}")
     train, stats = encode_pairs(pairs, tokenizer, template, d.max_len, d.truncation, **enc)

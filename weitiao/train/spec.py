@@ -29,7 +29,9 @@ class RunSpec(BaseModel):
 
     out: ConfigPath = Field("runs/sft", description="run folder: checkpoints, final/, metrics.jsonl")
     seed: int = Field(42, description="seed for shuffling, splits, sampling and initialization")
-    max_steps: int | None = Field(None, gt=0, description="overrides epochs when set")
+    max_steps: int | None = Field(
+        None, gt=0, description="overrides epochs when set (a note says so when the config sets both)"
+    )
     save_every: int = Field(0, ge=0, description="0 = only at the end; an eval with a new best eval_loss saves too")
     keep_last: int = Field(3, gt=0, description="checkpoints kept (plus the best eval one); at least 1")
     resume: ResumeRef = Field(

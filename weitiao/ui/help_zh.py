@@ -51,7 +51,7 @@ ZH: dict[str, str] = {
     "Optimizer, schedule, batching, evaluation and checkpoint cadence (SFT, DPO, RM).": "优化器、学习率调度、批大小、验证与保存频率（SFT、DPO、RM）。",
     "run folder: checkpoints, final/, metrics.jsonl": "运行目录：检查点、final/、metrics.jsonl",
     "seed for shuffling, splits, sampling and initialization": "打乱、切分、采样和初始化用的随机种子",
-    "overrides epochs when set": "设置后代替 epochs",
+    "overrides epochs when set (a note says so when the config sets both)": "设置后代替 epochs（配置两者都设时打印一行说明）",
     "0 = only at the end": "0 = 只在结束时",
     "0 = only at the end; an eval with a new best eval_loss saves too": "0 = 只在结束时；eval_loss 创新低的那次评估也保存",
     "checkpoints kept (plus the best eval one); at least 1": "保留的检查点数（另加验证最好的那个）；至少 1",
