@@ -332,3 +332,15 @@ def test_eval_gen_repetition_controls(tiny_model_dir, tokenizer, tmp_path):
     assert got == [len(s.response_ids) - s.stopped for s in barred]
     r = CliRunner().invoke(eval_app, [*args, "--repetition-penalty", "0"])
     assert r.exit_code != 0 and "--repetition-penalty 0.0: must be > 0" in str(r.exception)
+
+
+def test_distinct_is_left_out_when_no_reply_holds_an_ngram():
+    """Replies of one unit each ('，', '好') read distinct_2 0.0, the score of total repetition; nothing repeated."""
+    from weitiao.eval.metrics import item_metrics
+
+    short = reply_metrics([Item("，"), Item("好")])
+    assert "distinct_2" not in short and short["distinct_1"] == 1.0
+    assert "distinct_2" not in item_metrics(Item("好"))
+    assert reply_metrics([Item("好好"), Item("好")])["distinct_2"] == 1.0  # control: one bigram, defined
+    assert item_metrics(Item("好好好"))["distinct_2"] == 0.5
+    assert "distinct_1" not in reply_metrics([Item("")])

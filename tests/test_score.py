@@ -218,3 +218,24 @@ def test_scores_are_written_in_the_files_row_order(rm_dir, tmp_path):
     out = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert [o["source"].rsplit("/", 1)[1] for o in out] == ["a.jsonl:1", "a.jsonl:2", "b.jsonl:1"]
     assert ["score" in o for o in out] == [True, True, False]
+
+
+def test_a_pair_whose_sides_score_the_same_is_wrong_and_counted_as_a_tie(rm_dir, tmp_path):
+    """pair_accuracy is strict (chosen above rejected, as training's accuracy): exact ties counted as wrong unsaid. A
+    reward head of zeros scores every reply 0: every pair a tie."""
+    import shutil
+
+    from transformers import AutoModelForSequenceClassification
+
+    flat = shutil.copytree(rm_dir, tmp_path / "flat")
+    model = AutoModelForSequenceClassification.from_pretrained(flat / "model")
+    model.score.weight.data.zero_()
+    model.save_pretrained(flat / "model")
+    rows = [
+        {"prompt": "你好", "chosen": "你好呀", "rejected": "滚"},
+        {"prompt": "在吗", "chosen": "在的", "rejected": "不在"},
+    ]
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    flat_summary = score.run(str(flat), str(pairs), str(tmp_path / "flat.jsonl"))
+    assert flat_summary["pair_ties"] == 2 and flat_summary["pair_accuracy"] == 0.0
+    assert score.run(str(rm_dir), str(pairs), str(tmp_path / "real.jsonl"))["pair_ties"] == 0  # control

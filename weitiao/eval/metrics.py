@@ -120,6 +120,11 @@ class Item:
     judge: float | None = None  # judge score in [0, 1], when a judge ran
 
 
+def _distinct(texts: Sequence[str], n: int) -> float | None:
+    """Corpus distinct-n, or None when no text holds an n-gram (nothing to tell repeated from varied)."""
+    return distinct_n(texts, n) if any(len(units(t)) >= n for t in texts) else None
+
+
 def item_metrics(it: Item, s: MetricSettings | None = None) -> dict[str, float]:
     """Per-reply numbers: length, emoji, refusal, stop, loop, copy (multi-turn), overlap (with a reference)."""
     s = s or MetricSettings()
@@ -129,8 +134,9 @@ def item_metrics(it: Item, s: MetricSettings | None = None) -> dict[str, float]:
         "refusal": float(bool(re.search(s.refusal_pattern, it.reply))),
         "stop": float(it.stopped),
         "loop": float(ngram_loop(it.reply, s.loop_n, s.loop_repeats)),
-        "distinct_2": distinct_n([it.reply], 2),
     }
+    if (d2 := _distinct([it.reply], 2)) is not None:
+        out["distinct_2"] = d2
     if it.history:
         out["copy"] = copy_of_history_rate(it.reply, it.history, s.copy_n)
     if it.reference is not None:
@@ -152,7 +158,8 @@ def reply_metrics(items: Sequence[Item], s: MetricSettings | None = None) -> dic
     """Set-level metrics (REPLY_METRICS and `n`): means of the per-reply numbers, corpus distinct-1/2 and corpus BLEU.
 
     `copy_rate` averages over replies that have history; overlap metrics over replies with a
-    reference; `judge` over judged replies. A metric with no eligible reply is left out.
+    reference; `judge` over judged replies. A metric with no eligible reply is left out, distinct-n when no reply
+    holds n units (it would read 0, the score of total repetition).
     """
     s = s or MetricSettings()
     per = [item_metrics(it, s) for it in items]
@@ -164,9 +171,10 @@ def reply_metrics(items: Sequence[Item], s: MetricSettings | None = None) -> dic
         "refusal_rate": sum(p["refusal"] for p in per) / n,
         "stop_rate": sum(p["stop"] for p in per) / n,
         "loop_rate": sum(p["loop"] for p in per) / n,
-        "distinct_1": distinct_n([it.reply for it in items], 1),
-        "distinct_2": distinct_n([it.reply for it in items], 2),
     }
+    for k in (1, 2):
+        if (d := _distinct([it.reply for it in items], k)) is not None:
+            out[f"distinct_{k}"] = d
 
     def mean(key: str) -> float | None:
         vals = [p[key] for p in per if key in p]

@@ -1,7 +1,8 @@
 """`weitiao score --rm R FILE`: reward-model scores for replies or preference pairs.
 
 SFT-format rows get one score (their last assistant reply); preference rows get a score for each
-side and the file's pairwise accuracy. Output: the rows with `score` (or `score_chosen`,
+side and the file's pairwise accuracy (chosen scored strictly higher; exact ties are wrong and counted in
+`pair_ties`). Output: the rows with `score` (or `score_chosen`,
 `score_rejected`) added, as JSONL. Rows longer than the model's context lose their oldest turns;
 a row whose last exchange alone is too long gets no score (null) and is counted as refused.
 A reward model trained on raw text pairs (`data.format: preference_raw`) scores string pairs the same way:
@@ -163,7 +164,9 @@ def run(
         }
         both = [(c, r) for c, r in zip(rc, rr) if c is not None and r is not None]
         if both:
+            # strict as in training: an exact tie counts as wrong (TRL leaves ties out); pair_ties counts them
             summary["pair_accuracy"] = sum(c > r for c, r in both) / len(both)
+            summary["pair_ties"] = sum(c == r for c, r in both)
             summary["mean_margin"] = sum(c - r for c, r in both) / len(both)
     if convs:
         scores = score_conversations(rm, tokenizer, convs, stats=stats)
