@@ -290,3 +290,20 @@ def test_two_columns_naming_one_field_with_different_text_are_refused(tmp_path):
     row = {"query": "退货要多久", "prompt": "退货要多久", "bad": "不知道", "golden": "七天"}
     same.write_text(json.dumps(row) + "\n", encoding="utf-8")
     assert badcases.ingest([same])[0].prompt == "退货要多久"
+
+
+def test_a_rerun_whose_teacher_fails_leaves_the_earlier_run_whole(tmp_path):
+    """clusters.html/json were written before the teacher was asked: a rerun into the same --out with other cases whose
+    teacher failed (or that was interrupted while paraphrasing) left its clusters beside the earlier run's additions
+    and summary, a folder of two runs that looked complete."""
+    few = tmp_path / "few.jsonl"
+    lines = write_cases(tmp_path / "all.jsonl").read_text("utf-8").splitlines(True)
+    few.write_text("".join(lines[:4]), encoding="utf-8")
+    out = tmp_path / "o"
+    s = badcases.run([few], out, None, n_aug=0, progress=False)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    t = Teacher(free_port_url(), "t", retries=0)
+    with pytest.raises(UserError, match="cannot connect"):
+        badcases.run([tmp_path / "all.jsonl"], out, t, n_aug=3, progress=False)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert sum(c["size"] for c in json.loads((out / "clusters.json").read_text("utf-8"))) == s["cases"] == 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import openai
@@ -465,3 +466,18 @@ def test_screen_sweep_refuses_repeats_and_non_numbers_before_measuring(args, msg
     monkeypatch.setattr(screen_mod, "measure", lambda *a, **k: pytest.fail("measured before the check"))
     r = CliRunner().invoke(injection_app, ["screen", *args])
     assert isinstance(r.exception, UserError) and str(r.exception).startswith(msg), (r.exception, r.output)
+
+
+def test_eval_refuses_a_local_model_beside_an_endpoint_and_an_empty_attacks_file(tmp_path):
+    """`injection eval --endpoint URL --adapter RUN` measured the endpoint and titled the table with the adapter; an
+    empty attacks file ended in a ZeroDivisionError traceback."""
+    path = tmp_path / "attacks.jsonl"
+    path.write_text("".join(json.dumps(asdict(a), ensure_ascii=False) + "\n" for a in inj.build_attacks(0)[:2]))
+    endpoint = ["--endpoint", "http://127.0.0.1:9/v1"]
+    r = CliRunner().invoke(injection_app, ["eval", str(path), *endpoint, "--adapter", "x"])
+    assert isinstance(r.exception, UserError), r.output
+    assert str(r.exception).startswith("--adapter: the replies would come from --endpoint")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    r = CliRunner().invoke(injection_app, ["eval", str(tmp_path / "empty.jsonl"), *endpoint])
+    assert isinstance(r.exception, UserError) and "no attacks in it" in str(r.exception), r.output
+    assert len(inj.load_attacks(path)) == 2  # negative control

@@ -378,3 +378,29 @@ def test_semantic_chunks_keep_line_breaks_and_max_chars():
     long = "会员积分规则说明" * 50 + "。积分一年有效。"
     pieces = [b for _, b in by_semantic(long, ChunkSpec(max_chars=100, min_chars=5))]
     assert max(map(len, pieces)) <= 100 and "".join(pieces) == long
+
+
+def test_a_damaged_pdf_or_docx_is_one_line_naming_it(tmp_path):
+    """A truncated PDF ended kb2sft in pypdf's PdfStreamError traceback, a .docx that is no zip in python-docx's."""
+    from weitiao.dataeng.chunk import read_doc
+
+    pytest.importorskip("pypdf")
+    pytest.importorskip("docx")
+    (tmp_path / "手册.pdf").write_bytes(b"%PDF-1.4 cut off here")
+    (tmp_path / "说明.docx").write_bytes(b"PK not a zip")
+    for name in ("手册.pdf", "说明.docx"):
+        with pytest.raises(UserError, match=re.escape(f"{name}: not a readable .{name.rsplit('.', 1)[1]} (")):
+            read_doc(tmp_path / name)
+
+
+def test_a_document_named_twice_is_refused(tmp_path):
+    """`kb2sft kb kb/a.md` read a.md twice: its chunks were asked twice (a real teacher's second answers kept beside
+    the first) and its QA pairs weighed double in train.jsonl, silently."""
+    (kb := tmp_path / "kb").mkdir()
+    (kb / "a.md").write_text("退货七天内申请。", encoding="utf-8")
+    (kb / "b.md").write_text("换货十五天内申请。", encoding="utf-8")
+    with pytest.raises(UserError, match=r"a\.md: named twice, by .*kb and by .*kb/a\.md; name each document once"):
+        collect_docs([kb, kb / "a.md"])
+    with pytest.raises(UserError, match="named twice"):
+        collect_docs([kb / "b.md", tmp_path / "." / "kb" / "b.md"])
+    assert collect_docs([kb / "a.md", kb / "b.md"]) == [kb / "a.md", kb / "b.md"]  # negative control

@@ -492,3 +492,35 @@ def test_rules_eval_with_a_judge_that_answered_nothing_exits_non_zero(
     msg = str(r.exception)
     assert msg.startswith(f"--judge-url {judge}: the judge answered none of the") and "set --judge-url" in msg
     assert "--teacher-url" not in msg
+
+
+def test_rules_eval_with_a_judge_that_gave_no_verdict_exits_non_zero(rules_file, prompts_file):
+    """A judge that answered every request in prose (no JSON, no pass/fail): each judged rule was counted '?' and the
+    run printed 'fully compliant 1.000' with exit 0. Now the same one line as a judge that answered nothing."""
+    with running(scripted(lambda m: "好的")) as base, running(scripted(lambda m: "我觉得都还行")) as judge:
+        common = ["eval", "--rules", str(rules_file), "--prompts", str(prompts_file), "--endpoint", base + "/v1"]
+        r = run(*common, "--judge-url", judge + "/v1")
+        assert isinstance(r.exception, UserError), r.output
+        assert "the judge answered none of the 3 requests (reply 0: no verdict (no JSON in reply)" in str(r.exception)
+        r = run(*common)  # negative control: no judge, and the share nothing decided is in the title
+    assert r.exit_code == 0, r.output
+    assert "unverified 1.000" in r.output
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--model", "demo"], "--model: the replies would come from --endpoint"),
+        (["--adapter", "runs/x"], "--adapter: the replies would come from --endpoint"),
+        (["--judge-all"], "--judge-all: no judge is asked without --judge-url"),
+        (["--judge-model", "gpt"], "--judge-model: no judge is asked without --judge-url"),
+    ],
+)
+def test_rules_eval_refuses_options_the_run_would_ignore(rules_file, prompts_file, flags, message):
+    """--endpoint beside --model/--adapter asked the endpoint and ignored the model (the table titled with the
+    adapter); --judge-all/--judge-model without --judge-url asked no judge. Refused before any request."""
+    common = ["eval", "--rules", str(rules_file), "--prompts", str(prompts_file), "--endpoint", "http://127.0.0.1:9/v1"]
+    r = run(*common, *flags)
+    assert isinstance(r.exception, UserError) and str(r.exception).startswith(message), r.output
+    r = run("eval", "--rules", str(rules_file), "--prompts", str(prompts_file), "--endpoint-model", "m")
+    assert str(r.exception).startswith("--endpoint-model: names the model behind --endpoint"), r.output

@@ -227,3 +227,27 @@ def test_non_openai_reply_and_401_are_teacher_errors():
             mp.setenv("WT_TEST_KEY", "secret")
             out = Teacher(u + "/v1", "m", api_key_env="WT_TEST_KEY").chat_many([MSGS], progress=False)
     assert isinstance(out[0], TeacherError) and "not an OpenAI chat completion: '<html>proxy" in str(out[0])
+
+
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        ('{"choices": [', "bad response: body is not valid JSON"),  # a 200 cut off by a proxy
+        ('{"choices": [{}]}', "empty reply"),  # a choice without a message
+        ('{"choices": [{"message": {"content": 5}}]}', "reply content is int '5', not text"),
+    ],
+)
+def test_broken_completion_is_a_teacher_error_not_a_crash(body, reason):
+    """A malformed 200 raised JSONDecodeError / AttributeError out of chat_many (traceback, the batch lost) or
+    returned the number 5 as the reply (cached, then parsed as text); now each is that request's TeacherError."""
+    from fastapi.responses import Response
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        return Response(body, media_type="application/json")
+
+    with running(app) as u:
+        out = Teacher(u + "/v1", "m", retries=0).chat_many([MSGS, MSGS], progress=False)
+    assert all(isinstance(o, TeacherError) and reason in str(o) for o in out), out

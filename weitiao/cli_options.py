@@ -87,3 +87,9 @@ def options_from(cls: type, flags: dict[str, Flag] | None = None) -> Callable[[C
         return command
 
     return wrap
+
+
+def given_flags(ctx: typer.Context, *names: str) -> list[str]:
+    """The options among `names` (parameter names) that the command line set, as --flag-names."""
+    given = [n for n in names if getattr(ctx.get_parameter_source(n), "name", None) == "COMMANDLINE"]  # typer's click
+    return [f"--{n.replace('_', '-')}" for n in given]

@@ -130,10 +130,16 @@ class Teacher:
                 choices = getattr(r, "choices", None)  # a proxy's HTML page comes back as a plain str
                 if not isinstance(choices, list):
                     raise TeacherError(f"{where}: not an OpenAI chat completion: {str(r)[:120]!r}")
-                text = choices[0].message.content if choices else None
+                # the client builds its objects without validating: a choice may lack `message`, content be a number
+                message = getattr(choices[0], "message", None) if choices else None
+                text = getattr(message, "content", None)
                 if text is None:
-                    raise TeacherError(f"{where}: empty reply (no choices or no content)")
+                    raise TeacherError(f"{where}: empty reply (no choices, no message or no content)")
+                if not isinstance(text, str):
+                    raise TeacherError(f"{where}: reply content is {type(text).__name__} {str(text)[:60]!r}, not text")
                 return text
+            except ValueError as e:  # a 200 whose body is cut-off or broken JSON (the client raises JSONDecodeError)
+                raise TeacherError(f"{where}: bad response: body is not valid JSON ({e})") from None
             except openai.APIConnectionError as e:  # also APITimeoutError
                 reason = "timed out" if isinstance(e, openai.APITimeoutError) else "cannot connect"
                 last = f"{where}: {reason}; is it running? (start one with `weitiao serve`, or set {self.flag})"

@@ -341,8 +341,8 @@ def run(
         check_base(config, read_yaml_mapping(config).get("data") or {})
     cases = ingest(list(files))
     clusters = cluster(cases, k, embed_model, seed)
-    atomic_write_text(out / "clusters.html", report_html(clusters, cases))
-    atomic_write_text(out / "clusters.json", json.dumps(clusters, ensure_ascii=False, indent=2))
+    # the teacher step may fail or be interrupted: nothing is written before it, so a rerun into the same --out never
+    # leaves this run's clusters beside an earlier run's additions and summary
     counts = augment(cases, teacher, n_aug, progress) if teacher is not None and n_aug > 0 else {}
     whole = held_out_cases(cases, holdout, seed) if not any(c.paraphrases for c in cases) else set()
     sft, dpo, regression, same = [], [], [], 0
@@ -370,6 +370,8 @@ def run(
     sft = [r for r in sft if normalize(r["messages"][0]["content"]) not in held]
     dpo = [r for r in dpo if normalize(r["prompt"]) not in held]
     random.Random(seed).shuffle(sft)
+    atomic_write_text(out / "clusters.html", report_html(clusters, cases))
+    atomic_write_text(out / "clusters.json", json.dumps(clusters, ensure_ascii=False, indent=2))
     write_jsonl(out / "sft_additions.jsonl", sft)
     write_jsonl(out / "dpo_pairs.jsonl", dpo)
     write_jsonl(out / "regression_eval.jsonl", regression)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -69,21 +70,25 @@ def skipped_docs(paths: list[str | Path]) -> list[Path]:
 
 def collect_docs(paths: list[str | Path]) -> list[Path]:
     """Files given, and supported files under directories given (sorted; none hidden in a dot folder, such as a notes
-    app's .trash/); missing paths are errors."""
+    app's .trash/); missing paths, and a file reached twice, are errors."""
     out: list[Path] = []
+    given: dict[Path, Path] = {}  # each file (resolved) → the argument that named it
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(f for f in p.rglob("*")
                            if f.is_file() and f.suffix.lower() in SUFFIXES and not _hidden(f, p))  # fmt: skip
             if not found:
                 raise UserError(f"{p}: no {'/'.join(SUFFIXES)} files in this directory")
-            out += found
         elif p.is_file():
             if p.suffix.lower() not in SUFFIXES:
                 raise UserError(f"{p}: unsupported file type {p.suffix!r}; use {', '.join(SUFFIXES)}")
-            out.append(p)
+            found = [p]
         else:
             raise UserError(f"{p}: file not found")
+        for f in found:  # a folder and a file in it: the document was read, asked and trained on twice
+            if (first := given.setdefault(f.resolve(), p)) is not p:
+                raise UserError(f"{f}: named twice, by {first} and by {p}; name each document once")
+        out += found
     return out
 
 
@@ -113,8 +118,12 @@ def read_doc(path: Path) -> str:
             import docx
         except ImportError:
             raise UserError(f"{path}: reading .docx needs python-docx (pip install python-docx)") from None
+        try:
+            document = docx.Document(str(path))
+        except (docx.opc.exceptions.PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as e:
+            raise UserError(f"{path}: not a readable .docx ({type(e).__name__}: {e}); re-save it from Word") from None
         lines = []
-        for block in docx.Document(str(path)).iter_inner_content():  # paragraphs and tables, in document order
+        for block in document.iter_inner_content():  # paragraphs and tables, in document order
             if isinstance(block, docx.table.Table):  # price lists, specs: one line per row, cells joined by " | "
                 lines.append("\n".join(_table_row(row) for row in block.rows))
                 continue
@@ -127,7 +136,10 @@ def read_doc(path: Path) -> str:
             import pypdf
         except ImportError:
             raise UserError(f"{path}: reading .pdf needs pypdf (pip install pypdf)") from None
-        return "\n\n".join(page.extract_text() or "" for page in pypdf.PdfReader(str(path)).pages)
+        try:  # a damaged or encrypted file is the user's to fix: one line, not pypdf's traceback
+            return "\n\n".join(page.extract_text() or "" for page in pypdf.PdfReader(str(path)).pages)
+        except pypdf.errors.PyPdfError as e:
+            raise UserError(f"{path}: not a readable .pdf ({type(e).__name__}: {e})") from None
     raise UserError(f"{path}: unsupported file type {suffix!r}")
 
 

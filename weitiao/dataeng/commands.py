@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from weitiao import progress
+from weitiao.cli_options import given_flags
 from weitiao.errors import UserError
 
 console = progress.console()
@@ -134,12 +135,6 @@ def mix(
         console.print(f"note: {rep['note']}")
 
 
-def _given(ctx: typer.Context, *names: str) -> list[str]:
-    """The options among `names` (parameter names) that the command line set, as --flag-names."""
-    given = [n for n in names if getattr(ctx.get_parameter_source(n), "name", None) == "COMMANDLINE"]  # typer's click
-    return [f"--{n.replace('_', '-')}" for n in given]
-
-
 def badcases(
     ctx: typer.Context,
     files: list[Path] = typer.Argument(..., help="bad cases: JSONL or CSV with prompt, bad, golden, [tag]"),
@@ -163,9 +158,9 @@ def badcases(
     from weitiao.recipes.sft import SFTConfig
 
     teacher_flags = ("teacher_url", "teacher_model", "cache_dir", "concurrency", "max_tokens", "temperature")
-    if not augment and (unused := _given(ctx, *teacher_flags)):
+    if not augment and (unused := given_flags(ctx, *teacher_flags)):
         raise UserError(f"{', '.join(unused)}: --augment 0 asks the teacher nothing; drop them, or set --augment N")
-    if augment and (unused := _given(ctx, "holdout")):
+    if augment and (unused := given_flags(ctx, "holdout")):
         raise UserError("--holdout: only without a teacher (--augment 0); with paraphrases each case's last one is "
                         "held out")  # fmt: skip
     teacher = _teacher(teacher_url, teacher_model, cache_dir, concurrency, max_tokens, temperature) if augment else None

@@ -332,6 +332,8 @@ def load_attacks(path: str | Path) -> list[Attack]:
             out.append(Attack(**row))
         except TypeError as e:
             raise UserError(f"{path}:{n}: not an attack row from `injection build` ({e})") from None
+    if not out:  # an ASR over no attack divided by zero (a traceback)
+        raise UserError(f"{path}: no attacks in it; give an attacks file written by `weitiao safety injection build`")
     return out
 
 

@@ -28,7 +28,7 @@ import typer
 from rich.table import Table
 
 from weitiao import progress
-from weitiao.cli_options import options_from
+from weitiao.cli_options import given_flags, options_from
 from weitiao.errors import UserError
 
 injection_app = typer.Typer(no_args_is_help=True, help="Prompt injection: attack data, ASR eval, input screen.")
@@ -62,6 +62,18 @@ def _claim(outputs: list[Path | None], inputs: list[Path]) -> None:
     from weitiao.io import claim_outputs
 
     claim_outputs([o for o in outputs if o], inputs)
+
+
+def _one_reply_source(ctx: typer.Context, endpoint: str | None) -> None:
+    """Replies come from --endpoint or from a local --model (+ --adapter), never both: the endpoint was asked and the
+    model named beside it ignored (the table even titled with the adapter); --endpoint-model needs --endpoint."""
+    from weitiao.secrets import redact
+
+    if endpoint and (local := given_flags(ctx, "model", "adapter")):
+        raise UserError(f"{', '.join(local)}: the replies would come from --endpoint {redact(endpoint)}, not a local "
+                        "model; give one of them")  # fmt: skip
+    if not endpoint and given_flags(ctx, "endpoint_model"):
+        raise UserError("--endpoint-model: names the model behind --endpoint; add --endpoint URL or drop it")
 
 
 def _write_json(path: Path | None, data: Any) -> None:
@@ -129,6 +141,7 @@ def _asr_table(rep: dict, title: str) -> Table:
 
 @injection_app.command("eval")
 def injection_eval(
+    ctx: typer.Context,
     attacks: Path = typer.Argument(..., help="attacks file from `build` (attacks.jsonl or heldout_attacks.jsonl)"),
     model: str = typer.Option(None, help="local base model ('demo', a dir or hub id)"),
     adapter: str = typer.Option(None, help="run dir or peft adapter dir"),
@@ -141,6 +154,7 @@ def injection_eval(
     """Attack success rate per family: marker word in the reply, or the canary / system prompt leaked."""
     from weitiao.safety import injection as inj
 
+    _one_reply_source(ctx, endpoint)
     _claim([out], [attacks])
     rows = inj.load_attacks(attacks)
     if endpoint:
@@ -402,6 +416,7 @@ def rules_dpo(
 
 @rules_app.command("eval")
 def rules_eval(
+    ctx: typer.Context,
     rules: Path = typer.Option(..., help="rule file"),
     ids: str = typer.Option(None, help="only these rule ids, comma-separated (e.g. for a small-context model)"),
     prompts: Path = typer.Option(..., help="test prompts JSONL"),
@@ -420,6 +435,9 @@ def rules_eval(
     from weitiao.safety import rules_build as rb
     from weitiao.safety.rules import load_rules, read_prompts
 
+    _one_reply_source(ctx, endpoint)
+    if not judge_url and (unused := given_flags(ctx, "judge_model", "judge_all")):
+        raise UserError(f"{', '.join(unused)}: no judge is asked without --judge-url; add --judge-url URL or drop them")
     _claim([out], [rules, prompts])
     rs = load_rules(rules, _csv(ids))
     ps = read_prompts(prompts)
@@ -432,7 +450,8 @@ def rules_eval(
             rs, items, _teacher(judge_url, judge_model, None, 4, 0.0, 512, "judge", "--judge-url"), judge_all
         )
     rep = rb.compliance(rs, items, verdicts)
-    t = Table(title=f"rules eval · {adapter or model or endpoint} · fully compliant {rep['fully_compliant']:.3f}")
+    t = Table(title=f"rules eval · {adapter or model or endpoint} · fully compliant {rep['fully_compliant']:.3f} · "
+              f"unverified {rep['unverified']:.3f}")  # fmt: skip
     for c in ("rule", "category", "exercised", "check ✓/✗", "judge ✓/✗/?", "compliance"):
         t.add_column(c)
     for rid, c in rep["per_rule"].items():
@@ -443,6 +462,10 @@ def rules_eval(
         t.add_row(rid, c["category"], str(c["exercised"]), f"{c.get('check_pass', 0)}/{c.get('check_fail', 0)}",
                   judge, rate)  # fmt: skip
     console.print(t)
+    if rep["unverified"]:  # counted as compliant: `fully compliant` alone read as every rule checked
+        hint = "see the judge's ? column" if judge_url else "add --judge-url for rules without a check"
+        console.print(f"[yellow]note:[/] {rep['unverified']:.1%} of the replies exercise a rule that no check and no "
+                      f"judge verdict decided (counted as compliant above); {hint}")  # fmt: skip
     rep["replies_text"] = [{"prompt": p.text, "reply": r} for p, r in items]
     _write_json(out, rep)
 

@@ -238,22 +238,26 @@ def judge_replies(rs: RuleSet, items: list[tuple[Prompt, str]], judge: Any, judg
             index.append((i, [r.id for r in rules]))
     out: list[dict[str, str]] = [{} for _ in items]
     replies = judge.chat_many(asks, desc="judge") if asks else []
-    failed = [r for r in replies if isinstance(r, TeacherError)]
-    if replies and len(failed) == len(replies):  # a table of "?" and exit 0 read as a judged evaluation
-        raise judge.answered_none(failed, "requests")
-    if failed:
-        print(f"warning: the judge failed on {len(failed)} of {len(replies)} replies (counted as ? in the table); "
-              f"first: {failed[0]}")  # fmt: skip
-    for (i, ids), reply in zip(index, replies):
+    failed: list[Any] = []  # requests it did not answer, and answers with no pass/fail for any rule asked
+    for k, ((i, ids), reply) in enumerate(zip(index, replies)):
         try:
             verdict = parse_json_reply(reply) if not isinstance(reply, TeacherError) else {}
-        except ValueError:
-            verdict = {}
+        except ValueError as e:
+            verdict = f"reply {k}: no verdict ({e}): {reply[:80]!r}"
         if isinstance(verdict, list):  # [{"id": ..., "verdict": ...}] is accepted too
             verdict = {str(v.get("id")): v.get("verdict") for v in verdict if isinstance(v, dict)}
         for rid in ids:
             v = str(verdict.get(rid, "")).lower() if isinstance(verdict, dict) else ""
             out[i][rid] = v if v in ("pass", "fail") else "missing"
+        if isinstance(reply, TeacherError):
+            failed.append(reply)
+        elif all(out[i][rid] == "missing" for rid in ids):
+            failed.append(verdict if isinstance(verdict, str) else f"reply {k}: no pass/fail for {ids}: {reply[:80]!r}")
+    if replies and len(failed) == len(replies):  # a table of "?" and exit 0 read as a judged evaluation
+        raise judge.answered_none(failed, "requests")
+    if failed:
+        print(f"warning: the judge gave no verdict on {len(failed)} of {len(replies)} replies (counted as ? in the "
+              f"table); first: {failed[0]}")  # fmt: skip
     return out
 
 
