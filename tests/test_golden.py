@@ -347,3 +347,19 @@ def test_a_prompt_past_the_context_is_refused_before_answering(tiny_model_dir, t
         golden_callback(long, 1, model=model, tokenizer=tokenizer, template=template, run_dir=tmp_path,
                         max_new_tokens=16)  # fmt: skip
     assert len(answer(model, tokenizer, template, ps[:1], 4)) == 1  # control: the short prompt is answered
+
+
+def test_repeated_prompts_are_named_not_counted_twice_unsaid():
+    """A prompt file holding one conversation twice weighed it twice in every average, without a word."""
+    from weitiao.data.prompts import Prompt
+    from weitiao.eval.golden import duplicate_note
+
+    def p(text, line, history=()):
+        return Prompt([*history, {"role": "user", "content": text}], None, f"g.jsonl:{line}")
+
+    turn = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好呀"}]
+    prompts = [p("你好", 1), p("在吗", 2), p("你好", 3), p("你好", 4, turn), p("在吗", 5)]
+    assert duplicate_note(prompts) == (
+        "2 prompts repeat an earlier one (g.jsonl:3 = g.jsonl:1), each counted again in the averages"
+    )
+    assert duplicate_note(prompts[:2] + prompts[3:4]) is None  # same last turn, other history: not a repeat

@@ -72,7 +72,7 @@ def gen(
 ) -> None:
     """Generate replies to every prompt and report all metrics (table, and JSON with --out)."""
     from weitiao.eval import gen as tool
-    from weitiao.eval.golden import reference_note
+    from weitiao.eval.golden import duplicate_note, reference_note
     from weitiao.eval.metrics import RUBRIC, refusal_settings
     from weitiao.io import atomic_write_text, claim_outputs, read_text
 
@@ -85,7 +85,7 @@ def gen(
         rep = tool.run(ps, model, adapter, quant, settings, metric_settings, judge, text)
     name = f"{model or ('demo' if not adapter else 'base')}{' + ' + adapter if adapter else ''}"
     console.print(_metric_table(f"{len(ps)} prompts · {name}", rep.metrics))
-    if note := reference_note(ps):
+    for note in filter(None, (reference_note(ps), duplicate_note(ps))):
         console.print(f"[yellow]note:[/] {note}")
     if rep.judge_errors:
         console.print(f"[yellow]judge failed on {len(rep.judge_errors)} replies[/] (first: {rep.judge_errors[0]})")

@@ -65,6 +65,21 @@ def reference_note(prompts: Sequence[Prompt]) -> str | None:
     return f"{missing} of {len(prompts)} prompts have no reference: {rest}"
 
 
+def duplicate_note(prompts: Sequence[Prompt]) -> str | None:
+    """Prompts whose whole conversation repeats an earlier one's: each copy weighs in the averages. None when none."""
+    first: dict[str, str] = {}
+    repeats = []
+    for p in prompts:
+        key = json.dumps(p.messages, ensure_ascii=False, sort_keys=True)
+        if key in first:
+            repeats.append(f"{p.source} = {first[key]}")
+        else:
+            first[key] = p.source
+    if not repeats:
+        return None
+    return f"{len(repeats)} prompts repeat an earlier one ({repeats[0]}), each counted again in the averages"
+
+
 def prompts_key(prompts: Sequence[Prompt]) -> str:
     """Short hash of the prompt messages, so answers to a different golden set are never mixed in."""
     blob = json.dumps([p.messages for p in prompts], ensure_ascii=False, sort_keys=True)
@@ -356,7 +371,7 @@ def evaluate_golden(
     by_step = answered(rows, prompts, gen)
     steps = sorted(by_step)
     gone = [labels[s] for s in sorted(set(labels) - set(steps))]  # answers only from other settings, or partial
-    notes = [n for n in (reference_note(prompts), _left_out(gone)) if n]
+    notes = [n for n in (reference_note(prompts), duplicate_note(prompts), _left_out(gone)) if n]
     judged: dict[tuple[int, int], float | None] = {}
     errors: list[str] = []
     if judge is not None:
