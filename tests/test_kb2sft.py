@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import re
+from pathlib import Path
 
 import pytest
 import typer
@@ -230,9 +231,7 @@ def test_kb2sft_real_serve_malformed_json_is_counted(serve_url, tmp_path):  # no
     (tmp_path / "kb.md").write_text((KB / "faq.md").read_text(encoding="utf-8")[:100], encoding="utf-8")
     with pytest.raises(UserError, match=r"no QA pair kept \(0 parsed, 0 below --min-grounding 0\.5, 4 replies not"):
         kb2sft.run([tmp_path / "kb.md"], tmp_path / "o", t, cfg, progress=False)
-    s = json.loads((tmp_path / "o/summary.json").read_text(encoding="utf-8"))
-    assert s["chunks"] == s["answered"] == s["parse_failed"] == 4 and s["kept"] == 0
-    assert load_conversations(str(tmp_path / "o/train.jsonl")).rows == []
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())  # no empty train/eval files
 
 
 def test_cli_kb2sft(kb_teacher, tmp_path):
@@ -270,17 +269,25 @@ def test_semantic_chunker_with_local_embedding_model(tiny_model_dir):
         by_semantic(text, ChunkSpec(embed_model=str(tiny_model_dir) + "-missing"))
 
 
-def test_no_qa_pair_kept_is_an_error_not_an_empty_success(tmp_path):
-    """A teacher whose every answer is ungrounded leaves nothing to train: a non-zero exit naming the counts, with
-    rejects.jsonl and summary.json written to look at (it exited 0 with empty train/eval files)."""
+def test_no_qa_pair_kept_is_an_error_not_an_empty_success(kb_teacher, tmp_path):
+    """A teacher whose every answer is ungrounded leaves nothing to train: a non-zero exit naming the counts and a
+    rejects file to look at (it exited 0 with empty train/eval files; then it exited 1 but still replaced an earlier
+    run's train/eval in the same --out with empty ones). Now the earlier run stays byte for byte."""
+    _, good = kb_teacher
+    kb2sft.run([KB], tmp_path / "o", good, kb2sft.KBConfig(), progress=False)
+    before = {f.name: f.read_bytes() for f in (tmp_path / "o").iterdir()}
+    assert json.loads(before["summary.json"])["kept"] > 0
     app = scripted_app(lambda body: (200, json.dumps([FAKE], ensure_ascii=False)))
     with running(app) as url:
         teacher = Teacher(url + "/v1", "t", cache_dir=tmp_path / "c")
-        with pytest.raises(UserError, match=r"no QA pair kept \(\d+ parsed, \d+ below --min-grounding 0\.5"):
+        with pytest.raises(UserError, match=r"no QA pair kept \(\d+ parsed, \d+ below --min-grounding 0\.5") as e:
             kb2sft.run([KB], tmp_path / "o", teacher, kb2sft.KBConfig(), progress=False)
-    s = json.loads((tmp_path / "o/summary.json").read_text(encoding="utf-8"))
-    assert s["kept"] == 0 and s["rejected_grounding"] == s["qa_parsed"] == s["chunks"] > 0
-    assert (tmp_path / "o/rejects.jsonl").read_text(encoding="utf-8").count('"grounding"') == s["chunks"]
+    assert "nothing written there" in str(e.value)
+    parsed = int(re.search(r"\((\d+) parsed", str(e.value))[1])
+    aside = Path(re.search(r"the rejects are in (\S+\.jsonl)", str(e.value))[1])
+    assert parsed > 0 and aside.read_text(encoding="utf-8").count('"grounding"') == parsed
+    aside.unlink()
+    assert {f.name: f.read_bytes() for f in (tmp_path / "o").iterdir()} == before
 
 
 def test_a_rerun_no_chunk_of_which_is_answered_leaves_the_earlier_outputs_whole(kb_teacher, tmp_path):

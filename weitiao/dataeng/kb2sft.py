@@ -17,7 +17,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import random
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -179,7 +181,6 @@ def run(docs: list[str | Path], out: str | Path, teacher: Teacher, cfg: KBConfig
     if len(failed) == len(replies):
         # nothing is written: chunks.jsonl beside an earlier run's train/eval/summary would be a folder of two runs
         raise UserError(f"{failed[0]}; no chunk answered, nothing written")
-    write_jsonl(out / "chunks.jsonl", [asdict(c) for c in chunks])
 
     # 3. Parse; 4. grounding.
     rejects: list[dict] = []
@@ -217,8 +218,19 @@ def run(docs: list[str | Path], out: str | Path, teacher: Teacher, cfg: KBConfig
             rejects.append({"chunk_id": qa.chunk.chunk_id, "reason": "duplicate", "q": qa.question,
                             "duplicate_of": candidates[dup].question})  # fmt: skip
 
+    if not kept:  # empty train/eval files are no result, and would replace an earlier run's: write nothing in `out`
+        fd, aside = tempfile.mkstemp(prefix="weitiao-kb2sft-rejects-", suffix=".jsonl")
+        os.close(fd)
+        write_jsonl(Path(aside), rejects)
+        raise UserError(
+            f"{out}: no QA pair kept ({counts['qa_parsed']} parsed, {counts['rejected_grounding']} below "
+            f"--min-grounding {cfg.min_grounding}, {counts['parse_failed']} replies not JSON, {len(failed)} chunks "
+            f"unanswered); nothing written there; the rejects are in {aside}"
+        )
+
     # 6. Split by chunk; 7. write.
     train, evals = split_by_chunk(kept, cfg.eval_fraction, cfg.seed)
+    write_jsonl(out / "chunks.jsonl", [asdict(c) for c in chunks])
     write_jsonl(out / "train.jsonl", [to_row(q, cfg.system, cfg.row_format) for q in train])
     write_jsonl(out / "eval.jsonl", [to_row(q, cfg.system, cfg.row_format) for q in evals])
     atomic_write_text(out / "review.csv", review_csv(train, evals))
@@ -243,11 +255,4 @@ def run(docs: list[str | Path], out: str | Path, teacher: Teacher, cfg: KBConfig
         "out": str(out),
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, ensure_ascii=False, indent=2))
-    if not kept:  # empty train/eval files are no result: say why, with a non-zero exit
-        raise UserError(
-            f"{out}: no QA pair kept ({counts['qa_parsed']} parsed, {counts['rejected_grounding']} below "
-            f"--min-grounding {cfg.min_grounding}, {counts['parse_failed']} replies not JSON, {len(failed)} chunks "
-            "unanswered); "
-            f"see {out / 'rejects.jsonl'}"
-        )
     return summary
