@@ -223,6 +223,10 @@ def test_coverage_by_hand(rules_file, tmp_path):
     r = run("coverage", str(data), "--rules", str(rules_file), "--out", str(out))
     assert r.exit_code == 0, r.output
     assert json.loads(out.read_text())["uncovered"] == ["R4"]
+    (tmp_path / "empty.jsonl").write_text("\n", encoding="utf-8")  # a table of zeros and exit 0 before
+    r = run("coverage", str(tmp_path / "empty.jsonl"), "--rules", str(rules_file))
+    assert isinstance(r.exception, UserError) and str(r.exception).endswith("empty.jsonl: no rows; give the SFT or "
+                                                                            "preference data to measure")  # fmt: skip
 
 
 COVERAGE_RULES = """rules:

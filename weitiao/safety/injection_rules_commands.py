@@ -483,6 +483,8 @@ def rules_coverage(
     _claim([out], [rules, *data])
     rs = load_rules(rules, _csv(ids))
     rows = [r for p in data for r in read_jsonl(p)]
+    if not rows:  # a table of zeros and exit 0 read as "measured: nothing covered"
+        raise UserError(f"{', '.join(map(str, data))}: no rows; give the SFT or preference data to measure")
     rep = coverage(rs, rows)
     t = Table(title=f"rule coverage · {rep['rows']} rows")
     for c in ("rule", "category", "scope", "exercised", "pass", "fail", "contrast"):
