@@ -58,6 +58,25 @@ def test_example_rule_file_is_valid_and_big():
     assert r.exit_code == 0 and "ok" in r.output
 
 
+def test_an_id_yaml_reads_as_another_number_is_refused(tmp_path):
+    """`id: 010` loaded as rule 8 and `id: 06` as rule 6 (YAML 1.1 octal), silently; plain numbers stay fine."""
+    p = tmp_path / "ids.yaml"
+    p.write_text(
+        "rules:\n"
+        "  - {id: 010, category: style, text: a}\n"
+        "  - {id: 7, category: style, text: b}\n"
+        "  - {id: '06', category: style, text: c}\n"
+        "  - id: 1.50\n    category: style\n    text: d\n",
+        encoding="utf-8",
+    )
+    rules, errors = read_rules(p)
+    assert errors == [
+        f"{p}:5: rule #4: id: expected text, got float 1.5; quote it",  # was 'missing or empty'
+        f"{p}:2: id: 010 reads as the number 8 in YAML; quote it: id: '010'",
+    ]
+    assert [r.id for r in rules] == ["8", "7", "06"]  # what the file used to mean, silently
+
+
 def test_malformed_rule_file_errors_name_rule_and_field(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text(

@@ -238,10 +238,13 @@ def validate(items: Any, path: str, lines: list[int] | None = None) -> tuple[lis
             errors.append(f"{loc}: {name}: expected a mapping with id, category, text")
             continue
         rid = raw.get("id")
-        if isinstance(rid, (str, int)) and str(rid).strip():
+        if isinstance(rid, (str, int)) and not isinstance(rid, bool) and str(rid).strip():
             name = f"rule {rid}"
-        else:
+        elif rid is None or rid == "":
             errors.append(f"{loc}: {name}: id: missing or empty")
+        else:  # 1.50, true, a list: YAML's reading of what may have been meant as text
+            errors.append(f"{loc}: {name}: id: expected text, got {type(rid).__name__} {rid!r}; quote it")
+            rid = None  # no rule under a guessed id
         problems = []
         unknown = sorted(set(raw) - RULE_KEYS)
         if unknown:
@@ -304,7 +307,20 @@ def read_rules(path: str | Path) -> tuple[list[Rule], list[str]]:
     if isinstance(node, yaml.MappingNode):
         node = next((v for k, v in node.value if k.value == "rules"), None)
     lines = [n.start_mark.line + 1 for n in node.value] if isinstance(node, yaml.SequenceNode) else None
-    return validate(data, str(p), lines)
+    rules, errors = validate(data, str(p), lines)
+    return rules, [*errors, *_numeric_ids(p, node)]
+
+
+def _numeric_ids(p: Path, rules: yaml.Node | None) -> list[str]:
+    """Ids YAML reads as another whole number than written (`id: 010` is 8, `06` is 6): refused, not guessed."""
+    found = []
+    for item in rules.value if isinstance(rules, yaml.SequenceNode) else ():
+        for k, v in item.value if isinstance(item, yaml.MappingNode) else ():
+            if k.value == "id" and isinstance(v, yaml.ScalarNode) and v.tag.endswith(":int"):
+                if str(number := yaml.safe_load(v.value)) != v.value:
+                    found.append(f"{p}:{v.start_mark.line + 1}: id: {v.value} reads as the number {number} in YAML; "
+                                 f"quote it: id: '{v.value}'")  # fmt: skip
+    return found
 
 
 def load_rules(path: str | Path, ids: list[str] | None = None) -> RuleSet:
