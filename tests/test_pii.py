@@ -866,6 +866,15 @@ def test_cli_scan_scrub_refusals(tmp_path):
     assert res.exit_code == 0, res.output
     assert load_rows(tmp_path / "r.jsonl").format == "openai" and len(load_rows(tmp_path / "r.jsonl").rows) == 20
     assert load_rows(tmp_path / "r.dpo.jsonl").format == "preference"
+    # prompts drawn with replacement repeat: 500 rows held 407 distinct prompts without a word
+    res = runner.invoke(app, ["refusals", "--n", "500", "--out", str(tmp_path / "big.jsonl")])
+    rows = load_rows(tmp_path / "big.jsonl").rows
+    distinct = len({json.dumps(r.messages[:-1], ensure_ascii=False) for r in rows})
+    assert distinct < 500 and f"note: {distinct:,} distinct prompts among the 500 rows" in " ".join(res.output.split())
+    assert (
+        "distinct prompts"
+        not in runner.invoke(app, ["refusals", "--n", "1", "--out", str(tmp_path / "1.jsonl")]).output
+    )
 
 
 def test_cli_scrub_of_several_files_writes_all_or_none_and_refuses_a_seed_it_would_ignore(tmp_path):

@@ -195,6 +195,11 @@ def refusals_cmd(
     write_jsonl(out, sft)
     write_jsonl(dpo_out, dpo)
     console.print(f"[green]wrote[/] {len(sft)} SFT rows → {out}; {len(dpo)} DPO pairs → {dpo_out}")
+    distinct = len({json.dumps(r["messages"][:-1], ensure_ascii=False) for r in sft})
+    if distinct < len(sft):  # drawn with replacement from templates × names: a repeat weighs more in training
+        console.print(f"[yellow]note:[/] {distinct:,} distinct prompts among the {len(sft):,} rows: each is drawn "
+                      "from request templates and names, so some repeat (with another reply or leaked value); "
+                      "a repeated prompt weighs more in training")  # fmt: skip
 
 
 @app.command("eval")
