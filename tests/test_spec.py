@@ -76,7 +76,9 @@ def test_log_profiles_use_the_recipe_override_syntax_and_error_line(tmp_path):
     from weitiao.logs.config import load_profile
 
     assert load_profile("chat", "chat", ["cross_session.enabled=true"]).cross_session.enabled is True
-    with pytest.raises(UserError, match=r"^profile chat with --set: cross_session.enabled: Input should be") as e:
+    with pytest.raises(
+        UserError, match=r"^command line cross_session.enabled=maybe: cross_session.enabled: Input should be"
+    ) as e:
         load_profile("chat", "chat", ["cross_session.enabled=maybe"])
     with pytest.raises(UserError, match=r"^command line train.seed=maybe: train.seed: Input should be") as r:
         load_config(sft.SFTConfig, None, [*REQUIRED[sft.SFTConfig], "train.seed=maybe"])
@@ -124,7 +126,7 @@ def test_a_yes_no_is_never_read_as_a_number_nor_a_number_as_a_yes_no(tmp_path):
     for given, want in [("lora.r=yes", "lora.r: a yes/no (true)"), ("data.packing='yes'", "data.packing: 'yes' ")]:
         with pytest.raises(UserError, match=rf"^command line {re.escape(given)}: {re.escape(want)}"):
             load_config(sft.SFTConfig, None, [*REQUIRED[sft.SFTConfig], given])
-    with pytest.raises(UserError, match=r"^profile xhs with --set: min_views: a yes/no \(true\)"):
+    with pytest.raises(UserError, match=r"^command line min_views=true: min_views: a yes/no \(true\)"):
         load_profile("dwell", "xhs", ["min_views=true"])
     (tmp_path / "x.jsonl").write_text("", encoding="utf-8")
     form = {"data.train": '["x.jsonl"]', "data.packing": "1"}  # the console's text box

@@ -667,7 +667,8 @@ def stream_reply(
     context = getattr(getattr(hf, "config", None), "max_position_embeddings", None) or tokenizer.model_max_length
     if len(ids) >= context:
         raise UserError(f"the conversation is {len(ids)} tokens; the model's context is {context}: shorten it")
-    if why := beyond_vocab(tokenizer, ids, model.config.vocab_size):
+    vocab = getattr(getattr(hf, "config", None), "vocab_size", None)  # as generate_ids: a wrapped model may hide it
+    if vocab and (why := beyond_vocab(tokenizer, ids, vocab)):
         raise UserError(f"the conversation: {why}")
     max_new_tokens = min(max_new_tokens, context - len(ids))  # as serve's default max_tokens
     row = _Reply(ids, sampling, end_ids(model, tokenizer, template), max_new_tokens)  # as when served
