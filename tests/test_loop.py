@@ -476,3 +476,42 @@ def test_max_steps_over_epochs_the_config_set_is_said_once():
         quiet = loop.EpochPlan(lengths, 8, False, spec(grad_accum=2, **kw), world=1)
         quiet.total_steps(loop.new_state())
         assert quiet.note == ""
+
+
+def test_processes_that_read_other_config_models_or_data_are_refused(tmp_path, monkeypatch, make_config, chat_file):
+    """Multi-node with a copy of the config, data and model per node: a stale copy on node 1 trained its share of
+    its own rows at its own settings (another lr, another model) and the run was recorded as process 0's, exit 0.
+    Each process's inputs are now compared; paths and host-local keys (data.cache_dir…) may differ."""
+    from weitiao.config import dump_config
+    from weitiao.data.chat import Encoded
+
+    class TwoProcesses(OneProcess):
+        num_processes = 2
+
+    def inputs(*over: str, models=None, lengths=(5, 7), content="abc", evals=((1, 2, 3),)) -> tuple:
+        cfg = make_config("sft", chat_file, *over)
+        opened = loop.Opened(dump_config(cfg), models or {"model.path": "f0"}, None, tmp_path)
+        return cfg, opened, list(lengths), content, [Encoded(list(e), [-100, *e[1:]]) for e in evals]
+
+    def gathered(args: tuple) -> tuple:
+        """What the process given `args` hands to the gather."""
+        seen = []
+        monkeypatch.setattr(loop.dist, "gather_objects", lambda v: seen.append(v) or [v, v])
+        loop.same_on_every_process(TwoProcesses(), *args)
+        return seen[0]
+
+    def two(mine: tuple, theirs: tuple) -> None:
+        values = [gathered(mine), gathered(theirs)]
+        monkeypatch.setattr(loop.dist, "gather_objects", lambda v: values)
+        loop.same_on_every_process(TwoProcesses(), *mine)
+
+    two(inputs(), inputs("data.cache_dir=/node1/cache", f"train.out={tmp_path}/node1"))  # the same run: accepted
+    for theirs, says in [
+        (inputs("train.lr=0.01"), "config key train.lr: None on process 0, 0.01 on process 1"),
+        (inputs(models={"model.path": "f1"}), "the weights at model.path"),
+        (inputs(lengths=(5, 7, 9)), "data.train: 2 rows (pairs) on process 0, 3 on process 1"),
+        (inputs(content="abd"), "data.train: other texts in its 2 rows"),
+        (inputs(evals=((1, 2, 4),)), "eval data"),
+    ]:
+        with pytest.raises(UserError, match=re.escape(says)):
+            two(inputs(), theirs)

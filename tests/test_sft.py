@@ -454,3 +454,28 @@ def test_a_run_without_eval_reports_no_best_eval(tiny_model_dir, chat_file, tmp_
     assert (
         with_eval["best_step"] == 1 and with_eval["best_eval"] == read_metrics(tmp_path / "ev", "eval")[0]["eval_loss"]
     )
+
+
+def test_a_process_whose_copy_of_the_data_differs_is_refused(tiny_model_dir, chat_file, tmp_path):
+    """Two nodes, each with its own copy of the data: node 1's copy was edited (the same rows, other replies). Each
+    process trained its share of its own copy and exited 0, the run recorded as node 0's data. Now one line, exit 1,
+    nothing written."""
+    from conftest import torchrun_driver
+
+    edited = tmp_path / "node1" / "chat.jsonl"
+    edited.parent.mkdir()
+    edited.write_text(chat_file.read_text(encoding="utf-8").replace("好", "坏"), encoding="utf-8")
+    driver = tmp_path / "per_node_data.py"  # process 1 reads its node's copy at the same place in the config
+    driver.write_text(
+        "import os, sys\nif os.environ['RANK'] == '1':\n"
+        f"    sys.argv = [a.replace({str(chat_file)!r}, {str(edited)!r}) for a in sys.argv]\n"
+        "from weitiao.cli import main\nsys.argv[0] = 'weitiao'\nmain()\n"
+    )
+    (tmp_path / "empty.yaml").write_text("{}\n")
+    run = tmp_path / "run"
+    over = [f"model.path={tiny_model_dir}", f"data.train=[{chat_file}]", f"train.out={run}", "train.max_steps=1"]
+    over += ["data.max_len=64", "data.cache=false", "train.micro_batch_size=1", "train.progress=false"]
+    p = torchrun_driver(driver, "sft", str(tmp_path / "empty.yaml"), *over, "train.tensorboard=false", ok=False)
+    assert "error: train: process 1 (" in p.stdout + p.stderr
+    assert "data.train: other texts in its 18 rows (pairs)" in p.stdout + p.stderr  # 6 over max_len
+    assert not run.exists()

@@ -195,3 +195,20 @@ def test_sharded_launch_on_a_machine_without_gpu_is_refused_not_run_as_ddp(monke
     monkeypatch.setenv(var, "true")
     with pytest.raises(UserError, match="needs a GPU .*silently run plain DDP"):
         dist.accelerator()
+
+
+def test_accelerate_launch_cpu_with_several_processes_is_refused_not_run_alone(monkeypatch):
+    """`accelerate launch --cpu --num_processes 2 -m weitiao sft C`: accelerate's simple launcher starts one process
+    (several CPU processes only under mpirun), which trained alone and wrote world 1, exit 0. Now one line."""
+    from weitiao.train import dist
+
+    for var in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "MASTER_ADDR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")  # `accelerate launch --cpu`, one process: runs
+    assert dist.accelerator().num_processes == 1
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # what it adds for --num_processes 2
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    with pytest.raises(UserError, match=r"accelerate launch --cpu: several processes .* started one"):
+        dist.accelerator()
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "1")  # under mpirun (--mpirun_hostfile): accelerate's own business
+    assert dist.accelerator().num_processes == 1

@@ -76,6 +76,7 @@ def accelerator(model: Any = None, whole: str | None = None) -> Any:
 
     if not torch.cuda.is_available():
         refuse_dropped_sharding()
+    refuse_lone_cpu_process()
     accel = Accelerator(cpu=not torch.cuda.is_available())
     if whole:
         refuse_sharding(accel, whole)
@@ -94,6 +95,22 @@ def refuse_dropped_sharding() -> None:
                 f"accelerate config: distributed_type {kind} needs a GPU (on CPU accelerate would silently run "
                 "plain DDP instead); launch with examples/accelerate/ddp.yaml here, or on a GPU machine"
             )
+
+
+def refuse_lone_cpu_process() -> None:
+    """One line when `accelerate launch --cpu --num_processes N` (N > 1) started a single process: accelerate starts
+    several CPU processes only through mpirun, and the one it starts trained alone, unsaid (world 1 in metrics.jsonl).
+    Its sign: MASTER_ADDR, which that launcher sets for N > 1 only, and no world size from any launcher."""
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() != "true" or "MASTER_ADDR" not in os.environ:
+        return
+    if any(v in os.environ for v in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")):
+        return
+    raise UserError(
+        "accelerate launch --cpu: several processes were asked for (MASTER_ADDR is set) and accelerate started one "
+        "(it starts several on CPU only through mpirun), which would train alone; launch `torchrun "
+        "--nproc_per_node N -m weitiao ...` or `accelerate launch --config_file examples/accelerate/ddp.yaml "
+        "--num_processes N -m weitiao ...` (gloo on CPU), or unset MASTER_ADDR for one process"
+    )
 
 
 def refuse_unshardable(accel: Any, model: Any) -> None:

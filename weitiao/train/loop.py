@@ -462,6 +462,56 @@ def open_run(out: Path, t: TrainSpec, cfg: Any, accel: Any) -> Opened:
     return Opened(config_yaml, inputs, ckpt, staged)
 
 
+# Keys that only change how a process reads or shows things: they may differ from process to process.
+LOCAL_KEYS = {"data.cache", "data.cache_dir", "data.num_proc", "train.progress", "train.progress_every_s"}
+
+
+def same_on_every_process(
+    accel: Any, cfg: Any, opened: Opened, lengths: list[int], content: str, evals: Any, *extra: Any
+) -> None:
+    """Refuse a run whose processes read another config, other data or other models (a copy per node, one stale):
+    each trained its share of its own rows at its own settings, and the run was recorded as process 0's, exit 0.
+    Compared: the config but for paths and LOCAL_KEYS, what the paths hold (the training rows' `lengths` and
+    `content` digest, the eval examples `evals`, `extra` per-pair values; the models' fingerprints). Collective."""
+    if accel.num_processes == 1:
+        return
+    import socket
+
+    import numpy as np
+
+    from weitiao.config import path_keys
+
+    h = hashlib.sha256(repr((lengths, content, extra)).encode())
+    for e in evals:
+        h.update(np.asarray(e.input_ids, dtype=np.int64).tobytes() + b"|")
+        h.update(np.asarray(e.labels, dtype=np.int64).tobytes() + b"|")
+    mine = (socket.gethostname(), opened.config_yaml, opened.inputs, (len(lengths), content, h.hexdigest()))
+    every = dist.gather_objects(mine)
+    paths = {".".join(k) for k in path_keys(type(cfg))}
+    host0, yaml0, inputs0, data0 = every[0]
+    for rank, (host, yaml_r, inputs, data) in enumerate(every[1:], 1):
+        changes = {k: v for k, v in ck.config_changes(yaml0, yaml_r).items() if k not in paths | LOCAL_KEYS}
+        models = sorted(k for k in inputs0.keys() | inputs.keys() if inputs0.get(k) != inputs.get(k))
+        if changes:
+            key, (a, b) = next(iter(changes.items()))
+            what = f"config key {key}: {a!r} on process 0, {b!r} on process {rank}"
+        elif models:
+            what = f"the weights at {models[0]} (other files behind the same path)"
+        elif data[0] != data0[0]:
+            what = f"data.train: {data0[0]} rows (pairs) on process 0, {data[0]} on process {rank}"
+        elif data[1] != data0[1]:
+            what = f"data.train: other texts in its {data[0]} rows (pairs)"
+        elif data != data0:
+            what = "eval data or per-pair values (data.eval, weights, margins)"
+        else:
+            continue
+        raise UserError(
+            f"train: process {rank} ({host}) reads other inputs than process 0 ({host0}): {what}; every process "
+            "must train on the same config, data and models (each would train its share of its own): put them on "
+            "storage every node shares, or give every node the same copy"
+        )
+
+
 def start(
     out: Path, t: TrainSpec, opened: Opened, accel: Any, module: Any, optimizer: Any
 ) -> tuple[dict, Path | None, MetricsLog]:
