@@ -553,3 +553,44 @@ def test_a_run_stopped_by_stop_after_prints_no_empty_cost_report(tmp_path, monke
         r = CliRunner().invoke(app, ["ppo", str(tmp_path / "c.yaml")])
         assert r.exit_code == 0, r.output
         assert ("PPO cost report" in r.output) is shown and ("stopped_at" in r.output) is not shown
+
+
+def test_an_http_reward_that_answers_no_scores_object_or_an_error_is_one_line():
+    """A JSON list or number was a TypeError traceback through the recipe; a 500 was two lines (httpx's doc link)
+    without what the server said. Each is now one line naming the endpoint and the body's start."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from weitiao.recipes.rewards import http_scorer
+
+    answers = {"/list": (200, b"[1.0, 2.0]"), "/num": (200, b"3"), "/500": (500, b"model not loaded"),
+               "/html": (200, b"<html>"), "/ok": (200, b'{"scores": [1.0, 2.0]}')}  # fmt: skip
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            code, body = answers[self.path]
+            self.send_response(code)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    want = {
+        "/list": r"answered '\[1.0, 2.0\]'; return \{\"scores\"",
+        "/num": r"answered '3'; return \{\"scores\"",
+        "/500": r"/500: HTTP 500: 'model not loaded'$",
+        "/html": "JSONDecodeError",
+    }
+    try:
+        assert http_scorer(base + "/ok")([[]] * 2, ["a", "b"]) == [1.0, 2.0]  # the control: a good answer reads
+        for path, match in want.items():
+            with pytest.raises(UserError, match=match) as got:
+                http_scorer(base + path)([[]] * 2, ["a", "b"])
+            assert "\n" not in str(got.value)
+    finally:
+        server.shutdown()
