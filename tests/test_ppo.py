@@ -594,3 +594,24 @@ def test_an_http_reward_that_answers_no_scores_object_or_an_error_is_one_line():
             assert "\n" not in str(got.value)
     finally:
         server.shutdown()
+
+
+def test_a_reward_models_adapter_as_lora_init_from_is_refused(tiny_model_dir, prompts, tmp_path):
+    """`lora.init_from=runs/rm` (a reward model run, not the SFT one) started the PPO actor (and an SFT or DPO run)
+    from the reward model's LoRA with its score head dropped, unsaid; now one line. Control: the same adapter
+    without the reward model's marks loads."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from weitiao.models.load import ModelSpec, build_trainable, load_lora
+
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=8, lora_alpha=16))
+    lora.save_pretrained(tmp_path / "plain" / "final" / "adapter")
+    lora.save_pretrained(tmp_path / "rm" / "final" / "adapter")
+    (tmp_path / "rm" / "final" / "reward_model.json").write_text(json.dumps({"base": str(tiny_model_dir)}))
+    cfg = config(tiny_model_dir, prompts, tmp_path / "run", f"lora.init_from={tmp_path / 'rm'}")
+    with pytest.raises(UserError, match="lora.init_from: .*rm/final/adapter: a reward model .* start from an SFT"):
+        ppo.run(cfg)
+    with pytest.raises(UserError, match="lora.init_from: .*: a reward model"):  # SFT and DPO load it the same way
+        build_trainable(ModelSpec(path=str(tiny_model_dir)), cfg.lora, torch.device("cpu"))
+    load_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(tmp_path / "plain"))
