@@ -615,3 +615,15 @@ def test_a_reward_models_adapter_as_lora_init_from_is_refused(tiny_model_dir, pr
     with pytest.raises(UserError, match="lora.init_from: .*: a reward model"):  # SFT and DPO load it the same way
         build_trainable(ModelSpec(path=str(tiny_model_dir)), cfg.lora, torch.device("cpu"))
     load_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(tmp_path / "plain"))
+
+
+def test_a_reward_reads_a_partial_utf8_token_as_replacement_character(tokenizer):
+    """What the READMEs now say (they said a reward model reads the same ids the policy drew): a token holding part of
+    a UTF-8 character reaches the reward as U+FFFD, which re-tokenizes as other ids; a whole reply round-trips."""
+    whole = tokenizer.encode("今天天气", add_special_tokens=False)
+    part = [tokenizer.convert_tokens_to_ids("ä")]  # byte 0xE4 alone: the first byte of 今 and many CJK characters
+    eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for ids, round_trips in ((whole, True), (part, False)):
+        text = ppo.reply_text(tokenizer, Sampled([1], ids + [eot], True))
+        assert (tokenizer.encode(text, add_special_tokens=False) == ids) is round_trips
+    assert ppo.reply_text(tokenizer, Sampled([1], part + [eot], True)) == "\ufffd"
