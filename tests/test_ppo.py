@@ -627,3 +627,23 @@ def test_a_reward_reads_a_partial_utf8_token_as_replacement_character(tokenizer)
         text = ppo.reply_text(tokenizer, Sampled([1], ids + [eot], True))
         assert (tokenizer.encode(text, add_special_tokens=False) == ids) is round_trips
     assert ppo.reply_text(tokenizer, Sampled([1], part + [eot], True)) == "\ufffd"
+
+
+def test_a_reward_module_that_fails_to_load_or_names_no_function_is_one_line(tmp_path):
+    """A reward file with a SyntaxError or an error at top level was a traceback; a name bound to a list was
+    "raised TypeError: 'list' object is not callable" located in weitiao's own rewards.py at the first step. Each is
+    now one line naming the user's file:line or the name. Control: a good file in the same folder loads and scores."""
+    from weitiao.recipes.rewards import function_scorer
+
+    files = {"syntax": "def f(p, r)\n    return []\n", "top": "x = 1\ny = 1 / 0\n", "data": "f = [1.0, 2.0]\n"}
+    want = {
+        "syntax": f"cannot import: SyntaxError: expected ':' \\({tmp_path / 'syntax.py'}:1\\)$",
+        "top": f"cannot import: ZeroDivisionError: division by zero \\({tmp_path / 'top.py'}:2\\)$",
+        "data": "f is a list, not a function$",
+    }
+    for name, body in files.items():
+        (tmp_path / f"{name}.py").write_text(body)
+        with pytest.raises(UserError, match=want[name]):
+            function_scorer(f"{tmp_path / name}.py:f")
+    (tmp_path / "good.py").write_text("def f(p, r):\n    return [1.0] * len(r)\n")
+    assert function_scorer(f"{tmp_path / 'good.py'}:f")([[]], ["a"]) == [1.0]
