@@ -583,7 +583,7 @@ def test_an_http_reward_that_answers_no_scores_object_or_an_error_is_one_line():
     want = {
         "/list": r"answered '\[1.0, 2.0\]'; return \{\"scores\"",
         "/num": r"answered '3'; return \{\"scores\"",
-        "/500": r"/500: HTTP 500: 'model not loaded'$",
+        "/500": r"/500 answered HTTP 500: 'model not loaded'$",
         "/html": "JSONDecodeError",
     }
     try:

@@ -174,7 +174,7 @@ def http_scorer(url: str, timeout: float = 60.0, batch_size: int = 16) -> Scorer
             except (httpx.HTTPError, ValueError) as e:  # unreachable, timed out, a body that is not JSON
                 raise UserError(redact(f"reward endpoint {url}: {type(e).__name__}: {e}")) from None
             if not r.is_success:  # httpx's own message runs to two lines and leaves out what the server said
-                raise UserError(redact(f"reward endpoint {url}: HTTP {r.status_code}: {r.text[:200]!r}"))
+                raise UserError(redact(f"reward endpoint {url} answered HTTP {r.status_code}: {r.text[:200]!r}"))
             if not isinstance(got, dict) or "scores" not in got:  # a bare list, a number: was a TypeError traceback
                 want = '{"scores": [one number per response]}'
                 raise UserError(redact(f"reward endpoint {url}: answered {r.text[:80]!r}; return {want}"))
