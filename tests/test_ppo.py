@@ -553,3 +553,97 @@ def test_a_run_stopped_by_stop_after_prints_no_empty_cost_report(tmp_path, monke
         r = CliRunner().invoke(app, ["ppo", str(tmp_path / "c.yaml")])
         assert r.exit_code == 0, r.output
         assert ("PPO cost report" in r.output) is shown and ("stopped_at" in r.output) is not shown
+
+
+def test_an_http_reward_that_answers_no_scores_object_or_an_error_is_one_line():
+    """A JSON list or number was a TypeError traceback through the recipe; a 500 was two lines (httpx's doc link)
+    without what the server said. Each is now one line naming the endpoint and the body's start."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from weitiao.recipes.rewards import http_scorer
+
+    answers = {"/list": (200, b"[1.0, 2.0]"), "/num": (200, b"3"), "/500": (500, b"model not loaded"),
+               "/html": (200, b"<html>"), "/ok": (200, b'{"scores": [1.0, 2.0]}')}  # fmt: skip
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            code, body = answers[self.path]
+            self.send_response(code)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    want = {
+        "/list": r"answered '\[1.0, 2.0\]'; return \{\"scores\"",
+        "/num": r"answered '3'; return \{\"scores\"",
+        "/500": r"/500 answered HTTP 500: 'model not loaded'$",
+        "/html": "JSONDecodeError",
+    }
+    try:
+        assert http_scorer(base + "/ok")([[]] * 2, ["a", "b"]) == [1.0, 2.0]  # the control: a good answer reads
+        for path, match in want.items():
+            with pytest.raises(UserError, match=match) as got:
+                http_scorer(base + path)([[]] * 2, ["a", "b"])
+            assert "\n" not in str(got.value)
+    finally:
+        server.shutdown()
+
+
+def test_a_reward_models_adapter_as_lora_init_from_is_refused(tiny_model_dir, prompts, tmp_path):
+    """`lora.init_from=runs/rm` (a reward model run, not the SFT one) started the PPO actor (and an SFT or DPO run)
+    from the reward model's LoRA with its score head dropped, unsaid; now one line. Control: the same adapter
+    without the reward model's marks loads."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from weitiao.models.load import ModelSpec, build_trainable, load_lora
+
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=8, lora_alpha=16))
+    lora.save_pretrained(tmp_path / "plain" / "final" / "adapter")
+    lora.save_pretrained(tmp_path / "rm" / "final" / "adapter")
+    (tmp_path / "rm" / "final" / "reward_model.json").write_text(json.dumps({"base": str(tiny_model_dir)}))
+    cfg = config(tiny_model_dir, prompts, tmp_path / "run", f"lora.init_from={tmp_path / 'rm'}")
+    with pytest.raises(UserError, match="lora.init_from: .*rm/final/adapter: a reward model .* start from an SFT"):
+        ppo.run(cfg)
+    with pytest.raises(UserError, match="lora.init_from: .*: a reward model"):  # SFT and DPO load it the same way
+        build_trainable(ModelSpec(path=str(tiny_model_dir)), cfg.lora, torch.device("cpu"))
+    load_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(tmp_path / "plain"))
+
+
+def test_a_reward_reads_a_partial_utf8_token_as_replacement_character(tokenizer):
+    """What the READMEs now say (they said a reward model reads the same ids the policy drew): a token holding part of
+    a UTF-8 character reaches the reward as U+FFFD, which re-tokenizes as other ids; a whole reply round-trips."""
+    whole = tokenizer.encode("今天天气", add_special_tokens=False)
+    part = [tokenizer.convert_tokens_to_ids("ä")]  # byte 0xE4 alone: the first byte of 今 and many CJK characters
+    eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for ids, round_trips in ((whole, True), (part, False)):
+        text = ppo.reply_text(tokenizer, Sampled([1], ids + [eot], True))
+        assert (tokenizer.encode(text, add_special_tokens=False) == ids) is round_trips
+    assert ppo.reply_text(tokenizer, Sampled([1], part + [eot], True)) == "\ufffd"
+
+
+def test_a_reward_module_that_fails_to_load_or_names_no_function_is_one_line(tmp_path):
+    """A reward file with a SyntaxError or an error at top level was a traceback; a name bound to a list was
+    "raised TypeError: 'list' object is not callable" located in weitiao's own rewards.py at the first step. Each is
+    now one line naming the user's file:line or the name. Control: a good file in the same folder loads and scores."""
+    from weitiao.recipes.rewards import function_scorer
+
+    files = {"syntax": "def f(p, r)\n    return []\n", "top": "x = 1\ny = 1 / 0\n", "data": "f = [1.0, 2.0]\n"}
+    want = {
+        "syntax": f"cannot import: SyntaxError: expected ':' \\({tmp_path / 'syntax.py'}:1\\)$",
+        "top": f"cannot import: ZeroDivisionError: division by zero \\({tmp_path / 'top.py'}:2\\)$",
+        "data": "f is a list, not a function$",
+    }
+    for name, body in files.items():
+        (tmp_path / f"{name}.py").write_text(body)
+        with pytest.raises(UserError, match=want[name]):
+            function_scorer(f"{tmp_path / name}.py:f")
+    (tmp_path / "good.py").write_text("def f(p, r):\n    return [1.0] * len(r)\n")
+    assert function_scorer(f"{tmp_path / 'good.py'}:f")([[]], ["a"]) == [1.0]

@@ -93,6 +93,6 @@ def test_http_reward_errors_are_redacted():
             http_scorer(with_secrets(url + "/score"), timeout=5)(*for_prompts)
     assert not any(s in str(e.value) for s in SECRETS)
     with running(FastAPI()) as url:  # 404: httpx's message repeats the whole URL
-        with pytest.raises(UserError, match="HTTPStatusError") as e:
+        with pytest.raises(UserError, match="HTTP 404") as e:
             http_scorer(with_secrets(url + "/score"), timeout=5)(*for_prompts)
     assert not any(s in str(e.value) for s in SECRETS)

@@ -422,6 +422,9 @@ def load_lora(model: Any, adapter: str, gradient_checkpointing: bool = False, sp
         adapter_dir, _, _ = locate(adapter)
     except UserError as e:
         raise UserError(f"lora.init_from: {e}".replace("--adapter ", "")) from None
+    # on a causal LM its score head would be dropped and the policy would start from a stray adapter, unsaid
+    refuse_reward_adapter(adapter_dir, "lora.init_from:", "start from an SFT or DPO run's adapter (a reward model "
+                          "continues with `weitiao rm`; PPO reads one as reward.path)")  # fmt: skip
     keep_4bit_training_path(model)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -697,17 +700,17 @@ def attach_adapter(model: Any, adapter_dir: Any, base: str, **kwargs: Any) -> An
         ) from None
 
 
-def refuse_reward_adapter(adapter_dir: Any, flag: str = "--adapter") -> None:
+def refuse_reward_adapter(adapter_dir: Any, flag: str = "--adapter", hint: str | None = None) -> None:
     """A reward model's adapter (LoRA + score head, `weitiao rm`) on a causal LM generates from a stray adapter and
-    drops the trained head: one line pointing to what reads it instead."""
+    drops the trained head: one line pointing to what reads it instead (`hint`, default: score or export it)."""
     import json
 
     adapter_dir = Path(adapter_dir)
     cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     if cfg.get("task_type") == "SEQ_CLS" or (adapter_dir.parent / "reward_model.json").exists():
         raise UserError(
-            f"{flag} {adapter_dir}: a reward model (LoRA + score head), not a model that writes replies; score with "
-            "`weitiao score --rm RUN`, or export it with `weitiao export --for openrlhf|verl`"
+            f"{flag} {adapter_dir}: a reward model (LoRA + score head), not a model that writes replies; "
+            + (hint or "score with `weitiao score --rm RUN`, or export it with `weitiao export --for openrlhf|verl`")
         )
 
 

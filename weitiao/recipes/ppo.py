@@ -389,7 +389,8 @@ def reply_text(tokenizer: Any, s: Sampled) -> str:
     """The reply as the reward sees it: every token the policy drew, special ones included, except the stop token
     that ends it (`Sampled` holds no padding). A stray `<|im_start|>` mid-reply stays in the text, so a reward function
     can penalize it; a reward model re-tokenizes the text as its training rows were (template rendered, then tokenized:
-    special-token text becomes the special id), so it reads the ids the policy drew. A reply with no special token
+    special-token text becomes the special id), so it reads the ids the policy drew wherever the text round-trips (not
+    a partial UTF-8 character, which decodes to U+FFFD). A reply with no special token
     decodes as with skip_special_tokens."""
     return tokenizer.decode(s.response_ids[:-1] if s.stopped else s.response_ids, skip_special_tokens=False)
 

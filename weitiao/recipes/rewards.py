@@ -114,6 +114,11 @@ def critic_base_difference(rm_path: str, policy_base: str) -> str | None:
     return f"{where} vs model.path {policy_base}: same shapes, other weights (digest {theirs} vs {ours})"
 
 
+def _raised_at(e: BaseException) -> str:
+    at = traceback.extract_tb(e.__traceback__)[-1]
+    return f"{at.filename}:{at.lineno}"
+
+
 def function_scorer(spec: str, batch_size: int | None = None) -> Scorer:
     """`module:function` (module importable, or a .py path) called with (prompts, responses), `batch_size`
     responses at a time (None: all at once)."""
@@ -132,6 +137,12 @@ def function_scorer(spec: str, batch_size: int | None = None) -> Scorer:
         fn = getattr(module, fn_name)
     except (ImportError, AttributeError, FileNotFoundError) as e:
         raise UserError(f"reward.path {spec!r}: cannot import ({e})") from None
+    except Exception as e:  # the user's module failed while it loaded (SyntaxError, 1/0 at top level): where
+        syntax = isinstance(e, SyntaxError)
+        what, where = (e.msg, f"{e.filename}:{e.lineno}") if syntax else (e, _raised_at(e))
+        raise UserError(f"reward.path {spec!r}: cannot import: {type(e).__name__}: {what} ({where})") from None
+    if not callable(fn):  # was a TypeError at the first step, located in this file
+        raise UserError(f"reward.path {spec!r}: {fn_name} is a {type(fn).__name__}, not a function")
 
     def score(prompts: list[list[Message]], responses: list[str]) -> list[float]:
         step, out = batch_size or max(1, len(responses)), []
@@ -140,8 +151,7 @@ def function_scorer(spec: str, batch_size: int | None = None) -> Scorer:
             try:
                 got = fn(prompts[k : k + step], part)
             except Exception as e:  # the user's code: one line naming the error and where it was raised
-                at = traceback.extract_tb(e.__traceback__)[-1]
-                raise UserError(f"reward {spec}: raised {type(e).__name__}: {e} ({at.filename}:{at.lineno})") from None
+                raise UserError(f"reward {spec}: raised {type(e).__name__}: {e} ({_raised_at(e)})") from None
             out += _check(got, len(part), spec)
         return out
 
@@ -160,10 +170,15 @@ def http_scorer(url: str, timeout: float = 60.0, batch_size: int = 16) -> Scorer
             body = {"prompts": prompts[k : k + batch_size], "responses": responses[k : k + batch_size]}
             try:
                 r = httpx.post(url, json=body, timeout=timeout)
-                r.raise_for_status()
-                scores = r.json()["scores"]
-            except (httpx.HTTPError, KeyError, ValueError) as e:
+                got = r.json() if r.is_success else None
+            except (httpx.HTTPError, ValueError) as e:  # unreachable, timed out, a body that is not JSON
                 raise UserError(redact(f"reward endpoint {url}: {type(e).__name__}: {e}")) from None
+            if not r.is_success:  # httpx's own message runs to two lines and leaves out what the server said
+                raise UserError(redact(f"reward endpoint {url} answered HTTP {r.status_code}: {r.text[:200]!r}"))
+            if not isinstance(got, dict) or "scores" not in got:  # a bare list, a number: was a TypeError traceback
+                want = '{"scores": [one number per response]}'
+                raise UserError(redact(f"reward endpoint {url}: answered {r.text[:80]!r}; return {want}"))
+            scores = got["scores"]
             out += _check(scores, len(body["responses"]), redact(url))
         return out
 
