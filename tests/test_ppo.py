@@ -55,6 +55,10 @@ def test_load_prompts_accepts_prompt_pair_and_sft_rows(tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"messages": [{"role": "assistant", "content": "hi"}]}])
     with pytest.raises(UserError, match="bad.jsonl:1"):
         ppo.load_prompts([str(bad)])
+    # the pair's chosen and the SFT reply are answers the reward never sees: said, not dropped unsaid
+    note = ppo.reference_note(ppo.prompt_rows([str(f)]))
+    assert note.startswith(f"note: data.prompts: 2 of 4 rows carry a reference answer (first: {f}:3); the ")
+    assert ppo.reference_note(ppo.prompt_rows([str(f)])[:2]) is None  # control: plain prompts
 
 
 def test_rollout_mask_keeps_eos_even_when_pad_equals_eos():

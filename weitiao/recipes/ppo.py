@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from weitiao.config import ConfigPath, dump_config
 from weitiao.data.chat import IGNORE
 from weitiao.data.formats import Message
-from weitiao.data.prompts import read_prompts
+from weitiao.data.prompts import Prompt, read_prompts
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
 from weitiao.infer.generate import Sampled, generate_ids
@@ -162,10 +162,27 @@ class PPOConfig(BaseModel):
 # ----------------------------------------------------------------------------- prompts
 
 
+def prompt_rows(paths: list[str]) -> list[Prompt]:
+    """Prompt rows (messages ending with a user turn, and a reference if the row gave one), from prompt rows, pair
+    rows or SFT rows."""
+    tools = "tool rows train with `weitiao sft` only; PPO prompts carry no tools"
+    return read_prompts(paths, tools=tools, what="data.prompts")
+
+
 def load_prompts(paths: list[str]) -> list[list[Message]]:
     """Prompts as message lists ending with a user turn, from prompt rows, pair rows or SFT rows."""
-    tools = "tool rows train with `weitiao sft` only; PPO prompts carry no tools"
-    return [p.messages for p in read_prompts(paths, tools=tools, what="data.prompts")]
+    return [p.messages for p in prompt_rows(paths)]
+
+
+def reference_note(rows: list[Prompt]) -> str | None:
+    """A line when prompt rows carry an answer (`answer`, `reference`, an SFT reply, a pair's chosen): the reward
+    sources are given (prompts, responses) only, so a correctness reward cannot see it. None when no row has one."""
+    given = [p for p in rows if p.reference is not None]
+    if not given:
+        return None
+    first = given[0].source
+    return (f"note: data.prompts: {len(given)} of {len(rows)} rows carry a reference answer (first: {first}); the "
+            "reward is called with (prompts, responses) only, so PPO does not use them")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- rollout tensors
@@ -436,7 +453,10 @@ def run(cfg: PPOConfig) -> dict:
     # 0. Prompts, tokenizer, template; the reward source; the three roles on one base.
     tokenizer = load_tokenizer(cfg.model.path)
     template = resolve_template(tokenizer, cfg.data.template)
-    prompts = load_prompts(cfg.data.prompts)
+    rows = prompt_rows(cfg.data.prompts)
+    prompts = [r.messages for r in rows]
+    if main and (note := reference_note(rows)):
+        print(note)
     # counted as the sampler feeds them: the rendered text alone (a BOS the tokenizer would add is not fed)
     render = [template.render(tokenizer, m, add_generation_prompt=True) for m in prompts]
     lens = [len(ids) for ids in tokenizer(render, add_special_tokens=False)["input_ids"]]
