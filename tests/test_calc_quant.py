@@ -138,3 +138,20 @@ def test_cli_block_size():
     assert data["block"] == 128 and [r["bits_per_param"] for r in data["rows"]][2] == 4.25
     res = runner.invoke(app, ["quant", "--rows", "256", "--cols", "256", "--block-size", "100"])
     assert isinstance(res.exception, UserError) and "--block-size 100: choose one of 64, 128, 256" in str(res.exception)
+
+
+def test_cli_refuses_flags_it_would_ignore(tiny_model_dir):
+    """Synthetic-tensor flags beside --model, and --tensor without it, were silently unused (the table came from
+    the other tensor): refused in one line naming them."""
+    runner = CliRunner()
+    res = runner.invoke(app, ["quant", "--model", str(tiny_model_dir), "--rows", "64", "--std", "0.5", "--json"])
+    assert isinstance(res.exception, UserError), res.output
+    assert str(res.exception).startswith("--rows, --std: settings of the synthetic tensor, unused with --model")
+    res = runner.invoke(app, ["quant", "--tensor", "model.layers.0.mlp.up_proj.weight", "--rows", "64", "--json"])
+    assert isinstance(res.exception, UserError) and "--tensor model.layers.0.mlp.up_proj.weight" in str(res.exception)
+    # Negative control: the same flags where they apply still run.
+    res = runner.invoke(app, ["quant", "--rows", "64", "--cols", "64", "--std", "0.5", "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["shape"] == [64, 64]
+    res = runner.invoke(app, ["quant", "--model", str(tiny_model_dir), "--tensor", "model.layers.0.mlp.up_proj.weight",
+                              "--json"])  # fmt: skip
+    assert res.exit_code == 0 and json.loads(res.output)["source"].endswith("up_proj.weight")

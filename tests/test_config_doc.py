@@ -67,3 +67,23 @@ def test_missing_description_and_unknown_name_are_reported():
     assert render(Toy, "toy").startswith("toy: 3 keys")
     r = CliRunner().invoke(app, ["config", "show", "nope"])
     assert r.exit_code != 0 and "sft, dpo, rm, ppo, logs" in str(r.exception)
+
+
+@pytest.mark.parametrize("name", ["sft", "dpo", "rm"])
+def test_lr_default_shown_is_the_one_a_run_takes(name, tiny_model_dir, chat_file, tmp_path):
+    """`config show dpo|rm` said train.lr defaults to 2e-4 (SFT's); DPO trained at 5e-5 and RM at 1e-4 unsaid."""
+    import importlib
+
+    from conftest import recipe_config, write_jsonl
+    from test_dpo import make_pairs
+
+    from weitiao.train.log import read_metrics
+
+    ((_, cls),) = _config_classes(name)
+    shown = next(k.description for k in config_keys(cls) if k.key == "train.lr")
+    data = chat_file if name == "sft" else write_jsonl(tmp_path / "p.jsonl", make_pairs(4))
+    fast = ("data.max_len=96", "train.max_steps=1", "train.scheduler=constant", "train.warmup_ratio=0")
+    importlib.import_module(f"weitiao.recipes.{name}").run(recipe_config(name, tiny_model_dir, data, tmp_path, *fast))
+    lr = read_metrics(tmp_path, "train")[0]["lr"]
+    assert shown.startswith(f"default {lr:.0e}".replace("e-0", "e-") + " with LoRA"), (shown, lr)
+    assert cls.model_fields["train"].default_factory().default_lr(lora=False) != lr  # full fine-tuning's differs

@@ -32,6 +32,65 @@ def test_plan_by_size_and_expected_time():
     assert (capped.sft_steps, capped.dpo_steps) == (3, 3) and capped.seconds < tiny.seconds
 
 
+class _Stop(Exception):
+    pass
+
+
+def _plan_and_configs(monkeypatch, qwen_dir, tmp_path, *overrides, **kw):
+    """demo.run up to DPO's start (the base is not measured, nothing trains): (plan line, SFT config, DPO config)."""
+    got, lines = {}, []
+
+    class View(demo.PlainView):
+        def step(self, text):
+            lines.append(text)
+
+    monkeypatch.setattr(demo, "load_model", lambda *a, **k: None)
+    monkeypatch.setattr(demo, "_measure", lambda *a, **k: {})
+    monkeypatch.setattr(demo.sft, "run", lambda cfg: got.setdefault("sft", cfg))
+    monkeypatch.setattr(demo.dpo, "run", lambda cfg: (got.setdefault("dpo", cfg), (_ for _ in ()).throw(_Stop())))
+    with pytest.raises(_Stop):
+        demo.run(str(qwen_dir), str(tmp_path / "run"), overrides=list(overrides), view=View(), **kw)
+    return lines[0], got["sft"], got["dpo"]
+
+
+def test_plan_shown_is_what_runs_with_overrides(monkeypatch, qwen_dir, tmp_path):
+    """SFT overrides of data.max_len / train.micro_batch_size ran while the plan line (and demo_report.json's
+    plan) still said micro-batch 8, max_len 128; DPO kept 8 × 128 unsaid. Keys the demo sets itself
+    (model.*, train.out, train.max_steps) were taken by SFT alone: the base and DPO ran another model/length."""
+    line, s, d = _plan_and_configs(monkeypatch, qwen_dir, tmp_path, "data.max_len=64", "train.micro_batch_size=2",
+                                   "train.lr=1e-3", max_steps=2, limit=1)  # fmt: skip
+    assert "SFT 2 steps + DPO 2 steps, micro-batch 2, max_len 64" in line, line
+    assert "set by you: data.max_len, train.micro_batch_size, train.lr" in line
+    assert (s.data.max_len, s.train.micro_batch_size, s.train.lr, s.train.max_steps) == (64, 2, 1e-3, 2)
+    assert (d.data.max_len, d.train.micro_batch_size, d.train.max_steps) == (64, 2, 2)
+    # Negative control: without overrides the plan's own sizes run and no "set by you" is shown.
+    line, s, d = _plan_and_configs(monkeypatch, qwen_dir, tmp_path, max_steps=2, limit=1)
+    assert "micro-batch 8, max_len 128" in line and "set by you" not in line
+    assert (s.data.max_len, s.train.micro_batch_size, d.data.max_len) == (128, 8, 128)
+
+
+@pytest.mark.parametrize(
+    ("kw", "overrides", "message"),
+    [
+        ({"limit": 0}, [], "--limit 0: must be at least 1"),  # trained for minutes, then ZeroDivisionError
+        ({"limit": -1}, [], "--limit -1: must be at least 1"),  # measured all prompts but the last of each set
+        ({"max_steps": 0}, [], "--max-steps 0: must be at least 1"),  # ran the full 400 steps
+        ({}, ["model.quant=none"], "override model.quant=none: the demo sets model.quant itself; use --model"),
+        ({}, ["model.path=/x"], "the demo sets model.path itself; use --model DIR"),
+        ({}, ["train.max_steps=5"], "the demo sets train.max_steps itself; use --max-steps N"),
+        ({}, ["train.out=/tmp/x"], "the demo sets train.out itself; use --out DIR"),
+    ],
+)
+def test_demo_refuses_what_it_would_ignore_or_misread(monkeypatch, tmp_path, kw, overrides, message):
+    monkeypatch.setattr(demo, "load_model", lambda *a, **k: None)  # were they not refused: no minutes of work
+    monkeypatch.setattr(demo, "_measure", lambda *a, **k: {})
+    monkeypatch.setattr(demo.sft, "run", lambda cfg: (_ for _ in ()).throw(_Stop()))
+    with pytest.raises(demo.UserError) as e:
+        demo.run(str(MODEL_DIR), str(tmp_path / "run"), overrides=overrides, view=demo.PlainView(), **kw)
+    assert str(e.value).startswith(message) or message in str(e.value), str(e.value)
+    assert not (tmp_path / "run").exists()  # refused before any work (SFT's config is read after it: no folder)
+
+
 def test_speed_probe_runs_on_one_thread(monkeypatch):
     """The expected time's matmul probe runs on one thread (a 2-thread probe on a busy 2-core box read ~1/100 of
     the speed: 571 min announced for a 5-minute demo) and leaves torch's thread count as it was."""

@@ -288,7 +288,11 @@ def chat(
 
 @app.command()
 def demo(
-    overrides: list[str] = typer.Argument(None, help="SFT overrides for examples/demo_sft.yaml (e.g. lora.r=8)"),
+    overrides: list[str] = typer.Argument(
+        None,
+        help="SFT overrides for examples/demo_sft.yaml (e.g. lora.r=8); data.max_len and "
+        "train.micro_batch_size apply to DPO too, and the plan shows them",
+    ),
     model: str = typer.Option(None, help="your own Hugging Face model folder (default: the shipped tiny model)"),
     out: str = typer.Option("runs/demo", help="run folder: sft/, dpo/, demo_report.json, golden_report.html"),
     serve: bool = typer.Option(False, help="end by serving the tuned model (OpenAI-compatible API)"),

@@ -206,6 +206,12 @@ def quant(
     from weitiao.io import claim_outputs
 
     q.check_block_size(block_size)
+    synthetic = {"--rows": (rows, 2048), "--cols": (cols, 2048), "--std": (std, 0.02), "--seed": (seed, 0),
+                 "--outlier-frac": (outlier_frac, 1e-4), "--outlier-scale": (outlier_scale, 50.0)}  # fmt: skip
+    if model is not None and (given := [flag for flag, (v, default) in synthetic.items() if v != default]):
+        raise UserError(f"{', '.join(given)}: settings of the synthetic tensor, unused with --model {model}; drop them")
+    if tensor is not None and model is None:
+        raise UserError(f"--tensor {tensor}: names a weight of --model; give --model DIR, or drop --tensor")
     claim_outputs([plot] if plot else [], [], "--plot")
     if model is not None:
         name, x = q.read_tensor(model, tensor)

@@ -249,8 +249,29 @@ def load_model(spec: ModelSpec, device: torch.device | None = None, head: str = 
         raise UserError(f"model {path!r}: cannot load: {_first_line(e)}") from None
     if spec.quant == "none":
         model.to(device)
+    elif spec.quant == "4bit" and device.type == "cpu":
+        refuse_cpu_4bit_widths(model, path)
     model.config.use_cache = False
     return model
+
+
+NF4_BLOCK = 64  # weights per absmax block of the 4-bit base (bitsandbytes' default, QLoRA's)
+
+
+def refuse_cpu_4bit_widths(model: Any, path: str) -> None:
+    """UserError for a 4-bit Linear whose input width is not a multiple of the block on CPU.
+
+    bitsandbytes 0.50's CPU kernels read such a weight as rows of whole blocks, but it was quantized in blocks
+    over the flat tensor: dequantized with other blocks' scales (6× the NF4 error in training, tested), and
+    the eval-mode kernel crashes with a reshape error. CUDA dequantizes the flat tensor and is unaffected.
+    """
+    for name, m in model.named_modules():
+        if hasattr(getattr(m, "weight", None), "quant_state") and m.in_features % NF4_BLOCK:
+            raise UserError(
+                f"model {path!r}: {name} takes {m.in_features} inputs, not a multiple of {NF4_BLOCK}; bitsandbytes' "
+                "CPU 4-bit kernels dequantize such weights with the wrong block scales; use model.quant none "
+                "(--quant none) on CPU, or a GPU"
+            )
 
 
 _SAID_EAGER: set[str] = set()

@@ -111,6 +111,26 @@ def plan(params: int, n_prompts: int, max_steps: int | None = None) -> Plan:
     return p
 
 
+# Override keys the demo sets itself: refused, with the flag that sets them (the base and DPO use them too).
+OWN_KEYS = {"model.": "--model DIR (the base, SFT and DPO use one 4-bit model)", "train.out": "--out DIR",
+            "train.max_steps": "--max-steps N"}  # fmt: skip
+# Plan sizes an override may set: data.max_len and micro-batch apply to SFT and DPO, the lr to SFT.
+PLAN_KEYS = {"data.max_len": "max_len", "train.micro_batch_size": "micro_batch", "train.lr": "sft_lr"}
+
+
+def check_overrides(overrides: list[str]) -> list[str]:
+    """The override keys (`key.path` of `key.path=value`); a key the demo sets itself is refused."""
+    from weitiao.config import parse_override
+
+    keys = [".".join(parse_override(o)[0]) for o in overrides]
+    for o, key in zip(overrides, keys):
+        own = (f for k, f in OWN_KEYS.items() if key == k.rstrip(".") or (k.endswith(".") and key.startswith(k)))
+        flag = next(own, None)
+        if flag:
+            raise UserError(f"override {o}: the demo sets {key} itself; use {flag}")
+    return keys
+
+
 def param_count(path: str) -> int:
     """Parameters of the model at `path`, counted on the meta device (no weights loaded)."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -212,6 +232,10 @@ def run(
         seconds[name] = round(time.time() - t0 - sum(seconds.values()), 1)
         cpu_seconds[name] = round(time.process_time() - cpu0 - sum(cpu_seconds.values()), 1)
 
+    for flag, v in (("--max-steps", max_steps), ("--limit", limit)):
+        if v is not None and v < 1:
+            raise UserError(f"{flag} {v}: must be at least 1")
+    keys = check_overrides(list(overrides or []))
     out_dir = Path(out)
     base_path = resolve_path(model) if model else "demo"
     sets = {
@@ -224,22 +248,30 @@ def run(
     tokenizer = load_tokenizer(base_path)
     params = param_count(resolve_path(base_path))
     p = plan(params, n_prompts, max_steps)
-    view.step(
-        f"weitiao demo · {base_path} · {params / 1e6:.1f}M parameters · SFT {p.sft_steps} steps + "
-        f"DPO {p.dpo_steps} steps, micro-batch {p.micro_batch}, max_len {p.max_len} · "
-        f"expected ≈ {p.seconds / 60:.1f} min on this machine"
-    )
-    common = [f"model.path={base_path}", "model.quant=4bit", f"data.max_len={p.max_len}",
-              f"train.micro_batch_size={p.micro_batch}", "train.progress=false", "train.report_to=[]",
-              "train.resume=none", "train.save_every=0", "train.eval_every=0"]  # fmt: skip
+
+    def common() -> list[str]:
+        return [f"model.path={base_path}", "model.quant=4bit", f"data.max_len={p.max_len}",
+                f"train.micro_batch_size={p.micro_batch}", "train.progress=false", "train.report_to=[]",
+                "train.resume=none", "train.save_every=0", "train.eval_every=0"]  # fmt: skip
+
     sft_cfg = load_config(
         sft.SFTConfig,
         EXAMPLE,
-        common
+        common()
         + [f"data.train=[{','.join(str(DATA_DIR / f) for f in SFT_DATA)}]", "data.eval=[]",
            f"train.out={out_dir / 'sft'}", f"train.max_steps={p.sft_steps}", f"train.lr={p.sft_lr}"]
         + list(overrides or []),
     )  # fmt: skip
+    if given := [k for k in PLAN_KEYS if k in keys]:  # the plan shown (and DPO's sizes) follow the overrides
+        section = {"data": sft_cfg.data, "train": sft_cfg.train}
+        for key in given:
+            setattr(p, PLAN_KEYS[key], getattr(section[key.split(".")[0]], key.split(".")[1]))
+        p.seconds = _expected_seconds(p, n_prompts)
+    view.step(
+        f"weitiao demo · {base_path} · {params / 1e6:.1f}M parameters · SFT {p.sft_steps} steps + "
+        f"DPO {p.dpo_steps} steps, micro-batch {p.micro_batch}, max_len {p.max_len} · "
+        f"expected ≈ {p.seconds / 60:.1f} min on this machine" + (f" · set by you: {', '.join(given)}" if given else "")
+    )
     template = resolve_template(tokenizer, sft_cfg.data.template)
 
     # 2. The base model on the held-out prompts.
@@ -260,7 +292,7 @@ def run(
     dpo_cfg = load_config(
         dpo.DPOConfig,
         DPO_EXAMPLE,
-        common
+        common()
         + [f"data.train=[{DATA_DIR / 'dpo_pairs.jsonl'}]", "data.eval=[]", f"lora.init_from={sft_adapter}",
            f"train.out={out_dir / 'dpo'}", f"train.max_steps={p.dpo_steps}", f"train.lr={p.dpo_lr}",
            f"dpo.rpo_alpha={RPO_ALPHA}"],

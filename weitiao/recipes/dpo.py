@@ -53,7 +53,7 @@ from weitiao.models.load import (
 from weitiao.models.untrained import refuse_untrained_tokens
 from weitiao.train import dist, loop
 from weitiao.train.pairs import PrefData, prepare_pairs
-from weitiao.train.spec import PairRecipeConfig, PairTrainSpec
+from weitiao.train.spec import PairRecipeConfig, PairTrainSpec, lr_field
 
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "margins", "accuracy", "logps/chosen", "logps/rejected")
 # Sums every micro-step returns (evaluate() starts from zeros for these, so a rank without pairs still reduces).
@@ -102,6 +102,8 @@ class DPOSpec(BaseModel):
 
 
 class DPOTrainSpec(PairTrainSpec):
+    LR = (5e-5, 5e-7)
+    lr: float | None = lr_field(*LR)
     out: ConfigPath = Field("runs/dpo", description="run folder: checkpoints, final/, metrics.jsonl")
 
 
@@ -427,7 +429,7 @@ def run(cfg: DPOConfig) -> dict:
         )
     pad_id = tokenizer.pad_token_id
     world = accel.num_processes
-    lr = t.lr if t.lr is not None else (5e-5 if cfg.lora.enabled else 5e-7)
+    lr = t.default_lr(cfg.lora.enabled)
 
     # 2. Policy, reference, optimizer. Packed rows must stay apart under the chosen attention: checked.
     model = build_trainable(cfg.model, cfg.lora, accel.device)

@@ -42,7 +42,7 @@ from weitiao.models.load import (
 from weitiao.models.untrained import refuse_untrained_tokens
 from weitiao.train import dist, loop
 from weitiao.train.pairs import prepare_pairs
-from weitiao.train.spec import PairRecipeConfig, PairTrainSpec
+from weitiao.train.spec import PairRecipeConfig, PairTrainSpec, lr_field
 
 
 class RMSpec(BaseModel):
@@ -53,6 +53,8 @@ class RMSpec(BaseModel):
 
 
 class RMTrainSpec(PairTrainSpec):
+    LR = (1e-4, 1e-5)
+    lr: float | None = lr_field(*LR)
     out: ConfigPath = Field("runs/rm", description="run folder: checkpoints, final/, metrics.jsonl")
 
 
@@ -198,7 +200,7 @@ def run(cfg: RMConfig) -> dict:
     train_margins, eval_margins = data.margins or (None, None)
     pad_id = tokenizer.pad_token_id
     world = accel.num_processes
-    lr = t.lr if t.lr is not None else (1e-4 if cfg.lora.enabled else 1e-5)
+    lr = t.default_lr(cfg.lora.enabled)
 
     # 2. Scorer (LoRA + fully trained score head), optimizer.
     if cfg.lora.enabled and cfg.lora.init_from:

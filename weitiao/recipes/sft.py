@@ -261,7 +261,7 @@ def run(cfg: SFTConfig) -> dict:
     loop.refuse_eval_without_data(t, bool(data.eval), golden_cadence=True)
     pad_id = tokenizer.pad_token_id
     world = accel.num_processes
-    lr = t.lr if t.lr is not None else (2e-4 if cfg.lora.enabled else 2e-5)
+    lr = t.default_lr(cfg.lora.enabled)
 
     # 2. Model, loss wrapper, optimizer.
     model = build_trainable(cfg.model, cfg.lora, accel.device)

@@ -9,7 +9,7 @@ the same way.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -46,10 +46,21 @@ class RunSpec(BaseModel):
     progress_every_s: float = Field(30.0, gt=0, description="off a terminal (nohup, Slurm): a progress line this often")
 
 
+def lr_field(lora: float, full: float) -> Any:
+    """`train.lr`, unset by default: its description names the defaults the recipe's `default_lr` takes."""
+
+    def sci(x: float) -> str:  # 2e-4, as configs write it (not 0.0002)
+        mantissa, exp = f"{x:e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
+
+    return Field(None, gt=0, description=f"default {sci(lora)} with LoRA, {sci(full)} full fine-tuning")
+
+
 class TrainSpec(RunSpec):
     """Optimizer, schedule, batching, evaluation and checkpoint cadence (SFT, DPO, RM)."""
 
-    lr: float | None = Field(None, gt=0, description="default 2e-4 with LoRA, 2e-5 full fine-tuning")
+    LR: ClassVar[tuple[float, float]] = (2e-4, 2e-5)  # default lr with LoRA, full; a subclass sets both with lr_field
+    lr: float | None = lr_field(*LR)
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="learning rate after warmup")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of steps warming the learning rate up")
     min_lr_ratio: float = Field(
@@ -78,6 +89,10 @@ class TrainSpec(RunSpec):
     compile: bool = Field(
         False, description="torch.compile each decoder layer (first steps slower while compiling; same losses)"
     )
+
+    def default_lr(self, lora: bool) -> float:
+        """train.lr, else this recipe's default for LoRA or full fine-tuning (the one `config show` prints)."""
+        return self.lr if self.lr is not None else self.LR[0 if lora else 1]
 
     @model_validator(mode="after")
     def _patience_needs_evals(self) -> TrainSpec:

@@ -62,6 +62,8 @@ ZH: dict[str, str] = {
     "progress bar (timed lines off a terminal)": "进度条（不在终端时定时打印一行）",
     "off a terminal (nohup, Slurm): a progress line this often": "不在终端时（nohup、Slurm）：每隔这么多秒打印一行进度",
     "default 2e-4 with LoRA, 2e-5 full fine-tuning": "默认 LoRA 2e-4，全参数微调 2e-5",
+    "default 5e-5 with LoRA, 5e-7 full fine-tuning": "默认 LoRA 5e-5，全参数微调 5e-7",
+    "default 1e-4 with LoRA, 1e-5 full fine-tuning": "默认 LoRA 1e-4，全参数微调 1e-5",
     "learning rate after warmup": "预热之后的学习率曲线",
     "share of steps warming the learning rate up": "学习率预热所占的步数比例",
     "where cosine/linear decay ends, as a share of lr (reached after the last step)": "cosine/linear 衰减的终点，占 lr 的比例（最后一步之后达到）",
