@@ -248,3 +248,26 @@ def test_a_thumbs_up_and_down_at_the_same_last_ts_count_as_neither_whatever_the_
     explicit = dict(r.con.execute("SELECT response_id, t_explicit FROM wt_responses").fetchall())
     assert explicit["r6"] == 0 and explicit["r7"] == -1  # control, r7: 👍 then 👎 later: the later one wins
     assert ("r5", "r6", "explicit", "thumbs_up_vs_none", "session") in pairs_of(r)
+
+
+def test_a_row_repeated_whole_is_one_event(tmp_path):
+    """Logs delivered at least once repeat rows: r8's dwell event twice summed to 3 × 4 s, past the margin over r7's
+    6 s, and made r8 > r7 a dwell pair; the copy is now counted once, as `duplicate`, and the pair is gone."""
+    t0 = datetime.datetime(2026, 3, 2, 11)
+    responses = [("r7", "s", 1, t0, "问", "一个回答" * 4), ("r8", "s", 1, t0, "问", "另一个回答" * 3)]
+    cols = ("response_id", "session_id", "turn", "ts", "prompt", "response")
+    pq.write_table(pa.Table.from_pylist([dict(zip(cols, r)) for r in responses]), tmp_path / "responses.parquet")
+    later = t0 + datetime.timedelta(seconds=30)
+    events = [("r7", "dwell", later, 6.0), ("r8", "dwell", later, 4.0), ("r8", "dwell", later, 4.0)]
+    events.append(("r8", "dwell", later + datetime.timedelta(seconds=1), 4.0))  # control: same value, other ts
+    events_path = tmp_path / "events.parquet"
+    cols = ("response_id", "event", "ts", "value")
+    pq.write_table(pa.Table.from_pylist([dict(zip(cols, e)) for e in events]), events_path)
+    cfg = load_profile("chat", "chat", ["balance={}"])  # a lone dwell pair, not balanced away
+    r = chat.run(events_path, tmp_path / "responses.parquet", cfg, progress=False)
+    dwell = dict(r.con.execute("SELECT response_id, t_dwell * (3 + length(response) / 10) FROM wt_responses "
+                               "JOIN responses USING (response_id)").fetchall())  # fmt: skip
+    assert dwell == pytest.approx({"r7": 6.0, "r8": 8.0})  # the control's 4 s counts, the copy's does not
+    assert pairs_of(r) == set()
+    led = build_report(r)["ledgers"]
+    assert led["events"]["duplicate"] == 1 and led["candidates"]["below_margin"] == 1

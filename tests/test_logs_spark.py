@@ -41,7 +41,11 @@ def zhihu(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def talk(tmp_path_factory):
-    return synth_chat(tmp_path_factory.mktemp("chat"), 3_000, seed=4, fmt="csv", progress=False)
+    files = synth_chat(tmp_path_factory.mktemp("chat"), 3_000, seed=4, fmt="csv", progress=False)
+    lines = files["events"].read_text(encoding="utf-8").splitlines(keepends=True)
+    with files["events"].open("a", encoding="utf-8") as f:  # rows delivered twice, empty values among them
+        f.writelines(lines[1:200:7])
+    return files
 
 
 def assert_same(duck, spark) -> dict:
@@ -94,6 +98,7 @@ def test_chat_same_pairs_history_and_ledger_from_csv(spark, talk):
     cand = assert_same(duck, sp)["candidates"]
     rules = ("below_margin", "conflict", "cross_not_allowed", "not_polar", "capped_prompt", "capped_source", "balanced")
     assert all(cand[r] > 0 for r in rules), cand
+    assert build_report(sp)["ledgers"]["events"]["duplicate"] == 29  # every copy, on both engines
     scopes = dict(sp.con.execute("SELECT scope, count(*) FROM wt_pairs GROUP BY 1").fetchall())
     assert scopes["cross_session"] > 0 and scopes["session"] > 0
     multi = sp.con.execute("SELECT history FROM wt_pairs WHERE len(history) > 1 LIMIT 1").fetchone()[0]

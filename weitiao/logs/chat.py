@@ -6,7 +6,8 @@ Inputs (files, or a team's warehouse tables under these names):
             message keeps the turn but is another prompt: its replies are not compared with the others,
             `prompt_edited`)
   events(response_id, event, ts, value)    thumbs_up, thumbs_down, copy, share, regenerate, follow_up,
-            dwell (value = seconds); other names are counted as ignored (or mapped by event_names)
+            dwell (value = seconds); other names are counted as ignored (or mapped by event_names); a row
+            that repeats another whole (response, event, ts, value) is counted once, the copies as `duplicate`
 
 Each response gets one value per signal tier, strongest first:
   explicit  +1 thumbs up / −1 thumbs down (the user's last click wins; a thumbs up and a thumbs down at the same
@@ -51,7 +52,7 @@ INPUTS = [  # the tables `sql_script` reads, for its header
     "responses(response_id, session_id, turn, ts, prompt, response)  one row per generated response",
     "events(response_id, event, ts, value)                           one row per user action",
 ]
-EVENT_RULES = ("unknown_response", "ignored_event", "dwell_out_of_bounds", "alone", "unpaired", "paired")
+EVENT_RULES = ("unknown_response", "ignored_event", "duplicate", "dwell_out_of_bounds", "alone", "unpaired", "paired")
 CANDIDATE_RULES = (
     "prompt_edited",
     "no_signal",
@@ -201,13 +202,16 @@ def build_stages(cfg: ChatConfig) -> list[Stage]:
     dwell = "s.dwell_s" if cfg.dwell_normalize == "none" else f"s.dwell_s / ({expected})"
     stages = [
         Stage(
-            "events: canonical names; unknown responses, other events, out-of-bounds dwell set apart",
+            "events: canonical names; unknown responses, other events, repeats, out-of-bounds dwell set apart",
             "wt_events",
-            f"""WITH e AS (SELECT e.response_id, {event} AS event, e.ts, e.value FROM events e)
+            f"""WITH m AS (SELECT e.response_id, {event} AS event, e.ts, e.value FROM events e),
+e AS (  -- a row repeated whole (at-least-once delivery) is one event: a doubled dwell would double its seconds
+  SELECT *, row_number() OVER (PARTITION BY response_id, event, ts, value ORDER BY ts) AS copy FROM m)
 SELECT e.response_id, e.event, e.ts, e.value,
   CASE
     WHEN r.response_id IS NULL THEN 'unknown_response'
     WHEN e.event NOT IN ({known}) THEN 'ignored_event'
+    WHEN e.copy > 1 THEN 'duplicate'
     WHEN e.event = 'dwell' AND (e.value IS NULL OR e.value < {n(cfg.min_dwell_s)} OR e.value > {n(cfg.max_dwell_s)})
       THEN 'dwell_out_of_bounds'
   END AS drop_rule
