@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from weitiao.data.formats import load_rows
+from weitiao.errors import UserError
 from weitiao.logs import chat
 from weitiao.logs.config import load_profile
 from weitiao.logs.report import build_report, precision, write_outputs
@@ -271,3 +272,35 @@ def test_a_row_repeated_whole_is_one_event(tmp_path):
     assert pairs_of(r) == set()
     led = build_report(r)["ledgers"]
     assert led["events"]["duplicate"] == 1 and led["candidates"]["below_margin"] == 1
+
+
+def test_an_event_name_a_case_or_typo_away_is_refused_not_ignored(tmp_path):
+    """r5 👍 logged as `Thumbs_Up` and r6 👎 as `thumbs-down` were `ignored_event`: the pair r5 > r6 was lost unsaid
+    (on a log where the other reply was copied, the pair came out reversed). Now one line names the name and the fix."""
+    renamed = [(rid, {"thumbs_up": "Thumbs_Up", "thumbs_down": "thumbs-down"}.get(e, e), v) for rid, e, v in EVENTS]
+    events, responses = write_log(tmp_path, renamed)
+    with pytest.raises(UserError, match=r"parquet: event: 'thumbs-down' \(3 rows\) .*did you mean thumbs_down\?"):
+        chat.run(events, responses, load_profile("chat", "chat"), progress=False)
+    mapped = load_profile("chat", "chat", ["event_names={Thumbs_Up: thumbs_up, thumbs-down: thumbs_down}"])
+    assert ("r5", "r6", "explicit", "thumbs_up_vs_down", "session") in pairs_of(chat.run(events, responses, mapped,
+                                                                                           progress=False))  # fmt: skip
+    ignored = load_profile("chat", "chat", ["event_names={Thumbs_Up: ignore, thumbs-down: ignore}"])
+    led = build_report(chat.run(events, responses, ignored, progress=False))["ledgers"]["events"]
+    assert led["ignored_event"] == 1 + 2 + 3  # `view` (control: a name near none of ours stays ignored) + the two
+    events, responses = write_log(tmp_path, EVENTS)  # control: the canonical names pass
+    assert ("r5", "r6", "explicit", "thumbs_up_vs_down", "session") in pairs_of(
+        chat.run(events, responses, load_profile("chat", "chat"), progress=False)
+    )
+
+
+def test_dwell_events_without_a_value_column_are_refused(tmp_path):
+    """Without a `value` column every dwell event was `dwell_out_of_bounds` and the run went on without dwell."""
+    events, responses = write_log(tmp_path)
+    table = pq.read_table(events).rename_columns(["response_id", "event", "ts", "seconds"])
+    pq.write_table(table, events)
+    with pytest.raises(UserError, match=r"events.parquet: value: missing column, and 2 dwell events need their"):
+        chat.run(events, responses, load_profile("chat", "chat"), progress=False)
+    mapped = chat.run(events, responses, load_profile("chat", "chat", ["columns={seconds: value}"]), progress=False)
+    assert build_report(mapped)["ledgers"]["events"]["dwell_out_of_bounds"] == 1  # the 0.3 s one only
+    no_dwell = load_profile("chat", "chat", ["sources=[explicit, share_copy, regenerate, follow_up]", "balance={}"])
+    assert pairs_of(chat.run(events, responses, no_dwell, progress=False))  # control: dwell not used, no value needed

@@ -30,8 +30,10 @@ stronger sources). Every event, response and candidate pair lands in the ledger.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+from weitiao.errors import UserError, near_miss, where
 from weitiao.logs.config import CHAT_EVENTS, CHAT_SOURCES, ChatConfig
 from weitiao.logs.engine import (
     Column,
@@ -319,6 +321,31 @@ SELECT 'events' AS ledger, drop_rule AS rule, count(*) AS n FROM wt_events WHERE
     return stages
 
 
+def check_events(engine: Engine, path: str, cfg: ChatConfig, types: dict[str, str]) -> None:
+    """Refuse what would drop signals unsaid: an unmapped event name a case or typo away from ours (Thumbs_Up,
+    thumbs-down), and dwell events in a file without a value column (all would be `dwell_out_of_bounds`)."""
+    theirs = {ours: t for t, ours in cfg.columns.items() if t in types}
+    counts = dict(engine.rows("SELECT event, count(*) FROM events GROUP BY 1"))
+    for name, count in sorted(counts.items(), key=lambda x: -x[1]):
+        if name in cfg.event_names or name in CHAT_EVENTS:
+            continue
+        plain = re.sub(r"[\s-]+", "_", name.strip()).casefold()
+        meant = plain if plain in CHAT_EVENTS else near_miss(plain, CHAT_EVENTS)
+        if meant is not None:
+            raise UserError(
+                f"{where(path, field=theirs.get('event', 'event'))}: {name!r} ({count:,} rows) is not an event name we "
+                f"read; did you mean {meant}? Read as ignored_event its signal would be lost: rename it, or map it in "
+                f"the profile (event_names: {{{name}: {meant}}}, or {{{name}: ignore}} if it is another event)"
+            )
+    dwell = sum(n for name, n in counts.items() if cfg.event_names.get(name, name) == "dwell")
+    if dwell and "dwell" in cfg.sources and theirs.get("value", "value") not in types:
+        raise UserError(
+            f"{where(path, field='value')}: missing column, and {dwell:,} dwell events need their seconds in it; "
+            f"columns found: {', '.join(types)}: rename yours, or map it in the profile "
+            "(e.g. columns: {seconds: value})"
+        )
+
+
 def sql_script(cfg: ChatConfig, dialect: str = "duckdb") -> str:
     """The whole pipeline as a runnable SQL script (DuckDB or Spark SQL) with a header naming its inputs."""
     return script(build_stages(cfg), "chat", cfg.profile, INPUTS, "response", dialect)
@@ -336,7 +363,8 @@ def run(
     engine = engine or DuckEngine(threads)
     check_mapping(cfg.columns, list(dict.fromkeys(c.name for c in response_columns() + event_columns())), "chat")
     open_table(engine, "responses", responses, response_columns(), cfg.columns)
-    open_table(engine, "events", events, event_columns(), cfg.columns)
+    types = open_table(engine, "events", events, event_columns(), cfg.columns)
+    check_events(engine, str(events), cfg, types)
     n_events = engine.rows("SELECT count(*) FROM events")[0][0]
     seconds, sizes = run_stages(engine, build_stages(cfg), f"chat pairs ({cfg.profile})", n_events, progress)
     con = engine.results(["wt_pairs", "wt_ledger"])
