@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from weitiao.data.formats import load_rows
+from weitiao.errors import UserError
 from weitiao.logs import chat
 from weitiao.logs.config import load_profile
 from weitiao.logs.report import build_report, precision, write_outputs
@@ -248,3 +249,58 @@ def test_a_thumbs_up_and_down_at_the_same_last_ts_count_as_neither_whatever_the_
     explicit = dict(r.con.execute("SELECT response_id, t_explicit FROM wt_responses").fetchall())
     assert explicit["r6"] == 0 and explicit["r7"] == -1  # control, r7: 👍 then 👎 later: the later one wins
     assert ("r5", "r6", "explicit", "thumbs_up_vs_none", "session") in pairs_of(r)
+
+
+def test_a_row_repeated_whole_is_one_event(tmp_path):
+    """Logs delivered at least once repeat rows: r8's dwell event twice summed to 3 × 4 s, past the margin over r7's
+    6 s, and made r8 > r7 a dwell pair; the copy is now counted once, as `duplicate`, and the pair is gone."""
+    t0 = datetime.datetime(2026, 3, 2, 11)
+    responses = [("r7", "s", 1, t0, "问", "一个回答" * 4), ("r8", "s", 1, t0, "问", "另一个回答" * 3)]
+    cols = ("response_id", "session_id", "turn", "ts", "prompt", "response")
+    pq.write_table(pa.Table.from_pylist([dict(zip(cols, r)) for r in responses]), tmp_path / "responses.parquet")
+    later = t0 + datetime.timedelta(seconds=30)
+    events = [("r7", "dwell", later, 6.0), ("r8", "dwell", later, 4.0), ("r8", "dwell", later, 4.0)]
+    events.append(("r8", "dwell", later + datetime.timedelta(seconds=1), 4.0))  # control: same value, other ts
+    events_path = tmp_path / "events.parquet"
+    cols = ("response_id", "event", "ts", "value")
+    pq.write_table(pa.Table.from_pylist([dict(zip(cols, e)) for e in events]), events_path)
+    cfg = load_profile("chat", "chat", ["balance={}"])  # a lone dwell pair, not balanced away
+    r = chat.run(events_path, tmp_path / "responses.parquet", cfg, progress=False)
+    dwell = dict(r.con.execute("SELECT response_id, t_dwell * (3 + length(response) / 10) FROM wt_responses "
+                               "JOIN responses USING (response_id)").fetchall())  # fmt: skip
+    assert dwell == pytest.approx({"r7": 6.0, "r8": 8.0})  # the control's 4 s counts, the copy's does not
+    assert pairs_of(r) == set()
+    led = build_report(r)["ledgers"]
+    assert led["events"]["duplicate"] == 1 and led["candidates"]["below_margin"] == 1
+
+
+def test_an_event_name_a_case_or_typo_away_is_refused_not_ignored(tmp_path):
+    """r5 👍 logged as `Thumbs_Up` and r6 👎 as `thumbs-down` were `ignored_event`: the pair r5 > r6 was lost unsaid
+    (on a log where the other reply was copied, the pair came out reversed). Now one line names the name and the fix."""
+    renamed = [(rid, {"thumbs_up": "Thumbs_Up", "thumbs_down": "thumbs-down"}.get(e, e), v) for rid, e, v in EVENTS]
+    events, responses = write_log(tmp_path, renamed)
+    with pytest.raises(UserError, match=r"parquet: event: 'thumbs-down' \(3 rows\) .*did you mean thumbs_down\?"):
+        chat.run(events, responses, load_profile("chat", "chat"), progress=False)
+    mapped = load_profile("chat", "chat", ["event_names={Thumbs_Up: thumbs_up, thumbs-down: thumbs_down}"])
+    assert ("r5", "r6", "explicit", "thumbs_up_vs_down", "session") in pairs_of(chat.run(events, responses, mapped,
+                                                                                           progress=False))  # fmt: skip
+    ignored = load_profile("chat", "chat", ["event_names={Thumbs_Up: ignore, thumbs-down: ignore}"])
+    led = build_report(chat.run(events, responses, ignored, progress=False))["ledgers"]["events"]
+    assert led["ignored_event"] == 1 + 2 + 3  # `view` (control: a name near none of ours stays ignored) + the two
+    events, responses = write_log(tmp_path, EVENTS)  # control: the canonical names pass
+    assert ("r5", "r6", "explicit", "thumbs_up_vs_down", "session") in pairs_of(
+        chat.run(events, responses, load_profile("chat", "chat"), progress=False)
+    )
+
+
+def test_dwell_events_without_a_value_column_are_refused(tmp_path):
+    """Without a `value` column every dwell event was `dwell_out_of_bounds` and the run went on without dwell."""
+    events, responses = write_log(tmp_path)
+    table = pq.read_table(events).rename_columns(["response_id", "event", "ts", "seconds"])
+    pq.write_table(table, events)
+    with pytest.raises(UserError, match=r"events.parquet: value: missing column, and 2 dwell events need their"):
+        chat.run(events, responses, load_profile("chat", "chat"), progress=False)
+    mapped = chat.run(events, responses, load_profile("chat", "chat", ["columns={seconds: value}"]), progress=False)
+    assert build_report(mapped)["ledgers"]["events"]["dwell_out_of_bounds"] == 1  # the 0.3 s one only
+    no_dwell = load_profile("chat", "chat", ["sources=[explicit, share_copy, regenerate, follow_up]", "balance={}"])
+    assert pairs_of(chat.run(events, responses, no_dwell, progress=False))  # control: dwell not used, no value needed

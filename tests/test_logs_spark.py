@@ -4,6 +4,8 @@ One SparkSession for the module (local[2], 2 shuffle partitions, no UI); small s
 Marked slow: the JVM alone takes 10–50 s to start on a busy 2-core machine.
 """
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -41,7 +43,11 @@ def zhihu(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def talk(tmp_path_factory):
-    return synth_chat(tmp_path_factory.mktemp("chat"), 3_000, seed=4, fmt="csv", progress=False)
+    files = synth_chat(tmp_path_factory.mktemp("chat"), 3_000, seed=4, fmt="csv", progress=False)
+    lines = files["events"].read_text(encoding="utf-8").splitlines(keepends=True)
+    with files["events"].open("a", encoding="utf-8") as f:  # rows delivered twice, empty values among them
+        f.writelines(lines[1:200:7])
+    return files
 
 
 def assert_same(duck, spark) -> dict:
@@ -94,6 +100,7 @@ def test_chat_same_pairs_history_and_ledger_from_csv(spark, talk):
     cand = assert_same(duck, sp)["candidates"]
     rules = ("below_margin", "conflict", "cross_not_allowed", "not_polar", "capped_prompt", "capped_source", "balanced")
     assert all(cand[r] > 0 for r in rules), cand
+    assert build_report(sp)["ledgers"]["events"]["duplicate"] == 29  # every copy, on both engines
     scopes = dict(sp.con.execute("SELECT scope, count(*) FROM wt_pairs GROUP BY 1").fetchall())
     assert scopes["cross_session"] > 0 and scopes["session"] > 0
     multi = sp.con.execute("SELECT history FROM wt_pairs WHERE len(history) > 1 LIMIT 1").fetchone()[0]
@@ -158,3 +165,26 @@ def test_cli_engine_spark(spark, zhihu, tmp_path):
     assert r.exit_code == 0, r.output
     assert "events 20,000 = " in r.output and "precision vs truth" in r.output
     assert len(out.read_text(encoding="utf-8").splitlines()) > 20
+
+
+def test_csv_ids_with_leading_zeros_stay_text(spark, tmp_path):
+    """Spark read a CSV id column 007, 08 as the integers 7, 8 (DuckDB keeps them text): none joined the events' "007",
+    every event was unknown_response and the pair DuckDB made was lost on Spark."""
+    (tmp_path / "r.csv").write_text(
+        "response_id,session_id,turn,ts,prompt,response\n"
+        "007,s,1,2026-01-01 10:00:00,问,答一\n08,s,1,2026-01-01 10:00:10,问,答二\n10,t,1,2026-01-01 10:00:10,问,答三\n",
+        encoding="utf-8",
+    )
+    events = [("007", "thumbs_up"), ("08", "thumbs_down"), ("10", "copy")]
+    (tmp_path / "e.jsonl").write_text(
+        "".join(json.dumps({"response_id": i, "event": e, "ts": "2026-01-01 10:01:00"}) + "\n" for i, e in events),
+        encoding="utf-8",
+    )
+    cfg = load_profile("chat", "chat")
+    duck = chat.run(tmp_path / "e.jsonl", tmp_path / "r.csv", cfg, progress=False)
+    sp = chat.run(tmp_path / "e.jsonl", tmp_path / "r.csv", cfg, progress=False, engine=spark)
+    query = "SELECT chosen_id, rejected_id, source FROM wt_pairs"
+    assert sp.con.execute(query).fetchall() == duck.con.execute(query).fetchall() == [("007", "08", "explicit")]
+    assert build_report(sp)["ledgers"] == build_report(duck)["ledgers"]
+    raw = {f.name: f.dataType.simpleString() for f in spark.spark.table("wt_raw_responses").schema}
+    assert raw["response_id"] == "string" and raw["turn"] == "int"  # control: no leading zero, still a number

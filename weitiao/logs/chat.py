@@ -6,7 +6,8 @@ Inputs (files, or a team's warehouse tables under these names):
             message keeps the turn but is another prompt: its replies are not compared with the others,
             `prompt_edited`)
   events(response_id, event, ts, value)    thumbs_up, thumbs_down, copy, share, regenerate, follow_up,
-            dwell (value = seconds); other names are counted as ignored (or mapped by event_names)
+            dwell (value = seconds); other names are counted as ignored (or mapped by event_names); a row
+            that repeats another whole (response, event, ts, value) is counted once, the copies as `duplicate`
 
 Each response gets one value per signal tier, strongest first:
   explicit  +1 thumbs up / −1 thumbs down (the user's last click wins; a thumbs up and a thumbs down at the same
@@ -29,8 +30,10 @@ stronger sources). Every event, response and candidate pair lands in the ledger.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+from weitiao.errors import UserError, near_miss, where
 from weitiao.logs.config import CHAT_EVENTS, CHAT_SOURCES, ChatConfig
 from weitiao.logs.engine import (
     Column,
@@ -51,7 +54,7 @@ INPUTS = [  # the tables `sql_script` reads, for its header
     "responses(response_id, session_id, turn, ts, prompt, response)  one row per generated response",
     "events(response_id, event, ts, value)                           one row per user action",
 ]
-EVENT_RULES = ("unknown_response", "ignored_event", "dwell_out_of_bounds", "alone", "unpaired", "paired")
+EVENT_RULES = ("unknown_response", "ignored_event", "duplicate", "dwell_out_of_bounds", "alone", "unpaired", "paired")
 CANDIDATE_RULES = (
     "prompt_edited",
     "no_signal",
@@ -201,13 +204,16 @@ def build_stages(cfg: ChatConfig) -> list[Stage]:
     dwell = "s.dwell_s" if cfg.dwell_normalize == "none" else f"s.dwell_s / ({expected})"
     stages = [
         Stage(
-            "events: canonical names; unknown responses, other events, out-of-bounds dwell set apart",
+            "events: canonical names; unknown responses, other events, repeats, out-of-bounds dwell set apart",
             "wt_events",
-            f"""WITH e AS (SELECT e.response_id, {event} AS event, e.ts, e.value FROM events e)
+            f"""WITH m AS (SELECT e.response_id, {event} AS event, e.ts, e.value FROM events e),
+e AS (  -- a row repeated whole (at-least-once delivery) is one event: a doubled dwell would double its seconds
+  SELECT *, row_number() OVER (PARTITION BY response_id, event, ts, value ORDER BY ts) AS copy FROM m)
 SELECT e.response_id, e.event, e.ts, e.value,
   CASE
     WHEN r.response_id IS NULL THEN 'unknown_response'
     WHEN e.event NOT IN ({known}) THEN 'ignored_event'
+    WHEN e.copy > 1 THEN 'duplicate'
     WHEN e.event = 'dwell' AND (e.value IS NULL OR e.value < {n(cfg.min_dwell_s)} OR e.value > {n(cfg.max_dwell_s)})
       THEN 'dwell_out_of_bounds'
   END AS drop_rule
@@ -315,6 +321,31 @@ SELECT 'events' AS ledger, drop_rule AS rule, count(*) AS n FROM wt_events WHERE
     return stages
 
 
+def check_events(engine: Engine, path: str, cfg: ChatConfig, types: dict[str, str]) -> None:
+    """Refuse what would drop signals unsaid: an unmapped event name a case or typo away from ours (Thumbs_Up,
+    thumbs-down), and dwell events in a file without a value column (all would be `dwell_out_of_bounds`)."""
+    theirs = {ours: t for t, ours in cfg.columns.items() if t in types}
+    counts = dict(engine.rows("SELECT event, count(*) FROM events GROUP BY 1"))
+    for name, count in sorted(counts.items(), key=lambda x: -x[1]):
+        if name in cfg.event_names or name in CHAT_EVENTS:
+            continue
+        plain = re.sub(r"[\s-]+", "_", name.strip()).casefold()
+        meant = plain if plain in CHAT_EVENTS else near_miss(plain, CHAT_EVENTS)
+        if meant is not None:
+            raise UserError(
+                f"{where(path, field=theirs.get('event', 'event'))}: {name!r} ({count:,} rows) is not an event name we "
+                f"read; did you mean {meant}? Read as ignored_event its signal would be lost: rename it, or map it in "
+                f"the profile (event_names: {{{name}: {meant}}}, or {{{name}: ignore}} if it is another event)"
+            )
+    dwell = sum(n for name, n in counts.items() if cfg.event_names.get(name, name) == "dwell")
+    if dwell and "dwell" in cfg.sources and theirs.get("value", "value") not in types:
+        raise UserError(
+            f"{where(path, field='value')}: missing column, and {dwell:,} dwell events need their seconds in it; "
+            f"columns found: {', '.join(types)}: rename yours, or map it in the profile "
+            "(e.g. columns: {seconds: value})"
+        )
+
+
 def sql_script(cfg: ChatConfig, dialect: str = "duckdb") -> str:
     """The whole pipeline as a runnable SQL script (DuckDB or Spark SQL) with a header naming its inputs."""
     return script(build_stages(cfg), "chat", cfg.profile, INPUTS, "response", dialect)
@@ -332,7 +363,8 @@ def run(
     engine = engine or DuckEngine(threads)
     check_mapping(cfg.columns, list(dict.fromkeys(c.name for c in response_columns() + event_columns())), "chat")
     open_table(engine, "responses", responses, response_columns(), cfg.columns)
-    open_table(engine, "events", events, event_columns(), cfg.columns)
+    types = open_table(engine, "events", events, event_columns(), cfg.columns)
+    check_events(engine, str(events), cfg, types)
     n_events = engine.rows("SELECT count(*) FROM events")[0][0]
     seconds, sizes = run_stages(engine, build_stages(cfg), f"chat pairs ({cfg.profile})", n_events, progress)
     con = engine.results(["wt_pairs", "wt_ledger"])

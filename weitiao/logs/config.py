@@ -122,7 +122,7 @@ class CrossSession(_Config):
 # ChatConfig field → (the names in it, the names allowed, what a wrong one is told): a typo fails at load
 _KNOWN_NAMES = {
     "confidence": (dict.keys, CHAT_SIGNALS, "unknown signal {!r}; signals: {}"),
-    "event_names": (dict.values, CHAT_EVENTS, "maps to {!r}; map to one of {}"),
+    "event_names": (dict.values, (*CHAT_EVENTS, "ignore"), "maps to {!r}; map to one of {}"),
 }
 
 
@@ -137,7 +137,9 @@ class ChatConfig(_Config):
     sources: list[Source] = list(CHAT_SOURCES)
     """Sources that may decide a pair (order is fixed: explicit > share_copy > regenerate > follow_up > dwell)."""
     event_names: dict[str, str] = {}
-    """Warehouse event name → canonical name, e.g. {like: thumbs_up}; unmapped names are kept."""
+    """Warehouse event name → canonical name, e.g. {like: thumbs_up}, or `ignore` (counted as `ignored_event`);
+    unmapped names are kept. A name a case or typo away from a canonical one (Thumbs_Up, thumbs-down, shared) that
+    is not mapped is refused: read as `ignored_event` it would drop the signal unsaid."""
     confidence: dict[str, float] = {
         "thumbs_up_vs_down": 0.95,
         "thumbs_up_vs_none": 0.85,

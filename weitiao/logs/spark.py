@@ -36,6 +36,7 @@ TYPES = {
     "timestamp_ntz": "TIMESTAMP",
     "date": "DATE",
 }
+_NUMBERS = ("BIGINT", "INTEGER", "SMALLINT", "TINYINT", "DOUBLE", "FLOAT")
 CONF = {
     "spark.sql.session.timeZone": "UTC",  # as DuckDB's session: offsets in ISO text are honoured
     "spark.ui.showConsoleProgress": "false",  # our bar shows the step
@@ -105,8 +106,7 @@ class SparkEngine:
             if fmt == "parquet":
                 df = read.parquet(path)
             elif fmt in ("csv", "tsv"):  # RFC 4180 quoting ("" inside quotes), as DuckDB writes and reads it
-                sep = "\t" if fmt == "tsv" else ","
-                df = read.csv(path, header=True, inferSchema=True, sep=sep, quote='"', escape='"', multiLine=True)
+                df = self._csv(path, sep="\t" if fmt == "tsv" else ",")
             else:
                 df = read.json(path)
         except self.errors as e:
@@ -117,6 +117,26 @@ class SparkEngine:
         df.createOrReplaceTempView(view)
         types = {f.name: TYPES.get(f.dataType.simpleString(), f.dataType.simpleString().upper()) for f in df.schema}
         return view, types
+
+    def _csv(self, path: str, sep: str):
+        """A CSV file with inferred types, except that a number column holding a value with a leading zero (an id
+        such as 007) stays text, as DuckDB's reader keeps it: read as 7 it no longer joins the other file's 007."""
+        from pyspark.sql import functions as F
+        from pyspark.sql.types import StringType, StructField, StructType
+
+        opts = dict(header=True, sep=sep, quote='"', escape='"', multiLine=True)
+        df = self.spark.read.csv(path, inferSchema=True, **opts)
+        numbers = [f.name for f in df.schema if TYPES.get(f.dataType.simpleString(), "") in _NUMBERS]
+        if not numbers:
+            return df
+        text = self.spark.read.csv(path, inferSchema=False, **opts)
+        col = [F.col("`" + c.replace("`", "``") + "`") for c in numbers]
+        found = text.select([F.max(c.rlike("^0[0-9]").cast("int")) for c in col]).first()
+        zeros = {c for c, hit in zip(numbers, found) if hit}
+        if not zeros:
+            return df
+        schema = StructType([StructField(f.name, StringType()) if f.name in zeros else f for f in df.schema])
+        return self.spark.read.schema(schema).csv(path, **opts)
 
     def rows(self, sql: str) -> list[tuple]:
         return [tuple(r) for r in self.spark.sql(portable(sql, "spark")).collect()]
