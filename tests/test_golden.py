@@ -363,3 +363,4 @@ def test_repeated_prompts_are_named_not_counted_twice_unsaid():
         "2 prompts repeat an earlier one (g.jsonl:3 = g.jsonl:1), each counted again in the averages"
     )
     assert duplicate_note(prompts[:2] + prompts[3:4]) is None  # same last turn, other history: not a repeat
+    assert duplicate_note(prompts[:3]).startswith("1 prompt repeats an earlier one (g.jsonl:3 = g.jsonl:1)")

@@ -77,7 +77,9 @@ def duplicate_note(prompts: Sequence[Prompt]) -> str | None:
             first[key] = p.source
     if not repeats:
         return None
-    return f"{len(repeats)} prompts repeat an earlier one ({repeats[0]}), each counted again in the averages"
+    n = len(repeats)
+    what = f"{n} prompts repeat" if n > 1 else "1 prompt repeats"
+    return f"{what} an earlier one ({repeats[0]}), each counted again in the averages"
 
 
 def prompts_key(prompts: Sequence[Prompt]) -> str:
