@@ -121,7 +121,7 @@ class SparkEngine:
     def _csv(self, path: str, sep: str):
         """A CSV file with inferred types, except that a number column holding a value with a leading zero (an id
         such as 007) stays text, as DuckDB's reader keeps it: read as 7 it no longer joins the other file's 007."""
-        from pyspark.sql import functions as F
+        from pyspark.sql import functions as sf
         from pyspark.sql.types import StringType, StructField, StructType
 
         opts = dict(header=True, sep=sep, quote='"', escape='"', multiLine=True)
@@ -130,8 +130,8 @@ class SparkEngine:
         if not numbers:
             return df
         text = self.spark.read.csv(path, inferSchema=False, **opts)
-        col = [F.col("`" + c.replace("`", "``") + "`") for c in numbers]
-        found = text.select([F.max(c.rlike("^0[0-9]").cast("int")) for c in col]).first()
+        col = [sf.col("`" + c.replace("`", "``") + "`") for c in numbers]
+        found = text.select([sf.max(c.rlike("^0[0-9]").cast("int")) for c in col]).first()
         zeros = {c for c, hit in zip(numbers, found) if hit}
         if not zeros:
             return df
