@@ -67,6 +67,13 @@ def test_plan_shown_is_what_runs_with_overrides(monkeypatch, qwen_dir, tmp_path)
     line, s, d = _plan_and_configs(monkeypatch, qwen_dir, tmp_path, max_steps=2, limit=1)
     assert "micro-batch 8, max_len 128" in line and "set by you" not in line
     assert (s.data.max_len, s.train.micro_batch_size, d.data.max_len) == (128, 8, 128)
+    # the shipped sft.yaml's epochs (for `weitiao sft`) is not the demo's length: no "drop one of them" note in the
+    # newcomer's first minute; a train.epochs the user gives keeps it
+    assert "epochs" not in s.train.model_fields_set
+    assert (
+        "epochs"
+        in _plan_and_configs(monkeypatch, qwen_dir, tmp_path, "train.epochs=2", limit=1)[1].train.model_fields_set
+    )
 
 
 @pytest.mark.parametrize(

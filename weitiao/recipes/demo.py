@@ -262,6 +262,8 @@ def run(
            f"train.out={out_dir / 'sft'}", f"train.max_steps={p.sft_steps}", f"train.lr={p.sft_lr}"]
         + list(overrides or []),
     )  # fmt: skip
+    if "train.epochs" not in keys:  # the plan's steps set the length; the file's epochs is for `weitiao sft` (no note)
+        sft_cfg.train.model_fields_set.discard("epochs")
     if given := [k for k in PLAN_KEYS if k in keys]:  # the plan shown (and DPO's sizes) follow the overrides
         section = {"data": sft_cfg.data, "train": sft_cfg.train}
         for key in given:
