@@ -651,3 +651,17 @@ def test_a_reward_module_that_fails_to_load_or_names_no_function_is_one_line(tmp
             function_scorer(f"{tmp_path / name}.py:f")
     (tmp_path / "good.py").write_text("def f(p, r):\n    return [1.0] * len(r)\n")
     assert function_scorer(f"{tmp_path / 'good.py'}:f")([[]], ["a"]) == [1.0]
+
+
+def test_a_reward_module_name_that_is_a_file_says_to_write_its_ending(tmp_path):
+    """`reward.path: myreward:score` for myreward.py beside the config read 'No module named ...' with no hint that a
+    file is written `myreward.py:score`; a module that imports something missing still says what is missing."""
+    from weitiao.recipes.rewards import function_scorer
+
+    with pytest.raises(
+        UserError, match=r"no module 'wt_no_such_reward' on the Python path; .* wt_no_such_reward\.py:score$"
+    ):
+        function_scorer("wt_no_such_reward:score")
+    (tmp_path / "needs.py").write_text("import wt_missing_dependency\n\ndef f(p, r):\n    return []\n")
+    with pytest.raises(UserError, match=r"cannot import \(No module named 'wt_missing_dependency'\)"):
+        function_scorer(f"{tmp_path / 'needs.py'}:f")

@@ -135,6 +135,12 @@ def function_scorer(spec: str, batch_size: int | None = None) -> Scorer:
         else:
             module = importlib.import_module(mod_name)
         fn = getattr(module, fn_name)
+    except ModuleNotFoundError as e:
+        if e.name != mod_name.split(".")[0]:  # the user's module itself imports something missing
+            raise UserError(f"reward.path {spec!r}: cannot import ({e})") from None
+        file = mod_name.replace(".", "/") + ".py"
+        raise UserError(f"reward.path {spec!r}: no module {mod_name!r} on the Python path; a file beside the config "
+                        f"is written with its ending: {file}:{fn_name}") from None  # fmt: skip
     except (ImportError, AttributeError, FileNotFoundError) as e:
         raise UserError(f"reward.path {spec!r}: cannot import ({e})") from None
     except Exception as e:  # the user's module failed while it loaded (SyntaxError, 1/0 at top level): where
