@@ -556,11 +556,16 @@ def end_ids(model: Any, tokenizer: Any, template: ChatTemplate) -> set[int]:
     return set(stop_ids(tokenizer, template, getattr(folder_config(model), "eos_token_id", None)))
 
 
-def beyond_vocab(tokenizer: Any, ids: list[int], vocab: int) -> str | None:
+def model_vocab(model: Any) -> int | None:
+    """The embedding rows the model's config declares; None when it has no config (a wrapped or scripted model)."""
+    return getattr(getattr(model, "config", None), "vocab_size", None)
+
+
+def beyond_vocab(tokenizer: Any, ids: list[int], vocab: int | None) -> str | None:
     """Why `ids` cannot be fed to a model of `vocab` embeddings (a tokenizer token the model has no row for, such as
-    one added to the tokenizer but never to the model), or None. Fed, it fails the embedding lookup of the whole
-    batch."""
-    bad = next((t for t in ids if t >= vocab), None)
+    one added to the tokenizer but never to the model), or None (also when `vocab` is unknown). Fed, it fails the
+    embedding lookup of the whole batch."""
+    bad = next((t for t in ids if t >= vocab), None) if vocab else None
     if bad is None:
         return None
     return (
@@ -608,8 +613,8 @@ def generate_ids(
         tokenizer(template.render(tokenizer, c, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
         for c in conversations
     ]
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)  # a wrapped model (PPO's) may hide it
-    for k, p in enumerate(prompts if vocab else ()):
+    vocab = model_vocab(model)  # a wrapped model (PPO's) may hide it
+    for k, p in enumerate(prompts):
         if why := beyond_vocab(tokenizer, p, vocab):
             raise UserError(f"conversation {k}: {why}")
     rows = [_Reply(p, sampling, stops or {eot_id}, max_new_tokens) for p in prompts]
@@ -667,8 +672,7 @@ def stream_reply(
     context = getattr(getattr(hf, "config", None), "max_position_embeddings", None) or tokenizer.model_max_length
     if len(ids) >= context:
         raise UserError(f"the conversation is {len(ids)} tokens; the model's context is {context}: shorten it")
-    vocab = getattr(getattr(hf, "config", None), "vocab_size", None)  # as generate_ids: a wrapped model may hide it
-    if vocab and (why := beyond_vocab(tokenizer, ids, vocab)):
+    if why := beyond_vocab(tokenizer, ids, model_vocab(hf)):
         raise UserError(f"the conversation: {why}")
     max_new_tokens = min(max_new_tokens, context - len(ids))  # as serve's default max_tokens
     row = _Reply(ids, sampling, end_ids(model, tokenizer, template), max_new_tokens)  # as when served
