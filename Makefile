@@ -19,12 +19,23 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# llama.cpp's runtime (llama-cpp-python, a C++ build: ~7 min on 2 quiet cores the first time, then pip's wheel
+# cache) for tests/test_gguf.py, which runs exported GGUF files in it; only `make test` needs it (not the demo).
+# Skipped with a reason if the build fails.
+LLAMA_STAMP := $(VENV)/.llama_cpp
+$(LLAMA_STAMP): $(STAMP)
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || CMAKE_BUILD_PARALLEL_LEVEL=2 CMAKE_ARGS="-DGGML_NATIVE=OFF \
+		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" \
+		$(BIN)/pip install -q llama-cpp-python==0.3.36 \
+		|| echo "llama-cpp-python not installed: the llama.cpp runtime tests in tests/test_gguf.py will be skipped"
+	touch $(LLAMA_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/weitiao demo
 
 # One pytest worker per core (pytest-xdist; each worker's torch gets one thread: tests/conftest.py);
 # worksteal: an idle worker takes tests queued on a busy one, so the long end-to-end runs do not end alone.
-test: $(STAMP)
+test: $(STAMP) $(LLAMA_STAMP)
 	$(BIN)/python -m pytest -n auto --dist worksteal
 
 lint: $(STAMP)
