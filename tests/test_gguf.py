@@ -229,6 +229,29 @@ def test_llama_cpp_runtime(exported, outtype):
     assert greedy == want
 
 
+def test_llama_cpp_chat_completion_renders_our_template(exported):
+    """The user's path in llama.cpp (`llama-server --jinja`, `create_chat_completion`): llama.cpp renders the
+    chat template the GGUF carries and replies greedily with the text transformers gives for the same messages."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (optional, builds C++)")
+    hf = AutoTokenizer.from_pretrained(exported["export"])
+    ref = AutoModelForCausalLM.from_pretrained(exported["export"], dtype=torch.float32).eval()
+    messages = [{"role": "system", "content": "你是我的朋友"}, {"role": "user", "content": "周末有什么安排？"}]
+    llm = llama_cpp.Llama(str(exported["f16"]), n_ctx=256, n_threads=2, verbose=False)
+    try:
+        assert "<|im_start|>" in llm.metadata["tokenizer.chat_template"]
+        got = llm.create_chat_completion(messages=messages, temperature=0.0, max_tokens=32)["choices"][0]
+    finally:
+        llm.close()
+    prompt = hf.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+    text = "<|im_start|>system\n你是我的朋友<|im_end|>\n<|im_start|>user\n周末有什么安排？<|im_end|>\n"
+    text += "<|im_start|>assistant\n"
+    assert prompt == hf.encode(text, add_special_tokens=False)
+    with torch.no_grad():
+        want = ref.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False)[0, len(prompt) :]
+    assert got["message"]["content"] == hf.decode(want, skip_special_tokens=True)
+    assert got["message"]["content"] and got["finish_reason"] == "length"  # this random LoRA does not stop in 32
+
+
 def test_gguf_refusals_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="--gguf q4_k: choose f16 or q8_0"):
         ex.export("nowhere", str(tmp_path / "o"), merge=True, gguf="q4_k")
