@@ -1,5 +1,7 @@
 """export: merged model (NF4 / LLM.int8 de-quantized first) reproduces adapter logits; template check."""
 
+import json
+
 import pytest
 import torch
 from peft import PeftModel
@@ -160,6 +162,21 @@ def test_merging_into_a_base_other_than_the_trained_one_is_said(tiny_model_dir, 
     assert "the export is for a base it never saw" in capsys.readouterr().out
     ex.export(str(run), str(tmp_path / "a3"), model=str(same))  # control: a copy of the trained base
     assert "warning" not in capsys.readouterr().out
+    # The adapter export's adapter_config.json named the training base, so peft's AutoPeftModel (and anything
+    # reading base_model_name_or_path) loaded that one, not --model's: it names --model's now.
+    named = {
+        k: json.loads((tmp_path / k / "adapter_config.json").read_text())["base_model_name_or_path"]
+        for k in ("a2", "a3")
+    }
+    assert named == {"a2": str(other), "a3": str(same)}
+    from peft import AutoPeftModelForCausalLM
+
+    loaded = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "a2")
+    assert torch.equal(loaded.get_base_model().model.embed_tokens.weight[0], w.model.embed_tokens.weight[0])
+    ex.export(str(run), str(tmp_path / "a4"))  # without --model: the recorded base, as trained
+    assert json.loads((tmp_path / "a4" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        tiny_model_dir
+    )
 
 
 def test_adapter_and_merged_exports_take_the_same_generation_config(tiny_model_dir, chat_file, tmp_path):

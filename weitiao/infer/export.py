@@ -187,6 +187,10 @@ def export(
             legacy_config_keys(tmp)
         else:
             copy_adapter(adapter_dir, tmp)
+            if model:  # peft, vLLM and AutoPeftModel load the base the adapter names: the one asked for
+                cfg_file = tmp / "adapter_config.json"
+                cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+                cfg_file.write_text(json.dumps({**cfg, "base_model_name_or_path": model}, indent=2), encoding="utf-8")
         stops = stop_ids(tokenizer, template, gen.eos_token_id if gen else None)
         write_generation_config(tmp, gen, stops)
         save_tokenizer(tokenizer, template, tmp)
