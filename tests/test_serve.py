@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -239,3 +241,39 @@ def test_serve_refuses_limits_that_leave_it_useless_before_loading(kw, line, tmp
 
     with pytest.raises(UserError, match=line):
         serve(str(tmp_path / "no-model"), **kw)
+
+
+def test_a_request_whose_step_fails_errors_alone_and_the_batch_finishes_as_alone(parts):
+    """One row's draw failing (a temperature so small that its float32 logits overflow to inf, the draw sees NaN)
+    answered a 500 to every request decoding beside it (engine.clear()). Now the rows retry one token alone: the one
+    that fails alone gets the 500, the others carry on, re-prefilled from their tokens so far, with the reply they
+    would have had alone (greedy)."""
+    long = {"messages": [{"role": "user", "content": "推荐一部电影吧。"}], "max_tokens": 250, "ignore_eos": True}
+    with running(create_app(*parts, ServeSettings(model_name="tiny", max_batch=4, max_new_tokens=256))) as base:
+        c = client(base)
+        kw = dict(model="tiny", messages=long["messages"], max_tokens=250, temperature=0)
+        alone = c.chat.completions.create(**kw, extra_body={"ignore_eos": True}).choices[0].message.content
+        got: list[str] = []
+
+        def read() -> None:
+            with httpx.stream("POST", base + "/v1/chat/completions", json={**long, "temperature": 0, "stream": True},
+                              timeout=60) as r:  # fmt: skip
+                for line in r.iter_lines():
+                    if line.startswith("data: {"):
+                        got.append(line)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        while httpx.get(base + "/health").json()["running"] == 0:
+            time.sleep(0.005)
+        with pytest.raises(openai.InternalServerError, match="generation failed"):
+            c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=5, temperature=1e-40)
+        overlapped = len(got) < 250  # the long reply had tokens to go when the bad row failed beside it
+        reader.join(60)
+        assert overlapped
+        chunks = [json.loads(x[6:]) for x in got]
+        assert not [x for x in chunks if "error" in x], chunks[-1]
+        text = "".join(ch["choices"][0]["delta"].get("content") or "" for ch in chunks if ch.get("choices"))
+        assert text == alone and chunks[-1]["choices"][0]["finish_reason"] == "length"
+        r = c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=5, temperature=0)  # the server lives on
+        assert r.choices[0].finish_reason in ("length", "stop")

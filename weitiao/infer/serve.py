@@ -29,10 +29,11 @@ How a request flows:
 4. A row ends on an end-of-turn/EOS token or one of its stop_token_ids (counted in usage, as OpenAI and
    vLLM do), a stop string, its own `max_tokens`, or a client that went away (streaming or not, a hang-up
    stops its rows, so it frees its slot); a finished row leaves the batch at once and its slot goes to the
-   next waiting job. A client that is connected but reads slowly is no hang-up: TCP back-pressure only
-   holds its deltas in its queue, and its row keeps generating. /health counts `batches` (prompt groups
-   prefilled), `joined` (rows that joined a batch already decoding), `steps` and `kv_rows` (rows holding a
-   KV cache now).
+   next waiting job. A step that raises is retried row by row (`weitiao.infer.generate.Engine.recover`): only
+   the job whose row fails alone gets the error. A client that is connected but reads slowly is no hang-up:
+   TCP back-pressure only holds its deltas in its queue, and its row keeps generating. /health counts
+   `batches` (prompt groups prefilled), `joined` (rows that joined a batch already decoding), `steps` and
+   `kv_rows` (rows holding a KV cache now).
 
 With an output filter set, a streamed choice arrives as one filtered delta at its end, because the filter
 needs the whole text, and log-probs are refused (they would show what the filter hides).
@@ -334,10 +335,18 @@ def create_app(
     async def worker() -> None:
         loop = asyncio.get_running_loop()
         outbox: list = []
-        active: list[Job] = []
 
         def publish(events: list) -> None:  # called from the engine thread, once per tick
             loop.call_soon_threadsafe(lambda: [job.events.put_nowait(ev) for job, ev in events])
+
+        def flush() -> None:  # one hand-off to the event loop per tick, not per row
+            if outbox:
+                publish(outbox[:])
+                outbox.clear()
+
+        def fail(row: _Row, e: Exception) -> None:
+            outbox.append((row.job, ("error", f"generation failed: {e}")))
+            row.job.cancelled = True
 
         def drive() -> None:
             """In a thread: admit waiting jobs, tick the engine, hand the events over; until nothing is left."""
@@ -351,32 +360,20 @@ def create_app(
                     elif job.n <= free:
                         pending.remove(job)
                         free -= job.n
-                        active.append(job)
                         engine.add(admit(model, tokenizer, job, stop_ids, outbox, bool(cfg.adapters), masks))
-                active[:] = [j for j in active if any(not r.done for r in j.rows)]
                 stats["running"] = engine.live()
                 if not stats["running"]:
-                    if outbox:
-                        publish(outbox[:])
-                        outbox.clear()
-                    return
+                    return flush()
                 # 2. one tick: a prefill chunk of the next group, one decode step of the running batch
                 try:
                     engine.tick()
-                except Exception as e:  # a failed step answers its jobs with an error, the server lives on
-                    engine.clear()
-                    outbox.clear()
-                    publish([(job, ("error", f"generation failed: {e}")) for job in active])
-                    for job in active:
-                        job.cancelled = True
-                    active.clear()
+                except Exception:  # only the job whose row fails alone gets the error; the server lives on
+                    engine.recover(fail, flush)
                 stats.update(
                     batches=engine.stats["prefills"], joined=engine.stats["joined"], steps=engine.stats["steps"],
                     generated_tokens=engine.stats["tokens"], kv_rows=engine.cached(),
                 )  # fmt: skip
-                if outbox:  # one hand-off to the event loop per tick, not per row
-                    publish(outbox[:])
-                    outbox.clear()
+                flush()
 
         while True:
             while not pending:
