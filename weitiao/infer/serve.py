@@ -57,7 +57,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from weitiao.data.decode import decode_whole
-from weitiao.data.templates import ChatTemplate, resolve_template
+from weitiao.data.templates import ChatTemplate, late_system, resolve_template
 from weitiao.errors import UserError
 from weitiao.infer import tools as tooling
 from weitiao.infer.api import BadRequest, ChatRequest, CompletionRequest, Guard, Sampling, error, read_body
@@ -414,8 +414,11 @@ def create_app(
             raise BadRequest(f"{field}: constrained decoding needs a byte-level or SentencePiece tokenizer", field)
         try:
             prompt = template.render(tokenizer, messages, add_generation_prompt=True, tools=plan.tools)
+            late = template.misplaced_system(tokenizer, messages, plan.tools)
         except Exception as e:  # e.g. a template that insists on alternating roles
             raise BadRequest(f"messages: the chat template refused them: {e}", "messages") from None
+        if late is not None:  # the model would read the conversation without it, or somewhere else
+            raise BadRequest(f"messages.{late}: {late_system(template)}", f"messages.{late}")
         ids = tokenize(prompt, "messages")  # first: the screen's regexes hold the GIL, keep megabytes from them
         if why := beyond_vocab(tokenizer, ids, vocab):  # fed, it would fail the batch it joins: others' replies too
             raise BadRequest(f"messages: {why}", "messages")
