@@ -937,3 +937,25 @@ def test_chat_refuses_a_final_assistant_turn_and_a_late_system_message_its_templ
         build_tokenizer(DROPS_LATE_SYSTEM).save_pretrained(other / "final" / "tokenizer")
         r = c.post("/api/chat", json=body | {"messages": late, "run": "other"})
         assert r.status_code == 400 and r.json()["error"].startswith("messages[2]: a system (developer) message after")
+
+
+def test_the_last_steps_checkpoint_with_finals_weights_is_listed_once(root, full_run, tokenizer):
+    """A run that saves a checkpoint at its last step listed it and `final` as two checkpoints with one set of weights
+    (chat, golden and arena compared a model with itself). Now a step whose weight files are final's is listed once,
+    as final (still reachable by name); a step with other weights stays listed, as do same-sized other weights."""
+    import shutil
+
+    from conftest import save_tiny_model
+
+    ckpts = full_run / "checkpoints"
+    shutil.copytree(full_run / "final" / "model", ckpts / "step-000003" / "model")  # the last step: final's
+    save_tiny_model(ckpts / "step-000002" / "model", tokenizer, seed=2)  # other weights, the same size
+    store = RunStore(root / "runs")
+    assert (ckpts / "step-000002" / "model" / "model.safetensors").stat().st_size == (
+        full_run / "final" / "model" / "model.safetensors"
+    ).stat().st_size
+    assert store.checkpoints("full") == ["base", "step-000002", "final"]
+    assert store.weights("full", "step-000003") == ckpts / "step-000003"
+    with running(app_for(root)) as base:
+        assert httpx.get(base + "/api/runs/full").json()["checkpoints"] == ["base", "step-000002", "final"]
+        assert [r["checkpoints"] for r in httpx.get(base + "/api/runs").json()] == [["base", "step-000002", "final"]]
