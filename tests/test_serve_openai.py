@@ -833,3 +833,14 @@ def test_a_late_system_message_a_chatml_template_places_is_served_there(url, par
     as_system = [*LATE[:2], {"role": "system", "content": "简洁"}, *LATE[3:]]
     assert r.usage.prompt_tokens == len(prompt_ids(parts, as_system))
     assert "<|im_start|>system\n简洁<|im_end|>\n<|im_start|>user" in parts[2].render(parts[1], as_system)
+
+
+def test_a_tiny_temperature_samples_its_top_token_instead_of_failing(url):
+    """temperature 1e-40 (allowed: above 0) divided float32 logits into inf, the draw saw NaN: a 500 'probability tensor
+    contains either inf, nan'. The logits are shifted by their top first (the same distribution): it draws the top."""
+    c = client(url)
+    kw = dict(model="tiny", messages=MSGS, max_tokens=8)
+    greedy = c.chat.completions.create(**kw, temperature=0).choices[0].message.content
+    assert c.chat.completions.create(**kw, temperature=1e-40).choices[0].message.content == greedy
+    assert c.chat.completions.create(**kw, temperature=1e-40, seed=3).choices[0].message.content == greedy
+

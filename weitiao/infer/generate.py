@@ -161,7 +161,10 @@ class Sampler:
         if self.all_greedy:
             self.logps = torch.zeros(len(tokens), device=logits.device) if logps else None
             return self._record(tokens)
-        logits = logits / torch.where(greedy, 1.0, self.temp)[:, None]
+        # each row shifted by its top logit first: the same distribution, but a tiny temperature (1e-40) no longer
+        # overflows the logits to inf (and the draw to NaN)
+        top = logits.amax(-1, keepdim=True)
+        logits = (logits - torch.where(top.isfinite(), top, 0.0)) / torch.where(greedy, 1.0, self.temp)[:, None]
         if self.filtering:
             logits = self._top_k_top_p(logits)
         probs = logits.softmax(-1)
