@@ -273,6 +273,7 @@ def test_a_request_whose_step_fails_errors_alone_and_the_batch_finishes_as_alone
         reader.start()
         while httpx.get(base + "/health").json()["running"] == 0:
             time.sleep(0.005)
+        before = httpx.get(base + "/health").json()
         with pytest.raises(openai.InternalServerError, match="generation failed"):
             c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hello"}], max_tokens=5)
         overlapped = len(got) < 250  # the long reply had tokens to go when the bad row failed beside it
@@ -284,3 +285,9 @@ def test_a_request_whose_step_fails_errors_alone_and_the_batch_finishes_as_alone
         assert text == alone and chunks[-1]["choices"][0]["finish_reason"] == "length"
         r = c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=5, temperature=0)  # the server lives on
         assert r.choices[0].finish_reason in ("length", "stop")
+        bad = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 5, "stream": True, "stream_options": {
+            "include_usage": True}}  # fmt: skip
+        lines = httpx.post(base + "/v1/chat/completions", json=bad, timeout=60).text.split("\n\n")
+        assert "generation failed" in lines[-3] and lines[-2] == "data: [DONE]"  # the error, then no usage
+        after = httpx.get(base + "/health").json()  # the failed ones are no `served` requests
+        assert (after["served"] - before["served"], after["failed"] - before["failed"]) == (2, 2)

@@ -843,4 +843,3 @@ def test_a_tiny_temperature_samples_its_top_token_instead_of_failing(url):
     greedy = c.chat.completions.create(**kw, temperature=0).choices[0].message.content
     assert c.chat.completions.create(**kw, temperature=1e-40).choices[0].message.content == greedy
     assert c.chat.completions.create(**kw, temperature=1e-40, seed=3).choices[0].message.content == greedy
-

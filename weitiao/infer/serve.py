@@ -30,10 +30,10 @@ How a request flows:
    vLLM do), a stop string, its own `max_tokens`, or a client that went away (streaming or not, a hang-up
    stops its rows, so it frees its slot); a finished row leaves the batch at once and its slot goes to the
    next waiting job. A step that raises is retried row by row (`weitiao.infer.generate.Engine.recover`): only
-   the job whose row fails alone gets the error. A client that is connected but reads slowly is no hang-up:
-   TCP back-pressure only holds its deltas in its queue, and its row keeps generating. /health counts
-   `batches` (prompt groups prefilled), `joined` (rows that joined a batch already decoding), `steps` and
-   `kv_rows` (rows holding a KV cache now).
+   the job whose row fails alone gets the error (/health: `failed`). A client that is connected but reads
+   slowly is no hang-up: TCP back-pressure only holds its deltas in its queue, and its row keeps generating.
+   /health counts `batches` (prompt groups prefilled), `joined` (rows that joined a batch already decoding),
+   `steps` and `kv_rows` (rows holding a KV cache now).
 
 With an output filter set, a streamed choice arrives as one filtered delta at its end, because the filter
 needs the whole text, and log-probs are refused (they would show what the filter hides).
@@ -327,6 +327,7 @@ def create_app(
     pending: list[Job] = []  # waiting for rows in the engine; appended here, taken by the engine thread
     engine = Engine(model, _pad_id(tokenizer, stop_ids), cfg.max_batch, cfg.prefill_chunk, bool(cfg.adapters), banned)
     stats = {"running": 0, "served": 0, "cancelled": 0, "rejected": 0, "busy_s": 0.0, "generated_tokens": 0}
+    stats["failed"] = 0  # requests answered with a generation error (a 500, or an error event in their stream)
     stats |= {"batches": 0, "joined": 0, "steps": 0}  # prefilled groups, rows joining a decoding batch, steps
     stats["kv_rows"] = 0  # rows holding a KV cache in the engine (a hung-up row's goes at the next token)
     prep = ThreadPoolExecutor(2, thread_name_prefix="weitiao-prep")  # JSON, template, tokenizer: off the loop
@@ -578,6 +579,7 @@ def create_app(
                         stats["cancelled"] += 1
                         return error(499, "client closed the request")
                     if ev[0] == "error":
+                        stats["failed"] += 1
                         return error(500, ev[1], "server_error")
                     if ev[0] == "prompt":
                         prompt_lps[ev[1] : ev[1] + n] = [ev[2]] * n
@@ -639,10 +641,12 @@ def create_app(
                 out = [
                     sse([choice(i, e, None, True)]) for i, e in enumerate(echoes) if e and (top is None or i in refused)
                 ]
+            failed = False
             try:
                 async for ev in replies():
                     if ev[0] == "error":
                         out.append(f"data: {json.dumps({'error': {'message': ev[1], 'type': 'server_error'}})}\n\n")
+                        failed = True
                         break
                     if ev[0] == "delta" and calls:  # text that may be a call is held back
                         i, text = ev[1], calls[ev[1]].feed(ev[2])
@@ -676,11 +680,11 @@ def create_app(
                     if events.empty():  # send what has piled up in one write
                         yield "".join(out)
                         out = []
-                if with_usage:
+                if with_usage and not failed:
                     out.append(sse([], usage=usage(used)))
                 yield "".join(out) + "data: [DONE]\n\n"
                 finished = True
-                stats["served"] += 1
+                stats["failed" if failed else "served"] += 1
             finally:
                 if not finished:  # the client went away (or the batch failed): stop its rows
                     stats["cancelled"] += 1
