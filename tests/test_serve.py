@@ -291,3 +291,29 @@ def test_a_request_whose_step_fails_errors_alone_and_the_batch_finishes_as_alone
         assert "generation failed" in lines[-3] and lines[-2] == "data: [DONE]"  # the error, then no usage
         after = httpx.get(base + "/health").json()  # the failed ones are no `served` requests
         assert (after["served"] - before["served"], after["failed"] - before["failed"]) == (2, 2)
+
+
+class _EchoOutOfMemory(torch.nn.Module):
+    """The model, whose prefill of every prompt position's logits (an echo's prompt log-probs) runs out of memory."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.inner, self.config = model, model.config
+
+    def forward(self, *args, logits_to_keep=1, **kw):
+        if logits_to_keep == 0:
+            raise RuntimeError("out of memory")
+        return self.inner(*args, logits_to_keep=logits_to_keep, **kw)
+
+
+def test_a_failing_echo_prefill_fails_its_request_and_the_server_keeps_serving(parts):
+    """An echo's prompt log-probs are computed when its job is admitted, outside the guarded decode step: a failure
+    there (out of memory on [prompt, vocab] logits) ended the engine thread, the request and every later one hung.
+    Now it fails that request alone."""
+    model, tok, template = parts
+    with running(create_app(_EchoOutOfMemory(model), tok, template, ServeSettings(model_name="tiny"))) as base:
+        c = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=20)
+        with pytest.raises(openai.InternalServerError, match="generation failed: out of memory"):
+            c.completions.create(model="tiny", prompt="Hello", max_tokens=2, echo=True, logprobs=1)
+        r = c.completions.create(model="tiny", prompt="Hello", max_tokens=2, temperature=0)
+        assert r.choices[0].finish_reason in ("length", "stop")

@@ -345,9 +345,10 @@ def create_app(
                 publish(outbox[:])
                 outbox.clear()
 
-        def fail(row: _Row, e: Exception) -> None:
-            outbox.append((row.job, ("error", f"generation failed: {e}")))
-            row.job.cancelled = True
+        def fail(of: _Row | Job, e: Exception) -> None:
+            job = of if isinstance(of, Job) else of.job
+            outbox.append((job, ("error", f"generation failed: {e}")))
+            job.cancelled = True
 
         def drive() -> None:
             """In a thread: admit waiting jobs, tick the engine, hand the events over; until nothing is left."""
@@ -360,8 +361,13 @@ def create_app(
                         pending.remove(job)
                     elif job.n <= free:
                         pending.remove(job)
+                        try:  # an echo's prompt log-probs are a prefill of its own ([len, vocab] logits): its failure
+                            rows = admit(model, tokenizer, job, stop_ids, outbox, bool(cfg.adapters), masks)
+                        except Exception as e:  # is its job's, and must not end this thread (nothing would run)
+                            fail(job, e)
+                            continue
                         free -= job.n
-                        engine.add(admit(model, tokenizer, job, stop_ids, outbox, bool(cfg.adapters), masks))
+                        engine.add(rows)
                 stats["running"] = engine.live()
                 if not stats["running"]:
                     return flush()
