@@ -843,3 +843,17 @@ def test_a_tiny_temperature_samples_its_top_token_instead_of_failing(url):
     greedy = c.chat.completions.create(**kw, temperature=0).choices[0].message.content
     assert c.chat.completions.create(**kw, temperature=1e-40).choices[0].message.content == greedy
     assert c.chat.completions.create(**kw, temperature=1e-40, seed=3).choices[0].message.content == greedy
+
+
+def test_vllm_top_k_minus_one_and_min_p(url):
+    """vLLM clients send top_k -1 for 'off' (vLLM takes 0 or -1) and a request's min_p: both were 400s. Now -1 draws as
+    0 does, and min_p applies per request (1: only the top token survives, the greedy reply)."""
+    c = client(url)
+    kw = dict(model="tiny", messages=MSGS, max_tokens=12, seed=5)
+    drawn = [c.chat.completions.create(**kw, extra_body={"top_k": k}).choices[0].message.content for k in (0, -1)]
+    assert drawn[0] == drawn[1]
+    greedy = c.chat.completions.create(**{**kw, "temperature": 0}).choices[0].message.content
+    assert c.chat.completions.create(**kw, extra_body={"min_p": 1.0}).choices[0].message.content == greedy != drawn[0]
+    assert c.chat.completions.create(**kw, extra_body={"min_p": 0.0}).choices[0].message.content == drawn[0]
+    with pytest.raises(openai.BadRequestError, match="top_k"):
+        c.chat.completions.create(**kw, extra_body={"top_k": -2})

@@ -493,9 +493,10 @@ def create_app(
         temperature, top_p, top_k = (defaults[k] if getattr(req, k) is None else getattr(req, k) for k in defaults)
         greedy = temperature == 0
         sampling = RowSampling(
-            temperature, 1.0 if greedy else top_p, 0 if greedy else top_k,
+            temperature, 1.0 if greedy else top_p, 0 if greedy else max(top_k, 0),
             folder_rep if req.repetition_penalty is None else req.repetition_penalty,
-            req.presence_penalty or 0.0, req.frequency_penalty or 0.0, min_p=0.0 if greedy else folder.min_p,
+            req.presence_penalty or 0.0, req.frequency_penalty or 0.0,
+            min_p=0.0 if greedy else folder.min_p if req.min_p is None else req.min_p,
         )  # fmt: skip
         adapter = req.model if req.model in cfg.adapters else "__base__"
         return Job(
