@@ -206,3 +206,29 @@ def test_adapter_and_merged_exports_take_the_same_generation_config(tiny_model_d
         assert adapter == merged
         assert (adapter.get("temperature"), adapter.get("do_sample")) == ((0.3, True) if k == 0 else (None, None))
         assert adapter["eos_token_id"] == stops  # training's stop ids either way
+
+
+def test_a_tokenizer_with_ids_beyond_the_embedding_is_said_and_refused_for_gguf(tmp_path, tokenizer):
+    """A tokenizer holding tokens the model has no embedding row for (added to the tokenizer only) was exported as
+    it was, silently; --gguf stopped after the merge on the converter's `assert max(tokenizer.vocab.values()) <
+    vocab_size`. Now a warning naming both sizes and the tokens, and --gguf refused before any work."""
+    import copy
+
+    from conftest import save_tiny_model
+
+    from weitiao.errors import UserError
+
+    bigger = copy.deepcopy(tokenizer)
+    bigger.add_special_tokens({"additional_special_tokens": ["<tool>"]})
+    for name, tok in (("same", tokenizer), ("bigger", bigger)):
+        final = tmp_path / name / "final"
+        save_tiny_model(final / "model", tokenizer, hidden=64)  # embeds len(tokenizer) ids
+        tok.save_pretrained(final / "tokenizer")
+    n = len(tokenizer)
+    assert not [x for x in ex.serve_notes(ex.export(str(tmp_path / "same"), str(tmp_path / "a"))) if "warn" in x]
+    notes = ex.serve_notes(ex.export(str(tmp_path / "bigger"), str(tmp_path / "b")))
+    assert notes[0].startswith(f"warning: the tokenizer has {n + 1} token ids but the model embeds {n} (ids 0 to "
+                               f"{n - 1}): '<tool>' (id {n}) cannot be read by the model")  # fmt: skip
+    with pytest.raises(UserError, match=rf"--gguf f16: the tokenizer has {n + 1} token ids but the model embeds {n}"):
+        ex.export(str(tmp_path / "bigger"), str(tmp_path / "c"), merge=True, gguf="f16")
+    assert not (tmp_path / "c").exists()

@@ -165,3 +165,48 @@ def test_sliding_window_caches_join_by_recomputing(tokenizer):
         engine.tick()
     assert engine.stats["joined"] == 1
     assert late.ids == alone(model, short, 6) and first.ids == alone(model, long, 12)
+
+
+class _BatchFailsOnce(torch.nn.Module):
+    """The model, whose first decode step over more than one row raises, as a batch out of memory would."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.inner, self.config, self.armed = model, model.config, True
+
+    def forward(self, input_ids, **kw):
+        if self.armed and input_ids.shape[0] > 1 and input_ids.shape[1] == 1:
+            self.armed = False
+            raise RuntimeError("out of memory")
+        return self.inner(input_ids=input_ids, **kw)
+
+
+class _FeedFails(Row):
+    def feed(self, token: int, logprob: tuple | None = None) -> None:
+        if len(self.ids) == 3:
+            raise ValueError("cannot decode")
+        super().feed(token, logprob)
+
+
+@pytest.mark.parametrize("blame", [True, False])
+def test_after_a_failed_tick_only_the_row_that_fails_alone_fails(model, tokenizer, blame):
+    """`recover` after `tick` raised: a row that fails alone (its feed) goes to `fail`, the others finish with their
+    greedy tokens alone; a failure no row causes alone (the batch's) fails nobody, each row runs to its end alone."""
+    ids = [prompt(tokenizer, c) for c in CONVS]
+    rows = [Row(ids[0], 20), _FeedFails(ids[1], 10) if blame else Row(ids[1], 10), Row(ids[2], 15)]
+    engine = Engine(model if blame else _BatchFailsOnce(model), 0, max_rows=4)
+    engine.add(rows)
+    failed, ticked = [], []
+    with pytest.raises((ValueError, RuntimeError)):
+        while engine.live():
+            engine.tick()
+    engine.recover(
+        lambda row, e: (failed.append((row, str(e))), setattr(row, "cancelled", True)), lambda: ticked.append(1)
+    )
+    assert bool(engine.live()) == blame  # blamed: the others wait again; else they have run to their end alone
+    while engine.live():
+        engine.tick()
+    assert failed == ([(rows[1], "cannot decode")] if blame else [])
+    keep = [0, 2] if blame else [0, 1, 2]
+    assert [rows[i].ids for i in keep] == [alone(model, ids[i], rows[i].n) for i in keep]
+    assert ticked

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
+import torch
 from loopback import running
 
 from weitiao.infer.serve import ServeSettings, create_app
@@ -239,3 +243,77 @@ def test_serve_refuses_limits_that_leave_it_useless_before_loading(kw, line, tmp
 
     with pytest.raises(UserError, match=line):
         serve(str(tmp_path / "no-model"), **kw)
+
+
+def test_a_request_whose_step_fails_errors_alone_and_the_batch_finishes_as_alone(parts):
+    """One row's draw failing (its prompt holds a token whose embedding row is NaN, as an fp16 overflow leaves one:
+    its logits are NaN, and a sampled draw raises) answered a 500 to every request decoding beside it
+    (engine.clear()). Now the rows retry one token alone: the one that fails alone gets the 500, the others carry on,
+    re-prefilled from their tokens so far, with the reply they would have had alone (greedy)."""
+    model, tok, template = parts
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[tok("Hello", add_special_tokens=False)["input_ids"][0]] = float("nan")
+    long = {"messages": [{"role": "user", "content": "推荐一部电影吧。"}], "max_tokens": 250, "ignore_eos": True}
+    settings = ServeSettings(model_name="tiny", max_batch=4, max_new_tokens=256)
+    with running(create_app(model, tok, template, settings)) as base:
+        c = client(base)
+        kw = dict(model="tiny", messages=long["messages"], max_tokens=250, temperature=0)
+        alone = c.chat.completions.create(**kw, extra_body={"ignore_eos": True}).choices[0].message.content
+        got: list[str] = []
+
+        def read() -> None:
+            with httpx.stream("POST", base + "/v1/chat/completions", json={**long, "temperature": 0, "stream": True},
+                              timeout=60) as r:  # fmt: skip
+                for line in r.iter_lines():
+                    if line.startswith("data: {"):
+                        got.append(line)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        while httpx.get(base + "/health").json()["running"] == 0:
+            time.sleep(0.005)
+        before = httpx.get(base + "/health").json()
+        with pytest.raises(openai.InternalServerError, match="generation failed"):
+            c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hello"}], max_tokens=5)
+        overlapped = len(got) < 250  # the long reply had tokens to go when the bad row failed beside it
+        reader.join(60)
+        assert overlapped
+        chunks = [json.loads(x[6:]) for x in got]
+        assert not [x for x in chunks if "error" in x], chunks[-1]
+        text = "".join(ch["choices"][0]["delta"].get("content") or "" for ch in chunks if ch.get("choices"))
+        assert text == alone and chunks[-1]["choices"][0]["finish_reason"] == "length"
+        r = c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=5, temperature=0)  # the server lives on
+        assert r.choices[0].finish_reason in ("length", "stop")
+        bad = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 5, "stream": True, "stream_options": {
+            "include_usage": True}}  # fmt: skip
+        lines = httpx.post(base + "/v1/chat/completions", json=bad, timeout=60).text.split("\n\n")
+        assert "generation failed" in lines[-3] and lines[-2] == "data: [DONE]"  # the error, then no usage
+        after = httpx.get(base + "/health").json()  # the failed ones are no `served` requests
+        assert (after["served"] - before["served"], after["failed"] - before["failed"]) == (2, 2)
+
+
+class _EchoOutOfMemory(torch.nn.Module):
+    """The model, whose prefill of every prompt position's logits (an echo's prompt log-probs) runs out of memory."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.inner, self.config = model, model.config
+
+    def forward(self, *args, logits_to_keep=1, **kw):
+        if logits_to_keep == 0:
+            raise RuntimeError("out of memory")
+        return self.inner(*args, logits_to_keep=logits_to_keep, **kw)
+
+
+def test_a_failing_echo_prefill_fails_its_request_and_the_server_keeps_serving(parts):
+    """An echo's prompt log-probs are computed when its job is admitted, outside the guarded decode step: a failure
+    there (out of memory on [prompt, vocab] logits) ended the engine thread, the request and every later one hung.
+    Now it fails that request alone."""
+    model, tok, template = parts
+    with running(create_app(_EchoOutOfMemory(model), tok, template, ServeSettings(model_name="tiny"))) as base:
+        c = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=20)
+        with pytest.raises(openai.InternalServerError, match="generation failed: out of memory"):
+            c.completions.create(model="tiny", prompt="Hello", max_tokens=2, echo=True, logprobs=1)
+        r = c.completions.create(model="tiny", prompt="Hello", max_tokens=2, temperature=0)
+        assert r.choices[0].finish_reason in ("length", "stop")

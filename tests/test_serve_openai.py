@@ -794,3 +794,66 @@ def test_a_developer_message_is_the_system_message(url):
     assert [x.logprob for x in got[0].choices[0].logprobs.content] == [
         x.logprob for x in got[1].choices[0].logprobs.content
     ]
+
+
+# a template that drops a system message after the first one, and one that renders it as a user turn
+DROPS_LATE_SYSTEM = (
+    "{% for m in messages %}{% if m['role'] != 'system' or loop.first %}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+LATE_SYSTEM_AS_USER = (
+    "{% for m in messages %}{% set r = 'user' if m['role'] == 'system' and not loop.first else m['role'] %}"
+    "{{ '<|im_start|>' + r + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+LATE = [*MSGS, {"role": "assistant", "content": "晴"}, {"role": "developer", "content": "简洁"}, *MSGS]
+
+
+@pytest.mark.parametrize("jinja", [DROPS_LATE_SYSTEM, LATE_SYSTEM_AS_USER])
+def test_a_late_system_message_the_template_cannot_place_is_400(parts, jinja):
+    """A system/developer message after the first message was accepted whatever the template made of it: dropped, or
+    read as a user turn, the reply was to another conversation than the one sent. Now a 400 naming the message; a
+    template that renders it in its place (ChatML) serves it there, and a leading one is served as before."""
+    from conftest import build_tokenizer
+
+    from weitiao.data.templates import resolve_template
+
+    model, tok, _ = parts
+    tok = build_tokenizer(jinja)
+    with running(create_app(model, tok, resolve_template(tok), ServeSettings(model_name="tiny"))) as base:
+        c = client(base)
+        with pytest.raises(openai.BadRequestError, match="messages.2: a system .developer. message after the first"):
+            c.chat.completions.create(model="tiny", messages=LATE, max_tokens=2)
+        assert c.chat.completions.create(model="tiny", messages=[LATE[3], *MSGS], max_tokens=2).choices
+
+
+def test_a_late_system_message_a_chatml_template_places_is_served_there(url, parts):
+    r = client(url).chat.completions.create(model="tiny", messages=LATE, max_tokens=2, temperature=0)
+    as_system = [*LATE[:2], {"role": "system", "content": "简洁"}, *LATE[3:]]
+    assert r.usage.prompt_tokens == len(prompt_ids(parts, as_system))
+    assert "<|im_start|>system\n简洁<|im_end|>\n<|im_start|>user" in parts[2].render(parts[1], as_system)
+
+
+def test_a_tiny_temperature_samples_its_top_token_instead_of_failing(url):
+    """temperature 1e-40 (allowed: above 0) divided float32 logits into inf, the draw saw NaN: a 500 'probability tensor
+    contains either inf, nan'. The logits are shifted by their top first (the same distribution): it draws the top."""
+    c = client(url)
+    kw = dict(model="tiny", messages=MSGS, max_tokens=8)
+    greedy = c.chat.completions.create(**kw, temperature=0).choices[0].message.content
+    assert c.chat.completions.create(**kw, temperature=1e-40).choices[0].message.content == greedy
+    assert c.chat.completions.create(**kw, temperature=1e-40, seed=3).choices[0].message.content == greedy
+
+
+def test_vllm_top_k_minus_one_and_min_p(url):
+    """vLLM clients send top_k -1 for 'off' (vLLM takes 0 or -1) and a request's min_p: both were 400s. Now -1 draws as
+    0 does, and min_p applies per request (1: only the top token survives, the greedy reply)."""
+    c = client(url)
+    kw = dict(model="tiny", messages=MSGS, max_tokens=12, seed=5)
+    drawn = [c.chat.completions.create(**kw, extra_body={"top_k": k}).choices[0].message.content for k in (0, -1)]
+    assert drawn[0] == drawn[1]
+    greedy = c.chat.completions.create(**{**kw, "temperature": 0}).choices[0].message.content
+    assert c.chat.completions.create(**kw, extra_body={"min_p": 1.0}).choices[0].message.content == greedy != drawn[0]
+    assert c.chat.completions.create(**kw, extra_body={"min_p": 0.0}).choices[0].message.content == drawn[0]
+    with pytest.raises(openai.BadRequestError, match="top_k"):
+        c.chat.completions.create(**kw, extra_body={"top_k": -2})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import sys
@@ -912,3 +913,49 @@ def test_the_tokenized_cache_is_not_written_into_a_read_only_root(root, tmp_path
     assert forms.build("sft", values | {"data.train": f'["{shipped / "a.jsonl"}"]'}, roots, root / "runs" / "x")
     cfg = forms.build("sft", values | {"data.cache_dir": "cache"}, roots, root / "runs" / "x")  # control: writable
     assert cfg.data.cache_dir == str(root.resolve() / "cache")
+
+
+def test_chat_refuses_a_final_assistant_turn_and_a_late_system_message_its_template_cannot_place(root, full_run):
+    """/api/chat answered a conversation ending with an assistant turn with a second assistant turn, and took a system
+    message after the first whatever the template made of it (dropped, read as a user turn). Now one line each, the
+    late system message by `weitiao serve`'s rule: served where the template renders it in its place (ChatML)."""
+    from conftest import build_tokenizer
+    from test_serve_openai import DROPS_LATE_SYSTEM
+
+    msgs = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好呀"}]
+    late = [*msgs, {"role": "system", "content": "简洁"}, {"role": "user", "content": "今天天气怎么样？"}]
+    body = {"run": "full", "ckpt": "final", "max_new_tokens": 3, "temperature": 0}
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        r = c.post("/api/chat", json=body | {"messages": msgs})
+        assert r.status_code == 400 and r.json()["error"].startswith("messages[1]: the conversation ends with an assi")
+        assert c.post("/api/chat", json=body | {"messages": late}).status_code == 200  # ChatML places it
+        other = root / "runs" / "other"
+        shutil.copytree(full_run, other)
+        (other / "ui" / "run.json").write_text(
+            json.dumps({"name": "other", "kind": "sft", "status": "done", "created": 1})
+        )
+        build_tokenizer(DROPS_LATE_SYSTEM).save_pretrained(other / "final" / "tokenizer")
+        r = c.post("/api/chat", json=body | {"messages": late, "run": "other"})
+        assert r.status_code == 400 and r.json()["error"].startswith("messages[2]: a system (developer) message after")
+
+
+def test_the_last_steps_checkpoint_with_finals_weights_is_listed_once(root, full_run, tokenizer):
+    """A run that saves a checkpoint at its last step listed it and `final` as two checkpoints with one set of weights
+    (chat, golden and arena compared a model with itself). Now a step whose weight files are final's is listed once,
+    as final (still reachable by name); a step with other weights stays listed, as do same-sized other weights."""
+    import shutil
+
+    from conftest import save_tiny_model
+
+    ckpts = full_run / "checkpoints"
+    shutil.copytree(full_run / "final" / "model", ckpts / "step-000003" / "model")  # the last step: final's
+    save_tiny_model(ckpts / "step-000002" / "model", tokenizer, seed=2)  # other weights, the same size
+    store = RunStore(root / "runs")
+    assert (ckpts / "step-000002" / "model" / "model.safetensors").stat().st_size == (
+        full_run / "final" / "model" / "model.safetensors"
+    ).stat().st_size
+    assert store.checkpoints("full") == ["base", "step-000002", "final"]
+    assert store.weights("full", "step-000003") == ckpts / "step-000003"
+    with running(app_for(root)) as base:
+        assert httpx.get(base + "/api/runs/full").json()["checkpoints"] == ["base", "step-000002", "final"]
+        assert [r["checkpoints"] for r in httpx.get(base + "/api/runs").json()] == [["base", "step-000002", "final"]]

@@ -97,6 +97,13 @@ _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
 ToolFormat = Literal["hermes", "llama3_json"]
 
 
+def late_system(template: ChatTemplate) -> str:
+    """Why a system (developer) message after the first message is refused where `misplaced_system` finds it."""
+    return (f"a system (developer) message after the first message, which chat template {template.name!r} does not "
+            "render where it stands (it drops, moves or merges it); give it as the first message, or fold it into a "
+            "user message")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class ChatTemplate:
     """A Jinja chat template plus how its assistant turns end and whether (and how) it renders tool calls."""
@@ -134,6 +141,26 @@ class ChatTemplate:
         return tokenizer.apply_chat_template(
             conversations, chat_template=self.jinja, tokenize=False, add_generation_prompt=add_generation_prompt
         )
+
+    def misplaced_system(self, tokenizer: Any, messages: list[dict], tools: list | None = None) -> int | None:
+        """The index of the first system message after the first message that this template does not render in its
+        place (dropped, moved, repeated, or rendered as a user turn would be), or None. Rendered with each content
+        replaced by a marker; a template that raises on such a message raises here too."""
+        late = [i for i, m in enumerate(messages) if i and m["role"] == "system"]
+        if not late:
+            return None
+        mark = [f"ZQX{i}MSG" for i in range(len(messages))]
+        probe = [{**m, "content": mark[i]} for i, m in enumerate(messages)]
+        text = self.render(tokenizer, probe, add_generation_prompt=True, tools=tools)
+        for i in late:
+            at = text.find(mark[i])
+            after = i + 1 == len(messages) or text.find(mark[i + 1]) > at
+            if text.count(mark[i]) != 1 or not text.find(mark[i - 1]) < at or not after:
+                return i
+            as_user = [{**m, "role": "user"} if k == i else m for k, m in enumerate(probe)]
+            if self.render(tokenizer, as_user, add_generation_prompt=True, tools=tools) == text:
+                return i
+        return None
 
     def parse_tool_calls(self, text: str) -> tuple[str, list[dict]]:
         """Split generated text into (content, calls), each call {"name", "arguments": JSON string}.

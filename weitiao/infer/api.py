@@ -48,7 +48,8 @@ class Sampling(_Strict):
     # unset: the model folder's generation_config.json value, else OpenAI's 1, 1 and off (top_k), as vLLM
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)  # extension
+    top_k: int | None = Field(None, ge=-1)  # vLLM extension; 0 or -1: off (vLLM's two spellings)
+    min_p: float | None = Field(None, ge=0, le=1)  # vLLM extension; unset: the model folder's, else off
     # extension; HF divides logits by it, so tiny values overflow to inf and the sampler fails
     # unset: the model folder's generation_config.json value (1 when it has none), as HF generate and vLLM
     repetition_penalty: float | None = Field(None, ge=0.01, le=100)

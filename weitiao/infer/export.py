@@ -175,6 +175,7 @@ def export(
     replace = check_out(dest, adapter_dir, force)
     tokenizer = training_tokenizer(adapter_dir, tok_dir, spec.path)
     template = resolve_template(tokenizer, "auto")  # a run's tokenizer carries the training template
+    unread = beyond_embedding(tokenizer, embedding_rows(spec.path), gguf)
 
     def fill(tmp: Path) -> dict[str, Any]:
         gen = _generation_config(adapter_dir, spec.path, named=model is not None)  # merged or not: the same one
@@ -197,9 +198,36 @@ def export(
         if gguf is not None:
             to_gguf.convert(tmp, tmp / f"model-{gguf}.gguf", gguf, name=dest.name, stops=stops)
         info = {"adapter": str(adapter_dir.resolve()), "base": spec.path, "quant": spec.quant, "merged": merge}
-        return {**info, "dtype": dtype if merge else None}
+        return {**info, "dtype": dtype if merge else None, "warnings": [unread] if unread else []}
 
     return publish(dest, replace, fill)
+
+
+def embedding_rows(model: str) -> int | None:
+    """The vocabulary size (embedding rows) in a model's config.json; None when it cannot be read here."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(resolve_path(model)).get_text_config().vocab_size
+    except (OSError, UserError, ValueError):  # a hub base not in the cache, a config transformers cannot read
+        return None
+
+
+def beyond_embedding(tokenizer: Any, rows: int | None, gguf: str | None) -> str | None:
+    """A warning when the tokenizer holds ids the model has no embedding row for (tokens added to the tokenizer
+    only): vLLM fails a request holding one. With `gguf` a refusal: llama.cpp's converter stops on such a
+    tokenizer (an assertion, after the merge)."""
+    extra = sorted(i for i in tokenizer.get_vocab().values() if rows and i >= rows)
+    if not extra:
+        return None
+    shown = ", ".join(f"{tokenizer.convert_ids_to_tokens(i)!r} (id {i})" for i in extra[:3])
+    more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+    why = (f"the tokenizer has {extra[-1] + 1} token ids but the model embeds {rows} (ids 0 to {rows - 1}): "
+           f"{shown}{more} cannot be read by the model")  # fmt: skip
+    if gguf is not None:
+        fix = "remove them from the tokenizer (tokenizer.json added_tokens), or export without --gguf"
+        raise UserError(f"--gguf {gguf}: {why}, and llama.cpp's converter refuses such a tokenizer; {fix}")
+    return f"warning: {why}; a text holding one fails in vLLM, and llama.cpp's GGUF converter refuses the tokenizer"
 
 
 def check_trained_base(adapter_dir: Path, base: str, named_by: str, merge: bool = True) -> str | None:
@@ -243,6 +271,7 @@ def export_full(final: Path, dest: Path, dtype: str, force: bool, model: str | N
     replace = check_out(dest, final, force)
     tokenizer = load_tokenizer(str(final / "tokenizer"))
     template = resolve_template(tokenizer, "auto")
+    unread = beyond_embedding(tokenizer, embedding_rows(str(final / "model")), gguf)
 
     def fill(tmp: Path) -> dict[str, Any]:
         shutil.copytree(final / "model", tmp, dirs_exist_ok=True)
@@ -252,7 +281,8 @@ def export_full(final: Path, dest: Path, dtype: str, force: bool, model: str | N
             eos = json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id") if gen.is_file() else None
             stops = stop_ids(tokenizer, template, eos)
             to_gguf.convert(tmp, tmp / f"model-{gguf}.gguf", gguf, name=dest.name, stops=stops)
-        return {"adapter": str(final.resolve()), "base": None, "quant": "none", "merged": True, "dtype": None}
+        info = {"adapter": str(final.resolve()), "base": None, "quant": "none", "merged": True, "dtype": None}
+        return {**info, "warnings": [unread] if unread else []}
 
     return publish(dest, replace, fill)
 
@@ -299,6 +329,10 @@ def serve_notes(dest: Path) -> list[str]:
     """Lines for the user after an export: what vLLM cannot load (then: merge), else the `vllm serve` command
     after notes on a rank above vLLM's default and on a quantized training base."""
     info = json.loads((dest / MARKER).read_text(encoding="utf-8"))
+    return [*info.get("warnings", []), *_serve_lines(dest, info)]
+
+
+def _serve_lines(dest: Path, info: dict) -> list[str]:
     q = shlex.quote
     if info["merged"]:
         dq = []

@@ -161,7 +161,10 @@ class Sampler:
         if self.all_greedy:
             self.logps = torch.zeros(len(tokens), device=logits.device) if logps else None
             return self._record(tokens)
-        logits = logits / torch.where(greedy, 1.0, self.temp)[:, None]
+        # each row shifted by its top logit first: the same distribution, but a tiny temperature (1e-40) no longer
+        # overflows the logits to inf (and the draw to NaN)
+        top = logits.amax(-1, keepdim=True)
+        logits = (logits - torch.where(top.isfinite(), top, 0.0)) / torch.where(greedy, 1.0, self.temp)[:, None]
         if self.filtering:
             logits = self._top_k_top_p(logits)
         probs = logits.softmax(-1)
@@ -349,6 +352,38 @@ class Engine:
         self.waiting, self.filling, self.running = [], None, None
         return rows
 
+    def recover(self, fail: Callable[[Any, Exception], None], ticked: Callable[[], None] | None = None) -> None:
+        """After `tick` raised: the rows it was prefilling or decoding take one token each alone; a row that fails
+        alone goes to `fail(row, error)`, the others wait again, re-prefilled from their tokens so far (a greedy
+        reply is what it would have been). When none fails alone (the batch failed, e.g. out of memory), each runs
+        to its end alone, and only those that fail then go to `fail`. `ticked()` after each lone tick."""
+        suspects = list({id(r): r for p in (self.filling, self.running) if p is not None for r in p.rows}.values())
+        self.filling = self.running = None
+        solo = Engine(self.model, self.pad_id, 1, self.chunk, self.adapters, self.ban, self.sampled_logps)
+        solo.stats = self.stats
+        failed = []
+
+        def alone(row: Any, to_end: bool) -> bool:
+            before = len(row.ids)
+            solo.add([row])
+            try:
+                while solo.live() and (to_end or len(row.ids) == before):
+                    solo.tick()
+                    if ticked:
+                        ticked()
+            except Exception as e:
+                failed.append(row)
+                fail(row, e)
+                return False
+            finally:
+                solo.clear()
+            return True
+
+        passed = [r for r in suspects if not r.done and alone(r, False)]
+        if not failed:  # nobody to blame: each to its end alone
+            passed = [r for r in passed if not r.done and alone(r, True)]
+        self.waiting = [r for r in passed if not r.done] + self.waiting
+
     @torch.no_grad()
     def tick(self) -> None:
         """At most `prefill_chunk` tokens of prefill, then one decode step of the running batch."""
@@ -392,18 +427,16 @@ class Engine:
         logits = part.batch.prefill_part(self.chunk)
         if logits is None:
             return
-        # 2. the group's first tokens, then it joins the decoding batch
-        self.filling = None
+        # 2. the group's first tokens, then it joins the decoding batch (it stays `filling` until it has joined:
+        #    `recover` finds its rows there when this fails)
         self.stats["prefills"] += 1
         history = [self._history(r) for r in part.rows]
         n_prompt = [len(r.prompt_ids) for r in part.rows]
         part.sampler = Sampler([r.sampling for r in part.rows], history, n_prompt, logits.shape[-1], self.device)
         part.tokens = self._sample(part, logits)
         self._drop(part)
-        if not part.rows:
-            return
-        if self.running is None:
-            self.running = part
+        if not part.rows or self.running is None:
+            self.filling, self.running = None, self.running or (part if part.rows else None)
             return
         run = self.running
         self.stats["joined"] += len(part.rows)
@@ -418,7 +451,7 @@ class Engine:
         hist = [self._history(r) for r in run.rows]
         run.sampler.join(part.sampler, hist, [len(r.prompt_ids) for r in run.rows])
         run.tokens = torch.cat([run.tokens, part.tokens])
-        run.rows = run.rows + part.rows
+        self.filling, run.rows = None, run.rows + part.rows
 
     def _sample(self, part: _Part, logits: torch.Tensor) -> torch.Tensor:
         rows = part.rows

@@ -29,10 +29,11 @@ How a request flows:
 4. A row ends on an end-of-turn/EOS token or one of its stop_token_ids (counted in usage, as OpenAI and
    vLLM do), a stop string, its own `max_tokens`, or a client that went away (streaming or not, a hang-up
    stops its rows, so it frees its slot); a finished row leaves the batch at once and its slot goes to the
-   next waiting job. A client that is connected but reads slowly is no hang-up: TCP back-pressure only
-   holds its deltas in its queue, and its row keeps generating. /health counts `batches` (prompt groups
-   prefilled), `joined` (rows that joined a batch already decoding), `steps` and `kv_rows` (rows holding a
-   KV cache now).
+   next waiting job. A step that raises is retried row by row (`weitiao.infer.generate.Engine.recover`): only
+   the job whose row fails alone gets the error (/health: `failed`). A client that is connected but reads
+   slowly is no hang-up: TCP back-pressure only holds its deltas in its queue, and its row keeps generating.
+   /health counts `batches` (prompt groups prefilled), `joined` (rows that joined a batch already decoding),
+   `steps` and `kv_rows` (rows holding a KV cache now).
 
 With an output filter set, a streamed choice arrives as one filtered delta at its end, because the filter
 needs the whole text, and log-probs are refused (they would show what the filter hides).
@@ -56,7 +57,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from weitiao.data.decode import decode_whole
-from weitiao.data.templates import ChatTemplate, resolve_template
+from weitiao.data.templates import ChatTemplate, late_system, resolve_template
 from weitiao.errors import UserError
 from weitiao.infer import tools as tooling
 from weitiao.infer.api import BadRequest, ChatRequest, CompletionRequest, Guard, Sampling, error, read_body
@@ -326,6 +327,7 @@ def create_app(
     pending: list[Job] = []  # waiting for rows in the engine; appended here, taken by the engine thread
     engine = Engine(model, _pad_id(tokenizer, stop_ids), cfg.max_batch, cfg.prefill_chunk, bool(cfg.adapters), banned)
     stats = {"running": 0, "served": 0, "cancelled": 0, "rejected": 0, "busy_s": 0.0, "generated_tokens": 0}
+    stats["failed"] = 0  # requests answered with a generation error (a 500, or an error event in their stream)
     stats |= {"batches": 0, "joined": 0, "steps": 0}  # prefilled groups, rows joining a decoding batch, steps
     stats["kv_rows"] = 0  # rows holding a KV cache in the engine (a hung-up row's goes at the next token)
     prep = ThreadPoolExecutor(2, thread_name_prefix="weitiao-prep")  # JSON, template, tokenizer: off the loop
@@ -334,10 +336,19 @@ def create_app(
     async def worker() -> None:
         loop = asyncio.get_running_loop()
         outbox: list = []
-        active: list[Job] = []
 
         def publish(events: list) -> None:  # called from the engine thread, once per tick
             loop.call_soon_threadsafe(lambda: [job.events.put_nowait(ev) for job, ev in events])
+
+        def flush() -> None:  # one hand-off to the event loop per tick, not per row
+            if outbox:
+                publish(outbox[:])
+                outbox.clear()
+
+        def fail(of: _Row | Job, e: Exception) -> None:
+            job = of if isinstance(of, Job) else of.job
+            outbox.append((job, ("error", f"generation failed: {e}")))
+            job.cancelled = True
 
         def drive() -> None:
             """In a thread: admit waiting jobs, tick the engine, hand the events over; until nothing is left."""
@@ -350,33 +361,26 @@ def create_app(
                         pending.remove(job)
                     elif job.n <= free:
                         pending.remove(job)
+                        try:  # an echo's prompt log-probs are a prefill of its own ([len, vocab] logits): its failure
+                            rows = admit(model, tokenizer, job, stop_ids, outbox, bool(cfg.adapters), masks)
+                        except Exception as e:  # is its job's, and must not end this thread (nothing would run)
+                            fail(job, e)
+                            continue
                         free -= job.n
-                        active.append(job)
-                        engine.add(admit(model, tokenizer, job, stop_ids, outbox, bool(cfg.adapters), masks))
-                active[:] = [j for j in active if any(not r.done for r in j.rows)]
+                        engine.add(rows)
                 stats["running"] = engine.live()
                 if not stats["running"]:
-                    if outbox:
-                        publish(outbox[:])
-                        outbox.clear()
-                    return
+                    return flush()
                 # 2. one tick: a prefill chunk of the next group, one decode step of the running batch
                 try:
                     engine.tick()
-                except Exception as e:  # a failed step answers its jobs with an error, the server lives on
-                    engine.clear()
-                    outbox.clear()
-                    publish([(job, ("error", f"generation failed: {e}")) for job in active])
-                    for job in active:
-                        job.cancelled = True
-                    active.clear()
+                except Exception:  # only the job whose row fails alone gets the error; the server lives on
+                    engine.recover(fail, flush)
                 stats.update(
                     batches=engine.stats["prefills"], joined=engine.stats["joined"], steps=engine.stats["steps"],
                     generated_tokens=engine.stats["tokens"], kv_rows=engine.cached(),
                 )  # fmt: skip
-                if outbox:  # one hand-off to the event loop per tick, not per row
-                    publish(outbox[:])
-                    outbox.clear()
+                flush()
 
         while True:
             while not pending:
@@ -417,8 +421,11 @@ def create_app(
             raise BadRequest(f"{field}: constrained decoding needs a byte-level or SentencePiece tokenizer", field)
         try:
             prompt = template.render(tokenizer, messages, add_generation_prompt=True, tools=plan.tools)
+            late = template.misplaced_system(tokenizer, messages, plan.tools)
         except Exception as e:  # e.g. a template that insists on alternating roles
             raise BadRequest(f"messages: the chat template refused them: {e}", "messages") from None
+        if late is not None:  # the model would read the conversation without it, or somewhere else
+            raise BadRequest(f"messages.{late}: {late_system(template)}", f"messages.{late}")
         ids = tokenize(prompt, "messages")  # first: the screen's regexes hold the GIL, keep megabytes from them
         if why := beyond_vocab(tokenizer, ids, vocab):  # fed, it would fail the batch it joins: others' replies too
             raise BadRequest(f"messages: {why}", "messages")
@@ -486,9 +493,10 @@ def create_app(
         temperature, top_p, top_k = (defaults[k] if getattr(req, k) is None else getattr(req, k) for k in defaults)
         greedy = temperature == 0
         sampling = RowSampling(
-            temperature, 1.0 if greedy else top_p, 0 if greedy else top_k,
+            temperature, 1.0 if greedy else top_p, 0 if greedy else max(top_k, 0),
             folder_rep if req.repetition_penalty is None else req.repetition_penalty,
-            req.presence_penalty or 0.0, req.frequency_penalty or 0.0, min_p=0.0 if greedy else folder.min_p,
+            req.presence_penalty or 0.0, req.frequency_penalty or 0.0,
+            min_p=0.0 if greedy else folder.min_p if req.min_p is None else req.min_p,
         )  # fmt: skip
         adapter = req.model if req.model in cfg.adapters else "__base__"
         return Job(
@@ -578,6 +586,7 @@ def create_app(
                         stats["cancelled"] += 1
                         return error(499, "client closed the request")
                     if ev[0] == "error":
+                        stats["failed"] += 1
                         return error(500, ev[1], "server_error")
                     if ev[0] == "prompt":
                         prompt_lps[ev[1] : ev[1] + n] = [ev[2]] * n
@@ -639,10 +648,12 @@ def create_app(
                 out = [
                     sse([choice(i, e, None, True)]) for i, e in enumerate(echoes) if e and (top is None or i in refused)
                 ]
+            failed = False
             try:
                 async for ev in replies():
                     if ev[0] == "error":
                         out.append(f"data: {json.dumps({'error': {'message': ev[1], 'type': 'server_error'}})}\n\n")
+                        failed = True
                         break
                     if ev[0] == "delta" and calls:  # text that may be a call is held back
                         i, text = ev[1], calls[ev[1]].feed(ev[2])
@@ -676,11 +687,11 @@ def create_app(
                     if events.empty():  # send what has piled up in one write
                         yield "".join(out)
                         out = []
-                if with_usage:
+                if with_usage and not failed:
                     out.append(sse([], usage=usage(used)))
                 yield "".join(out) + "data: [DONE]\n\n"
                 finished = True
-                stats["served"] += 1
+                stats["failed" if failed else "served"] += 1
             finally:
                 if not finished:  # the client went away (or the batch failed): stop its rows
                     stats["cancelled"] += 1

@@ -25,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 
 from weitiao.config import dump_config
 from weitiao.data.formats import FORMATS, ROLE_MAP
+from weitiao.data.templates import late_system
 from weitiao.demo import DATA_DIR, DEMO_DIR
 from weitiao.errors import UserError
 from weitiao.infer.api import KnownQuery, UniqueKeys
@@ -335,6 +336,9 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
             if m.get("role") not in ROLE_MAP:
                 raise UserError(f"messages[{k}].role: {m.get('role')!r}; choose {', '.join(ROLE_MAP)}")
         messages = [{**m, "role": ROLE_MAP[m["role"]]} for m in messages]  # developer: the system role's newer name
+        if messages[-1]["role"] == "assistant":  # the reply would be a second assistant turn in a row, or a guess
+            raise UserError(f"messages[{len(messages) - 1}]: the conversation ends with an assistant turn; end it "
+                            "with the user turn to answer (the console does not continue a reply)")  # fmt: skip
         temperature = body.get("temperature") or 0.0
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < 1e6:
             raise UserError(f"temperature: {temperature!r} is not a number ≥ 0 (0 = greedy)")
@@ -342,6 +346,12 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
         weights = runs.weights(str(name), str(ckpt))
         base = yaml.safe_load((runs.existing(str(name)) / "ui" / "config.yaml").read_text(encoding="utf-8"))
         loaded = models.get(str(base["model"]["path"]), weights)
+        try:  # a system message placed as `weitiao serve` places it, or refused as serve refuses it
+            late = loaded.template.misplaced_system(loaded.tokenizer, messages)
+        except Exception as e:  # e.g. a template that insists on alternating roles
+            raise UserError(f"messages: the chat template refused them: {e}") from None
+        if late is not None:
+            raise UserError(f"messages[{late}]: {late_system(loaded.template)}")
         chunks = models.stream(loaded, [{"role": m["role"], "content": m["content"]} for m in messages], **sampling)
         # the first piece before the 200: a conversation the model refuses (over its context) is a 400 the page shows,
         # not an empty reply with the error only in the console's log

@@ -10,6 +10,7 @@ keeper process is gone while run.json still says running (the machine rebooted) 
 
 from __future__ import annotations
 
+import filecmp
 import json
 import math
 import os
@@ -49,6 +50,18 @@ def _alive(pid: int | None) -> bool:
 def _finite(row: dict) -> dict:
     """JSON for the browser: Infinity/NaN (JSON.parse refuses them) become null."""
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+
+
+def _same_weights(step: Path, final: Path) -> bool:
+    """Whether a checkpoint's weight files (adapter/ or model/) are final's, byte for byte (filecmp compares sizes
+    first and caches by size and mtime, so a run list does not reread them)."""
+    for sub in ("adapter", "model"):
+        mine, theirs = step / sub, final / sub
+        if mine.is_dir() and theirs.is_dir():
+            names = sorted(f.name for f in mine.iterdir() if f.suffix in (".safetensors", ".bin"))
+            same = names == sorted(f.name for f in theirs.iterdir() if f.suffix in (".safetensors", ".bin"))
+            return bool(names) and same and all(filecmp.cmp(mine / n, theirs / n, shallow=False) for n in names)
+    return False
 
 
 class RunStore:
@@ -188,15 +201,23 @@ class RunStore:
             f.seek(max(0, f.seek(0, 2) - size))
             return f.read().decode("utf-8", errors="replace")
 
-    def checkpoints(self, name: str) -> list[str]:
-        """Chat-able weights of a run: 'base', 'step-NNNNNN'…, 'final' (names, never paths)."""
+    def _saved(self, name: str) -> list[str]:
+        """Every checkpoint name of a run on disk: 'base', 'step-NNNNNN'…, 'final'."""
         d = self.existing(name)
         steps = sorted(p.name for p in (d / "checkpoints").glob("step-*") if STEP_DIR.fullmatch(p.name))
         return ["base", *steps, *(["final"] if (d / "final").is_dir() else [])]
 
+    def checkpoints(self, name: str) -> list[str]:
+        """Chat-able weights of a run: 'base', 'step-NNNNNN'…, 'final' (names, never paths); a step whose weights are
+        final's, file for file (the checkpoint of the run's last step), is listed once, as 'final'."""
+        d, saved = self.existing(name), self._saved(name)
+        dup = {c for c in saved if c.startswith("step-") and _same_weights(d / "checkpoints" / c, d / "final")}
+        return [c for c in saved if c not in dup]
+
     def weights(self, name: str, ckpt: str) -> Path | None:
-        """The folder of checkpoint `ckpt` of run `name` (None: the base model); only listed names pass."""
-        if ckpt not in self.checkpoints(name):
+        """The folder of checkpoint `ckpt` of run `name` (None: the base model); only names on disk pass (a step
+        listed as 'final' too)."""
+        if ckpt not in self._saved(name):
             raise UserError(f"run {name}: no checkpoint {ckpt!r}")
         d = self.existing(name)
         return None if ckpt == "base" else d / "final" if ckpt == "final" else d / "checkpoints" / ckpt
