@@ -168,6 +168,18 @@ def test_cli_table_and_json():
     assert isinstance(res.exception, UserError)
 
 
+def test_memory_table_of_a_tiny_model_shows_its_sizes():
+    """Every memory cell of a tiny model printed 0.0 GiB (one decimal); below 1 GiB two significant digits."""
+    res = CliRunner().invoke(
+        app, ["lora", "--layers", "2", "--hidden", "64", "--vocab", "1000", "--intermediate", "128"]
+    )
+    assert res.exit_code == 0, res.output
+    table = res.output.split("weights + gradients")[1].split("FLOPs")[0]
+    rows = [line for line in table.splitlines() if line.startswith("│ full fp32")]
+    cells = [c.strip() for c in rows[0].split("│")[2:-1]]
+    assert cells == ["0.00078", "0.00078", "0.0016", "0.0031", "0.0004", "0.002"], cells
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [

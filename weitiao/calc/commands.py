@@ -26,6 +26,11 @@ def _count(n: float) -> str:
     return f"{n:,.0f}"
 
 
+def _gib(x: float) -> str:
+    """1,234.5 for large sizes; two significant digits below 1 GiB (a tiny model's 0.00021 printed as 0.0)."""
+    return f"{x:,.1f}" if x >= 1 or x == 0 else f"{x:.2g}"
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.3g}%"
 
@@ -74,7 +79,7 @@ def lora(p: LoraInput, as_json: bool = typer.Option(False, "--json", help="print
         mt.add_row(
             row["method"],
             *(
-                f"{row[k]:,.1f}"
+                _gib(row[k])
                 for k in ("weights", "grads", "adam_fp32", "total_adam_fp32", "adam_8bit", "total_adam_8bit")
             ),
         )
