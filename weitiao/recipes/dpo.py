@@ -419,7 +419,7 @@ def run(cfg: DPOConfig) -> dict:
     opened = loop.open_run(out, t, cfg, accel)  # refused on a changed config; `out` unchanged until loop.start
     data = prepare_pairs(cfg, tokenizer, rejects_dir=opened.staged)
     pairs = data.pair_lengths(), data.content_key, data.eval, data.weights, data.eval_weights
-    loop.same_on_every_process(accel, cfg, opened, *pairs)
+    loop.same_on_every_process(accel, cfg, opened.config_yaml, opened.inputs, *pairs)
     loop.refuse_eval_without_data(cfg.train, bool(data.eval))
     kl_default = DPOSpec.model_fields["kl_max_new_tokens"].default  # the default: set or not, nothing to say
     if not data.eval and cfg.dpo.kl_max_new_tokens not in (0, kl_default):

@@ -192,7 +192,9 @@ def run(cfg: RMConfig) -> dict:
         raise UserError("data.weight_field: per-pair weights are used by DPO only; remove it for the reward model")
     opened = loop.open_run(out, t, cfg, accel)  # refused on a changed config; `out` unchanged until loop.start
     data = prepare_pairs(cfg, tokenizer, read_margins=True, read_weights=False, rejects_dir=opened.staged)
-    loop.same_on_every_process(accel, cfg, opened, data.pair_lengths(), data.content_key, data.eval, data.margins)
+    loop.same_on_every_process(
+        accel, cfg, opened.config_yaml, opened.inputs, data.pair_lengths(), data.content_key, data.eval, data.margins
+    )
     loop.refuse_eval_without_data(cfg.train, bool(data.eval))
     if data.margins and cfg.rm.margin:
         raise UserError(f"rm.margin={cfg.rm.margin}: the data has a margin column, read per pair as TRL does, so "

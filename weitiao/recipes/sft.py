@@ -257,7 +257,9 @@ def run(cfg: SFTConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model.path)
     opened = loop.open_run(out, t, cfg, accel)  # refused on a changed config; `out` unchanged until loop.start
     data = prepare_data(cfg, tokenizer, opened.staged)
-    loop.same_on_every_process(accel, cfg, opened, example_lengths(data.train), data.content_key, data.eval)
+    loop.same_on_every_process(
+        accel, cfg, opened.config_yaml, opened.inputs, example_lengths(data.train), data.content_key, data.eval
+    )
     loop.refuse_eval_without_data(t, bool(data.eval), golden_cadence=True)
     pad_id = tokenizer.pad_token_id
     world = accel.num_processes

@@ -467,12 +467,23 @@ LOCAL_KEYS = {"data.cache", "data.cache_dir", "data.num_proc", "train.progress",
 
 
 def same_on_every_process(
-    accel: Any, cfg: Any, opened: Opened, lengths: list[int], content: str, evals: Any, *extra: Any
+    accel: Any,
+    cfg: Any,
+    config_yaml: str,
+    inputs: dict,
+    lengths: list[int],
+    content: str,
+    evals: Any,
+    *extra: Any,
+    data_key: str = "data.train",
+    rows: str = "rows (pairs)",
 ) -> None:
     """Refuse a run whose processes read another config, other data or other models (a copy per node, one stale):
     each trained its share of its own rows at its own settings, and the run was recorded as process 0's, exit 0.
     Compared: the config but for paths and LOCAL_KEYS, what the paths hold (the training rows' `lengths` and
-    `content` digest, the eval examples `evals`, `extra` per-pair values; the models' fingerprints). Collective."""
+    `content` digest, the eval examples `evals`, `extra` per-pair values; the models' fingerprints; the bytes of
+    train.golden). `config_yaml`, `inputs`: `Opened`'s. `data_key`, `rows`: the rows' config key and name.
+    Collective."""
     if accel.num_processes == 1:
         return
     import socket
@@ -485,22 +496,26 @@ def same_on_every_process(
     for e in evals:
         h.update(np.asarray(e.input_ids, dtype=np.int64).tobytes() + b"|")
         h.update(np.asarray(e.labels, dtype=np.int64).tobytes() + b"|")
-    mine = (socket.gethostname(), opened.config_yaml, opened.inputs, (len(lengths), content, h.hexdigest()))
+    golden = getattr(getattr(cfg, "train", None), "golden", None)  # answered at saves, by each process its share
+    golden = hashlib.sha256(Path(golden).read_bytes()).hexdigest() if golden and Path(golden).is_file() else None
+    mine = (socket.gethostname(), config_yaml, inputs, (len(lengths), content, h.hexdigest()), golden)
     every = dist.gather_objects(mine)
     paths = {".".join(k) for k in path_keys(type(cfg))}
-    host0, yaml0, inputs0, data0 = every[0]
-    for rank, (host, yaml_r, inputs, data) in enumerate(every[1:], 1):
+    host0, yaml0, inputs0, data0, golden0 = every[0]
+    for rank, (host, yaml_r, inputs, data, golden_r) in enumerate(every[1:], 1):
         changes = {k: v for k, v in ck.config_changes(yaml0, yaml_r).items() if k not in paths | LOCAL_KEYS}
         models = sorted(k for k in inputs0.keys() | inputs.keys() if inputs0.get(k) != inputs.get(k))
         if changes:
             key, (a, b) = next(iter(changes.items()))
             what = f"config key {key}: {a!r} on process 0, {b!r} on process {rank}"
         elif models:
-            what = f"the weights at {models[0]} (other files behind the same path)"
+            what = f"what {models[0]} names (other weights or code behind the same path)"
         elif data[0] != data0[0]:
-            what = f"data.train: {data0[0]} rows (pairs) on process 0, {data[0]} on process {rank}"
+            what = f"{data_key}: {data0[0]} {rows} on process 0, {data[0]} on process {rank}"
         elif data[1] != data0[1]:
-            what = f"data.train: other texts in its {data[0]} rows (pairs)"
+            what = f"{data_key}: other texts in its {data[0]} {rows}"
+        elif golden_r != golden0:
+            what = "train.golden: other prompts behind the same path (or no file on one of them)"
         elif data != data0:
             what = "eval data or per-pair values (data.eval, weights, margins)"
         else:
