@@ -207,9 +207,7 @@ def test_a_process_short_of_micro_batches_runs_a_filler_to_stay_in_step():
 
 
 def test_resume_on_other_data_is_refused():
-    state = loop.new_state()
-    loop.EpochPlan([1] * 8, 8, False, spec(max_steps=4), world=1).total_steps(state)
-    state["step"] = 2
+    state = {**loop.new_state(), **loop.EpochPlan([1] * 8, 8, False, spec(max_steps=4), world=1).keys, "step": 2}
     with pytest.raises(UserError, match="the training data changed since the checkpoint"):
         loop.EpochPlan([2] * 8, 8, False, spec(max_steps=4), world=1).total_steps(state)
     assert loop.EpochPlan([2] * 8, 8, False, spec(max_steps=4, resume="force"), world=1).total_steps(state) == 4

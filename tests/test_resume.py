@@ -450,3 +450,47 @@ def test_a_fresh_two_process_run_moves_the_previous_rejects_aside_before_writing
     (previous,) = (run / "previous").iterdir()
     assert '"bad": "old"' in (previous / "rejects.jsonl").read_text()
     assert '"bad": "new"' in (run / "rejects.jsonl").read_text()
+
+
+def test_refusals_of_the_run_s_plan_come_before_anything_is_written(tiny_model_dir, chat_file, tmp_path, monkeypatch):
+    """The data-changed refusal of a resume and the 'packed epoch too small for the processes' one came after the
+    run had started: the resume had already moved metrics rows past the checkpoint to metrics.abandoned.jsonl and
+    rewritten config.yaml, a fresh run had moved the previous run to previous/. And a run refused after its data was
+    read left its staged rejects in the temp folder. Now both refuse before anything is written, and no stage stays."""
+    import tempfile
+
+    from conftest import write_jsonl
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))  # where the rejects are staged (and torchrun's processes:)
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    rows = [json.loads(x) for x in Path(chat_file).read_text(encoding="utf-8").splitlines()]
+    data = write_jsonl(tmp_path / "d.jsonl", [*rows, {"instruction": "坏行"}])  # one rejected row: staged
+    run, args = tmp_path / "run", ("train.max_steps=4", "train.save_every=2", "data.skip_invalid=true")
+    sft.run(config(tiny_model_dir, data, run, *args, "train.stop_after=3"))
+    before = snapshot(run)
+    write_jsonl(data, [*rows[1:], {"instruction": "坏行"}])
+    with pytest.raises(UserError, match="^train.resume: the training data changed since the checkpoint"):
+        sft.run(config(tiny_model_dir, data, run, *args))
+    assert snapshot(run) == before  # was: metrics.abandoned.jsonl, metrics.jsonl cut to step 2
+    assert not list(tmp.glob("weitiao-rejects-*"))  # was: weitiao-rejects-… left behind
+    with pytest.raises(UserError, match="train.eval_every=1 needs eval data"):  # a refusal before the model loads
+        sft.run(
+            config(tiny_model_dir, data, run, *args, "data.eval_split=0", "train.eval_every=1", "train.resume=none")
+        )
+    assert not list(tmp.glob("weitiao-rejects-*")) and snapshot(run) == before
+
+    driver = tmp_path / "cli.py"
+    driver.write_text("import sys\nfrom weitiao.cli import main\nsys.argv[0] = 'weitiao'\nmain()\n")
+    (tmp_path / "empty.yaml").write_text("{}\n")
+    three = write_jsonl(tmp_path / "three.jsonl", [*rows[:3], {"instruction": "坏行"}])  # one packed micro-batch
+    over = [f"model.path={tiny_model_dir}", f"data.train=[{three}]", f"train.out={run}", "train.resume=none"]
+    over += ["data.skip_invalid=true", "train.micro_batch_size=4", "train.max_steps=1", "train.progress=false"]
+    p = torchrun_driver(driver, "sft", str(tmp_path / "empty.yaml"), *over, ok=False)
+    assert "1 micro-batches for 2 processes" in p.stderr + p.stdout
+    assert snapshot(run) == before and not (run / "previous").exists()  # was: the previous run moved aside
+    assert not list(tmp.glob("weitiao-rejects-*"))
+    write_jsonl(data, [*rows, {"instruction": "坏行"}])  # negative control: the same data resumes
+    sft.run(config(tiny_model_dir, data, run, *args))
+    assert (run / "metrics.abandoned.jsonl").exists() and (run / "final").is_dir()

@@ -423,7 +423,7 @@ def resume_point(out: Path, resume: str) -> Path | None:
     return p
 
 
-def _saved_state(ckpt: Path) -> dict[str, Any]:
+def saved_state(ckpt: Path) -> dict[str, Any]:
     """A checkpoint's trainer state, memory-mapped (its optimizer tensors are not read)."""
     return torch.load(ckpt / STATE_FILE, weights_only=False, mmap=True)
 
@@ -431,7 +431,7 @@ def _saved_state(ckpt: Path) -> dict[str, Any]:
 def _saved_step(ckpt: Path) -> int:
     if ckpt.name.startswith("step-") and ckpt.name[5:].isdigit():
         return step_of(ckpt)
-    return int(_saved_state(ckpt)["step"])
+    return int(saved_state(ckpt)["step"])
 
 
 def saved_world(state: dict[str, Any]) -> int:
@@ -489,7 +489,7 @@ def open_run(
     if gather is not None and world > 1:
         same_checkpoint_everywhere(ckpt, gather)
     if ckpt is not None:
-        check_world(ckpt, saved_world(_saved_state(ckpt)), world, resume == "force")
+        check_world(ckpt, saved_world(saved_state(ckpt)), world, resume == "force")
         forced, changes = check_config(ckpt, config_yaml, force=resume == "force")
         forced_inputs = check_inputs(ckpt, inputs or {}, force=resume == "force")
         if main:

@@ -63,6 +63,9 @@ class EpochPlan:
         self.lengths, self.capacity, self.packing, self.t, self.content = lengths, capacity, packing, t, content
         self.world, self.per_step = world, world * t.grad_accum
         self.epoch = lru_cache(maxsize=2)(self._epoch)
+        # Same data file names (config.yaml) can hold other rows: a resumed plan would then skip or repeat.
+        key = hashlib.sha256(repr((lengths, capacity)).encode()).hexdigest()[:16]
+        self.keys = {"data_key": key, **({"data_content": content} if content else {})}  # kept in the trainer state
         self._steps: dict[int, int] = {}
         self.note = ""  # set by total_steps: a line for the user when train.max_steps overrides a train.epochs they set
 
@@ -86,9 +89,10 @@ class EpochPlan:
             self._steps[epoch] = max(n // self.per_step, 1) if n >= self.world else 0
         return self._steps[epoch]
 
-    def total_steps(self, state: dict[str, Any]) -> int:
+    def total_steps(self, saved: dict[str, Any]) -> int:
         """Steps of the run; refuses a run with no step to take, an epoch some process would train nothing of, and
-        resuming on other data."""
+        resuming on other data. `saved`: the checkpoint's trainer state (`Opened.state`); called before `start`, so a
+        refusal leaves the run folder as it was."""
         t = self.t
         if t.max_steps is not None:
             total = t.max_steps
@@ -110,21 +114,16 @@ class EpochPlan:
                 )
             left -= self.steps_in(epoch) if t.max_steps is not None else 1
             epoch += 1
-        # Same data file names (config.yaml) can hold other rows: a resumed plan would then skip or repeat.
-        key = hashlib.sha256(repr((self.lengths, self.capacity)).encode()).hexdigest()[:16]
-        saved_key, saved_content = state.setdefault("data_key", key), state.get("data_content")
+        key, saved_content = self.keys["data_key"], saved.get("data_content")
         other_texts = bool(self.content and saved_content and saved_content != self.content)  # older: lengths only
-        if (saved_key != key or other_texts) and t.resume != "force":
+        if (saved.get("data_key", key) != key or other_texts) and t.resume != "force":
             raise UserError(
                 "train.resume: the training data changed since the checkpoint (other rows, texts or lengths after "
                 "tokenization); restore it, set train.resume=none for a new run, or train.resume=force"
             )
-        state["data_key"] = key
-        if self.content:
-            state["data_content"] = self.content
-        if state["step"] >= total:
+        if saved["step"] >= total:
             raise UserError(
-                f"train: the checkpoint is at step {state['step']} and the run has {total} steps, so nothing "
+                f"train: the checkpoint is at step {saved['step']} and the run has {total} steps, so nothing "
                 "would be trained; raise train.max_steps (or train.epochs) to continue, or set train.resume=none"
             )
         return total
@@ -440,12 +439,22 @@ def new_state() -> dict[str, Any]:
 
 
 class Opened(NamedTuple):
-    """What `open_run` decided, for `start`."""
+    """What `open_run` decided, for `start`. As a context manager around everything up to `start`, it removes the
+    staged rejects files when the run is refused before `start` (unless the refusal names them)."""
 
     config_yaml: str
     inputs: dict  # input fingerprints
     ckpt: Path | None  # the checkpoint to resume; None: a fresh start
     staged: Path  # where the data's rejects files go until `start` moves them into `out` (made when written)
+    state: dict  # the checkpoint's step and data keys (`new_state()` when fresh), for `EpochPlan.total_steps`
+
+    def __enter__(self) -> Opened:
+        return self
+
+    def __exit__(self, kind: object, error: object, tb: object) -> None:
+        if error is not None and str(self.staged) in str(error):
+            return  # the refusal names them (no valid row: the rejects say why), so they stay
+        shutil.rmtree(self.staged, ignore_errors=True)  # ours (a random name); gone already after `start`
 
 
 def open_run(out: Path, t: TrainSpec, cfg: Any, accel: Any) -> Opened:
@@ -459,7 +468,11 @@ def open_run(out: Path, t: TrainSpec, cfg: Any, accel: Any) -> Opened:
     main, world = accel.is_main_process, accel.num_processes
     ckpt = ck.open_run(out, t.resume, config_yaml, main, inputs, world, dist.gather_objects, write=False, move=False)
     staged = Path(tempfile.gettempdir()) / f"weitiao-rejects-{secrets.token_hex(8)}"  # one per process
-    return Opened(config_yaml, inputs, ckpt, staged)
+    state = new_state()
+    if ckpt is not None:
+        saved = ck.saved_state(ckpt)
+        state.update({k: saved[k] for k in ("step", "data_key", "data_content") if k in saved})
+    return Opened(config_yaml, inputs, ckpt, staged, state)
 
 
 # Keys that only change how a process reads or shows things: they may differ from process to process.
@@ -528,12 +541,13 @@ def same_on_every_process(
 
 
 def start(
-    out: Path, t: TrainSpec, opened: Opened, accel: Any, module: Any, optimizer: Any
+    out: Path, t: TrainSpec, opened: Opened, accel: Any, module: Any, optimizer: Any, plan: EpochPlan
 ) -> tuple[dict, Path | None, MetricsLog]:
     """Resume from `open_run`'s checkpoint (weights, optimizer, this process's RNG, data position, early-stop state)
     or start fresh, the previous run's files moved aside first; move the staged rejects files into `out`; write
-    config.yaml and inputs.json; open the metrics log. `module` is what the recipe passed to accelerator.prepare."""
-    config_yaml, inputs, ckpt, staged = opened
+    config.yaml and inputs.json; open the metrics log. `module` is what the recipe passed to accelerator.prepare;
+    `plan`: the run's, whose `total_steps` has passed (its refusals come before anything here is written)."""
+    config_yaml, inputs, ckpt, staged = opened.config_yaml, opened.inputs, opened.ckpt, opened.staged
     if ckpt is None:
         ck.set_aside(out, accel.is_main_process)
     accel.wait_for_everyone()  # the previous run is aside before any process writes into `out`
@@ -547,6 +561,7 @@ def start(
     rank, world = accel.process_index, accel.num_processes
     if ckpt is not None:
         state.update(dist.load_checkpoint(ckpt, accel, module, optimizer, rank, world, t.resume == "force"))
+    state.update(plan.keys)  # this data's (after a forced resume on other data, the new data's)
     resumed_at = state["step"] if ckpt is not None else None
     log = MetricsLog(out, accel.is_main_process, t.tensorboard, t.report_to, config_yaml, resumed_at)
     log.log("run", state["step"], device=accel.device.type, world=world)  # read by calc plan
