@@ -311,7 +311,9 @@ def test_two_process_resume_restores_each_process_rng(tiny_model_dir, chat_file,
     ckpt = tmp_path / "killed" / "checkpoints" / "step-000002"
     assert sorted(p.name for p in ckpt.glob("rng_state_*")) == ["rng_state_0.pt", "rng_state_1.pt"]
     one = load_config(sft.SFTConfig, None, [*common, "train.max_steps=4", f"train.out={tmp_path / 'killed'}"])
-    with pytest.raises(UserError, match=r"written by 2 process\(es\), this run has 1; resume with 2"):
+    with pytest.raises(
+        UserError, match=r"written by 2 process\(es\) taking 2 micro-batches a step .*grad_accum 2 on 1"
+    ):
         sft.run(one)
 
 
@@ -450,6 +452,45 @@ def test_a_fresh_two_process_run_moves_the_previous_rejects_aside_before_writing
     (previous,) = (run / "previous").iterdir()
     assert '"bad": "old"' in (previous / "rejects.jsonl").read_text()
     assert '"bad": "new"' in (run / "rejects.jsonl").read_text()
+
+
+def test_a_resume_on_other_processes_taking_as_many_micro_batches_a_step_is_exact(tmp_path):
+    """2 processes × micro_batch 1 stopped, resumed on 1 process with train.grad_accum 2 (and the other way): step k
+    reads the same micro-batches of its epoch, each draws its dropout masks from (seed, step, its index in the step),
+    and the loss is normalized by the whole step's targets, so the run is the uninterrupted one. It was refused
+    ('resume with 2'), and under train.resume=force said rows would be trained twice or skipped."""
+    from conftest import CHAT_ROWS, build_tokenizer, write_jsonl
+
+    model_dir = save_tiny_model(tmp_path / "model", build_tokenizer(eos="<|endoftext|>"), hidden=64, seed=5)
+    rows = [{**r, "instruction": f"{r['instruction']} 第{i}次"} for i, r in enumerate(CHAT_ROWS * 3)]
+    data = write_jsonl(tmp_path / "chat.jsonl", rows)  # lora.dropout 0.05, packed rows: the defaults
+    common = [f"model.path={model_dir}", f"data.train=[{data}]", "train.micro_batch_size=1", "data.max_len=64"]
+    common += ["train.max_steps=4", "train.save_every=1", "train.lr=5e-3", "train.progress=false"]
+    common += ["train.tensorboard=false", "data.eval_split=0"]
+    driver = tmp_path / "cli.py"
+    driver.write_text("import sys\nfrom weitiao.cli import main\nsys.argv[0] = 'weitiao'\nmain()\n")
+    (tmp_path / "empty.yaml").write_text("{}\n")
+
+    def one(out: str, *extra: str) -> None:
+        sft.run(load_config(sft.SFTConfig, None, [*common, f"train.out={tmp_path / out}", *extra]))
+
+    def two(out: str, *extra: str) -> None:
+        torchrun_driver(driver, "sft", str(tmp_path / "empty.yaml"), *common, f"train.out={tmp_path / out}", *extra)
+
+    def losses(out: str) -> list[float]:
+        return [r["loss"] for r in read_metrics(tmp_path / out, "train")]
+
+    one("straight", "train.grad_accum=2")
+    two("two-one", "train.stop_after=2")
+    with pytest.raises(UserError, match=r"taking 2 micro-batches a step .* resume with train.grad_accum 2 on 1 proc"):
+        one("two-one")  # negative control: 1 micro-batch a step would read other rows
+    one("two-one", "train.grad_accum=2")
+    one("one-two", "train.grad_accum=2", "train.stop_after=2")
+    two("one-two")
+    for out in ("two-one", "one-two"):
+        assert losses(out) == pytest.approx(losses("straight"), abs=1e-5)
+        a, b = adapter(tmp_path / out), adapter(tmp_path / "straight")
+        assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)  # DDP: other sum order
 
 
 def test_refusals_of_the_run_s_plan_come_before_anything_is_written(tiny_model_dir, chat_file, tmp_path, monkeypatch):

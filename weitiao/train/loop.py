@@ -447,6 +447,7 @@ class Opened(NamedTuple):
     ckpt: Path | None  # the checkpoint to resume; None: a fresh start
     staged: Path  # where the data's rejects files go until `start` moves them into `out` (made when written)
     state: dict  # the checkpoint's step and data keys (`new_state()` when fresh), for `EpochPlan.total_steps`
+    same_steps: bool = False  # the checkpoint's processes were others, its steps alike (`ck.same_steps`)
 
     def __enter__(self) -> Opened:
         return self
@@ -472,7 +473,7 @@ def open_run(out: Path, t: TrainSpec, cfg: Any, accel: Any) -> Opened:
     if ckpt is not None:
         saved = ck.saved_state(ckpt)
         state.update({k: saved[k] for k in ("step", "data_key", "data_content") if k in saved})
-    return Opened(config_yaml, inputs, ckpt, staged, state)
+    return Opened(config_yaml, inputs, ckpt, staged, state, ck.same_steps(ckpt, config_yaml, world))
 
 
 # Keys that only change how a process reads or shows things: they may differ from process to process.
@@ -560,7 +561,8 @@ def start(
     state = new_state()
     rank, world = accel.process_index, accel.num_processes
     if ckpt is not None:
-        state.update(dist.load_checkpoint(ckpt, accel, module, optimizer, rank, world, t.resume == "force"))
+        force = t.resume == "force"
+        state.update(dist.load_checkpoint(ckpt, accel, module, optimizer, rank, world, force, opened.same_steps))
     state.update(plan.keys)  # this data's (after a forced resume on other data, the new data's)
     resumed_at = state["step"] if ckpt is not None else None
     log = MetricsLog(out, accel.is_main_process, t.tensorboard, t.report_to, config_yaml, resumed_at)
