@@ -207,9 +207,7 @@ def test_a_process_short_of_micro_batches_runs_a_filler_to_stay_in_step():
 
 
 def test_resume_on_other_data_is_refused():
-    state = loop.new_state()
-    loop.EpochPlan([1] * 8, 8, False, spec(max_steps=4), world=1).total_steps(state)
-    state["step"] = 2
+    state = {**loop.new_state(), **loop.EpochPlan([1] * 8, 8, False, spec(max_steps=4), world=1).keys, "step": 2}
     with pytest.raises(UserError, match="the training data changed since the checkpoint"):
         loop.EpochPlan([2] * 8, 8, False, spec(max_steps=4), world=1).total_steps(state)
     assert loop.EpochPlan([2] * 8, 8, False, spec(max_steps=4, resume="force"), world=1).total_steps(state) == 4
@@ -490,8 +488,14 @@ def test_processes_that_read_other_config_models_or_data_are_refused(tmp_path, m
 
     def inputs(*over: str, models=None, lengths=(5, 7), content="abc", evals=((1, 2, 3),)) -> tuple:
         cfg = make_config("sft", chat_file, *over)
-        opened = loop.Opened(dump_config(cfg), models or {"model.path": "f0"}, None, tmp_path)
-        return cfg, opened, list(lengths), content, [Encoded(list(e), [-100, *e[1:]]) for e in evals]
+        return (
+            cfg,
+            dump_config(cfg),
+            models or {"model.path": "f0"},
+            list(lengths),
+            content,
+            [Encoded(list(e), [-100, *e[1:]]) for e in evals],
+        )
 
     def gathered(args: tuple) -> tuple:
         """What the process given `args` hands to the gather."""
@@ -508,10 +512,19 @@ def test_processes_that_read_other_config_models_or_data_are_refused(tmp_path, m
     two(inputs(), inputs("data.cache_dir=/node1/cache", f"train.out={tmp_path}/node1"))  # the same run: accepted
     for theirs, says in [
         (inputs("train.lr=0.01"), "config key train.lr: None on process 0, 0.01 on process 1"),
-        (inputs(models={"model.path": "f1"}), "the weights at model.path"),
+        (inputs(models={"model.path": "f1"}), "what model.path names"),
         (inputs(lengths=(5, 7, 9)), "data.train: 2 rows (pairs) on process 0, 3 on process 1"),
         (inputs(content="abd"), "data.train: other texts in its 2 rows"),
         (inputs(evals=((1, 2, 4),)), "eval data"),
     ]:
         with pytest.raises(UserError, match=re.escape(says)):
             two(inputs(), theirs)
+    # train.golden is a path (each node its own copy): what it holds is compared, not where it is
+    from conftest import write_jsonl
+
+    golden = [
+        write_jsonl(tmp_path / f"golden{i}.jsonl", [{"prompt": p}]) for i, p in enumerate(["你好", "你好", "再见"])
+    ]
+    two(inputs(f"train.golden={golden[0]}"), inputs(f"train.golden={golden[1]}"))  # the same prompts: accepted
+    with pytest.raises(UserError, match=re.escape("train.golden: other prompts behind the same path")):
+        two(inputs(f"train.golden={golden[0]}"), inputs(f"train.golden={golden[2]}"))  # a stale copy on process 1

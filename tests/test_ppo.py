@@ -665,3 +665,29 @@ def test_a_reward_module_name_that_is_a_file_says_to_write_its_ending(tmp_path):
     (tmp_path / "needs.py").write_text("import wt_missing_dependency\n\ndef f(p, r):\n    return []\n")
     with pytest.raises(UserError, match=r"cannot import \(No module named 'wt_missing_dependency'\)"):
         function_scorer(f"{tmp_path / 'needs.py'}:f")
+
+
+@pytest.mark.slow
+def test_two_processes_reading_another_ppo_config_or_other_prompts_are_refused(tiny_model_dir, prompts, tmp_path):
+    """A copy of the config and prompts per node, one stale: PPO compared nothing, so each process sampled and
+    updated at its own settings (or on its own prompts) and the run was recorded as process 0's, exit 0."""
+    from conftest import torchrun_driver
+
+    driver = tmp_path / "stale.py"  # process 1 reads another value of one key (a stale copy on its node)
+    driver.write_text(
+        "import os, sys\nfrom weitiao.cli import main\nif os.environ['RANK'] == '1':\n"
+        "    sys.argv += sys.argv.pop().split('|')\nelse:\n    sys.argv.pop()\nsys.argv[0] = 'weitiao'\nmain()\n"
+    )
+    (tmp_path / "c.yaml").write_text("{}\n")
+    args = [f"model.path={tiny_model_dir}", f"data.prompts=[{prompts}]", "reward.kind=function", f"reward.path={RULE}"]
+    args += [f"train.out={tmp_path / 'run'}", "train.progress=false", "train.tensorboard=false", "train.max_steps=1"]
+    args += ["ppo.rollout_batch_size=4", "ppo.generate_max_len=8", "lora.r=8", "lora.dropout=0"]
+    other = write_jsonl(tmp_path / "other.jsonl", [{"prompt": f"另一个问题{i}"} for i in range(8)])
+    for stale, says in [
+        ("ppo.init_kl_coef=0.3", "config key ppo.init_kl_coef: 0.05 on process 0, 0.3 on process 1"),
+        (f"data.prompts=[{other}]", "data.prompts: 16 prompts on process 0, 8 on process 1"),
+    ]:
+        p = torchrun_driver(driver, "ppo", str(tmp_path / "c.yaml"), *args, stale, ok=False)
+        assert says in p.stderr + p.stdout, (p.stderr + p.stdout)[-2000:]
+        assert not (tmp_path / "run" / "config.yaml").exists()  # refused before anything is written
+    torchrun_driver(driver, "ppo", str(tmp_path / "c.yaml"), *args, "train.max_steps=1")  # control: alike

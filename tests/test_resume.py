@@ -311,7 +311,9 @@ def test_two_process_resume_restores_each_process_rng(tiny_model_dir, chat_file,
     ckpt = tmp_path / "killed" / "checkpoints" / "step-000002"
     assert sorted(p.name for p in ckpt.glob("rng_state_*")) == ["rng_state_0.pt", "rng_state_1.pt"]
     one = load_config(sft.SFTConfig, None, [*common, "train.max_steps=4", f"train.out={tmp_path / 'killed'}"])
-    with pytest.raises(UserError, match=r"written by 2 process\(es\), this run has 1; resume with 2"):
+    with pytest.raises(
+        UserError, match=r"written by 2 process\(es\) taking 2 micro-batches a step .*grad_accum 2 on 1"
+    ):
         sft.run(one)
 
 
@@ -450,3 +452,86 @@ def test_a_fresh_two_process_run_moves_the_previous_rejects_aside_before_writing
     (previous,) = (run / "previous").iterdir()
     assert '"bad": "old"' in (previous / "rejects.jsonl").read_text()
     assert '"bad": "new"' in (run / "rejects.jsonl").read_text()
+
+
+def test_a_resume_on_other_processes_taking_as_many_micro_batches_a_step_is_exact(tmp_path):
+    """2 processes × micro_batch 1 stopped, resumed on 1 process with train.grad_accum 2 (and the other way): step k
+    reads the same micro-batches of its epoch, each draws its dropout masks from (seed, step, its index in the step),
+    and the loss is normalized by the whole step's targets, so the run is the uninterrupted one. It was refused
+    ('resume with 2'), and under train.resume=force said rows would be trained twice or skipped."""
+    from conftest import CHAT_ROWS, build_tokenizer, write_jsonl
+
+    model_dir = save_tiny_model(tmp_path / "model", build_tokenizer(eos="<|endoftext|>"), hidden=64, seed=5)
+    rows = [{**r, "instruction": f"{r['instruction']} 第{i}次"} for i, r in enumerate(CHAT_ROWS * 3)]
+    data = write_jsonl(tmp_path / "chat.jsonl", rows)  # lora.dropout 0.05, packed rows: the defaults
+    common = [f"model.path={model_dir}", f"data.train=[{data}]", "train.micro_batch_size=1", "data.max_len=64"]
+    common += ["train.max_steps=4", "train.save_every=1", "train.lr=5e-3", "train.progress=false"]
+    common += ["train.tensorboard=false", "data.eval_split=0"]
+    driver = tmp_path / "cli.py"
+    driver.write_text("import sys\nfrom weitiao.cli import main\nsys.argv[0] = 'weitiao'\nmain()\n")
+    (tmp_path / "empty.yaml").write_text("{}\n")
+
+    def one(out: str, *extra: str) -> None:
+        sft.run(load_config(sft.SFTConfig, None, [*common, f"train.out={tmp_path / out}", *extra]))
+
+    def two(out: str, *extra: str) -> None:
+        torchrun_driver(driver, "sft", str(tmp_path / "empty.yaml"), *common, f"train.out={tmp_path / out}", *extra)
+
+    def losses(out: str) -> list[float]:
+        return [r["loss"] for r in read_metrics(tmp_path / out, "train")]
+
+    one("straight", "train.grad_accum=2")
+    two("two-one", "train.stop_after=2")
+    with pytest.raises(UserError, match=r"taking 2 micro-batches a step .* resume with train.grad_accum 2 on 1 proc"):
+        one("two-one")  # negative control: 1 micro-batch a step would read other rows
+    one("two-one", "train.grad_accum=2")
+    one("one-two", "train.grad_accum=2", "train.stop_after=2")
+    two("one-two")
+    for out in ("two-one", "one-two"):
+        assert losses(out) == pytest.approx(losses("straight"), abs=1e-5)
+        a, b = adapter(tmp_path / out), adapter(tmp_path / "straight")
+        assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)  # DDP: other sum order
+
+
+def test_refusals_of_the_run_s_plan_come_before_anything_is_written(tiny_model_dir, chat_file, tmp_path, monkeypatch):
+    """The data-changed refusal of a resume and the 'packed epoch too small for the processes' one came after the
+    run had started: the resume had already moved metrics rows past the checkpoint to metrics.abandoned.jsonl and
+    rewritten config.yaml, a fresh run had moved the previous run to previous/. And a run refused after its data was
+    read left its staged rejects in the temp folder. Now both refuse before anything is written, and no stage stays."""
+    import tempfile
+
+    from conftest import write_jsonl
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))  # where the rejects are staged (and torchrun's processes:)
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    rows = [json.loads(x) for x in Path(chat_file).read_text(encoding="utf-8").splitlines()]
+    data = write_jsonl(tmp_path / "d.jsonl", [*rows, {"instruction": "坏行"}])  # one rejected row: staged
+    run, args = tmp_path / "run", ("train.max_steps=4", "train.save_every=2", "data.skip_invalid=true")
+    sft.run(config(tiny_model_dir, data, run, *args, "train.stop_after=3"))
+    before = snapshot(run)
+    write_jsonl(data, [*rows[1:], {"instruction": "坏行"}])
+    with pytest.raises(UserError, match="^train.resume: the training data changed since the checkpoint"):
+        sft.run(config(tiny_model_dir, data, run, *args))
+    assert snapshot(run) == before  # was: metrics.abandoned.jsonl, metrics.jsonl cut to step 2
+    assert not list(tmp.glob("weitiao-rejects-*"))  # was: weitiao-rejects-… left behind
+    with pytest.raises(UserError, match="train.eval_every=1 needs eval data"):  # a refusal before the model loads
+        sft.run(
+            config(tiny_model_dir, data, run, *args, "data.eval_split=0", "train.eval_every=1", "train.resume=none")
+        )
+    assert not list(tmp.glob("weitiao-rejects-*")) and snapshot(run) == before
+
+    driver = tmp_path / "cli.py"
+    driver.write_text("import sys\nfrom weitiao.cli import main\nsys.argv[0] = 'weitiao'\nmain()\n")
+    (tmp_path / "empty.yaml").write_text("{}\n")
+    three = write_jsonl(tmp_path / "three.jsonl", [*rows[:3], {"instruction": "坏行"}])  # one packed micro-batch
+    over = [f"model.path={tiny_model_dir}", f"data.train=[{three}]", f"train.out={run}", "train.resume=none"]
+    over += ["data.skip_invalid=true", "train.micro_batch_size=4", "train.max_steps=1", "train.progress=false"]
+    p = torchrun_driver(driver, "sft", str(tmp_path / "empty.yaml"), *over, ok=False)
+    assert "1 micro-batches for 2 processes" in p.stderr + p.stdout
+    assert snapshot(run) == before and not (run / "previous").exists()  # was: the previous run moved aside
+    assert not list(tmp.glob("weitiao-rejects-*"))
+    write_jsonl(data, [*rows, {"instruction": "坏行"}])  # negative control: the same data resumes
+    sft.run(config(tiny_model_dir, data, run, *args))
+    assert (run / "metrics.abandoned.jsonl").exists() and (run / "final").is_dir()

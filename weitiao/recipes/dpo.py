@@ -417,48 +417,53 @@ def run(cfg: DPOConfig) -> dict:
     # 1. Pairs → tokens.
     tokenizer = load_tokenizer(cfg.model.path)
     opened = loop.open_run(out, t, cfg, accel)  # refused on a changed config; `out` unchanged until loop.start
-    data = prepare_pairs(cfg, tokenizer, rejects_dir=opened.staged)
-    pairs = data.pair_lengths(), data.content_key, data.eval, data.weights, data.eval_weights
-    loop.same_on_every_process(accel, cfg, opened, *pairs)
-    loop.refuse_eval_without_data(cfg.train, bool(data.eval))
-    kl_default = DPOSpec.model_fields["kl_max_new_tokens"].default  # the default: set or not, nothing to say
-    if not data.eval and cfg.dpo.kl_max_new_tokens not in (0, kl_default):
-        raise UserError(
-            f"dpo.kl_max_new_tokens={cfg.dpo.kl_max_new_tokens} samples eval prompts for the on-policy KL, and there "
-            "is no eval data: it would be ignored; set data.eval or data.eval_split, or drop dpo.kl_max_new_tokens"
-        )
-    pad_id = tokenizer.pad_token_id
-    world = accel.num_processes
-    lr = t.default_lr(cfg.lora.enabled)
+    with opened:  # a refusal before loop.start removes the staged rejects files
+        data = prepare_pairs(cfg, tokenizer, rejects_dir=opened.staged)
+        pairs = data.pair_lengths(), data.content_key, data.eval, data.weights, data.eval_weights
+        loop.same_on_every_process(accel, cfg, opened.config_yaml, opened.inputs, *pairs)
+        loop.refuse_eval_without_data(cfg.train, bool(data.eval))
+        kl_default = DPOSpec.model_fields["kl_max_new_tokens"].default  # the default: set or not, nothing to say
+        if not data.eval and cfg.dpo.kl_max_new_tokens not in (0, kl_default):
+            raise UserError(
+                f"dpo.kl_max_new_tokens={cfg.dpo.kl_max_new_tokens} samples eval prompts for the on-policy KL, and "
+                "there is no eval data: it would be ignored; set data.eval or data.eval_split, or drop "
+                "dpo.kl_max_new_tokens"
+            )
+        pad_id = tokenizer.pad_token_id
+        world = accel.num_processes
+        lr = t.default_lr(cfg.lora.enabled)
+        plan = loop.EpochPlan(data.pair_lengths(), 2 * cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
+        total = plan.total_steps(opened.state)
 
-    # 2. Policy, reference, optimizer. Packed rows must stay apart under the chosen attention: checked.
-    model = build_trainable(cfg.model, cfg.lora, accel.device)
-    refuse_untrained_tokens(model, tokenizer, None if cfg.data.format == RAW else data.template, main)
-    if t.disable_dropout:
-        disable_dropout(model)
-    refuse_untrainable(model, accel.device)
-    loop.refuse_over_context(model, train=data.train, eval=data.eval)
-    one_row = cfg.data.packing and needs_one_row(model)
-    if cfg.data.packing:
-        check_isolation(model, accel.device, one_row)
-    # The on-policy KL's samples stop where replies were trained to: raw text pairs end with EOS, not the template's.
-    eot = tokenizer.eos_token_id if cfg.data.format == RAW else tokenizer.convert_tokens_to_ids(data.template.eot)
-    ids = {"pad": pad_id, "eot": eot, "one_row": one_row}
-    loss_mod = CausalLMLoss(model)
-    ref_model = None
-    if d.reference or not cfg.lora.enabled:
-        ref_model = load_model(cfg.model.model_copy(update={"path": d.reference or cfg.model.path}), accel.device)
-        ref_model.eval().requires_grad_(False)
-    elif cfg.lora.init_from:  # continuing an SFT adapter: the reference is that SFT model, not the bare base
-        ref_model = load_lora(load_model(cfg.model, accel.device), cfg.lora.init_from)
-        ref_model.eval().requires_grad_(False)
-    trainable, _ = count_params(model)
-    loss_mod, optimizer, params = loop.adamw(accel, loss_mod, model, t, lr)
-    ref = Reference(loss_mod, model, ref_model)
-    eval_ref = Reference(loss_mod, model, ref_model)  # eval pairs are never cached: always live
+        # 2. Policy, reference, optimizer. Packed rows must stay apart under the chosen attention: checked.
+        model = build_trainable(cfg.model, cfg.lora, accel.device)
+        refuse_untrained_tokens(model, tokenizer, None if cfg.data.format == RAW else data.template, main)
+        if t.disable_dropout:
+            disable_dropout(model)
+        refuse_untrainable(model, accel.device)
+        loop.refuse_over_context(model, train=data.train, eval=data.eval)
+        one_row = cfg.data.packing and needs_one_row(model)
+        if cfg.data.packing:
+            check_isolation(model, accel.device, one_row)
+        # The on-policy KL's samples stop where replies were trained to: raw text pairs end with EOS, not the
+        # template's end-of-turn.
+        eot = tokenizer.eos_token_id if cfg.data.format == RAW else tokenizer.convert_tokens_to_ids(data.template.eot)
+        ids = {"pad": pad_id, "eot": eot, "one_row": one_row}
+        loss_mod = CausalLMLoss(model)
+        ref_model = None
+        if d.reference or not cfg.lora.enabled:
+            ref_model = load_model(cfg.model.model_copy(update={"path": d.reference or cfg.model.path}), accel.device)
+            ref_model.eval().requires_grad_(False)
+        elif cfg.lora.init_from:  # continuing an SFT adapter: the reference is that SFT model, not the bare base
+            ref_model = load_lora(load_model(cfg.model, accel.device), cfg.lora.init_from)
+            ref_model.eval().requires_grad_(False)
+        trainable, _ = count_params(model)
+        loss_mod, optimizer, params = loop.adamw(accel, loss_mod, model, t, lr)
+        ref = Reference(loss_mod, model, ref_model)
+        eval_ref = Reference(loss_mod, model, ref_model)  # eval pairs are never cached: always live
 
-    # 3. Resume (a fresh run clears the previous run's files, its reference cache included).
-    state, ckpt, log = loop.start(out, t, opened, accel, loss_mod, optimizer)
+        # 3. Resume (a fresh run clears the previous run's files, its reference cache included).
+        state, ckpt, log = loop.start(out, t, opened, accel, loss_mod, optimizer, plan)
     cache_file = out / "ref_logps.pt"
     if ckpt is None and main and cache_file.exists():
         cache_file.unlink()
@@ -468,8 +473,6 @@ def run(cfg: DPOConfig) -> dict:
         ref.precompute(data.train, cfg, key, pad_id, one_row, accel, cache_file, fresh=ckpt is None)
     if main:
         print_pairs_summary(data, cfg, ref, trainable, world, log if ckpt is None else None)
-    plan = loop.EpochPlan(data.pair_lengths(), 2 * cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
-    total = plan.total_steps(state)
     if main and plan.note:
         print(plan.note)
     falling = FallingChosen(d.warn_falling_chosen)

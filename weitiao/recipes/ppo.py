@@ -57,7 +57,7 @@ from weitiao.models.roles import Roles
 from weitiao.models.untrained import refuse_untrained_tokens
 from weitiao.recipes.rewards import RewardSpec, build_scorer, critic_base_difference
 from weitiao.train import checkpoint as ck
-from weitiao.train import dist
+from weitiao.train import dist, loop
 from weitiao.train.guard import ensure_finite
 from weitiao.train.log import MetricsLog, progress_bar
 from weitiao.train.spec import RunSpec, TemplateName
@@ -465,6 +465,13 @@ def run(cfg: PPOConfig) -> dict:
     lens_kept = [n for n in lens if n <= p.prompt_max_len]
     if not prompts:
         raise UserError(f"data.prompts: all {too_long} prompts are longer than ppo.prompt_max_len={p.prompt_max_len}")
+    config_yaml = dump_config(cfg)
+    # the prompts' content too: edited prompt files at the same paths would change every later step
+    digest = hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode()).hexdigest()[:16]
+    fingerprints = ck.input_fingerprints(cfg)  # the reward function's file included
+    loop.same_on_every_process(
+        accel, cfg, config_yaml, fingerprints, lens, digest, [], data_key="data.prompts", rows="prompts"
+    )
     score_fn, reward_model = build_scorer(cfg.reward, device)
     reward_base = None
     if reward_model is not None and cfg.lora.enabled and p.critic_init != "zeros":  # the critic takes its adapter
@@ -517,10 +524,7 @@ def run(cfg: PPOConfig) -> dict:
             f"(ppo.rollout_batch_size={p.rollout_batch_size} × {world} processes) × train.num_episodes={t.num_episodes}"
         )
     state: dict[str, Any] = {"step": 0, "samples": 0}
-    config_yaml = dump_config(cfg)
-    # the prompts' content too: edited prompt files at the same paths would change every later step
-    digest = hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode()).hexdigest()[:16]
-    inputs = {**ck.input_fingerprints(cfg), "data.prompts": digest}
+    inputs = {**fingerprints, "data.prompts": digest}
     # a changed config, model, prompts or number of processes: refused (each process's prompt share depends on it)
     ckpt = ck.open_run(out, t.resume, config_yaml, main, inputs, world, dist.gather_objects, schedule=False)
     if ckpt is not None:

@@ -191,42 +191,44 @@ def run(cfg: RMConfig) -> dict:
     if cfg.data.weight_field:
         raise UserError("data.weight_field: per-pair weights are used by DPO only; remove it for the reward model")
     opened = loop.open_run(out, t, cfg, accel)  # refused on a changed config; `out` unchanged until loop.start
-    data = prepare_pairs(cfg, tokenizer, read_margins=True, read_weights=False, rejects_dir=opened.staged)
-    loop.same_on_every_process(accel, cfg, opened, data.pair_lengths(), data.content_key, data.eval, data.margins)
-    loop.refuse_eval_without_data(cfg.train, bool(data.eval))
-    if data.margins and cfg.rm.margin:
-        raise UserError(f"rm.margin={cfg.rm.margin}: the data has a margin column, read per pair as TRL does, so "
-                        "rm.margin would be ignored; drop rm.margin, or the column")  # fmt: skip
-    train_margins, eval_margins = data.margins or (None, None)
-    pad_id = tokenizer.pad_token_id
-    world = accel.num_processes
-    lr = t.default_lr(cfg.lora.enabled)
+    with opened:  # a refusal before loop.start removes the staged rejects files
+        data = prepare_pairs(cfg, tokenizer, read_margins=True, read_weights=False, rejects_dir=opened.staged)
+        pairs = data.pair_lengths(), data.content_key, data.eval, data.margins
+        loop.same_on_every_process(accel, cfg, opened.config_yaml, opened.inputs, *pairs)
+        loop.refuse_eval_without_data(cfg.train, bool(data.eval))
+        if data.margins and cfg.rm.margin:
+            raise UserError(f"rm.margin={cfg.rm.margin}: the data has a margin column, read per pair as TRL does, so "
+                            "rm.margin would be ignored; drop rm.margin, or the column")  # fmt: skip
+        train_margins, eval_margins = data.margins or (None, None)
+        pad_id = tokenizer.pad_token_id
+        world = accel.num_processes
+        lr = t.default_lr(cfg.lora.enabled)
+        plan = loop.EpochPlan(data.pair_lengths(), 2 * cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
+        total = plan.total_steps(opened.state)
 
-    # 2. Scorer (LoRA + fully trained score head), optimizer.
-    if cfg.lora.enabled and cfg.lora.init_from:
-        base = load_model(cfg.model, accel.device, head="score")
-        model = load_scoring_adapter(base, cfg.lora, cfg.model.gradient_checkpointing)
-    else:
-        model = build_trainable(cfg.model, cfg.lora, accel.device, head="score")
-    model.config.pad_token_id = pad_id
-    refuse_untrained_tokens(model, tokenizer, None if cfg.data.format == RAW else data.template, main)
-    if t.disable_dropout:
-        disable_dropout(model)
-    refuse_untrainable(model, accel.device)
-    loop.refuse_over_context(model, train=data.train, eval=data.eval)
-    one_row = cfg.data.packing and needs_one_row(model)
-    if cfg.data.packing:
-        check_isolation(model, accel.device, one_row)
-    scorer = SequenceScorer(model)
-    trainable, _ = count_params(model)
-    scorer, optimizer, params = loop.adamw(accel, scorer, model, t, lr)
+        # 2. Scorer (LoRA + fully trained score head), optimizer.
+        if cfg.lora.enabled and cfg.lora.init_from:
+            base = load_model(cfg.model, accel.device, head="score")
+            model = load_scoring_adapter(base, cfg.lora, cfg.model.gradient_checkpointing)
+        else:
+            model = build_trainable(cfg.model, cfg.lora, accel.device, head="score")
+        model.config.pad_token_id = pad_id
+        refuse_untrained_tokens(model, tokenizer, None if cfg.data.format == RAW else data.template, main)
+        if t.disable_dropout:
+            disable_dropout(model)
+        refuse_untrainable(model, accel.device)
+        loop.refuse_over_context(model, train=data.train, eval=data.eval)
+        one_row = cfg.data.packing and needs_one_row(model)
+        if cfg.data.packing:
+            check_isolation(model, accel.device, one_row)
+        scorer = SequenceScorer(model)
+        trainable, _ = count_params(model)
+        scorer, optimizer, params = loop.adamw(accel, scorer, model, t, lr)
 
-    # 3. Resume.
-    state, ckpt, log = loop.start(out, t, opened, accel, scorer, optimizer)
+        # 3. Resume.
+        state, ckpt, log = loop.start(out, t, opened, accel, scorer, optimizer, plan)
     if main:
         print_pairs_summary(data, trainable, world, log if ckpt is None else None)
-    plan = loop.EpochPlan(data.pair_lengths(), 2 * cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
-    total = plan.total_steps(state)
     if main and plan.note:
         print(plan.note)
 

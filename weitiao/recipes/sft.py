@@ -256,37 +256,39 @@ def run(cfg: SFTConfig) -> dict:
     # 1. Data: validate, template, tokenize; every row accounted for.
     tokenizer = load_tokenizer(cfg.model.path)
     opened = loop.open_run(out, t, cfg, accel)  # refused on a changed config; `out` unchanged until loop.start
-    data = prepare_data(cfg, tokenizer, opened.staged)
-    loop.same_on_every_process(accel, cfg, opened, example_lengths(data.train), data.content_key, data.eval)
-    loop.refuse_eval_without_data(t, bool(data.eval), golden_cadence=True)
-    pad_id = tokenizer.pad_token_id
-    world = accel.num_processes
-    lr = t.default_lr(cfg.lora.enabled)
+    with opened:  # a refusal before loop.start removes the staged rejects files
+        data = prepare_data(cfg, tokenizer, opened.staged)
+        lengths = example_lengths(data.train)
+        loop.same_on_every_process(accel, cfg, opened.config_yaml, opened.inputs, lengths, data.content_key, data.eval)
+        loop.refuse_eval_without_data(t, bool(data.eval), golden_cadence=True)
+        pad_id = tokenizer.pad_token_id
+        world = accel.num_processes
+        lr = t.default_lr(cfg.lora.enabled)
+        plan = loop.EpochPlan(lengths, cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
+        total = plan.total_steps(opened.state)
 
-    # 2. Model, loss wrapper, optimizer.
-    model = build_trainable(cfg.model, cfg.lora, accel.device)
-    template = None if data.text_only else data.template
-    refuse_untrained_tokens(model, tokenizer, template, main, data.tool_rows, data.raw_rows)
-    refuse_untrainable(model, accel.device)
-    loop.refuse_over_context(model, train=data.train, eval=data.eval)
-    if cfg.data.packing:  # sdpa per conversation of a packed row instead of a block-diagonal mask
-        packed_attention.enable(model)
-    one_row = cfg.data.packing and needs_one_row(model)  # varlen kernels split documents in one row only
-    if cfg.data.packing:
-        check_isolation(model, accel.device, one_row)
-    loss_mod = CausalLMLoss(model)
-    trainable, total_params = count_params(model)
-    loss_mod, optimizer, params = loop.adamw(accel, loss_mod, model, t, lr)
+        # 2. Model, loss wrapper, optimizer.
+        model = build_trainable(cfg.model, cfg.lora, accel.device)
+        template = None if data.text_only else data.template
+        refuse_untrained_tokens(model, tokenizer, template, main, data.tool_rows, data.raw_rows)
+        refuse_untrainable(model, accel.device)
+        loop.refuse_over_context(model, train=data.train, eval=data.eval)
+        if cfg.data.packing:  # sdpa per conversation of a packed row instead of a block-diagonal mask
+            packed_attention.enable(model)
+        one_row = cfg.data.packing and needs_one_row(model)  # varlen kernels split documents in one row only
+        if cfg.data.packing:
+            check_isolation(model, accel.device, one_row)
+        loss_mod = CausalLMLoss(model)
+        trainable, total_params = count_params(model)
+        loss_mod, optimizer, params = loop.adamw(accel, loss_mod, model, t, lr)
+        golden = _golden_hook(t, model, tokenizer, data.template, out, accel) if t.golden else None
 
-    # 3. Resume: weights, optimizer, RNG, data position, early-stopping state.
-    state, ckpt, log = loop.start(out, t, opened, accel, loss_mod, optimizer)
+        # 3. Resume: weights, optimizer, RNG, data position, early-stopping state.
+        state, ckpt, log = loop.start(out, t, opened, accel, loss_mod, optimizer, plan)
     if main:
         print_data_summary(data, cfg, trainable, total_params, world, log if ckpt is None else None)
-    plan = loop.EpochPlan(example_lengths(data.train), cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
-    total = plan.total_steps(state)
-    if main and plan.note:
-        print(plan.note)
-    golden = _golden_hook(t, model, tokenizer, data.template, out, accel) if t.golden else None
+        if plan.note:
+            print(plan.note)
 
     def evaluate_now() -> dict[str, float]:
         return evaluate(loss_mod, data.eval, cfg, pad_id, accel, one_row)

@@ -202,18 +202,20 @@ def load_checkpoint(
     world: int = 1,
     force: bool = False,
     restore: Callable[[Any, Path, Any, dict], None] | None = None,
+    same_steps: bool = False,
 ) -> dict[str, Any]:
     """Restore weights, optimizer and this process's RNG; returns the saved trainer state.
 
     A checkpoint written by another number of processes is refused (each process's data share and
-    RNG stream depend on it) unless `force`; then processes without a saved RNG keep their own.
+    RNG stream depend on it) unless `force` or `same_steps` (`same_steps`: its steps took as many
+    micro-batches as this run's, see `same_steps`); then processes without a saved RNG keep their own.
     `restore(model, ckpt, optimizer, optimizer_state)` replaces the weight and optimizer loading
     (for sharded models, see `dist`).
     """
     state = torch.load(ckpt / STATE_FILE, weights_only=False)
     saved_world = state.pop("world", 1)
-    check_world(ckpt, saved_world, world, force)
-    if saved_world != world and rank == 0:
+    check_world(ckpt, saved_world, world, force or same_steps)
+    if saved_world != world and rank == 0 and not same_steps:
         print(f"train.resume=force: {ckpt} was written by {saved_world} process(es), resuming with {world}: a step now "
               "reads other micro-batches, so the rest of this epoch may train some rows twice and others not at all, "
               "and the step count follows the new batch")  # fmt: skip
@@ -227,7 +229,7 @@ def load_checkpoint(
         set_rng_state(torch.load(ckpt / rng_file(rank), weights_only=False))
     elif legacy is not None and rank == 0:
         set_rng_state(legacy)
-    elif rank == 0 or not force:
+    elif rank == 0 or not (force or same_steps):
         raise UserError(f"train.resume: {ckpt} has no {rng_file(rank)}; it is not a complete checkpoint")
     return state
 
@@ -288,11 +290,13 @@ def refuse_other_recipe(ckpt: Path, old_yaml: str, new_yaml: str) -> None:
         )
 
 
-def check_config(ckpt: Path, config_yaml: str, force: bool) -> tuple[str, dict[str, tuple[Any, Any]]]:
+def check_config(
+    ckpt: Path, config_yaml: str, force: bool, free: set[str] = frozenset()
+) -> tuple[str, dict[str, tuple[Any, Any]]]:
     """Refuse to resume `ckpt` under a config that trains something else; returns the changes `force` let by
     (as one line) and every change (key → (old, new)).
 
-    Run length and cadence (FREE_KEYS) may change. Anything else changed (model, LoRA shape, data,
+    Run length and cadence (FREE_KEYS, and `free`) may change. Anything else changed (model, LoRA shape, data,
     loss, optimizer, batch, seed) raises one line naming the keys, old → new, unless `force`.
     """
     saved = _saved(ckpt, CONFIG_FILE)
@@ -306,7 +310,7 @@ def check_config(ckpt: Path, config_yaml: str, force: bool) -> tuple[str, dict[s
     saved_yaml = saved.read_text(encoding="utf-8")
     refuse_other_recipe(ckpt, saved_yaml, config_yaml)
     changes = config_changes(saved_yaml, config_yaml)
-    blocked = [f"{k} {old!r} → {new!r}" for k, (old, new) in changes.items() if k not in FREE_KEYS]
+    blocked = [f"{k} {old!r} → {new!r}" for k, (old, new) in changes.items() if k not in FREE_KEYS | free]
     shown = ", ".join(blocked[:6]) + (f" (and {len(blocked) - 6} more)" if len(blocked) > 6 else "")
     if blocked and not force:
         raise UserError(
@@ -423,7 +427,7 @@ def resume_point(out: Path, resume: str) -> Path | None:
     return p
 
 
-def _saved_state(ckpt: Path) -> dict[str, Any]:
+def saved_state(ckpt: Path) -> dict[str, Any]:
     """A checkpoint's trainer state, memory-mapped (its optimizer tensors are not read)."""
     return torch.load(ckpt / STATE_FILE, weights_only=False, mmap=True)
 
@@ -431,7 +435,7 @@ def _saved_state(ckpt: Path) -> dict[str, Any]:
 def _saved_step(ckpt: Path) -> int:
     if ckpt.name.startswith("step-") and ckpt.name[5:].isdigit():
         return step_of(ckpt)
-    return int(_saved_state(ckpt)["step"])
+    return int(saved_state(ckpt)["step"])
 
 
 def saved_world(state: dict[str, Any]) -> int:
@@ -442,13 +446,52 @@ def saved_world(state: dict[str, Any]) -> int:
     return len(rng) if isinstance(rng, list) else 1
 
 
-def check_world(ckpt: Path, was: int, world: int, force: bool) -> None:
-    """Refuse resuming a checkpoint `was` processes wrote with `world` of them, unless `force`."""
-    if was != world and not force:
+def check_world(ckpt: Path, was: int, world: int, force: bool, steps: tuple[int, int] | None = None) -> None:
+    """Refuse resuming a checkpoint `was` processes wrote with `world` of them, unless `force`. `steps`: micro-batches
+    a step took then and takes now (`step_micro_batches`); where they are equal the steps are the same: no refusal."""
+    if was == world or force or (steps is not None and steps[0] == steps[1]):
+        return
+    if steps is None:
         raise UserError(
             f"train.resume: {ckpt} was written by {was} process(es), this run has {world}; resume with {was} "
             "(the data split and RNG streams depend on it) or set train.resume=force"
         )
+    accum = (
+        f"train.grad_accum {steps[0] // world} on {world} process(es)" if steps[0] % world == 0 else f"{was} processes"
+    )
+    raise UserError(
+        f"train.resume: {ckpt} was written by {was} process(es) taking {steps[0]} micro-batches a step (processes × "
+        f"train.grad_accum), this run takes {steps[1]} on {world}: a step would read other micro-batches than the "
+        f"checkpoint's run (rows of this epoch trained twice or skipped); resume with {accum} (as many micro-batches "
+        "a step: the same steps) or set train.resume=force"
+    )
+
+
+def step_micro_batches(ckpt: Path, config_yaml: str, was: int, world: int) -> tuple[int, int] | None:
+    """Micro-batches an optimizer step took in `ckpt`'s run (`was` processes × its train.grad_accum) and takes under
+    `config_yaml` (`world` processes); None when a config has no grad_accum (PPO) or the checkpoint no config.
+
+    Where they are equal, a resume on another number of processes is exact (SFT, DPO, RM): step k reads the same
+    micro-batches of its epoch (`loop.EpochPlan`), micro-batch g of it draws its dropout masks from the seed (step, g)
+    on whichever process runs it (`loop.micro_batches`), and the loss is normalized by the whole step's targets; no
+    process's own RNG stream is drawn from in the loop."""
+    saved = _saved(ckpt, CONFIG_FILE)
+    if saved is None:
+        return None
+    old, new = (_flat(yaml.safe_load(y) or {}).get("train.grad_accum") for y in (saved.read_text("utf-8"), config_yaml))
+    if not isinstance(old, int) or not isinstance(new, int):
+        return None
+    return was * old, world * new
+
+
+def same_steps(ckpt: Path | None, config_yaml: str, world: int) -> bool:
+    """Whether `ckpt` was written by another number of processes whose steps took as many micro-batches as this
+    run's (`step_micro_batches`): the resume is then exact."""
+    if ckpt is None:
+        return False
+    was = saved_world(saved_state(ckpt))
+    steps = step_micro_batches(ckpt, config_yaml, was, world)
+    return was != world and steps is not None and steps[0] == steps[1]
 
 
 def same_checkpoint_everywhere(ckpt: Path | None, gather: Callable[[Any], list]) -> None:
@@ -489,11 +532,17 @@ def open_run(
     if gather is not None and world > 1:
         same_checkpoint_everywhere(ckpt, gather)
     if ckpt is not None:
-        check_world(ckpt, saved_world(_saved_state(ckpt)), world, resume == "force")
-        forced, changes = check_config(ckpt, config_yaml, force=resume == "force")
+        was = saved_world(saved_state(ckpt))
+        steps = step_micro_batches(ckpt, config_yaml, was, world) if was != world else None
+        check_world(ckpt, was, world, resume == "force", steps)
+        alike = steps is not None and steps[0] == steps[1]  # grad_accum took up the change of processes
+        forced, changes = check_config(ckpt, config_yaml, resume == "force", {"train.grad_accum"} if alike else set())
         forced_inputs = check_inputs(ckpt, inputs or {}, force=resume == "force")
         if main:
             print(f"resumed from step {_saved_step(ckpt)} (checkpoint {ckpt})")
+            if alike:
+                print(f"note: {ckpt} was written by {was} process(es), this run has {world}, each step taking "
+                      f"{steps[1]} micro-batches as there: the same steps")  # fmt: skip
             if schedule and (note := schedule_note(changes)):
                 print(note)
             if changed := ", ".join(filter(None, [forced, forced_inputs])):

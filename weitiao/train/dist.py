@@ -254,13 +254,13 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    ckpt: Path, accel: Any, module: Any, optimizer: Any, rank: int, world: int, force: bool
+    ckpt: Path, accel: Any, module: Any, optimizer: Any, rank: int, world: int, force: bool, same_steps: bool = False
 ) -> dict[str, Any]:
     """Restore a checkpoint into a prepared module and optimizer (see checkpoint.load_checkpoint);
     under FSDP every process reads the whole saved tensors and keeps its shard of each."""
     model = inner_model(accel, module)
     restore = zero.restore if zero.active(accel) else restore_shards if sharded(model) else None
-    return ck.load_checkpoint(ckpt, model, optimizer, rank, world, force, restore)
+    return ck.load_checkpoint(ckpt, model, optimizer, rank, world, force, restore, same_steps)
 
 
 def restore_shards(model: Any, ckpt: Path, optimizer: Any, opt_state: dict) -> None:

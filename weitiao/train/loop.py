@@ -63,6 +63,9 @@ class EpochPlan:
         self.lengths, self.capacity, self.packing, self.t, self.content = lengths, capacity, packing, t, content
         self.world, self.per_step = world, world * t.grad_accum
         self.epoch = lru_cache(maxsize=2)(self._epoch)
+        # Same data file names (config.yaml) can hold other rows: a resumed plan would then skip or repeat.
+        key = hashlib.sha256(repr((lengths, capacity)).encode()).hexdigest()[:16]
+        self.keys = {"data_key": key, **({"data_content": content} if content else {})}  # kept in the trainer state
         self._steps: dict[int, int] = {}
         self.note = ""  # set by total_steps: a line for the user when train.max_steps overrides a train.epochs they set
 
@@ -86,9 +89,10 @@ class EpochPlan:
             self._steps[epoch] = max(n // self.per_step, 1) if n >= self.world else 0
         return self._steps[epoch]
 
-    def total_steps(self, state: dict[str, Any]) -> int:
+    def total_steps(self, saved: dict[str, Any]) -> int:
         """Steps of the run; refuses a run with no step to take, an epoch some process would train nothing of, and
-        resuming on other data."""
+        resuming on other data. `saved`: the checkpoint's trainer state (`Opened.state`); called before `start`, so a
+        refusal leaves the run folder as it was."""
         t = self.t
         if t.max_steps is not None:
             total = t.max_steps
@@ -110,21 +114,16 @@ class EpochPlan:
                 )
             left -= self.steps_in(epoch) if t.max_steps is not None else 1
             epoch += 1
-        # Same data file names (config.yaml) can hold other rows: a resumed plan would then skip or repeat.
-        key = hashlib.sha256(repr((self.lengths, self.capacity)).encode()).hexdigest()[:16]
-        saved_key, saved_content = state.setdefault("data_key", key), state.get("data_content")
+        key, saved_content = self.keys["data_key"], saved.get("data_content")
         other_texts = bool(self.content and saved_content and saved_content != self.content)  # older: lengths only
-        if (saved_key != key or other_texts) and t.resume != "force":
+        if (saved.get("data_key", key) != key or other_texts) and t.resume != "force":
             raise UserError(
                 "train.resume: the training data changed since the checkpoint (other rows, texts or lengths after "
                 "tokenization); restore it, set train.resume=none for a new run, or train.resume=force"
             )
-        state["data_key"] = key
-        if self.content:
-            state["data_content"] = self.content
-        if state["step"] >= total:
+        if saved["step"] >= total:
             raise UserError(
-                f"train: the checkpoint is at step {state['step']} and the run has {total} steps, so nothing "
+                f"train: the checkpoint is at step {saved['step']} and the run has {total} steps, so nothing "
                 "would be trained; raise train.max_steps (or train.epochs) to continue, or set train.resume=none"
             )
         return total
@@ -440,12 +439,23 @@ def new_state() -> dict[str, Any]:
 
 
 class Opened(NamedTuple):
-    """What `open_run` decided, for `start`."""
+    """What `open_run` decided, for `start`. As a context manager around everything up to `start`, it removes the
+    staged rejects files when the run is refused before `start` (unless the refusal names them)."""
 
     config_yaml: str
     inputs: dict  # input fingerprints
     ckpt: Path | None  # the checkpoint to resume; None: a fresh start
     staged: Path  # where the data's rejects files go until `start` moves them into `out` (made when written)
+    state: dict  # the checkpoint's step and data keys (`new_state()` when fresh), for `EpochPlan.total_steps`
+    same_steps: bool = False  # the checkpoint's processes were others, its steps alike (`ck.same_steps`)
+
+    def __enter__(self) -> Opened:
+        return self
+
+    def __exit__(self, kind: object, error: object, tb: object) -> None:
+        if error is not None and str(self.staged) in str(error):
+            return  # the refusal names them (no valid row: the rejects say why), so they stay
+        shutil.rmtree(self.staged, ignore_errors=True)  # ours (a random name); gone already after `start`
 
 
 def open_run(out: Path, t: TrainSpec, cfg: Any, accel: Any) -> Opened:
@@ -459,7 +469,11 @@ def open_run(out: Path, t: TrainSpec, cfg: Any, accel: Any) -> Opened:
     main, world = accel.is_main_process, accel.num_processes
     ckpt = ck.open_run(out, t.resume, config_yaml, main, inputs, world, dist.gather_objects, write=False, move=False)
     staged = Path(tempfile.gettempdir()) / f"weitiao-rejects-{secrets.token_hex(8)}"  # one per process
-    return Opened(config_yaml, inputs, ckpt, staged)
+    state = new_state()
+    if ckpt is not None:
+        saved = ck.saved_state(ckpt)
+        state.update({k: saved[k] for k in ("step", "data_key", "data_content") if k in saved})
+    return Opened(config_yaml, inputs, ckpt, staged, state, ck.same_steps(ckpt, config_yaml, world))
 
 
 # Keys that only change how a process reads or shows things: they may differ from process to process.
@@ -467,12 +481,23 @@ LOCAL_KEYS = {"data.cache", "data.cache_dir", "data.num_proc", "train.progress",
 
 
 def same_on_every_process(
-    accel: Any, cfg: Any, opened: Opened, lengths: list[int], content: str, evals: Any, *extra: Any
+    accel: Any,
+    cfg: Any,
+    config_yaml: str,
+    inputs: dict,
+    lengths: list[int],
+    content: str,
+    evals: Any,
+    *extra: Any,
+    data_key: str = "data.train",
+    rows: str = "rows (pairs)",
 ) -> None:
     """Refuse a run whose processes read another config, other data or other models (a copy per node, one stale):
     each trained its share of its own rows at its own settings, and the run was recorded as process 0's, exit 0.
     Compared: the config but for paths and LOCAL_KEYS, what the paths hold (the training rows' `lengths` and
-    `content` digest, the eval examples `evals`, `extra` per-pair values; the models' fingerprints). Collective."""
+    `content` digest, the eval examples `evals`, `extra` per-pair values; the models' fingerprints; the bytes of
+    train.golden). `config_yaml`, `inputs`: `Opened`'s. `data_key`, `rows`: the rows' config key and name.
+    Collective."""
     if accel.num_processes == 1:
         return
     import socket
@@ -485,22 +510,26 @@ def same_on_every_process(
     for e in evals:
         h.update(np.asarray(e.input_ids, dtype=np.int64).tobytes() + b"|")
         h.update(np.asarray(e.labels, dtype=np.int64).tobytes() + b"|")
-    mine = (socket.gethostname(), opened.config_yaml, opened.inputs, (len(lengths), content, h.hexdigest()))
+    golden = getattr(getattr(cfg, "train", None), "golden", None)  # answered at saves, by each process its share
+    golden = hashlib.sha256(Path(golden).read_bytes()).hexdigest() if golden and Path(golden).is_file() else None
+    mine = (socket.gethostname(), config_yaml, inputs, (len(lengths), content, h.hexdigest()), golden)
     every = dist.gather_objects(mine)
     paths = {".".join(k) for k in path_keys(type(cfg))}
-    host0, yaml0, inputs0, data0 = every[0]
-    for rank, (host, yaml_r, inputs, data) in enumerate(every[1:], 1):
+    host0, yaml0, inputs0, data0, golden0 = every[0]
+    for rank, (host, yaml_r, inputs, data, golden_r) in enumerate(every[1:], 1):
         changes = {k: v for k, v in ck.config_changes(yaml0, yaml_r).items() if k not in paths | LOCAL_KEYS}
         models = sorted(k for k in inputs0.keys() | inputs.keys() if inputs0.get(k) != inputs.get(k))
         if changes:
             key, (a, b) = next(iter(changes.items()))
             what = f"config key {key}: {a!r} on process 0, {b!r} on process {rank}"
         elif models:
-            what = f"the weights at {models[0]} (other files behind the same path)"
+            what = f"what {models[0]} names (other weights or code behind the same path)"
         elif data[0] != data0[0]:
-            what = f"data.train: {data0[0]} rows (pairs) on process 0, {data[0]} on process {rank}"
+            what = f"{data_key}: {data0[0]} {rows} on process 0, {data[0]} on process {rank}"
         elif data[1] != data0[1]:
-            what = f"data.train: other texts in its {data[0]} rows (pairs)"
+            what = f"{data_key}: other texts in its {data[0]} {rows}"
+        elif golden_r != golden0:
+            what = "train.golden: other prompts behind the same path (or no file on one of them)"
         elif data != data0:
             what = "eval data or per-pair values (data.eval, weights, margins)"
         else:
@@ -513,12 +542,13 @@ def same_on_every_process(
 
 
 def start(
-    out: Path, t: TrainSpec, opened: Opened, accel: Any, module: Any, optimizer: Any
+    out: Path, t: TrainSpec, opened: Opened, accel: Any, module: Any, optimizer: Any, plan: EpochPlan
 ) -> tuple[dict, Path | None, MetricsLog]:
     """Resume from `open_run`'s checkpoint (weights, optimizer, this process's RNG, data position, early-stop state)
     or start fresh, the previous run's files moved aside first; move the staged rejects files into `out`; write
-    config.yaml and inputs.json; open the metrics log. `module` is what the recipe passed to accelerator.prepare."""
-    config_yaml, inputs, ckpt, staged = opened
+    config.yaml and inputs.json; open the metrics log. `module` is what the recipe passed to accelerator.prepare;
+    `plan`: the run's, whose `total_steps` has passed (its refusals come before anything here is written)."""
+    config_yaml, inputs, ckpt, staged = opened.config_yaml, opened.inputs, opened.ckpt, opened.staged
     if ckpt is None:
         ck.set_aside(out, accel.is_main_process)
     accel.wait_for_everyone()  # the previous run is aside before any process writes into `out`
@@ -531,7 +561,9 @@ def start(
     state = new_state()
     rank, world = accel.process_index, accel.num_processes
     if ckpt is not None:
-        state.update(dist.load_checkpoint(ckpt, accel, module, optimizer, rank, world, t.resume == "force"))
+        force = t.resume == "force"
+        state.update(dist.load_checkpoint(ckpt, accel, module, optimizer, rank, world, force, opened.same_steps))
+    state.update(plan.keys)  # this data's (after a forced resume on other data, the new data's)
     resumed_at = state["step"] if ckpt is not None else None
     log = MetricsLog(out, accel.is_main_process, t.tensorboard, t.report_to, config_yaml, resumed_at)
     log.log("run", state["step"], device=accel.device.type, world=world)  # read by calc plan
