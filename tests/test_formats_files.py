@@ -283,3 +283,21 @@ def test_a_file_without_an_ending_says_the_ending_names_the_format(tmp_path):
         list(files.iter_records(bare))
     with pytest.raises(UserError, match=r"unsupported file type '\.txt'"):
         list(files.iter_records(bare.rename(tmp_path / "rows.txt")))
+
+
+@pytest.mark.parametrize("ending", ["\r\n", "\n"])
+def test_a_windows_line_break_inside_a_csv_cell_reads_as_one_line_break(tmp_path, ending):
+    """A quoted cell of a CSV saved on Windows kept its CR LF: the training text held "\\r" (csv keeps a cell's bytes).
+    Every CR LF in a cell now reads as LF, whatever the file's own line endings; a lone CR is left as it is."""
+    text = f'instruction,output{ending}"第一行\r\n第二行",好的{ending}"a\rb",c{ending}'
+    (tmp_path / "w.csv").write_bytes(text.encode("utf-8"))
+    rows = [r for _, r in files.iter_records(tmp_path / "w.csv")]
+    assert rows == [{"instruction": "第一行\n第二行", "output": "好的"}, {"instruction": "a\rb", "output": "c"}]
+    convs = load_conversations(tmp_path / "w.csv").rows
+    assert convs[0].messages[0]["content"] == "第一行\n第二行"
+    openpyxl = pytest.importorskip("openpyxl")
+    book = openpyxl.Workbook()
+    book.active.append(["instruction", "output"])
+    book.active.append(["第一行\r\n第二行", "好的"])
+    book.save(tmp_path / "w.xlsx")
+    assert [r for _, r in files.iter_records(tmp_path / "w.xlsx")][0]["instruction"] == "第一行\n第二行"

@@ -188,3 +188,27 @@ def test_csv_ids_with_leading_zeros_stay_text(spark, tmp_path):
     assert build_report(sp)["ledgers"] == build_report(duck)["ledgers"]
     raw = {f.name: f.dataType.simpleString() for f in spark.spark.table("wt_raw_responses").schema}
     assert raw["response_id"] == "string" and raw["turn"] == "int"  # control: no leading zero, still a number
+
+
+def test_csv_text_line_breaks_and_a_folder_of_part_files(spark, tmp_path):
+    """A CR LF inside a quoted CSV text reads as LF on Spark as on DuckDB (and as `data mix` reads it); a folder of
+    Parquet part files with a time column (Spark's own output) was refused as 'unsupported log file type'."""
+    (tmp_path / "r.csv").write_bytes(
+        "response_id,session_id,turn,ts,prompt,response\r\n"
+        'a,s,1,2026-01-01 10:00:00,问,"答\r\n一"\r\nb,s,1,2026-01-01 10:00:10,问,答二\r\n'.encode()
+    )
+    (tmp_path / "e.jsonl").write_text(
+        "".join(
+            json.dumps({"response_id": i, "event": e, "ts": "2026-01-01 10:01:00"}) + "\n"
+            for i, e in (("a", "thumbs_up"), ("b", "thumbs_down"))
+        ),  # fmt: skip
+        encoding="utf-8",
+    )
+    cfg = load_profile("chat", "chat")
+    duck = chat.run(tmp_path / "e.jsonl", tmp_path / "r.csv", cfg, progress=False)
+    sp = chat.run(tmp_path / "e.jsonl", tmp_path / "r.csv", cfg, progress=False, engine=spark)
+    query = "SELECT chosen, rejected FROM wt_pairs"
+    assert sp.con.execute(query).fetchall() == duck.con.execute(query).fetchall() == [("答\n一", "答二")]
+    spark.spark.read.json(str(tmp_path / "e.jsonl")).write.parquet(str(tmp_path / "parts"))
+    sp = chat.run(tmp_path / "parts", tmp_path / "r.csv", cfg, progress=False, engine=spark)
+    assert sp.con.execute(query).fetchall() == [("答\n一", "答二")]

@@ -253,8 +253,15 @@ def _check_header(path: Path, line: int, header: list[str]) -> list[str]:
     return header
 
 
+def cell_text(text: str) -> str:
+    """A spreadsheet cell's text with each Windows line break (CR LF) read as one line break (LF): a file saved on
+    Windows holds them inside quoted cells too, and a training text would keep the CR. A lone CR stays."""
+    return text.replace("\r\n", "\n")
+
+
 def _csv(path: Path, opener: Any = None) -> Iterator[tuple[int, Any]]:
-    """Rows of a CSV with a header line, numbered by the file line where each row starts."""
+    """Rows of a CSV with a header line, numbered by the file line where each row starts; a line break inside a
+    quoted cell is LF, whatever the file's line endings (`cell_text`)."""
     line_no = [0]
 
     def lines() -> Iterator[str]:
@@ -269,6 +276,7 @@ def _csv(path: Path, opener: Any = None) -> Iterator[tuple[int, Any]]:
     _check_header(path, 1, header)
     start = line_no[0] + 1
     for values in reader:
+        values = [cell_text(v) for v in values]
         if values:
             if len(values) != len(header):
                 yield start, RowError("row", f"{len(values)} columns, the header has {len(header)}")
@@ -278,8 +286,8 @@ def _csv(path: Path, opener: Any = None) -> Iterator[tuple[int, Any]]:
 
 
 def _cell(value: Any) -> str:
-    """An Excel cell's value as text: 42 not 42.0, dates in ISO form (a midnight as the date alone), empty as "".
-    The value, not its display format: a cell shown as 25% reads 0.25."""
+    """An Excel cell's value as text: 42 not 42.0, dates in ISO form (a midnight as the date alone), empty as "",
+    CR LF as LF (`cell_text`). The value, not its display format: a cell shown as 25% reads 0.25."""
     import datetime as dt
 
     if value is None:
@@ -292,7 +300,7 @@ def _cell(value: Any) -> str:
         return value.date().isoformat() if value.time() == dt.time() else value.isoformat(sep=" ")
     if isinstance(value, (dt.date, dt.time)):
         return value.isoformat()
-    return str(value)
+    return cell_text(str(value))
 
 
 def _has_values(sheet: Any, rows: int = 100) -> bool:

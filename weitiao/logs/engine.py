@@ -104,6 +104,9 @@ class Engine(Protocol):
     def source(self, name: str, path: str) -> tuple[str, dict[str, str]]:
         """Open a log file: (what to put after FROM, {column: DuckDB type name}); UserError if unreadable."""
 
+    def file_kind(self, path: str) -> str:
+        """parquet | csv | tsv | json: how the engine reads `path` (a file, glob or folder of part files)."""
+
     def rows(self, sql: str) -> list[tuple]:
         """Run a query and fetch its rows."""
 
@@ -163,7 +166,7 @@ class DuckEngine:
             raise UserError(f"{path}: is a folder; expected a log file (or a glob such as {Path(path) / '*.parquet'})")
         if not path_exists(path):
             raise UserError(f"{path}: file not found")
-        fmt, q = file_format(path), path.replace("'", "''")
+        fmt, q = self.file_kind(path), path.replace("'", "''")
         reader = {
             "parquet": f"read_parquet('{q}')",
             "csv": f"read_csv('{q}', header = true)",
@@ -175,6 +178,9 @@ class DuckEngine:
         except duckdb.Error as e:
             raise UserError(f"{path}: cannot read: {str(e).splitlines()[0]}") from None
         return reader, {row[0]: row[1] for row in described}
+
+    def file_kind(self, path: str) -> str:
+        return file_format(path)
 
     def rows(self, sql: str) -> list[tuple]:
         return self.con.execute(portable(sql, "duckdb")).fetchall()
@@ -265,6 +271,7 @@ def open_table(
     """
     path = str(path)
     reader, types = engine.source(name, path)
+    kind = engine.file_kind(path)
     select, checks = [], []
     source = {ours: theirs for theirs, ours in (mapping or {}).items() if theirs in types}
     read = {source.get(c.name, c.name) for c in columns} | set(mapping or {}) | set(others)
@@ -294,13 +301,15 @@ def open_table(
         typed, bad = _cast(src, col.kind, types[src])
         if typed is None:
             raise UserError(f"{where(path, field=src)}: expected {EXPECT[col.kind]}, got column type {types[src]}")
+        if col.kind == "text" and kind in ("csv", "tsv"):  # CR LF in a quoted cell: one line break, as data reads it
+            typed = f"replace({typed}, chr(13) || chr(10), chr(10))"
         select.append(f'{typed} AS "{col.name}"')
         raw, named = f'"{src}"', replace(col, name=src)  # checks report the file's column name
         if bad != "false":
             checks.append((named, "bad", f"count(*) FILTER (WHERE {bad})", bad))
         if not col.nullable:
             checks.append((named, "null", f"count(*) - count({raw})", f"{raw} IS NULL"))
-        if col.kind == "time" and file_format(path) == "parquet" and "://" not in path:
+        if col.kind == "time" and kind == "parquet" and "://" not in path:
             _same_zone_kind(path, src)
         if col.kind == "time":  # text times: an offset on all or none (DuckDB's CSV sniffer types a mix TIMESTAMPTZ)
             has = f"regexp_matches(CAST({raw} AS VARCHAR), '{_OFFSET}')"

@@ -87,7 +87,7 @@ class SparkEngine:
         session.sparkContext.setLogLevel("ERROR")
         return cls(session)
 
-    def _format(self, path: str) -> str:
+    def file_kind(self, path: str) -> str:
         """The file format of a path; a local folder of part files takes its files' format."""
         p = Path(path)
         if "://" not in path and p.is_dir() and not p.name.lower().endswith((".parquet", ".csv", ".tsv", ".jsonl")):
@@ -101,7 +101,7 @@ class SparkEngine:
         local = self.spark.sparkContext.master.startswith("local")  # elsewhere /x may mean the cluster's own FS
         if local and "://" not in path and not Path(path).is_dir() and not path_exists(path):
             raise UserError(f"{path}: file not found")
-        fmt, read = self._format(path), self.spark.read
+        fmt, read = self.file_kind(path), self.spark.read
         try:
             if fmt == "parquet":
                 df = read.parquet(path)
