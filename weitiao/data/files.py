@@ -253,6 +253,18 @@ def _check_header(path: Path, line: int, header: list[str]) -> list[str]:
     return header
 
 
+TYPELESS = (".csv", ".xlsx")  # files whose cells all read as text
+NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")  # JSON's number: 007, +1, " 1" are not
+
+
+def number_cell(value: Any, source: str) -> Any:
+    """`value` as a float when it is a CSV/xlsx cell (`source` file:line) holding a number, else `value`: such a file
+    has no number type, and a column read as a number (a weight, a margin) came as the text "0.5"."""
+    if isinstance(value, str) and data_suffix(Path(source.rpartition(":")[0])) in TYPELESS and NUMBER.fullmatch(value):
+        return float(value)
+    return value
+
+
 def cell_text(text: str) -> str:
     """A spreadsheet cell's text with each Windows line break (CR LF) read as one line break (LF): a file saved on
     Windows holds them inside quoted cells too, and a training text would keep the CR. A lone CR stays."""
