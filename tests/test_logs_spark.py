@@ -212,3 +212,25 @@ def test_csv_text_line_breaks_and_a_folder_of_part_files(spark, tmp_path):
     spark.spark.read.json(str(tmp_path / "e.jsonl")).write.parquet(str(tmp_path / "parts"))
     sp = chat.run(tmp_path / "parts", tmp_path / "r.csv", cfg, progress=False, engine=spark)
     assert sp.con.execute(query).fetchall() == [("答\n一", "答二")]
+
+
+def test_dwell_duplicates_and_milliseconds_on_spark(spark, tmp_path):
+    """A view delivered twice counts once on Spark as on DuckDB (same ledger), and dwell in milliseconds is refused
+    with the same line (median() in Spark SQL)."""
+    (tmp_path / "c.csv").write_text("content_id,context,text\nA,q1,好回答\nB,q1,一般回答\n", encoding="utf-8")
+    views = [("A", f"a{i}", 40 + i % 3) for i in range(10)] + [("B", f"b{i}", 20 + i % 2) for i in range(10)]
+    rows = [f"{c},{u},2025-03-01 10:00:{i:02d},{d}" for i, (c, u, d) in enumerate(views)]
+    (tmp_path / "e.csv").write_text("content_id,user_id,ts,dwell_s\n" + "\n".join(rows + rows[-3:] * 2) + "\n")
+    cfg = load_profile("dwell", "zhihu", ["min_views=5", "position_correction=false", "min_z=0"])
+    duck = dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False)
+    sp = dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False, engine=spark)
+    assert duck.con.execute(LEDGER).fetchall() == sp.con.execute(LEDGER).fetchall()
+    assert ("events", "duplicate", 6) in sp.con.execute(LEDGER).fetchall()
+    ms = [f"{c},{u},{t},{int(d) * 1000}" for c, u, t, d in (r.split(",") for r in rows)]
+    (tmp_path / "ms.csv").write_text("content_id,user_id,ts,dwell_s\n" + "\n".join(ms) + "\n")
+    errors = []
+    for engine in (None, spark):
+        with pytest.raises(UserError) as e:
+            dwell.run(tmp_path / "ms.csv", cfg, tmp_path / "c.csv", progress=False, engine=engine)
+        errors.append(str(e.value))
+    assert errors[0] == errors[1] and "20 of 20 dwell values are above max_dwell_s 1800 (median 30500)" in errors[0]

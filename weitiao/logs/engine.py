@@ -456,3 +456,25 @@ def sql_num(x: float | int) -> str:
 def sql_str(s: str) -> str:
     """A config string as a quoted SQL literal."""
     return "'" + str(s).replace("'", "''") + "'"
+
+
+NEARLY_ALL = 0.9  # a share of dwell values outside [min, max] that says the unit is not seconds
+FEW = 10  # fewer dwell values say nothing about their unit
+
+
+def check_dwell_unit(engine: Engine, path: str, column: str, values: str, low: float, high: float) -> None:
+    """Refuse dwell values nearly all outside [low, high] seconds (the `values` query's column v): a column logged in
+    milliseconds was dropped whole as idle/out of bounds and the run said only 'no pair'. Names the file's column,
+    the count, the median and the unit it looks like."""
+    counts = f"count(v), count(*) FILTER (WHERE v > {sql_num(high)}), count(*) FILTER (WHERE v < {sql_num(low)})"
+    n, above, below, mid = engine.rows(f"SELECT {counts}, median(v) FROM ({values}) AS t")[0]
+    if n < FEW or above + below < NEARLY_ALL * n:
+        return
+    if above >= below:
+        what, fix = f"{above:,} of {n:,} dwell values are above max_dwell_s {high:g}", "milliseconds? divide it by 1000"
+        bound = "raise max_dwell_s"
+    else:
+        what, fix = f"{below:,} of {n:,} dwell values are below min_dwell_s {low:g}", "minutes? multiply it by 60"
+        bound = "lower min_dwell_s"
+    raise UserError(f"{where(path, field=column)}: {what} (median {mid:g}) and would be dropped: the column is read in "
+                    f"seconds; {fix}, or {bound} if they are seconds")  # fmt: skip
