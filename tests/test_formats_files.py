@@ -301,3 +301,12 @@ def test_a_windows_line_break_inside_a_csv_cell_reads_as_one_line_break(tmp_path
     book.active.append(["第一行\r\n第二行", "好的"])
     book.save(tmp_path / "w.xlsx")
     assert [r for _, r in files.iter_records(tmp_path / "w.xlsx")][0]["instruction"] == "第一行\n第二行"
+
+
+def test_a_semicolon_csv_is_named_as_such(tmp_path):
+    """Excel in a European locale saves CSV with ';': the error said 'unknown format (keys ['instruction;output'])'."""
+    (tmp_path / "s.csv").write_text("instruction;output\n你好;你好！\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"s\.csv:1: header: one column 'instruction;output', its names split by ';'"):
+        load_conversations(tmp_path / "s.csv")
+    (tmp_path / "t.csv").write_text("text\n一段;文字\n", encoding="utf-8")  # control: one column, ';' in a cell
+    assert [r for _, r in files.iter_records(tmp_path / "t.csv")] == [{"text": "一段;文字"}]

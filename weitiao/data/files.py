@@ -286,6 +286,9 @@ def _csv(path: Path, opener: Any = None) -> Iterator[tuple[int, Any]]:
     if header is None:
         return
     _check_header(path, 1, header)
+    if len(header) == 1 and (sep := next((c for c in (";", "\t") if c in header[0]), None)):
+        raise UserError(f"{path}:1: header: one column {header[0]!r}, its names split by {sep!r}: weitiao reads "
+                        "comma-separated CSV; save it with commas (Excel: 'CSV UTF-8 (comma delimited)')")  # fmt: skip
     start = line_no[0] + 1
     for values in reader:
         values = [cell_text(v) for v in values]
