@@ -583,3 +583,19 @@ def test_rules_eval_refuses_options_the_run_would_ignore(rules_file, prompts_fil
     assert isinstance(r.exception, UserError) and str(r.exception).startswith(message), r.output
     r = run("eval", "--rules", str(rules_file), "--prompts", str(prompts_file), "--endpoint-model", "m")
     assert str(r.exception).startswith("--endpoint-model: names the model behind --endpoint"), r.output
+
+
+def test_prompt_rule_ids_from_a_csv_cell_are_one_id_and_checked(tmp_path, rules_file):
+    """A prompts CSV's rule_ids cell R4 was read letter by letter (['R', '4']): the prompt exercised nothing it was made
+    for and `rules sft/dpo` wrote rule_ids ['R', '4']. A text is one id; an id no rule of the file has is refused."""
+    from weitiao.safety.rules import read_prompts
+
+    rs = load_rules(rules_file)
+    (tmp_path / "p.csv").write_text("prompt,rule_ids\n请介绍一下你们的产品,R4\n", encoding="utf-8")
+    assert [p.rule_ids for p in read_prompts(tmp_path / "p.csv", rs)] == [["R4"]]
+    (tmp_path / "p.jsonl").write_text(
+        json.dumps({"prompt": "你好", "rule_ids": ["R4", "R44"]}) + "\n", encoding="utf-8"
+    )
+    with pytest.raises(UserError, match=rf"p\.jsonl:1: rule_ids: 'R44' is no rule of {re.escape(str(rules_file))}"):
+        read_prompts(tmp_path / "p.jsonl", rs)
+    assert read_prompts(tmp_path / "p.jsonl")[0].rule_ids == ["R4", "R44"]  # control: without the rules, unchecked

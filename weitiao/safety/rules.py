@@ -473,9 +473,21 @@ def read_jsonl(path: str | Path) -> list[Sample]:
     return [to_sample(rec, f"{p}:{n}") for n, rec in iter_records(p)]
 
 
-def read_prompts(path: str | Path) -> list[Prompt]:
-    """Prompts from JSONL rows with prompt / question / instruction(+input) / messages (last user turn)."""
-    return [Prompt(p.text, [str(x) for x in p.row.get("rule_ids") or []]) for p in read_prompt_rows(path)]
+def read_prompts(path: str | Path, rs: RuleSet | None = None) -> list[Prompt]:
+    """Prompts from JSONL rows with prompt / question / instruction(+input) / messages (last user turn). A row's
+    `rule_ids` is a list of ids or one id (a CSV cell: its text was read letter by letter, R01 as R, 0, 1); with `rs`,
+    an id that is no rule of its file is refused naming file:line, as coverage does."""
+    out = []
+    known = (rs.known or {r.id for r in rs.rules}) if rs else None
+    for p in read_prompt_rows(path):
+        try:
+            ids = _rule_ids(p.row)
+        except RowError as e:
+            raise UserError(f"{p.source}: {e}") from None
+        if known is not None and (unknown := [x for x in ids if x not in known]):
+            raise UserError(f"{p.source}: rule_ids: {unknown[0]!r} is no rule of {rs.path}")  # type: ignore[union-attr]
+        out.append(Prompt(p.text, ids))
+    return out
 
 
 def coverage(rs: RuleSet, rows: list[Sample]) -> dict[str, Any]:
