@@ -234,3 +234,19 @@ def test_dwell_duplicates_and_milliseconds_on_spark(spark, tmp_path):
             dwell.run(tmp_path / "ms.csv", cfg, tmp_path / "c.csv", progress=False, engine=engine)
         errors.append(str(e.value))
     assert errors[0] == errors[1] and "20 of 20 dwell values are above max_dwell_s 1800 (median 30500)" in errors[0]
+
+
+def test_a_gbk_csv_is_refused_not_read_as_replacement_characters(spark, tmp_path):
+    """Spark decoded a GBK CSV's texts as U+FFFD, unsaid: the pairs' chosen/rejected were '�ش�...' (DuckDB refuses
+    the file). A text or id column holding U+FFFD read by Spark from CSV/JSON is refused naming the file and column."""
+    (tmp_path / "e.csv").write_text(
+        "content_id,dwell_s\n" + "".join(f"{c},{d}\n" for c, d in [("A", 40), ("B", 20)] * 8)
+    )
+    content = "content_id,context,text,length_chars\nA,q1,好回答,800\nB,q1,一般回答,800\n"
+    (tmp_path / "c.csv").write_bytes(content.encode("gbk"))
+    cfg = load_profile("dwell", "zhihu", ["min_views=1", "min_z=0", "position_correction=false"])
+    with pytest.raises(UserError, match=r"c\.csv: text: 2 values hold U\+FFFD .* save the file as UTF-8"):
+        dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False, engine=spark)
+    (tmp_path / "c.csv").write_text(content, encoding="utf-8")
+    r = dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False, engine=spark)  # control: UTF-8 runs
+    assert r.con.execute("SELECT chosen, rejected FROM wt_pairs").fetchall() == [("好回答", "一般回答")]

@@ -135,6 +135,18 @@ def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def unreadable(path: str, e: BaseException) -> UserError:
+    """`path: cannot read: ...` from an engine's error; bytes that are not UTF-8 (a CSV Excel on Chinese Windows saved
+    as GBK) say so and how to fix it, where DuckDB's first line was only 'CSV Error on Line: 2'."""
+    text = str(e).strip()
+    if re.search(r"not utf-8 encoded|invalid utf-8|malformed input", text, re.IGNORECASE):
+        line = re.search(r"on Line: (\d+)", text)
+        at = f" (near line {line.group(1)})" if line else ""
+        return UserError(f"{path}: cannot read: not valid UTF-8{at}; save it as UTF-8 (Excel: 'CSV UTF-8'; a CSV "
+                         "saved on Chinese Windows is GBK)")  # fmt: skip
+    return UserError(f"{path}: cannot read: {text.splitlines()[0]}")
+
+
 def path_exists(path: str) -> bool:
     return bool(glob.glob(path)) if any(ch in path for ch in "*?[") else Path(path).is_file()
 
@@ -176,7 +188,7 @@ class DuckEngine:
         try:
             described = self.con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()
         except duckdb.Error as e:
-            raise UserError(f"{path}: cannot read: {str(e).splitlines()[0]}") from None
+            raise unreadable(path, e) from None
         return reader, {row[0]: row[1] for row in described}
 
     def file_kind(self, path: str) -> str:
@@ -320,6 +332,9 @@ def open_table(
                 _check(
                     engine, path, reader[:-1] + ", all_varchar = true)", [(named, "mixed", f"({mixed})::INTEGER", has)]
                 )
+        if engine.name == "spark" and kind != "parquet" and col.kind in ("id", "text") and types[src] == "VARCHAR":
+            fffd = f"instr({raw}, '\ufffd') > 0"  # Spark decodes bytes that are not UTF-8 as U+FFFD, unsaid
+            checks.append((named, "fffd", f"count(*) FILTER (WHERE {fffd})", fffd))
         if col.unique:
             checks.append((named, "dup", f"count({raw}) - count(DISTINCT {raw})", None))
         if col.min is not None:  # min() comes from Parquet statistics when it can: no scan
@@ -380,11 +395,15 @@ def _check(engine: Engine, path: str, reader: str, checks: list) -> None:
             ]
             if what == "bad":
                 raise UserError(f"{loc}: expected {EXPECT[col.kind]}, found {example!r} ({count} rows)")
+            if what == "fffd":
+                raise UserError(f"{loc}: {count} values hold U+FFFD (�), e.g. {example[:40]!r}: what Spark reads bytes "
+                                "that are not UTF-8 as (a CSV saved on Chinese Windows is GBK); save the file as UTF-8 "
+                                "(a text that really holds �: --engine duckdb)")  # fmt: skip
             if what == "null":
                 raise UserError(f"{loc}: {count} empty values ({col.help})")
             raise UserError(f"{loc}: {count} values below {col.min:g}, e.g. {example} ({col.help})")
     except engine.errors as e:
-        raise UserError(f"{path}: cannot read: {str(e).strip().splitlines()[0]}") from None
+        raise unreadable(path, e) from None
 
 
 def run_stages(
