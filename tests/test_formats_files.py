@@ -310,3 +310,16 @@ def test_a_semicolon_csv_is_named_as_such(tmp_path):
         load_conversations(tmp_path / "s.csv")
     (tmp_path / "t.csv").write_text("text\n一段;文字\n", encoding="utf-8")  # control: one column, ';' in a cell
     assert [r for _, r in files.iter_records(tmp_path / "t.csv")] == [{"text": "一段;文字"}]
+
+
+def test_what_the_csv_module_cannot_parse_is_one_line(tmp_path):
+    """A cell over csv's 131,072-character default (a long document) and a file with lone-CR line endings ended in a
+    _csv.Error traceback. A cell may be as long as data.max_row_bytes (as a JSONL row); past it, and for CR line
+    endings, one line names file:line."""
+    (tmp_path / "long.csv").write_text('text\n"' + "长" * 200_000 + '"\n', encoding="utf-8")
+    assert len(load_rows(tmp_path / "long.csv").rows[0].text) == 200_000
+    with pytest.raises(UserError, match=r"long\.csv:2: a cell over 1,000 characters \(data\.max_row_bytes"):
+        load_rows(tmp_path / "long.csv", max_row_bytes=1000)
+    (tmp_path / "cr.csv").write_bytes("instruction,output\r你好,你好！\r".encode())
+    with pytest.raises(UserError, match=r"cr\.csv:1: a line ends in a lone CR \(old Mac line endings\)"):
+        load_conversations(tmp_path / "cr.csv")

@@ -16,6 +16,7 @@ import gzip
 import io
 import json
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -271,9 +272,10 @@ def cell_text(text: str) -> str:
     return text.replace("\r\n", "\n")
 
 
-def _csv(path: Path, opener: Any = None) -> Iterator[tuple[int, Any]]:
+def _csv(path: Path, opener: Any = None, max_cell: int | None = MAX_ROW_BYTES) -> Iterator[tuple[int, Any]]:
     """Rows of a CSV with a header line, numbered by the file line where each row starts; a line break inside a
-    quoted cell is LF, whatever the file's line endings (`cell_text`)."""
+    quoted cell is LF, whatever the file's line endings (`cell_text`). A cell may be `max_cell` characters long
+    (data.max_row_bytes, as a JSONL row); what the csv module cannot parse is one line naming file:line."""
     line_no = [0]
 
     def lines() -> Iterator[str]:
@@ -281,7 +283,23 @@ def _csv(path: Path, opener: Any = None) -> Iterator[tuple[int, Any]]:
             line_no[0] = n
             yield text
 
-    reader = csv.reader(lines())
+    csv.field_size_limit(max_cell or sys.maxsize)  # csv's own default, 131,072 characters, cut long documents
+    rows = csv.reader(lines())
+
+    def parsed() -> Iterator[list[str]]:
+        try:
+            yield from rows
+        except csv.Error as e:
+            if "field larger than field limit" in str(e):
+                why = (f"a cell over {max_cell:,} characters (data.max_row_bytes, counted in characters here); raise "
+                       "it, or split the cell")  # fmt: skip
+            elif "new-line character seen in unquoted field" in str(e):
+                why = "a line ends in a lone CR (old Mac line endings); save the file with LF or CR LF line endings"
+            else:
+                why = f"not readable as CSV ({e})"
+            raise UserError(f"{path}:{line_no[0]}: {why}") from None
+
+    reader = parsed()
     header = next(reader, None)
     if header is None:
         return
@@ -432,7 +450,7 @@ def iter_records(path: Path, max_row_bytes: int | None = MAX_ROW_BYTES) -> Itera
     elif suffix in (".parquet", ".arrow"):
         yield from _batches(path, suffix[1:])
     elif suffix == ".csv":
-        yield from _csv(path, (lambda: _open_stream(path)) if compressed else None)
+        yield from _csv(path, (lambda: _open_stream(path)) if compressed else None, max_row_bytes)
     elif suffix == ".xlsx":
         yield from _xlsx(path)
     else:
