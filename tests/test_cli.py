@@ -227,3 +227,20 @@ def test_a_cross_field_error_names_the_override_that_made_it(tmp_path):
     cfg.write_text(cfg.read_text() + "  init_kl_coef: 0\n")  # control: all in the file → the file's line
     with pytest.raises(UserError, match=rf"^{re.escape(str(cfg))}:\d+: ppo: .*kl_target=6\.0 scales β"):
         load_config(PPOConfig, cfg, ["ppo.gamma=0.9"])
+
+
+def test_a_bad_train_out_from_the_command_line_is_named_there(tmp_path):
+    """train.out=FILE on the command line was blamed on the config's own train.out line (c.yaml:4), which is fine."""
+    from weitiao.config import load_config
+    from weitiao.errors import UserError
+    from weitiao.recipes.sft import SFTConfig
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  train: [x.jsonl]\ntrain:\n  out: runs/a\n")
+    (tmp_path / "f.txt").write_text("mine")
+    given = re.escape(f"train.out={tmp_path / 'f.txt'}")
+    with pytest.raises(UserError, match=rf"^command line {given}: train\.out: .* is an existing file"):
+        load_config(SFTConfig, cfg, [f"train.out={tmp_path / 'f.txt'}"])
+    cfg.write_text(f"data:\n  train: [x.jsonl]\ntrain:\n  out: {tmp_path / 'f.txt'}\n")  # control: the file's line
+    with pytest.raises(UserError, match=rf"^{re.escape(str(cfg))}:4: train\.out: .* is an existing file"):
+        load_config(SFTConfig, cfg, ["train.lr=1e-4"])

@@ -241,14 +241,12 @@ def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | No
     data = resolve_paths(data, cls, Path(path).parent if path else Path.cwd(), overridden)
     cfg = validate(cls, data, where, node, overrides)
     out = getattr(getattr(cfg, "train", None), "out", None)  # checked now, not after loading the model
-    if isinstance(out, str) and Path(out).exists() and not Path(out).is_dir():
-        line = yaml_line(node, ("train", "out"))
-        raise UserError(
-            f"{where}{f':{line}' if line else ''}: train.out: {out} is an existing file; give a folder for the run"
+    if isinstance(out, str) and Path(out).exists() and not Path(out).is_dir():  # named where it was set
+        raise _located(
+            ("train", "out"), f"{out} is an existing file; give a folder for the run", where, node, overrides
         )
     if isinstance(out, str) and (clash := _input_in_run_files(cls, cfg, Path(out), Path(path) if path else None)):
-        line = yaml_line(node, ("train", "out"))
-        raise UserError(f"{where}{f':{line}' if line else ''}: train.out: {clash}")
+        raise _located(("train", "out"), clash, where, node, overrides)
     return cfg
 
 
