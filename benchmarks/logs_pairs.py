@@ -37,10 +37,11 @@ def pandas_pairs(events: Path, content: Path, cfg) -> tuple:
     import numpy as np
     import pandas as pd
 
-    cols = ["content_id", "dwell_s", "position", "liked", "collected"] + (
-        ["user_id", "ts"] if cfg.one_view_per_user else []
-    )
-    ev = pd.read_parquet(events, columns=cols)
+    ev = pd.read_parquet(events)
+    for col in ("user_id", "ts"):
+        if col not in ev:
+            ev[col] = None
+    ev = ev[["content_id", "dwell_s", "position", "liked", "collected", "user_id", "ts"]]
     ct = pd.read_parquet(content)
     ct["expected_s"] = cfg.base_s + ct.length_chars / cfg.read_cps + ct.images * cfg.image_s
     # 1. drop rules per view
@@ -48,9 +49,13 @@ def pandas_pairs(events: Path, content: Path, cfg) -> tuple:
     idle = v.dwell_s > cfg.max_dwell_s
     if cfg.idle_ratio:
         idle |= v.dwell_s > cfg.idle_ratio * v.expected_s
+    known = v.user_id.notna() & v.ts.notna()  # a row repeated whole, user and time given: delivered twice
+    copy = known & v.duplicated(["content_id", "user_id", "ts", "dwell_s", "position", "liked", "collected"])
     rule = pd.Series(
         np.select(
-            [v.expected_s.isna(), v.dwell_s < cfg.min_dwell_s, idle], ["unknown_content", "accidental", "idle"], ""
+            [v.expected_s.isna(), copy, v.dwell_s < cfg.min_dwell_s, idle],
+            ["unknown_content", "duplicate", "accidental", "idle"],
+            "",
         ),
         index=v.index,
     )

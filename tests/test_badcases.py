@@ -307,3 +307,10 @@ def test_a_rerun_whose_teacher_fails_leaves_the_earlier_run_whole(tmp_path):
         badcases.run([tmp_path / "all.jsonl"], out, t, n_aug=3, progress=False)
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
     assert sum(c["size"] for c in json.loads((out / "clusters.json").read_text("utf-8"))) == s["cases"] == 4
+
+
+def test_a_windows_line_break_inside_a_cell_reads_as_one_line_break(tmp_path):
+    """A CSV saved on Windows: the prompt cell's CR LF stayed in the prompt and golden answer (as data mix reads it)."""
+    (tmp_path / "c.csv").write_bytes('prompt,bad,golden\r\n"第一行\r\n第二行",坏,"好\r\n的"\r\n'.encode())
+    (case,) = badcases.ingest([tmp_path / "c.csv"])
+    assert (case.prompt, case.golden) == ("第一行\n第二行", "好\n的")

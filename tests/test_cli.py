@@ -1,6 +1,7 @@
 """The CLI as a user meets it: one-line errors with exit 1, data check and data show."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -201,3 +202,45 @@ def test_every_command_names_cpu_for_deepspeed(monkeypatch):
         with pytest.raises(SystemExit):
             cli.main()
         assert __import__("os").environ["DS_ACCELERATOR"] == want
+
+
+def test_a_cross_field_error_names_the_override_that_made_it(tmp_path):
+    """ppo.init_kl_coef=0 on the command line beside the file's kl_target was blamed on `p.yaml:6` (the kl_target
+    line, which is fine); an error across a section's keys now names the command-line item(s) its message names, and
+    keeps file:line when the keys all come from the file. ppo.micro_train_batch_size above ppo.train_batch_size was
+    capped to a minibatch unsaid: refused naming both keys."""
+    from weitiao.config import load_config
+    from weitiao.errors import UserError
+    from weitiao.recipes.ppo import PPOConfig
+
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("reward:\n  kind: function\n  path: m:f\ndata:\n  prompts: [p.jsonl]\nppo:\n  kl_target: 6.0\n"
+                   "  train_batch_size: 4\n")  # fmt: skip
+    with pytest.raises(UserError, match=r"^command line ppo\.init_kl_coef=0: ppo: .*kl_target=6\.0 scales β"):
+        load_config(PPOConfig, cfg, ["ppo.init_kl_coef=0", "ppo.gamma=0.9"])
+    big = r"ppo\.micro_train_batch_size=16 is more than ppo\.train_batch_size=4 \(samples per minibatch"
+    with pytest.raises(UserError, match=rf"^command line ppo\.micro_train_batch_size=16: ppo: Value error, {big}"):
+        load_config(PPOConfig, cfg, ["ppo.micro_train_batch_size=16"])
+    with pytest.raises(UserError, match=r"^command line ppo\.train_batch_size=2: ppo: .*micro_train_batch_size=4 is"):
+        load_config(PPOConfig, cfg, ["ppo.train_batch_size=2"])
+    assert load_config(PPOConfig, cfg, ["ppo.micro_train_batch_size=4"]).ppo.micro_train_batch_size == 4  # control
+    cfg.write_text(cfg.read_text() + "  init_kl_coef: 0\n")  # control: all in the file → the file's line
+    with pytest.raises(UserError, match=rf"^{re.escape(str(cfg))}:\d+: ppo: .*kl_target=6\.0 scales β"):
+        load_config(PPOConfig, cfg, ["ppo.gamma=0.9"])
+
+
+def test_a_bad_train_out_from_the_command_line_is_named_there(tmp_path):
+    """train.out=FILE on the command line was blamed on the config's own train.out line (c.yaml:4), which is fine."""
+    from weitiao.config import load_config
+    from weitiao.errors import UserError
+    from weitiao.recipes.sft import SFTConfig
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  train: [x.jsonl]\ntrain:\n  out: runs/a\n")
+    (tmp_path / "f.txt").write_text("mine")
+    given = re.escape(f"train.out={tmp_path / 'f.txt'}")
+    with pytest.raises(UserError, match=rf"^command line {given}: train\.out: .* is an existing file"):
+        load_config(SFTConfig, cfg, [f"train.out={tmp_path / 'f.txt'}"])
+    cfg.write_text(f"data:\n  train: [x.jsonl]\ntrain:\n  out: {tmp_path / 'f.txt'}\n")  # control: the file's line
+    with pytest.raises(UserError, match=rf"^{re.escape(str(cfg))}:4: train\.out: .* is an existing file"):
+        load_config(SFTConfig, cfg, ["train.lr=1e-4"])

@@ -134,3 +134,21 @@ def test_eval_loss_is_weighted_as_the_training_loss(tiny_model_dir, tmp_path):
     unread = write_jsonl(tmp_path / "w.jsonl", [dict(r, weight=1) for r in make_pairs(3)])
     with pytest.raises(UserError, match=r"w\.jsonl:1: weight: not read unless data.weight_field=weight"):
         build(tiny_model_dir, train, tmp_path / "w", f"data.eval=[{unread}]")  # an eval file's column too
+
+
+def test_a_weight_or_margin_from_a_csv_cell_is_the_number_it_holds(tmp_path):
+    """A CSV has no number type: a pair's confidence 0.5 read as the text "0.5", refused as "'0.5' is not a number ≥ 0"
+    (data.weight_field, data.min_confidence, an RM margin), while the same rows as JSONL trained. A CSV/xlsx cell
+    holding a JSON number is that number; a JSONL string stays refused, and so does CSV text that is no number."""
+    from weitiao.train.pairs import _margin, _row_number
+
+    (tmp_path / "p.csv").write_text("prompt,chosen,rejected,confidence,margin\n问,好,坏,0.5,1e-1\n问二,好,坏,abc,-2\n")
+    ok, bad = load_rows([str(tmp_path / "p.csv")], "auto").rows
+    assert _row_number(ok, "confidence", "data.weight_field") == 0.5 and _margin(ok) == 0.1
+    assert _margin(bad) == -2.0
+    with pytest.raises(UserError, match=r"p\.csv:3: confidence: 'abc' is not a number"):
+        _row_number(bad, "confidence", "data.weight_field")
+    write_jsonl(tmp_path / "p.jsonl", [{"prompt": "问", "chosen": "好", "rejected": "坏", "confidence": "0.5"}])
+    (text,) = load_rows([str(tmp_path / "p.jsonl")], "auto").rows
+    with pytest.raises(UserError, match=r"p\.jsonl:1: confidence: '0.5' is not a number"):
+        _row_number(text, "confidence", "data.weight_field")

@@ -283,3 +283,43 @@ def test_a_file_without_an_ending_says_the_ending_names_the_format(tmp_path):
         list(files.iter_records(bare))
     with pytest.raises(UserError, match=r"unsupported file type '\.txt'"):
         list(files.iter_records(bare.rename(tmp_path / "rows.txt")))
+
+
+@pytest.mark.parametrize("ending", ["\r\n", "\n"])
+def test_a_windows_line_break_inside_a_csv_cell_reads_as_one_line_break(tmp_path, ending):
+    """A quoted cell of a CSV saved on Windows kept its CR LF: the training text held "\\r" (csv keeps a cell's bytes).
+    Every CR LF in a cell now reads as LF, whatever the file's own line endings; a lone CR is left as it is."""
+    text = f'instruction,output{ending}"第一行\r\n第二行",好的{ending}"a\rb",c{ending}'
+    (tmp_path / "w.csv").write_bytes(text.encode("utf-8"))
+    rows = [r for _, r in files.iter_records(tmp_path / "w.csv")]
+    assert rows == [{"instruction": "第一行\n第二行", "output": "好的"}, {"instruction": "a\rb", "output": "c"}]
+    convs = load_conversations(tmp_path / "w.csv").rows
+    assert convs[0].messages[0]["content"] == "第一行\n第二行"
+    openpyxl = pytest.importorskip("openpyxl")
+    book = openpyxl.Workbook()
+    book.active.append(["instruction", "output"])
+    book.active.append(["第一行\r\n第二行", "好的"])
+    book.save(tmp_path / "w.xlsx")
+    assert [r for _, r in files.iter_records(tmp_path / "w.xlsx")][0]["instruction"] == "第一行\n第二行"
+
+
+def test_a_semicolon_csv_is_named_as_such(tmp_path):
+    """Excel in a European locale saves CSV with ';': the error said 'unknown format (keys ['instruction;output'])'."""
+    (tmp_path / "s.csv").write_text("instruction;output\n你好;你好！\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"s\.csv:1: header: one column 'instruction;output', its names split by ';'"):
+        load_conversations(tmp_path / "s.csv")
+    (tmp_path / "t.csv").write_text("text\n一段;文字\n", encoding="utf-8")  # control: one column, ';' in a cell
+    assert [r for _, r in files.iter_records(tmp_path / "t.csv")] == [{"text": "一段;文字"}]
+
+
+def test_what_the_csv_module_cannot_parse_is_one_line(tmp_path):
+    """A cell over csv's 131,072-character default (a long document) and a file with lone-CR line endings ended in a
+    _csv.Error traceback. A cell may be as long as data.max_row_bytes (as a JSONL row); past it, and for CR line
+    endings, one line names file:line."""
+    (tmp_path / "long.csv").write_text('text\n"' + "长" * 200_000 + '"\n', encoding="utf-8")
+    assert len(load_rows(tmp_path / "long.csv").rows[0].text) == 200_000
+    with pytest.raises(UserError, match=r"long\.csv:2: a cell over 1,000 characters \(data\.max_row_bytes"):
+        load_rows(tmp_path / "long.csv", max_row_bytes=1000)
+    (tmp_path / "cr.csv").write_bytes("instruction,output\r你好,你好！\r".encode())
+    with pytest.raises(UserError, match=r"cr\.csv:1: a line ends in a lone CR \(old Mac line endings\)"):
+        load_conversations(tmp_path / "cr.csv")

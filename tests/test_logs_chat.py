@@ -304,3 +304,23 @@ def test_dwell_events_without_a_value_column_are_refused(tmp_path):
     assert build_report(mapped)["ledgers"]["events"]["dwell_out_of_bounds"] == 1  # the 0.3 s one only
     no_dwell = load_profile("chat", "chat", ["sources=[explicit, share_copy, regenerate, follow_up]", "balance={}"])
     assert pairs_of(chat.run(events, responses, no_dwell, progress=False))  # control: dwell not used, no value needed
+
+
+def test_dwell_events_in_milliseconds_are_refused_naming_the_unit(tmp_path):
+    """Chat dwell values in milliseconds were all `dwell_out_of_bounds`, unsaid: the dwell tier decided nothing."""
+    resp = ["response_id,session_id,turn,ts,prompt,response"]
+    resp += [f"r{i}{k},s{i},1,2025-03-01 10:00:0{k},问{i},答{k}" for i in range(6) for k in (1, 2)]
+    (tmp_path / "r.csv").write_text("\n".join(resp) + "\n", encoding="utf-8")
+
+    def events(scale):
+        rows = [f"r{i}{k},stay,2025-03-01 10:01:00,{(30 if k == 1 else 10) * scale}" for i in range(6) for k in (1, 2)]
+        (tmp_path / "e.csv").write_text("response_id,event,ts,value\n" + "\n".join(rows) + "\n", encoding="utf-8")
+
+    cfg = load_profile("chat", "chat", ["event_names={stay: dwell}", "balance={}"])
+    events(1000)
+    with pytest.raises(UserError, match=r"e\.csv: value: 12 of 12 dwell values are above max_dwell_s 600 \(median "
+                                        r"20000\) .* milliseconds\? divide it by 1000"):  # fmt: skip
+        chat.run(tmp_path / "e.csv", tmp_path / "r.csv", cfg, progress=False)
+    events(1)  # control: the same log in seconds pairs on dwell
+    r = chat.run(tmp_path / "e.csv", tmp_path / "r.csv", cfg, progress=False)
+    assert r.con.execute("SELECT count(*) FROM wt_pairs WHERE source = 'dwell'").fetchone()[0] == 6

@@ -55,7 +55,10 @@ def test_print_sql_and_show_config_need_no_logs(tmp_path):
     con.execute(
         "CREATE TABLE content(content_id TEXT, context TEXT, prompt TEXT, text TEXT, length_chars INT, images INT)"
     )
-    con.execute("CREATE TABLE events(content_id TEXT, dwell_s DOUBLE, position INT, liked BOOL, collected BOOL)")
+    con.execute(
+        "CREATE TABLE events(content_id TEXT, user_id TEXT, ts TIMESTAMP, dwell_s DOUBLE, position INT, "
+        "liked BOOL, collected BOOL)"
+    )
     con.execute(sql)
     assert con.execute("SELECT count(*) FROM wt_pairs").fetchone() == (0,)
     r = logs("chat", "--print-sql", "--set", "cross_session.enabled=true", "--set", "cross_session.match=ngram")

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from weitiao.data.formats import load_rows
+from weitiao.errors import UserError
 from weitiao.logs import dwell
 from weitiao.logs.config import load_profile
 from weitiao.logs.report import build_report, precision, write_outputs
@@ -176,3 +177,41 @@ def test_engagement_margin_is_finite(tmp_path):
     got = r.con.execute("SELECT chosen_id, rejected_id, source, margin FROM wt_pairs ORDER BY context").fetchall()
     # Control: D has one like in 20 views, so its rate 0.05 is used as is: (0.5 − 0.05) / 0.05 = 9.
     assert got == [("A", "B", "engagement", 8.0), ("C", "D", "engagement", 9.0)]
+
+
+def test_a_view_delivered_twice_counts_once(tmp_path):
+    """B's two long views, each delivered five times over (at-least-once logging), made B's mean dwell 59 s against
+    A's 41 s: B > A was kept, where without the copies A > B. A row repeating another whole (with user_id and ts)
+    now counts once, the copies as `duplicate`; the same view twice from a log without user_id/ts is two views."""
+    content = "content_id,context,text,length_chars\nA,q1,好回答,800\nB,q1,一般回答,800\n"
+    views = [("A", f"a{i}", 40 + i % 3) for i in range(10)] + [("B", f"b{i}", 20) for i in range(8)]
+    views += [("B", "b8", 90), ("B", "b9", 90)]
+    rows = [f"{c},{u},2025-03-01 10:00:{i:02d},{d},1" for i, (c, u, d) in enumerate(views)]
+    rows += rows[-2:] * 4
+    (tmp_path / "c.csv").write_text(content, encoding="utf-8")
+    (tmp_path / "e.csv").write_text("content_id,user_id,ts,dwell_s,position\n" + "\n".join(rows) + "\n")
+    cfg = load_profile("dwell", "zhihu", ["min_views=5", "position_correction=false", "min_z=0"])
+    r = dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False)
+    assert r.con.execute("SELECT chosen_id, rejected_id FROM wt_pairs").fetchall() == [("A", "B")]
+    assert build_report(r)["ledgers"]["events"]["duplicate"] == 8
+    # Control: without user_id and ts a repeated row cannot be told from another view: all count, and B wins.
+    bare = [",".join(x.split(",")[i] for i in (0, 3, 4)) for x in rows]
+    (tmp_path / "n.csv").write_text("content_id,dwell_s,position\n" + "\n".join(bare) + "\n")
+    r = dwell.run(tmp_path / "n.csv", cfg, tmp_path / "c.csv", progress=False)
+    assert r.con.execute("SELECT chosen_id, rejected_id FROM wt_pairs").fetchall() == [("B", "A")]
+
+
+@pytest.mark.parametrize("scale,match", [(1000, "above max_dwell_s 1800 .* milliseconds"),
+                                         (1 / 60, "below min_dwell_s 3 .* minutes")])  # fmt: skip
+def test_dwell_nearly_all_out_of_bounds_is_refused_naming_the_unit(tmp_path, scale, match):
+    """Dwell logged in milliseconds: every view was dropped as idle and the run said only 'no preference pair'."""
+    (tmp_path / "c.csv").write_text("content_id,context,text\nA,q1,好回答\nB,q1,一般回答\n", encoding="utf-8")
+    rows = [f"{c},{(40 if c == 'A' else 20) * scale + i % 3}" for i in range(20) for c in "AB"]
+    (tmp_path / "e.csv").write_text("content_id,ms\n" + "\n".join(rows) + "\n")
+    cfg = load_profile("dwell", "zhihu", ["position_correction=false", "columns={ms: dwell_s}"])
+    with pytest.raises(UserError, match=rf"e\.csv: ms: 40 of 40 dwell values are {match}"):
+        dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False)
+    # Control: seconds with some idle tabs (under 90% out of bounds) run.
+    mostly_idle = [f"{c},{5000 if i < 30 else 40}" for i, c in enumerate("AB" * 20)]
+    (tmp_path / "e.csv").write_text("content_id,ms\n" + "\n".join(mostly_idle) + "\n")
+    dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False)

@@ -1,5 +1,6 @@
 """Malformed logs and configs give one-line UserErrors naming the file and the column or key."""
 
+import json
 import re
 
 import pytest
@@ -303,3 +304,35 @@ def test_times_need_no_zone_but_parquet_files_of_one_glob_must_agree_on_having_o
         run(str(tmp_path / "ev" / "*.parquet"), tmp_path / "r.csv")
     part("b.parquet", "thumbs_down", t + 60, "UTC")
     assert run(str(tmp_path / "ev" / "*.parquet"), tmp_path / "r.csv") == [("r1", "r2", "thumbs_up_vs_none")]
+
+
+def test_a_windows_line_break_inside_a_csv_text_cell_reads_as_one_line_break(tmp_path):
+    """A content CSV saved on Windows: its quoted texts' CR LF reached the pairs' chosen/rejected ("\\r" in training
+    text, where `data mix`/SFT read the same cell as LF). Text columns of a CSV now read CR LF as LF; JSON stays."""
+    (tmp_path / "e.csv").write_text(EVENTS)
+    content = 'content_id,context,text,length_chars\r\nA,q1,"好回答\r\n第二行",800\r\nB,q1,"一般\r\n回答",800\r\n'
+    (tmp_path / "c.csv").write_bytes(content.encode())
+    cfg = load_profile("dwell", "zhihu", ["min_views=1", "min_z=0"])
+    r = dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False)
+    assert r.con.execute("SELECT chosen, rejected FROM wt_pairs").fetchall() == [("好回答\n第二行", "一般\n回答")]
+    rows = [{"content_id": "A", "context": "q1", "text": "好\r\n的", "length_chars": 800},
+            {"content_id": "B", "context": "q1", "text": "一般", "length_chars": 800}]  # fmt: skip
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    r = dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.jsonl", progress=False)
+    assert r.con.execute("SELECT chosen FROM wt_pairs").fetchall() == [("好\r\n的",)]  # a JSON string's "\r\n" is data
+
+
+def test_a_gbk_csv_is_named_as_not_utf8(tmp_path):
+    """A content CSV saved by Excel on Chinese Windows (GBK) said only 'cannot read: Invalid Input Error: CSV Error on
+    Line: 2'; it now says the file is not UTF-8 and how to save it, also when the bad bytes come after the sniffed
+    rows (found in the check scan)."""
+    (tmp_path / "e.csv").write_text(EVENTS)
+    (tmp_path / "c.csv").write_bytes(CONTENT.encode("gbk"))
+    cfg = load_profile("dwell", "zhihu", ["min_views=1", "min_z=0"])
+    utf8 = r"c\.csv: cannot read: not valid UTF-8 \(near line \d+\); save it as UTF-8 \(Excel: 'CSV UTF-8'"
+    with pytest.raises(UserError, match=utf8):
+        dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False)
+    late = "content_id,context,text,length_chars\n" + "".join(f"X{i},q9,文本{i},10\n" for i in range(30_000))
+    (tmp_path / "c.csv").write_bytes(late.encode() + CONTENT.split("\n", 1)[1].encode("gbk"))
+    with pytest.raises(UserError, match=utf8):
+        dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False)

@@ -188,3 +188,65 @@ def test_csv_ids_with_leading_zeros_stay_text(spark, tmp_path):
     assert build_report(sp)["ledgers"] == build_report(duck)["ledgers"]
     raw = {f.name: f.dataType.simpleString() for f in spark.spark.table("wt_raw_responses").schema}
     assert raw["response_id"] == "string" and raw["turn"] == "int"  # control: no leading zero, still a number
+
+
+def test_csv_text_line_breaks_and_a_folder_of_part_files(spark, tmp_path):
+    """A CR LF inside a quoted CSV text reads as LF on Spark as on DuckDB (and as `data mix` reads it); a folder of
+    Parquet part files with a time column (Spark's own output) was refused as 'unsupported log file type'."""
+    (tmp_path / "r.csv").write_bytes(
+        "response_id,session_id,turn,ts,prompt,response\r\n"
+        'a,s,1,2026-01-01 10:00:00,问,"答\r\n一"\r\nb,s,1,2026-01-01 10:00:10,问,答二\r\n'.encode()
+    )
+    (tmp_path / "e.jsonl").write_text(
+        "".join(
+            json.dumps({"response_id": i, "event": e, "ts": "2026-01-01 10:01:00"}) + "\n"
+            for i, e in (("a", "thumbs_up"), ("b", "thumbs_down"))
+        ),  # fmt: skip
+        encoding="utf-8",
+    )
+    cfg = load_profile("chat", "chat")
+    duck = chat.run(tmp_path / "e.jsonl", tmp_path / "r.csv", cfg, progress=False)
+    sp = chat.run(tmp_path / "e.jsonl", tmp_path / "r.csv", cfg, progress=False, engine=spark)
+    query = "SELECT chosen, rejected FROM wt_pairs"
+    assert sp.con.execute(query).fetchall() == duck.con.execute(query).fetchall() == [("答\n一", "答二")]
+    spark.spark.read.json(str(tmp_path / "e.jsonl")).write.parquet(str(tmp_path / "parts"))
+    sp = chat.run(tmp_path / "parts", tmp_path / "r.csv", cfg, progress=False, engine=spark)
+    assert sp.con.execute(query).fetchall() == [("答\n一", "答二")]
+
+
+def test_dwell_duplicates_and_milliseconds_on_spark(spark, tmp_path):
+    """A view delivered twice counts once on Spark as on DuckDB (same ledger), and dwell in milliseconds is refused
+    with the same line (median() in Spark SQL)."""
+    (tmp_path / "c.csv").write_text("content_id,context,text\nA,q1,好回答\nB,q1,一般回答\n", encoding="utf-8")
+    views = [("A", f"a{i}", 40 + i % 3) for i in range(10)] + [("B", f"b{i}", 20 + i % 2) for i in range(10)]
+    rows = [f"{c},{u},2025-03-01 10:00:{i:02d},{d}" for i, (c, u, d) in enumerate(views)]
+    (tmp_path / "e.csv").write_text("content_id,user_id,ts,dwell_s\n" + "\n".join(rows + rows[-3:] * 2) + "\n")
+    cfg = load_profile("dwell", "zhihu", ["min_views=5", "position_correction=false", "min_z=0"])
+    duck = dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False)
+    sp = dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False, engine=spark)
+    assert duck.con.execute(LEDGER).fetchall() == sp.con.execute(LEDGER).fetchall()
+    assert ("events", "duplicate", 6) in sp.con.execute(LEDGER).fetchall()
+    ms = [f"{c},{u},{t},{int(d) * 1000}" for c, u, t, d in (r.split(",") for r in rows)]
+    (tmp_path / "ms.csv").write_text("content_id,user_id,ts,dwell_s\n" + "\n".join(ms) + "\n")
+    errors = []
+    for engine in (None, spark):
+        with pytest.raises(UserError) as e:
+            dwell.run(tmp_path / "ms.csv", cfg, tmp_path / "c.csv", progress=False, engine=engine)
+        errors.append(str(e.value))
+    assert errors[0] == errors[1] and "20 of 20 dwell values are above max_dwell_s 1800 (median 30500)" in errors[0]
+
+
+def test_a_gbk_csv_is_refused_not_read_as_replacement_characters(spark, tmp_path):
+    """Spark decoded a GBK CSV's texts as U+FFFD, unsaid: the pairs' chosen/rejected were '�ش�...' (DuckDB refuses
+    the file). A text or id column holding U+FFFD read by Spark from CSV/JSON is refused naming the file and column."""
+    (tmp_path / "e.csv").write_text(
+        "content_id,dwell_s\n" + "".join(f"{c},{d}\n" for c, d in [("A", 40), ("B", 20)] * 8)
+    )
+    content = "content_id,context,text,length_chars\nA,q1,好回答,800\nB,q1,一般回答,800\n"
+    (tmp_path / "c.csv").write_bytes(content.encode("gbk"))
+    cfg = load_profile("dwell", "zhihu", ["min_views=1", "min_z=0", "position_correction=false"])
+    with pytest.raises(UserError, match=r"c\.csv: text: 2 values hold U\+FFFD .* save the file as UTF-8"):
+        dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False, engine=spark)
+    (tmp_path / "c.csv").write_text(content, encoding="utf-8")
+    r = dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False, engine=spark)  # control: UTF-8 runs
+    assert r.con.execute("SELECT chosen, rejected FROM wt_pairs").fetchall() == [("好回答", "一般回答")]

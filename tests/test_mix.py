@@ -11,6 +11,7 @@ from collections import Counter
 
 import pytest
 import typer
+from conftest import write_jsonl
 from typer.testing import CliRunner
 
 from weitiao.data.formats import load_conversations
@@ -247,3 +248,34 @@ def test_each_source_is_read_once_so_a_fifo_works(tmp_path):
     assert rep["sources"][0]["read"] == 5
     got = [r for r in read(tmp_path / "m.jsonl") if r["meta"]["source"] == str(a)]
     assert sorted(r["id"] for r in got) == [0, 1, 2, 3, 4]  # own columns from the one read
+
+
+def test_number_columns_of_a_csv_or_xlsx_source_are_written_as_numbers(tmp_path):
+    """A CSV/xlsx source's own columns came out as text (score "0.5", id "1001") beside a JSONL source's numbers. A
+    column of such a file whose every filled cell is a number (true/false) is now written as numbers (booleans), an
+    empty cell as null; a column with 007 or any word in it stays text, and the report names the typed columns."""
+    (tmp_path / "a.csv").write_text("instruction,output,score,id,ok,code\n问一,答一,0.5,1001,TRUE,007\n"
+                                    "问二,答二,,1002,false,12\n", encoding="utf-8")  # fmt: skip
+    write_jsonl(tmp_path / "b.jsonl", [{"instruction": "问三", "output": "答三", "score": 0.9, "id": 1003}])
+    rep = mix.run([f"{tmp_path / 'a.csv'}:0.5", f"{tmp_path / 'b.jsonl'}:0.5"], tmp_path / "m.jsonl", total=3)
+    rows = {r["id"]: r for r in map(json.loads, (tmp_path / "m.jsonl").read_text(encoding="utf-8").splitlines())}
+    assert [(r["score"], r.get("ok"), r.get("code")) for _, r in sorted(rows.items())] == [
+        (0.5, True, "007"), (None, False, "12"), (0.9, None, None)]  # fmt: skip
+    assert rep["typed_columns"] == {str(tmp_path / "a.csv"): {"score": "number", "id": "number", "ok": "boolean"}}
+    openpyxl = pytest.importorskip("openpyxl")
+    book = openpyxl.Workbook()
+    for row in (["instruction", "output", "score"], ["问四", "答四", 0.25], ["问五", "答五", 3]):
+        book.active.append(row)
+    book.save(tmp_path / "c.xlsx")
+    mix.run([f"{tmp_path / 'c.xlsx'}:1"], tmp_path / "x.jsonl")
+    scores = [json.loads(line)["score"] for line in (tmp_path / "x.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert sorted(scores) == [0.25, 3] and all(not isinstance(s, str) for s in scores)
+
+
+def test_a_kto_label_in_a_csv_is_refused_as_in_jsonl(tmp_path):
+    """label 1/0 from a CSV is the text "1": it was mixed (and trained as SFT) where JSONL's 1 is refused as KTO."""
+    (tmp_path / "k.csv").write_text("instruction,output,label\n问,坏回复,0\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"k\.csv:2: label: unpaired feedback"):
+        mix.run([f"{tmp_path / 'k.csv'}:1"], tmp_path / "m.jsonl")
+    (tmp_path / "c.csv").write_text("instruction,output,label\n问,回复,positive\n", encoding="utf-8")
+    mix.run([f"{tmp_path / 'c.csv'}:1"], tmp_path / "m.jsonl")  # control: a class word stays unread

@@ -172,6 +172,42 @@ def test_checks_no_reply_can_pass_are_errors(tmp_path):
     assert run("check", str(p)).exit_code == 1
 
 
+def test_a_phrase_a_not_regex_always_matches_is_a_contradiction(tmp_path):
+    """ends_with 。 beside not_regex 。$ loaded fine and failed every reply. A phrase a rule needs (required, every
+    starts_with/ends_with option) that a not_regex there always matches is refused naming both checks; a pattern whose
+    match could depend on the rest of the reply (an anchor or lookaround on that side) is not decided."""
+    p = tmp_path / "nr.yaml"
+    lines = [
+        "{id: A, category: format, text: x, check: {ends_with: '。', not_regex: '。$'}}",
+        "{id: B, category: format, text: x, check: {starts_with: [您好, 你好], not_regex: '^[您你]'}}",
+        "{id: C, category: format, text: x, check: {required: [谢谢], not_regex: '(?i)谢+'}}",
+        "{id: D, category: format, text: x, when: 退款, check: {ends_with: '吗？'}}",  # meets global G
+        # no contradiction: a reply passes each of these (`passing` below)
+        "{id: E1, category: format, text: x, when: e, check: {ends_with: ['。', '！'], not_regex: '。$'}}",
+        "{id: E2, category: format, text: x, when: e, check: {required: [谢谢], not_regex: '谢谢$'}}",
+        "{id: E3, category: format, text: x, when: e, check: {ends_with: '。', not_regex: '^。'}}",
+        "{id: E4, category: format, text: x, when: e, check: {starts_with: 您好, not_regex: '您好$'}}",
+        "{id: E5, category: format, text: x, when: e, check: {ends_with: '。', not_regex: '\\b。'}}",  # undecided
+        "{id: G, category: style, text: x, check: {not_regex: '？(?!x)'}}",  # global: matches a final ？
+    ]
+    p.write_text("".join(f"- {x}\n" for x in lines), encoding="utf-8")
+    rules, errors = read_rules(p)
+    assert [r.id for r in rules] == ["D", "E1", "E2", "E3", "E4", "E5", "G"]
+    want = [
+        r":1: rule A: check\.ends_with: '。': always matches check\.not_regex '。\$'; no reply passes",
+        r":2: rule B: check\.starts_with: \['您好', '你好'\]: always matches check\.not_regex '\^\[您你\]'",
+        r":3: rule C: check\.required: '谢谢': always matches check\.not_regex '\(\?i\)谢\+'",
+        r":4: rule D: check\.ends_with: '吗？': always matches check\.not_regex '？\(\?!x\)' \(rule G, a global rule\)",
+    ]
+    assert len(errors) == len(want), errors
+    for w, e in zip(want, errors):
+        assert e.startswith(str(p)) and re.search(w, e), (w, e)
+    passing = {"E1": "好的！", "E2": "谢谢你", "E3": "好。", "E4": "您好，请问", "E5": "好！。"}  # controls: they pass
+    assert all(not r.failures(passing[r.id]) for r in rules if r.id in passing)
+    with pytest.raises(UserError, match=r"rule A: check\.ends_with: '。': always matches check\.not_regex"):
+        load_rules(p)
+
+
 # ----------------------------------------------------------------------------- checks by hand
 
 
@@ -547,3 +583,19 @@ def test_rules_eval_refuses_options_the_run_would_ignore(rules_file, prompts_fil
     assert isinstance(r.exception, UserError) and str(r.exception).startswith(message), r.output
     r = run("eval", "--rules", str(rules_file), "--prompts", str(prompts_file), "--endpoint-model", "m")
     assert str(r.exception).startswith("--endpoint-model: names the model behind --endpoint"), r.output
+
+
+def test_prompt_rule_ids_from_a_csv_cell_are_one_id_and_checked(tmp_path, rules_file):
+    """A prompts CSV's rule_ids cell R4 was read letter by letter (['R', '4']): the prompt exercised nothing it was made
+    for and `rules sft/dpo` wrote rule_ids ['R', '4']. A text is one id; an id no rule of the file has is refused."""
+    from weitiao.safety.rules import read_prompts
+
+    rs = load_rules(rules_file)
+    (tmp_path / "p.csv").write_text("prompt,rule_ids\n请介绍一下你们的产品,R4\n", encoding="utf-8")
+    assert [p.rule_ids for p in read_prompts(tmp_path / "p.csv", rs)] == [["R4"]]
+    (tmp_path / "p.jsonl").write_text(
+        json.dumps({"prompt": "你好", "rule_ids": ["R4", "R44"]}) + "\n", encoding="utf-8"
+    )
+    with pytest.raises(UserError, match=rf"p\.jsonl:1: rule_ids: 'R44' is no rule of {re.escape(str(rules_file))}"):
+        read_prompts(tmp_path / "p.jsonl", rs)
+    assert read_prompts(tmp_path / "p.jsonl")[0].rule_ids == ["R4", "R44"]  # control: without the rules, unchecked

@@ -241,14 +241,12 @@ def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | No
     data = resolve_paths(data, cls, Path(path).parent if path else Path.cwd(), overridden)
     cfg = validate(cls, data, where, node, overrides)
     out = getattr(getattr(cfg, "train", None), "out", None)  # checked now, not after loading the model
-    if isinstance(out, str) and Path(out).exists() and not Path(out).is_dir():
-        line = yaml_line(node, ("train", "out"))
-        raise UserError(
-            f"{where}{f':{line}' if line else ''}: train.out: {out} is an existing file; give a folder for the run"
+    if isinstance(out, str) and Path(out).exists() and not Path(out).is_dir():  # named where it was set
+        raise _located(
+            ("train", "out"), f"{out} is an existing file; give a folder for the run", where, node, overrides
         )
     if isinstance(out, str) and (clash := _input_in_run_files(cls, cfg, Path(out), Path(path) if path else None)):
-        line = yaml_line(node, ("train", "out"))
-        raise UserError(f"{where}{f':{line}' if line else ''}: train.out: {clash}")
+        raise _located(("train", "out"), clash, where, node, overrides)
     return cfg
 
 
@@ -342,6 +340,16 @@ def _sets(override: str, key: str) -> bool:
     return key == given or (key.startswith(given + ".") and key[len(given) + 1 :].isdigit())
 
 
+def _named_in(override: str, section: str, msg: str) -> bool:
+    """Whether an error of `section` (a check across its keys) names the key `override` gave: `init_kl_coef` or
+    `ppo.init_kl_coef` in an error of ppo, as a whole word."""
+    given = override.split("=", 1)[0].strip()
+    if section and not given.startswith(section + "."):
+        return False
+    names = {given, given[len(section) + 1 :]} if section else {given}
+    return any(re.search(rf"(?<![\w.]){re.escape(n)}(?!\w)", msg) for n in names)
+
+
 def _located(
     loc: tuple, msg: str, where: str, node: yaml.Node | None, overrides: list[str] | None, tail: str = ""
 ) -> UserError:
@@ -352,6 +360,8 @@ def _located(
     given = next((o.strip() for o in overrides or [] if _sets(o, key)), None)
     if given is not None:
         return UserError(f"command line {given}: {key}: {msg}{tail}")
+    if named := [o.strip() for o in overrides or [] if _named_in(o, key, msg)]:  # a cross-field error (a section's)
+        return UserError(f"command line {' '.join(named)}: {key}: {msg}{tail}")
     line = yaml_line(node, tuple(loc) + _named_key(node, loc, msg))
     return UserError(f"{f'{where}:{line}' if line else where}: {key}: {msg}{tail}")
 

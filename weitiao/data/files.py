@@ -16,6 +16,7 @@ import gzip
 import io
 import json
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -253,8 +254,28 @@ def _check_header(path: Path, line: int, header: list[str]) -> list[str]:
     return header
 
 
-def _csv(path: Path, opener: Any = None) -> Iterator[tuple[int, Any]]:
-    """Rows of a CSV with a header line, numbered by the file line where each row starts."""
+TYPELESS = (".csv", ".xlsx")  # files whose cells all read as text
+NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")  # JSON's number: 007, +1, " 1" are not
+
+
+def number_cell(value: Any, source: str) -> Any:
+    """`value` as a float when it is a CSV/xlsx cell (`source` file:line) holding a number, else `value`: such a file
+    has no number type, and a column read as a number (a weight, a margin) came as the text "0.5"."""
+    if isinstance(value, str) and data_suffix(Path(source.rpartition(":")[0])) in TYPELESS and NUMBER.fullmatch(value):
+        return float(value)
+    return value
+
+
+def cell_text(text: str) -> str:
+    """A spreadsheet cell's text with each Windows line break (CR LF) read as one line break (LF): a file saved on
+    Windows holds them inside quoted cells too, and a training text would keep the CR. A lone CR stays."""
+    return text.replace("\r\n", "\n")
+
+
+def _csv(path: Path, opener: Any = None, max_cell: int | None = MAX_ROW_BYTES) -> Iterator[tuple[int, Any]]:
+    """Rows of a CSV with a header line, numbered by the file line where each row starts; a line break inside a
+    quoted cell is LF, whatever the file's line endings (`cell_text`). A cell may be `max_cell` characters long
+    (data.max_row_bytes, as a JSONL row); what the csv module cannot parse is one line naming file:line."""
     line_no = [0]
 
     def lines() -> Iterator[str]:
@@ -262,13 +283,33 @@ def _csv(path: Path, opener: Any = None) -> Iterator[tuple[int, Any]]:
             line_no[0] = n
             yield text
 
-    reader = csv.reader(lines())
+    csv.field_size_limit(max_cell or sys.maxsize)  # csv's own default, 131,072 characters, cut long documents
+    rows = csv.reader(lines())
+
+    def parsed() -> Iterator[list[str]]:
+        try:
+            yield from rows
+        except csv.Error as e:
+            if "field larger than field limit" in str(e):
+                why = (f"a cell over {max_cell:,} characters (data.max_row_bytes, counted in characters here); raise "
+                       "it, or split the cell")  # fmt: skip
+            elif "new-line character seen in unquoted field" in str(e):
+                why = "a line ends in a lone CR (old Mac line endings); save the file with LF or CR LF line endings"
+            else:
+                why = f"not readable as CSV ({e})"
+            raise UserError(f"{path}:{line_no[0]}: {why}") from None
+
+    reader = parsed()
     header = next(reader, None)
     if header is None:
         return
     _check_header(path, 1, header)
+    if len(header) == 1 and (sep := next((c for c in (";", "\t") if c in header[0]), None)):
+        raise UserError(f"{path}:1: header: one column {header[0]!r}, its names split by {sep!r}: weitiao reads "
+                        "comma-separated CSV; save it with commas (Excel: 'CSV UTF-8 (comma delimited)')")  # fmt: skip
     start = line_no[0] + 1
     for values in reader:
+        values = [cell_text(v) for v in values]
         if values:
             if len(values) != len(header):
                 yield start, RowError("row", f"{len(values)} columns, the header has {len(header)}")
@@ -278,8 +319,8 @@ def _csv(path: Path, opener: Any = None) -> Iterator[tuple[int, Any]]:
 
 
 def _cell(value: Any) -> str:
-    """An Excel cell's value as text: 42 not 42.0, dates in ISO form (a midnight as the date alone), empty as "".
-    The value, not its display format: a cell shown as 25% reads 0.25."""
+    """An Excel cell's value as text: 42 not 42.0, dates in ISO form (a midnight as the date alone), empty as "",
+    CR LF as LF (`cell_text`). The value, not its display format: a cell shown as 25% reads 0.25."""
     import datetime as dt
 
     if value is None:
@@ -292,7 +333,7 @@ def _cell(value: Any) -> str:
         return value.date().isoformat() if value.time() == dt.time() else value.isoformat(sep=" ")
     if isinstance(value, (dt.date, dt.time)):
         return value.isoformat()
-    return str(value)
+    return cell_text(str(value))
 
 
 def _has_values(sheet: Any, rows: int = 100) -> bool:
@@ -409,7 +450,7 @@ def iter_records(path: Path, max_row_bytes: int | None = MAX_ROW_BYTES) -> Itera
     elif suffix in (".parquet", ".arrow"):
         yield from _batches(path, suffix[1:])
     elif suffix == ".csv":
-        yield from _csv(path, (lambda: _open_stream(path)) if compressed else None)
+        yield from _csv(path, (lambda: _open_stream(path)) if compressed else None, max_row_bytes)
     elif suffix == ".xlsx":
         yield from _xlsx(path)
     else:

@@ -553,12 +553,13 @@ FEEDBACK_WORDS = {"true", "false", "desirable", "undesirable", "thumbs_up", "thu
 
 
 def is_feedback_label(value: Any) -> bool:
-    """Whether a row's `label` says its reply is good or bad (true/false, 0/1/-1, "undesirable", "thumbs_down", 👎)."""
+    """Whether a row's `label` says its reply is good or bad (true/false, 0/1/-1, "undesirable", "thumbs_down", 👎);
+    the text "1", "0", "-1" too: a CSV or xlsx cell holds numbers as text."""
     if isinstance(value, bool):
         return True
     if isinstance(value, int):
         return value in KTO_LABELS
-    return isinstance(value, str) and value.strip().casefold() in FEEDBACK_WORDS
+    return isinstance(value, str) and value.strip().casefold() in (*FEEDBACK_WORDS, *map(str, KTO_LABELS))
 
 
 def check_keys(record: dict, fmt: str) -> None:

@@ -33,6 +33,7 @@ import yaml
 from scipy.sparse import csr_array
 from scipy.sparse import hstack as sparse_hstack
 
+from weitiao.data.files import cell_text
 from weitiao.dataeng.similarity import embed, normalize, tfidf, unit_rows
 from weitiao.errors import UserError, where
 from weitiao.io import atomic_write_text, claim_outputs, read_jsonl, write_jsonl
@@ -89,7 +90,7 @@ def _records(path: Path) -> list[tuple[int, dict]]:
             if None in rec:  # DictReader puts cells past the header under None: an unquoted comma split a cell
                 raise UserError(f"{where(path, line)}: {len(names) + len(rec[None])} cells but the header has "
                                 f"{len(names)}; quote a cell that holds a comma")  # fmt: skip
-            out.append((line, rec))
+            out.append((line, {k: cell_text(v) if isinstance(v, str) else v for k, v in rec.items()}))
             line = reader.line_num + 1
         return out
     if path.suffix.lower() in (".jsonl", ".ndjson"):

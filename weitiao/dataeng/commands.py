@@ -133,6 +133,9 @@ def mix(
     console.print(t)
     if "note" in rep:
         console.print(f"note: {rep['note']}")
+    for file, cols in rep.get("typed_columns", {}).items():
+        shown = ", ".join(f"{c} ({k}s)" for c, k in cols.items())
+        console.print(f"note: {file}: {shown} written as JSON values, not text: every filled cell is one")
 
 
 def badcases(

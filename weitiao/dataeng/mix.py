@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from weitiao.data.files import NUMBER, TYPELESS, data_suffix
 from weitiao.data.formats import DOLLY_KEYS, READ_KEYS, Conversation, data_files, file_kind, load_conversations
 from weitiao.data.tools import to_record
 from weitiao.dataeng.similarity import normalize
@@ -106,6 +107,45 @@ def own_columns(record: Any) -> dict:
     return {k: v for k, v in record.items() if k not in read}
 
 
+def _typed(text: str, kind: str) -> Any:
+    if text == "":
+        return None
+    if kind == "boolean":
+        return text.casefold() == "true"
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
+def _kind(values: list[str]) -> str | None:
+    """number | boolean when every filled cell is one (and one is filled), else None (text)."""
+    filled = [v for v in values if v != ""]
+    if filled and all(NUMBER.fullmatch(v) and math.isfinite(float(v)) for v in filled):
+        return "number"
+    if filled and all(v.casefold() in ("true", "false") for v in filled):
+        return "boolean"
+    return None
+
+
+def typed_columns(own: dict[str, dict]) -> dict[str, dict[str, str]]:
+    """Type the own columns of CSV/xlsx rows in place (`own`: file:line → columns), column by column per file;
+    returns {file: {column: number|boolean}} for the columns typed."""
+    by_file: dict[str, list[dict]] = {}
+    for loc, cols in own.items():
+        path = loc.rpartition(":")[0]
+        if data_suffix(Path(path)) in TYPELESS:
+            by_file.setdefault(path, []).append(cols)
+    typed: dict[str, dict[str, str]] = {}
+    for path, rows in by_file.items():
+        names = dict.fromkeys(k for cols in rows for k, v in cols.items() if isinstance(v, str))
+        for name in names:
+            kind = _kind([cols.get(name, "") for cols in rows])
+            if kind:
+                for cols in rows:
+                    if name in cols:
+                        cols[name] = _typed(cols[name], kind)
+                typed.setdefault(path, {})[name] = kind
+    return typed
+
+
 def check_meta(own: dict, loc: str) -> None:
     """A `meta` that is not an object or already has a key mix writes is refused, naming file:line and the key."""
     path, _, n = loc.rpartition(":")
@@ -153,6 +193,7 @@ def run(specs: list[str], out: str | Path, total: int | None = None, seed: int =
                        "unique": len(pool)})  # fmt: skip
     for c in (c for pool in pools for c in pool):  # a row mix cannot write is refused before sampling
         check_meta(own[c.source], c.source)
+    typed = typed_columns(own)
     # 3. targets
     share = [s.ratio / sum(x.ratio for x in sources) for s in sources]
     if total is None:  # 7 / 0.07 is 99.999…: round up past the float error, then step down while a source would repeat
@@ -177,6 +218,8 @@ def run(specs: list[str], out: str | Path, total: int | None = None, seed: int =
     for row in report:
         row["achieved_ratio"] = round(row["picked"] / total, 4)
     summary = {"out": str(out), "total": total, "seed": seed, "sources": report}
+    if typed:
+        summary["typed_columns"] = typed
     given = sum(x.ratio for x in sources)
     if abs(given - 1) > 1e-6:
         summary["note"] = f"the ratios add up to {given:g}, not 1: each was divided by {given:g} (the target column)"

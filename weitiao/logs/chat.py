@@ -41,6 +41,7 @@ from weitiao.logs.engine import (
     Engine,
     PairsRun,
     Stage,
+    check_dwell_unit,
     check_mapping,
     ledger_tail,
     open_table,
@@ -323,7 +324,8 @@ SELECT 'events' AS ledger, drop_rule AS rule, count(*) AS n FROM wt_events WHERE
 
 def check_events(engine: Engine, path: str, cfg: ChatConfig, types: dict[str, str]) -> None:
     """Refuse what would drop signals unsaid: an unmapped event name a case or typo away from ours (Thumbs_Up,
-    thumbs-down), and dwell events in a file without a value column (all would be `dwell_out_of_bounds`)."""
+    thumbs-down), dwell events in a file without a value column (all would be `dwell_out_of_bounds`), and dwell values
+    nearly all out of bounds (milliseconds: `check_dwell_unit`)."""
     theirs = {ours: t for t, ours in cfg.columns.items() if t in types}
     counts = dict(engine.rows("SELECT event, count(*) FROM events GROUP BY 1"))
     for name, count in sorted(counts.items(), key=lambda x: -x[1]):
@@ -337,13 +339,17 @@ def check_events(engine: Engine, path: str, cfg: ChatConfig, types: dict[str, st
                 f"read; did you mean {meant}? Read as ignored_event its signal would be lost: rename it, or map it in "
                 f"the profile (event_names: {{{name}: {meant}}}, or {{{name}: ignore}} if it is another event)"
             )
-    dwell = sum(n for name, n in counts.items() if cfg.event_names.get(name, name) == "dwell")
+    names = [name for name in counts if cfg.event_names.get(name, name) == "dwell"]
+    dwell = sum(counts[name] for name in names)
     if dwell and "dwell" in cfg.sources and theirs.get("value", "value") not in types:
         raise UserError(
             f"{where(path, field='value')}: missing column, and {dwell:,} dwell events need their seconds in it; "
             f"columns found: {', '.join(types)}: rename yours, or map it in the profile "
             "(e.g. columns: {seconds: value})"
         )
+    if dwell and "dwell" in cfg.sources:
+        values = f"SELECT value AS v FROM events WHERE event IN ({', '.join(map(q, names))}) AND value IS NOT NULL"
+        check_dwell_unit(engine, path, theirs.get("value", "value"), values, cfg.min_dwell_s, cfg.max_dwell_s)
 
 
 def sql_script(cfg: ChatConfig, dialect: str = "duckdb") -> str:

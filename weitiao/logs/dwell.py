@@ -10,8 +10,9 @@ an item (two texts or contexts for one content_id are an error, not a silent pic
 Steps (each one SQL statement; `build_stages(cfg)` returns them, `--print-sql` prints them):
   1. content: an integer key and the expected reading time (base_s + chars / read_cps + images × image_s)
   2. cells: one pass over the events, joined to content, grouped by item × feed position × drop rule:
-     unknown content, accidental (< min_dwell_s), idle (> max_dwell_s or > idle_ratio × expected
-     time), optionally repeat views; kept views keep count, Σ dwell, Σ dwell², likes/collects
+     unknown content, duplicate (a row repeating another whole, user_id and ts given: a view delivered twice),
+     accidental (< min_dwell_s), idle (> max_dwell_s or > idle_ratio × expected time), optionally repeat views;
+     kept views keep count, Σ dwell, Σ dwell², likes/collects
   3. position factors: Σ (dwell / item mean dwell) / views per position; an item's own mean cancels
      its quality, so what is left is how much attention the slot gets
   4. items: score = mean of dwell × weight, weight = 1 (none), 1000 / chars (per_char) or
@@ -39,6 +40,7 @@ from weitiao.logs.engine import (
     Engine,
     PairsRun,
     Stage,
+    check_dwell_unit,
     check_mapping,
     ledger_tail,
     open_table,
@@ -54,6 +56,7 @@ INPUTS = [  # the tables `sql_script` reads, for its header
 ]
 EVENT_RULES = (
     "unknown_content",
+    "duplicate",
     "accidental",
     "idle",
     "repeat_view",
@@ -123,15 +126,20 @@ r AS (
         Stage(
             "cells: views per item × position, accidental/idle/unknown counted apart",
             "wt_cells",
-            f"""WITH v AS (
+            f"""WITH d AS (  -- a row repeated whole by one user at one ts (at-least-once delivery) is one view
+  SELECT *, CASE WHEN user_id IS NOT NULL AND ts IS NOT NULL THEN row_number() OVER (PARTITION BY content_id, user_id,
+    ts, dwell_s, position, liked, collected ORDER BY ts) ELSE 1 END AS copy
+  FROM events),
+v AS (
   SELECT c.idx, {who}least(e.position, {cfg.max_position}) AS pos, e.dwell_s,
     CAST(e.liked AS INTEGER) + CAST(e.collected AS INTEGER) > 0 AS engaged,
     CASE
       WHEN c.idx IS NULL THEN 'unknown_content'
+      WHEN e.copy > 1 THEN 'duplicate'
       WHEN e.dwell_s < {n(cfg.min_dwell_s)} THEN 'accidental'
       WHEN e.dwell_s > {n(cfg.max_dwell_s)}{idle} THEN 'idle'
     END AS drop_rule
-  FROM events e LEFT JOIN wt_content c ON c.content_id = e.content_id){repeat}
+  FROM d e LEFT JOIN wt_content c ON c.content_id = e.content_id){repeat}
 SELECT idx, pos, drop_rule, count(*) AS views, sum(dwell_s) AS dwell_sum, sum(dwell_s * dwell_s) AS dwell_sq,
   count(*) FILTER (WHERE engaged) AS engaged
 FROM {src} GROUP BY ALL""",
@@ -275,6 +283,9 @@ def load_inputs(engine: Engine, cfg: DwellConfig, events: str | Path, content: s
     check_mapping(cfg.columns, known, "dwell")
     riding = () if content is not None else tuple(c.name for c in content_columns())
     open_table(engine, "events", events, event_columns(cfg), cfg.columns, others=riding)
+    theirs = next((t for t, ours in cfg.columns.items() if ours == "dwell_s"), "dwell_s")
+    values = "SELECT dwell_s AS v FROM events WHERE dwell_s IS NOT NULL"
+    check_dwell_unit(engine, str(events), theirs, values, cfg.min_dwell_s, cfg.max_dwell_s)
     if content is not None:
         open_table(engine, "content", content, content_columns(), cfg.columns)
     else:  # content columns ride along on every event: one row per item, the same on each of its events

@@ -104,6 +104,9 @@ class Engine(Protocol):
     def source(self, name: str, path: str) -> tuple[str, dict[str, str]]:
         """Open a log file: (what to put after FROM, {column: DuckDB type name}); UserError if unreadable."""
 
+    def file_kind(self, path: str) -> str:
+        """parquet | csv | tsv | json: how the engine reads `path` (a file, glob or folder of part files)."""
+
     def rows(self, sql: str) -> list[tuple]:
         """Run a query and fetch its rows."""
 
@@ -130,6 +133,18 @@ def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     return con
+
+
+def unreadable(path: str, e: BaseException) -> UserError:
+    """`path: cannot read: ...` from an engine's error; bytes that are not UTF-8 (a CSV Excel on Chinese Windows saved
+    as GBK) say so and how to fix it, where DuckDB's first line was only 'CSV Error on Line: 2'."""
+    text = str(e).strip()
+    if re.search(r"not utf-8 encoded|invalid utf-8|malformed input", text, re.IGNORECASE):
+        line = re.search(r"on Line: (\d+)", text)
+        at = f" (near line {line.group(1)})" if line else ""
+        return UserError(f"{path}: cannot read: not valid UTF-8{at}; save it as UTF-8 (Excel: 'CSV UTF-8'; a CSV "
+                         "saved on Chinese Windows is GBK)")  # fmt: skip
+    return UserError(f"{path}: cannot read: {text.splitlines()[0]}")
 
 
 def path_exists(path: str) -> bool:
@@ -163,7 +178,7 @@ class DuckEngine:
             raise UserError(f"{path}: is a folder; expected a log file (or a glob such as {Path(path) / '*.parquet'})")
         if not path_exists(path):
             raise UserError(f"{path}: file not found")
-        fmt, q = file_format(path), path.replace("'", "''")
+        fmt, q = self.file_kind(path), path.replace("'", "''")
         reader = {
             "parquet": f"read_parquet('{q}')",
             "csv": f"read_csv('{q}', header = true)",
@@ -173,8 +188,11 @@ class DuckEngine:
         try:
             described = self.con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()
         except duckdb.Error as e:
-            raise UserError(f"{path}: cannot read: {str(e).splitlines()[0]}") from None
+            raise unreadable(path, e) from None
         return reader, {row[0]: row[1] for row in described}
+
+    def file_kind(self, path: str) -> str:
+        return file_format(path)
 
     def rows(self, sql: str) -> list[tuple]:
         return self.con.execute(portable(sql, "duckdb")).fetchall()
@@ -265,6 +283,7 @@ def open_table(
     """
     path = str(path)
     reader, types = engine.source(name, path)
+    kind = engine.file_kind(path)
     select, checks = [], []
     source = {ours: theirs for theirs, ours in (mapping or {}).items() if theirs in types}
     read = {source.get(c.name, c.name) for c in columns} | set(mapping or {}) | set(others)
@@ -294,13 +313,15 @@ def open_table(
         typed, bad = _cast(src, col.kind, types[src])
         if typed is None:
             raise UserError(f"{where(path, field=src)}: expected {EXPECT[col.kind]}, got column type {types[src]}")
+        if col.kind == "text" and kind in ("csv", "tsv"):  # CR LF in a quoted cell: one line break, as data reads it
+            typed = f"replace({typed}, chr(13) || chr(10), chr(10))"
         select.append(f'{typed} AS "{col.name}"')
         raw, named = f'"{src}"', replace(col, name=src)  # checks report the file's column name
         if bad != "false":
             checks.append((named, "bad", f"count(*) FILTER (WHERE {bad})", bad))
         if not col.nullable:
             checks.append((named, "null", f"count(*) - count({raw})", f"{raw} IS NULL"))
-        if col.kind == "time" and file_format(path) == "parquet" and "://" not in path:
+        if col.kind == "time" and kind == "parquet" and "://" not in path:
             _same_zone_kind(path, src)
         if col.kind == "time":  # text times: an offset on all or none (DuckDB's CSV sniffer types a mix TIMESTAMPTZ)
             has = f"regexp_matches(CAST({raw} AS VARCHAR), '{_OFFSET}')"
@@ -311,6 +332,9 @@ def open_table(
                 _check(
                     engine, path, reader[:-1] + ", all_varchar = true)", [(named, "mixed", f"({mixed})::INTEGER", has)]
                 )
+        if engine.name == "spark" and kind != "parquet" and col.kind in ("id", "text") and types[src] == "VARCHAR":
+            fffd = f"instr({raw}, '\ufffd') > 0"  # Spark decodes bytes that are not UTF-8 as U+FFFD, unsaid
+            checks.append((named, "fffd", f"count(*) FILTER (WHERE {fffd})", fffd))
         if col.unique:
             checks.append((named, "dup", f"count({raw}) - count(DISTINCT {raw})", None))
         if col.min is not None:  # min() comes from Parquet statistics when it can: no scan
@@ -371,11 +395,15 @@ def _check(engine: Engine, path: str, reader: str, checks: list) -> None:
             ]
             if what == "bad":
                 raise UserError(f"{loc}: expected {EXPECT[col.kind]}, found {example!r} ({count} rows)")
+            if what == "fffd":
+                raise UserError(f"{loc}: {count} values hold U+FFFD (�), e.g. {example[:40]!r}: what Spark reads bytes "
+                                "that are not UTF-8 as (a CSV saved on Chinese Windows is GBK); save the file as UTF-8 "
+                                "(a text that really holds �: --engine duckdb)")  # fmt: skip
             if what == "null":
                 raise UserError(f"{loc}: {count} empty values ({col.help})")
             raise UserError(f"{loc}: {count} values below {col.min:g}, e.g. {example} ({col.help})")
     except engine.errors as e:
-        raise UserError(f"{path}: cannot read: {str(e).strip().splitlines()[0]}") from None
+        raise unreadable(path, e) from None
 
 
 def run_stages(
@@ -447,3 +475,25 @@ def sql_num(x: float | int) -> str:
 def sql_str(s: str) -> str:
     """A config string as a quoted SQL literal."""
     return "'" + str(s).replace("'", "''") + "'"
+
+
+NEARLY_ALL = 0.9  # a share of dwell values outside [min, max] that says the unit is not seconds
+FEW = 10  # fewer dwell values say nothing about their unit
+
+
+def check_dwell_unit(engine: Engine, path: str, column: str, values: str, low: float, high: float) -> None:
+    """Refuse dwell values nearly all outside [low, high] seconds (the `values` query's column v): a column logged in
+    milliseconds was dropped whole as idle/out of bounds and the run said only 'no pair'. Names the file's column,
+    the count, the median and the unit it looks like."""
+    counts = f"count(v), count(*) FILTER (WHERE v > {sql_num(high)}), count(*) FILTER (WHERE v < {sql_num(low)})"
+    n, above, below, mid = engine.rows(f"SELECT {counts}, median(v) FROM ({values}) AS t")[0]
+    if n < FEW or above + below < NEARLY_ALL * n:
+        return
+    if above >= below:
+        what, fix = f"{above:,} of {n:,} dwell values are above max_dwell_s {high:g}", "milliseconds? divide it by 1000"
+        bound = "raise max_dwell_s"
+    else:
+        what, fix = f"{below:,} of {n:,} dwell values are below min_dwell_s {low:g}", "minutes? multiply it by 60"
+        bound = "lower min_dwell_s"
+    raise UserError(f"{where(path, field=column)}: {what} (median {mid:g}) and would be dropped: the column is read in "
+                    f"seconds; {fix}, or {bound} if they are seconds")  # fmt: skip

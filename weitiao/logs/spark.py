@@ -20,7 +20,7 @@ from pathlib import Path
 import duckdb
 
 from weitiao.errors import UserError
-from weitiao.logs.engine import file_format, path_exists, portable
+from weitiao.logs.engine import file_format, path_exists, portable, unreadable
 
 # Spark type names → the DuckDB names the column checks (engine._cast) are written against
 TYPES = {
@@ -87,7 +87,7 @@ class SparkEngine:
         session.sparkContext.setLogLevel("ERROR")
         return cls(session)
 
-    def _format(self, path: str) -> str:
+    def file_kind(self, path: str) -> str:
         """The file format of a path; a local folder of part files takes its files' format."""
         p = Path(path)
         if "://" not in path and p.is_dir() and not p.name.lower().endswith((".parquet", ".csv", ".tsv", ".jsonl")):
@@ -101,7 +101,7 @@ class SparkEngine:
         local = self.spark.sparkContext.master.startswith("local")  # elsewhere /x may mean the cluster's own FS
         if local and "://" not in path and not Path(path).is_dir() and not path_exists(path):
             raise UserError(f"{path}: file not found")
-        fmt, read = self._format(path), self.spark.read
+        fmt, read = self.file_kind(path), self.spark.read
         try:
             if fmt == "parquet":
                 df = read.parquet(path)
@@ -110,9 +110,10 @@ class SparkEngine:
             else:
                 df = read.json(path)
         except self.errors as e:
-            raise UserError(f"{path}: cannot read: {str(e).strip().splitlines()[0]}") from None
+            raise unreadable(path, e) from None
         if "_corrupt_record" in df.columns:
-            raise UserError(f"{path}: cannot read: not JSON lines; Spark reads one JSON object per line (.jsonl)")
+            raise UserError(f"{path}: cannot read: not JSON lines in UTF-8; Spark reads one JSON object per line "
+                            "(.jsonl), UTF-8 (a file saved as GBK: save it as UTF-8)")  # fmt: skip
         view = f"wt_raw_{name}"
         df.createOrReplaceTempView(view)
         types = {f.name: TYPES.get(f.dataType.simpleString(), f.dataType.simpleString().upper()) for f in df.schema}

@@ -126,6 +126,15 @@ class PPOSpec(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _micro_within_minibatch(self) -> PPOSpec:
+        if self.micro_train_batch_size > self.train_batch_size:  # a minibatch never holds more: capped, unsaid
+            raise ValueError(
+                f"ppo.micro_train_batch_size={self.micro_train_batch_size} is more than ppo.train_batch_size="
+                f"{self.train_batch_size} (samples per minibatch, one optimizer step); make it at most that"
+            )
+        return self
+
 
 class PromptSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -326,7 +326,7 @@ def _rules_teacher_prompts(s: TeacherRows) -> tuple[Any, Any, Any, list]:
     rs = load_rules(s.rules, _csv(s.ids))
     teacher = _teacher(s.teacher_url, s.teacher_model, s.cache_dir or None, s.concurrency, 0.7, s.max_tokens)
     tally = rb.Tally()
-    return rs, teacher, tally, rb.extend_prompts(rs, read_prompts(s.prompts), teacher, s.min_prompts, tally)
+    return rs, teacher, tally, rb.extend_prompts(rs, read_prompts(s.prompts, rs), teacher, s.min_prompts, tally)
 
 
 def _report_errors(rejects: list[dict]) -> None:
@@ -440,7 +440,7 @@ def rules_eval(
         raise UserError(f"{', '.join(unused)}: no judge is asked without --judge-url; add --judge-url URL or drop them")
     _claim([out], [rules, prompts])
     rs = load_rules(rules, _csv(ids))
-    ps = read_prompts(prompts)
+    ps = read_prompts(prompts, rs)
     system = rs.system_prompt() if rules_in_system else None
     replies = rb.generate_replies(ps, system, model, adapter, endpoint, endpoint_model, max_new_tokens)
     items = list(zip(ps, replies))

@@ -205,9 +205,59 @@ def _parse_check(raw: Any) -> tuple[Check | None, str | None]:
     return Check(**kw), None
 
 
+# What a pattern's match may look at outside the text it matches (sre opcodes): before it, after it
+_LOOKS_BACK = {"AT_BEGINNING", "AT_BEGINNING_STRING", "AT_BEGINNING_LINE", "AT_BOUNDARY", "AT_NON_BOUNDARY"}
+_LOOKS_AHEAD = {"AT_END", "AT_END_STRING", "AT_END_LINE", "AT_BOUNDARY", "AT_NON_BOUNDARY"}
+
+
+def _looks(pattern: str) -> set[str]:
+    """'back' and/or 'ahead' when a match of `pattern` may depend on text before/after it (anchors, \\b, lookarounds),
+    so that matching a phrase alone does not say it matches inside a longer reply. Unknown constructs: both."""
+    import re._parser as sre  # the parser `re` itself uses; its tree names every anchor and lookaround
+
+    found: set[str] = set()
+
+    def walk(items: Any) -> None:
+        for op, arg in items:
+            name = str(op)
+            if name == "AT":
+                found.update(d for d, names in (("back", _LOOKS_BACK), ("ahead", _LOOKS_AHEAD)) if str(arg) in names)
+            elif name in ("ASSERT", "ASSERT_NOT"):
+                found.add("back" if arg[0] < 0 else "ahead")
+                walk(arg[1])
+            elif name in ("LITERAL", "NOT_LITERAL", "ANY", "IN", "RANGE", "CATEGORY", "GROUPREF", "FAILURE"):
+                continue
+            elif name == "BRANCH":
+                for b in arg[1]:
+                    walk(b)
+            elif name == "SUBPATTERN":
+                walk(arg[-1])
+            elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+                walk(arg[2])
+            elif name == "ATOMIC_GROUP":
+                walk(arg)
+            else:  # GROUPREF_EXISTS and anything newer: not decided
+                found.update(("back", "ahead"))
+
+    try:
+        walk(sre.parse(pattern))
+    except Exception:
+        return {"back", "ahead"}
+    return found
+
+
+def _always_matches(pattern: str, phrase: str, key: str) -> bool:
+    """Whether `pattern` matches every stripped reply that `key` (required, starts_with, ends_with) makes hold `phrase`:
+    it matches the phrase alone and looks at nothing on the side(s) where a reply may have more text."""
+    blind = {"required": {"back", "ahead"}, "starts_with": {"ahead"}, "ends_with": {"back"}}[key]
+    return re.search(pattern, phrase) is not None and not (_looks(pattern) & blind)
+
+
 def _never_passes(r: Rule, other: Rule | None = None) -> str | None:
     """Why no reply passes rule r's check together with `other`'s (None: r alone), or None: a phrase r needs (required,
-    every starts_with/ends_with option) holds a phrase forbidden there, or is longer than a max_length there."""
+    every starts_with/ends_with option) holds a phrase forbidden there, is longer than a max_length there, or always
+    matches a not_regex there (ends_with 。 beside not_regex 。$: decided only where the pattern's match cannot depend
+    on the rest of the reply, so there is no false alarm)."""
     o = (other or r).check
     if r.check is None or o is None:
         return None
@@ -221,6 +271,8 @@ def _never_passes(r: Rule, other: Rule | None = None) -> str | None:
             return f"{what}: contains {hits[0]!r}, forbidden{by}; no reply passes"
         if o.max_length is not None and min(map(len, opts)) > o.max_length:
             return f"{what}: longer than max_length {o.max_length}{by}; no reply passes"
+        if o.not_regex and all(_always_matches(o.not_regex, x, key) for x in opts):
+            return f"{what}: always matches check.not_regex {o.not_regex!r}{by}; no reply passes"
     return None
 
 
@@ -421,9 +473,21 @@ def read_jsonl(path: str | Path) -> list[Sample]:
     return [to_sample(rec, f"{p}:{n}") for n, rec in iter_records(p)]
 
 
-def read_prompts(path: str | Path) -> list[Prompt]:
-    """Prompts from JSONL rows with prompt / question / instruction(+input) / messages (last user turn)."""
-    return [Prompt(p.text, [str(x) for x in p.row.get("rule_ids") or []]) for p in read_prompt_rows(path)]
+def read_prompts(path: str | Path, rs: RuleSet | None = None) -> list[Prompt]:
+    """Prompts from JSONL rows with prompt / question / instruction(+input) / messages (last user turn). A row's
+    `rule_ids` is a list of ids or one id (a CSV cell: its text was read letter by letter, R01 as R, 0, 1); with `rs`,
+    an id that is no rule of its file is refused naming file:line, as coverage does."""
+    out = []
+    known = (rs.known or {r.id for r in rs.rules}) if rs else None
+    for p in read_prompt_rows(path):
+        try:
+            ids = _rule_ids(p.row)
+        except RowError as e:
+            raise UserError(f"{p.source}: {e}") from None
+        if known is not None and (unknown := [x for x in ids if x not in known]):
+            raise UserError(f"{p.source}: rule_ids: {unknown[0]!r} is no rule of {rs.path}")  # type: ignore[union-attr]
+        out.append(Prompt(p.text, ids))
+    return out
 
 
 def coverage(rs: RuleSet, rows: list[Sample]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from weitiao.data.chat import Encoded, special_token_check
+from weitiao.data.files import number_cell
 from weitiao.data.formats import CONFIG_SKIP_HINT, PreferencePair
 from weitiao.data.preference import PairStats, encode_pairs, load_pairs, string_pairs_note
 from weitiao.data.prep import count_overlap, overlap_warning, pair_key, require_rows, split_eval
@@ -70,7 +71,7 @@ class PrefData:
 
 
 def _row_number(pair: PreferencePair, name: str, key: str) -> float:
-    v = pair.extra.get(name)
+    v = number_cell(pair.extra.get(name), pair.source)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
         got = "missing" if v is None else f"{v!r} is not a number ≥ 0"
         raise UserError(f"{pair.source}: {name}: {got} ({key} reads it)")
@@ -165,7 +166,7 @@ def _margins(pairs: list[PreferencePair], encoded: list[Encoded]) -> list[float]
 
 
 def _margin(pair: PreferencePair) -> float:
-    v = pair.extra.get("margin")
+    v = number_cell(pair.extra.get("margin"), pair.source)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         got = "missing (other rows have one)" if v is None else f"{v!r} is not a number"
         raise UserError(f"{pair.source}: margin: {got} (each pair's margin is read, as TRL's RewardTrainer does)")
