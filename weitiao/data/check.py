@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode, encode_all, special_token_check
 from weitiao.data.formats import Conversation, Document, PreferencePair, load_rows
-from weitiao.data.preference import encode_side, side_rows, string_pairs_note
+from weitiao.data.preference import encode_side, form_notes, side_rows
 from weitiao.data.prep import conversation_key, messages_key, pair_key, require_rows
 from weitiao.data.templates import resolve_template
 
@@ -124,7 +124,7 @@ def check_file(
         split_documents=len(split),
         document_pieces=sum(-(-n // max_len) for n in split),
         train_turns=train_turns,
-        notes=list(loaded.notes) + [n for n in [string_pairs_note(pairs, template)] if n],
+        notes=list(loaded.notes) + form_notes(pairs, template),
     )
     if lengths:
         rep.length_min, rep.length_max = lengths[0], lengths[-1]

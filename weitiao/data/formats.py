@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from weitiao.data import transcripts
 from weitiao.data.files import MAX_ROW_BYTES, RowError, expand_paths, iter_records, not_a_row
 from weitiao.errors import UserError, near_miss
 from weitiao.io import claim_outputs, write_jsonl
@@ -67,8 +68,9 @@ class PreferencePair:
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # the row's other fields (confidence, weight...)
     # "chat": messages given; "string": TRL standard strings, rendered as a one-user-turn chat through the
-    # template; "raw": those strings trained as raw text, no template (format preference_raw, as TRL does)
-    form: Literal["chat", "string", "raw"] = "chat"
+    # template; "raw": those strings trained as raw text, no template (format preference_raw, as TRL does);
+    # "hh": Anthropic HH transcripts read as chats (weitiao.data.transcripts)
+    form: Literal["chat", "string", "raw", "hh"] = "chat"
 
     def conversation(self, which: Literal["chosen", "rejected"]) -> Conversation:
         """The prompt closed by the chosen or rejected reply."""
@@ -397,13 +399,15 @@ def split_shared_prefix(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
 PROMPT_LIKE = ("question", "query", "input")  # prompt columns of other tools, unread by a pair without instruction
 
 
-def parse_preference(record: dict, strict: bool = True) -> PreferencePair:
-    """A pair from any supported layout; strict=False lets `data check` count empty or identical sides."""
+def parse_preference(record: dict, strict: bool = True, raw: bool = False) -> PreferencePair:
+    """A pair from any supported layout; strict=False lets `data check` count empty or identical sides. An Anthropic
+    HH transcript is read as a chat, or with `raw` (format preference_raw) split as text at its last Assistant turn."""
     if record.get("tools") not in (None, "", [], "[]"):  # "[]": LLaMA-Factory's tools column on a row without tools
         raise RowError("tools", "a pair is rendered without tools (the prompt would lose them); drop the column, or "
                                 "train tool calls with SFT")  # fmt: skip
     chosen, rejected = record.get("chosen"), record.get("rejected")
     implicit = _is_conversation(chosen) and _is_conversation(rejected)
+    hh = False
     if implicit:  # TRL implicit prompt and ultrafeedback_binarized: whole conversations
         for k in ("chosen", "rejected"):
             _messages(record[k], k, "role", "content", ROLE_MAP, allow_empty=not strict)
@@ -431,8 +435,21 @@ def parse_preference(record: dict, strict: bool = True) -> PreferencePair:
         p, field = record["prompt"], "prompt"
         if isinstance(p, list):
             prompt = _messages(p, "prompt", "role", "content", ROLE_MAP)
+        elif hh := transcripts.is_transcript(p) and p.endswith(transcripts.ASSISTANT) and not raw:  # Dahoas/rm-static
+            prompt = transcripts.messages(p, "prompt")
+            chosen, rejected = (transcripts.reply(v) if isinstance(v, str) else v for v in (chosen, rejected))
         else:
             prompt = [{"role": "user", "content": _text(p, "prompt")}]
+        if side := next((k for k in ("chosen", "rejected") if transcripts.is_transcript(record.get(k))), None):
+            raise RowError(side, "a whole HH transcript ('\\n\\nHuman: …') beside a prompt; drop the prompt "
+                                 "(transcripts split at their last Assistant turn) or keep only the reply")  # fmt: skip
+    elif transcripts.is_transcript(chosen) and transcripts.is_transcript(rejected):  # Anthropic HH-RLHF
+        p, chosen, rejected = transcripts.split_pair(chosen, rejected)
+        field, hh = "chosen", not raw
+        if hh:
+            prompt, chosen, rejected = transcripts.messages(p, "chosen"), *map(transcripts.reply, (chosen, rejected))
+        else:  # raw text, as TRL trains it, split where the transcript says rather than at the shared characters
+            prompt = [{"role": "user", "content": p}]
     elif isinstance(chosen, str) and isinstance(rejected, str):  # TRL standard implicit prompt
         if unread := next((k for k in PROMPT_LIKE if record.get(k) not in (None, "")), None):
             # Intel/orca_dpo_pairs (question), ... : the shared prefix of the replies is no prompt
@@ -464,7 +481,7 @@ def parse_preference(record: dict, strict: bool = True) -> PreferencePair:
     given = record.get("prompt") if field == "prompt" else ""  # field "chosen": implicit, from the strings
     strings = len(prompt) == 1 and all(isinstance(record.get(k), str) for k in ("chosen", "rejected"))
     strings = strings and field in ("prompt", "chosen") and isinstance(given, str)
-    form = "string" if strings else "chat"
+    form = "hh" if hh else "string" if strings else "chat"
     return PreferencePair(
         prompt, chosen, rejected, extra={k: v for k, v in record.items() if k not in known}, form=form
     )
@@ -473,7 +490,7 @@ def parse_preference(record: dict, strict: bool = True) -> PreferencePair:
 def parse_raw_preference(record: dict, strict: bool = True) -> PreferencePair:
     """TRL's standard preference row (prompt, chosen, rejected strings, or chosen/rejected sharing a prefix),
     to be trained as raw text."""
-    pair = parse_preference(record, strict)
+    pair = parse_preference(record, strict, raw=True)
     if pair.form != "string":
         raise RowError(
             "chosen",

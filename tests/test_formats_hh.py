@@ -1,0 +1,72 @@
+"""Anthropic HH-RLHF rows (chosen/rejected as whole "\\n\\nHuman: …\\n\\nAssistant: …" transcripts).
+
+Expected texts are written out by hand from the transcripts: the turns, and the split at the last
+"\\n\\nAssistant:" even where both replies start with the same words (the shared-prefix split put "I think"
+into the prompt).
+"""
+
+import pytest
+from conftest import write_jsonl
+
+from weitiao.data.chat import IGNORE
+from weitiao.data.preference import encode_pair, load_pairs
+from weitiao.data.templates import resolve_template
+from weitiao.errors import UserError
+
+MULTI = "\n\nHuman: 怎么煮米饭？\n\nAssistant: 先洗米。\n\nHuman: Then what?\n\nAssistant: "
+HH = [
+    {"chosen": MULTI + "I think you add water, then cook it.", "rejected": MULTI + "I think it's easy."},
+    {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello! How can I help?", "rejected": "\n\nHuman: Hi\n\nAssistant: What?"},
+]
+
+
+def side_texts(pair, tokenizer, template):
+    """(rendered text, trained text) of chosen and rejected."""
+    out = []
+    for e in encode_pair(pair, tokenizer, template, 1024):
+        trained = [t for t, lab in zip(e.input_ids, e.labels) if lab != IGNORE]
+        out.append((tokenizer.decode(e.input_ids), tokenizer.decode(trained)))
+    return out
+
+
+def test_hh_transcripts_read_as_chats_split_at_the_last_assistant_turn(tmp_path, tokenizer):
+    pairs = load_pairs([str(write_jsonl(tmp_path / "hh.jsonl", HH))], "auto", False).rows
+    template = resolve_template(tokenizer, "chatml")
+    prompt = "<|im_start|>user\n怎么煮米饭？<|im_end|>\n<|im_start|>assistant\n先洗米。<|im_end|>\n"
+    prompt += "<|im_start|>user\nThen what?<|im_end|>\n<|im_start|>assistant\n"
+    assert side_texts(pairs[0], tokenizer, template) == [
+        (prompt + "I think you add water, then cook it.<|im_end|>\n", "I think you add water, then cook it.<|im_end|>"),
+        (prompt + "I think it's easy.<|im_end|>\n", "I think it's easy.<|im_end|>"),
+    ]
+    assert [p.form for p in pairs] == ["hh", "hh"]
+    assert (pairs[1].prompt, pairs[1].chosen, pairs[1].rejected) == (
+        [{"role": "user", "content": "Hi"}],
+        "Hello! How can I help?",
+        "What?",
+    )
+
+
+def test_hh_raw_splits_at_the_last_assistant_turn(tmp_path, tokenizer):
+    pairs = load_pairs([str(write_jsonl(tmp_path / "hh.jsonl", HH))], "preference_raw", False).rows
+    template = resolve_template(tokenizer, "chatml")
+    eos = tokenizer.eos_token
+    assert side_texts(pairs[0], tokenizer, template) == [
+        (MULTI + "I think you add water, then cook it." + eos, " I think you add water, then cook it." + eos),
+        (MULTI + "I think it's easy." + eos, " I think it's easy." + eos),
+    ]
+
+
+def test_hh_prompt_column_and_bad_transcripts(tmp_path):
+    # Dahoas/rm-static and full-hh-rlhf: the transcript up to "\n\nAssistant:" as `prompt`, replies beside it
+    dahoas = {"prompt": "\n\nHuman: Hi\n\nAssistant:", "response": " Hello!", "chosen": " Hello!", "rejected": " Go."}
+    pair = load_pairs([str(write_jsonl(tmp_path / "d.jsonl", [dahoas]))], "auto", False).rows[0]
+    assert (pair.prompt, pair.chosen, pair.rejected) == ([{"role": "user", "content": "Hi"}], "Hello!", "Go.")
+    differ = {"chosen": HH[0]["chosen"], "rejected": HH[0]["rejected"].replace("先洗米", "不知道")}
+    bad = [
+        (differ, r"x.jsonl:1: rejected: an HH transcript whose conversation before its last"),
+        ({**dahoas, "chosen": HH[1]["chosen"]}, r"x.jsonl:1: chosen: a whole HH transcript .* beside a prompt"),
+        ({"chosen": "\n\nHuman: \n\nAssistant: a", "rejected": "\n\nHuman: \n\nAssistant: b"}, "turn 1 .Human."),
+    ]
+    for row, message in bad:
+        with pytest.raises(UserError, match=message):
+            load_pairs([str(write_jsonl(tmp_path / "x.jsonl", [row]))], "auto", False)

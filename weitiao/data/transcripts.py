@@ -1,0 +1,51 @@
+"""Anthropic HH-RLHF transcripts ("\\n\\nHuman: …\\n\\nAssistant: …") as a preference pair.
+
+hh-rlhf gives each side as one whole transcript; the pair is the two last replies after the conversation both share
+up to the last "\\n\\nAssistant:". Turns are split at "\\n\\nHuman:" / "\\n\\nAssistant:" and lose the one space after
+the colon, as TRL's hh-rlhf-helpful-base conversion does (examples/datasets/hh-rlhf-helpful-base.py).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from weitiao.data.files import RowError
+
+HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+TURN = re.compile(r"\n\n(Human|Assistant):")
+ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def is_transcript(value: Any) -> bool:
+    """An HH transcript: it starts with a Human turn and holds an Assistant turn."""
+    return isinstance(value, str) and value.startswith(HUMAN) and ASSISTANT in value
+
+
+def split_pair(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """(prompt, chosen, rejected): the text up to and including each side's last "\\n\\nAssistant:", which must be
+    the same on both sides, and the replies after it (as written, with their leading space)."""
+    cc, cr = (s.rfind(ASSISTANT) + len(ASSISTANT) for s in (chosen, rejected))
+    if chosen[:cc] != rejected[:cr]:
+        raise RowError("rejected", "an HH transcript whose conversation before its last '\\n\\nAssistant:' is not "
+                                   "chosen's; a pair is two last replies to one conversation")  # fmt: skip
+    return chosen[:cc], chosen[cc:], rejected[cr:]
+
+
+def messages(prompt: str, field: str) -> list[dict]:
+    """A prompt transcript ending with "\\n\\nAssistant:" as messages (Human → user, Assistant → assistant)."""
+    parts = TURN.split(prompt)  # ['', 'Human', ' q', 'Assistant', ' a', ..., 'Assistant', '']
+    if parts[0] or parts[-2:] != ["Assistant", ""]:
+        raise RowError(field, "an HH transcript must start with '\\n\\nHuman:' and end with '\\n\\nAssistant:'")
+    out = []
+    for n, i in enumerate(range(1, len(parts) - 2, 2)):
+        text = parts[i + 1].removeprefix(" ")
+        if not text.strip():
+            raise RowError(field, f"HH transcript turn {n + 1} ({parts[i]}) is empty")
+        out.append({"role": ROLES[parts[i]], "content": text})
+    return out
+
+
+def reply(text: str) -> str:
+    """A reply after "\\n\\nAssistant:", without the space after the colon."""
+    return text.removeprefix(" ")
