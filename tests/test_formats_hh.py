@@ -70,3 +70,21 @@ def test_hh_prompt_column_and_bad_transcripts(tmp_path):
     for row, message in bad:
         with pytest.raises(UserError, match=message):
             load_pairs([str(write_jsonl(tmp_path / "x.jsonl", [row]))], "auto", False)
+
+
+@pytest.mark.slow
+def test_a_raw_reward_model_trained_on_hh_scores_hh_as_trained(tiny_model_dir, tmp_path):
+    """`score` reads HH rows as chats; a reward model trained on their raw text (preference_raw) scores the text it
+    was trained on (it refused them as not raw strings): the eval margin equals score's."""
+    from conftest import recipe_config
+
+    from weitiao.recipes import rm, score
+    from weitiao.train.log import read_metrics
+
+    rows = [{k: v.replace("Hi", f"Hi {i}") for k, v in HH[1].items()} for i in range(4)] + HH[:1]
+    f = write_jsonl(tmp_path / "hh.jsonl", rows)
+    out = tmp_path / "rm"
+    rm.run(recipe_config("rm", tiny_model_dir, f, out, "data.format=preference_raw", f"data.eval=[{f}]",
+                         "train.max_steps=2", "train.eval_every=2", "train.lr=5e-3"))  # fmt: skip
+    summary = score.run(str(out), str(f))
+    assert summary["mean_margin"] == pytest.approx(read_metrics(out, "eval")[-1]["eval_margin"], abs=1e-4)
