@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode, encode_all, special_token_check
-from weitiao.data.formats import Conversation, Document, PreferencePair, load_rows
+from weitiao.data.formats import Conversation, Document, PreferencePair, load_rows, prefers_rejected
 from weitiao.data.preference import encode_side, form_notes, side_rows
 from weitiao.data.prep import conversation_key, messages_key, pair_key, require_rows
 from weitiao.data.templates import resolve_template
@@ -151,6 +151,9 @@ def check_file(
         rep.problems.append(f"{rep.identical_pairs} pairs with chosen == rejected (training refuses them)")
     if rep.empty_replies:
         rep.problems.append(f"{rep.empty_replies} empty chosen/rejected replies (training refuses them)")
+    if flipped := [p.source for p in pairs if prefers_rejected(p.extra)]:
+        rep.problems.append(f"{len(flipped)} pairs whose score columns prefer rejected (training refuses them), first "
+                            f"{flipped[0]}")  # fmt: skip
     # training stops at the first of these, with no flag to set here: data check said nothing of them
     if weighted := [p.source for p in pairs if "weight" in p.extra]:
         rep.problems.append(

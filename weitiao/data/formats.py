@@ -396,6 +396,39 @@ def split_shared_prefix(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
     return chosen[:idx], chosen[idx:], rejected[idx:]
 
 
+# Each side's score in published pair sets (ultrafeedback_binarized; argilla's dpo-mix and cleaned UltraFeedback):
+# not trained on (DPO and RM learn chosen over rejected), but a row whose own scores prefer rejected is refused.
+SCORE_COLUMNS = (("score_chosen", "score_rejected"), ("chosen_rating", "rejected_rating"),
+                 ("chosen-rating", "rejected-rating"), ("chosen_score", "rejected_score"))  # fmt: skip
+
+
+def _score(record: dict, key: str) -> float | None:
+    v = record.get(key)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def prefers_rejected(record: dict) -> tuple[str, str] | None:
+    """The (chosen, rejected) score columns of a row that rate rejected above chosen, if any."""
+    for c, r in SCORE_COLUMNS:
+        sc, sr = _score(record, c), _score(record, r)
+        if sc is not None and sr is not None and sr > sc:
+            return c, r
+    return None
+
+
+def check_scores(record: dict) -> None:
+    """Refuse a pair whose score columns rate rejected above chosen (the sides would be trained the wrong way)."""
+    if cr := prefers_rejected(record):
+        c, r = cr
+        raise RowError(r, f"{record[r]!r} is above {c} {record[c]!r}: the row's own scores prefer rejected; swap "
+                          "chosen and rejected, or drop the row")  # fmt: skip
+
+
+def score_columns(pair: PreferencePair) -> list[str]:
+    """The score columns (SCORE_COLUMNS) a pair carries, unread by training."""
+    return [k for cr in SCORE_COLUMNS if all(k in pair.extra for k in cr) for k in cr]
+
+
 PROMPT_LIKE = ("question", "query", "input")  # prompt columns of other tools, unread by a pair without instruction
 
 
@@ -477,6 +510,8 @@ def parse_preference(record: dict, strict: bool = True, raw: bool = False) -> Pr
     chosen, rejected = _reply(chosen, "chosen", not strict), _reply(rejected, "rejected", not strict)
     if strict and chosen == rejected:
         raise RowError("rejected", "is identical to chosen")
+    if strict:
+        check_scores(record)
     known = ("prompt", "messages", "system", "chosen", "rejected")
     given = record.get("prompt") if field == "prompt" else ""  # field "chosen": implicit, from the strings
     strings = len(prompt) == 1 and all(isinstance(record.get(k), str) for k in ("chosen", "rejected"))

@@ -36,6 +36,7 @@ from weitiao.data.formats import (
     LoadResult,
     PreferencePair,
     load_rows,
+    score_columns,
 )
 from weitiao.data.templates import ChatTemplate
 from weitiao.data.tokenize import encode_batch, examples
@@ -205,12 +206,18 @@ def encode_pairs(
 
 
 def form_notes(pairs: list[PreferencePair], template: ChatTemplate) -> list[str]:
-    """How string pairs (TRL would not template them) and HH transcripts were read, when there are any."""
+    """How string pairs (TRL would not template them) and HH transcripts were read, and score columns left unread,
+    when there are any."""
     notes = []
     if n := sum(p.form == "string" for p in pairs):
         notes.append(
             f"{n} pairs of prompt/chosen/rejected strings are rendered as a one-user-turn chat with template "
             f"{template.name!r}; TRL trains such rows as raw text (data.format: preference_raw does that)"
+        )
+    if scored := [p for p in pairs if score_columns(p)]:
+        notes.append(
+            f"{len(scored)} pairs carry {'/'.join(score_columns(scored[0]))}: not read (DPO and the reward model learn "
+            "chosen over rejected; `weitiao rm` reads a `margin` column, e.g. their difference)"
         )
     if n := sum(p.form == "hh" for p in pairs):
         notes.append(
