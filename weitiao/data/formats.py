@@ -252,13 +252,19 @@ def _alpaca_field(record: dict, key: str) -> tuple[Any, str]:
 
 
 def _alpaca_prompt(record: dict) -> list[Message]:
-    """History pairs, then instruction + "\n" + input (or Dolly's context) as the last user turn."""
+    """History pairs, then instruction + "\n" + input (or Dolly's context) as the last user turn; a BELLE multi-turn
+    instruction (Human:/Assistant: turns) as its turns."""
     instruction = _text(record.get("instruction"), "instruction")
     extra, key = _alpaca_field(record, "input")  # null or "" is no input; 0 or false is no text either: refused
-    user = instruction + ("\n" + _text(extra, key) if extra not in (None, "") else "")
-    messages: list[Message] = []
     history = record.get("history")
     history = [] if history in (None, "") else history  # "": a CSV's empty cell
+    if transcripts.is_belle(instruction):  # BELLE multiturn_chat_0.8M: the earlier turns inside the instruction
+        if at := next((k for k, v in ((key, extra), ("history", history)) if v not in (None, "", [])), None):
+            raise RowError(at, "beside a BELLE multi-turn instruction (Human:/Assistant: turns), which holds the whole "
+                               "conversation; put it into the transcript, or drop it")  # fmt: skip
+        return transcripts.belle_messages(instruction)
+    user = instruction + ("\n" + _text(extra, key) if extra not in (None, "") else "")
+    messages: list[Message] = []
     if not isinstance(history, list):
         raise RowError("history", "expected a list of [question, answer] pairs")
     for i, pair in enumerate(history):

@@ -1,8 +1,11 @@
-"""Anthropic HH-RLHF transcripts ("\\n\\nHuman: …\\n\\nAssistant: …") as a preference pair.
+"""Human:/Assistant: transcripts as messages: Anthropic HH-RLHF pairs and BELLE multi-turn instructions.
 
-hh-rlhf gives each side as one whole transcript; the pair is the two last replies after the conversation both share
-up to the last "\\n\\nAssistant:". Turns are split at "\\n\\nHuman:" / "\\n\\nAssistant:" and lose the one space after
-the colon, as TRL's hh-rlhf-helpful-base conversion does (examples/datasets/hh-rlhf-helpful-base.py).
+hh-rlhf gives each side as one whole transcript ("\\n\\nHuman: …\\n\\nAssistant: …"); the pair is the two last replies
+after the conversation both share up to the last "\\n\\nAssistant:". Turns are split at "\\n\\nHuman:" /
+"\\n\\nAssistant:" and lose the one space after the colon, as TRL's hh-rlhf-helpful-base conversion does
+(examples/datasets/hh-rlhf-helpful-base.py). BELLE's multiturn_chat_0.8M puts the earlier turns into an Alpaca
+`instruction` ("Human:…\\nAssistant:…\\nHuman:…\\nAssistant:"); its turns are split at "Human:" / "Assistant:" and
+stripped, as LLaMA-Factory's belle_multiturn loader does.
 """
 
 from __future__ import annotations
@@ -49,3 +52,29 @@ def messages(prompt: str, field: str) -> list[dict]:
 def reply(text: str) -> str:
     """A reply after "\\n\\nAssistant:", without the space after the colon."""
     return text.removeprefix(" ")
+
+
+BELLE_TURN = re.compile(r"(Human|Assistant):")
+
+
+def is_belle(instruction: Any) -> bool:
+    """A BELLE multi-turn instruction: a transcript from "Human:" to a last, empty "Assistant:"."""
+    text = instruction.strip() if isinstance(instruction, str) else ""
+    return text.startswith("Human:") and text.endswith("Assistant:")
+
+
+def belle_messages(instruction: str) -> list[dict]:
+    """A BELLE instruction as messages ending with the user turn (each turn stripped)."""
+    parts = BELLE_TURN.split(instruction.strip())  # ['', 'Human', 'q', 'Assistant', 'a', ..., 'Assistant', '']
+    out = []
+    for n, i in enumerate(range(1, len(parts) - 2, 2)):
+        want = "Human" if n % 2 == 0 else "Assistant"
+        if parts[i] != want or not parts[i + 1].strip():
+            problem = f"{parts[i]}: where {want}: was due" if parts[i] != want else f"{parts[i]}: is empty"
+            raise RowError("instruction", f"a BELLE multi-turn transcript (Human:/Assistant: turns), turn {n + 1} "
+                                          f"({problem}); fix it, or write the row as ShareGPT")  # fmt: skip
+        out.append({"role": ROLES[parts[i]], "content": parts[i + 1].strip()})
+    if len(out) % 2 == 0:
+        raise RowError("instruction", "a BELLE multi-turn transcript must end with a Human: turn and an empty "
+                                      "Assistant:")  # fmt: skip
+    return out

@@ -1,14 +1,16 @@
-"""Anthropic HH-RLHF rows (chosen/rejected as whole "\\n\\nHuman: …\\n\\nAssistant: …" transcripts).
+"""Human:/Assistant: transcripts: Anthropic HH-RLHF pairs (chosen/rejected as whole "\\n\\nHuman: …\\n\\nAssistant: …"
+transcripts) and BELLE multi-turn Alpaca instructions.
 
 Expected texts are written out by hand from the transcripts: the turns, and the split at the last
 "\\n\\nAssistant:" even where both replies start with the same words (the shared-prefix split put "I think"
-into the prompt).
+into the prompt); BELLE's earlier turns were one user message holding the whole transcript.
 """
 
 import pytest
 from conftest import write_jsonl
 
-from weitiao.data.chat import IGNORE
+from weitiao.data.chat import IGNORE, EncodeOptions, encode
+from weitiao.data.formats import load_conversations
 from weitiao.data.preference import encode_pair, load_pairs
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
@@ -88,3 +90,23 @@ def test_a_raw_reward_model_trained_on_hh_scores_hh_as_trained(tiny_model_dir, t
                          "train.max_steps=2", "train.eval_every=2", "train.lr=5e-3"))  # fmt: skip
     summary = score.run(str(out), str(f))
     assert summary["mean_margin"] == pytest.approx(read_metrics(out, "eval")[-1]["eval_margin"], abs=1e-4)
+
+
+def test_belle_multiturn_instruction_reads_as_its_turns(tmp_path, tokenizer):
+    belle = {"instruction": "Human:写一首关于秋天的诗。\nAssistant:秋风起，落叶黄。\nHuman:再短一点\nAssistant:",
+             "input": "", "output": "秋叶黄。"}  # fmt: skip
+    conv = load_conversations(write_jsonl(tmp_path / "belle.jsonl", [belle])).rows[0]
+    enc = encode(conv, tokenizer, resolve_template(tokenizer, "chatml"), EncodeOptions(max_len=512))
+    assert tokenizer.decode(enc.input_ids) == (
+        "<|im_start|>user\n写一首关于秋天的诗。<|im_end|>\n<|im_start|>assistant\n秋风起，落叶黄。<|im_end|>\n"
+        "<|im_start|>user\n再短一点<|im_end|>\n<|im_start|>assistant\n秋叶黄。<|im_end|>\n"
+    )
+    trained = tokenizer.decode([t for t, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE])
+    assert trained == "秋风起，落叶黄。<|im_end|>秋叶黄。<|im_end|>"
+    bad = [
+        ({**belle, "input": "补充"}, r"b.jsonl:1: input: beside a BELLE multi-turn instruction"),
+        ({**belle, "instruction": "Human:一\nHuman:二\nAssistant:"}, r"instruction: .*turn 2 \(Human: where Assistant"),
+    ]
+    for row, message in bad:
+        with pytest.raises(UserError, match=message):
+            load_conversations(write_jsonl(tmp_path / "b.jsonl", [row]))
