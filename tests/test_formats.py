@@ -188,6 +188,24 @@ def test_sharegpt_rows_with_role_and_content_get_a_hint(tmp_path):
         load_rows(path)
 
 
+@pytest.mark.parametrize(
+    "row, want",
+    [
+        ({"conversations": [{"from": "human", "value": "hi"}, {"from": "chatgpt", "value": "yo"}]},
+         r"conversations\[1\].from: unknown role 'chatgpt'; expected .*; rename it 'gpt'"),
+        ({"conversations": [{"from": "human", "value": "2+2?"}, {"from": "tool", "value": "4"}], "tools": "[]"},
+         r"conversations\[1\].from: unknown role 'tool'; expected .*; rename it 'observation' \(a tool result"),
+        ({"messages": [{"role": "human", "content": "hi"}, {"role": "gpt", "content": "yo"}]},
+         r"messages\[0\].role: unknown role 'human'; expected .*; rename it 'user'"),
+    ],
+)  # fmt: skip
+def test_an_unknown_role_names_the_rename(tmp_path, row, want):
+    """ShareGPT V3's 'chatgpt', a 'tool' result and ShareGPT names in OpenAI messages were refused without saying
+    which role to write instead."""
+    with pytest.raises(UserError, match=want):
+        load_rows(write_jsonl(tmp_path / "d.jsonl", [row]))
+
+
 def test_the_users_own_extra_columns_stay_unread(tmp_path):
     """Negative control: ids, sources, a formatted `text` (tatsu-lab/alpaca), ultrachat's prompt/prompt_id."""
     rows = [

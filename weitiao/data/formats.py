@@ -32,6 +32,19 @@ ROLES = ("system", "user", "assistant")
 ROLE_MAP = {r: r for r in ROLES} | {"developer": "system"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 SHAREGPT_ROLES |= {"system": "system"}
+# Other speaker names in published chat sets, and the name we read for each, said in the unknown-role error
+_RESULT = "'observation' (a tool result, as LLaMA-Factory writes ShareGPT; a call is 'function_call')"
+ROLE_RENAMES = {
+    "from": {"tool": _RESULT, "function": _RESULT, "chatgpt": "'gpt'", "bing": "'gpt'", "bard": "'gpt'",
+             "model": "'gpt'", "bot": "'gpt'"},
+    "role": {"human": "'user'", "gpt": "'assistant'", "model": "'assistant'", "bot": "'assistant'"},
+}  # fmt: skip
+
+
+def unknown_role(role: Any, role_key: str, expected: str) -> str:
+    """The unknown-role problem, with the rename for a speaker name other data sets use."""
+    rename = ROLE_RENAMES[role_key].get(role) if isinstance(role, str) else None
+    return f"unknown role {role!r}; expected {expected}" + (f"; rename it {rename}" if rename else "")
 
 
 @dataclass
@@ -216,7 +229,7 @@ def _messages(
             raise RowError(f"{field}[{i}].{role_key}", f"missing; the message has {other[0]!r}/{other[1]!r} keys, the "
                            f"other chat layout: put the list under {other[2]}, or rename the keys")  # fmt: skip
         if role not in roles:
-            raise RowError(f"{field}[{i}].{role_key}", f"unknown role {role!r}; expected {sorted(roles)}")
+            raise RowError(f"{field}[{i}].{role_key}", unknown_role(role, role_key, str(sorted(roles))))
         refuse_name(m, f"{field}[{i}]")
         msg = {"role": roles[role], "content": _text(m.get(text_key), f"{field}[{i}].{text_key}", allow_empty)}
         if m.get("weight") is not None and not _weight(m, f"{field}[{i}]", roles[role]):
