@@ -206,6 +206,23 @@ def test_an_unknown_role_names_the_rename(tmp_path, row, want):
         load_rows(write_jsonl(tmp_path / "d.jsonl", [row]))
 
 
+def test_open_orca_system_prompt_is_renamed_not_dropped(tmp_path):
+    """Open-Orca rows (system_prompt, question, response): the rename hint left system_prompt out, and once the row was
+    renamed to Alpaca the system prompt was an unread column, trained without."""
+    row = {"id": "niv.1", "system_prompt": "你是一个AI助手。", "question": "2+2?", "response": "4"}
+    want = r"rename them instruction/output \(Alpaca\), and system_prompt system"
+    with pytest.raises(UserError, match=want):
+        load_rows(write_jsonl(tmp_path / "o.jsonl", [row]))
+    renamed = {"id": "niv.1", "system_prompt": "你是一个AI助手。", "instruction": "2+2?", "output": "4"}
+    with pytest.raises(UserError, match=r"r.jsonl:1: system_prompt: unknown key; did you mean 'system'"):
+        load_rows(write_jsonl(tmp_path / "r.jsonl", [renamed]))
+    fixed = {"system": renamed.pop("system_prompt"), **renamed}
+    assert load_rows(write_jsonl(tmp_path / "f.jsonl", [fixed])).rows[0].messages[0] == {
+        "role": "system",
+        "content": "你是一个AI助手。",
+    }
+
+
 def test_the_users_own_extra_columns_stay_unread(tmp_path):
     """Negative control: ids, sources, a formatted `text` (tatsu-lab/alpaca), ultrachat's prompt/prompt_id."""
     rows = [

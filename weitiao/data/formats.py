@@ -121,7 +121,8 @@ def _rename_hint(keys: set[str]) -> str:
     if q is None or a is None:
         return ""
     seen = " (firefly-train-1.1M)" if (q, a) == ("input", "target") else ""
-    return f"; {q}/{a}{seen} is a question and its answer: rename them instruction/output (Alpaca)"
+    system = next((f", and {k} system" for k in ("system_prompt", "system_message") if k in keys), "")
+    return f"; {q}/{a}{seen} is a question and its answer: rename them instruction/output (Alpaca){system}"
 
 
 def detect_format(record: Any) -> str:
@@ -578,8 +579,12 @@ CHAT_KEYS = {"messages": "openai", "conversations": "sharegpt", "conversation": 
              "output": "alpaca"}  # fmt: skip
 
 
+# Other sets' names for the system prompt (Open-Orca's system_prompt): refused as typos are, not left unread
+SYSTEM_ALIASES = ("system_prompt", "system_message")
+
+
 def _misspelled(key: str) -> str | None:
-    return near_miss(key, READ_KEYS, 0.85)
+    return near_miss(key, READ_KEYS, 0.85) or ("system" if key in SYSTEM_ALIASES else None)
 
 
 # Keys a message may carry that some format reads; a near miss (weigth, tool_call) of one the message lacks is refused,
