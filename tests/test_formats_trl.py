@@ -56,7 +56,8 @@ def test_ultrafeedback_binarized_layout(tmp_path):
         {"prompt": "What color is the sky?", "prompt_id": "a1", "chosen": [SKY_USER, BLUE],
          "rejected": [SKY_USER, GREEN], "messages": [SKY_USER, BLUE], "score_chosen": 8.0, "score_rejected": 3.0},
         {"prompt": "Why?", "prompt_id": "a2", "chosen": multi + [{"role": "assistant", "content": "Rayleigh."}],
-         "rejected": multi + [{"role": "assistant", "content": "Paint."}], "messages": multi[:1],
+         "rejected": multi + [{"role": "assistant", "content": "Paint."}],
+         "messages": multi + [{"role": "assistant", "content": "Rayleigh."}],
          "score_chosen": 9.0, "score_rejected": 1.0},
     ]  # fmt: skip
     got = load_pairs([str(by_datasets(tmp_path / "uf.jsonl", rows))], "auto", False).rows
@@ -69,6 +70,13 @@ def test_ultrafeedback_binarized_layout(tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{**rows[0], "prompt": "Something else?"}])
     with pytest.raises(UserError, match=r"bad.jsonl:1: prompt: differs from the last user turn"):
         load_pairs([str(bad)], "auto", False)
+    # `messages` is the chosen conversation (or a prompt list, the shared one); another was unread without a word
+    for k, other in (("messages", rows[0]["rejected"]), ("prompt", [SKY_USER, GREEN])):
+        bad = write_jsonl(tmp_path / "bad.jsonl", [{**rows[0], k: other}])
+        with pytest.raises(UserError, match=rf"bad.jsonl:1: {k}: is neither the conversation chosen and rejected"):
+            load_pairs([str(bad)], "auto", False)
+    ok = write_jsonl(tmp_path / "ok.jsonl", [{**rows[0], "prompt": [SKY_USER]}])
+    assert load_pairs([str(ok)], "auto", False).rows[0].prompt == [SKY_USER]
 
 
 def test_trl_prompt_completion_trains_only_the_completion(tmp_path, tokenizer):

@@ -475,6 +475,14 @@ def parse_preference(record: dict, strict: bool = True, raw: bool = False) -> Pr
         p = record.get("prompt")
         if isinstance(p, str) and p.strip() != prompt[-1]["content"].strip():
             raise RowError("prompt", "differs from the last user turn that chosen and rejected share")
+        whole = _messages(record["chosen"], "chosen", "role", "content", ROLE_MAP, allow_empty=not strict)
+        for k in ("prompt", "messages"):  # ultrafeedback_binarized's messages: the chosen conversation
+            if isinstance(record.get(k), list) and _messages(record[k], k, "role", "content", ROLE_MAP) not in (
+                prompt,
+                whole,
+            ):
+                raise RowError(k, "is neither the conversation chosen and rejected share nor the chosen one (it would "
+                                  "be unread); drop it, or fix it")  # fmt: skip
     elif "instruction" in record:  # LLaMA-Factory alpaca ranking
         prompt, field = _alpaca_prompt(record), "instruction"
     elif "conversations" in record:  # LLaMA-Factory sharegpt ranking
