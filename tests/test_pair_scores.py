@@ -26,7 +26,12 @@ def test_scores_are_noted_and_a_row_preferring_rejected_is_refused(tmp_path, tok
     assert [(p.chosen, p.rejected) for p in pairs] == [("Boil water, steep 3 minutes.", "Tea is a drink."),
                                                        ("好的。", "不好。")]  # fmt: skip
     notes = form_notes(pairs, resolve_template(tokenizer, "chatml"))
-    assert any(n.startswith("2 pairs carry score_chosen/score_rejected: not read") for n in notes)
+    assert any(n.startswith("2 pairs carry scores (score_chosen/score_rejected): not read") for n in notes)
+    argilla = {"chosen": "好", "rejected": "差", "prompt": "评价一下", "chosen_rating": 5, "rejected_rating": 2}
+    pairs += load_pairs([str(write_jsonl(tmp_path / "a.jsonl", [argilla]))], "auto", False).rows
+    notes = form_notes(pairs, resolve_template(tokenizer, "chatml"))
+    assert any(n.startswith("3 pairs carry scores (score_chosen/score_rejected, chosen_rating/rejected_rating)")
+               for n in notes)  # fmt: skip
     flipped = write_jsonl(tmp_path / "flipped.jsonl", [rows[0], uf_row(2.0, 9.0)])
     with pytest.raises(UserError, match=r"flipped.jsonl:2: score_rejected: 9.0 is above score_chosen 2.0: .*swap"):
         load_pairs([str(flipped)], "auto", False)

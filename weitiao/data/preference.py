@@ -214,10 +214,11 @@ def form_notes(pairs: list[PreferencePair], template: ChatTemplate) -> list[str]
             f"{n} pairs of prompt/chosen/rejected strings are rendered as a one-user-turn chat with template "
             f"{template.name!r}; TRL trains such rows as raw text (data.format: preference_raw does that)"
         )
-    if scored := [p for p in pairs if score_columns(p)]:
+    if scored := [score_columns(p) for p in pairs if score_columns(p)]:
+        names = ", ".join(dict.fromkeys("/".join(cols) for cols in scored))  # each layout once, in order of first use
         notes.append(
-            f"{len(scored)} pairs carry {'/'.join(score_columns(scored[0]))}: not read (DPO and the reward model learn "
-            "chosen over rejected; `weitiao rm` reads a `margin` column, e.g. their difference)"
+            f"{len(scored)} pairs carry scores ({names}): not read (DPO and the reward model learn chosen over "
+            "rejected; `weitiao rm` reads a `margin` column, e.g. their difference)"
         )
     if n := sum(p.form == "hh" for p in pairs):
         notes.append(
