@@ -63,6 +63,14 @@ def test_hh_prompt_column_and_bad_transcripts(tmp_path):
     dahoas = {"prompt": "\n\nHuman: Hi\n\nAssistant:", "response": " Hello!", "chosen": " Hello!", "rejected": " Go."}
     pair = load_pairs([str(write_jsonl(tmp_path / "d.jsonl", [dahoas]))], "auto", False).rows[0]
     assert (pair.prompt, pair.chosen, pair.rejected) == ([{"role": "user", "content": "Hi"}], "Hello!", "Go.")
+    # copies stripped of the first newlines, a prompt with the space before the reply (translated HH sets)
+    stripped = {k: v.lstrip("\n") for k, v in HH[1].items()}
+    spaced = {"prompt": "Human: 你好\n\nAssistant: ", "chosen": "你好！", "rejected": "滚。"}
+    got = load_pairs([str(write_jsonl(tmp_path / "s.jsonl", [stripped, spaced]))], "auto", False).rows
+    assert [(p.prompt, p.chosen, p.rejected) for p in got] == [
+        ([{"role": "user", "content": "Hi"}], "Hello! How can I help?", "What?"),
+        ([{"role": "user", "content": "你好"}], "你好！", "滚。"),
+    ]
     differ = {"chosen": HH[0]["chosen"], "rejected": HH[0]["rejected"].replace("先洗米", "不知道")}
     bad = [
         (differ, r"x.jsonl:1: rejected: an HH transcript whose conversation before its last"),

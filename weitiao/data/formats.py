@@ -496,7 +496,7 @@ def parse_preference(record: dict, strict: bool = True, raw: bool = False) -> Pr
         p, field = record["prompt"], "prompt"
         if isinstance(p, list):
             prompt = _messages(p, "prompt", "role", "content", ROLE_MAP)
-        elif hh := transcripts.is_transcript(p) and p.endswith(transcripts.ASSISTANT) and not raw:  # Dahoas/rm-static
+        elif hh := transcripts.is_prompt(p) and not raw:  # Dahoas/rm-static, and its Chinese translations
             prompt = transcripts.messages(p, "prompt")
             chosen, rejected = (transcripts.reply(v) if isinstance(v, str) else v for v in (chosen, rejected))
         else:

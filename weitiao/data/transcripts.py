@@ -21,8 +21,14 @@ ROLES = {"Human": "user", "Assistant": "assistant"}
 
 
 def is_transcript(value: Any) -> bool:
-    """An HH transcript: it starts with a Human turn and holds an Assistant turn."""
-    return isinstance(value, str) and value.startswith(HUMAN) and ASSISTANT in value
+    """An HH transcript: it starts with a Human turn ("\\n\\nHuman:", or "Human:" in copies stripped of the first
+    newlines) and holds an Assistant turn."""
+    return isinstance(value, str) and value.startswith((HUMAN, HUMAN.lstrip())) and ASSISTANT in value
+
+
+def is_prompt(value: Any) -> bool:
+    """An HH prompt transcript, ending with "\\n\\nAssistant:" (and perhaps the space before the reply)."""
+    return is_transcript(value) and value.rstrip(" ").endswith(ASSISTANT)
 
 
 def split_pair(chosen: str, rejected: str) -> tuple[str, str, str]:
@@ -37,7 +43,9 @@ def split_pair(chosen: str, rejected: str) -> tuple[str, str, str]:
 
 def messages(prompt: str, field: str) -> list[dict]:
     """A prompt transcript ending with "\\n\\nAssistant:" as messages (Human → user, Assistant → assistant)."""
-    parts = TURN.split(prompt)  # ['', 'Human', ' q', 'Assistant', ' a', ..., 'Assistant', '']
+    prompt = prompt.rstrip(" ")
+    # ['', 'Human', ' q', 'Assistant', ' a', ..., 'Assistant', '']
+    parts = TURN.split(prompt if prompt.startswith(HUMAN) else "\n\n" + prompt)
     if parts[0] or parts[-2:] != ["Assistant", ""]:
         raise RowError(field, "an HH transcript must start with '\\n\\nHuman:' and end with '\\n\\nAssistant:'")
     out = []
