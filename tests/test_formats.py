@@ -223,6 +223,20 @@ def test_open_orca_system_prompt_is_renamed_not_dropped(tmp_path):
     }
 
 
+def test_a_bilingual_sets_other_language_columns_are_not_dropped(tmp_path):
+    """silk-road/alpaca-data-gpt4-chinese rows (instruction_zh, input_zh, output_zh beside the English ones) trained
+    the English columns and dropped the Chinese without a word; a row of _zh columns alone had no rename hint."""
+    zh = {"instruction_zh": "给出三个保持健康的建议。", "input_zh": "", "output_zh": "均衡饮食。"}
+    both = {**zh, "instruction": "Give three tips.", "input": "", "output": "Eat well."}
+    with pytest.raises(UserError, match=r"b.jsonl:1: input_zh: another language's 'input' beside 'input'"):
+        load_rows(write_jsonl(tmp_path / "b.jsonl", [both]))
+    want = r"input_zh/instruction_zh/output_zh are one language's input/instruction/output: rename the ones to train"
+    with pytest.raises(UserError, match=want):
+        load_rows(write_jsonl(tmp_path / "z.jsonl", [zh]))
+    renamed = {k.removesuffix("_zh"): v for k, v in zh.items()}
+    assert load_rows(write_jsonl(tmp_path / "r.jsonl", [renamed])).rows[0].messages[1]["content"] == "均衡饮食。"
+
+
 def test_the_users_own_extra_columns_stay_unread(tmp_path):
     """Negative control: ids, sources, a formatted `text` (tatsu-lab/alpaca), ultrachat's prompt/prompt_id."""
     rows = [

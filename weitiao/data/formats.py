@@ -12,6 +12,7 @@ format `preference_raw` they are raw text as TRL trains them (prompt + reply + E
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,7 +116,20 @@ FIREFLY_TURN = ("human", "assistant")
 QUESTION_KEYS, ANSWER_KEYS = ("input", "question", "query", "prompt"), ("target", "answer", "response", "reply")
 
 
+# A read key in one language of a bilingual set (silk-road/alpaca-data-gpt4-chinese: instruction_zh beside instruction)
+LANGUAGE_VARIANT = re.compile(r"(?P<key>[a-z]+)[_-](?:zh|cn|en|chinese|english)")
+
+
+def language_variants(keys: Any) -> dict[str, str]:
+    """{column: the read key it is a language's copy of} for columns such as instruction_zh, output_en."""
+    found = {k: m["key"] for k in sorted(map(str, keys)) if (m := LANGUAGE_VARIANT.fullmatch(k))}
+    return {k: base for k, base in found.items() if base in READ_KEYS}
+
+
 def _rename_hint(keys: set[str]) -> str:
+    if variants := language_variants(keys):
+        cols, bases = "/".join(variants), "/".join(dict.fromkeys(variants.values()))
+        return f"; {cols} are one language's {bases}: rename the ones to train {bases}"
     q = next((k for k in QUESTION_KEYS if k in keys), None)
     a = next((k for k in ANSWER_KEYS if k in keys), None)
     if q is None or a is None:
@@ -656,6 +670,10 @@ def check_keys(record: dict, fmt: str) -> None:
     if fmt in SFT_FORMATS and "weight" in record:
         raise RowError("weight", "a row-level weight is not read; OpenAI's per-message weight is (0 makes an "
                                  "assistant turn context only); drop the key or move it onto the messages")  # fmt: skip
+    for key, base in language_variants(record).items():
+        if base in record:
+            raise RowError(key, f"another language's {base!r} beside {base!r}, which alone would be read; give the "
+                                f"columns to train the names {base!r} (and the like), and drop the others")  # fmt: skip
     for key in record:
         want = _misspelled(key) or (near_miss(key, tuple(DOLLY_KEYS.values()), 0.85) if fmt == "alpaca" else None)
         if want and want not in record:
