@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode, encode_all, special_token_check
 from weitiao.data.formats import Conversation, Document, PreferencePair, load_rows, prefers_rejected
-from weitiao.data.preference import encode_side, form_notes, side_rows
+from weitiao.data.preference import encode_pair, encode_side, form_notes, side_rows
 from weitiao.data.prep import conversation_key, messages_key, pair_key, require_rows
 from weitiao.data.templates import resolve_template
 
@@ -183,6 +183,17 @@ def show_example(
     template = resolve_template(tokenizer, template_name)
     enc = encode(conv, tokenizer, template, opts or EncodeOptions())
     return enc, (token_segments(enc, tokenizer) if enc else [])
+
+
+def show_pair(
+    pair: PreferencePair, tokenizer: Any, template_name: str, max_len: int
+) -> list[tuple[str, Encoded, list[tuple[str, bool]]]] | None:
+    """Both sides of a pair as DPO and RM train them (`encode_pair`, truncation drop): (side, encoding, segments) each;
+    None when the pair is over max_len."""
+    both = encode_pair(pair, tokenizer, resolve_template(tokenizer, template_name), max_len)
+    return (
+        None if both is None else [(k, e, token_segments(e, tokenizer)) for k, e in zip(("chosen", "rejected"), both)]
+    )
 
 
 def drop_reason(conv: Conversation, tokenizer: Any, template_name: str, opts: EncodeOptions) -> str:
