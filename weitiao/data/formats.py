@@ -554,6 +554,7 @@ def parse_preference(record: dict, strict: bool = True, raw: bool = False) -> Pr
         raise RowError("rejected", "is identical to chosen")
     if strict:
         check_scores(record)
+    _refuse_sft_keys(record, field, chosen)
     known = ("prompt", "messages", "system", "chosen", "rejected")
     given = record.get("prompt") if field == "prompt" else ""  # field "chosen": implicit, from the strings
     strings = len(prompt) == 1 and all(isinstance(record.get(k), str) for k in ("chosen", "rejected"))
@@ -562,6 +563,25 @@ def parse_preference(record: dict, strict: bool = True, raw: bool = False) -> Pr
     return PreferencePair(
         prompt, chosen, rejected, extra={k: v for k, v in record.items() if k not in known}, form=form
     )
+
+
+def _refuse_sft_keys(record: dict, field: str, chosen: str) -> None:
+    """Keys the SFT formats read that a pair read through `field` would drop: `input`/`history` beside a prompt other
+    than `instruction` (LLaMA-Factory's alpaca ranking rows read them), an `output`/`completion` other than chosen."""
+    for k in ("input", "history") if field != "instruction" else ():
+        if record.get(k) not in (None, "", []):
+            raise RowError(k, f"not read beside {field!r} (a pair reads input and history with 'instruction' only, as "
+                              "LLaMA-Factory's alpaca ranking rows); put it into the prompt, or drop it")  # fmt: skip
+    for k in ("output", "completion"):
+        if record.get(k) in (None, "", []):
+            continue
+        try:
+            same = _reply(record[k], k) == chosen
+        except RowError:
+            same = False
+        if not same:
+            raise RowError(k, "a reply beside chosen/rejected that is not chosen (a pair trains chosen over rejected; "
+                              "it would be unread); drop it, or make the row an SFT row")  # fmt: skip
 
 
 def parse_raw_preference(record: dict, strict: bool = True) -> PreferencePair:
