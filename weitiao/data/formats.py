@@ -6,6 +6,7 @@ Preference rows load into `PreferencePair`: an explicit prompt (prompt, messages
 instruction) or, as TRL's `extract_prompt` does, the prefix chosen and rejected share. TRL's standard
 rows (prompt/chosen/rejected strings) are rendered as a one-turn chat through the template; with
 format `preference_raw` they are raw text as TRL trains them (prompt + reply + EOS, no template).
+Anthropic HH transcripts and BELLE multi-turn instructions are split into turns (`weitiao.data.transcripts`).
 `{"text": ...}` rows load into `Document` (continued pre-training). Rows with a boolean `label`
 (KTO, unpaired feedback) are refused: there is no KTO loss to train them with.
 """
