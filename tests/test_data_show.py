@@ -52,3 +52,20 @@ def test_train_turns_option_matches_sft_and_last_turn_only_still_works(tmp_path,
     assert show(f, tiny_model_dir, "--last-turn-only").output == last.output
     r = runner.invoke(app, ["data", "show", str(f), "--model", str(tiny_model_dir), "--truncation", "trim"])
     assert "--truncation 'trim': use one of drop, cut, history" in str(r.exception)
+
+
+def test_a_pair_shows_both_sides_as_dpo_trains_them(tmp_path, tiny_model_dir):
+    """A preference file was refused ('preference row in SFT data; use `weitiao dpo`'): there was no way to see how
+    a pair (an HH transcript, ultrafeedback_binarized) is read before a run."""
+    said = "\n\nHuman: 你好\n\nAssistant: I think "
+    hh = {"chosen": said + "你好！", "rejected": said + "滚。"}
+    f = write_jsonl(tmp_path / "hh.jsonl", [hh])
+    r = show(f, tiny_model_dir)
+    head = "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n"
+    assert r.exit_code == 0, r.output
+    assert "chosen  tokens" in r.output and head + "⟦I think 你好！<|im_end|>⟧" in r.output
+    assert "rejected  tokens" in r.output and head + "⟦I think 滚。<|im_end|>⟧" in r.output
+    raw = show(f, tiny_model_dir, "--format", "preference_raw")
+    assert "\n\nHuman: 你好\n\nAssistant:⟦ I think 滚。<|im_end|>⟧" in raw.output, raw.output  # the tiny EOS
+    r = runner.invoke(app, ["data", "show", str(f), "--model", str(tiny_model_dir), "--train-turns", "last"])
+    assert "--train-turns: SFT's; a pair trains its last reply" in str(r.exception)

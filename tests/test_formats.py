@@ -188,6 +188,55 @@ def test_sharegpt_rows_with_role_and_content_get_a_hint(tmp_path):
         load_rows(path)
 
 
+@pytest.mark.parametrize(
+    "row, want",
+    [
+        ({"conversations": [{"from": "human", "value": "hi"}, {"from": "chatgpt", "value": "yo"}]},
+         r"conversations\[1\].from: unknown role 'chatgpt'; expected .*; rename it 'gpt'"),
+        ({"conversations": [{"from": "human", "value": "2+2?"}, {"from": "tool", "value": "4"}], "tools": "[]"},
+         r"conversations\[1\].from: unknown role 'tool'; expected .*; rename it 'observation' \(a tool result"),
+        ({"messages": [{"role": "human", "content": "hi"}, {"role": "gpt", "content": "yo"}]},
+         r"messages\[0\].role: unknown role 'human'; expected .*; rename it 'user'"),
+    ],
+)  # fmt: skip
+def test_an_unknown_role_names_the_rename(tmp_path, row, want):
+    """ShareGPT V3's 'chatgpt', a 'tool' result and ShareGPT names in OpenAI messages were refused without saying
+    which role to write instead."""
+    with pytest.raises(UserError, match=want):
+        load_rows(write_jsonl(tmp_path / "d.jsonl", [row]))
+
+
+def test_open_orca_system_prompt_is_renamed_not_dropped(tmp_path):
+    """Open-Orca rows (system_prompt, question, response): the rename hint left system_prompt out, and once the row was
+    renamed to Alpaca the system prompt was an unread column, trained without."""
+    row = {"id": "niv.1", "system_prompt": "你是一个AI助手。", "question": "2+2?", "response": "4"}
+    want = r"rename them instruction/output \(Alpaca\), and system_prompt system"
+    with pytest.raises(UserError, match=want):
+        load_rows(write_jsonl(tmp_path / "o.jsonl", [row]))
+    renamed = {"id": "niv.1", "system_prompt": "你是一个AI助手。", "instruction": "2+2?", "output": "4"}
+    with pytest.raises(UserError, match=r"r.jsonl:1: system_prompt: unknown key; did you mean 'system'"):
+        load_rows(write_jsonl(tmp_path / "r.jsonl", [renamed]))
+    fixed = {"system": renamed.pop("system_prompt"), **renamed}
+    assert load_rows(write_jsonl(tmp_path / "f.jsonl", [fixed])).rows[0].messages[0] == {
+        "role": "system",
+        "content": "你是一个AI助手。",
+    }
+
+
+def test_a_bilingual_sets_other_language_columns_are_not_dropped(tmp_path):
+    """silk-road/alpaca-data-gpt4-chinese rows (instruction_zh, input_zh, output_zh beside the English ones) trained
+    the English columns and dropped the Chinese without a word; a row of _zh columns alone had no rename hint."""
+    zh = {"instruction_zh": "给出三个保持健康的建议。", "input_zh": "", "output_zh": "均衡饮食。"}
+    both = {**zh, "instruction": "Give three tips.", "input": "", "output": "Eat well."}
+    with pytest.raises(UserError, match=r"b.jsonl:1: input_zh: another language's 'input' beside 'input'"):
+        load_rows(write_jsonl(tmp_path / "b.jsonl", [both]))
+    want = r"input_zh/instruction_zh/output_zh are one language's input/instruction/output: rename the ones to train"
+    with pytest.raises(UserError, match=want):
+        load_rows(write_jsonl(tmp_path / "z.jsonl", [zh]))
+    renamed = {k.removesuffix("_zh"): v for k, v in zh.items()}
+    assert load_rows(write_jsonl(tmp_path / "r.jsonl", [renamed])).rows[0].messages[1]["content"] == "均衡饮食。"
+
+
 def test_the_users_own_extra_columns_stay_unread(tmp_path):
     """Negative control: ids, sources, a formatted `text` (tatsu-lab/alpaca), ultrachat's prompt/prompt_id."""
     rows = [

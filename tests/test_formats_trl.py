@@ -56,7 +56,8 @@ def test_ultrafeedback_binarized_layout(tmp_path):
         {"prompt": "What color is the sky?", "prompt_id": "a1", "chosen": [SKY_USER, BLUE],
          "rejected": [SKY_USER, GREEN], "messages": [SKY_USER, BLUE], "score_chosen": 8.0, "score_rejected": 3.0},
         {"prompt": "Why?", "prompt_id": "a2", "chosen": multi + [{"role": "assistant", "content": "Rayleigh."}],
-         "rejected": multi + [{"role": "assistant", "content": "Paint."}], "messages": multi[:1],
+         "rejected": multi + [{"role": "assistant", "content": "Paint."}],
+         "messages": multi + [{"role": "assistant", "content": "Rayleigh."}],
          "score_chosen": 9.0, "score_rejected": 1.0},
     ]  # fmt: skip
     got = load_pairs([str(by_datasets(tmp_path / "uf.jsonl", rows))], "auto", False).rows
@@ -69,6 +70,13 @@ def test_ultrafeedback_binarized_layout(tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{**rows[0], "prompt": "Something else?"}])
     with pytest.raises(UserError, match=r"bad.jsonl:1: prompt: differs from the last user turn"):
         load_pairs([str(bad)], "auto", False)
+    # `messages` is the chosen conversation (or a prompt list, the shared one); another was unread without a word
+    for k, other in (("messages", rows[0]["rejected"]), ("prompt", [SKY_USER, GREEN])):
+        bad = write_jsonl(tmp_path / "bad.jsonl", [{**rows[0], k: other}])
+        with pytest.raises(UserError, match=rf"bad.jsonl:1: {k}: is neither the conversation chosen and rejected"):
+            load_pairs([str(bad)], "auto", False)
+    ok = write_jsonl(tmp_path / "ok.jsonl", [{**rows[0], "prompt": [SKY_USER]}])
+    assert load_pairs([str(ok)], "auto", False).rows[0].prompt == [SKY_USER]
 
 
 def test_trl_prompt_completion_trains_only_the_completion(tmp_path, tokenizer):
@@ -307,3 +315,30 @@ def test_keys_a_row_has_no_place_for_are_refused_not_dropped(tmp_path, row, why)
         assert load_rows(write_jsonl(tmp_path / "ok.jsonl", [row | {"completion": [BLUE]}])).kept == 1
     else:
         assert load_rows(write_jsonl(tmp_path / "ok.jsonl", [row | {"chosen": [BLUE]}])).kept == 1
+
+
+@pytest.mark.parametrize(
+    "row, want",
+    [
+        ({"prompt": "翻译成英文", "input": "你好", "chosen": "Hello", "rejected": "Hi"},
+         r"input: not read beside 'prompt'"),
+        ({"prompt": "再说一遍", "history": [["你好", "你好！"]], "chosen": "你好！", "rejected": "不"},
+         r"history: not read beside 'prompt'"),
+        ({"messages": [SKY_USER], "history": [["a", "b"]], "chosen": "x", "rejected": "y"},
+         r"history: not read beside 'messages'"),
+        ({"prompt": [SKY_USER], "chosen": [BLUE], "rejected": [GREEN], "completion": [GREEN]},
+         r"completion: a reply beside chosen/rejected that is not chosen"),
+    ],
+)  # fmt: skip
+def test_a_pairs_sft_keys_are_refused_not_dropped(tmp_path, row, want):
+    """The text to translate (`input`) and earlier turns (`history`) beside a pair's prompt, and a second reply,
+    were dropped without a word: the pair trained on '翻译成英文' alone."""
+    with pytest.raises(UserError, match=r"p.jsonl:1: " + want):
+        load_pairs([str(write_jsonl(tmp_path / "p.jsonl", [row]))], "auto", False)
+    # negative control: the same keys where a pair reads them (alpaca ranking), and a completion that is chosen
+    ranked = {"instruction": "翻译成英文", "input": "你好", "history": [["在吗", "在"]], "chosen": "Hello",
+              "rejected": "Hi"}  # fmt: skip
+    pair = load_pairs([str(write_jsonl(tmp_path / "r.jsonl", [ranked]))], "auto", False).rows[0]
+    assert pair.prompt[-1] == {"role": "user", "content": "翻译成英文\n你好"} and len(pair.prompt) == 3
+    same = {"prompt": [SKY_USER], "chosen": [BLUE], "rejected": [GREEN], "completion": [BLUE]}
+    assert load_pairs([str(write_jsonl(tmp_path / "s.jsonl", [same]))], "auto", False).rows[0].chosen == BLUE["content"]

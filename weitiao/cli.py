@@ -385,19 +385,28 @@ def data_show(
     max_len: int = typer.Option(1024, help="max length in tokens"),
     truncation: str = typer.Option("drop", help="drop|cut|history: over max_len, as SFT's data.truncation"),
     plain: bool = typer.Option(False, help="mark trained text with ⟦ ⟧ instead of colour"),
+    fmt: str = typer.Option("auto", "--format", help="as data.format (preference_raw: string pairs as raw text)"),
 ) -> None:
-    """Print one rendered example with trained tokens marked (green/⟦⟧) and masked ones dim."""
+    """Print one rendered example (a pair: both sides) with trained tokens marked (green/⟦⟧) and masked ones dim."""
     from weitiao.data.chat import EncodeOptions
     from weitiao.data.check import drop_reason, show_example
-    from weitiao.data.formats import load_conversations
+    from weitiao.data.formats import PreferencePair, load_conversations, load_rows
     from weitiao.models.load import load_tokenizer
 
     _choice("--train-turns", train_turns, ("all", "last"))
     _choice("--truncation", truncation, ("drop", "cut", "history"))
-    rows = load_conversations(str(file), skip_hint=None).rows
+    rows = load_rows(str(file), fmt, skip_hint=None).rows  # type: ignore[arg-type]  # load_rows checks it
+    if not (rows and isinstance(rows[0], PreferencePair)):
+        rows = load_conversations(str(file), fmt, skip_hint=None).rows  # type: ignore[arg-type]
     if not 0 <= index < len(rows):
         raise UserError(f"--index {index}: {file} has {len(rows)} rows (0..{len(rows) - 1})")
     row, tok = rows[index], load_tokenizer(model)
+    if isinstance(row, PreferencePair):
+        sft_only = {"--train-on-prompt": train_on_prompt, "--train-turns": train_turns != "all",
+                    "--truncation": truncation != "drop", "--last-turn-only": last_turn_only}  # fmt: skip
+        if given := next((k for k, v in sft_only.items() if v), None):
+            raise UserError(f"{given}: SFT's; a pair trains its last reply, and DPO/RM drop a pair over --max-len")
+        return _show_pair(row, tok, template, max_len, plain)
     opts = EncodeOptions(max_len, train_on_prompt, "last" if last_turn_only else train_turns, truncation)
     enc, segments = show_example(row, tok, template, opts)
     if enc is None:  # what SFT does to this row, not a fault in the file: said plainly, exit 0
@@ -422,6 +431,24 @@ def data_show(
         soft_wrap=True,
     )
     console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _show_pair(pair: Any, tokenizer: Any, template: str, max_len: int, plain: bool) -> None:
+    """`data show` of a preference pair: chosen and rejected as DPO and RM train them."""
+    from weitiao.data.check import show_pair
+
+    sides = show_pair(pair, tokenizer, template, max_len)
+    if sides is None:
+        console.print(f"{pair.source}: DPO and RM drop this pair (its longer side is over --max-len {max_len})")
+        return
+    for side, enc, segments in sides:
+        console.print(f"[bold]{pair.source} {side}[/]  tokens {len(enc)} · trained {enc.n_trained}", soft_wrap=True)
+        text = Text()
+        for s, trained in segments:
+            text.append(
+                f"⟦{s}⟧" if plain and trained else s, style="" if plain else "bold black on green" if trained else "dim"
+            )
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode, encode_all, special_token_check
-from weitiao.data.formats import Conversation, Document, PreferencePair, load_rows
-from weitiao.data.preference import encode_side, side_rows, string_pairs_note
+from weitiao.data.formats import Conversation, Document, PreferencePair, load_rows, prefers_rejected
+from weitiao.data.preference import encode_pair, encode_side, form_notes, side_rows
 from weitiao.data.prep import conversation_key, messages_key, pair_key, require_rows
 from weitiao.data.templates import resolve_template
 
@@ -124,7 +124,7 @@ def check_file(
         split_documents=len(split),
         document_pieces=sum(-(-n // max_len) for n in split),
         train_turns=train_turns,
-        notes=list(loaded.notes) + [n for n in [string_pairs_note(pairs, template)] if n],
+        notes=list(loaded.notes) + form_notes(pairs, template),
     )
     if lengths:
         rep.length_min, rep.length_max = lengths[0], lengths[-1]
@@ -151,6 +151,9 @@ def check_file(
         rep.problems.append(f"{rep.identical_pairs} pairs with chosen == rejected (training refuses them)")
     if rep.empty_replies:
         rep.problems.append(f"{rep.empty_replies} empty chosen/rejected replies (training refuses them)")
+    if flipped := [p.source for p in pairs if prefers_rejected(p.extra)]:
+        rep.problems.append(f"{len(flipped)} pairs whose score columns prefer rejected (training refuses them), first "
+                            f"{flipped[0]}")  # fmt: skip
     # training stops at the first of these, with no flag to set here: data check said nothing of them
     if weighted := [p.source for p in pairs if "weight" in p.extra]:
         rep.problems.append(
@@ -180,6 +183,17 @@ def show_example(
     template = resolve_template(tokenizer, template_name)
     enc = encode(conv, tokenizer, template, opts or EncodeOptions())
     return enc, (token_segments(enc, tokenizer) if enc else [])
+
+
+def show_pair(
+    pair: PreferencePair, tokenizer: Any, template_name: str, max_len: int
+) -> list[tuple[str, Encoded, list[tuple[str, bool]]]] | None:
+    """Both sides of a pair as DPO and RM train them (`encode_pair`, truncation drop): (side, encoding, segments) each;
+    None when the pair is over max_len."""
+    both = encode_pair(pair, tokenizer, resolve_template(tokenizer, template_name), max_len)
+    return (
+        None if both is None else [(k, e, token_segments(e, tokenizer)) for k, e in zip(("chosen", "rejected"), both)]
+    )
 
 
 def drop_reason(conv: Conversation, tokenizer: Any, template_name: str, opts: EncodeOptions) -> str:

@@ -6,17 +6,20 @@ Preference rows load into `PreferencePair`: an explicit prompt (prompt, messages
 instruction) or, as TRL's `extract_prompt` does, the prefix chosen and rejected share. TRL's standard
 rows (prompt/chosen/rejected strings) are rendered as a one-turn chat through the template; with
 format `preference_raw` they are raw text as TRL trains them (prompt + reply + EOS, no template).
+Anthropic HH transcripts and BELLE multi-turn instructions are split into turns (`weitiao.data.transcripts`).
 `{"text": ...}` rows load into `Document` (continued pre-training). Rows with a boolean `label`
 (KTO, unpaired feedback) are refused: there is no KTO loss to train them with.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from weitiao.data import transcripts
 from weitiao.data.files import MAX_ROW_BYTES, RowError, expand_paths, iter_records, not_a_row
 from weitiao.errors import UserError, near_miss
 from weitiao.io import claim_outputs, write_jsonl
@@ -31,6 +34,19 @@ ROLES = ("system", "user", "assistant")
 ROLE_MAP = {r: r for r in ROLES} | {"developer": "system"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 SHAREGPT_ROLES |= {"system": "system"}
+# Other speaker names in published chat sets, and the name we read for each, said in the unknown-role error
+_RESULT = "'observation' (a tool result, as LLaMA-Factory writes ShareGPT; a call is 'function_call')"
+ROLE_RENAMES = {
+    "from": {"tool": _RESULT, "function": _RESULT, "chatgpt": "'gpt'", "bing": "'gpt'", "bard": "'gpt'",
+             "model": "'gpt'", "bot": "'gpt'"},
+    "role": {"human": "'user'", "gpt": "'assistant'", "model": "'assistant'", "bot": "'assistant'"},
+}  # fmt: skip
+
+
+def unknown_role(role: Any, role_key: str, expected: str) -> str:
+    """The unknown-role problem, with the rename for a speaker name other data sets use."""
+    rename = ROLE_RENAMES[role_key].get(role) if isinstance(role, str) else None
+    return f"unknown role {role!r}; expected {expected}" + (f"; rename it {rename}" if rename else "")
 
 
 @dataclass
@@ -67,8 +83,9 @@ class PreferencePair:
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # the row's other fields (confidence, weight...)
     # "chat": messages given; "string": TRL standard strings, rendered as a one-user-turn chat through the
-    # template; "raw": those strings trained as raw text, no template (format preference_raw, as TRL does)
-    form: Literal["chat", "string", "raw"] = "chat"
+    # template; "raw": those strings trained as raw text, no template (format preference_raw, as TRL does);
+    # "hh": Anthropic HH transcripts read as chats (weitiao.data.transcripts)
+    form: Literal["chat", "string", "raw", "hh"] = "chat"
 
     def conversation(self, which: Literal["chosen", "rejected"]) -> Conversation:
         """The prompt closed by the chosen or rejected reply."""
@@ -100,13 +117,27 @@ FIREFLY_TURN = ("human", "assistant")
 QUESTION_KEYS, ANSWER_KEYS = ("input", "question", "query", "prompt"), ("target", "answer", "response", "reply")
 
 
+# A read key in one language of a bilingual set (silk-road/alpaca-data-gpt4-chinese: instruction_zh beside instruction)
+LANGUAGE_VARIANT = re.compile(r"(?P<key>[a-z]+)[_-](?:zh|cn|en|chinese|english)")
+
+
+def language_variants(keys: Any) -> dict[str, str]:
+    """{column: the read key it is a language's copy of} for columns such as instruction_zh, output_en."""
+    found = {k: m["key"] for k in sorted(map(str, keys)) if (m := LANGUAGE_VARIANT.fullmatch(k))}
+    return {k: base for k, base in found.items() if base in READ_KEYS}
+
+
 def _rename_hint(keys: set[str]) -> str:
+    if variants := language_variants(keys):
+        cols, bases = "/".join(variants), "/".join(dict.fromkeys(variants.values()))
+        return f"; {cols} are one language's {bases}: rename the ones to train {bases}"
     q = next((k for k in QUESTION_KEYS if k in keys), None)
     a = next((k for k in ANSWER_KEYS if k in keys), None)
     if q is None or a is None:
         return ""
     seen = " (firefly-train-1.1M)" if (q, a) == ("input", "target") else ""
-    return f"; {q}/{a}{seen} is a question and its answer: rename them instruction/output (Alpaca)"
+    system = next((f", and {k} system" for k in ("system_prompt", "system_message") if k in keys), "")
+    return f"; {q}/{a}{seen} is a question and its answer: rename them instruction/output (Alpaca){system}"
 
 
 def detect_format(record: Any) -> str:
@@ -214,7 +245,7 @@ def _messages(
             raise RowError(f"{field}[{i}].{role_key}", f"missing; the message has {other[0]!r}/{other[1]!r} keys, the "
                            f"other chat layout: put the list under {other[2]}, or rename the keys")  # fmt: skip
         if role not in roles:
-            raise RowError(f"{field}[{i}].{role_key}", f"unknown role {role!r}; expected {sorted(roles)}")
+            raise RowError(f"{field}[{i}].{role_key}", unknown_role(role, role_key, str(sorted(roles))))
         refuse_name(m, f"{field}[{i}]")
         msg = {"role": roles[role], "content": _text(m.get(text_key), f"{field}[{i}].{text_key}", allow_empty)}
         if m.get("weight") is not None and not _weight(m, f"{field}[{i}]", roles[role]):
@@ -250,13 +281,19 @@ def _alpaca_field(record: dict, key: str) -> tuple[Any, str]:
 
 
 def _alpaca_prompt(record: dict) -> list[Message]:
-    """History pairs, then instruction + "\n" + input (or Dolly's context) as the last user turn."""
+    """History pairs, then instruction + "\n" + input (or Dolly's context) as the last user turn; a BELLE multi-turn
+    instruction (Human:/Assistant: turns) as its turns."""
     instruction = _text(record.get("instruction"), "instruction")
     extra, key = _alpaca_field(record, "input")  # null or "" is no input; 0 or false is no text either: refused
-    user = instruction + ("\n" + _text(extra, key) if extra not in (None, "") else "")
-    messages: list[Message] = []
     history = record.get("history")
     history = [] if history in (None, "") else history  # "": a CSV's empty cell
+    if transcripts.is_belle(instruction):  # BELLE multiturn_chat_0.8M: the earlier turns inside the instruction
+        if at := next((k for k, v in ((key, extra), ("history", history)) if v not in (None, "", [])), None):
+            raise RowError(at, "beside a BELLE multi-turn instruction (Human:/Assistant: turns), which holds the whole "
+                               "conversation; put it into the transcript, or drop it")  # fmt: skip
+        return transcripts.belle_messages(instruction)
+    user = instruction + ("\n" + _text(extra, key) if extra not in (None, "") else "")
+    messages: list[Message] = []
     if not isinstance(history, list):
         raise RowError("history", "expected a list of [question, answer] pairs")
     for i, pair in enumerate(history):
@@ -394,16 +431,51 @@ def split_shared_prefix(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
     return chosen[:idx], chosen[idx:], rejected[idx:]
 
 
+# Each side's score in published pair sets (ultrafeedback_binarized; argilla's dpo-mix and cleaned UltraFeedback):
+# not trained on (DPO and RM learn chosen over rejected), but a row whose own scores prefer rejected is refused.
+SCORE_COLUMNS = (("score_chosen", "score_rejected"), ("chosen_rating", "rejected_rating"),
+                 ("chosen-rating", "rejected-rating"), ("chosen_score", "rejected_score"))  # fmt: skip
+
+
+def _score(record: dict, key: str) -> float | None:
+    v = record.get(key)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def prefers_rejected(record: dict) -> tuple[str, str] | None:
+    """The (chosen, rejected) score columns of a row that rate rejected above chosen, if any."""
+    for c, r in SCORE_COLUMNS:
+        sc, sr = _score(record, c), _score(record, r)
+        if sc is not None and sr is not None and sr > sc:
+            return c, r
+    return None
+
+
+def check_scores(record: dict) -> None:
+    """Refuse a pair whose score columns rate rejected above chosen (the sides would be trained the wrong way)."""
+    if cr := prefers_rejected(record):
+        c, r = cr
+        raise RowError(r, f"{record[r]!r} is above {c} {record[c]!r}: the row's own scores prefer rejected; swap "
+                          "chosen and rejected, or drop the row")  # fmt: skip
+
+
+def score_columns(pair: PreferencePair) -> list[str]:
+    """The score columns (SCORE_COLUMNS) a pair carries, unread by training."""
+    return [k for cr in SCORE_COLUMNS if all(k in pair.extra for k in cr) for k in cr]
+
+
 PROMPT_LIKE = ("question", "query", "input")  # prompt columns of other tools, unread by a pair without instruction
 
 
-def parse_preference(record: dict, strict: bool = True) -> PreferencePair:
-    """A pair from any supported layout; strict=False lets `data check` count empty or identical sides."""
+def parse_preference(record: dict, strict: bool = True, raw: bool = False) -> PreferencePair:
+    """A pair from any supported layout; strict=False lets `data check` count empty or identical sides. An Anthropic
+    HH transcript is read as a chat, or with `raw` (format preference_raw) split as text at its last Assistant turn."""
     if record.get("tools") not in (None, "", [], "[]"):  # "[]": LLaMA-Factory's tools column on a row without tools
         raise RowError("tools", "a pair is rendered without tools (the prompt would lose them); drop the column, or "
                                 "train tool calls with SFT")  # fmt: skip
     chosen, rejected = record.get("chosen"), record.get("rejected")
     implicit = _is_conversation(chosen) and _is_conversation(rejected)
+    hh = False
     if implicit:  # TRL implicit prompt and ultrafeedback_binarized: whole conversations
         for k in ("chosen", "rejected"):
             _messages(record[k], k, "role", "content", ROLE_MAP, allow_empty=not strict)
@@ -418,6 +490,14 @@ def parse_preference(record: dict, strict: bool = True) -> PreferencePair:
         p = record.get("prompt")
         if isinstance(p, str) and p.strip() != prompt[-1]["content"].strip():
             raise RowError("prompt", "differs from the last user turn that chosen and rejected share")
+        whole = _messages(record["chosen"], "chosen", "role", "content", ROLE_MAP, allow_empty=not strict)
+        for k in ("prompt", "messages"):  # ultrafeedback_binarized's messages: the chosen conversation
+            if isinstance(record.get(k), list) and _messages(record[k], k, "role", "content", ROLE_MAP) not in (
+                prompt,
+                whole,
+            ):
+                raise RowError(k, "is neither the conversation chosen and rejected share nor the chosen one (it would "
+                                  "be unread); drop it, or fix it")  # fmt: skip
     elif "instruction" in record:  # LLaMA-Factory alpaca ranking
         prompt, field = _alpaca_prompt(record), "instruction"
     elif "conversations" in record:  # LLaMA-Factory sharegpt ranking
@@ -431,8 +511,21 @@ def parse_preference(record: dict, strict: bool = True) -> PreferencePair:
         p, field = record["prompt"], "prompt"
         if isinstance(p, list):
             prompt = _messages(p, "prompt", "role", "content", ROLE_MAP)
+        elif hh := transcripts.is_prompt(p) and not raw:  # Dahoas/rm-static, and its Chinese translations
+            prompt = transcripts.messages(p, "prompt")
+            chosen, rejected = (transcripts.reply(v) if isinstance(v, str) else v for v in (chosen, rejected))
         else:
             prompt = [{"role": "user", "content": _text(p, "prompt")}]
+        if side := next((k for k in ("chosen", "rejected") if transcripts.is_transcript(record.get(k))), None):
+            raise RowError(side, "a whole HH transcript ('\\n\\nHuman: …') beside a prompt; drop the prompt "
+                                 "(transcripts split at their last Assistant turn) or keep only the reply")  # fmt: skip
+    elif transcripts.is_transcript(chosen) and transcripts.is_transcript(rejected):  # Anthropic HH-RLHF
+        p, chosen, rejected = transcripts.split_pair(chosen, rejected)
+        field, hh = "chosen", not raw
+        if hh:
+            prompt, chosen, rejected = transcripts.messages(p, "chosen"), *map(transcripts.reply, (chosen, rejected))
+        else:  # raw text, as TRL trains it, split where the transcript says rather than at the shared characters
+            prompt = [{"role": "user", "content": p}]
     elif isinstance(chosen, str) and isinstance(rejected, str):  # TRL standard implicit prompt
         if unread := next((k for k in PROMPT_LIKE if record.get(k) not in (None, "")), None):
             # Intel/orca_dpo_pairs (question), ... : the shared prefix of the replies is no prompt
@@ -460,20 +553,42 @@ def parse_preference(record: dict, strict: bool = True) -> PreferencePair:
     chosen, rejected = _reply(chosen, "chosen", not strict), _reply(rejected, "rejected", not strict)
     if strict and chosen == rejected:
         raise RowError("rejected", "is identical to chosen")
+    if strict:
+        check_scores(record)
+    _refuse_sft_keys(record, field, chosen)
     known = ("prompt", "messages", "system", "chosen", "rejected")
     given = record.get("prompt") if field == "prompt" else ""  # field "chosen": implicit, from the strings
     strings = len(prompt) == 1 and all(isinstance(record.get(k), str) for k in ("chosen", "rejected"))
     strings = strings and field in ("prompt", "chosen") and isinstance(given, str)
-    form = "string" if strings else "chat"
+    form = "hh" if hh else "string" if strings else "chat"
     return PreferencePair(
         prompt, chosen, rejected, extra={k: v for k, v in record.items() if k not in known}, form=form
     )
 
 
+def _refuse_sft_keys(record: dict, field: str, chosen: str) -> None:
+    """Keys the SFT formats read that a pair read through `field` would drop: `input`/`history` beside a prompt other
+    than `instruction` (LLaMA-Factory's alpaca ranking rows read them), an `output`/`completion` other than chosen."""
+    for k in ("input", "history") if field != "instruction" else ():
+        if record.get(k) not in (None, "", []):
+            raise RowError(k, f"not read beside {field!r} (a pair reads input and history with 'instruction' only, as "
+                              "LLaMA-Factory's alpaca ranking rows); put it into the prompt, or drop it")  # fmt: skip
+    for k in ("output", "completion"):
+        if record.get(k) in (None, "", []):
+            continue
+        try:
+            same = _reply(record[k], k) == chosen
+        except RowError:
+            same = False
+        if not same:
+            raise RowError(k, "a reply beside chosen/rejected that is not chosen (a pair trains chosen over rejected; "
+                              "it would be unread); drop it, or make the row an SFT row")  # fmt: skip
+
+
 def parse_raw_preference(record: dict, strict: bool = True) -> PreferencePair:
     """TRL's standard preference row (prompt, chosen, rejected strings, or chosen/rejected sharing a prefix),
     to be trained as raw text."""
-    pair = parse_preference(record, strict)
+    pair = parse_preference(record, strict, raw=True)
     if pair.form != "string":
         raise RowError(
             "chosen",
@@ -507,8 +622,12 @@ CHAT_KEYS = {"messages": "openai", "conversations": "sharegpt", "conversation": 
              "output": "alpaca"}  # fmt: skip
 
 
+# Other sets' names for the system prompt (Open-Orca's system_prompt): refused as typos are, not left unread
+SYSTEM_ALIASES = ("system_prompt", "system_message")
+
+
 def _misspelled(key: str) -> str | None:
-    return near_miss(key, READ_KEYS, 0.85)
+    return near_miss(key, READ_KEYS, 0.85) or ("system" if key in SYSTEM_ALIASES else None)
 
 
 # Keys a message may carry that some format reads; a near miss (weigth, tool_call) of one the message lacks is refused,
@@ -573,6 +692,10 @@ def check_keys(record: dict, fmt: str) -> None:
     if fmt in SFT_FORMATS and "weight" in record:
         raise RowError("weight", "a row-level weight is not read; OpenAI's per-message weight is (0 makes an "
                                  "assistant turn context only); drop the key or move it onto the messages")  # fmt: skip
+    for key, base in language_variants(record).items():
+        if base in record:
+            raise RowError(key, f"another language's {base!r} beside {base!r}, which alone would be read; give the "
+                                f"columns to train the names {base!r} (and the like), and drop the others")  # fmt: skip
     for key in record:
         want = _misspelled(key) or (near_miss(key, tuple(DOLLY_KEYS.values()), 0.85) if fmt == "alpaca" else None)
         if want and want not in record:

@@ -36,6 +36,7 @@ from weitiao.data.formats import (
     LoadResult,
     PreferencePair,
     load_rows,
+    score_columns,
 )
 from weitiao.data.templates import ChatTemplate
 from weitiao.data.tokenize import encode_batch, examples
@@ -204,14 +205,27 @@ def encode_pairs(
     return data.view(np.arange(len(data))), _pair_stats(data)
 
 
-def string_pairs_note(pairs: list[PreferencePair], template: ChatTemplate) -> str:
-    """What happens to TRL's standard (string) pairs, when there are any: TRL would not template them."""
-    if not (n := sum(p.form == "string" for p in pairs)):
-        return ""
-    return (
-        f"{n} pairs of prompt/chosen/rejected strings are rendered as a one-user-turn chat with template "
-        f"{template.name!r}; TRL trains such rows as raw text (data.format: preference_raw does that)"
-    )
+def form_notes(pairs: list[PreferencePair], template: ChatTemplate) -> list[str]:
+    """How string pairs (TRL would not template them) and HH transcripts were read, and score columns left unread,
+    when there are any."""
+    notes = []
+    if n := sum(p.form == "string" for p in pairs):
+        notes.append(
+            f"{n} pairs of prompt/chosen/rejected strings are rendered as a one-user-turn chat with template "
+            f"{template.name!r}; TRL trains such rows as raw text (data.format: preference_raw does that)"
+        )
+    if scored := [score_columns(p) for p in pairs if score_columns(p)]:
+        names = ", ".join(dict.fromkeys("/".join(cols) for cols in scored))  # each layout once, in order of first use
+        notes.append(
+            f"{len(scored)} pairs carry scores ({names}): not read (DPO and the reward model learn chosen over "
+            "rejected; `weitiao rm` reads a `margin` column, e.g. their difference)"
+        )
+    if n := sum(p.form == "hh" for p in pairs):
+        notes.append(
+            f"{n} pairs are Anthropic HH transcripts, read as chats (Human → user, Assistant → assistant; the replies "
+            "are what follows the last '\\n\\nAssistant:'); data.format: preference_raw trains them as raw text"
+        )
+    return notes
 
 
 def _cache_line(data: cache.EncodedSet) -> str:

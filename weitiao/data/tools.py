@@ -29,6 +29,7 @@ from weitiao.data.formats import (
     _with_system,
     parse_alpaca,
     refuse_name,
+    unknown_role,
 )
 
 SHAREGPT_TOOL_ROLES = {"function_call", "observation"}
@@ -159,7 +160,7 @@ def parse_sharegpt_tools(record: dict) -> Conversation:
         elif role in SHAREGPT_ROLES:
             msgs.append(_weighted({"role": SHAREGPT_ROLES[role], "content": _text(m.get("value"), f"{f}.value")}, m, f))
         else:
-            raise RowError(f"{f}.from", f"unknown role {role!r}; expected {roles}")
+            raise RowError(f"{f}.from", unknown_role(role, "from", str(roles)))
     msgs = _trains(check_tool_turns(_with_system(record, msgs), "conversations"), "conversations")
     return Conversation(msgs, tools=parse_tools(record.get("tools")))
 
@@ -180,7 +181,7 @@ def parse_openai_tools(record: dict) -> Conversation:
             raise RowError(f, "expected an object")
         role = m.get("role")
         if role not in ("system", "developer", "user", "assistant", "tool"):
-            raise RowError(f"{f}.role", f"unknown role {role!r}; expected assistant, developer, system, tool or user")
+            raise RowError(f"{f}.role", unknown_role(role, "role", "assistant, developer, system, tool or user"))
         role = ROLE_MAP.get(role, role)  # developer: the system role's newer name
         if role != "tool":  # a tool message's name is the function's: not rendered, and the call's id says which
             refuse_name(m, f)

@@ -20,7 +20,7 @@ import torch
 
 from weitiao.data.chat import EncodeOptions, encode
 from weitiao.data.collate import collate
-from weitiao.data.formats import Conversation, Document, PreferencePair, data_files, load_rows
+from weitiao.data.formats import Conversation, Document, PreferencePair, data_files, load_rows, parse_raw_preference
 from weitiao.data.templates import resolve_template
 from weitiao.data.tools import uses_tools
 from weitiao.errors import UserError
@@ -113,9 +113,12 @@ def score_raw_pairs(
     return [c for c, _ in both], [r for _, r in both]
 
 
-def raw_pairs(rows: list, rm_path: str) -> list[PreferencePair]:
-    """The rows as raw text pairs for a reward model trained on them; anything else is refused (one line)."""
-    for r in rows:
+def raw_pairs(rows: list, rm_path: str, hh_records: dict[int, dict]) -> list[PreferencePair]:
+    """The rows as raw text pairs for a reward model trained on them; anything else is refused (one line).
+    `hh_records`: the JSON record of each HH transcript pair (by id of its row), read again as raw text."""
+    for i, r in enumerate(rows):
+        if isinstance(r, PreferencePair) and r.form == "hh":
+            rows[i] = r = replace(parse_raw_preference(hh_records[id(r)]), source=r.source)
         if not isinstance(r, PreferencePair) or r.form not in ("string", "raw"):
             raise UserError(
                 f"{r.source}: {rm_path} was trained on raw text pairs (data.format: preference_raw), so it scores "
@@ -140,12 +143,18 @@ def run(
     """
     dest = Path(out or f"{file}.scores.jsonl")
     claim_outputs([dest], [file, *data_files([file])])  # FILE may be a folder or a glob: each file it reads
-    rows = load_rows(file, skip_invalid=skip_invalid).rows
+    hh: dict[int, dict] = {}  # HH transcripts' records: a raw-text RM scores their text, not the chat read
+
+    def keep(record: dict, row: Any) -> None:
+        if getattr(row, "form", "") == "hh":
+            hh[id(row)] = record
+
+    rows = load_rows(file, skip_invalid=skip_invalid, on_record=keep).rows
     if not rows:
         raise UserError(f"{file}: no rows")
     raw = reward_meta(rm_path)[1].get("format") == RAW
     if raw:
-        rows = raw_pairs(rows, rm_path)
+        rows = raw_pairs(rows, rm_path, hh)
     if doc := next((r for r in rows if isinstance(r, Document)), None):  # else left out of the output, unscored
         raise UserError(
             f"{doc.source}: a raw-text row (text, or string prompt/completion), which has no chat reply to score; "

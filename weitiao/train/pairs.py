@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from weitiao.data.chat import Encoded, special_token_check
 from weitiao.data.files import number_cell
 from weitiao.data.formats import CONFIG_SKIP_HINT, PreferencePair
-from weitiao.data.preference import PairStats, encode_pairs, load_pairs, string_pairs_note
+from weitiao.data.preference import PairStats, encode_pairs, form_notes, load_pairs
 from weitiao.data.prep import count_overlap, overlap_warning, pair_key, require_rows, split_eval
 from weitiao.data.templates import ChatTemplate, fallback_note, resolve_template
 from weitiao.errors import UserError
@@ -119,7 +119,7 @@ def prepare_pairs(
     if not pairs:
         raise UserError(f"data.min_confidence: no train pair has confidence ≥ {d.min_confidence}")
     enc = {"cache_dir": d.cache_dir, "use_cache": d.cache, "num_proc": d.num_proc, "progress": cfg.train.progress}
-    if os.environ.get("RANK", "0") == "0" and (note := string_pairs_note(pairs + eval_pairs, template)):
+    for note in form_notes(pairs + eval_pairs, template) if os.environ.get("RANK", "0") == "0" else ():
         print(f"note: {note}")  # once for train and eval pairs; with or without a progress bar
     if (
         d.format != "preference_raw"
