@@ -160,6 +160,9 @@ MSGS = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": 
         ({"instruction": "a", "output": "坏回复", "kto_tag": False}, "2: kto_tag: unpaired feedback"),
         ({"instruction": "a", "output": "坏回复", "label": "false"}, "2: label: unpaired feedback"),
         ({"messages": MSGS, "label": 1}, "2: label: unpaired feedback"),
+        # a pandas bool column with gaps comes out 0.0/1.0: the bad completions trained as SFT
+        ({"prompt": "天空是", "completion": "绿色的。", "label": 0.0}, "2: label: unpaired feedback"),
+        ({"prompt": "天空是", "completion": "绿色的。", "label": "bad"}, "2: label: unpaired feedback"),
         ({"instruction": "a", "output": "b", "weight": 0}, "2: weight: a row-level weight is not read"),
         ({"messages": MSGS[:1], "prompt": "别的问题", "chosen": "好", "rejected": "坏"},
          "2: prompt: a second prompt beside 'messages'"),
@@ -178,6 +181,16 @@ def test_misspelled_keys_and_two_formats_in_a_row_are_refused(tmp_path, row, mes
     path = write_jsonl(tmp_path / "d.jsonl", [first, row])
     with pytest.raises(UserError, match=message):
         load_rows(path)
+
+
+def test_float_and_word_labels_are_feedback_only_on_unpaired_rows(tmp_path):
+    """0.0/1.0 and good/bad judge the completion of a prompt/completion row (refused above); elsewhere, and a score
+    like 0.5, they stay unread columns (a classification set's class or score)."""
+    rows = [{"prompt": "天空是", "completion": "蓝色的。", "label": 0.5},
+            {"instruction": "天空是", "output": "蓝色的。", "label": 1.0},
+            {"instruction": "天空是", "output": "蓝色的。", "label": "good"}]  # fmt: skip
+    for row in rows:
+        assert len(load_rows(write_jsonl(tmp_path / "d.jsonl", [row])).rows) == 1
 
 
 def test_sharegpt_rows_with_role_and_content_get_a_hint(tmp_path):

@@ -671,14 +671,25 @@ FEEDBACK_WORDS = {"true", "false", "desirable", "undesirable", "thumbs_up", "thu
                   "👍", "👎"}  # fmt: skip
 
 
-def is_feedback_label(value: Any) -> bool:
+# On an unpaired prompt/completion row (TRL's KTO shape) a label can only judge the completion: there a float 0.0/1.0
+# (what pandas makes of a bool column with gaps) and good/bad are feedback too.
+UNPAIRED_WORDS = {"good", "bad"}
+
+
+def is_feedback_label(record: dict) -> bool:
     """Whether a row's `label` says its reply is good or bad (true/false, 0/1/-1, "undesirable", "thumbs_down", 👎);
-    the text "1", "0", "-1" too: a CSV or xlsx cell holds numbers as text."""
+    the text "1", "0", "-1" too: a CSV or xlsx cell holds numbers as text; on a prompt/completion row also
+    0.0/1.0/-1.0 and good/bad."""
+    value = record.get("label")
     if isinstance(value, bool):
         return True
     if isinstance(value, int):
         return value in KTO_LABELS
-    return isinstance(value, str) and value.strip().casefold() in (*FEEDBACK_WORDS, *map(str, KTO_LABELS))
+    unpaired = "prompt" in record and "completion" in record
+    if isinstance(value, float):
+        return unpaired and value in KTO_LABELS
+    words = (*FEEDBACK_WORDS, *map(str, KTO_LABELS), *(UNPAIRED_WORDS if unpaired else ()))
+    return isinstance(value, str) and value.strip().casefold() in words
 
 
 def check_keys(record: dict, fmt: str) -> None:
@@ -686,7 +697,7 @@ def check_keys(record: dict, fmt: str) -> None:
     would be dropped), and keys whose meaning we do not implement: KTO labels (kto_tag, a label of 0/1/"true"/
     "false", "undesirable", 👎: `is_feedback_label`), a row-level weight in SFT rows and other tools' per-turn
     training flags."""
-    if "kto_tag" in record or is_feedback_label(record.get("label")):
+    if "kto_tag" in record or is_feedback_label(record):
         key = "kto_tag" if "kto_tag" in record else "label"
         raise RowError(key, KTO_REFUSED.removeprefix("label: "))
     if fmt in SFT_FORMATS and "weight" in record:
@@ -838,7 +849,7 @@ def load_rows(
                 try:
                     if lf and not isinstance(record, RowError):
                         record = lf.convert(record)
-                    if isinstance(record, dict) and is_feedback_label(record.get("label")):  # even with skip_invalid
+                    if isinstance(record, dict) and is_feedback_label(record):  # even with skip_invalid
                         raise UserError(f"{loc}: {KTO_REFUSED}")
                     if file_fmt is None:
                         if isinstance(record, RowError):
