@@ -691,3 +691,17 @@ def test_two_processes_reading_another_ppo_config_or_other_prompts_are_refused(t
         assert says in p.stderr + p.stdout, (p.stderr + p.stdout)[-2000:]
         assert not (tmp_path / "run" / "config.yaml").exists()  # refused before anything is written
     torchrun_driver(driver, "ppo", str(tmp_path / "c.yaml"), *args, "train.max_steps=1")  # control: alike
+
+
+def test_minibatches_other_than_train_batch_size_are_said():
+    """rollout_batch_size 4 with the default train_batch_size 8 trained one minibatch of 4 a epoch, unsaid; 10
+    samples in minibatches of 4 made 4, 4, 2. Both get a note; sizes that divide the step's samples get none."""
+    spec = ppo.PPOSpec
+    note = ppo.minibatch_note(spec(rollout_batch_size=4, micro_train_batch_size=4))
+    assert note == (
+        "note: ppo.train_batch_size 8 with 4 samples a step (rollout_batch_size × n_samples_per_prompt, per "
+        "process): each epoch's minibatches hold 4 samples (1 optimizer step(s) an epoch)"
+    )
+    note = ppo.minibatch_note(spec(rollout_batch_size=5, n_samples_per_prompt=2, train_batch_size=4))
+    assert "minibatches hold 4, 4, 2 samples (3 optimizer step(s)" in note
+    assert ppo.minibatch_note(spec(rollout_batch_size=8, n_samples_per_prompt=2, train_batch_size=8)) is None

@@ -444,6 +444,19 @@ def _rng_states(world: int) -> list[dict]:
     return states
 
 
+def minibatch_note(p: PPOSpec) -> str | None:
+    """What the update does when train_batch_size does not divide the samples a step makes (it was capped unsaid)."""
+    samples = p.rollout_batch_size * p.n_samples_per_prompt
+    sizes = [min(p.train_batch_size, samples - i) for i in range(0, samples, p.train_batch_size)]
+    if len(set(sizes)) == 1 and sizes[0] == p.train_batch_size:
+        return None
+    return (
+        f"note: ppo.train_batch_size {p.train_batch_size} with {samples} samples a step (rollout_batch_size × "
+        f"n_samples_per_prompt, per process): each epoch's minibatches hold {', '.join(map(str, sizes))} samples "
+        f"({len(sizes)} optimizer step(s) an epoch)"
+    )
+
+
 def run(cfg: PPOConfig) -> dict:
     """Train with PPO; returns the summary (last metrics, cost report, output dir)."""
     p, t = cfg.ppo, cfg.train
@@ -465,6 +478,8 @@ def run(cfg: PPOConfig) -> dict:
     rows = prompt_rows(cfg.data.prompts)
     prompts = [r.messages for r in rows]
     if main and (note := reference_note(rows)):
+        print(note)
+    if main and (note := minibatch_note(p)):
         print(note)
     # counted as the sampler feeds them: the rendered text alone (a BOS the tokenizer would add is not fed)
     render = [template.render(tokenizer, m, add_generation_prompt=True) for m in prompts]
