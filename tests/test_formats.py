@@ -191,6 +191,12 @@ def test_float_and_word_labels_are_feedback_only_on_unpaired_rows(tmp_path):
             {"instruction": "天空是", "output": "蓝色的。", "label": "good"}]  # fmt: skip
     for row in rows:
         assert len(load_rows(write_jsonl(tmp_path / "d.jsonl", [row])).rows) == 1
+    # the same rows as CSV cells (text): "0.0" on a prompt/completion row is feedback, "0.5" is not
+    (tmp_path / "k.csv").write_text("prompt,completion,label\n天空是,绿色的。,0.0\n", encoding="utf-8")
+    with pytest.raises(UserError, match="k.csv:2: label: unpaired feedback"):
+        load_rows(str(tmp_path / "k.csv"))
+    (tmp_path / "s.csv").write_text("prompt,completion,label\n天空是,蓝色的。,0.5\n", encoding="utf-8")
+    assert len(load_rows(str(tmp_path / "s.csv")).rows) == 1
 
 
 def test_sharegpt_rows_with_role_and_content_get_a_hint(tmp_path):

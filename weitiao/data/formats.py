@@ -688,8 +688,19 @@ def is_feedback_label(record: dict) -> bool:
     unpaired = "prompt" in record and "completion" in record
     if isinstance(value, float):
         return unpaired and value in KTO_LABELS
-    words = (*FEEDBACK_WORDS, *map(str, KTO_LABELS), *(UNPAIRED_WORDS if unpaired else ()))
-    return isinstance(value, str) and value.strip().casefold() in words
+    if not isinstance(value, str):
+        return False
+    text = value.strip().casefold()
+    if unpaired and text in UNPAIRED_WORDS or text in FEEDBACK_WORDS or text in map(str, KTO_LABELS):
+        return True
+    return unpaired and _number(text) in KTO_LABELS  # "1.0" in a CSV cell
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def check_keys(record: dict, fmt: str) -> None:
