@@ -166,10 +166,15 @@ def test_checks_no_reply_can_pass_are_errors(tmp_path):
         r":1: rule A: check\.required: '您好': contains '您', forbidden \(rule B, a global rule\); no reply passes",
         r":6: rule F: check\.required: '您的会员': contains '您', forbidden \(rule B, a global rule\)",
     ]
+    assert_errors(p, errors, want)
+    assert run("check", str(p)).exit_code == 1
+
+
+def assert_errors(path, errors: list[str], want: list[str]) -> None:
+    """One error per pattern of `want`, in order, each naming the rules file."""
     assert len(errors) == len(want), errors
     for w, e in zip(want, errors):
-        assert e.startswith(str(p)) and re.search(w, e), (w, e)
-    assert run("check", str(p)).exit_code == 1
+        assert e.startswith(str(path)) and re.search(w, e), (w, e)
 
 
 def test_a_phrase_a_not_regex_always_matches_is_a_contradiction(tmp_path):
@@ -199,9 +204,7 @@ def test_a_phrase_a_not_regex_always_matches_is_a_contradiction(tmp_path):
         r":3: rule C: check\.required: '谢谢': always matches check\.not_regex '\(\?i\)谢\+'",
         r":4: rule D: check\.ends_with: '吗？': always matches check\.not_regex '？\(\?!x\)' \(rule G, a global rule\)",
     ]
-    assert len(errors) == len(want), errors
-    for w, e in zip(want, errors):
-        assert e.startswith(str(p)) and re.search(w, e), (w, e)
+    assert_errors(p, errors, want)
     passing = {"E1": "好的！", "E2": "谢谢你", "E3": "好。", "E4": "您好，请问", "E5": "好！。"}  # controls: they pass
     assert all(not r.failures(passing[r.id]) for r in rules if r.id in passing)
     with pytest.raises(UserError, match=r"rule A: check\.ends_with: '。': always matches check\.not_regex"):

@@ -38,21 +38,18 @@ from weitiao.data.templates import ChatTemplate
 from weitiao.errors import UserError
 from weitiao.losses.preference import LENGTH_AVERAGED, dpo_terms, k3_kl
 from weitiao.losses.sft import CausalLMLoss
-from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
 from weitiao.models.heads import RAW
 from weitiao.models.load import (
     build_trainable,
     count_params,
-    disable_dropout,
     load_lora,
     load_model,
     load_tokenizer,
     lora_as_trained,
     resolve_path,
 )
-from weitiao.models.untrained import refuse_untrained_tokens
 from weitiao.train import dist, loop
-from weitiao.train.pairs import PrefData, prepare_pairs
+from weitiao.train.pairs import PrefData, check_pair_model, prepare_pairs
 from weitiao.train.spec import PairRecipeConfig, PairTrainSpec, lr_field
 
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "margins", "accuracy", "logps/chosen", "logps/rejected")
@@ -437,14 +434,7 @@ def run(cfg: DPOConfig) -> dict:
 
         # 2. Policy, reference, optimizer. Packed rows must stay apart under the chosen attention: checked.
         model = build_trainable(cfg.model, cfg.lora, accel.device)
-        refuse_untrained_tokens(model, tokenizer, None if cfg.data.format == RAW else data.template, main)
-        if t.disable_dropout:
-            disable_dropout(model)
-        refuse_untrainable(model, accel.device)
-        loop.refuse_over_context(model, train=data.train, eval=data.eval)
-        one_row = cfg.data.packing and needs_one_row(model)
-        if cfg.data.packing:
-            check_isolation(model, accel.device, one_row)
+        one_row = check_pair_model(model, tokenizer, data, cfg.data, t.disable_dropout, accel.device, main)
         # The on-policy KL's samples stop where replies were trained to: raw text pairs end with EOS, not the
         # template's end-of-turn.
         eot = tokenizer.eos_token_id if cfg.data.format == RAW else tokenizer.convert_tokens_to_ids(data.template.eot)

@@ -25,7 +25,6 @@ from weitiao.data.collate import collate, process_share
 from weitiao.data.preference import pair_rows
 from weitiao.errors import UserError
 from weitiao.losses.preference import bradley_terry
-from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
 from weitiao.models.digest import model_digest
 from weitiao.models.heads import RAW, SequenceScorer, save_reward_meta
 from weitiao.models.load import (
@@ -33,15 +32,13 @@ from weitiao.models.load import (
     adapter_targets,
     build_trainable,
     count_params,
-    disable_dropout,
     load_model,
     load_tokenizer,
     lora_as_trained,
     match_adapter,
 )
-from weitiao.models.untrained import refuse_untrained_tokens
 from weitiao.train import dist, loop
-from weitiao.train.pairs import prepare_pairs
+from weitiao.train.pairs import check_pair_model, prepare_pairs
 from weitiao.train.spec import PairRecipeConfig, PairTrainSpec, lr_field
 
 
@@ -213,14 +210,7 @@ def run(cfg: RMConfig) -> dict:
         else:
             model = build_trainable(cfg.model, cfg.lora, accel.device, head="score")
         model.config.pad_token_id = pad_id
-        refuse_untrained_tokens(model, tokenizer, None if cfg.data.format == RAW else data.template, main)
-        if t.disable_dropout:
-            disable_dropout(model)
-        refuse_untrainable(model, accel.device)
-        loop.refuse_over_context(model, train=data.train, eval=data.eval)
-        one_row = cfg.data.packing and needs_one_row(model)
-        if cfg.data.packing:
-            check_isolation(model, accel.device, one_row)
+        one_row = check_pair_model(model, tokenizer, data, cfg.data, t.disable_dropout, accel.device, main)
         scorer = SequenceScorer(model)
         trainable, _ = count_params(model)
         scorer, optimizer, params = loop.adamw(accel, scorer, model, t, lr)

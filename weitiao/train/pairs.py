@@ -171,3 +171,26 @@ def _margin(pair: PreferencePair) -> float:
         got = "missing (other rows have one)" if v is None else f"{v!r} is not a number"
         raise UserError(f"{pair.source}: margin: {got} (each pair's margin is read, as TRL's RewardTrainer does)")
     return float(v)
+
+
+def check_pair_model(
+    model: Any, tokenizer: Any, data: Any, spec: PrefDataSpec, no_dropout: bool, device, main: bool
+) -> bool:
+    """DPO's and the reward model's checks of the model they train, before step 1: tokens the pairs use that the
+    base never trained, dropout off when asked, trainable parameters, pairs past the context, and packed rows kept
+    apart by the attention. Returns whether packed pairs need one row per micro-batch."""
+    from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
+    from weitiao.models.heads import RAW
+    from weitiao.models.load import disable_dropout
+    from weitiao.models.untrained import refuse_untrained_tokens
+    from weitiao.train import loop
+
+    refuse_untrained_tokens(model, tokenizer, None if spec.format == RAW else data.template, main)
+    if no_dropout:
+        disable_dropout(model)
+    refuse_untrainable(model, device)
+    loop.refuse_over_context(model, train=data.train, eval=data.eval)
+    one_row = spec.packing and needs_one_row(model)
+    if spec.packing:
+        check_isolation(model, device, one_row)
+    return one_row
