@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# llama.cpp's runtime (llama-cpp-python, a C++ build: ~7 min on 2 quiet cores the first time, then pip's wheel
+# llama.cpp's runtime (llama-cpp-python, a C++ build: 11 CPU-minutes the first time, then pip's wheel
 # cache) for tests/test_gguf.py, which runs exported GGUF files in it; only `make test` needs it (not the demo).
 # Skipped with a reason if the build fails.
 LLAMA_STAMP := $(VENV)/.llama_cpp
