@@ -103,6 +103,18 @@ def test_4bit_gradients_do_not_change_after_an_eval_pass(tiny_model_dir, monkeyp
     assert same(before, grads()) is keep
 
 
+def test_forced_grad_accum_change_says_rows_shift(tiny_model_dir, chat_file, tmp_path, capsys):
+    """train.grad_accum changed under train.resume=force on the same processes said only 'changed train.grad_accum',
+    though a step then reads other micro-batches (rows of this epoch trained twice or skipped)."""
+    run = tmp_path / "run"
+    sft.run(config(tiny_model_dir, chat_file, run, "train.max_steps=3", "train.save_every=1", "train.stop_after=1"))
+    capsys.readouterr()
+    sft.run(config(tiny_model_dir, chat_file, run, "train.max_steps=2", "train.grad_accum=2", "train.resume=force"))
+    out = capsys.readouterr().out
+    assert "train.resume=force: training on with changed train.grad_accum 1 → 2" in out
+    assert "train.resume=force: a step took 1 micro-batches and now takes 2 (processes × train.grad_accum)" in out
+
+
 def test_resume_refuses_a_changed_training_config(tiny_model_dir, chat_file, tmp_path, capsys):
     run = tmp_path / "run"
     sft.run(config(tiny_model_dir, chat_file, run, "train.max_steps=3", "train.save_every=1", "train.stop_after=1"))
@@ -121,6 +133,7 @@ def test_resume_refuses_a_changed_training_config(tiny_model_dir, chat_file, tmp
     sft.run(forced)
     out = capsys.readouterr().out
     assert "train.resume=force: training on with changed lora.dropout 0.05 → 0.2" in out
+    assert "micro-batches" not in out  # the steps are the same: no word of rows trained twice
     assert "note: train.max_steps 2 → 3" in out
     assert "dropout: 0.2" in (run / "config.yaml").read_text()
     assert [r["step"] for r in read_metrics(run, "train")] == [1, 2, 3]

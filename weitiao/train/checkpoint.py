@@ -547,6 +547,10 @@ def open_run(
                 print(note)
             if changed := ", ".join(filter(None, [forced, forced_inputs])):
                 print(f"train.resume=force: training on with changed {changed}")
+            if was == world and (now := step_micro_batches(ckpt, config_yaml, was, world)) and now[0] != now[1]:
+                print(f"train.resume=force: a step took {now[0]} micro-batches and now takes {now[1]} (processes × "
+                      "train.grad_accum): the rest of this epoch may train some rows twice and others not at all, "
+                      "and the step count follows the new batch")  # fmt: skip
     elif move:
         set_aside(out, main)
     if write:
