@@ -112,7 +112,8 @@ def test_lora_keys_with_lora_off_are_refused_but_a_recorded_config_loads(tmp_pat
     cfg.write_text("model: {path: demo}\nlora:\n  enabled: false\n  r: 64\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"cfg.yaml:4: lora: Value error, r=64 would do nothing: enabled is .*drop r$"):
         load_config(SFTConfig, cfg, [data])
-    with pytest.raises(UserError, match=r"^command line lora.enabled=false lora.r=8: lora: Value error, r=8 would do nothing: enabled is false"):
+    off = r"^command line lora.enabled=false lora.r=8: lora: Value error, r=8 would do nothing: enabled is false"
+    with pytest.raises(UserError, match=off):
         load_config(SFTConfig, None, [data, "lora.enabled=false", "lora.r=8"])
     with pytest.raises(UserError, match=r"init_from=x would do nothing.*merge it with `weitiao export --merge`"):
         load_config(SFTConfig, None, [data, "lora.enabled=false", "lora.init_from=x"])
