@@ -200,7 +200,7 @@ def run(cfg: RMConfig) -> dict:
         pad_id = tokenizer.pad_token_id
         world = accel.num_processes
         lr = t.default_lr(cfg.lora.enabled)
-        plan = loop.EpochPlan(data.pair_lengths(), 2 * cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
+        plan = loop.EpochPlan(pairs[0], 2 * cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
         total = plan.total_steps(opened.state)
 
         # 2. Scorer (LoRA + fully trained score head), optimizer.

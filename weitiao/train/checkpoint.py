@@ -484,12 +484,9 @@ def step_micro_batches(ckpt: Path, config_yaml: str, was: int, world: int) -> tu
     return was * old, world * new
 
 
-def same_steps(ckpt: Path | None, config_yaml: str, world: int) -> bool:
-    """Whether `ckpt` was written by another number of processes whose steps took as many micro-batches as this
-    run's (`step_micro_batches`): the resume is then exact."""
-    if ckpt is None:
-        return False
-    was = saved_world(saved_state(ckpt))
+def same_steps(ckpt: Path, config_yaml: str, was: int, world: int) -> bool:
+    """Whether `ckpt`, written by `was` processes, came from other processes than this run's `world` whose steps took
+    as many micro-batches as this run's (`step_micro_batches`): the resume is then exact."""
     steps = step_micro_batches(ckpt, config_yaml, was, world)
     return was != world and steps is not None and steps[0] == steps[1]
 
@@ -533,9 +530,9 @@ def open_run(
         same_checkpoint_everywhere(ckpt, gather)
     if ckpt is not None:
         was = saved_world(saved_state(ckpt))
-        steps = step_micro_batches(ckpt, config_yaml, was, world) if was != world else None
+        steps = step_micro_batches(ckpt, config_yaml, was, world)
         check_world(ckpt, was, world, resume == "force", steps)
-        alike = steps is not None and steps[0] == steps[1]  # grad_accum took up the change of processes
+        alike = was != world and steps is not None and steps[0] == steps[1]  # grad_accum took up the process change
         forced, changes = check_config(ckpt, config_yaml, resume == "force", {"train.grad_accum"} if alike else set())
         forced_inputs = check_inputs(ckpt, inputs or {}, force=resume == "force")
         if main:
@@ -547,8 +544,8 @@ def open_run(
                 print(note)
             if changed := ", ".join(filter(None, [forced, forced_inputs])):
                 print(f"train.resume=force: training on with changed {changed}")
-            if was == world and (now := step_micro_batches(ckpt, config_yaml, was, world)) and now[0] != now[1]:
-                print(f"train.resume=force: a step took {now[0]} micro-batches and now takes {now[1]} (processes × "
+            if was == world and steps is not None and steps[0] != steps[1]:
+                print(f"train.resume=force: a step took {steps[0]} micro-batches and now takes {steps[1]} (processes × "
                       "train.grad_accum): the rest of this epoch may train some rows twice and others not at all, "
                       "and the step count follows the new batch")  # fmt: skip
     elif move:

@@ -469,11 +469,12 @@ def open_run(out: Path, t: TrainSpec, cfg: Any, accel: Any) -> Opened:
     main, world = accel.is_main_process, accel.num_processes
     ckpt = ck.open_run(out, t.resume, config_yaml, main, inputs, world, dist.gather_objects, write=False, move=False)
     staged = Path(tempfile.gettempdir()) / f"weitiao-rejects-{secrets.token_hex(8)}"  # one per process
-    state = new_state()
+    state, same = new_state(), False
     if ckpt is not None:
         saved = ck.saved_state(ckpt)
         state.update({k: saved[k] for k in ("step", "data_key", "data_content") if k in saved})
-    return Opened(config_yaml, inputs, ckpt, staged, state, ck.same_steps(ckpt, config_yaml, world))
+        same = ck.same_steps(ckpt, config_yaml, ck.saved_world(saved), world)
+    return Opened(config_yaml, inputs, ckpt, staged, state, same)
 
 
 # Keys that only change how a process reads or shows things: they may differ from process to process.
