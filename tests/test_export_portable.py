@@ -243,7 +243,10 @@ def test_adapter_export_carries_stop_ids_and_vllm_notes(chatml_run, tmp_path):
         assert line.startswith("warning: vLLM cannot load this adapter (") and "--merge" in line
         assert re.search(what, line)
     merged = ex.export(str(run), str(tmp_path / "merged"), merge=True)
-    assert ex.serve_notes(merged) == [f"serve with vLLM: vllm serve {merged}"]
+    # a qwen2 model with a GPT-2-split tokenizer.json: transformers 5 (vLLM) would tokenize it as Qwen2Tokenizer
+    note, cmd = ex.serve_notes(merged)
+    assert note.startswith("note: merged: transformers builds its tokenizer as Qwen2Tokenizer") and "vLLM" in note
+    assert cmd == f"serve with vLLM: vllm serve {merged}"
 
 
 def test_run_final_folder_stops_and_carries_template(chatml_run, tmp_path):

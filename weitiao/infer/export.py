@@ -38,6 +38,7 @@ from weitiao.models.load import (
     recorded_run,
     refuse_reward_adapter,
     resolve_path,
+    split_difference,
     training_tokenizer,
 )
 from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
@@ -329,7 +330,20 @@ def serve_notes(dest: Path) -> list[str]:
     """Lines for the user after an export: what vLLM cannot load (then: merge), else the `vllm serve` command
     after notes on a rank above vLLM's default and on a quantized training base."""
     info = json.loads((dest / MARKER).read_text(encoding="utf-8"))
-    return [*info.get("warnings", []), *_serve_lines(dest, info)]
+    return [*info.get("warnings", []), *_tokenizer_note(dest), *_serve_lines(dest, info)]
+
+
+def _tokenizer_note(dest: Path) -> list[str]:
+    """A note when transformers 5's AutoTokenizer (what vLLM loads) splits the export's text otherwise than training."""
+    from transformers import AutoTokenizer
+
+    if not (dest / "tokenizer.json").is_file():
+        return []
+    diff = split_difference(AutoTokenizer.from_pretrained(str(dest)), dest)
+    if diff is None:
+        return []
+    return [f"note: {dest.name}: {diff[1]}; training used tokenizer.json, as llama.cpp (GGUF) does, but vLLM and "
+            "other servers on transformers 5 tokenize with that class: such text gets other ids there"]  # fmt: skip
 
 
 def _serve_lines(dest: Path, info: dict) -> list[str]:

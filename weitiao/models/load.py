@@ -205,9 +205,55 @@ def load_tokenizer(path: str) -> Any:
         tok = AutoTokenizer.from_pretrained(path)
     except OSError as e:
         raise UserError(f"model {path!r}: cannot load tokenizer: {_first_line(e)}") from None
+    if folder.is_dir() and (folder / "tokenizer.json").is_file():
+        tok = _as_written(tok, folder)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+# Digits, spaces, newlines, contractions, CJK, full-width marks, an emoji and a decomposed é (NFC): the pieces where
+# one pre-tokenizer or normalizer splits differently from another.
+_SPLIT_PROBE = "It's 2024: 12345 apples,  3.14\n\n\tdon't 我喜欢喝咖啡！今天１２３ 🙂 cafe\u0301 x  y\r\nend"
+_SAID_TOKENIZER: set[str] = set()
+
+
+def split_difference(tok: Any, folder: Path) -> tuple[Any, str] | None:
+    """(tokenizer.json as written, how they differ) when `tok`, transformers' tokenizer of `folder`, splits text
+    otherwise than the folder's tokenizer.json; None when they agree or there is no tokenizer.json.
+
+    transformers 5 builds some model types' tokenizers with their class's own normalizer and pre-tokenizer (any
+    `qwen2` model gets Qwen2Tokenizer's, whatever tokenizer_config.json names), so a tokenizer its author trained
+    or edited gives other ids than its tokenizer.json, as the tokenizers library, llama.cpp and transformers 4
+    read it."""
+    from transformers import TokenizersBackend
+
+    if type(tok) is TokenizersBackend or not (folder / "tokenizer.json").is_file():
+        return None
+    written = TokenizersBackend.from_pretrained(str(folder))
+    ours, theirs = written(_SPLIT_PROBE)["input_ids"], tok(_SPLIT_PROBE)["input_ids"]
+    if ours == theirs:
+        return None
+    at = next(i for i, (a, b) in enumerate(zip([*ours, None], [*theirs, None])) if a != b)
+    piece = written.decode(ours[max(0, at - 1) : at + 2])
+    how = f"transformers builds its tokenizer as {type(tok).__name__}, which splits text otherwise than its "
+    return written, how + f"tokenizer.json (around {piece!r}: {len(theirs)} ids of a probe text, not {len(ours)})"
+
+
+def _as_written(tok: Any, folder: Path) -> Any:
+    """`tok`, or the folder's tokenizer.json as written when transformers' class splits text otherwise (a note)."""
+    diff = split_difference(tok, folder)
+    if diff is None:
+        return tok
+    written, how = diff
+    if str(folder) not in _SAID_TOKENIZER:
+        _SAID_TOKENIZER.add(str(folder))
+        print(f"note: {folder}: {how}; weitiao uses tokenizer.json as written, as the tokenizers library, llama.cpp "
+              "and transformers 4 do (transformers 5's AutoTokenizer, and servers built on it, would not)",
+              file=sys.stderr)  # fmt: skip
+    if written.pad_token is None and tok.pad_token is not None:
+        written.pad_token = tok.pad_token
+    return written
 
 
 def load_model(spec: ModelSpec, device: torch.device | None = None, head: str = "lm") -> Any:
