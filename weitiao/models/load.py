@@ -246,8 +246,8 @@ def _as_written(tok: Any, folder: Path) -> Any:
     if diff is None:
         return tok
     written, how = diff
-    if str(folder) not in _SAID_TOKENIZER:
-        _SAID_TOKENIZER.add(str(folder))
+    if (key := str(folder.resolve())) not in _SAID_TOKENIZER:  # once, however the folder is named
+        _SAID_TOKENIZER.add(key)
         print(f"note: {folder}: {how}; weitiao uses tokenizer.json as written, as the tokenizers library, llama.cpp "
               "and transformers 4 do (transformers 5's AutoTokenizer, and servers built on it, would not)",
               file=sys.stderr)  # fmt: skip
