@@ -146,7 +146,7 @@ def test_gguf_token_ids_match_hf_tokenizer(exported):
             ids = hf.encode(text, add_special_tokens=False)
             assert tok.encode(text).ids == ids, (outtype, text)
             assert tok.decode(ids, skip_special_tokens=False) == text
-    # Negative controls: a prefix space (HF's ByteLevel default, refused by gpt2_split) or the first 1,000 of the
+    # Negative controls: a prefix space (HF's ByteLevel default, refused by known_split) or the first 1,000 of the
     # 3,837 merges give other ids, so the comparison does see the split and the stored merges.
     for wrong in (gguf_tokenizer(exported["f16"], prefix_space=True), gguf_tokenizer(exported["f16"], n_merges=1000)):
         assert all(wrong.encode(t).ids != hf.encode(t, add_special_tokens=False) for t in TEXTS)
@@ -189,13 +189,46 @@ def test_qwen2_converts_and_matches(tmp_path, tokenizer, capsys):
     assert (logits(gguf_model(out, model_dir), ids) - want).abs().max() < TOL["f16"]
 
 
+QWEN_TEXTS = ["It's 2024: 12345 apples, I'LL pay 3.14\n\n\tdon't", "我喜欢喝咖啡！今天１２３ 🙂  x   y\r\nend"]
+
+
+def test_qwen2_split_with_its_own_vocabulary_gets_llama_cpps_qwen2_pre_tokenizer(tmp_path, tokenizer, capsys):
+    """A Qwen-style tokenizer the user retrained (an unknown hash): llama.cpp's "qwen2" split gives its ids."""
+    from conftest import save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "qwen2", tokenizer, arch="qwen2", kv_heads=2)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(model_dir)  # transformers' Qwen2 split, our vocabulary
+    assert to_gguf.known_split(model_dir) == "qwen2"
+    out = to_gguf.convert(model_dir, tmp_path / "q.gguf", "f16")
+    assert _field(gguf.GGUFReader(out), "tokenizer.ggml.pre") == "qwen2"
+    assert "splits as Qwen2 does, so the GGUF names llama.cpp's 'qwen2' one" in capsys.readouterr().err
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (optional, builds C++)")
+    llm = llama_cpp.Llama(str(out), n_ctx=64, verbose=False, vocab_only=True)
+    hf = AutoTokenizer.from_pretrained(model_dir)
+    for text in QWEN_TEXTS:
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == hf.encode(text, add_special_tokens=False)
+    # Negative control: under llama.cpp's "gpt-2" split (what the GGUF got before) digits and case differ
+    spec = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    spec["normalizer"], spec["pre_tokenizer"] = (
+        None,
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+    )
+    (model_dir / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    gpt2 = llama_cpp.Llama(
+        str(to_gguf.convert(model_dir, tmp_path / "g.gguf", "f16")), n_ctx=64, verbose=False, vocab_only=True
+    )
+    assert gpt2.tokenize(QWEN_TEXTS[0].encode(), add_bos=False, special=True) != hf.encode(
+        QWEN_TEXTS[0], add_special_tokens=False
+    )
+
+
 def test_unknown_pretokenizer_is_one_line_error(exported, tmp_path):
     model_dir = tmp_path / "m"
     shutil.copytree(exported["export"], model_dir, ignore=shutil.ignore_patterns("*.gguf"))
     spec = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
     spec["pre_tokenizer"]["add_prefix_space"] = True  # not GPT-2's split: llama.cpp has no name for it
     (model_dir / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
-    assert not to_gguf.gpt2_split(model_dir) and to_gguf.gpt2_split(exported["export"])
+    assert to_gguf.known_split(model_dir) == "" and to_gguf.known_split(exported["export"]) == "gpt-2"
     with pytest.raises(UserError, match="does not know this tokenizer's pre-tokenizer") as err:
         to_gguf.convert(model_dir, tmp_path / "x.gguf", "f16")
     assert "\n" not in str(err.value)

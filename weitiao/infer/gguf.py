@@ -12,7 +12,9 @@ text, so a tokenizer trained by the user (the demo's) has a hash it has never se
 stops. When tokenizer.json splits exactly as GPT-2 does (ByteLevel with its regex, no prefix space,
 no normalizer, plain BPE), llama.cpp's "gpt-2" pre-tokenizer splits the same way (its regex is
 GPT-2's), so we let the converter write that name — only when its own hash table has no answer.
-Any other unknown pre-tokenizer stays an error.
+Likewise a tokenizer that splits exactly as Qwen2's (its Split regex, then ByteLevel without a regex: a Qwen
+vocabulary the user extended or retrained) gets llama.cpp's "qwen2" one; llama.cpp does not apply Qwen's NFC
+normalizer, as with every Qwen GGUF. Any other unknown pre-tokenizer stays an error.
 
 End of turn: the converter writes the tokenizer's EOS as `tokenizer.ggml.eos_token_id` and no end-of-turn, so
 llama.cpp stops at a trained end-of-turn only when it knows the token by name (its list in src/llama-vocab.cpp:
@@ -35,6 +37,7 @@ from pathlib import Path
 from weitiao.errors import UserError
 
 OUTTYPES = ("f16", "q8_0")
+PRE_NAMES = {"gpt-2": "GPT-2", "qwen2": "Qwen2"}  # llama.cpp pre-tokenizer → whose split it is
 INSTALL = "pip install 'weitiao[gguf]' (llama.cpp's converter), or set LLAMA_CPP_DIR to a llama.cpp checkout"
 
 # Imports the converter script as a module (its __main__ block only calls main()), lets the hash
@@ -95,22 +98,36 @@ def converter() -> str:
     return ""
 
 
-def gpt2_split(model_dir: Path) -> bool:
-    """True when tokenizer.json pre-tokenizes exactly as GPT-2 (llama.cpp's "gpt-2" pre-tokenizer)."""
+# Qwen2's pre-tokenizer regex as its tokenizer.json writes it; llama.cpp's "qwen2" pre-tokenizer splits the same way
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def known_split(model_dir: Path) -> str:
+    """The llama.cpp pre-tokenizer that splits exactly as tokenizer.json does ("gpt-2", "qwen2"), or ""."""
     path = model_dir / "tokenizer.json"
     if not path.is_file():
-        return False
+        return ""
     spec = json.loads(path.read_text(encoding="utf-8"))
-    pre, model = spec.get("pre_tokenizer") or {}, spec.get("model") or {}
-    return (
-        spec.get("normalizer") is None
-        and pre.get("type") == "ByteLevel"
-        and pre.get("use_regex", True) is True
-        and pre.get("add_prefix_space") is False
-        and model.get("type") == "BPE"
-        and not model.get("ignore_merges")
-        and not model.get("byte_fallback")
-    )
+    pre, model, norm = spec.get("pre_tokenizer") or {}, spec.get("model") or {}, spec.get("normalizer")
+    if model.get("type") != "BPE" or model.get("ignore_merges") or model.get("byte_fallback"):
+        return ""
+    if norm is None and pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre["add_prefix_space"]:
+        return "gpt-2"
+    steps = pre.get("pretokenizers") or []
+    if (
+        (norm is None or norm.get("type") == "NFC")
+        and pre.get("type") == "Sequence"
+        and len(steps) == 2
+        and steps[0].get("type") == "Split"
+        and steps[0].get("pattern") == {"Regex": QWEN2_SPLIT}
+        and (steps[0].get("behavior"), steps[0].get("invert")) == ("Isolated", False)
+        and steps[1].get("type") == "ByteLevel"
+        and (steps[1].get("use_regex"), steps[1].get("add_prefix_space")) == (False, False)
+    ):
+        return "qwen2"
+    return ""
 
 
 def convert(
@@ -120,7 +137,7 @@ def convert(
     (end-of-turn first, then the other ids generation stops at) are written as the end-of-turn and stop ids."""
     model_dir, outfile = Path(model_dir), Path(outfile)
     checkout = converter()
-    pre = "gpt-2" if gpt2_split(model_dir) else ""
+    pre = known_split(model_dir)
     args = [str(model_dir), "--outfile", str(outfile), "--outtype", outtype]
     args += ["--model-name", name] if name else []
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # a local dir: never ask the hub
@@ -130,7 +147,8 @@ def convert(
         raise UserError(f"GGUF export: llama.cpp's converter failed on {model_dir}: {_reason(done.stderr, checkout)}")
     if f"weitiao-pre: {pre}" in done.stderr:
         print(f"note: {outfile.name}: llama.cpp does not know this tokenizer's pre-tokenizer hash; its tokenizer.json "
-              f"splits as GPT-2 does, so the GGUF names llama.cpp's {pre!r} one", file=sys.stderr)  # fmt: skip
+              f"splits as {PRE_NAMES[pre]} does, so the GGUF names llama.cpp's {pre!r} one",
+              file=sys.stderr)  # fmt: skip
     if stops and "weitiao-stops: written" not in done.stderr:  # this converter never wrote its special tokens
         outfile.unlink()
         raise UserError(f"GGUF export: llama.cpp's converter on {model_dir} wrote no special tokens through gguf-py's "
@@ -149,8 +167,8 @@ def _reason(stderr: str, checkout: str) -> str:
         last += f" at `{code[-1].split('  #')[0]}`" if code else ""
     if "pre-tokenizer was not recognized" in last:
         return (
-            "llama.cpp does not know this tokenizer's pre-tokenizer (its tokenizer.json is not GPT-2's byte-level "
-            "split either); convert with a llama.cpp whose convert_hf_to_gguf_update.py lists the model"
+            "llama.cpp does not know this tokenizer's pre-tokenizer (its tokenizer.json splits neither as GPT-2's "
+            "byte-level nor as Qwen2's); convert with a llama.cpp whose convert_hf_to_gguf_update.py lists the model"
         )
     missing = re.match(r"^ModuleNotFoundError: No module named '([^']+)'", last)
     if missing:
