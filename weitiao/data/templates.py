@@ -116,11 +116,24 @@ class ChatTemplate:
     tool_format: ToolFormat | None = None  # how calls appear in generated text; None: cannot parse them back
 
     def render(
-        self, tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None
+        self,
+        tokenizer: Any,
+        messages: list[dict],
+        add_generation_prompt: bool = False,
+        tools: list | None = None,
+        continue_final: bool = False,
     ) -> str:
+        """The prompt text; `continue_final`: it ends inside the last message, after its content (no end-of-turn),
+        as transformers' continue_final_message (a template that does not show that content raises ValueError)."""
         if self.appends_eos:
-            messages = [{**m, "content": m["content"] + self.eot} if m["role"] == "assistant" else m for m in messages]
-        kw = {"tools": tools} if tools else {}  # tool-less renders stay byte-identical to before
+            last = len(messages) - 1 if continue_final else -1
+            messages = [
+                {**m, "content": m["content"] + self.eot} if m["role"] == "assistant" and i != last else m
+                for i, m in enumerate(messages)
+            ]
+        kw: dict[str, Any] = {"tools": tools} if tools else {}  # tool-less renders stay byte-identical to before
+        if continue_final:
+            kw["continue_final_message"] = True
         return tokenizer.apply_chat_template(
             messages,
             chat_template=self.jinja,
@@ -161,6 +174,23 @@ class ChatTemplate:
             if self.render(tokenizer, as_user, add_generation_prompt=True, tools=tools) == text:
                 return i
         return None
+
+    def unread_name(self, tokenizer: Any, messages: list[dict], tools: list | None = None) -> int | None:
+        """The index of the first message whose `name` this template does not read (the prompt is the same without
+        it), or None. One render with the names and one without any; then, only when some name shows, one render
+        per named message."""
+        named = [i for i, m in enumerate(messages) if "name" in m]
+        if not named:
+            return None
+
+        def without(drop: set[int]) -> str:
+            kept = [{k: v for k, v in m.items() if k != "name" or i not in drop} for i, m in enumerate(messages)]
+            return self.render(tokenizer, kept, tools=tools)
+
+        full = without(set())
+        if without(set(named)) == full:
+            return named[0]
+        return next((i for i in named if without({i}) == full), None)
 
     def parse_tool_calls(self, text: str) -> tuple[str, list[dict]]:
         """Split generated text into (content, calls), each call {"name", "arguments": JSON string}.

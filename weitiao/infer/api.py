@@ -125,7 +125,7 @@ class _ResponseFormat(_Strict):
 class _Message(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[_TextPart] | None = None
-    name: str | None = None  # accepted; chat templates have no place for it
+    name: str | None = None  # passed to the chat template; a 400 where the template does not read it
     tool_calls: list[_ToolCall] | None = None  # an assistant turn's calls
     tool_call_id: str | None = None  # the call a `tool` turn answers
 
@@ -144,6 +144,10 @@ class ChatRequest(Sampling):
     tool_choice: Literal["none", "auto", "required"] | _NamedToolChoice | None = None
     response_format: _ResponseFormat | None = None
     parallel_tool_calls: bool | None = None  # false: honoured when tool_choice forces one call, else 400
+    # vLLM extensions: the prompt ends with the template's assistant header (a new turn), or, continuing, inside the
+    # last message, which must be the assistant's (the reply goes on from its content); both true is a 400, as vLLM
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
 
 
 class CompletionRequest(Sampling):

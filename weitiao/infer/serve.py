@@ -419,11 +419,28 @@ def create_app(
         if plan.constraint is not None and masks is None:
             field = "tool_choice" if plan.tools else "response_format"
             raise BadRequest(f"{field}: constrained decoding needs a byte-level or SentencePiece tokenizer", field)
+        last = len(messages) - 1
+        if req.continue_final_message and req.add_generation_prompt:  # vLLM's 400 too: which one is meant is a guess
+            msg = ("continue_final_message: true needs add_generation_prompt: false (add_generation_prompt, true by "
+                   "default, opens a new assistant turn after the message to continue)")  # fmt: skip
+            raise BadRequest(msg, "continue_final_message")
+        if req.continue_final_message and messages[last]["role"] != "assistant":
+            msg = (f"messages.{last}.role: continue_final_message continues the last message, which must be the "
+                   f"assistant's (it is {req.messages[last].role!r})")  # fmt: skip
+            raise BadRequest(msg, f"messages.{last}.role")
         try:
-            prompt = template.render(tokenizer, messages, add_generation_prompt=True, tools=plan.tools)
+            prompt = template.render(
+                tokenizer, messages, req.add_generation_prompt, plan.tools, continue_final=req.continue_final_message
+            )
             late = template.misplaced_system(tokenizer, messages, plan.tools)
+            unread = template.unread_name(tokenizer, messages, plan.tools)
         except Exception as e:  # e.g. a template that insists on alternating roles
             raise BadRequest(f"messages: the chat template refused them: {e}", "messages") from None
+        if unread is not None:  # dropped, the model would answer without knowing who spoke
+            where = f"messages.{unread}.name"
+            msg = (f"{where}: chat template {template.name!r} does not render a message's name (the prompt is the "
+                   "same without it); put the name into the content (e.g. '小王: ...'), or drop the key")  # fmt: skip
+            raise BadRequest(msg, where)
         if late is not None:  # the model would read the conversation without it, or somewhere else
             raise BadRequest(f"messages.{late}: {late_system(template)}", f"messages.{late}")
         ids = tokenize(prompt, "messages")  # first: the screen's regexes hold the GIL, keep megabytes from them

@@ -43,6 +43,8 @@ def plan_chat(req: Any, template: ChatTemplate) -> ChatPlan:
     messages = []
     for i, m in enumerate(req.messages):
         msg: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        if m.name is not None:  # to the template, as vLLM passes it; serve refuses it where the template reads none
+            msg["name"] = m.name
         if m.tool_calls and m.role != "assistant":
             raise BadRequest(f"messages.{i}.tool_calls: only assistant messages make calls", f"messages.{i}.tool_calls")
         if m.tool_calls or m.role == "tool":
