@@ -74,6 +74,10 @@ def test_continue_final_message_and_add_generation_prompt_as_vllm(parts):
         with pytest.raises(openai.BadRequestError, match=r"messages\.0\.role: .*must be the assistant's") as e:
             c.chat.completions.create(**{**kw, "messages": HISTORY[:1]}, extra_body=cont)
         assert e.value.body["param"] == "messages.0.role"
+        json_kw = {**kw, "messages": [HISTORY[0], {"role": "assistant", "content": '{"a": '}]}
+        with pytest.raises(openai.BadRequestError, match="response_format constrains a reply from its start") as e:
+            c.chat.completions.create(**json_kw, response_format={"type": "json_object"}, extra_body=cont)
+        assert e.value.body["param"] == "continue_final_message"  # it answered '{}': the message read '{"a": {}'
 
 
 def test_continue_final_message_on_a_template_without_end_of_turn(tokenizer):

@@ -428,6 +428,11 @@ def create_app(
             msg = (f"messages.{last}.role: continue_final_message continues the last message, which must be the "
                    f"assistant's (it is {req.messages[last].role!r})")  # fmt: skip
             raise BadRequest(msg, f"messages.{last}.role")
+        if req.continue_final_message and plan.constraint is not None:  # the pattern would start over mid-message
+            field = "tool_choice" if plan.tools else "response_format"
+            msg = (f"continue_final_message: {field} constrains a reply from its start (one whole JSON object or "
+                   f"call), not the rest of messages.{last}; send one or the other")  # fmt: skip
+            raise BadRequest(msg, "continue_final_message")
         try:
             prompt = template.render(
                 tokenizer, messages, req.add_generation_prompt, plan.tools, continue_final=req.continue_final_message
