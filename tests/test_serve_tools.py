@@ -357,6 +357,16 @@ SAID = {"role": "assistant", "content": FINAL}
             "messages.1.tool_calls.1.id",
             {"messages": [*ASK, called("c1", "c2"), answer("c1"), answer("c2")]},
         ),
+        (  # a tool message whose `name` (its function's, as LangChain sends it) is not the call's
+            {"messages": [*ASK, called("c1"), {**answer("c1"), "name": "get_time"}]},
+            "messages.2.name",
+            {"messages": [*ASK, called("c1"), {**answer("c1"), "name": "get_weather"}]},
+        ),
+        (  # a speaker name the qwen template does not render (it was dropped without a word)
+            {"messages": [{**ASK[0], "name": "小王"}]},
+            "messages.0.name",
+            {"messages": ASK},
+        ),
         (  # a call without an id, which no tool message can name
             {"messages": [*ASK, called(None), {"role": "tool", "content": "晴"}]},
             "messages.1.tool_calls.0.id",

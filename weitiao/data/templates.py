@@ -177,9 +177,9 @@ class ChatTemplate:
 
     def unread_name(self, tokenizer: Any, messages: list[dict], tools: list | None = None) -> int | None:
         """The index of the first message whose `name` this template does not read (the prompt is the same without
-        it), or None. One render with the names and one without any; then, only when some name shows, one render
-        per named message."""
-        named = [i for i, m in enumerate(messages) if "name" in m]
+        it), or None. A tool message's `name` is left out: it is the function's, which its tool_call_id names. One
+        render with the names and one without; then, only when some name shows, one render per named message."""
+        named = [i for i, m in enumerate(messages) if "name" in m and m["role"] != "tool"]
         if not named:
             return None
 

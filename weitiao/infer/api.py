@@ -125,7 +125,7 @@ class _ResponseFormat(_Strict):
 class _Message(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[_TextPart] | None = None
-    name: str | None = None  # passed to the chat template; a 400 where the template does not read it
+    name: str | None = None  # to the chat template; 400 where it reads none (a tool message's: its call's function)
     tool_calls: list[_ToolCall] | None = None  # an assistant turn's calls
     tool_call_id: str | None = None  # the call a `tool` turn answers
 

@@ -121,6 +121,10 @@ def _check_turns(messages: list) -> None:
                     f"{f}.tool_call_id: {m.tool_call_id!r} was already answered by messages.{answered[m.tool_call_id]}"
                 )
                 raise BadRequest(msg, f"{f}.tool_call_id")
+            called = next(c.function.name for c in messages[turn].tool_calls if c.id == m.tool_call_id)
+            if m.name is not None and m.name != called:  # the function's name (as LangChain sends it): which is meant?
+                msg = f"{f}.name: {m.name!r}, but the call {m.tool_call_id!r} it answers is of {called!r}"
+                raise BadRequest(msg, f"{f}.name")
             answered[m.tool_call_id] = i
             waiting.pop(m.tool_call_id, None)
             continue
