@@ -68,6 +68,9 @@ def plan_chat(req: Any, template: ChatTemplate) -> ChatPlan:
     if not isinstance(choice, str) and choice.function.name not in names:
         raise BadRequest(f"tool_choice: function {choice.function.name!r} is not in tools ({names})", "tool_choice")
     fmt = req.response_format.type if req.response_format else "text"
+    if fmt != "json_schema" and req.response_format and req.response_format.json_schema is not None:
+        msg = f"response_format.json_schema: read only with type 'json_schema', not {fmt!r}; drop it"  # else ignored
+        raise BadRequest(msg, "response_format.json_schema")
     if fmt == "json_schema":
         msg = "response_format: json_schema is not enforced by this server; use {'type': 'json_object'}"
         raise BadRequest(msg, "response_format")
