@@ -125,7 +125,9 @@ class _ResponseFormat(_Strict):
 class _Message(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[_TextPart] | None = None
-    name: str | None = None  # to the chat template; 400 where it reads none (a tool message's: its call's function)
+    # to the chat template; 400 where it reads none (a tool message's: its call's function). OpenAI's pattern: no
+    # whitespace, none of < | \ / > (a name goes into the prompt, and the input screen reads only contents)
+    name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[^\s<|\\/>]+$")
     tool_calls: list[_ToolCall] | None = None  # an assistant turn's calls
     tool_call_id: str | None = None  # the call a `tool` turn answers
 
