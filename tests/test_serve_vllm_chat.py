@@ -93,3 +93,23 @@ def test_continue_final_message_on_a_template_without_end_of_turn(tokenizer):
     assert template.appends_eos
     assert template.render(tok, HISTORY, continue_final=True) == "user: 推荐一部电影吧。\nassistant: 《流浪"
     assert template.render(tok, HISTORY) == "user: 推荐一部电影吧。\nassistant: 《流浪<|im_end|>\n"
+
+
+def test_unread_name_costs_a_few_renders_whatever_the_length(monkeypatch):
+    """Each named message was checked by a render of the whole conversation without its name: quadratic, so one 8 MB
+    body of short named messages held a prep thread for hours. Now the names are rendered once as markers: a few
+    renders, and still the first name the template leaves out (here an assistant's: it renders the users' only)."""
+    users_only = NAMED.replace("if m['name'] is defined", "if m['name'] is defined and m['role'] == 'user'")
+    for jinja, want in ((CHATML, 0), (NAMED, None), (users_only, 1)):
+        tok = build_tokenizer(jinja)
+        template = resolve_template(tok)
+        msgs = [{"role": ("user", "assistant")[k % 2], "content": "好", "name": f"u{k}"} for k in range(301)]
+        calls: list = []
+
+        def counted(*a, calls=calls, render=tok.apply_chat_template, **kw):
+            calls.append(1)
+            return render(*a, **kw)
+
+        monkeypatch.setattr(tok, "apply_chat_template", counted)
+        assert template.unread_name(tok, msgs) == want
+        assert len(calls) <= 3, (jinja, len(calls))

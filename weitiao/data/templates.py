@@ -177,20 +177,22 @@ class ChatTemplate:
 
     def unread_name(self, tokenizer: Any, messages: list[dict], tools: list | None = None) -> int | None:
         """The index of the first message whose `name` this template does not read (the prompt is the same without
-        it), or None. A tool message's `name` is left out: it is the function's, which its tool_call_id names. One
-        render with the names and one without; then, only when some name shows, one render per named message."""
+        it), or None. A tool message's `name` is left out: it is the function's, which its tool_call_id names. Each
+        name is rendered as a marker; only one whose marker does not show is checked by a render without it (at most
+        16), so a long conversation costs a few renders, not one per message."""
         named = [i for i, m in enumerate(messages) if "name" in m and m["role"] != "tool"]
         if not named:
             return None
-
-        def without(drop: set[int]) -> str:
-            kept = [{k: v for k, v in m.items() if k != "name" or i not in drop} for i, m in enumerate(messages)]
-            return self.render(tokenizer, kept, tools=tools)
-
-        full = without(set())
-        if without(set(named)) == full:
-            return named[0]
-        return next((i for i in named if without({i}) == full), None)
+        mark = {i: f"zqxname{i}q" for i in named}
+        marked = [{**m, "name": mark[i]} if i in mark else m for i, m in enumerate(messages)]
+        shown = {int(k) for k in re.findall(r"zqxname(\d+)q", self.render(tokenizer, marked, tools=tools).lower())}
+        full = None
+        for i in [i for i in named if i not in shown][:16]:
+            full = full or self.render(tokenizer, messages, tools=tools)
+            without = [{k: v for k, v in m.items() if k != "name"} if k == i else m for k, m in enumerate(messages)]
+            if self.render(tokenizer, without, tools=tools) == full:
+                return i
+        return None
 
     def parse_tool_calls(self, text: str) -> tuple[str, list[dict]]:
         """Split generated text into (content, calls), each call {"name", "arguments": JSON string}.
