@@ -210,3 +210,61 @@ def test_after_a_failed_tick_only_the_row_that_fails_alone_fails(model, tokenize
     keep = [0, 2] if blame else [0, 1, 2]
     assert [rows[i].ids for i in keep] == [alone(model, ids[i], rows[i].n) for i in keep]
     assert ticked
+
+
+class _Seeded(Row):
+    """A sampled row drawing from its own generator (a request's `seed`)."""
+
+    def __init__(self, prompt: list[int], n: int, seed: int) -> None:
+        super().__init__(prompt, n)
+        self.sampling = RowSampling(temperature=1.0, generator=torch.Generator().manual_seed(seed))
+
+
+def _drawn(model, rows: list, fail=None) -> None:
+    engine = Engine(model, 0, max_rows=4)
+    engine.add(rows)
+    while engine.live():
+        try:
+            engine.tick()
+        except ValueError:
+            engine.recover(fail)
+
+
+def test_a_seeded_row_beside_a_row_whose_step_fails_draws_what_it_draws_alone(model, tokenizer):
+    """A row's feed raising after the step's draw (the rows after it unfed) left a seeded row's generator one draw on:
+    after `recover` it drew its token again from there, and its reply differed from the same request alone. Now the
+    generator of a row the failed step left unfed is put back."""
+    ids = [prompt(tokenizer, c) for c in CONVS]
+    lone = _Seeded(ids[0], 16, seed=7)
+    _drawn(model, [lone])
+    failed: list = []
+    bad, seeded = _FeedFails(ids[1], 10), _Seeded(ids[0], 16, seed=7)
+    _drawn(model, [bad, seeded], lambda row, e: (failed.append(row), setattr(row, "cancelled", True)))
+    assert failed == [bad] and seeded.ids == lone.ids
+
+
+class _NaNFor(torch.nn.Module):
+    """The model, with NaN logits for the rows whose input holds `token` (an embedding overflowed to NaN)."""
+
+    def __init__(self, model, token: int) -> None:
+        super().__init__()
+        self.inner, self.config, self.token = model, model.config, token
+
+    def forward(self, input_ids, **kw):
+        out = self.inner(input_ids=input_ids, **kw)
+        out.logits[(input_ids == self.token).any(-1)] = float("nan")
+        return out
+
+
+@pytest.mark.parametrize("sampling", [RowSampling(temperature=0), RowSampling(generator=torch.Generator())])
+def test_nan_logits_raise_instead_of_drawing_a_token(model, tokenizer, sampling):
+    """Greedy (argmax) and seeded (exponential race) draws picked a token from NaN logits without a word; only an
+    unseeded draw (torch.multinomial) raised. Now NaN logits raise for each: serve answers that request an error."""
+    ids = prompt(tokenizer, CONVS[0])
+    row = Row(ids, 4)
+    row.sampling = sampling
+    engine = Engine(_NaNFor(model, ids[-1]), 0, max_rows=1)
+    engine.add([row])
+    with pytest.raises(FloatingPointError, match="logits are NaN"):
+        engine.tick()
+    assert row.ids == []

@@ -317,3 +317,32 @@ def test_a_failing_echo_prefill_fails_its_request_and_the_server_keeps_serving(p
             c.completions.create(model="tiny", prompt="Hello", max_tokens=2, echo=True, logprobs=1)
         r = c.completions.create(model="tiny", prompt="Hello", max_tokens=2, temperature=0)
         assert r.choices[0].finish_reason in ("length", "stop")
+
+
+def test_nan_logits_fail_their_request_greedy_or_seeded_and_a_seeded_row_beside_them_keeps_its_reply(parts):
+    """A request whose logits are NaN (a NaN embedding row, as an fp16 overflow leaves one) got a 200 with a reply drawn
+    from them when greedy or seeded (argmax, the seeded draw); only an unseeded draw raised. Now each gets the 500, and
+    a seeded sampled request decoding beside it gets the reply it has alone."""
+    model, tok, template = parts
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[tok("Hello", add_special_tokens=False)["input_ids"][0]] = float("nan")
+    long = {"messages": [{"role": "user", "content": "推荐一部电影吧。"}], "max_tokens": 120, "ignore_eos": True,
+            "temperature": 1.0, "seed": 7}  # fmt: skip
+    with running(create_app(model, tok, template, ServeSettings(model_name="tiny", max_batch=4))) as base:
+        alone = httpx.post(base + "/v1/chat/completions", json=long, timeout=60).json()["choices"][0]["message"]
+        for bad in ({"temperature": 0}, {"temperature": 1.0, "seed": 3}):
+            got: dict = {}
+
+            def read(into: dict = got) -> None:
+                into["r"] = httpx.post(base + "/v1/chat/completions", json=long, timeout=60).json()
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            while httpx.get(base + "/health").json()["running"] == 0:
+                time.sleep(0.005)
+            hello = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 5, **bad}
+            r = httpx.post(base + "/v1/chat/completions", json=hello, timeout=60)
+            reader.join(60)
+            assert r.status_code == 500 and "logits are NaN" in r.json()["error"]["message"], (bad, r.text)
+            assert got["r"]["choices"][0]["message"] == alone

@@ -828,6 +828,31 @@ def test_a_late_system_message_the_template_cannot_place_is_400(parts, jinja):
         assert c.chat.completions.create(model="tiny", messages=[LATE[3], *MSGS], max_tokens=2).choices
 
 
+@pytest.mark.parametrize(("jinja", "want"), [(None, None), (DROPS_LATE_SYSTEM, 3), (LATE_SYSTEM_AS_USER, 3)])
+def test_late_system_messages_cost_two_renders_whatever_their_number(jinja, want, monkeypatch):
+    """Each late system message was checked by a render of the whole conversation as a user turn: quadratic, so a
+    70 KB body of 2,000 alternating user/system messages held a prep thread 30 s (8 MB: hours). Now two renders and a
+    scan, and the same answer: None for ChatML, the first late one where the template drops it or reads it as a
+    user turn."""
+    from conftest import build_tokenizer
+
+    from weitiao.data.templates import resolve_template
+
+    tok = build_tokenizer(jinja) if jinja else build_tokenizer()
+    template = resolve_template(tok)
+    msgs = [{"role": r, "content": "好"} for r in ("user", "assistant", "user")]
+    msgs += [{"role": ("system", "user")[k % 2], "content": "简洁"} for k in range(400)]
+    calls: list = []
+
+    def counted(*a, calls=calls, render=tok.apply_chat_template, **kw):
+        calls.append(1)
+        return render(*a, **kw)
+
+    monkeypatch.setattr(tok, "apply_chat_template", counted)
+    assert template.misplaced_system(tok, msgs) == want
+    assert len(calls) <= 2
+
+
 def test_a_late_system_message_a_chatml_template_places_is_served_there(url, parts):
     r = client(url).chat.completions.create(model="tiny", messages=LATE, max_tokens=2, temperature=0)
     as_system = [*LATE[:2], {"role": "system", "content": "简洁"}, *LATE[3:]]

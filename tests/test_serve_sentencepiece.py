@@ -76,7 +76,7 @@ def test_logprob_tokens_join_into_the_text(sp):
 
 
 @pytest.fixture(scope="module")
-def client(sp):
+def sp_model(sp):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -85,8 +85,12 @@ def client(sp):
         num_key_value_heads=4, max_position_embeddings=256, eos_token_id=sp.eos_token_id,
         bos_token_id=sp.bos_token_id, pad_token_id=sp.pad_token_id,
     )  # fmt: skip
-    model = LlamaForCausalLM(cfg).eval()
-    app = create_app(model, sp, resolve_template(sp, "auto"), ServeSettings(model_name="sp", max_new_tokens=16))
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def client(sp, sp_model):
+    app = create_app(sp_model, sp, resolve_template(sp, "auto"), ServeSettings(model_name="sp", max_new_tokens=16))
     with TestClient(app) as c:
         yield c
 
@@ -128,3 +132,39 @@ def test_served_logprobs_spell_the_reply(client):
         for o in ch["choices"][0]["logprobs"]["text_offset"]
     ]
     assert tokens == lp["tokens"] and offsets == lp["text_offset"]
+
+
+class _Says(torch.nn.Module):
+    """The model, with `token` far ahead of every other at each position (a greedy reply repeats it)."""
+
+    def __init__(self, model, token: int) -> None:
+        super().__init__()
+        self.inner, self.config, self.token = model, model.config, token
+
+    def forward(self, *args, **kw):
+        out = self.inner(*args, **kw)
+        out.logits[..., self.token] += 100.0
+        return out
+
+
+def test_a_continued_message_keeps_the_space_of_its_next_word(sp_model, sp):
+    """continue_final_message: the reply goes on from the assistant's text, so it is decoded after it as a completion
+    is ("▁world," → " world,"); decoded alone it lost the space, and the message read "…is world," as "…isworld,". Its
+    log-prob tokens keep the space too, streamed or not."""
+    model = _Says(sp_model, sp.convert_tokens_to_ids("▁world,"))
+    app = create_app(model, sp, resolve_template(sp, "auto"), ServeSettings(model_name="sp", max_new_tokens=16))
+    said = "Hello, this is"
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": said}]
+    body = {"messages": msgs, "temperature": 0, "max_tokens": 3, "continue_final_message": True,
+            "add_generation_prompt": False, "logprobs": True}  # fmt: skip
+    with TestClient(app) as c:
+        got = c.post("/v1/chat/completions", json=body).json()["choices"][0]
+        chunks = events(c.post("/v1/chat/completions", json={**body, "stream": True}))
+    assert got["message"]["content"] == " world, world, world,"
+    assert bytes(b for e in got["logprobs"]["content"] for b in e["bytes"]).decode() == " world, world, world,"
+    assert "".join(ch["choices"][0]["delta"].get("content") or "" for ch in chunks if ch["choices"]) == (
+        " world, world, world,"
+    )
+    streamed = [e for ch in chunks if ch["choices"] and ch["choices"][0]["logprobs"] for e in ch["choices"][0][
+        "logprobs"]["content"]]  # fmt: skip
+    assert streamed == got["logprobs"]["content"]

@@ -266,6 +266,10 @@ def test_tool_stream_sends_a_prefix_of_the_final_content(fmt, reply, content, na
         ),
         ({"tools": [{"type": "function", "function": {"name": "has space"}}]}, "tools.0.function.name"),
         ({"tools": [WEATHER], "parallel_tool_calls": False}, "parallel_tool_calls"),  # auto may call several
+        (  # a schema beside json_object was ignored: the reply was any JSON object
+            {"response_format": {"type": "json_object", "json_schema": {"name": "x", "schema": {"required": ["a"]}}}},
+            "response_format.json_schema",
+        ),
     ],
 )
 def test_bad_tool_requests_are_400(url, body, param):
@@ -356,6 +360,16 @@ SAID = {"role": "assistant", "content": FINAL}
             {"messages": [*ASK, called("c1", "c1"), answer("c1")]},
             "messages.1.tool_calls.1.id",
             {"messages": [*ASK, called("c1", "c2"), answer("c1"), answer("c2")]},
+        ),
+        (  # a tool message whose `name` (its function's, as LangChain sends it) is not the call's
+            {"messages": [*ASK, called("c1"), {**answer("c1"), "name": "get_time"}]},
+            "messages.2.name",
+            {"messages": [*ASK, called("c1"), {**answer("c1"), "name": "get_weather"}]},
+        ),
+        (  # a speaker name the qwen template does not render (it was dropped without a word)
+            {"messages": [{**ASK[0], "name": "小王"}]},
+            "messages.0.name",
+            {"messages": ASK},
         ),
         (  # a call without an id, which no tool message can name
             {"messages": [*ASK, called(None), {"role": "tool", "content": "晴"}]},

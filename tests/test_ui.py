@@ -734,6 +734,8 @@ def test_api_refuses_fields_and_numbers_it_would_drop_or_guess(root, full_run):
             ("/api/chat", chat | {"max_new_tokens": 5000}, "limit of 1024"),
             ("/api/chat", chat | {"temperature": -1}, "temperature"),
             ("/api/chat", chat | {"temperature": "hot"}, "temperature"),
+            ("/api/chat", chat | {"temperature": False}, "temperature"),  # it was greedy (false or 0.0)
+            ("/api/chat", chat | {"temperature": ""}, "temperature"),
             ("/api/export", {"run": "full", "ckpt": "final", "merge": "false"}, "merge"),
             ("/api/export", {"run": "full", "ckpt": "final", "quant": "q4"}, "unknown field 'quant'"),
             ("/api/golden", {"run": "full", "ckpts": ["final"], "prompts": "data/golden.jsonl", "max_new": 4},

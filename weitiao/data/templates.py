@@ -116,11 +116,24 @@ class ChatTemplate:
     tool_format: ToolFormat | None = None  # how calls appear in generated text; None: cannot parse them back
 
     def render(
-        self, tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None
+        self,
+        tokenizer: Any,
+        messages: list[dict],
+        add_generation_prompt: bool = False,
+        tools: list | None = None,
+        continue_final: bool = False,
     ) -> str:
+        """The prompt text; `continue_final`: it ends inside the last message, after its content (no end-of-turn),
+        as transformers' continue_final_message (a template that does not show that content raises ValueError)."""
         if self.appends_eos:
-            messages = [{**m, "content": m["content"] + self.eot} if m["role"] == "assistant" else m for m in messages]
-        kw = {"tools": tools} if tools else {}  # tool-less renders stay byte-identical to before
+            last = len(messages) - 1 if continue_final else -1
+            messages = [
+                {**m, "content": m["content"] + self.eot} if m["role"] == "assistant" and i != last else m
+                for i, m in enumerate(messages)
+            ]
+        kw: dict[str, Any] = {"tools": tools} if tools else {}  # tool-less renders stay byte-identical to before
+        if continue_final:
+            kw["continue_final_message"] = True
         return tokenizer.apply_chat_template(
             messages,
             chat_template=self.jinja,
@@ -145,20 +158,54 @@ class ChatTemplate:
     def misplaced_system(self, tokenizer: Any, messages: list[dict], tools: list | None = None) -> int | None:
         """The index of the first system message after the first message that this template does not render in its
         place (dropped, moved, repeated, or rendered as a user turn would be), or None. Rendered with each content
-        replaced by a marker; a template that raises on such a message raises here too."""
+        replaced by a marker, and once more with every such message as a user turn: one whose text on both sides of
+        its marker is the same there is rendered as a user turn. Two renders and a scan, whatever the length (a
+        render per message was quadratic: 2,000 messages, a 70 KB body, took 30 s). A template that raises on such
+        a message raises here too."""
         late = [i for i, m in enumerate(messages) if i and m["role"] == "system"]
         if not late:
             return None
-        mark = [f"ZQX{i}MSG" for i in range(len(messages))]
-        probe = [{**m, "content": mark[i]} for i, m in enumerate(messages)]
+        probe = [{**m, "content": f"ZQX{i}MSG"} for i, m in enumerate(messages)]
         text = self.render(tokenizer, probe, add_generation_prompt=True, tools=tools)
+        spans: dict[int, list[tuple[int, int]]] = {}
+        for m in re.finditer(r"ZQX(\d+)MSG", text):
+            spans.setdefault(int(m[1]), []).append(m.span())
         for i in late:
-            at = text.find(mark[i])
-            after = i + 1 == len(messages) or text.find(mark[i + 1]) > at
-            if text.count(mark[i]) != 1 or not text.find(mark[i - 1]) < at or not after:
+            if len(spans.get(i, ())) != 1:
                 return i
-            as_user = [{**m, "role": "user"} if k == i else m for k, m in enumerate(probe)]
-            if self.render(tokenizer, as_user, add_generation_prompt=True, tools=tools) == text:
+            at, prev, after = spans[i][0][0], spans.get(i - 1, [(-1, -1)])[0][0], spans.get(i + 1, [(-1, -1)])[0][0]
+            if not prev < at or (i + 1 < len(messages) and not after > at):
+                return i
+        as_user = [{**m, "role": "user"} if k in set(late) else m for k, m in enumerate(probe)]
+        user = self.render(tokenizer, as_user, add_generation_prompt=True, tools=tools)
+        users: dict[int, tuple[int, int]] = {}
+        for m in re.finditer(r"ZQX(\d+)MSG", user):
+            users.setdefault(int(m[1]), m.span())
+
+        def around(t: str, where: dict[int, tuple[int, int]], i: int) -> tuple[str, str]:
+            start, end = where[i]
+            before = where[i - 1][1] if i - 1 in where else 0
+            return t[before:start], t[end : where[i + 1][0] if i + 1 in where else len(t)]
+
+        first = {k: v[0] for k, v in spans.items()}
+        return next((i for i in late if i in users and around(text, first, i) == around(user, users, i)), None)
+
+    def unread_name(self, tokenizer: Any, messages: list[dict], tools: list | None = None) -> int | None:
+        """The index of the first message whose `name` this template does not read (the prompt is the same without
+        it), or None. A tool message's `name` is left out: it is the function's, which its tool_call_id names. Each
+        name is rendered as a marker; only one whose marker does not show is checked by a render without it (at most
+        16), so a long conversation costs a few renders, not one per message."""
+        named = [i for i, m in enumerate(messages) if "name" in m and m["role"] != "tool"]
+        if not named:
+            return None
+        mark = {i: f"zqxname{i}q" for i in named}
+        marked = [{**m, "name": mark[i]} if i in mark else m for i, m in enumerate(messages)]
+        shown = {int(k) for k in re.findall(r"zqxname(\d+)q", self.render(tokenizer, marked, tools=tools).lower())}
+        full = None
+        for i in [i for i in named if i not in shown][:16]:
+            full = full or self.render(tokenizer, messages, tools=tools)
+            without = [{k: v for k, v in m.items() if k != "name"} if k == i else m for k, m in enumerate(messages)]
+            if self.render(tokenizer, without, tools=tools) == full:
                 return i
         return None
 

@@ -125,7 +125,9 @@ class _ResponseFormat(_Strict):
 class _Message(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[_TextPart] | None = None
-    name: str | None = None  # accepted; chat templates have no place for it
+    # to the chat template; 400 where it reads none (a tool message's: its call's function). OpenAI's pattern: no
+    # whitespace, none of < | \ / > (a name goes into the prompt, and the input screen reads only contents)
+    name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[^\s<|\\/>]+$")
     tool_calls: list[_ToolCall] | None = None  # an assistant turn's calls
     tool_call_id: str | None = None  # the call a `tool` turn answers
 
@@ -144,6 +146,10 @@ class ChatRequest(Sampling):
     tool_choice: Literal["none", "auto", "required"] | _NamedToolChoice | None = None
     response_format: _ResponseFormat | None = None
     parallel_tool_calls: bool | None = None  # false: honoured when tool_choice forces one call, else 400
+    # vLLM extensions: the prompt ends with the template's assistant header (a new turn), or, continuing, inside the
+    # last message, which must be the assistant's (the reply goes on from its content); both true is a 400, as vLLM
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
 
 
 class CompletionRequest(Sampling):

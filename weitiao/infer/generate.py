@@ -454,17 +454,30 @@ class Engine:
         self.filling, run.rows = None, run.rows + part.rows
 
     def _sample(self, part: _Part, logits: torch.Tensor) -> torch.Tensor:
+        """Each row's next token, fed to it. Raises on NaN logits (greedy and seeded draws would pick a garbage
+        token silently); a seeded row that the raise leaves unfed gets its generator back as it was, so `recover`
+        draws its token again from the same state (the reply it has alone)."""
         rows = part.rows
-        ban = self.ban(rows, logits.shape[-1]) if self.ban else None
-        k = max((r.logprobs for r in rows if r.logprobs is not None), default=None)
-        raw = logits.float().log_softmax(-1) if k is not None else None  # of the raw model distribution (vLLM's)
-        tokens = part.sampler(logits, ban, logps=self.sampled_logps)
-        if self.sampled_logps:
-            for row, lp in zip(rows, part.sampler.logps.tolist()):
-                row.sampled.append(lp)
-        entries = logprob_entries(raw, tokens, k) if raw is not None else [None] * len(rows)
-        for row, tok, e in zip(rows, tokens.tolist(), entries):
-            row.feed(tok, None if e is None or row.logprobs is None else (e[0], e[1], e[2][: row.logprobs]))
+        if bool(logits.isnan().any()):
+            bad = int(logits.isnan().any(-1).sum())
+            raise FloatingPointError(f"the model's next-token logits are NaN ({bad} of {len(rows)} rows)")
+        seeded = [(r, len(r.ids), g, g.get_state()) for r in rows if (g := r.sampling.generator) is not None]
+        try:
+            ban = self.ban(rows, logits.shape[-1]) if self.ban else None
+            k = max((r.logprobs for r in rows if r.logprobs is not None), default=None)
+            raw = logits.float().log_softmax(-1) if k is not None else None  # of the raw model distribution (vLLM's)
+            tokens = part.sampler(logits, ban, logps=self.sampled_logps)
+            if self.sampled_logps:
+                for row, lp in zip(rows, part.sampler.logps.tolist()):
+                    row.sampled.append(lp)
+            entries = logprob_entries(raw, tokens, k) if raw is not None else [None] * len(rows)
+            for row, tok, e in zip(rows, tokens.tolist(), entries):
+                row.feed(tok, None if e is None or row.logprobs is None else (e[0], e[1], e[2][: row.logprobs]))
+        except BaseException:
+            for row, fed, generator, state in seeded:
+                if len(row.ids) == fed and not row.done:  # its draw is lost with the step
+                    generator.set_state(state)
+            raise
         self.stats["tokens"] += len(rows)
         return tokens
 

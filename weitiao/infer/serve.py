@@ -109,7 +109,8 @@ class Job:
     prompt_skip: int = 0  # leading prompt ids the echo does not show (a BOS the tokenizer adds to a raw prompt)
     rows: list[_Row] = field(default_factory=list)  # its choices, made when the engine takes the job
     constraint: Any = None  # a weitiao.infer.constrain.Pattern every choice must follow
-    continues: bool = False  # a completion: its text continues the prompt's (decoded after the prompt's last tokens)
+    continues: bool = False  # a completion (or continue_final_message): its text continues the prompt's (decoded
+    # after the prompt's last tokens)
     first: int = 0  # the `index` of its first choice: prompt k of a batch of completions answers k*n..k*n+n-1
 
 
@@ -419,11 +420,33 @@ def create_app(
         if plan.constraint is not None and masks is None:
             field = "tool_choice" if plan.tools else "response_format"
             raise BadRequest(f"{field}: constrained decoding needs a byte-level or SentencePiece tokenizer", field)
+        last = len(messages) - 1
+        if req.continue_final_message and req.add_generation_prompt:  # vLLM's 400 too: which one is meant is a guess
+            msg = ("continue_final_message: true needs add_generation_prompt: false (add_generation_prompt, true by "
+                   "default, opens a new assistant turn after the message to continue)")  # fmt: skip
+            raise BadRequest(msg, "continue_final_message")
+        if req.continue_final_message and messages[last]["role"] != "assistant":
+            msg = (f"messages.{last}.role: continue_final_message continues the last message, which must be the "
+                   f"assistant's (it is {req.messages[last].role!r})")  # fmt: skip
+            raise BadRequest(msg, f"messages.{last}.role")
+        if req.continue_final_message and plan.constraint is not None:  # the pattern would start over mid-message
+            field = "tool_choice" if plan.tools else "response_format"
+            msg = (f"continue_final_message: {field} constrains a reply from its start (one whole JSON object or "
+                   f"call), not the rest of messages.{last}; send one or the other")  # fmt: skip
+            raise BadRequest(msg, "continue_final_message")
         try:
-            prompt = template.render(tokenizer, messages, add_generation_prompt=True, tools=plan.tools)
+            prompt = template.render(
+                tokenizer, messages, req.add_generation_prompt, plan.tools, continue_final=req.continue_final_message
+            )
             late = template.misplaced_system(tokenizer, messages, plan.tools)
+            unread = template.unread_name(tokenizer, messages, plan.tools)
         except Exception as e:  # e.g. a template that insists on alternating roles
             raise BadRequest(f"messages: the chat template refused them: {e}", "messages") from None
+        if unread is not None:  # dropped, the model would answer without knowing who spoke
+            where = f"messages.{unread}.name"
+            msg = (f"{where}: chat template {template.name!r} does not render a message's name (the prompt is the "
+                   "same without it); put the name into the content (e.g. '小王: ...'), or drop the key")  # fmt: skip
+            raise BadRequest(msg, where)
         if late is not None:  # the model would read the conversation without it, or somewhere else
             raise BadRequest(f"messages.{late}: {late_system(template)}", f"messages.{late}")
         ids = tokenize(prompt, "messages")  # first: the screen's regexes hold the GIL, keep megabytes from them
@@ -530,6 +553,9 @@ def create_app(
             return {"prompt_tokens": read, "completion_tokens": done, "total_tokens": read + done}
 
         events: asyncio.Queue = asyncio.Queue()  # every job's
+        # a reply that goes on from the prompt's text (a completion, a continued message) is decoded after it: a
+        # SentencePiece reply's first word keeps its space, in the text and in its log-prob tokens
+        continues = not chat or bool(getattr(req, "continue_final_message", False))
         jobs: list[Job] = []
         try:
             for k, p in enumerate(prompts):
@@ -539,7 +565,7 @@ def create_app(
                         events.put_nowait(("done", i, "content_filter", 0))
                     continue
                 job = make_job(req, p.ids, "messages" if chat else "prompt", top, bool(p.echo))
-                job.events, job.first, job.prompt_skip, job.continues = events, k * n, p.skip, not chat
+                job.events, job.first, job.prompt_skip, job.continues = events, k * n, p.skip, continues
                 job.constraint = plan.constraint if plan else None
                 if job.constraint is not None and job.ignore_eos and not job.stop_token_ids:
                     field = "tool_choice" if plan.tools else "response_format"  # type: ignore[union-attr]
@@ -607,7 +633,7 @@ def create_app(
                     continue
                 p = prompt_lps[i]  # its prompt's tokens, when echoed
                 if chat:
-                    shown[i] = {**fmt.chat(lps[i], start=True), "refusal": None}
+                    shown[i] = {**fmt.chat(lps[i], start=not continues), "refusal": None}
                 else:
                     shown[i] = fmt.legacy(p + lps[i], TextOffsets(), echoed=len(p))
             choices = [choice(i, echoes[i] + t, r, False, shown[i]) for i, (t, r) in enumerate(zip(texts, reasons))]
@@ -632,7 +658,7 @@ def create_app(
                 if top is None or i in refused:
                     return sse([choice(i, text, None, True)])
                 if chat:
-                    start, begun[i] = not begun[i], begun[i] or bool(entries)
+                    start, begun[i] = not (begun[i] or continues), begun[i] or bool(entries)
                     return sse([choice(i, text, None, True, fmt.chat(entries, start))])
                 shown = fmt.legacy(entries, offsets[i], echoed=len(entries) if prompt else 0)
                 return sse([choice(i, text, None, True, shown)])

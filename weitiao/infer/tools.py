@@ -43,6 +43,8 @@ def plan_chat(req: Any, template: ChatTemplate) -> ChatPlan:
     messages = []
     for i, m in enumerate(req.messages):
         msg: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        if m.name is not None:  # to the template, as vLLM passes it; serve refuses it where the template reads none
+            msg["name"] = m.name
         if m.tool_calls and m.role != "assistant":
             raise BadRequest(f"messages.{i}.tool_calls: only assistant messages make calls", f"messages.{i}.tool_calls")
         if m.tool_calls or m.role == "tool":
@@ -66,6 +68,9 @@ def plan_chat(req: Any, template: ChatTemplate) -> ChatPlan:
     if not isinstance(choice, str) and choice.function.name not in names:
         raise BadRequest(f"tool_choice: function {choice.function.name!r} is not in tools ({names})", "tool_choice")
     fmt = req.response_format.type if req.response_format else "text"
+    if fmt != "json_schema" and req.response_format and req.response_format.json_schema is not None:
+        msg = f"response_format.json_schema: read only with type 'json_schema', not {fmt!r}; drop it"  # else ignored
+        raise BadRequest(msg, "response_format.json_schema")
     if fmt == "json_schema":
         msg = "response_format: json_schema is not enforced by this server; use {'type': 'json_object'}"
         raise BadRequest(msg, "response_format")
@@ -119,6 +124,10 @@ def _check_turns(messages: list) -> None:
                     f"{f}.tool_call_id: {m.tool_call_id!r} was already answered by messages.{answered[m.tool_call_id]}"
                 )
                 raise BadRequest(msg, f"{f}.tool_call_id")
+            called = next(c.function.name for c in messages[turn].tool_calls if c.id == m.tool_call_id)
+            if m.name is not None and m.name != called:  # the function's name (as LangChain sends it): which is meant?
+                msg = f"{f}.name: {m.name!r}, but the call {m.tool_call_id!r} it answers is of {called!r}"
+                raise BadRequest(msg, f"{f}.name")
             answered[m.tool_call_id] = i
             waiting.pop(m.tool_call_id, None)
             continue

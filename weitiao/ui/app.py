@@ -339,7 +339,8 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
         if messages[-1]["role"] == "assistant":  # the reply would be a second assistant turn in a row, or a guess
             raise UserError(f"messages[{len(messages) - 1}]: the conversation ends with an assistant turn; end it "
                             "with the user turn to answer (the console does not continue a reply)")  # fmt: skip
-        temperature = body.get("temperature") or 0.0
+        temperature = body.get("temperature")
+        temperature = 0.0 if temperature is None else temperature  # not `or`: false, "" and [] were greedy, unsaid
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < 1e6:
             raise UserError(f"temperature: {temperature!r} is not a number ≥ 0 (0 = greedy)")
         sampling = {"max_new_tokens": _whole(body, "max_new_tokens", 128, 1024), "temperature": float(temperature)}
