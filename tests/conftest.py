@@ -109,6 +109,18 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("tiny") / "llama", tokenizer)
 
 
+def count_renders(monkeypatch, tok) -> list:
+    """A list that grows by one at each `tok.apply_chat_template` call from now on."""
+    calls: list = []
+
+    def counted(*a, render=tok.apply_chat_template, **kw):
+        calls.append(1)
+        return render(*a, **kw)
+
+    monkeypatch.setattr(tok, "apply_chat_template", counted)
+    return calls
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -834,7 +834,7 @@ def test_late_system_messages_cost_two_renders_whatever_their_number(jinja, want
     70 KB body of 2,000 alternating user/system messages held a prep thread 30 s (8 MB: hours). Now two renders and a
     scan, and the same answer: None for ChatML, the first late one where the template drops it or reads it as a
     user turn."""
-    from conftest import build_tokenizer
+    from conftest import build_tokenizer, count_renders
 
     from weitiao.data.templates import resolve_template
 
@@ -842,13 +842,7 @@ def test_late_system_messages_cost_two_renders_whatever_their_number(jinja, want
     template = resolve_template(tok)
     msgs = [{"role": r, "content": "好"} for r in ("user", "assistant", "user")]
     msgs += [{"role": ("system", "user")[k % 2], "content": "简洁"} for k in range(400)]
-    calls: list = []
-
-    def counted(*a, calls=calls, render=tok.apply_chat_template, **kw):
-        calls.append(1)
-        return render(*a, **kw)
-
-    monkeypatch.setattr(tok, "apply_chat_template", counted)
+    calls = count_renders(monkeypatch, tok)
     assert template.misplaced_system(tok, msgs) == want
     assert len(calls) <= 2
 

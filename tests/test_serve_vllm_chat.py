@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import openai
 import pytest
-from conftest import CHATML, build_tokenizer
+from conftest import CHATML, build_tokenizer, count_renders
 from loopback import running
 
 from weitiao.data.templates import resolve_template
@@ -104,12 +104,6 @@ def test_unread_name_costs_a_few_renders_whatever_the_length(monkeypatch):
         tok = build_tokenizer(jinja)
         template = resolve_template(tok)
         msgs = [{"role": ("user", "assistant")[k % 2], "content": "好", "name": f"u{k}"} for k in range(301)]
-        calls: list = []
-
-        def counted(*a, calls=calls, render=tok.apply_chat_template, **kw):
-            calls.append(1)
-            return render(*a, **kw)
-
-        monkeypatch.setattr(tok, "apply_chat_template", counted)
+        calls = count_renders(monkeypatch, tok)
         assert template.unread_name(tok, msgs) == want
         assert len(calls) <= 3, (jinja, len(calls))

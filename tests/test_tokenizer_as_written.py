@@ -5,7 +5,7 @@ import json
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
-from tests.conftest import build_tokenizer, save_tiny_model
+from conftest import build_tokenizer, save_tiny_model
 from weitiao.infer.export import _tokenizer_note
 from weitiao.models.load import load_tokenizer
 
