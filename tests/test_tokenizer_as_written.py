@@ -2,10 +2,10 @@
 
 import json
 
+from conftest import build_tokenizer, save_tiny_model
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
-from conftest import build_tokenizer, save_tiny_model
 from weitiao.infer.export import _tokenizer_note
 from weitiao.models.load import load_tokenizer
 
