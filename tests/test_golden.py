@@ -53,6 +53,27 @@ def test_pick_direction_and_ties():
     assert pick(summary, "judge") is None
 
 
+def test_a_tie_at_the_best_value_is_said(tmp_path):
+    """Every checkpoint at rougeL 0 printed "recommended by rougeL: step-000002" and starred it, as if ROUGE-L had
+    chosen it; a tie is now a note naming the tied checkpoints."""
+    from weitiao.infer.generate import Generation
+
+    prompts = load_prompts(write_jsonl(tmp_path / "g.jsonl", GOLDEN))
+    rows = []
+    for step, text in ((2, "嗯"), (4, "呃"), (6, "咦")):  # no character shared with any reference: rougeL 0
+        rows += golden_rows(step, f"step-{step:06d}", prompts, [Generation(text, 1, True)] * len(prompts))
+    res = evaluate_golden(rows, prompts, [], "rougeL")
+    assert res.recommended == 2 and [res.summary[s]["rougeL"] for s in res.steps] == [0, 0, 0]
+    assert res.notes[-1] == ("all 3 checkpoints tie at rougeL 0 (step-000002, step-000004, step-000006): rougeL does "
+                             "not choose among them; the earliest is named")  # fmt: skip
+    res = evaluate_golden(rows, prompts, [], "stop_rate")  # all stopped: tie
+    assert res.notes[-1].startswith("all 3 checkpoints tie at stop_rate 1 ")
+    best = GOLDEN[0]["output"]
+    rows += golden_rows(8, "step-000008", prompts, [Generation(best, 4, True)] * len(prompts))  # control
+    res = evaluate_golden(rows, prompts, [], "rougeL")
+    assert res.recommended == 8 and not any("tie at" in n for n in res.notes)
+
+
 def test_saved_answers_count_only_for_the_settings_they_were_made_with(tmp_path):
     from weitiao.infer.generate import Generation
 
