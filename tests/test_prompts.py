@@ -47,8 +47,10 @@ def test_golden_ppo_and_rules_share_the_reader(tmp_path):
     path = _write(tmp_path / "p.jsonl", ROWS)
     assert [p.text for p in golden.load_prompts(path)] == TEXTS
     assert [m[-1]["content"] for m in ppo.load_prompts([str(path)])] == TEXTS
-    got = rules.read_prompts(path)
-    assert [p.text for p in got] == TEXTS and got[1].rule_ids == ["R1"]
+    # rule prompts are one user turn: the rows with a system prompt or earlier turns are refused (test_rules.py)
+    one = [(r, t) for r, p, t in zip(ROWS, golden.load_prompts(path), TEXTS) if len(p.messages) == 1]
+    got = rules.read_prompts(_write(tmp_path / "one.jsonl", [r for r, _ in one]))
+    assert [p.text for p in got] == [t for _, t in one] and got[1].rule_ids == ["R1"] and len(got) == len(ROWS) - 2
 
 
 def test_bad_rows_are_one_line_with_file_and_line(tmp_path):
