@@ -161,6 +161,21 @@ def test_answers_with_an_unknown_field_are_refused_before_a_db_is_made(tmp_path)
     assert not db.exists()  # was: an empty arena db left behind
 
 
+def test_two_answers_of_one_model_to_one_prompt_are_refused_with_lines_before_a_db_is_made(tmp_path):
+    """serve_answers refused them after ArenaStore had made the --db ("answers: model 'x' has two different answers",
+    no file or line): a bad answers file left a new empty arena db behind."""
+    src, db = tmp_path / "answers.jsonl", tmp_path / "arena.sqlite"
+    rows = [
+        {"prompt": "你好", "model": m, "answer": a} for m, a in (("x", "好"), ("y", "嗯"), ("x", "好"), ("x", "您好"))
+    ]
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    r = CliRunner().invoke(arena_app, ["serve", "--answers", str(src), "--db", str(db)])
+    assert r.exit_code != 0 and "answers.jsonl:4: answer: model 'x' answered this prompt differently at line 1" in str(
+        r.exception
+    )
+    assert not db.exists()
+
+
 def test_answers_without_a_prompt_two_models_answered_are_refused_and_lone_ones_named(tmp_path, monkeypatch):
     """Two models' answer files whose prompts differ by a character started a server whose every round was a 404
     ("no prompt has answers from two models"), and a prompt one model answered was never shown, without a word."""

@@ -30,6 +30,24 @@ def test_batched_greedy_equals_one_by_one(tiny_model_dir, tokenizer):
     assert streamed == single[1].text
 
 
+def test_seeded_samples_do_not_depend_on_the_batch_size(tiny_model_dir, tokenizer):
+    """`eval gen --temperature 0.7 --seed 0` drew every row from one global stream, so --batch-size 1 and 8 gave
+    other replies (0 of 4 the same) and other metrics; each row now draws from its own stream, seed + its index."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    t = resolve_template(tokenizer)
+    convs = PROMPTS * 2
+
+    def texts(batch_size: int, seed: int | None = 3) -> list[str]:
+        torch.manual_seed(0)  # unseeded calls draw from the global stream: the control below
+        gens = generate(model, tokenizer, t, convs, 12, 1.0, 1.0, batch_size=batch_size, seed=seed)
+        return [g.text for g in gens]
+
+    one = texts(1)
+    assert texts(2) == one and texts(6) == one
+    assert texts(1, seed=4) != one  # the seed still matters
+    assert texts(1, seed=None) != texts(6, seed=None)  # control: the global stream depends on the batch
+
+
 def test_stops_on_end_of_turn(tiny_model_dir, tokenizer):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     eot = tokenizer.convert_tokens_to_ids("<|im_end|>")

@@ -47,8 +47,10 @@ def test_golden_ppo_and_rules_share_the_reader(tmp_path):
     path = _write(tmp_path / "p.jsonl", ROWS)
     assert [p.text for p in golden.load_prompts(path)] == TEXTS
     assert [m[-1]["content"] for m in ppo.load_prompts([str(path)])] == TEXTS
-    got = rules.read_prompts(path)
-    assert [p.text for p in got] == TEXTS and got[1].rule_ids == ["R1"]
+    # rule prompts are one user turn: the rows with a system prompt or earlier turns are refused (test_rules.py)
+    one = [(r, t) for r, p, t in zip(ROWS, golden.load_prompts(path), TEXTS) if len(p.messages) == 1]
+    got = rules.read_prompts(_write(tmp_path / "one.jsonl", [r for r, _ in one]))
+    assert [p.text for p in got] == [t for _, t in one] and got[1].rule_ids == ["R1"] and len(got) == len(ROWS) - 2
 
 
 def test_bad_rows_are_one_line_with_file_and_line(tmp_path):
@@ -98,3 +100,45 @@ def test_a_misspelled_reference_key_is_refused(tmp_path):
         read_prompts(_write(tmp_path / "b.jsonl", rows))
     ok = [{"prompt": "你好", "reference_id": "r1"}, {"prompt": "在吗", "referance": "x", "answer": "在"}]  # controls
     assert [p.reference for p in read_prompts(_write(tmp_path / "ok.jsonl", ok))] == [None, "在"]
+
+
+def test_keys_a_layout_would_leave_unread_are_refused(tmp_path):
+    """Beside `prompt`/`question`, history, input and context were dropped (the model was asked without them), as was a
+    misspelled `sytem` or Open-Orca's `system_prompt`; eval replies were scored as if the row had none of them."""
+    bad = [
+        ({"prompt": "Q", "history": [["早", "早上好"]], "reference": "A"}, r"history: not read beside 'prompt'"),
+        ({"question": "积分多久过期？", "context": "会员积分一年有效。", "answer": "一年"}, r"context: not read"),
+        ({"prompt": "Q", "input": "补充", "reference": "A"}, r"input: not read beside 'prompt'"),
+        ({"prompt": "Q", "sytem": "你是客服", "reference": "A"}, r"sytem: unknown key; did you mean 'system'\?"),
+        ({"prompt": "Q", "system_prompt": "你是客服"}, r"system_prompt: unknown key; did you mean 'system'\?"),
+        ({"messages": [_turn("user", "Q")], "sytem": "你是客服"}, r"sytem: unknown key; did you mean 'system'\?"),
+    ]
+    for i, (row, match) in enumerate(bad):
+        with pytest.raises(UserError, match=rf"b{i}\.jsonl:2: {match}"):
+            read_prompts(_write(tmp_path / f"b{i}.jsonl", [{"prompt": "x"}, row]))
+    ok = [{"prompt": "Q", "history": [], "input": "", "id": 3, "category": "x", "rule_ids": ["R1"]}]  # control
+    assert read_prompts(_write(tmp_path / "ok.jsonl", ok))[0].messages == [_turn("user", "Q")]
+
+
+def test_a_row_gives_one_reference_from_any_layout(tmp_path):
+    """A reference beside messages/conversations, Dolly's response and an answer beside alpaca's instruction were
+    dropped (the reply went unscored); a second reference that differs from the first was dropped too."""
+    rows = [
+        {"messages": [_turn("user", "Q1")], "reference": "R1"},
+        {"conversations": [{"from": "human", "value": "Q2"}], "answer": "R2"},
+        {"instruction": "Q3", "context": "C3", "response": "R3"},  # databricks-dolly-15k
+        {"instruction": "Q4", "answer": "R4"},
+        {"messages": [_turn("user", "Q5"), _turn("assistant", "R5")], "reference": "R5"},  # the same twice: fine
+    ]
+    ps = read_prompts(_write(tmp_path / "p.jsonl", rows))
+    assert [p.reference for p in ps] == ["R1", "R2", "R3", "R4", "R5"] and ps[2].text == "Q3\nC3"
+    bad = [
+        ({"messages": [_turn("user", "Q"), _turn("assistant", "A")], "reference": "X"},
+         r"reference: a second reference answer, different from the final assistant turn"),
+        ({"prompt": "Q", "reference": "A", "answer": "B"}, r"answer: a second reference answer, different from 'ref"),
+        ({"instruction": "Q", "output": "A", "reference": "X"}, r"reference: .* different from 'output'"),
+        ({"prompt": "Q", "chosen": "C", "rejected": "R", "reference": "X"}, r"reference: .* different from 'chosen'"),
+    ]  # fmt: skip
+    for i, (row, match) in enumerate(bad):
+        with pytest.raises(UserError, match=rf"b{i}\.jsonl:1: {match}"):
+            read_prompts(_write(tmp_path / f"b{i}.jsonl", [row]))

@@ -602,3 +602,20 @@ def test_prompt_rule_ids_from_a_csv_cell_are_one_id_and_checked(tmp_path, rules_
     with pytest.raises(UserError, match=rf"p\.jsonl:1: rule_ids: 'R44' is no rule of {re.escape(str(rules_file))}"):
         read_prompts(tmp_path / "p.jsonl", rs)
     assert read_prompts(tmp_path / "p.jsonl")[0].rule_ids == ["R4", "R44"]  # control: without the rules, unchecked
+
+
+def test_rule_prompts_with_a_system_prompt_or_earlier_turns_are_refused(tmp_path):
+    """`rules sft|dpo|eval` send the last user turn alone: a row's system prompt and earlier turns were dropped, and
+    `rules eval` scored the model on a conversation other than the file's."""
+    from weitiao.safety.rules import read_prompts
+
+    turns = [{"role": "user", "content": "我买了本书"}, {"role": "assistant", "content": "好的"},
+             {"role": "user", "content": "能退吗？"}]  # fmt: skip
+    for rows, what in (([{"prompt": "你好"}, {"prompt": "怎么退款？", "system": "你是书店客服"}], "a system prompt"),
+                       ([{"messages": turns}], "earlier turns")):  # fmt: skip
+        path = tmp_path / "p.jsonl"
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        with pytest.raises(UserError, match=rf"p\.jsonl:{len(rows)}: {what}: rules sft\|dpo\|eval send one user turn"):
+            read_prompts(path)
+    path.write_text(json.dumps({"messages": turns[-1:]}, ensure_ascii=False) + "\n", encoding="utf-8")  # control
+    assert [p.text for p in read_prompts(path)] == ["能退吗？"]

@@ -46,6 +46,7 @@ class GenSettings:
     batch_size: int = 8
     """Replies generated together (>= 1)."""
     seed: int = 0
+    """Sampling: prompt k draws from its own stream seeded seed + k (the same replies at any batch size)."""
 
     def __post_init__(self) -> None:
         check_decoding(self.max_new_tokens, self.temperature, self.top_p, self.repetition_penalty)

@@ -255,10 +255,15 @@ def _load_chat(cfg: dict, run_dir: Path) -> tuple[Any, Any]:
 
 
 def _load_base(cfg: dict) -> Any:
-    from weitiao.models.load import ModelSpec, load_model
+    """The base as trained. A 4-bit base keeps bitsandbytes' training kernel, as the run's `train.golden` hook
+    answered with: in eval mode on a CPU with AVX512-BF16 it repacks for a bf16 kernel whose greedy answers differ
+    (7 of 12 the same on a tiny QLoRA run), so one report compared checkpoints answered in two ways."""
+    from weitiao.models.load import ModelSpec, keep_4bit_training_path, load_model
 
     mcfg = cfg.get("model", {}) or {}
-    return load_model(ModelSpec(**{**mcfg, "gradient_checkpointing": False})).eval()  # the base as trained
+    model = load_model(ModelSpec(**{**mcfg, "gradient_checkpointing": False}))
+    keep_4bit_training_path(model)
+    return model.eval()
 
 
 def generate_missing(
@@ -395,7 +400,24 @@ def evaluate_golden(
         if s in evals:
             summary[s]["eval_loss"] = evals[s]
     best = pick(summary, select) if select is not None else None
+    if best is not None and (tie := tie_note(summary, select, best, labels)):  # type: ignore[arg-type]
+        notes.append(tie)
     return GoldenResult(steps, labels, replies, summary, best, pick(summary, "eval_loss"), select, errors, notes, gen)
+
+
+def tie_note(summary: dict[int, dict[str, float]], metric: str, best: int, labels: dict[int, str]) -> str | None:
+    """A note when other checkpoints share the recommended one's `metric` value: the metric did not choose among
+    them (`pick` names the earliest; every checkpoint at rougeL 0 read as step 1 recommended by ROUGE-L). None when
+    the value is the best alone."""
+    value = summary[best][metric]
+    same = [s for s, m in sorted(summary.items()) if m.get(metric) == value]
+    if len(same) < 2:
+        return None
+    who = "all" if len(same) == len(summary) else f"{len(same)} of"
+    return (
+        f"{who} {len(summary)} checkpoints tie at {metric} {value:.4g} ({', '.join(labels[s] for s in same[:4])}"
+        f"{', ...' if len(same) > 4 else ''}): {metric} does not choose among them; the earliest is named"
+    )
 
 
 def _left_out(labels: list[str]) -> str | None:

@@ -620,6 +620,15 @@ def beyond_vocab(tokenizer: Any, ids: list[int], vocab: int | None) -> str | Non
     )
 
 
+def _seeded(sampling: RowSampling, seed: int | None, k: int, model: Any) -> RowSampling:
+    """Row k's sampling with its own stream seeded seed + k (as `weitiao serve` seeds a request's choices), so a seeded
+    reply depends on its prompt alone, not on `batch_size` or the rows beside it; unchanged when greedy or unseeded."""
+    if seed is None or sampling.temperature == 0:
+        return sampling
+    device = next(model.parameters()).device
+    return replace(sampling, generator=torch.Generator(device).manual_seed((seed + k) % 2**64))
+
+
 def generate_ids(
     model: Any,
     tokenizer: Any,
@@ -639,7 +648,8 @@ def generate_ids(
 ) -> list[Sampled]:
     """Reply to each conversation (ending with a user turn); greedy when temperature == 0.
 
-    Up to `batch_size` rows decode together; a finished row's place goes to the next conversation at once.
+    Up to `batch_size` rows decode together; a finished row's place goes to the next conversation at once. With
+    `seed` each sampled row draws from its own stream (seed + its index): the same replies at any `batch_size`.
     Replies are cut after the first end-of-turn token (kept). top_k=0 and top_p=1 are off. With
     model_defaults=False nothing comes from the model folder's generation_config.json (its min_p,
     no_repeat_ngram_size, repetition_penalty when None, ...): with the defaults above, sampling draws from exactly
@@ -663,7 +673,9 @@ def generate_ids(
     for k, p in enumerate(prompts):
         if why := beyond_vocab(tokenizer, p, vocab):
             raise UserError(f"conversation {k}: {why}")
-    rows = [_Reply(p, sampling, stops or {eot_id}, max_new_tokens) for p in prompts]
+    rows = [
+        _Reply(p, _seeded(sampling, seed, k, model), stops or {eot_id}, max_new_tokens) for k, p in enumerate(prompts)
+    ]
     # all of a batch's prompts in one prefill: offline, nobody waits on the first token
     chunk = batch_size * max((len(p) for p in prompts), default=1)
     engine = Engine(model, pad_id, max_rows=batch_size, prefill_chunk=chunk, ban=ban, sampled_logps=logps)

@@ -474,12 +474,19 @@ def read_jsonl(path: str | Path) -> list[Sample]:
 
 
 def read_prompts(path: str | Path, rs: RuleSet | None = None) -> list[Prompt]:
-    """Prompts from JSONL rows with prompt / question / instruction(+input) / messages (last user turn). A row's
+    """Prompts from JSONL rows with prompt / question / instruction(+input) / messages: one user turn, sent alone
+    (`rules sft|dpo|eval` add at most the rules as the system prompt), so a row's own system prompt or earlier turns are
+    refused naming file:line (they were dropped: the model answered the last turn without them). A row's
     `rule_ids` is a list of ids or one id (a CSV cell: its text was read letter by letter, R01 as R, 0, 1); with `rs`,
     an id that is no rule of its file is refused naming file:line, as coverage does."""
     out = []
     known = (rs.known or {r.id for r in rs.rules}) if rs else None
     for p in read_prompt_rows(path):
+        if len(p.messages) > 1:
+            what = "a system prompt" if p.messages[0]["role"] == "system" else "earlier turns"
+            raise UserError(f"{p.source}: {what}: rules sft|dpo|eval send one user turn alone (with the rules as the "
+                            "system prompt where asked), so it would be dropped; give the last user turn only, or "
+                            "evaluate the conversation with `weitiao eval gen`")  # fmt: skip
         try:
             ids = _rule_ids(p.row)
         except RowError as e:

@@ -311,17 +311,22 @@ class ArenaStore:
 
 
 def read_answers(path: str | Path) -> list[dict]:
-    """Rows {prompt, model, answer} from JSONL; a bad row raises UserError naming file:line and field."""
+    """Rows {prompt, model, answer} from JSONL; a bad row raises UserError naming file:line and field, as does a
+    model's second, different answer to one prompt (read before `serve` makes the --db: it left a new empty one)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: file not found")
-    rows = []
+    rows, first = [], {}
     for n, r in read_jsonl(path):
         for f in ("prompt", "model", "answer"):
             if not isinstance(r, dict) or not isinstance(r.get(f), str):
                 raise UserError(f"{where(path, n, f)}: missing or not a string; rows are {{prompt, model, answer}}")
         for f in sorted(r.keys() - {"prompt", "model", "answer"}):  # e.g. a system prompt the page would not show
             raise UserError(f"{where(path, n, f)}: unknown field; rows are {{prompt, model, answer}}")
+        n0, answer = first.setdefault((r["prompt"], r["model"]), (n, r["answer"]))
+        if answer != r["answer"]:
+            raise UserError(f"{where(path, n, 'answer')}: model {r['model']!r} answered this prompt differently at "
+                            f"line {n0}; keep one")  # fmt: skip
         rows.append({"prompt": r["prompt"], "model": r["model"], "answer": r["answer"]})
     if len({r["model"] for r in rows}) < 2:
         raise UserError(f"{path}: answers from at least two models needed")
