@@ -255,15 +255,11 @@ def _load_chat(cfg: dict, run_dir: Path) -> tuple[Any, Any]:
 
 
 def _load_base(cfg: dict) -> Any:
-    """The base as trained. A 4-bit base keeps bitsandbytes' training kernel, as the run's `train.golden` hook
-    answered with: in eval mode on a CPU with AVX512-BF16 it repacks for a bf16 kernel whose greedy answers differ
-    (7 of 12 the same on a tiny QLoRA run), so one report compared checkpoints answered in two ways."""
-    from weitiao.models.load import ModelSpec, keep_4bit_training_path, load_model
+    """The base as trained (a 4-bit one on the CPU keeps bitsandbytes' training kernel: load_model)."""
+    from weitiao.models.load import ModelSpec, load_model
 
     mcfg = cfg.get("model", {}) or {}
-    model = load_model(ModelSpec(**{**mcfg, "gradient_checkpointing": False}))
-    keep_4bit_training_path(model)
-    return model.eval()
+    return load_model(ModelSpec(**{**mcfg, "gradient_checkpointing": False})).eval()
 
 
 def generate_missing(

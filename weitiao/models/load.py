@@ -297,6 +297,7 @@ def load_model(spec: ModelSpec, device: torch.device | None = None, head: str = 
         model.to(device)
     elif spec.quant == "4bit" and device.type == "cpu":
         refuse_cpu_4bit_widths(model, path)
+        keep_4bit_training_path(model)  # eval gen, chat, serve and reports answer as training computed
     model.config.use_cache = False
     return model
 
@@ -404,7 +405,8 @@ def _score_model(path: str, spec: ModelSpec, kwargs: dict) -> Any:
 
 
 def keep_4bit_training_path(model: Any) -> int:
-    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel; returns modules set.
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel (training and inference alike);
+    returns modules set.
 
     On CPUs with AVX512-BF16, Linear4bit repacks its weight the first time it runs in eval mode
     without grad (an eval pass) and from then on multiplies through a bf16 kernel with no autograd:
