@@ -250,3 +250,14 @@ def test_a_gbk_csv_is_refused_not_read_as_replacement_characters(spark, tmp_path
     (tmp_path / "c.csv").write_text(content, encoding="utf-8")
     r = dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False, engine=spark)  # control: UTF-8 runs
     assert r.con.execute("SELECT chosen, rejected FROM wt_pairs").fetchall() == [("好回答", "一般回答")]
+
+
+def test_the_note_on_repeats_without_user_id_and_ts_is_the_same(spark, tmp_path):
+    """Views repeating another whole with no user_id/ts to tell them from deliveries twice: one note, same count."""
+    (tmp_path / "c.csv").write_text("content_id,context,text\nA,q1,好回答\nB,q1,一般回答\n", encoding="utf-8")
+    rows = [f"A,{40 + i % 3},1" for i in range(10)] + ["B,20,1"] * 8 + ["B,90,1"] * 10  # 7 + 7 + 9 repeats
+    (tmp_path / "n.csv").write_text("content_id,dwell_s,position\n" + "\n".join(rows) + "\n")
+    cfg = load_profile("dwell", "zhihu", ["min_views=5", "position_correction=false", "min_z=0"])
+    duck = dwell.run(tmp_path / "n.csv", cfg, tmp_path / "c.csv", progress=False)
+    sp = dwell.run(tmp_path / "n.csv", cfg, tmp_path / "c.csv", progress=False, engine=spark)
+    assert len(sp.notes) == 1 and sp.notes == duck.notes and "so 23 views" in sp.notes[0]

@@ -71,6 +71,7 @@ class PairsRun:
     seconds: dict[str, float] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     engine: str = "duckdb"
+    notes: list[str] = field(default_factory=list)  # what the counts cannot show (said on screen and in the report)
 
 
 @dataclass(frozen=True)
