@@ -336,3 +336,23 @@ def test_a_gbk_csv_is_named_as_not_utf8(tmp_path):
     (tmp_path / "c.csv").write_bytes(late.encode() + CONTENT.split("\n", 1)[1].encode("gbk"))
     with pytest.raises(UserError, match=utf8):
         dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False)
+
+
+def csv_ids_like_numbers_and_dates(tmp_path):
+    """A content CSV whose ids read as numbers (1e5, 1.50) and whose context reads as a date (2025/03/01), and events
+    in JSON lines naming the ids as written."""
+    (tmp_path / "c.csv").write_text("content_id,context,text,length_chars\n1e5,2025/03/01,好回答,800\n"
+                                    "1.50,2025/03/01,一般回答,800\n", encoding="utf-8")  # fmt: skip
+    rows = [{"content_id": c, "dwell_s": d + i % 3} for c, d in (("1e5", 60), ("1.50", 30)) for i in range(20)]
+    (tmp_path / "e.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return tmp_path / "e.jsonl", tmp_path / "c.csv", load_profile("dwell", "zhihu", ["position_correction=false"])
+
+
+def test_csv_ids_that_look_like_numbers_or_dates_stay_as_written(tmp_path):
+    """A CSV context 2025/03/01 (DuckDB's reader: a DATE) was refused as 'expected an id, got column type DATE'; on
+    Spark ids 1e5 and 1.50 came back as 100000.0 and 1.5, in the pairs and in the joins. An id or text column of a CSV
+    is read as the text it holds now."""
+    events, content, cfg = csv_ids_like_numbers_and_dates(tmp_path)
+    r = dwell.run(events, cfg, content, progress=False)
+    got = r.con.execute("SELECT chosen_id, rejected_id, context FROM wt_pairs").fetchall()
+    assert got == [("1e5", "1.50", "2025/03/01")]

@@ -261,3 +261,16 @@ def test_the_note_on_repeats_without_user_id_and_ts_is_the_same(spark, tmp_path)
     duck = dwell.run(tmp_path / "n.csv", cfg, tmp_path / "c.csv", progress=False)
     sp = dwell.run(tmp_path / "n.csv", cfg, tmp_path / "c.csv", progress=False, engine=spark)
     assert len(sp.notes) == 1 and sp.notes == duck.notes and "so 23 views" in sp.notes[0]
+
+
+def test_csv_ids_that_look_like_numbers_or_dates_stay_as_written(spark, tmp_path):
+    """Spark read a CSV id 1e5 as 100000.0 and 1.50 as 1.5: the events' "1e5" joined nothing (all unknown_content)
+    and a pair's ids were not the file's. Now an id or text column of a CSV is read as text, as on DuckDB."""
+    from test_logs_inputs import csv_ids_like_numbers_and_dates
+
+    events, content, cfg = csv_ids_like_numbers_and_dates(tmp_path)
+    duck = dwell.run(events, cfg, content, progress=False)
+    sp = dwell.run(events, cfg, content, progress=False, engine=spark)
+    query = "SELECT chosen_id, rejected_id, context FROM wt_pairs"
+    assert sp.con.execute(query).fetchall() == duck.con.execute(query).fetchall() == [("1e5", "1.50", "2025/03/01")]
+    assert build_report(sp)["ledgers"] == build_report(duck)["ledgers"]

@@ -102,8 +102,9 @@ class Engine(Protocol):
     name: str
     errors: tuple[type[BaseException], ...]
 
-    def source(self, name: str, path: str) -> tuple[str, dict[str, str]]:
-        """Open a log file: (what to put after FROM, {column: DuckDB type name}); UserError if unreadable."""
+    def source(self, name: str, path: str, text: tuple[str, ...] = ()) -> tuple[str, dict[str, str]]:
+        """Open a log file: (what to put after FROM, {column: DuckDB type name}); UserError if unreadable. A CSV's
+        `text` columns are read as the text they hold, whatever their values look like (007, 1e5, 2025/03/01)."""
 
     def file_kind(self, path: str) -> str:
         """parquet | csv | tsv | json: how the engine reads `path` (a file, glob or folder of part files)."""
@@ -172,7 +173,7 @@ class DuckEngine:
     def __init__(self, threads: int | None = None, con: duckdb.DuckDBPyConnection | None = None):
         self.con = con or connect(threads)
 
-    def source(self, name: str, path: str) -> tuple[str, dict[str, str]]:
+    def source(self, name: str, path: str, text: tuple[str, ...] = ()) -> tuple[str, dict[str, str]]:
         if "://" in path:
             raise UserError(f"{path}: the DuckDB engine reads local files; for remote paths use --engine spark")
         if Path(path).is_dir():
@@ -180,12 +181,9 @@ class DuckEngine:
         if not path_exists(path):
             raise UserError(f"{path}: file not found")
         fmt, q = self.file_kind(path), path.replace("'", "''")
-        reader = {
-            "parquet": f"read_parquet('{q}')",
-            "csv": f"read_csv('{q}', header = true)",
-            "tsv": f"read_csv('{q}', header = true)",
-            "json": f"read_json('{q}')",
-        }[fmt]
+        types = ", ".join(f"'{c.replace(chr(39), chr(39) * 2)}': 'VARCHAR'" for c in text)
+        csv = f"read_csv('{q}', header = true{f', types = {{{types}}}' if types else ''})"
+        reader = {"parquet": f"read_parquet('{q}')", "csv": csv, "tsv": csv, "json": f"read_json('{q}')"}[fmt]
         try:
             described = self.con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()
         except duckdb.Error as e:
@@ -285,8 +283,14 @@ def open_table(
     path = str(path)
     reader, types = engine.source(name, path)
     kind = engine.file_kind(path)
-    select, checks = [], []
     source = {ours: theirs for theirs, ours in (mapping or {}).items() if theirs in types}
+    # a CSV has no types: an id or text the reader took for a number or a date (00123, 1e5, 1.50, 2025/03/01) is read
+    # again as what the file says, else it came back changed (1e5 → 100000.0) or was refused as no id (a DATE)
+    guessed = tuple(dict.fromkeys(src for c in columns if c.kind in ("id", "text") and
+                                  types.get(src := source.get(c.name, c.name), "VARCHAR") != "VARCHAR"))  # fmt: skip
+    if guessed and kind in ("csv", "tsv"):
+        reader, types = engine.source(name, path, text=guessed)
+    select, checks = [], []
     read = {source.get(c.name, c.name) for c in columns} | set(mapping or {}) | set(others)
     unread = tuple(t for t in types if t not in read)
     for col in columns:
