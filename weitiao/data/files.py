@@ -258,6 +258,14 @@ TYPELESS = (".csv", ".xlsx")  # files whose cells all read as text
 NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")  # JSON's number: 007, +1, " 1" are not
 
 
+def as_number(text: str) -> float | None:
+    """`text` as Python's float() reads it ("1.0", "1e-4", " 2 ", "nan"), None when it reads no number."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def number_cell(value: Any, source: str) -> Any:
     """`value` as a float when it is a CSV/xlsx cell (`source` file:line) holding a number, else `value`: such a file
     has no number type, and a column read as a number (a weight, a margin) came as the text "0.5"."""
