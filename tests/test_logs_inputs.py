@@ -356,3 +356,17 @@ def test_csv_ids_that_look_like_numbers_or_dates_stay_as_written(tmp_path):
     r = dwell.run(events, cfg, content, progress=False)
     got = r.con.execute("SELECT chosen_id, rejected_id, context FROM wt_pairs").fetchall()
     assert got == [("1e5", "1.50", "2025/03/01")]
+
+
+def test_a_csv_header_naming_a_column_twice_is_refused_and_an_empty_file_named(tmp_path):
+    """DuckDB read a second `liked` column as liked_1 and left it unread, unsaid (here: the view the first says was
+    liked, the second not); an empty events file said 'content_id: missing column ... columns found: column0'."""
+    msg = error(tmp_path, events="content_id,dwell_s,position,liked,liked\nA,60,1,1,0\nB,30,2,0,0\n")
+    assert msg.endswith("events.csv:1: liked: the header names this column twice; rename or drop one (the reader "
+                        "would take one of them)")  # fmt: skip
+    assert error(tmp_path, events="").endswith("events.csv: empty file; expected log rows (a CSV: a header line, "
+                                               "then rows)")  # fmt: skip
+    assert error(tmp_path, content="").startswith(f"{tmp_path / 'other.csv'}: empty file")  # the content file too
+    (tmp_path / "e.csv").write_text("content_id,dwell_s,position,liked\nA,60,1,1\nB,30,2,0\n", encoding="utf-8")
+    (tmp_path / "c.csv").write_text(CONTENT, encoding="utf-8")  # control: one liked column reads
+    dwell.run(tmp_path / "e.csv", load_profile("dwell", "zhihu"), tmp_path / "c.csv", progress=False)

@@ -132,8 +132,12 @@ def test_same_errors_on_bad_logs(spark, tmp_path):
 
     pq.write_table(pa.table({"content_id": ["a"], "dwell": [3.0]}), tmp_path / "ev.parquet")
     pq.write_table(pa.table({"content_id": ["a", "b"], "dwell_s": ["3", "x"]}), tmp_path / "bad.parquet")
+    (tmp_path / "dup.csv").write_text("content_id,dwell_s,liked,liked\na,3,1,0\n", encoding="utf-8")
+    (tmp_path / "empty.csv").write_text("", encoding="utf-8")
     cfg = load_profile("dwell", "zhihu", ["position_correction=false"])
-    for name, message in (("ev.parquet", "dwell_s: missing column"), ("bad.parquet", "dwell_s: expected a number")):
+    for name, message in (("ev.parquet", "dwell_s: missing column"), ("bad.parquet", "dwell_s: expected a number"),
+                          ("dup.csv", "dup.csv:1: liked: the header names this column twice"),
+                          ("empty.csv", "empty.csv: empty file")):  # fmt: skip
         errors = []
         for engine in (None, spark):
             with pytest.raises(UserError) as e:

@@ -15,7 +15,9 @@ UserError naming the file and the column (missing, wrong type, bad timestamp, em
 
 from __future__ import annotations
 
+import csv
 import glob
+import gzip
 import re
 import time
 from dataclasses import dataclass, field, replace
@@ -153,6 +155,25 @@ def path_exists(path: str) -> bool:
     return bool(glob.glob(path)) if any(ch in path for ch in "*?[") else Path(path).is_file()
 
 
+def _twice_in_header(path: str, sep: str) -> tuple[str, str] | None:
+    """(file, column) for a local CSV/TSV (or each file of a glob or folder) whose header names a column twice: DuckDB
+    reads the second as `name_1` (not read, unsaid), Spark renames both. None for remote or unreadable files."""
+    if "://" in path:
+        return None
+    files = sorted(glob.glob(path)) if any(ch in path for ch in "*?[") else [path]
+    if len(files) == 1 and Path(files[0]).is_dir():
+        files = sorted(str(f) for f in Path(files[0]).iterdir() if f.suffix.lower() in (".csv", ".tsv", ".gz"))
+    for f in files:
+        try:
+            with (gzip.open if f.lower().endswith(".gz") else open)(f, "rt", encoding="utf-8-sig", newline="") as fh:
+                header = next(csv.reader(fh, delimiter=sep), [])
+        except (OSError, UnicodeDecodeError, csv.Error, EOFError):
+            continue  # the engine's own read says what is wrong with it
+        if twice := next((c for i, c in enumerate(header) if c and c in header[:i]), None):
+            return f, twice
+    return None
+
+
 def file_format(path: str) -> str:
     """parquet | csv | tsv | json from a file name (compressed .gz too); UserError for anything else."""
     p = path.lower().removesuffix(".gz").rstrip("/")
@@ -281,8 +302,13 @@ def open_table(
     below `min`; errors name the file's own column.
     """
     path = str(path)
+    if "://" not in path and Path(path).is_file() and Path(path).stat().st_size == 0:  # DuckDB: "columns found: json"
+        raise UserError(f"{path}: empty file; expected log rows (a CSV: a header line, then rows)")
     reader, types = engine.source(name, path)
     kind = engine.file_kind(path)
+    if kind in ("csv", "tsv") and (twice := _twice_in_header(path, "\t" if kind == "tsv" else ",")):
+        raise UserError(f"{where(twice[0], 1, twice[1])}: the header names this column twice; rename or drop one "
+                        "(the reader would take one of them)")  # fmt: skip
     source = {ours: theirs for theirs, ours in (mapping or {}).items() if theirs in types}
     # a CSV has no types: an id or text the reader took for a number or a date (00123, 1e5, 1.50, 2025/03/01) is read
     # again as what the file says, else it came back changed (1e5 → 100000.0) or was refused as no id (a DATE)
