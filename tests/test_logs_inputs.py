@@ -370,3 +370,16 @@ def test_a_csv_header_naming_a_column_twice_is_refused_and_an_empty_file_named(t
     (tmp_path / "e.csv").write_text("content_id,dwell_s,position,liked\nA,60,1,1\nB,30,2,0\n", encoding="utf-8")
     (tmp_path / "c.csv").write_text(CONTENT, encoding="utf-8")  # control: one liked column reads
     dwell.run(tmp_path / "e.csv", load_profile("dwell", "zhihu"), tmp_path / "c.csv", progress=False)
+
+
+def test_csv_times_in_a_guessed_pattern_are_refused_not_read_day_first(tmp_path):
+    """DuckDB's CSV reader took 03/01/2025 for 3 January (a pattern guessed from the values; Spark refused the same
+    file): the thumbs-down of 01/03/2025 read as the later click and won. A CSV time is read as ISO text now, as on
+    Spark: the pattern is refused naming the column and a value."""
+    events = "response_id,event,ts,value\nr1,thumbs_up,03/01/2025 10:00:00,\nr1,thumbs_down,01/03/2025 10:00:00,\n"
+    msg = error(tmp_path, "chat", events=events, content=RESPONSES)
+    assert "events.csv: ts: expected a timestamp" in msg and "found '03/01/2025 10:00:00' (2 rows)" in msg
+    iso = events.replace("03/01/2025", "2025-03-01").replace("01/03/2025", "2025-01-03")  # control: ISO reads
+    (tmp_path / "e.csv").write_text(iso, encoding="utf-8")
+    (tmp_path / "r.csv").write_text(RESPONSES, encoding="utf-8")
+    chat.run(tmp_path / "e.csv", tmp_path / "r.csv", load_profile("chat", "chat"), progress=False)

@@ -311,9 +311,11 @@ def open_table(
                         "(the reader would take one of them)")  # fmt: skip
     source = {ours: theirs for theirs, ours in (mapping or {}).items() if theirs in types}
     # a CSV has no types: an id or text the reader took for a number or a date (00123, 1e5, 1.50, 2025/03/01) is read
-    # again as what the file says, else it came back changed (1e5 → 100000.0) or was refused as no id (a DATE)
-    guessed = tuple(dict.fromkeys(src for c in columns if c.kind in ("id", "text") and
-                                  types.get(src := source.get(c.name, c.name), "VARCHAR") != "VARCHAR"))  # fmt: skip
+    # again as what the file says, else it came back changed (1e5 → 100000.0) or was refused as no id (a DATE); so is
+    # a time it read by a guessed pattern (03/01/2025 as 3 January), to be read as ISO text as Spark reads it
+    guessed = tuple(dict.fromkeys(src for c in columns if (src := source.get(c.name, c.name)) in types and (
+        c.kind in ("id", "text") and types[src] != "VARCHAR" or c.kind == "time" and types[src] in ("DATE", "TIMESTAMP",
+        "TIMESTAMP WITH TIME ZONE"))))  # fmt: skip
     if guessed and kind in ("csv", "tsv"):
         reader, types = engine.source(name, path, text=guessed)
     select, checks = [], []
