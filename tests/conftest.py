@@ -179,14 +179,14 @@ def free_port() -> int:
 
 
 def torchrun_driver(
-    driver: Path, *args: str, nproc: int = 2, timeout: int = 600, ok: bool = True
+    driver: Path, *args: str, nproc: int = 2, timeout: int = 600, ok: bool = True, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     """`python -m torch.distributed.run --nproc_per_node=NPROC DRIVER ARGS` on CPU (one thread a process, this
-    checkout's weitiao first on the path), asserted to exit 0 (else its first traceback; `ok` false: not 0); the
-    finished launch."""
+    checkout's weitiao first on the path, `env` added), asserted to exit 0 (else its first traceback; `ok` false:
+    not 0); the finished launch."""
     root = Path(__file__).resolve().parents[1]
     ddp = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(root)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(root), **(env or {})}
     cmd = [sys.executable, *ddp, f"--master_port={free_port()}", str(driver), *args]
     p = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=timeout)
     assert (p.returncode == 0) == ok, p.stderr[max(0, p.stderr.find("Traceback")) :][-3000:]

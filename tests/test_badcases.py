@@ -252,7 +252,7 @@ def test_a_gbk_csv_from_excel_is_read_and_bad_options_are_refused(tmp_path):
 def test_csv_errors_name_the_line_after_a_cell_with_line_breaks(tmp_path):
     """A quoted cell spanning two lines pushed the next row down a line; the error named line 3 for a row on line 4."""
     (tmp_path / "c.csv").write_text('prompt,bad,golden\n"第一行\n第二行",坏,好\n你好,滚\n', encoding="utf-8")
-    with pytest.raises(UserError, match=r"c\.csv:4: golden: missing"):
+    with pytest.raises(UserError, match=r"c\.csv:4: 2 columns, the header has 3; quote"):
         badcases.ingest([tmp_path / "c.csv"])
     (tmp_path / "c.csv").write_text('prompt,bad,golden\n"第一行\n第二行",坏,好\n你好,滚,好的\n', encoding="utf-8")
     assert [c.source.rsplit(":", 1)[1] for c in badcases.ingest([tmp_path / "c.csv"])] == ["2", "4"]
@@ -263,11 +263,11 @@ def test_a_split_cell_a_repeated_column_and_a_blank_answer_are_refused(tmp_path)
     answer cut, the rest dropped), a column named twice kept the last, a golden of spaces trained an empty reply."""
     split = tmp_path / "split.csv"
     split.write_text("prompt,bad,golden\n退货要多久,不知道,七天内到账,节假日顺延\n", encoding="utf-8")
-    with pytest.raises(UserError, match=r"split\.csv:2: 4 cells but the header has 3; quote a cell"):
+    with pytest.raises(UserError, match=r"split\.csv:2: 4 columns, the header has 3; quote a cell"):
         badcases.ingest([split])
     twice = tmp_path / "twice.csv"
     twice.write_text("prompt,bad,golden,prompt\n你好,滚,您好,\n", encoding="utf-8")
-    with pytest.raises(UserError, match=r"twice\.csv:1: prompt: column appears twice"):
+    with pytest.raises(UserError, match=r"twice\.csv:1: header: expected unique, non-empty column names"):
         badcases.ingest([twice])
     blank = tmp_path / "blank.jsonl"
     blank.write_text(json.dumps({"prompt": "你好", "bad": "滚", "golden": "   "}) + "\n", encoding="utf-8")
@@ -314,3 +314,14 @@ def test_a_windows_line_break_inside_a_cell_reads_as_one_line_break(tmp_path):
     (tmp_path / "c.csv").write_bytes('prompt,bad,golden\r\n"第一行\r\n第二行",坏,"好\r\n的"\r\n'.encode())
     (case,) = badcases.ingest([tmp_path / "c.csv"])
     assert (case.prompt, case.golden) == ("第一行\n第二行", "好\n的")
+
+
+def test_a_csv_cell_over_131072_characters_is_read(tmp_path):
+    """badcases had its own CSV parser: a bad reply over 131,072 characters (csv's default field limit) stopped it
+    with a _csv.Error traceback; it reads CSV with the project's reader now, and a GBK file the same way."""
+    long = "坏" * 140_000
+    for name, enc in (("utf8.csv", "utf-8"), ("gbk.csv", "gbk")):
+        with open(tmp_path / name, "w", encoding=enc, newline="") as f:
+            csv.writer(f).writerows([["prompt", "bad", "golden"], ["退货要多久", long, "七天"], ["你好", "滚", "您好"]])
+        cases = badcases.ingest([tmp_path / name])
+        assert [(c.bad, c.source.rsplit(":", 1)[1]) for c in cases] == [(long, "2"), ("滚", "3")]

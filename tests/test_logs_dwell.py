@@ -201,6 +201,29 @@ def test_a_view_delivered_twice_counts_once(tmp_path):
     assert r.con.execute("SELECT chosen_id, rejected_id FROM wt_pairs").fetchall() == [("B", "A")]
 
 
+def test_repeats_that_cannot_be_told_from_deliveries_twice_are_said(tmp_path):
+    """Views repeating another whole in a log without user_id/ts were counted as views without a word (the pairs
+    above turned from A > B to B > A): now a note, on screen and in the report, names the count and the columns."""
+    content = "content_id,context,text,length_chars\nA,q1,好回答,800\nB,q1,一般回答,800\n"
+    (tmp_path / "c.csv").write_text(content, encoding="utf-8")
+    rows = [f"A,{40 + i % 3},1" for i in range(10)] + ["B,20,1"] * 8 + ["B,90,1"] * 10  # 7 + 7 + 9 repeats
+    (tmp_path / "n.csv").write_text("content_id,dwell_s,position\n" + "\n".join(rows) + "\n")
+    cfg = load_profile("dwell", "zhihu", ["min_views=5", "position_correction=false", "min_z=0"])
+    r = dwell.run(tmp_path / "n.csv", cfg, tmp_path / "c.csv", progress=False)
+    [note] = build_report(r)["notes"]
+    assert note.startswith(f"{tmp_path / 'n.csv'}: user_id, ts: no such column, so 23 views that repeat another")
+    write_outputs(r, tmp_path / "o" / "pairs.jsonl", build_report(r))
+    assert "23 views that repeat" in (tmp_path / "o" / "report.html").read_text(encoding="utf-8")
+    head = "content_id,user_id,dwell_s,position"
+    with_user = [head] + [f"{x.split(',')[0]},u{i},{x[2:]}" for i, x in enumerate(rows)]
+    (tmp_path / "u.csv").write_text("\n".join(with_user) + "\n")  # control: every row its own user, no ts
+    r = dwell.run(tmp_path / "u.csv", cfg, tmp_path / "c.csv", progress=False)
+    assert r.notes == []  # none repeats another whole
+    (tmp_path / "d.csv").write_text("\n".join([head, *(f"{x.split(',')[0]},u,{x[2:]}" for x in rows)]) + "\n")
+    r = dwell.run(tmp_path / "d.csv", cfg, tmp_path / "c.csv", progress=False)
+    assert [n.split(": no such")[0] for n in r.notes] == [f"{tmp_path / 'd.csv'}: ts"] and "so 23 views" in r.notes[0]
+
+
 @pytest.mark.parametrize("scale,match", [(1000, "above max_dwell_s 1800 .* milliseconds"),
                                          (1 / 60, "below min_dwell_s 3 .* minutes")])  # fmt: skip
 def test_dwell_nearly_all_out_of_bounds_is_refused_naming_the_unit(tmp_path, scale, match):

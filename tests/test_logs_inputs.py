@@ -336,3 +336,50 @@ def test_a_gbk_csv_is_named_as_not_utf8(tmp_path):
     (tmp_path / "c.csv").write_bytes(late.encode() + CONTENT.split("\n", 1)[1].encode("gbk"))
     with pytest.raises(UserError, match=utf8):
         dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False)
+
+
+def csv_ids_like_numbers_and_dates(tmp_path):
+    """A content CSV whose ids read as numbers (1e5, 1.50) and whose context reads as a date (2025/03/01), and events
+    in JSON lines naming the ids as written."""
+    (tmp_path / "c.csv").write_text("content_id,context,text,length_chars\n1e5,2025/03/01,好回答,800\n"
+                                    "1.50,2025/03/01,一般回答,800\n", encoding="utf-8")  # fmt: skip
+    rows = [{"content_id": c, "dwell_s": d + i % 3} for c, d in (("1e5", 60), ("1.50", 30)) for i in range(20)]
+    (tmp_path / "e.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return tmp_path / "e.jsonl", tmp_path / "c.csv", load_profile("dwell", "zhihu", ["position_correction=false"])
+
+
+def test_csv_ids_that_look_like_numbers_or_dates_stay_as_written(tmp_path):
+    """A CSV context 2025/03/01 (DuckDB's reader: a DATE) was refused as 'expected an id, got column type DATE'; on
+    Spark ids 1e5 and 1.50 came back as 100000.0 and 1.5, in the pairs and in the joins. An id or text column of a CSV
+    is read as the text it holds now."""
+    events, content, cfg = csv_ids_like_numbers_and_dates(tmp_path)
+    r = dwell.run(events, cfg, content, progress=False)
+    got = r.con.execute("SELECT chosen_id, rejected_id, context FROM wt_pairs").fetchall()
+    assert got == [("1e5", "1.50", "2025/03/01")]
+
+
+def test_a_csv_header_naming_a_column_twice_is_refused_and_an_empty_file_named(tmp_path):
+    """DuckDB read a second `liked` column as liked_1 and left it unread, unsaid (here: the view the first says was
+    liked, the second not); an empty events file said 'content_id: missing column ... columns found: column0'."""
+    msg = error(tmp_path, events="content_id,dwell_s,position,liked,liked\nA,60,1,1,0\nB,30,2,0,0\n")
+    assert msg.endswith("events.csv:1: liked: the header names this column twice; rename or drop one (the reader "
+                        "would take one of them)")  # fmt: skip
+    assert error(tmp_path, events="").endswith("events.csv: empty file; expected log rows (a CSV: a header line, "
+                                               "then rows)")  # fmt: skip
+    assert error(tmp_path, content="").startswith(f"{tmp_path / 'other.csv'}: empty file")  # the content file too
+    (tmp_path / "e.csv").write_text("content_id,dwell_s,position,liked\nA,60,1,1\nB,30,2,0\n", encoding="utf-8")
+    (tmp_path / "c.csv").write_text(CONTENT, encoding="utf-8")  # control: one liked column reads
+    dwell.run(tmp_path / "e.csv", load_profile("dwell", "zhihu"), tmp_path / "c.csv", progress=False)
+
+
+def test_csv_times_in_a_guessed_pattern_are_refused_not_read_day_first(tmp_path):
+    """DuckDB's CSV reader took 03/01/2025 for 3 January (a pattern guessed from the values; Spark refused the same
+    file): the thumbs-down of 01/03/2025 read as the later click and won. A CSV time is read as ISO text now, as on
+    Spark: the pattern is refused naming the column and a value."""
+    events = "response_id,event,ts,value\nr1,thumbs_up,03/01/2025 10:00:00,\nr1,thumbs_down,01/03/2025 10:00:00,\n"
+    msg = error(tmp_path, "chat", events=events, content=RESPONSES)
+    assert "events.csv: ts: expected a timestamp" in msg and "found '03/01/2025 10:00:00' (2 rows)" in msg
+    iso = events.replace("03/01/2025", "2025-03-01").replace("01/03/2025", "2025-01-03")  # control: ISO reads
+    (tmp_path / "e.csv").write_text(iso, encoding="utf-8")
+    (tmp_path / "r.csv").write_text(RESPONSES, encoding="utf-8")
+    chat.run(tmp_path / "e.csv", tmp_path / "r.csv", load_profile("chat", "chat"), progress=False)

@@ -132,8 +132,12 @@ def test_same_errors_on_bad_logs(spark, tmp_path):
 
     pq.write_table(pa.table({"content_id": ["a"], "dwell": [3.0]}), tmp_path / "ev.parquet")
     pq.write_table(pa.table({"content_id": ["a", "b"], "dwell_s": ["3", "x"]}), tmp_path / "bad.parquet")
+    (tmp_path / "dup.csv").write_text("content_id,dwell_s,liked,liked\na,3,1,0\n", encoding="utf-8")
+    (tmp_path / "empty.csv").write_text("", encoding="utf-8")
     cfg = load_profile("dwell", "zhihu", ["position_correction=false"])
-    for name, message in (("ev.parquet", "dwell_s: missing column"), ("bad.parquet", "dwell_s: expected a number")):
+    for name, message in (("ev.parquet", "dwell_s: missing column"), ("bad.parquet", "dwell_s: expected a number"),
+                          ("dup.csv", "dup.csv:1: liked: the header names this column twice"),
+                          ("empty.csv", "empty.csv: empty file")):  # fmt: skip
         errors = []
         for engine in (None, spark):
             with pytest.raises(UserError) as e:
@@ -250,3 +254,27 @@ def test_a_gbk_csv_is_refused_not_read_as_replacement_characters(spark, tmp_path
     (tmp_path / "c.csv").write_text(content, encoding="utf-8")
     r = dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False, engine=spark)  # control: UTF-8 runs
     assert r.con.execute("SELECT chosen, rejected FROM wt_pairs").fetchall() == [("好回答", "一般回答")]
+
+
+def test_the_note_on_repeats_without_user_id_and_ts_is_the_same(spark, tmp_path):
+    """Views repeating another whole with no user_id/ts to tell them from deliveries twice: one note, same count."""
+    (tmp_path / "c.csv").write_text("content_id,context,text\nA,q1,好回答\nB,q1,一般回答\n", encoding="utf-8")
+    rows = [f"A,{40 + i % 3},1" for i in range(10)] + ["B,20,1"] * 8 + ["B,90,1"] * 10  # 7 + 7 + 9 repeats
+    (tmp_path / "n.csv").write_text("content_id,dwell_s,position\n" + "\n".join(rows) + "\n")
+    cfg = load_profile("dwell", "zhihu", ["min_views=5", "position_correction=false", "min_z=0"])
+    duck = dwell.run(tmp_path / "n.csv", cfg, tmp_path / "c.csv", progress=False)
+    sp = dwell.run(tmp_path / "n.csv", cfg, tmp_path / "c.csv", progress=False, engine=spark)
+    assert len(sp.notes) == 1 and sp.notes == duck.notes and "so 23 views" in sp.notes[0]
+
+
+def test_csv_ids_that_look_like_numbers_or_dates_stay_as_written(spark, tmp_path):
+    """Spark read a CSV id 1e5 as 100000.0 and 1.50 as 1.5: the events' "1e5" joined nothing (all unknown_content)
+    and a pair's ids were not the file's. Now an id or text column of a CSV is read as text, as on DuckDB."""
+    from test_logs_inputs import csv_ids_like_numbers_and_dates
+
+    events, content, cfg = csv_ids_like_numbers_and_dates(tmp_path)
+    duck = dwell.run(events, cfg, content, progress=False)
+    sp = dwell.run(events, cfg, content, progress=False, engine=spark)
+    query = "SELECT chosen_id, rejected_id, context FROM wt_pairs"
+    assert sp.con.execute(query).fetchall() == duck.con.execute(query).fetchall() == [("1e5", "1.50", "2025/03/01")]
+    assert build_report(sp)["ledgers"] == build_report(duck)["ledgers"]

@@ -262,6 +262,15 @@ def test_number_columns_of_a_csv_or_xlsx_source_are_written_as_numbers(tmp_path)
     assert [(r["score"], r.get("ok"), r.get("code")) for _, r in sorted(rows.items())] == [
         (0.5, True, "007"), (None, False, "12"), (0.9, None, None)]  # fmt: skip
     assert rep["typed_columns"] == {str(tmp_path / "a.csv"): {"score": "number", "id": "number", "ok": "boolean"}}
+    # a column one of whose numbers would be written otherwise stays text: 1e5 came out 100000.0, 1.50 as 1.5
+    (tmp_path / "v.csv").write_text("instruction,output,code,version,n\n问一,答一,1e5,1.50,-0\n问二,答二,12,2.0,-1\n",
+                                    encoding="utf-8")  # fmt: skip
+    rep = mix.run([f"{tmp_path / 'v.csv'}:1"], tmp_path / "v.jsonl")
+    rows = sorted(
+        map(json.loads, (tmp_path / "v.jsonl").read_text(encoding="utf-8").splitlines()), key=lambda r: r["n"]
+    )
+    assert [(r["code"], r["version"], r["n"]) for r in rows] == [("1e5", "1.50", "-0"), ("12", "2.0", "-1")]
+    assert "typed_columns" not in rep
     openpyxl = pytest.importorskip("openpyxl")
     book = openpyxl.Workbook()
     for row in (["instruction", "output", "score"], ["问四", "答四", 0.25], ["问五", "答五", 3]):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -548,3 +549,30 @@ def test_refusals_of_the_run_s_plan_come_before_anything_is_written(tiny_model_d
     write_jsonl(data, [*rows, {"instruction": "坏行"}])  # negative control: the same data resumes
     sft.run(config(tiny_model_dir, data, run, *args))
     assert (run / "metrics.abandoned.jsonl").exists() and (run / "final").is_dir()
+
+
+def test_a_two_process_run_with_no_valid_row_keeps_one_staged_rejects_folder(tiny_model_dir, chat_file, tmp_path):
+    """Under torchrun every process staged its rejects in its own weitiao-rejects-<random> folder and kept it when
+    no row was valid: 2 processes left 2 folders in the temp dir, and the error named one. Now the processes share
+    one staged folder (the main process's name), the one the error names."""
+    from conftest import torchrun_driver, write_jsonl
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "坏行"}, {"instruction": "你好", "output": 42}])
+    driver = tmp_path / "cli.py"
+    driver.write_text("import sys\nfrom weitiao.cli import main\nsys.argv[0] = 'weitiao'\nmain()\n")
+    (tmp_path / "empty.yaml").write_text("{}\n")
+    over = [f"model.path={tiny_model_dir}", f"data.train=[{bad}]", f"train.out={tmp_path / 'run'}"]
+    over += ["data.skip_invalid=true", "train.max_steps=1", "train.progress=false", "train.tensorboard=false"]
+    env = {"TMPDIR": str(tmp)}
+    p = torchrun_driver(driver, "sft", str(tmp_path / "empty.yaml"), *over, ok=False, env=env)
+    named = re.findall(r"invalid rows are in (\S+rejects\.jsonl)", " ".join((p.stderr + p.stdout).split()))
+    staged = list(tmp.glob("weitiao-rejects-*"))
+    assert len(staged) == 1 and set(named) == {str(staged[0] / "rejects.jsonl")}  # was: 2 folders, one named
+    assert len((staged[0] / "rejects.jsonl").read_text(encoding="utf-8").splitlines()) == 2
+    shutil.rmtree(staged[0])
+    rows = [json.loads(x) for x in Path(chat_file).read_text(encoding="utf-8").splitlines()]  # control: a run starts
+    write_jsonl(bad, [*rows, {"instruction": "坏行"}])
+    torchrun_driver(driver, "sft", str(tmp_path / "empty.yaml"), *over, "train.micro_batch_size=1", env=env)
+    assert not list(tmp.glob("weitiao-rejects-*")) and "坏行" in (tmp_path / "run" / "rejects.jsonl").read_text("utf-8")

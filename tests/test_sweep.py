@@ -67,3 +67,15 @@ def test_a_table_we_did_not_write_is_not_replaced(tmp_path):
     (tmp_path / "sw" / "sweep.md").unlink()
     for _ in range(2):  # control: our own table is replaced on the next sweep
         sweep(dpo.DPOConfig, lambda cfg: {"eval_margins": 1.0}, _config(tmp_path), [], "beta=0.1,0.5")
+
+
+def test_sweep_values_and_csv_labels_are_read_as_numbers_by_one_function():
+    """recipes/sweep.py and data/formats.py each had their own `_number` (float() or None): one home now,
+    data.files.as_number, that both import (recipes sit above data)."""
+    from weitiao.data import files, formats
+    from weitiao.recipes import sweep as sweep_module
+
+    assert sweep_module.as_number is formats.as_number is files.as_number
+    assert not hasattr(sweep_module, "_number") and not hasattr(formats, "_number")
+    assert [files.as_number(t) for t in ("1.0", "1e-4", "x", "")] == [1.0, 1e-4, None, None]
+    assert formats.is_feedback_label({"prompt": "问", "completion": "答", "label": "1.0"})  # a CSV cell "1.0"

@@ -258,6 +258,14 @@ TYPELESS = (".csv", ".xlsx")  # files whose cells all read as text
 NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")  # JSON's number: 007, +1, " 1" are not
 
 
+def as_number(text: str) -> float | None:
+    """`text` as Python's float() reads it ("1.0", "1e-4", " 2 ", "nan"), None when it reads no number."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def number_cell(value: Any, source: str) -> Any:
     """`value` as a float when it is a CSV/xlsx cell (`source` file:line) holding a number, else `value`: such a file
     has no number type, and a column read as a number (a weight, a margin) came as the text "0.5"."""
@@ -272,10 +280,11 @@ def cell_text(text: str) -> str:
     return text.replace("\r\n", "\n")
 
 
-def _csv(path: Path, opener: Any = None, max_cell: int | None = MAX_ROW_BYTES) -> Iterator[tuple[int, Any]]:
+def csv_rows(path: Path, opener: Any = None, max_cell: int | None = MAX_ROW_BYTES) -> Iterator[tuple[int, Any]]:
     """Rows of a CSV with a header line, numbered by the file line where each row starts; a line break inside a
     quoted cell is LF, whatever the file's line endings (`cell_text`). A cell may be `max_cell` characters long
-    (data.max_row_bytes, as a JSONL row); what the csv module cannot parse is one line naming file:line."""
+    (data.max_row_bytes, as a JSONL row; None: any length); what the csv module cannot parse is one line naming
+    file:line. `opener` returns a binary stream of UTF-8 to read instead of the file."""
     line_no = [0]
 
     def lines() -> Iterator[str]:
@@ -450,7 +459,7 @@ def iter_records(path: Path, max_row_bytes: int | None = MAX_ROW_BYTES) -> Itera
     elif suffix in (".parquet", ".arrow"):
         yield from _batches(path, suffix[1:])
     elif suffix == ".csv":
-        yield from _csv(path, (lambda: _open_stream(path)) if compressed else None, max_row_bytes)
+        yield from csv_rows(path, (lambda: _open_stream(path)) if compressed else None, max_row_bytes)
     elif suffix == ".xlsx":
         yield from _xlsx(path)
     else:

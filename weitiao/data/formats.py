@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from weitiao.data import transcripts
-from weitiao.data.files import MAX_ROW_BYTES, RowError, expand_paths, iter_records, not_a_row
+from weitiao.data.files import MAX_ROW_BYTES, RowError, as_number, expand_paths, iter_records, not_a_row
 from weitiao.errors import UserError, near_miss
 from weitiao.io import claim_outputs, write_jsonl
 
@@ -693,14 +693,7 @@ def is_feedback_label(record: dict) -> bool:
     text = value.strip().casefold()
     if unpaired and text in UNPAIRED_WORDS or text in FEEDBACK_WORDS or text in map(str, KTO_LABELS):
         return True
-    return unpaired and _number(text) in KTO_LABELS  # "1.0" in a CSV cell
-
-
-def _number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
+    return unpaired and as_number(text) in KTO_LABELS  # "1.0" in a CSV cell
 
 
 def check_keys(record: dict, fmt: str) -> None:

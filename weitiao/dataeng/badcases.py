@@ -15,7 +15,6 @@ more (a new case of a fixed failure kind). The follow-up config keeps the genera
 
 from __future__ import annotations
 
-import csv
 import html
 import io
 import json
@@ -33,7 +32,7 @@ import yaml
 from scipy.sparse import csr_array
 from scipy.sparse import hstack as sparse_hstack
 
-from weitiao.data.files import cell_text
+from weitiao.data.files import RowError, csv_rows
 from weitiao.dataeng.similarity import embed, normalize, tfidf, unit_rows
 from weitiao.errors import UserError, where
 from weitiao.io import atomic_write_text, claim_outputs, read_jsonl, write_jsonl
@@ -81,17 +80,14 @@ def _records(path: Path) -> list[tuple[int, dict]]:
                 continue
         else:
             raise UserError(f"{path}: not UTF-8 or GB18030 text; save the CSV as UTF-8")
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        names = reader.fieldnames or []
-        if twice := next((c for i, c in enumerate(names) if c in names[:i]), None):  # DictReader keeps the last
-            raise UserError(f"{where(path, 1, twice)}: column appears twice in the header; rename one")
-        out, line = [], 2
-        for rec in reader:  # a quoted cell may hold line breaks: the row starts after the previous one ends
-            if None in rec:  # DictReader puts cells past the header under None: an unquoted comma split a cell
-                raise UserError(f"{where(path, line)}: {len(names) + len(rec[None])} cells but the header has "
-                                f"{len(names)}; quote a cell that holds a comma")  # fmt: skip
-            out.append((line, {k: cell_text(v) if isinstance(v, str) else v for k, v in rec.items()}))
-            line = reader.line_num + 1
+        # the project's CSV reader (re-fed as UTF-8): any cell length (the file is in memory already), one line for
+        # what it cannot parse; csv.DictReader stopped at a cell over 131,072 characters with a _csv.Error traceback
+        out = []
+        for line, rec in csv_rows(path, lambda: io.BytesIO(text.encode("utf-8")), max_cell=None):
+            if isinstance(rec, RowError):  # more cells than the header: an unquoted comma split a cell
+                raise UserError(f"{where(path, line)}: {rec.problem}; quote a cell that holds a comma, and give "
+                                "every column (an empty cell is fine)")  # fmt: skip
+            out.append((line, rec))
         return out
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         return list(read_jsonl(path))

@@ -116,9 +116,11 @@ def _typed(text: str, kind: str) -> Any:
 
 
 def _kind(values: list[str]) -> str | None:
-    """number | boolean when every filled cell is one (and one is filled), else None (text)."""
+    """number | boolean when every filled cell is one (and one is filled), else None (text). A number column's every
+    cell must read the same written back as JSON: 1e5 (100000.0), 1.50 (1.5), -0 (0) keep the column text (a code, a
+    version), as 007 does."""
     filled = [v for v in values if v != ""]
-    if filled and all(NUMBER.fullmatch(v) and math.isfinite(float(v)) for v in filled):
+    if filled and all(NUMBER.fullmatch(v) and json.dumps(_typed(v, "number")) == v for v in filled):
         return "number"
     if filled and all(v.casefold() in ("true", "false") for v in filled):
         return "boolean"

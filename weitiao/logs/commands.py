@@ -134,7 +134,9 @@ def _finish(run: PairsRun, f: PairsFlags) -> None:
 
 
 def print_report(rep: dict[str, Any]) -> None:
-    """Console summary: one line per ledger (total = its parts), then pairs per source with precision."""
+    """Console summary: the notes, one line per ledger (total = its parts), then pairs per source with precision."""
+    for note in rep.get("notes", []):
+        console.print(f"note: {note}", markup=False, highlight=False)
     for name, counts in rep["ledgers"].items():
         parts = " + ".join(f"{rule} {n:,}" for rule, n in counts.items() if n)
         console.print(f"[bold]{name}[/] {rep['ledger_totals'][name]['total']:,} = {parts or '0'}", highlight=False)

@@ -277,12 +277,19 @@ def sql_script(cfg: DwellConfig, dialect: str = "duckdb") -> str:
     return script(build_stages(cfg), "dwell", cfg.profile, INPUTS, "item", dialect)
 
 
-def load_inputs(engine: Engine, cfg: DwellConfig, events: str | Path, content: str | Path | None) -> int:
-    """Open and check the log files as views `events` and `content`; returns the event count."""
+def load_inputs(
+    engine: Engine, cfg: DwellConfig, events: str | Path, content: str | Path | None, notes: list[str] | None = None
+) -> int:
+    """Open and check the log files as views `events` and `content`; returns the event count. `notes` gets what the
+    ledger cannot show (`_untold_repeats`)."""
     known = [c.name for c in event_columns(cfg)] + [c.name for c in content_columns()[1:]]
     check_mapping(cfg.columns, known, "dwell")
     riding = () if content is not None else tuple(c.name for c in content_columns())
-    open_table(engine, "events", events, event_columns(cfg), cfg.columns, others=riding)
+    types = open_table(engine, "events", events, event_columns(cfg), cfg.columns, others=riding)
+    source = {ours: theirs for theirs, ours in cfg.columns.items() if theirs in types}
+    missing = [c for c in ("user_id", "ts") if source.get(c, c) not in types]
+    if missing and notes is not None and (note := _untold_repeats(engine, events, missing)):
+        notes.append(note)
     theirs = next((t for t, ours in cfg.columns.items() if ours == "dwell_s"), "dwell_s")
     values = "SELECT dwell_s AS v FROM events WHERE dwell_s IS NOT NULL"
     check_dwell_unit(engine, str(events), theirs, values, cfg.min_dwell_s, cfg.max_dwell_s)
@@ -300,6 +307,19 @@ def load_inputs(engine: Engine, cfg: DwellConfig, events: str | Path, content: s
         _same_content_on_every_event(engine, events, cols, cfg.columns)
         engine.view("content", f"SELECT content_id, {', '.join(cols)} FROM wt_content_all")
     return engine.rows("SELECT count(*) FROM events")[0][0]
+
+
+def _untold_repeats(engine: Engine, events: str | Path, missing: list[str]) -> str | None:
+    """A note on the views that repeat another whole when the events have no `missing` (user_id, ts) column to tell a
+    view delivered twice (dropped as `duplicate`) from a second real view: they are counted as views, unsaid before."""
+    cols = "content_id, user_id, ts, dwell_s, position, liked, collected"
+    n = engine.rows(f"SELECT count(*) FROM (SELECT row_number() OVER (PARTITION BY {cols} ORDER BY dwell_s) AS k "
+                    "FROM events) WHERE k > 1")[0][0]  # fmt: skip
+    if not n:
+        return None
+    return (f"{where(events, field=', '.join(missing))}: no such column, so {n:,} views that repeat another whole "
+            "cannot be told from a view delivered twice; they are counted as views (not as duplicate): add the "
+            "user_id and ts columns to set repeated deliveries apart")  # fmt: skip
 
 
 def _same_content_on_every_event(engine: Engine, events: str | Path, cols: list[str], mapping: dict) -> None:
@@ -331,8 +351,9 @@ def run(
 ) -> PairsRun:
     """Check the logs, run the pipeline on `engine` (default: DuckDB); the run's `con` holds wt_pairs, wt_ledger."""
     engine = engine or DuckEngine(threads)
-    n_events = load_inputs(engine, cfg, events, content)
+    notes: list[str] = []
+    n_events = load_inputs(engine, cfg, events, content, notes)
     inputs = {"events": str(events)} | ({"content": str(content)} if content else {})
     seconds, sizes = run_stages(engine, build_stages(cfg), f"dwell pairs ({cfg.profile})", n_events, progress)
     con = engine.results(["wt_pairs", "wt_ledger"])
-    return PairsRun("dwell", con, cfg, inputs, n_events, seconds, sizes, engine.name)
+    return PairsRun("dwell", con, cfg, inputs, n_events, seconds, sizes, engine.name, notes)

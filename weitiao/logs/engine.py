@@ -15,7 +15,9 @@ UserError naming the file and the column (missing, wrong type, bad timestamp, em
 
 from __future__ import annotations
 
+import csv
 import glob
+import gzip
 import re
 import time
 from dataclasses import dataclass, field, replace
@@ -71,6 +73,7 @@ class PairsRun:
     seconds: dict[str, float] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     engine: str = "duckdb"
+    notes: list[str] = field(default_factory=list)  # what the counts cannot show (said on screen and in the report)
 
 
 @dataclass(frozen=True)
@@ -101,8 +104,9 @@ class Engine(Protocol):
     name: str
     errors: tuple[type[BaseException], ...]
 
-    def source(self, name: str, path: str) -> tuple[str, dict[str, str]]:
-        """Open a log file: (what to put after FROM, {column: DuckDB type name}); UserError if unreadable."""
+    def source(self, name: str, path: str, text: tuple[str, ...] = ()) -> tuple[str, dict[str, str]]:
+        """Open a log file: (what to put after FROM, {column: DuckDB type name}); UserError if unreadable. A CSV's
+        `text` columns are read as the text they hold, whatever their values look like (007, 1e5, 2025/03/01)."""
 
     def file_kind(self, path: str) -> str:
         """parquet | csv | tsv | json: how the engine reads `path` (a file, glob or folder of part files)."""
@@ -151,6 +155,25 @@ def path_exists(path: str) -> bool:
     return bool(glob.glob(path)) if any(ch in path for ch in "*?[") else Path(path).is_file()
 
 
+def _twice_in_header(path: str, sep: str) -> tuple[str, str] | None:
+    """(file, column) for a local CSV/TSV (or each file of a glob or folder) whose header names a column twice: DuckDB
+    reads the second as `name_1` (not read, unsaid), Spark renames both. None for remote or unreadable files."""
+    if "://" in path:
+        return None
+    files = sorted(glob.glob(path)) if any(ch in path for ch in "*?[") else [path]
+    if len(files) == 1 and Path(files[0]).is_dir():
+        files = sorted(str(f) for f in Path(files[0]).iterdir() if f.suffix.lower() in (".csv", ".tsv", ".gz"))
+    for f in files:
+        try:
+            with (gzip.open if f.lower().endswith(".gz") else open)(f, "rt", encoding="utf-8-sig", newline="") as fh:
+                header = next(csv.reader(fh, delimiter=sep), [])
+        except (OSError, UnicodeDecodeError, csv.Error, EOFError):
+            continue  # the engine's own read says what is wrong with it
+        if twice := next((c for i, c in enumerate(header) if c and c in header[:i]), None):
+            return f, twice
+    return None
+
+
 def file_format(path: str) -> str:
     """parquet | csv | tsv | json from a file name (compressed .gz too); UserError for anything else."""
     p = path.lower().removesuffix(".gz").rstrip("/")
@@ -171,7 +194,7 @@ class DuckEngine:
     def __init__(self, threads: int | None = None, con: duckdb.DuckDBPyConnection | None = None):
         self.con = con or connect(threads)
 
-    def source(self, name: str, path: str) -> tuple[str, dict[str, str]]:
+    def source(self, name: str, path: str, text: tuple[str, ...] = ()) -> tuple[str, dict[str, str]]:
         if "://" in path:
             raise UserError(f"{path}: the DuckDB engine reads local files; for remote paths use --engine spark")
         if Path(path).is_dir():
@@ -179,12 +202,9 @@ class DuckEngine:
         if not path_exists(path):
             raise UserError(f"{path}: file not found")
         fmt, q = self.file_kind(path), path.replace("'", "''")
-        reader = {
-            "parquet": f"read_parquet('{q}')",
-            "csv": f"read_csv('{q}', header = true)",
-            "tsv": f"read_csv('{q}', header = true)",
-            "json": f"read_json('{q}')",
-        }[fmt]
+        types = ", ".join(f"'{c.replace(chr(39), chr(39) * 2)}': 'VARCHAR'" for c in text)
+        csv = f"read_csv('{q}', header = true{f', types = {{{types}}}' if types else ''})"
+        reader = {"parquet": f"read_parquet('{q}')", "csv": csv, "tsv": csv, "json": f"read_json('{q}')"}[fmt]
         try:
             described = self.con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()
         except duckdb.Error as e:
@@ -282,10 +302,23 @@ def open_table(
     below `min`; errors name the file's own column.
     """
     path = str(path)
+    if "://" not in path and Path(path).is_file() and Path(path).stat().st_size == 0:  # DuckDB: "columns found: json"
+        raise UserError(f"{path}: empty file; expected log rows (a CSV: a header line, then rows)")
     reader, types = engine.source(name, path)
     kind = engine.file_kind(path)
-    select, checks = [], []
+    if kind in ("csv", "tsv") and (twice := _twice_in_header(path, "\t" if kind == "tsv" else ",")):
+        raise UserError(f"{where(twice[0], 1, twice[1])}: the header names this column twice; rename or drop one "
+                        "(the reader would take one of them)")  # fmt: skip
     source = {ours: theirs for theirs, ours in (mapping or {}).items() if theirs in types}
+    # a CSV has no types: an id or text the reader took for a number or a date (00123, 1e5, 1.50, 2025/03/01) is read
+    # again as what the file says, else it came back changed (1e5 → 100000.0) or was refused as no id (a DATE); so is
+    # a time it read by a guessed pattern (03/01/2025 as 3 January), to be read as ISO text as Spark reads it
+    guessed = tuple(dict.fromkeys(src for c in columns if (src := source.get(c.name, c.name)) in types and (
+        c.kind in ("id", "text") and types[src] != "VARCHAR" or c.kind == "time" and types[src] in ("DATE", "TIMESTAMP",
+        "TIMESTAMP WITH TIME ZONE"))))  # fmt: skip
+    if guessed and kind in ("csv", "tsv"):
+        reader, types = engine.source(name, path, text=guessed)
+    select, checks = [], []
     read = {source.get(c.name, c.name) for c in columns} | set(mapping or {}) | set(others)
     unread = tuple(t for t in types if t not in read)
     for col in columns:

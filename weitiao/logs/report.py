@@ -100,6 +100,7 @@ def build_report(run: PairsRun, truth: str | Path | None = None, top: int = 20) 
         "top_contexts": {str(c): k for c, k in top_rows},
         "seconds": {k: round(v, 3) for k, v in run.seconds.items()},
         "config": run.cfg.model_dump(mode="json"),
+        "notes": run.notes,
     }
     if run.kind == "chat":
         rep["scopes"] = dict(con.execute("SELECT scope, count(*) FROM wt_pairs GROUP BY 1 ORDER BY 1").fetchall())
@@ -173,6 +174,7 @@ def render_html(rep: dict[str, Any], samples: list[dict[str, Any]]) -> str:
     body = f"""<h1>{html.escape(title)}</h1>
 <p>{rep["events"]:,} events → <b>{rep["pairs"]:,} pairs</b> in {rep["contexts_with_pairs"]:,} contexts.
 Inputs: {html.escape(", ".join(rep["inputs"].values()))}</p>
+{"".join(f"<p class=note>note: {html.escape(n)}</p>" for n in rep.get("notes", []))}
 <h2>Pairs per source</h2>
 <table><tr><th>source</th><th>pairs</th><th>mean confidence</th><th>precision vs truth</th></tr>
 {src_rows}</table>

@@ -97,7 +97,7 @@ class SparkEngine:
             return kinds.pop()
         return file_format(path)
 
-    def source(self, name: str, path: str) -> tuple[str, dict[str, str]]:
+    def source(self, name: str, path: str, text: tuple[str, ...] = ()) -> tuple[str, dict[str, str]]:
         local = self.spark.sparkContext.master.startswith("local")  # elsewhere /x may mean the cluster's own FS
         if local and "://" not in path and not Path(path).is_dir() and not path_exists(path):
             raise UserError(f"{path}: file not found")
@@ -106,7 +106,7 @@ class SparkEngine:
             if fmt == "parquet":
                 df = read.parquet(path)
             elif fmt in ("csv", "tsv"):  # RFC 4180 quoting ("" inside quotes), as DuckDB writes and reads it
-                df = self._csv(path, sep="\t" if fmt == "tsv" else ",")
+                df = self._csv(path, "\t" if fmt == "tsv" else ",", text)
             else:
                 df = read.json(path)
         except self.errors as e:
@@ -119,21 +119,22 @@ class SparkEngine:
         types = {f.name: TYPES.get(f.dataType.simpleString(), f.dataType.simpleString().upper()) for f in df.schema}
         return view, types
 
-    def _csv(self, path: str, sep: str):
-        """A CSV file with inferred types, except that a number column holding a value with a leading zero (an id
-        such as 007) stays text, as DuckDB's reader keeps it: read as 7 it no longer joins the other file's 007."""
+    def _csv(self, path: str, sep: str, text: tuple[str, ...] = ()):
+        """A CSV file with inferred types, except that the `text` columns and a number column holding a value with a
+        leading zero (an id such as 007) stay text, as DuckDB's reader keeps it: read as 7 it no longer joins the
+        other file's 007."""
         from pyspark.sql import functions as sf
         from pyspark.sql.types import StringType, StructField, StructType
 
         opts = dict(header=True, sep=sep, quote='"', escape='"', multiLine=True)
         df = self.spark.read.csv(path, inferSchema=True, **opts)
         numbers = [f.name for f in df.schema if TYPES.get(f.dataType.simpleString(), "") in _NUMBERS]
-        if not numbers:
-            return df
-        text = self.spark.read.csv(path, inferSchema=False, **opts)
-        col = [sf.col("`" + c.replace("`", "``") + "`") for c in numbers]
-        found = text.select([sf.max(c.rlike("^0[0-9]").cast("int")) for c in col]).first()
-        zeros = {c for c, hit in zip(numbers, found) if hit}
+        zeros = set(text)
+        if numbers:
+            raw = self.spark.read.csv(path, inferSchema=False, **opts)
+            col = [sf.col("`" + c.replace("`", "``") + "`") for c in numbers]
+            found = raw.select([sf.max(c.rlike("^0[0-9]").cast("int")) for c in col]).first()
+            zeros |= {c for c, hit in zip(numbers, found) if hit}
         if not zeros:
             return df
         schema = StructType([StructField(f.name, StringType()) if f.name in zeros else f for f in df.schema])

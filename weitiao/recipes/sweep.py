@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from weitiao.config import load_config, parse_override
+from weitiao.data.files import as_number
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text, claim_outputs, pyplot, save_figure
 
@@ -42,18 +43,11 @@ def parse_sweep(spec: str) -> tuple[str, list[str]]:
     if len(vals) < 2:
         raise UserError(f"--sweep {spec!r}: give at least two values")
     for v in vals:  # the table, its key column and the plot are per number
-        if _number(v) is None:
+        if as_number(v) is None:
             raise UserError(f"--sweep {spec!r}: {v!r} is not a number; sweep a numeric key (run other settings apart)")
-    if len({_number(v) for v in vals}) < len(vals):
+    if len({as_number(v) for v in vals}) < len(vals):
         raise UserError(f"--sweep {spec!r}: a value is given twice; each value is one run")
     return ALIASES.get(key.strip(), key.strip()), vals
-
-
-def _number(v: str) -> float | None:
-    try:
-        return float(v)
-    except ValueError:
-        return None
 
 
 def sweep(

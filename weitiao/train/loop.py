@@ -448,6 +448,7 @@ class Opened(NamedTuple):
     staged: Path  # where the data's rejects files go until `start` moves them into `out` (made when written)
     state: dict  # the checkpoint's step and data keys (`new_state()` when fresh), for `EpochPlan.total_steps`
     same_steps: bool = False  # the checkpoint's processes were others, its steps alike (`ck.same_steps`)
+    cleans: bool = True  # the machine's first process: it removes the staged folder its machine's processes share
 
     def __enter__(self) -> Opened:
         return self
@@ -455,7 +456,8 @@ class Opened(NamedTuple):
     def __exit__(self, kind: object, error: object, tb: object) -> None:
         if error is not None and str(self.staged) in str(error):
             return  # the refusal names them (no valid row: the rejects say why), so they stay
-        shutil.rmtree(self.staged, ignore_errors=True)  # ours (a random name); gone already after `start`
+        if self.cleans:  # ours (a random name); gone already after `start`
+            shutil.rmtree(self.staged, ignore_errors=True)
 
 
 def open_run(out: Path, t: TrainSpec, cfg: Any, accel: Any) -> Opened:
@@ -468,13 +470,15 @@ def open_run(out: Path, t: TrainSpec, cfg: Any, accel: Any) -> Opened:
     config_yaml, inputs = dump_config(cfg), ck.input_fingerprints(cfg)
     main, world = accel.is_main_process, accel.num_processes
     ckpt = ck.open_run(out, t.resume, config_yaml, main, inputs, world, dist.gather_objects, write=False, move=False)
-    staged = Path(tempfile.gettempdir()) / f"weitiao-rejects-{secrets.token_hex(8)}"  # one per process
+    # one folder for all processes (the main process's name; one per machine): each writes the same rejects files into
+    # it, and a refusal names the one that stays (a folder per process left one folder per process, one named)
+    staged = Path(tempfile.gettempdir()) / f"weitiao-rejects-{dist.gather_objects(secrets.token_hex(8))[0]}"
     state, same = new_state(), False
     if ckpt is not None:
         saved = ck.saved_state(ckpt)
         state.update({k: saved[k] for k in ("step", "data_key", "data_content") if k in saved})
         same = ck.same_steps(ckpt, config_yaml, ck.saved_world(saved), world)
-    return Opened(config_yaml, inputs, ckpt, staged, state, same)
+    return Opened(config_yaml, inputs, ckpt, staged, state, same, accel.is_local_main_process)
 
 
 # Keys that only change how a process reads or shows things: they may differ from process to process.
@@ -553,7 +557,7 @@ def start(
     if ckpt is None:
         ck.set_aside(out, accel.is_main_process)
     accel.wait_for_everyone()  # the previous run is aside before any process writes into `out`
-    if staged.is_dir():  # every process staged its own copy; the main process's goes into `out`
+    if staged.is_dir() and accel.is_local_main_process:  # the machine's processes wrote the same files into it
         for f in sorted(staged.iterdir()) if accel.is_main_process else ():
             out.mkdir(parents=True, exist_ok=True)
             shutil.move(f, out / f.name)
