@@ -238,3 +238,23 @@ def test_dwell_nearly_all_out_of_bounds_is_refused_naming_the_unit(tmp_path, sca
     mostly_idle = [f"{c},{5000 if i < 30 else 40}" for i, c in enumerate("AB" * 20)]
     (tmp_path / "e.csv").write_text("content_id,ms\n" + "\n".join(mostly_idle) + "\n")
     dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False)
+
+
+def test_idle_views_because_the_text_is_short_are_said_when_length_chars_is_missing(tmp_path):
+    """Without length_chars the reading time comes from `text`: previews made every view idle and the run ended with
+    no pairs and no word of why. Now a note names the column, the share dropped and the fix."""
+    rows = [f"A,{40 + i},1" for i in range(10)] + [f"B,{20 + i},1" for i in range(10)]  # no row repeats another
+    (tmp_path / "e.csv").write_text("content_id,dwell_s,position\n" + "\n".join(rows) + "\n")
+    cfg = load_profile("dwell", "zhihu", ["min_views=5", "position_correction=false", "min_z=0"])
+    (tmp_path / "c.csv").write_text("content_id,context,text\nA,q1,好回答\nB,q1,一般回答\n", encoding="utf-8")
+    r = dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False)
+    assert r.con.execute("SELECT count(*) FROM wt_pairs").fetchall() == [(0,)]  # every view idle: no pair
+    [note] = build_report(r)["notes"]
+    assert note.startswith(f"{tmp_path / 'c.csv'}: length_chars: no such column") and "20 of 20 views (100%)" in note
+    # Controls: the full length given, or the idle ratio off, and nothing is said
+    (tmp_path / "c.csv").write_text("content_id,context,text,length_chars\nA,q1,好回答,800\nB,q1,一般,800\n")
+    r = dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False)
+    assert r.notes == [] and r.con.execute("SELECT chosen_id FROM wt_pairs").fetchall() == [("A",)]
+    (tmp_path / "c.csv").write_text("content_id,context,text\nA,q1,好回答\nB,q1,一般回答\n", encoding="utf-8")
+    off = load_profile("dwell", "zhihu", ["min_views=5", "position_correction=false", "min_z=0", "idle_ratio=null"])
+    assert dwell.run(tmp_path / "e.csv", off, tmp_path / "c.csv", progress=False).notes == []

@@ -291,10 +291,11 @@ def load_inputs(
     if missing and notes is not None and (note := _untold_repeats(engine, events, missing)):
         notes.append(note)
     theirs = next((t for t, ours in cfg.columns.items() if ours == "dwell_s"), "dwell_s")
+    length_col = next((t for t, ours in cfg.columns.items() if ours == "length_chars"), "length_chars")
     values = "SELECT dwell_s AS v FROM events WHERE dwell_s IS NOT NULL"
     check_dwell_unit(engine, str(events), theirs, values, cfg.min_dwell_s, cfg.max_dwell_s)
     if content is not None:
-        open_table(engine, "content", content, content_columns(), cfg.columns)
+        lengths = length_col in open_table(engine, "content", content, content_columns(), cfg.columns)
     else:  # content columns ride along on every event: one row per item, the same on each of its events
         own = tuple(c.name for c in event_columns(cfg))
         open_table(engine, "wt_content_src", events, content_columns(own_file=False), cfg.columns, others=own)
@@ -306,7 +307,29 @@ def load_inputs(
         )
         _same_content_on_every_event(engine, events, cols, cfg.columns)
         engine.view("content", f"SELECT content_id, {', '.join(cols)} FROM wt_content_all")
+        lengths = length_col in types
+    if not lengths and notes is not None and (note := _idle_by_text_length(engine, cfg, content or events)):
+        notes.append(note)
     return engine.rows("SELECT count(*) FROM events")[0][0]
+
+
+def _idle_by_text_length(engine: Engine, cfg: DwellConfig, file: str | Path) -> str | None:
+    """A note when most views are idle by a reading time taken from `text` (no length_chars column): a text that is a
+    preview or summary makes every longer read look idle, and the pairs came out empty with no word of why."""
+    if not cfg.idle_ratio:
+        return None
+    expected = f"{n(cfg.base_s)} + c.length_chars / {n(cfg.read_cps)} + c.images * {n(cfg.image_s)}"
+    total, idle, chars = engine.rows(
+        f"SELECT count(*), count(*) FILTER (WHERE e.dwell_s > {n(cfg.idle_ratio)} * ({expected}) AND e.dwell_s <= "
+        f"{n(cfg.max_dwell_s)} AND e.dwell_s >= {n(cfg.min_dwell_s)}), avg(c.length_chars) "
+        "FROM events e JOIN content c ON c.content_id = e.content_id"
+    )[0]
+    if not total or idle * 2 < total:
+        return None
+    return (f"{where(file, field='length_chars')}: no such column, so reading time comes from the text itself "
+            f"({chars:.0f} characters on average): {idle:,} of {total:,} views ({idle / total:.0%}) last over "
+            f"idle_ratio {n(cfg.idle_ratio)} × that and are dropped as idle; if the text is a preview or summary, give "
+            "length_chars (the item's full length), or set idle_ratio: null")  # fmt: skip
 
 
 def _untold_repeats(engine: Engine, events: str | Path, missing: list[str]) -> str | None:
