@@ -387,15 +387,46 @@ def step_prompts(
     return [m for m in picked for _ in range(n_samples)], [w for w in weights for _ in range(n_samples)]
 
 
-def world_change_note(ckpt: Path, saved: int, world: int, step: int, n_prompts: int, per_process: int) -> str:
-    """The line a forced resume on another number of processes prints: the prompt stream shifts from `step` on."""
-    was, now = (math.ceil(n_prompts / (per_process * w)) for w in (saved, world))
-    return (
-        f"train.resume=force: {ckpt} was written by {saved} process(es), resuming with {world}: a step now deals "
-        f"ppo.rollout_batch_size × {world} prompts ({now} steps an episode, was {was}), so from step {step + 1} on "
-        "the prompts are not the ones the original run would have drawn (some of this episode's come again, others "
-        "not at all) and sampling is reseeded"
-    )
+def prompt_plan(digest: str, n_prompts: int, per_process: int, world: int) -> dict[str, Any]:
+    """What decides the prompts of step k (kept in the trainer state): the prompts' digest and count, and the prompts
+    a step deals (ppo.rollout_batch_size × processes)."""
+    return {"data_key": digest, "prompts": n_prompts, "prompts_per_step": per_process * world, "world": world}
+
+
+def check_resume(ckpt: Path, saved: dict, plan: dict, total_steps: int, force: bool) -> str | None:
+    """Refuse resuming `ckpt` (its trainer state `saved`) on other prompts or with no step left, before the run writes
+    anything; returns the line a forced resume prints when its steps deal other prompts (or resample), else None."""
+    if saved.get("data_key", plan["data_key"]) != plan["data_key"] and not force:
+        raise UserError(
+            f"train.resume: data.prompts hold other prompts than {ckpt} was trained on (rows, texts or the ones over "
+            "ppo.prompt_max_len changed); restore them, set train.resume=none (or another train.out) for a new run, "
+            "or train.resume=force"
+        )
+    if saved["step"] >= total_steps:
+        raise UserError(
+            f"train.resume: {ckpt} is already at step {saved['step']} of {total_steps}: nothing to train "
+            "(raise train.max_steps or train.num_episodes, or set train.resume=none)"
+        )
+    was_world = ck.saved_world(saved)
+    was = {"world": was_world, "prompts": plan["prompts"], **saved}  # older checkpoints: this run's counts
+    was.setdefault("prompts_per_step", plan["prompts_per_step"] // plan["world"] * was_world)
+    steps = [math.ceil(x["prompts"] / x["prompts_per_step"]) for x in (was, plan)]
+    after = f"from step {saved['step'] + 1} on"
+    if (was["prompts"], was["prompts_per_step"]) != (plan["prompts"], plan["prompts_per_step"]):
+        return (
+            f"train.resume=force: {ckpt}'s run dealt {was['prompts_per_step']} of {was['prompts']} prompts a step "
+            f"({steps[0]} steps an episode, {was_world} process(es)), this run deals {plan['prompts_per_step']} of "
+            f"{plan['prompts']} ({steps[1]} steps, {plan['world']} process(es)), so {after} the prompts are not the "
+            "ones the original run would have drawn (some of this episode's come again, others not at all)"
+            + (" and sampling is reseeded" if was_world != plan["world"] else "")
+        )
+    if was_world != plan["world"]:
+        return (
+            f"train.resume=force: {ckpt} was written by {was_world} process(es), resuming with {plan['world']}: a "
+            f"step deals the same {plan['prompts_per_step']} prompts, but sampling is reseeded, so {after} the "
+            "replies are not the ones the original run would have drawn"
+        )
+    return None
 
 
 def cut_at_stop(s: Sampled, stops: set[int]) -> Sampled:
@@ -549,23 +580,29 @@ def run(cfg: PPOConfig) -> dict:
         )
     state: dict[str, Any] = {"step": 0, "samples": 0}
     inputs = {**fingerprints, "data.prompts": digest}
-    # a changed config, model, prompts or number of processes: refused (each process's prompt share depends on it)
-    ckpt = ck.open_run(out, t.resume, config_yaml, main, inputs, world, dist.gather_objects, schedule=False)
+    plan = prompt_plan(digest, len(prompts), p.rollout_batch_size, world)
+    # A changed config, model, prompts or number of processes is refused (each process's prompt share depends on it),
+    # and so is a checkpoint with no step left: all before anything in `out` moves or is written.
+    ckpt = ck.open_run(
+        out, t.resume, config_yaml, main, inputs, world, dist.gather_objects, schedule=False, write=False, move=False
+    )
+    if ckpt is not None:
+        note = check_resume(ckpt, ck.saved_state(ckpt), plan, total_steps, t.resume == "force")
+        if main and note:
+            print(note)
+    else:
+        ck.set_aside(out, main)
+    accel.wait_for_everyone()  # the previous run is aside before any process writes into `out`
+    ck.record(out, t.resume, config_yaml, main, inputs, ckpt)
     if ckpt is not None:
         state = {"samples": 0, **_load(ckpt, roles, actor_opt, critic_opt, kl_ctl, moments)}
         rngs = state.pop("rng")
         rngs = [rngs] if isinstance(rngs, dict) else rngs  # older checkpoints hold process 0's only
         if len(rngs) == world:
             ck.set_rng_state(rngs[rank])  # each process continues its own sampling stream
-        else:  # train.resume=force (open_run refuses it otherwise)
+        else:  # train.resume=force (open_run refuses it otherwise); check_resume said what shifts
             torch.manual_seed(t.seed + rank + 1000 * state["step"])
-            if main:
-                print(world_change_note(ckpt, len(rngs), world, state["step"], len(prompts), p.rollout_batch_size))
-        if state["step"] >= total_steps:
-            raise UserError(
-                f"train.resume: {ckpt} is already at step {state['step']} of {total_steps}: nothing to train "
-                "(raise train.max_steps or train.num_episodes, or set train.resume=none)"
-            )
+    state.update(plan)  # this run's prompts (after a forced resume on others, these)
     if main:
         print(
             f"ppo: {len(prompts)} prompts ({too_long} over prompt_max_len dropped) · {total_steps} steps · "
