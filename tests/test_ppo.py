@@ -617,6 +617,28 @@ def test_a_run_stopped_by_stop_after_prints_no_empty_cost_report(tmp_path, monke
         assert ("PPO cost report" in r.output) is shown and ("stopped_at" in r.output) is not shown
 
 
+def test_a_resumed_runs_cost_report_counts_the_seconds_of_the_steps_it_counts(tiny_model_dir, prompts, tmp_path,
+                                                                              monkeypatch):  # fmt: skip
+    """Stopped after step 3 and resumed, the cost report gave the samples of all 4 steps but the seconds of step 4
+    only (a 4× throughput). Each rollout here takes ≥ 0.5 s: the report's rollout_s covers 4 rollouts, and it says
+    how many steps it counts."""
+    import time
+
+    sample = ppo.generate_ids
+
+    def slow(*args, **kw):
+        time.sleep(0.5)
+        return sample(*args, **kw)
+
+    monkeypatch.setattr(ppo, "generate_ids", slow)
+    args = ("train.max_steps=4", "ppo.rollout_batch_size=3", "ppo.max_epochs=1", "train.save_every=1")
+    ppo.run(config(tiny_model_dir, prompts, tmp_path / "a", *args, "train.stop_after=3"))
+    cost = ppo.run(config(tiny_model_dir, prompts, tmp_path / "a", *args, "train.resume=auto"))["cost"]
+    assert cost["rollout_s"] >= 2.0 and cost["total_s"] >= sum(cost[k] for k in ppo.PHASES)
+    assert (cost["steps"], cost["samples"]) == (4, 12)
+    assert json.loads((tmp_path / "a" / "cost.jsonl").read_text())["rollout_s"] == cost["rollout_s"]
+
+
 def test_an_http_reward_that_answers_no_scores_object_or_an_error_is_one_line():
     """A JSON list or number was a TypeError traceback through the recipe; a 500 was two lines (httpx's doc link)
     without what the server said. Each is now one line naming the endpoint and the body's start."""

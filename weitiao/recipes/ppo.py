@@ -594,8 +594,14 @@ def run(cfg: PPOConfig) -> dict:
         ck.set_aside(out, main)
     accel.wait_for_everyone()  # the previous run is aside before any process writes into `out`
     ck.record(out, t.resume, config_yaml, main, inputs, ckpt)
+    spent, peak_before, counted_from = 0.0, 0.0, (0, 0)  # the cost report covers the run's steps from counted_from
     if ckpt is not None:
         state = {"samples": 0, **_load(ckpt, roles, actor_opt, critic_opt, kl_ctl, moments)}
+        if (saved_cost := state.pop("cost", None)) is not None:  # the steps before the checkpoint: their seconds
+            cost.update({k: saved_cost[k] for k in PHASES})
+            spent, peak_before = saved_cost["total_s"], saved_cost["peak_memory_gib"]
+        else:  # a checkpoint from before the cost was kept: the report counts this invocation's steps only
+            counted_from = (state["step"], state["samples"])
         rngs = state.pop("rng")
         rngs = [rngs] if isinstance(rngs, dict) else rngs  # older checkpoints hold process 0's only
         if len(rngs) == world:
@@ -800,6 +806,8 @@ def run(cfg: PPOConfig) -> dict:
             last = state["step"] == total_steps
             if last or (t.save_every and state["step"] % t.save_every == 0):
                 rngs = _rng_states(world)  # a collective: every process takes part
+                state["cost"] = {**cost, "total_s": spent + time.time() - started,
+                                 "peak_memory_gib": max(peak_before, _peak_gib())}  # fmt: skip
                 if main:
                     _save(out, state, roles, actor_opt, critic_opt, kl_ctl, moments, rngs, t.keep_last)
             accel.wait_for_everyone()
@@ -813,15 +821,15 @@ def run(cfg: PPOConfig) -> dict:
         gathered = accel.gather(check.to(device).unsqueeze(0))
         if not torch.allclose(gathered, gathered[:1].expand_as(gathered), rtol=1e-9, atol=1e-9):
             raise RuntimeError(f"ppo: processes hold different weights after training: {gathered.tolist()}")
-    elapsed = time.time() - started
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else _rss_gib()
+    # seconds, samples and steps of the same steps: a resumed run's whole (its checkpoint kept the earlier seconds)
     report = {
         **{k: round(v, 6) for k, v in cost.items()},  # µs: a function reward over a few replies is well under 1 ms
-        "total_s": round(elapsed, 3),
-        "peak_memory_gib": round(peak, 3),
+        "total_s": round(spent + time.time() - started, 3),
+        "peak_memory_gib": round(max(peak_before, _peak_gib()), 3),
         "peak_memory_kind": "cuda allocated" if torch.cuda.is_available() else "process RSS",
         "models_held": models_held,
-        "samples": state["samples"],
+        "steps": state["step"] - counted_from[0],
+        "samples": state["samples"] - counted_from[1],
     }
     summary = {"out": str(out), "steps": state["step"], **metrics, "cost": report}
     if main:
@@ -841,7 +849,10 @@ def run(cfg: PPOConfig) -> dict:
     return summary
 
 
-def _rss_gib() -> float:
+def _peak_gib() -> float:
+    """Peak memory so far: CUDA allocated, else the process's peak RSS."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
