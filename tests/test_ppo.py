@@ -639,6 +639,22 @@ def test_a_resumed_runs_cost_report_counts_the_seconds_of_the_steps_it_counts(ti
     assert json.loads((tmp_path / "a" / "cost.jsonl").read_text())["rollout_s"] == cost["rollout_s"]
 
 
+def test_merge_rollout_on_a_quantized_base_or_a_full_actor_is_refused(tiny_model_dir, prompts, tmp_path):
+    """ppo.merge_rollout on a 4/8-bit base or with lora.enabled false sampled unmerged, unsaid: one line now."""
+    merge = "ppo.merge_rollout=true"
+    for extra, why in (
+        (("model.quant=4bit",), r"the base is quantized \(model.quant=4bit\)"),
+        (("model.quant=8bit",), r"the base is quantized \(model.quant=8bit\)"),
+    ):
+        said = rf"^command line model.quant=\dbit ppo.merge_rollout=true: Value error, ppo.merge_rollout .*but {why}; "
+        with pytest.raises(UserError, match=said):  # no empty key (': : Value error') for a check across sections
+            config(tiny_model_dir, prompts, tmp_path / "a", *extra, merge)
+    with pytest.raises(UserError, match=r"but the actor is trained in full \(lora.enabled: false\): no adapter"):
+        config(tiny_model_dir, prompts, tmp_path / "a", merge, lora=("lora.enabled=false",))
+    assert config(tiny_model_dir, prompts, tmp_path / "a", merge).ppo.merge_rollout  # control: LoRA, plain base
+    assert config(tiny_model_dir, prompts, tmp_path / "a", "model.quant=4bit").model.quant == "4bit"
+
+
 def test_an_http_reward_that_answers_no_scores_object_or_an_error_is_one_line():
     """A JSON list or number was a TypeError traceback through the recipe; a 500 was two lines (httpx's doc link)
     without what the server said. Each is now one line naming the endpoint and the body's start."""

@@ -107,7 +107,7 @@ class PPOSpec(BaseModel):
         False,
         description="sample with the actor's LoRA folded into the base weights: faster decoding, same samples, "
         "the base restored bit for bit after, but a copy of the adapted base weights is held meanwhile; "
-        "unquantized bases only (4/8-bit ones sample unmerged)",
+        "LoRA on an unquantized base only (else refused)",
     )
 
     @field_validator("top_p")
@@ -166,6 +166,16 @@ class PPOConfig(BaseModel):
     data: PromptSpec
     ppo: PPOSpec = Field(default_factory=PPOSpec)
     train: PPOTrainSpec = Field(default_factory=PPOTrainSpec)
+
+    @model_validator(mode="after")
+    def _merge_needs_lora_on_plain_base(self) -> PPOConfig:
+        # it sampled unmerged, unsaid: a quantized base cannot take the adapter exactly, a full actor has none
+        why = f"the base is quantized (model.quant={self.model.quant})" if self.model.quant != "none" else None
+        why = why or (None if self.lora.enabled else "the actor is trained in full (lora.enabled: false): no adapter")
+        if self.ppo.merge_rollout and why:
+            raise ValueError(f"ppo.merge_rollout folds the actor's LoRA into an unquantized base, but {why}; remove "
+                             "ppo.merge_rollout (sampling is unmerged)")  # fmt: skip
+        return self
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -642,7 +652,7 @@ def run(cfg: PPOConfig) -> dict:
             #    end-of-turn or EOS token (any id the saved actor stops at).
             t0 = time.time()
             roles.eval()
-            with rollout_actor(roles, p.merge_rollout and cfg.model.quant == "none") as actor:
+            with rollout_actor(roles, p.merge_rollout) as actor:
                 samples = generate_ids(
                     actor, tokenizer, template, batch_prompts, p.generate_max_len, p.temperature,
                     top_p=1.0, top_k=0, batch_size=p.micro_rollout_batch_size, model_defaults=False,
