@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -259,25 +260,82 @@ def test_a_forced_resume_on_another_number_of_processes_says_the_prompts_shift(t
                                                                               capsys):  # fmt: skip
     """Each step deals ppo.rollout_batch_size × processes prompts: a 2-process checkpoint resumed by 1 process under
     train.resume=force draws other prompts from then on, and said only 'sampling reseeded'. Now one line names the
-    saved and current process counts and the shift; without force it is refused (as SFT/DPO/RM)."""
+    saved and current prompts a step and the shift; without force it is refused (as SFT/DPO/RM). With
+    rollout_batch_size doubled, a step deals the same prompts: the line says only that sampling is reseeded."""
     from weitiao.train import checkpoint as ck
 
     args = ("train.max_steps=2", "ppo.max_epochs=1")
     ppo.run(config(tiny_model_dir, prompts, tmp_path / "a", *args, "train.stop_after=1", "train.save_every=1"))
     ckpt = tmp_path / "a" / "checkpoints" / "step-000001"
     state = torch.load(ckpt / ck.STATE_FILE, weights_only=False)
-    torch.save({**state, "rng": state["rng"] * 2}, ckpt / ck.STATE_FILE)  # as 2 processes write it
+    as_two = {**state, "rng": state["rng"] * 2, "world": 2, "prompts_per_step": 16}  # as 2 processes write it
+    torch.save(as_two, ckpt / ck.STATE_FILE)
     with pytest.raises(UserError, match=r"written by 2 process\(es\), this run has 1; resume with 2"):
         ppo.run(config(tiny_model_dir, prompts, tmp_path / "a", *args, "train.resume=auto"))
     capsys.readouterr()
     ppo.run(config(tiny_model_dir, prompts, tmp_path / "a", *args, "train.resume=force"))
     said = [line for line in capsys.readouterr().out.splitlines() if "process(es)" in line]
     assert said == [
-        f"train.resume=force: {ckpt} was written by 2 process(es), resuming with 1: a step now deals "
-        "ppo.rollout_batch_size × 1 prompts (2 steps an episode, was 1), so from step 2 on the prompts are not the "
-        "ones the original run would have drawn (some of this episode's come again, others not at all) and sampling "
-        "is reseeded"
+        f"train.resume=force: {ckpt}'s run dealt 16 of 16 prompts a step (1 steps an episode, 2 process(es)), this "
+        "run deals 8 of 16 (2 steps, 1 process(es)), so from step 2 on the prompts are not the ones the original run "
+        "would have drawn (some of this episode's come again, others not at all) and sampling is reseeded"
     ]
+    shutil.rmtree(ckpt.parent / "step-000002")  # the forced run's; step 1 again as 2 processes wrote it
+    torch.save(as_two, ckpt / ck.STATE_FILE)
+    again = ("train.num_episodes=2", "ppo.rollout_batch_size=16", "train.resume=force")  # 1 step an episode
+    ppo.run(config(tiny_model_dir, prompts, tmp_path / "a", *args, *again))
+    said = [line for line in capsys.readouterr().out.splitlines() if "process(es)" in line]
+    assert said == [
+        f"train.resume=force: {ckpt} was written by 2 process(es), resuming with 1: a step deals the same 16 prompts, "
+        "but sampling is reseeded, so from step 2 on the replies are not the ones the original run would have drawn"
+    ]
+
+
+def test_a_forced_resume_with_another_rollout_batch_size_says_the_prompts_shift(tiny_model_dir, prompts, tmp_path,
+                                                                               capsys):  # fmt: skip
+    """ppo.rollout_batch_size changed under train.resume=force on the same process: the steps deal other spans of
+    the episode's order, and the run said only 'training on with changed ppo.rollout_batch_size'."""
+    args = ("train.max_steps=3", "ppo.max_epochs=1", "ppo.rollout_batch_size=5", "train.save_every=1")
+    ppo.run(config(tiny_model_dir, prompts, tmp_path / "a", *args, "train.stop_after=1"))
+    capsys.readouterr()
+    ppo.run(config(tiny_model_dir, prompts, tmp_path / "a", *args, "train.resume=force", "ppo.rollout_batch_size=6"))
+    said = [line for line in capsys.readouterr().out.splitlines() if "prompts a step" in line]
+    ckpt = tmp_path / "a" / "checkpoints" / "step-000001"
+    assert said == [
+        f"train.resume=force: {ckpt}'s run dealt 5 of 16 prompts a step (4 steps an episode, 1 process(es)), this "
+        "run deals 6 of 16 (3 steps, 1 process(es)), so from step 2 on the prompts are not the ones the original run "
+        "would have drawn (some of this episode's come again, others not at all)"
+    ]
+
+
+def test_a_refused_resume_writes_nothing_and_prompts_are_checked_per_checkpoint(tiny_model_dir, prompts, tmp_path):
+    """'Nothing to train' was refused after config.yaml and inputs.json were rewritten: a forced resume on edited
+    prompts that was refused so left inputs.json naming the edited ones, and the next plain resume trained on them
+    unsaid. A checkpoint copied on its own (no inputs.json beside it) resumed on other prompts unsaid too."""
+    out = tmp_path / "a"
+    ppo.run(config(tiny_model_dir, prompts, out, "train.max_steps=2", "ppo.max_epochs=1", "train.save_every=1",
+                   "train.num_episodes=2"))  # fmt: skip
+
+    def files() -> dict:
+        return {f: f.read_bytes() for f in sorted(out.rglob("*")) if f.is_file()}
+
+    before = files()
+    original = Path(prompts).read_text(encoding="utf-8")
+    Path(prompts).write_text(original.replace('"prompt": "', '"prompt": "改了 '), encoding="utf-8")
+    with pytest.raises(UserError, match=r"is already at step 2 of 2: nothing to train"):
+        ppo.run(config(tiny_model_dir, prompts, out, "train.max_steps=2", "ppo.max_epochs=1", "train.resume=force"))
+    assert files() == before
+    with pytest.raises(UserError, match=r"data.prompts changed since"):
+        ppo.run(config(tiny_model_dir, prompts, out, "train.max_steps=3", "ppo.max_epochs=1", "train.resume=auto"))
+    assert files() == before
+    copy = tmp_path / "copied" / "step-000002"  # the checkpoint alone: its config.yaml, no inputs.json
+    shutil.copytree(out / "checkpoints" / "step-000002", copy)
+    args = ("train.max_steps=3", "ppo.max_epochs=1", "train.num_episodes=2", f"train.resume={copy}")
+    with pytest.raises(UserError, match=r"data.prompts hold other prompts than .*step-000002 was trained on"):
+        ppo.run(config(tiny_model_dir, prompts, tmp_path / "b", *args))
+    assert not (tmp_path / "b").exists()
+    Path(prompts).write_text(original, encoding="utf-8")  # control: the prompts it was trained on resume
+    assert ppo.run(config(tiny_model_dir, prompts, tmp_path / "b", *args))["steps"] == 3
 
 
 def test_a_function_reward_that_fails_or_returns_no_numbers_is_one_line(tmp_path):
@@ -557,6 +615,44 @@ def test_a_run_stopped_by_stop_after_prints_no_empty_cost_report(tmp_path, monke
         r = CliRunner().invoke(app, ["ppo", str(tmp_path / "c.yaml")])
         assert r.exit_code == 0, r.output
         assert ("PPO cost report" in r.output) is shown and ("stopped_at" in r.output) is not shown
+
+
+def test_a_resumed_runs_cost_report_counts_the_seconds_of_the_steps_it_counts(tiny_model_dir, prompts, tmp_path,
+                                                                              monkeypatch):  # fmt: skip
+    """Stopped after step 3 and resumed, the cost report gave the samples of all 4 steps but the seconds of step 4
+    only (a 4× throughput). Each rollout here takes ≥ 0.5 s: the report's rollout_s covers 4 rollouts, and it says
+    how many steps it counts."""
+    import time
+
+    sample = ppo.generate_ids
+
+    def slow(*args, **kw):
+        time.sleep(0.5)
+        return sample(*args, **kw)
+
+    monkeypatch.setattr(ppo, "generate_ids", slow)
+    args = ("train.max_steps=4", "ppo.rollout_batch_size=3", "ppo.max_epochs=1", "train.save_every=1")
+    ppo.run(config(tiny_model_dir, prompts, tmp_path / "a", *args, "train.stop_after=3"))
+    cost = ppo.run(config(tiny_model_dir, prompts, tmp_path / "a", *args, "train.resume=auto"))["cost"]
+    assert cost["rollout_s"] >= 2.0 and cost["total_s"] >= sum(cost[k] for k in ppo.PHASES)
+    assert (cost["steps"], cost["samples"]) == (4, 12)
+    assert json.loads((tmp_path / "a" / "cost.jsonl").read_text())["rollout_s"] == cost["rollout_s"]
+
+
+def test_merge_rollout_on_a_quantized_base_or_a_full_actor_is_refused(tiny_model_dir, prompts, tmp_path):
+    """ppo.merge_rollout on a 4/8-bit base or with lora.enabled false sampled unmerged, unsaid: one line now."""
+    merge = "ppo.merge_rollout=true"
+    for extra, why in (
+        (("model.quant=4bit",), r"the base is quantized \(model.quant=4bit\)"),
+        (("model.quant=8bit",), r"the base is quantized \(model.quant=8bit\)"),
+    ):
+        said = rf"^command line model.quant=\dbit ppo.merge_rollout=true: Value error, ppo.merge_rollout .*but {why}; "
+        with pytest.raises(UserError, match=said):  # no empty key (': : Value error') for a check across sections
+            config(tiny_model_dir, prompts, tmp_path / "a", *extra, merge)
+    with pytest.raises(UserError, match=r"but the actor is trained in full \(lora.enabled: false\): no adapter"):
+        config(tiny_model_dir, prompts, tmp_path / "a", merge, lora=("lora.enabled=false",))
+    assert config(tiny_model_dir, prompts, tmp_path / "a", merge).ppo.merge_rollout  # control: LoRA, plain base
+    assert config(tiny_model_dir, prompts, tmp_path / "a", "model.quant=4bit").model.quant == "4bit"
 
 
 def test_an_http_reward_that_answers_no_scores_object_or_an_error_is_one_line():

@@ -161,7 +161,7 @@ def ppo(config: Path = CONFIG, overrides: list[str] = OVERRIDES, help_config: bo
         return
     cost = summary.pop("cost")
     t = Table(title="PPO cost report", show_header=False)
-    for k in (*recipe.PHASES, "total_s", "peak_memory_gib", "samples"):
+    for k in (*recipe.PHASES, "total_s", "peak_memory_gib", "steps", "samples"):
         if k in cost:
             t.add_row(k, str(cost[k]))
     t.add_row("models held", ", ".join(f"{k}: {v}" for k, v in cost.get("models_held", {}).items()))

@@ -357,13 +357,14 @@ def _located(
     named there instead, `command line KEY=VALUE: key.path: msg{tail}` (it used to name the config file, where the
     key is not, or holds another value)."""
     key = ".".join(str(x) for x in loc)
+    what = f"{key}: {msg}" if key else msg  # a check across sections (loc ()) names its keys in msg
     given = next((o.strip() for o in overrides or [] if _sets(o, key)), None)
     if given is not None:
-        return UserError(f"command line {given}: {key}: {msg}{tail}")
+        return UserError(f"command line {given}: {what}{tail}")
     if named := [o.strip() for o in overrides or [] if _named_in(o, key, msg)]:  # a cross-field error (a section's)
-        return UserError(f"command line {' '.join(named)}: {key}: {msg}{tail}")
+        return UserError(f"command line {' '.join(named)}: {what}{tail}")
     line = yaml_line(node, tuple(loc) + _named_key(node, loc, msg))
-    return UserError(f"{f'{where}:{line}' if line else where}: {key}: {msg}{tail}")
+    return UserError(f"{f'{where}:{line}' if line else where}: {what}{tail}")
 
 
 def guessed(data: Any, value: Any, loc: tuple = ()) -> tuple[tuple, str] | None:

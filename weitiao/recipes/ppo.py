@@ -107,7 +107,7 @@ class PPOSpec(BaseModel):
         False,
         description="sample with the actor's LoRA folded into the base weights: faster decoding, same samples, "
         "the base restored bit for bit after, but a copy of the adapted base weights is held meanwhile; "
-        "unquantized bases only (4/8-bit ones sample unmerged)",
+        "LoRA on an unquantized base only (else refused)",
     )
 
     @field_validator("top_p")
@@ -166,6 +166,16 @@ class PPOConfig(BaseModel):
     data: PromptSpec
     ppo: PPOSpec = Field(default_factory=PPOSpec)
     train: PPOTrainSpec = Field(default_factory=PPOTrainSpec)
+
+    @model_validator(mode="after")
+    def _merge_needs_lora_on_plain_base(self) -> PPOConfig:
+        # it sampled unmerged, unsaid: a quantized base cannot take the adapter exactly, a full actor has none
+        why = f"the base is quantized (model.quant={self.model.quant})" if self.model.quant != "none" else None
+        why = why or (None if self.lora.enabled else "the actor is trained in full (lora.enabled: false): no adapter")
+        if self.ppo.merge_rollout and why:
+            raise ValueError(f"ppo.merge_rollout folds the actor's LoRA into an unquantized base, but {why}; remove "
+                             "ppo.merge_rollout (sampling is unmerged)")  # fmt: skip
+        return self
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -387,15 +397,46 @@ def step_prompts(
     return [m for m in picked for _ in range(n_samples)], [w for w in weights for _ in range(n_samples)]
 
 
-def world_change_note(ckpt: Path, saved: int, world: int, step: int, n_prompts: int, per_process: int) -> str:
-    """The line a forced resume on another number of processes prints: the prompt stream shifts from `step` on."""
-    was, now = (math.ceil(n_prompts / (per_process * w)) for w in (saved, world))
-    return (
-        f"train.resume=force: {ckpt} was written by {saved} process(es), resuming with {world}: a step now deals "
-        f"ppo.rollout_batch_size × {world} prompts ({now} steps an episode, was {was}), so from step {step + 1} on "
-        "the prompts are not the ones the original run would have drawn (some of this episode's come again, others "
-        "not at all) and sampling is reseeded"
-    )
+def prompt_plan(digest: str, n_prompts: int, per_process: int, world: int) -> dict[str, Any]:
+    """What decides the prompts of step k (kept in the trainer state): the prompts' digest and count, and the prompts
+    a step deals (ppo.rollout_batch_size × processes)."""
+    return {"data_key": digest, "prompts": n_prompts, "prompts_per_step": per_process * world, "world": world}
+
+
+def check_resume(ckpt: Path, saved: dict, plan: dict, total_steps: int, force: bool) -> str | None:
+    """Refuse resuming `ckpt` (its trainer state `saved`) on other prompts or with no step left, before the run writes
+    anything; returns the line a forced resume prints when its steps deal other prompts (or resample), else None."""
+    if saved.get("data_key", plan["data_key"]) != plan["data_key"] and not force:
+        raise UserError(
+            f"train.resume: data.prompts hold other prompts than {ckpt} was trained on (rows, texts or the ones over "
+            "ppo.prompt_max_len changed); restore them, set train.resume=none (or another train.out) for a new run, "
+            "or train.resume=force"
+        )
+    if saved["step"] >= total_steps:
+        raise UserError(
+            f"train.resume: {ckpt} is already at step {saved['step']} of {total_steps}: nothing to train "
+            "(raise train.max_steps or train.num_episodes, or set train.resume=none)"
+        )
+    was_world = ck.saved_world(saved)
+    was = {"world": was_world, "prompts": plan["prompts"], **saved}  # older checkpoints: this run's counts
+    was.setdefault("prompts_per_step", plan["prompts_per_step"] // plan["world"] * was_world)
+    steps = [math.ceil(x["prompts"] / x["prompts_per_step"]) for x in (was, plan)]
+    after = f"from step {saved['step'] + 1} on"
+    if (was["prompts"], was["prompts_per_step"]) != (plan["prompts"], plan["prompts_per_step"]):
+        return (
+            f"train.resume=force: {ckpt}'s run dealt {was['prompts_per_step']} of {was['prompts']} prompts a step "
+            f"({steps[0]} steps an episode, {was_world} process(es)), this run deals {plan['prompts_per_step']} of "
+            f"{plan['prompts']} ({steps[1]} steps, {plan['world']} process(es)), so {after} the prompts are not the "
+            "ones the original run would have drawn (some of this episode's come again, others not at all)"
+            + (" and sampling is reseeded" if was_world != plan["world"] else "")
+        )
+    if was_world != plan["world"]:
+        return (
+            f"train.resume=force: {ckpt} was written by {was_world} process(es), resuming with {plan['world']}: a "
+            f"step deals the same {plan['prompts_per_step']} prompts, but sampling is reseeded, so {after} the "
+            "replies are not the ones the original run would have drawn"
+        )
+    return None
 
 
 def cut_at_stop(s: Sampled, stops: set[int]) -> Sampled:
@@ -549,23 +590,35 @@ def run(cfg: PPOConfig) -> dict:
         )
     state: dict[str, Any] = {"step": 0, "samples": 0}
     inputs = {**fingerprints, "data.prompts": digest}
-    # a changed config, model, prompts or number of processes: refused (each process's prompt share depends on it)
-    ckpt = ck.open_run(out, t.resume, config_yaml, main, inputs, world, dist.gather_objects, schedule=False)
+    plan = prompt_plan(digest, len(prompts), p.rollout_batch_size, world)
+    # A changed config, model, prompts or number of processes is refused (each process's prompt share depends on it),
+    # and so is a checkpoint with no step left: all before anything in `out` moves or is written.
+    ckpt = ck.open_run(
+        out, t.resume, config_yaml, main, inputs, world, dist.gather_objects, schedule=False, write=False, move=False
+    )
+    if ckpt is not None:
+        note = check_resume(ckpt, ck.saved_state(ckpt), plan, total_steps, t.resume == "force")
+        if main and note:
+            print(note)
+    else:
+        ck.set_aside(out, main)
+    accel.wait_for_everyone()  # the previous run is aside before any process writes into `out`
+    ck.record(out, t.resume, config_yaml, main, inputs, ckpt)
+    spent, peak_before, counted_from = 0.0, 0.0, (0, 0)  # the cost report covers the run's steps from counted_from
     if ckpt is not None:
         state = {"samples": 0, **_load(ckpt, roles, actor_opt, critic_opt, kl_ctl, moments)}
+        if (saved_cost := state.pop("cost", None)) is not None:  # the steps before the checkpoint: their seconds
+            cost.update({k: saved_cost[k] for k in PHASES})
+            spent, peak_before = saved_cost["total_s"], saved_cost["peak_memory_gib"]
+        else:  # a checkpoint from before the cost was kept: the report counts this invocation's steps only
+            counted_from = (state["step"], state["samples"])
         rngs = state.pop("rng")
         rngs = [rngs] if isinstance(rngs, dict) else rngs  # older checkpoints hold process 0's only
         if len(rngs) == world:
             ck.set_rng_state(rngs[rank])  # each process continues its own sampling stream
-        else:  # train.resume=force (open_run refuses it otherwise)
+        else:  # train.resume=force (open_run refuses it otherwise); check_resume said what shifts
             torch.manual_seed(t.seed + rank + 1000 * state["step"])
-            if main:
-                print(world_change_note(ckpt, len(rngs), world, state["step"], len(prompts), p.rollout_batch_size))
-        if state["step"] >= total_steps:
-            raise UserError(
-                f"train.resume: {ckpt} is already at step {state['step']} of {total_steps}: nothing to train "
-                "(raise train.max_steps or train.num_episodes, or set train.resume=none)"
-            )
+    state.update(plan)  # this run's prompts (after a forced resume on others, these)
     if main:
         print(
             f"ppo: {len(prompts)} prompts ({too_long} over prompt_max_len dropped) · {total_steps} steps · "
@@ -599,7 +652,7 @@ def run(cfg: PPOConfig) -> dict:
             #    end-of-turn or EOS token (any id the saved actor stops at).
             t0 = time.time()
             roles.eval()
-            with rollout_actor(roles, p.merge_rollout and cfg.model.quant == "none") as actor:
+            with rollout_actor(roles, p.merge_rollout) as actor:
                 samples = generate_ids(
                     actor, tokenizer, template, batch_prompts, p.generate_max_len, p.temperature,
                     top_p=1.0, top_k=0, batch_size=p.micro_rollout_batch_size, model_defaults=False,
@@ -763,6 +816,8 @@ def run(cfg: PPOConfig) -> dict:
             last = state["step"] == total_steps
             if last or (t.save_every and state["step"] % t.save_every == 0):
                 rngs = _rng_states(world)  # a collective: every process takes part
+                state["cost"] = {**cost, "total_s": spent + time.time() - started,
+                                 "peak_memory_gib": max(peak_before, _peak_gib())}  # fmt: skip
                 if main:
                     _save(out, state, roles, actor_opt, critic_opt, kl_ctl, moments, rngs, t.keep_last)
             accel.wait_for_everyone()
@@ -776,15 +831,15 @@ def run(cfg: PPOConfig) -> dict:
         gathered = accel.gather(check.to(device).unsqueeze(0))
         if not torch.allclose(gathered, gathered[:1].expand_as(gathered), rtol=1e-9, atol=1e-9):
             raise RuntimeError(f"ppo: processes hold different weights after training: {gathered.tolist()}")
-    elapsed = time.time() - started
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else _rss_gib()
+    # seconds, samples and steps of the same steps: a resumed run's whole (its checkpoint kept the earlier seconds)
     report = {
         **{k: round(v, 6) for k, v in cost.items()},  # µs: a function reward over a few replies is well under 1 ms
-        "total_s": round(elapsed, 3),
-        "peak_memory_gib": round(peak, 3),
+        "total_s": round(spent + time.time() - started, 3),
+        "peak_memory_gib": round(max(peak_before, _peak_gib()), 3),
         "peak_memory_kind": "cuda allocated" if torch.cuda.is_available() else "process RSS",
         "models_held": models_held,
-        "samples": state["samples"],
+        "steps": state["step"] - counted_from[0],
+        "samples": state["samples"] - counted_from[1],
     }
     summary = {"out": str(out), "steps": state["step"], **metrics, "cost": report}
     if main:
@@ -804,7 +859,10 @@ def run(cfg: PPOConfig) -> dict:
     return summary
 
 
-def _rss_gib() -> float:
+def _peak_gib() -> float:
+    """Peak memory so far: CUDA allocated, else the process's peak RSS."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

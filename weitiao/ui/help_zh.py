@@ -107,7 +107,7 @@ ZH: dict[str, str] = {
     "required reward gap m in −log σ(r_c − r_r − m)": "−log σ(r_c − r_r − m) 中要求的奖励差 m",
     "λ of the (r_c + r_r)² centring term": "(r_c + r_r)² 居中项的系数 λ",
     # ppo: reward, prompts, hyper-parameters
-    "sample with the actor's LoRA folded into the base weights: faster decoding, same samples, the base restored bit for bit after, but a copy of the adapted base weights is held meanwhile; unquantized bases only (4/8-bit ones sample unmerged)": "采样时把 actor 的 LoRA 合并进基座权重：解码更快、样本不变，结束后基座逐位还原；但采样期间要多存一份合并后的基座权重；只用于未量化的基座（4/8-bit 基座不合并采样）",
+    "sample with the actor's LoRA folded into the base weights: faster decoding, same samples, the base restored bit for bit after, but a copy of the adapted base weights is held meanwhile; LoRA on an unquantized base only (else refused)": "采样时把 actor 的 LoRA 合并进基座权重：解码更快、样本不变，结束后基座逐位还原；但采样期间要多存一份合并后的基座权重；只用于未量化基座上的 LoRA（否则拒绝）",
     "π_old's log-probs: recompute = a no-grad forward after sampling; rollout = the sampler's own (no extra forward; a KV-cached decode rounds differently, ~1e-6 in float32, so float32 models only; the KL to the reference then carries that rounding, not exactly 0 at step 1)": "π_old 的对数概率：recompute = 采样后再做一次无梯度前向；rollout = 直接用采样器自己算的（省一次前向；KV 缓存解码的舍入不同，float32 下约 1e-6，所以只用于 float32 模型；与参考模型的 KL 也带上这点舍入，第 1 步不再恰好为 0）",
     "Where PPO's sequence scores come from.": "PPO 的序列得分从哪里来。",
     "model: a `weitiao rm` run; function: module:function; http: a URL; rules: a rule file": "model：一次 `weitiao rm` 运行；function：module:function；http：一个 URL；rules：规则文件",
