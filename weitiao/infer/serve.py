@@ -418,7 +418,7 @@ def create_app(
         plan = tooling.plan_chat(req, template)
         messages = plan.messages
         if plan.constraint is not None and masks is None:
-            field = "tool_choice" if plan.tools else "response_format"
+            field = plan.by
             raise BadRequest(f"{field}: constrained decoding needs a byte-level or SentencePiece tokenizer", field)
         last = len(messages) - 1
         if req.continue_final_message and req.add_generation_prompt:  # vLLM's 400 too: which one is meant is a guess
@@ -430,7 +430,7 @@ def create_app(
                    f"assistant's (it is {req.messages[last].role!r})")  # fmt: skip
             raise BadRequest(msg, f"messages.{last}.role")
         if req.continue_final_message and plan.constraint is not None:  # the pattern would start over mid-message
-            field = "tool_choice" if plan.tools else "response_format"
+            field = plan.by
             msg = (f"continue_final_message: {field} constrains a reply from its start (one whole JSON object or "
                    f"call), not the rest of messages.{last}; send one or the other")  # fmt: skip
             raise BadRequest(msg, "continue_final_message")
@@ -568,7 +568,7 @@ def create_app(
                 job.events, job.first, job.prompt_skip, job.continues = events, k * n, p.skip, continues
                 job.constraint = plan.constraint if plan else None
                 if job.constraint is not None and job.ignore_eos and not job.stop_token_ids:
-                    field = "tool_choice" if plan.tools else "response_format"  # type: ignore[union-attr]
+                    field = plan.by  # type: ignore[union-attr]
                     msg = f"ignore_eos: a reply constrained by {field} must end; drop ignore_eos or give stop_token_ids"
                     raise BadRequest(msg, "ignore_eos")
                 jobs.append(job)
