@@ -241,3 +241,34 @@ def test_strict_tool_without_parameters_calls_with_none(url):
         fn = {"name": "get_weather", "strict": True, "parameters": {"type": "array", "items": {"type": "string"}}}
         client(url).chat.completions.create(model="tiny", messages=ASK, tools=[{"type": "function", "function": fn}])
     assert e.value.body["param"] == "tools.0.function.parameters.type"
+
+
+def test_mask_shortcuts_equal_the_plain_byte_walk_in_free_text_and_strict_arguments(strict_model):
+    """The free-text and plain-string shortcuts give exactly the mask of walking every token's bytes, along a reply
+    with text, a half-written trigger, a call and strict arguments."""
+    from weitiao.infer.constrain import MaskCache, TokenBytes
+
+    tok = strict_model[1]
+    stop = tok.convert_tokens_to_ids("<|im_end|>")
+    toks = TokenBytes.of(tok, {stop})
+    cache = MaskCache(toks)
+    schema = {**SCHEMA, "properties": {**SCHEMA["properties"], "note": {"type": "string"}}}
+    schema["required"] = [*SCHEMA["required"], "note"]
+    p = Pattern()
+    args = [strict_arguments(p, schema, "t"), None]
+    pattern = tool_call_pattern("hermes", ["get_weather", "get_time"], args, True, p)
+    call = '{"city": "上海", "days": 12, "unit": null, "note": "晴☀️ \\"q\\" \\u00e9"}'
+    raw = f'好的 a <tool <tool_call>\n{{"name": "get_weather", "arguments": {call}}}\n</tool_call> 再见'.encode()
+    state = pattern.start
+    for k in range(len(raw) + 1):
+        want = torch.zeros(len(tok), dtype=torch.bool)
+        for i, seq in enumerate(toks.table):
+            s = state
+            for b in seq or b"":
+                s = pattern.step(s, b)
+            want[i] = seq is not None and s is not None
+        want[stop] = pattern.done(state)
+        assert torch.equal(cache.get(pattern, state, len(tok)), want), raw[:k]
+        if k < len(raw):
+            state = pattern.step(state, raw[k])
+    assert pattern.done(state) and not pattern.final(state)
