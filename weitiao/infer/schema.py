@@ -34,8 +34,8 @@ def strict_arguments(p: Pattern, parameters: dict | None, where: str) -> int:
     refs: dict[str, int] = {}
 
     def refuse(path: str, what: str) -> None:
-        msg = f"{strict}: {path}: {what}, which this server's constrained decoding cannot enforce; drop it or strict"
-        raise BadRequest(msg, strict)
+        msg = f"{strict}: {path} ({what}) is not enforced by this server's constrained decoding"
+        raise BadRequest(f"{msg}; drop it, or send strict: false", strict)
 
     def openai_refuses(path: str, what: str) -> None:  # as OpenAI answers a strict schema that breaks its rules
         raise BadRequest(f"{path}: {what} (strict function schemas: OpenAI's rules)", path)
@@ -44,7 +44,7 @@ def strict_arguments(p: Pattern, parameters: dict | None, where: str) -> int:
         if ref in refs:
             return refs[ref]
         if not (ref == "#" or ref.startswith("#/")):
-            refuse(f"{path}.$ref", f"{ref!r} points outside the schema")
+            refuse(f"{path}.$ref", f"{ref!r}, outside the schema")
         target: Any = parameters
         for part in ref[2:].split("/") if ref != "#" else []:
             part = part.replace("~1", "/").replace("~0", "~")
@@ -59,10 +59,10 @@ def strict_arguments(p: Pattern, parameters: dict | None, where: str) -> int:
         if not isinstance(s, dict):
             openai_refuses(path, "a schema must be an object")
         if unknown := sorted(set(s) - _KNOWN):
-            refuse(f"{path}.{unknown[0]}", f"{unknown[0]!r}")
+            refuse(f"{path}.{unknown[0]}", json.dumps(s[unknown[0]], ensure_ascii=False)[:60])
         if "$ref" in s:
             if extra := sorted(set(s) - _NOTES - {"$ref"}):
-                refuse(f"{path}.{extra[0]}", f"{extra[0]!r} beside $ref")
+                refuse(f"{path}.{extra[0]}", "beside $ref")
             return resolve(s["$ref"], path)
         if "const" in s:
             return p.lit(_dump(s["const"]))
@@ -72,7 +72,7 @@ def strict_arguments(p: Pattern, parameters: dict | None, where: str) -> int:
             return p.alt(*(p.lit(_dump(v)) for v in s["enum"]))
         if "anyOf" in s:
             if extra := sorted(set(s) - _NOTES - {"anyOf"}):
-                refuse(f"{path}.{extra[0]}", f"{extra[0]!r} beside anyOf")
+                refuse(f"{path}.{extra[0]}", "beside anyOf")
             if not isinstance(s["anyOf"], list) or not s["anyOf"]:
                 openai_refuses(f"{path}.anyOf", "must be a non-empty array")
             return p.alt(*(build(x, f"{path}.anyOf.{k}") for k, x in enumerate(s["anyOf"])))
@@ -124,7 +124,7 @@ def strict_arguments(p: Pattern, parameters: dict | None, where: str) -> int:
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
                 openai_refuses(f"{path}.{key}", "must be a non-negative integer")
             if v is not None and v > _MAX_ITEMS:
-                refuse(f"{path}.{key}", f"{v} (over {_MAX_ITEMS})")
+                refuse(f"{path}.{key}", f"{v}, over {_MAX_ITEMS}")
         if hi is not None and hi < lo:
             openai_refuses(f"{path}.maxItems", f"{hi} is under minItems {lo}")
         item = build(s["items"], f"{path}.items")
