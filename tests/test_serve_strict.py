@@ -272,3 +272,21 @@ def test_mask_shortcuts_equal_the_plain_byte_walk_in_free_text_and_strict_argume
         if k < len(raw):
             state = pattern.step(state, raw[k])
     assert pattern.done(state) and not pattern.final(state)
+
+
+def test_deep_strict_schema_is_a_400_not_a_500(url):
+    """A strict schema 300 objects deep was compiled by recursion into a RecursionError: a 500 with a traceback. Now
+    a 400 naming tools.0.function.strict; 12 deep (the negative control) is served."""
+
+    def nest(depth: int) -> dict:
+        s: dict = {"type": "string"}
+        for _ in range(depth):
+            s = {"type": "object", "properties": {"a": s}, "required": ["a"], "additionalProperties": False}
+        return s
+
+    for depth, status in ((12, 200), (300, 400)):
+        fn = {"name": "f", "parameters": nest(depth), "strict": True}
+        body = {"model": "tiny", "messages": ASK, "max_tokens": 2, "tools": [{"type": "function", "function": fn}]}
+        r = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
+        assert r.status_code == status, r.text[:300]
+    assert r.json()["error"]["param"] == "tools.0.function.strict"

@@ -24,6 +24,7 @@ _NOTES = {"description", "title", "default", "examples", "$comment", "$defs", "d
 _KNOWN = _NOTES | {"type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems"}
 _KNOWN |= {"enum", "const", "anyOf", "$ref"}
 _MAX_ITEMS = 64  # minItems/maxItems are unrolled into the grammar: one rule per place
+_MAX_DEPTH = 64  # schemas inside schemas (properties, items, anyOf); compiled by recursion
 
 
 def strict_arguments(p: Pattern, parameters: dict | None, where: str) -> int:
@@ -55,7 +56,18 @@ def strict_arguments(p: Pattern, parameters: dict | None, where: str) -> int:
         p.define(refs[ref], build(target, f"{where}.parameters" + "".join(f".{x}" for x in ref[2:].split("/") if x)))
         return refs[ref]
 
+    depth = [0]
+
     def build(s: Any, path: str) -> int:
+        depth[0] += 1
+        try:
+            if depth[0] > _MAX_DEPTH:  # a 300-deep schema was a RecursionError and a 500
+                refuse(path, f"a schema nested over {_MAX_DEPTH} deep")
+            return subschema(s, path)
+        finally:
+            depth[0] -= 1
+
+    def subschema(s: Any, path: str) -> int:
         if not isinstance(s, dict):
             openai_refuses(path, "a schema must be an object")
         if unknown := sorted(set(s) - _KNOWN):
