@@ -290,3 +290,23 @@ def test_deep_strict_schema_is_a_400_not_a_500(url):
         r = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
         assert r.status_code == status, r.text[:300]
     assert r.json()["error"]["param"] == "tools.0.function.strict"
+
+
+def test_self_referring_strict_schema_is_a_400():
+    """{"$ref": "#/$defs/x"} as x's whole definition matches no value: the grammar had no state after `{"a": ` and a
+    call would have had no allowed token. Now a 400 naming the definition; x as null-or-itself (the negative
+    control) is fine."""
+    from weitiao.infer.api import BadRequest
+
+    def schema(x: dict) -> dict:
+        props = {"a": {"$ref": "#/$defs/x"}}
+        return {**SCHEMA, "properties": props, "required": ["a"], "$defs": {"x": x}}
+
+    with pytest.raises(BadRequest) as e:
+        strict_arguments(Pattern(), schema({"$ref": "#/$defs/x"}), "tools.0.function")
+    assert e.value.param == "tools.0.function.parameters.$defs.x"
+    p = Pattern()
+    loop = tool_call_pattern(
+        "hermes", ["f"], [strict_arguments(p, schema({"anyOf": [{"$ref": "#/$defs/x"}, {"type": "null"}]}), "t")], p=p
+    )
+    assert accepts(loop, '<tool_call>\n{"name": "f", "arguments": {"a": null}}\n</tool_call>')

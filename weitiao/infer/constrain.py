@@ -179,6 +179,10 @@ class Pattern:
         self.start = self._closure({((root, self._init(root)),)})
         return self
 
+    def opens(self, i: int) -> bool:
+        """Whether node `i` can match anything (a rule that only refers to itself cannot)."""
+        return bool(self._closure({((i, self._init(i)),)}))
+
     def _init(self, i: int) -> Any:
         kind, _ = self.nodes[i]
         return {"lit": 0, "str": (False, 0, 0), "num": "", "json": JSON_START, "free": 0, "ws": 0, "not": 0}.get(kind)
@@ -257,7 +261,7 @@ class Pattern:
 
     def final(self, state: frozenset | None) -> bool:
         """Matched, and nothing more may follow: only a stop token."""
-        return state is not None and all(not st for st in state)
+        return bool(state) and all(not st for st in state)
 
     def fast(self, state: frozenset) -> tuple | None:
         """A shortcut for the mask: ("plain", due) inside a JSON string with `due` UTF-8 continuation bytes still

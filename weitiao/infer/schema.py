@@ -151,7 +151,12 @@ def strict_arguments(p: Pattern, parameters: dict | None, where: str) -> int:
 
     if not isinstance(parameters, dict) or parameters.get("type") != "object" or "anyOf" in parameters:
         openai_refuses(f"{where}.parameters.type", "a strict function's parameters must be of type 'object'")
-    return build(parameters, f"{where}.parameters")
+    root = build(parameters, f"{where}.parameters")
+    for ref, i in refs.items():  # {"$ref": "#/$defs/a"} as a's whole definition: no value can ever match it
+        if not p.opens(i):
+            at = f"{where}.parameters" + "".join(f".{x}" for x in ref[2:].split("/") if x)
+            raise BadRequest(f"{at}: refers only to itself ($ref {ref!r}): no value matches it", at)
+    return root
 
 
 def _dump(v: Any) -> bytes:
