@@ -159,6 +159,9 @@ def bad(schema_path: list, value) -> dict:
         (bad(["properties", "days", "minimum"], 1), "tools.0.function.strict"),
         (bad(["properties", "city"], {"type": "string", "pattern": "^.{2}$"}), "tools.0.function.strict"),
         (bad(["properties", "city"], {"oneOf": [{"type": "string"}]}), "tools.0.function.strict"),
+        # an enum beside the type it breaks, or beside anyOf: the reply would break the type, or anyOf was dropped
+        (bad(["properties", "days", "enum"], [1, "2"]), "tools.0.function.parameters.properties.days.enum"),
+        (bad(["properties", "unit", "enum"], ["c"]), "tools.0.function.strict"),
     ],
 )
 def test_strict_schemas_openai_refuses_or_we_cannot_enforce_are_400(url, schema, param):

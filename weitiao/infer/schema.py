@@ -76,12 +76,18 @@ def strict_arguments(p: Pattern, parameters: dict | None, where: str) -> int:
             if extra := sorted(set(s) - _NOTES - {"$ref"}):
                 refuse(f"{path}.{extra[0]}", "beside $ref")
             return resolve(s["$ref"], path)
-        if "const" in s:
-            return p.lit(_dump(s["const"]))
-        if "enum" in s:
-            if not isinstance(s["enum"], list) or not s["enum"]:
+        if "const" in s or "enum" in s:
+            key = "const" if "const" in s else "enum"
+            if extra := sorted({"const", "enum", "anyOf"} & set(s) - {key}):  # one of them would be dropped
+                refuse(f"{path}.{extra[0]}", f"beside {key}")
+            values = [s["const"]] if key == "const" else s["enum"]
+            if not isinstance(values, list) or not values:
                 openai_refuses(f"{path}.enum", "must be a non-empty array")
-            return p.alt(*(p.lit(_dump(v)) for v in s["enum"]))
+            types = s.get("type", list(_TYPES))
+            for v in values:
+                if not any(_TYPES.get(t, lambda _: False)(v) for t in (types if isinstance(types, list) else [types])):
+                    openai_refuses(f"{path}.{key}", f"{json.dumps(v, ensure_ascii=False)} is not of type {types}")
+            return p.alt(*(p.lit(_dump(v)) for v in values))
         if "anyOf" in s:
             if extra := sorted(set(s) - _NOTES - {"anyOf"}):
                 refuse(f"{path}.{extra[0]}", "beside anyOf")
@@ -157,6 +163,17 @@ def strict_arguments(p: Pattern, parameters: dict | None, where: str) -> int:
             at = f"{where}.parameters" + "".join(f".{x}" for x in ref[2:].split("/") if x)
             raise BadRequest(f"{at}: refers only to itself ($ref {ref!r}): no value matches it", at)
     return root
+
+
+_TYPES = {  # JSON schema type → whether a parsed JSON value is of it
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and v.is_integer(),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+}
 
 
 def _dump(v: Any) -> bytes:
