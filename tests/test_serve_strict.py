@@ -313,3 +313,21 @@ def test_self_referring_strict_schema_is_a_400():
         "hermes", ["f"], [strict_arguments(p, schema({"anyOf": [{"$ref": "#/$defs/x"}, {"type": "null"}]}), "t")], p=p
     )
     assert accepts(loop, '<tool_call>\n{"name": "f", "arguments": {"a": null}}\n</tool_call>')
+
+
+def test_ref_into_a_list_of_the_schema():
+    """A $ref's JSON pointer may step through a list ("#/properties/a/anyOf/0"); it was refused as pointing to
+    nothing."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "a": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+            "b": {"$ref": "#/properties/a/anyOf/0"},
+        },
+        "required": ["a", "b"],
+        "additionalProperties": False,
+    }
+    p = Pattern()
+    pattern = tool_call_pattern("llama3_json", ["f"], [strict_arguments(p, schema, "tools.0.function")], p=p)
+    assert accepts(pattern, '{"name": "f", "parameters": {"a": null, "b": 3}}')
+    assert not accepts(pattern, '{"name": "f", "parameters": {"a": null, "b": null}}')

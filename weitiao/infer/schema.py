@@ -49,9 +49,12 @@ def strict_arguments(p: Pattern, parameters: dict | None, where: str) -> int:
         target: Any = parameters
         for part in ref[2:].split("/") if ref != "#" else []:
             part = part.replace("~1", "/").replace("~0", "~")
-            if not isinstance(target, dict) or part not in target:
+            if isinstance(target, list) and part.isdigit() and int(part) < len(target):  # "#/.../anyOf/0"
+                target = target[int(part)]
+            elif isinstance(target, dict) and part in target:
+                target = target[part]
+            else:
                 openai_refuses(f"{path}.$ref", f"{ref!r} points to nothing in the schema")
-            target = target[part]
         refs[ref] = p.seq()  # a placeholder first: the target may refer to itself
         p.define(refs[ref], build(target, f"{where}.parameters" + "".join(f".{x}" for x in ref[2:].split("/") if x)))
         return refs[ref]
