@@ -702,3 +702,24 @@ def test_tool_requests_on_adapters_and_their_limits(tool_model):
         r = ask("tiny", tool_choice="required", extra_body={"min_tokens": 60})()  # longer than the call
         assert r.choices[0].finish_reason == "tool_calls" and r.usage.completion_tokens < 60
         assert r.choices[0].message.tool_calls[0].function.name == "get_weather"
+
+
+def test_output_filter_reads_streamed_tool_calls_too(tool_model):
+    """With an output filter (--pii), a whole reply is filtered calls and all; streamed, the calls' arguments went out
+    unfiltered (the PII that the filter hides in the whole reply). Now the stream says what the whole reply says;
+    unfiltered (the negative control) the arguments hold the city."""
+    hide = lambda text: text.replace("北京", "[地点]")  # noqa: E731  (a stand-in for --pii redact)
+    for output_filter, city in ((hide, "[地点]"), (None, "北京")):
+        with running(create_app(*tool_model, ServeSettings(model_name="tiny"), output_filter=output_filter)) as base:
+            c = client(base)
+            whole = c.chat.completions.create(model="tiny", messages=ASK, tools=[WEATHER, OTHER], temperature=0)
+            (call,) = whole.choices[0].message.tool_calls
+            assert json.loads(call.function.arguments) == {"city": city}
+            chunks = list(
+                c.chat.completions.create(
+                    model="tiny", messages=ASK, tools=[WEATHER, OTHER], temperature=0, stream=True
+                )
+            )
+            streamed = [tc.function.arguments for ch in chunks for x in ch.choices for tc in x.delta.tool_calls or []]
+            assert streamed == [call.function.arguments]
+            assert [x.finish_reason for ch in chunks for x in ch.choices if x.finish_reason] == ["tool_calls"]

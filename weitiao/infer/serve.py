@@ -667,6 +667,7 @@ def create_app(
             if plan and plan.tool_format and not refused:
                 calls = [tooling.ToolStream(plan.tool_format) for _ in range(total)]
             held: list[list] = [[] for _ in range(total)]  # log-probs of text a ToolStream holds back
+            filtered = [False] * total  # buffered[i] is already the filter's (a reply with tools)
             tail: list[str] = []
             if chat:
                 out = [sse([{**choice(i, None, None, True), "delta": {"role": "assistant"}}]) for i in range(total)]
@@ -686,16 +687,21 @@ def create_app(
                         held[i] += ev[3]
                         ev, held[i] = ("delta", i, text, held[i] if text else []), [] if text else held[i]
                     elif ev[0] == "done" and calls:
-                        rest, made = calls[ev[1]].finish()
-                        if filtering:
-                            buffered[ev[1]] += rest
-                        elif rest or (held[ev[1]] and top is not None):  # the call's tokens' log-probs too
-                            out.append(delta(ev[1], rest, held[ev[1]]))
+                        if filtering:  # the filter reads the whole reply, calls too, as when not streamed (the
+                            # calls' arguments went out unfiltered: PII that --pii redacts in a whole reply)
+                            whole = output_filter(calls[ev[1]].text)
+                            message, reason = tooling.reply_with_calls(whole, ev[2], calls[ev[1]].fmt)
+                            buffered[ev[1]], made = message["content"] or "", message.get("tool_calls", [])
+                            ev, filtered[ev[1]] = (*ev[:2], reason, *ev[3:]), True
+                        else:
+                            rest, made = calls[ev[1]].finish()
+                            if rest or (held[ev[1]] and top is not None):  # the call's tokens' log-probs too
+                                out.append(delta(ev[1], rest, held[ev[1]]))
+                            ev = (*ev[:2], "tool_calls" if made else ev[2], *ev[3:])
                         head_ = choice(ev[1], None, None, True)
                         tail = [
                             sse([{**head_, "delta": {"tool_calls": [{"index": k, **c}]}}]) for k, c in enumerate(made)
                         ]
-                        ev = (*ev[:2], "tool_calls" if made else ev[2], *ev[3:])
                     if ev[0] == "prompt":  # echo with log-probs: the prompt and its tokens' log-probs first
                         out += [delta(i, echoes[i], ev[2], prompt=True) for i in range(ev[1], ev[1] + n)]
                     elif ev[0] == "delta" and filtering and ev[1] not in refused:
@@ -705,8 +711,10 @@ def create_app(
                             out.append(delta(*ev[1:]))
                     else:
                         used += ev[3]
-                        if filtering and ev[1] not in refused and (shown := output_filter(buffered[ev[1]])):
-                            out.append(sse([choice(ev[1], shown, None, True)]))  # as non-streamed: even ""
+                        if filtering and ev[1] not in refused:
+                            shown = buffered[ev[1]] if filtered[ev[1]] else output_filter(buffered[ev[1]])
+                            if shown:
+                                out.append(sse([choice(ev[1], shown, None, True)]))
                         out += tail  # the choice's tool_calls deltas, after its content
                         tail = []
                         out.append(sse([choice(ev[1], None, ev[2], True)]))
