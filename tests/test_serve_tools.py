@@ -55,14 +55,14 @@ def client(base: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=60)
 
 
-def tool_tokenizer():
+def tool_tokenizer(convs: list[Conversation] = CONVS):
     """The test tokenizer's recipe with the tool prompt in its corpus, so a tool conversation is ~150 tokens
     (the 512-token test vocabulary spells Qwen's English tool instructions out letter by letter)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     template = resolve_template(build_tokenizer(), "qwen")
-    texts = [template.render(build_tokenizer(), c.messages, tools=c.tools) for c in CONVS]
+    texts = [template.render(build_tokenizer(), c.messages, tools=c.tools) for c in convs]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -80,15 +80,14 @@ def tool_tokenizer():
     return fast
 
 
-@pytest.fixture(scope="module")
-def tool_model(tmp_path_factory):
-    """A tiny Llama trained to call get_weather for ASK and to answer FINAL after the tool's result."""
+def train_tool_model(folder, convs: list[Conversation]):
+    """A tiny Llama trained 80 steps on the assistant labels of `convs` (qwen template): model, tokenizer, template."""
     from transformers import AutoModelForCausalLM
 
-    tokenizer = tool_tokenizer()
-    model = AutoModelForCausalLM.from_pretrained(save_tiny_model(tmp_path_factory.mktemp("tools") / "m", tokenizer))
+    tokenizer = tool_tokenizer(convs)
+    model = AutoModelForCausalLM.from_pretrained(save_tiny_model(folder, tokenizer))
     template = resolve_template(tokenizer, "qwen")
-    batch = [encode(c, tokenizer, template, EncodeOptions(max_len=512)) for c in CONVS]
+    batch = [encode(c, tokenizer, template, EncodeOptions(max_len=512)) for c in convs]
     assert max(len(e) for e in batch) < 300  # well inside the 512 context, even with max_tokens
     torch.manual_seed(0)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -99,6 +98,12 @@ def tool_model(tmp_path_factory):
         opt.step()
         opt.zero_grad()
     return model.eval(), tokenizer, template
+
+
+@pytest.fixture(scope="module")
+def tool_model(tmp_path_factory):
+    """A tiny Llama trained to call get_weather for ASK and to answer FINAL after the tool's result."""
+    return train_tool_model(tmp_path_factory.mktemp("tools") / "m", CONVS)
 
 
 @pytest.fixture(scope="module")
@@ -697,3 +702,24 @@ def test_tool_requests_on_adapters_and_their_limits(tool_model):
         r = ask("tiny", tool_choice="required", extra_body={"min_tokens": 60})()  # longer than the call
         assert r.choices[0].finish_reason == "tool_calls" and r.usage.completion_tokens < 60
         assert r.choices[0].message.tool_calls[0].function.name == "get_weather"
+
+
+def test_output_filter_reads_streamed_tool_calls_too(tool_model):
+    """With an output filter (--pii), a whole reply is filtered calls and all; streamed, the calls' arguments went out
+    unfiltered (the PII that the filter hides in the whole reply). Now the stream says what the whole reply says;
+    unfiltered (the negative control) the arguments hold the city."""
+    hide = lambda text: text.replace("北京", "[地点]")  # noqa: E731  (a stand-in for --pii redact)
+    for output_filter, city in ((hide, "[地点]"), (None, "北京")):
+        with running(create_app(*tool_model, ServeSettings(model_name="tiny"), output_filter=output_filter)) as base:
+            c = client(base)
+            whole = c.chat.completions.create(model="tiny", messages=ASK, tools=[WEATHER, OTHER], temperature=0)
+            (call,) = whole.choices[0].message.tool_calls
+            assert json.loads(call.function.arguments) == {"city": city}
+            chunks = list(
+                c.chat.completions.create(
+                    model="tiny", messages=ASK, tools=[WEATHER, OTHER], temperature=0, stream=True
+                )
+            )
+            streamed = [tc.function.arguments for ch in chunks for x in ch.choices for tc in x.delta.tool_calls or []]
+            assert streamed == [call.function.arguments]
+            assert [x.finish_reason for ch in chunks for x in ch.choices if x.finish_reason] == ["tool_calls"]

@@ -89,7 +89,7 @@ class _Function(_Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str | None = None
     parameters: dict[str, Any] | None = None  # a JSON schema, shown to the model as given
-    strict: bool | None = None  # accepted; arguments follow the schema only as far as the model does
+    strict: bool | None = None  # true: arguments follow `parameters` (constrained decoding; weitiao.infer.schema)
 
 
 class _Tool(_Strict):

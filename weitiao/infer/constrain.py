@@ -1,9 +1,10 @@
 """Constrained decoding for `weitiao serve`: a byte-level automaton that a reply must follow, as a LogitsProcessor.
 
-A `Pattern` is a row of segments — fixed bytes, one of several byte strings, or one JSON object — and its
-state after any byte prefix is a small hashable tuple. Before each step, a row's allowed tokens are those
-whose bytes all keep the pattern alive (stop tokens only once it is complete); the mask is cached per state,
-so a reply walks through a few dozen distinct states and each costs one pass over the vocabulary.
+A `Pattern` is a small grammar — fixed bytes, choices, sequences, JSON strings/numbers/objects, free text
+until a trigger — and its state after any byte prefix is a hashable set of parse stacks. Before each step, a
+row's allowed tokens are those whose bytes all keep the pattern alive (stop tokens only where it may end);
+the mask is cached per state, so a reply walks through a few dozen distinct states and each costs at most one
+pass over the vocabulary. weitiao.infer.schema turns a strict tool's JSON schema into such a grammar.
 Scores of other tokens become -inf before temperature/top-k/top-p (HF runs custom processors first).
 
 The JSON is RFC 8259 with one restriction to keep a weak model from looping on whitespace: no whitespace
@@ -137,57 +138,179 @@ def _num_step(sub: str, b: int) -> str | None:
     return None
 
 
-# ----------------------------------------------------------------------------- patterns of segments
+# ----------------------------------------------------------------------------- patterns: a small grammar
+
+
+_POP = object()  # a leaf's step result: the leaf is matched, go on with what lies under it
+_WS_BYTES = b" \n\t\r"
 
 
 class Pattern:
-    """Segments matched in order: `bytes` (fixed), `list[bytes]` (one of them; prefix-free), or "json"."""
+    """A grammar of nodes matched byte by byte as a pushdown automaton. Build nodes with `node`/`lit`/`seq`/
+    `alt`, then `finish(root)`. Leaves: "lit" (fixed bytes), "str" (a JSON string's body after its opening
+    quote), "num" (a JSON number; arg True: an integer), "json" (any JSON object, `json_step`), "free" (any
+    bytes until arg, a trigger, has been written; arg b"": never ends), "ws" (optional whitespace), "not" (one
+    byte not in arg). A state is a frozenset of stacks of (node, progress), top last: every way the bytes so
+    far can be read (anyOf, enum, and a number's end need more than one)."""
 
-    def __init__(self, *segments: bytes | list[bytes] | str) -> None:
-        for seg in segments:
-            if isinstance(seg, list):
-                assert not any(a != b and b.startswith(a) for a in seg for b in seg), "choices must be prefix-free"
-        self.segments = segments
-        self.key = tuple(tuple(s) if isinstance(s, list) else s for s in segments)  # equal patterns share masks
-        self.start = self._enter(0)
+    def __init__(self) -> None:
+        self.nodes: list[tuple] = []
+        self._memo: dict = {}
 
-    def _enter(self, i: int) -> tuple:
-        if i == len(self.segments):
-            return (i, None)
-        seg = self.segments[i]
-        return (i, JSON_START if seg == "json" else b"")
+    def node(self, kind: str, arg: Any = None) -> int:
+        self.nodes.append((kind, arg))
+        return len(self.nodes) - 1
 
-    def step(self, state: tuple | None, b: int) -> tuple | None:
-        if state is None or state[0] == len(self.segments):
-            return None
-        i, sub = state
-        seg = self.segments[i]
-        if seg == "json":
+    def lit(self, data: bytes) -> int:
+        return self.node("lit", data) if data else self.seq()
+
+    def seq(self, *ids: int) -> int:
+        return self.node("seq", ids)
+
+    def alt(self, *ids: int) -> int:
+        return self.node("alt", ids)
+
+    def define(self, i: int, *ids: int) -> None:
+        """Set placeholder node `i` (made by `seq()`) to the sequence `ids`: a recursive rule."""
+        self.nodes[i] = ("seq", ids)
+
+    def finish(self, root: int) -> Pattern:
+        self.key = (root, tuple(self.nodes))  # equal grammars share masks
+        self.start = self._closure({((root, self._init(root)),)})
+        return self
+
+    def opens(self, i: int) -> bool:
+        """Whether node `i` can match anything (a rule that only refers to itself cannot)."""
+        return bool(self._closure({((i, self._init(i)),)}))
+
+    def _init(self, i: int) -> Any:
+        kind, _ = self.nodes[i]
+        return {"lit": 0, "str": (False, 0, 0), "num": "", "json": JSON_START, "free": 0, "ws": 0, "not": 0}.get(kind)
+
+    def _closure(self, stacks: set) -> frozenset:
+        """`stacks` with every seq/alt expanded, until each stack has a leaf on top (or is empty: matched)."""
+        out, todo, seen = set(), list(stacks), set()
+        while todo:
+            st = todo.pop()
+            if st in seen:  # a rule that reaches itself without a byte (anyOf: [{$ref: "#"}]) adds nothing
+                continue
+            seen.add(st)
+            if not st:
+                out.add(st)
+                continue
+            i, sub = st[-1]
+            kind, arg = self.nodes[i]
+            if kind == "seq":
+                todo.append(st[:-1] + tuple((c, self._init(c)) for c in reversed(arg)))
+            elif kind == "alt":
+                todo.extend(st[:-1] + ((c, self._init(c)),) for c in arg)
+            else:
+                out.add(st)
+                if kind == "ws" or (kind == "num" and sub in ("0", "int", "frac", "exp")):  # may end here
+                    todo.append(st[:-1])
+        return frozenset(out)
+
+    def _leaf(self, kind: str, arg: Any, sub: Any, b: int) -> Any:
+        if kind == "lit":
+            return None if arg[sub] != b else _POP if sub + 1 == len(arg) else sub + 1
+        if kind == "str":
+            nxt = _str_step((), sub, b)
+            return None if nxt is None else nxt[2] if nxt[0] == "str" else _POP
+        if kind == "num":
+            if sub == "":
+                nxt = "-" if b == ord("-") else ("0" if b == ord("0") else "int") if b in _DIGITS else None
+            else:
+                nxt = _num_step(sub, b)
+            return None if arg and nxt in ("frac0", "exp0") else nxt
+        if kind == "json":
             nxt = json_step(sub, b)
-            if nxt is None:
-                return None
-            return self._enter(i + 1) if nxt[0] == "done" else (i, nxt)
-        got = sub + bytes([b])
-        options = [seg] if isinstance(seg, bytes) else seg
-        if not any(o.startswith(got) for o in options):
-            return None
-        return self._enter(i + 1) if got in options else (i, got)
+            return None if nxt is None else _POP if nxt[0] == "done" else nxt
+        if kind == "free":
+            if not arg:
+                return 0
+            seen = arg[:sub] + bytes([b])
+            k = next(k for k in range(len(seen), -1, -1) if seen.endswith(arg[:k]))  # the trigger's part written
+            return _POP if k == len(arg) else k
+        if kind == "ws":
+            return 0 if b in _WS_BYTES else None
+        return _POP if b not in arg else None  # "not"
 
-    def done(self, state: tuple | None) -> bool:
-        return state is not None and state[0] == len(self.segments)
+    def step(self, state: frozenset | None, b: int) -> frozenset | None:
+        """The state after byte `b`, or None when no reading of the bytes goes on with it."""
+        if state is None:
+            return None
+        key = (state, b)
+        if key in self._memo:
+            return self._memo[key]
+        nxt = set()
+        for st in state:
+            if st:
+                i, sub = st[-1]
+                got = self._leaf(*self.nodes[i], sub, b)
+                if got is not None:
+                    nxt.add(st[:-1] if got is _POP else st[:-1] + ((i, got),))
+        out = self._closure(nxt) or None if nxt else None
+        if len(self._memo) > 100_000:
+            self._memo.clear()
+        self._memo[key] = out
+        return out
+
+    def done(self, state: frozenset | None) -> bool:
+        """The bytes so far are a whole match: a stop token may follow (free text may go on, too)."""
+        return state is not None and any(not st or self.nodes[st[-1][0]][0] == "free" for st in state)
+
+    def final(self, state: frozenset | None) -> bool:
+        """Matched, and nothing more may follow: only a stop token."""
+        return bool(state) and all(not st for st in state)
+
+    def fast(self, state: frozenset) -> tuple | None:
+        """A shortcut for the mask: ("plain", due) inside a JSON string with `due` UTF-8 continuation bytes still
+        due, where plain string bytes keep every reading alive; ("without", byte) in free text whose trigger
+        starts with `byte`, where a token without that byte stays free text; None: walk every token."""
+        tops = {self.nodes[st[-1][0]] + (st[-1][1],) if st else None for st in state}
+        if len(tops) != 1 or None in tops:
+            return None
+        kind, arg, sub = tops.pop()
+        if kind == "str" and sub[2] == 0:
+            return ("plain", sub[1])
+        if kind == "free" and sub == 0:
+            return ("without", arg[0] if arg else -1)
+        return None
 
 
 def json_object() -> Pattern:
-    return Pattern("json")
+    p = Pattern()
+    return p.finish(p.node("json"))
 
 
-def tool_call_pattern(tool_format: str, names: list[str]) -> Pattern:
-    """One call in the template's syntax to one of `names`, its arguments a JSON object."""
+def tool_call_pattern(
+    tool_format: str, names: list[str], args: list | None = None, auto: bool = False, p: Pattern | None = None
+) -> Pattern:
+    """Calls in the template's syntax to one of `names`. `args[k]`: the node in `p` that `names[k]`'s arguments
+    follow (None: any JSON object). Forced (`auto` False): exactly one call. `auto`: text is free until a call
+    opens (hermes: `<tool_call>`, then free again after it; llama3_json: a reply opening with `{` is calls
+    joined by "; "), and each call follows the pattern."""
+    p = p or Pattern()
+    args = args or [None] * len(names)
+    key = "arguments" if tool_format == "hermes" else "parameters"
+    heads = [
+        p.seq(p.lit(f'{json.dumps(n)[1:-1]}", "{key}": '.encode()), p.node("json") if a is None else a)
+        for n, a in zip(names, args)
+    ]
     if tool_format == "hermes":
-        head, args, tail = b'<tool_call>\n{"name": "', b'", "arguments": ', b"}\n</tool_call>"
-    else:  # llama3_json
-        head, args, tail = b'{"name": "', b'", "parameters": ', b"}"
-    return Pattern(head, [json.dumps(n)[1:-1].encode() + args for n in names], "json", tail)
+        body = p.seq(p.lit(b'\n{"name": "'), p.alt(*heads), p.lit(b"}\n</tool_call>"))
+        if not auto:
+            return p.finish(p.seq(p.lit(b"<tool_call>"), body))
+        text = p.seq()
+        p.define(text, p.node("free", b"<tool_call>"), body, text)
+        return p.finish(text)
+    call = p.seq(p.lit(b'{"name": "'), p.alt(*heads), p.lit(b"}"))  # llama3_json
+    if not auto:
+        return p.finish(call)
+    calls = p.seq()
+    p.define(calls, call, p.alt(p.seq(p.lit(b"; "), calls), p.seq()))
+    prose = p.seq(p.node("not", b"{" + _WS_BYTES), p.node("free", b""))
+    return p.finish(p.seq(p.node("ws"), p.alt(calls, prose, p.seq())))
 
 
 # ----------------------------------------------------------------------------- tokens → bytes → masks
@@ -235,6 +358,13 @@ class TokenBytes:
         # still due after a token made of plain string bytes, starting from 0-3 due (-1: not plain there).
         self.first = torch.tensor([seq[0] if seq else -1 for seq in table])
         self.plain = torch.tensor([[_plain_run(seq, c) for c in range(4)] for seq in table])
+        self._holding: dict[int, torch.Tensor] = {}
+
+    def holding(self, byte: int) -> torch.Tensor:
+        """True for tokens whose bytes hold `byte` (-1: none), and for those never allowed."""
+        if byte not in self._holding:
+            self._holding[byte] = torch.tensor([not seq or byte in seq for seq in self.table])
+        return self._holding[byte]
 
     @staticmethod
     def of(tokenizer: Any, stop_ids: set[int]) -> TokenBytes | None:
@@ -273,23 +403,23 @@ class MaskCache:
     def __init__(self, toks: TokenBytes, size: int = 512) -> None:
         self.toks, self.size, self.masks = toks, size, OrderedDict()
 
-    def get(self, pattern: Pattern, state: tuple | None, width: int) -> torch.Tensor:
+    def get(self, pattern: Pattern, state: frozenset | None, width: int) -> torch.Tensor:
         toks = self.toks
         key = (pattern.key, state)
         mask = self.masks.get(key)
         if mask is None:
             mask = torch.zeros(width, dtype=torch.bool)
-            if pattern.done(state) or state is None:  # complete (or lost): only a stop token may follow
+            if state is None or pattern.final(state):  # complete (or lost): only a stop token may follow
                 mask[[i for i in toks.stop_ids if i < width]] = True
             else:
                 n = min(width, len(toks.table))
                 ok = torch.tensor([pattern.step(state, b) is not None for b in range(256)] + [False])
                 walk = ok[toks.first[:n]]  # -1 indexes the trailing False
-                sub = state[1] if isinstance(state[1], tuple) and len(state[1]) == 3 else None
-                if sub is not None and sub[0] == "str" and sub[2][2] == 0:  # plain bytes keep a string open
-                    plain = toks.plain[:n, sub[2][1]] >= 0
-                    mask[:n] |= plain
-                    walk &= ~plain
+                fast = pattern.fast(state)
+                if fast is not None:  # tokens sure to keep the pattern alive, without a walk
+                    sure = toks.plain[:n, fast[1]] >= 0 if fast[0] == "plain" else ~toks.holding(fast[1])[:n]
+                    mask[:n] |= sure
+                    walk &= ~sure
                 for i in walk.nonzero().flatten().tolist():
                     s = state
                     for b in toks.table[i]:
@@ -297,6 +427,8 @@ class MaskCache:
                         if s is None:
                             break
                     mask[i] = s is not None
+                if pattern.done(state):  # free text that may end here
+                    mask[[i for i in toks.stop_ids if i < width]] = True
             self.masks[key] = mask
             if len(self.masks) > self.size:
                 self.masks.popitem(last=False)
@@ -328,19 +460,21 @@ class Constrain(LogitsProcessor):
         if self.states[r] is None:
             return False
         state = self._advance(r)
-        return state is None or self.rows[r].job.constraint.done(state)
+        return state is None or self.rows[r].job.constraint.final(state)
 
     def ban(self, width: int, device: Any = None) -> torch.Tensor:
-        """[rows, width] True where a row may not go; unconstrained and finished rows ban nothing."""
+        """[rows, width] True where a row may not go; unconstrained and finished rows ban nothing. Where the
+        pattern may end, the row's own `.stops` are what may end it, when it has them."""
         out = torch.zeros(len(self.rows), width, dtype=torch.bool)
         for r, row in enumerate(self.rows):
             if self.states[r] is None or row.done:
                 continue
-            if self.complete(r) and getattr(row, "stops", None):
-                out[r] = True
-                out[r, [t for t in row.stops if t < width]] = False
-            else:
-                out[r] = ~self.cache.get(row.job.constraint, self.states[r][0], width)
+            state, pattern = self._advance(r), row.job.constraint
+            out[r] = ~self.cache.get(pattern, state, width)
+            stops = getattr(row, "stops", None)
+            if stops and (state is None or pattern.done(state)):
+                out[r, [t for t in self.toks.stop_ids if t < width]] = True
+                out[r, [t for t in stops if t < width]] = False
         return out.to(device) if device is not None else out
 
     def keep(self, idx: list[int]) -> None:

@@ -418,7 +418,7 @@ def create_app(
         plan = tooling.plan_chat(req, template)
         messages = plan.messages
         if plan.constraint is not None and masks is None:
-            field = "tool_choice" if plan.tools else "response_format"
+            field = plan.by
             raise BadRequest(f"{field}: constrained decoding needs a byte-level or SentencePiece tokenizer", field)
         last = len(messages) - 1
         if req.continue_final_message and req.add_generation_prompt:  # vLLM's 400 too: which one is meant is a guess
@@ -430,7 +430,7 @@ def create_app(
                    f"assistant's (it is {req.messages[last].role!r})")  # fmt: skip
             raise BadRequest(msg, f"messages.{last}.role")
         if req.continue_final_message and plan.constraint is not None:  # the pattern would start over mid-message
-            field = "tool_choice" if plan.tools else "response_format"
+            field = plan.by
             msg = (f"continue_final_message: {field} constrains a reply from its start (one whole JSON object or "
                    f"call), not the rest of messages.{last}; send one or the other")  # fmt: skip
             raise BadRequest(msg, "continue_final_message")
@@ -568,7 +568,7 @@ def create_app(
                 job.events, job.first, job.prompt_skip, job.continues = events, k * n, p.skip, continues
                 job.constraint = plan.constraint if plan else None
                 if job.constraint is not None and job.ignore_eos and not job.stop_token_ids:
-                    field = "tool_choice" if plan.tools else "response_format"  # type: ignore[union-attr]
+                    field = plan.by  # type: ignore[union-attr]
                     msg = f"ignore_eos: a reply constrained by {field} must end; drop ignore_eos or give stop_token_ids"
                     raise BadRequest(msg, "ignore_eos")
                 jobs.append(job)
@@ -667,6 +667,7 @@ def create_app(
             if plan and plan.tool_format and not refused:
                 calls = [tooling.ToolStream(plan.tool_format) for _ in range(total)]
             held: list[list] = [[] for _ in range(total)]  # log-probs of text a ToolStream holds back
+            filtered = [False] * total  # buffered[i] is already the filter's (a reply with tools)
             tail: list[str] = []
             if chat:
                 out = [sse([{**choice(i, None, None, True), "delta": {"role": "assistant"}}]) for i in range(total)]
@@ -686,16 +687,21 @@ def create_app(
                         held[i] += ev[3]
                         ev, held[i] = ("delta", i, text, held[i] if text else []), [] if text else held[i]
                     elif ev[0] == "done" and calls:
-                        rest, made = calls[ev[1]].finish()
-                        if filtering:
-                            buffered[ev[1]] += rest
-                        elif rest or (held[ev[1]] and top is not None):  # the call's tokens' log-probs too
-                            out.append(delta(ev[1], rest, held[ev[1]]))
+                        if filtering:  # the filter reads the whole reply, calls too, as when not streamed (the
+                            # calls' arguments went out unfiltered: PII that --pii redacts in a whole reply)
+                            whole = output_filter(calls[ev[1]].text)
+                            message, reason = tooling.reply_with_calls(whole, ev[2], calls[ev[1]].fmt)
+                            buffered[ev[1]], made = message["content"] or "", message.get("tool_calls", [])
+                            ev, filtered[ev[1]] = (*ev[:2], reason, *ev[3:]), True
+                        else:
+                            rest, made = calls[ev[1]].finish()
+                            if rest or (held[ev[1]] and top is not None):  # the call's tokens' log-probs too
+                                out.append(delta(ev[1], rest, held[ev[1]]))
+                            ev = (*ev[:2], "tool_calls" if made else ev[2], *ev[3:])
                         head_ = choice(ev[1], None, None, True)
                         tail = [
                             sse([{**head_, "delta": {"tool_calls": [{"index": k, **c}]}}]) for k, c in enumerate(made)
                         ]
-                        ev = (*ev[:2], "tool_calls" if made else ev[2], *ev[3:])
                     if ev[0] == "prompt":  # echo with log-probs: the prompt and its tokens' log-probs first
                         out += [delta(i, echoes[i], ev[2], prompt=True) for i in range(ev[1], ev[1] + n)]
                     elif ev[0] == "delta" and filtering and ev[1] not in refused:
@@ -705,8 +711,10 @@ def create_app(
                             out.append(delta(*ev[1:]))
                     else:
                         used += ev[3]
-                        if filtering and ev[1] not in refused and (shown := output_filter(buffered[ev[1]])):
-                            out.append(sse([choice(ev[1], shown, None, True)]))  # as non-streamed: even ""
+                        if filtering and ev[1] not in refused:
+                            shown = buffered[ev[1]] if filtered[ev[1]] else output_filter(buffered[ev[1]])
+                            if shown:
+                                out.append(sse([choice(ev[1], shown, None, True)]))
                         out += tail  # the choice's tool_calls deltas, after its content
                         tail = []
                         out.append(sse([choice(ev[1], None, ev[2], True)]))

@@ -13,6 +13,11 @@
 3. tool_choice "required" or a named function, and response_format json_object, are enforced by
    constrained decoding (weitiao.infer.constrain): one call in the template's syntax with a JSON-object
    `arguments`, or one JSON object. json_schema is refused with a 400 (not enforced).
+4. A tool with `strict: true` has its arguments follow its schema (weitiao.infer.schema; a schema OpenAI
+   refuses, or one using what the mask cannot enforce, is a 400). Under tool_choice "auto", as vLLM's
+   structural tags, any strict tool makes the reply free text until a call opens; from there the name is one
+   of the tools and a strict tool's arguments follow its schema; under "required" or a named function the
+   one forced call does.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 from weitiao.data.templates import ChatTemplate, parse_tool_calls
 from weitiao.infer.api import BadRequest
 from weitiao.infer.constrain import Pattern, json_object, tool_call_pattern
+from weitiao.infer.schema import strict_arguments
 
 _MARK = "<tool_call>"
 
@@ -35,6 +41,7 @@ class ChatPlan:
     tools: list[dict] | None  # for the template; None when tool_choice is "none"
     tool_format: str | None  # read calls out of replies in this format; None: plain text
     constraint: Pattern | None  # the reply must match it (constrained decoding)
+    by: str = "response_format"  # the field that asked for the constraint (named in the 400s about it)
 
 
 def plan_chat(req: Any, template: ChatTemplate) -> ChatPlan:
@@ -65,6 +72,13 @@ def plan_chat(req: Any, template: ChatTemplate) -> ChatPlan:
         if name in names[:j]:
             field = f"tools.{j}.function.name"
             raise BadRequest(f"{field}: {name!r} is also tools.{names.index(name)}'s name; names must differ", field)
+    # each strict schema is checked (a 400 as on OpenAI) whatever tool_choice is; its node goes into `p`
+    p = Pattern()
+    args = [
+        strict_arguments(p, t["function"].get("parameters"), f"tools.{j}.function") if t["function"].get("strict")
+        else None
+        for j, t in enumerate(tools)
+    ]  # fmt: skip
     if not isinstance(choice, str) and choice.function.name not in names:
         raise BadRequest(f"tool_choice: function {choice.function.name!r} is not in tools ({names})", "tool_choice")
     fmt = req.response_format.type if req.response_format else "text"
@@ -87,10 +101,15 @@ def plan_chat(req: Any, template: ChatTemplate) -> ChatPlan:
         raise BadRequest(msg, "tools")
     if fmt == "json_object":
         raise BadRequest("response_format: json_object together with tools; send one or the other", "response_format")
-    constraint = None
-    if choice == "required" or not isinstance(choice, str):
-        constraint = tool_call_pattern(template.tool_format, names if choice == "required" else [choice.function.name])
-    return ChatPlan(messages, tools, template.tool_format, constraint)
+    constraint, by = None, "tool_choice"
+    if choice == "required" or choice == "auto" and any(a is not None for a in args):
+        constraint = tool_call_pattern(template.tool_format, names, args, auto=choice == "auto", p=p)
+        if choice == "auto":
+            by = f"tools.{next(j for j, a in enumerate(args) if a is not None)}.function.strict"
+    elif not isinstance(choice, str):
+        k = names.index(choice.function.name)
+        constraint = tool_call_pattern(template.tool_format, [names[k]], [args[k]], p=p)
+    return ChatPlan(messages, tools, template.tool_format, constraint, by)
 
 
 def _check_turns(messages: list) -> None:
