@@ -109,6 +109,17 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("tiny") / "llama", tokenizer)
 
 
+def walked_mask(pattern, state, toks, size: int):
+    """The constraint's mask by brute force: a token is allowed when the pattern steps through all its bytes."""
+    want = torch.zeros(size, dtype=torch.bool)
+    for i, seq in enumerate(toks.table):
+        s = state
+        for b in seq or b"":
+            s = pattern.step(s, b)
+        want[i] = seq is not None and s is not None
+    return want
+
+
 def count_renders(monkeypatch, tok) -> list:
     """A list that grows by one at each `tok.apply_chat_template` call from now on."""
     calls: list = []

@@ -256,27 +256,24 @@ def test_a_gbk_csv_is_refused_not_read_as_replacement_characters(spark, tmp_path
     assert r.con.execute("SELECT chosen, rejected FROM wt_pairs").fetchall() == [("好回答", "一般回答")]
 
 
-def test_the_note_on_repeats_without_user_id_and_ts_is_the_same(spark, tmp_path):
-    """Views repeating another whole with no user_id/ts to tell them from deliveries twice: one note, same count."""
-    content = "content_id,context,text,length_chars\nA,q1,好回答,800\nB,q1,一般回答,800\n"  # no view idle
-    (tmp_path / "c.csv").write_text(content, encoding="utf-8")
-    rows = [f"A,{40 + i % 3},1" for i in range(10)] + ["B,20,1"] * 8 + ["B,90,1"] * 10  # 7 + 7 + 9 repeats
+REPEATS = [f"A,{40 + i % 3},1" for i in range(10)] + ["B,20,1"] * 8 + ["B,90,1"] * 10  # 7 + 7 + 9 repeats
+DISTINCT = [f"A,{40 + i},1" for i in range(10)] + [f"B,{20 + i},1" for i in range(10)]
+
+
+@pytest.mark.parametrize(
+    "lengths,rows,said",
+    [(",length_chars", REPEATS, "so 23 views"),  # repeats with no user_id/ts to tell them from deliveries twice
+     ("", DISTINCT, "20 of 20 views (100%)")],  # no length_chars: short texts make every view idle
+)  # fmt: skip
+def test_a_dwell_note_is_the_same_on_both_engines(spark, tmp_path, lengths, rows, said):
+    """The notes on what a ledger cannot show: one note, the same words and counts on Spark as on DuckDB."""
+    items = "A,q1,好回答,800\nB,q1,一般回答,800\n" if lengths else "A,q1,好回答\nB,q1,一般回答\n"
+    (tmp_path / "c.csv").write_text(f"content_id,context,text{lengths}\n{items}", encoding="utf-8")
     (tmp_path / "n.csv").write_text("content_id,dwell_s,position\n" + "\n".join(rows) + "\n")
     cfg = load_profile("dwell", "zhihu", ["min_views=5", "position_correction=false", "min_z=0"])
     duck = dwell.run(tmp_path / "n.csv", cfg, tmp_path / "c.csv", progress=False)
     sp = dwell.run(tmp_path / "n.csv", cfg, tmp_path / "c.csv", progress=False, engine=spark)
-    assert len(sp.notes) == 1 and sp.notes == duck.notes and "so 23 views" in sp.notes[0]
-
-
-def test_the_note_on_views_idle_by_the_texts_own_length_is_the_same(spark, tmp_path):
-    """No length_chars: reading time from `text`, so short texts make every view idle: one note, same numbers."""
-    (tmp_path / "c.csv").write_text("content_id,context,text\nA,q1,好回答\nB,q1,一般回答\n", encoding="utf-8")
-    rows = [f"A,{40 + i},1" for i in range(10)] + [f"B,{20 + i},1" for i in range(10)]
-    (tmp_path / "n.csv").write_text("content_id,dwell_s,position\n" + "\n".join(rows) + "\n")
-    cfg = load_profile("dwell", "zhihu", ["min_views=5", "position_correction=false", "min_z=0"])
-    duck = dwell.run(tmp_path / "n.csv", cfg, tmp_path / "c.csv", progress=False)
-    sp = dwell.run(tmp_path / "n.csv", cfg, tmp_path / "c.csv", progress=False, engine=spark)
-    assert len(sp.notes) == 1 and sp.notes == duck.notes and "20 of 20 views (100%)" in sp.notes[0]
+    assert len(sp.notes) == 1 and sp.notes == duck.notes and said in sp.notes[0]
 
 
 def test_csv_ids_that_look_like_numbers_or_dates_stay_as_written(spark, tmp_path):

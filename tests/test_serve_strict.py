@@ -16,6 +16,7 @@ import jsonschema
 import openai
 import pytest
 import torch
+from conftest import walked_mask
 from loopback import running
 from test_serve_tools import ASK, CALL, FINAL, OTHER, RESULT, client, train_tool_model
 
@@ -264,12 +265,7 @@ def test_mask_shortcuts_equal_the_plain_byte_walk_in_free_text_and_strict_argume
     raw = f'好的 a <tool <tool_call>\n{{"name": "get_weather", "arguments": {call}}}\n</tool_call> 再见'.encode()
     state = pattern.start
     for k in range(len(raw) + 1):
-        want = torch.zeros(len(tok), dtype=torch.bool)
-        for i, seq in enumerate(toks.table):
-            s = state
-            for b in seq or b"":
-                s = pattern.step(s, b)
-            want[i] = seq is not None and s is not None
+        want = walked_mask(pattern, state, toks, len(tok))
         want[stop] = pattern.done(state)
         assert torch.equal(cache.get(pattern, state, len(tok)), want), raw[:k]
         if k < len(raw):

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 import torch
-from conftest import CORPUS, SPECIALS, build_tokenizer, save_tiny_model
+from conftest import CORPUS, SPECIALS, build_tokenizer, save_tiny_model, walked_mask
 from loopback import decoding_blocker, running
 
 from weitiao.data.chat import EncodeOptions, encode
@@ -562,12 +562,7 @@ def test_mask_shortcuts_equal_the_plain_byte_walk(tokenizer):
     ):
         state, raw = pattern.start, prefix.encode()
         for k in range(len(raw) + 1):
-            want = torch.zeros(len(tokenizer), dtype=torch.bool)
-            for i, seq in enumerate(toks.table):
-                s = state
-                for b in seq or b"":
-                    s = pattern.step(s, b)
-                want[i] = seq is not None and s is not None
+            want = walked_mask(pattern, state, toks, len(tokenizer))
             if pattern.done(state):
                 want[:] = False
                 want[stop] = True
