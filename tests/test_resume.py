@@ -350,8 +350,9 @@ def test_resume_refuses_changed_data_content(tiny_model_dir, chat_file, tmp_path
     sft.run(config(tiny_model_dir, chat_file, run, *args, "train.stop_after=1"))
     rows = chat_file.read_text(encoding="utf-8").splitlines()
     chat_file.write_text("\n".join(rows[:-2]) + "\n", encoding="utf-8")  # same file name, fewer rows
-    with pytest.raises(UserError, match="^train.resume: the training data changed since the checkpoint"):
+    with pytest.raises(UserError, match="^train.resume: the training data changed since the checkpoint") as err:
         sft.run(config(tiny_model_dir, chat_file, run, *args))
+    assert f"(data.train: {chat_file}): other rows" in str(err.value)  # the key and the files it names
     sft.run(config(tiny_model_dir, chat_file, run, *args, "train.resume=force"))
     assert [r["step"] for r in read_metrics(run, "train")] == [1, 2, 3]
 

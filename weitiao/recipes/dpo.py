@@ -430,7 +430,7 @@ def run(cfg: DPOConfig) -> dict:
         world = accel.num_processes
         lr = t.default_lr(cfg.lora.enabled)
         plan = loop.EpochPlan(pairs[0], 2 * cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
-        total = plan.total_steps(opened.state)
+        total = plan.total_steps(opened.state, cfg.data.train)
 
         # 2. Policy, reference, optimizer. Packed rows must stay apart under the chosen attention: checked.
         model = build_trainable(cfg.model, cfg.lora, accel.device)

@@ -201,7 +201,7 @@ def run(cfg: RMConfig) -> dict:
         world = accel.num_processes
         lr = t.default_lr(cfg.lora.enabled)
         plan = loop.EpochPlan(pairs[0], 2 * cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
-        total = plan.total_steps(opened.state)
+        total = plan.total_steps(opened.state, cfg.data.train)
 
         # 2. Scorer (LoRA + fully trained score head), optimizer.
         if cfg.lora.enabled and cfg.lora.init_from:

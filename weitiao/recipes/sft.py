@@ -265,7 +265,7 @@ def run(cfg: SFTConfig) -> dict:
         world = accel.num_processes
         lr = t.default_lr(cfg.lora.enabled)
         plan = loop.EpochPlan(lengths, cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
-        total = plan.total_steps(opened.state)
+        total = plan.total_steps(opened.state, cfg.data.train)
 
         # 2. Model, loss wrapper, optimizer.
         model = build_trainable(cfg.model, cfg.lora, accel.device)

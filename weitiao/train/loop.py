@@ -89,10 +89,10 @@ class EpochPlan:
             self._steps[epoch] = max(n // self.per_step, 1) if n >= self.world else 0
         return self._steps[epoch]
 
-    def total_steps(self, saved: dict[str, Any]) -> int:
+    def total_steps(self, saved: dict[str, Any], files: list | None = None) -> int:
         """Steps of the run; refuses a run with no step to take, an epoch some process would train nothing of, and
-        resuming on other data. `saved`: the checkpoint's trainer state (`Opened.state`); called before `start`, so a
-        refusal leaves the run folder as it was."""
+        resuming on other data (naming `files`, the data.train entries). `saved`: the checkpoint's trainer state
+        (`Opened.state`); called before `start`, so a refusal leaves the run folder as it was."""
         t = self.t
         if t.max_steps is not None:
             total = t.max_steps
@@ -117,9 +117,10 @@ class EpochPlan:
         key, saved_content = self.keys["data_key"], saved.get("data_content")
         other_texts = bool(self.content and saved_content and saved_content != self.content)  # older: lengths only
         if (saved.get("data_key", key) != key or other_texts) and t.resume != "force":
+            named = f" (data.train: {', '.join(map(str, files))})" if files else ""
             raise UserError(
-                "train.resume: the training data changed since the checkpoint (other rows, texts or lengths after "
-                "tokenization); restore it, set train.resume=none for a new run, or train.resume=force"
+                f"train.resume: the training data changed since the checkpoint{named}: other rows, texts or lengths "
+                "after tokenization; restore it, set train.resume=none for a new run, or train.resume=force"
             )
         if saved["step"] >= total:
             raise UserError(
