@@ -205,7 +205,7 @@ def load_tokenizer(path: str) -> Any:
         tok = AutoTokenizer.from_pretrained(path)
     except OSError as e:
         raise UserError(f"model {path!r}: cannot load tokenizer: {_first_line(e)}") from None
-    if folder.is_dir() and (folder / "tokenizer.json").is_file():
+    if folder.is_dir():
         tok = _as_written(tok, folder)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -216,6 +216,7 @@ def load_tokenizer(path: str) -> Any:
 # one pre-tokenizer or normalizer splits differently from another.
 _SPLIT_PROBE = "It's 2024: 12345 apples,  3.14\n\n\tdon't 我喜欢喝咖啡！今天１２３ 🙂 cafe\u0301 x  y\r\nend"
 _SAID_TOKENIZER: set[str] = set()
+_AGREES: set[tuple[str, int]] = set()  # (tokenizer.json, its mtime) whose class and file split the probe alike
 
 
 def split_difference(tok: Any, folder: Path) -> tuple[Any, str] | None:
@@ -228,11 +229,16 @@ def split_difference(tok: Any, folder: Path) -> tuple[Any, str] | None:
     read it."""
     from transformers import TokenizersBackend
 
-    if type(tok) is TokenizersBackend or not (folder / "tokenizer.json").is_file():
+    file = folder / "tokenizer.json"
+    if type(tok) is TokenizersBackend or not file.is_file():
+        return None
+    seen = (str(file.resolve()), file.stat().st_mtime_ns)
+    if seen in _AGREES:  # a process loads one tokenizer many times: the second load of the file is not repeated
         return None
     written = TokenizersBackend.from_pretrained(str(folder))
     ours, theirs = written(_SPLIT_PROBE)["input_ids"], tok(_SPLIT_PROBE)["input_ids"]
     if ours == theirs:
+        _AGREES.add(seen)
         return None
     at = next(i for i, (a, b) in enumerate(zip([*ours, None], [*theirs, None])) if a != b)
     piece = written.decode(ours[max(0, at - 1) : at + 2])
