@@ -101,6 +101,11 @@ def content_columns(own_file: bool = True) -> list[Column]:
     ]
 
 
+def expected_sql(cfg: DwellConfig, table: str = "") -> str:
+    """An item's expected reading time in seconds, over `table`'s length_chars and images."""
+    return f"{n(cfg.base_s)} + {table}length_chars / {n(cfg.read_cps)} + {table}images * {n(cfg.image_s)}"
+
+
 def build_stages(cfg: DwellConfig) -> list[Stage]:
     """The pairing pipeline for `cfg` as SQL statements over `events` and `content`."""
     stages = [
@@ -108,7 +113,7 @@ def build_stages(cfg: DwellConfig) -> list[Stage]:
             "content: integer key and expected reading time per item",
             "wt_content",
             f"""SELECT CAST(row_number() OVER (ORDER BY content_id) AS INTEGER) AS idx, content_id, context,
-  length_chars, images, {n(cfg.base_s)} + length_chars / {n(cfg.read_cps)} + images * {n(cfg.image_s)} AS expected_s
+  length_chars, images, {expected_sql(cfg)} AS expected_s
 FROM content""",
         )
     ]
@@ -318,7 +323,7 @@ def _idle_by_text_length(engine: Engine, cfg: DwellConfig, file: str | Path) -> 
     preview or summary makes every longer read look idle, and the pairs came out empty with no word of why."""
     if not cfg.idle_ratio:
         return None
-    expected = f"{n(cfg.base_s)} + c.length_chars / {n(cfg.read_cps)} + c.images * {n(cfg.image_s)}"
+    expected = expected_sql(cfg, "c.")
     total, idle, chars = engine.rows(
         f"SELECT count(*), count(*) FILTER (WHERE e.dwell_s > {n(cfg.idle_ratio)} * ({expected}) AND e.dwell_s <= "
         f"{n(cfg.max_dwell_s)} AND e.dwell_s >= {n(cfg.min_dwell_s)}), avg(c.length_chars) "
