@@ -251,7 +251,18 @@ def test_tool_stream_sends_a_prefix_of_the_final_content(fmt, reply, content, na
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, "response_format"),
+        (  # OpenAI's name: a-z, A-Z, 0-9, _ and -
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x y", "schema": {}}}},
+            "response_format.json_schema.name",
+        ),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+        (
+            {
+                "tools": [WEATHER],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}},
+            },
+            "response_format",
+        ),
         ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
         ({"tool_choice": "required"}, "tool_choice"),
         ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format"),

@@ -117,9 +117,17 @@ class _NamedToolChoice(_Strict):
     function: _FunctionName
 
 
+class _JsonSchema(_Strict):
+    # OpenAI's: name a-z, A-Z, 0-9, _ and -, at most 64; the reply follows `schema` (weitiao.infer.schema)
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+    description: str | None = None
+    json_schema: dict[str, Any] = Field(alias="schema")  # `schema` is a BaseModel method's name
+    strict: bool | None = None  # true: OpenAI's strict rules; false or unset: JSON Schema's (still enforced)
+
+
 class _ResponseFormat(_Strict):
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: _JsonSchema | None = None
 
 
 class _Message(_Strict):

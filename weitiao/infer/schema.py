@@ -1,15 +1,25 @@
-"""A strict tool's JSON schema (`tools[].function.strict: true`) as a `weitiao.infer.constrain.Pattern` grammar.
+"""JSON schemas as `weitiao.infer.constrain.Pattern` grammars: a strict tool's arguments (`tools[].function.strict:
+true`) and a `response_format` json_schema reply.
 
-OpenAI's Structured Outputs rules: the root is an object; every object lists all its properties in `required`
-and sets `additionalProperties: false` (OpenAI refuses the request otherwise, and so does this, naming the
-path). What is enforced: `type` (one or a list), `properties`, `items`, `minItems`/`maxItems`, `enum`, `const`,
-`anyOf`, `$ref` into the schema (`#`, `#/$defs/...`, recursion too). Annotations (`description`, `title`,
-`default`, `examples`, `$comment`) change nothing. Anything else (`pattern`, `format`, `minimum`,
-`minLength`, ...) is a 400 naming `tools.i.function.strict`: the mask could not keep it, and a reply that
-breaks it must not pass as strict.
+Strict (a strict tool; json_schema with strict: true): OpenAI's Structured Outputs rules. The root is an object;
+every object lists all its properties in `required` and sets `additionalProperties: false`; every schema has a
+`type` (or enum, const, anyOf, $ref). OpenAI refuses the request otherwise, and so does this, naming the path.
+
+Not strict (json_schema with strict false or unset), the reply follows the schema too, as vLLM's guided decoding
+does, with JSON Schema's own defaults: any root; a property missing from `required` may be left out; a schema
+without `type` (`{}`, pydantic's `Any`) and an array without `items` hold any JSON value; an object without
+`properties` is any object (`additionalProperties` unset or true) or one whose values follow
+`additionalProperties`. An object with `properties` gets only those keys, whatever `additionalProperties` says
+(as xgrammar, vLLM's default backend): the reply is still valid, the mask just writes no other key.
+
+Enforced either way: `type` (one or a list), `properties`, `required`, `items`, `minItems`/`maxItems`, `enum`,
+`const`, `anyOf`, `$ref` into the schema (`#`, `#/$defs/...`, recursion too). Annotations (`description`,
+`title`, `default`, `examples`, `$comment`) change nothing. Anything else (`pattern`, `format`, `minimum`,
+`minLength`, `oneOf`, ...) is a 400: the mask could not keep it, and a reply that breaks it must not pass as
+following the schema.
 
 Keys come in the schema's order with the JSON style of weitiao.infer.constrain (`{"a": 1, "b": [true]}`): a
-strict reply's text has one spelling per value, but strings, whose content is free.
+reply's text has one spelling per value, but strings, whose content is free.
 """
 
 from __future__ import annotations
@@ -29,24 +39,33 @@ _MAX_DEPTH = 64  # schemas inside schemas (properties, items, anyOf); compiled b
 
 def strict_arguments(p: Pattern, parameters: dict | None, where: str) -> int:
     """The node in `p` for a strict function's arguments; `where`: "tools.i.function" (for the 400s)."""
-    strict = f"{where}.strict"
     if parameters is None:  # OpenAI: no parameters is an empty parameter list
         return p.lit(b"{}")
+    return compile_schema(p, parameters, f"{where}.parameters", strict=True, unenforced=f"{where}.strict")
+
+
+def compile_schema(p: Pattern, schema: Any, at: str, strict: bool, unenforced: str | None = None) -> int:
+    """The node in `p` that JSON following `schema` matches, or `BadRequest`. `at`: the schema's path in the
+    request; `strict`: OpenAI's rules (see the module); `unenforced`: the field a keyword the mask cannot keep
+    is refused under (a strict tool's `strict`, which the client may drop), None: the keyword's own path."""
     refs: dict[str, int] = {}
+    anything: list[int] = []  # the any-JSON-value node, made once
 
-    def refuse(path: str, what: str) -> None:
-        msg = f"{strict}: {path} ({what}) is not enforced by this server's constrained decoding"
-        raise BadRequest(f"{msg}; drop it, or send strict: false", strict)
+    def refuse(path: str, what: str) -> None:  # what the mask cannot enforce
+        if unenforced is not None:
+            msg = f"{unenforced}: {path} ({what}) is not enforced by this server's constrained decoding"
+            raise BadRequest(f"{msg}; drop it, or send strict: false", unenforced)
+        raise BadRequest(f"{path}: {what} is not enforced by this server's constrained decoding; drop it", path)
 
-    def openai_refuses(path: str, what: str) -> None:  # as OpenAI answers a strict schema that breaks its rules
-        raise BadRequest(f"{path}: {what} (strict function schemas: OpenAI's rules)", path)
+    def invalid(path: str, what: str) -> None:  # as OpenAI answers a schema that breaks its rules
+        raise BadRequest(f"{path}: {what}" + (" (strict schemas: OpenAI's rules)" if strict else ""), path)
 
     def resolve(ref: str, path: str) -> int:
         if ref in refs:
             return refs[ref]
-        if not (ref == "#" or ref.startswith("#/")):
+        if not isinstance(ref, str) or not (ref == "#" or ref.startswith("#/")):
             refuse(f"{path}.$ref", f"{ref!r}, outside the schema")
-        target: Any = parameters
+        target: Any = schema
         for part in ref[2:].split("/") if ref != "#" else []:
             part = part.replace("~1", "/").replace("~0", "~")
             if isinstance(target, list) and part.isdigit() and int(part) < len(target):  # "#/.../anyOf/0"
@@ -54,9 +73,9 @@ def strict_arguments(p: Pattern, parameters: dict | None, where: str) -> int:
             elif isinstance(target, dict) and part in target:
                 target = target[part]
             else:
-                openai_refuses(f"{path}.$ref", f"{ref!r} points to nothing in the schema")
+                invalid(f"{path}.$ref", f"{ref!r} points to nothing in the schema")
         refs[ref] = p.seq()  # a placeholder first: the target may refer to itself
-        p.define(refs[ref], build(target, f"{where}.parameters" + "".join(f".{x}" for x in ref[2:].split("/") if x)))
+        p.define(refs[ref], build(target, at + "".join(f".{x}" for x in ref[2:].split("/") if x)))
         return refs[ref]
 
     depth = [0]
@@ -71,8 +90,10 @@ def strict_arguments(p: Pattern, parameters: dict | None, where: str) -> int:
             depth[0] -= 1
 
     def subschema(s: Any, path: str) -> int:
+        if s is True and not strict:  # JSON Schema's `true`: any value
+            return any_value()
         if not isinstance(s, dict):
-            openai_refuses(path, "a schema must be an object")
+            invalid(path, "a schema must be an object")
         if unknown := sorted(set(s) - _KNOWN):
             refuse(f"{path}.{unknown[0]}", json.dumps(s[unknown[0]], ensure_ascii=False)[:60])
         if "$ref" in s:
@@ -85,21 +106,25 @@ def strict_arguments(p: Pattern, parameters: dict | None, where: str) -> int:
                 refuse(f"{path}.{extra[0]}", f"beside {key}")
             values = [s["const"]] if key == "const" else s["enum"]
             if not isinstance(values, list) or not values:
-                openai_refuses(f"{path}.enum", "must be a non-empty array")
+                invalid(f"{path}.enum", "must be a non-empty array")
             types = s.get("type", list(_TYPES))
             for v in values:
                 if not any(_TYPES.get(t, lambda _: False)(v) for t in (types if isinstance(types, list) else [types])):
-                    openai_refuses(f"{path}.{key}", f"{json.dumps(v, ensure_ascii=False)} is not of type {types}")
+                    invalid(f"{path}.{key}", f"{json.dumps(v, ensure_ascii=False)} is not of type {types}")
             return p.alt(*(p.lit(_dump(v)) for v in values))
         if "anyOf" in s:
             if extra := sorted(set(s) - _NOTES - {"anyOf"}):
                 refuse(f"{path}.{extra[0]}", "beside anyOf")
             if not isinstance(s["anyOf"], list) or not s["anyOf"]:
-                openai_refuses(f"{path}.anyOf", "must be a non-empty array")
+                invalid(f"{path}.anyOf", "must be a non-empty array")
             return p.alt(*(build(x, f"{path}.anyOf.{k}") for k, x in enumerate(s["anyOf"])))
         if "type" not in s:
-            openai_refuses(f"{path}.type", "required (or enum, const, anyOf, $ref)")
+            if strict or set(s) - _NOTES:  # {"properties": ...} alone would hold any value that is no object
+                invalid(f"{path}.type", "required (or enum, const, anyOf, $ref)")
+            return any_value()
         types = s["type"] if isinstance(s["type"], list) else [s["type"]]
+        if not types:
+            invalid(f"{path}.type", "an empty list")
         return p.alt(*(typed(s, t, path) for t in types))
 
     def typed(s: dict, t: Any, path: str) -> int:
@@ -115,40 +140,57 @@ def strict_arguments(p: Pattern, parameters: dict | None, where: str) -> int:
             return obj(s, path)
         if t == "array":
             return array(s, path)
-        openai_refuses(f"{path}.type", f"{t!r} is no JSON schema type")
+        invalid(f"{path}.type", f"{t!r} is no JSON schema type")
         raise AssertionError
 
     def obj(s: dict, path: str) -> int:
-        props = s.get("properties", {})
+        props, extra = s.get("properties", {}), s.get("additionalProperties")
         if not isinstance(props, dict):
-            openai_refuses(f"{path}.properties", "must be an object")
-        if s.get("additionalProperties") is not False:
-            openai_refuses(f"{path}.additionalProperties", "must be false")
+            invalid(f"{path}.properties", "must be an object")
+        if strict and extra is not False:
+            invalid(f"{path}.additionalProperties", "must be false")
+        if not (extra is None or isinstance(extra, bool | dict)):
+            invalid(f"{path}.additionalProperties", "must be a boolean or a schema")
         required = s.get("required", [])
-        missing = [k for k in props if not isinstance(required, list) or k not in required]
-        if missing or not isinstance(required, list):
-            openai_refuses(f"{path}.required", f"must list every key in properties; missing {missing}")
-        if extra := [k for k in required if k not in props]:
-            openai_refuses(f"{path}.required", f"{extra} not in properties")
+        if not isinstance(required, list) or not all(isinstance(k, str) for k in required):
+            invalid(f"{path}.required", "must be an array of property names")
+        if strict and (missing := [k for k in props if k not in required]):
+            invalid(f"{path}.required", f"must list every key in properties; missing {missing}")
+        if unknown := [k for k in required if k not in props]:  # with any value: the mask writes no other key
+            invalid(f"{path}.required", f"{unknown} not in properties")
         if not props:
-            return p.lit(b"{}")
-        parts = []
-        for k, (name, sub) in enumerate(props.items()):
-            parts += [p.lit((b"{" if k == 0 else b", ") + _dump(name) + b": "), build(sub, f"{path}.properties.{name}")]
-        return p.seq(*parts, p.lit(b"}"))
+            if strict or extra is False:
+                return p.lit(b"{}")
+            if extra is None or extra is True:
+                return p.node("json")  # any object
+            value = build(extra, f"{path}.additionalProperties")
+            entry, more = p.seq(p.lit(b'"'), p.node("str"), p.lit(b": "), value), p.seq()
+            p.define(more, p.alt(p.lit(b"}"), p.seq(p.lit(b", "), entry, more)))
+            return p.seq(p.lit(b"{"), p.alt(p.lit(b"}"), p.seq(entry, more)))
+        # the keys in the schema's order, from the last: rest[w] is what may follow once the keys before are
+        # written (w: whether any of them was, so the next one needs ", "); a key not required may be skipped
+        rest = {False: p.lit(b"}"), True: p.lit(b"}")}
+        for name, sub in reversed(list(props.items())):
+            value = build(sub, f"{path}.properties.{name}")
+            now = {}
+            for written in (False, True):
+                take = p.seq(p.lit((b", " if written else b"") + _dump(name) + b": "), value, rest[True])
+                now[written] = take if name in required else p.alt(take, rest[written])
+            rest = now
+        return p.seq(p.lit(b"{"), rest[False])
 
     def array(s: dict, path: str) -> int:
-        if "items" not in s:
-            openai_refuses(f"{path}.items", "required for an array")
+        if "items" not in s and strict:
+            invalid(f"{path}.items", "required for an array")
         lo, hi = s.get("minItems", 0), s.get("maxItems")
         for key, v in (("minItems", lo), ("maxItems", hi)):
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
-                openai_refuses(f"{path}.{key}", "must be a non-negative integer")
+                invalid(f"{path}.{key}", "must be a non-negative integer")
             if v is not None and v > _MAX_ITEMS:
                 refuse(f"{path}.{key}", f"{v}, over {_MAX_ITEMS}")
         if hi is not None and hi < lo:
-            openai_refuses(f"{path}.maxItems", f"{hi} is under minItems {lo}")
-        item = build(s["items"], f"{path}.items")
+            invalid(f"{path}.maxItems", f"{hi} is under minItems {lo}")
+        item = build(s["items"], f"{path}.items") if "items" in s else any_value()
         more = p.seq()  # after one item or more, with no upper bound left: "]" or ", " item, again
         p.define(more, p.alt(p.lit(b"]"), p.seq(p.lit(b", "), item, more)))
         rest = more if hi is None else p.lit(b"]")  # after the last place
@@ -158,13 +200,23 @@ def strict_arguments(p: Pattern, parameters: dict | None, where: str) -> int:
         first = p.seq(item, rest)
         return p.seq(p.lit(b"["), first if lo > 0 else p.alt(p.lit(b"]"), first) if hi != 0 else p.lit(b"]"))
 
-    if not isinstance(parameters, dict) or parameters.get("type") != "object" or "anyOf" in parameters:
-        openai_refuses(f"{where}.parameters.type", "a strict function's parameters must be of type 'object'")
-    root = build(parameters, f"{where}.parameters")
+    def any_value() -> int:
+        if not anything:
+            v, more = p.seq(), p.seq()
+            anything.append(v)
+            p.define(more, p.alt(p.lit(b"]"), p.seq(p.lit(b", "), v, more)))
+            arr = p.seq(p.lit(b"["), p.alt(p.lit(b"]"), p.seq(v, more)))
+            scalars = (p.seq(p.lit(b'"'), p.node("str")), p.node("num", False), p.lit(b"true"), p.lit(b"false"))
+            p.define(v, p.alt(p.node("json"), arr, *scalars, p.lit(b"null")))
+        return anything[0]
+
+    if strict and (not isinstance(schema, dict) or schema.get("type") != "object" or "anyOf" in schema):
+        invalid(f"{at}.type", "the root must be of type 'object'")
+    root = build(schema, at)
     for ref, i in refs.items():  # {"$ref": "#/$defs/a"} as a's whole definition: no value can ever match it
         if not p.opens(i):
-            at = f"{where}.parameters" + "".join(f".{x}" for x in ref[2:].split("/") if x)
-            raise BadRequest(f"{at}: refers only to itself ($ref {ref!r}): no value matches it", at)
+            where = at + "".join(f".{x}" for x in ref[2:].split("/") if x)
+            raise BadRequest(f"{where}: refers only to itself ($ref {ref!r}): no value matches it", where)
     return root
 
 

@@ -21,7 +21,7 @@ How a request flows:
    prefilled at most `prefill_chunk` tokens per tick, between the decode steps of the running rows, and
    then join the running batch; the event loop keeps serving meanwhile.
 3. Every step each row's logits go through its own settings (`weitiao.infer.generate.Sampler`: bans from
-   min_tokens, from a tool_choice/json_object constraint (`weitiao.infer.constrain.Constrain`) and from the
+   min_tokens, from a tool_choice/response_format constraint (`weitiao.infer.constrain.Constrain`) and from the
    model folder's generation_config.json (`weitiao.infer.generate.folder_settings`), penalties,
    temperature, top-k/top-p, its own generator when seeded), then the new token is decoded and the text
    deltas (with their log-probs) go to the jobs' asyncio queues. Streaming is real: rows stream token by
@@ -137,7 +137,7 @@ class _Row:
         if job.seed is not None and job.sampling.temperature > 0:
             generator = torch.Generator(device).manual_seed((job.seed + index) % 2**64)
         self.sampling = replace(job.sampling, generator=generator)
-        # tool_choice required/named, response_format json_object: the pattern masks this row's logits
+        # tool_choice required/named, response_format json_object/json_schema: the pattern masks this row's logits
         self.constrain = Constrain([self], masks) if job.constraint is not None and masks is not None else None
         self.outbox: list = []  # the worker's, set at admission
         self.ids: list[int] = []
@@ -211,7 +211,7 @@ class _Row:
 
 
 def bans(rows: list[_Row], vocab: int) -> torch.Tensor | None:
-    """[rows, vocab] True where a row may not go: its constraint's pattern (tool_choice, json_object), and its
+    """[rows, vocab] True where a row may not go: its constraint's pattern (tool_choice, response_format), and its
     stop tokens before min_tokens, except where a complete constrained reply may only stop."""
     early = [len(r.ids) < r.job.min_tokens and bool(r.stops) for r in rows]
     if not any(early) and not any(r.constrain for r in rows):
@@ -324,7 +324,7 @@ def create_app(
         return theirs if own is None else own if theirs is None else own | theirs
 
     token_bytes = TokenBytes.of(tokenizer, stop_ids)
-    masks = MaskCache(token_bytes) if token_bytes else None  # constrained decoding (tool_choice, json_object)
+    masks = MaskCache(token_bytes) if token_bytes else None  # constrained decoding (tool_choice, response_format)
     pending: list[Job] = []  # waiting for rows in the engine; appended here, taken by the engine thread
     engine = Engine(model, _pad_id(tokenizer, stop_ids), cfg.max_batch, cfg.prefill_chunk, bool(cfg.adapters), banned)
     stats = {"running": 0, "served": 0, "cancelled": 0, "rejected": 0, "busy_s": 0.0, "generated_tokens": 0}

@@ -10,9 +10,9 @@
    `call_...`, arguments a JSON string) with finish_reason "tool_calls"; the text around them, stripped,
    is the content. `ToolStream` does the same for a stream: it sends text up to the first `<tool_call>`
    (Llama's format: unless the reply opens with `{`) and the calls as `tool_calls` deltas at the end.
-3. tool_choice "required" or a named function, and response_format json_object, are enforced by
-   constrained decoding (weitiao.infer.constrain): one call in the template's syntax with a JSON-object
-   `arguments`, or one JSON object. json_schema is refused with a 400 (not enforced).
+3. tool_choice "required" or a named function, and response_format json_object and json_schema, are enforced
+   by constrained decoding (weitiao.infer.constrain): one call in the template's syntax with a JSON-object
+   `arguments`, one JSON object, or JSON following the schema (weitiao.infer.schema).
 4. A tool with `strict: true` has its arguments follow its schema (weitiao.infer.schema; a schema OpenAI
    refuses, or one using what the mask cannot enforce, is a 400). Under tool_choice "auto", as vLLM's
    structural tags, any strict tool makes the reply free text until a call opens; from there the name is one
@@ -30,7 +30,7 @@ from typing import Any
 from weitiao.data.templates import ChatTemplate, parse_tool_calls
 from weitiao.infer.api import BadRequest
 from weitiao.infer.constrain import Pattern, json_object, tool_call_pattern
-from weitiao.infer.schema import strict_arguments
+from weitiao.infer.schema import compile_schema, strict_arguments
 
 _MARK = "<tool_call>"
 
@@ -85,22 +85,28 @@ def plan_chat(req: Any, template: ChatTemplate) -> ChatPlan:
     if fmt != "json_schema" and req.response_format and req.response_format.json_schema is not None:
         msg = f"response_format.json_schema: read only with type 'json_schema', not {fmt!r}; drop it"  # else ignored
         raise BadRequest(msg, "response_format.json_schema")
+    reply = json_object() if fmt == "json_object" else None
     if fmt == "json_schema":
-        msg = "response_format: json_schema is not enforced by this server; use {'type': 'json_object'}"
-        raise BadRequest(msg, "response_format")
+        js = req.response_format.json_schema
+        if js is None:
+            raise BadRequest(
+                "response_format.json_schema: required with type 'json_schema'", "response_format.json_schema"
+            )
+        q = Pattern()
+        reply = q.finish(compile_schema(q, js.json_schema, "response_format.json_schema.schema", bool(js.strict)))
     if req.parallel_tool_calls is False and choice == "auto" and tools:
         msg = ("parallel_tool_calls: false is honoured only with tool_choice 'required' or a named function "
                "(each forces exactly one call); with 'auto' the model may call several")  # fmt: skip
         raise BadRequest(msg, "parallel_tool_calls")
     if choice == "none" or not tools:  # "auto" without tools is plain text too
-        return ChatPlan(messages, None, None, json_object() if fmt == "json_object" else None)
+        return ChatPlan(messages, None, None, reply)
     if not template.supports_tools:
         raise BadRequest(f"tools: the model's chat template cannot render tools; {how}", "tools")
     if template.tool_format is None:
         msg = f"tools: calls in this chat template's output cannot be parsed back; {how}"
         raise BadRequest(msg, "tools")
-    if fmt == "json_object":
-        raise BadRequest("response_format: json_object together with tools; send one or the other", "response_format")
+    if fmt != "text":
+        raise BadRequest(f"response_format: {fmt} together with tools; send one or the other", "response_format")
     constraint, by = None, "tool_choice"
     if choice == "required" or choice == "auto" and any(a is not None for a in args):
         constraint = tool_call_pattern(template.tool_format, names, args, auto=choice == "auto", p=p)

@@ -1,0 +1,202 @@
+"""`response_format: {"type": "json_schema", ...}` on `weitiao serve`, through the official `openai` client.
+
+A random tiny model asked for a json_object writes JSON that breaks the schema (the negative control); with the
+schema as json_schema every finished reply parses and validates, strict or not, whole, streamed, with n > 1 and
+batched with other rows. What OpenAI refuses, and what the mask cannot enforce, is a 400 naming its path.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import jsonschema
+import openai
+import pytest
+from loopback import running
+from test_serve_tools import client, together
+
+from weitiao.infer.constrain import Pattern
+from weitiao.infer.schema import compile_schema
+from weitiao.infer.serve import ServeSettings, create_app
+
+ASK = [{"role": "user", "content": "给我一个人"}]
+PERSON = {  # strict: every key required, no other key; a pet by $ref or null
+    "type": "object",
+    "properties": {
+        "name": {"enum": ["小明", "Bob"]},
+        "age": {"type": "integer"},
+        "ok": {"type": "array", "items": {"type": "boolean"}, "maxItems": 3},
+        "pet": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/pet"}]},
+    },
+    "required": ["name", "age", "ok", "pet"],
+    "additionalProperties": False,
+    "$defs": {
+        "pet": {
+            "type": "object",
+            "properties": {"kind": {"enum": ["cat", "dog"]}},
+            "required": ["kind"],
+            "additionalProperties": False,
+        }
+    },
+}
+LOOSE = {  # not strict, as pydantic writes it: optional keys, no additionalProperties, a map and an Any
+    "type": "object",
+    "title": "Loose",
+    "properties": {
+        "a": {"type": "integer", "title": "A"},
+        "b": {"anyOf": [{"type": "boolean"}, {"type": "null"}], "default": None},
+        "scores": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "extra": {},
+    },
+    "required": ["a"],
+}
+
+
+def fmt(schema: dict, strict: bool | None = True, name: str = "person") -> dict:
+    js = {"name": name, "schema": schema} | ({} if strict is None else {"strict": strict})
+    return {"type": "json_schema", "json_schema": js}
+
+
+@pytest.fixture(scope="module")
+def url(parts):
+    with running(create_app(*parts, ServeSettings(model_name="tiny", max_new_tokens=256))) as base:
+        yield base
+
+
+def valid(text: str | None, schema: dict) -> bool:
+    try:
+        jsonschema.validate(json.loads(text or ""), schema)
+    except (ValueError, jsonschema.ValidationError):
+        return False
+    return True
+
+
+def test_json_schema_replies_follow_the_schema(url):
+    """Negative control: json_object leaves the random model free to write any object, and none of its 4 sampled
+    replies follows PERSON. As json_schema (strict), every reply that stops parses and validates, whole, streamed
+    (the deltas joined) and batched with a plain row."""
+    c = client(url)
+    ask = dict(model="tiny", messages=ASK, temperature=1.0, seed=7, n=4, max_tokens=160)
+    loose = c.chat.completions.create(response_format={"type": "json_object"}, **ask)
+    assert not any(valid(ch.message.content, PERSON) for ch in loose.choices)
+    r = c.chat.completions.create(response_format=fmt(PERSON), **ask)
+    done = [ch for ch in r.choices if ch.finish_reason == "stop"]
+    assert len(done) >= 2, [(ch.finish_reason, ch.message.content) for ch in r.choices]
+    for ch in done:
+        assert valid(ch.message.content, PERSON), ch.message.content
+    streamed = [""] * 4
+    for chunk in c.chat.completions.create(response_format=fmt(PERSON), stream=True, **ask):
+        for x in chunk.choices:
+            streamed[x.index] += x.delta.content or ""
+    assert streamed == [ch.message.content for ch in r.choices]  # the same seeded draws
+    asks = {
+        "schema": lambda: c.chat.completions.create(response_format=fmt(PERSON), **ask),
+        "plain": lambda: c.chat.completions.create(model="tiny", messages=ASK, temperature=0, max_tokens=20),
+    }
+    batched = together(url, asks)
+    assert [ch.message.content for ch in batched["schema"].choices] == [ch.message.content for ch in r.choices]
+    assert not valid(batched["plain"].choices[0].message.content, PERSON)
+
+
+@pytest.mark.parametrize("strict", [False, None])
+def test_json_schema_not_strict_is_enforced_too(url, strict):
+    """strict false or unset: JSON Schema's defaults (optional keys, a map, any value), still enforced; the same
+    schema with strict: true is a 400, as OpenAI's strict rules refuse it."""
+    c = client(url)
+    r = c.chat.completions.create(
+        model="tiny", messages=ASK, response_format=fmt(LOOSE, strict), temperature=1.0, seed=3, n=4, max_tokens=160
+    )
+    done = [ch.message.content for ch in r.choices if ch.finish_reason == "stop"]
+    assert done, [ch.message.content for ch in r.choices]
+    for text in done:
+        assert valid(text, LOOSE) and set(json.loads(text)) <= set(LOOSE["properties"]), text
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model="tiny", messages=ASK, response_format=fmt(LOOSE, True), max_tokens=2)
+    assert e.value.body["param"] == "response_format.json_schema.schema.additionalProperties"
+
+
+def bad(path: list, value, schema: dict = PERSON) -> dict:
+    """`schema` with the value at `path` replaced (None: deleted)."""
+    out = json.loads(json.dumps(schema))
+    at = out
+    for k in path[:-1]:
+        at = at[k]
+    if value is None:
+        del at[path[-1]]
+    else:
+        at[path[-1]] = value
+    return out
+
+
+S = "response_format.json_schema.schema"
+
+
+@pytest.mark.parametrize(
+    ("response_format", "param"),
+    [
+        # OpenAI's strict rules, by the path at fault
+        (fmt(bad(["required"], ["name"])), f"{S}.required"),
+        (fmt(bad(["additionalProperties"], None)), f"{S}.additionalProperties"),
+        (fmt({"type": "array", "items": {"type": "integer"}}), f"{S}.type"),
+        (fmt(bad(["properties", "age"], {"description": "no type"})), f"{S}.properties.age.type"),
+        # what the mask cannot enforce, strict or not: a 400 naming the keyword, never a reply that breaks it
+        (fmt(bad(["properties", "age", "minimum"], 0)), f"{S}.properties.age.minimum"),
+        (fmt(bad(["properties", "age", "minimum"], 0), False), f"{S}.properties.age.minimum"),
+        (fmt(bad(["properties", "name"], {"type": "string", "format": "email"}), None), f"{S}.properties.name.format"),
+        (fmt(bad(["$defs", "pet", "oneOf"], [{"type": "null"}]), False), f"{S}.$defs.pet.oneOf"),
+        (fmt(bad(["required"], ["name", "nick"], LOOSE), False), f"{S}.required"),  # a key the mask never writes
+        # the json_schema object itself
+        (fmt(PERSON, name="a person"), "response_format.json_schema.name"),
+        (fmt(PERSON, name="x" * 65), "response_format.json_schema.name"),
+        ({"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON, "strcit": True}}, None),
+        ({"type": "json_schema", "json_schema": {"name": "p"}}, "response_format.json_schema.schema"),
+        ({"type": "json_schema", "json_schema": {"schema": PERSON}}, "response_format.json_schema.name"),
+    ],
+)
+def test_json_schemas_refused_name_their_path(url, response_format, param):
+    body = {"model": "tiny", "messages": ASK, "max_tokens": 2, "response_format": response_format}
+    r = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    want = param or "response_format.json_schema.strcit"
+    assert err["param"] == want and err["message"].startswith(want + ": "), err
+    ok = {"model": "tiny", "messages": ASK, "max_tokens": 2, "response_format": fmt(PERSON)}  # negative control
+    assert httpx.post(url + "/v1/chat/completions", json=ok, timeout=30).status_code == 200
+
+
+def accepts(schema: dict, text: str, strict: bool = False) -> bool:
+    p = Pattern()
+    pattern = p.finish(compile_schema(p, schema, "s", strict))
+    state = pattern.start
+    for b in text.encode():
+        if (state := pattern.step(state, b)) is None:
+            return False
+    return pattern.done(state)
+
+
+def test_json_schema_grammar_reads_json_schema_defaults():
+    """Not strict: optional keys in order (with or without those before them), a map's values, any value, any
+    root type; strict: PERSON's one shape."""
+    good = [
+        '{"a": 1}',
+        '{"a": 1, "extra": [1, {"x": null}, "s"]}',
+        '{"a": -2, "b": null, "scores": {}}',
+        '{"a": 0, "scores": {"数学": 90, "x": 1}}',
+        '{"a": 1, "b": true, "scores": {"q": 2}, "extra": 1.5}',
+    ]
+    for text in good:
+        assert accepts(LOOSE, text) and valid(text, LOOSE), text
+    for text in (
+        '{"b": true}',
+        '{"a": 1.5}',
+        '{"b": true, "a": 1}',
+        '{"a": 1, "scores": {"x": "y"}}',
+        '{"a": 1, "z": 1}',
+    ):
+        assert not accepts(LOOSE, text), text
+    assert accepts({"type": "array", "items": {"type": "integer"}}, "[1, 2]")
+    assert accepts({"anyOf": [{"type": "integer"}, {"type": "string"}]}, "12")
+    person = '{"name": "小明", "age": 3, "ok": [true], "pet": {"kind": "cat"}}'
+    assert accepts(PERSON, person, strict=True) and valid(person, PERSON)
+    assert not accepts(PERSON, '{"name": "小明", "age": 3, "ok": [true]}', strict=True)
