@@ -281,7 +281,6 @@ def test_tool_stream_sends_a_prefix_of_the_final_content(fmt, reply, content, na
             "messages.1.tool_calls.0.function.arguments",
         ),
         ({"tools": [{"type": "function", "function": {"name": "has space"}}]}, "tools.0.function.name"),
-        ({"tools": [WEATHER], "parallel_tool_calls": False}, "parallel_tool_calls"),  # auto may call several
         (  # a schema beside json_object was ignored: the reply was any JSON object
             {"response_format": {"type": "json_object", "json_schema": {"name": "x", "schema": {"required": ["a"]}}}},
             "response_format.json_schema",

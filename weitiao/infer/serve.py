@@ -109,6 +109,7 @@ class Job:
     prompt_skip: int = 0  # leading prompt ids the echo does not show (a BOS the tokenizer adds to a raw prompt)
     rows: list[_Row] = field(default_factory=list)  # its choices, made when the engine takes the job
     constraint: Any = None  # a weitiao.infer.constrain.Pattern every choice must follow
+    one_call: str | None = None  # a tool format: each choice ends where its first call closes (parallel_tool_calls)
     continues: bool = False  # a completion (or continue_final_message): its text continues the prompt's (decoded
     # after the prompt's last tokens)
     first: int = 0  # the `index` of its first choice: prompt k of a batch of completions answers k*n..k*n+n-1
@@ -180,6 +181,8 @@ class _Row:
         if len(self.ids) >= self.job.min_tokens:
             found = (text.find(s, max(0, self.scanned - len(s) + 1)) for s in self.job.stop)
             cuts = [i for i in found if i >= 0]
+            if self.job.one_call and (end := tooling.first_call_end(text, self.job.one_call)) is not None:
+                cuts.append(end)  # parallel_tool_calls false: a second call is cut off, as by a stop string
         self.scanned = len(text)
         if cuts:
             return self.finish(text[: min(cuts)], "stop", cut=True)
@@ -567,6 +570,7 @@ def create_app(
                 job = make_job(req, p.ids, "messages" if chat else "prompt", top, bool(p.echo))
                 job.events, job.first, job.prompt_skip, job.continues = events, k * n, p.skip, continues
                 job.constraint = plan.constraint if plan else None
+                job.one_call = plan.tool_format if plan and plan.one_call else None
                 if job.constraint is not None and job.ignore_eos and not job.stop_token_ids:
                     field = plan.by  # type: ignore[union-attr]
                     msg = f"ignore_eos: a reply constrained by {field} must end; drop ignore_eos or give stop_token_ids"

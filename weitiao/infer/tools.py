@@ -12,7 +12,9 @@
    (Llama's format: unless the reply opens with `{`) and the calls as `tool_calls` deltas at the end.
 3. tool_choice "required" or a named function, and response_format json_object and json_schema, are enforced
    by constrained decoding (weitiao.infer.constrain): one call in the template's syntax with a JSON-object
-   `arguments`, one JSON object, or JSON following the schema (weitiao.infer.schema).
+   `arguments`, one JSON object, or JSON following the schema (weitiao.infer.schema). parallel_tool_calls
+   false under "auto": the reply ends where its first whole call closes (`first_call_end`; what the model
+   writes past it, a second call, is cut off as a stop string cuts), so it holds one call at most.
 4. A tool with `strict: true` has its arguments follow its schema (weitiao.infer.schema; a schema OpenAI
    refuses, or one using what the mask cannot enforce, is a 400). Under tool_choice "auto", as vLLM's
    structural tags, any strict tool makes the reply free text until a call opens; from there the name is one
@@ -32,7 +34,7 @@ from weitiao.infer.api import BadRequest
 from weitiao.infer.constrain import Pattern, json_object, tool_call_pattern
 from weitiao.infer.schema import compile_schema, strict_arguments
 
-_MARK = "<tool_call>"
+_MARK, _CLOSE = "<tool_call>", "</tool_call>"
 
 
 @dataclass
@@ -42,6 +44,7 @@ class ChatPlan:
     tool_format: str | None  # read calls out of replies in this format; None: plain text
     constraint: Pattern | None  # the reply must match it (constrained decoding)
     by: str = "response_format"  # the field that asked for the constraint (named in the 400s about it)
+    one_call: bool = False  # parallel_tool_calls false: the reply ends where its first call closes (`first_call_end`)
 
 
 def plan_chat(req: Any, template: ChatTemplate) -> ChatPlan:
@@ -94,10 +97,6 @@ def plan_chat(req: Any, template: ChatTemplate) -> ChatPlan:
             )
         q = Pattern()
         reply = q.finish(compile_schema(q, js.json_schema, "response_format.json_schema.schema", bool(js.strict)))
-    if req.parallel_tool_calls is False and choice == "auto" and tools:
-        msg = ("parallel_tool_calls: false is honoured only with tool_choice 'required' or a named function "
-               "(each forces exactly one call); with 'auto' the model may call several")  # fmt: skip
-        raise BadRequest(msg, "parallel_tool_calls")
     if choice == "none" or not tools:  # "auto" without tools is plain text too
         return ChatPlan(messages, None, None, reply)
     if not template.supports_tools:
@@ -115,7 +114,8 @@ def plan_chat(req: Any, template: ChatTemplate) -> ChatPlan:
     elif not isinstance(choice, str):
         k = names.index(choice.function.name)
         constraint = tool_call_pattern(template.tool_format, [names[k]], [args[k]], p=p)
-    return ChatPlan(messages, tools, template.tool_format, constraint, by)
+    one = req.parallel_tool_calls is False and choice == "auto"  # required and named already force one call
+    return ChatPlan(messages, tools, template.tool_format, constraint, by, one)
 
 
 def _check_turns(messages: list) -> None:
@@ -203,6 +203,21 @@ def call_objects(calls: list[dict]) -> list[dict]:
         }
         for c in calls
     ]
+
+
+def first_call_end(text: str, tool_format: str) -> int | None:
+    """Where the reply's first call ends when it holds one whole, valid call (text after it is cut off under
+    parallel_tool_calls false, as a stop string cuts), else None."""
+    if tool_format == "hermes":
+        k = text.find(_CLOSE, max(text.find(_MARK), 0))
+        end = k + len(_CLOSE) if k >= 0 and _MARK in text else None
+    else:  # llama3_json: a reply that opens with { is calls; the first ends with its object
+        body = text.lstrip()
+        try:
+            end = len(text) - len(body) + json.JSONDecoder().raw_decode(body)[1] if body.startswith("{") else None
+        except ValueError:
+            end = None
+    return end if end is not None and parse_tool_calls(text[:end], tool_format)[1] else None  # type: ignore[arg-type]
 
 
 def reply_with_calls(text: str, reason: str | None, tool_format: str) -> tuple[dict, str | None]:
