@@ -1,19 +1,21 @@
-"""`parallel_tool_calls: false` under tool_choice auto.
+"""`parallel_tool_calls: false` under tool_choice auto, and tool-call `arguments` as the model wrote them.
 
 Two tiny models are trained to answer with two calls, one in the hermes format (`<tool_call>` blocks), the
 other in the llama3_json format (joined by "; "), its first call's arguments holding `0.10`.
 Served as is (the negative control) each calls twice; with parallel_tool_calls false the reply ends with the first
-call, streamed or not, in both formats.
+call, streamed or not, in both formats. The arguments come back as the model's text: 0.10, not 0.1.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from loopback import running
 from test_serve_tools import OTHER, WEATHER, client, train_tool_model
 
 from weitiao.data.formats import Conversation
-from weitiao.data.templates import QWEN, ChatTemplate
+from weitiao.data.templates import QWEN, ChatTemplate, parse_tool_calls
 from weitiao.infer.serve import ServeSettings, create_app
 
 ASK_H = [{"role": "user", "content": "北京天气和时间？"}]
@@ -69,3 +71,41 @@ def test_parallel_tool_calls_false_makes_one_call(urls, fmt):
     calls, reason, content = streamed(c, parallel_tool_calls=False, **base)
     assert (calls, reason, content) == (calls_of(both)[:1], "tool_calls", "")
     assert streamed(c, **base)[0] == calls_of(both)
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "llama3_json"])
+def test_arguments_are_the_models_own_text(urls, fmt):
+    """The model wrote "days": 0.10; the arguments were re-serialized from the parsed JSON to 0.1."""
+    url, ask = urls[fmt]
+    c = client(url)
+    (name, args), _ = calls_of(c.chat.completions.create(model="tiny", messages=ask, tools=TOOLS, temperature=0))
+    city = "北京" if fmt == "hermes" else "上海"
+    assert (name, args) == ("get_weather", f'{{"city": "{city}", "days": 0.10}}')
+    calls = streamed(c, model="tiny", messages=ask, tools=TOOLS, temperature=0)[0]
+    assert calls[0] == (name, args)
+
+
+@pytest.mark.parametrize(
+    ("text", "fmt", "arguments"),
+    [
+        (
+            '<tool_call>\n{"name": "f", "arguments": {"x": 1e999, "y": 0.10}}\n</tool_call>',
+            "hermes",
+            ['{"x": 1e999, "y": 0.10}'],
+        ),  # fmt: skip
+        ('<tool_call>\n{ "name" :"f","arguments":{"s": "\\u4e2d"} }\n</tool_call>', "hermes", ['{"s": "\\u4e2d"}']),
+        ('<tool_call>\n{"name": "f", "arguments": "{\\"a\\": 1.50}"}\n</tool_call>', "hermes", ['{"a": 1.50}']),
+        ('<tool_call>\n{"name": "f", "arguments": {"x": NaN}}\n</tool_call>', "hermes", []),  # NaN is no JSON
+        ('<tool_call>\n{"name": "f", "arguments": {"x": -Infinity}}\n</tool_call>', "hermes", []),
+        ('{"name": "f", "parameters": {"a": 1.0}}; {"name": "g"}', "llama3_json", ['{"a": 1.0}', "{}"]),
+        ('{"name": "f", "parameters": {"a": Infinity}}', "llama3_json", []),
+    ],
+)
+def test_parsed_arguments_keep_the_models_text(text, fmt, arguments):
+    """Numbers as written (1e999 was re-serialized to Infinity, which no JSON reader but Python's takes); a call
+    holding NaN or Infinity is no JSON: the reply stays text, as any call that is not JSON."""
+    content, calls = parse_tool_calls(text, fmt)
+    assert [c["arguments"] for c in calls] == arguments
+    assert content == ("" if calls else text)
+    for a in arguments:
+        json.loads(a)

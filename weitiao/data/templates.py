@@ -233,23 +233,53 @@ class ChatTemplate:
         )
 
 
-def _call(obj: Any, args_key: str) -> dict | None:
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity: Python's reader takes them, JSON has no such value
+
+
+_JSON = json.JSONDecoder(parse_constant=_not_json)
+_JSON_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _members(text: str, i: int) -> dict[str, str]:
+    """Each member of the JSON object that starts at text[i] (valid JSON), its value's text as written."""
+    out = {}
+    i = _JSON_WS.match(text, i + 1).end()  # type: ignore[union-attr]
+    while text[i] != "}":
+        key, i = _JSON.raw_decode(text, i)
+        i = _JSON_WS.match(text, _JSON_WS.match(text, i).end() + 1).end()  # type: ignore[union-attr]  # past ":"
+        _, end = _JSON.raw_decode(text, i)
+        out[key] = text[i:end]
+        i = _JSON_WS.match(text, end).end()  # type: ignore[union-attr]
+        if text[i] == ",":
+            i = _JSON_WS.match(text, i + 1).end()  # type: ignore[union-attr]
+    return out
+
+
+def _call(text: str, i: int, args_key: str) -> dict | None:
+    """The call written as the JSON object at text[i:], or None. Its `arguments` are the model's own text (0.10
+    stays 0.10, 1e999 stays 1e999: re-serialized they were 0.1 and Infinity, which is no JSON)."""
+    obj = _JSON.raw_decode(text, i)[0]
     if not (isinstance(obj, dict) and isinstance(obj.get("name"), str) and obj["name"]):
         return None
-    args = obj.get(args_key, obj.get("arguments", {}))
+    key = args_key if args_key in obj else "arguments" if "arguments" in obj else None
+    if key is None:
+        return {"name": obj["name"], "arguments": "{}"}
+    args, raw = obj[key], _members(text, i)[key]
     if isinstance(args, str):  # a model may write the arguments as a JSON string, as OpenAI sends them
         try:
-            args = json.loads(args)
+            args, raw = _JSON.decode(args), args.strip(" \t\n\r")
         except ValueError:
             return None
     if not isinstance(args, dict):
         return None
-    return {"name": obj["name"], "arguments": json.dumps(args, ensure_ascii=False)}
+    return {"name": obj["name"], "arguments": raw}
 
 
 def parse_tool_calls(text: str, fmt: ToolFormat | None) -> tuple[str, list[dict]]:
     """(content, calls) from generated text in `fmt`: hermes `<tool_call>{json}</tool_call>` blocks after optional
-    content, or llama3_json: the whole reply is one JSON call, or several joined by "; "."""
+    content, or llama3_json: the whole reply is one JSON call, or several joined by "; ". A call's `arguments` is
+    its JSON text as the model wrote it; a call that is not JSON (NaN and Infinity are not) leaves the text whole."""
     if fmt == "hermes":
         k = text.find("<tool_call>")
         if k < 0:
@@ -257,7 +287,8 @@ def parse_tool_calls(text: str, fmt: ToolFormat | None) -> tuple[str, list[dict]
         calls = []
         for body in _HERMES.findall(text[k:]):
             try:
-                call = _call(json.loads(body), "arguments")
+                _JSON.decode(body)  # one JSON value, nothing after it
+                call = _call(body, 0, "arguments")
             except ValueError:
                 call = None
             if call is None:
@@ -268,17 +299,16 @@ def parse_tool_calls(text: str, fmt: ToolFormat | None) -> tuple[str, list[dict]
         body = text.strip()
         if not body.startswith("{"):
             return text, []
-        calls, dec, i = [], json.JSONDecoder(), 0
+        calls, i = [], 0
         while i < len(body):
             try:
-                obj, i = dec.raw_decode(body, i)
+                call, end = _call(body, i, "parameters"), _JSON.raw_decode(body, i)[1]
             except ValueError:
                 return text, []
-            call = _call(obj, "parameters")
             if call is None:
                 return text, []
             calls.append(call)
-            rest = body[i:].lstrip()
+            rest = body[end:].lstrip()
             if rest and not rest.startswith(";"):
                 return text, []
             i = len(body) - len(rest[1:].lstrip()) if rest else len(body)  # past "; "
