@@ -74,6 +74,26 @@ def test_parallel_tool_calls_false_makes_one_call(urls, fmt):
 
 
 @pytest.mark.parametrize("fmt", ["hermes", "llama3_json"])
+def test_required_allows_several_calls(urls, fmt):
+    """tool_choice required is one call or more, as OpenAI and vLLM: the mask ended the reply after the first call
+    (the second was lost though parallel_tool_calls is true by default). parallel_tool_calls false, or a named
+    function: one, cut after it; a mask that banned a second call made llama3_json's `}};` token impossible and
+    the model ran into digits until max_tokens (no call at all)."""
+    url, ask = urls[fmt]
+    c = client(url)
+    base = dict(model="tiny", messages=ask, tools=TOOLS, tool_choice="required", temperature=0)
+    both = c.chat.completions.create(**base)
+    assert [n for n, _ in calls_of(both)] == ["get_weather", "get_time"], both.choices[0].message
+    assert both.choices[0].finish_reason == "tool_calls"
+    assert [n for n, _ in streamed(c, **base)[0]] == ["get_weather", "get_time"]
+    one = c.chat.completions.create(parallel_tool_calls=False, **base)
+    assert calls_of(one) == calls_of(both)[:1] and one.choices[0].finish_reason == "tool_calls"
+    named = {"type": "function", "function": {"name": "get_weather"}}  # one call of it, however the model goes on
+    assert calls_of(c.chat.completions.create(**{**base, "tool_choice": named})) == calls_of(both)[:1]
+    assert streamed(c, **{**base, "tool_choice": named})[:2] == (calls_of(both)[:1], "tool_calls")
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "llama3_json"])
 def test_arguments_are_the_models_own_text(urls, fmt):
     """The model wrote "days": 0.10; the arguments were re-serialized from the parsed JSON to 0.1."""
     url, ask = urls[fmt]

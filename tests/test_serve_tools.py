@@ -611,14 +611,15 @@ def test_constrained_rows_with_logprobs_seed_and_n_share_a_batch_with_plain_rows
     alone = {k: f() for k, f in asks.items()}
     batched = together(url, asks)
 
-    def check_call(choice, names):
+    def check_call(choice, names, last="<|im_end|>"):
         (call,) = choice.message.tool_calls
         assert choice.finish_reason == "tool_calls" and call.function.name in names
         assert isinstance(json.loads(call.function.arguments), dict)
         content = choice.logprobs.content
-        assert content[-1].token == "<|im_end|>"  # the end of turn is a reply token, with its log-prob
+        # the end of turn is a reply token, with its log-prob; a named call's reply ends at the call's close
+        assert content[-1].token == last
         reply = [tok.convert_tokens_to_ids("".join(encoder[b] for b in x.bytes)) for x in content]
-        text = tok.decode(reply[:-1])
+        text = tok.decode(reply[:-1] if last == "<|im_end|>" else reply)
         assert [c["name"] for c in parse_tool_calls(text, "hermes")[1]] == [call.function.name]
         ids = tok(
             template.render(tok, ASK, add_generation_prompt=True, tools=[WEATHER, OTHER]), add_special_tokens=False
@@ -642,7 +643,7 @@ def test_constrained_rows_with_logprobs_seed_and_n_share_a_batch_with_plain_rows
                 calls[x.index] += [(t.function.name, t.function.arguments) for t in x.delta.tool_calls or []]
         assert streamed == tokens  # the same seeded draws; the call's log-probs are not lost while held back
         assert calls == [[(t.function.name, t.function.arguments)] for ch in r.choices for t in ch.message.tool_calls]
-        named_tokens = check_call(got["named"].choices[0], {"get_time"})
+        named_tokens = check_call(got["named"].choices[0], {"get_time"}, last="</tool_call>")
         top1 = [x.top_logprobs[0].token for x in got["named"].choices[0].logprobs.content]
         assert named_tokens != top1  # greedy, yet not the model's argmax everywhere: the mask decided
         assert got["plain"].choices[0].message.tool_calls is None
@@ -662,7 +663,8 @@ def test_constrained_rows_with_logprobs_seed_and_n_share_a_batch_with_plain_rows
 def test_tool_requests_on_adapters_and_their_limits(tool_model):
     """Tools on a multi-adapter server: a required call on a random adapter batched with auto tool requests on
     the base and on an identity adapter (which answer as the base alone); unknown model 404 and max_tokens 400
-    for tool requests; min_tokens yields to a complete call; ignore_eos without stop_token_ids is a 400."""
+    for tool requests; min_tokens yields to a named call or one under parallel_tool_calls false; ignore_eos
+    without stop_token_ids is a 400."""
     import copy
 
     from peft import LoraConfig, get_peft_model
@@ -704,9 +706,11 @@ def test_tool_requests_on_adapters_and_their_limits(tool_model):
         eot = tok.convert_tokens_to_ids("<|im_end|>")
         r = ask("tiny", tool_choice="required", extra_body={"ignore_eos": True, "stop_token_ids": [eot]})()
         assert r.choices[0].finish_reason == "tool_calls"
-        r = ask("tiny", tool_choice="required", extra_body={"min_tokens": 60})()  # longer than the call
-        assert r.choices[0].finish_reason == "tool_calls" and r.usage.completion_tokens < 60
-        assert r.choices[0].message.tool_calls[0].function.name == "get_weather"
+        named = {"type": "function", "function": {"name": "get_weather"}}
+        for one in ({"tool_choice": named}, {"tool_choice": "required", "parallel_tool_calls": False}):
+            r = ask("tiny", **one, extra_body={"min_tokens": 60})()  # longer than the call: the one call ends it
+            assert r.choices[0].finish_reason == "tool_calls" and r.usage.completion_tokens < 60
+            assert [c.function.name for c in r.choices[0].message.tool_calls] == ["get_weather"]
 
 
 def test_output_filter_reads_streamed_tool_calls_too(tool_model):

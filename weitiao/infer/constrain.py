@@ -287,9 +287,12 @@ def tool_call_pattern(
     tool_format: str, names: list[str], args: list | None = None, auto: bool = False, p: Pattern | None = None
 ) -> Pattern:
     """Calls in the template's syntax to one of `names`. `args[k]`: the node in `p` that `names[k]`'s arguments
-    follow (None: any JSON object). Forced (`auto` False): exactly one call. `auto`: text is free until a call
-    opens (hermes: `<tool_call>`, then free again after it; llama3_json: a reply opening with `{` is calls
-    joined by "; "), and each call follows the pattern."""
+    follow (None: any JSON object). Forced (`auto` False): one call or more (hermes: blocks joined by a newline,
+    as Qwen's template writes them; llama3_json: joined by "; "). `auto`: text is free until a call opens
+    (hermes: `<tool_call>`, then free again after it; llama3_json: a reply opening with `{` is calls joined by
+    "; "), and each call follows the pattern. Where one call is wanted, serve cuts the reply after it
+    (weitiao.infer.tools.first_call_end) instead of banning what follows: a mask that did made the token that
+    closes a call and opens the next (`}};`) impossible, and a model that meant it was pushed off its course."""
     p = p or Pattern()
     args = args or [None] * len(names)
     key = "arguments" if tool_format == "hermes" else "parameters"
@@ -300,15 +303,17 @@ def tool_call_pattern(
     if tool_format == "hermes":
         body = p.seq(p.lit(b'\n{"name": "'), p.alt(*heads), p.lit(b"}\n</tool_call>"))
         if not auto:
-            return p.finish(p.seq(p.lit(b"<tool_call>"), body))
+            calls = p.seq()
+            p.define(calls, p.lit(b"<tool_call>"), body, p.alt(p.seq(), p.seq(p.lit(b"\n"), calls)))
+            return p.finish(calls)
         text = p.seq()
         p.define(text, p.node("free", b"<tool_call>"), body, text)
         return p.finish(text)
-    call = p.seq(p.lit(b'{"name": "'), p.alt(*heads), p.lit(b"}"))  # llama3_json
-    if not auto:
-        return p.finish(call)
+    call = p.seq(p.lit(b'{"name": "'), p.alt(*heads), p.lit(b"}"))  # llama3_json, joined by "; "
     calls = p.seq()
     p.define(calls, call, p.alt(p.seq(p.lit(b"; "), calls), p.seq()))
+    if not auto:
+        return p.finish(calls)
     prose = p.seq(p.node("not", b"{" + _WS_BYTES), p.node("free", b""))
     return p.finish(p.seq(p.node("ws"), p.alt(calls, prose, p.seq())))
 

@@ -109,7 +109,7 @@ class Job:
     prompt_skip: int = 0  # leading prompt ids the echo does not show (a BOS the tokenizer adds to a raw prompt)
     rows: list[_Row] = field(default_factory=list)  # its choices, made when the engine takes the job
     constraint: Any = None  # a weitiao.infer.constrain.Pattern every choice must follow
-    one_call: str | None = None  # a tool format: each choice ends where its first call closes (parallel_tool_calls)
+    one_call: str | None = None  # a tool format: each choice ends where its first call closes (tools.first_call_end)
     continues: bool = False  # a completion (or continue_final_message): its text continues the prompt's (decoded
     # after the prompt's last tokens)
     first: int = 0  # the `index` of its first choice: prompt k of a batch of completions answers k*n..k*n+n-1
@@ -181,8 +181,11 @@ class _Row:
         if len(self.ids) >= self.job.min_tokens:
             found = (text.find(s, max(0, self.scanned - len(s) + 1)) for s in self.job.stop)
             cuts = [i for i in found if i >= 0]
-            if self.job.one_call and (end := tooling.first_call_end(text, self.job.one_call)) is not None:
-                cuts.append(end)  # parallel_tool_calls false: a second call is cut off, as by a stop string
+        # one call wanted (parallel_tool_calls false, a named tool_choice): a second is cut off, as by a stop string;
+        # looked for at every token, min_tokens or not (as a complete forced call may stop), so the cut always falls
+        # in this token's text, never in text already sent
+        if self.job.one_call and (end := tooling.first_call_end(text, self.job.one_call)) is not None:
+            cuts.append(end)
         self.scanned = len(text)
         if cuts:
             return self.finish(text[: min(cuts)], "stop", cut=True)

@@ -11,10 +11,11 @@
    is the content. `ToolStream` does the same for a stream: it sends text up to the first `<tool_call>`
    (Llama's format: unless the reply opens with `{`) and the calls as `tool_calls` deltas at the end.
 3. tool_choice "required" or a named function, and response_format json_object and json_schema, are enforced
-   by constrained decoding (weitiao.infer.constrain): one call in the template's syntax with a JSON-object
-   `arguments`, one JSON object, or JSON following the schema (weitiao.infer.schema). parallel_tool_calls
-   false under "auto": the reply ends where its first whole call closes (`first_call_end`; what the model
-   writes past it, a second call, is cut off as a stop string cuts), so it holds one call at most.
+   by constrained decoding (weitiao.infer.constrain): calls in the template's syntax with JSON-object
+   `arguments` (required: one or more, as OpenAI and vLLM), one JSON object, or JSON following the schema
+   (weitiao.infer.schema). A named function, and parallel_tool_calls false under any tool_choice, make one
+   call at most: the reply ends where its first whole call closes (`first_call_end`; what the model writes
+   past it, a second call, is cut off as a stop string cuts).
 4. A tool with `strict: true` has its arguments follow its schema (weitiao.infer.schema; a schema OpenAI
    refuses, or one using what the mask cannot enforce, is a 400). Under tool_choice "auto", as vLLM's
    structural tags, any strict tool makes the reply free text until a call opens; from there the name is one
@@ -44,7 +45,7 @@ class ChatPlan:
     tool_format: str | None  # read calls out of replies in this format; None: plain text
     constraint: Pattern | None  # the reply must match it (constrained decoding)
     by: str = "response_format"  # the field that asked for the constraint (named in the 400s about it)
-    one_call: bool = False  # parallel_tool_calls false: the reply ends where its first call closes (`first_call_end`)
+    one_call: bool = False  # one call at most (parallel_tool_calls false, a named function): see `first_call_end`
 
 
 def plan_chat(req: Any, template: ChatTemplate) -> ChatPlan:
@@ -114,7 +115,8 @@ def plan_chat(req: Any, template: ChatTemplate) -> ChatPlan:
     elif not isinstance(choice, str):
         k = names.index(choice.function.name)
         constraint = tool_call_pattern(template.tool_format, [names[k]], [args[k]], p=p)
-    one = req.parallel_tool_calls is False and choice == "auto"  # required and named already force one call
+    # required: one call or more, as OpenAI and vLLM; a named function, or parallel_tool_calls false: one call
+    one = req.parallel_tool_calls is False or not isinstance(choice, str)
     return ChatPlan(messages, tools, template.tool_format, constraint, by, one)
 
 
