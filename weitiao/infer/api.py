@@ -153,7 +153,7 @@ class ChatRequest(Sampling):
     tools: list[_Tool] | None = None  # rendered through the chat template; see weitiao.infer.tools
     tool_choice: Literal["none", "auto", "required"] | _NamedToolChoice | None = None
     response_format: _ResponseFormat | None = None
-    parallel_tool_calls: bool | None = None  # false: honoured when tool_choice forces one call, else 400
+    parallel_tool_calls: bool | None = None  # false: one call at most (tools.first_call_end)
     # vLLM extensions: the prompt ends with the template's assistant header (a new turn), or, continuing, inside the
     # last message, which must be the assistant's (the reply goes on from its content); both true is a 400, as vLLM
     add_generation_prompt: bool = True
