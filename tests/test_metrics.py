@@ -298,6 +298,9 @@ def test_check_rubric_scale_ignores_what_is_not_a_score_range():
     for text in ("用 1-2 句话说明理由，打个分", "日期 2024-1-15 之后的数据", "第 11-20 条", '只输出 {"score": n}'):
         assert check_rubric_scale(text, (1, 10), "r") is False, text
     assert check_rubric_scale(RUBRIC, (1, 10), "r") is True  # the built-in rubric names its 1-10
+    bands = "1-10 分：1-5 分表示不合格，6-10 分表示合格"  # bands inside a scale: the widest range is the scale
+    assert check_rubric_scale(bands, (1, 10), "r") is True
+    assert check_rubric_scale("1-5 分表示不合格，6-10 分表示合格", (1, 10), "r") is True
 
 
 # --- weitiao eval gen ------------------------------------------------------------------------------

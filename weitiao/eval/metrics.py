@@ -209,6 +209,7 @@ Scale = tuple[int, int]  # the judge's lowest and highest score, e.g. (1, 10)
 
 # "1-5", "1～5 分", "0 到 100", "1 to 10" and "满分 5", "out of 5": the score ranges a rubric names.
 _RANGE = re.compile(r"(?<![\d.\-])([01])\s*(?:-|–|—|~|～|到|至|to)\s*(\d{1,3})(?![\d.])")
+_BAND = re.compile(r"(?<![\d.\-])(\d{1,3})\s*(?:-|–|—|~|～|到|至)\s*(\d{1,3})\s*分")  # "6-10 分": a band's end
 _TOP = re.compile(r"(?:满分|out of)\s*(\d{1,3})(?![\d.])", re.IGNORECASE)
 
 
@@ -221,17 +222,20 @@ def parse_scale(text: str, flag: str = "--score-scale") -> Scale:
 
 
 def check_rubric_scale(rubric: str, scale: Scale, where: str) -> bool:
-    """Refuse a rubric that names a score range other than `scale` (its 1-5 scores were read as 1-10: a perfect 5
-    became 0.44); False when it names none (the caller says which scale is assumed). Ranges from 0 or 1 up to 4 or
-    more count ("1-5", "1～5 分", "0 到 100"), and "满分 N" / "out of N"."""
-    named = {(int(a), int(b)) for a, b in _RANGE.findall(rubric) if int(b) >= 4}
-    named |= {(scale[0], int(b)) for b in _TOP.findall(rubric)}
-    other = sorted(named - {scale})
-    if other:
-        lo, hi = other[0]
+    """Refuse a rubric whose score range is not `scale` (its 1-5 scores were read as 1-10: a perfect 5 became 0.44);
+    False when it names none (the caller says which scale is assumed). A range from 0 or 1 up to 4 or more ("1-5",
+    "1～5 分", "0 到 100"), "满分 N" or "out of N" names one; with bands ("1-5 分差，6-10 分好") the scale runs from
+    the lowest start to the highest end of them."""
+    named = [(int(a), int(b)) for a, b in _RANGE.findall(rubric) if int(b) >= 4]
+    named += [(scale[0], int(b)) for b in _TOP.findall(rubric)]
+    if not named:
+        return False
+    ends = [hi for _, hi in named] + [int(b) for a, b in _BAND.findall(rubric) if int(a) < int(b)]
+    lo, hi = min(lo for lo, _ in named), max(ends)
+    if (lo, hi) != tuple(scale):
         raise UserError(f"{where}: asks for scores {lo}-{hi}, but they are read as {scale[0]}-{scale[1]}; "
-                        f"add --score-scale {lo}-{hi} (or make the rubric name one scale)")  # fmt: skip
-    return bool(named)
+                        f"add --score-scale {lo}-{hi}")  # fmt: skip
+    return True
 
 
 def parse_score(text: str, lo: float = 1, hi: float = 10) -> float:
