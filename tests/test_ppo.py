@@ -83,7 +83,7 @@ def test_hacking_warning():
     assert ppo.hacking_warning(falling, 5, 20.0, 1.5) is None
 
 
-def test_a_resumed_run_warns_of_reward_hacking_as_an_uninterrupted_one(tiny_model_dir, prompts, tmp_path):
+def test_a_resumed_run_warns_of_reward_hacking_as_an_uninterrupted_one(tiny_model_dir, prompts, tmp_path, capsys):
     """The reward-hacking check compared steps kept only in memory: resumed one step before a warning (whose window
     of 2 × 2 steps reaches back before the resume), the run did not warn there although the uninterrupted run did.
     The checkpoint keeps them now; a checkpoint without them (written before) has them read back from metrics.jsonl,
@@ -118,11 +118,18 @@ def test_a_resumed_run_warns_of_reward_hacking_as_an_uninterrupted_one(tiny_mode
     log.write_text("".join(x for x in kept.splitlines(True) if f'"step": {stop},' not in x), encoding="utf-8")
     with pytest.raises(UserError, match=rf"train.resume: .*step-{stop:06d} predates the reward-hacking history kept "
                                         rf"in checkpoints and .*metrics.jsonl has no train row for step\(s\) "
-                                        rf"{stop}..{stop}; restore that file, or set train.resume=none"):  # fmt: skip
+                                        rf"{stop}..{stop}; restore that file, set train.resume=force to start "
+                                        "the reward-hacking check afresh, or train.resume=none"):  # fmt: skip
         ppo.run(config(tiny_model_dir, prompts, tmp_path / "c", *args, "train.resume=auto"))
+    shutil.copytree(tmp_path / "c", tmp_path / "d")
     log.write_text(kept, encoding="utf-8")
     ppo.run(config(tiny_model_dir, prompts, tmp_path / "c", *args, "train.resume=auto"))
     assert warnings(tmp_path / "c") == full
+    # train.resume=force without those rows: the check starts afresh, said in one line (the step-{stop + 1} warning,
+    # whose window reaches back before the resume, is not given)
+    ppo.run(config(tiny_model_dir, prompts, tmp_path / "d", *args, "train.resume=force"))
+    assert capsys.readouterr().out.count("the reward-hacking check starts afresh from step") == 1
+    assert warnings(tmp_path / "d") == [w for w in full if w[0] <= stop or w[0] > stop + 3]
 
 
 @pytest.mark.slow

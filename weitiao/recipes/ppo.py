@@ -361,10 +361,11 @@ class RunningMoments:
 HACKING_KEYS = ("score", "kl", "response_length")  # what `hacking_warning` reads of each step's metrics
 
 
-def hacking_history(ckpt: Path, saved: dict, window: int) -> list[dict]:
+def hacking_history(ckpt: Path, saved: dict, window: int, force: bool = False) -> list[dict]:
     """The per-step rows `hacking_warning` compares, up to the checkpoint: kept in it (`hacking_history`); for a
     checkpoint written before they were, read back from its run's metrics.jsonl. Without them a resumed run's check
-    started afresh (no warning for 2 × window steps, a hacking run unflagged); steps missing there are refused."""
+    started afresh (no warning for 2 × window steps, a hacking run unflagged); steps missing there are refused, or
+    under train.resume=force the check starts afresh, said in one line."""
     if "hacking_history" in saved:
         return list(saved["hacking_history"])
     import json
@@ -381,10 +382,13 @@ def hacking_history(ckpt: Path, saved: dict, window: int) -> list[dict]:
             continue  # a line cut short by a kill, or another kind of row
     if len(rows) < need:
         missing = sorted(set(range(step - need + 1, step + 1)) - set(rows))
-        raise UserError(
-            f"train.resume: {ckpt} predates the reward-hacking history kept in checkpoints and {log} has no train row "
-            f"for step(s) {missing[0]}..{missing[-1]}; restore that file, or set train.resume=none for a new run"
-        )
+        why = f"{ckpt} predates the reward-hacking history kept in checkpoints and {log} has no train row for step(s) "
+        why += f"{missing[0]}..{missing[-1]}"
+        if force:
+            print(f"train.resume=force: {why}: the reward-hacking check starts afresh from step {step}")
+            return []
+        raise UserError(f"train.resume: {why}; restore that file, set train.resume=force to start the reward-hacking "
+                        "check afresh, or train.resume=none for a new run")  # fmt: skip
     return [rows[k] for k in sorted(rows)]
 
 
@@ -629,7 +633,7 @@ def run(cfg: PPOConfig) -> dict:
     history: list[dict] = []  # per step: HACKING_KEYS of its metrics
     if ckpt is not None:
         note = check_resume(ckpt, ck.saved_state(ckpt), plan, total_steps, t.resume == "force")
-        history = hacking_history(ckpt, ck.saved_state(ckpt), t.hacking_window)  # the check compares across resumes
+        history = hacking_history(ckpt, ck.saved_state(ckpt), t.hacking_window, t.resume == "force")
         if main and note:
             print(note)
     else:
