@@ -108,6 +108,35 @@ def test_eval_gen_refs_rows_must_align_and_give_a_reference(refs, msg, tmp_path,
     assert [p.reference for p in read_prompts(prompts, aligned)] == ["你好呀", "在呢"]
 
 
+def test_eval_gen_score_scale_is_checked_before_a_model_loads(tmp_path, monkeypatch, capsys):
+    """--score-scale: a malformed one, one beside the built-in 1-10 rubric, or one a rubric contradicts is one line;
+    a rubric naming no range is sent with a note saying which scale its scores are read on."""
+    seen = {}
+
+    def run(*a, **k):
+        seen["scale"] = k["scale"]
+        raise AssertionError("stop before generating")
+
+    monkeypatch.setattr("weitiao.eval.gen.run", run)
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "你好"}])
+    args = ["eval", "gen", "--model", "demo", "--prompts", prompts, "--judge-url", "http://127.0.0.1:9/v1"]
+    rubric = tmp_path / "r.txt"
+    rubric.write_text('按 0-100 打分，只输出 {"score": n}', encoding="utf-8")
+    for extra, msg in [
+        (["--score-scale", "10"], "--score-scale '10': give the judge's lowest and highest score as LO-HI"),
+        (["--score-scale", "1-5"], "--score-scale 1-5: the built-in rubric asks for 1-10; add --rubric FILE that"),
+        (["--rubric", rubric], f"--rubric {rubric}: asks for scores 0-100, but they are read as 1-10; add --score-"),
+    ]:
+        rc, lines = cli(capsys, monkeypatch, *args, *extra)
+        assert rc == 1 and len(lines) == 1 and lines[0].startswith(f"error: {msg}"), lines
+    rubric.write_text('给回答打分，只输出 {"score": n}', encoding="utf-8")
+    with pytest.raises(AssertionError, match="stop before generating"):
+        cli(capsys, monkeypatch, *args, "--rubric", rubric, "--score-scale", "0-5")
+    assert seen["scale"] == (0, 5)
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"note: --rubric {rubric} names no score range; the judge's scores are read as 0-5" in out
+
+
 @pytest.mark.parametrize("flag", ["--rubric", "--judge-model", "--cache-dir"])
 def test_eval_gen_judge_options_without_a_judge_are_refused(flag, tmp_path, monkeypatch, capsys):
     """--rubric, --judge-model, --cache-dir without --judge-url were silently ignored (no judge, no judge column)."""

@@ -313,6 +313,52 @@ def test_golden_report_with_a_judge_that_scored_nothing_writes_no_page(tokenizer
         assert not path.exists()
 
 
+def test_golden_report_says_which_answers_the_judge_left_unscored(tokenizer, tiny_model_dir, tmp_path):
+    """A judge that gave no score for some answers left each checkpoint's judge a mean over the others: step 2, whose
+    two poor answers went unscored, was recommended by judge over step 4 and the console said nothing (the page gave
+    a count, with the errors named 'reply 1', an index over all checkpoints). Now a note, printed and on the page,
+    counts them per checkpoint and names the first by checkpoint and prompt file:line."""
+    from fastapi import FastAPI
+    from loopback import running
+
+    from weitiao.eval.golden import _load_chat, decoding, read_run
+    from weitiao.infer.generate import Generation
+    from weitiao.teacher import Teacher
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict) -> dict:  # no JSON for an answer with 坏 in it, else 1 + count('好')
+        reply = body["messages"][-1]["content"].split("助手的回答：\n", 1)[1].split("\n\n参考答案", 1)[0]
+        content = "这个没法打分" if "坏" in reply else f'{{"score": {min(10, 1 + reply.count("好"))}}}'
+        message = {"role": "assistant", "content": content}
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}  # fmt: skip
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"model:\n  path: {tiny_model_dir}\n", encoding="utf-8")
+    (run / "metrics.jsonl").write_text("", encoding="utf-8")
+    golden = write_jsonl(tmp_path / "golden.jsonl", GOLDEN)
+    prompts = load_prompts(golden)
+    gen = decoding(*_load_chat(read_run(run)[0], run), prompts, 16)
+    answers = {2: ["好好好好", "坏", "坏坏"], 4: ["好好", "好好", "好"]}
+    rows = [r for s, a in answers.items() for r in golden_rows(s, f"step-{s:06d}", prompts,
+                                                                 [Generation(x, 1, True) for x in a], gen)]  # fmt: skip
+    write_jsonl(run / GOLDEN_FILE, rows)
+    with running(app) as base:
+        judge = Teacher(base + "/v1", "j", retries=0, role="judge", flag="--judge-url")
+        path, res = golden_report(run, golden, "judge", max_new_tokens=16, judge=judge)
+    assert res.recommended == 2  # over its one scored answer
+    note = (f"the judge gave no score for 2 of 6 answers (step-000002 2); a checkpoint's judge is the mean over its "
+            f"scored answers (first: step-000002 {golden}:2: no JSON in reply")  # fmt: skip
+    assert any(n.startswith(note) for n in res.notes), res.notes
+    assert res.judge_errors[1].startswith(f"step-000002 {golden}:3: ")
+    import html
+
+    assert html.escape(note) in path.read_text(encoding="utf-8")
+
+
 def test_a_select_metric_no_checkpoint_can_have_is_refused(tokenizer, tiny_model_dir, tmp_path):
     """`--select rougeL` (the default) on prompts without references answered with every checkpoint, then printed
     "recommended by rougeL: none" and exited 0 with a page; now refused before answering (rougeL, bleu, exact_match

@@ -220,8 +220,9 @@ def test_parse_score():
 # --- judge over real HTTP -------------------------------------------------------------------------
 
 
-def scripted_judge():
-    """A FastAPI judge: score = number of '好' in the reply under judgement (+1), capped at 10; 'BROKEN' → no JSON."""
+def scripted_judge(cap: int = 10):
+    """A FastAPI judge: score = number of '好' in the reply under judgement (+1), capped at `cap`; 'BROKEN' → no
+    JSON."""
     from fastapi import FastAPI
 
     app = FastAPI()
@@ -230,7 +231,7 @@ def scripted_judge():
     def chat(body: dict) -> dict:
         text = body["messages"][-1]["content"]
         reply = text.split("助手的回答：\n", 1)[1].split("\n\n参考答案", 1)[0]
-        content = "我拒绝打分" if "BROKEN" in reply else f'```json\n{{"score": {min(10, 1 + reply.count("好"))}}}\n```'
+        content = "我拒绝打分" if "BROKEN" in reply else f'```json\n{{"score": {min(cap, 1 + reply.count("好"))}}}\n```'
         return {
             "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
@@ -251,6 +252,55 @@ def test_judge_scores_over_loopback_http(tmp_path):
         scores, errors = judge_scores(t, prompts, ["好好", "BROKEN", "不"], references=["好", None, None])
     assert scores == [pytest.approx(2 / 9), None, 0.0]
     assert len(errors) == 1 and errors[0].startswith("reply 1:")
+
+
+def test_judge_scores_on_a_1_to_5_scale_over_http(tmp_path):
+    """A 1-5 judge's top score read as 1-10 gave 0.44, and a 7 (off its scale) was averaged in; on scale (1, 5) a
+    5 is 1.0 and a 7 is an error line, not a score."""
+    from loopback import running
+
+    from weitiao.teacher import Teacher
+
+    with running(scripted_judge(cap=100)) as base:
+        t = Teacher(base + "/v1", "judge", cache_dir=tmp_path / "cache", retries=0)
+        prompts = [[{"role": "user", "content": "你好"}]] * 3
+        scores, errors = judge_scores(t, prompts, ["好好好好", "好" * 6, "不"], scale=(1, 5))
+    assert scores == [1.0, None, 0.0]
+    assert errors == ["reply 1: judge score 7.0 outside [1, 5]"]
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ('按 1-5 分打分，只输出 JSON {"score": n}', (1, 5)),
+        ("给出 1～5 分的整数", (1, 5)),
+        ("score from 0 to 100", (0, 100)),
+        ("满分 5 分", (1, 5)),
+        ("rate it out of 5", (1, 5)),
+        ("（1-10 的整数）", (1, 10)),
+    ],
+)
+def test_check_rubric_scale_refuses_another_scale(text, named):
+    from weitiao.errors import UserError
+    from weitiao.eval.metrics import check_rubric_scale
+
+    other = (1, 10) if named != (1, 10) else (1, 5)
+    lo, hi = named
+    with pytest.raises(UserError, match=rf"scores {lo}-{hi}, but they are read as {other[0]}-{other[1]}; add "
+                                        rf"--score-scale {lo}-{hi}"):  # fmt: skip
+        check_rubric_scale(text, other, "--rubric r.txt")
+    assert check_rubric_scale(text, named, "--rubric r.txt") is True
+
+
+def test_check_rubric_scale_ignores_what_is_not_a_score_range():
+    from weitiao.eval.metrics import RUBRIC, check_rubric_scale
+
+    for text in ("用 1-2 句话说明理由，打个分", "日期 2024-1-15 之后的数据", "第 11-20 条", '只输出 {"score": n}'):
+        assert check_rubric_scale(text, (1, 10), "r") is False, text
+    assert check_rubric_scale(RUBRIC, (1, 10), "r") is True  # the built-in rubric names its 1-10
+    bands = "1-10 分：1-5 分表示不合格，6-10 分表示合格"  # bands inside a scale: the widest range is the scale
+    assert check_rubric_scale(bands, (1, 10), "r") is True
+    assert check_rubric_scale("1-5 分表示不合格，6-10 分表示合格", (1, 10), "r") is True
 
 
 # --- weitiao eval gen ------------------------------------------------------------------------------
@@ -301,6 +351,39 @@ def test_eval_gen_cli_on_tiny_model(tiny_model_dir, tokenizer, tmp_path):
     assert "judge" in r.output or "rougeL" in r.output
     note = "note: 2 of 3 prompts have no reference: ROUGE-L/BLEU/exact match over the others"
     assert note in " ".join(r.output.split())  # before: the missing references went unmentioned
+
+
+def test_eval_gen_reads_a_1_to_5_rubric_on_its_own_scale(tiny_model_dir, tmp_path):
+    """A rubric asking for 1-5 was read as 1-10 (a perfect 5 reported as judge 0.44). Without --score-scale it is
+    refused in one line; with --score-scale 1-5 the JSON names the scale and judge = (score - 1) / 4."""
+    import json
+
+    from conftest import write_jsonl
+    from loopback import running
+    from typer.testing import CliRunner
+
+    from weitiao.eval.commands import eval_app
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "今天天气怎么样？"}, {"prompt": "推荐一部电影吧"}])
+    rubric = tmp_path / "rubric5.txt"
+    rubric.write_text('按 1-5 分给回答打分，5 分最好。只输出 JSON：{"score": 整数}', encoding="utf-8")
+    out = tmp_path / "eval.json"
+    args = ["gen", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--max-new-tokens", "8"]
+    with running(scripted_judge(cap=5)) as base:
+        args += ["--judge-url", base + "/v1", "--rubric", str(rubric), "--out", str(out)]
+        refused = CliRunner().invoke(eval_app, args)
+        assert refused.exit_code == 1 and not out.exists()
+        r = CliRunner().invoke(eval_app, [*args, "--score-scale", "1-5"])
+    assert f"--rubric {rubric}: asks for scores 1-5, but they are read as 1-10; add --score-scale 1-5" in " ".join(
+        str(refused.exception).split()
+    )
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out.read_text())
+    assert rep["judge_scale"] == [1, 5] and rep["judge_errors"] == []
+    want = [(min(5, 1 + row["reply"].count("好")) - 1) / 4 for row in rep["rows"]]
+    assert [row["metrics"]["judge"] for row in rep["rows"]] == pytest.approx(want)
+    assert rep["metrics"]["judge"] == pytest.approx(sum(want) / 2)
+    assert "judge: scores 1-5 mapped to [0, 1]" in r.output
 
 
 def test_eval_gen_repetition_controls(tiny_model_dir, tokenizer, tmp_path):

@@ -7,6 +7,7 @@ with its own checksum code (not the library's) and kept in sync by a test; regen
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import random
 import re
@@ -903,7 +904,7 @@ def test_cli_scrub_of_several_files_writes_all_or_none_and_refuses_a_seed_it_wou
 
 def test_an_id_with_a_typo_d_check_character_after_its_cue_is_scrubbed():
     """17 digits with a real province and birth date name the person whatever the check character: after 身份证 such
-    a number is found at low confidence (as a Luhn-failing card after 卡号) and scrubbed; without a cue it is left."""
+    a number is found at low confidence (as a Luhn-failing card after 卡号) and scrubbed; after 订单号 it is left."""
     good = "11010519900307123" + pii.id_check_char("11010519900307123")
     typo = good[:17] + ("0" if good[17] != "0" else "1")
     assert not pii.valid_id(typo)
@@ -913,6 +914,37 @@ def test_an_id_with_a_typo_d_check_character_after_its_cue_is_scrubbed():
     assert pii.scrub(text, min_confidence=0.5)[0] == text  # not trusted: not in `serve --pii` or `pii eval`
     assert pii.scan(f"订单号{typo}") == []  # no cue: an 18-digit number
     assert pii.scan(f"身份证号{good}")[0].confidence == 0.99
+
+
+def test_an_id_with_a_typo_d_check_character_without_a_cue_is_scrubbed():
+    """A typo'd ID (real province and birth date, wrong check character) with no 身份证 near it was left in scrubbed
+    text while the valid one beside the same words was scrubbed; now it is found at 0.3 too. 18-digit numbers that
+    are not ID-shaped, ID-shaped ones after an order cue, phones and cards keep their own reading."""
+    body = "32050219850612341"  # 苏州, born 1985-06-12
+    good = body + pii.id_check_char(body)
+    for typo in [body + c for c in "0123456789X" if c != good[17] and not (c != "X" and pii.luhn_ok(body + c))]:
+        for text in (f"客户 {typo} 已登记", f"他的号码是{typo[:6]} {typo[6:14]} {typo[14:]}。", f"档案号{typo}"):
+            assert [(m.type, m.confidence) for m in pii.scan(text)] == [("id_card", 0.3)], text
+            assert "[身份证号]" in pii.scrub(text)[0] and typo[6:14] not in pii.scrub(text)[0]
+        assert pii.scan(f"订单号{typo}") == pii.scan(f"快递单号：{typo}") == []  # an order number
+        assert [m.type for m in pii.scan(f"订单号{typo}，身份证")] == ["id_card"]  # the ID cue wins
+    assert [(m.type, m.confidence) for m in pii.scan(f"客户 {good} 已登记")] == [("id_card", 0.99)]
+    not_ids = [
+        "202312150000123456",  # an order number: no province 20
+        "320502198513123410",  # month 13
+        "320502189906123410",  # born 1899
+        f"320502{dt.date.today().year + 1}06123410",  # born next year
+        "990502198506123410",  # no province 99
+    ]
+    for n in not_ids:
+        assert len(n) == 18 and pii.scan(f"客户 {n} 已登记") == [], n
+    card = "62220212345678901" + pii.luhn_digit("62220212345678901")  # 18-digit card, not ID-shaped
+    assert [m.type for m in pii.scan(f"转账到 {card}")] == ["bank_card"]
+    assert [m.type for m in pii.scan(f"打款 {card}")] == ["bank_card"]
+    lucky = next(body + c for c in "0123456789" if c != good[17] and pii.luhn_ok(body + c))  # ID-shaped, Luhn-valid
+    assert [(m.type, m.confidence) for m in pii.scan(f"转账到 {lucky}")] == [("bank_card", 0.99)]
+    assert [(m.type, m.confidence) for m in pii.scan(f"客户 {lucky}")] == [("id_card", 0.3)]
+    assert [m.type for m in pii.scan("电话 13812345678，138 1234 5678")] == ["mobile", "mobile"]
 
 
 def test_a_first_generation_15_digit_id_after_its_cue_is_scrubbed():

@@ -83,6 +83,55 @@ def test_hacking_warning():
     assert ppo.hacking_warning(falling, 5, 20.0, 1.5) is None
 
 
+def test_a_resumed_run_warns_of_reward_hacking_as_an_uninterrupted_one(tiny_model_dir, prompts, tmp_path, capsys):
+    """The reward-hacking check compared steps kept only in memory: resumed one step before a warning (whose window
+    of 2 × 2 steps reaches back before the resume), the run did not warn there although the uninterrupted run did.
+    The checkpoint keeps them now; a checkpoint without them (written before) has them read back from metrics.jsonl,
+    or is refused."""
+    from weitiao.train import checkpoint as ck
+
+    reward = tmp_path / "distinct.py"
+    reward.write_text("def score(prompts, responses):\n    return [len(set(r)) / 4.0 for r in responses]\n")
+    args = ("train.max_steps=10", "train.num_episodes=10", "train.save_every=1", "ppo.temperature=1.0",
+            "ppo.rollout_batch_size=4", "ppo.generate_max_len=8", "ppo.max_epochs=1", "ppo.actor_learning_rate=0.003",
+            f"reward.path={reward}:score", "train.hacking_window=2", "train.hacking_kl=0.0001")  # fmt: skip
+
+    def warnings(out: Path) -> list:
+        return [(r["step"], r["message"]) for r in read_metrics(out, "warning")]
+
+    ppo.run(config(tiny_model_dir, prompts, tmp_path / "a", *args))
+    full = warnings(tmp_path / "a")
+    assert full and full[0][0] > 1, full  # the config triggers the check
+    stop = full[0][0] - 1
+    ppo.run(config(tiny_model_dir, prompts, tmp_path / "b", *args, f"train.stop_after={stop}"))
+    ppo.run(config(tiny_model_dir, prompts, tmp_path / "b", *args, "train.resume=auto"))
+    assert warnings(tmp_path / "b") == full
+    # a checkpoint from before the history was kept: read back from the run's metrics.jsonl
+    ppo.run(config(tiny_model_dir, prompts, tmp_path / "c", *args, f"train.stop_after={stop}"))
+    state_file = tmp_path / "c" / "checkpoints" / f"step-{stop:06d}" / ck.STATE_FILE
+    state = torch.load(state_file, weights_only=False)
+    kept_scores = [r["score"] for r in state.pop("hacking_history")]
+    assert kept_scores == [r["score"] for r in read_metrics(tmp_path / "a", "train")[:stop]]
+    torch.save(state, state_file)
+    log = tmp_path / "c" / "metrics.jsonl"
+    kept = log.read_text(encoding="utf-8")
+    log.write_text("".join(x for x in kept.splitlines(True) if f'"step": {stop},' not in x), encoding="utf-8")
+    with pytest.raises(UserError, match=rf"train.resume: .*step-{stop:06d} predates the reward-hacking history kept "
+                                        rf"in checkpoints and .*metrics.jsonl has no train row for step\(s\) "
+                                        rf"{stop}..{stop}; restore that file, set train.resume=force to start "
+                                        "the reward-hacking check afresh, or train.resume=none"):  # fmt: skip
+        ppo.run(config(tiny_model_dir, prompts, tmp_path / "c", *args, "train.resume=auto"))
+    shutil.copytree(tmp_path / "c", tmp_path / "d")
+    log.write_text(kept, encoding="utf-8")
+    ppo.run(config(tiny_model_dir, prompts, tmp_path / "c", *args, "train.resume=auto"))
+    assert warnings(tmp_path / "c") == full
+    # train.resume=force without those rows: the check starts afresh, said in one line (the step-{stop + 1} warning,
+    # whose window reaches back before the resume, is not given)
+    ppo.run(config(tiny_model_dir, prompts, tmp_path / "d", *args, "train.resume=force"))
+    assert capsys.readouterr().out.count("the reward-hacking check starts afresh from step") == 1
+    assert warnings(tmp_path / "d") == [w for w in full if w[0] <= stop or w[0] > stop + 3]
+
+
 @pytest.mark.slow
 def test_first_minibatch_is_identity_and_outputs_load(tiny_model_dir, prompts, tmp_path):
     extra = ("train.max_steps=2", "ppo.max_epochs=2", "ppo.n_samples_per_prompt=2", "ppo.rollout_batch_size=4")

@@ -31,10 +31,13 @@ REFUSAL_PATTERN = typer.Option(
 )
 
 
-def _judge(url: str | None, model: str | None, cache_dir: str | None, rubric: Path | None = None):
+def _judge(
+    url: str | None, model: str | None, cache_dir: str | None, rubric: Path | None = None, scale: str | None = None
+):
     """The judge for --judge-url; a judge option without it is refused, not ignored."""
     if not url:
-        given = [f for f, v in (("--judge-model", model), ("--cache-dir", cache_dir), ("--rubric", rubric)) if v]
+        named = (("--judge-model", model), ("--cache-dir", cache_dir), ("--rubric", rubric), ("--score-scale", scale))
+        given = [f for f, v in named if v]
         if given:
             raise UserError(f"{given[0]}: applies to the judge; add --judge-url URL or drop it")
         return None
@@ -66,25 +69,38 @@ def gen(
     refusal_pattern: str = REFUSAL_PATTERN,
     judge_url: str = typer.Option(None, help="OpenAI-compatible base URL of a judge, e.g. http://127.0.0.1:8000/v1"),
     judge_model: str = typer.Option(None, help="judge model name"),
-    rubric: Path = typer.Option(None, help='text file with the judge rubric (must ask for JSON {"score": 1-10})'),
+    rubric: Path = typer.Option(None, help='text file with the judge rubric (must ask for JSON {"score": n})'),
+    score_scale: str = typer.Option(
+        None, help="the rubric's score range LO-HI (default 1-10), mapped to judge in [0, 1]; others are errors"
+    ),
     cache_dir: str = typer.Option(None, help="judge reply cache"),
     out: Path = typer.Option(None, help="write metrics + every reply as JSON here"),
 ) -> None:
     """Generate replies to every prompt and report all metrics (table, and JSON with --out)."""
     from weitiao.eval import gen as tool
     from weitiao.eval.golden import duplicate_note, reference_note
-    from weitiao.eval.metrics import RUBRIC, refusal_settings
+    from weitiao.eval.metrics import RUBRIC, check_rubric_scale, parse_scale, refusal_settings
     from weitiao.io import atomic_write_text, claim_outputs, read_text
 
     metric_settings = refusal_settings(refusal_pattern)  # a bad regex: one line, before any model loads
-    judge = _judge(judge_url, judge_model, cache_dir, rubric)
+    judge = _judge(judge_url, judge_model, cache_dir, rubric, score_scale)
+    scale = parse_scale(score_scale) if score_scale else (1, 10)
     claim_outputs([out] if out else [], [p for p in (prompts, refs, rubric) if p])
     ps = tool.read_prompts(prompts, refs)
     text = read_text(rubric) if rubric else RUBRIC  # a BOM dropped, bad bytes one line
+    if judge is not None and not rubric and scale != (1, 10):
+        raise UserError(f"--score-scale {score_scale}: the built-in rubric asks for 1-10; add --rubric FILE that asks "
+                        f"for {scale[0]}-{scale[1]}")  # fmt: skip
+    if judge is not None and not check_rubric_scale(text, scale, f"--rubric {rubric}"):
+        console.print(f"[yellow]note:[/] --rubric {rubric} names no score range; the judge's scores are read as "
+                      f"{scale[0]}-{scale[1]} (--score-scale)")  # fmt: skip
     with console.status(f"generating {len(ps)} replies"):
-        rep = tool.run(ps, model, adapter, quant, settings, metric_settings, judge, text)
+        rep = tool.run(ps, model, adapter, quant, settings, metric_settings, judge, text, scale=scale)
     name = f"{model or ('demo' if not adapter else 'base')}{' + ' + adapter if adapter else ''}"
     console.print(_metric_table(f"{len(ps)} prompts · {name}", rep.metrics))
+    if "judge" in rep.metrics:
+        raw = scale[0] + rep.metrics["judge"] * (scale[1] - scale[0])
+        console.print(f"judge: scores {scale[0]}-{scale[1]} mapped to [0, 1]; mean {raw:.3g} on {scale[0]}-{scale[1]}")
     for note in filter(None, (reference_note(ps), duplicate_note(ps))):
         console.print(f"[yellow]note:[/] {note}")
     if rep.judge_errors:

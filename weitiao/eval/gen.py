@@ -13,7 +13,7 @@ from typing import Any
 from weitiao.data.prompts import Prompt
 from weitiao.errors import UserError
 from weitiao.eval.golden import check_context, check_max_new_tokens, load_prompts
-from weitiao.eval.metrics import RUBRIC, Item, MetricSettings, item_metrics, judge_scores, reply_metrics
+from weitiao.eval.metrics import RUBRIC, Item, MetricSettings, Scale, item_metrics, judge_scores, reply_metrics
 
 
 def check_decoding(
@@ -61,9 +61,11 @@ class GenReport:
     metrics: dict[str, float]
     rows: list[dict] = field(default_factory=list)  # per prompt: source, prompt, reference, reply, metrics
     judge_errors: list[str] = field(default_factory=list)
+    judge_scale: Scale | None = None  # the judge's score range (judge = (score - lo) / (hi - lo)); None: no judge
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metrics": self.metrics, "judge_errors": self.judge_errors, "rows": self.rows}
+        scale = {"judge_scale": list(self.judge_scale)} if self.judge_scale else {}
+        return {"metrics": self.metrics, **scale, "judge_errors": self.judge_errors, "rows": self.rows}
 
 
 def read_prompts(prompts: str | Path, refs: str | Path | None = None) -> list[Prompt]:
@@ -94,8 +96,9 @@ def run(
     settings: MetricSettings | None = None,
     judge: Any = None,
     rubric: str = RUBRIC,
+    scale: Scale = (1, 10),
 ) -> GenReport:
-    """Steps 2–5 above; `judge` is a `weitiao.teacher.Teacher` (or None)."""
+    """Steps 2–5 above; `judge` is a `weitiao.teacher.Teacher` (or None) scoring on `scale`."""
     from weitiao.data.templates import resolve_template
     from weitiao.infer.chat import load_chat_model
     from weitiao.infer.generate import generate
@@ -114,7 +117,7 @@ def run(
     errors: list[str] = []
     if judge is not None:
         scores, errors = judge_scores(judge, [p.messages for p in prompts], [g.text for g in gens], rubric,
-                                      [p.reference for p in prompts])  # fmt: skip
+                                      [p.reference for p in prompts], scale)  # fmt: skip
     # 5. metrics
     items = [Item(g.text, g.stopped, p.reference, p.history, s) for p, g, s in zip(prompts, gens, scores)]
     rows = [
@@ -122,4 +125,4 @@ def run(
          "n_tokens": g.n_tokens, "metrics": item_metrics(it, settings)}
         for p, g, it in zip(prompts, gens, items)
     ]  # fmt: skip
-    return GenReport(reply_metrics(items, settings), rows, errors)
+    return GenReport(reply_metrics(items, settings), rows, errors, scale if judge is not None else None)

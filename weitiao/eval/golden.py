@@ -19,6 +19,7 @@ import hashlib
 import html
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,6 +385,10 @@ def evaluate_golden(
             references=[prompts[i].reference for _, i in pairs],
         )  # fmt: skip
         judged = dict(zip(pairs, scores))
+        missed = [pair for pair, score in zip(pairs, scores) if score is None]  # in the order of `errors`
+        errors = [f"{labels[s]} {prompts[i].source}: {e.split(': ', 1)[1]}" for (s, i), e in zip(missed, errors)]
+        if errors and len(errors) < len(pairs):
+            notes.append(_judge_note(missed, errors, len(pairs), labels))
     evals = {m["step"]: m["eval_loss"] for m in metrics_log if m["kind"] == "eval" and "eval_loss" in m}
     replies, summary = {}, {}
     for s in steps:
@@ -414,6 +419,15 @@ def tie_note(summary: dict[int, dict[str, float]], metric: str, best: int, label
         f"{who} {len(summary)} checkpoints tie at {metric} {value:.4g} ({', '.join(labels[s] for s in same[:4])}"
         f"{', ...' if len(same) > 4 else ''}): {metric} does not choose among them; the earliest is named"
     )
+
+
+def _judge_note(missed: list[tuple[int, int]], errors: list[str], asked: int, labels: dict[int, str]) -> str:
+    """The judge scored some answers only: say how many per checkpoint, as each one's judge averages the others (a
+    checkpoint whose worst answers got no score read as better; the console said nothing)."""
+    per = Counter(s for s, _ in missed)
+    counts = ", ".join(f"{labels[s]} {n}" for s, n in sorted(per.items()))
+    return (f"the judge gave no score for {len(errors)} of {asked} answers ({counts}); a checkpoint's judge is the "
+            f"mean over its scored answers (first: {errors[0]})")  # fmt: skip
 
 
 def _left_out(labels: list[str]) -> str | None:
@@ -502,8 +516,6 @@ def render_report(run_dir: Path, prompts: list[Prompt], res: GoldenResult, metri
     )
     parts.append(f"<p><b>{by} &nbsp; ")
     parts.append(f"<b>Lowest eval loss:</b> {e(lab(res.lowest_eval))}</p>")
-    if res.judge_errors:
-        parts.append(f"<p>judge failures: {len(res.judge_errors)} (first: {e(res.judge_errors[0])})</p>")
     parts.append("<h2>Loss</h2>" + svg_lines({"train loss": train, "eval loss": evals}, res.steps))
     cols = [k for k in SHOWN if any(k in res.summary[s] for s in res.steps)]
     parts.append(

@@ -205,6 +205,39 @@ def judge_messages(prompt: Sequence[dict], reply: str, rubric: str = RUBRIC, ref
     return [{"role": "system", "content": rubric}, {"role": "user", "content": body}]
 
 
+Scale = tuple[int, int]  # the judge's lowest and highest score, e.g. (1, 10)
+
+# "1-5", "1～5 分", "0 到 100", "1 to 10" and "满分 5", "out of 5": the score ranges a rubric names.
+_RANGE = re.compile(r"(?<![\d.\-])([01])\s*(?:-|–|—|~|～|到|至|to)\s*(\d{1,3})(?![\d.])")
+_BAND = re.compile(r"(?<![\d.\-])(\d{1,3})\s*(?:-|–|—|~|～|到|至)\s*(\d{1,3})\s*分")  # "6-10 分": a band's end
+_TOP = re.compile(r"(?:满分|out of)\s*(\d{1,3})(?![\d.])", re.IGNORECASE)
+
+
+def parse_scale(text: str, flag: str = "--score-scale") -> Scale:
+    """`LO-HI` (integers, LO < HI) as a Scale; anything else one UserError naming `flag`."""
+    m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", text)
+    if not m or int(m[1]) >= int(m[2]):
+        raise UserError(f"{flag} {text!r}: give the judge's lowest and highest score as LO-HI, e.g. 1-10 or 1-5")
+    return int(m[1]), int(m[2])
+
+
+def check_rubric_scale(rubric: str, scale: Scale, where: str) -> bool:
+    """Refuse a rubric whose score range is not `scale` (its 1-5 scores were read as 1-10: a perfect 5 became 0.44);
+    False when it names none (the caller says which scale is assumed). A range from 0 or 1 up to 4 or more ("1-5",
+    "1～5 分", "0 到 100"), "满分 N" or "out of N" names one; with bands ("1-5 分差，6-10 分好") the scale runs from
+    the lowest start to the highest end of them."""
+    named = [(int(a), int(b)) for a, b in _RANGE.findall(rubric) if int(b) >= 4]
+    named += [(scale[0], int(b)) for b in _TOP.findall(rubric)]
+    if not named:
+        return False
+    ends = [hi for _, hi in named] + [int(b) for a, b in _BAND.findall(rubric) if int(a) < int(b)]
+    lo, hi = min(lo for lo, _ in named), max(ends)
+    if (lo, hi) != tuple(scale):
+        raise UserError(f"{where}: asks for scores {lo}-{hi}, but they are read as {scale[0]}-{scale[1]}; "
+                        f"add --score-scale {lo}-{hi}")  # fmt: skip
+    return True
+
+
 def parse_score(text: str, lo: float = 1, hi: float = 10) -> float:
     """The judge's `score` mapped from [lo, hi] to [0, 1]; raises ValueError if missing or out of range."""
     from weitiao.json_reply import parse_json_reply
@@ -226,9 +259,11 @@ def judge_scores(
     replies: Sequence[str],
     rubric: str = RUBRIC,
     references: Sequence[str | None] | None = None,
+    scale: Scale = (1, 10),
 ) -> tuple[list[float | None], list[str]]:
-    """Ask the judge (a `weitiao.teacher.Teacher`) to score each reply; returns scores (None = failed) and
-    one error line per failure, so nothing is dropped silently."""
+    """Ask the judge (a `weitiao.teacher.Teacher`) to score each reply on `scale`; returns scores mapped to [0, 1]
+    (None = failed: no score, or one outside the scale) and one error line per failure, so nothing is dropped
+    silently."""
     refs = list(references) if references is not None else [None] * len(replies)
     reqs = [judge_messages(p, r, rubric, ref) for p, r, ref in zip(prompts, replies, refs)]
     answers = teacher.chat_many(reqs, desc="judge", temperature=0)  # type: ignore[attr-defined]
@@ -238,7 +273,7 @@ def judge_scores(
         try:
             if isinstance(a, Exception):
                 raise ValueError(str(a))
-            scores.append(parse_score(a))
+            scores.append(parse_score(a, *scale))
         except ValueError as e:
             scores.append(None)
             errors.append(f"reply {i}: {e}")

@@ -358,6 +358,40 @@ class RunningMoments:
         self.count = total
 
 
+HACKING_KEYS = ("score", "kl", "response_length")  # what `hacking_warning` reads of each step's metrics
+
+
+def hacking_history(ckpt: Path, saved: dict, window: int, force: bool = False) -> list[dict]:
+    """The per-step rows `hacking_warning` compares, up to the checkpoint: kept in it (`hacking_history`); for a
+    checkpoint written before they were, read back from its run's metrics.jsonl. Without them a resumed run's check
+    started afresh (no warning for 2 × window steps, a hacking run unflagged); steps missing there are refused, or
+    under train.resume=force the check starts afresh, said in one line."""
+    if "hacking_history" in saved:
+        return list(saved["hacking_history"])
+    import json
+
+    step, need = int(saved["step"]), min(int(saved["step"]), 2 * window)
+    log = (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent) / "metrics.jsonl"
+    rows: dict[int, dict] = {}
+    for line in log.read_text(encoding="utf-8").splitlines() if log.exists() else []:
+        try:
+            r = json.loads(line)
+            if r.get("kind") == "train" and step - need < int(r["step"]) <= step:
+                rows[int(r["step"])] = {k: float(r[k]) for k in HACKING_KEYS}
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a kill, or another kind of row
+    if len(rows) < need:
+        missing = sorted(set(range(step - need + 1, step + 1)) - set(rows))
+        why = f"{ckpt} predates the reward-hacking history kept in checkpoints and {log} has no train row for step(s) "
+        why += f"{missing[0]}..{missing[-1]}"
+        if force:
+            print(f"train.resume=force: {why}: the reward-hacking check starts afresh from step {step}")
+            return []
+        raise UserError(f"train.resume: {why}; restore that file, set train.resume=force to start the reward-hacking "
+                        "check afresh, or train.resume=none for a new run")  # fmt: skip
+    return [rows[k] for k in sorted(rows)]
+
+
 def hacking_warning(history: list[dict], window: int, kl_limit: float, length_ratio: float) -> str | None:
     """Reward hacking (Q158): the score rises while KL runs away or replies grow much longer."""
     if len(history) < 2 * window:
@@ -596,8 +630,10 @@ def run(cfg: PPOConfig) -> dict:
     ckpt = ck.open_run(
         out, t.resume, config_yaml, main, inputs, world, dist.gather_objects, schedule=False, write=False, move=False
     )
+    history: list[dict] = []  # per step: HACKING_KEYS of its metrics
     if ckpt is not None:
         note = check_resume(ckpt, ck.saved_state(ckpt), plan, total_steps, t.resume == "force")
+        history = hacking_history(ckpt, ck.saved_state(ckpt), t.hacking_window, t.resume == "force")
         if main and note:
             print(note)
     else:
@@ -612,6 +648,7 @@ def run(cfg: PPOConfig) -> dict:
             spent, peak_before = saved_cost["total_s"], saved_cost["peak_memory_gib"]
         else:  # a checkpoint from before the cost was kept: the report counts this invocation's steps only
             counted_from = (state["step"], state["samples"])
+        state.pop("hacking_history", None)  # `history`, read above
         rngs = state.pop("rng")
         rngs = [rngs] if isinstance(rngs, dict) else rngs  # older checkpoints hold process 0's only
         if len(rngs) == world:
@@ -631,7 +668,7 @@ def run(cfg: PPOConfig) -> dict:
         trainable = sum(x.numel() for x in roles.actor_params) + sum(x.numel() for x in roles.critic_params)
         log.log("data", 0, read=len(prompts) + too_long, kept=len(prompts), dropped_too_long=too_long,
                 template=template.name, trainable_params=trainable, world=world)  # fmt: skip
-    history: list[dict] = []
+    state["hacking_history"] = history  # saved with every checkpoint
     bar = progress_bar(t.progress and main, t.progress_every_s)
     task = bar.add_task("ppo", total=total_steps, completed=state["step"], info="")
     started = time.time()
@@ -795,7 +832,7 @@ def run(cfg: PPOConfig) -> dict:
                 "return_mean": float(ppo_losses.masked_moments(returns, lmask, reduce)[0]),
             }
             state["step"] = step + 1
-            history.append(metrics)
+            history.append({k: metrics[k] for k in HACKING_KEYS})
             log.log("train", state["step"], **metrics)
             if main and t.sample_every and state["step"] % t.sample_every == 0:
                 shown = [

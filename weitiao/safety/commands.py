@@ -75,7 +75,10 @@ def _print(reports: list, as_json: bool, action: str) -> None:
     console.print(t)
     for r in reports:
         if r.low_confidence:
-            console.print(f"{r.path}: {r.low_confidence} low-confidence matches (e.g. Luhn-failing numbers after 卡号)")
+            console.print(
+                f"{r.path}: {r.low_confidence} low-confidence matches (Luhn-failing numbers after 卡号, "
+                "ID-shaped numbers with a wrong check character)"
+            )
         if r.retyped and action != "scan":
             shown = ", ".join(f"{k} ×{v}" for k, v in sorted(r.retyped.items()))
             console.print(f"[yellow]note:[/] {r.path}: JSON numbers became strings in the output ({shown}): a masked "

@@ -169,13 +169,14 @@ def digit_spans(text: str) -> tuple[tuple[int, int, str], ...]:
 
 
 def find_id_card(text: str) -> list[Match]:
-    """Valid IDs; an ID-shaped number (province code, real birth date) failing only its check character next to
-    身份证/证件号 is kept at confidence 0.3, as a typo'd card is: its 17 digits still name the person."""
+    """Valid IDs; an ID-shaped number (province code, real birth date) failing only its check character is kept at
+    confidence 0.3, as a typo'd card is: its 17 digits still name the person. Without 身份证/证件号 near it, one
+    after 订单/单号/流水/编号… is an order number and left."""
     out = []
     for a, b, d in digit_spans(text):
         if valid_id(d.upper()):
             out.append(Match("id_card", a, b, text[a:b], 0.99))
-        elif len(d) == 18 and d[:17].isdigit() and _id_shaped(d) and _near(text, a, b, ID_CUES):
+        elif len(d) == 18 and d[:17].isdigit() and _id_shaped(d) and not _order_number(text, a, b):
             out.append(Match("id_card", a, b, text[a:b], 0.3))
         elif valid_id15(d) and _near(text, a, b, ID_CUES):
             out.append(Match("id_card", a, b, text[a:b], 0.9))  # a first-generation card: no check digit to test
@@ -192,6 +193,11 @@ def valid_id15(s: str) -> bool:
 
 
 ID_CUES = re.compile(r"身份证|证件号|公民身份")
+
+
+def _order_number(text: str, start: int, end: int) -> bool:
+    """An order/serial cue near the number and no ID cue: read as an order number, not a typo'd ID."""
+    return _near(text, start, end, ORDER_CUES) and not _near(text, start, end, ID_CUES)
 
 
 def _id_shaped(s: str) -> bool:
