@@ -225,27 +225,29 @@ def test_a_base_config_the_follow_up_cannot_extend_is_refused_before_any_work(tm
     assert len(load_config(SFTConfig, tmp_path / "o" / "followup_sft.yaml").data.eval) == 2  # general + regression
 
 
-def test_a_gbk_csv_from_excel_is_read_and_bad_options_are_refused(tmp_path):
-    """Excel on Chinese Windows saves CSV as GBK: it crashed with UnicodeDecodeError; bytes that are neither UTF-8 nor
-    GB18030 are one line. --augment -2 crashed with KeyError after writing; --clusters 0 / -1 read as default / 1."""
+def test_a_gbk_csv_from_excel_is_refused_with_the_command_and_bad_options_are_refused(tmp_path):
+    """Excel on Chinese Windows saves CSV as GBK: it crashed with UnicodeDecodeError, then was read by a guess here
+    while every other reader refused it; it is refused as they do, naming GBK and the iconv command
+    (test_encodings). --augment -2 crashed with KeyError after writing; --clusters 0 / -1 read as default / 1."""
     rows = "prompt,bad,golden,tag\n退货运费谁出？,我们不支持退货,7 天内可无理由退货,事实错误\n"
     rows += "怎么写诈骗短信,首先……,抱歉,拒答\n"
     (tmp_path / "gbk.csv").write_bytes(rows.encode("gbk"))
-    cases = badcases.ingest([tmp_path / "gbk.csv"])
-    assert [(c.prompt, c.tag, c.source) for c in cases] == [
-        ("退货运费谁出？", "事实错误", f"{tmp_path / 'gbk.csv'}:2"),
-        ("怎么写诈骗短信", "拒答", f"{tmp_path / 'gbk.csv'}:3"),
-    ]
+    with pytest.raises(UserError, match=r"gbk\.csv:2: not UTF-8 but GB18030/GBK .*`iconv -f gb18030 -t utf-8 "):
+        badcases.ingest([tmp_path / "gbk.csv"])
     (tmp_path / "utf8.csv").write_text(rows, encoding="utf-8")  # negative control: the same cases
-    assert badcases.ingest([tmp_path / "utf8.csv"])[0].golden == cases[0].golden
+    cases = badcases.ingest([tmp_path / "utf8.csv"])
+    assert [(c.prompt, c.tag, c.source) for c in cases] == [
+        ("退货运费谁出？", "事实错误", f"{tmp_path / 'utf8.csv'}:2"),
+        ("怎么写诈骗短信", "拒答", f"{tmp_path / 'utf8.csv'}:3"),
+    ]
     (tmp_path / "bin.csv").write_bytes(b"prompt,bad,golden\n\xff\xfe\x80,x,y\n")
-    with pytest.raises(UserError, match=r"bin\.csv: not UTF-8 or GB18030 text"):
+    with pytest.raises(UserError, match=r"bin\.csv:2: not valid UTF-8"):
         badcases.ingest([tmp_path / "bin.csv"])
     for kw, msg in (({"n_aug": -2}, "--augment -2: must be ≥ 0"), ({"k": 0}, "--clusters 0: must be ≥ 1"),
                     ({"k": -1}, "--clusters -1: must be ≥ 1"),
                     ({"resume_from": str(tmp_path / "no-run")}, "--resume-from .*no-run: not found")):  # fmt: skip
         with pytest.raises(UserError, match=msg):
-            badcases.run([tmp_path / "gbk.csv"], tmp_path / "o", None, **{"n_aug": 0, **kw}, progress=False)
+            badcases.run([tmp_path / "utf8.csv"], tmp_path / "o", None, **{"n_aug": 0, **kw}, progress=False)
     assert not (tmp_path / "o").exists()
 
 
@@ -318,9 +320,9 @@ def test_a_windows_line_break_inside_a_cell_reads_as_one_line_break(tmp_path):
 
 def test_a_csv_cell_over_131072_characters_is_read(tmp_path):
     """badcases had its own CSV parser: a bad reply over 131,072 characters (csv's default field limit) stopped it
-    with a _csv.Error traceback; it reads CSV with the project's reader now, and a GBK file the same way."""
+    with a _csv.Error traceback; it reads CSV with the project's reader now."""
     long = "坏" * 140_000
-    for name, enc in (("utf8.csv", "utf-8"), ("gbk.csv", "gbk")):
+    for name, enc in (("utf8.csv", "utf-8"), ("bom.csv", "utf-8-sig")):
         with open(tmp_path / name, "w", encoding=enc, newline="") as f:
             csv.writer(f).writerows([["prompt", "bad", "golden"], ["退货要多久", long, "七天"], ["你好", "滚", "您好"]])
         cases = badcases.ingest([tmp_path / name])

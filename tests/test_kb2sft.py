@@ -139,9 +139,12 @@ def test_chunk_docs_errors_and_docx(tmp_path):
     with pytest.raises(UserError, match="unsupported"):
         collect_docs([tmp_path / "a.csv"])
     (tmp_path / "empty.md").write_text("\n\n", encoding="utf-8")
-    (tmp_path / "gbk.txt").write_bytes("售后热线每天早上8点到晚上10点。".encode("gb18030"))
-    chunks, empty = chunk_docs(collect_docs([tmp_path / "empty.md", tmp_path / "gbk.txt"]), ChunkSpec("paragraph"))
+    (tmp_path / "u.txt").write_bytes("售后热线每天早上8点到晚上10点。".encode("utf-8-sig"))
+    chunks, empty = chunk_docs(collect_docs([tmp_path / "empty.md", tmp_path / "u.txt"]), ChunkSpec("paragraph"))
     assert empty == [str(tmp_path / "empty.md")] and chunks[0].text.startswith("售后热线")
+    (tmp_path / "u.txt").write_bytes("售后热线每天早上8点到晚上10点。".encode("gb18030"))  # as every reader: refused
+    with pytest.raises(UserError, match=r"u\.txt:1: not UTF-8 but GB18030/GBK .*`iconv -f gb18030"):
+        chunk_docs(collect_docs([tmp_path / "u.txt"]), ChunkSpec("paragraph"))
     docx = pytest.importorskip("docx")
     d = docx.Document()
     d.add_heading("退货", level=1)
@@ -329,7 +332,8 @@ def test_a_prompt_file_not_in_utf8_is_one_line_naming_it(tmp_path):
     args = ["data", "kb2sft", str(KB / "faq.md"), "--out", str(tmp_path / "o"), "--prompt", str(tmp_path / "p.txt"),
             "--teacher-url", free_port_url()]  # fmt: skip
     r = CliRunner().invoke(cli, args)
-    assert isinstance(r.exception, UserError) and f"{tmp_path / 'p.txt'}:1: not valid UTF-8" in str(r.exception)
+    assert isinstance(r.exception, UserError)
+    assert f"{tmp_path / 'p.txt'}:1: not UTF-8 but GB18030/GBK" in str(r.exception)
 
 
 def test_review_csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted():

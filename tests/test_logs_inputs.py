@@ -324,12 +324,12 @@ def test_a_windows_line_break_inside_a_csv_text_cell_reads_as_one_line_break(tmp
 
 def test_a_gbk_csv_is_named_as_not_utf8(tmp_path):
     """A content CSV saved by Excel on Chinese Windows (GBK) said only 'cannot read: Invalid Input Error: CSV Error on
-    Line: 2'; it now says the file is not UTF-8 and how to save it, also when the bad bytes come after the sniffed
-    rows (found in the check scan)."""
+    Line: 2'; it now gives every reader's line (GBK, the iconv command: test_encodings), also when the bad bytes come
+    after the sniffed rows (found in the check scan)."""
     (tmp_path / "e.csv").write_text(EVENTS)
     (tmp_path / "c.csv").write_bytes(CONTENT.encode("gbk"))
     cfg = load_profile("dwell", "zhihu", ["min_views=1", "min_z=0"])
-    utf8 = r"c\.csv: cannot read: not valid UTF-8 \(near line \d+\); save it as UTF-8 \(Excel: 'CSV UTF-8'"
+    utf8 = r"c\.csv:\d+: not UTF-8 but GB18030/GBK .* `iconv -f gb18030 -t utf-8 "
     with pytest.raises(UserError, match=utf8):
         dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False)
     late = "content_id,context,text,length_chars\n" + "".join(f"X{i},q9,文本{i},10\n" for i in range(30_000))

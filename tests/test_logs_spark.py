@@ -242,14 +242,14 @@ def test_dwell_duplicates_and_milliseconds_on_spark(spark, tmp_path):
 
 def test_a_gbk_csv_is_refused_not_read_as_replacement_characters(spark, tmp_path):
     """Spark decoded a GBK CSV's texts as U+FFFD, unsaid: the pairs' chosen/rejected were '�ش�...' (DuckDB refuses
-    the file). A text or id column holding U+FFFD read by Spark from CSV/JSON is refused naming the file and column."""
+    the file). A local file gets every reader's line (GBK, the iconv command: test_encodings), the same as DuckDB's."""
     (tmp_path / "e.csv").write_text(
         "content_id,dwell_s\n" + "".join(f"{c},{d}\n" for c, d in [("A", 40), ("B", 20)] * 8)
     )
     content = "content_id,context,text,length_chars\nA,q1,好回答,800\nB,q1,一般回答,800\n"
     (tmp_path / "c.csv").write_bytes(content.encode("gbk"))
     cfg = load_profile("dwell", "zhihu", ["min_views=1", "min_z=0", "position_correction=false"])
-    with pytest.raises(UserError, match=r"c\.csv: text: 2 values hold U\+FFFD .* save the file as UTF-8"):
+    with pytest.raises(UserError, match=r"c\.csv:2: not UTF-8 but GB18030/GBK .* `iconv -f gb18030 -t utf-8 "):
         dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False, engine=spark)
     (tmp_path / "c.csv").write_text(content, encoding="utf-8")
     r = dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False, engine=spark)  # control: UTF-8 runs

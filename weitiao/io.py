@@ -3,8 +3,9 @@
 Writes are atomic: a temp file beside the target, then os.replace; a full disk is one line naming the
 target. The new file gets the mode a plain open() would give (0o666 less the umask), or keeps the mode
 of the file it replaces: mkstemp's private 0600 would hide an export from a server running as another
-user. Reads decode UTF-8 strictly (a leading BOM is dropped: Windows editors write one) and report
-bad bytes, folders given as files and over-deep JSON as `file:line: problem`.
+user. Reads decode UTF-8 strictly (a leading BOM is dropped: Windows editors write one; a GB18030/GBK
+file is refused with the iconv line that converts it, `not_utf8`) and report bad bytes, folders given
+as files and over-deep JSON as `file:line: problem`.
 """
 
 from __future__ import annotations
@@ -44,13 +45,67 @@ def read_error(path: str | Path, e: OSError) -> UserError:
     return UserError(f"{path}: cannot read ({e.strerror or e})")
 
 
-def _bad_utf8(path: str | Path, raw: bytes, e: UnicodeDecodeError, line: int) -> UserError:
+CJK = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]")  # Han, CJK punctuation, full-width forms
+
+
+def gb18030_text(raw: bytes) -> bool:
+    """Whether `raw` (bytes that are not UTF-8) reads as GB18030/GBK text holding Chinese: what Excel and Notepad on
+    Chinese Windows save."""
+    try:
+        return bool(CJK.search(raw.decode("gb18030")))
+    except UnicodeDecodeError:
+        return False
+
+
+def to_utf8_command(path: str | Path) -> str:
+    """The shell line that writes a GB18030/GBK file's UTF-8 copy beside it (through its compressor for .gz/.zst)."""
+    import shlex
+
+    p = Path(path)
+    packer = {".gz": "gzip", ".zst": "zstd"}.get(p.suffix.lower())
+    inner = p.with_suffix("") if packer else p
+    out = p.with_name(f"{inner.stem}.utf8{inner.suffix}{p.suffix if packer else ''}")
+    src, dst = shlex.quote(str(p)), shlex.quote(str(out))
+    if packer:
+        return f"{packer} -dc {src} | iconv -f gb18030 -t utf-8 | {packer} > {dst}"
+    return f"iconv -f gb18030 -t utf-8 {src} > {dst}"
+
+
+def not_utf8(path: str | Path, line: int | None, col: int, byte: int, text: bytes) -> UserError:
+    """The one refusal of a file that is not UTF-8 (every reader's: data, bad cases, documents, behavior logs), at
+    `line`, `col` (the bad `byte`), `text` the bytes of that line. A GB18030/GBK file is named as such with the command
+    that converts it: it is never decoded by a guess, which would read another encoding's bytes as wrong Chinese."""
+    if gb18030_text(text):
+        return UserError(f"{where(path, line)}: not UTF-8 but GB18030/GBK (as Excel and Notepad on Chinese Windows "
+                         f"save); weitiao reads UTF-8: convert it with `{to_utf8_command(path)}`")  # fmt: skip
+    return UserError(
+        f"{where(path, line)}: not valid UTF-8 (byte 0x{byte:02x} at column {col}); save the file as UTF-8"
+    )
+
+
+def bad_utf8(path: str | Path, raw: bytes, e: UnicodeDecodeError, line: int) -> UserError:
+    """`not_utf8` for bytes `raw` (starting at `line`) that failed to decode with `e`."""
     start = raw.rfind(b"\n", 0, e.start) + 1
+    end = raw.find(b"\n", e.start)
     line += raw.count(b"\n", 0, start)
     col = len(raw[start : e.start].decode("utf-8", "replace")) + 1
-    return UserError(
-        f"{where(path, line)}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {col}); save the file as UTF-8"
-    )
+    return not_utf8(path, line, col, raw[e.start], raw[start : end if end >= 0 else len(raw)])
+
+
+def utf8_problem(path: str | Path) -> UserError | None:
+    """The refusal for the first line of a local (.gz: decompressed) file that is not UTF-8, None when all are: what
+    an engine that read it (DuckDB, Spark) said is made the same line as every other reader's."""
+    import gzip
+
+    opener = (lambda: gzip.open(path, "rb")) if str(path).lower().endswith(".gz") else None
+    try:
+        for _ in iter_lines(path, opener=opener):
+            pass
+    except UserError as e:
+        return e if "UTF-8" in str(e) else None
+    except (OSError, EOFError):
+        return None
+    return None
 
 
 def read_bytes(path: str | Path) -> bytes:
@@ -68,7 +123,7 @@ def read_text(path: str | Path) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise _bad_utf8(path, raw, e, 1) from None
+        raise bad_utf8(path, raw, e, 1) from None
 
 
 def iter_lines(
@@ -108,7 +163,7 @@ def iter_lines(
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise _bad_utf8(path, raw, e, n) from None
+                raise bad_utf8(path, raw, e, n) from None
             yield n, text, size
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from weitiao.errors import UserError, where
-from weitiao.io import BOM, iter_lines, loads, read_json, read_text
+from weitiao.io import BOM, bad_utf8, iter_lines, loads, read_json, read_text
 
 JSONL = (".jsonl", ".ndjson")
 COMPRESSED = (".gz", ".zst")
@@ -209,8 +209,7 @@ def _json_text(path: Path) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise UserError(f"{where(path, line)}: not valid UTF-8 (byte 0x{raw[e.start]:02x}); save it as UTF-8") from None
+        raise bad_utf8(path, raw, e, 1) from None
 
 
 _SPACE_COMMA = re.compile(r"[ \t\n\r]*,?[ \t\n\r]*")

@@ -16,7 +16,6 @@ more (a new case of a fixed failure kind). The follow-up config keeps the genera
 from __future__ import annotations
 
 import html
-import io
 import json
 import math
 import os
@@ -71,19 +70,10 @@ def _records(path: Path) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     if path.suffix.lower() == ".csv":
-        raw = path.read_bytes()
-        for enc in ("utf-8-sig", "gb18030"):  # Excel on Chinese Windows saves CSV as GBK
-            try:
-                text = raw.decode(enc)
-                break
-            except UnicodeDecodeError:
-                continue
-        else:
-            raise UserError(f"{path}: not UTF-8 or GB18030 text; save the CSV as UTF-8")
-        # the project's CSV reader (re-fed as UTF-8): any cell length (the file is in memory already), one line for
-        # what it cannot parse; csv.DictReader stopped at a cell over 131,072 characters with a _csv.Error traceback
+        # the project's CSV reader: UTF-8 as every reader (a GBK file: one line with the iconv command), any cell
+        # length, one line for what it cannot parse; csv.DictReader stopped at a cell over 131,072 characters
         out = []
-        for line, rec in csv_rows(path, lambda: io.BytesIO(text.encode("utf-8")), max_cell=None):
+        for line, rec in csv_rows(path, max_cell=None):
             if isinstance(rec, RowError):  # more cells than the header: an unquoted comma split a cell
                 raise UserError(f"{where(path, line)}: {rec.problem}; quote a cell that holds a comma, and give "
                                 "every column (an empty cell is fine)")  # fmt: skip

@@ -18,6 +18,7 @@ import numpy as np
 
 from weitiao.dataeng.similarity import embed, tfidf
 from weitiao.errors import UserError
+from weitiao.io import read_text
 
 Chunker = Literal["paragraph", "heading", "fixed", "semantic"]
 TEXT_SUFFIXES = (".md", ".markdown", ".txt")
@@ -106,13 +107,7 @@ def read_doc(path: Path) -> str:
     (`Document.paragraphs` leaves them out) lines of cells joined by " | "."""
     suffix = path.suffix.lower()
     if suffix in TEXT_SUFFIXES:
-        raw = path.read_bytes()
-        for enc in ("utf-8-sig", "gb18030"):  # Chinese Windows tools still save GBK text
-            try:
-                return raw.decode(enc).replace("\r\n", "\n")
-            except UnicodeDecodeError:
-                continue
-        raise UserError(f"{path}: not UTF-8 or GB18030 text; re-save it as UTF-8")
+        return read_text(path).replace("\r\n", "\n")  # UTF-8, as every reader; GBK: the iconv line
     if suffix == ".docx":
         try:
             import docx

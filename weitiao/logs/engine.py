@@ -30,6 +30,7 @@ import sqlglot
 from sqlglot import exp
 
 from weitiao.errors import UserError, near_miss, where
+from weitiao.io import utf8_problem
 from weitiao.train.log import progress_bar
 
 NUMERIC = re.compile(r"^(U?(TINY|SMALL|BIG|HUGE)?INT(EGER)?|FLOAT|DOUBLE|REAL|DECIMAL.*)$")
@@ -140,15 +141,33 @@ def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
 
 
 def unreadable(path: str, e: BaseException) -> UserError:
-    """`path: cannot read: ...` from an engine's error; bytes that are not UTF-8 (a CSV Excel on Chinese Windows saved
-    as GBK) say so and how to fix it, where DuckDB's first line was only 'CSV Error on Line: 2'."""
+    """`path: cannot read: ...` from an engine's error; bytes that are not UTF-8 are the line every reader gives
+    (`not_utf8`: a GBK file named so, with the iconv command), where DuckDB's first line was only 'CSV Error on Line:
+    2'."""
     text = str(e).strip()
-    if re.search(r"not utf-8 encoded|invalid utf-8|malformed input", text, re.IGNORECASE):
+    if re.search(r"not utf-8 encoded|invalid utf-8|malformed input|malformed utf-8", text, re.IGNORECASE):
+        if found := not_utf8_file(path):
+            return found
         line = re.search(r"on Line: (\d+)", text)
         at = f" (near line {line.group(1)})" if line else ""
-        return UserError(f"{path}: cannot read: not valid UTF-8{at}; save it as UTF-8 (Excel: 'CSV UTF-8'; a CSV "
-                         "saved on Chinese Windows is GBK)")  # fmt: skip
+        return UserError(f"{path}: cannot read: not valid UTF-8{at}; save it as UTF-8")
     return UserError(f"{path}: cannot read: {text.splitlines()[0]}")
+
+
+def local_files(path: str, suffixes: tuple[str, ...] = (".csv", ".tsv", ".gz")) -> list[str]:
+    """The local files a path, glob or folder (its files with `suffixes`) names; none for a remote path."""
+    if "://" in path:
+        return []
+    files = sorted(glob.glob(path)) if any(ch in path for ch in "*?[") else [path]
+    if len(files) == 1 and Path(files[0]).is_dir():
+        files = sorted(str(f) for f in Path(files[0]).iterdir() if f.suffix.lower() in suffixes)
+    return [f for f in files if Path(f).is_file()]
+
+
+def not_utf8_file(path: str) -> UserError | None:
+    """The refusal for the first local file of `path` that is not UTF-8 (`weitiao.io.not_utf8`), else None."""
+    exts = (".csv", ".tsv", ".gz", ".jsonl", ".ndjson", ".json")
+    return next((found for f in local_files(path, exts) if (found := utf8_problem(f))), None)
 
 
 def path_exists(path: str) -> bool:
@@ -158,12 +177,7 @@ def path_exists(path: str) -> bool:
 def _twice_in_header(path: str, sep: str) -> tuple[str, str] | None:
     """(file, column) for a local CSV/TSV (or each file of a glob or folder) whose header names a column twice: DuckDB
     reads the second as `name_1` (not read, unsaid), Spark renames both. None for remote or unreadable files."""
-    if "://" in path:
-        return None
-    files = sorted(glob.glob(path)) if any(ch in path for ch in "*?[") else [path]
-    if len(files) == 1 and Path(files[0]).is_dir():
-        files = sorted(str(f) for f in Path(files[0]).iterdir() if f.suffix.lower() in (".csv", ".tsv", ".gz"))
-    for f in files:
+    for f in local_files(path):
         try:
             with (gzip.open if f.lower().endswith(".gz") else open)(f, "rt", encoding="utf-8-sig", newline="") as fh:
                 header = next(csv.reader(fh, delimiter=sep), [])
@@ -429,6 +443,8 @@ def _check(engine: Engine, path: str, reader: str, checks: list) -> None:
             if what == "bad":
                 raise UserError(f"{loc}: expected {EXPECT[col.kind]}, found {example!r} ({count} rows)")
             if what == "fffd":
+                if found := not_utf8_file(path):  # a local file: the line every reader gives
+                    raise found
                 raise UserError(f"{loc}: {count} values hold U+FFFD (�), e.g. {example[:40]!r}: what Spark reads bytes "
                                 "that are not UTF-8 as (a CSV saved on Chinese Windows is GBK); save the file as UTF-8 "
                                 "(a text that really holds �: --engine duckdb)")  # fmt: skip

@@ -20,7 +20,7 @@ from pathlib import Path
 import duckdb
 
 from weitiao.errors import UserError
-from weitiao.logs.engine import file_format, path_exists, portable, unreadable
+from weitiao.logs.engine import file_format, not_utf8_file, path_exists, portable, unreadable
 
 # Spark type names → the DuckDB names the column checks (engine._cast) are written against
 TYPES = {
@@ -112,6 +112,8 @@ class SparkEngine:
         except self.errors as e:
             raise unreadable(path, e) from None
         if "_corrupt_record" in df.columns:
+            if found := not_utf8_file(path):
+                raise found
             raise UserError(f"{path}: cannot read: not JSON lines in UTF-8; Spark reads one JSON object per line "
                             "(.jsonl), UTF-8 (a file saved as GBK: save it as UTF-8)")  # fmt: skip
         view = f"wt_raw_{name}"
