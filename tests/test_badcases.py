@@ -269,7 +269,7 @@ def test_a_split_cell_a_repeated_column_and_a_blank_answer_are_refused(tmp_path)
         badcases.ingest([split])
     twice = tmp_path / "twice.csv"
     twice.write_text("prompt,bad,golden,prompt\n你好,滚,您好,\n", encoding="utf-8")
-    with pytest.raises(UserError, match=r"twice\.csv:1: header: expected unique, non-empty column names"):
+    with pytest.raises(UserError, match=r"twice\.csv:1: header: column 'prompt' named twice"):
         badcases.ingest([twice])
     blank = tmp_path / "blank.jsonl"
     blank.write_text(json.dumps({"prompt": "你好", "bad": "滚", "golden": "   "}) + "\n", encoding="utf-8")

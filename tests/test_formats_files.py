@@ -121,7 +121,7 @@ def test_csv_bad_rows_name_their_line(tmp_path):
     with pytest.raises(UserError, match=r"d.csv:3: row: 1 columns, the header has 2"):
         load_conversations(tmp_path / "d.csv")
     (tmp_path / "dup.csv").write_text("output,output\n问,答\n", encoding="utf-8")
-    with pytest.raises(UserError, match=r"dup.csv:1: header: expected unique"):
+    with pytest.raises(UserError, match=r"dup.csv:1: header: column 'output' named twice"):
         load_conversations(tmp_path / "dup.csv")
 
 
@@ -215,6 +215,59 @@ def test_a_key_given_twice_in_a_row_is_refused(tmp_path):
     assert load_rows(tmp_path / "ok.jsonl").kept == 1
 
 
+def nameless_sheet(path, rows):
+    import openpyxl
+
+    wb = openpyxl.Workbook()
+    for row in rows:
+        wb.active.append([c or None for c in row])
+    wb.save(path)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+def test_a_column_without_a_name_is_left_out_when_empty_and_csv_and_xlsx_agree(tmp_path, suffix):
+    """Excel's `instruction,output,` (a trailing empty header cell) was refused in a CSV ('expected unique, non-empty
+    column names') while the same sheet as .xlsx dropped it unsaid, and an empty header cell between two names was
+    refused in both. Now both leave a nameless column that is empty in every row out, with a note, and a row with a
+    value there is a bad row naming the column number."""
+    rows = [["instruction", "", "output", ""], ["问", "", "答", ""], ["再问", "", "再答", ""]]
+    path = tmp_path / f"d{suffix}"
+    if suffix == ".csv":
+        path.write_text("".join(",".join(r) + "\n" for r in rows), encoding="utf-8")
+    else:
+        nameless_sheet(path, rows)
+    got = load_conversations(path)
+    assert [r.messages[-1]["content"] for r in got.rows] == ["答", "再答"]
+    cols = "columns 2, 4" if suffix == ".csv" else "column 2"  # a sheet ends at its last named or filled column
+    assert got.notes == [f"{path}: {cols} without a name in the header, empty in every row: left out"]
+    rows[2][3] = "多余"
+    if suffix == ".csv":
+        path.write_text("".join(",".join(r) + "\n" for r in rows), encoding="utf-8")
+    else:
+        nameless_sheet(path, rows)
+    said = re.escape(f"{path}:3: row: column 4 holds '多余' but has no name in the header (line 1); name it there")
+    with pytest.raises(UserError, match=said):
+        load_conversations(path)
+    got = load_conversations(path, skip_invalid=True, rejects_path=tmp_path / "r.jsonl")
+    assert (got.kept, got.rejected) == (1, 1)
+
+
+def test_a_key_off_by_case_or_spaces_is_refused_with_did_you_mean(tmp_path):
+    """`instruction,Input,output` trained the instruction alone, `Input` left unread unsaid; `Output` said only
+    'output: missing'; ` output`/`Instruction` and `Text` said 'unknown format'. Each names the key it means."""
+    for header, said in [
+        ("instruction,Input,output", "Input: unknown key; did you mean 'input'?"),
+        ("instruction,input,Output", "Output: unknown key; did you mean 'output'?"),
+        ("Instruction,input, output", "did you mean 'output' for ' output', 'instruction' for 'Instruction'?"),
+        ("Text", "did you mean 'text' for 'Text'?"),
+    ]:
+        (tmp_path / "d.csv").write_text(header + "\n" + ",".join(["问"] * (header.count(",") + 1)) + "\n")
+        with pytest.raises(UserError, match=re.escape(f"d.csv:2: {said}" if "unknown key" in said else said)):
+            load_rows(tmp_path / "d.csv")
+    (tmp_path / "d.csv").write_text("instruction,input,output\n问,补充,答\n")  # control: the keys as read
+    assert load_conversations(tmp_path / "d.csv").rows[0].messages[0]["content"] == "问\n补充"
+
+
 def test_xlsx_from_pandas_reads_as_the_jsonl(tmp_path, expected, monkeypatch):
     """Question-answer sheets kept in Excel/WPS were refused ('unsupported file type .xlsx'): the one sheet with a
     header row reads as CSV does, rows named by their Excel row. Several data sheets, a formula never computed, a
@@ -235,7 +288,9 @@ def test_xlsx_from_pandas_reads_as_the_jsonl(tmp_path, expected, monkeypatch):
     got = load_rows(tmp_path / "e.xlsx", skip_invalid=True)
     assert [r.messages[-1]["content"] for r in got.rows] == ["12"] and got.rejected == 1
     reject = json.loads(got.rejects_path.read_text("utf-8"))
-    assert reject["source"].endswith("e.xlsx:4") and reject["error"] == "row: 3 filled columns, the header has 2"
+    assert reject["source"].endswith("e.xlsx:4") and reject["error"] == (
+        "row: column 3 holds '多余' but has no name in the header (line 1); name it there, or delete the column"
+    )
     wb.create_sheet("说明").append(["这个表是问答数据"])
     wb.save(tmp_path / "two.xlsx")
     with pytest.raises(UserError, match=r"two.xlsx: 2 sheets hold data \(Sheet, 说明\)"):

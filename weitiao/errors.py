@@ -20,8 +20,11 @@ def where(path: object, line: int | None = None, field: str | None = None) -> st
 
 @functools.lru_cache(maxsize=4096)
 def near_miss(key: str, known: tuple[str, ...], cutoff: float = 0.8) -> str | None:
-    """The entry of `known` that `key` is a typo of (difflib ratio ≥ `cutoff`), or None (also when `key` is known)."""
+    """The entry of `known` that `key` is a typo of (the same but for case and surrounding spaces, else difflib ratio
+    ≥ `cutoff`: `Input` and ` output` are typos of input and output), or None (also when `key` is known)."""
     if key in known:
         return None
+    if same := next((k for k in known if k.casefold() == key.strip().casefold()), None):
+        return same
     close = difflib.get_close_matches(key, known, n=1, cutoff=cutoff)
     return close[0] if close else None

@@ -246,11 +246,37 @@ def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
     yield from enumerate(data["data"], 1)  # rows counted: where the list sits in the object is not looked for
 
 
-def _check_header(path: Path, line: int, header: list[str]) -> list[str]:
-    """A CSV's or a sheet's header row, refused unless its column names are unique and non-empty."""
-    if len(set(header)) != len(header) or not all(h.strip() for h in header):
-        raise UserError(f"{path}:{line}: header: expected unique, non-empty column names, got {header}")
-    return header
+class Header:
+    """A CSV's or a sheet's header row (file line `line`): its names must be unique. A column without a name (Excel
+    writes `a,b,` for a column it once held) is left out when it is empty in every row, with a note (`done`); a row
+    holding a value there is a bad row naming the column: CSV and xlsx read the same."""
+
+    def __init__(self, path: Path, line: int, cells: list[str]):
+        names = [c for c in cells if c.strip()]
+        if not names:
+            raise UserError(f"{path}:{line}: header: no column names; the first row names the columns")
+        if twice := next((c for i, c in enumerate(names) if c in names[:i]), None):
+            raise UserError(f"{path}:{line}: header: column {twice!r} named twice; give each column its own name")
+        self.path, self.line, self.cells = path, line, cells
+        self.unnamed = [i for i, c in enumerate(cells) if not c.strip()]
+
+    def row(self, values: list[str]) -> dict[str, str] | RowError:
+        """A row of the header's width as {name: value}; a RowError when a column without a name holds a value."""
+        if (at := next((i for i in self.unnamed if values[i].strip()), None)) is not None:
+            return self.nameless(at, values[at])
+        return {c: v for c, v in zip(self.cells, values) if c.strip()}
+
+    def nameless(self, at: int, value: str) -> RowError:
+        """The bad row holding `value` in 0-based column `at`, a column without a name."""
+        return RowError("row", f"column {at + 1} holds {value[:40]!r} but has no name in the header (line "
+                               f"{self.line}); name it there, or delete the column")  # fmt: skip
+
+    def done(self, notes: list[str] | None) -> None:
+        """Note the nameless columns left out, every row read (all empty there)."""
+        if self.unnamed and notes is not None:
+            cols = ", ".join(str(i + 1) for i in self.unnamed[:5]) + (", ..." if len(self.unnamed) > 5 else "")
+            many = "s" if len(self.unnamed) > 1 else ""
+            notes.append(f"{self.path}: column{many} {cols} without a name in the header, empty in every row: left out")
 
 
 TYPELESS = (".csv", ".xlsx")  # files whose cells all read as text
@@ -279,11 +305,14 @@ def cell_text(text: str) -> str:
     return text.replace("\r\n", "\n")
 
 
-def csv_rows(path: Path, opener: Any = None, max_cell: int | None = MAX_ROW_BYTES) -> Iterator[tuple[int, Any]]:
+def csv_rows(
+    path: Path, opener: Any = None, max_cell: int | None = MAX_ROW_BYTES, notes: list[str] | None = None
+) -> Iterator[tuple[int, Any]]:
     """Rows of a CSV with a header line, numbered by the file line where each row starts; a line break inside a
     quoted cell is LF, whatever the file's line endings (`cell_text`). A cell may be `max_cell` characters long
     (data.max_row_bytes, as a JSONL row; None: any length); what the csv module cannot parse is one line naming
-    file:line. `opener` returns a binary stream of UTF-8 to read instead of the file."""
+    file:line. `opener` returns a binary stream of UTF-8 to read instead of the file. Columns: `Header`; its note
+    goes to `notes`."""
     line_no = [0]
 
     def lines() -> Iterator[str]:
@@ -311,7 +340,7 @@ def csv_rows(path: Path, opener: Any = None, max_cell: int | None = MAX_ROW_BYTE
     header = next(reader, None)
     if header is None:
         return
-    _check_header(path, 1, header)
+    columns = Header(path, 1, header)
     if len(header) == 1 and (sep := next((c for c in (";", "\t") if c in header[0]), None)):
         raise UserError(f"{path}:1: header: one column {header[0]!r}, its names split by {sep!r}: weitiao reads "
                         "comma-separated CSV; save it with commas (Excel: 'CSV UTF-8 (comma delimited)')")  # fmt: skip
@@ -322,8 +351,9 @@ def csv_rows(path: Path, opener: Any = None, max_cell: int | None = MAX_ROW_BYTE
             if len(values) != len(header):
                 yield start, RowError("row", f"{len(values)} columns, the header has {len(header)}")
             else:
-                yield start, dict(zip(header, values))
+                yield start, columns.row(values)
         start = line_no[0] + 1
+    columns.done(notes)
 
 
 def _cell(value: Any) -> str:
@@ -349,7 +379,7 @@ def _has_values(sheet: Any, rows: int = 100) -> bool:
     return any(v is not None for row in sheet.iter_rows(max_row=rows, values_only=True) for v in row)
 
 
-def _xlsx(path: Path) -> Iterator[tuple[int, Any]]:
+def _xlsx(path: Path, notes: list[str] | None = None) -> Iterator[tuple[int, Any]]:
     """Rows of an Excel workbook's one sheet with a header row, numbered by sheet row (as Excel shows them).
 
     A workbook with several non-empty sheets is refused (which one is the data is not guessed), and so is a formula
@@ -376,7 +406,7 @@ def _xlsx(path: Path) -> Iterator[tuple[int, Any]]:
             return
         name = sheets[0].title
         rows = zip(sheets[0].iter_rows(values_only=True), formulas[name].iter_rows(values_only=True))
-        header: list[str] | None = None
+        header: Header | None = None
         for n, (cells, raw) in enumerate(rows, 1):
             text = [_cell(v) for v in cells]
             for col, (v, f) in enumerate(zip(cells, raw)):
@@ -386,19 +416,20 @@ def _xlsx(path: Path) -> Iterator[tuple[int, Any]]:
                                     "not saved by a spreadsheet app); open and save it in Excel or WPS, or paste "
                                     "values")  # fmt: skip
             if header is None:
-                while text and not text[-1].strip():  # trailing empty header cells: columns nobody named
+                while text and not text[-1].strip():  # the sheet's width may pass the last named column
                     text.pop()
-                if not text:
-                    continue
-                header = _check_header(path, n, text)
+                if text:
+                    header = Header(path, n, text)
                 continue
             if not any(t.strip() for t in text):
                 continue  # an empty row, as a blank CSV line
-            extra = [t for t in text[len(header) :] if t.strip()]
-            if extra:
-                yield n, RowError("row", f"{len(header) + len(extra)} filled columns, the header has {len(header)}")
+            width = len(header.cells)  # a filled cell right of the last name: a column without one, as in a CSV
+            if (at := next((i for i in range(width, len(text)) if text[i].strip()), None)) is not None:
+                yield n, header.nameless(at, text[at])
             else:
-                yield n, dict(zip(header, text + [""] * (len(header) - len(text))))
+                yield n, header.row(text[:width] + [""] * (width - len(text)))
+        if header is not None:
+            header.done(notes)
     finally:
         values.close()
         formulas.close()
@@ -440,8 +471,11 @@ def _batches(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
         raise UserError(f"{path}: not a readable {name} file ({msg})") from None
 
 
-def iter_records(path: Path, max_row_bytes: int | None = MAX_ROW_BYTES) -> Iterator[tuple[int, Any]]:
-    """Yield (line or row number, record) from one data file; unreadable rows come as RowError."""
+def iter_records(
+    path: Path, max_row_bytes: int | None = MAX_ROW_BYTES, notes: list[str] | None = None
+) -> Iterator[tuple[int, Any]]:
+    """Yield (line or row number, record) from one data file; unreadable rows come as RowError. What was read but
+    left out (a CSV/xlsx column without a name, empty in every row) is said in `notes`."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: file not found")
@@ -458,9 +492,9 @@ def iter_records(path: Path, max_row_bytes: int | None = MAX_ROW_BYTES) -> Itera
     elif suffix in (".parquet", ".arrow"):
         yield from _batches(path, suffix[1:])
     elif suffix == ".csv":
-        yield from csv_rows(path, (lambda: _open_stream(path)) if compressed else None, max_row_bytes)
+        yield from csv_rows(path, (lambda: _open_stream(path)) if compressed else None, max_row_bytes, notes)
     elif suffix == ".xlsx":
-        yield from _xlsx(path)
+        yield from _xlsx(path, notes)
     else:
         kind = f"unsupported file type {suffix!r}" if suffix else "no file-name ending to tell its type by"
         raise UserError(f"{path}: {kind}; the ending names the format: {READABLE} (a pipe: save it to such a file)")

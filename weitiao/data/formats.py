@@ -165,8 +165,16 @@ def detect_format(record: Any) -> str:
         "row",
         f"unknown format (keys {sorted(keys)}); expected instruction/output (alpaca), conversations (sharegpt), "
         "messages (openai), conversation (firefly), prompt/completion (TRL), text (pre-training) or chosen/rejected "
-        "(preference)" + _rename_hint(keys),
+        "(preference)" + (_rename_hint(keys) or _typo_hint(keys)),
     )
+
+
+def _typo_hint(keys: set[str]) -> str:
+    """`; did you mean ...` for the keys that are near misses of keys a format reads (`Instruction`, ` output`)."""
+    typos = {k: want for k in sorted(keys) if (want := _misspelled(k)) and want not in keys}
+    if not typos:
+        return ""
+    return "; did you mean " + ", ".join(f"{w!r} for {k!r}" for k, w in typos.items()) + "? (rename them)"
 
 
 # ----------------------------------------------------------------------------- row parsers
@@ -847,7 +855,7 @@ def load_rows(
         for path in files:
             file_fmt = _lf_format(lf, fmt) if lf else None if fmt == "auto" else fmt
             kept_before = len(rows)
-            for n, record in iter_records(path, max_row_bytes):
+            for n, record in iter_records(path, max_row_bytes, result.notes):
                 result.read += 1
                 loc = f"{path}:{n}"
                 try:

@@ -33,7 +33,7 @@ from scipy.sparse import hstack as sparse_hstack
 
 from weitiao.data.files import RowError, csv_rows
 from weitiao.dataeng.similarity import embed, normalize, tfidf, unit_rows
-from weitiao.errors import UserError, where
+from weitiao.errors import UserError, near_miss, where
 from weitiao.io import atomic_write_text, claim_outputs, read_jsonl, write_jsonl
 from weitiao.json_reply import parse_json_reply
 from weitiao.reports import page
@@ -75,8 +75,8 @@ def _records(path: Path) -> list[tuple[int, dict]]:
         out = []
         for line, rec in csv_rows(path, max_cell=None):
             if isinstance(rec, RowError):  # more cells than the header: an unquoted comma split a cell
-                raise UserError(f"{where(path, line)}: {rec.problem}; quote a cell that holds a comma, and give "
-                                "every column (an empty cell is fine)")  # fmt: skip
+                comma = "; quote a cell that holds a comma, and give every column (an empty cell is fine)"
+                raise UserError(f"{where(path, line)}: {rec.problem}{comma if 'the header has' in rec.problem else ''}")
             out.append((line, rec))
         return out
     if path.suffix.lower() in (".jsonl", ".ndjson"):
@@ -99,7 +99,8 @@ def ingest(paths: list[str | Path]) -> list[Case]:
                                     "(keep one column)")  # fmt: skip
                 value = rec[given[0]] if given else None
                 if value is None and key != "tag":
-                    raise UserError(f"{where(path, n, key)}: missing (accepted names: {', '.join(names)})")
+                    typo = next((f"; did you mean {w!r} for {k!r}?" for k in rec if (w := near_miss(k, names))), "")
+                    raise UserError(f"{where(path, n, key)}: missing (accepted names: {', '.join(names)}){typo}")
                 if value is not None and not isinstance(value, str):
                     raise UserError(f"{where(path, n, key)}: expected text, got {type(value).__name__}")
                 got[key] = (value or "").strip()
