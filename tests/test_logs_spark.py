@@ -287,3 +287,32 @@ def test_csv_ids_that_look_like_numbers_or_dates_stay_as_written(spark, tmp_path
     query = "SELECT chosen_id, rejected_id, context FROM wt_pairs"
     assert sp.con.execute(query).fetchall() == duck.con.execute(query).fetchall() == [("1e5", "1.50", "2025/03/01")]
     assert build_report(sp)["ledgers"] == build_report(duck)["ledgers"]
+
+
+def test_year_first_csv_times_read_alike_on_both_engines_and_day_first_refused_alike(spark, tmp_path):
+    """DuckDB read a CSV time 2025/03/01 10:00:00 and Spark refused it ('expected a timestamp'), and both refused
+    2025.03.01: the same log gave pairs on one engine and an error on the other. A year-first date (- / . between its
+    parts, T or spaces before the time) is read as the ISO time on both; 03/01/2025 (month or day first?) stays
+    refused on both with the same line. Control: the ISO file's pairs, where r1's later thumbs-down wins."""
+    responses = "response_id,session_id,turn,ts,prompt,response\nr1,s1,1,{0},你好,在的\nr2,s1,1,{1},你好,在呢\n"
+    events = "response_id,event,ts,value\nr1,thumbs_up,{2},\nr1,thumbs_down,{3},\nr2,thumbs_up,{3},\n"
+    iso = ["2025-03-01 10:00:00", "2025-03-01 10:00:01", "2025-03-01 10:00:05", "2025-03-01 10:00:06"]
+    year_first = ["2025/03/01 10:00:00", "2025.03.01 10:00:01", "2025/3/1  10:00:05", "2025.03.01T10:00:06"]
+    cfg = load_profile("chat", "chat")
+    got = {}
+    for name, times in (("iso", iso), ("year_first", year_first)):
+        (tmp_path / "r.csv").write_text(responses.format(*times), encoding="utf-8")
+        (tmp_path / "e.csv").write_text(events.format(*times), encoding="utf-8")
+        for engine in (None, spark):
+            kw = {"engine": engine} if engine else {}
+            r = chat.run(tmp_path / "e.csv", tmp_path / "r.csv", cfg, progress=False, **kw)
+            got[name, engine is None] = r.con.execute("SELECT chosen_id, rejected_id FROM wt_pairs").fetchall()
+    assert got == dict.fromkeys(got, [("r2", "r1")])
+    (tmp_path / "e.csv").write_text(events.format(*iso[:2], "03/01/2025 10:00:05", "03/01/2025 10:00:06"))
+    errors = []
+    for engine in (None, spark):
+        with pytest.raises(UserError) as e:
+            kw = {"engine": engine} if engine else {}
+            chat.run(tmp_path / "e.csv", tmp_path / "r.csv", cfg, progress=False, **kw)
+        errors.append(str(e.value))
+    assert errors[0] == errors[1] and "ts: expected a timestamp (ISO text such as 2025-03-01 10:00:00" in errors[0]

@@ -40,7 +40,8 @@ EXPECT = {
     "number": "a number",
     "int": "an integer",
     "flag": "a flag (true/false or a count)",
-    "time": "a timestamp (ISO text, TIMESTAMP or epoch seconds)",
+    "time": "a timestamp (ISO text such as 2025-03-01 10:00:00 or year-first 2025/03/01 10:00, TIMESTAMP or epoch "
+    "seconds)",
 }
 ENGINES = ("duckdb", "spark")
 
@@ -245,6 +246,21 @@ class DuckEngine:
 _OFFSET = r"\d:\d{2}(:\d{2}(\.\d+)?)?\s*([+-]\d{2}(:?\d{2})?|[Zz])$"
 
 
+# A year-first date with any of - / . between its parts, then spaces or T and the time: unambiguous, and read alike by
+# both engines once written as ISO (DuckDB's cast took 2025/03/01 and Spark's refused it; neither took 2025.03.01)
+_YEAR_FIRST = "^([0-9]{4})[-/.]([0-9]{1,2})[-/.]([0-9]{1,2})([ T]+(.+))?$"
+
+
+def _iso(c: str) -> str:
+    """SQL: text time `c` with a year-first date (2025/3/1, 2025.03.01 10:00) written as ISO (2025-03-01 10:00), else
+    as it is: month- or day-first (03/01/2025) stays unread by both engines, and is refused as no timestamp."""
+    t = f"trim({c})"
+    part = [f"regexp_extract({t}, '{_YEAR_FIRST}', {i})" for i in range(6)]
+    date = f"{part[1]} || '-' || lpad({part[2]}, 2, '0') || '-' || lpad({part[3]}, 2, '0')"
+    time = f"CASE WHEN {part[5]} = '' THEN '' ELSE ' ' || {part[5]} END"
+    return f"CASE WHEN regexp_matches({t}, '{_YEAR_FIRST}') THEN {date} || {time} ELSE {t} END"
+
+
 def _cast(col: str, kind: str, dtype: str) -> tuple[str | None, str | None]:
     """(typed SQL expression, SQL predicate for an unparseable value) or (None, None) for a wrong type."""
     c = f'"{col}"'
@@ -280,7 +296,7 @@ def _cast(col: str, kind: str, dtype: str) -> tuple[str | None, str | None]:
         if numeric:  # |epoch seconds| < 1e11 (year 5138) also catches NaN, ±inf and epoch milliseconds
             return f"make_timestamp(CAST({c} * 1000000 AS BIGINT))", f"NOT abs(CAST({c} AS DOUBLE)) < 1e11"
         if text:  # via TIMESTAMPTZ so that offsets (+08:00) are honoured; the session is UTC
-            parsed = f"TRY_CAST({c} AS TIMESTAMPTZ)"
+            parsed = f"TRY_CAST({_iso(c)} AS TIMESTAMPTZ)"
             return f"CAST({parsed} AS TIMESTAMP)", f"{c} IS NOT NULL AND {parsed} IS NULL"
         return None, None
     raise ValueError(kind)
