@@ -223,3 +223,25 @@ def test_a_format_beside_dataset_dir_must_agree_with_the_entry(lf_dir):
         with pytest.raises(UserError, match=rf"format '{fmt}': dataset '{names[0]}' is (alpaca|preference) by its"):
             load_rows(names, fmt, dataset_dir=lf_dir)
     assert load_rows(["pairs"], "preference", dataset_dir=lf_dir).kept == 4  # negative control: the entry's own
+
+
+def test_an_unmapped_input_column_is_said_and_a_mapped_column_no_row_holds_is_refused(tmp_path):
+    """An alpaca entry mapping prompt and response alone trained '翻译' → 'Hello' without the row's input '你好', unsaid
+    (a note was given for system/history/tools only), and `"query": "inp"` where the rows hold `input` trained without
+    it too (LLaMA-Factory stops with a KeyError). The first is a note, the second refused naming the key. Control: the
+    entry that maps query reads the input, with no note."""
+    write_jsonl(tmp_path / "d.jsonl", [{"instruction": "翻译", "input": "你好", "output": "Hello"}])
+    cols = {"prompt": "instruction", "response": "output"}
+    info = {"bare": {"file_name": "d.jsonl", "columns": cols},
+            "typo": {"file_name": "d.jsonl", "columns": {**cols, "query": "inp"}},
+            "full": {"file_name": "d.jsonl", "columns": {**cols, "query": "input"}}}  # fmt: skip
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
+    got = load_rows(["bare"], dataset_dir=tmp_path)
+    assert got.rows[0].messages[0]["content"] == "翻译" and got.notes == [
+        "bare: 1 row(s) hold a 'input' column that the entry's columns do not map: unread, as in LLaMA-Factory "
+        '(add "query": "input" to its columns to train with it)'
+    ]
+    with pytest.raises(UserError, match=r"dataset_info\.json: typo\.columns\.query: 'inp' is a column no row holds"):
+        load_rows(["typo"], dataset_dir=tmp_path)
+    got = load_rows(["full"], dataset_dir=tmp_path)
+    assert got.rows[0].messages[0]["content"] == "翻译\n你好" and got.notes == []

@@ -890,6 +890,7 @@ def load_rows(
             elif file_fmt and file_fmt != result.format:
                 result.format = "mixed"
         if lf:
+            lf.check_mapped()
             result.notes += lf.notes + lf.unread_notes()
             if lf.num_samples is not None and rows:
                 picked = lf.sample(rows)

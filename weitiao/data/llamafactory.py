@@ -49,8 +49,10 @@ OUR_ROLE = {
     "system_tag": "system",
 }
 MEDIA = ("images", "videos", "audios")
-# Optional columns LLaMA-Factory reads only when the entry maps them; rows holding one unmapped get a note, not a guess.
-OPTIONAL = {"alpaca": ("system", "history", "tools"), "sharegpt": ("system", "tools")}
+# Optional columns LLaMA-Factory reads only when the entry maps them (key → the column's usual name); rows holding one
+# unmapped get a note, not a guess: an alpaca entry mapping prompt and response alone trains without its `input`.
+OPTIONAL = {"alpaca": {"query": "input", "system": "system", "history": "history", "tools": "tools"},
+            "sharegpt": {"system": "system", "tools": "tools"}}  # fmt: skip
 # An entry's keys as LLaMA-Factory's data/parser.py reads them; any other key (colums, ranknig) is refused, not ignored.
 ENTRY_KEYS = (*REMOTE, "file_name", "file_sha1", "formatting", "ranking", "subset", "split", "folder", "num_samples",
               "revision", "columns", "tags")  # fmt: skip
@@ -77,7 +79,10 @@ class LFDataset:
     tags: dict[str, str]
     num_samples: int | None = None
     notes: list[str] = field(default_factory=list)
-    unread: dict[str, int] = field(default_factory=dict)  # optional column → rows holding it unmapped
+    unread: dict[str, int] = field(default_factory=dict)  # optional key → rows holding its usual column unmapped
+    held: set[str] = field(default_factory=set)  # the mapped columns some row holds
+    given: tuple[str, ...] = ()  # the keys the entry's own `columns` maps (not LLaMA-Factory's defaults)
+    info: Path = Path(INFO)
 
     @property
     def fmt(self) -> str:
@@ -129,22 +134,31 @@ class LFDataset:
         for k in ("system", "tools"):
             if self.column(record, k) not in (None, ""):
                 out[k] = self.column(record, k)
-        for k in OPTIONAL[self.formatting]:
+        for k, col in OPTIONAL[self.formatting].items():
             if (
                 self.columns.get(k) is None
-                and record.get(k) not in (None, "", [], "[]")
-                and k not in self.columns.values()
+                and record.get(col) not in (None, "", [], "[]")
+                and col not in self.columns.values()
             ):
                 self.unread[k] = self.unread.get(k, 0) + 1
+        self.held.update(c for c in self.columns.values() if c in record)
         return out
 
     def unread_notes(self) -> list[str]:
         """One line per optional column the rows hold but the entry does not map (LLaMA-Factory ignores it too)."""
         return [
-            f"{self.name}: {n} row(s) hold a {k!r} column that the entry's columns do not map: unread, as in "
-            f'LLaMA-Factory (add "{k}": "{k}" to its columns to train with it)'
+            f"{self.name}: {n} row(s) hold a {OPTIONAL[self.formatting][k]!r} column that the entry's columns do not "
+            f'map: unread, as in LLaMA-Factory (add "{k}": "{OPTIONAL[self.formatting][k]}" to its columns to train '
+            "with it)"
             for k, n in self.unread.items()
         ]
+
+    def check_mapped(self) -> None:
+        """Refuse a mapped column no row holds (a typo in the entry, `"query": "inp"`): LLaMA-Factory stops there with a
+        KeyError; its text would go untrained unsaid. Called once every row was converted."""
+        if self.held and (k := next((k for k in self.given if self.columns[k] not in self.held), None)):
+            raise UserError(f"{self.info}: {self.name}.columns.{k}: {self.columns[k]!r} is a column no row holds; "
+                            "name the column that holds it, or drop the key")  # fmt: skip
 
     def rename(self, err: RowError) -> RowError:
         """An error on a weitiao key, renamed to the dataset's column and tags (output → its response column)."""
@@ -241,4 +255,7 @@ def resolve(dataset_dir: str | Path, name: str) -> LFDataset:
     notes = [
         f"{name}: columns.{m} ({columns[m]}) ignored: weitiao trains on text only" for m in MEDIA if columns.get(m)
     ]
-    return LFDataset(name, expand_paths([path]), formatting, ranking, columns, tags, n, notes)
+    given = tuple(k for k, c in entry.get("columns", {}).items() if c)
+    return LFDataset(
+        name, expand_paths([path]), formatting, ranking, columns, tags, n, notes, given=given, info=info_path
+    )
