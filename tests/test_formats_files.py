@@ -250,6 +250,12 @@ def test_a_column_without_a_name_is_left_out_when_empty_and_csv_and_xlsx_agree(t
         load_conversations(path)
     got = load_conversations(path, skip_invalid=True, rejects_path=tmp_path / "r.jsonl")
     assert (got.kept, got.rejected) == (1, 1)
+    if suffix == ".csv":  # pandas' to_csv writes its index under an empty name
+        import pandas as pd
+
+        pd.DataFrame({"instruction": ["问"], "output": ["答"]}).to_csv(path)
+        with pytest.raises(UserError, match=r"column 1 holds '0' .* \(pandas writes its index there"):
+            load_conversations(path)
 
 
 def test_a_key_off_by_case_or_spaces_is_refused_with_did_you_mean(tmp_path):

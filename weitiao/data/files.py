@@ -268,8 +268,9 @@ class Header:
 
     def nameless(self, at: int, value: str) -> RowError:
         """The bad row holding `value` in 0-based column `at`, a column without a name."""
+        pandas = " (pandas writes its index there: to_csv(..., index=False))" if at == 0 else ""
         return RowError("row", f"column {at + 1} holds {value[:40]!r} but has no name in the header (line "
-                               f"{self.line}); name it there, or delete the column")  # fmt: skip
+                               f"{self.line}); name it there, or delete the column{pandas}")  # fmt: skip
 
     def done(self, notes: list[str] | None) -> None:
         """Note the nameless columns left out, every row read (all empty there)."""
