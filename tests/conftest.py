@@ -241,3 +241,16 @@ def adapter_run(tmp_path_factory, tokenizer) -> Path:
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=2, target_modules=["q_proj"]))
     model.save_pretrained(root / "run" / "final" / "adapter")
     return root / "run"
+
+
+def replaced(schema: dict, path: list, value) -> dict:
+    """A deep copy of a JSON schema with the value at `path` replaced (None: deleted)."""
+    out = json.loads(json.dumps(schema))
+    at = out
+    for k in path[:-1]:
+        at = at[k]
+    if value is None:
+        del at[path[-1]]
+    else:
+        at[path[-1]] = value
+    return out

@@ -286,21 +286,27 @@ def test_golden_answers_on_two_processes_longer_than_the_process_group_timeout(t
     assert rows("two") == rows("one") and len(rows("one")) == 2 * 4
 
 
+def _bare_run(tmp_path, model_dir):
+    """A run folder with no checkpoints yet, the GOLDEN file, its prompts and the run's decoding settings."""
+    from weitiao.eval.golden import _load_chat, decoding, read_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"model:\n  path: {model_dir}\n", encoding="utf-8")
+    (run / "metrics.jsonl").write_text("", encoding="utf-8")
+    golden = write_jsonl(tmp_path / "golden.jsonl", GOLDEN)
+    prompts = load_prompts(golden)
+    return run, golden, prompts, decoding(*_load_chat(read_run(run)[0], run), prompts, 16)
+
+
 def test_golden_report_with_a_judge_that_scored_nothing_writes_no_page(tokenizer, tiny_model_dir, tmp_path):
     """`--select judge` with a judge that could not be reached wrote a page recommending no checkpoint and exited 0
     ("recommended by judge: none"); now one UserError says the judge scored nothing, and no page is written."""
     from weitiao.errors import UserError
-    from weitiao.eval.golden import _load_chat, decoding, read_run
     from weitiao.infer.generate import Generation
     from weitiao.teacher import Teacher
 
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text(f"model:\n  path: {tiny_model_dir}\n", encoding="utf-8")
-    (run / "metrics.jsonl").write_text("", encoding="utf-8")
-    golden = write_jsonl(tmp_path / "golden.jsonl", GOLDEN)
-    prompts = load_prompts(golden)
-    gen = decoding(*_load_chat(read_run(run)[0], run), prompts, 16)
+    run, golden, prompts, gen = _bare_run(tmp_path, tiny_model_dir)
     saved = [Generation("好" * (i + 1), i + 1, True) for i in range(len(prompts))]
     write_jsonl(run / GOLDEN_FILE, golden_rows(4, "step-000004", prompts, saved, gen))
     judge = Teacher("http://127.0.0.1:9/v1", "j", retries=0, role="judge", flag="--judge-url")
@@ -321,7 +327,6 @@ def test_golden_report_says_which_answers_the_judge_left_unscored(tokenizer, tin
     from fastapi import FastAPI
     from loopback import running
 
-    from weitiao.eval.golden import _load_chat, decoding, read_run
     from weitiao.infer.generate import Generation
     from weitiao.teacher import Teacher
 
@@ -335,13 +340,7 @@ def test_golden_report_says_which_answers_the_judge_left_unscored(tokenizer, tin
         return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                 "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}  # fmt: skip
 
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text(f"model:\n  path: {tiny_model_dir}\n", encoding="utf-8")
-    (run / "metrics.jsonl").write_text("", encoding="utf-8")
-    golden = write_jsonl(tmp_path / "golden.jsonl", GOLDEN)
-    prompts = load_prompts(golden)
-    gen = decoding(*_load_chat(read_run(run)[0], run), prompts, 16)
+    run, golden, prompts, gen = _bare_run(tmp_path, tiny_model_dir)
     answers = {2: ["好好好好", "坏", "坏坏"], 4: ["好好", "好好", "好"]}
     rows = [r for s, a in answers.items() for r in golden_rows(s, f"step-{s:06d}", prompts,
                                                                  [Generation(x, 1, True) for x in a], gen)]  # fmt: skip

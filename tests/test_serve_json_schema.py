@@ -13,7 +13,9 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from conftest import replaced
 from loopback import running
+from test_serve_strict import accepts as walks
 from test_serve_tools import client, together
 
 from weitiao.infer.constrain import Pattern
@@ -118,15 +120,7 @@ def test_json_schema_not_strict_is_enforced_too(url, strict):
 
 def bad(path: list, value, schema: dict = PERSON) -> dict:
     """`schema` with the value at `path` replaced (None: deleted)."""
-    out = json.loads(json.dumps(schema))
-    at = out
-    for k in path[:-1]:
-        at = at[k]
-    if value is None:
-        del at[path[-1]]
-    else:
-        at[path[-1]] = value
-    return out
+    return replaced(schema, path, value)
 
 
 S = "response_format.json_schema.schema"
@@ -167,12 +161,7 @@ def test_json_schemas_refused_name_their_path(url, response_format, param):
 
 def accepts(schema: dict, text: str, strict: bool = False) -> bool:
     p = Pattern()
-    pattern = p.finish(compile_schema(p, schema, "s", strict))
-    state = pattern.start
-    for b in text.encode():
-        if (state := pattern.step(state, b)) is None:
-            return False
-    return pattern.done(state)
+    return walks(p.finish(compile_schema(p, schema, "s", strict)), text)
 
 
 def test_json_schema_grammar_reads_json_schema_defaults():

@@ -16,7 +16,7 @@ import jsonschema
 import openai
 import pytest
 import torch
-from conftest import walked_mask
+from conftest import replaced, walked_mask
 from loopback import running
 from test_serve_tools import ASK, CALL, FINAL, OTHER, RESULT, client, train_tool_model
 
@@ -135,15 +135,7 @@ def test_random_model_forced_call_in_llama3_json_follows_the_schema(strict_model
 
 def bad(schema_path: list, value) -> dict:
     """SCHEMA with the value at `schema_path` replaced (None: deleted)."""
-    schema = json.loads(json.dumps(SCHEMA))
-    at = schema
-    for k in schema_path[:-1]:
-        at = at[k]
-    if value is None:
-        del at[schema_path[-1]]
-    else:
-        at[schema_path[-1]] = value
-    return schema
+    return replaced(SCHEMA, schema_path, value)
 
 
 @pytest.mark.parametrize(
