@@ -174,18 +174,20 @@ def _margin(pair: PreferencePair) -> float:
 
 
 def check_pair_model(
-    model: Any, tokenizer: Any, data: Any, spec: PrefDataSpec, no_dropout: bool, device, main: bool
+    model: Any, tokenizer: Any, data: Any, spec: Any, no_dropout: bool, device, main: bool, raw: bool | None = None
 ) -> bool:
-    """DPO's and the reward model's checks of the model they train, before step 1: tokens the pairs use that the
-    base never trained, dropout off when asked, trainable parameters, pairs past the context, and packed rows kept
-    apart by the attention. Returns whether packed pairs need one row per micro-batch."""
+    """DPO's, KTO's and the reward model's checks of the model they train, before step 1: tokens the rows use that
+    the base never trained (`raw`: no template renders them; default: data.format is preference_raw), dropout off
+    when asked, trainable parameters, rows past the context, and packed rows kept apart by the attention. Returns
+    whether packed rows need one row per micro-batch."""
     from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
     from weitiao.models.heads import RAW
     from weitiao.models.load import disable_dropout
     from weitiao.models.untrained import refuse_untrained_tokens
     from weitiao.train import loop
 
-    refuse_untrained_tokens(model, tokenizer, None if spec.format == RAW else data.template, main)
+    raw = getattr(spec, "format", None) == RAW if raw is None else raw
+    refuse_untrained_tokens(model, tokenizer, None if raw else data.template, main)
     if no_dropout:
         disable_dropout(model)
     refuse_untrainable(model, device)

@@ -189,3 +189,20 @@ class PairRecipeConfig(BaseModel):
     model: ModelSpec = Field(default_factory=ModelSpec)
     lora: LoraSpec = Field(default_factory=LoraSpec)
     data: PrefDataSpec
+
+
+class FeedbackDataSpec(DataFilesSpec):
+    """Unpaired feedback (KTO): prompt/completion/label rows, or any chat row with a label or kto_tag."""
+
+    max_len: int = Field(1024, gt=8, description="per sequence (prompt + reply)")
+    truncation: Literal["drop", "cut"] = Field("drop", description="over max_len: drop the row or cut its reply")
+    packing: bool = Field(True, description="several sequences per micro-batch row; attention kept apart")
+
+    @model_validator(mode="after")
+    def _no_cache_keys(self) -> FeedbackDataSpec:
+        if given := sorted({"cache", "cache_dir", "num_proc"} & self.model_fields_set):
+            raise ValueError(
+                f"{', '.join(given)}: weitiao kto tokenizes in memory, with no tokenized-data cache or worker "
+                "processes; drop them"
+            )
+        return self
