@@ -239,3 +239,15 @@ def test_two_processes_train_as_one_with_grad_accum_2(tmp_path, eos_model):
             for key in ("loss", "kl", "rewards/chosen", "rewards/rejected"):
                 key = key if kind == "train" else f"eval_{key}"
                 assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (kind, key, a, b)
+
+
+def test_eval_split_copies_are_counted(tmp_path, eos_model, capsys):
+    """'17 read = 10 train + 5 eval + 0 rejected …' left out the 2 copies data.eval_split drops of held-out rows."""
+    model_dir, _ = eos_model
+    rows = feedback_rows(11)
+    data = write_jsonl(tmp_path / "fb.jsonl", rows + rows[:6])
+    kto.run(config(model_dir, data, tmp_path / "run", "train.max_steps=1", "data.eval_split=0.5"))
+    d = metrics(tmp_path / "run", "data")[0]
+    assert d["eval_copies"] > 0
+    assert d["read"] == 17 == d["kept"] + d["eval_rows"] + d["eval_copies"] + d["rejected"] + d["dropped_too_long"]
+    assert f"17 read = {d['kept']} train (" in capsys.readouterr().out

@@ -34,22 +34,23 @@ class FeedbackData:
     cut: int
     raw: bool  # every row is raw text (no template renders any of them)
     content_key: str = ""  # digest of the train rows' texts in order (resume on edited data is refused)
+    eval_copies: int = 0  # copies of held-out rows kept out of both sides by data.eval_split
 
     def rows_line(self) -> str:
         """Every row read accounted for, with the desirable:undesirable counts of the train rows."""
         good = sum(self.desirable)
         return (
             f"rows: {self.read} read = {len(self.train)} train ({good} desirable, {len(self.train) - good} "
-            f"undesirable) + {len(self.eval)} eval + {self.rejected} rejected + {self.dropped} over max_len "
-            f"({self.cut} cut)"
+            f"undesirable) + {len(self.eval)} eval + {self.eval_copies} eval copies + {self.rejected} rejected + "
+            f"{self.dropped} over max_len ({self.cut} cut)"
         )
 
     def counts(self) -> dict:
         """The same counts for the run's `data` record (metrics.jsonl)."""
         good = sum(self.desirable)
         return {"read": self.read, "kept": len(self.train), "desirable": good, "undesirable": len(self.train) - good,
-                "eval_rows": len(self.eval), "rejected": self.rejected, "dropped_too_long": self.dropped,
-                "cut": self.cut, "template": self.template.name}  # fmt: skip
+                "eval_rows": len(self.eval), "eval_copies": self.eval_copies, "rejected": self.rejected,
+                "dropped_too_long": self.dropped, "cut": self.cut, "template": self.template.name}  # fmt: skip
 
 
 def feedback_key(fb: Feedback) -> str:
@@ -90,13 +91,13 @@ def prepare_feedback(
     template = resolve_template(tokenizer, d.template)
     rejects = Path(rejects_dir or t.out) / "rejects.jsonl"
     loaded = _load(d.train, d, rejects, tokenizer, "data.train")
-    rows, read, rejected = loaded.rows, loaded.read, loaded.rejected
+    rows, read, rejected, copies = loaded.rows, loaded.read, loaded.rejected, 0
     if d.eval:
         ev = _load(d.eval, d, rejects.with_name("eval_rejects.jsonl"), tokenizer, "data.eval")
         eval_rows, read, rejected = ev.rows, read + ev.read, rejected + ev.rejected
     elif d.eval_split:
         split = split_eval(rows, d.eval_split, t.seed, feedback_key)  # copies stay on one side
-        rows, eval_rows = split.train, split.eval
+        rows, eval_rows, copies = split.train, split.eval, split.eval_copies_dropped
     else:
         eval_rows = []
     main = os.environ.get("RANK", "0") == "0"
@@ -112,7 +113,9 @@ def prepare_feedback(
     dropped = stats.dropped_too_long + eval_stats.dropped_too_long + idle + eval_idle
     content = hashlib.sha256("\x00".join(map(feedback_key, rows)).encode()).hexdigest()[:16]
     cut = stats.cut + eval_stats.cut - idle - eval_idle
-    return FeedbackData(template, train, evals, desirable, eval_desirable, read, rejected, dropped, cut, raw, content)
+    return FeedbackData(
+        template, train, evals, desirable, eval_desirable, read, rejected, dropped, cut, raw, content, copies
+    )
 
 
 def prompt_len(ex: Encoded) -> int:
