@@ -251,3 +251,11 @@ def test_eval_split_copies_are_counted(tmp_path, eos_model, capsys):
     assert d["eval_copies"] > 0
     assert d["read"] == 17 == d["kept"] + d["eval_rows"] + d["eval_copies"] + d["rejected"] + d["dropped_too_long"]
     assert f"17 read = {d['kept']} train (" in capsys.readouterr().out
+
+
+def test_a_micro_batch_of_one_row_is_said(tmp_path, eos_model, capsys):
+    """9 rows in unpacked micro-batches of 4: the last holds one row, whose z0 is its own log-ratio."""
+    model_dir, _ = eos_model
+    data = write_jsonl(tmp_path / "fb.jsonl", feedback_rows(9))
+    kto.run(config(model_dir, data, tmp_path / "run", "train.max_steps=1", "data.packing=false"))
+    assert "warning: 1 micro-batch of an epoch holds one row" in capsys.readouterr().out

@@ -232,6 +232,11 @@ def run(cfg: KTOConfig) -> dict:
             print(f"warning: {msg}")
         if plan.note:
             print(plan.note)
+        if lone := sum(sum(map(len, mb)) == 1 for mb in plan.epoch(0)):
+            print(
+                f"warning: {lone} micro-batch of an epoch holds one row, whose KL reference point z0 is then its "
+                "own log-ratio (as in TRL's last batch of one); change train.micro_batch_size or use data.packing"
+            )
 
     def summarize(sums: loop.Sums, seconds: float) -> dict[str, float]:
         return {**_means(sums), "rows_per_s": float(sums["rows"]) / max(seconds, 1e-9)}
