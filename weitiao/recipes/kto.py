@@ -1,6 +1,6 @@
 """Kahneman–Tversky optimization (KTO, Ethayarajh et al. 2024) on unpaired feedback, one run top to bottom.
 
-    weitiao kto examples/kto.yaml kto.beta=0.1
+    weitiao kto examples/demo_kto.yaml kto.beta=0.1
 
 Rows are single replies judged good or bad: TRL's prompt/completion/label, LLaMA-Factory's kto_tag, any chat
 row with a `label` (`weitiao.train.feedback`). Steps: 1. rows → tokens (loss on the reply only) → 2. policy and
@@ -14,9 +14,9 @@ Loss as TRL's KTOTrainer (loss_type "kto"): λ_D·(1 − σ(β(r − z0))) per d
 per undesirable one (`losses.preference.kto_terms`), averaged over the rows of a step. TRL averages per
 micro-batch and then over micro-batches: the same when they hold equally many rows. TRL also averages z0 over
 processes; here it stays the micro-batch's own, so N processes train as one process with N × grad_accum does
-(tested), as in the other recipes. Metrics keep TRL's
-names: rewards/chosen and logps/chosen over the desirable rows, rewards/rejected and logps/rejected over
-the undesirable ones (left out of a step that has none), rewards/margins when both occur, kl = z0.
+(tested), as in the other recipes. Metrics keep TRL's names: rewards/chosen and logps/chosen over the desirable
+rows, rewards/rejected and logps/rejected over the undesirable ones (left out of a step that has none),
+rewards/margins when both occur, kl = z0.
 
 A command of its own rather than a DPO loss_type: its rows are not pairs, so the loader, the batch (one
 reply per sequence plus a KL row) and the metrics differ; the reference model and the loop machinery are

@@ -114,7 +114,7 @@ class TrainSpec(RunSpec):
 
 
 class PairTrainSpec(TrainSpec):
-    """TrainSpec of the preference recipes (DPO, RM)."""
+    """TrainSpec of the preference recipes (DPO, KTO, RM)."""
 
     disable_dropout: bool = Field(True, description="dropout off in the policy, so step 0 has π = π_ref")
 
@@ -122,7 +122,7 @@ class PairTrainSpec(TrainSpec):
     def _no_golden(self) -> PairTrainSpec:
         if self.golden is not None:  # only the SFT loop answers golden prompts during training
             raise ValueError(
-                "golden is answered during training by weitiao sft only (DPO and RM would ignore it); drop it and "
+                "golden is answered during training by weitiao sft only (DPO, KTO and RM would ignore it); drop it and "
                 "run `weitiao eval golden --run RUN --prompts FILE` on the finished run"
             )
         return self
