@@ -161,12 +161,14 @@ def test_only_desirable_rows_log_no_nan(tmp_path, eos_model, capsys):
 
 
 def test_resume_continues_as_the_uninterrupted_run(tmp_path, eos_model):
+    """Resumed from the run's own config.yaml (it records data.cache/cache_dir/num_proc, which a first version
+    refused as set), the run logs the uninterrupted run's losses."""
     model_dir, _ = eos_model
     data = write_jsonl(tmp_path / "fb.jsonl", feedback_rows(10))
     args = ("train.max_steps=4", "train.lr=1e-3", "data.packing=false", "train.save_every=1")
     kto.run(config(model_dir, data, tmp_path / "a", *args))
     kto.run(config(model_dir, data, tmp_path / "b", *args, "train.stop_after=2"))
-    kto.run(config(model_dir, data, tmp_path / "b", *args))
+    kto.run(load_config(kto.KTOConfig, tmp_path / "b" / "config.yaml", ["train.stop_after=null"]))
     a, b = metrics(tmp_path / "a"), metrics(tmp_path / "b")
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-5)
@@ -191,7 +193,8 @@ def test_nan_loss_stops_with_an_error(tmp_path, eos_model, monkeypatch):
     ("extra", "error"),
     [
         (("train.micro_batch_size=1", "data.packing=false"), "its own reward; set train.micro_batch_size ≥ 2"),
-        (("data.cache=false",), "cache: weitiao kto tokenizes in memory"),
+        (("data.num_proc=2",), "num_proc: weitiao kto tokenizes in memory"),
+        (("data.cache_dir=/tmp/c",), "cache_dir: weitiao kto tokenizes in memory"),
         (("kto.loss_type=apo",), "loss_type"),
     ],
 )

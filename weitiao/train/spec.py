@@ -194,13 +194,15 @@ class PairRecipeConfig(BaseModel):
 class FeedbackDataSpec(DataFilesSpec):
     """Unpaired feedback (KTO): prompt/completion/label rows, or any chat row with a label or kto_tag."""
 
+    cache: bool = Field(True, description="no effect: KTO rows are tokenized in memory, never cached")
     max_len: int = Field(1024, gt=8, description="per sequence (prompt + reply)")
     truncation: Literal["drop", "cut"] = Field("drop", description="over max_len: drop the row or cut its reply")
     packing: bool = Field(True, description="several sequences per micro-batch row; attention kept apart")
 
     @model_validator(mode="after")
     def _no_cache_keys(self) -> FeedbackDataSpec:
-        if given := sorted({"cache", "cache_dir", "num_proc"} & self.model_fields_set):
+        # Refused when set to something (a run's config.yaml records the defaults, and must load again).
+        if given := [k for k, v in (("cache_dir", self.cache_dir is not None), ("num_proc", self.num_proc)) if v]:
             raise ValueError(
                 f"{', '.join(given)}: weitiao kto tokenizes in memory, with no tokenized-data cache or worker "
                 "processes; drop them"
