@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from weitiao.cli import _config_classes, app
 from weitiao.config_doc import config_keys, render
 
-NAMES = ["sft", "dpo", "rm", "ppo", "logs"]
+NAMES = ["sft", "dpo", "kto", "rm", "ppo", "logs"]
 
 
 def leaf_keys(cls: type[BaseModel], prefix: str = "") -> list[str]:
@@ -42,7 +42,7 @@ def test_every_key_is_listed_with_type_default_and_description(name):
     assert ("profile" if name == "logs" else "model.path") in shown.output
 
 
-@pytest.mark.parametrize("name", ["sft", "dpo", "rm", "ppo"])
+@pytest.mark.parametrize("name", ["sft", "dpo", "kto", "rm", "ppo"])
 def test_help_config_flag_needs_no_config_file(name):
     """Before: `weitiao sft` without a config file was an error; --help-config prints the keys instead."""
     r = CliRunner().invoke(app, [name, "--help-config"])
@@ -66,7 +66,7 @@ def test_missing_description_and_unknown_name_are_reported():
     ]
     assert render(Toy, "toy").startswith("toy: 3 keys")
     r = CliRunner().invoke(app, ["config", "show", "nope"])
-    assert r.exit_code != 0 and "sft, dpo, rm, ppo, logs" in str(r.exception)
+    assert r.exit_code != 0 and "sft, dpo, kto, rm, ppo, logs" in str(r.exception)
 
 
 @pytest.mark.parametrize("name", ["sft", "dpo", "rm"])

@@ -9,6 +9,7 @@ import yaml
 from weitiao.calc.lora import PRESETS
 from weitiao.config import load_config
 from weitiao.recipes.dpo import DPOConfig
+from weitiao.recipes.kto import KTOConfig
 from weitiao.recipes.ppo import PPOConfig
 from weitiao.recipes.rm import RMConfig
 from weitiao.recipes.sft import SFTConfig
@@ -33,7 +34,7 @@ def lora_count(cfg: SFTConfig, shape: dict) -> int:
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_example_builds(path):
-    kinds = {"dpo": DPOConfig, "_rm": RMConfig, "ppo": PPOConfig}
+    kinds = {"dpo": DPOConfig, "kto": KTOConfig, "_rm": RMConfig, "ppo": PPOConfig}
     cls = next((c for k, c in kinds.items() if k in path.name), SFTConfig)
     cfg = load_config(cls, path)
     if cfg.model.path == "demo":

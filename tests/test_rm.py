@@ -289,7 +289,8 @@ def test_eval_pairs_over_max_len_are_counted(tiny_model_dir, tmp_path, kind, cap
     assert d["read"] == d["kept"] + d["eval_pairs"] + d["rejected"] + d["low_confidence"] + d["eval_dropped_too_long"]
     assert d["pairs"] == d["kept"] + d["dropped_too_long"] and d["world"] == 1  # calc plan reads `world` (DPO: none)
     assert (
-        "12 read = 8 train + 3 eval + 0 rejected + 0 below min_confidence + 1 over max_len" in capsys.readouterr().out
+        "12 read = 8 train + 3 eval + 0 eval copies + 0 rejected + 0 below min_confidence + 1 over max_len"
+        in capsys.readouterr().out
     )
 
 
@@ -306,3 +307,21 @@ def test_resuming_a_checkpoint_of_another_recipe_is_refused(tiny_model_dir, tmp_
     with pytest.raises(UserError, match=r"was written by another recipe \(config sections model, lora, data, dpo, "
                        r"train; this run's model, lora, data, rm, train\)"):  # fmt: skip
         rm.run(rm_config(tiny_model_dir, data, out, "train.max_steps=3", f"train.resume={resume}"))
+
+
+@pytest.mark.parametrize("kind", ["dpo", "rm"])
+def test_eval_split_copies_are_counted(tiny_model_dir, tmp_path, kind, capsys):
+    """data.eval_split keeps one copy of a held-out pair and drops the others; they vanished from the pairs line and
+    the `data` record ('18 read = 9 train + 6 eval + 0 rejected …': 3 unaccounted)."""
+    from weitiao.recipes import dpo
+
+    rows = make_pairs(12)
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows + rows[:6])  # 6 pairs twice
+    out = tmp_path / kind
+    args = ("data.eval_split=0.5", "train.max_steps=1")
+    (dpo.run if kind == "dpo" else rm.run)(recipe_config(kind, tiny_model_dir, data, out, *args))
+    [d] = read_metrics(out, "data")
+    assert d["eval_copies"] > 0
+    assert d["read"] == 18 == d["kept"] + d["eval_pairs"] + d["eval_copies"] + d["rejected"] + d["low_confidence"]
+    line = f"18 read = {d['kept']} train + {d['eval_pairs']} eval + {d['eval_copies']} eval copies + 0 rejected"
+    assert line in capsys.readouterr().out

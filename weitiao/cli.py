@@ -54,6 +54,8 @@ def _config_classes(name: str) -> list[tuple[str, type]]:
         from weitiao.recipes.sft import SFTConfig as cls
     elif name == "dpo":
         from weitiao.recipes.dpo import DPOConfig as cls
+    elif name == "kto":
+        from weitiao.recipes.kto import KTOConfig as cls
     elif name == "rm":
         from weitiao.recipes.rm import RMConfig as cls
     elif name == "ppo":
@@ -64,7 +66,7 @@ def _config_classes(name: str) -> list[tuple[str, type]]:
         how = "--profile NAME | --set key=value"
         return [(f"weitiao logs dwell {how}", DwellConfig), (f"weitiao logs chat {how}", ChatConfig)]
     else:
-        raise UserError(f"config show {name!r}: unknown; use one of sft, dpo, rm, ppo, logs")
+        raise UserError(f"config show {name!r}: unknown; use one of sft, dpo, kto, rm, ppo, logs")
     return [(f"weitiao {name} CONFIG.yaml [key.path=value ...]", cls)]
 
 
@@ -90,7 +92,7 @@ OVERRIDES = typer.Argument(None, help="key.path=value overrides, e.g. train.lr=1
 
 
 @config_app.command("show")
-def config_show(name: str = typer.Argument(..., help="sft, dpo, rm, ppo or logs")) -> None:
+def config_show(name: str = typer.Argument(..., help="sft, dpo, kto, rm, ppo or logs")) -> None:
     """Every key of a command's config (nested sections as dotted keys) with type, default and description."""
     _print_config_help(name)
 
@@ -138,6 +140,15 @@ def dpo(
         _summary(t)  # under torchrun every process runs the sweep: the first prints it
         return
     _summary(recipe.run(load_config(recipe.DPOConfig, config, overrides or [])))
+
+
+@app.command()
+def kto(config: Path = CONFIG, overrides: list[str] = OVERRIDES, help_config: bool = HELP_CONFIG) -> None:
+    """KTO on unpaired feedback: replies labelled good or bad (TRL prompt/completion/label, kto_tag)."""
+    from weitiao.config import load_config
+    from weitiao.recipes import kto as recipe
+
+    _summary(recipe.run(load_config(recipe.KTOConfig, config, overrides or [])))
 
 
 @app.command()

@@ -7,8 +7,9 @@ instruction) or, as TRL's `extract_prompt` does, the prefix chosen and rejected 
 rows (prompt/chosen/rejected strings) are rendered as a one-turn chat through the template; with
 format `preference_raw` they are raw text as TRL trains them (prompt + reply + EOS, no template).
 Anthropic HH transcripts and BELLE multi-turn instructions are split into turns (`weitiao.data.transcripts`).
-`{"text": ...}` rows load into `Document` (continued pre-training). Rows with a boolean `label`
-(KTO, unpaired feedback) are refused: there is no KTO loss to train them with.
+`{"text": ...}` rows load into `Document` (continued pre-training). Rows with a feedback `label` or
+`kto_tag` (KTO, unpaired feedback) are refused, except by `load_rows(feedback=True)` (`weitiao kto`), which
+reads each into `Feedback`: the row without its label, and whether the reply was good.
 """
 
 from __future__ import annotations
@@ -91,6 +92,16 @@ class PreferencePair:
         """The prompt closed by the chosen or rejected reply."""
         reply = {"role": "assistant", "content": getattr(self, which)}
         return Conversation(self.prompt + [reply], self.source)
+
+
+@dataclass
+class Feedback:
+    """One reply judged on its own (KTO): a chat whose last assistant turn is the reply, or a raw-text
+    prompt/completion `Document` (TRL's standard unpaired row); `desirable` is its label."""
+
+    row: Conversation | Document
+    desirable: bool
+    source: str = ""
 
 
 @dataclass
@@ -608,9 +619,9 @@ def parse_raw_preference(record: dict, strict: bool = True) -> PreferencePair:
 
 
 KTO_REFUSED = (
-    "label: unpaired feedback (KTO: a reply labelled true/false, desirable/undesirable, 👍/👎); weitiao has no KTO "
-    "loss, and training these rows as SFT would learn the bad replies too; pair them into prompt/chosen/rejected for "
-    "`weitiao dpo`, or keep only the good replies without `label` for SFT"
+    "label: unpaired feedback (KTO: a reply labelled true/false, desirable/undesirable, 👍/👎); training these rows "
+    "as SFT would learn the bad replies too: train them with `weitiao kto`, or keep only the good replies without "
+    "`label` for SFT"
 )
 
 PARSERS = {
@@ -702,6 +713,43 @@ def is_feedback_label(record: dict) -> bool:
     if unpaired and text in UNPAIRED_WORDS or text in FEEDBACK_WORDS or text in map(str, KTO_LABELS):
         return True
     return unpaired and as_number(text) in KTO_LABELS  # "1.0" in a CSV cell
+
+
+GOOD_LABELS = {"true", "1", "1.0", "desirable", "thumbs_up", "thumbsup", "👍", "good"}
+BAD_LABELS = {"false", "0", "0.0", "-1", "-1.0", "undesirable", "thumbs_down", "thumbsdown", "👎", "bad"}
+LABEL_SPELLINGS = "true/false (also 1/0/-1, desirable/undesirable, thumbs_up/thumbs_down, 👍/👎, good/bad)"
+
+
+def split_feedback(record: dict) -> tuple[dict, bool]:
+    """(the row without its label, whether the reply is good) for a KTO row: `label` (TRL) or `kto_tag`
+    (LLaMA-Factory) in any spelling `is_feedback_label` knows, and good/bad; raises RowError naming the field."""
+    if "chosen" in record and "rejected" in record:
+        raise RowError("chosen", "a preference pair: KTO trains replies judged one at a time (prompt/completion/"
+                                 "label); train pairs with `weitiao dpo`, or write each pair as two rows, chosen "
+                                 "with label true and rejected with label false")  # fmt: skip
+    keys = [k for k in ("label", "kto_tag") if k in record]
+    if len(keys) > 1:
+        raise RowError("kto_tag", "the row also has `label`: keep one of them")
+    key = keys[0] if keys else "label"
+    value = record.get(key)
+    if value is None:
+        raise RowError(key, f"missing: each KTO row needs a label, {LABEL_SPELLINGS}")
+    text = str(value).strip().casefold() if isinstance(value, (bool, int, float, str)) else None
+    if text not in GOOD_LABELS | BAD_LABELS:
+        raise RowError(key, f"{value!r} is not a feedback label; use {LABEL_SPELLINGS}")
+    return {k: v for k, v in record.items() if k != key}, text in GOOD_LABELS
+
+
+def feedback_row(row: Any, record: dict) -> Conversation | Document:
+    """A parsed KTO row (`record` without its label), refused unless it holds one judged reply: a chat ending with an
+    assistant turn, or a string prompt/completion (a `text` row has no prompt; a completion list of several
+    messages is more than one reply)."""
+    if isinstance(row, Document) and row.prompt is None:
+        raise RowError("text", "a raw-text row has no prompt and reply to judge; give prompt/completion/label")
+    if isinstance(record.get("completion"), list) and len(record["completion"]) != 1:
+        raise RowError("completion", "KTO judges one reply: give the completion as one assistant message (earlier "
+                                     "turns go in the prompt)")  # fmt: skip
+    return row
 
 
 def check_keys(record: dict, fmt: str) -> None:
@@ -828,6 +876,7 @@ def load_rows(
     skip_hint: str | None = SKIP_HINT,
     row_check: Callable[[Any], None] | None = None,
     on_record: Callable[[Any, Any], None] | None = None,
+    feedback: bool = False,
 ) -> LoadResult:
     """Load and validate every row of every file (into `sink`, a list stand-in with append/len, if given).
 
@@ -842,6 +891,7 @@ def load_rows(
     `row_check(row)` raises RowError for a parsed row its caller cannot use (a bad row like the others: e.g.
     `chat.special_token_check`, which needs the tokenizer). `on_record(record, row)` sees the JSON record of every
     row kept, beside its parsed row (source set), so a caller needing the raw columns reads the file only once.
+    `feedback`: every row is a KTO row (`split_feedback`), kept as `Feedback`; else such rows are refused.
     """
     if fmt != "auto" and fmt not in FORMATS:
         raise UserError(f"format {fmt!r} unknown; use one of auto, {', '.join(FORMATS)}")
@@ -858,20 +908,26 @@ def load_rows(
             for n, record in iter_records(path, max_row_bytes, result.notes):
                 result.read += 1
                 loc = f"{path}:{n}"
+                fields, desirable = record, False  # the row's fields to parse: without its label, for a KTO row
                 try:
                     if lf and not isinstance(record, RowError):
-                        record = lf.convert(record)
-                    if isinstance(record, dict) and is_feedback_label(record):  # even with skip_invalid
-                        raise UserError(f"{loc}: {KTO_REFUSED}")
+                        record = fields = lf.convert(record)
+                    if isinstance(record, dict) and not feedback and ("kto_tag" in record or is_feedback_label(record)):
+                        kto = RowError("kto_tag" if "kto_tag" in record else "label", KTO_REFUSED.split(": ", 1)[1])
+                        raise UserError(f"{loc}: {lf.rename(kto) if lf else kto}")  # even with skip_invalid
+                    if feedback and isinstance(record, dict):
+                        fields, desirable = split_feedback(record)
                     if file_fmt is None:
-                        if isinstance(record, RowError):
-                            raise record
-                        file_fmt = detect_format(record)
-                    row = parse_row(record, file_fmt, strict)
+                        if isinstance(fields, RowError):
+                            raise fields
+                        file_fmt = detect_format(fields)
+                    row = parse_row(fields, file_fmt, strict)
                     if row_check is not None:
                         row_check(row)
+                    if feedback:
+                        row = Feedback(feedback_row(row, fields), desirable)
                 except RowError as e:
-                    e = lf.rename(e) if lf else _other_format(e, record, file_fmt, strict) if fmt == "auto" else e
+                    e = lf.rename(e) if lf else _other_format(e, fields, file_fmt, strict) if fmt == "auto" else e
                     if not skip_invalid:
                         hint = f" (or {skip_hint} to set bad rows aside)" if skip_hint else ""
                         raise UserError(f"{loc}: {e}{hint}") from None
@@ -881,6 +937,8 @@ def load_rows(
                         rejects.append({"source": loc, "error": str(e), "row": record})
                     continue
                 row.source = loc
+                if isinstance(row, Feedback):
+                    row.row.source = loc
                 if on_record is not None:
                     on_record(record, row)
                 rows.append(row)

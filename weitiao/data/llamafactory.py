@@ -5,8 +5,8 @@ Follows LLaMA-Factory's `data/parser.py` and `data/converter.py`: `formatting` a
 LLaMA-Factory: alpaca `history`/`system` are read only when mapped) and sharegpt `tags`. Rows are
 renamed into weitiao's own alpaca/sharegpt/preference keys and parsed by `formats`. An entry, column or tag key
 LLaMA-Factory does not read (a typo: colums, ranknig, promt) is refused where LLaMA-Factory ignores it. Departures:
-hub/script/cloud datasets are refused (weitiao never downloads), `kto_tag` rows are refused (no KTO
-loss), and image/video/audio columns are ignored with a note. `num_samples` picks rows as LLaMA-Factory
+hub/script/cloud datasets are refused (weitiao never downloads), `kto_tag` rows are refused but by
+`weitiao kto`, and image/video/audio columns are ignored with a note. `num_samples` picks rows as LLaMA-Factory
 does (a random permutation's first N, then draws with replacement past the data's size), seeded by the
 dataset's name instead of the run's seed, so a dataset's sample (and its tokenized cache) never changes.
 """
@@ -114,8 +114,8 @@ class LFDataset:
         if not isinstance(record, dict):
             raise RowError("row", f"expected a JSON object, got {type(record).__name__}")
         out: dict[str, Any] = {}
-        if self.columns.get("kto_tag") and isinstance(record.get(self.columns["kto_tag"]), bool):
-            out["label"] = record[self.columns["kto_tag"]]  # load_rows refuses KTO rows
+        if self.columns.get("kto_tag") in record:  # read by `weitiao kto`, refused by the others
+            out["kto_tag"] = record[self.columns["kto_tag"]]
         if self.formatting == "alpaca":
             # LLaMA-Factory: user turn = "\n".join of the non-empty prompt and query columns.
             parts = [self.column(record, "prompt"), self.column(record, "query")]

@@ -5,6 +5,8 @@ Each DPO variant is its own function of the log-ratio difference
 Papers: DPO (Rafailov et al. 2023, eq. 7); conservative DPO / label smoothing (Mitchell 2023);
 IPO (Azar et al. 2023, eq. 17, on length-averaged log-probs as in its reference code); hinge
 (SLiC, Zhao et al. 2023); RPO adds an NLL term on the chosen reply (Pang et al. 2024).
+KTO (Ethayarajh et al. 2024, eq. 7, as TRL's KTOTrainer loss_type "kto") scores single replies against a
+reference point z0, an estimate of KL(π‖π_ref) (`kto_terms`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,24 @@ def dpo_terms(
     loss = DPO_LOSSES[loss_type](h, beta, label_smoothing)
     rc, rr = beta * (pol_c - ref_c).detach(), beta * (pol_r - ref_r).detach()
     return loss, {"rewards/chosen": rc, "rewards/rejected": rr, "margins": rc - rr, "accuracy": (rc > rr).float()}
+
+
+def kto_terms(
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    desirable: torch.Tensor,
+    kl: torch.Tensor,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-reply KTO loss and reward β·r, r = log π − log π_ref (sequence sums): λ_D·(1 − σ(β(r − z0))) for a
+    desirable reply, λ_U·(1 − σ(β(z0 − r))) for an undesirable one; z0 = `kl` detached and clamped at 0."""
+    r = logps - ref_logps
+    z0 = kl.detach().clamp_min(0)
+    z = torch.where(desirable, r - z0, z0 - r)
+    weight = torch.where(desirable, desirable_weight, undesirable_weight).to(r.dtype)
+    return weight * (1 - torch.sigmoid(beta * z)), beta * r.detach()
 
 
 def bradley_terry(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: torch.Tensor | float = 0.0) -> torch.Tensor:

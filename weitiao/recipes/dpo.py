@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import deque
 from pathlib import Path
 from typing import Any, Literal
@@ -42,14 +41,13 @@ from weitiao.models.heads import RAW
 from weitiao.models.load import (
     build_trainable,
     count_params,
-    load_lora,
-    load_model,
     load_tokenizer,
     lora_as_trained,
     resolve_path,
 )
 from weitiao.train import dist, loop
 from weitiao.train.pairs import PrefData, check_pair_model, prepare_pairs
+from weitiao.train.reference import Reference, reference_model, sequence_logps
 from weitiao.train.spec import PairRecipeConfig, PairTrainSpec, lr_field
 
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "margins", "accuracy", "logps/chosen", "logps/rejected")
@@ -109,15 +107,6 @@ class DPOConfig(PairRecipeConfig):
     train: DPOTrainSpec = Field(default_factory=DPOTrainSpec)
 
 
-def sequence_logps(loss_mod: Any, b: Batch, n_seqs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-target log-probs (row-major), their sum per sequence, and target count per sequence."""
-    tok = loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask, per_token=True)
-    seq = b.seq_index[b.targets != IGNORE]
-    sums = torch.zeros(n_seqs, device=tok.device, dtype=tok.dtype).index_add(0, seq, tok)
-    counts = torch.zeros(n_seqs, device=tok.device, dtype=tok.dtype).index_add(0, seq, torch.ones_like(tok))
-    return tok, sums, counts
-
-
 def _files_identity(path: str | None) -> Any:
     """What identifies weights on disk: (name, size, mtime) of each file; content hash for small files."""
     if not path:
@@ -148,70 +137,6 @@ def cache_key(cfg: DPOConfig, template: ChatTemplate, examples: list[Encoded]) -
         "max_len": [cfg.data.max_len, cfg.data.truncation],
         "data": data.hexdigest(),
     }
-
-
-class Reference:
-    """Reference log-probs: adapter disabled, a frozen model, or a precomputed per-example cache."""
-
-    def __init__(self, loss_mod: Any, policy: Any, ref_model: Any = None):
-        self.loss_mod, self.policy = loss_mod, policy
-        self.ref_loss = CausalLMLoss(ref_model) if ref_model is not None else None
-        self.cache: dict[int, torch.Tensor] | None = None
-
-    @torch.no_grad()
-    def token_logps(self, b: Batch, order: list[int]) -> torch.Tensor:
-        if self.cache is not None:
-            return torch.cat([self.cache[i] for i in order]).to(b.input_ids.device)
-        if self.ref_loss is not None:
-            return self.ref_loss(b.input_ids, b.targets, b.position_ids, b.attention_mask, per_token=True)
-        with self.policy.disable_adapter():
-            return self.loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask, per_token=True)
-
-    def precompute(
-        self,
-        examples: list[Encoded],
-        cfg: DPOConfig,
-        key: dict,
-        pad_id: int,
-        one_row: bool,
-        accel: Any,
-        path: Path,
-        fresh: bool = False,
-    ) -> None:
-        """Reference log-probs of every example, cached in `path` under `key`; a cache with another key is
-        rebuilt. Every process computes all of them (the forwards stay in step under DDP/FSDP) and keeps its own;
-        process 0 writes the file atomically. No process reads another's file: on several nodes without shared
-        storage process 1 read a missing file (a traceback) or its node's own stale copy of an earlier run's
-        (silently other log-probs). A file is reused on resume only when every process found it with this
-        key, else all compute (one that reused it would skip the forwards the others run: a hang). `fresh` (a
-        new run): no process reads a file already there, which process 0 may be removing at that moment."""
-        saved = torch.load(path, weights_only=False) if path.exists() and not fresh else None
-        mine = saved is not None and saved.get("key") == key
-        # Every process has read the old file before process 0 may replace it, and all agree whether to reuse it.
-        missing = accel.reduce(torch.tensor([0.0 if mine else 1.0], device=accel.device), reduction="sum")
-        if not float(missing.sum()):
-            self.cache = saved["logps"]
-            return
-        if saved is not None and not mine and accel.is_main_process:
-            old = saved.get("key") if isinstance(saved.get("key"), dict) else {}
-            changed = [k for k in key if old.get(k) != key[k]] or ["format"]
-            print(f"{path}: cached reference log-probs are for another {', '.join(changed)}; rebuilding")
-        self.cache = None  # computed from the live reference, never from an earlier cache
-        rows = [[i] for i in range(len(examples) // 2)]
-        cache: dict[int, torch.Tensor] = {}
-        for k in range(0, len(rows), cfg.train.micro_batch_size):
-            rr = pair_rows(rows[k : k + cfg.train.micro_batch_size], cfg.data.packing)
-            b = collate(examples, rr, pad_id, cfg.data.packing, one_row).to(accel.device)
-            order = [i for row in rr for i in row]
-            tok = self.token_logps(b, order)
-            seq = b.seq_index[b.targets != IGNORE]
-            for j, i in enumerate(order):
-                cache[i] = tok[seq == j].float().cpu()
-        if accel.is_main_process:
-            tmp = path.with_name(f".{path.name}.tmp")
-            torch.save({"key": key, "logps": cache}, tmp)
-            os.replace(tmp, path)
-        self.cache = cache
 
 
 def pair_step(
@@ -440,13 +365,7 @@ def run(cfg: DPOConfig) -> dict:
         eot = tokenizer.eos_token_id if cfg.data.format == RAW else tokenizer.convert_tokens_to_ids(data.template.eot)
         ids = {"pad": pad_id, "eot": eot, "one_row": one_row}
         loss_mod = CausalLMLoss(model)
-        ref_model = None
-        if d.reference or not cfg.lora.enabled:
-            ref_model = load_model(cfg.model.model_copy(update={"path": d.reference or cfg.model.path}), accel.device)
-            ref_model.eval().requires_grad_(False)
-        elif cfg.lora.init_from:  # continuing an SFT adapter: the reference is that SFT model, not the bare base
-            ref_model = load_lora(load_model(cfg.model, accel.device), cfg.lora.init_from)
-            ref_model.eval().requires_grad_(False)
+        ref_model = reference_model(cfg.model, cfg.lora, d.reference, accel.device)
         trainable, _ = count_params(model)
         loss_mod, optimizer, params = loop.adamw(accel, loss_mod, model, t, lr)
         ref = Reference(loss_mod, model, ref_model)

@@ -40,6 +40,7 @@ class PrefData:
     margins: tuple[list[float] | None, list[float] | None] | None = None  # train, eval: rows' `margin` (TRL's RM)
     content_key: str = ""  # digest of the train pairs' texts in order (resume on edited data is refused)
     eval_stats: PairStats = field(default_factory=PairStats)  # what encoding did to the eval pairs
+    eval_copies: int = 0  # copies of held-out pairs kept out of both sides by data.eval_split
 
     @property
     def over_max_len(self) -> tuple[int, int]:
@@ -52,18 +53,20 @@ class PrefData:
         """The start of DPO's and RM's pairs line: every pair read accounted for."""
         dropped, cut = self.over_max_len
         return (
-            f"pairs: {self.read} read = {self.stats.kept} train + {len(self.eval) // 2} eval + {self.rejected} "
-            f"rejected + {self.low_confidence} below min_confidence + {dropped} over max_len ({cut} cut)"
+            f"pairs: {self.read} read = {self.stats.kept} train + {len(self.eval) // 2} eval + {self.eval_copies} eval "
+            f"copies + {self.rejected} rejected + {self.low_confidence} below min_confidence + {dropped} over max_len "
+            f"({cut} cut)"
         )
 
     def counts(self) -> dict:
         """The same counts for the run's `data` record (metrics.jsonl); train and eval apart (pairs = kept +
-        dropped_too_long for the train pairs; read = kept + eval_pairs + rejected + low_confidence + both drops)."""
+        dropped_too_long for the train pairs; read = kept + eval_pairs + eval_copies + rejected + low_confidence + both
+        drops)."""
         t, e = self.stats, self.eval_stats
         return {"read": self.read, "pairs": t.pairs, "kept": t.kept, "dropped_too_long": t.dropped_too_long,
                 "cut": t.cut, "rejected": self.rejected, "eval_pairs": len(self.eval) // 2,
-                "eval_dropped_too_long": e.dropped_too_long, "eval_cut": e.cut, "low_confidence": self.low_confidence,
-                "template": self.template.name}  # fmt: skip
+                "eval_copies": self.eval_copies, "eval_dropped_too_long": e.dropped_too_long, "eval_cut": e.cut,
+                "low_confidence": self.low_confidence, "template": self.template.name}  # fmt: skip
 
     def pair_lengths(self) -> list[int]:
         """Tokens of each train pair (both sides): the packing unit."""
@@ -101,7 +104,7 @@ def prepare_pairs(
     reading = (d.max_row_bytes, d.dataset_dir, CONFIG_SKIP_HINT, special_token_check(tokenizer))  # a bad row: set aside
     loaded = load_pairs(d.train, d.format, d.skip_invalid, rejects, *reading)
     require_rows(loaded, "data.train")
-    pairs, read, rejected = loaded.rows, loaded.read, loaded.rejected
+    pairs, read, rejected, copies = loaded.rows, loaded.read, loaded.rejected, 0
     if d.eval:
         ev_rejects = rejects.with_name("eval_rejects.jsonl")
         ev = load_pairs(d.eval, d.format, d.skip_invalid, ev_rejects, *reading)
@@ -109,12 +112,12 @@ def prepare_pairs(
         eval_pairs, read, rejected = ev.rows, read + ev.read, rejected + ev.rejected
     elif d.eval_split:
         split = split_eval(pairs, d.eval_split, cfg.train.seed, pair_key)  # copies stay on one side
-        pairs, eval_pairs = split.train, split.eval
+        pairs, eval_pairs, copies = split.train, split.eval, split.eval_copies_dropped
     else:
         eval_pairs = []
     if (overlap := count_overlap(pairs, eval_pairs, pair_key)) and os.environ.get("RANK", "0") == "0":
         print("warning: " + overlap_warning("data.eval", overlap, len(eval_pairs)))  # once per run, not per process
-    n_read = len(pairs) + len(eval_pairs)
+    n_read = len(pairs) + len(eval_pairs)  # before min_confidence
     pairs, eval_pairs = _confident(pairs, d.min_confidence), _confident(eval_pairs, d.min_confidence)
     if not pairs:
         raise UserError(f"data.min_confidence: no train pair has confidence ≥ {d.min_confidence}")
@@ -153,7 +156,7 @@ def prepare_pairs(
         margins = _margins(pairs, train), _margins(eval_pairs, evals)
     content = hashlib.sha256("\x00".join(map(pair_key, pairs)).encode()).hexdigest()[:16]
     return PrefData(
-        template, train, evals, stats, read, rejected, weights, eval_weights, low, margins, content, eval_stats
+        template, train, evals, stats, read, rejected, weights, eval_weights, low, margins, content, eval_stats, copies
     )
 
 
@@ -174,18 +177,20 @@ def _margin(pair: PreferencePair) -> float:
 
 
 def check_pair_model(
-    model: Any, tokenizer: Any, data: Any, spec: PrefDataSpec, no_dropout: bool, device, main: bool
+    model: Any, tokenizer: Any, data: Any, spec: Any, no_dropout: bool, device, main: bool, raw: bool | None = None
 ) -> bool:
-    """DPO's and the reward model's checks of the model they train, before step 1: tokens the pairs use that the
-    base never trained, dropout off when asked, trainable parameters, pairs past the context, and packed rows kept
-    apart by the attention. Returns whether packed pairs need one row per micro-batch."""
+    """DPO's, KTO's and the reward model's checks of the model they train, before step 1: tokens the rows use that
+    the base never trained (`raw`: no template renders them; default: data.format is preference_raw), dropout off
+    when asked, trainable parameters, rows past the context, and packed rows kept apart by the attention. Returns
+    whether packed rows need one row per micro-batch."""
     from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
     from weitiao.models.heads import RAW
     from weitiao.models.load import disable_dropout
     from weitiao.models.untrained import refuse_untrained_tokens
     from weitiao.train import loop
 
-    refuse_untrained_tokens(model, tokenizer, None if spec.format == RAW else data.template, main)
+    raw = getattr(spec, "format", None) == RAW if raw is None else raw
+    refuse_untrained_tokens(model, tokenizer, None if raw else data.template, main)
     if no_dropout:
         disable_dropout(model)
     refuse_untrainable(model, device)

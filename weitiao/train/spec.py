@@ -114,7 +114,7 @@ class TrainSpec(RunSpec):
 
 
 class PairTrainSpec(TrainSpec):
-    """TrainSpec of the preference recipes (DPO, RM)."""
+    """TrainSpec of the preference recipes (DPO, KTO, RM)."""
 
     disable_dropout: bool = Field(True, description="dropout off in the policy, so step 0 has π = π_ref")
 
@@ -122,7 +122,7 @@ class PairTrainSpec(TrainSpec):
     def _no_golden(self) -> PairTrainSpec:
         if self.golden is not None:  # only the SFT loop answers golden prompts during training
             raise ValueError(
-                "golden is answered during training by weitiao sft only (DPO and RM would ignore it); drop it and "
+                "golden is answered during training by weitiao sft only (DPO, KTO and RM would ignore it); drop it and "
                 "run `weitiao eval golden --run RUN --prompts FILE` on the finished run"
             )
         return self
@@ -189,3 +189,22 @@ class PairRecipeConfig(BaseModel):
     model: ModelSpec = Field(default_factory=ModelSpec)
     lora: LoraSpec = Field(default_factory=LoraSpec)
     data: PrefDataSpec
+
+
+class FeedbackDataSpec(DataFilesSpec):
+    """Unpaired feedback (KTO): prompt/completion/label rows, or any chat row with a label or kto_tag."""
+
+    cache: bool = Field(True, description="no effect: KTO rows are tokenized in memory, never cached")
+    max_len: int = Field(1024, gt=8, description="per sequence (prompt + reply)")
+    truncation: Literal["drop", "cut"] = Field("drop", description="over max_len: drop the row or cut its reply")
+    packing: bool = Field(True, description="several sequences per micro-batch row; attention kept apart")
+
+    @model_validator(mode="after")
+    def _no_cache_keys(self) -> FeedbackDataSpec:
+        # Refused when set to something (a run's config.yaml records the defaults, and must load again).
+        if given := [k for k, v in (("cache_dir", self.cache_dir is not None), ("num_proc", self.num_proc)) if v]:
+            raise ValueError(
+                f"{', '.join(given)}: weitiao kto tokenizes in memory, with no tokenized-data cache or worker "
+                "processes; drop them"
+            )
+        return self

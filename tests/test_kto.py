@@ -1,0 +1,264 @@
+"""`weitiao kto`: unpaired feedback rows (TRL prompt/completion/label, LLaMA-Factory kto_tag) read or refused in
+one line, and end-to-end runs on a tiny model with the defaults users get (LoRA dropout 0.05, packing)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import build_tokenizer, save_tiny_model, write_jsonl
+
+from weitiao.config import load_config
+from weitiao.data.chat import IGNORE
+from weitiao.data.formats import Document, load_rows
+from weitiao.errors import UserError
+from weitiao.recipes import kto
+from weitiao.train.guard import DivergedError
+
+Q = ["天空是什么颜色？", "怎么做番茄炒蛋？", "你好", "1+1等于几？", "推荐一本书", "今天天气怎么样？", "翻译 hello"]
+
+
+def feedback_rows(n: int, good=lambda i: i % 3 != 0, chat: bool = True) -> list[dict]:
+    rows = []
+    for i in range(n):
+        reply = ("好的，这是回答。" if good(i) else "不知道，滚。") * (1 + i % 3)
+        q = Q[i % len(Q)] + "?" * (i // len(Q))
+        if chat:
+            rows.append({"prompt": [{"role": "user", "content": q}],
+                         "completion": [{"role": "assistant", "content": reply}], "label": good(i)})  # fmt: skip
+        else:
+            rows.append({"prompt": q, "completion": reply, "label": good(i)})
+    return rows
+
+
+def metrics(out, kind="train") -> list[dict]:
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+@pytest.mark.parametrize(
+    ("row", "desirable"),
+    [
+        ({"prompt": "天空", "completion": "是蓝的", "label": True}, True),
+        (
+            {
+                "prompt": [{"role": "user", "content": "天空"}],
+                "completion": [{"role": "assistant", "content": "绿"}],
+                "label": False,
+            },
+            False,
+        ),  # fmt: skip
+        (
+            {
+                "messages": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "滚"}],
+                "kto_tag": "👎",
+            },
+            False,
+        ),  # fmt: skip
+        ({"instruction": "写诗", "output": "床前明月光", "label": "thumbs_up"}, True),
+        ({"prompt": "a", "completion": "b", "label": 0.0}, False),
+        ({"prompt": "a", "completion": "b", "label": "-1"}, False),
+        ({"prompt": "a", "completion": "b", "label": "Desirable"}, True),
+    ],
+)
+def test_feedback_rows_read(tmp_path, row, desirable):
+    (fb,) = load_rows(write_jsonl(tmp_path / "f.jsonl", [row]), feedback=True).rows
+    assert fb.desirable is desirable and fb.source.endswith("f.jsonl:1") and fb.row.source == fb.source
+    assert isinstance(fb.row, Document) == isinstance(row.get("prompt"), str)
+
+
+@pytest.mark.parametrize(
+    ("row", "error"),
+    [
+        ({"prompt": "a", "completion": "b", "label": "maybe"}, r"f.jsonl:1: label: 'maybe' is not a feedback label"),
+        ({"prompt": "a", "completion": "b", "label": 0.5}, r"f.jsonl:1: label: 0.5 is not a feedback label"),
+        ({"prompt": "a", "completion": "b"}, r"f.jsonl:1: label: missing"),
+        ({"prompt": "a", "completion": "b", "label": True, "kto_tag": True}, r"f.jsonl:1: kto_tag: the row also has"),
+        ({"prompt": "a", "chosen": "b", "rejected": "c"}, r"f.jsonl:1: chosen: a preference pair: .* `weitiao dpo`"),
+        ({"text": "abc", "label": True}, r"f.jsonl:1: text: a raw-text row has no prompt"),
+        ({"prompt": [{"role": "user", "content": "q"}], "label": True,
+          "completion": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"},
+                         {"role": "assistant", "content": "c"}]}, r"f.jsonl:1: completion: KTO judges one reply"),
+    ],
+)  # fmt: skip
+def test_bad_feedback_rows_are_one_line(tmp_path, row, error):
+    with pytest.raises(UserError, match=error):
+        load_rows(write_jsonl(tmp_path / "f.jsonl", [row]), feedback=True)
+
+
+def test_llamafactory_kto_tag_is_read(tmp_path):
+    info = {"kto": {"file_name": "kto.json", "formatting": "sharegpt", "columns": {"messages": "messages",
+            "kto_tag": "label"}, "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+            "assistant_tag": "assistant"}}}  # fmt: skip
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away"}]
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    (tmp_path / "kto.json").write_text(json.dumps([{"messages": msgs, "label": False}, {"messages": msgs}]))
+    with pytest.raises(UserError, match=r"kto.json:\d+: label: missing"):
+        load_rows(["kto"], dataset_dir=tmp_path, feedback=True)
+    res = load_rows(["kto"], dataset_dir=tmp_path, feedback=True, skip_invalid=True, rejects_path=tmp_path / "r")
+    assert [fb.desirable for fb in res.rows] == [False] and res.rejected == 1
+    with pytest.raises(UserError, match=r"kto.json:1: label: unpaired feedback .*`weitiao kto`"):
+        load_rows(["kto"], dataset_dir=tmp_path)  # SFT still refuses them
+
+
+@pytest.fixture(scope="module")
+def eos_model(tmp_path_factory):
+    """A tiny Llama whose tokenizer's EOS (<|endoftext|>) is not ChatML's end-of-turn (<|im_end|>)."""
+    tok = build_tokenizer(eos="<|endoftext|>")
+    return save_tiny_model(tmp_path_factory.mktemp("eos") / "llama", tok), tok
+
+
+def config(model_dir, data, out, *extra):
+    base = [f"model.path={model_dir}", f"data.train=[{data}]", f"train.out={out}", "train.progress=false",
+            "train.tensorboard=false", "train.micro_batch_size=4"]  # fmt: skip
+    return load_config(kto.KTOConfig, None, [*base, *extra])
+
+
+def test_run_with_defaults(tmp_path, eos_model, capsys):
+    """Default LoRA (dropout 0.05, turned off as in DPO and TRL) and packing: step 1 has π = π_ref, so every row's
+    loss is 1 − σ(0) = 0.5 and z0 = 0; 11 rows in micro-batches of 4 packed rows; replies end with <|im_end|>."""
+    model_dir, tok = eos_model
+    data = write_jsonl(tmp_path / "fb.jsonl", feedback_rows(11))
+    cfg = config(model_dir, data, tmp_path / "run", "train.max_steps=4", "train.lr=1e-3")
+    assert cfg.lora.dropout == 0.05 and cfg.data.packing
+    summary = kto.run(cfg)
+    assert summary["finished"] and summary["steps"] == 4
+    rows = metrics(tmp_path / "run")
+    assert rows[0]["loss"] == pytest.approx(0.5, abs=1e-6) and rows[0]["kl"] == 0.0
+    assert all(math.isfinite(v) for r in rows for v in r.values() if isinstance(v, float))
+    assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "kl", "logps/chosen"} <= set(rows[1])
+    assert rows[-1]["loss"] != pytest.approx(0.5, abs=1e-4)  # it learned
+    out = capsys.readouterr().out
+    assert "rows: 11 read = 11 train (7 desirable, 4 undesirable)" in out
+    assert "7 desirable × 1 : 4 undesirable × 1 = 1.75, outside the [1, 4/3]" in out
+    data_rec = metrics(tmp_path / "run", "data")[0]
+    assert (data_rec["desirable"], data_rec["undesirable"]) == (7, 4)
+
+
+def test_replies_end_with_the_templates_end_of_turn(tmp_path, eos_model):
+    from weitiao.train.feedback import prepare_feedback
+
+    model_dir, tok = eos_model
+    eot, eos = tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id
+    for chat, end in ((True, eot), (False, eos)):  # chats: the template's end-of-turn; TRL's string rows: EOS
+        data = write_jsonl(tmp_path / f"fb{chat}.jsonl", feedback_rows(5, chat=chat))
+        cfg = config(model_dir, data, tmp_path / "run")
+        d = prepare_feedback(cfg.data, cfg.train, tok)
+        for e in d.train:
+            assert [x for x in e.labels if x != IGNORE][-1] == end
+        assert d.raw is not chat
+
+
+def test_only_desirable_rows_log_no_nan(tmp_path, eos_model, capsys):
+    model_dir, _ = eos_model
+    data = write_jsonl(tmp_path / "fb.jsonl", feedback_rows(6, good=lambda i: True))
+    kto.run(config(model_dir, data, tmp_path / "run", "train.max_steps=2", "data.eval_split=0.34"))
+    for r in metrics(tmp_path / "run") + metrics(tmp_path / "run", "eval"):
+        assert all(math.isfinite(v) for v in r.values() if isinstance(v, float)), r
+        assert not any("rejected" in k or "margins" in k for k in r), r
+    assert "every train row is desirable" in capsys.readouterr().out
+
+
+def test_resume_continues_as_the_uninterrupted_run(tmp_path, eos_model):
+    """Resumed from the run's own config.yaml (it records data.cache/cache_dir/num_proc, which a first version
+    refused as set), the run logs the uninterrupted run's losses."""
+    model_dir, _ = eos_model
+    data = write_jsonl(tmp_path / "fb.jsonl", feedback_rows(10))
+    args = ("train.max_steps=4", "train.lr=1e-3", "data.packing=false", "train.save_every=1")
+    kto.run(config(model_dir, data, tmp_path / "a", *args))
+    kto.run(config(model_dir, data, tmp_path / "b", *args, "train.stop_after=2"))
+    kto.run(load_config(kto.KTOConfig, tmp_path / "b" / "config.yaml", ["train.stop_after=null"]))
+    a, b = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-5)
+
+
+def test_nan_loss_stops_with_an_error(tmp_path, eos_model, monkeypatch):
+    model_dir, _ = eos_model
+    data = write_jsonl(tmp_path / "fb.jsonl", feedback_rows(8))
+    real, calls = kto.kto_terms, []
+
+    def nan_at_step_2(*a, **kw):
+        calls.append(1)
+        loss, rewards = real(*a, **kw)
+        return (loss * float("nan") if len(calls) == 2 else loss), rewards
+
+    monkeypatch.setattr(kto, "kto_terms", nan_at_step_2)
+    with pytest.raises(DivergedError, match="step 2: loss is nan"):
+        kto.run(config(model_dir, data, tmp_path / "run", "train.max_steps=3"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "error"),
+    [
+        (("train.micro_batch_size=1", "data.packing=false"), "its own reward; set train.micro_batch_size ≥ 2"),
+        (("data.num_proc=2",), "num_proc: weitiao kto tokenizes in memory"),
+        (("data.cache_dir=/tmp/c",), "cache_dir: weitiao kto tokenizes in memory"),
+        (("kto.loss_type=apo",), "loss_type"),
+    ],
+)
+def test_config_refusals(tmp_path, extra, error):
+    with pytest.raises(UserError, match=error):
+        config("m", tmp_path / "f.jsonl", tmp_path / "run", *extra)
+
+
+def test_kto_terms_by_hand():
+    """λ_D(1 − σ(β(r − z0))), λ_U(1 − σ(β(z0 − r))), z0 clamped at 0 and without gradient."""
+    logps = torch.tensor([-3.0, -5.0], requires_grad=True)
+    ref = torch.tensor([-4.0, -4.0])
+    kl = torch.tensor(0.5, requires_grad=True)
+    loss, rewards = kto.kto_terms(logps, ref, torch.tensor([True, False]), kl, 0.5, 2.0, 3.0)
+    sig = torch.sigmoid
+    want = torch.stack([2 * (1 - sig(torch.tensor(0.5 * (1 - 0.5)))), 3 * (1 - sig(torch.tensor(0.5 * (0.5 + 1))))])
+    assert torch.allclose(loss, want) and torch.allclose(rewards, torch.tensor([0.5, -0.5]))
+    loss.sum().backward()
+    assert kl.grad is None
+    clamped, _ = kto.kto_terms(logps, ref, torch.tensor([True, False]), torch.tensor(-7.0), 0.5)
+    zero, _ = kto.kto_terms(logps, ref, torch.tensor([True, False]), torch.tensor(0.0), 0.5)
+    assert torch.equal(clamped, zero)
+
+
+def test_two_processes_train_as_one_with_grad_accum_2(tmp_path, eos_model):
+    """DDP (2 gloo processes, an odd eval set) and one process with grad_accum 2 log the same losses and z0: each
+    micro-batch keeps its own reference point."""
+    from conftest import torchrun_driver
+
+    model_dir, _ = eos_model
+    data = write_jsonl(tmp_path / "fb.jsonl", feedback_rows(13))
+    ev = write_jsonl(tmp_path / "ev.jsonl", feedback_rows(3, good=lambda i: i != 1))
+    driver = tmp_path / "driver.py"
+    driver.write_text("import sys\nfrom weitiao.cli import main\nsys.argv[0] = 'weitiao'\nmain()\n")
+    (tmp_path / "empty.yaml").write_text("{}\n")
+    over = [f"model.path={model_dir}", f"data.train=[{data}]", f"data.eval=[{ev}]", "train.progress=false",
+            "train.tensorboard=false", "train.micro_batch_size=3", "train.max_steps=3", "train.lr=1e-3",
+            "data.packing=false"]  # fmt: skip
+    torchrun_driver(driver, "kto", str(tmp_path / "empty.yaml"), *over, f"train.out={tmp_path / 'two'}")
+    kto.run(load_config(kto.KTOConfig, None, [*over, "train.grad_accum=2", f"train.out={tmp_path / 'one'}"]))
+    for kind in ("train", "eval"):
+        two, one = metrics(tmp_path / "two", kind), metrics(tmp_path / "one", kind)
+        assert len(two) == len(one) > 0
+        for a, b in zip(two, one):
+            for key in ("loss", "kl", "rewards/chosen", "rewards/rejected"):
+                key = key if kind == "train" else f"eval_{key}"
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (kind, key, a, b)
+
+
+def test_eval_split_copies_are_counted(tmp_path, eos_model, capsys):
+    """'17 read = 10 train + 5 eval + 0 rejected …' left out the 2 copies data.eval_split drops of held-out rows."""
+    model_dir, _ = eos_model
+    rows = feedback_rows(11)
+    data = write_jsonl(tmp_path / "fb.jsonl", rows + rows[:6])
+    kto.run(config(model_dir, data, tmp_path / "run", "train.max_steps=1", "data.eval_split=0.5"))
+    d = metrics(tmp_path / "run", "data")[0]
+    assert d["eval_copies"] > 0
+    assert d["read"] == 17 == d["kept"] + d["eval_rows"] + d["eval_copies"] + d["rejected"] + d["dropped_too_long"]
+    assert f"17 read = {d['kept']} train (" in capsys.readouterr().out
+
+
+def test_a_micro_batch_of_one_row_is_said(tmp_path, eos_model, capsys):
+    """9 rows in unpacked micro-batches of 4: the last holds one row, whose z0 is its own log-ratio."""
+    model_dir, _ = eos_model
+    data = write_jsonl(tmp_path / "fb.jsonl", feedback_rows(9))
+    kto.run(config(model_dir, data, tmp_path / "run", "train.max_steps=1", "data.packing=false"))
+    assert "warning: 1 micro-batch of an epoch holds one row" in capsys.readouterr().out
