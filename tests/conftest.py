@@ -254,3 +254,12 @@ def replaced(schema: dict, path: list, value) -> dict:
     else:
         at[path[-1]] = value
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls: one thread is as fast, and does not stall on OpenMP barriers when other jobs share the CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -37,12 +37,7 @@ LABELS = [True, False, True, True, False, False, True]
 BATCHES = [list(range(k, min(k + BATCH, N))) for k in range(0, N, BATCH)]  # 3, 3, 1: not a multiple of N
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
