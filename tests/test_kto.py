@@ -102,6 +102,27 @@ def test_llamafactory_kto_tag_is_read(tmp_path):
         load_rows(["kto"], dataset_dir=tmp_path)  # SFT still refuses them
 
 
+def test_data_check_lints_feedback_files_as_kto_reads_them(tmp_path, tokenizer):
+    """`data check` refused every KTO file with the SFT refusal; now the first row decides: labels counted, the
+    judged reply trained (train_turns last, as `weitiao kto`), a reply labelled both ways reported."""
+    from weitiao.data.check import check_file
+
+    rows = feedback_rows(7)
+    conflict = {**rows[1], "label": not rows[1]["label"]}
+    f = write_jsonl(tmp_path / "f.jsonl", [*rows, conflict])
+    rep = check_file([str(f)], tokenizer)
+    assert (rep.kept, rep.desirable, rep.undesirable) == (8, 4, 4) and rep.train_turns == "last"
+    assert rep.conflicting_labels == 1 and any("labelled both" in p for p in rep.problems)
+    only = check_file([str(write_jsonl(tmp_path / "g.jsonl", rows[1:3]))], tokenizer)
+    assert any(p.startswith("every row is desirable") for p in only.problems)
+    sft = {"instruction": "你好", "output": "你好呀"}
+    with pytest.raises(UserError, match=r"f2.jsonl:2: label: missing"):  # a file is one kind of row
+        check_file([str(write_jsonl(tmp_path / "f2.jsonl", [rows[0], sft]))], tokenizer)
+    with pytest.raises(UserError, match=r"s.jsonl:2: label: unpaired feedback .*`weitiao kto`"):
+        check_file([str(write_jsonl(tmp_path / "s.jsonl", [sft, rows[0]]))], tokenizer)
+    assert check_file([str(write_jsonl(tmp_path / "t.jsonl", [sft]))], tokenizer).desirable == 0
+
+
 @pytest.fixture(scope="module")
 def eos_model(tmp_path_factory):
     """A tiny Llama whose tokenizer's EOS (<|endoftext|>) is not ChatML's end-of-turn (<|im_end|>)."""

@@ -339,7 +339,7 @@ def data_check(
     train_turns: str = typer.Option("all", help="all|last: assistant turns SFT trains (data.train_turns)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
-    """Lint SFT, preference or text data: format, token lengths, over max_len, duplicates, EOS, chosen == rejected."""
+    """Lint SFT, preference, KTO or text data: format, token lengths, over max_len, duplicates, EOS, pair sanity."""
     from weitiao.data.check import check_file
     from weitiao.models.load import load_tokenizer
 
@@ -368,6 +368,9 @@ def data_check(
             ("pairs chosen == rejected", str(rep.identical_pairs)),
             ("empty chosen/rejected replies", str(rep.empty_replies)),
         ]
+    if rep.desirable or rep.undesirable:
+        ratio = f" (ratio {rep.desirable / rep.undesirable:.2f})" if rep.undesirable else ""
+        rows.append(("KTO rows desirable / undesirable", f"{rep.desirable} / {rep.undesirable}{ratio}"))
     if rep.documents:
         rows.append(("raw-text rows (no template, EOS-closed)", str(rep.documents)))
     for k, v in rows:

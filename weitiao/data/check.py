@@ -3,7 +3,9 @@
 Preference rows are linted too: each side (prompt + chosen, prompt + rejected) is one sequence for the
 length figures; pairs with identical or empty replies are counted, not refused. Trained-token counts follow
 `train_turns` as SFT does; pre-training documents longer than max_len are counted apart from the rows the
-truncation policy acts on, since SFT splits them into pieces whatever that policy.
+truncation policy acts on, since SFT splits them into pieces whatever that policy. A file of unpaired feedback
+(KTO rows: the first row decides) is linted as `weitiao kto` reads it: its last reply trained, labels counted, and a
+reply labelled both ways reported.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode, encode_all, special_token_check
-from weitiao.data.formats import Conversation, Document, PreferencePair, load_rows, prefers_rejected
+from weitiao.data.formats import Conversation, Document, Feedback, PreferencePair, load_rows, prefers_rejected
 from weitiao.data.preference import encode_pair, encode_side, form_notes, side_rows
 from weitiao.data.prep import conversation_key, messages_key, pair_key, require_rows
 from weitiao.data.templates import resolve_template
@@ -50,6 +52,9 @@ class CheckReport:
     split_documents: int = 0  # pre-training documents over max_len: SFT splits them, never truncates
     document_pieces: int = 0  # the pieces those documents become
     train_turns: str = "all"
+    desirable: int = 0  # KTO rows among `kept` labelled good (undesirable: the others)
+    undesirable: int = 0
+    conflicting_labels: int = 0  # prompt + reply pairs labelled both desirable and undesirable
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -80,11 +85,15 @@ def check_file(
     """Lint a data set against a tokenizer: lengths, duplicates, EOS, trainable tokens (as SFT's
     data.train_turns picks them), pair sanity."""
     check = special_token_check(tokenizer)  # a bad row, as training finds it
-    loaded = load_rows(files, fmt, skip_invalid=skip_invalid, strict=False, dataset_dir=dataset_dir, row_check=check)
+    loaded = load_rows(files, fmt, skip_invalid=skip_invalid, strict=False, dataset_dir=dataset_dir, row_check=check,
+                       feedback=None)  # fmt: skip
     require_rows(loaded)
     template = resolve_template(tokenizer, template_name)
+    feedback = [r for r in loaded.rows if isinstance(r, Feedback)]
+    if feedback:  # `weitiao kto` trains the judged (last) reply only
+        train_turns = "last"
     pairs = [r for r in loaded.rows if isinstance(r, PreferencePair)]
-    convs = [r for r in loaded.rows if not isinstance(r, PreferencePair)]
+    convs = [r.row if isinstance(r, Feedback) else r for r in loaded.rows if not isinstance(r, PreferencePair)]
     # Encode without a length limit to measure; count what max_len would drop separately.
     encoded, _ = encode_all(convs, tokenizer, template, EncodeOptions(max_len=10**9, train_turns=train_turns))
     assert len(encoded) == len(convs)  # nothing is over 10**9 tokens: one example per row
@@ -95,6 +104,9 @@ def check_file(
     seqs = encoded + [e for side in sides for e in side]
     lengths = sorted(len(e) for e in seqs)
     rows = Counter([conversation_key(c) for c in convs] + [pair_key(p) for p in pairs])
+    labels: dict[str, set[bool]] = {}
+    for fb in feedback:
+        labels.setdefault(conversation_key(fb.row), set()).add(fb.desirable)
     prompts = Counter(
         [messages_key(c.prompt_messages) for c in convs if isinstance(c, Conversation)]
         + [messages_key(p.prompt) for p in pairs]
@@ -124,6 +136,9 @@ def check_file(
         split_documents=len(split),
         document_pieces=sum(-(-n // max_len) for n in split),
         train_turns=train_turns,
+        desirable=sum(fb.desirable for fb in feedback),
+        undesirable=sum(not fb.desirable for fb in feedback),
+        conflicting_labels=sum(len(v) == 2 for v in labels.values()),
         notes=list(loaded.notes) + form_notes(pairs, template),
     )
     if lengths:
@@ -147,6 +162,12 @@ def check_file(
         rep.problems.append(f"{rep.missing_eos} sequences do not end with {template.eot!r}")
     if rep.duplicate_rows:
         rep.problems.append(f"{rep.duplicate_rows} duplicate rows")
+    if rep.conflicting_labels:
+        rep.problems.append(f"{rep.conflicting_labels} replies labelled both desirable and undesirable (KTO pushes "
+                            "each copy its own way)")  # fmt: skip
+    if feedback and not (rep.desirable and rep.undesirable):
+        kind = "desirable" if rep.desirable else "undesirable"
+        rep.problems.append(f"every row is {kind}: KTO then only moves these replies against its KL reference point")
     if rep.identical_pairs:
         rep.problems.append(f"{rep.identical_pairs} pairs with chosen == rejected (training refuses them)")
     if rep.empty_replies:

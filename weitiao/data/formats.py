@@ -876,7 +876,7 @@ def load_rows(
     skip_hint: str | None = SKIP_HINT,
     row_check: Callable[[Any], None] | None = None,
     on_record: Callable[[Any, Any], None] | None = None,
-    feedback: bool = False,
+    feedback: bool | None = False,
 ) -> LoadResult:
     """Load and validate every row of every file (into `sink`, a list stand-in with append/len, if given).
 
@@ -891,7 +891,8 @@ def load_rows(
     `row_check(row)` raises RowError for a parsed row its caller cannot use (a bad row like the others: e.g.
     `chat.special_token_check`, which needs the tokenizer). `on_record(record, row)` sees the JSON record of every
     row kept, beside its parsed row (source set), so a caller needing the raw columns reads the file only once.
-    `feedback`: every row is a KTO row (`split_feedback`), kept as `Feedback`; else such rows are refused.
+    `feedback`: every row is a KTO row (`split_feedback`), kept as `Feedback`; else such rows are refused. None: the
+    first row decides (`data check`): a KTO row makes every row one, else KTO rows are refused.
     """
     if fmt != "auto" and fmt not in FORMATS:
         raise UserError(f"format {fmt!r} unknown; use one of auto, {', '.join(FORMATS)}")
@@ -912,6 +913,8 @@ def load_rows(
                 try:
                     if lf and not isinstance(record, RowError):
                         record = fields = lf.convert(record)
+                    if feedback is None and isinstance(record, dict):
+                        feedback = "kto_tag" in record or is_feedback_label(record)
                     if isinstance(record, dict) and not feedback and ("kto_tag" in record or is_feedback_label(record)):
                         kto = RowError("kto_tag" if "kto_tag" in record else "label", KTO_REFUSED.split(": ", 1)[1])
                         raise UserError(f"{loc}: {lf.rename(kto) if lf else kto}")  # even with skip_invalid
