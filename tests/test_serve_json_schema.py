@@ -18,6 +18,7 @@ from loopback import running
 from test_serve_strict import accepts as walks
 from test_serve_tools import client, together
 
+from weitiao.infer.api import BadRequest
 from weitiao.infer.constrain import Pattern
 from weitiao.infer.schema import compile_schema
 from weitiao.infer.serve import ServeSettings, create_app
@@ -188,4 +189,11 @@ def test_json_schema_grammar_reads_json_schema_defaults():
     assert accepts({"anyOf": [{"type": "integer"}, {"type": "string"}]}, "12")
     person = '{"name": "小明", "age": 3, "ok": [true], "pet": {"kind": "cat"}}'
     assert accepts(PERSON, person, strict=True) and valid(person, PERSON)
+    # zod-to-json-schema's root $schema names the dialect: read (it was a 400); anything but a draft URI is not
+    for uri in ("http://json-schema.org/draft-07/schema#", "https://json-schema.org/draft/2020-12/schema"):
+        assert accepts({**PERSON, "$schema": uri}, person, strict=True)
+    with pytest.raises(BadRequest, match=r"^s\.\$schema: 'draft-07' names no JSON Schema draft"):
+        accepts({**PERSON, "$schema": "draft-07"}, person)
+    with pytest.raises(BadRequest, match=r"^s\.properties\.age\.\$schema: "):  # the root's only
+        accepts(replaced(PERSON, ["properties", "age", "$schema"], "http://json-schema.org/draft-07/schema#"), person)
     assert not accepts(PERSON, '{"name": "小明", "age": 3, "ok": [true]}', strict=True)

@@ -14,9 +14,9 @@ without `type` (`{}`, pydantic's `Any`) and an array without `items` hold any JS
 
 Enforced either way: `type` (one or a list), `properties`, `required`, `items`, `minItems`/`maxItems`, `enum`,
 `const`, `anyOf`, `$ref` into the schema (`#`, `#/$defs/...`, recursion too). Annotations (`description`,
-`title`, `default`, `examples`, `$comment`) change nothing. Anything else (`pattern`, `format`, `minimum`,
-`minLength`, `oneOf`, ...) is a 400: the mask could not keep it, and a reply that breaks it must not pass as
-following the schema.
+`title`, `default`, `examples`, `$comment`, and the root's `$schema` when it names draft-04 to 2020-12) change
+nothing. Anything else (`pattern`, `format`, `minimum`, `minLength`, `oneOf`, ...) is a 400: the mask could not
+keep it, and a reply that breaks it must not pass as following the schema.
 
 Keys come in the schema's order with the JSON style of weitiao.infer.constrain (`{"a": 1, "b": [true]}`): a
 reply's text has one spelling per value, but strings, whose content is free.
@@ -25,6 +25,7 @@ reply's text has one spelling per value, but strings, whose content is free.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from weitiao.infer.api import BadRequest
@@ -33,6 +34,7 @@ from weitiao.infer.constrain import Pattern
 _NOTES = {"description", "title", "default", "examples", "$comment", "$defs", "definitions"}
 _KNOWN = _NOTES | {"type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems"}
 _KNOWN |= {"enum", "const", "anyOf", "$ref"}
+_DIALECT = re.compile(r"https?://json-schema\.org/(draft-0[467]/schema#?|draft/(2019-09|2020-12)/schema)")
 _MAX_ITEMS = 64  # minItems/maxItems are unrolled into the grammar: one rule per place
 _MAX_DEPTH = 64  # schemas inside schemas (properties, items, anyOf); compiled by recursion
 
@@ -59,6 +61,11 @@ def compile_schema(p: Pattern, schema: Any, at: str, strict: bool, unenforced: s
 
     def invalid(path: str, what: str) -> None:  # as OpenAI answers a schema that breaks its rules
         raise BadRequest(f"{path}: {what}" + (" (strict schemas: OpenAI's rules)" if strict else ""), path)
+
+    if isinstance(schema, dict) and "$schema" in schema:  # the root's dialect (zod-to-json-schema writes draft-07)
+        if not (isinstance(schema["$schema"], str) and _DIALECT.fullmatch(schema["$schema"])):
+            invalid(f"{at}.$schema", f"{schema['$schema']!r} names no JSON Schema draft from 04 to 2020-12")
+        schema = {k: v for k, v in schema.items() if k != "$schema"}  # the keywords enforced mean the same in each
 
     def resolve(ref: str, path: str) -> int:
         if ref in refs:
