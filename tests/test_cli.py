@@ -125,6 +125,24 @@ def test_data_check_reports(tmp_path, tiny_model_dir):
     assert "duplicate rows" in p.stdout and "exceed max_len" not in p.stdout  # default max_len 1024
 
 
+def test_data_check_counts_rows_over_the_models_positions(tmp_path, tiny_model_dir):
+    """A row longer than the model's 512 positions but within --max-len 1024 passed `data check` (with only
+    transformers' "721 > 512" tokenizer warning) while training refuses it; now the report counts it and says how."""
+    rows = [{"instruction": "长" * 250, "output": "好"}, {"instruction": "你好", "output": "嗨"}]
+    f = write_jsonl(tmp_path / "d.jsonl", rows)
+    p = weitiao("data", "check", f, "--model", tiny_model_dir, "--json")
+    rep = json.loads(p.stdout)
+    assert (rep["context"], rep["over_context"], rep["over_max_len"]) == (512, 1, 0), p.stderr
+    p = weitiao("data", "check", f, "--model", tiny_model_dir)
+    assert "1 sequences are longer than the model's 512 positions" in p.stdout and "Token indices" not in p.stderr
+    assert (
+        json.loads(weitiao("data", "check", f, "--model", tiny_model_dir, "--max-len", "512", "--json").stdout)[
+            "over_context"
+        ]
+        == 0
+    )  # over max_len instead: the truncation policy's
+
+
 def test_data_show_marks_trained_tokens(tmp_path, tiny_model_dir):
     f = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "你好", "output": "嗨😊", "history": [["在吗", "在"]]}])
     p = weitiao("data", "show", f, "--model", tiny_model_dir, "--plain")

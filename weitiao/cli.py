@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import typer
@@ -344,7 +345,11 @@ def data_check(
     from weitiao.models.load import load_tokenizer
 
     _choice("--train-turns", train_turns, ("all", "last"))
-    rep = check_file(files, load_tokenizer(model), template, max_len, fmt, skip_invalid, dataset_dir, train_turns)
+    tokenizer = load_tokenizer(model)
+    context = _context(model)
+    if context is not None:  # rows over the model's positions are counted in the report, not warned one by one
+        tokenizer.model_max_length = 10**30
+    rep = check_file(files, tokenizer, template, max_len, fmt, skip_invalid, dataset_dir, train_turns, context)
     if as_json:
         print(rep.to_json())
         return
@@ -385,6 +390,20 @@ def data_check(
         console.print(f"[yellow]warning:[/] {p}")
     if not rep.problems:
         console.print("[green]no problems found[/]")
+
+
+def _context(model: str) -> int | None:
+    """The model's positions from its config.json (None: no config beside the tokenizer, or it does not say)."""
+    import json
+
+    from weitiao.models.load import resolve_path
+    from weitiao.train.loop import model_context
+
+    path = Path(resolve_path(model)) / "config.json"
+    try:
+        return model_context(SimpleNamespace(**json.loads(path.read_text(encoding="utf-8"))))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 @data_app.command("show")

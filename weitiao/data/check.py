@@ -55,6 +55,8 @@ class CheckReport:
     desirable: int = 0  # KTO rows among `kept` labelled good (undesirable: the others)
     undesirable: int = 0
     conflicting_labels: int = 0  # prompt + reply pairs labelled both desirable and undesirable
+    context: int | None = None  # the model's positions (max_position_embeddings), when its config was read
+    over_context: int = 0  # sequences up to max_len but longer than `context`: training refuses them
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -81,9 +83,10 @@ def check_file(
     skip_invalid: bool = False,
     dataset_dir: str | None = None,
     train_turns: Literal["all", "last"] = "all",
+    context: int | None = None,
 ) -> CheckReport:
     """Lint a data set against a tokenizer: lengths, duplicates, EOS, trainable tokens (as SFT's
-    data.train_turns picks them), pair sanity."""
+    data.train_turns picks them), pair sanity; `context`: the model's positions (training refuses longer rows)."""
     check = special_token_check(tokenizer)  # a bad row, as training finds it
     loaded = load_rows(files, fmt, skip_invalid=skip_invalid, strict=False, dataset_dir=dataset_dir, row_check=check,
                        feedback=None)  # fmt: skip
@@ -139,6 +142,8 @@ def check_file(
         desirable=sum(fb.desirable for fb in feedback),
         undesirable=sum(not fb.desirable for fb in feedback),
         conflicting_labels=sum(len(v) == 2 for v in labels.values()),
+        context=context,
+        over_context=sum(context < n <= max_len for n in lengths) if context else 0,
         notes=list(loaded.notes) + form_notes(pairs, template),
     )
     if lengths:
@@ -153,6 +158,11 @@ def check_file(
     if rep.over_max_len:
         what = "rows (pairs: their longer side)" if pairs else "rows"
         rep.problems.append(f"{rep.over_max_len} {what} exceed max_len {max_len}: see data.truncation")
+    if rep.over_context:
+        rep.problems.append(
+            f"{rep.over_context} sequences are longer than the model's {context} positions (max_position_embeddings) "
+            f"though within max_len {max_len}: training refuses them; use --max-len {context} (data.max_len)"
+        )
     if split:
         rep.notes.append(
             f"{rep.split_documents} text documents longer than max_len {max_len} are split into "
