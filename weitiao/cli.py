@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import typer
@@ -393,17 +392,18 @@ def data_check(
 
 
 def _context(model: str) -> int | None:
-    """The model's positions from its config.json (None: no config beside the tokenizer, or it does not say)."""
-    import json
+    """The model's positions as training reads them from its config (None: a tokenizer without a model config, or
+    one that does not say)."""
+    from transformers import AutoConfig
 
     from weitiao.models.load import resolve_path
     from weitiao.train.loop import model_context
 
-    path = Path(resolve_path(model)) / "config.json"
     try:
-        return model_context(SimpleNamespace(**json.loads(path.read_text(encoding="utf-8"))))
-    except (OSError, ValueError, TypeError):
+        config = AutoConfig.from_pretrained(resolve_path(model))
+    except (OSError, ValueError, KeyError):  # no config.json, or a model type transformers does not know
         return None
+    return model_context(config)
 
 
 @data_app.command("show")

@@ -32,7 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from weitiao.config import ConfigPath, ModelRef
-from weitiao.data.chat import IGNORE, Encoded
+from weitiao.data.chat import Encoded
 from weitiao.data.collate import Batch, collate, process_share
 from weitiao.losses.preference import kto_terms
 from weitiao.losses.sft import CausalLMLoss
@@ -96,13 +96,10 @@ def kto_step(
     """Loss and metric sums of one micro-batch: rows `order` in `b`, their mismatched KL rows in `kl_b`."""
     k, n = cfg.kto, len(order)
     _, sums, counts = sequence_logps(loss_mod, b, n)
-    seq = b.seq_index[b.targets != IGNORE]
-    ref_sums = torch.zeros_like(sums).index_add(0, seq, ref.token_logps(b, order).to(sums.dtype))
+    ref_sums = ref.sequence_sums(b, order, sums)
     with torch.no_grad():  # z0 carries no gradient (TRL detaches it)
         _, kl_sums, _ = sequence_logps(loss_mod, kl_b, n)
-        kl_seq = kl_b.seq_index[kl_b.targets != IGNORE]
-        kl_ref = torch.zeros_like(kl_sums).index_add(0, kl_seq, ref.token_logps(kl_b, order).to(kl_sums.dtype))
-        kl = (kl_sums - kl_ref).mean()
+        kl = (kl_sums - ref.sequence_sums(kl_b, order, kl_sums)).mean()
     good = torch.tensor([desirable[i] for i in order], device=sums.device)
     loss, rewards = kto_terms(sums, ref_sums, good, kl, k.beta, k.desirable_weight, k.undesirable_weight)
     one = torch.ones((), device=sums.device)

@@ -47,6 +47,12 @@ class Reference:
         with self.policy.disable_adapter():
             return self.loss_mod(b.input_ids, b.targets, b.position_ids, b.attention_mask, per_token=True)
 
+    @torch.no_grad()
+    def sequence_sums(self, b: Batch, order: list[int], like: torch.Tensor) -> torch.Tensor:
+        """`token_logps` summed per sequence, as `like` (the policy's per-sequence sums) in shape and dtype."""
+        seq = b.seq_index[b.targets != IGNORE]
+        return torch.zeros_like(like).index_add(0, seq, self.token_logps(b, order).to(like.dtype))
+
     def precompute(
         self,
         examples: list[Encoded],
