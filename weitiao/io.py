@@ -71,16 +71,18 @@ def to_utf8_command(path: str | Path) -> str:
     return f"iconv -f gb18030 -t utf-8 {src} > {dst}"
 
 
-def not_utf8(path: str | Path, line: int | None, col: int, byte: int, text: bytes) -> UserError:
+class NotUTF8(UserError):
+    """A file that is not UTF-8 (`not_utf8`'s line)."""
+
+
+def not_utf8(path: str | Path, line: int | None, col: int, byte: int, text: bytes) -> NotUTF8:
     """The one refusal of a file that is not UTF-8 (every reader's: data, bad cases, documents, behavior logs), at
     `line`, `col` (the bad `byte`), `text` the bytes of that line. A GB18030/GBK file is named as such with the command
     that converts it: it is never decoded by a guess, which would read another encoding's bytes as wrong Chinese."""
     if gb18030_text(text):
-        return UserError(f"{where(path, line)}: not UTF-8 but GB18030/GBK (as Excel and Notepad on Chinese Windows "
+        return NotUTF8(f"{where(path, line)}: not UTF-8 but GB18030/GBK (as Excel and Notepad on Chinese Windows "
                          f"save); weitiao reads UTF-8: convert it with `{to_utf8_command(path)}`")  # fmt: skip
-    return UserError(
-        f"{where(path, line)}: not valid UTF-8 (byte 0x{byte:02x} at column {col}); save the file as UTF-8"
-    )
+    return NotUTF8(f"{where(path, line)}: not valid UTF-8 (byte 0x{byte:02x} at column {col}); save the file as UTF-8")
 
 
 def bad_utf8(path: str | Path, raw: bytes, e: UnicodeDecodeError, line: int) -> UserError:
@@ -101,9 +103,9 @@ def utf8_problem(path: str | Path) -> UserError | None:
     try:
         for _ in iter_lines(path, opener=opener):
             pass
-    except UserError as e:
-        return e if "UTF-8" in str(e) else None
-    except (OSError, EOFError):
+    except NotUTF8 as e:
+        return e
+    except (UserError, OSError, EOFError):  # not this check's to say: the engine's own reading reports it
         return None
     return None
 
