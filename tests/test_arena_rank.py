@@ -313,9 +313,9 @@ def test_the_ratings_plot_draws_chinese_model_names(tmp_path):
     assert (tmp_path / "r.png").stat().st_size > 0
 
 
-def test_a_bad_battle_is_named_by_its_file_line_or_its_place_in_a_list(tmp_path):
+def test_a_bad_battle_is_named_by_its_file_line_in_jsonl_or_a_list(tmp_path):
     """JSONL battles were named by their count (a blank line shifted every later one) and a JSON list's by a 'line'
-    that was its index: now the file line, or `(battle n)` in a list."""
+    that was its index: now the file line where the battle starts, in either."""
     from weitiao.errors import UserError
     from weitiao.eval.arena.rank import load_battles
 
@@ -327,5 +327,71 @@ def test_a_bad_battle_is_named_by_its_file_line_or_its_place_in_a_list(tmp_path)
         load_battles(jsonl)
     listed = tmp_path / "b.json"
     listed.write_text(f"[{good},\n{bad}]", encoding="utf-8")
-    with pytest.raises(UserError, match=rf"^{re.escape(str(listed))}: model_b \(battle 2\): same model on both sides$"):
+    with pytest.raises(UserError, match=rf"^{re.escape(str(listed))}:2: model_b: same model on both sides$"):
         load_battles(listed)
+
+
+def fastchat_battles(n: int, seed: int) -> list[dict]:
+    """`simulate`'s battles in the fields FastChat's clean_battle_data.py writes (conv_release mode), some with the
+    conversations and the later dedup_tag / category_tag."""
+    out = []
+    for i, r in enumerate(simulate(n, seed=seed, tie_rate=0.2)):
+        b = {"question_id": f"{i:032x}", "model_a": r["model_a"], "model_b": r["model_b"], "winner": r["winner"],
+             "judge": f"arena_user_{i % 37}", "turn": 1, "anony": i % 4 != 0, "language": ["Chinese", "English"][i % 2],
+             "tstamp": 1700000000.0 + r["tstamp"]}  # fmt: skip
+        if i % 3 == 0:
+            b["conversation_a"] = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "甲"}]
+            b["conversation_b"] = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "乙"}]
+        if i % 5 == 0:
+            b["dedup_tag"] = {"high_freq": False, "sampled": True}
+            b["category_tag"] = {"criteria_v0.1": {"math": i % 2 == 0}}
+        out.append(b)
+    return out
+
+
+def test_a_fastchat_battle_file_round_trips_field_for_field_and_ranks_the_same(tmp_path):
+    """`arena import` kept model_a, model_b, winner, judge, tstamp and stored question_id as the prompt; `arena export`
+    wrote {model_a, model_b, winner, tstamp, judge, prompt: <question_id>}: turn, anony, language, the conversations
+    and the tags were silently lost. Now export gives back the file's battles, every field in its order, and the
+    ratings from the database equal those from the file and an independent logistic regression."""
+    from typer.testing import CliRunner
+
+    from weitiao.eval.commands import arena_app
+
+    rows = fastchat_battles(2000, seed=8)
+    src, out, db = tmp_path / "clean_battle_20240101.json", tmp_path / "out.json", tmp_path / "arena.sqlite"
+    src.write_text(json.dumps(rows, indent=2, ensure_ascii=False), encoding="utf-8")  # as FastChat writes it
+    run = CliRunner()
+    for args in (["import", str(src), "--db", str(db)], ["export", str(out), "--db", str(db)]):
+        r = run.invoke(arena_app, args)
+        assert r.exit_code == 0, r.output
+    back = json.loads(out.read_text(encoding="utf-8"))
+    assert back == rows and [list(b) for b in back] == [list(r) for r in rows]
+    j = {}
+    for name, source in (("file", ["--battles", str(src)]), ("db", ["--db", str(db)])):
+        args = ["rank", "--rounds", "40", "--json", str(tmp_path / f"{name}.json"), *source]
+        r = run.invoke(arena_app, args)
+        assert r.exit_code == 0, r.output
+        j[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert j["file"]["ratings"] == j["db"]["ratings"] and j["db"]["n_battles"] == 2000
+    models = sorted({r["model_a"] for r in rows} | {r["model_b"] for r in rows})
+    ref = logistic_regression_ratings(rows, models)
+    ours = {x["model"]: x["rating"] for x in j["db"]["ratings"]}
+    assert np.max(np.abs(np.array([ours[m] for m in models]) - ref)) < 1e-3
+
+
+def test_an_unknown_winner_in_a_fastchat_list_is_refused_with_its_file_line(tmp_path):
+    """A battle in a JSON list was named `(battle n)`, its place in the list: FastChat's indented file is thousands of
+    lines, so the line where the battle starts is named, as in JSONL."""
+    from weitiao.eval.arena.rank import load_battles
+
+    rows = fastchat_battles(3, seed=1)
+    rows[2]["winner"] = "leftvote"  # the raw log's word, not clean_battle's
+    src = tmp_path / "clean_battle.json"
+    src.write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    line = 1 + json.dumps(rows, indent=2).split('"leftvote"')[0].rsplit("\n  {", 1)[0].count("\n") + 1
+    with pytest.raises(UserError, match=rf"^{re.escape(str(src))}:{line}: winner: 'leftvote'; expected one of "):
+        load_battles(src)
+    src.write_text(json.dumps(rows[:2], indent=2) + "\n]", encoding="utf-8")  # a stray bracket
+    with pytest.raises(UserError, match=rf"^{re.escape(str(src))}:\d+: json: not valid JSON \(extra data"):
+        load_battles(src)

@@ -139,7 +139,7 @@ def test_rank_cli_one_voter_few_rounds_unvoted_models_and_bad_battles(tmp_path):
     bad = tmp_path / "b.json"
     bad.write_text(json.dumps([{"model_a": "x", "model_b": "y", "winner": "tie", "tstamp": "yesterday"}]))
     r = run.invoke(arena_app, ["import", str(bad), "--db", str(tmp_path / "new.sqlite")])  # was: a traceback
-    assert r.exit_code != 0 and "b.json: tstamp (battle 1): 'yesterday'" in str(r.exception)
+    assert r.exit_code != 0 and "b.json:1: tstamp: 'yesterday'" in str(r.exception)
     assert not (tmp_path / "new.sqlite").exists()
 
 
@@ -304,7 +304,7 @@ def test_a_battle_imported_without_a_time_is_exported_without_one(tmp_path):
     run = CliRunner()
     for args in (["import", str(src), "--db", str(db)], ["export", str(out), "--db", str(db)]):
         assert run.invoke(arena_app, args).exit_code == 0
-    assert [b["tstamp"] for b in json.loads(out.read_text())] == [None, 1700000000.5]
+    assert [b.get("tstamp", "absent") for b in json.loads(out.read_text())] == ["absent", 1700000000.5]  # as given
     again = run.invoke(arena_app, ["import", str(out), "--db", str(db)])  # read back: the same battles, skipped
     assert again.exit_code == 0 and "(2 already there, skipped)" in " ".join(again.output.split())
     r = run.invoke(arena_app, ["rank", "--battles", str(out), "--bootstrap", "battles", "--rounds", "40"])
@@ -325,7 +325,7 @@ def test_votes_cast_on_the_page_exported_and_imported_back_are_not_counted_twice
     assert len(st.votes()) == 3
     # a battle that differs in any field, here the time, is a new one; a copy within the file is its own battle
     battle = {**json.loads(out.read_text())[0]}
-    assert st.import_battles([{**battle, "tstamp": battle["tstamp"] + 1}, battle, battle]) == (2, 1)
+    assert st.import_battles([{**battle, "tstamp": battle["tstamp"] + 1}, battle, battle]) == (2, 1, 0)
 
 
 def test_a_database_from_before_unknown_times_gets_them_back_as_null(tmp_path):
@@ -350,9 +350,9 @@ def test_a_database_from_before_unknown_times_gets_them_back_as_null(tmp_path):
     s = ArenaStore(path)
     assert [(b["winner"], b["tstamp"]) for b in s.battles()] == [("tie", None), ("model_a", 1700000000.5)]
     assert [r[3] for r in s._table_info("votes") if r[1] == "tstamp"] == [0]  # no longer NOT NULL
-    assert s.import_battles([battle]) == (0, 1)  # the same battle as before the migration
-    assert s.import_battles([{**battle, "winner": "model_b"}]) == (1, 0)  # a new one, still without a time
-    assert [b["tstamp"] for b in s.battles()] == [None, None, 1700000000.5]
+    assert s.import_battles([battle]) == (0, 1, 1)  # the same battle as before the migration, its keys kept now
+    assert s.import_battles([{**battle, "winner": "model_b"}]) == (1, 0, 0)  # a new one, still without a time
+    assert [b.get("tstamp") for b in s.battles()] == [None, None, 1700000000.5]
 
 
 def test_export_of_a_db_without_votes_is_refused(tmp_path):
@@ -389,3 +389,30 @@ def test_live_models_that_fail_leave_no_db_behind(tmp_path, monkeypatch):
     store.ArenaStore(mine)
     r = CliRunner().invoke(arena_app, ["serve", "--models", "a=demo,b=demo", "--prompts", str(ok), "--db", str(mine)])
     assert "no config.json" in str(r.exception) and mine.exists()
+
+
+def test_a_database_from_before_extra_fields_keeps_its_votes_and_a_reimport_gives_the_fields_back(tmp_path):
+    """Opening a database whose votes table has no `extra` column adds it, every vote kept; a FastChat battle the
+    older import had stripped (question_id stored as the prompt) is recognised when imported again and gets its
+    fields back, so the export equals the file; a vote cast on the page is untouched."""
+    path = tmp_path / "old.sqlite"
+    old = SCHEMA.replace(", tstamp REAL, extra TEXT)", ", tstamp REAL)")
+    assert old != SCHEMA
+    battle = {"question_id": "abc123", "model_a": "x", "model_b": "y", "winner": "tie (bothbad)",
+              "judge": "arena_user_7", "turn": 1, "anony": True, "language": "Chinese",
+              "tstamp": 1700000001.0}  # fmt: skip
+    fields = ("abc123", "x", "y", "tie (bothbad)", "arena_user_7", 1700000001.0)  # as the older import hashed it
+    digest = hashlib.sha1(json.dumps(fields).encode()).hexdigest()[:20]
+    with sqlite3.connect(path) as db:
+        db.executescript(old)
+        db.execute("INSERT INTO votes VALUES (1, ?, 'abc123', 'x', 'y', NULL, 'tie (bothbad)', 'arena_user_7', "
+                   "1700000001.0)", (f"import:{digest}:0",))  # fmt: skip
+        db.execute("INSERT INTO votes VALUES (2, 'r1', '问题', 'y', 'x', 1, 'model_a', 'v', 1700000000.5)")
+    db.close()
+    s = ArenaStore(path)
+    page = {"model_a": "y", "model_b": "x", "winner": "model_a", "tstamp": 1700000000.5, "judge": "v", "prompt": "问题"}
+    assert s.battles() == [page, {**page, "model_a": "x", "model_b": "y", "winner": "tie (bothbad)",
+                                  "tstamp": 1700000001.0, "judge": "arena_user_7", "prompt": "abc123"}]  # fmt: skip
+    assert s.import_battles([battle]) == (0, 1, 1)
+    assert s.battles() == [page, battle] and list(s.battles()[1]) == list(battle)
+    assert s.import_battles([battle]) == (0, 1, 0)  # nothing left to give back

@@ -201,6 +201,50 @@ def read_json(path: str | Path) -> Any:
         raise UserError(f"{where(path, None, 'json')}: not valid JSON ({e})") from None
 
 
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _skip_space(text: str, i: int) -> int:
+    return _SPACE.match(text, i).end()  # type: ignore[union-attr]  # [ \t\n\r]* always matches
+
+
+def read_json_list(path: str | Path) -> list[tuple[int, Any]]:
+    """A JSON file holding one list, as (line where each item starts, item), so a bad item can be named
+    `file:line` (FastChat writes its battles as one indented list); bad JSON raises UserError `file:line`."""
+    text = read_text(path)
+    pos, line, at = _skip_space(text, 0), 1, 0
+
+    def line_of(i: int) -> int:
+        nonlocal line, at
+        line, at = line + text.count("\n", at, i), i
+        return line
+
+    def bad(i: int, msg: str) -> UserError:
+        return UserError(f"{where(path, line_of(i), 'json')}: not valid JSON ({msg})")
+
+    if text[pos : pos + 1] != "[":
+        raise bad(pos, "expected a list [...]")
+    items: list[tuple[int, Any]] = []
+    pos = _skip_space(text, pos + 1)
+    while text[pos : pos + 1] != "]" or items:
+        try:
+            value, end = _DECODER.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where(path, e.lineno, 'json')}: not valid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise bad(pos, "nested too deeply") from None
+        items.append((line_of(pos), value))
+        pos = _skip_space(text, end)
+        if text[pos : pos + 1] == "]":
+            break
+        if text[pos : pos + 1] != ",":
+            raise bad(pos, "expected ',' or ']' after an item")
+        pos = _skip_space(text, pos + 1)
+    if text[_skip_space(text, pos + 1) :]:
+        raise bad(pos + 1, "extra data after the list")
+    return items
+
+
 def read_jsonl(path: str | Path, max_bytes: int | None = None) -> Iterator[tuple[int, Any]]:
     """Stream (line number, value) from a JSONL file; the first bad line raises UserError `file:line`."""
     for n, line, size in iter_lines(path, max_bytes):

@@ -306,8 +306,10 @@ def arena_import(
     rows = load_battles(battles)  # before opening the db: a bad file leaves no new db behind
     if not rows:
         raise UserError(f"{battles}: no battles")
-    added, skipped = ArenaStore(db).import_battles(rows)
+    added, skipped, restored = ArenaStore(db).import_battles(rows)
     note = f" ({skipped:,} already there, skipped)" if skipped else ""
+    if restored:  # imported by a weitiao that kept only model_a, model_b, winner, judge, tstamp and the prompt
+        note += f"; {restored:,} of those given back the fields an older import dropped (question_id, ...)"
     console.print(f"imported {added:,} battles into {db}{note}")
 
 

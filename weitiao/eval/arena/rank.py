@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from weitiao.errors import UserError, where
-from weitiao.io import pyplot, read_json, read_jsonl, read_text, save_figure
+from weitiao.io import pyplot, read_json_list, read_jsonl, read_text, save_figure
 
 SCALE = 400 / math.log(10)
 WINNERS = {"model_a": 0, "model_b": 1, "tie": 2, "tie (bothbad)": 2}
@@ -430,39 +430,32 @@ def rank(
 
 
 def load_battles(path: Path) -> list[dict]:
-    """FastChat-style battles from a JSON list (or JSONL): model_a, model_b, winner (+ tstamp, ...)."""
+    """FastChat-style battles from a JSON list (its clean_battle files) or JSONL: model_a, model_b, winner, and any
+    other fields (tstamp, judge, question_id, ...); a bad battle is named by the file line where it starts."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: file not found")
     text = read_text(path)
-    if text.lstrip().startswith("["):  # a JSON list: a battle is named by its place in the list, not a line
-        numbered = [(None, r) for r in read_json(path)]
-    else:
-        numbered = list(read_jsonl(path))  # (file line, battle): blank lines do not shift the line named
-    rows = [r for _, r in numbered]
-    for n, (line, r) in enumerate(numbered, 1):
-        _check_battle(path, line, n, r)
-    return rows
+    numbered = read_json_list(path) if text.lstrip().startswith("[") else list(read_jsonl(path))
+    for line, r in numbered:
+        _check_battle(path, line, r)
+    return [r for _, r in numbered]
 
 
-def _check_battle(path: Path, line: int | None, n: int, r: Any) -> None:
-    """One battle's fields, refused with `file:line: field` (a JSONL file) or `file: field (battle n)` (a JSON list)."""
-
-    def at(field: str) -> str:
-        return where(path, line, field) + (f" (battle {n})" if line is None else "")
-
+def _check_battle(path: Path, line: int, r: Any) -> None:
+    """One battle's fields, refused with `file:line: field`."""
     for f in ("model_a", "model_b", "winner"):
         if not isinstance(r, dict) or not isinstance(r.get(f), str):
-            raise UserError(f"{at(f)}: missing or not a string")
+            raise UserError(f"{where(path, line, f)}: missing or not a string")
     if r["winner"] not in WINNERS:
-        raise UserError(f"{at('winner')}: {r['winner']!r}; expected one of {', '.join(WINNERS)}")
+        raise UserError(f"{where(path, line, 'winner')}: {r['winner']!r}; expected one of {', '.join(WINNERS)}")
     if r["model_a"] == r["model_b"]:
-        raise UserError(f"{at('model_b')}: same model on both sides")
+        raise UserError(f"{where(path, line, 'model_b')}: same model on both sides")
     t = r.get("tstamp")
     if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)):
-        raise UserError(f"{at('tstamp')}: {t!r}; expected seconds since 1970 (a number) or null")
+        raise UserError(f"{where(path, line, 'tstamp')}: {t!r}; expected seconds since 1970 (a number) or null")
     if r.get("judge") is not None and not isinstance(r["judge"], str):
-        raise UserError(f"{at('judge')}: {r['judge']!r}; expected the voter id as a string or null")
+        raise UserError(f"{where(path, line, 'judge')}: {r['judge']!r}; expected the voter id as a string or null")
 
 
 def plot_ratings(res: RankResult, path: str | Path, aside: Sequence[str] = ()) -> None:

@@ -32,9 +32,12 @@ from typing import Any
 from weitiao.errors import UserError, where
 from weitiao.io import read_jsonl
 
-# tstamp: seconds since 1970 of the vote; null for a battle imported without one
+# tstamp: seconds since 1970 of the vote; null for a battle imported without one. extra: null for a vote cast on
+# the page; for an imported battle JSON {"keys": its fields in file order, "fields": those no column holds}, so that
+# export gives back what was imported (question_id, conversation_a/b, anony, language, dedup_tag, ...)
 VOTES = """(id INTEGER PRIMARY KEY, round_id TEXT UNIQUE, prompt TEXT, model_a TEXT NOT NULL, model_b TEXT NOT NULL,
-           swapped INTEGER, outcome TEXT NOT NULL, voter TEXT, tstamp REAL)"""
+           swapped INTEGER, outcome TEXT NOT NULL, voter TEXT, tstamp REAL, extra TEXT)"""
+VOTE_FIELDS = "id, round_id, prompt, model_a, model_b, swapped, outcome, voter, tstamp, extra"
 SCHEMA = f"""
 BEGIN;
 CREATE TABLE IF NOT EXISTS answers (prompt TEXT NOT NULL, model TEXT NOT NULL, answer TEXT NOT NULL,
@@ -66,7 +69,9 @@ class ArenaStore:
                 db.execute("PRAGMA journal_mode=WAL")  # readers never block the vote writer
                 db.executescript(SCHEMA)
                 if "served" not in {r[1] for r in db.execute("PRAGMA table_info(answers)")}:
-                    self._add_served_column(db)
+                    self._add_column(db, "answers", "served INTEGER NOT NULL DEFAULT 1")  # all were served
+                if "extra" not in {r[1] for r in db.execute("PRAGMA table_info(votes)")}:
+                    self._add_column(db, "votes", "extra TEXT")  # every vote kept; imported ones without their extra
                 db.execute("SELECT model_a, model_b, outcome, tstamp FROM votes LIMIT 1").fetchall()
             if any(r[1] == "tstamp" and r[3] for r in self._table_info("votes")):  # NOT NULL: an older database
                 self._nullable_tstamp()
@@ -95,10 +100,10 @@ class ArenaStore:
                             "left untouched; pass a new --db file")  # fmt: skip
 
     @staticmethod
-    def _add_served_column(db: sqlite3.Connection) -> None:
-        """A database from before `served`: every answer in it was being served, as the default says."""
+    def _add_column(db: sqlite3.Connection, table: str, column: str) -> None:
+        """A database from before `column`: add it (the rows already there get its default)."""
         try:
-            db.execute("ALTER TABLE answers ADD COLUMN served INTEGER NOT NULL DEFAULT 1")
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
         except sqlite3.OperationalError as e:
             if "duplicate column" not in str(e):  # another process added it a moment ago
                 raise
@@ -118,9 +123,9 @@ class ArenaStore:
             if any(r[1] == "tstamp" and r[3] for r in db.execute("PRAGMA table_info(votes)")):
                 db.execute(f"CREATE TABLE votes_nullable_tstamp {VOTES}")
                 db.execute(
-                    "INSERT INTO votes_nullable_tstamp SELECT id, round_id, prompt, model_a, model_b, swapped, "
-                    "outcome, voter, CASE WHEN round_id LIKE 'import:%' AND tstamp = 0 THEN NULL ELSE tstamp END "
-                    "FROM votes"
+                    f"INSERT INTO votes_nullable_tstamp ({VOTE_FIELDS}) SELECT id, round_id, prompt, model_a, "
+                    "model_b, swapped, outcome, voter, "
+                    "CASE WHEN round_id LIKE 'import:%' AND tstamp = 0 THEN NULL ELSE tstamp END, extra FROM votes"
                 )
                 db.execute("DROP TABLE votes")
                 db.execute("ALTER TABLE votes_nullable_tstamp RENAME TO votes")
@@ -257,29 +262,41 @@ class ArenaStore:
 
     def battles(self) -> list[dict]:
         """Votes as FastChat-style battles (its clean_battle fields): model_a, model_b, winner, tstamp, judge (voter),
-        prompt; tstamp is null for a battle imported without one (never an invented time)."""
-        return [
-            {"model_a": v["model_a"], "model_b": v["model_b"], "winner": v["outcome"], "tstamp": v["tstamp"],
-             "judge": v["voter"], "prompt": v["prompt"]}
-            for v in self.votes()
-        ]  # fmt: skip
+        prompt; tstamp is null for a battle imported without one (never an invented time). An imported battle comes
+        back with the fields it had, in their order, and nothing added."""
+        out = []
+        for v in self.votes():
+            cols = {"model_a": v["model_a"], "model_b": v["model_b"], "winner": v["outcome"], "tstamp": v["tstamp"],
+                    "judge": v["voter"], "prompt": v["prompt"]}  # fmt: skip
+            if v["extra"] is None:  # cast on the page (or imported by a weitiao that dropped the other fields)
+                out.append(cols)
+            else:
+                extra = json.loads(v["extra"])
+                out.append({k: cols[k] if k in cols else extra["fields"][k] for k in extra["keys"]})
+        return out
 
-    def import_battles(self, rows: Sequence[dict]) -> tuple[int, int]:
-        """Add battles as votes; (added, skipped). A battle already imported (the same fields, the k-th copy of
-        them) is skipped, so importing a file twice does not count its votes twice. A FastChat `question_id`
-        stands for the prompt when there is none."""
+    def import_battles(self, rows: Sequence[dict]) -> tuple[int, int, int]:
+        """Add battles as votes, every field kept (`battles` gives them back); (added, skipped, restored). A battle
+        already imported (the same fields, the k-th copy of them) is skipped, so importing a file twice does not
+        count its votes twice; one imported by a weitiao that dropped its other fields (and stored a FastChat
+        `question_id` as its prompt) gets them back: `restored`."""
         seen: dict[str, int] = {}
         values = []
         for r in rows:
-            prompt = r.get("prompt") if r.get("prompt") is not None else r.get("question_id")
-            prompt = None if prompt is None else str(prompt)
-            fields = (prompt, r["model_a"], r["model_b"], r["winner"], r.get("judge"), float(r.get("tstamp") or 0.0))
-            digest = hashlib.sha1(json.dumps(fields).encode()).hexdigest()[:20]  # as before tstamp could be null
+            prompt = r.get("prompt") if isinstance(r.get("prompt"), str) else None  # else kept in `extra`
+            cols = {"model_a", "model_b", "winner", "tstamp", "judge"} | ({"prompt"} if prompt is not None else set())
+            extra = json.dumps({"keys": list(r), "fields": {k: v for k, v in r.items() if k not in cols}},
+                               ensure_ascii=False)  # fmt: skip
+            # the digest as before extra fields were kept (question_id stood for a missing prompt, a missing time
+            # was 0.0), so battles imported by an older weitiao are recognised
+            old_prompt = r.get("prompt") if r.get("prompt") is not None else r.get("question_id")
+            fields = (None if old_prompt is None else str(old_prompt), r["model_a"], r["model_b"], r["winner"],
+                      r.get("judge"), float(r.get("tstamp") or 0.0))  # fmt: skip
+            digest = hashlib.sha1(json.dumps(fields).encode()).hexdigest()[:20]
             seen[digest] = seen.get(digest, -1) + 1
             t = r.get("tstamp")
-            values.append(
-                (f"import:{digest}:{seen[digest]}", *fields[:3], None, *fields[3:5], None if t is None else float(t))
-            )
+            values.append((f"import:{digest}:{seen[digest]}", prompt, *fields[1:3], None, *fields[3:5],
+                           None if t is None else float(t), extra))  # fmt: skip
         with self._db() as db:
             # votes cast on this database's page, exported and imported back (or into a copy of it), carry the
             # voter cookie and the exact time of the vote: the same battle, not a new one (it was counted twice)
@@ -296,15 +313,19 @@ class ArenaStore:
                     served[key] -= 1
                 else:
                     fresh.append(v)
-            values = fresh
             before = db.total_changes
             db.executemany(
-                "INSERT OR IGNORE INTO votes (round_id, prompt, model_a, model_b, swapped, outcome, voter, tstamp) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                values,
+                "INSERT OR IGNORE INTO votes (round_id, prompt, model_a, model_b, swapped, outcome, voter, tstamp, "
+                "extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                fresh,
             )
             added = db.total_changes - before
-        return added, len(rows) - added
+            db.executemany(
+                "UPDATE votes SET prompt = ?, extra = ? WHERE round_id = ? AND extra IS NULL",
+                [(v[1], v[8], v[0]) for v in fresh],
+            )
+            restored = db.total_changes - before - added
+        return added, len(rows) - added, restored
 
 
 # ---------------------------------------------------------------------------------------------- inputs
