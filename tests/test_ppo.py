@@ -83,6 +83,22 @@ def test_hacking_warning():
     assert ppo.hacking_warning(falling, 5, 20.0, 1.5) is None
 
 
+def test_hacking_warning_prints_numbers_that_show_the_change():
+    """Both sides were rounded to whole tokens and KL to one decimal: with hacking_length_ratio 1.1 a mean reply length
+    of 7.6 → 8.4 read 'grew 8 → 8 tokens', a KL of 20.04 over hacking_kl 20 read '20.0 > 20.0'."""
+
+    def history(l0: float, l1: float, kl: float = 1.0) -> list[dict]:
+        late = [{"score": 1.0, "kl": kl, "response_length": l1}] * 5
+        return [{"score": 0.0, "kl": 1.0, "response_length": l0}] * 5 + late
+
+    said = ppo.hacking_warning(history(7.6, 8.4), 5, 20.0, 1.1)
+    assert "grew 7.6 → 8.4 tokens (×1.11 > train.hacking_length_ratio 1.1)" in said
+    said = ppo.hacking_warning(history(10, 15.00001), 5, 20.0, 1.5)
+    assert "grew 10.0 → 15.0 tokens (×1.500001 > train.hacking_length_ratio 1.5)" in said
+    said = ppo.hacking_warning(history(10, 10, kl=20.04), 5, 20.0, 1.5)
+    assert "KL per sequence is 20.04 > train.hacking_kl 20:" in said
+
+
 def test_a_resumed_run_warns_of_reward_hacking_as_an_uninterrupted_one(tiny_model_dir, prompts, tmp_path, capsys):
     """The reward-hacking check compared steps kept only in memory: resumed one step before a warning (whose window
     of 2 × 2 steps reaches back before the resume), the run did not warn there although the uninterrupted run did.

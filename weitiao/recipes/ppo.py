@@ -31,7 +31,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -405,10 +405,21 @@ def hacking_warning(history: list[dict], window: int, kl_limit: float, length_ra
         return None
     kl, l0, l1 = mean(late, "kl"), mean(early, "response_length"), mean(late, "response_length")
     if kl > kl_limit:
-        return f"score rises while KL per sequence is {kl:.1f} > {kl_limit}: check samples for reward hacking"
+        d = places(lambda n: float(f"{kl:.{n}f}") != kl_limit, 1)
+        return (f"score rises while KL per sequence is {kl:.{d}f} > train.hacking_kl {kl_limit:g}: check samples "
+                "for reward hacking")  # fmt: skip
     if l0 > 0 and l1 / l0 > length_ratio:
-        return f"score rises while reply length grew {l0:.0f} → {l1:.0f} tokens: check for length hacking"
+        d = places(lambda n: f"{l0:.{n}f}" != f"{l1:.{n}f}", 1)
+        dr = places(lambda n: float(f"{l1 / l0:.{n}f}") > length_ratio, 2)
+        return (f"score rises while mean reply length grew {l0:.{d}f} → {l1:.{d}f} tokens (×{l1 / l0:.{dr}f} > "
+                f"train.hacking_length_ratio {length_ratio:g}): check for length hacking")  # fmt: skip
     return None
+
+
+def places(shows_it: Callable[[int], bool], least: int) -> int:
+    """The fewest decimal places, from `least` up to 6, at which a printed number `shows_it` (a mean reply length
+    of 7.6 → 8.4 was printed '8 → 8 tokens', a KL of 20.04 '20.0 > 20.0')."""
+    return next((d for d in range(least, 7) if shows_it(d)), 6)
 
 
 # ----------------------------------------------------------------------------- the run
