@@ -1152,3 +1152,51 @@ def test_output_names_keep_every_dot_of_the_input_name(tmp_path):
         res = CliRunner().invoke(app, ["refusals", "--n", "2", "--out", str(tmp_path / f"r.{v}.jsonl")])
         assert res.exit_code == 0, res.output
     assert (tmp_path / "r.v1.dpo.jsonl").is_file() and (tmp_path / "r.v2.dpo.jsonl").is_file()
+
+
+PSEUDONYM_TEXT = ("身份证 11010519491231002X，手机 138 1234 5678，工资卡 6222 0212 3456 7897，"
+                  "邮箱 xiaoming.wang@qq.com，座机 010-82561234，IP 10.1.2.3")  # fmt: skip
+
+
+def test_a_second_pseudonym_pass_leaves_the_first_passs_fakes_as_they_are():
+    """`pii scrub --mode pseudonym` over its own output faked the fakes again (15408331989 → 15497660217, the tagless
+    wrong-check ID and Luhn-failing card were read as typo'd real ones), so two runs over overlapping files gave one
+    person two fakes. Our fakes are recognisable now (`pii_fake.ours`) and left alone, with any seed."""
+    once, found = pii.scrub(PSEUDONYM_TEXT, replace=pii.replacer("pseudonym", seed=3))
+    assert sorted(m.type for m in found) == ["bank_card", "email", "id_card", "ip", "landline", "mobile"]
+    for m in found:
+        assert m.text not in once  # every value was faked
+    for seed in (3, 4):
+        twice, again = pii.scrub(once, replace=pii.replacer("pseudonym", seed=seed))
+        assert twice == once
+        assert len(again) == 5 and all(pii_fake.ours(m) for m in again)  # a fake landline (010-1...) is no match
+
+
+def test_our_fake_ids_and_cards_are_told_from_real_numbers_with_a_typo():
+    """A fake ID or card fails its check digit as a typo'd real one does: the tag tells them apart, so a real number
+    with a wrong check digit is still faked."""
+    rng = random.Random(0)
+    for _ in range(300):
+        for kind, fake in (("id_card", pii_fake.fake_id(rng)), ("bank_card", pii_fake.fake_card(rng, "622202"))):
+            assert pii_fake.ours(pii.Match(kind, 0, 0, fake, 0.3)), fake
+    typos = [f"11010519491231002{c}" for c in "0123456789"] + [f"622202123456789{c}" for c in "012345689"]
+    for t in typos:
+        kind = "id_card" if len(t) == 18 else "bank_card"
+        assert not pii_fake.ours(pii.Match(kind, 0, 0, t, 0.3)), t
+        new = pii.scrub(f"身份证号码 {t}" if kind == "id_card" else f"卡号 {t}", "pseudonym")[0]
+        assert t not in new, new
+    real = pii.Match("mobile", 0, 0, "13812345678", 0.9)
+    assert not pii_fake.ours(real) and not pii_fake.ours(pii.Match("email", 0, 0, "user12345@qq.com", 0.9))
+
+
+def test_pseudonym_scrubs_of_overlapping_files_agree(tmp_path):
+    """A file holding rows already scrubbed and new rows with the same people: the new rows get the fakes the first
+    run gave, the old rows keep theirs, and the report counts the earlier fakes apart from PII."""
+    a, a_out, b, b_out = (tmp_path / n for n in ("a.jsonl", "a.out.jsonl", "b.jsonl", "b.out.jsonl"))
+    a.write_text(json.dumps({"text": PSEUDONYM_TEXT}, ensure_ascii=False) + "\n", encoding="utf-8")
+    pii_files.process_file(a, a_out, "pseudonym", seed=0)
+    scrubbed = a_out.read_text(encoding="utf-8")
+    b.write_text(scrubbed + json.dumps({"text": PSEUDONYM_TEXT}, ensure_ascii=False) + "\n", encoding="utf-8")
+    rep = pii_files.process_file(b, b_out, "pseudonym", seed=0)
+    assert b_out.read_text(encoding="utf-8") == scrubbed * 2
+    assert rep.pseudonyms == 5 and sum(rep.counts.values()) == 6 and rep.rows_with_pii == 1

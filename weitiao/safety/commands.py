@@ -79,6 +79,11 @@ def _print(reports: list, as_json: bool, action: str) -> None:
                 f"{r.path}: {r.low_confidence} low-confidence matches (Luhn-failing numbers after 卡号, "
                 "ID-shaped numbers with a wrong check character)"
             )
+        if r.pseudonyms:
+            kept = {"scan": "", "scrub (pseudonym)": "; left as they were"}.get(action, "; replaced as well")
+            console.print(f"{r.path}: {r.pseudonyms} pseudonyms an earlier `pii scrub --mode pseudonym` wrote (154 "
+                          f"mobiles, tagged ID and card numbers, user########@example.com, ...): not PII, not counted"
+                          + kept)  # fmt: skip
         if r.retyped and action != "scan":
             shown = ", ".join(f"{k} ×{v}" for k, v in sorted(r.retyped.items()))
             console.print(f"[yellow]note:[/] {r.path}: JSON numbers became strings in the output ({shown}): a masked "

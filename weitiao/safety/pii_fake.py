@@ -4,19 +4,28 @@ What makes each fake impossible, by type (pinned by tests/test_pii.py):
 - mobile: 154 + 8 digits; 154 is a prefix no carrier holds (`pii_data.FAKE_MOBILE_PREFIX`).
 - id_card: a real province code and birth date with a deliberately WRONG GB 11643 check character.
 - bank_card: the original's 6-digit BIN with a deliberately wrong Luhn digit.
+  Both carry a tag: the three digits before the check character and which wrong check character it is are a hash
+  of the digits before them (`_tagged`), so `ours` tells our fakes from real numbers with a typo'd check digit
+  (one of those matches the tag by chance about once in 9,000, and is then left as written).
 - landline: the original area code with a local number starting 1 (local numbers start 2-9).
-- email: user#####@example.com (RFC 2606); ip: the RFC 5737 / 3849 documentation ranges (192.0.2.x, 2001:db8::).
+- email: user########@example.com (RFC 2606); ip: the RFC 5737 / 3849 documentation ranges (192.0.2.x, 2001:db8::).
 - plate, passport, name: format-valid look-alikes; no checksum exists, so these may coincide with a real one.
 - address: a real province–city–district triple (never the original's city or district), a common road,
   a house number and, if the original had them, a building and room.
 A fake keeps the original's grouping (138 1234 5678 → 154 xxxx xxxx) and country prefix; the same
 value maps to the same fake for the whole Pseudonymizer (one per file), however it was grouped.
+
+A second pass leaves the fakes a first one wrote as they are (`ours`: mobile, id_card, bank_card, email, ip; a
+fake landline is not even found), so scrubbing a file that holds earlier output, or the output again, does not fake
+the fakes (two runs over overlapping files gave one person two different fakes). Names, plates, passports and
+addresses carry no mark that a real value could not have: a second pass fakes them again.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import ipaddress
 import random
 import re
 
@@ -27,27 +36,58 @@ PLATE_CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZ"  # plates never use I or O
 NUMBERS = ("mobile", "id_card", "bank_card")  # keyed by digits and written into the original's grouping
 
 
+def _tagged(kind: str, head: str) -> str:
+    """`head` + three tag digits + a wrong check character picked by the tag: a hash of (kind, head) sets all four.
+    id_card: not the GB 11643 character, nor a digit that makes the 18 digits Luhn-valid; bank_card: not Luhn's."""
+    tag = int.from_bytes(hashlib.sha256(f"weitiao pseudonym|{kind}|{head}".encode()).digest()[:8], "big")
+    body = head + f"{tag % 1000:03d}"
+    right = id_check_char(body) if kind == "id_card" else luhn_digit(body)
+    wrong = [c for c in "0123456789" if c != right and not (kind == "id_card" and luhn_ok(body + c))]
+    return body + wrong[tag // 1000 % len(wrong)]
+
+
 def fake_id(rng: random.Random) -> str:
     """A resident ID with a valid region and date but a WRONG check character: never a real ID
-    (and never Luhn-valid either, so it cannot pass as a card number)."""
+    (and never Luhn-valid either, so it cannot pass as a card number); tagged as ours (`_tagged`)."""
     prov = rng.choice(sorted(D.PROVINCE_CODES - {"71", "81", "82"}))
     born = dt.date(1950, 1, 1) + dt.timedelta(days=rng.randrange(365 * 55))
-    body = f"{prov}{rng.randrange(100, 10000):04d}{born:%Y%m%d}{rng.randrange(1000):03d}"
-    right = id_check_char(body)
-    wrong = [c for c in "0123456789" if c != right and not luhn_ok(body + c)]
-    return body + rng.choice(wrong)
+    return _tagged("id_card", f"{prov}{rng.randrange(100, 10000):04d}{born:%Y%m%d}")
 
 
 def fake_card(rng: random.Random, prefix: str = "62", length: int = 16) -> str:
-    """A card number that FAILS Luhn, so it can never be a real card."""
-    body = prefix + "".join(str(rng.randrange(10)) for _ in range(length - len(prefix) - 1))
-    right = luhn_digit(body)
-    return body + rng.choice([d for d in "0123456789" if d != right])
+    """A card number that FAILS Luhn, so it can never be a real card; tagged as ours (`_tagged`)."""
+    return _tagged("bank_card", prefix + "".join(str(rng.randrange(10)) for _ in range(length - len(prefix) - 4)))
 
 
 def fake_mobile(rng: random.Random) -> str:
     """11 digits in the unallocated 154 range."""
     return D.FAKE_MOBILE_PREFIX + "".join(str(rng.randrange(10)) for _ in range(11 - len(D.FAKE_MOBILE_PREFIX)))
+
+
+DOC_NETS = tuple(
+    ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
+)  # RFC 5737 / 3849: documentation only, never a host's address
+FAKE_EMAIL = re.compile(r"user(?:\d{5}|\d{8})@example\.com")  # 5 digits: written before 8
+LANDLINE_AREA = re.compile(r"\D*(?:86\D*)?\(?0?(?:10|2\d|[3-9]\d{2})\)?[ -]?")
+
+
+def ours(m: Match) -> bool:
+    """A fake this module writes, so a second pass leaves it as it is: a 154 mobile, a tagged ID or card number,
+    user########@example.com, an IP of a documentation range (a fake landline, local number 1..., is no match)."""
+    if m.type == "mobile":
+        return _digits(m.text)[-11:].startswith(D.FAKE_MOBILE_PREFIX)
+    if m.type in ("id_card", "bank_card"):
+        d = _digits(m.text)
+        n = 18 if m.type == "id_card" else len(d)
+        return len(d) == n and 16 <= n <= 19 and d[:-1].isdigit() and _tagged(m.type, d[:-4]) == d
+    if m.type == "email":
+        return bool(FAKE_EMAIL.fullmatch(m.text))
+    if m.type == "ip":
+        try:
+            return any(ipaddress.ip_address(m.text) in n for n in DOC_NETS)
+        except ValueError:
+            return False
+    return False
 
 
 def _digits(s: str) -> str:
@@ -106,11 +146,11 @@ def fake_like(m: Match, rng: random.Random) -> str:
     if m.type == "mobile":
         return _fill(s, fake_mobile(rng))
     if m.type == "landline":  # keep the area code, make the local number start with 1
-        area = re.match(r"\D*(?:86\D*)?\(?0?(?:10|2\d|[3-9]\d{2})\)?[ -]?", normalize(s)[1])
+        area = LANDLINE_AREA.match(normalize(s)[1])
         head, local = s[: area.end()], s[area.end() :]
         return head + _fill(local, "1" + "".join(str(rng.randrange(10)) for _ in range(len(_digits(local)) - 1)))
     if m.type == "email":
-        return f"user{rng.randrange(10**5):05d}@example.com"
+        return f"user{rng.randrange(10**8):08d}@example.com"  # 10⁵ fakes met twice in a file of ~400 emails
     if m.type == "ip":
         if "." in s:
             return f"{rng.choice(['192.0.2', '198.51.100', '203.0.113'])}.{rng.randrange(256)}"
@@ -137,6 +177,8 @@ class Pseudonymizer:
         self.seed, self.table, self.used = seed, {}, set()
 
     def __call__(self, m: Match) -> str:
+        if ours(m):  # an earlier pass's fake: faking it again gave one person two fakes
+            return m.text  # (not marked used: with the same seed it stands for the value that maps to it here)
         key = (m.type, self._canon(m.type, m.text))
         if key not in self.table:
             h = hashlib.sha256(f"{self.seed}|{key[0]}|{key[1]}".encode()).digest()

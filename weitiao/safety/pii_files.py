@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from weitiao.safety import pii_data as D
 from weitiao.safety.pii import TYPES, Match, replacer, scrub
-from weitiao.safety.pii_fake import fake_card, fake_id, fake_like, fake_mobile
+from weitiao.safety.pii_fake import fake_card, fake_id, fake_like, fake_mobile, ours
 
 # ----------------------------------------------------------------------------- files
 
@@ -42,6 +42,9 @@ class FileReport:
     examples: list[dict] | None = None
     retyped: dict[str, int] | None = None
     """JSON numbers written back as strings (a mask or placeholder is no number), per field path."""
+    pseudonyms: int = 0
+    """Fakes `pii scrub --mode pseudonym` wrote (`pii_fake.ours`): not PII, so in no other count; a pseudonym scrub
+    leaves them as they are."""
 
 
 def _walk(value, path: str, fn: Callable[[str, str], str], structural: bool = True, retyped: list | None = None):
@@ -146,6 +149,9 @@ def process_file(
             if write is not None:
                 write(json.dumps(scrubbed, ensure_ascii=False) + "\n")
             del record, scrubbed  # one huge row at a time
+            pseudonyms = [(f, m) for f, m in found if ours(m)]  # an earlier pseudonym scrub's fakes: no PII
+            rep.pseudonyms += len(pseudonyms)
+            found = [x for x in found if x not in pseudonyms]
             for field, m in found:
                 rep.counts[m.type] += 1
                 rep.fields[field] = rep.fields.get(field, 0) + 1
