@@ -368,16 +368,45 @@ def test_a_fastchat_battle_file_round_trips_field_for_field_and_ranks_the_same(t
     back = json.loads(out.read_text(encoding="utf-8"))
     assert back == rows and [list(b) for b in back] == [list(r) for r in rows]
     j = {}
-    for name, source in (("file", ["--battles", str(src)]), ("db", ["--db", str(db)])):
+    for name, source in (("file", ["--battles", str(src)]), ("db", ["--db", str(db)]), ("all", ["--db", str(db)])):
         args = ["rank", "--rounds", "40", "--json", str(tmp_path / f"{name}.json"), *source]
-        r = run.invoke(arena_app, args)
+        r = run.invoke(arena_app, args + ["--keep-named"] * (name == "all"))
         assert r.exit_code == 0, r.output
         j[name] = json.loads((tmp_path / f"{name}.json").read_text())
-    assert j["file"]["ratings"] == j["db"]["ratings"] and j["db"]["n_battles"] == 2000
+    assert j["file"]["ratings"] == j["db"]["ratings"] and j["db"]["named_left_out"] == 500  # anony false: 1 in 4
+    assert j["db"]["n_battles"] == 1500 and j["all"]["n_battles"] == 2000
     models = sorted({r["model_a"] for r in rows} | {r["model_b"] for r in rows})
-    ref = logistic_regression_ratings(rows, models)
-    ours = {x["model"]: x["rating"] for x in j["db"]["ratings"]}
-    assert np.max(np.abs(np.array([ours[m] for m in models]) - ref)) < 1e-3
+    for name, counted in (("db", [r for r in rows if r["anony"]]), ("all", rows)):
+        ref = logistic_regression_ratings(counted, models)
+        ours = {x["model"]: x["rating"] for x in j[name]["ratings"]}
+        assert np.max(np.abs(np.array([ours[m] for m in models]) - ref)) < 1e-3
+
+
+def test_rank_leaves_out_battles_whose_voters_saw_the_names_as_fastchat_does(tmp_path):
+    """FastChat's battles carry `anony`: false where the voter picked the models by name, and its leaderboard counts
+    anonymous votes only; `arena rank` counted them all without a word. Now they are left out and named, and
+    --keep-named counts them; an `anony` that is no boolean ("false" would read as true) is refused with its line."""
+    from typer.testing import CliRunner
+
+    from weitiao.eval.commands import arena_app
+
+    rows = [{"model_a": "a", "model_b": "b", "winner": w, "anony": anony, "judge": f"u{i}"}
+            for i, (w, anony) in enumerate([("model_a", True), ("model_b", True), ("model_a", True)] +
+                                           [("model_b", False)] * 30)]  # fmt: skip
+    src = tmp_path / "b.json"
+    src.write_text(json.dumps(rows), encoding="utf-8")
+    run = CliRunner()
+    r = run.invoke(arena_app, ["rank", "--battles", str(src), "--rounds", "40", "--json", str(tmp_path / "r.json")])
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())
+    assert "left out 30 battles marked anony false" in said and "--keep-named" in said
+    j = json.loads((tmp_path / "r.json").read_text())
+    assert j["n_battles"] == 3 and j["named_left_out"] == 30 and j["ratings"][0]["model"] == "a"
+    r = run.invoke(arena_app, ["rank", "--battles", str(src), "--rounds", "40", "--keep-named"])
+    assert r.exit_code == 0 and "33 battles" in r.output and "left out" not in r.output, r.output
+    src.write_text(json.dumps([{**rows[0], "anony": "false"}], indent=1), encoding="utf-8")
+    r = run.invoke(arena_app, ["rank", "--battles", str(src)])
+    assert isinstance(r.exception, UserError) and str(r.exception).startswith(f"{src}:2: anony: 'false'; expected")
 
 
 def test_an_unknown_winner_in_a_fastchat_list_is_refused_with_its_file_line(tmp_path):

@@ -231,6 +231,9 @@ def arena_rank(
     skip_set_aside: bool = typer.Option(
         False, help="leave out battles of models a later `arena serve` set aside (default: counted and named)"
     ),
+    keep_named: bool = typer.Option(
+        False, help="count battles marked anony false (voters saw the names; left out by default, as FastChat does)"
+    ),
 ) -> None:
     """Bradley–Terry MLE ratings with bootstrap 95% CIs, CI-overlap rank and online Elo."""
     from weitiao.eval.arena.rank import filter_voters, load_battles, plot_ratings, rank
@@ -246,6 +249,14 @@ def arena_rank(
     rows = store.battles() if store else load_battles(battles)  # type: ignore[arg-type]
     if bootstrap not in ("voters", "battles"):
         raise UserError(f"--bootstrap {bootstrap}: expected voters or battles")
+    named = sum(r.get("anony") is False for r in rows)  # FastChat's field: the voter saw the model names
+    if named and not keep_named:
+        rows = [r for r in rows if r.get("anony") is not False]
+        console.print(f"[yellow]left out {named:,} battles marked anony false (the voter saw the model names; "
+                      "FastChat's leaderboard counts anonymous votes only): --keep-named counts them[/]")  # fmt: skip
+        if not rows:
+            raise UserError("every battle is marked anony false (the voters saw the model names); pass --keep-named "
+                            "to rank them")  # fmt: skip
     aside = store.set_aside()[0] if store else []
     aside_battles = {m: sum(m in (r["model_a"], r["model_b"]) for r in rows) for m in aside}
     if skip_set_aside:
@@ -287,7 +298,7 @@ def arena_rank(
                       + "[/]")  # fmt: skip
     if as_json:
         out = {**res.to_json(), "unranked": unranked, "dropped_voters": dropped, "set_aside": aside_battles,
-               "set_aside_counted": not skip_set_aside}  # fmt: skip
+               "set_aside_counted": not skip_set_aside, "named_left_out": 0 if keep_named else named}  # fmt: skip
         atomic_write_text(as_json, json.dumps(out, ensure_ascii=False, indent=1))
     if plot:
         plot_ratings(res, plot, [] if skip_set_aside else aside)

@@ -456,6 +456,8 @@ def _check_battle(path: Path, line: int, r: Any) -> None:
         raise UserError(f"{where(path, line, 'tstamp')}: {t!r}; expected seconds since 1970 (a number) or null")
     if r.get("judge") is not None and not isinstance(r["judge"], str):
         raise UserError(f"{where(path, line, 'judge')}: {r['judge']!r}; expected the voter id as a string or null")
+    if "anony" in r and not isinstance(r["anony"], bool):  # "false" would read as true
+        raise UserError(f"{where(path, line, 'anony')}: {r['anony']!r}; expected true or false (a JSON boolean)")
 
 
 def plot_ratings(res: RankResult, path: str | Path, aside: Sequence[str] = ()) -> None:
