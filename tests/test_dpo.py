@@ -235,3 +235,12 @@ def test_a_sweep_under_torchrun_is_printed_and_written_by_the_first_process(tmp_
     out = capsys.readouterr().out
     written = (tmp_path / "sw" / "sweep.json").exists()
     assert (out.count("sweep beta=0.1,0.5"), written) == ((1, True) if rank == "0" else (0, False)), out
+
+
+def test_falling_chosen_warning_prints_numbers_that_show_the_fall():
+    """Both ends were printed to two decimals: chosen log-probs of -42.1301 → -42.1303 read '(-42.13 → -42.13)'."""
+    f = dpo.FallingChosen(3)
+    said = [f.update(v) for v in (-42.1301, -42.1302, -42.1303)][-1]
+    assert "fell for 3 steps in a row (-42.1301 → -42.1303)" in said
+    f = dpo.FallingChosen(3)
+    assert "(-40.00 → -43.00)" in [f.update(v) for v in (-40.0, -41.5, -43.0)][-1]

@@ -46,6 +46,7 @@ from weitiao.models.load import (
     resolve_path,
 )
 from weitiao.train import dist, loop
+from weitiao.train.log import places
 from weitiao.train.pairs import PrefData, check_pair_model, prepare_pairs
 from weitiao.train.reference import Reference, reference_model, sequence_logps
 from weitiao.train.spec import PairRecipeConfig, PairTrainSpec, lr_field
@@ -321,8 +322,9 @@ class FallingChosen:
         if self.warned or len(s) < self.seen.maxlen or not all(a > b for a, b in zip(s, s[1:])):
             return None
         self.warned = True
+        d = places(lambda n: f"{s[0]:.{n}f}" != f"{s[-1]:.{n}f}", 2)  # -42.1301 → -42.1303 read -42.13 → -42.13
         return (
-            f"chosen log-probs fell for {len(s)} steps in a row ({s[0]:.2f} → {s[-1]:.2f}): "
+            f"chosen log-probs fell for {len(s)} steps in a row ({s[0]:.{d}f} → {s[-1]:.{d}f}): "
             "both replies are being pushed down; consider dpo.rpo_alpha > 0 or a lower lr"
         )
 

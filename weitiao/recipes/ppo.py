@@ -31,7 +31,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +59,7 @@ from weitiao.recipes.rewards import RewardSpec, build_scorer, critic_base_differ
 from weitiao.train import checkpoint as ck
 from weitiao.train import dist, loop
 from weitiao.train.guard import ensure_finite
-from weitiao.train.log import MetricsLog, progress_bar
+from weitiao.train.log import MetricsLog, places, progress_bar
 from weitiao.train.spec import RunSpec, TemplateName
 
 
@@ -414,12 +414,6 @@ def hacking_warning(history: list[dict], window: int, kl_limit: float, length_ra
         return (f"score rises while mean reply length grew {l0:.{d}f} → {l1:.{d}f} tokens (×{l1 / l0:.{dr}f} > "
                 f"train.hacking_length_ratio {length_ratio:g}): check for length hacking")  # fmt: skip
     return None
-
-
-def places(shows_it: Callable[[int], bool], least: int) -> int:
-    """The fewest decimal places, from `least` up to 6, at which a printed number `shows_it` (a mean reply length
-    of 7.6 → 8.4 was printed '8 → 8 tokens', a KL of 20.04 '20.0 > 20.0')."""
-    return next((d for d in range(least, 7) if shows_it(d)), 6)
 
 
 # ----------------------------------------------------------------------------- the run
