@@ -283,3 +283,19 @@ def test_a_micro_batch_of_one_row_is_said(tmp_path, eos_model, capsys):
     data = write_jsonl(tmp_path / "fb.jsonl", feedback_rows(9))
     kto.run(config(model_dir, data, tmp_path / "run", "train.max_steps=1", "data.packing=false"))
     assert "warning: 1 micro-batch of an epoch holds one row" in capsys.readouterr().out
+
+
+def test_labels_of_a_one_line_json_array_stay_with_their_rows(tmp_path, eos_model):
+    """json.dump writes a .json array on one line, so every row's source is 'f.json:1': labels looked up by source
+    all became the last row's (23 rows read as 23 desirable); now each keeps its own, a dropped row included."""
+    from weitiao.train.feedback import prepare_feedback
+
+    model_dir, tok = eos_model
+    rows = feedback_rows(7)
+    rows.insert(2, {**rows[2], "completion": [{"role": "assistant", "content": "很长。" * 200}], "label": True})
+    (tmp_path / "f.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    cfg = config(model_dir, tmp_path / "f.json", tmp_path / "run", "data.max_len=160")
+    d = prepare_feedback(cfg.data, cfg.train, tok)
+    assert d.dropped == 1 and {e.source for e in d.train} == {f"{tmp_path / 'f.json'}:1"}
+    want = [r["label"] for k, r in enumerate(rows) if k != 2]
+    assert d.desirable == want == [False, True, True, False, True, True, False]

@@ -76,12 +76,15 @@ def _encode(
     """Encoded rows with their labels, the encoding stats, and rows left with no reply token (a cut prompt)."""
     opts = EncodeOptions(d.max_len, train_turns="last", truncation=d.truncation)
     encoded, stats = encode_all([fb.row for fb in rows], tokenizer, template, opts)
-    label = {fb.source: fb.desirable for fb in rows}
+    # By position, not by source: the rows of a JSON array written on one line all read 'file.json:1'.
+    dropped = set(stats.dropped_rows)
+    labels = [fb.desirable for i, fb in enumerate(rows) if i not in dropped]
+    assert len(labels) == len(encoded)  # one example per kept row: a reply row is never split into pieces
     if bad := next((e for e in encoded if not e.n_trained and e.truncated != "cut"), None):
         raise UserError(f"{bad.source}: weight: the judged reply (the last assistant turn) has weight 0, so there is "
                         "nothing to judge; drop its weight")  # fmt: skip
-    kept = [e for e in encoded if e.n_trained]  # cut inside the prompt: nothing of the reply is left
-    return kept, [label[e.source] for e in kept], stats, len(encoded) - len(kept)
+    kept = [(e, good) for e, good in zip(encoded, labels) if e.n_trained]  # cut in the prompt: no reply token left
+    return [e for e, _ in kept], [good for _, good in kept], stats, len(encoded) - len(kept)
 
 
 def prepare_feedback(
