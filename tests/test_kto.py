@@ -299,3 +299,21 @@ def test_labels_of_a_one_line_json_array_stay_with_their_rows(tmp_path, eos_mode
     assert d.dropped == 1 and {e.source for e in d.train} == {f"{tmp_path / 'f.json'}:1"}
     want = [r["label"] for k, r in enumerate(rows) if k != 2]
     assert d.desirable == want == [False, True, True, False, True, True, False]
+
+
+def test_kl_rows_stay_within_the_models_context(tmp_path, eos_model, monkeypatch):
+    """A KL row joins prompt k to reply k − 1: a long prompt + a long reply made 784-token KL rows on this
+    512-position model (each row ≤ 488, data.max_len 2048), trained silently; now cut at the context as at max_len."""
+    model_dir, _ = eos_model
+    rows = []
+    for i in range(6):
+        n = (150, 2) if i % 2 else (2, 150)  # (prompt, reply) repeats: a long prompt or a long reply
+        rows.append({"prompt": [{"role": "user", "content": f"第{i}题：" + "你好" * n[0]}],
+                     "completion": [{"role": "assistant", "content": f"答{i}：" + "好的" * n[1]}],
+                     "label": i % 3 != 0})  # fmt: skip
+    data = write_jsonl(tmp_path / "fb.jsonl", rows)
+    seen, real = [], kto.mismatched
+    monkeypatch.setattr(kto, "mismatched", lambda *a: seen.extend(map(len, real(*a))) or real(*a))
+    extra = ("data.max_len=2048", "data.packing=false", "train.max_steps=2", "train.micro_batch_size=6")
+    kto.run(config(model_dir, data, tmp_path / "run", *extra))
+    assert seen and max(seen) == 512  # a long prompt + a long reply in every step (6 rows, one micro-batch)

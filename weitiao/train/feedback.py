@@ -128,7 +128,8 @@ def prompt_len(ex: Encoded) -> int:
 
 def mismatched(examples: list[Encoded], order: list[int], max_len: int) -> list[Encoded]:
     """The KL rows of a micro-batch (examples `order`, row-major): prompt k with the reply of example k − 1
-    (the last reply goes to the first prompt), as TRL rotates completions by one within a batch; cut at max_len."""
+    (the last reply goes to the first prompt), as TRL rotates completions by one within a batch; cut at `max_len`
+    (kto passes the smaller of data.max_len and the model's context)."""
     out = []
     for k, i in enumerate(order):
         j = order[k - 1]
