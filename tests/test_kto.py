@@ -317,3 +317,19 @@ def test_kl_rows_stay_within_the_models_context(tmp_path, eos_model, monkeypatch
     extra = ("data.max_len=2048", "data.packing=false", "train.max_steps=2", "train.micro_batch_size=6")
     kto.run(config(model_dir, data, tmp_path / "run", *extra))
     assert seen and max(seen) == 512  # a long prompt + a long reply in every step (6 rows, one micro-batch)
+
+
+def test_a_template_set_for_raw_text_rows_is_refused(tmp_path, eos_model):
+    """TRL's string prompt/completion rows are raw text: data.template=chatml rendered none of them, silently (the
+    data record still said 'chatml'); now one line. Chat rows take it."""
+    from weitiao.train.feedback import prepare_feedback
+
+    model_dir, tok = eos_model
+    raw = write_jsonl(tmp_path / "raw.jsonl", feedback_rows(4, chat=False))
+    cfg = config(model_dir, raw, tmp_path / "run", "data.template=chatml")
+    with pytest.raises(UserError, match=r"^data.template: 'chatml' renders no row: every row is raw text"):
+        prepare_feedback(cfg.data, cfg.train, tok)
+    assert prepare_feedback(config(model_dir, raw, tmp_path / "run").data, cfg.train, tok).raw
+    chat = write_jsonl(tmp_path / "chat.jsonl", feedback_rows(4))
+    cfg = config(model_dir, chat, tmp_path / "run", "data.template=chatml")
+    assert prepare_feedback(cfg.data, cfg.train, tok).template.name == "chatml"

@@ -107,6 +107,10 @@ def prepare_feedback(
     if (overlap := count_overlap(rows, eval_rows, feedback_key)) and main:
         print("warning: " + overlap_warning("data.eval", overlap, len(eval_rows)))
     raw = all(isinstance(fb.row, Document) for fb in rows + eval_rows)
+    if raw and d.template != "auto":  # it rendered nothing, and the run's data record named it
+        raise UserError(f"data.template: {d.template!r} renders no row: every row is raw text (string prompt and "
+                        "completion, trained as prompt + completion + EOS, as TRL); drop data.template, or write "
+                        "prompt and completion as message lists to train them through the template")  # fmt: skip
     if not raw and main and (note := fallback_note(d.template, template, tokenizer)):
         print(f"note: {note}")
     train, desirable, stats, idle = _encode(rows, tokenizer, template, d)
