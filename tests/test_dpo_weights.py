@@ -152,3 +152,24 @@ def test_a_weight_or_margin_from_a_csv_cell_is_the_number_it_holds(tmp_path):
     (text,) = load_rows([str(tmp_path / "p.jsonl")], "auto").rows
     with pytest.raises(UserError, match=r"p\.jsonl:1: confidence: '0.5' is not a number"):
         _row_number(text, "confidence", "data.weight_field")
+
+
+def test_weights_and_margins_of_a_one_line_json_array_stay_with_their_pairs(tmp_path, tiny_model_dir, tokenizer):
+    """json.dump writes a .json array on one line, so every pair's source is 'p.json:1': weights and margins looked
+    up by source all became the last pair's ([6.0] * 6 for weights 1..6); now each keeps its own, a dropped pair
+    (too long) included."""
+    from weitiao.recipes import rm
+    from weitiao.train.pairs import prepare_pairs
+
+    rows = make_pairs(6)
+    rows[2]["chosen"] = "很长。" * 200
+    for key, values in (("w", [float(i + 1) for i in range(6)]), ("margin", [i / 2 for i in range(6)])):
+        text = json.dumps([dict(r, **{key: v}) for r, v in zip(rows, values)], ensure_ascii=False)
+        (tmp_path / f"{key}.json").write_text(text, encoding="utf-8")
+    over = ["data.cache=false", "data.max_len=200", f"train.out={tmp_path / 'run'}", f"model.path={tiny_model_dir}"]
+    cfg = load_config(dpo.DPOConfig, None, [*over, f"data.train=[{tmp_path / 'w.json'}]", "data.weight_field=w"])
+    d = prepare_pairs(cfg, tokenizer, rejects_dir=tmp_path)
+    assert d.stats.dropped_too_long == 1 and d.weights == [1.0, 2.0, 4.0, 5.0, 6.0]
+    cfg = load_config(rm.RMConfig, None, [*over, f"data.train=[{tmp_path / 'margin.json'}]"])
+    d = prepare_pairs(cfg, tokenizer, read_margins=True, rejects_dir=tmp_path)
+    assert d.margins[0] == [0.0, 0.5, 1.5, 2.0, 2.5]

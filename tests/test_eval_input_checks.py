@@ -110,7 +110,8 @@ def test_eval_gen_refs_rows_must_align_and_give_a_reference(refs, msg, tmp_path,
 
 def test_eval_gen_score_scale_is_checked_before_a_model_loads(tmp_path, monkeypatch, capsys):
     """--score-scale: a malformed one, one beside the built-in 1-10 rubric, or one a rubric contradicts is one line;
-    a rubric naming no range is sent with a note saying which scale its scores are read on."""
+    a rubric naming no range needs --score-scale (it was read as 1-10 with a note), and is sent with a note saying
+    which scale its scores are read on."""
     seen = {}
 
     def run(*a, **k):
@@ -129,6 +130,11 @@ def test_eval_gen_score_scale_is_checked_before_a_model_loads(tmp_path, monkeypa
     ]:
         rc, lines = cli(capsys, monkeypatch, *args, *extra)
         assert rc == 1 and len(lines) == 1 and lines[0].startswith(f"error: {msg}"), lines
+    rubric.write_text('评分：5 分完美，3 分一般，1 分很差。只输出 {"score": n}', encoding="utf-8")
+    rc, lines = cli(capsys, monkeypatch, *args, "--rubric", rubric)  # a 1-5 Likert list: its 5 was read as 0.44
+    assert rc == 1 and lines == [f"error: --rubric {rubric}: names no score range (such as '1-5'); add --score-scale "
+                                 "LO-HI, the lowest and highest score it asks for (1-10 is assumed only for the "
+                                 "built-in rubric)"], lines  # fmt: skip
     rubric.write_text('给回答打分，只输出 {"score": n}', encoding="utf-8")
     with pytest.raises(AssertionError, match="stop before generating"):
         cli(capsys, monkeypatch, *args, "--rubric", rubric, "--score-scale", "0-5")

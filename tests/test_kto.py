@@ -283,3 +283,53 @@ def test_a_micro_batch_of_one_row_is_said(tmp_path, eos_model, capsys):
     data = write_jsonl(tmp_path / "fb.jsonl", feedback_rows(9))
     kto.run(config(model_dir, data, tmp_path / "run", "train.max_steps=1", "data.packing=false"))
     assert "warning: 1 micro-batch of an epoch holds one row" in capsys.readouterr().out
+
+
+def test_labels_of_a_one_line_json_array_stay_with_their_rows(tmp_path, eos_model):
+    """json.dump writes a .json array on one line, so every row's source is 'f.json:1': labels looked up by source
+    all became the last row's (23 rows read as 23 desirable); now each keeps its own, a dropped row included."""
+    from weitiao.train.feedback import prepare_feedback
+
+    model_dir, tok = eos_model
+    rows = feedback_rows(7)
+    rows.insert(2, {**rows[2], "completion": [{"role": "assistant", "content": "很长。" * 200}], "label": True})
+    (tmp_path / "f.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    cfg = config(model_dir, tmp_path / "f.json", tmp_path / "run", "data.max_len=160")
+    d = prepare_feedback(cfg.data, cfg.train, tok)
+    assert d.dropped == 1 and {e.source for e in d.train} == {f"{tmp_path / 'f.json'}:1"}
+    want = [r["label"] for k, r in enumerate(rows) if k != 2]
+    assert d.desirable == want == [False, True, True, False, True, True, False]
+
+
+def test_kl_rows_stay_within_the_models_context(tmp_path, eos_model, monkeypatch):
+    """A KL row joins prompt k to reply k − 1: a long prompt + a long reply made 784-token KL rows on this
+    512-position model (each row ≤ 488, data.max_len 2048), trained silently; now cut at the context as at max_len."""
+    model_dir, _ = eos_model
+    rows = []
+    for i in range(6):
+        n = (150, 2) if i % 2 else (2, 150)  # (prompt, reply) repeats: a long prompt or a long reply
+        rows.append({"prompt": [{"role": "user", "content": f"第{i}题：" + "你好" * n[0]}],
+                     "completion": [{"role": "assistant", "content": f"答{i}：" + "好的" * n[1]}],
+                     "label": i % 3 != 0})  # fmt: skip
+    data = write_jsonl(tmp_path / "fb.jsonl", rows)
+    seen, real = [], kto.mismatched
+    monkeypatch.setattr(kto, "mismatched", lambda *a: seen.extend(map(len, real(*a))) or real(*a))
+    extra = ("data.max_len=2048", "data.packing=false", "train.max_steps=2", "train.micro_batch_size=6")
+    kto.run(config(model_dir, data, tmp_path / "run", *extra))
+    assert seen and max(seen) == 512  # a long prompt + a long reply in every step (6 rows, one micro-batch)
+
+
+def test_a_template_set_for_raw_text_rows_is_refused(tmp_path, eos_model):
+    """TRL's string prompt/completion rows are raw text: data.template=chatml rendered none of them, silently (the
+    data record still said 'chatml'); now one line. Chat rows take it."""
+    from weitiao.train.feedback import prepare_feedback
+
+    model_dir, tok = eos_model
+    raw = write_jsonl(tmp_path / "raw.jsonl", feedback_rows(4, chat=False))
+    cfg = config(model_dir, raw, tmp_path / "run", "data.template=chatml")
+    with pytest.raises(UserError, match=r"^data.template: 'chatml' renders no row: every row is raw text"):
+        prepare_feedback(cfg.data, cfg.train, tok)
+    assert prepare_feedback(config(model_dir, raw, tmp_path / "run").data, cfg.train, tok).raw
+    chat = write_jsonl(tmp_path / "chat.jsonl", feedback_rows(4))
+    cfg = config(model_dir, chat, tmp_path / "run", "data.template=chatml")
+    assert prepare_feedback(cfg.data, cfg.train, tok).template.name == "chatml"

@@ -93,7 +93,7 @@ def weitiao_loss(model, exs, tokenizer, batch: list[int], packing: bool, weights
     )
     loss_mod = CausalLMLoss(model)
     rows = [batch[:2], batch[2:]] if packing and len(batch) > 2 else [[i] for i in batch]  # packed: 2 rows
-    ids = {"pad": tokenizer.pad_token_id, "one_row": False}
+    ids = {"pad": tokenizer.pad_token_id, "one_row": False, "kl_len": cfg.data.max_len}
     b, kl_b, order = kto.batches(exs, [r for r in rows if r], cfg, ids, "cpu")
     o = kto.kto_step(loss_mod, Reference(loss_mod, model), b, kl_b, order, LABELS, cfg)
     return o["loss_sum"] / len(batch), kto._means(o)

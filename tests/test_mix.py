@@ -288,3 +288,13 @@ def test_a_kto_label_in_a_csv_is_refused_as_in_jsonl(tmp_path):
         mix.run([f"{tmp_path / 'k.csv'}:1"], tmp_path / "m.jsonl")
     (tmp_path / "c.csv").write_text("instruction,output,label\n问,回复,positive\n", encoding="utf-8")
     mix.run([f"{tmp_path / 'c.csv'}:1"], tmp_path / "m.jsonl")  # control: a class word stays unread
+
+
+def test_own_columns_of_a_one_line_json_array_stay_with_their_rows(tmp_path):
+    """json.dump writes a .json array on one line, so every row's source is 'a.json:1': own columns looked up by
+    source all became the last row's (id 3 on every row); now each row keeps its own."""
+    rows = [{"instruction": f"问{i}", "output": f"答{i}", "id": i} for i in range(4)]
+    (tmp_path / "a.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    mix.run([f"{tmp_path / 'a.json'}:1"], tmp_path / "m.jsonl")
+    out = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert sorted((r["messages"][0]["content"], r["id"]) for r in out) == [(f"问{i}", i) for i in range(4)]

@@ -457,6 +457,7 @@ class EncodedSet:
             lost_eot=int((cut & ~self.ends[kept].astype(bool)).sum()),
             doc_pieces=len(rows) - len(first),
             dropped_sources=[self.source(int(i)) for i in first[dropped]],
+            dropped_rows=np.flatnonzero(dropped).tolist(),
         )
 
     def view(self, rows: np.ndarray) -> EncodedRows:

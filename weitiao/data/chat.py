@@ -74,6 +74,7 @@ class EncodeStats:
     lost_eot: int = 0  # rows `cut` through (or before) their last end-of-turn token
     doc_pieces: int = 0  # examples added by splitting text documents longer than max_len
     dropped_sources: list[str] = field(default_factory=list)
+    dropped_rows: list[int] = field(default_factory=list)  # their indices in the rows given (sources may repeat)
 
 
 def assistant_spans(
@@ -286,11 +287,12 @@ def encode_all(
     batched = (
         e for k in range(0, len(convs), 1024) for e in encode_batch(convs[k : k + 1024], tokenizer, template, opts)
     )
-    for conv, out in zip(convs, batched):
+    for i, (conv, out) in enumerate(zip(convs, batched)):
         pieces = examples(out)
         if not pieces:
             stats.dropped_too_long += 1
             stats.dropped_sources.append(conv.source)
+            stats.dropped_rows.append(i)
             continue
         stats.doc_pieces += len(pieces) - 1
         enc = pieces[0]  # a text document's pieces are never truncated

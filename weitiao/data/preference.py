@@ -53,6 +53,7 @@ class PairStats:
     dropped_too_long: int = 0
     cut: int = 0
     dropped_sources: list[str] = field(default_factory=list)
+    dropped_pairs: list[int] = field(default_factory=list)  # their indices in the pairs given (sources may repeat)
 
 
 def _prompt_len(enc: Encoded) -> int:
@@ -249,6 +250,7 @@ def _pair_stats(data: cache.EncodedSet) -> PairStats:
         dropped_too_long=len(dropped),
         cut=int(cut.sum()),
         dropped_sources=[data.source(int(i)) for i in dropped],
+        dropped_pairs=np.flatnonzero(data.dropped[first]).tolist(),
     )
 
 

@@ -127,12 +127,12 @@ def _kind(values: list[str]) -> str | None:
     return None
 
 
-def typed_columns(own: dict[str, dict]) -> dict[str, dict[str, str]]:
-    """Type the own columns of CSV/xlsx rows in place (`own`: file:line → columns), column by column per file;
-    returns {file: {column: number|boolean}} for the columns typed."""
+def typed_columns(own: dict[int, tuple[Conversation, dict]]) -> dict[str, dict[str, str]]:
+    """Type the own columns of CSV/xlsx rows in place (`own`: id → (row, columns)), column by column
+    per file; returns {file: {column: number|boolean}} for the columns typed."""
     by_file: dict[str, list[dict]] = {}
-    for loc, cols in own.items():
-        path = loc.rpartition(":")[0]
+    for row, cols in own.values():
+        path = row.source.rpartition(":")[0]
         if data_suffix(Path(path)) in TYPELESS:
             by_file.setdefault(path, []).append(cols)
     typed: dict[str, dict[str, str]] = {}
@@ -171,10 +171,12 @@ def run(specs: list[str], out: str | Path, total: int | None = None, seed: int =
     seen: set[str] = set()
     pools: list[list[Conversation]] = []
     report: list[dict] = []
-    own: dict[str, dict] = {}  # file:line → the row's own columns, kept as it is parsed: each file is read once
+    # id(row) → (row, its own columns), kept as it is parsed: each file is read once (a pipe or FIFO cannot be read
+    # again). Not keyed by file:line: the rows of a JSON array written on one line all read 'file.json:1'.
+    own: dict[int, tuple[Conversation, dict]] = {}
 
-    def keep(record: Any, row: Conversation) -> None:  # (a pipe or FIFO cannot be read again)
-        own[row.source] = own_columns(record)
+    def keep(record: Any, row: Conversation) -> None:
+        own[id(row)] = row, own_columns(record)
 
     for src in sources:
         if Path(src.path).is_file() and file_kind(src.path) == "preference":  # not "preference row in SFT data"
@@ -194,7 +196,7 @@ def run(specs: list[str], out: str | Path, total: int | None = None, seed: int =
         report.append({"source": src.path, "read": len(loaded), "duplicates": len(loaded) - len(pool),
                        "unique": len(pool)})  # fmt: skip
     for c in (c for pool in pools for c in pool):  # a row mix cannot write is refused before sampling
-        check_meta(own[c.source], c.source)
+        check_meta(own[id(c)][1], c.source)
     typed = typed_columns(own)
     # 3. targets
     share = [s.ratio / sum(x.ratio for x in sources) for s in sources]
@@ -214,7 +216,7 @@ def run(specs: list[str], out: str | Path, total: int | None = None, seed: int =
                    unique_picked=len({id(c) for c in picked}))  # fmt: skip
     rng.shuffle(mixed)
     write_jsonl(out, [
-        {**to_record(c), **own[c.source], "meta": {**(own[c.source].get("meta") or {}), "source": s, "row": c.source}}
+        {**to_record(c), **own[id(c)][1], "meta": {**(own[id(c)][1].get("meta") or {}), "source": s, "row": c.source}}
         for s, c in mixed
     ])  # fmt: skip
     for row in report:

@@ -92,6 +92,11 @@ def gen(
         raise UserError(f"--score-scale {score_scale}: the built-in rubric asks for 1-10; add --rubric FILE that asks "
                         f"for {scale[0]}-{scale[1]}")  # fmt: skip
     if judge is not None and not check_rubric_scale(text, scale, f"--rubric {rubric}"):
+        if not score_scale:  # a "5 分完美 … 1 分很差" list was read as 1-10: its perfect 5 reported as 0.44
+            raise UserError(
+                f"--rubric {rubric}: names no score range (such as '1-5'); add --score-scale LO-HI, the "
+                "lowest and highest score it asks for (1-10 is assumed only for the built-in rubric)"
+            )
         console.print(f"[yellow]note:[/] --rubric {rubric} names no score range; the judge's scores are read as "
                       f"{scale[0]}-{scale[1]} (--score-scale)")  # fmt: skip
     with console.status(f"generating {len(ps)} replies"):

@@ -132,9 +132,10 @@ def _means(sums: dict[str, torch.Tensor], prefix: str = "") -> dict[str, float]:
 
 
 def batches(examples: list[Encoded], rows: list[list[int]], cfg: KTOConfig, ids: dict, device: Any) -> tuple:
-    """(batch, KL batch, order) of a micro-batch's rows of example indices: the KL rows in the same layout."""
+    """(batch, KL batch, order) of a micro-batch's rows of example indices: the KL rows in the same layout, each cut
+    at ids["kl_len"]."""
     order = [i for row in rows for i in row]
-    kl_examples = mismatched(examples, order, cfg.data.max_len)
+    kl_examples = mismatched(examples, order, ids["kl_len"])
     kl_rows, k = [], 0
     for row in rows:
         kl_rows.append(list(range(k, k + len(row))))
@@ -212,7 +213,10 @@ def run(cfg: KTOConfig) -> dict:
         # 2. Policy, reference, optimizer. Packed rows must stay apart under the chosen attention: checked.
         model = build_trainable(cfg.model, cfg.lora, accel.device)
         one_row = check_pair_model(model, tokenizer, data, cfg.data, t.disable_dropout, accel.device, main, data.raw)
-        ids = {"pad": tokenizer.pad_token_id, "one_row": one_row}
+        # A KL row (prompt k + reply k − 1) can be longer than either row: cut at the model's context as well as
+        # max_len (a long prompt + a long reply took 784 positions of a 512-position model, silently).
+        context = loop.model_context(getattr(model, "config", None)) or cfg.data.max_len
+        ids = {"pad": tokenizer.pad_token_id, "one_row": one_row, "kl_len": min(cfg.data.max_len, context)}
         ref_model = reference_model(cfg.model, cfg.lora, k.reference, accel.device)
         trainable, _ = count_params(model)
         loss_mod, optimizer, params = loop.adamw(accel, CausalLMLoss(model), model, t, lr)

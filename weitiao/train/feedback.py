@@ -76,12 +76,15 @@ def _encode(
     """Encoded rows with their labels, the encoding stats, and rows left with no reply token (a cut prompt)."""
     opts = EncodeOptions(d.max_len, train_turns="last", truncation=d.truncation)
     encoded, stats = encode_all([fb.row for fb in rows], tokenizer, template, opts)
-    label = {fb.source: fb.desirable for fb in rows}
+    # By position, not by source: the rows of a JSON array written on one line all read 'file.json:1'.
+    dropped = set(stats.dropped_rows)
+    labels = [fb.desirable for i, fb in enumerate(rows) if i not in dropped]
+    assert len(labels) == len(encoded)  # one example per kept row: a reply row is never split into pieces
     if bad := next((e for e in encoded if not e.n_trained and e.truncated != "cut"), None):
         raise UserError(f"{bad.source}: weight: the judged reply (the last assistant turn) has weight 0, so there is "
                         "nothing to judge; drop its weight")  # fmt: skip
-    kept = [e for e in encoded if e.n_trained]  # cut inside the prompt: nothing of the reply is left
-    return kept, [label[e.source] for e in kept], stats, len(encoded) - len(kept)
+    kept = [(e, good) for e, good in zip(encoded, labels) if e.n_trained]  # cut in the prompt: no reply token left
+    return [e for e, _ in kept], [good for _, good in kept], stats, len(encoded) - len(kept)
 
 
 def prepare_feedback(
@@ -104,6 +107,10 @@ def prepare_feedback(
     if (overlap := count_overlap(rows, eval_rows, feedback_key)) and main:
         print("warning: " + overlap_warning("data.eval", overlap, len(eval_rows)))
     raw = all(isinstance(fb.row, Document) for fb in rows + eval_rows)
+    if raw and d.template != "auto":  # it rendered nothing, and the run's data record named it
+        raise UserError(f"data.template: {d.template!r} renders no row: every row is raw text (string prompt and "
+                        "completion, trained as prompt + completion + EOS, as TRL); drop data.template, or write "
+                        "prompt and completion as message lists to train them through the template")  # fmt: skip
     if not raw and main and (note := fallback_note(d.template, template, tokenizer)):
         print(f"note: {note}")
     train, desirable, stats, idle = _encode(rows, tokenizer, template, d)
@@ -125,7 +132,8 @@ def prompt_len(ex: Encoded) -> int:
 
 def mismatched(examples: list[Encoded], order: list[int], max_len: int) -> list[Encoded]:
     """The KL rows of a micro-batch (examples `order`, row-major): prompt k with the reply of example k − 1
-    (the last reply goes to the first prompt), as TRL rotates completions by one within a batch; cut at max_len."""
+    (the last reply goes to the first prompt), as TRL rotates completions by one within a batch; cut at `max_len`
+    (kto passes the smaller of data.max_len and the model's context)."""
     out = []
     for k, i in enumerate(order):
         j = order[k - 1]

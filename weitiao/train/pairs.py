@@ -141,9 +141,9 @@ def prepare_pairs(
                             "one with data.weight_field); drop the column")  # fmt: skip
         raise UserError(f"{p.source}: weight: not read unless data.weight_field=weight is set (it scales each "
                         "pair's loss; 0 drops the pair); set it, or drop the column")  # fmt: skip
-    if d.weight_field:  # by source (file:line): encoding may drop pairs
-        by_source = {p.source: _row_number(p, d.weight_field, "data.weight_field") for p in pairs + eval_pairs}
-        weights, eval_weights = [by_source[e.source] for e in train[0::2]], [by_source[e.source] for e in evals[0::2]]
+    if d.weight_field:
+        weights = [_row_number(p, d.weight_field, "data.weight_field") for p in kept(pairs, stats)]
+        eval_weights = [_row_number(p, d.weight_field, "data.weight_field") for p in kept(eval_pairs, eval_stats)]
         for name, w in (("train", weights), ("eval", eval_weights)):
             if w and not sum(w) > 0:
                 raise UserError(f"data.weight_field: every {name} pair has {d.weight_field} 0")
@@ -153,19 +153,25 @@ def prepare_pairs(
         if not read_margins:
             raise UserError(f"{given}: margin: not read here (a reward model's per-pair margin, which weitiao rm reads "
                             "as TRL does); drop the column")  # fmt: skip
-        margins = _margins(pairs, train), _margins(eval_pairs, evals)
+        margins = _margins(pairs, stats), _margins(eval_pairs, eval_stats)
     content = hashlib.sha256("\x00".join(map(pair_key, pairs)).encode()).hexdigest()[:16]
     return PrefData(
         template, train, evals, stats, read, rejected, weights, eval_weights, low, margins, content, eval_stats, copies
     )
 
 
-def _margins(pairs: list[PreferencePair], encoded: list[Encoded]) -> list[float] | None:
-    """Each encoded pair's `margin` (by source, file:line, as weights), or None when no row of the set has one."""
+def kept(pairs: list[PreferencePair], stats: PairStats) -> list[PreferencePair]:
+    """The pairs encoding kept, in order: by position, not by source (a one-line JSON array's rows all read
+    'file.json:1')."""
+    dropped = set(stats.dropped_pairs)
+    return [p for i, p in enumerate(pairs) if i not in dropped]
+
+
+def _margins(pairs: list[PreferencePair], stats: PairStats) -> list[float] | None:
+    """Each encoded pair's `margin`, or None when no row of the set has one."""
     if not any("margin" in p.extra for p in pairs):
         return None
-    by_source = {p.source: _margin(p) for p in pairs}
-    return [by_source[e.source] for e in encoded[0::2]]
+    return [_margin(p) for p in kept(pairs, stats)]
 
 
 def _margin(pair: PreferencePair) -> float:
