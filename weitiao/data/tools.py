@@ -108,14 +108,20 @@ def _trains(msgs: list[Message], field: str) -> list[Message]:
     return msgs
 
 
-def check_tool_turns(messages: list[Message], field: str) -> list[Message]:
+def check_tool_turns(messages: list[Message], field: str, sharegpt: bool = False) -> list[Message]:
     """Order: optional system, a user turn first; a call is answered by tool turns; a reply by a user turn;
-    the conversation ends with an assistant turn (a call or a reply)."""
+    the conversation ends with an assistant turn (a call or a reply). `sharegpt`: one tool turn (observation) per
+    call turn, as LLaMA-Factory's ShareGPT converter alternates human|observation with gpt|function_call and skips
+    a row that does not."""
     body = messages[1:] if messages and messages[0]["role"] == "system" else messages
     off = len(messages) - len(body)
     if not body or body[0]["role"] != "user":
         raise RowError(f"{field}[{off}].role", "expected 'user' first")
     for i, (prev, m) in enumerate(zip(body, body[1:]), off + 1):
+        if sharegpt and prev["role"] == m["role"] == "tool":
+            raise RowError(f"{field}[{i}].from", "a second 'observation' after one function_call: LLaMA-Factory's "
+                           "ShareGPT takes one observation per call turn (it skips this row); put the results into "
+                           "one observation, or give each call its own function_call turn")  # fmt: skip
         if prev["role"] == "assistant":
             want = ("tool",) if prev.get("tool_calls") else ("user",)
         elif prev["role"] == "tool":
@@ -161,7 +167,8 @@ def parse_sharegpt_tools(record: dict) -> Conversation:
             msgs.append(_weighted({"role": SHAREGPT_ROLES[role], "content": _text(m.get("value"), f"{f}.value")}, m, f))
         else:
             raise RowError(f"{f}.from", unknown_role(role, "from", str(roles)))
-    msgs = _trains(check_tool_turns(_with_system(record, msgs), "conversations"), "conversations")
+    # checked before the row's `system` key joins them: an index names the turn in the row's own list
+    msgs = _trains(_with_system(record, check_tool_turns(msgs, "conversations", sharegpt=True)), "conversations")
     return Conversation(msgs, tools=parse_tools(record.get("tools")))
 
 
@@ -216,7 +223,7 @@ def parse_openai_tools(record: dict) -> Conversation:
                 answered[call_id] = i
                 msg["tool_call_id"] = call_id
         msgs.append(msg)
-    msgs = _trains(check_tool_turns(_with_system(record, msgs), "messages"), "messages")
+    msgs = _trains(_with_system(record, check_tool_turns(msgs, "messages")), "messages")
     return Conversation(msgs, tools=parse_tools(record.get("tools")))
 
 
