@@ -245,3 +245,28 @@ def test_an_unmapped_input_column_is_said_and_a_mapped_column_no_row_holds_is_re
         load_rows(["typo"], dataset_dir=tmp_path)
     got = load_rows(["full"], dataset_dir=tmp_path)
     assert got.rows[0].messages[0]["content"] == "翻译\n你好" and got.notes == []
+
+
+def test_openai_tool_calls_through_sharegpt_tags_are_refused_as_unread_not_empty(tmp_path):
+    """OpenAI messages with `tool_calls` (content null) mapped by sharegpt tags failed with 'messages[2].content:
+    missing' (with content "": 'is empty'): LLaMA-Factory's sharegpt converter reads role and content only, so the
+    call is lost there. Now one line names the tool_calls and the fix; the file given by its path (the negative
+    control) trains the call, and a `formatting: openai` entry says the same fix instead of 'use sharegpt'."""
+    calls = [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "北京"}'}}]
+    msgs = [{"role": "user", "content": "北京天气？"}, {"role": "assistant", "content": None, "tool_calls": calls},
+            {"role": "tool", "tool_call_id": "c1", "content": "晴"},
+            {"role": "assistant", "content": "北京晴"}]  # fmt: skip
+    write_jsonl(tmp_path / "oa.jsonl", [{"messages": msgs}, {"messages": [msgs[0], {**msgs[1], "content": ""}]}])
+    tags = {**ROLE_TAGS, "observation_tag": "tool"}
+    info = {"oa": {"file_name": "oa.jsonl", "formatting": "sharegpt", "columns": {"messages": "messages"},
+                   "tags": tags}, "oai": {"file_name": "oa.jsonl", "formatting": "openai"}}  # fmt: skip
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    r = load_rows(["oa"], dataset_dir=tmp_path, skip_invalid=True, rejects_path=tmp_path / "rej.jsonl")
+    errors = [json.loads(line)["error"] for line in (tmp_path / "rej.jsonl").read_text().splitlines()]
+    assert r.rejected == 2 and all(e.startswith("messages[1].tool_calls: OpenAI tool calls, which LLaMA-Factory's")
+                                   for e in errors), errors  # fmt: skip
+    assert "without data.dataset_dir" in errors[0] and "content" not in errors[0].split(":")[0]
+    rows = load_rows(str(tmp_path / "oa.jsonl"), skip_invalid=True, rejects_path=tmp_path / "r2.jsonl").rows
+    assert rows[0].messages[1]["tool_calls"][0]["function"] == {"name": "weather", "arguments": {"city": "北京"}}
+    with pytest.raises(UserError, match=r"dataset_info.json: oai.formatting: 'openai' is not read through .* path"):
+        load_rows(["oai"], dataset_dir=tmp_path)

@@ -180,6 +180,11 @@ class LFDataset:
         """A message with LLaMA-Factory's tags → weitiao's ShareGPT keys (`from`, `value`)."""
         if not isinstance(m, dict):
             raise RowError(where, "expected an object")
+        if m.get("tool_calls") not in (None, [], ""):  # LLaMA-Factory's sharegpt reads role and content only
+            raise RowError(f"{where}.tool_calls", "OpenAI tool calls, which LLaMA-Factory's sharegpt formatting "
+                           "does not read (the call would be lost): give the file's path itself, without "
+                           "data.dataset_dir (weitiao reads OpenAI messages with tool_calls), or write the calls as "
+                           "function_call turns")  # fmt: skip
         role = m.get(self.tags["role_tag"])
         ours = {self.tags[t]: r for t, r in OUR_ROLE.items() if self.tags.get(t)}
         return {"from": ours.get(role, role), "value": m.get(self.tags["content_tag"])}
@@ -212,6 +217,11 @@ def resolve(dataset_dir: str | Path, name: str) -> LFDataset:
     if hub := next((k for k in HUB_ONLY if entry.get(k) is not None), None):
         raise UserError(f"{where}.{hub}: {entry[hub]!r} picks part of a hub dataset; a local file has none: drop it")
     formatting = entry.get("formatting", "alpaca")
+    if formatting == "openai":  # LLaMA-Factory's converter also edits the system prompt: not followed here
+        raise UserError(
+            f"{where}.formatting: 'openai' is not read through dataset_info.json; give the file's path itself, "
+            "without data.dataset_dir (weitiao reads OpenAI messages, tool calls too)"
+        )
     if formatting not in ("alpaca", "sharegpt"):
         raise UserError(f"{where}.formatting: {formatting!r} unsupported; use alpaca or sharegpt")
     if not isinstance(entry.get("ranking", False), bool):
