@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -74,6 +76,20 @@ def histogram(lengths: list[int]) -> dict[str, int]:
     return {k: v for k, v in out.items() if v}
 
 
+@contextmanager
+def _measuring(tokenizer: Any, context: int | None) -> Iterator[None]:
+    """With the model's `context` known, the tokenizer's own '721 > 512' warning off while rows are measured (the
+    report counts them), its `model_max_length` restored after (the console shares one tokenizer)."""
+    if context is None:
+        yield
+        return
+    saved, tokenizer.model_max_length = tokenizer.model_max_length, 10**30
+    try:
+        yield
+    finally:
+        tokenizer.model_max_length = saved
+
+
 def check_file(
     files: list[str],
     tokenizer: Any,
@@ -98,12 +114,13 @@ def check_file(
     pairs = [r for r in loaded.rows if isinstance(r, PreferencePair)]
     convs = [r.row if isinstance(r, Feedback) else r for r in loaded.rows if not isinstance(r, PreferencePair)]
     # Encode without a length limit to measure; count what max_len would drop separately.
-    encoded, _ = encode_all(convs, tokenizer, template, EncodeOptions(max_len=10**9, train_turns=train_turns))
+    with _measuring(tokenizer, context):
+        encoded, _ = encode_all(convs, tokenizer, template, EncodeOptions(max_len=10**9, train_turns=train_turns))
+        sides = [tuple(encode_side(row, tokenizer, template) for row in side_rows(p)) for p in pairs]
     assert len(encoded) == len(convs)  # nothing is over 10**9 tokens: one example per row
     # A pre-training document (no prompt) over max_len becomes ceil(n / max_len) pieces in SFT.
     split = [len(e) for c, e in zip(convs, encoded) if isinstance(c, Document) and c.prompt is None]
     split = [n for n in split if n > max_len]
-    sides = [tuple(encode_side(row, tokenizer, template) for row in side_rows(p)) for p in pairs]
     seqs = encoded + [e for side in sides for e in side]
     lengths = sorted(len(e) for e in seqs)
     rows = Counter([conversation_key(c) for c in convs] + [pair_key(p) for p in pairs])
