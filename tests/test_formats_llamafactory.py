@@ -136,7 +136,7 @@ def test_num_samples_folder_and_bad_row_names_the_column(lf_dir):
     with pytest.raises(UserError, match=r"custom.jsonl:1: a: is empty"):
         load_rows(["custom"], dataset_dir=lf_dir)
     (lf_dir / "kto_en_demo.json").write_text(json.dumps([{"messages": [{"role": "bot", "content": "x"}]}]))
-    with pytest.raises(UserError, match=r"kto_en_demo.json:1: messages\[0\].role: unknown role 'bot'"):
+    with pytest.raises(UserError, match=r"kto_en_demo.json:1: messages\[0\].role: 'bot' is none of the entry's roles"):
         load_rows(["kto_en_demo"], dataset_dir=lf_dir)
 
 
@@ -270,3 +270,30 @@ def test_openai_tool_calls_through_sharegpt_tags_are_refused_as_unread_not_empty
     assert rows[0].messages[1]["tool_calls"][0]["function"] == {"name": "weather", "arguments": {"city": "北京"}}
     with pytest.raises(UserError, match=r"dataset_info.json: oai.formatting: 'openai' is not read through .* path"):
         load_rows(["oai"], dataset_dir=tmp_path)
+
+
+def test_a_role_the_entrys_tags_do_not_name_is_refused_as_llamafactory_skips_the_row(tmp_path):
+    """A role the entry's tags leave unnamed was read by weitiao's own role names, though LLaMA-Factory's converter
+    skips the row: tags without system_tag (as LLaMA-Factory's own OpenAI-style entries) trained a first 'system'
+    message as the system prompt, tags giving only role_tag/content_tag (every other tag unset) trained 'user' and
+    'assistant', and the default tags (human/gpt) trained 'user'/'assistant' rows. Now refused naming the tag to set;
+    the negative control, the same rows with the tag set, load."""
+    sys_row = {"messages": [{"role": "system", "content": "你是客服"}, {"role": "user", "content": "你好"},
+                            {"role": "assistant", "content": "您好"}]}  # fmt: skip
+    write_jsonl(tmp_path / "m.jsonl", [sys_row])
+    write_jsonl(tmp_path / "c.jsonl", [{"conversations": [{"from": "user", "value": "你好"},
+                                                         {"from": "gpt", "value": "您好"}]}])  # fmt: skip
+    entry = {"file_name": "m.jsonl", "formatting": "sharegpt", "columns": {"messages": "messages"}}
+    info = {"no_system": entry | {"tags": ROLE_TAGS}, "roles_only": entry | {"tags": {"role_tag": "role",
+            "content_tag": "content"}}, "with_system": entry | {"tags": ROLE_TAGS | {"system_tag": "system"}},
+            "default": {"file_name": "c.jsonl", "formatting": "sharegpt"}}  # fmt: skip
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    for name, want in [
+        ("no_system", r"m.jsonl:1: messages\[0\].role: 'system' is none of the entry's roles \('user', 'assistant'\): "
+         r'LLaMA-Factory skips the row; set "system_tag": "system" in its tags'),
+        ("roles_only", r"m.jsonl:1: messages\[0\].role: 'system' is none of the entry's roles \(its tags name none\)"),
+        ("default", r'c.jsonl:1: conversations\[0\].from: \'user\' is none of .* set "user_tag": "user" in its tags'),
+    ]:  # fmt: skip
+        with pytest.raises(UserError, match=want):
+            load_rows([name], dataset_dir=tmp_path)
+    assert load_rows(["with_system"], dataset_dir=tmp_path).rows[0].messages == sys_row["messages"]

@@ -4,7 +4,8 @@ Follows LLaMA-Factory's `data/parser.py` and `data/converter.py`: `formatting` a
 `ranking` (preference pairs), `columns` (when given, a column not named there is unused, as in
 LLaMA-Factory: alpaca `history`/`system` are read only when mapped) and sharegpt `tags`. Rows are
 renamed into weitiao's own alpaca/sharegpt/preference keys and parsed by `formats`. An entry, column or tag key
-LLaMA-Factory does not read (a typo: colums, ranknig, promt) is refused where LLaMA-Factory ignores it. Departures:
+LLaMA-Factory does not read (a typo: colums, ranknig, promt) is refused where LLaMA-Factory ignores it, and so is a
+row it skips: a message role none of the tags name, OpenAI tool_calls (its sharegpt reads role and content). Departures:
 hub/script/cloud datasets are refused (weitiao never downloads), `kto_tag` rows are refused but by
 `weitiao kto`, and image/video/audio columns are ignored with a note. `num_samples` picks rows as LLaMA-Factory
 does (a random permutation's first N, then draws with replacement past the data's size), seeded by the
@@ -13,6 +14,7 @@ dataset's name instead of the run's seed, so a dataset's sample (and its tokeniz
 
 from __future__ import annotations
 
+import json
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -48,6 +50,9 @@ OUR_ROLE = {
     "function_tag": "function_call",
     "system_tag": "system",
 }
+# The tag a row's role name is usually meant for, said in the refusal of a role the entry's tags do not name
+ROLE_TAG_OF = {"user_tag": ("user", "human"), "assistant_tag": ("assistant", "gpt"), "system_tag": ("system",),
+               "observation_tag": ("observation", "tool"), "function_tag": ("function_call", "function")}  # fmt: skip
 MEDIA = ("images", "videos", "audios")
 # Optional columns LLaMA-Factory reads only when the entry maps them (key → the column's usual name); rows holding one
 # unmapped get a note, not a guess: an alpaca entry mapping prompt and response alone trains without its `input`.
@@ -185,9 +190,19 @@ class LFDataset:
                            "does not read (the call would be lost): give the file's path itself, without "
                            "data.dataset_dir (weitiao reads OpenAI messages with tool_calls), or write the calls as "
                            "function_call turns")  # fmt: skip
-        role = m.get(self.tags["role_tag"])
+        key = self.tags["role_tag"]
+        role = m.get(key)
         ours = {self.tags[t]: r for t, r in OUR_ROLE.items() if self.tags.get(t)}
-        return {"from": ours.get(role, role), "value": m.get(self.tags["content_tag"])}
+        if role is None:
+            raise RowError(f"{where}.{key}", f"missing (the message has {', '.join(map(repr, m)) or 'no keys'}; the "
+                           "entry's tags.role_tag names the key)")  # fmt: skip
+        if role not in ours:  # LLaMA-Factory's converter skips the row (an untagged role fits neither turn)
+            tag = next((t for t, names in ROLE_TAG_OF.items() if role in names), None)
+            fix = f'set "{tag}": {json.dumps(role)} in its tags' if tag else "use one of them, or map it in its tags"
+            named = ", ".join(map(repr, ours)) or "its tags name none"
+            raise RowError(f"{where}.{key}", f"{role!r} is none of the entry's roles ({named}): LLaMA-Factory skips "
+                           f"the row; {fix}")  # fmt: skip
+        return {"from": ours[role], "value": m.get(self.tags["content_tag"])}
 
 
 def resolve(dataset_dir: str | Path, name: str) -> LFDataset:
