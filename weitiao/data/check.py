@@ -76,6 +76,11 @@ def histogram(lengths: list[int]) -> dict[str, int]:
     return {k: v for k, v in out.items() if v}
 
 
+def pieces(lengths: list[int], max_len: int) -> list[int]:
+    """The lengths of the max_len pieces SFT splits text documents of `lengths` tokens into (`encode_document`)."""
+    return [min(max_len, n - i) for n in lengths for i in range(0, n, max_len)]
+
+
 @contextmanager
 def _measuring(tokenizer: Any, context: int | None) -> Iterator[None]:
     """With the model's `context` known, the tokenizer's own '721 > 512' warning off while rows are measured (the
@@ -154,13 +159,15 @@ def check_file(
         empty_replies=sum((not p.chosen.strip()) + (not p.rejected.strip()) for p in pairs),
         documents=sum(1 for c in convs if isinstance(c, Document)),
         split_documents=len(split),
-        document_pieces=sum(-(-n // max_len) for n in split),
+        document_pieces=len(pieces(split, max_len)),
         train_turns=train_turns,
         desirable=sum(fb.desirable for fb in feedback),
         undesirable=sum(not fb.desirable for fb in feedback),
         conflicting_labels=sum(len(v) == 2 for v in labels.values()),
         context=context,
-        over_context=sum(context < n <= max_len for n in lengths) if context else 0,
+        over_context=sum(context < n <= max_len for n in lengths) + sum(context < p for p in pieces(split, max_len))
+        if context
+        else 0,
         notes=list(loaded.notes) + form_notes(pairs, template),
     )
     if lengths:
