@@ -292,6 +292,9 @@ def test_data_check_counts_document_pieces_over_the_models_positions_as_training
     rep = check_file([str(docs), str(chats)], tokenizer, max_len=32, context=20)
     assert rep.over_context == over and over >= 2 and rep.over_max_len == 1, (rep.over_context, over)
     assert f"{over} sequences are longer than the model's 20 positions" in " ".join(rep.problems)
+    assert "1 rows exceed max_len 32: see data.truncation (those data.truncation cuts to max_len, not drops, are " in (
+        " ".join(rep.problems)
+    )  # cut, not dropped, the chat row would be refused
 
 
 class Process:

@@ -181,7 +181,11 @@ def check_file(
         )
     if rep.over_max_len:
         what = "rows (pairs: their longer side)" if pairs else "rows"
-        rep.problems.append(f"{rep.over_max_len} {what} exceed max_len {max_len}: see data.truncation")
+        cut = ""
+        if context and context < max_len:
+            cut = (f" (those data.truncation cuts to max_len, not drops, are past the model's {context} positions, "
+                   f"which training refuses: use --max-len {context})")  # fmt: skip
+        rep.problems.append(f"{rep.over_max_len} {what} exceed max_len {max_len}: see data.truncation{cut}")
     if rep.over_context:
         rep.problems.append(
             f"{rep.over_context} sequences are longer than the model's {context} positions (max_position_embeddings) "
