@@ -231,7 +231,11 @@ def test_prompt_readers_refuse_tool_rows(tmp_path):
         ),
         (
             {"conversations": [{"from": "human", "value": "q"}, {"from": "observation", "value": "r"}]},
-            "conversations[1].role: expected 'assistant' after 'user', got 'tool'",
+            "conversations[1].from: expected 'gpt' or 'function_call' after 'human', got 'observation'",
+        ),  # a ShareGPT row's turns named as the row names them (it said `.role`, 'assistant', 'user', 'tool')
+        (
+            {"conversations": SHAREGPT_ROW["conversations"][:3]},
+            "conversations: must end with a gpt or function_call turn, ends with 'observation'",
         ),
         (
             {"messages": [*OPENAI_ROW["messages"][:3], {"role": "tool", "tool_call_id": "call_9", "content": "r"}]},

@@ -112,11 +112,21 @@ def check_tool_turns(messages: list[Message], field: str, sharegpt: bool = False
     """Order: optional system, a user turn first; a call is answered by tool turns; a reply by a user turn;
     the conversation ends with an assistant turn (a call or a reply). `sharegpt`: one tool turn (observation) per
     call turn, as LLaMA-Factory's ShareGPT converter alternates human|observation with gpt|function_call and skips
-    a row that does not."""
+    a row that does not; errors then name the turns as the row does (`from`: human, gpt, ...)."""
+    key = "from" if sharegpt else "role"
+
+    def said(role: str, m: Message | None = None) -> str:
+        """`role` (of message `m`) as the row names it."""
+        if not sharegpt:
+            return repr(role)
+        if role == "assistant":
+            return "'function_call'" if m and m.get("tool_calls") else "'gpt'" if m else "'gpt' or 'function_call'"
+        return repr({"user": "human", "tool": "observation"}.get(role, role))
+
     body = messages[1:] if messages and messages[0]["role"] == "system" else messages
     off = len(messages) - len(body)
     if not body or body[0]["role"] != "user":
-        raise RowError(f"{field}[{off}].role", "expected 'user' first")
+        raise RowError(f"{field}[{off}].{key}", f"expected {said('user')} first")
     for i, (prev, m) in enumerate(zip(body, body[1:]), off + 1):
         if sharegpt and prev["role"] == m["role"] == "tool":
             raise RowError(f"{field}[{i}].from", "a second 'observation' after one function_call: LLaMA-Factory's "
@@ -129,10 +139,12 @@ def check_tool_turns(messages: list[Message], field: str, sharegpt: bool = False
         else:
             want = ("assistant",)
         if m["role"] not in want:
-            shown = " or ".join(repr(w) for w in want)
-            raise RowError(f"{field}[{i}].role", f"expected {shown} after {prev['role']!r}, got {m['role']!r}")
+            shown = " or ".join(said(w) for w in want)
+            raise RowError(f"{field}[{i}].{key}", f"expected {shown} after {said(prev['role'], prev)}, got "
+                                                  f"{said(m['role'], m)}")  # fmt: skip
     if body[-1]["role"] != "assistant":
-        raise RowError(field, f"must end with an assistant turn, ends with {body[-1]['role']!r}")
+        raise RowError(field, f"must end with {'a gpt or function_call' if sharegpt else 'an assistant'} turn, ends "
+                              f"with {said(body[-1]['role'], body[-1])}")  # fmt: skip
     return messages
 
 
