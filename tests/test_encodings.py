@@ -114,3 +114,22 @@ def test_the_named_encoding_is_one_that_reads_the_line_whole(tmp_path):
         f"utf-8 {both} > {tmp_path / 'both.utf8.csv'}` (it reads as GB18030/GBK text and as Windows-1252 text: name "
         "the one it was saved in)"
     )
+
+
+def test_a_utf16_file_is_named_by_its_byte_order_mark(tmp_path):
+    """A file Notepad saved as 'Unicode' (UTF-16 with a byte-order mark) was named Windows-1252 ('ÿþ' read as two
+    letters), with an iconv line that makes garbage; it is now named UTF-16 with `iconv -f utf-16`. A line holding
+    NUL is no text in either 8-bit encoding (control: the plain line with the placeholder)."""
+    for name, text in (("u.jsonl", JSONL + "\r\n"), ("u.csv", CSV)):
+        path = tmp_path / name
+        path.write_bytes(text.encode("utf-16"))
+        out = path.with_suffix(".utf8" + path.suffix)
+        with pytest.raises(UserError) as e:
+            list(iter_records(path))
+        assert str(e.value) == (
+            f"{path}:1: not UTF-8 but UTF-16 (its byte-order mark says so; Notepad's 'Unicode' and Excel's 'Unicode "
+            f"Text' save it); weitiao reads UTF-8: convert it with `iconv -f utf-16 -t utf-8 {path} > {out}`"
+        )
+    (tmp_path / "nul.jsonl").write_bytes(b'{"a": "\x00\xe9"}\n')
+    with pytest.raises(UserError, match=r"nul\.jsonl:1: not valid UTF-8 \(byte 0xe9 at column 9\); save the file as "):
+        list(iter_records(tmp_path / "nul.jsonl"))

@@ -58,6 +58,8 @@ def gb18030_text(raw: bytes) -> bool:
         text = raw.decode("gb18030")
     except UnicodeDecodeError:
         return False
+    if "\0" in text:  # no text file holds NUL: UTF-16, or binary
+        return False
     han = [c.encode("gb18030") for c in HAN.findall(text)]
     common = sum(1 for c in han if c[0] >= 0xB0 and c[1] >= 0xA1)
     return bool(CJK.search(text)) and (not han or common >= len(han) / 2)
@@ -70,12 +72,13 @@ def cp1252_text(raw: bytes) -> bool:
         text = raw.decode("cp1252")
     except UnicodeDecodeError:
         return False
-    if re.search(r"[^\x00-\x7f]{3}", text):
+    if "\0" in text or re.search(r"[^\x00-\x7f]{3}", text):
         return False
     return all(c.isalpha() or c in LATIN_MARKS for c in text if not c.isascii())
 
 
-ENCODINGS = {"gb18030": "GB18030/GBK (as Excel and Notepad on Chinese Windows save)",
+ENCODINGS = {"utf-16": "UTF-16 (its byte-order mark says so; Notepad's 'Unicode' and Excel's 'Unicode Text' save it)",
+             "gb18030": "GB18030/GBK (as Excel and Notepad on Chinese Windows save)",
              "cp1252": "Windows-1252/Latin-1 (as Western Windows and older Excel save)"}  # fmt: skip
 
 
@@ -103,7 +106,8 @@ def not_utf8(
 ) -> NotUTF8:
     """The one refusal of a file that is not UTF-8 (every reader's: data, bad cases, documents, behavior logs), at
     `line`, `col` (the bad `byte`), `text` the bytes of that line. The line's encoding is named, with the command that
-    converts the file, only when exactly one of GB18030/GBK and Windows-1252 reads it whole as plausible text; it is
+    converts the file, when a UTF-16 byte-order mark opens the file or exactly one of GB18030/GBK and Windows-1252
+    reads the line whole as plausible text; it is
     never decoded by a guess, which would read another encoding's bytes as wrong text. `utf8_before`: earlier lines
     held UTF-8 text beyond ASCII, so the file mixes encodings and converting it whole would garble them."""
     at = f"{where(path, line)}: not valid UTF-8 (byte 0x{byte:02x} at column {col})"
@@ -111,6 +115,8 @@ def not_utf8(
         return NotUTF8(f"{at}, though the lines before it are UTF-8 text: the file mixes encodings (converting it "
                        "whole would garble those); save the lines from here as UTF-8")  # fmt: skip
     fits = [enc for enc, reads in (("gb18030", gb18030_text), ("cp1252", cp1252_text)) if reads(text)]
+    if line in (None, 1) and text.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16's byte-order mark
+        fits = ["utf-16"]
     if len(fits) == 1:
         return NotUTF8(f"{where(path, line)}: not UTF-8 but {ENCODINGS[fits[0]]}; weitiao reads UTF-8: convert it "
                        f"with `{to_utf8_command(path, fits[0])}`")  # fmt: skip
