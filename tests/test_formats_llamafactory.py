@@ -196,6 +196,11 @@ def test_entry_without_required_column_is_one_line(lf_dir):
         ({"ranking": "false"}, r"custom.ranking: expected true or false, got 'false'"),
         ({"subset": "zh"}, r"custom.subset: 'zh' picks part of a hub dataset"),
         ({"tags": {"role_tag": "role"}}, r"custom.tags: only sharegpt formatting reads tags"),
+        (  # LLaMA-Factory sets a tag left out to None, not to its default: it was read as "value"
+            {"formatting": "sharegpt", "columns": {"messages": "m"}, "tags": {"role_tag": "from", "user_tag": "human"}},
+            r'custom.tags.content_tag: not set; LLaMA-Factory reads a tag left out of "tags" as unset, .* give '
+            r'"content_tag": "value" or',
+        ),
     ],
 )
 def test_entry_keys_llamafactory_would_not_read_are_refused(lf_dir, entry, message):

@@ -267,8 +267,10 @@ def resolve(dataset_dir: str | Path, name: str) -> LFDataset:
     if "tags" in entry:
         _unknown(entry["tags"], list(TAGS), f"{where}.tags")
         tags = {k: entry["tags"].get(k) for k in TAGS}
-        tags["role_tag"] = tags["role_tag"] or "from"
-        tags["content_tag"] = tags["content_tag"] or "value"
+        if unset := next((k for k in ("role_tag", "content_tag") if not tags[k]), None):
+            raise UserError(f'{where}.tags.{unset}: not set; LLaMA-Factory reads a tag left out of "tags" as unset, '
+                            f'not as its default (it then fails on every row): give "{unset}": "{TAGS[unset]}" or the '
+                            "key the messages use")  # fmt: skip
     ranking = bool(entry.get("ranking"))
     need = ["chosen", "rejected"] if ranking else []
     need += ["messages"] if formatting == "sharegpt" else [] if ranking else ["response"]
