@@ -233,6 +233,16 @@ def test_prompt_readers_refuse_tool_rows(tmp_path):
             {"conversations": [{"from": "human", "value": "q"}, {"from": "observation", "value": "r"}]},
             "conversations[1].from: expected 'gpt' or 'function_call' after 'human', got 'observation'",
         ),  # a ShareGPT row's turns named as the row names them (it said `.role`, 'assistant', 'user', 'tool')
+        (  # OpenAI's calls on a ShareGPT turn: 'value: missing', or dropped unsaid beside a value
+            {
+                "conversations": [
+                    SHAREGPT_ROW["conversations"][0],
+                    {"from": "gpt", "value": None, "tool_calls": OPENAI_ROW["messages"][2]["tool_calls"]},
+                    *SHAREGPT_ROW["conversations"][2:],
+                ]
+            },
+            "conversations[1].tool_calls: OpenAI tool calls in a ShareGPT message, whose calls are function_call",
+        ),
         (
             {"conversations": SHAREGPT_ROW["conversations"][:3]},
             "conversations: must end with a gpt or function_call turn, ends with 'observation'",

@@ -162,6 +162,9 @@ def parse_sharegpt_tools(record: dict) -> Conversation:
         role = m.get("from")
         if role != "observation":
             refuse_name(m, f)
+        if m.get("tool_calls") not in (None, [], ""):  # OpenAI's key: ShareGPT (and LLaMA-Factory) reads from/value
+            raise RowError(f"{f}.tool_calls", "OpenAI tool calls in a ShareGPT message, whose calls are function_call "
+                           "turns (value: the JSON call); write them so, or the row as OpenAI messages")  # fmt: skip
         if role == "function_call":
             raw = _text(m.get("value"), f"{f}.value")
             try:
