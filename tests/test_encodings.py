@@ -73,3 +73,63 @@ def test_a_gbk_file_compressed_or_not_gbk_gets_its_own_line(tmp_path):
     for read in (lambda p: list(iter_records(p)), lambda p: badcases.ingest([p])):
         with pytest.raises(UserError, match=r"bin\.csv:2: not valid UTF-8 \(byte 0xff at column 1\); save the file"):
             read(tmp_path / "bin.csv")
+
+
+def test_the_named_encoding_is_one_that_reads_the_line_whole(tmp_path):
+    """A Windows-1252 file was named GB18030/GBK when its bytes happened to decode so ('Müller' → 'M黮ler': an
+    accented letter and the next ASCII letter make a GBK pair), with an iconv line that garbles it; a file of UTF-8
+    lines and then a GBK line was named GBK too, and converting it whole garbles the UTF-8 ones. Now an encoding is
+    named only when exactly one of GB18030 and Windows-1252 reads the line as plausible text; otherwise the line says
+    not UTF-8 with a placeholder. Control: the GBK file keeps its line."""
+    row = json.dumps({"instruction": "Müller aus Zürich, café naïve", "output": "señor año"}, ensure_ascii=False)
+    cp = tmp_path / "cp.jsonl"
+    cp.write_bytes(row.encode("cp1252") + b"\n")
+    with pytest.raises(UserError) as e:
+        list(iter_records(cp))
+    assert str(e.value) == (
+        f"{cp}:1: not UTF-8 but Windows-1252/Latin-1 (as Western Windows and older Excel save); weitiao reads "
+        f"UTF-8: convert it with `iconv -f cp1252 -t utf-8 {cp} > {tmp_path / 'cp.utf8.jsonl'}`"
+    )
+    gbk = tmp_path / "gbk.jsonl"
+    gbk.write_bytes(JSONL.encode("gbk") + b"\n")
+    with pytest.raises(
+        UserError, match=gbk_line(gbk, 1, f"iconv -f gb18030 -t utf-8 {gbk} > {gbk.with_suffix('.utf8.jsonl')}")
+    ):
+        list(iter_records(gbk))
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_bytes(JSONL.encode("utf-8") + b"\n" + JSONL.encode("gbk") + b"\n")
+    for read in (lambda p: list(iter_records(p)), lambda p: badcases.ingest([p])):
+        with pytest.raises(UserError) as e:
+            read(mixed)
+        assert str(e.value).startswith(f"{mixed}:2: not valid UTF-8 (byte 0xcd at column ") and "iconv" not in str(
+            e.value
+        ), str(e.value)
+        assert "the lines before it are UTF-8 text: the file mixes encodings" in str(e.value)
+    both = tmp_path / "both.csv"  # one Chinese character: 'ÓÃ' in Windows-1252, '用' in GBK
+    both.write_bytes("prompt,bad,golden\n用Python,x,y\n".encode("gbk"))
+    with pytest.raises(UserError) as e:
+        list(iter_records(both))
+    assert str(e.value) == (
+        f"{both}:2: not valid UTF-8 (byte 0xd3 at column 1); save the file as UTF-8, e.g. `iconv -f ENCODING -t "
+        f"utf-8 {both} > {tmp_path / 'both.utf8.csv'}` (it reads as GB18030/GBK text and as Windows-1252 text: name "
+        "the one it was saved in)"
+    )
+
+
+def test_a_utf16_file_is_named_by_its_byte_order_mark(tmp_path):
+    """A file Notepad saved as 'Unicode' (UTF-16 with a byte-order mark) was named Windows-1252 ('ÿþ' read as two
+    letters), with an iconv line that makes garbage; it is now named UTF-16 with `iconv -f utf-16`. A line holding
+    NUL is no text in either 8-bit encoding (control: the plain line with the placeholder)."""
+    for name, text in (("u.jsonl", JSONL + "\r\n"), ("u.csv", CSV)):
+        path = tmp_path / name
+        path.write_bytes(text.encode("utf-16"))
+        out = path.with_suffix(".utf8" + path.suffix)
+        with pytest.raises(UserError) as e:
+            list(iter_records(path))
+        assert str(e.value) == (
+            f"{path}:1: not UTF-8 but UTF-16 (its byte-order mark says so; Notepad's 'Unicode' and Excel's 'Unicode "
+            f"Text' save it); weitiao reads UTF-8: convert it with `iconv -f utf-16 -t utf-8 {path} > {out}`"
+        )
+    (tmp_path / "nul.jsonl").write_bytes(b'{"a": "\x00\xe9"}\n')
+    with pytest.raises(UserError, match=r"nul\.jsonl:1: not valid UTF-8 \(byte 0xe9 at column 9\); save the file as "):
+        list(iter_records(tmp_path / "nul.jsonl"))

@@ -384,3 +384,23 @@ def test_what_the_csv_module_cannot_parse_is_one_line(tmp_path):
     (tmp_path / "cr.csv").write_bytes("instruction,output\r你好,你好！\r".encode())
     with pytest.raises(UserError, match=r"cr\.csv:1: a line ends in a lone CR \(old Mac line endings\)"):
         load_conversations(tmp_path / "cr.csv")
+
+
+def test_a_list_column_written_into_a_csv_or_xlsx_cell_is_said_to_be_text(tmp_path):
+    """pandas writes a list column into a CSV/xlsx cell as text ('[["在吗", "在"]]', or its repr with single
+    quotes); the refusal said only 'history: expected a list of [question, answer] pairs' while the user sees a
+    list there. It now says the cell is text, not parsed, and how to keep the list (JSONL); the same row in JSONL (the
+    control) loads, and a JSONL row's own bad value keeps the plain line."""
+    import pandas as pd
+
+    rows = [{"instruction": "翻译", "input": "hello", "output": "你好", "history": [["在吗", "在"]]}]
+    pd.DataFrame(rows).to_csv(tmp_path / "d.csv", index=False)
+    nameless_sheet(tmp_path / "d.xlsx", [list(rows[0]), [*list(rows[0].values())[:3], "[['在吗', '在']]"]])
+    for name in ("d.csv", "d.xlsx"):
+        with pytest.raises(UserError, match=rf"{name}:2: history: expected a list of \[question, answer\] pairs; the "
+                                            r"cell holds .\[\[.*, text: a CSV/xlsx cell is not parsed as JSON; write "
+                                            r"the rows as JSONL \(pandas: df.to_json"):  # fmt: skip
+            load_conversations(tmp_path / name)
+    assert load_conversations(write_jsonl(tmp_path / "d.jsonl", rows)).rows[0].messages[1]["content"] == "在"
+    with pytest.raises(UserError, match=r"bad.jsonl:1: history: expected a list of \[question, answer\] pairs \("):
+        load_conversations(write_jsonl(tmp_path / "bad.jsonl", [{**rows[0], "history": "[['在吗', '在']]"}]))

@@ -136,7 +136,7 @@ def test_num_samples_folder_and_bad_row_names_the_column(lf_dir):
     with pytest.raises(UserError, match=r"custom.jsonl:1: a: is empty"):
         load_rows(["custom"], dataset_dir=lf_dir)
     (lf_dir / "kto_en_demo.json").write_text(json.dumps([{"messages": [{"role": "bot", "content": "x"}]}]))
-    with pytest.raises(UserError, match=r"kto_en_demo.json:1: messages\[0\].role: unknown role 'bot'"):
+    with pytest.raises(UserError, match=r"kto_en_demo.json:1: messages\[0\].role: 'bot' is none of the entry's roles"):
         load_rows(["kto_en_demo"], dataset_dir=lf_dir)
 
 
@@ -196,6 +196,11 @@ def test_entry_without_required_column_is_one_line(lf_dir):
         ({"ranking": "false"}, r"custom.ranking: expected true or false, got 'false'"),
         ({"subset": "zh"}, r"custom.subset: 'zh' picks part of a hub dataset"),
         ({"tags": {"role_tag": "role"}}, r"custom.tags: only sharegpt formatting reads tags"),
+        (  # LLaMA-Factory sets a tag left out to None, not to its default: it was read as "value"
+            {"formatting": "sharegpt", "columns": {"messages": "m"}, "tags": {"role_tag": "from", "user_tag": "human"}},
+            r'custom.tags.content_tag: not set; LLaMA-Factory reads a tag left out of "tags" as unset, .* give '
+            r'"content_tag": "value" or',
+        ),
     ],
 )
 def test_entry_keys_llamafactory_would_not_read_are_refused(lf_dir, entry, message):
@@ -245,3 +250,55 @@ def test_an_unmapped_input_column_is_said_and_a_mapped_column_no_row_holds_is_re
         load_rows(["typo"], dataset_dir=tmp_path)
     got = load_rows(["full"], dataset_dir=tmp_path)
     assert got.rows[0].messages[0]["content"] == "翻译\n你好" and got.notes == []
+
+
+def test_openai_tool_calls_through_sharegpt_tags_are_refused_as_unread_not_empty(tmp_path):
+    """OpenAI messages with `tool_calls` (content null) mapped by sharegpt tags failed with 'messages[2].content:
+    missing' (with content "": 'is empty'): LLaMA-Factory's sharegpt converter reads role and content only, so the
+    call is lost there. Now one line names the tool_calls and the fix; the file given by its path (the negative
+    control) trains the call, and a `formatting: openai` entry says the same fix instead of 'use sharegpt'."""
+    calls = [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "北京"}'}}]
+    msgs = [{"role": "user", "content": "北京天气？"}, {"role": "assistant", "content": None, "tool_calls": calls},
+            {"role": "tool", "tool_call_id": "c1", "content": "晴"},
+            {"role": "assistant", "content": "北京晴"}]  # fmt: skip
+    write_jsonl(tmp_path / "oa.jsonl", [{"messages": msgs}, {"messages": [msgs[0], {**msgs[1], "content": ""}]}])
+    tags = {**ROLE_TAGS, "observation_tag": "tool"}
+    info = {"oa": {"file_name": "oa.jsonl", "formatting": "sharegpt", "columns": {"messages": "messages"},
+                   "tags": tags}, "oai": {"file_name": "oa.jsonl", "formatting": "openai"}}  # fmt: skip
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    r = load_rows(["oa"], dataset_dir=tmp_path, skip_invalid=True, rejects_path=tmp_path / "rej.jsonl")
+    errors = [json.loads(line)["error"] for line in (tmp_path / "rej.jsonl").read_text().splitlines()]
+    assert r.rejected == 2 and all(e.startswith("messages[1].tool_calls: OpenAI tool calls, which LLaMA-Factory's")
+                                   for e in errors), errors  # fmt: skip
+    assert "without data.dataset_dir" in errors[0] and "content" not in errors[0].split(":")[0]
+    rows = load_rows(str(tmp_path / "oa.jsonl"), skip_invalid=True, rejects_path=tmp_path / "r2.jsonl").rows
+    assert rows[0].messages[1]["tool_calls"][0]["function"] == {"name": "weather", "arguments": {"city": "北京"}}
+    with pytest.raises(UserError, match=r"dataset_info.json: oai.formatting: 'openai' is not read through .* path"):
+        load_rows(["oai"], dataset_dir=tmp_path)
+
+
+def test_a_role_the_entrys_tags_do_not_name_is_refused_as_llamafactory_skips_the_row(tmp_path):
+    """A role the entry's tags leave unnamed was read by weitiao's own role names, though LLaMA-Factory's converter
+    skips the row: tags without system_tag (as LLaMA-Factory's own OpenAI-style entries) trained a first 'system'
+    message as the system prompt, tags giving only role_tag/content_tag (every other tag unset) trained 'user' and
+    'assistant', and the default tags (human/gpt) trained 'user'/'assistant' rows. Now refused naming the tag to set;
+    the negative control, the same rows with the tag set, load."""
+    sys_row = {"messages": [{"role": "system", "content": "你是客服"}, {"role": "user", "content": "你好"},
+                            {"role": "assistant", "content": "您好"}]}  # fmt: skip
+    write_jsonl(tmp_path / "m.jsonl", [sys_row])
+    write_jsonl(tmp_path / "c.jsonl", [{"conversations": [{"from": "user", "value": "你好"},
+                                                         {"from": "gpt", "value": "您好"}]}])  # fmt: skip
+    entry = {"file_name": "m.jsonl", "formatting": "sharegpt", "columns": {"messages": "messages"}}
+    info = {"no_system": entry | {"tags": ROLE_TAGS}, "roles_only": entry | {"tags": {"role_tag": "role",
+            "content_tag": "content"}}, "with_system": entry | {"tags": ROLE_TAGS | {"system_tag": "system"}},
+            "default": {"file_name": "c.jsonl", "formatting": "sharegpt"}}  # fmt: skip
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    for name, want in [
+        ("no_system", r"m.jsonl:1: messages\[0\].role: 'system' is none of the entry's roles \('user', 'assistant'\): "
+         r'LLaMA-Factory skips the row; set "system_tag": "system" in its tags'),
+        ("roles_only", r"m.jsonl:1: messages\[0\].role: 'system' is none of the entry's roles \(its tags name none\)"),
+        ("default", r'c.jsonl:1: conversations\[0\].from: \'user\' is none of .* set "user_tag": "user" in its tags'),
+    ]:  # fmt: skip
+        with pytest.raises(UserError, match=want):
+            load_rows([name], dataset_dir=tmp_path)
+    assert load_rows(["with_system"], dataset_dir=tmp_path).rows[0].messages == sys_row["messages"]

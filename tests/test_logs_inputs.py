@@ -333,9 +333,14 @@ def test_a_gbk_csv_is_named_as_not_utf8(tmp_path):
     utf8 = r"c\.csv:\d+: not UTF-8 but GB18030/GBK .* `iconv -f gb18030 -t utf-8 "
     with pytest.raises(UserError, match=utf8):
         dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False)
-    late = "content_id,context,text,length_chars\n" + "".join(f"X{i},q9,文本{i},10\n" for i in range(30_000))
+    late = "content_id,context,text,length_chars\n" + "".join(f"X{i},q9,text{i},10\n" for i in range(30_000))
     (tmp_path / "c.csv").write_bytes(late.encode() + CONTENT.split("\n", 1)[1].encode("gbk"))
     with pytest.raises(UserError, match=utf8):
+        dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False)
+    # UTF-8 Chinese before the GBK lines: converting the file whole would garble it, so no iconv line
+    late = late.replace(",q9,text", ",q9,文本")
+    (tmp_path / "c.csv").write_bytes(late.encode() + CONTENT.split("\n", 1)[1].encode("gbk"))
+    with pytest.raises(UserError, match=r"c\.csv:30002: not valid UTF-8 .*, though the lines before it are UTF-8"):
         dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False)
 
 

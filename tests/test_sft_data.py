@@ -1,6 +1,7 @@
 """SFT data hygiene: leak-free eval splits, answer-only eval loss, cut accounting, EOS ≠ end-of-turn,
 empty inputs (issues #14, #15)."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -268,6 +269,32 @@ def test_data_check_reports_long_documents_as_split_not_truncated(tmp_path, toke
     assert f"1 text documents longer than max_len 32 are split into {pieces} pieces (whatever data.truncation)" in (
         rep.notes
     )
+
+
+def test_data_check_counts_document_pieces_over_the_models_positions_as_training_refuses_them(tmp_path, tokenizer):
+    """A text document over max_len is split into max_len pieces; with max_len past the model's positions every full
+    piece is past them too, and training refuses it ('6 train sequence(s) over it'), but data check counted only
+    sequences within max_len and said nothing. Now it counts the pieces training counts (a short document and a chat
+    row over max_len, dropped, are not: the control)."""
+    from types import SimpleNamespace
+
+    from weitiao.data.check import check_file
+    from weitiao.train.loop import refuse_over_context
+
+    docs = write_jsonl(tmp_path / "docs.jsonl", [{"text": "今天天气怎么样？挺好的。" * 30}, {"text": "短"}])
+    chats = write_jsonl(tmp_path / "chats.jsonl", [{"instruction": "长" * 300, "output": "好"}] + unique_rows(2))
+    rows = load_conversations([str(docs), str(chats)], allow_text=True).rows
+    encoded, _ = encode_all(rows, tokenizer, resolve_template(tokenizer), EncodeOptions(max_len=32))
+    model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=20))
+    with pytest.raises(UserError, match=r"; (\d+) train sequence\(s\) over it\)") as refused:
+        refuse_over_context(model, train=encoded)
+    over = int(re.search(r"; (\d+) train sequence", str(refused.value)).group(1))
+    rep = check_file([str(docs), str(chats)], tokenizer, max_len=32, context=20)
+    assert rep.over_context == over and over >= 2 and rep.over_max_len == 1, (rep.over_context, over)
+    assert f"{over} sequences are longer than the model's 20 positions" in " ".join(rep.problems)
+    assert "1 rows exceed max_len 32: see data.truncation (those data.truncation cuts to max_len, not drops, are " in (
+        " ".join(rep.problems)
+    )  # cut, not dropped, the chat row would be refused
 
 
 class Process:

@@ -231,7 +231,21 @@ def test_prompt_readers_refuse_tool_rows(tmp_path):
         ),
         (
             {"conversations": [{"from": "human", "value": "q"}, {"from": "observation", "value": "r"}]},
-            "conversations[1].role: expected 'assistant' after 'user', got 'tool'",
+            "conversations[1].from: expected 'gpt' or 'function_call' after 'human', got 'observation'",
+        ),  # a ShareGPT row's turns named as the row names them (it said `.role`, 'assistant', 'user', 'tool')
+        (  # OpenAI's calls on a ShareGPT turn: 'value: missing', or dropped unsaid beside a value
+            {
+                "conversations": [
+                    SHAREGPT_ROW["conversations"][0],
+                    {"from": "gpt", "value": None, "tool_calls": OPENAI_ROW["messages"][2]["tool_calls"]},
+                    *SHAREGPT_ROW["conversations"][2:],
+                ]
+            },
+            "conversations[1].tool_calls: OpenAI tool calls in a ShareGPT message, whose calls are function_call",
+        ),
+        (
+            {"conversations": SHAREGPT_ROW["conversations"][:3]},
+            "conversations: must end with a gpt or function_call turn, ends with 'observation'",
         ),
         (
             {"messages": [*OPENAI_ROW["messages"][:3], {"role": "tool", "tool_call_id": "call_9", "content": "r"}]},
@@ -271,6 +285,32 @@ def test_bad_tool_rows_name_line_and_field(tmp_path, row, where):
     path = write_jsonl(tmp_path / "bad.jsonl", [OPENAI_ROW if "messages" in row else SHAREGPT_ROW, row])
     with pytest.raises(UserError, match="bad.jsonl:2: " + re.escape(where)):
         load_conversations(path)
+
+
+def test_two_observations_after_one_sharegpt_call_are_refused_as_llamafactory_skips_them(tmp_path):
+    """Two `observation` turns after one `function_call` trained as two tool results; LLaMA-Factory's ShareGPT
+    converter alternates human|observation with gpt|function_call and skips such a row. Now refused naming the turn;
+    a call per observation (its negative control) and OpenAI's several tool messages per call turn still load."""
+    ask, call, obs, reply = SHAREGPT_ROW["conversations"]
+    two = {**SHAREGPT_ROW, "conversations": [ask, call, obs, {**obs, "value": "雨"}, reply]}
+    path = write_jsonl(tmp_path / "two.jsonl", [SHAREGPT_ROW, two])
+    with pytest.raises(UserError, match=r"two\.jsonl:2: conversations\[3\]\.from: a second 'observation' after one "):
+        load_conversations(path)
+    each = {**two, "conversations": [*two["conversations"][:3], call, *two["conversations"][3:]]}
+    system, user, calls, result, answer = OPENAI_ROW["messages"]
+    calls = {**calls, "tool_calls": [*calls["tool_calls"], {**calls["tool_calls"][0], "id": "call_2"}]}
+    second = {**result, "tool_call_id": "call_2", "content": "雨"}
+    openai = {**OPENAI_ROW, "messages": [system, user, calls, result, second, answer]}
+    assert [m["role"] for m in load_conversations(write_jsonl(tmp_path / "each.jsonl", [each])).rows[0].messages] == [
+        "system", "user", "assistant", "tool", "assistant", "tool", "assistant"]  # fmt: skip
+    assert [m["role"] for m in load_conversations(write_jsonl(tmp_path / "o.jsonl", [openai])).rows[0].messages] == [
+        "system", "user", "assistant", "tool", "tool", "assistant"]  # fmt: skip
+    # through a dataset_info.json entry: the row's own keys named
+    cols = {"messages": "conversations", "system": "system", "tools": "tools"}
+    entry = {"file_name": "two.jsonl", "formatting": "sharegpt", "columns": cols}
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"t": entry}))
+    with pytest.raises(UserError, match=r"two\.jsonl:2: conversations\[3\]\.from: a second 'observation'"):
+        load_conversations(["t"], dataset_dir=tmp_path)
 
 
 def test_tool_rows_keep_their_calls_in_dedup_and_history_truncation(tokenizer):

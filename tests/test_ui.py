@@ -961,3 +961,20 @@ def test_the_last_steps_checkpoint_with_finals_weights_is_listed_once(root, full
     with running(app_for(root)) as base:
         assert httpx.get(base + "/api/runs/full").json()["checkpoints"] == ["base", "step-000002", "final"]
         assert [r["checkpoints"] for r in httpx.get(base + "/api/runs").json()] == [["base", "step-000002", "final"]]
+
+
+def test_the_consoles_data_check_counts_rows_over_the_models_positions(root, tiny_model_dir):
+    """The console's data check never read the chosen model's positions: a row past its 512 but within max_len 1024
+    showed no problem, while `data check --model` counts it and training refuses it. It now gets the CLI's count
+    (`model_positions`); control: under max_len 512 the row is over max_len instead, as in the CLI."""
+    shutil.copytree(tiny_model_dir, root / "models" / "tiny")
+    write = root / "data" / "long.jsonl"
+    write.write_text(json.dumps({"instruction": "长" * 250, "output": "好"}, ensure_ascii=False) + "\n")
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        d = c.get("/api/data", params={"path": "data/long.jsonl", "model": "models/tiny"})
+        assert d.status_code == 200, d.text
+        check = d.json()["check"]
+        assert (check["context"], check["over_context"], check["over_max_len"]) == (512, 1, 0), check
+        assert any("longer than the model's 512 positions" in p for p in check["problems"]), check["problems"]
+        check = c.get("/api/data", params={"path": "data/long.jsonl", "model": "models/tiny", "max_len": 512}).json()
+        assert (check["check"]["over_context"], check["check"]["over_max_len"]) == (0, 1)

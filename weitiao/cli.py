@@ -342,12 +342,10 @@ def data_check(
     """Lint SFT, preference, KTO or text data: format, token lengths, over max_len, duplicates, EOS, pair sanity."""
     from weitiao.data.check import check_file
     from weitiao.models.load import load_tokenizer
+    from weitiao.train.loop import model_positions
 
     _choice("--train-turns", train_turns, ("all", "last"))
-    tokenizer = load_tokenizer(model)
-    context = _context(model)
-    if context is not None:  # rows over the model's positions are counted in the report, not warned one by one
-        tokenizer.model_max_length = 10**30
+    tokenizer, context = load_tokenizer(model), model_positions(model)
     rep = check_file(files, tokenizer, template, max_len, fmt, skip_invalid, dataset_dir, train_turns, context)
     if as_json:
         print(rep.to_json())
@@ -389,21 +387,6 @@ def data_check(
         console.print(f"[yellow]warning:[/] {p}")
     if not rep.problems:
         console.print("[green]no problems found[/]")
-
-
-def _context(model: str) -> int | None:
-    """The model's positions as training reads them from its config (None: a tokenizer without a model config, or
-    one that does not say)."""
-    from transformers import AutoConfig
-
-    from weitiao.models.load import resolve_path
-    from weitiao.train.loop import model_context
-
-    try:
-        config = AutoConfig.from_pretrained(resolve_path(model))
-    except (OSError, ValueError, KeyError):  # no config.json, or a model type transformers does not know
-        return None
-    return model_context(config)
 
 
 @data_app.command("show")

@@ -3,9 +3,9 @@
 Writes are atomic: a temp file beside the target, then os.replace; a full disk is one line naming the
 target. The new file gets the mode a plain open() would give (0o666 less the umask), or keeps the mode
 of the file it replaces: mkstemp's private 0600 would hide an export from a server running as another
-user. Reads decode UTF-8 strictly (a leading BOM is dropped: Windows editors write one; a GB18030/GBK
-file is refused with the iconv line that converts it, `not_utf8`) and report bad bytes, folders given
-as files and over-deep JSON as `file:line: problem`.
+user. Reads decode UTF-8 strictly (a leading BOM is dropped: Windows editors write one; a GB18030/GBK or
+Windows-1252 file is refused naming it, with the iconv line that converts it, `not_utf8`) and report bad bytes,
+folders given as files and over-deep JSON as `file:line: problem`.
 """
 
 from __future__ import annotations
@@ -46,19 +46,45 @@ def read_error(path: str | Path, e: OSError) -> UserError:
 
 
 CJK = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]")  # Han, CJK punctuation, full-width forms
+HAN = re.compile(r"[\u3400-\u9fff]")
+LATIN_MARKS = set("‘’‚“”„–—…•€£¥§©®°«»·™")  # cp1252 punctuation Western text holds beside accented letters
 
 
 def gb18030_text(raw: bytes) -> bool:
-    """Whether `raw` (bytes that are not UTF-8) reads as GB18030/GBK text holding Chinese: what Excel and Notepad on
-    Chinese Windows save."""
+    """Whether `raw` (bytes that are not UTF-8) reads whole as GB18030/GBK text holding Chinese, what Excel and Notepad
+    on Chinese Windows save: its Han characters mostly GB2312's (both bytes ≥ 0xA1), where Western text misread as GBK
+    (an accented letter and the ASCII letter after it: 'Müller' → 'M黮ler') makes rare GBK-extension characters."""
     try:
-        return bool(CJK.search(raw.decode("gb18030")))
+        text = raw.decode("gb18030")
     except UnicodeDecodeError:
         return False
+    if "\0" in text:  # no text file holds NUL: UTF-16, or binary
+        return False
+    han = [c.encode("gb18030") for c in HAN.findall(text)]
+    common = sum(1 for c in han if c[0] >= 0xB0 and c[1] >= 0xA1)
+    return bool(CJK.search(text)) and (not han or common >= len(han) / 2)
 
 
-def to_utf8_command(path: str | Path) -> str:
-    """The shell line that writes a GB18030/GBK file's UTF-8 copy beside it (through its compressor for .gz/.zst)."""
+def cp1252_text(raw: bytes) -> bool:
+    """Whether `raw` reads whole as Windows-1252 (Latin-1) Western text: its non-ASCII characters letters or common
+    punctuation, never three in a row (GBK's Chinese read so is runs of 'ÄãºÃ')."""
+    try:
+        text = raw.decode("cp1252")
+    except UnicodeDecodeError:
+        return False
+    if "\0" in text or re.search(r"[^\x00-\x7f]{3}", text):
+        return False
+    return all(c.isalpha() or c in LATIN_MARKS for c in text if not c.isascii())
+
+
+ENCODINGS = {"utf-16": "UTF-16 (its byte-order mark says so; Notepad's 'Unicode' and Excel's 'Unicode Text' save it)",
+             "gb18030": "GB18030/GBK (as Excel and Notepad on Chinese Windows save)",
+             "cp1252": "Windows-1252/Latin-1 (as Western Windows and older Excel save)"}  # fmt: skip
+
+
+def to_utf8_command(path: str | Path, encoding: str = "gb18030") -> str:
+    """The shell line that writes a file's UTF-8 copy beside it from `encoding` (through its compressor for
+    .gz/.zst)."""
     import shlex
 
     p = Path(path)
@@ -67,31 +93,46 @@ def to_utf8_command(path: str | Path) -> str:
     out = p.with_name(f"{inner.stem}.utf8{inner.suffix}{p.suffix if packer else ''}")
     src, dst = shlex.quote(str(p)), shlex.quote(str(out))
     if packer:
-        return f"{packer} -dc {src} | iconv -f gb18030 -t utf-8 | {packer} > {dst}"
-    return f"iconv -f gb18030 -t utf-8 {src} > {dst}"
+        return f"{packer} -dc {src} | iconv -f {encoding} -t utf-8 | {packer} > {dst}"
+    return f"iconv -f {encoding} -t utf-8 {src} > {dst}"
 
 
 class NotUTF8(UserError):
     """A file that is not UTF-8 (`not_utf8`'s line)."""
 
 
-def not_utf8(path: str | Path, line: int | None, col: int, byte: int, text: bytes) -> NotUTF8:
+def not_utf8(
+    path: str | Path, line: int | None, col: int, byte: int, text: bytes, utf8_before: bool = False
+) -> NotUTF8:
     """The one refusal of a file that is not UTF-8 (every reader's: data, bad cases, documents, behavior logs), at
-    `line`, `col` (the bad `byte`), `text` the bytes of that line. A GB18030/GBK file is named as such with the command
-    that converts it: it is never decoded by a guess, which would read another encoding's bytes as wrong Chinese."""
-    if gb18030_text(text):
-        return NotUTF8(f"{where(path, line)}: not UTF-8 but GB18030/GBK (as Excel and Notepad on Chinese Windows "
-                         f"save); weitiao reads UTF-8: convert it with `{to_utf8_command(path)}`")  # fmt: skip
-    return NotUTF8(f"{where(path, line)}: not valid UTF-8 (byte 0x{byte:02x} at column {col}); save the file as UTF-8")
+    `line`, `col` (the bad `byte`), `text` the bytes of that line. The line's encoding is named, with the command that
+    converts the file, when a UTF-16 byte-order mark opens the file or exactly one of GB18030/GBK and Windows-1252
+    reads the line whole as plausible text; it is
+    never decoded by a guess, which would read another encoding's bytes as wrong text. `utf8_before`: earlier lines
+    held UTF-8 text beyond ASCII, so the file mixes encodings and converting it whole would garble them."""
+    at = f"{where(path, line)}: not valid UTF-8 (byte 0x{byte:02x} at column {col})"
+    if utf8_before:
+        return NotUTF8(f"{at}, though the lines before it are UTF-8 text: the file mixes encodings (converting it "
+                       "whole would garble those); save the lines from here as UTF-8")  # fmt: skip
+    fits = [enc for enc, reads in (("gb18030", gb18030_text), ("cp1252", cp1252_text)) if reads(text)]
+    if line in (None, 1) and text.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16's byte-order mark
+        fits = ["utf-16"]
+    if len(fits) == 1:
+        return NotUTF8(f"{where(path, line)}: not UTF-8 but {ENCODINGS[fits[0]]}; weitiao reads UTF-8: convert it "
+                       f"with `{to_utf8_command(path, fits[0])}`")  # fmt: skip
+    which = " (it reads as GB18030/GBK text and as Windows-1252 text: name the one it was saved in)" if fits else ""
+    return NotUTF8(f"{at}; save the file as UTF-8, e.g. `{to_utf8_command(path, 'ENCODING')}`{which}")
 
 
-def bad_utf8(path: str | Path, raw: bytes, e: UnicodeDecodeError, line: int) -> UserError:
-    """`not_utf8` for bytes `raw` (starting at `line`) that failed to decode with `e`."""
+def bad_utf8(path: str | Path, raw: bytes, e: UnicodeDecodeError, line: int, utf8_before: bool = False) -> UserError:
+    """`not_utf8` for bytes `raw` (starting at `line`) that failed to decode with `e`; `utf8_before`: lines before
+    `raw` held non-ASCII UTF-8 (lines of `raw` before the bad one are looked at here)."""
     start = raw.rfind(b"\n", 0, e.start) + 1
     end = raw.find(b"\n", e.start)
     line += raw.count(b"\n", 0, start)
     col = len(raw[start : e.start].decode("utf-8", "replace")) + 1
-    return not_utf8(path, line, col, raw[e.start], raw[start : end if end >= 0 else len(raw)])
+    mixed = utf8_before or not raw[:start].isascii()
+    return not_utf8(path, line, col, raw[e.start], raw[start : end if end >= 0 else len(raw)], mixed)
 
 
 def utf8_problem(path: str | Path) -> UserError | None:
@@ -143,6 +184,7 @@ def iter_lines(
         raise read_error(path, e) from None
     with f:
         n = 0
+        utf8_before = False  # a line before held non-ASCII UTF-8: a bad line then is a file of mixed encodings
         while True:
             try:
                 raw = f.readline(max_bytes + 2) if max_bytes else f.readline()
@@ -165,7 +207,8 @@ def iter_lines(
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise bad_utf8(path, raw, e, n) from None
+                raise bad_utf8(path, raw, e, n, utf8_before) from None
+            utf8_before = utf8_before or not raw.isascii()
             yield n, text, size
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -74,6 +76,25 @@ def histogram(lengths: list[int]) -> dict[str, int]:
     return {k: v for k, v in out.items() if v}
 
 
+def pieces(lengths: list[int], max_len: int) -> list[int]:
+    """The lengths of the max_len pieces SFT splits text documents of `lengths` tokens into (`encode_document`)."""
+    return [min(max_len, n - i) for n in lengths for i in range(0, n, max_len)]
+
+
+@contextmanager
+def _measuring(tokenizer: Any, context: int | None) -> Iterator[None]:
+    """With the model's `context` known, the tokenizer's own '721 > 512' warning off while rows are measured (the
+    report counts them), its `model_max_length` restored after (the console shares one tokenizer)."""
+    if context is None:
+        yield
+        return
+    saved, tokenizer.model_max_length = tokenizer.model_max_length, 10**30
+    try:
+        yield
+    finally:
+        tokenizer.model_max_length = saved
+
+
 def check_file(
     files: list[str],
     tokenizer: Any,
@@ -98,12 +119,13 @@ def check_file(
     pairs = [r for r in loaded.rows if isinstance(r, PreferencePair)]
     convs = [r.row if isinstance(r, Feedback) else r for r in loaded.rows if not isinstance(r, PreferencePair)]
     # Encode without a length limit to measure; count what max_len would drop separately.
-    encoded, _ = encode_all(convs, tokenizer, template, EncodeOptions(max_len=10**9, train_turns=train_turns))
+    with _measuring(tokenizer, context):
+        encoded, _ = encode_all(convs, tokenizer, template, EncodeOptions(max_len=10**9, train_turns=train_turns))
+        sides = [tuple(encode_side(row, tokenizer, template) for row in side_rows(p)) for p in pairs]
     assert len(encoded) == len(convs)  # nothing is over 10**9 tokens: one example per row
     # A pre-training document (no prompt) over max_len becomes ceil(n / max_len) pieces in SFT.
     split = [len(e) for c, e in zip(convs, encoded) if isinstance(c, Document) and c.prompt is None]
     split = [n for n in split if n > max_len]
-    sides = [tuple(encode_side(row, tokenizer, template) for row in side_rows(p)) for p in pairs]
     seqs = encoded + [e for side in sides for e in side]
     lengths = sorted(len(e) for e in seqs)
     rows = Counter([conversation_key(c) for c in convs] + [pair_key(p) for p in pairs])
@@ -137,13 +159,15 @@ def check_file(
         empty_replies=sum((not p.chosen.strip()) + (not p.rejected.strip()) for p in pairs),
         documents=sum(1 for c in convs if isinstance(c, Document)),
         split_documents=len(split),
-        document_pieces=sum(-(-n // max_len) for n in split),
+        document_pieces=len(pieces(split, max_len)),
         train_turns=train_turns,
         desirable=sum(fb.desirable for fb in feedback),
         undesirable=sum(not fb.desirable for fb in feedback),
         conflicting_labels=sum(len(v) == 2 for v in labels.values()),
         context=context,
-        over_context=sum(context < n <= max_len for n in lengths) if context else 0,
+        over_context=sum(context < n <= max_len for n in lengths) + sum(context < p for p in pieces(split, max_len))
+        if context
+        else 0,
         notes=list(loaded.notes) + form_notes(pairs, template),
     )
     if lengths:
@@ -157,7 +181,11 @@ def check_file(
         )
     if rep.over_max_len:
         what = "rows (pairs: their longer side)" if pairs else "rows"
-        rep.problems.append(f"{rep.over_max_len} {what} exceed max_len {max_len}: see data.truncation")
+        cut = ""
+        if context and context < max_len:
+            cut = (f" (those data.truncation cuts to max_len, not drops, are past the model's {context} positions, "
+                   f"which training refuses: use --max-len {context})")  # fmt: skip
+        rep.problems.append(f"{rep.over_max_len} {what} exceed max_len {max_len}: see data.truncation{cut}")
     if rep.over_context:
         rep.problems.append(
             f"{rep.over_context} sequences are longer than the model's {context} positions (max_position_embeddings) "

@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from weitiao.data import transcripts
-from weitiao.data.files import MAX_ROW_BYTES, RowError, as_number, expand_paths, iter_records, not_a_row
+from weitiao.data.files import (
+    MAX_ROW_BYTES,
+    TYPELESS,
+    RowError,
+    as_number,
+    data_suffix,
+    expand_paths,
+    iter_records,
+    not_a_row,
+)
 from weitiao.errors import UserError, near_miss
 from weitiao.io import claim_outputs, write_jsonl
 
@@ -852,6 +861,18 @@ def _other_format(err: RowError, record: Any, file_fmt: str | None, strict: bool
                                f"{other}{also}: one format per file, split it or convert the row)")  # fmt: skip
 
 
+def _cell_json(err: RowError, record: Any, path: Path) -> RowError:
+    """A CSV/xlsx row refused for want of a list or object, whose cell holds one as text (JSON, or pandas' repr of a
+    list column): said so, with the way to keep it (a cell is text; it is not parsed as a guess)."""
+    key = re.match(r"\w*", err.field).group(0)
+    cell = record.get(key) if isinstance(record, dict) else None
+    if data_suffix(path) not in TYPELESS or not isinstance(cell, str) or cell.lstrip()[:1] not in ("[", "{"):
+        return err
+    return RowError(err.field, f"{err.problem}; the cell holds {cell.strip()[:30]!r}, text: a CSV/xlsx cell is not "
+                               "parsed as JSON; write the rows as JSONL (pandas: df.to_json(path, orient='records', "
+                               "lines=True, force_ascii=False))")  # fmt: skip
+
+
 def _lf_format(lf: Any, fmt: str) -> str:
     """A LLaMA-Factory dataset's format is its entry's (formatting, ranking); a format given beside it must agree."""
     if fmt in ("auto", lf.fmt):
@@ -930,6 +951,7 @@ def load_rows(
                     if feedback:
                         row = Feedback(feedback_row(row, fields), desirable)
                 except RowError as e:
+                    e = _cell_json(e, fields, path)
                     e = lf.rename(e) if lf else _other_format(e, fields, file_fmt, strict) if fmt == "auto" else e
                     if not skip_invalid:
                         hint = f" (or {skip_hint} to set bad rows aside)" if skip_hint else ""

@@ -4,7 +4,8 @@ Follows LLaMA-Factory's `data/parser.py` and `data/converter.py`: `formatting` a
 `ranking` (preference pairs), `columns` (when given, a column not named there is unused, as in
 LLaMA-Factory: alpaca `history`/`system` are read only when mapped) and sharegpt `tags`. Rows are
 renamed into weitiao's own alpaca/sharegpt/preference keys and parsed by `formats`. An entry, column or tag key
-LLaMA-Factory does not read (a typo: colums, ranknig, promt) is refused where LLaMA-Factory ignores it. Departures:
+LLaMA-Factory does not read (a typo: colums, ranknig, promt) is refused where LLaMA-Factory ignores it, and so is a
+row it skips: a message role none of the tags name, OpenAI tool_calls (its sharegpt reads role and content). Departures:
 hub/script/cloud datasets are refused (weitiao never downloads), `kto_tag` rows are refused but by
 `weitiao kto`, and image/video/audio columns are ignored with a note. `num_samples` picks rows as LLaMA-Factory
 does (a random permutation's first N, then draws with replacement past the data's size), seeded by the
@@ -13,6 +14,7 @@ dataset's name instead of the run's seed, so a dataset's sample (and its tokeniz
 
 from __future__ import annotations
 
+import json
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -48,6 +50,9 @@ OUR_ROLE = {
     "function_tag": "function_call",
     "system_tag": "system",
 }
+# The tag a row's role name is usually meant for, said in the refusal of a role the entry's tags do not name
+ROLE_TAG_OF = {"user_tag": ("user", "human"), "assistant_tag": ("assistant", "gpt"), "system_tag": ("system",),
+               "observation_tag": ("observation", "tool"), "function_tag": ("function_call", "function")}  # fmt: skip
 MEDIA = ("images", "videos", "audios")
 # Optional columns LLaMA-Factory reads only when the entry maps them (key → the column's usual name); rows holding one
 # unmapped get a note, not a guess: an alpaca entry mapping prompt and response alone trains without its `input`.
@@ -180,9 +185,24 @@ class LFDataset:
         """A message with LLaMA-Factory's tags → weitiao's ShareGPT keys (`from`, `value`)."""
         if not isinstance(m, dict):
             raise RowError(where, "expected an object")
-        role = m.get(self.tags["role_tag"])
+        if m.get("tool_calls") not in (None, [], ""):  # LLaMA-Factory's sharegpt reads role and content only
+            raise RowError(f"{where}.tool_calls", "OpenAI tool calls, which LLaMA-Factory's sharegpt formatting "
+                           "does not read (the call would be lost): give the file's path itself, without "
+                           "data.dataset_dir (weitiao reads OpenAI messages with tool_calls), or write the calls as "
+                           "function_call turns")  # fmt: skip
+        key = self.tags["role_tag"]
+        role = m.get(key)
         ours = {self.tags[t]: r for t, r in OUR_ROLE.items() if self.tags.get(t)}
-        return {"from": ours.get(role, role), "value": m.get(self.tags["content_tag"])}
+        if role is None:
+            raise RowError(f"{where}.{key}", f"missing (the message has {', '.join(map(repr, m)) or 'no keys'}; the "
+                           "entry's tags.role_tag names the key)")  # fmt: skip
+        if role not in ours:  # LLaMA-Factory's converter skips the row (an untagged role fits neither turn)
+            tag = next((t for t, names in ROLE_TAG_OF.items() if role in names), None)
+            fix = f'set "{tag}": {json.dumps(role)} in its tags' if tag else "use one of them, or map it in its tags"
+            named = ", ".join(map(repr, ours)) or "its tags name none"
+            raise RowError(f"{where}.{key}", f"{role!r} is none of the entry's roles ({named}): LLaMA-Factory skips "
+                           f"the row; {fix}")  # fmt: skip
+        return {"from": ours[role], "value": m.get(self.tags["content_tag"])}
 
 
 def resolve(dataset_dir: str | Path, name: str) -> LFDataset:
@@ -212,6 +232,11 @@ def resolve(dataset_dir: str | Path, name: str) -> LFDataset:
     if hub := next((k for k in HUB_ONLY if entry.get(k) is not None), None):
         raise UserError(f"{where}.{hub}: {entry[hub]!r} picks part of a hub dataset; a local file has none: drop it")
     formatting = entry.get("formatting", "alpaca")
+    if formatting == "openai":  # LLaMA-Factory's converter also edits the system prompt: not followed here
+        raise UserError(
+            f"{where}.formatting: 'openai' is not read through dataset_info.json; give the file's path itself, "
+            "without data.dataset_dir (weitiao reads OpenAI messages, tool calls too)"
+        )
     if formatting not in ("alpaca", "sharegpt"):
         raise UserError(f"{where}.formatting: {formatting!r} unsupported; use alpaca or sharegpt")
     if not isinstance(entry.get("ranking", False), bool):
@@ -242,8 +267,10 @@ def resolve(dataset_dir: str | Path, name: str) -> LFDataset:
     if "tags" in entry:
         _unknown(entry["tags"], list(TAGS), f"{where}.tags")
         tags = {k: entry["tags"].get(k) for k in TAGS}
-        tags["role_tag"] = tags["role_tag"] or "from"
-        tags["content_tag"] = tags["content_tag"] or "value"
+        if unset := next((k for k in ("role_tag", "content_tag") if not tags[k]), None):
+            raise UserError(f'{where}.tags.{unset}: not set; LLaMA-Factory reads a tag left out of "tags" as unset, '
+                            f'not as its default (it then fails on every row): give "{unset}": "{TAGS[unset]}" or the '
+                            "key the messages use")  # fmt: skip
     ranking = bool(entry.get("ranking"))
     need = ["chosen", "rejected"] if ranking else []
     need += ["messages"] if formatting == "sharegpt" else [] if ranking else ["response"]

@@ -108,14 +108,30 @@ def _trains(msgs: list[Message], field: str) -> list[Message]:
     return msgs
 
 
-def check_tool_turns(messages: list[Message], field: str) -> list[Message]:
+def check_tool_turns(messages: list[Message], field: str, sharegpt: bool = False) -> list[Message]:
     """Order: optional system, a user turn first; a call is answered by tool turns; a reply by a user turn;
-    the conversation ends with an assistant turn (a call or a reply)."""
+    the conversation ends with an assistant turn (a call or a reply). `sharegpt`: one tool turn (observation) per
+    call turn, as LLaMA-Factory's ShareGPT converter alternates human|observation with gpt|function_call and skips
+    a row that does not; errors then name the turns as the row does (`from`: human, gpt, ...)."""
+    key = "from" if sharegpt else "role"
+
+    def said(role: str, m: Message | None = None) -> str:
+        """`role` (of message `m`) as the row names it."""
+        if not sharegpt:
+            return repr(role)
+        if role == "assistant":
+            return "'function_call'" if m and m.get("tool_calls") else "'gpt'" if m else "'gpt' or 'function_call'"
+        return repr({"user": "human", "tool": "observation"}.get(role, role))
+
     body = messages[1:] if messages and messages[0]["role"] == "system" else messages
     off = len(messages) - len(body)
     if not body or body[0]["role"] != "user":
-        raise RowError(f"{field}[{off}].role", "expected 'user' first")
+        raise RowError(f"{field}[{off}].{key}", f"expected {said('user')} first")
     for i, (prev, m) in enumerate(zip(body, body[1:]), off + 1):
+        if sharegpt and prev["role"] == m["role"] == "tool":
+            raise RowError(f"{field}[{i}].from", "a second 'observation' after one function_call: LLaMA-Factory's "
+                           "ShareGPT takes one observation per call turn (it skips this row); put the results into "
+                           "one observation, or give each call its own function_call turn")  # fmt: skip
         if prev["role"] == "assistant":
             want = ("tool",) if prev.get("tool_calls") else ("user",)
         elif prev["role"] == "tool":
@@ -123,10 +139,12 @@ def check_tool_turns(messages: list[Message], field: str) -> list[Message]:
         else:
             want = ("assistant",)
         if m["role"] not in want:
-            shown = " or ".join(repr(w) for w in want)
-            raise RowError(f"{field}[{i}].role", f"expected {shown} after {prev['role']!r}, got {m['role']!r}")
+            shown = " or ".join(said(w) for w in want)
+            raise RowError(f"{field}[{i}].{key}", f"expected {shown} after {said(prev['role'], prev)}, got "
+                                                  f"{said(m['role'], m)}")  # fmt: skip
     if body[-1]["role"] != "assistant":
-        raise RowError(field, f"must end with an assistant turn, ends with {body[-1]['role']!r}")
+        raise RowError(field, f"must end with {'a gpt or function_call' if sharegpt else 'an assistant'} turn, ends "
+                              f"with {said(body[-1]['role'], body[-1])}")  # fmt: skip
     return messages
 
 
@@ -144,6 +162,9 @@ def parse_sharegpt_tools(record: dict) -> Conversation:
         role = m.get("from")
         if role != "observation":
             refuse_name(m, f)
+        if m.get("tool_calls") not in (None, [], ""):  # OpenAI's key: ShareGPT (and LLaMA-Factory) reads from/value
+            raise RowError(f"{f}.tool_calls", "OpenAI tool calls in a ShareGPT message, whose calls are function_call "
+                           "turns (value: the JSON call); write them so, or the row as OpenAI messages")  # fmt: skip
         if role == "function_call":
             raw = _text(m.get("value"), f"{f}.value")
             try:
@@ -161,7 +182,8 @@ def parse_sharegpt_tools(record: dict) -> Conversation:
             msgs.append(_weighted({"role": SHAREGPT_ROLES[role], "content": _text(m.get("value"), f"{f}.value")}, m, f))
         else:
             raise RowError(f"{f}.from", unknown_role(role, "from", str(roles)))
-    msgs = _trains(check_tool_turns(_with_system(record, msgs), "conversations"), "conversations")
+    # checked before the row's `system` key joins them: an index names the turn in the row's own list
+    msgs = _trains(_with_system(record, check_tool_turns(msgs, "conversations", sharegpt=True)), "conversations")
     return Conversation(msgs, tools=parse_tools(record.get("tools")))
 
 
@@ -216,7 +238,7 @@ def parse_openai_tools(record: dict) -> Conversation:
                 answered[call_id] = i
                 msg["tool_call_id"] = call_id
         msgs.append(msg)
-    msgs = _trains(check_tool_turns(_with_system(record, msgs), "messages"), "messages")
+    msgs = _trains(_with_system(record, check_tool_turns(msgs, "messages")), "messages")
     return Conversation(msgs, tools=parse_tools(record.get("tools")))
 
 

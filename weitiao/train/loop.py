@@ -182,6 +182,20 @@ def model_context(config: Any) -> int | None:
     return context
 
 
+def model_positions(model: str) -> int | None:
+    """`model_context` of a model dir, hub id or 'demo' from its config as training loads it (None: a tokenizer
+    without a model config, or one that does not say); for `data check` in the CLI and the console."""
+    from transformers import AutoConfig
+
+    from weitiao.models.load import resolve_path
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_path(model))
+    except (OSError, ValueError, KeyError):  # no config.json, or a model type transformers does not know
+        return None
+    return model_context(config)
+
+
 def refuse_over_context(model: Any, **sets: Any) -> None:
     """Refuse a sequence (an SFT row or document piece, a DPO/RM pair's side) longer than the model's context
     (`max_position_embeddings`): each packed sequence restarts its positions, so one past the context trains positions

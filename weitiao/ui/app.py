@@ -389,11 +389,18 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
 
         return load_tokenizer(model)
 
+    @functools.lru_cache(maxsize=4)
+    def positions(model: str) -> int | None:
+        from weitiao.train.loop import model_positions
+
+        return model_positions(model)
+
     @app.get("/api/data")
     def data_preview(path: str, index: int = 0, model: str = "demo", template: str = "auto", max_len: int = 1024,
                      train_on_prompt: bool = False, format: str = "auto") -> dict:  # fmt: skip
         """Row `index` encoded as the trainer that takes the file would (SFT, or a DPO/RM pair), the file's
-        `data check` report, and the ratios it was mixed with (SFT files made by `data mix`)."""
+        `data check` report (rows over the model's positions counted, as the CLI's `--model`), and the ratios it was
+        mixed with (SFT files made by `data mix`)."""
         from dataclasses import asdict
 
         from weitiao.data.check import check_file
@@ -402,13 +409,15 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
         if max_len < 1:
             raise UserError(f"max_len {max_len}: must be ≥ 1")
         file = str(roots.resolve(path, "data file"))
-        tok = tokenizer(model_ref(model))
+        ref = model_ref(model)
+        tok = tokenizer(ref)
         view = row_view(file, index, tok, template, max_len, train_on_prompt, format)
         report = Path(f"{file}.report.json")  # written next to a file by `weitiao data mix`
         mixed = None
         if report.is_file():
             mixed = json.loads(roots.resolve(str(report), "mix report").read_text(encoding="utf-8"))
-        return {**view, "check": asdict(check_file([file], tok, template, max_len, format)), "mix": mixed}
+        check = check_file([file], tok, template, max_len, format, context=positions(ref))
+        return {**view, "check": asdict(check), "mix": mixed}
 
     return app
 
