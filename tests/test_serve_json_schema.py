@@ -13,6 +13,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
+import torch
 from conftest import replaced
 from loopback import running
 from test_serve_strict import accepts as walks
@@ -197,3 +198,78 @@ def test_json_schema_grammar_reads_json_schema_defaults():
     with pytest.raises(BadRequest, match=r"^s\.properties\.age\.\$schema: "):  # the root's only
         accepts(replaced(PERSON, ["properties", "age", "$schema"], "http://json-schema.org/draft-07/schema#"), person)
     assert not accepts(PERSON, '{"name": "小明", "age": 3, "ok": [true]}', strict=True)
+
+
+def _no_repeat(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    assert len(keys) == len(set(keys)), f"a key written twice: {keys}"
+    return dict(pairs)
+
+
+@pytest.mark.parametrize("kind", ["map", "json_object"])
+def test_constrained_objects_never_repeat_a_key(tokenizer, kind):
+    """A "model" that wants `{"a": 1, "a": 1, "a": 1}` (greedy on the longest token matching that text, else the
+    lowest allowed id, then `": 2}`): a map's keys (additionalProperties, strict false) and any object's
+    (json_object) were free strings, so the reply held "a" twice and a parser kept one. Now the key's closing
+    quote is banned where it would repeat a key of its object (`\\u0061` too); the reply validates, no key twice,
+    and the mask equals the byte walk of every token (the in-key shortcut) at each step."""
+    from conftest import walked_mask
+
+    from weitiao.infer.constrain import MaskCache, TokenBytes, json_object
+
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    toks = TokenBytes.of(tokenizer, {stop})
+    cache, width = MaskCache(toks), len(tokenizer)
+    schema = {"type": "object", "additionalProperties": {"type": "integer"}}
+    if kind == "map":
+        p = Pattern()
+        pattern = p.finish(compile_schema(p, schema, "s", strict=False))
+    else:
+        pattern = json_object()
+    state, out, want = pattern.start, b"", b'{"a": 1, "a": 1, "a": 1}'
+    for _ in range(60):
+        mask = cache.get(pattern, state, width)
+        walked = walked_mask(pattern, state, toks, width)
+        walked[stop] = pattern.done(state)
+        assert torch.equal(mask, walked), out
+        allowed = mask.nonzero().flatten().tolist()
+        fits = [i for i in allowed if i != stop and want.startswith(toks.table[i])]
+        if fits:
+            pick = max(fits, key=lambda i: len(toks.table[i]))
+            want = want[len(toks.table[pick]) :]
+        else:
+            pick = allowed[0] if stop not in allowed or want else stop
+            want = b'": 2}'
+        if pick == stop:
+            break
+        out += toks.table[pick]
+        for b in toks.table[pick]:
+            state = pattern.step(state, b)
+    else:
+        raise AssertionError(out)
+    reply = json.loads(out, object_pairs_hook=_no_repeat)
+    jsonschema.validate(reply, schema)
+    assert len(reply) >= 2 and "a" in reply, out
+    assert not accepts(schema, '{"a": 1, "\\u0061": 2}') and accepts(schema, '{"a": 1, "b": 1}')
+
+
+def test_json_strings_hold_only_utf8_that_python_decodes():
+    """The string automaton took any lead byte's count of 80-BF bytes: overlong `E0 80 80`, surrogate `ED A0 80`,
+    `F4 90 80 80` past U+10FFFF; a reply holding them decoded with U+FFFD (and a key's 500'd once keys are read).
+    Now a string's bytes are accepted exactly when Python decodes them, over every lead byte and second byte."""
+    from weitiao.infer.constrain import json_object
+
+    pattern = json_object()
+    for lead in range(0x80, 0x100):
+        for second in range(0x80, 0xC0):
+            for tail in (b"", b"\x80", b"\x80\xbf", b"\xbf\x80\x80"):
+                raw = bytes([lead, second]) + tail
+                try:
+                    raw.decode()
+                    ok = True
+                except UnicodeDecodeError:
+                    ok = False
+                state = pattern.start
+                for b in b'{"' + raw + b'": 1}':
+                    state = pattern.step(state, b)
+                assert pattern.done(state) == ok, raw

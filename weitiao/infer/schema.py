@@ -170,10 +170,7 @@ def compile_schema(p: Pattern, schema: Any, at: str, strict: bool, unenforced: s
                 return p.lit(b"{}")
             if extra is None or extra is True:
                 return p.node("json")  # any object
-            value = build(extra, f"{path}.additionalProperties")
-            entry, more = p.seq(p.lit(b'"'), p.node("str"), p.lit(b": "), value), p.seq()
-            p.define(more, p.alt(p.lit(b"}"), p.seq(p.lit(b", "), entry, more)))
-            return p.seq(p.lit(b"{"), p.alt(p.lit(b"}"), p.seq(entry, more)))
+            return p.seq(p.lit(b"{"), p.map(build(extra, f"{path}.additionalProperties")))  # no key twice
         # the keys in the schema's order, from the last: rest[w] is what may follow once the keys before are
         # written (w: whether any of them was, so the next one needs ", "); a key not required may be skipped
         rest = {False: p.lit(b"}"), True: p.lit(b"}")}
