@@ -88,7 +88,7 @@ def json_step(state: tuple, b: int) -> tuple | None:
         got = _key_step(stack[-1][1], aux, b)
         if got is None or isinstance(got, tuple):
             return got and ("key_str", stack, got)
-        return ("colon", (*stack[:-1], ("{", stack[-1][1] | {got})), None)
+        return ("colon", (*stack[:-1], ("{", _add(stack[-1][1], got))), None)
     if mode == "num":
         nxt = _num_step(aux, b)
         if nxt is not None:
@@ -138,17 +138,24 @@ def _str_step(stack: tuple, aux: tuple, b: int) -> tuple | None:
     return ("str", stack, (is_key, _LEADS[b], 0)) if b in _LEADS else None
 
 
-def _key_step(keys: frozenset, aux: tuple, b: int) -> tuple | str | None:
+def _key_step(keys: frozenset | None, aux: tuple, b: int) -> tuple | str | None:
     """Inside an object's key (aux: bytes so far, UTF-8 bytes due, escape progress): the next aux, the key once its
-    closing quote comes (None when `keys` already holds it: `"a"` and `"\\u0061"` alike), or None."""
+    closing quote comes (None when `keys` already holds it: `"a"` and `"\\u0061"` alike), or None. `keys` None:
+    the object's keys are not tracked (`Pattern.untracked`), so no key is read or refused."""
     raw, cont, esc = aux
     nxt = _str_step((), (False, cont, esc), b)
     if nxt is None:
         return None
     if nxt[0] == "str":
-        return (raw + bytes([b]), *nxt[2][1:])
+        return (raw + bytes([b]) if keys is not None else raw, *nxt[2][1:])
+    if keys is None:
+        return ""
     key = json.loads(b'"' + raw + b'"')
     return None if key in keys else key
+
+
+def _add(keys: frozenset | None, key: str) -> frozenset | None:
+    return None if keys is None else keys | {key}
 
 
 def _num_step(sub: str, b: int) -> str | None:
@@ -305,7 +312,7 @@ class Pattern:
                     nxt.add(st[:-1])
                 elif isinstance(got, tuple) and got[0] is _POP:  # a key written: its map (below it) records it
                     m, (keys, phase) = st[-2]
-                    nxt.add(st[:-2] + ((m, (keys | {got[1]}, phase)),))
+                    nxt.add(st[:-2] + ((m, (_add(keys, got[1]), phase)),))
                 else:
                     nxt.add(st[:-1] + ((i, got),))
         out = self._closure(nxt) or None if nxt else None
@@ -313,6 +320,44 @@ class Pattern:
             self._memo.clear()
         self._memo[key] = out
         return out
+
+    def untracked(self, state: frozenset) -> frozenset:
+        """`state` with its objects' keys forgotten: the same state, but that a key may repeat. Its mask holds the
+        real state's, and differs from it only on tokens holding a quote, which alone can close a key; it is
+        shared by every reply, where the real states (keys written, a key's bytes so far) are each new."""
+        out = set()
+        for st in state:
+            forget = []
+            for i, sub in st:
+                kind = self.nodes[i][0]
+                if kind == "map":
+                    sub = (None, sub[1])
+                elif kind == "key":
+                    sub = (None, b"", *sub[2:])
+                elif kind == "json" and sub[1]:
+                    mode, stack, aux = sub
+                    stack = tuple(x if x == "[" else ("{", None) for x in stack)
+                    sub = (mode, stack, (b"", *aux[1:]) if mode == "key_str" else aux)
+                forget.append((i, sub))
+            out.add(tuple(forget))
+        return frozenset(out)
+
+    def open_key(self, state: frozenset) -> tuple | str | None:
+        """Inside an object's key? None: no reading of `state` is (a token's one quote then closes no key);
+        (the key so far, the object's keys) where the one reading is, between characters; "walk": otherwise."""
+        keyed = []
+        for st in state:
+            if st and self.nodes[st[-1][0]][0] == "key":
+                keyed.append(st[-1][1])
+            elif st and self.nodes[st[-1][0]][0] == "json" and st[-1][1][0] == "key_str":
+                _, stack, aux = st[-1][1]
+                keyed.append((stack[-1][1], *aux))
+        if not keyed:
+            return None
+        if len(state) > 1 or keyed[0][0] is None or keyed[0][2] or keyed[0][3]:
+            return "walk"
+        keys, raw = keyed[0][:2]
+        return json.loads(b'"' + raw + b'"'), keys
 
     def done(self, state: frozenset | None) -> bool:
         """The bytes so far are a whole match: a stop token may follow (free text may go on, too)."""
@@ -418,6 +463,7 @@ class TokenBytes:
         # a token's first byte (-1: never allowed), and inside a JSON string, the UTF-8 continuation bytes
         # still due after a token made of plain string bytes, starting from each `cont` (-1: not plain there).
         self.first = torch.tensor([seq[0] if seq else -1 for seq in table])
+        self.quotes = torch.tensor([seq.count(34) if seq else 0 for seq in table])  # keys close at a quote
         self.plain = torch.tensor([[_plain_run(seq, c) for c in range(8)] for seq in table])
         self._holding: dict[int, torch.Tensor] = {}
 
@@ -470,7 +516,32 @@ class MaskCache:
         mask = self.masks.get(key)
         if mask is None:
             mask = torch.zeros(width, dtype=torch.bool)
-            if state is None or pattern.final(state):  # complete (or lost): only a stop token may follow
+            loose = pattern.untracked(state) if state is not None else state
+            if loose != state:  # only a token holding a quote may close a key
+                mask = self.get(pattern, loose, width).clone()
+                n = min(width, len(toks.table))
+                quoted = mask[:n] & toks.holding(ord('"'))[:n]
+                inside = pattern.open_key(state)
+                if inside != "walk":  # a token with one quote closes the key written so far, or no key
+                    one = quoted & (toks.quotes[:n] == 1)
+                    quoted &= ~one
+                    if inside is not None:
+                        so_far, keys = inside
+                        repeats = {k[len(so_far) :].encode() for k in keys if k.startswith(so_far)}
+                        for i in one.nonzero().flatten().tolist():
+                            before = toks.table[i][: toks.table[i].index(34)]
+                            if b"\\" in before:
+                                quoted[i] = True  # an escape: walk it
+                            elif before in repeats:
+                                mask[i] = False
+                for i in quoted.nonzero().flatten().tolist():
+                    s = state
+                    for b in toks.table[i]:
+                        s = pattern.step(s, b)
+                        if s is None:
+                            break
+                    mask[i] = s is not None
+            elif state is None or pattern.final(state):  # complete (or lost): only a stop token may follow
                 mask[[i for i in toks.stop_ids if i < width]] = True
             else:
                 n = min(width, len(toks.table))
