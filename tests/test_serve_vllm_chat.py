@@ -110,9 +110,9 @@ def test_unread_name_costs_a_few_renders_whatever_the_length(monkeypatch):
 
 
 def test_text_content_parts_are_joined_by_a_newline_as_vllm(parts):
-    """A user message's text parts were joined with nothing (`["天气", "怎么样"]` read `天气怎么样`). Now they are joined
-    by a newline, as vLLM's chat_utils joins them for a string template: the prompt and the greedy reply are those of
-    the one string `天气\\n怎么样`, and differ from those of `天气怎么样`."""
+    """A user message's text parts were joined with nothing (`["天气", "怎么样"]` read `天气怎么样`). Now they are
+    joined by a newline, as vLLM's chat_utils joins them for a string template: the prompt and the greedy reply are
+    those of the one string `天气\\n怎么样`, and differ from those of `天气怎么样`."""
     model, tok, template = parts
     split = [{"role": "user", "content": [{"type": "text", "text": "天气"}, {"type": "text", "text": "怎么样"}]}]
     ask = dict(model="tiny", max_tokens=8, temperature=0)

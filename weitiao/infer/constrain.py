@@ -23,6 +23,7 @@ import torch
 from transformers import LogitsProcessor
 
 from weitiao.data.decode import special_ids
+from weitiao.infer import bounds
 
 _WS = b" "
 _ESC = set(b'"\\/bfnrt')
@@ -185,8 +186,8 @@ _WS_BYTES = b" \n\t\r"
 class Pattern:
     """A grammar of nodes matched byte by byte as a pushdown automaton. Build nodes with `node`/`lit`/`seq`/
     `alt`, then `finish(root)`. Leaves: "lit" (fixed bytes), "str" (a JSON string's body after its opening
-    quote), "num" (a JSON number; arg True: an integer), "json" (any JSON object, `json_step`), "key" (an object's
-    key, none written before in it: see `map`), "free" (any
+    quote), "num" (a JSON number; arg True: an integer), "bnum" (a number in range; arg a `bounds.Bounds`), "json"
+    (any JSON object, `json_step`), "key" (an object's key, none written before in it: see `map`), "free" (any
     bytes until arg, a trigger, has been written; arg b"": never ends), "ws" (optional whitespace), "not" (one
     byte not in arg). A state is a frozenset of stacks of (node, progress), top last: every way the bytes so
     far can be read (anyOf, enum, and a number's end need more than one)."""
@@ -229,7 +230,7 @@ class Pattern:
 
     def _init(self, i: int) -> Any:
         kind, _ = self.nodes[i]
-        init = {"lit": 0, "str": (False, 0, 0), "num": "", "json": JSON_START, "free": 0, "ws": 0, "not": 0}
+        init = {"lit": 0, "str": (False, 0, 0), "num": "", "bnum": "", "json": JSON_START, "free": 0, "ws": 0, "not": 0}
         return (frozenset(), "first") if kind == "map" else init.get(kind)
 
     def _closure(self, stacks: set) -> frozenset:
@@ -264,6 +265,8 @@ class Pattern:
                 out.add(st)
                 if kind == "ws" or (kind == "num" and sub in ("0", "int", "frac", "exp")):  # may end here
                     todo.append(st[:-1])
+                elif kind == "bnum" and bounds.ends(arg, sub):
+                    todo.append(st[:-1])
         return frozenset(out)
 
     def _leaf(self, kind: str, arg: Any, sub: Any, b: int) -> Any:
@@ -281,6 +284,8 @@ class Pattern:
         if kind == "key":  # sub: (the keys written in the object, then _key_step's aux)
             got = _key_step(sub[0], sub[1:], b)
             return got if got is None else (sub[0], *got) if isinstance(got, tuple) else (_POP, got)
+        if kind == "bnum":
+            return bounds.step(arg, sub, b)
         if kind == "json":
             nxt = json_step(sub, b)
             return None if nxt is None else _POP if nxt[0] == "done" else nxt
