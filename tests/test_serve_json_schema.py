@@ -145,6 +145,7 @@ S = "response_format.json_schema.schema"
         ),
         (fmt(bad(["properties", "age", "minLength"], 1)), f"{S}.properties.age.minLength"),
         (fmt(bad(["properties", "name", "maximum"], 1)), f"{S}.properties.name.maximum"),  # beside enum: not read
+        (fmt(bad(["properties", "ok", "enum"], [[True]])), f"{S}.properties.ok.items"),  # items, maxItems unread
         # no number in range, a bound that is no number (draft-04's boolean exclusiveMinimum)
         (
             fmt(replaced(bad(["properties", "age", "minimum"], 5), ["properties", "age", "maximum"], 4)),
