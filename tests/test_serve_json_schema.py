@@ -13,6 +13,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
+import torch
 from conftest import replaced
 from loopback import running
 from test_serve_strict import accepts as walks
@@ -20,7 +21,7 @@ from test_serve_tools import client, together
 
 from weitiao.infer.api import BadRequest
 from weitiao.infer.constrain import Pattern
-from weitiao.infer.schema import compile_schema
+from weitiao.infer.schema import _RANGE, compile_schema
 from weitiao.infer.serve import ServeSettings, create_app
 
 ASK = [{"role": "user", "content": "给我一个人"}]
@@ -136,8 +137,21 @@ S = "response_format.json_schema.schema"
         (fmt({"type": "array", "items": {"type": "integer"}}), f"{S}.type"),
         (fmt(bad(["properties", "age"], {"description": "no type"})), f"{S}.properties.age.type"),
         # what the mask cannot enforce, strict or not: a 400 naming the keyword, never a reply that breaks it
-        (fmt(bad(["properties", "age", "minimum"], 0)), f"{S}.properties.age.minimum"),
-        (fmt(bad(["properties", "age", "minimum"], 0), False), f"{S}.properties.age.minimum"),
+        (fmt(bad(["properties", "age"], {"type": "number", "multipleOf": 0.5})), f"{S}.properties.age.multipleOf"),
+        (fmt(bad(["properties", "age", "multipleOf"], 0.5), False), f"{S}.properties.age.multipleOf"),
+        (
+            fmt(bad(["properties", "age"], {"type": "number", "maximum": 0.1234567890123456})),
+            f"{S}.properties.age.maximum",
+        ),
+        (fmt(bad(["properties", "age", "minLength"], 1)), f"{S}.properties.age.minLength"),
+        (fmt(bad(["properties", "name", "maximum"], 1)), f"{S}.properties.name.maximum"),  # beside enum: not read
+        (fmt(bad(["properties", "ok", "enum"], [[True]])), f"{S}.properties.ok.items"),  # items, maxItems unread
+        # no number in range, a bound that is no number (draft-04's boolean exclusiveMinimum)
+        (
+            fmt(replaced(bad(["properties", "age", "minimum"], 5), ["properties", "age", "maximum"], 4)),
+            f"{S}.properties.age",
+        ),
+        (fmt(bad(["properties", "age", "exclusiveMinimum"], True)), f"{S}.properties.age.exclusiveMinimum"),
         (fmt(bad(["properties", "name"], {"type": "string", "format": "email"}), None), f"{S}.properties.name.format"),
         (fmt(bad(["$defs", "pet", "oneOf"], [{"type": "null"}]), False), f"{S}.$defs.pet.oneOf"),
         (fmt(bad(["required"], ["name", "nick"], LOOSE), False), f"{S}.required"),  # a key the mask never writes
@@ -197,3 +211,172 @@ def test_json_schema_grammar_reads_json_schema_defaults():
     with pytest.raises(BadRequest, match=r"^s\.properties\.age\.\$schema: "):  # the root's only
         accepts(replaced(PERSON, ["properties", "age", "$schema"], "http://json-schema.org/draft-07/schema#"), person)
     assert not accepts(PERSON, '{"name": "小明", "age": 3, "ok": [true]}', strict=True)
+
+
+def _no_repeat(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    assert len(keys) == len(set(keys)), f"a key written twice: {keys}"
+    return dict(pairs)
+
+
+@pytest.mark.parametrize("kind", ["map", "json_object"])
+def test_constrained_objects_never_repeat_a_key(tokenizer, kind):
+    """A "model" that wants `{"a": 1, "a": 1, "a": 1}` (greedy on the longest token matching that text, else the
+    lowest allowed id, then `": 2}`): a map's keys (additionalProperties, strict false) and any object's
+    (json_object) were free strings, so the reply held "a" twice and a parser kept one. Now the key's closing
+    quote is banned where it would repeat a key of its object (`\\u0061` too); the reply validates, no key twice,
+    and the mask equals the byte walk of every token (the in-key shortcut) at each step."""
+    from conftest import walked_mask
+
+    from weitiao.infer.constrain import MaskCache, TokenBytes, json_object
+
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    toks = TokenBytes.of(tokenizer, {stop})
+    cache, width = MaskCache(toks), len(tokenizer)
+    schema = {"type": "object", "additionalProperties": {"type": "integer"}}
+    if kind == "map":
+        p = Pattern()
+        pattern = p.finish(compile_schema(p, schema, "s", strict=False))
+    else:
+        pattern = json_object()
+    state, out, want = pattern.start, b"", b'{"a": 1, "a": 1, "a": 1}'
+    for _ in range(60):
+        mask = cache.get(pattern, state, width)
+        walked = walked_mask(pattern, state, toks, width)
+        walked[stop] = pattern.done(state)
+        assert torch.equal(mask, walked), out
+        allowed = mask.nonzero().flatten().tolist()
+        fits = [i for i in allowed if i != stop and want.startswith(toks.table[i])]
+        if fits:
+            pick = max(fits, key=lambda i: len(toks.table[i]))
+            want = want[len(toks.table[pick]) :]
+        else:
+            pick = allowed[0] if stop not in allowed or want else stop
+            want = b'": 2}'
+        if pick == stop:
+            break
+        out += toks.table[pick]
+        for b in toks.table[pick]:
+            state = pattern.step(state, b)
+    else:
+        raise AssertionError(out)
+    reply = json.loads(out, object_pairs_hook=_no_repeat)
+    jsonschema.validate(reply, schema)
+    assert len(reply) >= 2 and "a" in reply, out
+    assert not accepts(schema, '{"a": 1, "\\u0061": 2}') and accepts(schema, '{"a": 1, "b": 1}')
+
+
+def test_json_strings_hold_only_utf8_that_python_decodes():
+    """The string automaton took any lead byte's count of 80-BF bytes: overlong `E0 80 80`, surrogate `ED A0 80`,
+    `F4 90 80 80` past U+10FFFF; a reply holding them decoded with U+FFFD (and a key's 500'd once keys are read).
+    Now a string's bytes are accepted exactly when Python decodes them, over every lead byte and second byte."""
+    from weitiao.infer.constrain import json_object
+
+    pattern = json_object()
+    for lead in range(0x80, 0x100):
+        for second in range(0x80, 0xC0):
+            for tail in (b"", b"\x80", b"\x80\xbf", b"\xbf\x80\x80"):
+                raw = bytes([lead, second]) + tail
+                try:
+                    raw.decode()
+                    ok = True
+                except UnicodeDecodeError:
+                    ok = False
+                state = pattern.start
+                for b in b'{"' + raw + b'": 1}':
+                    state = pattern.step(state, b)
+                assert pattern.done(state) == ok, raw
+
+
+RANGED = {  # OpenAI's strict number and array keywords
+    "type": "object",
+    "properties": {
+        "n": {"type": "integer", "minimum": -3, "exclusiveMaximum": 40, "multipleOf": 4},
+        "x": {"type": "number", "exclusiveMinimum": 0.1, "maximum": 2.5},
+        "xs": {"type": "array", "items": {"type": "integer", "exclusiveMinimum": 99}, "minItems": 1, "maxItems": 3},
+    },
+    "required": ["n", "x", "xs"],
+    "additionalProperties": False,
+}
+
+
+def test_number_bounds_are_enforced_and_replies_validate(url):
+    """minimum, maximum, exclusiveMinimum/exclusiveMaximum and an integer's multipleOf (OpenAI's strict set) were
+    a 400. Now enforced, strict or not: every finished reply of the random model validates against RANGED; the
+    same schema without them (the negative control) lets it write numbers out of range."""
+    c = client(url)
+    ask = dict(model="tiny", messages=ASK, temperature=1.0, seed=11, n=4, max_tokens=160)
+    free = {k: {kk: vv for kk, vv in v.items() if kk not in _RANGE} for k, v in RANGED["properties"].items()}
+    free["xs"]["items"] = {"type": "integer"}
+    loose = c.chat.completions.create(response_format=fmt({**RANGED, "properties": free}), **ask)
+    texts = [ch.message.content for ch in loose.choices if ch.finish_reason == "stop"]
+    assert texts and not all(valid(t, RANGED) for t in texts), texts
+    for strict in (True, False):
+        r = c.chat.completions.create(response_format=fmt(RANGED, strict), **ask)
+        done = [ch.message.content for ch in r.choices if ch.finish_reason == "stop"]
+        assert len(done) >= 2, [(ch.finish_reason, ch.message.content) for ch in r.choices]
+        for text in done:
+            assert valid(text, RANGED), text
+
+
+@pytest.mark.parametrize(
+    ("schema", "good", "bad_"),
+    [
+        ({"type": "integer", "minimum": -3, "maximum": 12}, ["-3", "-0", "0", "9", "12"], ["-4", "13", "120", "-30"]),
+        ({"type": "integer", "exclusiveMinimum": 5, "multipleOf": 7}, ["7", "700", "14"], ["0", "5", "6", "-7", "15"]),
+        ({"type": "integer", "exclusiveMaximum": -1}, ["-2", "-100000000000000000000"], ["-1", "0", "-0", "1"]),
+        ({"type": "integer", "minimum": 0.5, "maximum": 1.5}, ["1"], ["0", "2", "1.0"]),
+        (
+            {"type": "number", "exclusiveMinimum": 0.1, "maximum": 2.5},
+            ["0.11", "2.5", "2.50", "1"],
+            ["0.1", "0.10", "2.51", "3", "0.1e1", "0.0999999"],
+        ),
+        ({"type": "number", "minimum": -1e3}, ["-1000", "-999.5", "123456789012345"], ["-1000.5", "1234567890123456"]),
+        ({"type": "number", "exclusiveMaximum": 0}, ["-0.000000000000001", "-3"], ["0", "-0", "-0.0", "0.5"]),
+    ],
+)
+def test_number_bounds_grammar(schema, good, bad_):
+    """The grammar writes exactly the numbers in range (numbers: no exponent, 15 digits at most), each of which
+    validates; and it is never stuck: a prefix is allowed only where a number in range still starts with it."""
+    from weitiao.infer.bounds import feasible
+
+    root = {"type": "object", "properties": {"v": schema}, "required": ["v"], "additionalProperties": False}
+    for text in good:
+        assert accepts(root, f'{{"v": {text}}}', strict=True) and valid(f'{{"v": {text}}}', root), text
+    for text in bad_:
+        assert not accepts(root, f'{{"v": {text}}}', strict=True), text
+    p = Pattern()
+    node = compile_schema(p, schema, "s", strict=False)
+    spec = p.nodes[node][1] if p.nodes[node][0] == "bnum" else p.nodes[p.nodes[node][1][0]][1]
+    for text in good:  # every prefix of a good number stays open
+        assert all(feasible(spec, text[:k]) for k in range(len(text) + 1)), text
+
+
+def test_number_bounds_prefixes_by_brute_force(monkeypatch):
+    """With numbers cut to 2 digits, every prefix the bounds allow starts some whole number in range, and every
+    prefix of a number in range is allowed (integers and numbers, open and closed ends, multipleOf), over all
+    texts of up to 5 characters."""
+    import itertools
+    import random
+    from fractions import Fraction
+
+    from weitiao.infer import bounds
+
+    monkeypatch.setattr(bounds, "DIGITS", 2)
+    rng = random.Random(0)
+    for trial in range(24):
+        integer = trial % 2 == 0
+        lo = Fraction(rng.randint(-120, 120), rng.choice([1, 10, 4]))
+        hi = lo + Fraction(rng.randint(0, 150), rng.choice([1, 10]))
+        spec = bounds.Bounds(
+            integer, lo, rng.random() < 0.5, hi, rng.random() < 0.5, rng.choice([1, 3]) if integer else 1
+        )
+        texts = [
+            "".join(t) for k in range(1, 6) for t in itertools.product("-0123456789" + "." * (not integer), repeat=k)
+        ]
+        whole = [t for t in texts if bounds.ends(spec, t)]
+        assert all(bounds._inside(spec, Fraction(t)) for t in whole)
+        starts = {t[:k] for t in whole for k in range(len(t) + 1)}
+        for t in ["", *texts]:
+            if bounds._PREFIX[integer].fullmatch(t):
+                assert bounds.feasible(spec, t) == (t in starts), (spec, t)

@@ -107,3 +107,21 @@ def test_unread_name_costs_a_few_renders_whatever_the_length(monkeypatch):
         calls = count_renders(monkeypatch, tok)
         assert template.unread_name(tok, msgs) == want
         assert len(calls) <= 3, (jinja, len(calls))
+
+
+def test_text_content_parts_are_joined_by_a_newline_as_vllm(parts):
+    """A user message's text parts were joined with nothing (`["天气", "怎么样"]` read `天气怎么样`). Now they are
+    joined by a newline, as vLLM's chat_utils joins them for a string template: the prompt and the greedy reply are
+    those of the one string `天气\\n怎么样`, and differ from those of `天气怎么样`."""
+    model, tok, template = parts
+    split = [{"role": "user", "content": [{"type": "text", "text": "天气"}, {"type": "text", "text": "怎么样"}]}]
+    ask = dict(model="tiny", max_tokens=8, temperature=0)
+    with running(create_app(model, tok, template, ServeSettings(model_name="tiny"))) as base:
+        c = client(base)
+        got = c.chat.completions.create(messages=split, **ask)
+        one = c.chat.completions.create(messages=[{"role": "user", "content": "天气\n怎么样"}], **ask)
+    assert (got.usage.prompt_tokens, got.choices[0].message.content) == (
+        one.usage.prompt_tokens, one.choices[0].message.content)  # fmt: skip
+    glued = [{"role": "user", "content": "天气怎么样"}]
+    assert got.usage.prompt_tokens == prompt_tokens(tok, template, [{"role": "user", "content": "天气\n怎么样"}],
+        add_generation_prompt=True) != prompt_tokens(tok, template, glued, add_generation_prompt=True)  # fmt: skip

@@ -140,8 +140,8 @@ class _Message(_Strict):
     tool_call_id: str | None = None  # the call a `tool` turn answers
 
     def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(p.text for p in self.content)
+        if isinstance(self.content, list):  # text parts joined by a newline, as vLLM (a template reads a string)
+            return "\n".join(p.text for p in self.content)
         return self.content or ""
 
 

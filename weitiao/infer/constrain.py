@@ -23,6 +23,7 @@ import torch
 from transformers import LogitsProcessor
 
 from weitiao.data.decode import special_ids
+from weitiao.infer import bounds
 
 _WS = b" "
 _ESC = set(b'"\\/bfnrt')
@@ -32,7 +33,8 @@ _LITERALS = {ord("t"): b"rue", ord("f"): b"alse", ord("n"): b"ull"}
 
 
 # ----------------------------------------------------------------------------- JSON, one byte at a time
-# A JSON state is (mode, stack, aux): stack holds b"{" / b"[" of the open containers; aux is mode data.
+# A JSON state is (mode, stack, aux): stack holds the open containers, "[" or ("{", the keys written in it, a
+# frozenset: a key may not repeat, a parser keeps only its last value); aux is mode data.
 JSON_START = ("value", (), True)  # aux of "value": whether the next value must be an object (top level)
 
 
@@ -47,7 +49,7 @@ def json_step(state: tuple, b: int) -> tuple | None:
         if b == 0x20 and mode == "value_sp":
             return ("value", stack, aux)
         if b == ord("{"):
-            return ("key_or_close", (*stack, "{"), None)
+            return ("key_or_close", (*stack, ("{", frozenset())), None)
         if aux is True:  # the top level must be an object
             return None
         if b == ord("["):
@@ -65,7 +67,7 @@ def json_step(state: tuple, b: int) -> tuple | None:
         if b == 0x20 and mode == "key_sp":
             return ("key", stack, None)
         if b == ord('"'):
-            return ("str", stack, (True, 0, 0))
+            return ("key_str", stack, (b"", 0, 0))
         if b == ord("}") and mode == "key_or_close":
             return _after_value(stack[:-1])
         return None
@@ -77,12 +79,17 @@ def json_step(state: tuple, b: int) -> tuple | None:
         return ("value_sp", stack, False) if b == ord(":") else None
     if mode == "after":
         if b == ord(","):
-            return ("key_sp", stack, None) if stack[-1] == "{" else ("value_sp", stack, False)
-        if b == ord("}" if stack[-1] == "{" else "]"):
+            return ("key_sp", stack, None) if stack[-1] != "[" else ("value_sp", stack, False)
+        if b == ord("}" if stack[-1] != "[" else "]"):
             return _after_value(stack[:-1])
         return None
     if mode == "str":
         return _str_step(stack, aux, b)
+    if mode == "key_str":  # aux: (the key's bytes so far, UTF-8 bytes due, escape progress)
+        got = _key_step(stack[-1][1], aux, b)
+        if got is None or isinstance(got, tuple):
+            return got and ("key_str", stack, got)
+        return ("colon", (*stack[:-1], ("{", _add(stack[-1][1], got))), None)
     if mode == "num":
         nxt = _num_step(aux, b)
         if nxt is not None:
@@ -97,10 +104,24 @@ def json_step(state: tuple, b: int) -> tuple | None:
     return None  # "done": nothing may follow
 
 
+# UTF-8 as Python decodes it (RFC 3629): no overlong forms, surrogates or code points past U+10FFFF. A string's
+# `cont` is 0-3 continuation bytes due, or 4-7: after E0, ED, F0, F4, whose next byte has a narrower range.
+_NARROW = {4: (0xA0, 0xBF, 1), 5: (0x80, 0x9F, 1), 6: (0x90, 0xBF, 2), 7: (0x80, 0x8F, 2)}
+_LEADS = {**dict.fromkeys(range(0xC2, 0xE0), 1), **dict.fromkeys(range(0xE1, 0xF0), 2), 0xE0: 4, 0xED: 5}
+_LEADS |= {**dict.fromkeys(range(0xF1, 0xF4), 3), 0xF0: 6, 0xF4: 7}
+
+
+def _cont_step(cont: int, b: int) -> int | None:
+    """The continuation bytes due after `b` with `cont` due (a `_NARROW` code first), or None."""
+    lo, hi, left = _NARROW.get(cont, (0x80, 0xBF, cont - 1))
+    return left if lo <= b <= hi else None
+
+
 def _str_step(stack: tuple, aux: tuple, b: int) -> tuple | None:
-    is_key, cont, esc = aux  # cont: UTF-8 continuation bytes still due; esc: 1 after "\", 2..5 in \uXXXX
+    is_key, cont, esc = aux  # cont: UTF-8 continuation bytes still due (see _NARROW); esc: 1 after "\", 2..5 in \uXXXX
     if cont:
-        return ("str", stack, (is_key, cont - 1, 0)) if 0x80 <= b <= 0xBF else None
+        left = _cont_step(cont, b)
+        return None if left is None else ("str", stack, (is_key, left, 0))
     if esc == 1:
         if b == ord("u"):
             return ("str", stack, (is_key, 0, 2))
@@ -115,10 +136,27 @@ def _str_step(stack: tuple, aux: tuple, b: int) -> tuple | None:
         return None
     if b < 0x80:
         return ("str", stack, aux)
-    for lead, n in ((0xC2, 1), (0xE0, 2), (0xF0, 3)):  # a UTF-8 lead byte and how many follow it
-        if lead <= b < {0xC2: 0xE0, 0xE0: 0xF0, 0xF0: 0xF5}[lead]:
-            return ("str", stack, (is_key, n, 0))
-    return None
+    return ("str", stack, (is_key, _LEADS[b], 0)) if b in _LEADS else None
+
+
+def _key_step(keys: frozenset | None, aux: tuple, b: int) -> tuple | str | None:
+    """Inside an object's key (aux: bytes so far, UTF-8 bytes due, escape progress): the next aux, the key once its
+    closing quote comes (None when `keys` already holds it: `"a"` and `"\\u0061"` alike), or None. `keys` None:
+    the object's keys are not tracked (`Pattern.untracked`), so no key is read or refused."""
+    raw, cont, esc = aux
+    nxt = _str_step((), (False, cont, esc), b)
+    if nxt is None:
+        return None
+    if nxt[0] == "str":
+        return (raw + bytes([b]) if keys is not None else raw, *nxt[2][1:])
+    if keys is None:
+        return ""
+    key = json.loads(b'"' + raw + b'"')
+    return None if key in keys else key
+
+
+def _add(keys: frozenset | None, key: str) -> frozenset | None:
+    return None if keys is None else keys | {key}
 
 
 def _num_step(sub: str, b: int) -> str | None:
@@ -148,7 +186,8 @@ _WS_BYTES = b" \n\t\r"
 class Pattern:
     """A grammar of nodes matched byte by byte as a pushdown automaton. Build nodes with `node`/`lit`/`seq`/
     `alt`, then `finish(root)`. Leaves: "lit" (fixed bytes), "str" (a JSON string's body after its opening
-    quote), "num" (a JSON number; arg True: an integer), "json" (any JSON object, `json_step`), "free" (any
+    quote), "num" (a JSON number; arg True: an integer), "bnum" (a number in range; arg a `bounds.Bounds`), "json"
+    (any JSON object, `json_step`), "key" (an object's key, none written before in it: see `map`), "free" (any
     bytes until arg, a trigger, has been written; arg b"": never ends), "ws" (optional whitespace), "not" (one
     byte not in arg). A state is a frozenset of stacks of (node, progress), top last: every way the bytes so
     far can be read (anyOf, enum, and a number's end need more than one)."""
@@ -170,6 +209,12 @@ class Pattern:
     def alt(self, *ids: int) -> int:
         return self.node("alt", ids)
 
+    def map(self, value: int) -> int:
+        """An object's entries after its "{", each key new in it (a parser keeps only a repeated key's last value),
+        each value following node `value`, and its "}". Its progress: (the keys written, phase)."""
+        parts = (value, self.lit(b"}"), self.lit(b", "), self.lit(b": "), self.lit(b'"'), self.node("key"))
+        return self.node("map", parts)
+
     def define(self, i: int, *ids: int) -> None:
         """Set placeholder node `i` (made by `seq()`) to the sequence `ids`: a recursive rule."""
         self.nodes[i] = ("seq", ids)
@@ -185,7 +230,8 @@ class Pattern:
 
     def _init(self, i: int) -> Any:
         kind, _ = self.nodes[i]
-        return {"lit": 0, "str": (False, 0, 0), "num": "", "json": JSON_START, "free": 0, "ws": 0, "not": 0}.get(kind)
+        init = {"lit": 0, "str": (False, 0, 0), "num": "", "bnum": "", "json": JSON_START, "free": 0, "ws": 0, "not": 0}
+        return (frozenset(), "first") if kind == "map" else init.get(kind)
 
     def _closure(self, stacks: set) -> frozenset:
         """`stacks` with every seq/alt expanded, until each stack has a leaf on top (or is empty: matched)."""
@@ -204,9 +250,22 @@ class Pattern:
                 todo.append(st[:-1] + tuple((c, self._init(c)) for c in reversed(arg)))
             elif kind == "alt":
                 todo.extend(st[:-1] + ((c, self._init(c)),) for c in arg)
+            elif kind == "map":  # phases: first (after "{"), key (after ", "), value (after a key), next
+                value, close, comma, colon, quote, key = arg
+                keys, phase = sub
+                if phase in ("first", "next"):
+                    todo.append(st[:-1] + ((close, 0),))
+                if phase in ("first", "key"):
+                    todo.append(st[:-1] + ((i, (keys, "value")), (key, (keys, b"", 0, 0)), (quote, 0)))
+                elif phase == "next":
+                    todo.append(st[:-1] + ((i, (keys, "key")), (comma, 0)))
+                else:
+                    todo.append(st[:-1] + ((i, (keys, "next")), (value, self._init(value)), (colon, 0)))
             else:
                 out.add(st)
                 if kind == "ws" or (kind == "num" and sub in ("0", "int", "frac", "exp")):  # may end here
+                    todo.append(st[:-1])
+                elif kind == "bnum" and bounds.ends(arg, sub):
                     todo.append(st[:-1])
         return frozenset(out)
 
@@ -222,6 +281,11 @@ class Pattern:
             else:
                 nxt = _num_step(sub, b)
             return None if arg and nxt in ("frac0", "exp0") else nxt
+        if kind == "key":  # sub: (the keys written in the object, then _key_step's aux)
+            got = _key_step(sub[0], sub[1:], b)
+            return got if got is None else (sub[0], *got) if isinstance(got, tuple) else (_POP, got)
+        if kind == "bnum":
+            return bounds.step(arg, sub, b)
         if kind == "json":
             nxt = json_step(sub, b)
             return None if nxt is None else _POP if nxt[0] == "done" else nxt
@@ -247,13 +311,58 @@ class Pattern:
             if st:
                 i, sub = st[-1]
                 got = self._leaf(*self.nodes[i], sub, b)
-                if got is not None:
-                    nxt.add(st[:-1] if got is _POP else st[:-1] + ((i, got),))
+                if got is None:
+                    continue
+                if got is _POP:
+                    nxt.add(st[:-1])
+                elif isinstance(got, tuple) and got[0] is _POP:  # a key written: its map (below it) records it
+                    m, (keys, phase) = st[-2]
+                    nxt.add(st[:-2] + ((m, (_add(keys, got[1]), phase)),))
+                else:
+                    nxt.add(st[:-1] + ((i, got),))
         out = self._closure(nxt) or None if nxt else None
         if len(self._memo) > 100_000:
             self._memo.clear()
         self._memo[key] = out
         return out
+
+    def untracked(self, state: frozenset) -> frozenset:
+        """`state` with its objects' keys forgotten: the same state, but that a key may repeat. Its mask holds the
+        real state's, and differs from it only on tokens holding a quote, which alone can close a key; it is
+        shared by every reply, where the real states (keys written, a key's bytes so far) are each new."""
+        out = set()
+        for st in state:
+            forget = []
+            for i, sub in st:
+                kind = self.nodes[i][0]
+                if kind == "map":
+                    sub = (None, sub[1])
+                elif kind == "key":
+                    sub = (None, b"", *sub[2:])
+                elif kind == "json" and sub[1]:
+                    mode, stack, aux = sub
+                    stack = tuple(x if x == "[" else ("{", None) for x in stack)
+                    sub = (mode, stack, (b"", *aux[1:]) if mode == "key_str" else aux)
+                forget.append((i, sub))
+            out.add(tuple(forget))
+        return frozenset(out)
+
+    def open_key(self, state: frozenset) -> tuple | str | None:
+        """Inside an object's key? None: no reading of `state` is (a token's one quote then closes no key);
+        (the key so far, the object's keys) where the one reading is, between characters; "walk": otherwise."""
+        keyed = []
+        for st in state:
+            if st and self.nodes[st[-1][0]][0] == "key":
+                keyed.append(st[-1][1])
+            elif st and self.nodes[st[-1][0]][0] == "json" and st[-1][1][0] == "key_str":
+                _, stack, aux = st[-1][1]
+                keyed.append((stack[-1][1], *aux))
+        if not keyed:
+            return None
+        if len(state) > 1 or keyed[0][0] is None or keyed[0][2] or keyed[0][3]:
+            return "walk"
+        keys, raw = keyed[0][:2]
+        return json.loads(b'"' + raw + b'"'), keys
 
     def done(self, state: frozenset | None) -> bool:
         """The bytes so far are a whole match: a stop token may follow (free text may go on, too)."""
@@ -273,6 +382,8 @@ class Pattern:
         kind, arg, sub = tops.pop()
         if kind == "str" and sub[2] == 0:
             return ("plain", sub[1])
+        if kind == "key" and sub[3] == 0:  # plain bytes never close the key, so never repeat one
+            return ("plain", sub[2])
         if kind == "free" and sub == 0:
             return ("without", arg[0] if arg else -1)
         return None
@@ -336,20 +447,15 @@ def _plain_run(seq: bytes | None, cont: int) -> int:
         return -1
     for b in seq:
         if cont:
-            if not 0x80 <= b <= 0xBF:
+            if (left := _cont_step(cont, b)) is None:
                 return -1
-            cont -= 1
+            cont = left
         elif b < 0x20 or b in (0x22, 0x5C, 0x7F):
             return -1
         elif b >= 0x80:
-            if 0xC2 <= b < 0xE0:
-                cont = 1
-            elif 0xE0 <= b < 0xF0:
-                cont = 2
-            elif 0xF0 <= b < 0xF5:
-                cont = 3
-            else:
+            if b not in _LEADS:
                 return -1
+            cont = _LEADS[b]
     return cont
 
 
@@ -360,9 +466,10 @@ class TokenBytes:
         self.table, self.stop_ids = table, stop_ids
         # Two shortcuts that keep a mask from walking every token's bytes in Python (a 150k vocabulary):
         # a token's first byte (-1: never allowed), and inside a JSON string, the UTF-8 continuation bytes
-        # still due after a token made of plain string bytes, starting from 0-3 due (-1: not plain there).
+        # still due after a token made of plain string bytes, starting from each `cont` (-1: not plain there).
         self.first = torch.tensor([seq[0] if seq else -1 for seq in table])
-        self.plain = torch.tensor([[_plain_run(seq, c) for c in range(4)] for seq in table])
+        self.quotes = torch.tensor([seq.count(34) if seq else 0 for seq in table])  # keys close at a quote
+        self.plain = torch.tensor([[_plain_run(seq, c) for c in range(8)] for seq in table])
         self._holding: dict[int, torch.Tensor] = {}
 
     def holding(self, byte: int) -> torch.Tensor:
@@ -414,7 +521,32 @@ class MaskCache:
         mask = self.masks.get(key)
         if mask is None:
             mask = torch.zeros(width, dtype=torch.bool)
-            if state is None or pattern.final(state):  # complete (or lost): only a stop token may follow
+            loose = pattern.untracked(state) if state is not None else state
+            if loose != state:  # only a token holding a quote may close a key
+                mask = self.get(pattern, loose, width).clone()
+                n = min(width, len(toks.table))
+                quoted = mask[:n] & toks.holding(ord('"'))[:n]
+                inside = pattern.open_key(state)
+                if inside != "walk":  # a token with one quote closes the key written so far, or no key
+                    one = quoted & (toks.quotes[:n] == 1)
+                    quoted &= ~one
+                    if inside is not None:
+                        so_far, keys = inside
+                        repeats = {k[len(so_far) :].encode() for k in keys if k.startswith(so_far)}
+                        for i in one.nonzero().flatten().tolist():
+                            before = toks.table[i][: toks.table[i].index(34)]
+                            if b"\\" in before:
+                                quoted[i] = True  # an escape: walk it
+                            elif before in repeats:
+                                mask[i] = False
+                for i in quoted.nonzero().flatten().tolist():
+                    s = state
+                    for b in toks.table[i]:
+                        s = pattern.step(s, b)
+                        if s is None:
+                            break
+                    mask[i] = s is not None
+            elif state is None or pattern.final(state):  # complete (or lost): only a stop token may follow
                 mask[[i for i in toks.stop_ids if i < width]] = True
             else:
                 n = min(width, len(toks.table))

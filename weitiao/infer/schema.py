@@ -12,11 +12,12 @@ without `type` (`{}`, pydantic's `Any`) and an array without `items` hold any JS
 `additionalProperties`. An object with `properties` gets only those keys, whatever `additionalProperties` says
 (as xgrammar, vLLM's default backend): the reply is still valid, the mask just writes no other key.
 
-Enforced either way: `type` (one or a list), `properties`, `required`, `items`, `minItems`/`maxItems`, `enum`,
+Enforced either way: `type` (one or a list), `properties`, `required`, `items`, `minItems`/`maxItems`, `minimum`,
+`maximum`, `exclusiveMinimum`, `exclusiveMaximum`, an integer's `multipleOf` (weitiao.infer.bounds), `enum`,
 `const`, `anyOf`, `$ref` into the schema (`#`, `#/$defs/...`, recursion too). Annotations (`description`,
 `title`, `default`, `examples`, `$comment`, and the root's `$schema` when it names draft-04 to 2020-12) change
-nothing. Anything else (`pattern`, `format`, `minimum`, `minLength`, `oneOf`, ...) is a 400: the mask could not
-keep it, and a reply that breaks it must not pass as following the schema.
+nothing. Anything else (`pattern`, `format`, `minLength`, `oneOf`, a number's `multipleOf`, ...) is a 400: the
+mask could not keep it, and a reply that breaks it must not pass as following the schema.
 
 Keys come in the schema's order with the JSON style of weitiao.infer.constrain (`{"a": 1, "b": [true]}`): a
 reply's text has one spelling per value, but strings, whose content is free.
@@ -26,14 +27,19 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from weitiao.infer.api import BadRequest
+from weitiao.infer.bounds import DIGITS, Bounds, feasible
 from weitiao.infer.constrain import Pattern
 
 _NOTES = {"description", "title", "default", "examples", "$comment", "$defs", "definitions"}
 _KNOWN = _NOTES | {"type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems"}
 _KNOWN |= {"enum", "const", "anyOf", "$ref"}
+_RANGE = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "multipleOf")  # numbers: weitiao.infer.bounds
+_KNOWN |= set(_RANGE)
 _DIALECT = re.compile(r"https?://json-schema\.org/(draft-0[467]/schema#?|draft/(2019-09|2020-12)/schema)")
 _MAX_ITEMS = 64  # minItems/maxItems are unrolled into the grammar: one rule per place
 _MAX_DEPTH = 64  # schemas inside schemas (properties, items, anyOf); compiled by recursion
@@ -109,7 +115,7 @@ def compile_schema(p: Pattern, schema: Any, at: str, strict: bool, unenforced: s
             return resolve(s["$ref"], path)
         if "const" in s or "enum" in s:
             key = "const" if "const" in s else "enum"
-            if extra := sorted({"const", "enum", "anyOf"} & set(s) - {key}):  # one of them would be dropped
+            if extra := sorted(set(s) - _NOTES - {key, "type"}):  # the values are written as listed, nothing else read
                 refuse(f"{path}.{extra[0]}", f"beside {key}")
             values = [s["const"]] if key == "const" else s["enum"]
             if not isinstance(values, list) or not values:
@@ -138,7 +144,8 @@ def compile_schema(p: Pattern, schema: Any, at: str, strict: bool, unenforced: s
         if t == "string":
             return p.seq(p.lit(b'"'), p.node("str"))
         if t in ("number", "integer"):
-            return p.node("num", t == "integer")
+            spec = number_range(s, t == "integer", path)
+            return p.node("num", t == "integer") if spec is None else p.node("bnum", spec)
         if t == "boolean":
             return p.alt(p.lit(b"true"), p.lit(b"false"))
         if t == "null":
@@ -170,10 +177,7 @@ def compile_schema(p: Pattern, schema: Any, at: str, strict: bool, unenforced: s
                 return p.lit(b"{}")
             if extra is None or extra is True:
                 return p.node("json")  # any object
-            value = build(extra, f"{path}.additionalProperties")
-            entry, more = p.seq(p.lit(b'"'), p.node("str"), p.lit(b": "), value), p.seq()
-            p.define(more, p.alt(p.lit(b"}"), p.seq(p.lit(b", "), entry, more)))
-            return p.seq(p.lit(b"{"), p.alt(p.lit(b"}"), p.seq(entry, more)))
+            return p.seq(p.lit(b"{"), p.map(build(extra, f"{path}.additionalProperties")))  # no key twice
         # the keys in the schema's order, from the last: rest[w] is what may follow once the keys before are
         # written (w: whether any of them was, so the next one needs ", "); a key not required may be skipped
         rest = {False: p.lit(b"}"), True: p.lit(b"}")}
@@ -206,6 +210,45 @@ def compile_schema(p: Pattern, schema: Any, at: str, strict: bool, unenforced: s
             rest = nxt if k < lo else p.alt(p.lit(b"]"), nxt)
         first = p.seq(item, rest)
         return p.seq(p.lit(b"["), first if lo > 0 else p.alt(p.lit(b"]"), first) if hi != 0 else p.lit(b"]"))
+
+    def number_range(s: dict, integer: bool, path: str) -> Bounds | None:
+        """The bounds of a number or integer, None when it has none."""
+        if not set(_RANGE) & set(s):
+            return None
+        got = {}
+        for key in _RANGE:
+            if key not in s:
+                continue
+            v = s[key]
+            if isinstance(v, bool) or not isinstance(v, int | float) or v != v or v in (float("inf"), float("-inf")):
+                invalid(
+                    f"{path}.{key}",
+                    "must be a number" + (" (draft-04's boolean form is not read)" if isinstance(v, bool) else ""),
+                )
+            if key == "multipleOf":
+                if v <= 0:
+                    invalid(f"{path}.{key}", "must be greater than 0")
+                if not integer or not isinstance(v, int):
+                    refuse(f"{path}.{key}", f"{v} on {'an integer' if integer else 'a number'} (integers' only)")
+                continue
+            if not integer and len(Decimal(repr(v)).normalize().as_tuple().digits) > DIGITS:
+                refuse(f"{path}.{key}", f"{v!r}, over {DIGITS} significant digits on a number")
+            got[key] = Fraction(v)
+
+        def tighter(a: tuple, b: tuple, low: bool) -> tuple:  # (value, open) pairs; None: absent
+            if a[0] is None or b[0] is None:
+                return a if b[0] is None else b
+            if a[0] != b[0]:
+                return a if (a[0] > b[0]) == low else b
+            return (a[0], a[1] or b[1])
+
+        lo = tighter((got.get("minimum"), False), (got.get("exclusiveMinimum"), True), True)
+        hi = tighter((got.get("maximum"), False), (got.get("exclusiveMaximum"), True), False)
+        spec = Bounds(integer, lo[0], lo[1], hi[0], hi[1], s.get("multipleOf", 1))
+        if not feasible(spec, ""):
+            what = "integer" if integer else f"number of {DIGITS} digits or fewer"
+            invalid(path, f"no {what} satisfies {', '.join(f'{k} {s[k]}' for k in _RANGE if k in s)}")
+        return spec
 
     def any_value() -> int:
         if not anything:
