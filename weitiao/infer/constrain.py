@@ -540,12 +540,7 @@ class MaskCache:
                             elif before in repeats:
                                 mask[i] = False
                 for i in quoted.nonzero().flatten().tolist():
-                    s = state
-                    for b in toks.table[i]:
-                        s = pattern.step(s, b)
-                        if s is None:
-                            break
-                    mask[i] = s is not None
+                    mask[i] = _walks(pattern, state, toks.table[i])
             elif state is None or pattern.final(state):  # complete (or lost): only a stop token may follow
                 mask[[i for i in toks.stop_ids if i < width]] = True
             else:
@@ -558,12 +553,7 @@ class MaskCache:
                     mask[:n] |= sure
                     walk &= ~sure
                 for i in walk.nonzero().flatten().tolist():
-                    s = state
-                    for b in toks.table[i]:
-                        s = pattern.step(s, b)
-                        if s is None:
-                            break
-                    mask[i] = s is not None
+                    mask[i] = _walks(pattern, state, toks.table[i])
                 if pattern.done(state):  # free text that may end here
                     mask[[i for i in toks.stop_ids if i < width]] = True
             self.masks[key] = mask
@@ -620,3 +610,12 @@ class Constrain(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         return scores.masked_fill(self.ban(scores.shape[-1], scores.device), float("-inf"))
+
+
+def _walks(pattern: Any, state: Any, data: bytes) -> bool:
+    """Whether `pattern` stays alive from `state` through every byte of `data`."""
+    for b in data:
+        state = pattern.step(state, b)
+        if state is None:
+            return False
+    return True
