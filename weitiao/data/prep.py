@@ -56,6 +56,13 @@ class Split(Generic[T]):
     eval_copies_dropped: int  # copies of eval rows left out of both sides
 
 
+def kept(items: list[T], dropped: Sequence[int]) -> list[T]:
+    """The items encoding kept, in order (`dropped`: the positions it dropped). By position, not by source: the rows
+    of a JSON array written on one line all read 'file.json:1'."""
+    out = set(dropped)
+    return [x for i, x in enumerate(items) if i not in out]
+
+
 def split_eval(rows: list[T], fraction: float, seed: int, key: Callable[[T], Any]) -> Split[T]:
     """Hold out `fraction` of the unique rows; every copy of a row goes to the same side.
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, EncodeStats, encode_all, special_token_check
 from weitiao.data.formats import CONFIG_SKIP_HINT, Conversation, Document, Feedback, LoadResult, load_rows
-from weitiao.data.prep import count_overlap, messages_key, overlap_warning, require_rows, split_eval
+from weitiao.data.prep import count_overlap, kept, messages_key, overlap_warning, require_rows, split_eval
 from weitiao.data.templates import ChatTemplate, fallback_note, resolve_template
 from weitiao.errors import UserError
 from weitiao.train.spec import FeedbackDataSpec, TrainSpec
@@ -76,15 +76,13 @@ def _encode(
     """Encoded rows with their labels, the encoding stats, and rows left with no reply token (a cut prompt)."""
     opts = EncodeOptions(d.max_len, train_turns="last", truncation=d.truncation)
     encoded, stats = encode_all([fb.row for fb in rows], tokenizer, template, opts)
-    # By position, not by source: the rows of a JSON array written on one line all read 'file.json:1'.
-    dropped = set(stats.dropped_rows)
-    labels = [fb.desirable for i, fb in enumerate(rows) if i not in dropped]
+    labels = [fb.desirable for fb in kept(rows, stats.dropped_rows)]
     assert len(labels) == len(encoded)  # one example per kept row: a reply row is never split into pieces
     if bad := next((e for e in encoded if not e.n_trained and e.truncated != "cut"), None):
         raise UserError(f"{bad.source}: weight: the judged reply (the last assistant turn) has weight 0, so there is "
                         "nothing to judge; drop its weight")  # fmt: skip
-    kept = [(e, good) for e, good in zip(encoded, labels) if e.n_trained]  # cut in the prompt: no reply token left
-    return [e for e, _ in kept], [good for _, good in kept], stats, len(encoded) - len(kept)
+    both = [(e, good) for e, good in zip(encoded, labels) if e.n_trained]  # cut in the prompt: no reply token left
+    return [e for e, _ in both], [good for _, good in both], stats, len(encoded) - len(both)
 
 
 def prepare_feedback(

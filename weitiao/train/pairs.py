@@ -13,7 +13,7 @@ from weitiao.data.chat import Encoded, special_token_check
 from weitiao.data.files import number_cell
 from weitiao.data.formats import CONFIG_SKIP_HINT, PreferencePair
 from weitiao.data.preference import PairStats, encode_pairs, form_notes, load_pairs
-from weitiao.data.prep import count_overlap, overlap_warning, pair_key, require_rows, split_eval
+from weitiao.data.prep import count_overlap, kept, overlap_warning, pair_key, require_rows, split_eval
 from weitiao.data.templates import ChatTemplate, fallback_note, resolve_template
 from weitiao.errors import UserError
 from weitiao.train.spec import PrefDataSpec, TrainSpec
@@ -142,8 +142,10 @@ def prepare_pairs(
         raise UserError(f"{p.source}: weight: not read unless data.weight_field=weight is set (it scales each "
                         "pair's loss; 0 drops the pair); set it, or drop the column")  # fmt: skip
     if d.weight_field:
-        weights = [_row_number(p, d.weight_field, "data.weight_field") for p in kept(pairs, stats)]
-        eval_weights = [_row_number(p, d.weight_field, "data.weight_field") for p in kept(eval_pairs, eval_stats)]
+        weights, eval_weights = (
+            [_row_number(p, d.weight_field, "data.weight_field") for p in kept(ps, st.dropped_pairs)]
+            for ps, st in ((pairs, stats), (eval_pairs, eval_stats))
+        )
         for name, w in (("train", weights), ("eval", eval_weights)):
             if w and not sum(w) > 0:
                 raise UserError(f"data.weight_field: every {name} pair has {d.weight_field} 0")
@@ -160,18 +162,11 @@ def prepare_pairs(
     )
 
 
-def kept(pairs: list[PreferencePair], stats: PairStats) -> list[PreferencePair]:
-    """The pairs encoding kept, in order: by position, not by source (a one-line JSON array's rows all read
-    'file.json:1')."""
-    dropped = set(stats.dropped_pairs)
-    return [p for i, p in enumerate(pairs) if i not in dropped]
-
-
 def _margins(pairs: list[PreferencePair], stats: PairStats) -> list[float] | None:
     """Each encoded pair's `margin`, or None when no row of the set has one."""
     if not any("margin" in p.extra for p in pairs):
         return None
-    return [_margin(p) for p in kept(pairs, stats)]
+    return [_margin(p) for p in kept(pairs, stats.dropped_pairs)]
 
 
 def _margin(pair: PreferencePair) -> float:
