@@ -1200,3 +1200,56 @@ def test_pseudonym_scrubs_of_overlapping_files_agree(tmp_path):
     rep = pii_files.process_file(b, b_out, "pseudonym", seed=0)
     assert b_out.read_text(encoding="utf-8") == scrubbed * 2
     assert rep.pseudonyms == 5 and sum(rep.counts.values()) == 6 and rep.rows_with_pii == 1
+
+
+PSEUDONYM_TEXT_2 = ("车主王小明的车牌号是京A·12345，护照号E87654321。欧阳娜娜和李娜去了武汉大学。邓丽君的歌很好听。"
+                    "户名吴敏。收件人刘洋，地址：广东省深圳市福田区深南大道6008号特区报业大厦1801室，车牌浙AD12345、"
+                    "粤B12345F、湘A1234学，护照EA1234567、D1234567。请把发票寄到北京市海淀区中关村大街27号3号楼502室，"
+                    "联系人赵丽。")  # fmt: skip
+
+
+def test_a_second_pseudonym_pass_leaves_fake_names_plates_passports_and_addresses():
+    """A second `pii scrub --mode pseudonym` faked the first one's names, plates, passports and addresses again
+    (李娜 → 席艳 → 谷艳, 粤B12345 → 粤B7A446 → 粤B7998B): they carry a tag now, and a fake name jieba cuts short
+    (缪涵|婉和 found as 缪涵) is read whole."""
+    kinds = {"name", "plate", "passport", "address"}
+    for seed in range(25):
+        once, found = pii.scrub(PSEUDONYM_TEXT_2, replace=pii.replacer("pseudonym", seed=seed))
+        assert {m.type for m in found} == kinds
+        twice, again = pii.scrub(once, replace=pii.replacer("pseudonym", seed=seed + 1))
+        assert twice == once, seed
+        assert all(pii_fake.ours(m) for m in again), [m for m in again if not pii_fake.ours(m)]
+        assert not any(pii_fake.ours(m) for m in found)  # the real values were no fakes
+    assert pii.scan("缪涵婉和潘斌颖去了武汉大学。", ["name"])[0].text == "缪涵婉" or not pii._jieba_ok()
+
+
+def test_fake_name_plate_passport_tags_are_rare_among_real_values():
+    """The tag is a hash: a real value carries it by chance (and is then left as written) about once in 1,000 for
+    names spelled from the pool and plates, once in 10,000 for passports."""
+    r = random.Random(0)
+    surnames, given = sorted(pii_data.SURNAMES_1), pii_fake.NAME_GIVEN
+    n = 20_000
+    tagged = {
+        "name": sum(pii_fake.ours(pii.Match("name", 0, 3, r.choice(surnames) + r.choice(given) + r.choice(given), 1))
+                    for _ in range(n)),
+        "plate": sum(pii_fake.ours(pii.Match("plate", 0, 7, f"京A{r.randrange(10**5):05d}", 1)) for _ in range(n)),
+        "passport": sum(pii_fake.ours(pii.Match("passport", 0, 9, f"E{r.randrange(10**8):08d}", 1)) for _ in range(n)),
+    }  # fmt: skip
+    assert tagged["name"] < 60 and tagged["plate"] < 60 and tagged["passport"] < 10, tagged
+    fakes = [pii_fake.Pseudonymizer(s)(pii.Match("name", 0, 2, "李娜", 1)) for s in range(200)]
+    assert len(set(fakes)) > 150 and all(len(f) == 3 and f[0] != "李" for f in fakes)
+
+
+def test_pseudonym_scrub_of_a_file_mixing_scrubbed_and_raw_rows(tmp_path):
+    """Rows an earlier run scrubbed stay as they are, raw rows of the same people get the same fakes, and the report
+    counts the earlier fakes as pseudonyms, the raw rows' values as PII."""
+    a, a_out, b, b_out = (tmp_path / n for n in ("a.jsonl", "a.out.jsonl", "b.jsonl", "b.out.jsonl"))
+    raw = json.dumps({"text": PSEUDONYM_TEXT_2}, ensure_ascii=False) + "\n"
+    a.write_text(raw, encoding="utf-8")
+    first = pii_files.process_file(a, a_out, "pseudonym", seed=0)
+    scrubbed = a_out.read_text(encoding="utf-8")
+    b.write_text(scrubbed + raw, encoding="utf-8")
+    rep = pii_files.process_file(b, b_out, "pseudonym", seed=0)
+    assert b_out.read_text(encoding="utf-8") == scrubbed * 2
+    assert rep.counts == first.counts and rep.rows_with_pii == 1
+    assert rep.pseudonyms == len(pii.scan(json.loads(scrubbed)["text"])) > 10  # a fake jieba tags no name is no match

@@ -567,14 +567,17 @@ def undot(text: str) -> str:
 
 
 def _scan_window(text: str, types: list[str] | None, min_confidence: float) -> list[Match]:
+    from weitiao.safety.pii_fake import whole_fake_name
+
     wide, spoken = normalize(text)
     spoken = undot(spoken)
     found = [
-        Match(m.type, m.start, m.end, text[m.start : m.end], m.confidence)
+        whole_fake_name(text, m) if m.type == "name" else m
         for t in types or TYPES
         for m in RECOGNIZERS[t](spoken if t in DIGIT_TYPES else wide)
         if m.confidence >= min_confidence
     ]
+    found = [Match(m.type, m.start, m.end, text[m.start : m.end], m.confidence) for m in found]
     found.sort(key=lambda m: (m.confidence < 0.5, PRIORITY.index(m.type), -(m.end - m.start), m.start))
     kept: list[Match] = []
     for m in found:

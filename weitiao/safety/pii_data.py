@@ -44,6 +44,11 @@ NAME_LABELS = (
 
 # Pools for pseudonyms and fabricated leaks.
 FAKE_GIVEN = list("伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华玉兰萍红建国志文斌辉鹏宇浩然子轩梓涵欣怡思雨")
+# More given-name characters for pseudonym names (`pii_fake.NAME_GIVEN`, which drops the surname characters of both:
+# a second pass would read 钱文华 as 钱 + the name 文华).
+FAKE_GIVEN_MORE = (
+    "晨琳婷雪慧颖倩瑶佳嘉俊凯宏博睿昊晓亮峰波飞鑫蕾璐薇岚燕莉丹楠蓉淑琴春秋菊凤彬坤健永新海庆晖琪瑞锐婉雯悦璇"
+)
 FAKE_ROADS = "人民路 解放路 中山路 建设路 和平路 长江路 胜利路 文化路 新华路 青年路 花园路 学府路".split()
 # Real (province, city, district) triples for fake addresses, so a fake never pairs 济南市 with 海淀区;
 # the four municipalities have no province.

@@ -9,16 +9,23 @@ What makes each fake impossible, by type (pinned by tests/test_pii.py):
   (one of those matches the tag by chance about once in 9,000, and is then left as written).
 - landline: the original area code with a local number starting 1 (local numbers start 2-9).
 - email: user########@example.com (RFC 2606); ip: the RFC 5737 / 3849 documentation ranges (192.0.2.x, 2001:db8::).
-- plate, passport, name: format-valid look-alikes; no checksum exists, so these may coincide with a real one.
-- address: a real province–city–district triple (never the original's city or district), a common road,
-  a house number and, if the original had them, a building and room.
+- plate, passport, name, address: format-valid look-alikes with no checksum to break, so each carries a tag that a
+  real value has only by chance, and such a real value is then left as written (and counted as a pseudonym):
+  - plate: the last three digits are a hash of the rest (`_tag_digits`): one real plate in 1,000.
+  - passport: the last four digits likewise: one real passport in 10,000.
+  - name: a single surname and two given characters from `NAME_GIVEN` (no surname characters), the last one a hash
+    of the first two that, one time in `NAME_TAG`, is a fake at all (`_name_tail`): one real name in about
+    1,000 of those spelled with these characters; a two-character or compound-surname original becomes a
+    three-character fake.
+  - address: a real province–city–district triple (never the original's city or district), one of `FAKE_ROADS`,
+    a house number that is a hash of the rest and, if the original had them, a building and room: a real address
+    on those roads of those districts has that number one time in 299.
 A fake keeps the original's grouping (138 1234 5678 → 154 xxxx xxxx) and country prefix; the same
 value maps to the same fake for the whole Pseudonymizer (one per file), however it was grouped.
 
-A second pass leaves the fakes a first one wrote as they are (`ours`: mobile, id_card, bank_card, email, ip; a
-fake landline is not even found), so scrubbing a file that holds earlier output, or the output again, does not fake
-the fakes (two runs over overlapping files gave one person two different fakes). Names, plates, passports and
-addresses carry no mark that a real value could not have: a second pass fakes them again.
+A second pass leaves the fakes a first one wrote as they are (`ours`: every type; a fake landline is not even found),
+so scrubbing a file that holds earlier output, or the output again, does not fake the fakes (two runs over
+overlapping files gave one person two fakes).
 """
 
 from __future__ import annotations
@@ -36,10 +43,14 @@ PLATE_CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZ"  # plates never use I or O
 NUMBERS = ("mobile", "id_card", "bank_card")  # keyed by digits and written into the original's grouping
 
 
+def _hash(kind: str, key: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"weitiao pseudonym|{kind}|{key}".encode()).digest()[:8], "big")
+
+
 def _tagged(kind: str, head: str) -> str:
     """`head` + three tag digits + a wrong check character picked by the tag: a hash of (kind, head) sets all four.
     id_card: not the GB 11643 character, nor a digit that makes the 18 digits Luhn-valid; bank_card: not Luhn's."""
-    tag = int.from_bytes(hashlib.sha256(f"weitiao pseudonym|{kind}|{head}".encode()).digest()[:8], "big")
+    tag = _hash(kind, head)
     body = head + f"{tag % 1000:03d}"
     right = id_check_char(body) if kind == "id_card" else luhn_digit(body)
     wrong = [c for c in "0123456789" if c != right and not (kind == "id_card" and luhn_ok(body + c))]
@@ -72,8 +83,9 @@ LANDLINE_AREA = re.compile(r"\D*(?:86\D*)?\(?0?(?:10|2\d|[3-9]\d{2})\)?[ -]?")
 
 
 def ours(m: Match) -> bool:
-    """A fake this module writes, so a second pass leaves it as it is: a 154 mobile, a tagged ID or card number,
-    user########@example.com, an IP of a documentation range (a fake landline, local number 1..., is no match)."""
+    """A fake this module writes, so a second pass leaves it as it is: a 154 mobile, a tagged ID, card, plate,
+    passport, name or address, user########@example.com, an IP of a documentation range (a fake landline, local
+    number 1..., is no match)."""
     if m.type == "mobile":
         return _digits(m.text)[-11:].startswith(D.FAKE_MOBILE_PREFIX)
     if m.type in ("id_card", "bank_card"):
@@ -87,7 +99,66 @@ def ours(m: Match) -> bool:
             return any(ipaddress.ip_address(m.text) in n for n in DOC_NETS)
         except ValueError:
             return False
+    if m.type in ("plate", "passport"):
+        return _tag_digits(m.type, m.text) == m.text
+    if m.type == "name":
+        t = m.text
+        return len(t) == 3 and t[0] in D.SURNAMES_1 and t[1] in NAME_GIVEN and _name_tail(t[:2]) == t[2]
+    if m.type == "address":
+        a = FAKE_ADDRESS.fullmatch(m.text)
+        return bool(a) and a.group(1) == _house_number(m.text[: a.start(1)] + "#" + m.text[a.end(1) :])
     return False
+
+
+TAG_DIGITS = {"plate": 3, "passport": 4}
+
+
+def _tag_digits(kind: str, s: str) -> str | None:
+    """`s` with its last TAG_DIGITS[kind] digits set by a hash of the rest; None with fewer digits than that."""
+    pos = [i for i, c in enumerate(s) if c in "0123456789"][-TAG_DIGITS[kind] :]
+    if len(pos) < TAG_DIGITS[kind]:
+        return None
+    out = list(s)
+    for i in pos:
+        out[i] = "#"
+    tag = f"{_hash(kind, ''.join(out)) % 10 ** len(pos):0{len(pos)}d}"
+    for i, d in zip(pos, tag):
+        out[i] = d
+    return "".join(out)
+
+
+NAME_GIVEN = "".join(sorted(set(D.FAKE_GIVEN + list(D.FAKE_GIVEN_MORE)) - D.SURNAMES_1 - D.GIVEN_STOP))
+NAME_TAG = 12  # a head (surname + first given character) starts a fake one time in 12
+
+
+def _name_tail(head: str) -> str | None:
+    """The third character of our fake name that starts with `head`, or None: no fake starts so."""
+    h = _hash("name", head)
+    return NAME_GIVEN[h % len(NAME_GIVEN)] if h // len(NAME_GIVEN) % NAME_TAG == 0 else None
+
+
+def whole_fake_name(text: str, m: Match) -> Match:
+    """`m` widened to the fake name of ours it lies in (jieba cuts 缪涵|婉和 and finds 缪涵), else `m` as it is."""
+    for a in range(max(0, m.end - 3), m.start + 1):
+        if m.end - m.start < 3 and ours(Match("name", a, a + 3, text[a : a + 3], m.confidence)):
+            return Match("name", a, a + 3, text[a : a + 3], m.confidence)
+    return m
+
+
+def _house_number(key: str) -> str:
+    """The house number of our fake address that reads `key` with the number as #."""
+    return str(1 + _hash("address", key) % 299)
+
+
+def _alternation(words) -> str:
+    return "|".join(map(re.escape, sorted(set(words), key=len, reverse=True)))
+
+
+FAKE_ADDRESS = re.compile(
+    rf"(?:{_alternation(p for p, _, _ in D.REAL_PLACES if p)})?(?:{_alternation(c for _, c, _ in D.REAL_PLACES)})"
+    rf"(?:{_alternation(d for _, _, d in D.REAL_PLACES)})(?:{_alternation(D.FAKE_ROADS)})([1-9]\d*)号"
+    r"(?:[1-9]\d*号楼[1-5]单元[1-9]\d*0[1-4]室)?"
+)
 
 
 def _digits(s: str) -> str:
@@ -119,20 +190,31 @@ def fake_plate(s: str, rng: random.Random) -> str:
     if len(tail) == 6 and tail[-1] in "DF":
         return head + "".join(digit() for _ in range(5)) + tail[-1]
     n = len(tail) - (not tail[-1].isascii())  # 挂/学/警/港/澳 stay
-    letters = set(rng.sample(range(n), rng.choice((0, 1, 1, 2))))
+    letters = set(rng.sample(range(n), min(n - 3, rng.choice((0, 1, 1, 2)))))  # three digits for the tag
     body = "".join(rng.choice(PLATE_CHARS) if i in letters else digit() for i in range(n))
     return head + body + tail[n:]
 
 
 def fake_address(s: str, rng: random.Random) -> str:
-    """A real province–city–district triple unlike the original's, a road, a number, maybe a room."""
+    """A real province–city–district triple unlike the original's, a road, a tag number (`_house_number`), maybe a
+    room."""
     places = [p for p in D.REAL_PLACES if p[1][:-1] not in s and p[2] not in s]
     prov, city, district = rng.choice(places)
     with_prov = prov and any(s.startswith(p) for p in D.PROVINCES if p[:2] not in ("北京", "上海", "天津", "重庆"))
-    out = (prov if with_prov else "") + city + district + rng.choice(D.FAKE_ROADS) + f"{rng.randrange(1, 300)}号"
+    head = (prov if with_prov else "") + city + district + rng.choice(D.FAKE_ROADS)
+    tail = "号"
     if re.search(r"号楼|栋|幢|座|单元|层|室", s[s.find("号") + 1 :] if "号" in s else ""):
-        out += f"{rng.randrange(1, 20)}号楼{rng.randrange(1, 6)}单元{rng.randrange(1, 30)}0{rng.randrange(1, 5)}室"
-    return out
+        tail += f"{rng.randrange(1, 20)}号楼{rng.randrange(1, 6)}单元{rng.randrange(1, 30)}0{rng.randrange(1, 5)}室"
+    return head + _house_number(head + "#" + tail) + tail
+
+
+def fake_name(s: str, rng: random.Random) -> str:
+    """Another single surname and two given characters, the last one our tag (`_name_tail`)."""
+    surnames = sorted(D.SURNAMES_1 - {s[:1]})
+    while True:
+        head = rng.choice(surnames) + rng.choice(NAME_GIVEN)
+        if tail := _name_tail(head):
+            return head + tail
 
 
 def fake_like(m: Match, rng: random.Random) -> str:
@@ -156,13 +238,11 @@ def fake_like(m: Match, rng: random.Random) -> str:
             return f"{rng.choice(['192.0.2', '198.51.100', '203.0.113'])}.{rng.randrange(256)}"
         return f"2001:db8::{rng.randrange(1, 65535):x}:{rng.randrange(1, 65535):x}"
     if m.type == "passport":
-        return s[0] + "".join(str(rng.randrange(10)) if c.isdigit() else c for c in s[1:])
+        return _tag_digits("passport", s[0] + "".join(str(rng.randrange(10)) if c.isdigit() else c for c in s[1:]))
     if m.type == "plate":
-        return fake_plate(s, rng)
+        return _tag_digits("plate", fake_plate(s, rng))
     if m.type == "name":
-        sur = s[:2] if s[:2] in D.SURNAMES_2 else s[0]
-        sur = rng.choice(sorted(D.SURNAMES_2 if len(sur) == 2 else D.SURNAMES_1 - {sur}))
-        return sur + "".join(rng.choice(D.FAKE_GIVEN) for _ in range(len(s) - len(sur)))
+        return fake_name(s, rng)
     return fake_address(s, rng)
 
 
