@@ -1253,3 +1253,19 @@ def test_pseudonym_scrub_of_a_file_mixing_scrubbed_and_raw_rows(tmp_path):
     assert b_out.read_text(encoding="utf-8") == scrubbed * 2
     assert rep.counts == first.counts and rep.rows_with_pii == 1
     assert rep.pseudonyms == len(pii.scan(json.loads(scrubbed)["text"])) > 10  # a fake jieba tags no name is no match
+
+
+def test_addresses_after_chinese_text_and_provinces_inside_road_names():
+    """A city right after Chinese text without a cue was no address (寄给南京市鼓楼区中山北路200号 stayed in clear),
+    山东 inside 中山东路 cut an address to 山东路1号, and 地址是深圳市… took 是 into the span."""
+    for text, addr in [
+        ("他把合同寄给南京市鼓楼区中山北路200号的律师。", "南京市鼓楼区中山北路200号"),
+        ("公司搬去了杭州市滨江区江南大道3850号。", "杭州市滨江区江南大道3850号"),
+        ("寄给攀枝花市东区人民街3号", "攀枝花市东区人民街3号"),  # a three-character city
+        ("他去了石家庄市长安区中山东路1号", "石家庄市长安区中山东路1号"),
+        ("石家庄市长安区中山东路1号", "石家庄市长安区中山东路1号"),
+        ("新地址是深圳市南山区科技园科苑路15号", "深圳市南山区科技园科苑路15号"),
+    ]:
+        assert _found(text, ["address"]) == [("address", addr)], text
+    for text in ["公司上市后搬到了人民路8号", "楼下超市人民路18号店"]:  # controls: 上市, 超市 name no city
+        assert all(not m[1].startswith(("公司", "楼下", "司上", "下超")) for m in _found(text, ["address"])), text

@@ -361,9 +361,19 @@ ADDR_TAIL = (
     rf"(?:{HAN}|[0-9]){{1,8}}?(?:大道|路|街|道|巷|胡同|弄|里)(?:[东西南北中一二三四五六七八九十]段|[东西南北中]口)?{NUM}(?:号院|号|弄)"
     rf"(?:{HAN}{{0,6}}?(?:小区|大厦|花园|公寓|广场|中心))?(?:[0-9A-Za-z一二三四五六七八九十]+(?:号楼|栋|幢|座|单元|层|楼|室|号))*(?:[0-9]{{2,5}}室?)?"
 )
+# Prefecture-level cities whose name is not two characters: after other Chinese text (寄给南京市…, 搬去了杭州市…) a
+# city is read as the two characters before 市 unless it is one of these.
+LONG_CITIES = (
+    "乌鲁木齐 呼和浩特 齐齐哈尔 克拉玛依 鄂尔多斯 巴彦淖尔 乌兰察布 锡林浩特 二连浩特 霍林郭勒 额尔古纳 图木舒克 "
+    "石家庄 哈尔滨 张家口 秦皇岛 连云港 马鞍山 景德镇 平顶山 驻马店 张家界 攀枝花 六盘水 嘉峪关 石嘴山 牡丹江 "
+    "佳木斯 双鸭山 七台河 葫芦岛 日喀则 防城港 吐鲁番 阿拉尔 五家渠 满洲里 牙克石 扎兰屯 三门峡"
+).split()
+# Words in 市 that name no city (公司上市后搬到了…, 楼下超市人民路…): no city name ends in these characters.
+NOT_CITY = rf"(?!{HAN}{{0,3}}?[超股夜菜集上黑早鱼闭休罢闹开]市)"
 ADDRESS_RE = re.compile(
-    rf"(?:(?:{_PROV})(?:{HAN}{{2,4}}?(?:市|州|盟))?|(?<=[^\u4e00-\u9fa5])(?:{HAN}{{2,4}}?市)|^(?:{HAN}{{2,4}}?市))"
-    + ADDR_TAIL
+    rf"(?:(?:{_PROV})(?:{HAN}{{2,4}}?(?:市|州|盟))?|(?<=[^\u4e00-\u9fa5]){NOT_CITY}(?:{HAN}{{2,4}}?市)"
+    rf"|^{NOT_CITY}(?:{HAN}{{2,4}}?市)"
+    rf"|(?<={HAN}){NOT_CITY}(?:{'|'.join(sorted(LONG_CITIES, key=len, reverse=True))}|{HAN}{{2}})市)" + ADDR_TAIL
 )
 # Verbs after which an address follows (寄往成都市…, 送到宁波市…): a city there is preceded by Chinese text.
 SHIP_VERBS = "寄往|寄到|寄至|邮寄到|邮寄至|送往|送到|送至|发往|发到|发至|运往|运到|快递到|搬到"
@@ -380,11 +390,14 @@ def find_address(text: str) -> list[Match]:
     out = []
     for m in ADDRESS_RE.finditer(text):
         s, start = m.group(), m.start()
-        cut = PROV_RE.search(s)  # "住在北京市..." matched as a 4-character "city": start at the province
+        cut = PROV_RE.search(s[:6])  # "住在北京市..." matched as a 4-character "city": start at the province
+        # (only there: 山东 in 石家庄市长安区中山东路1号 cut the address to 山东路1号)
         cut = cut.start() if cut else ADDR_LEAD.match(s).end() if ADDR_LEAD.match(s) else 0
         out.append(Match("address", start + cut, m.end(), s[cut:], 0.85))
-    for m in ADDRESS_CUED_RE.finditer(text):
-        out.append(Match("address", m.start(1), m.end(1), m.group(1), 0.8))
+    for m in ADDRESS_CUED_RE.finditer(text):  # 地址是深圳市…: the lazy city took 是深圳
+        lead = ADDR_LEAD.match(m.group(1))
+        start = m.start(1) + (lead.end() if lead else 0)
+        out.append(Match("address", start, m.end(1), text[start : m.end(1)], 0.8))
     return out
 
 
