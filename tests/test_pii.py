@@ -1269,3 +1269,13 @@ def test_addresses_after_chinese_text_and_provinces_inside_road_names():
         assert _found(text, ["address"]) == [("address", addr)], text
     for text in ["公司上市后搬到了人民路8号", "楼下超市人民路18号店"]:  # controls: 上市, 超市 name no city
         assert all(not m[1].startswith(("公司", "楼下", "司上", "下超")) for m in _found(text, ["address"])), text
+
+
+def test_plates_written_with_a_dash_and_permits_to_hong_kong_and_macau():
+    """沪A-12345 (a dash is how plates are often typed) and 港澳通行证 C12345678 were left in clear; a C/W number
+    still needs a 通行证/护照 cue, and a fake keeps the dash."""
+    assert _found("车牌号码：沪A-12345", ["plate"]) == [("plate", "沪A-12345")]
+    assert _found("港澳通行证C12345678已过期", ["passport"]) == [("passport", "C12345678")]
+    assert _found("型号C12345678", ["passport"]) == [] and _found("C12345678", ["passport"]) == []
+    for fake in _fakes("plate", "沪A-12345", 20):
+        assert re.fullmatch(r"沪A-[0-9A-HJ-NP-Z]{5}", fake) and _found(f"车牌{fake}，") == [("plate", fake)], fake

@@ -323,7 +323,8 @@ def find_landline(text: str) -> list[Match]:
     return out
 
 
-PASSPORT_RE = re.compile(ND + r"(?:[EG]\d{8}|E[A-HJ-NP-Z]\d{7}|[DSP]E?\d{7}|[HM]\d{8,10})" + NA)
+# E/G passports; D/S/P diplomatic and service ones; H/M home-return permits; C/W permits to Hong Kong and Macau
+PASSPORT_RE = re.compile(ND + r"(?:[EG]\d{8}|E[A-HJ-NP-Z]\d{7}|[DSP]E?\d{7}|[HM]\d{8,10}|[CW]\d{8})" + NA)
 PASSPORT_CUES = re.compile(r"护照|passport|通行证|证件", re.I)
 MODEL_CUES = re.compile(r"型号|货号|编号|批号|订单|单号|序列号|SKU|model", re.I)
 
@@ -340,7 +341,7 @@ def find_passport(text: str) -> list[Match]:
 
 
 PLATE_RE = re.compile(
-    rf"(?<![A-Za-z0-9])[{D.PLATE_PROVINCES}][A-HJ-NP-Z][·• ]?"
+    rf"(?<![A-Za-z0-9])[{D.PLATE_PROVINCES}][A-HJ-NP-Z][·• -]?"
     r"(?:[DF][A-HJ-NP-Z0-9]\d{4}|\d{5}[DF]|[A-HJ-NP-Z0-9]{4}[A-HJ-NP-Z0-9挂学警港澳])(?![A-Za-z0-9])"
 )
 

@@ -179,7 +179,7 @@ def _fill(s: str, digits: str) -> str:
 def fake_plate(s: str, rng: random.Random) -> str:
     """Same province and issuing-office letter, a tail of the same kind: 5 characters with at most two
     letters, new-energy D/F + letter-or-digit + 4 digits (small) or 5 digits + D/F (large), or 4 + 挂/学/警."""
-    head = s[:2] + (s[2] if s[2:3] in "·• " else "")
+    head = s[:2] + (s[2] if s[2:3] in "·• -" else "")
     tail = s[len(head) :]
 
     def digit() -> str:
