@@ -303,6 +303,21 @@ def test_check_rubric_scale_ignores_what_is_not_a_score_range():
     assert check_rubric_scale("1-5 分表示不合格，6-10 分表示合格", (1, 10), "r") is True
 
 
+def test_check_rubric_scale_skips_ranges_of_other_units():
+    """A rubric asking for 1-10 scores and a reply of 0-200 字 was refused with "add --score-scale 0-200", and
+    following that read a perfect 10 as 0.05: a range followed by a unit (字, 个, 句, 岁, words) is no score range."""
+    from weitiao.errors import UserError
+    from weitiao.eval.metrics import check_rubric_scale
+
+    for text in ('请按 1 到 10 分打分，回答长度 0-200 字为宜，只输出 {"score": n}', "打分 1-10；用户年龄 18-35 岁",
+                 "score 1-10, answer in 1-3 sentences of 0-100 words", "1-10 分，列出 1-5 个要点"):  # fmt: skip
+        assert check_rubric_scale(text, (1, 10), "r") is True, text
+        with pytest.raises(UserError, match="asks for scores 1-10"):
+            check_rubric_scale(text, (1, 5), "r")
+    with pytest.raises(UserError, match="asks for scores 1-10"):  # 满分 10 still names the scale
+        check_rubric_scale("满分 10 分，检查是否包含 1-5 个要点", (1, 5), "r")
+
+
 # --- weitiao eval gen ------------------------------------------------------------------------------
 
 

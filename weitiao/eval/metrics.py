@@ -207,8 +207,13 @@ def judge_messages(prompt: Sequence[dict], reply: str, rubric: str = RUBRIC, ref
 
 Scale = tuple[int, int]  # the judge's lowest and highest score, e.g. (1, 10)
 
-# "1-5", "1～5 分", "0 到 100", "1 to 10" and "满分 5", "out of 5": the score ranges a rubric names.
-_RANGE = re.compile(r"(?<![\d.\-])([01])\s*(?:-|–|—|~|～|到|至|to)\s*(\d{1,3})(?![\d.])")
+# "1-5", "1～5 分", "0 到 100", "1 to 10" and "满分 5", "out of 5": the score ranges a rubric names; one followed by a
+# unit of something else ("0-200 字", "1-5 个要点", "18-35 岁") is no score range.
+_NOT_SCORE = (
+    r"(?!\s*(?:字|个|句|词|条|段|行|项|秒|分钟|小时|天|周|月|年|岁|次|%|％"
+    r"|(?:tokens?|words?|characters?|chars?|sentences?|items?|points?)\b))"
+)
+_RANGE = re.compile(r"(?<![\d.\-])([01])\s*(?:-|–|—|~|～|到|至|to)\s*(\d{1,3})(?![\d.])" + _NOT_SCORE, re.I)
 _BAND = re.compile(r"(?<![\d.\-])(\d{1,3})\s*(?:-|–|—|~|～|到|至)\s*(\d{1,3})\s*分")  # "6-10 分": a band's end
 _TOP = re.compile(r"(?:满分|out of)\s*(\d{1,3})(?![\d.])", re.IGNORECASE)
 
