@@ -325,6 +325,28 @@ def test_check_greedy_claim_is_consistent_for_greedy_text(tokenizer, model_a):
     assert "<span" in render_html(rep)
 
 
+def test_greedy_claim_on_the_text_alone_replays_greedy_decoding(tokenizer, model_a):
+    """Given only the text (the CLI has no token ids), a greedy reply tokenizes otherwise than the model wrote it: 24
+    generated tokens read back as 18, 14 of them outside greedy's top choice, and the claim "T=0" was called
+    inconsistent (the greedy comparison also stopped at 18 tokens, short of the text). Greedy decoding that writes
+    exactly the text now settles it; a changed text, or an end of turn the model did not write, still does not."""
+    tpl = resolve_template(tokenizer)
+    ctx = encode(tokenizer, tpl, MSGS, "x").context_ids
+    ids = sample(model_a, ctx, 1, 24, Sampling(0.0), stop_id=-1)[0]
+    text = decode_whole(tokenizer, ids)
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] != ids  # the premise: another tokenization
+    claim = CheckConfig(sampling=Sampling(0.0), samples=0)
+    rep = check(model_a, tokenizer, tpl, MSGS, text, claim)
+    assert rep["summary"]["outside_support"] > 0
+    assert rep["verdict"]["label"] == "consistent with" and rep["verdict"]["score"] == 0
+    assert rep["greedy"]["text"] == text and rep["greedy"]["writes_text"]
+    assert any("wrote it in other tokens" in r for r in rep["verdict"]["reasons"])
+    assert check(model_a, tokenizer, tpl, MSGS, text[:-3], claim)["greedy"]["writes_text"]  # a reply cut short
+    for other, cfg in ((text + "好", claim), (text, CheckConfig(sampling=Sampling(0.0), samples=0, with_eos=True))):
+        rep = check(model_a, tokenizer, tpl, MSGS, other, cfg)
+        assert not rep["greedy"]["writes_text"] and rep["verdict"]["label"] == "inconsistent with", other
+
+
 def test_samples_with_eos_may_be_as_long_as_the_scored_text(tokenizer, model_a, monkeypatch):
     import weitiao.eval.provenance_report as report
 

@@ -144,11 +144,20 @@ def check(
         step("greedy decoding")
         ids = sample(model, enc.context_ids, 1, max(1, n_text), Sampling(temperature=0.0), eot_id, ends=ends)[0]
         g = decode_whole(tokenizer, ids)  # as chat and serve would show the reply
+        if len(g) < len(text) and text.startswith(g) and not set(ids[-1:]) & {eot_id, *ends}:
+            # the model reached these characters in more tokens than the text tokenizes into: follow its own path
+            # (each token writes at least a byte) to the text's length
+            more = len(text[len(g) :].encode("utf-8"))
+            ids += sample(model, enc.context_ids + ids, 1, more, Sampling(temperature=0.0), eot_id, ends=ends)[0]
+        cut = _covering(tokenizer, ids, len(text))
+        g, after = decode_whole(tokenizer, ids[:cut]), ids[cut : cut + 1]
         rep["greedy"] = {
             "text": g,
             "rouge_l": rouge_l_chars(g, text),
             "prefix_chars": common_prefix(g, text),
             "prefix_tokens": summary["greedy_prefix_tokens"],
+            # greedy decoding writes exactly the text (and, claimed with_eos, ends there), in whatever tokens
+            "writes_text": g == text and (not cfg.with_eos or bool(set(after) & set(ends))),
         }
     # 4. prompt dependence: the same tokens after an empty context
     if cfg.prompt_dependence:
@@ -239,6 +248,18 @@ def token_pieces(tokenizer: Any, ids: list[int]) -> list[dict[str, Any]]:
     return spans
 
 
+def _covering(tokenizer: Any, ids: list[int], n_chars: int) -> int:
+    """The fewest leading ids that decode to at least `n_chars` characters (all of them when none do)."""
+    lo, hi = 0, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(decode_whole(tokenizer, ids[:mid])) >= n_chars:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 # ---------------------------------------------------------------- verdict
 
 
@@ -250,10 +271,18 @@ def verdict(rep: dict[str, Any], s: Sampling, th: Thresholds) -> dict[str, Any]:
     baseline model gives the text a higher likelihood. Everything else: inconclusive.
     """
     sm = rep["summary"]
-    bad, weak, good = [], [], []
+    bad, weak, good, info = [], [], [], []
     n_out = sm["outside_support"]
     where = "greedy's top choice" if s.temperature <= 0 else f"the top-p={s.top_p} / top-k={s.top_k} support"
-    if n_out > th.max_outside:
+    if s.temperature <= 0 and (rep.get("greedy") or {}).get("writes_text"):
+        # the claim replayed: a model's own tokens can differ from the text's tokenization (a greedy reply was
+        # called inconsistent for "5 of 17 tokens outside greedy's top choice" of a re-tokenization)
+        good.append("greedy decoding writes exactly this text")
+        if n_out:
+            info.append(f"{n_out} of the text's {sm['n_tokens']} tokens, as tokenized here, lie outside {where}: the "
+                        "model wrote it in other tokens")  # fmt: skip
+        n_out = 0
+    elif n_out > th.max_outside:
         bad.append(f"{n_out} of {sm['n_tokens']} tokens lie outside {where}: the claimed decoding cannot emit them")
     else:
         good.append(f"every token lies inside {where}")
@@ -281,7 +310,6 @@ def verdict(rep: dict[str, Any], s: Sampling, th: Thresholds) -> dict[str, Any]:
             )
     if sm["n_tokens"] < th.min_tokens:
         weak.append(f"only {sm['n_tokens']} tokens (< {th.min_tokens}): too short to be sure")
-    info = []
     if "greedy" in rep:
         g = rep["greedy"]
         info.append(f"greedy reply: ROUGE-L {g['rouge_l']:.2f}, shared prefix {g['prefix_chars']} chars")
