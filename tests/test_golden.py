@@ -74,6 +74,22 @@ def test_a_tie_at_the_best_value_is_said(tmp_path):
     assert res.recommended == 8 and not any("tie at" in n for n in res.notes)
 
 
+def test_empty_replies_are_said_beside_stop_rate(tmp_path):
+    """A checkpoint that answered nothing at all (it ends its turn at once) read stop_rate 1, the best, and
+    `--select stop_rate` recommended it without a word; a note now names the checkpoints with empty replies."""
+    from weitiao.infer.generate import Generation
+
+    prompts = load_prompts(write_jsonl(tmp_path / "g.jsonl", GOLDEN))
+    rows = golden_rows(2, "step-000002", prompts, [Generation("", 0, True)] * len(prompts))
+    rows += golden_rows(4, "step-000004", prompts, [Generation("好的", 2, True)] * len(prompts))  # control
+    res = evaluate_golden(rows, prompts, [], "stop_rate")
+    assert res.summary[2]["stop_rate"] == 1 and res.recommended == 2
+    n = len(prompts)
+    assert f"empty replies (step-000002 {n} of {n}): they count as stopped in stop_rate" in res.notes
+    res = evaluate_golden(rows[n:], prompts, [], "stop_rate")
+    assert not any(note.startswith("empty replies") for note in res.notes)
+
+
 def test_saved_answers_count_only_for_the_settings_they_were_made_with(tmp_path):
     from weitiao.infer.generate import Generation
 

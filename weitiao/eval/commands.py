@@ -78,7 +78,7 @@ def gen(
 ) -> None:
     """Generate replies to every prompt and report all metrics (table, and JSON with --out)."""
     from weitiao.eval import gen as tool
-    from weitiao.eval.golden import duplicate_note, reference_note
+    from weitiao.eval.golden import duplicate_note, empty_note, reference_note
     from weitiao.eval.metrics import RUBRIC, check_rubric_scale, parse_scale, refusal_settings
     from weitiao.io import atomic_write_text, claim_outputs, read_text
 
@@ -106,7 +106,8 @@ def gen(
     if "judge" in rep.metrics:
         raw = scale[0] + rep.metrics["judge"] * (scale[1] - scale[0])
         console.print(f"judge: scores {scale[0]}-{scale[1]} mapped to [0, 1]; mean {raw:.3g} on {scale[0]}-{scale[1]}")
-    for note in filter(None, (reference_note(ps), duplicate_note(ps))):
+    empty = empty_note({"the model": [r["reply"] for r in rep.rows]})
+    for note in filter(None, (reference_note(ps), duplicate_note(ps), empty)):
         console.print(f"[yellow]note:[/] {note}")
     if rep.judge_errors:
         console.print(f"[yellow]judge failed on {len(rep.judge_errors)} replies[/] (first: {rep.judge_errors[0]})")

@@ -66,6 +66,17 @@ def reference_note(prompts: Sequence[Prompt]) -> str | None:
     return f"{missing} of {len(prompts)} prompts have no reference: {rest}"
 
 
+def empty_note(replies: dict[str, Sequence[str]]) -> str | None:
+    """Which models (label → replies) gave empty replies: they ended their turn at once, which stop_rate counts as a
+    stop (every checkpoint of a run that said nothing read stop_rate 1, the best). None when none did."""
+    hits = [(who, sum(not r.strip() for r in rs), len(rs)) for who, rs in replies.items()]
+    hits = [f"{who} {n} of {total}" for who, n, total in hits if n]
+    if not hits:
+        return None
+    more = f", ... ({len(hits)} in all)" if len(hits) > 4 else ""
+    return f"empty replies ({', '.join(hits[:4])}{more}): they count as stopped in stop_rate"
+
+
 def duplicate_note(prompts: Sequence[Prompt]) -> str | None:
     """Prompts whose whole conversation repeats an earlier one's: each copy weighs in the averages. None when none."""
     first: dict[str, str] = {}
@@ -400,6 +411,8 @@ def evaluate_golden(
         summary[s] = reply_metrics(items, settings)
         if s in evals:
             summary[s]["eval_loss"] = evals[s]
+    if note := empty_note({labels[s]: [r["reply"] for r in replies[s]] for s in steps}):
+        notes.append(note)
     best = pick(summary, select) if select is not None else None
     if best is not None and (tie := tie_note(summary, select, best, labels)):  # type: ignore[arg-type]
         notes.append(tie)
