@@ -1279,3 +1279,13 @@ def test_plates_written_with_a_dash_and_permits_to_hong_kong_and_macau():
     assert _found("型号C12345678", ["passport"]) == [] and _found("C12345678", ["passport"]) == []
     for fake in _fakes("plate", "沪A-12345", 20):
         assert re.fullmatch(r"沪A-[0-9A-HJ-NP-Z]{5}", fake) and _found(f"车牌{fake}，") == [("plate", fake)], fake
+
+
+def test_names_after_record_labels_such_as_patient_and_owner():
+    """病人何秀英，女，68岁，身份证… left the name in clear (jieba tags no person there) and the row was counted with
+    its ID and address only: 病人, 业主, 借款人, 户名 … label a name as 患者 does."""
+    text = "病人何秀英，女，68岁，身份证370202197812014512，家住青岛市市南区香港中路10号。"
+    assert ("name", "何秀英") in _found(text)
+    assert _found("业主谢婉婷已签字", ["name"]) == [("name", "谢婉婷")]
+    assert _found("户名：吴敏", ["name"]) == [("name", "吴敏")]
+    assert _found("房东说下月涨租", ["name"]) == []  # control: a label with no name after it

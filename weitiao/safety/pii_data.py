@@ -39,7 +39,7 @@ NAME_CUES = (
 # Words before a name (姓名：张伟, 我叫王芳, 联系人李娜).
 NAME_LABELS = (
     "姓名 名字 我叫 叫做 名叫 联系人 收件人 收货人 寄件人 患者 学生 员工 户主 持卡人 申请人 签名 "
-    "车主 乘客 乘车人 用户 客户"
+    "车主 乘客 乘车人 用户 客户 病人 病患 业主 房东 租客 借款人 投保人 被保险人 受益人 法定代表人 当事人 户名"
 ).split()
 
 # Pools for pseudonyms and fabricated leaks.
