@@ -974,7 +974,7 @@ def load_rows(
                 result.format = "mixed"
         if lf:
             lf.check_mapped()
-            result.notes += lf.notes + lf.unread_notes()
+            result.notes += lf.notes + lf.unread_notes() + lf.converter_notes()
             if lf.num_samples is not None and rows:
                 picked = lf.sample(rows)
                 for row in picked:
