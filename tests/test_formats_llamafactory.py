@@ -366,3 +366,29 @@ def test_a_turn_order_error_names_the_roles_and_key_the_entrys_tags_use(tmp_path
         "'bot' turns and skips this row",
         "dialog: ends with 'usr'; LLaMA-Factory takes a row ending with 'bot' and skips this one",
     ]
+
+
+def test_message_keys_lf_does_not_read_are_refused_not_dropped(tmp_path):
+    """Through dataset_info.json a message became its role and content alone: an OpenAI fine-tuning file's
+    `weight: 0` (this reply is context) was trained, a speaker `name` and a `reasoning_content` trace were dropped,
+    unsaid (LLaMA-Factory reads role and content only). Now refused naming the key, under sharegpt and openai
+    formatting; the same rows without them (negative control) load, and the file by its path reads the weight."""
+    user, reply = {"role": "user", "content": "你好"}, {"role": "assistant", "content": "您好"}
+    odd = [{"weight": 0}, {"name": "小王"}, {"reasoning_content": "想一想"}, {"weight": 1}]
+    rows = [{"messages": [user, {**reply, **k}, user, reply]} for k in odd]
+    write_jsonl(tmp_path / "ft.jsonl", rows)
+    cols = {"messages": "messages"}
+    info = {
+        f: {"file_name": "ft.jsonl", "formatting": f, "columns": cols, "tags": OAI_TAGS} for f in ("sharegpt", "openai")
+    }
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    for f in info:
+        got = load_rows([f], dataset_dir=tmp_path, skip_invalid=True, rejects_path=tmp_path / f"{f}.rej")
+        errors = [json.loads(line)["error"] for line in (tmp_path / f"{f}.rej").read_text().splitlines()]
+        assert got.kept == 1 and [e.split(",")[0] for e in errors] == [
+            "messages[1].weight: a per-turn training flag (the turn would be trained anyway)",
+            "messages[1].name: a speaker name",
+            "messages[1].reasoning_content: a reasoning trace (it would not be trained)",
+        ], errors
+        assert all(f"which LLaMA-Factory's {f} formatting does not read" in e for e in errors)
+    assert load_rows(str(tmp_path / "ft.jsonl"), skip_invalid=True).rows[0].messages[1]["weight"] == 0

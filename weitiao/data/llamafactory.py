@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from weitiao.data.files import RowError, expand_paths
+from weitiao.data.formats import REASONING_KEYS, TURN_FLAGS
 from weitiao.errors import UserError, near_miss
 from weitiao.io import read_json
 
@@ -254,6 +255,7 @@ class LFDataset:
         out: list[dict] = []
         self._at, results = [], []  # results: the observations not yet joined, with their indices
         for i, m in enumerate(msgs[start:], start):
+            self._unread(m, f"{col}[{i}]")
             role, content = m[role_tag], m.get(content_tag)
             if role in (t["assistant_tag"], t["function_tag"]) and m.get("tool_calls"):
                 if not t["function_tag"]:
@@ -305,6 +307,22 @@ class LFDataset:
             raise RowError(self.columns["messages"], "expected a non-empty list of messages")
         return msgs
 
+    def _unread(self, m: dict, where: str) -> None:
+        """Refuse what a message asks of training that reading its role and content alone (as LLaMA-Factory does)
+        would drop: a weight or per-turn flag against training it, a speaker name, a reasoning trace."""
+        for k, v in m.items():
+            if (k == "weight" and v != 1) or (k in TURN_FLAGS and v is False):
+                what, fix = "a per-turn training flag (the turn would be trained anyway)", (
+                    "drop the key, or give the file's path itself, without data.dataset_dir (weitiao reads OpenAI "
+                    "messages' weight: 0)")  # fmt: skip
+            elif (k == "name" or k in REASONING_KEYS) and v not in (None, ""):
+                what = "a speaker name" if k == "name" else "a reasoning trace (it would not be trained)"
+                fix = "put its text into the content, or drop the key"
+            else:
+                continue
+            raise RowError(f"{where}.{k}", f"{what}, which LLaMA-Factory's {self.formatting} formatting does not "
+                           f"read (it reads role and content only): {fix}")  # fmt: skip
+
     def _message(self, m: Any, where: str) -> dict:
         """A message with LLaMA-Factory's tags → weitiao's ShareGPT keys (`from`, `value`)."""
         if not isinstance(m, dict):
@@ -313,6 +331,7 @@ class LFDataset:
             raise RowError(f"{where}.tool_calls", "OpenAI tool calls, which LLaMA-Factory's sharegpt formatting "
                            "does not read (the call would be lost): set \"formatting\": \"openai\" in the entry "
                            "(LLaMA-Factory reads them there), or write the calls as function_call turns")  # fmt: skip
+        self._unread(m, where)
         key = self.tags["role_tag"]
         role = m.get(key)
         ours = {self.tags[t]: r for t, r in OUR_ROLE.items() if self.tags.get(t)}
