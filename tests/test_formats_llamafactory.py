@@ -316,8 +316,8 @@ def test_formatting_openai_is_read_as_llamafactorys_openai_converter(tmp_path):
     """`formatting: openai` (LLaMA-Factory's OpenAIDatasetConverter) was refused as not read. Now read as that
     converter does: a first system message is the system prompt, assistant tool_calls become one call turn,
     consecutive tool results join into one observation, and rows without tools get 'detailed thinking off' in their
-    system prompt (a note says how many); a text beside tool_calls and results after the last turn, which it drops,
-    are refused naming the message in the row."""
+    system prompt (a note says how many); a text beside tool_calls, results after the last turn and a system column
+    beside a system message, which it drops, are refused naming the message (or column) in the row."""
     call = {"type": "function", "function": {"name": "weather", "arguments": '{"city": "北京"}'}}
     user, reply = {"role": "user", "content": "北京天气？"}, {"role": "assistant", "content": "北京晴"}
     calling = {"role": "assistant", "content": None, "tool_calls": [call, call]}
@@ -328,8 +328,9 @@ def test_formatting_openai_is_read_as_llamafactorys_openai_converter(tmp_path):
         {"messages": [user, reply]},
         {"messages": [user, {**calling, "content": "我查一下"}, *results, reply]},
         {"messages": [{"role": "system", "content": "你是客服"}, user, calling, *results]},
+        {"messages": [{"role": "system", "content": "你是客服"}, user, reply], "sys": "简洁"},
     ])  # fmt: skip
-    cols = {"messages": "messages", "tools": "tools"}
+    cols = {"messages": "messages", "tools": "tools", "system": "sys"}
     info = {"oa": {"file_name": "oa.jsonl", "formatting": "openai", "columns": cols, "tags": OAI_TAGS}}
     (tmp_path / "dataset_info.json").write_text(json.dumps(info))
     got = load_rows(["oa"], dataset_dir=tmp_path, skip_invalid=True, rejects_path=tmp_path / "rej.jsonl")
@@ -348,6 +349,7 @@ def test_formatting_openai_is_read_as_llamafactorys_openai_converter(tmp_path):
     errors = [json.loads(line)["error"] for line in (tmp_path / "rej.jsonl").read_text().splitlines()]
     assert errors[0].startswith("messages[1].content: text beside tool_calls, which LLaMA-Factory's openai")
     assert errors[1].startswith("messages[3]: tool results after the last assistant turn, which LLaMA-Factory's")
+    assert errors[2].startswith("sys: given both as a column and as the first message; LLaMA-Factory reads the")
 
 
 def test_a_turn_order_error_names_the_roles_and_key_the_entrys_tags_use(tmp_path):

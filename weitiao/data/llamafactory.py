@@ -126,6 +126,7 @@ class LFDataset:
         """The row in weitiao's keys; raises RowError naming the dataset's own column."""
         if not isinstance(record, dict):
             raise RowError("row", f"expected a JSON object, got {type(record).__name__}")
+        self.held.update(c for c in self.columns.values() if c in record)  # a bad row holds its columns too
         out: dict[str, Any] = {}
         if self.columns.get("kto_tag") in record:  # read by `weitiao kto`, refused by the others
             out["kto_tag"] = record[self.columns["kto_tag"]]
@@ -161,7 +162,6 @@ class LFDataset:
                 and col not in self.columns.values()
             ):
                 self.unread[k] = self.unread.get(k, 0) + 1
-        self.held.update(c for c in self.columns.values() if c in record)
         return out
 
     def unread_notes(self) -> list[str]:
@@ -250,6 +250,9 @@ class LFDataset:
                 self._message(m, f"{col}[{i}]")  # says the role key is missing
         start = 1 if t["system_tag"] and msgs[0][role_tag] == t["system_tag"] else 0
         system = msgs[0].get(content_tag) if start else self.column(record, "system")
+        if start and self.column(record, "system") not in (None, ""):  # as sharegpt rows: one would be dropped
+            raise RowError(self.columns["system"], "given both as a column and as the first message; LLaMA-Factory "
+                           "reads the message and drops the column: keep one")  # fmt: skip
         if system is not None and not isinstance(system, str):
             raise RowError(f"{col}[0].{content_tag}" if start else self.columns["system"], "expected a string")
         out: list[dict] = []
