@@ -350,6 +350,10 @@ def test_formatting_openai_is_read_as_llamafactorys_openai_converter(tmp_path):
     assert errors[0].startswith("messages[1].content: text beside tool_calls, which LLaMA-Factory's openai")
     assert errors[1].startswith("messages[3]: tool results after the last assistant turn, which LLaMA-Factory's")
     assert errors[2].startswith("sys: given both as a column and as the first message; LLaMA-Factory reads the")
+    # data.format openai beside it agrees with the entry (it said the dataset is sharegpt); alpaca does not
+    assert load_rows(["oa"], "openai", dataset_dir=tmp_path, skip_invalid=True, rejects_path=tmp_path / "r").kept == 2
+    with pytest.raises(UserError, match="format 'alpaca': dataset 'oa' is openai by its dataset_info.json entry"):
+        load_rows(["oa"], "alpaca", dataset_dir=tmp_path)
 
 
 def test_a_turn_order_error_names_the_roles_and_key_the_entrys_tags_use(tmp_path):

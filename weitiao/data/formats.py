@@ -875,9 +875,10 @@ def _cell_json(err: RowError, record: Any, path: Path) -> RowError:
 
 def _lf_format(lf: Any, fmt: str) -> str:
     """A LLaMA-Factory dataset's format is its entry's (formatting, ranking); a format given beside it must agree."""
-    if fmt in ("auto", lf.fmt):
+    if fmt in ("auto", lf.fmt) or (fmt == lf.formatting and not lf.ranking):  # openai rows are read as sharegpt's
         return lf.fmt
-    raise UserError(f"format {fmt!r}: dataset {lf.name!r} is {lf.fmt} by its dataset_info.json entry (formatting, "
+    said = lf.fmt if lf.ranking else lf.formatting
+    raise UserError(f"format {fmt!r}: dataset {lf.name!r} is {said} by its dataset_info.json entry (formatting, "
                     "ranking; rendered through the chat template, as LLaMA-Factory does); drop the format")  # fmt: skip
 
 
