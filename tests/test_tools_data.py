@@ -319,7 +319,10 @@ def test_sharegpt_tool_turn_orders_are_those_llamafactorys_converter_trains(tmp_
     by a human turn (the user gives up) and an observation after a plain reply were refused ('expected 'observation'
     after 'function_call''). Now trained as written, as there (and rendered: the call and both replies trained, the
     results not); a row it skips (two calls in a row, its negative control) is still refused, and so is one opening
-    with an observation, which it trains (a departure: no user turn to carry llama3's tool specs)."""
+    with an observation, which it trains (a departure: no user turn to carry llama3's tool specs). Written out as
+    OpenAI messages (data mix, curve) they read back."""
+    from weitiao.data.tools import to_record
+
     ask, call, obs, reply = SHAREGPT_ROW["conversations"]
     human = {"from": "human", "value": "算了"}
     rows = [
@@ -341,6 +344,9 @@ def test_sharegpt_tool_turn_orders_are_those_llamafactorys_converter_trains(tmp_
     assert errors[0].startswith("conversations[2].from: expected 'human' or 'observation' after 'function_call', got "
                                 "'function_call'") and "LLaMA-Factory" in errors[0]  # fmt: skip
     assert errors[1].startswith("conversations[0].from: expected 'human' first") and "llama3" in errors[1], errors
+    # written out by a data tool (data mix, curve) as OpenAI messages, they read back the same
+    back = load_conversations(write_jsonl(tmp_path / "back.jsonl", [to_record(r) for r in got.rows])).rows
+    assert [r.messages for r in back] == [r.messages for r in got.rows]
     template = resolve_template(tokenizer, "qwen")
     for row, trained in zip(got.rows, (["get_weather", "北京今天晴"], ["北京今天晴", "北京今天晴"])):
         enc = encode(row, tokenizer, template, EncodeOptions(max_len=4096))

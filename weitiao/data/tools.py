@@ -109,12 +109,12 @@ def _trains(msgs: list[Message], field: str) -> list[Message]:
 
 
 def check_tool_turns(messages: list[Message], field: str, sharegpt: bool = False) -> list[Message]:
-    """Order: optional system, a user turn first; a call is answered by tool turns; a reply by a user turn;
-    the conversation ends with an assistant turn (a call or a reply). `sharegpt`: LLaMA-Factory's ShareGPT
-    converter's rule instead: human|observation and gpt|function_call turns alternate (one observation per call turn;
-    a call answered by a human turn, or an observation after a reply, is trained as written), and a row it skips is
-    refused; errors then name the turns as the row does (`from`: human, gpt, ...). Departure: a row opening with an
-    observation (LLaMA-Factory trains it) is refused: with no user turn, llama3 renders no tool specs."""
+    """Order, LLaMA-Factory's converters' rule: optional system, a user turn first, then user|tool and assistant turns
+    alternate (a call answered by a user turn, or a tool result after a reply, is trained as written; a row written
+    out by a data tool as OpenAI messages reads back), several tool turns in a row allowed but in ShareGPT (one
+    observation per call turn, as LLaMA-Factory's ShareGPT takes it); the conversation ends with an assistant turn (a
+    call or a reply). `sharegpt`: errors name the turns as the row does (`from`: human, gpt, ...). Departure: a row
+    opening with an observation (LLaMA-Factory trains it) is refused: with no user turn, llama3 renders no tools."""
     key = "from" if sharegpt else "role"
 
     def said(role: str, m: Message | None = None) -> str:
@@ -137,10 +137,8 @@ def check_tool_turns(messages: list[Message], field: str, sharegpt: bool = False
             raise RowError(f"{field}[{i}].from", "a second 'observation' after one function_call: LLaMA-Factory's "
                            "ShareGPT takes one observation per call turn (it skips this row); put the results into "
                            "one observation, or give each call its own function_call turn")  # fmt: skip
-        if sharegpt:  # LLaMA-Factory: turn i is human|observation when i is even, gpt|function_call when odd
-            want = ("assistant",) if prev["role"] != "assistant" else ("user", "tool")
-        elif prev["role"] == "assistant":
-            want = ("tool",) if prev.get("tool_calls") else ("user",)
+        if prev["role"] == "assistant":  # as LLaMA-Factory: a call answered by a user turn, a result after a reply
+            want = ("user", "tool")
         elif prev["role"] == "tool":
             want = ("tool", "assistant")
         else:
