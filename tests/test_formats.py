@@ -60,7 +60,7 @@ def test_json_and_parquet(tmp_path):
         ({"instruction": "问", "output": ""}, "output: is empty"),
         ({"messages": [{"role": "user", "content": "问"}, {"role": "bot", "content": "答"}]}, "messages[1].role"),
         ({"messages": [{"role": "user", "content": "问"}]}, "must end with an assistant turn"),
-        ({"conversations": [{"from": "gpt", "value": "答"}]}, "conversations[0].role: expected 'user'"),
+        ({"conversations": [{"from": "gpt", "value": "答"}]}, "conversations[0].from: expected 'human', got 'gpt'"),
         ({"instruction": "问", "output": 3}, "output: expected a string"),
         ({"output": "答"}, "instruction: missing"),
         ({"foo": 1}, "row: unknown format"),
@@ -368,7 +368,8 @@ def test_role_developer_is_read_as_system_as_serve_reads_it(tmp_path):
     tool_row = {"messages": [dev[0], dev[1], {"role": "assistant", "tool_calls": [call]},
                              {"role": "tool", "tool_call_id": "c1", "content": "晴"}, dev[2]]}  # fmt: skip
     assert parse_openai_tools(tool_row).messages[0] == {"role": "system", "content": "简洁"}
-    mid = r"messages\[1\].role: expected 'assistant', got 'system' \(a system or developer turn may only come first\)"
+    mid = r"messages\[1\].role: expected 'assistant', got 'developer' \(a system or developer turn may only come "
+    mid += r"first\)"
     with pytest.raises(UserError, match=mid):
         load_rows(write_jsonl(tmp_path / "late.jsonl", [{"messages": [MSGS[0], dev[0], MSGS[1]]}]))
 
@@ -437,3 +438,27 @@ def test_firefly_rows_load_as_the_same_conversation_as_sharegpt(tmp_path):
     ]:
         with pytest.raises(UserError, match=f"b.jsonl:1: {msg}"):
             load_rows(write_jsonl(tmp_path / "b.jsonl", [row]))
+
+
+@pytest.mark.parametrize(
+    "row, said",
+    [
+        ({"system": "简洁", "conversations": [{"from": "human", "value": "问"}, {"from": "human", "value": "又问"}]},
+         "conversations[1].from: expected 'gpt', got 'human'"),
+        ({"system": "简洁", "messages": [{"role": "user", "content": "问"}, {"role": "user", "content": "又问"}]},
+         "messages[1].role: expected 'assistant', got 'user'"),
+        ({"prompt": [{"role": "user", "content": "问"}, {"role": "user", "content": "又问"}],
+          "completion": [{"role": "assistant", "content": "答"}]}, "prompt[1].role: expected 'assistant', got 'user'"),
+        ({"prompt": [{"role": "developer", "content": "简洁"}, {"role": "user", "content": "问"}],
+          "completion": [{"role": "user", "content": "答"}]}, "completion[0].role: expected 'assistant', got 'user'"),
+    ],
+)  # fmt: skip
+def test_turn_order_errors_name_the_message_as_the_row_writes_it(tmp_path, row, said):
+    """A row with a `system` key was reported one message off ('conversations[2].role' for a row of two messages:
+    the key's system message counted), a ShareGPT row by OpenAI's key and roles ('.role: expected 'assistant', got
+    'user'' for from: human), and a TRL prompt/completion row by an index into prompt + completion joined
+    ('completion[1]' for prompt[1]). Now the message's own list, index, key and role."""
+    path = write_jsonl(tmp_path / "bad.jsonl", [row])
+    with pytest.raises(UserError) as e:
+        load_conversations(path)
+    assert str(e.value).startswith(f"{path}:1: {said}"), str(e.value)

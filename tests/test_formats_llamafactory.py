@@ -195,7 +195,7 @@ def test_entry_without_required_column_is_one_line(lf_dir):
         ({"columns": {"messages": "q", "response": "a"}}, r"custom.columns.messages: a column of sharegpt formatting"),
         ({"ranking": "false"}, r"custom.ranking: expected true or false, got 'false'"),
         ({"subset": "zh"}, r"custom.subset: 'zh' picks part of a hub dataset"),
-        ({"tags": {"role_tag": "role"}}, r"custom.tags: only sharegpt formatting reads tags"),
+        ({"tags": {"role_tag": "role"}}, r"custom.tags: only sharegpt and openai formatting read tags"),
         (  # LLaMA-Factory sets a tag left out to None, not to its default: it was read as "value"
             {"formatting": "sharegpt", "columns": {"messages": "m"}, "tags": {"role_tag": "from", "user_tag": "human"}},
             r'custom.tags.content_tag: not set; LLaMA-Factory reads a tag left out of "tags" as unset, .* give '
@@ -256,7 +256,7 @@ def test_openai_tool_calls_through_sharegpt_tags_are_refused_as_unread_not_empty
     """OpenAI messages with `tool_calls` (content null) mapped by sharegpt tags failed with 'messages[2].content:
     missing' (with content "": 'is empty'): LLaMA-Factory's sharegpt converter reads role and content only, so the
     call is lost there. Now one line names the tool_calls and the fix; the file given by its path (the negative
-    control) trains the call, and a `formatting: openai` entry says the same fix instead of 'use sharegpt'."""
+    control) trains the call, and so does a `formatting: openai` entry."""
     calls = [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "北京"}'}}]
     msgs = [{"role": "user", "content": "北京天气？"}, {"role": "assistant", "content": None, "tool_calls": calls},
             {"role": "tool", "tool_call_id": "c1", "content": "晴"},
@@ -270,11 +270,16 @@ def test_openai_tool_calls_through_sharegpt_tags_are_refused_as_unread_not_empty
     errors = [json.loads(line)["error"] for line in (tmp_path / "rej.jsonl").read_text().splitlines()]
     assert r.rejected == 2 and all(e.startswith("messages[1].tool_calls: OpenAI tool calls, which LLaMA-Factory's")
                                    for e in errors), errors  # fmt: skip
-    assert "without data.dataset_dir" in errors[0] and "content" not in errors[0].split(":")[0]
+    assert '"formatting": "openai"' in errors[0] and "content" not in errors[0].split(":")[0]
     rows = load_rows(str(tmp_path / "oa.jsonl"), skip_invalid=True, rejects_path=tmp_path / "r2.jsonl").rows
     assert rows[0].messages[1]["tool_calls"][0]["function"] == {"name": "weather", "arguments": {"city": "北京"}}
-    with pytest.raises(UserError, match=r"dataset_info.json: oai.formatting: 'openai' is not read through .* path"):
-        load_rows(["oai"], dataset_dir=tmp_path)
+    info["oai"] |= {
+        "columns": {"messages": "messages"},
+        "tags": tags | {"function_tag": "function_call"},
+    }  # read as calls
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    rows = load_rows(["oai"], dataset_dir=tmp_path).rows
+    assert rows[0].messages[2]["tool_calls"][0]["function"] == {"name": "weather", "arguments": {"city": "北京"}}
 
 
 def test_a_role_the_entrys_tags_do_not_name_is_refused_as_llamafactory_skips_the_row(tmp_path):
@@ -302,3 +307,94 @@ def test_a_role_the_entrys_tags_do_not_name_is_refused_as_llamafactory_skips_the
         with pytest.raises(UserError, match=want):
             load_rows([name], dataset_dir=tmp_path)
     assert load_rows(["with_system"], dataset_dir=tmp_path).rows[0].messages == sys_row["messages"]
+
+
+OAI_TAGS = {**ROLE_TAGS, "system_tag": "system", "observation_tag": "tool", "function_tag": "function_call"}
+
+
+def test_formatting_openai_is_read_as_llamafactorys_openai_converter(tmp_path):
+    """`formatting: openai` (LLaMA-Factory's OpenAIDatasetConverter) was refused as not read. Now read as that
+    converter does: a first system message is the system prompt, assistant tool_calls become one call turn,
+    consecutive tool results join into one observation, and rows without tools get 'detailed thinking off' in their
+    system prompt (a note says how many); a text beside tool_calls, results after the last turn and a system column
+    beside a system message, which it drops, are refused naming the message (or column) in the row."""
+    call = {"type": "function", "function": {"name": "weather", "arguments": '{"city": "北京"}'}}
+    user, reply = {"role": "user", "content": "北京天气？"}, {"role": "assistant", "content": "北京晴"}
+    calling = {"role": "assistant", "content": None, "tool_calls": [call, call]}
+    results = [{"role": "tool", "content": "晴"}, {"role": "tool", "content": "多云"}]
+    spec = [{"type": "function", "function": {"name": "weather", "parameters": {}}}]
+    write_jsonl(tmp_path / "oa.jsonl", [
+        {"messages": [{"role": "system", "content": "你是客服"}, user, calling, *results, reply], "tools": spec},
+        {"messages": [user, reply]},
+        {"messages": [user, {**calling, "content": "我查一下"}, *results, reply]},
+        {"messages": [{"role": "system", "content": "你是客服"}, user, calling, *results]},
+        {"messages": [{"role": "system", "content": "你是客服"}, user, reply], "sys": "简洁"},
+    ])  # fmt: skip
+    cols = {"messages": "messages", "tools": "tools", "system": "sys"}
+    info = {"oa": {"file_name": "oa.jsonl", "formatting": "openai", "columns": cols, "tags": OAI_TAGS}}
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    got = load_rows(["oa"], dataset_dir=tmp_path, skip_invalid=True, rejects_path=tmp_path / "rej.jsonl")
+    tools_row, plain = got.rows
+    assert tools_row.messages[0] == {"role": "system", "content": "你是客服\n"}  # LLaMA-Factory: a newline with tools
+    assert [c["function"] for c in tools_row.messages[2]["tool_calls"]] == [
+        {"name": "weather", "arguments": {"city": "北京"}}
+    ] * 2
+    assert tools_row.messages[3] == {"role": "tool", "content": "晴\n</tool_response>\n<tool_response>\n多云"}
+    assert tools_row.tools == spec and tools_row.messages[4] == reply
+    assert plain.messages == [{"role": "system", "content": "detailed thinking off"}, user, reply]
+    assert got.notes == [
+        "oa: 1 row(s) without tools have 'detailed thinking off' in their system prompt, added as LLaMA-Factory's "
+        "openai formatting adds it (formatting sharegpt, with the same tags, trains them without it)"
+    ]
+    errors = [json.loads(line)["error"] for line in (tmp_path / "rej.jsonl").read_text().splitlines()]
+    assert errors[0].startswith("messages[1].content: text beside tool_calls, which LLaMA-Factory's openai")
+    assert errors[1].startswith("messages[3]: tool results after the last assistant turn, which LLaMA-Factory's")
+    assert errors[2].startswith("sys: given both as a column and as the first message; LLaMA-Factory reads the")
+    # data.format openai beside it agrees with the entry (it said the dataset is sharegpt); alpaca does not
+    assert load_rows(["oa"], "openai", dataset_dir=tmp_path, skip_invalid=True, rejects_path=tmp_path / "r").kept == 2
+    with pytest.raises(UserError, match="format 'alpaca': dataset 'oa' is openai by its dataset_info.json entry"):
+        load_rows(["oa"], "alpaca", dataset_dir=tmp_path)
+
+
+def test_a_turn_order_error_names_the_roles_and_key_the_entrys_tags_use(tmp_path):
+    """With tags renaming roles (speaker: usr/bot), a turn-order error named weitiao's own names: 'dialog[1].role:
+    expected 'assistant', got 'user'' (neither key nor roles are in the file). Now said in the entry's tags, as
+    LLaMA-Factory's converter checks the order (it skips the row); the well-ordered row (negative control) loads."""
+    tags = {"role_tag": "speaker", "content_tag": "text", "user_tag": "usr", "assistant_tag": "bot"}
+    good = [{"speaker": "usr", "text": "你好"}, {"speaker": "bot", "text": "您好"}]
+    write_jsonl(tmp_path / "d.jsonl", [{"dialog": good}, {"dialog": [good[0], good[0]]}, {"dialog": good[:1]}])
+    info = {"d": {"file_name": "d.jsonl", "formatting": "sharegpt", "columns": {"messages": "dialog"}, "tags": tags}}
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    got = load_rows(["d"], dataset_dir=tmp_path, skip_invalid=True, rejects_path=tmp_path / "rej.jsonl")
+    errors = [json.loads(line)["error"] for line in (tmp_path / "rej.jsonl").read_text().splitlines()]
+    assert got.kept == 1 and errors == [
+        "dialog[1].speaker: expected 'bot' after 'usr', got 'usr': LLaMA-Factory's sharegpt alternates 'usr' with "
+        "'bot' turns and skips this row",
+        "dialog: ends with 'usr'; LLaMA-Factory takes a row ending with 'bot' and skips this one",
+    ]
+
+
+def test_message_keys_lf_does_not_read_are_refused_not_dropped(tmp_path):
+    """Through dataset_info.json a message became its role and content alone: an OpenAI fine-tuning file's
+    `weight: 0` (this reply is context) was trained, a speaker `name` and a `reasoning_content` trace were dropped,
+    unsaid (LLaMA-Factory reads role and content only). Now refused naming the key, under sharegpt and openai
+    formatting; the same rows without them (negative control) load, and the file by its path reads the weight."""
+    user, reply = {"role": "user", "content": "你好"}, {"role": "assistant", "content": "您好"}
+    odd = [{"weight": 0}, {"name": "小王"}, {"reasoning_content": "想一想"}, {"weight": 1}]
+    rows = [{"messages": [user, {**reply, **k}, user, reply]} for k in odd]
+    write_jsonl(tmp_path / "ft.jsonl", rows)
+    cols = {"messages": "messages"}
+    info = {
+        f: {"file_name": "ft.jsonl", "formatting": f, "columns": cols, "tags": OAI_TAGS} for f in ("sharegpt", "openai")
+    }
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    for f in info:
+        got = load_rows([f], dataset_dir=tmp_path, skip_invalid=True, rejects_path=tmp_path / f"{f}.rej")
+        errors = [json.loads(line)["error"] for line in (tmp_path / f"{f}.rej").read_text().splitlines()]
+        assert got.kept == 1 and [e.split(",")[0] for e in errors] == [
+            "messages[1].weight: a per-turn training flag (the turn would be trained anyway)",
+            "messages[1].name: a speaker name",
+            "messages[1].reasoning_content: a reasoning trace (it would not be trained)",
+        ], errors
+        assert all(f"which LLaMA-Factory's {f} formatting does not read" in e for e in errors)
+    assert load_rows(str(tmp_path / "ft.jsonl"), skip_invalid=True).rows[0].messages[1]["weight"] == 0

@@ -265,7 +265,8 @@ def test_data_check_reports_long_documents_as_split_not_truncated(tmp_path, toke
     pieces = stats.doc_pieces + 1  # the pieces of the one long document in SFT
     rep = check_file([str(docs), str(chats)], tokenizer, max_len=32)
     assert (rep.over_max_len, rep.split_documents, rep.document_pieces) == (1, 1, pieces) and pieces > 2
-    assert [p for p in rep.problems if "max_len" in p] == ["1 rows exceed max_len 32: see data.truncation"]
+    assert [p for p in rep.problems if "max_len" in p] == ["1 rows exceed max_len 32: truncation drop drops 1 "
+                                                           "(data.truncation)"]  # fmt: skip
     assert f"1 text documents longer than max_len 32 are split into {pieces} pieces (whatever data.truncation)" in (
         rep.notes
     )
@@ -292,9 +293,9 @@ def test_data_check_counts_document_pieces_over_the_models_positions_as_training
     rep = check_file([str(docs), str(chats)], tokenizer, max_len=32, context=20)
     assert rep.over_context == over and over >= 2 and rep.over_max_len == 1, (rep.over_context, over)
     assert f"{over} sequences are longer than the model's 20 positions" in " ".join(rep.problems)
-    assert "1 rows exceed max_len 32: see data.truncation (those data.truncation cuts to max_len, not drops, are " in (
-        " ".join(rep.problems)
-    )  # cut, not dropped, the chat row would be refused
+    assert "1 rows exceed max_len 32: truncation drop drops 1" in " ".join(rep.problems)
+    cut = check_file([str(docs), str(chats)], tokenizer, max_len=32, context=20, truncation="cut")
+    assert (cut.over_context, cut.dropped) == (over, 1)  # its reply is past max_len: cut drops the chat row too
 
 
 class Process:
@@ -361,3 +362,47 @@ def test_prompt_and_turn_keys_on_raw_text_are_refused(tmp_path, tokenizer, key):
     cfg = sft_cfg(tmp_path, docs, **key)
     cfg.data.train.append(str(mixed))
     assert sft.prepare_data(cfg, tokenizer).stats.kept == 4
+
+
+@pytest.mark.parametrize("truncation", ["drop", "cut", "history"])
+def test_data_check_truncation_counts_what_sft_training_does(tmp_path, tokenizer, truncation):
+    """`data check` had no --truncation: over max_len it said 'see data.truncation', and counted the rows past the
+    model's positions as if every row over max_len were dropped, while SFT with truncation cut trains them cut to
+    max_len (and refuses those past the positions) and history trims them. Now data check applies the trainer's
+    truncation with the trainer's code: its dropped/cut/trimmed/lost-end-of-turn counts are SFT's own, and the rows
+    past the positions are those training keeps."""
+    from weitiao.data.check import check_file
+
+    rows = [
+        {"instruction": "long question " * 40, "output": "ok"},  # reply past max_len: dropped even when cut
+        {"instruction": "hi", "output": "a long answer " * 40},  # cut: trained up to max_len, end-of-turn lost
+        {"instruction": "now?", "output": "yes", "history": [["an old question " * 12, "an old answer " * 12]]},
+        {"instruction": "hi", "output": "hello"},
+    ]
+    f = write_jsonl(tmp_path / "d.jsonl", rows)
+    s = sft.prepare_data(sft_cfg(tmp_path, f, truncation=truncation), tokenizer).stats  # max_len 128
+    rep = check_file([str(f)], tokenizer, max_len=128, context=100, truncation=truncation)
+    assert (rep.dropped, rep.cut, rep.lost_eot, rep.history_trimmed) == (
+        s.dropped_too_long, s.cut, s.lost_eot, s.history_trimmed)  # fmt: skip
+    assert (rep.over_max_len, rep.truncation, rep.dropped + rep.cut + rep.history_trimmed) == (3, truncation, 3)
+    assert {"drop": (3, 0, 0), "cut": (2, 1, 0), "history": (2, 0, 1)}[truncation] == (
+        rep.dropped, rep.cut, rep.history_trimmed)  # fmt: skip
+    # the cut rows are max_len (128) long, past the 100 positions: training refuses them
+    assert rep.over_context == {"drop": 0, "cut": 1, "history": 0}[truncation], rep
+    assert any(f"truncation {truncation} " in p for p in rep.problems)
+
+
+def test_data_check_truncation_option_takes_the_trainers_choices(tmp_path, tiny_model_dir):
+    import json
+
+    from typer.testing import CliRunner
+
+    from weitiao.cli import app
+
+    f = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "hi", "output": "a long answer " * 40}])
+    args = ["data", "check", str(f), "--model", str(tiny_model_dir), "--max-len", "64", "--json"]
+    rep = json.loads(CliRunner().invoke(app, [*args, "--truncation", "cut"]).output)
+    assert (rep["truncation"], rep["cut"], rep["lost_eot"], rep["dropped"]) == ("cut", 1, 1, 0)
+    assert json.loads(CliRunner().invoke(app, args).output)["dropped"] == 1  # drop, the default
+    bad = CliRunner().invoke(app, [*args, "--truncation", "cut_response"])  # DPO/RM's, not SFT's
+    assert bad.exit_code != 0 and "SFT rows take drop|cut|history" in str(bad.output) + str(bad.exception)

@@ -313,6 +313,47 @@ def test_two_observations_after_one_sharegpt_call_are_refused_as_llamafactory_sk
         load_conversations(["t"], dataset_dir=tmp_path)
 
 
+@pytest.mark.parametrize("via_info", [False, True])
+def test_sharegpt_tool_turn_orders_are_those_llamafactorys_converter_trains(tmp_path, tokenizer, via_info):
+    """LLaMA-Factory's ShareGPT converter alternates human|observation with gpt|function_call turns; a call answered
+    by a human turn (the user gives up) and an observation after a plain reply were refused ('expected 'observation'
+    after 'function_call''). Now trained as written, as there (and rendered: the call and both replies trained, the
+    results not); a row it skips (two calls in a row, its negative control) is still refused, and so is one opening
+    with an observation, which it trains (a departure: no user turn to carry llama3's tool specs). Written out as
+    OpenAI messages (data mix, curve) they read back."""
+    from weitiao.data.tools import to_record
+
+    ask, call, obs, reply = SHAREGPT_ROW["conversations"]
+    human = {"from": "human", "value": "算了"}
+    rows = [
+        {**SHAREGPT_ROW, "conversations": [ask, call, human, reply]},
+        {**SHAREGPT_ROW, "conversations": [ask, reply, obs, reply]},
+        {**SHAREGPT_ROW, "conversations": [ask, call, call]},
+        {**SHAREGPT_ROW, "conversations": [obs, reply]},
+    ]
+    path = write_jsonl(tmp_path / "o.jsonl", rows)
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"o": {"file_name": "o.jsonl", "formatting": "sharegpt",
+        "columns": {"messages": "conversations", "system": "system", "tools": "tools"}}}))  # fmt: skip
+    got = load_conversations(["o"] if via_info else path, dataset_dir=tmp_path if via_info else None,
+                             skip_invalid=True, rejects_path=tmp_path / "rej.jsonl")  # fmt: skip
+    assert [[m["role"] for m in r.messages] for r in got.rows] == [
+        ["system", "user", "assistant", "user", "assistant"],
+        ["system", "user", "assistant", "tool", "assistant"],
+    ]
+    errors = [json.loads(line)["error"] for line in (tmp_path / "rej.jsonl").read_text().splitlines()]
+    assert errors[0].startswith("conversations[2].from: expected 'human' or 'observation' after 'function_call', got "
+                                "'function_call'") and "LLaMA-Factory" in errors[0]  # fmt: skip
+    assert errors[1].startswith("conversations[0].from: expected 'human' first") and "llama3" in errors[1], errors
+    # written out by a data tool (data mix, curve) as OpenAI messages, they read back the same
+    back = load_conversations(write_jsonl(tmp_path / "back.jsonl", [to_record(r) for r in got.rows])).rows
+    assert [r.messages for r in back] == [r.messages for r in got.rows]
+    template = resolve_template(tokenizer, "qwen")
+    for row, trained in zip(got.rows, (["get_weather", "北京今天晴"], ["北京今天晴", "北京今天晴"])):
+        enc = encode(row, tokenizer, template, EncodeOptions(max_len=4096))
+        text = "".join(s for s, t in token_segments(enc, tokenizer) if t)
+        assert [w for w in trained if w in text] == trained and "OBS" not in text and "算了" not in text
+
+
 def test_tool_rows_keep_their_calls_in_dedup_and_history_truncation(tokenizer):
     conv = load_rows_one(SHAREGPT_ROW)
     other = load_rows_one(

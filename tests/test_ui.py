@@ -978,3 +978,29 @@ def test_the_consoles_data_check_counts_rows_over_the_models_positions(root, tin
         assert any("longer than the model's 512 positions" in p for p in check["problems"]), check["problems"]
         check = c.get("/api/data", params={"path": "data/long.jsonl", "model": "models/tiny", "max_len": 512}).json()
         assert (check["check"]["over_context"], check["check"]["over_max_len"]) == (0, 1)
+
+
+def test_data_preview_takes_train_turns_as_data_check_does(root):
+    """The Data tab had no train_turns (`train_turns=last` was an unknown query parameter): a multi-turn row showed
+    every reply trained and the report counted rows with no trained token as under `all`, while `weitiao sft` with
+    data.train_turns last trains the last reply only (the CLI's `data check --train-turns` had it). Now passed to the
+    row's encoding and to `check_file`, as `data check --train-turns` (the default, all, is the negative control)."""
+    from weitiao.data.check import check_file
+    from weitiao.models.load import load_tokenizer
+
+    msgs = [{"role": "user", "content": "问"}, {"role": "assistant", "content": "第一答"},
+            {"role": "user", "content": "再问"}, {"role": "assistant", "content": "第二答", "weight": 0}]  # fmt: skip
+    file = _pairs_file(root / "data" / "turns.jsonl", [{"messages": msgs}])
+    tok = load_tokenizer("demo")
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        got = {
+            t: c.get("/api/data", params={"path": "data/turns.jsonl", "train_turns": t}).json() for t in ("all", "last")
+        }
+        bad = c.get("/api/data", params={"path": "data/turns.jsonl", "train_turns": "first"})
+    trained = {t: "".join(s for s, on in d["segments"] if on) for t, d in got.items()}
+    assert trained["all"].startswith("第一答") and trained["last"] == ""  # the last reply has weight 0
+    for t, d in got.items():
+        assert d["check"]["train_turns"] == t
+        assert d["check"]["no_trained_tokens"] == check_file([str(file)], tok, train_turns=t).no_trained_tokens
+    assert (got["all"]["check"]["no_trained_tokens"], got["last"]["check"]["no_trained_tokens"]) == (0, 1)
+    assert bad.status_code == 400 and "train_turns 'first'" in bad.json()["error"]

@@ -337,6 +337,11 @@ def data_check(
     dataset_dir: str = typer.Option(None, help="LLaMA-Factory data folder: FILES are names in its dataset_info.json"),
     skip_invalid: bool = typer.Option(False, help="write bad rows to FILE.rejects.jsonl instead of stopping"),
     train_turns: str = typer.Option("all", help="all|last: assistant turns SFT trains (data.train_turns)"),
+    truncation: str = typer.Option(
+        "drop",
+        help="over max_len, as the trainer's data.truncation: SFT drop|cut|history, KTO drop|cut, DPO/RM "
+        "drop|cut_response",
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
     """Lint SFT, preference, KTO or text data: format, token lengths, over max_len, duplicates, EOS, pair sanity."""
@@ -346,7 +351,9 @@ def data_check(
 
     _choice("--train-turns", train_turns, ("all", "last"))
     tokenizer, context = load_tokenizer(model), model_positions(model)
-    rep = check_file(files, tokenizer, template, max_len, fmt, skip_invalid, dataset_dir, train_turns, context)
+    _choice("--truncation", truncation, ("drop", "cut", "history", "cut_response"))
+    rep = check_file(files, tokenizer, template, max_len, fmt, skip_invalid, dataset_dir, train_turns, context,
+                     truncation)  # fmt: skip
     if as_json:
         print(rep.to_json())
         return
@@ -360,6 +367,10 @@ def data_check(
             f"{rep.length_min} / {rep.length_mean} / {rep.length_p95} / {rep.length_max}",
         ),
         (f"rows over max_len {rep.max_len}", str(rep.over_max_len)),
+        (
+            f"dropped / cut / history-trimmed (truncation {rep.truncation})",
+            f"{rep.dropped} / {rep.cut} / {rep.history_trimmed}",
+        ),  # fmt: skip
         ("duplicate rows / prompts", f"{rep.duplicate_rows} / {rep.duplicate_prompts}"),
         ("rows missing EOS", str(rep.missing_eos)),
         (f"rows with no trained token (train_turns {rep.train_turns})", str(rep.no_trained_tokens)),

@@ -3,7 +3,9 @@
 Preference rows are linted too: each side (prompt + chosen, prompt + rejected) is one sequence for the
 length figures; pairs with identical or empty replies are counted, not refused. Trained-token counts follow
 `train_turns` as SFT does; pre-training documents longer than max_len are counted apart from the rows the
-truncation policy acts on, since SFT splits them into pieces whatever that policy. A file of unpaired feedback
+truncation policy acts on, since SFT splits them into pieces whatever that policy. `truncation` is the trainer's
+data.truncation, applied by the trainer's own code (`encode_all`, `encode_pair`): rows it drops, cuts and trims, and
+the sequences past the model's positions after it, are counted as training will find them. A file of unpaired feedback
 (KTO rows: the first row decides) is linted as `weitiao kto` reads it: its last reply trained, labels counted, and a
 reply labelled both ways reported.
 """
@@ -15,15 +17,18 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode, encode_all, special_token_check
+from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, Truncation, encode, encode_all, special_token_check
 from weitiao.data.formats import Conversation, Document, Feedback, PreferencePair, load_rows, prefers_rejected
-from weitiao.data.preference import encode_pair, encode_side, form_notes, side_rows
+from weitiao.data.preference import PairTruncation, encode_pair, encode_side, form_notes, side_rows
 from weitiao.data.prep import conversation_key, messages_key, pair_key, require_rows
 from weitiao.data.templates import resolve_template
+from weitiao.errors import UserError
 
 BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+# data.truncation of the trainer that takes each kind of row: sft, kto (train.spec.FeedbackDataSpec), dpo/rm
+TRUNCATIONS = {"SFT": get_args(Truncation), "KTO": ("drop", "cut"), "preference": get_args(PairTruncation)}
 
 
 @dataclass
@@ -58,7 +63,12 @@ class CheckReport:
     undesirable: int = 0
     conflicting_labels: int = 0  # prompt + reply pairs labelled both desirable and undesirable
     context: int | None = None  # the model's positions (max_position_embeddings), when its config was read
-    over_context: int = 0  # sequences up to max_len but longer than `context`: training refuses them
+    over_context: int = 0  # sequences longer than `context` once `truncation` acted: training refuses them
+    truncation: str = "drop"  # the trainer's data.truncation the counts below follow
+    dropped: int = 0  # rows (pairs) that truncation leaves out
+    cut: int = 0  # rows (pairs) cut to max_len
+    lost_eot: int = 0  # cut chat rows whose last end-of-turn token is cut away
+    history_trimmed: int = 0  # rows whose oldest exchanges truncation history dropped
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -105,9 +115,11 @@ def check_file(
     dataset_dir: str | None = None,
     train_turns: Literal["all", "last"] = "all",
     context: int | None = None,
+    truncation: str = "drop",
 ) -> CheckReport:
     """Lint a data set against a tokenizer: lengths, duplicates, EOS, trainable tokens (as SFT's
-    data.train_turns picks them), pair sanity; `context`: the model's positions (training refuses longer rows)."""
+    data.train_turns picks them), pair sanity; `context`: the model's positions (training refuses longer rows);
+    `truncation`: the trainer's data.truncation (SFT drop|cut|history, KTO drop|cut, DPO/RM drop|cut_response)."""
     check = special_token_check(tokenizer)  # a bad row, as training finds it
     loaded = load_rows(files, fmt, skip_invalid=skip_invalid, strict=False, dataset_dir=dataset_dir, row_check=check,
                        feedback=None)  # fmt: skip
@@ -118,10 +130,25 @@ def check_file(
         train_turns = "last"
     pairs = [r for r in loaded.rows if isinstance(r, PreferencePair)]
     convs = [r.row if isinstance(r, Feedback) else r for r in loaded.rows if not isinstance(r, PreferencePair)]
+    kinds = [k for k, there in (("KTO", feedback), ("SFT", convs and not feedback), ("preference", pairs)) if there]
+    if bad := next((k for k in kinds if truncation not in TRUNCATIONS[k]), None):
+        raise UserError(f"truncation {truncation!r}: {bad} rows take {'|'.join(TRUNCATIONS[bad])} (the data.truncation "
+                        "of the trainer that reads them)")  # fmt: skip
     # Encode without a length limit to measure; count what max_len would drop separately.
     with _measuring(tokenizer, context):
         encoded, _ = encode_all(convs, tokenizer, template, EncodeOptions(max_len=10**9, train_turns=train_turns))
         sides = [tuple(encode_side(row, tokenizer, template) for row in side_rows(p)) for p in pairs]
+        # what training keeps: the trainer's own truncation, over the same rows
+        opts = EncodeOptions(max_len, train_turns=train_turns, truncation=truncation)  # type: ignore[arg-type]
+        kept, stats = encode_all(convs, tokenizer, template, opts)
+        fitted, refused = [], []  # refused: pairs training stops on (chosen and rejected render the same tokens)
+        for p in pairs:
+            if p.chosen != p.rejected and p.chosen.strip() and p.rejected.strip():  # else counted below
+                try:
+                    fitted.append(encode_pair(p, tokenizer, template, max_len, truncation))  # type: ignore[arg-type]
+                except UserError as e:
+                    refused.append(str(e))
+    trained_seqs = kept + [e for f in fitted if f for e in f]
     assert len(encoded) == len(convs)  # nothing is over 10**9 tokens: one example per row
     # A pre-training document (no prompt) over max_len becomes ceil(n / max_len) pieces in SFT.
     split = [len(e) for c, e in zip(convs, encoded) if isinstance(c, Document) and c.prompt is None]
@@ -165,9 +192,12 @@ def check_file(
         undesirable=sum(not fb.desirable for fb in feedback),
         conflicting_labels=sum(len(v) == 2 for v in labels.values()),
         context=context,
-        over_context=sum(context < n <= max_len for n in lengths) + sum(context < p for p in pieces(split, max_len))
-        if context
-        else 0,
+        over_context=sum(len(e) > context for e in trained_seqs) if context else 0,
+        truncation=truncation,
+        dropped=stats.dropped_too_long + sum(f is None for f in fitted),
+        cut=stats.cut + sum(any(e.truncated == "cut" for e in f) for f in fitted if f),
+        lost_eot=stats.lost_eot,
+        history_trimmed=stats.history_trimmed,
         notes=list(loaded.notes) + form_notes(pairs, template),
     )
     if lengths:
@@ -181,15 +211,19 @@ def check_file(
         )
     if rep.over_max_len:
         what = "rows (pairs: their longer side)" if pairs else "rows"
-        cut = ""
-        if context and context < max_len:
-            cut = (f" (those data.truncation cuts to max_len, not drops, are past the model's {context} positions, "
-                   f"which training refuses: use --max-len {context})")  # fmt: skip
-        rep.problems.append(f"{rep.over_max_len} {what} exceed max_len {max_len}: see data.truncation{cut}")
+        acts = [f"{verb} {n}" for verb, n in (("drops", rep.dropped), ("cuts", rep.cut),
+                                              ("trims the oldest exchanges of", rep.history_trimmed)) if n]  # fmt: skip
+        rep.problems.append(f"{rep.over_max_len} {what} exceed max_len {max_len}: truncation {truncation} "
+                            f"{', '.join(acts) or 'keeps them'} (data.truncation)")  # fmt: skip
+    if rep.lost_eot:
+        rep.problems.append(f"truncation cut: {rep.lost_eot} rows lose their end-of-turn token {template.eot!r} "
+                            "(the model learns to run on past max_len there); use drop or history, or raise "
+                            "max_len")  # fmt: skip
     if rep.over_context:
         rep.problems.append(
             f"{rep.over_context} sequences are longer than the model's {context} positions (max_position_embeddings) "
-            f"though within max_len {max_len}: training refuses them; use --max-len {context} (data.max_len)"
+            f"after truncation {truncation} to max_len {max_len}: training refuses them; use --max-len {context} "
+            "(data.max_len)"
         )
     if split:
         rep.notes.append(
@@ -206,6 +240,8 @@ def check_file(
     if feedback and not (rep.desirable and rep.undesirable):
         kind = "desirable" if rep.desirable else "undesirable"
         rep.problems.append(f"every row is {kind}: KTO then only moves these replies against its KL reference point")
+    if refused:
+        rep.problems.append(f"{len(refused)} pairs training refuses, first: {refused[0]}")
     if rep.identical_pairs:
         rep.problems.append(f"{rep.identical_pairs} pairs with chosen == rejected (training refuses them)")
     if rep.empty_replies:

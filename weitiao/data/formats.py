@@ -217,8 +217,11 @@ def _text(value: Any, field: str, allow_empty: bool = False) -> str:
     return value
 
 
-def _check_turns(messages: list[Message], field: str, last: str = "assistant") -> list[Message]:
-    """Roles: optional system first, then user/assistant alternating, ending with `last`."""
+def _check_turns(
+    messages: list[Message], field: str, last: str = "assistant", named: Callable[[int], tuple[str, Any]] | None = None
+) -> list[Message]:
+    """Roles: optional system first, then user/assistant alternating, ending with `last`. `named(i)`: message i's
+    field and role as the row writes them (default `field[i].role`, the role read)."""
     body = messages[1:] if messages and messages[0]["role"] == "system" else messages
     if not body:
         raise RowError(field, "has no user/assistant turns")
@@ -226,8 +229,11 @@ def _check_turns(messages: list[Message], field: str, last: str = "assistant") -
         want = "user" if i % 2 == 0 else "assistant"
         if m["role"] != want:
             idx = i + (len(messages) - len(body))
+            at, got = named(idx) if named else (f"{field}[{idx}].role", m["role"])
+            if named and at.endswith(".from"):  # ShareGPT's names for the roles
+                want = {"user": "human", "assistant": "gpt"}[want]
             where = " (a system or developer turn may only come first)" if m["role"] == "system" else ""
-            raise RowError(f"{field}[{idx}].role", f"expected {want!r}, got {m['role']!r}{where}")
+            raise RowError(at, f"expected {want!r}, got {got!r}{where}")
     if body[-1]["role"] != last:
         raise RowError(field, f"must end with {'an' if last[0] in 'aeiou' else 'a'} {last} turn, ends with "
                               f"{body[-1]['role']!r}")  # fmt: skip
@@ -818,7 +824,24 @@ def parse_row(record: Any, fmt: str, strict: bool = True) -> Conversation | Pref
     if isinstance(messages, Document):
         return messages
     field = {**MESSAGES_KEY, "prompt_completion": "completion"}.get(fmt, "row")
-    return Conversation(_check_turns(messages, field))
+    return Conversation(_check_turns(messages, field, named=_row_names(record, fmt, messages)))
+
+
+def _row_names(record: dict, fmt: str, messages: list[Message]) -> Callable[[int], tuple[str, Any]] | None:
+    """For `_check_turns`: message i's field and role as the row writes them: the index in the row's own list (a
+    `system` key's message, put first, is not in it), its key (`from` for ShareGPT), the role it gives."""
+    lists = {"sharegpt": ("conversations",), "openai": ("messages",), "prompt_completion": ("prompt", "completion")}
+    if fmt not in lists:
+        return None
+    rows = [(k, j, m) for k in lists[fmt] for j, m in enumerate(record[k])]
+    key = "from" if fmt == "sharegpt" else "role"
+    shift = len(messages) - len(rows)  # 1 when the row's `system` key was put first
+
+    def named(i: int) -> tuple[str, Any]:
+        k, j, m = rows[i - shift]
+        return f"{k}[{j}].{key}", m.get(key)
+
+    return named
 
 
 # ----------------------------------------------------------------------------- loading
@@ -875,9 +898,10 @@ def _cell_json(err: RowError, record: Any, path: Path) -> RowError:
 
 def _lf_format(lf: Any, fmt: str) -> str:
     """A LLaMA-Factory dataset's format is its entry's (formatting, ranking); a format given beside it must agree."""
-    if fmt in ("auto", lf.fmt):
+    if fmt in ("auto", lf.fmt) or (fmt == lf.formatting and not lf.ranking):  # openai rows are read as sharegpt's
         return lf.fmt
-    raise UserError(f"format {fmt!r}: dataset {lf.name!r} is {lf.fmt} by its dataset_info.json entry (formatting, "
+    said = lf.fmt if lf.ranking else lf.formatting
+    raise UserError(f"format {fmt!r}: dataset {lf.name!r} is {said} by its dataset_info.json entry (formatting, "
                     "ranking; rendered through the chat template, as LLaMA-Factory does); drop the format")  # fmt: skip
 
 
@@ -974,7 +998,7 @@ def load_rows(
                 result.format = "mixed"
         if lf:
             lf.check_mapped()
-            result.notes += lf.notes + lf.unread_notes()
+            result.notes += lf.notes + lf.unread_notes() + lf.converter_notes()
             if lf.num_samples is not None and rows:
                 picked = lf.sample(rows)
                 for row in picked:

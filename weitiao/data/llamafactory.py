@@ -1,13 +1,16 @@
 """LLaMA-Factory datasets: a name in `DIR/dataset_info.json` → its files and a row mapper.
 
-Follows LLaMA-Factory's `data/parser.py` and `data/converter.py`: `formatting` alpaca|sharegpt,
+Follows LLaMA-Factory's `data/parser.py` and `data/converter.py`: `formatting` alpaca|sharegpt|openai (`_openai`),
 `ranking` (preference pairs), `columns` (when given, a column not named there is unused, as in
 LLaMA-Factory: alpaca `history`/`system` are read only when mapped) and sharegpt `tags`. Rows are
 renamed into weitiao's own alpaca/sharegpt/preference keys and parsed by `formats`. An entry, column or tag key
 LLaMA-Factory does not read (a typo: colums, ranknig, promt) is refused where LLaMA-Factory ignores it, and so is a
-row it skips: a message role none of the tags name, OpenAI tool_calls (its sharegpt reads role and content). Departures:
+row it skips: a message role none of the tags name, turns out of its order (said in the entry's own tags), OpenAI
+tool_calls (its sharegpt reads role and content). Departures:
 hub/script/cloud datasets are refused (weitiao never downloads), `kto_tag` rows are refused but by
-`weitiao kto`, and image/video/audio columns are ignored with a note. `num_samples` picks rows as LLaMA-Factory
+`weitiao kto`, image/video/audio columns are ignored with a note, and a row opening with an observation (which
+LLaMA-Factory trains) or, under openai, calling tools with no function_tag set (read by an accident of its tag map) is
+refused. `num_samples` picks rows as LLaMA-Factory
 does (a random permutation's first N, then draws with replacement past the data's size), seeded by the
 dataset's name instead of the run's seed, so a dataset's sample (and its tokenized cache) never changes.
 """
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from weitiao.data.files import RowError, expand_paths
+from weitiao.data.formats import REASONING_KEYS, TURN_FLAGS
 from weitiao.errors import UserError, near_miss
 from weitiao.io import read_json
 
@@ -54,10 +58,12 @@ OUR_ROLE = {
 ROLE_TAG_OF = {"user_tag": ("user", "human"), "assistant_tag": ("assistant", "gpt"), "system_tag": ("system",),
                "observation_tag": ("observation", "tool"), "function_tag": ("function_call", "function")}  # fmt: skip
 MEDIA = ("images", "videos", "audios")
+THINKING_OFF = "detailed thinking off"  # LLaMA-Factory's openai converter puts it in every tool-less row's system
 # Optional columns LLaMA-Factory reads only when the entry maps them (key → the column's usual name); rows holding one
 # unmapped get a note, not a guess: an alpaca entry mapping prompt and response alone trains without its `input`.
 OPTIONAL = {"alpaca": {"query": "input", "system": "system", "history": "history", "tools": "tools"},
             "sharegpt": {"system": "system", "tools": "tools"}}  # fmt: skip
+OPTIONAL["openai"] = OPTIONAL["sharegpt"]
 # An entry's keys as LLaMA-Factory's data/parser.py reads them; any other key (colums, ranknig) is refused, not ignored.
 ENTRY_KEYS = (*REMOTE, "file_name", "file_sha1", "formatting", "ranking", "subset", "split", "folder", "num_samples",
               "revision", "columns", "tags")  # fmt: skip
@@ -88,11 +94,13 @@ class LFDataset:
     held: set[str] = field(default_factory=set)  # the mapped columns some row holds
     given: tuple[str, ...] = ()  # the keys the entry's own `columns` maps (not LLaMA-Factory's defaults)
     info: Path = Path(INFO)
+    thinking_off: int = 0  # openai rows given "detailed thinking off" in their system prompt, as LLaMA-Factory does
+    _at: list[int] = field(default_factory=list)  # the last converted row's messages: each one's index in the row
 
     @property
     def fmt(self) -> str:
         """The weitiao format the renamed rows are in."""
-        return "preference" if self.ranking else self.formatting
+        return "preference" if self.ranking else "alpaca" if self.formatting == "alpaca" else "sharegpt"
 
     def sample(self, rows: list) -> list:
         """`num_samples` of `rows` as LLaMA-Factory picks them: a random permutation's first N, then draws with
@@ -118,6 +126,7 @@ class LFDataset:
         """The row in weitiao's keys; raises RowError naming the dataset's own column."""
         if not isinstance(record, dict):
             raise RowError("row", f"expected a JSON object, got {type(record).__name__}")
+        self.held.update(c for c in self.columns.values() if c in record)  # a bad row holds its columns too
         out: dict[str, Any] = {}
         if self.columns.get("kto_tag") in record:  # read by `weitiao kto`, refused by the others
             out["kto_tag"] = record[self.columns["kto_tag"]]
@@ -131,12 +140,19 @@ class LFDataset:
                 out["output"] = self.column(record, "response", required=True)
         else:
             col = self.columns["messages"]
-            out["conversations"] = [self._message(m, f"{col}[{i}]") for i, m in enumerate(self._list(record))]
+            msgs = self._list(record)
+            if self.formatting == "openai":
+                msgs, system, tools = self._openai(msgs, record)
+                out |= {k: v for k, v in (("system", system), ("tools", tools)) if v}
+            else:
+                self._at = list(range(len(msgs)))
+            out["conversations"] = [self._message(m, f"{col}[{self._at[i]}]") for i, m in enumerate(msgs)]
+            self._order(msgs)
         if self.ranking:
             for k in ("chosen", "rejected"):
                 v = self.column(record, k, required=True)
-                out[k] = self._message(v, self.columns[k]) if self.formatting == "sharegpt" else v
-        for k in ("system", "tools"):
+                out[k] = self._message(v, self.columns[k]) if self.formatting != "alpaca" else v
+        for k in ("system", "tools") if self.formatting != "openai" else ():  # openai: set by `_openai`
             if self.column(record, k) not in (None, ""):
                 out[k] = self.column(record, k)
         for k, col in OPTIONAL[self.formatting].items():
@@ -146,7 +162,6 @@ class LFDataset:
                 and col not in self.columns.values()
             ):
                 self.unread[k] = self.unread.get(k, 0) + 1
-        self.held.update(c for c in self.columns.values() if c in record)
         return out
 
     def unread_notes(self) -> list[str]:
@@ -157,6 +172,14 @@ class LFDataset:
             "with it)"
             for k, n in self.unread.items()
         ]
+
+    def converter_notes(self) -> list[str]:
+        """What LLaMA-Factory's openai converter wrote into the rows (`_openai`), in one line."""
+        if not self.thinking_off:
+            return []
+        return [f"{self.name}: {self.thinking_off} row(s) without tools have {THINKING_OFF!r} in their system prompt, "
+                "added as LLaMA-Factory's openai formatting adds it (formatting sharegpt, with the same tags, trains "
+                "them without it)"]  # fmt: skip
 
     def check_mapped(self) -> None:
         """Refuse a mapped column no row holds (a typo in the entry, `"query": "inp"`): LLaMA-Factory stops there with a
@@ -171,9 +194,115 @@ class LFDataset:
         key = re.match(r"\w*", err.field).group(0)
         col = self.columns.get(ours.get(key, key)) or key
         rest = err.field[len(key) :]
-        if self.formatting == "sharegpt":
+        if key == "conversations" and (m := re.match(r"\[(\d+)\]", rest)) and int(m.group(1)) < len(self._at):
+            rest = f"[{self._at[int(m.group(1))]}]" + rest[m.end() :]  # the message's index in the row
+        if self.formatting != "alpaca":
             rest = rest.replace(".from", f".{self.tags['role_tag']}").replace(".value", f".{self.tags['content_tag']}")
         return RowError(col + rest, err.problem)
+
+    def _order(self, msgs: list) -> None:
+        """LLaMA-Factory's turn check (converter.py), said in the entry's own tags: after a first system message,
+        user|observation and assistant|function turns alternate, the last an assistant|function one (ranking: a
+        user|observation one, the replies being chosen/rejected); it skips any other row. Departure: a row opening
+        with an observation is refused (with no user turn, llama3 renders no tool specs)."""
+        t, col = self.tags, self.columns["messages"]
+        roles = [m[t["role_tag"]] for m in msgs]
+        start = 1 if t["system_tag"] and roles[0] == t["system_tag"] else 0
+        sides = (
+            [r for r in (t["user_tag"], t["observation_tag"]) if r],
+            [r for r in (t["assistant_tag"], t["function_tag"]) if r],
+        )
+        said = [" or ".join(map(repr, side)) for side in sides]
+        where = f"{col}[{self._at[start] if start < len(roles) else 0}].{t['role_tag']}"
+        if start == len(roles):
+            raise RowError(col, "holds only the system message; LLaMA-Factory skips the row")
+        if roles[start] != t["user_tag"]:
+            raise RowError(where, f"expected {t['user_tag']!r} first, got {roles[start]!r}" + (
+                " (LLaMA-Factory trains a row opening with an observation; weitiao refuses it: with no user turn, "
+                "the llama3 template renders no tool specs)" if roles[start] in sides[0] else ""))  # fmt: skip
+        for i in range(start + 1, len(roles)):
+            if self.formatting == "sharegpt" and roles[i] == roles[i - 1] == t["observation_tag"]:
+                raise RowError(f"{col}[{i}].{t['role_tag']}", f"a second {roles[i]!r} after one call: LLaMA-Factory's "
+                               "sharegpt takes one observation per call turn (it skips this row); put the results "
+                               "into one observation, or give each call its own function_call turn")  # fmt: skip
+            if roles[i] not in sides[(i - start) % 2]:
+                raise RowError(f"{col}[{self._at[i]}].{t['role_tag']}", f"expected {said[(i - start) % 2]} after "
+                               f"{roles[i - 1]!r}, got {roles[i]!r}: LLaMA-Factory's {self.formatting} alternates "
+                               f"{said[0]} with {said[1]} turns and skips this row")  # fmt: skip
+        if (len(roles) - start) % 2 == (0 if self.ranking else 1):
+            want = f"{said[0]} (the prompt: chosen/rejected hold the replies)" if self.ranking else said[1]
+            raise RowError(col, f"ends with {roles[-1]!r}; LLaMA-Factory takes a row ending with {want} and skips "
+                                "this one")  # fmt: skip
+
+    def _openai(self, msgs: list, record: dict) -> tuple[list, Any, Any]:
+        """(messages in sharegpt shape, system, tools) of an `openai` row as LLaMA-Factory's OpenAIDatasetConverter
+        reads it: a first system message (or the system column) is the system prompt; an assistant|function message's
+        `tool_calls` become one function message, the JSON list of their `function`s; consecutive observations join
+        into one, "\n</tool_response>\n<tool_response>\n" between them; rows without tools get "detailed thinking off"
+        in their system prompt (one with tools: a newline after it). What its converter would drop (a text beside
+        tool calls, results after the last turn) is refused. `self._at`: each message's index in the row."""
+        t, col = self.tags, self.columns["messages"]
+        role_tag, content_tag = t["role_tag"], t["content_tag"]
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict):
+                raise RowError(f"{col}[{i}]", "expected an object")
+            if role_tag not in m:
+                self._message(m, f"{col}[{i}]")  # says the role key is missing
+        start = 1 if t["system_tag"] and msgs[0][role_tag] == t["system_tag"] else 0
+        system = msgs[0].get(content_tag) if start else self.column(record, "system")
+        if start and self.column(record, "system") not in (None, ""):  # as sharegpt rows: one would be dropped
+            raise RowError(self.columns["system"], "given both as a column and as the first message; LLaMA-Factory "
+                           "reads the message and drops the column: keep one")  # fmt: skip
+        if system is not None and not isinstance(system, str):
+            raise RowError(f"{col}[0].{content_tag}" if start else self.columns["system"], "expected a string")
+        out: list[dict] = []
+        self._at, results = [], []  # results: the observations not yet joined, with their indices
+        for i, m in enumerate(msgs[start:], start):
+            self._unread(m, f"{col}[{i}]")
+            role, content = m[role_tag], m.get(content_tag)
+            if role in (t["assistant_tag"], t["function_tag"]) and m.get("tool_calls"):
+                if not t["function_tag"]:
+                    raise RowError(f"{col}[{i}].tool_calls", "tool calls, and the entry's tags leave "
+                                   "function_tag unset (LLaMA-Factory then reads the call as whichever role its tags "
+                                   'leave unset last): set "function_tag": "function_call"')  # fmt: skip
+                if content not in (None, ""):
+                    raise RowError(f"{col}[{i}].{content_tag}", "text beside tool_calls, which LLaMA-Factory's openai "
+                                   "formatting drops (it trains the calls alone): move it to an assistant turn of its "
+                                   "own, or drop it")  # fmt: skip
+                calls = m["tool_calls"]
+                if not (isinstance(calls, list) and all(isinstance(c, dict) and "function" in c for c in calls)):
+                    raise RowError(f"{col}[{i}].tool_calls", 'expected a list of {"type": "function", "function": '
+                                   '{"name", "arguments"}}')  # fmt: skip
+                role, content = t["function_tag"], json.dumps([c["function"] for c in calls], ensure_ascii=False)
+            elif m.get("tool_calls") not in (None, [], ""):
+                raise RowError(f"{col}[{i}].tool_calls", f"on a {role!r} message: LLaMA-Factory reads tool calls on "
+                               f"{t['assistant_tag']!r} messages only (these would be lost)")  # fmt: skip
+            if role == t["observation_tag"]:
+                results.append((i, content))
+                continue
+            if results:
+                joined = "\n</tool_response>\n<tool_response>\n".join(str(c) for _, c in results)
+                out.append({role_tag: t["observation_tag"], content_tag: joined})
+                self._at.append(results[0][0])
+                results = []
+            out.append({role_tag: role, content_tag: content})
+            self._at.append(i)
+        if results:
+            raise RowError(f"{col}[{results[0][0]}]", "tool results after the last assistant turn, which "
+                           "LLaMA-Factory's openai formatting drops: answer them with an assistant turn, or drop "
+                           "them")  # fmt: skip
+        if not out:
+            raise RowError(col, "holds only the system message; LLaMA-Factory skips the row")
+        tools = self.column(record, "tools")
+        if isinstance(tools, (dict, list)):
+            tools = json.dumps(tools, ensure_ascii=False)
+        system = system or ""
+        if not tools and not ("detailed thinking on" in system or "detailed thinking off" in system):
+            system = (system + "\n" if system else "") + THINKING_OFF
+            self.thinking_off += 1
+        elif tools and system:
+            system += "\n"
+        return out, system, tools
 
     def _list(self, record: dict) -> list:
         msgs = self.column(record, "messages", required=True)
@@ -181,15 +310,31 @@ class LFDataset:
             raise RowError(self.columns["messages"], "expected a non-empty list of messages")
         return msgs
 
+    def _unread(self, m: dict, where: str) -> None:
+        """Refuse what a message asks of training that reading its role and content alone (as LLaMA-Factory does)
+        would drop: a weight or per-turn flag against training it, a speaker name, a reasoning trace."""
+        for k, v in m.items():
+            if (k == "weight" and v != 1) or (k in TURN_FLAGS and v is False):
+                what, fix = "a per-turn training flag (the turn would be trained anyway)", (
+                    "drop the key, or give the file's path itself, without data.dataset_dir (weitiao reads OpenAI "
+                    "messages' weight: 0)")  # fmt: skip
+            elif (k == "name" or k in REASONING_KEYS) and v not in (None, ""):
+                what = "a speaker name" if k == "name" else "a reasoning trace (it would not be trained)"
+                fix = "put its text into the content, or drop the key"
+            else:
+                continue
+            raise RowError(f"{where}.{k}", f"{what}, which LLaMA-Factory's {self.formatting} formatting does not "
+                           f"read (it reads role and content only): {fix}")  # fmt: skip
+
     def _message(self, m: Any, where: str) -> dict:
         """A message with LLaMA-Factory's tags → weitiao's ShareGPT keys (`from`, `value`)."""
         if not isinstance(m, dict):
             raise RowError(where, "expected an object")
         if m.get("tool_calls") not in (None, [], ""):  # LLaMA-Factory's sharegpt reads role and content only
             raise RowError(f"{where}.tool_calls", "OpenAI tool calls, which LLaMA-Factory's sharegpt formatting "
-                           "does not read (the call would be lost): give the file's path itself, without "
-                           "data.dataset_dir (weitiao reads OpenAI messages with tool_calls), or write the calls as "
-                           "function_call turns")  # fmt: skip
+                           "does not read (the call would be lost): set \"formatting\": \"openai\" in the entry "
+                           "(LLaMA-Factory reads them there), or write the calls as function_call turns")  # fmt: skip
+        self._unread(m, where)
         key = self.tags["role_tag"]
         role = m.get(key)
         ours = {self.tags[t]: r for t, r in OUR_ROLE.items() if self.tags.get(t)}
@@ -232,13 +377,8 @@ def resolve(dataset_dir: str | Path, name: str) -> LFDataset:
     if hub := next((k for k in HUB_ONLY if entry.get(k) is not None), None):
         raise UserError(f"{where}.{hub}: {entry[hub]!r} picks part of a hub dataset; a local file has none: drop it")
     formatting = entry.get("formatting", "alpaca")
-    if formatting == "openai":  # LLaMA-Factory's converter also edits the system prompt: not followed here
-        raise UserError(
-            f"{where}.formatting: 'openai' is not read through dataset_info.json; give the file's path itself, "
-            "without data.dataset_dir (weitiao reads OpenAI messages, tool calls too)"
-        )
-    if formatting not in ("alpaca", "sharegpt"):
-        raise UserError(f"{where}.formatting: {formatting!r} unsupported; use alpaca or sharegpt")
+    if formatting not in ("alpaca", "sharegpt", "openai"):
+        raise UserError(f"{where}.formatting: {formatting!r} unsupported; use alpaca, sharegpt or openai")
     if not isinstance(entry.get("ranking", False), bool):
         raise UserError(f"{where}.ranking: expected true or false, got {entry['ranking']!r}")
     if entry.get("split", "train") != "train":
@@ -251,7 +391,7 @@ def resolve(dataset_dir: str | Path, name: str) -> LFDataset:
         cols = entry["columns"]
         if not isinstance(cols, dict):
             raise UserError(f"{where}.columns: expected an object")
-        other = ALPACA if formatting == "sharegpt" else SHAREGPT
+        other = SHAREGPT if formatting == "alpaca" else ALPACA
         if wrong := next((k for k in cols if k in other and k not in base), None):
             raise UserError(f"{where}.columns.{wrong}: a column of {'alpaca' if other is ALPACA else 'sharegpt'} "
                             f"formatting; this entry's formatting is {formatting}")  # fmt: skip
@@ -260,8 +400,10 @@ def resolve(dataset_dir: str | Path, name: str) -> LFDataset:
     else:
         columns = base
     tags = dict(TAGS)
-    if "tags" in entry and formatting != "sharegpt":
-        raise UserError(f"{where}.tags: only sharegpt formatting reads tags; this entry's formatting is {formatting}")
+    if "tags" in entry and formatting == "alpaca":
+        raise UserError(
+            f"{where}.tags: only sharegpt and openai formatting read tags; this entry's formatting is alpaca"
+        )
     if "tags" in entry and not isinstance(entry["tags"], dict):
         raise UserError(f"{where}.tags: expected an object")
     if "tags" in entry:
@@ -273,7 +415,7 @@ def resolve(dataset_dir: str | Path, name: str) -> LFDataset:
                             "key the messages use")  # fmt: skip
     ranking = bool(entry.get("ranking"))
     need = ["chosen", "rejected"] if ranking else []
-    need += ["messages"] if formatting == "sharegpt" else [] if ranking else ["response"]
+    need += ["messages"] if formatting != "alpaca" else [] if ranking else ["response"]
     if missing := [k for k in need if not columns.get(k)]:
         raise UserError(f"{where}.columns.{missing[0]}: not set; name the column that holds it")
     path = d / entry["file_name"]

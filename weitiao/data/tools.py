@@ -109,10 +109,12 @@ def _trains(msgs: list[Message], field: str) -> list[Message]:
 
 
 def check_tool_turns(messages: list[Message], field: str, sharegpt: bool = False) -> list[Message]:
-    """Order: optional system, a user turn first; a call is answered by tool turns; a reply by a user turn;
-    the conversation ends with an assistant turn (a call or a reply). `sharegpt`: one tool turn (observation) per
-    call turn, as LLaMA-Factory's ShareGPT converter alternates human|observation with gpt|function_call and skips
-    a row that does not; errors then name the turns as the row does (`from`: human, gpt, ...)."""
+    """Order, LLaMA-Factory's converters' rule: optional system, a user turn first, then user|tool and assistant turns
+    alternate (a call answered by a user turn, or a tool result after a reply, is trained as written; a row written
+    out by a data tool as OpenAI messages reads back), several tool turns in a row allowed but in ShareGPT (one
+    observation per call turn, as LLaMA-Factory's ShareGPT takes it); the conversation ends with an assistant turn (a
+    call or a reply). `sharegpt`: errors name the turns as the row does (`from`: human, gpt, ...). Departure: a row
+    opening with an observation (LLaMA-Factory trains it) is refused: with no user turn, llama3 renders no tools."""
     key = "from" if sharegpt else "role"
 
     def said(role: str, m: Message | None = None) -> str:
@@ -126,22 +128,26 @@ def check_tool_turns(messages: list[Message], field: str, sharegpt: bool = False
     body = messages[1:] if messages and messages[0]["role"] == "system" else messages
     off = len(messages) - len(body)
     if not body or body[0]["role"] != "user":
-        raise RowError(f"{field}[{off}].{key}", f"expected {said('user')} first")
+        opens = sharegpt and body and body[0]["role"] == "tool"  # LLaMA-Factory trains it; llama3 would lose tools
+        raise RowError(f"{field}[{off}].{key}", f"expected {said('user')} first" + (
+            " (LLaMA-Factory trains a row opening with an observation; weitiao refuses it: with no user turn, the "
+            "llama3 template renders no tool specs)" if opens else ""))  # fmt: skip
     for i, (prev, m) in enumerate(zip(body, body[1:]), off + 1):
         if sharegpt and prev["role"] == m["role"] == "tool":
             raise RowError(f"{field}[{i}].from", "a second 'observation' after one function_call: LLaMA-Factory's "
                            "ShareGPT takes one observation per call turn (it skips this row); put the results into "
                            "one observation, or give each call its own function_call turn")  # fmt: skip
-        if prev["role"] == "assistant":
-            want = ("tool",) if prev.get("tool_calls") else ("user",)
+        if prev["role"] == "assistant":  # as LLaMA-Factory: a call answered by a user turn, a result after a reply
+            want = ("user", "tool")
         elif prev["role"] == "tool":
             want = ("tool", "assistant")
         else:
             want = ("assistant",)
         if m["role"] not in want:
             shown = " or ".join(said(w) for w in want)
+            skips = " (LLaMA-Factory skips this row)" if sharegpt else ""
             raise RowError(f"{field}[{i}].{key}", f"expected {shown} after {said(prev['role'], prev)}, got "
-                                                  f"{said(m['role'], m)}")  # fmt: skip
+                                                  f"{said(m['role'], m)}{skips}")  # fmt: skip
     if body[-1]["role"] != "assistant":
         raise RowError(field, f"must end with {'a gpt or function_call' if sharegpt else 'an assistant'} turn, ends "
                               f"with {said(body[-1]['role'], body[-1])}")  # fmt: skip

@@ -397,10 +397,12 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
 
     @app.get("/api/data")
     def data_preview(path: str, index: int = 0, model: str = "demo", template: str = "auto", max_len: int = 1024,
-                     train_on_prompt: bool = False, format: str = "auto") -> dict:  # fmt: skip
+                     train_on_prompt: bool = False, format: str = "auto",
+                     train_turns: str = "all") -> dict:  # fmt: skip
         """Row `index` encoded as the trainer that takes the file would (SFT, or a DPO/RM pair), the file's
         `data check` report (rows over the model's positions counted, as the CLI's `--model`), and the ratios it was
-        mixed with (SFT files made by `data mix`)."""
+        mixed with (SFT files made by `data mix`); `train_turns` (SFT's data.train_turns) as `data check
+        --train-turns`, for the row's trained tokens and the report's."""
         from dataclasses import asdict
 
         from weitiao.data.check import check_file
@@ -408,15 +410,17 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
 
         if max_len < 1:
             raise UserError(f"max_len {max_len}: must be ≥ 1")
+        if train_turns not in ("all", "last"):
+            raise UserError(f"train_turns {train_turns!r}: use all or last")
         file = str(roots.resolve(path, "data file"))
         ref = model_ref(model)
         tok = tokenizer(ref)
-        view = row_view(file, index, tok, template, max_len, train_on_prompt, format)
+        view = row_view(file, index, tok, template, max_len, train_on_prompt, format, train_turns)
         report = Path(f"{file}.report.json")  # written next to a file by `weitiao data mix`
         mixed = None
         if report.is_file():
             mixed = json.loads(roots.resolve(str(report), "mix report").read_text(encoding="utf-8"))
-        check = check_file([file], tok, template, max_len, format, context=positions(ref))
+        check = check_file([file], tok, template, max_len, format, train_turns=train_turns, context=positions(ref))
         return {**view, "check": asdict(check), "mix": mixed}
 
     return app

@@ -29,9 +29,12 @@ def load(path: str | Path, fmt: str = "auto") -> tuple[str, list[Any]]:
     return kind, load_conversations(str(path), fmt, allow_text=True, skip_hint=CONFIG_SKIP_HINT).rows
 
 
-def sft_view(row: Any, tokenizer: Any, template: str, max_len: int, train_on_prompt: bool) -> dict:
-    """A chat or raw-text row as `weitiao sft` encodes it (truncation `cut`, so a cut is shown, not hidden)."""
-    opts = EncodeOptions(max_len, train_on_prompt, "all", "cut")
+def sft_view(
+    row: Any, tokenizer: Any, template: str, max_len: int, train_on_prompt: bool, train_turns: str = "all"
+) -> dict:
+    """A chat or raw-text row as `weitiao sft` encodes it with data.train_turns `train_turns` (truncation `cut`, so
+    a cut is shown, not hidden)."""
+    opts = EncodeOptions(max_len, train_on_prompt, train_turns, "cut")  # type: ignore[arg-type]
     if isinstance(row, Document):  # a long pre-training text is several examples: shown one after another
         pieces = encode_document(row, tokenizer, opts)
         segments = [s for e in pieces for s in token_segments(e, tokenizer)]
@@ -83,7 +86,7 @@ def pair_view(pair: PreferencePair, tokenizer: Any, template: str, max_len: int)
 
 
 def row_view(path: str | Path, index: int, tokenizer: Any, template: str, max_len: int, train_on_prompt: bool,
-             fmt: str = "auto") -> dict:  # fmt: skip
+             fmt: str = "auto", train_turns: str = "all") -> dict:  # fmt: skip
     """Row `index` of the file, with the file's kind and row count."""
     kind, rows = load(path, fmt)
     if not 0 <= index < len(rows):
@@ -92,6 +95,6 @@ def row_view(path: str | Path, index: int, tokenizer: Any, template: str, max_le
     view = (
         pair_view(row, tokenizer, template, max_len)
         if kind == "preference"
-        else sft_view(row, tokenizer, template, max_len, train_on_prompt)
+        else sft_view(row, tokenizer, template, max_len, train_on_prompt, train_turns)
     )
     return {"rows": len(rows), "source": row.source, **view}

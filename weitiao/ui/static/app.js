@@ -528,7 +528,7 @@ function showPair(d) {
 }
 async function showData() {
   const q = new URLSearchParams({ path: $("data-path").value, index: $("data-index").value, model: $("data-model").value,
-    format: $("data-format").value, max_len: $("data-max-len").value });
+    format: $("data-format").value, max_len: $("data-max-len").value, train_turns: $("data-train-turns").value });
   try {
     const d = await api("/api/data?" + q);
     const pair = d.kind === "preference";
@@ -558,7 +558,7 @@ async function showData() {
       ...(c.documents ? [["dc_docs", "", c.documents]] : []),
       ["dc_tokens", "", `${c.length_min} / ${c.length_mean} / ${c.length_p95} / ${c.length_max}`],
       ["dc_over", ` ${c.max_len}`, c.over_max_len], ["dc_dups", "", `${c.duplicate_rows} / ${c.duplicate_prompts}`],
-      ["dc_eos", "", c.missing_eos], ["dc_untrained", "", c.no_trained_tokens],
+      ["dc_eos", "", c.missing_eos], ["dc_untrained", ` (train_turns ${c.train_turns})`, c.no_trained_tokens],
     ];
     $("data-check").replaceChildren(...rows.flatMap(([k, more, v]) => [el("dt", {}, word(k), more), el("dd", { text: String(v) })]),
       ...c.problems.map((p) => el("dd", { class: "error", text: p })), ...c.notes.map((n) => el("dd", { class: "help", text: n })));
