@@ -207,8 +207,9 @@ def run(cfg: KTOConfig) -> dict:
         loop.refuse_eval_without_data(t, bool(data.eval))
         world = accel.num_processes
         lr = t.default_lr(cfg.lora.enabled)
-        plan = loop.EpochPlan(lengths, cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
-        total = plan.total_steps(opened.state, cfg.data.train)
+        evals = loop.eval_digest(data.eval, data.eval_desirable)
+        plan = loop.EpochPlan(lengths, cfg.data.max_len, cfg.data.packing, t, world, data.content_key, evals)
+        total = plan.total_steps(opened.state, cfg.data.train, cfg.data.eval)
 
         # 2. Policy, reference, optimizer. Packed rows must stay apart under the chosen attention: checked.
         model = build_trainable(cfg.model, cfg.lora, accel.device)

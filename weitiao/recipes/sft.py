@@ -269,8 +269,9 @@ def run(cfg: SFTConfig) -> dict:
         pad_id = tokenizer.pad_token_id
         world = accel.num_processes
         lr = t.default_lr(cfg.lora.enabled)
-        plan = loop.EpochPlan(lengths, cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
-        total = plan.total_steps(opened.state, cfg.data.train)
+        evals = loop.eval_digest(data.eval)
+        plan = loop.EpochPlan(lengths, cfg.data.max_len, cfg.data.packing, t, world, data.content_key, evals)
+        total = plan.total_steps(opened.state, cfg.data.train, cfg.data.eval)
 
         # 2. Model, loss wrapper, optimizer.
         model = build_trainable(cfg.model, cfg.lora, accel.device)
