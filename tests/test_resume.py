@@ -630,3 +630,53 @@ def test_resume_refuses_an_edited_eval_file(tiny_model_dir, tmp_path, recipe):
     assert run_fn(make("train.stop_after=2"))["steps"] == 2
     write_jsonl(ev, edits[0])
     assert run_fn(make("train.resume=force"))["steps"] == 3
+
+
+@pytest.mark.parametrize("recipe", ["sft", "kto", "ppo"])
+def test_ctrl_c_says_where_and_how_to_resume(tiny_model_dir, tmp_path, recipe, monkeypatch, capsys):
+    """Ctrl-C in a run exited 130 saying nothing, not even that a checkpoint could be resumed. Now one line names
+    the last checkpoint and the command that resumes it (or that none was saved), and the interrupt goes on."""
+    from conftest import recipe_config, write_jsonl
+    from test_kto import config as kto_config
+    from test_kto import feedback_rows
+
+    from weitiao.recipes import kto, ppo
+    from weitiao.train import loop
+
+    calls = []
+
+    def interrupt_at_step_3(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    if recipe == "ppo":
+        generate = ppo.generate_ids
+        monkeypatch.setattr(ppo, "generate_ids", lambda *a, **kw: interrupt_at_step_3() or generate(*a, **kw))
+        data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"今天天气怎么样？{i}"} for i in range(16)])
+        rule = ("reward.kind=function", "reward.path=weitiao.recipes.rewards:short_emoji_reward")
+        args = (*rule, "ppo.rollout_batch_size=8", "ppo.generate_max_len=4", "train.num_episodes=3")
+    else:
+        record = loop.Tracker.record
+        monkeypatch.setattr(loop.Tracker, "record", lambda *a, **kw: record(*a, **kw) or interrupt_at_step_3())
+        rows = feedback_rows(12) if recipe == "kto" else [{"instruction": f"问{i}", "output": "答"} for i in range(12)]
+        data, args = write_jsonl(tmp_path / "d.jsonl", rows), ("train.micro_batch_size=2",)
+
+    def run(out, *extra):
+        cfg = (kto_config(tiny_model_dir, data, out, *args, *extra) if recipe == "kto"
+               else recipe_config(recipe, tiny_model_dir, data, out, *args, *extra))  # fmt: skip
+        calls.clear()
+        with pytest.raises(KeyboardInterrupt):
+            {"sft": sft.run, "kto": kto.run, "ppo": ppo.run}[recipe](cfg)
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    done = 2 if recipe == "ppo" else 3  # ppo: in step 3's sampling; the others: once step 3 is recorded
+    last = tmp_path / "a" / "checkpoints" / "step-000002"
+    said = run(tmp_path / "a", "train.max_steps=6", "train.save_every=2")
+    assert said == f"interrupted after step {done}: run the same command again to resume from {last} (step 2)"
+    said = run(tmp_path / "b", "train.max_steps=6")
+    assert said == f"interrupted after step {done} before any checkpoint was saved (train.save_every 0: only at the " \
+                   "end); a rerun starts over"  # fmt: skip
+    if recipe == "sft":  # the same command would start over (none) or go back to a named checkpoint: say resume=auto
+        said = run(tmp_path / "a", "train.max_steps=6", "train.save_every=2", "train.resume=none")
+        assert said == f"interrupted after step 3: run it again with train.resume=auto to resume from {last} (step 2)"

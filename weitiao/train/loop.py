@@ -366,14 +366,16 @@ class Tracker:
         # from_pretrained returns eval mode: dropout and gradient checkpointing would stay off until the
         # first eval, and a resumed run would differ from an uninterrupted one.
         self.module.train()
+        main = self.accel.is_main_process
+        self._stack.enter_context(ck.resume_hint(Path(self.t.out), self.t, lambda: self.steps, main))  # after the bar
         bar = progress_bar(self.t.progress and self.accel.is_main_process, self.t.progress_every_s)
         self.bar = self._stack.enter_context(bar)
         self.task = self.bar.add_task(self.name, total=self.total, completed=self.steps, info="")
         self.t0 = self.run_t0 = time.perf_counter()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.__exit__(*exc)  # the exception too: resume_hint reads a Ctrl-C
 
     def lap(self) -> float:
         """Seconds since the previous lap (the run's start for the first)."""
