@@ -20,7 +20,7 @@ from typing import Any, Literal
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode, encode_all, special_token_check
 from weitiao.data.formats import Conversation, Document, Feedback, PreferencePair, load_rows, prefers_rejected
 from weitiao.data.preference import encode_pair, encode_side, form_notes, side_rows
-from weitiao.data.prep import conversation_key, messages_key, pair_key, require_rows
+from weitiao.data.prep import conversation_key, kto_balance, messages_key, pair_key, require_rows
 from weitiao.data.templates import resolve_template
 
 BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -203,9 +203,8 @@ def check_file(
     if rep.conflicting_labels:
         rep.problems.append(f"{rep.conflicting_labels} replies labelled both desirable and undesirable (KTO pushes "
                             "each copy its own way)")  # fmt: skip
-    if feedback and not (rep.desirable and rep.undesirable):
-        kind = "desirable" if rep.desirable else "undesirable"
-        rep.problems.append(f"every row is {kind}: KTO then only moves these replies against its KL reference point")
+    if feedback and (msg := kto_balance(rep.desirable, rep.undesirable)):  # at the default weights, as kto warns
+        rep.problems.append(msg)
     if rep.identical_pairs:
         rep.problems.append(f"{rep.identical_pairs} pairs with chosen == rejected (training refuses them)")
     if rep.empty_replies:
