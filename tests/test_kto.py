@@ -339,3 +339,21 @@ def test_a_template_set_for_raw_text_rows_is_refused(tmp_path, eos_model):
     chat = write_jsonl(tmp_path / "chat.jsonl", feedback_rows(4))
     cfg = config(model_dir, chat, tmp_path / "run", "data.template=chatml")
     assert prepare_feedback(cfg.data, cfg.train, tok).template.name == "chatml"
+
+
+def test_every_accepted_label_spelling_is_documented():
+    """ "thumbsup" was read as desirable (and "thumbsdown" as undesirable) while neither README nor the refusal's
+    list of spellings named them. Now every spelling the reader accepts is in both READMEs' KTO row and the list."""
+    import re
+    from pathlib import Path
+
+    from weitiao.data.formats import BAD_LABELS, GOOD_LABELS, LABEL_SPELLINGS
+
+    root = Path(__file__).resolve().parents[1]
+    for readme in ("README.md", "README_zh.md"):
+        row = next(x for x in (root / readme).read_text(encoding="utf-8").splitlines() if x.startswith("| KTO"))
+        named = set(re.findall(r"[\w👍👎.\-]+", row.split("1/0/-1")[1].split("；")[0].split(";")[0]))
+        named |= {"true", "false", "1", "0", "-1"}  # "labels true/false, 1/0/-1", before the part read above
+        assert GOOD_LABELS | BAD_LABELS <= named, (readme, (GOOD_LABELS | BAD_LABELS) - named)
+    words = set(re.findall(r"[\w👍👎.\-]+", LABEL_SPELLINGS))
+    assert GOOD_LABELS | BAD_LABELS <= words | {"1.0", "0.0", "-1.0"}, (GOOD_LABELS | BAD_LABELS) - words

@@ -732,7 +732,9 @@ def is_feedback_label(record: dict) -> bool:
 
 GOOD_LABELS = {"true", "1", "1.0", "desirable", "thumbs_up", "thumbsup", "👍", "good"}
 BAD_LABELS = {"false", "0", "0.0", "-1", "-1.0", "undesirable", "thumbs_down", "thumbsdown", "👎", "bad"}
-LABEL_SPELLINGS = "true/false (also 1/0/-1, desirable/undesirable, thumbs_up/thumbs_down, 👍/👎, good/bad)"
+LABEL_SPELLINGS = (
+    "true/false (also 1/0/-1, desirable/undesirable, thumbs_up/thumbs_down, thumbsup/thumbsdown, 👍/👎, good/bad)"
+)
 
 
 def split_feedback(record: dict) -> tuple[dict, bool]:
