@@ -203,6 +203,10 @@ def check_file(
     if rep.conflicting_labels:
         rep.problems.append(f"{rep.conflicting_labels} replies labelled both desirable and undesirable (KTO pushes "
                             "each copy its own way)")  # fmt: skip
+    raw = all(isinstance(c, Document) for c in convs) and all(p.form == "raw" for p in pairs)
+    if template_name != "auto" and raw:  # as training refuses it (sft, dpo, rm, kto)
+        rep.problems.append(f"template {template_name!r} renders no row: every row is raw text (trained as the text + "
+                            "EOS), and training refuses data.template set beside such files; drop it")  # fmt: skip
     if feedback and (msg := kto_balance(rep.desirable, rep.undesirable)):  # at the default weights, as kto warns
         rep.problems.append(msg)
     if rep.identical_pairs:
