@@ -244,3 +244,21 @@ def test_falling_chosen_warning_prints_numbers_that_show_the_fall():
     assert "fell for 3 steps in a row (-42.1301 → -42.1303)" in said
     f = dpo.FallingChosen(3)
     assert "(-40.00 → -43.00)" in [f.update(v) for v in (-40.0, -41.5, -43.0)][-1]
+
+
+@pytest.mark.parametrize("recipe", ["dpo", "rm"])
+def test_a_template_set_beside_preference_raw_is_refused(tokenizer, tmp_path, recipe):
+    """Under data.format preference_raw every pair is raw text: data.template=chatml rendered none of them, silently
+    (the data record still said 'chatml'); now one line. Without preference_raw the template renders the pairs."""
+    from weitiao.train.pairs import prepare_pairs
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(4))
+    raw = recipe_config(recipe, "unused", data, tmp_path / "run", "data.format=preference_raw", "data.template=chatml")
+    with pytest.raises(
+        UserError, match=r"^data.template: 'chatml' renders no pair: data.format preference_raw .*pairs"
+    ):
+        prepare_pairs(raw, tokenizer)
+    raw = recipe_config(recipe, "unused", data, tmp_path / "run", "data.format=preference_raw")
+    assert tokenizer.decode(prepare_pairs(raw, tokenizer).train[0].input_ids).startswith("聊聊")  # no template
+    chat = recipe_config(recipe, "unused", data, tmp_path / "run", "data.template=chatml")
+    assert prepare_pairs(chat, tokenizer).template.name == "chatml"

@@ -115,6 +115,12 @@ def test_data_check_lints_feedback_files_as_kto_reads_them(tmp_path, tokenizer):
     assert rep.conflicting_labels == 1 and any("labelled both" in p for p in rep.problems)
     only = check_file([str(write_jsonl(tmp_path / "g.jsonl", rows[1:3]))], tokenizer)
     assert any(p.startswith("every row is desirable") for p in only.problems)
+    # 15 : 8 = 1.88, at which `weitiao kto` warns: data check said nothing; now the same line (one function)
+    skewed = check_file([str(write_jsonl(tmp_path / "h.jsonl", feedback_rows(23, good=lambda i: i < 15)))], tokenizer)
+    line = ("15 desirable × 1 : 8 undesirable × 1 = 1.88, outside the [1, 4/3] that KTO recommends; set "
+            "kto.desirable_weight in [0.53, 0.71] or kto.undesirable_weight in [1.41, 1.88] (not both)")  # fmt: skip
+    assert line in skewed.problems and line == kto.kto_balance(15, 8)
+    assert not any("KTO recommends" in p for p in rep.problems)  # control: 4 : 4 is within it
     sft = {"instruction": "你好", "output": "你好呀"}
     with pytest.raises(UserError, match=r"f2.jsonl:2: label: missing"):  # a file is one kind of row
         check_file([str(write_jsonl(tmp_path / "f2.jsonl", [rows[0], sft]))], tokenizer)
@@ -178,7 +184,7 @@ def test_only_desirable_rows_log_no_nan(tmp_path, eos_model, capsys):
     for r in metrics(tmp_path / "run") + metrics(tmp_path / "run", "eval"):
         assert all(math.isfinite(v) for v in r.values() if isinstance(v, float)), r
         assert not any("rejected" in k or "margins" in k for k in r), r
-    assert "every train row is desirable" in capsys.readouterr().out
+    assert "every row is desirable" in capsys.readouterr().out
 
 
 def test_resume_continues_as_the_uninterrupted_run(tmp_path, eos_model):
@@ -333,3 +339,21 @@ def test_a_template_set_for_raw_text_rows_is_refused(tmp_path, eos_model):
     chat = write_jsonl(tmp_path / "chat.jsonl", feedback_rows(4))
     cfg = config(model_dir, chat, tmp_path / "run", "data.template=chatml")
     assert prepare_feedback(cfg.data, cfg.train, tok).template.name == "chatml"
+
+
+def test_every_accepted_label_spelling_is_documented():
+    """ "thumbsup" was read as desirable (and "thumbsdown" as undesirable) while neither README nor the refusal's
+    list of spellings named them. Now every spelling the reader accepts is in both READMEs' KTO row and the list."""
+    import re
+    from pathlib import Path
+
+    from weitiao.data.formats import BAD_LABELS, GOOD_LABELS, LABEL_SPELLINGS
+
+    root = Path(__file__).resolve().parents[1]
+    for readme in ("README.md", "README_zh.md"):
+        row = next(x for x in (root / readme).read_text(encoding="utf-8").splitlines() if x.startswith("| KTO"))
+        named = set(re.findall(r"[\w👍👎.\-]+", row.split("1/0/-1")[1].split("；")[0].split(";")[0]))
+        named |= {"true", "false", "1", "0", "-1"}  # "labels true/false, 1/0/-1", before the part read above
+        assert GOOD_LABELS | BAD_LABELS <= named, (readme, (GOOD_LABELS | BAD_LABELS) - named)
+    words = set(re.findall(r"[\w👍👎.\-]+", LABEL_SPELLINGS))
+    assert GOOD_LABELS | BAD_LABELS <= words | {"1.0", "0.0", "-1.0"}, (GOOD_LABELS | BAD_LABELS) - words

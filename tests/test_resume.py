@@ -577,3 +577,106 @@ def test_a_two_process_run_with_no_valid_row_keeps_one_staged_rejects_folder(tin
     write_jsonl(bad, [*rows, {"instruction": "坏行"}])
     torchrun_driver(driver, "sft", str(tmp_path / "empty.yaml"), *over, "train.micro_batch_size=1", env=env)
     assert not list(tmp.glob("weitiao-rejects-*")) and "坏行" in (tmp_path / "run" / "rejects.jsonl").read_text("utf-8")
+
+
+@pytest.mark.parametrize("recipe", ["sft", "dpo", "rm", "kto"])
+def test_resume_refuses_an_edited_eval_file(tiny_model_dir, tmp_path, recipe):
+    """Only the training rows were fingerprinted: an eval file edited at the same path resumed unsaid, its eval_loss
+    (and the best step kept) compared with another set's. Now refused like a train-data change; the same file resumes,
+    and train.resume=force goes on. Adding or removing an eval file is a config change (data.eval), refused too.
+    DPO: an eval pair's weight edited alone (data.weight_field) counts as well."""
+    from conftest import recipe_config, write_jsonl
+    from test_kto import feedback_rows
+
+    from weitiao.recipes import dpo, kto, rm
+
+    ask = [f"今天天气怎么样？#{i}" for i in range(12)]
+    if recipe == "sft":
+        rows = [{"instruction": q, "output": "挺好的"} for q in ask]
+    elif recipe == "kto":
+        rows = feedback_rows(12)
+    else:
+        rows = [{"prompt": q, "chosen": "挺好的", "rejected": "不知道", "weight": 1} for q in ask]
+    data, ev, run = write_jsonl(tmp_path / "d.jsonl", rows), write_jsonl(tmp_path / "e.jsonl", rows[:5]), tmp_path / "r"
+    args = ["train.max_steps=3", "train.save_every=1", "train.micro_batch_size=2", f"data.eval=[{ev}]"]
+    args += {"dpo": ["dpo.kl_max_new_tokens=0", "data.weight_field=weight"], "rm": ["data.max_len=64"]}.get(recipe, [])
+    if recipe == "kto":
+        from test_kto import config as kto_config
+
+        def make(*extra):
+            return kto_config(tiny_model_dir, data, run, *args, *extra)
+    else:
+
+        def make(*extra):
+            return recipe_config(recipe, tiny_model_dir, data, run, *args, *extra)
+
+    if recipe == "rm":  # rm's pairs carry no weight column
+        rows = [{k: v for k, v in r.items() if k != "weight"} for r in rows]
+        write_jsonl(data, rows), write_jsonl(ev, rows[:5])
+    run_fn = {"sft": sft.run, "dpo": dpo.run, "rm": rm.run, "kto": kto.run}[recipe]
+    run_fn(make("train.stop_after=1"))
+    key, reply = {"sft": ("output", "下雨"), "kto": ("completion", [{"role": "assistant", "content": "下雨"}])}.get(
+        recipe, ("chosen", "下雨")
+    )
+    edits = [[{**rows[0], key: reply}, *rows[1:5]]]
+    if recipe == "dpo":
+        edits.append([{**rows[0], "weight": 0.5}, *rows[1:5]])  # the same texts, another eval weight
+    for edit in edits:
+        write_jsonl(ev, edit)
+        with pytest.raises(UserError, match=rf"^train.resume: the eval data changed since the checkpoint \(data.eval: "
+                           rf"{ev}\)"):  # fmt: skip
+            run_fn(make())
+    write_jsonl(ev, rows[:5])  # control: the same eval rows resume
+    assert run_fn(make("train.stop_after=2"))["steps"] == 2
+    write_jsonl(ev, edits[0])
+    assert run_fn(make("train.resume=force"))["steps"] == 3
+
+
+@pytest.mark.parametrize("recipe", ["sft", "kto", "ppo"])
+def test_ctrl_c_says_where_and_how_to_resume(tiny_model_dir, tmp_path, recipe, monkeypatch, capsys):
+    """Ctrl-C in a run exited 130 saying nothing, not even that a checkpoint could be resumed. Now one line names
+    the last checkpoint and the command that resumes it (or that none was saved), and the interrupt goes on."""
+    from conftest import recipe_config, write_jsonl
+    from test_kto import config as kto_config
+    from test_kto import feedback_rows
+
+    from weitiao.recipes import kto, ppo
+    from weitiao.train import loop
+
+    calls = []
+
+    def interrupt_at_step_3(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    if recipe == "ppo":
+        generate = ppo.generate_ids
+        monkeypatch.setattr(ppo, "generate_ids", lambda *a, **kw: interrupt_at_step_3() or generate(*a, **kw))
+        data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"今天天气怎么样？{i}"} for i in range(16)])
+        rule = ("reward.kind=function", "reward.path=weitiao.recipes.rewards:short_emoji_reward")
+        args = (*rule, "ppo.rollout_batch_size=8", "ppo.generate_max_len=4", "train.num_episodes=3")
+    else:
+        record = loop.Tracker.record
+        monkeypatch.setattr(loop.Tracker, "record", lambda *a, **kw: record(*a, **kw) or interrupt_at_step_3())
+        rows = feedback_rows(12) if recipe == "kto" else [{"instruction": f"问{i}", "output": "答"} for i in range(12)]
+        data, args = write_jsonl(tmp_path / "d.jsonl", rows), ("train.micro_batch_size=2",)
+
+    def run(out, *extra):
+        cfg = (kto_config(tiny_model_dir, data, out, *args, *extra) if recipe == "kto"
+               else recipe_config(recipe, tiny_model_dir, data, out, *args, *extra))  # fmt: skip
+        calls.clear()
+        with pytest.raises(KeyboardInterrupt):
+            {"sft": sft.run, "kto": kto.run, "ppo": ppo.run}[recipe](cfg)
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    done = 2 if recipe == "ppo" else 3  # ppo: in step 3's sampling; the others: once step 3 is recorded
+    last = tmp_path / "a" / "checkpoints" / "step-000002"
+    said = run(tmp_path / "a", "train.max_steps=6", "train.save_every=2")
+    assert said == f"interrupted after step {done}: run the same command again to resume from {last} (step 2)"
+    said = run(tmp_path / "b", "train.max_steps=6")
+    assert said == f"interrupted after step {done} before any checkpoint was saved (train.save_every 0: only at the " \
+                   "end); a rerun starts over"  # fmt: skip
+    if recipe == "sft":  # the same command would start over (none) or go back to a named checkpoint: say resume=auto
+        said = run(tmp_path / "a", "train.max_steps=6", "train.save_every=2", "train.resume=none")
+        assert said == f"interrupted after step 3: run it again with train.resume=auto to resume from {last} (step 2)"

@@ -125,3 +125,33 @@ def test_text_content_parts_are_joined_by_a_newline_as_vllm(parts):
     glued = [{"role": "user", "content": "天气怎么样"}]
     assert got.usage.prompt_tokens == prompt_tokens(tok, template, [{"role": "user", "content": "天气\n怎么样"}],
         add_generation_prompt=True) != prompt_tokens(tok, template, glued, add_generation_prompt=True)  # fmt: skip
+
+
+def test_a_part_list_row_trains_on_the_prompt_serve_renders_for_it(parts, tiny_model_dir, tmp_path):
+    """Training joined a row's text content parts with nothing (`["天气", "怎么样"]` trained as `天气怎么样`) while
+    serve and vLLM join them with a newline: the model was served prompts it never saw in training. Now one join: the
+    tokens before the reply of an SFT row (the real data path, cache on) are the ids serve feeds the model for the
+    same messages (captured at the model's first forward)."""
+    import torch
+    from conftest import recipe_config, write_jsonl
+
+    from weitiao.data.chat import IGNORE
+    from weitiao.recipes import sft
+
+    model, tok, template = parts
+    user = {"role": "user", "content": [{"type": "text", "text": "天气"}, {"type": "text", "text": "怎么样"}]}
+    row = {"messages": [{"role": "system", "content": [{"type": "text", "text": "你是朋友"}]}, user,
+                        {"role": "assistant", "content": "挺好的"}]}  # fmt: skip
+    data = write_jsonl(tmp_path / "parts.jsonl", [row] * 2)
+    cfg = recipe_config("sft", tiny_model_dir, data, tmp_path / "run", "data.max_len=64")
+    ex = sft.prepare_data(cfg, tok).train[0]
+    trained = list(ex.input_ids[: next(i for i, x in enumerate(ex.labels) if x != IGNORE)])
+    seen = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"][0].tolist()), with_kwargs=True)
+    try:
+        with running(create_app(model, tok, template, ServeSettings(model_name="tiny"))) as base, torch.no_grad():
+            client(base).chat.completions.create(model="tiny", messages=row["messages"][:2], max_tokens=1)
+    finally:
+        hook.remove()
+    assert seen[0] == trained
+    assert "天气\n怎么样" in tok.decode(trained)

@@ -322,6 +322,26 @@ def test_rows_with_nothing_to_train_are_counted_and_a_run_of_them_refused(tiny_m
     )
 
 
+def test_a_template_set_for_raw_text_rows_is_refused(tiny_model_dir, tmp_path):
+    """Format text rows and string prompt/completion rows are raw text: data.template=chatml rendered none of them,
+    silently (the data line still said 'template chatml'); now one line. Chat rows beside them take it."""
+    from weitiao.models.load import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    text = write_jsonl(tmp_path / "text.jsonl", [{"text": f"周末在家躺着 {i}"} for i in range(6)])
+    pc = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": f"问{i}", "completion": "答"} for i in range(6)])
+    chat = write_jsonl(tmp_path / "chat.jsonl", [{"instruction": f"问{i}", "output": "答"} for i in range(6)])
+    for data in (text, pc):
+        cfg = config(tiny_model_dir, data, tmp_path / "run", "data.template=chatml")
+        with pytest.raises(UserError, match=rf"^data.template: 'chatml' renders no row: every row of \S*{data.name}"):
+            sft.prepare_data(cfg, tok)
+        assert sft.prepare_data(config(tiny_model_dir, data, tmp_path / "run"), tok).text_only
+    both = config(
+        tiny_model_dir, text, tmp_path / "run", "data.template=chatml", f"data.eval=[{chat}]", "data.eval_split=0"
+    )
+    assert sft.prepare_data(both, tok).template.name == "chatml"  # the eval rows are rendered through it
+
+
 def test_eval_keys_without_eval_data_are_refused(tiny_model_dir, chat_file, tmp_path):
     """train.eval_every / early_stop_patience with no eval set never evaluated and never stopped, silently."""
     for keys in (["train.early_stop_patience=2", "train.eval_every=1"], ["train.eval_every=2"]):

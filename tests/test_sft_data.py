@@ -406,3 +406,22 @@ def test_data_check_truncation_option_takes_the_trainers_choices(tmp_path, tiny_
     assert json.loads(CliRunner().invoke(app, args).output)["dropped"] == 1  # drop, the default
     bad = CliRunner().invoke(app, [*args, "--truncation", "cut_response"])  # DPO/RM's, not SFT's
     assert bad.exit_code != 0 and "SFT rows take drop|cut|history" in str(bad.output) + str(bad.exception)
+
+
+def test_data_check_says_a_template_renders_no_raw_row_as_training_refuses_it(tmp_path, tokenizer):
+    """`data check --template chatml` on a file of only raw text said 'no problems found', and training refuses that
+    template; now the same finding. Chat rows and --template auto: no such line."""
+    from weitiao.data.check import check_file
+
+    text = write_jsonl(tmp_path / "t.jsonl", [{"text": f"周末在家躺着 {i}"} for i in range(3)])
+    pc = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": f"问{i}", "completion": "答"} for i in range(3)])
+    pairs = write_jsonl(
+        tmp_path / "p.jsonl", [{"prompt": f"问{i}", "chosen": "好", "rejected": "坏"} for i in range(3)]
+    )
+    chat = write_jsonl(tmp_path / "c.jsonl", CHAT_ROWS)
+    said = "template 'chatml' renders no row: every row is raw text"
+    for f, fmt in ((text, "auto"), (pc, "auto"), (pairs, "preference_raw")):
+        assert any(p.startswith(said) for p in check_file([str(f)], tokenizer, "chatml", fmt=fmt).problems), f
+        assert not any(p.startswith("template ") for p in check_file([str(f)], tokenizer, fmt=fmt).problems)
+    for f in (chat, pairs):  # the template renders these
+        assert not any(p.startswith("template ") for p in check_file([str(f)], tokenizer, "chatml").problems)

@@ -22,7 +22,7 @@ from typing import Any, Literal, get_args
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, Truncation, encode, encode_all, special_token_check
 from weitiao.data.formats import Conversation, Document, Feedback, PreferencePair, load_rows, prefers_rejected
 from weitiao.data.preference import PairTruncation, encode_pair, encode_side, form_notes, side_rows
-from weitiao.data.prep import conversation_key, messages_key, pair_key, require_rows
+from weitiao.data.prep import conversation_key, kto_balance, messages_key, pair_key, require_rows
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
 
@@ -237,9 +237,12 @@ def check_file(
     if rep.conflicting_labels:
         rep.problems.append(f"{rep.conflicting_labels} replies labelled both desirable and undesirable (KTO pushes "
                             "each copy its own way)")  # fmt: skip
-    if feedback and not (rep.desirable and rep.undesirable):
-        kind = "desirable" if rep.desirable else "undesirable"
-        rep.problems.append(f"every row is {kind}: KTO then only moves these replies against its KL reference point")
+    raw = all(isinstance(c, Document) for c in convs) and all(p.form == "raw" for p in pairs)
+    if template_name != "auto" and raw:  # as training refuses it (sft, dpo, rm, kto)
+        rep.problems.append(f"template {template_name!r} renders no row: every row is raw text (trained as the text + "
+                            "EOS), and training refuses data.template set beside such files; drop it")  # fmt: skip
+    if feedback and (msg := kto_balance(rep.desirable, rep.undesirable)):  # at the default weights, as kto warns
+        rep.problems.append(msg)
     if refused:
         rep.problems.append(f"{len(refused)} pairs training refuses, first: {refused[0]}")
     if rep.identical_pairs:

@@ -15,7 +15,7 @@ reads each into `Feedback`: the row without its label, and whether the reply was
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -200,6 +200,12 @@ def _typo_hint(keys: set[str]) -> str:
 # ----------------------------------------------------------------------------- row parsers
 
 
+def join_text_parts(texts: Iterable[str]) -> str:
+    """OpenAI text content parts as the one string a chat template reads: joined by a newline, as vLLM joins them
+    (training rows and `weitiao serve` requests alike, so a model is served the prompts it was trained on)."""
+    return "\n".join(texts)
+
+
 def _text(value: Any, field: str, allow_empty: bool = False) -> str:
     if isinstance(value, list):  # OpenAI content parts
         parts = []
@@ -207,7 +213,7 @@ def _text(value: Any, field: str, allow_empty: bool = False) -> str:
             if not (isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)):
                 raise RowError(f"{field}[{i}]", "only text content parts are supported")
             parts.append(p["text"])
-        value = "".join(parts)
+        value = join_text_parts(parts)
     if value is None:
         raise RowError(field, "missing")
     if not isinstance(value, str):
@@ -732,7 +738,9 @@ def is_feedback_label(record: dict) -> bool:
 
 GOOD_LABELS = {"true", "1", "1.0", "desirable", "thumbs_up", "thumbsup", "👍", "good"}
 BAD_LABELS = {"false", "0", "0.0", "-1", "-1.0", "undesirable", "thumbs_down", "thumbsdown", "👎", "bad"}
-LABEL_SPELLINGS = "true/false (also 1/0/-1, desirable/undesirable, thumbs_up/thumbs_down, 👍/👎, good/bad)"
+LABEL_SPELLINGS = (
+    "true/false (also 1/0/-1, desirable/undesirable, thumbs_up/thumbs_down, thumbsup/thumbsdown, 👍/👎, good/bad)"
+)
 
 
 def split_feedback(record: dict) -> tuple[dict, bool]:

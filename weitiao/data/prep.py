@@ -1,4 +1,5 @@
-"""Data-prep checks shared by SFT, DPO and RM: no empty inputs, an eval split that cannot leak.
+"""Data-prep checks shared by SFT, DPO, RM and KTO: no empty inputs, an eval split that cannot leak, KTO's label
+balance (`kto_balance`, which `weitiao kto` and `data check` both print).
 
 A held-out split by row leaks when the data holds copies (an up-sampling `data mix` writes every row
 k times): copies land on both sides and the eval loss measures recall. `split_eval` therefore splits
@@ -94,6 +95,27 @@ def count_overlap(train: list[T], eval: list[T], key: Callable[[T], Any]) -> int
     """How many eval rows also occur (same key) in train."""
     seen = {key(r) for r in train}
     return sum(1 for r in eval if key(r) in seen)
+
+
+KTO_RATIO = (1.0, 4 / 3)  # desirable : undesirable weighted ratio the KTO paper (eq. 8) and TRL recommend
+
+
+def kto_balance(nd: int, nu: int, desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> str | None:
+    """A line when KTO rows' weighted ratio nd·λ_D : nu·λ_U is outside KTO_RATIO (TRL warns the same), with the
+    weights that fix it, or when every row is of one kind; `weitiao kto` and `data check` say it alike."""
+    if not nd or not nu:
+        kind = "desirable" if nd else "undesirable"
+        return f"every row is {kind}: KTO then only moves these replies against the KL reference point"
+    ratio = nd * desirable_weight / (nu * undesirable_weight)
+    if KTO_RATIO[0] <= ratio <= KTO_RATIO[1] + 1e-9:
+        return None
+    lo, hi = (nu * undesirable_weight / nd * r for r in KTO_RATIO)
+    ulo, uhi = (nd * desirable_weight / nu / r for r in reversed(KTO_RATIO))
+    return (
+        f"{nd} desirable × {desirable_weight:g} : {nu} undesirable × {undesirable_weight:g} = {ratio:.2f}, outside "
+        f"the [1, 4/3] that KTO recommends; set kto.desirable_weight in [{lo:.2f}, {hi:.2f}] or "
+        f"kto.undesirable_weight in [{ulo:.2f}, {uhi:.2f}] (not both)"
+    )
 
 
 def overlap_warning(where: str, overlap: int, n_eval: int) -> str:

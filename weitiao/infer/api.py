@@ -18,6 +18,8 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from weitiao.data.formats import join_text_parts
+
 
 class _Strict(BaseModel):
     # unknown fields are refused by name (a typo like `max_tokns` must not be silently ignored); NaN and
@@ -140,8 +142,8 @@ class _Message(_Strict):
     tool_call_id: str | None = None  # the call a `tool` turn answers
 
     def text(self) -> str:
-        if isinstance(self.content, list):  # text parts joined by a newline, as vLLM (a template reads a string)
-            return "\n".join(p.text for p in self.content)
+        if isinstance(self.content, list):  # a template reads a string: joined as training rows' parts are
+            return join_text_parts(p.text for p in self.content)
         return self.content or ""
 
 

@@ -356,8 +356,9 @@ def run(cfg: DPOConfig) -> dict:
         pad_id = tokenizer.pad_token_id
         world = accel.num_processes
         lr = t.default_lr(cfg.lora.enabled)
-        plan = loop.EpochPlan(pairs[0], 2 * cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
-        total = plan.total_steps(opened.state, cfg.data.train)
+        evals = loop.eval_digest(data.eval, data.eval_weights)
+        plan = loop.EpochPlan(pairs[0], 2 * cfg.data.max_len, cfg.data.packing, t, world, data.content_key, evals)
+        total = plan.total_steps(opened.state, cfg.data.train, cfg.data.eval)
 
         # 2. Policy, reference, optimizer. Packed rows must stay apart under the chosen attention: checked.
         model = build_trainable(cfg.model, cfg.lora, accel.device)

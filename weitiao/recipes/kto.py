@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from weitiao.config import ConfigPath, ModelRef
 from weitiao.data.chat import Encoded
 from weitiao.data.collate import Batch, collate, process_share
+from weitiao.data.prep import kto_balance
 from weitiao.losses.preference import kto_terms
 from weitiao.losses.sft import CausalLMLoss
 from weitiao.models.load import LoraSpec, ModelSpec, build_trainable, count_params, load_tokenizer, lora_as_trained
@@ -45,7 +46,6 @@ from weitiao.train.spec import FeedbackDataSpec, PairTrainSpec, lr_field
 
 SUM_KEYS = ("loss_sum", "rows", "desirable", "undesirable", "rewards/chosen_sum", "rewards/rejected_sum",
             "logps/chosen_sum", "logps/rejected_sum", "kl_sum", "kl_batches", "tokens")  # fmt: skip
-RATIO = (1.0, 4 / 3)  # desirable : undesirable weighted ratio the KTO paper (eq. 8) and TRL recommend
 
 
 class KTOSpec(BaseModel):
@@ -167,25 +167,6 @@ def evaluate(loss_mod: Any, ref: Reference, data: FeedbackData, cfg: KTOConfig, 
     return _means(dict(zip(keys, vec)), "eval_")
 
 
-def balance_warning(desirable: list[bool], k: KTOSpec) -> str | None:
-    """A line when λ_D·n_D : λ_U·n_U is outside RATIO (TRL warns the same), with the weights that fix it."""
-    nd = sum(desirable)
-    nu = len(desirable) - nd
-    if not nd or not nu:
-        kind = "desirable" if nd else "undesirable"
-        return f"every train row is {kind}: KTO then only moves these replies against the KL reference point"
-    ratio = nd * k.desirable_weight / (nu * k.undesirable_weight)
-    if RATIO[0] <= ratio <= RATIO[1] + 1e-9:
-        return None
-    lo, hi = (nu * k.undesirable_weight / nd * r for r in RATIO)
-    ulo, uhi = (nd * k.desirable_weight / nu / r for r in reversed(RATIO))
-    return (
-        f"{nd} desirable × {k.desirable_weight:g} : {nu} undesirable × {k.undesirable_weight:g} = {ratio:.2f}, outside "
-        f"the [1, 4/3] that KTO recommends; set kto.desirable_weight in [{lo:.2f}, {hi:.2f}] or "
-        f"kto.undesirable_weight in [{ulo:.2f}, {uhi:.2f}] (not both)"
-    )
-
-
 def run(cfg: KTOConfig) -> dict:
     """Train with KTO; returns the summary with the last eval metrics."""
     t, k = cfg.train, cfg.kto
@@ -207,8 +188,9 @@ def run(cfg: KTOConfig) -> dict:
         loop.refuse_eval_without_data(t, bool(data.eval))
         world = accel.num_processes
         lr = t.default_lr(cfg.lora.enabled)
-        plan = loop.EpochPlan(lengths, cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
-        total = plan.total_steps(opened.state, cfg.data.train)
+        evals = loop.eval_digest(data.eval, data.eval_desirable)
+        plan = loop.EpochPlan(lengths, cfg.data.max_len, cfg.data.packing, t, world, data.content_key, evals)
+        total = plan.total_steps(opened.state, cfg.data.train, cfg.data.eval)
 
         # 2. Policy, reference, optimizer. Packed rows must stay apart under the chosen attention: checked.
         model = build_trainable(cfg.model, cfg.lora, accel.device)
@@ -229,7 +211,8 @@ def run(cfg: KTOConfig) -> dict:
         print(f"{data.rows_line()} · β={k.beta} · reference: {reference} · {trainable:,} trainable params")
         if ckpt is None:
             log.log("data", 0, **data.counts(), trainable_params=trainable, world=world)
-        if msg := balance_warning(data.desirable, k):
+        nd = sum(data.desirable)
+        if msg := kto_balance(nd, len(data.desirable) - nd, k.desirable_weight, k.undesirable_weight):
             print(f"warning: {msg}")
         if plan.note:
             print(plan.note)

@@ -678,7 +678,7 @@ def run(cfg: PPOConfig) -> dict:
     task = bar.add_task("ppo", total=total_steps, completed=state["step"], info="")
     started = time.time()
     metrics: dict[str, float] = {}
-    with bar:
+    with ck.resume_hint(out, t, lambda: state["step"], main), bar:  # the bar closes before the line
         while state["step"] < total_steps:
             step = state["step"]
             episode, k = divmod(step, steps_per_episode)

@@ -200,8 +200,9 @@ def run(cfg: RMConfig) -> dict:
         pad_id = tokenizer.pad_token_id
         world = accel.num_processes
         lr = t.default_lr(cfg.lora.enabled)
-        plan = loop.EpochPlan(pairs[0], 2 * cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
-        total = plan.total_steps(opened.state, cfg.data.train)
+        evals = loop.eval_digest(data.eval, eval_margins)
+        plan = loop.EpochPlan(pairs[0], 2 * cfg.data.max_len, cfg.data.packing, t, world, data.content_key, evals)
+        total = plan.total_steps(opened.state, cfg.data.train, cfg.data.eval)
 
         # 2. Scorer (LoRA + fully trained score head), optimizer.
         if cfg.lora.enabled and cfg.lora.init_from:

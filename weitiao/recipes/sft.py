@@ -133,6 +133,11 @@ def prepare_data(cfg: SFTConfig, tokenizer: object, rejects_dir: Path | None = N
         split = split_eval(tr.firsts(rows).tolist(), d.eval_split, cfg.train.seed, tr.keys.tolist().__getitem__)
         rows, eval_rows = tr.with_pieces(np.array(split.train)), tr.with_pieces(np.array(split.eval))
         eval_copies = split.eval_copies_dropped
+    if d.template != "auto" and tr.meta["chat_rows"] == 0 and (ev is tr or ev.meta["chat_rows"] == 0):
+        files = ", ".join(map(str, [*d.train, *(d.eval or [])]))  # it rendered nothing, and the data line named it
+        raise UserError(f"data.template: {d.template!r} renders no row: every row of {files} is raw text (format "
+                        "text, or string prompt and completion: trained as the text + EOS); drop data.template, or "
+                        "write chat rows (messages, or prompt and completion as message lists)")  # fmt: skip
     train, stats, evals, eval_stats = tr.view(rows), tr.stats(rows), ev.view(eval_rows), ev.stats(eval_rows)
     if not train:
         raise UserError(f"data.train: no rows left after truncation policy {d.truncation!r} (max_len {d.max_len})")
@@ -264,8 +269,9 @@ def run(cfg: SFTConfig) -> dict:
         pad_id = tokenizer.pad_token_id
         world = accel.num_processes
         lr = t.default_lr(cfg.lora.enabled)
-        plan = loop.EpochPlan(lengths, cfg.data.max_len, cfg.data.packing, t, world, data.content_key)
-        total = plan.total_steps(opened.state, cfg.data.train)
+        evals = loop.eval_digest(data.eval)
+        plan = loop.EpochPlan(lengths, cfg.data.max_len, cfg.data.packing, t, world, data.content_key, evals)
+        total = plan.total_steps(opened.state, cfg.data.train, cfg.data.eval)
 
         # 2. Model, loss wrapper, optimizer.
         model = build_trainable(cfg.model, cfg.lora, accel.device)

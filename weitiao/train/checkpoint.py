@@ -14,12 +14,14 @@ become DPO's reference unnoticed); a fresh run in a used dir moves the previous 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
 import shutil
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +194,29 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     if not root.exists():
         return []
     return sorted((p for p in root.iterdir() if is_step_dir(p) and (p / STATE_FILE).exists()), key=step_of)
+
+
+@contextlib.contextmanager
+def resume_hint(out: Path, t: Any, step: Callable[[], int], main: bool) -> Iterator[None]:
+    """Around a training loop: on Ctrl-C, the main process says in one line where the run can resume (its last
+    checkpoint) and how, then the interrupt goes on (exit 130). `t`: the run's train spec; `step()`: steps done."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if main:
+            print(interrupted_line(out, t, step()), file=sys.stderr, flush=True)
+        raise
+
+
+def interrupted_line(out: Path, t: Any, step: int) -> str:
+    """What `resume_hint` says: the last checkpoint in `out` and the command that resumes there, or that none was
+    saved."""
+    saved = list_checkpoints(out)
+    if not saved:
+        when = f"train.save_every {t.save_every}" if t.save_every else "train.save_every 0: only at the end"
+        return f"interrupted after step {step} before any checkpoint was saved ({when}); a rerun starts over"
+    how = "run the same command again" if t.resume in ("auto", "force") else "run it again with train.resume=auto"
+    return f"interrupted after step {step}: {how} to resume from {saved[-1]} (step {step_of(saved[-1])})"
 
 
 def load_checkpoint(

@@ -57,15 +57,25 @@ class EpochPlan:
     micro-batches left over (fewer than one step's worth), so every row is trained once per epoch.
     """
 
-    def __init__(self, lengths: list[int], capacity: int, packing: bool, t: TrainSpec, world: int, content: str = ""):
+    def __init__(
+        self,
+        lengths: list[int],
+        capacity: int,
+        packing: bool,
+        t: TrainSpec,
+        world: int,
+        content: str = "",
+        evals: str = "",
+    ):
         """`content`: a digest of the rows' text (SFTData/PrefData.content_key), so a resume on edited data whose
-        token counts stayed the same is refused too."""
+        token counts stayed the same is refused too; `evals`: the eval set's `eval_digest`, likewise."""
         self.lengths, self.capacity, self.packing, self.t, self.content = lengths, capacity, packing, t, content
         self.world, self.per_step = world, world * t.grad_accum
         self.epoch = lru_cache(maxsize=2)(self._epoch)
-        # Same data file names (config.yaml) can hold other rows: a resumed plan would then skip or repeat.
+        # Same data file names (config.yaml) can hold other rows: a resumed plan would then skip or repeat, and
+        # eval_loss (and the best step kept) would compare other eval sets.
         key = hashlib.sha256(repr((lengths, capacity)).encode()).hexdigest()[:16]
-        self.keys = {"data_key": key, **({"data_content": content} if content else {})}  # kept in the trainer state
+        self.keys = {"data_key": key, **({"data_content": content} if content else {}), "eval_content": evals}
         self._steps: dict[int, int] = {}
         self.note = ""  # set by total_steps: a line for the user when train.max_steps overrides a train.epochs they set
 
@@ -89,10 +99,11 @@ class EpochPlan:
             self._steps[epoch] = max(n // self.per_step, 1) if n >= self.world else 0
         return self._steps[epoch]
 
-    def total_steps(self, saved: dict[str, Any], files: list | None = None) -> int:
+    def total_steps(self, saved: dict[str, Any], files: list | None = None, eval_files: list | None = None) -> int:
         """Steps of the run; refuses a run with no step to take, an epoch some process would train nothing of, and
-        resuming on other data (naming `files`, the data.train entries). `saved`: the checkpoint's trainer state
-        (`Opened.state`); called before `start`, so a refusal leaves the run folder as it was."""
+        resuming on other train or eval data (naming `files`, `eval_files`: the data.train and data.eval entries).
+        `saved`: the checkpoint's trainer state (`Opened.state`); called before `start`, so a refusal leaves the run
+        folder as it was."""
         t = self.t
         if t.max_steps is not None:
             total = t.max_steps
@@ -121,6 +132,14 @@ class EpochPlan:
             raise UserError(
                 f"train.resume: the training data changed since the checkpoint{named}: other rows, texts or lengths "
                 "after tokenization; restore it, set train.resume=none for a new run, or train.resume=force"
+            )
+        saved_evals = saved.get("eval_content")  # older checkpoints: not recorded
+        if saved_evals is not None and saved_evals != self.keys["eval_content"] and t.resume != "force":
+            named = f"data.eval: {', '.join(map(str, eval_files))}" if eval_files else "the eval rows"
+            raise UserError(
+                f"train.resume: the eval data changed since the checkpoint ({named}): other rows, texts or per-row "
+                "values after tokenization, so eval metrics and the best step kept would compare other sets; restore "
+                "it, set train.resume=none for a new run, or train.resume=force"
             )
         if saved["step"] >= total:
             raise UserError(
@@ -347,14 +366,16 @@ class Tracker:
         # from_pretrained returns eval mode: dropout and gradient checkpointing would stay off until the
         # first eval, and a resumed run would differ from an uninterrupted one.
         self.module.train()
+        main = self.accel.is_main_process
+        self._stack.enter_context(ck.resume_hint(Path(self.t.out), self.t, lambda: self.steps, main))  # after the bar
         bar = progress_bar(self.t.progress and self.accel.is_main_process, self.t.progress_every_s)
         self.bar = self._stack.enter_context(bar)
         self.task = self.bar.add_task(self.name, total=self.total, completed=self.steps, info="")
         self.t0 = self.run_t0 = time.perf_counter()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.__exit__(*exc)  # the exception too: resume_hint reads a Ctrl-C
 
     def lap(self) -> float:
         """Seconds since the previous lap (the run's start for the first)."""
@@ -491,9 +512,23 @@ def open_run(out: Path, t: TrainSpec, cfg: Any, accel: Any) -> Opened:
     state, same = new_state(), False
     if ckpt is not None:
         saved = ck.saved_state(ckpt)
-        state.update({k: saved[k] for k in ("step", "data_key", "data_content") if k in saved})
+        state.update({k: saved[k] for k in ("step", "data_key", "data_content", "eval_content") if k in saved})
         same = ck.same_steps(ckpt, config_yaml, ck.saved_world(saved), world)
     return Opened(config_yaml, inputs, ckpt, staged, state, same, accel.is_local_main_process)
+
+
+def eval_digest(evals: Any, *extra: Any) -> str:
+    """A digest of eval examples' tokens and labels and of their per-row values `extra` (weights, margins, labels);
+    "" for no eval set."""
+    import numpy as np
+
+    if not len(evals):
+        return ""
+    h = hashlib.sha256(repr(extra).encode())
+    for e in evals:
+        h.update(np.asarray(e.input_ids, dtype=np.int64).tobytes() + b"|")
+        h.update(np.asarray(e.labels, dtype=np.int64).tobytes() + b"|")
+    return h.hexdigest()[:16]
 
 
 # Keys that only change how a process reads or shows things: they may differ from process to process.
@@ -522,14 +557,9 @@ def same_on_every_process(
         return
     import socket
 
-    import numpy as np
-
     from weitiao.config import path_keys
 
-    h = hashlib.sha256(repr((lengths, content, extra)).encode())
-    for e in evals:
-        h.update(np.asarray(e.input_ids, dtype=np.int64).tobytes() + b"|")
-        h.update(np.asarray(e.labels, dtype=np.int64).tobytes() + b"|")
+    h = hashlib.sha256(repr((lengths, content, extra, eval_digest(evals))).encode())
     golden = getattr(getattr(cfg, "train", None), "golden", None)  # answered at saves, by each process its share
     golden = hashlib.sha256(Path(golden).read_bytes()).hexdigest() if golden and Path(golden).is_file() else None
     mine = (socket.gethostname(), config_yaml, inputs, (len(lengths), content, h.hexdigest()), golden)

@@ -99,6 +99,10 @@ def prepare_pairs(
     model), so a `weight` column is refused without pointing to data.weight_field. Bad rows (data.skip_invalid) go
     to `rejects_dir` (default train.out)."""
     d = cfg.data
+    if d.format == "preference_raw" and d.template != "auto":  # it rendered nothing, and the data record named it
+        raise UserError(f"data.template: {d.template!r} renders no pair: data.format preference_raw trains every pair "
+                        f"of {', '.join(map(str, [*d.train, *d.eval]))} as raw text (prompt + reply + EOS, as TRL); "
+                        "drop data.template, or data.format to render the pairs through the template")  # fmt: skip
     template = resolve_template(tokenizer, d.template)
     rejects = Path(rejects_dir or cfg.train.out) / "rejects.jsonl"
     reading = (d.max_row_bytes, d.dataset_dir, CONFIG_SKIP_HINT, special_token_check(tokenizer))  # a bad row: set aside
