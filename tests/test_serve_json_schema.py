@@ -143,7 +143,7 @@ S = "response_format.json_schema.schema"
             fmt(bad(["properties", "age"], {"type": "number", "maximum": 0.1234567890123456})),
             f"{S}.properties.age.maximum",
         ),
-        (fmt(bad(["properties", "age", "minLength"], 1)), f"{S}.properties.age.minLength"),
+        (fmt(bad(["properties", "age", "minimum"], "1")), f"{S}.properties.age.minimum"),
         (fmt(bad(["properties", "name", "maximum"], 1)), f"{S}.properties.name.maximum"),  # beside enum: not read
         (fmt(bad(["properties", "ok", "enum"], [[True]])), f"{S}.properties.ok.items"),  # items, maxItems unread
         # no number in range, a bound that is no number (draft-04's boolean exclusiveMinimum)
@@ -152,7 +152,16 @@ S = "response_format.json_schema.schema"
             f"{S}.properties.age",
         ),
         (fmt(bad(["properties", "age", "exclusiveMinimum"], True)), f"{S}.properties.age.exclusiveMinimum"),
-        (fmt(bad(["properties", "name"], {"type": "string", "format": "email"}), None), f"{S}.properties.name.format"),
+        (
+            fmt(bad(["properties", "name"], {"type": "string", "format": "hostname"}), None),
+            f"{S}.properties.name.format",
+        ),
+        (fmt(bad(["properties", "name"], {"type": "string", "pattern": "^(a)\\1$"})), f"{S}.properties.name.pattern"),
+        (fmt(bad(["properties", "name"], {"type": "string", "pattern": "a(?=b)"})), f"{S}.properties.name.pattern"),
+        (
+            fmt(bad(["properties", "name"], {"type": "string", "maxLength": 1, "minLength": 2})),
+            f"{S}.properties.name.maxLength",
+        ),
         (fmt(bad(["$defs", "pet", "oneOf"], [{"type": "null"}]), False), f"{S}.$defs.pet.oneOf"),
         (fmt(bad(["required"], ["name", "nick"], LOOSE), False), f"{S}.required"),  # a key the mask never writes
         # the json_schema object itself
