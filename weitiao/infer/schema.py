@@ -13,13 +13,14 @@ without `type` (`{}`, pydantic's `Any`) and an array without `items` hold any JS
 (as xgrammar, vLLM's default backend): the reply is still valid, the mask just writes no other key.
 
 Enforced either way: `type` (one or a list), `properties`, `required`, `items`, `minItems`/`maxItems`, `minimum`,
-`maximum`, `exclusiveMinimum`, `exclusiveMaximum`, an integer's `multipleOf` (weitiao.infer.bounds), `enum`,
-`const`, `anyOf`, `$ref` into the schema (`#`, `#/$defs/...`, recursion too), a string's `minLength`,
-`maxLength`, `pattern` and `format` (weitiao.infer.strings: a pattern the mask cannot keep, such as a
-backreference, and an unknown format are 400s naming the keyword and the construct). Annotations
+`maximum`, `exclusiveMinimum`, `exclusiveMaximum`, `multipleOf` (an integer or a binary fraction such as 0.25:
+weitiao.infer.bounds), `enum`, `const`, `anyOf`, `$ref` into the schema (`#`, `#/$defs/...`, recursion too), a
+string's `minLength`, `maxLength`, `pattern` and `format` (weitiao.infer.strings: a pattern the mask cannot keep,
+such as a backreference, and an unknown format are 400s naming the keyword and the construct). Annotations
 (`description`, `title`, `default`, `examples`, `$comment`, and the root's `$schema` when it names draft-04 to
-2020-12) change nothing. Anything else (`oneOf`, `not`, a number's `multipleOf`, ...) is a 400: the mask could
-not keep it, and a reply that breaks it must not pass as following the schema.
+2020-12) change nothing. Anything else (`oneOf`, `not`, a decimal `multipleOf` such as 0.01, which validators
+check by dividing doubles, ...) is a 400: the mask could not keep it, and a reply that breaks it must not pass as
+following the schema.
 
 Keys come in the schema's order with the JSON style of weitiao.infer.constrain (`{"a": 1, "b": [true]}`): a
 reply's text has one spelling per value, but strings, whose content is free.
@@ -265,8 +266,11 @@ def compile_schema(p: Pattern, schema: Any, at: str, strict: bool, unenforced: s
             if key == "multipleOf":
                 if v <= 0:
                     invalid(f"{path}.{key}", "must be greater than 0")
-                if not integer or not isinstance(v, int):
-                    refuse(f"{path}.{key}", f"{v} on {'an integer' if integer else 'a number'} (integers' only)")
+                exact = Fraction(repr(v))  # the decimal as written: 0.1 is 1/10, not the double nearest it
+                if exact.denominator & (exact.denominator - 1):  # validators divide doubles: 0.07 / 0.01 = 7.000...01
+                    why = "not a binary fraction: validators divide as doubles and refuse exact multiples"
+                    refuse(f"{path}.{key}", f"{v} ({why}, 0.07 / 0.01 = {0.07 / 0.01}; integers, 0.5, 0.25 are kept)")
+                got[key] = exact
                 continue
             if not integer and len(Decimal(repr(v)).normalize().as_tuple().digits) > DIGITS:
                 refuse(f"{path}.{key}", f"{v!r}, over {DIGITS} significant digits on a number")
@@ -281,7 +285,7 @@ def compile_schema(p: Pattern, schema: Any, at: str, strict: bool, unenforced: s
 
         lo = tighter((got.get("minimum"), False), (got.get("exclusiveMinimum"), True), True)
         hi = tighter((got.get("maximum"), False), (got.get("exclusiveMaximum"), True), False)
-        spec = Bounds(integer, lo[0], lo[1], hi[0], hi[1], s.get("multipleOf", 1))
+        spec = Bounds(integer, lo[0], lo[1], hi[0], hi[1], got.get("multipleOf", Fraction(int(integer))))
         if not feasible(spec, ""):
             what = "integer" if integer else f"number of {DIGITS} digits or fewer"
             invalid(path, f"no {what} satisfies {', '.join(f'{k} {s[k]}' for k in _RANGE if k in s)}")
