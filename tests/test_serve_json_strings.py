@@ -68,6 +68,8 @@ def escaped(s: str, rng: random.Random) -> str:
         {"type": ["string", "null"], "pattern": "^\\S\\s\\D$"},
         {"type": "string", "pattern": "^(a|b-)+中?$"},
         {"type": "string", "pattern": "^(?:a*b?)+-$", "minLength": 1},
+        {"type": "string", "pattern": "^(-a*)*$"},  # a loop's end is its own: "a" alone must not pass
+        {"type": "string", "pattern": "^((ab)*-)+b?$"},
     ],
 )
 def test_string_grammar_is_jsonschema_on_every_short_string(schema):

@@ -343,11 +343,12 @@ class Text:
             e = b
         if hi is None:  # the last copy loops (x+ is one loop, not x then x*: the same states after each x)
             a, b = self._build(sub)
+            end = self._new()  # its own end: what follows must not inherit the loop
             self.eps[e].append(a)
-            self.eps[b].append(a)
+            self.eps[b] += [a, end]
             if lo == 0:
-                self.eps[a].append(b)
-            return s, b
+                self.eps[a].append(end)
+            return s, end
         end = self._new()
         for _ in range(hi - lo):
             self.eps[e].append(end)
