@@ -153,7 +153,7 @@ S = "response_format.json_schema.schema"
         ),
         (fmt(bad(["properties", "age", "exclusiveMinimum"], True)), f"{S}.properties.age.exclusiveMinimum"),
         (
-            fmt(bad(["properties", "name"], {"type": "string", "format": "hostname"}), None),
+            fmt(bad(["properties", "name"], {"type": "string", "format": "idn-hostname"}), None),
             f"{S}.properties.name.format",
         ),
         (fmt(bad(["properties", "name"], {"type": "string", "pattern": "^(a)\\1$"})), f"{S}.properties.name.pattern"),

@@ -20,6 +20,7 @@ import jsonschema
 import pytest
 import torch
 from conftest import walked_mask
+from pydantic import AnyUrl, TypeAdapter
 from test_serve_json_schema import accepts, fmt, url  # noqa: F401  (url: the served tiny model)
 from test_serve_tools import client
 
@@ -40,6 +41,25 @@ def _date_time(s: object) -> bool:
 @CHECK.checks("time", raises=ValueError)
 def _time(s: object) -> bool:
     return not isinstance(s, str) or datetime.datetime.fromisoformat("2000-01-01T" + s).tzinfo is not None
+
+
+@CHECK.checks("duration", raises=ValueError)
+def _duration(s: object) -> bool:
+    """As pydantic reads a timedelta (isoduration, jsonschema's own checker, is not installed)."""
+    return not isinstance(s, str) or TypeAdapter(datetime.timedelta).validate_python(s) is not None
+
+
+@CHECK.checks("uri", raises=ValueError)
+def _uri(s: object) -> bool:
+    return not isinstance(s, str) or (TypeAdapter(AnyUrl).validate_python(s) is not None and "://" in s)
+
+
+@CHECK.checks("hostname")
+def _hostname(s: object) -> bool:
+    """RFC 1123 (fqdn, jsonschema's own checker, is not installed)."""
+    labels = s.split(".") if isinstance(s, str) else []
+    ok = all(0 < len(x) <= 63 and x[0] != "-" and x[-1] != "-" and x.replace("-", "").isalnum() for x in labels)
+    return not isinstance(s, str) or (len(s) <= 253 and s.isascii() and ok)
 
 
 def valid(value, schema: dict) -> bool:
@@ -114,19 +134,25 @@ def test_formats_random_walks_validate(name):
             done += 1
     assert done >= 30
     wrong = {"date": "2023-02-29", "time": "24:00:00Z", "date-time": "2024-01-01T10:00:00", "uuid": "123",
-             "email": "bob", "ipv4": "01.2.3.4", "ipv6": "1::2::3"}[name]  # fmt: skip
+             "email": "bob", "ipv4": "01.2.3.4", "ipv6": "1::2::3", "hostname": "-a.b", "duration": "P1H",
+             "uri": "http://a b"}[name]  # fmt: skip
     assert not valid(wrong, schema["properties"]["v"])
     assert not accepts(schema, json.dumps({"v": wrong}))
 
 
 def test_format_edges():
-    """Feb 29 in leap years only (2000 yes, 1900 no), no year 0000, no leap second; ipv4 without leading zeros."""
+    """Feb 29 in leap years only (2000 yes, 1900 no), no year 0000, no leap second; ipv4 without leading zeros;
+    hostname labels of 63 at most, 253 in all; duration as RFC 3339's appendix A (no P1Y1D, no P1H); a port
+    under 65536."""
     for name, good, bad in [
         ("date", ["2024-02-29", "2000-02-29", "0001-01-01", "1999-12-31"], ["1900-02-29", "0000-01-01", "2024-04-31"]),
         ("date-time", ["2024-02-29T23:59:59.123456789+05:30", "2024-01-01T00:00:00Z"], ["2024-01-01T00:00:60Z"]),
         ("ipv4", ["255.255.255.255", "0.0.0.0"], ["256.1.1.1", "1.2.3"]),
         ("ipv6", ["::", "::1", "1:2:3:4:5:6:7:8", "1::8", "fe80::1:2"], ["1:2:3:4:5:6:7:8:9", ":1"]),
         ("email", ["a.b+c@x-y.example.cn"], ["a..b@x.cn", "a@x", "@x.cn"]),
+        ("hostname", ["a", "x-y.example.cn", "a" * 63 + ".b"], ["a" * 64, "a-.b", "a..b", ("a" * 63 + ".") * 4]),
+        ("duration", ["P1Y2M3DT4H5M6S", "PT1H", "P2W", "P1D"], ["P", "PT", "P1Y1D", "P1H", "P1234567D"]),
+        ("uri", ["https://example.com:8080/a/b?q=1&r=%20#f", "ftp://1.2.3.4"], ["example.com", "http://a:99999"]),
     ]:
         s = {"type": "string", "format": name}
         for v in good:
@@ -146,7 +172,7 @@ def test_format_edges():
         ({"pattern": "(?i)a"}, "s.pattern", "an inline flag group"),
         ({"pattern": "a^b"}, "s.pattern", "'^' or '$' inside"),
         ({"pattern": "\\p{L}"}, "s.pattern", "the escape \\p"),
-        ({"format": "hostname"}, "s.format", "'hostname' (known: date, "),
+        ({"format": "idn-hostname"}, "s.format", "'idn-hostname' (known: date, "),
         ({"format": "date", "pattern": "^2"}, "s.format", "beside pattern"),
         ({"maxLength": 100_001}, "s.maxLength", "over 10000"),
         ({"minLength": 3, "maxLength": 2}, "s.maxLength", "under minLength"),
@@ -233,3 +259,29 @@ def _json(text: str | None):
         return json.loads(text or "")
     except ValueError:
         return None
+
+
+def test_served_pydantic_model_parses(url):  # noqa: F811
+    """A pydantic model as OpenAI's SDK sends it (`parse`: strict, its formats, pattern, lengths, a binary-fraction
+    multiple_of, a timedelta's duration): every finished reply of the tiny model validates as the model."""
+    import uuid
+
+    from openai.lib._parsing._completions import type_to_response_format_param
+    from pydantic import BaseModel, Field
+
+    class Order(BaseModel):
+        id: uuid.UUID
+        when: datetime.date
+        wait: datetime.timedelta
+        sku: str = Field(pattern=r"^[A-Z]{2}\d{2}$")
+        price: float = Field(multiple_of=0.25, ge=0, le=100)
+        name: str = Field(min_length=1, max_length=3)
+
+    c = client(url)
+    ask = dict(model="tiny", messages=[{"role": "user", "content": "order"}], temperature=1.0, seed=9, n=4)
+    schema = type_to_response_format_param(Order)  # what `parse` sends; parse itself raises on a cut reply
+    r = c.chat.completions.create(response_format=schema, max_tokens=256, **ask)
+    done = [ch.message.content for ch in r.choices if ch.finish_reason == "stop"]
+    assert done, [ch.message.content for ch in r.choices]
+    for text in done:
+        Order.model_validate_json(text)

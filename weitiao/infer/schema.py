@@ -37,7 +37,7 @@ from typing import Any
 from weitiao.infer.api import BadRequest
 from weitiao.infer.bounds import DIGITS, Bounds, feasible
 from weitiao.infer.constrain import Pattern
-from weitiao.infer.strings import FORMATS, MAX_LENGTH, UnsupportedRegex, text
+from weitiao.infer.strings import FORMAT_LENGTH, FORMATS, MAX_LENGTH, UnsupportedRegex, text
 
 _NOTES = {"description", "title", "default", "examples", "$comment", "$defs", "definitions"}
 _KNOWN = _NOTES | {"type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems"}
@@ -238,6 +238,8 @@ def compile_schema(p: Pattern, schema: Any, at: str, strict: bool, unenforced: s
             if s["format"] not in FORMATS:
                 refuse(f"{path}.format", f"{s['format']!r} (known: {', '.join(FORMATS)})")
             regex = FORMATS[s["format"]]
+            if s["format"] in FORMAT_LENGTH:
+                hi = min(FORMAT_LENGTH[s["format"]], MAX_LENGTH if hi is None else hi)
         if regex is not None and not isinstance(regex, str):
             invalid(f"{path}.pattern", "must be a string")
         try:

@@ -18,8 +18,11 @@ differently, the string keeps to both: `\\d` is [0-9], `\\w` [A-Za-z0-9_], `.` n
 no character either reads as a digit, word or space.
 
 `format` is a pattern of our own (`FORMATS`): date, time and date-time as RFC 3339 with real dates (Feb 29 in leap
-years only, no year 0000, no leap second, `T` and `Z` upper case), uuid (any version), email (a dot-atom local part
-@ a dotted domain, no quoted or IP forms), ipv4 (no leading zeros), ipv6 (hex groups with `::`, no embedded ipv4).
+years only, no year 0000, no leap second, `T` and `Z` upper case), duration (RFC 3339 appendix A: P1Y2M3DT4H5M6S,
+P2W; numbers of 6 digits at most, which Python's timedelta holds), uuid (any version), email (a dot-atom local
+part @ a dotted domain, no quoted or IP forms), hostname (RFC 1123), ipv4 (no leading zeros), ipv6 (hex groups
+with `::`, no embedded ipv4), uri (scheme://host[:port] and an optional path, query and fragment of unreserved
+and sub-delims characters and %-escapes: a practical subset of RFC 3986, which pydantic's AnyUrl reads).
 
 A string holds no surrogate (`\\ud83d` is refused: write the character as UTF-8) and no raw DEL, as the plain
 string leaf.
@@ -581,6 +584,14 @@ _IPV6 = "|".join(
 _OCTET = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL = r"[A-Za-z0-9]+(-+[A-Za-z0-9]+)*"  # no hyphen at either end
+_HOST = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+_N = r"\d{1,6}"  # a duration's numbers: 6 digits at most, so that the sum fits Python's timedelta (pydantic's)
+_DUR_TIME = rf"T({_N}H({_N}M({_N}S)?)?|{_N}M({_N}S)?|{_N}S)"
+_DURATION = rf"P(({_N}D|{_N}M({_N}D)?|{_N}Y({_N}M({_N}D)?)?)({_DUR_TIME})?|{_DUR_TIME}|{_N}W)"  # RFC 3339 appendix A
+_PORT = r"(6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3})"  # 1 to 65535
+_PCHAR = r"([A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})"
+_URI = rf"[A-Za-z][A-Za-z0-9+.-]*://({_LABEL}(\.{_LABEL})*|{_OCTET}(\.{_OCTET}){{3}})(:{_PORT})?"
+_URI += rf"(/{_PCHAR}*)*(\?({_PCHAR}|[/?])*)?(#({_PCHAR}|[/?])*)?"
 FORMATS = {
     "date": f"^{_DATE}$",
     "time": f"^{_TIME}$",
@@ -589,4 +600,8 @@ FORMATS = {
     "email": rf"^{_ATOM}(\.{_ATOM})*@{_LABEL}(\.{_LABEL})+$",
     "ipv4": rf"^{_OCTET}(\.{_OCTET}){{3}}$",
     "ipv6": f"^({_IPV6})$",
+    "hostname": f"^{_HOST}$",  # RFC 1123 labels of 63 at most; 253 in all (FORMAT_LENGTH)
+    "duration": f"^{_DURATION}$",
+    "uri": f"^{_URI}$",
 }
+FORMAT_LENGTH = {"hostname": 253}  # a format's own maxLength
