@@ -372,22 +372,27 @@ class Text:
 
     def _lengths(self) -> list[int]:
         """Per NFA state, the set of character counts (bits; bit `cap`: that many or more) that lead from it to
-        the accepting state: a fixpoint."""
-        n, full = len(self.eps), (1 << (self.cap + 1)) - 1
+        the accepting state: a fixpoint, spread backwards from the accepting state to the states before."""
+        n, full, top = len(self.eps), (1 << (self.cap + 1)) - 1, 1 << self.cap
+        before: list[list[tuple[int, bool]]] = [[] for _ in range(n)]  # t → [(s, whether s → t reads a character)]
+        for s in range(n):
+            for t in self.eps[s]:
+                before[t].append((s, False))
+            for _, t in self.moves[s]:
+                before[t].append((s, True))
         lens = [0] * n
         lens[self.accept] = 1
-        changed = True
-        while changed:
-            changed = False
-            for s in range(n):
-                got = lens[s]
-                for t in self.eps[s]:
-                    got |= lens[t]
-                for _, t in self.moves[s]:
-                    shifted = lens[t] << 1
-                    got |= (shifted & full) | (1 << self.cap if shifted >> (self.cap + 1) else 0)
-                if got != lens[s]:
-                    lens[s], changed = got, True
+        todo = [self.accept]
+        while todo:
+            t = todo.pop()
+            got = lens[t]
+            shifted = got << 1
+            shifted = (shifted & full) | (top if shifted >> (self.cap + 1) else 0)
+            for s, reads in before[t]:
+                new = lens[s] | (shifted if reads else got)
+                if new != lens[s]:
+                    lens[s] = new
+                    todo.append(s)
         return lens
 
     def live(self, states: frozenset, count: int) -> bool:
@@ -397,13 +402,9 @@ class Text:
             got = 0
             for s in states:
                 got |= self._lens[s]
-            hi = None if self.hi is None else self.hi - count
-            ok = False
-            for k in range(self.cap + 1):
-                if got >> k & 1 and count + k >= self.lo and (hi is None or (k <= hi and k < self.cap)):
-                    ok = True
-                    break
-            self._live[key] = ok
+            a = max(0, self.lo - count)  # the counts k still to write that end within the bounds: a..b
+            b = self.cap if self.hi is None else min(self.hi - count, self.cap - 1)
+            self._live[key] = b >= a and bool(got >> a & (1 << (b - a + 1)) - 1)
         return self._live[key]
 
     def ends(self, state: tuple) -> bool:
