@@ -402,6 +402,8 @@ class Text:
             got = 0
             for s in states:
                 got |= self._lens[s]
+            if len(self._live) > 200_000:  # a memo, bounded as `_step` is (a cached Text lives across requests)
+                self._live.clear()
             a = max(0, self.lo - count)  # the counts k still to write that end within the bounds: a..b
             b = self.cap if self.hi is None else min(self.hi - count, self.cap - 1)
             self._live[key] = b >= a and bool(got >> a & (1 << (b - a + 1)) - 1)
