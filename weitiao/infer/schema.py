@@ -144,6 +144,8 @@ def compile_schema(p: Pattern, schema: Any, at: str, strict: bool, unenforced: s
         types = s["type"] if isinstance(s["type"], list) else [s["type"]]
         if not types:
             invalid(f"{path}.type", "an empty list")
+        if "string" not in types and (unread := [k for k in _STRING if k in s]):  # OpenAPI's format: int32
+            refuse(f"{path}.{unread[0]}", f"{json.dumps(s[unread[0]])} on type {s['type']} (strings' only)")
         return p.alt(*(typed(s, t, path) for t in types))
 
     def typed(s: dict, t: Any, path: str) -> int:
