@@ -137,13 +137,13 @@ S = "response_format.json_schema.schema"
         (fmt({"type": "array", "items": {"type": "integer"}}), f"{S}.type"),
         (fmt(bad(["properties", "age"], {"description": "no type"})), f"{S}.properties.age.type"),
         # what the mask cannot enforce, strict or not: a 400 naming the keyword, never a reply that breaks it
-        (fmt(bad(["properties", "age"], {"type": "number", "multipleOf": 0.5})), f"{S}.properties.age.multipleOf"),
-        (fmt(bad(["properties", "age", "multipleOf"], 0.5), False), f"{S}.properties.age.multipleOf"),
+        (fmt(bad(["properties", "age"], {"type": "number", "multipleOf": 0.01})), f"{S}.properties.age.multipleOf"),
+        (fmt(bad(["properties", "age", "multipleOf"], 0.1), False), f"{S}.properties.age.multipleOf"),
         (
             fmt(bad(["properties", "age"], {"type": "number", "maximum": 0.1234567890123456})),
             f"{S}.properties.age.maximum",
         ),
-        (fmt(bad(["properties", "age", "minLength"], 1)), f"{S}.properties.age.minLength"),
+        (fmt(bad(["properties", "age", "minimum"], "1")), f"{S}.properties.age.minimum"),
         (fmt(bad(["properties", "name", "maximum"], 1)), f"{S}.properties.name.maximum"),  # beside enum: not read
         (fmt(bad(["properties", "ok", "enum"], [[True]])), f"{S}.properties.ok.items"),  # items, maxItems unread
         # no number in range, a bound that is no number (draft-04's boolean exclusiveMinimum)
@@ -152,7 +152,16 @@ S = "response_format.json_schema.schema"
             f"{S}.properties.age",
         ),
         (fmt(bad(["properties", "age", "exclusiveMinimum"], True)), f"{S}.properties.age.exclusiveMinimum"),
-        (fmt(bad(["properties", "name"], {"type": "string", "format": "email"}), None), f"{S}.properties.name.format"),
+        (
+            fmt(bad(["properties", "name"], {"type": "string", "format": "idn-hostname"}), None),
+            f"{S}.properties.name.format",
+        ),
+        (fmt(bad(["properties", "name"], {"type": "string", "pattern": "^(a)\\1$"})), f"{S}.properties.name.pattern"),
+        (fmt(bad(["properties", "name"], {"type": "string", "pattern": "a(?=b)"})), f"{S}.properties.name.pattern"),
+        (
+            fmt(bad(["properties", "name"], {"type": "string", "maxLength": 1, "minLength": 2})),
+            f"{S}.properties.name.maxLength",
+        ),
         (fmt(bad(["$defs", "pet", "oneOf"], [{"type": "null"}]), False), f"{S}.$defs.pet.oneOf"),
         (fmt(bad(["required"], ["name", "nick"], LOOSE), False), f"{S}.required"),  # a key the mask never writes
         # the json_schema object itself
@@ -292,7 +301,7 @@ RANGED = {  # OpenAI's strict number and array keywords
     "type": "object",
     "properties": {
         "n": {"type": "integer", "minimum": -3, "exclusiveMaximum": 40, "multipleOf": 4},
-        "x": {"type": "number", "exclusiveMinimum": 0.1, "maximum": 2.5},
+        "x": {"type": "number", "exclusiveMinimum": 0.1, "maximum": 2.5, "multipleOf": 0.125},
         "xs": {"type": "array", "items": {"type": "integer", "exclusiveMinimum": 99}, "minItems": 1, "maxItems": 3},
     },
     "required": ["n", "x", "xs"],
@@ -301,9 +310,9 @@ RANGED = {  # OpenAI's strict number and array keywords
 
 
 def test_number_bounds_are_enforced_and_replies_validate(url):
-    """minimum, maximum, exclusiveMinimum/exclusiveMaximum and an integer's multipleOf (OpenAI's strict set) were
-    a 400. Now enforced, strict or not: every finished reply of the random model validates against RANGED; the
-    same schema without them (the negative control) lets it write numbers out of range."""
+    """minimum, maximum, exclusiveMinimum/exclusiveMaximum and multipleOf (OpenAI's strict set; on a number, a
+    binary fraction) were a 400. Now enforced, strict or not: every finished reply of the random model validates
+    against RANGED; the same schema without them (the negative control) lets it write numbers out of range."""
     c = client(url)
     ask = dict(model="tiny", messages=ASK, temperature=1.0, seed=11, n=4, max_tokens=160)
     free = {k: {kk: vv for kk, vv in v.items() if kk not in _RANGE} for k, v in RANGED["properties"].items()}
@@ -333,6 +342,13 @@ def test_number_bounds_are_enforced_and_replies_validate(url):
         ),
         ({"type": "number", "minimum": -1e3}, ["-1000", "-999.5", "123456789012345"], ["-1000.5", "1234567890123456"]),
         ({"type": "number", "exclusiveMaximum": 0}, ["-0.000000000000001", "-3"], ["0", "-0", "-0.0", "0.5"]),
+        (  # a binary fraction: doubles divide it exactly, as validators do
+            {"type": "number", "multipleOf": 0.25, "minimum": -1, "maximum": 2},
+            ["0", "0.25", "1.75", "2", "-0.5", "1.50", "2.00"],
+            ["0.1", "0.3", "2.25", "-1.25", "0.125"],
+        ),
+        ({"type": "number", "multipleOf": 2}, ["4", "-2", "2.0", "0"], ["1", "2.5", "0.2"]),
+        ({"type": "integer", "multipleOf": 0.5, "maximum": 3}, ["1", "3", "-8"], ["3.5", "0.5", "4"]),
     ],
 )
 def test_number_bounds_grammar(schema, good, bad_):
@@ -364,18 +380,17 @@ def test_number_bounds_prefixes_by_brute_force(monkeypatch):
 
     monkeypatch.setattr(bounds, "DIGITS", 2)
     rng = random.Random(0)
-    for trial in range(24):
+    for trial in range(40):
         integer = trial % 2 == 0
         lo = Fraction(rng.randint(-120, 120), rng.choice([1, 10, 4]))
         hi = lo + Fraction(rng.randint(0, 150), rng.choice([1, 10]))
-        spec = bounds.Bounds(
-            integer, lo, rng.random() < 0.5, hi, rng.random() < 0.5, rng.choice([1, 3]) if integer else 1
-        )
+        step = Fraction(rng.choice([1, 3, 0.5] if integer else [0, 0.25, 0.5, 2]))  # multipleOf (0: none)
+        spec = bounds.Bounds(integer, lo, rng.random() < 0.5, hi, rng.random() < 0.5, step)
         texts = [
             "".join(t) for k in range(1, 6) for t in itertools.product("-0123456789" + "." * (not integer), repeat=k)
         ]
         whole = [t for t in texts if bounds.ends(spec, t)]
-        assert all(bounds._inside(spec, Fraction(t)) for t in whole)
+        assert all(bounds._inside(spec, Fraction(t)) and not (step and Fraction(t) % step) for t in whole)
         starts = {t[:k] for t in whole for k in range(len(t) + 1)}
         for t in ["", *texts]:
             if bounds._PREFIX[integer].fullmatch(t):

@@ -149,8 +149,8 @@ def bad(schema_path: list, value) -> dict:
         ),
         (bad(["properties", "days"], {"description": "no type"}), "tools.0.function.parameters.properties.days.type"),
         # what the mask cannot enforce: refused, never passed as strict
-        (bad(["properties", "days", "multipleOf"], 0.5), "tools.0.function.strict"),
-        (bad(["properties", "city"], {"type": "string", "pattern": "^.{2}$"}), "tools.0.function.strict"),
+        (bad(["properties", "days", "multipleOf"], 0.1), "tools.0.function.strict"),
+        (bad(["properties", "city"], {"type": "string", "pattern": "(a)\\1"}), "tools.0.function.strict"),
         (bad(["properties", "city"], {"oneOf": [{"type": "string"}]}), "tools.0.function.strict"),
         # an enum beside the type it breaks, or beside anyOf: the reply would break the type, or anyOf was dropped
         (bad(["properties", "days", "enum"], [1, "2"]), "tools.0.function.parameters.properties.days.enum"),

@@ -1,5 +1,6 @@
 """Bounded JSON numbers for constrained decoding (the "bnum" leaf of weitiao.infer.constrain): JSON Schema's
-`minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum`, and an integer's `multipleOf`, kept exactly.
+`minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum`, and `multipleOf` (an integer or a binary fraction,
+0.5, 0.25: see schema.py), kept exactly.
 
 A number is written one byte at a time; a prefix is allowed while some number it can still become is in range,
 so the mask never leads into a dead end (llama.cpp and xgrammar unroll a range into digit patterns instead).
@@ -11,6 +12,7 @@ them as the mask did (schema.py refuses a number's bound with more significant d
 
 from __future__ import annotations
 
+import math
 import re
 from fractions import Fraction
 from typing import NamedTuple
@@ -26,7 +28,7 @@ class Bounds(NamedTuple):
     lo_open: bool  # exclusiveMinimum
     hi: Fraction | None
     hi_open: bool
-    step: int  # multipleOf (integers only; 1: none)
+    step: Fraction  # multipleOf (1 on integers, 0 on numbers: none)
 
 
 def step(spec: Bounds, text: str, b: int) -> str | None:
@@ -40,7 +42,7 @@ def ends(spec: Bounds, text: str) -> bool:
     if not _WHOLE[spec.integer].fullmatch(text) or (not spec.integer and _digits(text) > DIGITS):
         return False
     v = Fraction(text)
-    return _inside(spec, v) and (not spec.integer or v % spec.step == 0)
+    return _inside(spec, v) and (not spec.step or v % spec.step == 0)
 
 
 def _inside(spec: Bounds, v: Fraction) -> bool:
@@ -74,11 +76,12 @@ def _reach(spec: Bounds, mag: str, box: tuple) -> bool:
     """Whether a magnitude in `box` can be written after `mag`: every such magnitude lies on a grid in [a, b)."""
     whole, dot, frac = mag.partition(".")
     if spec.integer:
+        step = _lcm(Fraction(1), spec.step)
         if whole == "0":
-            return _hit(Fraction(0), Fraction(1), Fraction(spec.step), box)
+            return _hit(Fraction(0), Fraction(1), step, box)
         n, e = int(whole), 0
         while box[2] is None or n * 10**e <= box[2]:  # [n·10^e, (n+1)·10^e): e more digits
-            if _hit(Fraction(n * 10**e), Fraction((n + 1) * 10**e), Fraction(spec.step), box):
+            if _hit(Fraction(n * 10**e), Fraction((n + 1) * 10**e), step, box):
                 return True
             e += 1  # without an upper bound this ends: the span outgrows the step past the lower bound
         return False
@@ -87,14 +90,22 @@ def _reach(spec: Bounds, mag: str, box: tuple) -> bool:
         return False
     if dot:  # [whole.frac, whole.frac + 10^-len(frac)), `left` more fraction digits (at least one after a bare ".")
         a, w = Fraction(int(whole + frac), 10 ** len(frac)), Fraction(1, 10 ** len(frac))
-        return (bool(frac) or left > 0) and _hit(a, a + w, Fraction(1, 10 ** (len(frac) + left)), box)
+        return (bool(frac) or left > 0) and _hit(a, a + w, _lcm(Fraction(1, 10 ** (len(frac) + left)), spec.step), box)
     if whole == "0":
-        return _hit(Fraction(0), Fraction(1), Fraction(1, 10**left), box)
+        return _hit(Fraction(0), Fraction(1), _lcm(Fraction(1, 10**left), spec.step), box)
     n = int(whole)
     return any(
-        _hit(Fraction(n * 10**e), Fraction((n + 1) * 10**e), Fraction(1, 10 ** (left - e)), box)
+        _hit(Fraction(n * 10**e), Fraction((n + 1) * 10**e), _lcm(Fraction(1, 10 ** (left - e)), spec.step), box)
         for e in range(left + 1)
     )
+
+
+def _lcm(grid: Fraction, step: Fraction) -> Fraction:
+    """The least positive multiple of both (`step` 0: `grid`)."""
+    if not step:
+        return grid
+    num = math.lcm(grid.numerator * step.denominator, step.numerator * grid.denominator)
+    return Fraction(num, grid.denominator * step.denominator)
 
 
 def _hit(a: Fraction, b: Fraction, grid: Fraction, box: tuple) -> bool:

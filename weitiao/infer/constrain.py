@@ -23,7 +23,7 @@ import torch
 from transformers import LogitsProcessor
 
 from weitiao.data.decode import special_ids
-from weitiao.infer import bounds
+from weitiao.infer import bounds, strings
 
 _WS = b" "
 _ESC = set(b'"\\/bfnrt')
@@ -186,11 +186,12 @@ _WS_BYTES = b" \n\t\r"
 class Pattern:
     """A grammar of nodes matched byte by byte as a pushdown automaton. Build nodes with `node`/`lit`/`seq`/
     `alt`, then `finish(root)`. Leaves: "lit" (fixed bytes), "str" (a JSON string's body after its opening
-    quote), "num" (a JSON number; arg True: an integer), "bnum" (a number in range; arg a `bounds.Bounds`), "json"
-    (any JSON object, `json_step`), "key" (an object's key, none written before in it: see `map`), "free" (any
-    bytes until arg, a trigger, has been written; arg b"": never ends), "ws" (optional whitespace), "not" (one
-    byte not in arg). A state is a frozenset of stacks of (node, progress), top last: every way the bytes so
-    far can be read (anyOf, enum, and a number's end need more than one)."""
+    quote), "num" (a JSON number; arg True: an integer), "bnum" (a number in range; arg a `bounds.Bounds`),
+    "text" (a string's body, following a `strings.Text`: length, pattern, format), "json" (any JSON object,
+    `json_step`), "key" (an object's key, none written before in it: see `map`), "free" (any bytes until arg, a
+    trigger, has been written; arg b"": never ends), "ws" (optional whitespace), "not" (one byte not in arg). A
+    state is a frozenset of stacks of (node, progress), top last: every way the bytes so far can be read (anyOf,
+    enum, and a number's end need more than one)."""
 
     def __init__(self) -> None:
         self.nodes: list[tuple] = []
@@ -231,6 +232,8 @@ class Pattern:
     def _init(self, i: int) -> Any:
         kind, _ = self.nodes[i]
         init = {"lit": 0, "str": (False, 0, 0), "num": "", "bnum": "", "json": JSON_START, "free": 0, "ws": 0, "not": 0}
+        if kind == "text":
+            return (self.nodes[i][1].init, None)
         return (frozenset(), "first") if kind == "map" else init.get(kind)
 
     def _closure(self, stacks: set) -> frozenset:
@@ -286,6 +289,9 @@ class Pattern:
             return got if got is None else (sub[0], *got) if isinstance(got, tuple) else (_POP, got)
         if kind == "bnum":
             return bounds.step(arg, sub, b)
+        if kind == "text":
+            got = strings.step(arg, sub, b)
+            return _POP if got is True else got
         if kind == "json":
             nxt = json_step(sub, b)
             return None if nxt is None else _POP if nxt[0] == "done" else nxt
@@ -373,17 +379,20 @@ class Pattern:
         return bool(state) and all(not st for st in state)
 
     def fast(self, state: frozenset) -> tuple | None:
-        """A shortcut for the mask: ("plain", due) inside a JSON string with `due` UTF-8 continuation bytes still
-        due, where plain string bytes keep every reading alive; ("without", byte) in free text whose trigger
+        """A shortcut for the mask: ("plain", due, room) inside a JSON string with `due` UTF-8 continuation bytes
+        still due, where plain string bytes keep every reading alive (room: how many characters they may begin,
+        None: any); ("without", byte) in free text whose trigger
         starts with `byte`, where a token without that byte stays free text; None: walk every token."""
         tops = {self.nodes[st[-1][0]] + (st[-1][1],) if st else None for st in state}
         if len(tops) != 1 or None in tops:
             return None
         kind, arg, sub = tops.pop()
         if kind == "str" and sub[2] == 0:
-            return ("plain", sub[1])
+            return ("plain", sub[1], None)
         if kind == "key" and sub[3] == 0:  # plain bytes never close the key, so never repeat one
-            return ("plain", sub[2])
+            return ("plain", sub[2], None)
+        if kind == "text" and (sub[1] is None or sub[1][0] == "utf8"):  # see MaskCache.text
+            return ("text", 0 if sub[1] is None else sub[1][3], arg, sub[0])
         if kind == "free" and sub == 0:
             return ("without", arg[0] if arg else -1)
         return None
@@ -470,6 +479,14 @@ class TokenBytes:
         self.first = torch.tensor([seq[0] if seq else -1 for seq in table])
         self.quotes = torch.tensor([seq.count(34) if seq else 0 for seq in table])  # keys close at a quote
         self.plain = torch.tensor([[_plain_run(seq, c) for c in range(8)] for seq in table])
+        # for constrained strings (MaskCache.text): characters begun, the ASCII bytes held (two 64-bit masks,
+        # as signed int64), all of them and those after the first byte, and whether one after it is not ASCII
+        self.chars = torch.tensor([sum(not 0x80 <= b < 0xC0 for b in seq) if seq else 0 for seq in table])
+        held = [sum(1 << b for b in set(seq) if b < 0x80) if seq else 0 for seq in table]
+        self.ascii = torch.tensor([[_int64(h), _int64(h >> 64)] for h in held])
+        rest = [sum(1 << b for b in set(seq[1:]) if b < 0x80) if seq else 0 for seq in table]  # after the first
+        self.rest = torch.tensor([[_int64(h), _int64(h >> 64)] for h in rest])
+        self.rest_wide = torch.tensor([len(seq) > 1 and max(seq[1:]) >= 0x80 if seq else False for seq in table])
         self._holding: dict[int, torch.Tensor] = {}
 
     def holding(self, byte: int) -> torch.Tensor:
@@ -539,8 +556,8 @@ class MaskCache:
                                 quoted[i] = True  # an escape: walk it
                             elif before in repeats:
                                 mask[i] = False
-                for i in quoted.nonzero().flatten().tolist():
-                    mask[i] = _walks(pattern, state, toks.table[i])
+                idx = quoted.nonzero().flatten().tolist()
+                mask[idx] = torch.tensor([_walks(pattern, state, toks.table[i]) for i in idx], dtype=torch.bool)
             elif state is None or pattern.final(state):  # complete (or lost): only a stop token may follow
                 mask[[i for i in toks.stop_ids if i < width]] = True
             else:
@@ -549,11 +566,17 @@ class MaskCache:
                 walk = ok[toks.first[:n]]  # -1 indexes the trailing False
                 fast = pattern.fast(state)
                 if fast is not None:  # tokens sure to keep the pattern alive, without a walk
-                    sure = toks.plain[:n, fast[1]] >= 0 if fast[0] == "plain" else ~toks.holding(fast[1])[:n]
+                    if fast[0] == "plain":
+                        sure = toks.plain[:n, fast[1]] >= 0
+                    elif fast[0] == "text":
+                        sure, dead = self.text(*fast[1:], n)
+                        walk &= ~dead
+                    else:
+                        sure = ~toks.holding(fast[1])[:n]
                     mask[:n] |= sure
                     walk &= ~sure
-                for i in walk.nonzero().flatten().tolist():
-                    mask[i] = _walks(pattern, state, toks.table[i])
+                idx = walk.nonzero().flatten().tolist()  # one write: a tensor's item write costs microseconds
+                mask[idx] = torch.tensor([_walks(pattern, state, toks.table[i]) for i in idx], dtype=torch.bool)
                 if pattern.done(state):  # free text that may end here
                     mask[[i for i in toks.stop_ids if i < width]] = True
             self.masks[key] = mask
@@ -561,6 +584,45 @@ class MaskCache:
                 self.masks.popitem(last=False)
         self.masks.move_to_end(key)
         return mask
+
+    def text(self, due: int, text: strings.Text, state: tuple, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens of plain string bytes sure to keep a constrained string alive (`due`: UTF-8 bytes due), and those
+        sure to end it: where every character keeps it alive (`Text.loose`), a token within the length left, and
+        one past it; else a token whose characters after its first (all of them, with bytes due) leave the
+        automaton's states as they are (`Text.loop`), with a count the length bounds still allow (`Text.room`)."""
+        toks = self.toks
+        plain, chars = toks.plain[:n, due] >= 0, toks.chars[:n]
+        none = torch.zeros(n, dtype=torch.bool)
+        room = text.loose(state)
+        if room != -1:
+            fits = chars + (due > 0) <= room if room is not None else ~none
+            return plain & fits, plain & ~fits
+        most = int(chars.max()) + 1 if n else 1
+        if due:  # the character due must loop too
+            bits, wide = text.loop(state[0])
+            if not wide:
+                return none, none
+            inside = ((toks.ascii[:n, 0] & ~_int64(bits)) == 0) & ((toks.ascii[:n, 1] & ~_int64(bits >> 64)) == 0)
+            return plain & inside & torch.tensor(text.room(state, most))[chars + 1], none
+        # after the first character: per first byte (ASCII), the states it leads to, their loop and room
+        lo, hi = torch.zeros(257, dtype=torch.long), torch.zeros(257, dtype=torch.long)
+        wide = torch.zeros(257, dtype=torch.bool)
+        ok = torch.zeros(257, most + 1, dtype=torch.bool)
+        for c in range(0x20, 0x7F):
+            after = text.char(state, c) if c not in (0x22, 0x5C) else None
+            if after is not None:
+                bits, wide[c] = text.loop(after[0])
+                lo[c], hi[c] = _int64(bits), _int64(bits >> 64)
+                ok[c] = torch.tensor(text.room(after, most))
+        after = text.wide(state)  # where every non-ASCII first character leads, when it is one place
+        if after is not None:
+            bits, wide[0x80] = text.loop(after[0])
+            lo[0x80:256], hi[0x80:256] = _int64(bits), _int64(bits >> 64)
+            wide[0x80:256], ok[0x80:256] = wide[0x80], torch.tensor(text.room(after, most))
+        first = toks.first[:n]
+        inside = ((toks.rest[:n, 0] & ~lo[first]) == 0) & ((toks.rest[:n, 1] & ~hi[first]) == 0)
+        known = (first < 0x80) | (after is not None)
+        return plain & known & inside & (wide[first] | ~toks.rest_wide[:n]) & ok[first, chars - 1], none
 
 
 class Constrain(LogitsProcessor):
@@ -610,6 +672,12 @@ class Constrain(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         return scores.masked_fill(self.ban(scores.shape[-1], scores.device), float("-inf"))
+
+
+def _int64(bits: int) -> int:
+    """The low 64 bits of `bits` as a signed int64 (a torch bit mask)."""
+    low = bits & (1 << 64) - 1
+    return low - (1 << 64) if low >> 63 else low
 
 
 def _walks(pattern: Any, state: Any, data: bytes) -> bool:

@@ -13,11 +13,14 @@ without `type` (`{}`, pydantic's `Any`) and an array without `items` hold any JS
 (as xgrammar, vLLM's default backend): the reply is still valid, the mask just writes no other key.
 
 Enforced either way: `type` (one or a list), `properties`, `required`, `items`, `minItems`/`maxItems`, `minimum`,
-`maximum`, `exclusiveMinimum`, `exclusiveMaximum`, an integer's `multipleOf` (weitiao.infer.bounds), `enum`,
-`const`, `anyOf`, `$ref` into the schema (`#`, `#/$defs/...`, recursion too). Annotations (`description`,
-`title`, `default`, `examples`, `$comment`, and the root's `$schema` when it names draft-04 to 2020-12) change
-nothing. Anything else (`pattern`, `format`, `minLength`, `oneOf`, a number's `multipleOf`, ...) is a 400: the
-mask could not keep it, and a reply that breaks it must not pass as following the schema.
+`maximum`, `exclusiveMinimum`, `exclusiveMaximum`, `multipleOf` (an integer or a binary fraction such as 0.25:
+weitiao.infer.bounds), `enum`, `const`, `anyOf`, `$ref` into the schema (`#`, `#/$defs/...`, recursion too), a
+string's `minLength`, `maxLength`, `pattern` and `format` (weitiao.infer.strings: a pattern the mask cannot keep,
+such as a backreference, and an unknown format are 400s naming the keyword and the construct). Annotations
+(`description`, `title`, `default`, `examples`, `$comment`, and the root's `$schema` when it names draft-04 to
+2020-12) change nothing. Anything else (`oneOf`, `not`, a decimal `multipleOf` such as 0.01, which validators
+check by dividing doubles, ...) is a 400: the mask could not keep it, and a reply that breaks it must not pass as
+following the schema.
 
 Keys come in the schema's order with the JSON style of weitiao.infer.constrain (`{"a": 1, "b": [true]}`): a
 reply's text has one spelling per value, but strings, whose content is free.
@@ -34,12 +37,15 @@ from typing import Any
 from weitiao.infer.api import BadRequest
 from weitiao.infer.bounds import DIGITS, Bounds, feasible
 from weitiao.infer.constrain import Pattern
+from weitiao.infer.strings import FORMAT_LENGTH, FORMATS, MAX_LENGTH, UnsupportedRegex, text
 
 _NOTES = {"description", "title", "default", "examples", "$comment", "$defs", "definitions"}
 _KNOWN = _NOTES | {"type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems"}
 _KNOWN |= {"enum", "const", "anyOf", "$ref"}
 _RANGE = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "multipleOf")  # numbers: weitiao.infer.bounds
 _KNOWN |= set(_RANGE)
+_STRING = ("minLength", "maxLength", "pattern", "format")  # strings: weitiao.infer.strings
+_KNOWN |= set(_STRING)
 _DIALECT = re.compile(r"https?://json-schema\.org/(draft-0[467]/schema#?|draft/(2019-09|2020-12)/schema)")
 _MAX_ITEMS = 64  # minItems/maxItems are unrolled into the grammar: one rule per place
 _MAX_DEPTH = 64  # schemas inside schemas (properties, items, anyOf); compiled by recursion
@@ -138,11 +144,14 @@ def compile_schema(p: Pattern, schema: Any, at: str, strict: bool, unenforced: s
         types = s["type"] if isinstance(s["type"], list) else [s["type"]]
         if not types:
             invalid(f"{path}.type", "an empty list")
+        if "string" not in types and (unread := [k for k in _STRING if k in s]):  # OpenAPI's format: int32
+            refuse(f"{path}.{unread[0]}", f"{json.dumps(s[unread[0]])} on type {s['type']} (strings' only)")
         return p.alt(*(typed(s, t, path) for t in types))
 
     def typed(s: dict, t: Any, path: str) -> int:
         if t == "string":
-            return p.seq(p.lit(b'"'), p.node("str"))
+            spec = string_spec(s, path)
+            return p.seq(p.lit(b'"'), p.node("str") if spec is None else p.node("text", spec))
         if t in ("number", "integer"):
             spec = number_range(s, t == "integer", path)
             return p.node("num", t == "integer") if spec is None else p.node("bnum", spec)
@@ -211,6 +220,39 @@ def compile_schema(p: Pattern, schema: Any, at: str, strict: bool, unenforced: s
         first = p.seq(item, rest)
         return p.seq(p.lit(b"["), first if lo > 0 else p.alt(p.lit(b"]"), first) if hi != 0 else p.lit(b"]"))
 
+    def string_spec(s: dict, path: str) -> Any:
+        """The `strings.Text` a string follows, None when it is free."""
+        if not set(_STRING) & set(s):
+            return None
+        lo, hi = s.get("minLength", 0), s.get("maxLength")
+        for key, v in (("minLength", lo), ("maxLength", hi)):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                invalid(f"{path}.{key}", "must be a non-negative integer")
+            if v is not None and v > MAX_LENGTH:
+                refuse(f"{path}.{key}", f"{v}, over {MAX_LENGTH}")
+        if hi is not None and hi < lo:
+            invalid(f"{path}.maxLength", f"{hi} is under minLength {lo}")
+        if "pattern" in s and "format" in s:
+            refuse(f"{path}.format", "beside pattern (one or the other)")
+        regex, key = s.get("pattern"), "pattern"
+        if "format" in s:
+            key = "format"
+            if s["format"] not in FORMATS:
+                refuse(f"{path}.format", f"{s['format']!r} (known: {', '.join(FORMATS)})")
+            regex = FORMATS[s["format"]]
+            if s["format"] in FORMAT_LENGTH:
+                hi = min(FORMAT_LENGTH[s["format"]], MAX_LENGTH if hi is None else hi)
+        if regex is not None and not isinstance(regex, str):
+            invalid(f"{path}.pattern", "must be a string")
+        try:
+            spec = text(regex, lo, hi)
+        except UnsupportedRegex as e:
+            refuse(f"{path}.{key}", str(e))
+        if not spec.live(*spec.init):
+            what = ", ".join(f"{k} {json.dumps(s[k], ensure_ascii=False)}" for k in _STRING if k in s)
+            invalid(path, f"no string satisfies {what}")
+        return spec
+
     def number_range(s: dict, integer: bool, path: str) -> Bounds | None:
         """The bounds of a number or integer, None when it has none."""
         if not set(_RANGE) & set(s):
@@ -228,8 +270,11 @@ def compile_schema(p: Pattern, schema: Any, at: str, strict: bool, unenforced: s
             if key == "multipleOf":
                 if v <= 0:
                     invalid(f"{path}.{key}", "must be greater than 0")
-                if not integer or not isinstance(v, int):
-                    refuse(f"{path}.{key}", f"{v} on {'an integer' if integer else 'a number'} (integers' only)")
+                exact = Fraction(repr(v))  # the decimal as written: 0.1 is 1/10, not the double nearest it
+                if exact.denominator & (exact.denominator - 1):  # validators divide doubles: 0.07 / 0.01 = 7.000...01
+                    why = "not a binary fraction: validators divide as doubles and refuse exact multiples"
+                    refuse(f"{path}.{key}", f"{v} ({why}, 0.07 / 0.01 = {0.07 / 0.01}; integers, 0.5, 0.25 are kept)")
+                got[key] = exact
                 continue
             if not integer and len(Decimal(repr(v)).normalize().as_tuple().digits) > DIGITS:
                 refuse(f"{path}.{key}", f"{v!r}, over {DIGITS} significant digits on a number")
@@ -244,7 +289,7 @@ def compile_schema(p: Pattern, schema: Any, at: str, strict: bool, unenforced: s
 
         lo = tighter((got.get("minimum"), False), (got.get("exclusiveMinimum"), True), True)
         hi = tighter((got.get("maximum"), False), (got.get("exclusiveMaximum"), True), False)
-        spec = Bounds(integer, lo[0], lo[1], hi[0], hi[1], s.get("multipleOf", 1))
+        spec = Bounds(integer, lo[0], lo[1], hi[0], hi[1], got.get("multipleOf", Fraction(int(integer))))
         if not feasible(spec, ""):
             what = "integer" if integer else f"number of {DIGITS} digits or fewer"
             invalid(path, f"no {what} satisfies {', '.join(f'{k} {s[k]}' for k in _RANGE if k in s)}")
