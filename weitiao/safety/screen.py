@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from weitiao.data.formats import join_text_parts
 from weitiao.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -118,9 +119,10 @@ class Screening:
 
 
 def _text(content: object) -> str:
-    """A message's text: a string, or the text parts of an OpenAI content-part list joined."""
+    """A message's text: a string, or the text parts of an OpenAI content-part list joined as the model reads them
+    (`join_text_parts`: an order split over two parts is scanned as the prompt the template renders)."""
     if isinstance(content, list):
-        return "".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
+        return join_text_parts(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
     return content if isinstance(content, str) else ""
 
 
