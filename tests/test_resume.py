@@ -128,7 +128,7 @@ def test_resume_refuses_a_changed_training_config(tiny_model_dir, chat_file, tmp
     capsys.readouterr()
     sft.run(config(tiny_model_dir, chat_file, run, "train.max_steps=2", "train.save_every=1"))  # length may change
     out = capsys.readouterr().out
-    assert f"resumed from step 1 (checkpoint {ckpt})" in out
+    assert f"resuming from step 1 (checkpoint {ckpt})" in out
     assert "note: train.max_steps 3 → 2: the learning-rate schedule (warm-up, decay) is recomputed" in out
     forced = config(tiny_model_dir, chat_file, run, "train.max_steps=3", "lora.dropout=0.2", "train.resume=force")
     sft.run(forced)

@@ -561,7 +561,7 @@ def open_run(
         forced, changes = check_config(ckpt, config_yaml, resume == "force", {"train.grad_accum"} if alike else set())
         forced_inputs = check_inputs(ckpt, inputs or {}, force=resume == "force")
         if main:
-            print(f"resumed from step {_saved_step(ckpt)} (checkpoint {ckpt})")
+            print(f"resuming from step {_saved_step(ckpt)} (checkpoint {ckpt})")  # the data checks follow
             if alike:
                 print(f"note: {ckpt} was written by {was} process(es), this run has {world}, each step taking "
                       f"{steps[1]} micro-batches as there: the same steps")  # fmt: skip
