@@ -199,17 +199,22 @@ def compile_schema(p: Pattern, schema: Any, at: str, strict: bool, unenforced: s
             rest = now
         return p.seq(p.lit(b"{"), rest[False])
 
+    def count_range(s: dict, path: str, what: str, cap: int) -> tuple[int, int | None]:
+        """(min{what}, max{what}) of `s`: non-negative integers up to `cap`, the minimum 0 when absent."""
+        lo, hi = s.get("min" + what, 0), s.get("max" + what)
+        for key, v in (("min" + what, lo), ("max" + what, hi)):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                invalid(f"{path}.{key}", "must be a non-negative integer")
+            if v is not None and v > cap:
+                refuse(f"{path}.{key}", f"{v}, over {cap}")
+        if hi is not None and hi < lo:
+            invalid(f"{path}.max{what}", f"{hi} is under min{what} {lo}")
+        return lo, hi
+
     def array(s: dict, path: str) -> int:
         if "items" not in s and strict:
             invalid(f"{path}.items", "required for an array")
-        lo, hi = s.get("minItems", 0), s.get("maxItems")
-        for key, v in (("minItems", lo), ("maxItems", hi)):
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
-                invalid(f"{path}.{key}", "must be a non-negative integer")
-            if v is not None and v > _MAX_ITEMS:
-                refuse(f"{path}.{key}", f"{v}, over {_MAX_ITEMS}")
-        if hi is not None and hi < lo:
-            invalid(f"{path}.maxItems", f"{hi} is under minItems {lo}")
+        lo, hi = count_range(s, path, "Items", _MAX_ITEMS)
         item = build(s["items"], f"{path}.items") if "items" in s else any_value()
         more = p.seq()  # after one item or more, with no upper bound left: "]" or ", " item, again
         p.define(more, p.alt(p.lit(b"]"), p.seq(p.lit(b", "), item, more)))
@@ -224,14 +229,7 @@ def compile_schema(p: Pattern, schema: Any, at: str, strict: bool, unenforced: s
         """The `strings.Text` a string follows, None when it is free."""
         if not set(_STRING) & set(s):
             return None
-        lo, hi = s.get("minLength", 0), s.get("maxLength")
-        for key, v in (("minLength", lo), ("maxLength", hi)):
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
-                invalid(f"{path}.{key}", "must be a non-negative integer")
-            if v is not None and v > MAX_LENGTH:
-                refuse(f"{path}.{key}", f"{v}, over {MAX_LENGTH}")
-        if hi is not None and hi < lo:
-            invalid(f"{path}.maxLength", f"{hi} is under minLength {lo}")
+        lo, hi = count_range(s, path, "Length", MAX_LENGTH)
         if "pattern" in s and "format" in s:
             refuse(f"{path}.format", "beside pattern (one or the other)")
         regex, key = s.get("pattern"), "pattern"
