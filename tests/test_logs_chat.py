@@ -293,6 +293,22 @@ def test_an_event_name_a_case_or_typo_away_is_refused_not_ignored(tmp_path):
     )
 
 
+def test_an_event_name_a_case_or_typo_away_from_a_mapped_name_is_refused_not_ignored(tmp_path):
+    """The profile maps {like: thumbs_up, dislike: thumbs_down} and the log also holds `Like` and `dis_like`: they were
+    `ignored_event`, r5 > r6 lost unsaid. Now one line names the mapped name and the fix."""
+    names = {"thumbs_up": "like", "thumbs_down": "dislike"}
+    mapped = load_profile("chat", "chat", ["event_names={like: thumbs_up, dislike: thumbs_down}"])
+    events, responses = write_log(tmp_path, [(rid, names.get(e, e), v) for rid, e, v in EVENTS])
+    want = pairs_of(chat.run(events, responses, mapped, progress=False))  # control: the mapped names pass
+    assert ("r5", "r6", "explicit", "thumbs_up_vs_down", "session") in want
+    names = {"thumbs_up": "Like", "thumbs_down": "dis_like"}
+    events, responses = write_log(tmp_path, [(rid, names.get(e, e), v) for rid, e, v in EVENTS])
+    with pytest.raises(UserError, match=r"'dis_like' \(3 rows\) .*did you mean dislike \(mapped to thumbs_down"):
+        chat.run(events, responses, mapped, progress=False)
+    both = load_profile("chat", "chat", ["event_names={like: thumbs_up, Like: thumbs_up, dis_like: thumbs_down}"])
+    assert pairs_of(chat.run(events, responses, both, progress=False)) == want
+
+
 def test_dwell_events_without_a_value_column_are_refused(tmp_path):
     """Without a `value` column every dwell event was `dwell_out_of_bounds` and the run went on without dwell."""
     events, responses = write_log(tmp_path)

@@ -324,19 +324,25 @@ SELECT 'events' AS ledger, drop_rule AS rule, count(*) AS n FROM wt_events WHERE
 
 def check_events(engine: Engine, path: str, cfg: ChatConfig, types: dict[str, str]) -> None:
     """Refuse what would drop signals unsaid: an unmapped event name a case or typo away from ours (Thumbs_Up,
-    thumbs-down), dwell events in a file without a value column (all would be `dwell_out_of_bounds`), and dwell values
-    nearly all out of bounds (milliseconds: `check_dwell_unit`)."""
+    thumbs-down) or from a mapped one (Like beside {like: thumbs_up}), dwell events in a file without a value column
+    (all would be `dwell_out_of_bounds`), and dwell values nearly all out of bounds (milliseconds:
+    `check_dwell_unit`)."""
     theirs = {ours: t for t, ours in cfg.columns.items() if t in types}
     counts = dict(engine.rows("SELECT event, count(*) FROM events GROUP BY 1"))
+    # a name a case or typo away from one of ours, or from one the profile maps (Like beside event_names {like: …})
+    mapped = {k: v for k, v in cfg.event_names.items() if v != "ignore"}
+    targets = {t.casefold(): mapped.get(t, t) for t in (*mapped, *CHAT_EVENTS)}
     for name, count in sorted(counts.items(), key=lambda x: -x[1]):
         if name in cfg.event_names or name in CHAT_EVENTS:
             continue
         plain = re.sub(r"[\s-]+", "_", name.strip()).casefold()
-        meant = plain if plain in CHAT_EVENTS else near_miss(plain, CHAT_EVENTS)
-        if meant is not None:
+        near = plain if plain in targets else near_miss(plain, tuple(targets))
+        if near is not None:
+            meant = targets[near]
+            said = meant if near == meant else f"{near} (mapped to {meant} in event_names)"
             raise UserError(
                 f"{where(path, field=theirs.get('event', 'event'))}: {name!r} ({count:,} rows) is not an event name we "
-                f"read; did you mean {meant}? Read as ignored_event its signal would be lost: rename it, or map it in "
+                f"read; did you mean {said}? Read as ignored_event its signal would be lost: rename it, or map it in "
                 f"the profile (event_names: {{{name}: {meant}}}, or {{{name}: ignore}} if it is another event)"
             )
     names = [name for name in counts if cfg.event_names.get(name, name) == "dwell"]
