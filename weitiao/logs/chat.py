@@ -94,9 +94,11 @@ def event_columns() -> list[Column]:
 
 
 # The prompt key: full-width letters and digits read as ASCII (Ｘ５ is X5: Chinese input methods type both), then
-# lower case without spaces of any kind (the ideographic space U+3000, NBSP), punctuation or symbols.
-_NARROW = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_WIDE = "".join(chr(ord(c) + 0xFEE0) for c in _NARROW)
+# lower case without spaces of any kind (the ideographic space U+3000, NBSP), punctuation or symbols. The two letters
+# whose lower case Java (Spark) writes otherwise than DuckDB are read first as what DuckDB makes of them: İ (Java:
+# i + U+0307) as I, and a final ς (Java's lower case of a word-final Σ) as σ; else the engines grouped apart.
+_NARROW = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" + "I"
+_WIDE = "".join(chr(ord(c) + 0xFEE0) for c in _NARROW[:-1]) + "\u0130"
 
 
 def _strength(col: str) -> str:
@@ -235,7 +237,7 @@ t AS (
   SELECT r.response_id, r.session_id, r.turn, coalesce(s.events, 0) AS events, coalesce(s.explicit, 0) AS t_explicit,
     CASE WHEN s.shared THEN 1 ELSE 0 END AS t_share,
     CASE WHEN s.regenerated THEN -1 WHEN s.followed THEN 1 ELSE 0 END AS t_context, {dwell} AS t_dwell,
-    regexp_replace(lower(translate(r.prompt, {q(_WIDE)}, {q(_NARROW)})),
+    regexp_replace(translate(lower(translate(r.prompt, {q(_WIDE)}, {q(_NARROW)})), 'ς', 'σ'),
       '[ \\t\\n\\f\\r\\p{{Z}}\\p{{P}}\\p{{S}}]', '', 'g') AS prompt_key,
     r.ts = max(r.ts) OVER (PARTITION BY r.session_id) AS last_in_session
   FROM responses r LEFT JOIN s USING (response_id))
