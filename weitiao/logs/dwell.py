@@ -267,10 +267,12 @@ WHERE d.rule IS NULL""",
   SELECT id AS content_id, bool_or(rule IS NULL) AS paired
   FROM (SELECT id_a AS id, rule FROM wt_candidates UNION ALL SELECT id_b, rule FROM wt_candidates)
   GROUP BY id),
-items AS (
-  SELECT i.views, CASE WHEN i.views < {cfg.min_views} THEN 'min_views' WHEN s.paired THEN 'paired'
+items AS (  -- every item of the content, those no kept view reached too
+  SELECT coalesce(i.views, 0) AS views, CASE WHEN i.content_id IS NULL THEN 'no_kept_views'
+    WHEN i.views < {cfg.min_views} THEN 'min_views' WHEN s.paired THEN 'paired'
     WHEN s.paired IS NOT NULL THEN 'unpaired' ELSE 'single_in_context' END AS rule
-  FROM wt_items i LEFT JOIN status s USING (content_id))
+  FROM wt_content c LEFT JOIN wt_items i ON i.content_id = c.content_id
+  LEFT JOIN status s ON s.content_id = c.content_id)
 SELECT 'events' AS ledger, drop_rule AS rule, sum(views) AS n FROM wt_cells WHERE drop_rule IS NOT NULL GROUP BY 2
 {ledger_tail("item", "items", "views")}""",
         )

@@ -510,10 +510,11 @@ def run_stages(
 
 def ledger_tail(unit: str, fate: str, events: str) -> str:
     """The `wt_ledger` rows after the events a filter dropped: every kept event and every `unit` under its
-    fate (`fate`: one row per unit with its `rule` and its event count in column `events`), then every
+    fate (`fate`: one row per unit with its `rule` and its event count in column `events`; a fate no event has is
+    left out of the events ledger), then every
     candidate pair under its rule ('kept' when none). Each ledger adds up to its input (report.check_ledgers)."""
     return (
-        f"UNION ALL SELECT 'events', rule, sum({events}) FROM {fate} GROUP BY 2\n"
+        f"UNION ALL SELECT 'events', rule, sum({events}) FROM {fate} GROUP BY 2 HAVING sum({events}) > 0\n"
         f"UNION ALL SELECT '{unit}s', rule, count(*) FROM {fate} GROUP BY 2\n"
         "UNION ALL SELECT 'candidates', coalesce(rule, 'kept'), count(*) FROM wt_candidates GROUP BY 2"
     )
