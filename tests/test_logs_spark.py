@@ -334,3 +334,9 @@ def test_prompts_that_java_lower_cases_otherwise_are_one_prompt_on_both_engines(
     assert chat.run(tmp_path / "e.csv", tmp_path / "r.csv", cfg, progress=False).con.execute(query).fetchall() == want
     sp = chat.run(tmp_path / "e.csv", tmp_path / "r.csv", cfg, progress=False, engine=spark)
     assert sp.con.execute(query).fetchall() == want
+
+
+def test_session_ids_numbered_per_user_are_two_conversations_on_spark(spark, tmp_path):
+    from test_logs_chat import test_session_ids_numbered_per_user_are_two_conversations as same
+
+    same(tmp_path, engine=spark)

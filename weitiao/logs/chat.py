@@ -2,7 +2,8 @@
 
 Inputs (files, or a team's warehouse tables under these names):
   responses(response_id, session_id, turn, ts, prompt, response)   one row per generated response;
-            regenerations share session_id and turn; `prompt` is that turn's user message (an edited
+            regenerations share session_id and turn; with a user_id column a session is user_id/session_id (ids
+            numbered per user are not one conversation); `prompt` is that turn's user message (an edited
             message keeps the turn but is another prompt: its replies are not compared with the others,
             `prompt_edited`)
   events(response_id, event, ts, value)    thumbs_up, thumbs_down, copy, share, regenerate, follow_up,
@@ -52,7 +53,8 @@ from weitiao.logs.engine import sql_num as n
 from weitiao.logs.engine import sql_str as q
 
 INPUTS = [  # the tables `sql_script` reads, for its header
-    "responses(response_id, session_id, turn, ts, prompt, response)  one row per generated response",
+    "responses(response_id, session_id, turn, ts, prompt, response)  one row per generated response; session_id "
+    "unique across users",
     "events(response_id, event, ts, value)                           one row per user action",
 ]
 EVENT_RULES = ("unknown_response", "ignored_event", "duplicate", "dwell_out_of_bounds", "alone", "unpaired", "paired")
@@ -76,6 +78,14 @@ def response_columns() -> list[Column]:
     return [
         Column("response_id", "id", "one generated response", unique=True),
         Column("session_id", "id", "the conversation"),
+        Column(
+            "user_id",
+            "id",
+            "whose conversation; session ids are read within one user",
+            False,
+            nullable=True,
+            default="NULL",
+        ),  # fmt: skip
         Column("turn", "int", "user turn number in the session, from 1", min=1),
         Column("ts", "time", "when the response was generated"),
         Column("prompt", "text", "the user message of this turn"),
@@ -376,7 +386,13 @@ def run(
     """Check the logs, run the pipeline on `engine` (default: DuckDB); the run's `con` holds wt_pairs, wt_ledger."""
     engine = engine or DuckEngine(threads)
     check_mapping(cfg.columns, list(dict.fromkeys(c.name for c in response_columns() + event_columns())), "chat")
-    open_table(engine, "responses", responses, response_columns(), cfg.columns)
+    open_table(engine, "wt_responses_src", responses, response_columns(), cfg.columns)
+    # session ids numbered per user (alice's session 1, bob's session 1) are two conversations, not one turn of one
+    engine.view(
+        "responses",
+        "SELECT response_id, CASE WHEN user_id IS NULL THEN session_id ELSE replace(user_id, '/', '//') || '/' || "
+        "session_id END AS session_id, turn, ts, prompt, response FROM wt_responses_src",
+    )
     types = open_table(engine, "events", events, event_columns(), cfg.columns)
     check_events(engine, str(events), cfg, types)
     n_events = engine.rows("SELECT count(*) FROM events")[0][0]
