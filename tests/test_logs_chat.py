@@ -293,6 +293,49 @@ def test_an_event_name_a_case_or_typo_away_is_refused_not_ignored(tmp_path):
     )
 
 
+def test_an_event_name_a_case_or_typo_away_from_a_mapped_name_is_refused_not_ignored(tmp_path):
+    """The profile maps {like: thumbs_up, dislike: thumbs_down} and the log also holds `Like` and `dis_like`: they were
+    `ignored_event`, r5 > r6 lost unsaid. Now one line names the mapped name and the fix."""
+    names = {"thumbs_up": "like", "thumbs_down": "dislike"}
+    mapped = load_profile("chat", "chat", ["event_names={like: thumbs_up, dislike: thumbs_down}"])
+    events, responses = write_log(tmp_path, [(rid, names.get(e, e), v) for rid, e, v in EVENTS])
+    want = pairs_of(chat.run(events, responses, mapped, progress=False))  # control: the mapped names pass
+    assert ("r5", "r6", "explicit", "thumbs_up_vs_down", "session") in want
+    names = {"thumbs_up": "Like", "thumbs_down": "dis_like"}
+    events, responses = write_log(tmp_path, [(rid, names.get(e, e), v) for rid, e, v in EVENTS])
+    with pytest.raises(UserError, match=r"'dis_like' \(3 rows\) .*did you mean dislike \(mapped to thumbs_down"):
+        chat.run(events, responses, mapped, progress=False)
+    both = load_profile("chat", "chat", ["event_names={like: thumbs_up, Like: thumbs_up, dis_like: thumbs_down}"])
+    assert pairs_of(chat.run(events, responses, both, progress=False)) == want
+
+
+TWO_USERS = """user_id,response_id,session_id,turn,ts,prompt,response
+alice,a1,1,1,2026-03-01 10:00:00,帮我写个请假条,好的，请假条如下
+alice,a2,1,2,2026-03-01 10:01:00,你好,你好！有什么可以帮你？
+bob,b1,1,1,2026-03-01 11:00:00,我的银行卡丢了怎么办,请立即挂失
+bob,b2,1,2,2026-03-01 11:01:00,你好,您好，还有什么问题？
+"""
+TWO_USERS_EVENTS = (
+    "response_id,event,ts,value\na2,thumbs_up,2026-03-01 10:02:00,\nb2,thumbs_down,2026-03-01 11:02:00,\n"
+)
+
+
+def test_session_ids_numbered_per_user_are_two_conversations(tmp_path, engine=None):
+    """Alice's session 1 and Bob's session 1 were one conversation: a2 (alice) > b2 (bob) came out as a regenerate
+    pair of one turn, under Bob's history (我的银行卡丢了怎么办), and the user_id column went unread. With a user_id
+    column a session is user_id/session_id; control: without it the ids are one session, as the file says."""
+    (tmp_path / "r.csv").write_text(TWO_USERS, encoding="utf-8")
+    (tmp_path / "e.csv").write_text(TWO_USERS_EVENTS, encoding="utf-8")
+    kw = {"engine": engine} if engine else {}
+    r = chat.run(tmp_path / "e.csv", tmp_path / "r.csv", load_profile("chat", "chat"), progress=False, **kw)
+    assert pairs_of(r) == set()
+    assert r.con.execute("SELECT rule, n FROM wt_ledger WHERE ledger = 'responses'").fetchall() == [("alone", 4)]
+    one = "\n".join(line.split(",", 1)[1] for line in TWO_USERS.splitlines()) + "\n"
+    (tmp_path / "r.csv").write_text(one, encoding="utf-8")
+    r = chat.run(tmp_path / "e.csv", tmp_path / "r.csv", load_profile("chat", "chat"), progress=False, **kw)
+    assert pairs_of(r) == {("a2", "b2", "explicit", "thumbs_up_vs_down", "session")}
+
+
 def test_dwell_events_without_a_value_column_are_refused(tmp_path):
     """Without a `value` column every dwell event was `dwell_out_of_bounds` and the run went on without dwell."""
     events, responses = write_log(tmp_path)

@@ -113,6 +113,20 @@ def test_hand_made_log_counts_every_view(tmp_path):
     assert loaded.format == "preference" and loaded.rows[0].chosen == "好回答" and loaded.rows[0].rejected == "一般回答"
 
 
+def test_the_items_ledger_counts_every_item_of_the_content(tmp_path):
+    """Of 4 items, C had accidental views only and D none: the ledger read `items 2 = paired 2`, as if the content
+    held 2 items. Now they count under no_kept_views (no events of their own), and the events ledger still adds up."""
+    content = (
+        "content_id,context,text,length_chars\nA,q1,好回答,800\nB,q1,一般回答,800\nC,q1,冷门,800\nD,q2,没人看,800\n"
+    )
+    (tmp_path / "c.csv").write_text(content)
+    (tmp_path / "e.csv").write_text("content_id,dwell_s\nA,60\nB,30\nC,0.5\n")
+    cfg = load_profile("dwell", "zhihu", ["min_views=1", "min_z=0", "position_correction=false"])
+    led = build_report(dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False))["ledgers"]
+    assert led["items"] == {"no_kept_views": 2, "min_views": 0, "single_in_context": 0, "unpaired": 0, "paired": 2}
+    assert {k: v for k, v in led["events"].items() if v} == {"accidental": 1, "paired": 2}  # control: events as before
+
+
 def test_output_is_dpo_ready(zhihu, tmp_path):
     r = run(zhihu, "zhihu")
     rep = build_report(r, zhihu["truth"])

@@ -389,3 +389,29 @@ def test_csv_times_in_a_guessed_pattern_are_refused_not_read_day_first(tmp_path)
     (tmp_path / "e.csv").write_text(iso, encoding="utf-8")
     (tmp_path / "r.csv").write_text(RESPONSES, encoding="utf-8")
     chat.run(tmp_path / "e.csv", tmp_path / "r.csv", load_profile("chat", "chat"), progress=False)
+
+
+def test_two_files_may_name_one_column_differently_but_one_file_may_not_hold_both(tmp_path):
+    """The replies' time is created_at and the events' time is at: both map to ts (it was refused, 'ts is the target
+    of more than one column', leaving no way to map both files); a file holding both columns is refused."""
+    (tmp_path / "r.csv").write_text(
+        RESPONSES.replace("response_id,session_id,turn,ts", "msg,session_id,turn,created_at")
+    )
+    (tmp_path / "e.csv").write_text(CHAT_EVENTS.replace("response_id,event,ts", "msg,event,at"))
+    cfg = load_profile("chat", "chat", ["columns={msg: response_id, created_at: ts, at: ts}"])
+    r = chat.run(tmp_path / "e.csv", tmp_path / "r.csv", cfg, progress=False)
+    assert r.con.execute("SELECT n FROM wt_ledger WHERE ledger = 'events'").fetchall() == [(1,)]
+    both = CHAT_EVENTS.replace("response_id,event,ts,value", "msg,event,at,value,created_at").replace(",\n", ",,\n")
+    (tmp_path / "e2.csv").write_text(both)
+    with pytest.raises(
+        UserError, match=r"e2\.csv: at: the profile's columns map both created_at and at of this file to ts"
+    ):
+        chat.run(tmp_path / "e2.csv", tmp_path / "r.csv", cfg, progress=False)
+    # dwell: the content file's own name for length_chars is the one found; a note said the file had no such column
+    (tmp_path / "e.csv").write_text("content_id,dwell_s,position\nA,60,1\nB,30,2\n")
+    (tmp_path / "c.csv").write_text("content_id,context,text,chars\nA,q1,好回答,10\nB,q1,一般回答,10\n")
+    cfg = load_profile(
+        "dwell", "zhihu", ["min_views=1", "min_z=0", "columns={nchars: length_chars, chars: length_chars}"]
+    )
+    r = dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False)
+    assert r.con.execute("SELECT n FROM wt_ledger WHERE rule = 'idle'").fetchall() == [(2,)] and r.notes == []

@@ -316,3 +316,27 @@ def test_year_first_csv_times_read_alike_on_both_engines_and_day_first_refused_a
             chat.run(tmp_path / "e.csv", tmp_path / "r.csv", cfg, progress=False, **kw)
         errors.append(str(e.value))
     assert errors[0] == errors[1] and "ts: expected a timestamp (ISO text such as 2025-03-01 10:00:00" in errors[0]
+
+
+def test_prompts_that_java_lower_cases_otherwise_are_one_prompt_on_both_engines(spark, tmp_path):
+    """Spark's lower() (Java) writes İ as i + U+0307 and a word-final Σ as ς where DuckDB writes i and σ: İstanbul
+    天气 beside istanbul天气, and ΟΔΟΣ beside οδοσ, met across sessions on DuckDB and not on Spark (each cross-session
+    pair's context differed too). Now both engines key them alike."""
+    rows = [("r1", "s1", "İstanbul 天气？"), ("r2", "s2", "istanbul天气"), ("r3", "s3", "ΟΔΟΣ"), ("r4", "s4", "οδοσ")]
+    lines = [f"{rid},{sid},1,2025-03-01 10:00:0{i},{p},回复{rid}\n" for i, (rid, sid, p) in enumerate(rows)]
+    (tmp_path / "r.csv").write_text("response_id,session_id,turn,ts,prompt,response\n" + "".join(lines))
+    (tmp_path / "e.csv").write_text("response_id,event,ts,value\nr1,thumbs_up,2025-03-01 10:01:00,\n"
+                                    "r2,thumbs_down,2025-03-01 10:01:00,\nr3,thumbs_up,2025-03-01 10:01:00,\n"
+                                    "r4,thumbs_down,2025-03-01 10:01:00,\n", encoding="utf-8")  # fmt: skip
+    cfg = load_profile("chat", "chat", ["cross_session.enabled=true"])
+    query = "SELECT chosen_id, rejected_id, context FROM wt_pairs ORDER BY 1"
+    want = [("r1", "r2", "x#istanbul天气"), ("r3", "r4", "x#οδοσ")]
+    assert chat.run(tmp_path / "e.csv", tmp_path / "r.csv", cfg, progress=False).con.execute(query).fetchall() == want
+    sp = chat.run(tmp_path / "e.csv", tmp_path / "r.csv", cfg, progress=False, engine=spark)
+    assert sp.con.execute(query).fetchall() == want
+
+
+def test_session_ids_numbered_per_user_are_two_conversations_on_spark(spark, tmp_path):
+    from test_logs_chat import test_session_ids_numbered_per_user_are_two_conversations as same
+
+    same(tmp_path, engine=spark)

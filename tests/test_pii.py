@@ -30,6 +30,8 @@ THRESHOLDS = {
     "ip": (0.95, 0.95),
     "landline": (0.9, 0.9),
     "passport": (0.9, 0.9),
+    "qq": (0.9, 0.9),
+    "wechat": (0.9, 0.9),
     "plate": (0.9, 0.9),
     "name": (0.85, 0.8),
     "address": (0.85, 0.85),
@@ -116,6 +118,15 @@ def _positive(r: random.Random, kind: str) -> tuple[str, str]:
     if kind == "passport":
         v = r.choice([f"E{_digits(r, 8)}", f"G{_digits(r, 8)}", f"E{r.choice('ABCDEFGH')}{_digits(r, 7)}"])
         return v, r.choice(["护照号{}", "护照号码：{}，有效期十年", "他的护照是{}。", "签证页护照号{}"])
+    if kind == "qq":
+        v = str(r.randrange(1, 10)) + _digits(r, r.randrange(4, 10))
+        return v, r.choice(["QQ号：{}", "加我qq {}，", "我的扣扣是{}。", "QQ{}有事留言", "qq号码 {}"])
+    if kind == "wechat":
+        head = r.choice(["zhang", "lily_", "wxid_", "Tom-", "xiaoming", "a"])
+        chars = "abcdefghjkmnpqrstuvwxyz0123456789" + ("" if head == "wxid_" else "_")  # wxid_ + 14 letters/digits
+        v = head + "".join(r.choice(chars) for _ in range(14 if head == "wxid_" else r.randrange(5, 10)))
+        tpl = ["{}发了条消息"] if head == "wxid_" else ["微信号：{}", "加我vx {}，", "VX：{}。", "我的微信是{}，"]
+        return v, r.choice(tpl)
     if kind == "plate":
         prov = r.choice("京沪粤川浙苏鲁鄂湘闽")
         letters = "ABCDEFGHJKLMNPQRSTUVWXYZ"
@@ -284,6 +295,15 @@ HAND = [
     "他住在北京，在朝阳区工作",
     "备案号：京ICP备12345678号",
     "第一百二十三号文件",
+    # QQ numbers and WeChat IDs: after a cue only
+    "有事加我QQ [[qq|10086123]] 或者微信 [[wechat|zhang_wei_88]]",
+    "我的扣扣：[[qq|987654321]]，vx同手机号[[mobile|13912345678]]",
+    "微信号是[[wechat|Lily2024]]，备注来意",
+    "群里的[[wechat|wxid_k3j9d8s7a6]]一直在发广告",
+    "验证码12345678五分钟内有效",
+    "QQ群564738291欢迎加入",
+    "打开微信支付，扫码付款",
+    "用户ID 20231108，等级5",
 ]
 
 
@@ -1279,6 +1299,31 @@ def test_plates_written_with_a_dash_and_permits_to_hong_kong_and_macau():
     assert _found("型号C12345678", ["passport"]) == [] and _found("C12345678", ["passport"]) == []
     for fake in _fakes("plate", "沪A-12345", 20):
         assert re.fullmatch(r"沪A-[0-9A-HJ-NP-Z]{5}", fake) and _found(f"车牌{fake}，") == [("plate", fake)], fake
+
+
+def test_qq_numbers_and_wechat_ids_after_their_cues():
+    """QQ号 12345678 and 微信号 zhang_san88 were no PII type: chat logs kept them in clear. Each is read after its cue
+    (QQ/扣扣, 微信/vx/VX), wxid_… anywhere; a bare 8-digit number, a QQ group, 微信支付 stay as written. A fake
+    keeps the shape, is found again after the same cue, and a second pass leaves it as it is."""
+    text = "加我QQ号：12345678，或者微信 zhang_san88；老号wxid_k3j9d8s7a6b5c4已停用，vx：Lily2024"
+    assert _found(text) == [("qq", "12345678"), ("wechat", "zhang_san88"), ("wechat", "wxid_k3j9d8s7a6b5c4"),
+                            ("wechat", "Lily2024")]  # fmt: skip
+    assert pii.scrub("QQ号：12345678，微信号：zhang_san88")[0] == "QQ号：[QQ号]，微信号：[微信号]"
+    assert _found("扣扣 98765") == [("qq", "98765")] and _found("加微信zhangsan") == [("wechat", "zhangsan")]
+    for clear in ("验证码12345678", "12345678", "QQ群564738291", "打开微信支付", "微信 Official Account", "qq音乐"):
+        assert _found(clear, ["qq", "wechat"]) == [], clear  # controls: no cue, or a cue with no ID after it
+    assert _found("微信同号13912345678") == [("mobile", "13912345678")]  # a number after a WeChat cue: the mobile
+    once, found = pii.scrub(text, replace=pii.replacer("pseudonym", seed=1))
+    assert [m.text for m in found if m.text in once] == []
+    fakes = pii.scan(once)
+    assert [m.type for m in fakes] == ["qq", "wechat", "wechat", "wechat"] and all(map(pii_fake.ours, fakes)), once
+    assert [len(m.text) for m in fakes] == [len(m.text) for m in found] and fakes[2].text.startswith("wxid_")
+    for seed in (1, 2):
+        assert pii.scrub(once, replace=pii.replacer("pseudonym", seed=seed))[0] == once
+    assert not any(pii_fake.ours(m) for m in found)  # the real values were no fakes
+    for n in (5, 11):  # a fake QQ number never starts with 1: an 11-digit one would be read as a mobile
+        assert all(not f.startswith("1") and len(f) == n for f in _fakes("qq", "1" * n, 20))
+    assert pii.mask(found[0]) == "12******"
 
 
 def test_names_after_record_labels_such_as_patient_and_owner():

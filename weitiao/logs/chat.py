@@ -2,7 +2,8 @@
 
 Inputs (files, or a team's warehouse tables under these names):
   responses(response_id, session_id, turn, ts, prompt, response)   one row per generated response;
-            regenerations share session_id and turn; `prompt` is that turn's user message (an edited
+            regenerations share session_id and turn; with a user_id column a session is user_id/session_id (ids
+            numbered per user are not one conversation); `prompt` is that turn's user message (an edited
             message keeps the turn but is another prompt: its replies are not compared with the others,
             `prompt_edited`)
   events(response_id, event, ts, value)    thumbs_up, thumbs_down, copy, share, regenerate, follow_up,
@@ -52,7 +53,8 @@ from weitiao.logs.engine import sql_num as n
 from weitiao.logs.engine import sql_str as q
 
 INPUTS = [  # the tables `sql_script` reads, for its header
-    "responses(response_id, session_id, turn, ts, prompt, response)  one row per generated response",
+    "responses(response_id, session_id, turn, ts, prompt, response)  one row per generated response; session_id "
+    "unique across users",
     "events(response_id, event, ts, value)                           one row per user action",
 ]
 EVENT_RULES = ("unknown_response", "ignored_event", "duplicate", "dwell_out_of_bounds", "alone", "unpaired", "paired")
@@ -76,6 +78,14 @@ def response_columns() -> list[Column]:
     return [
         Column("response_id", "id", "one generated response", unique=True),
         Column("session_id", "id", "the conversation"),
+        Column(
+            "user_id",
+            "id",
+            "whose conversation; session ids are read within one user",
+            False,
+            nullable=True,
+            default="NULL",
+        ),  # fmt: skip
         Column("turn", "int", "user turn number in the session, from 1", min=1),
         Column("ts", "time", "when the response was generated"),
         Column("prompt", "text", "the user message of this turn"),
@@ -94,9 +104,11 @@ def event_columns() -> list[Column]:
 
 
 # The prompt key: full-width letters and digits read as ASCII (Ｘ５ is X5: Chinese input methods type both), then
-# lower case without spaces of any kind (the ideographic space U+3000, NBSP), punctuation or symbols.
-_NARROW = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_WIDE = "".join(chr(ord(c) + 0xFEE0) for c in _NARROW)
+# lower case without spaces of any kind (the ideographic space U+3000, NBSP), punctuation or symbols. The two letters
+# whose lower case Java (Spark) writes otherwise than DuckDB are read first as what DuckDB makes of them: İ (Java:
+# i + U+0307) as I, and a final ς (Java's lower case of a word-final Σ) as σ; else the engines grouped apart.
+_NARROW = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" + "I"
+_WIDE = "".join(chr(ord(c) + 0xFEE0) for c in _NARROW[:-1]) + "\u0130"
 
 
 def _strength(col: str) -> str:
@@ -235,7 +247,7 @@ t AS (
   SELECT r.response_id, r.session_id, r.turn, coalesce(s.events, 0) AS events, coalesce(s.explicit, 0) AS t_explicit,
     CASE WHEN s.shared THEN 1 ELSE 0 END AS t_share,
     CASE WHEN s.regenerated THEN -1 WHEN s.followed THEN 1 ELSE 0 END AS t_context, {dwell} AS t_dwell,
-    regexp_replace(lower(translate(r.prompt, {q(_WIDE)}, {q(_NARROW)})),
+    regexp_replace(translate(lower(translate(r.prompt, {q(_WIDE)}, {q(_NARROW)})), 'ς', 'σ'),
       '[ \\t\\n\\f\\r\\p{{Z}}\\p{{P}}\\p{{S}}]', '', 'g') AS prompt_key,
     r.ts = max(r.ts) OVER (PARTITION BY r.session_id) AS last_in_session
   FROM responses r LEFT JOIN s USING (response_id))
@@ -324,19 +336,25 @@ SELECT 'events' AS ledger, drop_rule AS rule, count(*) AS n FROM wt_events WHERE
 
 def check_events(engine: Engine, path: str, cfg: ChatConfig, types: dict[str, str]) -> None:
     """Refuse what would drop signals unsaid: an unmapped event name a case or typo away from ours (Thumbs_Up,
-    thumbs-down), dwell events in a file without a value column (all would be `dwell_out_of_bounds`), and dwell values
-    nearly all out of bounds (milliseconds: `check_dwell_unit`)."""
+    thumbs-down) or from a mapped one (Like beside {like: thumbs_up}), dwell events in a file without a value column
+    (all would be `dwell_out_of_bounds`), and dwell values nearly all out of bounds (milliseconds:
+    `check_dwell_unit`)."""
     theirs = {ours: t for t, ours in cfg.columns.items() if t in types}
     counts = dict(engine.rows("SELECT event, count(*) FROM events GROUP BY 1"))
+    # a name a case or typo away from one of ours, or from one the profile maps (Like beside event_names {like: …})
+    mapped = {k: v for k, v in cfg.event_names.items() if v != "ignore"}
+    targets = {t.casefold(): mapped.get(t, t) for t in (*mapped, *CHAT_EVENTS)}
     for name, count in sorted(counts.items(), key=lambda x: -x[1]):
         if name in cfg.event_names or name in CHAT_EVENTS:
             continue
         plain = re.sub(r"[\s-]+", "_", name.strip()).casefold()
-        meant = plain if plain in CHAT_EVENTS else near_miss(plain, CHAT_EVENTS)
-        if meant is not None:
+        near = plain if plain in targets else near_miss(plain, tuple(targets))
+        if near is not None:
+            meant = targets[near]
+            said = meant if near == meant else f"{near} (mapped to {meant} in event_names)"
             raise UserError(
                 f"{where(path, field=theirs.get('event', 'event'))}: {name!r} ({count:,} rows) is not an event name we "
-                f"read; did you mean {meant}? Read as ignored_event its signal would be lost: rename it, or map it in "
+                f"read; did you mean {said}? Read as ignored_event its signal would be lost: rename it, or map it in "
                 f"the profile (event_names: {{{name}: {meant}}}, or {{{name}: ignore}} if it is another event)"
             )
     names = [name for name in counts if cfg.event_names.get(name, name) == "dwell"]
@@ -368,7 +386,13 @@ def run(
     """Check the logs, run the pipeline on `engine` (default: DuckDB); the run's `con` holds wt_pairs, wt_ledger."""
     engine = engine or DuckEngine(threads)
     check_mapping(cfg.columns, list(dict.fromkeys(c.name for c in response_columns() + event_columns())), "chat")
-    open_table(engine, "responses", responses, response_columns(), cfg.columns)
+    open_table(engine, "wt_responses_src", responses, response_columns(), cfg.columns)
+    # session ids numbered per user (alice's session 1, bob's session 1) are two conversations, not one turn of one
+    engine.view(
+        "responses",
+        "SELECT response_id, CASE WHEN user_id IS NULL THEN session_id ELSE replace(user_id, '/', '//') || '/' || "
+        "session_id END AS session_id, turn, ts, prompt, response FROM wt_responses_src",
+    )
     types = open_table(engine, "events", events, event_columns(), cfg.columns)
     check_events(engine, str(events), cfg, types)
     n_events = engine.rows("SELECT count(*) FROM events")[0][0]

@@ -138,8 +138,9 @@ class ChatConfig(_Config):
     """Sources that may decide a pair (order is fixed: explicit > share_copy > regenerate > follow_up > dwell)."""
     event_names: dict[str, str] = {}
     """Warehouse event name → canonical name, e.g. {like: thumbs_up}, or `ignore` (counted as `ignored_event`);
-    unmapped names are kept. A name a case or typo away from a canonical one (Thumbs_Up, thumbs-down, shared) that
-    is not mapped is refused: read as `ignored_event` it would drop the signal unsaid."""
+    unmapped names are kept. A name a case or typo away from a canonical one (Thumbs_Up, thumbs-down, shared) or a
+    mapped one (Like beside like) that is not mapped itself is refused: read as `ignored_event` it would drop the
+    signal unsaid."""
     confidence: dict[str, float] = {
         "thumbs_up_vs_down": 0.95,
         "thumbs_up_vs_none": 0.85,

@@ -42,6 +42,7 @@ from weitiao.logs.engine import (
     Stage,
     check_dwell_unit,
     check_mapping,
+    file_column,
     ledger_tail,
     open_table,
     run_stages,
@@ -266,10 +267,12 @@ WHERE d.rule IS NULL""",
   SELECT id AS content_id, bool_or(rule IS NULL) AS paired
   FROM (SELECT id_a AS id, rule FROM wt_candidates UNION ALL SELECT id_b, rule FROM wt_candidates)
   GROUP BY id),
-items AS (
-  SELECT i.views, CASE WHEN i.views < {cfg.min_views} THEN 'min_views' WHEN s.paired THEN 'paired'
+items AS (  -- every item of the content, those no kept view reached too
+  SELECT coalesce(i.views, 0) AS views, CASE WHEN i.content_id IS NULL THEN 'no_kept_views'
+    WHEN i.views < {cfg.min_views} THEN 'min_views' WHEN s.paired THEN 'paired'
     WHEN s.paired IS NOT NULL THEN 'unpaired' ELSE 'single_in_context' END AS rule
-  FROM wt_items i LEFT JOIN status s USING (content_id))
+  FROM wt_content c LEFT JOIN wt_items i ON i.content_id = c.content_id
+  LEFT JOIN status s ON s.content_id = c.content_id)
 SELECT 'events' AS ledger, drop_rule AS rule, sum(views) AS n FROM wt_cells WHERE drop_rule IS NOT NULL GROUP BY 2
 {ledger_tail("item", "items", "views")}""",
         )
@@ -291,16 +294,15 @@ def load_inputs(
     check_mapping(cfg.columns, known, "dwell")
     riding = () if content is not None else tuple(c.name for c in content_columns())
     types = open_table(engine, "events", events, event_columns(cfg), cfg.columns, others=riding)
-    source = {ours: theirs for theirs, ours in cfg.columns.items() if theirs in types}
-    missing = [c for c in ("user_id", "ts") if source.get(c, c) not in types]
+    missing = [c for c in ("user_id", "ts") if file_column(cfg.columns, c, types) not in types]
     if missing and notes is not None and (note := _untold_repeats(engine, events, missing)):
         notes.append(note)
-    theirs = next((t for t, ours in cfg.columns.items() if ours == "dwell_s"), "dwell_s")
-    length_col = next((t for t, ours in cfg.columns.items() if ours == "length_chars"), "length_chars")
+    theirs = file_column(cfg.columns, "dwell_s", types)
     values = "SELECT dwell_s AS v FROM events WHERE dwell_s IS NOT NULL"
     check_dwell_unit(engine, str(events), theirs, values, cfg.min_dwell_s, cfg.max_dwell_s)
     if content is not None:
-        lengths = length_col in open_table(engine, "content", content, content_columns(), cfg.columns)
+        ctypes = open_table(engine, "content", content, content_columns(), cfg.columns)
+        lengths = file_column(cfg.columns, "length_chars", ctypes) in ctypes
     else:  # content columns ride along on every event: one row per item, the same on each of its events
         own = tuple(c.name for c in event_columns(cfg))
         open_table(engine, "wt_content_src", events, content_columns(own_file=False), cfg.columns, others=own)
@@ -310,9 +312,9 @@ def load_inputs(
             f"SELECT content_id, {', '.join(f'any_value({c}) AS {c}' for c in cols)}, "
             f"{', '.join(f'min({c}) <> max({c}) AS d_{c}' for c in cols)} FROM wt_content_src GROUP BY content_id",
         )
-        _same_content_on_every_event(engine, events, cols, cfg.columns)
+        _same_content_on_every_event(engine, events, cols, cfg.columns, types)
         engine.view("content", f"SELECT content_id, {', '.join(cols)} FROM wt_content_all")
-        lengths = length_col in types
+        lengths = file_column(cfg.columns, "length_chars", types) in types
     if not lengths and notes is not None and (note := _idle_by_text_length(engine, cfg, content or events)):
         notes.append(note)
     return engine.rows("SELECT count(*) FROM events")[0][0]
@@ -350,7 +352,9 @@ def _untold_repeats(engine: Engine, events: str | Path, missing: list[str]) -> s
             "user_id and ts columns to set repeated deliveries apart")  # fmt: skip
 
 
-def _same_content_on_every_event(engine: Engine, events: str | Path, cols: list[str], mapping: dict) -> None:
+def _same_content_on_every_event(
+    engine: Engine, events: str | Path, cols: list[str], mapping: dict, types: dict
+) -> None:
     """An item whose events disagree on its text or context (an edited answer, a moved question) has no one text to
     pair: refused, naming the file's column and two of the values, rather than pairing whichever row came first."""
     found = engine.rows(f"SELECT content_id, {', '.join(f'd_{c}' for c in cols)} FROM wt_content_all "
@@ -361,7 +365,7 @@ def _same_content_on_every_event(engine: Engine, events: str | Path, cols: list[
     col = cols[differs.index(True)]
     values = [v for (v,) in engine.rows(f"SELECT DISTINCT CAST({col} AS VARCHAR) FROM wt_content_src WHERE content_id "
                                         f"= {sql_str(str(cid))} AND {col} IS NOT NULL ORDER BY 1 LIMIT 2")]  # fmt: skip
-    theirs = next((t for t, ours in mapping.items() if ours == col), col)
+    theirs = file_column(mapping, col, types)
     raise UserError(
         f"{where(events, field=theirs)}: content_id {cid!r} differs between its events "
         f"(e.g. {values[0]!r} and {values[1]!r}); without --content each item's content columns must be the same on "

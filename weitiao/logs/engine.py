@@ -303,13 +303,16 @@ def _cast(col: str, kind: str, dtype: str) -> tuple[str | None, str | None]:
 
 
 def check_mapping(mapping: dict[str, str], known: list[str], kind: str) -> None:
-    """The profile's `columns` ({their name: ours}) may only name our columns, each once."""
+    """The profile's `columns` ({their name: ours}) may only name our columns. Two names may map to one of ours (the
+    responses' `created_at` and the events' `at` to ts); `open_table` refuses a file holding both."""
     for theirs, ours in mapping.items():
         if ours not in known:
             raise UserError(f"columns: {theirs} → {ours}: {ours} is not a {kind} log column ({', '.join(known)})")
-    twice = sorted({v for v in mapping.values() if list(mapping.values()).count(v) > 1})
-    if twice:
-        raise UserError(f"columns: {twice[0]} is the target of more than one column; map one column to it")
+
+
+def file_column(mapping: dict[str, str], ours: str, types: dict[str, str]) -> str:
+    """The name our column `ours` has in a file with columns `types`: the mapped column it holds, else `ours`."""
+    return next((t for t, o in mapping.items() if o == ours and t in types), ours)
 
 
 def open_table(
@@ -339,7 +342,13 @@ def open_table(
     if kind in ("csv", "tsv") and (twice := _twice_in_header(path, "\t" if kind == "tsv" else ",")):
         raise UserError(f"{where(twice[0], 1, twice[1])}: the header names this column twice; rename or drop one "
                         "(the reader would take one of them)")  # fmt: skip
-    source = {ours: theirs for theirs, ours in (mapping or {}).items() if theirs in types}
+    source: dict[str, str] = {}
+    for theirs, ours in (mapping or {}).items():
+        if theirs in types and ours in source:  # the file has two columns the profile maps to one of ours
+            raise UserError(f"{where(path, field=theirs)}: the profile's columns map both {source[ours]} and {theirs} "
+                            f"of this file to {ours}; map one of them")  # fmt: skip
+        if theirs in types:
+            source[ours] = theirs
     # a CSV has no types: an id or text the reader took for a number or a date (00123, 1e5, 1.50, 2025/03/01) is read
     # again as what the file says, else it came back changed (1e5 → 100000.0) or was refused as no id (a DATE); so is
     # a time it read by a guessed pattern (03/01/2025 as 3 January), to be read as ISO text as Spark reads it
@@ -501,10 +510,11 @@ def run_stages(
 
 def ledger_tail(unit: str, fate: str, events: str) -> str:
     """The `wt_ledger` rows after the events a filter dropped: every kept event and every `unit` under its
-    fate (`fate`: one row per unit with its `rule` and its event count in column `events`), then every
+    fate (`fate`: one row per unit with its `rule` and its event count in column `events`; a fate no event has is
+    left out of the events ledger), then every
     candidate pair under its rule ('kept' when none). Each ledger adds up to its input (report.check_ledgers)."""
     return (
-        f"UNION ALL SELECT 'events', rule, sum({events}) FROM {fate} GROUP BY 2\n"
+        f"UNION ALL SELECT 'events', rule, sum({events}) FROM {fate} GROUP BY 2 HAVING sum({events}) > 0\n"
         f"UNION ALL SELECT '{unit}s', rule, count(*) FROM {fate} GROUP BY 2\n"
         "UNION ALL SELECT 'candidates', coalesce(rule, 'kept'), count(*) FROM wt_candidates GROUP BY 2"
     )

@@ -1,7 +1,7 @@
 """Safety tools: personal information, prompt injection, rule sets.
 
 pii.py                      Chinese-first PII recognizers (ID, mobile, card, email, IP, landline, passport,
-                            plate, name, address) and scrub modes
+                            QQ, WeChat ID, plate, name, address) and scrub modes
 pii_data.py                 surname lists, province codes, plate prefixes, refusal templates, fake-value pools
 pii_fake.py                 pseudonyms for `pii scrub --mode pseudonym` that can never be a real person's
 pii_files.py                PII over data files (scan/scrub), privacy-refusal SFT/DPO rows

@@ -25,7 +25,8 @@ app = typer.Typer(no_args_is_help=True, help="PII: scan and scrub data files; pr
 console = progress.console()
 
 TYPES_HELP = (
-    "comma-separated types to look for (id_card,mobile,bank_card,email,ip,landline,passport,plate,name,address)"
+    "comma-separated types to look for (id_card,mobile,bank_card,email,ip,landline,passport,qq,wechat,plate,name,"
+    "address)"
 )
 
 

@@ -35,12 +35,16 @@ TYPES = {  # type -> placeholder
     "ip": "[IP地址]",
     "landline": "[座机号]",
     "passport": "[护照号]",
+    "qq": "[QQ号]",
+    "wechat": "[微信号]",
     "plate": "[车牌号]",
     "name": "[姓名]",
     "address": "[地址]",
 }
 # When two matches overlap the more trusted one wins (an 18-digit ID from 甘肃 starts with 62 like UnionPay).
-PRIORITY = ["id_card", "bank_card", "email", "mobile", "landline", "ip", "passport", "plate", "address", "name"]
+PRIORITY = [
+    "id_card", "bank_card", "email", "mobile", "landline", "ip", "passport", "qq", "wechat", "plate", "address", "name"
+]  # fmt: skip
 NAMES_NEED_JIEBA = (
     "jieba is not installed: person names are found only after labels like 姓名：/我叫 (pip install jieba)"
 )
@@ -340,6 +344,45 @@ def find_passport(text: str) -> list[Match]:
     return out
 
 
+# QQ numbers (5–11 digits, no leading 0) and WeChat IDs (a letter, then 5–19 letters, digits, _ or -) have no
+# checksum and look like any number or handle, so each is read only right after its cue (QQ号：12345678, 加我vx:
+# abc_123); a bare 8-digit number is no QQ number. A `wxid_…` ID (what WeChat gives an account that set none) needs
+# no cue. After a WeChat cue a number is the mobile's (微信同号); an all-letter word is an ID only after 号, a colon,
+# 是/为, or 加 before the cue (加微信zhangsan).
+QQ_RE = re.compile(
+    r"(?<![A-Za-z])(?:QQ|扣扣|企鹅号)\s*(?:号码|号|账号|帐号)?\s*(?:是|为|[:：])?\s*([1-9]\d{4,10})" + NA, re.I
+)
+WECHAT_CUE = r"(?<![A-Za-z])(?:微信|薇信|威信|[Vv]信|[Vv][Xx]|[Ww][Xx]|weixin|wechat)"
+WECHAT_RE = re.compile(
+    WECHAT_CUE
+    + r"\s*(号|ID|id)?\s*(?:是|为|[:：])?\s*(?<![A-Za-z0-9_-])([A-Za-z][A-Za-z0-9_-]{5,19})(?![A-Za-z0-9_-])",
+    re.I,
+)
+WXID_RE = re.compile(r"(?<![A-Za-z0-9_-])wxid_[A-Za-z0-9]{6,24}(?![A-Za-z0-9_-])")
+
+
+def find_qq(text: str) -> list[Match]:
+    """QQ numbers right after a QQ cue (QQ号：12345678, 扣扣 123456, qq12345); never without one."""
+    return [Match("qq", m.start(1), m.end(1), m.group(1), 0.9) for m in QQ_RE.finditer(text)]
+
+
+def find_wechat(text: str) -> list[Match]:
+    """WeChat IDs right after a cue (微信号：abc_123, 加我vx zhang_san88) and wxid_… anywhere."""
+    out = [Match("wechat", m.start(), m.end(), m.group(), 0.95) for m in WXID_RE.finditer(text)]
+    for m in WECHAT_RE.finditer(text):
+        word = m.group(2)
+        said = m.group(1) or re.search(r"[:：是为]", m.group()[: m.start(2) - m.start()])
+        if (
+            re.fullmatch(r"[A-Za-z]+", word)
+            and not said
+            and not text[max(0, m.start() - 2) : m.start()].endswith(("加", "加我"))
+        ):
+            continue  # 微信 Official Account, wechat Pay: a word, not an ID (加微信zhangsan, 微信号 zhangsan: an ID)
+        if not WXID_RE.fullmatch(word):  # a wxid_ ID is found above
+            out.append(Match("wechat", m.start(2), m.end(2), word, 0.9 if not word.isalpha() else 0.8))
+    return out
+
+
 PLATE_RE = re.compile(
     rf"(?<![A-Za-z0-9])[{D.PLATE_PROVINCES}][A-HJ-NP-Z][·• -]?"
     r"(?:[DF][A-HJ-NP-Z0-9]\d{4}|\d{5}[DF]|[A-HJ-NP-Z0-9]{4}[A-HJ-NP-Z0-9挂学警港澳])(?![A-Za-z0-9])"
@@ -510,6 +553,8 @@ RECOGNIZERS: dict[str, Callable[[str], list[Match]]] = {
     "ip": find_ip,
     "landline": find_landline,
     "passport": find_passport,
+    "qq": find_qq,
+    "wechat": find_wechat,
     "plate": find_plate,
     "name": find_name,
     "address": find_address,
@@ -613,7 +658,7 @@ def mask(m: Match) -> str:
         return s[0] + "***" + s[at:]
     if m.type == "name":
         return s[0] + "*" * (len(s) - 1)
-    if m.type in ("address", "plate", "passport", "ip"):
+    if m.type in ("address", "plate", "passport", "ip", "qq", "wechat"):
         head = max(1, len(s) // 3) if m.type != "address" else min(6, len(s) // 2)
         return s[:head] + "*" * (len(s) - head)
     a, b = keep[m.type]

@@ -13,6 +13,9 @@ What makes each fake impossible, by type (pinned by tests/test_pii.py):
   real value has only by chance, and such a real value is then left as written (and counted as a pseudonym):
   - plate: the last three digits are a hash of the rest (`_tag_digits`): one real plate in 1,000.
   - passport: the last four digits likewise: one real passport in 10,000.
+  - qq, wechat: the last four digits likewise: one real QQ number, or WeChat ID ending in four digits, in 10,000; a
+    fake QQ number has the original's length and never starts with 1 (an 11-digit one would read as a mobile), a
+    fake WeChat ID the original's length (wxid_ kept), letters then the four tag digits.
   - name: a single surname and two given characters from `NAME_GIVEN` (no surname characters), the last one a hash
     of the first two that, one time in `NAME_TAG`, is a fake at all (`_name_tail`): one real name in about
     1,000 of those spelled with these characters; a two-character or compound-surname original becomes a
@@ -35,6 +38,7 @@ import hashlib
 import ipaddress
 import random
 import re
+import string
 
 from weitiao.safety import pii_data as D
 from weitiao.safety.pii import Match, id_check_char, luhn_digit, luhn_ok, normalize
@@ -99,7 +103,7 @@ def ours(m: Match) -> bool:
             return any(ipaddress.ip_address(m.text) in n for n in DOC_NETS)
         except ValueError:
             return False
-    if m.type in ("plate", "passport"):
+    if m.type in TAG_DIGITS:
         return _tag_digits(m.type, m.text) == m.text
     if m.type == "name":
         t = m.text
@@ -110,7 +114,7 @@ def ours(m: Match) -> bool:
     return False
 
 
-TAG_DIGITS = {"plate": 3, "passport": 4}
+TAG_DIGITS = {"plate": 3, "passport": 4, "qq": 4, "wechat": 4}
 
 
 def _tag_digits(kind: str, s: str) -> str | None:
@@ -241,6 +245,12 @@ def fake_like(m: Match, rng: random.Random) -> str:
         return _tag_digits("passport", s[0] + "".join(str(rng.randrange(10)) if c.isdigit() else c for c in s[1:]))
     if m.type == "plate":
         return _tag_digits("plate", fake_plate(s, rng))
+    if m.type == "qq":
+        return _tag_digits("qq", str(rng.randrange(2, 10)) + "".join(str(rng.randrange(10)) for _ in s[1:]))
+    if m.type == "wechat":
+        head = "wxid_" if s.startswith("wxid_") else rng.choice(string.ascii_lowercase)
+        body = "".join(rng.choice(string.ascii_lowercase) for _ in range(len(s) - len(head) - 4))
+        return _tag_digits("wechat", head + body + "0000")
     if m.type == "name":
         return fake_name(s, rng)
     return fake_address(s, rng)
