@@ -190,7 +190,7 @@ def test_csv_ids_with_leading_zeros_stay_text(spark, tmp_path):
     query = "SELECT chosen_id, rejected_id, source FROM wt_pairs"
     assert sp.con.execute(query).fetchall() == duck.con.execute(query).fetchall() == [("007", "08", "explicit")]
     assert build_report(sp)["ledgers"] == build_report(duck)["ledgers"]
-    raw = {f.name: f.dataType.simpleString() for f in spark.spark.table("wt_raw_responses").schema}
+    raw = {f.name: f.dataType.simpleString() for f in spark.spark.table("wt_raw_wt_responses_src").schema}
     assert raw["response_id"] == "string" and raw["turn"] == "int"  # control: no leading zero, still a number
 
 
