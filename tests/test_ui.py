@@ -1062,3 +1062,40 @@ def test_data_tab_reads_a_llamafactory_folder_as_data_check_dataset_dir(root, tm
     assert away.status_code == 400 and "outside the allowed folders" in away.json()["error"]
     assert outside.status_code == 400 and "LLaMA-Factory folder" in outside.json()["error"]
     assert plain.status_code == 400 and "unknown format" in plain.json()["error"]  # the control: no mapping
+
+
+def test_export_shows_that_the_base_changed_since_training(root, tiny_model_dir):
+    """The console's export of a LoRA run whose base was retrained in place said 'Exported to …' and its serve line,
+    nothing more: the warning that the adapter was merged into weights it never saw went to the console's stdout
+    only. It is now in the export's notes (its record, read by `serve_notes`), shown on the page as the CLI prints
+    it; control: the same export before the base changed has no warning."""
+    import torch
+
+    from weitiao.config import load_config
+    from weitiao.io import write_jsonl
+    from weitiao.models.load import ModelSpec, load_model
+    from weitiao.recipes import sft
+
+    base_dir = root / "models" / "tiny"
+    shutil.copytree(tiny_model_dir, base_dir)
+    data = root / "data" / "chat.jsonl"
+    write_jsonl(data, [{"instruction": "你好", "output": "你好呀"}] * 4)
+    run = root / "runs" / "lora"
+    over = [f"model.path={base_dir}", f"data.train=[{data}]", f"train.out={run}", "train.max_steps=1",
+            "train.progress=false", "train.tensorboard=false"]  # fmt: skip
+    sft.run(load_config(sft.SFTConfig, None, over))
+    (run / "ui").mkdir()
+    (run / "ui" / "run.json").write_text(json.dumps({"name": "lora", "kind": "sft", "status": "done", "created": 1}))
+    (run / "ui" / "config.yaml").write_text(f"model:\n  path: {base_dir}\n")
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=120) as c:
+        before = c.post("/api/export", json={"run": "lora", "ckpt": "final", "merge": True})
+        w = load_model(ModelSpec(path=str(base_dir)))
+        with torch.no_grad():
+            w.model.embed_tokens.weight[0] += 1  # retrained in place, say
+        w.save_pretrained(base_dir)
+        after = c.post("/api/export", json={"run": "lora", "ckpt": "final"})
+    assert before.status_code == 200 and not any("warning" in n for n in before.json()["notes"]), before.text
+    assert after.status_code == 200, after.text
+    assert any(
+        n.startswith(f"warning: the base {base_dir} is not what the run trained on") for n in after.json()["notes"]
+    )

@@ -265,7 +265,10 @@ def export(
 
         if merge or model or gguf or check:
             raise UserError("--for writes a merged model itself; drop --merge, --model, --gguf and --check")
-        console.print(f"exported for {for_} → {export_for(for_, adapter, str(out), dtype, force)}")
+        dest = export_for(for_, adapter, str(out), dtype, force)
+        console.print(f"exported for {for_} → {dest}")
+        for line in tool.recorded_warnings(dest):  # a policy's: as `export --merge` says them
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
         return
     if check:
         _read_check_rows(check)  # before anything is written: a bad FILE must not leave an export behind
