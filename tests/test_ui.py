@@ -287,6 +287,11 @@ def test_run_keeper_stop_fail_restart_and_lost(tmp_path, fake_python, monkeypatc
 
     ui = tmp_path / "runs/r1/ui/run.json"
     data = json.loads(ui.read_text())
+    # a finished run: resuming it trained nothing (the trainer refuses) and left the run shown failed; now refused
+    ui.write_text(json.dumps(data | {"status": "done", "returncode": 0}))
+    with pytest.raises(UserError, match="run r1: finished; nothing to resume"):
+        again.start("r1", resume=True)
+    assert again.state("r1")["status"] == "done"
     ui.write_text(json.dumps(data | {"status": "running", "pid": 2**22 + 7}))  # keeper gone (reboot)
     assert again.state("r1")["status"] == "lost"
     assert [x["kind"] for x in again.warnings("r1")] == ["lost"]
