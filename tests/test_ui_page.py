@@ -150,6 +150,12 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             ckpts = [e.get_attribute("data-ckpt") for e in driver.find_elements(By.CSS_SELECTOR, "#checkpoints li")]
             assert ckpts == ["base", "step-000002", "final"]  # step-000004 holds final's weights: listed once
             assert "step 4/4" in by_id("log").text and not by_id("banner").is_displayed()
+            # a fresh page: the Watch tab shows the run its list shows (it was empty until another run was picked)
+            driver.get(base + "/")
+            wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+            wait.until(lambda d: by_id("watch-run").get_attribute("value") == "demo1")
+            tab("watch")
+            wait.until(lambda d: by_id("watch-status").text == "已完成" and d.execute_script(series) == 4)
             shot("watch")
 
             # 3. the golden-set report and an arena over the chosen checkpoints (prompts: the demo's by default)

@@ -136,6 +136,7 @@ function showTab(name) {
   for (const s of document.querySelectorAll("main > section")) s.hidden = s.id !== "tab-" + name;
   for (const b of document.querySelectorAll(".tab")) b.classList.toggle("active", b.dataset.tab === name);
   ui.tab = name;
+  if (name === "watch" && !ui.watch && $("watch-run").value) { watchRun($("watch-run").value); return; } // the run the list shows
   if (name === "watch") pollWatch();
 }
 
@@ -387,7 +388,7 @@ function renderWatch(d) {
   $("watch-status").textContent = t("s_" + s);
   $("watch-status").className = "status s-" + s;
   $("stop-btn").disabled = !["starting", "running"].includes(s);
-  $("resume-btn").disabled = ["starting", "running", "stopping"].includes(s);
+  $("resume-btn").disabled = ["starting", "running", "stopping", "done"].includes(s); // a finished run has nothing left to train
   $("config-link").href = `/api/runs/${encodeURIComponent(d.state.name)}/config.yaml`;
   const banner = $("banner");
   banner.replaceChildren(...d.warnings.map((w) => el("div", { "data-warning": w.kind },
