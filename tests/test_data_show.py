@@ -1,6 +1,7 @@
 """`data show` shows what SFT trains: its truncation policy (default drop) and train_turns, and a row that
 policy drops is one plain line, exit 0 (it crashed with a TypeError under the hard-coded `cut`)."""
 
+import json
 import re
 
 from conftest import write_jsonl
@@ -69,3 +70,28 @@ def test_a_pair_shows_both_sides_as_dpo_trains_them(tmp_path, tiny_model_dir):
     assert "\n\nHuman: 你好\n\nAssistant:⟦ I think 滚。<|im_end|>⟧" in raw.output, raw.output  # the tiny EOS
     r = runner.invoke(app, ["data", "show", str(f), "--model", str(tiny_model_dir), "--train-turns", "last"])
     assert "--train-turns: SFT's; a pair trains its last reply" in str(r.exception)
+
+
+def lf_dir(path):
+    """A LLaMA-Factory data folder: dataset 'faq' maps the columns 问题/答案 of faq.json to prompt/response."""
+    path.mkdir()
+    rows = [{"问题": "几点开门", "答案": "九点"}, {"问题": "周末开吗", "答案": "开到五点"}]
+    (path / "faq.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    info = {"faq": {"file_name": "faq.json", "columns": {"prompt": "问题", "response": "答案"}}}
+    (path / "dataset_info.json").write_text(json.dumps(info, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def test_dataset_dir_shows_a_mapped_llamafactory_row(tmp_path, tiny_model_dir):
+    """`data show` had no --dataset-dir: a LLaMA-Factory dataset with mapped columns (问题/答案) could not be
+    previewed ('unknown format (keys ['答案', '问题'])' for its file). Now a name in dataset_info.json, read through
+    its mapping as training reads it."""
+    d = lf_dir(tmp_path / "lf")
+    r = show("faq", tiny_model_dir, "--dataset-dir", str(d), "--index", "1")
+    assert r.exit_code == 0, r.output
+    assert "周末开吗" in r.output and "⟦开到五点<|im_end|>⟧" in r.output
+    for name, index, said in (("faq", "2", "--index 2: faq has 2 rows (0..1)"),
+                              ("nope", "0", "no dataset 'nope' (known: faq)")):  # fmt: skip
+        r = runner.invoke(app, ["data", "show", name, "--model", str(tiny_model_dir), "--dataset-dir", str(d),
+                                "--index", index])  # fmt: skip
+        assert said in str(r.exception)

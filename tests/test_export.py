@@ -137,7 +137,7 @@ def test_a_full_finetune_run_given_as_adapter_says_what_it_is(tmp_path):
         locate(tmp_path / "empty")
 
 
-def test_merging_into_a_base_other_than_the_trained_one_is_said(tiny_model_dir, chat_file, tmp_path, capsys):
+def test_merging_into_a_base_other_than_the_trained_one_is_said(tiny_model_dir, chat_file, tmp_path):
     """A base retrained or edited at its path (or another --model) got the adapter merged into weights it never saw,
     unsaid: the run's inputs.json fingerprint is compared (a copy of the same files says nothing)."""
     import shutil
@@ -152,16 +152,17 @@ def test_merging_into_a_base_other_than_the_trained_one_is_said(tiny_model_dir, 
     with torch.no_grad():
         w.model.embed_tokens.weight[0] += 1  # retrained in place, say
     w.save_pretrained(other)
-    capsys.readouterr()
+
+    def notes(dest) -> str:  # what `weitiao export` and the console's export print after it
+        return "\n".join(ex.serve_notes(dest))
+
     for k, base in enumerate((None, str(same))):
-        ex.export(str(run), str(tmp_path / f"m{k}"), merge=True, model=base)
-        assert "warning" not in capsys.readouterr().out
-    ex.export(str(run), str(tmp_path / "m2"), merge=True, model=str(other))
-    assert f"warning: --model {other} is not what the run trained on" in capsys.readouterr().out
-    ex.export(str(run), str(tmp_path / "a2"), model=str(other))  # adapter only: its serve line names that base
-    assert "the export is for a base it never saw" in capsys.readouterr().out
-    ex.export(str(run), str(tmp_path / "a3"), model=str(same))  # control: a copy of the trained base
-    assert "warning" not in capsys.readouterr().out
+        assert "warning" not in notes(ex.export(str(run), str(tmp_path / f"m{k}"), merge=True, model=base))
+    said = notes(ex.export(str(run), str(tmp_path / "m2"), merge=True, model=str(other)))
+    assert f"warning: --model {other} is not what the run trained on" in said
+    said = notes(ex.export(str(run), str(tmp_path / "a2"), model=str(other)))  # adapter only: its serve line names it
+    assert "the export is for a base it never saw" in said
+    assert "warning" not in notes(ex.export(str(run), str(tmp_path / "a3"), model=str(same)))  # a copy of the base
     # The adapter export's adapter_config.json named the training base, so peft's AutoPeftModel (and anything
     # reading base_model_name_or_path) loaded that one, not --model's: it names --model's now.
     named = {

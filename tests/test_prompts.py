@@ -142,3 +142,29 @@ def test_a_row_gives_one_reference_from_any_layout(tmp_path):
     for i, (row, match) in enumerate(bad):
         with pytest.raises(UserError, match=rf"b{i}\.jsonl:1: {match}"):
             read_prompts(_write(tmp_path / f"b{i}.jsonl", [row]))
+
+
+U, A = {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}
+
+
+@pytest.mark.parametrize(
+    ("row", "said"),
+    [
+        ({"system": "s", "prompt": [U, A, A]}, "prompt[2].role: expected 'user', got 'assistant'"),
+        ({"system": "s", "question": [U, U]}, "question[1].role: expected 'assistant', got 'user'"),
+        ({"system": "s", "prompt": [U, {"role": "developer", "content": "x"}]}, "prompt[1].role: expected 'assistant', "
+         "got 'developer'"),
+        ({"system": "s", "conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"},
+                                           {"from": "gpt", "value": "c"}]},
+         "conversations[1].from: expected 'gpt', got 'human'"),
+        ({"system": "s", "messages": [U, U, A]}, "messages[1].role: expected 'assistant', got 'user'"),
+    ],
+)  # fmt: skip
+def test_turn_order_errors_name_the_prompts_own_message(tmp_path, row, said):
+    """A prompt row with a `system` key was reported one message off (`prompt[3].role` in a list of three: the key's
+    system message counted), a ShareGPT one by OpenAI's key and roles. Now the row's own list, index, key and role,
+    as training rows say it (formats._row_names)."""
+    path = _write(tmp_path / "p.jsonl", [row])
+    with pytest.raises(UserError) as e:
+        read_prompts(path)
+    assert str(e.value).startswith(f"{path}:1: {said}"), str(e.value)

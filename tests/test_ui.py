@@ -287,6 +287,11 @@ def test_run_keeper_stop_fail_restart_and_lost(tmp_path, fake_python, monkeypatc
 
     ui = tmp_path / "runs/r1/ui/run.json"
     data = json.loads(ui.read_text())
+    # a finished run: resuming it trained nothing (the trainer refuses) and left the run shown failed; now refused
+    ui.write_text(json.dumps(data | {"status": "done", "returncode": 0}))
+    with pytest.raises(UserError, match="run r1: finished; nothing to resume"):
+        again.start("r1", resume=True)
+    assert again.state("r1")["status"] == "done"
     ui.write_text(json.dumps(data | {"status": "running", "pid": 2**22 + 7}))  # keeper gone (reboot)
     assert again.state("r1")["status"] == "lost"
     assert [x["kind"] for x in again.warnings("r1")] == ["lost"]
@@ -1004,3 +1009,98 @@ def test_data_preview_takes_train_turns_as_data_check_does(root):
         assert d["check"]["no_trained_tokens"] == check_file([str(file)], tok, train_turns=t).no_trained_tokens
     assert (got["all"]["check"]["no_trained_tokens"], got["last"]["check"]["no_trained_tokens"]) == (0, 1)
     assert bad.status_code == 400 and "train_turns 'first'" in bad.json()["error"]
+
+
+def test_data_tab_takes_truncation_as_data_check_does(root):
+    """The Data tab had no truncation: its report counted as `data check` without --truncation (every long row
+    dropped), and a row over max_len was shown 'cut to max_len' though training's default (drop) leaves it out. Now
+    `truncation` goes to `check_file` as `data check --truncation` and to the row's encoding: dropped said with why
+    (the row shown cut), cut counted as cut, a choice SFT does not take refused in data check's words."""
+    from weitiao.data.check import check_file
+    from weitiao.models.load import load_tokenizer
+
+    rows = [{"instruction": "讲讲" * 30, "output": "好的" * 20}, {"instruction": "你好", "output": "你好呀"}]
+    file = _pairs_file(root / "data" / "long.jsonl", rows)
+    tok = load_tokenizer("demo")
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        got = {t: c.get("/api/data", params={"path": "data/long.jsonl", "max_len": 40, "truncation": t}).json()
+               for t in ("drop", "cut", "history")}  # fmt: skip
+        default = c.get("/api/data", params={"path": "data/long.jsonl", "max_len": 40}).json()
+        bad = c.get("/api/data", params={"path": "data/long.jsonl", "truncation": "cut_response"})
+        typo = c.get("/api/data", params={"path": "data/long.jsonl", "truncation": "trim"})
+    for t, d in got.items():
+        cli = check_file([str(file)], tok, max_len=40, truncation=t)
+        assert (d["check"]["dropped"], d["check"]["cut"], d["check"]["truncation"]) == (cli.dropped, cli.cut, t)
+    assert default == got["drop"] and got["drop"]["check"]["dropped"] == 1 and got["cut"]["check"]["cut"] == 1
+    assert got["drop"]["dropped"].endswith("tokens, over max_len 40") and got["drop"]["cut"]  # shown cut, said why
+    assert got["cut"]["dropped"] is None and got["cut"]["cut"] and got["cut"]["tokens"] == 40
+    assert got["history"]["dropped"].endswith("still over max_len 40")  # no earlier exchange to drop
+    assert bad.status_code == 400 and "truncation 'cut_response': SFT rows take drop|cut|history" in bad.json()["error"]
+    assert typo.status_code == 400 and "truncation 'trim': use one of drop, cut, history" in typo.json()["error"]
+
+
+def test_data_tab_reads_a_llamafactory_folder_as_data_check_dataset_dir(root, tmp_path):
+    """The Data tab had no dataset_dir: a LLaMA-Factory dataset with mapped columns (问题/答案) was 'unknown format'.
+    Now `dataset_dir` (inside the roots) makes `path` a dataset name, read through the mapping by the row view and
+    by `check_file` as `data check --dataset-dir`; a dataset whose file lies outside the roots is refused."""
+    from weitiao.data.check import check_file
+    from weitiao.models.load import load_tokenizer
+
+    lf = root / "data" / "lf"
+    lf.mkdir()
+    first = {"问题": "几点开门", "答案": "九点"}
+    qa = [first, {"问题": "周末开吗", "答案": "开到五点"}, first]  # a duplicate row, which the report counts
+    (lf / "faq.json").write_text(json.dumps(qa, ensure_ascii=False), encoding="utf-8")
+    info = {"faq": {"file_name": "faq.json", "columns": {"prompt": "问题", "response": "答案"}},
+            "away": {"file_name": "../../../secret.jsonl"}}  # fmt: skip
+    (lf / "dataset_info.json").write_text(json.dumps(info, ensure_ascii=False), encoding="utf-8")
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        d = c.get("/api/data", params={"path": "faq", "dataset_dir": "data/lf", "index": 1}).json()
+        away = c.get("/api/data", params={"path": "away", "dataset_dir": "data/lf"})
+        outside = c.get("/api/data", params={"path": "faq", "dataset_dir": str(tmp_path)})
+        plain = c.get("/api/data", params={"path": "data/lf/faq.json"})
+    assert "error" not in d, d
+    assert d["rows"] == 3 and "周末开吗" in "".join(s for s, _ in d["segments"])
+    assert "".join(s for s, on in d["segments"] if on).startswith("开到五点")
+    cli = check_file(["faq"], load_tokenizer("demo"), dataset_dir=str(lf))
+    assert (d["check"]["read"], d["check"]["duplicate_rows"], d["check"]["length_max"]) == (3, 1, cli.length_max)
+    assert away.status_code == 400 and "outside the allowed folders" in away.json()["error"]
+    assert outside.status_code == 400 and "LLaMA-Factory folder" in outside.json()["error"]
+    assert plain.status_code == 400 and "unknown format" in plain.json()["error"]  # the control: no mapping
+
+
+def test_export_shows_that_the_base_changed_since_training(root, tiny_model_dir):
+    """The console's export of a LoRA run whose base was retrained in place said 'Exported to …' and its serve line,
+    nothing more: the warning that the adapter was merged into weights it never saw went to the console's stdout
+    only. It is now in the export's notes (its record, read by `serve_notes`), shown on the page as the CLI prints
+    it; control: the same export before the base changed has no warning."""
+    import torch
+
+    from weitiao.config import load_config
+    from weitiao.io import write_jsonl
+    from weitiao.models.load import ModelSpec, load_model
+    from weitiao.recipes import sft
+
+    base_dir = root / "models" / "tiny"
+    shutil.copytree(tiny_model_dir, base_dir)
+    data = root / "data" / "chat.jsonl"
+    write_jsonl(data, [{"instruction": "你好", "output": "你好呀"}] * 4)
+    run = root / "runs" / "lora"
+    over = [f"model.path={base_dir}", f"data.train=[{data}]", f"train.out={run}", "train.max_steps=1",
+            "train.progress=false", "train.tensorboard=false"]  # fmt: skip
+    sft.run(load_config(sft.SFTConfig, None, over))
+    (run / "ui").mkdir()
+    (run / "ui" / "run.json").write_text(json.dumps({"name": "lora", "kind": "sft", "status": "done", "created": 1}))
+    (run / "ui" / "config.yaml").write_text(f"model:\n  path: {base_dir}\n")
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=120) as c:
+        before = c.post("/api/export", json={"run": "lora", "ckpt": "final", "merge": True})
+        w = load_model(ModelSpec(path=str(base_dir)))
+        with torch.no_grad():
+            w.model.embed_tokens.weight[0] += 1  # retrained in place, say
+        w.save_pretrained(base_dir)
+        after = c.post("/api/export", json={"run": "lora", "ckpt": "final"})
+    assert before.status_code == 200 and not any("warning" in n for n in before.json()["notes"]), before.text
+    assert after.status_code == 200, after.text
+    assert any(
+        n.startswith(f"warning: the base {base_dir} is not what the run trained on") for n in after.json()["notes"]
+    )

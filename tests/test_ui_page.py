@@ -54,6 +54,14 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
     pairs = [PAIR, {"prompt": "你好", "chosen": "你好呀", "rejected": "嗯"}]
     (root / "data" / f"{XSS}-pairs.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
     (tmp_path / "secret.jsonl").write_text(rows[1] + "\n", encoding="utf-8")  # outside the root
+    (root / "data" / "lf").mkdir()  # a LLaMA-Factory folder: its columns 问题/答案 mapped in dataset_info.json
+    faq = [
+        {"问题": "几点开门？", "答案": "早上九点开门，晚上九点关门。"},
+        {"问题": "周末开吗？", "答案": "周末照常营业。"},
+    ]
+    (root / "data" / "lf" / "faq.json").write_text(json.dumps(faq, ensure_ascii=False), encoding="utf-8")
+    info = {"faq": {"file_name": "faq.json", "columns": {"prompt": "问题", "response": "答案"}}}
+    (root / "data" / "lf" / "dataset_info.json").write_text(json.dumps(info, ensure_ascii=False), encoding="utf-8")
     golden = DATA_DIR.joinpath("heldout_style.jsonl").read_text(encoding="utf-8").splitlines()[:3]
     (root / "data" / "golden.jsonl").write_text("\n".join(golden) + "\n", encoding="utf-8")
     bad = root / "runs" / "bad"  # a run that diverged, with markup in what it wrote
@@ -142,6 +150,12 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             ckpts = [e.get_attribute("data-ckpt") for e in driver.find_elements(By.CSS_SELECTOR, "#checkpoints li")]
             assert ckpts == ["base", "step-000002", "final"]  # step-000004 holds final's weights: listed once
             assert "step 4/4" in by_id("log").text and not by_id("banner").is_displayed()
+            # a fresh page: the Watch tab shows the run its list shows (it was empty until another run was picked)
+            driver.get(base + "/")
+            wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+            wait.until(lambda d: by_id("watch-run").get_attribute("value") == "demo1")
+            tab("watch")
+            wait.until(lambda d: by_id("watch-status").text == "已完成" and d.execute_script(series) == 4)
             shot("watch")
 
             # 3. the golden-set report and an arena over the chosen checkpoints (prompts: the demo's by default)
@@ -232,6 +246,28 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             by_id("data-show").click()  # the mixed file: its preview shows the ratios it was made with
             wait.until(lambda d: "mixed.jsonl" in by_id("data-info").text and d.execute_script(mix_rows) == want)
             shot("data")
+
+            # a LLaMA-Factory dataset by name and a truncation, as `data check --dataset-dir --truncation`
+            by_id("data-path").clear()
+            by_id("data-path").send_keys("faq")
+            by_id("data-dataset-dir").send_keys("data/lf")
+            Select(by_id("data-truncation")).select_by_value("cut")
+            by_id("data-max-len").clear()
+            by_id("data-max-len").send_keys("16")
+            by_id("data-show").click()
+            wait.until(lambda d: "faq.json:1" in by_id("data-info").text)
+            assert "几点开门？" in by_id("data-view").text and "已截到 max_len" in by_id("data-info").text
+            assert "丢弃 / 截断 / 删去早期轮次的行 (truncation cut)\n0 / 2 / 0" in by_id("data-check").text
+            Select(by_id("data-truncation")).select_by_value("drop")
+            by_id("data-show").click()
+            wait.until(lambda d: "训练时丢弃这一行 (truncation drop)" in by_id("data-info").text)
+            assert "(truncation drop)\n2 / 0 / 0" in by_id("data-check").text
+            Select(by_id("data-template")).select_by_value("plain")  # as `data check --template`: the page had none
+            by_id("data-show").click()
+            view = lambda d: by_id("data-view").text  # noqa: E731
+            wait.until(lambda d: "几点开门" in view(d) and "<|im_start|>" not in view(d))
+            Select(by_id("data-template")).select_by_value("auto")
+            by_id("data-dataset-dir").clear()
 
             # 7b. a DPO/RM pair file (markup in its name and replies): the shared prompt, then chosen and rejected
             # with their scored tokens and RM's score token; max_len cuts the long reply; in both languages

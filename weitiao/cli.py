@@ -265,7 +265,10 @@ def export(
 
         if merge or model or gguf or check:
             raise UserError("--for writes a merged model itself; drop --merge, --model, --gguf and --check")
-        console.print(f"exported for {for_} → {export_for(for_, adapter, str(out), dtype, force)}")
+        dest = export_for(for_, adapter, str(out), dtype, force)
+        console.print(f"exported for {for_} → {dest}")
+        for line in tool.recorded_warnings(dest):  # a policy's: as `export --merge` says them
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
         return
     if check:
         _read_check_rows(check)  # before anything is written: a bad FILE must not leave an export behind
@@ -402,9 +405,10 @@ def data_check(
 
 @data_app.command("show")
 def data_show(
-    file: Path = typer.Argument(..., help="data file"),
+    file: str = typer.Argument(..., help="data file; with --dataset-dir, a dataset name"),
     model: str = typer.Option("demo", help="model dir or hub id whose tokenizer/template to use"),
     index: int = typer.Option(0, help="which row (0-based)"),
+    dataset_dir: str = typer.Option(None, help="LLaMA-Factory data folder: FILE is a name in its dataset_info.json"),
     template: str = typer.Option("auto", help="auto|tokenizer|chatml|qwen|llama3|plain"),
     train_on_prompt: bool = typer.Option(False, help="label every token"),
     train_turns: str = typer.Option("all", help="all|last: assistant turns SFT trains (data.train_turns)"),
@@ -422,9 +426,10 @@ def data_show(
 
     _choice("--train-turns", train_turns, ("all", "last"))
     _choice("--truncation", truncation, ("drop", "cut", "history"))
-    rows = load_rows(str(file), fmt, skip_hint=None).rows  # type: ignore[arg-type]  # load_rows checks it
+    kw = {"skip_hint": None, "dataset_dir": dataset_dir}  # the dataset's column mapping, as training reads it
+    rows = load_rows(file, fmt, **kw).rows  # type: ignore[arg-type]  # load_rows checks it
     if not (rows and isinstance(rows[0], PreferencePair)):
-        rows = load_conversations(str(file), fmt, skip_hint=None).rows  # type: ignore[arg-type]
+        rows = load_conversations(file, fmt, **kw).rows  # type: ignore[arg-type]
     if not 0 <= index < len(rows):
         raise UserError(f"--index {index}: {file} has {len(rows)} rows (0..{len(rows) - 1})")
     row, tok = rows[index], load_tokenizer(model)

@@ -31,6 +31,13 @@ BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 TRUNCATIONS = {"SFT": get_args(Truncation), "KTO": ("drop", "cut"), "preference": get_args(PairTruncation)}
 
 
+def refuse_truncation(kind: str, truncation: str) -> None:
+    """UserError when rows of `kind` (a TRUNCATIONS key) cannot take data.truncation `truncation`."""
+    if truncation not in TRUNCATIONS[kind]:
+        raise UserError(f"truncation {truncation!r}: {kind} rows take {'|'.join(TRUNCATIONS[kind])} (the "
+                        "data.truncation of the trainer that reads them)")  # fmt: skip
+
+
 @dataclass
 class CheckReport:
     files: list[str]
@@ -131,9 +138,8 @@ def check_file(
     pairs = [r for r in loaded.rows if isinstance(r, PreferencePair)]
     convs = [r.row if isinstance(r, Feedback) else r for r in loaded.rows if not isinstance(r, PreferencePair)]
     kinds = [k for k, there in (("KTO", feedback), ("SFT", convs and not feedback), ("preference", pairs)) if there]
-    if bad := next((k for k in kinds if truncation not in TRUNCATIONS[k]), None):
-        raise UserError(f"truncation {truncation!r}: {bad} rows take {'|'.join(TRUNCATIONS[bad])} (the data.truncation "
-                        "of the trainer that reads them)")  # fmt: skip
+    for kind in kinds:
+        refuse_truncation(kind, truncation)
     # Encode without a length limit to measure; count what max_len would drop separately.
     with _measuring(tokenizer, context):
         encoded, _ = encode_all(convs, tokenizer, template, EncodeOptions(max_len=10**9, train_turns=train_turns))

@@ -835,13 +835,16 @@ def parse_row(record: Any, fmt: str, strict: bool = True) -> Conversation | Pref
     return Conversation(_check_turns(messages, field, named=_row_names(record, fmt, messages)))
 
 
-def _row_names(record: dict, fmt: str, messages: list[Message]) -> Callable[[int], tuple[str, Any]] | None:
+def _row_names(
+    record: dict, fmt: str, messages: list[Message], keys: tuple[str, ...] | None = None
+) -> Callable[[int], tuple[str, Any]] | None:
     """For `_check_turns`: message i's field and role as the row writes them: the index in the row's own list (a
-    `system` key's message, put first, is not in it), its key (`from` for ShareGPT), the role it gives."""
+    `system` key's message, put first, is not in it), its key (`from` for ShareGPT), the role it gives. `keys`: the
+    row's message lists, when not the format's own (a prompt file's `prompt` list)."""
     lists = {"sharegpt": ("conversations",), "openai": ("messages",), "prompt_completion": ("prompt", "completion")}
-    if fmt not in lists:
+    if keys is None and fmt not in lists:
         return None
-    rows = [(k, j, m) for k in lists[fmt] for j, m in enumerate(record[k])]
+    rows = [(k, j, m) for k in keys or lists[fmt] for j, m in enumerate(record[k])]
     key = "from" if fmt == "sharegpt" else "role"
     shift = len(messages) - len(rows)  # 1 when the row's `system` key was put first
 

@@ -32,6 +32,7 @@ from weitiao.data.formats import (
     _messages,
     _misspelled,
     _reply,
+    _row_names,
     _text,
     _with_system,
     detect_format,
@@ -119,12 +120,10 @@ def parse_prompt(rec: Any, source: str = "", tools: str = NO_TOOLS) -> Prompt:
     _check_keys(rec, key)
     if key is not None:
         p = rec[key]
-        msgs = (
-            _messages(p, key, "role", "content", ROLE_MAP)
-            if isinstance(p, list)
-            else [{"role": "user", "content": _text(p, key)}]
-        )
-        msgs = _check_turns(_with_system(rec, msgs), key, last="user")
+        listed = isinstance(p, list)
+        msgs = _with_system(rec, _messages(p, key, "role", "content", ROLE_MAP) if listed
+                            else [{"role": "user", "content": _text(p, key)}])  # fmt: skip
+        msgs = _check_turns(msgs, key, last="user", named=_row_names(rec, "openai", msgs, (key,)) if listed else None)
         return Prompt(msgs, _reference(rec), source, rec)
     if "chosen" in rec or "rejected" in rec:
         pp = parse_preference(rec, strict=False)  # a prompt file needs no usable rejected reply
@@ -133,17 +132,18 @@ def parse_prompt(rec: Any, source: str = "", tools: str = NO_TOOLS) -> Prompt:
     if fmt in ("sharegpt", "openai") and is_tool_row(rec, fmt):
         raise RowError("tools", tools)
     if fmt == "alpaca":
-        msgs, where = _with_system(rec, _alpaca_prompt(rec)), "instruction"
+        msgs, where, named = _with_system(rec, _alpaca_prompt(rec)), "instruction", None
         out, out_key = _alpaca_field(rec, "output")  # Dolly's response is alpaca's output
         ref = _reference(rec, (out_key, None if out in (None, "") else _text(out, out_key)))
     elif fmt in ("sharegpt", "openai", "firefly"):
         msgs, last, where = PARSERS[fmt](rec), None, MESSAGES_KEY[fmt]
+        named = _row_names(rec, fmt, msgs)  # before the reference reply is taken off the end
         if any(m["role"] == "user" for m in msgs) and msgs[-1]["role"] == "assistant":
             msgs, last = msgs[:-1], msgs[-1]["content"]
         ref = _reference(rec, (LAST_TURN, last))
     else:
         raise RowError("row", f"a {fmt} row is not a prompt; give prompt, messages or instruction")
-    return Prompt(_check_turns(msgs, where, last="user"), ref, source, rec)
+    return Prompt(_check_turns(msgs, where, last="user", named=named), ref, source, rec)
 
 
 def read_prompts(paths: str | Path | Sequence[str | Path], tools: str = NO_TOOLS, what: str = "") -> list[Prompt]:

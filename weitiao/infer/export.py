@@ -170,8 +170,7 @@ def export(
     adapter_dir, tok_dir, spec = locate(adapter)
     refuse_reward_adapter(adapter_dir)  # merged into a causal LM, the trained score head would be dropped
     spec = spec.model_copy(update={"path": model}) if model else spec
-    if warning := check_trained_base(adapter_dir, spec.path, "--model" if model else "the base", merge):
-        print(f"warning: {warning}")
+    changed = check_trained_base(adapter_dir, spec.path, "--model" if model else "the base", merge)
     dest = Path(out)
     replace = check_out(dest, adapter_dir, force)
     tokenizer = training_tokenizer(adapter_dir, tok_dir, spec.path)
@@ -199,7 +198,9 @@ def export(
         if gguf is not None:
             to_gguf.convert(tmp, tmp / f"model-{gguf}.gguf", gguf, name=dest.name, stops=stops)
         info = {"adapter": str(adapter_dir.resolve()), "base": spec.path, "quant": spec.quant, "merged": merge}
-        return {**info, "dtype": dtype if merge else None, "warnings": [unread] if unread else []}
+        # in the export's record, so that every caller shows them with its notes (`serve_notes`): the console too
+        warnings = [*([f"warning: {changed}"] if changed else []), *([unread] if unread else [])]
+        return {**info, "dtype": dtype if merge else None, "warnings": warnings}
 
     return publish(dest, replace, fill)
 
@@ -326,11 +327,17 @@ def _generation_config(adapter_dir: Path, base: str, named: bool) -> Any:
 VLLM_LORA_RANKS, VLLM_DEFAULT_RANK = (1, 8, 16, 32, 64, 128, 256, 320, 512), 16
 
 
+def recorded_warnings(dest: Path) -> list[str]:
+    """The warnings an export recorded in its marker (none when it has no marker)."""
+    marker = dest / MARKER
+    return json.loads(marker.read_text(encoding="utf-8")).get("warnings", []) if marker.is_file() else []
+
+
 def serve_notes(dest: Path) -> list[str]:
     """Lines for the user after an export: what vLLM cannot load (then: merge), else the `vllm serve` command
     after notes on a rank above vLLM's default and on a quantized training base."""
     info = json.loads((dest / MARKER).read_text(encoding="utf-8"))
-    return [*info.get("warnings", []), *_tokenizer_note(dest), *_serve_lines(dest, info)]
+    return [*recorded_warnings(dest), *_tokenizer_note(dest), *_serve_lines(dest, info)]
 
 
 def _tokenizer_note(dest: Path) -> list[str]:

@@ -25,7 +25,7 @@ from fastapi.staticfiles import StaticFiles
 
 from weitiao.config import dump_config
 from weitiao.data.formats import FORMATS, ROLE_MAP
-from weitiao.data.templates import late_system
+from weitiao.data.templates import TEMPLATE_NAMES, late_system
 from weitiao.demo import DATA_DIR, DEMO_DIR
 from weitiao.errors import UserError
 from weitiao.infer.api import KnownQuery, UniqueKeys
@@ -40,6 +40,7 @@ STATIC = Path(__file__).with_name("static")
 COOKIE = "weitiao_ui_token"
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 MAX_CHAT_CHARS = 20_000
+TRUNCATION_CHOICES = ("drop", "cut", "history", "cut_response")  # data check --truncation's
 # our own HTML reports, opened from the page: no scripts, no requests out; their inline styles and SVG still show
 REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
@@ -161,7 +162,7 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
     def info() -> dict:
         demo = str(DATA_DIR) if roots.inside(Path(os.path.realpath(DATA_DIR))) else None
         return {"recipes": list(forms.RECIPES), "roots": [str(r) for r in roots.roots], "runs": str(runs.root),
-                "demo_data": demo, "formats": ["auto", *FORMATS]}  # fmt: skip
+                "demo_data": demo, "formats": ["auto", *FORMATS], "templates": list(TEMPLATE_NAMES)}  # fmt: skip
 
     @app.get("/api/preset/sft")
     def preset() -> dict:
@@ -397,12 +398,13 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
 
     @app.get("/api/data")
     def data_preview(path: str, index: int = 0, model: str = "demo", template: str = "auto", max_len: int = 1024,
-                     train_on_prompt: bool = False, format: str = "auto",
-                     train_turns: str = "all") -> dict:  # fmt: skip
+                     train_on_prompt: bool = False, format: str = "auto", train_turns: str = "all",
+                     truncation: str = "drop", dataset_dir: str | None = None) -> dict:  # fmt: skip
         """Row `index` encoded as the trainer that takes the file would (SFT, or a DPO/RM pair), the file's
         `data check` report (rows over the model's positions counted, as the CLI's `--model`), and the ratios it was
         mixed with (SFT files made by `data mix`); `train_turns` (SFT's data.train_turns) as `data check
-        --train-turns`, for the row's trained tokens and the report's."""
+        --train-turns`, for the row's trained tokens and the report's; `truncation` as `--truncation` (the trainer's
+        data.truncation); with `dataset_dir` (a LLaMA-Factory folder, as `--dataset-dir`) `path` is a dataset name."""
         from dataclasses import asdict
 
         from weitiao.data.check import check_file
@@ -412,15 +414,27 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
             raise UserError(f"max_len {max_len}: must be ≥ 1")
         if train_turns not in ("all", "last"):
             raise UserError(f"train_turns {train_turns!r}: use all or last")
-        file = str(roots.resolve(path, "data file"))
+        if truncation not in TRUNCATION_CHOICES:
+            raise UserError(f"truncation {truncation!r}: use one of {', '.join(TRUNCATION_CHOICES)}")
+        folder, mixed = None, None
+        if dataset_dir:  # every file the dataset names, and its dataset_info.json, inside the roots
+            from weitiao.data.formats import data_files
+
+            folder = str(roots.resolve(dataset_dir, "LLaMA-Factory folder"))
+            for f in data_files([path], folder):
+                roots.resolve(str(f), f"dataset {path!r} file")
+            file = path
+        else:
+            file = str(roots.resolve(path, "data file"))
+            report = Path(f"{file}.report.json")  # written next to a file by `weitiao data mix`
+            if report.is_file():
+                mixed = json.loads(roots.resolve(str(report), "mix report").read_text(encoding="utf-8"))
         ref = model_ref(model)
         tok = tokenizer(ref)
-        view = row_view(file, index, tok, template, max_len, train_on_prompt, format, train_turns)
-        report = Path(f"{file}.report.json")  # written next to a file by `weitiao data mix`
-        mixed = None
-        if report.is_file():
-            mixed = json.loads(roots.resolve(str(report), "mix report").read_text(encoding="utf-8"))
-        check = check_file([file], tok, template, max_len, format, train_turns=train_turns, context=positions(ref))
+        # the row first: a file its trainer refuses gets that trainer's error, not data check's
+        view = row_view(file, index, tok, template, max_len, train_on_prompt, format, train_turns, truncation, folder)
+        check = check_file([file], tok, template, max_len, format, dataset_dir=folder, train_turns=train_turns,
+                           context=positions(ref), truncation=truncation)  # fmt: skip
         return {**view, "check": asdict(check), "mix": mixed}
 
     return app

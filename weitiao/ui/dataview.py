@@ -10,37 +10,56 @@ log-probs; RM reads its score at the last one), cut by `cut_response` where max_
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode_document
-from weitiao.data.check import show_example, token_segments
+from weitiao.data.check import drop_reason, refuse_truncation, show_example, token_segments
 from weitiao.data.formats import CONFIG_SKIP_HINT, Document, PreferencePair, file_kind, load_conversations
 from weitiao.data.preference import encode_pair, load_pairs
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
 
 
-def load(path: str | Path, fmt: str = "auto") -> tuple[str, list[Any]]:
-    """(kind, rows) through the loader of the trainer that takes this kind of file."""
-    kind = file_kind(path, fmt)
+def load(path: str | Path, fmt: str = "auto", dataset_dir: str | Path | None = None) -> tuple[str, list[Any]]:
+    """(kind, rows) through the loader of the trainer that takes this kind of file; with `dataset_dir`, `path` is a
+    dataset name in its dataset_info.json (read through its mapping; `ranking: true` makes it pairs)."""
+    if dataset_dir is not None and fmt == "auto":
+        from weitiao.data.llamafactory import resolve
+
+        kind = "preference" if resolve(dataset_dir, str(path)).ranking else "sft"
+    else:
+        kind = file_kind(path, fmt)
+    kw: dict[str, Any] = {"skip_hint": CONFIG_SKIP_HINT, "dataset_dir": dataset_dir and str(dataset_dir)}
     if kind == "preference":
-        return kind, load_pairs([str(path)], fmt, skip_invalid=False, skip_hint=CONFIG_SKIP_HINT).rows
-    return kind, load_conversations(str(path), fmt, allow_text=True, skip_hint=CONFIG_SKIP_HINT).rows
+        return kind, load_pairs([str(path)], fmt, skip_invalid=False, **kw).rows
+    return kind, load_conversations(str(path), fmt, allow_text=True, **kw).rows
 
 
-def sft_view(
-    row: Any, tokenizer: Any, template: str, max_len: int, train_on_prompt: bool, train_turns: str = "all"
-) -> dict:
-    """A chat or raw-text row as `weitiao sft` encodes it with data.train_turns `train_turns` (truncation `cut`, so
-    a cut is shown, not hidden)."""
-    opts = EncodeOptions(max_len, train_on_prompt, train_turns, "cut")  # type: ignore[arg-type]
+def _encoded(row: Any, tokenizer: Any, template: str, opts: EncodeOptions) -> tuple[list[Encoded], list]:
+    """(pieces, segments) of a row under `opts`; no pieces when its truncation drops the row."""
     if isinstance(row, Document):  # a long pre-training text is several examples: shown one after another
         pieces = encode_document(row, tokenizer, opts)
-        segments = [s for e in pieces for s in token_segments(e, tokenizer)]
-    else:
-        enc, segments = show_example(row, tokenizer, template, opts)
-        pieces = [enc] if enc else []
+        return pieces, [s for e in pieces for s in token_segments(e, tokenizer)]
+    enc, segments = show_example(row, tokenizer, template, opts)
+    return ([enc] if enc else []), segments
+
+
+def sft_view(row: Any, tokenizer: Any, template: str, max_len: int, train_on_prompt: bool, train_turns: str = "all",
+             truncation: str = "drop") -> dict:  # fmt: skip
+    """A chat or raw-text row as `weitiao sft` encodes it with data.train_turns `train_turns` and data.truncation
+    `truncation`. A row that policy drops is shown as its first max_len tokens (so what is over is seen), `dropped`
+    saying why."""
+    opts = EncodeOptions(max_len, train_on_prompt, train_turns, truncation)  # type: ignore[arg-type]
+    pieces, segments = _encoded(row, tokenizer, template, opts)
+    dropped = None
+    if not pieces:
+        dropped = (f"over max_len {max_len}" if isinstance(row, Document)
+                   else drop_reason(row, tokenizer, template, opts))  # fmt: skip
+        whole, _ = _encoded(row, tokenizer, template, replace(opts, max_len=10**9))
+        pieces = [Encoded(e.input_ids[:max_len], e.labels[:max_len], truncated="cut") for e in whole[:1]]
+        segments = token_segments(pieces[0], tokenizer) if pieces else []
     return {
         "kind": "sft",
         "segments": segments,
@@ -48,6 +67,9 @@ def sft_view(
         "trained": sum(e.n_trained for e in pieces),
         "pieces": len(pieces),
         "cut": any(e.truncated == "cut" for e in pieces),
+        "history": any(e.truncated == "history" for e in pieces),
+        "truncation": truncation,
+        "dropped": dropped,
     }
 
 
@@ -86,15 +108,17 @@ def pair_view(pair: PreferencePair, tokenizer: Any, template: str, max_len: int)
 
 
 def row_view(path: str | Path, index: int, tokenizer: Any, template: str, max_len: int, train_on_prompt: bool,
-             fmt: str = "auto", train_turns: str = "all") -> dict:  # fmt: skip
-    """Row `index` of the file, with the file's kind and row count."""
-    kind, rows = load(path, fmt)
+             fmt: str = "auto", train_turns: str = "all", truncation: str = "drop",
+             dataset_dir: str | Path | None = None) -> dict:  # fmt: skip
+    """Row `index` of the file (or of dataset `path` in `dataset_dir`), with the file's kind and row count."""
+    kind, rows = load(path, fmt, dataset_dir)
+    refuse_truncation("preference" if kind == "preference" else "SFT", truncation)  # as `data check` refuses it
     if not 0 <= index < len(rows):
         raise UserError(f"index {index}: {path} has {len(rows)} rows (0..{len(rows) - 1})")
     row = rows[index]
     view = (
         pair_view(row, tokenizer, template, max_len)
         if kind == "preference"
-        else sft_view(row, tokenizer, template, max_len, train_on_prompt, train_turns)
+        else sft_view(row, tokenizer, template, max_len, train_on_prompt, train_turns, truncation)
     )
     return {"rows": len(rows), "source": row.source, **view}

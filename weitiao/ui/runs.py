@@ -99,6 +99,9 @@ class RunStore:
         state = self.state(name)
         if state["status"] in ("starting", "running"):
             raise UserError(f"run {name}: is {state['status']} already")
+        if resume and state["status"] == "done":  # the trainer would refuse (nothing left), leaving it shown failed
+            raise UserError(f"run {name}: finished; nothing to resume (its steps are done): start a new run to train "
+                            "more")  # fmt: skip
         cmd = [self.python, "-m", "weitiao", state["kind"], str(d / "ui" / "config.yaml")]
         if resume:
             cmd.append("train.resume=auto")

@@ -29,7 +29,9 @@ const T = {
     mix_dups: "重复", mix_picked: "选取", mix_upsample: "采样倍数", mix_target: "目标比例", mix_achieved: "实际比例",
     di_rows: "行", di_tokens: "token 数", di_trained: "训练的 token", dc_format: "格式 / 模板", dc_rows: "读入 / 保留 / 拒绝的行",
     dc_tokens: "token 数 最小 / 平均 / p95 / 最大", dc_over: "超过 max_len 的行：max_len =", dc_dups: "重复的行 / 提示",
-    dc_eos: "缺少 EOS 的行", dc_untrained: "没有训练 token 的行",
+    dc_eos: "缺少 EOS 的行", dc_untrained: "没有训练 token 的行", dc_trunc: "丢弃 / 截断 / 删去早期轮次的行", dc_kto: "KTO 行：好 / 坏",
+    data_lf: "LLaMA-Factory 目录", data_lf_help: "可选：含 dataset_info.json 的目录（同 --dataset-dir）；数据文件一栏随即填数据集名",
+    di_policy_dropped: "训练时丢弃这一行", di_shown_cut: "下面按 max_len 截断显示", di_history: "已删去最早的几轮以放进 max_len",
     data_format: "格式", scored: "计分的 token（DPO 对其对数概率求和）", score_token: "奖励模型（RM）在此读分",
     pair_prompt: "提示（两边共享，不计分）", chosen: "选中的回复（chosen）", rejected: "被拒的回复（rejected）",
     di_seq: "token（提示 + 回复）", di_scored: "计分", di_cut: "已截到 max_len，原长", di_cut_sft: "已截到 max_len",
@@ -65,7 +67,9 @@ const T = {
     mix_dups: "duplicates", mix_picked: "picked", mix_upsample: "upsample", mix_target: "target", mix_achieved: "achieved",
     di_rows: "rows", di_tokens: "tokens", di_trained: "trained", dc_format: "format / template", dc_rows: "rows read / kept / rejected",
     dc_tokens: "tokens min / mean / p95 / max", dc_over: "rows over max_len", dc_dups: "duplicate rows / prompts",
-    dc_eos: "rows missing EOS", dc_untrained: "rows with no trained token",
+    dc_eos: "rows missing EOS", dc_untrained: "rows with no trained token", dc_trunc: "rows dropped / cut / history-trimmed", dc_kto: "KTO rows desirable / undesirable",
+    data_lf: "LLaMA-Factory folder", data_lf_help: "Optional: a folder holding dataset_info.json (as --dataset-dir); the data file box then takes a dataset name",
+    di_policy_dropped: "training drops this row", di_shown_cut: "shown below cut to max_len", di_history: "oldest exchanges dropped to fit max_len",
     data_format: "Format", scored: "scored tokens (DPO sums their log-probs)", score_token: "the reward model (RM) reads its score here",
     pair_prompt: "Prompt (shared by both sides, not scored)", chosen: "Chosen reply", rejected: "Rejected reply",
     di_seq: "tokens (prompt + reply)", di_scored: "scored", di_cut: "cut to max_len, whole", di_cut_sft: "cut to max_len",
@@ -132,6 +136,7 @@ function showTab(name) {
   for (const s of document.querySelectorAll("main > section")) s.hidden = s.id !== "tab-" + name;
   for (const b of document.querySelectorAll(".tab")) b.classList.toggle("active", b.dataset.tab === name);
   ui.tab = name;
+  if (name === "watch" && !ui.watch && $("watch-run").value) { watchRun($("watch-run").value); return; } // the run the list shows
   if (name === "watch") pollWatch();
 }
 
@@ -383,7 +388,7 @@ function renderWatch(d) {
   $("watch-status").textContent = t("s_" + s);
   $("watch-status").className = "status s-" + s;
   $("stop-btn").disabled = !["starting", "running"].includes(s);
-  $("resume-btn").disabled = ["starting", "running", "stopping"].includes(s);
+  $("resume-btn").disabled = ["starting", "running", "stopping", "done"].includes(s); // a finished run has nothing left to train
   $("config-link").href = `/api/runs/${encodeURIComponent(d.state.name)}/config.yaml`;
   const banner = $("banner");
   banner.replaceChildren(...d.warnings.map((w) => el("div", { "data-warning": w.kind },
@@ -528,7 +533,10 @@ function showPair(d) {
 }
 async function showData() {
   const q = new URLSearchParams({ path: $("data-path").value, index: $("data-index").value, model: $("data-model").value,
-    format: $("data-format").value, max_len: $("data-max-len").value, train_turns: $("data-train-turns").value });
+    format: $("data-format").value, max_len: $("data-max-len").value, train_turns: $("data-train-turns").value,
+    truncation: $("data-truncation").value, template: $("data-template").value,
+    train_on_prompt: $("data-train-on-prompt").checked });
+  if ($("data-dataset-dir").value.trim()) q.set("dataset_dir", $("data-dataset-dir").value.trim());
   try {
     const d = await api("/api/data?" + q);
     const pair = d.kind === "preference";
@@ -540,7 +548,9 @@ async function showData() {
     } else {
       info.push(" · ", word("di_tokens"), ` ${d.tokens} · `, word("di_trained"), ` ${d.trained}`);
       if (d.pieces > 1) info.push(` · ${d.pieces} `, word("di_pieces"));
-      if (d.cut) info.push(" · ", word("di_cut_sft"));
+      if (d.dropped) info.push(" · ", el("span", { class: "error" }, word("di_policy_dropped"), ` (truncation ${d.truncation}): ${d.dropped}; `, word("di_shown_cut")));
+      else if (d.cut) info.push(" · ", word("di_cut_sft"));
+      if (d.history) info.push(" · ", word("di_history"));
       if (!d.pieces) info.push(" · ", el("span", { class: "error", "data-i18n": "di_dropped", text: t("di_dropped") }));
     }
     $("data-info").replaceChildren(...info);
@@ -557,7 +567,9 @@ async function showData() {
       ...(c.pairs ? [["dc_pairs", "", `${c.pairs} / ${c.identical_pairs} / ${c.empty_replies}`]] : []),
       ...(c.documents ? [["dc_docs", "", c.documents]] : []),
       ["dc_tokens", "", `${c.length_min} / ${c.length_mean} / ${c.length_p95} / ${c.length_max}`],
-      ["dc_over", ` ${c.max_len}`, c.over_max_len], ["dc_dups", "", `${c.duplicate_rows} / ${c.duplicate_prompts}`],
+      ["dc_over", ` ${c.max_len}`, c.over_max_len], ["dc_trunc", ` (truncation ${c.truncation})`, `${c.dropped} / ${c.cut} / ${c.history_trimmed}`],
+      ...(c.desirable || c.undesirable ? [["dc_kto", "", `${c.desirable} / ${c.undesirable}`]] : []),
+      ["dc_dups", "", `${c.duplicate_rows} / ${c.duplicate_prompts}`],
       ["dc_eos", "", c.missing_eos], ["dc_untrained", ` (train_turns ${c.train_turns})`, c.no_trained_tokens],
     ];
     $("data-check").replaceChildren(...rows.flatMap(([k, more, v]) => [el("dt", {}, word(k), more), el("dd", { text: String(v) })]),
@@ -620,6 +632,7 @@ async function init() {
   const info = ui.info = await api("/api/info");
   for (const k of info.recipes) $("recipe").append(el("option", { value: k, text: k }));
   $("data-format").replaceChildren(...info.formats.map((f) => el("option", { value: f, text: f })));
+  $("data-template").replaceChildren(...info.templates.map((f) => el("option", { value: f, text: f })));
   if (info.demo_data) $("eval-prompts").value = info.demo_data + "/heldout_style.jsonl";
   showTab("runs");
   await loadForm();
