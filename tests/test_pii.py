@@ -1291,6 +1291,17 @@ def test_addresses_after_chinese_text_and_provinces_inside_road_names():
         assert all(not m[1].startswith(("公司", "楼下", "司上", "下超")) for m in _found(text, ["address"])), text
 
 
+def test_a_road_section_written_in_digits_is_part_of_the_address():
+    """人民南路4段12号 (a section as a digit, as Chengdu writes it) was no address: 住在成都市武侯区人民南路4段12号
+    stayed in clear in placeholder and pseudonym mode alike; 四段 was read."""
+    for text, addr in [
+        ("住在成都市武侯区人民南路4段12号。", "成都市武侯区人民南路4段12号"),
+        ("地址：成都市武侯区人民南路四段12号", "成都市武侯区人民南路四段12号"),
+        ("公司在台北市大安区信义路3段100号", "台北市大安区信义路3段100号"),
+    ]:
+        assert _found(text, ["address"]) == [("address", addr)], text
+
+
 def test_plates_written_with_a_dash_and_permits_to_hong_kong_and_macau():
     """沪A-12345 (a dash is how plates are often typed) and 港澳通行证 C12345678 were left in clear; a C/W number
     still needs a 通行证/护照 cue, and a fake keeps the dash."""
