@@ -146,3 +146,19 @@ def test_an_input_among_the_files_a_run_writes_in_train_out_is_refused(tmp_path)
     kept = tmp_path / "runs/sft/checkpoints/step-000004-best/adapter"  # a user's copy: never moved, so fine
     assert load_config(DPOConfig, dpo_file, [f"lora.init_from={kept}"]).lora.init_from == str(kept)
     assert sorted(p.name for p in proj.iterdir()) == ["config.yaml", "golden.jsonl", "sft.yaml"]  # nothing moved
+
+
+def test_a_list_key_given_one_value_says_how_to_write_the_list(tmp_path):
+    """`data.train: chat.jsonl` (a file where a list is read) got pydantic's 'Input should be a valid list' and no more,
+    in a YAML, a key=value and the console's form alike; now the line says how to write it."""
+    from weitiao.ui import forms
+    from weitiao.ui.paths import Roots
+
+    cfg_file = write(tmp_path / "sft.yaml", {"model": {"path": "demo"}, "data": {"train": "chat.jsonl"}})
+    with pytest.raises(UserError, match=r"sft.yaml:\d+: data.train: .*valid list; data.train takes a list: write \["):
+        load_config(SFTConfig, cfg_file)
+    with pytest.raises(UserError, match=r"command line data.train=x.jsonl: .*data.train=\[.*x.jsonl\] on the command"):
+        load_config(SFTConfig, write(tmp_path / "ok.yaml", {"model": {"path": "demo"}}), ["data.train=x.jsonl"])
+    with pytest.raises(UserError, match=r"data.train: .*valid list; data.train takes a list: write \["):
+        forms.build("sft", {"data.train": "a.jsonl"}, Roots([tmp_path]), tmp_path / "runs" / "x")
+    assert load_config(SFTConfig, cfg_file, ["data.train=[a.jsonl]"]).data.train[0].endswith("a.jsonl")

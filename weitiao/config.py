@@ -315,6 +315,16 @@ def _input_in_run_files(cls: type[BaseModel], cfg: BaseModel, out: Path, path: P
     return None
 
 
+def list_hint(err: dict) -> str:
+    """For a pydantic error: a key that takes a list given one value (`data.train: chat.jsonl`) → how to write the
+    list; '' for any other error."""
+    if err["type"] != "list_type" or isinstance(err.get("input"), (dict, list)):
+        return ""
+    key, value = ".".join(str(x) for x in err["loc"]), err.get("input")
+    shown = value if isinstance(value, str) else repr(value)
+    return f"; {key} takes a list: write [{shown}] (YAML, or {key}=[{shown}] on the command line)"
+
+
 def validate(
     cls: type[C], data: dict, where: str, node: yaml.Node | None = None, overrides: list[str] | None = None
 ) -> C:
@@ -327,7 +337,7 @@ def validate(
         err = errors[0]
         others = [".".join(str(x) for x in o["loc"]) for o in errors[1:]]
         more = f" (also: {', '.join(others[:3])}{', …' * (len(others) > 3)})" if others else ""
-        hint = _unknown_key_hint(cls, err["loc"]) if err["type"] == "extra_forbidden" else ""
+        hint = _unknown_key_hint(cls, err["loc"]) if err["type"] == "extra_forbidden" else list_hint(err)
         raise _located(err["loc"], err["msg"], where, node, overrides, f"{hint}{more}") from None
     if guess := guessed(data, cfg):
         raise _located(*guess, where, node, overrides)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from weitiao.config import guessed, path_keys, read_yaml_mapping, resolve_paths
+from weitiao.config import guessed, list_hint, path_keys, read_yaml_mapping, resolve_paths
 from weitiao.errors import UserError
 from weitiao.ui.help_zh import zh
 from weitiao.ui.paths import Roots
@@ -192,7 +192,7 @@ def build(kind: str, values: dict[str, Any], roots: Roots, out: Path) -> BaseMod
     except ValidationError as e:
         err = e.errors()[0]
         more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-        raise UserError(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}{more}") from None
+        raise UserError(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}{list_hint(err)}{more}") from None
     if guess := guessed(data, cfg):  # a box's `1` for a yes/no key, `true` for a number
         raise UserError(f"{'.'.join(str(x) for x in guess[0])}: {guess[1]}")
     if getattr(cfg.train, "disable_dropout", None) is not None:  # DPO, RM, PPO: the YAML holds the dropout they run
