@@ -251,8 +251,8 @@ def check_trained_base(adapter_dir: Path, base: str, named_by: str, merge: bool 
     done = "the adapter was merged into" if merge else "the export is for"
     return (
         f"{named_by} {base} is not what the run trained on ({inputs}: model.path {saved}, now {now}: its weight or "
-        f".json files changed, or another model): {done} a base it never saw; give the base it trained on with "
-        "--model if that was not meant"
+        f".json files changed, or another model): {done} a base it never saw; export onto the base it trained on with "
+        "`weitiao export --model DIR` (the console exports onto model.path as it is now) if that was not meant"
     )
 
 
