@@ -888,6 +888,38 @@ def test_a_stop_while_the_keeper_starts_the_trainer_stops_the_trainer(tmp_path, 
         os.kill(state["child_pid"], 0)
 
 
+def test_a_stop_that_comes_as_the_run_finishes_leaves_it_done(tmp_path):
+    """Stop pressed as the trainer was finishing: it exited 0 (trained to the end, final saved) and the keeper
+    recorded `stopped`, so the page offered Resume of a finished run. The status follows the exit code: 0 is done;
+    a trainer the stop killed (-15) is stopped (the test above)."""
+    import subprocess
+
+    from weitiao.ui import supervise
+
+    ui = tmp_path / "r" / "ui"
+    ui.mkdir(parents=True)
+    finishing = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(0.5)"
+    (ui / "run.json").write_text(json.dumps({"status": "starting", "command": [sys.executable, "-c", finishing],
+                                             "cwd": str(tmp_path)}))  # fmt: skip
+    real = subprocess.Popen
+
+    def popen_then_stop(*a, **kw):
+        p = real(*a, **kw)
+        time.sleep(0.3)  # its SIGTERM handler set: the stop reaches a trainer past its last step
+        os.kill(os.getpid(), signal.SIGTERM)
+        return p
+
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(supervise.subprocess, "Popen", popen_then_stop)
+            supervise.main(ui)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    state = json.loads((ui / "run.json").read_text())
+    assert (state["status"], state["returncode"]) == ("done", 0)
+
+
 def test_a_reward_file_is_taken_from_the_root_and_kept_inside_it(root, tmp_path):
     """reward.path `rewards/my.py:score` was kept relative (the run, in RUNS/NAME, could not import it) and
     never checked against the roots (`r/../../…/x.py:f` loaded a file from anywhere); now resolved in the root."""

@@ -47,7 +47,7 @@ def main(ui_dir: Path) -> int:
             os.killpg(child.pid, signal.SIGTERM)
         update(ui_dir, status="running", pid=os.getpid(), child_pid=child.pid, started=time.time())
         rc = child.wait()
-    status = "stopped" if stopping else "done" if rc == 0 else "failed"
+    status = "done" if rc == 0 else "stopped" if stopping else "failed"  # a stop as it finished: trained to the end
     update(ui_dir, status=status, returncode=rc, ended=time.time())
     return 0
 
