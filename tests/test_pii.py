@@ -1345,3 +1345,15 @@ def test_names_after_record_labels_such_as_patient_and_owner():
     assert _found("业主谢婉婷已签字", ["name"]) == [("name", "谢婉婷")]
     assert _found("户名：吴敏", ["name"]) == [("name", "吴敏")]
     assert _found("房东说下月涨租", ["name"]) == []  # control: a label with no name after it
+
+
+def test_qq_numbers_listed_after_one_cue_are_each_found():
+    """QQ：12345、67890 或 24680 found the first number only; the others stayed in clear. Each listed number is a QQ
+    number now; a mobile listed there stays a mobile, and words after the list end it. A second pseudonym pass
+    leaves the fakes as they are."""
+    text = "QQ：12345、67890 或 24680，谢谢"
+    assert _found(text) == [("qq", "12345"), ("qq", "67890"), ("qq", "24680")]
+    assert _found("QQ 12345678，13800138000") == [("qq", "12345678"), ("mobile", "13800138000")]
+    assert _found("QQ号 12345678，电话 13800138000") == [("qq", "12345678"), ("mobile", "13800138000")]
+    once = pii.scrub(text, "pseudonym")[0]
+    assert "12345" not in once and "67890" not in once and pii.scrub(once, "pseudonym")[0] == once
