@@ -142,14 +142,19 @@ def test_formats_random_walks_validate(name):
 
 def test_format_edges():
     """Feb 29 in leap years only (2000 yes, 1900 no), no year 0000, no leap second; ipv4 without leading zeros;
-    hostname labels of 63 at most, 253 in all; duration as RFC 3339's appendix A (no P1Y1D, no P1H); a port
+    hostname labels of 63 at most, 253 in all; an email 254 in all (a greedy model looped in its local part until
+    max_tokens); duration as RFC 3339's appendix A (no P1Y1D, no P1H); a port
     under 65536."""
     for name, good, bad in [
         ("date", ["2024-02-29", "2000-02-29", "0001-01-01", "1999-12-31"], ["1900-02-29", "0000-01-01", "2024-04-31"]),
         ("date-time", ["2024-02-29T23:59:59.123456789+05:30", "2024-01-01T00:00:00Z"], ["2024-01-01T00:00:60Z"]),
         ("ipv4", ["255.255.255.255", "0.0.0.0"], ["256.1.1.1", "1.2.3"]),
         ("ipv6", ["::", "::1", "1:2:3:4:5:6:7:8", "1::8", "fe80::1:2"], ["1:2:3:4:5:6:7:8:9", ":1"]),
-        ("email", ["a.b+c@x-y.example.cn"], ["a..b@x.cn", "a@x", "@x.cn"]),
+        (
+            "email",
+            ["a.b+c@x-y.example.cn", "a" * 64 + "@" + ("b" * 61 + ".") * 3 + "cnn"],  # 254 characters
+            ["a..b@x.cn", "a@x", "@x.cn", "a" * 64 + "@" + ("b" * 61 + ".") * 3 + "cnnn"],
+        ),
         ("hostname", ["a", "x-y.example.cn", "a" * 63 + ".b"], ["a" * 64, "a-.b", "a..b", ("a" * 63 + ".") * 4]),
         ("duration", ["P1Y2M3DT4H5M6S", "PT1H", "P2W", "P1D"], ["P", "PT", "P1Y1D", "P1H", "P1234567D"]),
         ("uri", ["https://example.com:8080/a/b?q=1&r=%20#f", "ftp://1.2.3.4"], ["example.com", "http://a:99999"]),

@@ -600,11 +600,11 @@ FORMATS = {
     "time": f"^{_TIME}$",
     "date-time": f"^{_DATE}T{_TIME}$",
     "uuid": r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
-    "email": rf"^{_ATOM}(\.{_ATOM})*@{_LABEL}(\.{_LABEL})+$",
+    "email": rf"^{_ATOM}(\.{_ATOM})*@{_LABEL}(\.{_LABEL})+$",  # 254 in all (FORMAT_LENGTH)
     "ipv4": rf"^{_OCTET}(\.{_OCTET}){{3}}$",
     "ipv6": f"^({_IPV6})$",
     "hostname": f"^{_HOST}$",  # RFC 1123 labels of 63 at most; 253 in all (FORMAT_LENGTH)
     "duration": f"^{_DURATION}$",
     "uri": f"^{_URI}$",
 }
-FORMAT_LENGTH = {"hostname": 253}  # a format's own maxLength
+FORMAT_LENGTH = {"hostname": 253, "email": 254}  # a format's own maxLength (email: RFC 5321's path, as pydantic)
