@@ -898,15 +898,19 @@ def test_a_stop_that_comes_as_the_run_finishes_leaves_it_done(tmp_path):
 
     ui = tmp_path / "r" / "ui"
     ui.mkdir(parents=True)
-    finishing = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(0.5)"
+    ready = tmp_path / "past-last-step"
+    finishing = (f"import pathlib, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                 f"pathlib.Path({str(ready)!r}).touch(); time.sleep(0.3)")  # fmt: skip
     (ui / "run.json").write_text(json.dumps({"status": "starting", "command": [sys.executable, "-c", finishing],
                                              "cwd": str(tmp_path)}))  # fmt: skip
     real = subprocess.Popen
 
     def popen_then_stop(*a, **kw):
         p = real(*a, **kw)
-        time.sleep(0.3)  # its SIGTERM handler set: the stop reaches a trainer past its last step
-        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.time() + 60
+        while not ready.exists() and time.time() < deadline:  # its SIGTERM handler set (slow on a loaded box)
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)  # the stop reaches a trainer past its last step
         return p
 
     old = signal.getsignal(signal.SIGTERM)
