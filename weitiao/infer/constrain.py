@@ -24,6 +24,7 @@ from transformers import LogitsProcessor
 
 from weitiao.data.decode import special_ids
 from weitiao.infer import bounds, strings
+from weitiao.infer.strings import _LEADS, _cont_step
 
 _WS = b" "
 _ESC = set(b'"\\/bfnrt')
@@ -102,19 +103,6 @@ def json_step(state: tuple, b: int) -> tuple | None:
             return None
         return ("lit", stack, aux[1:]) if len(aux) > 1 else _after_value(stack)
     return None  # "done": nothing may follow
-
-
-# UTF-8 as Python decodes it (RFC 3629): no overlong forms, surrogates or code points past U+10FFFF. A string's
-# `cont` is 0-3 continuation bytes due, or 4-7: after E0, ED, F0, F4, whose next byte has a narrower range.
-_NARROW = {4: (0xA0, 0xBF, 1), 5: (0x80, 0x9F, 1), 6: (0x90, 0xBF, 2), 7: (0x80, 0x8F, 2)}
-_LEADS = {**dict.fromkeys(range(0xC2, 0xE0), 1), **dict.fromkeys(range(0xE1, 0xF0), 2), 0xE0: 4, 0xED: 5}
-_LEADS |= {**dict.fromkeys(range(0xF1, 0xF4), 3), 0xF0: 6, 0xF4: 7}
-
-
-def _cont_step(cont: int, b: int) -> int | None:
-    """The continuation bytes due after `b` with `cont` due (a `_NARROW` code first), or None."""
-    lo, hi, left = _NARROW.get(cont, (0x80, 0xBF, cont - 1))
-    return left if lo <= b <= hi else None
 
 
 def _str_step(stack: tuple, aux: tuple, b: int) -> tuple | None:

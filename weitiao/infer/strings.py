@@ -513,17 +513,22 @@ _FIRST = {2: 0x80, 3: 0x800, 4: 0x10000}
 _HEXES = set(b"0123456789abcdefABCDEF")
 
 
-def _leads() -> dict:
-    from weitiao.infer.constrain import _LEADS
+# UTF-8 as Python decodes it (RFC 3629): no overlong forms, surrogates or code points past U+10FFFF. A string's
+# `cont` is 0-3 continuation bytes due, or 4-7: after E0, ED, F0, F4, whose next byte has a narrower range.
+_NARROW = {4: (0xA0, 0xBF, 1), 5: (0x80, 0x9F, 1), 6: (0x90, 0xBF, 2), 7: (0x80, 0x8F, 2)}
+_LEADS = {**dict.fromkeys(range(0xC2, 0xE0), 1), **dict.fromkeys(range(0xE1, 0xF0), 2), 0xE0: 4, 0xED: 5}
+_LEADS |= {**dict.fromkeys(range(0xF1, 0xF4), 3), 0xF0: 6, 0xF4: 7}
 
-    return _LEADS
+
+def _cont_step(cont: int, b: int) -> int | None:
+    """The continuation bytes due after `b` with `cont` due (a `_NARROW` code first), or None."""
+    lo, hi, left = _NARROW.get(cont, (0x80, 0xBF, cont - 1))
+    return left if lo <= b <= hi else None
 
 
 def step(text: Text, sub: tuple, b: int) -> tuple | bool | None:
     """The progress after byte `b`: a new progress, True when `b` is the closing quote of a string that follows
     `text`, or None."""
-    from weitiao.infer.constrain import _cont_step
-
     state, pending = sub
     if pending is None:
         if b == 0x22:
@@ -536,7 +541,7 @@ def step(text: Text, sub: tuple, b: int) -> tuple | bool | None:
         if b < 0x80:
             nxt = text.char(state, b)
             return None if nxt is None else (nxt, None)
-        cont = _leads().get(b)
+        cont = _LEADS.get(b)
         if cont is None:
             return None
         total = {1: 2, 2: 3, 3: 4, 4: 3, 5: 3, 6: 4, 7: 4}[cont]
