@@ -31,6 +31,7 @@ from weitiao.data.files import (
     iter_records,
     not_a_row,
 )
+from weitiao.data.llamafactory import REASONING_KEYS, TURN_FLAGS
 from weitiao.errors import UserError, near_miss
 from weitiao.io import claim_outputs, write_jsonl
 
@@ -254,9 +255,6 @@ def _weight(m: dict, field: str, role: str) -> bool:
     if isinstance(w, bool) or w not in (0, 1):
         raise RowError(f"{field}.weight", f"expected 0 or 1, got {w!r}")
     return w == 1
-
-
-REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")  # a message's trace beside its content
 
 
 def refuse_name(m: dict, field: str) -> None:
@@ -673,7 +671,6 @@ def _misspelled(key: str) -> str | None:
 # Keys a message may carry that some format reads; a near miss (weigth, tool_call) of one the message lacks is refused,
 # and so are other tools' per-turn training flags (axolotl `training`, ms-swift `loss`): the turn would be trained.
 MESSAGE_KEYS = ("role", "content", "from", "value", "weight", "name", "tool_calls", "tool_call_id")
-TURN_FLAGS = ("train", "training", "loss")
 MESSAGE_LISTS = ("messages", "conversations", "prompt", "completion", "chosen", "rejected")
 
 

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from weitiao.data.files import RowError, expand_paths
-from weitiao.data.formats import REASONING_KEYS, TURN_FLAGS
 from weitiao.errors import UserError, near_miss
 from weitiao.io import read_json
 
@@ -68,6 +67,11 @@ OPTIONAL["openai"] = OPTIONAL["sharegpt"]
 ENTRY_KEYS = (*REMOTE, "file_name", "file_sha1", "formatting", "ranking", "subset", "split", "folder", "num_samples",
               "revision", "columns", "tags")  # fmt: skip
 HUB_ONLY = ("subset", "folder", "revision")  # pick part of a hub dataset: a local file has none of them
+
+# Message keys formats.py reads too (here, below formats in the import order): a message's reasoning trace beside its
+# content, and other tools' per-turn training flags (axolotl `training`, ms-swift `loss`).
+REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
+TURN_FLAGS = ("train", "training", "loss")
 
 
 def _unknown(keys: Any, known: list[str] | tuple[str, ...], where: str) -> None:
