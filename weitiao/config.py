@@ -318,7 +318,7 @@ def _input_in_run_files(cls: type[BaseModel], cfg: BaseModel, out: Path, path: P
 def list_hint(err: dict) -> str:
     """For a pydantic error: a key that takes a list given one value (`data.train: chat.jsonl`) → how to write the
     list; '' for any other error."""
-    if err["type"] != "list_type" or isinstance(err.get("input"), (dict, list)):
+    if err["type"] != "list_type" or err.get("input") is None or isinstance(err["input"], (dict, list)):
         return ""
     key, value = ".".join(str(x) for x in err["loc"]), err.get("input")
     shown = value if isinstance(value, str) else repr(value)
