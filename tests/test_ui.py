@@ -856,33 +856,42 @@ def test_a_run_name_is_taken_by_one_mkdir_not_a_check_then_write(tmp_path, fake_
     wait_for(lambda: store.state("same")["status"] == "stopped")
 
 
-def test_a_stop_while_the_keeper_starts_the_trainer_stops_the_trainer(tmp_path, fake_python):
-    """The keeper set its SIGTERM handler after starting the trainer: a stop in between killed the keeper
-    and left the trainer running, orphaned. Now the handler is set first and passes the stop on."""
+def _keeper_stopped(tmp_path, cmd: list[str], before_stop=lambda: None, own_handler_checked: bool = False) -> dict:
+    """Run the keeper (`supervise.main`) on `cmd`, sending it SIGTERM (the console's Stop) once the trainer has
+    started and `before_stop()` returned; its run.json state after. `own_handler_checked`: the test process's own
+    SIGTERM handler fails the test, so the stop must reach the keeper's."""
     import subprocess
 
     from weitiao.ui import supervise
 
     ui = tmp_path / "r" / "ui"
     ui.mkdir(parents=True)
-    cmd = [fake_python, "-m", "weitiao", "sft", "x"]
     (ui / "run.json").write_text(json.dumps({"status": "starting", "command": cmd, "cwd": str(tmp_path)}))
     real = subprocess.Popen
 
     def popen_then_stop(*a, **kw):
         p = real(*a, **kw)
-        os.kill(os.getpid(), signal.SIGTERM)  # the stop arrives right after the trainer started
+        before_stop()
+        os.kill(os.getpid(), signal.SIGTERM)
         return p
 
     old = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda *_: pytest.fail("the keeper's own handler was not set"))
+    if own_handler_checked:
+        signal.signal(signal.SIGTERM, lambda *_: pytest.fail("the keeper's own handler was not set"))
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(supervise.subprocess, "Popen", popen_then_stop)
             supervise.main(ui)
     finally:
         signal.signal(signal.SIGTERM, old)
-    state = json.loads((ui / "run.json").read_text())
+    return json.loads((ui / "run.json").read_text())
+
+
+def test_a_stop_while_the_keeper_starts_the_trainer_stops_the_trainer(tmp_path, fake_python):
+    """The keeper set its SIGTERM handler after starting the trainer: a stop in between killed the keeper
+    and left the trainer running, orphaned. Now the handler is set first and passes the stop on."""
+    # the stop arrives right after the trainer started
+    state = _keeper_stopped(tmp_path, [fake_python, "-m", "weitiao", "sft", "x"], own_handler_checked=True)
     assert state["status"] == "stopped" and state["returncode"] == -signal.SIGTERM
     with pytest.raises(OSError):
         os.kill(state["child_pid"], 0)
@@ -892,35 +901,16 @@ def test_a_stop_that_comes_as_the_run_finishes_leaves_it_done(tmp_path):
     """Stop pressed as the trainer was finishing: it exited 0 (trained to the end, final saved) and the keeper
     recorded `stopped`, so the page offered Resume of a finished run. The status follows the exit code: 0 is done;
     a trainer the stop killed (-15) is stopped (the test above)."""
-    import subprocess
-
-    from weitiao.ui import supervise
-
-    ui = tmp_path / "r" / "ui"
-    ui.mkdir(parents=True)
     ready = tmp_path / "past-last-step"
     finishing = (f"import pathlib, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                  f"pathlib.Path({str(ready)!r}).touch(); time.sleep(0.3)")  # fmt: skip
-    (ui / "run.json").write_text(json.dumps({"status": "starting", "command": [sys.executable, "-c", finishing],
-                                             "cwd": str(tmp_path)}))  # fmt: skip
-    real = subprocess.Popen
 
-    def popen_then_stop(*a, **kw):
-        p = real(*a, **kw)
+    def past_last_step():  # its SIGTERM handler set (slow on a loaded box): the stop reaches a finishing trainer
         deadline = time.time() + 60
-        while not ready.exists() and time.time() < deadline:  # its SIGTERM handler set (slow on a loaded box)
+        while not ready.exists() and time.time() < deadline:
             time.sleep(0.02)
-        os.kill(os.getpid(), signal.SIGTERM)  # the stop reaches a trainer past its last step
-        return p
 
-    old = signal.getsignal(signal.SIGTERM)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(supervise.subprocess, "Popen", popen_then_stop)
-            supervise.main(ui)
-    finally:
-        signal.signal(signal.SIGTERM, old)
-    state = json.loads((ui / "run.json").read_text())
+    state = _keeper_stopped(tmp_path, [sys.executable, "-c", finishing], past_last_step)
     assert (state["status"], state["returncode"]) == ("done", 0)
 
 
