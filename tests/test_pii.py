@@ -1357,3 +1357,19 @@ def test_qq_numbers_listed_after_one_cue_are_each_found():
     assert _found("QQ号 12345678，电话 13800138000") == [("qq", "12345678"), ("mobile", "13800138000")]
     once = pii.scrub(text, "pseudonym")[0]
     assert "12345" not in once and "67890" not in once and pii.scrub(once, "pseudonym")[0] == once
+
+
+def test_the_word_city_after_a_demonstrative_is_no_city_name():
+    """这个城市中山路5号 was scrubbed whole ([地址] over 这个城市, read as a city called 这个城): 城市 after
+    这个/那座/的 is the word "city", so the address is the road and number; 寄给 stays out of the span. Cities whose
+    name ends in 城 (聊城市, 海城市) keep their city."""
+    for text, addr in [
+        ("这个城市中山路5号新开了一家店", "中山路5号"),
+        ("我住在这个城市中山路5号", "中山路5号"),
+        ("去年到这个城市人民路12号", "人民路12号"),
+        ("那座城市的中山路5号", "中山路5号"),
+        ("寄给南京市中山路5号", "南京市中山路5号"),
+        ("寄到聊城市中山路5号", "聊城市中山路5号"),  # control: 聊城 is a city
+        ("在海城市人民路3号", "海城市人民路3号"),
+    ]:
+        assert _found(text, ["address"]) == [("address", addr)], text

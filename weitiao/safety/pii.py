@@ -437,8 +437,19 @@ ADDRESS_CUED_RE = re.compile(
 )
 
 
-ADDR_LEAD = re.compile(rf"^(?:住址|地址|住在|家住|位于|{SHIP_VERBS}|[我你他她们家在是到于往从去])+")
+ADDR_LEAD = re.compile(rf"^(?:住址|地址|住在|家住|位于|{SHIP_VERBS}|寄给|[我你他她们家在是到于往从去])+")
 PROV_RE = re.compile(_PROV)
+# "这个城市中山路5号": 城市 after a demonstrative, measure word or 的 is the word "city", not a city's name (聊城市,
+# 海城市 are): the address starts after it.
+GENERIC_CITY = re.compile(r"(?:[这那哪每某该此本各整][个座些]?|[一两几][个座]|[个座些大小的])城市(?:的|里的?)?")
+
+
+def _after_generic_city(text: str, start: int, end: int) -> int:
+    """Where the address in text[start:end] begins once a leading 这个城市 / 那座城市的 is left out."""
+    for g in GENERIC_CITY.finditer(text, max(0, start - 3), min(end, start + 9)):
+        if g.start() <= start < g.end():
+            return g.end()
+    return start
 
 
 def find_address(text: str) -> list[Match]:
@@ -448,10 +459,11 @@ def find_address(text: str) -> list[Match]:
         cut = PROV_RE.search(s[:6])  # "住在北京市..." matched as a 4-character "city": start at the province
         # (only there: 山东 in 石家庄市长安区中山东路1号 cut the address to 山东路1号)
         cut = cut.start() if cut else ADDR_LEAD.match(s).end() if ADDR_LEAD.match(s) else 0
-        out.append(Match("address", start + cut, m.end(), s[cut:], 0.85))
+        start = _after_generic_city(text, start + cut, m.end())
+        out.append(Match("address", start, m.end(), text[start : m.end()], 0.85))
     for m in ADDRESS_CUED_RE.finditer(text):  # 地址是深圳市…: the lazy city took 是深圳
         lead = ADDR_LEAD.match(m.group(1))
-        start = m.start(1) + (lead.end() if lead else 0)
+        start = _after_generic_city(text, m.start(1) + (lead.end() if lead else 0), m.end(1))
         out.append(Match("address", start, m.end(1), text[start : m.end(1)], 0.8))
     return out
 
