@@ -479,6 +479,9 @@ def _is_surname_name(w: str) -> bool:
 
 NAME_LABEL_RE = re.compile(rf"(?:{'|'.join(D.NAME_LABELS)})(?:[:：是为]|\s)*({HAN}{{2,4}})")
 CUE_AFTER = re.compile("|".join(D.NAME_CUES))
+LABEL_BEFORE = re.compile(rf"(?:{'|'.join(D.NAME_LABELS)})(?:[:：是为]|\s)*$")
+NOUN_SUFFIX = "群们类式型性化界家业者族物品队组部会店馆站区楼层门期时处上下里中内外前后"  # 顾客群, 明星们
+DEGREE_BEFORE = re.compile("(?:很|非常|十分|太|更|最|挺|特别|比较|相当|多么)$")  # nobody is 很张伟
 NOT_AFTER = re.compile("|".join(D.NAME_NOT_AFTER))
 
 
@@ -547,6 +550,15 @@ def find_name(text: str) -> list[Match]:
         if not _is_surname_name(w) or _context_says_not_a_name(text, start, w):
             continue
         cue = bool(CUE_AFTER.match(text, start + len(w)))
+        if not cue and not LABEL_BEFORE.search(text[max(0, start - 10) : start]):
+            if DEGREE_BEFORE.search(text[max(0, start - 2) : start]):
+                continue  # 他很高明: an adjective after 很
+            if w in D.NR_WORDS:  # 请陈述理由, 张口就说: dictionary words tagged nr, unless a given-name character
+                nxt = words[i + 1] if i + 1 < len(words) else (0, "", "")  # follows: 许可|馨 (ng), 安静|怡 (vg)
+                given = nxt[2].startswith("n") or nxt[2].endswith("g")  # a noun or a bound morpheme
+                if not (len(nxt[1]) == 1 and given and nxt[1] not in D.GIVEN_STOP.union(NOUN_SUFFIX)):
+                    continue
+                w, used = w + nxt[1], i + 1
         out.append(Match("name", start, start + len(w), w, 0.9 if cue else 0.75))
     return out
 
