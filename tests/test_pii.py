@@ -1395,3 +1395,15 @@ def test_dictionary_words_jieba_tags_as_names_are_no_names():
         assert _found(text, ["name"]) == [("name", name)], text
     for name in ("许可馨", "安静怡", "周旋豪"):  # 许可|馨: a listed word, then a given-name character
         assert _found(f"今天和{name}一起吃饭", ["name"]) == [("name", name)], name
+
+
+def test_a_phone_shaped_batch_number_after_its_label_is_no_mobile():
+    """批次号 13912345678 was scrubbed as [手机号]: a label naming a product code right before the number (批次号, 批号,
+    型号, SN…) says what it is. A phone after its own cue stays a phone, and so does a number after 订单号 (shops key
+    orders by the buyer's phone) or one the batch label does not touch."""
+    for clear in ("批次号 13912345678 的货已发出", "批次号：13912345678", "产品批号13712345678入库", "SN: 13912345678"):
+        assert _found(clear) == [], clear
+    assert _found("批次号 20240506，联系电话 13812345678") == [("mobile", "13812345678")]
+    assert _found("批号查询请拨打13912345678") == [("mobile", "13912345678")]  # the label names no number here
+    assert _found("订单号 13912345678") == [("mobile", "13912345678")]
+    assert _found("pilot 13912345678") == [("mobile", "13912345678")]  # 'lot' inside a word is no label

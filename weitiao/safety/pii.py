@@ -101,7 +101,14 @@ def luhn_digit(body: str) -> str:
 ND = r"(?<![0-9A-Za-z])"  # no ASCII letter/digit before (Chinese may touch the number)
 NA = r"(?![0-9A-Za-z])"
 CARD_CUES = re.compile(r"卡号|银行卡|信用卡|储蓄卡|借记卡|工资卡|账号|账户|转账|转到|汇款|打款|收款|card", re.I)
-ORDER_CUES = re.compile(r"订单|单号|流水|编号|交易号|序列号|工单|票号|快递|ISBN|条码|batch|order", re.I)
+ORDER_CUES = re.compile(r"订单|单号|流水|编号|交易号|序列号|工单|票号|快递|ISBN|条码|批次|批号|batch|order", re.I)
+# A label right before a number that names it a product's code, never a person's (批次号 13912345678, 型号：…): the
+# number is that code. Order and member numbers are not here: shops key them by the buyer's phone.
+PRODUCT_LABEL = re.compile(
+    r"(?<![A-Za-z])(?:批次号?|批号|序列号|型号|货号|款号|条形码|条码|SKU|batch|lot|S/?N)"
+    r"\s*(?:no\.?|[:：#]|是|为)?\s*$",
+    re.I,
+)
 # An 11-digit number with a unit or an amount word around it is a quantity, not a phone.
 MONEY_AFTER = re.compile(r"\s*(?:元|块|万|亿|美元|円|RMB|CNY|股|手|份|张|次|人|件|条|行|吨|公斤|kg|\.\d)", re.I)
 MONEY_BEFORE = re.compile(
@@ -252,6 +259,8 @@ def find_mobile(text: str) -> list[Match]:
             continue
         if re.match(r"[\d.,]", text[start - 1 : start]) or _money(text, start, end):
             continue  # 1,381,234,5678 or 13812345678元 is an amount
+        if PRODUCT_LABEL.search(text[max(0, start - 12) : start]):
+            continue  # 批次号 13912345678: a batch number
         conf = (0.5, 0.65) if bare else (0.8, 0.95)
         out.append(Match("mobile", start, end, text[start:end], conf[not _near(text, start, end, ORDER_CUES)]))
     return out
