@@ -1407,3 +1407,22 @@ def test_a_phone_shaped_batch_number_after_its_label_is_no_mobile():
     assert _found("批号查询请拨打13912345678") == [("mobile", "13912345678")]  # the label names no number here
     assert _found("订单号 13912345678") == [("mobile", "13912345678")]
     assert _found("pilot 13912345678") == [("mobile", "13912345678")]  # 'lot' inside a word is no label
+
+
+def test_a_building_and_room_without_a_road_is_an_address():
+    """住在阳光花园3栋502, 万科城12-3-401, 金地中心A座1205 left the room numbers in clear: only an address with a road
+    and number was read. A block followed by a room (3栋502, A座1205, 8号楼1101), or block-unit-room with dashes after
+    an estate suffix, is an address with the estate name before it; a block without a room, a dashed code after no
+    estate, and a product code are not."""
+    for text, addr in [
+        ("住在阳光花园3栋502", "阳光花园3栋502"),
+        ("地址：万科城12-3-401", "万科城12-3-401"),
+        ("公司在金地中心A座1205", "金地中心A座1205"),
+        ("碧桂园凤凰城5栋1单元802室", "碧桂园凤凰城5栋1单元802室"),
+        ("快递放翠湖天地2期8号楼1101门口", "翠湖天地2期8号楼1101"),
+        ("北京市朝阳区建国路88号阳光花园3栋502", "北京市朝阳区建国路88号阳光花园3栋502"),  # one span, as before
+    ]:
+        assert _found(text, ["address"]) == [("address", addr)], text
+    for clear in ("这3栋楼很高", "第3栋有502人", "订单12-3-401", "型号A座1205", "2024-05-06"):
+        assert _found(clear, ["address"]) == [], clear
+    assert pii.scrub("住在阳光花园3栋502")[0] == "住在[地址]"
