@@ -1426,3 +1426,15 @@ def test_a_building_and_room_without_a_road_is_an_address():
     for clear in ("这3栋楼很高", "第3栋有502人", "订单12-3-401", "型号A座1205", "2024-05-06"):
         assert _found(clear, ["address"]) == [], clear
     assert pii.scrub("住在阳光花园3栋502")[0] == "住在[地址]"
+
+
+def test_qq_numbers_listed_with_spaces_or_after_a_mobile_are_each_found():
+    """QQ 12345 67890 (a space between the numbers), QQ 12345 or 67890, and a list going on after a mobile
+    (QQ 12345、67890、13800138000、24680) left the later numbers in clear: the list stopped there."""
+    assert _found("QQ 12345 67890") == [("qq", "12345"), ("qq", "67890")]
+    assert _found("QQ 12345 or 67890") == [("qq", "12345"), ("qq", "67890")]
+    assert _found("QQ 12345、67890、13800138000、24680") == [
+        ("qq", "12345"), ("qq", "67890"), ("mobile", "13800138000"), ("qq", "24680")
+    ]  # fmt: skip
+    assert _found("QQ 12345 2024年加的") == [("qq", "12345")]  # control: a year is no QQ number
+    assert _found("QQ号 12345678 电话 13800138000") == [("qq", "12345678"), ("mobile", "13800138000")]

@@ -370,9 +370,10 @@ WECHAT_RE = re.compile(
 WXID_RE = re.compile(r"(?<![A-Za-z0-9_-])wxid_[A-Za-z0-9]{6,24}(?![A-Za-z0-9_-])")
 
 
-# More numbers listed after the first (QQ：12345、67890 或 24680): each separated by a list mark or word; a mobile
-# there (QQ 12345678，13800138000) is left to the mobile recognizer.
-QQ_MORE_RE = re.compile(r"\s*(?:[、,，/；;]|或者?|和|及)\s*(?!1[3-9]\d{9}(?!\d))([1-9]\d{4,10})" + NA)
+# More numbers listed after the first (QQ：12345、67890 或 24680, QQ 12345 67890): each separated by a list mark, a
+# word or a space; a mobile there (QQ 12345678，13800138000) is left to the mobile recognizer and the list goes on
+# after it.
+QQ_MORE_RE = re.compile(r"(?:\s*(?:[、,，/；;]|或者?|和|及|\b(?:or|and)\b)\s*|\s+)([1-9]\d{4,10})" + NA, re.I)
 
 
 def find_qq(text: str) -> list[Match]:
@@ -381,8 +382,11 @@ def find_qq(text: str) -> list[Match]:
     out = []
     for m in QQ_RE.finditer(text):
         out.append(Match("qq", m.start(1), m.end(1), m.group(1), 0.9))
-        while more := QQ_MORE_RE.match(text, out[-1].end):
-            out.append(Match("qq", more.start(1), more.end(1), more.group(1), 0.85))
+        end = m.end(1)
+        while more := QQ_MORE_RE.match(text, end):
+            end = more.end(1)
+            if not re.fullmatch(r"1[3-9]\d{9}", more.group(1)):
+                out.append(Match("qq", more.start(1), more.end(1), more.group(1), 0.85))
     return out
 
 
