@@ -378,6 +378,82 @@ def review_rows(seed: int = REVIEW_SEED, per_type: int = 40) -> list[dict]:
     return rows + [{"text": t, "spans": []} for t in REVIEW_NEGATIVES]
 
 
+# QQ numbers and WeChat IDs, added later as rows of their own (own seed, appended so the rows above stay as they
+# were). The frames are how people write these in chats, listings and forms, written from usage and not from the
+# recognizers' cue lists: some cues (企鹅号, Q号, 绿泡泡, +V) are ones the recognizers may not know.
+IM_SEED = 77005
+IM_TEMPLATES = {
+    "qq": [
+        "我QQ是{}，加一下",
+        "有问题联系QQ：{}",
+        "老师的qq {}，作业发这里",
+        "加我扣扣{}，备注班级",
+        "QQ号码：{}（工作日在线）",
+        "售后请加Q号{}",
+        "我企鹅号{}，随时找我",
+        "腾讯QQ {} 是我小号",
+        "联系方式：qq{}",
+        "二手转让，私聊Q：{}",
+    ],
+    "wechat": [
+        "微信：{}，加好友请备注",
+        "加我微信{}吧",
+        "vx {} 同名",
+        "我的VX是{}",
+        "wx号：{}，拉你进群",
+        "微信号 {}（不是手机号）",
+        "有意者加V：{}",
+        "绿泡泡{}，私聊",
+        "WeChat ID: {}",
+        "+V {} 咨询",
+    ],
+}
+IM_NEGATIVES = [  # QQ and WeChat named, but no account of a person
+    "QQ群：564738291，欢迎加入",
+    "QQ音乐会员还有12天到期",
+    "用微信支付了128元",
+    "今天微信步数12345步",
+    "QQ空间访问量23456",
+    "关注微信公众号获取更多资讯",
+    "QQ飞车等级32了",
+    "微信版本8.0.49更新了",
+    "QQ邮箱满了，清理一下",
+    "用微信扫码登录",
+    "微信红包发了200块",
+    "QQ和微信都可以找我",
+    "vx和qq都行，看你方便",
+    "微信运动排名第15",
+    "扫码加入QQ群聊",
+    "微信读书打卡365天",
+]
+PINYIN = ["zhang", "li", "wang", "chen", "liu", "yang", "huang", "zhao", "xiaoyu", "lele", "momo", "amy", "tom", "kiki"]
+
+
+def _qq(r: random.Random) -> str:
+    return str(r.randrange(1, 10)) + _d(r, r.randrange(4, 10))  # 5–10 digits, never a leading 0
+
+
+def _wechat(r: random.Random) -> str:
+    if r.random() < 0.15:  # the ID WeChat gives an account that set none
+        return "wxid_" + "".join(r.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(14))
+    head = r.choice(PINYIN) + r.choice(["", "_", "-"]) + r.choice(PINYIN + [""])
+    head = head[0].upper() + head[1:] if r.random() < 0.3 else head
+    tail = r.choice(["", str(r.randrange(1, 100)), str(r.randrange(1980, 2010)), _d(r, 4)])
+    value = head + tail
+    return value if len(value) >= 6 else value + _d(r, 6 - len(value))
+
+
+def im_rows(seed: int = IM_SEED, per_type: int = 40) -> list[dict]:
+    r = random.Random(seed)
+    rows = []
+    for kind, make in (("qq", _qq), ("wechat", _wechat)):
+        for _ in range(per_type):
+            value, tpl = make(r), r.choice(IM_TEMPLATES[kind])
+            at = tpl.index("{}")
+            rows.append({"text": tpl.replace("{}", value), "spans": [[at, at + len(value), kind]]})
+    return rows + [{"text": t, "spans": []} for t in IM_NEGATIVES]
+
+
 def _fill_hand(line: str) -> dict:
     text, spans, pos = "", [], 0
     for m in re.finditer(r"\[\[(\w+)\|(.+?)\]\]", line):
@@ -400,7 +476,7 @@ def build(seed: int = SEED, per_type: int = 60, negatives: int = 480) -> list[di
                 text += "；" + negative(r)
             rows.append({"text": text, "spans": spans})
     rows += [{"text": negative(r), "spans": []} for _ in range(negatives)]
-    return rows + [_fill_hand(line) for line in HAND] + review_rows()
+    return rows + [_fill_hand(line) for line in HAND] + review_rows() + im_rows()
 
 
 if __name__ == "__main__":
