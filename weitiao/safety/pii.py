@@ -358,10 +358,17 @@ def find_passport(text: str) -> list[Match]:
 # abc_123); a bare 8-digit number is no QQ number. A `wxid_…` ID (what WeChat gives an account that set none) needs
 # no cue. After a WeChat cue a number is the mobile's (微信同号); an all-letter word is an ID only after 号, a colon,
 # 是/为, or 加 before the cue (加微信zhangsan).
+# A bare Q or V is a cue only where it cannot be a letter of something else: before 号 or a colon (Q号, V：) or
+# after 加/+ (加Q, +V); 绿泡泡 is slang for WeChat.
 QQ_RE = re.compile(
-    r"(?<![A-Za-z])(?:QQ|扣扣|企鹅号)\s*(?:号码|号|账号|帐号)?\s*(?:是|为|[:：])?\s*([1-9]\d{4,10})" + NA, re.I
+    r"(?<![A-Za-z])(?:QQ|扣扣|企鹅号|Q(?=号|\s*[:：])|(?<=[加+])Q(?![A-Za-z]))"
+    r"\s*(?:号码|号|账号|帐号)?\s*(?:是|为|[:：])?\s*([1-9]\d{4,10})" + NA,
+    re.I,
 )
-WECHAT_CUE = r"(?<![A-Za-z])(?:微信|薇信|威信|[Vv]信|[Vv][Xx]|[Ww][Xx]|weixin|wechat)"
+WECHAT_CUE = (
+    r"(?<![A-Za-z])(?:微信|薇信|威信|[Vv]信|[Vv][Xx]|[Ww][Xx]|weixin|wechat|绿泡泡"
+    r"|[Vv](?=号|\s*[:：])|(?<=[加+])\s*[Vv](?![A-Za-z]))"
+)
 WECHAT_RE = re.compile(
     WECHAT_CUE
     + r"\s*(号|ID|id)?\s*(?:是|为|[:：])?\s*(?<![A-Za-z0-9_-])([A-Za-z][A-Za-z0-9_-]{5,19})(?![A-Za-z0-9_-])",
@@ -395,7 +402,7 @@ def find_wechat(text: str) -> list[Match]:
     out = [Match("wechat", m.start(), m.end(), m.group(), 0.95) for m in WXID_RE.finditer(text)]
     for m in WECHAT_RE.finditer(text):
         word = m.group(2)
-        said = m.group(1) or re.search(r"[:：是为]", m.group()[: m.start(2) - m.start()])
+        said = m.group(1) or re.search(r"[:：是为]", m.group()[: m.start(2) - m.start()]) or m.group()[0] in "Vv绿"
         if (
             re.fullmatch(r"[A-Za-z]+", word)
             and not said
