@@ -1437,6 +1437,7 @@ def test_qq_numbers_listed_with_spaces_or_after_a_mobile_are_each_found():
         ("qq", "12345"), ("qq", "67890"), ("mobile", "13800138000"), ("qq", "24680")
     ]  # fmt: skip
     assert _found("QQ 12345 2024年加的") == [("qq", "12345")]  # control: a year is no QQ number
+    assert _found("我的扣扣是98765432，或者12345678") == [("qq", "98765432"), ("qq", "12345678")]  # a mark and a word
     assert _found("QQ号 12345678 电话 13800138000") == [("qq", "12345678"), ("mobile", "13800138000")]
 
 

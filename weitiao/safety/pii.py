@@ -377,10 +377,12 @@ WECHAT_RE = re.compile(
 WXID_RE = re.compile(r"(?<![A-Za-z0-9_-])wxid_[A-Za-z0-9]{6,24}(?![A-Za-z0-9_-])")
 
 
-# More numbers listed after the first (QQ：12345、67890 或 24680, QQ 12345 67890): each separated by a list mark, a
-# word or a space; a mobile there (QQ 12345678，13800138000) is left to the mobile recognizer and the list goes on
-# after it.
-QQ_MORE_RE = re.compile(r"(?:\s*(?:[、,，/；;]|或者?|和|及|\b(?:or|and)\b)\s*|\s+)([1-9]\d{4,10})" + NA, re.I)
+# More numbers listed after the first (QQ：12345、67890 或 24680, QQ 12345 67890, 12345，或者67890): each separated
+# by a list mark, a word, both, or a space; a mobile there (QQ 12345678，13800138000) is left to the mobile recognizer
+# and the list goes on after it.
+QQ_MORE_RE = re.compile(
+    r"(?:\s*(?:[、,，/；;]\s*(?:或者?|和|及)?|或者?|和|及|\b(?:or|and)\b)\s*|\s+)([1-9]\d{4,10})" + NA, re.I
+)
 
 
 def find_qq(text: str) -> list[Match]:
