@@ -467,11 +467,16 @@ GENERIC_CITY = re.compile(r"(?:[这那哪每某该此本各整][个座些]?|[一
 
 
 def _after_generic_city(text: str, start: int, end: int) -> int:
-    """Where the address in text[start:end] begins once a leading 这个城市 / 那座城市的 is left out."""
+    """Where the address in text[start:end] begins once a leading 这个城市 / 那座城市的 is left out, and the words
+    between it and the road (这个城市后住在|中山路5号)."""
     for g in GENERIC_CITY.finditer(text, max(0, start - 3), min(end, start + 9)):
         if g.start() <= start < g.end():
-            return g.end()
+            road = ROAD_RE.match(text, g.end(), end)
+            return _estate_start(text, g.end(), road.end(1)) if road else g.end()
     return start
+
+
+ROAD_RE = re.compile(rf"(?:{HAN}|[0-9]){{1,8}}?()(?:大道|路|街|道|巷|胡同|弄|里)")
 
 
 # A home without its road (住在阳光花园3栋502, 万科城12-3-401, 金地中心A座1205): a building and a room number are
@@ -479,7 +484,7 @@ def _after_generic_city(text: str, start: int, end: int) -> int:
 # followed by block-unit-room written with dashes; the estate name is the up to 8 Chinese characters before it.
 ROOM_RE = re.compile(
     r"(?<![0-9A-Za-z])(?:\d{1,2}期)?(?:[0-9A-Za-z]{1,3}|[一二三四五六七八九十]{1,3})(?:号楼|栋|幢|座)"
-    r"(?:[0-9一二三四五六七八九十]{1,2}单元)?\d{3,4}(?:室|房|号)?(?![0-9A-Za-z])"
+    r"(?:[0-9一二三四五六七八九十]{1,2}单元)?\d{3,4}(?:-\d{3,4})?(?:室|房|号)?(?![0-9A-Za-z])"  # A座1205-1207
 )
 ESTATE = "花园|小区|大厦|公寓|广场|中心|大楼|家园|新村|山庄|华庭|公馆|天地|国际|城|苑|府|园|庭|邸|湾|院"
 DASH_ROOM_RE = re.compile(rf"(?:{ESTATE})((?:\d{{1,2}}期)?\d{{1,3}}(?:-\d{{1,2}})?-\d{{3,4}})(?![0-9A-Za-z-])")
@@ -496,7 +501,7 @@ def _estate_start(text: str, start: int, room: int) -> int:
     pos = cut = max(0, start - 4)  # a few characters of context: 金|地 alone is cut as a name and a particle
     for w, flag in pseg.cut(text[pos:room]):
         pos += len(w)
-        if flag[:1] in ("v", "p", "r", "c", "u", "d") and pos <= room:
+        if (flag[:1] in ("v", "p", "r", "c", "d") or w in "的之") and pos <= room:  # not 金|地 (uv) of 金地中心
             cut = pos
     return max(cut, start)
 
