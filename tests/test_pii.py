@@ -1370,6 +1370,7 @@ def test_the_word_city_after_a_demonstrative_is_no_city_name():
         ("那座城市的中山路5号", "中山路5号"),
         ("到了这个城市后住在中山路5号", "中山路5号"),  # the words between 城市 and the road stay out too
         ("这个城市新开的中山路5号", "中山路5号"),
+        ("这座城市解放路18号有家老字号", "解放路18号"),  # 解放 is a verb, and the road's name
         ("寄给南京市中山路5号", "南京市中山路5号"),
         ("寄到聊城市中山路5号", "聊城市中山路5号"),  # control: 聊城 is a city
         ("在海城市人民路3号", "海城市人民路3号"),
@@ -1423,6 +1424,8 @@ def test_a_building_and_room_without_a_road_is_an_address():
         ("碧桂园凤凰城5栋1单元802室", "碧桂园凤凰城5栋1单元802室"),
         ("快递放翠湖天地2期8号楼1101门口", "翠湖天地2期8号楼1101"),
         ("金地中心A座1205-1207", "金地中心A座1205-1207"),  # a range of rooms; jieba cuts 金|地 at the start
+        ("他在华润置地广场C座806上班", "华润置地广场C座806"),  # jieba reads 置 as a verb inside the name
+        ("包裹存放翠湖天地2期8号楼1101", "翠湖天地2期8号楼1101"),
         ("北京市朝阳区建国路88号阳光花园3栋502", "北京市朝阳区建国路88号阳光花园3栋502"),  # one span, as before
     ]:
         assert _found(text, ["address"]) == [("address", addr)], text

@@ -491,9 +491,14 @@ DASH_ROOM_RE = re.compile(rf"(?:{ESTATE})((?:\d{{1,2}}期)?\d{{1,3}}(?:-\d{{1,2}
 NOT_ESTATE = set("在住到是于的往去从和与给向寄送发搬我你他她们了")
 
 
+PLACE_VERBS = frozenset("放 送 寄 交 到 住 在 去 来 搬 找 回 带 拿 停 存 见 约 存放 放在 送到 寄到 搬到 交给".split())
+
+
 def _estate_start(text: str, start: int, room: int) -> int:
-    """Where the estate name in text[start:room] begins: after the last verb, preposition or pronoun jieba finds there
-    (快递放|翠湖天地: 放 is a verb); `start` without jieba."""
+    """Where the name before `room` (an estate's, a road's) begins in text[start:room]: after the last preposition,
+    pronoun, adverb, verb of placing or going, or 的 that jieba finds there (快递放|翠湖天地, 城市后住在|中山路);
+    `start` without jieba. Other verbs stay, as names hold them (华润|置|地|广场, 解放路), and so does the word
+    that ends at `room`."""
     if start == room or not _jieba_ok():
         return start
     import jieba.posseg as pseg
@@ -501,7 +506,8 @@ def _estate_start(text: str, start: int, room: int) -> int:
     pos = cut = max(0, start - 4)  # a few characters of context: 金|地 alone is cut as a name and a particle
     for w, flag in pseg.cut(text[pos:room]):
         pos += len(w)
-        if (flag[:1] in ("v", "p", "r", "c", "d") or w in "的之") and pos <= room:  # not 金|地 (uv) of 金地中心
+        lead = flag[:1] in ("p", "r", "c", "d") or w in PLACE_VERBS or w in ("的", "之")
+        if lead and pos < room:
             cut = pos
     return max(cut, start)
 
