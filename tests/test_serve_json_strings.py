@@ -167,6 +167,38 @@ def test_format_edges():
 
 
 @pytest.mark.parametrize(
+    ("pattern", "name", "good", "bad"),
+    [
+        ("^2024-", "date", ["2024-02-29", "2024-12-31"], ["2023-01-01", "2024-02-30", "2024-"]),
+        ("-01$", "date", ["1999-12-01", "2000-02-01"], ["2000-01-02", "2000-01-32"]),
+        ("^[^@]+@example\\.cn$", "email", ["a.b@example.cn"], ["a@b.example.cn", "a..b@example.cn", "a@example.cnx"]),
+        ("^fe80:", "ipv6", ["fe80::1", "fe80:0:0:0:0:0:0:1"], ["fe81::1", "fe80:::1"]),
+        ("^[^A-F]*$", "uuid", ["0123abcd-0000-1111-2222-333344445555"], ["0123ABCD-0000-1111-2222-333344445555"]),
+        ("Z$", "date-time", ["2024-01-01T00:00:00Z"], ["2024-01-01T00:00:00+08:00", "2024-01-01Z"]),
+        ("^https://", "uri", ["https://a.cn/x"], ["http://a.cn/x", "https:/a"]),
+    ],
+)
+def test_pattern_beside_format_holds_both(pattern, name, good, bad):
+    """`pattern` and `format` on one string (a 400 before): the string must hold both, as a validator reads the
+    schema, by one product automaton; random walks through it never dead-end and validate under jsonschema."""
+    s = {"type": "string", "pattern": pattern, "format": name}
+    for v in good:
+        assert valid(v, s) and accepts(s, json.dumps(v)), v
+    for v in bad:
+        assert not accepts(s, json.dumps(v)), v  # (jsonschema's email check is only an "@")
+    schema = {"type": "object", "properties": {"v": s | {"maxLength": 40}}, "required": ["v"]}
+    p = Pattern()
+    pattern_ = p.finish(compile_schema(p, schema, "s", strict=False))
+    rng, done = random.Random(2), 0
+    for _ in range(40):
+        out = walk(pattern_, rng)
+        if out is not None:
+            assert valid(json.loads(out), schema), out
+            done += 1
+    assert done >= 20
+
+
+@pytest.mark.parametrize(
     ("schema", "where", "what"),
     [
         ({"pattern": "(a)\\1"}, "s.pattern", "a backreference"),
@@ -178,11 +210,13 @@ def test_format_edges():
         ({"pattern": "a^b"}, "s.pattern", "'^' or '$' inside"),
         ({"pattern": "\\p{L}"}, "s.pattern", "the escape \\p"),
         ({"format": "idn-hostname"}, "s.format", "'idn-hostname' (known: date, "),
-        ({"format": "date", "pattern": "^2"}, "s.format", "beside pattern"),
+        ({"format": "date", "pattern": "^0000"}, "s", 'no string satisfies pattern "^0000", format "date"'),
+        ({"format": "date", "pattern": "(a)\\1"}, "s.pattern", "a backreference"),
         ({"maxLength": 100_001}, "s.maxLength", "over 10000"),
         ({"minLength": 3, "maxLength": 2}, "s.maxLength", "under minLength"),
         ({"pattern": "^a{3}$", "maxLength": 2}, "s", "no string satisfies"),
         ({"format": "uuid", "minLength": 37}, "s", "no string satisfies"),
+        ({"format": "date", "pattern": "^1", "maxLength": 9}, "s", "no string satisfies"),
         ({"pattern": "^(ab)+$", "minLength": 5001, "maxLength": 5001}, "s", "no string satisfies"),  # odd
     ],
 )
@@ -240,6 +274,7 @@ def test_text_mask_shortcuts_equal_the_byte_walk(tokenizer):
         ({"type": "string", "pattern": "^中.*a$"}, '"中文a中a"'),
         ({"type": "string", "format": "date-time"}, '"2024-02-29T10:00:00Z"'),
         ({"type": "string", "format": "email"}, '"bob@example.com"'),
+        ({"type": "string", "pattern": "^2024", "format": "date"}, '"2024-02-29"'),
     ]:
         p = Pattern()
         pattern = p.finish(compile_schema(p, {"type": "array", "items": schema}, "s", strict=False))

@@ -17,12 +17,13 @@ flags, `^`/`$` elsewhere, other escapes. Where ECMA-262 and Python's `re` (which
 differently, the string keeps to both: `\\d` is [0-9], `\\w` [A-Za-z0-9_], `.` no line terminator, `\\D \\W \\S`
 no character either reads as a digit, word or space.
 
-`format` is a pattern of our own (`FORMATS`): date, time and date-time as RFC 3339 with real dates (Feb 29 in leap
-years only, no year 0000, no leap second, `T` and `Z` upper case), duration (RFC 3339 appendix A: P1Y2M3DT4H5M6S,
-P2W; numbers of 6 digits at most, which Python's timedelta holds), uuid (any version), email (a dot-atom local
-part @ a dotted domain, no quoted or IP forms), hostname (RFC 1123), ipv4 (no leading zeros), ipv6 (hex groups
-with `::`, no embedded ipv4), uri (scheme://host[:port] and an optional path, query and fragment of unreserved
-and sub-delims characters and %-escapes: a practical subset of RFC 3986, which pydantic's AnyUrl reads).
+`format` is a pattern of our own (`FORMATS`); beside a `pattern`, the two automata are read as one product (a string
+holds both): date, time and date-time as RFC 3339 with real dates (Feb 29 in leap years only, no year 0000, no leap
+second, `T` and `Z` upper case), duration (RFC 3339 appendix A: P1Y2M3DT4H5M6S, P2W; numbers of 6 digits at most,
+which Python's timedelta holds), uuid (any version), email (a dot-atom local part @ a dotted domain, no quoted or IP
+forms), hostname (RFC 1123), ipv4 (no leading zeros), ipv6 (hex groups with `::`, no embedded ipv4), uri
+(scheme://host[:port] and an optional path, query and fragment of unreserved and sub-delims characters and
+%-escapes: a practical subset of RFC 3986, which pydantic's AnyUrl reads).
 
 A string holds no surrogate (`\\ud83d` is refused: write the character as UTF-8) and no raw DEL, as the plain
 string leaf.
@@ -258,25 +259,34 @@ class _Parser:
 
 
 @lru_cache(maxsize=64)
-def text(regex: str | None, lo: int = 0, hi: int | None = None) -> Text:
-    """The `Text` for a pattern and length bounds, shared by requests (its steps are memoized)."""
+def text(regex: str | tuple[str, ...] | None, lo: int = 0, hi: int | None = None) -> Text:
+    """The `Text` for a pattern (or a tuple of patterns a string must all hold: a `pattern` beside a `format`) and
+    length bounds, shared by requests (its steps are memoized)."""
     return Text(regex, lo, hi)
 
 
-class Text:
-    """A string's constraint as a character automaton. State (between characters): (NFA states, characters so
-    far, capped at the larger length bound + 1). `free`: an NFA state that accepts and loops on every character."""
+class _Nfa:
+    """One pattern's automaton: `eps` and `moves` per state, `start`, `accept`, and `free` (accepts, loops on every
+    character)."""
 
-    def __init__(self, regex: str | None, lo: int = 0, hi: int | None = None) -> None:
-        self.spec = (regex, lo, hi)
-        self.lo, self.hi = lo, hi
-        self.cap = max(lo, hi or 0) + 1  # lengths from here on: bit `cap` of a length set means "cap or more"
+    def __init__(self) -> None:
         self.eps: list[list[int]] = []
         self.moves: list[list[tuple]] = []  # state → [(ranges, target)]
-        self.free = self._new()
+
+    def new(self) -> int:
+        if len(self.eps) >= MAX_STATES:
+            raise UnsupportedRegex(f"a pattern over {MAX_STATES} automaton states (shorten its {{n,m}} counts)")
+        self.eps.append([])
+        self.moves.append([])
+        return len(self.eps) - 1
+
+    @classmethod
+    def of(cls, regex: str | None) -> _Nfa:
+        self = cls()
+        self.free = self.new()
         self.moves[self.free].append((_ANY, self.free))
         ast = _Parser(regex).parse() if regex is not None else None
-        self.start, self.accept = self._new(), self._new()
+        self.start, self.accept = self.new(), self.new()
         alts = ast[1] if ast is not None and ast[0] == "alt" else [ast]
         for a in alts:  # each alternative: anchored at either end by its own ^ / $, else any text around it
             if a is None:
@@ -288,17 +298,148 @@ class Text:
             items = items[bol : len(items) - eol]
             if ("bol",) in items or ("eol",) in items:
                 raise UnsupportedRegex(f"'^' or '$' inside {regex!r} (only at the ends of a top-level alternative)")
-            s, e = self._build(("seq", items))
+            s, e = self.build(("seq", items))
             if bol:
                 self.eps[self.start].append(s)
             else:
-                pre = self._new()
+                pre = self.new()
                 self.eps[self.start].append(pre)
                 self.moves[pre].append((_ANY, pre))
                 self.eps[pre].append(s)
             self.eps[e].append(self.accept if eol else self.free)
         self.eps[self.free].append(self.accept)
-        self._close = [self._closure({s}) for s in range(len(self.eps))]
+        return self
+
+    def build(self, node: tuple) -> tuple[int, int]:
+        kind = node[0]
+        s = self.new()
+        if kind == "chars":
+            e = self.new()
+            self.moves[s].append((node[1], e))
+            return s, e
+        if kind == "seq":
+            e = s
+            for item in node[1]:
+                a, b = self.build(item)
+                self.eps[e].append(a)
+                e = b
+            return s, e
+        if kind == "alt":
+            e = self.new()
+            for item in node[1]:
+                a, b = self.build(item)
+                self.eps[s].append(a)
+                self.eps[b].append(e)
+            return s, e
+        _, sub, lo, hi = node  # "rep": lo copies, then (hi - lo) optional ones or a loop
+        e = s
+        for _ in range(lo - (hi is None and lo > 0)):
+            a, b = self.build(sub)
+            self.eps[e].append(a)
+            e = b
+        if hi is None:  # the last copy loops (x+ is one loop, not x then x*: the same states after each x)
+            a, b = self.build(sub)
+            end = self.new()  # its own end: what follows must not inherit the loop
+            self.eps[e].append(a)
+            self.eps[b] += [a, end]
+            if lo == 0:
+                self.eps[a].append(end)
+            return s, end
+        end = self.new()
+        for _ in range(hi - lo):
+            self.eps[e].append(end)
+            a, b = self.build(sub)
+            self.eps[e].append(a)
+            e = b
+        self.eps[e].append(end)
+        return s, end
+
+    def closure(self, states: set) -> frozenset:
+        todo, seen = list(states), set(states)
+        while todo:
+            for t in self.eps[todo.pop()]:
+                if t not in seen:
+                    seen.add(t)
+                    todo.append(t)
+        return frozenset(seen)
+
+    def reads(self) -> tuple[dict[int, list[tuple]], set[int]]:
+        """Without ε-moves: from the start and each state a character leads to, the moves of its closure; and
+        the states among them whose closure accepts."""
+        keep = {self.start} | {t for ms in self.moves for _, t in ms}
+        out, accepting = {}, set()
+        for s in keep:
+            c = self.closure({s})
+            out[s] = [m for x in c for m in self.moves[x]]
+            if self.accept in c:
+                accepting.add(s)
+        return out, accepting
+
+    @classmethod
+    def both(cls, a: _Nfa, b: _Nfa) -> _Nfa:
+        """The product automaton: a string reaches its accepting state when it reaches both `a`'s and `b`'s."""
+        self = cls()
+        (ma, acc_a), (mb, acc_b) = a.reads(), b.reads()
+        ids: dict[tuple[int, int], int] = {}
+
+        def pair(x: int, y: int) -> int:
+            if (x, y) not in ids:
+                ids[(x, y)] = self.new()
+                todo.append((x, y))
+            return ids[(x, y)]
+
+        todo: list[tuple[int, int]] = []
+        self.accept = self.new()
+        self.start = pair(a.start, b.start)
+        try:
+            while todo:
+                x, y = todo.pop()
+                s = ids[(x, y)]
+                if x in acc_a and y in acc_b:
+                    self.eps[s].append(self.accept)
+                for ra, ta in ma[x]:
+                    for rb, tb in mb[y]:
+                        if r := _meet(ra, rb):
+                            self.moves[s].append((r, pair(ta, tb)))
+        except UnsupportedRegex:
+            raise UnsupportedRegex(f"patterns that together take over {MAX_STATES} automaton states") from None
+        self.free = ids.get((a.free, b.free))
+        if self.free is None:  # never reached: a state no string is in
+            self.free = self.new()
+            self.moves[self.free].append((_ANY, self.free))
+            self.eps[self.free].append(self.accept)
+        return self
+
+
+def _meet(a: tuple, b: tuple) -> tuple:
+    """Code points in both range tuples (each sorted and merged)."""
+    out, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if lo <= hi:
+            out.append((lo, hi))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return tuple(out)
+
+
+class Text:
+    """A string's constraint as a character automaton. State (between characters): (NFA states, characters so
+    far, capped at the larger length bound + 1). `free`: an NFA state that accepts and loops on every character.
+    Several patterns (a tuple) are one product automaton: a string must hold each."""
+
+    def __init__(self, regex: str | tuple[str, ...] | None, lo: int = 0, hi: int | None = None) -> None:
+        self.spec = (regex, lo, hi)
+        self.lo, self.hi = lo, hi
+        self.cap = max(lo, hi or 0) + 1  # lengths from here on: bit `cap` of a length set means "cap or more"
+        nfa = _Nfa.of(regex) if not isinstance(regex, tuple) else None
+        for r in regex if isinstance(regex, tuple) else ():
+            nfa = _Nfa.of(r) if nfa is None else _Nfa.both(nfa, _Nfa.of(r))
+        nfa = nfa or _Nfa.of(None)
+        self.eps, self.moves, self.free, self.start, self.accept = nfa.eps, nfa.moves, nfa.free, nfa.start, nfa.accept
+        self._close = [nfa.closure({s}) for s in range(len(self.eps))]
         self.init = (self._close[self.start], 0)
         self._lens = self._lengths()
         self._step: dict = {}
@@ -309,66 +450,6 @@ class Text:
 
     def __hash__(self) -> int:
         return hash(self.spec)
-
-    def _new(self) -> int:
-        if len(self.eps) >= MAX_STATES:
-            raise UnsupportedRegex(f"a pattern over {MAX_STATES} automaton states (shorten its {{n,m}} counts)")
-        self.eps.append([])
-        self.moves.append([])
-        return len(self.eps) - 1
-
-    def _build(self, node: tuple) -> tuple[int, int]:
-        kind = node[0]
-        s = self._new()
-        if kind == "chars":
-            e = self._new()
-            self.moves[s].append((node[1], e))
-            return s, e
-        if kind == "seq":
-            e = s
-            for item in node[1]:
-                a, b = self._build(item)
-                self.eps[e].append(a)
-                e = b
-            return s, e
-        if kind == "alt":
-            e = self._new()
-            for item in node[1]:
-                a, b = self._build(item)
-                self.eps[s].append(a)
-                self.eps[b].append(e)
-            return s, e
-        _, sub, lo, hi = node  # "rep": lo copies, then (hi - lo) optional ones or a loop
-        e = s
-        for _ in range(lo - (hi is None and lo > 0)):
-            a, b = self._build(sub)
-            self.eps[e].append(a)
-            e = b
-        if hi is None:  # the last copy loops (x+ is one loop, not x then x*: the same states after each x)
-            a, b = self._build(sub)
-            end = self._new()  # its own end: what follows must not inherit the loop
-            self.eps[e].append(a)
-            self.eps[b] += [a, end]
-            if lo == 0:
-                self.eps[a].append(end)
-            return s, end
-        end = self._new()
-        for _ in range(hi - lo):
-            self.eps[e].append(end)
-            a, b = self._build(sub)
-            self.eps[e].append(a)
-            e = b
-        self.eps[e].append(end)
-        return s, end
-
-    def _closure(self, states: set) -> frozenset:
-        todo, seen = list(states), set(states)
-        while todo:
-            for t in self.eps[todo.pop()]:
-                if t not in seen:
-                    seen.add(t)
-                    todo.append(t)
-        return frozenset(seen)
 
     def _lengths(self) -> list[int]:
         """Per NFA state, the set of character counts (bits; bit `cap`: that many or more) that lead from it to
