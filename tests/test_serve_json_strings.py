@@ -167,6 +167,34 @@ def test_format_edges():
 
 
 @pytest.mark.parametrize(
+    "pattern",
+    [
+        "^\\p{Han}+$",
+        "^[\\p{L}\\p{N}]{1,3}$",
+        "^\\p{Lu}\\p{Ll}*$",
+        "\\P{Han}",
+        "^[^\\p{P}\\p{Z}]*$",
+        "^\\p{Script=Latin}\\p{gc=Decimal_Number}?$",
+        "^\\p{Letter}\\P{L}$",
+    ],
+)
+def test_unicode_properties_are_the_regex_package(pattern):
+    """\\p{..} and \\P{..} (general categories, scripts: how Chinese text is matched) accept exactly what the
+    `regex` package's search does (Python's `re` has no \\p), on every string of up to 3 characters over an alphabet
+    of Han, kana, Latin, digits, full-width and ASCII punctuation, escaped at random. A bare script name (\\p{Han},
+    no ECMA-262 syntax) is Script in `regex`, Script_Extensions in Rust's regex (pydantic): 。 is Common with Han
+    among its extensions, so a string keeps to both readings."""
+    import regex
+
+    rng, s = random.Random(0), {"type": "string", "pattern": pattern}
+    readings = [pattern.replace("{Han}", "{sc=Han}"), pattern.replace("{Han}", "{scx=Han}")]
+    for n in range(4):
+        for chars in itertools.product("中文あAbé1١。, 、-", repeat=n):
+            v = "".join(chars)
+            assert accepts(s, escaped(v, rng)) == all(regex.search(r, v) for r in readings), (pattern, v)
+
+
+@pytest.mark.parametrize(
     ("pattern", "name", "good", "bad"),
     [
         ("^2024-", "date", ["2024-02-29", "2024-12-31"], ["2023-01-01", "2024-02-30", "2024-"]),
@@ -208,7 +236,10 @@ def test_pattern_beside_format_holds_both(pattern, name, good, bad):
         ({"pattern": "\\bword"}, "s.pattern", "a word boundary"),
         ({"pattern": "(?i)a"}, "s.pattern", "an inline flag group"),
         ({"pattern": "a^b"}, "s.pattern", "'^' or '$' inside"),
-        ({"pattern": "\\p{L}"}, "s.pattern", "the escape \\p"),
+        ({"pattern": "\\p{Emoji}"}, "s.pattern", "the property \\p{Emoji} (supported: general categories"),
+        ({"pattern": "[\\p{l}]"}, "s.pattern", "the property \\p{l} (supported"),  # ECMA's names are case-sensitive
+        ({"pattern": "\\p{Script=Klingon}"}, "s.pattern", "the property \\p{Script=Klingon}"),
+        ({"pattern": "\\pL"}, "s.pattern", "\\p without {name}"),
         ({"format": "idn-hostname"}, "s.format", "'idn-hostname' (known: date, "),
         ({"format": "date", "pattern": "^0000"}, "s", 'no string satisfies pattern "^0000", format "date"'),
         ({"format": "date", "pattern": "(a)\\1"}, "s.pattern", "a backreference"),
@@ -274,6 +305,7 @@ def test_text_mask_shortcuts_equal_the_byte_walk(tokenizer):
         ({"type": "string", "pattern": "^中.*a$"}, '"中文a中a"'),
         ({"type": "string", "format": "date-time"}, '"2024-02-29T10:00:00Z"'),
         ({"type": "string", "format": "email"}, '"bob@example.com"'),
+        ({"type": "string", "pattern": "^\\p{Han}+[\\p{P}]?$", "maxLength": 5}, '"中文你好。"'),
         ({"type": "string", "pattern": "^2024", "format": "date"}, '"2024-02-29"'),
     ]:
         p = Pattern()

@@ -8,14 +8,15 @@ string may still take to an accepting state (`_lengths`), and a byte inside a ch
 allowed while some character it can still become is.
 
 `pattern` is an ECMA-262 regex, NOT anchored (JSON Schema: the string holds a match somewhere, `re.search`); a
-pattern anchors itself with `^...$` (pydantic writes them). xgrammar and outlines read a pattern as the whole
-string instead; here the reply follows the schema as a validator reads it. Supported: literals, `.`, classes and
-ranges, `\\d \\w \\s` (and negations), `\\t \\n \\r \\f \\v \\0 \\xHH \\uHHHH`, escaped syntax characters, groups
-(`(...)`, `(?:...)`, `(?<name>...)`), alternation, `* + ? {n} {n,} {n,m}` (lazy too), `^` at the start and `$` at
-the end of a top-level alternative. Refused (`UnsupportedRegex`): backreferences, lookarounds, `\\b`, inline
-flags, `^`/`$` elsewhere, other escapes. Where ECMA-262 and Python's `re` (which Python validators use) read a class
-differently, the string keeps to both: `\\d` is [0-9], `\\w` [A-Za-z0-9_], `.` no line terminator, `\\D \\W \\S`
-no character either reads as a digit, word or space.
+pattern anchors itself with `^...$` (pydantic writes them). xgrammar and outlines read a pattern as the whole string
+instead; here the reply follows the schema as a validator reads it. Supported: literals, `.`, classes and ranges,
+`\\d \\w \\s` (and negations), `\\t \\n \\r \\f \\v \\0 \\xHH \\uHHHH`, `\\p{..}` and `\\P{..}` (general categories
+and scripts, as the `regex` package reads them: `_property`), escaped syntax characters, groups (`(...)`, `(?:...)`,
+`(?<name>...)`), alternation, `* + ? {n} {n,} {n,m}` (lazy too), `^` at the start and `$` at the end of a top-level
+alternative. Refused (`UnsupportedRegex`): backreferences, lookarounds, `\\b`, inline flags, `^`/`$` elsewhere,
+other escapes. Where ECMA-262 and Python's `re` (which Python validators use) read a class differently, the string
+keeps to both: `\\d` is [0-9], `\\w` [A-Za-z0-9_], `.` no line terminator, `\\D \\W \\S` no character either reads
+as a digit, word or space.
 
 `format` is a pattern of our own (`FORMATS`); beside a `pattern`, the two automata are read as one product (a string
 holds both): date, time and date-time as RFC 3339 with real dates (Feb 29 in leap years only, no year 0000, no leap
@@ -31,6 +32,8 @@ string leaf.
 
 from __future__ import annotations
 
+import array
+import re
 import sys
 from functools import cache, lru_cache
 
@@ -94,6 +97,65 @@ def _python_class(kind: str) -> tuple:
 def _negated(kind: str) -> tuple:
     ecma = {"d": _DIGIT, "w": _WORD, "s": _SPACE + ((0xFEFF, 0xFEFF),)}[kind]
     return _minus(_ANY, ecma + _python_class(kind))
+
+
+_GC = {  # ECMA-262's General_Category values: short name → long name (and the old ones it also takes)
+    "L": "Letter", "LC": "Cased_Letter", "Lu": "Uppercase_Letter", "Ll": "Lowercase_Letter",
+    "Lt": "Titlecase_Letter", "Lm": "Modifier_Letter", "Lo": "Other_Letter", "M": "Mark", "Mn": "Nonspacing_Mark",
+    "Mc": "Spacing_Mark", "Me": "Enclosing_Mark", "N": "Number", "Nd": "Decimal_Number", "Nl": "Letter_Number",
+    "No": "Other_Number", "P": "Punctuation", "Pc": "Connector_Punctuation", "Pd": "Dash_Punctuation",
+    "Ps": "Open_Punctuation", "Pe": "Close_Punctuation", "Pi": "Initial_Punctuation", "Pf": "Final_Punctuation",
+    "Po": "Other_Punctuation", "S": "Symbol", "Sm": "Math_Symbol", "Sc": "Currency_Symbol", "Sk": "Modifier_Symbol",
+    "So": "Other_Symbol", "Z": "Separator", "Zs": "Space_Separator", "Zl": "Line_Separator",
+    "Zp": "Paragraph_Separator", "C": "Other", "Cc": "Control", "Cf": "Format", "Cs": "Surrogate",
+    "Co": "Private_Use", "Cn": "Unassigned",
+}  # fmt: skip
+_GC_NAMES = {**{v: k for k, v in _GC.items()}, **dict.fromkeys(_GC)} | {
+    "Combining_Mark": "M", "digit": "Nd", "punct": "P", "cntrl": "Cc"
+}  # fmt: skip
+_GC_NAMES = {name: short or name for name, short in _GC_NAMES.items()}
+_PROPERTIES = "general categories (L, Lu, Ll, Lo, N, Nd, P, S, Z, ... or their long names, gc=...), scripts (Han, "
+_PROPERTIES += "Latin, Script=..., sc=..., Script_Extensions=..., scx=...), Any, ASCII, Assigned"
+
+
+@cache
+def _regex_class(prop: str) -> tuple:
+    """The code points the `regex` package reads as \\p{prop} (Python's `re` has no \\p; validators that read it in
+    Python use `regex`)."""
+    import regex
+
+    return _norm((a, b - 1) for a, b in (m.span() for m in regex.finditer(rf"\p{{{prop}}}+", _every())))
+
+
+@cache
+def _every() -> str:
+    """Every code point, each at its own index."""
+    return array.array("I", range(MAX + 1)).tobytes().decode("utf-32-le", "surrogatepass")
+
+
+def _property(name: str, neg: bool) -> tuple:
+    """\\p{name} (neg: \\P{name}) as code point ranges, or UnsupportedRegex naming what is supported."""
+    key, eq, value = name.partition("=")
+    if not eq:
+        key, value = ("gc", name) if name in _GC_NAMES else ("", name)
+    if key in ("General_Category", "gc") and value in _GC_NAMES:
+        sets = [_regex_class(f"gc={_GC_NAMES[value]}")]
+    elif not eq and value in ("Any", "ASCII", "Assigned"):
+        sets = [{"Any": ((0, MAX),), "ASCII": ((0, 0x7F),)}.get(value) or _regex_class("Assigned")]
+    elif key in ("Script", "sc", "Script_Extensions", "scx", "") and re.fullmatch(r"[A-Za-z_]+", value):
+        kinds = {"Script": ["sc"], "sc": ["sc"], "Script_Extensions": ["scx"], "scx": ["scx"]}.get(key, ["sc", "scx"])
+        try:  # a bare script name: Script in Python's regex, Script_Extensions in Rust's (pydantic): keep to both
+            sets = [_regex_class(f"{k}={value}") for k in kinds]
+        except Exception:  # regex.error: no script of that name
+            raise UnsupportedRegex(f"the property \\p{{{name}}} (supported: {_PROPERTIES})") from None
+    else:
+        raise UnsupportedRegex(f"the property \\p{{{name}}} (supported: {_PROPERTIES})")
+    if neg:
+        return _minus(_ANY, [r for x in sets for r in x])
+    out = sets[0]
+    for x in sets[1:]:
+        out = _meet(out, x)
+    return _minus(out, (_SURR,))
 
 
 class _Parser:
@@ -213,6 +275,17 @@ class _Parser:
             if _SURR[0] <= cp <= _SURR[1]:
                 self.fail("a surrogate escape")
             return ((cp, cp),)
+        if c in "pP":
+            end = self.src.find("}", self.i)
+            if self.peek() != "{" or end < 0:
+                self.i -= 2
+                self.fail(f"\\{c} without {{name}}")
+            name, self.i = self.src[self.i + 1 : end], end + 1
+            try:
+                return _property(name, c == "P")
+            except UnsupportedRegex as e:
+                self.i -= len(name) + 4
+                self.fail(str(e))
         if c in _SYNTAX:
             return ((ord(c), ord(c)),)
         self.i -= 2
