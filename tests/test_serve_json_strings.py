@@ -227,6 +227,31 @@ def test_pattern_beside_format_holds_both(pattern, name, good, bad):
 
 
 @pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "string", "maxLength": 3},
+        {"type": "string", "pattern": "^[a-z]{2,3}$"},
+        {"type": "string", "pattern": "^2", "format": "date"},
+        {"type": "string", "pattern": "^\\p{Han}{2}$"},
+    ],
+)
+def test_needless_escapes_count_as_their_character(schema):
+    """A model that writes every character it can as an escape ("\\u0061" for "a", allowed: JSON's own, and models
+    trained on ensure_ascii text write \\u4e2d) is held to the same lengths, pattern and format as one writing it
+    plainly: it ends, and the decoded value validates."""
+    p = Pattern()
+    pattern, out = p.finish(compile_schema(p, schema, "s", strict=False)), b""
+    state = pattern.start
+    while not pattern.done(state):
+        ok = [b for b in range(256) if pattern.step(state, b) is not None]
+        b = next((x for x in b"\\u0" if x in ok), ok[0])  # an escape whenever one is allowed
+        out, state = out + bytes([b]), pattern.step(state, b)
+        assert len(out) < 200, out
+    assert b"\\u" in out or b"\\\\" in out
+    assert valid(json.loads(out), schema) if "\\p" not in schema.get("pattern", "") else len(json.loads(out)) == 2
+
+
+@pytest.mark.parametrize(
     ("schema", "where", "what"),
     [
         ({"pattern": "(a)\\1"}, "s.pattern", "a backreference"),
