@@ -104,11 +104,15 @@ def event_columns() -> list[Column]:
 
 
 # The prompt key: full-width letters and digits read as ASCII (Ｘ５ is X5: Chinese input methods type both), then
-# lower case without spaces of any kind (the ideographic space U+3000, NBSP), punctuation or symbols. The two letters
+# lower case without spaces of any kind (the ideographic space U+3000, NBSP), punctuation or symbols. The letters
 # whose lower case Java (Spark) writes otherwise than DuckDB are read first as what DuckDB makes of them: İ (Java:
-# i + U+0307) as I, and a final ς (Java's lower case of a word-final Σ) as σ; else the engines grouped apart.
-_NARROW = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" + "I"
-_WIDE = "".join(chr(ord(c) + 0xFEE0) for c in _NARROW[:-1]) + "\u0130"
+# i + U+0307) as i, and a final ς (Java's lower case of a word-final Σ) as σ; else the engines grouped apart. ASCII
+# A-Z are lowered by translate, not lower(): Spark's lower() of a non-ASCII text follows the JVM's default locale
+# (Turkish: I → dotless ı).
+_ASCII_UP = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_FULL = "0123456789" + _ASCII_UP + _ASCII_UP.lower()
+_WIDE = "".join(chr(ord(c) + 0xFEE0) for c in _FULL) + _ASCII_UP + "\u0130"
+_NARROW = _FULL.lower() + _ASCII_UP.lower() + "i"
 
 
 def _strength(col: str) -> str:
