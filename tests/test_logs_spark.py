@@ -366,3 +366,9 @@ def test_prompt_keys_do_not_follow_the_jvm_locale(spark, tmp_path):
     finally:
         locale.setDefault(before)
     assert sp.con.execute(query).fetchall() == want
+
+
+def test_a_response_row_repeated_whole_is_one_response_on_spark(spark, tmp_path):
+    from test_logs_chat import test_a_response_row_repeated_whole_is_one_response as same
+
+    same(tmp_path, engine=spark)
