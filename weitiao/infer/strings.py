@@ -144,9 +144,11 @@ def _property(name: str, neg: bool) -> tuple:
         sets = [{"Any": ((0, MAX),), "ASCII": ((0, 0x7F),)}.get(value) or _regex_class("Assigned")]
     elif key in ("Script", "sc", "Script_Extensions", "scx", "") and re.fullmatch(r"[A-Za-z_]+", value):
         kinds = {"Script": ["sc"], "sc": ["sc"], "Script_Extensions": ["scx"], "scx": ["scx"]}.get(key, ["sc", "scx"])
+        import regex
+
         try:  # a bare script name: Script in Python's regex, Script_Extensions in Rust's (pydantic): keep to both
             sets = [_regex_class(f"{k}={value}") for k in kinds]
-        except Exception:  # regex.error: no script of that name
+        except regex.error:  # no script of that name
             raise UnsupportedRegex(f"the property \\p{{{name}}} (supported: {_PROPERTIES})") from None
     else:
         raise UnsupportedRegex(f"the property \\p{{{name}}} (supported: {_PROPERTIES})")
