@@ -1,6 +1,8 @@
 """logs chat (Q162): the signal hierarchy on a hand-made log, precision on synthetic logs, caps and balance."""
 
+import csv
 import datetime
+import io
 import json
 
 import duckdb
@@ -367,3 +369,42 @@ def test_dwell_events_in_milliseconds_are_refused_naming_the_unit(tmp_path):
     events(1)  # control: the same log in seconds pairs on dwell
     r = chat.run(tmp_path / "e.csv", tmp_path / "r.csv", cfg, progress=False)
     assert r.con.execute("SELECT count(*) FROM wt_pairs WHERE source = 'dwell'").fetchone()[0] == 6
+
+
+DELIVERED_TWICE = (
+    "response_id,session_id,turn,ts,prompt,response\n"
+    "q1,s1,1,2026-03-01 10:00:00,周末去哪玩,去爬山\n"
+    'q2,s1,1,2026-03-01 10:00:05,周末去哪玩,"在家看书，\n喝茶"\n'  # a cell over two lines: q1's copy is on line 5
+    "q1,s1,1,2026-03-01 10:00:00,周末去哪玩,去爬山\n"
+)
+DELIVERED_TWICE_EVENTS = (
+    "response_id,event,ts,value\nq1,thumbs_down,2026-03-01 10:01:00,\nq2,thumbs_up,2026-03-01 10:02:00,\n"
+)
+
+
+def test_a_response_row_repeated_whole_is_one_response(tmp_path, engine=None):
+    """A responses row delivered twice (at-least-once pipelines) was refused as '1 repeated ids'; it is one response,
+    the copy counted as `duplicate` in the responses ledger, and the pairs are those of the file without it. The same
+    id with other content is still refused, naming the file:line (or Parquet row) of both."""
+    kw = {"engine": engine} if engine else {}
+    (tmp_path / "e.csv").write_text(DELIVERED_TWICE_EVENTS, encoding="utf-8")
+    (tmp_path / "r.csv").write_text(DELIVERED_TWICE, encoding="utf-8")
+    r = chat.run(tmp_path / "e.csv", tmp_path / "r.csv", load_profile("chat", "chat"), progress=False, **kw)
+    assert pairs_of(r) == {("q2", "q1", "explicit", "thumbs_up_vs_down", "session")}
+    led = build_report(r)["ledgers"]  # asserts inside: every ledger adds up to the rows read
+    assert led["responses"] == {"duplicate": 1, "alone": 0, "unpaired": 0, "paired": 2}
+    once = DELIVERED_TWICE.rsplit("q1,", 1)[0]
+    (tmp_path / "once.csv").write_text(once, encoding="utf-8")  # control: the file without the copy
+    r = chat.run(tmp_path / "e.csv", tmp_path / "once.csv", load_profile("chat", "chat"), progress=False, **kw)
+    assert pairs_of(r) == {("q2", "q1", "explicit", "thumbs_up_vs_down", "session")}
+    assert build_report(r)["ledgers"]["responses"]["duplicate"] == 0
+    other = DELIVERED_TWICE.replace("去爬山\n", "去爬山了\n").replace("去爬山了\n", "去爬山\n", 1)
+    (tmp_path / "r.csv").write_text(other, encoding="utf-8")
+    with pytest.raises(UserError) as e:
+        chat.run(tmp_path / "e.csv", tmp_path / "r.csv", load_profile("chat", "chat"), progress=False, **kw)
+    assert str(e.value).startswith(f"{tmp_path / 'r.csv'}:2 and {tmp_path / 'r.csv'}:5: response_id 'q1' is given "
+                                   "twice with other content")  # fmt: skip
+    rows = list(csv.DictReader(io.StringIO(other)))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "r.parquet")
+    with pytest.raises(UserError, match=r"r\.parquet: row 1 and .*r\.parquet: row 3: response_id 'q1'"):
+        chat.run(tmp_path / "e.csv", tmp_path / "r.parquet", load_profile("chat", "chat"), progress=False, **kw)

@@ -340,3 +340,35 @@ def test_session_ids_numbered_per_user_are_two_conversations_on_spark(spark, tmp
     from test_logs_chat import test_session_ids_numbered_per_user_are_two_conversations as same
 
     same(tmp_path, engine=spark)
+
+
+def test_prompt_keys_do_not_follow_the_jvm_locale(spark, tmp_path):
+    """Spark's lower() of a text that is not all ASCII follows the JVM's default locale: under Turkish (a driver started
+    with -Duser.language=tr) ISTANBUL 中文 lowered to ıstanbul, and it met istanbul 中文 across sessions on DuckDB only.
+    The key lowers A-Z by translate: the same pairs on both engines, whatever the locale (switched for this test)."""
+    rows = [("r1", "s1", "İSTANBUL'da ne yenir? 中文"), ("r2", "s2", "istanbul'da ne yenir 中文"),
+            ("r3", "s3", "ISTANBUL DA NE YENIR 中文")]  # fmt: skip
+    lines = [f"{rid},{sid},1,2025-03-01 10:00:0{i},{p},回复{rid}\n" for i, (rid, sid, p) in enumerate(rows)]
+    (tmp_path / "r.csv").write_text("response_id,session_id,turn,ts,prompt,response\n" + "".join(lines))
+    (tmp_path / "e.csv").write_text("response_id,event,ts,value\nr1,thumbs_up,2025-03-01 10:01:00,\n"
+                                    "r2,thumbs_down,2025-03-01 10:01:00,\nr3,thumbs_down,2025-03-01 10:01:00,\n",
+                                    encoding="utf-8")  # fmt: skip
+    cfg = load_profile("chat", "chat", ["cross_session.enabled=true"])
+    query = "SELECT chosen_id, rejected_id, context FROM wt_pairs ORDER BY ALL"
+    want = chat.run(tmp_path / "e.csv", tmp_path / "r.csv", cfg, progress=False).con.execute(query).fetchall()
+    assert [p[:2] for p in want] == [("r1", "r2"), ("r1", "r3")]
+    locale = spark.spark._jvm.java.util.Locale
+    before = locale.getDefault()
+    locale.setDefault(locale("tr", "TR"))
+    try:
+        assert spark.rows("SELECT lower('I 中') AS x") == [("ı 中",)]  # the locale took: Spark's lower() follows it
+        sp = chat.run(tmp_path / "e.csv", tmp_path / "r.csv", cfg, progress=False, engine=spark)
+    finally:
+        locale.setDefault(before)
+    assert sp.con.execute(query).fetchall() == want
+
+
+def test_a_response_row_repeated_whole_is_one_response_on_spark(spark, tmp_path):
+    from test_logs_chat import test_a_response_row_repeated_whole_is_one_response as same
+
+    same(tmp_path, engine=spark)

@@ -167,6 +167,91 @@ def test_format_edges():
 
 
 @pytest.mark.parametrize(
+    "pattern",
+    [
+        "^\\p{Han}+$",
+        "^[\\p{L}\\p{N}]{1,3}$",
+        "^\\p{Lu}\\p{Ll}*$",
+        "\\P{Han}",
+        "^[^\\p{P}\\p{Z}]*$",
+        "^\\p{Script=Latin}\\p{gc=Decimal_Number}?$",
+        "^\\p{Letter}\\P{L}$",
+    ],
+)
+def test_unicode_properties_are_the_regex_package(pattern):
+    """\\p{..} and \\P{..} (general categories, scripts: how Chinese text is matched) accept exactly what the
+    `regex` package's search does (Python's `re` has no \\p), on every string of up to 3 characters over an alphabet
+    of Han, kana, Latin, digits, full-width and ASCII punctuation, escaped at random. A bare script name (\\p{Han},
+    no ECMA-262 syntax) is Script in `regex`, Script_Extensions in Rust's regex (pydantic): 。 is Common with Han
+    among its extensions, so a string keeps to both readings."""
+    import regex
+
+    rng, s = random.Random(0), {"type": "string", "pattern": pattern}
+    readings = [pattern.replace("{Han}", "{sc=Han}"), pattern.replace("{Han}", "{scx=Han}")]
+    for n in range(4):
+        for chars in itertools.product("中文あAbé1١。, 、-", repeat=n):
+            v = "".join(chars)
+            assert accepts(s, escaped(v, rng)) == all(regex.search(r, v) for r in readings), (pattern, v)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "name", "good", "bad"),
+    [
+        ("^2024-", "date", ["2024-02-29", "2024-12-31"], ["2023-01-01", "2024-02-30", "2024-"]),
+        ("-01$", "date", ["1999-12-01", "2000-02-01"], ["2000-01-02", "2000-01-32"]),
+        ("^[^@]+@example\\.cn$", "email", ["a.b@example.cn"], ["a@b.example.cn", "a..b@example.cn", "a@example.cnx"]),
+        ("^fe80:", "ipv6", ["fe80::1", "fe80:0:0:0:0:0:0:1"], ["fe81::1", "fe80:::1"]),
+        ("^[^A-F]*$", "uuid", ["0123abcd-0000-1111-2222-333344445555"], ["0123ABCD-0000-1111-2222-333344445555"]),
+        ("Z$", "date-time", ["2024-01-01T00:00:00Z"], ["2024-01-01T00:00:00+08:00", "2024-01-01Z"]),
+        ("^https://", "uri", ["https://a.cn/x"], ["http://a.cn/x", "https:/a"]),
+    ],
+)
+def test_pattern_beside_format_holds_both(pattern, name, good, bad):
+    """`pattern` and `format` on one string (a 400 before): the string must hold both, as a validator reads the
+    schema, by one product automaton; random walks through it never dead-end and validate under jsonschema."""
+    s = {"type": "string", "pattern": pattern, "format": name}
+    for v in good:
+        assert valid(v, s) and accepts(s, json.dumps(v)), v
+    for v in bad:
+        assert not accepts(s, json.dumps(v)), v  # (jsonschema's email check is only an "@")
+    schema = {"type": "object", "properties": {"v": s | {"maxLength": 40}}, "required": ["v"]}
+    p = Pattern()
+    pattern_ = p.finish(compile_schema(p, schema, "s", strict=False))
+    rng, done = random.Random(2), 0
+    for _ in range(40):
+        out = walk(pattern_, rng)
+        if out is not None:
+            assert valid(json.loads(out), schema), out
+            done += 1
+    assert done >= 20
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "string", "maxLength": 3},
+        {"type": "string", "pattern": "^[a-z]{2,3}$"},
+        {"type": "string", "pattern": "^2", "format": "date"},
+        {"type": "string", "pattern": "^\\p{Han}{2}$"},
+    ],
+)
+def test_needless_escapes_count_as_their_character(schema):
+    """A model that writes every character it can as an escape ("\\u0061" for "a", allowed: JSON's own, and models
+    trained on ensure_ascii text write \\u4e2d) is held to the same lengths, pattern and format as one writing it
+    plainly: it ends, and the decoded value validates."""
+    p = Pattern()
+    pattern, out = p.finish(compile_schema(p, schema, "s", strict=False)), b""
+    state = pattern.start
+    while not pattern.done(state):
+        ok = [b for b in range(256) if pattern.step(state, b) is not None]
+        b = next((x for x in b"\\u0" if x in ok), ok[0])  # an escape whenever one is allowed
+        out, state = out + bytes([b]), pattern.step(state, b)
+        assert len(out) < 200, out
+    assert b"\\u" in out or b"\\\\" in out
+    assert valid(json.loads(out), schema) if "\\p" not in schema.get("pattern", "") else len(json.loads(out)) == 2
+
+
+@pytest.mark.parametrize(
     ("schema", "where", "what"),
     [
         ({"pattern": "(a)\\1"}, "s.pattern", "a backreference"),
@@ -176,13 +261,18 @@ def test_format_edges():
         ({"pattern": "\\bword"}, "s.pattern", "a word boundary"),
         ({"pattern": "(?i)a"}, "s.pattern", "an inline flag group"),
         ({"pattern": "a^b"}, "s.pattern", "'^' or '$' inside"),
-        ({"pattern": "\\p{L}"}, "s.pattern", "the escape \\p"),
+        ({"pattern": "\\p{Emoji}"}, "s.pattern", "the property \\p{Emoji} (supported: general categories"),
+        ({"pattern": "[\\p{l}]"}, "s.pattern", "the property \\p{l} (supported"),  # ECMA's names are case-sensitive
+        ({"pattern": "\\p{Script=Klingon}"}, "s.pattern", "the property \\p{Script=Klingon}"),
+        ({"pattern": "\\pL"}, "s.pattern", "\\p without {name}"),
         ({"format": "idn-hostname"}, "s.format", "'idn-hostname' (known: date, "),
-        ({"format": "date", "pattern": "^2"}, "s.format", "beside pattern"),
+        ({"format": "date", "pattern": "^0000"}, "s", 'no string satisfies pattern "^0000", format "date"'),
+        ({"format": "date", "pattern": "(a)\\1"}, "s.pattern", "a backreference"),
         ({"maxLength": 100_001}, "s.maxLength", "over 10000"),
         ({"minLength": 3, "maxLength": 2}, "s.maxLength", "under minLength"),
         ({"pattern": "^a{3}$", "maxLength": 2}, "s", "no string satisfies"),
         ({"format": "uuid", "minLength": 37}, "s", "no string satisfies"),
+        ({"format": "date", "pattern": "^1", "maxLength": 9}, "s", "no string satisfies"),
         ({"pattern": "^(ab)+$", "minLength": 5001, "maxLength": 5001}, "s", "no string satisfies"),  # odd
     ],
 )
@@ -240,6 +330,8 @@ def test_text_mask_shortcuts_equal_the_byte_walk(tokenizer):
         ({"type": "string", "pattern": "^中.*a$"}, '"中文a中a"'),
         ({"type": "string", "format": "date-time"}, '"2024-02-29T10:00:00Z"'),
         ({"type": "string", "format": "email"}, '"bob@example.com"'),
+        ({"type": "string", "pattern": "^\\p{Han}+[\\p{P}]?$", "maxLength": 5}, '"中文你好。"'),
+        ({"type": "string", "pattern": "^2024", "format": "date"}, '"2024-02-29"'),
     ]:
         p = Pattern()
         pattern = p.finish(compile_schema(p, {"type": "array", "items": schema}, "s", strict=False))

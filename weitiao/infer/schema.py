@@ -15,12 +15,12 @@ without `type` (`{}`, pydantic's `Any`) and an array without `items` hold any JS
 Enforced either way: `type` (one or a list), `properties`, `required`, `items`, `minItems`/`maxItems`, `minimum`,
 `maximum`, `exclusiveMinimum`, `exclusiveMaximum`, `multipleOf` (an integer or a binary fraction such as 0.25:
 weitiao.infer.bounds), `enum`, `const`, `anyOf`, `$ref` into the schema (`#`, `#/$defs/...`, recursion too), a
-string's `minLength`, `maxLength`, `pattern` and `format` (weitiao.infer.strings: a pattern the mask cannot keep,
-such as a backreference, and an unknown format are 400s naming the keyword and the construct). Annotations
-(`description`, `title`, `default`, `examples`, `$comment`, and the root's `$schema` when it names draft-04 to
-2020-12) change nothing. Anything else (`oneOf`, `not`, a decimal `multipleOf` such as 0.01, which validators
-check by dividing doubles, ...) is a 400: the mask could not keep it, and a reply that breaks it must not pass as
-following the schema.
+string's `minLength`, `maxLength`, `pattern` and `format` (both at once: the string holds each;
+weitiao.infer.strings: a pattern the mask cannot keep, such as a backreference, and an unknown format are 400s
+naming the keyword and the construct). Annotations (`description`, `title`, `default`, `examples`, `$comment`, and
+the root's `$schema` when it names draft-04 to 2020-12) change nothing. Anything else (`oneOf`, `not`, a decimal
+`multipleOf` such as 0.01, which validators check by dividing doubles, ...) is a 400: the mask could not keep it,
+and a reply that breaks it must not pass as following the schema.
 
 Keys come in the schema's order with the JSON style of weitiao.infer.constrain (`{"a": 1, "b": [true]}`): a
 reply's text has one spelling per value, but strings, whose content is free.
@@ -230,22 +230,25 @@ def compile_schema(p: Pattern, schema: Any, at: str, strict: bool, unenforced: s
         if not set(_STRING) & set(s):
             return None
         lo, hi = count_range(s, path, "Length", MAX_LENGTH)
-        if "pattern" in s and "format" in s:
-            refuse(f"{path}.format", "beside pattern (one or the other)")
-        regex, key = s.get("pattern"), "pattern"
+        regexes = []  # a string holds all: the pattern's automaton times the format's
+        if "pattern" in s:
+            if not isinstance(s["pattern"], str):
+                invalid(f"{path}.pattern", "must be a string")
+            try:
+                text(s["pattern"])  # its own errors, named as the pattern's
+            except UnsupportedRegex as e:
+                refuse(f"{path}.pattern", str(e))
+            regexes.append(s["pattern"])
         if "format" in s:
-            key = "format"
             if s["format"] not in FORMATS:
                 refuse(f"{path}.format", f"{s['format']!r} (known: {', '.join(FORMATS)})")
-            regex = FORMATS[s["format"]]
+            regexes.append(FORMATS[s["format"]])
             if s["format"] in FORMAT_LENGTH:
                 hi = min(FORMAT_LENGTH[s["format"]], MAX_LENGTH if hi is None else hi)
-        if regex is not None and not isinstance(regex, str):
-            invalid(f"{path}.pattern", "must be a string")
         try:
-            spec = text(regex, lo, hi)
+            spec = text(tuple(regexes) if len(regexes) > 1 else regexes[0] if regexes else None, lo, hi)
         except UnsupportedRegex as e:
-            refuse(f"{path}.{key}", str(e))
+            refuse(f"{path}.pattern", f"{e}, beside format {s['format']!r}" if "format" in s else str(e))
         if not spec.live(*spec.init):
             what = ", ".join(f"{k} {json.dumps(s[k], ensure_ascii=False)}" for k in _STRING if k in s)
             invalid(path, f"no string satisfies {what}")

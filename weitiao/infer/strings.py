@@ -8,21 +8,23 @@ string may still take to an accepting state (`_lengths`), and a byte inside a ch
 allowed while some character it can still become is.
 
 `pattern` is an ECMA-262 regex, NOT anchored (JSON Schema: the string holds a match somewhere, `re.search`); a
-pattern anchors itself with `^...$` (pydantic writes them). xgrammar and outlines read a pattern as the whole
-string instead; here the reply follows the schema as a validator reads it. Supported: literals, `.`, classes and
-ranges, `\\d \\w \\s` (and negations), `\\t \\n \\r \\f \\v \\0 \\xHH \\uHHHH`, escaped syntax characters, groups
-(`(...)`, `(?:...)`, `(?<name>...)`), alternation, `* + ? {n} {n,} {n,m}` (lazy too), `^` at the start and `$` at
-the end of a top-level alternative. Refused (`UnsupportedRegex`): backreferences, lookarounds, `\\b`, inline
-flags, `^`/`$` elsewhere, other escapes. Where ECMA-262 and Python's `re` (which Python validators use) read a class
-differently, the string keeps to both: `\\d` is [0-9], `\\w` [A-Za-z0-9_], `.` no line terminator, `\\D \\W \\S`
-no character either reads as a digit, word or space.
+pattern anchors itself with `^...$` (pydantic writes them). xgrammar and outlines read a pattern as the whole string
+instead; here the reply follows the schema as a validator reads it. Supported: literals, `.`, classes and ranges,
+`\\d \\w \\s` (and negations), `\\t \\n \\r \\f \\v \\0 \\xHH \\uHHHH`, `\\p{..}` and `\\P{..}` (general categories
+and scripts, as the `regex` package reads them: `_property`), escaped syntax characters, groups (`(...)`, `(?:...)`,
+`(?<name>...)`), alternation, `* + ? {n} {n,} {n,m}` (lazy too), `^` at the start and `$` at the end of a top-level
+alternative. Refused (`UnsupportedRegex`): backreferences, lookarounds, `\\b`, inline flags, `^`/`$` elsewhere,
+other escapes. Where ECMA-262 and Python's `re` (which Python validators use) read a class differently, the string
+keeps to both: `\\d` is [0-9], `\\w` [A-Za-z0-9_], `.` no line terminator, `\\D \\W \\S` no character either reads
+as a digit, word or space.
 
-`format` is a pattern of our own (`FORMATS`): date, time and date-time as RFC 3339 with real dates (Feb 29 in leap
-years only, no year 0000, no leap second, `T` and `Z` upper case), duration (RFC 3339 appendix A: P1Y2M3DT4H5M6S,
-P2W; numbers of 6 digits at most, which Python's timedelta holds), uuid (any version), email (a dot-atom local
-part @ a dotted domain, no quoted or IP forms), hostname (RFC 1123), ipv4 (no leading zeros), ipv6 (hex groups
-with `::`, no embedded ipv4), uri (scheme://host[:port] and an optional path, query and fragment of unreserved
-and sub-delims characters and %-escapes: a practical subset of RFC 3986, which pydantic's AnyUrl reads).
+`format` is a pattern of our own (`FORMATS`); beside a `pattern`, the two automata are read as one product (a string
+holds both): date, time and date-time as RFC 3339 with real dates (Feb 29 in leap years only, no year 0000, no leap
+second, `T` and `Z` upper case), duration (RFC 3339 appendix A: P1Y2M3DT4H5M6S, P2W; numbers of 6 digits at most,
+which Python's timedelta holds), uuid (any version), email (a dot-atom local part @ a dotted domain, no quoted or IP
+forms), hostname (RFC 1123), ipv4 (no leading zeros), ipv6 (hex groups with `::`, no embedded ipv4), uri
+(scheme://host[:port] and an optional path, query and fragment of unreserved and sub-delims characters and
+%-escapes: a practical subset of RFC 3986, which pydantic's AnyUrl reads).
 
 A string holds no surrogate (`\\ud83d` is refused: write the character as UTF-8) and no raw DEL, as the plain
 string leaf.
@@ -30,6 +32,8 @@ string leaf.
 
 from __future__ import annotations
 
+import array
+import re
 import sys
 from functools import cache, lru_cache
 
@@ -93,6 +97,67 @@ def _python_class(kind: str) -> tuple:
 def _negated(kind: str) -> tuple:
     ecma = {"d": _DIGIT, "w": _WORD, "s": _SPACE + ((0xFEFF, 0xFEFF),)}[kind]
     return _minus(_ANY, ecma + _python_class(kind))
+
+
+_GC = {  # ECMA-262's General_Category values: short name → long name (and the old ones it also takes)
+    "L": "Letter", "LC": "Cased_Letter", "Lu": "Uppercase_Letter", "Ll": "Lowercase_Letter",
+    "Lt": "Titlecase_Letter", "Lm": "Modifier_Letter", "Lo": "Other_Letter", "M": "Mark", "Mn": "Nonspacing_Mark",
+    "Mc": "Spacing_Mark", "Me": "Enclosing_Mark", "N": "Number", "Nd": "Decimal_Number", "Nl": "Letter_Number",
+    "No": "Other_Number", "P": "Punctuation", "Pc": "Connector_Punctuation", "Pd": "Dash_Punctuation",
+    "Ps": "Open_Punctuation", "Pe": "Close_Punctuation", "Pi": "Initial_Punctuation", "Pf": "Final_Punctuation",
+    "Po": "Other_Punctuation", "S": "Symbol", "Sm": "Math_Symbol", "Sc": "Currency_Symbol", "Sk": "Modifier_Symbol",
+    "So": "Other_Symbol", "Z": "Separator", "Zs": "Space_Separator", "Zl": "Line_Separator",
+    "Zp": "Paragraph_Separator", "C": "Other", "Cc": "Control", "Cf": "Format", "Cs": "Surrogate",
+    "Co": "Private_Use", "Cn": "Unassigned",
+}  # fmt: skip
+_GC_NAMES = {**{v: k for k, v in _GC.items()}, **dict.fromkeys(_GC)} | {
+    "Combining_Mark": "M", "digit": "Nd", "punct": "P", "cntrl": "Cc"
+}  # fmt: skip
+_GC_NAMES = {name: short or name for name, short in _GC_NAMES.items()}
+_PROPERTIES = "general categories (L, Lu, Ll, Lo, N, Nd, P, S, Z, ... or their long names, gc=...), scripts (Han, "
+_PROPERTIES += "Latin, Script=..., sc=..., Script_Extensions=..., scx=...), Any, ASCII, Assigned"
+
+
+@cache
+def _regex_class(prop: str) -> tuple:
+    """The code points the `regex` package reads as \\p{prop} (Python's `re` has no \\p; validators that read it in
+    Python use `regex`)."""
+    import regex
+
+    return _norm((a, b - 1) for a, b in (m.span() for m in regex.finditer(rf"\p{{{prop}}}+", _every())))
+
+
+@cache
+def _every() -> str:
+    """Every code point, each at its own index."""
+    return array.array("I", range(MAX + 1)).tobytes().decode("utf-32-le", "surrogatepass")
+
+
+def _property(name: str, neg: bool) -> tuple:
+    """\\p{name} (neg: \\P{name}) as code point ranges, or UnsupportedRegex naming what is supported."""
+    key, eq, value = name.partition("=")
+    if not eq:
+        key, value = ("gc", name) if name in _GC_NAMES else ("", name)
+    if key in ("General_Category", "gc") and value in _GC_NAMES:
+        sets = [_regex_class(f"gc={_GC_NAMES[value]}")]
+    elif not eq and value in ("Any", "ASCII", "Assigned"):
+        sets = [{"Any": ((0, MAX),), "ASCII": ((0, 0x7F),)}.get(value) or _regex_class("Assigned")]
+    elif key in ("Script", "sc", "Script_Extensions", "scx", "") and re.fullmatch(r"[A-Za-z_]+", value):
+        kinds = {"Script": ["sc"], "sc": ["sc"], "Script_Extensions": ["scx"], "scx": ["scx"]}.get(key, ["sc", "scx"])
+        import regex
+
+        try:  # a bare script name: Script in Python's regex, Script_Extensions in Rust's (pydantic): keep to both
+            sets = [_regex_class(f"{k}={value}") for k in kinds]
+        except regex.error:  # no script of that name
+            raise UnsupportedRegex(f"the property \\p{{{name}}} (supported: {_PROPERTIES})") from None
+    else:
+        raise UnsupportedRegex(f"the property \\p{{{name}}} (supported: {_PROPERTIES})")
+    if neg:
+        return _minus(_ANY, [r for x in sets for r in x])
+    out = sets[0]
+    for x in sets[1:]:
+        out = _meet(out, x)
+    return _minus(out, (_SURR,))
 
 
 class _Parser:
@@ -212,6 +277,17 @@ class _Parser:
             if _SURR[0] <= cp <= _SURR[1]:
                 self.fail("a surrogate escape")
             return ((cp, cp),)
+        if c in "pP":
+            end = self.src.find("}", self.i)
+            if self.peek() != "{" or end < 0:
+                self.i -= 2
+                self.fail(f"\\{c} without {{name}}")
+            name, self.i = self.src[self.i + 1 : end], end + 1
+            try:
+                return _property(name, c == "P")
+            except UnsupportedRegex as e:
+                self.i -= len(name) + 4
+                self.fail(str(e))
         if c in _SYNTAX:
             return ((ord(c), ord(c)),)
         self.i -= 2
@@ -258,25 +334,34 @@ class _Parser:
 
 
 @lru_cache(maxsize=64)
-def text(regex: str | None, lo: int = 0, hi: int | None = None) -> Text:
-    """The `Text` for a pattern and length bounds, shared by requests (its steps are memoized)."""
+def text(regex: str | tuple[str, ...] | None, lo: int = 0, hi: int | None = None) -> Text:
+    """The `Text` for a pattern (or a tuple of patterns a string must all hold: a `pattern` beside a `format`) and
+    length bounds, shared by requests (its steps are memoized)."""
     return Text(regex, lo, hi)
 
 
-class Text:
-    """A string's constraint as a character automaton. State (between characters): (NFA states, characters so
-    far, capped at the larger length bound + 1). `free`: an NFA state that accepts and loops on every character."""
+class _Nfa:
+    """One pattern's automaton: `eps` and `moves` per state, `start`, `accept`, and `free` (accepts, loops on every
+    character)."""
 
-    def __init__(self, regex: str | None, lo: int = 0, hi: int | None = None) -> None:
-        self.spec = (regex, lo, hi)
-        self.lo, self.hi = lo, hi
-        self.cap = max(lo, hi or 0) + 1  # lengths from here on: bit `cap` of a length set means "cap or more"
+    def __init__(self) -> None:
         self.eps: list[list[int]] = []
         self.moves: list[list[tuple]] = []  # state → [(ranges, target)]
-        self.free = self._new()
+
+    def new(self) -> int:
+        if len(self.eps) >= MAX_STATES:
+            raise UnsupportedRegex(f"a pattern over {MAX_STATES} automaton states (shorten its {{n,m}} counts)")
+        self.eps.append([])
+        self.moves.append([])
+        return len(self.eps) - 1
+
+    @classmethod
+    def of(cls, regex: str | None) -> _Nfa:
+        self = cls()
+        self.free = self.new()
         self.moves[self.free].append((_ANY, self.free))
         ast = _Parser(regex).parse() if regex is not None else None
-        self.start, self.accept = self._new(), self._new()
+        self.start, self.accept = self.new(), self.new()
         alts = ast[1] if ast is not None and ast[0] == "alt" else [ast]
         for a in alts:  # each alternative: anchored at either end by its own ^ / $, else any text around it
             if a is None:
@@ -288,17 +373,148 @@ class Text:
             items = items[bol : len(items) - eol]
             if ("bol",) in items or ("eol",) in items:
                 raise UnsupportedRegex(f"'^' or '$' inside {regex!r} (only at the ends of a top-level alternative)")
-            s, e = self._build(("seq", items))
+            s, e = self.build(("seq", items))
             if bol:
                 self.eps[self.start].append(s)
             else:
-                pre = self._new()
+                pre = self.new()
                 self.eps[self.start].append(pre)
                 self.moves[pre].append((_ANY, pre))
                 self.eps[pre].append(s)
             self.eps[e].append(self.accept if eol else self.free)
         self.eps[self.free].append(self.accept)
-        self._close = [self._closure({s}) for s in range(len(self.eps))]
+        return self
+
+    def build(self, node: tuple) -> tuple[int, int]:
+        kind = node[0]
+        s = self.new()
+        if kind == "chars":
+            e = self.new()
+            self.moves[s].append((node[1], e))
+            return s, e
+        if kind == "seq":
+            e = s
+            for item in node[1]:
+                a, b = self.build(item)
+                self.eps[e].append(a)
+                e = b
+            return s, e
+        if kind == "alt":
+            e = self.new()
+            for item in node[1]:
+                a, b = self.build(item)
+                self.eps[s].append(a)
+                self.eps[b].append(e)
+            return s, e
+        _, sub, lo, hi = node  # "rep": lo copies, then (hi - lo) optional ones or a loop
+        e = s
+        for _ in range(lo - (hi is None and lo > 0)):
+            a, b = self.build(sub)
+            self.eps[e].append(a)
+            e = b
+        if hi is None:  # the last copy loops (x+ is one loop, not x then x*: the same states after each x)
+            a, b = self.build(sub)
+            end = self.new()  # its own end: what follows must not inherit the loop
+            self.eps[e].append(a)
+            self.eps[b] += [a, end]
+            if lo == 0:
+                self.eps[a].append(end)
+            return s, end
+        end = self.new()
+        for _ in range(hi - lo):
+            self.eps[e].append(end)
+            a, b = self.build(sub)
+            self.eps[e].append(a)
+            e = b
+        self.eps[e].append(end)
+        return s, end
+
+    def closure(self, states: set) -> frozenset:
+        todo, seen = list(states), set(states)
+        while todo:
+            for t in self.eps[todo.pop()]:
+                if t not in seen:
+                    seen.add(t)
+                    todo.append(t)
+        return frozenset(seen)
+
+    def reads(self) -> tuple[dict[int, list[tuple]], set[int]]:
+        """Without ε-moves: from the start and each state a character leads to, the moves of its closure; and
+        the states among them whose closure accepts."""
+        keep = {self.start} | {t for ms in self.moves for _, t in ms}
+        out, accepting = {}, set()
+        for s in keep:
+            c = self.closure({s})
+            out[s] = [m for x in c for m in self.moves[x]]
+            if self.accept in c:
+                accepting.add(s)
+        return out, accepting
+
+    @classmethod
+    def both(cls, a: _Nfa, b: _Nfa) -> _Nfa:
+        """The product automaton: a string reaches its accepting state when it reaches both `a`'s and `b`'s."""
+        self = cls()
+        (ma, acc_a), (mb, acc_b) = a.reads(), b.reads()
+        ids: dict[tuple[int, int], int] = {}
+
+        def pair(x: int, y: int) -> int:
+            if (x, y) not in ids:
+                ids[(x, y)] = self.new()
+                todo.append((x, y))
+            return ids[(x, y)]
+
+        todo: list[tuple[int, int]] = []
+        self.accept = self.new()
+        self.start = pair(a.start, b.start)
+        try:
+            while todo:
+                x, y = todo.pop()
+                s = ids[(x, y)]
+                if x in acc_a and y in acc_b:
+                    self.eps[s].append(self.accept)
+                for ra, ta in ma[x]:
+                    for rb, tb in mb[y]:
+                        if r := _meet(ra, rb):
+                            self.moves[s].append((r, pair(ta, tb)))
+        except UnsupportedRegex:
+            raise UnsupportedRegex(f"patterns that together take over {MAX_STATES} automaton states") from None
+        self.free = ids.get((a.free, b.free))
+        if self.free is None:  # never reached: a state no string is in
+            self.free = self.new()
+            self.moves[self.free].append((_ANY, self.free))
+            self.eps[self.free].append(self.accept)
+        return self
+
+
+def _meet(a: tuple, b: tuple) -> tuple:
+    """Code points in both range tuples (each sorted and merged)."""
+    out, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if lo <= hi:
+            out.append((lo, hi))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return tuple(out)
+
+
+class Text:
+    """A string's constraint as a character automaton. State (between characters): (NFA states, characters so
+    far, capped at the larger length bound + 1). `free`: an NFA state that accepts and loops on every character.
+    Several patterns (a tuple) are one product automaton: a string must hold each."""
+
+    def __init__(self, regex: str | tuple[str, ...] | None, lo: int = 0, hi: int | None = None) -> None:
+        self.spec = (regex, lo, hi)
+        self.lo, self.hi = lo, hi
+        self.cap = max(lo, hi or 0) + 1  # lengths from here on: bit `cap` of a length set means "cap or more"
+        nfa = _Nfa.of(regex) if not isinstance(regex, tuple) else None
+        for r in regex if isinstance(regex, tuple) else ():
+            nfa = _Nfa.of(r) if nfa is None else _Nfa.both(nfa, _Nfa.of(r))
+        nfa = nfa or _Nfa.of(None)
+        self.eps, self.moves, self.free, self.start, self.accept = nfa.eps, nfa.moves, nfa.free, nfa.start, nfa.accept
+        self._close = [nfa.closure({s}) for s in range(len(self.eps))]
         self.init = (self._close[self.start], 0)
         self._lens = self._lengths()
         self._step: dict = {}
@@ -309,66 +525,6 @@ class Text:
 
     def __hash__(self) -> int:
         return hash(self.spec)
-
-    def _new(self) -> int:
-        if len(self.eps) >= MAX_STATES:
-            raise UnsupportedRegex(f"a pattern over {MAX_STATES} automaton states (shorten its {{n,m}} counts)")
-        self.eps.append([])
-        self.moves.append([])
-        return len(self.eps) - 1
-
-    def _build(self, node: tuple) -> tuple[int, int]:
-        kind = node[0]
-        s = self._new()
-        if kind == "chars":
-            e = self._new()
-            self.moves[s].append((node[1], e))
-            return s, e
-        if kind == "seq":
-            e = s
-            for item in node[1]:
-                a, b = self._build(item)
-                self.eps[e].append(a)
-                e = b
-            return s, e
-        if kind == "alt":
-            e = self._new()
-            for item in node[1]:
-                a, b = self._build(item)
-                self.eps[s].append(a)
-                self.eps[b].append(e)
-            return s, e
-        _, sub, lo, hi = node  # "rep": lo copies, then (hi - lo) optional ones or a loop
-        e = s
-        for _ in range(lo - (hi is None and lo > 0)):
-            a, b = self._build(sub)
-            self.eps[e].append(a)
-            e = b
-        if hi is None:  # the last copy loops (x+ is one loop, not x then x*: the same states after each x)
-            a, b = self._build(sub)
-            end = self._new()  # its own end: what follows must not inherit the loop
-            self.eps[e].append(a)
-            self.eps[b] += [a, end]
-            if lo == 0:
-                self.eps[a].append(end)
-            return s, end
-        end = self._new()
-        for _ in range(hi - lo):
-            self.eps[e].append(end)
-            a, b = self._build(sub)
-            self.eps[e].append(a)
-            e = b
-        self.eps[e].append(end)
-        return s, end
-
-    def _closure(self, states: set) -> frozenset:
-        todo, seen = list(states), set(states)
-        while todo:
-            for t in self.eps[todo.pop()]:
-                if t not in seen:
-                    seen.add(t)
-                    todo.append(t)
-        return frozenset(seen)
 
     def _lengths(self) -> list[int]:
         """Per NFA state, the set of character counts (bits; bit `cap`: that many or more) that lead from it to

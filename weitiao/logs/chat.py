@@ -1,7 +1,8 @@
 """Chat-site behavior → preference pairs (chapter Q162), as SQL run by DuckDB or Spark (engine.py).
 
 Inputs (files, or a team's warehouse tables under these names):
-  responses(response_id, session_id, turn, ts, prompt, response)   one row per generated response;
+  responses(response_id, session_id, turn, ts, prompt, response)   one row per generated response (a row repeated
+            whole is counted once, the copies as `duplicate`; one id with other content is refused);
             regenerations share session_id and turn; with a user_id column a session is user_id/session_id (ids
             numbered per user are not one conversation); `prompt` is that turn's user message (an edited
             message keeps the turn but is another prompt: its replies are not compared with the others,
@@ -44,8 +45,10 @@ from weitiao.logs.engine import (
     Stage,
     check_dwell_unit,
     check_mapping,
+    file_column,
     ledger_tail,
     open_table,
+    rows_holding,
     run_stages,
     script,
 )
@@ -76,7 +79,7 @@ CANDIDATE_RULES = (
 def response_columns() -> list[Column]:
     """Columns read from the responses file."""
     return [
-        Column("response_id", "id", "one generated response", unique=True),
+        Column("response_id", "id", "one generated response"),  # unique: `check_repeats`
         Column("session_id", "id", "the conversation"),
         Column(
             "user_id",
@@ -104,11 +107,15 @@ def event_columns() -> list[Column]:
 
 
 # The prompt key: full-width letters and digits read as ASCII (Ｘ５ is X5: Chinese input methods type both), then
-# lower case without spaces of any kind (the ideographic space U+3000, NBSP), punctuation or symbols. The two letters
+# lower case without spaces of any kind (the ideographic space U+3000, NBSP), punctuation or symbols. The letters
 # whose lower case Java (Spark) writes otherwise than DuckDB are read first as what DuckDB makes of them: İ (Java:
-# i + U+0307) as I, and a final ς (Java's lower case of a word-final Σ) as σ; else the engines grouped apart.
-_NARROW = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" + "I"
-_WIDE = "".join(chr(ord(c) + 0xFEE0) for c in _NARROW[:-1]) + "\u0130"
+# i + U+0307) as i, and a final ς (Java's lower case of a word-final Σ) as σ; else the engines grouped apart. ASCII
+# A-Z are lowered by translate, not lower(): Spark's lower() of a non-ASCII text follows the JVM's default locale
+# (Turkish: I → dotless ı).
+_ASCII_UP = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_FULL = "0123456789" + _ASCII_UP + _ASCII_UP.lower()
+_WIDE = "".join(chr(ord(c) + 0xFEE0) for c in _FULL) + _ASCII_UP + "\u0130"
+_NARROW = _FULL.lower() + _ASCII_UP.lower() + "i"
 
 
 def _strength(col: str) -> str:
@@ -216,6 +223,11 @@ def build_stages(cfg: ChatConfig) -> list[Stage]:
     expected = f"3.0 + length(r.response) / {n(cfg.read_cps)}"
     dwell = "s.dwell_s" if cfg.dwell_normalize == "none" else f"s.dwell_s / ({expected})"
     stages = [
+        Stage(  # at-least-once delivery repeats rows; a row with one id and other content is refused (check_repeats)
+            "responses: a row repeated whole (delivered twice) counted once",
+            "wt_replies",
+            "SELECT DISTINCT response_id, session_id, turn, ts, prompt, response FROM responses",
+        ),
         Stage(
             "events: canonical names; unknown responses, other events, repeats, out-of-bounds dwell set apart",
             "wt_events",
@@ -230,7 +242,7 @@ SELECT e.response_id, e.event, e.ts, e.value,
     WHEN e.event = 'dwell' AND (e.value IS NULL OR e.value < {n(cfg.min_dwell_s)} OR e.value > {n(cfg.max_dwell_s)})
       THEN 'dwell_out_of_bounds'
   END AS drop_rule
-FROM e LEFT JOIN responses r ON r.response_id = e.response_id""",
+FROM e LEFT JOIN wt_replies r ON r.response_id = e.response_id""",
         ),
         Stage(
             "responses: one value per signal tier",
@@ -250,7 +262,7 @@ t AS (
     regexp_replace(translate(lower(translate(r.prompt, {q(_WIDE)}, {q(_NARROW)})), 'ς', 'σ'),
       '[ \\t\\n\\f\\r\\p{{Z}}\\p{{P}}\\p{{S}}]', '', 'g') AS prompt_key,
     r.ts = max(r.ts) OVER (PARTITION BY r.session_id) AS last_in_session
-  FROM responses r LEFT JOIN s USING (response_id))
+  FROM wt_replies r LEFT JOIN s USING (response_id))
 SELECT response_id, session_id, turn, events, t_explicit, t_share, t_context, t_dwell, prompt_key,
   t_explicit > 0 OR t_share > 0 OR t_context > 0 AS pos,
   t_explicit < 0 OR t_context < 0 AS neg,
@@ -303,7 +315,7 @@ final AS (  -- each earlier turn as the dialogue went on: its latest response, w
   SELECT session_id, turn, prompt, response FROM (
     SELECT session_id, turn, prompt, response,
       row_number() OVER (PARTITION BY session_id, turn ORDER BY ts DESC, response_id DESC) AS latest
-    FROM responses WHERE session_id IN (SELECT session_id FROM k WHERE turn > 1)) AS r
+    FROM wt_replies WHERE session_id IN (SELECT session_id FROM k WHERE turn > 1)) AS r
   WHERE latest = 1),
 hist AS (
   SELECT k.chosen_id, k.rejected_id,
@@ -312,7 +324,7 @@ hist AS (
 SELECT rc.prompt, coalesce(h.history, []) AS history, rc.response AS chosen, rr.response AS rejected,
   k.source, k.signal,
   round(k.confidence, 4) AS confidence, k.scope, k.grp AS context, k.chosen_id, k.rejected_id
-FROM k JOIN responses rc ON rc.response_id = k.chosen_id JOIN responses rr ON rr.response_id = k.rejected_id
+FROM k JOIN wt_replies rc ON rc.response_id = k.chosen_id JOIN wt_replies rr ON rr.response_id = k.rejected_id
 LEFT JOIN hist h ON h.chosen_id = k.chosen_id AND h.rejected_id = k.rejected_id""",
         )
     )
@@ -328,10 +340,33 @@ fate AS (
   SELECT r.events, CASE WHEN s.paired THEN 'paired' WHEN s.paired IS NOT NULL THEN 'unpaired' ELSE 'alone' END AS rule
   FROM wt_responses r LEFT JOIN status s ON s.id = r.response_id)
 SELECT 'events' AS ledger, drop_rule AS rule, count(*) AS n FROM wt_events WHERE drop_rule IS NOT NULL GROUP BY 2
+UNION ALL SELECT 'responses', 'duplicate', n FROM (
+  SELECT (SELECT count(*) FROM responses) - (SELECT count(*) FROM wt_replies) AS n) AS d WHERE n > 0
 {ledger_tail("response", "fate", "events")}""",
         )
     )
     return stages
+
+
+def check_repeats(engine: Engine, path: str, column: str) -> int:
+    """Rows of `responses` repeated whole (a log delivered twice: counted once, as `duplicate`); returns how many. Two
+    rows with one response_id and other content are refused, naming where both are (`file:line` for local files)."""
+    rows = engine.rows(
+        "SELECT response_id FROM (SELECT DISTINCT * FROM responses) AS d GROUP BY 1 HAVING count(*) > 1 ORDER BY 1 "
+        "LIMIT 1"
+    )
+    if rows:
+        found = rows_holding(path, column, str(rows[0][0])) or [where(path, field=column)]
+        both = " and ".join(found) if len(found) > 1 else f"{found[0]} (twice)"
+        raise UserError(
+            f"{both}: response_id {rows[0][0]!r} is given twice with other content (session, turn, ts, prompt or "
+            "response): one id is one generated response; give the other one its own id, or drop one row (a row "
+            "repeated whole is counted once)"
+        )
+    return (
+        engine.rows("SELECT count(*) FROM responses")[0][0]
+        - engine.rows("SELECT count(*) FROM (SELECT DISTINCT * FROM responses) AS d")[0][0]
+    )
 
 
 def check_events(engine: Engine, path: str, cfg: ChatConfig, types: dict[str, str]) -> None:
@@ -386,17 +421,20 @@ def run(
     """Check the logs, run the pipeline on `engine` (default: DuckDB); the run's `con` holds wt_pairs, wt_ledger."""
     engine = engine or DuckEngine(threads)
     check_mapping(cfg.columns, list(dict.fromkeys(c.name for c in response_columns() + event_columns())), "chat")
-    open_table(engine, "wt_responses_src", responses, response_columns(), cfg.columns)
+    src = open_table(engine, "wt_responses_src", responses, response_columns(), cfg.columns)
     # session ids numbered per user (alice's session 1, bob's session 1) are two conversations, not one turn of one
     engine.view(
         "responses",
         "SELECT response_id, CASE WHEN user_id IS NULL THEN session_id ELSE replace(user_id, '/', '//') || '/' || "
         "session_id END AS session_id, turn, ts, prompt, response FROM wt_responses_src",
     )
+    check_repeats(engine, str(responses), file_column(cfg.columns, "response_id", src))
+    n_responses = engine.rows("SELECT count(*) FROM responses")[0][0]
     types = open_table(engine, "events", events, event_columns(), cfg.columns)
     check_events(engine, str(events), cfg, types)
     n_events = engine.rows("SELECT count(*) FROM events")[0][0]
     seconds, sizes = run_stages(engine, build_stages(cfg), f"chat pairs ({cfg.profile})", n_events, progress)
+    sizes["responses"] = n_responses  # rows read: the responses ledger adds up to it, duplicates included
     con = engine.results(["wt_pairs", "wt_ledger"])
     inputs = {"events": str(events), "responses": str(responses)}
     return PairsRun("chat", con, cfg, inputs, n_events, seconds, sizes, engine.name)

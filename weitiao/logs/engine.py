@@ -171,6 +171,46 @@ def not_utf8_file(path: str) -> UserError | None:
     return next((found for f in local_files(path, exts) if (found := utf8_problem(f))), None)
 
 
+def rows_holding(path: str, column: str, value: str, most: int = 2) -> list[str]:
+    """Where the first `most` rows whose `column` reads `value` are in a local file, glob or folder: `file:line` for
+    CSV, TSV and JSON lines (the line a row starts on), `file: row N` for Parquet; [] when none can be read here."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    out: list[str] = []
+    exts = (".csv", ".tsv", ".gz", ".jsonl", ".ndjson", ".json", ".parquet")
+    for f in local_files(path, exts):
+        try:
+            kind = file_format(f)
+            if kind == "parquet":
+                got = pq.read_table(f, columns=[column]).column(0).to_pylist()
+                out += [f"{f}: row {i}" for i, v in enumerate(got, 1) if v is not None and str(v) == value]
+                continue
+            with (gzip.open if f.lower().endswith(".gz") else open)(f, "rt", encoding="utf-8-sig", newline="") as fh:
+                if kind == "json":
+                    for i, line in enumerate(fh, 1):
+                        v = json.loads(line).get(column) if line.strip() else None
+                        if v is not None and str(v) == value:
+                            out.append(where(f, i))
+                        if len(out) >= most:
+                            break
+                    continue
+                rows = csv.reader(fh, delimiter="\t" if kind == "tsv" else ",")
+                k, start = next(rows).index(column), rows.line_num + 1
+                for row in rows:
+                    if k < len(row) and row[k] == value:
+                        out.append(where(f, start))
+                    start = rows.line_num + 1
+                    if len(out) >= most:
+                        break
+        except (OSError, UnicodeDecodeError, csv.Error, EOFError, ValueError, KeyError, AttributeError, StopIteration):
+            continue  # unreadable here: the message names the file without lines
+        if len(out) >= most:
+            break
+    return out[:most]
+
+
 def path_exists(path: str) -> bool:
     return bool(glob.glob(path)) if any(ch in path for ch in "*?[") else Path(path).is_file()
 
