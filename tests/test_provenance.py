@@ -531,3 +531,26 @@ def test_cli_text_ids(tmp_path, tokenizer, char_by_char):
     ):
         bad = CliRunner().invoke(app, [*base, *extra])
         assert bad.exit_code != 0 and msg in str(bad.exception), (extra, bad.exception)
+
+
+def test_reasoning_estimate_scores_the_tokens_the_checks_scored(tokenizer, char_by_char, monkeypatch):
+    """--reasoning-samples re-tokenized the text for its estimate, so with --text-ids (or a searched segmentation)
+    it scored the merged 挺好的 the model never wrote while the per-token checks scored the sampled ids."""
+    import weitiao.eval.provenance_reasoning as pr
+    from weitiao.eval.provenance_reasoning import ReasoningConfig
+
+    model, _, wrote, eot = char_by_char
+    tpl = resolve_template(tokenizer)
+    scored = []
+    real = pr.score_tokens
+    monkeypatch.setattr(
+        pr, "score_tokens", lambda m, ctx, ids, *a, **k: scored.append(ids) or real(m, ctx, ids, *a, **k)
+    )
+    reasoning = ReasoningConfig(samples=2, max_trace=3)
+    for beam, ids in ((4, None), (0, wrote + [eot])):  # the search, then the ids given
+        scored.clear()
+        cfg = CheckConfig(
+            Sampling(1.0, 0.9), with_eos=True, samples=0, greedy=False, search_beam=beam, reasoning=reasoning
+        )
+        check(model, tokenizer, tpl, MSGS, "挺好的", cfg, text_ids=ids)
+        assert scored and all(x[-len(wrote) - 1 :] == wrote + [eot] for x in scored), scored

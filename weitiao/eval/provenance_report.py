@@ -226,8 +226,10 @@ def check(
         from weitiao.eval.provenance_reasoning import estimate
 
         step(f"{cfg.reasoning.samples} reasoning traces")
-        end = enc.text_ids[-1] if cfg.with_eos else None  # the end id scored above (`_ended`)
-        rep["reasoning"] = estimate(model, tokenizer, template, messages, text, cfg.reasoning, cfg.with_eos, end)
+        # the article in the tokens scored above: given ids or the searched segmentation, the end id of `_ended`
+        rep["reasoning"] = estimate(
+            model, tokenizer, template, messages, text, cfg.reasoning, cfg.with_eos, article_ids=enc.text_ids
+        )
     rep["verdict"] = verdict(rep, s, th)
     return rep
 
