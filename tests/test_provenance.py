@@ -528,6 +528,8 @@ def test_cli_text_ids(tmp_path, tokenizer, char_by_char):
         (["--text-ids", json.dumps(wrote), "--with-eos"], "not an end of the reply"),
         (["--text-ids", "352 121"], "expected a JSON list of token ids"),
         (["--text-ids", "[1, 99999]"], "expected a JSON list of token ids"),
+        (["--text-ids", json.dumps(wrote), "--search-beam", "8"], "--text-ids are scored as given"),  # was ignored
+        (["--text", "好的", "--temperature", "0", "--search-beam", "8"], "a greedy claim is replayed instead"),
     ):
         bad = CliRunner().invoke(app, [*base, *extra])
         assert bad.exit_code != 0 and msg in str(bad.exception), (extra, bad.exception)

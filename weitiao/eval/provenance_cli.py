@@ -118,7 +118,9 @@ def provenance(
         None, help="the reply's token ids as sampled, a JSON list (serve/vLLM logprobs); scored instead of the text"
     ),
     search_beam: int = typer.Option(
-        4, min=0, help="T > 0: beam of the search for the tokens the model likeliest wrote the text in (0 = off)"
+        None,
+        min=0,
+        help="T > 0: beam of the search for the tokens the model likeliest wrote the text in; default 4, 0 = off",
     ),
     baseline_model: list[str] = typer.Option(
         None, help="other model(s) to compare likelihoods with: model dir, hub id, or LoRA adapter/run dir; repeatable"
@@ -164,6 +166,9 @@ def provenance(
     given = [flag for flag, v in trace.items() if v is not None]
     if given and not reasoning_samples:
         raise UserError(f"provenance: {given[0]} applies to reasoning traces; add --reasoning-samples K or drop it")
+    if search_beam is not None and (text_ids is not None or temperature == 0):
+        why = "--text-ids are scored as given" if text_ids is not None else "a greedy claim is replayed instead"
+        raise UserError(f"provenance: --search-beam searches the tokens of a sampled text; {why}: drop --search-beam")
     if top_p <= 0:
         raise UserError("provenance: --top-p 0 keeps no token; top-p is in (0, 1] (for greedy use --temperature 0)")
     if text is not None and text_file is not None:
@@ -199,7 +204,7 @@ def provenance(
             window=window,
             stride=stride,
             seed=seed,
-            search_beam=search_beam,
+            search_beam=4 if search_beam is None else search_beam,
             reasoning=_reasoning(
                 reasoning_samples,
                 seed,
