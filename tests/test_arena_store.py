@@ -7,6 +7,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import random
+import re
 import sqlite3
 import threading
 import uuid
@@ -416,3 +417,23 @@ def test_a_database_from_before_extra_fields_keeps_its_votes_and_a_reimport_give
     assert s.import_battles([battle]) == (0, 1, 1)
     assert s.battles() == [page, battle] and list(s.battles()[1]) == list(battle)
     assert s.import_battles([battle]) == (0, 1, 0)  # nothing left to give back
+
+
+@pytest.mark.parametrize(
+    ("row", "msg"),
+    [
+        ({"prompt": "你好", "model": "", "answer": "嗯"}, "answers.jsonl:1: model: ''; a model name is not empty"),
+        ({"prompt": "你好", "model": "x ", "answer": "嗯"}, "answers.jsonl:1: model: 'x '; a model name"),
+        ({"prompt": " ", "model": "x", "answer": "嗯"}, "answers.jsonl:1: prompt: empty"),
+    ],
+)
+def test_a_blank_model_name_or_prompt_is_refused(tmp_path, row, msg):
+    """A model named '' was served, voted on and ranked as a blank row; 'x ' beside 'x' made two models of one; a blank
+    prompt made rounds that ask nothing."""
+    from weitiao.eval.arena.store import read_answers
+
+    src = tmp_path / "answers.jsonl"
+    other = {"prompt": row["prompt"], "model": "y", "answer": "好"}
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in (row, other)), encoding="utf-8")
+    with pytest.raises(UserError, match=re.escape(msg)):
+        read_answers(src)

@@ -292,7 +292,8 @@ def test_cli_json_and_html(tmp_path, tiny_model_dir, tokenizer):
     res = CliRunner().invoke(app, [*args, "--html", str(html_path), "--json"])
     assert res.exit_code == 0, res.output
     rep = json.loads(res.stdout[res.stdout.index("{") :])
-    assert rep["summary"]["n_tokens"] == len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids = [t["id"] for t in rep["tokens"]]  # the text's tokens, or others spelling it the model finds likelier
+    assert rep["summary"]["n_tokens"] == len(ids) and tokenizer.decode(ids) == text
     assert rep["samples"]["k"] == 6 and rep["samples"]["z"] is not None
     assert rep["baseline_models"][0]["same_tokenization"] and rep["baseline_models"][0]["lr_bits"] == 0
     assert rep["baseline_texts"]["n"] == 2 and 1 <= rep["baseline_texts"]["rank"] <= 3
@@ -445,3 +446,113 @@ def test_cli_adapter_alone_checks_against_its_training_base(adapter_run):
     assert json.loads(res.stdout[res.stdout.index("{") :])["summary"]["n_tokens"] > 0
     bad = CliRunner().invoke(app, args)
     assert bad.exit_code != 0 and "--model" in str(bad.exception) and "--adapter" in str(bad.exception)
+
+
+def markov_model(tokenizer, chain: dict[int, dict[int, float]]):
+    """Tiny Llama whose next-token distribution depends on the current token only: after a, b with probability
+    chain[a][b] (other tokens ~e-30). Attention and MLP outputs are zeroed, so the hidden state is a's embedding, a
+    one-hot that RMSNorm scales to 8, read by one head column."""
+    m = peaked_model(tokenizer, 0)
+    with torch.no_grad():
+        for layer in m.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        m.lm_head.weight.zero_()
+        for k, (a, nxt) in enumerate(chain.items()):
+            m.model.embed_tokens.weight[a] = 0.0
+            m.model.embed_tokens.weight[a, k] = 1.0
+            for b, p in nxt.items():
+                m.lm_head.weight[b, k] = (30 + math.log(p)) / 8
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def char_by_char(tokenizer):
+    """A model that writes 挺好的 character by character (挺 and 的 two byte tokens each, 好 one), five tokens that
+    re-tokenize into the one merged token 挺好的, which it emits with p = 0.001."""
+    ctx = encode(tokenizer, resolve_template(tokenizer), MSGS, "x").context_ids
+    ids = {c: tokenizer(c, add_special_tokens=False)["input_ids"] for c in ("挺", "好", "的", "天", "着", "挺好的")}
+    (t1, t2), (h,), (d1, d2), (tian,), (zhe,), (merged,) = ids.values()
+    eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    chain = {ctx[-1]: {t1: 0.6, h: 0.39, merged: 0.001}, t1: {t2: 1.0}, t2: {h: 0.7, tian: 0.3},
+             h: {d1: 0.8, zhe: 0.2}, d1: {d2: 1.0}, d2: {eot: 1.0}, tian: {eot: 1.0}, zhe: {eot: 1.0}}  # fmt: skip
+    return markov_model(tokenizer, chain), ctx, [t1, t2, h, d1, d2], eot
+
+
+def test_a_sample_that_re_tokenizes_otherwise_is_scored_in_the_tokens_the_model_wrote(tokenizer, char_by_char):
+    """A T=1.0 sample 挺|好|的 (5 tokens) re-tokenizes into the merged 挺好的 (p = 0.001, outside top-p 0.9): the
+    claim was called "inconsistent with" for the model's own reply. The search finds the tokens it wrote; a text the
+    model does not write (大晴天) is still inconsistent, and --search-beam 0 scores the re-tokenization as before."""
+    model, ctx, wrote, eot = char_by_char
+    tpl = resolve_template(tokenizer)
+    s = Sampling(1.0, 0.9)
+    seqs = sample(model, ctx, 20, 8, s, eot, seed=0)
+    assert wrote + [eot] in seqs and tokenizer("挺好的", add_special_tokens=False)["input_ids"] != wrote  # the premise
+    cfg = CheckConfig(sampling=s, samples=16, greedy=False, with_eos=True)
+    rep = check(model, tokenizer, tpl, MSGS, "挺好的", cfg)
+    assert [t["id"] for t in rep["tokens"]] == wrote + [eot] and rep["summary"]["outside_support"] == 0
+    assert rep["verdict"]["label"] == "inconclusive" and abs(rep["samples"]["z"]) < 2  # short, but not rejected
+    assert rep["tokenization"]["scored"] == "the searched segmentation"
+    assert any(n.startswith("scored the 5 tokens the model likeliest wrote") for n in rep["notes"])
+    given = check(model, tokenizer, tpl, MSGS, "挺好的", cfg, text_ids=wrote + [eot])
+    assert given["summary"]["sum_logp"] == pytest.approx(rep["summary"]["sum_logp"], abs=1e-4)
+    off = check(
+        model, tokenizer, tpl, MSGS, "挺好的", CheckConfig(sampling=s, samples=16, with_eos=True, search_beam=0)
+    )
+    assert off["verdict"]["label"] == "inconsistent with" and off["summary"]["outside_support"] == 1  # as before
+    for cfg_ in (cfg, CheckConfig(sampling=Sampling(1.0, 1.0), samples=16, with_eos=True)):  # top-p off: z decides
+        other = check(model, tokenizer, tpl, MSGS, "大晴天", cfg_)
+        assert other["verdict"]["label"] == "inconsistent with"
+        assert other["tokenization"]["search"] == "the text's tokenization is the likeliest found"
+
+
+def test_cli_text_ids(tmp_path, tokenizer, char_by_char):
+    """--text-ids scores the ids given (the text is what they spell); ids that spell another text than --text, an
+    end id without --with-eos (or none with it) and a list that is not token ids are refused in one line."""
+    model, _, wrote, eot = char_by_char
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    app = typer.Typer()
+    app.command("provenance")(provenance)
+    app.command("other")(lambda: None)
+    base = ["provenance", "--model", str(tmp_path / "m"), "--prompt", MSGS[0]["content"], "--temperature", "1.0"]
+    base += ["--samples", "0", "--no-greedy", "--json"]
+    res = CliRunner().invoke(app, [*base, "--text-ids", json.dumps(wrote + [eot]), "--with-eos"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout[res.stdout.index("{") :])
+    assert [t["id"] for t in rep["tokens"]] == wrote + [eot] and rep["tokenization"]["scored"] == "the given token ids"
+    assert rep["summary"]["n_chars"] == 3 and rep["verdict"]["label"] != "inconsistent with"
+    for extra, msg in (
+        (["--text-ids", json.dumps(wrote), "--text", "好的"], "not the text '好的'"),
+        (["--text-ids", json.dumps(wrote + [eot])], "add --with-eos"),
+        (["--text-ids", json.dumps(wrote), "--with-eos"], "not an end of the reply"),
+        (["--text-ids", "352 121"], "expected a JSON list of token ids"),
+        (["--text-ids", "[1, 99999]"], "expected a JSON list of token ids"),
+        (["--text-ids", json.dumps(wrote), "--search-beam", "8"], "--text-ids are scored as given"),  # was ignored
+        (["--text", "好的", "--temperature", "0", "--search-beam", "8"], "a greedy claim is replayed instead"),
+    ):
+        bad = CliRunner().invoke(app, [*base, *extra])
+        assert bad.exit_code != 0 and msg in str(bad.exception), (extra, bad.exception)
+
+
+def test_reasoning_estimate_scores_the_tokens_the_checks_scored(tokenizer, char_by_char, monkeypatch):
+    """--reasoning-samples re-tokenized the text for its estimate, so with --text-ids (or a searched segmentation)
+    it scored the merged 挺好的 the model never wrote while the per-token checks scored the sampled ids."""
+    import weitiao.eval.provenance_reasoning as pr
+    from weitiao.eval.provenance_reasoning import ReasoningConfig
+
+    model, _, wrote, eot = char_by_char
+    tpl = resolve_template(tokenizer)
+    scored = []
+    real = pr.score_tokens
+    monkeypatch.setattr(
+        pr, "score_tokens", lambda m, ctx, ids, *a, **k: scored.append(ids) or real(m, ctx, ids, *a, **k)
+    )
+    reasoning = ReasoningConfig(samples=2, max_trace=3)
+    for beam, ids in ((4, None), (0, wrote + [eot])):  # the search, then the ids given
+        scored.clear()
+        cfg = CheckConfig(
+            Sampling(1.0, 0.9), with_eos=True, samples=0, greedy=False, search_beam=beam, reasoning=reasoning
+        )
+        check(model, tokenizer, tpl, MSGS, "挺好的", cfg, text_ids=ids)
+        assert scored and all(x[-len(wrote) - 1 :] == wrote + [eot] for x in scored), scored

@@ -18,10 +18,15 @@ The math, top to bottom:
    token is scored exactly once, with up to `window − len(prompt) − stride` text tokens of context.
 5. `sample`: K replies drawn from exactly that q (our own KV-cached loop, so the samples follow
    the same truncation the analytic z assumes); T = 0 gives the greedy reply.
+6. `search_segmentation`: a sampled reply is a token sequence, and its text can re-tokenize into other tokens (a model
+   that wrote 挺 好 的 is scored on the merged 挺好的, which it may never emit). A beam search over the token
+   sequences that spell the text's bytes finds the one q likeliest emitted: fewest tokens outside q's support, then
+   the highest Σ log p_T. Choosing the best of several biases z slightly upward (towards "too likely").
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -392,6 +397,65 @@ def sample(
         kv = {"cache": out.cache} if hasattr(out, "cache") else {"past_key_values": out.past_key_values}
         out = model(input_ids=nxt[:, None], use_cache=True, **kv)
     return seqs
+
+
+# ---------------------------------------------------------------- 6. the segmentation a sample likeliest had
+
+
+@dataclass
+class Segmentation:
+    """The likeliest token sequence found that spells the text, and what the search saw."""
+
+    ids: list[int]
+    outside: int  # its tokens outside q's support (strict)
+    sum_logp_t: float  # Σ log p_T of its tokens
+    found: int  # complete segmentations left in the final beam
+    log_p_found: float  # log Σ p over them (untempered): a lower bound of log p(text)
+
+
+def _state(model: Any, ids: list[int], parent: Any | None) -> Any:
+    """The model output after `ids` (the last one fed on a copy of `parent`'s KV cache, else the whole prompt)."""
+    device = next(model.parameters()).device
+    if parent is None:
+        return model(input_ids=torch.tensor([ids], device=device), use_cache=True)
+    cache = parent.cache if hasattr(parent, "cache") else parent.past_key_values
+    kv = {"cache" if hasattr(parent, "cache") else "past_key_values": copy.deepcopy(cache)}
+    return model(input_ids=torch.tensor([ids[-1:]], device=device), use_cache=True, **kv)
+
+
+@torch.no_grad()
+def search_segmentation(
+    model: Any, table: list[bytes | None], context_ids: list[int], data: bytes, s: Sampling, beam: int = 4
+) -> Segmentation | None:
+    """Beam search, by byte position, over token sequences whose bytes (`table`, per id) are `data`; at each position
+    the `beam` best (fewest tokens outside q's support, then highest Σ log p_T) are kept and extended. None when no
+    sequence spells `data` (a byte no token holds)."""
+    by_bytes: dict[bytes, list[int]] = {}
+    for i, b in enumerate(table):
+        if b:
+            by_bytes.setdefault(b, []).append(i)
+    longest = max(map(len, by_bytes))
+    # frontier[i]: paths ending at byte i as (outside, −Σ log p_T, Σ log p, ids, parent output); computed lazily
+    frontier: list[list[tuple]] = [[] for _ in range(len(data) + 1)]
+    frontier[0] = [(0, 0.0, 0.0, [], None)]
+    for i in range(len(data)):
+        for out_n, neg, lp, ids, parent in frontier[i]:
+            state = _state(model, context_ids + ids if parent is None else ids, parent)
+            logits = state.logits[:, -1].float()
+            logp_t, keep = tempered_support(logits, s)
+            logp = torch.log_softmax(logits, -1)[0]
+            for n in range(1, min(longest, len(data) - i) + 1):
+                for t in by_bytes.get(data[i : i + n], ()):
+                    out_t, lp_t = out_n + int(not keep[0, t]), neg - float(logp_t[0, t])
+                    frontier[i + n].append((out_t, lp_t, lp + float(logp[t]), [*ids, t], state))
+            for n in range(1, min(longest, len(data) - i) + 1):
+                frontier[i + n] = sorted(frontier[i + n], key=lambda p: p[:2])[:beam]
+        frontier[i] = []  # their outputs (KV caches) are no longer needed
+    done = sorted(frontier[-1], key=lambda p: p[:2])
+    if not done:
+        return None
+    best = done[0]
+    return Segmentation(best[3], best[0], -best[1], len(done), float(torch.tensor([p[2] for p in done]).logsumexp(0)))
 
 
 # ---------------------------------------------------------------- text overlap

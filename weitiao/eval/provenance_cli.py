@@ -8,16 +8,27 @@ Registered by the main CLI as `app.command("provenance")(provenance)`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from weitiao import progress
+from weitiao.data.decode import decode_whole
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError, where
 from weitiao.eval.provenance import Sampling
 from weitiao.eval.provenance_reasoning import ReasoningConfig
-from weitiao.eval.provenance_report import Baseline, CheckConfig, check, render_html, render_text, to_json
+from weitiao.eval.provenance_report import (
+    Baseline,
+    CheckConfig,
+    check,
+    render_html,
+    render_text,
+    reply_ends,
+    to_json,
+)
 from weitiao.infer.chat import load_chat_model
 from weitiao.io import atomic_write_text, claim_outputs, read_text
 
@@ -58,6 +69,28 @@ def read_texts(path: Path) -> list[str]:
     return [t for _, t in texts]
 
 
+def given_ids(raw: str, text: str | None, tokenizer: Any, ends: list[int], with_eos: bool) -> tuple[list[int], str]:
+    """--text-ids as token ids (ending with an end id exactly when --with-eos) and the text they spell, which must be
+    --text's when that is given."""
+    try:
+        ids = json.loads(raw)
+    except json.JSONDecodeError:
+        ids = None
+    if not isinstance(ids, list) or not ids or not all(type(i) is int and 0 <= i < len(tokenizer) for i in ids):
+        raise UserError(f"provenance: --text-ids {raw[:60]!r}; expected a JSON list of token ids of this model's "
+                        f"tokenizer (0 to {len(tokenizer) - 1}), e.g. [9707, 11, 1879]")  # fmt: skip
+    if with_eos != (ids[-1] in ends):
+        names = "/".join(tokenizer.convert_ids_to_tokens(ends))
+        raise UserError(f"provenance: --text-ids ends with {tokenizer.convert_ids_to_tokens(ids[-1])!r}, "
+                        + ("not an end of the reply (" + names + "); drop --with-eos or add the end id" if with_eos
+                           else "the end of the reply; add --with-eos, or drop that id"))  # fmt: skip
+    spelled = decode_whole(tokenizer, ids[:-1] if with_eos else ids)
+    if text is not None and spelled != text:
+        raise UserError(f"provenance: --text-ids spell {spelled[:40]!r}, not the text {text[:40]!r}; give the ids "
+                        "of this reply, or drop --text/--text-file (the text is then what the ids spell)")  # fmt: skip
+    return ids, spelled
+
+
 def _reasoning(k: int, seed: int, **given: object) -> ReasoningConfig | None:
     """The trace settings: the flags given, ReasoningConfig's defaults for the rest; None when k = 0."""
     kw = {f: v for f, v in given.items() if v is not None}
@@ -81,6 +114,14 @@ def provenance(
     system: str = typer.Option(None, help="system message of the claimed conversation"),
     text: str = typer.Option(None, help="the text said to be generated"),
     text_file: Path = typer.Option(None, help="read the text from this UTF-8 file (trailing newlines dropped)"),
+    text_ids: str = typer.Option(
+        None, help="the reply's token ids as sampled, a JSON list (serve/vLLM logprobs); scored instead of the text"
+    ),
+    search_beam: int = typer.Option(
+        None,
+        min=0,
+        help="T > 0: beam of the search for the tokens the model likeliest wrote the text in; default 4, 0 = off",
+    ),
     baseline_model: list[str] = typer.Option(
         None, help="other model(s) to compare likelihoods with: model dir, hub id, or LoRA adapter/run dir; repeatable"
     ),
@@ -125,16 +166,21 @@ def provenance(
     given = [flag for flag, v in trace.items() if v is not None]
     if given and not reasoning_samples:
         raise UserError(f"provenance: {given[0]} applies to reasoning traces; add --reasoning-samples K or drop it")
+    if search_beam is not None and (text_ids is not None or temperature == 0):
+        why = "--text-ids are scored as given" if text_ids is not None else "a greedy claim is replayed instead"
+        raise UserError(f"provenance: --search-beam searches the tokens of a sampled text; {why}: drop --search-beam")
     if top_p <= 0:
         raise UserError("provenance: --top-p 0 keeps no token; top-p is in (0, 1] (for greedy use --temperature 0)")
-    if (text is None) == (text_file is None):
-        raise UserError("provenance: give exactly one of --text or --text-file")
+    if text is not None and text_file is not None:
+        raise UserError("provenance: give one of --text or --text-file, not both")
+    if text is None and text_file is None and text_ids is None:
+        raise UserError("provenance: give --text, --text-file or --text-ids")
     for p in (prompt_file, text_file):
         if p is not None and not p.is_file():
             raise UserError(f"{p}: file not found")
     claim_outputs([html] if html else [], [p for p in (prompt_file, text_file, *(baseline_text or [])) if p], "--html")
     prompt = prompt if prompt is not None else file_text(prompt_file)
-    text = text if text is not None else file_text(text_file)
+    text = text if text is not None else file_text(text_file) if text_file is not None else None
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     texts = [t for f in baseline_text or [] for t in read_texts(f)]
     # 2. models
@@ -142,6 +188,9 @@ def provenance(
     with console.status("loading models") as status:
         m, tok = load_chat_model(model, adapter)
         tpl = resolve_template(tok, template)
+        ids = None
+        if text_ids is not None:
+            ids, text = given_ids(text_ids, text, tok, reply_ends(m, tok, tpl), with_eos)
         bases = []
         for b in baseline_model or []:
             bm, bt = load_chat_model(None, b) if is_adapter(b) else load_chat_model(b, None)
@@ -155,6 +204,7 @@ def provenance(
             window=window,
             stride=stride,
             seed=seed,
+            search_beam=4 if search_beam is None else search_beam,
             reasoning=_reasoning(
                 reasoning_samples,
                 seed,
@@ -165,7 +215,7 @@ def provenance(
                 temperature=trace_temperature,
             ),  # fmt: skip
         )
-        rep = check(m, tok, tpl, messages, text, cfg, bases, texts, step=status.update)
+        rep = check(m, tok, tpl, messages, text, cfg, bases, texts, step=status.update, text_ids=ids)
     # 4. report
     if html is not None:
         atomic_write_text(html, render_html(rep))

@@ -73,10 +73,12 @@ def estimate(
     cfg: ReasoningConfig,
     with_eos: bool = False,
     end_id: int | None = None,
+    article_ids: list[int] | None = None,
 ) -> dict[str, Any]:
     """log p(article | prompt) over sampled reasoning traces, with its standard error and ESS (see the top);
     `with_eos` scores the end of the reply after it: `end_id` (the id the per-token checks scored there, a base's
-    EOS where the model ends with that), else the template's end-of-turn."""
+    EOS where the model ends with that), else the template's end-of-turn. `article_ids`: the article's tokens as the
+    checks scored them (given ids, or the searched segmentation; the end included), instead of the text's."""
     if cfg.samples < 1 or cfg.temperature <= 0:
         raise UserError("--reasoning-samples must be ≥ 1 and --trace-temperature > 0")
     # 1. context: the prompt with the generation prompt, then the open tag unless the template wrote it
@@ -85,7 +87,7 @@ def estimate(
     ctx = _ids(tokenizer, prompt if opened else prompt + cfg.think_open)
     close, sep = _ids(tokenizer, cfg.think_close), _ids(tokenizer, cfg.sep)
     end = tokenizer.convert_tokens_to_ids(template.eot) if end_id is None else end_id
-    article = _ids(tokenizer, text) + ([end] if with_eos else [])
+    article = list(article_ids) if article_ids is not None else _ids(tokenizer, text) + ([end] if with_eos else [])
     if not close or not article:
         raise UserError("provenance: --think-close and the text must not be empty")
     q = Sampling(cfg.temperature, 1.0, 0)

@@ -28,10 +28,12 @@ from weitiao.eval.provenance import (
     empty_context,
     encode,
     likeliest_end,
+    max_positions,
     outside_support,
     rouge_l_chars,
     sample,
     score_tokens,
+    search_segmentation,
     summarize,
 )
 from weitiao.eval.provenance_reasoning import ReasoningConfig
@@ -62,6 +64,7 @@ class CheckConfig:
     window: int | None = None  # tokens per forward (default: the model's max positions)
     stride: int | None = None  # new text tokens per later window (default: half the room)
     seed: int = 0
+    search_beam: int = 4  # T > 0: beam of the search for the tokens the model likeliest wrote the text in (0 = off)
     thresholds: Thresholds = field(default_factory=Thresholds)
     reasoning: ReasoningConfig | None = None  # a reasoning model: estimate p(text | prompt) over hidden traces
 
@@ -93,18 +96,27 @@ def check(
 ) -> dict[str, Any]:
     """All provenance numbers for `text` as the reply to `messages`, plus the verdict.
 
-    `text_ids` (optional) are the reply's token ids as generated (e.g. from serving logs); they are
-    scored instead of re-tokenizing `text`, which matters when the ids do not decode to valid UTF-8.
+    `text_ids` (optional) are the reply's token ids as generated (e.g. from serving logs, with the end id when
+    `cfg.with_eos`); they are scored instead of re-tokenizing `text`. Without them, a claim with T > 0 scores the
+    token sequence spelling the text that the model likeliest sampled (`search_segmentation`, `cfg.search_beam`).
     """
     s, th = cfg.sampling, cfg.thresholds
     # 1. tokenize as generation would, score the text tokens (loss only on them)
     step("scoring the text")
     enc = encode(tokenizer, template, messages, text, cfg.with_eos)
     ends = reply_ends(model, tokenizer, template)
+    tokenization: dict[str, Any] = {"scored": "the text's tokenization"}
+    searched = text_ids is None and s.temperature > 0 and cfg.search_beam > 0
+    own_ids = list(enc.text_ids)
     if text_ids is not None:
         enc.text_ids, enc.notes = list(text_ids), ["scored the given token ids"]
-    elif cfg.with_eos:
-        enc = _ended(model, tokenizer, enc, ends, cfg.window)
+        tokenization = {"scored": "the given token ids"}
+    else:
+        if searched:
+            step("searching the tokens the model likeliest wrote the text in")
+            enc, tokenization = _searched(model, tokenizer, enc, text, cfg, ends)
+        if cfg.with_eos:
+            enc = _ended(model, tokenizer, enc, ends, cfg.window)
     st = score_tokens(model, enc.context_ids, enc.text_ids, s, cfg.window, cfg.stride)
     summary = summarize(st, s, len(text), th.support_tol)
     out_mask = outside_support(st, s, th.support_tol).tolist()
@@ -115,6 +127,7 @@ def check(
     rep: dict[str, Any] = {
         "claim": {"messages": messages, **asdict(s), "with_eos": cfg.with_eos},
         "notes": list(enc.notes),
+        "tokenization": tokenization,
         "summary": summary,
         "tokens": tokens,
         "pieces": token_pieces(tokenizer, enc.text_ids),
@@ -170,14 +183,17 @@ def check(
             "gain_bits": (summary["sum_logp"] - lp0) / LN2,
             "gain_bits_per_token": (summary["sum_logp"] - lp0) / LN2 / summary["n_tokens"],
         }
-    # 5. baseline models: likelihood ratio (same tokens) or bits per character (different tokenizers)
+    # 5. baseline models: likelihood ratio (same tokenizer) or bits per character (different tokenizers); after a
+    #    search each model is scored on the tokens it likeliest wrote the text in
     rows = []
     for b in baselines:
         step(f"baseline model {b.name}")
         benc = encode(b.tokenizer, b.template, messages, text, cfg.with_eos)
+        same = benc.context_ids == enc.context_ids and benc.text_ids == (own_ids if searched else enc.text_ids)
+        if searched:
+            benc = _searched(b.model, b.tokenizer, benc, text, cfg, reply_ends(b.model, b.tokenizer, b.template))[0]
         if cfg.with_eos:
             benc = _ended(b.model, b.tokenizer, benc, reply_ends(b.model, b.tokenizer, b.template), cfg.window)
-        same = benc.context_ids == enc.context_ids and benc.text_ids == enc.text_ids
         bsum = float(score_tokens(b.model, benc.context_ids, benc.text_ids, s, cfg.window, cfg.stride)["logp"].sum())
         bpc = -bsum / LN2 / max(1, len(text))
         rows.append(
@@ -210,8 +226,10 @@ def check(
         from weitiao.eval.provenance_reasoning import estimate
 
         step(f"{cfg.reasoning.samples} reasoning traces")
-        end = enc.text_ids[-1] if cfg.with_eos else None  # the end id scored above (`_ended`)
-        rep["reasoning"] = estimate(model, tokenizer, template, messages, text, cfg.reasoning, cfg.with_eos, end)
+        # the article in the tokens scored above: given ids or the searched segmentation, the end id of `_ended`
+        rep["reasoning"] = estimate(
+            model, tokenizer, template, messages, text, cfg.reasoning, cfg.with_eos, article_ids=enc.text_ids
+        )
     rep["verdict"] = verdict(rep, s, th)
     return rep
 
@@ -223,6 +241,38 @@ def reply_ends(model: Any, tokenizer: Any, template: ChatTemplate) -> list[int]:
 
     eot = tokenizer.convert_tokens_to_ids(template.eot)
     return [eot, *sorted(end_ids(model, tokenizer, template) - {eot})]
+
+
+def _searched(
+    model: Any, tokenizer: Any, enc: Encoded, text: str, cfg: CheckConfig, ends: list[int]
+) -> tuple[Encoded, dict[str, Any]]:
+    """`enc` with the text's tokens replaced by the segmentation the model likeliest sampled, when it is likelier under
+    q than the text's own tokenization (fewer tokens outside the support, then higher Σ log p_T); what was scored."""
+    from weitiao.infer.constrain import byte_table
+
+    s = cfg.sampling
+    own = enc.text_ids[:-1] if cfg.with_eos else enc.text_ids
+    info: dict[str, Any] = {"scored": "the text's tokenization", "text_tokens": len(own)}
+    data = text.encode("utf-8")
+    table = byte_table(tokenizer, set(ends))
+    if table is None or len(enc.context_ids) + len(data) >= max_positions(model):
+        why = "its tokens have no byte table" if table is None else "the text is too long for it"
+        info["search"] = f"not searched: {why}"
+        return enc, info
+    seg = search_segmentation(model, table, enc.context_ids, data, s, cfg.search_beam)
+    st = score_tokens(model, enc.context_ids, own, s, cfg.window, cfg.stride)
+    key = (int((~st["in_support"]).sum()), -float(st["logp_t"].sum()))
+    info.update(text_outside_support=key[0], text_sum_logp=float(st["logp"].sum()))
+    if seg is not None:
+        info.update(found=seg.found, log_p_found=seg.log_p_found)
+    if seg is None or seg.ids == own or (seg.outside, -seg.sum_logp_t) >= key or tokenizer.decode(seg.ids) != text:
+        info["search"] = "the text's tokenization is the likeliest found"
+        return enc, info
+    info.update(scored="the searched segmentation", search=f"{len(seg.ids)} tokens, {seg.outside} outside the support")
+    note = (f"scored the {len(seg.ids)} tokens the model likeliest wrote this text in ({seg.outside} outside the "
+            f"support); the text re-tokenizes into {len(own)} ({key[0]} outside the support, log p "
+            f"{info['text_sum_logp']:.1f}), which a sample of the model need not be")  # fmt: skip
+    return Encoded(enc.context_ids, seg.ids + enc.text_ids[len(own) :], [*enc.notes, note]), info
 
 
 def _ended(model: Any, tokenizer: Any, enc: Encoded, ends: list[int], window: int | None) -> Encoded:
@@ -355,6 +405,9 @@ def render_text(rep: dict[str, Any]) -> str:
         lines.append(f"reasoning K={r['k']}: log p(text | prompt) {r['log_p']:.2f} ± {r['se']:.2f} nats · "
                      f"ESS {r['ess']:.1f} · unclosed traces {r['unclosed']}"
                      + ("" if r["conclusive"] else " · inconclusive"))  # fmt: skip
+    tk = rep.get("tokenization") or {}
+    if tk:
+        lines.append(f"scored: {tk['scored']}" + (f" ({tk['search']})" if tk.get("search") else ""))
     for n in rep["notes"]:
         lines.append(f"note: {n}")
     return "\n".join(lines)

@@ -486,32 +486,37 @@ class TokenBytes:
     @staticmethod
     def of(tokenizer: Any, stop_ids: set[int]) -> TokenBytes | None:
         """None when the tokenizer's pieces cannot be mapped to bytes (then constrained decoding is refused)."""
-        backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
-        decoder = json.loads(backend.to_str()).get("decoder") if backend is not None else None
-        kind = json.dumps(decoder)
-        byte_level = '"ByteLevel"' in kind
-        if not byte_level and '"ByteFallback"' not in kind:
-            return None
-        unicode_to_byte = _byte_level_alphabet()
-        added = {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values()}
-        # control tokens never stand for their text: an unnamed special <|im_end|> passed as the bytes "<|im_end|>"
-        # inside a JSON string, so a stop token ended a forced tool call half written
-        special = special_ids(tokenizer) | set(stop_ids)
-        table: list[bytes | None] = []
-        for i, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
-            if piece is None or i in special:
-                table.append(None)
-            elif piece in added:  # added tokens (Qwen's <tool_call>) are stored as their text
-                table.append(piece.encode())
-            elif byte_level:
-                table.append(
-                    bytes(unicode_to_byte[c] for c in piece) if all(c in unicode_to_byte for c in piece) else None
-                )
-            elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
-                table.append(bytes([int(piece[3:5], 16)]))
-            else:
-                table.append(piece.replace("▁", " ").encode())
-        return TokenBytes(table, stop_ids)
+        table = byte_table(tokenizer, stop_ids)
+        return None if table is None else TokenBytes(table, stop_ids)
+
+
+def byte_table(tokenizer: Any, stop_ids: set[int]) -> list[bytes | None] | None:
+    """The bytes of each token id (None: special tokens and `stop_ids`); None for a tokenizer whose pieces are
+    neither byte-level BPE nor SentencePiece with byte fallback."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
+    decoder = json.loads(backend.to_str()).get("decoder") if backend is not None else None
+    kind = json.dumps(decoder)
+    byte_level = '"ByteLevel"' in kind
+    if not byte_level and '"ByteFallback"' not in kind:
+        return None
+    unicode_to_byte = _byte_level_alphabet()
+    added = {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values()}
+    # control tokens never stand for their text: an unnamed special <|im_end|> passed as the bytes "<|im_end|>"
+    # inside a JSON string, so a stop token ended a forced tool call half written
+    special = special_ids(tokenizer) | set(stop_ids)
+    table: list[bytes | None] = []
+    for i, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
+        if piece is None or i in special:
+            table.append(None)
+        elif piece in added:  # added tokens (Qwen's <tool_call>) are stored as their text
+            table.append(piece.encode())
+        elif byte_level:
+            table.append(bytes(unicode_to_byte[c] for c in piece) if all(c in unicode_to_byte for c in piece) else None)
+        elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            table.append(bytes([int(piece[3:5], 16)]))
+        else:
+            table.append(piece.replace("▁", " ").encode())
+    return table
 
 
 class MaskCache:

@@ -344,6 +344,11 @@ def read_answers(path: str | Path) -> list[dict]:
                 raise UserError(f"{where(path, n, f)}: missing or not a string; rows are {{prompt, model, answer}}")
         for f in sorted(r.keys() - {"prompt", "model", "answer"}):  # e.g. a system prompt the page would not show
             raise UserError(f"{where(path, n, f)}: unknown field; rows are {{prompt, model, answer}}")
+        if not r["prompt"].strip():  # a round asking nothing
+            raise UserError(f"{where(path, n, 'prompt')}: empty; give the prompt the answers reply to")
+        if not r["model"].strip() or r["model"] != r["model"].strip():  # ranked as a blank name, or beside "a" as "a "
+            raise UserError(f"{where(path, n, 'model')}: {r['model']!r}; a model name is not empty and has no spaces "
+                            "around it")  # fmt: skip
         n0, answer = first.setdefault((r["prompt"], r["model"]), (n, r["answer"]))
         if answer != r["answer"]:
             raise UserError(f"{where(path, n, 'answer')}: model {r['model']!r} answered this prompt differently at "
