@@ -868,6 +868,7 @@ def test_minibatches_other_than_train_batch_size_are_said():
     assert ppo.minibatch_note(spec(rollout_batch_size=8, n_samples_per_prompt=2, train_batch_size=8)) is None
 
 
+@pytest.mark.slow
 def test_ratio_var_is_over_the_minibatch_not_a_mean_of_micro_batch_variances(tiny_model_dir, prompts, tmp_path):
     """ratio_var was the token-weighted mean of each micro-batch's own variance, so it missed the spread between
     micro-batches (and between processes, which combine the same way): the same minibatch logged 0.017 split into
