@@ -262,3 +262,23 @@ def test_a_bad_train_out_from_the_command_line_is_named_there(tmp_path):
     cfg.write_text(f"data:\n  train: [x.jsonl]\ntrain:\n  out: {tmp_path / 'f.txt'}\n")  # control: the file's line
     with pytest.raises(UserError, match=rf"^{re.escape(str(cfg))}:4: train\.out: .* is an existing file"):
         load_config(SFTConfig, cfg, ["train.lr=1e-4"])
+
+
+def test_a_user_error_on_one_process_leaves_the_others_quiet(tmp_path):
+    """A user error only process 1 hits (PPO's reward function returning NaN for its own samples) was said once, and
+    process 0, waiting in an all-reduce for it, then printed a gloo traceback ("Connection closed by peer") under the
+    line. Now a process whose failure follows another's said user error exits 1 without one; a failure of its own,
+    with no user error said, keeps its traceback."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import os, sys, torch\nimport torch.distributed as d\nfrom weitiao import cli\nfrom weitiao.errors import "
+        "UserError\n\n\ndef app():\n    d.init_process_group('gloo')\n    if os.environ['RANK'] == '1':\n"
+        "        if sys.argv[1] == 'bug':\n            return\n        raise UserError('reward f: score nan')\n"
+        "    if sys.argv[1] == 'bug':\n        raise RuntimeError('our own bug')\n"
+        "    d.all_reduce(torch.zeros(1))\n\n\ncli.app = app\ncli.main()\n"
+    )
+    both = two_processes(tmp_path, str(driver), "user", torchrun=False)
+    assert [p.returncode for p in both] == [1, 1]
+    assert [p.stderr.strip() for p in both] == ["", "error: reward f: score nan"]  # process 0: no traceback
+    bug = two_processes(tmp_path, str(driver), "bug", torchrun=False)[0]
+    assert bug.returncode == 1 and "Traceback" in bug.stderr and "RuntimeError: our own bug" in bug.stderr

@@ -528,3 +528,20 @@ def test_processes_that_read_other_config_models_or_data_are_refused(tmp_path, m
     two(inputs(f"train.golden={golden[0]}"), inputs(f"train.golden={golden[1]}"))  # the same prompts: accepted
     with pytest.raises(UserError, match=re.escape("train.golden: other prompts behind the same path")):
         two(inputs(f"train.golden={golden[0]}"), inputs(f"train.golden={golden[2]}"))  # a stale copy on process 1
+
+
+def test_other_processes_refusal_names_the_grad_accum_to_resume_with(tmp_path):
+    """A checkpoint of 1 process × grad_accum 2 resumed on 3 × 1 was told 'resume with 1 processes', and on 1 process
+    with this config's grad_accum 1 the resume was then refused for that change: the line names both now, and
+    following it resumes."""
+    ckpt = tmp_path / "checkpoints" / "step-000002"
+    ckpt.mkdir(parents=True)
+    torch.save({"step": 2, "world": 1}, ckpt / ck.STATE_FILE)
+    saved = "train:\n  grad_accum: 2\n  lr: 0.001\n"
+    (ckpt / "config.yaml").write_text(saved)
+    now = saved.replace("grad_accum: 2", "grad_accum: 1")
+    with pytest.raises(UserError, match=r"resume with 1 process\(es\) and train\.grad_accum 2 \(as many"):
+        ck.open_run(tmp_path, "auto", now, False, world=3, write=False, move=False)
+    with pytest.raises(UserError, match=r"train\.grad_accum 2 → 1"):  # only the processes, as it said before
+        ck.open_run(tmp_path, "auto", now, False, world=1, write=False, move=False)
+    assert ck.open_run(tmp_path, "auto", saved, False, world=1, write=False, move=False) == ckpt

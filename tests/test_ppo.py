@@ -866,3 +866,21 @@ def test_minibatches_other_than_train_batch_size_are_said():
     note = ppo.minibatch_note(spec(rollout_batch_size=5, n_samples_per_prompt=2, train_batch_size=4))
     assert "minibatches hold 4, 4, 2 samples (3 optimizer step(s)" in note
     assert ppo.minibatch_note(spec(rollout_batch_size=8, n_samples_per_prompt=2, train_batch_size=8)) is None
+
+
+@pytest.mark.slow
+def test_ratio_var_is_over_the_minibatch_not_a_mean_of_micro_batch_variances(tiny_model_dir, prompts, tmp_path):
+    """ratio_var was the token-weighted mean of each micro-batch's own variance, so it missed the spread between
+    micro-batches (and between processes, which combine the same way): the same minibatch logged 0.017 split into
+    micro-batches of 1 and 0.088 whole. Now it is the variance over the minibatch's tokens however it is split."""
+    extra = ("train.max_steps=1", "ppo.max_epochs=3", "ppo.rollout_batch_size=4", "ppo.train_batch_size=4",
+             "ppo.generate_max_len=8", "ppo.actor_learning_rate=0.01", "train.progress=false")  # fmt: skip
+    got = {}
+    for micro in (1, 4):
+        out = tmp_path / f"micro{micro}"
+        ppo.run(config(tiny_model_dir, prompts, out, *extra, f"ppo.micro_train_batch_size={micro}"))
+        [m] = read_metrics(out, "train")
+        got[micro] = m
+    assert got[1]["ratio_mean"] == pytest.approx(got[4]["ratio_mean"], abs=1e-6)  # the same updates
+    assert got[4]["ratio_var"] > 1e-4  # the policy moved: ratios spread
+    assert got[1]["ratio_var"] == pytest.approx(got[4]["ratio_var"], rel=1e-3)

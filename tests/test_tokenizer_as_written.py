@@ -37,3 +37,16 @@ def test_a_tokenizer_json_the_class_agrees_with_keeps_the_class(tmp_path, capsys
     assert type(tok).__name__ == "Qwen2Tokenizer"
     assert "note:" not in capsys.readouterr().err
     assert _tokenizer_note(folder) == []
+
+
+def test_the_note_is_said_by_one_process_of_a_run(tmp_path, capsys, monkeypatch):
+    """Under torchrun every process loads the tokenizer, and each printed the note (2 processes: twice, 8 GPUs: 8
+    times); process 0 (RANK 0) says it now, the others still use tokenizer.json as written."""
+    folder = save_tiny_model(tmp_path / "m", build_tokenizer(), arch="qwen2")
+    from_file = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(TEXT, add_special_tokens=False).ids
+    monkeypatch.setenv("RANK", "1")
+    assert load_tokenizer(str(folder))(TEXT, add_special_tokens=False)["input_ids"] == from_file
+    assert "note:" not in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "0")
+    load_tokenizer(str(folder))
+    assert "uses tokenizer.json as written" in capsys.readouterr().err

@@ -513,6 +513,15 @@ def main() -> None:
         else:
             say()
         sys.exit(1)  # on every process
+    except Exception:
+        # Another process stopped on a user error (said once, above), so this one's collective failed ("Connection
+        # closed by peer"): its traceback would bury that line. Any other failure keeps its traceback.
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from weitiao.train.dist import said_elsewhere
+
+            if said_elsewhere():
+                sys.exit(1)
+        raise
 
 
 if __name__ == "__main__":

@@ -31,6 +31,12 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var * n / (n - 1).clamp_min(1) if unbiased else var
 
 
+def pooled_var(dev: float, dev_sq: float, n: float) -> float:
+    """Unbiased variance of n values from the means of their deviations `dev` and squared deviations `dev_sq` from
+    a shift near them (ratio − 1: no cancellation), pooled over micro-batches and processes; masked_var's on one."""
+    return max(dev_sq - dev * dev, 0.0) * n / max(n - 1, 1)
+
+
 def masked_moments(
     x: torch.Tensor, mask: torch.Tensor, reduce: Reduce = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -112,6 +118,9 @@ def policy_loss(
             "clipfrac": masked_mean((loss_clipped > loss_unclipped).float(), mask),
             "ratio_mean": masked_mean(ratio, mask),
             "ratio_var": masked_var(ratio, mask),
+            # token means of ρ − 1 and (ρ − 1)²: the variance over several micro-batches and processes (`pooled_var`)
+            "ratio_dev": masked_mean(ratio - 1, mask),
+            "ratio_dev_sq": masked_mean((ratio - 1) ** 2, mask),
         }
     return loss, stats
 

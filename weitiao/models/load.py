@@ -6,6 +6,7 @@ QLoRA is LoRA on a 4-bit NF4 base with double quantization: the same code on CPU
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -252,7 +253,8 @@ def _as_written(tok: Any, folder: Path) -> Any:
     if diff is None:
         return tok
     written, how = diff
-    if (key := str(folder.resolve())) not in _SAID_TOKENIZER:  # once, however the folder is named
+    # once, however the folder is named, and by one process of a torchrun/accelerate run (its RANK 0), not by each
+    if (key := str(folder.resolve())) not in _SAID_TOKENIZER and os.environ.get("RANK", "0") == "0":
         _SAID_TOKENIZER.add(key)
         print(f"note: {folder}: {how}; weitiao uses tokenizer.json as written, as the tokenizers library, llama.cpp "
               "and transformers 4 do (transformers 5's AutoTokenizer, and servers built on it, would not)",

@@ -481,9 +481,11 @@ def check_world(ckpt: Path, was: int, world: int, force: bool, steps: tuple[int,
             f"train.resume: {ckpt} was written by {was} process(es), this run has {world}; resume with {was} "
             "(the data split and RNG streams depend on it) or set train.resume=force"
         )
-    accum = (
-        f"train.grad_accum {steps[0] // world} on {world} process(es)" if steps[0] % world == 0 else f"{was} processes"
-    )
+    if steps[0] % world == 0:
+        accum = f"train.grad_accum {steps[0] // world} on {world} process(es)"
+    else:  # back on the checkpoint's processes, with its grad_accum (else that change is refused next)
+        was_accum = steps[0] // was
+        accum = f"{was} process(es)" + (f" and train.grad_accum {was_accum}" if was_accum != steps[1] // world else "")
     raise UserError(
         f"train.resume: {ckpt} was written by {was} process(es) taking {steps[0]} micro-batches a step (processes × "
         f"train.grad_accum), this run takes {steps[1]} on {world}: a step would read other micro-batches than the "

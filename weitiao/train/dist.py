@@ -55,6 +55,17 @@ def say_once(say: Callable[[], None], what: str = "user_error") -> None:
         pass
 
 
+def said_elsewhere(what: str = "user_error") -> bool:
+    """Whether a process of this run has said its `what` through `say_once` (False without a store to ask): a
+    process that then fails in a collective failed because that one stopped, and has nothing of its own to say."""
+    key = f"weitiao/{what}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/said"
+    try:
+        store = _run_store()
+        return store is not None and store.check([key])
+    except Exception:  # the store's host is gone: nothing to tell
+        return False
+
+
 def _run_store() -> Any:
     """torchrun's agent store (every process can reach it from its start: the same keys before and after the
     process group is set up), else the process group's store once it is up, else None."""
