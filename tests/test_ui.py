@@ -1011,6 +1011,37 @@ def test_the_consoles_data_check_counts_rows_over_the_models_positions(root, tin
         assert (check["check"]["over_context"], check["check"]["over_max_len"]) == (0, 1)
 
 
+def test_the_data_tab_and_chat_load_a_model_folder_again_once_it_changes(root, tiny_model_dir, tokenizer):
+    """The Data tab cached the tokenizer and the positions by the folder's path: after config.json's
+    max_position_embeddings (or the chat template) was edited, or the model retrained in place, it kept reporting the
+    old ones until the console restarted; chat kept the old weights. Now the caches are keyed on the folder's files
+    (control: an unchanged folder answers as before)."""
+    from conftest import save_tiny_model
+
+    model = root / "models" / "tiny"
+    shutil.copytree(tiny_model_dir, model)
+    (root / "data" / "long.jsonl").write_text(json.dumps({"instruction": "长" * 30, "output": "好"}) + "\n")
+    run = root / "runs" / "r"
+    (run / "ui").mkdir(parents=True)
+    (run / "ui" / "run.json").write_text(json.dumps({"name": "r", "kind": "sft", "status": "done", "created": 1}))
+    (run / "ui" / "config.yaml").write_text(f"model:\n  path: {model}\n")
+    msgs = {"run": "r", "ckpt": "base", "messages": [{"role": "user", "content": "你好"}], "max_new_tokens": 8}
+    q = {"path": "data/long.jsonl", "model": "models/tiny"}
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        first, reply = c.get("/api/data", params=q).json()["check"], c.post("/api/chat", json=msgs).text
+        assert c.get("/api/data", params=q).json()["check"] == first and c.post("/api/chat", json=msgs).text == reply
+        cfg = json.loads((model / "config.json").read_text())
+        (model / "config.json").write_text(json.dumps(cfg | {"max_position_embeddings": 16}))
+        (model / "chat_template.jinja").write_text("{% for m in messages %}### {{ m['content'] }}<|im_end|>"
+                                                   "{% endfor %}")  # fmt: skip
+        edited = c.get("/api/data", params=q).json()["check"]
+        save_tiny_model(model, tokenizer, seed=5)  # retrained in place: other weights, the config and template back
+        retrained = c.post("/api/chat", json=msgs).text
+    assert (first["context"], first["over_context"]) == (512, 0)
+    assert (edited["context"], edited["over_context"]) == (16, 1) and edited["length_max"] != first["length_max"]
+    assert retrained != reply
+
+
 def test_data_preview_takes_train_turns_as_data_check_does(root):
     """The Data tab had no train_turns (`train_turns=last` was an unknown query parameter): a multi-turn row showed
     every reply trained and the report counted rows with no trained token as under `all`, while `weitiao sft` with
