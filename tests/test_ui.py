@@ -934,6 +934,33 @@ def test_a_reward_file_is_taken_from_the_root_and_kept_inside_it(root, tmp_path)
         assert forms.build("ppo", base | {"reward.path": name}, Roots([root]), root / "runs" / "x").reward.path == name
 
 
+def test_a_run_reads_no_dataset_file_outside_the_roots_through_dataset_info(root, tmp_path, fake_python, monkeypatch):
+    """With data.dataset_dir the console checked the folder but not what its dataset_info.json names: a file_name of
+    `../../../secret.jsonl`, an absolute path or a link out made a run (train or eval) that read a file outside the
+    roots. Each is refused at start, and at resume (dataset_info.json edited since); control: a dataset inside."""
+    monkeypatch.setenv("FAKE_TRAINER", "fail")  # the stand-in trainer exits at once
+    lf = root / "data" / "lf"
+    lf.mkdir()
+    (lf / "faq.json").write_text(json.dumps([{"instruction": "几点开门", "output": "九点"}], ensure_ascii=False))
+    info = {"faq": {"file_name": "faq.json"}, "up": {"file_name": "../../../secret.jsonl"},
+            "abs": {"file_name": str(tmp_path / "secret.jsonl")}, "link": {"file_name": "../leak.jsonl"}}  # fmt: skip
+    (lf / "dataset_info.json").write_text(json.dumps(info))
+    values = {"data.dataset_dir": "data/lf", "data.train": '["faq"]'}
+    assert forms.build("sft", values, Roots([root]), root / "runs" / "x").data.train == ["faq"]
+    for key, name in (("data.train", "up"), ("data.train", "abs"), ("data.eval", "link")):
+        for kind in ("sft", "dpo"):
+            with pytest.raises(UserError, match=rf"{key}: dataset '{name}' of .*dataset_info.json reads .*outside the"):
+                forms.build(kind, values | {key: f'["{name}"]'}, Roots([root]), root / "runs" / "x")
+    with running(create_app(Roots([root]), RunStore(root / "runs", python=fake_python))) as base:
+        made = httpx.post(base + "/api/runs", json={"kind": "sft", "name": "lf", "values": values}, timeout=60)
+        assert made.status_code == 200, made.text
+        wait_for(lambda: httpx.get(base + "/api/runs/lf").json()["state"]["status"] == "failed")
+        (lf / "dataset_info.json").write_text(json.dumps(info | {"faq": info["up"]}))
+        r = httpx.post(base + "/api/runs/lf/resume", json={}, timeout=60)
+        assert r.status_code == 400 and "data.train: dataset 'faq' of" in r.json()["error"], r.text
+        assert httpx.get(base + "/api/runs/lf").json()["state"]["status"] == "failed"
+
+
 def test_the_tokenized_cache_is_not_written_into_a_read_only_root(root, tmp_path):
     """data.cache_dir was checked only for lying inside the roots, so a run could write its cache into the read-only
     one (the shipped demo data, inside the package); a folder the run writes into must be in a writable root."""

@@ -219,6 +219,7 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
     @app.post("/api/runs/{name}/resume")
     def resume(name: str, body: dict | None = None) -> dict:
         _known(body or {}, set(), "resume")
+        forms.recheck(runs.state(name)["kind"], (runs.existing(name) / "ui" / "config.yaml").read_text("utf-8"), roots)
         return runs.start(name, resume=True)
 
     @app.get("/api/runs/{name}/config.yaml")
