@@ -616,14 +616,21 @@ def test_data_preview_of_a_preference_file_is_what_dpo_and_rm_encode(root):
     with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
 
         def shown(i: int, max_len: int, fmt: str = "auto") -> dict:
-            r = c.get("/api/data", params={"path": "data/pairs.jsonl", "index": i, "max_len": max_len, "format": fmt})
+            q = {
+                "path": "data/pairs.jsonl",
+                "index": i,
+                "max_len": max_len,
+                "format": fmt,
+                "truncation": "cut_response",
+            }
+            r = c.get("/api/data", params=q)
             assert r.status_code == 200, r.text
             return r.json()
 
         def same_as_encode_pair(d: dict, pair, max_len: int) -> None:
             fitted = encode_pair(pair, tok, tpl, max_len, "cut_response")
             whole = encode_pair(pair, tok, tpl, 10**9)
-            assert d["dropped"] == (fitted is None) and d["over"] == (max(map(len, whole)) > max_len)
+            assert (d["dropped"] is not None) == (fitted is None) and d["over"] == (max(map(len, whole)) > max_len)
             p = d["prompt"]["tokens"]
             for side, enc, full in zip(("chosen", "rejected"), fitted or whole, whole):
                 s = d[side]
@@ -663,11 +670,39 @@ def test_data_preview_of_a_preference_file_is_what_dpo_and_rm_encode(root):
         r = c.get("/api/data", params={"path": "data/pairs.jsonl", "format": "preference_raw"})
         assert r.status_code == 400 and f"{file}:2: chosen: format preference_raw takes" in r.json()["error"]
         raw = _pairs_file(root / "data" / "raw.jsonl", PAIRS[:1])
-        d = c.get("/api/data", params={"path": "data/raw.jsonl", "format": "preference_raw"}).json()
+        d = c.get(
+            "/api/data", params={"path": "data/raw.jsonl", "format": "preference_raw", "truncation": "cut_response"}
+        ).json()
         assert d["form"] == "raw" and d["prompt"]["text"] == "你好<b>吗</b>"
         same_as_encode_pair(d, load_rows(str(raw), "preference_raw").rows[0], 1024)
         r = c.get("/api/data", params={"path": "data/pairs.jsonl", "index": 4})
         assert r.json()["error"] == f"index 4: {file} has 4 rows (0..3)"
+
+
+def test_data_preview_of_a_pair_follows_the_truncation_chosen(root):
+    """The Data tab showed a pair over max_len cut by cut_response whatever the truncation chosen, while its report
+    (and `weitiao dpo`/`rm` at the default, drop) left the pair out. The pair is now encoded by `encode_pair` with the
+    chosen truncation: under drop it is dropped, said why, shown whole; under cut_response (the control) it is cut."""
+    file = _pairs_file(root / "data" / "pairs.jsonl", PAIRS)
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        q = {"path": "data/pairs.jsonl", "index": 1}
+        n = c.get("/api/data", params=q).json()["chosen"]["whole"]  # the shorter side fits, the longer does not
+        got = {
+            t: c.get("/api/data", params=q | {"max_len": n, "truncation": t}).json() for t in ("drop", "cut_response")
+        }
+        p = got["drop"]["prompt"]["tokens"]
+        tight = c.get("/api/data", params=q | {"max_len": p, "truncation": "cut_response"}).json()
+        sft = c.get("/api/data", params=q | {"truncation": "cut"})
+    drop, cut = got["drop"], got["cut_response"]
+    whole = drop["rejected"]["whole"]
+    assert drop["dropped"] == f"its longer side is {whole} tokens, over max_len {n}" and drop["truncation"] == "drop"
+    assert drop["rejected"]["tokens"] == whole > n and not drop["rejected"]["cut"]  # shown whole
+    assert drop["check"]["dropped"] == 1 and drop["check"]["cut"] == 0  # as the report counts it
+    assert cut["dropped"] is None and cut["rejected"]["cut"] and cut["rejected"]["tokens"] == n
+    assert cut["check"]["dropped"] == 0 and cut["check"]["cut"] == 1
+    assert tight["dropped"] == f"its prompt alone is {p} tokens: cut to max_len {p} no reply token is left"
+    assert sft.status_code == 400 and "preference rows take drop|cut_response" in sft.json()["error"], sft.text
+    assert str(file) in drop["source"]
 
 
 def test_data_preview_refuses_mixed_and_refused_rows_as_the_trainers_do(root):

@@ -290,14 +290,18 @@ def show_example(
 
 
 def show_pair(
-    pair: PreferencePair, tokenizer: Any, template_name: str, max_len: int
-) -> list[tuple[str, Encoded, list[tuple[str, bool]]]] | None:
-    """Both sides of a pair as DPO and RM train them (`encode_pair`, truncation drop): (side, encoding, segments) each;
-    None when the pair is over max_len."""
-    both = encode_pair(pair, tokenizer, resolve_template(tokenizer, template_name), max_len)
-    return (
-        None if both is None else [(k, e, token_segments(e, tokenizer)) for k, e in zip(("chosen", "rejected"), both)]
-    )
+    pair: PreferencePair, tokenizer: Any, template_name: str, max_len: int, truncation: str = "drop"
+) -> list[tuple[str, Encoded, list[tuple[str, bool]]]] | str:
+    """Both sides of a pair as DPO and RM train them (`encode_pair` with data.truncation `truncation`): (side,
+    encoding, segments) each; why, when that truncation leaves the pair out."""
+    template = resolve_template(tokenizer, template_name)
+    both = encode_pair(pair, tokenizer, template, max_len, truncation)  # type: ignore[arg-type]
+    if both is None:
+        whole = encode_pair(pair, tokenizer, template, 10**9)
+        assert whole is not None  # nothing is over a limit of 10**9 tokens
+        prompt = next(i for i, x in enumerate(whole[0].labels) if x != IGNORE)
+        return pair_drop_reason(whole, prompt, max_len, truncation)
+    return [(k, e, token_segments(e, tokenizer)) for k, e in zip(("chosen", "rejected"), both)]
 
 
 def drop_reason(conv: Conversation, tokenizer: Any, template_name: str, opts: EncodeOptions) -> str:
@@ -313,3 +317,14 @@ def drop_reason(conv: Conversation, tokenizer: Any, template_name: str, opts: En
     if opts.truncation == "history":
         return f"{n} tokens, and with its earlier exchanges dropped its last one is still over max_len {m}"
     return f"{n} tokens, over max_len {m}"
+
+
+def pair_drop_reason(whole: tuple[Encoded, Encoded], prompt: int, max_len: int, truncation: str) -> str:
+    """Why `encode_pair` with `truncation` leaves out a pair whose sides are `whole` (`prompt` tokens shared), in
+    words for `data show` and the console."""
+    n = max(len(e) for e in whole)
+    if truncation == "drop":
+        return f"its longer side is {n} tokens, over max_len {max_len}"
+    if prompt >= max_len:
+        return f"its prompt alone is {prompt} tokens: cut to max_len {max_len} no reply token is left"
+    return f"cut to max_len {max_len} its replies are the same tokens (they differ only past it)"
