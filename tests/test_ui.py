@@ -1130,6 +1130,28 @@ def test_data_preview_takes_train_turns_as_data_check_does(root):
     assert bad.status_code == 400 and "train_turns 'first'" in bad.json()["error"]
 
 
+def test_data_tab_report_takes_train_on_prompt_as_data_check_does(root):
+    """The Data tab's train_on_prompt box changed the row shown but not its report, which counted as without it (a
+    long prompt's row dropped under cut, though SFT trains its prompt); a pair file took the box silently. Now the
+    report is `check_file(train_on_prompt=...)`, as `data check --train-on-prompt`, and a pair refuses the box."""
+    from weitiao.data.check import check_file
+    from weitiao.models.load import load_tokenizer
+
+    rows = [{"instruction": "讲讲" * 30, "output": "好的"}, {"instruction": "你好", "output": "你好呀"}]
+    file = _pairs_file(root / "data" / "long.jsonl", rows)
+    _pairs_file(root / "data" / "pairs.jsonl", PAIRS)
+    tok = load_tokenizer("demo")
+    q = {"path": "data/long.jsonl", "max_len": 24, "truncation": "cut"}
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        got = {on: c.get("/api/data", params=q | {"train_on_prompt": on}).json()["check"] for on in (False, True)}
+        pair = c.get("/api/data", params={"path": "data/pairs.jsonl", "train_on_prompt": True})
+    for on, d in got.items():
+        cli = check_file([str(file)], tok, max_len=24, truncation="cut", train_on_prompt=on)
+        assert (d["train_on_prompt"], d["dropped"], d["cut"]) == (on, cli.dropped, cli.cut)
+    assert (got[False]["dropped"], got[True]["dropped"], got[True]["cut"]) == (1, 0, 1)
+    assert pair.status_code == 400 and pair.json()["error"].startswith("train_on_prompt: SFT's data.train_on_prompt")
+
+
 def test_data_tab_takes_truncation_as_data_check_does(root):
     """The Data tab had no truncation: its report counted as `data check` without --truncation (every long row
     dropped), and a row over max_len was shown 'cut to max_len' though training's default (drop) leaves it out. Now

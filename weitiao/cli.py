@@ -340,6 +340,7 @@ def data_check(
     dataset_dir: str = typer.Option(None, help="LLaMA-Factory data folder: FILES are names in its dataset_info.json"),
     skip_invalid: bool = typer.Option(False, help="write bad rows to FILE.rejects.jsonl instead of stopping"),
     train_turns: str = typer.Option("all", help="all|last: assistant turns SFT trains (data.train_turns)"),
+    train_on_prompt: bool = typer.Option(False, help="prompt tokens trained too, as SFT's data.train_on_prompt"),
     truncation: str = typer.Option(
         "drop",
         help="over max_len, as the trainer's data.truncation: SFT drop|cut|history, KTO drop|cut, DPO/RM "
@@ -356,7 +357,7 @@ def data_check(
     tokenizer, context = load_tokenizer(model), model_positions(model)
     _choice("--truncation", truncation, ("drop", "cut", "history", "cut_response"))
     rep = check_file(files, tokenizer, template, max_len, fmt, skip_invalid, dataset_dir, train_turns, context,
-                     truncation)  # fmt: skip
+                     truncation, train_on_prompt)  # fmt: skip
     if as_json:
         print(rep.to_json())
         return
@@ -376,7 +377,10 @@ def data_check(
         ),  # fmt: skip
         ("duplicate rows / prompts", f"{rep.duplicate_rows} / {rep.duplicate_prompts}"),
         ("rows missing EOS", str(rep.missing_eos)),
-        (f"rows with no trained token (train_turns {rep.train_turns})", str(rep.no_trained_tokens)),
+        (
+            f"rows with no trained token (train_turns {rep.train_turns}{', train_on_prompt' * rep.train_on_prompt})",
+            str(rep.no_trained_tokens),
+        ),  # fmt: skip
     ]
     if rep.pairs:
         rows += [

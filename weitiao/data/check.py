@@ -66,6 +66,7 @@ class CheckReport:
     split_documents: int = 0  # pre-training documents over max_len: SFT splits them, never truncates
     document_pieces: int = 0  # the pieces those documents become
     train_turns: str = "all"
+    train_on_prompt: bool = False  # SFT's data.train_on_prompt: prompt tokens trained too
     desirable: int = 0  # KTO rows among `kept` labelled good (undesirable: the others)
     undesirable: int = 0
     conflicting_labels: int = 0  # prompt + reply pairs labelled both desirable and undesirable
@@ -123,10 +124,12 @@ def check_file(
     train_turns: Literal["all", "last"] = "all",
     context: int | None = None,
     truncation: str = "drop",
+    train_on_prompt: bool = False,
 ) -> CheckReport:
     """Lint a data set against a tokenizer: lengths, duplicates, EOS, trainable tokens (as SFT's
-    data.train_turns picks them), pair sanity; `context`: the model's positions (training refuses longer rows);
-    `truncation`: the trainer's data.truncation (SFT drop|cut|history, KTO drop|cut, DPO/RM drop|cut_response)."""
+    data.train_turns and data.train_on_prompt pick them), pair sanity; `context`: the model's positions (training
+    refuses longer rows); `truncation`: the trainer's data.truncation (SFT drop|cut|history, KTO drop|cut, DPO/RM
+    drop|cut_response)."""
     check = special_token_check(tokenizer)  # a bad row, as training finds it
     loaded = load_rows(files, fmt, skip_invalid=skip_invalid, strict=False, dataset_dir=dataset_dir, row_check=check,
                        feedback=None)  # fmt: skip
@@ -140,12 +143,16 @@ def check_file(
     kinds = [k for k, there in (("KTO", feedback), ("SFT", convs and not feedback), ("preference", pairs)) if there]
     for kind in kinds:
         refuse_truncation(kind, truncation)
+    if train_on_prompt and "SFT" not in kinds:
+        raise UserError(f"train_on_prompt: SFT's data.train_on_prompt; these are {' and '.join(kinds)} rows, whose "
+                        "trainer has no such key: drop it")  # fmt: skip
     # Encode without a length limit to measure; count what max_len would drop separately.
     with _measuring(tokenizer, context):
-        encoded, _ = encode_all(convs, tokenizer, template, EncodeOptions(max_len=10**9, train_turns=train_turns))
+        whole = EncodeOptions(10**9, train_on_prompt, train_turns)
+        encoded, _ = encode_all(convs, tokenizer, template, whole)
         sides = [tuple(encode_side(row, tokenizer, template) for row in side_rows(p)) for p in pairs]
         # what training keeps: the trainer's own truncation, over the same rows
-        opts = EncodeOptions(max_len, train_turns=train_turns, truncation=truncation)  # type: ignore[arg-type]
+        opts = replace(whole, max_len=max_len, truncation=truncation)  # type: ignore[arg-type]
         kept, stats = encode_all(convs, tokenizer, template, opts)
         fitted, refused = [], []  # refused: pairs training stops on (chosen and rejected render the same tokens)
         for p in pairs:
@@ -194,6 +201,7 @@ def check_file(
         split_documents=len(split),
         document_pieces=len(pieces(split, max_len)),
         train_turns=train_turns,
+        train_on_prompt=train_on_prompt,
         desirable=sum(fb.desirable for fb in feedback),
         undesirable=sum(not fb.desirable for fb in feedback),
         conflicting_labels=sum(len(v) == 2 for v in labels.values()),

@@ -409,8 +409,9 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
                      truncation: str = "drop", dataset_dir: str | None = None) -> dict:  # fmt: skip
         """Row `index` encoded as the trainer that takes the file would (SFT, or a DPO/RM pair), the file's
         `data check` report (rows over the model's positions counted, as the CLI's `--model`), and the ratios it was
-        mixed with (SFT files made by `data mix`); `train_turns` (SFT's data.train_turns) as `data check
-        --train-turns`, for the row's trained tokens and the report's; `truncation` as `--truncation` (the trainer's
+        mixed with (SFT files made by `data mix`); `train_turns` and `train_on_prompt` (SFT's data.train_turns,
+        data.train_on_prompt) as `data check --train-turns/--train-on-prompt`, for the row's trained tokens and the
+        report's; `truncation` as `--truncation` (the trainer's
         data.truncation); with `dataset_dir` (a LLaMA-Factory folder, as `--dataset-dir`) `path` is a dataset name."""
         from dataclasses import asdict
 
@@ -441,7 +442,7 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
         # the row first: a file its trainer refuses gets that trainer's error, not data check's
         view = row_view(file, index, tok, template, max_len, train_on_prompt, format, train_turns, truncation, folder)
         check = check_file([file], tok, template, max_len, format, dataset_dir=folder, train_turns=train_turns,
-                           context=positions(ref), truncation=truncation)  # fmt: skip
+                           context=positions(ref), truncation=truncation, train_on_prompt=train_on_prompt)  # fmt: skip
         return {**view, "check": asdict(check), "mix": mixed}
 
     return app

@@ -114,6 +114,10 @@ def row_view(path: str | Path, index: int, tokenizer: Any, template: str, max_le
     """Row `index` of the file (or of dataset `path` in `dataset_dir`), with the file's kind and row count."""
     kind, rows = load(path, fmt, dataset_dir)
     refuse_truncation("preference" if kind == "preference" else "SFT", truncation)  # as `data check` refuses it
+    sft_only = [k for k, on in (("train_on_prompt", train_on_prompt), ("train_turns", train_turns != "all")) if on]
+    if kind == "preference" and sft_only:  # as `data show` refuses them for a pair
+        raise UserError(f"{sft_only[0]}: SFT's data.{sft_only[0]}; a DPO/RM pair trains its last reply: clear it for "
+                        "this file")  # fmt: skip
     if not 0 <= index < len(rows):
         raise UserError(f"index {index}: {path} has {len(rows)} rows (0..{len(rows) - 1})")
     row = rows[index]

@@ -571,7 +571,7 @@ async function showData() {
       ["dc_over", ` ${c.max_len}`, c.over_max_len], ["dc_trunc", ` (truncation ${c.truncation})`, `${c.dropped} / ${c.cut} / ${c.history_trimmed}`],
       ...(c.desirable || c.undesirable ? [["dc_kto", "", `${c.desirable} / ${c.undesirable}`]] : []),
       ["dc_dups", "", `${c.duplicate_rows} / ${c.duplicate_prompts}`],
-      ["dc_eos", "", c.missing_eos], ["dc_untrained", ` (train_turns ${c.train_turns})`, c.no_trained_tokens],
+      ["dc_eos", "", c.missing_eos], ["dc_untrained", ` (train_turns ${c.train_turns}${c.train_on_prompt ? ", train_on_prompt" : ""})`, c.no_trained_tokens],
     ];
     $("data-check").replaceChildren(...rows.flatMap(([k, more, v]) => [el("dt", {}, word(k), more), el("dd", { text: String(v) })]),
       ...c.problems.map((p) => el("dd", { class: "error", text: p })), ...c.notes.map((n) => el("dd", { class: "help", text: n })));
