@@ -996,6 +996,23 @@ def test_a_run_reads_no_dataset_file_outside_the_roots_through_dataset_info(root
         assert httpx.get(base + "/api/runs/lf").json()["state"]["status"] == "failed"
 
 
+def test_a_runs_folder_outside_the_roots_takes_runs(root, tmp_path, fake_python, monkeypatch):
+    """`weitiao ui --runs DIR` with DIR outside every --root refused every run: 'train.out DIR/NAME: outside the
+    allowed folders', a key the user never set (the console sets it). The run folder is the console's own and is not
+    checked as a browser path; a train.out the user gives is still refused, and data paths still checked."""
+    monkeypatch.setenv("FAKE_TRAINER", "fail")  # the stand-in trainer exits at once
+    store = RunStore(tmp_path / "elsewhere" / "runs", python=fake_python)
+    values = {"data.train": '["data/a.jsonl"]'}
+    with running(create_app(Roots([root]), store)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        made = c.post("/api/runs", json={"kind": "sft", "name": "r", "values": values})
+        assert made.status_code == 200, made.text
+        assert (tmp_path / "elsewhere" / "runs" / "r" / "ui" / "config.yaml").is_file()
+        other = c.post("/api/preview", json={"kind": "sft", "name": "o", "values": values | {"train.out": "x"}})
+        assert other.status_code == 400 and "the console writes every run to its own folder" in other.json()["error"]
+        away = c.post("/api/preview", json={"kind": "sft", "name": "o", "values": {"data.train": f'["{tmp_path}"]'}})
+        assert away.status_code == 400 and "outside the allowed folders" in away.json()["error"]
+
+
 def test_the_tokenized_cache_is_not_written_into_a_read_only_root(root, tmp_path):
     """data.cache_dir was checked only for lying inside the roots, so a run could write its cache into the read-only
     one (the shipped demo data, inside the package); a folder the run writes into must be in a writable root."""

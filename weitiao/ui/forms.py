@@ -25,6 +25,7 @@ from weitiao.ui.paths import Roots
 
 RECIPES = ("sft", "dpo", "rm", "ppo")
 WRITTEN = {("data", "cache_dir")}  # path keys the run writes into (train.out is the console's): a writable root
+OWN = ("train", "out")  # the console's run folder (`weitiao ui --runs`), set by `build`, not a path from the browser
 
 
 def config_class(kind: str) -> type[BaseModel]:
@@ -136,6 +137,8 @@ def parse_value(text: Any) -> Any:
 def _check_paths(cls: type[BaseModel], data: dict, roots: Roots) -> None:
     """Every path-typed value must resolve inside the roots; model refs that are not paths (hub ids) pass."""
     for keys, kind in path_keys(cls).items():
+        if keys == OWN:
+            continue
         node: Any = data
         for k in keys[:-1]:
             node = node.get(k) if isinstance(node, dict) else None
