@@ -847,7 +847,7 @@ def test_get_query_parameters_are_refused_as_body_fields_are(root):
             ("/api/data?path=data/a.jsonl&index=0&index=1", "'index' is given more than once"),
             ("/api/data?path=data/a.jsonl&index=abc", "index 'abc': input should be a valid integer"),
             ("/api/data?path=data/a.jsonl&index=-1", "index -1: "),
-            ("/api/data?path=data/a.jsonl&max_len=-3", "max_len -3: must be ≥ 1"),
+            ("/api/data?path=data/a.jsonl&max_len=-3", "max_len -3: the trainers' data.max_len is over 8"),
             ("/api/data?path=data/a.jsonl&train_on_prompt=maybe", "train_on_prompt 'maybe': input should be"),
             ("/api/data?index=0", "path: field required"),
             ("/api/runs/r?offset=-1", "offset -1: must be ≥ 0"),

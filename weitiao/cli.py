@@ -426,12 +426,13 @@ def data_show(
 ) -> None:
     """Print one rendered example (a pair: both sides) with trained tokens marked (green/⟦⟧) and masked ones dim."""
     from weitiao.data.chat import EncodeOptions
-    from weitiao.data.check import drop_reason, refuse_truncation, show_example
+    from weitiao.data.check import drop_reason, refuse_max_len, refuse_truncation, show_example
     from weitiao.data.formats import PreferencePair, load_conversations, load_rows
     from weitiao.models.load import load_tokenizer
 
     _choice("--train-turns", train_turns, ("all", "last"))
     _choice("--truncation", truncation, ("drop", "cut", "history", "cut_response"))
+    refuse_max_len(max_len)
     kw = {"skip_hint": None, "dataset_dir": dataset_dir}  # the dataset's column mapping, as training reads it
     rows = load_rows(file, fmt, **kw).rows  # type: ignore[arg-type]  # load_rows checks it
     if not (rows and isinstance(rows[0], PreferencePair)):

@@ -31,6 +31,12 @@ BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 TRUNCATIONS = {"SFT": get_args(Truncation), "KTO": ("drop", "cut"), "preference": get_args(PairTruncation)}
 
 
+def refuse_max_len(max_len: int) -> None:
+    """UserError for a max_len no trainer takes (their data.max_len is > 8): its counts would describe no run."""
+    if max_len <= 8:
+        raise UserError(f"max_len {max_len}: the trainers' data.max_len is over 8 (sft, dpo, rm, kto); give 9 or more")
+
+
 def refuse_truncation(kind: str, truncation: str) -> None:
     """UserError when rows of `kind` (a TRUNCATIONS key) cannot take data.truncation `truncation`."""
     if truncation not in TRUNCATIONS[kind]:
@@ -130,6 +136,7 @@ def check_file(
     data.train_turns and data.train_on_prompt pick them), pair sanity; `context`: the model's positions (training
     refuses longer rows); `truncation`: the trainer's data.truncation (SFT drop|cut|history, KTO drop|cut, DPO/RM
     drop|cut_response)."""
+    refuse_max_len(max_len)
     check = special_token_check(tokenizer)  # a bad row, as training finds it
     loaded = load_rows(files, fmt, skip_invalid=skip_invalid, strict=False, dataset_dir=dataset_dir, row_check=check,
                        feedback=None)  # fmt: skip

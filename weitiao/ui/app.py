@@ -415,11 +415,10 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
         data.truncation); with `dataset_dir` (a LLaMA-Factory folder, as `--dataset-dir`) `path` is a dataset name."""
         from dataclasses import asdict
 
-        from weitiao.data.check import check_file
+        from weitiao.data.check import check_file, refuse_max_len
         from weitiao.ui.dataview import row_view
 
-        if max_len < 1:
-            raise UserError(f"max_len {max_len}: must be ≥ 1")
+        refuse_max_len(max_len)
         if train_turns not in ("all", "last"):
             raise UserError(f"train_turns {train_turns!r}: use all or last")
         if truncation not in TRUNCATION_CHOICES:
