@@ -189,7 +189,7 @@ def test_special_token_rows_are_set_aside_under_skip_invalid(tmp_path, tokenizer
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     t = resolve_template(tokenizer)
     kw = {"cache_dir": tmp_path / "cache", "progress": False, "num_proc": 1, "rejects_path": tmp_path / "r.jsonl"}
-    why = r"d\.jsonl:2: turn 1 \(assistant\): content holds '<\|im_end\|>'.*skip_invalid"
+    why = r"d\.jsonl:2: output: content holds '<\|im_end\|>'.*skip_invalid"
     with pytest.raises(UserError, match=why):
         cache.encoded_files([str(path)], READ, tokenizer, t, EncodeOptions(), **kw)
     read = {**READ, "skip_invalid": True}

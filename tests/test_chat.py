@@ -171,3 +171,45 @@ def test_special_tokens_the_tokenizer_does_not_name_are_refused_too(tokenizer):
     bad = Conversation(msgs, "s:2")
     with pytest.raises(UserError, match=r"s:2: turn 1 \(assistant\): content holds '<\|im_start\|>'"):
         encode(bad, unnamed, t, EncodeOptions())
+
+
+def test_a_special_token_in_a_row_is_named_as_the_file_writes_the_message(tmp_path, tokenizer):
+    """A row holding `<|im_end|>` was refused as 'turn 1 (assistant)', weitiao's own role name, for a ShareGPT file
+    that says from 'gpt', an alpaca row's output, or a LLaMA-Factory dataset whose tags are 客户/客服 and whose turn
+    index differs from ours (its system message). The error now names the field of the row that holds it, as the
+    file writes it (the LLaMA-Factory mapping read back, as its other errors); raw text found nowhere: the turn."""
+    import json
+
+    from weitiao.data.check import check_file
+
+    end = "<|im_end|>"
+    rows = {
+        "sg.jsonl": ({"conversations": [{"from": "human", "value": "你好"}, {"from": "gpt", "value": f"嗨{end}"}]},
+                     "conversations[1].value"),
+        "alpaca.jsonl": ({"instruction": "问", "input": f"x{end}", "output": "答"}, "input"),
+        "history.jsonl": ({"instruction": "问", "output": "答", "history": [[f"早{end}", "早"]]}, "history[0][0]"),
+        "pairs.jsonl": ({"prompt": [{"role": "user", "content": "问"}], "chosen": [{"role": "assistant",
+                         "content": f"好{end}"}], "rejected": [{"role": "assistant", "content": "坏"}]},
+                        "chosen[0].content"),
+    }  # fmt: skip
+    for name, (row, field) in rows.items():
+        (tmp_path / name).write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+        with pytest.raises(UserError) as e:
+            check_file([str(tmp_path / name)], tokenizer)
+        assert f"{name}:1: {field}: content holds '{end}'" in str(e.value), name
+    lf = tmp_path / "lf"
+    lf.mkdir()
+    msgs = [("sys", "你是客服"), ("客户", "你好"), ("客服", "在的"), ("客户", f"在吗{end}"), ("客服", "在")]
+    rows = [{"msgs": [{"speaker": s, "text": t} for s, t in msgs]}]
+    (lf / "d.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    tags = {
+        "role_tag": "speaker",
+        "content_tag": "text",
+        "user_tag": "客户",
+        "assistant_tag": "客服",
+        "system_tag": "sys",
+    }
+    info = {"cs": {"file_name": "d.json", "formatting": "sharegpt", "columns": {"messages": "msgs"}, "tags": tags}}
+    (lf / "dataset_info.json").write_text(json.dumps(info, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(UserError, match=rf"d\.json:1: msgs\[3\]\.text: content holds '{re.escape(end)}'"):
+        check_file(["cs"], tokenizer, dataset_dir=str(lf))

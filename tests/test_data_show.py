@@ -95,3 +95,35 @@ def test_dataset_dir_shows_a_mapped_llamafactory_row(tmp_path, tiny_model_dir):
         r = runner.invoke(app, ["data", "show", name, "--model", str(tiny_model_dir), "--dataset-dir", str(d),
                                 "--index", index])  # fmt: skip
         assert said in str(r.exception)
+
+
+def test_a_pair_over_max_len_is_shown_as_the_chosen_truncation_treats_it(tmp_path, tiny_model_dir):
+    """`data show --truncation cut_response` on a pair was refused ('SFT's; ... DPO/RM drop a pair over --max-len'),
+    though DPO and RM take data.truncation cut_response: there was no way to see the cut a run trains. Now the pair
+    goes through `encode_pair` with the truncation given: drop (the default) says why it is left out, cut_response
+    shows the cut replies, an SFT-only truncation is refused."""
+    pair = {"prompt": "你好", "chosen": "你好！", "rejected": "你好呀，" + "很高兴见到你，" * 8}
+    f = write_jsonl(tmp_path / "p.jsonl", [pair])
+    r = show(f, tiny_model_dir, "--max-len", "30")
+    assert r.exit_code == 0 and "DPO and RM drop this pair (truncation drop): its longer side is" in r.output, r.output
+    cut = show(f, tiny_model_dir, "--max-len", "30", "--truncation", "cut_response")
+    assert cut.exit_code == 0 and "rejected  tokens 30 ·" in cut.output and "⟦你好！<|im_end|>⟧" in cut.output
+    r = show(f, tiny_model_dir, "--max-len", "20", "--truncation", "cut_response")  # both cut inside 你好 (a tie)
+    assert "(truncation cut_response): cut to max_len 20 its replies are the same tokens" in r.output, r.output
+    r = show(f, tiny_model_dir, "--max-len", "12", "--truncation", "cut_response")
+    assert "(truncation cut_response): its prompt alone is" in r.output, r.output
+    r = runner.invoke(app, ["data", "show", str(f), "--model", str(tiny_model_dir), "--truncation", "cut"])
+    assert "truncation 'cut': preference rows take drop|cut_response" in str(r.exception)
+
+
+def test_a_max_len_no_trainer_takes_is_refused(tmp_path, tiny_model_dir):
+    """`data check --max-len 0` reported '2 rows exceed max_len 0: truncation drop drops 2' and `data show --max-len 8`
+    a row cut to 8 tokens, lengths every trainer refuses (data.max_len > 8); now one line, as the console's Data tab
+    (whose own check let 1..8 through). Control: 9, the least a trainer takes, is shown."""
+    f = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "你好", "output": "你好呀"}])
+    for cmd in ("check", "show"):
+        for n in ("0", "8"):
+            r = runner.invoke(app, ["data", cmd, str(f), "--model", str(tiny_model_dir), "--max-len", n])
+            assert f"max_len {n}: the trainers' data.max_len is over 8" in str(r.exception), (cmd, n, r.output)
+        r = runner.invoke(app, ["data", cmd, str(f), "--model", str(tiny_model_dir), "--max-len", "9"])
+        assert r.exit_code == 0, r.output

@@ -253,6 +253,48 @@ def test_data_check_train_turns_option(tmp_path, tiny_model_dir):
     assert json.loads(CliRunner().invoke(app, args).output)["no_trained_tokens"] == 0
 
 
+def test_data_check_train_on_prompt_counts_what_sft_trains_with_it(tmp_path, tiny_model_dir, tokenizer):
+    """`data check` had no --train-on-prompt: for a user who sets SFT's data.train_on_prompt it reported a row whose
+    last reply has weight 0 as training no token (train_turns last) and, under truncation cut, two rows whose prompt
+    fills max_len as dropped, while SFT trains all three. The flag now goes to the same EncodeOptions SFT builds;
+    the counts equal `prepare_data`'s (without the flag too: the control). Pair files refuse it."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from weitiao.cli import app
+
+    def chat(*turns: tuple[str, bool]) -> dict:  # (text, weight 0?) from the user's turn on
+        roles = ("user", "assistant") * 2
+        return {
+            "messages": [{"role": r, "content": t, **({"weight": 0} if z else {})} for r, (t, z) in zip(roles, turns)]
+        }
+
+    # 47 tokens, the last reply untrained; prompts of 65 and 57 tokens (over max_len 48); a row that fits
+    rows = [
+        chat(("你好", 0), ("好", 0), ("嗨", 0), ("嗨", 1)),
+        chat(("推荐一部电影吧。" * 24, 0), ("好", 0)),
+        chat(("怎么做番茄炒蛋？" * 20, 0), ("先炒蛋", 0)),
+        chat(("今天天气怎么样？", 0), ("挺好的", 0)),
+    ]
+    f = write_jsonl(tmp_path / "d.jsonl", rows)
+    args = ["data", "check", str(f), "--model", str(tiny_model_dir), "--json", "--max-len", "48", "--truncation",
+            "cut", "--train-turns", "last"]  # fmt: skip
+    for on in (False, True):
+        out = CliRunner().invoke(app, args + ["--train-on-prompt"] * on)
+        assert out.exit_code == 0, out.output
+        rep = json.loads(out.output)
+        data = sft.DataSpec(train=[str(f)], max_len=48, truncation="cut", train_turns="last", train_on_prompt=on,
+                            cache=False)  # fmt: skip
+        got = sft.prepare_data(sft.SFTConfig(data=data, train=sft.TrainSpec(out=str(tmp_path / "run"))), tokenizer)
+        assert rep["train_on_prompt"] == on and rep["dropped"] == got.stats.dropped_too_long
+        assert rep["cut"] == got.stats.cut and rep["no_trained_tokens"] == sum(e.n_trained == 0 for e in got.train)
+        assert (rep["dropped"], rep["no_trained_tokens"]) == ((0, 0) if on else (2, 1))
+    pairs = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "问", "chosen": "好", "rejected": "坏"}])
+    out = CliRunner().invoke(app, ["data", "check", str(pairs), "--model", str(tiny_model_dir), "--train-on-prompt"])
+    assert "train_on_prompt: SFT's data.train_on_prompt; these are preference rows" in str(out.exception)
+
+
 def test_data_check_reports_long_documents_as_split_not_truncated(tmp_path, tokenizer):
     """SFT splits a {"text"} document over max_len into pieces whatever data.truncation; a chat row over it is
     truncated. data check counted both as 'exceed max_len: see data.truncation'."""

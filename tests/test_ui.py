@@ -616,14 +616,21 @@ def test_data_preview_of_a_preference_file_is_what_dpo_and_rm_encode(root):
     with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
 
         def shown(i: int, max_len: int, fmt: str = "auto") -> dict:
-            r = c.get("/api/data", params={"path": "data/pairs.jsonl", "index": i, "max_len": max_len, "format": fmt})
+            q = {
+                "path": "data/pairs.jsonl",
+                "index": i,
+                "max_len": max_len,
+                "format": fmt,
+                "truncation": "cut_response",
+            }
+            r = c.get("/api/data", params=q)
             assert r.status_code == 200, r.text
             return r.json()
 
         def same_as_encode_pair(d: dict, pair, max_len: int) -> None:
             fitted = encode_pair(pair, tok, tpl, max_len, "cut_response")
             whole = encode_pair(pair, tok, tpl, 10**9)
-            assert d["dropped"] == (fitted is None) and d["over"] == (max(map(len, whole)) > max_len)
+            assert (d["dropped"] is not None) == (fitted is None) and d["over"] == (max(map(len, whole)) > max_len)
             p = d["prompt"]["tokens"]
             for side, enc, full in zip(("chosen", "rejected"), fitted or whole, whole):
                 s = d[side]
@@ -663,11 +670,39 @@ def test_data_preview_of_a_preference_file_is_what_dpo_and_rm_encode(root):
         r = c.get("/api/data", params={"path": "data/pairs.jsonl", "format": "preference_raw"})
         assert r.status_code == 400 and f"{file}:2: chosen: format preference_raw takes" in r.json()["error"]
         raw = _pairs_file(root / "data" / "raw.jsonl", PAIRS[:1])
-        d = c.get("/api/data", params={"path": "data/raw.jsonl", "format": "preference_raw"}).json()
+        d = c.get(
+            "/api/data", params={"path": "data/raw.jsonl", "format": "preference_raw", "truncation": "cut_response"}
+        ).json()
         assert d["form"] == "raw" and d["prompt"]["text"] == "你好<b>吗</b>"
         same_as_encode_pair(d, load_rows(str(raw), "preference_raw").rows[0], 1024)
         r = c.get("/api/data", params={"path": "data/pairs.jsonl", "index": 4})
         assert r.json()["error"] == f"index 4: {file} has 4 rows (0..3)"
+
+
+def test_data_preview_of_a_pair_follows_the_truncation_chosen(root):
+    """The Data tab showed a pair over max_len cut by cut_response whatever the truncation chosen, while its report
+    (and `weitiao dpo`/`rm` at the default, drop) left the pair out. The pair is now encoded by `encode_pair` with the
+    chosen truncation: under drop it is dropped, said why, shown whole; under cut_response (the control) it is cut."""
+    file = _pairs_file(root / "data" / "pairs.jsonl", PAIRS)
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        q = {"path": "data/pairs.jsonl", "index": 1}
+        n = c.get("/api/data", params=q).json()["chosen"]["whole"]  # the shorter side fits, the longer does not
+        got = {
+            t: c.get("/api/data", params=q | {"max_len": n, "truncation": t}).json() for t in ("drop", "cut_response")
+        }
+        p = got["drop"]["prompt"]["tokens"]
+        tight = c.get("/api/data", params=q | {"max_len": p, "truncation": "cut_response"}).json()
+        sft = c.get("/api/data", params=q | {"truncation": "cut"})
+    drop, cut = got["drop"], got["cut_response"]
+    whole = drop["rejected"]["whole"]
+    assert drop["dropped"] == f"its longer side is {whole} tokens, over max_len {n}" and drop["truncation"] == "drop"
+    assert drop["rejected"]["tokens"] == whole > n and not drop["rejected"]["cut"]  # shown whole
+    assert drop["check"]["dropped"] == 1 and drop["check"]["cut"] == 0  # as the report counts it
+    assert cut["dropped"] is None and cut["rejected"]["cut"] and cut["rejected"]["tokens"] == n
+    assert cut["check"]["dropped"] == 0 and cut["check"]["cut"] == 1
+    assert tight["dropped"] == f"its prompt alone is {p} tokens: cut to max_len {p} no reply token is left"
+    assert sft.status_code == 400 and "preference rows take drop|cut_response" in sft.json()["error"], sft.text
+    assert str(file) in drop["source"]
 
 
 def test_data_preview_refuses_mixed_and_refused_rows_as_the_trainers_do(root):
@@ -812,7 +847,7 @@ def test_get_query_parameters_are_refused_as_body_fields_are(root):
             ("/api/data?path=data/a.jsonl&index=0&index=1", "'index' is given more than once"),
             ("/api/data?path=data/a.jsonl&index=abc", "index 'abc': input should be a valid integer"),
             ("/api/data?path=data/a.jsonl&index=-1", "index -1: "),
-            ("/api/data?path=data/a.jsonl&max_len=-3", "max_len -3: must be ≥ 1"),
+            ("/api/data?path=data/a.jsonl&max_len=-3", "max_len -3: the trainers' data.max_len is over 8"),
             ("/api/data?path=data/a.jsonl&train_on_prompt=maybe", "train_on_prompt 'maybe': input should be"),
             ("/api/data?index=0", "path: field required"),
             ("/api/runs/r?offset=-1", "offset -1: must be ≥ 0"),
@@ -934,6 +969,50 @@ def test_a_reward_file_is_taken_from_the_root_and_kept_inside_it(root, tmp_path)
         assert forms.build("ppo", base | {"reward.path": name}, Roots([root]), root / "runs" / "x").reward.path == name
 
 
+def test_a_run_reads_no_dataset_file_outside_the_roots_through_dataset_info(root, tmp_path, fake_python, monkeypatch):
+    """With data.dataset_dir the console checked the folder but not what its dataset_info.json names: a file_name of
+    `../../../secret.jsonl`, an absolute path or a link out made a run (train or eval) that read a file outside the
+    roots. Each is refused at start, and at resume (dataset_info.json edited since); control: a dataset inside."""
+    monkeypatch.setenv("FAKE_TRAINER", "fail")  # the stand-in trainer exits at once
+    lf = root / "data" / "lf"
+    lf.mkdir()
+    (lf / "faq.json").write_text(json.dumps([{"instruction": "几点开门", "output": "九点"}], ensure_ascii=False))
+    info = {"faq": {"file_name": "faq.json"}, "up": {"file_name": "../../../secret.jsonl"},
+            "abs": {"file_name": str(tmp_path / "secret.jsonl")}, "link": {"file_name": "../leak.jsonl"}}  # fmt: skip
+    (lf / "dataset_info.json").write_text(json.dumps(info))
+    values = {"data.dataset_dir": "data/lf", "data.train": '["faq"]'}
+    assert forms.build("sft", values, Roots([root]), root / "runs" / "x").data.train == ["faq"]
+    for key, name in (("data.train", "up"), ("data.train", "abs"), ("data.eval", "link")):
+        for kind in ("sft", "dpo"):
+            with pytest.raises(UserError, match=rf"{key}: dataset '{name}' of .*dataset_info.json reads .*outside the"):
+                forms.build(kind, values | {key: f'["{name}"]'}, Roots([root]), root / "runs" / "x")
+    with running(create_app(Roots([root]), RunStore(root / "runs", python=fake_python))) as base:
+        made = httpx.post(base + "/api/runs", json={"kind": "sft", "name": "lf", "values": values}, timeout=60)
+        assert made.status_code == 200, made.text
+        wait_for(lambda: httpx.get(base + "/api/runs/lf").json()["state"]["status"] == "failed")
+        (lf / "dataset_info.json").write_text(json.dumps(info | {"faq": info["up"]}))
+        r = httpx.post(base + "/api/runs/lf/resume", json={}, timeout=60)
+        assert r.status_code == 400 and "data.train: dataset 'faq' of" in r.json()["error"], r.text
+        assert httpx.get(base + "/api/runs/lf").json()["state"]["status"] == "failed"
+
+
+def test_a_runs_folder_outside_the_roots_takes_runs(root, tmp_path, fake_python, monkeypatch):
+    """`weitiao ui --runs DIR` with DIR outside every --root refused every run: 'train.out DIR/NAME: outside the
+    allowed folders', a key the user never set (the console sets it). The run folder is the console's own and is not
+    checked as a browser path; a train.out the user gives is still refused, and data paths still checked."""
+    monkeypatch.setenv("FAKE_TRAINER", "fail")  # the stand-in trainer exits at once
+    store = RunStore(tmp_path / "elsewhere" / "runs", python=fake_python)
+    values = {"data.train": '["data/a.jsonl"]'}
+    with running(create_app(Roots([root]), store)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        made = c.post("/api/runs", json={"kind": "sft", "name": "r", "values": values})
+        assert made.status_code == 200, made.text
+        assert (tmp_path / "elsewhere" / "runs" / "r" / "ui" / "config.yaml").is_file()
+        other = c.post("/api/preview", json={"kind": "sft", "name": "o", "values": values | {"train.out": "x"}})
+        assert other.status_code == 400 and "the console writes every run to its own folder" in other.json()["error"]
+        away = c.post("/api/preview", json={"kind": "sft", "name": "o", "values": {"data.train": f'["{tmp_path}"]'}})
+        assert away.status_code == 400 and "outside the allowed folders" in away.json()["error"]
+
+
 def test_the_tokenized_cache_is_not_written_into_a_read_only_root(root, tmp_path):
     """data.cache_dir was checked only for lying inside the roots, so a run could write its cache into the read-only
     one (the shipped demo data, inside the package); a folder the run writes into must be in a writable root."""
@@ -1011,6 +1090,37 @@ def test_the_consoles_data_check_counts_rows_over_the_models_positions(root, tin
         assert (check["check"]["over_context"], check["check"]["over_max_len"]) == (0, 1)
 
 
+def test_the_data_tab_and_chat_load_a_model_folder_again_once_it_changes(root, tiny_model_dir, tokenizer):
+    """The Data tab cached the tokenizer and the positions by the folder's path: after config.json's
+    max_position_embeddings (or the chat template) was edited, or the model retrained in place, it kept reporting the
+    old ones until the console restarted; chat kept the old weights. Now the caches are keyed on the folder's files
+    (control: an unchanged folder answers as before)."""
+    from conftest import save_tiny_model
+
+    model = root / "models" / "tiny"
+    shutil.copytree(tiny_model_dir, model)
+    (root / "data" / "long.jsonl").write_text(json.dumps({"instruction": "长" * 30, "output": "好"}) + "\n")
+    run = root / "runs" / "r"
+    (run / "ui").mkdir(parents=True)
+    (run / "ui" / "run.json").write_text(json.dumps({"name": "r", "kind": "sft", "status": "done", "created": 1}))
+    (run / "ui" / "config.yaml").write_text(f"model:\n  path: {model}\n")
+    msgs = {"run": "r", "ckpt": "base", "messages": [{"role": "user", "content": "你好"}], "max_new_tokens": 8}
+    q = {"path": "data/long.jsonl", "model": "models/tiny"}
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        first, reply = c.get("/api/data", params=q).json()["check"], c.post("/api/chat", json=msgs).text
+        assert c.get("/api/data", params=q).json()["check"] == first and c.post("/api/chat", json=msgs).text == reply
+        cfg = json.loads((model / "config.json").read_text())
+        (model / "config.json").write_text(json.dumps(cfg | {"max_position_embeddings": 16}))
+        (model / "chat_template.jinja").write_text("{% for m in messages %}### {{ m['content'] }}<|im_end|>"
+                                                   "{% endfor %}")  # fmt: skip
+        edited = c.get("/api/data", params=q).json()["check"]
+        save_tiny_model(model, tokenizer, seed=5)  # retrained in place: other weights, the config and template back
+        retrained = c.post("/api/chat", json=msgs).text
+    assert (first["context"], first["over_context"]) == (512, 0)
+    assert (edited["context"], edited["over_context"]) == (16, 1) and edited["length_max"] != first["length_max"]
+    assert retrained != reply
+
+
 def test_data_preview_takes_train_turns_as_data_check_does(root):
     """The Data tab had no train_turns (`train_turns=last` was an unknown query parameter): a multi-turn row showed
     every reply trained and the report counted rows with no trained token as under `all`, while `weitiao sft` with
@@ -1035,6 +1145,28 @@ def test_data_preview_takes_train_turns_as_data_check_does(root):
         assert d["check"]["no_trained_tokens"] == check_file([str(file)], tok, train_turns=t).no_trained_tokens
     assert (got["all"]["check"]["no_trained_tokens"], got["last"]["check"]["no_trained_tokens"]) == (0, 1)
     assert bad.status_code == 400 and "train_turns 'first'" in bad.json()["error"]
+
+
+def test_data_tab_report_takes_train_on_prompt_as_data_check_does(root):
+    """The Data tab's train_on_prompt box changed the row shown but not its report, which counted as without it (a
+    long prompt's row dropped under cut, though SFT trains its prompt); a pair file took the box silently. Now the
+    report is `check_file(train_on_prompt=...)`, as `data check --train-on-prompt`, and a pair refuses the box."""
+    from weitiao.data.check import check_file
+    from weitiao.models.load import load_tokenizer
+
+    rows = [{"instruction": "讲讲" * 30, "output": "好的"}, {"instruction": "你好", "output": "你好呀"}]
+    file = _pairs_file(root / "data" / "long.jsonl", rows)
+    _pairs_file(root / "data" / "pairs.jsonl", PAIRS)
+    tok = load_tokenizer("demo")
+    q = {"path": "data/long.jsonl", "max_len": 24, "truncation": "cut"}
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        got = {on: c.get("/api/data", params=q | {"train_on_prompt": on}).json()["check"] for on in (False, True)}
+        pair = c.get("/api/data", params={"path": "data/pairs.jsonl", "train_on_prompt": True})
+    for on, d in got.items():
+        cli = check_file([str(file)], tok, max_len=24, truncation="cut", train_on_prompt=on)
+        assert (d["train_on_prompt"], d["dropped"], d["cut"]) == (on, cli.dropped, cli.cut)
+    assert (got[False]["dropped"], got[True]["dropped"], got[True]["cut"]) == (1, 0, 1)
+    assert pair.status_code == 400 and pair.json()["error"].startswith("train_on_prompt: SFT's data.train_on_prompt")
 
 
 def test_data_tab_takes_truncation_as_data_check_does(root):

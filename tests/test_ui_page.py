@@ -270,13 +270,19 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             by_id("data-dataset-dir").clear()
 
             # 7b. a DPO/RM pair file (markup in its name and replies): the shared prompt, then chosen and rejected
-            # with their scored tokens and RM's score token; max_len cuts the long reply; in both languages
+            # with their scored tokens and RM's score token; under drop (selected above) the pair over max_len is
+            # left out, shown whole; cut_response cuts the long reply; in both languages
             by_id("data-path").clear()
             by_id("data-path").send_keys(f"data/{XSS}-pairs.jsonl")
             by_id("data-max-len").clear()
             by_id("data-max-len").send_keys("64")
             by_id("data-show").click()
             wait.until(lambda d: by_id("data-pair").is_displayed())
+            assert "训练时丢弃这一对 (truncation drop): its longer side is" in by_id("data-info").text
+            assert PAIR["rejected"].replace(XSS, "") in by_id("pair-rejected").text.replace(XSS, "")  # whole
+            Select(by_id("data-truncation")).select_by_value("cut_response")
+            by_id("data-show").click()
+            wait.until(lambda d: "较长的一边超过" in by_id("data-info").text)
             assert not by_id("data-view").is_displayed() and by_id("mix-note").is_displayed()
             assert by_id("pair-prompt").text.startswith("<|im_start|>user\n怎么挑西瓜？")
             scored = {k: driver.find_elements(By.CSS_SELECTOR, f"#pair-{k} span.trained") for k in PAIR_SIDES}
@@ -301,6 +307,7 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             assert "refuses preference pairs" in by_id("mix-note").text
             shot("pairs")
             by_id("lang").click()
+            Select(by_id("data-truncation")).select_by_value("drop")  # an SFT file's
             by_id("data-path").clear()
             by_id("data-path").send_keys("data/mixed.jsonl")
             by_id("data-show").click()

@@ -340,6 +340,7 @@ def data_check(
     dataset_dir: str = typer.Option(None, help="LLaMA-Factory data folder: FILES are names in its dataset_info.json"),
     skip_invalid: bool = typer.Option(False, help="write bad rows to FILE.rejects.jsonl instead of stopping"),
     train_turns: str = typer.Option("all", help="all|last: assistant turns SFT trains (data.train_turns)"),
+    train_on_prompt: bool = typer.Option(False, help="prompt tokens trained too, as SFT's data.train_on_prompt"),
     truncation: str = typer.Option(
         "drop",
         help="over max_len, as the trainer's data.truncation: SFT drop|cut|history, KTO drop|cut, DPO/RM "
@@ -356,7 +357,7 @@ def data_check(
     tokenizer, context = load_tokenizer(model), model_positions(model)
     _choice("--truncation", truncation, ("drop", "cut", "history", "cut_response"))
     rep = check_file(files, tokenizer, template, max_len, fmt, skip_invalid, dataset_dir, train_turns, context,
-                     truncation)  # fmt: skip
+                     truncation, train_on_prompt)  # fmt: skip
     if as_json:
         print(rep.to_json())
         return
@@ -376,7 +377,10 @@ def data_check(
         ),  # fmt: skip
         ("duplicate rows / prompts", f"{rep.duplicate_rows} / {rep.duplicate_prompts}"),
         ("rows missing EOS", str(rep.missing_eos)),
-        (f"rows with no trained token (train_turns {rep.train_turns})", str(rep.no_trained_tokens)),
+        (
+            f"rows with no trained token (train_turns {rep.train_turns}{', train_on_prompt' * rep.train_on_prompt})",
+            str(rep.no_trained_tokens),
+        ),  # fmt: skip
     ]
     if rep.pairs:
         rows += [
@@ -414,18 +418,21 @@ def data_show(
     train_turns: str = typer.Option("all", help="all|last: assistant turns SFT trains (data.train_turns)"),
     last_turn_only: bool = typer.Option(False, hidden=True, help="same as --train-turns last"),
     max_len: int = typer.Option(1024, help="max length in tokens"),
-    truncation: str = typer.Option("drop", help="drop|cut|history: over max_len, as SFT's data.truncation"),
+    truncation: str = typer.Option(
+        "drop", help="over max_len, as the trainer's data.truncation: SFT drop|cut|history, DPO/RM drop|cut_response"
+    ),
     plain: bool = typer.Option(False, help="mark trained text with ⟦ ⟧ instead of colour"),
     fmt: str = typer.Option("auto", "--format", help="as data.format (preference_raw: string pairs as raw text)"),
 ) -> None:
     """Print one rendered example (a pair: both sides) with trained tokens marked (green/⟦⟧) and masked ones dim."""
     from weitiao.data.chat import EncodeOptions
-    from weitiao.data.check import drop_reason, show_example
+    from weitiao.data.check import drop_reason, refuse_max_len, refuse_truncation, show_example
     from weitiao.data.formats import PreferencePair, load_conversations, load_rows
     from weitiao.models.load import load_tokenizer
 
     _choice("--train-turns", train_turns, ("all", "last"))
-    _choice("--truncation", truncation, ("drop", "cut", "history"))
+    _choice("--truncation", truncation, ("drop", "cut", "history", "cut_response"))
+    refuse_max_len(max_len)
     kw = {"skip_hint": None, "dataset_dir": dataset_dir}  # the dataset's column mapping, as training reads it
     rows = load_rows(file, fmt, **kw).rows  # type: ignore[arg-type]  # load_rows checks it
     if not (rows and isinstance(rows[0], PreferencePair)):
@@ -435,10 +442,12 @@ def data_show(
     row, tok = rows[index], load_tokenizer(model)
     if isinstance(row, PreferencePair):
         sft_only = {"--train-on-prompt": train_on_prompt, "--train-turns": train_turns != "all",
-                    "--truncation": truncation != "drop", "--last-turn-only": last_turn_only}  # fmt: skip
+                    "--last-turn-only": last_turn_only}  # fmt: skip
         if given := next((k for k, v in sft_only.items() if v), None):
-            raise UserError(f"{given}: SFT's; a pair trains its last reply, and DPO/RM drop a pair over --max-len")
-        return _show_pair(row, tok, template, max_len, plain)
+            raise UserError(f"{given}: SFT's; a pair trains its last reply")
+        refuse_truncation("preference", truncation)
+        return _show_pair(row, tok, template, max_len, truncation, plain)
+    refuse_truncation("SFT", truncation)
     opts = EncodeOptions(max_len, train_on_prompt, "last" if last_turn_only else train_turns, truncation)
     enc, segments = show_example(row, tok, template, opts)
     if enc is None:  # what SFT does to this row, not a fault in the file: said plainly, exit 0
@@ -465,13 +474,15 @@ def data_show(
     console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
-def _show_pair(pair: Any, tokenizer: Any, template: str, max_len: int, plain: bool) -> None:
-    """`data show` of a preference pair: chosen and rejected as DPO and RM train them."""
+def _show_pair(pair: Any, tokenizer: Any, template: str, max_len: int, truncation: str, plain: bool) -> None:
+    """`data show` of a preference pair: chosen and rejected as DPO and RM train them with data.truncation
+    `truncation`."""
     from weitiao.data.check import show_pair
 
-    sides = show_pair(pair, tokenizer, template, max_len)
-    if sides is None:
-        console.print(f"{pair.source}: DPO and RM drop this pair (its longer side is over --max-len {max_len})")
+    sides = show_pair(pair, tokenizer, template, max_len, truncation)
+    if isinstance(sides, str):
+        console.print(f"{pair.source}: DPO and RM drop this pair (truncation {truncation}): {sides}", markup=False,
+                      soft_wrap=True)  # fmt: skip
         return
     for side, enc, segments in sides:
         console.print(f"[bold]{pair.source} {side}[/]  tokens {len(enc)} · trained {enc.n_trained}", soft_wrap=True)

@@ -150,13 +150,26 @@ def refuse_special_tokens(conv: Conversation, tokenizer: Any, pattern: re.Patter
         raise UserError(f"{conv.source}: {err}")
 
 
-def special_token_check(tokenizer: Any) -> Callable[[Any], None]:
+def _field_holding(record: Any, hit: str, content: str, at: str = "") -> str | None:
+    """The first string of a JSON record (as `messages[1].content`, `output`) holding `hit` that went into a message
+    `content` (all of it, or a part: alpaca's instruction + input), or None."""
+    if isinstance(record, str):
+        return at if hit in record and (record in content or content in record) else None
+    items = record.items() if isinstance(record, dict) else enumerate(record) if isinstance(record, list) else ()
+    for k, v in items:
+        if (found := _field_holding(v, hit, content, f"{at}[{k}]" if isinstance(k, int) else f"{at}.{k}")) is not None:
+            return found.removeprefix(".")
+    return None
+
+
+def special_token_check(tokenizer: Any) -> Callable[[Any, Any], None]:
     """A `load_rows` row check raising `_special_error`'s RowError, so a row holding special-token text is a bad
     row like any other (set aside with skip_invalid, else the one-line stop); a chat pair's sides are checked as
-    `encode` would check them (raw-text rows and pairs are tokenized as TRL does them, and not checked)."""
+    `encode` would check them (raw-text rows and pairs are tokenized as TRL does them, and not checked). The error
+    names the field of `record` (the row's JSON) that holds the text, as the file writes it; else the turn."""
     pattern = special_tokens(tokenizer)
 
-    def check(row: Any) -> None:
+    def check(row: Any, record: Any = None) -> None:
         if isinstance(row, Conversation):
             sides = [row]
         elif isinstance(row, PreferencePair) and row.form != "raw":
@@ -165,7 +178,10 @@ def special_token_check(tokenizer: Any) -> Callable[[Any], None]:
             return
         for n, conv in enumerate(sides):
             if err := _special_error(conv, pattern):
-                last = _special_hit(conv, pattern)[0] == len(conv.messages) - 1  # a pair's reply: named by its side
+                i, hit = _special_hit(conv, pattern)  # type: ignore[misc]  # an error means a hit
+                if field := _field_holding(record, hit, conv.messages[i]["content"]):
+                    raise RowError(field, err.problem)
+                last = i == len(conv.messages) - 1  # a pair's reply: named by its side
                 raise RowError(("chosen", "rejected")[n], err.problem) if last and len(sides) == 2 else err
 
     return check

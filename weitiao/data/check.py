@@ -31,6 +31,12 @@ BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 TRUNCATIONS = {"SFT": get_args(Truncation), "KTO": ("drop", "cut"), "preference": get_args(PairTruncation)}
 
 
+def refuse_max_len(max_len: int) -> None:
+    """UserError for a max_len no trainer takes (their data.max_len is > 8): its counts would describe no run."""
+    if max_len <= 8:
+        raise UserError(f"max_len {max_len}: the trainers' data.max_len is over 8 (sft, dpo, rm, kto); give 9 or more")
+
+
 def refuse_truncation(kind: str, truncation: str) -> None:
     """UserError when rows of `kind` (a TRUNCATIONS key) cannot take data.truncation `truncation`."""
     if truncation not in TRUNCATIONS[kind]:
@@ -66,6 +72,7 @@ class CheckReport:
     split_documents: int = 0  # pre-training documents over max_len: SFT splits them, never truncates
     document_pieces: int = 0  # the pieces those documents become
     train_turns: str = "all"
+    train_on_prompt: bool = False  # SFT's data.train_on_prompt: prompt tokens trained too
     desirable: int = 0  # KTO rows among `kept` labelled good (undesirable: the others)
     undesirable: int = 0
     conflicting_labels: int = 0  # prompt + reply pairs labelled both desirable and undesirable
@@ -123,10 +130,13 @@ def check_file(
     train_turns: Literal["all", "last"] = "all",
     context: int | None = None,
     truncation: str = "drop",
+    train_on_prompt: bool = False,
 ) -> CheckReport:
     """Lint a data set against a tokenizer: lengths, duplicates, EOS, trainable tokens (as SFT's
-    data.train_turns picks them), pair sanity; `context`: the model's positions (training refuses longer rows);
-    `truncation`: the trainer's data.truncation (SFT drop|cut|history, KTO drop|cut, DPO/RM drop|cut_response)."""
+    data.train_turns and data.train_on_prompt pick them), pair sanity; `context`: the model's positions (training
+    refuses longer rows); `truncation`: the trainer's data.truncation (SFT drop|cut|history, KTO drop|cut, DPO/RM
+    drop|cut_response)."""
+    refuse_max_len(max_len)
     check = special_token_check(tokenizer)  # a bad row, as training finds it
     loaded = load_rows(files, fmt, skip_invalid=skip_invalid, strict=False, dataset_dir=dataset_dir, row_check=check,
                        feedback=None)  # fmt: skip
@@ -140,12 +150,16 @@ def check_file(
     kinds = [k for k, there in (("KTO", feedback), ("SFT", convs and not feedback), ("preference", pairs)) if there]
     for kind in kinds:
         refuse_truncation(kind, truncation)
+    if train_on_prompt and "SFT" not in kinds:
+        raise UserError(f"train_on_prompt: SFT's data.train_on_prompt; these are {' and '.join(kinds)} rows, whose "
+                        "trainer has no such key: drop it")  # fmt: skip
     # Encode without a length limit to measure; count what max_len would drop separately.
     with _measuring(tokenizer, context):
-        encoded, _ = encode_all(convs, tokenizer, template, EncodeOptions(max_len=10**9, train_turns=train_turns))
+        whole = EncodeOptions(10**9, train_on_prompt, train_turns)
+        encoded, _ = encode_all(convs, tokenizer, template, whole)
         sides = [tuple(encode_side(row, tokenizer, template) for row in side_rows(p)) for p in pairs]
         # what training keeps: the trainer's own truncation, over the same rows
-        opts = EncodeOptions(max_len, train_turns=train_turns, truncation=truncation)  # type: ignore[arg-type]
+        opts = replace(whole, max_len=max_len, truncation=truncation)  # type: ignore[arg-type]
         kept, stats = encode_all(convs, tokenizer, template, opts)
         fitted, refused = [], []  # refused: pairs training stops on (chosen and rejected render the same tokens)
         for p in pairs:
@@ -194,6 +208,7 @@ def check_file(
         split_documents=len(split),
         document_pieces=len(pieces(split, max_len)),
         train_turns=train_turns,
+        train_on_prompt=train_on_prompt,
         desirable=sum(fb.desirable for fb in feedback),
         undesirable=sum(not fb.desirable for fb in feedback),
         conflicting_labels=sum(len(v) == 2 for v in labels.values()),
@@ -290,14 +305,18 @@ def show_example(
 
 
 def show_pair(
-    pair: PreferencePair, tokenizer: Any, template_name: str, max_len: int
-) -> list[tuple[str, Encoded, list[tuple[str, bool]]]] | None:
-    """Both sides of a pair as DPO and RM train them (`encode_pair`, truncation drop): (side, encoding, segments) each;
-    None when the pair is over max_len."""
-    both = encode_pair(pair, tokenizer, resolve_template(tokenizer, template_name), max_len)
-    return (
-        None if both is None else [(k, e, token_segments(e, tokenizer)) for k, e in zip(("chosen", "rejected"), both)]
-    )
+    pair: PreferencePair, tokenizer: Any, template_name: str, max_len: int, truncation: str = "drop"
+) -> list[tuple[str, Encoded, list[tuple[str, bool]]]] | str:
+    """Both sides of a pair as DPO and RM train them (`encode_pair` with data.truncation `truncation`): (side,
+    encoding, segments) each; why, when that truncation leaves the pair out."""
+    template = resolve_template(tokenizer, template_name)
+    both = encode_pair(pair, tokenizer, template, max_len, truncation)  # type: ignore[arg-type]
+    if both is None:
+        whole = encode_pair(pair, tokenizer, template, 10**9)
+        assert whole is not None  # nothing is over a limit of 10**9 tokens
+        prompt = next(i for i, x in enumerate(whole[0].labels) if x != IGNORE)
+        return pair_drop_reason(whole, prompt, max_len, truncation)
+    return [(k, e, token_segments(e, tokenizer)) for k, e in zip(("chosen", "rejected"), both)]
 
 
 def drop_reason(conv: Conversation, tokenizer: Any, template_name: str, opts: EncodeOptions) -> str:
@@ -313,3 +332,14 @@ def drop_reason(conv: Conversation, tokenizer: Any, template_name: str, opts: En
     if opts.truncation == "history":
         return f"{n} tokens, and with its earlier exchanges dropped its last one is still over max_len {m}"
     return f"{n} tokens, over max_len {m}"
+
+
+def pair_drop_reason(whole: tuple[Encoded, Encoded], prompt: int, max_len: int, truncation: str) -> str:
+    """Why `encode_pair` with `truncation` leaves out a pair whose sides are `whole` (`prompt` tokens shared), in
+    words for `data show` and the console."""
+    n = max(len(e) for e in whole)
+    if truncation == "drop":
+        return f"its longer side is {n} tokens, over max_len {max_len}"
+    if prompt >= max_len:
+        return f"its prompt alone is {prompt} tokens: cut to max_len {max_len} no reply token is left"
+    return f"cut to max_len {max_len} its replies are the same tokens (they differ only past it)"

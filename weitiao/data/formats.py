@@ -927,7 +927,7 @@ def load_rows(
     dataset_dir: str | Path | None = None,
     sink: Any = None,
     skip_hint: str | None = SKIP_HINT,
-    row_check: Callable[[Any], None] | None = None,
+    row_check: Callable[[Any, Any], None] | None = None,
     on_record: Callable[[Any, Any], None] | None = None,
     feedback: bool | None = False,
 ) -> LoadResult:
@@ -941,8 +941,9 @@ def load_rows(
     A JSONL row over `max_row_bytes` is such a bad row (None = no limit). strict=False lets
     preference rows with empty or identical replies through, for `data check` to count. `skip_hint`: how
     the caller's user sets bad rows aside, said after a bad row's error (None: a command that cannot).
-    `row_check(row)` raises RowError for a parsed row its caller cannot use (a bad row like the others: e.g.
-    `chat.special_token_check`, which needs the tokenizer). `on_record(record, row)` sees the JSON record of every
+    `row_check(row, fields)` raises RowError for a parsed row (parsed from the JSON record `fields`) its caller cannot
+    use (a bad row like the others: e.g. `chat.special_token_check`, which needs the tokenizer).
+    `on_record(record, row)` sees the JSON record of every
     row kept, beside its parsed row (source set), so a caller needing the raw columns reads the file only once.
     `feedback`: every row is a KTO row (`split_feedback`), kept as `Feedback`; else such rows are refused. None: the
     first row decides (`data check`): a KTO row makes every row one, else KTO rows are refused.
@@ -979,7 +980,7 @@ def load_rows(
                         file_fmt = detect_format(fields)
                     row = parse_row(fields, file_fmt, strict)
                     if row_check is not None:
-                        row_check(row)
+                        row_check(row, fields)
                     if feedback:
                         row = Feedback(feedback_row(row, fields), desirable)
                 except RowError as e:

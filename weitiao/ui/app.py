@@ -30,7 +30,7 @@ from weitiao.demo import DATA_DIR, DEMO_DIR
 from weitiao.errors import UserError
 from weitiao.infer.api import KnownQuery, UniqueKeys
 from weitiao.ui import forms
-from weitiao.ui.chat import ChatModels
+from weitiao.ui.chat import ChatModels, folder_state
 from weitiao.ui.paths import Roots
 from weitiao.ui.results import Arenas
 from weitiao.ui.results import golden as golden_report
@@ -219,6 +219,7 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
     @app.post("/api/runs/{name}/resume")
     def resume(name: str, body: dict | None = None) -> dict:
         _known(body or {}, set(), "resume")
+        forms.recheck(runs.state(name)["kind"], (runs.existing(name) / "ui" / "config.yaml").read_text("utf-8"), roots)
         return runs.start(name, resume=True)
 
     @app.get("/api/runs/{name}/config.yaml")
@@ -385,16 +386,22 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
         return {"out": str(dest), "notes": tool.serve_notes(dest)}
 
     @functools.lru_cache(maxsize=4)
-    def tokenizer(model: str) -> Any:
+    def _tokenizer(model: str, files: tuple) -> Any:
         from weitiao.models.load import load_tokenizer
 
         return load_tokenizer(model)
 
     @functools.lru_cache(maxsize=4)
-    def positions(model: str) -> int | None:
+    def _positions(model: str, files: tuple) -> int | None:
         from weitiao.train.loop import model_positions
 
         return model_positions(model)
+
+    def tokenizer(model: str) -> Any:
+        return _tokenizer(model, folder_state(model))
+
+    def positions(model: str) -> int | None:
+        return _positions(model, folder_state(model))
 
     @app.get("/api/data")
     def data_preview(path: str, index: int = 0, model: str = "demo", template: str = "auto", max_len: int = 1024,
@@ -402,16 +409,16 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
                      truncation: str = "drop", dataset_dir: str | None = None) -> dict:  # fmt: skip
         """Row `index` encoded as the trainer that takes the file would (SFT, or a DPO/RM pair), the file's
         `data check` report (rows over the model's positions counted, as the CLI's `--model`), and the ratios it was
-        mixed with (SFT files made by `data mix`); `train_turns` (SFT's data.train_turns) as `data check
-        --train-turns`, for the row's trained tokens and the report's; `truncation` as `--truncation` (the trainer's
+        mixed with (SFT files made by `data mix`); `train_turns` and `train_on_prompt` (SFT's data.train_turns,
+        data.train_on_prompt) as `data check --train-turns/--train-on-prompt`, for the row's trained tokens and the
+        report's; `truncation` as `--truncation` (the trainer's
         data.truncation); with `dataset_dir` (a LLaMA-Factory folder, as `--dataset-dir`) `path` is a dataset name."""
         from dataclasses import asdict
 
-        from weitiao.data.check import check_file
+        from weitiao.data.check import check_file, refuse_max_len
         from weitiao.ui.dataview import row_view
 
-        if max_len < 1:
-            raise UserError(f"max_len {max_len}: must be ≥ 1")
+        refuse_max_len(max_len)
         if train_turns not in ("all", "last"):
             raise UserError(f"train_turns {train_turns!r}: use all or last")
         if truncation not in TRUNCATION_CHOICES:
@@ -434,7 +441,7 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
         # the row first: a file its trainer refuses gets that trainer's error, not data check's
         view = row_view(file, index, tok, template, max_len, train_on_prompt, format, train_turns, truncation, folder)
         check = check_file([file], tok, template, max_len, format, dataset_dir=folder, train_turns=train_turns,
-                           context=positions(ref), truncation=truncation)  # fmt: skip
+                           context=positions(ref), truncation=truncation, train_on_prompt=train_on_prompt)  # fmt: skip
         return {**view, "check": asdict(check), "mix": mixed}
 
     return app

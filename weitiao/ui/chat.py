@@ -9,8 +9,27 @@ from pathlib import Path
 from typing import Any
 
 from weitiao.data.templates import resolve_template
+from weitiao.demo import MODEL_DIR
 from weitiao.infer import generate
 from weitiao.infer.chat import load_chat_model
+
+
+def folder_state(model: str | Path | None) -> tuple:
+    """(path, inode, size, mtime) of each file in a model folder and in its subfolders one level down (a checkpoint's
+    model/, adapter/, tokenizer/; 'demo': the shipped model); () for a hub id. A cache keyed on it loads the folder
+    again once it is retrained, replaced or edited."""
+    folder = Path(MODEL_DIR if model == "demo" else model or "")
+    if model is None or not folder.is_dir():
+        return ()
+    out = []
+    for e in folder.iterdir():
+        for f in e.iterdir() if e.is_dir() else [e]:
+            try:
+                s = f.stat()
+            except OSError:  # removed while a run rewrites the folder: its new files are keyed next time
+                continue
+            out.append((str(f.relative_to(folder)), s.st_ino, s.st_size, s.st_mtime_ns))
+    return tuple(sorted(out))
 
 
 def load_weights(base: str, weights: Path | None) -> tuple[Any, Any]:
@@ -43,7 +62,8 @@ class ChatModels:
         self.lock = threading.Lock()
 
     def get(self, base: str, weights: Path | None) -> Loaded:
-        key = (base, str(weights) if weights else None)
+        # the folders' files in the key: a base retrained in place, or a checkpoint rewritten, is loaded again
+        key = (base, str(weights) if weights else None, folder_state(base), folder_state(weights))
         with self.lock:
             if key in self.models:
                 self.models.move_to_end(key)

@@ -4,8 +4,8 @@ The file's kind comes from its first row (or from `fmt`): a preference row (chos
 preference file, loaded as `weitiao dpo`/`weitiao rm` load it (`load_pairs`); anything else makes it an
 SFT file, loaded as `weitiao sft` loads it (chats and raw-text rows). A row of the other kind, or one the
 toolkit refuses (KTO labels), fails with that loader's own `file:line` error. A pair is shown as
-`encode_pair` encodes it: the shared prompt, then each reply with its scored tokens (DPO sums their
-log-probs; RM reads its score at the last one), cut by `cut_response` where max_len cuts it.
+`encode_pair` encodes it under the chosen data.truncation: the shared prompt, then each reply with its scored tokens
+(DPO sums their log-probs; RM reads its score at the last one), cut where cut_response cuts it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode_document
-from weitiao.data.check import drop_reason, refuse_truncation, show_example, token_segments
+from weitiao.data.check import drop_reason, pair_drop_reason, refuse_truncation, show_example, token_segments
 from weitiao.data.formats import CONFIG_SKIP_HINT, Document, PreferencePair, file_kind, load_conversations
 from weitiao.data.preference import encode_pair, load_pairs
 from weitiao.data.templates import resolve_template
@@ -85,14 +85,14 @@ def _side(enc: Encoded, whole: Encoded, p: int, tokenizer: Any) -> dict:
             "whole": len(whole), "cut": enc.truncated == "cut"}  # fmt: skip
 
 
-def pair_view(pair: PreferencePair, tokenizer: Any, template: str, max_len: int) -> dict:
-    """A pair as `weitiao dpo`/`weitiao rm` encode it (`encode_pair`): the prompt tokens both sides share,
-    then each reply. Over max_len the pair is shown as `cut_response` cuts it; `dropped` when even that
-    leaves it out (the prompt alone fills max_len), and then it is shown whole."""
+def pair_view(pair: PreferencePair, tokenizer: Any, template: str, max_len: int, truncation: str = "drop") -> dict:
+    """A pair as `weitiao dpo`/`weitiao rm` encode it with data.truncation `truncation` (`encode_pair`): the prompt
+    tokens both sides share, then each reply, cut where cut_response cuts it. A pair that truncation leaves out is
+    shown whole, `dropped` saying why."""
     tpl = resolve_template(tokenizer, template)
     whole = encode_pair(pair, tokenizer, tpl, 10**9)
     assert whole is not None  # nothing is over a limit of 10**9 tokens
-    fitted = encode_pair(pair, tokenizer, tpl, max_len, "cut_response")
+    fitted = encode_pair(pair, tokenizer, tpl, max_len, truncation)  # type: ignore[arg-type]
     chosen, rejected = fitted or whole
     p = next(i for i, x in enumerate(chosen.labels) if x != IGNORE)  # both sides share these prompt tokens
     return {
@@ -103,7 +103,8 @@ def pair_view(pair: PreferencePair, tokenizer: Any, template: str, max_len: int)
         "rejected": _side(rejected, whole[1], p, tokenizer),
         "max_len": max_len,
         "over": max(len(e) for e in whole) > max_len,
-        "dropped": fitted is None,
+        "truncation": truncation,
+        "dropped": None if fitted else pair_drop_reason(whole, p, max_len, truncation),
     }
 
 
@@ -113,11 +114,15 @@ def row_view(path: str | Path, index: int, tokenizer: Any, template: str, max_le
     """Row `index` of the file (or of dataset `path` in `dataset_dir`), with the file's kind and row count."""
     kind, rows = load(path, fmt, dataset_dir)
     refuse_truncation("preference" if kind == "preference" else "SFT", truncation)  # as `data check` refuses it
+    sft_only = [k for k, on in (("train_on_prompt", train_on_prompt), ("train_turns", train_turns != "all")) if on]
+    if kind == "preference" and sft_only:  # as `data show` refuses them for a pair
+        raise UserError(f"{sft_only[0]}: SFT's data.{sft_only[0]}; a DPO/RM pair trains its last reply: clear it for "
+                        "this file")  # fmt: skip
     if not 0 <= index < len(rows):
         raise UserError(f"index {index}: {path} has {len(rows)} rows (0..{len(rows) - 1})")
     row = rows[index]
     view = (
-        pair_view(row, tokenizer, template, max_len)
+        pair_view(row, tokenizer, template, max_len, truncation)
         if kind == "preference"
         else sft_view(row, tokenizer, template, max_len, train_on_prompt, train_turns, truncation)
     )

@@ -25,6 +25,7 @@ from weitiao.ui.paths import Roots
 
 RECIPES = ("sft", "dpo", "rm", "ppo")
 WRITTEN = {("data", "cache_dir")}  # path keys the run writes into (train.out is the console's): a writable root
+OWN = ("train", "out")  # the console's run folder (`weitiao ui --runs`), set by `build`, not a path from the browser
 
 
 def config_class(kind: str) -> type[BaseModel]:
@@ -136,12 +137,17 @@ def parse_value(text: Any) -> Any:
 def _check_paths(cls: type[BaseModel], data: dict, roots: Roots) -> None:
     """Every path-typed value must resolve inside the roots; model refs that are not paths (hub ids) pass."""
     for keys, kind in path_keys(cls).items():
+        if keys == OWN:
+            continue
         node: Any = data
         for k in keys[:-1]:
             node = node.get(k) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or node.get(keys[-1]) is None or (kind.unless_set and node.get(kind.unless_set)):
+        if not isinstance(node, dict) or node.get(keys[-1]) is None:
             continue
         value, what = node[keys[-1]], ".".join(keys)
+        if kind.unless_set and node.get(kind.unless_set):  # dataset names: their dataset_info.json and files
+            _check_named(value, str(node[kind.unless_set]), what, roots)
+            continue
         items = value if isinstance(value, list) else [value]
         fixed = []
         for v in items:
@@ -159,6 +165,19 @@ def _check_paths(cls: type[BaseModel], data: dict, roots: Roots) -> None:
                 continue
             fixed.append(str(roots.resolve(v, what, write=keys in WRITTEN)))
         node[keys[-1]] = fixed if isinstance(value, list) else fixed[0]
+
+
+def _check_named(names: Any, folder: str, what: str, roots: Roots) -> None:
+    """Every file the datasets `names` of LLaMA-Factory folder `folder` read (its dataset_info.json first) must resolve
+    inside the roots: a file_name may lead anywhere (`../`, an absolute path, a link)."""
+    from weitiao.data.formats import data_files
+
+    real = roots.resolve(folder, f"{what} dataset_dir")
+    for name in names if isinstance(names, list) else [names]:
+        info, *files = data_files([str(name)], real)
+        roots.resolve(str(info), f"{what}: dataset_info.json")
+        for f in files:
+            roots.resolve(str(f), f"{what}: dataset {name!r} of {info} reads")
 
 
 def build(kind: str, values: dict[str, Any], roots: Roots, out: Path) -> BaseModel:
@@ -200,6 +219,12 @@ def build(kind: str, values: dict[str, Any], roots: Roots, out: Path) -> BaseMod
 
         cfg.lora = lora_as_trained(cfg.lora, cfg.train.disable_dropout)
     return cfg
+
+
+def recheck(kind: str, config_yaml: str, roots: Roots) -> None:
+    """A run's saved config still reads only inside the roots (before a resume: a dataset_info.json, or a link
+    among its files, may have changed since the run was made)."""
+    _check_paths(config_class(kind), yaml.safe_load(config_yaml), roots)
 
 
 def preset(path: Path, kind: str = "sft") -> dict[str, Any]:

@@ -36,8 +36,8 @@ const T = {
     pair_prompt: "提示（两边共享，不计分）", chosen: "选中的回复（chosen）", rejected: "被拒的回复（rejected）",
     di_seq: "token（提示 + 回复）", di_scored: "计分", di_cut: "已截到 max_len，原长", di_cut_sft: "已截到 max_len",
     di_pieces: "段（超过 max_len 的纯文本按 max_len 切段）", di_dropped: "max_len 内没有可训练的 token：训练时丢弃这一行",
-    pair_over: "较长的一边超过 max_len：data.truncation 为 drop（默认）时训练丢弃这一对，为 cut_response 时按下面所示截断回复。",
-    pair_dropped: "提示本身已占满 max_len：两种截断方式都丢弃这一对（下面显示完整内容）。",
+    pair_over: "较长的一边超过 max_len：truncation cut_response 按下面所示截断回复。",
+    pair_dropped: "训练时丢弃这一对", pair_shown_whole: "下面显示完整内容",
     dc_pairs: "偏好对 / 两边相同 / 空回复", dc_docs: "纯文本行",
     mix_pairs: "data mix 只混合 SFT 数据，不接受偏好对（chosen/rejected），所以这个文件没有配比。",
   },
@@ -74,8 +74,8 @@ const T = {
     pair_prompt: "Prompt (shared by both sides, not scored)", chosen: "Chosen reply", rejected: "Rejected reply",
     di_seq: "tokens (prompt + reply)", di_scored: "scored", di_cut: "cut to max_len, whole", di_cut_sft: "cut to max_len",
     di_pieces: "pieces (raw text over max_len is split into max_len pieces)", di_dropped: "nothing to train within max_len: training leaves this row out",
-    pair_over: "The longer side is over max_len: with data.truncation drop (the default) training leaves this pair out; with cut_response the replies are cut as shown.",
-    pair_dropped: "The prompt alone fills max_len: either truncation leaves this pair out (shown whole).",
+    pair_over: "The longer side is over max_len: truncation cut_response cuts the replies as shown.",
+    pair_dropped: "training leaves this pair out", pair_shown_whole: "shown whole below",
     dc_pairs: "pairs / identical / empty replies", dc_docs: "raw-text rows",
     mix_pairs: "data mix mixes SFT rows only and refuses preference pairs (chosen/rejected), so this file has no mix ratios.",
   },
@@ -543,7 +543,8 @@ async function showData() {
     const info = [`${d.source} · ${d.rows} `, word("di_rows")];
     if (pair) {
       info.push(` · ${d.form}`);
-      if (d.dropped || d.over) info.push(" · ", el("span", { class: "error", "data-i18n": d.dropped ? "pair_dropped" : "pair_over", text: t(d.dropped ? "pair_dropped" : "pair_over") }));
+      if (d.dropped) info.push(" · ", el("span", { class: "error" }, word("pair_dropped"), ` (truncation ${d.truncation}): ${d.dropped}; `, word("pair_shown_whole")));
+      else if (d.over) info.push(" · ", el("span", { class: "error", "data-i18n": "pair_over", text: t("pair_over") }));
       showPair(d);
     } else {
       info.push(" · ", word("di_tokens"), ` ${d.tokens} · `, word("di_trained"), ` ${d.trained}`);
@@ -570,7 +571,7 @@ async function showData() {
       ["dc_over", ` ${c.max_len}`, c.over_max_len], ["dc_trunc", ` (truncation ${c.truncation})`, `${c.dropped} / ${c.cut} / ${c.history_trimmed}`],
       ...(c.desirable || c.undesirable ? [["dc_kto", "", `${c.desirable} / ${c.undesirable}`]] : []),
       ["dc_dups", "", `${c.duplicate_rows} / ${c.duplicate_prompts}`],
-      ["dc_eos", "", c.missing_eos], ["dc_untrained", ` (train_turns ${c.train_turns})`, c.no_trained_tokens],
+      ["dc_eos", "", c.missing_eos], ["dc_untrained", ` (train_turns ${c.train_turns}${c.train_on_prompt ? ", train_on_prompt" : ""})`, c.no_trained_tokens],
     ];
     $("data-check").replaceChildren(...rows.flatMap(([k, more, v]) => [el("dt", {}, word(k), more), el("dd", { text: String(v) })]),
       ...c.problems.map((p) => el("dd", { class: "error", text: p })), ...c.notes.map((n) => el("dd", { class: "help", text: n })));
