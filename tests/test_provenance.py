@@ -556,3 +556,28 @@ def test_reasoning_estimate_scores_the_tokens_the_checks_scored(tokenizer, char_
         )
         check(model, tokenizer, tpl, MSGS, "挺好的", cfg, text_ids=ids)
         assert scored and all(x[-len(wrote) - 1 :] == wrote + [eot] for x in scored), scored
+
+
+def test_batched_search_scores_its_tokens_as_a_whole_forward_does(tokenizer, model_a):
+    """The search extends the beam in one right-padded forward on the shared prefix's KV cache: the tokens it returns
+    must carry the Σ log p_T and support count a plain forward over context + those tokens gives (rows of other lengths
+    beside them: reading a padded position, or a cache of the wrong prefix, breaks the equality)."""
+    from weitiao.eval.provenance import search_segmentation
+    from weitiao.infer.constrain import byte_table
+
+    tpl = resolve_template(tokenizer)
+    s = Sampling(1.0, 0.95)
+    ctx = encode(tokenizer, tpl, MSGS, "x").context_ids
+    table = byte_table(tokenizer, set())
+    checked = 0
+    for ids in sample(model_a, ctx, 6, 12, s, stop_id=-1, seed=5):
+        data = b"".join(table[t] for t in ids if table[t])
+        seg = search_segmentation(model_a, table, ctx, data, s, beam=4)
+        assert seg is not None and b"".join(table[t] for t in seg.ids) == data
+        st = score_tokens(model_a, ctx, seg.ids, s)
+        assert seg.sum_logp_t == pytest.approx(float(st["logp_t"].sum()), abs=1e-3)
+        assert seg.outside == int((~st["in_support"]).sum())
+        mine = score_tokens(model_a, ctx, ids, s)  # the sampled ids are one of the sequences searched over
+        assert (seg.outside, -seg.sum_logp_t) <= (int((~mine["in_support"]).sum()), -float(mine["logp_t"].sum()) + 1e-3)
+        checked += seg.found > 1
+    assert checked  # some texts had several segmentations in the final beam, rows of other lengths together

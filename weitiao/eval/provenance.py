@@ -413,14 +413,24 @@ class Segmentation:
     log_p_found: float  # log Σ p over them (untempered): a lower bound of log p(text)
 
 
-def _state(model: Any, ids: list[int], parent: Any | None) -> Any:
-    """The model output after `ids` (the last one fed on a copy of `parent`'s KV cache, else the whole prompt)."""
+def _common_prefix(paths: list[list[int]], cap: int) -> list[int]:
+    """The longest prefix (at most `cap` ids) all `paths` share."""
+    n = 0
+    while n < cap and all(p[n] == paths[0][n] for p in paths):
+        n += 1
+    return paths[0][:n]
+
+
+def _last_logits(model: Any, context: Any, paths: list[list[int]]) -> torch.Tensor:
+    """Logits after a shared prefix (`context`, its KV cache) and each path, in one forward: the paths right-padded
+    (causal attention keeps a row's real positions from the padding after it), on a copy of the prefix's cache."""
     device = next(model.parameters()).device
-    if parent is None:
-        return model(input_ids=torch.tensor([ids], device=device), use_cache=True)
-    cache = parent.cache if hasattr(parent, "cache") else parent.past_key_values
-    kv = {"cache" if hasattr(parent, "cache") else "past_key_values": copy.deepcopy(cache)}
-    return model(input_ids=torch.tensor([ids[-1:]], device=device), use_cache=True, **kv)
+    width = max(map(len, paths))
+    rows = torch.tensor([[*p, *[p[-1]] * (width - len(p))] for p in paths], device=device)
+    cache = copy.deepcopy(context)
+    cache.batch_repeat_interleave(len(paths))
+    out = model(input_ids=rows, past_key_values=cache, use_cache=True).logits
+    return out[torch.arange(len(paths)), torch.tensor([len(p) - 1 for p in paths])].float()
 
 
 @torch.no_grad()
@@ -435,22 +445,34 @@ def search_segmentation(
         if b:
             by_bytes.setdefault(b, []).append(i)
     longest = max(map(len, by_bytes))
-    # frontier[i]: paths ending at byte i as (outside, −Σ log p_T, Σ log p, ids, parent output); computed lazily
+    device = next(model.parameters()).device
+    first = model(input_ids=torch.tensor([context_ids], device=device), use_cache=True)
+    shared, cache = [], first.past_key_values  # cache: of context_ids + shared, a prefix every live path has
+    # frontier[i]: the `beam` best paths ending at byte i as (outside, −Σ log p_T, Σ log p, ids), all extended at once
     frontier: list[list[tuple]] = [[] for _ in range(len(data) + 1)]
-    frontier[0] = [(0, 0.0, 0.0, [], None)]
+    frontier[0] = [(0, 0.0, 0.0, [])]
     for i in range(len(data)):
-        for out_n, neg, lp, ids, parent in frontier[i]:
-            state = _state(model, context_ids + ids if parent is None else ids, parent)
-            logits = state.logits[:, -1].float()
-            logp_t, keep = tempered_support(logits, s)
-            logp = torch.log_softmax(logits, -1)[0]
+        if not frontier[i]:
+            continue
+        if i == 0:
+            logits = first.logits[:, -1].float()
+        else:
+            live = [p[3] for f in frontier[i:] for p in f]
+            common = _common_prefix(live, min(map(len, live)) - 1)  # every path keeps a token to feed
+            if len(common) > len(shared):
+                new = torch.tensor([common[len(shared) :]], device=device)
+                cache = model(input_ids=new, past_key_values=cache, use_cache=True).past_key_values
+                shared = common
+            logits = _last_logits(model, cache, [p[3][len(shared) :] for p in frontier[i]])
+        logp_t, keep = tempered_support(logits, s)
+        logp = torch.log_softmax(logits, -1)
+        for row, (out_n, neg, lp, ids) in enumerate(frontier[i]):
             for n in range(1, min(longest, len(data) - i) + 1):
                 for t in by_bytes.get(data[i : i + n], ()):
-                    out_t, lp_t = out_n + int(not keep[0, t]), neg - float(logp_t[0, t])
-                    frontier[i + n].append((out_t, lp_t, lp + float(logp[t]), [*ids, t], state))
-            for n in range(1, min(longest, len(data) - i) + 1):
-                frontier[i + n] = sorted(frontier[i + n], key=lambda p: p[:2])[:beam]
-        frontier[i] = []  # their outputs (KV caches) are no longer needed
+                    out_t, lp_t = out_n + int(not keep[row, t]), neg - float(logp_t[row, t])
+                    frontier[i + n].append((out_t, lp_t, lp + float(logp[row, t]), [*ids, t]))
+        for n in range(1, min(longest, len(data) - i) + 1):
+            frontier[i + n] = sorted(frontier[i + n], key=lambda p: p[:2])[:beam]
     done = sorted(frontier[-1], key=lambda p: p[:2])
     if not done:
         return None
