@@ -369,29 +369,41 @@ def test_number_bounds_grammar(schema, good, bad_):
 
 
 def test_number_bounds_prefixes_by_brute_force(monkeypatch):
-    """With numbers cut to 2 digits, every prefix the bounds allow starts some whole number in range, and every
-    prefix of a number in range is allowed (integers and numbers, open and closed ends, multipleOf), over all
-    texts of up to 5 characters."""
+    """With numbers cut to 2 digits, the mask's answers equal a brute force over every JSON number of up to 5
+    characters (integers and numbers, open and closed ends, multipleOf): a text ends a number exactly when it is one
+    of the numbers in range, and a prefix is allowed exactly when one of them starts with it, asked wherever the mask
+    asks (every prefix of such a number, and every character after one)."""
+    import bisect
     import itertools
     import random
+    import re
     from fractions import Fraction
 
     from weitiao.infer import bounds
 
     monkeypatch.setattr(bounds, "DIGITS", 2)
     rng = random.Random(0)
+    chars = {i: "-0123456789" + "." * (not i) for i in (True, False)}
+    shape = {True: re.compile(r"-?(0|[1-9][0-9]*)"), False: re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")}
+    numbers = {}  # JSON numbers of up to 5 characters (numbers: at most 2 digits, the 0 of 0.5 not counted), by value
+    for i in chars:
+        texts = ("".join(t) for k in range(1, 6) for t in itertools.product(chars[i], repeat=k))
+        found = [t for t in texts if shape[i].fullmatch(t)]
+        parts = ((t, t.lstrip("-").partition(".")) for t in found)
+        found = [t for t, (w, _, f) in parts if i or (w != "0") * len(w) + len(f) <= 2]
+        numbers[i] = sorted((Fraction(t), t) for t in found)
     for trial in range(40):
         integer = trial % 2 == 0
         lo = Fraction(rng.randint(-120, 120), rng.choice([1, 10, 4]))
         hi = lo + Fraction(rng.randint(0, 150), rng.choice([1, 10]))
         step = Fraction(rng.choice([1, 3, 0.5] if integer else [0, 0.25, 0.5, 2]))  # multipleOf (0: none)
-        spec = bounds.Bounds(integer, lo, rng.random() < 0.5, hi, rng.random() < 0.5, step)
-        texts = [
-            "".join(t) for k in range(1, 6) for t in itertools.product("-0123456789" + "." * (not integer), repeat=k)
-        ]
-        whole = [t for t in texts if bounds.ends(spec, t)]
-        assert all(bounds._inside(spec, Fraction(t)) and not (step and Fraction(t) % step) for t in whole)
+        lo_open, hi_open = rng.random() < 0.5, rng.random() < 0.5
+        spec = bounds.Bounds(integer, lo, lo_open, hi, hi_open, step)
+        values = numbers[integer]
+        span = values[bisect.bisect_left(values, (lo, "")) : bisect.bisect_right(values, (hi, "~"))]
+        whole = {t for v, t in span if not (lo_open and v == lo or hi_open and v == hi or step and v % step)}
         starts = {t[:k] for t in whole for k in range(len(t) + 1)}
-        for t in ["", *texts]:
+        for t in starts | {t + c for t in starts for c in chars[integer]}:
+            assert bounds.ends(spec, t) == (t in whole), (spec, t)
             if bounds._PREFIX[integer].fullmatch(t):
                 assert bounds.feasible(spec, t) == (t in starts), (spec, t)
