@@ -66,12 +66,12 @@ def valid(value, schema: dict) -> bool:
     return jsonschema.Draft202012Validator(schema, format_checker=CHECK).is_valid(value)
 
 
-def escaped(s: str, rng: random.Random) -> str:
-    """`s` as a JSON string, each character escaped as \\uXXXX at random (always where JSON needs it)."""
+def escaped(s: str, rng: random.Random, needless: bool = True) -> str:
+    """`s` as a JSON string, each character escaped as \\uXXXX where JSON needs it and (`needless`) at random."""
     out = []
     for ch in s:
         must = ch in '"\\' or ord(ch) < 0x20
-        out.append(f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 and (must or rng.random() < 0.3) else ch)
+        out.append(f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 and (must or needless and rng.random() < 0.3) else ch)
     return '"' + "".join(out) + '"'
 
 
@@ -100,7 +100,8 @@ def test_string_grammar_is_jsonschema_on_every_short_string(schema):
     for n in range(6):
         for chars in itertools.islice(itertools.product('ab-1中é\t"\\😀 A', repeat=n), 4000):
             s = "".join(chars)
-            assert accepts(schema, escaped(s, rng)) == valid(s, schema), (schema, s)
+            text = escaped(s, rng, needless=not {"pattern", "format"} & set(schema))
+            assert accepts(schema, text) == valid(s, schema), (schema, s)
 
 
 def walk(pattern: Pattern, rng: random.Random, most: int = 300) -> bytes | None:
@@ -191,7 +192,10 @@ def test_unicode_properties_are_the_regex_package(pattern):
     for n in range(4):
         for chars in itertools.product("中文あAbé1١。, 、-", repeat=n):
             v = "".join(chars)
-            assert accepts(s, escaped(v, rng)) == all(regex.search(r, v) for r in readings), (pattern, v)
+            assert accepts(s, escaped(v, rng, needless=False)) == all(regex.search(r, v) for r in readings), (
+                pattern,
+                v,
+            )
 
 
 @pytest.mark.parametrize(
@@ -226,29 +230,63 @@ def test_pattern_beside_format_holds_both(pattern, name, good, bad):
     assert done >= 20
 
 
-@pytest.mark.parametrize(
-    "schema",
-    [
-        {"type": "string", "maxLength": 3},
-        {"type": "string", "pattern": "^[a-z]{2,3}$"},
-        {"type": "string", "pattern": "^2", "format": "date"},
-        {"type": "string", "pattern": "^\\p{Han}{2}$"},
-    ],
-)
-def test_needless_escapes_count_as_their_character(schema):
-    """A model that writes every character it can as an escape ("\\u0061" for "a", allowed: JSON's own, and models
-    trained on ensure_ascii text write \\u4e2d) is held to the same lengths, pattern and format as one writing it
-    plainly: it ends, and the decoded value validates."""
+def _escaping_walk(schema: dict) -> bytes:
+    """The bytes a model writes that starts a \\u escape whenever the mask allows one (else the first byte allowed)."""
     p = Pattern()
-    pattern, out = p.finish(compile_schema(p, schema, "s", strict=False)), b""
+    pattern, out, esc = p.finish(compile_schema(p, schema, "s", strict=False)), b"", False
     state = pattern.start
     while not pattern.done(state):
         ok = [b for b in range(256) if pattern.step(state, b) is not None]
-        b = next((x for x in b"\\u0" if x in ok), ok[0])  # an escape whenever one is allowed
-        out, state = out + bytes([b]), pattern.step(state, b)
+        b = next((x for x in (b"u0" if esc else b"\\0") if x in ok), ok[0])
+        out, state, esc = out + bytes([b]), pattern.step(state, b), b == 0x5C and not esc
         assert len(out) < 200, out
-    assert b"\\u" in out or b"\\\\" in out
+    return out
+
+
+def test_free_and_length_bounded_strings_keep_needless_escapes():
+    """JSON's own escapes ("\\u0061" for "a"; models trained on ensure_ascii text write \\u4e2d) stay allowed where no
+    pattern or format holds the string, and count as the character they write."""
+    for schema in ({"type": "string", "maxLength": 3}, {"type": "string", "minLength": 2, "maxLength": 4}):
+        out = _escaping_walk(schema)
+        assert b"\\u" in out and valid(json.loads(out), schema), out
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "string", "pattern": "^[a-z]{2,3}$"},
+        {"type": "string", "pattern": "^2", "format": "date"},
+        {"type": "string", "format": "date"},
+        {"type": "string", "pattern": "^\\p{Han}{2}$"},
+    ],
+)
+def test_a_pattern_or_format_takes_no_needless_escape(schema):
+    """My own model (vocab 551, greedy) under {"format": "date", "pattern": "^2025-"} wrote "\\u0032\\u0030\\u0032…"
+    until max_tokens: the digits it was less sure of than a backslash were masked, the escape was not. As outlines and
+    xgrammar read a pattern, an escape is allowed only where JSON needs one, so such a walk writes plain characters."""
+    out = _escaping_walk(schema)
+    assert b"\\" not in out, out
     assert valid(json.loads(out), schema) if "\\p" not in schema.get("pattern", "") else len(json.loads(out)) == 2
+
+
+def test_a_pattern_keeps_the_escapes_json_needs():
+    """A quote, a backslash and a control character the pattern takes are still written (\\", \\\\, \\n, \\u0001, also
+    \\u0022 as json.dumps-trained models may), and needless escapes (\\/ for /, \\u0061 for a) are not."""
+    p = Pattern()
+    schema = {"type": "string", "pattern": '^a"\\\\\\n\\x01/$'}
+    pattern = p.finish(compile_schema(p, schema, "s", strict=False))
+
+    def walk(text: bytes):
+        state = pattern.start
+        for b in text:
+            state = pattern.step(state, b)
+            if state is None:
+                return None
+        return state
+
+    assert pattern.done(walk(b'"a\\"\\\\\\n\\u0001/"')) and pattern.done(walk(b'"a\\u0022\\u005c\\u000a\\u0001/"'))
+    for needless in (b'"a\\"\\\\\\n\\u0001\\/', b'"\\u0061'):
+        assert walk(needless) is None, needless
 
 
 @pytest.mark.parametrize(
@@ -411,3 +449,13 @@ def test_served_pydantic_model_parses(url):  # noqa: F811
     assert done, [ch.message.content for ch in r.choices]
     for text in done:
         Order.model_validate_json(text)
+
+
+def test_a_uri_host_never_ends_in_what_url_parsers_read_as_an_ipv4_number():
+    """A walk through format: uri wrote https://9cDQ.8:61, which pydantic's AnyUrl (WHATWG parsing) refuses:
+    a host whose last label is all digits or 0x and hex digits is an IPv4 number there ("invalid IPv4 address")."""
+    s = {"type": "string", "format": "uri"}
+    for host in ("a.8", "9cDQ.8", "a.0x1f", "a.0X", "x-y.12"):
+        assert not valid(f"https://{host}/p", s) and not accepts(s, json.dumps(f"https://{host}/p")), host
+    for host in ("a.b8", "a.8b", "a.0xg", "a.07a", "a.1-2", "1.2.3.4", "localhost", "a.0b"):
+        assert valid(f"https://{host}/p", s) and accepts(s, json.dumps(f"https://{host}/p")), host

@@ -508,6 +508,10 @@ class Text:
     def __init__(self, regex: str | tuple[str, ...] | None, lo: int = 0, hi: int | None = None) -> None:
         self.spec = (regex, lo, hi)
         self.lo, self.hi = lo, hi
+        # a pattern or format: an escape only where JSON needs one (", \, control characters, DEL), as outlines and
+        # xgrammar read a pattern; else a weak model, its likelier characters masked, spells "2025" as \u0032… until
+        # max_tokens. A free or length-bounded string keeps every escape (models trained on ensure_ascii text).
+        self.escapes = regex is None
         self.cap = max(lo, hi or 0) + 1  # lengths from here on: bit `cap` of a length set means "cap or more"
         nfa = _Nfa.of(regex) if not isinstance(regex, tuple) else None
         for r in regex if isinstance(regex, tuple) else ():
@@ -690,7 +694,8 @@ def step(text: Text, sub: tuple, b: int) -> tuple | bool | None:
         if b == 0x22:
             return True if text.ends(state) else None
         if b == 0x5C:
-            ok = any(text.char(state, c) for c in _QUOTED.values()) or text.some(state, 0, 0xFFFF)
+            short = [c for k, c in _QUOTED.items() if text.escapes or k != ord("/")]
+            ok = any(text.char(state, c) for c in short) or _hex_ok(text, state, 0, 0xFFFF)
             return (state, ("\\",)) if ok else None
         if b < 0x20 or b == 0x7F:
             return None
@@ -704,8 +709,9 @@ def step(text: Text, sub: tuple, b: int) -> tuple | bool | None:
         return _pending(text, state, (b & (0x7F >> total), total - 1, cont, total))
     if pending[0] == "\\":
         if b == ord("u"):
-            return (state, ("u", "")) if text.some(state, 0, 0xFFFF) else None
-        nxt = text.char(state, _QUOTED[b]) if b in _QUOTED else None
+            return (state, ("u", "")) if _hex_ok(text, state, 0, 0xFFFF) else None
+        needless = b == ord("/") and not text.escapes
+        nxt = text.char(state, _QUOTED[b]) if b in _QUOTED and not needless else None
         return None if nxt is None else (nxt, None)
     if pending[0] == "u":
         if b not in _HEXES:
@@ -713,15 +719,26 @@ def step(text: Text, sub: tuple, b: int) -> tuple | bool | None:
         digits = pending[1] + chr(b)
         if len(digits) == 4:
             cp = int(digits, 16)
-            nxt = None if _SURR[0] <= cp <= _SURR[1] else text.char(state, cp)
+            ok = not _SURR[0] <= cp <= _SURR[1] and _hex_ok(text, state, cp, cp)
+            nxt = text.char(state, cp) if ok else None
             return None if nxt is None else (nxt, None)
         lo, hi = int(digits.ljust(4, "0"), 16), int(digits.ljust(4, "f"), 16)
-        return (state, ("u", digits)) if text.some(state, lo, hi) else None
+        return (state, ("u", digits)) if _hex_ok(text, state, lo, hi) else None
     _, bits, left, cont, total = pending
     nxt_cont = _cont_step(cont, b)
     if nxt_cont is None:
         return None
     return _pending(text, state, (bits << 6 | (b & 0x3F), left - 1, nxt_cont, total))
+
+
+def _hex_ok(text: Text, state: tuple, lo: int, hi: int) -> bool:
+    """Whether a \\u escape of a code point in [lo, hi] may follow: any the string takes, or (`Text.escapes` off)
+    only those JSON cannot hold raw: control characters, the quote, the backslash and DEL."""
+    if text.escapes:
+        return text.some(state, lo, hi)
+    if lo <= 0x1F and text.some(state, lo, min(hi, 0x1F)):
+        return True
+    return any(lo <= c <= hi and text.some(state, c, c) for c in (0x22, 0x5C, 0x7F))
 
 
 def _pending(text: Text, state: tuple, utf8: tuple) -> tuple | None:
@@ -754,7 +771,14 @@ _DUR_TIME = rf"T({_N}H({_N}M({_N}S)?)?|{_N}M({_N}S)?|{_N}S)"
 _DURATION = rf"P(({_N}D|{_N}M({_N}D)?|{_N}Y({_N}M({_N}D)?)?)({_DUR_TIME})?|{_DUR_TIME}|{_N}W)"  # RFC 3339 appendix A
 _PORT = r"(6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3})"  # 1 to 65535
 _PCHAR = r"([A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})"
-_URI = rf"[A-Za-z][A-Za-z0-9+.-]*://({_LABEL}(\.{_LABEL})*|{_OCTET}(\.{_OCTET}){{3}})(:{_PORT})?"
+# A URL's last host label is an IPv4 number to WHATWG parsers (pydantic's AnyUrl, browsers) when it is all digits or 0x
+# and hex digits ("a.8", "a.0x1f": invalid IPv4 address): here it has a hyphen or a letter outside such a number.
+_ALNUM = "[A-Za-z0-9]"
+_LAST = "|".join(
+    [f"{_ALNUM}+(-+{_ALNUM}+)+", f"[A-Za-z]{_ALNUM}*", f"[1-9][0-9]*[A-Za-z]{_ALNUM}*", f"0[0-9]+[A-Za-z]{_ALNUM}*"]
+    + [f"0[A-WYZa-wyz]{_ALNUM}*", f"0[xX][0-9a-fA-F]*[G-Zg-z]{_ALNUM}*"]
+)
+_URI = rf"[A-Za-z][A-Za-z0-9+.-]*://(({_LABEL}\.)*({_LAST})|{_OCTET}(\.{_OCTET}){{3}})(:{_PORT})?"
 _URI += rf"(/{_PCHAR}*)*(\?({_PCHAR}|[/?])*)?(#({_PCHAR}|[/?])*)?"
 FORMATS = {
     "date": f"^{_DATE}$",
