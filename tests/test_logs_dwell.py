@@ -123,7 +123,9 @@ def test_the_items_ledger_counts_every_item_of_the_content(tmp_path):
     (tmp_path / "e.csv").write_text("content_id,dwell_s\nA,60\nB,30\nC,0.5\n")
     cfg = load_profile("dwell", "zhihu", ["min_views=1", "min_z=0", "position_correction=false"])
     led = build_report(dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False))["ledgers"]
-    assert led["items"] == {"no_kept_views": 2, "min_views": 0, "single_in_context": 0, "unpaired": 0, "paired": 2}
+    assert led["items"] == {
+        "duplicate": 0, "no_kept_views": 2, "min_views": 0, "single_in_context": 0, "unpaired": 0, "paired": 2
+    }  # fmt: skip
     assert {k: v for k, v in led["events"].items() if v} == {"accidental": 1, "paired": 2}  # control: events as before
 
 
@@ -213,6 +215,44 @@ def test_a_view_delivered_twice_counts_once(tmp_path):
     (tmp_path / "n.csv").write_text("content_id,dwell_s,position\n" + "\n".join(bare) + "\n")
     r = dwell.run(tmp_path / "n.csv", cfg, tmp_path / "c.csv", progress=False)
     assert r.con.execute("SELECT chosen_id, rejected_id FROM wt_pairs").fetchall() == [("B", "A")]
+
+
+CONTENT_TWICE = (
+    'content_id,context,text,length_chars\nA,q1,"好回答\n第二行",800\nB,q1,一般回答,800\nA,q1,"好回答\n第二行",800\n'
+)
+
+
+def test_a_content_row_repeated_whole_is_one_item(tmp_path, engine=None):
+    """A content row delivered twice (at-least-once pipelines) was refused as 'content_id: 1 repeated ids'; it is one
+    item, the copy counted as `duplicate` in the items ledger, and the pairs are those of the file without it. The same
+    id with other content is still refused, naming the file:line (or Parquet row) of both."""
+    kw = {"engine": engine} if engine else {}
+    cfg = load_profile("dwell", "zhihu", ["min_views=1", "min_z=0", "position_correction=false"])
+    (tmp_path / "e.csv").write_text("content_id,dwell_s\nA,60\nB,30\n", encoding="utf-8")
+    (tmp_path / "c.csv").write_text(CONTENT_TWICE, encoding="utf-8")
+    r = dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False, **kw)
+    want = [("好回答\n第二行", "一般回答", "A", "B")]
+    assert r.con.execute("SELECT chosen, rejected, chosen_id, rejected_id FROM wt_pairs").fetchall() == want
+    led = build_report(r)["ledgers"]  # asserts inside: every ledger adds up to the rows read
+    assert led["items"] == {
+        "duplicate": 1, "no_kept_views": 0, "min_views": 0, "single_in_context": 0, "unpaired": 0, "paired": 2
+    }  # fmt: skip
+    once = CONTENT_TWICE.rsplit("A,", 1)[0]
+    (tmp_path / "once.csv").write_text(once, encoding="utf-8")  # control: the file without the copy
+    r = dwell.run(tmp_path / "e.csv", cfg, tmp_path / "once.csv", progress=False, **kw)
+    assert r.con.execute("SELECT chosen, rejected, chosen_id, rejected_id FROM wt_pairs").fetchall() == want
+    assert build_report(r)["ledgers"]["items"]["duplicate"] == 0
+    other = CONTENT_TWICE.rsplit(",800", 1)[0] + ",900\n"  # the copy's length differs
+    (tmp_path / "c.csv").write_text(other, encoding="utf-8")
+    with pytest.raises(UserError) as e:
+        dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.csv", progress=False, **kw)
+    assert str(e.value).startswith(f"{tmp_path / 'c.csv'}:2 and {tmp_path / 'c.csv'}:5: content_id 'A' is given "
+                                   "twice with other content")  # fmt: skip
+    rows = [dict(zip(("content_id", "context", "text", "length_chars"), x)) for x in
+            (("A", "q1", "好", 800), ("B", "q1", "一般", 800), ("A", "q1", "好", 900))]  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "c.parquet")
+    with pytest.raises(UserError, match=r"c\.parquet: row 1 and .*c\.parquet: row 3: content_id 'A'"):
+        dwell.run(tmp_path / "e.csv", cfg, tmp_path / "c.parquet", progress=False, **kw)
 
 
 def test_repeats_that_cannot_be_told_from_deliveries_twice_are_said(tmp_path):

@@ -47,7 +47,6 @@ def test_good_csv_runs(tmp_path):
         (EVENTS + "A,5,0\n", CONTENT, "events.csv: position: 1 values below 1"),
         (EVENTS + "A,5,1.5\n", CONTENT, "events.csv: position: expected an integer, found '1.5'"),
         (EVENTS + ",5,1\n", CONTENT, "events.csv: content_id: 1 empty values"),
-        (EVENTS, CONTENT + "A,q2,重复,10\n", "other.csv: content_id: 1 repeated ids, e.g. 'A'"),
         (EVENTS, "content_id,text\nA,x\n", "other.csv: context: missing column"),
     ],
 )

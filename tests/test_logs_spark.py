@@ -372,3 +372,9 @@ def test_a_response_row_repeated_whole_is_one_response_on_spark(spark, tmp_path)
     from test_logs_chat import test_a_response_row_repeated_whole_is_one_response as same
 
     same(tmp_path, engine=spark)
+
+
+def test_a_content_row_repeated_whole_is_one_item_on_spark(spark, tmp_path):
+    from test_logs_dwell import test_a_content_row_repeated_whole_is_one_item as same
+
+    same(tmp_path, engine=spark)

@@ -293,6 +293,29 @@ def test_step_prompts_give_every_process_the_same_count():
             assert real == sorted(order[k * per * 2 : (k + 1) * per * 2] * 2)  # each prompt once per sample
 
 
+def test_padding_samples_never_reach_the_reward():
+    """7 prompts on 2 processes: rank 1 holds 3 real samples and 1 padding copy; 9 prompts by 4: rank 1's last step is
+    all padding. The reward sees each real sample once (was: the padding too, a paid HTTP call each) and no call is made
+    for an all-padding step; padding scores 0."""
+    calls = []
+
+    def reward(prompts, responses):
+        calls.append(list(prompts))
+        return [float(len(r)) for r in responses]
+
+    for n, per in ((7, 4), (9, 4)):
+        order, seen = list(range(n)), []
+        for k in range(-(-n // (per * 2))):
+            for rank in (0, 1):
+                calls.clear()
+                ps, ws = ppo.step_prompts(order, order, k, per, 2, rank, 1)
+                got = ppo.score_real(reward, ps, ["x" * (p + 1) for p in ps], ws)
+                assert got == [p + 1.0 if w else 0.0 for p, w in zip(ps, ws)]
+                assert len(calls) == (1 if any(ws) else 0)
+                seen += [p for c in calls for p in c]
+        assert sorted(seen) == order  # each real prompt exactly once, no padding copy
+
+
 def _whiten_worker(rank: int, port: int, out: str) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     x, mask, v = whiten_inputs()
@@ -345,15 +368,25 @@ def test_two_processes_uneven_prompts_and_exact_resume(tiny_model_dir, tmp_path)
     Both used to hang or crash. A run stopped after step 1 and resumed ends with the same weights
     as the uninterrupted run: each process continues its own RNG stream.
     """
-    common = [f"model.path={tiny_model_dir}", "reward.kind=function", f"reward.path={RULE}", "train.progress=false"]
+    common = ["reward.kind=function", "train.progress=false"]
     common += ["train.tensorboard=false", "ppo.generate_max_len=4", "ppo.max_epochs=1", "lora.r=4"]
+    common += [f"model.path={tiny_model_dir}"]
+    recording = (  # the demo rule reward; each call's prompts written down, one file a process
+        "import os\nfrom weitiao.recipes.rewards import short_emoji_reward\n\ndef f(prompts, responses):\n"
+        "    with open(f'LOG-{os.getpid()}.txt', 'a', encoding='utf-8') as log:\n"
+        "        log.write(''.join(m[-1]['content'] + '\\n' for m in prompts))\n"
+        "    return short_emoji_reward(prompts, responses)\n"
+    )
+    for name in ("r17", "full", "cut"):
+        (tmp_path / f"{name}_reward.py").write_text(recording.replace("LOG", str(tmp_path / f"{name}-calls")))
+    reward = {name: f"reward.path={tmp_path / name}_reward.py:f" for name in ("r17", "full", "cut")}
     p17, p33 = prompt_file(tmp_path / "p17.jsonl", 17), prompt_file(tmp_path / "p33.jsonl", 33)
     by8 = [f"data.prompts=[{p33}]", "ppo.rollout_batch_size=8", "train.save_every=1"]
     runs = [
-        [*common, f"data.prompts=[{p17}]", "ppo.rollout_batch_size=16", f"train.out={tmp_path / 'r17'}"],
-        [*common, *by8, f"train.out={tmp_path / 'full'}", "train.resume=none"],
-        [*common, *by8, f"train.out={tmp_path / 'cut'}", "train.resume=none", "train.stop_after=1"],
-        [*common, *by8, f"train.out={tmp_path / 'cut'}", "train.resume=auto"],
+        [*common, reward["r17"], f"data.prompts=[{p17}]", "ppo.rollout_batch_size=16", f"train.out={tmp_path / 'r17'}"],
+        [*common, reward["full"], *by8, f"train.out={tmp_path / 'full'}", "train.resume=none"],
+        [*common, reward["cut"], *by8, f"train.out={tmp_path / 'cut'}", "train.resume=none", "train.stop_after=1"],
+        [*common, reward["cut"], *by8, f"train.out={tmp_path / 'cut'}", "train.resume=auto"],
     ]
     ddp = [
         "-m",
@@ -381,6 +414,10 @@ def test_two_processes_uneven_prompts_and_exact_resume(tiny_model_dir, tmp_path)
         assert len(read_metrics(tmp_path / name, "train")) == steps
         if name != "cut":
             assert cost["samples"] == samples  # padding samples are not counted
+        scored = [q for f in tmp_path.glob(f"{name}-calls-*.txt") for q in f.read_text(encoding="utf-8").splitlines()]
+        assert sorted(scored) == sorted(
+            json.loads(r)["prompt"] for r in (tmp_path / f"p{samples}.jsonl").read_text("utf-8").splitlines()
+        )
     a = load_file(str(tmp_path / "full" / "final" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "final" / "adapter" / "adapter_model.safetensors"))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

@@ -45,10 +45,10 @@ from weitiao.logs.engine import (
     Stage,
     check_dwell_unit,
     check_mapping,
+    check_repeats,
     file_column,
     ledger_tail,
     open_table,
-    rows_holding,
     run_stages,
     script,
 )
@@ -348,27 +348,6 @@ UNION ALL SELECT 'responses', 'duplicate', n FROM (
     return stages
 
 
-def check_repeats(engine: Engine, path: str, column: str) -> int:
-    """Rows of `responses` repeated whole (a log delivered twice: counted once, as `duplicate`); returns how many. Two
-    rows with one response_id and other content are refused, naming where both are (`file:line` for local files)."""
-    rows = engine.rows(
-        "SELECT response_id FROM (SELECT DISTINCT * FROM responses) AS d GROUP BY 1 HAVING count(*) > 1 ORDER BY 1 "
-        "LIMIT 1"
-    )
-    if rows:
-        found = rows_holding(path, column, str(rows[0][0])) or [where(path, field=column)]
-        both = " and ".join(found) if len(found) > 1 else f"{found[0]} (twice)"
-        raise UserError(
-            f"{both}: response_id {rows[0][0]!r} is given twice with other content (session, turn, ts, prompt or "
-            "response): one id is one generated response; give the other one its own id, or drop one row (a row "
-            "repeated whole is counted once)"
-        )
-    return (
-        engine.rows("SELECT count(*) FROM responses")[0][0]
-        - engine.rows("SELECT count(*) FROM (SELECT DISTINCT * FROM responses) AS d")[0][0]
-    )
-
-
 def check_events(engine: Engine, path: str, cfg: ChatConfig, types: dict[str, str]) -> None:
     """Refuse what would drop signals unsaid: an unmapped event name a case or typo away from ours (Thumbs_Up,
     thumbs-down) or from a mapped one (Like beside {like: thumbs_up}), dwell events in a file without a value column
@@ -428,7 +407,9 @@ def run(
         "SELECT response_id, CASE WHEN user_id IS NULL THEN session_id ELSE replace(user_id, '/', '//') || '/' || "
         "session_id END AS session_id, turn, ts, prompt, response FROM wt_responses_src",
     )
-    check_repeats(engine, str(responses), file_column(cfg.columns, "response_id", src))
+    column = file_column(cfg.columns, "response_id", src)
+    other = "session, turn, ts, prompt or response"
+    check_repeats(engine, "responses", "response_id", str(responses), column, "one generated response", other)
     n_responses = engine.rows("SELECT count(*) FROM responses")[0][0]
     types = open_table(engine, "events", events, event_columns(), cfg.columns)
     check_events(engine, str(events), cfg, types)

@@ -3,12 +3,14 @@
 Inputs are two relations (files, or a team's own warehouse tables under these names):
   events(content_id, user_id, ts, dwell_s, position, liked, collected)   one row per view
   content(content_id, context, prompt, text, length_chars, images)      one row per item
+(a content row repeated whole is counted once, the copies as `duplicate`; one id with other content is refused),
 where `context` is what makes items comparable (a tag or topic for notes, the question for answers).
 Without a content file the content columns are read from the events file, and must be the same on every event of
 an item (two texts or contexts for one content_id are an error, not a silent pick).
 
 Steps (each one SQL statement; `build_stages(cfg)` returns them, `--print-sql` prints them):
-  1. content: an integer key and the expected reading time (base_s + chars / read_cps + images × image_s)
+  1. content: each row once (a row delivered twice: `duplicate`), an integer key and the expected reading time
+     (base_s + chars / read_cps + images × image_s)
   2. cells: one pass over the events, joined to content, grouped by item × feed position × drop rule:
      unknown content, duplicate (a row repeating another whole, user_id and ts given: a view delivered twice),
      accidental (< min_dwell_s), idle (> max_dwell_s or > idle_ratio × expected time), optionally repeat views;
@@ -42,6 +44,7 @@ from weitiao.logs.engine import (
     Stage,
     check_dwell_unit,
     check_mapping,
+    check_repeats,
     file_column,
     ledger_tail,
     open_table,
@@ -90,10 +93,11 @@ def event_columns(cfg: DwellConfig) -> list[Column]:
     ]
 
 
-def content_columns(own_file: bool = True) -> list[Column]:
-    """Columns read from the content file, or from the events file (ids repeat there) when there is none."""
+def content_columns() -> list[Column]:
+    """Columns read from the content file, or from the events file when there is none (ids repeat in either:
+    `check_repeats`, `_same_content_on_every_event`)."""
     return [
-        Column("content_id", "id", "item id", unique=own_file),
+        Column("content_id", "id", "item id"),
         Column("context", "id", "what makes items comparable: tag, topic or question"),
         Column("text", "text", "the item's text (becomes chosen/rejected)"),
         Column("prompt", "text", "prompt for DPO; default: the context", False, nullable=True, default="NULL"),
@@ -110,13 +114,18 @@ def expected_sql(cfg: DwellConfig, table: str = "") -> str:
 def build_stages(cfg: DwellConfig) -> list[Stage]:
     """The pairing pipeline for `cfg` as SQL statements over `events` and `content`."""
     stages = [
+        Stage(  # at-least-once delivery repeats rows; a row with one id and other content is refused (check_repeats)
+            "content: a row repeated whole (delivered twice) counted once",
+            "wt_content_rows",
+            "SELECT DISTINCT content_id, context, prompt, text, length_chars, images FROM content",
+        ),
         Stage(
             "content: integer key and expected reading time per item",
             "wt_content",
             f"""SELECT CAST(row_number() OVER (ORDER BY content_id) AS INTEGER) AS idx, content_id, context,
   length_chars, images, {expected_sql(cfg)} AS expected_s
-FROM content""",
-        )
+FROM wt_content_rows""",
+        ),
     ]
     idle = f" OR e.dwell_s > {n(cfg.idle_ratio)} * c.expected_s" if cfg.idle_ratio else ""
     who, repeat, src = "", "", "v"
@@ -254,8 +263,8 @@ FROM o""",
             """SELECT coalesce(cc.prompt, d.context) AS prompt, cc.text AS chosen, cr.text AS rejected, d.source,
   round(d.confidence, 4) AS confidence, d.context, d.chosen_id, d.rejected_id, round(d.margin, 4) AS margin
 FROM wt_candidates d
-JOIN content cc ON cc.content_id = d.chosen_id
-JOIN content cr ON cr.content_id = d.rejected_id
+JOIN wt_content_rows cc ON cc.content_id = d.chosen_id
+JOIN wt_content_rows cr ON cr.content_id = d.rejected_id
 WHERE d.rule IS NULL""",
         )
     )
@@ -274,6 +283,8 @@ items AS (  -- every item of the content, those no kept view reached too
   FROM wt_content c LEFT JOIN wt_items i ON i.content_id = c.content_id
   LEFT JOIN status s ON s.content_id = c.content_id)
 SELECT 'events' AS ledger, drop_rule AS rule, sum(views) AS n FROM wt_cells WHERE drop_rule IS NOT NULL GROUP BY 2
+UNION ALL SELECT 'items', 'duplicate', n FROM (
+  SELECT (SELECT count(*) FROM content) - (SELECT count(*) FROM wt_content_rows) AS n) AS d WHERE n > 0
 {ledger_tail("item", "items", "views")}""",
         )
     )
@@ -302,10 +313,13 @@ def load_inputs(
     check_dwell_unit(engine, str(events), theirs, values, cfg.min_dwell_s, cfg.max_dwell_s)
     if content is not None:
         ctypes = open_table(engine, "content", content, content_columns(), cfg.columns)
+        column = file_column(cfg.columns, "content_id", ctypes)
+        other = "context, prompt, text, length_chars or images"
+        check_repeats(engine, "content", "content_id", str(content), column, "one item", other)
         lengths = file_column(cfg.columns, "length_chars", ctypes) in ctypes
     else:  # content columns ride along on every event: one row per item, the same on each of its events
         own = tuple(c.name for c in event_columns(cfg))
-        open_table(engine, "wt_content_src", events, content_columns(own_file=False), cfg.columns, others=own)
+        open_table(engine, "wt_content_src", events, content_columns(), cfg.columns, others=own)
         cols = [c.name for c in content_columns()[1:]]
         engine.table(
             "wt_content_all",
@@ -386,6 +400,8 @@ def run(
     notes: list[str] = []
     n_events = load_inputs(engine, cfg, events, content, notes)
     inputs = {"events": str(events)} | ({"content": str(content)} if content else {})
+    n_content = engine.rows("SELECT count(*) FROM content")[0][0]
     seconds, sizes = run_stages(engine, build_stages(cfg), f"dwell pairs ({cfg.profile})", n_events, progress)
+    sizes["content"] = n_content  # rows read: the items ledger adds up to it, duplicates included
     con = engine.results(["wt_pairs", "wt_ledger"])
     return PairsRun("dwell", con, cfg, inputs, n_events, seconds, sizes, engine.name, notes)

@@ -30,10 +30,9 @@ def ledgers(run: PairsRun) -> dict[str, dict[str, int]]:
     unit_order = tuple(
         r for r in events_order if r in ("min_views", "single_in_context", "alone", "unpaired", "paired")
     )
-    if run.kind == "chat":  # a responses row delivered twice: counted once
-        unit_order = ("duplicate", *unit_order)
     if run.kind == "dwell":  # an item of the content file no kept view reached: no events of its own to count
         unit_order = ("no_kept_views", *unit_order)
+    unit_order = ("duplicate", *unit_order)  # a responses or content row delivered twice: counted once
     out: dict[str, dict[str, int]] = {}
     for name, order in (("events", events_order), (unit, unit_order), ("candidates", cand_order)):
         got = {rule: int(n) for led, rule, n in rows if led == name}
@@ -44,7 +43,7 @@ def ledgers(run: PairsRun) -> dict[str, dict[str, int]]:
 def check_ledgers(run: PairsRun, led: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
     """Totals per ledger next to what they must equal; raises AssertionError when one does not add up."""
     unit, table = ("items", "wt_content") if run.kind == "dwell" else ("responses", "wt_responses")
-    rows = run.sizes.get("responses", run.sizes[table]) if run.kind == "chat" else run.sizes[table]  # rows read
+    rows = run.sizes.get("content" if run.kind == "dwell" else "responses", run.sizes[table])  # rows read
     expect = {"events": run.events, unit: rows, "candidates": run.sizes["wt_candidates"]}
     totals = {k: {"total": sum(led[k].values()), "expected": int(v)} for k, v in expect.items()}
     for k, t in totals.items():

@@ -20,8 +20,9 @@ Rollouts sample from exactly softmax(softcap(logits) / T) (no top-p/top-k, nothi
 generation_config.json), the distribution the shared log-prob function scores; with `ppo.merge_rollout` the
 actor's LoRA is merged into the base meanwhile, and the base restored bit for bit after. The cost report
 times each phase of the step (`PHASES`). With N processes a step's prompts are dealt round-robin and a
-process left short gets weight-0 padding samples, so all run the same collectives; losses are token means
-over every process's samples and whitening and reward normalization use statistics over all processes.
+process left short gets weight-0 padding samples (never sent to the reward), so all run the same collectives;
+losses are token means over every process's samples and whitening and reward normalization use statistics over all
+processes.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from weitiao.models.load import LoraSpec, ModelSpec, disable_dropout, load_token
 from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
 from weitiao.models.roles import Roles
 from weitiao.models.untrained import refuse_untrained_tokens
-from weitiao.recipes.rewards import RewardSpec, build_scorer, critic_base_difference
+from weitiao.recipes.rewards import RewardSpec, Scorer, build_scorer, critic_base_difference
 from weitiao.train import checkpoint as ck
 from weitiao.train import dist, loop
 from weitiao.train.guard import ensure_finite
@@ -436,6 +437,17 @@ def step_prompts(
     return [m for m in picked for _ in range(n_samples)], [w for w in weights for _ in range(n_samples)]
 
 
+def score_real(score_fn: Scorer, prompts: list, texts: list[str], weights: list[float]) -> list[float]:
+    """Scores of the real samples (weight 1) from the reward; 0 for padding samples, which never reach it (a paid
+    endpoint, one with side effects) and are masked everywhere. A process with no real sample does not call it."""
+    real = [i for i, w in enumerate(weights) if w > 0]
+    out = [0.0] * len(texts)
+    if real:
+        for i, s in zip(real, score_fn([prompts[i] for i in real], [texts[i] for i in real])):
+            out[i] = s
+    return out
+
+
 def prompt_plan(digest: str, n_prompts: int, per_process: int, world: int) -> dict[str, Any]:
     """What decides the prompts of step k (kept in the trainer state): the prompts' digest and count, and the prompts
     a step deals (ppo.rollout_batch_size × processes)."""
@@ -706,7 +718,7 @@ def run(cfg: PPOConfig) -> dict:
             # 2. Scores: reward source, missing-EOS penalty, optional normalization and clipping.
             t0 = time.time()
             texts = [reply_text(tokenizer, s) for s in samples]
-            raw = torch.tensor(score_fn(batch_prompts, texts), dtype=torch.float32, device=device)
+            raw = torch.tensor(score_real(score_fn, batch_prompts, texts, weights), dtype=torch.float32, device=device)
             stopped = torch.tensor([s.stopped for s in samples], device=device)
             score = raw.clone()
             if p.missing_eos_penalty is not None:
