@@ -367,18 +367,8 @@ def test_samples_with_eos_may_be_as_long_as_the_scored_text(tokenizer, model_a, 
 
 def chain_model(tokenizer, chain: list[tuple[int, int]]):
     """Tiny Llama whose next token depends on the current one only, as `chain` says (a → b): attention and MLP
-    outputs are zeroed, so the hidden state is the token's embedding, a unit vector read by one head row."""
-    m = peaked_model(tokenizer, 0)
-    with torch.no_grad():
-        for layer in m.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        m.lm_head.weight.zero_()
-        for k, (a, b) in enumerate(chain):
-            m.model.embed_tokens.weight[a] = 0.0
-            m.model.embed_tokens.weight[a, k] = 1.0
-            m.lm_head.weight[b, k] = 20.0
-    return m
+    outputs are zeroed (`markov_model` with p = 1)."""
+    return markov_model(tokenizer, {a: {b: 1.0} for a, b in chain})
 
 
 def test_a_base_ending_with_its_eos_not_the_templates_end_of_turn():

@@ -118,22 +118,25 @@ def walk(pattern: Pattern, rng: random.Random, most: int = 300) -> bytes | None:
     return None
 
 
+def walks_validate(schema: dict, rng: random.Random, n: int) -> int:
+    """How many of `n` random walks through `schema`'s grammar end; each that ends validates."""
+    p = Pattern()
+    pattern, done = p.finish(compile_schema(p, schema, "s", strict=False)), 0
+    for _ in range(n):
+        out = walk(pattern, rng)
+        if out is not None:
+            assert valid(json.loads(out), schema), out
+            done += 1
+    return done
+
+
 @pytest.mark.parametrize("name", sorted(FORMATS))
 def test_formats_random_walks_validate(name):
     """Random walks through each format (ASCII-biased, so that the walks end) all validate, with a maxLength
     beside it; a string the format refuses is refused by the grammar too."""
     schema = {"type": "object", "properties": {"v": {"type": "string", "format": name, "maxLength": 40}}}
     schema["required"] = ["v"]
-    p = Pattern()
-    pattern = p.finish(compile_schema(p, schema, "s", strict=False))
-    rng, done = random.Random(1), 0
-    for _ in range(60):
-        out = walk(pattern, rng)
-        if out is not None:
-            value = json.loads(out)
-            assert valid(value, schema), value
-            done += 1
-    assert done >= 30
+    assert walks_validate(schema, random.Random(1), 60) >= 30
     wrong = {"date": "2023-02-29", "time": "24:00:00Z", "date-time": "2024-01-01T10:00:00", "uuid": "123",
              "email": "bob", "ipv4": "01.2.3.4", "ipv6": "1::2::3", "hostname": "-a.b", "duration": "P1H",
              "uri": "http://a b"}[name]  # fmt: skip
@@ -219,15 +222,7 @@ def test_pattern_beside_format_holds_both(pattern, name, good, bad):
     for v in bad:
         assert not accepts(s, json.dumps(v)), v  # (jsonschema's email check is only an "@")
     schema = {"type": "object", "properties": {"v": s | {"maxLength": 40}}, "required": ["v"]}
-    p = Pattern()
-    pattern_ = p.finish(compile_schema(p, schema, "s", strict=False))
-    rng, done = random.Random(2), 0
-    for _ in range(40):
-        out = walk(pattern_, rng)
-        if out is not None:
-            assert valid(json.loads(out), schema), out
-            done += 1
-    assert done >= 20
+    assert walks_validate(schema, random.Random(2), 40) >= 20
 
 
 def _escaping_walk(schema: dict) -> bytes:
