@@ -211,10 +211,10 @@ def rows_holding(path: str, column: str, value: str, most: int = 2) -> list[str]
     return out[:most]
 
 
-def check_repeats(engine: Engine, table: str, key: str, path: str, column: str, one: str, other: str) -> int:
-    """Rows of `table` repeated whole (a log delivered twice: counted once, as `duplicate`); returns how many. Two rows
-    with one `key` and other content (`other` names those columns) are refused, naming where both are (`file:line` for
-    local files; `column` is the key's name in the file, `one` what one id stands for)."""
+def check_repeats(engine: Engine, table: str, key: str, path: str, column: str, one: str, other: str) -> None:
+    """Two rows of `table` with one `key` and other content (`other` names those columns) are refused, naming where
+    both are (`file:line` for local files; `column` is the key's name in the file, `one` what one id stands for). Rows
+    repeated whole (a log delivered twice) pass: the pipeline keeps one and its ledger counts the copies."""
     rows = engine.rows(
         f"SELECT {key} FROM (SELECT DISTINCT * FROM {table}) AS d GROUP BY 1 HAVING count(*) > 1 ORDER BY 1 LIMIT 1"
     )
@@ -225,10 +225,6 @@ def check_repeats(engine: Engine, table: str, key: str, path: str, column: str, 
             f"{both}: {key} {rows[0][0]!r} is given twice with other content ({other}): one id is {one}; give the "
             "other one its own id, or drop one row (a row repeated whole is counted once)"
         )
-    return (
-        engine.rows(f"SELECT count(*) FROM {table}")[0][0]
-        - engine.rows(f"SELECT count(*) FROM (SELECT DISTINCT * FROM {table}) AS d")[0][0]
-    )
 
 
 def path_exists(path: str) -> bool:
