@@ -405,6 +405,17 @@ class LoraReport:
         return asdict(self)
 
 
+def bits_per_param(method: str, block: int = 64, block2: int = 256, numel: int | None = None) -> float:
+    """Storage per weight: 4-bit code + its share of fp32 scales (+ 8-bit scales with DQ)."""
+    if method == "int4-tensor":
+        return 4 + 32 / (numel or 1)
+    if method in ("int4-block", "nf4"):
+        return 4 + 32 / block
+    if method == "nf4-dq":
+        return 4 + 8 / block + 32 / (block * block2)
+    raise ValueError(method)
+
+
 def memory_rows(shape: ModelShape, n_lora: int, nf4_bits: float) -> list[dict]:
     """Weights, gradients and optimizer states (no activations) for each way to fine-tune, in GiB; `adam_*` hold the
     Adam moments plus the fp32 master copy where the method keeps one (full bf16)."""
@@ -441,8 +452,6 @@ def lora_report(
     dora: bool = False,
 ) -> LoraReport:
     """Everything `weitiao calc lora` prints, as numbers."""
-    from weitiao.calc.quant import bits_per_param
-
     if r <= 0:
         raise UserError(f"--r {r}: the LoRA rank must be positive")
     chosen = resolve_targets(shape, targets)

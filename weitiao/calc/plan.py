@@ -28,12 +28,12 @@ from weitiao.calc.lora import (
     ADAM32,
     MASTER,
     ModelShape,
+    bits_per_param,
     flops_per_token,
     load_shape,
     lora_params,
     resolve_targets,
 )
-from weitiao.calc.quant import bits_per_param
 from weitiao.errors import UserError
 
 GIB = 1024**3

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from weitiao.calc.lora import bits_per_param
 from weitiao.errors import UserError
 
 # The 16 NF4 levels (QLoRA, Dettmers et al. 2023, app. E); `nf4_levels()` derives them.
@@ -59,17 +60,6 @@ def dynamic_map() -> torch.Tensor:
         data += (10 ** (i - 6) * means).tolist() + (-(10 ** (i - 6)) * means).tolist()
     data += [0.0, 1.0]
     return torch.tensor(sorted(data), dtype=torch.float32)
-
-
-def bits_per_param(method: str, block: int = 64, block2: int = 256, numel: int | None = None) -> float:
-    """Storage per weight: 4-bit code + its share of fp32 scales (+ 8-bit scales with DQ)."""
-    if method == "int4-tensor":
-        return 4 + 32 / (numel or 1)
-    if method in ("int4-block", "nf4"):
-        return 4 + 32 / block
-    if method == "nf4-dq":
-        return 4 + 8 / block + 32 / (block * block2)
-    raise ValueError(method)
 
 
 def _blocks(x: torch.Tensor, block: int) -> torch.Tensor:
