@@ -348,7 +348,7 @@ def test_provenance_names_an_empty_baseline_text(name, data, where, tmp_path, mo
     """Before: "the text is empty; pass --text or --text-file", blaming the --text that was fine."""
     base = tmp_path / name
     base.write_text(data, encoding="utf-8")
-    refuse_to_start(monkeypatch, "weitiao.eval.provenance_cli", "load_chat_model")
+    refuse_to_start(monkeypatch, "weitiao.infer.chat", "load_chat_model")
     args = ["provenance", "--model", "demo", "--prompt", "周末？", "--text", "在家", "--baseline-text", base]
     rc, lines = cli(capsys, monkeypatch, *args)
     assert rc == 1 and len(lines) == 1, (rc, lines)
@@ -367,9 +367,9 @@ def test_provenance_files_with_a_bom_are_read_without_it(tmp_path, monkeypatch, 
         seen.update(prompt=messages[-1]["content"], text=text, texts=texts)
         raise AssertionError("stop before checking")
 
-    monkeypatch.setattr(provenance_cli, "load_chat_model", lambda *a: (None, None))
+    monkeypatch.setattr("weitiao.infer.chat.load_chat_model", lambda *a: (None, None))
     monkeypatch.setattr(provenance_cli, "resolve_template", lambda *a: None)
-    monkeypatch.setattr(provenance_cli, "check", check)
+    monkeypatch.setattr("weitiao.eval.provenance_report.check", check)
     files = {}
     for name, body in (("p.txt", "周末去哪儿？\r\n"), ("t.txt", "在家看书。\r\n第二行"), ("b.txt", "出去玩")):
         files[name] = tmp_path / name

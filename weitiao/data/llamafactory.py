@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from weitiao.data.files import RowError, expand_paths
 from weitiao.errors import UserError, near_miss
 from weitiao.io import read_json
@@ -109,6 +107,8 @@ class LFDataset:
     def sample(self, rows: list) -> list:
         """`num_samples` of `rows` as LLaMA-Factory picks them: a random permutation's first N, then draws with
         replacement past len(rows); seeded by the dataset's name."""
+        import numpy as np  # here, not at import: every data reader imports this module
+
         assert self.num_samples is not None and rows
         rng = np.random.default_rng(zlib.crc32(self.name.encode("utf-8")))
         idx = rng.permutation(len(rows))[: self.num_samples]

@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from weitiao.config import is_step_dir
 from weitiao.data.prompts import Prompt, read_prompts
 from weitiao.errors import UserError
 from weitiao.eval.metrics import Item, MetricSettings, item_metrics, reply_metrics
 from weitiao.io import append_jsonl, atomic_write_text, claim_outputs, read_jsonl
 from weitiao.progress import progress_bar
 from weitiao.reports import page
-from weitiao.train.checkpoint import is_step_dir
 
 GOLDEN_FILE = "golden.jsonl"
 REPORT_FILE = "golden_report.html"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -18,19 +18,10 @@ from weitiao import progress
 from weitiao.data.decode import decode_whole
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError, where
-from weitiao.eval.provenance import Sampling
-from weitiao.eval.provenance_reasoning import ReasoningConfig
-from weitiao.eval.provenance_report import (
-    Baseline,
-    CheckConfig,
-    check,
-    render_html,
-    render_text,
-    reply_ends,
-    to_json,
-)
-from weitiao.infer.chat import load_chat_model
 from weitiao.io import atomic_write_text, claim_outputs, read_text
+
+if TYPE_CHECKING:
+    from weitiao.eval.provenance_reasoning import ReasoningConfig
 
 
 def file_text(path: Path) -> str:
@@ -93,6 +84,8 @@ def given_ids(raw: str, text: str | None, tokenizer: Any, ends: list[int], with_
 
 def _reasoning(k: int, seed: int, **given: object) -> ReasoningConfig | None:
     """The trace settings: the flags given, ReasoningConfig's defaults for the rest; None when k = 0."""
+    from weitiao.eval.provenance_reasoning import ReasoningConfig  # it imports torch
+
     kw = {f: v for f, v in given.items() if v is not None}
     return ReasoningConfig(k, seed=seed, **kw) if k else None  # type: ignore[arg-type]
 
@@ -186,6 +179,18 @@ def provenance(
     # 2. models
     console = progress.console(stderr=True)
     with console.status("loading models") as status:
+        from weitiao.eval.provenance import Sampling  # these import torch: after the inputs are checked
+        from weitiao.eval.provenance_report import (
+            Baseline,
+            CheckConfig,
+            check,
+            render_html,
+            render_text,
+            reply_ends,
+            to_json,
+        )
+        from weitiao.infer.chat import load_chat_model
+
         m, tok = load_chat_model(model, adapter)
         tpl = resolve_template(tok, template)
         ids = None

@@ -15,8 +15,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
 # an emoji's continuation: variation selectors, keycap, skin tones, tag characters (subdivision flags), or a ZWJ and
 # the next part; a flag is two regional indicators, a keycap a digit/#/* with U+20E3
@@ -105,6 +103,8 @@ def loop_span(text: str, n: int = 4, min_repeats: int = 3) -> Loop | None:
     ("的的的的的的" with n=4); for p >= n the whole p-unit block repeats ("我是AI。" three times).
     Among equally long spans the smallest period wins.
     """
+    import numpy as np  # here, not at import: the CLI's startup does not need it
+
     if n < 1 or min_repeats < 2:
         raise ValueError(f"need n >= 1 and min_repeats >= 2, got n={n}, min_repeats={min_repeats}")
     matches = list(UNIT.finditer(text))
