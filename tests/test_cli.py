@@ -205,13 +205,19 @@ def test_a_user_error_on_several_processes_is_printed_once(tmp_path):
 def test_every_command_names_cpu_for_deepspeed(monkeypatch):
     """`weitiao export --merge` printed DeepSpeed's "[WARNING] Setting accelerator to CPU. If you have GPU ..."
     (peft's merge imports it): the CLI names cpu for DeepSpeed's probe on a machine without CUDA, a user's own
-    DS_ACCELERATOR untouched."""
+    DS_ACCELERATOR untouched. It is named when DeepSpeed is first looked up, so a command that never gets there
+    does not import torch to ask about CUDA."""
+    import importlib.util
+
     import torch
 
     from weitiao import cli
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(sys, "argv", ["weitiao", "--help"])
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))  # the hook main() adds goes with the test
+    if "deepspeed" in sys.modules:
+        monkeypatch.delitem(sys.modules, "deepspeed")
     for given, want in ((None, "cpu"), ("cuda", "cuda")):
         if given is None:
             monkeypatch.delenv("DS_ACCELERATOR", raising=False)
@@ -219,6 +225,8 @@ def test_every_command_names_cpu_for_deepspeed(monkeypatch):
             monkeypatch.setenv("DS_ACCELERATOR", given)
         with pytest.raises(SystemExit):
             cli.main()
+        assert __import__("os").environ.get("DS_ACCELERATOR") == given  # --help reached no DeepSpeed
+        importlib.util.find_spec("deepspeed")  # what accelerate and transformers ask before importing it
         assert __import__("os").environ["DS_ACCELERATOR"] == want
 
 

@@ -509,9 +509,9 @@ def ui(
 
 
 def main() -> None:
-    from weitiao.train.dist import name_cpu_for_deepspeed
+    from weitiao.train.deepspeed_env import name_cpu_before_deepspeed
 
-    name_cpu_for_deepspeed()  # every command: exports and merges import DeepSpeed too
+    name_cpu_before_deepspeed()  # every command: exports and merges import DeepSpeed too
     try:
         app()
     except UserError as e:

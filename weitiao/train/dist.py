@@ -22,6 +22,7 @@ from accelerate.utils import DistributedType, gather_object
 from weitiao.errors import UserError
 from weitiao.train import checkpoint as ck
 from weitiao.train import zero
+from weitiao.train.deepspeed_env import name_cpu_for_deepspeed
 
 # Keys of what peft saves in an adapter folder (LoRA/DoRA weights, modules_to_save such as a score head).
 PEFT_SAVED = ("lora_", "modules_to_save", "trainable_tokens")
@@ -182,14 +183,6 @@ def sharded(module: Any) -> bool:
     return any(isinstance(m, FSDPModule) for m in module.modules()) or any(
         isinstance(p, DTensor) for p in module.parameters()
     )
-
-
-def name_cpu_for_deepspeed() -> None:
-    """On a machine without CUDA, DS_ACCELERATOR defaults to cpu: accelerate's unwrap (every save) and peft's merge
-    import DeepSpeed where it is installed, and its accelerator probe then warns "Setting accelerator to CPU. If you
-    have GPU ... unable to detect it" into every CPU run; cpu is what the probe picks. A user's own value stays."""
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def inner_model(accel: Any, module: Any) -> Any:
