@@ -51,15 +51,15 @@ console = progress.console()
 def _config_classes(name: str) -> list[tuple[str, type]]:
     """(title, pydantic class) of a command's config file; imported on demand to keep startup fast."""
     if name == "sft":
-        from weitiao.recipes.sft import SFTConfig as cls
+        from weitiao.recipes.configs import SFTConfig as cls
     elif name == "dpo":
-        from weitiao.recipes.dpo import DPOConfig as cls
+        from weitiao.recipes.configs import DPOConfig as cls
     elif name == "kto":
-        from weitiao.recipes.kto import KTOConfig as cls
+        from weitiao.recipes.configs import KTOConfig as cls
     elif name == "rm":
-        from weitiao.recipes.rm import RMConfig as cls
+        from weitiao.recipes.configs import RMConfig as cls
     elif name == "ppo":
-        from weitiao.recipes.ppo import PPOConfig as cls
+        from weitiao.recipes.configs import PPOConfig as cls
     elif name == "logs":
         from weitiao.logs.config import ChatConfig, DwellConfig
 
@@ -108,9 +108,12 @@ def _summary(*parts: Any) -> None:
 def sft(config: Path = CONFIG, overrides: list[str] = OVERRIDES, help_config: bool = HELP_CONFIG) -> None:
     """Supervised fine-tuning: LoRA, QLoRA (model.quant=4bit) or full."""
     from weitiao.config import load_config
+    from weitiao.recipes.configs import SFTConfig
+
+    cfg = load_config(SFTConfig, config, overrides or [])  # before the recipe's imports (torch): mistakes said at once
     from weitiao.recipes import sft as recipe
 
-    _summary(recipe.run(load_config(recipe.SFTConfig, config, overrides or [])))
+    _summary(recipe.run(cfg))
 
 
 @app.command()
@@ -122,9 +125,10 @@ def dpo(
 ) -> None:
     """Direct preference optimization (sigmoid, ipo, hinge; label smoothing; RPO)."""
     from weitiao.config import load_config
-    from weitiao.recipes import dpo as recipe
+    from weitiao.recipes.configs import DPOConfig
 
     if sweep:
+        from weitiao.recipes import dpo as recipe
         from weitiao.recipes.sweep import sweep as run_sweep
 
         rows = run_sweep(recipe.DPOConfig, recipe.run, config, overrides or [], sweep)
@@ -139,34 +143,46 @@ def dpo(
             t.add_row(*("–" if r[c] is None else f"{r[c]:.4g}" for c in cols))
         _summary(t)  # under torchrun every process runs the sweep: the first prints it
         return
-    _summary(recipe.run(load_config(recipe.DPOConfig, config, overrides or [])))
+    cfg = load_config(DPOConfig, config, overrides or [])  # before the recipe's imports (torch): mistakes said at once
+    from weitiao.recipes import dpo as recipe
+
+    _summary(recipe.run(cfg))
 
 
 @app.command()
 def kto(config: Path = CONFIG, overrides: list[str] = OVERRIDES, help_config: bool = HELP_CONFIG) -> None:
     """KTO on unpaired feedback: replies labelled good or bad (TRL prompt/completion/label, kto_tag)."""
     from weitiao.config import load_config
+    from weitiao.recipes.configs import KTOConfig
+
+    cfg = load_config(KTOConfig, config, overrides or [])  # before the recipe's imports (torch): mistakes said at once
     from weitiao.recipes import kto as recipe
 
-    _summary(recipe.run(load_config(recipe.KTOConfig, config, overrides or [])))
+    _summary(recipe.run(cfg))
 
 
 @app.command()
 def rm(config: Path = CONFIG, overrides: list[str] = OVERRIDES, help_config: bool = HELP_CONFIG) -> None:
     """Reward model: Bradley–Terry on preference pairs (LoRA or full), for PPO and `score`."""
     from weitiao.config import load_config
+    from weitiao.recipes.configs import RMConfig
+
+    cfg = load_config(RMConfig, config, overrides or [])  # before the recipe's imports (torch): mistakes said at once
     from weitiao.recipes import rm as recipe
 
-    _summary(recipe.run(load_config(recipe.RMConfig, config, overrides or [])))
+    _summary(recipe.run(cfg))
 
 
 @app.command()
 def ppo(config: Path = CONFIG, overrides: list[str] = OVERRIDES, help_config: bool = HELP_CONFIG) -> None:
     """PPO (RLHF): actor + reference + critic adapters on one base; reward model, function or HTTP."""
     from weitiao.config import load_config
+    from weitiao.recipes.configs import PPOConfig
+
+    cfg = load_config(PPOConfig, config, overrides or [])  # before the recipe's imports (torch): mistakes said at once
     from weitiao.recipes import ppo as recipe
 
-    summary = recipe.run(load_config(recipe.PPOConfig, config, overrides or []))
+    summary = recipe.run(cfg)
     if "cost" not in summary:  # train.stop_after: the run goes on later; the cost report comes at its end
         _summary(summary)
         return

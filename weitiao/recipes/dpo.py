@@ -24,12 +24,10 @@ import hashlib
 import json
 from collections import deque
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from weitiao.config import ConfigPath, ModelRef
 from weitiao.data.chat import IGNORE, Encoded
 from weitiao.data.collate import Batch, collate, n_targets, process_share
 from weitiao.data.preference import pair_rows
@@ -45,11 +43,11 @@ from weitiao.models.load import (
     lora_as_trained,
     resolve_path,
 )
+from weitiao.recipes.configs import DPOConfig, DPOSpec, DPOTrainSpec  # noqa: F401  (re-exported)
 from weitiao.train import dist, loop
 from weitiao.train.log import places
 from weitiao.train.pairs import PrefData, check_pair_model, prepare_pairs
 from weitiao.train.reference import Reference, reference_model, sequence_logps
-from weitiao.train.spec import PairRecipeConfig, PairTrainSpec, lr_field
 
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "margins", "accuracy", "logps/chosen", "logps/rejected")
 # Sums every micro-step returns (evaluate() starts from zeros for these, so a rank without pairs still reduces).
@@ -69,43 +67,6 @@ SUM_KEYS = (
     "pairs",
     "weight_sum",
 )
-
-
-class DPOSpec(BaseModel):
-    """The DPO objective."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    beta: float = Field(0.1, gt=0, description="strength of the pull toward the reference")
-    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="sigmoid (DPO), ipo or hinge")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="conservative DPO ε (sigmoid only)")
-    rpo_alpha: float = Field(0.0, ge=0, description="weight of the NLL term on chosen replies (RPO)")
-    precompute_ref: bool = Field(False, description="reference log-probs in one pass, cached to disk")
-    reference: ModelRef | None = Field(None, description="reference model dir; default: base without adapter")
-    warn_falling_chosen: int = Field(20, description="warn after this many steps of falling chosen log-probs")
-    kl_max_new_tokens: int = Field(
-        32, ge=0, description="reply tokens sampled per eval prompt for the on-policy KL; 0 = off"
-    )
-
-    @model_validator(mode="after")
-    def _smoothing_needs_sigmoid(self) -> DPOSpec:
-        if self.label_smoothing and self.loss_type != "sigmoid":
-            raise ValueError(
-                f"dpo.label_smoothing={self.label_smoothing} is only used by loss_type sigmoid, "
-                f"not {self.loss_type}; set it to 0"
-            )
-        return self
-
-
-class DPOTrainSpec(PairTrainSpec):
-    LR = (5e-5, 5e-7)
-    lr: float | None = lr_field(*LR)
-    out: ConfigPath = Field("runs/dpo", description="run folder: checkpoints, final/, metrics.jsonl")
-
-
-class DPOConfig(PairRecipeConfig):
-    dpo: DPOSpec = Field(default_factory=DPOSpec)
-    train: DPOTrainSpec = Field(default_factory=DPOTrainSpec)
 
 
 def _files_identity(path: str | None) -> Any:

@@ -29,59 +29,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from weitiao.config import ConfigPath, ModelRef
 from weitiao.data.chat import Encoded
 from weitiao.data.collate import Batch, collate, process_share
 from weitiao.data.prep import kto_balance
 from weitiao.losses.preference import kto_terms
 from weitiao.losses.sft import CausalLMLoss
-from weitiao.models.load import LoraSpec, ModelSpec, build_trainable, count_params, load_tokenizer, lora_as_trained
+from weitiao.models.load import build_trainable, count_params, load_tokenizer, lora_as_trained
+from weitiao.recipes.configs import KTOConfig, KTOSpec, KTOTrainSpec  # noqa: F401  (re-exported)
 from weitiao.train import dist, loop
 from weitiao.train.feedback import FeedbackData, mismatched, prepare_feedback
 from weitiao.train.pairs import check_pair_model
 from weitiao.train.reference import Reference, reference_model, sequence_logps
-from weitiao.train.spec import FeedbackDataSpec, PairTrainSpec, lr_field
 
 SUM_KEYS = ("loss_sum", "rows", "desirable", "undesirable", "rewards/chosen_sum", "rewards/rejected_sum",
             "logps/chosen_sum", "logps/rejected_sum", "kl_sum", "kl_batches", "tokens")  # fmt: skip
-
-
-class KTOSpec(BaseModel):
-    """The KTO objective."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    beta: float = Field(0.1, gt=0, description="strength of the pull toward the reference")
-    desirable_weight: float = Field(1.0, gt=0, description="λ_D: weight of a desirable reply's loss")
-    undesirable_weight: float = Field(1.0, gt=0, description="λ_U: weight of an undesirable reply's loss")
-    reference: ModelRef | None = Field(None, description="reference model dir; default: base without adapter")
-
-
-class KTOTrainSpec(PairTrainSpec):
-    LR = (5e-5, 5e-7)
-    lr: float | None = lr_field(*LR)
-    out: ConfigPath = Field("runs/kto", description="run folder: checkpoints, final/, metrics.jsonl")
-
-
-class KTOConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    lora: LoraSpec = Field(default_factory=LoraSpec)
-    data: FeedbackDataSpec
-    kto: KTOSpec = Field(default_factory=KTOSpec)
-    train: KTOTrainSpec = Field(default_factory=KTOTrainSpec)
-
-    @model_validator(mode="after")
-    def _kl_needs_two_rows(self) -> KTOConfig:
-        if self.train.micro_batch_size == 1 and not self.data.packing:  # TRL refuses a batch of 1 too
-            raise ValueError(
-                "train.micro_batch_size 1 without data.packing puts one row in a micro-batch, whose KL reference "
-                "point is then its own reward; set train.micro_batch_size ≥ 2 (e.g. 8)"
-            )
-        return self
 
 
 def kto_step(

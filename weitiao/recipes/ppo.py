@@ -36,12 +36,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from weitiao.config import ConfigPath, dump_config
+from weitiao.config import dump_config
 from weitiao.data.chat import IGNORE
 from weitiao.data.formats import Message
 from weitiao.data.prompts import Prompt, read_prompts
@@ -52,132 +51,16 @@ from weitiao.io import atomic_write_text, write_jsonl
 from weitiao.losses import ppo as ppo_losses
 from weitiao.losses.sft import PACKED_SDPA, target_logps
 from weitiao.models import attention, packed_attention
-from weitiao.models.load import LoraSpec, ModelSpec, disable_dropout, load_tokenizer, lora_as_trained
+from weitiao.models.load import disable_dropout, load_tokenizer, lora_as_trained
 from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
 from weitiao.models.roles import Roles
 from weitiao.models.untrained import refuse_untrained_tokens
-from weitiao.recipes.rewards import RewardSpec, Scorer, build_scorer, critic_base_difference
+from weitiao.recipes.configs import PPOConfig, PPOSpec, PPOTrainSpec, PromptSpec  # noqa: F401  (re-exported)
+from weitiao.recipes.rewards import Scorer, build_scorer, critic_base_difference
 from weitiao.train import checkpoint as ck
 from weitiao.train import dist, loop
 from weitiao.train.guard import ensure_finite
 from weitiao.train.log import MetricsLog, places, progress_bar
-from weitiao.train.spec import RunSpec, TemplateName
-
-
-class PPOSpec(BaseModel):
-    """PPO hyper-parameters (OpenRLHF names where they exist)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    init_kl_coef: float = Field(0.05, ge=0, description="β of the per-token KL penalty")
-    kl_target: float | None = Field(None, gt=0, description="adaptive β: target KL per sequence (None = fixed β)")
-    kl_horizon: int = Field(10000, gt=0, description="adaptive β: horizon in samples")
-    kl_estimator: Literal["k1", "k3"] = Field("k1", description="k1 = log π − log π_ref; k3 = r − 1 − log r")
-    gamma: float = Field(1.0, ge=0, le=1, description="GAE discount γ")
-    lambd: float = Field(0.95, ge=0, le=1, description="GAE λ")
-    eps_clip: float = Field(0.2, gt=0, description="ε of the clipped policy ratio")
-    value_clip: float | None = Field(0.2, gt=0, description="ε_v of the clipped value loss; None = unclipped")
-    vf_coef: float = Field(0.5, ge=0, description="weight of the value loss (critic has its own optimizer)")
-    entropy_loss_coef: float = Field(0.0, ge=0, description="weight of the entropy bonus")
-    rollout_batch_size: int = Field(16, gt=0, description="prompts per step (per process)")
-    n_samples_per_prompt: int = Field(1, gt=0, description="replies sampled per prompt")
-    train_batch_size: int = Field(8, gt=0, description="samples per PPO minibatch (per process; one optimizer step)")
-    micro_train_batch_size: int = Field(4, gt=0, description="samples per forward/backward in an update")
-    micro_rollout_batch_size: int = Field(8, gt=0, description="samples per no-grad scoring forward")
-    max_epochs: int = Field(2, gt=0, description="PPO epochs over each rollout batch")
-    actor_learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate of the actor")
-    critic_learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate of the critic")
-    max_norm: float = Field(1.0, gt=0, description="gradient clipping, actor and critic separately")
-    prompt_max_len: int = Field(256, gt=0, description="longer prompts (in tokens) are dropped")
-    generate_max_len: int = Field(64, gt=0, description="reply tokens sampled at most")
-    temperature: float = Field(1.0, gt=0, description="rollout sampling temperature (log-probs use the same)")
-    top_p: float = Field(1.0, description="only 1.0: log-probs score the full softmax(logits / temperature)")
-    missing_eos_penalty: float | None = Field(1.0, ge=0, description="subtracted from the score of replies with no EOS")
-    normalize_reward: bool = Field(False, description="divide scores by their running std (and subtract mean)")
-    reward_clip_range: float | None = Field(None, gt=0, description="clip scores to ±this after normalization")
-    whiten_advantages: bool = Field(True, description="advantages to mean 0, std 1 per batch")
-    critic_init: Literal["auto", "reward", "zeros"] = Field("auto", description="auto: reward if reward.kind=model")
-    critic_lora: LoraSpec | None = Field(None, description="critic adapter; default = the actor's settings")
-    old_logprobs: Literal["recompute", "rollout"] = Field(
-        "recompute",
-        description="π_old's log-probs: recompute = a no-grad forward after sampling; rollout = the sampler's own "
-        "(no extra forward; a KV-cached decode rounds differently, ~1e-6 in float32, so float32 models only; "
-        "the KL to the reference then carries that rounding, not exactly 0 at step 1)",
-    )
-    merge_rollout: bool = Field(
-        False,
-        description="sample with the actor's LoRA folded into the base weights: faster decoding, same samples, "
-        "the base restored bit for bit after, but a copy of the adapted base weights is held meanwhile; "
-        "LoRA on an unquantized base only (else refused)",
-    )
-
-    @field_validator("top_p")
-    @classmethod
-    def _full_softmax(cls, v: float) -> float:
-        if v != 1.0:  # nucleus sampling would draw from a distribution the log-probs do not score (off-policy)
-            raise ValueError("only 1.0 is supported: PPO's log-probs score the full softmax(logits / temperature)")
-        return v
-
-    @model_validator(mode="after")
-    def _adaptive_needs_beta(self) -> PPOSpec:
-        if self.kl_target is not None and self.init_kl_coef == 0:  # β·(1 + e) stays 0: the target would do nothing
-            raise ValueError(
-                f"ppo.kl_target={self.kl_target} scales β from ppo.init_kl_coef, which is 0 so stays 0; "
-                "set init_kl_coef > 0 (e.g. 0.05) or remove kl_target"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _micro_within_minibatch(self) -> PPOSpec:
-        if self.micro_train_batch_size > self.train_batch_size:  # a minibatch never holds more: capped, unsaid
-            raise ValueError(
-                f"ppo.micro_train_batch_size={self.micro_train_batch_size} is more than ppo.train_batch_size="
-                f"{self.train_batch_size} (samples per minibatch, one optimizer step); make it at most that"
-            )
-        return self
-
-
-class PromptSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    prompts: list[ConfigPath] = Field(
-        ..., description="files of prompts: {prompt}, {messages} ending with user, SFT rows"
-    )
-    template: TemplateName = Field("auto", description="chat template; auto = the tokenizer's own, else plain")
-
-
-class PPOTrainSpec(RunSpec):
-    out: ConfigPath = Field("runs/ppo", description="run folder: checkpoints, final/, metrics.jsonl")
-    max_steps: int | None = Field(None, gt=0, description="stop after this many rollout steps")
-    keep_last: int = Field(2, gt=0, description="checkpoints kept; at least 1")
-    num_episodes: int = Field(1, gt=0, description="passes over the prompts")
-    disable_dropout: bool = Field(True, description="dropout p=0 everywhere (else updates run with dropout: π ≠ π_old)")
-    sample_every: int = Field(5, ge=0, description="log a few generations every N steps; 0 = never")
-    hacking_window: int = Field(5, gt=1, description="steps compared by the reward-hacking check")
-    hacking_kl: float = Field(20.0, gt=0, description="warn when score rises while KL per sequence exceeds this")
-    hacking_length_ratio: float = Field(1.5, gt=1, description="... or mean length grows by this factor")
-
-
-class PPOConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    lora: LoraSpec = Field(default_factory=LoraSpec)
-    reward: RewardSpec
-    data: PromptSpec
-    ppo: PPOSpec = Field(default_factory=PPOSpec)
-    train: PPOTrainSpec = Field(default_factory=PPOTrainSpec)
-
-    @model_validator(mode="after")
-    def _merge_needs_lora_on_plain_base(self) -> PPOConfig:
-        # it sampled unmerged, unsaid: a quantized base cannot take the adapter exactly, a full actor has none
-        why = f"the base is quantized (model.quant={self.model.quant})" if self.model.quant != "none" else None
-        why = why or (None if self.lora.enabled else "the actor is trained in full (lora.enabled: false): no adapter")
-        if self.ppo.merge_rollout and why:
-            raise ValueError(f"ppo.merge_rollout folds the actor's LoRA into an unquantized base, but {why}; remove "
-                             "ppo.merge_rollout (sampling is unmerged)")  # fmt: skip
-        return self
-
 
 # ----------------------------------------------------------------------------- prompts
 

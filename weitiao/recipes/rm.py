@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
-from weitiao.config import ConfigPath
 from weitiao.data.collate import collate, process_share
 from weitiao.data.preference import pair_rows
 from weitiao.errors import UserError
@@ -37,28 +35,9 @@ from weitiao.models.load import (
     lora_as_trained,
     match_adapter,
 )
+from weitiao.recipes.configs import RMConfig, RMSpec, RMTrainSpec  # noqa: F401  (re-exported)
 from weitiao.train import dist, loop
 from weitiao.train.pairs import check_pair_model, prepare_pairs
-from weitiao.train.spec import PairRecipeConfig, PairTrainSpec, lr_field
-
-
-class RMSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    margin: float = Field(0.0, description="required reward gap m in −log σ(r_c − r_r − m)")
-    center_coef: float = Field(0.0, ge=0, description="λ of the (r_c + r_r)² centring term")
-
-
-class RMTrainSpec(PairTrainSpec):
-    LR = (1e-4, 1e-5)
-    lr: float | None = lr_field(*LR)
-    out: ConfigPath = Field("runs/rm", description="run folder: checkpoints, final/, metrics.jsonl")
-
-
-class RMConfig(PairRecipeConfig):
-    rm: RMSpec = Field(default_factory=RMSpec)
-    train: RMTrainSpec = Field(default_factory=RMTrainSpec)
-
 
 SUM_KEYS = ("loss_sum", "accuracy_sum", "margin_sum", "reward_sum", "reward_sq_sum", "pairs")
 

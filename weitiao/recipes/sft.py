@@ -17,11 +17,10 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from weitiao.data.cache import EncodedSet, encoded_files
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, EncodeStats
@@ -33,37 +32,11 @@ from weitiao.io import atomic_write_text
 from weitiao.losses.sft import CausalLMLoss
 from weitiao.models import packed_attention
 from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
-from weitiao.models.load import LoraSpec, ModelSpec, build_trainable, count_params, load_tokenizer
+from weitiao.models.load import build_trainable, count_params, load_tokenizer
 from weitiao.models.untrained import refuse_untrained_tokens
+from weitiao.recipes.configs import DataSpec, SFTConfig  # noqa: F401  (re-exported)
 from weitiao.train import dist, loop
-from weitiao.train.spec import DataFilesSpec, TrainSpec
-
-
-class DataSpec(DataFilesSpec):
-    """Training data and how it becomes tokens."""
-
-    format: Literal["auto", "alpaca", "sharegpt", "openai", "firefly", "prompt_completion", "text"] = Field(
-        "auto", description="row format; auto detects it per file"
-    )
-    max_len: int = Field(1024, gt=8, description="tokens per row")
-    truncation: Literal["drop", "cut", "history"] = Field(
-        "drop", description="over max_len: drop the row, cut its tail (counts rows losing end-of-turn), drop history"
-    )
-    train_on_prompt: bool = Field(
-        False, description="loss on prompt tokens too; eval_loss follows, eval_loss_answer stays reply-only"
-    )
-    train_turns: Literal["all", "last"] = Field("all", description="assistant turns trained: all or the last")
-    train_eot: bool = Field(True, description="false = never learn to stop (chapter Q147 experiment only)")
-    packing: bool = Field(True, description="several rows per micro-batch row (first-fit); attention kept apart")
-
-
-class SFTConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    lora: LoraSpec = Field(default_factory=LoraSpec)
-    data: DataSpec
-    train: TrainSpec = Field(default_factory=TrainSpec)
+from weitiao.train.spec import TrainSpec
 
 
 @dataclass

@@ -3,7 +3,7 @@ and batching of SFT/DPO/RM, data files (SFT and preference data), preference dat
 chat-template name.
 
 Each recipe composes these into its own config class; no recipe imports another recipe's config.
-`ModelSpec` and `LoraSpec` live in `weitiao.models.load` (the loaders take them) and are composed
+`ModelSpec` and `LoraSpec` live in `weitiao.models.spec` (the loaders take them) and are composed
 the same way.
 """
 
@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from weitiao.config import ConfigPath, DataPath, ResumeRef
 from weitiao.data.formats import MAX_ROW_BYTES
-from weitiao.models.load import LoraSpec, ModelSpec
+from weitiao.models.spec import LoraSpec, ModelSpec
 from weitiao.train.log import REPORT_TO_HELP, ReportTo
 
 # Must equal weitiao.data.templates.TEMPLATE_NAMES (tested): a typo fails at config load, not after loading the model.
