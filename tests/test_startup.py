@@ -1,0 +1,74 @@
+"""CLI startup: `--help` and the mistakes that need no model are answered without importing torch & co.
+
+`weitiao sft missing.yaml` took 7.4 s to say the file is missing: `import weitiao.cli` imported torch
+(calc.quant, eval.golden → train.checkpoint, provenance) and numpy, `main()` asked torch about CUDA for
+DeepSpeed, and each recipe imported torch/transformers/peft before reading its config. Heavy libraries are
+now imported by the code paths that use them; these tests run in a fresh interpreter (the suite has torch loaded).
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# Libraries only a model, a tokenizer, a log query or a metric needs; `--help` and a config mistake import none.
+HEAVY = ("torch", "transformers", "peft", "accelerate", "deepspeed", "bitsandbytes", "trl", "safetensors",
+         "tokenizers", "datasets", "duckdb", "pyspark", "jieba", "pandas", "pyarrow", "sklearn", "fastapi",
+         "numpy")  # fmt: skip
+
+
+def fresh(code: str) -> dict:
+    """Run `code` in a new interpreter; it prints one JSON line last."""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout.splitlines()[-1])
+
+
+LOADED = f"sorted(m for m in {HEAVY!r} if m in sys.modules)"
+
+
+def test_importing_the_cli_imports_no_heavy_library():
+    assert fresh(f"import json, sys\nimport weitiao.cli\nprint(json.dumps({LOADED}))") == []
+
+
+def test_help_and_config_mistakes_import_no_heavy_library(tmp_path):
+    """Every command's --help (found by walking the CLI), a missing config file, an unknown key and an unknown
+    flag: each answered as before (exit code, first line), with none of HEAVY imported."""
+    (tmp_path / "bad.yaml").write_text("model:\n  path: demo\ndata:\n  train: [x.jsonl]\n  formt: alpaca\n")
+    code = f"""
+import contextlib, io, json, sys
+from typer.main import get_command
+from weitiao import cli
+
+def walk(cmd, path):
+    yield path
+    for name, sub in getattr(cmd, "commands", {{}}).items():
+        yield from walk(sub, [*path, name])
+
+def run(args):
+    sys.argv, out, err = ["weitiao", *args], io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+    return [code, (err.getvalue() or out.getvalue()).strip().splitlines()[:1]]
+
+helps = {{" ".join(p): run([*p, "--help"])[0] for p in walk(get_command(cli.app), [])}}
+bad = {str(tmp_path / "bad.yaml")!r}
+errors = {{c: run([c, "missing.yaml"]) for c in ("sft", "dpo", "kto", "rm", "ppo")}}
+errors.update(key=run(["sft", bad]), flag=run(["dpo", "--bogus", bad]), show=run(["config", "show", "sft"])[:1])
+print(json.dumps({{"helps": helps, "errors": errors, "loaded": {LOADED}}}))
+"""
+    got = fresh(code)
+    assert len(got["helps"]) > 50 and set(got["helps"].values()) == {0}, got["helps"]
+    assert {k: got["errors"][k] for k in ("sft", "dpo", "kto", "rm", "ppo")} == {
+        c: [1, ["error: missing.yaml: config file not found"]] for c in ("sft", "dpo", "kto", "rm", "ppo")
+    }
+    assert got["errors"]["key"] == [
+        1, [f"error: {tmp_path / 'bad.yaml'}:5: data.formt: Extra inputs are not permitted; did you mean data.format?"]
+    ]  # fmt: skip
+    assert got["errors"]["flag"][0] == 2 and got["errors"]["show"] == [0]
+    assert got["loaded"] == []
