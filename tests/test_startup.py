@@ -33,8 +33,8 @@ def test_importing_the_cli_imports_no_heavy_library():
 
 
 def test_help_and_config_mistakes_import_no_heavy_library(tmp_path):
-    """Every command's --help (found by walking the CLI), a missing config file, an unknown key and an unknown
-    flag: each answered as before (exit code, first line), with none of HEAVY imported."""
+    """Every command's --help (found by walking the CLI), a missing config file, an unknown key, an unknown flag and
+    flags a command checks itself: each answered as before (exit code, first line), with none of HEAVY imported."""
     (tmp_path / "bad.yaml").write_text("model:\n  path: demo\ndata:\n  train: [x.jsonl]\n  formt: alpaca\n")
     code = f"""
 import contextlib, io, json, sys
@@ -60,6 +60,9 @@ helps = {{" ".join(p): run([*p, "--help"])[0] for p in walk(get_command(cli.app)
 bad = {str(tmp_path / "bad.yaml")!r}
 errors = {{c: run([c, "missing.yaml"]) for c in ("sft", "dpo", "kto", "rm", "ppo")}}
 errors.update(key=run(["sft", bad]), flag=run(["dpo", "--bogus", bad]), show=run(["config", "show", "sft"])[:1])
+flags = [["chat", "--temperature", "-1"], ["export", "--adapter", "a", "--out", "b", "--dtype", "bf16"],
+         ["export", "--adapter", "a", "--out", "b", "--for", "verl", "--merge"], ["serve", "--pii", "bogus"]]
+errors.update(checked=[run(f) for f in flags])
 print(json.dumps({{"helps": helps, "errors": errors, "loaded": {LOADED}}}))
 """
     got = fresh(code)
@@ -71,4 +74,10 @@ print(json.dumps({{"helps": helps, "errors": errors, "loaded": {LOADED}}}))
         1, [f"error: {tmp_path / 'bad.yaml'}:5: data.formt: Extra inputs are not permitted; did you mean data.format?"]
     ]  # fmt: skip
     assert got["errors"]["flag"][0] == 2 and got["errors"]["show"] == [0]
+    assert got["errors"]["checked"] == [  # flags a command checks itself, before it imports the model code
+        [1, ["error: --temperature -1.0: must be >= 0 (0 = greedy)"]],
+        [1, ["error: --dtype bf16: only with --merge (or --for); an adapter export keeps the adapter's weights"]],
+        [1, ["error: --for writes a merged model itself; drop --merge, --model, --gguf and --check"]],
+        [1, ["error: --pii 'bogus' unknown; use redact or block"]],
+    ]
     assert got["loaded"] == []

@@ -228,8 +228,6 @@ def serve(
     prefill_chunk: int = typer.Option(512, help="prompt tokens prefilled per step, so long prompts do not stall"),
 ) -> None:
     """OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models, /health."""
-    from weitiao.infer import serve as tool
-
     output_filter = input_screen = None
     if pii:
         from weitiao.safety.pii import output_filter as pii_filter
@@ -241,6 +239,8 @@ def serve(
         input_screen = Screen(load_screen_config(screen))
     limits = (max_batch, max_queue, max_new_tokens)
     hooks = {"input_screen": input_screen, "output_filter": output_filter}
+    from weitiao.infer import serve as tool  # torch, transformers, fastapi: after --pii and --screen are read
+
     tool.serve(
         model, adapter, host, port, api_key, *limits, quant, template, **hooks, max_body_mb=max_body_mb,
         prefill_chunk=prefill_chunk,
@@ -271,16 +271,15 @@ def export(
     for_: str = typer.Option(None, "--for", help="openrlhf or verl: the merged policy or reward model they load"),
 ) -> None:
     """Export a clean peft adapter dir, or a merged plain HF model with the training chat template."""
-    from weitiao.infer import export as tool
-
     if dtype is not None and not (merge or for_):  # an adapter export copies the adapter's files as saved
         raise UserError(f"--dtype {dtype}: only with --merge (or --for); an adapter export keeps the adapter's weights")
     dtype = dtype or "fp32"
     if for_:
-        from weitiao.infer.rl_export import export_for
-
         if merge or model or gguf or check:
             raise UserError("--for writes a merged model itself; drop --merge, --model, --gguf and --check")
+        from weitiao.infer import export as tool  # torch: after the flags are checked
+        from weitiao.infer.rl_export import export_for
+
         dest = export_for(for_, adapter, str(out), dtype, force)
         console.print(f"exported for {for_} → {dest}")
         for line in tool.recorded_warnings(dest):  # a policy's: as `export --merge` says them
@@ -288,6 +287,8 @@ def export(
         return
     if check:
         _read_check_rows(check)  # before anything is written: a bad FILE must not leave an export behind
+    from weitiao.infer import export as tool  # torch: after the flags and --check FILE are checked
+
     dest = tool.export(adapter, str(out), merge, dtype, force, model, gguf)
     console.print(f"exported → {dest}")
     for line in tool.serve_notes(dest):
@@ -310,9 +311,10 @@ def chat(
 ) -> None:
     """Chat in the terminal (streaming, history, /reset, /system) or answer one --prompt."""
     from weitiao.eval.gen import check_decoding
-    from weitiao.infer import chat as tool
 
     check_decoding(max_new_tokens, temperature, top_p, repetition_penalty)
+    from weitiao.infer import chat as tool  # torch: after the flags are checked
+
     tool.run(model, adapter, prompt, system, max_new_tokens, temperature, top_p, repetition_penalty, quant)
 
 
