@@ -149,3 +149,27 @@ def test_chat_and_demo_print_a_models_escape_sequences_visibly(monkeypatch, caps
     buf = StringIO()
     Console(file=buf, width=120).print(side_by_side(measured))
     assert len(buf.getvalue().splitlines()) < 12 and "⏎" * 10 in buf.getvalue()
+
+
+def test_demo_says_when_a_reply_has_no_whole_character(capsys):
+    """A model that spends its tokens on broken UTF-8 bytes (a user's base after a few demo steps wrote 48 lone
+    continuation bytes per reply) decodes to "": the table and the streamed reply say so instead of a blank."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from weitiao.recipes.demo import EMPTY_REPLY, PlainView
+    from weitiao.recipes.demo_commands import RichView, side_by_side
+
+    row = {"replies": [{"prompt": "hi", "reply": "", "stopped": False, "n_tokens": 48}]}
+    measured = {s: {"ordinary": row, "redline": {"replies": []}} for s in ("base", "sft", "sft+dpo")}
+    buf = StringIO()
+    Console(file=buf, width=160).print(side_by_side(measured))
+    assert buf.getvalue().count("48 tokens, no whole character") == 3
+    PlainView().stream("hi", ["", ""])
+    assert capsys.readouterr().out == f"问 hi\n答 {EMPTY_REPLY}\n"
+    buf = StringIO()
+    RichView(Console(file=buf, width=120)).stream("hi", [])
+    assert EMPTY_REPLY in buf.getvalue()
+    PlainView().stream("hi", ["好"])
+    assert capsys.readouterr().out == "问 hi\n答 好\n"

@@ -66,6 +66,10 @@ class View(Protocol):
     def stream(self, prompt: str, pieces: Iterable[str]) -> None: ...  # one reply, piece by piece
 
 
+# shown instead of a blank line when a streamed reply has no whole character (empty, or only broken UTF-8 bytes)
+EMPTY_REPLY = "∅ (no whole character)"
+
+
 class PlainView:
     """print() for callers without a terminal UI: the lines, the numbers as JSON, the streamed reply."""
 
@@ -77,9 +81,11 @@ class PlainView:
 
     def stream(self, prompt: str, pieces: Iterable[str]) -> None:
         print(f"问 {prompt}\n答 ", end="")
+        said = False
         for piece in pieces:
             print(terminal_safe(piece), end="", flush=True)
-        print()
+            said = said or bool(piece)
+        print("" if said else EMPTY_REPLY)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from rich.text import Text
 
 from weitiao import progress
 from weitiao.data.decode import terminal_safe
-from weitiao.recipes.demo import STAGES, TARGETS
+from weitiao.recipes.demo import EMPTY_REPLY, STAGES, TARGETS
 
 
 class RichView:
@@ -31,9 +31,11 @@ class RichView:
     def stream(self, prompt: str, pieces: Iterable[str]) -> None:
         self.console.print(Text("问 ", style="cyan") + prompt)
         self.console.print(Text("答 ", style="green"), end="")
+        said = False
         for piece in pieces:
             self.console.print(terminal_safe(piece), end="", markup=False, highlight=False)
-        self.console.print()
+            said = said or bool(piece)
+        self.console.print("" if said else Text(EMPTY_REPLY, style="dim"))
 
 
 def table(numbers: dict, style_len: dict) -> Table:
@@ -64,6 +66,13 @@ def side_by_side(measured: dict, n_ordinary: int = 5, n_redline: int = 3) -> Tab
         replies = {s: measured[s][name]["replies"] for s in STAGES}
         n = len(replies["base"])
         for i in sorted({*range(min(k - 2, n)), *range(max(0, n - 2), n)}):
-            row = [replies["base"][i]["prompt"], *(replies[s][i]["reply"] for s in STAGES)]
-            out.add_row(*(Text(terminal_safe(cell).replace("\n", "⏎")) for cell in row))
+            prompt = Text(terminal_safe(replies["base"][i]["prompt"]).replace("\n", "⏎"))
+            out.add_row(prompt, *(_cell(replies[s][i]) for s in STAGES))
     return out
+
+
+def _cell(r: dict) -> Text:
+    """A reply's cell; tokens that decode to no whole character (broken UTF-8 bytes are dropped) are said, not blank."""
+    if not r["reply"] and r.get("n_tokens"):
+        return Text(f"∅ {r['n_tokens']} tokens, no whole character", style="dim")
+    return Text(terminal_safe(r["reply"]).replace("\n", "⏎"))
