@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from weitiao.errors import UserError
-from weitiao.safety import pii, pii_data, pii_eval, pii_fake, pii_files
+from weitiao.safety import pii, pii_data, pii_eval, pii_fake, pii_files, pii_match
 
 DATA = Path(__file__).parent / "data" / "pii_labelled.jsonl"
 MIN_CONF = 0.5  # a match counts as a prediction at confidence >= 0.5 (low-confidence ones are still scrubbed)
@@ -612,7 +612,7 @@ def test_id_beats_card_on_overlap():
 
 
 def test_names_degrade_without_jieba(monkeypatch):
-    monkeypatch.setattr(pii, "_JIEBA", [False])
+    monkeypatch.setattr(pii_match, "_JIEBA", [False])
     assert [m.text for m in pii.scan("姓名：张伟，联系人王小明", ["name"])] == ["张伟", "王小明"]
     assert pii.scan("请王小明先生到前台", ["name"]) == []
 
