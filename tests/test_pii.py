@@ -1463,3 +1463,23 @@ def test_qq_and_wechat_after_short_and_slang_cues():
         assert _found(text) == [(typ, value)], text
     for clear in ("Q3 12345", "FAQ：12345", "IQ 12345", "Q: 2024年", "TV：samsung", "CV：zhangsan", "Vlog：vlog2024"):
         assert _found(clear, ["qq", "wechat"]) == [], clear
+
+
+def test_a_road_after_this_city_without_a_demonstrative_is_an_address():
+    """本市中山路5号 and 城市中山路5号 (no 这个 before the city word) found no address, and 他说本市朝阳区中山路5号 took
+    说本市 as a city called 说本: 本市/我市/该市/此市/全市, and 城市 at the start or after a preposition or pronoun, are
+    the word "city"; the address is the district, road and number after it. A city whose name ends in 城 keeps it."""
+    for text, addr in [
+        ("本市中山路5号新开了一家面馆", "中山路5号"),
+        ("城市中山路5号是老地址", "中山路5号"),
+        ("我市人民路12号", "人民路12号"),
+        ("该市解放大道1024号附近堵车", "解放大道1024号"),
+        ("他说本市朝阳区中山路5号", "朝阳区中山路5号"),
+        ("寄到本市朝阳区中山路5号", "朝阳区中山路5号"),
+        ("我在城市中山路5号", "中山路5号"),
+        ("我们城市的中山路5号", "中山路5号"),
+        ("聊城市中山路5号", "聊城市中山路5号"),  # control: 聊城 is a city
+    ]:
+        assert _found(text, ["address"]) == [("address", addr)], text
+    for clear in ("本市今年GDP增长5%", "本市有12个区", "城市里3号线", "本市地铁2号线", "城市道路12号令", "全市一盘棋"):
+        assert _found(clear, ["address"]) == [], clear

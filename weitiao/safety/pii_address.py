@@ -23,7 +23,10 @@ LONG_CITIES = (
     "佳木斯 双鸭山 七台河 葫芦岛 日喀则 防城港 吐鲁番 阿拉尔 五家渠 满洲里 牙克石 扎兰屯 三门峡"
 ).split()
 # Words in 市 that name no city (公司上市后搬到了…, 楼下超市人民路…): no city name ends in these characters.
-NOT_CITY = rf"(?!{HAN}{{0,3}}?[超股夜菜集上黑早鱼闭休罢闹开]市)"
+# Characters before 城市 that make it the word "city" (在城市, 们城市的), not the tail of a city's name (聊城市).
+CITY_WORD_BEFORE = "这那哪每某该此本各整个座些大小的在到去从往住回进离说是了我你他她们和与跟"
+# 本市, 我市, 该市, 此市, 全市 and 城市 after one of those name the city the speaker means, not a city called 说本.
+NOT_CITY = rf"(?!{HAN}{{0,3}}?(?:[超股夜菜集上黑早鱼闭休罢闹开本我该此全]市|[{CITY_WORD_BEFORE}]城市))"
 ADDRESS_RE = re.compile(
     rf"(?:(?:{_PROV})(?:{HAN}{{2,4}}?(?:市|州|盟))?|(?<=[^\u4e00-\u9fa5]){NOT_CITY}(?:{HAN}{{2,4}}?市)"
     rf"|^{NOT_CITY}(?:{HAN}{{2,4}}?市)"
@@ -38,9 +41,16 @@ ADDRESS_CUED_RE = re.compile(
 
 ADDR_LEAD = re.compile(rf"^(?:住址|地址|住在|家住|位于|{SHIP_VERBS}|寄给|[我你他她们家在是到于往从去])+")
 PROV_RE = re.compile(_PROV)
-# "这个城市中山路5号": 城市 after a demonstrative, measure word or 的 is the word "city", not a city's name (聊城市,
-# 海城市 are): the address starts after it.
-GENERIC_CITY = re.compile(r"(?:[这那哪每某该此本各整][个座些]?|[一两几][个座]|[个座些大小的])城市(?:的|里的?)?")
+# "这个城市中山路5号", "本市中山路5号": 城市 after a demonstrative, measure word, 的, a preposition or pronoun or at the
+# start, and 本市/我市/该市/此市/全市, are the word "city", not a city's name (聊城市, 海城市 are): the address starts
+# after it.
+GENERIC_CITY = re.compile(
+    r"(?:(?:[这那哪每某该此本各整][个座些]?|[一两几][个座]|[个座些大小的])城市|(?:(?<![\u4e00-\u9fa5])|"
+    rf"(?<=[{CITY_WORD_BEFORE}]))城市|[本我该此全]市)(?:的|里的?)?"
+)
+TAIL_RE = re.compile(ADDR_TAIL)
+# Words for roads in general, not a road's name: 城市道路12号令 is a regulation.
+ROAD_NOUN = re.compile(r"(?:道路|马路|公路|铁路|线路|街道|轨道|通道|车道)")
 
 
 def _after_generic_city(text: str, start: int, end: int) -> int:
@@ -106,6 +116,10 @@ def find_building(text: str) -> list[Match]:
 
 def find_address(text: str) -> list[Match]:
     out = find_building(text)
+    for g in GENERIC_CITY.finditer(text):  # 本市中山路5号, 城市中山路5号: no city name, the road and number alone
+        if (tail := TAIL_RE.match(text, g.end())) and not ROAD_NOUN.match(text, g.end()):
+            start = _after_generic_city(text, g.start(), tail.end())
+            out.append(Match("address", start, tail.end(), text[start : tail.end()], 0.8))
     for m in ADDRESS_RE.finditer(text):
         s, start = m.group(), m.start()
         cut = PROV_RE.search(s[:6])  # "住在北京市..." matched as a 4-character "city": start at the province
