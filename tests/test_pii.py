@@ -1483,3 +1483,23 @@ def test_a_road_after_this_city_without_a_demonstrative_is_an_address():
         assert _found(text, ["address"]) == [("address", addr)], text
     for clear in ("本市今年GDP增长5%", "本市有12个区", "城市里3号线", "本市地铁2号线", "城市道路12号令", "全市一盘棋"):
         assert _found(clear, ["address"]) == [], clear
+
+
+def test_a_block_without_a_room_after_an_estate_name_is_an_address():
+    """住在阳光花园3栋 and 万科城12栋 (a block, no room) were left in clear: a block right after an estate's name is an
+    address. A block counted (这3栋楼, 他买了3栋房子), an estate suffix alone before it (我们小区3栋楼) or a Chinese
+    numeral before 座 (花园一座假山) is not."""
+    for text, addr in [
+        ("住在阳光花园3栋，离地铁站很近", "阳光花园3栋"),
+        ("我家在万科城12栋。", "万科城12栋"),
+        ("他住碧水蓝天小区7栋，门口有超市", "碧水蓝天小区7栋"),
+        ("碧桂园凤凰城5栋1单元", "碧桂园凤凰城5栋1单元"),
+        ("公司在金地中心A座", "金地中心A座"),
+        ("住在阳光花园三号楼", "阳光花园三号楼"),
+        ("住在阳光花园3栋502", "阳光花园3栋502"),  # with its room, as before
+    ]:
+        assert _found(text, ["address"]) == [("address", addr)], text
+    clear_ones = ("我们小区有3栋楼", "我们小区3栋楼都是新的", "他买了3栋房子", "这3栋楼很高", "花园一座假山", "花园3栋")
+    for clear in clear_ones:
+        assert _found(clear, ["address"]) == [], clear
+    assert pii.scrub("住在阳光花园3栋，离地铁站很近")[0] == "住在[地址]，离地铁站很近"

@@ -75,6 +75,12 @@ ROOM_RE = re.compile(
 )
 ESTATE = "花园|小区|大厦|公寓|广场|中心|大楼|家园|新村|山庄|华庭|公馆|天地|国际|城|苑|府|园|庭|邸|湾|院"
 DASH_ROOM_RE = re.compile(rf"(?:{ESTATE})((?:\d{{1,2}}期)?\d{{1,3}}(?:-\d{{1,2}})?-\d{{3,4}})(?![0-9A-Za-z-])")
+# A block without a room is an address only right after an estate's name (住在阳光花园3栋, 万科城12栋); a Chinese
+# numeral only before 号楼 (阳光花园三号楼): 花园一座假山, 三栋别墅 count things.
+BLOCK_RE = re.compile(
+    rf"(?:{ESTATE})((?:\d{{1,2}}期)?(?:[0-9A-Za-z]{{1,3}}(?:号楼|栋|幢|座)|[一二三四五六七八九十]{{1,3}}号楼)"
+    r"(?:[0-9一二三四五六七八九十]{1,2}单元)?)(?![0-9A-Za-z])"
+)
 NOT_ESTATE = set("在住到是于的往去从和与给向寄送发搬我你他她们了")
 
 
@@ -99,18 +105,29 @@ def _estate_start(text: str, start: int, room: int) -> int:
     return max(cut, start)
 
 
+def _name_before(text: str, room: int) -> int:
+    """Where the estate name before `room` begins: up to 8 Chinese characters back, cut as `_estate_start` cuts."""
+    start = room
+    while start > max(0, room - 8) and re.fullmatch(HAN, text[start - 1]) and text[start - 1] not in NOT_ESTATE:
+        start -= 1
+    return _estate_start(text, start, room)
+
+
 def find_building(text: str) -> list[Match]:
-    """A block and room number with the estate name before it; no road or city needed."""
+    """A block and room number with the estate name before it, or a block alone right after an estate's name; no road
+    or city needed."""
     out = []
     rooms = [m.span() for m in ROOM_RE.finditer(text)] + [m.span(1) for m in DASH_ROOM_RE.finditer(text)]
     for room, end in rooms:
         if PRODUCT_LABEL.search(text[max(0, room - 12) : room]):
             continue  # 型号A座1205: a product code
-        start = room
-        while start > max(0, room - 8) and re.fullmatch(HAN, text[start - 1]) and text[start - 1] not in NOT_ESTATE:
-            start -= 1
-        start = _estate_start(text, start, room)
+        start = _name_before(text, room)
         out.append(Match("address", start, end, text[start:end], 0.8 if start < room else 0.6))
+    for m in BLOCK_RE.finditer(text):  # 阳光花园3栋: the name must hold more than its suffix (我们小区3栋楼 is none)
+        block, end = m.span(1)
+        start = _name_before(text, block)
+        if block - start > m.start(1) - m.start():
+            out.append(Match("address", start, end, text[start:end], 0.7))
     return out
 
 
