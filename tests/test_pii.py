@@ -1503,3 +1503,26 @@ def test_a_block_without_a_room_after_an_estate_name_is_an_address():
     for clear in clear_ones:
         assert _found(clear, ["address"]) == [], clear
     assert pii.scrub("住在阳光花园3栋，离地铁站很近")[0] == "住在[地址]，离地铁站很近"
+
+
+def test_a_question_label_q_colon_is_no_qq_cue():
+    """Q：12345是什么意思 was scrubbed to Q：[QQ号]是什么意思: a Q： opening a line or sentence and followed by a
+    question labels the question (an FAQ's Q/A), not a QQ number. After other words (私聊Q：75530), or alone on its
+    line in a contact card, it still names one, and QQ：/Q号 always do."""
+    for clear in (
+        "Q：12345是什么意思",
+        "Q: 10086能打通吗",
+        "常见问题。Q：12345热线几点上班？A：全天。",
+        "Q：95588，这是哪家银行？\nA：工商银行",
+    ):
+        assert _found(clear, ["qq"]) == [], clear
+    for text, value in [
+        ("二手转让，私聊Q：75530", "75530"),
+        ("Q：75530", "75530"),
+        ("Q：75530，私聊", "75530"),
+        ("电话：13812345678\nQ：12345678\n微信：abc_123", "12345678"),
+        ("QQ：12345是我的", "12345"),
+        ("Q号12345是我的", "12345"),
+    ]:
+        assert _found(text, ["qq"]) == [("qq", value)], text
+    assert pii.scrub("Q：12345是什么意思")[0] == "Q：12345是什么意思"

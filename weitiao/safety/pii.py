@@ -372,11 +372,26 @@ QQ_MORE_RE = re.compile(
 )
 
 
+QUESTION_LABEL = re.compile(r"(?:^|[\n。！？!?])\s*$")
+
+
+def _question_label(text: str, m: re.Match) -> bool:
+    """Q： opening a line or sentence and followed by a question (Q：12345是什么意思, Q: 10086能打通吗？) labels the
+    question, as in an FAQ; 私聊Q：75530 and a line `Q：75530` alone name a QQ number."""
+    opens = QUESTION_LABEL.search(text[max(0, m.start() - 40) : m.start()])
+    if not opens or not re.match(r"Q\s*[:：]", m.group(), re.I):
+        return False
+    line = text[m.end(1) :].split("\n", 1)[0]
+    return bool(re.match(HAN, line)) or "?" in line or "？" in line
+
+
 def find_qq(text: str) -> list[Match]:
     """QQ numbers right after a QQ cue (QQ号：12345678, 扣扣 123456, qq12345) and those listed after it; never
     without one."""
     out = []
     for m in QQ_RE.finditer(text):
+        if _question_label(text, m):
+            continue
         out.append(Match("qq", m.start(1), m.end(1), m.group(1), 0.9))
         end = m.end(1)
         while more := QQ_MORE_RE.match(text, end):
