@@ -1526,3 +1526,37 @@ def test_a_question_label_q_colon_is_no_qq_cue():
     ]:
         assert _found(text, ["qq"]) == [("qq", value)], text
     assert pii.scrub("Q：12345是什么意思")[0] == "Q：12345是什么意思"
+
+
+NO_JIEBA_ADDRESSES = [
+    ("快递放翠湖天地2期8号楼1101门口", "翠湖天地2期8号楼1101"),
+    ("包裹存放翠湖天地2期8号楼1101", "翠湖天地2期8号楼1101"),
+    ("东西就放阳光花园3栋", "阳光花园3栋"),
+    ("他刚搬进阳光花园3栋502", "阳光花园3栋502"),
+    ("到了这个城市后住在中山路5号", "中山路5号"),
+    ("这个城市新开的中山路5号", "中山路5号"),
+    ("他在华润置地广场C座806上班", "华润置地广场C座806"),  # controls: names holding verbs stay whole
+    ("寄到来福士广场A座1205", "来福士广场A座1205"),
+    ("我现在住回龙观3号楼502", "回龙观3号楼502"),
+]
+
+
+def test_estate_and_road_names_are_bounded_by_words_without_jieba(monkeypatch):
+    """Without jieba the estate name was the 8 characters before the block up to a character of a fixed list, so
+    快递放翠湖天地… masked 快递放 and 这个城市新开的中山路5号 masked 新开的: the name now starts after the last of a
+    list of lead words (放, 存放, 住在, 的, 搬进…), verbs that sit inside names (来福士, 回龙观) left out. jieba gives
+    the same spans."""
+    for text, addr in NO_JIEBA_ADDRESSES:
+        assert _found(text, ["address"]) == [("address", addr)], text
+    monkeypatch.setattr(pii_match, "_JIEBA", [False])
+    for text, addr in NO_JIEBA_ADDRESSES:
+        assert _found(text, ["address"]) == [("address", addr)], text
+
+
+def test_an_estate_name_opening_with_a_preposition_is_whole_with_jieba():
+    """住在向阳小区3栋502 masked 阳小区3栋502 and left 向 in clear (和平花园 likewise): the walk back stopped at any
+    向/和 before jieba could read the word. With jieba the name is cut where jieba finds a lead word only."""
+    if not pii._jieba_ok():
+        pytest.skip(pii.NAMES_NEED_JIEBA)
+    for text, addr in [("住在向阳小区3栋502", "向阳小区3栋502"), ("住在和平花园3栋502", "和平花园3栋502")]:
+        assert _found(text, ["address"]) == [("address", addr)], text

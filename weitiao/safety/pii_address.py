@@ -84,22 +84,32 @@ BLOCK_RE = re.compile(
 NOT_ESTATE = set("在住到是于的往去从和与给向寄送发搬我你他她们了")
 
 
-PLACE_VERBS = frozenset("放 送 寄 交 到 住 在 去 来 搬 找 回 带 拿 停 存 见 约 存放 放在 送到 寄到 搬到 交给".split())
+PLACE_VERBS = frozenset(
+    "放 送 寄 交 到 住 在 去 来 搬 找 回 带 拿 停 存 见 约 进 存放 放在 放到 送到 寄到 搬到 交给 搬进 住进 住在".split()
+)
+# Without jieba: words that end the text before a name (快递放|翠湖天地, 城市后住在|中山路, 新开的|中山路). Only verbs
+# of placing and going that rarely sit inside a name: 来 (来福士广场) and 回 (回龙观) are left to jieba.
+LEAD_WORDS = re.compile(
+    "存放|放在|放到|送到|寄到|搬到|搬进|住进|住在|交给|已经|现在|之后|以后|然后|我们|你们|他们|她们|咱们|"
+    "[放送寄住到去搬进的了在于往从和与给向把是就也还说我你他她]"
+)
 
 
 def _estate_start(text: str, start: int, room: int) -> int:
     """Where the name before `room` (an estate's, a road's) begins in text[start:room]: after the last preposition,
-    pronoun, adverb, verb of placing or going, or 的 that jieba finds there (快递放|翠湖天地, 城市后住在|中山路);
-    `start` without jieba. Other verbs stay, as names hold them (华润|置|地|广场, 解放路), and so does the word
-    that ends at `room`."""
-    if start == room or not _jieba_ok():
+    pronoun, adverb, 的/了, or verb of placing or going that jieba finds there (快递放|翠湖天地, 城市后住在|中山路);
+    without jieba, after the last of `LEAD_WORDS`. Other verbs stay, as names hold them (华润|置|地|广场, 解放路),
+    and so does the word that ends at `room`."""
+    if start == room:
         return start
+    if not _jieba_ok():
+        return max([start] + [m.end() for m in LEAD_WORDS.finditer(text, start, room) if m.end() < room])
     import jieba.posseg as pseg
 
     pos = cut = max(0, start - 4)  # a few characters of context: 金|地 alone is cut as a name and a particle
     for w, flag in pseg.cut(text[pos:room]):
         pos += len(w)
-        lead = flag[:1] in ("p", "r", "c", "d") or w in PLACE_VERBS or w in ("的", "之")
+        lead = flag[:1] in ("p", "r", "c", "d") or w in PLACE_VERBS or w in ("的", "之", "了")  # not 地 (置|地|广场)
         if lead and pos < room:
             cut = pos
     return max(cut, start)
@@ -107,8 +117,8 @@ def _estate_start(text: str, start: int, room: int) -> int:
 
 def _name_before(text: str, room: int) -> int:
     """Where the estate name before `room` begins: up to 8 Chinese characters back, cut as `_estate_start` cuts."""
-    start = room
-    while start > max(0, room - 8) and re.fullmatch(HAN, text[start - 1]) and text[start - 1] not in NOT_ESTATE:
+    start, stops = room, () if _jieba_ok() else NOT_ESTATE  # jieba tells 向阳小区 from 向|东走
+    while start > max(0, room - 8) and re.fullmatch(HAN, text[start - 1]) and text[start - 1] not in stops:
         start -= 1
     return _estate_start(text, start, room)
 
