@@ -347,9 +347,7 @@ def build_labelled(seed: int = 20261124, per_type: int = 40, negatives: int = 36
 def score(rows: list[dict]) -> dict[str, dict[str, float]]:
     """Precision/recall per type with the library's scorer (`pii_eval`), predictions at MIN_CONF."""
     res = pii_eval.score(rows, MIN_CONF)
-    return {
-        t: {"precision": v.precision, "recall": v.recall, "tp": v.tp, "fp": v.fp, "fn": v.fn} for t, v in res.items()
-    }
+    return {t: {"precision": v.span_precision, "recall": v.label_recall} for t, v in res.items()}
 
 
 def load_labelled() -> list[dict]:
@@ -402,11 +400,12 @@ def test_precision_counts_predictions_and_recall_labels(monkeypatch):
     preds = [pii.Match("address", 3, 16, text[3:16], 0.85), pii.Match("address", 20, 21, text[20:21], 0.85)]
     monkeypatch.setattr(pii_eval.pii, "scan", lambda text, types=None, min_confidence=0.0: preds)
     res = pii_eval.score([{"text": text, "spans": labels}])["address"]
-    assert (res.precision, res.recall, res.tp, res.fn, res.fp, res.tp_pred) == (0.5, 1.0, 2, 0, 1, 1)
+    assert (res.span_precision, res.label_recall) == (0.5, 1.0)
+    assert (res.labels_found, res.labels_missed, res.predictions_on_no_label, res.predictions_on_label) == (2, 0, 1, 1)
     # two predictions inside one label: both right (precision 1.0), one label found
     preds[:] = [pii.Match("address", 3, 9, text[3:9], 0.85), pii.Match("address", 9, 16, text[9:16], 0.85)]
     res = pii_eval.score([{"text": text, "spans": [[3, 16, "address"]]}])["address"]
-    assert (res.precision, res.recall, res.tp, res.tp_pred) == (1.0, 1.0, 1, 2)
+    assert (res.span_precision, res.label_recall, res.labels_found, res.predictions_on_label) == (1.0, 1.0, 1, 2)
 
 
 # ----------------------------------------------------------------------------- the held-out set
@@ -434,9 +433,9 @@ def test_held_out_set_in_sync_with_valid_labels():
 def test_held_out_precision_recall_meets_the_targets():
     res = pii_eval.score(pii_eval.load_labelled(pii_eval.HELD_OUT))
     bad = [
-        f"{t}: P={v.precision:.3f} R={v.recall:.3f} (need {HELD_OUT_FLOORS[t]})"
+        f"{t}: P={v.span_precision:.3f} R={v.label_recall:.3f} (need {HELD_OUT_FLOORS[t]})"
         for t, v in res.items()
-        if (v.precision < HELD_OUT_FLOORS[t][0] or v.recall < HELD_OUT_FLOORS[t][1])
+        if (v.span_precision < HELD_OUT_FLOORS[t][0] or v.label_recall < HELD_OUT_FLOORS[t][1])
         and (t != "name" or pii._jieba_ok())
     ]
     assert not bad, bad
@@ -451,13 +450,18 @@ def test_eval_cli_prints_per_type_and_rejects_bad_labels(tmp_path):
     good.write_text('{"text": "电话13812345678", "spans": [[2, 13, "mobile"]]}\n{"text": "无", "spans": []}\n')
     res = CliRunner().invoke(app, ["eval", str(good), "--json"])
     assert res.exit_code == 0, res.output
-    mobile = {"precision": 1.0, "recall": 1.0, "tp": 1, "fp": 0, "fn": 0, "tp_pred": 1}
+    mobile = {
+        "match": "exact", "span_precision": 1.0, "label_recall": 1.0, "share_left_in_clear": 0.0, "labels_found": 1,
+        "labels_missed": 0, "predictions_on_label": 1, "predictions_on_no_label": 0, "chars_labelled": 11,
+        "chars_left_in_clear": 0,
+    }  # fmt: skip
     assert json.loads(res.output)["mobile"] == mobile
     # a type the set has no label or prediction of has no score: it read precision 1.000, recall 1.000
-    assert {k: json.loads(res.output)["bank_card"][k] for k in ("precision", "recall")} == {"precision": None,
-                                                                                           "recall": None}  # fmt: skip
+    keys = ("span_precision", "label_recall", "share_left_in_clear")
+    assert {k: json.loads(res.output)["bank_card"][k] for k in keys} == dict.fromkeys(keys)
     table = CliRunner().invoke(app, ["eval", str(good)]).output
-    assert re.search(r"bank_card\s*│\s*—\s*│\s*—\s*│\s*0", table) and re.search(r"mobile\s*│\s*1\.000", table)
+    assert re.search(r"bank_card\s+exact\s+—\s+—\s+0\s+0\s+0\s+—", table), table
+    assert re.search(r"mobile\s+exact\s+1\.000\s+1\.000\s+1\s+0\s+0\s+0/11", table), table
     res = CliRunner().invoke(app, ["eval"])
     assert res.exit_code == 0 and "bank_card" in res.output and "1,284 rows" in res.output
     bad = tmp_path / "b.jsonl"
@@ -1560,3 +1564,25 @@ def test_an_estate_name_opening_with_a_preposition_is_whole_with_jieba():
         pytest.skip(pii.NAMES_NEED_JIEBA)
     for text, addr in [("住在向阳小区3栋502", "向阳小区3栋502"), ("住在和平花园3栋502", "和平花园3栋502")]:
         assert _found(text, ["address"]) == [("address", addr)], text
+
+
+def test_eval_counts_label_characters_left_in_clear(monkeypatch):
+    """pii eval counted any overlap between a found and a labelled address as a hit: an address masked in part
+    (北京市朝阳区 of 北京市朝阳区建国路88号3号楼) read label recall 1.000 with 建国路88号3号楼 left readable. It now
+    counts the labelled characters no prediction of any type covers, per type, next to span precision and label
+    recall."""
+    text = "住址：北京市朝阳区建国路88号3号楼，电话13812345678"
+    labels = [[3, 18, "address"], [21, 32, "mobile"]]
+    preds = [pii.Match("address", 3, 9, text[3:9], 0.85), pii.Match("landline", 21, 32, text[21:32], 0.9)]
+    monkeypatch.setattr(pii_eval.pii, "scan", lambda text, types=None, min_confidence=0.0: preds)
+    res = pii_eval.score([{"text": text, "spans": labels}])
+    address, mobile = res["address"], res["mobile"]
+    assert (address.label_recall, address.chars_labelled, address.chars_left_in_clear) == (1.0, 15, 9)
+    assert address.share_left_in_clear == 0.6
+    # a mobile read as a landline is a missed label but no character of it is left readable
+    assert (mobile.label_recall, mobile.chars_labelled, mobile.chars_left_in_clear) == (0.0, 11, 0)
+    assert pii_eval.misses([{"text": text, "spans": labels}]) == [
+        f"missed mobile '13812345678' in {text!r}",
+        f"partly address '北京市朝阳区建国路88号3号楼' left '******建国路88号3号楼' in {text!r}",
+        f"extra  landline '13812345678' in {text!r}",
+    ]
