@@ -1562,7 +1562,11 @@ def test_an_estate_name_opening_with_a_preposition_is_whole_with_jieba():
     向/和 before jieba could read the word. With jieba the name is cut where jieba finds a lead word only."""
     if not pii._jieba_ok():
         pytest.skip(pii.NAMES_NEED_JIEBA)
-    for text, addr in [("住在向阳小区3栋502", "向阳小区3栋502"), ("住在和平花园3栋502", "和平花园3栋502")]:
+    for text, addr in [
+        ("住在向阳小区3栋502", "向阳小区3栋502"),
+        ("住在和平花园3栋502", "和平花园3栋502"),
+        ("会议室在3号楼502", "3号楼502"),  # 在 right before the block still ends the words before it
+    ]:
         assert _found(text, ["address"]) == [("address", addr)], text
 
 

@@ -117,8 +117,10 @@ def _estate_start(text: str, start: int, room: int) -> int:
 
 def _name_before(text: str, room: int) -> int:
     """Where the estate name before `room` begins: up to 8 Chinese characters back, cut as `_estate_start` cuts."""
-    start, stops = room, () if _jieba_ok() else NOT_ESTATE  # jieba tells 向阳小区 from 向|东走
-    while start > max(0, room - 8) and re.fullmatch(HAN, text[start - 1]) and text[start - 1] not in stops:
+    start = room  # with jieba only the character right before the block stops the walk: jieba reads 向阳小区 whole
+    while start > max(0, room - 8) and re.fullmatch(HAN, text[start - 1]):
+        if text[start - 1] in NOT_ESTATE and (start == room or not _jieba_ok()):
+            break  # 会议室在|3号楼502
         start -= 1
     return _estate_start(text, start, room)
 
