@@ -1590,3 +1590,21 @@ def test_eval_counts_label_characters_left_in_clear(monkeypatch):
         f"partly address '北京市朝阳区建国路88号3号楼' left '******建国路88号3号楼' in {text!r}",
         f"extra  landline '13812345678' in {text!r}",
     ]
+
+
+def test_a_road_and_number_after_an_address_cue_needs_no_city():
+    """地址：解放路8号, 住在中山路5号, 寄到文三路478号 were left in clear (a road and number was read only after a
+    province or city): after 地址/住址/住在/家住/位于/寄到… the road and number are the address. A bare 在 is no cue
+    (他在公司里5号开会), nor is a road noun (地址：道路12号)."""
+    for text, addr in [
+        ("住在中山路5号", "中山路5号"),
+        ("我家住人民路12号3单元", "人民路12号3单元"),
+        ("地址：解放路8号", "解放路8号"),
+        ("寄到了文三路478号", "文三路478号"),
+        ("公司位于中关村大街27号3层", "中关村大街27号3层"),
+        ("住址：本市中山路5号", "中山路5号"),
+        ("住在北京市朝阳区建国路88号", "北京市朝阳区建国路88号"),  # with its city, as before
+    ]:
+        assert _found(text, ["address"]) == [("address", addr)], text
+    for clear in ("他在公司里5号开会", "地址：道路12号", "地址不详，大约在中山路附近", "住在这里5年了"):
+        assert _found(clear, ["address"]) == [], clear

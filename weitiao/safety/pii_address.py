@@ -39,6 +39,9 @@ ADDRESS_CUED_RE = re.compile(
 )
 
 
+# An address cue, then a road and number without a city (地址：解放路8号, 住在中山路5号); a bare 在 is no cue here
+# (他在公司里5号开会).
+ROAD_CUE = re.compile(rf"(?:地址|住址|住在|家住|位于|{SHIP_VERBS}|寄给)(?:[:：\s]|是|为)*")
 ADDR_LEAD = re.compile(rf"^(?:住址|地址|住在|家住|位于|{SHIP_VERBS}|寄给|[我你他她们家在是到于往从去])+")
 PROV_RE = re.compile(_PROV)
 # "这个城市中山路5号", "本市中山路5号": 城市 after a demonstrative, measure word, 的, a preposition or pronoun or at the
@@ -149,6 +152,12 @@ def find_address(text: str) -> list[Match]:
         if (tail := TAIL_RE.match(text, g.end())) and not ROAD_NOUN.match(text, g.end()):
             start = _after_generic_city(text, g.start(), tail.end())
             out.append(Match("address", start, tail.end(), text[start : tail.end()], 0.8))
+    for c in ROAD_CUE.finditer(text):
+        if (tail := TAIL_RE.match(text, c.end())) and not ROAD_NOUN.match(text, c.end()):
+            start = _after_generic_city(text, c.end(), tail.end())  # 住址：本市|中山路5号
+            if start == c.end() and (road := ROAD_RE.match(text, start, tail.end())):
+                start = _estate_start(text, start, road.end(1))
+            out.append(Match("address", start, tail.end(), text[start : tail.end()], 0.75))
     for m in ADDRESS_RE.finditer(text):
         s, start = m.group(), m.start()
         cut = PROV_RE.search(s[:6])  # "住在北京市..." matched as a 4-character "city": start at the province
