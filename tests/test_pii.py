@@ -1608,3 +1608,15 @@ def test_a_road_and_number_after_an_address_cue_needs_no_city():
         assert _found(text, ["address"]) == [("address", addr)], text
     for clear in ("他在公司里5号开会", "地址：道路12号", "地址不详，大约在中山路附近", "住在这里5年了"):
         assert _found(clear, ["address"]) == [], clear
+
+
+def test_a_surname_led_word_before_a_title_is_a_name_and_a_school_is_none():
+    """请联系钟南山院士 left 钟南山 in clear (jieba tags it a place, "ns"), and 武当派 in 张三丰是武当派创始人 was
+    masked as a name (jieba tags it "nr"): a noun led by a surname right before a title word (院士, 老师, 先生…) is a
+    name, and a word ending in 派 is a school. A title inside a longer word (高级|工程师) makes no name."""
+    if not pii._jieba_ok():
+        pytest.skip(pii.NAMES_NEED_JIEBA)
+    for text, name in [("请联系钟南山院士", "钟南山"), ("钟南山院士说", "钟南山"), ("张三丰是武当派创始人", "张三丰")]:
+        assert _found(text, ["name"]) == [("name", name)], text
+    for clear in ("少林派和武当派", "高级工程师来了", "北京老师很多", "上海先生"):
+        assert _found(clear, ["name"]) == [], clear

@@ -433,8 +433,8 @@ def find_plate(text: str) -> list[Match]:
 
 
 def _is_surname_name(w: str) -> bool:
-    # 张总, 李工, 老王, 王先生: a title, not a name; 武侯区: a place
-    if w in D.NAME_STOP or w[1:] in D.NAME_CUES or w[-1] in "总工董某氏区市县省路街镇村人" or w[0] in "老小阿":
+    # 张总, 李工, 老王, 王先生: a title, not a name; 武侯区: a place; 武当派: a school
+    if w in D.NAME_STOP or w[1:] in D.NAME_CUES or w[-1] in "总工董某氏区市县省路街镇村人派" or w[0] in "老小阿":
         return False
     if w[:2] in D.SURNAMES_2:
         return 3 <= len(w) <= 4
@@ -505,7 +505,10 @@ def find_name(text: str) -> list[Match]:
                 out.append(Match("name", start, start + len(name), name, 0.85))
                 used = max(k for k, x in enumerate(words) if x[0] < start + len(name))
             continue
-        if not flag.startswith("nr") and not (w[:2] in D.SURNAMES_2 and flag.startswith("n")):  # 欧阳峰 is "ns"
+        titled = i + 1 < len(words) and words[i + 1][1] in D.NAME_CUES  # 钟南山|院士: jieba tags 钟南山 "ns"
+        if not flag.startswith("nr") and not (
+            (w[:2] in D.SURNAMES_2 or titled) and flag.startswith("n")
+        ):  # 欧阳峰 "ns"
             continue
         if i + 1 < len(words):  # jieba cuts 李子|轩 (both nr) and 宋|红军|老师: join when the result is a name
             nxt, nflag = words[i + 1][1], words[i + 1][2]
