@@ -1620,3 +1620,25 @@ def test_a_surname_led_word_before_a_title_is_a_name_and_a_school_is_none():
         assert _found(text, ["name"]) == [("name", name)], text
     for clear in ("少林派和武当派", "高级工程师来了", "北京老师很多", "上海先生"):
         assert _found(clear, ["name"]) == [], clear
+
+
+def test_a_city_is_not_read_from_the_words_before_it_nor_cut_at_a_road_named_after_a_province():
+    """快去大连市中山区人民路9号 was masked from 快 (four characters at the start read as a city, 快去大连), and
+    广州市北京路8号 from 北京 (a province inside a road's name cut the address, leaving 广州市 in clear): a city at the
+    start or after a mark is two or three characters unless a listed longer one, and only a province before the
+    city's 市 starts the address. With jieba a word before an estate is read whole (寄件请到|幸福小区5栋)."""
+    for text, addr in [
+        ("快去大连市中山区人民路9号", "大连市中山区人民路9号"),
+        ("请寄长春市南关区人民大街88号", "长春市南关区人民大街88号"),
+        ("收件：请到长春市南关区人民大街88号", "长春市南关区人民大街88号"),
+        ("广州市北京路8号", "广州市北京路8号"),
+        ("和田市北京路2号", "和田市北京路2号"),
+        ("乌鲁木齐市天山区解放南路5号", "乌鲁木齐市天山区解放南路5号"),  # controls: longer cities stay whole
+        ("乌兰浩特市兴安南大街3号", "乌兰浩特市兴安南大街3号"),
+        ("库尔勒市人民路5号", "库尔勒市人民路5号"),
+        ("住在北京市朝阳区建国路88号", "北京市朝阳区建国路88号"),
+        ("石家庄市长安区中山东路1号", "石家庄市长安区中山东路1号"),
+    ]:
+        assert _found(text, ["address"]) == [("address", addr)], text
+    if pii._jieba_ok():
+        assert _found("寄件请到幸福小区5栋门卫室", ["address"]) == [("address", "幸福小区5栋")]

@@ -15,22 +15,26 @@ ADDR_TAIL = (
     rf"(?:{HAN}|[0-9]){{1,8}}?(?:大道|路|街|道|巷|胡同|弄|里)(?:(?:[东西南北中一二三四五六七八九十]|[0-9]{{1,2}})段|[东西南北中]口)?{NUM}(?:号院|号|弄)"
     rf"(?:{HAN}{{0,6}}?(?:小区|大厦|花园|公寓|广场|中心))?(?:[0-9A-Za-z一二三四五六七八九十]+(?:号楼|栋|幢|座|单元|层|楼|室|号))*(?:[0-9]{{2,5}}室?)?"
 )
-# Prefecture-level cities whose name is not two characters: after other Chinese text (寄给南京市…, 搬去了杭州市…) a
-# city is read as the two characters before 市 unless it is one of these.
+# Cities (prefecture- and county-level) whose name is not two characters: after other Chinese text (寄给南京市…,
+# 搬去了杭州市…) a city is read as the two characters before 市 unless it is one of these; at the start or after a
+# mark, as two or three (请到长春市 is 长春市).
 LONG_CITIES = (
     "乌鲁木齐 呼和浩特 齐齐哈尔 克拉玛依 鄂尔多斯 巴彦淖尔 乌兰察布 锡林浩特 二连浩特 霍林郭勒 额尔古纳 图木舒克 "
     "石家庄 哈尔滨 张家口 秦皇岛 连云港 马鞍山 景德镇 平顶山 驻马店 张家界 攀枝花 六盘水 嘉峪关 石嘴山 牡丹江 "
-    "佳木斯 双鸭山 七台河 葫芦岛 日喀则 防城港 吐鲁番 阿拉尔 五家渠 满洲里 牙克石 扎兰屯 三门峡"
+    "佳木斯 双鸭山 七台河 葫芦岛 日喀则 防城港 吐鲁番 阿拉尔 五家渠 满洲里 牙克石 扎兰屯 三门峡 "
+    "乌兰浩特 五大连池 香格里拉 阿拉山口 丹江口 老河口 公主岭 梅河口 大石桥 瓦房店 井冈山 峨眉山 格尔木 德令哈 "
+    "石河子 阿勒泰 阿尔山 绥芬河 调兵山 库尔勒 阿克苏 阿图什"
 ).split()
-# Words in 市 that name no city (公司上市后搬到了…, 楼下超市人民路…): no city name ends in these characters.
+_LONG = "|".join(sorted(LONG_CITIES, key=len, reverse=True))
 # Characters before 城市 that make it the word "city" (在城市, 们城市的), not the tail of a city's name (聊城市).
 CITY_WORD_BEFORE = "这那哪每某该此本各整个座些大小的在到去从往住回进离说是了我你他她们和与跟"
-# 本市, 我市, 该市, 此市, 全市 and 城市 after one of those name the city the speaker means, not a city called 说本.
+# Words in 市 that name no city (公司上市后搬到了…, 楼下超市人民路…): no city name ends in these characters; 本市, 我市,
+# 该市, 此市, 全市 and 城市 after one of those name the city the speaker means, not a city called 说本.
 NOT_CITY = rf"(?!{HAN}{{0,3}}?(?:[超股夜菜集上黑早鱼闭休罢闹开本我该此全]市|[{CITY_WORD_BEFORE}]城市))"
 ADDRESS_RE = re.compile(
-    rf"(?:(?:{_PROV})(?:{HAN}{{2,4}}?(?:市|州|盟))?|(?<=[^\u4e00-\u9fa5]){NOT_CITY}(?:{HAN}{{2,4}}?市)"
-    rf"|^{NOT_CITY}(?:{HAN}{{2,4}}?市)"
-    rf"|(?<={HAN}){NOT_CITY}(?:{'|'.join(sorted(LONG_CITIES, key=len, reverse=True))}|{HAN}{{2}})市)" + ADDR_TAIL
+    rf"(?:(?:{_PROV})(?:{HAN}{{2,4}}?(?:市|州|盟))?|(?<=[^\u4e00-\u9fa5]){NOT_CITY}(?:{_LONG}|{HAN}{{2,3}}?)市"
+    rf"|^{NOT_CITY}(?:{_LONG}|{HAN}{{2,3}}?)市"  # 4 characters at the start: 请到|长春市, 快去|大连市
+    rf"|(?<={HAN}){NOT_CITY}(?:{_LONG}|{HAN}{{2}})市)" + ADDR_TAIL
 )
 # Verbs after which an address follows (寄往成都市…, 送到宁波市…): a city there is preceded by Chinese text.
 SHIP_VERBS = "寄往|寄到|寄至|邮寄到|邮寄至|送往|送到|送至|发往|发到|发至|运往|运到|快递到|搬到"
@@ -120,11 +124,17 @@ def _estate_start(text: str, start: int, room: int) -> int:
 
 def _name_before(text: str, room: int) -> int:
     """Where the estate name before `room` begins: up to 8 Chinese characters back, cut as `_estate_start` cuts."""
-    start = room  # with jieba only the character right before the block stops the walk: jieba reads 向阳小区 whole
-    while start > max(0, room - 8) and re.fullmatch(HAN, text[start - 1]):
-        if text[start - 1] in NOT_ESTATE and (start == room or not _jieba_ok()):
-            break  # 会议室在|3号楼502
+    start = room
+    while start > max(0, room - 8) and re.fullmatch(HAN, text[start - 1]) and text[start - 1] not in NOT_ESTATE:
         start -= 1
+    if 0 < start < room and _jieba_ok():  # the stop may open the name's first word: 住在|向阳小区, not 向|阳小区
+        import jieba
+
+        pos = max(0, start - 4)
+        for w in jieba.cut(text[pos : start + 4]):
+            if pos < start < pos + len(w):
+                return _estate_start(text, pos, room)
+            pos += len(w)
     return _estate_start(text, start, room)
 
 
@@ -161,7 +171,9 @@ def find_address(text: str) -> list[Match]:
     for m in ADDRESS_RE.finditer(text):
         s, start = m.group(), m.start()
         cut = PROV_RE.search(s[:6])  # "住在北京市..." matched as a 4-character "city": start at the province
-        # (only there: 山东 in 石家庄市长安区中山东路1号 cut the address to 山东路1号)
+        # (only there, and only before the city's 市: 山东 in 石家庄市长安区中山东路1号 cut the address to 山东路1号,
+        # 北京 in 广州市北京路8号 to 北京路8号)
+        cut = cut if cut and ("市" not in s[: cut.start()]) else None
         cut = cut.start() if cut else ADDR_LEAD.match(s).end() if ADDR_LEAD.match(s) else 0
         start = _after_generic_city(text, start + cut, m.end())
         out.append(Match("address", start, m.end(), text[start : m.end()], 0.85))
