@@ -453,15 +453,15 @@ def test_eval_cli_prints_per_type_and_rejects_bad_labels(tmp_path):
     mobile = {
         "match": "exact", "span_precision": 1.0, "label_recall": 1.0, "share_left_in_clear": 0.0, "labels_found": 1,
         "labels_missed": 0, "predictions_on_label": 1, "predictions_on_no_label": 0, "chars_labelled": 11,
-        "chars_left_in_clear": 0,
+        "chars_left_in_clear": 0, "chars_masked_outside_labels": 0,
     }  # fmt: skip
     assert json.loads(res.output)["mobile"] == mobile
     # a type the set has no label or prediction of has no score: it read precision 1.000, recall 1.000
     keys = ("span_precision", "label_recall", "share_left_in_clear")
     assert {k: json.loads(res.output)["bank_card"][k] for k in keys} == dict.fromkeys(keys)
     table = CliRunner().invoke(app, ["eval", str(good)]).output
-    assert re.search(r"bank_card\s+exact\s+—\s+—\s+0\s+0\s+0\s+—", table), table
-    assert re.search(r"mobile\s+exact\s+1\.000\s+1\.000\s+1\s+0\s+0\s+0/11", table), table
+    assert re.search(r"bank_card\s+exact\s+—\s+—\s+0/0\s+0\s+—\s+0", table), table
+    assert re.search(r"mobile\s+exact\s+1\.000\s+1\.000\s+0/1\s+0\s+0/11\s+0", table), table
     res = CliRunner().invoke(app, ["eval"])
     assert res.exit_code == 0 and "bank_card" in res.output and "1,284 rows" in res.output
     bad = tmp_path / "b.jsonl"
@@ -1585,6 +1585,9 @@ def test_eval_counts_label_characters_left_in_clear(monkeypatch):
     assert address.share_left_in_clear == 0.6
     # a mobile read as a landline is a missed label but no character of it is left readable
     assert (mobile.label_recall, mobile.chars_labelled, mobile.chars_left_in_clear) == (0.0, 11, 0)
+    assert (address.chars_masked_outside_labels, res["landline"].chars_masked_outside_labels) == (0, 0)
+    preds[0] = pii.Match("address", 0, 9, text[0:9], 0.85)  # 住址：北京市朝阳区: the label and its 3 characters before
+    assert pii_eval.score([{"text": text, "spans": labels}])["address"].chars_masked_outside_labels == 3
     assert pii_eval.misses([{"text": text, "spans": labels}]) == [
         f"missed mobile '13812345678' in {text!r}",
         f"partly address '北京市朝阳区建国路88号3号楼' left '******建国路88号3号楼' in {text!r}",

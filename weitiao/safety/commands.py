@@ -251,19 +251,21 @@ def eval_cmd(
         pad_edge=False,
         collapse_padding=True,
     )
-    cols = ("type", "match", "span\nprecision", "label\nrecall", "labels", "missed", "spurious", "chars left\nin clear")
+    cols = ("type", "match", "span\nprecision", "label\nrecall", "missed\n/labels", "spurious", "chars\nleft in\nclear",
+            "chars\nmasked\noutside")  # fmt: skip
     for col in cols:
         t.add_column(col, justify="left" if col in ("type", "match") else "right", no_wrap=True)
     for typ, v in res.items():
         p, r, c = ("—" if x is None else f"{x:.3f}" for x in defined(v))
         clear = "—" if c == "—" else f"{v.chars_left_in_clear:,}/{v.chars_labelled:,}"
-        t.add_row(typ, match_rule(typ), p, r, str(v.labels_found + v.labels_missed), str(v.labels_missed),
-                  str(v.predictions_on_no_label), clear)  # fmt: skip
+        t.add_row(typ, match_rule(typ), p, r, f"{v.labels_missed}/{v.labels_found + v.labels_missed}",
+                  str(v.predictions_on_no_label), clear, f"{v.chars_masked_outside_labels:,}")  # fmt: skip
     console.print(t)
     console.print(
         f"span precision: predictions (confidence >= {min_confidence:g}) matching a label / predictions; label recall: "
         "labels matched / labels (match: exact span, or any overlap); chars left in clear: labelled characters no "
-        "prediction of any type covers (what `pii scrub` at this --min-confidence leaves readable)",
+        "prediction of any type covers (what `pii scrub` at this --min-confidence leaves readable); chars masked "
+        "outside: characters of this type's predictions in no label",
         markup=False,
     )
     for line in misses(rows, min_confidence, show) if show else []:

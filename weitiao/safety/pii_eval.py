@@ -1,4 +1,4 @@
-"""Precision, recall and characters left in clear of the PII recognizers on a labelled set, per type.
+"""Precision, recall, characters left in clear and masked outside labels of the PII recognizers, per type.
 
     weitiao pii eval                        # the shipped held-out set, weitiao/safety/eval/pii_zh.jsonl
     weitiao pii eval mine.jsonl --min-confidence 0.5
@@ -8,9 +8,10 @@ A labelled file is JSONL, one sentence a row, with character spans (end exclusiv
 A row with "spans": [] is a hard negative. Structured types must match the span exactly; names and
 addresses count when the predicted span overlaps the labelled one (their edges are a matter of taste:
 "北京市朝阳区建国路88号" with or without "3号楼"). Per type: span_precision is the share of predictions matching a
-label, label_recall the share of labels matched by a prediction (`match` says how: exact or overlap), and
-chars_left_in_clear the labelled characters no prediction of any type covers: what `pii scrub` at the same
---min-confidence leaves readable, so an address matched by overlap but half masked shows there.
+label, label_recall the share of labels matched by a prediction (`match` says how: exact or overlap),
+chars_left_in_clear the labelled characters no prediction of any type covers (what `pii scrub` at the same
+--min-confidence leaves readable, so an address matched by overlap but half masked shows there), and
+chars_masked_outside_labels the predicted characters outside every label (an address masked from the words before it).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ OVERLAP_TYPES = {"name", "address"}
 class TypeScore:
     """labels_found/labels_missed count labels; predictions_on_label/predictions_on_no_label count predictions (for
     names and addresses one prediction may overlap two labels, or two predictions one label); chars_labelled and
-    chars_left_in_clear count the labels' characters, all and those no prediction covers."""
+    chars_left_in_clear count the labels' characters, all and those no prediction covers; chars_masked_outside_labels
+    the characters of this type's predictions that lie in no label (请到长春市… masked from 请)."""
 
     labels_found: int = 0
     labels_missed: int = 0
@@ -38,6 +40,7 @@ class TypeScore:
     predictions_on_no_label: int = 0
     chars_labelled: int = 0
     chars_left_in_clear: int = 0
+    chars_masked_outside_labels: int = 0
 
     @property
     def span_precision(self) -> float:
@@ -105,7 +108,7 @@ def _compare(row: dict, min_confidence: float) -> tuple[list, list, list, list, 
 def score(rows: list[dict], min_confidence: float = 0.5) -> dict[str, TypeScore]:
     """Per type, predictions at confidence >= min_confidence: span precision = predictions matching a label /
     predictions; label recall = labels matched by a prediction / labels; characters of the labels no prediction (of
-    any type) covers."""
+    any type) covers, and of the predictions outside every label."""
     out = {t: TypeScore() for t in pii.TYPES}
     for row in rows:
         found, missed, right, extra, pred = _compare(row, min_confidence)
@@ -121,6 +124,9 @@ def score(rows: list[dict], min_confidence: float = 0.5) -> dict[str, TypeScore]
         for a, b, t in row["spans"]:
             out[t].chars_labelled += b - a
             out[t].chars_left_in_clear += sum(i not in covered for i in range(a, b))
+        labelled = {i for a, b, _ in row["spans"] for i in range(a, b)}
+        for m in pred:
+            out[m.type].chars_masked_outside_labels += sum(i not in labelled for i in range(m.start, m.end))
     return out
 
 
