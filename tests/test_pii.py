@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from weitiao.errors import UserError
-from weitiao.safety import pii, pii_data, pii_eval, pii_fake, pii_files
+from weitiao.safety import pii, pii_data, pii_eval, pii_fake, pii_files, pii_match
 
 DATA = Path(__file__).parent / "data" / "pii_labelled.jsonl"
 MIN_CONF = 0.5  # a match counts as a prediction at confidence >= 0.5 (low-confidence ones are still scrubbed)
@@ -347,9 +347,7 @@ def build_labelled(seed: int = 20261124, per_type: int = 40, negatives: int = 36
 def score(rows: list[dict]) -> dict[str, dict[str, float]]:
     """Precision/recall per type with the library's scorer (`pii_eval`), predictions at MIN_CONF."""
     res = pii_eval.score(rows, MIN_CONF)
-    return {
-        t: {"precision": v.precision, "recall": v.recall, "tp": v.tp, "fp": v.fp, "fn": v.fn} for t, v in res.items()
-    }
+    return {t: {"precision": v.span_precision, "recall": v.label_recall} for t, v in res.items()}
 
 
 def load_labelled() -> list[dict]:
@@ -402,11 +400,12 @@ def test_precision_counts_predictions_and_recall_labels(monkeypatch):
     preds = [pii.Match("address", 3, 16, text[3:16], 0.85), pii.Match("address", 20, 21, text[20:21], 0.85)]
     monkeypatch.setattr(pii_eval.pii, "scan", lambda text, types=None, min_confidence=0.0: preds)
     res = pii_eval.score([{"text": text, "spans": labels}])["address"]
-    assert (res.precision, res.recall, res.tp, res.fn, res.fp, res.tp_pred) == (0.5, 1.0, 2, 0, 1, 1)
+    assert (res.span_precision, res.label_recall) == (0.5, 1.0)
+    assert (res.labels_found, res.labels_missed, res.predictions_on_no_label, res.predictions_on_label) == (2, 0, 1, 1)
     # two predictions inside one label: both right (precision 1.0), one label found
     preds[:] = [pii.Match("address", 3, 9, text[3:9], 0.85), pii.Match("address", 9, 16, text[9:16], 0.85)]
     res = pii_eval.score([{"text": text, "spans": [[3, 16, "address"]]}])["address"]
-    assert (res.precision, res.recall, res.tp, res.tp_pred) == (1.0, 1.0, 1, 2)
+    assert (res.span_precision, res.label_recall, res.labels_found, res.predictions_on_label) == (1.0, 1.0, 1, 2)
 
 
 # ----------------------------------------------------------------------------- the held-out set
@@ -434,9 +433,9 @@ def test_held_out_set_in_sync_with_valid_labels():
 def test_held_out_precision_recall_meets_the_targets():
     res = pii_eval.score(pii_eval.load_labelled(pii_eval.HELD_OUT))
     bad = [
-        f"{t}: P={v.precision:.3f} R={v.recall:.3f} (need {HELD_OUT_FLOORS[t]})"
+        f"{t}: P={v.span_precision:.3f} R={v.label_recall:.3f} (need {HELD_OUT_FLOORS[t]})"
         for t, v in res.items()
-        if (v.precision < HELD_OUT_FLOORS[t][0] or v.recall < HELD_OUT_FLOORS[t][1])
+        if (v.span_precision < HELD_OUT_FLOORS[t][0] or v.label_recall < HELD_OUT_FLOORS[t][1])
         and (t != "name" or pii._jieba_ok())
     ]
     assert not bad, bad
@@ -451,13 +450,18 @@ def test_eval_cli_prints_per_type_and_rejects_bad_labels(tmp_path):
     good.write_text('{"text": "电话13812345678", "spans": [[2, 13, "mobile"]]}\n{"text": "无", "spans": []}\n')
     res = CliRunner().invoke(app, ["eval", str(good), "--json"])
     assert res.exit_code == 0, res.output
-    mobile = {"precision": 1.0, "recall": 1.0, "tp": 1, "fp": 0, "fn": 0, "tp_pred": 1}
+    mobile = {
+        "match": "exact", "span_precision": 1.0, "label_recall": 1.0, "share_left_in_clear": 0.0, "labels_found": 1,
+        "labels_missed": 0, "predictions_on_label": 1, "predictions_on_no_label": 0, "chars_labelled": 11,
+        "chars_left_in_clear": 0, "chars_masked_outside_labels": 0,
+    }  # fmt: skip
     assert json.loads(res.output)["mobile"] == mobile
     # a type the set has no label or prediction of has no score: it read precision 1.000, recall 1.000
-    assert {k: json.loads(res.output)["bank_card"][k] for k in ("precision", "recall")} == {"precision": None,
-                                                                                           "recall": None}  # fmt: skip
+    keys = ("span_precision", "label_recall", "share_left_in_clear")
+    assert {k: json.loads(res.output)["bank_card"][k] for k in keys} == dict.fromkeys(keys)
     table = CliRunner().invoke(app, ["eval", str(good)]).output
-    assert re.search(r"bank_card\s*│\s*—\s*│\s*—\s*│\s*0", table) and re.search(r"mobile\s*│\s*1\.000", table)
+    assert re.search(r"bank_card\s+exact\s+—\s+—\s+0/0\s+0\s+—\s+0", table), table
+    assert re.search(r"mobile\s+exact\s+1\.000\s+1\.000\s+0/1\s+0\s+0/11\s+0", table), table
     res = CliRunner().invoke(app, ["eval"])
     assert res.exit_code == 0 and "bank_card" in res.output and "1,284 rows" in res.output
     bad = tmp_path / "b.jsonl"
@@ -612,7 +616,7 @@ def test_id_beats_card_on_overlap():
 
 
 def test_names_degrade_without_jieba(monkeypatch):
-    monkeypatch.setattr(pii, "_JIEBA", [False])
+    monkeypatch.setattr(pii_match, "_JIEBA", [False])
     assert [m.text for m in pii.scan("姓名：张伟，联系人王小明", ["name"])] == ["张伟", "王小明"]
     assert pii.scan("请王小明先生到前台", ["name"]) == []
 
@@ -1463,3 +1467,181 @@ def test_qq_and_wechat_after_short_and_slang_cues():
         assert _found(text) == [(typ, value)], text
     for clear in ("Q3 12345", "FAQ：12345", "IQ 12345", "Q: 2024年", "TV：samsung", "CV：zhangsan", "Vlog：vlog2024"):
         assert _found(clear, ["qq", "wechat"]) == [], clear
+
+
+def test_a_road_after_this_city_without_a_demonstrative_is_an_address():
+    """本市中山路5号 and 城市中山路5号 (no 这个 before the city word) found no address, and 他说本市朝阳区中山路5号 took
+    说本市 as a city called 说本: 本市/我市/该市/此市/全市, and 城市 at the start or after a preposition or pronoun, are
+    the word "city"; the address is the district, road and number after it. A city whose name ends in 城 keeps it."""
+    for text, addr in [
+        ("本市中山路5号新开了一家面馆", "中山路5号"),
+        ("城市中山路5号是老地址", "中山路5号"),
+        ("我市人民路12号", "人民路12号"),
+        ("该市解放大道1024号附近堵车", "解放大道1024号"),
+        ("他说本市朝阳区中山路5号", "朝阳区中山路5号"),
+        ("寄到本市朝阳区中山路5号", "朝阳区中山路5号"),
+        ("我在城市中山路5号", "中山路5号"),
+        ("我们城市的中山路5号", "中山路5号"),
+        ("聊城市中山路5号", "聊城市中山路5号"),  # control: 聊城 is a city
+    ]:
+        assert _found(text, ["address"]) == [("address", addr)], text
+    for clear in ("本市今年GDP增长5%", "本市有12个区", "城市里3号线", "本市地铁2号线", "城市道路12号令", "全市一盘棋"):
+        assert _found(clear, ["address"]) == [], clear
+
+
+def test_a_block_without_a_room_after_an_estate_name_is_an_address():
+    """住在阳光花园3栋 and 万科城12栋 (a block, no room) were left in clear: a block right after an estate's name is an
+    address. A block counted (这3栋楼, 他买了3栋房子), an estate suffix alone before it (我们小区3栋楼) or a Chinese
+    numeral before 座 (花园一座假山) is not."""
+    for text, addr in [
+        ("住在阳光花园3栋，离地铁站很近", "阳光花园3栋"),
+        ("我家在万科城12栋。", "万科城12栋"),
+        ("他住碧水蓝天小区7栋，门口有超市", "碧水蓝天小区7栋"),
+        ("碧桂园凤凰城5栋1单元", "碧桂园凤凰城5栋1单元"),
+        ("公司在金地中心A座", "金地中心A座"),
+        ("住在阳光花园三号楼", "阳光花园三号楼"),
+        ("住在阳光花园3栋502", "阳光花园3栋502"),  # with its room, as before
+    ]:
+        assert _found(text, ["address"]) == [("address", addr)], text
+    clear_ones = ("我们小区有3栋楼", "我们小区3栋楼都是新的", "他买了3栋房子", "这3栋楼很高", "花园一座假山", "花园3栋")
+    for clear in clear_ones:
+        assert _found(clear, ["address"]) == [], clear
+    assert pii.scrub("住在阳光花园3栋，离地铁站很近")[0] == "住在[地址]，离地铁站很近"
+
+
+def test_a_question_label_q_colon_is_no_qq_cue():
+    """Q：12345是什么意思 was scrubbed to Q：[QQ号]是什么意思: a Q： opening a line or sentence and followed by a
+    question labels the question (an FAQ's Q/A), not a QQ number. After other words (私聊Q：75530), or alone on its
+    line in a contact card, it still names one, and QQ：/Q号 always do."""
+    for clear in (
+        "Q：12345是什么意思",
+        "Q: 10086能打通吗",
+        "常见问题。Q：12345热线几点上班？A：全天。",
+        "Q：95588，这是哪家银行？\nA：工商银行",
+    ):
+        assert _found(clear, ["qq"]) == [], clear
+    for text, value in [
+        ("二手转让，私聊Q：75530", "75530"),
+        ("Q：75530", "75530"),
+        ("Q：75530，私聊", "75530"),
+        ("电话：13812345678\nQ：12345678\n微信：abc_123", "12345678"),
+        ("QQ：12345是我的", "12345"),
+        ("Q号12345是我的", "12345"),
+    ]:
+        assert _found(text, ["qq"]) == [("qq", value)], text
+    assert pii.scrub("Q：12345是什么意思")[0] == "Q：12345是什么意思"
+
+
+NO_JIEBA_ADDRESSES = [
+    ("快递放翠湖天地2期8号楼1101门口", "翠湖天地2期8号楼1101"),
+    ("包裹存放翠湖天地2期8号楼1101", "翠湖天地2期8号楼1101"),
+    ("东西就放阳光花园3栋", "阳光花园3栋"),
+    ("他刚搬进阳光花园3栋502", "阳光花园3栋502"),
+    ("到了这个城市后住在中山路5号", "中山路5号"),
+    ("这个城市新开的中山路5号", "中山路5号"),
+    ("他在华润置地广场C座806上班", "华润置地广场C座806"),  # controls: names holding verbs stay whole
+    ("寄到来福士广场A座1205", "来福士广场A座1205"),
+    ("我现在住回龙观3号楼502", "回龙观3号楼502"),
+]
+
+
+def test_estate_and_road_names_are_bounded_by_words_without_jieba(monkeypatch):
+    """Without jieba the estate name was the 8 characters before the block up to a character of a fixed list, so
+    快递放翠湖天地… masked 快递放 and 这个城市新开的中山路5号 masked 新开的: the name now starts after the last of a
+    list of lead words (放, 存放, 住在, 的, 搬进…), verbs that sit inside names (来福士, 回龙观) left out. jieba gives
+    the same spans."""
+    for text, addr in NO_JIEBA_ADDRESSES:
+        assert _found(text, ["address"]) == [("address", addr)], text
+    monkeypatch.setattr(pii_match, "_JIEBA", [False])
+    for text, addr in NO_JIEBA_ADDRESSES:
+        assert _found(text, ["address"]) == [("address", addr)], text
+
+
+def test_an_estate_name_opening_with_a_preposition_is_whole_with_jieba():
+    """住在向阳小区3栋502 masked 阳小区3栋502 and left 向 in clear (和平花园 likewise): the walk back stopped at any
+    向/和 before jieba could read the word. With jieba the name is cut where jieba finds a lead word only."""
+    if not pii._jieba_ok():
+        pytest.skip(pii.NAMES_NEED_JIEBA)
+    for text, addr in [
+        ("住在向阳小区3栋502", "向阳小区3栋502"),
+        ("住在和平花园3栋502", "和平花园3栋502"),
+        ("会议室在3号楼502", "3号楼502"),  # 在 right before the block still ends the words before it
+    ]:
+        assert _found(text, ["address"]) == [("address", addr)], text
+
+
+def test_eval_counts_label_characters_left_in_clear(monkeypatch):
+    """pii eval counted any overlap between a found and a labelled address as a hit: an address masked in part
+    (北京市朝阳区 of 北京市朝阳区建国路88号3号楼) read label recall 1.000 with 建国路88号3号楼 left readable. It now
+    counts the labelled characters no prediction of any type covers, per type, next to span precision and label
+    recall."""
+    text = "住址：北京市朝阳区建国路88号3号楼，电话13812345678"
+    labels = [[3, 18, "address"], [21, 32, "mobile"]]
+    preds = [pii.Match("address", 3, 9, text[3:9], 0.85), pii.Match("landline", 21, 32, text[21:32], 0.9)]
+    monkeypatch.setattr(pii_eval.pii, "scan", lambda text, types=None, min_confidence=0.0: preds)
+    res = pii_eval.score([{"text": text, "spans": labels}])
+    address, mobile = res["address"], res["mobile"]
+    assert (address.label_recall, address.chars_labelled, address.chars_left_in_clear) == (1.0, 15, 9)
+    assert address.share_left_in_clear == 0.6
+    # a mobile read as a landline is a missed label but no character of it is left readable
+    assert (mobile.label_recall, mobile.chars_labelled, mobile.chars_left_in_clear) == (0.0, 11, 0)
+    assert (address.chars_masked_outside_labels, res["landline"].chars_masked_outside_labels) == (0, 0)
+    preds[0] = pii.Match("address", 0, 9, text[0:9], 0.85)  # 住址：北京市朝阳区: the label and its 3 characters before
+    assert pii_eval.score([{"text": text, "spans": labels}])["address"].chars_masked_outside_labels == 3
+    assert pii_eval.misses([{"text": text, "spans": labels}]) == [
+        f"missed mobile '13812345678' in {text!r}",
+        f"partly address '北京市朝阳区建国路88号3号楼' left '******建国路88号3号楼' in {text!r}",
+        f"extra  landline '13812345678' in {text!r}",
+    ]
+
+
+def test_a_road_and_number_after_an_address_cue_needs_no_city():
+    """地址：解放路8号, 住在中山路5号, 寄到文三路478号 were left in clear (a road and number was read only after a
+    province or city): after 地址/住址/住在/家住/位于/寄到… the road and number are the address. A bare 在 is no cue
+    (他在公司里5号开会), nor is a road noun (地址：道路12号)."""
+    for text, addr in [
+        ("住在中山路5号", "中山路5号"),
+        ("我家住人民路12号3单元", "人民路12号3单元"),
+        ("地址：解放路8号", "解放路8号"),
+        ("寄到了文三路478号", "文三路478号"),
+        ("公司位于中关村大街27号3层", "中关村大街27号3层"),
+        ("住址：本市中山路5号", "中山路5号"),
+        ("住在北京市朝阳区建国路88号", "北京市朝阳区建国路88号"),  # with its city, as before
+    ]:
+        assert _found(text, ["address"]) == [("address", addr)], text
+    for clear in ("他在公司里5号开会", "地址：道路12号", "地址不详，大约在中山路附近", "住在这里5年了"):
+        assert _found(clear, ["address"]) == [], clear
+
+
+def test_a_surname_led_word_before_a_title_is_a_name_and_a_school_is_none():
+    """请联系钟南山院士 left 钟南山 in clear (jieba tags it a place, "ns"), and 武当派 in 张三丰是武当派创始人 was
+    masked as a name (jieba tags it "nr"): a noun led by a surname right before a title word (院士, 老师, 先生…) is a
+    name, and a word ending in 派 is a school. A title inside a longer word (高级|工程师) makes no name."""
+    if not pii._jieba_ok():
+        pytest.skip(pii.NAMES_NEED_JIEBA)
+    for text, name in [("请联系钟南山院士", "钟南山"), ("钟南山院士说", "钟南山"), ("张三丰是武当派创始人", "张三丰")]:
+        assert _found(text, ["name"]) == [("name", name)], text
+    for clear in ("少林派和武当派", "高级工程师来了", "北京老师很多", "上海先生"):
+        assert _found(clear, ["name"]) == [], clear
+
+
+def test_a_city_is_not_read_from_the_words_before_it_nor_cut_at_a_road_named_after_a_province():
+    """快去大连市中山区人民路9号 was masked from 快 (four characters at the start read as a city, 快去大连), and
+    广州市北京路8号 from 北京 (a province inside a road's name cut the address, leaving 广州市 in clear): a city at the
+    start or after a mark is two or three characters unless a listed longer one, and only a province before the
+    city's 市 starts the address. With jieba a word before an estate is read whole (寄件请到|幸福小区5栋)."""
+    for text, addr in [
+        ("快去大连市中山区人民路9号", "大连市中山区人民路9号"),
+        ("请寄长春市南关区人民大街88号", "长春市南关区人民大街88号"),
+        ("收件：请到长春市南关区人民大街88号", "长春市南关区人民大街88号"),
+        ("广州市北京路8号", "广州市北京路8号"),
+        ("和田市北京路2号", "和田市北京路2号"),
+        ("乌鲁木齐市天山区解放南路5号", "乌鲁木齐市天山区解放南路5号"),  # controls: longer cities stay whole
+        ("乌兰浩特市兴安南大街3号", "乌兰浩特市兴安南大街3号"),
+        ("库尔勒市人民路5号", "库尔勒市人民路5号"),
+        ("住在北京市朝阳区建国路88号", "北京市朝阳区建国路88号"),
+        ("石家庄市长安区中山东路1号", "石家庄市长安区中山东路1号"),
+    ]:
+        assert _found(text, ["address"]) == [("address", addr)], text
+    if pii._jieba_ok():
+        assert _found("寄件请到幸福小区5栋门卫室", ["address"]) == [("address", "幸福小区5栋")]

@@ -3,7 +3,7 @@
 weitiao pii scan data.jsonl [--json]
 weitiao pii scan corpus.jsonl --fields text,meta.notes      # any JSON rows, not only training formats
 weitiao pii scrub data.jsonl --mode pseudonym --out clean.jsonl
-weitiao pii eval                                            # precision/recall per type, held-out set
+weitiao pii eval                                            # precision, recall, chars left in clear, held-out set
 weitiao pii refusals --n 200 --out runs/pii/refusal_sft.jsonl
 """
 
@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.table import Table
 
 from weitiao import progress
@@ -218,30 +219,55 @@ def eval_cmd(
     show: int = typer.Option(0, help="print this many missed or spurious spans"),
     as_json: bool = typer.Option(False, "--json", help="print the scores as JSON"),
 ) -> None:
-    """Precision and recall per PII type on a labelled set (default: the shipped held-out Chinese set)."""
+    """Span precision, label recall and characters left in clear per PII type on a labelled set (default: the shipped
+    held-out Chinese set)."""
     from weitiao.safety.pii import NAMES_NEED_JIEBA, _jieba_ok
-    from weitiao.safety.pii_eval import HELD_OUT, load_labelled, misses, score
+    from weitiao.safety.pii_eval import HELD_OUT, load_labelled, match_rule, misses, score
 
     path = file or HELD_OUT
     min_confidence = _confidence(min_confidence)
     rows = load_labelled(path)
     res = score(rows, min_confidence)
 
-    # a type with no label has no recall, and one with no prediction no precision: 1.000 read as a perfect score on
-    # a set without bank cards; null in the JSON, "—" in the table
-    def defined(v) -> tuple[float | None, float | None]:
-        return (v.precision if v.tp_pred + v.fp else None), (v.recall if v.tp + v.fn else None)
+    # a type with no label has no recall (nor characters), and one with no prediction no precision: 1.000 read as a
+    # perfect score on a set without bank cards; null in the JSON, "—" in the table
+    def defined(v) -> tuple[float | None, float | None, float | None]:
+        labels = v.labels_found + v.labels_missed
+        return (
+            v.span_precision if v.predictions_on_label + v.predictions_on_no_label else None,
+            v.label_recall if labels else None,
+            v.share_left_in_clear if labels else None,
+        )
 
     if as_json:
-        print(json.dumps({t: dict(zip(("precision", "recall"), defined(v))) | asdict(v) for t, v in res.items()}))
+        keys = ("span_precision", "label_recall", "share_left_in_clear")
+        print(
+            json.dumps({t: {"match": match_rule(t)} | dict(zip(keys, defined(v))) | asdict(v) for t, v in res.items()})
+        )
         return
-    t = Table(title=f"PII eval: {path} ({len(rows):,} rows, {sum(not r['spans'] for r in rows):,} without PII)")
-    for col in ("type", "precision", "recall", "labelled", "found", "missed", "spurious"):
-        t.add_column(col, justify="left" if col == "type" else "right")
+    t = Table(
+        title=f"PII eval: {path} ({len(rows):,} rows, {sum(not r['spans'] for r in rows):,} without PII)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    cols = ("type", "match", "span\nprecision", "label\nrecall", "missed\n/labels", "spurious", "chars\nleft in\nclear",
+            "chars\nmasked\noutside")  # fmt: skip
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("type", "match") else "right", no_wrap=True)
     for typ, v in res.items():
-        p, r = ("—" if x is None else f"{x:.3f}" for x in defined(v))
-        t.add_row(typ, p, r, str(v.tp + v.fn), str(v.tp), str(v.fn), str(v.fp))
+        p, r, c = ("—" if x is None else f"{x:.3f}" for x in defined(v))
+        clear = "—" if c == "—" else f"{v.chars_left_in_clear:,}/{v.chars_labelled:,}"
+        t.add_row(typ, match_rule(typ), p, r, f"{v.labels_missed}/{v.labels_found + v.labels_missed}",
+                  str(v.predictions_on_no_label), clear, f"{v.chars_masked_outside_labels:,}")  # fmt: skip
     console.print(t)
+    console.print(
+        f"span precision: predictions (confidence >= {min_confidence:g}) matching a label / predictions; label recall: "
+        "labels matched / labels (match: exact span, or any overlap); chars left in clear: labelled characters no "
+        "prediction of any type covers (what `pii scrub` at this --min-confidence leaves readable); chars masked "
+        "outside: characters of this type's predictions in no label",
+        markup=False,
+    )
     for line in misses(rows, min_confidence, show) if show else []:
         console.print(line, markup=False)
     if not _jieba_ok():

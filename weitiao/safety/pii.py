@@ -12,7 +12,8 @@ GB 11643 MOD 11-2 + a real birth date + a province code; bank card: Luhn) are tr
 patterns plus context. Person names use jieba's POS tag `nr` filtered by a surname list and by context
 (李宁的跑鞋, 方正县, 向东走 are not people); without jieba only names after a label (姓名：, 我叫) are
 found, and `NAMES_NEED_JIEBA` says so.
-Pseudonyms (`pii_fake`) are built so a fake can never be a real person's: see that module.
+Addresses are read in `pii_address` (its recognizers re-exported here), names in `pii_name`. Pseudonyms
+(`pii_fake`) are built so a fake can never be a real person's: see that module.
 """
 
 from __future__ import annotations
@@ -22,10 +23,14 @@ import functools
 import ipaddress
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from weitiao.errors import UserError
 from weitiao.safety import pii_data as D
+from weitiao.safety.pii_address import find_address
+from weitiao.safety.pii_address import find_building as find_building  # public names stay importable from here
+from weitiao.safety.pii_match import HAN, PRODUCT_LABEL, Match
+from weitiao.safety.pii_match import _jieba_ok as _jieba_ok  # the CLI and tests ask pii whether jieba is there
+from weitiao.safety.pii_name import find_name
 
 TYPES = {  # type -> placeholder
     "id_card": "[身份证号]",
@@ -48,15 +53,6 @@ PRIORITY = [
 NAMES_NEED_JIEBA = (
     "jieba is not installed: person names are found only after labels like 姓名：/我叫 (pip install jieba)"
 )
-
-
-@dataclass(frozen=True)
-class Match:
-    type: str
-    start: int
-    end: int
-    text: str
-    confidence: float
 
 
 # ----------------------------------------------------------------------------- checksums
@@ -102,13 +98,6 @@ ND = r"(?<![0-9A-Za-z])"  # no ASCII letter/digit before (Chinese may touch the 
 NA = r"(?![0-9A-Za-z])"
 CARD_CUES = re.compile(r"卡号|银行卡|信用卡|储蓄卡|借记卡|工资卡|账号|账户|转账|转到|汇款|打款|收款|card", re.I)
 ORDER_CUES = re.compile(r"订单|单号|流水|编号|交易号|序列号|工单|票号|快递|ISBN|条码|批次|批号|batch|order", re.I)
-# A label right before a number that names it a product's code, never a person's (批次号 13912345678, 型号：…): the
-# number is that code. Order and member numbers are not here: shops key them by the buyer's phone.
-PRODUCT_LABEL = re.compile(
-    r"(?<![A-Za-z])(?:批次号?|批号|序列号|型号|货号|款号|条形码|条码|SKU|batch|lot|S/?N)"
-    r"\s*(?:no\.?|[:：#]|是|为)?\s*$",
-    re.I,
-)
 # An 11-digit number with a unit or an amount word around it is a quantity, not a phone.
 MONEY_AFTER = re.compile(r"\s*(?:元|块|万|亿|美元|円|RMB|CNY|股|手|份|张|次|人|件|条|行|吨|公斤|kg|\.\d)", re.I)
 MONEY_BEFORE = re.compile(
@@ -385,11 +374,26 @@ QQ_MORE_RE = re.compile(
 )
 
 
+QUESTION_LABEL = re.compile(r"(?:^|[\n。！？!?])\s*$")
+
+
+def _question_label(text: str, m: re.Match) -> bool:
+    """Q： opening a line or sentence and followed by a question (Q：12345是什么意思, Q: 10086能打通吗？) labels the
+    question, as in an FAQ; 私聊Q：75530 and a line `Q：75530` alone name a QQ number."""
+    opens = QUESTION_LABEL.search(text[max(0, m.start() - 40) : m.start()])
+    if not opens or not re.match(r"Q\s*[:：]", m.group(), re.I):
+        return False
+    line = text[m.end(1) :].split("\n", 1)[0]
+    return bool(re.match(HAN, line)) or "?" in line or "？" in line
+
+
 def find_qq(text: str) -> list[Match]:
     """QQ numbers right after a QQ cue (QQ号：12345678, 扣扣 123456, qq12345) and those listed after it; never
     without one."""
     out = []
     for m in QQ_RE.finditer(text):
+        if _question_label(text, m):
+            continue
         out.append(Match("qq", m.start(1), m.end(1), m.group(1), 0.9))
         end = m.end(1)
         while more := QQ_MORE_RE.match(text, end):
@@ -428,231 +432,6 @@ def find_plate(text: str) -> list[Match]:
         if sum(c.isdigit() for c in m.group()) >= 2:  # real plates carry digits; 京ABCDE is an acronym
             out.append(Match("plate", m.start(), m.end(), m.group(), 0.9))
     return out
-
-
-_PROV = "|".join(sorted(D.PROVINCES, key=len, reverse=True))
-HAN = r"[\u4e00-\u9fa5]"
-NUM = r"[0-9一二三四五六七八九十百零]+"
-ADDR_TAIL = (
-    rf"(?:{HAN}{{1,5}}?(?:区|县|旗|市))?(?:{HAN}{{1,6}}?(?:街道|镇|乡))?"
-    rf"(?:{HAN}|[0-9]){{1,8}}?(?:大道|路|街|道|巷|胡同|弄|里)(?:(?:[东西南北中一二三四五六七八九十]|[0-9]{{1,2}})段|[东西南北中]口)?{NUM}(?:号院|号|弄)"
-    rf"(?:{HAN}{{0,6}}?(?:小区|大厦|花园|公寓|广场|中心))?(?:[0-9A-Za-z一二三四五六七八九十]+(?:号楼|栋|幢|座|单元|层|楼|室|号))*(?:[0-9]{{2,5}}室?)?"
-)
-# Prefecture-level cities whose name is not two characters: after other Chinese text (寄给南京市…, 搬去了杭州市…) a
-# city is read as the two characters before 市 unless it is one of these.
-LONG_CITIES = (
-    "乌鲁木齐 呼和浩特 齐齐哈尔 克拉玛依 鄂尔多斯 巴彦淖尔 乌兰察布 锡林浩特 二连浩特 霍林郭勒 额尔古纳 图木舒克 "
-    "石家庄 哈尔滨 张家口 秦皇岛 连云港 马鞍山 景德镇 平顶山 驻马店 张家界 攀枝花 六盘水 嘉峪关 石嘴山 牡丹江 "
-    "佳木斯 双鸭山 七台河 葫芦岛 日喀则 防城港 吐鲁番 阿拉尔 五家渠 满洲里 牙克石 扎兰屯 三门峡"
-).split()
-# Words in 市 that name no city (公司上市后搬到了…, 楼下超市人民路…): no city name ends in these characters.
-NOT_CITY = rf"(?!{HAN}{{0,3}}?[超股夜菜集上黑早鱼闭休罢闹开]市)"
-ADDRESS_RE = re.compile(
-    rf"(?:(?:{_PROV})(?:{HAN}{{2,4}}?(?:市|州|盟))?|(?<=[^\u4e00-\u9fa5]){NOT_CITY}(?:{HAN}{{2,4}}?市)"
-    rf"|^{NOT_CITY}(?:{HAN}{{2,4}}?市)"
-    rf"|(?<={HAN}){NOT_CITY}(?:{'|'.join(sorted(LONG_CITIES, key=len, reverse=True))}|{HAN}{{2}})市)" + ADDR_TAIL
-)
-# Verbs after which an address follows (寄往成都市…, 送到宁波市…): a city there is preceded by Chinese text.
-SHIP_VERBS = "寄往|寄到|寄至|邮寄到|邮寄至|送往|送到|送至|发往|发到|发至|运往|运到|快递到|搬到"
-ADDRESS_CUED_RE = re.compile(
-    rf"(?:地址|住址|住在|家住|位于|{SHIP_VERBS}|在)[:：\s]*({HAN}{{2,4}}?(?:市|区|县)" + ADDR_TAIL + ")"
-)
-
-
-ADDR_LEAD = re.compile(rf"^(?:住址|地址|住在|家住|位于|{SHIP_VERBS}|寄给|[我你他她们家在是到于往从去])+")
-PROV_RE = re.compile(_PROV)
-# "这个城市中山路5号": 城市 after a demonstrative, measure word or 的 is the word "city", not a city's name (聊城市,
-# 海城市 are): the address starts after it.
-GENERIC_CITY = re.compile(r"(?:[这那哪每某该此本各整][个座些]?|[一两几][个座]|[个座些大小的])城市(?:的|里的?)?")
-
-
-def _after_generic_city(text: str, start: int, end: int) -> int:
-    """Where the address in text[start:end] begins once a leading 这个城市 / 那座城市的 is left out, and the words
-    between it and the road (这个城市后住在|中山路5号)."""
-    for g in GENERIC_CITY.finditer(text, max(0, start - 3), min(end, start + 9)):
-        if g.start() <= start < g.end():
-            road = ROAD_RE.match(text, g.end(), end)
-            return _estate_start(text, g.end(), road.end(1)) if road else g.end()
-    return start
-
-
-ROAD_RE = re.compile(rf"(?:{HAN}|[0-9]){{1,8}}?()(?:大道|路|街|道|巷|胡同|弄|里)")
-
-
-# A home without its road (住在阳光花园3栋502, 万科城12-3-401, 金地中心A座1205): a building and a room number are
-# an address on their own. Read when a block (栋/幢/号楼/座) is followed by a room, or when an estate suffix is
-# followed by block-unit-room written with dashes; the estate name is the up to 8 Chinese characters before it.
-ROOM_RE = re.compile(
-    r"(?<![0-9A-Za-z])(?:\d{1,2}期)?(?:[0-9A-Za-z]{1,3}|[一二三四五六七八九十]{1,3})(?:号楼|栋|幢|座)"
-    r"(?:[0-9一二三四五六七八九十]{1,2}单元)?\d{3,4}(?:-\d{3,4})?(?:室|房|号)?(?![0-9A-Za-z])"  # A座1205-1207
-)
-ESTATE = "花园|小区|大厦|公寓|广场|中心|大楼|家园|新村|山庄|华庭|公馆|天地|国际|城|苑|府|园|庭|邸|湾|院"
-DASH_ROOM_RE = re.compile(rf"(?:{ESTATE})((?:\d{{1,2}}期)?\d{{1,3}}(?:-\d{{1,2}})?-\d{{3,4}})(?![0-9A-Za-z-])")
-NOT_ESTATE = set("在住到是于的往去从和与给向寄送发搬我你他她们了")
-
-
-PLACE_VERBS = frozenset("放 送 寄 交 到 住 在 去 来 搬 找 回 带 拿 停 存 见 约 存放 放在 送到 寄到 搬到 交给".split())
-
-
-def _estate_start(text: str, start: int, room: int) -> int:
-    """Where the name before `room` (an estate's, a road's) begins in text[start:room]: after the last preposition,
-    pronoun, adverb, verb of placing or going, or 的 that jieba finds there (快递放|翠湖天地, 城市后住在|中山路);
-    `start` without jieba. Other verbs stay, as names hold them (华润|置|地|广场, 解放路), and so does the word
-    that ends at `room`."""
-    if start == room or not _jieba_ok():
-        return start
-    import jieba.posseg as pseg
-
-    pos = cut = max(0, start - 4)  # a few characters of context: 金|地 alone is cut as a name and a particle
-    for w, flag in pseg.cut(text[pos:room]):
-        pos += len(w)
-        lead = flag[:1] in ("p", "r", "c", "d") or w in PLACE_VERBS or w in ("的", "之")
-        if lead and pos < room:
-            cut = pos
-    return max(cut, start)
-
-
-def find_building(text: str) -> list[Match]:
-    """A block and room number with the estate name before it; no road or city needed."""
-    out = []
-    rooms = [m.span() for m in ROOM_RE.finditer(text)] + [m.span(1) for m in DASH_ROOM_RE.finditer(text)]
-    for room, end in rooms:
-        if PRODUCT_LABEL.search(text[max(0, room - 12) : room]):
-            continue  # 型号A座1205: a product code
-        start = room
-        while start > max(0, room - 8) and re.fullmatch(HAN, text[start - 1]) and text[start - 1] not in NOT_ESTATE:
-            start -= 1
-        start = _estate_start(text, start, room)
-        out.append(Match("address", start, end, text[start:end], 0.8 if start < room else 0.6))
-    return out
-
-
-def find_address(text: str) -> list[Match]:
-    out = find_building(text)
-    for m in ADDRESS_RE.finditer(text):
-        s, start = m.group(), m.start()
-        cut = PROV_RE.search(s[:6])  # "住在北京市..." matched as a 4-character "city": start at the province
-        # (only there: 山东 in 石家庄市长安区中山东路1号 cut the address to 山东路1号)
-        cut = cut.start() if cut else ADDR_LEAD.match(s).end() if ADDR_LEAD.match(s) else 0
-        start = _after_generic_city(text, start + cut, m.end())
-        out.append(Match("address", start, m.end(), text[start : m.end()], 0.85))
-    for m in ADDRESS_CUED_RE.finditer(text):  # 地址是深圳市…: the lazy city took 是深圳
-        lead = ADDR_LEAD.match(m.group(1))
-        start = _after_generic_city(text, m.start(1) + (lead.end() if lead else 0), m.end(1))
-        out.append(Match("address", start, m.end(1), text[start : m.end(1)], 0.8))
-    return out
-
-
-def _is_surname_name(w: str) -> bool:
-    # 张总, 李工, 老王, 王先生: a title, not a name; 武侯区: a place
-    if w in D.NAME_STOP or w[1:] in D.NAME_CUES or w[-1] in "总工董某氏区市县省路街镇村人" or w[0] in "老小阿":
-        return False
-    if w[:2] in D.SURNAMES_2:
-        return 3 <= len(w) <= 4
-    return w[0] in D.SURNAMES_1 and 2 <= len(w) <= 3
-
-
-NAME_LABEL_RE = re.compile(rf"(?:{'|'.join(D.NAME_LABELS)})(?:[:：是为]|\s)*({HAN}{{2,4}})")
-CUE_AFTER = re.compile("|".join(D.NAME_CUES))
-LABEL_BEFORE = re.compile(rf"(?:{'|'.join(D.NAME_LABELS)})(?:[:：是为]|\s)*$")
-NOUN_SUFFIX = "群们类式型性化界家业者族物品队组部会店馆站区楼层门期时处上下里中内外前后"  # 顾客群, 明星们
-DEGREE_BEFORE = re.compile("(?:很|非常|十分|太|更|最|挺|特别|比较|相当|多么)$")  # nobody is 很张伟
-NOT_AFTER = re.compile("|".join(D.NAME_NOT_AFTER))
-
-
-def _context_says_not_a_name(text: str, start: int, w: str) -> bool:
-    """李宁的跑鞋 (a brand), 方正县 (a place), 向东走 (a direction): person-shaped words that are not people."""
-    end = start + len(w)
-    if CUE_AFTER.match(text, end):
-        return False
-    return w in D.NAME_BRANDS or bool(NOT_AFTER.match(text, end)) or (w[0] == "向" and w[1] in "东西南北前后左右上下")
-
-
-_NOT_GIVEN_FLAGS = ("t", "m", "p", "c", "r", "d", "v", "f", "q", "u", "y", "x")
-
-
-def _given_after(text: str, at: int, starts: dict[int, tuple[str, str]]) -> str:
-    """The 1–2 character given name after a compound surname ending at `at`, read by characters: jieba
-    cuts it badly (司马|睿的, 夏侯|雪会|来, 欧阳|一凡 tagged a). '' when a common word follows (欧阳|明天)."""
-    first = starts.get(at)
-    if first is None or (len(first[0]) >= 2 and first[1].startswith(_NOT_GIVEN_FLAGS)):
-        return ""
-    given = ""
-    for k in (0, 1):
-        c = text[at + k] if at + k < len(text) else ""
-        if not re.fullmatch(HAN, c) or c in D.GIVEN_STOP:
-            break
-        nxt = starts.get(at + k)
-        if k and nxt and len(nxt[0]) >= 2 and not nxt[1].startswith("nr"):  # 夏侯明|负责: a word starts here
-            break
-        given += c
-    return given
-
-
-def find_name(text: str) -> list[Match]:
-    """jieba `nr` words with a known surname, 2–3 characters (3–4 for 欧阳-type surnames)."""
-    out = []
-    for m in NAME_LABEL_RE.finditer(text):  # 姓名：张伟 — the label bounds it, trim to a surname-led name
-        w = m.group(1)
-        for n in (4, 3, 2):
-            if len(w) >= n and _is_surname_name(w[:n]) and (n == len(w) or not _jieba_ok()):
-                out.append(Match("name", m.start(1), m.start(1) + n, w[:n], 0.9))
-                break
-    if not _jieba_ok():
-        return out
-    import jieba.posseg as pseg
-
-    pos, words, used = 0, [], -1
-    for w, flag in pseg.cut(text):
-        words.append((pos, w, flag))
-        pos += len(w)
-    starts = {p: (w, f) for p, w, f in words}
-    for i, (start, w, flag) in enumerate(words):
-        if i <= used:
-            continue
-        if w in D.SURNAMES_2:
-            name = w + _given_after(text, start + len(w), starts)
-            if len(name) > len(w) and not _context_says_not_a_name(text, start, name):
-                out.append(Match("name", start, start + len(name), name, 0.85))
-                used = max(k for k, x in enumerate(words) if x[0] < start + len(name))
-            continue
-        if not flag.startswith("nr") and not (w[:2] in D.SURNAMES_2 and flag.startswith("n")):  # 欧阳峰 is "ns"
-            continue
-        if i + 1 < len(words):  # jieba cuts 李子|轩 (both nr) and 宋|红军|老师: join when the result is a name
-            nxt, nflag = words[i + 1][1], words[i + 1][2]
-            if _is_surname_name(w + nxt) and (nflag.startswith("nr") or CUE_AFTER.match(text, start + len(w + nxt))):
-                w, used = w + nxt, i + 1
-        if not _is_surname_name(w) or _context_says_not_a_name(text, start, w):
-            continue
-        cue = bool(CUE_AFTER.match(text, start + len(w)))
-        if not cue and not LABEL_BEFORE.search(text[max(0, start - 10) : start]):
-            if DEGREE_BEFORE.search(text[max(0, start - 2) : start]):
-                continue  # 他很高明: an adjective after 很
-            if w in D.NR_WORDS:  # 请陈述理由, 张口就说: dictionary words tagged nr, unless a given-name character
-                nxt = words[i + 1] if i + 1 < len(words) else (0, "", "")  # follows: 许可|馨 (ng), 安静|怡 (vg)
-                given = nxt[2].startswith("n") or nxt[2].endswith("g")  # a noun or a bound morpheme
-                if not (len(nxt[1]) == 1 and given and nxt[1] not in D.GIVEN_STOP.union(NOUN_SUFFIX)):
-                    continue
-                w, used = w + nxt[1], i + 1
-        out.append(Match("name", start, start + len(w), w, 0.9 if cue else 0.75))
-    return out
-
-
-_JIEBA: list[bool] = []
-
-
-def _jieba_ok() -> bool:
-    if not _JIEBA:
-        try:
-            import logging
-
-            import jieba
-
-            jieba.setLogLevel(logging.WARNING)
-            _JIEBA.append(True)
-        except ImportError:
-            _JIEBA.append(False)
-    return _JIEBA[0]
 
 
 RECOGNIZERS: dict[str, Callable[[str], list[Match]]] = {
