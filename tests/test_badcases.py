@@ -351,3 +351,15 @@ def test_a_key_the_case_would_leave_unread_is_refused(tmp_path):
     ok.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
     [case] = badcases.ingest([ok])
     assert (case.prompt, case.tag) == ("帮我写个请假条", "拒答")
+
+
+def test_paraphrases_wrapped_in_an_object_are_read():
+    """A teacher answering {"paraphrases": [...]} (an object, as many do when asked for JSON) gave no paraphrase: the
+    object was one item whose first string value was sought, and the case counted as short of --augment."""
+    wrapped = json.dumps(
+        {"paraphrases": ["退货运费是谁承担？", "退货的邮费谁付？", "退货运费谁出？"]}, ensure_ascii=False
+    )
+    assert badcases.paraphrases(wrapped, "退货运费谁出？", 4) == ["退货运费是谁承担？", "退货的邮费谁付？"]
+    # control: a plain array, and an object with two lists (which one is meant is unclear: nothing taken from it)
+    assert badcases.paraphrases('["换个说法"]', "原问题", 4) == ["换个说法"]
+    assert badcases.paraphrases('{"a": ["x"], "b": ["y"]}', "原问题", 4) == []

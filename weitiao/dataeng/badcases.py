@@ -208,8 +208,11 @@ def report_html(clusters: list[dict], cases: list[Case], examples: int = 5) -> s
 
 
 def paraphrases(reply: str, original: str, n: int) -> list[str]:
-    """Up to n distinct rewrites from a teacher reply (JSON array of strings); drops copies of the original."""
+    """Up to n distinct rewrites from a teacher reply (JSON array of strings, or an object holding one such array, as
+    kb2sft reads {"qa": [...]}); drops copies of the original."""
     value = parse_json_reply(reply)
+    if isinstance(value, dict) and len(lists := [v for v in value.values() if isinstance(v, list)]) == 1:
+        value = lists[0]  # {"paraphrases": [...]} was read as one item without a string: every rewrite dropped
     items = value if isinstance(value, list) else [value]
     seen, out = {normalize(original)}, []
     for it in items:
