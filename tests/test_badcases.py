@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -327,3 +328,38 @@ def test_a_csv_cell_over_131072_characters_is_read(tmp_path):
             csv.writer(f).writerows([["prompt", "bad", "golden"], ["退货要多久", long, "七天"], ["你好", "滚", "您好"]])
         cases = badcases.ingest([tmp_path / name])
         assert [(c.bad, c.source.rsplit(":", 1)[1]) for c in cases] == [(long, "2"), ("滚", "3")]
+
+
+def test_a_key_the_case_would_leave_unread_is_refused(tmp_path):
+    """An alpaca `input` (the text to translate) was dropped: the additions trained "把下面的句子翻译成英文" → two
+    different translations; a `Tag` (or `catgory`) column was ignored: the failure kind never reached the clusters."""
+    rows = {"input": {"instruction": "把下面的句子翻译成英文", "input": "我今天很开心", "bad": "我今天很开心",
+                      "golden": "I am very happy today."},
+            "history": {"prompt": "那第二个呢", "history": [["推荐两本书", "《三体》《活着》"]], "bad": "不知道",
+                        "golden": "《活着》"},
+            "system": {"prompt": "你是谁", "system": "你是客服小美", "bad": "我是 AI", "golden": "我是客服小美"},
+            "Tag": {"prompt": "帮我写个请假条", "bad": "不行", "golden": "好的：……", "Tag": "拒答过度"},
+            "catgory": {"prompt": "请假条", "bad": "不行", "golden": "好的：……", "catgory": "拒答过度"}}  # fmt: skip
+    for key, row in rows.items():
+        f = tmp_path / f"{key}.jsonl"
+        f.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+        with pytest.raises(UserError, match=rf"^{re.escape(str(f))}:1: {key}: "):
+            badcases.ingest([f])
+    ok = tmp_path / "ok.jsonl"  # negative control: empty context cells and id-like columns are fine
+    row = {"prompt": "帮我写个请假条", "bad": "不行", "golden": "好的", "tag": "拒答", "input": "", "history": [],
+           "prompt_id": 7, "time": "2026-12-01"}  # fmt: skip
+    ok.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    [case] = badcases.ingest([ok])
+    assert (case.prompt, case.tag) == ("帮我写个请假条", "拒答")
+
+
+def test_paraphrases_wrapped_in_an_object_are_read():
+    """A teacher answering {"paraphrases": [...]} (an object, as many do when asked for JSON) gave no paraphrase: the
+    object was one item whose first string value was sought, and the case counted as short of --augment."""
+    wrapped = json.dumps(
+        {"paraphrases": ["退货运费是谁承担？", "退货的邮费谁付？", "退货运费谁出？"]}, ensure_ascii=False
+    )
+    assert badcases.paraphrases(wrapped, "退货运费谁出？", 4) == ["退货运费是谁承担？", "退货的邮费谁付？"]
+    # control: a plain array, and an object with two lists (which one is meant is unclear: nothing taken from it)
+    assert badcases.paraphrases('["换个说法"]', "原问题", 4) == ["换个说法"]
+    assert badcases.paraphrases('{"a": ["x"], "b": ["y"]}', "原问题", 4) == []

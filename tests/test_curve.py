@@ -169,3 +169,42 @@ def test_curve_out_never_replaces_a_users_file(config, tmp_path, chat_file):
     with pytest.raises(UserError, match="is also an input"):
         curve.run(config, [8, 16], [f"data.train=[{train}]"], out=tmp_path)
     assert train.read_bytes() == chat_file.read_bytes()
+
+
+@pytest.mark.slow
+def test_a_config_with_a_data_format_or_a_dataset_dir_runs(tmp_path, tiny_model_dir):
+    """Each size read train_N.jsonl (messages rows written by the curve) with the config's data.format and dataset_dir:
+    `format: alpaca` refused it ("train_20.jsonl:1: instruction: missing") and a LLaMA-Factory dataset_dir looked its
+    path up as a dataset name ("no dataset '.../train_20.jsonl'"), after the model had loaded: no curve was drawn."""
+    from conftest import write_jsonl
+
+    rows = [{"instruction": f"问题{i}", "input": "", "output": f"答案{i}。"} for i in range(12)]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(tmp_path / "eval.jsonl", [{"instruction": "评测", "input": "上下文", "output": "好的。"}])
+    lf = tmp_path / "lf"
+    lf.mkdir()
+    (lf / "my.json").write_text(json.dumps([{"q": r["instruction"], "a": r["output"]} for r in rows]), "utf-8")
+    (lf / "ev.json").write_text(json.dumps([{"q": "评测\n上下文", "a": "好的。"}]), "utf-8")
+    info = {
+        n: {"file_name": f, "columns": {"prompt": "q", "response": "a"}}
+        for n, f in (("mine", "my.json"), ("myeval", "ev.json"))
+    }
+    (lf / "dataset_info.json").write_text(json.dumps(info), "utf-8")
+    cfg = {"model": {"path": str(tiny_model_dir), "quant": "none"}, "lora": {"r": 4},
+           "data": {"max_len": 64, "packing": False},
+           "train": {"epochs": 1, "micro_batch_size": 4, "tensorboard": False, "progress": False}}  # fmt: skip
+    data = {"alpaca": {"train": [str(tmp_path / "train.jsonl")], "eval": [str(tmp_path / "eval.jsonl")],
+                       "format": "alpaca"},
+            "dataset_dir": {"train": ["mine"], "eval": ["myeval"], "dataset_dir": str(lf)}}  # fmt: skip
+    losses = []
+    for name, d in data.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**cfg, "data": {**cfg["data"], **d}, "train": {**cfg["train"],
+                        "out": str(tmp_path / name)}}), encoding="utf-8")  # fmt: skip
+        res = curve.run(path, [4, 8], ["train.seed=3"])
+        evals = [json.loads(line) for line in open(tmp_path / name / "curve/eval.jsonl", encoding="utf-8")]
+        assert evals == [{"messages": [{"role": "user", "content": "评测\n上下文"},
+                                       {"role": "assistant", "content": "好的。"}]}]  # fmt: skip
+        assert res["eval_from"] == d["eval"] and [p["size"] for p in res["points"]] == [4, 8]
+        losses.append([p["eval_loss"] for p in res["points"]])
+    assert losses[0] == pytest.approx(losses[1])  # the same rows in two layouts: the same curve

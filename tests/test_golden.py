@@ -18,6 +18,7 @@ from weitiao.eval.golden import (
     load_prompts,
     pick,
     prompts_key,
+    read_golden,
 )
 from weitiao.eval.metrics import rouge_l
 
@@ -482,3 +483,28 @@ def test_a_qlora_report_answers_as_training_did(tiny_model_dir, chat_file, tmp_p
     golden_report(again, prompts, select="stop_rate")
     fresh = [json.loads(x) for x in (again / GOLDEN_FILE).read_text().splitlines()]
     assert {(r["step"], r["index"]): r["reply"] for r in fresh} == {(r["step"], r["index"]): r["reply"] for r in saved}
+
+
+def test_golden_prompts_in_the_runs_answers_file_are_refused(tokenizer, tiny_model_dir, tmp_path):
+    """My golden prompts saved as RUN/golden.jsonl (the file answers are appended to) ended in a KeyError traceback
+    ('prompts') whether passed as --prompts or kept elsewhere; now one line each, and the file is left as it was."""
+    from weitiao.errors import UserError
+    from weitiao.infer.generate import Generation
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"model:\n  path: {tiny_model_dir}\n", encoding="utf-8")
+    (run / "metrics.jsonl").write_text("", encoding="utf-8")
+    mine = write_jsonl(run / GOLDEN_FILE, GOLDEN)
+    before = mine.read_bytes()
+    with pytest.raises(UserError, match=r"^--prompts .*golden\.jsonl: is the run's answers file"):
+        golden_report(run, mine, "stop_rate", 8)
+    golden = write_jsonl(tmp_path / "golden.jsonl", GOLDEN)
+    with pytest.raises(UserError, match=r"^.*run/golden\.jsonl:1: not a golden answer row \(no step\)"):
+        golden_report(run, golden, "stop_rate", 8)
+    assert mine.read_bytes() == before
+    # control: the answers weitiao writes there are read
+    prompts = load_prompts(golden)
+    gen = {"max_new_tokens": 8, "temperature": 0.0, "template": "0123456789ab"}
+    write_jsonl(run / GOLDEN_FILE, golden_rows(4, "step-000004", prompts, [Generation("好", 1, True)] * 3, gen))
+    assert len(read_golden(run / GOLDEN_FILE)) == 3

@@ -495,3 +495,17 @@ def test_eval_refuses_a_local_model_beside_an_endpoint_and_an_empty_attacks_file
     r = CliRunner().invoke(injection_app, ["eval", str(tmp_path / "empty.jsonl"), *endpoint])
     assert isinstance(r.exception, UserError) and "no attacks in it" in str(r.exception), r.output
     assert len(inj.load_attacks(path)) == 2  # negative control
+
+
+def test_eval_refuses_a_leak_length_that_every_reply_has():
+    """`--leak-chars 0`: a run of 0 characters of the secret line is in every reply, so a model that said nothing of it
+    read ASR 1.000 (leak 1.000) on every family, exit 0."""
+    attacks = inj.build_attacks(0, per_family=2, families=["override", "extraction"])
+    harmless = ["OK"] * len(attacks)  # no character of any secret line
+    assert inj.asr_report(attacks, harmless, 0)["families"]["overall"]["asr"] == 1.0  # what the flag gave
+    assert inj.asr_report(attacks, harmless, 1)["families"]["overall"]["asr"] == 0.0  # control: 1 is a length
+    for bad in ("0", "-3"):
+        r = CliRunner().invoke(injection_app, ["eval", "nope.jsonl", "--endpoint", "http://127.0.0.1:9/v1",
+                                               "--leak-chars", bad])  # fmt: skip
+        assert isinstance(r.exception, UserError), r.output
+        assert str(r.exception).startswith(f"--leak-chars {bad}: must be >= 1"), r.output

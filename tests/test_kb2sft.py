@@ -119,6 +119,20 @@ def test_a_paragraph_over_max_chars_is_cut_at_sentence_ends():
     assert [len(b) for _, b in by_paragraph("甲" * 250, ChunkSpec(max_chars=100))] == [100, 100, 50]
 
 
+def test_a_short_last_paragraph_joins_the_chunk_before_it_and_no_text_is_lost_or_doubled():
+    """`out[-2] = out[-2] + sep + out.pop()` assigned after the pop, to the chunk two before: three paragraphs of a
+    section (the last under min_chars) came out as [second + third, second] — the first paragraph gone from the
+    knowledge base, the second asked about twice — and a full chunk followed by a short paragraph ended in an IndexError
+    traceback."""
+    first, second, tail = "退货须知：" + "签收后七天内可退。" * 5, "换货须知：" + "质量问题包换。" * 7, "联系客服。"
+    text = f"{first}\n\n{second}\n\n{tail}"
+    for chunker in (by_paragraph, by_heading):
+        chunks = [b for _, b in chunker(text, ChunkSpec(max_chars=60, min_chars=20))]
+        assert chunks == [first, f"{second}\n\n{tail}"], chunks
+        two = [b for _, b in chunker("甲。" * 30 + "\n\n乙。", ChunkSpec(max_chars=60, min_chars=20))]
+        assert two == ["甲。" * 30 + "\n\n乙。"], two
+
+
 def test_a_comment_in_a_code_block_is_no_heading_and_skipped_files_are_listed(tmp_path):
     from weitiao.dataeng.chunk import skipped_docs
 

@@ -13,6 +13,8 @@ from typing import Any
 from weitiao.io import loads
 
 _FENCE = re.compile(r"```[a-zA-Z]*\s*\n?(.*?)```", re.S)
+# a fence whose closing ``` starts a line: a ``` inside a JSON string (escaped as \n```) never does
+_LINE_FENCE = re.compile(r"```[a-zA-Z]*[ \t]*\n(.*?)\n[ \t]*```", re.S)
 _WHOLE_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?```$", re.S)
 _OPEN = {"[": "]", "{": "}"}
 
@@ -91,7 +93,13 @@ def parse_json_reply(text: str, repair: bool = True) -> Any:
         return loads(m.group(1) if m else body)
     if not isinstance(text, str) or not text.strip():
         raise ValueError("empty reply")
-    fenced = _FENCE.findall(text)
+    try:  # a reply that is JSON as it stands, before looking for fences: ``` inside its strings (an answer quoting a
+        value = _loads(text.strip())  # code block) was taken for a fence, and the valid reply refused as "no JSON"
+        if isinstance(value, (list, dict)):
+            return value
+    except ValueError:
+        pass
+    fenced = _LINE_FENCE.findall(text) or _FENCE.findall(text)
     body = max(fenced, key=len) if fenced else text
     body = body.strip()
     try:

@@ -84,13 +84,33 @@ def _records(path: Path) -> list[tuple[int, dict]]:
     raise UserError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl or .csv")
 
 
+# Keys that hold part of the conversation in other layouts: a case is one user turn, so they would go unread and the
+# additions would train the golden reply on a prompt without them (an alpaca `input` held the text to translate)
+UNREAD = ("input", "history", "context", "system", "messages", "conversations", "conversation")
+
+
+def _check_keys(rec: dict, path: Path, n: int) -> None:
+    """A key the case would leave unread (UNREAD), or a near miss of one it reads (`Tag`, `tga`), is one UserError."""
+    names = tuple(k for ks in ALIASES.values() for k in ks)
+    for k, v in rec.items():
+        if k in UNREAD and v not in (None, "", []):
+            raise UserError(
+                f"{where(path, n, k)}: not read (a case is one user turn: the additions would train the golden "
+                "reply on the prompt without it); put it into the prompt, or drop it"
+            )
+        if not k.endswith("_id") and (want := near_miss(k, names, 0.85)) and want not in rec:
+            raise UserError(f"{where(path, n, k)}: unknown key; did you mean {want!r}? (rename it, or drop it)")
+
+
 def ingest(paths: list[str | Path]) -> list[Case]:
-    """Cases from JSONL/CSV files; a row missing prompt/bad/golden is an error naming file:line."""
+    """Cases from JSONL/CSV files; a row missing prompt/bad/golden, or with a key it would leave unread (an alpaca
+    `input`, `history`, `system`; a near miss such as `Tag`), is an error naming file:line and the key."""
     cases = []
     for path in map(Path, paths):
         for n, rec in _records(path):
             if not isinstance(rec, dict):
                 raise UserError(f"{where(path, n)}: expected an object with prompt, bad, golden")
+            _check_keys(rec, path, n)
             got = {}
             for key, names in ALIASES.items():
                 given = [k for k in names if rec.get(k) is not None and str(rec[k]).strip()]
@@ -188,8 +208,11 @@ def report_html(clusters: list[dict], cases: list[Case], examples: int = 5) -> s
 
 
 def paraphrases(reply: str, original: str, n: int) -> list[str]:
-    """Up to n distinct rewrites from a teacher reply (JSON array of strings); drops copies of the original."""
+    """Up to n distinct rewrites from a teacher reply (JSON array of strings, or an object holding one such array, as
+    kb2sft reads {"qa": [...]}); drops copies of the original."""
     value = parse_json_reply(reply)
+    if isinstance(value, dict) and len(lists := [v for v in value.values() if isinstance(v, list)]) == 1:
+        value = lists[0]  # {"paraphrases": [...]} was read as one item without a string: every rewrite dropped
     items = value if isinstance(value, list) else [value]
     seen, out = {normalize(original)}, []
     for it in items:

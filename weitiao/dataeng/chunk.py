@@ -173,7 +173,8 @@ def _pack(pieces: list[str], max_chars: int, min_chars: int, sep: str = "\n\n") 
         else:
             out.append(p)
     if len(out) > 1 and len(out[-1]) < min_chars:  # a short tail joins the chunk before it
-        out[-2] = out[-2] + sep + out.pop()
+        tail = out.pop()  # popped first: `out[-2] = out[-2] + out.pop()` assigned to the element before that one
+        out[-1] = out[-1] + sep + tail
     return out
 
 

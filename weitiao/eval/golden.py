@@ -317,10 +317,22 @@ def _mtime(weights: Path) -> float:
     )  # slack: a save may end well after the hook wrote
 
 
+ANSWER_KEYS = ("step", "label", "prompts", "index", "reply")  # of every row `golden_rows` writes
+
+
 def read_golden(path: Path) -> list[dict]:
+    """The answer rows of RUN/golden.jsonl; a row we did not write (the golden prompts copied there) is one UserError:
+    it ended in a KeyError traceback, and answers would have been appended to that file."""
     if not path.exists():
         return []
-    return [row for _, row in read_jsonl(path)]
+    rows = []
+    for n, row in read_jsonl(path):
+        missing = [k for k in ANSWER_KEYS if k not in row] if isinstance(row, dict) else ["object"]
+        if missing:
+            raise UserError(f"{path}:{n}: not a golden answer row (no {missing[0]}); weitiao appends the checkpoints' "
+                            f"answers to RUN/{GOLDEN_FILE}: move this file out of the run folder")  # fmt: skip
+        rows.append(row)
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------- selection
@@ -583,6 +595,9 @@ def golden_report(
     run_dir = Path(run_dir)
     path = Path(out) if out else run_dir / REPORT_FILE
     claim_outputs([path] if out else [], [prompts_path])  # the default, in the run's own folder, is ours
+    if Path(prompts_path).resolve() == (run_dir / GOLDEN_FILE).resolve():  # answers are appended there
+        raise UserError(f"--prompts {prompts_path}: is the run's answers file, which eval golden appends the "
+                        "checkpoints' answers to; keep the golden prompts outside the run folder")  # fmt: skip
     check_max_new_tokens(max_new_tokens)
     if select is not None and select not in SELECT:
         raise UserError(f"--select {select}: choose one of {', '.join(SELECT)}")

@@ -3,9 +3,9 @@
     weitiao curve examples/demo_curve.yaml --sizes 100,200,400,800 [key.path=value ...]
 
 Steps: 1. load the SFT config and its training rows; fix one eval set for every size (the config's
-eval files, else an eval_split carved out once) → 2. shuffle once with the seed; subset i is the first
-size_i rows, so every subset contains the smaller ones → 3. one `weitiao sft` run per size (out dir
-`<out>/size_<n>`), largest first → 4. curve.json + curve.png.
+eval files, else an eval_split carved out once), written as eval.jsonl (messages rows, as every train_N.jsonl)
+→ 2. shuffle once with the seed; subset i is the first size_i rows, so every subset contains the smaller ones
+→ 3. one `weitiao sft` run per size (out dir `<out>/size_<n>`), largest first → 4. curve.json + curve.png.
 
 Steps (`steps`): `proportional` keeps the config's epochs, so a bigger set also trains more steps
 and "more data" is confounded with "more training" (warned); `fixed` gives every size the steps of
@@ -151,23 +151,32 @@ def run(
     cfg = load_config(sft.SFTConfig, config, overrides or [])
     out = Path(out or Path(cfg.train.out) / "curve")
     # before any work: the files we write in `out` may replace only our own earlier ones, never an input
-    written = ["rejects.jsonl", "curve.json", "curve.png", *(f"train_{n}.jsonl" for n in sizes)]
+    written = ["rejects.jsonl", "eval_rejects.jsonl", "eval.jsonl", "curve.json", "curve.png",
+               *(f"train_{n}.jsonl" for n in sizes)]  # fmt: skip
     inputs = [config, golden, *data_files([*cfg.data.train, *cfg.data.eval], cfg.data.dataset_dir)]
-    claim_outputs([out / f for f in written + ([] if cfg.data.eval else ["eval.jsonl"])], [i for i in inputs if i])
-    rows = load_conversations(cfg.data.train, cfg.data.format, skip_invalid=cfg.data.skip_invalid,
-                              rejects_path=out / "rejects.jsonl", dataset_dir=cfg.data.dataset_dir,
-                              skip_hint=CONFIG_SKIP_HINT).rows  # fmt: skip
+    claim_outputs([out / f for f in written], [i for i in inputs if i])
+    if not cfg.data.eval and cfg.data.eval_split <= 0:
+        raise UserError(f"{config}: the curve needs an eval set: set data.eval or data.eval_split")
+    # Every size trains on train_N.jsonl and evaluates on eval.jsonl, written here as OpenAI messages rows: the
+    # config's data.format and dataset_dir describe its own files (under `format: alpaca` train_N.jsonl was read as
+    # alpaca, "instruction: missing"; under dataset_dir its path as a dataset name, "no dataset").
+    read = dict(skip_invalid=cfg.data.skip_invalid, max_row_bytes=cfg.data.max_row_bytes,
+                dataset_dir=cfg.data.dataset_dir, skip_hint=CONFIG_SKIP_HINT)  # fmt: skip
+    rows = load_conversations(cfg.data.train, cfg.data.format, rejects_path=out / "rejects.jsonl", **read).rows
     rng = random.Random(seed)
     # 2. one shuffle; nested prefixes
     order = list(range(len(rows)))
     rng.shuffle(order)
-    eval_files = list(cfg.data.eval)
-    if not eval_files:
-        if cfg.data.eval_split <= 0:
-            raise UserError(f"{config}: the curve needs an eval set: set data.eval or data.eval_split")
+    if cfg.data.eval:
+        ev = load_conversations(cfg.data.eval, cfg.data.format, rejects_path=out / "eval_rejects.jsonl", **read).rows
+        if not ev:
+            raise UserError(f"data.eval {', '.join(cfg.data.eval)}: no valid rows")
+        write_jsonl(out / "eval.jsonl", [to_record(c) for c in ev])
+    else:
         n_eval = max(1, int(len(rows) * cfg.data.eval_split))
         write_jsonl(out / "eval.jsonl", [to_record(rows[i]) for i in order[:n_eval]])
-        eval_files, order = [str(out / "eval.jsonl")], order[n_eval:]
+        order = order[n_eval:]
+    eval_files = [str(out / "eval.jsonl")]
     if sizes[-1] > len(order):
         raise UserError(f"--sizes: {sizes[-1]} is more than the {len(order)} training rows available")
     # 3. one run per size, largest first (under --steps fixed its step count is every size's)
@@ -183,6 +192,7 @@ def run(
         write_jsonl(subset, [to_record(rows[i]) for i in order[:n]])
         run_cfg = cfg.model_copy(deep=True)
         run_cfg.data.train, run_cfg.data.eval, run_cfg.data.eval_split = [str(subset)], eval_files, 0.0
+        run_cfg.data.format, run_cfg.data.dataset_dir = "openai", None  # the files written above
         run_cfg.train.out, run_cfg.train.resume = str(out / f"size_{n}"), "none"
         if steps == "fixed" and fixed_steps is not None:
             run_cfg.train.max_steps = fixed_steps
@@ -207,7 +217,8 @@ def run(
     values = [p[metric] for p in points]
     k = knee(sizes, values, higher_is_better, min_gain)
     result = {"config": str(config), "metric": metric, "higher_is_better": higher_is_better, "points": points,
-              "diminishing_returns": k, "eval": eval_files, "seed": seed, "steps": steps,
+              "diminishing_returns": k, "eval": eval_files, "eval_from": cfg.data.eval or f"data.eval_split "
+              f"{cfg.data.eval_split}", "seed": seed, "steps": steps,
               "steps_confounded": confounded, "golden": str(golden) if golden else None}  # fmt: skip
     atomic_write_text(out / "curve.json", json.dumps(result, ensure_ascii=False, indent=2))
     plot(out / "curve.png", sizes, values, metric, k["knee"])

@@ -155,6 +155,9 @@ def injection_eval(
     from weitiao.safety import injection as inj
 
     _one_reply_source(ctx, endpoint)
+    if leak_chars < 1:  # a run of 0 characters is in every reply: every attack read as a leak, ASR 1.0
+        raise UserError(f"--leak-chars {leak_chars}: must be >= 1 (the default 16 counts a run of 16 characters of "
+                        "the secret line as a leak)")  # fmt: skip
     _claim([out], [attacks])
     rows = inj.load_attacks(attacks)
     if endpoint:
