@@ -180,6 +180,34 @@ def test_merging_into_a_base_other_than_the_trained_one_is_said(tiny_model_dir, 
     )
 
 
+def test_chat_serve_and_eval_say_a_base_other_than_the_trained_one(tiny_model_dir, chat_file, tmp_path, capsys):
+    """`chat`, `serve` and `eval gen` put a run's adapter on a base retrained at its path (or another --model) without
+    a word, where export warned: they say it now; the trained base or a copy of it says nothing."""
+    import shutil
+
+    from weitiao.infer.chat import load_adapters, load_chat_model
+
+    base, run, same = tmp_path / "base", tmp_path / "run", tmp_path / "same"
+    shutil.copytree(tiny_model_dir, base)
+    shutil.copytree(tiny_model_dir, same)
+    over = [f"model.path={base}", f"data.train=[{chat_file}]", f"train.out={run}", "train.max_steps=1"]
+    sft.run(load_config(sft.SFTConfig, None, [*over, "train.progress=false", "train.tensorboard=false"]))
+    capsys.readouterr()
+    for model in (None, str(same)):  # negative controls
+        load_chat_model(model, str(run))
+        assert "warning" not in capsys.readouterr().err
+    w = load_model(ModelSpec(path=str(base)))
+    with torch.no_grad():
+        w.model.embed_tokens.weight[0] += 1  # retrained in place, say
+    w.save_pretrained(base)
+    load_chat_model(None, str(run))
+    assert f"warning: the base {base} is not what the run trained on" in capsys.readouterr().err
+    load_adapters(None, {"a": str(run)}, None)  # serve's --adapter a=RUN
+    assert f"warning: --adapter a: the base {base} is not what the run trained on" in capsys.readouterr().err
+    load_chat_model(str(same), str(run))  # --model the trained base: silent again
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_adapter_and_merged_exports_take_the_same_generation_config(tiny_model_dir, chat_file, tmp_path):
     """`--model OTHER`: the merged export took OTHER's generation_config.json (its sampling settings), the adapter
     export the training base's, so one adapter served two ways sampled differently. Both now take the named

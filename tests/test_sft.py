@@ -499,3 +499,24 @@ def test_a_process_whose_copy_of_the_data_differs_is_refused(tiny_model_dir, cha
     assert "error: train: process 1 (" in p.stdout + p.stderr
     assert "data.train: other texts in its 18 rows (pairs)" in p.stdout + p.stderr  # 6 over max_len
     assert not run.exists()
+
+
+def test_init_from_records_the_continued_adapters_keys_and_its_config_runs_again(tiny_model_dir, chat_file, tmp_path):
+    """A run continuing an adapter (lora.init_from) with its lora keys left out trained the adapter's r 8 and
+    dropout 0 but recorded the defaults r 16 and dropout 0.05 in config.yaml: running that file again was refused
+    (lora.r=16 but the adapter ... has 8), and a dropout the adapter did not have would have been applied."""
+    from weitiao.config import load_config
+    from weitiao.models.load import LoraSpec, lora_as_trained, lora_continued
+
+    first = ["lora.r=8", "lora.alpha=4", "lora.dropout=0.0", "lora.targets=[q_proj,v_proj]", "train.max_steps=1"]
+    sft.run(config(tiny_model_dir, chat_file, tmp_path / "a", *first))
+    sft.run(config(tiny_model_dir, chat_file, tmp_path / "b", "train.max_steps=1", f"lora.init_from={tmp_path / 'a'}"))
+    recorded = load_config(sft.SFTConfig, tmp_path / "b" / "config.yaml", [])
+    lora = recorded.lora.model_dump(include={"r", "alpha", "dropout", "targets"})
+    assert lora == {"r": 8, "alpha": 4.0, "dropout": 0.0, "targets": ["q_proj", "v_proj"]}
+    sft.run(load_config(sft.SFTConfig, tmp_path / "b" / "config.yaml", ["train.resume=none"]))  # was refused
+    # keys the config sets stay (and are checked against the adapter at load); DPO's dropout switch comes first
+    set_keys = lora_continued(LoraSpec(init_from=str(tmp_path / "a"), dropout=0.1))
+    assert (set_keys.r, set_keys.dropout) == (8, 0.1)
+    assert lora_continued(lora_as_trained(LoraSpec(init_from=str(tmp_path / "a"), r=8), True)).dropout == 0.0
+    assert lora_continued(LoraSpec()) == LoraSpec()  # no init_from: unchanged

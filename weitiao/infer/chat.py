@@ -39,8 +39,21 @@ def load_chat_model(model: str | None, adapter: str | None, quant: str | None = 
     from weitiao.infer.export import locate
 
     adapter_dir, tok_dir, _ = locate(adapter)
+    warn_untrained_base(adapter_dir, model)
     tokenizer = training_tokenizer(adapter_dir, tok_dir, model or adapter_base(adapter_dir)[0])
     return load_adapted(adapter_dir, model, quant, "base", None).eval(), tokenizer
+
+
+def warn_untrained_base(adapter_dir: Any, model: str | None, name: str = "") -> None:
+    """A warning on stderr when the base an adapter is loaded on (`model`, else the recorded one) is not the base
+    its run trained on: chat, serve and eval answered with such an adapter without a word (export said it)."""
+    from weitiao.infer.export import trained_base_changed
+
+    base = model or adapter_base(adapter_dir)[0]
+    changed = trained_base_changed(adapter_dir, base, "--model" if model else "the base")
+    if changed is not None:
+        print(f"warning: {name}{changed}: the adapter runs on a base it never saw; give --model the base it "
+              "trained on if that was not meant", file=sys.stderr)  # fmt: skip
 
 
 def parse_adapters(specs: list[str]) -> dict[str, str] | None:
@@ -72,6 +85,7 @@ def load_adapters(model: str | None, named: dict[str, str], quant: str | None) -
     located = {name: locate(run) for name, run in named.items()}
     for name, (adapter_dir, _, _) in located.items():
         refuse_reward_adapter(adapter_dir, f"--adapter {name}=")
+        warn_untrained_base(adapter_dir, model, f"--adapter {name}: ")
     first, (_, _, spec) = next(iter(located.items()))
     for name, (_, _, other) in located.items():
         if model is None and other.path != spec.path:

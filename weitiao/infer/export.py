@@ -233,11 +233,24 @@ def beyond_embedding(tokenizer: Any, rows: int | None, gguf: str | None) -> str 
 
 
 def check_trained_base(adapter_dir: Path, base: str, named_by: str, merge: bool = True) -> str | None:
-    """A warning when the base of the export is not the one the run trained on: the run's inputs.json (or its
-    checkpoint's copy) holds the base's fingerprint (weight and .json files, as resume compares them); a base
+    """A warning when the base of the export is not the one the run trained on (`trained_base_changed`): a base
     retrained, replaced or edited at the same path, or another --model, gets the adapter folded into weights it
     never saw (`merge`), or is the base the adapter export's serve line names (it was said for --merge only). A
     warning, not a refusal: an edited generation_config.json or tokenizer file changes it too."""
+    changed = trained_base_changed(adapter_dir, base, named_by)
+    if changed is None:
+        return None
+    done = "the adapter was merged into" if merge else "the export is for"
+    return (
+        f"{changed}: {done} a base it never saw; export onto the base it trained on with `weitiao export --model "
+        "DIR` (the console exports onto model.path as it is now) if that was not meant"
+    )
+
+
+def trained_base_changed(adapter_dir: Path, base: str, named_by: str) -> str | None:
+    """'NAMED_BY BASE is not what the run trained on (...)' when the run's inputs.json (or its checkpoint's copy)
+    holds another fingerprint of its base (weight and .json files, as resume compares them); None when it matches
+    or nothing was recorded (a bare peft adapter, a hub base not in the cache)."""
     cfg_file, _ = recorded_run(adapter_dir)
     if cfg_file is None:  # a bare peft adapter: nothing recorded to compare
         return None
@@ -248,11 +261,9 @@ def check_trained_base(adapter_dir: Path, base: str, named_by: str, merge: bool 
     now = fingerprint(local) if local is not None else None
     if not (saved and now and saved != now):
         return None
-    done = "the adapter was merged into" if merge else "the export is for"
     return (
         f"{named_by} {base} is not what the run trained on ({inputs}: model.path {saved}, now {now}: its weight or "
-        f".json files changed, or another model): {done} a base it never saw; export onto the base it trained on with "
-        "`weitiao export --model DIR` (the console exports onto model.path as it is now) if that was not meant"
+        ".json files changed, or another model)"
     )
 
 

@@ -571,6 +571,36 @@ def lora_as_trained(lora: LoraSpec, disable: bool) -> LoraSpec:
     return lora.model_copy(update={"dropout": 0.0})
 
 
+def lora_continued(lora: LoraSpec) -> LoraSpec:
+    """With lora.init_from: the keys the config leaves unset take the adapter's values (r, alpha, dropout, DoRA,
+    rsLoRA from its adapter_config.json; targets and modules_to_save from its run's config.yaml, else from the
+    adapter), so the run's config.yaml records the adapter that trained and runs again; it recorded the defaults
+    (r 16, dropout 0.05), which the adapter then contradicted."""
+    if not (lora.enabled and lora.init_from):
+        return lora
+    from peft import PeftConfig
+
+    try:
+        adapter_dir, _, _ = locate(lora.init_from)
+    except UserError as e:
+        raise UserError(f"lora.init_from: {e}".replace("--adapter ", "")) from None
+    saved = PeftConfig.from_pretrained(str(adapter_dir))
+    run = recorded_run(adapter_dir)[1].get("lora")
+    run = run if isinstance(run, dict) else {}
+    targets = run.get("targets") or saved.target_modules
+    has = {
+        "r": saved.r,
+        "alpha": float(saved.lora_alpha),
+        "dropout": float(saved.lora_dropout),
+        "dora": bool(saved.use_dora),
+        "rslora": bool(saved.use_rslora),
+        "targets": targets if isinstance(targets, str) else sorted(targets),
+        "modules_to_save": run.get("modules_to_save", saved.modules_to_save),
+    }
+    unset = {k: v for k, v in has.items() if k not in lora.model_fields_set}
+    return lora.model_copy(update=unset)
+
+
 def disable_dropout(model: torch.nn.Module) -> int:
     """Set p=0 on every dropout layer (LoRA's included); returns how many were changed.
 

@@ -41,6 +41,7 @@ from weitiao.models.load import (
     count_params,
     load_tokenizer,
     lora_as_trained,
+    lora_continued,
     resolve_path,
 )
 from weitiao.recipes.configs import DPOConfig, DPOSpec, DPOTrainSpec  # noqa: F401  (re-exported)
@@ -293,7 +294,7 @@ class FallingChosen:
 def run(cfg: DPOConfig) -> dict:
     """Train with DPO; returns the summary with the last eval metrics."""
     t, d = cfg.train, cfg.dpo
-    cfg.lora = lora_as_trained(cfg.lora, t.disable_dropout)
+    cfg.lora = lora_continued(lora_as_trained(cfg.lora, t.disable_dropout))
     accel = dist.accelerator(cfg.model)
     main = accel.is_main_process
     torch.manual_seed(t.seed)

@@ -35,7 +35,7 @@ from weitiao.data.collate import Batch, collate, process_share
 from weitiao.data.prep import kto_balance
 from weitiao.losses.preference import kto_terms
 from weitiao.losses.sft import CausalLMLoss
-from weitiao.models.load import build_trainable, count_params, load_tokenizer, lora_as_trained
+from weitiao.models.load import build_trainable, count_params, load_tokenizer, lora_as_trained, lora_continued
 from weitiao.recipes.configs import KTOConfig, KTOSpec, KTOTrainSpec  # noqa: F401  (re-exported)
 from weitiao.train import dist, loop
 from weitiao.train.feedback import FeedbackData, mismatched, prepare_feedback
@@ -132,7 +132,7 @@ def evaluate(loss_mod: Any, ref: Reference, data: FeedbackData, cfg: KTOConfig, 
 def run(cfg: KTOConfig) -> dict:
     """Train with KTO; returns the summary with the last eval metrics."""
     t, k = cfg.train, cfg.kto
-    cfg.lora = lora_as_trained(cfg.lora, t.disable_dropout)
+    cfg.lora = lora_continued(lora_as_trained(cfg.lora, t.disable_dropout))
     accel = dist.accelerator(cfg.model)
     main = accel.is_main_process
     torch.manual_seed(t.seed)

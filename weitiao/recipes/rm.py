@@ -33,6 +33,7 @@ from weitiao.models.load import (
     load_model,
     load_tokenizer,
     lora_as_trained,
+    lora_continued,
     match_adapter,
 )
 from weitiao.recipes.configs import RMConfig, RMSpec, RMTrainSpec  # noqa: F401  (re-exported)
@@ -156,7 +157,7 @@ def print_pairs_summary(data: Any, trainable: int, world: int, log: Any = None) 
 def run(cfg: RMConfig) -> dict:
     """Train the reward model; returns the summary with held-out accuracy/margin/reward stats."""
     t = cfg.train
-    cfg.lora = lora_as_trained(cfg.lora, t.disable_dropout)
+    cfg.lora = lora_continued(lora_as_trained(cfg.lora, t.disable_dropout))
     accel = dist.accelerator(cfg.model)
     main = accel.is_main_process
     torch.manual_seed(t.seed)

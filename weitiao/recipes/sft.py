@@ -32,7 +32,7 @@ from weitiao.io import atomic_write_text
 from weitiao.losses.sft import CausalLMLoss
 from weitiao.models import packed_attention
 from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
-from weitiao.models.load import build_trainable, count_params, load_tokenizer
+from weitiao.models.load import build_trainable, count_params, load_tokenizer, lora_continued
 from weitiao.models.untrained import refuse_untrained_tokens
 from weitiao.recipes.configs import DataSpec, SFTConfig  # noqa: F401  (re-exported)
 from weitiao.train import dist, loop
@@ -220,6 +220,7 @@ def _golden_hook(t: TrainSpec, model: Any, tokenizer: Any, template: Any, out: P
 def run(cfg: SFTConfig) -> dict:
     """Train; returns a summary (final/best eval loss, steps, tokens/s, output dir)."""
     t = cfg.train
+    cfg.lora = lora_continued(cfg.lora)  # the continued adapter's r, alpha, ... in the config.yaml it records
     accel = dist.accelerator(cfg.model)
     if t.golden and (engine := dist.sharding(accel)):  # each process answers its own prompts: it would crash or hang
         raise UserError(
