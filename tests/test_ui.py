@@ -1169,6 +1169,28 @@ def test_data_tab_report_takes_train_on_prompt_as_data_check_does(root):
     assert pair.status_code == 400 and pair.json()["error"].startswith("train_on_prompt: SFT's data.train_on_prompt")
 
 
+def test_data_tab_takes_train_eot_as_sft_does(root, tiny_model_dir, tokenizer):
+    """SFT's data.train_eot was not in the Data tab (`train_eot=false`, an unknown query parameter): a user training
+    with it false was shown the end-of-turn token trained. Now the row and the report follow it: the trained tokens
+    are `prepare_data`'s (the default is the control), and a pair file refuses it as it refuses train_on_prompt."""
+    from weitiao.recipes import sft
+
+    shutil.copytree(tiny_model_dir, root / "models" / "tiny")
+    file = _pairs_file(root / "data" / "chat.jsonl", [{"instruction": "你好", "output": "你好呀"}])
+    _pairs_file(root / "data" / "pairs.jsonl", PAIRS)
+    q = {"path": "data/chat.jsonl", "model": "models/tiny"}
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        got = {eot: c.get("/api/data", params=q | {"train_eot": eot}).json() for eot in (True, False)}
+        pair = c.get("/api/data", params={"path": "data/pairs.jsonl", "train_eot": False})
+    for eot, d in got.items():
+        data = sft.DataSpec(train=[str(file)], train_eot=eot, cache=False)
+        want = sft.prepare_data(sft.SFTConfig(data=data, train=sft.TrainSpec(out=str(root / "x"))), tokenizer)
+        assert d["trained"] == want.train[0].n_trained and d["check"]["train_eot"] == eot, d
+        assert "".join(s for s, on in d["segments"] if on).endswith("<|im_end|>") == eot
+    assert got[True]["trained"] == got[False]["trained"] + 1
+    assert pair.status_code == 400 and pair.json()["error"].startswith("train_eot: SFT's data.train_eot"), pair.text
+
+
 def test_data_tab_takes_truncation_as_data_check_does(root):
     """The Data tab had no truncation: its report counted as `data check` without --truncation (every long row
     dropped), and a row over max_len was shown 'cut to max_len' though training's default (drop) leaves it out. Now

@@ -406,12 +406,13 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
     @app.get("/api/data")
     def data_preview(path: str, index: int = 0, model: str = "demo", template: str = "auto", max_len: int = 1024,
                      train_on_prompt: bool = False, format: str = "auto", train_turns: str = "all",
-                     truncation: str = "drop", dataset_dir: str | None = None) -> dict:  # fmt: skip
+                     truncation: str = "drop", dataset_dir: str | None = None,
+                     train_eot: bool = True) -> dict:  # fmt: skip
         """Row `index` encoded as the trainer that takes the file would (SFT, or a DPO/RM pair), the file's
         `data check` report (rows over the model's positions counted, as the CLI's `--model`), and the ratios it was
-        mixed with (SFT files made by `data mix`); `train_turns` and `train_on_prompt` (SFT's data.train_turns,
-        data.train_on_prompt) as `data check --train-turns/--train-on-prompt`, for the row's trained tokens and the
-        report's; `truncation` as `--truncation` (the trainer's
+        mixed with (SFT files made by `data mix`); `train_turns`, `train_on_prompt` and `train_eot` (SFT's
+        data.train_turns, data.train_on_prompt, data.train_eot) as `data check --train-turns/--train-on-prompt/
+        --no-train-eot`, for the row's trained tokens and the report's; `truncation` as `--truncation` (the trainer's
         data.truncation); with `dataset_dir` (a LLaMA-Factory folder, as `--dataset-dir`) `path` is a dataset name."""
         from dataclasses import asdict
 
@@ -439,9 +440,11 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
         ref = model_ref(model)
         tok = tokenizer(ref)
         # the row first: a file its trainer refuses gets that trainer's error, not data check's
-        view = row_view(file, index, tok, template, max_len, train_on_prompt, format, train_turns, truncation, folder)
+        view = row_view(file, index, tok, template, max_len, train_on_prompt, format, train_turns, truncation, folder,
+                        train_eot)  # fmt: skip
         check = check_file([file], tok, template, max_len, format, dataset_dir=folder, train_turns=train_turns,
-                           context=positions(ref), truncation=truncation, train_on_prompt=train_on_prompt)  # fmt: skip
+                           context=positions(ref), truncation=truncation, train_on_prompt=train_on_prompt,
+                           train_eot=train_eot)  # fmt: skip
         return {**view, "check": asdict(check), "mix": mixed}
 
     return app
