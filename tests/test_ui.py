@@ -1121,6 +1121,45 @@ def test_the_data_tab_and_chat_load_a_model_folder_again_once_it_changes(root, t
     assert retrained != reply
 
 
+def test_the_data_tab_and_chat_load_a_hub_model_again_once_a_new_revision_is_downloaded(root, tokenizer, monkeypatch):
+    """The caches were keyed on the model folder's files, and a hub id (not a folder) got an empty key: after a
+    re-download moved the id to a new revision (refs/main), the Data tab kept the old tokenizer and positions and chat
+    the old weights until a restart. Now a hub id is keyed on itself and the revision the local cache resolves it to
+    (control: the same revision answers as before)."""
+    from conftest import save_tiny_model
+    from huggingface_hub import constants
+
+    hub = root.parent / "hub"
+    repo = hub / "models--org--tiny"
+
+    def download(rev: str, positions: int, seed: int) -> None:  # what `huggingface-cli download org/tiny` leaves
+        snap = repo / "snapshots" / rev
+        save_tiny_model(snap, tokenizer, seed=seed)
+        cfg = json.loads((snap / "config.json").read_text())
+        (snap / "config.json").write_text(json.dumps(cfg | {"max_position_embeddings": positions}))
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(rev)
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    download("a" * 40, 512, 0)
+    (root / "data" / "long.jsonl").write_text(json.dumps({"instruction": "长" * 30, "output": "好"}) + "\n")
+    run = root / "runs" / "r"
+    (run / "ui").mkdir(parents=True)
+    (run / "ui" / "run.json").write_text(json.dumps({"name": "r", "kind": "sft", "status": "done", "created": 1}))
+    (run / "ui" / "config.yaml").write_text("model:\n  path: org/tiny\n")
+    msgs = {"run": "r", "ckpt": "base", "messages": [{"role": "user", "content": "你好"}], "max_new_tokens": 8}
+    q = {"path": "data/long.jsonl", "model": "org/tiny"}
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        first, reply = c.get("/api/data", params=q).json()["check"], c.post("/api/chat", json=msgs).text
+        assert c.get("/api/data", params=q).json()["check"] == first and c.post("/api/chat", json=msgs).text == reply
+        download("b" * 40, 16, 5)
+        new, new_reply = c.get("/api/data", params=q).json()["check"], c.post("/api/chat", json=msgs).text
+    assert (first["context"], first["over_context"]) == (512, 0), first
+    assert (new["context"], new["over_context"]) == (16, 1), new
+    assert new_reply != reply
+
+
 def test_data_preview_takes_train_turns_as_data_check_does(root):
     """The Data tab had no train_turns (`train_turns=last` was an unknown query parameter): a multi-turn row showed
     every reply trained and the report counted rows with no trained token as under `all`, while `weitiao sft` with

@@ -30,7 +30,7 @@ from weitiao.demo import DATA_DIR, DEMO_DIR
 from weitiao.errors import UserError
 from weitiao.infer.api import KnownQuery, UniqueKeys
 from weitiao.ui import forms
-from weitiao.ui.chat import ChatModels, folder_state
+from weitiao.ui.chat import ChatModels, model_state
 from weitiao.ui.paths import Roots
 from weitiao.ui.results import Arenas
 from weitiao.ui.results import golden as golden_report
@@ -386,22 +386,22 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
         return {"out": str(dest), "notes": tool.serve_notes(dest)}
 
     @functools.lru_cache(maxsize=4)
-    def _tokenizer(model: str, files: tuple) -> Any:
+    def _tokenizer(model: str, state: tuple) -> Any:
         from weitiao.models.load import load_tokenizer
 
         return load_tokenizer(model)
 
     @functools.lru_cache(maxsize=4)
-    def _positions(model: str, files: tuple) -> int | None:
+    def _positions(model: str, state: tuple) -> int | None:
         from weitiao.train.loop import model_positions
 
         return model_positions(model)
 
     def tokenizer(model: str) -> Any:
-        return _tokenizer(model, folder_state(model))
+        return _tokenizer(model, model_state(model))
 
     def positions(model: str) -> int | None:
-        return _positions(model, folder_state(model))
+        return _positions(model, model_state(model))
 
     @app.get("/api/data")
     def data_preview(path: str, index: int = 0, model: str = "demo", template: str = "auto", max_len: int = 1024,
