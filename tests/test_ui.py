@@ -996,6 +996,51 @@ def test_a_run_reads_no_dataset_file_outside_the_roots_through_dataset_info(root
         assert httpx.get(base + "/api/runs/lf").json()["state"]["status"] == "failed"
 
 
+def test_a_run_checks_its_data_files_against_the_roots_as_it_opens_them(root, tmp_path, tiny_model_dir):
+    """The console checked a run's data files when it made the run, and the trainer read them seconds later unchecked:
+    a dataset_info.json swapped in between (faq → ../../../secret.jsonl) trained on the file outside the roots, exit 0.
+    The console's runs now get its roots (WEITIAO_READ_ROOTS) and refuse such a file as they open it (control: the
+    run on the unswapped file trains). A folder or glob entry holding a link out was never checked (it trained on the
+    link's target): refused by the form and the Data tab. The Data tab and the form refuse a dataset file outside the
+    roots in one wording (they had two)."""
+    shutil.copytree(tiny_model_dir, root / "models" / "tiny")
+    lf = root / "data" / "lf"
+    lf.mkdir()
+    (lf / "faq.json").write_text(json.dumps([{"instruction": "几点开门", "output": "九点"}] * 4, ensure_ascii=False))
+    good = {"faq": {"file_name": "faq.json"}}
+    (lf / "dataset_info.json").write_text(json.dumps(good))
+    values = {"model.path": "models/tiny", "data.dataset_dir": "data/lf", "data.train": '["faq"]',
+              "train.max_steps": "1", "train.progress": "false", "train.tensorboard": "false"}  # fmt: skip
+    roots = Roots([root])
+    app = create_app(roots, RunStore(root / "runs", read_roots=roots.roots))
+    with running(app) as base, httpx.Client(base_url=base, timeout=60) as c:
+        for name, swap in (("kept", False), ("swapped", True)):
+            made = c.post("/api/runs", json={"kind": "sft", "name": name, "values": values})
+            assert made.status_code == 200, made.text
+            if swap:  # the trainer is still importing torch: it opens dataset_info.json after this
+                (lf / "dataset_info.json").write_text(json.dumps({"faq": {"file_name": "../../../secret.jsonl"}}))
+            state = wait_for(lambda n=name: (s := c.get(f"/api/runs/{n}").json())["state"]["status"]
+                             not in ("starting", "running") and s, timeout=300)  # fmt: skip
+            assert state["state"]["status"] == ("failed" if swap else "done"), state["log"][-2000:]
+        assert f"(→ {tmp_path}/secret.jsonl): outside the allowed folders ({root.resolve()})" in state["log"]
+        assert not (root / "runs" / "swapped" / "final").exists()
+        # a folder of data files with a link out among them: the form and the Data tab refuse it
+        (root / "data" / "dir").mkdir()
+        (root / "data" / "dir" / "a.jsonl").write_text('{"instruction": "问", "output": "答"}\n')
+        (root / "data" / "dir" / "b.jsonl").symlink_to(tmp_path / "secret.jsonl")
+        for train in ('["data/dir"]', '["data/dir/*.jsonl"]'):
+            r = c.post("/api/preview", json={"kind": "sft", "name": "d", "values": {"data.train": train}})
+            assert r.status_code == 400 and r.json()["error"].startswith("data.train: '"), r.text
+            assert "reads " + str(root.resolve() / "data/dir/b.jsonl") + ": outside the allowed" in r.json()["error"]
+        tab = c.get("/api/data", params={"path": "data/dir"})
+        assert tab.status_code == 400 and "data file: '" in tab.json()["error"] and "b.jsonl: outside" in tab.json()[
+            "error"]  # fmt: skip
+        # one wording for a dataset file outside the roots: the Data tab's is the form's, its own box named
+        form = c.post("/api/preview", json={"kind": "sft", "name": "d", "values": values}).json()["error"]
+        tab = c.get("/api/data", params={"path": "faq", "dataset_dir": "data/lf"}).json()["error"]
+    assert form.startswith("data.train: dataset 'faq' of ") and tab == "data file" + form.removeprefix("data.train")
+
+
 def test_a_runs_folder_outside_the_roots_takes_runs(root, tmp_path, fake_python, monkeypatch):
     """`weitiao ui --runs DIR` with DIR outside every --root refused every run: 'train.out DIR/NAME: outside the
     allowed folders', a key the user never set (the console sets it). The run folder is the console's own and is not

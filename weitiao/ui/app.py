@@ -426,14 +426,12 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
             raise UserError(f"truncation {truncation!r}: use one of {', '.join(TRUNCATION_CHOICES)}")
         folder, mixed = None, None
         if dataset_dir:  # every file the dataset names, and its dataset_info.json, inside the roots
-            from weitiao.data.formats import data_files
-
             folder = str(roots.resolve(dataset_dir, "LLaMA-Factory folder"))
-            for f in data_files([path], folder):
-                roots.resolve(str(f), f"dataset {path!r} file")
+            forms.check_reads(path, Path(folder), "data file", roots)
             file = path
         else:
             file = str(roots.resolve(path, "data file"))
+            forms.check_reads(file, None, "data file", roots)  # a folder: its files
             report = Path(f"{file}.report.json")  # written next to a file by `weitiao data mix`
             if report.is_file():
                 mixed = json.loads(roots.resolve(str(report), "mix report").read_text(encoding="utf-8"))
@@ -462,7 +460,7 @@ def serve(host: str, port: int, roots: list[Path], runs_dir: Path | None, token:
     import uvicorn
 
     allowed = Roots(roots, read_only=[DATA_DIR])  # the demo data: a newcomer's first run needs no files of their own
-    store = RunStore(runs_dir.resolve() if runs_dir else allowed.roots[0] / "runs")
+    store = RunStore(runs_dir.resolve() if runs_dir else allowed.roots[0] / "runs", read_roots=allowed.roots)
     token = needed_token(host, token)
     app = create_app(allowed, store, token)
     shown = f"[{host}]" if ":" in host else host

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from weitiao.data.files import READ_ROOTS
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text
 from weitiao.ui.supervise import update
@@ -65,9 +66,12 @@ def _same_weights(step: Path, final: Path) -> bool:
 
 
 class RunStore:
-    def __init__(self, root: Path, python: str = sys.executable):
+    def __init__(self, root: Path, python: str = sys.executable, read_roots: list[Path] | None = None):
+        """`read_roots`: the folders the runs' data files must lie in, checked by each run as it opens them
+        (`weitiao.data.files.confined`); None: unchecked."""
         self.root = root
         self.python = python
+        self.read_roots = read_roots
 
     def run_dir(self, name: str) -> Path:
         if not isinstance(name, str) or not NAME.fullmatch(name):
@@ -108,7 +112,9 @@ class RunStore:
         update(d / "ui", status="starting", command=cmd, returncode=None, child_pid=None)
         # the keeper and the trainer import the same weitiao as this console (a checkout or an install)
         here = str(Path(__file__).resolve().parents[2])
-        path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
+        if self.read_roots is not None:
+            env[READ_ROOTS] = os.pathsep.join(map(str, self.read_roots))
         with open(d / "ui" / "keeper.txt", "ab") as err:
             keeper = subprocess.Popen(
                 [self.python, "-m", "weitiao.ui.supervise", str(d / "ui")],
@@ -117,7 +123,7 @@ class RunStore:
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 cwd=str(d),
-                env={**os.environ, "PYTHONPATH": path},
+                env=env,
             )
         return update(d / "ui", pid=keeper.pid)
 
