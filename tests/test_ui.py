@@ -176,7 +176,7 @@ def test_a_run_of_the_forms_defaults_is_not_refused(kind, root):
         text = c.post("/api/preview", json={"kind": kind, "name": "d", "values": values}).json()["yaml"]
     (root / "run.yaml").write_text(text, encoding="utf-8")
     cfg = load_config(cls, root / "run.yaml", [])
-    assert cfg.lora.r == 8 and cfg.lora.dropout == 0.0 and "quant: none" in text  # every key, as before
+    assert cfg.lora.r == 8 and cfg.lora.dropout == 0.0 and "quant:" not in text  # the keys set alone
     assert lora_as_trained(cfg.lora, cfg.train.disable_dropout).dropout == 0.0
     if kind == "ppo":
         build_scorer(cfg.reward)
@@ -187,6 +187,45 @@ def test_a_run_of_the_forms_defaults_is_not_refused(kind, root):
         forms.build(kind, values | {"lora.dropout": "0.1"}, Roots([root]), root / "x")
     on = {"lora.dropout": "0.1", "train.disable_dropout": False}
     assert forms.build(kind, values | on, Roots([root]), root / "x").lora.dropout == 0.1
+
+
+def test_a_console_runs_yaml_holds_the_keys_set_so_its_trainer_reads_the_rest_as_unset(root, tiny_model_dir):
+    """The run's config.yaml held every key, so its trainer read each as set by the user: a run continuing a q/v
+    adapter of r 8 (lora.init_from) failed at start with 'lora.targets=all-linear puts adapters on 14 modules … drop
+    lora.targets', a key the console user never set and could not drop (the same YAML by hand trains), and every
+    max_steps run noted 'train.epochs 1 is not used; drop one of them'. The YAML now holds the keys set (the boxes
+    changed, train.out, the dropout DPO/RM/PPO record), and loads with the same keys set; chat reads the base as the
+    trainer does ('demo' when model.path is left out)."""
+    from weitiao.config import load_config
+    from weitiao.io import write_jsonl
+    from weitiao.recipes import sft
+
+    shutil.copytree(tiny_model_dir, root / "models" / "tiny")
+    write_jsonl(root / "data" / "chat.jsonl", [{"instruction": "你好", "output": "你好呀"}] * 4)
+    common = [f"model.path={root}/models/tiny", f"data.train=[{root}/data/chat.jsonl]", "train.max_steps=1",
+              "train.progress=false", "train.tensorboard=false", "train.report_to=[]"]  # fmt: skip
+    sft.run(load_config(sft.SFTConfig, None, [*common, "lora.r=8", "lora.targets=[q_proj,v_proj]",
+                                              f"train.out={root}/r8"]))  # fmt: skip
+    values = {
+        "model.path": "models/tiny",
+        "data.train": '["data/chat.jsonl"]',
+        "train.max_steps": "1",
+        "lora.init_from": "r8/final",
+        "lora.targets": "all-linear",
+        "lora.r": "16",
+        "train.epochs": "1.0",
+    }
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        text = c.post("/api/preview", json={"kind": "sft", "name": "cont", "values": values}).json()["yaml"]
+    (root / "cont.yaml").write_text(text)
+    cfg = load_config(sft.SFTConfig, root / "cont.yaml", ["train.progress=false", "train.tensorboard=false"])
+    assert cfg.lora.model_fields_set == {"init_from"} and "epochs" not in cfg.train.model_fields_set, text
+    assert "model:" in text and "targets" not in text and "epochs" not in text
+    assert sft.run(cfg)["steps"] == 1  # continues the r 8 q/v adapter, as the same keys in a hand-written YAML do
+    (root / "runs" / "m" / "ui").mkdir(parents=True)
+    (root / "runs" / "m" / "ui" / "run.json").write_text('{"name": "m", "kind": "sft", "status": "done"}')
+    (root / "runs" / "m" / "ui" / "config.yaml").write_text("data:\n  train: [x.jsonl]\n")
+    assert RunStore(root / "runs").base_model("m") == "demo"
 
 
 def test_form_widgets_from_annotations():

@@ -17,7 +17,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, StreamingResponse
@@ -181,7 +180,9 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
         if not isinstance(values, dict):
             raise UserError("values: expected an object {config key: value}")
         cfg = forms.build(str(kind), values, roots, runs.run_dir(str(name)))
-        return str(kind), str(name), dump_config(cfg)
+        # the keys set alone: a trainer reads every key a YAML holds as set by the user, and refuses some it cannot
+        # honour (lora.targets beside lora.init_from's adapter) that a console user left at their defaults
+        return str(kind), str(name), dump_config(cfg, set_only=True)
 
     @app.post("/api/preview")
     def preview(body: dict) -> dict:
@@ -347,8 +348,7 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
             raise UserError(f"temperature: {temperature!r} is not a number ≥ 0 (0 = greedy)")
         sampling = {"max_new_tokens": _whole(body, "max_new_tokens", 128, 1024), "temperature": float(temperature)}
         weights = runs.weights(str(name), str(ckpt))
-        base = yaml.safe_load((runs.existing(str(name)) / "ui" / "config.yaml").read_text(encoding="utf-8"))
-        loaded = models.get(str(base["model"]["path"]), weights)
+        loaded = models.get(runs.base_model(str(name)), weights)
         try:  # a system message placed as `weitiao serve` places it, or refused as serve refuses it
             late = loaded.template.misplaced_system(loaded.tokenizer, messages)
         except Exception as e:  # e.g. a template that insists on alternating roles

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from weitiao.data.files import READ_ROOTS
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text
@@ -222,6 +224,11 @@ class RunStore:
         d, saved = self.existing(name), self._saved(name)
         dup = {c for c in saved if c.startswith("step-") and _same_weights(d / "checkpoints" / c, d / "final")}
         return [c for c in saved if c not in dup]
+
+    def base_model(self, name: str) -> str:
+        """The run's model.path, as its trainer reads ui/config.yaml: 'demo' (ModelSpec's default) when left out."""
+        cfg = yaml.safe_load((self.existing(name) / "ui" / "config.yaml").read_text(encoding="utf-8")) or {}
+        return str((cfg.get("model") or {}).get("path", "demo"))
 
     def weights(self, name: str, ckpt: str) -> Path | None:
         """The folder of checkpoint `ckpt` of run `name` (None: the base model); only names on disk pass (a step
