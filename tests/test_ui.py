@@ -214,13 +214,16 @@ def test_a_console_runs_yaml_holds_the_keys_set_so_its_trainer_reads_the_rest_as
         "lora.targets": "all-linear",
         "lora.r": "16",
         "train.epochs": "1.0",
+        "lora.alpha": None,  # empty optional boxes: the page sends null
+        "data.cache_dir": None,
+        "train.lr": None,
     }
     with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
         text = c.post("/api/preview", json={"kind": "sft", "name": "cont", "values": values}).json()["yaml"]
     (root / "cont.yaml").write_text(text)
     cfg = load_config(sft.SFTConfig, root / "cont.yaml", ["train.progress=false", "train.tensorboard=false"])
     assert cfg.lora.model_fields_set == {"init_from"} and "epochs" not in cfg.train.model_fields_set, text
-    assert "model:" in text and "targets" not in text and "epochs" not in text
+    assert "model:" in text and "targets" not in text and "epochs" not in text and "null" not in text
     assert sft.run(cfg)["steps"] == 1  # continues the r 8 q/v adapter, as the same keys in a hand-written YAML do
     (root / "runs" / "m" / "ui").mkdir(parents=True)
     (root / "runs" / "m" / "ui" / "run.json").write_text('{"name": "m", "kind": "sft", "status": "done"}')

@@ -117,8 +117,8 @@ def row_view(path: str | Path, index: int, tokenizer: Any, template: str, max_le
     sft_only = [k for k, on in (("train_on_prompt", train_on_prompt), ("train_turns", train_turns != "all"),
                                 ("train_eot", not train_eot)) if on]  # fmt: skip
     if kind == "preference" and sft_only:  # as `data show` refuses them for a pair
-        raise UserError(f"{sft_only[0]}: SFT's data.{sft_only[0]}; a DPO/RM pair trains its last reply: clear it for "
-                        "this file")  # fmt: skip
+        raise UserError(f"{sft_only[0]}: SFT's data.{sft_only[0]}; a DPO/RM pair trains its last reply: set it back "
+                        "to its default for this file")  # fmt: skip
     if not 0 <= index < len(rows):
         raise UserError(f"index {index}: {path} has {len(rows)} rows (0..{len(rows) - 1})")
     row = rows[index]

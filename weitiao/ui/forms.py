@@ -207,7 +207,7 @@ def build(kind: str, values: dict[str, Any], roots: Roots, out: Path) -> BaseMod
                 raise UserError(f"{key}: {k} is not a section")
         # The page sends every box; one still at its default is left unset, as a YAML that omits it: a recipe refuses
         # some keys when set (lora.dropout under train.disable_dropout), not when left at their default.
-        if key not in shown or text != shown[key]:
+        if key not in shown or ("" if text is None else text) != shown[key]:  # null: an empty box (shown "")
             node[parts[-1]] = value
     given = data.get("train", {}).get("out") if isinstance(data.get("train"), dict) else None
     if given is not None and Path(str(given)).expanduser().resolve() != out.resolve():
