@@ -228,6 +228,13 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#data-view span.trained"))
             assert "<|im_start|>assistant" in by_id("data-view").text
             assert "读入 / 保留 / 拒绝的行\n40 / 40 / 0" in by_id("data-check").text
+            trained = lambda: [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#data-view span.trained")]  # noqa: E731
+            assert trained()[-1].endswith("<|im_end|>")
+            by_id("data-train-eot").click()  # SFT's data.train_eot false: the end-of-turn token shown untrained
+            by_id("data-show").click()
+            wait.until(lambda d: "train_eot false" in by_id("data-check").text)
+            assert not trained()[-1].endswith("<|im_end|>")
+            by_id("data-train-eot").click()
             assert not by_id("mix-report").is_displayed()
             by_id("mix-pick").click()
             wait.until(lambda d: by_id("picker").is_displayed())
