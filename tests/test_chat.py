@@ -134,6 +134,22 @@ def test_train_eot_false_masks_only_the_end_of_turn(tokenizer):
     assert enc.ends_with_eot  # the data has it; the loss just ignores it
 
 
+def test_train_eot_false_masks_the_end_of_turn_under_train_on_prompt_too(tokenizer):
+    """With data.train_on_prompt, data.train_eot false was ignored: every token was labelled, <|im_end|> included
+    (`data show --train-on-prompt --no-train-eot`: trained 83 of 83), so the model still learnt to stop. The mask now
+    comes after train_on_prompt, in both encoders and in the reply-only eval labels (control: train_eot true)."""
+    from weitiao.data.chat import encode_all
+
+    t = resolve_template(tokenizer)
+    eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for train_eot in (True, False):
+        opts = EncodeOptions(train_on_prompt=True, train_eot=train_eot)
+        one, (batch,) = encode(CONV, tokenizer, t, opts), encode_all([CONV], tokenizer, t, opts)[0]
+        assert one.labels == batch.labels and one.answer_labels == batch.answer_labels
+        assert (eot in one.labels, eot in one.answer_labels) == (train_eot, train_eot)
+        assert sum(x != IGNORE for x in one.labels) == len(one) - (0 if train_eot else one.input_ids.count(eot))
+
+
 @pytest.mark.parametrize("token", ["<|im_end|>", "<|endoftext|>"])
 def test_special_token_text_in_a_message_is_refused_not_trained_as_a_turn(tokenizer, token):
     """Template residue in converted data ('Sure<|im_end|>\\n<|im_start|>user\\n...') was tokenized into real control

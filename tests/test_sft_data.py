@@ -292,7 +292,40 @@ def test_data_check_train_on_prompt_counts_what_sft_trains_with_it(tmp_path, tin
         assert (rep["dropped"], rep["no_trained_tokens"]) == ((0, 0) if on else (2, 1))
     pairs = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "问", "chosen": "好", "rejected": "坏"}])
     out = CliRunner().invoke(app, ["data", "check", str(pairs), "--model", str(tiny_model_dir), "--train-on-prompt"])
-    assert "train_on_prompt: SFT's data.train_on_prompt; these are preference rows" in str(out.exception)
+    assert str(out.exception).startswith("--train-on-prompt: SFT's data.train_on_prompt; these are preference rows")
+
+
+def test_data_check_and_show_take_train_eot_as_sft_does(tmp_path, tiny_model_dir, tokenizer):
+    """SFT's data.train_eot had no flag in `data check`/`data show`: a user training with it false was shown the
+    end-of-turn token trained. `--no-train-eot` now goes to the EncodeOptions SFT builds (trained counts equal
+    `prepare_data`'s; the default is the control). A pair file refuses it, and `data check` refuses an SFT-only flag
+    naming the flag typed (it said `train_on_prompt:`, the config key), as `--truncation` for a pair."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from weitiao.cli import app
+
+    f = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "你好", "output": "你好呀"}])
+    model = ["--model", str(tiny_model_dir)]
+    for eot in (True, False):
+        flag = [] if eot else ["--no-train-eot"]
+        data = sft.DataSpec(train=[str(f)], train_eot=eot, cache=False)
+        got = sft.prepare_data(sft.SFTConfig(data=data, train=sft.TrainSpec(out=str(tmp_path / "run"))), tokenizer)
+        shown = CliRunner().invoke(app, ["data", "show", str(f), *model, "--plain", *flag])
+        assert f"trained {got.train[0].n_trained} ·" in shown.output, shown.output
+        assert ("<|im_end|>⟧" in shown.output) == eot
+        rep = json.loads(CliRunner().invoke(app, ["data", "check", str(f), *model, "--json", *flag]).output)
+        assert rep["train_eot"] == eot
+    pairs = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "问", "chosen": "好", "rejected": "坏"}])
+    for cmd, flag, said in (
+        ("check", "--no-train-eot", "--no-train-eot: SFT's data.train_eot; these are preference rows"),
+        ("show", "--no-train-eot", "--no-train-eot: SFT's; a pair trains its last reply"),
+        ("check", "--truncation=cut", "--truncation 'cut': preference rows take drop|cut_response"),
+        ("show", "--truncation=cut", "--truncation 'cut': preference rows take drop|cut_response"),
+    ):
+        out = CliRunner().invoke(app, ["data", cmd, str(pairs), *model, flag])
+        assert out.exit_code == 1 and str(out.exception).startswith(said), (cmd, flag, out.exception)
 
 
 def test_data_check_reports_long_documents_as_split_not_truncated(tmp_path, tokenizer):

@@ -176,7 +176,7 @@ def test_a_run_of_the_forms_defaults_is_not_refused(kind, root):
         text = c.post("/api/preview", json={"kind": kind, "name": "d", "values": values}).json()["yaml"]
     (root / "run.yaml").write_text(text, encoding="utf-8")
     cfg = load_config(cls, root / "run.yaml", [])
-    assert cfg.lora.r == 8 and cfg.lora.dropout == 0.0 and "quant: none" in text  # every key, as before
+    assert cfg.lora.r == 8 and cfg.lora.dropout == 0.0 and "quant:" not in text  # the keys set alone
     assert lora_as_trained(cfg.lora, cfg.train.disable_dropout).dropout == 0.0
     if kind == "ppo":
         build_scorer(cfg.reward)
@@ -187,6 +187,48 @@ def test_a_run_of_the_forms_defaults_is_not_refused(kind, root):
         forms.build(kind, values | {"lora.dropout": "0.1"}, Roots([root]), root / "x")
     on = {"lora.dropout": "0.1", "train.disable_dropout": False}
     assert forms.build(kind, values | on, Roots([root]), root / "x").lora.dropout == 0.1
+
+
+def test_a_console_runs_yaml_holds_the_keys_set_so_its_trainer_reads_the_rest_as_unset(root, tiny_model_dir):
+    """The run's config.yaml held every key, so its trainer read each as set by the user: a run continuing a q/v
+    adapter of r 8 (lora.init_from) failed at start with 'lora.targets=all-linear puts adapters on 14 modules … drop
+    lora.targets', a key the console user never set and could not drop (the same YAML by hand trains), and every
+    max_steps run noted 'train.epochs 1 is not used; drop one of them'. The YAML now holds the keys set (the boxes
+    changed, train.out, the dropout DPO/RM/PPO record), and loads with the same keys set; chat reads the base as the
+    trainer does ('demo' when model.path is left out)."""
+    from weitiao.config import load_config
+    from weitiao.io import write_jsonl
+    from weitiao.recipes import sft
+
+    shutil.copytree(tiny_model_dir, root / "models" / "tiny")
+    write_jsonl(root / "data" / "chat.jsonl", [{"instruction": "你好", "output": "你好呀"}] * 4)
+    common = [f"model.path={root}/models/tiny", f"data.train=[{root}/data/chat.jsonl]", "train.max_steps=1",
+              "train.progress=false", "train.tensorboard=false", "train.report_to=[]"]  # fmt: skip
+    sft.run(load_config(sft.SFTConfig, None, [*common, "lora.r=8", "lora.targets=[q_proj,v_proj]",
+                                              f"train.out={root}/r8"]))  # fmt: skip
+    values = {
+        "model.path": "models/tiny",
+        "data.train": '["data/chat.jsonl"]',
+        "train.max_steps": "1",
+        "lora.init_from": "r8/final",
+        "lora.targets": "all-linear",
+        "lora.r": "16",
+        "train.epochs": "1.0",
+        "lora.alpha": None,  # empty optional boxes: the page sends null
+        "data.cache_dir": None,
+        "train.lr": None,
+    }
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        text = c.post("/api/preview", json={"kind": "sft", "name": "cont", "values": values}).json()["yaml"]
+    (root / "cont.yaml").write_text(text)
+    cfg = load_config(sft.SFTConfig, root / "cont.yaml", ["train.progress=false", "train.tensorboard=false"])
+    assert cfg.lora.model_fields_set == {"init_from"} and "epochs" not in cfg.train.model_fields_set, text
+    assert "model:" in text and "targets" not in text and "epochs" not in text and "null" not in text
+    assert sft.run(cfg)["steps"] == 1  # continues the r 8 q/v adapter, as the same keys in a hand-written YAML do
+    (root / "runs" / "m" / "ui").mkdir(parents=True)
+    (root / "runs" / "m" / "ui" / "run.json").write_text('{"name": "m", "kind": "sft", "status": "done"}')
+    (root / "runs" / "m" / "ui" / "config.yaml").write_text("data:\n  train: [x.jsonl]\n")
+    assert RunStore(root / "runs").base_model("m") == "demo"
 
 
 def test_form_widgets_from_annotations():
@@ -996,6 +1038,51 @@ def test_a_run_reads_no_dataset_file_outside_the_roots_through_dataset_info(root
         assert httpx.get(base + "/api/runs/lf").json()["state"]["status"] == "failed"
 
 
+def test_a_run_checks_its_data_files_against_the_roots_as_it_opens_them(root, tmp_path, tiny_model_dir):
+    """The console checked a run's data files when it made the run, and the trainer read them seconds later unchecked:
+    a dataset_info.json swapped in between (faq → ../../../secret.jsonl) trained on the file outside the roots, exit 0.
+    The console's runs now get its roots (WEITIAO_READ_ROOTS) and refuse such a file as they open it (control: the
+    run on the unswapped file trains). A folder or glob entry holding a link out was never checked (it trained on the
+    link's target): refused by the form and the Data tab. The Data tab and the form refuse a dataset file outside the
+    roots in one wording (they had two)."""
+    shutil.copytree(tiny_model_dir, root / "models" / "tiny")
+    lf = root / "data" / "lf"
+    lf.mkdir()
+    (lf / "faq.json").write_text(json.dumps([{"instruction": "几点开门", "output": "九点"}] * 4, ensure_ascii=False))
+    good = {"faq": {"file_name": "faq.json"}}
+    (lf / "dataset_info.json").write_text(json.dumps(good))
+    values = {"model.path": "models/tiny", "data.dataset_dir": "data/lf", "data.train": '["faq"]',
+              "train.max_steps": "1", "train.progress": "false", "train.tensorboard": "false"}  # fmt: skip
+    roots = Roots([root])
+    app = create_app(roots, RunStore(root / "runs", read_roots=roots.roots))
+    with running(app) as base, httpx.Client(base_url=base, timeout=60) as c:
+        for name, swap in (("kept", False), ("swapped", True)):
+            made = c.post("/api/runs", json={"kind": "sft", "name": name, "values": values})
+            assert made.status_code == 200, made.text
+            if swap:  # the trainer is still importing torch: it opens dataset_info.json after this
+                (lf / "dataset_info.json").write_text(json.dumps({"faq": {"file_name": "../../../secret.jsonl"}}))
+            state = wait_for(lambda n=name: (s := c.get(f"/api/runs/{n}").json())["state"]["status"]
+                             not in ("starting", "running") and s, timeout=300)  # fmt: skip
+            assert state["state"]["status"] == ("failed" if swap else "done"), state["log"][-2000:]
+        assert f"(→ {tmp_path}/secret.jsonl): outside the allowed folders ({root.resolve()})" in state["log"]
+        assert not (root / "runs" / "swapped" / "final").exists()
+        # a folder of data files with a link out among them: the form and the Data tab refuse it
+        (root / "data" / "dir").mkdir()
+        (root / "data" / "dir" / "a.jsonl").write_text('{"instruction": "问", "output": "答"}\n')
+        (root / "data" / "dir" / "b.jsonl").symlink_to(tmp_path / "secret.jsonl")
+        for train in ('["data/dir"]', '["data/dir/*.jsonl"]'):
+            r = c.post("/api/preview", json={"kind": "sft", "name": "d", "values": {"data.train": train}})
+            assert r.status_code == 400 and r.json()["error"].startswith("data.train: '"), r.text
+            assert "reads " + str(root.resolve() / "data/dir/b.jsonl") + ": outside the allowed" in r.json()["error"]
+        tab = c.get("/api/data", params={"path": "data/dir"})
+        assert tab.status_code == 400 and "data file: '" in tab.json()["error"] and "b.jsonl: outside" in tab.json()[
+            "error"]  # fmt: skip
+        # one wording for a dataset file outside the roots: the Data tab's is the form's, its own box named
+        form = c.post("/api/preview", json={"kind": "sft", "name": "d", "values": values}).json()["error"]
+        tab = c.get("/api/data", params={"path": "faq", "dataset_dir": "data/lf"}).json()["error"]
+    assert form.startswith("data.train: dataset 'faq' of ") and tab == "data file" + form.removeprefix("data.train")
+
+
 def test_a_runs_folder_outside_the_roots_takes_runs(root, tmp_path, fake_python, monkeypatch):
     """`weitiao ui --runs DIR` with DIR outside every --root refused every run: 'train.out DIR/NAME: outside the
     allowed folders', a key the user never set (the console sets it). The run folder is the console's own and is not
@@ -1121,6 +1208,45 @@ def test_the_data_tab_and_chat_load_a_model_folder_again_once_it_changes(root, t
     assert retrained != reply
 
 
+def test_the_data_tab_and_chat_load_a_hub_model_again_once_a_new_revision_is_downloaded(root, tokenizer, monkeypatch):
+    """The caches were keyed on the model folder's files, and a hub id (not a folder) got an empty key: after a
+    re-download moved the id to a new revision (refs/main), the Data tab kept the old tokenizer and positions and chat
+    the old weights until a restart. Now a hub id is keyed on itself and the revision the local cache resolves it to
+    (control: the same revision answers as before)."""
+    from conftest import save_tiny_model
+    from huggingface_hub import constants
+
+    hub = root.parent / "hub"
+    repo = hub / "models--org--tiny"
+
+    def download(rev: str, positions: int, seed: int) -> None:  # what `huggingface-cli download org/tiny` leaves
+        snap = repo / "snapshots" / rev
+        save_tiny_model(snap, tokenizer, seed=seed)
+        cfg = json.loads((snap / "config.json").read_text())
+        (snap / "config.json").write_text(json.dumps(cfg | {"max_position_embeddings": positions}))
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(rev)
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    download("a" * 40, 512, 0)
+    (root / "data" / "long.jsonl").write_text(json.dumps({"instruction": "长" * 30, "output": "好"}) + "\n")
+    run = root / "runs" / "r"
+    (run / "ui").mkdir(parents=True)
+    (run / "ui" / "run.json").write_text(json.dumps({"name": "r", "kind": "sft", "status": "done", "created": 1}))
+    (run / "ui" / "config.yaml").write_text("model:\n  path: org/tiny\n")
+    msgs = {"run": "r", "ckpt": "base", "messages": [{"role": "user", "content": "你好"}], "max_new_tokens": 8}
+    q = {"path": "data/long.jsonl", "model": "org/tiny"}
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        first, reply = c.get("/api/data", params=q).json()["check"], c.post("/api/chat", json=msgs).text
+        assert c.get("/api/data", params=q).json()["check"] == first and c.post("/api/chat", json=msgs).text == reply
+        download("b" * 40, 16, 5)
+        new, new_reply = c.get("/api/data", params=q).json()["check"], c.post("/api/chat", json=msgs).text
+    assert (first["context"], first["over_context"]) == (512, 0), first
+    assert (new["context"], new["over_context"]) == (16, 1), new
+    assert new_reply != reply
+
+
 def test_data_preview_takes_train_turns_as_data_check_does(root):
     """The Data tab had no train_turns (`train_turns=last` was an unknown query parameter): a multi-turn row showed
     every reply trained and the report counted rows with no trained token as under `all`, while `weitiao sft` with
@@ -1167,6 +1293,28 @@ def test_data_tab_report_takes_train_on_prompt_as_data_check_does(root):
         assert (d["train_on_prompt"], d["dropped"], d["cut"]) == (on, cli.dropped, cli.cut)
     assert (got[False]["dropped"], got[True]["dropped"], got[True]["cut"]) == (1, 0, 1)
     assert pair.status_code == 400 and pair.json()["error"].startswith("train_on_prompt: SFT's data.train_on_prompt")
+
+
+def test_data_tab_takes_train_eot_as_sft_does(root, tiny_model_dir, tokenizer):
+    """SFT's data.train_eot was not in the Data tab (`train_eot=false`, an unknown query parameter): a user training
+    with it false was shown the end-of-turn token trained. Now the row and the report follow it: the trained tokens
+    are `prepare_data`'s (the default is the control), and a pair file refuses it as it refuses train_on_prompt."""
+    from weitiao.recipes import sft
+
+    shutil.copytree(tiny_model_dir, root / "models" / "tiny")
+    file = _pairs_file(root / "data" / "chat.jsonl", [{"instruction": "你好", "output": "你好呀"}])
+    _pairs_file(root / "data" / "pairs.jsonl", PAIRS)
+    q = {"path": "data/chat.jsonl", "model": "models/tiny"}
+    with running(app_for(root)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        got = {eot: c.get("/api/data", params=q | {"train_eot": eot}).json() for eot in (True, False)}
+        pair = c.get("/api/data", params={"path": "data/pairs.jsonl", "train_eot": False})
+    for eot, d in got.items():
+        data = sft.DataSpec(train=[str(file)], train_eot=eot, cache=False)
+        want = sft.prepare_data(sft.SFTConfig(data=data, train=sft.TrainSpec(out=str(root / "x"))), tokenizer)
+        assert d["trained"] == want.train[0].n_trained and d["check"]["train_eot"] == eot, d
+        assert "".join(s for s, on in d["segments"] if on).endswith("<|im_end|>") == eot
+    assert got[True]["trained"] == got[False]["trained"] + 1
+    assert pair.status_code == 400 and pair.json()["error"].startswith("train_eot: SFT's data.train_eot"), pair.text
 
 
 def test_data_tab_takes_truncation_as_data_check_does(root):

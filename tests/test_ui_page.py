@@ -135,7 +135,8 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             Select(field("model.quant")).select_by_value("none")
             wait.until(lambda d: d.execute_script("return window.weitiaoUI.estimate.method") == "lora")
             by_id("preview-btn").click()
-            wait.until(lambda d: "quant: none" in by_id("yaml").text)
+            # the YAML holds the keys set: quant back at its default (the preset's 4bit cleared) is left out
+            wait.until(lambda d: "quant:" not in by_id("yaml").text and "max_steps: 4" in by_id("yaml").text)
             shot("runs")
 
             # 2. start; the chart fills from metrics.jsonl while it runs; the run ends done with checkpoints
@@ -227,6 +228,13 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#data-view span.trained"))
             assert "<|im_start|>assistant" in by_id("data-view").text
             assert "读入 / 保留 / 拒绝的行\n40 / 40 / 0" in by_id("data-check").text
+            trained = lambda: [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#data-view span.trained")]  # noqa: E731
+            assert trained()[-1].endswith("<|im_end|>")
+            by_id("data-train-eot").click()  # SFT's data.train_eot false: the end-of-turn token shown untrained
+            by_id("data-show").click()
+            wait.until(lambda d: "train_eot false" in by_id("data-check").text)
+            assert not trained()[-1].endswith("<|im_end|>")
+            by_id("data-train-eot").click()
             assert not by_id("mix-report").is_displayed()
             by_id("mix-pick").click()
             wait.until(lambda d: by_id("picker").is_displayed())
@@ -339,7 +347,7 @@ def test_console_end_to_end_in_headless_chromium(tmp_path, monkeypatch):
             wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#config-form [data-key="data.train"]'))
             field("data.train").send_keys('["data/style.jsonl"]')
             by_id("preview-btn").click()
-            wait.until(lambda d: "max_steps" in by_id("yaml").text)
+            wait.until(lambda d: "style.jsonl" in by_id("yaml").text)
             shot("runs")
 
             # 9. the banner for a diverged, failed run; its message and log shown as text

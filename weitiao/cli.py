@@ -359,6 +359,7 @@ def data_check(
     skip_invalid: bool = typer.Option(False, help="write bad rows to FILE.rejects.jsonl instead of stopping"),
     train_turns: str = typer.Option("all", help="all|last: assistant turns SFT trains (data.train_turns)"),
     train_on_prompt: bool = typer.Option(False, help="prompt tokens trained too, as SFT's data.train_on_prompt"),
+    train_eot: bool = typer.Option(True, "--train-eot/--no-train-eot", help="as SFT's data.train_eot"),
     truncation: str = typer.Option(
         "drop",
         help="over max_len, as the trainer's data.truncation: SFT drop|cut|history, KTO drop|cut, DPO/RM "
@@ -367,7 +368,7 @@ def data_check(
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
     """Lint SFT, preference, KTO or text data: format, token lengths, over max_len, duplicates, EOS, pair sanity."""
-    from weitiao.data.check import check_file
+    from weitiao.data.check import CLI_NAMES, check_file
     from weitiao.models.load import load_tokenizer
     from weitiao.train.loop import model_positions
 
@@ -375,7 +376,7 @@ def data_check(
     tokenizer, context = load_tokenizer(model), model_positions(model)
     _choice("--truncation", truncation, ("drop", "cut", "history", "cut_response"))
     rep = check_file(files, tokenizer, template, max_len, fmt, skip_invalid, dataset_dir, train_turns, context,
-                     truncation, train_on_prompt)  # fmt: skip
+                     truncation, train_on_prompt, train_eot, CLI_NAMES)  # fmt: skip
     if as_json:
         print(rep.to_json())
         return
@@ -396,7 +397,8 @@ def data_check(
         ("duplicate rows / prompts", f"{rep.duplicate_rows} / {rep.duplicate_prompts}"),
         ("rows missing EOS", str(rep.missing_eos)),
         (
-            f"rows with no trained token (train_turns {rep.train_turns}{', train_on_prompt' * rep.train_on_prompt})",
+            f"rows with no trained token (train_turns {rep.train_turns}{', train_on_prompt' * rep.train_on_prompt}"
+            f"{', train_eot false' * (not rep.train_eot)})",
             str(rep.no_trained_tokens),
         ),  # fmt: skip
     ]
@@ -433,6 +435,7 @@ def data_show(
     dataset_dir: str = typer.Option(None, help="LLaMA-Factory data folder: FILE is a name in its dataset_info.json"),
     template: str = typer.Option("auto", help="auto|tokenizer|chatml|qwen|llama3|plain"),
     train_on_prompt: bool = typer.Option(False, help="label every token"),
+    train_eot: bool = typer.Option(True, "--train-eot/--no-train-eot", help="as SFT's data.train_eot"),
     train_turns: str = typer.Option("all", help="all|last: assistant turns SFT trains (data.train_turns)"),
     last_turn_only: bool = typer.Option(False, hidden=True, help="same as --train-turns last"),
     max_len: int = typer.Option(1024, help="max length in tokens"),
@@ -460,13 +463,13 @@ def data_show(
     row, tok = rows[index], load_tokenizer(model)
     if isinstance(row, PreferencePair):
         sft_only = {"--train-on-prompt": train_on_prompt, "--train-turns": train_turns != "all",
-                    "--last-turn-only": last_turn_only}  # fmt: skip
+                    "--last-turn-only": last_turn_only, "--no-train-eot": not train_eot}  # fmt: skip
         if given := next((k for k, v in sft_only.items() if v), None):
             raise UserError(f"{given}: SFT's; a pair trains its last reply")
-        refuse_truncation("preference", truncation)
+        refuse_truncation("preference", truncation, "--truncation")
         return _show_pair(row, tok, template, max_len, truncation, plain)
-    refuse_truncation("SFT", truncation)
-    opts = EncodeOptions(max_len, train_on_prompt, "last" if last_turn_only else train_turns, truncation)
+    refuse_truncation("SFT", truncation, "--truncation")
+    opts = EncodeOptions(max_len, train_on_prompt, "last" if last_turn_only else train_turns, truncation, train_eot)
     enc, segments = show_example(row, tok, template, opts)
     if enc is None:  # what SFT does to this row, not a fault in the file: said plainly, exit 0
         why = drop_reason(row, tok, template, opts)

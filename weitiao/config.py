@@ -431,8 +431,10 @@ def _near_key(cls: type[BaseModel], loc: tuple) -> str | None:
     return ".".join([*map(str, loc[:-1]), near]) if near else None
 
 
-def dump_config(cfg: BaseModel) -> str:
-    """The config as YAML, with credentials in URLs redacted (config.yaml is shared with runs)."""
+def dump_config(cfg: BaseModel, set_only: bool = False) -> str:
+    """The config as YAML, with credentials in URLs redacted (config.yaml is shared with runs); `set_only`: the keys
+    set alone, so that it loads with the same keys set (the rest: their defaults)."""
     from weitiao.secrets import redact_data
 
-    return yaml.safe_dump(redact_data(cfg.model_dump(mode="json")), allow_unicode=True, sort_keys=False)
+    data = cfg.model_dump(mode="json", exclude_unset=set_only)
+    return yaml.safe_dump(redact_data(data), allow_unicode=True, sort_keys=False)

@@ -56,7 +56,7 @@ from weitiao.data.tools import uses_tools
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text, cache_home, read_json
 
-VERSION = 11  # 2: raw-text rows, `piece` column, notes; 3: rows re-checked (misspelled and unimplemented keys);
+VERSION = 12  # 2: raw-text rows, `piece` column, notes; 3: rows re-checked (misspelled and unimplemented keys);
 # 4: LLaMA-Factory num_samples drawn at random; 5: tool rows' weight 0 read (an entry before it trained those turns),
 # .json rows named by the line they start on, Parquet/Arrow struct nulls read as absent; 6: `tools` on Alpaca and
 # conversational prompt/completion rows rendered (an entry before it trained those rows without them), a message
@@ -68,6 +68,7 @@ VERSION = 11  # 2: raw-text rows, `piece` column, notes; 3: rows re-checked (mis
 # 10: a preference pair whose replies render to the same tokens refused (the template trimmed what told them apart)
 # 11: OpenAI text content parts joined by a newline, as `weitiao serve` and vLLM join them (an entry before it joined
 # them with nothing: a model trained on it was served other prompts)
+# 12: train_eot false masks the end-of-turn under train_on_prompt too (an entry before it trained it there)
 CHUNK_ROWS = 4096  # rows per worker task and per shard
 SMALL_FILE = 8 << 20  # data files under this size are keyed by content, larger ones by size + mtime
 TRUNCATED = ("", "cut", "history")

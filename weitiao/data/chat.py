@@ -246,11 +246,12 @@ def _encode_messages(
     eot_ids = tokenizer(template.eot, add_special_tokens=False)["input_ids"]
     reply = [t for t, x in enumerate(labels) if x != IGNORE]
     ends = bool(eot_ids) and [ids[t] for t in reply[-len(eot_ids) :]] == eot_ids
-    if not opts.train_eot and len(eot_ids) == 1:
-        labels = [IGNORE if x == eot_ids[0] else x for x in labels]
     answer = None
     if opts.train_on_prompt:
         answer, labels = labels, list(ids)
+    if not opts.train_eot and len(eot_ids) == 1:  # after train_on_prompt, which trains every token, the eot too
+        labels = [IGNORE if x == eot_ids[0] else x for x in labels]
+        answer = None if answer is None else [IGNORE if x == eot_ids[0] else x for x in answer]
     return Encoded(list(ids), labels, ends_with_eot=ends, answer_labels=answer, eot_end=reply[-1] + 1 if ends else -1)
 
 

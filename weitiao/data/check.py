@@ -29,6 +29,9 @@ from weitiao.errors import UserError
 BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 # data.truncation of the trainer that takes each kind of row: sft, kto (train.spec.FeedbackDataSpec), dpo/rm
 TRUNCATIONS = {"SFT": get_args(Truncation), "KTO": ("drop", "cut"), "preference": get_args(PairTruncation)}
+# how each surface names the SFT-only settings it refuses for other rows: its user set them under these names
+CONFIG_NAMES = {"train_on_prompt": "train_on_prompt", "train_eot": "train_eot", "truncation": "truncation"}
+CLI_NAMES = {"train_on_prompt": "--train-on-prompt", "train_eot": "--no-train-eot", "truncation": "--truncation"}
 
 
 def refuse_max_len(max_len: int) -> None:
@@ -37,10 +40,10 @@ def refuse_max_len(max_len: int) -> None:
         raise UserError(f"max_len {max_len}: the trainers' data.max_len is over 8 (sft, dpo, rm, kto); give 9 or more")
 
 
-def refuse_truncation(kind: str, truncation: str) -> None:
-    """UserError when rows of `kind` (a TRUNCATIONS key) cannot take data.truncation `truncation`."""
+def refuse_truncation(kind: str, truncation: str, name: str = "truncation") -> None:
+    """UserError when rows of `kind` (a TRUNCATIONS key) cannot take data.truncation `truncation` (set as `name`)."""
     if truncation not in TRUNCATIONS[kind]:
-        raise UserError(f"truncation {truncation!r}: {kind} rows take {'|'.join(TRUNCATIONS[kind])} (the "
+        raise UserError(f"{name} {truncation!r}: {kind} rows take {'|'.join(TRUNCATIONS[kind])} (the "
                         "data.truncation of the trainer that reads them)")  # fmt: skip
 
 
@@ -73,6 +76,7 @@ class CheckReport:
     document_pieces: int = 0  # the pieces those documents become
     train_turns: str = "all"
     train_on_prompt: bool = False  # SFT's data.train_on_prompt: prompt tokens trained too
+    train_eot: bool = True  # SFT's data.train_eot: false masks the end-of-turn token
     desirable: int = 0  # KTO rows among `kept` labelled good (undesirable: the others)
     undesirable: int = 0
     conflicting_labels: int = 0  # prompt + reply pairs labelled both desirable and undesirable
@@ -131,11 +135,14 @@ def check_file(
     context: int | None = None,
     truncation: str = "drop",
     train_on_prompt: bool = False,
+    train_eot: bool = True,
+    names: dict[str, str] = CONFIG_NAMES,
 ) -> CheckReport:
     """Lint a data set against a tokenizer: lengths, duplicates, EOS, trainable tokens (as SFT's
-    data.train_turns and data.train_on_prompt pick them), pair sanity; `context`: the model's positions (training
-    refuses longer rows); `truncation`: the trainer's data.truncation (SFT drop|cut|history, KTO drop|cut, DPO/RM
-    drop|cut_response)."""
+    data.train_turns, data.train_on_prompt and data.train_eot pick them), pair sanity; `context`: the model's
+    positions (training refuses longer rows); `truncation`: the trainer's data.truncation (SFT drop|cut|history, KTO
+    drop|cut, DPO/RM drop|cut_response); `names`: what the caller's user set these as (CLI_NAMES: flags), for
+    refusals."""
     refuse_max_len(max_len)
     check = special_token_check(tokenizer)  # a bad row, as training finds it
     loaded = load_rows(files, fmt, skip_invalid=skip_invalid, strict=False, dataset_dir=dataset_dir, row_check=check,
@@ -149,13 +156,14 @@ def check_file(
     convs = [r.row if isinstance(r, Feedback) else r for r in loaded.rows if not isinstance(r, PreferencePair)]
     kinds = [k for k, there in (("KTO", feedback), ("SFT", convs and not feedback), ("preference", pairs)) if there]
     for kind in kinds:
-        refuse_truncation(kind, truncation)
-    if train_on_prompt and "SFT" not in kinds:
-        raise UserError(f"train_on_prompt: SFT's data.train_on_prompt; these are {' and '.join(kinds)} rows, whose "
-                        "trainer has no such key: drop it")  # fmt: skip
+        refuse_truncation(kind, truncation, names["truncation"])
+    for key, given in (("train_on_prompt", train_on_prompt), ("train_eot", not train_eot)):
+        if given and "SFT" not in kinds:
+            raise UserError(f"{names[key]}: SFT's data.{key}; these are {' and '.join(kinds)} rows, whose trainer has "
+                            "no such key: drop it")  # fmt: skip
     # Encode without a length limit to measure; count what max_len would drop separately.
     with _measuring(tokenizer, context):
-        whole = EncodeOptions(10**9, train_on_prompt, train_turns)
+        whole = EncodeOptions(10**9, train_on_prompt, train_turns, train_eot=train_eot)
         encoded, _ = encode_all(convs, tokenizer, template, whole)
         sides = [tuple(encode_side(row, tokenizer, template) for row in side_rows(p)) for p in pairs]
         # what training keeps: the trainer's own truncation, over the same rows
@@ -209,6 +217,7 @@ def check_file(
         document_pieces=len(pieces(split, max_len)),
         train_turns=train_turns,
         train_on_prompt=train_on_prompt,
+        train_eot=train_eot,
         desirable=sum(fb.desirable for fb in feedback),
         undesirable=sum(not fb.desirable for fb in feedback),
         conflicting_labels=sum(len(v) == 2 for v in labels.values()),

@@ -15,6 +15,7 @@ import glob
 import gzip
 import io
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ LOOKS_LIKE_DATA = (*SUFFIXES, ".tsv", ".xls")  # in a name, with a suffix after 
 GLOB_CHARS = set("*?[")
 BATCH_ROWS = 1024  # Parquet/Arrow rows decoded at a time
 MAX_ROW_BYTES = 1_000_000  # a longer JSONL row is rejected unread: ~300k tokens, far over any max_len
+READ_ROOTS = "WEITIAO_READ_ROOTS"  # folders (os.pathsep-separated) a run's data files must lie in: `confined`
 
 
 class RowError(ValueError):
@@ -472,12 +474,24 @@ def _batches(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
         raise UserError(f"{path}: not a readable {name} file ({msg})") from None
 
 
+def confined(path: Path) -> None:
+    """Refuse a file outside the folders READ_ROOTS names, when set (`weitiao ui` sets it for the runs it starts: its
+    roots): checked as the run opens the file, so a file, link or dataset_info.json swapped after the console checked
+    the run's config is refused too."""
+    allowed = [Path(r) for r in os.environ.get(READ_ROOTS, "").split(os.pathsep) if r]
+    real = Path(os.path.realpath(path))
+    if allowed and not any(real == r or r in real.parents for r in allowed):
+        shown = f"{path}" if real == Path(path) else f"{path} (→ {real})"  # a link, or ../ in a file_name
+        raise UserError(f"{shown}: outside the allowed folders ({', '.join(map(str, allowed))})")
+
+
 def iter_records(
     path: Path, max_row_bytes: int | None = MAX_ROW_BYTES, notes: list[str] | None = None
 ) -> Iterator[tuple[int, Any]]:
-    """Yield (line or row number, record) from one data file; unreadable rows come as RowError. What was read but
-    left out (a CSV/xlsx column without a name, empty in every row) is said in `notes`."""
+    """Yield (line or row number, record) from one data file (`confined`); unreadable rows come as RowError. What was
+    read but left out (a CSV/xlsx column without a name, empty in every row) is said in `notes`."""
     path = Path(path)
+    confined(path)
     if not path.exists():
         raise UserError(f"{path}: file not found")
     if path.is_dir():

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from weitiao.data.files import RowError, expand_paths
+from weitiao.data.files import RowError, confined, expand_paths
 from weitiao.errors import UserError, near_miss
 from weitiao.io import read_json
 
@@ -360,6 +360,7 @@ def resolve(dataset_dir: str | Path, name: str) -> LFDataset:
     info_path = d / INFO
     if not info_path.is_file():
         raise UserError(f"{info_path}: file not found (data.dataset_dir names a LLaMA-Factory data folder)")
+    confined(info_path)
     info = read_json(info_path)
     if not isinstance(info, dict):
         raise UserError(f"{info_path}: expected a mapping of dataset names")

@@ -117,11 +117,12 @@ def _label(ids: list[int], offsets: np.ndarray, spans: list, eot_ids: list[int],
     labels = np.where(trained, arr, IGNORE)
     reply = np.flatnonzero(trained)
     ends = bool(eot_ids) and arr[reply[-len(eot_ids) :]].tolist() == eot_ids
-    if not opts.train_eot and len(eot_ids) == 1:
-        labels = np.where(labels == eot_ids[0], IGNORE, labels)
     answer = None
     if opts.train_on_prompt:
         answer, labels = labels, arr
+    if not opts.train_eot and len(eot_ids) == 1:  # after train_on_prompt, which trains every token, the eot too
+        labels = np.where(labels == eot_ids[0], IGNORE, labels)
+        answer = None if answer is None else np.where(answer == eot_ids[0], IGNORE, answer)
     return Encoded(
         list(ids),
         labels.tolist(),

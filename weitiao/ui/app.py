@@ -17,7 +17,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, StreamingResponse
@@ -30,7 +29,7 @@ from weitiao.demo import DATA_DIR, DEMO_DIR
 from weitiao.errors import UserError
 from weitiao.infer.api import KnownQuery, UniqueKeys
 from weitiao.ui import forms
-from weitiao.ui.chat import ChatModels, folder_state
+from weitiao.ui.chat import ChatModels, model_state
 from weitiao.ui.paths import Roots
 from weitiao.ui.results import Arenas
 from weitiao.ui.results import golden as golden_report
@@ -181,7 +180,9 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
         if not isinstance(values, dict):
             raise UserError("values: expected an object {config key: value}")
         cfg = forms.build(str(kind), values, roots, runs.run_dir(str(name)))
-        return str(kind), str(name), dump_config(cfg)
+        # the keys set alone: a trainer reads every key a YAML holds as set by the user, and refuses some it cannot
+        # honour (lora.targets beside lora.init_from's adapter) that a console user left at their defaults
+        return str(kind), str(name), dump_config(cfg, set_only=True)
 
     @app.post("/api/preview")
     def preview(body: dict) -> dict:
@@ -347,8 +348,7 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
             raise UserError(f"temperature: {temperature!r} is not a number ≥ 0 (0 = greedy)")
         sampling = {"max_new_tokens": _whole(body, "max_new_tokens", 128, 1024), "temperature": float(temperature)}
         weights = runs.weights(str(name), str(ckpt))
-        base = yaml.safe_load((runs.existing(str(name)) / "ui" / "config.yaml").read_text(encoding="utf-8"))
-        loaded = models.get(str(base["model"]["path"]), weights)
+        loaded = models.get(runs.base_model(str(name)), weights)
         try:  # a system message placed as `weitiao serve` places it, or refused as serve refuses it
             late = loaded.template.misplaced_system(loaded.tokenizer, messages)
         except Exception as e:  # e.g. a template that insists on alternating roles
@@ -386,32 +386,33 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
         return {"out": str(dest), "notes": tool.serve_notes(dest)}
 
     @functools.lru_cache(maxsize=4)
-    def _tokenizer(model: str, files: tuple) -> Any:
+    def _tokenizer(model: str, state: tuple) -> Any:
         from weitiao.models.load import load_tokenizer
 
         return load_tokenizer(model)
 
     @functools.lru_cache(maxsize=4)
-    def _positions(model: str, files: tuple) -> int | None:
+    def _positions(model: str, state: tuple) -> int | None:
         from weitiao.train.loop import model_positions
 
         return model_positions(model)
 
     def tokenizer(model: str) -> Any:
-        return _tokenizer(model, folder_state(model))
+        return _tokenizer(model, model_state(model))
 
     def positions(model: str) -> int | None:
-        return _positions(model, folder_state(model))
+        return _positions(model, model_state(model))
 
     @app.get("/api/data")
     def data_preview(path: str, index: int = 0, model: str = "demo", template: str = "auto", max_len: int = 1024,
                      train_on_prompt: bool = False, format: str = "auto", train_turns: str = "all",
-                     truncation: str = "drop", dataset_dir: str | None = None) -> dict:  # fmt: skip
+                     truncation: str = "drop", dataset_dir: str | None = None,
+                     train_eot: bool = True) -> dict:  # fmt: skip
         """Row `index` encoded as the trainer that takes the file would (SFT, or a DPO/RM pair), the file's
         `data check` report (rows over the model's positions counted, as the CLI's `--model`), and the ratios it was
-        mixed with (SFT files made by `data mix`); `train_turns` and `train_on_prompt` (SFT's data.train_turns,
-        data.train_on_prompt) as `data check --train-turns/--train-on-prompt`, for the row's trained tokens and the
-        report's; `truncation` as `--truncation` (the trainer's
+        mixed with (SFT files made by `data mix`); `train_turns`, `train_on_prompt` and `train_eot` (SFT's
+        data.train_turns, data.train_on_prompt, data.train_eot) as `data check --train-turns/--train-on-prompt/
+        --no-train-eot`, for the row's trained tokens and the report's; `truncation` as `--truncation` (the trainer's
         data.truncation); with `dataset_dir` (a LLaMA-Factory folder, as `--dataset-dir`) `path` is a dataset name."""
         from dataclasses import asdict
 
@@ -425,23 +426,23 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
             raise UserError(f"truncation {truncation!r}: use one of {', '.join(TRUNCATION_CHOICES)}")
         folder, mixed = None, None
         if dataset_dir:  # every file the dataset names, and its dataset_info.json, inside the roots
-            from weitiao.data.formats import data_files
-
             folder = str(roots.resolve(dataset_dir, "LLaMA-Factory folder"))
-            for f in data_files([path], folder):
-                roots.resolve(str(f), f"dataset {path!r} file")
+            forms.check_reads(path, Path(folder), "data file", roots)
             file = path
         else:
             file = str(roots.resolve(path, "data file"))
+            forms.check_reads(file, None, "data file", roots)  # a folder: its files
             report = Path(f"{file}.report.json")  # written next to a file by `weitiao data mix`
             if report.is_file():
                 mixed = json.loads(roots.resolve(str(report), "mix report").read_text(encoding="utf-8"))
         ref = model_ref(model)
         tok = tokenizer(ref)
         # the row first: a file its trainer refuses gets that trainer's error, not data check's
-        view = row_view(file, index, tok, template, max_len, train_on_prompt, format, train_turns, truncation, folder)
+        view = row_view(file, index, tok, template, max_len, train_on_prompt, format, train_turns, truncation, folder,
+                        train_eot)  # fmt: skip
         check = check_file([file], tok, template, max_len, format, dataset_dir=folder, train_turns=train_turns,
-                           context=positions(ref), truncation=truncation, train_on_prompt=train_on_prompt)  # fmt: skip
+                           context=positions(ref), truncation=truncation, train_on_prompt=train_on_prompt,
+                           train_eot=train_eot)  # fmt: skip
         return {**view, "check": asdict(check), "mix": mixed}
 
     return app
@@ -459,7 +460,7 @@ def serve(host: str, port: int, roots: list[Path], runs_dir: Path | None, token:
     import uvicorn
 
     allowed = Roots(roots, read_only=[DATA_DIR])  # the demo data: a newcomer's first run needs no files of their own
-    store = RunStore(runs_dir.resolve() if runs_dir else allowed.roots[0] / "runs")
+    store = RunStore(runs_dir.resolve() if runs_dir else allowed.roots[0] / "runs", read_roots=allowed.roots)
     token = needed_token(host, token)
     app = create_app(allowed, store, token)
     shown = f"[{host}]" if ":" in host else host

@@ -16,8 +16,8 @@ from weitiao.infer.chat import load_chat_model
 
 def folder_state(model: str | Path | None) -> tuple:
     """(path, inode, size, mtime) of each file in a model folder and in its subfolders one level down (a checkpoint's
-    model/, adapter/, tokenizer/; 'demo': the shipped model); () for a hub id. A cache keyed on it loads the folder
-    again once it is retrained, replaced or edited."""
+    model/, adapter/, tokenizer/; 'demo': the shipped model); () for anything else. A cache keyed on it loads the
+    folder again once it is retrained, replaced or edited."""
     folder = Path(MODEL_DIR if model == "demo" else model or "")
     if model is None or not folder.is_dir():
         return ()
@@ -30,6 +30,25 @@ def folder_state(model: str | Path | None) -> tuple:
                 continue
             out.append((str(f.relative_to(folder)), s.st_ino, s.st_size, s.st_mtime_ns))
     return tuple(sorted(out))
+
+
+def model_state(model: str | Path | None) -> tuple:
+    """What a cache of `model` is keyed on: the reference itself and, for a folder ('demo': the shipped model), its
+    `folder_state`; for a hub id, the revision the local Hugging Face cache resolves it to (its snapshot folder's
+    commit, and that folder's state): a re-download of a newer revision is loaded again."""
+    if model is None or model == "demo" or Path(model).expanduser().is_dir():
+        return (str(model), folder_state(model))
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            hit = try_to_load_from_cache(str(model), name)
+        except ValueError:  # not shaped like a hub id: loading says why
+            break
+        if isinstance(hit, str):
+            snapshot = Path(hit).parent
+            return (str(model), snapshot.name, folder_state(snapshot))
+    return (str(model), None)
 
 
 def load_weights(base: str, weights: Path | None) -> tuple[Any, Any]:
@@ -62,8 +81,9 @@ class ChatModels:
         self.lock = threading.Lock()
 
     def get(self, base: str, weights: Path | None) -> Loaded:
-        # the folders' files in the key: a base retrained in place, or a checkpoint rewritten, is loaded again
-        key = (base, str(weights) if weights else None, folder_state(base), folder_state(weights))
+        # the folders' files (a hub id's revision) in the key: a base retrained in place or downloaded anew, or a
+        # checkpoint rewritten, is loaded again
+        key = (model_state(base), str(weights) if weights else None, folder_state(weights))
         with self.lock:
             if key in self.models:
                 self.models.move_to_end(key)

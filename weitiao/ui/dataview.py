@@ -47,11 +47,11 @@ def _encoded(row: Any, tokenizer: Any, template: str, opts: EncodeOptions) -> tu
 
 
 def sft_view(row: Any, tokenizer: Any, template: str, max_len: int, train_on_prompt: bool, train_turns: str = "all",
-             truncation: str = "drop") -> dict:  # fmt: skip
-    """A chat or raw-text row as `weitiao sft` encodes it with data.train_turns `train_turns` and data.truncation
-    `truncation`. A row that policy drops is shown as its first max_len tokens (so what is over is seen), `dropped`
-    saying why."""
-    opts = EncodeOptions(max_len, train_on_prompt, train_turns, truncation)  # type: ignore[arg-type]
+             truncation: str = "drop", train_eot: bool = True) -> dict:  # fmt: skip
+    """A chat or raw-text row as `weitiao sft` encodes it with data.train_turns `train_turns`, data.truncation
+    `truncation` and data.train_eot `train_eot`. A row that policy drops is shown as its first max_len tokens (so what
+    is over is seen), `dropped` saying why."""
+    opts = EncodeOptions(max_len, train_on_prompt, train_turns, truncation, train_eot)  # type: ignore[arg-type]
     pieces, segments = _encoded(row, tokenizer, template, opts)
     dropped = None
     if not pieces:
@@ -110,20 +110,21 @@ def pair_view(pair: PreferencePair, tokenizer: Any, template: str, max_len: int,
 
 def row_view(path: str | Path, index: int, tokenizer: Any, template: str, max_len: int, train_on_prompt: bool,
              fmt: str = "auto", train_turns: str = "all", truncation: str = "drop",
-             dataset_dir: str | Path | None = None) -> dict:  # fmt: skip
+             dataset_dir: str | Path | None = None, train_eot: bool = True) -> dict:  # fmt: skip
     """Row `index` of the file (or of dataset `path` in `dataset_dir`), with the file's kind and row count."""
     kind, rows = load(path, fmt, dataset_dir)
     refuse_truncation("preference" if kind == "preference" else "SFT", truncation)  # as `data check` refuses it
-    sft_only = [k for k, on in (("train_on_prompt", train_on_prompt), ("train_turns", train_turns != "all")) if on]
+    sft_only = [k for k, on in (("train_on_prompt", train_on_prompt), ("train_turns", train_turns != "all"),
+                                ("train_eot", not train_eot)) if on]  # fmt: skip
     if kind == "preference" and sft_only:  # as `data show` refuses them for a pair
-        raise UserError(f"{sft_only[0]}: SFT's data.{sft_only[0]}; a DPO/RM pair trains its last reply: clear it for "
-                        "this file")  # fmt: skip
+        raise UserError(f"{sft_only[0]}: SFT's data.{sft_only[0]}; a DPO/RM pair trains its last reply: set it back "
+                        "to its default for this file")  # fmt: skip
     if not 0 <= index < len(rows):
         raise UserError(f"index {index}: {path} has {len(rows)} rows (0..{len(rows) - 1})")
     row = rows[index]
     view = (
         pair_view(row, tokenizer, template, max_len, truncation)
         if kind == "preference"
-        else sft_view(row, tokenizer, template, max_len, train_on_prompt, train_turns, truncation)
+        else sft_view(row, tokenizer, template, max_len, train_on_prompt, train_turns, truncation, train_eot)
     )
     return {"rows": len(rows), "source": row.source, **view}

@@ -146,7 +146,8 @@ def _check_paths(cls: type[BaseModel], data: dict, roots: Roots) -> None:
             continue
         value, what = node[keys[-1]], ".".join(keys)
         if kind.unless_set and node.get(kind.unless_set):  # dataset names: their dataset_info.json and files
-            _check_named(value, str(node[kind.unless_set]), what, roots)
+            folder = roots.resolve(str(node[kind.unless_set]), ".".join((*keys[:-1], kind.unless_set)))
+            check_reads(value, folder, what, roots)
             continue
         items = value if isinstance(value, list) else [value]
         fixed = []
@@ -165,19 +166,26 @@ def _check_paths(cls: type[BaseModel], data: dict, roots: Roots) -> None:
                 continue
             fixed.append(str(roots.resolve(v, what, write=keys in WRITTEN)))
         node[keys[-1]] = fixed if isinstance(value, list) else fixed[0]
+        if kind.unless_set:  # data files: a folder or glob among them may hold a link out
+            check_reads([v for v in fixed if isinstance(v, str) and "://" not in v], None, what, roots)
 
 
-def _check_named(names: Any, folder: str, what: str, roots: Roots) -> None:
-    """Every file the datasets `names` of LLaMA-Factory folder `folder` read (its dataset_info.json first) must resolve
-    inside the roots: a file_name may lead anywhere (`../`, an absolute path, a link)."""
+def check_reads(entries: Any, folder: Path | None, what: str, roots: Roots) -> None:
+    """Every file the data entries `entries` (set as `what`) read must resolve inside the roots: a folder or glob may
+    hold a link out. With `folder` (a LLaMA-Factory folder) they are dataset names: their dataset_info.json, read
+    first, and every file_name, which may lead anywhere (`../`, an absolute path, a link). The run form and the Data
+    tab both check here: one wording."""
     from weitiao.data.formats import data_files
 
-    real = roots.resolve(folder, f"{what} dataset_dir")
-    for name in names if isinstance(names, list) else [names]:
-        info, *files = data_files([str(name)], real)
-        roots.resolve(str(info), f"{what}: dataset_info.json")
+    for entry in entries if isinstance(entries, list) else [entries]:
+        files = data_files([str(entry)], folder)
+        source = repr(str(entry))
+        if folder is not None:
+            info, *files = files
+            roots.resolve(str(info), f"{what}: dataset {entry!r}: its")
+            source = f"dataset {entry!r} of {info}"
         for f in files:
-            roots.resolve(str(f), f"{what}: dataset {name!r} of {info} reads")
+            roots.resolve(str(f), f"{what}: {source} reads")
 
 
 def build(kind: str, values: dict[str, Any], roots: Roots, out: Path) -> BaseModel:
@@ -199,7 +207,7 @@ def build(kind: str, values: dict[str, Any], roots: Roots, out: Path) -> BaseMod
                 raise UserError(f"{key}: {k} is not a section")
         # The page sends every box; one still at its default is left unset, as a YAML that omits it: a recipe refuses
         # some keys when set (lora.dropout under train.disable_dropout), not when left at their default.
-        if key not in shown or text != shown[key]:
+        if key not in shown or ("" if text is None else text) != shown[key]:  # null: an empty box (shown "")
             node[parts[-1]] = value
     given = data.get("train", {}).get("out") if isinstance(data.get("train"), dict) else None
     if given is not None and Path(str(given)).expanduser().resolve() != out.resolve():

@@ -14,8 +14,6 @@ import secrets
 import time
 from pathlib import Path
 
-import yaml
-
 from weitiao.errors import UserError
 from weitiao.ui.chat import load_weights
 from weitiao.ui.runs import RunStore
@@ -85,8 +83,7 @@ class Arenas:
         for e in dict.fromkeys(entries):
             name, ckpt = e.split("/", 1)
             weights = self.runs.weights(name, ckpt)
-            cfg = yaml.safe_load((self.runs.existing(name) / "ui" / "config.yaml").read_text(encoding="utf-8"))
-            chosen.append((e, str(cfg["model"]["path"]), weights))
+            chosen.append((e, self.runs.base_model(name), weights))
         ps = arena_prompts(prompts)
         rows = []
         for label, base, weights in chosen:

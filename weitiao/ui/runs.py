@@ -21,6 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
+from weitiao.data.files import READ_ROOTS
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text
 from weitiao.ui.supervise import update
@@ -65,9 +68,12 @@ def _same_weights(step: Path, final: Path) -> bool:
 
 
 class RunStore:
-    def __init__(self, root: Path, python: str = sys.executable):
+    def __init__(self, root: Path, python: str = sys.executable, read_roots: list[Path] | None = None):
+        """`read_roots`: the folders the runs' data files must lie in, checked by each run as it opens them
+        (`weitiao.data.files.confined`); None: unchecked."""
         self.root = root
         self.python = python
+        self.read_roots = read_roots
 
     def run_dir(self, name: str) -> Path:
         if not isinstance(name, str) or not NAME.fullmatch(name):
@@ -108,7 +114,9 @@ class RunStore:
         update(d / "ui", status="starting", command=cmd, returncode=None, child_pid=None)
         # the keeper and the trainer import the same weitiao as this console (a checkout or an install)
         here = str(Path(__file__).resolve().parents[2])
-        path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
+        if self.read_roots is not None:
+            env[READ_ROOTS] = os.pathsep.join(map(str, self.read_roots))
         with open(d / "ui" / "keeper.txt", "ab") as err:
             keeper = subprocess.Popen(
                 [self.python, "-m", "weitiao.ui.supervise", str(d / "ui")],
@@ -117,7 +125,7 @@ class RunStore:
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 cwd=str(d),
-                env={**os.environ, "PYTHONPATH": path},
+                env=env,
             )
         return update(d / "ui", pid=keeper.pid)
 
@@ -216,6 +224,11 @@ class RunStore:
         d, saved = self.existing(name), self._saved(name)
         dup = {c for c in saved if c.startswith("step-") and _same_weights(d / "checkpoints" / c, d / "final")}
         return [c for c in saved if c not in dup]
+
+    def base_model(self, name: str) -> str:
+        """The run's model.path, as its trainer reads ui/config.yaml: 'demo' (ModelSpec's default) when left out."""
+        cfg = yaml.safe_load((self.existing(name) / "ui" / "config.yaml").read_text(encoding="utf-8")) or {}
+        return str((cfg.get("model") or {}).get("path", "demo"))
 
     def weights(self, name: str, ckpt: str) -> Path | None:
         """The folder of checkpoint `ckpt` of run `name` (None: the base model); only names on disk pass (a step

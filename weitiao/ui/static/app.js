@@ -535,7 +535,7 @@ async function showData() {
   const q = new URLSearchParams({ path: $("data-path").value, index: $("data-index").value, model: $("data-model").value,
     format: $("data-format").value, max_len: $("data-max-len").value, train_turns: $("data-train-turns").value,
     truncation: $("data-truncation").value, template: $("data-template").value,
-    train_on_prompt: $("data-train-on-prompt").checked });
+    train_on_prompt: $("data-train-on-prompt").checked, train_eot: $("data-train-eot").checked });
   if ($("data-dataset-dir").value.trim()) q.set("dataset_dir", $("data-dataset-dir").value.trim());
   try {
     const d = await api("/api/data?" + q);
@@ -571,7 +571,7 @@ async function showData() {
       ["dc_over", ` ${c.max_len}`, c.over_max_len], ["dc_trunc", ` (truncation ${c.truncation})`, `${c.dropped} / ${c.cut} / ${c.history_trimmed}`],
       ...(c.desirable || c.undesirable ? [["dc_kto", "", `${c.desirable} / ${c.undesirable}`]] : []),
       ["dc_dups", "", `${c.duplicate_rows} / ${c.duplicate_prompts}`],
-      ["dc_eos", "", c.missing_eos], ["dc_untrained", ` (train_turns ${c.train_turns}${c.train_on_prompt ? ", train_on_prompt" : ""})`, c.no_trained_tokens],
+      ["dc_eos", "", c.missing_eos], ["dc_untrained", ` (train_turns ${c.train_turns}${c.train_on_prompt ? ", train_on_prompt" : ""}${c.train_eot ? "" : ", train_eot false"})`, c.no_trained_tokens],
     ];
     $("data-check").replaceChildren(...rows.flatMap(([k, more, v]) => [el("dt", {}, word(k), more), el("dd", { text: String(v) })]),
       ...c.problems.map((p) => el("dd", { class: "error", text: p })), ...c.notes.map((n) => el("dd", { class: "help", text: n })));
