@@ -680,3 +680,24 @@ def test_ctrl_c_says_where_and_how_to_resume(tiny_model_dir, tmp_path, recipe, m
     if recipe == "sft":  # the same command would start over (none) or go back to a named checkpoint: say resume=auto
         said = run(tmp_path / "a", "train.max_steps=6", "train.save_every=2", "train.resume=none")
         assert said == f"interrupted after step 3: run it again with train.resume=auto to resume from {last} (step 2)"
+
+
+def test_a_fresh_run_refuses_files_of_a_run_s_names_that_no_run_wrote(tmp_path):
+    """A train.out holding the user's own config.yaml and metrics.jsonl (no run had been there): the first fresh run
+    moved them into previous/<time>/ as 'the previous run's files' and wrote its own. Refused, nothing moved; a folder
+    a run wrote (inputs.json, final/ or a checkpoint) still moves aside."""
+    from weitiao.train import checkpoint as ck
+
+    mine = {"config.yaml": "lr: 1\n", "metrics.jsonl": '{"loss": 1}\n', "notes.txt": "mine\n"}
+    for name, text in mine.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(UserError, match=r"train\.out: .* holds metrics\.jsonl, config\.yaml, which no weitiao run"):
+        ck.open_run(tmp_path, "auto", "x: 1\n", True, {}, 1, None, write=False)
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == mine  # nothing moved
+    for ours in ("inputs.json", "final", "checkpoints/step-000002"):
+        run = tmp_path / ours.replace("/", "_")
+        run.mkdir()
+        (run / "config.yaml").write_text("lr: 1\n")
+        (run / ours).mkdir(parents=True) if "/" in ours or ours == "final" else (run / ours).write_text("{}")
+        assert ck.open_run(run, "none", "x: 1\n", True, {}, 1, None, write=False) is None
+        assert not (run / "config.yaml").exists() and len(list((run / "previous").iterdir())) == 1

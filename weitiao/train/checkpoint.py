@@ -406,6 +406,20 @@ def check_inputs(ckpt: Path, inputs: dict[str, str], force: bool) -> str:
     return ", ".join(sorted(changed))
 
 
+def refuse_foreign_files(out: Path) -> None:
+    """A fresh run moves a previous run's files aside; files of those names that no run wrote (no inputs.json, final/
+    or checkpoint: a user's own config.yaml or metrics.jsonl kept in `out`) are refused instead of moved."""
+    names = [n for n in RUN_FILES if (out / n).exists()]
+    root = out / "checkpoints"
+    steps = root.is_dir() and any(is_step_dir(Path(p.name.removeprefix(TMP_PREFIX))) for p in root.iterdir())
+    if names and not ({INPUTS_FILE, "final"} & set(names) or steps):
+        raise UserError(
+            f"train.out: {out} holds {', '.join(names)}, which no weitiao run wrote there (no {INPUTS_FILE}, final/ "
+            "or checkpoints/step-*); a fresh run would move them to previous/ and write its own: "
+            "set train.out to another folder, or move those files out"
+        )
+
+
 def move_previous_run(out: Path) -> Path | None:
     """A fresh run in a used dir: move the previous run's files to `out/previous/<time>/`.
 
@@ -575,8 +589,10 @@ def open_run(
                 print(f"train.resume=force: a step took {steps[0]} micro-batches and now takes {steps[1]} (processes × "
                       "train.grad_accum): the rest of this epoch may train some rows twice and others not at all, "
                       "and the step count follows the new batch")  # fmt: skip
-    elif move:
-        set_aside(out, main)
+    else:
+        refuse_foreign_files(out)  # every process: all of them stop, before anything is loaded or written
+        if move:
+            set_aside(out, main)
     if write:
         record(out, resume, config_yaml, main, inputs, ckpt)
     return ckpt
