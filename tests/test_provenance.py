@@ -605,14 +605,20 @@ def test_searched_z_is_the_expectation_over_segmentations_not_the_best_ones(toke
     assert any(n.startswith("z and the empirical z's mean log-prob are averaged over") for n in rep["notes"])
 
 
-def test_the_searchs_lean_measured_on_the_models_own_samples_is_taken_off_z(tokenizer, two_ways):
+def test_the_searchs_lean_measured_on_the_models_own_samples_is_taken_off_z(tokenizer, two_ways, monkeypatch):
     """A beam too narrow to hold every likely segmentation still picks the best: `check` runs the same search on each
     of its K samples, and z (and the empirical z's mean log-prob) drop the mean lean it measured against their own
     tokens. Beam 1 keeps only the merged token, so a sample written in five tokens reads otherwise than it was."""
     model, ctx, ways = two_ways
     s, tpl = Sampling(1.0, 1.0), resolve_template(tokenizer)
     cfg = CheckConfig(sampling=s, samples=12, greedy=False, prompt_dependence=False, with_eos=True, search_beam=1)
+    import weitiao.infer.constrain as constrain
+
+    tables, real = [], constrain.byte_table
+    monkeypatch.setattr(constrain, "byte_table", lambda *a: tables.append(a) or real(*a))
     rep = check(model, tokenizer, tpl, MSGS, "挺好的", cfg)
+    monkeypatch.undo()
+    assert len(tables) == 1  # built once, not per sample searched (a 150k vocabulary each time)
     shifts = []  # by hand: each sample (the same seed) searched as a text, against its own tokens
     for ids in sample(model, ctx, 12, len("挺好的".encode()) + 1, s, ways[0][-1], cfg.seed + 1):
         text = tokenizer.decode(ids[:-1])

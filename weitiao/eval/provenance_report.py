@@ -100,6 +100,8 @@ def check(
     `cfg.with_eos`); they are scored instead of re-tokenizing `text`. Without them, a claim with T > 0 scores the
     token sequence spelling the text that the model likeliest sampled (`search_segmentation`, `cfg.search_beam`).
     """
+    from weitiao.infer.constrain import byte_table
+
     s, th = cfg.sampling, cfg.thresholds
     # 1. tokenize as generation would, score the text tokens (loss only on them)
     step("scoring the text")
@@ -114,7 +116,8 @@ def check(
         tokenization = {"scored": "the given token ids"}
     elif searched:
         step("searching the tokens the model likeliest wrote the text in")
-        enc, tokenization, st = _searched(model, tokenizer, enc, text, cfg, ends)
+        table = byte_table(tokenizer, set(ends))  # once: a 150k vocabulary takes a while
+        enc, tokenization, st = _searched(model, tokenizer, enc, text, cfg, ends, table)
     elif cfg.with_eos:
         enc = _ended(model, tokenizer, enc, ends, cfg.window)
     if st is None:
@@ -155,7 +158,7 @@ def check(
             n_bytes, shifts = len(text.encode("utf-8")), []
             for ids in sample(model, enc.context_ids, cfg.samples, n_bytes + 1, s, eot_id, cfg.seed + 1, ends):
                 shifts += _selection_shift(model, tokenizer, template, messages, enc.context_ids, ids, n_bytes, cfg,
-                                           ends)  # fmt: skip
+                                           ends, table)  # fmt: skip
             mean_logp = posterior["mean_logp"]
             tokenization["calibration"] = cal = {"samples": len(shifts), "z_shift": None, "mean_logp_shift": None}
             if len(shifts) >= th.min_samples:  # the search's lean on the model's own samples, taken off the text's
@@ -211,7 +214,7 @@ def check(
         same = benc.context_ids == enc.context_ids and benc.text_ids == (own_ids if searched else enc.text_ids)
         b_ends = reply_ends(b.model, b.tokenizer, b.template)
         if searched:
-            bst = _searched(b.model, b.tokenizer, benc, text, cfg, b_ends)[2]
+            bst = _searched(b.model, b.tokenizer, benc, text, cfg, b_ends, byte_table(b.tokenizer, set(b_ends)))[2]
         else:
             benc = _ended(b.model, b.tokenizer, benc, b_ends, cfg.window) if cfg.with_eos else benc
             bst = score_tokens(b.model, benc.context_ids, benc.text_ids, s, cfg.window, cfg.stride)
@@ -265,20 +268,24 @@ def reply_ends(model: Any, tokenizer: Any, template: ChatTemplate) -> list[int]:
 
 
 def _searched(
-    model: Any, tokenizer: Any, enc: Encoded, text: str, cfg: CheckConfig, ends: list[int]
+    model: Any,
+    tokenizer: Any,
+    enc: Encoded,
+    text: str,
+    cfg: CheckConfig,
+    ends: list[int],
+    table: list[bytes | None] | None,
 ) -> tuple[Encoded, dict[str, Any], dict[str, Any]]:
     """The segmentation of the text the model likeliest sampled (`enc` with the end id of `_ended`), what was scored,
-    and its token stats. The text's own tokenization and the search's final beam are each scored; `info["posterior"]`
-    holds z and the mean log-prob averaged over them weighted by q(segmentation) (those with the fewest tokens outside
-    the support). The best of several would lean z towards "too likely"; under the claim, the expectation given the
-    text has the mean of the sampled tokens' z (tower rule), up to the mass the beam misses."""
-    from weitiao.infer.constrain import byte_table
-
+    and its token stats (`table`: each id's bytes from `byte_table`, or None). The text's own tokenization and the
+    search's final beam are each scored; `info["posterior"]` holds z and the mean log-prob averaged over them weighted
+    by q(segmentation) (those with the fewest tokens outside the support). The best of several would lean z; under the
+    claim, the expectation given the text has the mean of the sampled tokens' z (tower rule), up to the mass the beam
+    misses."""
     s, tol = cfg.sampling, cfg.thresholds.support_tol
     own = enc.text_ids[:-1] if cfg.with_eos else enc.text_ids
     info: dict[str, Any] = {"scored": "the text's tokenization", "text_tokens": len(own)}
     data = text.encode("utf-8")
-    table = byte_table(tokenizer, set(ends))
     seg = None
     if table is None or len(enc.context_ids) + len(data) >= max_positions(model):
         why = "its tokens have no byte table" if table is None else "the text is too long for it"
@@ -340,13 +347,11 @@ def _selection_shift(
     n_bytes: int,
     cfg: CheckConfig,
     ends: list[int],
+    table: list[bytes | None] | None,
 ) -> list[tuple[float, float]]:
     """For one sample of the claim (`ids`, cut after `n_bytes` bytes, its end id dropped): how far `_searched` on its
     text moves z and the mean log-prob from its own tokens'. [] when its text does not spell back to its bytes (a split
     character) or the tokens have no byte table."""
-    from weitiao.infer.constrain import byte_table
-
-    table = byte_table(tokenizer, set(ends))
     body, seen = [], 0
     for t in ids:
         if t in ends or table is None or seen >= n_bytes:
@@ -359,7 +364,7 @@ def _selection_shift(
     s, tol = cfg.sampling, cfg.thresholds.support_tol
     sm = summarize(score_tokens(model, context_ids, body, s, cfg.window, cfg.stride), s, len(text), tol)
     enc = encode(tokenizer, template, messages, text)
-    post = _searched(model, tokenizer, enc, text, replace(cfg, with_eos=False), ends)[1]["posterior"]
+    post = _searched(model, tokenizer, enc, text, replace(cfg, with_eos=False), ends, table)[1]["posterior"]
     if sm["z"] is None or "z" not in post:
         return []
     return [(post["z"] - sm["z"], post["mean_logp"] - sm["mean_logp"])]
