@@ -129,6 +129,7 @@ def test_expectation_and_variance_equal_brute_force(temperature, top_p, top_k):
         assert float(st["mean_t"][r]) == pytest.approx(e, abs=1e-5)
         assert float(st["var_t"][r]) == pytest.approx(var, abs=1e-5)
         assert float(st["logp_t"][r]) == pytest.approx(math.log(p[x]), abs=1e-5)
+        assert float(st["log_q"][r]) == pytest.approx(math.log(p[x] / norm), abs=1e-5)  # q's log-prob in the support
         assert bool(st["in_support"][r]) == (x in support)
         above = sum(p[v] / mass for v in kept if p[v] > p[x]) if x in kept else 1.0  # the mass top-p compares
         assert float(st["mass_above"][r]) == pytest.approx(above, abs=1e-6)
@@ -362,7 +363,8 @@ def test_samples_with_eos_may_be_as_long_as_the_scored_text(tokenizer, model_a, 
     text = "先炒蛋再炒番茄"
     n = len(encode(tokenizer, tpl, MSGS, text).text_ids)
     check(model_a, tokenizer, tpl, MSGS, text, CheckConfig(samples=5, greedy=False, with_eos=True))
-    assert asked == [(5, n + 1)]  # text + its eot; was n: no sample of the text's length could end the reply
+    assert asked[0] == (5, n + 1)  # text + its eot; was n: no sample of the text's length could end the reply
+    assert asked[1:] == [(5, len(text.encode()) + 1)]  # the search's calibration: as many bytes as the text
 
 
 def chain_model(tokenizer, chain: list[tuple[int, int]]):
@@ -493,7 +495,7 @@ def test_a_sample_that_re_tokenizes_otherwise_is_scored_in_the_tokens_the_model_
     for cfg_ in (cfg, CheckConfig(sampling=Sampling(1.0, 1.0), samples=16, with_eos=True)):  # top-p off: z decides
         other = check(model, tokenizer, tpl, MSGS, "大晴天", cfg_)
         assert other["verdict"]["label"] == "inconsistent with"
-        assert other["tokenization"]["search"] == "the text's tokenization is the likeliest found"
+    assert other["tokenization"]["search"] == "the text's tokenization is the likeliest found"
 
 
 def test_cli_text_ids(tmp_path, tokenizer, char_by_char):
@@ -550,7 +552,7 @@ def test_reasoning_estimate_scores_the_tokens_the_checks_scored(tokenizer, char_
 
 def test_batched_search_scores_its_tokens_as_a_whole_forward_does(tokenizer, model_a):
     """The search extends the beam in one right-padded forward on the shared prefix's KV cache: the tokens it returns
-    must carry the Σ log p_T and support count a plain forward over context + those tokens gives (rows of other lengths
+    must carry the Σ log q and support count a plain forward over context + those tokens gives (rows of other lengths
     beside them: reading a padded position, or a cache of the wrong prefix, breaks the equality)."""
     from weitiao.eval.provenance import search_segmentation
     from weitiao.infer.constrain import byte_table
@@ -565,9 +567,65 @@ def test_batched_search_scores_its_tokens_as_a_whole_forward_does(tokenizer, mod
         seg = search_segmentation(model_a, table, ctx, data, s, beam=4)
         assert seg is not None and b"".join(table[t] for t in seg.ids) == data
         st = score_tokens(model_a, ctx, seg.ids, s)
-        assert seg.sum_logp_t == pytest.approx(float(st["logp_t"].sum()), abs=1e-3)
+        assert seg.sum_log_q == pytest.approx(float(st["log_q"].sum()), abs=1e-3)
         assert seg.outside == int((~st["in_support"]).sum())
         mine = score_tokens(model_a, ctx, ids, s)  # the sampled ids are one of the sequences searched over
-        assert (seg.outside, -seg.sum_logp_t) <= (int((~mine["in_support"]).sum()), -float(mine["logp_t"].sum()) + 1e-3)
+        assert (seg.outside, -seg.sum_log_q) <= (int((~mine["in_support"]).sum()), -float(mine["log_q"].sum()) + 1e-3)
         checked += seg.found > 1
     assert checked  # some texts had several segmentations in the final beam, rows of other lengths together
+
+
+@pytest.fixture(scope="module")
+def two_ways(tokenizer):
+    """A model that writes 挺好的 as the merged token (q = 0.5) or in five tokens 挺|好|的 (q = 0.5 · 0.7 · 0.8 = 0.28):
+    the text has two likely segmentations with different z."""
+    ctx = encode(tokenizer, resolve_template(tokenizer), MSGS, "x").context_ids
+    ids = {c: tokenizer(c, add_special_tokens=False)["input_ids"] for c in ("挺", "好", "的", "天", "着", "挺好的")}
+    (t1, t2), (h,), (d1, d2), (tian,), (zhe,), (merged,) = ids.values()
+    eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    chain = {ctx[-1]: {t1: 0.5, merged: 0.5}, t1: {t2: 1.0}, t2: {h: 0.7, tian: 0.3}, h: {d1: 0.8, zhe: 0.2},
+             d1: {d2: 1.0}, d2: {eot: 1.0}, tian: {eot: 1.0}, zhe: {eot: 1.0}, merged: {eot: 1.0}}  # fmt: skip
+    return markov_model(tokenizer, chain), ctx, [[t1, t2, h, d1, d2, eot], [merged, eot]]
+
+
+def test_searched_z_is_the_expectation_over_segmentations_not_the_best_ones(tokenizer, two_ways):
+    """Scoring the likeliest segmentation (the merged token) picked the best of two and leaned z towards "too likely"
+    (a genuine sample's z had mean > 0); z is now Σ q(X | text) z(X), whose mean under the claim is the sampled
+    tokens' z's (tower rule)."""
+    model, ctx, ways = two_ways
+    s = Sampling(1.0, 1.0)
+    cfg = CheckConfig(sampling=s, samples=0, greedy=False, prompt_dependence=False, with_eos=True)
+    rep = check(model, tokenizer, resolve_template(tokenizer), MSGS, "挺好的", cfg)
+    stats = [score_tokens(model, ctx, x, s) for x in ways]
+    zs = [summarize(st, s, 3)["z"] for st in stats]
+    w = torch.tensor([float(st["log_q"].sum()) for st in stats]).softmax(0).tolist()
+    assert w[0] == pytest.approx(0.28 / 0.78, abs=1e-3) and abs(zs[1] - zs[0]) > 0.5  # the premise
+    assert rep["summary"]["z"] == pytest.approx(w[0] * zs[0] + w[1] * zs[1], abs=1e-4)  # was zs[1], the best one
+    assert [t["id"] for t in rep["tokens"]] == ways[1] and rep["tokenization"]["posterior"]["segmentations"] >= 2
+    assert any(n.startswith("z and the empirical z's mean log-prob are averaged over") for n in rep["notes"])
+
+
+def test_the_searchs_lean_measured_on_the_models_own_samples_is_taken_off_z(tokenizer, two_ways, monkeypatch):
+    """A beam too narrow to hold every likely segmentation still picks the best: `check` runs the same search on each
+    of its K samples, and z (and the empirical z's mean log-prob) drop the mean lean it measured against their own
+    tokens. Beam 1 keeps only the merged token, so a sample written in five tokens reads otherwise than it was."""
+    model, ctx, ways = two_ways
+    s, tpl = Sampling(1.0, 1.0), resolve_template(tokenizer)
+    cfg = CheckConfig(sampling=s, samples=12, greedy=False, prompt_dependence=False, with_eos=True, search_beam=1)
+    import weitiao.infer.constrain as constrain
+
+    tables, real = [], constrain.byte_table
+    monkeypatch.setattr(constrain, "byte_table", lambda *a: tables.append(a) or real(*a))
+    rep = check(model, tokenizer, tpl, MSGS, "挺好的", cfg)
+    monkeypatch.undo()
+    assert len(tables) == 1  # built once, not per sample searched (a 150k vocabulary each time)
+    shifts = []  # by hand: each sample (the same seed) searched as a text, against its own tokens
+    for ids in sample(model, ctx, 12, len("挺好的".encode()) + 1, s, ways[0][-1], cfg.seed + 1):
+        text = tokenizer.decode(ids[:-1])
+        one = check(model, tokenizer, tpl, MSGS, text, CheckConfig(sampling=s, samples=0, greedy=False, search_beam=1))
+        own = summarize(score_tokens(model, ctx, ids[:-1], s), s, 1)["z"]
+        shifts.append(one["tokenization"]["posterior"]["z"] - own)
+    cal = rep["tokenization"]["calibration"]
+    assert cal["samples"] == 12 and cal["z_shift"] == pytest.approx(sum(shifts) / 12, abs=1e-6)
+    assert abs(cal["z_shift"]) > 0.1  # the lean of this narrow search: removed here, kept without the calibration
+    assert rep["summary"]["z"] == pytest.approx(rep["tokenization"]["posterior"]["z"] - cal["z_shift"], abs=1e-9)

@@ -20,8 +20,9 @@ The math, top to bottom:
    the same truncation the analytic z assumes); T = 0 gives the greedy reply.
 6. `search_segmentation`: a sampled reply is a token sequence, and its text can re-tokenize into other tokens (a model
    that wrote 挺 好 的 is scored on the merged 挺好的, which it may never emit). A beam search over the token
-   sequences that spell the text's bytes finds the one q likeliest emitted: fewest tokens outside q's support, then
-   the highest Σ log p_T. Choosing the best of several biases z slightly upward (towards "too likely").
+   sequences that spell the text's bytes finds those q likeliest emitted: fewest tokens outside q's support, then
+   the highest Σ log q. Scoring the best of several would bias z (`provenance_report._searched` averages z over the
+   segmentations found, weighted by q, and takes off the lean the same search shows on the model's own samples).
 """
 
 from __future__ import annotations
@@ -161,6 +162,7 @@ def token_stats(logits: torch.Tensor, targets: torch.Tensor, s: Sampling, k0: in
             "var_t": zero,
             "mass_above": zero,
             "in_support": rank == 1,
+            "log_q": torch.where(rank == 1, 0.0, -math.inf).double(),
         }
     z = logits / s.temperature
     tempered_sum = shifted.div_(s.temperature).clamp_(min=-80.0).exp_().sum(-1, keepdim=True)
@@ -173,9 +175,10 @@ def token_stats(logits: torch.Tensor, targets: torch.Tensor, s: Sampling, k0: in
         var = (q * (logq - mean[:, None]) ** 2).sum(-1)
         mass_above = torch.where(logits > lx, q, 0.0).sum(-1)
         in_support = torch.ones_like(rank, dtype=torch.bool)
+        log_kept = torch.zeros_like(s_x)
     else:
         top = top_logits / s.temperature - lse_t
-        mean, var, mass_above, in_support = _nucleus(top, rank, s)
+        mean, var, mass_above, in_support, log_kept = _nucleus(top, rank, s)
         rows = torch.arange(len(z), device=z.device)
         while s.top_k <= 0 and k < v:  # widen (8x a round) the rows whose nucleus may reach past the top k
             open_ = top.exp().sum(-1) < s.top_p
@@ -183,7 +186,7 @@ def token_stats(logits: torch.Tensor, targets: torch.Tensor, s: Sampling, k0: in
             if len(rows) == 0:
                 break
             top = z[rows].topk(k, -1).values - lse_t[rows]
-            mean[rows], var[rows], mass_above[rows], in_support[rows] = _nucleus(top, rank[rows], s)
+            mean[rows], var[rows], mass_above[rows], in_support[rows], log_kept[rows] = _nucleus(top, rank[rows], s)
         # targets below the top k of a closed nucleus: the top-k mass is a lower bound of the mass
         # above them; exact only where it can decide a tolerance (bound < top_p + NEAR)
         far = mass_above < 0
@@ -203,14 +206,15 @@ def token_stats(logits: torch.Tensor, targets: torch.Tensor, s: Sampling, k0: in
         "var_t": var.double(),
         "mass_above": mass_above.double(),
         "in_support": in_support,
+        "log_q": (s_x - log_kept).double(),
     }
 
 
 def _nucleus(
     sorted_logp: torch.Tensor, rank: torch.Tensor, s: Sampling
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q's E[log p_T], Var[log p_T], the mass above the target, and its membership, from the top tempered
-    log-probs [N, k] sorted descending. mass_above is −1 where the target ranks below k (unknown)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q's E[log p_T], Var[log p_T], the mass above the target, its membership and log of the p_T mass q keeps, from
+    the top tempered log-probs [N, k] sorted descending. mass_above is −1 where the target ranks below k (unknown)."""
     p = sorted_logp.exp()
     if s.top_k > 0:  # top-k first, then top-p on the renormalized rest (transformers / vLLM order)
         p = p[:, : s.top_k] / p[:, : s.top_k].sum(-1, keepdim=True)
@@ -227,7 +231,8 @@ def _nucleus(
     pos = (rank - 1).clamp(max=k - 1)[:, None]
     inside = rank <= k
     mass_above = torch.where(inside, before.gather(-1, pos)[:, 0], 1.0 if s.top_k > 0 else -1.0)
-    return mean, var, mass_above, inside & keep.gather(-1, pos)[:, 0]
+    log_kept = torch.where(keep, sorted_logp, -math.inf).logsumexp(-1)
+    return mean, var, mass_above, inside & keep.gather(-1, pos)[:, 0], log_kept
 
 
 def cat_stats(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -408,9 +413,10 @@ class Segmentation:
 
     ids: list[int]
     outside: int  # its tokens outside q's support (strict)
-    sum_logp_t: float  # Σ log p_T of its tokens
+    sum_log_q: float  # Σ log q of its tokens (outside the support: log p_T over the mass q keeps)
     found: int  # complete segmentations left in the final beam
     log_p_found: float  # log Σ p over them (untempered): a lower bound of log p(text)
+    candidates: list[list[int]] = field(default_factory=list)  # those segmentations, likeliest first
 
 
 def _common_prefix(paths: list[list[int]], cap: int) -> list[int]:
@@ -438,8 +444,8 @@ def search_segmentation(
     model: Any, table: list[bytes | None], context_ids: list[int], data: bytes, s: Sampling, beam: int = 4
 ) -> Segmentation | None:
     """Beam search, by byte position, over token sequences whose bytes (`table`, per id) are `data`; at each position
-    the `beam` best (fewest tokens outside q's support, then highest Σ log p_T) are kept and extended. None when no
-    sequence spells `data` (a byte no token holds)."""
+    the `beam` likeliest under q (fewest tokens outside its support, then highest Σ log q) are kept and extended. None
+    when no sequence spells `data` (a byte no token holds)."""
     by_bytes: dict[bytes, list[int]] = {}
     for i, b in enumerate(table):
         if b:
@@ -448,7 +454,7 @@ def search_segmentation(
     device = next(model.parameters()).device
     first = model(input_ids=torch.tensor([context_ids], device=device), use_cache=True)
     shared, cache = [], first.past_key_values  # cache: of context_ids + shared, a prefix every live path has
-    # frontier[i]: the `beam` best paths ending at byte i as (outside, −Σ log p_T, Σ log p, ids), all extended at once
+    # frontier[i]: the `beam` best paths ending at byte i as (outside, −Σ log q, Σ log p, ids), all extended at once
     frontier: list[list[tuple]] = [[] for _ in range(len(data) + 1)]
     frontier[0] = [(0, 0.0, 0.0, [])]
     for i in range(len(data)):
@@ -465,19 +471,20 @@ def search_segmentation(
                 shared = common
             logits = _last_logits(model, cache, [p[3][len(shared) :] for p in frontier[i]])
         logp_t, keep = tempered_support(logits, s)
+        log_q = logp_t - torch.where(keep, logp_t, -math.inf).logsumexp(-1, keepdim=True)  # as token_stats' log_q
         logp = torch.log_softmax(logits, -1)
         for row, (out_n, neg, lp, ids) in enumerate(frontier[i]):
             for n in range(1, min(longest, len(data) - i) + 1):
                 for t in by_bytes.get(data[i : i + n], ()):
-                    out_t, lp_t = out_n + int(not keep[row, t]), neg - float(logp_t[row, t])
-                    frontier[i + n].append((out_t, lp_t, lp + float(logp[row, t]), [*ids, t]))
+                    out_t, lq = out_n + int(not keep[row, t]), neg - float(log_q[row, t])
+                    frontier[i + n].append((out_t, lq, lp + float(logp[row, t]), [*ids, t]))
         for n in range(1, min(longest, len(data) - i) + 1):
             frontier[i + n] = sorted(frontier[i + n], key=lambda p: p[:2])[:beam]
     done = sorted(frontier[-1], key=lambda p: p[:2])
     if not done:
         return None
-    best = done[0]
-    return Segmentation(best[3], best[0], -best[1], len(done), float(torch.tensor([p[2] for p in done]).logsumexp(0)))
+    best, log_p = done[0], float(torch.tensor([p[2] for p in done]).logsumexp(0))
+    return Segmentation(best[3], best[0], -best[1], len(done), log_p, [p[3] for p in done])
 
 
 # ---------------------------------------------------------------- text overlap

@@ -119,7 +119,12 @@ def provenance(
         None, help="other model(s) to compare likelihoods with: model dir, hub id, or LoRA adapter/run dir; repeatable"
     ),
     baseline_text: list[Path] = typer.Option(None, help="other texts (.txt or .jsonl) for the perplexity rank"),
-    samples: int = typer.Option(16, min=0, help="replies to sample from the model for the empirical z (0 = off)"),
+    samples: int = typer.Option(
+        16,
+        min=0,
+        help="replies to sample for the empirical z; after a segmentation search, as many more measure its lean on z "
+        "(0 = off)",
+    ),
     temperature: float = typer.Option(0.7, min=0.0, help="claimed temperature (0 = greedy)"),
     top_p: float = typer.Option(0.9, min=0.0, max=1.0, help="claimed nucleus top-p in (0, 1] (1 = off)"),
     top_k: int = typer.Option(0, min=0, help="claimed top-k (0 = off)"),

@@ -15,7 +15,7 @@ import json
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from weitiao.data.decode import decode_whole
@@ -100,6 +100,8 @@ def check(
     `cfg.with_eos`); they are scored instead of re-tokenizing `text`. Without them, a claim with T > 0 scores the
     token sequence spelling the text that the model likeliest sampled (`search_segmentation`, `cfg.search_beam`).
     """
+    from weitiao.infer.constrain import byte_table
+
     s, th = cfg.sampling, cfg.thresholds
     # 1. tokenize as generation would, score the text tokens (loss only on them)
     step("scoring the text")
@@ -108,17 +110,22 @@ def check(
     tokenization: dict[str, Any] = {"scored": "the text's tokenization"}
     searched = text_ids is None and s.temperature > 0 and cfg.search_beam > 0
     own_ids = list(enc.text_ids)
+    st = None
     if text_ids is not None:
         enc.text_ids, enc.notes = list(text_ids), ["scored the given token ids"]
         tokenization = {"scored": "the given token ids"}
-    else:
-        if searched:
-            step("searching the tokens the model likeliest wrote the text in")
-            enc, tokenization = _searched(model, tokenizer, enc, text, cfg, ends)
-        if cfg.with_eos:
-            enc = _ended(model, tokenizer, enc, ends, cfg.window)
-    st = score_tokens(model, enc.context_ids, enc.text_ids, s, cfg.window, cfg.stride)
+    elif searched:
+        step("searching the tokens the model likeliest wrote the text in")
+        table = byte_table(tokenizer, set(ends))  # once: a 150k vocabulary takes a while
+        enc, tokenization, st = _searched(model, tokenizer, enc, text, cfg, ends, table)
+    elif cfg.with_eos:
+        enc = _ended(model, tokenizer, enc, ends, cfg.window)
+    if st is None:
+        st = score_tokens(model, enc.context_ids, enc.text_ids, s, cfg.window, cfg.stride)
     summary = summarize(st, s, len(text), th.support_tol)
+    # after a search, z (and the empirical z's mean log-prob) are expectations over the segmentations found
+    posterior = tokenization.get("posterior") or {}
+    summary["z"] = posterior.get("z", summary["z"])
     out_mask = outside_support(st, s, th.support_tol).tolist()
     tokens = [
         {"id": t, "logp": round(float(lp), 4), "rank": int(r), "in_support": not o}
@@ -144,12 +151,27 @@ def check(
             ids = ids if cfg.with_eos or not ids or ids[-1] not in ends else ids[:-1]
             if ids:
                 means.append(float(score_tokens(model, enc.context_ids, ids, s, cfg.window, cfg.stride)["logp"].mean()))
+        mean_logp = summary["mean_logp"]
+        if "z" in posterior:
+            step(f"the segmentation search on {cfg.samples} more samples")
+            # samples as long as the text in bytes (the lean grows with the places a text can be split)
+            n_bytes, shifts = len(text.encode("utf-8")), []
+            for ids in sample(model, enc.context_ids, cfg.samples, n_bytes + 1, s, eot_id, cfg.seed + 1, ends):
+                shifts += _selection_shift(model, tokenizer, template, messages, enc.context_ids, ids, n_bytes, cfg,
+                                           ends, table)  # fmt: skip
+            mean_logp = posterior["mean_logp"]
+            tokenization["calibration"] = cal = {"samples": len(shifts), "z_shift": None, "mean_logp_shift": None}
+            if len(shifts) >= th.min_samples:  # the search's lean on the model's own samples, taken off the text's
+                cal["z_shift"] = statistics.fmean(d[0] for d in shifts)
+                cal["mean_logp_shift"] = statistics.fmean(d[1] for d in shifts)
+                summary["z"] = posterior["z"] - cal["z_shift"]
+                mean_logp -= cal["mean_logp_shift"]
         emp: dict[str, Any] = {"k": len(means), "mean_logp": None, "sd_logp": None, "z": None}
         if len(means) >= 2:
             mu, sd = statistics.fmean(means), statistics.stdev(means)
             emp.update(mean_logp=mu, sd_logp=sd)
             if sd > 0 and len(means) >= th.min_samples:
-                emp["z"] = (summary["mean_logp"] - mu) / sd
+                emp["z"] = (mean_logp - mu) / sd
         emp["examples"] = [decode_whole(tokenizer, x) for x in seqs[:3]]  # never a split character's U+FFFD
         rep["samples"] = emp
     # 3. greedy decode: ROUGE-L (characters) and exact shared prefix
@@ -190,11 +212,13 @@ def check(
         step(f"baseline model {b.name}")
         benc = encode(b.tokenizer, b.template, messages, text, cfg.with_eos)
         same = benc.context_ids == enc.context_ids and benc.text_ids == (own_ids if searched else enc.text_ids)
+        b_ends = reply_ends(b.model, b.tokenizer, b.template)
         if searched:
-            benc = _searched(b.model, b.tokenizer, benc, text, cfg, reply_ends(b.model, b.tokenizer, b.template))[0]
-        if cfg.with_eos:
-            benc = _ended(b.model, b.tokenizer, benc, reply_ends(b.model, b.tokenizer, b.template), cfg.window)
-        bsum = float(score_tokens(b.model, benc.context_ids, benc.text_ids, s, cfg.window, cfg.stride)["logp"].sum())
+            bst = _searched(b.model, b.tokenizer, benc, text, cfg, b_ends, byte_table(b.tokenizer, set(b_ends)))[2]
+        else:
+            benc = _ended(b.model, b.tokenizer, benc, b_ends, cfg.window) if cfg.with_eos else benc
+            bst = score_tokens(b.model, benc.context_ids, benc.text_ids, s, cfg.window, cfg.stride)
+        bsum = float(bst["logp"].sum())
         bpc = -bsum / LN2 / max(1, len(text))
         rows.append(
             {
@@ -244,35 +268,106 @@ def reply_ends(model: Any, tokenizer: Any, template: ChatTemplate) -> list[int]:
 
 
 def _searched(
-    model: Any, tokenizer: Any, enc: Encoded, text: str, cfg: CheckConfig, ends: list[int]
-) -> tuple[Encoded, dict[str, Any]]:
-    """`enc` with the text's tokens replaced by the segmentation the model likeliest sampled, when it is likelier under
-    q than the text's own tokenization (fewer tokens outside the support, then higher Σ log p_T); what was scored."""
-    from weitiao.infer.constrain import byte_table
-
-    s = cfg.sampling
+    model: Any,
+    tokenizer: Any,
+    enc: Encoded,
+    text: str,
+    cfg: CheckConfig,
+    ends: list[int],
+    table: list[bytes | None] | None,
+) -> tuple[Encoded, dict[str, Any], dict[str, Any]]:
+    """The segmentation of the text the model likeliest sampled (`enc` with the end id of `_ended`), what was scored,
+    and its token stats (`table`: each id's bytes from `byte_table`, or None). The text's own tokenization and the
+    search's final beam are each scored; `info["posterior"]` holds z and the mean log-prob averaged over them weighted
+    by q(segmentation) (those with the fewest tokens outside the support). The best of several would lean z; under the
+    claim, the expectation given the text has the mean of the sampled tokens' z (tower rule), up to the mass the beam
+    misses."""
+    s, tol = cfg.sampling, cfg.thresholds.support_tol
     own = enc.text_ids[:-1] if cfg.with_eos else enc.text_ids
     info: dict[str, Any] = {"scored": "the text's tokenization", "text_tokens": len(own)}
     data = text.encode("utf-8")
-    table = byte_table(tokenizer, set(ends))
+    seg = None
     if table is None or len(enc.context_ids) + len(data) >= max_positions(model):
         why = "its tokens have no byte table" if table is None else "the text is too long for it"
         info["search"] = f"not searched: {why}"
-        return enc, info
-    seg = search_segmentation(model, table, enc.context_ids, data, s, cfg.search_beam)
-    st = score_tokens(model, enc.context_ids, own, s, cfg.window, cfg.stride)
-    key = (int((~st["in_support"]).sum()), -float(st["logp_t"].sum()))
-    info.update(text_outside_support=key[0], text_sum_logp=float(st["logp"].sum()))
+    else:
+        seg = search_segmentation(model, table, enc.context_ids, data, s, cfg.search_beam)
     if seg is not None:
         info.update(found=seg.found, log_p_found=seg.log_p_found)
-    if seg is None or seg.ids == own or (seg.outside, -seg.sum_logp_t) >= key or tokenizer.decode(seg.ids) != text:
-        info["search"] = "the text's tokenization is the likeliest found"
-        return enc, info
-    info.update(scored="the searched segmentation", search=f"{len(seg.ids)} tokens, {seg.outside} outside the support")
-    note = (f"scored the {len(seg.ids)} tokens the model likeliest wrote this text in ({seg.outside} outside the "
-            f"support); the text re-tokenizes into {len(own)} ({key[0]} outside the support, log p "
-            f"{info['text_sum_logp']:.1f}), which a sample of the model need not be")  # fmt: skip
-    return Encoded(enc.context_ids, seg.ids + enc.text_ids[len(own) :], [*enc.notes, note]), info
+    elif "search" not in info:
+        info["search"] = "no token sequence spells the text's bytes"
+    found = [c for c in (seg.candidates if seg else []) if c != own and tokenizer.decode(c) == text]
+    rows = []  # (tokens outside the support, Σ log q, Encoded, stats, summary), the text's own tokenization first
+    for ids in [own, *found]:
+        e = Encoded(enc.context_ids, ids + enc.text_ids[len(own) :], list(enc.notes))
+        e = _ended(model, tokenizer, e, ends, cfg.window) if cfg.with_eos else e
+        st = score_tokens(model, e.context_ids, e.text_ids, s, cfg.window, cfg.stride)
+        sm = summarize(st, s, len(text), tol)
+        rows.append((sm["outside_support"], float(st["log_q"].sum()), e, st, sm))
+    fewest = min(r[0] for r in rows)
+    pool = [r for r in rows if r[0] == fewest]
+    top = max(r[1] for r in pool)
+    w = [math.exp(r[1] - top) for r in pool]
+    w = [x / sum(w) for x in w]
+    zs = [r[4]["z"] for r in pool]
+    posterior = {"segmentations": len(pool), "mean_logp": sum(wi * r[4]["mean_logp"] for wi, r in zip(w, pool))}
+    if None not in zs:
+        posterior["z"] = sum(wi * z for wi, z in zip(w, zs))
+    info["posterior"] = posterior
+    info["candidates"] = [{"tokens": len(r[2].text_ids), "outside_support": r[0], "log_q": r[1], "z": r[4]["z"]}
+                          for r in rows]  # fmt: skip
+    info["text_outside_support"], info["text_sum_logp"] = rows[0][0], rows[0][4]["sum_logp"]
+    # shown: the likeliest under q; where none can be sampled (tokens outside the support), the text's own if it is tied
+    k = 0 if fewest and pool[0] is rows[0] else max(range(len(pool)), key=lambda i: w[i])
+    _, _, best, st, _ = pool[k]
+    n = len(best.text_ids) - int(cfg.with_eos)
+    if seg is not None:
+        info["search"] = f"{n} tokens, {fewest} outside the support"
+        if pool[k] is rows[0]:
+            info["search"] = "the text's tokenization is the likeliest found"
+    if len(pool) > 1:
+        best.notes.append(f"z and the empirical z's mean log-prob are averaged over {len(pool)} segmentations of the "
+                          f"text, weighted by their probability under the claimed sampling (the tokens shown: "
+                          f"weight {w[k]:.2f})")  # fmt: skip
+    if pool[k] is not rows[0]:
+        info["scored"] = "the searched segmentation"
+        best.notes.append(f"scored the {n} tokens the model likeliest wrote this text in ({fewest} outside the "
+                          f"support); the text re-tokenizes into {len(own)} ({rows[0][0]} outside the support, log p "
+                          f"{info['text_sum_logp']:.1f}), which a sample of the model need not be")  # fmt: skip
+    return best, info, st
+
+
+def _selection_shift(
+    model: Any,
+    tokenizer: Any,
+    template: ChatTemplate,
+    messages: list[dict],
+    context_ids: list[int],
+    ids: list[int],
+    n_bytes: int,
+    cfg: CheckConfig,
+    ends: list[int],
+    table: list[bytes | None] | None,
+) -> list[tuple[float, float]]:
+    """For one sample of the claim (`ids`, cut after `n_bytes` bytes, its end id dropped): how far `_searched` on its
+    text moves z and the mean log-prob from its own tokens'. [] when its text does not spell back to its bytes (a split
+    character) or the tokens have no byte table."""
+    body, seen = [], 0
+    for t in ids:
+        if t in ends or table is None or seen >= n_bytes:
+            break
+        body.append(t)
+        seen += len(table[t] or b"")
+    text = decode_whole(tokenizer, body)
+    if not body or tokenizer.decode(body) != text:
+        return []
+    s, tol = cfg.sampling, cfg.thresholds.support_tol
+    sm = summarize(score_tokens(model, context_ids, body, s, cfg.window, cfg.stride), s, len(text), tol)
+    enc = encode(tokenizer, template, messages, text)
+    post = _searched(model, tokenizer, enc, text, replace(cfg, with_eos=False), ends, table)[1]["posterior"]
+    if sm["z"] is None or "z" not in post:
+        return []
+    return [(post["z"] - sm["z"], post["mean_logp"] - sm["mean_logp"])]
 
 
 def _ended(model: Any, tokenizer: Any, enc: Encoded, ends: list[int], window: int | None) -> Encoded:
@@ -358,6 +453,10 @@ def verdict(rep: dict[str, Any], s: Sampling, th: Thresholds) -> dict[str, Any]:
             weak.append(
                 msg + (" (the baseline explains the text as well)" if lr == 0 else " (the baseline explains it better)")
             )
+    tk = rep.get("tokenization") or {}
+    if (tk.get("posterior") or {}).get("segmentations", 1) > 1 and (tk.get("calibration") or {}).get("z_shift") is None:
+        info.append(f"z averages {tk['posterior']['segmentations']} segmentations of the text; with fewer than "
+                    f"{th.min_samples} samples searched it is not calibrated for the lean of the search")  # fmt: skip
     if sm["n_tokens"] < th.min_tokens:
         weak.append(f"only {sm['n_tokens']} tokens (< {th.min_tokens}): too short to be sure")
     if "greedy" in rep:
@@ -394,7 +493,8 @@ def render_text(rep: dict[str, Any]) -> str:
         f"rank: top-1 {sm['top1_rate']:.0%} · "
         + " · ".join(f"{k}: {x:.0%}" for k, x in sm["rank_buckets"].items())
         + f" · mean ln rank {sm['mean_log_rank']:.2f}",
-        f"analytic z {_f(sm['z'])} (sum log p_T {sm['sum_logp_t']:.1f}, expected {sm['expected_logp_t']:.1f}"
+        f"analytic z {_f(sm['z'])} ({'of the tokens shown: ' if 'posterior' in rep.get('tokenization', {}) else ''}"
+        f"sum log p_T {sm['sum_logp_t']:.1f}, expected {sm['expected_logp_t']:.1f}"
         f" ± {sm['sd_logp_t']:.1f}) · outside support {sm['outside_support']} (strict {sm['outside_support_strict']})",
     ]
     if "samples" in rep:
@@ -408,6 +508,11 @@ def render_text(rep: dict[str, Any]) -> str:
     tk = rep.get("tokenization") or {}
     if tk:
         lines.append(f"scored: {tk['scored']}" + (f" ({tk['search']})" if tk.get("search") else ""))
+    if tk.get("posterior"):
+        p, cal = tk["posterior"], tk.get("calibration") or {}
+        lean = "not calibrated" if cal.get("z_shift") is None else f"the search's lean {cal['z_shift']:+.3f} taken off"
+        lines.append(f"z over {p['segmentations']} segmentation(s) weighted by q: {_f(p.get('z'))}; {lean} "
+                     f"({cal.get('samples', 0)} samples searched)")  # fmt: skip
     for n in rep["notes"]:
         lines.append(f"note: {n}")
     return "\n".join(lines)
