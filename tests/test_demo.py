@@ -252,9 +252,10 @@ def test_reduced_demo_pinned(tmp_path):
 # Re-pinned when the demo model became the 6-layer base with chat-app logs (weitiao/demo/README.md), the SFT mix
 # gained style_more.jsonl and safety_more.jsonl, and the tiny plan went to 400 SFT steps at lr 2e-3, DPO lr 2e-4,
 # RPO α 3.0 (3 steps here: the losses move, the greedy replies do not yet). dpo_loss is the objective trained on:
-# the DPO term (~0.676) + α × the chosen replies' per-token NLL (~8.93); 9.61955 at α 1.0.
+# the DPO term (~0.698) + α × the chosen replies' per-token NLL (~8.77), both means over the 3 steps. The losses are
+# the summary's train_loss, the mean over the run's steps since it stopped meaning the last step's (7.4867, 27.4778).
 PINNED = {
-    "sft_loss": 7.4867, "dpo_loss": 27.4778,
+    "sft_loss": 7.8327, "dpo_loss": 27.0063,
     "base/mean_len": 68.0, "base/emoji_rate": 0.0, "base/stop_rate": 0.0, "base/redline_refusal": 0.0,
     "base/over_refusal": 0.0,
     "sft+dpo/mean_len": 70.5, "sft+dpo/emoji_rate": 0.0, "sft+dpo/stop_rate": 0.0,

@@ -295,6 +295,28 @@ def test_summary_rate_is_the_wall_clock_mean_not_the_last_step(tmp_path, monkeyp
     assert read_metrics(tmp_path, "train")[-1]["tokens_per_s"] == pytest.approx(100.0)
 
 
+def test_summary_train_loss_is_the_mean_over_the_runs_steps_and_the_last_is_named(tmp_path):
+    """train_loss was the last step's loss, read by HF/TRL users as the mean over the run: now the mean of the
+    step losses (as HF's), the last under last_train_loss. A resume from a checkpoint older than the mean averages
+    the steps since the resume and says how many (tests/test_sft.py: a resume from a newer one averages all)."""
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    losses = iter([4.0, 3.0, 2.0, 0.5, 9.0, 7.0])
+
+    def loss_of(model, z):  # the step's loss is the next value, with the toy's gradient
+        loss = model(z).pow(2).mean()
+        return loss - loss.detach() + next(losses)
+
+    out, _ = run_loop(tmp_path / "a", spec(max_steps=4), loss_of=loss_of)
+    logged = [r["loss"] for r in read_metrics(tmp_path / "a", "train")]
+    assert logged == [4.0, 3.0, 2.0, 0.5]
+    assert (out["train_loss"], out["last_train_loss"], out["train_mean_steps"]) == (2.375, 0.5, 4)
+    assert out["last_train_tokens_per_s"] == read_metrics(tmp_path / "a", "train")[-1]["tokens_per_s"]
+    state = {**loop.new_state(), "step": 2}
+    del state["train_sums"], state["train_steps"]  # a checkpoint from before the mean: the steps since the resume
+    out, _ = run_loop(tmp_path / "b", spec(max_steps=4), loss_of=loss_of, state=state)
+    assert (out["train_loss"], out["last_train_loss"], out["train_mean_steps"]) == (8.0, 7.0, 2)
+
+
 def test_log_every_is_honoured(tmp_path):
     run_loop(tmp_path, spec(max_steps=5, log_every=2))
     assert [r["step"] for r in read_metrics(tmp_path, "train")] == [2, 4, 5]

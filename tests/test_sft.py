@@ -77,15 +77,21 @@ def test_qlora_sft_learns_and_saves(tiny_model_dir, chat_file, tmp_path):
 
 def test_resume_is_exact(tiny_model_dir, chat_file, tmp_path):
     args = ("train.max_steps=6", "train.save_every=2", "lora.dropout=0.1", "train.eval_every=3")
-    sft.run(config(tiny_model_dir, chat_file, tmp_path / "straight", *args))
+    straight = sft.run(config(tiny_model_dir, chat_file, tmp_path / "straight", *args))
     sft.run(config(tiny_model_dir, chat_file, tmp_path / "killed", *args, "train.stop_after=3"))
     assert not (tmp_path / "killed" / "final").exists()
-    sft.run(config(tiny_model_dir, chat_file, tmp_path / "killed", *args))  # resume: auto
+    killed = sft.run(config(tiny_model_dir, chat_file, tmp_path / "killed", *args))  # resume: auto
     a, b = adapter(tmp_path / "straight"), adapter(tmp_path / "killed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     losses = [r["loss"] for r in read_metrics(tmp_path / "straight", "train")]
     resumed = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "killed", "train")}
     assert [resumed[s] for s in range(1, 7)] == losses
+    # train_loss is the mean over every step (HF's; it was the last step's), the resumed run's too
+    for summary in (straight, killed):
+        assert summary["train_loss"] == pytest.approx(sum(losses) / 6, rel=1e-12)
+        assert (summary["last_train_loss"], summary["train_mean_steps"]) == (losses[-1], 6)
+    done = read_metrics(tmp_path / "killed", "done")[-1]
+    assert (done["train_loss"], done["last_train_loss"]) == (killed["train_loss"], losses[-1])
 
 
 def test_early_stopping(tiny_model_dir, chat_file, tmp_path):

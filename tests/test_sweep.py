@@ -47,11 +47,14 @@ def test_without_an_eval_set_the_table_says_its_numbers_are_the_last_training_st
     """Without eval data the table showed the last training step's single-batch numbers under the column names of
     held-out results, with nothing saying which they were."""
 
-    rows = sweep(dpo.DPOConfig, lambda cfg: {"train_margins": cfg.dpo.beta * 10}, _config(tmp_path), [], "beta=0.1,0.5")
+    def run(cfg):  # the summary's train_margins is the mean over the run's steps, last_train_margins the last step's
+        return {"train_margins": cfg.dpo.beta, "last_train_margins": cfg.dpo.beta * 10}
+
+    rows = sweep(dpo.DPOConfig, run, _config(tmp_path), [], "beta=0.1,0.5")
     assert [(r["margins"], r["source"]) for r in rows] == [(1.0, "train_last_step"), (5.0, "train_last_step")]
     md = (tmp_path / "sw" / "sweep.md").read_text()
     assert md.startswith("Metrics of the last training step's micro-batches (no eval set")
-    held = sweep(dpo.DPOConfig, lambda cfg: {"eval_margins": 2.0, "train_margins": 9.0}, _config(tmp_path), [],
+    held = sweep(dpo.DPOConfig, lambda cfg: {"eval_margins": 2.0, "last_train_margins": 9.0}, _config(tmp_path), [],
                  "beta=0.1,0.5")  # fmt: skip
     assert [(r["margins"], r["source"]) for r in held] == [(2.0, "eval"), (2.0, "eval")]  # control: eval wins
 

@@ -70,9 +70,10 @@ def sweep(
     rows = []
     for v, cfg in zip(values, cfgs):
         summary = run(cfg)
-        # held-out metrics when there is an eval set, else the last train step's; the row says which
+        # held-out metrics when there is an eval set, else the last train step's (train_* are means over the run's
+        # steps, early ones from a policy still near the reference); the row says which
         held_out = any(f"eval_{c}" in summary for c in COLUMNS)
-        row = {key: float(v), **{c: summary.get(f"{'eval' if held_out else 'train'}_{c}") for c in COLUMNS}}
+        row = {key: float(v), **{c: summary.get(f"{'eval' if held_out else 'last_train'}_{c}") for c in COLUMNS}}
         rows.append({**row, "source": "eval" if held_out else "train_last_step"})
     if os.environ.get("RANK", "0") != "0":  # under torchrun every process runs the sweep; the first writes it
         return rows

@@ -413,6 +413,10 @@ class Tracker:
         """Log step `step`'s metrics (every train.log_every and at the last) and update the progress bar;
         `tokens` (unpadded, all processes) give the bar's tok/s where the metrics have no tokens_per_s."""
         self.steps, self.metrics = step, metrics
+        self.state["train_steps"] = self.state.get("train_steps", 0) + 1  # checkpointed: a resume averages on
+        for key, v in metrics.items():
+            total = self.state.setdefault("train_sums", {}).setdefault(key, [0.0, 0])
+            total[0], total[1] = total[0] + v, total[1] + 1
         for key, v in sums.items():
             self.run_sums[key] = self.run_sums.get(key, 0) + v
         self.state["tokens"] = self.state.get("tokens", 0) + int(sums.get("tokens", 0))
@@ -457,21 +461,30 @@ class Tracker:
         return self.stopped_early or (t.stop_after is not None and step >= t.stop_after)
 
     def summary(self, summarize: Callable[[Sums, float], dict[str, float]]) -> dict[str, Any]:
-        """Steps taken, whether the run finished, the last eval and train metrics, wall-clock rates."""
+        """Steps taken, whether the run finished, the last eval, and the train metrics: `train_X` the mean of the
+        step values of X over the run's steps that had one (as HF Trainer's train_loss; resumed: from step 1, but
+        from the resume for checkpoints older than this mean; `train_mean_steps` says how many), rates (`*_per_s`)
+        wall-clock over this invocation's steps, `last_train_X` the last step's."""
         wall = summarize(self.run_sums, time.perf_counter() - self.run_t0) if self.run_sums else {}
+        sums = self.state.get("train_sums", {})
+        means = {k: total / n for k, (total, n) in sums.items() if not k.endswith("_per_s")}
         return {
             "steps": self.steps,
             "total_steps": self.total,
             "stopped_early": self.stopped_early,
             "finished": self.steps >= self.total or self.stopped_early,
             **self.last_eval,
-            **{f"train_{k}": v for k, v in self.metrics.items()},
+            **{f"train_{k}": v for k, v in means.items()},
             **{f"train_{k}": v for k, v in wall.items() if k.endswith("_per_s")},
+            **({"train_mean_steps": self.state["train_steps"]} if sums else {}),
+            **{f"last_train_{k}": v for k, v in self.metrics.items()},
         }
 
 
 def new_state() -> dict[str, Any]:
-    return {"step": 0, "best_eval": float("inf"), "best_step": None, "bad_evals": 0, "tokens": 0}
+    # train_sums: metric → [sum of its step values, steps that had it], train_steps: steps summed (`Tracker.summary`)
+    return {"step": 0, "best_eval": float("inf"), "best_step": None, "bad_evals": 0, "tokens": 0, "train_sums": {},
+            "train_steps": 0}  # fmt: skip
 
 
 class Opened(NamedTuple):
