@@ -143,6 +143,16 @@ def test_a_metric_is_read_the_way_it_is_better(config, monkeypatch):
     assert curve.LOWER_IS_BETTER | curve.HIGHER_IS_BETTER <= {*curve.KNOWN_METRICS, "best_eval"}
 
 
+def test_the_last_steps_train_loss_is_a_curve_metric_beside_the_runs_mean(config, monkeypatch):
+    """The summary's train_loss is the mean over the run's steps, the last step's is last_train_loss: --metric
+    last_train_loss was refused as a typo of train_loss (did you mean train_loss?) before it trained."""
+    from weitiao.recipes import sft
+
+    monkeypatch.setattr(sft, "run", lambda cfg: {"steps": 2, "train_loss": 3.0, "last_train_loss": 2.0})
+    points = {m: curve.run(config, [8], metric=m)["points"][0][m] for m in ("train_loss", "last_train_loss")}
+    assert points == {"train_loss": 3.0, "last_train_loss": 2.0}
+
+
 def test_every_reply_metric_is_a_known_curve_metric():
     """curve spelled the reply metrics out by hand: a key added to reply_metrics alone would have been refused as a
     near miss of a known one (golden_exact_matches → did you mean golden_exact_match). Replies with a reference, a

@@ -67,11 +67,15 @@ def knee(sizes: list[int], values: list[float], higher_is_better: bool, min_gain
 
 
 # The curve metrics an SFT run's summary (and --golden: the reply metrics) gives; another numeric summary key may be
-# asked for, a near miss of one of these is a typo refused before the first size trains.
-KNOWN_METRICS = ("eval_loss", "eval_loss_answer", "train_loss", *(f"golden_{k}" for k in REPLY_METRICS))
+# asked for, a near miss of one of these is a typo refused before the first size trains. train_loss is the mean over
+# the run's steps (early, untrained steps included: the fewer steps a size trains, the higher it is), last_train_loss
+# the last step's, on one batch; neither is measured on the same rows at every size, as eval_loss is.
+KNOWN_METRICS = ("eval_loss", "eval_loss_answer", "train_loss", "last_train_loss",
+                 *(f"golden_{k}" for k in REPLY_METRICS))  # fmt: skip
 # Which way is better, for the metrics where that is clear; the knee of any other (length, emoji or refusal rate, a
 # summary key) needs --higher-is-better or --lower-is-better.
-LOWER_IS_BETTER = {"eval_loss", "eval_loss_answer", "train_loss", "best_eval", "golden_loop_rate", "golden_copy_rate"}
+LOWER_IS_BETTER = {"eval_loss", "eval_loss_answer", "train_loss", "last_train_loss", "best_eval", "golden_loop_rate",
+                   "golden_copy_rate"}  # fmt: skip
 HIGHER_IS_BETTER = {f"golden_{k}" for k in ("stop_rate", "distinct_1", "distinct_2", "rougeL", "exact_match", "judge",
                                              "bleu")}  # fmt: skip
 
