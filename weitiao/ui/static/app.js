@@ -574,6 +574,7 @@ async function showData() {
       ["dc_eos", "", c.missing_eos], ["dc_untrained", ` (train_turns ${c.train_turns}${c.train_on_prompt ? ", train_on_prompt" : ""}${c.train_eot ? "" : ", train_eot false"})`, c.no_trained_tokens],
     ];
     $("data-check").replaceChildren(...rows.flatMap(([k, more, v]) => [el("dt", {}, word(k), more), el("dd", { text: String(v) })]),
+      ...(c.refused ? [el("dd", { class: "error", text: c.refused })] : []),
       ...c.problems.map((p) => el("dd", { class: "error", text: p })), ...c.notes.map((n) => el("dd", { class: "help", text: n })));
     $("mix-note").hidden = !pair;
     if (d.mix) renderMix(d.mix); else $("mix-report").hidden = true;
