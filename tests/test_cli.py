@@ -125,6 +125,28 @@ def test_data_check_reports(tmp_path, tiny_model_dir):
     assert "duplicate rows" in p.stdout and "exceed max_len" not in p.stdout  # default max_len 1024
 
 
+def test_data_check_fails_on_data_truncation_leaves_nothing_of(tmp_path, tiny_model_dir, tokenizer):
+    """--max-len 30 dropped every row, and `data check` exited 0 with a warning while training stops ("no rows left
+    after truncation"); now the report is still printed (table or JSON, `refused` set) and it exits 1 with one line."""
+    from weitiao.data.check import check_file
+
+    rows = [{"instruction": "请详细介绍一下北京的历史和文化" * 2, "output": "北京有三千多年的建城史。"}] * 2
+    f = write_jsonl(tmp_path / "d.jsonl", rows)
+    p = weitiao("data", "check", f, "--model", tiny_model_dir, "--max-len", "30", "--json")
+    assert p.returncode == 1 and json.loads(p.stdout)["dropped"] == 2, p.stderr
+    assert p.stderr.strip().splitlines() == [
+        "error: truncation drop at max_len 30 leaves no rows to train (all 2 dropped) and training stops there; "
+        "raise --max-len (data.max_len) or use another --truncation (data.truncation)"
+    ]
+    p = weitiao("data", "check", f, "--model", tiny_model_dir, "--max-len", "30")
+    assert p.returncode == 1 and "rows read / kept / rejected" in p.stdout and "no problems" not in p.stdout
+    pairs = [{"prompt": "请详细介绍一下北京的历史和文化", "chosen": "北京有三千多年的建城史。", "rejected": "不知道。"}]
+    pf = write_jsonl(tmp_path / "p.jsonl", pairs)
+    assert "leaves no pairs to train" in check_file([str(pf)], tokenizer, max_len=20).refused
+    assert check_file([str(pf)], tokenizer, max_len=200).refused == ""  # one pair kept: it trains
+    assert check_file([str(f)], tokenizer, max_len=200).refused == ""
+
+
 def test_data_check_counts_rows_over_the_models_positions(tmp_path, tiny_model_dir):
     """A row longer than the model's 512 positions but within --max-len 1024 passed `data check` (with only
     transformers' "721 > 512" tokenizer warning) while training refuses it; now the report counts it and says how."""

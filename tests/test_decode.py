@@ -173,3 +173,44 @@ def test_demo_says_when_a_reply_has_no_whole_character(capsys):
     assert EMPTY_REPLY in buf.getvalue()
     PlainView().stream("hi", ["好"])
     assert capsys.readouterr().out == "问 hi\n答 好\n"
+
+
+def test_a_reply_of_no_whole_character_is_said_in_chat_and_the_console(monkeypatch, capsys, tmp_path):
+    """Greedy decoding of an undertrained model gave 3 tokens, each the first half of 好 (broken UTF-8, dropped):
+    `weitiao chat --prompt` printed a blank line and the console's /api/chat a 200 with an empty body, both as if the
+    model had said nothing. Now chat says '∅ 3 tokens, no whole character' on stderr (stdout stays the reply) and
+    the console's reply carries X-Empty-Reply-Tokens: 3, which the page shows; a model ending at once says 0."""
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from weitiao.data.templates import resolve_template
+    from weitiao.infer import chat
+    from weitiao.infer.generate import stream_reply
+    from weitiao.ui import chat as ui_chat
+    from weitiao.ui.app import create_app
+    from weitiao.ui.paths import Roots
+    from weitiao.ui.runs import RunStore
+
+    tok = split_char_tokenizer()
+    half = tok.encode("好", add_special_tokens=False)[:1] * 3
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    msgs = [{"role": "user", "content": "hi"}]
+    pieces = stream_reply(_Scripted(half, len(tok), end), tok, resolve_template(tok, "plain"), msgs, max_new_tokens=9)
+    assert next(pieces, None) is None  # nothing whole came out
+    monkeypatch.setattr(chat, "load_chat_model", lambda *a: (_Scripted(half, len(tok), end), tok))
+    chat.run("m", None, "hi", None, 9, 0.0, 1.0, 1.0)
+    assert capsys.readouterr()[:2] == ("\n", "∅ 3 tokens, no whole character\n")
+
+    run = tmp_path / "runs" / "r"
+    (run / "ui").mkdir(parents=True)
+    (run / "ui" / "run.json").write_text(json.dumps({"name": "r", "kind": "sft", "status": "done", "created": 1}))
+    (run / "ui" / "config.yaml").write_text("model:\n  path: m\n")
+    body = {"run": "r", "ckpt": "base", "messages": msgs, "max_new_tokens": 9, "temperature": 0}
+    for script, said in ((half, "3"), ([], "0"), (tok.encode("好", add_special_tokens=False), None)):
+        monkeypatch.setattr(ui_chat, "load_weights", lambda *a, s=script: (_Scripted(s, len(tok), end), tok))
+        app = create_app(Roots([tmp_path]), RunStore(tmp_path / "runs"), None)
+        with TestClient(app, base_url="http://127.0.0.1") as c:
+            r = c.post("/api/chat", json=body)
+        assert r.status_code == 200 and r.headers.get("X-Empty-Reply-Tokens") == said
+        assert r.text == ("" if said else "好")

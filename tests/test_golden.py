@@ -91,6 +91,25 @@ def test_empty_replies_are_said_beside_stop_rate(tmp_path):
     assert not any(note.startswith("empty replies") for note in res.notes)
 
 
+def test_empty_replies_of_broken_bytes_are_not_said_to_be_stops(tmp_path):
+    """An undertrained checkpoint that wrote 48 broken UTF-8 bytes per reply (decoded to "", never ended its turn)
+    got the note 'they count as stopped in stop_rate' while its stop_rate was 0; now the note says what they are."""
+    from weitiao.eval.golden import empty_note
+    from weitiao.infer.generate import Generation
+
+    prompts = load_prompts(write_jsonl(tmp_path / "g.jsonl", GOLDEN))
+    n = len(prompts)
+    rows = golden_rows(2, "step-000002", prompts, [Generation("", 48, False)] * n)
+    res = evaluate_golden(rows, prompts, [], "stop_rate")
+    assert res.summary[2]["stop_rate"] == 0
+    assert (
+        f"empty replies (step-000002 {n} of {n}): {n} are tokens that make no whole character (broken UTF-8 bytes are "
+        f"dropped); 0 ended their turn and count as stopped in stop_rate, {n} ran to max_new_tokens"
+    ) in res.notes
+    rows = [{"reply": "", "stopped": True, "n_tokens": 3}, {"reply": "", "stopped": True, "n_tokens": 0}]
+    assert "1 are tokens that make no whole character" in empty_note({"m": rows})
+
+
 def test_saved_answers_count_only_for_the_settings_they_were_made_with(tmp_path):
     from weitiao.infer.generate import Generation
 

@@ -93,6 +93,30 @@ def test_demo_stitched(tmp_path):
     assert len(load_rows(str(tmp_path / "p.jsonl")).rows) == rep["pairs"]
 
 
+def test_stitching_multi_turn_rows_says_what_it_leaves_out(tmp_path):
+    """--stitch-turns on multi-turn rows kept each row's last exchange and dropped its history and system prompt
+    with no word; now the report and the table count them (the stitched dialogues still hold the last exchanges)."""
+    rows = [convo(NOVEL[:3]), convo(NOVEL[3:]), {"messages": convo(NOVEL[1:2])["messages"][1:]}, convo(NOVEL[:1])]
+    src = write(tmp_path / "d.jsonl", rows)
+    cfg = repeat.RepeatConfig(min_turns=2, max_copy=1, min_distinct2=0, stitch_turns=2, pairs_per_dialog=1)
+    rep = repeat.run([src], tmp_path / "p.jsonl", cfg, tmp_path / "sft.jsonl")
+    assert rep["stitch_dropped"] == {"earlier_exchanges": 3, "rows_with_history": 2, "system_prompts": 3}
+    stitched = [r.messages for r in load_conversations(str(tmp_path / "sft.jsonl")).rows]
+    assert all(m["role"] != "system" for msgs in stitched for m in msgs) and sum(map(len, stitched)) == 8
+    data, cli = typer.Typer(), typer.Typer()
+    cli.add_typer(data, name="data")
+    register(data, cli)
+    r = CliRunner().invoke(cli, ["data", "repeat-negatives", str(src), "--out", str(tmp_path / "q.jsonl"),
+                                 "--stitch-turns", "2", "--min-turns", "2", "--max-copy", "1"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "3 earlier exchanges of 2 rows and 3 system prompts are not in the stitched dialogues" in " ".join(
+        r.output.split()
+    )
+    assert (
+        repeat.run([src], tmp_path / "p.jsonl", repeat.RepeatConfig(min_turns=2, max_copy=1))["stitch_dropped"] is None
+    )
+
+
 def test_nothing_selected_is_explained(tmp_path):
     src = write(tmp_path / "d.jsonl", [convo(NOVEL[:2])])
     with pytest.raises(UserError, match="longest has 2 turns.*--stitch-turns"):

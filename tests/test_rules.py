@@ -232,6 +232,21 @@ def test_each_check_field():
     assert Check(json_schema=schema).failures("不是JSON")[0].startswith("check.json_schema: not JSON")
 
 
+def test_lengths_count_characters_as_eval_does(tmp_path):
+    """max_length counted code points (len) while eval's mean_len counts what a reader sees: 好👍🏽 failed a
+    max_length 2 rule at '3 > 2' though eval measured it 2 long. Now both count grapheme clusters."""
+    from weitiao.eval.style import chars
+
+    for reply in ("好👍🏽", "好🇨🇳", "好👨‍👩‍👧"):
+        assert chars(reply) == 2 and Check(max_length=2, min_length=2).failures(reply) == []
+    assert Check(max_length=1).failures("好👍🏽") == ["check.max_length: 2 > 1"]
+    assert Check(min_length=3).failures("好👍🏽") == ["check.min_length: 2 < 3"]
+    assert Check(max_length=1, ends_with=["👍🏽"]).failures("👍🏽") == []
+    p = tmp_path / "r.yaml"  # nor is such a rule one no reply passes ('longer than max_length 1')
+    p.write_text("- {id: A, category: style, text: x, check: {ends_with: ['👍🏽'], max_length: 1}}\n", encoding="utf-8")
+    assert [r.id for r in read_rules(p)[0]] == ["A"] and read_rules(p)[1] == []
+
+
 def test_json_schema_by_the_library():
     s = {
         "type": "object",

@@ -379,7 +379,13 @@ def data_check(
                      truncation, train_on_prompt, train_eot, CLI_NAMES)  # fmt: skip
     if as_json:
         print(rep.to_json())
-        return
+    else:
+        _print_check(rep)
+    if rep.refused:  # the report first, then the trainer's stop: a check of data training refuses did not pass
+        raise UserError(rep.refused)
+
+
+def _print_check(rep: Any) -> None:
     t = Table(title=f"data check · {', '.join(rep.files)}", show_header=False)
     rows = [
         ("format", rep.format),
@@ -423,7 +429,7 @@ def data_check(
         console.print(f"note: {n}", markup=False)
     for p in rep.problems:
         console.print(f"[yellow]warning:[/] {p}")
-    if not rep.problems:
+    if not rep.problems and not rep.refused:
         console.print("[green]no problems found[/]")
 
 

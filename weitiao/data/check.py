@@ -30,8 +30,10 @@ BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 # data.truncation of the trainer that takes each kind of row: sft, kto (train.spec.FeedbackDataSpec), dpo/rm
 TRUNCATIONS = {"SFT": get_args(Truncation), "KTO": ("drop", "cut"), "preference": get_args(PairTruncation)}
 # how each surface names the SFT-only settings it refuses for other rows: its user set them under these names
-CONFIG_NAMES = {"train_on_prompt": "train_on_prompt", "train_eot": "train_eot", "truncation": "truncation"}
-CLI_NAMES = {"train_on_prompt": "--train-on-prompt", "train_eot": "--no-train-eot", "truncation": "--truncation"}
+CONFIG_NAMES = {"train_on_prompt": "train_on_prompt", "train_eot": "train_eot", "truncation": "truncation",
+                "max_len": "max_len"}  # fmt: skip
+CLI_NAMES = {"train_on_prompt": "--train-on-prompt", "train_eot": "--no-train-eot", "truncation": "--truncation",
+             "max_len": "--max-len"}  # fmt: skip
 
 
 def refuse_max_len(max_len: int) -> None:
@@ -87,6 +89,7 @@ class CheckReport:
     cut: int = 0  # rows (pairs) cut to max_len
     lost_eot: int = 0  # cut chat rows whose last end-of-turn token is cut away
     history_trimmed: int = 0  # rows whose oldest exchanges truncation history dropped
+    refused: str = ""  # why training stops on this data as a whole ("" when it trains): data check exits 1
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -239,6 +242,11 @@ def check_file(
             f"template {template.name!r} does not close assistant turns; weitiao appends {template.eot!r} "
             "to every reply (a model trained without it never learns to stop)"
         )
+    if (convs and not kept) or (fitted and not any(fitted)):  # as sft, kto and dpo/rm refuse it: no rows left
+        what = "pairs" if fitted and not any(fitted) else "rows"
+        rep.refused = (f"truncation {truncation} at max_len {max_len} leaves no {what} to train (all {rep.dropped} "
+                       f"dropped) and training stops there; raise {names['max_len']} (data.max_len) or use another "
+                       f"{names['truncation']} (data.truncation)")  # fmt: skip
     if rep.over_max_len:
         what = "rows (pairs: their longer side)" if pairs else "rows"
         acts = [f"{verb} {n}" for verb, n in (("drops", rep.dropped), ("cuts", rep.cut),

@@ -47,6 +47,11 @@ def decode_whole(tokenizer: Any, ids: Iterable[int], skip_special_tokens: bool =
     return whole_chars(tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens))
 
 
+def no_whole_character(n_tokens: int) -> str:
+    """What stands for a reply that decodes to "": `n_tokens` generated (broken UTF-8 bytes, dropped), or none."""
+    return f"∅ {n_tokens} tokens, no whole character" if n_tokens else "∅ the model ended its turn at once"
+
+
 class IncrementalDecoder:
     """Feed token ids as they are generated; get back only text made of complete characters.
 

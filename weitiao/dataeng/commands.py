@@ -213,8 +213,14 @@ def repeat_negatives(
         f"repeat-negatives → {out}",
         [
             *(
-                [("rows stitched / left over", f"{r['rows'] - r['stitch_left_over']} / {r['stitch_left_over']}")]
-                if stitch_turns
+                [
+                    ("rows stitched / left over", f"{r['rows'] - r['stitch_left_over']} / {r['stitch_left_over']}"),
+                    (
+                        "earlier exchanges (rows) / system prompts dropped",
+                        f"{d['earlier_exchanges']} ({d['rows_with_history']}) / {d['system_prompts']}",
+                    ),
+                ]  # fmt: skip
+                if (d := r["stitch_dropped"])
                 else []
             ),
             ("dialogues read / long / kept", f"{r['read']} / {r['long']} / {k['dialogues']}"),
@@ -227,6 +233,11 @@ def repeat_negatives(
             ("copy rate chosen vs rejected", f"{r['chosen_copy_rate']} vs {r['rejected_copy_rate']}"),
         ],
     )
+    if (d := r["stitch_dropped"]) and (d["earlier_exchanges"] or d["system_prompts"]):
+        console.print(f"[yellow]note:[/] --stitch-turns chains each row's last exchange only: "
+                      f"{d['earlier_exchanges']} earlier exchanges of {d['rows_with_history']} rows and "
+                      f"{d['system_prompts']} system prompts are not in the stitched dialogues; without "
+                      "--stitch-turns multi-turn rows are read whole")  # fmt: skip
 
 
 def curve(

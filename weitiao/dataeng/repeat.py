@@ -42,16 +42,21 @@ class RepeatConfig:
     seed: int = 0
 
 
-def stitch(convs: list[Conversation], turns: int, seed: int) -> tuple[list[Conversation], int]:
+def stitch(convs: list[Conversation], turns: int, seed: int) -> tuple[list[Conversation], int, dict[str, int]]:
     """Chain the last user/assistant exchange of shuffled rows into dialogues of `turns` exchanges each; also the
-    number of rows left out (the rest of the division, which make no whole dialogue), said in the report."""
-    pairs = [(c.messages[-2], c.messages[-1]) for c in convs if len(c.messages) >= 2]
-    random.Random(seed).shuffle(pairs)
-    out = []
-    for i in range(0, len(pairs) - turns + 1, turns):
-        msgs = [m for p in pairs[i : i + turns] for m in p]
+    number of rows left out (the rest of the division, which make no whole dialogue) and what the stitched rows lost:
+    their earlier exchanges and system prompts (a dialogue of rows with different system prompts has none that
+    fits, and a row's history would sit mid-dialogue), both said in the report."""
+    rows = [c for c in convs if len(c.messages) >= 2]
+    random.Random(seed).shuffle(rows)
+    out, used = [], rows[: len(rows) // turns * turns]
+    for i in range(0, len(used), turns):
+        msgs = [m for c in used[i : i + turns] for m in c.messages[-2:]]
         out.append(Conversation(msgs, f"stitched:{i // turns}"))
-    return out, len(convs) - turns * len(out)
+    earlier = [sum(m["role"] == "assistant" for m in c.messages[:-2]) for c in used]
+    lost = {"earlier_exchanges": sum(earlier), "rows_with_history": sum(n > 0 for n in earlier),
+            "system_prompts": sum(any(m["role"] == "system" for m in c.messages) for c in used)}  # fmt: skip
+    return out, len(convs) - len(used), lost
 
 
 def measure(c: Conversation, copy_n: int) -> dict:
@@ -122,9 +127,9 @@ def run(files: list[str | Path], out: str | Path, cfg: RepeatConfig, sft_out: st
         if c.tools or any(m["role"] in ("tool", "function") or m.get("tool_calls") for m in c.messages):
             raise UserError(f"{c.source}: a tool-call dialogue; repeat-negatives builds preference pairs, which "
                             "carry no tools or tool calls; leave such rows out")  # fmt: skip
-    rows, left_over = len(convs), 0
+    rows, left_over, lost = len(convs), 0, None
     if cfg.stitch_turns > 0:
-        convs, left_over = stitch(convs, cfg.stitch_turns, cfg.seed)
+        convs, left_over, lost = stitch(convs, cfg.stitch_turns, cfg.seed)
     if not convs:
         raise UserError(f"{', '.join(map(str, files))}: no dialogues")
     # 2. measure; 3. select
@@ -164,6 +169,7 @@ def run(files: list[str | Path], out: str | Path, cfg: RepeatConfig, sft_out: st
     report = {
         "rows": rows,  # as loaded; with --stitch-turns, `stitch_left_over` of them made no whole dialogue
         "stitch_left_over": left_over,
+        "stitch_dropped": lost,  # with --stitch-turns: the stitched rows' earlier exchanges and system prompts
         "read": len(convs),
         "all": _stats(ms),
         "long": sum(m["turns"] >= cfg.min_turns for m in ms),

@@ -106,7 +106,7 @@ def gen(
     if "judge" in rep.metrics:
         raw = scale[0] + rep.metrics["judge"] * (scale[1] - scale[0])
         console.print(f"judge: scores {scale[0]}-{scale[1]} mapped to [0, 1]; mean {raw:.3g} on {scale[0]}-{scale[1]}")
-    empty = empty_note({"the model": [r["reply"] for r in rep.rows]})
+    empty = empty_note({"the model": rep.rows})
     for note in filter(None, (reference_note(ps), duplicate_note(ps), empty)):
         console.print(f"[yellow]note:[/] {note}")
     if rep.judge_errors:

@@ -66,15 +66,26 @@ def reference_note(prompts: Sequence[Prompt]) -> str | None:
     return f"{missing} of {len(prompts)} prompts have no reference: {rest}"
 
 
-def empty_note(replies: dict[str, Sequence[str]]) -> str | None:
-    """Which models (label → replies) gave empty replies: they ended their turn at once, which stop_rate counts as a
-    stop (every checkpoint of a run that said nothing read stop_rate 1, the best). None when none did."""
-    hits = [(who, sum(not r.strip() for r in rs), len(rs)) for who, rs in replies.items()]
-    hits = [f"{who} {n} of {total}" for who, n, total in hits if n]
+def empty_note(replies: dict[str, Sequence[dict]]) -> str | None:
+    """Which models (label → reply rows: reply, stopped, n_tokens) gave empty replies, and how stop_rate counts them:
+    one that ended its turn is a stop (every checkpoint of a run that said nothing read stop_rate 1, the best); one
+    whose tokens make no whole character (broken UTF-8 bytes, dropped) may have run to max_new_tokens instead, and
+    is said apart. None when none did."""
+    hits, empty = [], []
+    for who, rows in replies.items():
+        mine = [r for r in rows if not r["reply"].strip()]
+        empty += mine
+        hits += [f"{who} {len(mine)} of {len(rows)}"] if mine else []
     if not hits:
         return None
     more = f", ... ({len(hits)} in all)" if len(hits) > 4 else ""
-    return f"empty replies ({', '.join(hits[:4])}{more}): they count as stopped in stop_rate"
+    broken = sum(r["reply"] == "" and r.get("n_tokens", 0) > 0 for r in empty)
+    stopped = sum(r.get("stopped", True) for r in empty)
+    if not broken and stopped == len(empty):
+        return f"empty replies ({', '.join(hits[:4])}{more}): they count as stopped in stop_rate"
+    why = f"{broken} are tokens that make no whole character (broken UTF-8 bytes are dropped); " if broken else ""
+    return (f"empty replies ({', '.join(hits[:4])}{more}): {why}{stopped} ended their turn and count as stopped in "
+            f"stop_rate, {len(empty) - stopped} ran to max_new_tokens")  # fmt: skip
 
 
 def duplicate_note(prompts: Sequence[Prompt]) -> str | None:
@@ -423,7 +434,7 @@ def evaluate_golden(
         summary[s] = reply_metrics(items, settings)
         if s in evals:
             summary[s]["eval_loss"] = evals[s]
-    if note := empty_note({labels[s]: [r["reply"] for r in replies[s]] for s in steps}):
+    if note := empty_note({labels[s]: replies[s] for s in steps}):
         notes.append(note)
     best = pick(summary, select) if select is not None else None
     if best is not None and (tie := tie_note(summary, select, best, labels)):  # type: ignore[arg-type]

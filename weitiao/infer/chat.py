@@ -10,7 +10,7 @@ import re
 import sys
 from typing import Any
 
-from weitiao.data.decode import terminal_safe
+from weitiao.data.decode import no_whole_character, terminal_safe
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
 from weitiao.infer.generate import chat_sampling, stream_reply
@@ -130,13 +130,19 @@ def run(
     def answer(text: str) -> str:
         msgs = ([{"role": "system", "content": system}] if system else []) + history
         msgs = msgs + [{"role": "user", "content": text}]
-        parts = []
-        for piece in stream_reply(m, tok, template, msgs, **gen):
+        parts, pieces = [], stream_reply(m, tok, template, msgs, **gen)
+        while True:
+            try:
+                piece = next(pieces)
+            except StopIteration as end:  # a reply of no whole character is said (on stderr: stdout is the reply)
+                sys.stdout.write("\n")
+                if not parts:
+                    sys.stdout.flush()
+                    print(no_whole_character(end.value), file=sys.stderr, flush=True)
+                return "".join(parts)
             sys.stdout.write(terminal_safe(piece))
             sys.stdout.flush()
             parts.append(piece)
-        sys.stdout.write("\n")
-        return "".join(parts)
 
     if prompt is not None:
         answer(prompt)

@@ -713,7 +713,8 @@ def stream_reply(
     top_p: float | None = None,
     repetition_penalty: float | None = None,
 ) -> Iterator[str]:
-    """Yield the reply to one conversation piece by piece as it is generated (whole characters only).
+    """Yield the reply to one conversation piece by piece as it is generated (whole characters only); return the
+    number of tokens generated (the end-of-turn not counted), so that a reply of no whole character can be said.
 
     Sampling left None, top_k and the rest come from the model's generation_config.json (`chat_sampling`), as
     `generate_ids` with model_defaults.
@@ -744,3 +745,4 @@ def stream_reply(
             yield piece
     if piece := decoder.finish():
         yield piece
+    return len(row.ids) - row.stopped

@@ -9,7 +9,8 @@ A rule file is a YAML list (or {rules: [...]}) of
      prompt (the rule is conditional: it only matters for prompts it matches), check: optional
      {regex, not_regex, max_length, min_length, required: [...], forbidden: [...], starts_with, ends_with,
       json_schema}}
-Lengths count characters of the stripped reply; starts_with/ends_with take a string or a list (any one);
+Lengths count characters of the stripped reply as shown (grapheme clusters, `eval.style.chars`, as eval's
+mean_len: 👍🏽 is 1, not 2 code points); starts_with/ends_with take a string or a list (any one);
 json_schema is a JSON Schema (draft 2020-12, checked by the `jsonschema` library), applied to the reply
 parsed as JSON (``` fences allowed).
 
@@ -36,6 +37,7 @@ from weitiao.data.files import RowError, iter_records
 from weitiao.data.formats import Document, detect_format, parse_preference, parse_row
 from weitiao.data.prompts import read_prompts as read_prompt_rows
 from weitiao.errors import UserError
+from weitiao.eval.style import chars
 from weitiao.io import read_text
 from weitiao.json_reply import parse_json_reply
 
@@ -99,10 +101,11 @@ class Check:
             out.append(f"check.regex: no match for {self.regex!r}")
         if self.not_regex and (m := re.search(self.not_regex, text)):
             out.append(f"check.not_regex: matched {m.group()!r}")
-        if self.max_length is not None and len(text) > self.max_length:
-            out.append(f"check.max_length: {len(text)} > {self.max_length}")
-        if self.min_length is not None and len(text) < self.min_length:
-            out.append(f"check.min_length: {len(text)} < {self.min_length}")
+        n = chars(text)  # as eval's mean_len counts: 👍🏽 is one character, not two code points
+        if self.max_length is not None and n > self.max_length:
+            out.append(f"check.max_length: {n} > {self.max_length}")
+        if self.min_length is not None and n < self.min_length:
+            out.append(f"check.min_length: {n} < {self.min_length}")
         out += [f"check.required: missing {p!r}" for p in self.required if p not in text]
         out += [f"check.forbidden: contains {p!r}" for p in self.forbidden if p in text]
         if self.starts_with and not any(text.startswith(s) for s in self.starts_with):
@@ -269,7 +272,7 @@ def _never_passes(r: Rule, other: Rule | None = None) -> str | None:
         what = f"check.{key}: {opts[0] if len(opts) == 1 else opts!r}"
         if all(hits):
             return f"{what}: contains {hits[0]!r}, forbidden{by}; no reply passes"
-        if o.max_length is not None and min(map(len, opts)) > o.max_length:
+        if o.max_length is not None and min(map(chars, opts)) > o.max_length:
             return f"{what}: longer than max_length {o.max_length}{by}; no reply passes"
         if o.not_regex and all(_always_matches(o.not_regex, x, key) for x in opts):
             return f"{what}: always matches check.not_regex {o.not_regex!r}{by}; no reply passes"

@@ -39,6 +39,8 @@ STATIC = Path(__file__).with_name("static")
 COOKIE = "weitiao_ui_token"
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 MAX_CHAT_CHARS = 20_000
+# on a chat reply with no whole character (an empty body): how many tokens were generated (0: it ended at once)
+EMPTY_REPLY_HEADER = "X-Empty-Reply-Tokens"
 TRUNCATION_CHOICES = ("drop", "cut", "history", "cut_response")  # data check --truncation's
 # our own HTML reports, opened from the page: no scripts, no requests out; their inline styles and SVG still show
 REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
@@ -358,7 +360,11 @@ def create_app(roots: Roots, runs: RunStore, token: str | None = None, chat: Cha
         chunks = models.stream(loaded, [{"role": m["role"], "content": m["content"]} for m in messages], **sampling)
         # the first piece before the 200: a conversation the model refuses (over its context) is a 400 the page shows,
         # not an empty reply with the error only in the console's log
-        first = next(chunks, "")
+        try:
+            first = next(chunks)
+        except StopIteration as end:  # not one whole character (broken UTF-8 bytes are dropped): said, not a blank 200
+            said = {EMPTY_REPLY_HEADER: str(end.value)}
+            return PlainTextResponse("", media_type="text/plain; charset=utf-8", headers=said)
         return StreamingResponse(itertools.chain([first], chunks), media_type="text/plain; charset=utf-8")
 
     @app.post("/api/export")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -93,14 +93,16 @@ class ChatModels:
                 self.models.popitem(last=False)
             return self.models[key]
 
-    def stream(self, loaded: Loaded, messages: list[dict], **sampling: Any) -> Iterator[str]:
-        """The reply piece by piece. The model's lock is held for each step, never across a yield: when a client
-        hangs up, Starlette leaves this generator suspended until the garbage collector finds it, and a lock held
-        there made every later chat with this model wait (for ever on a quiet console)."""
+    def stream(self, loaded: Loaded, messages: list[dict], **sampling: Any) -> Generator[str, None, int]:
+        """The reply piece by piece; returns the number of tokens generated. The model's lock is held for each step,
+        never across a yield: when a client hangs up, Starlette leaves this generator suspended until the garbage
+        collector finds it, and a lock held there made every later chat with this model wait (for ever on a quiet
+        console)."""
         pieces = generate.stream_reply(loaded.model, loaded.tokenizer, loaded.template, messages, **sampling)
         while True:
             with loaded.lock:
-                piece = next(pieces, None)
-            if piece is None:
-                return
+                try:
+                    piece = next(pieces)
+                except StopIteration as end:
+                    return end.value
             yield piece

@@ -13,7 +13,7 @@ const T = {
     row: "第几行", tokenizer: "分词器", show: "显示", trained: "训练的 token", masked: "不计损失",
     pick: "选择…", required: "必填", method: "方式", trainable: "可训练参数", memory: "显存估计",
     fits: "放得下", not_fits: "放不下", export_adapter: "导出 adapter", export_merged: "导出合并模型",
-    exported: "已导出到", none: "（无）", lang: "English", chat_with: "对话", you: "我", model: "模型", data_check: "数据检查（data check）",
+    exported: "已导出到", none: "（无）", lang: "English", chat_with: "对话", you: "我", model: "模型", empty_reply: "∅ {n} 个 token，没有一个完整字符", ended_at_once: "∅ 模型立即结束了回复", data_check: "数据检查（data check）",
     s_created: "已创建", s_starting: "启动中", s_running: "训练中", s_stopping: "停止中", s_stopped: "已停止",
     s_done: "已完成", s_failed: "失败", s_lost: "已丢失",
     w_diverged: "训练发散", w_warning: "警告", w_stopped_early: "提前停止（验证损失不再下降）",
@@ -51,7 +51,7 @@ const T = {
     row: "Row", tokenizer: "Tokenizer", show: "Show", trained: "trained tokens", masked: "masked",
     pick: "Pick…", required: "required", method: "Method", trainable: "Trainable parameters", memory: "Memory estimate",
     fits: "fits", not_fits: "does not fit", export_adapter: "Export adapter", export_merged: "Export merged",
-    exported: "Exported to", none: "(none)", lang: "中文", chat_with: "Chat", you: "You", model: "Model", data_check: "Data check",
+    exported: "Exported to", none: "(none)", lang: "中文", chat_with: "Chat", you: "You", model: "Model", empty_reply: "∅ {n} tokens, no whole character", ended_at_once: "∅ the model ended its turn at once", data_check: "Data check",
     s_created: "created", s_starting: "starting", s_running: "running", s_stopping: "stopping", s_stopped: "stopped",
     s_done: "done", s_failed: "failed", s_lost: "lost",
     w_diverged: "Training diverged", w_warning: "Warning", w_stopped_early: "Stopped early (eval loss stopped improving)",
@@ -481,15 +481,22 @@ async function ask(side, sel, prompt) {
     const r = await fetch("/api/chat", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({
       run, ckpt, messages: hist, temperature: Number($("chat-temp").value), max_new_tokens: Number($("chat-max").value) }) });
     if (!r.ok) throw new Error((await r.json().catch(() => ({}))).error || r.statusText);
-    const reader = r.body.getReader();
-    const dec = new TextDecoder();
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      out.textContent += dec.decode(value, { stream: true });
+    const n = r.headers.get("X-Empty-Reply-Tokens"); // no whole character came out: said, not a blank bubble
+    if (n !== null) {
+      out.textContent = n === "0" ? t("ended_at_once") : t("empty_reply").replace("{n}", n);
+      out.parentElement.classList.add("empty");
+      hist.push({ role: "assistant", content: "" });
+    } else {
+      const reader = r.body.getReader();
+      const dec = new TextDecoder();
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        out.textContent += dec.decode(value, { stream: true });
+      }
+      out.textContent += dec.decode();
+      hist.push({ role: "assistant", content: out.textContent });
     }
-    out.textContent += dec.decode();
-    hist.push({ role: "assistant", content: out.textContent });
   } catch (e) {
     out.parentElement.classList.add("error");
     out.textContent = e.message;
@@ -574,6 +581,7 @@ async function showData() {
       ["dc_eos", "", c.missing_eos], ["dc_untrained", ` (train_turns ${c.train_turns}${c.train_on_prompt ? ", train_on_prompt" : ""}${c.train_eot ? "" : ", train_eot false"})`, c.no_trained_tokens],
     ];
     $("data-check").replaceChildren(...rows.flatMap(([k, more, v]) => [el("dt", {}, word(k), more), el("dd", { text: String(v) })]),
+      ...(c.refused ? [el("dd", { class: "error", text: c.refused })] : []),
       ...c.problems.map((p) => el("dd", { class: "error", text: p })), ...c.notes.map((n) => el("dd", { class: "help", text: n })));
     $("mix-note").hidden = !pair;
     if (d.mix) renderMix(d.mix); else $("mix-report").hidden = true;
