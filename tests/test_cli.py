@@ -147,6 +147,32 @@ def test_data_check_fails_on_data_truncation_leaves_nothing_of(tmp_path, tiny_mo
     assert check_file([str(f)], tokenizer, max_len=200).refused == ""
 
 
+def test_data_check_fails_on_rows_training_stops_on(tmp_path, tiny_model_dir, tokenizer):
+    """A pair with chosen == rejected, an empty reply or score columns preferring rejected, and a row past the model's
+    positions: `data check` warned '(training refuses them)' and exited 0, while a default run stops on the first.
+    Now the report is printed, then one line and exit 1; --skip-invalid (training's data.skip_invalid) passes the
+    rows training would skip, and a file of good pairs passes."""
+    from weitiao.data.check import check_file
+
+    good = {"prompt": "今天天气怎么样？", "chosen": "晴，适合出门。", "rejected": "不知道。"}
+    same = write_jsonl(tmp_path / "same.jsonl", [good, {**good, "rejected": good["chosen"]}])
+    p = weitiao("data", "check", same, "--model", tiny_model_dir)
+    assert p.returncode == 1 and "chosen == rejected" in p.stdout, p.stderr
+    assert p.stderr.strip().splitlines() == [
+        "error: 1 pairs with chosen == rejected (training refuses them): training stops at the first such row; fix or "
+        "drop those rows, or skip them (--skip-invalid, data.skip_invalid=true)"
+    ]
+    assert check_file([str(same)], tokenizer, skip_invalid=True).refused == ""
+    assert check_file([str(write_jsonl(tmp_path / "good.jsonl", [good] * 3))], tokenizer).refused == ""
+    empty = write_jsonl(tmp_path / "empty.jsonl", [good, {**good, "rejected": ""}])
+    assert "empty chosen/rejected" in check_file([str(empty)], tokenizer).refused
+    flipped = write_jsonl(tmp_path / "flip.jsonl", [{**good, "score_chosen": 1, "score_rejected": 5}])
+    assert "prefer rejected" in check_file([str(flipped)], tokenizer).refused
+    long = write_jsonl(tmp_path / "long.jsonl", [{"instruction": "长" * 250, "output": "好"}])
+    p = weitiao("data", "check", long, "--model", tiny_model_dir)
+    assert p.returncode == 1 and "longer than the model's 512 positions" in p.stderr, p.stderr
+
+
 def test_data_check_counts_rows_over_the_models_positions(tmp_path, tiny_model_dir):
     """A row longer than the model's 512 positions but within --max-len 1024 passed `data check` (with only
     transformers' "721 > 512" tokenizer warning) while training refuses it; now the report counts it and says how."""

@@ -1,7 +1,8 @@
 """`weitiao data check` (linter + length report) and `weitiao data show` (masking dry run).
 
 Preference rows are linted too: each side (prompt + chosen, prompt + rejected) is one sequence for the
-length figures; pairs with identical or empty replies are counted, not refused. Trained-token counts follow
+length figures; pairs with identical or empty replies are counted, and `refused` set as training stops on them (unless
+skip_invalid). Trained-token counts follow
 `train_turns` as SFT does; pre-training documents longer than max_len are counted apart from the rows the
 truncation policy acts on, since SFT splits them into pieces whatever that policy. `truncation` is the trainer's
 data.truncation, applied by the trainer's own code (`encode_all`, `encode_pair`): rows it drops, cuts and trims, and
@@ -33,7 +34,7 @@ TRUNCATIONS = {"SFT": get_args(Truncation), "KTO": ("drop", "cut"), "preference"
 CONFIG_NAMES = {"train_on_prompt": "train_on_prompt", "train_eot": "train_eot", "truncation": "truncation",
                 "max_len": "max_len"}  # fmt: skip
 CLI_NAMES = {"train_on_prompt": "--train-on-prompt", "train_eot": "--no-train-eot", "truncation": "--truncation",
-             "max_len": "--max-len"}  # fmt: skip
+             "max_len": "--max-len", "skip_invalid": "--skip-invalid"}  # fmt: skip
 
 
 def refuse_max_len(max_len: int) -> None:
@@ -257,12 +258,13 @@ def check_file(
         rep.problems.append(f"truncation cut: {rep.lost_eot} rows lose their end-of-turn token {template.eot!r} "
                             "(the model learns to run on past max_len there); use drop or history, or raise "
                             "max_len")  # fmt: skip
-    if rep.over_context:
+    if rep.over_context:  # the run stops on them (train.loop.refuse_over_context)
         rep.problems.append(
             f"{rep.over_context} sequences are longer than the model's {context} positions (max_position_embeddings) "
             f"after truncation {truncation} to max_len {max_len}: training refuses them; use --max-len {context} "
             "(data.max_len)"
         )
+        rep.refused = rep.refused or rep.problems[-1]
     if split:
         rep.notes.append(
             f"{rep.split_documents} text documents longer than max_len {max_len} are split into "
@@ -281,15 +283,20 @@ def check_file(
                             "EOS), and training refuses data.template set beside such files; drop it")  # fmt: skip
     if feedback and (msg := kto_balance(rep.desirable, rep.undesirable)):  # at the default weights, as kto warns
         rep.problems.append(msg)
+    stops = []  # rows training stops on (data.skip_invalid skips them), as a trainer finds them
     if refused:
-        rep.problems.append(f"{len(refused)} pairs training refuses, first: {refused[0]}")
+        stops.append(f"{len(refused)} pairs training refuses, first: {refused[0]}")
     if rep.identical_pairs:
-        rep.problems.append(f"{rep.identical_pairs} pairs with chosen == rejected (training refuses them)")
+        stops.append(f"{rep.identical_pairs} pairs with chosen == rejected (training refuses them)")
     if rep.empty_replies:
-        rep.problems.append(f"{rep.empty_replies} empty chosen/rejected replies (training refuses them)")
+        stops.append(f"{rep.empty_replies} empty chosen/rejected replies (training refuses them)")
     if flipped := [p.source for p in pairs if prefers_rejected(p.extra)]:
-        rep.problems.append(f"{len(flipped)} pairs whose score columns prefer rejected (training refuses them), first "
-                            f"{flipped[0]}")  # fmt: skip
+        stops.append(f"{len(flipped)} pairs whose score columns prefer rejected (training refuses them), first "
+                     f"{flipped[0]}")  # fmt: skip
+    rep.problems += stops
+    if stops and not skip_invalid and not rep.refused:
+        rep.refused = (f"{stops[0]}: training stops at the first such row; fix or drop those rows, or skip them "
+                       f"({names.get('skip_invalid', '--skip-invalid')}, data.skip_invalid=true)")  # fmt: skip
     # training stops at the first of these, with no flag to set here: data check said nothing of them
     if weighted := [p.source for p in pairs if "weight" in p.extra]:
         rep.problems.append(
