@@ -51,7 +51,7 @@ from weitiao.io import atomic_write_text, write_jsonl
 from weitiao.losses import ppo as ppo_losses
 from weitiao.losses.sft import PACKED_SDPA, target_logps
 from weitiao.models import attention, packed_attention
-from weitiao.models.load import disable_dropout, load_tokenizer, lora_as_trained
+from weitiao.models.load import disable_dropout, load_tokenizer, lora_as_trained, lora_continued
 from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
 from weitiao.models.roles import Roles
 from weitiao.models.untrained import refuse_untrained_tokens
@@ -435,7 +435,8 @@ def minibatch_note(p: PPOSpec) -> str | None:
 def run(cfg: PPOConfig) -> dict:
     """Train with PPO; returns the summary (last metrics, cost report, output dir)."""
     p, t = cfg.ppo, cfg.train
-    cfg.lora = lora_as_trained(cfg.lora, t.disable_dropout)
+    # the continued adapter's r, alpha, ... in the config.yaml it records, and in the critic that takes the actor's
+    cfg.lora = lora_continued(lora_as_trained(cfg.lora, t.disable_dropout))
     accel = dist.accelerator(whole="ppo")
     main, world, rank = accel.is_main_process, accel.num_processes, accel.process_index
     reduce = _allsum if world > 1 else None
