@@ -924,3 +924,22 @@ def test_a_continued_actor_records_its_shape_and_the_critic_takes_it(tiny_model_
         assert (actor["r"], actor["lora_alpha"], actor["target_modules"]) == (8, 16, ["q_proj", "v_proj"])
         want = (8, 16, ["q_proj", "v_proj"]) if kind == "function" else (4, 8, ["k_proj"])  # the reward model's
         assert (critic["r"], critic["lora_alpha"], critic["target_modules"]) == want
+
+
+@pytest.mark.slow
+def test_a_continued_adapter_trained_on_another_template_is_refused_under_auto(prompts, chat_file, tmp_path):
+    """An SFT adapter trained with data.template=chatml on a base with no chat template, continued by PPO with
+    data.template left at auto: PPO rendered the prompts as plain (`### 用户:`), a format the actor never saw, and
+    saved plain as its chat_template.jinja, unsaid. Now refused with one line naming the template to set."""
+    from conftest import build_tokenizer, save_tiny_model
+
+    from weitiao.recipes import sft
+
+    base = save_tiny_model(tmp_path / "base", build_tokenizer(chat_template=None), hidden=64)
+    sft.run(recipe_config("sft", base, chat_file, tmp_path / "sft", "data.template=chatml", "train.max_steps=1"))
+    cont = (f"lora.init_from={tmp_path / 'sft'}", "train.max_steps=1", "ppo.rollout_batch_size=4")
+    with pytest.raises(UserError, match=r"data.template: auto renders chats with plain .* set data.template=chatml$"):
+        ppo.run(config(base, prompts, tmp_path / "auto", *cont, lora=()))
+    assert not (tmp_path / "auto").exists()
+    ppo.run(config(base, prompts, tmp_path / "chat", *cont, "data.template=chatml", "ppo.generate_max_len=4", lora=()))
+    assert "<|im_start|>" in (tmp_path / "chat" / "final" / "chat_template.jinja").read_text()
