@@ -943,3 +943,12 @@ def test_a_continued_adapter_trained_on_another_template_is_refused_under_auto(p
     assert not (tmp_path / "auto").exists()
     ppo.run(config(base, prompts, tmp_path / "chat", *cont, "data.template=chatml", "ppo.generate_max_len=4", lora=()))
     assert "<|im_start|>" in (tmp_path / "chat" / "final" / "chat_template.jinja").read_text()
+
+
+def test_a_reward_path_that_is_no_reward_model_names_reward_path(tmp_path):
+    """reward.kind: model with a reward.path that holds no reward model said "--rm PATH: not a reward model dir", a
+    flag of `weitiao score` that a PPO config does not have; now the line names reward.path."""
+    from weitiao.recipes.rewards import RewardSpec, build_scorer
+
+    with pytest.raises(UserError, match=r"^reward.path: .*/nothing: not a reward model dir"):
+        build_scorer(RewardSpec(kind="model", path=str(tmp_path / "nothing")))
