@@ -884,3 +884,71 @@ def test_ratio_var_is_over_the_minibatch_not_a_mean_of_micro_batch_variances(tin
     assert got[1]["ratio_mean"] == pytest.approx(got[4]["ratio_mean"], abs=1e-6)  # the same updates
     assert got[4]["ratio_var"] > 1e-4  # the policy moved: ratios spread
     assert got[1]["ratio_var"] == pytest.approx(got[4]["ratio_var"], rel=1e-3)
+
+
+def adapter_shapes(run: Path) -> dict:
+    """The actor's and the critic's adapter_config.json in run/final, target lists sorted."""
+    shapes = {}
+    for role, sub in (("actor", "adapter"), ("critic", "critic/critic")):
+        c = json.loads((run / "final" / sub / "adapter_config.json").read_text())
+        c["target_modules"] = sorted(c["target_modules"])
+        shapes[role] = c
+    return shapes
+
+
+@pytest.mark.slow
+def test_a_continued_actor_records_its_shape_and_the_critic_takes_it(tiny_model_dir, prompts, chat_file, tmp_path):
+    """PPO with `lora.init_from` (an r 8 SFT adapter) and no lora.r trained r 8 but recorded the default `r: 16` in
+    config.yaml, so `weitiao ppo RUN/config.yaml train.resume=none` was refused, and the default critic ("the actor's
+    settings") was r 16 on all-linear. Now the unset lora keys take the adapter's values before the run records them:
+    the critic has the actor's shape, or the reward model's when it starts from it, and the recorded config.yaml
+    trains the same actor and critic again."""
+    from weitiao.recipes import rm, sft
+
+    shape = ["lora.r=8", "lora.alpha=16", "lora.targets=[q_proj,v_proj]", "train.max_steps=2"]
+    sft.run(recipe_config("sft", tiny_model_dir, chat_file, tmp_path / "sft", *shape))
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "问", "chosen": "好😊", "rejected": "不。"}] * 4)
+    rm.run(recipe_config("rm", tiny_model_dir, pairs, tmp_path / "rm", "lora.r=4", "lora.targets=[k_proj]",
+                         "train.max_steps=1"))  # fmt: skip
+    sources = {"function": [], "model": ["reward.kind=model", f"reward.path={tmp_path / 'rm'}"]}
+    for kind, reward in sources.items():
+        first, again = tmp_path / f"{kind}-1", tmp_path / f"{kind}-2"
+        ppo.run(config(tiny_model_dir, prompts, first, f"lora.init_from={tmp_path / 'sft'}", "train.max_steps=1",
+                       "ppo.rollout_batch_size=4", "ppo.generate_max_len=4", *reward, lora=()))  # fmt: skip
+        recorded = load_config(ppo.PPOConfig, first / "config.yaml", ["train.resume=none", f"train.out={again}"])
+        assert (recorded.lora.r, recorded.lora.alpha, recorded.lora.targets) == (8, 16.0, ["q_proj", "v_proj"])
+        ppo.run(recorded)
+        shapes = adapter_shapes(first)
+        assert shapes == adapter_shapes(again)
+        actor, critic = shapes["actor"], shapes["critic"]
+        assert (actor["r"], actor["lora_alpha"], actor["target_modules"]) == (8, 16, ["q_proj", "v_proj"])
+        want = (8, 16, ["q_proj", "v_proj"]) if kind == "function" else (4, 8, ["k_proj"])  # the reward model's
+        assert (critic["r"], critic["lora_alpha"], critic["target_modules"]) == want
+
+
+@pytest.mark.slow
+def test_a_continued_adapter_trained_on_another_template_is_refused_under_auto(prompts, chat_file, tmp_path):
+    """An SFT adapter trained with data.template=chatml on a base with no chat template, continued by PPO with
+    data.template left at auto: PPO rendered the prompts as plain (`### 用户:`), a format the actor never saw, and
+    saved plain as its chat_template.jinja, unsaid. Now refused with one line naming the template to set."""
+    from conftest import build_tokenizer, save_tiny_model
+
+    from weitiao.recipes import sft
+
+    base = save_tiny_model(tmp_path / "base", build_tokenizer(chat_template=None), hidden=64)
+    sft.run(recipe_config("sft", base, chat_file, tmp_path / "sft", "data.template=chatml", "train.max_steps=1"))
+    cont = (f"lora.init_from={tmp_path / 'sft'}", "train.max_steps=1", "ppo.rollout_batch_size=4")
+    with pytest.raises(UserError, match=r"data.template: auto renders chats with plain .* set data.template=chatml$"):
+        ppo.run(config(base, prompts, tmp_path / "auto", *cont, lora=()))
+    assert not (tmp_path / "auto").exists()
+    ppo.run(config(base, prompts, tmp_path / "chat", *cont, "data.template=chatml", "ppo.generate_max_len=4", lora=()))
+    assert "<|im_start|>" in (tmp_path / "chat" / "final" / "chat_template.jinja").read_text()
+
+
+def test_a_reward_path_that_is_no_reward_model_names_reward_path(tmp_path):
+    """reward.kind: model with a reward.path that holds no reward model said "--rm PATH: not a reward model dir", a
+    flag of `weitiao score` that a PPO config does not have; now the line names reward.path."""
+    from weitiao.recipes.rewards import RewardSpec, build_scorer
+
+    with pytest.raises(UserError, match=r"^reward.path: .*/nothing: not a reward model dir"):
+        build_scorer(RewardSpec(kind="model", path=str(tmp_path / "nothing")))

@@ -51,7 +51,13 @@ from weitiao.io import atomic_write_text, write_jsonl
 from weitiao.losses import ppo as ppo_losses
 from weitiao.losses.sft import PACKED_SDPA, target_logps
 from weitiao.models import attention, packed_attention
-from weitiao.models.load import disable_dropout, load_tokenizer, lora_as_trained
+from weitiao.models.load import (
+    disable_dropout,
+    load_tokenizer,
+    lora_as_trained,
+    lora_continued,
+    refuse_other_template,
+)
 from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
 from weitiao.models.roles import Roles
 from weitiao.models.untrained import refuse_untrained_tokens
@@ -435,7 +441,8 @@ def minibatch_note(p: PPOSpec) -> str | None:
 def run(cfg: PPOConfig) -> dict:
     """Train with PPO; returns the summary (last metrics, cost report, output dir)."""
     p, t = cfg.ppo, cfg.train
-    cfg.lora = lora_as_trained(cfg.lora, t.disable_dropout)
+    # the continued adapter's r, alpha, ... in the config.yaml it records, and in the critic that takes the actor's
+    cfg.lora = lora_continued(lora_as_trained(cfg.lora, t.disable_dropout))
     accel = dist.accelerator(whole="ppo")
     main, world, rank = accel.is_main_process, accel.num_processes, accel.process_index
     reduce = _allsum if world > 1 else None
@@ -450,6 +457,7 @@ def run(cfg: PPOConfig) -> dict:
     # 0. Prompts, tokenizer, template; the reward source; the three roles on one base.
     tokenizer = load_tokenizer(cfg.model.path)
     template = resolve_template(tokenizer, cfg.data.template)
+    refuse_other_template(cfg.lora, cfg.data.template, tokenizer, template)  # the actor's format, not a guess
     rows = prompt_rows(cfg.data.prompts)
     prompts = [r.messages for r in rows]
     if main and (note := reference_note(rows)):

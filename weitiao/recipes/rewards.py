@@ -70,7 +70,11 @@ def model_scorer(path: str, device: Any = None, batch_size: int = 16) -> tuple[S
     from weitiao.models.heads import RAW, load_reward_model, reward_meta
     from weitiao.recipes.score import score_conversations
 
-    if reward_meta(path)[1].get("format") == RAW:  # its scores hold only on raw text, not on rendered chats
+    try:
+        meta = reward_meta(path)[1]
+    except UserError as e:  # it names the flag of `weitiao score` (--rm), not this config's key
+        raise UserError(str(e).replace("--rm ", "reward.path: ", 1)) from None
+    if meta.get("format") == RAW:  # its scores hold only on raw text, not on rendered chats
         raise UserError(
             f"reward.path {path}: this reward model was trained on raw text pairs (data.format: preference_raw), "
             "but PPO scores chat-rendered prompts and replies; train it on chat pairs (data.format: auto/preference)"
