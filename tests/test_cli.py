@@ -162,6 +162,7 @@ def test_data_check_fails_on_rows_training_stops_on(tmp_path, tiny_model_dir, to
         "error: 1 pairs with chosen == rejected (training refuses them): training stops at the first such row; fix or "
         "drop those rows, or skip them (--skip-invalid, data.skip_invalid=true)"
     ]
+    assert check_file([str(same)], tokenizer).refused.endswith("skip them (data.skip_invalid=true)")  # the console's
     assert check_file([str(same)], tokenizer, skip_invalid=True).refused == ""
     assert check_file([str(write_jsonl(tmp_path / "good.jsonl", [good] * 3))], tokenizer).refused == ""
     empty = write_jsonl(tmp_path / "empty.jsonl", [good, {**good, "rejected": ""}])

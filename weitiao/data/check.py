@@ -295,8 +295,9 @@ def check_file(
                      f"{flipped[0]}")  # fmt: skip
     rep.problems += stops
     if stops and not skip_invalid and not rep.refused:
+        flag = f"{names['skip_invalid']}, " if "skip_invalid" in names else ""  # the console has no such box
         rep.refused = (f"{stops[0]}: training stops at the first such row; fix or drop those rows, or skip them "
-                       f"({names.get('skip_invalid', '--skip-invalid')}, data.skip_invalid=true)")  # fmt: skip
+                       f"({flag}data.skip_invalid=true)")  # fmt: skip
     # training stops at the first of these, with no flag to set here: data check said nothing of them
     if weighted := [p.source for p in pairs if "weight" in p.extra]:
         rep.problems.append(
