@@ -2,6 +2,9 @@
 
 pii.py                      Chinese-first PII recognizers (ID, mobile, card, email, IP, landline, passport,
                             QQ, WeChat ID, plate, name, address) and scrub modes
+pii_address.py              address recognizers: province/city/district, road + number, estates and blocks, cues
+pii_name.py                 person names: jieba `nr` tags filtered by surnames and context; labelled names without jieba
+pii_match.py                the Match record and what the recognizers share (Han ranges, product labels, jieba)
 pii_data.py                 surname lists, province codes, plate prefixes, refusal templates, fake-value pools
 pii_fake.py                 pseudonyms for `pii scrub --mode pseudonym` that can never be a real person's
 pii_files.py                PII over data files (scan/scrub), privacy-refusal SFT/DPO rows
