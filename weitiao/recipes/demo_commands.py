@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from weitiao import progress
-from weitiao.data.decode import terminal_safe
+from weitiao.data.decode import no_whole_character, terminal_safe
 from weitiao.recipes.demo import EMPTY_REPLY, STAGES, TARGETS
 
 
@@ -74,5 +74,5 @@ def side_by_side(measured: dict, n_ordinary: int = 5, n_redline: int = 3) -> Tab
 def _cell(r: dict) -> Text:
     """A reply's cell; tokens that decode to no whole character (broken UTF-8 bytes are dropped) are said, not blank."""
     if not r["reply"] and r.get("n_tokens"):
-        return Text(f"∅ {r['n_tokens']} tokens, no whole character", style="dim")
+        return Text(no_whole_character(r["n_tokens"]), style="dim")
     return Text(terminal_safe(r["reply"]).replace("\n", "⏎"))

@@ -406,12 +406,19 @@ def check_inputs(ckpt: Path, inputs: dict[str, str], force: bool) -> str:
     return ", ".join(sorted(changed))
 
 
+def _run_files(out: Path) -> tuple[list[Path], list[Path]]:
+    """What a run wrote in `out`, by name: its RUN_FILES, and its checkpoints/step-NNNNNN (a crashed save's
+    .tmp-step-NNNNNN too), not a user's copy such as step-000100-keep."""
+    root = out / "checkpoints"
+    steps = [p for p in root.iterdir() if is_step_dir(Path(p.name.removeprefix(TMP_PREFIX)))] if root.is_dir() else []
+    return [out / n for n in RUN_FILES if (out / n).exists()], sorted(steps)
+
+
 def refuse_foreign_files(out: Path) -> None:
     """A fresh run moves a previous run's files aside; files of those names that no run wrote (no inputs.json, final/
     or checkpoint: a user's own config.yaml or metrics.jsonl kept in `out`) are refused instead of moved."""
-    names = [n for n in RUN_FILES if (out / n).exists()]
-    root = out / "checkpoints"
-    steps = root.is_dir() and any(is_step_dir(Path(p.name.removeprefix(TMP_PREFIX))) for p in root.iterdir())
+    paths, steps = _run_files(out)
+    names = [p.name for p in paths]
     if names and not ({INPUTS_FILE, "final"} & set(names) or steps):
         raise UserError(
             f"train.out: {out} holds {', '.join(names)}, which no weitiao run wrote there (no {INPUTS_FILE}, final/ "
@@ -428,10 +435,8 @@ def move_previous_run(out: Path) -> Path | None:
     Left in place, metrics would append to the old file and `resume: auto` could pick up the old
     run's checkpoints. Returns the new home, or None when there was nothing to move.
     """
-    names = [out / n for n in RUN_FILES if (out / n).exists()]
+    names, steps = _run_files(out)
     root = out / "checkpoints"
-    ours = (p for p in root.iterdir() if is_step_dir(Path(p.name.removeprefix(TMP_PREFIX)))) if root.is_dir() else ()
-    steps = sorted(ours)
     if not names and not steps:
         return None
     stamp, n = time.strftime("%Y%m%d-%H%M%S"), 0
