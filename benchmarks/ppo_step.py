@@ -3,13 +3,15 @@
     .venv/bin/python benchmarks/ppo_step.py                                  # this checkout, 4 steps
     git archive 2a5da27 | tar -x -C /tmp/before                              # the code when #24 was filed
     .venv/bin/python benchmarks/ppo_step.py --checkout /tmp/before --checkout . --repeats 2
+    .venv/bin/python benchmarks/ppo_step.py --checkout . --checkout ". ppo.critic=separate"   # overrides after a path
 
 Each run is a child process with the checkout first on PYTHONPATH, running that checkout's recipe on its own
-examples/demo_ppo.yaml (`--model` replaces model.path: pass a copy of the demo model so a rebuild does not
-change it between runs), `--steps` steps, no saves but the final one, `--threads` torch threads. The child
-times the recipe's own functions, so old and new code are cut the same way: rollout (`generate_ids`),
-reward (the score function), old log-probs (actor `token_logps` without gradients; 0 with the demo's
-`ppo.old_logprobs: rollout`, where the sampler's own come inside the rollout), values (`token_values`
+examples/demo_ppo.yaml plus the overrides given after its path, if any (`--model` replaces model.path: pass a
+copy of the demo model so a rebuild does not change it between runs), `--steps` steps, no saves but the final
+one, `--threads` torch threads. The child times the recipe's own functions, so old and new code are cut the same
+way: rollout (`generate_ids`), reward (the score function), old log-probs (actor `token_logps` without gradients,
+or `actor_logps_values` with `ppo.critic: shared`; 0 with the demo's `ppo.old_logprobs: rollout`, where the
+sampler's own come inside the rollout, with the shared critic's values), values (`token_values`
 without gradients), reference (reference `token_logps`), advantages (`gae` + `whiten`), update (the
 end of the advantages to the β update); `other` is the rest of the steps' wall time (decoding texts, metrics,
 the final save). Each phase is timed in wall seconds and in process CPU seconds: with 1 torch thread the CPU
@@ -87,12 +89,16 @@ def child(a: argparse.Namespace) -> None:
             None if torch.is_grad_enabled() else {"actor": "old_logp", "reference": "reference"}[role]
         ),
     )
+    no_grad = lambda name: lambda *r, **k: None if torch.is_grad_enabled() else name  # noqa: E731
+    if hasattr(ppo, "actor_logps_values"):  # ppo.critic: shared with old_logprobs: recompute (values come with them)
+        ppo.actor_logps_values = timed(ppo.actor_logps_values, no_grad("old_logp"))
     ppo.token_values = timed(ppo.token_values, lambda *r, **k: None if torch.is_grad_enabled() else "values")
     ppo_losses.gae = timed(ppo_losses.gae, "advantages")
     ppo_losses.whiten = timed(ppo_losses.whiten, "advantages")  # the last call before the update epochs
     ppo_losses.AdaptiveKL.update = after_update
     over = [f"model.path={a.model}", f"train.max_steps={a.steps}", "train.save_every=0", f"train.out={a.out}"]
     over += ["train.resume=none", "train.progress=false", "train.sample_every=0", "train.tensorboard=false"]
+    over += a.set or []
     cfg = load_config(ppo.PPOConfig, str(Path(a.checkout) / "examples/demo_ppo.yaml"), over)
     summary = ppo.run(cfg)
     steps, cost = summary["steps"], summary["cost"]
@@ -100,13 +106,19 @@ def child(a: argparse.Namespace) -> None:
     res["step"] = cost["total_s"] / steps
     res["other"] = res["step"] - sum(res[k] for k in PHASES)
     res["recipe_cost"] = cost
-    res["metrics"] = {k: summary[k] for k in ("score", "kl", "policy_loss", "value_loss") if k in summary}
+    last = {k.removeprefix("last_train_"): v for k, v in summary.items()}  # the last step's (unprefixed before)
+    res["metrics"] = {k: last[k] for k in ("score", "kl", "policy_loss", "value_loss") if k in last}
     print("RESULT " + json.dumps(res))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkout", action="append", help="repository root to run (repeatable; default: this one)")
+    ap.add_argument(
+        "--checkout",
+        action="append",
+        help="repository root to run, then overrides of its demo config, e.g. '. ppo.critic=separate' "
+        "(repeatable; default: .)",
+    )
     ap.add_argument("--model", default="demo", help="model.path (a copy of the demo model keeps runs comparable)")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the child")
@@ -114,16 +126,20 @@ def main() -> None:
     ap.add_argument("--json", help="write every run here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--set", action="append", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         a.checkout = a.checkout[0]
         return child(a)
-    checkouts = [str(Path(c).resolve()) for c in a.checkout or [str(REPO)]]
+    given = [c.split() for c in a.checkout or [str(REPO)]]
+    checkouts = [" ".join([str(Path(c[0]).resolve()), *c[1:]]) for c in given]
     runs: dict[str, list[dict]] = {c: [] for c in checkouts}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(a.repeats):
-            for c in checkouts:
+            for label in checkouts:
+                c, *overrides = label.split()
                 cmd = [sys.executable, __file__, "--child", "--checkout", c, "--model", a.model]
+                cmd += [f"--set={x}" for x in overrides]
                 cmd += ["--steps", str(a.steps), "--threads", str(a.threads), "--out", f"{tmp}/run{i}"]
                 env = {**os.environ, "PYTHONPATH": c, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
                 load0 = os.getloadavg()[0]
@@ -132,9 +148,9 @@ def main() -> None:
                     sys.exit(f"{c} failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
                 res = json.loads([x for x in p.stdout.splitlines() if x.startswith("RESULT ")][-1][7:])
                 res["load"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
-                runs[c].append(res)
+                runs[label].append(res)
                 row = " ".join(f"{k} {res[k]:.3f}/{res['cpu_' + k]:.3f}" for k in PHASES)
-                print(f"{c} run {i + 1}: step {res['step']:.3f} s; wall/CPU s: {row}  load {res['load']}", flush=True)
+                print(f"{label} run {i + 1}: step {res['step']:.3f} s; wall/CPU s: {row}  load {res['load']}")
     cols = (*PHASES, "other")
     print(f"\nseconds per step (median of {a.repeats}), {a.steps} steps, {a.threads} torch thread(s):")
     for kind, pre in (("wall", ""), ("process CPU", "cpu_")):

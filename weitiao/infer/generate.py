@@ -51,6 +51,7 @@ class Sampled:
     response_ids: list[int]
     stopped: bool
     logps: list[float] | None = None  # with `generate_ids(logps=True)`: each reply token's log-prob where drawn
+    values: list[float] | None = None  # with `generate_ids(values=...)`: its function of the hidden state there
 
 
 @dataclass
@@ -322,10 +323,12 @@ class Engine:
         adapters: bool = False,
         ban: Callable[[list, int], torch.Tensor | None] | None = None,
         sampled_logps: bool = False,
+        values: Callable[[], torch.Tensor] | None = None,
     ) -> None:
         self.model, self.pad_id, self.max_rows, self.chunk = model, pad_id, max_rows, prefill_chunk
         self.adapters, self.ban = adapters, ban
         self.sampled_logps = sampled_logps  # each row's `sampled` list gets its tokens' log-probs where drawn
+        self.values = values  # [rows] of the forward just run (its last position): each row's `values` list gets them
         self.device = next(model.parameters()).device
         self.waiting: list = []
         self.filling: _Part | None = None
@@ -359,7 +362,7 @@ class Engine:
         to its end alone, and only those that fail then go to `fail`. `ticked()` after each lone tick."""
         suspects = list({id(r): r for p in (self.filling, self.running) if p is not None for r in p.rows}.values())
         self.filling = self.running = None
-        solo = Engine(self.model, self.pad_id, 1, self.chunk, self.adapters, self.ban, self.sampled_logps)
+        solo = Engine(self.model, self.pad_id, 1, self.chunk, self.adapters, self.ban, self.sampled_logps, self.values)
         solo.stats = self.stats
         failed = []
 
@@ -470,6 +473,9 @@ class Engine:
             if self.sampled_logps:
                 for row, lp in zip(rows, part.sampler.logps.tolist()):
                     row.sampled.append(lp)
+            if self.values is not None:  # the forward that gave `logits` (the hidden state the drawn token's came from)
+                for row, v in zip(rows, self.values().tolist()):
+                    row.values.append(v)
             entries = logprob_entries(raw, tokens, k) if raw is not None else [None] * len(rows)
             for row, tok, e in zip(rows, tokens.tolist(), entries):
                 row.feed(tok, None if e is None or row.logprobs is None else (e[0], e[1], e[2][: row.logprobs]))
@@ -502,6 +508,7 @@ class _Reply:
         self.prompt_ids, self.sampling, self.stops, self.max_new = prompt_ids, sampling, stops, max_new
         self.ids: list[int] = []
         self.sampled: list[float] = []  # log-probs where drawn, when the engine keeps them
+        self.values: list[float] = []  # the engine's `values` where drawn, when it has them
         self.stopped = False
         self.done = max_new <= 0
 
@@ -645,6 +652,7 @@ def generate_ids(
     no_repeat_ngram_size: int = 0,
     logps: bool = False,
     stops: set[int] | None = None,
+    values: tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> list[Sampled]:
     """Reply to each conversation (ending with a user turn); greedy when temperature == 0.
 
@@ -656,6 +664,9 @@ def generate_ids(
     softmax(logits / temperature), the distribution PPO's log-probs score. With `logps` each reply token's
     log-prob under the distribution it was drawn from comes back too (`Sampled.logps`). `stops`: the ids a
     reply ends at (kept), the template's end-of-turn when None (PPO's sampler, which cuts its draws itself).
+    `values` = (trunk, head): each reply token also gets head(h) [rows, H] → [rows], h the last hidden state (the
+    `last_hidden_state` of `trunk`, a module inside `model`) at the position whose logits drew it (`Sampled.values`;
+    PPO's shared critic: the values of a forward of the actor on the whole sequence, from the decode's own states).
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -678,7 +689,17 @@ def generate_ids(
     ]
     # all of a batch's prompts in one prefill: offline, nobody waits on the first token
     chunk = batch_size * max((len(p) for p in prompts), default=1)
-    engine = Engine(model, pad_id, max_rows=batch_size, prefill_chunk=chunk, ban=ban, sampled_logps=logps)
+    hidden: list[torch.Tensor] = []  # the trunk's last hidden states [rows, width, H] of the latest forward
+    hook = read = None
+    if values is not None:
+        trunk, head = values
+
+        def keep(_module: Any, _args: Any, out: Any) -> None:
+            hidden[:] = [out[0]]
+
+        hook = trunk.register_forward_hook(keep)
+        read = lambda: head(hidden[0][:, -1])  # noqa: E731  (left-padded: the last column is each row's latest)
+    engine = Engine(model, pad_id, max_rows=batch_size, prefill_chunk=chunk, ban=ban, sampled_logps=logps, values=read)
     engine.add(rows)
     was_training = model.training
     model.eval()
@@ -687,7 +708,12 @@ def generate_ids(
             engine.tick()
     finally:
         model.train(was_training)
-    return [Sampled(r.prompt_ids, r.ids, r.stopped, r.sampled if logps else None) for r in rows]
+        if hook is not None:
+            hook.remove()
+    return [
+        Sampled(r.prompt_ids, r.ids, r.stopped, r.sampled if logps else None, r.values if values else None)
+        for r in rows
+    ]
 
 
 def generate(

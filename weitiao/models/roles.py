@@ -1,5 +1,8 @@
 """PPO's models on one base: actor, reference and critic as LoRA adapters (or full copies) + a value head.
 
+With `shared_critic` there is no critic trunk: the value head reads the actor's hidden states (TRL v0's
+AutoModelForCausalLMWithValueHead), and `critic_params` is the value head alone.
+
 peft switches the active adapter per forward (`Roles.use`); the reference is a frozen copy of the
 starting adapter, or the base with adapters disabled; the critic adapter can start from a reward
 model's LoRA weights, its score head and the modules it trained in full (`critic_init="reward"`; those are
@@ -33,6 +36,7 @@ class Roles(nn.Module):
         critic_init: str = "auto",
         critic_lora: LoraSpec | None = None,
         reward_base: str | None = None,
+        shared_critic: bool = False,
     ):
         """`reward_base`: how the weights under the reward model's score head differ from `model`'s, shapes alike
         (`recipes.rewards.critic_base_difference`), or None. A LoRA critic is the reward model's adapter on this base,
@@ -46,12 +50,14 @@ class Roles(nn.Module):
         if critic_lora is not None:
             _refuse_unused_critic_keys(critic_lora)
         base = load_model(model, device)
-        self.lora = lora.enabled
+        self.lora, self.shared_critic = lora.enabled, shared_critic
         critic_spec = critic_lora or lora.model_copy(update={"init_from": None})
         init = critic_init
-        other = _other_base(reward_model, base) if reward_model is not None else None
+        other = _other_base(reward_model, base) if reward_model is not None and not shared_critic else None
         other = other or (reward_base if lora.enabled else None)
-        if init == "auto":
+        if shared_critic:  # a value head on the actor, from zeros (ppo.critic_init is refused with it)
+            init = "zeros"
+        elif init == "auto":
             init = "reward" if reward_model is not None and not other else "zeros"
             if other:
                 print(f"ppo.critic_init auto: zeros, the reward model's base is another model ({other})")
@@ -86,7 +92,8 @@ class Roles(nn.Module):
                     r=critic_spec.r, lora_alpha=a, target_modules=critic_spec.targets, lora_dropout=0.0,
                     use_rslora=critic_spec.rslora, use_dora=critic_spec.dora,
                 )  # fmt: skip
-            self.model.add_adapter("critic", cc)
+            if not shared_critic:
+                self.model.add_adapter("critic", cc)
             if rm_lora is not None:
                 _copy_lora(rm_lora, self.model)
             self.model.base_model.set_adapter("default")
@@ -97,7 +104,7 @@ class Roles(nn.Module):
             self.model = base
             self.ref_model = copy.deepcopy(base).requires_grad_(False)
             src = _plain_body(reward_model) if init == "reward" else None
-            self.critic_model = copy.deepcopy(base)
+            self.critic_model = None if shared_critic else copy.deepcopy(base)
             if src is not None:
                 _decoder(self.critic_model).load_state_dict(_decoder(src).state_dict())
         hidden = base.config.hidden_size
@@ -108,8 +115,9 @@ class Roles(nn.Module):
         self.softcap = logit_softcap(base)
         self.eval()  # rollouts and scoring run without dropout; the recipe switches to train() for updates
         self.actor_params = [p for n, p in self.model.named_parameters() if _is_actor(n, self.lora) and p.requires_grad]
-        critic = self.model if self.lora else self.critic_model
-        self.critic_params = [p for n, p in critic.named_parameters() if ".critic." in n or not self.lora]
+        critic = None if shared_critic else self.model if self.lora else self.critic_model
+        own = [] if critic is None else critic.named_parameters()
+        self.critic_params = [p for n, p in own if ".critic." in n or not self.lora]
         self.critic_params += list(self.value_head.parameters())
         for p in self.critic_params:
             p.requires_grad_(True)
@@ -118,6 +126,8 @@ class Roles(nn.Module):
         """The module that computes `role` (switches the active adapter in LoRA mode)."""
         if not self.lora:
             return {"actor": self.model, "reference": self.ref_model, "critic": self.critic_model}[role]
+        if role == "critic" and self.shared_critic:
+            raise ValueError("ppo.critic: shared has no critic trunk: its values come from the actor's hidden states")
         name = {"actor": "default", "reference": "reference", "critic": "critic"}[role]
         self.model.base_model.set_adapter(name)
         return self.model

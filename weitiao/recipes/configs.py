@@ -171,7 +171,7 @@ class PPOSpec(BaseModel):
     lambd: float = Field(0.95, ge=0, le=1, description="GAE λ")
     eps_clip: float = Field(0.2, gt=0, description="ε of the clipped policy ratio")
     value_clip: float | None = Field(0.2, gt=0, description="ε_v of the clipped value loss; None = unclipped")
-    vf_coef: float = Field(0.5, ge=0, description="weight of the value loss (critic has its own optimizer)")
+    vf_coef: float = Field(0.5, ge=0, description="weight of the value loss (critic shared: in the joint loss)")
     entropy_loss_coef: float = Field(0.0, ge=0, description="weight of the entropy bonus")
     rollout_batch_size: int = Field(16, gt=0, description="prompts per step (per process)")
     n_samples_per_prompt: int = Field(1, gt=0, description="replies sampled per prompt")
@@ -180,8 +180,8 @@ class PPOSpec(BaseModel):
     micro_rollout_batch_size: int = Field(8, gt=0, description="samples per no-grad scoring forward")
     max_epochs: int = Field(2, gt=0, description="PPO epochs over each rollout batch")
     actor_learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate of the actor")
-    critic_learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate of the critic")
-    max_norm: float = Field(1.0, gt=0, description="gradient clipping, actor and critic separately")
+    critic_learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate of the critic (critic: separate)")
+    max_norm: float = Field(1.0, gt=0, description="gradient clipping: actor and critic separately, or shared: jointly")
     prompt_max_len: int = Field(256, gt=0, description="longer prompts (in tokens) are dropped")
     generate_max_len: int = Field(64, gt=0, description="reply tokens sampled at most")
     temperature: float = Field(1.0, gt=0, description="rollout sampling temperature (log-probs use the same)")
@@ -190,6 +190,14 @@ class PPOSpec(BaseModel):
     normalize_reward: bool = Field(False, description="divide scores by their running std (and subtract mean)")
     reward_clip_range: float | None = Field(None, gt=0, description="clip scores to ±this after normalization")
     whiten_advantages: bool = Field(True, description="advantages to mean 0, std 1 per batch")
+    critic: Literal["separate", "shared"] = Field(
+        "separate",
+        description="separate: the critic is its own LoRA adapter (or full copy) + value head with its own optimizer; "
+        "shared: a value head on the actor's last hidden states, one forward + backward of policy + vf_coef · value "
+        "loss, one optimizer at actor_learning_rate (TRL v0's AutoModelForCausalLMWithValueHead, LLaMA-Factory): "
+        "half the update's trunk passes, value gradients reach the actor; critic_learning_rate, critic_lora and "
+        "critic_init are then not used (refused when set)",
+    )
     critic_init: Literal["auto", "reward", "zeros"] = Field("auto", description="auto: reward if reward.kind=model")
     critic_lora: LoraSpec | None = Field(None, description="critic adapter; default = the actor's settings")
     old_logprobs: Literal["recompute", "rollout"] = Field(
@@ -218,6 +226,19 @@ class PPOSpec(BaseModel):
             raise ValueError(
                 f"ppo.kl_target={self.kl_target} scales β from ppo.init_kl_coef, which is 0 so stays 0; "
                 "set init_kl_coef > 0 (e.g. 0.05) or remove kl_target"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _shared_critic_has_no_own_settings(self) -> PPOSpec:
+        # compared with the defaults, not with the keys written: a run's config.yaml records every key
+        unused = {k: getattr(self, k) for k in ("critic_learning_rate", "critic_init", "critic_lora")}
+        unused = {k: v for k, v in unused.items() if v != type(self).model_fields[k].default}
+        if self.critic == "shared" and unused:
+            keys = ", ".join(f"ppo.{k}" for k in unused)
+            raise ValueError(
+                f"{keys} would do nothing with ppo.critic: shared (the value head sits on the actor, trained with it "
+                f"by one optimizer at ppo.actor_learning_rate); drop {keys} or set ppo.critic: separate"
             )
         return self
 

@@ -183,11 +183,26 @@ def token_logps(
     The distribution is the one rollouts sample from: softmax(softcap(logits) / T), through the
     log-prob function SFT and DPO use; 0 on padding.
     """
-    targets = b.resp.masked_fill(b.mask == 0, IGNORE)
     with roles.parts(role) as (decoder, head):
-        got = target_logps(
-            _hidden_at(decoder, b), targets, head, softcap=roles.softcap, temperature=temperature, entropy=entropy
-        )
+        return _scored(roles, head, _hidden_at(decoder, b), b, temperature, entropy)
+
+
+def actor_logps_values(
+    roles: Roles, b: Rollout, temperature: float, entropy: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """`token_logps` of the actor and its values (`ppo.critic: shared`: the value head on the same hidden states),
+    from one forward."""
+    with roles.parts("actor") as (decoder, head):
+        h = _hidden_at(decoder, b)
+        logp, ent = _scored(roles, head, h, b, temperature, entropy)
+    return logp, ent, roles.value_head(h.float()).squeeze(-1) * b.mask
+
+
+def _scored(
+    roles: Roles, head: torch.nn.Module, hidden: torch.Tensor, b: Rollout, temperature: float, entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    targets = b.resp.masked_fill(b.mask == 0, IGNORE)
+    got = target_logps(hidden, targets, head, softcap=roles.softcap, temperature=temperature, entropy=entropy)
     lp, ent = got if entropy else (got, None)
     sel = targets != IGNORE
     logp = lp.new_zeros(b.mask.shape)
@@ -224,6 +239,17 @@ def rollout_actor(roles: Roles, merge: bool) -> Iterator[Any]:
             for m, params in zip(layers, saved):
                 for q, kept in zip(m.get_base_layer().parameters(), params):
                     q.copy_(kept)
+
+
+def _value_reader(roles: Roles) -> tuple[torch.nn.Module, Any]:
+    """(trunk, head) for `generate_ids(values=...)`: the value head on the actor's last hidden states."""
+    with roles.parts("actor") as (decoder, _):
+        return decoder, lambda h: roles.value_head(h.float()).squeeze(-1)
+
+
+def _padded(rows: list[list[float]], device: torch.device) -> torch.Tensor:
+    """Per-sample lists (the sampler's log-probs or values) as [B, R], 0 after each one's end."""
+    return torch.nn.utils.rnn.pad_sequence([torch.tensor(r) for r in rows], batch_first=True).to(device)
 
 
 def token_values(roles: Roles, b: Rollout) -> torch.Tensor:
@@ -389,7 +415,8 @@ def cut_at_stop(s: Sampled, stops: set[int]) -> Sampled:
     j = next((i for i, tok in enumerate(s.response_ids) if tok in stops), None)
     if j is None or (s.stopped and j == len(s.response_ids) - 1):
         return s
-    return Sampled(s.prompt_ids, s.response_ids[: j + 1], True, None if s.logps is None else s.logps[: j + 1])
+    cut = [None if x is None else x[: j + 1] for x in (s.logps, s.values)]
+    return Sampled(s.prompt_ids, s.response_ids[: j + 1], True, *cut)
 
 
 def reply_text(tokenizer: Any, s: Sampled) -> str:
@@ -480,10 +507,11 @@ def run(cfg: PPOConfig) -> dict:
         accel, cfg, config_yaml, fingerprints, lens, digest, [], data_key="data.prompts", rows="prompts"
     )
     score_fn, reward_model = build_scorer(cfg.reward, device)
+    shared = p.critic == "shared"  # a value head on the actor: one forward + backward per update micro-batch
     reward_base = None
-    if reward_model is not None and cfg.lora.enabled and p.critic_init != "zeros":  # the critic takes its adapter
-        reward_base = critic_base_difference(cfg.reward.path, cfg.model.path)
-    roles = Roles(cfg.model, cfg.lora, device, reward_model, p.critic_init, p.critic_lora, reward_base)
+    if reward_model is not None and cfg.lora.enabled and p.critic_init != "zeros" and not shared:  # the critic takes
+        reward_base = critic_base_difference(cfg.reward.path, cfg.model.path)  # its adapter
+    roles = Roles(cfg.model, cfg.lora, device, reward_model, p.critic_init, p.critic_lora, reward_base, shared)
     refuse_untrained_tokens(roles.model, tokenizer, template, main)  # the actor's rows (the critic reads them too)
     context, longest = getattr(roles.model.config, "max_position_embeddings", None), max(lens_kept)
     if context and longest + p.generate_max_len > context:  # past it a RoPE model runs on, silently out of range
@@ -509,19 +537,29 @@ def run(cfg: PPOConfig) -> dict:
     stops = set(stop_ids(tokenizer, template, roles.model.generation_config.eos_token_id))
     if reward_model is not None and p.critic_init != "zeros":
         reward_model.eval()
-    actor_opt = torch.optim.AdamW(roles.actor_params, lr=p.actor_learning_rate)
-    critic_opt = torch.optim.AdamW(roles.critic_params, lr=p.critic_learning_rate)
+    # shared: one optimizer over the actor and its value head (critic_params: the head alone), clipped jointly
+    joint = roles.actor_params + roles.critic_params
+    opts = (
+        {"optimizer": torch.optim.AdamW(joint, lr=p.actor_learning_rate)}
+        if shared
+        else {
+            "actor_optimizer": torch.optim.AdamW(roles.actor_params, lr=p.actor_learning_rate),
+            "critic_optimizer": torch.optim.AdamW(roles.critic_params, lr=p.critic_learning_rate),
+        }
+    )
     kl_ctl = ppo_losses.AdaptiveKL(p.init_kl_coef, p.kl_target, p.kl_horizon)
     moments = RunningMoments()
     models_held = {
-        "base copies": 1 if roles.lora else 3,
-        "adapters": ("actor, reference, critic" if roles.has_ref_adapter else "actor, critic")
+        "base copies": (1 if roles.lora else 2 if shared else 3),
+        "adapters": ", ".join(["actor"] + ["reference"] * roles.has_ref_adapter + ["critic"] * (not shared))
         if roles.lora
         else "none (full)",
+        "critic": "value head on the actor" if shared else "own trunk + value head",
         "reward model": "separate" if reward_model is not None else cfg.reward.kind,
     }
 
-    # Resume: actor + critic adapters, value head, both optimizers, β, reward moments, RNG, position.
+    # Resume: actor + critic adapters (shared: the actor's), value head, the optimizer(s), β, reward moments, RNG,
+    # position.
     steps_per_episode = math.ceil(len(prompts) / (p.rollout_batch_size * world))
     data_steps = steps_per_episode * t.num_episodes
     total_steps = min(t.max_steps or data_steps, data_steps)
@@ -541,6 +579,10 @@ def run(cfg: PPOConfig) -> dict:
     history: list[dict] = []  # per step: HACKING_KEYS of its metrics
     if ckpt is not None:
         note = check_resume(ckpt, ck.saved_state(ckpt), plan, total_steps, t.resume == "force")
+        if (was := ck.saved_state(ckpt).get("critic", "separate")) != p.critic:  # its weights and optimizers differ
+            raise UserError(f"train.resume: {ckpt} was trained with ppo.critic: {was}, this run sets {p.critic} (other "
+                            f"weights and optimizers, even under force); set ppo.critic: {was}, or train.resume=none "
+                            "(or another train.out) for a new run")  # fmt: skip
         history = hacking_history(ckpt, ck.saved_state(ckpt), t.hacking_window, t.resume == "force")
         if main and note:
             print(note)
@@ -550,7 +592,7 @@ def run(cfg: PPOConfig) -> dict:
     ck.record(out, t.resume, config_yaml, main, inputs, ckpt)
     spent, peak_before, counted_from = 0.0, 0.0, (0, 0)  # the cost report covers the run's steps from counted_from
     if ckpt is not None:
-        state = {"samples": 0, **_load(ckpt, roles, actor_opt, critic_opt, kl_ctl, moments)}
+        state = {"samples": 0, **_load(ckpt, roles, opts, kl_ctl, moments)}
         if (saved_cost := state.pop("cost", None)) is not None:  # the steps before the checkpoint: their seconds
             cost.update({k: saved_cost[k] for k in PHASES})
             spent, peak_before = saved_cost["total_s"], saved_cost["peak_memory_gib"]
@@ -563,17 +605,18 @@ def run(cfg: PPOConfig) -> dict:
             ck.set_rng_state(rngs[rank])  # each process continues its own sampling stream
         else:  # train.resume=force (open_run refuses it otherwise); check_resume said what shifts
             torch.manual_seed(t.seed + rank + 1000 * state["step"])
-    state.update(plan)  # this run's prompts (after a forced resume on others, these)
+    state.update(plan, critic=p.critic)  # this run's prompts (after a forced resume on others, these)
     if main:
         print(
             f"ppo: {len(prompts)} prompts ({too_long} over prompt_max_len dropped) · {total_steps} steps · "
-            f"reward {cfg.reward.kind} · critic init {p.critic_init}"
-            + (f" → {roles.critic_init}" if p.critic_init == "auto" else "")
+            f"reward {cfg.reward.kind} · "
+            + ("critic shared (value head on the actor)" if shared else f"critic init {p.critic_init}")
+            + (f" → {roles.critic_init}" if p.critic_init == "auto" and not shared else "")
             + f" · β={kl_ctl.beta} · models {models_held}"
         )
     log = MetricsLog(out, main, t.tensorboard, t.report_to, config_yaml, state["step"] if ckpt is not None else None)
     if ckpt is None:  # once per run, as SFT, DPO and RM write it (calc plan --calibrate reads `world` from it)
-        trainable = sum(x.numel() for x in roles.actor_params) + sum(x.numel() for x in roles.critic_params)
+        trainable = sum(x.numel() for x in joint)
         log.log("data", 0, read=len(prompts) + too_long, kept=len(prompts), dropped_too_long=too_long,
                 template=template.name, trainable_params=trainable, world=world)  # fmt: skip
     state["hacking_history"] = history  # saved with every checkpoint
@@ -597,11 +640,13 @@ def run(cfg: PPOConfig) -> dict:
             #    end-of-turn or EOS token (any id the saved actor stops at).
             t0 = time.time()
             roles.eval()
+            from_decode = shared and p.old_logprobs == "rollout"  # values too from the decode's hidden states
+            reader = _value_reader(roles) if from_decode else None  # before merging: it selects the actor's adapter
             with rollout_actor(roles, p.merge_rollout) as actor:
                 samples = generate_ids(
                     actor, tokenizer, template, batch_prompts, p.generate_max_len, p.temperature,
                     top_p=1.0, top_k=0, batch_size=p.micro_rollout_batch_size, model_defaults=False,
-                    logps=p.old_logprobs == "rollout",
+                    logps=p.old_logprobs == "rollout", values=reader,
                 )  # fmt: skip
             samples = [cut_at_stop(s, stops) for s in samples]
             cost["rollout_s"] += time.time() - t0
@@ -621,23 +666,29 @@ def run(cfg: PPOConfig) -> dict:
                 score = score.clamp(-p.reward_clip_range, p.reward_clip_range)
             cost["reward_s"] += time.time() - t0
 
-            # 3. Old log-probs (actor; or the sampler's own), reference log-probs, values — all without gradients.
+            # 3. Old log-probs (actor; or the sampler's own), reference log-probs, values (critic; shared: the
+            #    actor's hidden states, from the decode with the sampler's log-probs, else from the old log-probs'
+            #    forward) — all without gradients.
             roll = build_rollout(samples, tokenizer.pad_token_id, device, weights)
             lmask = roll.lmask  # padding samples count nowhere below
             old_logp, ref_logp, old_v = (torch.zeros_like(roll.mask) for _ in range(3))
             if p.old_logprobs == "rollout":  # π_old as sampled (tests: within 2e-5 of the recomputed ones)
-                got = [torch.tensor(s.logps) for s in samples]
-                old_logp = torch.nn.utils.rnn.pad_sequence(got, batch_first=True).to(device)
+                old_logp = _padded([s.logps for s in samples], device)
+            if from_decode:
+                old_v = _padded([s.values for s in samples], device) * roll.mask
             with torch.no_grad():
                 for c in range(0, len(samples), p.micro_rollout_batch_size):
                     idx = list(range(c, min(c + p.micro_rollout_batch_size, len(samples))))
                     b = roll.select(idx, pack)
                     w = b.mask.shape[1]
                     t0 = time.time()
-                    if p.old_logprobs == "recompute":
+                    if p.old_logprobs == "recompute" and shared:
+                        old_logp[idx, :w], _, old_v[idx, :w] = actor_logps_values(roles, b, p.temperature, False)
+                    elif p.old_logprobs == "recompute":
                         old_logp[idx, :w] = token_logps(roles, "actor", b, p.temperature, entropy=False)[0]
                     t1 = time.time()
-                    old_v[idx, :w] = token_values(roles, b)
+                    if not shared:
+                        old_v[idx, :w] = token_values(roles, b)
                     t2 = time.time()
                     ref_logp[idx, :w] = token_logps(roles, "reference", b, p.temperature, entropy=False)[0]
                     cost["reference_s"] += time.time() - t2
@@ -655,9 +706,10 @@ def run(cfg: PPOConfig) -> dict:
                 adv = ppo_losses.whiten(adv, lmask, reduce=reduce)
             cost["advantages_s"] += time.time() - t0
 
-            # 6. PPO epochs: shuffled minibatches; actor and critic step separately. Each micro-batch
-            #    loss is weighted by its share of the minibatch's tokens on all processes, and the
-            #    gradients are summed: the token mean of one process holding every sample.
+            # 6. PPO epochs: shuffled minibatches; actor and critic step separately (shared: one forward, backward
+            #    and step of policy + vf_coef · value loss). Each micro-batch loss is weighted by its share of the
+            #    minibatch's tokens on all processes, and the gradients are summed: the token mean of one process
+            #    holding every sample.
             t0 = time.time()
             roles.train()
             upd: dict[str, float] = {}
@@ -675,15 +727,22 @@ def run(cfg: PPOConfig) -> dict:
                         b = roll.select(idx, pack)
                         width, bm = b.mask.shape[1], b.lmask
                         share = float(bm.sum()) / mb_tokens
-                        logp, ent = token_logps(roles, "actor", b, p.temperature)
+                        if shared:
+                            logp, ent, v = actor_logps_values(roles, b, p.temperature)
+                        else:
+                            logp, ent = token_logps(roles, "actor", b, p.temperature)
                         pg, st = ppo_losses.policy_loss(logp, old_logp[idx, :width], adv[idx, :width], bm, p.eps_clip)
                         entropy = ppo_losses.masked_mean(ent, bm)
                         # without a bonus the entropy is only a metric: no backward through it (same gradients)
                         bonus = p.entropy_loss_coef * entropy if p.entropy_loss_coef else 0.0
-                        ((pg - bonus) * share).backward()
-                        v = token_values(roles, b)
+                        if not shared:
+                            ((pg - bonus) * share).backward()
+                            v = token_values(roles, b)
                         vf, vst = ppo_losses.value_loss(v, old_v[idx, :width], returns[idx, :width], bm, p.value_clip)
-                        (p.vf_coef * vf * share).backward()
+                        if shared:
+                            ((pg - bonus + p.vf_coef * vf) * share).backward()
+                        else:
+                            (p.vf_coef * vf * share).backward()
                         for key, val in {**st, **vst, "policy_loss": pg, "value_loss": vf, "entropy": entropy}.items():
                             sums[key] = sums.get(key, 0.0) + float(val.detach()) * share
                     _allreduce_grads(roles.actor_params, world)
@@ -696,19 +755,21 @@ def run(cfg: PPOConfig) -> dict:
                     sums["ratio_var"] = ppo_losses.pooled_var(
                         sums.pop("ratio_dev"), sums.pop("ratio_dev_sq"), mb_tokens
                     )
-                    sums["actor_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(roles.actor_params, p.max_norm))
-                    sums["critic_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(roles.critic_params, p.max_norm))
+                    clipped = {"grad_norm": joint} if shared else {
+                        "actor_grad_norm": roles.actor_params, "critic_grad_norm": roles.critic_params}  # fmt: skip
+                    for key, params in clipped.items():
+                        sums[key] = float(torch.nn.utils.clip_grad_norm_(params, p.max_norm))
                     # Identical on every process (all summed): all stop together, before a bad update.
                     ensure_finite(
                         step + 1,
-                        "lower ppo.actor_learning_rate / ppo.critic_learning_rate, check the rewards, "
-                        "or set ppo.max_norm",
-                        **{k: sums[k] for k in ("policy_loss", "value_loss", "actor_grad_norm", "critic_grad_norm")},
+                        "lower ppo.actor_learning_rate"
+                        + ("" if shared else " / ppo.critic_learning_rate")
+                        + ", check the rewards, or set ppo.max_norm",
+                        **{k: sums[k] for k in ("policy_loss", "value_loss", *clipped)},
                     )
-                    actor_opt.step()
-                    critic_opt.step()
-                    actor_opt.zero_grad(set_to_none=True)
-                    critic_opt.zero_grad(set_to_none=True)
+                    for opt in opts.values():
+                        opt.step()
+                        opt.zero_grad(set_to_none=True)
                     if not first:
                         first = {f"first_{k}": sums[k] for k in ("ratio_mean", "approx_kl", "clipfrac")}
                     for key, val in sums.items():
@@ -745,6 +806,7 @@ def run(cfg: PPOConfig) -> dict:
                 "return_mean": float(ppo_losses.masked_moments(returns, lmask, reduce)[0]),
             }
             state["step"] = step + 1
+            loop.add_step(state, metrics)  # the summary's run means (train_*), checkpointed with the state
             history.append({k: metrics[k] for k in HACKING_KEYS})
             log.log("train", state["step"], **metrics)
             if main and t.sample_every and state["step"] % t.sample_every == 0:
@@ -769,7 +831,7 @@ def run(cfg: PPOConfig) -> dict:
                 state["cost"] = {**cost, "total_s": spent + time.time() - started,
                                  "peak_memory_gib": max(peak_before, _peak_gib())}  # fmt: skip
                 if main:
-                    _save(out, state, roles, actor_opt, critic_opt, kl_ctl, moments, rngs, t.keep_last)
+                    _save(out, state, roles, opts, kl_ctl, moments, rngs, t.keep_last)
             accel.wait_for_everyone()
             if t.stop_after is not None and state["step"] >= t.stop_after and not last:
                 log.close()
@@ -791,7 +853,8 @@ def run(cfg: PPOConfig) -> dict:
         "steps": state["step"] - counted_from[0],
         "samples": state["samples"] - counted_from[1],
     }
-    summary = {"out": str(out), "steps": state["step"], **metrics, "cost": report}
+    # as SFT/DPO/RM: train_X the mean over the run's steps, last_train_X the last step's (was X, unprefixed)
+    summary = {"out": str(out), "steps": state["step"], **loop.run_means(state, metrics), "cost": report}
     if main:
         final = out / "final"
         _save_weights(roles, final)
@@ -819,48 +882,52 @@ def _peak_gib() -> float:
 
 
 def _save_weights(roles: Roles, dest: Path) -> None:
-    """actor → adapter/ (or model/), critic → critic/ (+ value_head.pt)."""
+    """actor → adapter/ (or model/), critic → critic/ (none when shared), value head → value_head.safetensors."""
     from safetensors.torch import save_file
 
     if roles.lora:
         roles.model.save_pretrained(dest / "adapter", selected_adapters=["default"])
-        roles.model.save_pretrained(dest / "critic", selected_adapters=["critic"])
+        if not roles.shared_critic:
+            roles.model.save_pretrained(dest / "critic", selected_adapters=["critic"])
     else:
         roles.model.save_pretrained(dest / "model")
-        roles.critic_model.save_pretrained(dest / "critic")
+        if not roles.shared_critic:
+            roles.critic_model.save_pretrained(dest / "critic")
     save_file({"weight": roles.value_head.weight.detach().contiguous()}, str(dest / "value_head.safetensors"))
 
 
-def _save(out: Path, state: dict, roles: Roles, aopt, copt, kl_ctl, moments, rngs: list, keep_last: int) -> None:
+def _save(out: Path, state: dict, roles: Roles, opts: dict, kl_ctl, moments, rngs: list, keep_last: int) -> None:
+    """`opts`: {"actor_optimizer", "critic_optimizer"}, or {"optimizer"} of the shared critic."""
+
     def fill(tmp: Path) -> None:
         _save_weights(roles, tmp)
         extra = {"beta": kl_ctl.beta, "moments": vars(moments), "rng": rngs}
-        opts = {"actor_optimizer": aopt.state_dict(), "critic_optimizer": copt.state_dict()}
-        torch.save({**state, **opts, **extra}, tmp / ck.STATE_FILE)
+        torch.save({**state, **{k: o.state_dict() for k, o in opts.items()}, **extra}, tmp / ck.STATE_FILE)
 
     ck.write_checkpoint(out, state["step"], fill, keep_last)
 
 
-def _load(ckpt: Path, roles: Roles, aopt, copt, kl_ctl, moments) -> dict:
+def _load(ckpt: Path, roles: Roles, opts: dict, kl_ctl, moments) -> dict:
     from safetensors.torch import load_file
 
     if roles.lora:
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(roles.model, load_file(str(ckpt / "adapter" / "adapter_model.safetensors")))
-        set_peft_model_state_dict(
-            roles.model, load_file(str(ckpt / "critic" / "critic" / "adapter_model.safetensors")), adapter_name="critic"
-        )
+        if not roles.shared_critic:
+            critic = load_file(str(ckpt / "critic" / "critic" / "adapter_model.safetensors"))
+            set_peft_model_state_dict(roles.model, critic, adapter_name="critic")
         roles.model.base_model.set_adapter("default")
     else:
         from transformers import AutoModelForCausalLM
 
         roles.model.load_state_dict(AutoModelForCausalLM.from_pretrained(ckpt / "model").state_dict())
-        roles.critic_model.load_state_dict(AutoModelForCausalLM.from_pretrained(ckpt / "critic").state_dict())
+        if not roles.shared_critic:
+            roles.critic_model.load_state_dict(AutoModelForCausalLM.from_pretrained(ckpt / "critic").state_dict())
     roles.value_head.weight.data.copy_(load_file(str(ckpt / "value_head.safetensors"))["weight"])
     state = torch.load(ckpt / ck.STATE_FILE, weights_only=False)
-    aopt.load_state_dict(state.pop("actor_optimizer"))
-    copt.load_state_dict(state.pop("critic_optimizer"))
+    for key, opt in opts.items():
+        opt.load_state_dict(state.pop(key))
     kl_ctl.beta = state.pop("beta")
     vars(moments).update(state.pop("moments"))
     return state  # "rng": the RNG states of every process, restored by the caller

@@ -413,10 +413,7 @@ class Tracker:
         """Log step `step`'s metrics (every train.log_every and at the last) and update the progress bar;
         `tokens` (unpadded, all processes) give the bar's tok/s where the metrics have no tokens_per_s."""
         self.steps, self.metrics = step, metrics
-        self.state["train_steps"] = self.state.get("train_steps", 0) + 1  # checkpointed: a resume averages on
-        for key, v in metrics.items():
-            total = self.state.setdefault("train_sums", {}).setdefault(key, [0.0, 0])
-            total[0], total[1] = total[0] + v, total[1] + 1
+        add_step(self.state, metrics)
         for key, v in sums.items():
             self.run_sums[key] = self.run_sums.get(key, 0) + v
         self.state["tokens"] = self.state.get("tokens", 0) + int(sums.get("tokens", 0))
@@ -466,19 +463,34 @@ class Tracker:
         from the resume for checkpoints older than this mean; `train_mean_steps` says how many), rates (`*_per_s`)
         wall-clock over this invocation's steps, `last_train_X` the last step's."""
         wall = summarize(self.run_sums, time.perf_counter() - self.run_t0) if self.run_sums else {}
-        sums = self.state.get("train_sums", {})
-        means = {k: total / n for k, (total, n) in sums.items() if not k.endswith("_per_s")}
+        means = run_means(self.state, self.metrics)
         return {
             "steps": self.steps,
             "total_steps": self.total,
             "stopped_early": self.stopped_early,
             "finished": self.steps >= self.total or self.stopped_early,
             **self.last_eval,
-            **{f"train_{k}": v for k, v in means.items()},
+            **{k: v for k, v in means.items() if not k.startswith("last_train_")},
             **{f"train_{k}": v for k, v in wall.items() if k.endswith("_per_s")},
-            **({"train_mean_steps": self.state["train_steps"]} if sums else {}),
-            **{f"last_train_{k}": v for k, v in self.metrics.items()},
+            **{k: v for k, v in means.items() if k.startswith("last_train_")},
         }
+
+
+def add_step(state: dict[str, Any], metrics: dict[str, float]) -> None:
+    """Add a step's metrics to the run's sums in `state` (checkpointed with it: a resume averages on)."""
+    state["train_steps"] = state.get("train_steps", 0) + 1
+    for key, v in metrics.items():
+        total = state.setdefault("train_sums", {}).setdefault(key, [0.0, 0])
+        total[0], total[1] = total[0] + v, total[1] + 1
+
+
+def run_means(state: dict[str, Any], last: dict[str, float]) -> dict[str, float]:
+    """`train_X`: the mean of X over the steps `add_step` summed (rates `*_per_s` left out), `train_mean_steps` how
+    many, and `last_train_X`: X of the `last` step."""
+    sums = state.get("train_sums", {})
+    means = {f"train_{k}": total / n for k, (total, n) in sums.items() if not k.endswith("_per_s")}
+    return {**means, **({"train_mean_steps": state["train_steps"]} if sums else {}),
+            **{f"last_train_{k}": v for k, v in last.items()}}  # fmt: skip
 
 
 def new_state() -> dict[str, Any]:
