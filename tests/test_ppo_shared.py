@@ -282,6 +282,17 @@ def test_full_fine_tuning_with_a_shared_critic(tiny_model_dir, prompts, tmp_path
     assert s["last_train_value_loss"] > 0 and s["last_train_grad_norm"] > 0
 
 
+@pytest.mark.slow
+def test_qlora_with_a_shared_critic(tiny_model_dir, prompts, tmp_path):
+    """A 4-bit base: the value head reads the actor's hidden states through the quantized layers (float32 head)."""
+    s = ppo.run(config(tiny_model_dir, prompts, tmp_path / "run", "train.max_steps=2", "model.quant=4bit",
+                       "ppo.max_epochs=1", "ppo.actor_learning_rate=5e-3"))  # fmt: skip
+    assert s["last_train_value_loss"] > 0 and s["last_train_grad_norm"] > 0
+    final = tmp_path / "run" / "final"
+    assert load_file(str(final / "value_head.safetensors"))["weight"].abs().sum() > 0
+    assert (final / "adapter" / "adapter_model.safetensors").exists() and not (final / "critic").exists()
+
+
 @pytest.mark.parametrize(
     "key,name",
     [("ppo.critic_learning_rate=1e-3", "critic_learning_rate"), ("ppo.critic_init=zeros", "critic_init"),

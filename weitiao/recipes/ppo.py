@@ -7,7 +7,11 @@ Roles: the actor is the `default` LoRA adapter (initialized from an SFT adapter 
 adapter disabled when training starts from a fresh adapter; the critic is a second adapter plus a
 value head, initialized from the reward model (its LoRA weights and score head) or from zeros;
 the reward is a `weitiao rm` model, a Python function or an HTTP endpoint. With `lora.enabled:
-false` the actor is trained in full and the reference and critic are separate copies.
+false` the actor is trained in full and the reference and critic are separate copies. With `ppo.critic: shared` the
+critic is only a value head on the actor's last hidden states (TRL v0's AutoModelForCausalLMWithValueHead,
+LLaMA-Factory): one forward + backward of policy + vf_coef · value loss per update micro-batch and one optimizer, the
+values taken from the decode (or the old log-probs' forward); unlike the separate critic, value gradients reach the
+actor.
 
 Each step: 1. sample replies → 2. score them (missing-EOS penalty, normalization, clipping) →
 3. log-probs of actor and reference and critic values → 4. per-token rewards (−β·KL, score at the
