@@ -156,6 +156,24 @@ def test_form_has_every_key_and_its_defaults_round_trip(kind, root):
         assert cfg.ppo.value_clip is None and cfg.ppo.init_kl_coef == 0.05
 
 
+def test_the_critic_section_switched_on_trains_the_critic_its_boxes_show(root):
+    """ppo.critic_lora's keys left out are the actor's (roles.critic_settings), while the console's boxes show LoRA's
+    defaults (r 16, all-linear, alpha empty): the section switched on with r 4 typed in would train a critic on the
+    actor's q_proj, v_proj with its alpha 32, which no box said. Switched on, it takes its boxes as shown."""
+    from weitiao.models.roles import critic_settings
+
+    critic = {f["key"]: f["default"] for f in _flat(forms.form(forms.config_class("ppo")))
+              if f["key"].startswith("ppo.critic_lora.")}  # fmt: skip
+    values = {"data.prompts": '["data/a.jsonl"]', "reward.path": "weitiao.recipes.rewards:short_emoji_reward",
+              "lora.r": "8", "lora.alpha": "32", "lora.targets": '["q_proj", "v_proj"]'}  # fmt: skip
+    cfg = forms.build("ppo", values | critic | {"ppo.critic_lora.r": "4"}, Roots([root]), root / "runs" / "x")
+    spec = critic_settings(cfg.lora, cfg.ppo.critic_lora)
+    assert (spec.r, spec.alpha, spec.targets) == (4, None, "all-linear")
+    off = forms.build("ppo", values, Roots([root]), root / "runs" / "x")  # the section off: the actor's shape
+    spec = critic_settings(off.lora, off.ppo.critic_lora)
+    assert (spec.r, spec.alpha, spec.targets) == (8, 32, ["q_proj", "v_proj"])
+
+
 @pytest.mark.parametrize("kind", ["rm", "dpo", "ppo"])
 def test_a_run_of_the_forms_defaults_is_not_refused(kind, root):
     """The page sends every box, and the run's YAML held lora.dropout 0.05 beside train.disable_dropout (on by default

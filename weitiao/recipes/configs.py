@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 from weitiao.config import ConfigPath, ModelRef
 from weitiao.models.spec import LoraSpec, ModelSpec
@@ -191,7 +191,9 @@ class PPOSpec(BaseModel):
     reward_clip_range: float | None = Field(None, gt=0, description="clip scores to ±this after normalization")
     whiten_advantages: bool = Field(True, description="advantages to mean 0, std 1 per batch")
     critic_init: Literal["auto", "reward", "zeros"] = Field("auto", description="auto: reward if reward.kind=model")
-    critic_lora: LoraSpec | None = Field(None, description="critic adapter; default = the actor's settings")
+    critic_lora: LoraSpec | None = Field(
+        None, description="critic adapter: the keys set here over the actor's settings (a key left out: the actor's)"
+    )
     old_logprobs: Literal["recompute", "rollout"] = Field(
         "recompute",
         description="π_old's log-probs: recompute = a no-grad forward after sampling; rollout = the sampler's own "
@@ -220,6 +222,12 @@ class PPOSpec(BaseModel):
                 "set init_kl_coef > 0 (e.g. 0.05) or remove kl_target"
             )
         return self
+
+    @field_serializer("critic_lora")
+    def _keys_set(self, critic: LoraSpec | None) -> dict | None:
+        """The critic keys the config set, alone: the rest are the actor's, so the run's config.yaml trains the same
+        critic again (all of LoraSpec's defaults in it would read as set, where the actor's values trained)."""
+        return None if critic is None else critic.model_dump(mode="json", exclude_unset=True)
 
     @model_validator(mode="after")
     def _micro_within_minibatch(self) -> PPOSpec:
