@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import yaml
 
+from weitiao.data.files import confined_tree
 from weitiao.errors import UserError
 from weitiao.models.spec import LoraSpec, ModelSpec
 
@@ -37,6 +38,8 @@ def resolve_path(path: str) -> str:
         return str(MODEL_DIR)
     if not Path(path).expanduser().exists():
         _check_hub_id(path)
+    else:  # the console's runs: inside its folders (a hub id reads the HF cache, not a path the browser gave)
+        confined_tree(Path(path).expanduser())
     return path
 
 
@@ -672,6 +675,7 @@ def locate(adapter: str | Path) -> tuple[Path, Path | None, ModelSpec]:
     and loading settings of the run's config.yaml.
     """
     p = Path(adapter)
+    confined_tree(p.expanduser())  # a run of the console's: inside its folders, as it is read
     for cand in (p / "final" / "adapter", p / "adapter", p):
         if (cand / "adapter_config.json").exists():
             adapter_dir = cand
