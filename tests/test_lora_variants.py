@@ -149,6 +149,31 @@ def test_critic_lora_keys_the_critic_never_reads_are_refused(tiny_model_dir):
     assert Roles(spec, LoraSpec(r=8, dropout=0.0), cpu, critic_lora=recorded).model.peft_config["critic"].r == 4
 
 
+def test_critic_lora_keys_left_out_are_the_actors(tiny_model_dir, tmp_path):
+    """`ppo.critic_lora.r=4` beside an actor of r 8 on q_proj, v_proj, alpha 32: the critic took LoRA's defaults for
+    the keys left out (all-linear, alpha 2r), not the actor's, as ppo.critic_lora's "default = the actor's settings"
+    said. The run's config.yaml records the keys set alone, so running it again trains the same critic."""
+    from weitiao.config import dump_config, load_config
+    from weitiao.models.roles import Roles, critic_settings
+    from weitiao.recipes.configs import PPOConfig
+
+    actor = ["lora.r=8", "lora.alpha=32", "lora.targets=[q_proj,v_proj]", "lora.dropout=0"]
+    given = [f"model.path={tiny_model_dir}", "data.prompts=[p.jsonl]", "reward.kind=function", "reward.path=m:f"]
+    cfg = load_config(PPOConfig, None, [*given, *actor, "ppo.critic_lora.r=4"])
+    critic = Roles(cfg.model, cfg.lora, torch.device("cpu"), critic_lora=cfg.ppo.critic_lora).model.peft_config[
+        "critic"
+    ]
+    assert (critic.r, critic.lora_alpha, sorted(critic.target_modules)) == (4, 32, ["q_proj", "v_proj"])
+    recorded = tmp_path / "config.yaml"
+    recorded.write_text(dump_config(cfg), encoding="utf-8")
+    again = load_config(PPOConfig, recorded)
+    assert critic_settings(again.lora, again.ppo.critic_lora) == critic_settings(cfg.lora, cfg.ppo.critic_lora)
+    # alpha left out on both: 2 × the critic's own r; a key set is the critic's own
+    cfg = load_config(PPOConfig, None, [*given, "lora.r=8", "ppo.critic_lora.r=4", "ppo.critic_lora.targets=[k_proj]"])
+    spec = critic_settings(cfg.lora, cfg.ppo.critic_lora)
+    assert (spec.r, spec.alpha, spec.targets, spec.init_from) == (4, None, ["k_proj"], None)
+
+
 @pytest.mark.parametrize("quant", ["none", "8bit"])
 def test_quant_storage_without_4bit_is_refused(quant):
     """model.quant_storage bf16 without quant 4bit loaded a full-precision (or 8-bit) base, silently."""

@@ -156,6 +156,24 @@ def test_form_has_every_key_and_its_defaults_round_trip(kind, root):
         assert cfg.ppo.value_clip is None and cfg.ppo.init_kl_coef == 0.05
 
 
+def test_the_critic_section_switched_on_trains_the_critic_its_boxes_show(root):
+    """ppo.critic_lora's keys left out are the actor's (roles.critic_settings), while the console's boxes show LoRA's
+    defaults (r 16, all-linear, alpha empty): the section switched on with r 4 typed in would train a critic on the
+    actor's q_proj, v_proj with its alpha 32, which no box said. Switched on, it takes its boxes as shown."""
+    from weitiao.models.roles import critic_settings
+
+    critic = {f["key"]: f["default"] for f in _flat(forms.form(forms.config_class("ppo")))
+              if f["key"].startswith("ppo.critic_lora.")}  # fmt: skip
+    values = {"data.prompts": '["data/a.jsonl"]', "reward.path": "weitiao.recipes.rewards:short_emoji_reward",
+              "lora.r": "8", "lora.alpha": "32", "lora.targets": '["q_proj", "v_proj"]'}  # fmt: skip
+    cfg = forms.build("ppo", values | critic | {"ppo.critic_lora.r": "4"}, Roots([root]), root / "runs" / "x")
+    spec = critic_settings(cfg.lora, cfg.ppo.critic_lora)
+    assert (spec.r, spec.alpha, spec.targets) == (4, None, "all-linear")
+    off = forms.build("ppo", values, Roots([root]), root / "runs" / "x")  # the section off: the actor's shape
+    spec = critic_settings(off.lora, off.ppo.critic_lora)
+    assert (spec.r, spec.alpha, spec.targets) == (8, 32, ["q_proj", "v_proj"])
+
+
 @pytest.mark.parametrize("kind", ["rm", "dpo", "ppo"])
 def test_a_run_of_the_forms_defaults_is_not_refused(kind, root):
     """The page sends every box, and the run's YAML held lora.dropout 0.05 beside train.disable_dropout (on by default
@@ -1081,6 +1099,71 @@ def test_a_run_checks_its_data_files_against_the_roots_as_it_opens_them(root, tm
         form = c.post("/api/preview", json={"kind": "sft", "name": "d", "values": values}).json()["error"]
         tab = c.get("/api/data", params={"path": "faq", "dataset_dir": "data/lf"}).json()["error"]
     assert form.startswith("data.train: dataset 'faq' of ") and tab == "data file" + form.removeprefix("data.train")
+
+
+def test_a_run_checks_its_models_adapters_and_reward_file_against_the_roots_as_it_reads_them(
+    root, tmp_path, tiny_model_dir, monkeypatch
+):
+    """model.path, lora.init_from and a reward .py were checked against the roots when the console made the run, and
+    read by the trainer unchecked: a model folder swapped for a link out in between trained on the folder outside
+    (exit 0). The run now refuses it as it loads it (control: the unswapped folder trains), and an adapter, a reward
+    model, a reward file, golden prompts, or a file inside a model folder, each a link out, as it reads them."""
+    from weitiao.data.files import READ_ROOTS
+    from weitiao.data.prompts import read_prompts
+    from weitiao.models.heads import reward_meta
+    from weitiao.models.load import locate, resolve_path
+    from weitiao.recipes.rewards import function_scorer
+
+    shutil.copytree(tiny_model_dir, root / "models" / "tiny")
+    shutil.copytree(tiny_model_dir, tmp_path / "outside")
+    values = {"model.path": "models/tiny", "data.train": '["data/a.jsonl"]', "train.max_steps": "1",
+              "train.progress": "false", "train.tensorboard": "false"}  # fmt: skip
+    roots = Roots([root])
+    app = create_app(roots, RunStore(root / "runs", read_roots=roots.roots))
+    with running(app) as base, httpx.Client(base_url=base, timeout=60) as c:
+        for name, swap in (("kept", False), ("swapped", True)):
+            made = c.post("/api/runs", json={"kind": "sft", "name": name, "values": values})
+            assert made.status_code == 200, made.text
+            if swap:  # the trainer is still importing torch: it loads the model after this
+                shutil.rmtree(root / "models" / "tiny")
+                (root / "models" / "tiny").symlink_to(tmp_path / "outside")
+            state = wait_for(lambda n=name: (s := c.get(f"/api/runs/{n}").json())["state"]["status"]
+                             not in ("starting", "running") and s, timeout=300)  # fmt: skip
+            assert state["state"]["status"] == ("failed" if swap else "done"), state["log"][-2000:]
+    assert f"(→ {tmp_path}/outside): outside the allowed folders ({root.resolve()})" in state["log"]
+    assert not (root / "runs" / "swapped" / "final").exists()
+    # each reader, in a run's process (READ_ROOTS set): a link out is refused, the same file inside is read
+    kept = root / "runs" / "kept"
+    (root / "reward.py").write_text("def score(prompts, replies):\n    return [0.0] * len(replies)\n")
+    (tmp_path / "reward.py").write_text((root / "reward.py").read_text())
+    (root / "golden.jsonl").write_text('{"prompt": "你好"}\n')
+    (tmp_path / "golden.jsonl").write_text('{"prompt": "你好"}\n')
+    shutil.copytree(tiny_model_dir, root / "models" / "linked")
+    (root / "models" / "linked" / "config.json").unlink()
+    (root / "models" / "linked" / "config.json").symlink_to(tmp_path / "outside" / "config.json")
+    shutil.copytree(kept, tmp_path / "adapter")
+    shutil.copytree(tiny_model_dir, root / "models" / "ok")
+    for name in ("adapter", "reward.py", "golden.jsonl"):
+        (root / f"out-{name}").symlink_to(tmp_path / name)
+    (root / "rm").mkdir()
+    (root / "rm" / "reward_model.json").symlink_to(tmp_path / "golden.jsonl")  # any file out: refused before read
+    readers = {
+        "models/linked": lambda p: resolve_path(p),
+        "out-adapter": lambda p: locate(p),
+        "rm": lambda p: reward_meta(p),
+        "out-reward.py": lambda p: function_scorer(f"{p}:score"),
+        "out-golden.jsonl": lambda p: read_prompts(p),
+    }
+    with monkeypatch.context() as m:
+        m.setenv(READ_ROOTS, str(root.resolve()))
+        for path, read in readers.items():
+            with pytest.raises(UserError, match=r"\): outside the allowed folders"):
+                read(str(root / path))
+        assert locate(str(kept))[0] == kept / "final" / "adapter"  # controls: the same files inside the roots
+        assert function_scorer(f"{root / 'reward.py'}:score") is not None
+        assert read_prompts(str(root / "golden.jsonl"))
+        assert resolve_path(str(root / "models" / "ok")) == str(root / "models" / "ok")
+    assert resolve_path(str(root / "models" / "linked"))  # no READ_ROOTS (the CLI): nothing is confined
 
 
 def test_a_runs_folder_outside_the_roots_takes_runs(root, tmp_path, fake_python, monkeypatch):

@@ -485,6 +485,18 @@ def confined(path: Path) -> None:
         raise UserError(f"{shown}: outside the allowed folders ({', '.join(map(str, allowed))})")
 
 
+def confined_tree(path: Path) -> None:
+    """`confined` for a model, adapter, run folder or reward file a run's config names, and for every file and folder
+    under a folder (a link among them may lead out), as the run opens it: the console checked the path itself when it
+    made the run, and a folder or file swapped for a link since was read. Nothing to walk unless READ_ROOTS is set."""
+    if not os.environ.get(READ_ROOTS):
+        return
+    confined(path)
+    for top, dirs, files in os.walk(path) if path.is_dir() else ():  # links are listed, not followed: checked here
+        for name in (*dirs, *files):
+            confined(Path(top) / name)
+
+
 def iter_records(
     path: Path, max_row_bytes: int | None = MAX_ROW_BYTES, notes: list[str] | None = None
 ) -> Iterator[tuple[int, Any]]:

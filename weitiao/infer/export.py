@@ -27,6 +27,7 @@ from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
 from weitiao.infer import gguf as to_gguf
 from weitiao.io import atomic_write_text, publish_dir
+from weitiao.models.continued import recorded_inputs
 from weitiao.models.digest import local_model
 from weitiao.models.load import (
     DTYPES,
@@ -35,14 +36,13 @@ from weitiao.models.load import (
     load_model,
     load_tokenizer,
     locate,
-    recorded_run,
     refuse_reward_adapter,
     resolve_path,
     split_difference,
     training_tokenizer,
 )
 from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
-from weitiao.train.checkpoint import INPUTS_FILE, fingerprint
+from weitiao.train.checkpoint import fingerprint
 
 QUANT_KINDS = {"4bit": "4-bit NF4", "8bit": "8-bit LLM.int8"}  # model.quant → what the notes call the base
 MARKER = ".weitiao-export.json"  # written into every export: only such a dir may be replaced (--force)
@@ -251,12 +251,8 @@ def trained_base_changed(adapter_dir: Path, base: str, named_by: str) -> str | N
     """'NAMED_BY BASE is not what the run trained on (...)' when the run's inputs.json (or its checkpoint's copy)
     holds another fingerprint of its base (weight and .json files, as resume compares them); None when it matches
     or nothing was recorded (a bare peft adapter, a hub base not in the cache)."""
-    cfg_file, _ = recorded_run(adapter_dir)
-    if cfg_file is None:  # a bare peft adapter: nothing recorded to compare
-        return None
-    runs = [cfg_file.parent, *([cfg_file.parent.parent.parent] if cfg_file.parent.parent.name == "checkpoints" else [])]
-    inputs = next((r / INPUTS_FILE for r in runs if (r / INPUTS_FILE).is_file()), None)
-    saved = json.loads(inputs.read_text(encoding="utf-8")).get("model.path") if inputs else None
+    inputs, recorded = recorded_inputs(adapter_dir)  # (None, {}): a bare peft adapter, nothing to compare
+    saved = recorded.get("model.path")
     local = local_model(base) if saved else None
     now = fingerprint(local) if local is not None else None
     if not (saved and now and saved != now):

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from weitiao.data.chat import IGNORE
+from weitiao.data.files import confined_tree
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text
 
@@ -79,6 +80,7 @@ def save_reward_meta(
 def reward_meta(path: str | Path) -> tuple[Path, dict]:
     """(the dir holding reward_model.json, its content) of a `weitiao rm` output dir or its final/."""
     root = Path(path)
+    confined_tree(root)  # a console run's reward.path: inside its folders, as it is read
     if (root / "final" / META_FILE).exists():
         root = root / "final"
     if not (root / META_FILE).exists():

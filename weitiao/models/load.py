@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import yaml
 
+from weitiao.data.files import confined_tree
 from weitiao.errors import UserError
 from weitiao.models.spec import LoraSpec, ModelSpec
 
@@ -37,6 +38,8 @@ def resolve_path(path: str) -> str:
         return str(MODEL_DIR)
     if not Path(path).expanduser().exists():
         _check_hub_id(path)
+    else:  # the console's runs: inside its folders (a hub id reads the HF cache, not a path the browser gave)
+        confined_tree(Path(path).expanduser())
     return path
 
 
@@ -672,6 +675,7 @@ def locate(adapter: str | Path) -> tuple[Path, Path | None, ModelSpec]:
     and loading settings of the run's config.yaml.
     """
     p = Path(adapter)
+    confined_tree(p.expanduser())  # a run of the console's: inside its folders, as it is read
     for cand in (p / "final" / "adapter", p / "adapter", p):
         if (cand / "adapter_config.json").exists():
             adapter_dir = cand
@@ -703,38 +707,6 @@ def locate(adapter: str | Path) -> tuple[Path, Path | None, ModelSpec]:
     if isinstance(recorded, dict):
         spec = ModelSpec.model_validate({**recorded, "path": base, "quant": quant, "gradient_checkpointing": False})
     return adapter_dir, tok_dir, spec
-
-
-def refuse_other_template(lora: LoraSpec, name: str, tokenizer: Any, template: Any) -> None:
-    """With lora.init_from and data.template auto: refused when the template auto picked renders a conversation
-    otherwise than the one the continued adapter was trained with (its run's tokenizer, else its config.yaml's
-    data.template); auto took the base's own or plain, and the continued model ran on a format it never saw."""
-    if not (lora.enabled and lora.init_from) or name != "auto":
-        return
-    from weitiao.data.templates import TEMPLATE_NAMES, resolve_template
-
-    adapter_dir, tok_dir, _ = locate(lora.init_from)
-    trained_tok = training_tokenizer(adapter_dir, tok_dir, tokenizer.name_or_path)
-    trained = resolve_template(trained_tok, "auto")
-    probe = [
-        {"role": "user", "content": "问"},
-        {"role": "assistant", "content": "答"},
-        {"role": "user", "content": "再问"},
-    ]
-    ours = template.render(tokenizer, probe, add_generation_prompt=True)
-    if ours == trained.render(trained_tok, probe, add_generation_prompt=True):
-        return
-    data = recorded_run(adapter_dir)[1].get("data")
-    was = data.get("template") if isinstance(data, dict) else None
-    fix = (
-        f"set data.template={was}"
-        if was in TEMPLATE_NAMES and was not in ("auto", "tokenizer")
-        else f"set data.template to the one it was trained with (its tokenizer: {tok_dir})"
-    )
-    raise UserError(
-        f"data.template: auto renders chats with {template.name} here, but the adapter at lora.init_from "
-        f"({adapter_dir}) was trained on another rendering ({was or trained.name}); {fix}"
-    )
 
 
 def training_tokenizer(adapter_dir: Path, tok_dir: Path | None, base: str) -> Any:

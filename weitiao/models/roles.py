@@ -51,7 +51,7 @@ class Roles(nn.Module):
             _refuse_unused_critic_keys(critic_lora)
         base = load_model(model, device)
         self.lora, self.shared_critic = lora.enabled, shared_critic
-        critic_spec = critic_lora or lora.model_copy(update={"init_from": None})
+        critic_spec = critic_settings(lora, critic_lora)
         init = critic_init
         other = _other_base(reward_model, base) if reward_model is not None and not shared_critic else None
         other = other or (reward_base if lora.enabled else None)
@@ -160,6 +160,14 @@ class Roles(nn.Module):
 
 def _is_actor(name: str, lora: bool) -> bool:
     return not lora or (".default." in name)
+
+
+def critic_settings(lora: LoraSpec, critic_lora: LoraSpec | None) -> LoraSpec:
+    """The critic adapter's shape: the actor's (`lora` as it trains: a continued adapter's included) with the keys
+    ppo.critic_lora sets over it. A key left out is the actor's, not LoRA's default: `critic_lora: {r: 4}` beside an
+    actor on q_proj, v_proj put the critic on all-linear. alpha left out is the actor's (None: 2 × the critic's r)."""
+    given = {k: getattr(critic_lora, k) for k in critic_lora.model_fields_set} if critic_lora is not None else {}
+    return lora.model_copy(update={**given, "init_from": None})
 
 
 def _refuse_unused_critic_keys(critic_lora: LoraSpec) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 from weitiao.config import ConfigPath, ModelRef
 from weitiao.models.spec import LoraSpec, ModelSpec
@@ -199,7 +199,9 @@ class PPOSpec(BaseModel):
         "critic_init are then not used (refused when set)",
     )
     critic_init: Literal["auto", "reward", "zeros"] = Field("auto", description="auto: reward if reward.kind=model")
-    critic_lora: LoraSpec | None = Field(None, description="critic adapter; default = the actor's settings")
+    critic_lora: LoraSpec | None = Field(
+        None, description="critic adapter: the keys set here over the actor's settings (a key left out: the actor's)"
+    )
     old_logprobs: Literal["recompute", "rollout"] = Field(
         "recompute",
         description="π_old's log-probs: recompute = a no-grad forward after sampling; rollout = the sampler's own "
@@ -228,6 +230,12 @@ class PPOSpec(BaseModel):
                 "set init_kl_coef > 0 (e.g. 0.05) or remove kl_target"
             )
         return self
+
+    @field_serializer("critic_lora")
+    def _keys_set(self, critic: LoraSpec | None) -> dict | None:
+        """The critic keys the config set, alone: the rest are the actor's, so the run's config.yaml trains the same
+        critic again (all of LoraSpec's defaults in it would read as set, where the actor's values trained)."""
+        return None if critic is None else critic.model_dump(mode="json", exclude_unset=True)
 
     @model_validator(mode="after")
     def _shared_critic_has_no_own_settings(self) -> PPOSpec:

@@ -35,6 +35,7 @@ from weitiao.data.templates import ChatTemplate
 from weitiao.errors import UserError
 from weitiao.losses.preference import LENGTH_AVERAGED, dpo_terms, k3_kl
 from weitiao.losses.sft import CausalLMLoss
+from weitiao.models.continued import check_continued
 from weitiao.models.heads import RAW
 from weitiao.models.load import (
     build_trainable,
@@ -305,6 +306,9 @@ def run(cfg: DPOConfig) -> dict:
     opened = loop.open_run(out, t, cfg, accel)  # refused on a changed config; `out` unchanged until loop.start
     with opened:  # a refusal before loop.start removes the staged rejects files
         data = prepare_pairs(cfg, tokenizer, rejects_dir=opened.staged)
+        check_continued(
+            cfg.model.path, cfg.lora, cfg.data.template, tokenizer, None if cfg.data.format == RAW else data.template
+        )
         pairs = data.pair_lengths(), data.content_key, data.eval, data.weights, data.eval_weights
         loop.same_on_every_process(accel, cfg, opened.config_yaml, opened.inputs, *pairs)
         loop.refuse_eval_without_data(cfg.train, bool(data.eval))

@@ -35,6 +35,7 @@ from weitiao.data.collate import Batch, collate, process_share
 from weitiao.data.prep import kto_balance
 from weitiao.losses.preference import kto_terms
 from weitiao.losses.sft import CausalLMLoss
+from weitiao.models.continued import check_continued
 from weitiao.models.load import build_trainable, count_params, load_tokenizer, lora_as_trained, lora_continued
 from weitiao.recipes.configs import KTOConfig, KTOSpec, KTOTrainSpec  # noqa: F401  (re-exported)
 from weitiao.train import dist, loop
@@ -143,6 +144,7 @@ def run(cfg: KTOConfig) -> dict:
     opened = loop.open_run(out, t, cfg, accel)  # refused on a changed config; `out` unchanged until loop.start
     with opened:  # a refusal before loop.start removes the staged rejects files
         data = prepare_feedback(cfg.data, t, tokenizer, rejects_dir=opened.staged)
+        check_continued(cfg.model.path, cfg.lora, cfg.data.template, tokenizer, None if data.raw else data.template)
         lengths = [len(e) for e in data.train]
         extra = (data.desirable, data.eval_desirable)
         loop.same_on_every_process(accel, cfg, opened.config_yaml, opened.inputs, lengths, data.content_key,

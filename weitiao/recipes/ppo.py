@@ -55,12 +55,12 @@ from weitiao.io import atomic_write_text, write_jsonl
 from weitiao.losses import ppo as ppo_losses
 from weitiao.losses.sft import PACKED_SDPA, target_logps
 from weitiao.models import attention, packed_attention
+from weitiao.models.continued import check_continued
 from weitiao.models.load import (
     disable_dropout,
     load_tokenizer,
     lora_as_trained,
     lora_continued,
-    refuse_other_template,
 )
 from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
 from weitiao.models.roles import Roles
@@ -488,7 +488,7 @@ def run(cfg: PPOConfig) -> dict:
     # 0. Prompts, tokenizer, template; the reward source; the three roles on one base.
     tokenizer = load_tokenizer(cfg.model.path)
     template = resolve_template(tokenizer, cfg.data.template)
-    refuse_other_template(cfg.lora, cfg.data.template, tokenizer, template)  # the actor's format, not a guess
+    check_continued(cfg.model.path, cfg.lora, cfg.data.template, tokenizer, template)  # its base and format
     rows = prompt_rows(cfg.data.prompts)
     prompts = [r.messages for r in rows]
     if main and (note := reference_note(rows)):

@@ -17,11 +17,13 @@ import importlib.util
 import math
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from weitiao.config import ModelRef
+from weitiao.data.files import confined_tree
 from weitiao.data.formats import Conversation, Message
 from weitiao.errors import UserError
 
@@ -129,6 +131,8 @@ def function_scorer(spec: str, batch_size: int | None = None) -> Scorer:
     mod_name, _, fn_name = spec.partition(":")
     if not fn_name:
         raise UserError(f"reward.path {spec!r}: write module:function, e.g. mypkg.rewards:length_reward")
+    if mod_name.endswith(".py"):  # a console run's file: inside its folders as it is run, not only when made
+        confined_tree(Path(mod_name))
     try:
         if mod_name.endswith(".py"):
             loader = importlib.util.spec_from_file_location("weitiao_user_reward", mod_name)

@@ -23,6 +23,7 @@ from weitiao.data.collate import collate, process_share
 from weitiao.data.preference import pair_rows
 from weitiao.errors import UserError
 from weitiao.losses.preference import bradley_terry
+from weitiao.models.continued import check_continued
 from weitiao.models.digest import model_digest
 from weitiao.models.heads import RAW, SequenceScorer, save_reward_meta
 from weitiao.models.load import (
@@ -170,6 +171,9 @@ def run(cfg: RMConfig) -> dict:
     opened = loop.open_run(out, t, cfg, accel)  # refused on a changed config; `out` unchanged until loop.start
     with opened:  # a refusal before loop.start removes the staged rejects files
         data = prepare_pairs(cfg, tokenizer, read_margins=True, read_weights=False, rejects_dir=opened.staged)
+        check_continued(
+            cfg.model.path, cfg.lora, cfg.data.template, tokenizer, None if cfg.data.format == RAW else data.template
+        )
         pairs = data.pair_lengths(), data.content_key, data.eval, data.margins
         loop.same_on_every_process(accel, cfg, opened.config_yaml, opened.inputs, *pairs)
         loop.refuse_eval_without_data(cfg.train, bool(data.eval))

@@ -32,6 +32,7 @@ from weitiao.io import atomic_write_text
 from weitiao.losses.sft import CausalLMLoss
 from weitiao.models import packed_attention
 from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
+from weitiao.models.continued import check_continued
 from weitiao.models.load import build_trainable, count_params, load_tokenizer, lora_continued
 from weitiao.models.untrained import refuse_untrained_tokens
 from weitiao.recipes.configs import DataSpec, SFTConfig  # noqa: F401  (re-exported)
@@ -237,6 +238,9 @@ def run(cfg: SFTConfig) -> dict:
     opened = loop.open_run(out, t, cfg, accel)  # refused on a changed config; `out` unchanged until loop.start
     with opened:  # a refusal before loop.start removes the staged rejects files
         data = prepare_data(cfg, tokenizer, opened.staged)
+        check_continued(
+            cfg.model.path, cfg.lora, cfg.data.template, tokenizer, None if data.text_only else data.template
+        )
         lengths = example_lengths(data.train)
         loop.same_on_every_process(accel, cfg, opened.config_yaml, opened.inputs, lengths, data.content_key, data.eval)
         loop.refuse_eval_without_data(t, bool(data.eval), golden_cadence=True)

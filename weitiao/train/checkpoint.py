@@ -372,7 +372,8 @@ def fingerprint(path: Path, chunk: int = 1 << 20) -> str:
 
 def input_fingerprints(cfg: Any) -> dict[str, str]:
     """Dotted ModelRef key (model.path, lora.init_from, dpo.reference, reward.path) → fingerprint of the local file
-    or folder it names now; hub ids through the local cache, URLs and module:function left out."""
+    or folder it names now; hub ids through the local cache, URLs and module:function left out. A LoRA run also
+    records its base's `digest.weights_digest` (`continued.BASE_KEY`), which its adapter is continued on only."""
     from weitiao.config import path_keys
 
     out = {}
@@ -386,6 +387,13 @@ def input_fingerprints(cfg: Any) -> dict[str, str]:
         local = file if file.suffix == ".py" and file.is_file() else local_model(value)
         if local is not None:
             out[".".join(keys)] = fingerprint(local)
+    lora, model = getattr(cfg, "lora", None), getattr(cfg, "model", None)
+    if lora is not None and lora.enabled and model is not None:  # what a later lora.init_from compares its base with
+        from weitiao.models.continued import BASE_KEY
+        from weitiao.models.digest import model_digest
+
+        if (digest := model_digest(model.path)) is not None:
+            out[BASE_KEY] = digest
     return out
 
 

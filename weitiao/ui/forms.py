@@ -122,6 +122,16 @@ def _fields(items: list[dict]) -> Iterator[dict]:
         yield from _fields(x["fields"]) if x["widget"] == "section" else [x]
 
 
+def _optional_sections(items: list[dict]) -> tuple[str, ...]:
+    """'KEY.' of each section that defaults to None (ppo.critic_lora). Switched on, it takes its boxes as shown, each
+    key set: one left unset there is not the class default its box shows but the actor's (`roles.critic_settings`)."""
+    out: tuple[str, ...] = ()
+    for x in items:
+        if x["widget"] == "section":
+            out += (f"{x['key']}.",) if x["optional"] else _optional_sections(x["fields"])
+    return out
+
+
 def parse_value(text: Any) -> Any:
     """Form text → value, as a `key=value` override is parsed (YAML scalar or list); '' → null."""
     if not isinstance(text, str):
@@ -192,13 +202,14 @@ def build(kind: str, values: dict[str, Any], roots: Roots, out: Path) -> BaseMod
     """Form values {dotted key: text, bool or null} → the validated config, `train.out` set to `out`."""
     cls = config_class(kind)
     shown = {f["key"]: f["default"] for f in _fields(form(cls)) if not f["required"]}
+    opted = _optional_sections(form(cls))
     data: dict = {}
     for key, text in values.items():
         if not isinstance(key, str) or not key:
             raise UserError(f"form key {key!r}: not a config key")
-        if isinstance(text, str) and not text.strip():
+        if isinstance(text, str) and not text.strip() and not key.startswith(opted):
             continue  # left empty: the class default (the page sends null to clear an optional key)
-        value = parse_value(text)
+        value = None if isinstance(text, str) and not text.strip() else parse_value(text)
         node = data
         parts = key.split(".")
         for k in parts[:-1]:
@@ -207,7 +218,7 @@ def build(kind: str, values: dict[str, Any], roots: Roots, out: Path) -> BaseMod
                 raise UserError(f"{key}: {k} is not a section")
         # The page sends every box; one still at its default is left unset, as a YAML that omits it: a recipe refuses
         # some keys when set (lora.dropout under train.disable_dropout), not when left at their default.
-        if key not in shown or ("" if text is None else text) != shown[key]:  # null: an empty box (shown "")
+        if key not in shown or ("" if text is None else text) != shown[key] or key.startswith(opted):  # null: ""
             node[parts[-1]] = value
     given = data.get("train", {}).get("out") if isinstance(data.get("train"), dict) else None
     if given is not None and Path(str(given)).expanduser().resolve() != out.resolve():

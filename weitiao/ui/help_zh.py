@@ -145,7 +145,7 @@ ZH: dict[str, str] = {
     "clip scores to ±this after normalization": "归一化后把分数裁剪到 ±此值",
     "advantages to mean 0, std 1 per batch": "每批把优势归一到均值 0、标准差 1",
     "auto: reward if reward.kind=model": "auto：reward.kind=model 时用奖励模型初始化",
-    "critic adapter; default = the actor's settings": "critic 的适配器；默认与 actor 相同",
+    "critic adapter: the keys set here over the actor's settings (a key left out: the actor's)": "critic 的适配器：这里写出的键覆盖 actor 的设置（没写的键取 actor 的）",
 }
 
 
