@@ -26,11 +26,10 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-def model(model_dir, dropout: float, quant: str = "none", **lora):
+def model(model_dir, dropout: float, quant: str = "none", checkpointing: bool = False, **lora):
     torch.manual_seed(0)
-    m = build_trainable(
-        ModelSpec(path=str(model_dir), quant=quant), LoraSpec(dropout=dropout, **lora), torch.device("cpu")
-    )
+    spec = ModelSpec(path=str(model_dir), quant=quant, gradient_checkpointing=checkpointing)
+    m = build_trainable(spec, LoraSpec(dropout=dropout, **lora), torch.device("cpu"))
     g = torch.Generator().manual_seed(1)
     for name, p in m.named_parameters():  # B starts at 0: give the adapter an effect on the output and on A's grads
         if "lora_B" in name:
@@ -95,12 +94,13 @@ def check_model(m, b, exs, expect_fused: int):
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.05])
-@pytest.mark.parametrize("layout", ["packed", "padded"])
+@pytest.mark.parametrize("layout", ["packed", "padded", "packed, gradient checkpointing"])
 def test_model_loss_and_grads_equal_peft(tiny_model_dir, tokenizer, dropout, layout):
-    m = model(tiny_model_dir, dropout)
-    if layout == "packed":
+    """Gradient checkpointing runs the forward again in backward: the same dropout masks (restored RNG)."""
+    m = model(tiny_model_dir, dropout, checkpointing="checkpointing" in layout)
+    if layout.startswith("packed"):
         assert packed_attention.enable(m)
-    check_model(m, *batch(tokenizer, layout), expect_fused=14)
+    check_model(m, *batch(tokenizer, layout.split(",")[0]), expect_fused=14)
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.05])
