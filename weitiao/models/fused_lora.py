@@ -20,7 +20,8 @@ another device (whose dropout kernel draws differently) peft's forward runs.
 scaling included; no DoRA or other variant, no lora_bias, no fan_in_fan_out), a frozen `nn.Linear` base, or a
 bitsandbytes 4-bit base on the CPU, where bitsandbytes itself dequantizes the weight and runs a plain fp32
 matmul (the same dequantized weight is used here). Every call the fused math cannot take (adapters disabled
-or merged, mixed adapter batches, autocast, dtypes that differ) runs peft's own forward. Weights, adapter
+or merged, mixed adapter batches, autocast, dtypes that differ, 4-bit weights stored as bf16 or sharded by
+FSDP) runs peft's own forward. Weights, adapter
 files and merging are peft's, unchanged.
 """
 
@@ -121,9 +122,10 @@ def _fused_forward(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> to
     p = drop.p if isinstance(drop, torch.nn.Dropout) and drop.training else 0.0
     quantized = type(base) is not torch.nn.Linear
     dtype_ok = x.dtype == A.dtype == B.dtype and x.dtype.is_floating_point
-    if quantized:  # bitsandbytes casts x to its compute dtype; the fused path needs that to be x's own
-        dtype_ok = dtype_ok and base.compute_dtype == x.dtype and base.weight.quant_state is not None
-        dtype_ok = dtype_ok and not getattr(base.weight.quant_state, "packing_format_for_cpu", False)
+    if quantized:  # x in bitsandbytes' compute dtype; uint8-packed weights with their state (FSDP's shards: peft)
+        state = getattr(base.weight, "quant_state", None)
+        dtype_ok = dtype_ok and base.compute_dtype == x.dtype and base.weight.dtype == torch.uint8
+        dtype_ok = dtype_ok and state is not None and not getattr(state, "packing_format_for_cpu", False)
         dtype_ok = dtype_ok and x.device.type == "cpu"
     else:
         dtype_ok = dtype_ok and base.weight.dtype == x.dtype
