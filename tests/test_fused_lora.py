@@ -103,6 +103,25 @@ def test_model_loss_and_grads_equal_peft(tiny_model_dir, tokenizer, dropout, lay
     check_model(m, *batch(tokenizer, layout.split(",")[0]), expect_fused=14)
 
 
+@pytest.fixture(scope="module")
+def qwen2_dir(tmp_path_factory, tokenizer):
+    from conftest import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("qwen2") / "qwen2", tokenizer, arch="qwen2", kv_heads=2)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.05])
+def test_biased_base_equals_peft(qwen2_dir, tokenizer, dropout):
+    """Qwen2's q/k/v projections carry a bias (frozen, added once; HF initializes it to 0, so it gets values)."""
+    m = model(qwen2_dir, dropout)
+    biases = [mod.bias for mod in m.modules() if isinstance(mod, torch.nn.Linear) and mod.bias is not None]
+    assert len(biases) == 6  # q, k, v × 2 layers
+    for b in biases:
+        b.data = torch.randn(b.shape, generator=torch.Generator().manual_seed(6)) * 0.1
+    assert packed_attention.enable(m)
+    check_model(m, *batch(tokenizer, "packed"), expect_fused=14)
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.05])
 def test_qlora_loss_and_grads_equal_peft(tiny_model_dir, tokenizer, dropout):
     """NF4 base: bitsandbytes dequantizes the weight and runs an fp32 matmul on the CPU; so does the fused path."""
