@@ -18,6 +18,7 @@ from weitiao.losses.sft import CausalLMLoss
 from weitiao.models import fused_lora, packed_attention
 from weitiao.models.load import LoraSpec, ModelSpec, build_trainable
 from weitiao.recipes import sft
+from weitiao.train.log import read_metrics
 
 TOL = 1e-5
 
@@ -163,3 +164,14 @@ def test_config_switch(tiny_model_dir, chat_file, tmp_path, monkeypatch):
     assert fused == [14]
     with pytest.raises(UserError, match="fused_lora"):
         load_config(sft.SFTConfig, None, [f"model.path={tiny_model_dir}", "train.fused_lora=maybe"])
+
+
+def test_resume_accepts_a_changed_switch(tiny_model_dir, chat_file, tmp_path):
+    """train.fused_lora changes how a step is computed, not what: a run resumes with it switched (no
+    train.resume=force), as with train.compile; the losses go on within float rounding of the straight run's."""
+    args = ("train.max_steps=2", "train.save_every=1", "data.max_len=64", "lora.dropout=0")
+    sft.run(recipe_config("sft", tiny_model_dir, chat_file, tmp_path / "straight", *args))
+    sft.run(recipe_config("sft", tiny_model_dir, chat_file, tmp_path / "run", *args, "train.stop_after=1"))
+    sft.run(recipe_config("sft", tiny_model_dir, chat_file, tmp_path / "run", *args, "train.fused_lora=false"))
+    losses = [[r["loss"] for r in read_metrics(tmp_path / d, "train")] for d in ("straight", "run")]
+    assert len(losses[1]) == 2 and losses[1] == pytest.approx(losses[0], rel=TOL)
