@@ -70,18 +70,17 @@ def packed_sdpa(
     gqa = query.shape[1] != key.shape[1]
     rows = []
     for b, row in enumerate(segs):
-        parts, start = [], 0
-        for n in row:
-            s = slice(start, start + n)
-            q, k, v = query[b : b + 1, :, s], key[b : b + 1, :, s], value[b : b + 1, :, s]
-            parts.append(
-                F.scaled_dot_product_attention(
-                    q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa
-                )
-            )
-            start += n
-        rows.append(torch.cat(parts, dim=2))
-    return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+        # split, not slices: its backward is one cat, where each slice's is a zero-filled full-size gradient
+        # added up with the others. Each output goes back to (1, n, H, D), so one cat gives the row contiguous.
+        qs, ks, vs = (t[b : b + 1].split(row, dim=2) for t in (query, key, value))
+        parts = [
+            F.scaled_dot_product_attention(
+                q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa
+            ).transpose(1, 2)
+            for q, k, v in zip(qs, ks, vs)
+        ]
+        rows.append(torch.cat(parts, dim=1))
+    return (rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)).contiguous(), None
 
 
 AttentionInterface.register(NAME, packed_sdpa)

@@ -69,6 +69,7 @@ FREE_KEYS = {
     # (gradient checkpointing after an out-of-memory is the usual resume with a changed config)
     "model.gradient_checkpointing",
     "train.compile",
+    "train.fused_lora",
     "data.cache",
     "data.cache_dir",
     "data.num_proc",

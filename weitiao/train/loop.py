@@ -35,6 +35,7 @@ from weitiao.data.collate import example_lengths, plan_epoch
 from weitiao.data.templates import ChatTemplate
 from weitiao.errors import UserError
 from weitiao.io import publish_dir
+from weitiao.models import fused_lora
 from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids, write_generation_config
 from weitiao.train import checkpoint as ck
 from weitiao.train import dist, zero
@@ -302,8 +303,11 @@ def compile_layers(model: Any) -> int:
 
 def adamw(accel: Any, module: Any, model: Any, t: TrainSpec, lr: float) -> tuple[Any, Any, list]:
     """AdamW over `model`'s trainable parameters, prepared with `module` by accelerate: (module, optimizer,
-    params). The parameters are read again after prepare: FSDP swaps in sharded ones. With train.compile
-    the decoder layers are compiled first (`compile_layers`)."""
+    params). The parameters are read again after prepare: FSDP swaps in sharded ones. With train.fused_lora the
+    LoRA linears get the fused forward (`fused_lora.enable`), then with train.compile the decoder layers are
+    compiled (`compile_layers`)."""
+    if t.fused_lora:
+        fused_lora.enable(model)
     if t.compile:
         compile_layers(model)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -89,6 +89,11 @@ class TrainSpec(RunSpec):
     compile: bool = Field(
         False, description="torch.compile each decoder layer (first steps slower while compiling; same losses)"
     )
+    fused_lora: bool = Field(
+        True,
+        description="each LoRA linear as one autograd function (base + adapter, models/fused_lora.py): the same "
+        "math within float rounding in less CPU time; false = peft's own forward",
+    )
 
     def default_lr(self, lora: bool) -> float:
         """train.lr, else this recipe's default for LoRA or full fine-tuning (the one `config show` prints)."""
