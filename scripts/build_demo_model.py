@@ -7,8 +7,10 @@ Run from the repo root, after scripts/build_demo_data.py:
 Trains a 4096-token byte-level BPE on all demo data and the generated corpus
 (scripts/build_demo_corpus.py), pretrains a 6-layer Llama (about 5.8M parameters) on pretrain.jsonl
 and the corpus's chat rows (ChatML) plus its plain documents (each ending with <|endoftext|>),
-saves it with save_pretrained, then prints greedy generations and reply metrics on the held-out
-prompts. Seeded; needs no network and no GPU.
+saves it with save_pretrained (weights stored as float16, config.json's dtype float32: see store_fp16), then prints
+greedy generations and reply metrics on the held-out prompts. Seeded; needs no network and no GPU.
+`python scripts/build_demo_model.py --fp16` only rewrites an existing DEMO_OUT's fp32 weights as float16 (how the
+shipped file was made from the fp32 build; no training).
 
 The run is bounded by steps and by wall time (DEMO_MINUTES, default 60): the cosine schedule follows
 whichever of the two is further along, so a run cut by time still ends at the low learning rate; DEMO_STOP
@@ -307,6 +309,7 @@ def save(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tok.save_pretrained(tmp)
     model.save_pretrained(tmp)
+    store_fp16(tmp / "model.safetensors")
     cfg = tmp / "tokenizer_config.json"  # a tokenizer loaded from a folder (DEMO_INIT) saves where it came from
     kept = {k: v for k, v in json.loads(cfg.read_text()).items() if k not in ("is_local", "local_files_only")}
     cfg.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n")
@@ -319,9 +322,34 @@ def save(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast) -> None:
     print(f"saved {MODEL_DIR} ({size:.1f} MiB): {', '.join(p.name for p in files)}")
 
 
+def store_fp16(path: Path) -> None:
+    """Rewrite a float32 safetensors file as float16 in place: half the bytes (the repo takes files under 20 MB; the
+    fp32 file was 23 MB). config.json keeps dtype float32, so transformers 5's default dtype ("auto": config.json
+    first) and weitiao's fp32 on CPU load the model as float32; only the stored values are rounded to fp16's 11-bit
+    significand (every weight here is within ±2, far inside fp16's range)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    big = [k for k, t in tensors.items() if t.is_floating_point() and t.abs().max() > torch.finfo(torch.float16).max]
+    if big:
+        raise SystemExit(f"{path}: {big[0]} holds values beyond float16's range; store it as float32")
+    half = {k: t.half() if t.is_floating_point() else t for k, t in tensors.items()}
+    tmp = path.with_name(path.name + ".fp16")
+    save_file(half, str(tmp), metadata=meta)
+    tmp.chmod(path.stat().st_mode)
+    tmp.replace(path)
+
+
 def main() -> None:
     """Tokenizer, pretraining, save, held-out report."""
     import sys
+
+    if sys.argv[1:] == ["--fp16"]:
+        store_fp16(MODEL_DIR / "model.safetensors")
+        print(f"{MODEL_DIR / 'model.safetensors'}: float16, {(MODEL_DIR / 'model.safetensors').stat().st_size} bytes")
+        return
 
     sys.path.insert(0, str(Path(__file__).parent))
     from build_demo_corpus import corpus
@@ -334,7 +362,9 @@ def main() -> None:
     data = {name: read_jsonl(name) for name in DATA_FILES}
     docs, chats = corpus(n_logs=N_LOGS, redline=LOG_REDLINE, n_cover=N_COVER)
     if INIT:
-        tok, model = PreTrainedTokenizerFast.from_pretrained(INIT), LlamaForCausalLM.from_pretrained(INIT)
+        tok = PreTrainedTokenizerFast.from_pretrained(INIT)
+        # float32 for training, whatever the file stores (transformers 5's default dtype "auto" reads config.json)
+        model = LlamaForCausalLM.from_pretrained(INIT, dtype=torch.float32)
         print(f"continuing from {INIT} (its tokenizer and weights), peak lr {PEAK_LR:.0e}")
     else:
         tok = build_tokenizer(data, docs)
@@ -352,6 +382,9 @@ def main() -> None:
     loss = pretrain(model, tok, blocks, positions)
     print(f"pretraining: {time.time() - t1:.0f}s wall, final train loss {loss:.3f}")
     save(model, tok)
+    with torch.no_grad():  # the report below measures the weights as shipped: rounded to float16
+        for p in model.parameters():
+            p.copy_(p.half().float())
     evaluate(model, tok, data)
     print(f"\ntotal {time.time() - t0:.0f}s")
 

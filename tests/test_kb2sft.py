@@ -398,11 +398,26 @@ def test_semantic_chunks_keep_line_breaks_and_max_chars():
     grounds on) and kept a sentence over --max-chars whole (a page without 。 was one chunk of any size)."""
     steps = "# Refund\nStep one: open the app\nStep two: tap Settings\n退款三到五天到账。It opens! Then tap."
     ((_, text),) = by_semantic(steps, ChunkSpec(max_chars=600, min_chars=600))  # one chunk: no cut
-    assert text == "Step one: open the app\nStep two: tap Settings\n退款三到五天到账。It opens! Then tap."
+    assert text == "Refund\nStep one: open the app\nStep two: tap Settings\n退款三到五天到账。It opens! Then tap."
     assert grounding_score("open the app", text) == 1.0
     long = "会员积分规则说明" * 50 + "。积分一年有效。"
     pieces = [b for _, b in by_semantic(long, ChunkSpec(max_chars=100, min_chars=5))]
     assert max(map(len, pieces)) <= 100 and "".join(pieces) == long
+
+
+def test_semantic_chunks_keep_headings_and_code_blocks_verbatim():
+    """The semantic chunker dropped heading lines ("## 退款规则" gone, and the section's topic with it) and cut a fenced
+    code block into sentences: its indentation and blank line went, and its `# comment` line was read as a heading and
+    dropped. Headings now stay as their words, open a section (a break once the chunk holds min_chars) and label the
+    chunks after them; a code block is one piece, as written."""
+    code = "```python\nimport os\n# 读取密钥\ndef key():\n    k = os.environ.get('K')\n\n    return k\n```"
+    doc = f"# 会员手册\n\n## 积分规则\n积分一年有效。消费一元得一分。\n\n## 接口示例\n{code}\n调用前先登录。"
+    ((heading, text),) = by_semantic(doc, ChunkSpec(max_chars=600, min_chars=600))  # one chunk: no cut
+    assert heading == "会员手册"
+    assert text == f"会员手册\n积分规则\n积分一年有效。消费一元得一分。\n接口示例\n{code}\n调用前先登录。"
+    chunks = by_semantic(doc, ChunkSpec(max_chars=600, min_chars=10, percentile=0))
+    assert chunks[0] == ("会员手册", "会员手册\n积分规则\n积分一年有效。消费一元得一分。")  # no break before 积分规则
+    assert ("会员手册 > 接口示例", f"接口示例\n{code}") in chunks  # a break before 接口示例; the block whole
 
 
 def test_a_damaged_pdf_or_docx_is_one_line_naming_it(tmp_path):

@@ -1597,8 +1597,8 @@ def test_eval_counts_label_characters_left_in_clear(monkeypatch):
 
 def test_a_road_and_number_after_an_address_cue_needs_no_city():
     """地址：解放路8号, 住在中山路5号, 寄到文三路478号 were left in clear (a road and number was read only after a
-    province or city): after 地址/住址/住在/家住/位于/寄到… the road and number are the address. A bare 在 is no cue
-    (他在公司里5号开会), nor is a road noun (地址：道路12号)."""
+    province or city): after 地址/住址/住在/家住/位于/寄到… the road and number are the address. A bare 在 reads only a
+    road proper (他在公司里5号开会 stays clear: see the next test), and a road noun is none (地址：道路12号)."""
     for text, addr in [
         ("住在中山路5号", "中山路5号"),
         ("我家住人民路12号3单元", "人民路12号3单元"),
@@ -1611,6 +1611,25 @@ def test_a_road_and_number_after_an_address_cue_needs_no_city():
         assert _found(text, ["address"]) == [("address", addr)], text
     for clear in ("他在公司里5号开会", "地址：道路12号", "地址不详，大约在中山路附近", "住在这里5年了"):
         assert _found(clear, ["address"]) == [], clear
+
+
+def test_review_misses_tianjie_estate_bare_zai_road_and_wangfujing():
+    """Three review misses: 龙湖时代天街3栋 was left in clear (天街, a mall-and-estate suffix, was
+    no estate); 我在中山路5号等你 too (a bare 在 was no cue at all); 王府井书记 was masked as a name
+    (a surname-led place before a title). A bare 在 now reads a road proper (路/街/大道/巷/胡同)
+    named by two or more Chinese characters and its number; 里, 道, a bus route and a road noun stay clear."""
+    for text, addr in [
+        ("我住在龙湖时代天街3栋", "龙湖时代天街3栋"),
+        ("我在中山路5号等你", "中山路5号"),
+        ("我在人民大道100号楼下", "人民大道100号"),
+        ("现在中山路5号堵车", "中山路5号"),
+    ]:
+        assert _found(text, ["address"]) == [("address", addr)], text
+    for clear in ("他在公司里5号开会", "在通道3号口集合", "他在5路3号车上", "走在高速公路5号出口", "我在北京路上5号线"):
+        assert _found(clear, ["address"]) == [], clear
+    if pii._jieba_ok():
+        assert _found("王府井书记来视察了", ["name"]) == []
+        assert _found("张伟书记来视察了", ["name"]) == [("name", "张伟")]  # control: a person before the title
 
 
 def test_a_surname_led_word_before_a_title_is_a_name_and_a_school_is_none():

@@ -221,25 +221,59 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE.findall(text) if s.strip()]
 
 
+def _semantic_pieces(text: str, max_chars: int) -> list[tuple[str, str, str, bool]]:
+    """(separator before it, text, heading path, starts a section) for each sentence, heading and fenced code block.
+
+    A heading stays in the text as its words (it was dropped: "## 退款" gone, a section's topic with it) and opens a
+    section; a fenced code block is one piece, verbatim (split into sentences, its lines lost their indentation and
+    its `# comment` lines were read as headings and dropped); a sentence or block over max_chars is cut into windows.
+    """
+    pieces: list[tuple[str, str, str, bool]] = []
+    path: list[tuple[int, str]] = []
+    gap, fence, new_section = "", None, False
+    for line in [*text.split("\n"), None]:
+        if fence is not None:  # inside a ``` block: gather lines until the closing fence (or the end of the text)
+            if line is not None:
+                fence.append(line)
+            if line is None or (len(fence) > 1 and line.lstrip().startswith(("```", "~~~"))):
+                block = "\n".join(fence).strip("\n")
+                heading = " > ".join(h for _, h in path)
+                pieces += [(gap if i == 0 else "", block[i : i + max_chars], heading, new_section and i == 0)
+                           for i in range(0, len(block), max_chars)]  # fmt: skip
+                gap, fence, new_section = "\n", None, False
+            continue
+        if line is None:
+            break
+        if line.lstrip().startswith(("```", "~~~")):
+            fence = [line]
+            gap = "\n" if pieces else ""
+            continue
+        if m := _HEADING.match(line.strip()):
+            level = len(m.group(1))
+            path = [(lv, h) for lv, h in path if lv < level] + [(level, m.group(2))]
+            line, new_section = m.group(2), True
+        for raw in _SENTENCE.findall(line):
+            if s := raw.strip():
+                lead = gap or (" " if raw[0].isspace() and pieces else "")
+                heading = " > ".join(h for _, h in path)
+                pieces += [(lead if i == 0 else "", s[i : i + max_chars], heading, new_section and i == 0)
+                           for i in range(0, len(s), max_chars)]  # fmt: skip
+                gap, new_section = "", False
+        gap = "\n" if pieces else ""
+    return pieces
+
+
 def by_semantic(text: str, spec: ChunkSpec) -> list[tuple[str, str]]:
     """Break between adjacent sentences whose similarity is among the lowest `percentile`% (and wherever
-    a chunk would pass max_chars). Similarity: cosine of char 1-2-gram TF-IDF, or of local embeddings."""
-    # (separator before it, sentence): a line break stays a line break and a space a space (lines of English were
-    # glued, "open the app" + "Step two" → "appStep", a word no answer grounds on); a sentence over max_chars is cut
-    # into windows (it was one chunk of any size)
-    pieces: list[tuple[str, str]] = []
-    gap = ""
-    for raw in _SENTENCE.findall(text):
-        s = raw.strip()
-        if raw == "\n" or _HEADING.match(s):
-            gap = "\n"
-        elif s:
-            lead = gap or (" " if raw[0].isspace() else "")
-            pieces += [(lead if i == 0 else "", s[i : i + spec.max_chars]) for i in range(0, len(s), spec.max_chars)]
-            gap = ""
-    sents = [s for _, s in pieces]
+    a chunk would pass max_chars, and before a heading), once the chunk holds min_chars. Similarity: cosine of char
+    1-2-gram TF-IDF, or of local embeddings. Each chunk is labelled with the heading path where it starts."""
+    # a line break stays a line break and a space a space (lines of English were glued, "open the app" + "Step two"
+    # → "appStep", a word no answer grounds on); a sentence over max_chars is cut into windows (it was one chunk of
+    # any size); headings and code blocks: _semantic_pieces
+    pieces = _semantic_pieces(text, spec.max_chars)
+    sents = [s for _, s, _, _ in pieces]
     if len(sents) < 2:
-        return [("", s) for s in sents]
+        return [(h, s) for _, s, h, _ in pieces]
     # 1. one vector per sentence; 2. cosine of each neighbour pair; 3. cut at the low ones
     if spec.embed_model:
         vec = embed(sents, spec.embed_model)
@@ -248,15 +282,16 @@ def by_semantic(text: str, spec: ChunkSpec) -> list[tuple[str, str]]:
         vec = tfidf(sents)[0]  # sparse
         sims = vec[:-1].multiply(vec[1:]).sum(axis=1)
     cut = float(np.percentile(sims, spec.percentile))
-    out, cur = [], sents[0]
-    for (sep, s), sim in zip(pieces[1:], sims):
-        if (sim <= cut and len(cur) >= spec.min_chars) or len(cur) + len(sep) + len(s) > spec.max_chars:
+    out, cur = [], (pieces[0][2], sents[0])
+    for (sep, s, heading, section), sim in zip(pieces[1:], sims):
+        low = sim <= cut or section
+        if (low and len(cur[1]) >= spec.min_chars) or len(cur[1]) + len(sep) + len(s) > spec.max_chars:
             out.append(cur)
-            cur = s
+            cur = (heading, s)
         else:
-            cur += sep + s
+            cur = (cur[0], cur[1] + sep + s)
     out.append(cur)
-    return [("", c) for c in out]
+    return out
 
 
 CHUNKERS = {"paragraph": by_paragraph, "heading": by_heading, "fixed": by_fixed, "semantic": by_semantic}

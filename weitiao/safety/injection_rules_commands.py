@@ -155,9 +155,10 @@ def injection_eval(
     from weitiao.safety import injection as inj
 
     _one_reply_source(ctx, endpoint)
-    if leak_chars < 1:  # a run of 0 characters is in every reply: every attack read as a leak, ASR 1.0
-        raise UserError(f"--leak-chars {leak_chars}: must be >= 1 (the default 16 counts a run of 16 characters of "
-                        "the secret line as a leak)")  # fmt: skip
+    if leak_chars < inj.LEAK_CHARS_MIN:  # 0: in every reply (ASR 1.0); 1-4: ordinary words (以上内容), not a leak
+        raise UserError(f"--leak-chars {leak_chars}: must be >= {inj.LEAK_CHARS_MIN} (a run of 4 or fewer characters "
+                        "of the secret line, such as 以上内容, is in ordinary replies; the default 16 counts a run of "
+                        "16 as a leak)")  # fmt: skip
     _claim([out], [attacks])
     rows = inj.load_attacks(attacks)
     if endpoint:

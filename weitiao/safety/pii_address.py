@@ -80,7 +80,7 @@ ROOM_RE = re.compile(
     r"(?<![0-9A-Za-z])(?:\d{1,2}期)?(?:[0-9A-Za-z]{1,3}|[一二三四五六七八九十]{1,3})(?:号楼|栋|幢|座)"
     r"(?:[0-9一二三四五六七八九十]{1,2}单元)?\d{3,4}(?:-\d{3,4})?(?:室|房|号)?(?![0-9A-Za-z])"  # A座1205-1207
 )
-ESTATE = "花园|小区|大厦|公寓|广场|中心|大楼|家园|新村|山庄|华庭|公馆|天地|国际|城|苑|府|园|庭|邸|湾|院"
+ESTATE = "花园|小区|大厦|公寓|广场|中心|大楼|家园|新村|山庄|华庭|公馆|天地|天街|国际|城|苑|府|园|庭|邸|湾|院"
 DASH_ROOM_RE = re.compile(rf"(?:{ESTATE})((?:\d{{1,2}}期)?\d{{1,3}}(?:-\d{{1,2}})?-\d{{3,4}})(?![0-9A-Za-z-])")
 # A block without a room is an address only right after an estate's name (住在阳光花园3栋, 万科城12栋); a Chinese
 # numeral only before 号楼 (阳光花园三号楼): 花园一座假山, 三栋别墅 count things.
@@ -156,8 +156,29 @@ def find_building(text: str) -> list[Match]:
     return out
 
 
+# A bare 在 before a road and house number (我在中山路5号等你): an address only for a road proper (路, 街, 大道, 巷,
+# 胡同) named by two or more Chinese characters (5路3号车 is a bus) and no road noun (高速公路5号出口); 里 and 道
+# also end other words (他在公司里5号开会, 在通道3号口).
+BARE_AT_ROADS = ("路", "街", "大道", "巷", "胡同")
+
+
+def _after_bare_at(text: str) -> list[Match]:
+    out = []
+    for at in re.finditer("在", text):
+        tail = TAIL_RE.match(text, at.end())
+        road = tail and ROAD_RE.match(text, at.end(), tail.end())
+        if not road or not text.startswith(BARE_AT_ROADS, road.end(1)) or ROAD_NOUN.search(text, at.end(), road.end()):
+            continue
+        start = _after_generic_city(text, at.end(), tail.end())  # 在这个城市|中山路5号
+        if start == at.end():
+            start = _estate_start(text, start, road.end(1))
+        if len(re.findall(HAN, text[start : road.end(1)])) >= 2:
+            out.append(Match("address", start, tail.end(), text[start : tail.end()], 0.7))
+    return out
+
+
 def find_address(text: str) -> list[Match]:
-    out = find_building(text)
+    out = find_building(text) + _after_bare_at(text)
     for g in GENERIC_CITY.finditer(text):  # 本市中山路5号, 城市中山路5号: no city name, the road and number alone
         if (tail := TAIL_RE.match(text, g.end())) and not ROAD_NOUN.match(text, g.end()):
             start = _after_generic_city(text, g.start(), tail.end())

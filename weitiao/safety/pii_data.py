@@ -97,7 +97,9 @@ REFUSALS = [
 NAME_STOP = frozenset(
     "谢谢 高兴 江湖 金额 文件 马上 关于 周末 成都 黄金 司机 白天 常常 万一 东方明珠 东方红"
     " 向前 于是 和平 时间 安全 明天 明白 荣耀 张家界 王者 高达 金牛 江山 龙门"
-    " 石家庄 白云山 陈皮 华为 方太 韩束 黄山 宁夏 常熟 景德镇 温泉 金山 华山 柳州 石林 蓝天 白云 万家".split()
+    " 石家庄 白云山 陈皮 华为 方太 韩束 黄山 宁夏 常熟 景德镇 温泉 金山 华山 柳州 石林 蓝天 白云 万家"
+    # places led by a surname, which a title after them made names (王府井书记: the party secretary of 王府井)
+    " 王府井 周庄 潘家园 朱家角 周口店 沈家门".split()
 )
 # Common words that jieba's dictionary tags `nr` (陈述 763, 张口 361, 阳光 3451 in dict.txt): read as names only
 # with a person cue after (老师) or a label before (我叫). Words that are also common full names (高明, 高峰, 白雪,
