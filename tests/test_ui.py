@@ -315,6 +315,20 @@ def wait_for(fn, timeout=60.0):
     raise AssertionError("timed out")
 
 
+def _kept_then_swapped(c, values: dict, swap) -> dict:
+    """Start SFT run 'kept' (must finish done), then 'swapped' with `swap()` called right after it starts (must
+    fail); returns the swapped run's state."""
+    for name in ("kept", "swapped"):
+        made = c.post("/api/runs", json={"kind": "sft", "name": name, "values": values})
+        assert made.status_code == 200, made.text
+        if name == "swapped":
+            swap()
+        state = wait_for(lambda n=name: (s := c.get(f"/api/runs/{n}").json())["state"]["status"]
+                         not in ("starting", "running") and s, timeout=300)  # fmt: skip
+        assert state["state"]["status"] == ("failed" if name == "swapped" else "done"), state["log"][-2000:]
+    return state
+
+
 def test_run_keeper_stop_fail_restart_and_lost(tmp_path, fake_python, monkeypatch):
     store = RunStore(tmp_path / "runs", python=fake_python)
     s = store.create("r1", "sft", "train: {}\n")
@@ -1074,14 +1088,11 @@ def test_a_run_checks_its_data_files_against_the_roots_as_it_opens_them(root, tm
     roots = Roots([root])
     app = create_app(roots, RunStore(root / "runs", read_roots=roots.roots))
     with running(app) as base, httpx.Client(base_url=base, timeout=60) as c:
-        for name, swap in (("kept", False), ("swapped", True)):
-            made = c.post("/api/runs", json={"kind": "sft", "name": name, "values": values})
-            assert made.status_code == 200, made.text
-            if swap:  # the trainer is still importing torch: it opens dataset_info.json after this
-                (lf / "dataset_info.json").write_text(json.dumps({"faq": {"file_name": "../../../secret.jsonl"}}))
-            state = wait_for(lambda n=name: (s := c.get(f"/api/runs/{n}").json())["state"]["status"]
-                             not in ("starting", "running") and s, timeout=300)  # fmt: skip
-            assert state["state"]["status"] == ("failed" if swap else "done"), state["log"][-2000:]
+
+        def swap() -> None:  # the trainer is still importing torch: it opens dataset_info.json after this
+            (lf / "dataset_info.json").write_text(json.dumps({"faq": {"file_name": "../../../secret.jsonl"}}))
+
+        state = _kept_then_swapped(c, values, swap)
         assert f"(→ {tmp_path}/secret.jsonl): outside the allowed folders ({root.resolve()})" in state["log"]
         assert not (root / "runs" / "swapped" / "final").exists()
         # a folder of data files with a link out among them: the form and the Data tab refuse it
@@ -1121,15 +1132,12 @@ def test_a_run_checks_its_models_adapters_and_reward_file_against_the_roots_as_i
     roots = Roots([root])
     app = create_app(roots, RunStore(root / "runs", read_roots=roots.roots))
     with running(app) as base, httpx.Client(base_url=base, timeout=60) as c:
-        for name, swap in (("kept", False), ("swapped", True)):
-            made = c.post("/api/runs", json={"kind": "sft", "name": name, "values": values})
-            assert made.status_code == 200, made.text
-            if swap:  # the trainer is still importing torch: it loads the model after this
-                shutil.rmtree(root / "models" / "tiny")
-                (root / "models" / "tiny").symlink_to(tmp_path / "outside")
-            state = wait_for(lambda n=name: (s := c.get(f"/api/runs/{n}").json())["state"]["status"]
-                             not in ("starting", "running") and s, timeout=300)  # fmt: skip
-            assert state["state"]["status"] == ("failed" if swap else "done"), state["log"][-2000:]
+
+        def swap() -> None:  # the trainer is still importing torch: it loads the model after this
+            shutil.rmtree(root / "models" / "tiny")
+            (root / "models" / "tiny").symlink_to(tmp_path / "outside")
+
+        state = _kept_then_swapped(c, values, swap)
     assert f"(→ {tmp_path}/outside): outside the allowed folders ({root.resolve()})" in state["log"]
     assert not (root / "runs" / "swapped" / "final").exists()
     # each reader, in a run's process (READ_ROOTS set): a link out is refused, the same file inside is read
