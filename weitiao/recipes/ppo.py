@@ -582,12 +582,13 @@ def run(cfg: PPOConfig) -> dict:
     )
     history: list[dict] = []  # per step: HACKING_KEYS of its metrics
     if ckpt is not None:
-        note = check_resume(ckpt, ck.saved_state(ckpt), plan, total_steps, t.resume == "force")
-        if (was := ck.saved_state(ckpt).get("critic", "separate")) != p.critic:  # its weights and optimizers differ
+        saved = ck.saved_state(ckpt)
+        note = check_resume(ckpt, saved, plan, total_steps, t.resume == "force")
+        if (was := saved.get("critic", "separate")) != p.critic:  # its weights and optimizers differ
             raise UserError(f"train.resume: {ckpt} was trained with ppo.critic: {was}, this run sets {p.critic} (other "
                             f"weights and optimizers, even under force); set ppo.critic: {was}, or train.resume=none "
                             "(or another train.out) for a new run")  # fmt: skip
-        history = hacking_history(ckpt, ck.saved_state(ckpt), t.hacking_window, t.resume == "force")
+        history = hacking_history(ckpt, saved, t.hacking_window, t.resume == "force")
         if main and note:
             print(note)
     else:

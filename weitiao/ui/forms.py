@@ -201,15 +201,16 @@ def check_reads(entries: Any, folder: Path | None, what: str, roots: Roots) -> N
 def build(kind: str, values: dict[str, Any], roots: Roots, out: Path) -> BaseModel:
     """Form values {dotted key: text, bool or null} → the validated config, `train.out` set to `out`."""
     cls = config_class(kind)
-    shown = {f["key"]: f["default"] for f in _fields(form(cls)) if not f["required"]}
-    opted = _optional_sections(form(cls))
+    items = form(cls)
+    shown = {f["key"]: f["default"] for f in _fields(items) if not f["required"]}
+    opted = _optional_sections(items)
     data: dict = {}
     for key, text in values.items():
         if not isinstance(key, str) or not key:
             raise UserError(f"form key {key!r}: not a config key")
         if isinstance(text, str) and not text.strip() and not key.startswith(opted):
             continue  # left empty: the class default (the page sends null to clear an optional key)
-        value = None if isinstance(text, str) and not text.strip() else parse_value(text)
+        value = parse_value(text)  # '' → None: an empty box of a section switched on
         node = data
         parts = key.split(".")
         for k in parts[:-1]:
