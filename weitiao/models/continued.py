@@ -112,6 +112,8 @@ def refuse_other_template(lora: LoraSpec, name: str, tokenizer: Any, template: A
         f"set data.template={was}"
         if was in TEMPLATE_NAMES and was not in ("auto", "tokenizer")
         else f"set data.template to the one it was trained with (its tokenizer: {tok_dir})"
+        if tok_dir is not None
+        else "set data.template to the one it was trained with"
     )
     raise UserError(
         f"data.template: auto renders chats with {template.name} here, but the adapter at lora.init_from "
