@@ -266,6 +266,9 @@ class Header:
         """A row of the header's width as {name: value}; a RowError when a column without a name holds a value."""
         if (at := next((i for i in self.unnamed if values[i].strip()), None)) is not None:
             return self.nameless(at, values[at])
+        if [v.strip() for v in values] == [c.strip() for c in self.cells]:  # files joined with their headers
+            return RowError("row", f"the header row (line {self.line}) again, as when files are joined with their "
+                                   "headers: delete this line")  # fmt: skip
         return {c: v for c, v in zip(self.cells, values) if c.strip()}
 
     def nameless(self, at: int, value: str) -> RowError:
