@@ -109,6 +109,27 @@ def expand_paths(entries: list[str | Path]) -> list[Path]:
     return [f for _, f in out]
 
 
+LF_SOURCES = ("file_name", "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url")
+
+
+def refuse_lf_info(files: list[Path]) -> None:
+    """LLaMA-Factory's dataset_info.json among the files given as data: its datasets are read by name through it
+    (their columns, tags and formatting), not as rows; said with the settings that do that."""
+    for f in files:
+        if f.name != "dataset_info.json" or not f.is_file():
+            continue
+        try:
+            info = json.loads(f.read_text(encoding="utf-8-sig"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue  # not one: read as data, which says what is wrong with it
+        if isinstance(info, dict) and any(isinstance(v, dict) and set(v) & set(LF_SOURCES) for v in info.values()):
+            raise UserError(
+                f"{f}: LLaMA-Factory's dataset_info.json, whose datasets are read by name through it (columns, tags, "
+                f"formatting): set data.dataset_dir: {f.parent} and data.train: [NAME, ...] (`data check NAME "
+                f"--dataset-dir {f.parent}`), or give the data files themselves"
+            )
+
+
 def _expand(entries: list[str | Path]) -> list[tuple[str | Path, Path]]:
     """(entry, file) for every file each entry names."""
     out: list[tuple[str | Path, Path]] = []
@@ -131,6 +152,7 @@ def _expand(entries: list[str | Path]) -> list[tuple[str | Path, Path]]:
             out += [(entry, f) for f in shards]
         else:
             out.append((entry, p))  # iter_records reports a missing file or a bad suffix
+    refuse_lf_info([f for _, f in out])
     return out
 
 
