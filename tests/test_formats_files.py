@@ -427,3 +427,18 @@ def test_the_header_row_again_is_a_bad_row_not_trained(tmp_path, suffix):
         load_conversations(path)
     got = load_conversations(path, skip_invalid=True, rejects_path=tmp_path / "r.jsonl")
     assert [r.messages[-1]["content"] for r in got.rows] == ["嗨", "拜"] and got.rejected == 1
+
+
+def test_a_second_list_of_rows_beside_data_is_refused_not_dropped(tmp_path):
+    """A .json object with rows under `data` and more rows under another key (`{"data": [...], "extra": [...]}`) read
+    `data` alone and dropped the rest unsaid; an object of splits (`{"train": [...], "test": [...]}`) was refused
+    without naming them. Now both name the keys; `{"version": ..., "data": [...]}` (SQuAD's layout) still reads."""
+    row = {"instruction": "问", "output": "答"}
+    (tmp_path / "two.json").write_text(json.dumps({"data": [row], "extra": [row, row]}), encoding="utf-8")
+    with pytest.raises(UserError, match=r"two\.json: json: rows under 'data' and also under 'extra'"):
+        load_rows(str(tmp_path / "two.json"))
+    (tmp_path / "splits.json").write_text(json.dumps({"train": [row], "test": [row]}), encoding="utf-8")
+    with pytest.raises(UserError, match=r"splits\.json: json: rows under 'train', 'test' \(splits\?\)"):
+        load_rows(str(tmp_path / "splits.json"))
+    (tmp_path / "squad.json").write_text(json.dumps({"version": "1", "data": [row]}), encoding="utf-8")
+    assert load_rows(str(tmp_path / "squad.json")).kept == 1

@@ -265,8 +265,14 @@ def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
     if isinstance(data, list):
         yield from zip(_start_lines(text, len(text) - len(text.lstrip()), len(data)), data)
         return
+    keyed = data if isinstance(data, dict) else {}
+    lists = [k for k, v in keyed.items() if isinstance(v, list) and v and isinstance(v[0], dict)]  # lists of rows
     if not (isinstance(data, dict) and isinstance(data.get("data"), list)):
-        raise UserError(f"{path}: json: expected a list of rows (or {{'data': [...]}})")
+        named = f"rows under {', '.join(map(repr, lists))} (splits?): save each as its own file; " if lists else ""
+        raise UserError(f"{path}: json: {named}expected a list of rows (or {{'data': [...]}})")
+    if others := [k for k in lists if k != "data"]:  # only `data` is read: the others' rows would be dropped
+        raise UserError(f"{path}: json: rows under 'data' and also under {', '.join(map(repr, others))}, which "
+                        "would be left unread; keep one list of rows per file")  # fmt: skip
     yield from enumerate(data["data"], 1)  # rows counted: where the list sits in the object is not looked for
 
 
