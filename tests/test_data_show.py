@@ -130,3 +130,47 @@ def test_a_max_len_no_trainer_takes_is_refused(tmp_path, tiny_model_dir):
             assert "max_len 9 leaves no rows to train" in str(r.exception), r.output
         else:
             assert r.exit_code == 0, r.output
+
+
+def test_raw_text_rows_are_shown_as_sft_trains_them(tmp_path, tiny_model_dir):
+    """`data show` refused a file `weitiao sft` trains ('a raw-text row (text, or string prompt/completion); this
+    command takes chats'), even for its chat rows: a TRL string prompt/completion row or a `text` document could not be
+    previewed from the CLI (the console's Data tab shows them). Now shown as SFT encodes them: raw text + EOS, no
+    template; the completion trained, the prompt not; a document trained whole, in pieces of max_len."""
+    rows = [
+        {"prompt": "问：今天天气怎么样？\n答：", "completion": "挺好的"},
+        {"prompt": [{"role": "user", "content": "你好"}], "completion": [{"role": "assistant", "content": "嗨"}]},
+    ]
+    f = write_jsonl(tmp_path / "raw.jsonl", rows)
+    r = show(f, tiny_model_dir)
+    assert r.exit_code == 0, r.output
+    assert r.output.endswith("问：今天天气怎么样？\n答：⟦挺好的<|im_end|>⟧\n"), r.output
+    assert "<|im_start|>" not in r.output and "raw.jsonl:1  tokens" in r.output
+    r = show(f, tiny_model_dir, "--index", "1")
+    assert r.exit_code == 0 and "<|im_start|>assistant\n⟦嗨<|im_end|>⟧" in r.output, r.output
+    text = "今天天气怎么样？挺好的，大晴天☀️，要出去玩吗？" * 2  # 16 tokens + EOS
+    doc = write_jsonl(tmp_path / "doc.jsonl", [{"text": text}])
+    r = show(doc, tiny_model_dir)
+    assert r.exit_code == 0 and r.output.endswith(f"⟦{text}<|im_end|>⟧\n"), r.output
+    r = show(doc, tiny_model_dir, "--max-len", "9")  # a long document is trained in pieces
+    assert r.exit_code == 0 and "tokens 17 · trained 17 · masked 0  (2 pieces of max_len 9)" in r.output, r.output
+    assert r.output.count("⟦") == 2, r.output
+    r = show(f, tiny_model_dir, "--max-len", "10")  # 14 tokens + EOS
+    assert (
+        r.exit_code == 0 and "raw.jsonl:1: SFT drops this row (truncation drop): 15 tokens, over max_len 10" in r.output
+    ), r.output
+
+
+def test_the_notes_of_the_read_are_shown(tmp_path, tiny_model_dir):
+    """`data show` printed a LLaMA-Factory alpaca row without its `system` and `history` and said nothing (`data check`
+    and `weitiao sft` say the entry's columns do not map them): the user looking at the row was not told why its
+    system prompt and earlier turns were missing."""
+    d = tmp_path / "lf"
+    d.mkdir()
+    row = {"instruction": "几点开门", "output": "九点", "system": "你是店员。", "history": [["在吗", "在"]]}
+    (d / "a.json").write_text(json.dumps([row], ensure_ascii=False), encoding="utf-8")
+    (d / "dataset_info.json").write_text(json.dumps({"a": {"file_name": "a.json"}}), encoding="utf-8")
+    r = show("a", tiny_model_dir, "--dataset-dir", str(d))
+    assert r.exit_code == 0 and "你是店员" not in r.output and "⟦九点<|im_end|>⟧" in r.output, r.output
+    assert "note: a: 1 row(s) hold a 'system' column that the entry's columns do not map" in r.output, r.output
+    assert "note: a: 1 row(s) hold a 'history' column that the entry's columns do not map" in r.output, r.output

@@ -133,3 +133,17 @@ def test_a_utf16_file_is_named_by_its_byte_order_mark(tmp_path):
     (tmp_path / "nul.jsonl").write_bytes(b'{"a": "\x00\xe9"}\n')
     with pytest.raises(UserError, match=r"nul\.jsonl:1: not valid UTF-8 \(byte 0xe9 at column 9\); save the file as "):
         list(iter_records(tmp_path / "nul.jsonl"))
+
+
+def test_a_bom_at_a_later_line_of_a_jsonl_file_is_dropped_as_the_first_lines_is(tmp_path):
+    """Files saved with a BOM (Windows editors) and joined (`cat a.jsonl b.jsonl`, `type a b > c`) hold one at the start
+    of a later line: the first line's was dropped, that one made the row 'not valid JSON (Expecting value at column
+    1)', a character the user cannot see in an editor. Now dropped at any line's start, in the data reader and the
+    plain JSONL reader."""
+    from weitiao.io import read_jsonl
+
+    path = tmp_path / "joined.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + JSONL.encode() + b"\r\n" + b"\xef\xbb\xbf" + JSONL.encode() + b"\r\n")
+    want = [(1, json.loads(JSONL)), (2, json.loads(JSONL))]
+    assert list(iter_records(path)) == want
+    assert list(read_jsonl(path)) == want

@@ -404,3 +404,41 @@ def test_a_list_column_written_into_a_csv_or_xlsx_cell_is_said_to_be_text(tmp_pa
     assert load_conversations(write_jsonl(tmp_path / "d.jsonl", rows)).rows[0].messages[1]["content"] == "在"
     with pytest.raises(UserError, match=r"bad.jsonl:1: history: expected a list of \[question, answer\] pairs \("):
         load_conversations(write_jsonl(tmp_path / "bad.jsonl", [{**rows[0], "history": "[['在吗', '在']]"}]))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+def test_the_header_row_again_is_a_bad_row_not_trained(tmp_path, suffix):
+    """CSV files joined with their headers (`cat a.csv b.csv`, a sheet pasted under another) hold the header row again:
+    it was read as a row and trained (user 'instruction\\ninput', reply 'output'), `data check` saying no problems.
+    Now a bad row naming the header's line; the rows around it are read."""
+    rows = [
+        ["instruction", "input", "output"],
+        ["你好", "", "嗨"],
+        ["instruction", "input", "output"],
+        ["再见", "", "拜"],
+    ]
+    path = tmp_path / f"d{suffix}"
+    if suffix == ".csv":
+        part = [b"\xef\xbb\xbf" + "".join(",".join(r) + "\r\n" for r in rows[k : k + 2]).encode() for k in (0, 2)]
+        path.write_bytes(b"".join(part))  # two files saved with a BOM (Excel's CSV UTF-8), joined
+    else:
+        nameless_sheet(path, rows)
+    with pytest.raises(UserError, match=re.escape(f"{path}:3: row: the header row (line 1) again")):
+        load_conversations(path)
+    got = load_conversations(path, skip_invalid=True, rejects_path=tmp_path / "r.jsonl")
+    assert [r.messages[-1]["content"] for r in got.rows] == ["嗨", "拜"] and got.rejected == 1
+
+
+def test_a_second_list_of_rows_beside_data_is_refused_not_dropped(tmp_path):
+    """A .json object with rows under `data` and more rows under another key (`{"data": [...], "extra": [...]}`) read
+    `data` alone and dropped the rest unsaid; an object of splits (`{"train": [...], "test": [...]}`) was refused
+    without naming them. Now both name the keys; `{"version": ..., "data": [...]}` (SQuAD's layout) still reads."""
+    row = {"instruction": "问", "output": "答"}
+    (tmp_path / "two.json").write_text(json.dumps({"data": [row], "extra": [row, row]}), encoding="utf-8")
+    with pytest.raises(UserError, match=r"two\.json: json: rows under 'data' and also under 'extra'"):
+        load_rows(str(tmp_path / "two.json"))
+    (tmp_path / "splits.json").write_text(json.dumps({"train": [row], "test": [row]}), encoding="utf-8")
+    with pytest.raises(UserError, match=r"splits\.json: json: rows under 'train', 'test' \(splits\?\)"):
+        load_rows(str(tmp_path / "splits.json"))
+    (tmp_path / "squad.json").write_text(json.dumps({"version": "1", "data": [row]}), encoding="utf-8")
+    assert load_rows(str(tmp_path / "squad.json")).kept == 1

@@ -2,6 +2,7 @@
 entries, num_samples; `data.dataset_dir` in configs and `data check NAME --dataset-dir` (issue #17)."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -398,3 +399,35 @@ def test_message_keys_lf_does_not_read_are_refused_not_dropped(tmp_path):
         ], errors
         assert all(f"which LLaMA-Factory's {f} formatting does not read" in e for e in errors)
     assert load_rows(str(tmp_path / "ft.jsonl"), skip_invalid=True).rows[0].messages[1]["weight"] == 0
+
+
+def test_a_legacy_function_call_through_dataset_info_is_refused_not_dropped(tmp_path):
+    """Through dataset_info.json an assistant message's OpenAI legacy `function_call` was dropped unsaid (LLaMA-Factory
+    reads role and content, and tool_calls under openai formatting): `{"content": "我查一下", "function_call": {...}}`
+    trained the words without the call. Now refused naming it under sharegpt and openai formatting, as its
+    tool_calls are under sharegpt."""
+    user = {"role": "user", "content": "北京天气？"}
+    said = {"role": "assistant", "content": "我查一下", "function_call": {"name": "get_weather", "arguments": "{}"}}
+    write_jsonl(tmp_path / "ft.jsonl", [{"messages": [user, said]}])
+    info = {f: {"file_name": "ft.jsonl", "formatting": f, "columns": {"messages": "messages"}, "tags": OAI_TAGS}
+            for f in ("sharegpt", "openai")}  # fmt: skip
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    for f in info:
+        with pytest.raises(UserError, match=r"ft\.jsonl:1: messages\[1\]\.function_call: an OpenAI legacy function "):
+            load_rows([f], dataset_dir=tmp_path)
+
+
+def test_a_llamafactory_folder_given_as_data_points_to_dataset_dir(tmp_path):
+    """LLaMA-Factory's data folder (dataset_info.json beside the files it maps) given as data (`data.train: [data]`,
+    `data check data/`) was refused with 'dataset_info.json: json: expected a list of rows', no word of reading it
+    by name. Now the line says how: data.dataset_dir and the names (--dataset-dir on the CLI); the same folder through
+    dataset_dir reads (control)."""
+    d = tmp_path / "data"
+    d.mkdir()
+    write_jsonl(d / "faq.jsonl", [{"问题": "几点开门", "答案": "九点"}])
+    info = {"faq": {"file_name": "faq.jsonl", "columns": {"prompt": "问题", "response": "答案"}}}
+    (d / "dataset_info.json").write_text(json.dumps(info, ensure_ascii=False), encoding="utf-8")
+    for entry in (d, d / "*.json*", d / "dataset_info.json"):
+        with pytest.raises(UserError, match=re.escape(f"{d / 'dataset_info.json'}: LLaMA-Factory's dataset_info.json")):
+            load_rows(str(entry))
+    assert load_rows(["faq"], dataset_dir=d).rows[0].messages[-1]["content"] == "九点"

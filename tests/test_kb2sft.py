@@ -246,7 +246,9 @@ def test_kb2sft_real_serve_malformed_json_is_counted(serve_url, tmp_path):  # no
     t = Teacher(serve_url + "/v1", "tiny", cache_dir=tmp_path / "c", max_tokens=12, temperature=0.0)
     cfg = kb2sft.KBConfig(ChunkSpec("fixed", max_chars=30, overlap=0), prompt="{chunk}\n出{n}个问答，JSON：")
     (tmp_path / "kb.md").write_text((KB / "faq.md").read_text(encoding="utf-8")[:100], encoding="utf-8")
-    with pytest.raises(UserError, match=r"no QA pair kept \(0 parsed, 0 below --min-grounding 0\.5, 4 replies not"):
+    with pytest.raises(
+        UserError, match=r"no QA pair kept \(0 parsed, 0 malformed items, 0 below --min-grounding 0\.5, 4 replies not"
+    ):
         kb2sft.run([tmp_path / "kb.md"], tmp_path / "o", t, cfg, progress=False)
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())  # no empty train/eval files
 
@@ -297,7 +299,9 @@ def test_no_qa_pair_kept_is_an_error_not_an_empty_success(kb_teacher, tmp_path):
     app = scripted_app(lambda body: (200, json.dumps([FAKE], ensure_ascii=False)))
     with running(app) as url:
         teacher = Teacher(url + "/v1", "t", cache_dir=tmp_path / "c")
-        with pytest.raises(UserError, match=r"no QA pair kept \(\d+ parsed, \d+ below --min-grounding 0\.5") as e:
+        with pytest.raises(
+            UserError, match=r"no QA pair kept \(\d+ parsed, \d+ malformed items, \d+ below --min-grounding 0\.5"
+        ) as e:
             kb2sft.run([KB], tmp_path / "o", teacher, kb2sft.KBConfig(), progress=False)
     assert "nothing written there" in str(e.value)
     parsed = int(re.search(r"\((\d+) parsed", str(e.value))[1])
@@ -444,3 +448,14 @@ def test_a_document_named_twice_is_refused(tmp_path):
     with pytest.raises(UserError, match="named twice"):
         collect_docs([kb / "b.md", tmp_path / "." / "kb" / "b.md"])
     assert collect_docs([kb / "a.md", kb / "b.md"]) == [kb / "a.md", kb / "b.md"]  # negative control
+
+
+def test_a_single_pair_with_a_list_field_is_that_pair_not_a_wrapper():
+    """A teacher reply of one QA object with a list-valued field (`keywords`, `sources`) was read as a wrapper
+    ({"qa": [...]}) around that list: the pair was lost and each keyword counted as a malformed item, and the run with
+    no pair kept said '0 parsed' without naming them. Now an object holding a question and an answer is that pair;
+    the no-pair line counts the malformed items."""
+    one = {"question": "几点开门？", "answer": "九点开门", "keywords": ["营业时间", "开门"]}
+    assert kb2sft.qa_items(one) == ([("几点开门？", "九点开门")], [])
+    assert kb2sft.qa_items({"qa": [FAKE], "note": "…"}) == ([(FAKE["question"], FAKE["answer"])], [])  # a wrapper
+    assert kb2sft.qa_items({"items": [FAKE, {"q": "x"}]}) == ([(FAKE["question"], FAKE["answer"])], [{"q": "x"}])

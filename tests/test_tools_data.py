@@ -287,6 +287,23 @@ def test_bad_tool_rows_name_line_and_field(tmp_path, row, where):
         load_conversations(path)
 
 
+def test_a_legacy_function_call_on_a_message_is_refused_not_dropped(tmp_path):
+    """OpenAI's legacy layout puts a call in an assistant message's `function_call` (results in `function` messages,
+    specs in the row's `functions`). A row's `functions` was refused, but a message's `function_call` was dropped
+    unsaid: `{"content": "我查一下", "function_call": {...}}` trained the words without the call. Now refused naming it,
+    in every list of messages (a TRL completion too)."""
+    call = {"name": "get_weather", "arguments": '{"city": "北京"}'}
+    ask = {"role": "user", "content": "北京天气？"}
+    said = {"role": "assistant", "content": "我查一下", "function_call": call}
+    rows = [{"messages": [ask, said]}, {"prompt": [ask], "completion": [said]}]
+    for row, field in zip(rows, ("messages[1]", "completion[0]")):
+        path = write_jsonl(tmp_path / "legacy.jsonl", [row])
+        with pytest.raises(UserError, match=re.escape(f"legacy.jsonl:1: {field}.function_call: the legacy ")):
+            load_conversations(path)
+    with_call = {"role": "assistant", "content": "我查一下", "tool_calls": [{"type": "function", "function": call}]}
+    assert load_conversations(write_jsonl(tmp_path / "ok.jsonl", [{"messages": [ask, with_call]}])).rows  # control
+
+
 def test_two_observations_after_one_sharegpt_call_are_refused_as_llamafactory_skips_them(tmp_path):
     """Two `observation` turns after one `function_call` trained as two tool results; LLaMA-Factory's ShareGPT
     converter alternates human|observation with gpt|function_call and skips such a row. Now refused naming the turn;

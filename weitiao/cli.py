@@ -452,8 +452,8 @@ def data_show(
     fmt: str = typer.Option("auto", "--format", help="as data.format (preference_raw: string pairs as raw text)"),
 ) -> None:
     """Print one rendered example (a pair: both sides) with trained tokens marked (green/⟦⟧) and masked ones dim."""
-    from weitiao.data.chat import EncodeOptions
-    from weitiao.data.check import drop_reason, refuse_max_len, refuse_truncation, show_example
+    from weitiao.data.chat import Encoded, EncodeOptions
+    from weitiao.data.check import drop_reason, refuse_max_len, refuse_truncation, show_row
     from weitiao.data.formats import PreferencePair, load_conversations, load_rows
     from weitiao.models.load import load_tokenizer
 
@@ -461,9 +461,12 @@ def data_show(
     _choice("--truncation", truncation, ("drop", "cut", "history", "cut_response"))
     refuse_max_len(max_len)
     kw = {"skip_hint": None, "dataset_dir": dataset_dir}  # the dataset's column mapping, as training reads it
-    rows = load_rows(file, fmt, **kw).rows  # type: ignore[arg-type]  # load_rows checks it
-    if not (rows and isinstance(rows[0], PreferencePair)):
-        rows = load_conversations(file, fmt, **kw).rows  # type: ignore[arg-type]
+    loaded = load_rows(file, fmt, **kw)  # type: ignore[arg-type]  # load_rows checks it
+    if not (loaded.rows and isinstance(loaded.rows[0], PreferencePair)):  # SFT's rows: chats and raw text
+        loaded = load_conversations(file, fmt, allow_text=True, **kw)  # type: ignore[arg-type]
+    rows = loaded.rows
+    for n in loaded.notes:  # what the read left unread (unmapped LLaMA-Factory columns, ...): why the row looks so
+        console.print(f"note: {n}", markup=False, soft_wrap=True)
     if not 0 <= index < len(rows):
         raise UserError(f"--index {index}: {file} has {len(rows)} rows (0..{len(rows) - 1})")
     row, tok = rows[index], load_tokenizer(model)
@@ -476,13 +479,14 @@ def data_show(
         return _show_pair(row, tok, template, max_len, truncation, plain)
     refuse_truncation("SFT", truncation, "--truncation")
     opts = EncodeOptions(max_len, train_on_prompt, "last" if last_turn_only else train_turns, truncation, train_eot)
-    enc, segments = show_example(row, tok, template, opts)
-    if enc is None:  # what SFT does to this row, not a fault in the file: said plainly, exit 0
+    pieces, segments = show_row(row, tok, template, opts)
+    if not pieces:  # what SFT does to this row, not a fault in the file: said plainly, exit 0
         why = drop_reason(row, tok, template, opts)
         console.print(
             f"{row.source}: SFT drops this row (truncation {truncation}): {why}", markup=False, soft_wrap=True
         )
         return
+    enc = pieces[0]
     text = Text()
     for s, trained in segments:
         if plain:
@@ -493,6 +497,9 @@ def data_show(
         "cut": "cut to max_len" + ("" if enc.ends_with_eot else "; the last reply lost its end-of-turn token"),
         "history": "oldest exchanges dropped to fit max_len",
     }.get(enc.truncated)
+    if len(pieces) > 1:  # a pre-training document over max_len: SFT trains each piece as an example
+        enc = Encoded([t for e in pieces for t in e.input_ids], [t for e in pieces for t in e.labels])
+        done = f"{len(pieces)} pieces of max_len {max_len}"
     console.print(
         f"[bold]{row.source}[/]  tokens {len(enc)} · trained {enc.n_trained} · masked "
         f"{len(enc) - enc.n_trained}" + (f"  [yellow]({done})[/]" if done else ""),

@@ -3,7 +3,8 @@
 Writes are atomic: a temp file beside the target, then os.replace; a full disk is one line naming the
 target. The new file gets the mode a plain open() would give (0o666 less the umask), or keeps the mode
 of the file it replaces: mkstemp's private 0600 would hide an export from a server running as another
-user. Reads decode UTF-8 strictly (a leading BOM is dropped: Windows editors write one; a GB18030/GBK or
+user. Reads decode UTF-8 strictly (a leading BOM is dropped: Windows editors write one; in a line-by-line read also one
+at a later line's start, where such files were joined; a GB18030/GBK or
 Windows-1252 file is refused naming it, with the iconv line that converts it, `not_utf8`) and report bad bytes,
 folders given as files and over-deep JSON as `file:line: problem`.
 """
@@ -193,7 +194,7 @@ def iter_lines(
             if not raw:
                 return
             n += 1
-            if n == 1 and raw.startswith(BOM):
+            if raw.startswith(BOM):  # the first line's (Windows editors), a later line's when such files were joined
                 raw = raw[len(BOM) :]
             size = len(raw.rstrip(b"\r\n"))
             if max_bytes and size > max_bytes:

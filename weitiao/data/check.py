@@ -20,7 +20,16 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, get_args
 
-from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, Truncation, encode, encode_all, special_token_check
+from weitiao.data.chat import (
+    IGNORE,
+    Encoded,
+    EncodeOptions,
+    Truncation,
+    encode,
+    encode_all,
+    encode_document,
+    special_token_check,
+)
 from weitiao.data.formats import Conversation, Document, Feedback, PreferencePair, load_rows, prefers_rejected
 from weitiao.data.preference import PairTruncation, encode_pair, encode_side, form_notes, side_rows
 from weitiao.data.prep import conversation_key, kto_balance, messages_key, pair_key, require_rows
@@ -329,6 +338,19 @@ def show_example(
     return enc, (token_segments(enc, tokenizer) if enc else [])
 
 
+def show_row(
+    row: Conversation | Document, tokenizer: Any, template_name: str = "auto", opts: EncodeOptions | None = None
+) -> tuple[list[Encoded], list[tuple[str, bool]]]:
+    """(pieces, segments) of an SFT row as SFT encodes it: a chat or prompt/completion row one piece, none when
+    `opts.truncation` drops it; a pre-training document over max_len several, shown one after another."""
+    opts = opts or EncodeOptions()
+    if isinstance(row, Document):
+        pieces = encode_document(row, tokenizer, opts)
+        return pieces, [s for e in pieces for s in token_segments(e, tokenizer)]
+    enc, segments = show_example(row, tokenizer, template_name, opts)
+    return ([enc] if enc else []), segments
+
+
 def show_pair(
     pair: PreferencePair, tokenizer: Any, template_name: str, max_len: int, truncation: str = "drop"
 ) -> list[tuple[str, Encoded, list[tuple[str, bool]]]] | str:
@@ -344,12 +366,16 @@ def show_pair(
     return [(k, e, token_segments(e, tokenizer)) for k, e in zip(("chosen", "rejected"), both)]
 
 
-def drop_reason(conv: Conversation, tokenizer: Any, template_name: str, opts: EncodeOptions) -> str:
+def drop_reason(conv: Conversation | Document, tokenizer: Any, template_name: str, opts: EncodeOptions) -> str:
     """Why `opts.truncation` drops this row (`show_example` gave None), in words for `data show`."""
-    template = resolve_template(tokenizer, template_name)
-    full = encode(conv, tokenizer, template, replace(opts, max_len=10**9))
+    if isinstance(conv, Document):  # a prompt/completion row: a document is split, never dropped; no history to drop
+        full = encode_document(conv, tokenizer, replace(opts, max_len=10**9))[0]
+    else:
+        full = encode(conv, tokenizer, resolve_template(tokenizer, template_name), replace(opts, max_len=10**9))
     assert full is not None
     n, m = len(full), opts.max_len
+    if opts.truncation == "history" and isinstance(conv, Document):
+        return f"{n} tokens, over max_len {m} (a raw-text row has no earlier exchanges to drop)"
     if opts.truncation == "cut":
         first = next((i for i, x in enumerate(full.labels) if x != IGNORE), None)
         where = "it has none" if first is None else f"its first is token {first + 1} of {n}"

@@ -109,6 +109,27 @@ def expand_paths(entries: list[str | Path]) -> list[Path]:
     return [f for _, f in out]
 
 
+LF_SOURCES = ("file_name", "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url")
+
+
+def refuse_lf_info(files: list[Path]) -> None:
+    """LLaMA-Factory's dataset_info.json among the files given as data: its datasets are read by name through it
+    (their columns, tags and formatting), not as rows; said with the settings that do that."""
+    for f in files:
+        if f.name != "dataset_info.json" or not f.is_file():
+            continue
+        try:
+            info = json.loads(f.read_text(encoding="utf-8-sig"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue  # not one: read as data, which says what is wrong with it
+        if isinstance(info, dict) and any(isinstance(v, dict) and set(v) & set(LF_SOURCES) for v in info.values()):
+            raise UserError(
+                f"{f}: LLaMA-Factory's dataset_info.json, whose datasets are read by name through it (columns, tags, "
+                f"formatting): set data.dataset_dir: {f.parent} and data.train: [NAME, ...] (`data check NAME "
+                f"--dataset-dir {f.parent}`), or give the data files themselves"
+            )
+
+
 def _expand(entries: list[str | Path]) -> list[tuple[str | Path, Path]]:
     """(entry, file) for every file each entry names."""
     out: list[tuple[str | Path, Path]] = []
@@ -131,6 +152,7 @@ def _expand(entries: list[str | Path]) -> list[tuple[str | Path, Path]]:
             out += [(entry, f) for f in shards]
         else:
             out.append((entry, p))  # iter_records reports a missing file or a bad suffix
+    refuse_lf_info([f for _, f in out])
     return out
 
 
@@ -243,8 +265,14 @@ def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
     if isinstance(data, list):
         yield from zip(_start_lines(text, len(text) - len(text.lstrip()), len(data)), data)
         return
+    keyed = data if isinstance(data, dict) else {}
+    lists = [k for k, v in keyed.items() if isinstance(v, list) and v and isinstance(v[0], dict)]  # lists of rows
     if not (isinstance(data, dict) and isinstance(data.get("data"), list)):
-        raise UserError(f"{path}: json: expected a list of rows (or {{'data': [...]}})")
+        named = f"rows under {', '.join(map(repr, lists))} (splits?): save each as its own file; " if lists else ""
+        raise UserError(f"{path}: json: {named}expected a list of rows (or {{'data': [...]}})")
+    if others := [k for k in lists if k != "data"]:  # only `data` is read: the others' rows would be dropped
+        raise UserError(f"{path}: json: rows under 'data' and also under {', '.join(map(repr, others))}, which "
+                        "would be left unread; keep one list of rows per file")  # fmt: skip
     yield from enumerate(data["data"], 1)  # rows counted: where the list sits in the object is not looked for
 
 
@@ -266,6 +294,9 @@ class Header:
         """A row of the header's width as {name: value}; a RowError when a column without a name holds a value."""
         if (at := next((i for i in self.unnamed if values[i].strip()), None)) is not None:
             return self.nameless(at, values[at])
+        if [v.strip() for v in values] == [c.strip() for c in self.cells]:  # files joined with their headers
+            return RowError("row", f"the header row (line {self.line}) again, as when files are joined with their "
+                                   "headers: delete this line")  # fmt: skip
         return {c: v for c, v in zip(self.cells, values) if c.strip()}
 
     def nameless(self, at: int, value: str) -> RowError:

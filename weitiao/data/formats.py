@@ -689,6 +689,9 @@ def _check_message_keys(record: dict) -> None:
                 continue
             at = f"{name}[{i}]" if isinstance(msgs, list) else name
             for key in m:
+                if key == "function_call":  # OpenAI's legacy call: dropped, the words around it would train alone
+                    raise RowError(f"{at}.{key}", "the legacy functions/function_call layout is not supported; give "
+                                                  "the call as tool_calls (the specs as tools)")  # fmt: skip
                 if key in TURN_FLAGS and isinstance(m[key], bool):
                     raise RowError(f"{at}.{key}", "a per-turn training flag is not read (the turn would be trained "
                                                   "anyway); use weight: 0 on an assistant message to keep it as "

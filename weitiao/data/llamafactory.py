@@ -316,12 +316,18 @@ class LFDataset:
 
     def _unread(self, m: dict, where: str) -> None:
         """Refuse what a message asks of training that reading its role and content alone (as LLaMA-Factory does)
-        would drop: a weight or per-turn flag against training it, a speaker name, a reasoning trace."""
+        would drop: a weight or per-turn flag against training it, a speaker name, a reasoning trace, a legacy
+        function_call."""
         for k, v in m.items():
             if (k == "weight" and v != 1) or (k in TURN_FLAGS and v is False):
                 what, fix = "a per-turn training flag (the turn would be trained anyway)", (
                     "drop the key, or give the file's path itself, without data.dataset_dir (weitiao reads OpenAI "
                     "messages' weight: 0)")  # fmt: skip
+            elif k == "function_call" and v not in (None, {}, ""):  # OpenAI's legacy call
+                what, fix = (
+                    "an OpenAI legacy function call (the call would be lost)",
+                    ('write it as tool_calls with "formatting": "openai" in the entry, or as a function_call turn'),
+                )
             elif (k == "name" or k in REASONING_KEYS) and v not in (None, ""):
                 what = "a speaker name" if k == "name" else "a reasoning trace (it would not be trained)"
                 fix = "put its text into the content, or drop the key"

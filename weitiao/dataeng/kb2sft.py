@@ -72,9 +72,10 @@ class QA:
 
 def qa_items(value: object) -> tuple[list[tuple[str, str]], list]:
     """(question, answer) pairs in a parsed reply, and the malformed items skipped."""
-    if isinstance(value, dict):  # {"qa": [...]} or a single pair
+    if isinstance(value, dict):  # a single pair (perhaps with list fields: keywords) or a wrapper {"qa": [...]}
+        is_pair = any(k in value for k in _Q_KEYS) and any(k in value for k in _A_KEYS)
         lists = [v for v in value.values() if isinstance(v, list)]
-        value = lists[0] if len(lists) == 1 else [value]
+        value = lists[0] if len(lists) == 1 and not is_pair else [value]
     if not isinstance(value, list):
         return [], [value]
     pairs, bad = [], []
@@ -223,7 +224,8 @@ def run(docs: list[str | Path], out: str | Path, teacher: Teacher, cfg: KBConfig
         os.close(fd)
         write_jsonl(Path(aside), rejects)
         raise UserError(
-            f"{out}: no QA pair kept ({counts['qa_parsed']} parsed, {counts['rejected_grounding']} below "
+            f"{out}: no QA pair kept ({counts['qa_parsed']} parsed, {counts['items_malformed']} malformed items, "
+            f"{counts['rejected_grounding']} below "
             f"--min-grounding {cfg.min_grounding}, {counts['parse_failed']} replies not JSON, {len(failed)} chunks "
             f"unanswered); nothing written there; the rejects are in {aside}"
         )

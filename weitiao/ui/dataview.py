@@ -14,8 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, encode_document
-from weitiao.data.check import drop_reason, pair_drop_reason, refuse_truncation, show_example, token_segments
+from weitiao.data.chat import IGNORE, Encoded, EncodeOptions
+from weitiao.data.check import drop_reason, pair_drop_reason, refuse_truncation, show_row, token_segments
 from weitiao.data.formats import CONFIG_SKIP_HINT, Document, PreferencePair, file_kind, load_conversations
 from weitiao.data.preference import encode_pair, load_pairs
 from weitiao.data.templates import resolve_template
@@ -37,27 +37,18 @@ def load(path: str | Path, fmt: str = "auto", dataset_dir: str | Path | None = N
     return kind, load_conversations(str(path), fmt, allow_text=True, **kw).rows
 
 
-def _encoded(row: Any, tokenizer: Any, template: str, opts: EncodeOptions) -> tuple[list[Encoded], list]:
-    """(pieces, segments) of a row under `opts`; no pieces when its truncation drops the row."""
-    if isinstance(row, Document):  # a long pre-training text is several examples: shown one after another
-        pieces = encode_document(row, tokenizer, opts)
-        return pieces, [s for e in pieces for s in token_segments(e, tokenizer)]
-    enc, segments = show_example(row, tokenizer, template, opts)
-    return ([enc] if enc else []), segments
-
-
 def sft_view(row: Any, tokenizer: Any, template: str, max_len: int, train_on_prompt: bool, train_turns: str = "all",
              truncation: str = "drop", train_eot: bool = True) -> dict:  # fmt: skip
     """A chat or raw-text row as `weitiao sft` encodes it with data.train_turns `train_turns`, data.truncation
     `truncation` and data.train_eot `train_eot`. A row that policy drops is shown as its first max_len tokens (so what
     is over is seen), `dropped` saying why."""
     opts = EncodeOptions(max_len, train_on_prompt, train_turns, truncation, train_eot)  # type: ignore[arg-type]
-    pieces, segments = _encoded(row, tokenizer, template, opts)
+    pieces, segments = show_row(row, tokenizer, template, opts)
     dropped = None
     if not pieces:
         dropped = (f"over max_len {max_len}" if isinstance(row, Document)
                    else drop_reason(row, tokenizer, template, opts))  # fmt: skip
-        whole, _ = _encoded(row, tokenizer, template, replace(opts, max_len=10**9))
+        whole, _ = show_row(row, tokenizer, template, replace(opts, max_len=10**9))
         pieces = [Encoded(e.input_ids[:max_len], e.labels[:max_len], truncated="cut") for e in whole[:1]]
         segments = token_segments(pieces[0], tokenizer) if pieces else []
     return {
