@@ -157,7 +157,7 @@ def chat_file(tmp_path) -> Path:
     return write_jsonl(tmp_path / "chat.jsonl", rows)
 
 
-RECIPES = {"sft": "SFTConfig", "dpo": "DPOConfig", "rm": "RMConfig", "ppo": "PPOConfig"}
+RECIPES = {"sft": "SFTConfig", "dpo": "DPOConfig", "rm": "RMConfig", "ppo": "PPOConfig", "kto": "KTOConfig"}
 
 
 def recipe_config(recipe: str, model_dir, data, out, *extra: str):

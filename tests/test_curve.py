@@ -165,6 +165,30 @@ def test_every_reply_metric_is_a_known_curve_metric():
     assert {f"golden_{k}" for k in given} <= set(curve.KNOWN_METRICS)
 
 
+def test_copies_of_a_held_out_row_stay_out_of_every_subset(tmp_path, tiny_model_dir, monkeypatch):
+    """curve's own data.eval_split carve held rows out one by one: a row the data holds twice went to eval once and
+    trained in the subsets too (its eval loss then measured recall, more so at larger sizes), and both copies could
+    sit in eval, counted twice. Now every copy goes to the side of its first one, eval holding it once, as `weitiao
+    sft`'s own eval_split does."""
+    from conftest import write_jsonl
+
+    from weitiao.recipes import sft
+
+    rows = [{"messages": [{"role": "user", "content": f"问题{i % 6}"}, {"role": "assistant", "content": f"答{i % 6}"}]}
+            for i in range(18)]  # fmt: skip
+    data = write_jsonl(tmp_path / "dup.jsonl", rows)  # 6 unique rows, 3 copies each
+    cfg = {"model": {"path": str(tiny_model_dir)}, "data": {"train": [str(data)], "eval_split": 0.34},
+           "train": {"out": str(tmp_path / "runs")}}  # fmt: skip
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    monkeypatch.setattr(sft, "run", lambda cfg: {"steps": 1, "eval_loss": 1.0})
+    curve.run(path, [4, 8])
+    out = tmp_path / "runs/curve"
+    ev = [json.dumps(json.loads(line)) for line in open(out / "eval.jsonl", encoding="utf-8")]
+    big = {json.dumps(json.loads(line)) for line in open(out / "train_8.jsonl", encoding="utf-8")}
+    assert len(ev) == len(set(ev)) == 2 and not set(ev) & big  # 6 unique · 0.34 = 2 held out, once each
+
+
 def test_curve_out_never_replaces_a_users_file(config, tmp_path, chat_file):
     """The curve wrote eval.jsonl, train_N.jsonl and curve.json into --out unchecked: `--out` the folder holding the
     user's own eval.jsonl (or the training file itself) replaced it; now refused before any training."""

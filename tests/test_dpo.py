@@ -262,3 +262,43 @@ def test_a_template_set_beside_preference_raw_is_refused(tokenizer, tmp_path, re
     assert tokenizer.decode(prepare_pairs(raw, tokenizer).train[0].input_ids).startswith("聊聊")  # no template
     chat = recipe_config(recipe, "unused", data, tmp_path / "run", "data.template=chatml")
     assert prepare_pairs(chat, tokenizer).template.name == "chatml"
+
+
+@pytest.mark.parametrize("recipe", ["dpo", "kto"])
+def test_a_reference_with_another_tokenizer_is_refused(tokenizer, tiny_model_dir, tmp_path, recipe):
+    """dpo.reference / kto.reference scores the policy's token ids: a model of another family (another tokenizer)
+    stopped mid-step in an IndexError traceback, or with a vocabulary as large would have scored other tokens without
+    a word. Now one line before the policy loads; a reference whose tokenizer only adds tokens after the policy's
+    (the base plus a token) trains."""
+    from conftest import build_tokenizer, save_tiny_model
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from weitiao.recipes import kto
+
+    other = Tokenizer(models.BPE())
+    other.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    other.train_from_iterator(["another family, another vocabulary"] * 5, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
+    other = PreTrainedTokenizerFast(tokenizer_object=other, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    other.chat_template = tokenizer.chat_template
+    foreign = save_tiny_model(tmp_path / "foreign", other)
+    more = build_tokenizer()
+    more.add_tokens(["<extra_tool>"])
+    superset = save_tiny_model(tmp_path / "superset", more)
+    if recipe == "dpo":
+        data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(4))
+        run = dpo.run
+    else:
+        data = write_jsonl(tmp_path / "fb.jsonl", [
+            {"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}],
+             "label": good} for q, a, good in (("你好", "你好呀", True), ("天空", "滚", False))])  # fmt: skip
+        run = kto.run
+    cfg = recipe_config(recipe, tiny_model_dir, data, tmp_path / "run", f"{recipe}.reference={foreign}")
+    with pytest.raises(UserError, match=rf"^{recipe}.reference .*foreign: its tokenizer lacks or numbers otherwise"):
+        run(cfg)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    ok = recipe_config(recipe, tiny_model_dir, data, tmp_path / "ok", f"{recipe}.reference={superset}",
+                       "train.max_steps=1")  # fmt: skip
+    assert run(ok)["steps"] == 1

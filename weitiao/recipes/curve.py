@@ -27,6 +27,7 @@ from pathlib import Path
 
 from weitiao.config import load_config
 from weitiao.data.formats import CONFIG_SKIP_HINT, data_files, load_conversations
+from weitiao.data.prep import conversation_key
 from weitiao.data.tools import to_record
 from weitiao.errors import UserError, near_miss
 from weitiao.eval.metrics import REPLY_METRICS
@@ -176,10 +177,14 @@ def run(
         if not ev:
             raise UserError(f"data.eval {', '.join(cfg.data.eval)}: no valid rows")
         write_jsonl(out / "eval.jsonl", [to_record(c) for c in ev])
-    else:
-        n_eval = max(1, int(len(rows) * cfg.data.eval_split))
-        write_jsonl(out / "eval.jsonl", [to_record(rows[i]) for i in order[:n_eval]])
-        order = order[n_eval:]
+    else:  # as `weitiao sft`'s own eval_split: every copy of a row on the side of its first, eval holding it once
+        groups: dict[str, list[int]] = {}  # (a copy left in the subsets trained on the row its eval loss measured)
+        for i in order:
+            groups.setdefault(conversation_key(rows[i]), []).append(i)
+        held = list(groups.values())[: max(1, int(len(groups) * cfg.data.eval_split))]
+        write_jsonl(out / "eval.jsonl", [to_record(rows[m[0]]) for m in held])
+        out_of_train = {i for m in held for i in m}
+        order = [i for i in order if i not in out_of_train]
     eval_files = [str(out / "eval.jsonl")]
     if sizes[-1] > len(order):
         raise UserError(f"--sizes: {sizes[-1]} is more than the {len(order)} training rows available")

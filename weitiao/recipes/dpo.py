@@ -49,7 +49,7 @@ from weitiao.recipes.configs import DPOConfig, DPOSpec, DPOTrainSpec  # noqa: F4
 from weitiao.train import dist, loop
 from weitiao.train.log import places
 from weitiao.train.pairs import PrefData, check_pair_model, prepare_pairs
-from weitiao.train.reference import Reference, reference_model, sequence_logps
+from weitiao.train.reference import Reference, check_reference_tokenizer, reference_model, sequence_logps
 
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "margins", "accuracy", "logps/chosen", "logps/rejected")
 # Sums every micro-step returns (evaluate() starts from zeros for these, so a rank without pairs still reduces).
@@ -327,6 +327,7 @@ def run(cfg: DPOConfig) -> dict:
         total = plan.total_steps(opened.state, cfg.data.train, cfg.data.eval)
 
         # 2. Policy, reference, optimizer. Packed rows must stay apart under the chosen attention: checked.
+        check_reference_tokenizer("dpo.reference", d.reference, tokenizer)
         model = build_trainable(cfg.model, cfg.lora, accel.device)
         one_row = check_pair_model(model, tokenizer, data, cfg.data, t.disable_dropout, accel.device, main)
         # The on-policy KL's samples stop where replies were trained to: raw text pairs end with EOS, not the

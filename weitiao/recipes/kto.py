@@ -41,7 +41,7 @@ from weitiao.recipes.configs import KTOConfig, KTOSpec, KTOTrainSpec  # noqa: F4
 from weitiao.train import dist, loop
 from weitiao.train.feedback import FeedbackData, mismatched, prepare_feedback
 from weitiao.train.pairs import check_pair_model
-from weitiao.train.reference import Reference, reference_model, sequence_logps
+from weitiao.train.reference import Reference, check_reference_tokenizer, reference_model, sequence_logps
 
 SUM_KEYS = ("loss_sum", "rows", "desirable", "undesirable", "rewards/chosen_sum", "rewards/rejected_sum",
             "logps/chosen_sum", "logps/rejected_sum", "kl_sum", "kl_batches", "tokens")  # fmt: skip
@@ -157,6 +157,7 @@ def run(cfg: KTOConfig) -> dict:
         total = plan.total_steps(opened.state, cfg.data.train, cfg.data.eval)
 
         # 2. Policy, reference, optimizer. Packed rows must stay apart under the chosen attention: checked.
+        check_reference_tokenizer("kto.reference", k.reference, tokenizer)
         model = build_trainable(cfg.model, cfg.lora, accel.device)
         one_row = check_pair_model(model, tokenizer, data, cfg.data, t.disable_dropout, accel.device, main, data.raw)
         # A KL row (prompt k + reply k − 1) can be longer than either row: cut at the model's context as well as

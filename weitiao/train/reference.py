@@ -17,8 +17,17 @@ import torch
 from weitiao.data.chat import IGNORE, Encoded
 from weitiao.data.collate import Batch, collate
 from weitiao.data.preference import pair_rows
+from weitiao.errors import UserError
 from weitiao.losses.sft import CausalLMLoss
-from weitiao.models.load import LoraSpec, ModelSpec, load_lora, load_model
+from weitiao.models.load import (
+    LoraSpec,
+    ModelSpec,
+    has_tokenizer,
+    load_lora,
+    load_model,
+    load_tokenizer,
+    resolve_path,
+)
 
 
 def sequence_logps(loss_mod: Any, b: Batch, n_seqs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -98,6 +107,25 @@ class Reference:
             torch.save({"key": key, "logps": cache}, tmp)
             os.replace(tmp, path)
         self.cache = cache
+
+
+def check_reference_tokenizer(key: str, reference: str | None, tokenizer: Any) -> None:
+    """Refuse a `reference` (dpo.reference, kto.reference) whose tokenizer reads the policy's token ids as other
+    tokens or lacks some: it scores the policy's ids, so its log-probs would be of other text (a model of another
+    family gave an IndexError traceback mid-step, or, with a vocabulary as large, trained on without a word). Extra
+    tokens after the policy's are fine; a folder without tokenizer files is taken as it is."""
+    if not reference:
+        return
+    folder = Path(resolve_path(reference)).expanduser()
+    if folder.is_dir() and not has_tokenizer(folder):
+        return
+    ours, theirs = tokenizer.get_vocab(), load_tokenizer(reference).get_vocab()
+    if other := sum(theirs.get(token) != i for token, i in ours.items()):
+        raise UserError(
+            f"{key} {reference}: its tokenizer lacks or numbers otherwise {other} of the {len(ours)} tokens of "
+            "model.path's, and the reference scores the policy's token ids; give a reference with model.path's "
+            "tokenizer (the base, or a model tuned from it)"
+        )
 
 
 def reference_model(model: ModelSpec, lora: LoraSpec, reference: str | None, device: Any) -> Any:
