@@ -221,12 +221,17 @@ def test_adapter_export_carries_stop_ids_and_vllm_notes(chatml_run, tmp_path):
         f"serve with vLLM: vllm serve {base} --enable-lora --lora-modules lora={dest} --generation-config {dest} "
         f"--chat-template {dest}/chat_template.jinja"
     )
-    assert ex.serve_notes(dest) == [cmd]  # rank 1: no warning (negative control)
+    # the base's generation_config stops at EOS only: the note on plain transformers comes first (its own test below)
+    stop = [n for n in ex.serve_notes(dest) if n.startswith("note: transformers and peft")]
+    assert len(stop) == 1
+    assert ex.serve_notes(dest) == [*stop, cmd]  # rank 1: no warning (negative control)
     cfg = read(dest / "adapter_config.json")
 
     def notes(**change):
         (dest / "adapter_config.json").write_text(json.dumps({**cfg, **change}))
-        return ex.serve_notes(dest)
+        notes = ex.serve_notes(dest)
+        assert notes[0] == stop[0]
+        return notes[1:]
 
     assert notes(r=16) == [cmd]
     assert notes(r=20) == [
@@ -247,6 +252,37 @@ def test_adapter_export_carries_stop_ids_and_vllm_notes(chatml_run, tmp_path):
     note, cmd = ex.serve_notes(merged)
     assert note.startswith("note: merged: transformers builds its tokenizer as Qwen2Tokenizer") and "vLLM" in note
     assert cmd == f"serve with vLLM: vllm serve {merged}"
+
+
+def test_adapter_export_says_transformers_takes_the_base_s_stop_ids(chatml_run, tmp_path):
+    """transformers and peft loading an adapter folder take the base's generation_config.json, not the export's: on a
+    base whose EOS is not the end-of-turn generate() ran past every reply with no word from export. The notes say so
+    and how to stop (the export's own generation_config); a base that stops at the end-of-turn gets no such note."""
+    from peft import AutoPeftModelForCausalLM
+
+    run, base = chatml_run
+    dest = ex.export(str(run), str(tmp_path / "lora"))
+    tok = AutoTokenizer.from_pretrained(dest)
+    # what a user of plain transformers / peft gets from the folder: the base's stop ids, no end-of-turn
+    for model in (AutoModelForCausalLM.from_pretrained(dest), AutoPeftModelForCausalLM.from_pretrained(dest)):
+        assert model.generation_config.eos_token_id == 0
+        assert reply_ids(model.eval(), tok) == [2] * 8
+        assert reply_ids(model, tok, GenerationConfig.from_pretrained(dest)) == [2]  # the note's fix stops
+    [note] = [n for n in ex.serve_notes(dest) if "transformers" in n]
+    assert note == (
+        "note: transformers and peft (AutoModelForCausalLM, AutoPeftModelForCausalLM, PeftModel.from_pretrained) "
+        f"load this adapter with the base's generation_config.json, whose eos_token_id [0] lacks '<|im_end|>' (id 2): "
+        "generate() would not stop at the end of a reply; pass "
+        f"generation_config=GenerationConfig.from_pretrained('{dest}') to generate(), or export with --merge"
+    )
+    # negative control: a base whose generation_config stops at the end-of-turn already
+    stopping = tmp_path / "base"
+    shutil.copytree(base, stopping)
+    gen = read(stopping / "generation_config.json")
+    (stopping / "generation_config.json").write_text(json.dumps({**gen, "eos_token_id": [2, 0]}))
+    other = ex.export(str(run), str(tmp_path / "lora2"), model=str(stopping))
+    assert not any("transformers" in n for n in ex.serve_notes(other))
+    assert AutoModelForCausalLM.from_pretrained(other).generation_config.eos_token_id == [2, 0]
 
 
 def test_run_final_folder_stops_and_carries_template(chatml_run, tmp_path):

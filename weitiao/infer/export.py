@@ -344,7 +344,35 @@ def serve_notes(dest: Path) -> list[str]:
     """Lines for the user after an export: what vLLM cannot load (then: merge), else the `vllm serve` command
     after notes on a rank above vLLM's default and on a quantized training base."""
     info = json.loads((dest / MARKER).read_text(encoding="utf-8"))
-    return [*recorded_warnings(dest), *_tokenizer_note(dest), *_serve_lines(dest, info)]
+    stops = [] if info["merged"] else _transformers_stop_note(dest)
+    return [*recorded_warnings(dest), *_tokenizer_note(dest), *stops, *_serve_lines(dest, info)]
+
+
+def _transformers_stop_note(dest: Path) -> list[str]:
+    """A note when transformers and peft would not stop this adapter's replies: loading an adapter folder they take
+    the generation_config.json of the base its adapter_config names, not the export's, so on a base whose EOS is not
+    the template's end-of-turn (a Qwen2.5/Llama-3 base tuned on ChatML) generate() ran past every reply unsaid."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    def ids(gen: Any) -> list[int]:
+        eos = gen.eos_token_id if gen is not None else None
+        return [eos] if isinstance(eos, int) else list(eos or [])
+
+    base = json.loads((dest / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    theirs = ids(_generation_config(dest, str(base), named=True)) if base else []
+    if not base or not theirs:  # a hub base not in the cache: nothing to compare
+        return []
+    lacking = [i for i in ids(GenerationConfig.from_pretrained(dest)) if i not in theirs]
+    if not lacking:
+        return []
+    tok = AutoTokenizer.from_pretrained(str(dest))
+    named = ", ".join(f"{tok.convert_ids_to_tokens(i)!r} (id {i})" for i in lacking)
+    fix = f"pass generation_config=GenerationConfig.from_pretrained('{dest}') to generate(), or export with --merge"
+    return [
+        "note: transformers and peft (AutoModelForCausalLM, AutoPeftModelForCausalLM, PeftModel.from_pretrained) "
+        f"load this adapter with the base's generation_config.json, whose eos_token_id {theirs} lacks {named}: "
+        f"generate() would not stop at the end of a reply; {fix}"
+    ]
 
 
 def _tokenizer_note(dest: Path) -> list[str]:
