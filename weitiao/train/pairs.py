@@ -13,7 +13,15 @@ from weitiao.data.chat import Encoded, special_token_check
 from weitiao.data.files import number_cell
 from weitiao.data.formats import CONFIG_SKIP_HINT, PreferencePair
 from weitiao.data.preference import PairStats, encode_pairs, form_notes, load_pairs
-from weitiao.data.prep import count_overlap, kept, overlap_warning, pair_key, require_rows, split_eval
+from weitiao.data.prep import (
+    count_overlap,
+    kept,
+    overlap_warning,
+    pair_key,
+    require_eval_left,
+    require_rows,
+    split_eval,
+)
 from weitiao.data.templates import ChatTemplate, fallback_note, resolve_template
 from weitiao.errors import UserError
 from weitiao.train.spec import PrefDataSpec, TrainSpec
@@ -138,6 +146,7 @@ def prepare_pairs(
     evals, eval_stats = encode_pairs(eval_pairs, tokenizer, template, d.max_len, d.truncation, **enc)
     if not train:
         raise UserError(f"data.train: no pairs left after truncation {d.truncation!r} (max_len {d.max_len})")
+    require_eval_left(d, len(eval_pairs), len(evals), "pairs")
     weights = eval_weights = None
     if not d.weight_field and (p := next((p for p in pairs + eval_pairs if "weight" in p.extra), None)):
         if not read_weights:
