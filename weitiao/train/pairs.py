@@ -23,7 +23,7 @@ from weitiao.data.prep import (
     split_eval,
 )
 from weitiao.data.templates import ChatTemplate, fallback_note, resolve_template
-from weitiao.errors import UserError
+from weitiao.errors import UserError, near_miss
 from weitiao.train.spec import PrefDataSpec, TrainSpec
 
 
@@ -89,6 +89,21 @@ def _row_number(pair: PreferencePair, name: str, key: str) -> float:
     return float(v)
 
 
+# A pair's own columns some recipe reads: `margin` (weitiao rm, whenever a row has one), `weight`
+# (data.weight_field) and `confidence` (data.min_confidence).
+PAIR_COLUMNS = ("margin", "weight", "confidence")
+
+
+def refuse_column_typos(pairs: list[PreferencePair]) -> None:
+    """Refuse a column one or two typos from a PAIR_COLUMNS name that its row lacks (`margn`, `weights`): the reward
+    model trained every pair with margin 0 under `margn`, without a word, as other extra columns stay unread."""
+    names = {k for p in pairs for k in p.extra}
+    for key in sorted(names):
+        if want := near_miss(key, PAIR_COLUMNS, 0.85):
+            if row := next((p for p in pairs if key in p.extra and want not in p.extra), None):
+                raise UserError(f"{row.source}: {key}: unknown key; did you mean {want!r}? (rename it, or drop it)")
+
+
 def _confident(pairs: list[PreferencePair], least: float | None) -> list[PreferencePair]:
     if least is None:
         return pairs
@@ -127,6 +142,7 @@ def prepare_pairs(
         pairs, eval_pairs, copies = split.train, split.eval, split.eval_copies_dropped
     else:
         eval_pairs = []
+    refuse_column_typos(pairs + eval_pairs)
     if (overlap := count_overlap(pairs, eval_pairs, pair_key)) and os.environ.get("RANK", "0") == "0":
         print("warning: " + overlap_warning("data.eval", overlap, len(eval_pairs)))  # once per run, not per process
     n_read = len(pairs) + len(eval_pairs)  # before min_confidence
