@@ -302,3 +302,43 @@ def test_a_reference_with_another_tokenizer_is_refused(tokenizer, tiny_model_dir
     ok = recipe_config(recipe, tiny_model_dir, data, tmp_path / "ok", f"{recipe}.reference={superset}",
                        "train.max_steps=1")  # fmt: skip
     assert run(ok)["steps"] == 1
+
+
+def eval_rows(recipe: str, prompts: list[str]) -> list[dict]:
+    """Rows of `recipe`'s shape, one per prompt."""
+    if recipe == "sft":
+        return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "好"}]} for q in prompts]
+    if recipe == "kto":
+        reply = [{"role": "assistant", "content": "好"}]
+        return [{"prompt": [{"role": "user", "content": q}], "completion": reply, "label": i % 2 == 0}
+                for i, q in enumerate(prompts)]  # fmt: skip
+    return [{"prompt": q, "chosen": "好的", "rejected": "滚"} for q in prompts]
+
+
+def prepared(recipe: str, cfg, tokenizer, rejects_dir):
+    """`recipe`'s data as it prepares it for a run."""
+    from weitiao.recipes import sft
+    from weitiao.train.feedback import prepare_feedback
+    from weitiao.train.pairs import prepare_pairs
+
+    if recipe == "sft":
+        return sft.prepare_data(cfg, tokenizer, rejects_dir)
+    if recipe == "kto":
+        return prepare_feedback(cfg.data, cfg.train, tokenizer, rejects_dir)
+    return prepare_pairs(cfg, tokenizer)
+
+
+@pytest.mark.parametrize("recipe", ["sft", "dpo", "rm", "kto"])
+def test_an_eval_set_that_truncation_empties_is_refused(tokenizer, tmp_path, recipe):
+    """data.eval whose every row is over max_len: each recipe trained to the end with no eval and no eval metric
+    (exit 0, `0 eval ... 1 over max_len` in the rows line the only trace); now one line naming data.eval, as an
+    emptied data.train is."""
+    train = write_jsonl(tmp_path / "train.jsonl", eval_rows(recipe, ["你好", "天空"]))
+    for name, prompt in (("long", "你好" * 60), ("ok", "天空")):
+        evals = write_jsonl(tmp_path / f"{name}.jsonl", eval_rows(recipe, [prompt]))
+        cfg = recipe_config(recipe, "unused", train, tmp_path / "run", "data.max_len=48", f"data.eval=[{evals}]")
+        if name == "long":
+            with pytest.raises(UserError, match=r"^data.eval: no eval (rows|pairs) left after truncation 'drop' \(max"):
+                prepared(recipe, cfg, tokenizer, tmp_path)
+        else:
+            assert len(prepared(recipe, cfg, tokenizer, tmp_path).eval) in (1, 2)  # a pair: two sequences

@@ -52,3 +52,24 @@ def test_a_weight_column_in_reward_model_pairs_is_refused_without_a_dead_end_hin
         rm.run(recipe_config("rm", tiny_model_dir, data, tmp_path / "r", *FAST, "data.weight_field=weight"))
     with pytest.raises(UserError, match=r"w\.jsonl:1: weight: not read unless data\.weight_field=weight is set"):
         dpo.run(recipe_config("dpo", tiny_model_dir, data, tmp_path / "d", *FAST))  # DPO's hint names its key
+
+
+def test_a_near_miss_of_a_pair_column_is_refused_not_left_unread(tokenizer, tmp_path):
+    """`margn` (or `margins`) on every pair: weitiao rm trained each pair with margin 0 without a word, as other extra
+    columns stay unread; `weights` beside DPO's data.weight_field=weight likewise. Refused naming the row; a row that
+    holds the column itself keeps its other near names, and unrelated columns (`height`) stay unread."""
+    from weitiao.train.pairs import prepare_pairs
+
+    rows = make_pairs(4)
+    for recipe, column, extra in (
+        ("rm", "margn", ()),
+        ("rm", "margins", ()),
+        ("dpo", "weights", ("data.weight_field=weight",)),
+    ):
+        data = write_jsonl(tmp_path / f"{column}.jsonl", [dict(r, **{column: 1.0}) for r in rows])
+        cfg = recipe_config(recipe, "unused", data, tmp_path / "r", *FAST, *extra)
+        want = "margin" if column.startswith("marg") else "weight"
+        with pytest.raises(UserError, match=rf"{column}\.jsonl:1: {column}: unknown key; did you mean '{want}'\?"):
+            prepare_pairs(cfg, tokenizer, read_margins=recipe == "rm")
+    kept = write_jsonl(tmp_path / "kept.jsonl", [dict(r, margin=1.0, margins=[1, 2], height=3) for r in rows])
+    assert prepare_pairs(recipe_config("rm", "unused", kept, tmp_path / "r", *FAST), tokenizer, read_margins=True)

@@ -28,6 +28,16 @@ def require_rows(loaded: LoadResult, key: str = "") -> None:
             raise UserError(f"{path}: {why}" + (f" ({key})" if key else ""))
 
 
+def require_eval_left(d: Any, before: int, left: int, what: str = "rows") -> None:
+    """Refuse an eval set the config asks for (data.eval, data.eval_split) that truncation emptied: the run trained
+    to the end with no eval and no eval metric, the rows line's drop count the only trace. `before`: eval rows (pairs)
+    read, `left`: those tokenization kept."""
+    if before and not left:
+        key = "data.eval" if d.eval else f"data.eval_split {d.eval_split}"
+        raise UserError(f"{key}: no eval {what} left after truncation {d.truncation!r} (max_len {d.max_len}); raise "
+                        "data.max_len, or give eval rows that fit")  # fmt: skip
+
+
 def messages_key(messages: Sequence[Message]) -> str:
     """Identity of a conversation: every role and text, whitespace runs collapsed."""
     return "\x1f".join(f"{m['role']}\x1e{' '.join(m['content'].split())}{_calls(m)}" for m in messages)

@@ -25,7 +25,7 @@ import torch
 from weitiao.data.cache import EncodedSet, encoded_files
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, EncodeStats
 from weitiao.data.collate import collate, example_lengths, n_targets, plan_epoch, process_share
-from weitiao.data.prep import count_overlap, overlap_warning, require_rows, split_eval
+from weitiao.data.prep import count_overlap, overlap_warning, require_eval_left, require_rows, split_eval
 from weitiao.data.templates import ChatTemplate, fallback_note, resolve_template
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text
@@ -115,6 +115,7 @@ def prepare_data(cfg: SFTConfig, tokenizer: object, rejects_dir: Path | None = N
     train, stats, evals, eval_stats = tr.view(rows), tr.stats(rows), ev.view(eval_rows), ev.stats(eval_rows)
     if not train:
         raise UserError(f"data.train: no rows left after truncation policy {d.truncation!r} (max_len {d.max_len})")
+    require_eval_left(d, len(eval_rows), len(evals))
     warnings = list(dict.fromkeys(tr.meta["notes"] + ev.meta["notes"]))
     if tr.meta["format"] != "text" and (note := fallback_note(d.template, template, tokenizer)):
         warnings.append(note)

@@ -15,7 +15,15 @@ from typing import Any
 
 from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, EncodeStats, encode_all, special_token_check
 from weitiao.data.formats import CONFIG_SKIP_HINT, Conversation, Document, Feedback, LoadResult, load_rows
-from weitiao.data.prep import count_overlap, kept, messages_key, overlap_warning, require_rows, split_eval
+from weitiao.data.prep import (
+    count_overlap,
+    kept,
+    messages_key,
+    overlap_warning,
+    require_eval_left,
+    require_rows,
+    split_eval,
+)
 from weitiao.data.templates import ChatTemplate, fallback_note, resolve_template
 from weitiao.errors import UserError
 from weitiao.train.spec import FeedbackDataSpec, TrainSpec
@@ -115,6 +123,7 @@ def prepare_feedback(
     evals, eval_desirable, eval_stats, eval_idle = _encode(eval_rows, tokenizer, template, d)
     if not train:
         raise UserError(f"data.train: no rows left after truncation {d.truncation!r} (max_len {d.max_len})")
+    require_eval_left(d, len(eval_rows), len(evals))
     dropped = stats.dropped_too_long + eval_stats.dropped_too_long + idle + eval_idle
     content = hashlib.sha256("\x00".join(map(feedback_key, rows)).encode()).hexdigest()[:16]
     cut = stats.cut + eval_stats.cut - idle - eval_idle

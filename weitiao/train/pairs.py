@@ -13,9 +13,17 @@ from weitiao.data.chat import Encoded, special_token_check
 from weitiao.data.files import number_cell
 from weitiao.data.formats import CONFIG_SKIP_HINT, PreferencePair
 from weitiao.data.preference import PairStats, encode_pairs, form_notes, load_pairs
-from weitiao.data.prep import count_overlap, kept, overlap_warning, pair_key, require_rows, split_eval
+from weitiao.data.prep import (
+    count_overlap,
+    kept,
+    overlap_warning,
+    pair_key,
+    require_eval_left,
+    require_rows,
+    split_eval,
+)
 from weitiao.data.templates import ChatTemplate, fallback_note, resolve_template
-from weitiao.errors import UserError
+from weitiao.errors import UserError, near_miss
 from weitiao.train.spec import PrefDataSpec, TrainSpec
 
 
@@ -81,6 +89,21 @@ def _row_number(pair: PreferencePair, name: str, key: str) -> float:
     return float(v)
 
 
+# A pair's own columns some recipe reads: `margin` (weitiao rm, whenever a row has one), `weight`
+# (data.weight_field) and `confidence` (data.min_confidence).
+PAIR_COLUMNS = ("margin", "weight", "confidence")
+
+
+def refuse_column_typos(pairs: list[PreferencePair]) -> None:
+    """Refuse a column one or two typos from a PAIR_COLUMNS name that its row lacks (`margn`, `weights`): the reward
+    model trained every pair with margin 0 under `margn`, without a word, as other extra columns stay unread."""
+    names = {k for p in pairs for k in p.extra}
+    for key in sorted(names):
+        if want := near_miss(key, PAIR_COLUMNS, 0.85):
+            if row := next((p for p in pairs if key in p.extra and want not in p.extra), None):
+                raise UserError(f"{row.source}: {key}: unknown key; did you mean {want!r}? (rename it, or drop it)")
+
+
 def _confident(pairs: list[PreferencePair], least: float | None) -> list[PreferencePair]:
     if least is None:
         return pairs
@@ -119,6 +142,7 @@ def prepare_pairs(
         pairs, eval_pairs, copies = split.train, split.eval, split.eval_copies_dropped
     else:
         eval_pairs = []
+    refuse_column_typos(pairs + eval_pairs)
     if (overlap := count_overlap(pairs, eval_pairs, pair_key)) and os.environ.get("RANK", "0") == "0":
         print("warning: " + overlap_warning("data.eval", overlap, len(eval_pairs)))  # once per run, not per process
     n_read = len(pairs) + len(eval_pairs)  # before min_confidence
@@ -138,6 +162,7 @@ def prepare_pairs(
     evals, eval_stats = encode_pairs(eval_pairs, tokenizer, template, d.max_len, d.truncation, **enc)
     if not train:
         raise UserError(f"data.train: no pairs left after truncation {d.truncation!r} (max_len {d.max_len})")
+    require_eval_left(d, len(eval_pairs), len(evals), "pairs")
     weights = eval_weights = None
     if not d.weight_field and (p := next((p for p in pairs + eval_pairs if "weight" in p.extra), None)):
         if not read_weights:
