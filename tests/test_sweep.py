@@ -82,3 +82,42 @@ def test_sweep_values_and_csv_labels_are_read_as_numbers_by_one_function():
     assert not hasattr(sweep_module, "_number") and not hasattr(formats, "_number")
     assert [files.as_number(t) for t in ("1.0", "1e-4", "x", "")] == [1.0, 1e-4, None, None]
     assert formats.is_feedback_label({"prompt": "问", "completion": "答", "label": "1.0"})  # a CSV cell "1.0"
+
+
+@pytest.mark.slow
+def test_a_sweep_run_again_reads_back_finished_values_and_trains_the_rest(tiny_model_dir, tmp_path):
+    """An interrupted sweep run again refused at its first finished value ('nothing would be trained'), so the only
+    way on was train.resume=none: every value trained again. Now a value that finished under the same config is read
+    back from its run, the others train; a changed config still goes to the run (which refuses it)."""
+    from conftest import write_jsonl
+    from test_dpo import make_pairs
+
+    write_jsonl(tmp_path / "p.jsonl", make_pairs(6))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"model: {{path: {tiny_model_dir}}}\ndata: {{train: [p.jsonl]}}\n"
+        f"train: {{out: {tmp_path / 'sw'}, max_steps: 1, micro_batch_size: 2, progress: false, tensorboard: false}}\n"
+    )
+    trained = []
+
+    def interrupted(c):
+        if c.dpo.beta == 0.5:
+            raise KeyboardInterrupt
+        trained.append(c.dpo.beta)
+        return dpo.run(c)
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep(dpo.DPOConfig, interrupted, cfg, [], "beta=0.1,0.5")
+    first = (tmp_path / "sw" / "dpo.beta-0.1" / "final" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+
+    def counted(c):
+        trained.append(c.dpo.beta)
+        return dpo.run(c)
+
+    rows = sweep(dpo.DPOConfig, counted, cfg, [], "beta=0.1,0.5")
+    assert trained == [0.1, 0.5] and [r["dpo.beta"] for r in rows] == [0.1, 0.5]
+    assert all(r["loss"] is not None for r in rows)
+    adapter = tmp_path / "sw" / "dpo.beta-0.1" / "final" / "adapter" / "adapter_model.safetensors"
+    assert adapter.stat().st_mtime_ns == first  # read back, not trained again
+    with pytest.raises(UserError, match=r"train.resume: .* was trained with another config: dpo.loss_type"):
+        sweep(dpo.DPOConfig, counted, cfg, ["dpo.loss_type=ipo"], "beta=0.1,0.5")  # control: a changed config

@@ -13,10 +13,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from weitiao.config import load_config, parse_override
+from weitiao.config import CONFIG_FILE, dump_config, load_config, parse_override
 from weitiao.data.files import as_number
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text, claim_outputs, pyplot, save_figure
+from weitiao.models.load import lora_as_trained, lora_continued
+from weitiao.train.checkpoint import config_changes
 
 ALIASES = {"beta": "dpo.beta", "lr": "train.lr", "r": "lora.r"}
 # DPO's metrics: β-scaled margins, the unscaled log-ratio gap, the k3 term on the data's replies (not a
@@ -69,7 +71,11 @@ def sweep(
     cfgs = [load_config(cls, config, [*overrides, f"{key}={v}", f"train.out={root / f'{key}-{v}'}"]) for v in values]
     rows = []
     for v, cfg in zip(values, cfgs):
-        summary = run(cfg)
+        summary = finished_summary(cfg)
+        if summary is None:
+            summary = run(cfg)
+        elif os.environ.get("RANK", "0") == "0":
+            print(f"note: --sweep {key}={v}: {cfg.train.out} finished under this config; its summary is read back")
         # held-out metrics when there is an eval set, else the last train step's (train_* are means over the run's
         # steps, early ones from a policy still near the reference); the row says which
         held_out = any(f"eval_{c}" in summary for c in COLUMNS)
@@ -85,6 +91,27 @@ def sweep(
     atomic_write_text(root / "sweep.md", note + header + body)
     plot(rows, key, root / "sweep.png")
     return rows
+
+
+def finished_summary(cfg: Any) -> dict | None:
+    """The logged summary of a value's run that finished (final/ and a finished `done` record) under this very config,
+    else None (run it: it trains, resumes, or refuses a changed config as any run does). A sweep run again after an
+    interruption refused at its first finished value ('nothing would be trained')."""
+    out = Path(cfg.train.out)
+    saved, metrics = out / CONFIG_FILE, out / "metrics.jsonl"
+    if cfg.train.resume != "auto" or not ((out / "final").is_dir() and saved.is_file() and metrics.is_file()):
+        return None
+    # the LoRA keys as the recipes record them (dropout off under train.disable_dropout, a continued adapter's shape)
+    lora = lora_continued(lora_as_trained(cfg.lora, getattr(cfg.train, "disable_dropout", False)))
+    if config_changes(saved.read_text(encoding="utf-8"), dump_config(cfg.model_copy(update={"lora": lora}))):
+        return None
+    done = None
+    with open(metrics, encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line) if line.strip() else {}
+            if rec.get("kind") == "done":
+                done = rec
+    return done if done is not None and done.get("finished") else None
 
 
 def plot(rows: list[dict], key: str, path: Path) -> None:
