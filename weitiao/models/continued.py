@@ -33,13 +33,16 @@ def check_continued(model_path: str, lora: LoraSpec, name: str, tokenizer: Any, 
 
 
 def recorded_inputs(adapter_dir: Path) -> tuple[Path | None, dict]:
-    """The inputs.json of the run an adapter dir sits in (a checkpoint's copy, else its run's) and its contents;
-    (None, {}) for a bare peft adapter or a run from before inputs.json."""
+    """The inputs.json of the run an adapter dir sits in (a checkpoint's copy, else its run's), or an adapter
+    export's own copy of its run's, and its contents; (None, {}) for a bare peft adapter or a run from before
+    inputs.json."""
     cfg_file, _ = recorded_run(adapter_dir)
-    if cfg_file is None:
-        return None, {}
-    runs = [cfg_file.parent, *([cfg_file.parent.parent.parent] if cfg_file.parent.parent.name == "checkpoints" else [])]
-    file = next((r / INPUTS_FILE for r in runs if (r / INPUTS_FILE).is_file()), None)
+    dirs = [Path(adapter_dir)]  # an adapter export's own copy: `weitiao export` writes it, a server may get no run
+    if cfg_file is not None:
+        dirs.append(cfg_file.parent)
+        if cfg_file.parent.parent.name == "checkpoints":
+            dirs.append(cfg_file.parent.parent.parent)
+    file = next((d / INPUTS_FILE for d in dirs if (d / INPUTS_FILE).is_file()), None)
     data = json.loads(file.read_text(encoding="utf-8")) if file else {}
     return file, data if isinstance(data, dict) else {}
 
