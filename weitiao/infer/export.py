@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from weitiao.config import INPUTS_FILE
+from weitiao.config import EXPORT_MARKER, INPUTS_FILE
 from weitiao.data.chat import EncodeOptions, encode
 from weitiao.data.formats import load_conversations
 from weitiao.data.templates import resolve_template
@@ -46,7 +46,7 @@ from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids
 from weitiao.train.checkpoint import fingerprint
 
 QUANT_KINDS = {"4bit": "4-bit NF4", "8bit": "8-bit LLM.int8"}  # model.quant → what the notes call the base
-MARKER = ".weitiao-export.json"  # written into every export: only such a dir may be replaced (--force)
+MARKER = EXPORT_MARKER  # written into every export: only such a dir may be replaced (--force)
 
 
 def dequantized_base(spec: ModelSpec) -> Any:
