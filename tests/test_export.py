@@ -133,6 +133,11 @@ def test_a_full_finetune_run_given_as_adapter_says_what_it_is(tmp_path):
     (tmp_path / "run" / "final" / "model" / "config.json").write_text("{}")
     with pytest.raises(UserError, match=r"a full fine-tune, not an adapter; .*final/model is a whole Hugging Face"):
         locate(tmp_path / "run")
+    (tmp_path / "merged").mkdir()  # `weitiao export --merge`'s folder (its marker): not called a full fine-tune
+    (tmp_path / "merged" / "config.json").write_text("{}")
+    (tmp_path / "merged" / ex.MARKER).write_text('{"merged": true}')
+    with pytest.raises(UserError, match=r"merged: a merged export, not an adapter; .*merged is a whole Hugging Face"):
+        locate(tmp_path / "merged")
     (tmp_path / "empty").mkdir()  # negative control: a folder with neither
     with pytest.raises(UserError, match="no adapter_config.json"):
         locate(tmp_path / "empty")

@@ -692,7 +692,9 @@ def locate(adapter: str | Path) -> tuple[Path, Path | None, ModelSpec]:
                 if has_tokenizer(full)
                 else f"export it with its tokenizer (weitiao export --adapter {adapter} --out DIR) and give --model DIR"
             )
-            raise UserError(f"--adapter {adapter}: a full fine-tune, not an adapter; {full} is a whole Hugging Face "
+            # a merged export (`weitiao export --merge`) is no full fine-tune: saying so sent users looking for one
+            what = "a merged export" if (full / EXPORT_MARKER).is_file() else "a full fine-tune"
+            raise UserError(f"--adapter {adapter}: {what}, not an adapter; {full} is a whole Hugging Face "
                             f"model: {fix}")  # fmt: skip
         raise UserError(f"--adapter {adapter}: no adapter_config.json (give a run dir or a peft adapter dir)")
     # the training tokenizer (with its template): beside the adapter in a run's final/, in an adapter export's own
