@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from weitiao.config import INPUTS_FILE
+from weitiao.config import EXPORT_MARKER, INPUTS_FILE
 from weitiao.errors import UserError
 from weitiao.models.load import adapter_base, locate, recorded_run, training_tokenizer
 from weitiao.models.spec import LoraSpec
@@ -37,7 +37,8 @@ def recorded_inputs(adapter_dir: Path) -> tuple[Path | None, dict]:
     export's own copy of its run's, and its contents; (None, {}) for a bare peft adapter or a run from before
     inputs.json."""
     cfg_file, _ = recorded_run(adapter_dir)
-    dirs = [Path(adapter_dir)]  # an adapter export's own copy: `weitiao export` writes it, a server may get no run
+    # an adapter export's own copy (`weitiao export` writes it beside its marker): a server may be given no run
+    dirs = [Path(adapter_dir)] if (Path(adapter_dir) / EXPORT_MARKER).is_file() else []
     if cfg_file is not None:
         dirs.append(cfg_file.parent)
         if cfg_file.parent.parent.name == "checkpoints":
