@@ -1,6 +1,7 @@
 """export: merged model (NF4 / LLM.int8 de-quantized first) reproduces adapter logits; template check."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,6 +133,11 @@ def test_a_full_finetune_run_given_as_adapter_says_what_it_is(tmp_path):
     (tmp_path / "run" / "final" / "model" / "config.json").write_text("{}")
     with pytest.raises(UserError, match=r"a full fine-tune, not an adapter; .*final/model is a whole Hugging Face"):
         locate(tmp_path / "run")
+    (tmp_path / "merged").mkdir()  # `weitiao export --merge`'s folder (its marker): not called a full fine-tune
+    (tmp_path / "merged" / "config.json").write_text("{}")
+    (tmp_path / "merged" / ex.MARKER).write_text('{"merged": true}')
+    with pytest.raises(UserError, match=r"merged: a merged export, not an adapter; .*merged is a whole Hugging Face"):
+        locate(tmp_path / "merged")
     (tmp_path / "empty").mkdir()  # negative control: a folder with neither
     with pytest.raises(UserError, match="no adapter_config.json"):
         locate(tmp_path / "empty")
@@ -206,6 +212,55 @@ def test_chat_serve_and_eval_say_a_base_other_than_the_trained_one(tiny_model_di
     assert f"warning: --adapter a: the base {base} is not what the run trained on" in capsys.readouterr().err
     load_chat_model(str(same), str(run))  # --model the trained base: silent again
     assert "warning" not in capsys.readouterr().err
+
+
+def test_an_adapter_export_keeps_the_record_of_the_base_it_trained_on(tiny_model_dir, chat_file, tmp_path, capsys):
+    """An adapter export lost its run's inputs.json: served, chatted or continued (lora.init_from) on a base retrained
+    at its path or another --model it said nothing, where the run itself warned (refused, continued). The export
+    carries the run's base record now; the trained base or a copy of it says nothing."""
+    import os
+    import shutil
+
+    from conftest import serve_process
+
+    from weitiao.errors import UserError
+    from weitiao.infer.chat import load_adapters, load_chat_model
+    from weitiao.models.continued import refuse_other_base
+
+    base, run, same = tmp_path / "base", tmp_path / "run", tmp_path / "same"
+    shutil.copytree(tiny_model_dir, base)
+    shutil.copytree(tiny_model_dir, same)
+    over = [f"model.path={base}", f"data.train=[{chat_file}]", f"train.out={run}", "train.max_steps=1"]
+    sft.run(load_config(sft.SFTConfig, None, [*over, "train.progress=false", "train.tensorboard=false"]))
+    lora = ex.export(str(run), str(tmp_path / "lora"))
+    assert json.loads((lora / "inputs.json").read_text()) == json.loads((run / "inputs.json").read_text())
+    capsys.readouterr()
+    for model in (None, str(same)):  # negative controls: the trained base, a copy of it
+        load_chat_model(model, str(lora))
+        assert "warning" not in capsys.readouterr().err
+        refuse_other_base(model or str(base), str(lora))
+    w = load_model(ModelSpec(path=str(base)))
+    with torch.no_grad():
+        w.model.embed_tokens.weight[0] += 1  # retrained in place, say
+    w.save_pretrained(base)
+    said = f"the base {base} is not what the run trained on ({lora / 'inputs.json'}: model.path "
+    load_chat_model(None, str(lora))
+    assert f"warning: {said}" in capsys.readouterr().err
+    load_adapters(None, {"a": str(lora)}, None)  # serve's --adapter a=EXPORT
+    assert f"warning: --adapter a: {said}" in capsys.readouterr().err
+    with pytest.raises(UserError, match="lora.init_from"):
+        refuse_other_base(str(base), str(lora))
+    # a real `weitiao serve --model BASE --adapter EXPORT` says it at start
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    with serve_process(base, "--adapter", str(lora), env=env) as (proc, _):
+        pass
+    out = proc.stdout.read().decode()
+    assert f"warning: --model {base} is not what the run trained on ({lora / 'inputs.json'}" in out, out
+    load_chat_model(str(same), str(lora))  # --model a copy of the trained base: silent again
+    assert "warning" not in capsys.readouterr().err
+    # --model another base: the export is for that one, which the run's record does not describe (export warned)
+    assert not (ex.export(str(run), str(tmp_path / "other"), model=str(base)) / "inputs.json").exists()
+    assert (ex.export(str(run), str(tmp_path / "copy"), model=str(same)) / "inputs.json").is_file()
 
 
 def test_adapter_and_merged_exports_take_the_same_generation_config(tiny_model_dir, chat_file, tmp_path):

@@ -598,6 +598,50 @@ def test_cli_adapter_flags(two_adapters, monkeypatch):
         serve.serve(adapter=[f"llama={two_adapters['sft-a']}"])
 
 
+def test_several_adapters_load_the_base_as_they_trained_or_are_refused(tiny_model_dir, chat_file, tmp_path):
+    """`--adapter q=QLORA --adapter f=FP32` loaded the base as the first adapter trained (4 bit here) and served the
+    other on it, another model than it trained on, without a word; and adapters all trained in 4 bit loaded it so
+    unsaid, where one `--adapter` says it. Adapters trained in different quantizations are refused in one line
+    (--quant picks one for all); a shared training quantization is said at start, as for one adapter."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import free_port, recipe_config, serve_process
+
+    from weitiao.infer.chat import load_adapters, load_chat_model
+    from weitiao.recipes import sft
+
+    runs = {}
+    for quant in ("4bit", "none"):
+        runs[quant] = tmp_path / quant
+        over = (f"model.quant={quant}", "train.max_steps=1")
+        sft.run(recipe_config("sft", tiny_model_dir, chat_file, runs[quant], *over))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for order in (("4bit", "none"), ("none", "4bit")):
+        flags = [x for q in order for x in ("--adapter", f"{'q' if q == '4bit' else 'f'}={runs[q]}")]
+        cmd = [sys.executable, "-m", "weitiao", "serve", *flags, "--port", str(free_port())]
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)  # it served: killed here
+        assert p.returncode == 1, p.stdout + p.stderr
+        [line] = [x for x in p.stderr.splitlines() if x.startswith("error:")]
+        assert line.startswith(f"error: --adapter {flags[3][:2]}") and "trained on the base in " in line, line
+        assert "4-bit NF4" in line and "full precision" in line and "--quant" in line, line
+    load_adapters(None, {"q": str(runs["4bit"]), "f": str(runs["none"])}, "none")  # --quant: one way for all
+    # two adapters trained in 4 bit: the base in 4 bit, said; each answers as when served alone
+    with serve_process(tiny_model_dir, "--adapter", f"q={runs['4bit']}", "--adapter", f"r={runs['4bit']}", env=env) as (
+        proc,
+        url,
+    ):
+        got = client(url).chat.completions.create(model="r", messages=MSGS, max_tokens=3, logprobs=True, temperature=0)
+    assert "loaded in 4-bit NF4 as in training" in proc.stdout.read().decode()
+    model, tok = load_chat_model(None, str(runs["4bit"]))
+    ids = tok.apply_chat_template(MSGS, add_generation_prompt=True, return_dict=False)
+    with torch.no_grad():
+        alone = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)
+    assert abs(got.choices[0].logprobs.content[0].logprob - float(alone.max())) < 1e-4
+
+
 def test_null_means_default_and_logprobs_refused_under_an_output_filter(url, parts):
     nulls = {"logprobs": None, "top_logprobs": None, "echo": None, "presence_penalty": None, "min_tokens": None}
     r = httpx.post(url + "/v1/chat/completions", json={"messages": MSGS, "max_tokens": 2, **nulls}, timeout=30)

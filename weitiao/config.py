@@ -260,6 +260,7 @@ def _dump_file(cls: type[BaseModel], path: Path) -> str:
 # them aside), here so that loading a config can refuse an input among them.
 CONFIG_FILE = "config.yaml"
 INPUTS_FILE = "inputs.json"  # fingerprints of the models/adapters the config names (ModelRef keys)
+EXPORT_MARKER = ".weitiao-export.json"  # in every `weitiao export`: its files, base, training quant
 RUN_FILES = ("metrics.jsonl", "metrics.abandoned.jsonl", "tb", "wandb", "swanlog", "mlflow.db", "final", "golden.jsonl",
              "cost.jsonl", "rejects.jsonl", "eval_rejects.jsonl", CONFIG_FILE, INPUTS_FILE)  # fmt: skip
 

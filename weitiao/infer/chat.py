@@ -22,6 +22,7 @@ from weitiao.models.load import (
     load_model,
     load_tokenizer,
     refuse_reward_adapter,
+    trained_quant_note,
     training_tokenizer,
 )
 
@@ -98,6 +99,18 @@ def load_adapters(model: str | None, named: dict[str, str], quant: str | None) -
     toks = [training_tokenizer(adapter_dir, tok_dir, base) for adapter_dir, tok_dir, _ in located.values()]
     if len({t.chat_template for t in toks}) > 1:
         raise UserError("--adapter: the runs' chat templates differ; serve adapters trained with one template")
+    # one base serves every adapter: loaded as they all trained, or as --quant says (it took the first one's way,
+    # unsaid, and served the others on a base they never saw)
+    if quant is None:
+        for name, (_, _, other) in located.items():
+            if other.quant != spec.quant:
+                raise UserError(
+                    f"--adapter {name}={named[name]}: trained on the base in {_precision(other.quant)}, but {first} "
+                    f"in {_precision(spec.quant)}; they share one loaded base: serve them apart, or give --quant "
+                    "none|4bit|8bit to load it one way for all"
+                )
+        if spec.quant != "none":
+            print(trained_quant_note(f"base {base}", spec.quant), file=sys.stderr)
     m = load_model(ModelSpec(path=base, quant=quant or spec.quant))
     m = attach_adapter(m, located[first][0], base, adapter_name=first)
     for name, (adapter_dir, _, _) in list(located.items())[1:]:
@@ -106,6 +119,10 @@ def load_adapters(model: str | None, named: dict[str, str], quant: str | None) -
         except (RuntimeError, ValueError, KeyError) as e:
             raise UserError(f"--adapter {name}={named[name]}: does not fit base {base!r} ({str(e)[:200]})") from None
     return m.eval(), toks[0], base
+
+
+def _precision(quant: str) -> str:
+    return "full precision" if quant == "none" else {"4bit": "4-bit NF4", "8bit": "8-bit"}.get(quant, quant)
 
 
 def run(

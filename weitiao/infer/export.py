@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from weitiao.config import EXPORT_MARKER, INPUTS_FILE
 from weitiao.data.chat import EncodeOptions, encode
 from weitiao.data.formats import load_conversations
 from weitiao.data.templates import resolve_template
@@ -45,7 +46,7 @@ from weitiao.models.portable import legacy_config_keys, save_tokenizer, stop_ids
 from weitiao.train.checkpoint import fingerprint
 
 QUANT_KINDS = {"4bit": "4-bit NF4", "8bit": "8-bit LLM.int8"}  # model.quant → what the notes call the base
-MARKER = ".weitiao-export.json"  # written into every export: only such a dir may be replaced (--force)
+MARKER = EXPORT_MARKER  # written into every export: only such a dir may be replaced (--force)
 
 
 def dequantized_base(spec: ModelSpec) -> Any:
@@ -188,6 +189,12 @@ def export(
             legacy_config_keys(tmp)
         else:
             copy_adapter(adapter_dir, tmp)
+            # the run's record of its base, so chat, serve and lora.init_from given the export compare bases as
+            # they do given the run; not with --model another base, which the record does not describe
+            _, recorded = recorded_inputs(adapter_dir)
+            base_record = {k: v for k, v in recorded.items() if k.split(" ")[0] == "model.path"}
+            if base_record and (model is None or changed is None):
+                atomic_write_text(tmp / INPUTS_FILE, json.dumps(base_record, indent=1))
             if model:  # peft, vLLM and AutoPeftModel load the base the adapter names: the one asked for
                 cfg_file = tmp / "adapter_config.json"
                 cfg = json.loads(cfg_file.read_text(encoding="utf-8"))

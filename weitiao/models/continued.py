@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from weitiao.config import INPUTS_FILE
+from weitiao.config import EXPORT_MARKER, INPUTS_FILE
 from weitiao.errors import UserError
 from weitiao.models.load import adapter_base, locate, recorded_run, training_tokenizer
 from weitiao.models.spec import LoraSpec
@@ -33,13 +33,17 @@ def check_continued(model_path: str, lora: LoraSpec, name: str, tokenizer: Any, 
 
 
 def recorded_inputs(adapter_dir: Path) -> tuple[Path | None, dict]:
-    """The inputs.json of the run an adapter dir sits in (a checkpoint's copy, else its run's) and its contents;
-    (None, {}) for a bare peft adapter or a run from before inputs.json."""
+    """The inputs.json of the run an adapter dir sits in (a checkpoint's copy, else its run's), or an adapter
+    export's own copy of its run's, and its contents; (None, {}) for a bare peft adapter or a run from before
+    inputs.json."""
     cfg_file, _ = recorded_run(adapter_dir)
-    if cfg_file is None:
-        return None, {}
-    runs = [cfg_file.parent, *([cfg_file.parent.parent.parent] if cfg_file.parent.parent.name == "checkpoints" else [])]
-    file = next((r / INPUTS_FILE for r in runs if (r / INPUTS_FILE).is_file()), None)
+    # an adapter export's own copy (`weitiao export` writes it beside its marker): a server may be given no run
+    dirs = [Path(adapter_dir)] if (Path(adapter_dir) / EXPORT_MARKER).is_file() else []
+    if cfg_file is not None:
+        dirs.append(cfg_file.parent)
+        if cfg_file.parent.parent.name == "checkpoints":
+            dirs.append(cfg_file.parent.parent.parent)
+    file = next((d / INPUTS_FILE for d in dirs if (d / INPUTS_FILE).is_file()), None)
     data = json.loads(file.read_text(encoding="utf-8")) if file else {}
     return file, data if isinstance(data, dict) else {}
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import yaml
 
+from weitiao.config import EXPORT_MARKER
 from weitiao.data.files import confined_tree
 from weitiao.errors import UserError
 from weitiao.models.spec import LoraSpec, ModelSpec
@@ -644,9 +645,9 @@ def adapter_base(adapter_dir: Any) -> tuple[str, str]:
     """(base model path, training quant) recorded with a peft adapter dir.
 
     The run's config.yaml (model.path, model.quant) wins over adapter_config.json's
-    base_model_name_or_path (quant "none"). A relative path is tried against the directory training
-    ran in (the run dir minus its relative train.out), then the current one; a path found nowhere
-    is returned as written (a hub id, or 'demo').
+    base_model_name_or_path (quant: an adapter export's record, else "none"). A relative path is tried
+    against the directory training ran in (the run dir minus its relative train.out), then the current
+    one; a path found nowhere is returned as written (a hub id, or 'demo').
     """
     import json
     from pathlib import Path
@@ -655,6 +656,8 @@ def adapter_base(adapter_dir: Any) -> tuple[str, str]:
     cfg_file, cfg = recorded_run(adapter_dir)
     model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
     train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
+    if not model and (adapter_dir / EXPORT_MARKER).is_file():  # an adapter export: its run's quant, in its record
+        model = {"quant": json.loads((adapter_dir / EXPORT_MARKER).read_text(encoding="utf-8")).get("quant") or "none"}
     recorded = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     names = [str(x) for x in (model.get("path"), recorded.get("base_model_name_or_path")) if x]
     if not names or names[0] == "demo":
@@ -689,7 +692,9 @@ def locate(adapter: str | Path) -> tuple[Path, Path | None, ModelSpec]:
                 if has_tokenizer(full)
                 else f"export it with its tokenizer (weitiao export --adapter {adapter} --out DIR) and give --model DIR"
             )
-            raise UserError(f"--adapter {adapter}: a full fine-tune, not an adapter; {full} is a whole Hugging Face "
+            # a merged export (`weitiao export --merge`) is no full fine-tune: saying so sent users looking for one
+            what = "a merged export" if (full / EXPORT_MARKER).is_file() else "a full fine-tune"
+            raise UserError(f"--adapter {adapter}: {what}, not an adapter; {full} is a whole Hugging Face "
                             f"model: {fix}")  # fmt: skip
         raise UserError(f"--adapter {adapter}: no adapter_config.json (give a run dir or a peft adapter dir)")
     # the training tokenizer (with its template): beside the adapter in a run's final/, in an adapter export's own
