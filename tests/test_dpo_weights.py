@@ -173,3 +173,17 @@ def test_weights_and_margins_of_a_one_line_json_array_stay_with_their_pairs(tmp_
     cfg = load_config(rm.RMConfig, None, [*over, f"data.train=[{tmp_path / 'margin.json'}]"])
     d = prepare_pairs(cfg, tokenizer, read_margins=True, rejects_dir=tmp_path)
     assert d.margins[0] == [0.0, 0.5, 1.5, 2.0, 2.5]
+
+
+def test_an_eval_set_that_min_confidence_empties_is_refused(tiny_model_dir, tmp_path):
+    """Every eval pair below data.min_confidence: the run trained to the end with no eval metric, exit 0 (the data
+    line's low_confidence count the only trace), as an eval set truncation empties did; now one line."""
+    rows = [dict(r, confidence=c) for r, c in zip(make_pairs(6), [0.9, 0.8, 1.0, 0.7, 0.2, 0.3])]
+    train, evals = write_jsonl(tmp_path / "t.jsonl", rows[:4]), write_jsonl(tmp_path / "e.jsonl", rows[4:])
+    base = [f"model.path={tiny_model_dir}", f"data.train=[{train}]", f"data.eval=[{evals}]", "train.progress=false",
+            "train.tensorboard=false", "train.max_steps=1", f"train.out={tmp_path / 'run'}"]  # fmt: skip
+    with pytest.raises(UserError, match=r"^data.min_confidence: no eval pair has confidence ≥ 0.6; lower it"):
+        dpo.run(load_config(dpo.DPOConfig, None, [*base, "data.min_confidence=0.6"]))
+    assert not (tmp_path / "run").exists()
+    dpo.run(load_config(dpo.DPOConfig, None, [*base, "data.min_confidence=0.25"]))  # control: one eval pair passes
+    assert "eval_loss" in read_metrics(tmp_path / "run", "eval")[0]

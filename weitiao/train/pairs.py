@@ -146,9 +146,13 @@ def prepare_pairs(
     if (overlap := count_overlap(pairs, eval_pairs, pair_key)) and os.environ.get("RANK", "0") == "0":
         print("warning: " + overlap_warning("data.eval", overlap, len(eval_pairs)))  # once per run, not per process
     n_read = len(pairs) + len(eval_pairs)  # before min_confidence
+    n_eval = len(eval_pairs)
     pairs, eval_pairs = _confident(pairs, d.min_confidence), _confident(eval_pairs, d.min_confidence)
     if not pairs:
         raise UserError(f"data.min_confidence: no train pair has confidence ≥ {d.min_confidence}")
+    if n_eval and not eval_pairs:  # the run trained to the end with no eval metric, as truncation's (require_eval_left)
+        raise UserError(f"data.min_confidence: no eval pair has confidence ≥ {d.min_confidence}; lower it, or give "
+                        "eval pairs that pass it")  # fmt: skip
     enc = {"cache_dir": d.cache_dir, "use_cache": d.cache, "num_proc": d.num_proc, "progress": cfg.train.progress}
     for note in form_notes(pairs + eval_pairs, template) if os.environ.get("RANK", "0") == "0" else ():
         print(f"note: {note}")  # once for train and eval pairs; with or without a progress bar
