@@ -73,3 +73,15 @@ def test_a_near_miss_of_a_pair_column_is_refused_not_left_unread(tokenizer, tmp_
             prepare_pairs(cfg, tokenizer, read_margins=recipe == "rm")
     kept = write_jsonl(tmp_path / "kept.jsonl", [dict(r, margin=1.0, margins=[1, 2], height=3) for r in rows])
     assert prepare_pairs(recipe_config("rm", "unused", kept, tmp_path / "r", *FAST), tokenizer, read_margins=True)
+
+
+def test_data_check_refuses_a_pair_column_typo_as_training_does(tokenizer, tmp_path):
+    """`weitiao data check` reads pairs with its own loader: it said nothing of `margn`, which training refuses."""
+    from weitiao.data.check import check_file
+
+    rows = make_pairs(4)
+    typo = write_jsonl(tmp_path / "typo.jsonl", [dict(r, margn=1.0) for r in rows])
+    with pytest.raises(UserError, match=r"typo\.jsonl:1: margn: unknown key; did you mean 'margin'\?"):
+        check_file([str(typo)], tokenizer, "chatml")
+    kept = write_jsonl(tmp_path / "kept.jsonl", [dict(r, margin=1.0, height=3) for r in rows])
+    assert check_file([str(kept)], tokenizer, "chatml").pairs == 4  # control: the column itself, an unrelated one

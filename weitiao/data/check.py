@@ -31,7 +31,14 @@ from weitiao.data.chat import (
     special_token_check,
 )
 from weitiao.data.formats import Conversation, Document, Feedback, PreferencePair, load_rows, prefers_rejected
-from weitiao.data.preference import PairTruncation, encode_pair, encode_side, form_notes, side_rows
+from weitiao.data.preference import (
+    PairTruncation,
+    encode_pair,
+    encode_side,
+    form_notes,
+    refuse_column_typos,
+    side_rows,
+)
 from weitiao.data.prep import conversation_key, kto_balance, messages_key, pair_key, require_rows
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
@@ -166,6 +173,7 @@ def check_file(
     if feedback:  # `weitiao kto` trains the judged (last) reply only
         train_turns = "last"
     pairs = [r for r in loaded.rows if isinstance(r, PreferencePair)]
+    refuse_column_typos(pairs)  # as training refuses them (`margn` trained every pair with margin 0)
     convs = [r.row if isinstance(r, Feedback) else r for r in loaded.rows if not isinstance(r, PreferencePair)]
     kinds = [k for k, there in (("KTO", feedback), ("SFT", convs and not feedback), ("preference", pairs)) if there]
     for kind in kinds:

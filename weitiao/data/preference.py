@@ -40,7 +40,7 @@ from weitiao.data.formats import (
 )
 from weitiao.data.templates import ChatTemplate
 from weitiao.data.tokenize import encode_batch, examples
-from weitiao.errors import UserError
+from weitiao.errors import UserError, near_miss
 
 PairTruncation = Literal["drop", "cut_response"]
 PAIR_SIDE = EncodeOptions(max_len=10**9, train_turns="last", truncation="drop")  # each side whole; cut per pair
@@ -291,3 +291,18 @@ def load_pairs(
         if not isinstance(row, PreferencePair):
             raise UserError(f"{row.source}: chosen: expected a preference row (prompt/chosen/rejected)")
     return res
+
+
+# A pair's own columns some recipe reads: `margin` (weitiao rm, whenever a row has one), `weight`
+# (data.weight_field) and `confidence` (data.min_confidence).
+PAIR_COLUMNS = ("margin", "weight", "confidence")
+
+
+def refuse_column_typos(pairs: list[PreferencePair]) -> None:
+    """Refuse a column one or two typos from a PAIR_COLUMNS name that its row lacks (`margn`, `weights`): the reward
+    model trained every pair with margin 0 under `margn`, without a word, as other extra columns stay unread."""
+    names = {k for p in pairs for k in p.extra}
+    for key in sorted(names):
+        if want := near_miss(key, PAIR_COLUMNS, 0.85):
+            if row := next((p for p in pairs if key in p.extra and want not in p.extra), None):
+                raise UserError(f"{row.source}: {key}: unknown key; did you mean {want!r}? (rename it, or drop it)")

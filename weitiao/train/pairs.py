@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from weitiao.data.chat import Encoded, special_token_check
 from weitiao.data.files import number_cell
 from weitiao.data.formats import CONFIG_SKIP_HINT, PreferencePair
-from weitiao.data.preference import PairStats, encode_pairs, form_notes, load_pairs
+from weitiao.data.preference import PairStats, encode_pairs, form_notes, load_pairs, refuse_column_typos
 from weitiao.data.prep import (
     count_overlap,
     kept,
@@ -23,7 +23,7 @@ from weitiao.data.prep import (
     split_eval,
 )
 from weitiao.data.templates import ChatTemplate, fallback_note, resolve_template
-from weitiao.errors import UserError, near_miss
+from weitiao.errors import UserError
 from weitiao.train.spec import PrefDataSpec, TrainSpec
 
 
@@ -87,21 +87,6 @@ def _row_number(pair: PreferencePair, name: str, key: str) -> float:
         got = "missing" if v is None else f"{v!r} is not a number ≥ 0"
         raise UserError(f"{pair.source}: {name}: {got} ({key} reads it)")
     return float(v)
-
-
-# A pair's own columns some recipe reads: `margin` (weitiao rm, whenever a row has one), `weight`
-# (data.weight_field) and `confidence` (data.min_confidence).
-PAIR_COLUMNS = ("margin", "weight", "confidence")
-
-
-def refuse_column_typos(pairs: list[PreferencePair]) -> None:
-    """Refuse a column one or two typos from a PAIR_COLUMNS name that its row lacks (`margn`, `weights`): the reward
-    model trained every pair with margin 0 under `margn`, without a word, as other extra columns stay unread."""
-    names = {k for p in pairs for k in p.extra}
-    for key in sorted(names):
-        if want := near_miss(key, PAIR_COLUMNS, 0.85):
-            if row := next((p for p in pairs if key in p.extra and want not in p.extra), None):
-                raise UserError(f"{row.source}: {key}: unknown key; did you mean {want!r}? (rename it, or drop it)")
 
 
 def _confident(pairs: list[PreferencePair], least: float | None) -> list[PreferencePair]:
