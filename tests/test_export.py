@@ -86,6 +86,18 @@ def test_unmerged_export_is_clean_adapter_dir(tiny_model_dir, chat_file, tmp_pat
     names = {p.name for p in dest.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= names
     assert not any(n.startswith("step-") or n == "trainer_state.pt" for n in names)
+    # A damaged export record or adapter_config.json: one line naming the file (a JSONDecodeError traceback before).
+    from weitiao.errors import UserError
+    from weitiao.models.load import adapter_base
+
+    assert adapter_base(dest)[1] == "none"  # control: the export as written
+    for name, text, said in ((".weitiao-export.json", '{"quant": ', "not valid JSON"), ("adapter_config.json", "[1]",
+                             "not a JSON object but list; save the adapter again")):  # fmt: skip
+        good = (dest / name).read_text()
+        (dest / name).write_text(text)
+        with pytest.raises(UserError, match=rf"{name}.*{said}"):
+            adapter_base(dest)
+        (dest / name).write_text(good)
 
 
 def test_a_full_finetune_exports_as_one_folder(tmp_path, tokenizer):

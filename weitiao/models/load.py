@@ -641,6 +641,16 @@ def recorded_run(adapter_dir: Path) -> tuple[Path | None, dict]:
     return file, cfg if isinstance(cfg, dict) else {}
 
 
+def _json_object(path: Path, fix: str) -> dict:
+    """A JSON file that must hold one object; a damaged one is one line naming it (a traceback before)."""
+    from weitiao.io import read_json
+
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: not a JSON object but {type(data).__name__}; {fix}")
+    return data
+
+
 def adapter_base(adapter_dir: Any) -> tuple[str, str]:
     """(base model path, training quant) recorded with a peft adapter dir.
 
@@ -649,7 +659,6 @@ def adapter_base(adapter_dir: Any) -> tuple[str, str]:
     against the directory training ran in (the run dir minus its relative train.out), then the current
     one; a path found nowhere is returned as written (a hub id, or 'demo').
     """
-    import json
     from pathlib import Path
 
     adapter_dir = Path(adapter_dir)
@@ -657,8 +666,8 @@ def adapter_base(adapter_dir: Any) -> tuple[str, str]:
     model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
     train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
     if not model and (adapter_dir / EXPORT_MARKER).is_file():  # an adapter export: its run's quant, in its record
-        model = {"quant": json.loads((adapter_dir / EXPORT_MARKER).read_text(encoding="utf-8")).get("quant") or "none"}
-    recorded = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+        model = {"quant": _json_object(adapter_dir / EXPORT_MARKER, "export again").get("quant") or "none"}
+    recorded = _json_object(adapter_dir / "adapter_config.json", "save the adapter again")
     names = [str(x) for x in (model.get("path"), recorded.get("base_model_name_or_path")) if x]
     if not names or names[0] == "demo":
         return "demo", str(model.get("quant", "none"))
