@@ -967,6 +967,7 @@ def load_rows(
                 result.read += 1
                 loc = f"{path}:{n}"
                 fields, desirable = record, False  # the row's fields to parse: without its label, for a KTO row
+                as_written = record  # a rejected row is written so, its keys the file's (not a mapping's)
                 try:
                     if lf and not isinstance(record, RowError):
                         record = fields = lf.convert(record)
@@ -995,7 +996,7 @@ def load_rows(
                     if isinstance(record, RowError):  # no JSON: the line's text, so it can be fixed and fed again
                         rejects.append({"source": loc, "error": str(e), "row": None, "text": record.raw})
                     else:
-                        rejects.append({"source": loc, "error": str(e), "row": record})
+                        rejects.append({"source": loc, "error": str(e), "row": as_written})
                     continue
                 row.source = loc
                 if isinstance(row, Feedback):
