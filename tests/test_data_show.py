@@ -193,3 +193,12 @@ def test_a_kto_file_is_shown_as_weitiao_kto_trains_it(tmp_path, tiny_model_dir):
                        ("--truncation=history", "--truncation 'history': KTO rows take drop|cut")):  # fmt: skip
         r = runner.invoke(app, ["data", "show", str(f), "--model", str(tiny_model_dir), flag])
         assert said in str(r.exception), r.output
+
+
+def test_a_file_without_rows_is_said_so(tmp_path, tiny_model_dir):
+    """`data show` of an empty (or blank-lines) file said '--index 0: FILE has 0 rows (0..-1)', blaming the index;
+    now 'FILE: no rows', as `data check` says it."""
+    f = tmp_path / "blank.jsonl"
+    f.write_text("\n\n", encoding="utf-8")
+    r = runner.invoke(app, ["data", "show", str(f), "--model", str(tiny_model_dir)])
+    assert str(r.exception) == f"{f}: no rows", r.exception

@@ -469,6 +469,8 @@ def data_show(
     rows = loaded.rows
     for n in loaded.notes:  # what the read left unread (unmapped LLaMA-Factory columns, ...): why the row looks so
         console.print(f"note: {n}", markup=False, soft_wrap=True)
+    if not rows:
+        raise UserError(f"{file}: no rows")
     if not 0 <= index < len(rows):
         raise UserError(f"--index {index}: {file} has {len(rows)} rows (0..{len(rows) - 1})")
     row, tok = rows[index], load_tokenizer(model)
