@@ -216,6 +216,8 @@ def _jsonl(path: Path, max_row_bytes: int | None) -> Iterator[tuple[int, Any]]:
                     row = loads(line)
                 except json.JSONDecodeError as e:
                     why = f"not valid JSON ({e.msg} at column {e.colno})"
+                    if "\r" in line.rstrip("\r\n"):  # never inside JSON (a string holds it as \r): line ends
+                        why = "lines end in a lone CR (old Mac line endings); save the file with LF or CR LF line ends"
                     yield n, RowError("json", ARRAY if n == 1 and line.strip() == "[" else why, line.rstrip("\r\n"))
                 except ValueError as e:
                     yield n, RowError("json", f"not valid JSON ({e})", line.rstrip("\r\n"))
