@@ -412,9 +412,14 @@ def test_a_legacy_function_call_through_dataset_info_is_refused_not_dropped(tmp_
     info = {f: {"file_name": "ft.jsonl", "formatting": f, "columns": {"messages": "messages"}, "tags": OAI_TAGS}
             for f in ("sharegpt", "openai")}  # fmt: skip
     (tmp_path / "dataset_info.json").write_text(json.dumps(info))
-    for f in info:
-        with pytest.raises(UserError, match=r"ft\.jsonl:1: messages\[1\]\.function_call: an OpenAI legacy function "):
+    for f, fix in (("sharegpt", 'tool_calls with "formatting": "openai" in the entry, or as a function_call turn'),
+                   ("openai", "tool_calls")):  # fmt: skip
+        with pytest.raises(
+            UserError, match=r"ft\.jsonl:1: messages\[1\]\.function_call: an OpenAI legacy function "
+        ) as e:
             load_rows([f], dataset_dir=tmp_path)
+        assert f"the call would be lost), which LLaMA-Factory's {f} formatting does not read" in str(e.value)
+        assert f"write it as {fix} (or pass --skip-invalid" in str(e.value), e.value
 
 
 def test_a_llamafactory_folder_given_as_data_points_to_dataset_dir(tmp_path):
