@@ -462,3 +462,20 @@ def test_turn_order_errors_name_the_message_as_the_row_writes_it(tmp_path, row, 
     with pytest.raises(UserError) as e:
         load_conversations(path)
     assert str(e.value).startswith(f"{path}:1: {said}"), str(e.value)
+
+
+def test_alpaca_history_or_input_beside_a_message_list_is_refused_not_dropped(tmp_path):
+    """`history` (earlier [q, a] turns) or `input` beside `messages`/`conversations`/`conversation` was dropped unsaid:
+    the row trained without that context. Now refused naming the key; empty ones (a converter's leftovers) and the
+    same keys on an Alpaca row (control) are read as before."""
+    chat = {"messages": [{"role": "user", "content": "今天呢？"}, {"role": "assistant", "content": "晴"}]}
+    sg = {"conversations": [{"from": "human", "value": "今天呢？"}, {"from": "gpt", "value": "晴"}]}
+    ff = {"conversation": [{"human": "今天呢？", "assistant": "晴"}]}
+    for i, row in enumerate((chat, sg, ff)):
+        for key, value in (("history", [["昨天呢？", "雨"]]), ("input", "北京")):
+            path = write_jsonl(tmp_path / f"d{i}{key}.jsonl", [{**row, key: value}])
+            with pytest.raises(UserError, match=rf"d{i}{key}\.jsonl:1: {key}: an Alpaca key beside "):
+                load_conversations(path)
+        assert load_conversations(write_jsonl(tmp_path / "e.jsonl", [{**row, "history": [], "input": ""}])).rows
+    alpaca = {"instruction": "今天呢？", "input": "北京", "output": "晴", "history": [["昨天呢？", "雨"]]}
+    assert len(load_conversations(write_jsonl(tmp_path / "a.jsonl", [alpaca])).rows[0].messages) == 4

@@ -802,6 +802,11 @@ def check_keys(record: dict, fmt: str) -> None:
             a, b = sorted(found.values())
             raise RowError(b, f"the row also has {a!r}: two chat formats in one row ({', '.join(sorted(found))}); "
                               "keep one, the other would be dropped")  # fmt: skip
+    if fmt in MESSAGES_KEY:  # Alpaca's context keys, which a message list does not read: the turns would be lost
+        for key in ("history", "input"):
+            if record.get(key) not in (None, "", []):
+                raise RowError(key, f"an Alpaca key beside {MESSAGES_KEY[fmt]!r}, which does not read it (its text "
+                                    "would be dropped): put it into the messages, or drop the key")  # fmt: skip
 
 
 def parse_row(record: Any, fmt: str, strict: bool = True) -> Conversation | PreferencePair | Document:
