@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from conftest import write_jsonl
@@ -479,3 +480,19 @@ def test_alpaca_history_or_input_beside_a_message_list_is_refused_not_dropped(tm
         assert load_conversations(write_jsonl(tmp_path / "e.jsonl", [{**row, "history": [], "input": ""}])).rows
     alpaca = {"instruction": "今天呢？", "input": "北京", "output": "晴", "history": [["昨天呢？", "雨"]]}
     assert len(load_conversations(write_jsonl(tmp_path / "a.jsonl", [alpaca])).rows[0].messages) == 4
+
+
+def test_an_empty_system_message_says_what_to_do(tmp_path):
+    """An empty first system message (exports write `{"role": "system", "content": ""}`) was refused as
+    'messages[0].content: is empty', no word of why or of the way out (an empty `system` key reads as no system
+    prompt). Now the line says: drop the message, or give it text."""
+    oai = {"messages": [{"role": "system", "content": ""}, *ROW_MSGS]}
+    sg = {"conversations": [{"from": "system", "value": " "}, *ROW_SG]}
+    for key, row in (("messages[0].content", oai), ("conversations[0].value", sg)):
+        path = write_jsonl(tmp_path / "d.jsonl", [row])
+        with pytest.raises(UserError, match=rf"d\.jsonl:1: {re.escape(key)}: an empty system message; drop it"):
+            load_conversations(path)
+
+
+ROW_MSGS = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "嗨"}]
+ROW_SG = [{"from": "human", "value": "你好"}, {"from": "gpt", "value": "嗨"}]

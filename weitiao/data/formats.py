@@ -285,7 +285,11 @@ def _messages(
         if role not in roles:
             raise RowError(f"{field}[{i}].{role_key}", unknown_role(role, role_key, str(sorted(roles))))
         refuse_name(m, f"{field}[{i}]")
-        msg = {"role": roles[role], "content": _text(m.get(text_key), f"{field}[{i}].{text_key}", allow_empty)}
+        at = f"{field}[{i}].{text_key}"
+        if roles[role] == "system" and isinstance(m.get(text_key), str) and not m[text_key].strip():
+            raise RowError(at, "an empty system message; drop it (no system prompt: the chat template's default, if "
+                               "it has one) or give it text")  # fmt: skip
+        msg = {"role": roles[role], "content": _text(m.get(text_key), at, allow_empty)}
         if m.get("weight") is not None and not _weight(m, f"{field}[{i}]", roles[role]):
             msg["weight"] = 0
         out.append(msg)
