@@ -229,3 +229,29 @@ def test_a_special_token_in_a_row_is_named_as_the_file_writes_the_message(tmp_pa
     (lf / "dataset_info.json").write_text(json.dumps(info, ensure_ascii=False), encoding="utf-8")
     with pytest.raises(UserError, match=rf"d\.json:1: msgs\[3\]\.text: content holds '{re.escape(end)}'"):
         check_file(["cs"], tokenizer, dataset_dir=str(lf))
+
+
+NO_SYSTEM = (  # Gemma's and Mistral's templates refuse a system message so
+    "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def test_a_row_the_tokenizer_template_refuses_is_one_line_naming_it():
+    """A tokenizer whose chat template raises on a row (Gemma's and Mistral's 'System role not supported', 'roles must
+    alternate') stopped `data check`, `data show` and training with a jinja2 traceback. Now one line naming the row,
+    the template's words and the way out, from the per-row and the batched encoders; rows it renders (control) are
+    encoded."""
+    from weitiao.data.chat import encode_all
+
+    tok = build_tokenizer(chat_template=NO_SYSTEM)
+    tpl = resolve_template(tok)
+    ok = Conversation([{"role": "user", "content": "你好"}, {"role": "assistant", "content": "嗨"}], source="d.jsonl:1")
+    bad = Conversation([{"role": "system", "content": "你是助手"}, *ok.messages], source="d.jsonl:2")
+    said = re.escape("d.jsonl:2: chat template 'tokenizer' refuses this row (System role not supported)")
+    with pytest.raises(UserError, match=said):
+        encode(bad, tok, tpl, EncodeOptions())
+    with pytest.raises(UserError, match=said):
+        encode_all([ok, bad], tok, tpl, EncodeOptions())
+    assert encode_all([ok], tok, tpl, EncodeOptions())[1].kept == 1

@@ -174,3 +174,31 @@ def test_the_notes_of_the_read_are_shown(tmp_path, tiny_model_dir):
     assert r.exit_code == 0 and "你是店员" not in r.output and "⟦九点<|im_end|>⟧" in r.output, r.output
     assert "note: a: 1 row(s) hold a 'system' column that the entry's columns do not map" in r.output, r.output
     assert "note: a: 1 row(s) hold a 'history' column that the entry's columns do not map" in r.output, r.output
+
+
+def test_a_kto_file_is_shown_as_weitiao_kto_trains_it(tmp_path, tiny_model_dir):
+    """`data show` of a KTO file (`data check` lints it as one) said 'train them with `weitiao kto`' and showed nothing:
+    the rows of the trainer it names could not be previewed. Now shown as `weitiao kto` encodes them: the last reply
+    trained, with its label; SFT's flags and SFT's truncation are refused."""
+    u, a = {"role": "user", "content": "你好"}, {"role": "assistant", "content": "嗨"}
+    earlier = [u, {**a, "content": "在"}, u]
+    rows = [{"prompt": [u], "completion": [a], "label": True},
+            {"prompt": earlier, "completion": [{**a, "content": "滚"}], "label": False}]  # fmt: skip
+    f = write_jsonl(tmp_path / "kto.jsonl", rows)
+    r = show(f, tiny_model_dir)
+    assert r.exit_code == 0 and "· KTO desirable" in r.output and "assistant\n⟦嗨<|im_end|>⟧" in r.output, r.output
+    r = show(f, tiny_model_dir, "--index", "1")  # the judged reply alone: the earlier one is context
+    assert "· KTO undesirable" in r.output and "⟦在" not in r.output and "⟦滚<|im_end|>⟧" in r.output, r.output
+    for flag, said in (("--train-on-prompt", "--train-on-prompt: SFT's; KTO judges the last reply"),
+                       ("--truncation=history", "--truncation 'history': KTO rows take drop|cut")):  # fmt: skip
+        r = runner.invoke(app, ["data", "show", str(f), "--model", str(tiny_model_dir), flag])
+        assert said in str(r.exception), r.output
+
+
+def test_a_file_without_rows_is_said_so(tmp_path, tiny_model_dir):
+    """`data show` of an empty (or blank-lines) file said '--index 0: FILE has 0 rows (0..-1)', blaming the index;
+    now 'FILE: no rows', as `data check` says it."""
+    f = tmp_path / "blank.jsonl"
+    f.write_text("\n\n", encoding="utf-8")
+    r = runner.invoke(app, ["data", "show", str(f), "--model", str(tiny_model_dir)])
+    assert str(r.exception) == f"{f}: no rows", r.exception

@@ -147,3 +147,13 @@ def test_a_bom_at_a_later_line_of_a_jsonl_file_is_dropped_as_the_first_lines_is(
     want = [(1, json.loads(JSONL)), (2, json.loads(JSONL))]
     assert list(iter_records(path)) == want
     assert list(read_jsonl(path)) == want
+
+
+def test_a_jsonl_file_with_lone_cr_line_ends_is_said_so(tmp_path):
+    """A JSONL file saved with old-Mac line ends (a lone CR) is one line to the reader: it was refused as 'not valid
+    JSON (Extra data at column 37)', no word of the line ends, which no editor shows (a CSV so saved is named). Now
+    the line says it."""
+    path = tmp_path / "cr.jsonl"
+    path.write_bytes((JSONL + "\r" + JSONL + "\r").encode())
+    [(n, bad)] = list(iter_records(path))
+    assert n == 1 and str(bad).startswith("json: lines end in a lone CR (old Mac line endings)"), bad

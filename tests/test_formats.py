@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from conftest import write_jsonl
@@ -462,3 +463,36 @@ def test_turn_order_errors_name_the_message_as_the_row_writes_it(tmp_path, row, 
     with pytest.raises(UserError) as e:
         load_conversations(path)
     assert str(e.value).startswith(f"{path}:1: {said}"), str(e.value)
+
+
+def test_alpaca_history_or_input_beside_a_message_list_is_refused_not_dropped(tmp_path):
+    """`history` (earlier [q, a] turns) or `input` beside `messages`/`conversations`/`conversation` was dropped unsaid:
+    the row trained without that context. Now refused naming the key; empty ones (a converter's leftovers) and the
+    same keys on an Alpaca row (control) are read as before."""
+    chat = {"messages": [{"role": "user", "content": "今天呢？"}, {"role": "assistant", "content": "晴"}]}
+    sg = {"conversations": [{"from": "human", "value": "今天呢？"}, {"from": "gpt", "value": "晴"}]}
+    ff = {"conversation": [{"human": "今天呢？", "assistant": "晴"}]}
+    for i, row in enumerate((chat, sg, ff)):
+        for key, value in (("history", [["昨天呢？", "雨"]]), ("input", "北京")):
+            path = write_jsonl(tmp_path / f"d{i}{key}.jsonl", [{**row, key: value}])
+            with pytest.raises(UserError, match=rf"d{i}{key}\.jsonl:1: {key}: an Alpaca key beside "):
+                load_conversations(path)
+        assert load_conversations(write_jsonl(tmp_path / "e.jsonl", [{**row, "history": [], "input": ""}])).rows
+    alpaca = {"instruction": "今天呢？", "input": "北京", "output": "晴", "history": [["昨天呢？", "雨"]]}
+    assert len(load_conversations(write_jsonl(tmp_path / "a.jsonl", [alpaca])).rows[0].messages) == 4
+
+
+def test_an_empty_system_message_says_what_to_do(tmp_path):
+    """An empty first system message (exports write `{"role": "system", "content": ""}`) was refused as
+    'messages[0].content: is empty', no word of why or of the way out (an empty `system` key reads as no system
+    prompt). Now the line says: drop the message, or give it text."""
+    oai = {"messages": [{"role": "system", "content": ""}, *ROW_MSGS]}
+    sg = {"conversations": [{"from": "system", "value": " "}, *ROW_SG]}
+    for key, row in (("messages[0].content", oai), ("conversations[0].value", sg)):
+        path = write_jsonl(tmp_path / "d.jsonl", [row])
+        with pytest.raises(UserError, match=rf"d\.jsonl:1: {re.escape(key)}: an empty system message; drop it"):
+            load_conversations(path)
+
+
+ROW_MSGS = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "嗨"}]
+ROW_SG = [{"from": "human", "value": "你好"}, {"from": "gpt", "value": "嗨"}]

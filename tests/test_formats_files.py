@@ -438,7 +438,25 @@ def test_a_second_list_of_rows_beside_data_is_refused_not_dropped(tmp_path):
     with pytest.raises(UserError, match=r"two\.json: json: rows under 'data' and also under 'extra'"):
         load_rows(str(tmp_path / "two.json"))
     (tmp_path / "splits.json").write_text(json.dumps({"train": [row], "test": [row]}), encoding="utf-8")
-    with pytest.raises(UserError, match=r"splits\.json: json: rows under 'train', 'test' \(splits\?\)"):
+    with pytest.raises(UserError, match=r"splits\.json: json: rows under 'train', 'test': save each list"):
         load_rows(str(tmp_path / "splits.json"))
     (tmp_path / "squad.json").write_text(json.dumps({"version": "1", "data": [row]}), encoding="utf-8")
     assert load_rows(str(tmp_path / "squad.json")).kept == 1
+
+
+def test_a_report_weitiao_wrote_in_a_data_folder_is_not_read_as_data(tmp_path):
+    """`data mix` into the data folder writes OUT.report.json beside OUT: reading the folder then stopped on the report
+    ('mixed.jsonl.report.json: json: expected a list of rows'), as its rejects files are not. Now a report weitiao
+    wrote is left unread like them; a .report.json of the user's is still read (and refused as no rows)."""
+    from weitiao.dataeng import mix
+
+    d = tmp_path / "data"
+    d.mkdir()
+    write_jsonl(d / "a.jsonl", [{"instruction": "问", "output": "答"}])
+    write_jsonl(d / "b.jsonl", [{"instruction": "再问", "output": "再答"}])
+    mix.run([f"{d / 'a.jsonl'}:0.5", f"{d / 'b.jsonl'}:0.5"], d / "mixed.jsonl")
+    assert (d / "mixed.jsonl.report.json").is_file()
+    assert load_rows(str(d)).kept == 4  # a, b and the two mixed rows
+    (d / "mine.report.json").write_text('{"sources": [{"a": 1}]}', encoding="utf-8")
+    with pytest.raises(UserError, match=r"mine\.report\.json: json: "):
+        load_rows(str(d))

@@ -412,9 +412,14 @@ def test_a_legacy_function_call_through_dataset_info_is_refused_not_dropped(tmp_
     info = {f: {"file_name": "ft.jsonl", "formatting": f, "columns": {"messages": "messages"}, "tags": OAI_TAGS}
             for f in ("sharegpt", "openai")}  # fmt: skip
     (tmp_path / "dataset_info.json").write_text(json.dumps(info))
-    for f in info:
-        with pytest.raises(UserError, match=r"ft\.jsonl:1: messages\[1\]\.function_call: an OpenAI legacy function "):
+    for f, fix in (("sharegpt", 'tool_calls with "formatting": "openai" in the entry, or as a function_call turn'),
+                   ("openai", "tool_calls")):  # fmt: skip
+        with pytest.raises(
+            UserError, match=r"ft\.jsonl:1: messages\[1\]\.function_call: an OpenAI legacy function "
+        ) as e:
             load_rows([f], dataset_dir=tmp_path)
+        assert f"the call would be lost), which LLaMA-Factory's {f} formatting does not read" in str(e.value)
+        assert f"write it as {fix} (or pass --skip-invalid" in str(e.value), e.value
 
 
 def test_a_llamafactory_folder_given_as_data_points_to_dataset_dir(tmp_path):
@@ -431,3 +436,18 @@ def test_a_llamafactory_folder_given_as_data_points_to_dataset_dir(tmp_path):
         with pytest.raises(UserError, match=re.escape(f"{d / 'dataset_info.json'}: LLaMA-Factory's dataset_info.json")):
             load_rows(str(entry))
     assert load_rows(["faq"], dataset_dir=d).rows[0].messages[-1]["content"] == "九点"
+
+
+def test_a_rejected_row_of_a_mapped_dataset_is_written_as_the_user_wrote_it(tmp_path):
+    """With skip_invalid, a bad row of a dataset whose columns are mapped (问题/答案) went to the rejects file as
+    weitiao's conversion of it ({"instruction", "output"}): its own keys renamed and its other columns (`id`) gone,
+    while the error named 答案. The rejects file is there to fix rows and feed them again: now the row as the file
+    holds it."""
+    rows = [{"问题": "几点开门", "答案": "九点", "id": 1}, {"问题": "周末开吗", "答案": "", "id": 2}]
+    write_jsonl(tmp_path / "faq.jsonl", rows)
+    info = {"faq": {"file_name": "faq.jsonl", "columns": {"prompt": "问题", "response": "答案"}}}
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info, ensure_ascii=False), encoding="utf-8")
+    got = load_rows(["faq"], dataset_dir=tmp_path, skip_invalid=True, rejects_path=tmp_path / "rej.jsonl")
+    rejected = [json.loads(line) for line in (tmp_path / "rej.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert got.kept == 1 and rejected == [{"source": f"{tmp_path / 'faq.jsonl'}:2", "error": "答案: is empty",
+                                           "row": rows[1]}]  # fmt: skip

@@ -208,3 +208,14 @@ def test_sft_out_equal_to_out_or_its_report_is_refused(tmp_path):
     assert not (tmp_path / "p.jsonl").exists()
     rep = repeat.run([src], tmp_path / "p.jsonl", repeat.RepeatConfig(), sft_out=tmp_path / "s.jsonl")  # control
     assert len(load_rows(str(tmp_path / "p.jsonl")).rows) == rep["pairs"] == 2
+
+
+def test_an_sft_out_refused_is_named_by_its_own_flag(tmp_path):
+    """--sft-out on the input (or on a file of the user's) was refused as '--out d.jsonl: is also an input', naming
+    the flag that was right. Now the line names --sft-out."""
+    src = write(tmp_path / "d.jsonl", [convo(NOVEL)])
+    (tmp_path / "mine.jsonl").write_text("{}\n", encoding="utf-8")
+    theirs = "mine\\.jsonl: exists and was not written by weitiao .* --sft-out"
+    for sft_out, said in ((src, "--sft-out .*d\\.jsonl: is also an input"), (tmp_path / "mine.jsonl", theirs)):
+        with pytest.raises(UserError, match=said):
+            repeat.run([src], tmp_path / "p.jsonl", repeat.RepeatConfig(), sft_out=sft_out)

@@ -446,7 +446,9 @@ def data_show(
     last_turn_only: bool = typer.Option(False, hidden=True, help="same as --train-turns last"),
     max_len: int = typer.Option(1024, help="max length in tokens"),
     truncation: str = typer.Option(
-        "drop", help="over max_len, as the trainer's data.truncation: SFT drop|cut|history, DPO/RM drop|cut_response"
+        "drop",
+        help="over max_len, as the trainer's data.truncation: SFT drop|cut|history, KTO drop|cut, DPO/RM "
+        "drop|cut_response",
     ),
     plain: bool = typer.Option(False, help="mark trained text with ⟦ ⟧ instead of colour"),
     fmt: str = typer.Option("auto", "--format", help="as data.format (preference_raw: string pairs as raw text)"),
@@ -454,36 +456,47 @@ def data_show(
     """Print one rendered example (a pair: both sides) with trained tokens marked (green/⟦⟧) and masked ones dim."""
     from weitiao.data.chat import Encoded, EncodeOptions
     from weitiao.data.check import drop_reason, refuse_max_len, refuse_truncation, show_row
-    from weitiao.data.formats import PreferencePair, load_conversations, load_rows
+    from weitiao.data.formats import Feedback, PreferencePair, load_conversations, load_rows
     from weitiao.models.load import load_tokenizer
 
     _choice("--train-turns", train_turns, ("all", "last"))
     _choice("--truncation", truncation, ("drop", "cut", "history", "cut_response"))
     refuse_max_len(max_len)
     kw = {"skip_hint": None, "dataset_dir": dataset_dir}  # the dataset's column mapping, as training reads it
-    loaded = load_rows(file, fmt, **kw)  # type: ignore[arg-type]  # load_rows checks it
-    if not (loaded.rows and isinstance(loaded.rows[0], PreferencePair)):  # SFT's rows: chats and raw text
+    loaded = load_rows(file, fmt, feedback=None, **kw)  # type: ignore[arg-type]  # a KTO first row: a KTO file
+    if not (loaded.rows and isinstance(loaded.rows[0], (PreferencePair, Feedback))):  # SFT's: chats and raw text
         loaded = load_conversations(file, fmt, allow_text=True, **kw)  # type: ignore[arg-type]
     rows = loaded.rows
     for n in loaded.notes:  # what the read left unread (unmapped LLaMA-Factory columns, ...): why the row looks so
         console.print(f"note: {n}", markup=False, soft_wrap=True)
+    if not rows:
+        raise UserError(f"{file}: no rows")
     if not 0 <= index < len(rows):
         raise UserError(f"--index {index}: {file} has {len(rows)} rows (0..{len(rows) - 1})")
     row, tok = rows[index], load_tokenizer(model)
-    if isinstance(row, PreferencePair):
+    trainer, judged = "SFT", ""
+    if isinstance(row, (PreferencePair, Feedback)):
         sft_only = {"--train-on-prompt": train_on_prompt, "--train-turns": train_turns != "all",
                     "--last-turn-only": last_turn_only, "--no-train-eot": not train_eot}  # fmt: skip
         if given := next((k for k, v in sft_only.items() if v), None):
-            raise UserError(f"{given}: SFT's; a pair trains its last reply")
+            what = "a pair trains its last reply" if isinstance(row, PreferencePair) else "KTO judges the last reply"
+            raise UserError(f"{given}: SFT's; {what}")
+    if isinstance(row, PreferencePair):
         refuse_truncation("preference", truncation, "--truncation")
         return _show_pair(row, tok, template, max_len, truncation, plain)
-    refuse_truncation("SFT", truncation, "--truncation")
-    opts = EncodeOptions(max_len, train_on_prompt, "last" if last_turn_only else train_turns, truncation, train_eot)
+    if isinstance(row, Feedback):  # as `weitiao kto` encodes it: the last reply trained, with its label
+        refuse_truncation("KTO", truncation, "--truncation")
+        opts = EncodeOptions(max_len, train_turns="last", truncation=truncation)  # type: ignore[arg-type]
+        trainer, judged = "KTO", f" · KTO {'desirable' if row.desirable else 'undesirable'}"
+        row = row.row
+    else:
+        refuse_truncation("SFT", truncation, "--truncation")
+        opts = EncodeOptions(max_len, train_on_prompt, "last" if last_turn_only else train_turns, truncation, train_eot)
     pieces, segments = show_row(row, tok, template, opts)
-    if not pieces:  # what SFT does to this row, not a fault in the file: said plainly, exit 0
+    if not pieces:  # what the trainer does to this row, not a fault in the file: said plainly, exit 0
         why = drop_reason(row, tok, template, opts)
         console.print(
-            f"{row.source}: SFT drops this row (truncation {truncation}): {why}", markup=False, soft_wrap=True
+            f"{row.source}: {trainer} drops this row (truncation {truncation}): {why}", markup=False, soft_wrap=True
         )
         return
     enc = pieces[0]
@@ -502,7 +515,7 @@ def data_show(
         done = f"{len(pieces)} pieces of max_len {max_len}"
     console.print(
         f"[bold]{row.source}[/]  tokens {len(enc)} · trained {enc.n_trained} · masked "
-        f"{len(enc) - enc.n_trained}" + (f"  [yellow]({done})[/]" if done else ""),
+        f"{len(enc) - enc.n_trained}{judged}" + (f"  [yellow]({done})[/]" if done else ""),
         soft_wrap=True,
     )
     console.print(text, markup=False, highlight=False, soft_wrap=True)

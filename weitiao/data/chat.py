@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
+from jinja2.exceptions import TemplateError
+
 from weitiao.data.files import RowError
 from weitiao.data.formats import Conversation, Document, Message, PreferencePair
 from weitiao.data.templates import ChatTemplate
@@ -200,7 +202,10 @@ def encode(conv: Conversation, tokenizer: Any, template: ChatTemplate, opts: Enc
     messages = list(conv.messages)
     trimmed = False
     while True:
-        enc = _encode_messages(messages, tokenizer, template, opts, conv.tools)
+        try:
+            enc = _encode_messages(messages, tokenizer, template, opts, conv.tools)
+        except TemplateError as e:  # the tokenizer's own template refuses the row (Gemma: no system role)
+            raise UserError(template_refusal(conv.source, template, e)) from None
         enc.source = conv.source
         if len(enc) <= opts.max_len:
             enc.truncated = "history" if trimmed else ""
@@ -220,6 +225,14 @@ def encode(conv: Conversation, tokenizer: Any, template: ChatTemplate, opts: Enc
             enc.truncated, enc.ends_with_eot = "cut", 0 <= enc.eot_end <= n
             return enc if enc.n_trained else None
         return None
+
+
+def template_refusal(source: str, template: ChatTemplate, e: Exception) -> str:
+    """The line for a row the chat template raises on (its `raise_exception`): the row, the template's words, the way
+    out."""
+    return (f"{source}: chat template {template.name!r} refuses this row ({e}); change the row as it asks (a system "
+            "prompt such a template has no place for: fold it into the first user message), or set data.template "
+            "(--template) to chatml, qwen or llama3")  # fmt: skip
 
 
 def _drop_oldest_exchange(messages: list[Message]) -> list[Message] | None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from weitiao.errors import UserError, where
-from weitiao.io import BOM, bad_utf8, iter_lines, loads, read_json, read_text
+from weitiao.io import BOM, bad_utf8, iter_lines, loads, read_json, read_text, written_by_us
 
 JSONL = (".jsonl", ".ndjson")
 COMPRESSED = (".gz", ".zst")
@@ -60,8 +60,10 @@ def _is_data_file(path: Path) -> bool:
 
 
 def _ours_or_hidden(path: Path) -> bool:
-    # `.rejects.jsonl` is what load_rows writes beside the data: never read it back as data.
-    return path.name.startswith(".") or path.name.endswith(".rejects.jsonl")
+    # `.rejects.jsonl` is what load_rows writes beside the data: never read it back as data; nor a report that
+    # `data mix` / `repeat-negatives` wrote beside their output (OUT.report.json), while unchanged.
+    report = path.name.endswith(".report.json") and written_by_us(path)
+    return path.name.startswith(".") or path.name.endswith(".rejects.jsonl") or report
 
 
 def _data_files(hits: list[Path], where: str) -> list[Path]:
@@ -214,6 +216,8 @@ def _jsonl(path: Path, max_row_bytes: int | None) -> Iterator[tuple[int, Any]]:
                     row = loads(line)
                 except json.JSONDecodeError as e:
                     why = f"not valid JSON ({e.msg} at column {e.colno})"
+                    if "\r" in line.rstrip("\r\n"):  # never inside JSON (a string holds it as \r): line ends
+                        why = "lines end in a lone CR (old Mac line endings); save the file with LF or CR LF line ends"
                     yield n, RowError("json", ARRAY if n == 1 and line.strip() == "[" else why, line.rstrip("\r\n"))
                 except ValueError as e:
                     yield n, RowError("json", f"not valid JSON ({e})", line.rstrip("\r\n"))
@@ -268,7 +272,7 @@ def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
     keyed = data if isinstance(data, dict) else {}
     lists = [k for k, v in keyed.items() if isinstance(v, list) and v and isinstance(v[0], dict)]  # lists of rows
     if not (isinstance(data, dict) and isinstance(data.get("data"), list)):
-        named = f"rows under {', '.join(map(repr, lists))} (splits?): save each as its own file; " if lists else ""
+        named = f"rows under {', '.join(map(repr, lists))}: save each list as its own file; " if lists else ""
         raise UserError(f"{path}: json: {named}expected a list of rows (or {{'data': [...]}})")
     if others := [k for k in lists if k != "data"]:  # only `data` is read: the others' rows would be dropped
         raise UserError(f"{path}: json: rows under 'data' and also under {', '.join(map(repr, others))}, which "

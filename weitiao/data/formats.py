@@ -285,7 +285,11 @@ def _messages(
         if role not in roles:
             raise RowError(f"{field}[{i}].{role_key}", unknown_role(role, role_key, str(sorted(roles))))
         refuse_name(m, f"{field}[{i}]")
-        msg = {"role": roles[role], "content": _text(m.get(text_key), f"{field}[{i}].{text_key}", allow_empty)}
+        at = f"{field}[{i}].{text_key}"
+        if roles[role] == "system" and isinstance(m.get(text_key), str) and not m[text_key].strip():
+            raise RowError(at, "an empty system message; drop it (no system prompt: the chat template's default, if "
+                               "it has one) or give it text")  # fmt: skip
+        msg = {"role": roles[role], "content": _text(m.get(text_key), at, allow_empty)}
         if m.get("weight") is not None and not _weight(m, f"{field}[{i}]", roles[role]):
             msg["weight"] = 0
         out.append(msg)
@@ -802,6 +806,11 @@ def check_keys(record: dict, fmt: str) -> None:
             a, b = sorted(found.values())
             raise RowError(b, f"the row also has {a!r}: two chat formats in one row ({', '.join(sorted(found))}); "
                               "keep one, the other would be dropped")  # fmt: skip
+    if fmt in MESSAGES_KEY:  # Alpaca's context keys, which a message list does not read: the turns would be lost
+        for key in ("history", "input"):
+            if record.get(key) not in (None, "", []):
+                raise RowError(key, f"an Alpaca key beside {MESSAGES_KEY[fmt]!r}, which does not read it (its text "
+                                    "would be dropped): put it into the messages, or drop the key")  # fmt: skip
 
 
 def parse_row(record: Any, fmt: str, strict: bool = True) -> Conversation | PreferencePair | Document:
@@ -967,6 +976,7 @@ def load_rows(
                 result.read += 1
                 loc = f"{path}:{n}"
                 fields, desirable = record, False  # the row's fields to parse: without its label, for a KTO row
+                as_written = record  # a rejected row is written so, its keys the file's (not a mapping's)
                 try:
                     if lf and not isinstance(record, RowError):
                         record = fields = lf.convert(record)
@@ -995,7 +1005,7 @@ def load_rows(
                     if isinstance(record, RowError):  # no JSON: the line's text, so it can be fixed and fed again
                         rejects.append({"source": loc, "error": str(e), "row": None, "text": record.raw})
                     else:
-                        rejects.append({"source": loc, "error": str(e), "row": record})
+                        rejects.append({"source": loc, "error": str(e), "row": as_written})
                     continue
                 row.source = loc
                 if isinstance(row, Feedback):

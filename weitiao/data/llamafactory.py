@@ -324,10 +324,10 @@ class LFDataset:
                     "drop the key, or give the file's path itself, without data.dataset_dir (weitiao reads OpenAI "
                     "messages' weight: 0)")  # fmt: skip
             elif k == "function_call" and v not in (None, {}, ""):  # OpenAI's legacy call
-                what, fix = (
-                    "an OpenAI legacy function call (the call would be lost)",
-                    ('write it as tool_calls with "formatting": "openai" in the entry, or as a function_call turn'),
-                )
+                what = "an OpenAI legacy function call (the call would be lost)"
+                fix = "write it as tool_calls" + (
+                    "" if self.formatting == "openai" else ' with "formatting": "openai" in the entry, or as a '
+                    "function_call turn")  # fmt: skip
             elif (k == "name" or k in REASONING_KEYS) and v not in (None, ""):
                 what = "a speaker name" if k == "name" else "a reasoning trace (it would not be trained)"
                 fix = "put its text into the content, or drop the key"

@@ -15,6 +15,7 @@ from itertools import chain
 from typing import Any
 
 import numpy as np
+from jinja2.exceptions import TemplateError
 
 from weitiao.data.chat import (
     IGNORE,
@@ -84,7 +85,12 @@ def encode_batch(
         return out
     # This call also leaves the backend as `tokenizer(...)` sets it: no truncation, no padding.
     eot_ids = tokenizer(template.eot, add_special_tokens=False)["input_ids"]
-    texts, spans = render_spans(convs, tokenizer, template)
+    try:
+        texts, spans = render_spans(convs, tokenizer, template)
+    except TemplateError:  # a row the template refuses: the per-row encoder names it
+        for conv in convs:
+            encode(conv, tokenizer, template, opts)
+        raise
     encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
     for i, conv, sp, enc in zip(at, convs, spans, encodings):
         ids = enc.ids

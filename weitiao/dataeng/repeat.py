@@ -120,7 +120,9 @@ def run(files: list[str | Path], out: str | Path, cfg: RepeatConfig, sft_out: st
     outs = [out, f"{out}.report.json"] + ([sft_out] if sft_out else [])
     if len({Path(o).resolve() for o in outs}) < len(outs):  # the SFT rows would replace the pairs, or the report
         raise UserError(f"--sft-out {sft_out}: the same file as --out or its report; choose another path")
-    claim_outputs(outs, data_files([str(f) for f in files]))
+    ins = data_files([str(f) for f in files])
+    claim_outputs(outs[:2], ins)
+    claim_outputs(outs[2:], ins, "--sft-out")  # a refusal names the flag that set the path
     # 1. load (or stitch)
     convs = load_conversations([str(f) for f in files], skip_hint=None).rows
     for c in convs:  # a pair's prompt is rendered without tools, and a tool-call turn has no text to prefer

@@ -200,7 +200,8 @@ def refusals_cmd(
     dpo_out = dpo_out or out.with_name(_stem(out) + ".dpo.jsonl")
     if dpo_out.resolve() == out.resolve():
         raise UserError(f"--dpo-out {dpo_out}: the same file as --out; choose another path")
-    claim_outputs([out, dpo_out])
+    claim_outputs([out])
+    claim_outputs([dpo_out], flag="--dpo-out")  # a refusal names the flag that set the path
     sft, dpo = make_refusals(n, seed)
     write_jsonl(out, sft)
     write_jsonl(dpo_out, dpo)
