@@ -496,3 +496,16 @@ def test_an_empty_system_message_says_what_to_do(tmp_path):
 
 ROW_MSGS = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "嗨"}]
 ROW_SG = [{"from": "human", "value": "你好"}, {"from": "gpt", "value": "嗨"}]
+
+
+def test_an_empty_instruction_beside_an_input_is_the_input_alone_as_llamafactory_reads_it(tmp_path):
+    """LLaMA-Factory joins the non-empty of instruction and input with a newline, so a row with "" instruction and
+    the question in `input` trains on the input as the prompt; weitiao refused it ('instruction: is empty')."""
+    rows = [{"instruction": "", "input": "把这句话翻译成英文：你好", "output": "Hello"},
+            {"instruction": "翻译", "input": "你好", "output": "Hello"}]  # fmt: skip
+    got = load_rows(write_jsonl(tmp_path / "d.jsonl", rows)).rows
+    assert [c.messages[0]["content"] for c in got] == ["把这句话翻译成英文：你好", "翻译\n你好"]
+    for bad, why in (({"instruction": "", "input": "", "output": "答"}, "instruction: is empty"),
+                     ({"instruction": None, "input": "问", "output": "答"}, "instruction: missing")):  # fmt: skip
+        with pytest.raises(UserError, match=rf"e.jsonl:1: {why}"):  # controls: no prompt at all is still refused
+            load_rows(write_jsonl(tmp_path / "e.jsonl", [bad]))

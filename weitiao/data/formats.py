@@ -323,10 +323,14 @@ def _alpaca_field(record: dict, key: str) -> tuple[Any, str]:
 
 
 def _alpaca_prompt(record: dict) -> list[Message]:
-    """History pairs, then instruction + "\n" + input (or Dolly's context) as the last user turn; a BELLE multi-turn
-    instruction (Human:/Assistant: turns) as its turns."""
-    instruction = _text(record.get("instruction"), "instruction")
+    """History pairs, then instruction + "\n" + input (or Dolly's context) as the last user turn (an empty instruction
+    beside an input: the input alone, as LLaMA-Factory joins them); a BELLE multi-turn instruction (Human:/Assistant:
+    turns) as its turns."""
     extra, key = _alpaca_field(record, "input")  # null or "" is no input; 0 or false is no text either: refused
+    if record.get("instruction") == "" and extra not in (None, ""):
+        instruction = ""
+    else:
+        instruction = _text(record.get("instruction"), "instruction")
     history = record.get("history")
     history = [] if history in (None, "") else history  # "": a CSV's empty cell
     if transcripts.is_belle(instruction):  # BELLE multiturn_chat_0.8M: the earlier turns inside the instruction
@@ -334,7 +338,7 @@ def _alpaca_prompt(record: dict) -> list[Message]:
             raise RowError(at, "beside a BELLE multi-turn instruction (Human:/Assistant: turns), which holds the whole "
                                "conversation; put it into the transcript, or drop it")  # fmt: skip
         return transcripts.belle_messages(instruction)
-    user = instruction + ("\n" + _text(extra, key) if extra not in (None, "") else "")
+    user = "\n".join(t for t in (instruction, _text(extra, key) if extra not in (None, "") else "") if t)
     messages: list[Message] = []
     if not isinstance(history, list):
         raise RowError("history", "expected a list of [question, answer] pairs")
