@@ -159,6 +159,8 @@ def test_raw_text_rows_are_shown_as_sft_trains_them(tmp_path, tiny_model_dir):
     assert (
         r.exit_code == 0 and "raw.jsonl:1: SFT drops this row (truncation drop): 15 tokens, over max_len 10" in r.output
     ), r.output
+    r = show(f, tiny_model_dir, "--max-len", "14", "--truncation", "cut")  # raw text ends with EOS: no end-of-turn
+    assert r.exit_code == 0 and "(cut to max_len; the last reply lost its EOS token)" in r.output, r.output
 
 
 def test_the_notes_of_the_read_are_shown(tmp_path, tiny_model_dir):

@@ -456,7 +456,7 @@ def data_show(
     """Print one rendered example (a pair: both sides) with trained tokens marked (green/⟦⟧) and masked ones dim."""
     from weitiao.data.chat import Encoded, EncodeOptions
     from weitiao.data.check import drop_reason, refuse_max_len, refuse_truncation, show_row
-    from weitiao.data.formats import Feedback, PreferencePair, load_conversations, load_rows
+    from weitiao.data.formats import Document, Feedback, PreferencePair, load_conversations, load_rows
     from weitiao.models.load import load_tokenizer
 
     _choice("--train-turns", train_turns, ("all", "last"))
@@ -506,8 +506,9 @@ def data_show(
             text.append(f"⟦{s}⟧" if trained else s)
         else:
             text.append(s, style="bold black on green" if trained else "dim")
+    closing = "EOS" if isinstance(row, Document) else "end-of-turn"  # a raw-text row ends with EOS, no template
     done = {
-        "cut": "cut to max_len" + ("" if enc.ends_with_eot else "; the last reply lost its end-of-turn token"),
+        "cut": "cut to max_len" + ("" if enc.ends_with_eot else f"; the last reply lost its {closing} token"),
         "history": "oldest exchanges dropped to fit max_len",
     }.get(enc.truncated)
     if len(pieces) > 1:  # a pre-training document over max_len: SFT trains each piece as an example
