@@ -953,5 +953,13 @@ def test_a_reward_path_that_is_no_reward_model_names_reward_path(tmp_path):
     flag of `weitiao score` that a PPO config does not have; now the line names reward.path."""
     from weitiao.recipes.rewards import RewardSpec, build_scorer
 
+    with pytest.raises(UserError, match=r"^reward.path: .*/nothing: no such file or folder"):
+        build_scorer(RewardSpec(kind="model", path=str(tmp_path / "nothing")))
+    (tmp_path / "nothing").mkdir()
     with pytest.raises(UserError, match=r"^reward.path: .*/nothing: not a reward model dir"):
         build_scorer(RewardSpec(kind="model", path=str(tmp_path / "nothing")))
+    step = tmp_path / "rm" / "checkpoints" / "step-000004" / "adapter"  # all three said "not a reward model dir"
+    step.mkdir(parents=True)
+    for at in (step, step.parent):
+        with pytest.raises(UserError, match=r"^reward.path: .*: a checkpoint of a `weitiao rm` run, which has no "):
+            build_scorer(RewardSpec(kind="model", path=str(at)))

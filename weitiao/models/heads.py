@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from weitiao.config import is_step_dir
 from weitiao.data.chat import IGNORE
 from weitiao.data.files import confined_tree
 from weitiao.errors import UserError
@@ -84,6 +85,11 @@ def reward_meta(path: str | Path) -> tuple[Path, dict]:
     if (root / "final" / META_FILE).exists():
         root = root / "final"
     if not (root / META_FILE).exists():
+        if not root.exists():
+            raise UserError(f"--rm {path}: no such file or folder; give a `weitiao rm` output dir")
+        if any(is_step_dir(d) for d in (root, *root.parents[:2])):
+            raise UserError(f"--rm {path}: a checkpoint of a `weitiao rm` run, which has no {META_FILE} (written with "
+                            "final/ when the run ends); resume the run to its end and give its folder")  # fmt: skip
         raise UserError(f"--rm {path}: not a reward model dir (no {META_FILE}); train one with `weitiao rm`")
     return root, json.loads((root / META_FILE).read_text(encoding="utf-8"))
 
