@@ -357,3 +357,21 @@ def test_every_accepted_label_spelling_is_documented():
         assert GOOD_LABELS | BAD_LABELS <= named, (readme, (GOOD_LABELS | BAD_LABELS) - named)
     words = set(re.findall(r"[\w👍👎.\-]+", LABEL_SPELLINGS))
     assert GOOD_LABELS | BAD_LABELS <= words | {"1.0", "0.0", "-1.0"}, (GOOD_LABELS | BAD_LABELS) - words
+
+
+def test_a_reply_judged_both_ways_stays_on_one_side_of_the_eval_split(tmp_path, eos_model):
+    """data.eval_split grouped copies by prompt, reply and label: the same reply labelled good in one row and bad in
+    another were two rows, so one trained and the other was held out (eval measured a reply the model trained on).
+    Now grouped by prompt and reply; data without such copies splits as before."""
+    from weitiao.train.feedback import prepare_feedback
+
+    model_dir, tok = eos_model
+    rows = feedback_rows(12)
+    both = write_jsonl(tmp_path / "both.jsonl", rows + [dict(r, label=not r["label"]) for r in rows])
+    cfg = config(model_dir, both, tmp_path / "run", "data.eval_split=0.3")
+    d = prepare_feedback(cfg.data, cfg.train, tok)
+    trained = {tuple(e.input_ids) for e in d.train}
+    assert d.eval and not [e for e in d.eval if tuple(e.input_ids) in trained]
+    plain = write_jsonl(tmp_path / "plain.jsonl", rows)  # control: the split of data without copies is unchanged
+    before = prepare_feedback(config(model_dir, plain, tmp_path / "r2", "data.eval_split=0.3").data, cfg.train, tok)
+    assert sorted(tuple(e.input_ids) for e in before.eval) == sorted(tuple(e.input_ids) for e in d.eval)

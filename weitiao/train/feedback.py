@@ -61,11 +61,15 @@ class FeedbackData:
                 "dropped_too_long": self.dropped, "cut": self.cut, "template": self.template.name}  # fmt: skip
 
 
+def feedback_text_key(fb: Feedback) -> str:
+    """A row's prompt and reply, whatever its label: copies judged both ways stay on one side of data.eval_split."""
+    row = fb.row
+    return messages_key(row.messages) if isinstance(row, Conversation) else f"{row.prompt}\x1e{row.text}"
+
+
 def feedback_key(fb: Feedback) -> str:
     """A row's identity: prompt, reply and label."""
-    row = fb.row
-    text = messages_key(row.messages) if isinstance(row, Conversation) else f"{row.prompt}\x1e{row.text}"
-    return f"{text}\x1d{fb.desirable}"
+    return f"{feedback_text_key(fb)}\x1d{fb.desirable}"
 
 
 def _load(paths: list, d: FeedbackDataSpec, rejects: Path, tokenizer: Any, key: str) -> LoadResult:
@@ -105,12 +109,13 @@ def prepare_feedback(
         ev = _load(d.eval, d, rejects.with_name("eval_rejects.jsonl"), tokenizer, "data.eval")
         eval_rows, read, rejected = ev.rows, read + ev.read, rejected + ev.rejected
     elif d.eval_split:
-        split = split_eval(rows, d.eval_split, t.seed, feedback_key)  # copies stay on one side
+        # copies stay on one side, those labelled otherwise too (a reply judged good trained, judged bad held out)
+        split = split_eval(rows, d.eval_split, t.seed, feedback_text_key)
         rows, eval_rows, copies = split.train, split.eval, split.eval_copies_dropped
     else:
         eval_rows = []
     main = os.environ.get("RANK", "0") == "0"
-    if (overlap := count_overlap(rows, eval_rows, feedback_key)) and main:
+    if (overlap := count_overlap(rows, eval_rows, feedback_text_key)) and main:
         print("warning: " + overlap_warning("data.eval", overlap, len(eval_rows)))
     raw = all(isinstance(fb.row, Document) for fb in rows + eval_rows)
     if raw and d.template != "auto":  # it rendered nothing, and the run's data record named it
