@@ -629,3 +629,24 @@ def test_the_searchs_lean_measured_on_the_models_own_samples_is_taken_off_z(toke
     assert cal["samples"] == 12 and cal["z_shift"] == pytest.approx(sum(shifts) / 12, abs=1e-6)
     assert abs(cal["z_shift"]) > 0.1  # the lean of this narrow search: removed here, kept without the calibration
     assert rep["summary"]["z"] == pytest.approx(rep["tokenization"]["posterior"]["z"] - cal["z_shift"], abs=1e-9)
+
+
+def test_an_empirical_z_that_could_not_be_computed_is_said_not_left_out(tmp_path, tokenizer, model_a, tiny_model_dir):
+    """Fewer usable samples than `Thresholds.min_samples` gave `samples.z` null and a verdict without a word of it (the
+    reasons read as if the empirical z had been computed, or never asked for); `--samples 1..4` is refused before a
+    model loads, as it can never give one."""
+    tpl = resolve_template(tokenizer)
+    text = "挺好的，大晴天☀️，要出去玩吗？"
+    rep = check(model_a, tokenizer, tpl, MSGS, text, CheckConfig(samples=3, greedy=False, search_beam=0))
+    assert rep["samples"]["k"] == 3 and rep["samples"]["z"] is None
+    said = [r for r in rep["verdict"]["reasons"] if r.startswith("empirical z not computed")]
+    assert said and "3 usable samples" in said[0] and "5" in said[0]
+    full = check(model_a, tokenizer, tpl, MSGS, text, CheckConfig(samples=6, greedy=False, search_beam=0))
+    assert full["samples"]["z"] is not None
+    assert not any(r.startswith("empirical z not computed") for r in full["verdict"]["reasons"])
+    app = typer.Typer()
+    app.command("provenance")(provenance)
+    app.command("other")(lambda: None)
+    args = ["provenance", "--model", str(tmp_path / "no-such-model"), "--prompt", "你好", "--text", text]
+    bad = CliRunner().invoke(app, [*args, "--samples", "4"])
+    assert bad.exit_code != 0 and "--samples 4" in str(bad.exception) and "at least 5" in str(bad.exception)

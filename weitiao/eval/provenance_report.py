@@ -453,6 +453,10 @@ def verdict(rep: dict[str, Any], s: Sampling, th: Thresholds) -> dict[str, Any]:
             weak.append(
                 msg + (" (the baseline explains the text as well)" if lr == 0 else " (the baseline explains it better)")
             )
+    emp = rep.get("samples")
+    if emp is not None and emp["z"] is None:  # asked for, yet none: was left out of the reasons without a word
+        why = "their log-probs do not vary" if emp["k"] >= th.min_samples else f"it needs at least {th.min_samples}"
+        info.append(f"empirical z not computed: {emp['k']} usable samples (non-empty replies); {why}")
     tk = rep.get("tokenization") or {}
     if (tk.get("posterior") or {}).get("segmentations", 1) > 1 and (tk.get("calibration") or {}).get("z_shift") is None:
         info.append(f"z averages {tk['posterior']['segmentations']} segmentations of the text; with fewer than "
