@@ -8,6 +8,7 @@ import importlib.util
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -650,3 +651,19 @@ def test_an_empirical_z_that_could_not_be_computed_is_said_not_left_out(tmp_path
     args = ["provenance", "--model", str(tmp_path / "no-such-model"), "--prompt", "你好", "--text", text]
     bad = CliRunner().invoke(app, [*args, "--samples", "4"])
     assert bad.exit_code != 0 and "--samples 4" in str(bad.exception) and "at least 5" in str(bad.exception)
+
+
+def test_baseline_texts_are_scored_as_the_text_was(tokenizer, char_by_char):
+    """After a segmentation search the text was scored on the tokens the model likeliest wrote it in (perplexity 1.2),
+    its baseline texts on their own tokenization: the same text given as a baseline read 64.7, and the text ranked 1 of
+    4 below 挺天 (1.5 as scored) although, scored alike, 挺天 is the likelier. Baseline texts are now searched too."""
+    model, *_ = char_by_char
+    tpl = resolve_template(tokenizer)
+    cfg = CheckConfig(sampling=Sampling(1.0, 0.9), samples=0, greedy=False, prompt_dependence=False, with_eos=True)
+    rep = check(model, tokenizer, tpl, MSGS, "挺好的", cfg, baseline_texts=["挺好的", "挺好着", "挺天"])
+    assert rep["tokenization"]["scored"] == "the searched segmentation"  # the premise
+    same, _, tian = rep["baseline_texts"]["perplexities"]
+    assert same == pytest.approx(rep["summary"]["perplexity"], rel=1e-6)
+    assert rep["baseline_texts"]["rank"] == 1 + (tian < same)
+    off = check(model, tokenizer, tpl, MSGS, "挺好的", replace(cfg, search_beam=0), baseline_texts=["挺好的"])
+    assert off["baseline_texts"]["perplexities"][0] == pytest.approx(off["summary"]["perplexity"], rel=1e-6)

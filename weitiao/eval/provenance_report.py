@@ -231,14 +231,19 @@ def check(
             }
         )
     rep["baseline_models"] = rows
-    # 6. baseline texts: where the text's perplexity ranks among other texts under the same prompt
+    # 6. baseline texts: where the text's perplexity ranks among other texts under the same prompt, each scored as the
+    #    text was (after a search, on the tokens the model likeliest wrote it in: the text itself as a baseline read
+    #    54 times the text's perplexity on its own tokenization)
     if baseline_texts:
         step(f"{len(baseline_texts)} baseline texts")
         ppls = []
         for t in baseline_texts:
             e = encode(tokenizer, template, messages, t, cfg.with_eos)
-            e = _ended(model, tokenizer, e, ends, cfg.window) if cfg.with_eos else e
-            lp = score_tokens(model, e.context_ids, e.text_ids, s, cfg.window, cfg.stride)["logp"]
+            if searched:
+                lp = _searched(model, tokenizer, e, t, cfg, ends, table)[2]["logp"]
+            else:
+                e = _ended(model, tokenizer, e, ends, cfg.window) if cfg.with_eos else e
+                lp = score_tokens(model, e.context_ids, e.text_ids, s, cfg.window, cfg.stride)["logp"]
             ppls.append(math.exp(-float(lp.mean())))
         rep["baseline_texts"] = {
             "n": len(ppls),
