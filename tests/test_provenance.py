@@ -656,8 +656,9 @@ def test_an_empirical_z_that_could_not_be_computed_is_said_not_left_out(tmp_path
 def test_baseline_texts_are_scored_as_the_text_was(tokenizer, char_by_char):
     """After a segmentation search the text was scored on the tokens the model likeliest wrote it in (perplexity 1.2),
     its baseline texts on their own tokenization: the same text given as a baseline read 64.7, and the text ranked 1 of
-    4 below 挺天 (1.5 as scored) although, scored alike, 挺天 is the likelier. Baseline texts are now searched too."""
-    model, *_ = char_by_char
+    4 below 挺天 (1.5 as scored) although, scored alike, 挺天 is the likelier; so with the sampled ids given. Baseline
+    texts are now searched too."""
+    model, _, wrote, eot = char_by_char
     tpl = resolve_template(tokenizer)
     cfg = CheckConfig(sampling=Sampling(1.0, 0.9), samples=0, greedy=False, prompt_dependence=False, with_eos=True)
     rep = check(model, tokenizer, tpl, MSGS, "挺好的", cfg, baseline_texts=["挺好的", "挺好着", "挺天"])
@@ -665,5 +666,7 @@ def test_baseline_texts_are_scored_as_the_text_was(tokenizer, char_by_char):
     same, _, tian = rep["baseline_texts"]["perplexities"]
     assert same == pytest.approx(rep["summary"]["perplexity"], rel=1e-6)
     assert rep["baseline_texts"]["rank"] == 1 + (tian < same)
+    ids = check(model, tokenizer, tpl, MSGS, "挺好的", cfg, baseline_texts=["挺好的"], text_ids=[*wrote, eot])
+    assert ids["baseline_texts"]["perplexities"][0] == pytest.approx(ids["summary"]["perplexity"], rel=1e-6)
     off = check(model, tokenizer, tpl, MSGS, "挺好的", replace(cfg, search_beam=0), baseline_texts=["挺好的"])
     assert off["baseline_texts"]["perplexities"][0] == pytest.approx(off["summary"]["perplexity"], rel=1e-6)

@@ -232,15 +232,17 @@ def check(
         )
     rep["baseline_models"] = rows
     # 6. baseline texts: where the text's perplexity ranks among other texts under the same prompt, each scored as the
-    #    text was (after a search, on the tokens the model likeliest wrote it in: the text itself as a baseline read
-    #    54 times the text's perplexity on its own tokenization)
+    #    text was (searched, or sampled ids given: on the tokens the model likeliest wrote it in; on their own
+    #    tokenization the text itself as a baseline read 54 times the text's perplexity)
     if baseline_texts:
         step(f"{len(baseline_texts)} baseline texts")
         ppls = []
+        search_texts = s.temperature > 0 and cfg.search_beam > 0
+        texts_table = byte_table(tokenizer, set(ends)) if search_texts and not searched else None
         for t in baseline_texts:
             e = encode(tokenizer, template, messages, t, cfg.with_eos)
-            if searched:
-                lp = _searched(model, tokenizer, e, t, cfg, ends, table)[2]["logp"]
+            if search_texts:
+                lp = _searched(model, tokenizer, e, t, cfg, ends, table if searched else texts_table)[2]["logp"]
             else:
                 e = _ended(model, tokenizer, e, ends, cfg.window) if cfg.with_eos else e
                 lp = score_tokens(model, e.context_ids, e.text_ids, s, cfg.window, cfg.stride)["logp"]
