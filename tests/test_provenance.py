@@ -8,6 +8,7 @@ import importlib.util
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -629,3 +630,59 @@ def test_the_searchs_lean_measured_on_the_models_own_samples_is_taken_off_z(toke
     assert cal["samples"] == 12 and cal["z_shift"] == pytest.approx(sum(shifts) / 12, abs=1e-6)
     assert abs(cal["z_shift"]) > 0.1  # the lean of this narrow search: removed here, kept without the calibration
     assert rep["summary"]["z"] == pytest.approx(rep["tokenization"]["posterior"]["z"] - cal["z_shift"], abs=1e-9)
+
+
+def test_an_empirical_z_that_could_not_be_computed_is_said_not_left_out(tmp_path, tokenizer, model_a, tiny_model_dir):
+    """Fewer usable samples than `Thresholds.min_samples` gave `samples.z` null and a verdict without a word of it (the
+    reasons read as if the empirical z had been computed, or never asked for); `--samples 1..4` is refused before a
+    model loads, as it can never give one."""
+    tpl = resolve_template(tokenizer)
+    text = "挺好的，大晴天☀️，要出去玩吗？"
+    rep = check(model_a, tokenizer, tpl, MSGS, text, CheckConfig(samples=3, greedy=False, search_beam=0))
+    assert rep["samples"]["k"] == 3 and rep["samples"]["z"] is None
+    said = [r for r in rep["verdict"]["reasons"] if r.startswith("empirical z not computed")]
+    assert said and "3 usable samples" in said[0] and "5" in said[0]
+    full = check(model_a, tokenizer, tpl, MSGS, text, CheckConfig(samples=6, greedy=False, search_beam=0))
+    assert full["samples"]["z"] is not None
+    assert not any(r.startswith("empirical z not computed") for r in full["verdict"]["reasons"])
+    app = typer.Typer()
+    app.command("provenance")(provenance)
+    app.command("other")(lambda: None)
+    args = ["provenance", "--model", str(tmp_path / "no-such-model"), "--prompt", "你好", "--text", text]
+    bad = CliRunner().invoke(app, [*args, "--samples", "4"])
+    assert bad.exit_code != 0 and "--samples 4" in str(bad.exception) and "at least 5" in str(bad.exception)
+
+
+def test_baseline_texts_are_scored_as_the_text_was(tokenizer, char_by_char):
+    """After a segmentation search the text was scored on the tokens the model likeliest wrote it in (perplexity 1.2),
+    its baseline texts on their own tokenization: the same text given as a baseline read 64.7, and the text ranked 1 of
+    4 below 挺天 (1.5 as scored) although, scored alike, 挺天 is the likelier; so with the sampled ids given. Baseline
+    texts are now searched too."""
+    model, _, wrote, eot = char_by_char
+    tpl = resolve_template(tokenizer)
+    cfg = CheckConfig(sampling=Sampling(1.0, 0.9), samples=0, greedy=False, prompt_dependence=False, with_eos=True)
+    rep = check(model, tokenizer, tpl, MSGS, "挺好的", cfg, baseline_texts=["挺好的", "挺好着", "挺天"])
+    assert rep["tokenization"]["scored"] == "the searched segmentation"  # the premise
+    same, _, tian = rep["baseline_texts"]["perplexities"]
+    assert same == pytest.approx(rep["summary"]["perplexity"], rel=1e-6)
+    assert rep["baseline_texts"]["rank"] == 1 + (tian < same)
+    ids = check(model, tokenizer, tpl, MSGS, "挺好的", cfg, baseline_texts=["挺好的"], text_ids=[*wrote, eot])
+    assert ids["baseline_texts"]["perplexities"][0] == pytest.approx(ids["summary"]["perplexity"], rel=1e-6)
+    off = check(model, tokenizer, tpl, MSGS, "挺好的", replace(cfg, search_beam=0), baseline_texts=["挺好的"])
+    assert off["baseline_texts"]["perplexities"][0] == pytest.approx(off["summary"]["perplexity"], rel=1e-6)
+
+
+def test_a_baseline_model_scores_the_given_ids_as_the_claimed_one_did(tokenizer, char_by_char):
+    """With --text-ids the claimed model scored the sampled ids, a baseline model the text's own tokenization: the
+    claimed model itself as the baseline explained the text 3.5 bits/char worse, "favours the claimed model". A
+    baseline with the same tokenizer now scores the same ids (a likelihood ratio of 0 against itself)."""
+    from weitiao.eval.provenance_report import Baseline
+
+    model, _, wrote, eot = char_by_char
+    tpl = resolve_template(tokenizer)
+    cfg = CheckConfig(sampling=Sampling(1.0, 0.9), samples=0, greedy=False, prompt_dependence=False, with_eos=True)
+    itself = [Baseline("itself", model, tokenizer, tpl)]
+    rep = check(model, tokenizer, tpl, MSGS, "挺好的", cfg, itself, text_ids=[*wrote, eot])
+    b = rep["baseline_models"][0]
+    assert b["same_tokenization"] and b["lr_bits"] == pytest.approx(0, abs=1e-6)
+    assert not any("favours the claimed model" in r for r in rep["verdict"]["reasons"])

@@ -123,7 +123,7 @@ def provenance(
         16,
         min=0,
         help="replies to sample for the empirical z; after a segmentation search, as many more measure its lean on z "
-        "(0 = off)",
+        "(0 = off, else at least 5)",
     ),
     temperature: float = typer.Option(0.7, min=0.0, help="claimed temperature (0 = greedy)"),
     top_p: float = typer.Option(0.9, min=0.0, max=1.0, help="claimed nucleus top-p in (0, 1] (1 = off)"),
@@ -167,6 +167,9 @@ def provenance(
     if search_beam is not None and (text_ids is not None or temperature == 0):
         why = "--text-ids are scored as given" if text_ids is not None else "a greedy claim is replayed instead"
         raise UserError(f"provenance: --search-beam searches the tokens of a sampled text; {why}: drop --search-beam")
+    if 0 < samples < 5:  # Thresholds.min_samples: fewer never give an empirical z
+        raise UserError(f"provenance: --samples {samples}: the empirical z needs at least 5 samples; give 5 or more, "
+                        "or 0 to skip it")  # fmt: skip
     if top_p <= 0:
         raise UserError("provenance: --top-p 0 keeps no token; top-p is in (0, 1] (for greedy use --temperature 0)")
     if text is not None and text_file is not None:

@@ -213,7 +213,11 @@ def check(
         benc = encode(b.tokenizer, b.template, messages, text, cfg.with_eos)
         same = benc.context_ids == enc.context_ids and benc.text_ids == (own_ids if searched else enc.text_ids)
         b_ends = reply_ends(b.model, b.tokenizer, b.template)
-        if searched:
+        if text_ids is not None and benc.context_ids == enc.context_ids and benc.text_ids == own_ids:
+            # the same tokenizer: the sampled ids given, as the claimed model scored them (their own tokenization
+            # scored here read the claimed model itself as a baseline 3.5 bits/char worse)
+            same, bst = True, score_tokens(b.model, enc.context_ids, enc.text_ids, s, cfg.window, cfg.stride)
+        elif searched:
             bst = _searched(b.model, b.tokenizer, benc, text, cfg, b_ends, byte_table(b.tokenizer, set(b_ends)))[2]
         else:
             benc = _ended(b.model, b.tokenizer, benc, b_ends, cfg.window) if cfg.with_eos else benc
@@ -231,14 +235,21 @@ def check(
             }
         )
     rep["baseline_models"] = rows
-    # 6. baseline texts: where the text's perplexity ranks among other texts under the same prompt
+    # 6. baseline texts: where the text's perplexity ranks among other texts under the same prompt, each scored as the
+    #    text was (searched, or sampled ids given: on the tokens the model likeliest wrote it in; on their own
+    #    tokenization the text itself as a baseline read 54 times the text's perplexity)
     if baseline_texts:
         step(f"{len(baseline_texts)} baseline texts")
         ppls = []
+        search_texts = s.temperature > 0 and cfg.search_beam > 0
+        texts_table = byte_table(tokenizer, set(ends)) if search_texts and not searched else None
         for t in baseline_texts:
             e = encode(tokenizer, template, messages, t, cfg.with_eos)
-            e = _ended(model, tokenizer, e, ends, cfg.window) if cfg.with_eos else e
-            lp = score_tokens(model, e.context_ids, e.text_ids, s, cfg.window, cfg.stride)["logp"]
+            if search_texts:
+                lp = _searched(model, tokenizer, e, t, cfg, ends, table if searched else texts_table)[2]["logp"]
+            else:
+                e = _ended(model, tokenizer, e, ends, cfg.window) if cfg.with_eos else e
+                lp = score_tokens(model, e.context_ids, e.text_ids, s, cfg.window, cfg.stride)["logp"]
             ppls.append(math.exp(-float(lp.mean())))
         rep["baseline_texts"] = {
             "n": len(ppls),
@@ -453,6 +464,10 @@ def verdict(rep: dict[str, Any], s: Sampling, th: Thresholds) -> dict[str, Any]:
             weak.append(
                 msg + (" (the baseline explains the text as well)" if lr == 0 else " (the baseline explains it better)")
             )
+    emp = rep.get("samples")
+    if emp is not None and emp["z"] is None:  # asked for, yet none: was left out of the reasons without a word
+        why = "their log-probs do not vary" if emp["k"] >= th.min_samples else f"it needs at least {th.min_samples}"
+        info.append(f"empirical z not computed: {emp['k']} usable samples (non-empty replies); {why}")
     tk = rep.get("tokenization") or {}
     if (tk.get("posterior") or {}).get("segmentations", 1) > 1 and (tk.get("calibration") or {}).get("z_shift") is None:
         info.append(f"z averages {tk['posterior']['segmentations']} segmentations of the text; with fewer than "
