@@ -138,6 +138,7 @@ def test_a_row_gives_one_reference_from_any_layout(tmp_path):
         ({"prompt": "Q", "reference": "A", "answer": "B"}, r"answer: a second reference answer, different from 'ref"),
         ({"instruction": "Q", "output": "A", "reference": "X"}, r"reference: .* different from 'output'"),
         ({"prompt": "Q", "chosen": "C", "rejected": "R", "reference": "X"}, r"reference: .* different from 'chosen'"),
+        ({"prompt": "Q", "reference": " \n"}, r"reference: blank reference answer"),  # an empty reply matched it
     ]  # fmt: skip
     for i, (row, match) in enumerate(bad):
         with pytest.raises(UserError, match=rf"b{i}\.jsonl:1: {match}"):

@@ -80,6 +80,8 @@ def _reference(rec: dict, given: tuple[str, str | None] | None = None) -> str | 
             value = _reply(value, k)  # TRL conversational: [{"role": "assistant", "content": ...}]
         elif not isinstance(value, str):
             raise RowError(k, f"expected a string (the reference answer), got {type(value).__name__} {value!r:.40}")
+        if not value.strip():  # it scored an empty reply as an exact match; "" or null is "no reference"
+            raise RowError(k, "blank reference answer (only white space); give it, or drop the key for no reference")
         found.append((k, value))
     for k, value in found[1:]:
         if value != found[0][1]:
