@@ -424,3 +424,21 @@ def test_an_unknown_winner_in_a_fastchat_list_is_refused_with_its_file_line(tmp_
     src.write_text(json.dumps(rows[:2], indent=2) + "\n]", encoding="utf-8")  # a stray bracket
     with pytest.raises(UserError, match=rf"^{re.escape(str(src))}:\d+: json: not valid JSON \(extra data"):
         load_battles(src)
+
+
+def test_battles_without_a_time_follow_the_timed_ones_in_elo_as_fastchat_sorts_them():
+    """Elo is sequential, so the order counts: battles without a tstamp were sorted as time 0 (before every timed one);
+    FastChat's `sort_values(by="tstamp")` puts them last, in their order."""
+    import pandas as pd
+
+    timed = simulate(40, seed=3)
+    untimed = [{k: v for k, v in r.items() if k != "tstamp"} for r in simulate(40, seed=4)]
+    rows = untimed[:20] + timed[::-1] + untimed[20:]
+    got = {r.model: r.elo for r in rank(rows, rounds=0).ratings}
+    frame = pd.DataFrame(rows).sort_values(by="tstamp", kind="stable")  # FastChat's order
+    a, b, o, models = battle_arrays(frame.to_dict("records"))
+    want = dict(zip(models, online_elo(a, b, o, len(models))))
+    assert got == pytest.approx(want, abs=1e-9)
+    first = untimed + sorted(timed, key=lambda r: r["tstamp"])  # control: the old order gives other ratings
+    a, b, o, models = battle_arrays(first)
+    assert dict(zip(models, online_elo(a, b, o, len(models)))) != pytest.approx(want, abs=1e-3)

@@ -413,7 +413,9 @@ def rank(
         raise UserError(
             "no battles to rank: no votes yet (vote on `weitiao arena serve` or `weitiao arena import` a battle file)"
         )
-    rows = sorted(rows, key=lambda r: r.get("tstamp") or 0)
+    # untimed battles (an import without times) after the timed ones, in their order, as FastChat's sort by tstamp
+    # (pandas puts NaN last); they went first, at 1970
+    rows = sorted(rows, key=lambda r: (r.get("tstamp") is None, r.get("tstamp") or 0))
     a, b, o, models = battle_arrays(rows)
     counts = aggregate(a, b, o, models)
     voters = {r.get("judge") for r in rows}
