@@ -19,6 +19,7 @@ from weitiao.errors import UserError
 from weitiao.io import atomic_write_text, claim_outputs, pyplot, save_figure
 from weitiao.models.load import lora_as_trained, lora_continued
 from weitiao.train.checkpoint import config_changes
+from weitiao.train.log import read_metrics
 
 ALIASES = {"beta": "dpo.beta", "lr": "train.lr", "r": "lora.r"}
 # DPO's metrics: β-scaled margins, the unscaled log-ratio gap, the k3 term on the data's replies (not a
@@ -98,20 +99,15 @@ def finished_summary(cfg: Any) -> dict | None:
     else None (run it: it trains, resumes, or refuses a changed config as any run does). A sweep run again after an
     interruption refused at its first finished value ('nothing would be trained')."""
     out = Path(cfg.train.out)
-    saved, metrics = out / CONFIG_FILE, out / "metrics.jsonl"
-    if cfg.train.resume != "auto" or not ((out / "final").is_dir() and saved.is_file() and metrics.is_file()):
+    saved = out / CONFIG_FILE
+    if cfg.train.resume != "auto" or not ((out / "final").is_dir() and saved.is_file()):
         return None
     # the LoRA keys as the recipes record them (dropout off under train.disable_dropout, a continued adapter's shape)
     lora = lora_continued(lora_as_trained(cfg.lora, getattr(cfg.train, "disable_dropout", False)))
     if config_changes(saved.read_text(encoding="utf-8"), dump_config(cfg.model_copy(update={"lora": lora}))):
         return None
-    done = None
-    with open(metrics, encoding="utf-8") as f:
-        for line in f:
-            rec = json.loads(line) if line.strip() else {}
-            if rec.get("kind") == "done":
-                done = rec
-    return done if done is not None and done.get("finished") else None
+    done = read_metrics(out, "done")
+    return done[-1] if done and done[-1].get("finished") else None
 
 
 def plot(rows: list[dict], key: str, path: Path) -> None:
