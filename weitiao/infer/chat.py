@@ -21,6 +21,7 @@ from weitiao.models.load import (
     load_adapted,
     load_model,
     load_tokenizer,
+    precision_name,
     refuse_reward_adapter,
     trained_quant_note,
     training_tokenizer,
@@ -105,9 +106,9 @@ def load_adapters(model: str | None, named: dict[str, str], quant: str | None) -
         for name, (_, _, other) in located.items():
             if other.quant != spec.quant:
                 raise UserError(
-                    f"--adapter {name}={named[name]}: trained on the base in {_precision(other.quant)}, but {first} "
-                    f"in {_precision(spec.quant)}; they share one loaded base: serve them apart, or give --quant "
-                    "none|4bit|8bit to load it one way for all"
+                    f"--adapter {name}={named[name]}: trained on the base in {precision_name(other.quant)}, but "
+                    f"{first} in {precision_name(spec.quant)}; they share one loaded base: serve them apart, or give "
+                    "--quant none|4bit|8bit to load it one way for all"
                 )
         if spec.quant != "none":
             print(trained_quant_note(f"base {base}", spec.quant), file=sys.stderr)
@@ -119,10 +120,6 @@ def load_adapters(model: str | None, named: dict[str, str], quant: str | None) -
         except (RuntimeError, ValueError, KeyError) as e:
             raise UserError(f"--adapter {name}={named[name]}: does not fit base {base!r} ({str(e)[:200]})") from None
     return m.eval(), toks[0], base
-
-
-def _precision(quant: str) -> str:
-    return "full precision" if quant == "none" else {"4bit": "4-bit NF4", "8bit": "8-bit"}.get(quant, quant)
 
 
 def run(

@@ -738,11 +738,15 @@ def training_tokenizer(adapter_dir: Path, tok_dir: Path | None, base: str) -> An
     return tok
 
 
+def precision_name(quant: str) -> str:
+    """model.quant in words, for messages: full precision, 4-bit NF4, 8-bit."""
+    return "full precision" if quant == "none" else {"4bit": "4-bit NF4", "8bit": "8-bit"}.get(quant, quant)
+
+
 def trained_quant_note(what: str, quant: str) -> str:
     """The one line saying a base was loaded quantized because training used it (a QLoRA adapter served
     on a full-precision base is not the model that was trained)."""
-    kind = {"4bit": "4-bit NF4", "8bit": "8-bit"}.get(quant, quant)
-    return f"{what} loaded in {kind} as in training (--quant none to override)"
+    return f"{what} loaded in {precision_name(quant)} as in training (--quant none to override)"
 
 
 def attach_adapter(model: Any, adapter_dir: Any, base: str, **kwargs: Any) -> Any:
