@@ -227,3 +227,20 @@ def test_without_tiktoken_the_backend_encodes(monkeypatch):
         assert fast_bpe(build_tokenizer()) is None
     finally:
         fastbpe._build.cache_clear()
+
+
+def test_an_end_of_turn_of_several_tokens_is_labelled_as_chat_encode_labels_it(tokenizer):
+    from weitiao.data.templates import ChatTemplate
+
+    jinja = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + ' [end]\n' }}{% endfor %}"
+    jinja += "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    template = ChatTemplate("custom", jinja, " [end]", False)
+    assert len(tokenizer(" [end]", add_special_tokens=False)["input_ids"]) > 1
+    rows = [
+        Conversation([{"role": "user", "content": f"问题 {k}"}, {"role": "assistant", "content": "好的" * k}], f"r:{k}")
+        for k in range(4)
+    ]
+    for opts in [EncodeOptions(), EncodeOptions(train_on_prompt=True), EncodeOptions(train_eot=False)]:
+        got = encode_batch(rows, tokenizer, template, opts)
+        assert got == [encode(r, tokenizer, template, opts) for r in rows]
+        assert any(e.ends_with_eot for e in got) and any(e.eot_end > 0 for e in got)

@@ -81,16 +81,22 @@ class FastBPE:
             ids += self.core.encode_ordinary(text[at:])
         return ids
 
-    def offsets(self, ids: list[int]) -> np.ndarray:
+    def offsets(self, ids: Any, bounds: np.ndarray | None = None) -> np.ndarray:
+        """(start, end) of each token in its text's UTF-8 bytes, trimmed as the backend trims; `ids` of several
+        texts back to back, text r being ids[bounds[r]:bounds[r + 1]] (None: one text)."""
         arr = np.asarray(ids, dtype=np.int64)
-        ends = np.cumsum(self.lengths[arr])
-        starts = ends - self.lengths[arr]
+        bounds = np.array([0, len(arr)]) if bounds is None else bounds
+        lens = np.diff(bounds)
+        cum = np.zeros(len(arr) + 1, dtype=np.int64)
+        np.cumsum(self.lengths[arr], out=cum[1:])
+        base = np.repeat(cum[bounds[:-1]], lens)
+        starts, ends = cum[:-1] - base, cum[1:] - base
         if self.trim is not None:  # tokenizers' ByteLevel process_offsets: spaces off both ends of a token
             lead_tab, trail_tab, prefix_space = self.trim
             lead, trail = lead_tab[arr], trail_tab[arr]
-            if prefix_space and len(arr):
+            if prefix_space:
                 first = starts == 0
-                first[0] = True
+                first[bounds[:-1][lens > 0]] = True
                 lead = np.where(first & (lead == 1), 0, lead)
             starts = np.where(lead > 0, np.minimum(starts + lead, ends), starts)
             ends = np.where((trail > 0) & (ends >= trail), np.maximum(ends - trail, starts), ends)

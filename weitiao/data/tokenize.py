@@ -92,33 +92,38 @@ def encode_batch(
         for conv in convs:
             encode(conv, tokenizer, template, opts)
         raise
-    for i, conv, sp, text, (ids, offsets, in_bytes) in zip(at, convs, spans, texts, _tokens(texts, tokenizer)):
-        if len(ids) > opts.max_len:  # rare: the truncation policy decides, through the reference
+    fast = fast_bpe(tokenizer)
+    ids = [fast.encode(t) for t in texts] if fast is not None else [None] * len(texts)
+    rest = [k for k, x in enumerate(ids) if x is None]  # texts FastBPE declines: the backend, with its offsets
+    backend = tokenizer.backend_tokenizer.encode_batch([texts[k] for k in rest], add_special_tokens=False)
+    char_offsets = dict(zip(rest, (enc.offsets for enc in backend)))
+    for k, enc in zip(rest, backend):
+        ids[k] = enc.ids
+    keep, spans_kept = [], []
+    for k, (i, conv, sp) in enumerate(zip(at, convs, spans)):
+        if len(ids[k]) > opts.max_len:  # rare: the truncation policy decides, through the reference
             out[i] = encode(conv, tokenizer, template, opts)
             continue
         # As chat._encode_messages: the last turn alone under train_turns=last, then weight-0 turns untrained.
         turns = list(zip(sp, [m.get("weight", 1) for m in conv.messages if m["role"] == "assistant"]))
         trained = [span for span, weight in (turns[-1:] if opts.train_turns == "last" else turns) if weight]
-        if in_bytes:  # FastBPE offsets count UTF-8 bytes: so do the spans (a token overlaps a span just the same)
-            trained = [(len(text[:s].encode()), len(text[:e].encode())) for s, e in trained]
-        out[i] = _label(ids, offsets, trained, eot_ids, opts)
-        out[i].source = conv.source
-    return out
-
-
-def _tokens(texts: list[str], tokenizer: Any) -> list[tuple[list[int], np.ndarray, bool]]:
-    """(ids, offsets, offsets in bytes?) of each text: the backend's tokens, through `fastbpe` where it is exact."""
-    fast = fast_bpe(tokenizer)
-    ids = [fast.encode(t) for t in texts] if fast is not None else [None] * len(texts)
-    out: list = [None if x is None else (x, fast.offsets(x), True) for x in ids]
-    rest = [k for k, x in enumerate(ids) if x is None]
-    if rest:
-        for k, enc in zip(
-            rest, tokenizer.backend_tokenizer.encode_batch([texts[k] for k in rest], add_special_tokens=False)
-        ):
-            # fromiter over the flat pairs: ~2× faster than np.asarray on the list of tuples
-            offsets = np.fromiter(chain.from_iterable(enc.offsets), dtype=np.int64, count=2 * len(enc.ids))
-            out[k] = (enc.ids, offsets.reshape(-1, 2), False)
+        if k not in char_offsets:  # FastBPE offsets count UTF-8 bytes: so do the spans (overlaps stay the same)
+            trained = [(len(texts[k][:s].encode()), len(texts[k][:e].encode())) for s, e in trained]
+        keep.append(k)
+        spans_kept.append(trained)
+    kept_ids = [ids[k] for k in keep]
+    lens = np.fromiter(map(len, kept_ids), dtype=np.int64, count=len(keep))
+    bounds = np.zeros(len(keep) + 1, dtype=np.int64)
+    np.cumsum(lens, out=bounds[1:])
+    flat = np.fromiter(chain.from_iterable(kept_ids), dtype=np.int64, count=int(bounds[-1]))
+    offsets = fast.offsets(flat, bounds) if fast is not None else np.zeros((len(flat), 2), dtype=np.int64)
+    for r, k in enumerate(keep):
+        if k in char_offsets:  # the backend's (character) offsets for the texts it encoded
+            pairs = chain.from_iterable(char_offsets[k])
+            offsets[bounds[r] : bounds[r + 1]] = np.fromiter(pairs, dtype=np.int64, count=2 * lens[r]).reshape(-1, 2)
+    for k, enc in zip(keep, _label(kept_ids, flat, bounds, offsets, spans_kept, eot_ids, opts)):
+        enc.source = convs[k].source
+        out[at[k]] = enc
     return out
 
 
@@ -129,25 +134,58 @@ def examples(result: Encoded | None | list[Encoded]) -> list[Encoded]:
     return [] if result is None else [result]
 
 
-def _label(ids: list[int], offsets: np.ndarray, spans: list, eot_ids: list[int], opts: EncodeOptions) -> Encoded:
-    """`chat._encode_messages` from the tokens: a token is trained when it overlaps a trained span."""
-    arr = np.asarray(ids, dtype=np.int64)
-    trained = np.zeros(len(ids), dtype=bool)
-    for s, e in spans:
-        trained |= (offsets[:, 1] > s) & (offsets[:, 0] < e)
-    labels = np.where(trained, arr, IGNORE)
-    reply = np.flatnonzero(trained)
-    ends = bool(eot_ids) and arr[reply[-len(eot_ids) :]].tolist() == eot_ids
+def _label(
+    ids: list[list[int]],
+    flat: np.ndarray,
+    bounds: np.ndarray,
+    offsets: np.ndarray,
+    spans: list[list[tuple[int, int]]],
+    eot_ids: list[int],
+    opts: EncodeOptions,
+) -> list[Encoded]:
+    """`chat._encode_messages` of many rows from their tokens, in one numpy pass: a token is trained when it
+    overlaps a trained span of its row. Row r is ids[r] = flat[bounds[r]:bounds[r + 1]], its tokens' (start, end)
+    `offsets` in the units of its spans."""
+    lens = np.diff(bounds)
+    starts, ends = offsets[:, 0], offsets[:, 1]
+    row = np.repeat(np.arange(len(ids)), lens)
+    width = max(map(len, spans), default=0)
+    table = np.zeros((len(ids), max(width, 1), 2), dtype=np.int64)  # (0, 0) overlaps no token
+    for r, sp in enumerate(spans):
+        if sp:  # a row whose every reply is weight 0 has none
+            table[r, : len(sp)] = sp
+    trained = np.zeros(len(flat), dtype=bool)
+    for j in range(width):
+        trained |= (ends > table[row, j, 0]) & (starts < table[row, j, 1])
+    labels = np.where(trained, flat, IGNORE)
+    last = np.full(len(ids), -1, dtype=np.int64)  # each row's last trained token
+    filled = lens > 0
+    if filled.any():
+        last[filled] = np.maximum.reduceat(np.where(trained, np.arange(len(flat)), -1), bounds[:-1][filled])
+    if len(eot_ids) == 1:
+        eot_ends = (last >= 0) & (flat[np.maximum(last, 0)] == eot_ids[0]) if len(flat) else last >= 0
+    else:  # the last len(eot) trained tokens of the row (none: no end-of-turn)
+        eot_ends = np.array(
+            [
+                bool(eot_ids) and flat[b + np.flatnonzero(trained[b:e])[-len(eot_ids) :]].tolist() == eot_ids
+                for b, e in zip(bounds[:-1], bounds[1:])
+            ],  # fmt: skip
+            dtype=bool,
+        )
     answer = None
     if opts.train_on_prompt:
-        answer, labels = labels, arr
+        answer, labels = labels, flat
     if not opts.train_eot and len(eot_ids) == 1:  # after train_on_prompt, which trains every token, the eot too
         labels = np.where(labels == eot_ids[0], IGNORE, labels)
         answer = None if answer is None else np.where(answer == eot_ids[0], IGNORE, answer)
-    return Encoded(
-        list(ids),
-        labels.tolist(),
-        ends_with_eot=ends,
-        answer_labels=None if answer is None else answer.tolist(),
-        eot_end=int(reply[-1]) + 1 if ends else -1,
-    )
+    lab, ans = labels.tolist(), None if answer is None else answer.tolist()
+    return [
+        Encoded(
+            ids[r],
+            lab[b:e],
+            ends_with_eot=bool(eot_ends[r]),
+            answer_labels=None if ans is None else ans[b:e],
+            eot_end=int(last[r] - b) + 1 if eot_ends[r] else -1,
+        )
+        for r, (b, e) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+    ]
