@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -690,6 +691,8 @@ _PLAIN_MESSAGE = frozenset(MESSAGE_KEYS)
 
 
 def _check_message_keys(record: dict) -> None:
+    if record.keys().isdisjoint(MESSAGE_LISTS):  # an Alpaca row: no message list
+        return
     for name in MESSAGE_LISTS:
         msgs = record.get(name)
         for i, m in enumerate(msgs if isinstance(msgs, list) else [msgs] if isinstance(msgs, dict) else []):
@@ -791,30 +794,44 @@ def check_keys(record: dict, fmt: str) -> None:
     if "kto_tag" in record or is_feedback_label(record):
         key = "kto_tag" if "kto_tag" in record else "label"
         raise RowError(key, KTO_REFUSED.removeprefix("label: "))
-    if fmt in SFT_FORMATS and "weight" in record:
-        raise RowError("weight", "a row-level weight is not read; OpenAI's per-message weight is (0 makes an "
-                                 "assistant turn context only); drop the key or move it onto the messages")  # fmt: skip
-    for key, base in language_variants(record).items():
-        if base in record:
-            raise RowError(key, f"another language's {base!r} beside {base!r}, which alone would be read; give the "
-                                f"columns to train the names {base!r} (and the like), and drop the others")  # fmt: skip
-    for key in record:
-        want = _misspelled(key) or (near_miss(key, tuple(DOLLY_KEYS.values()), 0.85) if fmt == "alpaca" else None)
-        if want and want not in record:
-            raise RowError(key, f"unknown key; did you mean {want!r}? (rename it, or drop the column)")
+    keys = tuple(record)
+    if problem := _key_problem(keys, fmt, messages=False):
+        raise RowError(*problem)
     _check_message_keys(record)
-    if fmt in ("alpaca", "openai", "sharegpt", "firefly"):
-        # `completion` marks a TRL prompt/completion row; `prompt` alone is not one (ultrachat rows carry it)
-        found = {f: k for k, f in {**CHAT_KEYS, "completion": "prompt_completion"}.items() if k in record}
-        if len(found) > 1:
-            a, b = sorted(found.values())
-            raise RowError(b, f"the row also has {a!r}: two chat formats in one row ({', '.join(sorted(found))}); "
-                              "keep one, the other would be dropped")  # fmt: skip
+    if problem := _key_problem(keys, fmt, messages=True):
+        raise RowError(*problem)
     if fmt in MESSAGES_KEY:  # Alpaca's context keys, which a message list does not read: the turns would be lost
         for key in ("history", "input"):
             if record.get(key) not in (None, "", []):
                 raise RowError(key, f"an Alpaca key beside {MESSAGES_KEY[fmt]!r}, which does not read it (its text "
                                     "would be dropped): put it into the messages, or drop the key")  # fmt: skip
+
+
+@lru_cache(maxsize=1024)
+def _key_problem(keys: tuple, fmt: str, messages: bool) -> tuple[str, str] | None:
+    """`check_keys`' checks that read only the row's keys (rows of a file share them: computed once per key set), as
+    (key, message): with `messages` false those before the message keys' check, else those after it."""
+    if messages:
+        if fmt in ("alpaca", "openai", "sharegpt", "firefly"):
+            # `completion` marks a TRL prompt/completion row; `prompt` alone is not one (ultrachat rows carry it)
+            found = {f: k for k, f in {**CHAT_KEYS, "completion": "prompt_completion"}.items() if k in keys}
+            if len(found) > 1:
+                a, b = sorted(found.values())
+                return b, (f"the row also has {a!r}: two chat formats in one row ({', '.join(sorted(found))}); "
+                           "keep one, the other would be dropped")  # fmt: skip
+        return None
+    if fmt in SFT_FORMATS and "weight" in keys:
+        return "weight", ("a row-level weight is not read; OpenAI's per-message weight is (0 makes an assistant "
+                          "turn context only); drop the key or move it onto the messages")  # fmt: skip
+    for key, base in language_variants(keys).items():
+        if base in keys:
+            return key, (f"another language's {base!r} beside {base!r}, which alone would be read; give the "
+                         f"columns to train the names {base!r} (and the like), and drop the others")  # fmt: skip
+    for key in keys:
+        want = _misspelled(key) or (near_miss(key, tuple(DOLLY_KEYS.values()), 0.85) if fmt == "alpaca" else None)
+        if want and want not in keys:
+            return key, f"unknown key; did you mean {want!r}? (rename it, or drop the column)"
+    return None
 
 
 def parse_row(record: Any, fmt: str, strict: bool = True) -> Conversation | PreferencePair | Document:
