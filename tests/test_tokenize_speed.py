@@ -83,6 +83,26 @@ def test_first_chunk_goes_to_the_workers(rows_file, tokenizer, tmp_path, monkeyp
     assert len(here) == 1 and one.pool is None
 
 
+def test_data_over_a_small_file_starts_the_workers_before_its_first_chunk(rows_file, base_tok, tmp_path, monkeypatch):
+    """Data known to be big (files over SMALL_FILE): the pool starts when the build does, so worker imports overlap
+    the reading; the rows are the same, and one chunk of such data goes to the workers too."""
+    started = []
+    real = cache.Sink._start_pool
+    monkeypatch.setattr(cache.Sink, "_start_pool", lambda self: started.append(self.n) or real(self))
+    monkeypatch.setattr(cache, "CHUNK_ROWS", 6)
+    opts = EncodeOptions(max_len=64)
+    small = built(rows_file, base_tok, tmp_path / "small", 2, opts)
+    assert started == [12]  # after two chunks' rows
+    monkeypatch.setattr(cache, "SMALL_FILE", 0)
+    big = built(rows_file, base_tok, tmp_path / "big", 2, opts)
+    assert started == [12, 0]
+    want = [small.encoded(i) for i in range(len(small))]
+    assert [big.encoded(i) for i in range(len(big))] == want and len(want) > 12
+    monkeypatch.setattr(cache, "CHUNK_ROWS", 10**6)
+    one = built(rows_file, base_tok, tmp_path / "one", 2, opts)
+    assert started == [12, 0, 0] and [one.encoded(i) for i in range(len(one))] == want
+
+
 def _done():
     from concurrent.futures import Future
 

@@ -216,6 +216,11 @@ def _worker_init(encoder: Any) -> None:
     gc.freeze()
 
 
+def _worker_ready() -> int:
+    """A task that only makes the pool spawn a worker (its initializer runs): no rows."""
+    return 0
+
+
 def _worker_encode(path: Path, rows: list) -> int:
     assert _WORKER is not None
     return _WORKER(path, rows)
@@ -250,7 +255,9 @@ class Ticker:
 class Sink:
     """The list `load_rows` appends to: rows go to the encoders in chunks instead of piling up."""
 
-    def __init__(self, folder: Path, encoder: Any, num_proc: int, ticker: Ticker):
+    def __init__(self, folder: Path, encoder: Any, num_proc: int, ticker: Ticker, big: bool = False):
+        """`big`: the data is known to fill several chunks, so the workers start now (their imports overlap the
+        reading of the first chunks) instead of at the second chunk."""
         self.folder, self.encoder, self.num_proc, self.ticker = folder, encoder, num_proc, ticker
         self.n, self.buf, self.shards = 0, [], []
         self.chats = 0  # rows rendered with the chat template (not raw-text documents)
@@ -258,6 +265,9 @@ class Sink:
         self.pool: ProcessPoolExecutor | None = None
         self.pending: deque[Future] = deque()
         self.held: list[tuple[Path, list]] = []  # chunks not yet sent (the first, until a second comes)
+        if big and num_proc > 1:
+            self._start_pool()
+            self.pending.extend(self.pool.submit(_worker_ready) for _ in range(num_proc))  # one spawn a task
 
     def __len__(self) -> int:
         return self.n
@@ -280,9 +290,7 @@ class Sink:
             self.held.append((path, self.buf))
             self.buf = []
         if self.num_proc > 1 and self.pool is None and len(self.shards) > 1:
-            ctx = get_context("spawn")  # no fork: torch and the tokenizer's own threads may be running
-            init = (self.encoder,)
-            self.pool = ProcessPoolExecutor(self.num_proc, mp_context=ctx, initializer=_worker_init, initargs=init)
+            self._start_pool()
         if self.pool is None and not (self.num_proc <= 1 or last):
             return
         held, self.held = self.held, []
@@ -293,6 +301,11 @@ class Sink:
                 self.pending.append(self.pool.submit(_worker_encode, path, rows))
         while len(self.pending) > 2 * self.num_proc:  # bounded: rows in flight stay a few chunks
             self.ticker.add(self.pending.popleft().result())
+
+    def _start_pool(self) -> None:
+        ctx = get_context("spawn")  # no fork: torch and the tokenizer's own threads may be running
+        init = (self.encoder,)
+        self.pool = ProcessPoolExecutor(self.num_proc, mp_context=ctx, initializer=_worker_init, initargs=init)
 
     def finish(self) -> None:
         self.flush(last=True)
@@ -312,7 +325,8 @@ def _build(
     """Load and encode every row into shards under `folder`; returns the entry's meta."""
     t0 = time.time()
     ticker = Ticker(kw["progress"])
-    sink = Sink(folder, _Encoder(tokenizer, template, opts), kw["num_proc"], ticker)
+    big = sum(f.stat().st_size for f in data_files(paths, read.get("dataset_dir")) if f.is_file()) > SMALL_FILE
+    sink = Sink(folder, _Encoder(tokenizer, template, opts), kw["num_proc"], ticker, big)
     try:
         check = special_token_check(tokenizer) if opts.refuse_special else None  # a bad row: skip_invalid sets it aside
         loaded = load_rows(

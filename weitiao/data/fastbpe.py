@@ -11,7 +11,8 @@ with the lowest *merge-list* index. With ranks = token ids they give the same to
   - no dropout, prefixes, suffixes, byte fallback; no normalizer (or NFC, the identity on the texts taken);
   - the pre-tokenizer is ByteLevel's GPT-2 regex, or a Split on one of the known Qwen2/Llama-3 regexes
     followed by ByteLevel without its regex: the same pattern, run by another engine;
-  - added tokens split the text first, as `tokenizers` does (leftmost, longest), none strips spaces.
+  - added tokens split the text first (tiktoken's special tokens), as `tokenizers` does; none strips spaces, none
+    is the start of another (so the leftmost match is the leftmost-longest one `tokenizers` takes).
 A text is taken only when every character is in `SAFE` (ASCII print/tab/newlines, Latin, general
 punctuation, CJK, kana, Hangul, full-width forms: where both regex engines and NFC agree; tested on every
 one of them); `encode` returns None for any other, and the caller uses the backend for that text.
@@ -60,26 +61,14 @@ class FastBPE:
     """`encode(text)`: the backend's ids for `text` (None when a character is outside SAFE); `offsets(ids)`:
     each token's [start, end) in the text's UTF-8 bytes, trimmed as the backend trims them."""
 
-    def __init__(self, core: Any, added: dict[str, int], lengths: np.ndarray, trim: tuple | None, risky: list):
-        self.core, self.added = core, added
+    def __init__(self, core: Any, lengths: np.ndarray, trim: tuple | None, risky: list):
+        self.core, self.lengths, self.trim = core, lengths, trim
         self.risky = re.compile(b"|".join(re.escape(r) for r in risky)) if risky else None
-        self.split = re.compile("|".join(re.escape(a) for a in sorted(added, key=len, reverse=True))) if added else None
-        self.lengths, self.trim = lengths, trim
 
     def encode(self, text: str) -> list[int] | None:
         if _UNSAFE.search(text) or (self.risky is not None and self.risky.search(text.encode())):
             return None
-        if self.split is None:
-            return self.core.encode_ordinary(text)
-        ids, at = [], 0
-        for m in self.split.finditer(text):
-            if m.start() > at:
-                ids += self.core.encode_ordinary(text[at : m.start()])
-            ids.append(self.added[m.group()])
-            at = m.end()
-        if at < len(text):
-            ids += self.core.encode_ordinary(text[at:])
-        return ids
+        return self.core.encode(text, allowed_special="all")  # added tokens split off first, as the backend does
 
     def offsets(self, ids: Any, bounds: np.ndarray | None = None) -> np.ndarray:
         """(start, end) of each token in its text's UTF-8 bytes, trimmed as the backend trims; `ids` of several
@@ -135,7 +124,7 @@ def _build(digest: str, spec: str) -> FastBPE | None:
         if a.get("lstrip") or a.get("rstrip") or a.get("single_word") or a["content"] != a["content"].strip():
             return None
         added[a["content"]] = a["id"]
-    if any(x != y and y.startswith(x) for x in added for y in added):  # leftmost-longest needs no prefix pairs
+    if any(x != y and y.startswith(x) for x in added for y in added):  # leftmost = leftmost-longest: no prefix pairs
         return None
     u2b = {c: b for b, c in _bytes_to_unicode().items()}
     vocab: dict[str, int] = model["vocab"]
@@ -165,7 +154,7 @@ def _build(digest: str, spec: str) -> FastBPE | None:
     if not model.get("ignore_merges"):  # tiktoken looks a whole word up first: the merges must make it whole too
         bpe = _hf_model(spec)
         risky |= {tok for tok, i in ranks.items() if len(tok) > 1 and [x.id for x in bpe.tokenize(plain_of[i])] != [i]}
-    core = tiktoken.Encoding(f"weitiao-{digest[:12]}", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
+    core = tiktoken.Encoding(f"weitiao-{digest[:12]}", pat_str=pattern, mergeable_ranks=ranks, special_tokens=added)
     size = max([*vocab.values(), *added.values()]) + 1
     lengths = np.zeros(size, dtype=np.int64)
     lead, trail = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
@@ -174,7 +163,7 @@ def _build(digest: str, spec: str) -> FastBPE | None:
         lead[i], trail[i] = len(b) - len(b.lstrip(b" ")), len(b) - len(b.rstrip(b" "))
     for s, i in added.items():
         lengths[i], lead[i], trail[i] = len(s.encode()), 0, 0
-    return FastBPE(core, added, lengths, None if trim is None else (lead, trail, trim), sorted(risky))
+    return FastBPE(core, lengths, None if trim is None else (lead, trail, trim), sorted(risky))
 
 
 def _phantoms(ranks: dict[bytes, int], made: dict[bytes, tuple[bytes, bytes]]) -> Iterator[tuple]:
