@@ -1,21 +1,22 @@
 """The same tokens as a byte-level BPE `tokenizers` backend, ~3.5× faster: tiktoken's encoder on its vocab.
 
 tiktoken merges the adjacent pair whose *concatenation* has the lowest rank; `tokenizers` merges the pair
-with the lowest *merge-list* index. With ranks = token ids they give the same tokens for every word when
+with the lowest *merge-list* index. With ranks = token ids both runs are the same step by step when
 (checked once per tokenizer, `fast_bpe` returns None otherwise):
   - each merge makes a new token, token ids increase along the merge list, every byte is a token;
-  - the only way to write a token as two tokens is its own merge (no "phantom" pair that tiktoken would
-    merge and the merge list would not);
-  - a word that is a token is that one token after the merges too (tiktoken looks whole words up first;
-    `tokenizers` does so only with ignore_merges);
   - no dropout, prefixes, suffixes, byte fallback; no normalizer (or NFC, the identity on the texts taken);
   - the pre-tokenizer is ByteLevel's GPT-2 regex, or a Split on one of the known Qwen2/Llama-3 regexes
     followed by ByteLevel without its regex: the same pattern, run by another engine;
   - added tokens split the text first (tiktoken's special tokens), as `tokenizers` does; none strips spaces, none
     is the start of another (so the leftmost match is the leftmost-longest one `tokenizers` takes).
-A text is taken only when every character is in `SAFE` (ASCII print/tab/newlines, Latin, general
-punctuation, CJK, kana, Hangul, full-width forms: where both regex engines and NFC agree; tested on every
-one of them); `encode` returns None for any other, and the caller uses the backend for that text.
+Two differences are left, and a text they could touch goes to the backend (`encode` returns None):
+  - a "phantom" pair x + y = t where t is made by another merge: tiktoken would merge it, the merge list would
+    not. `_never_adjacent` proves most can never stand side by side; a text holding the bytes of another t is
+    declined;
+  - tiktoken looks a whole word up before merging (`tokenizers` only with ignore_merges): without it, a text
+    holding the bytes of a token the merges do not make whole is declined.
+A text is also declined when a character is outside `SAFE_RANGES` (ASCII print/tab/newlines, Latin, general
+punctuation, CJK, kana, Hangul, full-width forms: where both regex engines and NFC agree; tested on every one).
 """
 
 from __future__ import annotations
