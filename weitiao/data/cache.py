@@ -116,6 +116,15 @@ def cache_key(
     return keyed(parts, tokenizer, template)
 
 
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def keyed(parts: dict, tokenizer: Any, template: ChatTemplate) -> tuple[str, dict]:
     """(entry name, parts): `parts` plus the tokenizer, template, library versions and VERSION, hashed."""
     import tokenizers
@@ -126,7 +135,7 @@ def keyed(parts: dict, tokenizer: Any, template: ChatTemplate) -> tuple[str, dic
         **parts,
         "tokenizer": _tokenizer_identity(tokenizer),
         "template": [template.name, template.jinja, template.eot, template.appends_eos],
-        "libs": [transformers.__version__, tokenizers.__version__],
+        "libs": [transformers.__version__, tokenizers.__version__, _version("tiktoken")],  # fastbpe's BPE too
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32], parts
 
