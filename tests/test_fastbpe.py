@@ -244,3 +244,37 @@ def test_an_end_of_turn_of_several_tokens_is_labelled_as_chat_encode_labels_it(t
         got = encode_batch(rows, tokenizer, template, opts)
         assert got == [encode(r, tokenizer, template, opts) for r in rows]
         assert any(e.ends_with_eot for e in got) and any(e.eot_end > 0 for e in got)
+
+
+def _agrees(tok, texts) -> None:
+    """FastBPE declines the tokenizer or each text, or gives the backend's ids and offsets."""
+    fast = fast_bpe(tok)
+    for text in texts if fast is not None else []:
+        ids, enc = fast.encode(text), tok.backend_tokenizer.encode(text, add_special_tokens=False)
+        assert ids is None or (ids, _char_offsets(text, fast.offsets(ids))) == (enc.ids, enc.offsets), ascii(text)
+
+
+def test_nfc_reordering_combining_tone_marks_is_not_assumed_away():
+    # U+302A..U+302F are combining marks: NFC sorts a run of them by combining class, so the backend
+    # encodes "x\u302a\u302b" for "x\u302b\u302a" (each one alone is unchanged)
+    _agrees(TOKENIZERS["qwen2-nfc-trim"](), ["x\u302b\u302a", "中\u302d\u302a文", "\u302f\u302a"])
+
+
+def test_added_tokens_the_backend_matches_in_another_pass_or_trims_are_not_assumed_away():
+    from transformers import AddedToken
+
+    # the backend splits off tokens that are not normalized first (over the whole text), then the normalized
+    # ones: "ab>" wins over the leftmost "<xa"; it also trims a leading "Ġ" (its space) off an added token
+    tok = _trained(QWEN2, nfc=True, trim=True)
+    tok.add_tokens([AddedToken("ab>", normalized=False, special=True), AddedToken("<xa", normalized=True)])
+    _agrees(tok, ["<xab>", "q <xab> z"])
+    tok = _trained(QWEN2, nfc=True, trim=True)
+    tok.add_tokens([AddedToken("\u0120foo", normalized=False)])
+    _agrees(tok, ["a \u0120foo b"])
+
+
+def test_split_special_tokens_is_the_backends_choice():
+    tok = build_tokenizer()
+    tok = _wrap(tok.backend_tokenizer, split_special_tokens=True)
+    assert tok.backend_tokenizer.encode_special_tokens
+    _agrees(tok, ["hi<|im_end|>x", "<|im_start|>user\n你好<|im_end|>"])

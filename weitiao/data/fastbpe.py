@@ -11,11 +11,14 @@ with the lowest *merge-list* index. With ranks = token ids they give the same to
   - no dropout, prefixes, suffixes, byte fallback; no normalizer (or NFC, the identity on the texts taken);
   - the pre-tokenizer is ByteLevel's GPT-2 regex, or a Split on one of the known Qwen2/Llama-3 regexes
     followed by ByteLevel without its regex: the same pattern, run by another engine;
-  - added tokens split the text first (tiktoken's special tokens), as `tokenizers` does; none strips spaces, none
-    is the start of another (so the leftmost match is the leftmost-longest one `tokenizers` takes).
+  - added tokens split the text first (tiktoken's special tokens), as `tokenizers` does; none strips spaces or
+    starts/ends with "Ġ" (trimmed as a space), none is the start of another (so the leftmost match is the
+    leftmost-longest one `tokenizers` takes), none normalized overlaps one that is not (`tokenizers` splits on
+    those first) or changes under NFC; and split_special_tokens is off.
 A text is taken only when every character is in `SAFE` (ASCII print/tab/newlines, Latin, general
-punctuation, CJK, kana, Hangul, full-width forms: where both regex engines and NFC agree; tested on every
-one of them); `encode` returns None for any other, and the caller uses the backend for that text.
+punctuation, CJK, kana, Hangul, full-width forms, no combining marks (NFC reorders a run of them): where both
+regex engines and NFC agree; tested on every one of them); `encode` returns None for any other, and the caller
+uses the backend for that text.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
@@ -38,7 +42,7 @@ SAFE_RANGES = (
     "\t\n\r\x20-\x7e",  # ASCII: no other control characters (engines differ on \x1c-\x1f as \s)
     "\xa1-\xac\xae-\u017e",  # Latin-1 and Extended-A but the soft hyphen and ſ (a case fold of s)
     "\u2010-\u2027\u2030-\u205e",  # general punctuation, no spaces or format characters
-    "\u3000-\u3098\u309b-\u30ff",  # CJK punctuation, kana (not the combining voiced marks)
+    "\u3000-\u3029\u3030-\u3098\u309b-\u30ff",  # CJK punctuation, kana: not the combining marks (NFC reorders)
     "\u3400-\u4db5\u4e00-\u9fef",  # CJK ideographs
     "\uac00-\ud7a3",  # Hangul syllables
     "\uff01-\uff5e\uff61-\uff9f",  # full-width ASCII, half-width kana
@@ -95,7 +99,7 @@ class FastBPE:
 def fast_bpe(tokenizer: Any) -> FastBPE | None:
     """A FastBPE giving `tokenizer.backend_tokenizer`'s tokens, or None when that is not provably so."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
+    if backend is None or getattr(backend, "encode_special_tokens", False):  # split_special_tokens: not split off
         return None
     spec = backend.to_str()
     return _build(hashlib.sha256(spec.encode()).hexdigest(), spec)
@@ -119,13 +123,19 @@ def _build(digest: str, spec: str) -> FastBPE | None:
     trim = _trim(t.get("post_processor"))
     if pattern is None or trim == "unknown":
         return None
-    added = {}
+    added, normalized = {}, set()
     for a in t.get("added_tokens", []):
-        if a.get("lstrip") or a.get("rstrip") or a.get("single_word") or a["content"] != a["content"].strip():
-            return None
-        added[a["content"]] = a["id"]
+        c = a["content"]
+        if a.get("lstrip") or a.get("rstrip") or a.get("single_word") or c != c.strip().strip("\u0120"):
+            return None  # (the backend trims "Ġ", its space, off an added token's offsets too)
+        if a.get("normalized") and t.get("normalizer") and unicodedata.normalize("NFC", c) != c:
+            return None  # matched as its NFC form
+        added[c] = a["id"]
+        normalized |= {c} if a.get("normalized") else set()
     if any(x != y and y.startswith(x) for x in added for y in added):  # leftmost = leftmost-longest: no prefix pairs
         return None
+    if any(_overlap(x, y) for x in normalized for y in added if y not in normalized):
+        return None  # the backend splits the text on the tokens not normalized first, tiktoken on all at once
     u2b = {c: b for b, c in _bytes_to_unicode().items()}
     vocab: dict[str, int] = model["vocab"]
     plain = {s: i for s, i in vocab.items() if added.get(s) != i}  # added tokens split off before the BPE
@@ -164,6 +174,12 @@ def _build(digest: str, spec: str) -> FastBPE | None:
     for s, i in added.items():
         lengths[i], lead[i], trail[i] = len(s.encode()), 0, 0
     return FastBPE(core, lengths, None if trim is None else (lead, trail, trim), sorted(risky))
+
+
+def _overlap(x: str, y: str) -> bool:
+    """Whether x and y can match overlapping stretches of a text (one inside the other, or an end of one
+    the start of the other)."""
+    return x in y or y in x or any(x.endswith(y[:k]) or y.endswith(x[:k]) for k in range(1, min(len(x), len(y))))
 
 
 def _phantoms(ranks: dict[bytes, int], made: dict[bytes, tuple[bytes, bytes]]) -> Iterator[tuple]:
