@@ -278,3 +278,46 @@ def test_split_special_tokens_is_the_backends_choice():
     tok = _wrap(tok.backend_tokenizer, split_special_tokens=True)
     assert tok.backend_tokenizer.encode_special_tokens
     _agrees(tok, ["hi<|im_end|>x", "<|im_start|>user\n你好<|im_end|>"])
+
+
+def test_a_phantom_pair_ruled_out_through_shorter_pieces_is_taken():
+    # "    " = " " + "   " is no merge; " " can stand left of "   " (= "  " + " ") only where it stood left of "  ",
+    # and the tie rule forbids that (" " + " " + " " merges the left pair first): indented code is taken
+    tok = _bpe([("Ġ", "Ġ"), ("ĠĠ", "Ġ"), ("ĠĠ", "ĠĠ")])
+    fast = fast_bpe(tok)
+    texts = ["x" + " " * n + "y\n" + " " * (n + 1) for n in range(1, 20)] + ["def f():\n    return 1\n        "]
+    for text in texts:
+        assert fast.encode(text) == tok.backend_tokenizer.encode(text, add_special_tokens=False).ids, text
+
+
+def test_random_merge_lists_give_the_backends_tokens():
+    """Tiny random merge lists (parts listed after what they make, tokens no merge makes, ignore_merges), so
+    that phantom pairs abound: every text FastBPE takes is encoded as the backend encodes it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    rng, alphabet = random.Random(0), sorted(pre_tokenizers.ByteLevel.alphabet())
+    taken = 0
+    for _ in range(300):
+        letters = rng.choice(["ab", "abc", "aĠ", "abĠ"])
+        toks, merges = set(letters), []
+        for _ in range(rng.randint(2, 40)):
+            x, y = rng.choice(sorted(toks)), rng.choice(sorted(toks))
+            if len(x + y) <= 8 and x + y not in toks:
+                toks.add(x + y)
+                merges.append((x, y))
+        if rng.random() < 0.5:
+            rng.shuffle(merges)  # a part listed after the token it makes: not monotone
+        unmade = {"".join(rng.choices(letters, k=rng.randint(2, 5))) for _ in range(rng.randint(0, 3))} - toks
+        vocab = {c: i for i, c in enumerate(alphabet)}
+        for t in [a + b for a, b in merges] + sorted(unmade):
+            vocab[t] = len(vocab)
+        raw = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=rng.random() < 0.4))
+        raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        fast = fast_bpe(_wrap(raw))
+        chars = letters.replace("Ġ", " ") + " "
+        texts = ["".join(rng.choices(chars, k=rng.randint(1, 16))) for _ in range(60)]
+        for text, enc in zip(texts, raw.encode_batch(texts, add_special_tokens=False)):
+            ids = fast.encode(text)
+            taken += ids is not None
+            assert ids is None or ids == enc.ids, (text, merges, sorted(unmade))
+    assert taken > 0.7 * 300 * 60

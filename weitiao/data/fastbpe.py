@@ -160,7 +160,8 @@ def _build(digest: str, spec: str) -> FastBPE | None:
             return None
         made[a + b], last = (a, b), new
     monotone = all(ranks.get(p, -1) < ranks.get(t, -1) for t, parts in made.items() for p in parts if len(p) > 1)
-    risky = {t for t, x, y in _phantoms(ranks, made) if not _never_adjacent(x, y, made, ranks, monotone)}
+    seen: dict = {}  # pairs answered, shared by all the phantom pairs' questions
+    risky = {t for t, x, y in _phantoms(ranks, made) if not _ruled_out(x, y, made, ranks, monotone, seen)}
     if not model.get("ignore_merges"):  # tiktoken looks a whole word up first: the merges must make it whole too
         bpe = _hf_model(spec)
         risky |= {tok for tok, i in ranks.items() if len(tok) > 1 and [x.id for x in bpe.tokenize(plain_of[i])] != [i]}
@@ -191,34 +192,54 @@ def _phantoms(ranks: dict[bytes, int], made: dict[bytes, tuple[bytes, bytes]]) -
                 yield t, x, y
 
 
-def _never_adjacent(x: bytes, y: bytes, made: dict, ranks: dict[bytes, int], monotone: bool) -> bool:
+def _ruled_out(*args: Any) -> bool:
+    """`_never_adjacent`, False where its question goes deeper than Python's recursion limit."""
+    try:
+        return _never_adjacent(*args)
+    except RecursionError:
+        return False
+
+
+def _never_adjacent(x: bytes, y: bytes, made: dict, ranks: dict[bytes, int], monotone: bool, seen=None) -> bool:
     """True when pieces x, y can never stand side by side in a merge run, so their phantom pair never fires.
 
     Pieces only grow, and a run merges the lowest-ranked pair present. A single byte is there from the
     start; a longer token no merge makes is never a piece beside another. Take the moment the later of x, y
     is made: if that is x, by (x1, x2), y stands right of x2, and if a merge (x2, y) ranks below x's own it
     would have run first, so that moment never comes; the same for y made by (y1, y2) beside x, where a tie
-    also rules it out (the same pair further left runs first: "   " is "  " + " ", never " " + "  "). When every
-    token ranks above the tokens it is made of (`monotone`), merges run in rank order, so the later one is
-    the higher-ranked one; otherwise both orders must be ruled out.
+    also rules it out (the same pair further left runs first: "   " is "  " + " ", never " " + "  "). Nor does
+    it come when x2, y (or x, y1) can never stand side by side themselves: the same question on shorter pieces
+    (" " never stands left of "  ", so never left of "   " = "  " + " "). When every token ranks above the
+    tokens it is made of (`monotone`), merges run in rank order, so the later one is the higher-ranked one;
+    otherwise both orders must be ruled out.
     """
+    seen = {} if seen is None else seen
+    if (x, y) in seen:  # answered, or asked again inside its own answer (then: not ruled out)
+        return seen[(x, y)]
+    seen[(x, y)] = False
 
     def blocked(last: bytes, pair: tuple[bytes, bytes], left: bool) -> bool:
         joined = pair[0] + pair[1]
-        if made.get(joined) != pair or joined not in ranks:
-            return False
-        return ranks[joined] <= ranks[last] if left else ranks[joined] < ranks[last]  # ties: the leftmost first
+        if made.get(joined) == pair and joined in ranks:
+            if ranks[joined] <= ranks[last] if left else ranks[joined] < ranks[last]:  # ties: the leftmost first
+                return True
+        return _never_adjacent(*pair, made, ranks, monotone, seen)
 
     made_x, made_y = len(x) > 1, len(y) > 1
     if not (made_x or made_y):  # two bytes stand side by side from the start
         return False
     if (made_x and x not in made) or (made_y and y not in made):
+        seen[(x, y)] = True
         return True
-    x_blocked = made_x and blocked(x, (made[x][1], y), left=False)
-    y_blocked = made_y and blocked(y, (x, made[y][0]), left=True)
     if monotone and made_x and made_y:
-        return x_blocked if ranks[x] > ranks[y] else y_blocked
-    return (not made_x or x_blocked) and (not made_y or y_blocked)
+        later_x = ranks[x] > ranks[y]
+        result = blocked(x, (made[x][1], y), left=False) if later_x else blocked(y, (x, made[y][0]), left=True)
+    else:
+        result = (not made_x or blocked(x, (made[x][1], y), left=False)) and (
+            not made_y or blocked(y, (x, made[y][0]), left=True)
+        )
+    seen[(x, y)] = result
+    return result
 
 
 def _pattern(pre: dict | None) -> str | None:
