@@ -244,3 +244,80 @@ def test_an_end_of_turn_of_several_tokens_is_labelled_as_chat_encode_labels_it(t
         got = encode_batch(rows, tokenizer, template, opts)
         assert got == [encode(r, tokenizer, template, opts) for r in rows]
         assert any(e.ends_with_eot for e in got) and any(e.eot_end > 0 for e in got)
+
+
+def _agrees(tok, texts) -> None:
+    """FastBPE declines the tokenizer or each text, or gives the backend's ids and offsets."""
+    fast = fast_bpe(tok)
+    for text in texts if fast is not None else []:
+        ids, enc = fast.encode(text), tok.backend_tokenizer.encode(text, add_special_tokens=False)
+        assert ids is None or (ids, _char_offsets(text, fast.offsets(ids))) == (enc.ids, enc.offsets), ascii(text)
+
+
+def test_nfc_reordering_combining_tone_marks_is_not_assumed_away():
+    # U+302A..U+302F are combining marks: NFC sorts a run of them by combining class, so the backend
+    # encodes "x\u302a\u302b" for "x\u302b\u302a" (each one alone is unchanged)
+    _agrees(TOKENIZERS["qwen2-nfc-trim"](), ["x\u302b\u302a", "中\u302d\u302a文", "\u302f\u302a"])
+
+
+def test_added_tokens_the_backend_matches_in_another_pass_or_trims_are_not_assumed_away():
+    from transformers import AddedToken
+
+    # the backend splits off tokens that are not normalized first (over the whole text), then the normalized
+    # ones: "ab>" wins over the leftmost "<xa"; it also trims a leading "Ġ" (its space) off an added token
+    tok = _trained(QWEN2, nfc=True, trim=True)
+    tok.add_tokens([AddedToken("ab>", normalized=False, special=True), AddedToken("<xa", normalized=True)])
+    _agrees(tok, ["<xab>", "q <xab> z"])
+    tok = _trained(QWEN2, nfc=True, trim=True)
+    tok.add_tokens([AddedToken("\u0120foo", normalized=False)])
+    _agrees(tok, ["a \u0120foo b"])
+
+
+def test_split_special_tokens_is_the_backends_choice():
+    tok = build_tokenizer()
+    tok = _wrap(tok.backend_tokenizer, split_special_tokens=True)
+    assert tok.backend_tokenizer.encode_special_tokens
+    _agrees(tok, ["hi<|im_end|>x", "<|im_start|>user\n你好<|im_end|>"])
+
+
+def test_a_phantom_pair_ruled_out_through_shorter_pieces_is_taken():
+    # "    " = " " + "   " is no merge; " " can stand left of "   " (= "  " + " ") only where it stood left of "  ",
+    # and the tie rule forbids that (" " + " " + " " merges the left pair first): indented code is taken
+    tok = _bpe([("Ġ", "Ġ"), ("ĠĠ", "Ġ"), ("ĠĠ", "ĠĠ")])
+    fast = fast_bpe(tok)
+    texts = ["x" + " " * n + "y\n" + " " * (n + 1) for n in range(1, 20)] + ["def f():\n    return 1\n        "]
+    for text in texts:
+        assert fast.encode(text) == tok.backend_tokenizer.encode(text, add_special_tokens=False).ids, text
+
+
+def test_random_merge_lists_give_the_backends_tokens():
+    """Tiny random merge lists (parts listed after what they make, tokens no merge makes, ignore_merges), so
+    that phantom pairs abound: every text FastBPE takes is encoded as the backend encodes it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    rng, alphabet = random.Random(0), sorted(pre_tokenizers.ByteLevel.alphabet())
+    taken = 0
+    for _ in range(300):
+        letters = rng.choice(["ab", "abc", "aĠ", "abĠ"])
+        toks, merges = set(letters), []
+        for _ in range(rng.randint(2, 40)):
+            x, y = rng.choice(sorted(toks)), rng.choice(sorted(toks))
+            if len(x + y) <= 8 and x + y not in toks:
+                toks.add(x + y)
+                merges.append((x, y))
+        if rng.random() < 0.5:
+            rng.shuffle(merges)  # a part listed after the token it makes: not monotone
+        unmade = {"".join(rng.choices(letters, k=rng.randint(2, 5))) for _ in range(rng.randint(0, 3))} - toks
+        vocab = {c: i for i, c in enumerate(alphabet)}
+        for t in [a + b for a, b in merges] + sorted(unmade):
+            vocab[t] = len(vocab)
+        raw = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=rng.random() < 0.4))
+        raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        fast = fast_bpe(_wrap(raw))
+        chars = letters.replace("Ġ", " ") + " "
+        texts = ["".join(rng.choices(chars, k=rng.randint(1, 16))) for _ in range(60)]
+        for text, enc in zip(texts, raw.encode_batch(texts, add_special_tokens=False)):
+            ids = fast.encode(text)
+            taken += ids is not None
+            assert ids is None or ids == enc.ids, (text, merges, sorted(unmade))
+    assert taken > 0.7 * 300 * 60

@@ -7,8 +7,10 @@ with the lowest *merge-list* index. With ranks = token ids both runs are the sam
   - no dropout, prefixes, suffixes, byte fallback; no normalizer (or NFC, the identity on the texts taken);
   - the pre-tokenizer is ByteLevel's GPT-2 regex, or a Split on one of the known Qwen2/Llama-3 regexes
     followed by ByteLevel without its regex: the same pattern, run by another engine;
-  - added tokens split the text first (tiktoken's special tokens), as `tokenizers` does; none strips spaces, none
-    is the start of another (so the leftmost match is the leftmost-longest one `tokenizers` takes).
+  - added tokens split the text first (tiktoken's special tokens), as `tokenizers` does; none strips spaces or
+    starts/ends with "Ġ" (trimmed as a space), none is the start of another (so the leftmost match is the
+    leftmost-longest one `tokenizers` takes), none normalized overlaps one that is not (`tokenizers` splits on
+    those first) or changes under NFC; and split_special_tokens is off.
 Two differences are left, and a text they could touch goes to the backend (`encode` returns None):
   - a "phantom" pair x + y = t where t is made by another merge: tiktoken would merge it, the merge list would
     not. `_never_adjacent` proves most can never stand side by side; a text holding the bytes of another t is
@@ -16,7 +18,8 @@ Two differences are left, and a text they could touch goes to the backend (`enco
   - tiktoken looks a whole word up before merging (`tokenizers` only with ignore_merges): without it, a text
     holding the bytes of a token the merges do not make whole is declined.
 A text is also declined when a character is outside `SAFE_RANGES` (ASCII print/tab/newlines, Latin, general
-punctuation, CJK, kana, Hangul, full-width forms: where both regex engines and NFC agree; tested on every one).
+punctuation, CJK, kana, Hangul, full-width forms, no combining marks (NFC reorders a run of them): where both
+regex engines and NFC agree; tested on every one of them).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
@@ -39,7 +43,7 @@ SAFE_RANGES = (
     "\t\n\r\x20-\x7e",  # ASCII: no other control characters (engines differ on \x1c-\x1f as \s)
     "\xa1-\xac\xae-\u017e",  # Latin-1 and Extended-A but the soft hyphen and ſ (a case fold of s)
     "\u2010-\u2027\u2030-\u205e",  # general punctuation, no spaces or format characters
-    "\u3000-\u3098\u309b-\u30ff",  # CJK punctuation, kana (not the combining voiced marks)
+    "\u3000-\u3029\u3030-\u3098\u309b-\u30ff",  # CJK punctuation, kana: not the combining marks (NFC reorders)
     "\u3400-\u4db5\u4e00-\u9fef",  # CJK ideographs
     "\uac00-\ud7a3",  # Hangul syllables
     "\uff01-\uff5e\uff61-\uff9f",  # full-width ASCII, half-width kana
@@ -96,7 +100,7 @@ class FastBPE:
 def fast_bpe(tokenizer: Any) -> FastBPE | None:
     """A FastBPE giving `tokenizer.backend_tokenizer`'s tokens, or None when that is not provably so."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
+    if backend is None or getattr(backend, "encode_special_tokens", False):  # split_special_tokens: not split off
         return None
     spec = backend.to_str()
     return _build(hashlib.sha256(spec.encode()).hexdigest(), spec)
@@ -120,13 +124,19 @@ def _build(digest: str, spec: str) -> FastBPE | None:
     trim = _trim(t.get("post_processor"))
     if pattern is None or trim == "unknown":
         return None
-    added = {}
+    added, normalized = {}, set()
     for a in t.get("added_tokens", []):
-        if a.get("lstrip") or a.get("rstrip") or a.get("single_word") or a["content"] != a["content"].strip():
-            return None
-        added[a["content"]] = a["id"]
+        c = a["content"]
+        if a.get("lstrip") or a.get("rstrip") or a.get("single_word") or c != c.strip().strip("\u0120"):
+            return None  # (the backend trims "Ġ", its space, off an added token's offsets too)
+        if a.get("normalized") and t.get("normalizer") and unicodedata.normalize("NFC", c) != c:
+            return None  # matched as its NFC form
+        added[c] = a["id"]
+        normalized |= {c} if a.get("normalized") else set()
     if any(x != y and y.startswith(x) for x in added for y in added):  # leftmost = leftmost-longest: no prefix pairs
         return None
+    if any(_overlap(x, y) for x in normalized for y in added if y not in normalized):
+        return None  # the backend splits the text on the tokens not normalized first, tiktoken on all at once
     u2b = {c: b for b, c in _bytes_to_unicode().items()}
     vocab: dict[str, int] = model["vocab"]
     plain = {s: i for s, i in vocab.items() if added.get(s) != i}  # added tokens split off before the BPE
@@ -151,7 +161,8 @@ def _build(digest: str, spec: str) -> FastBPE | None:
             return None
         made[a + b], last = (a, b), new
     monotone = all(ranks.get(p, -1) < ranks.get(t, -1) for t, parts in made.items() for p in parts if len(p) > 1)
-    risky = {t for t, x, y in _phantoms(ranks, made) if not _never_adjacent(x, y, made, ranks, monotone)}
+    seen: dict = {}  # pairs answered, shared by all the phantom pairs' questions
+    risky = {t for t, x, y in _phantoms(ranks, made) if not _ruled_out(x, y, made, ranks, monotone, seen)}
     if not model.get("ignore_merges"):  # tiktoken looks a whole word up first: the merges must make it whole too
         bpe = _hf_model(spec)
         risky |= {tok for tok, i in ranks.items() if len(tok) > 1 and [x.id for x in bpe.tokenize(plain_of[i])] != [i]}
@@ -167,6 +178,12 @@ def _build(digest: str, spec: str) -> FastBPE | None:
     return FastBPE(core, lengths, None if trim is None else (lead, trail, trim), sorted(risky))
 
 
+def _overlap(x: str, y: str) -> bool:
+    """Whether x and y can match overlapping stretches of a text (one inside the other, or an end of one
+    the start of the other)."""
+    return x in y or y in x or any(x.endswith(y[:k]) or y.endswith(x[:k]) for k in range(1, min(len(x), len(y))))
+
+
 def _phantoms(ranks: dict[bytes, int], made: dict[bytes, tuple[bytes, bytes]]) -> Iterator[tuple]:
     """(t, x, y): token t written as tokens x + y that are not its merge (tiktoken would merge them)."""
     for t in ranks:
@@ -176,34 +193,54 @@ def _phantoms(ranks: dict[bytes, int], made: dict[bytes, tuple[bytes, bytes]]) -
                 yield t, x, y
 
 
-def _never_adjacent(x: bytes, y: bytes, made: dict, ranks: dict[bytes, int], monotone: bool) -> bool:
+def _ruled_out(*args: Any) -> bool:
+    """`_never_adjacent`, False where its question goes deeper than Python's recursion limit."""
+    try:
+        return _never_adjacent(*args)
+    except RecursionError:
+        return False
+
+
+def _never_adjacent(x: bytes, y: bytes, made: dict, ranks: dict[bytes, int], monotone: bool, seen=None) -> bool:
     """True when pieces x, y can never stand side by side in a merge run, so their phantom pair never fires.
 
     Pieces only grow, and a run merges the lowest-ranked pair present. A single byte is there from the
     start; a longer token no merge makes is never a piece beside another. Take the moment the later of x, y
     is made: if that is x, by (x1, x2), y stands right of x2, and if a merge (x2, y) ranks below x's own it
     would have run first, so that moment never comes; the same for y made by (y1, y2) beside x, where a tie
-    also rules it out (the same pair further left runs first: "   " is "  " + " ", never " " + "  "). When every
-    token ranks above the tokens it is made of (`monotone`), merges run in rank order, so the later one is
-    the higher-ranked one; otherwise both orders must be ruled out.
+    also rules it out (the same pair further left runs first: "   " is "  " + " ", never " " + "  "). Nor does
+    it come when x2, y (or x, y1) can never stand side by side themselves: the same question on shorter pieces
+    (" " never stands left of "  ", so never left of "   " = "  " + " "). When every token ranks above the
+    tokens it is made of (`monotone`), merges run in rank order, so the later one is the higher-ranked one;
+    otherwise both orders must be ruled out.
     """
+    seen = {} if seen is None else seen
+    if (x, y) in seen:  # answered, or asked again inside its own answer (then: not ruled out)
+        return seen[(x, y)]
+    seen[(x, y)] = False
 
     def blocked(last: bytes, pair: tuple[bytes, bytes], left: bool) -> bool:
         joined = pair[0] + pair[1]
-        if made.get(joined) != pair or joined not in ranks:
-            return False
-        return ranks[joined] <= ranks[last] if left else ranks[joined] < ranks[last]  # ties: the leftmost first
+        if made.get(joined) == pair and joined in ranks:
+            if ranks[joined] <= ranks[last] if left else ranks[joined] < ranks[last]:  # ties: the leftmost first
+                return True
+        return _never_adjacent(*pair, made, ranks, monotone, seen)
 
     made_x, made_y = len(x) > 1, len(y) > 1
     if not (made_x or made_y):  # two bytes stand side by side from the start
         return False
     if (made_x and x not in made) or (made_y and y not in made):
+        seen[(x, y)] = True
         return True
-    x_blocked = made_x and blocked(x, (made[x][1], y), left=False)
-    y_blocked = made_y and blocked(y, (x, made[y][0]), left=True)
     if monotone and made_x and made_y:
-        return x_blocked if ranks[x] > ranks[y] else y_blocked
-    return (not made_x or x_blocked) and (not made_y or y_blocked)
+        later_x = ranks[x] > ranks[y]
+        result = blocked(x, (made[x][1], y), left=False) if later_x else blocked(y, (x, made[y][0]), left=True)
+    else:
+        result = (not made_x or blocked(x, (made[x][1], y), left=False)) and (
+            not made_y or blocked(y, (x, made[y][0]), left=True)
+        )
+    seen[(x, y)] = result
+    return result
 
 
 def _pattern(pre: dict | None) -> str | None:
