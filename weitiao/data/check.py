@@ -28,7 +28,9 @@ from weitiao.data.chat import (
     encode,
     encode_all,
     encode_document,
+    row_checks,
     special_token_check,
+    template_check,
 )
 from weitiao.data.formats import Conversation, Document, Feedback, PreferencePair, load_rows, prefers_rejected
 from weitiao.data.preference import (
@@ -164,11 +166,11 @@ def check_file(
     drop|cut, DPO/RM drop|cut_response); `names`: what the caller's user set these as (CLI_NAMES: flags), for
     refusals."""
     refuse_max_len(max_len)
-    check = special_token_check(tokenizer)  # a bad row, as training finds it
+    template = resolve_template(tokenizer, template_name)
+    check = row_checks(special_token_check(tokenizer), template_check(tokenizer, template))  # bad rows, as training
     loaded = load_rows(files, fmt, skip_invalid=skip_invalid, strict=False, dataset_dir=dataset_dir, row_check=check,
                        feedback=None)  # fmt: skip
     require_rows(loaded)
-    template = resolve_template(tokenizer, template_name)
     feedback = [r for r in loaded.rows if isinstance(r, Feedback)]
     if feedback:  # `weitiao kto` trains the judged (last) reply only
         train_turns = "last"
