@@ -324,7 +324,7 @@ def check_file(
             "data.weight_field=weight and stops on it otherwise; `weitiao rm` refuses it"
         )
     if loaded.rejected:
-        rep.problems.append(f"{loaded.rejected} invalid rows written to {loaded.rejects_path}")
+        rep.problems.append(f"{loaded.rejected} invalid rows written to {loaded.rejects_line()}")
     return rep
 
 
