@@ -261,7 +261,7 @@ def template_check(tokenizer: Any, template: ChatTemplate) -> Callable[[Any, Any
         for conv in sides:
             if not template.supports_tools and uses_tools(conv):  # `encode` says why it cannot render them
                 continue
-            shape = (tuple((m["role"], tuple(sorted(m))) for m in conv.messages), bool(conv.tools))
+            shape = (tuple(m["role"] for m in conv.messages), tuple(tuple(m) for m in conv.messages), bool(conv.tools))
             if shape in passed:
                 continue
             try:
