@@ -255,3 +255,50 @@ def test_a_row_the_tokenizer_template_refuses_is_one_line_naming_it():
     with pytest.raises(UserError, match=said):
         encode_all([ok, bad], tok, tpl, EncodeOptions())
     assert encode_all([ok], tok, tpl, EncodeOptions())[1].kept == 1
+
+
+def test_rows_the_template_refuses_are_set_aside_under_skip_invalid(tmp_path):
+    """With data.skip_invalid (`data check --skip-invalid`) every other bad row went to the rejects file and was
+    counted, while a row the tokenizer's template refuses (Gemma: no system role) still stopped SFT, DPO, KTO and
+    `data check`. Now it is set aside the same way, named by file:line with the template's words; without
+    skip_invalid it stays the one-line stop."""
+    import json
+
+    from conftest import recipe_config, write_jsonl
+
+    from weitiao.data.check import check_file
+    from weitiao.recipes.sft import prepare_data
+    from weitiao.train.feedback import prepare_feedback
+    from weitiao.train.pairs import prepare_pairs
+
+    tok = build_tokenizer(chat_template=NO_SYSTEM)
+    chat = [{"messages": [{"role": "user", "content": f"问{i}"}, {"role": "assistant", "content": f"答{i}"}]}
+            for i in range(3)]  # fmt: skip
+    sys_row = {"messages": [{"role": "system", "content": "你是助手"}, *chat[0]["messages"]]}
+    pair = [{"prompt": [{"role": "user", "content": f"问{i}"}], "chosen": [{"role": "assistant", "content": "好"}],
+             "rejected": [{"role": "assistant", "content": "坏"}]} for i in range(3)]  # fmt: skip
+    sys_pair = {**pair[0], "prompt": [{"role": "system", "content": "你是助手"}, *pair[0]["prompt"]]}
+    fb = [{"prompt": [{"role": "user", "content": f"问{i}"}], "completion": [{"role": "assistant", "content": "好"}],
+           "label": i % 2 == 0} for i in range(3)]  # fmt: skip
+    sys_fb = {**fb[0], "prompt": [{"role": "system", "content": "你是助手"}, *fb[0]["prompt"]]}
+    said = "chat template 'tokenizer' refuses this row (System role not supported)"
+    for recipe, rows, bad in (("sft", chat, sys_row), ("dpo", pair, sys_pair), ("kto", fb, sys_fb)):
+        f = write_jsonl(tmp_path / f"{recipe}.jsonl", [*rows[:2], bad, rows[2]])
+        out = tmp_path / f"run-{recipe}"
+
+        def prepare(*extra: str, recipe=recipe, f=f, out=out):
+            cfg = recipe_config(recipe, "unused", f, out, *extra)
+            if recipe == "sft":
+                return prepare_data(cfg, tok)
+            return prepare_pairs(cfg, tok) if recipe == "dpo" else prepare_feedback(cfg.data, cfg.train, tok)
+
+        with pytest.raises(UserError, match=re.escape(f"{f}:3: ") + r"(messages|prompt): " + re.escape(said)):
+            prepare()
+        data = prepare("data.skip_invalid=true")
+        assert (data.read, data.rejected) == (4, 1), recipe
+        [reject] = [json.loads(x) for x in (out / "rejects.jsonl").read_text(encoding="utf-8").splitlines()]
+        assert reject["source"] == f"{f}:3" and said in reject["error"] and reject["row"] == bad
+        rep = check_file([str(f)], tok, skip_invalid=True)
+        assert (rep.read, rep.kept, rep.rejected) == (4, 3, 1) and rep.refused == ""
+        with pytest.raises(UserError, match=re.escape(f"{f}:3: ") + ".*" + re.escape(said)):
+            check_file([str(f)], tok)

@@ -125,6 +125,18 @@ def test_data_check_reports(tmp_path, tiny_model_dir):
     assert "duplicate rows" in p.stdout and "exceed max_len" not in p.stdout  # default max_len 1024
 
 
+def test_data_check_takes_the_trainers_row_byte_limit(tmp_path, tiny_model_dir):
+    """Training refuses a row over data.max_row_bytes, and `data check` had no way to be given that limit: it passed
+    data the run then stopped on. --max-row-bytes is the same limit (a bad row: --skip-invalid sets it aside)."""
+    rows = [{"instruction": "问", "output": "答"}, {"instruction": "问", "output": "长" * 100}]
+    f = write_jsonl(tmp_path / "d.jsonl", rows)
+    p = weitiao("data", "check", f, "--model", tiny_model_dir, "--max-row-bytes", "200")
+    assert p.returncode == 1 and f"error: {f}:2: row: 336 bytes, over the 200-byte limit" in p.stderr, p.stderr
+    p = weitiao("data", "check", f, "--model", tiny_model_dir, "--max-row-bytes", "200", "--skip-invalid", "--json")
+    assert p.returncode == 0, p.stderr
+    assert [json.loads(p.stdout)[k] for k in ("read", "kept", "rejected")] == [2, 1, 1]
+
+
 def test_data_check_fails_on_data_truncation_leaves_nothing_of(tmp_path, tiny_model_dir, tokenizer):
     """--max-len 30 dropped every row, and `data check` exited 0 with a warning while training stops ("no rows left
     after truncation"); now the report is still printed (table or JSON, `refused` set) and it exits 1 with one line."""

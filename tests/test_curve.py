@@ -189,6 +189,35 @@ def test_copies_of_a_held_out_row_stay_out_of_every_subset(tmp_path, tiny_model_
     assert len(ev) == len(set(ev)) == 2 and not set(ev) & big  # 6 unique · 0.34 = 2 held out, once each
 
 
+def test_a_row_training_sets_aside_is_in_no_subset(tmp_path, monkeypatch):
+    """Under data.skip_invalid a row the tokenizer's template refuses (Gemma: no system role) passed curve's read,
+    went into train_N.jsonl, and the size-N run set it aside: 'training on 10 rows' trained 9 and the table said 10.
+    Now curve reads the rows with the trainer's row checks: the row goes to curve's rejects.jsonl, each subset holds
+    N rows training keeps."""
+    from conftest import build_tokenizer, write_jsonl
+    from test_chat import NO_SYSTEM
+
+    from weitiao.recipes import sft
+
+    build_tokenizer(chat_template=NO_SYSTEM).save_pretrained(tmp_path / "tok")
+    rows = [{"messages": [{"role": "user", "content": f"问题{i}"}, {"role": "assistant", "content": f"答{i}"}]}
+            for i in range(8)]  # fmt: skip
+    rows.insert(3, {"messages": [{"role": "system", "content": "你是助手"}, *rows[0]["messages"]]})
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    cfg = {"model": {"path": str(tmp_path / "tok")}, "data": {"train": [str(data)], "eval_split": 0.25,
+           "skip_invalid": True}, "train": {"out": str(tmp_path / "runs")}}  # fmt: skip
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    monkeypatch.setattr(sft, "run", lambda cfg: {"steps": 1, "eval_loss": 1.0})
+    curve.run(path, [3, 6])
+    out = tmp_path / "runs/curve"
+    subsets = [out / "train_6.jsonl", out / "eval.jsonl"]
+    assert not any("system" in f.read_text(encoding="utf-8") for f in subsets)
+    assert sum(1 for _ in open(out / "train_6.jsonl", encoding="utf-8")) == 6
+    [reject] = [json.loads(line) for line in open(out / "rejects.jsonl", encoding="utf-8")]
+    assert reject["source"] == f"{data}:4" and "System role not supported" in reject["error"]
+
+
 def test_curve_out_never_replaces_a_users_file(config, tmp_path, chat_file):
     """The curve wrote eval.jsonl, train_N.jsonl and curve.json into --out unchecked: `--out` the folder holding the
     user's own eval.jsonl (or the training file itself) replaced it; now refused before any training."""

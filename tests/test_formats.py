@@ -1,5 +1,6 @@
 import json
 import re
+from pathlib import Path
 
 import pytest
 from conftest import write_jsonl
@@ -110,6 +111,31 @@ def test_rejects_keep_a_broken_lines_text_and_never_replace_a_users_file(tmp_pat
         assert load_rows(path, skip_invalid=True).rejected == 1
     reject = json.loads(mine.read_text(encoding="utf-8"))
     assert reject["row"] is None and reject["text"] == '{"instruction": "问", "output": "答"'
+
+
+def test_rejects_of_several_files_go_beside_each_file(tmp_path):
+    """With several files the rejects file was named after the first whatever file its rows came from: b.jsonl's
+    bad rows in a.jsonl.rejects.jsonl (and a later check of a.jsonl alone replaced them). Each file's bad rows now go
+    beside it, the line says where, and a user's file of that name still stops the load before anything is written."""
+    good, bad = {"instruction": "问", "output": "答"}, {"instruction": "问"}
+    a = write_jsonl(tmp_path / "a.jsonl", [good, bad])
+    b = write_jsonl(tmp_path / "b.jsonl", [good, bad, bad])
+    c = write_jsonl(tmp_path / "c.jsonl", [good])
+    res = load_rows([a, b, c], skip_invalid=True)
+    assert (res.read, res.kept, res.rejected) == (6, 3, 3)
+    for f, lines in ((a, [2]), (b, [2, 3])):
+        rejects = [json.loads(x) for x in Path(f"{f}.rejects.jsonl").read_text(encoding="utf-8").splitlines()]
+        assert [r["source"] for r in rejects] == [f"{f}:{n}" for n in lines]
+    assert not Path(f"{c}.rejects.jsonl").exists()
+    assert res.rejects_line() == f"{a}.rejects.jsonl (1), {b}.rejects.jsonl (2)"
+    Path(f"{a}.rejects.jsonl").unlink()
+    mine = Path(f"{b}.rejects.jsonl")
+    mine.write_text("my notes\n")
+    with pytest.raises(UserError, match="b.jsonl.rejects.jsonl: exists and was not written by weitiao"):
+        load_rows([a, b], skip_invalid=True)
+    assert mine.read_text() == "my notes\n" and not Path(f"{a}.rejects.jsonl").exists()
+    one = load_rows(a, skip_invalid=True, rejects_path=tmp_path / "rej.jsonl")  # a path given: every row there
+    assert one.rejects_line() == str(tmp_path / "rej.jsonl")
 
 
 def test_preference_rows(tmp_path):

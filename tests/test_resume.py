@@ -214,6 +214,27 @@ def test_a_refused_run_leaves_the_previous_run_s_rejects_alone(tiny_model_dir, c
     assert "乙" in (run / "rejects.jsonl").read_text(encoding="utf-8")
 
 
+def test_the_run_says_where_the_rows_it_set_aside_are(tiny_model_dir, chat_file, tmp_path, capsys):
+    """With data.skip_invalid the data line said '1 rejected' and no more: which rows, and why, was in a file the
+    run never named. Now the run names each rejects file in `out` with its row count."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(Path(chat_file).read_text(encoding="utf-8") + '{"instruction": "甲"}\n', encoding="utf-8")
+    run = tmp_path / "run"
+    sft.run(
+        config(
+            tiny_model_dir,
+            bad,
+            run,
+            "train.max_steps=1",
+            "data.skip_invalid=true",
+            f"data.eval=[{bad}]",
+            "data.eval_split=0",
+        )
+    )
+    said = f"each with its file:line and why: {run / 'eval_rejects.jsonl'} (1), {run / 'rejects.jsonl'} (1)"
+    assert said in capsys.readouterr().out
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
 

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from weitiao import progress
 from weitiao.calc.commands import app as calc_app
+from weitiao.data.files import MAX_ROW_BYTES
 from weitiao.dataeng.commands import register as register_dataeng
 from weitiao.errors import UserError
 from weitiao.eval.commands import arena_app, eval_app
@@ -357,6 +358,9 @@ def data_check(
     ),
     dataset_dir: str = typer.Option(None, help="LLaMA-Factory data folder: FILES are names in its dataset_info.json"),
     skip_invalid: bool = typer.Option(False, help="write bad rows to FILE.rejects.jsonl instead of stopping"),
+    max_row_bytes: int = typer.Option(
+        MAX_ROW_BYTES, min=1, help="a longer JSONL row is rejected unread (file:line), as data.max_row_bytes"
+    ),
     train_turns: str = typer.Option("all", help="all|last: assistant turns SFT trains (data.train_turns)"),
     train_on_prompt: bool = typer.Option(False, help="prompt tokens trained too, as SFT's data.train_on_prompt"),
     train_eot: bool = typer.Option(True, "--train-eot/--no-train-eot", help="as SFT's data.train_eot"),
@@ -376,7 +380,7 @@ def data_check(
     tokenizer, context = load_tokenizer(model), model_positions(model)
     _choice("--truncation", truncation, ("drop", "cut", "history", "cut_response"))
     rep = check_file(files, tokenizer, template, max_len, fmt, skip_invalid, dataset_dir, train_turns, context,
-                     truncation, train_on_prompt, train_eot, CLI_NAMES)  # fmt: skip
+                     truncation, train_on_prompt, train_eot, CLI_NAMES, max_row_bytes)  # fmt: skip
     if as_json:
         print(rep.to_json())
     else:

@@ -40,7 +40,15 @@ from typing import Any
 
 import numpy as np
 
-from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, EncodeStats, special_token_check
+from weitiao.data.chat import (
+    IGNORE,
+    Encoded,
+    EncodeOptions,
+    EncodeStats,
+    row_checks,
+    special_token_check,
+    template_check,
+)
 from weitiao.data.formats import (
     CONFIG_SKIP_HINT,
     Conversation,
@@ -337,7 +345,8 @@ def _build(
     big = sum(f.stat().st_size for f in data_files(paths, read.get("dataset_dir")) if f.is_file()) > SMALL_FILE
     sink = Sink(folder, _Encoder(tokenizer, template, opts), kw["num_proc"], ticker, big)
     try:
-        check = special_token_check(tokenizer) if opts.refuse_special else None  # a bad row: skip_invalid sets it aside
+        special = special_token_check(tokenizer) if opts.refuse_special else None
+        check = row_checks(special, template_check(tokenizer, template))  # a bad row: skip_invalid sets it aside
         loaded = load_rows(
             paths, sink=sink, rejects_path=kw["rejects_path"], skip_hint=CONFIG_SKIP_HINT, row_check=check, **read
         )

@@ -230,9 +230,59 @@ def encode(conv: Conversation, tokenizer: Any, template: ChatTemplate, opts: Enc
 def template_refusal(source: str, template: ChatTemplate, e: Exception) -> str:
     """The line for a row the chat template raises on (its `raise_exception`): the row, the template's words, the way
     out."""
-    return (f"{source}: chat template {template.name!r} refuses this row ({e}); change the row as it asks (a system "
-            "prompt such a template has no place for: fold it into the first user message), or set data.template "
-            "(--template) to chatml, qwen or llama3")  # fmt: skip
+    return f"{source}: {_refusal(template, e)}"
+
+
+def _refusal(template: ChatTemplate, e: Exception) -> str:
+    return (f"chat template {template.name!r} refuses this row ({e}); change the row as it asks (a system prompt such "
+            "a template has no place for: fold it into the first user message), or set data.template (--template) to "
+            "chatml, qwen or llama3")  # fmt: skip
+
+
+# the keys a row's turns are read from, the first present named by a template's refusal
+_TURN_KEYS = ("messages", "conversations", "conversation", "prompt", "instruction", "chosen")
+
+
+def template_check(tokenizer: Any, template: ChatTemplate) -> Callable[[Any, Any], None]:
+    """A `load_rows` row check raising RowError for a chat row (a chat pair's sides) that `template` refuses (its
+    `raise_exception`: Gemma's "System role not supported", roles that do not alternate), so with skip_invalid it is
+    set aside like any bad row instead of stopping the run in the encoder. A row is rendered once per shape (its roles
+    and message keys, tools or not): a template refuses a shape, and the shapes that passed are not rendered again. A
+    refusal that hangs on the text alone is still met by the encoder (the one-line stop)."""
+    passed: set[tuple] = set()
+
+    def check(row: Any, record: Any = None) -> None:
+        if isinstance(row, Conversation):
+            sides = [row]
+        elif isinstance(row, PreferencePair) and row.form != "raw":
+            sides = [row.conversation("chosen"), row.conversation("rejected")]
+        else:
+            return
+        for conv in sides:
+            if not template.supports_tools and uses_tools(conv):  # `encode` says why it cannot render them
+                continue
+            shape = (tuple(m["role"] for m in conv.messages), tuple(tuple(m) for m in conv.messages), bool(conv.tools))
+            if shape in passed:
+                continue
+            try:
+                template.render(tokenizer, list(conv.messages), tools=conv.tools)
+            except TemplateError as e:
+                keys = record if isinstance(record, dict) else {}
+                raise RowError(next((k for k in _TURN_KEYS if k in keys), "messages"), _refusal(template, e)) from None
+            passed.add(shape)
+
+    return check
+
+
+def row_checks(*checks: Callable[[Any, Any], None] | None) -> Callable[[Any, Any], None]:
+    """One `load_rows` row check running each of `checks` (None: none) in turn."""
+    given = [c for c in checks if c is not None]
+
+    def check(row: Any, record: Any = None) -> None:
+        for c in given:
+            c(row, record)
+
+    return check
 
 
 def _drop_oldest_exchange(messages: list[Message]) -> list[Message] | None:

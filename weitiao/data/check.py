@@ -28,8 +28,11 @@ from weitiao.data.chat import (
     encode,
     encode_all,
     encode_document,
+    row_checks,
     special_token_check,
+    template_check,
 )
+from weitiao.data.files import MAX_ROW_BYTES
 from weitiao.data.formats import Conversation, Document, Feedback, PreferencePair, load_rows, prefers_rejected
 from weitiao.data.preference import (
     PairTruncation,
@@ -157,18 +160,19 @@ def check_file(
     train_on_prompt: bool = False,
     train_eot: bool = True,
     names: dict[str, str] = CONFIG_NAMES,
+    max_row_bytes: int | None = MAX_ROW_BYTES,
 ) -> CheckReport:
     """Lint a data set against a tokenizer: lengths, duplicates, EOS, trainable tokens (as SFT's
     data.train_turns, data.train_on_prompt and data.train_eot pick them), pair sanity; `context`: the model's
     positions (training refuses longer rows); `truncation`: the trainer's data.truncation (SFT drop|cut|history, KTO
     drop|cut, DPO/RM drop|cut_response); `names`: what the caller's user set these as (CLI_NAMES: flags), for
-    refusals."""
+    refusals; `max_row_bytes`: the trainer's data.max_row_bytes (a longer row is a bad row)."""
     refuse_max_len(max_len)
-    check = special_token_check(tokenizer)  # a bad row, as training finds it
-    loaded = load_rows(files, fmt, skip_invalid=skip_invalid, strict=False, dataset_dir=dataset_dir, row_check=check,
-                       feedback=None)  # fmt: skip
-    require_rows(loaded)
     template = resolve_template(tokenizer, template_name)
+    check = row_checks(special_token_check(tokenizer), template_check(tokenizer, template))  # bad rows, as training
+    loaded = load_rows(files, fmt, skip_invalid=skip_invalid, max_row_bytes=max_row_bytes, strict=False,
+                       dataset_dir=dataset_dir, row_check=check, feedback=None)  # fmt: skip
+    require_rows(loaded)
     feedback = [r for r in loaded.rows if isinstance(r, Feedback)]
     if feedback:  # `weitiao kto` trains the judged (last) reply only
         train_turns = "last"
@@ -322,7 +326,7 @@ def check_file(
             "data.weight_field=weight and stops on it otherwise; `weitiao rm` refuses it"
         )
     if loaded.rejected:
-        rep.problems.append(f"{loaded.rejected} invalid rows written to {loaded.rejects_path}")
+        rep.problems.append(f"{loaded.rejected} invalid rows written to {loaded.rejects_line()}")
     return rep
 
 

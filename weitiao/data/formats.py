@@ -15,6 +15,7 @@ reads each into `Feedback`: the row without its label, and whether the reply was
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -123,9 +124,17 @@ class LoadResult:
     format: str
     read: int = 0
     rejected: int = 0
-    rejects_path: Path | None = None
+    rejects_path: Path | None = None  # the first rejects file written (the only one unless `rejects_files` says more)
     per_file: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # columns read but not used (e.g. images)
+    rejects_files: dict[str, Path] = field(default_factory=dict)  # data file → the rejects file its bad rows went to
+    rejected_per_file: dict[str, int] = field(default_factory=dict)
+
+    def rejects_line(self) -> str:
+        """Where the bad rows went: the rejects file, or each one with its rows (one per data file beside it)."""
+        if len(set(self.rejects_files.values())) < 2:
+            return str(self.rejects_path)
+        return ", ".join(f"{out} ({self.rejected_per_file[f]})" for f, out in self.rejects_files.items())
 
     @property
     def kept(self) -> int:
@@ -970,7 +979,8 @@ def load_rows(
     in its LLaMA-Factory `dataset_info.json` (whose mapping then sets the format).
     fmt="auto" detects the format from each file's first row and holds the file to it.
     A bad row raises UserError(`file:line: field: problem`) unless skip_invalid, in which case it
-    is written with its error to `rejects_path` (default: `<first file>.rejects.jsonl`).
+    is written with its error to `rejects_path` (default: beside its own file, `<file>.rejects.jsonl`, one per file
+    with bad rows: a file named after the first of several would hold the others' rows).
     A JSONL row over `max_row_bytes` is such a bad row (None = no limit). strict=False lets
     preference rows with empty or identical replies through, for `data check` to count. `skip_hint`: how
     the caller's user sets bad rows aside, said after a bad row's error (None: a command that cannot).
@@ -986,6 +996,7 @@ def load_rows(
     entries = paths if isinstance(paths, list) else [paths]
     result = LoadResult(rows=[] if sink is None else sink, format=fmt)
     rejects: list[dict] = []
+    bad_files: list[Path] = []  # the data file of each reject
     resampled = 0  # rows added (+) or left out (-) by LLaMA-Factory num_samples
     for files, lf in _sources(entries, dataset_dir):
         # A dataset with num_samples is held until its rows are picked; all others stream into result.rows.
@@ -1027,6 +1038,7 @@ def load_rows(
                         rejects.append({"source": loc, "error": str(e), "row": None, "text": record.raw})
                     else:
                         rejects.append({"source": loc, "error": str(e), "row": as_written})
+                    bad_files.append(path)
                     continue
                 row.source = loc
                 if isinstance(row, Feedback):
@@ -1054,11 +1066,14 @@ def load_rows(
                 )
     result.rejected = len(rejects)
     if rejects:
-        first = next(iter(result.per_file), None) or entries[0]
-        result.rejects_path = Path(rejects_path or f"{first}.rejects.jsonl")
+        outs = [Path(rejects_path or f"{f}.rejects.jsonl") for f in bad_files]
+        result.rejects_files = dict(zip(map(str, bad_files), outs))
+        result.rejected_per_file = dict(Counter(map(str, bad_files)))
+        result.rejects_path = outs[0]
         if rejects_path is None:  # beside the user's data: never over a file of theirs
-            claim_outputs([result.rejects_path], list(map(Path, result.per_file)), "rejects file")
-        write_jsonl(result.rejects_path, rejects)
+            claim_outputs(dict.fromkeys(outs), list(map(Path, result.per_file)), "rejects file")
+        for out in dict.fromkeys(outs):
+            write_jsonl(out, [r for r, o in zip(rejects, outs) if o == out])
     assert result.read + resampled == result.kept + result.rejected
     return result
 

@@ -24,7 +24,8 @@ def require_rows(loaded: LoadResult, key: str = "") -> None:
     """UserError `FILE: no rows` for the first file that gave no rows; `key` names its config entry."""
     for path, kept in loaded.per_file.items():
         if kept == 0:
-            why = f"no valid rows (invalid rows are in {loaded.rejects_path})" if loaded.rejected else "no rows"
+            rejects = loaded.rejects_files.get(path, loaded.rejects_path)
+            why = f"no valid rows (invalid rows are in {rejects})" if loaded.rejected else "no rows"
             raise UserError(f"{path}: {why}" + (f" ({key})" if key else ""))
 
 

@@ -13,7 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from weitiao.data.chat import IGNORE, Encoded, EncodeOptions, EncodeStats, encode_all, special_token_check
+from weitiao.data.chat import (
+    IGNORE,
+    Encoded,
+    EncodeOptions,
+    EncodeStats,
+    encode_all,
+    row_checks,
+    special_token_check,
+    template_check,
+)
 from weitiao.data.formats import CONFIG_SKIP_HINT, Conversation, Document, Feedback, LoadResult, load_rows
 from weitiao.data.prep import (
     count_overlap,
@@ -72,8 +81,10 @@ def feedback_key(fb: Feedback) -> str:
     return f"{feedback_text_key(fb)}\x1d{fb.desirable}"
 
 
-def _load(paths: list, d: FeedbackDataSpec, rejects: Path, tokenizer: Any, key: str) -> LoadResult:
-    check = special_token_check(tokenizer)
+def _load(
+    paths: list, d: FeedbackDataSpec, rejects: Path, tokenizer: Any, template: ChatTemplate, key: str
+) -> LoadResult:
+    check = row_checks(special_token_check(tokenizer), template_check(tokenizer, template))
     res = load_rows(paths, "auto", d.skip_invalid, rejects, d.max_row_bytes, dataset_dir=d.dataset_dir,
                     skip_hint=CONFIG_SKIP_HINT, row_check=check, feedback=True)  # fmt: skip
     require_rows(res, key)
@@ -103,10 +114,10 @@ def prepare_feedback(
     """Rows read, split, tokenized; bad rows (data.skip_invalid) go to `rejects_dir` (default train.out)."""
     template = resolve_template(tokenizer, d.template)
     rejects = Path(rejects_dir or t.out) / "rejects.jsonl"
-    loaded = _load(d.train, d, rejects, tokenizer, "data.train")
+    loaded = _load(d.train, d, rejects, tokenizer, template, "data.train")
     rows, read, rejected, copies = loaded.rows, loaded.read, loaded.rejected, 0
     if d.eval:
-        ev = _load(d.eval, d, rejects.with_name("eval_rejects.jsonl"), tokenizer, "data.eval")
+        ev = _load(d.eval, d, rejects.with_name("eval_rejects.jsonl"), tokenizer, template, "data.eval")
         eval_rows, read, rejected = ev.rows, read + ev.read, rejected + ev.rejected
     elif d.eval_split:
         # copies stay on one side, those labelled otherwise too (a reply judged good trained, judged bad held out)

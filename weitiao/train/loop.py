@@ -632,10 +632,14 @@ def start(
         ck.set_aside(out, accel.is_main_process)
     accel.wait_for_everyone()  # the previous run is aside before any process writes into `out`
     if staged.is_dir() and accel.is_local_main_process:  # the machine's processes wrote the same files into it
+        moved = []
         for f in sorted(staged.iterdir()) if accel.is_main_process else ():
             out.mkdir(parents=True, exist_ok=True)
-            shutil.move(f, out / f.name)
+            moved.append(shutil.move(f, out / f.name))
         shutil.rmtree(staged, ignore_errors=True)
+        if moved:  # the data line counts them; here is where they are (one JSONL line each)
+            where = ", ".join(f"{p} ({sum(1 for _ in open(p, 'rb'))})" for p in moved)
+            print(f"rows set aside (data.skip_invalid), each with its file:line and why: {where}")
     ck.record(out, t.resume, config_yaml, accel.is_main_process, inputs, ckpt)
     state = new_state()
     rank, world = accel.process_index, accel.num_processes
