@@ -321,3 +321,22 @@ def test_random_merge_lists_give_the_backends_tokens():
             taken += ids is not None
             assert ids is None or ids == enc.ids, (text, merges, sorted(unmade))
     assert taken > 0.7 * 300 * 60
+
+
+def test_a_backend_that_truncates_or_pads_is_declined():
+    tok = build_tokenizer()
+    tok.backend_tokenizer.enable_truncation(4)
+    assert fast_bpe(tok) is None
+    tok.backend_tokenizer.no_truncation()
+    tok.backend_tokenizer.enable_padding(length=64)
+    assert fast_bpe(tok) is None
+    tok.backend_tokenizer.no_padding()
+    assert fast_bpe(tok) is not None
+
+
+def test_a_token_added_after_the_first_call_is_split_off():
+    tok = build_tokenizer()
+    assert fast_bpe(tok).encode("x<|new|>y") == tok.backend_tokenizer.encode("x<|new|>y", add_special_tokens=False).ids
+    tok.add_special_tokens({"additional_special_tokens": ["<|new|>"]})
+    want = tok.backend_tokenizer.encode("x<|new|>y", add_special_tokens=False).ids
+    assert tok.convert_tokens_to_ids("<|new|>") in want and fast_bpe(tok).encode("x<|new|>y") == want

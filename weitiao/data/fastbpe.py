@@ -97,13 +97,24 @@ class FastBPE:
         return np.stack([starts, ends], axis=1)
 
 
+_SEEN: list = []  # [backend, its added tokens, the answer]: the last backend asked about, held (so not another's id)
+
+
 def fast_bpe(tokenizer: Any) -> FastBPE | None:
     """A FastBPE giving `tokenizer.backend_tokenizer`'s tokens, or None when that is not provably so."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or getattr(backend, "encode_special_tokens", False):  # split_special_tokens: not split off
         return None
+    if backend.truncation is not None or backend.padding is not None:  # the backend would cut or pad: not ours
+        return None
+    # Serializing a 150k vocabulary takes ~75 ms a chunk: skipped while it is the same backend with the same added
+    # tokens (what encode_batch can change; the rest of a loaded tokenizer stays as loaded)
+    added = str(backend.get_added_tokens_decoder())
+    if _SEEN and _SEEN[0] is backend and _SEEN[1] == added:
+        return _SEEN[2]
     spec = backend.to_str()
-    return _build(hashlib.sha256(spec.encode()).hexdigest(), spec)
+    _SEEN[:] = [backend, added, _build(hashlib.sha256(spec.encode()).hexdigest(), spec)]
+    return _SEEN[2]
 
 
 @lru_cache(maxsize=4)
