@@ -89,6 +89,11 @@ def test_a_bad_key_value_names_the_command_line_not_the_config_file(tmp_path):
         load_config(SFTConfig, cfg, ["train.lr_scheduler=linear"])
     with pytest.raises(UserError, match=r"^command line data\.packing=1: data\.packing: 1 where true or false goes"):
         load_config(SFTConfig, cfg, ["data.packing=1"])
+    # an unknown section made by a dotted override (`weitiao demo bad.key=1` named the shipped sft.yaml)
+    with pytest.raises(UserError, match=r"^command line bad\.key=1: bad: Extra inputs are not permitted; the top lev"):
+        load_config(SFTConfig, cfg, ["bad.key=1"])
+    with pytest.raises(UserError, match=r"^command line lora\.rr\.x=1: lora\.rr: Extra inputs are not permitted"):
+        load_config(SFTConfig, cfg, ["lora.rr.x=1"])
     cfg.write_text("data:\n  train: [x.jsonl]\n  packing: 1\n")
     with pytest.raises(UserError, match=rf"^{cfg}:3: data\.packing: 1 where true or false goes"):
         load_config(SFTConfig, cfg, ["train.lr=1e-4"])

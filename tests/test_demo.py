@@ -44,10 +44,12 @@ def _plan_and_configs(monkeypatch, qwen_dir, tmp_path, *overrides, **kw):
         def step(self, text):
             lines.append(text)
 
-    monkeypatch.setattr(demo, "load_model", lambda *a, **k: None)
+    monkeypatch.setattr("weitiao.models.load.load_model", lambda *a, **k: None)  # demo.run imports them as it runs
     monkeypatch.setattr(demo, "_measure", lambda *a, **k: {})
-    monkeypatch.setattr(demo.sft, "run", lambda cfg: got.setdefault("sft", cfg))
-    monkeypatch.setattr(demo.dpo, "run", lambda cfg: (got.setdefault("dpo", cfg), (_ for _ in ()).throw(_Stop())))
+    monkeypatch.setattr("weitiao.recipes.sft.run", lambda cfg: got.setdefault("sft", cfg))
+    monkeypatch.setattr(
+        "weitiao.recipes.dpo.run", lambda cfg: (got.setdefault("dpo", cfg), (_ for _ in ()).throw(_Stop()))
+    )
     with pytest.raises(_Stop):
         demo.run(str(qwen_dir), str(tmp_path / "run"), overrides=list(overrides), view=View(), **kw)
     return lines[0], got["sft"], got["dpo"]
@@ -86,12 +88,18 @@ def test_plan_shown_is_what_runs_with_overrides(monkeypatch, qwen_dir, tmp_path)
         ({}, ["model.path=/x"], "the demo sets model.path itself; use --model DIR"),
         ({}, ["train.max_steps=5"], "the demo sets train.max_steps itself; use --max-steps N"),
         ({}, ["train.out=/tmp/x"], "the demo sets train.out itself; use --out DIR"),
+        (
+            {},
+            ["lora.rr=8"],
+            "command line lora.rr=8: lora.rr: Extra inputs are not permitted; lora takes enabled, r,",
+        ),  # said before the plan loads the tokenizer
+        ({"serve": True, "port": 99999}, [], "--port 99999: give a TCP port"),  # was said after the whole demo
     ],
 )
 def test_demo_refuses_what_it_would_ignore_or_misread(monkeypatch, tmp_path, kw, overrides, message):
-    monkeypatch.setattr(demo, "load_model", lambda *a, **k: None)  # were they not refused: no minutes of work
+    monkeypatch.setattr("weitiao.models.load.load_model", lambda *a, **k: None)  # not refused: no minutes of work
     monkeypatch.setattr(demo, "_measure", lambda *a, **k: {})
-    monkeypatch.setattr(demo.sft, "run", lambda cfg: (_ for _ in ()).throw(_Stop()))
+    monkeypatch.setattr("weitiao.recipes.sft.run", lambda cfg: (_ for _ in ()).throw(_Stop()))
     with pytest.raises(demo.UserError) as e:
         demo.run(str(MODEL_DIR), str(tmp_path / "run"), overrides=overrides, view=demo.PlainView(), **kw)
     assert str(e.value).startswith(message) or message in str(e.value), str(e.value)

@@ -182,6 +182,7 @@ def test_eval_gen_rubric_with_a_bom_reaches_the_judge_without_it(tmp_path, monke
         (["--top-p", "0"], "--top-p 0.0: must be in (0, 1]"),
         (["--top-p", "2"], "--top-p 2.0: must be in (0, 1]"),
         (["--repetition-penalty", "0"], "--repetition-penalty 0.0: must be > 0"),
+        (["--seed", str(2**64)], f"--seed {2**64}: give a whole number from -2**63 to 2**64 - 1"),
     ],
 )
 def test_chat_refuses_before_loading(flags, msg, monkeypatch, capsys):

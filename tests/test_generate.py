@@ -85,6 +85,34 @@ def test_chat_prompt_one_shot(tiny_model_dir):
     assert p.stdout.endswith("\n") and len(p.stdout.strip()) > 0
 
 
+def test_chat_seed_reproduces_a_sampled_reply_as_serve_seed_does(tiny_model_dir, tokenizer):
+    """`weitiao chat` had no --seed (serve takes `seed`): a sampled reply could not be had again. `--seed S` now draws
+    from a stream seeded S, as serve draws a request's first choice: the CLI's reply is stream_reply's with that seed
+    and the served reply to the same conversation, seed and sampling (chat's top_k 50 and top_p 0.9 given)."""
+    from loopback import running
+    from openai import OpenAI
+
+    from weitiao.infer.serve import ServeSettings, create_app
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    t = resolve_template(tokenizer)
+
+    def chat(seed: int | None) -> str:
+        return "".join(stream_reply(model, tokenizer, t, PROMPTS[1], max_new_tokens=12, temperature=1.0, seed=seed))
+
+    seven = chat(7)
+    assert chat(7) == seven and chat(8) != seven
+    cmd = ["chat", "--model", tiny_model_dir, "--prompt", PROMPTS[1][0]["content"], "--max-new-tokens", "12"]
+    p = subprocess.run([sys.executable, "-m", "weitiao", *map(str, cmd), "--temperature", "1", "--seed", "7"],
+                       capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert p.returncode == 0 and p.stdout == seven + "\n", p.stderr[-2000:]
+    with running(create_app(model, tokenizer, t, ServeSettings(model_name="tiny"))) as base:
+        client = OpenAI(base_url=base + "/v1", api_key="none", max_retries=0)
+        served = client.chat.completions.create(model="tiny", messages=PROMPTS[1], max_tokens=12, temperature=1.0,
+                                                top_p=0.9, seed=7, extra_body={"top_k": 50})  # fmt: skip
+    assert served.choices[0].message.content == seven
+
+
 def test_chat_and_generate_stop_at_the_tokenizer_eos_and_generation_config_eos_as_served():
     # a tokenizer whose EOS (<|endoftext|>) is not the template's end-of-turn (<|im_end|>), as Qwen2.5 base:
     # `weitiao chat` went on past an EOS the model emitted (skipped in decoding) where serve and HF stop

@@ -163,6 +163,7 @@ def test_a_raw_text_reward_model_scores_as_it_was_trained(tiny_model_dir, tmp_pa
     through the chat template and reported other margins (a user measured 0.41 against the run's eval 2.37)."""
     from conftest import recipe_config
 
+    from weitiao.models.heads import load_reward_model
     from weitiao.recipes import rm
     from weitiao.recipes.rewards import model_scorer
     from weitiao.train.log import read_metrics
@@ -177,7 +178,7 @@ def test_a_raw_text_reward_model_scores_as_it_was_trained(tiny_model_dir, tmp_pa
     summary = score.run(str(out), str(f))
     assert summary["mean_margin"] == pytest.approx(eval_margin, abs=1e-4)
     # negative control: the same pairs through the chat template (what score did) give other scores
-    chat = score.score_pairs(*score.load_reward_model(str(out))[:2], score.load_rows(str(f)).rows)
+    chat = score.score_pairs(*load_reward_model(str(out))[:2], score.load_rows(str(f)).rows)
     assert abs(sum(c - r for c, r in zip(*chat)) / len(pairs) - eval_margin) > 1e-3
     chats = write_jsonl(tmp_path / "chats.jsonl", [{"instruction": "你好", "output": "嗨"}])
     with pytest.raises(UserError, match="trained on raw text pairs .* scores prompt/chosen/rejected strings only"):
@@ -239,3 +240,16 @@ def test_a_pair_whose_sides_score_the_same_is_wrong_and_counted_as_a_tie(rm_dir,
     flat_summary = score.run(str(flat), str(pairs), str(tmp_path / "flat.jsonl"))
     assert flat_summary["pair_ties"] == 2 and flat_summary["pair_accuracy"] == 0.0
     assert score.run(str(rm_dir), str(pairs), str(tmp_path / "real.jsonl"))["pair_ties"] == 0  # control
+
+
+def test_model_and_quant_a_full_reward_model_cannot_take_are_refused_not_ignored(rm_dir, tmp_path):
+    """`score --rm FULL --quant 4bit` (or --model B) loaded the full reward model as saved and scored with it, the flag
+    silently ignored; `--quant 3bit` was a pydantic traceback after the model code loaded. Each is one line now."""
+    pairs = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "你好", "chosen": "嗨", "rejected": "滚"}])
+    with pytest.raises(UserError, match=r"^--quant 4bit: .* is a full reward model \(model/\), loaded as saved"):
+        score.run(str(rm_dir), str(pairs), quant="4bit")
+    with pytest.raises(UserError, match=r"^--model other and --quant none: .* is a full reward model"):
+        score.run(str(rm_dir), str(pairs), model="other", quant="none")
+    with pytest.raises(UserError, match=r"^--quant 3bit: choose none, 4bit or 8bit$"):
+        score.run(str(rm_dir), str(pairs), quant="3bit")
+    assert not (tmp_path / "p.jsonl.scores.jsonl").exists()

@@ -81,3 +81,57 @@ print(json.dumps({{"helps": helps, "errors": errors, "loaded": {LOADED}}}))
         [1, ["error: --pii 'bogus' unknown; use redact or block"]],
     ]
     assert got["loaded"] == []
+
+
+def test_score_demo_and_ui_mistakes_are_said_before_torch_loads(tmp_path):
+    """`weitiao score` with a missing data file or --rm, `weitiao demo` with a bad flag, override or --model, and
+    `weitiao ui` with a bad --root or --port imported torch (and transformers) first: 1.4-5 s to print one line
+    (`ui --port 99999` ended in an OverflowError traceback, `demo --serve --port 99999` only after the whole demo).
+    Each is one line now, with neither imported."""
+    (tmp_path / "pairs.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    (tmp_path / "folder").mkdir()
+    code = f"""
+import contextlib, io, json, os, sys
+from weitiao import cli
+
+def run(args):
+    sys.argv, out, err = ["weitiao", *args], io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+    return [code, (err.getvalue() or out.getvalue()).strip().splitlines()[:1]]
+
+os.chdir({str(tmp_path)!r})
+cases = [["score", "missing.jsonl", "--rm", "folder"], ["score", "pairs.jsonl", "--rm", "nowhere"],
+         ["score", "pairs.jsonl", "--rm", "folder"], ["score", "pairs.jsonl", "--rm", "folder", "--quant", "3bit"],
+         ["demo", "--max-steps", "0"], ["demo", "--limit", "0"], ["demo", "--model", "./nowhere"],
+         ["demo", "train.max_steps=5"], ["demo", "lora.rr=8"], ["demo", "--serve", "--port", "99999"],
+         ["ui", "--root", "nowhere"], ["ui", "--port", "99999"]]
+got = [run(c) for c in cases]
+print(json.dumps({{"got": got, "loaded": sorted(m for m in ("torch", "transformers", "peft") if m in sys.modules)}}))
+"""
+    got = fresh(code)
+    assert got["got"] == [
+        [1, ["error: missing.jsonl: file not found"]],
+        [1, ["error: --rm nowhere: no such file or folder; give a `weitiao rm` output dir"]],
+        [1, ["error: --rm folder: not a reward model dir (no reward_model.json); train one with `weitiao rm`"]],
+        [1, ["error: --quant 3bit: choose none, 4bit or 8bit"]],
+        [1, ["error: --max-steps 0: must be at least 1"]],
+        [1, ["error: --limit 0: must be at least 1"]],
+        [1, ["error: ./nowhere: no such model folder (and not a Hugging Face hub id)"]],
+        [1, ["error: override train.max_steps=5: the demo sets train.max_steps itself; use --max-steps N"]],
+        [
+            1,
+            [
+                "error: command line lora.rr=8: lora.rr: Extra inputs are not permitted; lora takes enabled, r, alpha, "
+                "dropout, targets, dora, rslora, modules_to_save, init_from"
+            ],
+        ],
+        [1, ["error: --port 99999: give a TCP port from 1 to 65535 (0: any free port)"]],
+        [1, [f"error: --root {tmp_path / 'nowhere'}: not a folder"]],
+        [1, ["error: --port 99999: give a TCP port from 1 to 65535 (0: any free port)"]],
+    ]
+    assert got["loaded"] == []

@@ -1121,8 +1121,8 @@ def test_a_run_checks_its_models_adapters_and_reward_file_against_the_roots_as_i
     model, a reward file, golden prompts, or a file inside a model folder, each a link out, as it reads them."""
     from weitiao.data.files import READ_ROOTS
     from weitiao.data.prompts import read_prompts
-    from weitiao.models.heads import reward_meta
     from weitiao.models.load import locate, resolve_path
+    from weitiao.models.reward_dir import reward_meta
     from weitiao.recipes.rewards import function_scorer
 
     shutil.copytree(tiny_model_dir, root / "models" / "tiny")

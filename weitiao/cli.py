@@ -309,14 +309,17 @@ def chat(
     temperature: float = typer.Option(None, help="0 = greedy; default: the model's generation_config.json, else 0.7"),
     top_p: float = typer.Option(None, help="default: the model's generation_config.json, else 0.9"),
     repetition_penalty: float = typer.Option(None, help="default: the model's generation_config.json, else 1 (off)"),
+    seed: int = typer.Option(None, help="sample reproducibly: same chat + seed, same reply (as serve's seed)"),
 ) -> None:
     """Chat in the terminal (streaming, history, /reset, /system) or answer one --prompt."""
     from weitiao.eval.gen import check_decoding
 
     check_decoding(max_new_tokens, temperature, top_p, repetition_penalty)
+    if seed is not None and not -(2**63) <= seed < 2**64:  # serve's range for `seed` (torch.manual_seed's)
+        raise UserError(f"--seed {seed}: give a whole number from -2**63 to 2**64 - 1")
     from weitiao.infer import chat as tool  # torch: after the flags are checked
 
-    tool.run(model, adapter, prompt, system, max_new_tokens, temperature, top_p, repetition_penalty, quant)
+    tool.run(model, adapter, prompt, system, max_new_tokens, temperature, top_p, repetition_penalty, quant, seed)
 
 
 @app.command()

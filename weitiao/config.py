@@ -374,6 +374,10 @@ def _located(
         return UserError(f"command line {given}: {what}{tail}")
     if named := [o.strip() for o in overrides or [] if _named_in(o, key, msg)]:  # a cross-field error (a section's)
         return UserError(f"command line {' '.join(named)}: {what}{tail}")
+    # a key the config file does not hold, made by an override of a key under it (`bad.key=1` makes the unknown `bad`)
+    made = next((o.strip() for o in overrides or [] if o.split("=", 1)[0].strip().startswith(f"{key}.")), None)
+    if key and made is not None and node is not None and not yaml_line(node, tuple(loc)):
+        return UserError(f"command line {made}: {what}{tail}")
     line = yaml_line(node, tuple(loc) + _named_key(node, loc, msg))
     return UserError(f"{f'{where}:{line}' if line else where}: {what}{tail}")
 

@@ -132,13 +132,15 @@ def run(
     top_p: float | None,
     repetition_penalty: float | None,
     quant: str | None = None,
+    seed: int | None = None,
 ) -> None:
+    """`seed`: each sampled reply draws from its own stream seeded `seed`, as a `weitiao serve` request's `seed` (the
+    same conversation and seed give the same reply); None: the global random stream."""
     m, tok = load_chat_model(model, adapter, quant)
     template = resolve_template(tok, "auto")
     temperature, top_p, top_k, repetition_penalty = chat_sampling(m, temperature, top_p, repetition_penalty)
-    gen = dict(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty
-    )
+    gen = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+               repetition_penalty=repetition_penalty, seed=seed)  # fmt: skip
     history: list[dict] = []
 
     def answer(text: str) -> str:
@@ -163,7 +165,8 @@ def run(
         return
     print("weitiao chat · /reset clears history · /system TEXT sets the system message · /exit leaves")
     print(f"sampling: temperature {temperature:g}, top_p {top_p:g}, top_k {top_k}, repetition_penalty "
-          f"{repetition_penalty:g} (unset: the model's generation_config.json, else 0.7, 0.9, 50, 1)")  # fmt: skip
+          f"{repetition_penalty:g} (unset: the model's generation_config.json, else 0.7, 0.9, 50, 1)"
+          + ("" if seed is None else f", seed {seed}"))  # fmt: skip
     while True:
         try:
             text = input("你> ").strip()

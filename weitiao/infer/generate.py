@@ -738,12 +738,14 @@ def stream_reply(
     temperature: float | None = None,
     top_p: float | None = None,
     repetition_penalty: float | None = None,
+    seed: int | None = None,
 ) -> Iterator[str]:
     """Yield the reply to one conversation piece by piece as it is generated (whole characters only); return the
     number of tokens generated (the end-of-turn not counted), so that a reply of no whole character can be said.
 
     Sampling left None, top_k and the rest come from the model's generation_config.json (`chat_sampling`), as
-    `generate_ids` with model_defaults.
+    `generate_ids` with model_defaults. With `seed` a sampled reply draws from its own stream seeded `seed`, as
+    `weitiao serve` draws a request's first choice: the same conversation and seed give the same reply.
     """
     temperature, top_p, top_k, repetition_penalty = chat_sampling(model, temperature, top_p, repetition_penalty)
     _, pad_id = _eot_pad(tokenizer, template)
@@ -760,7 +762,7 @@ def stream_reply(
     if why := beyond_vocab(tokenizer, ids, model_vocab(hf)):
         raise UserError(f"the conversation: {why}")
     max_new_tokens = min(max_new_tokens, context - len(ids))  # as serve's default max_tokens
-    row = _Reply(ids, sampling, end_ids(model, tokenizer, template), max_new_tokens)  # as when served
+    row = _Reply(ids, _seeded(sampling, seed, 0, model), end_ids(model, tokenizer, template), max_new_tokens)
     engine = Engine(model, pad_id, max_rows=1, prefill_chunk=len(row.prompt_ids), ban=ban)
     engine.add([row])
     decoder, fed = IncrementalDecoder(tokenizer), 0  # new tokens only, not the whole reply every step

@@ -30,8 +30,9 @@ import torch
 
 from weitiao.errors import UserError
 from weitiao.infer import export as plain
-from weitiao.models.heads import META_FILE, RAW, load_reward_model, reward_meta
+from weitiao.models.heads import load_reward_model
 from weitiao.models.load import DTYPES, adapter_base
+from weitiao.models.reward_dir import META_FILE, RAW, reward_meta
 
 TARGETS = ("openrlhf", "verl")
 

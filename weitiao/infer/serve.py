@@ -50,6 +50,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -514,8 +515,9 @@ def create_app(
             raise BadRequest(f"min_tokens: {req.min_tokens} is over max_tokens ({max_tokens})", "min_tokens")
         if any(t >= vocab for t in req.stop_token_ids or []):
             raise BadRequest(f"stop_token_ids: ids must be below the vocabulary size {vocab}", "stop_token_ids")
-        if req.n > cfg.max_batch:
-            raise BadRequest(f"n: at most {cfg.max_batch} (the server's max_batch)", "n")
+        if req.n > cfg.max_batch:  # a job's choices share one batch: refused, never queued for ever or cut short
+            msg = f"n: {req.n} choices; this server generates at most {cfg.max_batch} together (serve --max-batch)"
+            raise BadRequest(msg, "n")
         if top is not None and output_filter is not None:  # token log-probs would show what the filter hides
             raise BadRequest("logprobs: not available while the server filters replies (--pii)", "logprobs")
         stop = [req.stop] if isinstance(req.stop, str) else [s for s in req.stop or [] if s]
@@ -784,6 +786,13 @@ def check_limits(
         raise UserError(f"--port {port}: give a TCP port from 1 to 65535 (0: any free port)")
 
 
+def served_name(ref: str) -> str:
+    """The id a model is served under: a folder's own name, however the command line reached it (`--model .`, `./`
+    or `x/..` were served as "." or ".."), else a hub id's last part."""
+    path = Path(ref).expanduser()
+    return (path.resolve().name if path.exists() else "") or ref.rstrip("/").split("/")[-1] or ref
+
+
 def serve(
     model: str | None = None,
     adapter: str | list[str] | None = None,
@@ -815,13 +824,13 @@ def serve(
     named = parse_adapters(specs) if specs else None
     if named:
         m, tok, base = load_adapters(resolve_path(model) if model else None, named, quant)
-        name = model_name or base.rstrip("/").split("/")[-1]
+        name = model_name or served_name(base)
         if name in named:
             raise UserError(f"--adapter {name}=...: the name {name!r} is taken by the base; give the adapter another")
     else:
         one = specs[0] if specs else None
         m, tok = load_chat_model(resolve_path(model) if model else None, one, quant)
-        name = model_name or (one or model or "demo").rstrip("/").split("/")[-1]
+        name = model_name or served_name(one or model or "demo")
     api_key = api_key or os.environ.get("WEITIAO_API_KEY") or None
     limits = (max_batch, max_queue, max_new_tokens, max_body_mb, tuple(named or ()), prefill_chunk)
     settings = ServeSettings(name, api_key, *limits)

@@ -51,7 +51,7 @@ def recorded_inputs(adapter_dir: Path) -> tuple[Path | None, dict]:
 def trained_base_digest(adapter_dir: Path) -> tuple[str | None, Path | None]:
     """(weights digest of the base an adapter was trained on, the file recording it), or (None, None): its run's
     inputs.json, else a reward model's reward_model.json (`base_weights`, recorded since reward models had one)."""
-    from weitiao.models.heads import META_FILE
+    from weitiao.models.reward_dir import META_FILE
 
     file, inputs = recorded_inputs(adapter_dir)
     if isinstance(inputs.get(BASE_KEY), str):

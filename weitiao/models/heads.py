@@ -15,13 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from weitiao.config import is_step_dir
 from weitiao.data.chat import IGNORE
-from weitiao.data.files import confined_tree
 from weitiao.errors import UserError
 from weitiao.io import atomic_write_text
-
-META_FILE = "reward_model.json"
+from weitiao.models.reward_dir import META_FILE, reward_meta
 
 
 def last_target_positions(targets: torch.Tensor, seq_index: torch.Tensor, n_seqs: int) -> torch.Tensor:
@@ -66,9 +63,6 @@ class SequenceScorer(nn.Module):
         return score(hidden.reshape(-1, hidden.shape[-1])[idx]).squeeze(-1).float()
 
 
-RAW = "preference_raw"  # `format` of a reward model trained on raw text pairs (prompt + reply + EOS, no template)
-
-
 def save_reward_meta(
     out: Path, base_path: str, template_jinja: str, fmt: str = "chat", base_weights: str | None = None
 ) -> None:
@@ -76,22 +70,6 @@ def save_reward_meta(
     the base's `digest.weights_digest` (PPO's critic starts from the adapter on its own base's weights only)."""
     meta = {"base": base_path, "chat_template": template_jinja, "format": fmt, "base_weights": base_weights}
     atomic_write_text(out / META_FILE, json.dumps(meta, indent=2))
-
-
-def reward_meta(path: str | Path) -> tuple[Path, dict]:
-    """(the dir holding reward_model.json, its content) of a `weitiao rm` output dir or its final/."""
-    root = Path(path)
-    confined_tree(root)  # a console run's reward.path: inside its folders, as it is read
-    if (root / "final" / META_FILE).exists():
-        root = root / "final"
-    if not (root / META_FILE).exists():
-        if not root.exists():
-            raise UserError(f"--rm {path}: no such file or folder; give a `weitiao rm` output dir")
-        if any(is_step_dir(d) for d in (root, *root.parents[:2])):
-            raise UserError(f"--rm {path}: a checkpoint of a `weitiao rm` run, which has no {META_FILE} (written with "
-                            "final/ when the run ends); resume the run to its end and give its folder")  # fmt: skip
-        raise UserError(f"--rm {path}: not a reward model dir (no {META_FILE}); train one with `weitiao rm`")
-    return root, json.loads((root / META_FILE).read_text(encoding="utf-8"))
 
 
 def refuse_other_base(root: Path, meta: dict, base: str | None) -> None:

@@ -18,71 +18,13 @@ import yaml
 from weitiao.config import EXPORT_MARKER
 from weitiao.data.files import confined_tree
 from weitiao.errors import UserError
-from weitiao.models.spec import LoraSpec, ModelSpec
+from weitiao.models.spec import LoraSpec, ModelSpec, resolve_path
 
 # peft 0.21 reads the alias transformers 5 deprecated on every PeftModel: one FutureWarning per adapter in users'
 # output that is not about their code (tests/test_load.py::test_peft_wrap_prints_no_future_warning).
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def resolve_path(path: str) -> str:
-    """'demo' → the shipped model; a file or folder stays; anything else is a hub id, checked at once.
-
-    A hub id that is not in the local HF cache fails here in at most ~2 s when offline (HF_HUB_OFFLINE
-    or the hub unreachable) instead of after transformers' retries; online it is left to download.
-    """
-    if path == "demo":
-        from weitiao.demo import MODEL_DIR
-
-        return str(MODEL_DIR)
-    if not Path(path).expanduser().exists():
-        _check_hub_id(path)
-    else:  # the console's runs: inside its folders (a hub id reads the HF cache, not a path the browser gave)
-        confined_tree(Path(path).expanduser())
-    return path
-
-
-def _check_hub_id(name: str) -> None:
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    try:
-        hits = [try_to_load_from_cache(name, f) for f in ("config.json", "tokenizer_config.json")]
-    except ValueError:  # HFValidationError: not shaped like owner/name
-        raise UserError(f"{name}: no such model folder (and not a Hugging Face hub id)") from None
-    if any(isinstance(h, str) for h in hits):
-        return
-    reason = "offline" if constants.HF_HUB_OFFLINE else _unreachable(constants.ENDPOINT)
-    if reason:
-        raise UserError(
-            f"{name}: not a folder and not in the Hugging Face cache ({reason}); "
-            f"download it with `huggingface-cli download {name}` or give a folder"
-        )
-
-
-def _unreachable(endpoint: str, timeout: float = 2.0) -> str | None:
-    """None when the hub endpoint answers HTTP within `timeout` seconds, else why not."""
-    import threading
-    import urllib.error
-    import urllib.request
-    from urllib.parse import urlparse
-
-    ok: list[bool] = []
-
-    def ask() -> None:  # in a thread: a stuck DNS lookup ignores socket timeouts
-        try:
-            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
-            ok.append(True)
-        except urllib.error.HTTPError:
-            ok.append(True)  # it answered
-        except (OSError, ValueError):
-            pass
-
-    t = threading.Thread(target=ask, daemon=True)
-    t.start()
-    t.join(timeout)
-    return None if ok else f"offline: cannot reach {urlparse(endpoint).hostname}"
 
 
 ADAPTER_MARKS = ("adapter_config.json", "adapter/adapter_config.json", "final/adapter/adapter_config.json")

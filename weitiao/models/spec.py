@@ -1,16 +1,19 @@
 """`model:` and `lora:` of every recipe's config: which model to load and how, and the adapter's settings.
 
 Kept free of torch so a config file is checked before a recipe imports its loaders (`weitiao.models.load`,
-which takes these).
+which takes these), and so is `resolve_path`: a model that is not there is said before torch loads.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from weitiao.config import ModelRef
+from weitiao.data.files import confined_tree
+from weitiao.errors import UserError
 
 
 class ModelSpec(BaseModel):
@@ -72,3 +75,61 @@ class LoraSpec(BaseModel):
             f"fine-tuning, no adapter); set enabled: true to train a LoRA adapter, or drop {', '.join(keys)}"
             + (merge if "init_from" in keys else "")
         )
+
+
+def resolve_path(path: str) -> str:
+    """'demo' → the shipped model; a file or folder stays; anything else is a hub id, checked at once.
+
+    A hub id that is not in the local HF cache fails here in at most ~2 s when offline (HF_HUB_OFFLINE
+    or the hub unreachable) instead of after transformers' retries; online it is left to download.
+    """
+    if path == "demo":
+        from weitiao.demo import MODEL_DIR
+
+        return str(MODEL_DIR)
+    if not Path(path).expanduser().exists():
+        _check_hub_id(path)
+    else:  # the console's runs: inside its folders (a hub id reads the HF cache, not a path the browser gave)
+        confined_tree(Path(path).expanduser())
+    return path
+
+
+def _check_hub_id(name: str) -> None:
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        hits = [try_to_load_from_cache(name, f) for f in ("config.json", "tokenizer_config.json")]
+    except ValueError:  # HFValidationError: not shaped like owner/name
+        raise UserError(f"{name}: no such model folder (and not a Hugging Face hub id)") from None
+    if any(isinstance(h, str) for h in hits):
+        return
+    reason = "offline" if constants.HF_HUB_OFFLINE else _unreachable(constants.ENDPOINT)
+    if reason:
+        raise UserError(
+            f"{name}: not a folder and not in the Hugging Face cache ({reason}); "
+            f"download it with `huggingface-cli download {name}` or give a folder"
+        )
+
+
+def _unreachable(endpoint: str, timeout: float = 2.0) -> str | None:
+    """None when the hub endpoint answers HTTP within `timeout` seconds, else why not."""
+    import threading
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlparse
+
+    ok: list[bool] = []
+
+    def ask() -> None:  # in a thread: a stuck DNS lookup ignores socket timeouts
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+            ok.append(True)
+        except urllib.error.HTTPError:
+            ok.append(True)  # it answered
+        except (OSError, ValueError):
+            pass
+
+    t = threading.Thread(target=ask, daemon=True)
+    t.start()
+    t.join(timeout)
+    return None if ok else f"offline: cannot reach {urlparse(endpoint).hostname}"

@@ -23,18 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
-
 from weitiao.config import load_config
 from weitiao.data.decode import terminal_safe
 from weitiao.data.templates import resolve_template
 from weitiao.errors import UserError
 from weitiao.eval.golden import Prompt, evaluate_golden, golden_rows, load_prompts, render_report
 from weitiao.eval.style import chars, style_metrics
-from weitiao.infer.generate import Generation, generate, stream_reply
 from weitiao.io import atomic_write_text
-from weitiao.models.load import ModelSpec, load_model, load_tokenizer, resolve_path
-from weitiao.recipes import dpo, sft
+from weitiao.models.spec import ModelSpec, resolve_path
+from weitiao.recipes.configs import DPOConfig, SFTConfig
+
+# torch, transformers and the recipes are imported where they run: a wrong flag, override or --model is said at once
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "demo" / "sft.yaml"  # in the wheel; twin of examples/demo_sft.yaml
 DPO_EXAMPLE = EXAMPLE.with_name("dpo.yaml")  # twin of examples/demo_dpo.yaml
@@ -139,6 +138,7 @@ def check_overrides(overrides: list[str]) -> list[str]:
 
 def param_count(path: str) -> int:
     """Parameters of the model at `path`, counted on the meta device (no weights loaded)."""
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(path)
@@ -151,6 +151,8 @@ def _flops_per_second() -> float:
     """This machine's fp32 matmul speed: one thread's best of 20 short probes, times the threads torch uses.
     Probed on one thread because a multi-thread probe of ~1 ms waits for every core each time: on a 2-core box
     running other jobs it read ~1/100 of the speed (a 5-minute demo announced as 571 minutes)."""
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -170,6 +172,8 @@ def _expected_seconds(p: Plan, n_prompts: int) -> float:
     """Training ≈ 6·N·tokens FLOPs (DPO: chosen + rejected, plus a reference pass), generation ≈ 2·N per token;
     the factor 2.1 covers NF4 de-quantization and small-matrix inefficiency (calibrated on the demo model: 4.2 min
     measured on a quiet 2-core box, where 3 predicted 5.9)."""
+    import torch
+
     if torch.cuda.is_available():
         return 60.0 + 1e-9 * p.params * (p.sft_steps + 2 * p.dpo_steps)  # GPU: dominated by fixed costs
     tokens = p.micro_batch * p.max_len
@@ -180,6 +184,8 @@ def _expected_seconds(p: Plan, n_prompts: int) -> float:
 
 def _measure(model: Any, tokenizer: Any, sets: dict[str, list[Prompt]], max_new_tokens: int) -> dict:
     """Greedy replies to every held-out prompt, and the reply metrics per set."""
+    from weitiao.infer.generate import generate
+
     template = resolve_template(tokenizer, "auto")
     out = {}
     for name, prompts in sets.items():
@@ -224,11 +230,8 @@ def run(
     view: View | None = None,
 ) -> dict:
     """Steps 1–6 above; returns the report (numbers, replies, paths)."""
-    from transformers.utils import logging as hf_logging
-
     from weitiao.demo import DATA_DIR
 
-    hf_logging.disable_progress_bar()  # no "Loading weights" bars between the demo's lines
     view = view or PlainView()
     t0 = time.time()
     seconds: dict[str, float] = {}
@@ -241,9 +244,20 @@ def run(
     for flag, v in (("--max-steps", max_steps), ("--limit", limit)):
         if v is not None and v < 1:
             raise UserError(f"{flag} {v}: must be at least 1")
+    if serve and not 0 <= port <= 65535:  # else said by the server, after the whole demo
+        raise UserError(f"--port {port}: give a TCP port from 1 to 65535 (0: any free port)")
     keys = check_overrides(list(overrides or []))
+    load_config(SFTConfig, EXAMPLE, list(overrides or []))  # a bad key or value: said now, not after the plan's loads
     out_dir = Path(out)
     base_path = resolve_path(model) if model else "demo"
+    import torch  # the checks above done: the model code
+    from transformers.utils import logging as hf_logging
+
+    from weitiao.infer.generate import stream_reply
+    from weitiao.models.load import load_model, load_tokenizer
+    from weitiao.recipes import dpo, sft
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bars between the demo's lines
     sets = {
         "ordinary": [p for f in ORDINARY for p in load_prompts(DATA_DIR / f)][:limit],
         "redline": [p for f in REDLINE for p in load_prompts(DATA_DIR / f)][:limit],
@@ -261,7 +275,7 @@ def run(
                 "train.resume=none", "train.save_every=0", "train.eval_every=0"]  # fmt: skip
 
     sft_cfg = load_config(
-        sft.SFTConfig,
+        SFTConfig,
         EXAMPLE,
         common()
         + [f"data.train=[{','.join(str(DATA_DIR / f) for f in SFT_DATA)}]", "data.eval=[]",
@@ -298,7 +312,7 @@ def run(
 
     # 4. DPO from the SFT adapter; its reference is the SFT model.
     dpo_cfg = load_config(
-        dpo.DPOConfig,
+        DPOConfig,
         DPO_EXAMPLE,
         common()
         + [f"data.train=[{DATA_DIR / 'dpo_pairs.jsonl'}]", "data.eval=[]", f"lora.init_from={sft_adapter}",
@@ -340,13 +354,15 @@ def run(
 
     # 6. Serve the tuned model.
     if serve:
-        serve_tuned(base_path, str(dpo_cfg.train.out), out_dir.name, port, view)
+        serve_tuned(base_path, str(dpo_cfg.train.out), out_dir.resolve().name, port, view)  # `--out .` too
     return report
 
 
 def _golden(out_dir: Path, sets: dict[str, list[Prompt]], measured: dict) -> Path:
     """The golden-set HTML report of the three models (one column each), with weitiao.eval.golden's metrics."""
     prompts = sets["ordinary"] + sets["redline"]
+    from weitiao.infer.generate import Generation
+
     rows = []
     for step, stage in enumerate(STAGES):
         gens = [

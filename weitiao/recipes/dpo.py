@@ -36,7 +36,6 @@ from weitiao.errors import UserError
 from weitiao.losses.preference import LENGTH_AVERAGED, dpo_terms, k3_kl
 from weitiao.losses.sft import CausalLMLoss
 from weitiao.models.continued import check_continued
-from weitiao.models.heads import RAW
 from weitiao.models.load import (
     build_trainable,
     count_params,
@@ -45,6 +44,7 @@ from weitiao.models.load import (
     lora_continued,
     resolve_path,
 )
+from weitiao.models.reward_dir import RAW
 from weitiao.recipes.configs import DPOConfig, DPOSpec, DPOTrainSpec  # noqa: F401  (re-exported)
 from weitiao.train import dist, loop
 from weitiao.train.log import places

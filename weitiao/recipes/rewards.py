@@ -69,7 +69,8 @@ def _check(scores: Any, n: int, where: str) -> list[float]:
 
 def model_scorer(path: str, device: Any = None, batch_size: int = 16) -> tuple[Scorer, Any]:
     """Scores from a `weitiao rm` output; also returns the model (for the cost report)."""
-    from weitiao.models.heads import RAW, load_reward_model, reward_meta
+    from weitiao.models.heads import load_reward_model
+    from weitiao.models.reward_dir import RAW, reward_meta
     from weitiao.recipes.score import score_conversations
 
     try:
@@ -101,7 +102,7 @@ def critic_base_difference(rm_path: str, policy_base: str) -> str | None:
     base it was trained on (its digest as recorded then; a reward model from before that record: its base now). A
     fully fine-tuned reward model's own weights are never the policy's base."""
     from weitiao.models.digest import model_digest, weights_digest
-    from weitiao.models.heads import reward_meta
+    from weitiao.models.reward_dir import reward_meta
 
     root, meta = reward_meta(rm_path)
     if (root / "adapter").exists():

@@ -25,7 +25,7 @@ from weitiao.errors import UserError
 from weitiao.losses.preference import bradley_terry
 from weitiao.models.continued import check_continued
 from weitiao.models.digest import model_digest
-from weitiao.models.heads import RAW, SequenceScorer, save_reward_meta
+from weitiao.models.heads import SequenceScorer, save_reward_meta
 from weitiao.models.load import (
     LoraSpec,
     adapter_targets,
@@ -37,6 +37,7 @@ from weitiao.models.load import (
     lora_continued,
     match_adapter,
 )
+from weitiao.models.reward_dir import RAW
 from weitiao.recipes.configs import RMConfig, RMSpec, RMTrainSpec  # noqa: F401  (re-exported)
 from weitiao.train import dist, loop
 from weitiao.train.pairs import check_pair_model, prepare_pairs

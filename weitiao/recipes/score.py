@@ -16,16 +16,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from weitiao.data.chat import EncodeOptions, encode
-from weitiao.data.collate import collate
 from weitiao.data.formats import Conversation, Document, PreferencePair, data_files, load_rows, parse_raw_preference
 from weitiao.data.templates import resolve_template
 from weitiao.data.tools import uses_tools
 from weitiao.errors import UserError
 from weitiao.io import claim_outputs, write_jsonl
-from weitiao.models.heads import RAW, SequenceScorer, load_reward_model, reward_meta
+from weitiao.models.reward_dir import RAW, reward_meta
 
 
 def context_len(model: Any) -> int:
@@ -36,7 +33,6 @@ def context_len(model: Any) -> int:
     return n
 
 
-@torch.no_grad()
 def score_conversations(
     model: Any,
     tokenizer: Any,
@@ -80,12 +76,18 @@ def score_conversations(
 
 def _scores(model: Any, tokenizer: Any, exs: list, batch_size: int) -> list[float]:
     """The reward model's score of each encoded example (read at its last labelled token), `batch_size` at a time."""
+    import torch  # here, with the model code: a wrong FILE or --rm is said before torch loads
+
+    from weitiao.data.collate import collate
+    from weitiao.models.heads import SequenceScorer
+
     scorer, device = SequenceScorer(model), next(model.parameters()).device
     got: list[float] = []
     for k in range(0, len(exs), batch_size):
         rows = [[i] for i in range(k, min(k + batch_size, len(exs)))]
         b = collate(exs, rows, tokenizer.pad_token_id, packing=False).to(device)
-        got += scorer(b.input_ids, b.targets, b.position_ids, b.attention_mask, b.seq_index, len(rows)).tolist()
+        with torch.no_grad():
+            got += scorer(b.input_ids, b.targets, b.position_ids, b.attention_mask, b.seq_index, len(rows)).tolist()
     return got
 
 
@@ -97,7 +99,6 @@ def score_pairs(
     return s[0::2], s[1::2]
 
 
-@torch.no_grad()
 def score_raw_pairs(
     model: Any, tokenizer: Any, pairs: list[PreferencePair], stats: dict, batch_size: int = 16
 ) -> tuple[list[float | None], list[float | None]]:
@@ -141,6 +142,8 @@ def run(
     `model`/`quant` override the reward model's recorded base and training quantization; `skip_invalid`
     writes bad rows to `<file>.rejects.jsonl` instead of stopping at the first.
     """
+    if quant not in (None, "none", "4bit", "8bit"):  # before anything is read or loaded (it was a pydantic traceback)
+        raise UserError(f"--quant {quant}: choose none, 4bit or 8bit")
     dest = Path(out or f"{file}.scores.jsonl")
     claim_outputs([dest], [file, *data_files([file])])  # FILE may be a folder or a glob: each file it reads
     hh: dict[int, dict] = {}  # HH transcripts' records: a raw-text RM scores their text, not the chat read
@@ -152,7 +155,12 @@ def run(
     rows = load_rows(file, skip_invalid=skip_invalid, on_record=keep).rows
     if not rows:
         raise UserError(f"{file}: no rows")
-    raw = reward_meta(rm_path)[1].get("format") == RAW
+    root, meta = reward_meta(rm_path)
+    given = [f"{f} {v}" for f, v in (("--model", model), ("--quant", quant)) if v is not None]
+    if given and not (root / "adapter").exists():  # a full reward model loads as saved: they were ignored
+        raise UserError(f"{' and '.join(given)}: {root} is a full reward model (model/), loaded as saved; "
+                        "--model and --quant choose a LoRA reward model's base only: drop them")  # fmt: skip
+    raw = meta.get("format") == RAW
     if raw:
         rows = raw_pairs(rows, rm_path, hh)
     if doc := next((r for r in rows if isinstance(r, Document)), None):  # else left out of the output, unscored
@@ -161,6 +169,8 @@ def run(
             "give chat rows (the last assistant reply is scored: messages, or prompt/completion as message lists) "
             "or prompt/chosen/rejected pairs"
         )
+    from weitiao.models.heads import load_reward_model
+
     rm, tokenizer, _ = load_reward_model(rm_path, base=model, quant=quant)
     pairs = [r for r in rows if isinstance(r, PreferencePair)]
     convs = [r for r in rows if isinstance(r, Conversation)]

@@ -204,8 +204,8 @@ def check_pair_model(
     when asked, trainable parameters, rows past the context, and packed rows kept apart by the attention. Returns
     whether packed rows need one row per micro-batch."""
     from weitiao.models.attention import check_isolation, needs_one_row, refuse_untrainable
-    from weitiao.models.heads import RAW
     from weitiao.models.load import disable_dropout
+    from weitiao.models.reward_dir import RAW
     from weitiao.models.untrained import refuse_untrained_tokens
     from weitiao.train import loop
 

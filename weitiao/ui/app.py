@@ -465,6 +465,9 @@ def serve(host: str, port: int, roots: list[Path], runs_dir: Path | None, token:
     """Run the console; off loopback a token is required (generated and printed when not given)."""
     import uvicorn
 
+    if not 0 <= port <= 65535:  # else an OverflowError traceback from the bind
+        raise UserError(f"--port {port}: give a TCP port from 1 to 65535 (0: any free port)")
+
     allowed = Roots(roots, read_only=[DATA_DIR])  # the demo data: a newcomer's first run needs no files of their own
     store = RunStore(runs_dir.resolve() if runs_dir else allowed.roots[0] / "runs", read_roots=allowed.roots)
     token = needed_token(host, token)

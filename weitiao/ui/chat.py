@@ -10,8 +10,6 @@ from typing import Any
 
 from weitiao.data.templates import resolve_template
 from weitiao.demo import MODEL_DIR
-from weitiao.infer import generate
-from weitiao.infer.chat import load_chat_model
 
 
 def folder_state(model: str | Path | None) -> tuple:
@@ -54,6 +52,8 @@ def model_state(model: str | Path | None) -> tuple:
 def load_weights(base: str, weights: Path | None) -> tuple[Any, Any]:
     """(model, tokenizer) of a checkpoint folder: its adapter on the base, its full model (full
     fine-tuning), or the base itself (None); the run's tokenizer, carrying its chat template, if saved."""
+    from weitiao.infer.chat import load_chat_model  # torch: here, so `weitiao ui` refuses a bad flag at once
+
     if weights is None:
         return load_chat_model(base, None)
     if (weights / "model" / "config.json").is_file():
@@ -98,7 +98,9 @@ class ChatModels:
         never across a yield: when a client hangs up, Starlette leaves this generator suspended until the garbage
         collector finds it, and a lock held there made every later chat with this model wait (for ever on a quiet
         console)."""
-        pieces = generate.stream_reply(loaded.model, loaded.tokenizer, loaded.template, messages, **sampling)
+        from weitiao.infer.generate import stream_reply
+
+        pieces = stream_reply(loaded.model, loaded.tokenizer, loaded.template, messages, **sampling)
         while True:
             with loaded.lock:
                 try:
