@@ -113,3 +113,55 @@ def test_batch_pairs_equal_encode_pair(max_len, truncation):
     assert stats.cut == sum(bool(w and any(e.truncated for e in w)) for w in want)
     if max_len == 96:
         assert stats.dropped_too_long + stats.cut > 0  # the limit bites
+
+
+RENDER_ROWS = [
+    [
+        {"role": "system", "content": "你是朋友"},
+        {"role": "user", "content": "在吗"},
+        {"role": "assistant", "content": "在"},
+    ],  # fmt: skip
+    [
+        {"role": "user", "content": ""},
+        {"role": "assistant", "content": " 空 ", "weight": 0},
+        {"role": "user", "content": "再说"},
+        {"role": "assistant", "content": "好的👌"},
+    ],  # fmt: skip
+    [{"role": "user", "content": "only a question"}],
+]
+
+
+@pytest.mark.parametrize("name", ["auto", "chatml", "qwen", "llama3", "plain"])
+def test_batched_rendering_is_apply_chat_templates(name):
+    """render_many (transformers' compiled template on plain messages) == render (apply_chat_template), row by row."""
+    from weitiao.data import templates
+
+    tok = build_tokenizer()
+    if name == "llama3":
+        heads = ["<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]
+        tok.add_special_tokens({"additional_special_tokens": heads})
+    t = resolve_template(tok, name)
+    templates._DIRECT.clear()
+    for agp in (False, True):
+        assert t.render_many(tok, RENDER_ROWS, agp) == [t.render(tok, ms, agp) for ms in RENDER_ROWS]
+    assert any(v is not None for v in templates._DIRECT.values())  # the direct path ran
+
+
+def test_rows_transformers_rewrites_and_a_probe_that_differs_keep_to_apply_chat_template(monkeypatch):
+    from weitiao.data import templates
+
+    tok = build_tokenizer()
+    t = resolve_template(tok)
+    odd = [[{"role": "user", "content": "问", "name": None}, {"role": "assistant", "content": "答", "thinking": "想"}]]
+    templates._DIRECT.clear()
+    assert t.render_many(tok, odd) == [t.render(tok, odd[0])] and not templates._DIRECT  # not even probed
+    # a transformers that renders otherwise than the direct call: its probe differs, every render goes through it
+    real = tok.apply_chat_template
+
+    def other(conversation, **kw):
+        out = real(conversation, **kw)
+        return [x + "!" for x in out] if isinstance(out, list) else out + "!"
+
+    monkeypatch.setattr(tok, "apply_chat_template", other)
+    assert t.render_many(tok, RENDER_ROWS) == [t.render(tok, ms) for ms in RENDER_ROWS]
+    assert t.render_many(tok, RENDER_ROWS)[0].endswith("!") and list(templates._DIRECT.values()) == [None]
