@@ -18,6 +18,20 @@ HEAVY = ("torch", "transformers", "peft", "accelerate", "deepspeed", "bitsandbyt
          "numpy")  # fmt: skip
 
 
+# A driver's run(args): the CLI in-process, its exit code and first line of output (in the subprocess codes below)
+RUN = """
+def run(args):
+    sys.argv, out, err = ["weitiao", *args], io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+    return [code, (err.getvalue() or out.getvalue()).strip().splitlines()[:1]]
+"""
+
+
 def fresh(code: str) -> dict:
     """Run `code` in a new interpreter; it prints one JSON line last."""
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -46,16 +60,7 @@ def walk(cmd, path):
     for name, sub in getattr(cmd, "commands", {{}}).items():
         yield from walk(sub, [*path, name])
 
-def run(args):
-    sys.argv, out, err = ["weitiao", *args], io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            cli.main()
-            code = 0
-        except SystemExit as e:
-            code = e.code or 0
-    return [code, (err.getvalue() or out.getvalue()).strip().splitlines()[:1]]
-
+{RUN}
 helps = {{" ".join(p): run([*p, "--help"])[0] for p in walk(get_command(cli.app), [])}}
 bad = {str(tmp_path / "bad.yaml")!r}
 errors = {{c: run([c, "missing.yaml"]) for c in ("sft", "dpo", "kto", "rm", "ppo")}}
@@ -94,16 +99,7 @@ def test_score_demo_and_ui_mistakes_are_said_before_torch_loads(tmp_path):
 import contextlib, io, json, os, sys
 from weitiao import cli
 
-def run(args):
-    sys.argv, out, err = ["weitiao", *args], io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            cli.main()
-            code = 0
-        except SystemExit as e:
-            code = e.code or 0
-    return [code, (err.getvalue() or out.getvalue()).strip().splitlines()[:1]]
-
+{RUN}
 os.chdir({str(tmp_path)!r})
 cases = [["score", "missing.jsonl", "--rm", "folder"], ["score", "pairs.jsonl", "--rm", "nowhere"],
          ["score", "pairs.jsonl", "--rm", "folder"], ["score", "pairs.jsonl", "--rm", "folder", "--quant", "3bit"],

@@ -164,6 +164,15 @@ def _field_holding(record: Any, hit: str, content: str, at: str = "") -> str | N
     return None
 
 
+def _chat_sides(row: Any) -> list[Conversation]:
+    """The conversations of a row that a chat template renders: a chat row, both sides of a chat pair; else none."""
+    if isinstance(row, Conversation):
+        return [row]
+    if isinstance(row, PreferencePair) and row.form != "raw":
+        return [row.conversation("chosen"), row.conversation("rejected")]
+    return []
+
+
 def special_token_check(tokenizer: Any) -> Callable[[Any, Any], None]:
     """A `load_rows` row check raising `_special_error`'s RowError, so a row holding special-token text is a bad
     row like any other (set aside with skip_invalid, else the one-line stop); a chat pair's sides are checked as
@@ -172,12 +181,7 @@ def special_token_check(tokenizer: Any) -> Callable[[Any, Any], None]:
     pattern = special_tokens(tokenizer)
 
     def check(row: Any, record: Any = None) -> None:
-        if isinstance(row, Conversation):
-            sides = [row]
-        elif isinstance(row, PreferencePair) and row.form != "raw":
-            sides = [row.conversation("chosen"), row.conversation("rejected")]
-        else:
-            return
+        sides = _chat_sides(row)
         for n, conv in enumerate(sides):
             if err := _special_error(conv, pattern):
                 i, hit = _special_hit(conv, pattern)  # type: ignore[misc]  # an error means a hit
@@ -252,13 +256,7 @@ def template_check(tokenizer: Any, template: ChatTemplate) -> Callable[[Any, Any
     passed: set[tuple] = set()
 
     def check(row: Any, record: Any = None) -> None:
-        if isinstance(row, Conversation):
-            sides = [row]
-        elif isinstance(row, PreferencePair) and row.form != "raw":
-            sides = [row.conversation("chosen"), row.conversation("rejected")]
-        else:
-            return
-        for conv in sides:
+        for conv in _chat_sides(row):
             if not template.supports_tools and uses_tools(conv):  # `encode` says why it cannot render them
                 continue
             shape = (tuple(m["role"] for m in conv.messages), tuple(tuple(m) for m in conv.messages), bool(conv.tools))
