@@ -13,6 +13,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+
+def byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet, character → byte: printable bytes stand for themselves, the other 68 are
+    shifted to U+0100 onward (the characters a ByteLevel tokenizer's vocabulary is written in)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = [b for b in range(256) if b not in keep]
+    return {chr(b): b for b in keep} | {chr(256 + n): b for n, b in enumerate(shifted)}
+
+
 REPLACEMENT = "\ufffd"
 
 

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from weitiao.data.decode import byte_level_alphabet
+
 GPT2 = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 _WORDS = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|"""
 _REST = r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
@@ -51,20 +53,10 @@ SAFE_RANGES = (
 _UNSAFE = re.compile("[^" + "".join(SAFE_RANGES) + "]")
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """ByteLevel's byte → printable character table (the GPT-2 one)."""
-    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    table, extra = {b: chr(b) for b in keep}, 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
-
-
 class FastBPE:
-    """`encode(text)`: the backend's ids for `text` (None when a character is outside SAFE); `offsets(ids)`:
-    each token's [start, end) in the text's UTF-8 bytes, trimmed as the backend trims them."""
+    """`encode(text)`: the backend's ids for `text` (None for a text it declines: a character outside SAFE_RANGES,
+    a phantom's bytes); `offsets(ids)`: each token's [start, end) in the text's UTF-8 bytes, trimmed as the backend
+    trims them."""
 
     def __init__(self, core: Any, lengths: np.ndarray, trim: tuple | None, risky: list):
         self.core, self.lengths, self.trim = core, lengths, trim
@@ -148,7 +140,7 @@ def _build(digest: str, spec: str) -> FastBPE | None:
         return None
     if any(_overlap(x, y) for x in normalized for y in added if y not in normalized):
         return None  # the backend splits the text on the tokens not normalized first, tiktoken on all at once
-    u2b = {c: b for b, c in _bytes_to_unicode().items()}
+    u2b = byte_level_alphabet()
     vocab: dict[str, int] = model["vocab"]
     plain = {s: i for s, i in vocab.items() if added.get(s) != i}  # added tokens split off before the BPE
     try:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from weitiao.data.llamafactory import REASONING_KEYS
 from weitiao.errors import UserError
 
 CHATML = (
@@ -429,8 +430,6 @@ def _probe_tools(tokenizer: Any, jinja: str, eot: str) -> tuple[bool, ToolFormat
     return True, None
 
 
-# Message keys transformers rewrites before rendering (copies of a reasoning field under its other names)
-REASONING_KEYS = frozenset({"reasoning_content", "thinking", "reasoning"})
 _PLAIN_VALUES = (str, int, float, bool)
 
 
@@ -438,6 +437,7 @@ def _plain(messages: list) -> bool:
     """Messages `apply_chat_template` hands to the template unchanged: dicts of plain values (no None, which it drops;
     no objects, which it converts; no reasoning field, which it copies under its other names)."""
     return all(
+        # REASONING_KEYS: the fields transformers copies under each other's names before rendering
         type(m) is dict and not (m.keys() & REASONING_KEYS) and all(type(v) in _PLAIN_VALUES for v in m.values())
         for m in messages
     )

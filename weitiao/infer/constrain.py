@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
-from weitiao.data.decode import special_ids
+from weitiao.data.decode import byte_level_alphabet, special_ids
 from weitiao.infer import bounds, strings
 from weitiao.infer.strings import _LEADS, _cont_step
 
@@ -429,14 +429,6 @@ def tool_call_pattern(
 # ----------------------------------------------------------------------------- tokens → bytes → masks
 
 
-def _byte_level_alphabet() -> dict[str, int]:
-    """GPT-2's byte-level BPE alphabet, character → byte: printable bytes stand for themselves, the other
-    68 are shifted to U+0100 onward."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    shifted = [b for b in range(256) if b not in keep]
-    return {chr(b): b for b in keep} | {chr(256 + n): b for n, b in enumerate(shifted)}
-
-
 def _plain_run(seq: bytes | None, cont: int) -> int:
     """UTF-8 continuation bytes due after `seq` inside a JSON string with `cont` due before; -1 when `seq` holds
     a quote, backslash, control byte or breaks UTF-8 (then the slow walk decides)."""
@@ -499,7 +491,7 @@ def byte_table(tokenizer: Any, stop_ids: set[int]) -> list[bytes | None] | None:
     byte_level = '"ByteLevel"' in kind
     if not byte_level and '"ByteFallback"' not in kind:
         return None
-    unicode_to_byte = _byte_level_alphabet()
+    unicode_to_byte = byte_level_alphabet()
     added = {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values()}
     # control tokens never stand for their text: an unnamed special <|im_end|> passed as the bytes "<|im_end|>"
     # inside a JSON string, so a stop token ended a forced tool call half written

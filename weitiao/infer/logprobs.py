@@ -19,23 +19,9 @@ import codecs
 import json
 from typing import Any
 
-from weitiao.data.decode import special_ids, whole_chars
+from weitiao.data.decode import byte_level_alphabet, special_ids, whole_chars
 
-
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level BPE alphabet, inverted: the printable character standing for each byte."""
-    keep = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[chr(b)] = b
-        else:
-            chars[chr(256 + extra)] = b
-            extra += 1
-    return chars
-
-
-_BYTE_DECODER = _byte_decoder()
+_BYTE_DECODER = byte_level_alphabet()  # character of the byte-level alphabet → its byte
 
 
 def _clamp(lp: float) -> float:
