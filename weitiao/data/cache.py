@@ -45,9 +45,7 @@ from weitiao.data.chat import (
     Encoded,
     EncodeOptions,
     EncodeStats,
-    row_checks,
-    special_token_check,
-    template_check,
+    row_check,
 )
 from weitiao.data.formats import (
     CONFIG_SKIP_HINT,
@@ -345,8 +343,7 @@ def _build(
     big = sum(f.stat().st_size for f in data_files(paths, read.get("dataset_dir")) if f.is_file()) > SMALL_FILE
     sink = Sink(folder, _Encoder(tokenizer, template, opts), kw["num_proc"], ticker, big)
     try:
-        special = special_token_check(tokenizer) if opts.refuse_special else None
-        check = row_checks(special, template_check(tokenizer, template))  # a bad row: skip_invalid sets it aside
+        check = row_check(tokenizer, template, opts.refuse_special)  # a bad row: skip_invalid sets it aside
         loaded = load_rows(
             paths, sink=sink, rejects_path=kw["rejects_path"], skip_hint=CONFIG_SKIP_HINT, row_check=check, **read
         )

@@ -272,12 +272,15 @@ def template_check(tokenizer: Any, template: ChatTemplate) -> Callable[[Any, Any
     return check
 
 
-def row_checks(*checks: Callable[[Any, Any], None] | None) -> Callable[[Any, Any], None]:
-    """One `load_rows` row check running each of `checks` (None: none) in turn."""
-    given = [c for c in checks if c is not None]
+def row_check(tokenizer: Any, template: ChatTemplate, special: bool = True) -> Callable[[Any, Any], None]:
+    """The `load_rows` row check training runs, so both kinds of row are bad rows (set aside with skip_invalid, else
+    the one-line stop): special-token text in a message (`special_token_check`; `special` false: data.refuse_special
+    is off) and a row the template refuses (`template_check`)."""
+    checks = [special_token_check(tokenizer)] if special else []
+    checks.append(template_check(tokenizer, template))
 
     def check(row: Any, record: Any = None) -> None:
-        for c in given:
+        for c in checks:
             c(row, record)
 
     return check

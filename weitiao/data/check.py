@@ -28,9 +28,7 @@ from weitiao.data.chat import (
     encode,
     encode_all,
     encode_document,
-    row_checks,
-    special_token_check,
-    template_check,
+    row_check,
 )
 from weitiao.data.files import MAX_ROW_BYTES
 from weitiao.data.formats import Conversation, Document, Feedback, PreferencePair, load_rows, prefers_rejected
@@ -169,7 +167,7 @@ def check_file(
     refusals; `max_row_bytes`: the trainer's data.max_row_bytes (a longer row is a bad row)."""
     refuse_max_len(max_len)
     template = resolve_template(tokenizer, template_name)
-    check = row_checks(special_token_check(tokenizer), template_check(tokenizer, template))  # bad rows, as training
+    check = row_check(tokenizer, template)  # bad rows, as training
     loaded = load_rows(files, fmt, skip_invalid=skip_invalid, max_row_bytes=max_row_bytes, strict=False,
                        dataset_dir=dataset_dir, row_check=check, feedback=None)  # fmt: skip
     require_rows(loaded)

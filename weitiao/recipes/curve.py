@@ -142,7 +142,7 @@ def run(
 ) -> dict:
     """Train once per size; returns and writes curve.json (+ curve.png) under `out` (default <train.out>/curve).
     `higher_is_better` None: the metric's known direction (`direction`)."""
-    from weitiao.data.chat import row_checks, special_token_check, template_check
+    from weitiao.data.chat import row_check
     from weitiao.data.templates import resolve_template
     from weitiao.models.load import load_tokenizer
     from weitiao.recipes import sft
@@ -170,7 +170,7 @@ def run(
     # alpaca, "instruction: missing"; under dataset_dir its path as a dataset name, "no dataset").
     # the rows training would keep (a row the template refuses: one more bad row), so size N trains N rows
     tok = load_tokenizer(cfg.model.path)
-    check = row_checks(special_token_check(tok), template_check(tok, resolve_template(tok, cfg.data.template)))
+    check = row_check(tok, resolve_template(tok, cfg.data.template))
     read = dict(skip_invalid=cfg.data.skip_invalid, max_row_bytes=cfg.data.max_row_bytes,
                 dataset_dir=cfg.data.dataset_dir, skip_hint=CONFIG_SKIP_HINT, row_check=check)  # fmt: skip
     rows = load_conversations(cfg.data.train, cfg.data.format, rejects_path=out / "rejects.jsonl", **read).rows

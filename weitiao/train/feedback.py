@@ -19,9 +19,7 @@ from weitiao.data.chat import (
     EncodeOptions,
     EncodeStats,
     encode_all,
-    row_checks,
-    special_token_check,
-    template_check,
+    row_check,
 )
 from weitiao.data.formats import CONFIG_SKIP_HINT, Conversation, Document, Feedback, LoadResult, load_rows
 from weitiao.data.prep import (
@@ -84,7 +82,7 @@ def feedback_key(fb: Feedback) -> str:
 def _load(
     paths: list, d: FeedbackDataSpec, rejects: Path, tokenizer: Any, template: ChatTemplate, key: str
 ) -> LoadResult:
-    check = row_checks(special_token_check(tokenizer), template_check(tokenizer, template))
+    check = row_check(tokenizer, template)
     res = load_rows(paths, "auto", d.skip_invalid, rejects, d.max_row_bytes, dataset_dir=d.dataset_dir,
                     skip_hint=CONFIG_SKIP_HINT, row_check=check, feedback=True)  # fmt: skip
     require_rows(res, key)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from weitiao.data.chat import Encoded, row_checks, special_token_check, template_check
+from weitiao.data.chat import Encoded, row_check
 from weitiao.data.files import number_cell
 from weitiao.data.formats import CONFIG_SKIP_HINT, PreferencePair
 from weitiao.data.preference import PairStats, encode_pairs, form_notes, load_pairs, refuse_column_typos
@@ -113,7 +113,7 @@ def prepare_pairs(
                         "drop data.template, or data.format to render the pairs through the template")  # fmt: skip
     template = resolve_template(tokenizer, d.template)
     rejects = Path(rejects_dir or cfg.train.out) / "rejects.jsonl"
-    check = row_checks(special_token_check(tokenizer), template_check(tokenizer, template))  # a bad row: set aside
+    check = row_check(tokenizer, template)  # a bad row: set aside
     reading = (d.max_row_bytes, d.dataset_dir, CONFIG_SKIP_HINT, check)
     loaded = load_pairs(d.train, d.format, d.skip_invalid, rejects, *reading)
     require_rows(loaded, "data.train")
